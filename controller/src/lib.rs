@@ -1,1 +1,7 @@
+//! The control plane's programs: `servd`, the service controller (coming),
+//! and `servalctl`, the operator CLI over sald's control socket.
+//!
+//! The binaries are thin; their logic lives here so that it can be tested:
+//! - [`servalctl`]: command-line grammar, requests, and human-readable output.
 
+pub mod servalctl;

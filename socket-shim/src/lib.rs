@@ -1,1 +1,52 @@
+//! Client library through which applications reach sald, the SAL daemon.
+//!
+//! Applications name services, not hosts: [`ServiceStream::connect`] opens a
+//! stream flow to a [`ServiceId`], [`ServiceListener::bind`] registers a
+//! [`ServicePrefix`] and accepts flows on it, [`ServiceDatagram`] sends and
+//! receives datagrams. Under the hood each object holds its own control
+//! connection to sald ([`ControlClient`], speaking [`sal::control`]); a flow
+//! itself is one end of a Unix socketpair handed over by sald, so reading and
+//! writing cost what they cost on any local socket.
+//!
+//! ```no_run
+//! use std::io::{Read, Write};
+//! use socket_shim::{ServiceListener, ServiceStream};
+//!
+//! # fn main() -> Result<(), socket_shim::Error> {
+//! let listener = ServiceListener::bind("beef".parse::<socket_shim::ServiceId>().unwrap(), 16)?;
+//! let mut client = ServiceStream::connect("beef".parse().unwrap())?;
+//! client.write_all(b"hello")?;
+//! client.shutdown_write()?;
+//! let (mut server, _info) = listener.accept()?;
+//! let mut got = Vec::new();
+//! server.read_to_end(&mut got)?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Modules, one concept each:
+//! - [`client`]: the control connection (framing, `Hello`, descriptor passing).
+//! - [`stream`]: stream flows, [`ServiceStream`] and [`ServiceListener`].
+//! - [`datagram`]: unconnected datagram sockets, [`ServiceDatagram`].
+//! - [`error`]: the typed [`Error`] and its errno mapping.
+//! - [`tokio`](mod@crate::tokio) (feature `tokio`): async equivalents.
 
+pub mod client;
+pub mod datagram;
+pub mod error;
+pub mod stream;
+#[cfg(feature = "tokio")]
+pub mod tokio;
+
+pub use client::{ControlClient, Events, Reply};
+pub use datagram::ServiceDatagram;
+pub use error::{Error, Result};
+pub use sal::control::ErrorKind;
+pub use sal::proto::{DatagramPeer, FlowInfo};
+pub use sal::{FlowId, ServiceId, ServicePrefix};
+pub use stream::{Incoming, ServiceListener, ServiceStream};
+#[cfg(feature = "tokio")]
+pub use crate::tokio::{AsyncControlClient, AsyncServiceDatagram, AsyncServiceListener, AsyncServiceStream};
+
+#[cfg(test)]
+mod tests;

@@ -101,6 +101,22 @@ impl Rule {
         &self.targets
     }
 
+    /// Whether resolving through this rule would hold the packet (its active
+    /// group has a DELAY target and nothing that delivers or forwards).
+    pub fn is_delay(&self) -> bool {
+        let Some(first) = self.targets.first() else {
+            return false;
+        };
+        if matches!(first.target, Target::Demux { .. }) {
+            return false;
+        }
+        let group = &self.targets[self.active_group()];
+        !group
+            .iter()
+            .any(|e| matches!(e.target, Target::Forward { .. }))
+            && group.iter().any(|e| e.target == Target::Delay)
+    }
+
     fn sort(&mut self) {
         self.targets.sort_by_key(|entry| {
             (

@@ -1,32 +1,51 @@
 //! A longest-prefix-match trie over 256-bit keys.
 //!
 //! The structure is a *tree bitmap* (Eatherton, Varghese and Dittia, 2004) with
-//! byte-aligned strides and byte-granular path compression:
+//! byte-aligned strides, byte-granular path compression and single-prefix
+//! leaves:
 //!
-//! - Every node sits at a depth `D` that is a multiple of 8 and consumes key
-//!   byte `D / 8`. Prefixes of length `D..D + 8` that end inside the node are
-//!   recorded in a 255-bit *internal* bitmap (a binary heap numbering of the
-//!   prefixes of length 0..7 of that byte); children are recorded in a 256-bit
-//!   *child* bitmap. Values and child indices live in dense arrays indexed by
-//!   popcount rank, so a node costs a few cache lines however sparse it is.
-//! - A child may sit deeper than `D + 8`: whole bytes that all keys below it
-//!   share are skipped. Each node stores its path (the first `D` bits of every
-//!   key below it) and a lookup compares the key against it, so skipped bytes
-//!   never need a node of their own. Random 256-bit prefixes are dense near the
-//!   root and single chains below, so this keeps both memory and lookup depth
-//!   small: a lookup touches the root, a dense level or two, and one leaf.
+//! - Every inner node sits at a depth `D` that is a multiple of 8 (0..=248)
+//!   and consumes key byte `D / 8`. Prefixes of length `D..D + 8` that end
+//!   inside the node are recorded in a 255-bit *internal* bitmap (a binary
+//!   heap numbering of the prefixes of length 0..7 of that byte); children are
+//!   recorded in a 256-bit *child* bitmap. Values and children live in dense
+//!   arrays indexed by popcount rank.
+//! - A child is either an inner node or a [`Leaf`]: one prefix of any length
+//!   from `D + 8` on, stored with its whole path. A lone /200 below a node at
+//!   depth 16 is one small leaf, not a chain of nodes.
+//! - An inner child may sit deeper than `D + 8`: whole bytes that all keys
+//!   below it share are skipped (path compression). Each node stores its path
+//!   (the first `D` bits of every key below it), but a lookup reads it only
+//!   for a node that skips bytes, which its parent's child slot records: for a
+//!   child exactly one byte down, the slot has already checked the only new
+//!   byte.
 //!
-//! Lookups never allocate. Inserts and removals keep the tree canonical: no
-//! node without values has exactly one child, and no node is empty.
+//! Lookup cost is memory latency, so the layout serves it. Random 256-bit
+//! prefixes are dense near the root and alone below: at a million of them,
+//! nine in ten sit alone in a slot of a depth-16 node. As leaves, in their own
+//! arena, they leave about a tenth as many inner nodes. And an inner node is
+//! split in two parallel arenas: its two bitmaps, exactly one aligned cache
+//! line ([`NodeMaps`]), and the rest ([`Node`]). A lookup of a key that leaves
+//! the tree at a node reads that node's one line only; the hot lines of the
+//! whole tree are then a few megabytes, packed, within CPU cache and TLB reach.
+//!
+//! Lookups never allocate. Inserts and removals keep the tree canonical: every
+//! inner node but the root holds at least two entries (values and children
+//! together). A node left empty is removed, one left with a single child is
+//! replaced by that child, and one left with a single value becomes a leaf.
 
-use crate::id::{ServiceId, ServicePrefix, SERVICE_ID_BITS};
+use crate::id::{ServiceId, ServicePrefix, SERVICE_ID_LEN};
 
-/// Index of a node in the arena. The root is always index 0.
+/// Index of an inner node in the node arenas. The root is always index 0.
 type NodeIndex = u32;
+/// Index of a leaf in the leaf arena.
+type LeafIndex = u32;
 const ROOT: NodeIndex = 0;
 
-/// A 256-bit bitmap, bit `i` is `words[i / 64] >> (i % 64) & 1`.
+/// A 256-bit bitmap, bit `i` is `words[i / 64] >> (i % 64) & 1`. Aligned so
+/// that one never straddles two cache lines.
 #[derive(Clone, Copy, Default, Debug)]
+#[repr(C, align(32))]
 struct Bitmap([u64; 4]);
 
 impl Bitmap {
@@ -56,6 +75,34 @@ impl Bitmap {
         below + (self.0[word] & ((1u64 << (bit % 64)) - 1)).count_ones() as usize
     }
 
+    /// For each word, the number of bits set in the words before it (at most
+    /// 192, so a byte holds it).
+    fn rank_bases(&self) -> [u8; 4] {
+        let mut bases = [0u8; 4];
+        for word in 1..4 {
+            bases[word] = bases[word - 1] + self.0[word - 1].count_ones() as u8;
+        }
+        bases
+    }
+
+    /// [`Bitmap::rank`] from the map's [`Bitmap::rank_bases`]: one popcount
+    /// instead of up to four, which matters without a popcount instruction
+    /// (the x86-64 baseline has none).
+    #[inline]
+    fn rank_with(&self, bases: &[u8; 4], bit: usize) -> usize {
+        let word = bit / 64;
+        usize::from(bases[word]) + (self.0[word] & ((1u64 << (bit % 64)) - 1)).count_ones() as usize
+    }
+
+    /// Index of the highest bit set in both `self` and `mask`.
+    #[inline]
+    fn highest_common(&self, mask: &Bitmap) -> Option<usize> {
+        (0..4).rev().find_map(|i| {
+            let both = self.0[i] & mask.0[i];
+            (both != 0).then(|| i * 64 + 63 - both.leading_zeros() as usize)
+        })
+    }
+
     fn is_empty(&self) -> bool {
         self.0 == [0; 4]
     }
@@ -76,30 +123,55 @@ impl Bitmap {
 /// Heap position, inside a node, of a prefix that ends `extra` bits (0..=7)
 /// past the node's depth and whose next byte is `byte`.
 #[inline]
-fn internal_position(extra: u16, byte: u8) -> usize {
-    (1usize << extra) - 1 + (usize::from(byte) >> (8 - extra))
+const fn internal_position(extra: u16, byte: u8) -> usize {
+    (1usize << extra) - 1 + (byte as usize >> (8 - extra))
 }
 
-/// Whether `key` starts with the first `depth` bits of `path`.
+/// Inverse of [`internal_position`]: the `extra` bits of a position, and its
+/// byte (the prefix's bits, the rest zero).
 #[inline]
-fn path_matches(path: &[u64; 4], key: &[u64; 4], depth: u16) -> bool {
-    let full = usize::from(depth / 64);
-    let rest = depth % 64;
-    if path[..full] != key[..full] {
-        return false;
+fn position_prefix(position: usize) -> (u16, u8) {
+    let extra = (position + 1).ilog2();
+    let bits = position + 1 - (1 << extra);
+    (extra as u16, (bits << (8 - extra)) as u8)
+}
+
+/// For each byte, the internal positions of the eight prefixes (0..=7 bits of
+/// it) that it extends. ANDed with a node's internal bitmap, the highest bit
+/// left is the longest internal match, since positions grow with length.
+static CANDIDATES: [Bitmap; 256] = candidate_table();
+
+const fn candidate_table() -> [Bitmap; 256] {
+    let mut table = [Bitmap([0; 4]); 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let mut extra = 0;
+        while extra < 8 {
+            let position = internal_position(extra, byte as u8);
+            table[byte].0[position / 64] |= 1 << (position % 64);
+            extra += 1;
+        }
+        byte += 1;
     }
-    rest == 0 || (path[full] ^ key[full]) >> (64 - rest) == 0
+    table
+}
+
+/// Whether `key` starts with the first `len` bits of `path`.
+#[inline]
+fn path_matches(path: &[u64; 4], key: &[u64; 4], len: u16) -> bool {
+    let mut differ = 0;
+    for i in 0..4 {
+        // The bits of word `i` that lie within the first `len` bits.
+        let bits = u32::from(len).saturating_sub(64 * i as u32).min(64);
+        let mask = u64::MAX.checked_shl(64 - bits).unwrap_or(0);
+        differ |= (path[i] ^ key[i]) & mask;
+    }
+    differ == 0
 }
 
 /// Number of leading bits `a` and `b` share.
 fn common_bits(a: &[u64; 4], b: &[u64; 4]) -> u16 {
-    for i in 0..4 {
-        let diff = a[i] ^ b[i];
-        if diff != 0 {
-            return (i as u16) * 64 + diff.leading_zeros() as u16;
-        }
-    }
-    SERVICE_ID_BITS
+    ServiceId::from_words(*a).common_prefix_len(&ServiceId::from_words(*b))
 }
 
 /// Key byte `index` of a key held as big-endian words.
@@ -108,57 +180,133 @@ fn key_byte(key: &[u64; 4], index: usize) -> u8 {
     (key[index / 8] >> (56 - 8 * (index % 8))) as u8
 }
 
+/// What a child slot holds.
+#[derive(Clone, Copy)]
+enum ChildRef {
+    Node(NodeIndex),
+    Leaf(LeafIndex),
+}
+
+/// A child slot's content packed in 4 bytes, so that child arrays stay small:
+/// a leaf, or an inner node with two facts a lookup needs before it reads the
+/// node: whether it skips bytes (sits deeper than one byte below the node whose
+/// slot this is), and whether it holds prefixes (its internal bitmap is not
+/// empty). [`PrefixTrie::set_child`] computes them; every change that can alter
+/// them goes through it.
+#[derive(Clone, Copy, Debug)]
+struct Child(u32);
+
+impl Child {
+    const LEAF: u32 = 1 << 31;
+    const SKIPS: u32 = 1 << 30;
+    const HAS_VALUES: u32 = 1 << 29;
+    /// Arena indices stay below this.
+    const INDEX_LIMIT: u32 = Child::HAS_VALUES;
+
+    #[inline]
+    fn unpack(self) -> ChildRef {
+        let index = self.0 & (Child::INDEX_LIMIT - 1);
+        if self.0 & Child::LEAF == 0 {
+            ChildRef::Node(index)
+        } else {
+            ChildRef::Leaf(index)
+        }
+    }
+
+    /// Whether this is an inner node that skips bytes.
+    #[inline]
+    fn skips(self) -> bool {
+        self.0 & Child::SKIPS != 0
+    }
+
+    /// Whether this is an inner node that holds prefixes.
+    #[inline]
+    fn has_values(self) -> bool {
+        self.0 & Child::HAS_VALUES != 0
+    }
+}
+
+/// A single prefix hanging from a child slot of a node at depth `D`; its
+/// length is at least `D + 8`.
+#[derive(Debug, Clone)]
+struct Leaf<V> {
+    /// The prefix bits; bits past `len` are 0.
+    path: [u64; 4],
+    len: u16,
+    value: V,
+}
+
+impl<V> Leaf<V> {
+    /// Whether this is the prefix of `len` bits of `key` (bits past `len` 0).
+    fn is(&self, key: &[u64; 4], len: u16) -> bool {
+        self.len == len && self.path == *key
+    }
+}
+
+/// An inner node but for its two bitmaps, which live in arenas of their own
+/// (see [`PrefixTrie`]). Lookups read this only to follow a child, to take a
+/// value, or to check the path of a node that skips bytes.
 #[derive(Debug, Clone)]
 struct Node<V> {
+    /// Multiple of 8, 0..=248.
+    depth: u16,
+    /// [`Bitmap::rank_bases`] of the node's child map.
+    child_ranks: [u8; 4],
+    /// [`Bitmap::rank_bases`] of the node's internal map.
+    value_ranks: [u8; 4],
+    /// Children in the order of the set bits of the node's child map.
+    children: Vec<Child>,
+    /// Values in the order of the set bits of the node's internal map.
+    values: Vec<V>,
     /// First `depth` bits of every key stored below; bits past `depth` are 0.
     path: [u64; 4],
-    /// Multiple of 8, 0..=256. A node at 256 only ever holds one value.
-    depth: u16,
-    /// Prefixes ending in this node, by [`internal_position`].
-    internal: Bitmap,
-    /// Child slots in use, by the key byte at `depth / 8`.
-    child_map: Bitmap,
-    /// Values in the order of the set bits of `internal`.
-    values: Vec<V>,
-    /// Child node indices in the order of the set bits of `child_map`.
-    children: Vec<NodeIndex>,
 }
 
 impl<V> Node<V> {
     fn new(path: [u64; 4], depth: u16) -> Node<V> {
         Node {
-            path,
             depth,
-            internal: Bitmap::default(),
-            child_map: Bitmap::default(),
-            values: Vec::new(),
+            child_ranks: [0; 4],
+            value_ranks: [0; 4],
             children: Vec::new(),
+            values: Vec::new(),
+            path,
         }
     }
 
-    fn child(&self, slot: u8) -> Option<NodeIndex> {
-        let slot = usize::from(slot);
-        self.child_map
-            .get(slot)
-            .then(|| self.children[self.child_map.rank(slot)])
-    }
-
-    /// Heap position of a prefix of length `len` that ends in this node.
+    /// Heap position of a prefix of length `len` (`depth..depth + 8`) that
+    /// ends in this node.
     fn position_of(&self, key: &[u64; 4], len: u16) -> usize {
-        let extra = len - self.depth;
-        if extra == 0 {
-            // Also covers depth 256, where there is no next byte.
-            return 0;
-        }
-        internal_position(extra, key_byte(key, usize::from(self.depth / 8)))
+        internal_position(len - self.depth, key_byte(key, usize::from(self.depth / 8)))
+    }
+
+    /// Whether `key` is below this node, knowing that it matches the first
+    /// `checked` bits.
+    fn covers(&self, key: &[u64; 4], checked: u16) -> bool {
+        self.depth <= checked || path_matches(&self.path, key, self.depth)
     }
 }
 
 /// A map from 256-bit prefixes to values with longest-prefix-match lookup.
+///
+/// Inner nodes are split over three arenas indexed alike: child maps, internal
+/// maps and the rest ([`Node`]). A lookup that leaves the tree at a node reads
+/// 32 bytes of it, the child map, plus the internal map when the node holds
+/// prefixes (which its parent's slot says). At a million random prefixes the
+/// child maps of all inner nodes take under 3 MB, so the level where lookups of
+/// random keys end mostly stays in cache.
 #[derive(Debug, Clone)]
 pub struct PrefixTrie<V> {
+    /// Child slots in use of each inner node, by the key byte at its depth.
+    child_maps: Vec<Bitmap>,
+    /// Prefixes ending in each inner node, by [`internal_position`].
+    internal_maps: Vec<Bitmap>,
+    /// The rest of the inner nodes.
     nodes: Vec<Node<V>>,
-    free: Vec<NodeIndex>,
+    free_nodes: Vec<NodeIndex>,
+    /// `None` marks a free slot, listed in `free_leaves`.
+    leaves: Vec<Option<Leaf<V>>>,
+    free_leaves: Vec<LeafIndex>,
     len: usize,
 }
 
@@ -168,17 +316,25 @@ impl<V> Default for PrefixTrie<V> {
     }
 }
 
-/// Where a prefix lives, or would: the node that holds it and its heap position.
-struct Location {
-    node: NodeIndex,
-    position: usize,
+/// Where a stored prefix lives.
+enum Place {
+    /// In a node's internal bitmap, at a heap position.
+    Internal {
+        node: NodeIndex,
+        position: usize,
+    },
+    Leaf(LeafIndex),
 }
 
 impl<V> PrefixTrie<V> {
     pub fn new() -> PrefixTrie<V> {
         PrefixTrie {
+            child_maps: vec![Bitmap::default()],
+            internal_maps: vec![Bitmap::default()],
             nodes: vec![Node::new([0; 4], 0)],
-            free: Vec::new(),
+            free_nodes: Vec::new(),
+            leaves: Vec::new(),
+            free_leaves: Vec::new(),
             len: 0,
         }
     }
@@ -192,134 +348,246 @@ impl<V> PrefixTrie<V> {
         self.len == 0
     }
 
-    /// Number of live trie nodes (for memory accounting).
+    /// Number of live trie nodes, inner nodes and leaves (for memory accounting).
     pub fn node_count(&self) -> usize {
-        self.nodes.len() - self.free.len()
+        (self.nodes.len() - self.free_nodes.len()) + (self.leaves.len() - self.free_leaves.len())
     }
 
     /// Approximate heap bytes owned by the trie.
     pub fn memory_bytes(&self) -> usize {
-        let arena = self.nodes.capacity() * std::mem::size_of::<Node<V>>()
-            + self.free.capacity() * std::mem::size_of::<NodeIndex>();
+        let arenas = (self.child_maps.capacity() + self.internal_maps.capacity())
+            * std::mem::size_of::<Bitmap>()
+            + self.nodes.capacity() * std::mem::size_of::<Node<V>>()
+            + self.leaves.capacity() * std::mem::size_of::<Option<Leaf<V>>>()
+            + (self.free_nodes.capacity() + self.free_leaves.capacity())
+                * std::mem::size_of::<u32>();
         let arrays: usize = self
             .nodes
             .iter()
             .map(|n| {
                 n.values.capacity() * std::mem::size_of::<V>()
-                    + n.children.capacity() * std::mem::size_of::<NodeIndex>()
+                    + n.children.capacity() * std::mem::size_of::<Child>()
             })
             .sum();
-        arena + arrays
+        arenas + arrays
     }
 
     /// The value of the longest stored prefix that contains `key`, and that
     /// prefix's length.
     pub fn longest_match(&self, key: &ServiceId) -> Option<(u16, &V)> {
-        let key = key.to_words();
-        let mut node = &self.nodes[ROOT as usize];
+        let bytes = key.as_bytes();
+        let mut index = ROOT;
+        let mut depth = 0;
+        // Read the root's internal map unconditionally: it is always cached.
+        let mut has_values = true;
+        // Node and heap position of the longest match so far: its value is
+        // read once, at the end.
         let mut best = None;
         loop {
-            if !path_matches(&node.path, &key, node.depth) {
-                return best;
-            }
-            if node.depth == SERVICE_ID_BITS {
-                return node.values.first().map(|v| (SERVICE_ID_BITS, v)).or(best);
-            }
-            let byte = key_byte(&key, usize::from(node.depth / 8));
-            if !node.internal.is_empty() {
-                for extra in (0..8).rev() {
-                    let position = internal_position(extra, byte);
-                    if node.internal.get(position) {
-                        let value = &node.values[node.internal.rank(position)];
-                        best = Some((node.depth + extra, value));
-                        break;
-                    }
+            // Depths stop at 248, so the modulo only spares a bounds check.
+            let byte = usize::from(bytes[usize::from(depth / 8) % SERVICE_ID_LEN]);
+            if has_values {
+                let internal = &self.internal_maps[index as usize];
+                if let Some(position) = internal.highest_common(&CANDIDATES[byte]) {
+                    best = Some((index, position));
                 }
             }
-            match node.child(byte) {
-                Some(child) => node = &self.nodes[child as usize],
-                None => return best,
+            let child_map = &self.child_maps[index as usize];
+            if !child_map.get(byte) {
+                break;
             }
+            let node = &self.nodes[index as usize];
+            let child = node.children[child_map.rank_with(&node.child_ranks, byte)];
+            match child.unpack() {
+                ChildRef::Leaf(leaf) => {
+                    let leaf = self.leaf(leaf);
+                    if path_matches(&leaf.path, &key.to_words(), leaf.len) {
+                        return Some((leaf.len, &leaf.value));
+                    }
+                    break;
+                }
+                ChildRef::Node(next) if child.skips() => {
+                    let node = &self.nodes[next as usize];
+                    if !path_matches(&node.path, &key.to_words(), node.depth) {
+                        break;
+                    }
+                    depth = node.depth;
+                    index = next;
+                }
+                ChildRef::Node(next) => {
+                    depth += 8;
+                    index = next;
+                }
+            }
+            has_values = child.has_values();
         }
+        best.map(|(index, position)| {
+            let node = &self.nodes[index as usize];
+            let rank = self.internal_maps[index as usize].rank_with(&node.value_ranks, position);
+            (node.depth + position_prefix(position).0, &node.values[rank])
+        })
     }
 
     /// The value stored for exactly `prefix`.
     pub fn get(&self, prefix: &ServicePrefix) -> Option<&V> {
-        let key = prefix.id().to_words();
-        let location = self.locate(&key, prefix.len())?;
-        let node = &self.nodes[location.node as usize];
-        node.internal
-            .get(location.position)
-            .then(|| &node.values[node.internal.rank(location.position)])
+        match self.find(&prefix.id().to_words(), prefix.len())? {
+            Place::Internal { node, position } => {
+                let rank = self.internal_maps[node as usize].rank(position);
+                Some(&self.nodes[node as usize].values[rank])
+            }
+            Place::Leaf(index) => Some(&self.leaf(index).value),
+        }
     }
 
     /// Mutable access to the value stored for exactly `prefix`.
     pub fn get_mut(&mut self, prefix: &ServicePrefix) -> Option<&mut V> {
-        let key = prefix.id().to_words();
-        let location = self.locate(&key, prefix.len())?;
-        let node = &mut self.nodes[location.node as usize];
-        if !node.internal.get(location.position) {
-            return None;
+        match self.find(&prefix.id().to_words(), prefix.len())? {
+            Place::Internal { node, position } => {
+                let rank = self.internal_maps[node as usize].rank(position);
+                Some(&mut self.nodes[node as usize].values[rank])
+            }
+            Place::Leaf(index) => Some(&mut self.leaf_mut(index).value),
         }
-        let rank = node.internal.rank(location.position);
-        Some(&mut node.values[rank])
     }
 
-    /// The node that would hold a prefix of `len` bits of `key`, if it exists.
-    fn locate(&self, key: &[u64; 4], len: u16) -> Option<Location> {
+    /// Where the prefix of `len` bits of `key` is stored, if it is.
+    fn find(&self, key: &[u64; 4], len: u16) -> Option<Place> {
         let mut index = ROOT;
         loop {
-            let node = &self.nodes[index as usize];
-            if node.depth > len || !path_matches(&node.path, key, node.depth) {
-                return None;
+            let depth = self.nodes[index as usize].depth;
+            if len < depth + 8 {
+                let position = self.nodes[index as usize].position_of(key, len);
+                return self.internal_maps[index as usize].get(position).then_some(
+                    Place::Internal {
+                        node: index,
+                        position,
+                    },
+                );
             }
-            if len < node.depth + 8 || node.depth == SERVICE_ID_BITS {
-                return Some(Location {
-                    node: index,
-                    position: node.position_of(key, len),
-                });
+            match self.child(index, key_byte(key, usize::from(depth / 8)))? {
+                ChildRef::Leaf(leaf) => {
+                    return self.leaf(leaf).is(key, len).then_some(Place::Leaf(leaf));
+                }
+                ChildRef::Node(child) => {
+                    let child_node = &self.nodes[child as usize];
+                    if child_node.depth > len || !child_node.covers(key, depth + 8) {
+                        return None;
+                    }
+                    index = child;
+                }
             }
-            index = node.child(key_byte(key, usize::from(node.depth / 8)))?;
         }
     }
 
-    fn alloc(&mut self, node: Node<V>) -> NodeIndex {
-        match self.free.pop() {
+    /// What slot `slot` of node `index` holds.
+    fn child(&self, index: NodeIndex, slot: u8) -> Option<ChildRef> {
+        let map = &self.child_maps[index as usize];
+        let slot = usize::from(slot);
+        map.get(slot)
+            .then(|| self.nodes[index as usize].children[map.rank(slot)].unpack())
+    }
+
+    fn leaf(&self, index: LeafIndex) -> &Leaf<V> {
+        self.leaves[index as usize]
+            .as_ref()
+            .expect("child slots refer to live leaves")
+    }
+
+    fn leaf_mut(&mut self, index: LeafIndex) -> &mut Leaf<V> {
+        self.leaves[index as usize]
+            .as_mut()
+            .expect("child slots refer to live leaves")
+    }
+
+    fn alloc_node(&mut self, node: Node<V>) -> NodeIndex {
+        match self.free_nodes.pop() {
             Some(index) => {
                 self.nodes[index as usize] = node;
                 index
             }
             None => {
+                let index = self.nodes.len() as NodeIndex;
+                assert!(index < Child::INDEX_LIMIT, "trie node arena full");
+                self.child_maps.push(Bitmap::default());
+                self.internal_maps.push(Bitmap::default());
                 self.nodes.push(node);
-                // More than 2^32 nodes would need far more memory than any host has.
-                (self.nodes.len() - 1) as NodeIndex
+                index
             }
         }
     }
 
-    fn release(&mut self, index: NodeIndex) {
+    /// Frees node `index`, leaving its maps empty for the next user.
+    fn release_node(&mut self, index: NodeIndex) {
+        self.child_maps[index as usize] = Bitmap::default();
+        self.internal_maps[index as usize] = Bitmap::default();
         self.nodes[index as usize] = Node::new([0; 4], 0);
-        self.free.push(index);
+        self.free_nodes.push(index);
     }
 
-    fn set_child(&mut self, parent: NodeIndex, slot: u8, child: NodeIndex) {
-        let node = &mut self.nodes[parent as usize];
-        let slot = usize::from(slot);
-        let rank = node.child_map.rank(slot);
-        if node.child_map.get(slot) {
-            node.children[rank] = child;
-        } else {
-            node.child_map.set(slot);
-            node.children.reserve_exact(1);
-            node.children.insert(rank, child);
+    fn alloc_leaf(&mut self, leaf: Leaf<V>) -> LeafIndex {
+        match self.free_leaves.pop() {
+            Some(index) => {
+                self.leaves[index as usize] = Some(leaf);
+                index
+            }
+            None => {
+                let index = self.leaves.len() as LeafIndex;
+                assert!(index < Child::INDEX_LIMIT, "trie leaf arena full");
+                self.leaves.push(Some(leaf));
+                index
+            }
         }
     }
 
-    fn remove_child(&mut self, parent: NodeIndex, slot: u8) {
+    fn release_leaf(&mut self, index: LeafIndex) -> Leaf<V> {
+        let leaf = self.leaves[index as usize]
+            .take()
+            .expect("released leaves are live");
+        self.free_leaves.push(index);
+        leaf
+    }
+
+    /// Puts `child` in slot `slot` of node `parent`, with the facts a lookup
+    /// needs about it as they are now (see [`Child`]).
+    fn set_child(&mut self, parent: NodeIndex, slot: u8, child: ChildRef) {
+        let packed = match child {
+            ChildRef::Leaf(leaf) => Child(leaf | Child::LEAF),
+            ChildRef::Node(node) => {
+                let depth = self.nodes[node as usize].depth;
+                let skips = depth > self.nodes[parent as usize].depth + 8;
+                let has_values = !self.internal_maps[node as usize].is_empty();
+                let flag = |set: bool, bit: u32| if set { bit } else { 0 };
+                Child(node | flag(skips, Child::SKIPS) | flag(has_values, Child::HAS_VALUES))
+            }
+        };
+        let map = &mut self.child_maps[parent as usize];
         let node = &mut self.nodes[parent as usize];
         let slot = usize::from(slot);
-        let rank = node.child_map.rank(slot);
-        node.child_map.clear(slot);
+        let rank = map.rank(slot);
+        if map.get(slot) {
+            node.children[rank] = packed;
+        } else {
+            map.set(slot);
+            node.child_ranks = map.rank_bases();
+            node.children.reserve_exact(1);
+            node.children.insert(rank, packed);
+        }
+    }
+
+    /// Recomputes the facts slot `slot` of node `parent` records about the
+    /// node in it, after that node's internal map changed.
+    fn refresh_child(&mut self, parent: NodeIndex, slot: u8) {
+        let child = self.child(parent, slot).expect("refreshed slots are used");
+        self.set_child(parent, slot, child);
+    }
+
+    fn remove_child(&mut self, parent: NodeIndex, slot: u8) {
+        let map = &mut self.child_maps[parent as usize];
+        let node = &mut self.nodes[parent as usize];
+        let slot = usize::from(slot);
+        let rank = map.rank(slot);
+        map.clear(slot);
+        node.child_ranks = map.rank_bases();
         node.children.remove(rank);
         node.children.shrink_to_fit();
     }
@@ -328,7 +596,7 @@ impl<V> PrefixTrie<V> {
     fn new_node_for(&mut self, key: &[u64; 4], len: u16) -> NodeIndex {
         let depth = len / 8 * 8;
         let path = ServiceId::from_words(*key).truncated(depth).to_words();
-        self.alloc(Node::new(path, depth))
+        self.alloc_node(Node::new(path, depth))
     }
 
     /// Stores `value` for `prefix`, returning the value it replaces.
@@ -336,86 +604,139 @@ impl<V> PrefixTrie<V> {
         let key = prefix.id().to_words();
         let len = prefix.len();
         let mut index = ROOT;
+        // The parent of `index` and its slot there; none for the root.
+        let mut parent = None;
         loop {
             let depth = self.nodes[index as usize].depth;
-            if len < depth + 8 || depth == SERVICE_ID_BITS {
-                return self.insert_internal(index, &key, len, value);
+            if len < depth + 8 {
+                let replaced = self.put_internal(index, &key, len, value);
+                if let Some((parent, slot)) = parent {
+                    self.refresh_child(parent, slot);
+                }
+                self.len += usize::from(replaced.is_none());
+                return replaced;
             }
             let slot = key_byte(&key, usize::from(depth / 8));
-            let Some(child) = self.nodes[index as usize].child(slot) else {
-                let leaf = self.new_node_for(&key, len);
-                self.set_child(index, slot, leaf);
-                return self.insert_internal(leaf, &key, len, value);
+            let Some(child) = self.child(index, slot) else {
+                let leaf = self.alloc_leaf(Leaf {
+                    path: key,
+                    len,
+                    value,
+                });
+                self.set_child(index, slot, ChildRef::Leaf(leaf));
+                self.len += 1;
+                return None;
             };
-            let child_node = &self.nodes[child as usize];
-            let shared = common_bits(&child_node.path, &key)
-                .min(child_node.depth)
-                .min(len);
-            if shared >= child_node.depth {
-                index = child;
-                continue;
+            parent = Some((index, slot));
+            // The path and length of what holds the slot, to find where the
+            // new prefix parts from it.
+            let (child_path, child_len) = match child {
+                ChildRef::Leaf(leaf) => {
+                    let leaf = self.leaf_mut(leaf);
+                    if leaf.is(&key, len) {
+                        return Some(std::mem::replace(&mut leaf.value, value));
+                    }
+                    (leaf.path, leaf.len)
+                }
+                ChildRef::Node(node) => {
+                    let node = &self.nodes[node as usize];
+                    (node.path, node.depth)
+                }
+            };
+            let shared = common_bits(&child_path, &key).min(child_len).min(len);
+            if let ChildRef::Node(node) = child {
+                if shared >= child_len {
+                    index = node;
+                    continue;
+                }
             }
-            // The prefix leaves the child's compressed path (or ends inside it):
-            // split the path with a node at the last byte boundary they share.
-            let child_path = child_node.path;
+            // The new prefix leaves the child's path, ends inside it, or
+            // extends a leaf: put a node at the last byte boundary they share
+            // (below this node, as both share the slot's byte) and hang the
+            // child from it. The loop then adds the new prefix to that node.
             let split = self.new_node_for(&key, shared);
             let split_depth = self.nodes[split as usize].depth;
-            let child_slot = key_byte(&child_path, usize::from(split_depth / 8));
-            self.set_child(split, child_slot, child);
-            self.set_child(index, slot, split);
+            match child {
+                ChildRef::Leaf(leaf) if child_len < split_depth + 8 => {
+                    let leaf = self.release_leaf(leaf);
+                    self.put_internal(split, &leaf.path, leaf.len, leaf.value);
+                }
+                _ => {
+                    let child_slot = key_byte(&child_path, usize::from(split_depth / 8));
+                    self.set_child(split, child_slot, child);
+                }
+            }
+            self.set_child(index, slot, ChildRef::Node(split));
             index = split;
         }
     }
 
-    fn insert_internal(
-        &mut self,
-        index: NodeIndex,
-        key: &[u64; 4],
-        len: u16,
-        value: V,
-    ) -> Option<V> {
+    /// Stores a value for a prefix of length `len` (`depth..depth + 8`) in
+    /// node `index`, returning the value it replaces. Does not count it, nor
+    /// refresh the node's slot in its parent.
+    fn put_internal(&mut self, index: NodeIndex, key: &[u64; 4], len: u16, value: V) -> Option<V> {
         let node = &mut self.nodes[index as usize];
+        let internal = &mut self.internal_maps[index as usize];
         let position = node.position_of(key, len);
-        let rank = node.internal.rank(position);
-        if node.internal.get(position) {
+        let rank = internal.rank(position);
+        if internal.get(position) {
             return Some(std::mem::replace(&mut node.values[rank], value));
         }
-        node.internal.set(position);
+        internal.set(position);
+        node.value_ranks = internal.rank_bases();
         node.values.reserve_exact(1);
         node.values.insert(rank, value);
-        self.len += 1;
         None
     }
 
-    /// Removes `prefix`, returning its value, and prunes or merges nodes left
-    /// without a purpose.
+    /// Removes `prefix`, returning its value, and prunes, merges or shrinks
+    /// nodes left without a purpose.
     pub fn remove(&mut self, prefix: &ServicePrefix) -> Option<V> {
         let key = prefix.id().to_words();
         let len = prefix.len();
-        // (node, slot in parent) from the root down; depth is at most 33 nodes.
+        // (node, slot in parent) from the root down; at most 32 inner nodes.
         let mut trail: Vec<(NodeIndex, u8)> = Vec::with_capacity(8);
         let mut index = ROOT;
         let mut slot_in_parent = 0u8;
-        let position = loop {
-            let node = &self.nodes[index as usize];
-            if node.depth > len || !path_matches(&node.path, &key, node.depth) {
-                return None;
-            }
+        let value = loop {
             trail.push((index, slot_in_parent));
-            if len < node.depth + 8 || node.depth == SERVICE_ID_BITS {
-                break node.position_of(&key, len);
+            let depth = self.nodes[index as usize].depth;
+            if len < depth + 8 {
+                let node = &mut self.nodes[index as usize];
+                let internal = &mut self.internal_maps[index as usize];
+                let position = node.position_of(&key, len);
+                if !internal.get(position) {
+                    return None;
+                }
+                let rank = internal.rank(position);
+                internal.clear(position);
+                node.value_ranks = internal.rank_bases();
+                let value = node.values.remove(rank);
+                node.values.shrink_to_fit();
+                if let [.., (parent, _), (_, slot)] = trail[..] {
+                    self.refresh_child(parent, slot);
+                }
+                break value;
             }
-            slot_in_parent = key_byte(&key, usize::from(node.depth / 8));
-            index = node.child(slot_in_parent)?;
+            let slot = key_byte(&key, usize::from(depth / 8));
+            match self.child(index, slot)? {
+                ChildRef::Leaf(leaf) => {
+                    if !self.leaf(leaf).is(&key, len) {
+                        return None;
+                    }
+                    self.remove_child(index, slot);
+                    break self.release_leaf(leaf).value;
+                }
+                ChildRef::Node(child) => {
+                    let child_node = &self.nodes[child as usize];
+                    if child_node.depth > len || !child_node.covers(&key, depth + 8) {
+                        return None;
+                    }
+                    index = child;
+                    slot_in_parent = slot;
+                }
+            }
         };
-        let node = &mut self.nodes[index as usize];
-        if !node.internal.get(position) {
-            return None;
-        }
-        let rank = node.internal.rank(position);
-        node.internal.clear(position);
-        let value = node.values.remove(rank);
-        node.values.shrink_to_fit();
         self.len -= 1;
         self.prune(&trail);
         Some(value)
@@ -427,21 +748,43 @@ impl<V> PrefixTrie<V> {
             let (parent, _) = window[0];
             let (index, slot) = window[1];
             let node = &self.nodes[index as usize];
-            if !node.internal.is_empty() {
-                return;
+            match (node.values.len(), node.children.len()) {
+                (0, 0) => {
+                    // The parent loses a child: look at it next.
+                    self.remove_child(parent, slot);
+                    self.release_node(index);
+                }
+                (0, 1) => {
+                    let only_child = node.children[0].unpack();
+                    self.set_child(parent, slot, only_child);
+                    self.release_node(index);
+                    return;
+                }
+                (1, 0) => {
+                    let leaf = self.node_into_leaf(index);
+                    self.set_child(parent, slot, ChildRef::Leaf(leaf));
+                    return;
+                }
+                _ => return,
             }
-            if node.child_map.is_empty() {
-                self.remove_child(parent, slot);
-                self.release(index);
-                continue;
-            }
-            if node.child_map.only().is_some() {
-                let only_child = node.children[0];
-                self.set_child(parent, slot, only_child);
-                self.release(index);
-            }
-            return;
         }
+    }
+
+    /// Replaces node `index`, which holds exactly one value and no children,
+    /// by a leaf holding that value.
+    fn node_into_leaf(&mut self, index: NodeIndex) -> LeafIndex {
+        let position = self.internal_maps[index as usize]
+            .only()
+            .expect("a node with one value");
+        let node = &mut self.nodes[index as usize];
+        let (extra, byte) = position_prefix(position);
+        let mut path = node.path;
+        let at = usize::from(node.depth / 8);
+        path[at / 8] |= u64::from(byte) << (56 - 8 * (at % 8));
+        let value = node.values.pop().expect("a node with one value");
+        let len = node.depth + extra;
+        self.release_node(index);
+        self.alloc_leaf(Leaf { path, len, value })
     }
 }
 

@@ -18,6 +18,7 @@ pub const IPV4_HEADER_LEN: usize = 20;
 
 /// The transport that follows a SAL header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum TransportProtocol {
     /// A TCP segment (protocol 6).
     Stream,
@@ -174,6 +175,60 @@ pub fn verify_transport_checksum(
         return true;
     }
     transport_sum(protocol, src, dst, segment) == !0
+}
+
+/// RFC 1624 incremental update: `HC' = ~(~HC + ~m + m')` over every changed
+/// 16-bit word, for rewriting addresses or ports without re-reading a payload.
+pub fn adjust_checksum(check: u16, old: &[u16], new: &[u16]) -> u16 {
+    let mut sum = u32::from(!check);
+    for &word in old {
+        sum += u32::from(!word);
+    }
+    for &word in new {
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// The two 16-bit words of an IPv4 address, as a checksum sees them.
+pub fn address_words(addr: Ipv4Addr) -> [u16; 2] {
+    let o = addr.octets();
+    [
+        u16::from_be_bytes([o[0], o[1]]),
+        u16::from_be_bytes([o[2], o[3]]),
+    ]
+}
+
+/// Moves the transport checksum of `segment` from the pseudo-header of
+/// `old` (source, destination) to that of `new`: what a service router does
+/// when it re-addresses a packet it forwards. Segments too short to hold a
+/// checksum, and UDP segments sent without one, are left alone.
+pub fn readdress_transport_checksum(
+    protocol: TransportProtocol,
+    segment: &mut [u8],
+    old: (Ipv4Addr, Ipv4Addr),
+    new: (Ipv4Addr, Ipv4Addr),
+) {
+    if segment.len() < protocol.min_header_len() {
+        return;
+    }
+    let at = protocol.checksum_offset();
+    let check = read_u16(segment, at);
+    if protocol == TransportProtocol::Datagram && check == 0 {
+        return;
+    }
+    let [a, b] = address_words(old.0);
+    let [c, d] = address_words(old.1);
+    let [e, f] = address_words(new.0);
+    let [g, h] = address_words(new.1);
+    let mut check = adjust_checksum(check, &[a, b, c, d], &[e, f, g, h]);
+    if protocol == TransportProtocol::Datagram && check == 0 {
+        check = 0xffff;
+    }
+    segment[at..at + 2].copy_from_slice(&check.to_be_bytes());
 }
 
 #[cfg(test)]

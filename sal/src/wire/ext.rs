@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 
 use arrayvec::ArrayVec;
 
-use super::{ensure_room, read_u32, Error, Result, MAX_HEADER_LEN};
+use super::{ensure_room, read_u32, Error, Result};
 use crate::id::ServiceId;
 
 /// CONTROL is always 20 bytes.
@@ -23,9 +23,10 @@ pub const ADDRESS_BASE_LEN: usize = 12;
 pub const SOURCE_BASE_LEN: usize = 4;
 /// WIRE.md caps SOURCE at 20 addresses.
 pub const MAX_SOURCE_ADDRS: usize = 20;
-/// The most addresses an ADDRESS extension can carry in a 1020-byte header
-/// that also holds the base header: (1020 - 12 - 12) / 4.
-pub const MAX_ADDRESS_ADDRS: usize = (MAX_HEADER_LEN - 12 - ADDRESS_BASE_LEN) / 4;
+/// The most addresses an ADDRESS extension can carry: its length is one byte,
+/// so 12 + 4n <= 255, n <= 60. (A bound from the 1020-byte header, 249, would
+/// let the length byte wrap on emit and produce a malformed header.)
+pub const MAX_ADDRESS_ADDRS: usize = (u8::MAX as usize - ADDRESS_BASE_LEN) / 4;
 
 /// Extension type, the high nibble of an extension's first byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -70,13 +71,11 @@ impl ExtensionKind {
             ExtensionKind::Pad => len == 1,
             ExtensionKind::Control => len == CONTROL_LEN,
             ExtensionKind::Service => len == SERVICE_LEN,
-            ExtensionKind::Address => {
-                len >= ADDRESS_BASE_LEN && (len - ADDRESS_BASE_LEN).is_multiple_of(4)
-            }
+            ExtensionKind::Address => len >= ADDRESS_BASE_LEN && (len - ADDRESS_BASE_LEN) % 4 == 0,
             ExtensionKind::Source => {
                 let addrs = len.saturating_sub(SOURCE_BASE_LEN) / 4;
                 len > SOURCE_BASE_LEN
-                    && (len - SOURCE_BASE_LEN).is_multiple_of(4)
+                    && (len - SOURCE_BASE_LEN) % 4 == 0
                     && addrs <= MAX_SOURCE_ADDRS
             }
             ExtensionKind::Unknown(_) => len >= 2,

@@ -11,8 +11,9 @@ mod ext;
 mod header;
 
 pub use carriage::{
-    fill_transport_checksum, ipv4_payload, verify_transport_checksum, Ipv4Carriage,
-    TransportProtocol, IPV4_HEADER_LEN, SAL_IP_PROTOCOL, UDP_CLIENT_PORT, UDP_SERVER_PORT,
+    address_words, adjust_checksum, fill_transport_checksum, ipv4_payload,
+    readdress_transport_checksum, verify_transport_checksum, Ipv4Carriage, TransportProtocol,
+    IPV4_HEADER_LEN, SAL_IP_PROTOCOL, UDP_CLIENT_PORT, UDP_SERVER_PORT,
 };
 pub use ext::{
     AddressExt, AddressRepr, ControlExt, ControlFlags, ControlRepr, ExtensionKind, Extensions,

@@ -1,0 +1,391 @@
+//! The command-line grammar of servalctl and the request each command sends.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::{Args, Parser, Subcommand};
+use sal::control::Request;
+use sal::table::{Target, TargetKey};
+use sal::{Locator, ServicePrefix};
+
+/// Weight of a FORWARD target when none is given.
+pub const DEFAULT_WEIGHT: u32 = 1;
+/// Priority of a target when none is given.
+pub const DEFAULT_PRIORITY: u32 = 0;
+
+const AFTER_HELP: &str = "\
+The control socket is --control PATH, else $SERVAL_CONTROL, else /run/serval/sald.sock.
+Service prefixes are hex digits, left-aligned, with an optional /LEN: beef/16, 4001 (one exact ID).
+Addresses (locators) are an IPv4 address (native carriage: 10.0.0.2) or udp:ADDR:PORT.
+
+Examples:
+  servalctl services
+  servalctl service add beef/16 forward 10.0.0.2,weight=3,priority=2
+  servalctl service add beef/16 forward udp:10.0.0.3:54325
+  servalctl service add 0/0 delay
+  servalctl service del beef/16 10.0.0.2
+  servalctl flows --json";
+
+/// Operate a running sald: service rules, flows, interfaces, counters.
+#[derive(Debug, Parser)]
+#[command(
+    name = "servalctl",
+    version,
+    after_help = AFTER_HELP,
+    disable_help_subcommand = true
+)]
+pub struct Cli {
+    /// sald's control socket [default: $SERVAL_CONTROL, else /run/serval/sald.sock]
+    #[arg(long, value_name = "PATH", global = true)]
+    pub control: Option<PathBuf>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// List the service table: one line per target of each rule
+    Services(Listing),
+    /// Add or remove service rules
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// List flows: stream flows and datagram sockets
+    Flows(Listing),
+    /// List the SAL interfaces and their locators
+    Ifaces(Listing),
+    /// Show host, service table and link counters
+    Stats(Listing),
+}
+
+/// Options of every listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Args)]
+pub struct Listing {
+    /// Print sald's answer as JSON instead of a table
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `service add` and `service del`.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum ServiceCommand {
+    /// Add a target to the rule of PREFIX, creating the rule if needed; a
+    /// target that is already there (same address, or drop, or delay) is
+    /// updated in place
+    #[command(subcommand_value_name = "TARGET", subcommand_help_heading = "Targets")]
+    Add {
+        /// Service prefix: hex digits with an optional /LEN (beef/16), or one ID
+        #[arg(value_name = "PREFIX")]
+        prefix: ServicePrefix,
+        /// What the rule does
+        #[command(subcommand)]
+        target: AddTarget,
+    },
+    /// Remove the whole rule of PREFIX, or only its TARGET
+    Del {
+        /// Service prefix of the rule
+        #[arg(value_name = "PREFIX")]
+        prefix: ServicePrefix,
+        /// Remove only this target: a forward address (10.0.0.2,
+        /// udp:10.0.0.2:54325), `drop` or `delay`
+        #[arg(value_name = "ADDR")]
+        target: Option<TargetSpec>,
+    },
+}
+
+/// The target of `service add`.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum AddTarget {
+    /// Forward to an address; among the forward targets of the highest
+    /// priority, one is picked per flow in proportion to its weight
+    /// (default weight 1; weight 0 is a standby, used only when all are 0;
+    /// default priority 0, larger wins)
+    Forward {
+        /// ADDR[,weight=W][,priority=P], e.g. 10.0.0.2,weight=3,priority=2
+        #[arg(value_name = "ADDR[,weight=W][,priority=P]")]
+        spec: ForwardSpec,
+    },
+    /// Drop packets for the prefix (connection attempts are refused)
+    Drop {
+        /// Priority of the target (larger wins)
+        #[arg(long, value_name = "P", default_value_t = DEFAULT_PRIORITY)]
+        priority: u32,
+    },
+    /// Hold packets for the prefix and ask the service controller
+    Delay {
+        /// Priority of the target (larger wins)
+        #[arg(long, value_name = "P", default_value_t = DEFAULT_PRIORITY)]
+        priority: u32,
+    },
+}
+
+/// `ADDR[,weight=W][,priority=P]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwardSpec {
+    /// Where to forward.
+    pub locator: Locator,
+    /// Relative share among forward targets of the same priority.
+    pub weight: u32,
+    /// Larger wins.
+    pub priority: u32,
+}
+
+/// Why a `ForwardSpec` or `TargetSpec` was rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError(String);
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SpecError {}
+
+fn parse_number(what: &str, text: &str) -> Result<u32, SpecError> {
+    text.parse().map_err(|_| {
+        SpecError(format!(
+            "invalid {what} {text:?}: expected a whole number from 0 to {}",
+            u32::MAX
+        ))
+    })
+}
+
+impl FromStr for ForwardSpec {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<ForwardSpec, SpecError> {
+        let mut parts = s.split(',');
+        let address = parts.next().unwrap_or_default();
+        if address.is_empty() {
+            return Err(SpecError(
+                "missing address: expected ADDR[,weight=W][,priority=P]".into(),
+            ));
+        }
+        let locator: Locator = address.parse().map_err(|e| SpecError(format!("{e}")))?;
+        let (mut weight, mut priority) = (None, None);
+        for option in parts {
+            let (slot, what, value) = match option.split_once('=') {
+                Some(("weight", value)) => (&mut weight, "weight", value),
+                Some(("priority", value)) => (&mut priority, "priority", value),
+                _ => {
+                    return Err(SpecError(format!(
+                        "unknown option {option:?} after the address: expected weight=W or priority=P"
+                    )))
+                }
+            };
+            if slot.is_some() {
+                return Err(SpecError(format!("{what} given twice")));
+            }
+            *slot = Some(parse_number(what, value)?);
+        }
+        Ok(ForwardSpec {
+            locator,
+            weight: weight.unwrap_or(DEFAULT_WEIGHT),
+            priority: priority.unwrap_or(DEFAULT_PRIORITY),
+        })
+    }
+}
+
+/// The optional target of `service del`: an address, `drop` or `delay`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TargetSpec(pub TargetKey);
+
+impl FromStr for TargetSpec {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<TargetSpec, SpecError> {
+        match s {
+            "drop" => Ok(TargetSpec(TargetKey::Drop)),
+            "delay" => Ok(TargetSpec(TargetKey::Delay)),
+            _ => s
+                .parse()
+                .map(|locator| TargetSpec(TargetKey::Forward { locator }))
+                .map_err(|_| {
+                    SpecError(format!(
+                        "invalid target {s:?}: expected an address (10.0.0.2 or udp:ADDR:PORT), drop or delay"
+                    ))
+                }),
+        }
+    }
+}
+
+impl Command {
+    /// The request this command sends to sald.
+    pub fn request(&self) -> Request {
+        match self {
+            Command::Services(_) => Request::ListRules,
+            Command::Flows(_) => Request::ListFlows,
+            Command::Ifaces(_) => Request::ListInterfaces,
+            Command::Stats(_) => Request::Stats,
+            Command::Service(ServiceCommand::Add { prefix, target }) => {
+                let (target, priority) = match *target {
+                    AddTarget::Forward { spec } => (
+                        Target::Forward {
+                            locator: spec.locator,
+                            weight: spec.weight,
+                        },
+                        spec.priority,
+                    ),
+                    AddTarget::Drop { priority } => (Target::Drop, priority),
+                    AddTarget::Delay { priority } => (Target::Delay, priority),
+                };
+                Request::AddRule {
+                    prefix: *prefix,
+                    target,
+                    priority,
+                }
+            }
+            Command::Service(ServiceCommand::Del { prefix, target }) => Request::DelRule {
+                prefix: *prefix,
+                target: target.map(|t| t.0),
+            },
+        }
+    }
+
+    /// Whether the output should be JSON.
+    pub fn json(&self) -> bool {
+        match self {
+            Command::Services(l) | Command::Flows(l) | Command::Ifaces(l) | Command::Stats(l) => {
+                l.json
+            }
+            Command::Service(_) => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("servalctl").chain(args.iter().copied()))
+    }
+
+    fn request(args: &[&str]) -> Request {
+        parse(args).unwrap().command.request()
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn forward_with_weight_and_priority() {
+        assert_eq!(
+            request(&["service", "add", "beef/16", "forward", "10.0.0.2,weight=3,priority=2"]),
+            Request::AddRule {
+                prefix: "beef/16".parse().unwrap(),
+                target: Target::Forward {
+                    locator: "10.0.0.2".parse().unwrap(),
+                    weight: 3,
+                },
+                priority: 2,
+            }
+        );
+        assert_eq!(
+            request(&["service", "add", "4001", "forward", "udp:10.0.0.3:54325,priority=1"]),
+            Request::AddRule {
+                prefix: "4001".parse().unwrap(),
+                target: Target::Forward {
+                    locator: "udp:10.0.0.3:54325".parse().unwrap(),
+                    weight: DEFAULT_WEIGHT,
+                },
+                priority: 1,
+            }
+        );
+    }
+
+    #[test]
+    fn drop_delay_and_del() {
+        assert_eq!(
+            request(&["service", "add", "0/0", "drop"]),
+            Request::AddRule {
+                prefix: ServicePrefix::DEFAULT,
+                target: Target::Drop,
+                priority: 0,
+            }
+        );
+        assert_eq!(
+            request(&["service", "add", "be/8", "delay", "--priority", "4"]),
+            Request::AddRule {
+                prefix: "be/8".parse().unwrap(),
+                target: Target::Delay,
+                priority: 4,
+            }
+        );
+        assert_eq!(
+            request(&["service", "del", "be/8"]),
+            Request::DelRule {
+                prefix: "be/8".parse().unwrap(),
+                target: None,
+            }
+        );
+        assert_eq!(
+            request(&["service", "del", "be/8", "10.0.0.9"]),
+            Request::DelRule {
+                prefix: "be/8".parse().unwrap(),
+                target: Some(TargetKey::Forward {
+                    locator: "10.0.0.9".parse().unwrap()
+                }),
+            }
+        );
+        assert_eq!(
+            request(&["service", "del", "be/8", "delay"]),
+            Request::DelRule {
+                prefix: "be/8".parse().unwrap(),
+                target: Some(TargetKey::Delay),
+            }
+        );
+    }
+
+    #[test]
+    fn listings_and_global_options() {
+        let cli = parse(&["flows", "--json", "--control", "/tmp/x.sock"]).unwrap();
+        assert_eq!(cli.command.request(), Request::ListFlows);
+        assert!(cli.command.json());
+        assert_eq!(cli.control, Some(PathBuf::from("/tmp/x.sock")));
+        let cli = parse(&["--control", "/tmp/y.sock", "services"]).unwrap();
+        assert!(!cli.command.json());
+        assert_eq!(cli.control, Some(PathBuf::from("/tmp/y.sock")));
+        assert_eq!(request(&["ifaces"]), Request::ListInterfaces);
+        assert_eq!(request(&["stats", "--json"]), Request::Stats);
+    }
+
+    #[test]
+    fn bad_specs_are_rejected_with_reasons() {
+        let cases = [
+            ("", "missing address"),
+            ("10.0.0", "invalid locator"),
+            ("10.0.0.2,weight=x", "invalid weight \"x\""),
+            ("10.0.0.2,weight=-1", "invalid weight"),
+            ("10.0.0.2,priority=99999999999", "invalid priority"),
+            ("10.0.0.2,colour=red", "unknown option \"colour=red\""),
+            ("10.0.0.2,weight=1,weight=2", "weight given twice"),
+            ("10.0.0.2,", "unknown option \"\""),
+        ];
+        for (spec, message) in cases {
+            let error = spec.parse::<ForwardSpec>().unwrap_err().to_string();
+            assert!(error.contains(message), "{spec:?}: {error}");
+        }
+        assert!("nope".parse::<TargetSpec>().is_err());
+        for args in [
+            &["service", "add", "xyz", "drop"][..],
+            &["service", "add", "beef/4", "drop"],
+            &["service", "add", "beef/16", "forward"],
+            &["service", "add", "beef/16", "teleport"],
+            &["service", "add", "beef/16"],
+            &["service", "del", "beef/16", "10.0.0"],
+            &["services", "extra"],
+            &["migrate", "1", "eth0"],
+            &[],
+        ] {
+            assert!(parse(args).is_err(), "{args:?} parsed");
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! sald's configuration: command-line flags, or a TOML file with the same keys.
+//!
+//! ```toml
+//! ifaces = ["eth0", "wlan0"]
+//! udp = "10.0.0.1:54325"     # UDP encapsulation instead of the TUN
+//! forward = true             # service-router mode
+//! control = "/run/serval/sald.sock"
+//! tun = "sal0"
+//!
+//! [[rules]]                  # static rules installed at start
+//! prefix = "beef/16"
+//! forward = "10.0.0.2"
+//! weight = 1
+//! priority = 0
+//!
+//! [[allow]]                  # who may bind what (root may bind anything);
+//! uid = 1000                 # with no [[allow]] entries anyone may bind
+//! prefix = "c0ffee/24"
+//! ```
+//!
+//! Flags given on the command line override the file.
+
+use std::net::SocketAddrV4;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use serde::Deserialize;
+
+use sal::table::Target;
+use sal::{Locator, ServicePrefix};
+
+/// Command-line flags.
+#[derive(Debug, Parser)]
+#[command(
+    name = "sald",
+    version,
+    about = "The Serval service access layer daemon",
+    long_about = "Runs the SAL on this host: connects applications to services by service ID, \
+                  resolves service IDs through the service table, and carries flows over the \
+                  host's interfaces (native IPv4 protocol 144 through a TUN device, or UDP \
+                  encapsulation). Logging is controlled by RUST_LOG (default: info)."
+)]
+pub struct Flags {
+    /// Physical interface whose IPv4 address is a SAL locator (repeatable).
+    #[arg(long = "iface", value_name = "IFACE")]
+    pub ifaces: Vec<String>,
+    /// Use UDP encapsulation on this local address and port instead of the
+    /// TUN device (needs no privileges). With 0.0.0.0, each --iface address
+    /// is a locator with this port.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub udp: Option<SocketAddrV4>,
+    /// Act as a service router: forward SYNs and unconnected datagrams by
+    /// FORWARD rules.
+    #[arg(long)]
+    pub forward: bool,
+    /// Control socket path.
+    #[arg(long, value_name = "PATH", env = "SERVAL_CONTROL")]
+    pub control: Option<PathBuf>,
+    /// TOML configuration file with the same keys as these flags.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Name of the TUN device (native mode).
+    #[arg(long, value_name = "NAME")]
+    pub tun: Option<String>,
+    /// Seed for flow IDs and nonces (default: random). For reproducible tests only.
+    #[arg(long, hide = true)]
+    pub seed: Option<u64>,
+}
+
+/// A static rule from the config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub prefix: ServicePrefix,
+    /// Locator to forward to; omit together with `drop`/`delay` rules.
+    #[serde(default)]
+    pub forward: Option<Locator>,
+    #[serde(default)]
+    pub drop: bool,
+    #[serde(default)]
+    pub delay: bool,
+    #[serde(default = "one")]
+    pub weight: u32,
+    #[serde(default)]
+    pub priority: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl RuleConfig {
+    /// The table target this entry describes.
+    pub fn target(&self) -> Result<Target> {
+        match (self.forward, self.drop, self.delay) {
+            (Some(locator), false, false) => Ok(Target::Forward {
+                locator,
+                weight: self.weight,
+            }),
+            (None, true, false) => Ok(Target::Drop),
+            (None, false, true) => Ok(Target::Delay),
+            _ => bail!(
+                "rule {}: give exactly one of forward = ADDR, drop = true, delay = true",
+                self.prefix
+            ),
+        }
+    }
+}
+
+/// Who may bind which prefixes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowConfig {
+    pub uid: u32,
+    pub prefix: ServicePrefix,
+}
+
+/// The config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub ifaces: Vec<String>,
+    pub udp: Option<SocketAddrV4>,
+    #[serde(default)]
+    pub forward: bool,
+    pub control: Option<PathBuf>,
+    pub tun: Option<String>,
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+    #[serde(default)]
+    pub allow: Vec<AllowConfig>,
+}
+
+/// The effective configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub ifaces: Vec<String>,
+    pub udp: Option<SocketAddrV4>,
+    pub forward: bool,
+    pub control: PathBuf,
+    pub tun: String,
+    pub seed: Option<u64>,
+    pub rules: Vec<RuleConfig>,
+    pub allow: Vec<AllowConfig>,
+}
+
+impl Config {
+    /// Merges flags over the config file (if any) over defaults.
+    pub fn load(flags: Flags) -> Result<Config> {
+        let file = match &flags.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .with_context(|| format!("invalid config file {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        for rule in &file.rules {
+            rule.target()?;
+        }
+        let ifaces = if flags.ifaces.is_empty() {
+            file.ifaces
+        } else {
+            flags.ifaces
+        };
+        let udp = flags.udp.or(file.udp);
+        if ifaces.is_empty() && udp.is_none_or(|a| a.ip().is_unspecified()) {
+            bail!("no interface given: use --iface IFACE (repeatable), or --udp ADDR:PORT with a specific address");
+        }
+        Ok(Config {
+            ifaces,
+            udp,
+            forward: flags.forward || file.forward,
+            control: flags
+                .control
+                .or(file.control)
+                .unwrap_or_else(|| sal::control::DEFAULT_CONTROL_PATH.into()),
+            tun: flags.tun.or(file.tun).unwrap_or_else(|| "sal0".into()),
+            seed: flags.seed,
+            rules: file.rules,
+            allow: file.allow,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_config_parses_rules_and_allow() {
+        let text = r#"
+            ifaces = ["eth0"]
+            forward = true
+            [[rules]]
+            prefix = "beef/16"
+            forward = "10.0.0.2"
+            weight = 3
+            [[rules]]
+            prefix = "de/8"
+            drop = true
+            [[allow]]
+            uid = 1000
+            prefix = "c0ffee/24"
+        "#;
+        let file: FileConfig = toml::from_str(text).unwrap();
+        assert_eq!(file.rules.len(), 2);
+        assert!(matches!(
+            file.rules[0].target().unwrap(),
+            Target::Forward { weight: 3, .. }
+        ));
+        assert_eq!(file.rules[1].target().unwrap(), Target::Drop);
+        assert_eq!(file.allow[0].uid, 1000);
+        assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
+    }
+
+    #[test]
+    fn rule_needs_exactly_one_action() {
+        let rule: RuleConfig = toml::from_str("prefix = \"ab/8\"\ndrop = true\ndelay = true").unwrap();
+        assert!(rule.target().is_err());
+    }
+}

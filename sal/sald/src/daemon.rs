@@ -1,0 +1,321 @@
+//! The daemon's shared state: the sans-IO [`Host`] behind a mutex, the links
+//! it transmits on, and the bookkeeping that connects host events to the
+//! tasks waiting on them (app flows, pending accepts and connects,
+//! subscribers).
+//!
+//! Every task that touches the host does so in a short critical section and
+//! ends it with [`Core::run`], which advances the host, writes its transmits
+//! to the link and dispatches its events. No lock is held across an await.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use sal::control::{ControlEvent, StatsReport};
+use sal::proto::{ConnectError, Event, FlowInfo, Host, Transmit};
+use sal::table::ListenerId;
+use sal::wire::{Ipv4Carriage, IPV4_HEADER_LEN};
+use sal::{FlowId, Locator};
+use sal::time::Instant;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::link::{TunLink, UdpLink};
+
+/// Wakes the tasks serving one app-owned flow or datagram socket.
+#[derive(Debug, Default)]
+pub struct FlowSignal {
+    /// Data may be readable from the host (or the flow ended).
+    pub down: Notify,
+    /// Send room may have opened in the host.
+    pub up: Notify,
+}
+
+impl FlowSignal {
+    fn wake(&self) {
+        self.down.notify_one();
+        self.up.notify_one();
+    }
+}
+
+/// How packets leave this host.
+pub enum Links {
+    /// Native IPv4 protocol 144 through the TUN device.
+    Tun(Arc<TunLink>),
+    /// UDP encapsulation.
+    Udp(Arc<UdpLink>),
+}
+
+/// Counters of the link layer.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LinkStats {
+    pub rx: u64,
+    pub tx: u64,
+    pub errors: u64,
+}
+
+/// Everything behind the daemon's one lock.
+pub struct Core {
+    pub host: Host,
+    epoch: std::time::Instant,
+    links: Links,
+    ident: u16,
+    buffer: Vec<u8>,
+    pub link_stats: LinkStats,
+    flows: HashMap<FlowId, Arc<FlowSignal>>,
+    pending_accepts: HashMap<ListenerId, VecDeque<oneshot::Sender<FlowId>>>,
+    pending_connects: HashMap<FlowId, oneshot::Sender<Result<FlowInfo, ConnectError>>>,
+    subscribers: Vec<mpsc::UnboundedSender<ControlEvent>>,
+    pub control_clients: usize,
+    /// Tells the timer task that the host's next deadline may have moved.
+    timer: Arc<Notify>,
+}
+
+/// The daemon state shared by all tasks.
+pub struct Shared {
+    core: Mutex<Core>,
+    /// The host's next deadline may have moved earlier.
+    pub timer: Arc<Notify>,
+}
+
+impl Shared {
+    pub fn new(host: Host, links: Links) -> Arc<Shared> {
+        let timer = Arc::new(Notify::new());
+        Arc::new(Shared {
+            core: Mutex::new(Core {
+                host,
+                epoch: std::time::Instant::now(),
+                links,
+                ident: 0,
+                buffer: vec![0u8; 65536],
+                link_stats: LinkStats::default(),
+                flows: HashMap::new(),
+                pending_accepts: HashMap::new(),
+                pending_connects: HashMap::new(),
+                subscribers: Vec::new(),
+                control_clients: 0,
+                timer: timer.clone(),
+            }),
+            timer,
+        })
+    }
+
+    /// Locks the core. A panic while holding the lock is a bug that already
+    /// took a task down; the state is still the host's own, so keep serving.
+    pub fn lock(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Core {
+    /// The host's clock: microseconds since the daemon started.
+    pub fn now(&self) -> Instant {
+        Instant::from_micros(self.epoch.elapsed().as_micros() as i64)
+    }
+
+    /// Advances the host, sends what it produced, dispatches its events.
+    pub fn run(&mut self) {
+        let now = self.now();
+        self.host.poll(now);
+        self.flush();
+        self.dispatch();
+        self.timer.notify_one();
+    }
+
+    /// The host's next deadline as a wall-clock instant.
+    pub fn deadline(&mut self) -> Option<std::time::Instant> {
+        let at = self.host.poll_timeout()?;
+        let micros = u64::try_from(at.total_micros()).unwrap_or(0);
+        Some(self.epoch + std::time::Duration::from_micros(micros))
+    }
+
+    /// Writes every pending transmit to the link.
+    fn flush(&mut self) {
+        while let Some(transmit) = self.host.poll_transmit() {
+            let sent = match &self.links {
+                Links::Tun(tun) => {
+                    let len = IPV4_HEADER_LEN + transmit.payload.len();
+                    if self.buffer.len() < len {
+                        self.buffer.resize(len, 0);
+                    }
+                    self.ident = self.ident.wrapping_add(1);
+                    let carriage = Ipv4Carriage {
+                        src: transmit.src.ip(),
+                        dst: transmit.dst.ip(),
+                        ttl: transmit.ttl,
+                        ident: self.ident,
+                    };
+                    let buffer = &mut self.buffer[..len];
+                    match carriage.emit(buffer, transmit.payload.len()) {
+                        Ok(()) => {
+                            buffer[IPV4_HEADER_LEN..].copy_from_slice(&transmit.payload);
+                            tun.try_send(buffer).is_ok()
+                        }
+                        Err(_) => false,
+                    }
+                }
+                Links::Udp(udp) => match udp_destination(&transmit) {
+                    Some(dst) => udp.try_send_to(&transmit.payload, dst).is_ok(),
+                    None => false,
+                },
+            };
+            if sent {
+                self.link_stats.tx += 1;
+            } else {
+                self.link_stats.errors += 1;
+                tracing::debug!(dst = %transmit.dst, "link dropped a packet");
+            }
+        }
+    }
+
+    /// Routes host events to whoever waits for them.
+    fn dispatch(&mut self) {
+        while let Some(event) = self.host.poll_event() {
+            match event {
+                Event::Activity(flow) | Event::Datagram(flow) => {
+                    if let Some(signal) = self.flows.get(&flow) {
+                        signal.wake();
+                    }
+                }
+                Event::Connected(flow) => {
+                    if let Some(waiter) = self.pending_connects.remove(&flow) {
+                        let info = self.host.flow(flow).ok_or(ConnectError::Refused);
+                        let _ = waiter.send(info);
+                    }
+                    self.publish(ControlEvent::FlowOpened {
+                        flow,
+                        service: self.host.flow(flow).map(|f| f.service).unwrap_or_default(),
+                    });
+                }
+                Event::ConnectFailed(flow, error) => {
+                    if let Some(waiter) = self.pending_connects.remove(&flow) {
+                        let _ = waiter.send(Err(error));
+                    }
+                }
+                Event::Incoming(listener) => self.serve_accepts(listener),
+                Event::Closed(flow) => {
+                    if let Some(signal) = self.flows.remove(&flow) {
+                        signal.wake();
+                    }
+                    self.publish(ControlEvent::FlowClosed { flow });
+                }
+                Event::DelayNotify(service) => self.publish(ControlEvent::DelayNotify { service }),
+                Event::Registered(prefix) => self.publish(ControlEvent::Registered { prefix }),
+                Event::Unregistered(prefix) => self.publish(ControlEvent::Unregistered { prefix }),
+            }
+        }
+    }
+
+    fn publish(&mut self, event: ControlEvent) {
+        self.subscribers
+            .retain(|subscriber| subscriber.send(event.clone()).is_ok());
+    }
+
+    /// Hands queued flows to waiting accepts.
+    fn serve_accepts(&mut self, listener: ListenerId) {
+        let Some(waiters) = self.pending_accepts.get_mut(&listener) else {
+            return;
+        };
+        while !waiters.is_empty() {
+            let Ok(flow) = self.host.accept(listener) else {
+                break;
+            };
+            // A waiter whose client went away is skipped; the flow goes to the next.
+            let mut flow = Some(flow);
+            while let Some(waiter) = waiters.pop_front() {
+                match waiter.send(flow.take().expect("set above")) {
+                    Ok(()) => break,
+                    Err(returned) => flow = Some(returned),
+                }
+            }
+            if let Some(orphan) = flow {
+                // Nobody wanted it after all: reset it rather than leak it.
+                let _ = self.host.abort(orphan);
+                let _ = self.host.close(orphan);
+            }
+        }
+    }
+
+    /// Registers interest in a flow (or datagram socket) handed to an app.
+    pub fn adopt(&mut self, flow: FlowId) -> Arc<FlowSignal> {
+        let signal = Arc::new(FlowSignal::default());
+        self.flows.insert(flow, signal.clone());
+        signal
+    }
+
+    /// Forgets an app-owned datagram socket (flows go on `Closed`).
+    pub fn disown(&mut self, flow: FlowId) {
+        self.flows.remove(&flow);
+    }
+
+    /// Waits for the next flow of `listener`: at once if one is queued.
+    pub fn wait_accept(&mut self, listener: ListenerId) -> oneshot::Receiver<FlowId> {
+        let (tx, rx) = oneshot::channel();
+        match self.host.accept(listener) {
+            Ok(flow) => {
+                let _ = tx.send(flow);
+            }
+            Err(_) => self.pending_accepts.entry(listener).or_default().push_back(tx),
+        }
+        rx
+    }
+
+    /// Drops accept waiters whose clients are gone.
+    pub fn prune_accepts(&mut self, listener: ListenerId) {
+        if let Some(waiters) = self.pending_accepts.get_mut(&listener) {
+            waiters.retain(|w| !w.is_closed());
+            if waiters.is_empty() {
+                self.pending_accepts.remove(&listener);
+            }
+        }
+    }
+
+    /// Waits for a connect to complete.
+    pub fn wait_connect(&mut self, flow: FlowId) -> oneshot::Receiver<Result<FlowInfo, ConnectError>> {
+        let (tx, rx) = oneshot::channel();
+        self.pending_connects.insert(flow, tx);
+        rx
+    }
+
+    /// Adds an event subscriber.
+    pub fn subscribe(&mut self) -> mpsc::UnboundedReceiver<ControlEvent> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.subscribers.push(tx);
+        rx
+    }
+
+    /// Everything `servalctl stats` shows.
+    pub fn stats(&self, uptime: std::time::Duration) -> StatsReport {
+        StatsReport {
+            host: self.host.stats(),
+            table: self.host.table().stats(),
+            rules: self.host.table().len(),
+            flows: self.host.flows().len(),
+            listeners: self.host.listener_count(),
+            control_clients: self.control_clients,
+            link_rx: self.link_stats.rx,
+            link_tx: self.link_stats.tx,
+            link_errors: self.link_stats.errors,
+            uptime_secs: uptime.as_secs(),
+        }
+    }
+
+    /// Takes one packet read from the link.
+    pub fn receive(&mut self, src: Locator, dst: Locator, ttl: u8, payload: &[u8]) {
+        self.link_stats.rx += 1;
+        let now = self.now();
+        self.host.handle_packet(now, src, dst, ttl, payload);
+    }
+}
+
+/// Where a UDP-encapsulated transmit goes.
+fn udp_destination(transmit: &Transmit) -> Option<SocketAddr> {
+    match transmit.dst {
+        Locator::Udp(addr) => Some(SocketAddr::V4(addr)),
+        // A native locator reached over UDP: the peer listens on the same port
+        // as we do (one port per deployment, as in the reference stack).
+        Locator::Ipv4(ip) => match transmit.src {
+            Locator::Udp(local) => Some(SocketAddr::new(ip.into(), local.port())),
+            Locator::Ipv4(_) => None,
+        },
+    }
+}

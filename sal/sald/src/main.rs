@@ -1,0 +1,217 @@
+//! sald: the SAL daemon.
+//!
+//! Drives the sans-IO [`sal::proto::Host`] with tokio: packets from the link
+//! (TUN or UDP) go in, transmits go out, timers fire, and the control socket
+//! serves applications, the controller and operators. See DESIGN.md.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use sal::proto::{Host, HostConfig, LocalInterface};
+use sal::wire::ipv4_payload;
+use sal::Locator;
+use tracing_subscriber::EnvFilter;
+
+use sald::config::{Config, Flags};
+use sald::control_server::{self, ControlContext};
+use sald::daemon::{Links, Shared};
+use sald::link::{TunLink, UdpLink};
+use sald::plumbing::{Plumbing, PlumbingConfig};
+
+/// Packets read from the link per lock acquisition.
+const RX_BATCH: usize = 64;
+
+fn main() {
+    let flags = Flags::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("cannot start the tokio runtime");
+    if let Err(error) = runtime.block_on(run(flags)) {
+        eprintln!("sald: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+/// An interface's IPv4 address and prefix length, from getifaddrs.
+fn interface_address(name: &str) -> Result<(Ipv4Addr, u8)> {
+    let addrs = nix::ifaddrs::getifaddrs().context("cannot list interfaces")?;
+    let mut found = false;
+    for ifaddr in addrs {
+        if ifaddr.interface_name != name {
+            continue;
+        }
+        found = true;
+        let Some(addr) = ifaddr.address.as_ref().and_then(|a| a.as_sockaddr_in()) else {
+            continue;
+        };
+        let prefix = ifaddr
+            .netmask
+            .as_ref()
+            .and_then(|m| m.as_sockaddr_in())
+            .map_or(32, |m| u32::from(m.ip()).count_ones() as u8);
+        return Ok((addr.ip(), prefix));
+    }
+    if found {
+        bail!("interface {name} has no IPv4 address");
+    }
+    bail!("unknown interface {name}");
+}
+
+async fn run(flags: Flags) -> Result<()> {
+    let config = Config::load(flags)?;
+    let mut interfaces = Vec::new();
+    for name in &config.ifaces {
+        let (ip, prefix_len) = interface_address(name)?;
+        let locator = match config.udp {
+            Some(udp) => Locator::Udp(std::net::SocketAddrV4::new(ip, udp.port())),
+            None => Locator::Ipv4(ip),
+        };
+        interfaces.push(LocalInterface {
+            name: name.clone(),
+            locator,
+            prefix_len,
+        });
+    }
+    if let Some(udp) = config.udp.filter(|a| !a.ip().is_unspecified()) {
+        if !interfaces.iter().any(|i| i.locator == Locator::Udp(udp)) {
+            interfaces.push(LocalInterface {
+                name: "udp".into(),
+                locator: Locator::Udp(udp),
+                prefix_len: 24,
+            });
+        }
+    }
+
+    let host_config = HostConfig {
+        forward: config.forward,
+        seed: config.seed.unwrap_or_else(rand::random),
+        ..HostConfig::default()
+    };
+    let mut host = Host::new(host_config, sal::time::Instant::from_micros(0));
+    for interface in &interfaces {
+        tracing::info!(iface = %interface.name, locator = %interface.locator, "SAL interface");
+        host.add_interface(interface.clone());
+    }
+    for rule in &config.rules {
+        host.add_rule(rule.prefix, rule.target()?, rule.priority);
+    }
+
+    // Links and, in native mode, the kernel plumbing that steers protocol 144
+    // into our TUN. The plumbing guard undoes itself when dropped.
+    let mut plumbing = None;
+    let links = match config.udp {
+        Some(addr) => Links::Udp(Arc::new(
+            UdpLink::bind(SocketAddr::V4(addr))
+                .await
+                .with_context(|| format!("cannot bind UDP {addr}"))?,
+        )),
+        None => {
+            let tun = TunLink::open(&config.tun, 1500)
+                .with_context(|| format!("cannot open TUN device {} (are you root?)", config.tun))?;
+            let plumbing_config = interfaces.iter().fold(PlumbingConfig::new(config.tun.clone()), |cfg, i| {
+                cfg.interface(i.name.clone(), vec![i.locator.ip()])
+            });
+            plumbing = Some(Plumbing::install(&plumbing_config).context("cannot set up routing for the SAL")?);
+            Links::Tun(Arc::new(tun))
+        }
+    };
+
+    let shared = Shared::new(host, links_clone(&links));
+    let listener = control_server::bind(&config.control).await?;
+    tracing::info!(control = %config.control.display(), forward = config.forward, "sald running");
+    let context = Arc::new(ControlContext {
+        shared: shared.clone(),
+        allow: config.allow.clone(),
+        started: std::time::Instant::now(),
+        owner_uid: nix::unistd::geteuid().as_raw(),
+    });
+
+    let result = tokio::select! {
+        result = receive_loop(shared.clone(), links, interfaces[0].locator) => result,
+        () = timer_loop(shared.clone()) => Ok(()),
+        () = control_server::serve(listener, context) => Ok(()),
+        signal = shutdown_signal() => {
+            tracing::info!(signal, "shutting down");
+            Ok(())
+        }
+    };
+    let _ = std::fs::remove_file(&config.control);
+    if let Some(plumbing) = plumbing {
+        plumbing.remove();
+    }
+    result
+}
+
+fn links_clone(links: &Links) -> Links {
+    match links {
+        Links::Tun(tun) => Links::Tun(tun.clone()),
+        Links::Udp(udp) => Links::Udp(udp.clone()),
+    }
+}
+
+/// Waits for SIGINT or SIGTERM.
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        std::future::pending::<()>().await;
+        unreachable!("pending never completes");
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
+/// Reads packets from the link and feeds them to the host, in batches.
+async fn receive_loop(shared: Arc<Shared>, links: Links, local: Locator) -> Result<()> {
+    let mut buf = vec![0u8; 65536];
+    match links {
+        Links::Tun(tun) => loop {
+            let n = tun.recv(&mut buf).await.context("TUN read failed")?;
+            let mut core = shared.lock();
+            let mut len = n;
+            for _ in 0..RX_BATCH {
+                if let Ok((carriage, sal)) = ipv4_payload(&buf[..len]) {
+                    core.receive(Locator::Ipv4(carriage.src), Locator::Ipv4(carriage.dst), carriage.ttl, sal);
+                }
+                match tun.try_recv(&mut buf) {
+                    Ok(n) => len = n,
+                    Err(_) => break,
+                }
+            }
+            core.run();
+        },
+        Links::Udp(udp) => loop {
+            let (n, from) = udp.recv_from(&mut buf).await.context("UDP read failed")?;
+            let SocketAddr::V4(from) = from else {
+                continue;
+            };
+            let mut core = shared.lock();
+            core.receive(Locator::Udp(from), local, 64, &buf[..n]);
+            core.run();
+        },
+    }
+}
+
+/// Runs the host whenever its next deadline passes.
+async fn timer_loop(shared: Arc<Shared>) {
+    loop {
+        let deadline = shared.lock().deadline();
+        match deadline {
+            Some(deadline) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(deadline.into()) => shared.lock().run(),
+                    () = shared.timer.notified() => {}
+                }
+            }
+            None => shared.timer.notified().await,
+        }
+    }
+}

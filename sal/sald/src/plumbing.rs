@@ -1,0 +1,1548 @@
+//! Host-address mode kernel plumbing (DESIGN.md, "Data plane" → Links).
+//!
+//! In host-address mode the SAL uses the host's own interface addresses as
+//! locators. The kernel must hand sald every incoming IPv4 protocol-144
+//! packet addressed to one of those addresses, must keep answering
+//! everything else (ping, TCP, ...) itself, and must route the packets sald
+//! writes into its TUN, whose source is one of the host's own addresses, out
+//! of the right interface. [`Plumbing::install`] sets that up and
+//! [`Plumbing::remove`] (or Drop) undoes it:
+//!
+//! For each host address `A` on interface `IF`, TUN `T0` (e.g. `sal0`),
+//! routing table `T` (default 144) and rule preference `P` (default 100):
+//!
+//! | what | why |
+//! | --- | --- |
+//! | rule `pref P ipproto 144 to A iif IF lookup T` | steers SAL packets for `A` away from local delivery |
+//! | the `local` rule moved from pref 0 to `P + 1` | so the rules above are consulted before the `local` table |
+//! | `default dev T0` in table `T` | the steered packets are "forwarded" into the TUN |
+//! | `conf.IF.forwarding=1` | IPv4 only forwards packets whose *input* device has forwarding on |
+//! | `conf.T0.forwarding=1` | the same for packets sald writes into the TUN (they enter the kernel on `T0`) |
+//! | `conf.T0.accept_local=1`, `conf.T0.rp_filter=0` | packets from the TUN carry one of our own addresses as source (see below) |
+//! | nftables table `ip sald` (the fence) | `conf.IF.forwarding=1` would also forward other transit traffic arriving on `IF`: only protocol 144 to or from the TUN may be forwarded |
+//!
+//! The global `net.ipv4.ip_forward` is never touched. When it is already 1
+//! the host is a router by the operator's choice, so no fence is installed.
+//! The fence also only drops traffic entering through interfaces whose
+//! `forwarding` sald itself switched on, so forwarding the operator enabled
+//! on other interfaces is left alone.
+//!
+//! ## What was really needed on this kernel (6.18, measured in namespaces)
+//!
+//! * `conf.IF.forwarding` and `conf.T0.forwarding` are both required (without
+//!   the first nothing reaches the TUN; without the second the kernel counts
+//!   `IpInAddrErrors` for packets written to the TUN).
+//! * For a packet written to the TUN whose source `A` belongs to the
+//!   interface it leaves by, neither `accept_local` nor `rp_filter` matter:
+//!   the kernel's source validation does a reverse lookup with
+//!   `iif = egress interface, ipproto = 144, dst = A`, which hits our own
+//!   `ipproto 144 to A iif IF` rule and resolves to the TUN itself, so the
+//!   check passes even with strict `rp_filter`.
+//! * When the source is the address of *another* local interface (a flow
+//!   whose locator is on `wlan0` while the route to the peer uses `eth0`),
+//!   the reverse lookup finds a `local` route: then `accept_local=1` on the
+//!   TUN is required, and the effective `rp_filter` of the TUN, which is
+//!   `max(conf.all.rp_filter, conf.T0.rp_filter)`, must be 0. We set the
+//!   TUN's own value; we do not lower the host-wide `conf.all.rp_filter`
+//!   (systemd hosts leave it at 0 and set per-interface values), but log a
+//!   warning when it is non-zero.
+//! * Forwarded packets have their TTL decremented once on each crossing.
+//!
+//! ## Ownership
+//!
+//! The plumbing of a network namespace belongs to one sald. A lock file
+//! `<run_dir>/plumbing-<netns>.lock` (flock, `run_dir` defaults to
+//! `/run/serval`) makes a second daemon fail fast with
+//! [`PlumbingError::Owned`]. Next to it a state file records every change
+//! (previous sysctl values, where the `local` rule was), so plumbing left by
+//! a daemon that crashed (lock free, rules still present) is recognised as
+//! stale and removed, with a warning, before installing afresh. `<netns>`
+//! is the namespace's cookie (`SO_NETNS_COOKIE`, never reused), so daemons
+//! in different network namespaces never contend.
+//!
+//! Everything here is synchronous (plain netlink sockets, `/proc/sys`
+//! writes, the `nft` command): the calls are few and short, they work from
+//! `Drop`, and they can be used from inside or outside a tokio runtime.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write as _};
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
+    NLM_F_EXCL, NLM_F_REQUEST,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkFlag, LinkMessage};
+use netlink_packet_route::route::{
+    RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleFlag, RuleMessage};
+use netlink_packet_route::{AddressFamily, IpProtocol, RouteNetlinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+/// IP protocol number of native SAL packets (WIRE.md, "Carriage").
+pub const SAL_IPPROTO: u8 = 144;
+/// Default routing table for packets steered into the TUN.
+pub const DEFAULT_TABLE: u32 = 144;
+/// Default preference of the `ipproto 144` rules (the `local` rule moves to
+/// this plus one).
+pub const DEFAULT_RULE_PREF: u32 = 100;
+/// Default directory of the lock and state files.
+pub const DEFAULT_RUN_DIR: &str = "/run/serval";
+/// Name of the nftables table (family `ip`) that holds the fence.
+pub const NFT_TABLE: &str = "sald";
+
+const RT_TABLE_LOCAL: u32 = 255;
+const RT_TABLE_MAIN: u32 = 254;
+const RT_TABLE_DEFAULT: u32 = 253;
+const RULE_PREF_MAIN: u32 = 32766;
+
+// ---------------------------------------------------------------------------
+// errors
+// ---------------------------------------------------------------------------
+
+/// Why the plumbing could not be installed or removed. Each variant renders
+/// as one line an operator can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum PlumbingError {
+    /// The configuration is unusable (bad interface name, reserved table, ...).
+    #[error("invalid plumbing configuration: {0}")]
+    Config(String),
+    /// An interface named in the configuration does not exist.
+    #[error("unknown interface {0:?}")]
+    UnknownInterface(String),
+    /// Another sald holds this namespace's plumbing.
+    #[error("another sald owns the plumbing: {}", .evidence.join("; "))]
+    Owned {
+        /// What shows it (lock held, rules present, nft table present).
+        evidence: Vec<String>,
+    },
+    /// Routing state that is not ours is in the way.
+    #[error("conflicting routing state: {0}")]
+    Conflict(String),
+    /// A netlink request failed.
+    #[error("netlink: {op}: {source}")]
+    Netlink {
+        /// The operation, e.g. `add rule pref 100 ipproto 144 to 10.0.0.1`.
+        op: String,
+        /// The kernel's error.
+        #[source]
+        source: io::Error,
+    },
+    /// Reading or writing a sysctl failed.
+    #[error("sysctl {path}: {source}")]
+    Sysctl {
+        /// The /proc/sys path.
+        path: String,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The lock or state file could not be used.
+    #[error("{}: {source}", .path.display())]
+    RunDir {
+        /// The file or directory.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The nftables fence could not be installed.
+    #[error("nftables fence: {0}")]
+    Fence(String),
+    /// Some undo steps failed (each was attempted; details in the list).
+    #[error("removing plumbing: {}", .0.join("; "))]
+    Teardown(Vec<String>),
+}
+
+fn nl_err(op: impl Into<String>) -> impl FnOnce(io::Error) -> PlumbingError {
+    let op = op.into();
+    move |source| PlumbingError::Netlink { op, source }
+}
+
+impl PlumbingError {
+    /// The errno behind a netlink failure, if that is what this is.
+    fn errno(&self) -> Option<i32> {
+        match self {
+            PlumbingError::Netlink { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// configuration
+// ---------------------------------------------------------------------------
+
+/// One physical interface the SAL uses, and the IPv4 addresses on it that
+/// serve as locators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceConfig {
+    /// Interface name (`eth0`).
+    pub name: String,
+    /// Its IPv4 addresses; each gets an `ipproto 144` rule.
+    pub addrs: Vec<Ipv4Addr>,
+}
+
+/// What [`Plumbing::install`] sets up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlumbingConfig {
+    /// The TUN device (must exist: create it with
+    /// [`crate::link::TunLink::open`] first).
+    pub tun: String,
+    /// The physical interfaces and their addresses.
+    pub interfaces: Vec<InterfaceConfig>,
+    /// Routing table holding `default dev <tun>` (not 0, 253, 254, 255).
+    pub table: u32,
+    /// Preference of the `ipproto 144` rules; the `local` rule moves to
+    /// `rule_pref + 1`.
+    pub rule_pref: u32,
+    /// Directory of the lock and state files.
+    pub run_dir: PathBuf,
+}
+
+impl PlumbingConfig {
+    /// A configuration for `tun` with the defaults (table 144, pref 100,
+    /// `/run/serval`) and no interfaces yet.
+    pub fn new(tun: impl Into<String>) -> Self {
+        PlumbingConfig {
+            tun: tun.into(),
+            interfaces: Vec::new(),
+            table: DEFAULT_TABLE,
+            rule_pref: DEFAULT_RULE_PREF,
+            run_dir: PathBuf::from(DEFAULT_RUN_DIR),
+        }
+    }
+
+    /// Adds an interface with explicit addresses.
+    pub fn interface(mut self, name: impl Into<String>, addrs: Vec<Ipv4Addr>) -> Self {
+        self.interfaces.push(InterfaceConfig {
+            name: name.into(),
+            addrs,
+        });
+        self
+    }
+
+    /// Adds interfaces with the IPv4 addresses they currently carry (asked
+    /// from the kernel), which is what `sald --iface eth0` means.
+    pub fn discover_interfaces(mut self, names: &[&str]) -> Result<Self, PlumbingError> {
+        let mut rtnl = Rtnl::new()?;
+        for name in names {
+            validate_ifname(name)?;
+            let index = rtnl
+                .link_index(name)?
+                .ok_or_else(|| PlumbingError::UnknownInterface((*name).to_owned()))?;
+            let addrs = rtnl.ipv4_addrs(index)?.into_iter().map(|(a, _)| a).collect();
+            self.interfaces.push(InterfaceConfig {
+                name: (*name).to_owned(),
+                addrs,
+            });
+        }
+        Ok(self)
+    }
+
+    /// Where the `local` rule is moved to.
+    pub fn local_pref(&self) -> u32 {
+        self.rule_pref.saturating_add(1)
+    }
+
+    fn validate(&self) -> Result<(), PlumbingError> {
+        validate_ifname(&self.tun)?;
+        for (i, iface) in self.interfaces.iter().enumerate() {
+            validate_ifname(&iface.name)?;
+            if iface.name == self.tun {
+                return Err(PlumbingError::Config(format!(
+                    "interface {} is the TUN device",
+                    iface.name
+                )));
+            }
+            if self.interfaces[..i].iter().any(|o| o.name == iface.name) {
+                return Err(PlumbingError::Config(format!(
+                    "interface {} listed twice",
+                    iface.name
+                )));
+            }
+            if let Some(a) = iface
+                .addrs
+                .iter()
+                .find(|a| a.is_unspecified() || a.is_multicast() || a.is_broadcast())
+            {
+                return Err(PlumbingError::Config(format!(
+                    "{a} on {} is not a unicast address",
+                    iface.name
+                )));
+            }
+        }
+        if matches!(self.table, 0 | RT_TABLE_DEFAULT | RT_TABLE_MAIN | RT_TABLE_LOCAL) {
+            return Err(PlumbingError::Config(format!(
+                "routing table {} is reserved (0, 253, 254, 255)",
+                self.table
+            )));
+        }
+        if self.rule_pref == 0 || self.local_pref() >= RULE_PREF_MAIN {
+            return Err(PlumbingError::Config(format!(
+                "rule preference {} must be between 1 and {}",
+                self.rule_pref,
+                RULE_PREF_MAIN - 2
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a Linux interface name: 1 to 15 bytes, none of `/ : " ' \`, no
+/// whitespace (the name also ends up quoted in an nftables script).
+pub fn validate_ifname(name: &str) -> Result<(), PlumbingError> {
+    let bad = |why: &str| Err(PlumbingError::Config(format!("interface name {name:?}: {why}")));
+    if name.is_empty() || name.len() > 15 {
+        return bad("must be 1 to 15 bytes long");
+    }
+    if name == "." || name == ".." {
+        return bad("reserved name");
+    }
+    if name.chars().any(|c| {
+        matches!(c, '/' | ':' | '"' | '\'' | '\\') || c.is_whitespace() || c.is_control()
+    }) {
+        return bad("contains a forbidden character");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// rtnetlink, synchronously
+// ---------------------------------------------------------------------------
+
+/// A small synchronous rtnetlink client: the handful of link, address, rule
+/// and route operations sald needs at start-up and shut-down.
+///
+/// Synchronous on purpose: plumbing is undone from `Drop` and from signal
+/// handlers' aftermath, where no async runtime may be available, and every
+/// call is a single request/response with the kernel. The socket belongs to
+/// the network namespace of the thread that created it.
+pub struct Rtnl {
+    sock: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl fmt::Debug for Rtnl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rtnl").field("seq", &self.seq).finish()
+    }
+}
+
+const NLMSG_HDRLEN: usize = 16;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+
+impl Rtnl {
+    /// Opens a NETLINK_ROUTE socket in the calling thread's namespace.
+    pub fn new() -> Result<Rtnl, PlumbingError> {
+        let mut sock = Socket::new(NETLINK_ROUTE).map_err(nl_err("open socket"))?;
+        sock.bind_auto().map_err(nl_err("bind socket"))?;
+        sock.connect(&SocketAddr::new(0, 0))
+            .map_err(nl_err("connect socket"))?;
+        Ok(Rtnl {
+            sock,
+            seq: 0,
+            buf: vec![0; 64 * 1024],
+        })
+    }
+
+    /// Sends one request and collects the replies: until the ACK for a
+    /// plain request, until NLMSG_DONE for a dump.
+    fn request(
+        &mut self,
+        op: &str,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<Vec<RouteNetlinkMessage>, PlumbingError> {
+        self.seq = self.seq.wrapping_add(1).max(1);
+        let seq = self.seq;
+        let mut nl = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::InnerMessage(msg));
+        nl.header.flags = NLM_F_REQUEST | flags;
+        nl.header.sequence_number = seq;
+        nl.finalize();
+        let mut out = vec![0u8; nl.buffer_len()];
+        nl.serialize(&mut out);
+        self.sock.send(&out, 0).map_err(nl_err(op))?;
+
+        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+        let mut replies = Vec::new();
+        loop {
+            let n = {
+                let mut slice: &mut [u8] = &mut self.buf[..];
+                self.sock
+                    .recv(&mut slice, nix::libc::MSG_TRUNC)
+                    .map_err(nl_err(op))?
+            };
+            if n > self.buf.len() {
+                return Err(PlumbingError::Netlink {
+                    op: op.to_owned(),
+                    source: io::Error::other(format!("reply of {n} bytes truncated")),
+                });
+            }
+            let mut off = 0;
+            while off + NLMSG_HDRLEN <= n {
+                let chunk = &self.buf[off..n];
+                let len = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]) as usize;
+                let mtype = u16::from_ne_bytes([chunk[4], chunk[5]]);
+                let mseq = u32::from_ne_bytes([chunk[8], chunk[9], chunk[10], chunk[11]]);
+                if len < NLMSG_HDRLEN || len > chunk.len() {
+                    return Err(PlumbingError::Netlink {
+                        op: op.to_owned(),
+                        source: io::Error::other("malformed netlink reply"),
+                    });
+                }
+                off += (len + 3) & !3;
+                if mseq != seq {
+                    continue;
+                }
+                match NetlinkMessage::<RouteNetlinkMessage>::deserialize(&chunk[..len]) {
+                    Ok(m) => match m.payload {
+                        NetlinkPayload::Done(d) => {
+                            if d.code != 0 {
+                                return Err(PlumbingError::Netlink {
+                                    op: op.to_owned(),
+                                    source: io::Error::from_raw_os_error(d.code.abs()),
+                                });
+                            }
+                            return Ok(replies);
+                        }
+                        NetlinkPayload::Error(e) => {
+                            if e.code.is_some() {
+                                return Err(PlumbingError::Netlink {
+                                    op: op.to_owned(),
+                                    source: e.to_io(),
+                                });
+                            }
+                            if !dump {
+                                return Ok(replies);
+                            }
+                        }
+                        NetlinkPayload::InnerMessage(inner) => replies.push(inner),
+                        _ => {}
+                    },
+                    Err(e) if mtype == NLMSG_DONE || mtype == NLMSG_ERROR => {
+                        return Err(PlumbingError::Netlink {
+                            op: op.to_owned(),
+                            source: io::Error::other(format!("undecodable reply: {e}")),
+                        });
+                    }
+                    Err(e) => {
+                        tracing::debug!(%op, "skipping undecodable netlink message: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The index of interface `name`, or `None` when there is none.
+    pub fn link_index(&mut self, name: &str) -> Result<Option<u32>, PlumbingError> {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_owned()));
+        match self.request(&format!("get link {name}"), RouteNetlinkMessage::GetLink(m), NLM_F_ACK) {
+            Ok(replies) => Ok(replies.into_iter().find_map(|r| match r {
+                RouteNetlinkMessage::NewLink(l) => Some(l.header.index),
+                _ => None,
+            })),
+            Err(e) if e.errno() == Some(nix::libc::ENODEV) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sets the MTU (if given) and brings the link up (if `up`).
+    pub fn set_link(&mut self, index: u32, mtu: Option<u32>, up: bool) -> Result<(), PlumbingError> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        if up {
+            m.header.flags = vec![LinkFlag::Up];
+            m.header.change_mask = vec![LinkFlag::Up];
+        }
+        if let Some(mtu) = mtu {
+            m.attributes.push(LinkAttribute::Mtu(mtu));
+        }
+        self.request(
+            &format!("set link {index} mtu {mtu:?} up {up}"),
+            RouteNetlinkMessage::SetLink(m),
+            NLM_F_ACK,
+        )?;
+        Ok(())
+    }
+
+    /// The IPv4 addresses (with prefix length) on interface `index`.
+    pub fn ipv4_addrs(&mut self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, PlumbingError> {
+        let mut m = AddressMessage::default();
+        m.header.family = AddressFamily::Inet;
+        let replies = self.request("dump addresses", RouteNetlinkMessage::GetAddress(m), NLM_F_DUMP)?;
+        let mut out = Vec::new();
+        for r in replies {
+            let RouteNetlinkMessage::NewAddress(a) = r else {
+                continue;
+            };
+            if a.header.index != index || a.header.family != AddressFamily::Inet {
+                continue;
+            }
+            let local = a.attributes.iter().find_map(|at| match at {
+                AddressAttribute::Local(IpAddr::V4(v)) => Some(*v),
+                _ => None,
+            });
+            let addr = local.or_else(|| {
+                a.attributes.iter().find_map(|at| match at {
+                    AddressAttribute::Address(IpAddr::V4(v)) => Some(*v),
+                    _ => None,
+                })
+            });
+            if let Some(v) = addr {
+                out.push((v, a.header.prefix_len));
+            }
+        }
+        Ok(out)
+    }
+
+    fn rules_v4(&mut self) -> Result<Vec<RuleMessage>, PlumbingError> {
+        let mut m = RuleMessage::default();
+        m.header.family = AddressFamily::Inet;
+        let replies = self.request("dump rules", RouteNetlinkMessage::GetRule(m), NLM_F_DUMP)?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|r| match r {
+                RouteNetlinkMessage::NewRule(r) if r.header.family == AddressFamily::Inet => Some(r),
+                _ => None,
+            })
+            .collect())
+    }
+
+    fn add_rule(&mut self, op: &str, rule: RuleMessage) -> Result<(), PlumbingError> {
+        self.request(op, RouteNetlinkMessage::NewRule(rule), NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL)?;
+        Ok(())
+    }
+
+    fn del_rule(&mut self, op: &str, rule: RuleMessage) -> Result<(), PlumbingError> {
+        self.request(op, RouteNetlinkMessage::DelRule(rule), NLM_F_ACK)?;
+        Ok(())
+    }
+
+    fn routes_v4(&mut self, table: u32) -> Result<Vec<RouteMessage>, PlumbingError> {
+        let mut m = RouteMessage::default();
+        m.header.address_family = AddressFamily::Inet;
+        let replies = self.request("dump routes", RouteNetlinkMessage::GetRoute(m), NLM_F_DUMP)?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|r| match r {
+                RouteNetlinkMessage::NewRoute(r)
+                    if r.header.address_family == AddressFamily::Inet && route_table(&r) == table =>
+                {
+                    Some(r)
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    fn add_default_route(&mut self, table: u32, oif: u32) -> Result<(), PlumbingError> {
+        let mut m = RouteMessage::default();
+        m.header.address_family = AddressFamily::Inet;
+        m.header.destination_prefix_length = 0;
+        m.header.table = u8::try_from(table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
+        m.header.protocol = RouteProtocol::Static;
+        m.header.scope = RouteScope::Link;
+        m.header.kind = RouteType::Unicast;
+        m.attributes.push(RouteAttribute::Table(table));
+        m.attributes.push(RouteAttribute::Oif(oif));
+        self.request(
+            &format!("add route default dev #{oif} table {table}"),
+            RouteNetlinkMessage::NewRoute(m),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        )?;
+        Ok(())
+    }
+
+    fn del_route(&mut self, op: &str, route: RouteMessage) -> Result<(), PlumbingError> {
+        self.request(op, RouteNetlinkMessage::DelRoute(route), NLM_F_ACK)?;
+        Ok(())
+    }
+}
+
+fn route_table(r: &RouteMessage) -> u32 {
+    r.attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(r.header.table))
+}
+
+fn route_oif(r: &RouteMessage) -> Option<u32> {
+    r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Oif(i) => Some(*i),
+        _ => None,
+    })
+}
+
+fn rule_pref(r: &RuleMessage) -> u32 {
+    r.attributes
+        .iter()
+        .find_map(|a| match a {
+            RuleAttribute::Priority(p) => Some(*p),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
+fn rule_table(r: &RuleMessage) -> u32 {
+    r.attributes
+        .iter()
+        .find_map(|a| match a {
+            RuleAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(r.header.table))
+}
+
+fn rule_ipproto(r: &RuleMessage) -> Option<i32> {
+    r.attributes.iter().find_map(|a| match a {
+        RuleAttribute::IpProtocol(p) => Some(i32::from(*p)),
+        _ => None,
+    })
+}
+
+fn rule_dst(r: &RuleMessage) -> Option<IpAddr> {
+    r.attributes.iter().find_map(|a| match a {
+        RuleAttribute::Destination(d) => Some(*d),
+        _ => None,
+    })
+}
+
+fn rule_iif(r: &RuleMessage) -> Option<&str> {
+    r.attributes.iter().find_map(|a| match a {
+        RuleAttribute::Iifname(n) => Some(n.as_str()),
+        _ => None,
+    })
+}
+
+/// A rule `pref N lookup local` with no selector: the kernel's default
+/// `0: from all lookup local`, or that rule after we moved it.
+fn is_plain_local(r: &RuleMessage) -> bool {
+    r.header.action == RuleAction::ToTable
+        && rule_table(r) == RT_TABLE_LOCAL
+        && r.header.src_len == 0
+        && r.header.dst_len == 0
+        && r.header.tos == 0
+        && !r.header.flags.contains(&RuleFlag::Invert)
+        && r.attributes.iter().all(|a| match a {
+            RuleAttribute::Priority(_) | RuleAttribute::Table(_) | RuleAttribute::Protocol(_) => true,
+            // the kernel always reports these; u32::MAX (-1) means "unset"
+            RuleAttribute::SuppressPrefixLen(v) | RuleAttribute::SuppressIfGroup(v) => *v == u32::MAX,
+            RuleAttribute::L3MDev(on) => !on,
+            _ => false,
+        })
+}
+
+fn is_sal_rule(r: &RuleMessage, pref: u32) -> bool {
+    rule_pref(r) == pref && rule_ipproto(r) == Some(i32::from(SAL_IPPROTO))
+}
+
+fn with_pref(r: &RuleMessage, pref: u32) -> RuleMessage {
+    let mut r = r.clone();
+    r.attributes.retain(|a| !matches!(a, RuleAttribute::Priority(_)));
+    r.attributes.push(RuleAttribute::Priority(pref));
+    r
+}
+
+fn sal_rule(pref: u32, table: u32, iface: &str, addr: Ipv4Addr) -> RuleMessage {
+    let mut r = RuleMessage::default();
+    r.header.family = AddressFamily::Inet;
+    r.header.action = RuleAction::ToTable;
+    r.header.dst_len = 32;
+    r.header.table = u8::try_from(table).unwrap_or(0);
+    r.attributes.push(RuleAttribute::Priority(pref));
+    r.attributes.push(RuleAttribute::Table(table));
+    r.attributes.push(RuleAttribute::Destination(IpAddr::V4(addr)));
+    r.attributes.push(RuleAttribute::Iifname(iface.to_owned()));
+    r.attributes
+        .push(RuleAttribute::IpProtocol(IpProtocol::from(i32::from(SAL_IPPROTO))));
+    r
+}
+
+fn describe_rule(r: &RuleMessage) -> String {
+    let mut s = format!("pref {}", rule_pref(r));
+    if let Some(p) = rule_ipproto(r) {
+        s.push_str(&format!(" ipproto {p}"));
+    }
+    if let Some(d) = rule_dst(r) {
+        s.push_str(&format!(" to {d}/{}", r.header.dst_len));
+    }
+    if let Some(i) = rule_iif(r) {
+        s.push_str(&format!(" iif {i}"));
+    }
+    s.push_str(&format!(" lookup {}", rule_table(r)));
+    s
+}
+
+// ---------------------------------------------------------------------------
+// sysctl, nft, namespace identity
+// ---------------------------------------------------------------------------
+
+fn conf_path(ifname: &str, key: &str) -> String {
+    format!("/proc/sys/net/ipv4/conf/{ifname}/{key}")
+}
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+const ALL_RP_FILTER: &str = "/proc/sys/net/ipv4/conf/all/rp_filter";
+
+fn read_sysctl(path: &str) -> Result<String, PlumbingError> {
+    fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .map_err(|source| PlumbingError::Sysctl {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+fn write_sysctl(path: &str, value: &str) -> Result<(), PlumbingError> {
+    fs::write(path, value).map_err(|source| PlumbingError::Sysctl {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn nft_run(args: &[&str], script: Option<&str>) -> Result<String, String> {
+    let mut cmd = Command::new("nft");
+    cmd.args(args)
+        .stdin(if script.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            "`nft` not found: install nftables".to_owned()
+        } else {
+            format!("running nft: {e}")
+        }
+    })?;
+    if let Some(script) = script {
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(script.as_bytes())
+                .map_err(|e| format!("writing nft script: {e}"))?;
+        }
+    }
+    let out = child.wait_with_output().map_err(|e| format!("running nft: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "`nft {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn nft_table_exists() -> bool {
+    nft_run(&["list", "table", "ip", NFT_TABLE], None).is_ok()
+}
+
+/// The fence: forwarded IPv4 traffic touching the TUN must be protocol 144;
+/// anything else entering through the interfaces whose forwarding we turned
+/// on is dropped. Other forwarding is not ours to judge (policy accept).
+fn fence_script(tun: &str, fenced: &[String]) -> String {
+    let mut s = format!(
+        "table ip {NFT_TABLE} {{\n\
+         \tchain forward {{\n\
+         \t\ttype filter hook forward priority 0; policy accept;\n\
+         \t\toifname \"{tun}\" ip protocol {SAL_IPPROTO} accept\n\
+         \t\tiifname \"{tun}\" ip protocol {SAL_IPPROTO} accept\n\
+         \t\tiifname \"{tun}\" counter drop\n\
+         \t\toifname \"{tun}\" counter drop\n"
+    );
+    if !fenced.is_empty() {
+        let set: Vec<String> = fenced.iter().map(|n| format!("\"{n}\"")).collect();
+        s.push_str(&format!("\t\tiifname {{ {} }} counter drop\n", set.join(", ")));
+    }
+    s.push_str("\t}\n}\n");
+    s
+}
+
+#[cfg(not(any(target_arch = "sparc", target_arch = "sparc64")))]
+const SO_NETNS_COOKIE: nix::libc::c_int = 71;
+#[cfg(any(target_arch = "sparc", target_arch = "sparc64"))]
+const SO_NETNS_COOKIE: nix::libc::c_int = 0x50;
+
+/// The calling thread's network namespace: an fd on it (to come back to it
+/// from another thread) and a stable identity for file names.
+#[derive(Debug)]
+struct NetnsHandle {
+    id: String,
+    file: File,
+}
+
+fn current_netns_id() -> io::Result<String> {
+    use nix::sys::socket::{socket, AddressFamily as SockFamily, SockFlag, SockType};
+    let sock = socket(SockFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)
+        .map_err(io::Error::from)?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as nix::libc::socklen_t;
+    // SAFETY: `sock` is an open socket for the duration of the call; the
+    // option value pointer and length describe `cookie`, a live u64 that the
+    // kernel writes at most `len` bytes into.
+    let rc = unsafe {
+        nix::libc::getsockopt(
+            sock.as_raw_fd(),
+            nix::libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 && len as usize == std::mem::size_of::<u64>() {
+        return Ok(format!("netns-c{cookie}"));
+    }
+    // Kernels before 5.14: fall back to the nsfs inode (may be reused after
+    // the namespace dies, which only matters for stale state files).
+    let ino = fs::metadata("/proc/thread-self/ns/net")?.ino();
+    Ok(format!("netns-i{ino}"))
+}
+
+impl NetnsHandle {
+    fn current() -> io::Result<Self> {
+        Ok(NetnsHandle {
+            id: current_netns_id()?,
+            file: File::open("/proc/thread-self/ns/net")?,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// state file
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct SysctlChange {
+    path: String,
+    old: String,
+    new: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct AddrRule {
+    iface: String,
+    addr: Ipv4Addr,
+}
+
+/// Everything we changed, in order, so it can be undone by us or, after a
+/// crash, by the next sald.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct State {
+    pid: u32,
+    tun: String,
+    table: u32,
+    rule_pref: u32,
+    local_pref: u32,
+    router: bool,
+    fence: bool,
+    sysctls: Vec<SysctlChange>,
+    route: bool,
+    rules: Vec<AddrRule>,
+    local_moved_from: Option<u32>,
+}
+
+fn read_state(path: &Path) -> Option<State> {
+    let text = fs::read_to_string(path).ok()?;
+    match serde_json::from_str(&text) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!("ignoring unreadable plumbing state {}: {e}", path.display());
+            None
+        }
+    }
+}
+
+fn write_state(path: &Path, state: &State) -> Result<(), PlumbingError> {
+    let io = |source| PlumbingError::RunDir {
+        path: path.to_owned(),
+        source,
+    };
+    let tmp = path.with_extension("state.tmp");
+    let text = serde_json::to_string_pretty(state).map_err(|e| io(io::Error::other(e)))?;
+    fs::write(&tmp, text).map_err(io)?;
+    fs::rename(&tmp, path).map_err(io)
+}
+
+// ---------------------------------------------------------------------------
+// inspection of what is already there
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Default)]
+struct Found {
+    sal_rules: Vec<RuleMessage>,
+    moved_local: Option<RuleMessage>,
+    nft_table: bool,
+}
+
+impl Found {
+    fn any(&self) -> bool {
+        !self.sal_rules.is_empty() || self.moved_local.is_some() || self.nft_table
+    }
+
+    fn describe(&self, cfg: &PlumbingConfig) -> Vec<String> {
+        let mut v = Vec::new();
+        if !self.sal_rules.is_empty() {
+            v.push(format!(
+                "rule pref {} ipproto {SAL_IPPROTO} exists ({})",
+                cfg.rule_pref,
+                self.sal_rules.iter().map(describe_rule).collect::<Vec<_>>().join(", ")
+            ));
+        }
+        if self.moved_local.is_some() {
+            v.push(format!("the local rule is at pref {}", cfg.local_pref()));
+        }
+        if self.nft_table {
+            v.push(format!("nft table ip {NFT_TABLE} exists"));
+        }
+        v
+    }
+}
+
+fn inspect(rtnl: &mut Rtnl, cfg: &PlumbingConfig) -> Result<Found, PlumbingError> {
+    let rules = rtnl.rules_v4()?;
+    let sal_rules = rules
+        .iter()
+        .filter(|r| is_sal_rule(r, cfg.rule_pref))
+        .cloned()
+        .collect();
+    let moved_local = rules
+        .iter()
+        .find(|r| is_plain_local(r) && rule_pref(r) == cfg.local_pref())
+        .cloned();
+    Ok(Found {
+        sal_rules,
+        moved_local,
+        nft_table: nft_table_exists(),
+    })
+}
+
+/// Removes plumbing left by a sald that died without undoing it.
+fn cleanup_stale(
+    rtnl: &mut Rtnl,
+    cfg: &PlumbingConfig,
+    state: Option<&State>,
+    found: &Found,
+) -> Result<(), PlumbingError> {
+    if let Some(state) = state {
+        for c in state.sysctls.iter().rev() {
+            match read_sysctl(&c.path) {
+                Ok(cur) if cur == c.new => write_sysctl(&c.path, &c.old)?,
+                Ok(cur) => tracing::warn!(
+                    "stale plumbing: {} is {cur}, not {} as sald left it; not restoring {}",
+                    c.path,
+                    c.new,
+                    c.old
+                ),
+                Err(_) => {} // the interface is gone
+            }
+        }
+    }
+    if let Some(moved) = &found.moved_local {
+        let orig = state.and_then(|s| s.local_moved_from).unwrap_or(0);
+        let rules = rtnl.rules_v4()?;
+        let has_orig = rules
+            .iter()
+            .any(|r| is_plain_local(r) && rule_pref(r) < cfg.local_pref());
+        if !has_orig {
+            rtnl.add_rule(
+                &format!("restore local rule at pref {orig}"),
+                with_pref(moved, orig),
+            )?;
+        }
+        rtnl.del_rule(
+            &format!("delete local rule at pref {}", cfg.local_pref()),
+            moved.clone(),
+        )?;
+    }
+    for r in &found.sal_rules {
+        rtnl.del_rule(&format!("delete stale rule {}", describe_rule(r)), r.clone())?;
+    }
+    for r in rtnl.routes_v4(cfg.table)? {
+        if r.header.destination_prefix_length == 0 {
+            rtnl.del_route(&format!("delete stale default route in table {}", cfg.table), r)?;
+        }
+    }
+    if found.nft_table {
+        nft_run(&["delete", "table", "ip", NFT_TABLE], None).map_err(PlumbingError::Fence)?;
+    }
+    Ok(())
+}
+
+fn check_conflicts(rtnl: &mut Rtnl, cfg: &PlumbingConfig) -> Result<(), PlumbingError> {
+    for r in rtnl.rules_v4()? {
+        let pref = rule_pref(&r);
+        if pref == 0 || pref > cfg.local_pref() || is_plain_local(&r) {
+            continue;
+        }
+        return Err(PlumbingError::Conflict(format!(
+            "rule {} sits between the local rule (pref 0) and pref {}: moving the local rule \
+             after sald's rules would let it see locally-delivered traffic; choose a lower rule \
+             preference than {pref}",
+            describe_rule(&r),
+            cfg.local_pref()
+        )));
+    }
+    let routes = rtnl.routes_v4(cfg.table)?;
+    if !routes.is_empty() {
+        return Err(PlumbingError::Conflict(format!(
+            "routing table {} already holds {} route(s); choose another table",
+            cfg.table,
+            routes.len()
+        )));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// the plumbing
+// ---------------------------------------------------------------------------
+
+/// Installed host-address mode plumbing; undone by [`Plumbing::remove`] or,
+/// best effort, on Drop (which also runs on panic unwinding; the daemon
+/// calls `remove()` after SIGINT/SIGTERM).
+#[derive(Debug)]
+pub struct Plumbing {
+    cfg: PlumbingConfig,
+    rtnl: Rtnl,
+    netns: NetnsHandle,
+    state: State,
+    state_path: PathBuf,
+    lock_path: PathBuf,
+    removed: bool,
+    // Declared last: released only after the undo in Drop has run.
+    _lock: Flock<File>,
+}
+
+impl Plumbing {
+    /// Installs the recipe described in the module documentation for
+    /// `cfg`, in the calling thread's network namespace.
+    ///
+    /// Fails with [`PlumbingError::Owned`] when another live sald holds this
+    /// namespace's lock. Plumbing left by a crashed sald is removed first
+    /// (with a warning). On any error, whatever was already changed is
+    /// undone before returning.
+    pub fn install(cfg: &PlumbingConfig) -> Result<Plumbing, PlumbingError> {
+        cfg.validate()?;
+        let netns = NetnsHandle::current().map_err(|source| PlumbingError::RunDir {
+            path: PathBuf::from("/proc/thread-self/ns/net"),
+            source,
+        })?;
+        fs::create_dir_all(&cfg.run_dir).map_err(|source| PlumbingError::RunDir {
+            path: cfg.run_dir.clone(),
+            source,
+        })?;
+        let lock_path = cfg.run_dir.join(format!("plumbing-{}.lock", netns.id));
+        let state_path = cfg.run_dir.join(format!("plumbing-{}.state", netns.id));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|source| PlumbingError::RunDir {
+                path: lock_path.clone(),
+                source,
+            })?;
+        let mut rtnl = Rtnl::new()?;
+        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((_, Errno::EWOULDBLOCK)) => {
+                let mut evidence = vec![format!("lock file {} held", lock_path.display())];
+                if let Ok(found) = inspect(&mut rtnl, cfg) {
+                    evidence.extend(found.describe(cfg));
+                }
+                return Err(PlumbingError::Owned { evidence });
+            }
+            Err((_, errno)) => {
+                return Err(PlumbingError::RunDir {
+                    path: lock_path,
+                    source: errno.into(),
+                })
+            }
+        };
+        // We hold the lock: whatever plumbing exists was left by a sald that
+        // is no longer running.
+        let found = inspect(&mut rtnl, cfg)?;
+        let stale_state = read_state(&state_path);
+        if found.any() || stale_state.is_some() {
+            let mut what = found.describe(cfg);
+            if let Some(s) = &stale_state {
+                what.push(format!("state file of pid {}", s.pid));
+            }
+            tracing::warn!(
+                "removing stale plumbing left by a sald that did not shut down cleanly: {}",
+                what.join("; ")
+            );
+            cleanup_stale(&mut rtnl, cfg, stale_state.as_ref(), &found)?;
+            let _ = fs::remove_file(&state_path);
+        }
+        check_conflicts(&mut rtnl, cfg)?;
+
+        let tun_index = rtnl
+            .link_index(&cfg.tun)?
+            .ok_or_else(|| PlumbingError::UnknownInterface(cfg.tun.clone()))?;
+        for iface in &cfg.interfaces {
+            rtnl.link_index(&iface.name)?
+                .ok_or_else(|| PlumbingError::UnknownInterface(iface.name.clone()))?;
+        }
+        let router = read_sysctl(IP_FORWARD)? == "1";
+
+        let mut p = Plumbing {
+            cfg: cfg.clone(),
+            rtnl,
+            netns,
+            state: State {
+                pid: std::process::id(),
+                tun: cfg.tun.clone(),
+                table: cfg.table,
+                rule_pref: cfg.rule_pref,
+                local_pref: cfg.local_pref(),
+                router,
+                ..State::default()
+            },
+            state_path,
+            lock_path,
+            removed: false,
+            _lock: lock,
+        };
+        match p.save().and_then(|()| p.apply(tun_index)) {
+            Ok(()) => Ok(p),
+            Err(e) => {
+                let failures = p.teardown();
+                for f in failures {
+                    tracing::warn!("while rolling back failed plumbing: {f}");
+                }
+                p.removed = true;
+                Err(e)
+            }
+        }
+    }
+
+    fn save(&self) -> Result<(), PlumbingError> {
+        write_state(&self.state_path, &self.state)
+    }
+
+    fn save_logged(&self) {
+        if let Err(e) = self.save() {
+            tracing::warn!("could not record plumbing state: {e}");
+        }
+    }
+
+    fn set_sysctl(&mut self, path: String, value: &str) -> Result<(), PlumbingError> {
+        let old = read_sysctl(&path)?;
+        if old == value {
+            return Ok(());
+        }
+        // Record before writing: a crash in between must still be undone.
+        self.state.sysctls.push(SysctlChange {
+            path: path.clone(),
+            old,
+            new: value.to_owned(),
+        });
+        self.save()?;
+        write_sysctl(&path, value)
+    }
+
+    fn apply(&mut self, tun_index: u32) -> Result<(), PlumbingError> {
+        let cfg = self.cfg.clone();
+        // 1. The fence goes in before any forwarding is switched on, so there
+        //    is no window in which the host forwards transit traffic.
+        let mut fenced = Vec::new();
+        for iface in &cfg.interfaces {
+            if read_sysctl(&conf_path(&iface.name, "forwarding"))? != "1" {
+                fenced.push(iface.name.clone());
+            }
+        }
+        if self.state.router {
+            tracing::info!("net.ipv4.ip_forward is 1: the host is a router already; no fence");
+        } else {
+            self.state.fence = true;
+            self.save()?;
+            nft_run(&["-f", "-"], Some(&fence_script(&cfg.tun, &fenced))).map_err(|e| {
+                PlumbingError::Fence(format!(
+                    "{e} (sald needs nftables to fence off transit traffic when the host is not a router)"
+                ))
+            })?;
+        }
+        // 2. sysctls.
+        for iface in &cfg.interfaces {
+            self.set_sysctl(conf_path(&iface.name, "forwarding"), "1")?;
+        }
+        self.set_sysctl(conf_path(&cfg.tun, "forwarding"), "1")?;
+        self.set_sysctl(conf_path(&cfg.tun, "accept_local"), "1")?;
+        self.set_sysctl(conf_path(&cfg.tun, "rp_filter"), "0")?;
+        if read_sysctl(ALL_RP_FILTER).is_ok_and(|v| v != "0") {
+            tracing::warn!(
+                "net.ipv4.conf.all.rp_filter is not 0: SAL packets whose source address belongs to \
+                 another interface than the one they leave by will be dropped by reverse-path filtering"
+            );
+        }
+        // 3. default route into the TUN.
+        self.state.route = true;
+        self.save()?;
+        self.rtnl.add_default_route(cfg.table, tun_index)?;
+        // 4. one rule per address.
+        for iface in &cfg.interfaces {
+            for addr in &iface.addrs {
+                self.add_rule_for(&iface.name, *addr)?;
+            }
+        }
+        // 5. move the local rule behind ours.
+        let rules = self.rtnl.rules_v4()?;
+        let locals: Vec<&RuleMessage> = rules
+            .iter()
+            .filter(|r| is_plain_local(r) && rule_pref(r) <= cfg.rule_pref)
+            .collect();
+        if let Some(local) = locals.first() {
+            let from = rule_pref(local);
+            self.state.local_moved_from = Some(from);
+            self.save()?;
+            self.rtnl.add_rule(
+                &format!("add local rule at pref {}", cfg.local_pref()),
+                with_pref(local, cfg.local_pref()),
+            )?;
+            self.rtnl
+                .del_rule(&format!("delete local rule at pref {from}"), (*local).clone())?;
+            if locals.len() > 1 {
+                tracing::warn!("more than one `lookup local` rule before pref {}; moved only the first", cfg.rule_pref);
+            }
+        } else if !rules.iter().any(is_plain_local) {
+            tracing::warn!("no `lookup local` rule found: local delivery is already unusual on this host");
+        }
+        Ok(())
+    }
+
+    fn add_rule_for(&mut self, iface: &str, addr: Ipv4Addr) -> Result<(), PlumbingError> {
+        self.state.rules.push(AddrRule {
+            iface: iface.to_owned(),
+            addr,
+        });
+        self.save()?;
+        let op = format!(
+            "add rule pref {} ipproto {SAL_IPPROTO} to {addr} iif {iface} lookup {}",
+            self.cfg.rule_pref, self.cfg.table
+        );
+        match self
+            .rtnl
+            .add_rule(&op, sal_rule(self.cfg.rule_pref, self.cfg.table, iface, addr))
+        {
+            Err(e) if e.errno() == Some(nix::libc::EEXIST) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Steers protocol-144 packets for a new address of a configured
+    /// interface into the TUN (sald calls this when rtnetlink reports an
+    /// address was added).
+    pub fn add_address(&mut self, iface: &str, addr: Ipv4Addr) -> Result<(), PlumbingError> {
+        let Some(i) = self.cfg.interfaces.iter().position(|i| i.name == iface) else {
+            return Err(PlumbingError::UnknownInterface(iface.to_owned()));
+        };
+        if self.cfg.interfaces[i].addrs.contains(&addr) {
+            return Ok(());
+        }
+        self.add_rule_for(iface, addr)?;
+        self.cfg.interfaces[i].addrs.push(addr);
+        Ok(())
+    }
+
+    /// Removes the rule of an address that went away. Unknown addresses are
+    /// ignored.
+    pub fn remove_address(&mut self, iface: &str, addr: Ipv4Addr) -> Result<(), PlumbingError> {
+        let Some(i) = self.cfg.interfaces.iter().position(|i| i.name == iface) else {
+            return Err(PlumbingError::UnknownInterface(iface.to_owned()));
+        };
+        self.cfg.interfaces[i].addrs.retain(|a| *a != addr);
+        let before = self.state.rules.len();
+        self.state.rules.retain(|r| !(r.iface == iface && r.addr == addr));
+        if self.state.rules.len() == before {
+            return Ok(());
+        }
+        self.save_logged();
+        self.del_rule_for(iface, addr)
+    }
+
+    fn del_rule_for(&mut self, iface: &str, addr: Ipv4Addr) -> Result<(), PlumbingError> {
+        let op = format!(
+            "delete rule pref {} ipproto {SAL_IPPROTO} to {addr} iif {iface}",
+            self.cfg.rule_pref
+        );
+        match self
+            .rtnl
+            .del_rule(&op, sal_rule(self.cfg.rule_pref, self.cfg.table, iface, addr))
+        {
+            Err(e) if e.errno() == Some(nix::libc::ENOENT) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// The configuration in force (addresses included).
+    pub fn config(&self) -> &PlumbingConfig {
+        &self.cfg
+    }
+
+    /// Whether `net.ipv4.ip_forward` was 1 at start (then there is no fence).
+    pub fn host_was_router(&self) -> bool {
+        self.state.router
+    }
+
+    /// Whether the nftables fence was installed.
+    pub fn fence_installed(&self) -> bool {
+        self.state.fence
+    }
+
+    /// The sysctls changed so far, as `(path, previous value, our value)`.
+    pub fn changed_sysctls(&self) -> Vec<(String, String, String)> {
+        self.state
+            .sysctls
+            .iter()
+            .map(|c| (c.path.clone(), c.old.clone(), c.new.clone()))
+            .collect()
+    }
+
+    /// The lock file this plumbing holds.
+    pub fn lock_path(&self) -> &Path {
+        &self.lock_path
+    }
+
+    /// Undoes everything and releases the lock, best effort: every step is
+    /// attempted even if an earlier one fails, failures are logged (tracing,
+    /// warn level). Use [`Plumbing::try_remove`] to get them as an error.
+    pub fn remove(self) {
+        let _ = self.try_remove();
+    }
+
+    /// Like [`Plumbing::remove`], also returning the failed steps.
+    pub fn try_remove(mut self) -> Result<(), PlumbingError> {
+        let failures = self.teardown();
+        self.removed = true;
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(PlumbingError::Teardown(failures))
+        }
+    }
+
+    /// Runs the undo in the namespace the plumbing was installed in, even if
+    /// the caller's thread is elsewhere (sysctl writes and `nft` act on the
+    /// calling thread's namespace).
+    fn teardown(&mut self) -> Vec<String> {
+        let here = current_netns_id().ok();
+        if here.as_deref() == Some(self.netns.id.as_str()) {
+            return self.teardown_here();
+        }
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                if let Err(e) = nix::sched::setns(self.netns.file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                {
+                    return vec![format!("entering the plumbing's network namespace: {e}")];
+                }
+                self.teardown_here()
+            })
+            .join()
+            .unwrap_or_else(|_| vec!["teardown thread panicked".to_owned()])
+        })
+    }
+
+    fn teardown_here(&mut self) -> Vec<String> {
+        let mut failures = Vec::new();
+        let mut fail = |what: String| {
+            tracing::warn!("plumbing teardown: {what}");
+            failures.push(what);
+        };
+        // Forwarding off first: from here on nothing transits.
+        for c in std::mem::take(&mut self.state.sysctls).into_iter().rev() {
+            match read_sysctl(&c.path) {
+                Ok(cur) if cur == c.new => {
+                    if let Err(e) = write_sysctl(&c.path, &c.old) {
+                        fail(e.to_string());
+                    }
+                }
+                Ok(cur) => tracing::warn!(
+                    "{} was changed to {cur} while sald ran; leaving it (was {} before sald)",
+                    c.path,
+                    c.old
+                ),
+                // The interface (typically the TUN, already closed) is gone.
+                Err(_) => tracing::debug!("{} is gone; nothing to restore", c.path),
+            }
+        }
+        if let Some(from) = self.state.local_moved_from.take() {
+            let local_pref = self.cfg.local_pref();
+            match self.rtnl.rules_v4() {
+                Ok(rules) => {
+                    let moved = rules
+                        .iter()
+                        .find(|r| is_plain_local(r) && rule_pref(r) == local_pref);
+                    let back = rules.iter().any(|r| is_plain_local(r) && rule_pref(r) == from);
+                    if let Some(moved) = moved {
+                        if !back {
+                            if let Err(e) = self.rtnl.add_rule(
+                                &format!("restore local rule at pref {from}"),
+                                with_pref(moved, from),
+                            ) {
+                                fail(e.to_string());
+                            }
+                        }
+                        if let Err(e) = self.rtnl.del_rule(
+                            &format!("delete local rule at pref {local_pref}"),
+                            moved.clone(),
+                        ) {
+                            fail(e.to_string());
+                        }
+                    } else if !back {
+                        fail(format!("the local rule is neither at pref {local_pref} nor at {from}"));
+                    }
+                }
+                Err(e) => fail(e.to_string()),
+            }
+        }
+        for r in std::mem::take(&mut self.state.rules) {
+            if let Err(e) = self.del_rule_for(&r.iface, r.addr) {
+                fail(e.to_string());
+            }
+        }
+        if std::mem::take(&mut self.state.route) {
+            match self.rtnl.routes_v4(self.cfg.table) {
+                Ok(routes) => {
+                    let tun_index = self.rtnl.link_index(&self.cfg.tun).ok().flatten();
+                    for r in routes {
+                        if r.header.destination_prefix_length == 0
+                            && tun_index.is_some()
+                            && route_oif(&r) == tun_index
+                        {
+                            if let Err(e) = self.rtnl.del_route(
+                                &format!("delete default route in table {}", self.cfg.table),
+                                r,
+                            ) {
+                                if e.errno() != Some(nix::libc::ESRCH) {
+                                    fail(e.to_string());
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(e) => fail(e.to_string()),
+            }
+        }
+        if std::mem::take(&mut self.state.fence) {
+            if let Err(e) = nft_run(&["delete", "table", "ip", NFT_TABLE], None) {
+                fail(e);
+            }
+        }
+        if let Err(e) = fs::remove_file(&self.state_path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                fail(format!("{}: {e}", self.state_path.display()));
+            }
+        }
+        failures
+    }
+}
+
+impl Drop for Plumbing {
+    fn drop(&mut self) {
+        if !self.removed {
+            self.removed = true;
+            let _ = self.teardown();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_validation() {
+        let ok = PlumbingConfig::new("sal0").interface("eth0", vec![Ipv4Addr::new(10, 0, 0, 1)]);
+        assert!(ok.validate().is_ok());
+        let mut bad = ok.clone();
+        bad.table = 254;
+        assert!(bad.validate().is_err());
+        let mut bad = ok.clone();
+        bad.rule_pref = 0;
+        assert!(bad.validate().is_err());
+        let mut bad = ok.clone();
+        bad.rule_pref = 32765;
+        assert!(bad.validate().is_err());
+        let bad = ok.clone().interface("eth0", vec![]);
+        assert!(bad.validate().is_err());
+        let bad = ok.clone().interface("sal0", vec![]);
+        assert!(bad.validate().is_err());
+        let bad = PlumbingConfig::new("sal0\"; flush ruleset");
+        assert!(bad.validate().is_err());
+        let bad = PlumbingConfig::new("sal0").interface("eth1", vec![Ipv4Addr::UNSPECIFIED]);
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn fence_script_shape() {
+        let s = fence_script("sal0", &["eth0".to_owned(), "eth1".to_owned()]);
+        assert!(s.contains("table ip sald"));
+        assert!(s.contains("type filter hook forward priority 0; policy accept;"));
+        assert!(s.contains("oifname \"sal0\" ip protocol 144 accept"));
+        assert!(s.contains("iifname \"sal0\" ip protocol 144 accept"));
+        assert!(s.contains("iifname { \"eth0\", \"eth1\" } counter drop"));
+        let s = fence_script("sal0", &[]);
+        assert!(!s.contains("iifname {"));
+    }
+
+    #[test]
+    fn sal_rule_round_trip_predicates() {
+        let r = sal_rule(100, 144, "eth0", Ipv4Addr::new(10, 0, 0, 1));
+        assert!(is_sal_rule(&r, 100));
+        assert!(!is_sal_rule(&r, 101));
+        assert!(!is_plain_local(&r));
+        assert_eq!(rule_table(&r), 144);
+        assert_eq!(rule_iif(&r), Some("eth0"));
+        assert_eq!(
+            describe_rule(&r),
+            "pref 100 ipproto 144 to 10.0.0.1/32 iif eth0 lookup 144"
+        );
+        let mut local = RuleMessage::default();
+        local.header.family = AddressFamily::Inet;
+        local.header.action = RuleAction::ToTable;
+        local.header.table = 255;
+        local.attributes.push(RuleAttribute::Table(255));
+        assert!(is_plain_local(&local));
+        assert_eq!(rule_pref(&with_pref(&local, 101)), 101);
+    }
+
+    #[test]
+    fn state_round_trip() {
+        let s = State {
+            pid: 7,
+            tun: "sal0".into(),
+            sysctls: vec![SysctlChange {
+                path: "/proc/sys/x".into(),
+                old: "0".into(),
+                new: "1".into(),
+            }],
+            rules: vec![AddrRule {
+                iface: "eth0".into(),
+                addr: Ipv4Addr::new(10, 0, 0, 1),
+            }],
+            local_moved_from: Some(0),
+            ..State::default()
+        };
+        let text = serde_json::to_string(&s).expect("serialize");
+        let back: State = serde_json::from_str(&text).expect("parse");
+        assert_eq!(s, back);
+    }
+}

@@ -1,0 +1,243 @@
+//! Moving bytes between applications' socketpairs and the host's flows.
+//!
+//! Each flow handed to an application gets one task. For a stream it runs two
+//! loops side by side: *up* reads what the application wrote, as much as the
+//! flow's send buffer has room for (so a slow network slows the writer), and
+//! *down* writes what the flow received, reading more from the host only when
+//! the application took the last chunk (so a slow reader closes the TCP
+//! window). End of file on the socketpair is a half-close of the flow and
+//! vice versa; the flow is closed when both directions are done.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+
+use nix::sys::socket::{recv, send, MsgFlags};
+use sal::control::DatagramFrame;
+use sal::proto::HostError;
+use sal::FlowId;
+use tokio::io::unix::AsyncFd;
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+
+use crate::daemon::{FlowSignal, Shared};
+
+const CHUNK: usize = 64 * 1024;
+
+/// Serves one stream flow until both directions are finished, then closes it.
+pub async fn stream(shared: Arc<Shared>, flow: FlowId, signal: Arc<FlowSignal>, socket: UnixStream) {
+    let (reader, mut writer) = socket.into_split();
+    let up = async {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let room = {
+                let mut core = shared.lock();
+                core.host.send_room(flow)
+            };
+            let room = match room {
+                Ok(0) => {
+                    signal.up.notified().await;
+                    continue;
+                }
+                Ok(room) => room.min(CHUNK),
+                Err(_) => return,
+            };
+            if reader.readable().await.is_err() {
+                return;
+            }
+            match reader.try_read(&mut buf[..room]) {
+                Ok(0) => {
+                    let mut core = shared.lock();
+                    let _ = core.host.shutdown(flow);
+                    core.run();
+                    return;
+                }
+                Ok(n) => {
+                    let mut core = shared.lock();
+                    let result = core.host.send(flow, &buf[..n]);
+                    core.run();
+                    match result {
+                        Ok(written) if written == n => {}
+                        // The room was measured under the same lock a moment
+                        // ago, so a short write means the flow is going away.
+                        Ok(_) | Err(_) => return,
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    };
+    let down = async {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let received = {
+                let mut core = shared.lock();
+                let result = core.host.recv(flow, &mut buf);
+                if matches!(result, Ok(n) if n > 0) {
+                    core.run();
+                }
+                result
+            };
+            match received {
+                Ok(0) => {
+                    let _ = writer.shutdown().await;
+                    return;
+                }
+                Ok(n) => {
+                    if writer.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+                Err(HostError::WouldBlock) => signal.down.notified().await,
+                Err(_) => return,
+            }
+        }
+    };
+    tokio::join!(up, down);
+    let mut core = shared.lock();
+    let _ = core.host.close(flow);
+    core.run();
+}
+
+/// A SOCK_SEQPACKET socket registered with the runtime.
+struct Packets(AsyncFd<OwnedFd>);
+
+impl Packets {
+    fn new(fd: OwnedFd) -> io::Result<Packets> {
+        nix::fcntl::fcntl(
+            fd.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )?;
+        // SAFETY: `OwnedFd` keeps its descriptor open and unchanged until it
+        // is dropped, which happens only when the `AsyncFd` is dropped.
+        let registered = unsafe { AsyncFd::register(fd) };
+        Ok(Packets(registered.map_err(io::Error::from)?))
+    }
+
+    /// Receives one message; `Ok(0)` is end of file.
+    async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let mut guard = self.0.readable().await?;
+            match guard.try_io(|fd| Ok(recv(fd.as_raw_fd(), buf, MsgFlags::empty())?)) {
+                Ok(result) => return result,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Sends one message, waiting for room.
+    async fn send(&self, message: &[u8]) -> io::Result<()> {
+        loop {
+            let mut guard = self.0.writable().await?;
+            match guard.try_io(|fd| Ok(send(fd.as_raw_fd(), message, MsgFlags::MSG_NOSIGNAL)?)) {
+                Ok(result) => return result.map(drop),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+/// Serves an unconnected datagram socket: frames from the app are sent to
+/// services or peers, datagrams from the host go to the app as frames.
+/// `owned` sockets (opened with OpenDatagram) are closed when the app closes
+/// its end; a listener's socket lives as long as the listener.
+pub async fn datagram_socket(shared: Arc<Shared>, socket: FlowId, signal: Arc<FlowSignal>, fd: OwnedFd, owned: bool) {
+    let Ok(packets) = Packets::new(fd) else {
+        return;
+    };
+    let up = async {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = match packets.recv(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let mut core = shared.lock();
+            let result = match DatagramFrame::decode(&buf[..n]) {
+                Ok(DatagramFrame::SendTo { service, data }) => core.host.send_to(socket, service, &data),
+                Ok(DatagramFrame::Reply { peer, data }) => core.host.send_reply(socket, peer, &data),
+                Ok(DatagramFrame::Received { .. }) | Err(_) => {
+                    tracing::debug!(%socket, "bad datagram frame from application");
+                    continue;
+                }
+            };
+            if let Err(error) = result {
+                tracing::debug!(%socket, %error, "datagram not sent");
+            }
+            core.run();
+        }
+    };
+    let down = async {
+        loop {
+            let received = shared.lock().host.recv_from(socket);
+            match received {
+                Ok(datagram) => {
+                    let frame = DatagramFrame::Received {
+                        peer: datagram.peer,
+                        service: datagram.service,
+                        data: datagram.data,
+                    };
+                    if packets.send(&frame.encode()).await.is_err() {
+                        return;
+                    }
+                }
+                Err(HostError::WouldBlock) => signal.down.notified().await,
+                Err(_) => return,
+            }
+        }
+    };
+    // Either direction ending means the app is gone (or the socket closed).
+    tokio::select! {
+        () = up => {}
+        () = down => {}
+    }
+    let mut core = shared.lock();
+    core.disown(socket);
+    if owned {
+        let _ = core.host.close_datagram(socket);
+    }
+}
+
+/// Serves a connected datagram flow: one message per datagram both ways.
+pub async fn datagram_flow(shared: Arc<Shared>, flow: FlowId, signal: Arc<FlowSignal>, fd: OwnedFd) {
+    let Ok(packets) = Packets::new(fd) else {
+        return;
+    };
+    let up = async {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = match packets.recv(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let mut core = shared.lock();
+            if let Err(error) = core.host.send_datagram(flow, &buf[..n]) {
+                tracing::debug!(%flow, %error, "datagram not sent");
+            }
+            core.run();
+        }
+    };
+    let down = async {
+        loop {
+            let received = shared.lock().host.recv_datagram(flow);
+            match received {
+                Ok(Some(data)) => {
+                    if packets.send(&data).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(HostError::WouldBlock) => signal.down.notified().await,
+                Err(_) => return,
+            }
+        }
+    };
+    tokio::select! {
+        () = up => {}
+        () = down => {}
+    }
+    let mut core = shared.lock();
+    let _ = core.host.close(flow);
+    core.run();
+}

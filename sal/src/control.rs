@@ -1,0 +1,501 @@
+//! The control-socket protocol between sald and its clients: applications
+//! (through the socket shim), the service controller, and operators.
+//!
+//! Transport: a Unix stream socket (default [`DEFAULT_CONTROL_PATH`]). Every
+//! message is a frame: a 4-byte big-endian length, then that many bytes of
+//! JSON. A client opens with [`Request::Hello`]; sald answers with its own
+//! version and refuses other majors. Requests are answered in order, one
+//! [`Response`] each. Responses that hand the client a stream or datagram
+//! socket (`Accepted`, `Connected`, `Listening` for datagrams,
+//! `DatagramOpened`) carry exactly one file descriptor as `SCM_RIGHTS`
+//! ancillary data on the first byte of the frame. After
+//! [`Request::Subscribe`] the connection only carries [`Response::Event`]s.
+//!
+//! Stream flows are handed over as one end of an `AF_UNIX` `SOCK_STREAM`
+//! socketpair: bytes written to it go to the peer, end of file is the peer's
+//! half-close. Datagram sockets are `SOCK_SEQPACKET` socketpairs whose
+//! messages are [`DatagramFrame`]s (unconnected sockets) or bare payloads
+//! (connected datagram flows).
+//!
+//! This module is pure: types, framing and codecs, no I/O.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::{FlowId, ServiceId, ServicePrefix};
+use crate::locator::Locator;
+use crate::proto::{DatagramPeer, FlowInfo, HostStats, LocalInterface};
+use crate::table::{ListenerId, Rule, TableStats, Target, TargetKey};
+use crate::wire::TransportProtocol;
+
+/// Version of this protocol; the major must match.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Where sald listens unless told otherwise (`--control`, `SERVAL_CONTROL`).
+pub const DEFAULT_CONTROL_PATH: &str = "/run/serval/sald.sock";
+/// Environment variable that overrides the control socket path for clients.
+pub const CONTROL_PATH_ENV: &str = "SERVAL_CONTROL";
+/// Largest frame either side accepts; larger ones close the connection.
+pub const MAX_FRAME: usize = 1 << 20;
+
+/// The control socket path a client should use: `SERVAL_CONTROL` or the default.
+pub fn control_path() -> std::path::PathBuf {
+    std::env::var_os(CONTROL_PATH_ENV)
+        .map(Into::into)
+        .unwrap_or_else(|| DEFAULT_CONTROL_PATH.into())
+}
+
+/// What a client asks of sald.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// First message of every connection.
+    Hello {
+        version: u32,
+        client: String,
+    },
+
+    // --- applications ---
+    /// Bind a service prefix (registers it: a DEMUX rule). Datagram listeners
+    /// get a SOCK_SEQPACKET fd on which unconnected datagrams arrive.
+    Listen {
+        prefix: ServicePrefix,
+        protocol: TransportProtocol,
+        backlog: u32,
+    },
+    /// Take the next established flow of a listener; waits for one unless
+    /// `nonblocking`. Answered with `Accepted` and the flow's fd.
+    Accept {
+        listener: ListenerId,
+        #[serde(default)]
+        nonblocking: bool,
+    },
+    /// Unbind a listener (unregisters the service). Closing the control
+    /// connection does the same for every listener it created.
+    CloseListener {
+        listener: ListenerId,
+    },
+    /// Open a flow to a service. Answered with `Connected` and the flow's fd
+    /// once the handshake completes, or an error.
+    Connect {
+        service: ServiceId,
+        protocol: TransportProtocol,
+        /// Give up after this long (default: the SAL's own retry limit).
+        #[serde(default)]
+        timeout_ms: Option<u64>,
+    },
+    /// Open an unbound datagram socket (for `sendto` a service).
+    OpenDatagram,
+
+    // --- controller ---
+    AddRule {
+        prefix: ServicePrefix,
+        target: Target,
+        #[serde(default)]
+        priority: u32,
+    },
+    /// Remove one target, or the whole rule when `target` is `None`.
+    DelRule {
+        prefix: ServicePrefix,
+        #[serde(default)]
+        target: Option<TargetKey>,
+    },
+    ListRules,
+    /// Turn this connection into an event stream.
+    Subscribe,
+
+    // --- operators ---
+    ListFlows,
+    ListInterfaces,
+    Stats,
+}
+
+/// What sald answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Response {
+    Hello {
+        version: u32,
+        server: String,
+    },
+    Ok,
+    Error {
+        kind: ErrorKind,
+        message: String,
+    },
+    /// `socket` is the datagram socket of a datagram listener (fd attached).
+    Listening {
+        listener: ListenerId,
+        #[serde(default)]
+        socket: Option<FlowId>,
+    },
+    /// A flow (fd attached).
+    Accepted {
+        flow: FlowInfo,
+    },
+    /// A flow (fd attached).
+    Connected {
+        flow: FlowInfo,
+    },
+    /// An unbound datagram socket (fd attached).
+    DatagramOpened {
+        socket: FlowId,
+    },
+    Rules {
+        rules: Vec<Rule>,
+    },
+    Flows {
+        flows: Vec<FlowInfo>,
+    },
+    Interfaces {
+        interfaces: Vec<LocalInterface>,
+    },
+    Stats {
+        stats: StatsReport,
+    },
+    Event {
+        event: ControlEvent,
+    },
+}
+
+impl Response {
+    /// An error response.
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
+        Response::Error {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// Whether this response carries a file descriptor.
+    pub fn carries_fd(&self) -> bool {
+        matches!(
+            self,
+            Response::Accepted { .. }
+                | Response::Connected { .. }
+                | Response::DatagramOpened { .. }
+                | Response::Listening {
+                    socket: Some(_),
+                    ..
+                }
+        )
+    }
+}
+
+/// Error classes, chosen so that a shim can map each to one errno.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// No rule resolves the service (EHOSTUNREACH).
+    NoRoute,
+    /// The service refused the connection (ECONNREFUSED).
+    Refused,
+    /// No answer in time (ETIMEDOUT).
+    TimedOut,
+    /// The prefix is already bound on this host (EADDRINUSE).
+    AddressInUse,
+    /// The caller may not do this (EACCES).
+    PermissionDenied,
+    /// No such listener, flow or rule (ENOENT / EBADF).
+    NotFound,
+    /// Nothing ready and the caller asked not to wait (EAGAIN).
+    WouldBlock,
+    /// The request is malformed or out of range (EINVAL).
+    InvalidRequest,
+    /// The client speaks another protocol version (EPROTO).
+    VersionMismatch,
+    /// Too many flows or sockets (ENOBUFS / EMFILE).
+    Exhausted,
+    /// sald failed internally (EIO).
+    Internal,
+}
+
+/// Events pushed to subscribers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ControlEvent {
+    Registered { prefix: ServicePrefix },
+    Unregistered { prefix: ServicePrefix },
+    DelayNotify { service: ServiceId },
+    FlowOpened { flow: FlowId, service: ServiceId },
+    FlowClosed { flow: FlowId },
+}
+
+/// Everything `servalctl stats` shows.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct StatsReport {
+    pub host: HostStats,
+    pub table: TableStats,
+    pub rules: usize,
+    pub flows: usize,
+    pub listeners: usize,
+    pub control_clients: usize,
+    /// Packets read from and written to the links.
+    pub link_rx: u64,
+    pub link_tx: u64,
+    pub link_errors: u64,
+    pub uptime_secs: u64,
+}
+
+/// Why a frame could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
+    TooLarge(usize),
+    #[error("malformed message: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Encodes a message as one frame (length prefix included).
+pub fn encode_frame<T: Serialize>(message: &T) -> Result<Vec<u8>, FrameError> {
+    let body = serde_json::to_vec(message)?;
+    if body.len() > MAX_FRAME {
+        return Err(FrameError::TooLarge(body.len()));
+    }
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    Ok(frame)
+}
+
+/// Reads the length prefix of a frame, checking it against [`MAX_FRAME`].
+pub fn frame_len(prefix: [u8; 4]) -> Result<usize, FrameError> {
+    let len = u32::from_be_bytes(prefix) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    Ok(len)
+}
+
+/// Decodes a frame body.
+pub fn decode_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, FrameError> {
+    Ok(serde_json::from_slice(body)?)
+}
+
+/// A message on an unconnected datagram socket's SOCK_SEQPACKET fd.
+///
+/// Binary, because it is on the data path: a one-byte tag, a fixed header,
+/// then the payload.
+///
+/// | tag | direction | header |
+/// | --- | --- | --- |
+/// | 1 `SendTo` | app to sald | service ID (32) |
+/// | 2 `Reply` | app to sald | peer: flow (4), kind (1: 0 IPv4, 1 UDP), IPv4 (4), port (2) |
+/// | 3 `Received` | sald to app | peer as above, then 1 if a service follows, service ID (32) |
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatagramFrame {
+    SendTo {
+        service: ServiceId,
+        data: Vec<u8>,
+    },
+    Reply {
+        peer: DatagramPeer,
+        data: Vec<u8>,
+    },
+    Received {
+        peer: DatagramPeer,
+        service: Option<ServiceId>,
+        data: Vec<u8>,
+    },
+}
+
+/// Why a datagram frame was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DatagramFrameError {
+    #[error("empty datagram frame")]
+    Empty,
+    #[error("unknown datagram frame tag {0}")]
+    UnknownTag(u8),
+    #[error("datagram frame header truncated")]
+    Truncated,
+    #[error("peer flow ID 0 is invalid")]
+    ZeroFlow,
+}
+
+const PEER_LEN: usize = 11;
+
+fn encode_peer(out: &mut Vec<u8>, peer: &DatagramPeer) {
+    out.extend_from_slice(&peer.flow.get().to_be_bytes());
+    let (kind, ip, port) = match peer.locator {
+        Locator::Ipv4(ip) => (0u8, ip, 0u16),
+        Locator::Udp(addr) => (1u8, *addr.ip(), addr.port()),
+    };
+    out.push(kind);
+    out.extend_from_slice(&ip.octets());
+    out.extend_from_slice(&port.to_be_bytes());
+}
+
+fn decode_peer(bytes: &[u8]) -> Result<DatagramPeer, DatagramFrameError> {
+    let header = bytes.get(..PEER_LEN).ok_or(DatagramFrameError::Truncated)?;
+    let flow = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+    let flow = FlowId::new(flow).ok_or(DatagramFrameError::ZeroFlow)?;
+    let ip = Ipv4Addr::new(header[5], header[6], header[7], header[8]);
+    let port = u16::from_be_bytes([header[9], header[10]]);
+    let locator = match header[4] {
+        0 => Locator::Ipv4(ip),
+        _ => Locator::Udp(SocketAddrV4::new(ip, port)),
+    };
+    Ok(DatagramPeer { locator, flow })
+}
+
+impl DatagramFrame {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            DatagramFrame::SendTo { service, data } => {
+                out.push(1);
+                out.extend_from_slice(service.as_bytes());
+                out.extend_from_slice(data);
+            }
+            DatagramFrame::Reply { peer, data } => {
+                out.push(2);
+                encode_peer(&mut out, peer);
+                out.extend_from_slice(data);
+            }
+            DatagramFrame::Received {
+                peer,
+                service,
+                data,
+            } => {
+                out.push(3);
+                encode_peer(&mut out, peer);
+                match service {
+                    Some(service) => {
+                        out.push(1);
+                        out.extend_from_slice(service.as_bytes());
+                    }
+                    None => out.push(0),
+                }
+                out.extend_from_slice(data);
+            }
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<DatagramFrame, DatagramFrameError> {
+        let (&tag, rest) = bytes.split_first().ok_or(DatagramFrameError::Empty)?;
+        match tag {
+            1 => {
+                let id = rest.get(..32).ok_or(DatagramFrameError::Truncated)?;
+                Ok(DatagramFrame::SendTo {
+                    service: ServiceId::from_slice(id).ok_or(DatagramFrameError::Truncated)?,
+                    data: rest[32..].to_vec(),
+                })
+            }
+            2 => Ok(DatagramFrame::Reply {
+                peer: decode_peer(rest)?,
+                data: rest[PEER_LEN..].to_vec(),
+            }),
+            3 => {
+                let peer = decode_peer(rest)?;
+                let rest = &rest[PEER_LEN..];
+                let (&has_service, rest) =
+                    rest.split_first().ok_or(DatagramFrameError::Truncated)?;
+                let (service, data) = if has_service == 1 {
+                    let id = rest.get(..32).ok_or(DatagramFrameError::Truncated)?;
+                    (ServiceId::from_slice(id), &rest[32..])
+                } else {
+                    (None, rest)
+                };
+                Ok(DatagramFrame::Received {
+                    peer,
+                    service,
+                    data: data.to_vec(),
+                })
+            }
+            other => Err(DatagramFrameError::UnknownTag(other)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_through_frames() {
+        let requests = [
+            Request::Hello {
+                version: PROTOCOL_VERSION,
+                client: "test".into(),
+            },
+            Request::Listen {
+                prefix: "beef/16".parse().unwrap(),
+                protocol: TransportProtocol::Stream,
+                backlog: 8,
+            },
+            Request::AddRule {
+                prefix: "be/8".parse().unwrap(),
+                target: Target::Forward {
+                    locator: "10.0.0.2".parse().unwrap(),
+                    weight: 3,
+                },
+                priority: 1,
+            },
+            Request::DelRule {
+                prefix: "be/8".parse().unwrap(),
+                target: Some(TargetKey::Drop),
+            },
+            Request::ListFlows,
+        ];
+        for request in requests {
+            let frame = encode_frame(&request).unwrap();
+            let len = frame_len(frame[..4].try_into().unwrap()).unwrap();
+            assert_eq!(len, frame.len() - 4);
+            assert_eq!(decode_body::<Request>(&frame[4..]).unwrap(), request);
+        }
+        let json = serde_json::to_string(&Request::ListRules).unwrap();
+        assert_eq!(json, r#"{"op":"list_rules"}"#);
+    }
+
+    #[test]
+    fn oversized_and_garbage_frames_are_errors() {
+        assert!(matches!(
+            frame_len((MAX_FRAME as u32 + 1).to_be_bytes()),
+            Err(FrameError::TooLarge(_))
+        ));
+        assert!(decode_body::<Request>(b"{\"op\":\"nope\"}").is_err());
+        assert!(decode_body::<Request>(b"\xff\xfe").is_err());
+    }
+
+    #[test]
+    fn datagram_frames_round_trip() {
+        let peer = DatagramPeer {
+            locator: "udp:10.0.0.1:54324".parse().unwrap(),
+            flow: FlowId::new(77).unwrap(),
+        };
+        let frames = [
+            DatagramFrame::SendTo {
+                service: "beef".parse().unwrap(),
+                data: b"hi".to_vec(),
+            },
+            DatagramFrame::Reply { peer, data: vec![] },
+            DatagramFrame::Received {
+                peer,
+                service: Some("4001".parse().unwrap()),
+                data: b"x".to_vec(),
+            },
+            DatagramFrame::Received {
+                peer,
+                service: None,
+                data: b"y".to_vec(),
+            },
+        ];
+        for frame in frames {
+            assert_eq!(DatagramFrame::decode(&frame.encode()).unwrap(), frame);
+        }
+        assert_eq!(DatagramFrame::decode(&[]), Err(DatagramFrameError::Empty));
+        assert_eq!(
+            DatagramFrame::decode(&[9]),
+            Err(DatagramFrameError::UnknownTag(9))
+        );
+        assert_eq!(
+            DatagramFrame::decode(&[2, 0, 0]),
+            Err(DatagramFrameError::Truncated)
+        );
+        assert_eq!(
+            DatagramFrame::decode(&[2, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0]),
+            Err(DatagramFrameError::ZeroFlow)
+        );
+    }
+}

@@ -1,0 +1,33 @@
+//! Helpers shared by the integration tests.
+
+use std::path::PathBuf;
+
+/// Path of the reference capture (WIRE.md), read in place from `shared/`.
+pub fn reference_capture_path() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/vectors/serval-reference.pcap"
+    ))
+}
+
+/// The IPv4 packets of the reference capture, Ethernet headers stripped,
+/// other ethertypes (ARP) skipped.
+pub fn reference_ipv4_packets() -> Vec<Vec<u8>> {
+    let path = reference_capture_path();
+    let file = std::fs::File::open(&path).unwrap_or_else(|e| {
+        panic!(
+            "cannot open the reference capture {} ({e}); it lives in shared/vectors beside the repository",
+            path.display()
+        )
+    });
+    let mut reader = pcap_file::pcap::PcapReader::new(file).expect("valid pcap header");
+    let mut packets = Vec::new();
+    while let Some(packet) = reader.next_packet() {
+        let packet = packet.expect("valid pcap record");
+        let frame = &packet.data;
+        if frame.len() > 14 && frame[12..14] == [0x08, 0x00] {
+            packets.push(frame[14..].to_vec());
+        }
+    }
+    packets
+}

@@ -1,0 +1,560 @@
+//! Whole-protocol tests on the deterministic simulator: handshakes, transfers
+//! under loss, service routers, DROP, DELAY, loops, datagrams.
+
+use std::net::Ipv4Addr;
+
+use sal::proto::{ConnectError, Event, HostConfig, HostError};
+use sal::sim::{HostId, LinkConditions, Network};
+use sal::table::Target;
+use sal::wire::TransportProtocol::{Datagram, Stream};
+use sal::{FlowId, Locator, ServiceId, ServicePrefix};
+use smoltcp::time::Duration;
+
+fn svc(s: &str) -> ServiceId {
+    s.parse().unwrap()
+}
+
+fn prefix(s: &str) -> ServicePrefix {
+    s.parse().unwrap()
+}
+
+fn loc(s: &str) -> Locator {
+    s.parse().unwrap()
+}
+
+fn forward(s: &str, weight: u32) -> Target {
+    Target::Forward {
+        locator: loc(s),
+        weight,
+    }
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+/// Client 10.0.0.1 and server 10.0.0.2 on one subnet; the client's default
+/// rule points at the server.
+fn pair(conditions: LinkConditions, config: HostConfig) -> (Network, HostId, HostId) {
+    let mut net = Network::new(7, conditions);
+    let client = net.add_host("client", config.clone(), &[("eth0", "10.0.0.1/24")]);
+    let server = net.add_host("server", config, &[("eth0", "10.0.0.2/24")]);
+    net.host(client)
+        .add_rule(ServicePrefix::DEFAULT, forward("10.0.0.2", 1), 0);
+    (net, client, server)
+}
+
+fn has_event(net: &mut Network, host: HostId, event: &Event) -> bool {
+    net.sim_host(host).events.contains(event)
+}
+
+/// Connects and accepts one stream flow; returns (client flow, server flow).
+fn establish(
+    net: &mut Network,
+    client: HostId,
+    server: HostId,
+    listener: sal::table::ListenerId,
+    service: ServiceId,
+) -> (FlowId, FlowId) {
+    let cflow = net.host(client).connect(service, Stream).unwrap();
+    let mut sflow = None;
+    let ok = net.run_until(secs(30), |net| {
+        if sflow.is_none() {
+            sflow = net.host(server).accept(listener).ok();
+        }
+        sflow.is_some() && has_event(net, client, &Event::Connected(cflow))
+    });
+    assert!(ok, "handshake did not complete");
+    (cflow, sflow.unwrap())
+}
+
+/// Pushes `data` from one flow to another, half-closes, and returns what the
+/// receiver read up to end of stream.
+fn transfer(
+    net: &mut Network,
+    from: (HostId, FlowId),
+    to: (HostId, FlowId),
+    data: &[u8],
+    timeout: Duration,
+) -> Vec<u8> {
+    let mut sent = 0;
+    let mut shut = false;
+    let mut received = Vec::with_capacity(data.len());
+    let mut buf = vec![0u8; 65536];
+    let done = net.run_until(timeout, |net| {
+        while sent < data.len() {
+            let end = (sent + 65536).min(data.len());
+            match net.host(from.0).send(from.1, &data[sent..end]) {
+                Ok(n) => sent += n,
+                Err(HostError::WouldBlock) => break,
+                Err(e) => panic!("send failed: {e}"),
+            }
+        }
+        if sent == data.len() && !shut {
+            net.host(from.0).shutdown(from.1).unwrap();
+            shut = true;
+        }
+        loop {
+            match net.host(to.0).recv(to.1, &mut buf) {
+                Ok(0) => return true,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+                Err(HostError::WouldBlock) => return false,
+                Err(e) => panic!("recv failed: {e}"),
+            }
+        }
+    });
+    assert!(
+        done,
+        "transfer did not finish: {} of {} bytes",
+        received.len(),
+        data.len()
+    );
+    received
+}
+
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn stream_connect_transfer_and_close_release_everything() {
+    let (mut net, client, server) = pair(LinkConditions::default(), HostConfig::default());
+    let service = svc("beef01");
+    let listener = net
+        .host(server)
+        .listen(prefix("beef/16"), Stream, 16)
+        .unwrap();
+    net.settle();
+    assert!(has_event(
+        &mut net,
+        server,
+        &Event::Registered(prefix("beef/16"))
+    ));
+    let (cflow, sflow) = establish(&mut net, client, server, listener, service);
+    let info = net.host(server).flow(sflow).unwrap();
+    assert_eq!(info.service, service);
+    assert_eq!(info.peer_flow, Some(cflow));
+    assert_eq!(info.remote, Some(loc("10.0.0.1")));
+
+    let data = pattern(300_000, 1);
+    let got = transfer(&mut net, (client, cflow), (server, sflow), &data, secs(30));
+    assert_eq!(got, data);
+    // And back the other way.
+    let reply = pattern(50_000, 2);
+    let got = transfer(&mut net, (server, sflow), (client, cflow), &reply, secs(30));
+    assert_eq!(got, reply);
+
+    net.host(client).close(cflow).unwrap();
+    net.host(server).close(sflow).unwrap();
+    net.run_for(secs(5));
+    assert!(has_event(&mut net, client, &Event::Closed(cflow)));
+    assert!(has_event(&mut net, server, &Event::Closed(sflow)));
+    assert!(net.host(client).flows().is_empty());
+    assert!(net.host(server).flows().is_empty());
+}
+
+#[test]
+fn handshakes_complete_under_twenty_percent_loss() {
+    let conditions = LinkConditions {
+        loss: 0.2,
+        ..Default::default()
+    };
+    let config = HostConfig {
+        control_retries: 10,
+        ..Default::default()
+    };
+    let (mut net, client, server) = pair(conditions, config);
+    let listener = net.host(server).listen(prefix("ab/8"), Stream, 64).unwrap();
+    let flows: Vec<FlowId> = (0..40)
+        .map(|_| net.host(client).connect(svc("ab01"), Stream).unwrap())
+        .collect();
+    let mut accepted = 0;
+    let ok = net.run_until(secs(120), |net| {
+        while net.host(server).accept(listener).is_ok() {
+            accepted += 1;
+        }
+        let connected = flows
+            .iter()
+            .filter(|f| net.sim_host(client).events.contains(&Event::Connected(**f)))
+            .count();
+        connected == flows.len() && accepted == flows.len()
+    });
+    assert!(ok, "accepted {accepted} of {}", flows.len());
+    assert!(net.stats.lost > 0, "the medium really lost packets");
+    assert!(net.host(client).stats().retransmits > 0);
+}
+
+#[test]
+fn ten_megabytes_through_a_lossy_reordering_duplicating_path() {
+    let conditions = LinkConditions {
+        loss: 0.01,
+        duplicate: 0.01,
+        delay: Duration::from_millis(2),
+        jitter: Duration::from_millis(2),
+        ..Default::default()
+    };
+    let (mut net, client, server) = pair(conditions, HostConfig::default());
+    let listener = net
+        .host(server)
+        .listen(prefix("cafe/16"), Stream, 4)
+        .unwrap();
+    let (cflow, sflow) = establish(&mut net, client, server, listener, svc("cafe"));
+    let data = pattern(10 << 20, 3);
+    let got = transfer(&mut net, (client, cflow), (server, sflow), &data, secs(600));
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "received bytes differ");
+    assert!(net.stats.lost > 0 && net.stats.duplicated > 0);
+}
+
+#[test]
+fn connect_to_a_drop_rule_fails_at_once_locally_and_fast_through_a_router() {
+    let (mut net, client, _server) = pair(LinkConditions::default(), HostConfig::default());
+    net.host(client)
+        .add_rule(prefix("dead/16"), Target::Drop, 0);
+    assert_eq!(
+        net.host(client).connect(svc("dead01"), Stream),
+        Err(HostError::Connect(ConnectError::NoRoute))
+    );
+
+    // Through a router whose rule is DROP: the router answers, no timeout.
+    let router_cfg = HostConfig {
+        forward: true,
+        ..Default::default()
+    };
+    let router = net.add_host("router", router_cfg, &[("eth0", "10.0.0.3/24")]);
+    net.host(router).add_rule(prefix("d0/8"), Target::Drop, 0);
+    net.host(client)
+        .add_rule(prefix("d0/8"), forward("10.0.0.3", 1), 0);
+    let start = net.now();
+    let flow = net.host(client).connect(svc("d001"), Stream).unwrap();
+    let failed = Event::ConnectFailed(flow, ConnectError::NoRoute);
+    assert!(net.run_until(secs(10), |net| has_event(net, client, &failed)));
+    assert!(
+        net.now() - start < Duration::from_millis(50),
+        "took {}",
+        net.now() - start
+    );
+    assert_eq!(net.host(router).stats().refused, 1);
+}
+
+#[test]
+fn connect_without_listener_is_refused_not_timed_out() {
+    let (mut net, client, server) = pair(LinkConditions::default(), HostConfig::default());
+    let flow = net.host(client).connect(svc("1234"), Stream).unwrap();
+    let failed = Event::ConnectFailed(flow, ConnectError::NoRoute);
+    assert!(net.run_until(secs(1), |net| has_event(net, client, &failed)));
+    // A listener of the other protocol refuses.
+    net.host(server)
+        .listen(prefix("77/8"), Datagram, 4)
+        .unwrap();
+    let flow = net.host(client).connect(svc("77"), Stream).unwrap();
+    let refused = Event::ConnectFailed(flow, ConnectError::Refused);
+    assert!(net.run_until(secs(1), |net| has_event(net, client, &refused)));
+}
+
+/// Client - router - two servers, all on one subnet.
+fn routed(weights: [u32; 2]) -> (Network, HostId, HostId, [HostId; 2]) {
+    let mut net = Network::new(11, LinkConditions::default());
+    let client = net.add_host("client", HostConfig::default(), &[("eth0", "10.0.0.1/24")]);
+    let router = net.add_host(
+        "router",
+        HostConfig {
+            forward: true,
+            ..Default::default()
+        },
+        &[("eth0", "10.0.0.254/24")],
+    );
+    let s1 = net.add_host("s1", HostConfig::default(), &[("eth0", "10.0.0.11/24")]);
+    let s2 = net.add_host("s2", HostConfig::default(), &[("eth0", "10.0.0.12/24")]);
+    net.host(client)
+        .add_rule(ServicePrefix::DEFAULT, forward("10.0.0.254", 1), 0);
+    net.host(router)
+        .add_rule(prefix("5e/8"), forward("10.0.0.11", weights[0]), 0);
+    net.host(router)
+        .add_rule(prefix("5e/8"), forward("10.0.0.12", weights[1]), 0);
+    (net, client, router, [s1, s2])
+}
+
+#[test]
+fn router_spreads_connections_by_weight_and_then_leaves_the_path() {
+    let (mut net, client, router, servers) = routed([1, 3]);
+    let listeners = servers.map(|s| net.host(s).listen(prefix("5e/8"), Stream, 512).unwrap());
+    let flows: Vec<FlowId> = (0..200)
+        .map(|_| net.host(client).connect(svc("5e01"), Stream).unwrap())
+        .collect();
+    let mut accepted = [Vec::new(), Vec::new()];
+    assert!(net.run_until(secs(30), |net| {
+        for i in 0..2 {
+            while let Ok(f) = net.host(servers[i]).accept(listeners[i]) {
+                accepted[i].push(f);
+            }
+        }
+        accepted[0].len() + accepted[1].len() == flows.len()
+    }));
+    // Weights 1:3 over 200 connections: expect 50 on s1 (binomial sd ~6.1).
+    let s1 = accepted[0].len();
+    assert!((26..=74).contains(&s1), "s1 got {s1} of 200");
+    // The server answered the client directly, from its own address.
+    let remote = net.host(client).flow(flows[0]).unwrap().remote.unwrap();
+    assert!(remote == loc("10.0.0.11") || remote == loc("10.0.0.12"));
+    let server_flow = net.host(servers[0]).flow(accepted[0][0]).unwrap();
+    assert_eq!(
+        server_flow.remote,
+        Some(loc("10.0.0.1")),
+        "SOURCE names the client"
+    );
+
+    // Data flows end to end: the router sees none of it.
+    let before = net.sim_host(router).received;
+    let cflow = net
+        .host(servers[0])
+        .flow(accepted[0][0])
+        .unwrap()
+        .peer_flow
+        .unwrap();
+    let data = pattern(200_000, 4);
+    let got = transfer(
+        &mut net,
+        (client, cflow),
+        (servers[0], accepted[0][0]),
+        &data,
+        secs(30),
+    );
+    assert_eq!(got, data);
+    assert_eq!(net.sim_host(router).received, before);
+    assert_eq!(net.host(router).stats().forwarded, 200);
+}
+
+#[test]
+fn delay_holds_the_syn_until_a_rule_arrives() {
+    let (mut net, client, router, servers) = routed([1, 1]);
+    net.host(router)
+        .add_rule(prefix("de1a/16"), Target::Delay, 0);
+    let listener = net
+        .host(servers[1])
+        .listen(prefix("de1a/16"), Stream, 4)
+        .unwrap();
+    let flow = net.host(client).connect(svc("de1a01"), Stream).unwrap();
+    let notified = Event::DelayNotify(svc("de1a01"));
+    assert!(net.run_until(secs(1), |net| has_event(net, router, &notified)));
+    net.run_for(Duration::from_millis(300));
+    assert!(net.host(router).stats().delayed >= 1);
+    assert!(!has_event(&mut net, client, &Event::Connected(flow)));
+    // The controller answers: a FORWARD rule at higher priority than DELAY.
+    net.host(router)
+        .add_rule(prefix("de1a/16"), forward("10.0.0.12", 1), 1);
+    assert!(net.run_until(secs(2), |net| has_event(
+        net,
+        client,
+        &Event::Connected(flow)
+    )));
+    assert!(net.run_until(secs(1), |net| net.host(servers[1]).accept(listener).is_ok()));
+}
+
+#[test]
+fn delay_drops_after_its_timeout_and_the_connect_times_out() {
+    let (mut net, client, router, _servers) = routed([1, 1]);
+    let client_cfg = HostConfig {
+        control_retries: 2,
+        ..Default::default()
+    };
+    let impatient = net.add_host("impatient", client_cfg, &[("eth0", "10.0.0.2/24")]);
+    let _ = client;
+    net.host(impatient)
+        .add_rule(ServicePrefix::DEFAULT, forward("10.0.0.254", 1), 0);
+    net.host(router)
+        .add_rule(prefix("de1a/16"), Target::Delay, 0);
+    let flow = net.host(impatient).connect(svc("de1a"), Stream).unwrap();
+    let timed_out = Event::ConnectFailed(flow, ConnectError::TimedOut);
+    assert!(net.run_until(secs(60), |net| has_event(net, impatient, &timed_out)));
+    net.run_for(secs(10));
+    let stats = net.host(router).stats();
+    assert!(stats.delay_dropped >= 1, "{stats:?}");
+}
+
+#[test]
+fn local_delay_rule_holds_connect_until_resolved() {
+    let (mut net, client, server) = pair(LinkConditions::default(), HostConfig::default());
+    net.host(client)
+        .add_rule(prefix("f00d/16"), Target::Delay, 0);
+    let listener = net
+        .host(server)
+        .listen(prefix("f00d/16"), Stream, 4)
+        .unwrap();
+    let flow = net.host(client).connect(svc("f00d"), Stream).unwrap();
+    net.run_for(Duration::from_millis(500));
+    assert!(has_event(
+        &mut net,
+        client,
+        &Event::DelayNotify(svc("f00d"))
+    ));
+    net.host(client)
+        .add_rule(prefix("f00d/16"), forward("10.0.0.2", 1), 5);
+    assert!(net.run_until(secs(2), |net| has_event(
+        net,
+        client,
+        &Event::Connected(flow)
+    )));
+    assert!(net.run_until(secs(1), |net| net.host(server).accept(listener).is_ok()));
+}
+
+#[test]
+fn forwarding_loop_between_two_routers_dies_out() {
+    let mut net = Network::new(3, LinkConditions::default());
+    let router_cfg = HostConfig {
+        forward: true,
+        ..Default::default()
+    };
+    // A TTL below SOURCE's 20-hop capacity, so the TTL is what ends the loop.
+    let client_cfg = HostConfig {
+        control_retries: 1,
+        ttl: 12,
+        ..Default::default()
+    };
+    let client = net.add_host("client", client_cfg, &[("eth0", "10.0.0.1/24")]);
+    let r1 = net.add_host("r1", router_cfg.clone(), &[("eth0", "10.0.0.2/24")]);
+    let r2 = net.add_host("r2", router_cfg, &[("eth0", "10.0.0.3/24")]);
+    net.host(client)
+        .add_rule(prefix("100b/16"), forward("10.0.0.2", 1), 0);
+    net.host(r1)
+        .add_rule(prefix("100b/16"), forward("10.0.0.3", 1), 0);
+    net.host(r2)
+        .add_rule(prefix("100b/16"), forward("10.0.0.2", 1), 0);
+    let flow = net.host(client).connect(svc("100b"), Stream).unwrap();
+    let failed = Event::ConnectFailed(flow, ConnectError::TimedOut);
+    assert!(net.run_until(secs(30), |net| has_event(net, client, &failed)));
+    net.run_for(secs(5));
+    let expired = net.host(r1).stats().ttl_expired + net.host(r2).stats().ttl_expired;
+    let forwarded = net.host(r1).stats().forwarded + net.host(r2).stats().forwarded;
+    // Two SYN transmissions, each bouncing until its TTL of 12 ran out.
+    assert_eq!(expired, 2);
+    assert_eq!(forwarded, 2 * 11);
+    // The network is quiet again.
+    let sent = net.stats.sent;
+    net.run_for(secs(10));
+    assert_eq!(net.stats.sent, sent);
+}
+
+#[test]
+fn datagrams_are_resolved_per_datagram_and_replies_come_back() {
+    let (mut net, client, _router, servers) = routed([1, 1]);
+    let listeners = servers.map(|s| net.host(s).listen(prefix("5e/8"), Datagram, 4).unwrap());
+    let socket = net.host(client).open_datagram().unwrap();
+    for i in 0..100u32 {
+        net.host(client)
+            .send_to(socket, svc("5e77"), &i.to_be_bytes())
+            .unwrap();
+    }
+    net.run_for(secs(1));
+    let mut counts = [0; 2];
+    for i in 0..2 {
+        let sock = net.host(servers[i]).listener_socket(listeners[i]).unwrap();
+        while let Ok(d) = net.host(servers[i]).recv_from(sock) {
+            assert_eq!(d.service, Some(svc("5e77")));
+            assert_eq!(d.peer.locator, loc("10.0.0.1"));
+            assert_eq!(d.peer.flow, socket);
+            counts[i] += 1;
+            let mut reply = d.data.clone();
+            reply.reverse();
+            net.host(servers[i])
+                .send_reply(sock, d.peer, &reply)
+                .unwrap();
+        }
+    }
+    assert_eq!(counts[0] + counts[1], 100);
+    assert!(
+        counts[0] > 20 && counts[1] > 20,
+        "anycast spread {counts:?}"
+    );
+    net.run_for(secs(1));
+    let mut replies = 0;
+    while let Ok(d) = net.host(client).recv_from(socket) {
+        assert!(d.peer.locator == loc("10.0.0.11") || d.peer.locator == loc("10.0.0.12"));
+        replies += 1;
+    }
+    assert_eq!(replies, 100);
+}
+
+#[test]
+fn connected_datagram_flow_exchanges_and_closes() {
+    let (mut net, client, server) = pair(LinkConditions::default(), HostConfig::default());
+    let listener = net
+        .host(server)
+        .listen(prefix("4001/16"), Datagram, 4)
+        .unwrap();
+    let cflow = net.host(client).connect(svc("4001"), Datagram).unwrap();
+    let mut sflow = None;
+    assert!(net.run_until(secs(2), |net| {
+        sflow = sflow.or_else(|| net.host(server).accept(listener).ok());
+        sflow.is_some() && has_event(net, client, &Event::Connected(cflow))
+    }));
+    let sflow = sflow.unwrap();
+    net.host(client)
+        .send_datagram(cflow, b"hello serval")
+        .unwrap();
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(
+        net.host(server).recv_datagram(sflow).unwrap().unwrap(),
+        b"hello serval"
+    );
+    net.host(server)
+        .send_datagram(sflow, b"HELLO SERVAL")
+        .unwrap();
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(
+        net.host(client).recv_datagram(cflow).unwrap().unwrap(),
+        b"HELLO SERVAL"
+    );
+    net.host(server).close(sflow).unwrap();
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(
+        net.host(client).recv_datagram(cflow),
+        Ok(None),
+        "peer FIN is end of flow"
+    );
+    net.host(client).close(cflow).unwrap();
+    net.run_for(secs(1));
+    assert!(net.host(client).flows().is_empty());
+    assert!(net.host(server).flows().is_empty());
+}
+
+#[test]
+fn garbage_and_spoofed_packets_are_counted_and_change_nothing() {
+    let (mut net, client, server) = pair(LinkConditions::default(), HostConfig::default());
+    let listener = net.host(server).listen(prefix("aa/8"), Stream, 4).unwrap();
+    let (cflow, sflow) = establish(&mut net, client, server, listener, svc("aa"));
+    let now = net.now();
+    let src = loc("10.0.0.9");
+    let dst = loc("10.0.0.2");
+    net.host(server)
+        .handle_packet(now, src, dst, 64, &[1, 2, 3]);
+    net.host(server).handle_packet(now, src, dst, 64, &[0; 64]);
+    // A RST for the server's flow with a made-up nonce.
+    let mut rst = sal::wire::SalRepr::data(cflow, Some(sflow), 6);
+    rst.control = Some(sal::wire::ControlRepr {
+        flags: sal::wire::ControlFlags::RST,
+        verno: 0,
+        ackno: 0,
+        nonce: [0x55; 8],
+    });
+    let mut bytes = vec![0u8; rst.header_len()];
+    rst.emit(&mut bytes).unwrap();
+    net.host(server).handle_packet(now, src, dst, 64, &bytes);
+    let stats = net.host(server).stats();
+    assert_eq!(stats.malformed, 2);
+    assert_eq!(stats.bad_nonce, 1);
+    let data = pattern(10_000, 5);
+    assert_eq!(
+        transfer(&mut net, (client, cflow), (server, sflow), &data, secs(10)),
+        data
+    );
+    let _ = Ipv4Addr::LOCALHOST;
+}

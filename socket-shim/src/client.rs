@@ -1,0 +1,331 @@
+//! A blocking control connection to sald.
+//!
+//! [`ControlClient`] speaks the protocol of [`sal::control`]: length-prefixed
+//! JSON frames over a Unix stream socket, opened with a `Hello` exchange.
+//! Responses that hand over a socket carry its file descriptor as
+//! `SCM_RIGHTS` ancillary data; every read on the connection therefore goes
+//! through `recvmsg` with room for descriptors, so none is ever lost, and
+//! received descriptors are close-on-exec.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSliceMut, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+use sal::control::{
+    control_path, decode_body, encode_frame, frame_len, ControlEvent, Request, Response,
+    PROTOCOL_VERSION,
+};
+
+use crate::error::{Error, Result};
+
+/// How many bytes one `recvmsg` on the control connection asks for.
+const READ_CHUNK: usize = 16 * 1024;
+/// How many descriptors one `recvmsg` makes room for. sald sends one per
+/// frame; room for a few more means a misbehaving server cannot make the
+/// kernel drop descriptors silently (`MSG_CTRUNC`).
+const MAX_FDS_PER_READ: usize = 4;
+
+/// One response of sald, with the descriptor it carried, if any.
+#[derive(Debug)]
+pub struct Reply {
+    /// The decoded response.
+    pub response: Response,
+    /// The socket handed over with it (`Response::carries_fd`).
+    pub fd: Option<OwnedFd>,
+}
+
+/// Bytes and descriptors received on a control connection, not yet decoded.
+///
+/// Shared by the blocking and the tokio clients: both feed it with
+/// [`Inbox::fill`] and take whole frames with [`Inbox::take_reply`].
+#[derive(Debug, Default)]
+pub(crate) struct Inbox {
+    buf: Vec<u8>,
+    fds: VecDeque<OwnedFd>,
+}
+
+impl Inbox {
+    /// One `recvmsg` on `fd`; returns the number of bytes read, 0 at end of
+    /// stream. Errors are returned as they are (`WouldBlock` included), except
+    /// `EINTR`, which is retried.
+    pub(crate) fn fill(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
+        let mut chunk = [0u8; READ_CHUNK];
+        let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS_PER_READ]);
+        let (bytes, fds, truncated) = loop {
+            let mut iov = [IoSliceMut::new(&mut chunk)];
+            match recvmsg::<()>(
+                fd.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Ok(msg) => {
+                    let mut fds = Vec::new();
+                    let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
+                    if let Ok(cmsgs) = msg.cmsgs() {
+                        for cmsg in cmsgs {
+                            if let ControlMessageOwned::ScmRights(raw) = cmsg {
+                                fds.extend(raw);
+                            }
+                        }
+                    }
+                    break (msg.bytes, fds, truncated);
+                }
+                Err(Errno::EINTR) => continue,
+                Err(errno) => return Err(errno.into()),
+            }
+        };
+        for raw in fds {
+            // SAFETY: `raw` was just installed in this process's descriptor
+            // table by the kernel as SCM_RIGHTS data of this recvmsg; nothing
+            // else knows about it, so this is its only owner.
+            self.fds.push_back(unsafe { OwnedFd::from_raw_fd(raw) });
+        }
+        if truncated {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "sald sent more file descriptors than expected",
+            ));
+        }
+        self.buf.extend_from_slice(&chunk[..bytes]);
+        Ok(bytes)
+    }
+
+    /// Whether nothing is buffered.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Decodes the next whole frame, if one is buffered.
+    pub(crate) fn take_reply(&mut self) -> Result<Option<Reply>> {
+        let Some(prefix) = self.buf.first_chunk::<4>() else {
+            return Ok(None);
+        };
+        let len = frame_len(*prefix).map_err(|e| Error::Protocol(e.to_string()))?;
+        if self.buf.len() < 4 + len {
+            return Ok(None);
+        }
+        let decoded = decode_body::<Response>(&self.buf[4..4 + len]);
+        self.buf.drain(..4 + len);
+        let response = decoded.map_err(|e| Error::Protocol(e.to_string()))?;
+        let fd = if response.carries_fd() {
+            Some(self.fds.pop_front().ok_or_else(|| {
+                Error::Protocol(format!(
+                    "sald sent {} without a file descriptor",
+                    response_name(&response)
+                ))
+            })?)
+        } else {
+            None
+        };
+        Ok(Some(Reply { response, fd }))
+    }
+}
+
+/// The `type` tag of a response, for messages.
+pub(crate) fn response_name(response: &Response) -> &'static str {
+    match response {
+        Response::Hello { .. } => "hello",
+        Response::Ok => "ok",
+        Response::Error { .. } => "error",
+        Response::Listening { .. } => "listening",
+        Response::Accepted { .. } => "accepted",
+        Response::Connected { .. } => "connected",
+        Response::DatagramOpened { .. } => "datagram_opened",
+        Response::Rules { .. } => "rules",
+        Response::Flows { .. } => "flows",
+        Response::Interfaces { .. } => "interfaces",
+        Response::Stats { .. } => "stats",
+        Response::Event { .. } => "event",
+    }
+}
+
+/// The frame of a request, ready to write.
+pub(crate) fn request_frame(request: &Request) -> Result<Vec<u8>> {
+    encode_frame(request).map_err(|e| Error::Protocol(e.to_string()))
+}
+
+/// The `Hello` a client opens with.
+pub(crate) fn hello(client: &str) -> Request {
+    Request::Hello {
+        version: PROTOCOL_VERSION,
+        client: client.to_string(),
+    }
+}
+
+/// Checks sald's answer to `Hello`; returns its server string.
+pub(crate) fn check_hello(reply: Reply) -> Result<String> {
+    match reply.response {
+        Response::Hello { version, server } if version == PROTOCOL_VERSION => Ok(server),
+        Response::Hello { version, server } => Err(Error::VersionMismatch(format!(
+            "{server} speaks control protocol version {version}; this client speaks {PROTOCOL_VERSION}"
+        ))),
+        Response::Error { kind, message } => Err(Error::from_daemon(kind, message)),
+        other => Err(Error::unexpected("hello", &other)),
+    }
+}
+
+/// The client name sent in `Hello` when the caller gives none: the program
+/// name and this library's version.
+pub fn default_client_name() -> String {
+    let program = std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "unknown".into());
+    format!(
+        "{program} (socket-shim {}, pid {})",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id()
+    )
+}
+
+/// A blocking control connection to sald, past the `Hello` exchange.
+///
+/// Requests are answered in order, one response each; [`ControlClient::request`]
+/// sends one and waits for its answer.
+#[derive(Debug)]
+pub struct ControlClient {
+    stream: UnixStream,
+    path: PathBuf,
+    server: String,
+    inbox: Inbox,
+}
+
+impl ControlClient {
+    /// Connects to the default control socket ([`sal::control::control_path`]:
+    /// `SERVAL_CONTROL`, else `/run/serval/sald.sock`).
+    pub fn connect() -> Result<ControlClient> {
+        ControlClient::connect_to(control_path())
+    }
+
+    /// Connects to the control socket at `path`.
+    pub fn connect_to(path: impl AsRef<Path>) -> Result<ControlClient> {
+        ControlClient::connect_as(path, &default_client_name())
+    }
+
+    /// Connects to the control socket at `path`, introducing itself as `client`.
+    pub fn connect_as(path: impl AsRef<Path>, client: &str) -> Result<ControlClient> {
+        let path = path.as_ref().to_path_buf();
+        let stream = UnixStream::connect(&path).map_err(|e| Error::from_connect(e, path.clone()))?;
+        let mut control = ControlClient {
+            stream,
+            path,
+            server: String::new(),
+            inbox: Inbox::default(),
+        };
+        control.send(&hello(client))?;
+        let reply = control.recv()?;
+        control.server = check_hello(reply)?;
+        Ok(control)
+    }
+
+    /// The control socket path this client is connected to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// How sald introduced itself in its `Hello`.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// Sends one request without waiting for the answer.
+    pub fn send(&mut self, request: &Request) -> Result<()> {
+        let frame = request_frame(request)?;
+        self.stream.write_all(&frame).map_err(|e| match e.kind() {
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => Error::Closed,
+            _ => Error::Io(e),
+        })
+    }
+
+    /// Waits for the next response, whatever it is (error responses included).
+    pub fn recv(&mut self) -> Result<Reply> {
+        loop {
+            if let Some(reply) = self.inbox.take_reply()? {
+                return Ok(reply);
+            }
+            match self.inbox.fill(self.stream.as_fd()) {
+                Ok(0) if self.inbox.is_empty() => return Err(Error::Closed),
+                Ok(0) => {
+                    return Err(Error::Protocol(
+                        "sald closed the connection in the middle of a frame".into(),
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Err(Error::Closed),
+                Err(e) => return Err(Error::Io(e)),
+            }
+        }
+    }
+
+    /// Sends `request` and waits for its answer; an error response becomes
+    /// the matching typed [`Error`].
+    pub fn request(&mut self, request: &Request) -> Result<Reply> {
+        self.send(request)?;
+        let reply = self.recv()?;
+        match reply.response {
+            Response::Error { kind, message } => Err(Error::from_daemon(kind, message)),
+            _ => Ok(reply),
+        }
+    }
+
+    /// Sends `request` and expects a plain `Ok`.
+    pub fn request_ok(&mut self, request: &Request) -> Result<()> {
+        let reply = self.request(request)?;
+        match reply.response {
+            Response::Ok => Ok(()),
+            other => Err(Error::unexpected("a request expecting ok", &other)),
+        }
+    }
+
+    /// Turns this connection into a stream of [`ControlEvent`]s (`Subscribe`).
+    pub fn subscribe(mut self) -> Result<Events> {
+        self.send(&Request::Subscribe)?;
+        Ok(Events { control: self })
+    }
+}
+
+impl AsFd for ControlClient {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+}
+
+/// Events pushed by sald after `Subscribe`; see [`ControlClient::subscribe`].
+#[derive(Debug)]
+pub struct Events {
+    control: ControlClient,
+}
+
+impl Events {
+    /// Waits for the next event. A plain `Ok` acknowledging the subscription
+    /// is skipped; an error response ends the subscription with that error.
+    pub fn next_event(&mut self) -> Result<ControlEvent> {
+        loop {
+            let reply = self.control.recv()?;
+            match reply.response {
+                Response::Event { event } => return Ok(event),
+                Response::Ok => continue,
+                Response::Error { kind, message } => return Err(Error::from_daemon(kind, message)),
+                other => return Err(Error::unexpected("subscribe", &other)),
+            }
+        }
+    }
+}
+
+impl Iterator for Events {
+    type Item = Result<ControlEvent>;
+
+    /// The next event; `None` once sald closes the connection.
+    fn next(&mut self) -> Option<Result<ControlEvent>> {
+        match self.next_event() {
+            Err(Error::Closed) => None,
+            other => Some(other),
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Unconnected datagram sockets: send to a service ID, receive from peers,
+//! reply to them.
+//!
+//! sald hands over a `SOCK_SEQPACKET` socket whose messages are
+//! [`DatagramFrame`]s: `SendTo` and `Reply` from the application, `Received`
+//! from sald. Every datagram is resolved by sald on its own, so successive
+//! datagrams to one service may reach different replicas.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::socket::{recv, send, setsockopt, sockopt, MsgFlags};
+use nix::sys::time::TimeVal;
+use sal::control::{DatagramFrame, Request, Response};
+use sal::proto::DatagramPeer;
+use sal::table::ListenerId;
+use sal::wire::TransportProtocol;
+use sal::{FlowId, ServiceId, ServicePrefix};
+
+use crate::client::ControlClient;
+use crate::error::{Error, Result};
+use crate::stream::{listen_request, listener_from_reply};
+
+/// Bytes a `Received` frame adds before the payload, at most: tag (1), peer
+/// (11), service flag (1), service ID (32).
+pub(crate) const RECEIVED_HEADER_MAX: usize = 1 + 11 + 1 + 32;
+
+/// The backlog sent with a datagram `Listen`; datagram listeners take no
+/// flows from it, so it only bounds connected datagram flows.
+const DATAGRAM_BACKLOG: u32 = 16;
+
+/// Decodes a message sald sent on a datagram socket, copying the payload into
+/// `buf` (truncated to its length, as UDP does).
+pub(crate) fn decode_received(
+    message: &[u8],
+    buf: &mut [u8],
+) -> Result<(usize, DatagramPeer, Option<ServiceId>)> {
+    match DatagramFrame::decode(message) {
+        Ok(DatagramFrame::Received {
+            peer,
+            service,
+            data,
+        }) => {
+            let len = data.len().min(buf.len());
+            buf[..len].copy_from_slice(&data[..len]);
+            Ok((len, peer, service))
+        }
+        Ok(_) => Err(Error::Protocol(
+            "sald sent an application-to-sald datagram frame".into(),
+        )),
+        Err(e) => Err(Error::Protocol(format!("bad datagram frame: {e}"))),
+    }
+}
+
+/// Opens an unbound datagram socket over `control`.
+pub(crate) fn opened_from_reply(reply: crate::client::Reply) -> Result<(FlowId, OwnedFd)> {
+    match (reply.response, reply.fd) {
+        (Response::DatagramOpened { socket }, Some(fd)) => Ok((socket, fd)),
+        (Response::Error { kind, message }, _) => Err(Error::from_daemon(kind, message)),
+        (other, _) => Err(Error::unexpected("open_datagram", &other)),
+    }
+}
+
+/// A datagram socket of the SAL: unbound (send to services, receive their
+/// replies) or bound to a service prefix (also receive datagrams sent to it).
+///
+/// Dropping it closes the socket and, when bound, unregisters the prefix.
+#[derive(Debug)]
+pub struct ServiceDatagram {
+    socket: OwnedFd,
+    id: FlowId,
+    bound: Option<(ListenerId, ServicePrefix)>,
+    _control: ControlClient,
+}
+
+impl ServiceDatagram {
+    /// Opens an unbound datagram socket through the default control socket.
+    pub fn open() -> Result<ServiceDatagram> {
+        ServiceDatagram::open_via(ControlClient::connect()?)
+    }
+
+    /// Opens an unbound datagram socket over `control`, which it keeps.
+    pub fn open_via(mut control: ControlClient) -> Result<ServiceDatagram> {
+        let reply = control.request(&Request::OpenDatagram)?;
+        let (id, socket) = opened_from_reply(reply)?;
+        Ok(ServiceDatagram {
+            socket,
+            id,
+            bound: None,
+            _control: control,
+        })
+    }
+
+    /// Binds `prefix` (or one exact service ID) for datagrams, through the
+    /// default control socket.
+    pub fn bind(prefix: impl Into<ServicePrefix>) -> Result<ServiceDatagram> {
+        ServiceDatagram::bind_via(ControlClient::connect()?, prefix)
+    }
+
+    /// Binds `prefix` for datagrams over `control`, which it keeps.
+    pub fn bind_via(
+        mut control: ControlClient,
+        prefix: impl Into<ServicePrefix>,
+    ) -> Result<ServiceDatagram> {
+        let prefix = prefix.into();
+        let request = listen_request(prefix, TransportProtocol::Datagram, DATAGRAM_BACKLOG);
+        let reply = control.request(&request)?;
+        let (listener, socket) = listener_from_reply(reply)?;
+        let (id, socket) = socket.ok_or_else(|| {
+            Error::Protocol("sald bound a datagram prefix without handing over its socket".into())
+        })?;
+        Ok(ServiceDatagram {
+            socket,
+            id,
+            bound: Some((listener, prefix)),
+            _control: control,
+        })
+    }
+
+    /// This socket's flow ID (peers see it in [`DatagramPeer::flow`]).
+    pub fn socket_id(&self) -> FlowId {
+        self.id
+    }
+
+    /// The prefix this socket is bound to, if any.
+    pub fn prefix(&self) -> Option<ServicePrefix> {
+        self.bound.map(|(_, prefix)| prefix)
+    }
+
+    /// Sends one datagram to `service`, resolved by sald's service table.
+    /// Returns the payload length.
+    pub fn send_to(&self, service: ServiceId, data: &[u8]) -> Result<usize> {
+        self.send_frame(&DatagramFrame::SendTo {
+            service,
+            data: data.to_vec(),
+        })?;
+        Ok(data.len())
+    }
+
+    /// Sends one datagram back to `peer`, as returned by
+    /// [`ServiceDatagram::recv_from`]. Returns the payload length.
+    pub fn send_reply(&self, peer: DatagramPeer, data: &[u8]) -> Result<usize> {
+        self.send_frame(&DatagramFrame::Reply {
+            peer,
+            data: data.to_vec(),
+        })?;
+        Ok(data.len())
+    }
+
+    fn send_frame(&self, frame: &DatagramFrame) -> Result<()> {
+        let bytes = frame.encode();
+        loop {
+            return match send(self.socket.as_raw_fd(), &bytes, MsgFlags::MSG_NOSIGNAL) {
+                Ok(_) => Ok(()),
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EPIPE) | Err(Errno::ECONNRESET) => Err(Error::Closed),
+                Err(errno) => Err(errno.into()),
+            };
+        }
+    }
+
+    /// Waits for the next datagram and copies its payload into `buf`
+    /// (truncating it if `buf` is too short). Returns the payload length, the
+    /// sender, and the service ID it was sent to (for unconnected datagrams).
+    pub fn recv_from(&self, buf: &mut [u8]) -> Result<(usize, DatagramPeer, Option<ServiceId>)> {
+        let mut message = vec![0u8; buf.len() + RECEIVED_HEADER_MAX];
+        let len = loop {
+            match recv(self.socket.as_raw_fd(), &mut message, MsgFlags::empty()) {
+                Ok(len) => break len,
+                Err(Errno::EINTR) => continue,
+                Err(errno) => return Err(errno.into()),
+            }
+        };
+        if len == 0 {
+            // Frames are never empty: this is the end of the socket.
+            return Err(Error::Closed);
+        }
+        decode_received(&message[..len], buf)
+    }
+
+    /// Sets a timeout on [`ServiceDatagram::recv_from`] (`None`: block
+    /// forever); a timeout shows as an `Io` error of kind `WouldBlock`.
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        let tv = match timeout {
+            Some(t) if t.is_zero() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a zero timeout is not allowed",
+                ))
+            }
+            Some(t) => TimeVal::new(
+                t.as_secs().try_into().unwrap_or(i64::MAX),
+                t.subsec_micros().into(),
+            ),
+            None => TimeVal::new(0, 0),
+        };
+        setsockopt(&self.socket, sockopt::ReceiveTimeout, &tv).map_err(io::Error::from)
+    }
+}
+
+impl AsFd for ServiceDatagram {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+}
+
+impl AsRawFd for ServiceDatagram {
+    fn as_raw_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+}

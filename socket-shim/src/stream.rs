@@ -1,0 +1,337 @@
+//! Stream flows: connecting to a service and listening on a service prefix.
+//!
+//! A flow is handed over by sald as one end of an `AF_UNIX` stream
+//! socketpair: bytes written to it go to the peer, end of file is the peer's
+//! half-close. [`ServiceStream`] wraps that socket; [`ServiceListener`]
+//! registers a prefix and accepts flows on it.
+
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use sal::control::{Request, Response};
+use sal::proto::FlowInfo;
+use sal::table::ListenerId;
+use sal::wire::TransportProtocol;
+use sal::{FlowId, ServiceId, ServicePrefix};
+
+use crate::client::{response_name, ControlClient, Reply};
+use crate::error::{Error, Result};
+
+/// The `Connect` request for a stream flow.
+pub(crate) fn connect_request(service: ServiceId, timeout: Option<Duration>) -> Request {
+    Request::Connect {
+        service,
+        protocol: TransportProtocol::Stream,
+        timeout_ms: timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+    }
+}
+
+/// The flow and its socket out of a `Connected` or `Accepted` reply.
+pub(crate) fn flow_from_reply(what: &str, reply: Reply) -> Result<(FlowInfo, OwnedFd)> {
+    match (reply.response, reply.fd) {
+        (Response::Connected { flow }, Some(fd)) | (Response::Accepted { flow }, Some(fd)) => {
+            Ok((flow, fd))
+        }
+        (Response::Error { kind, message }, _) => Err(Error::from_daemon(kind, message)),
+        (other, _) => Err(Error::Protocol(format!(
+            "unexpected answer to {what}: {}",
+            response_name(&other)
+        ))),
+    }
+}
+
+/// The listener out of a `Listening` reply (and its datagram socket, if any).
+pub(crate) fn listener_from_reply(reply: Reply) -> Result<(ListenerId, Option<(FlowId, OwnedFd)>)> {
+    match reply.response {
+        Response::Listening { listener, socket } => {
+            Ok((listener, socket.zip(reply.fd)))
+        }
+        Response::Error { kind, message } => Err(Error::from_daemon(kind, message)),
+        other => Err(Error::unexpected("listen", &other)),
+    }
+}
+
+/// The `Listen` request for a prefix.
+pub(crate) fn listen_request(
+    prefix: ServicePrefix,
+    protocol: TransportProtocol,
+    backlog: u32,
+) -> Request {
+    Request::Listen {
+        prefix,
+        protocol,
+        backlog,
+    }
+}
+
+/// An established stream flow to or from a service.
+///
+/// Reading returns what the peer sent, and `Ok(0)` once the peer has
+/// half-closed; [`ServiceStream::shutdown_write`] half-closes this side.
+/// Dropping the stream closes the flow. Like `TcpStream`, `&ServiceStream`
+/// also implements `Read` and `Write`, so one thread can read while another
+/// writes.
+#[derive(Debug)]
+pub struct ServiceStream {
+    socket: UnixStream,
+    info: FlowInfo,
+    /// The control connection the flow was opened on, kept open for as long
+    /// as the flow (connected streams only; accepted ones belong to their
+    /// listener's connection).
+    _control: Option<ControlClient>,
+}
+
+impl ServiceStream {
+    /// Opens a stream flow to `service` through the default control socket,
+    /// waiting as long as the SAL's own retry limit allows.
+    pub fn connect(service: ServiceId) -> Result<ServiceStream> {
+        ServiceStream::connect_via(ControlClient::connect()?, service, None)
+    }
+
+    /// Like [`ServiceStream::connect`], giving up after `timeout`.
+    pub fn connect_timeout(service: ServiceId, timeout: Duration) -> Result<ServiceStream> {
+        ServiceStream::connect_via(ControlClient::connect()?, service, Some(timeout))
+    }
+
+    /// Opens a stream flow to `service` over `control`, which the stream
+    /// keeps for its lifetime (use it to reach a non-default control socket).
+    pub fn connect_via(
+        mut control: ControlClient,
+        service: ServiceId,
+        timeout: Option<Duration>,
+    ) -> Result<ServiceStream> {
+        let reply = control.request(&connect_request(service, timeout))?;
+        let (info, fd) = flow_from_reply("connect", reply)?;
+        Ok(ServiceStream {
+            socket: UnixStream::from(fd),
+            info,
+            _control: Some(control),
+        })
+    }
+
+    pub(crate) fn from_accepted(info: FlowInfo, fd: OwnedFd) -> ServiceStream {
+        ServiceStream {
+            socket: UnixStream::from(fd),
+            info,
+            _control: None,
+        }
+    }
+
+    /// Splits into parts, for the tokio wrapper.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn into_parts(self) -> (UnixStream, FlowInfo, Option<ControlClient>) {
+        (self.socket, self.info, self._control)
+    }
+
+    /// The flow as sald described it when it was handed over (flow IDs,
+    /// service, locators); counters are those of that moment.
+    pub fn flow_info(&self) -> &FlowInfo {
+        &self.info
+    }
+
+    /// This end's flow ID.
+    pub fn flow_id(&self) -> FlowId {
+        self.info.flow
+    }
+
+    /// The service this flow reached (client) or was opened to (server).
+    pub fn service(&self) -> ServiceId {
+        self.info.service
+    }
+
+    /// Half-closes the flow: the peer reads end of file; reading goes on.
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        self.socket.shutdown(Shutdown::Write)
+    }
+
+    /// Shuts down reading, writing or both, as `TcpStream::shutdown`.
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        self.socket.shutdown(how)
+    }
+
+    /// Sets a timeout on reads (`None`: block forever).
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.socket.set_read_timeout(timeout)
+    }
+
+    /// Sets a timeout on writes (`None`: block forever).
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.socket.set_write_timeout(timeout)
+    }
+
+    /// Moves the socket in or out of non-blocking mode.
+    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        self.socket.set_nonblocking(nonblocking)
+    }
+
+    /// The underlying socket (one end of the socketpair shared with sald).
+    pub fn as_unix_stream(&self) -> &UnixStream {
+        &self.socket
+    }
+}
+
+impl Read for ServiceStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&self.socket).read(buf)
+    }
+
+    fn read_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+        (&self.socket).read_vectored(bufs)
+    }
+}
+
+impl Read for &ServiceStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&self.socket).read(buf)
+    }
+
+    fn read_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+        (&self.socket).read_vectored(bufs)
+    }
+}
+
+impl Write for ServiceStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&self.socket).write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        (&self.socket).write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Write for &ServiceStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&self.socket).write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        (&self.socket).write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsFd for ServiceStream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+}
+
+impl AsRawFd for ServiceStream {
+    fn as_raw_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
+/// A bound service prefix that accepts stream flows.
+///
+/// Binding registers the prefix with sald (a DEMUX rule); dropping the
+/// listener closes its control connection, which unbinds it. Flows already
+/// accepted live on.
+#[derive(Debug)]
+pub struct ServiceListener {
+    control: Mutex<ControlClient>,
+    listener: ListenerId,
+    prefix: ServicePrefix,
+}
+
+impl ServiceListener {
+    /// Binds `prefix` (or one exact service ID) through the default control
+    /// socket; `backlog` bounds the flows established but not yet accepted.
+    pub fn bind(prefix: impl Into<ServicePrefix>, backlog: u32) -> Result<ServiceListener> {
+        ServiceListener::bind_via(ControlClient::connect()?, prefix, backlog)
+    }
+
+    /// Binds `prefix` over `control`, which the listener owns from now on.
+    pub fn bind_via(
+        mut control: ControlClient,
+        prefix: impl Into<ServicePrefix>,
+        backlog: u32,
+    ) -> Result<ServiceListener> {
+        let prefix = prefix.into();
+        let reply = control.request(&listen_request(prefix, TransportProtocol::Stream, backlog))?;
+        let (listener, _) = listener_from_reply(reply)?;
+        Ok(ServiceListener {
+            control: Mutex::new(control),
+            listener,
+            prefix,
+        })
+    }
+
+    /// The prefix this listener registered.
+    pub fn prefix(&self) -> ServicePrefix {
+        self.prefix
+    }
+
+    /// sald's handle of this listener (the DEMUX target in `servalctl services`).
+    pub fn listener_id(&self) -> ListenerId {
+        self.listener
+    }
+
+    fn control(&self) -> MutexGuard<'_, ControlClient> {
+        // A panic while holding the lock cannot leave the connection in a
+        // state worse than an I/O error would; go on with it.
+        self.control.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits for the next established flow.
+    pub fn accept(&self) -> Result<(ServiceStream, FlowInfo)> {
+        self.accept_with(false)
+    }
+
+    /// Takes the next established flow if there is one, without waiting.
+    pub fn try_accept(&self) -> Result<Option<(ServiceStream, FlowInfo)>> {
+        match self.accept_with(true) {
+            Ok(accepted) => Ok(Some(accepted)),
+            Err(Error::WouldBlock(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn accept_with(&self, nonblocking: bool) -> Result<(ServiceStream, FlowInfo)> {
+        let reply = self.control().request(&Request::Accept {
+            listener: self.listener,
+            nonblocking,
+        })?;
+        let (info, fd) = flow_from_reply("accept", reply)?;
+        Ok((ServiceStream::from_accepted(info.clone(), fd), info))
+    }
+
+    /// An endless iterator of accepted flows, as `TcpListener::incoming`.
+    pub fn incoming(&self) -> Incoming<'_> {
+        Incoming { listener: self }
+    }
+
+    /// Unbinds the prefix now (dropping the listener does the same).
+    pub fn close(self) -> Result<()> {
+        let listener = self.listener;
+        let mut control = self.control.into_inner().unwrap_or_else(|e| e.into_inner());
+        control.request_ok(&Request::CloseListener { listener })
+    }
+}
+
+/// Flows accepted one after another; see [`ServiceListener::incoming`].
+#[derive(Debug)]
+pub struct Incoming<'a> {
+    listener: &'a ServiceListener,
+}
+
+impl Iterator for Incoming<'_> {
+    type Item = Result<ServiceStream>;
+
+    /// Never `None`: each call waits for the next flow.
+    fn next(&mut self) -> Option<Result<ServiceStream>> {
+        Some(self.listener.accept().map(|(stream, _)| stream))
+    }
+}
