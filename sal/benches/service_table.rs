@@ -2,7 +2,8 @@
 //! [`PrefixTrie`] and [`ServiceTable`], next to same-run baselines.
 //!
 //! Run with `cargo bench -p sal --bench service_table`; set `SAL_BENCH_QUICK=1`
-//! for a smoke run (N = 1 000 and 100 000, fewer lookups).
+//! for a smoke run (N = 1 000 and 100 000, fewer lookups), and `SAL_BENCH_N`
+//! to measure a single N.
 //!
 //! For each N the program builds, from one seeded [`SmallRng`]:
 //!
@@ -14,8 +15,10 @@
 //!   IPv6 baselines: `prefix_trie::PrefixMap` and `ip_network_table_deps_treebitmap::IpLookupTable`.
 //!
 //! Lookups use random keys (256-bit, or 128-bit for IPv6) generated before the
-//! timed loop. Each lookup figure is the median of [`BATCHES`] equal batches,
-//! which keeps one-off noise on a shared machine out of the result. Following
+//! timed loop. Lookups are timed in [`BATCHES`] rounds of one batch per
+//! structure, and every figure is a median over rounds; ratios are medians of
+//! per-round ratios. On a shared machine, load from elsewhere then hits all
+//! structures alike instead of whichever ran at the time. Following
 //! DESIGN.md "Performance method", every figure is printed next to its
 //! baselines of the same run, with ratios, and the targets are checked at the
 //! largest N.
@@ -56,7 +59,7 @@ struct Config {
 impl Config {
     fn from_env() -> Config {
         let quick = std::env::var("SAL_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
-        if quick {
+        let mut config = if quick {
             Config {
                 sizes: vec![1_000, 100_000],
                 lookups: 1_000_000,
@@ -70,7 +73,15 @@ impl Config {
                 keys: 1_000_000,
                 quick,
             }
+        };
+        // For experiments: a single N, e.g. SAL_BENCH_N=1000000.
+        if let Some(n) = std::env::var("SAL_BENCH_N")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            config.sizes = vec![n];
         }
+        config
     }
 }
 
@@ -161,15 +172,34 @@ impl BitTrie {
     }
 }
 
-/// Figures of one structure at one N. `None` where not measured.
+/// Figures of one structure at one N.
 #[derive(Default, Clone)]
 struct Figures {
-    lookups_per_sec: f64,
+    /// Lookup rate of each round (see [`bench_size`]).
+    lookup_rates: Vec<f64>,
     inserts_per_sec: f64,
     bytes_per_rule: Option<f64>,
     nodes: Option<usize>,
     /// Why a structure was not measured, if it was not.
     skipped: Option<String>,
+}
+
+impl Figures {
+    fn lookups_per_sec(&self) -> f64 {
+        median(self.lookup_rates.clone())
+    }
+
+    /// Median over rounds of this structure's rate over `other`'s in the same
+    /// round: noise from the rest of the machine mostly cancels out.
+    fn ratio_to(&self, other: &Figures) -> f64 {
+        let ratios = self.lookup_rates.iter().zip(&other.lookup_rates);
+        median(ratios.map(|(a, b)| a / b).collect())
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// All figures at one N.
@@ -186,9 +216,9 @@ struct Results {
 }
 
 impl Results {
-    /// The faster of the two IPv6 baselines, by lookup rate.
+    /// The faster of the two IPv6 baselines, by median lookup rate.
     fn faster_ipv6(&self) -> (&'static str, &Figures) {
-        if self.treebitmap.lookups_per_sec >= self.prefix_trie.lookups_per_sec {
+        if self.treebitmap.lookups_per_sec() >= self.prefix_trie.lookups_per_sec() {
             ("treebitmap", &self.treebitmap)
         } else {
             ("prefix-trie", &self.prefix_trie)
@@ -196,12 +226,11 @@ impl Results {
     }
 
     fn vs_ipv6(&self) -> f64 {
-        self.ours.lookups_per_sec / self.faster_ipv6().1.lookups_per_sec
+        self.ours.ratio_to(self.faster_ipv6().1)
     }
 
     fn vs_bit_trie(&self) -> Option<f64> {
-        (self.bit_trie.skipped.is_none())
-            .then(|| self.ours.lookups_per_sec / self.bit_trie.lookups_per_sec)
+        (self.bit_trie.skipped.is_none()).then(|| self.ours.ratio_to(&self.bit_trie))
     }
 }
 
@@ -232,30 +261,28 @@ fn random_ipv6_prefixes(rng: &mut SmallRng, n: usize) -> Vec<Ipv6Net> {
         .collect()
 }
 
-/// Runs `lookups` calls of `lookup` over `keys` (cycled) in [`BATCHES`]
-/// batches and returns the median rate in lookups per second. `lookup`
-/// returns something derived from the result so that it cannot be optimised
-/// away.
-fn measure_lookups<K>(keys: &[K], lookups: usize, mut lookup: impl FnMut(&K) -> u64) -> f64 {
-    let per_batch = (lookups / BATCHES).max(1);
-    let mut keys = keys.iter().cycle();
-    // Warm up caches and branch predictors on a tenth of a batch.
+/// Times `count` calls of `lookup` on keys from `keys[start..]` (wrapping
+/// around) and returns the rate in lookups per second. `lookup` returns
+/// something derived from its result so that it cannot be optimised away.
+fn time_lookups<K>(
+    keys: &[K],
+    start: usize,
+    count: usize,
+    lookup: &mut impl FnMut(&K) -> u64,
+) -> f64 {
     let mut sink = 0u64;
-    for key in keys.by_ref().take(per_batch / 10) {
-        sink = sink.wrapping_add(lookup(black_box(key)));
+    let mut i = start % keys.len();
+    let started = Instant::now();
+    for _ in 0..count {
+        sink = sink.wrapping_add(lookup(black_box(&keys[i])));
+        i += 1;
+        if i == keys.len() {
+            i = 0;
+        }
     }
-    let mut rates: Vec<f64> = (0..BATCHES)
-        .map(|_| {
-            let start = Instant::now();
-            for key in keys.by_ref().take(per_batch) {
-                sink = sink.wrapping_add(lookup(black_box(key)));
-            }
-            per_batch as f64 / start.elapsed().as_secs_f64()
-        })
-        .collect();
+    let rate = count as f64 / started.elapsed().as_secs_f64();
     black_box(sink);
-    rates.sort_by(f64::total_cmp);
-    rates[BATCHES / 2]
+    rate
 }
 
 /// Runs `build` once and returns its result and the insert rate for `n` prefixes.
@@ -265,6 +292,10 @@ fn measure_build<T>(n: usize, build: impl FnOnce() -> T) -> (T, f64) {
     (built, n as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Builds every structure for N prefixes, timing the inserts, then measures
+/// lookups in [`BATCHES`] rounds; each round runs one batch on every structure
+/// in turn, so that all of them see the same machine load, and the ratios are
+/// taken round by round.
 fn bench_size(config: &Config, n: usize, seed: u64) -> Results {
     let mut rng = SmallRng::seed_from_u64(seed);
     let prefixes = random_service_prefixes(&mut rng, n);
@@ -276,7 +307,6 @@ fn bench_size(config: &Config, n: usize, seed: u64) -> Results {
         .map(|_| Ipv6Addr::from(rng.random::<u128>()))
         .collect();
 
-    // Our trie.
     let (trie, insert_rate) = measure_build(n, || {
         let mut trie = PrefixTrie::new();
         for (value, prefix) in (0u32..).zip(&prefixes) {
@@ -285,18 +315,13 @@ fn bench_size(config: &Config, n: usize, seed: u64) -> Results {
         trie
     });
     let rules = trie.len();
-    let ours = Figures {
-        lookups_per_sec: measure_lookups(&keys, config.lookups, |key| {
-            trie.longest_match(key)
-                .map_or(0, |(len, &v)| u64::from(v) + u64::from(len))
-        }),
+    let mut ours = Figures {
         inserts_per_sec: insert_rate,
         bytes_per_rule: Some(trie.memory_bytes() as f64 / rules as f64),
         nodes: Some(trie.node_count()),
-        skipped: None,
+        ..Figures::default()
     };
 
-    // The service table on top of it.
     let (table, table_insert_rate) = measure_build(n, || {
         let mut table = ServiceTable::new();
         for (i, prefix) in (0u32..).zip(&prefixes) {
@@ -305,20 +330,12 @@ fn bench_size(config: &Config, n: usize, seed: u64) -> Results {
         }
         table
     });
-    let table_figures = Figures {
-        lookups_per_sec: measure_lookups(&keys, config.lookups, |key| {
-            table
-                .longest_match(key)
-                .map_or(0, |rule| u64::from(rule.prefix.len()))
-        }),
+    let mut table_figures = Figures {
         inserts_per_sec: table_insert_rate,
         bytes_per_rule: Some(table.memory_bytes() as f64 / table.len() as f64),
-        nodes: None,
-        skipped: None,
+        ..Figures::default()
     };
-    drop(table);
 
-    // IPv6 baselines.
     let (prefix_map, pm_insert_rate) = measure_build(n, || {
         let mut map = prefix_trie::PrefixMap::<Ipv6Net, u32>::new();
         for (value, prefix) in (0u32..).zip(&v6_prefixes) {
@@ -326,17 +343,10 @@ fn bench_size(config: &Config, n: usize, seed: u64) -> Results {
         }
         map
     });
-    let prefix_trie_figures = Figures {
-        lookups_per_sec: measure_lookups(&v6_keys, config.lookups, |&key| {
-            let host = Ipv6Net::new(key, 128).expect("/128");
-            prefix_map.get_lpm(&host).map_or(0, |(_, &v)| u64::from(v))
-        }),
+    let mut prefix_trie_figures = Figures {
         inserts_per_sec: pm_insert_rate,
-        bytes_per_rule: None,
-        nodes: None,
-        skipped: None,
+        ..Figures::default()
     };
-    drop(prefix_map);
 
     let (tbm, tbm_insert_rate) = measure_build(n, || {
         let mut table = ip_network_table_deps_treebitmap::IpLookupTable::<Ipv6Addr, u32>::new();
@@ -346,17 +356,11 @@ fn bench_size(config: &Config, n: usize, seed: u64) -> Results {
         table
     });
     let (tbm_nodes, tbm_results) = tbm.mem_usage();
-    let treebitmap_figures = Figures {
-        lookups_per_sec: measure_lookups(&v6_keys, config.lookups, |&key| {
-            tbm.longest_match(key)
-                .map_or(0, |(_, len, &v)| u64::from(v) + u64::from(len))
-        }),
+    let mut treebitmap_figures = Figures {
         inserts_per_sec: tbm_insert_rate,
         bytes_per_rule: Some((tbm_nodes + tbm_results) as f64 / tbm.len() as f64),
-        nodes: None,
-        skipped: None,
+        ..Figures::default()
     };
-    drop(tbm);
 
     // The 1-bit trie, at the largest prefix count (a prefix of the same random
     // set) whose arena bound fits the memory limit.
@@ -365,12 +369,10 @@ fn bench_size(config: &Config, n: usize, seed: u64) -> Results {
     while bit_n > 0 && BitTrie::node_bound(&prefixes[..bit_n]) * node_size > BIT_TRIE_MEMORY_LIMIT {
         bit_n /= 10;
     }
-    let (bit_trie, bit_trie_n) = if bit_n == 0 {
-        let skipped = Figures {
-            skipped: Some("does not fit in 4 GiB".into()),
-            ..Figures::default()
-        };
-        (skipped, None)
+    let mut bit_trie_figures = Figures::default();
+    let bits = if bit_n == 0 {
+        bit_trie_figures.skipped = Some("does not fit in 4 GiB".into());
+        None
     } else {
         let bit_prefixes = &prefixes[..bit_n];
         let (bits, bit_insert_rate) = measure_build(bit_n, || {
@@ -383,18 +385,66 @@ fn bench_size(config: &Config, n: usize, seed: u64) -> Results {
         if bit_n == n {
             check_against_bit_trie(&trie, &bits, &keys, bit_prefixes);
         }
-        let distinct = bit_n.min(rules);
-        let figures = Figures {
-            lookups_per_sec: measure_lookups(&keys, config.lookups, |key| {
-                bits.longest_match(key).map_or(0, u64::from)
-            }),
-            inserts_per_sec: bit_insert_rate,
-            bytes_per_rule: Some(bits.memory_bytes() as f64 / distinct as f64),
-            nodes: Some(bits.nodes.len()),
-            skipped: None,
-        };
-        (figures, (bit_n < n).then_some(bit_n))
+        bit_trie_figures.inserts_per_sec = bit_insert_rate;
+        bit_trie_figures.bytes_per_rule =
+            Some(bits.memory_bytes() as f64 / bit_n.min(rules) as f64);
+        bit_trie_figures.nodes = Some(bits.nodes.len());
+        Some(bits)
     };
+
+    let mut ours_lookup = |key: &ServiceId| {
+        trie.longest_match(key)
+            .map_or(0, |(len, &v)| u64::from(v) + u64::from(len))
+    };
+    let mut table_lookup = |key: &ServiceId| {
+        table
+            .longest_match(key)
+            .map_or(0, |rule| u64::from(rule.prefix.len()))
+    };
+    let mut prefix_trie_lookup = |&key: &Ipv6Addr| {
+        let host = Ipv6Net::new(key, 128).expect("/128");
+        prefix_map.get_lpm(&host).map_or(0, |(_, &v)| u64::from(v))
+    };
+    let mut treebitmap_lookup = |&key: &Ipv6Addr| {
+        tbm.longest_match(key)
+            .map_or(0, |(_, len, &v)| u64::from(v) + u64::from(len))
+    };
+    let mut bit_trie_lookup = |key: &ServiceId| {
+        bits.as_ref()
+            .map_or(0, |b| b.longest_match(key).map_or(0, u64::from))
+    };
+
+    // Round 0 warms caches and branch predictors on a tenth of a batch and
+    // is not recorded.
+    let per_batch = (config.lookups / BATCHES).max(1);
+    for round in 0..=BATCHES {
+        let (start, count) = match round {
+            0 => (0, per_batch / 10),
+            _ => (round * per_batch, per_batch),
+        };
+        let rates = [
+            time_lookups(&keys, start, count, &mut ours_lookup),
+            time_lookups(&keys, start, count, &mut table_lookup),
+            time_lookups(&v6_keys, start, count, &mut prefix_trie_lookup),
+            time_lookups(&v6_keys, start, count, &mut treebitmap_lookup),
+            match bits {
+                Some(_) => time_lookups(&keys, start, count, &mut bit_trie_lookup),
+                None => f64::NAN,
+            },
+        ];
+        if round > 0 {
+            let figures = [
+                &mut ours,
+                &mut table_figures,
+                &mut prefix_trie_figures,
+                &mut treebitmap_figures,
+                &mut bit_trie_figures,
+            ];
+            for (figures, rate) in figures.into_iter().zip(rates) {
+                figures.lookup_rates.push(rate);
+            }
+        }
+    }
 
     Results {
         n,
@@ -403,8 +453,8 @@ fn bench_size(config: &Config, n: usize, seed: u64) -> Results {
         table: table_figures,
         prefix_trie: prefix_trie_figures,
         treebitmap: treebitmap_figures,
-        bit_trie,
-        bit_trie_n,
+        bit_trie: bit_trie_figures,
+        bit_trie_n: (bit_n < n && bit_n > 0).then_some(bit_n),
     }
 }
 
@@ -430,7 +480,8 @@ fn main() {
     let started = Instant::now();
     println!(
         "service_table bench{}: random prefixes (256-bit: /8../256; IPv6: /8../128), \
-         random keys, {} lookups per figure (median of {BATCHES} batches), {} distinct keys",
+         random keys, {} lookups per structure in {BATCHES} interleaved rounds (medians), \
+         {} distinct keys",
         if config.quick {
             " (SAL_BENCH_QUICK)"
         } else {
@@ -488,8 +539,8 @@ fn print_results(r: &Results, elapsed: Duration) {
         println!(
             "  {:<36} {:>12} {:>10.1} {:>12} {:>11} {:>11}",
             name,
-            format_rate(f.lookups_per_sec),
-            1e9 / f.lookups_per_sec,
+            format_rate(f.lookups_per_sec()),
+            1e9 / f.lookups_per_sec(),
             format_rate(f.inserts_per_sec),
             opt(f.bytes_per_rule.map(|b| format!("{b:.1}"))),
             opt(f.nodes.map(|n| n.to_string())),
@@ -515,7 +566,7 @@ fn print_targets(config: &Config, r: &Results) {
         );
     }
     let met = |ok: bool| if ok { "met" } else { "MISSED" };
-    let lookups = r.ours.lookups_per_sec;
+    let lookups = r.ours.lookups_per_sec();
     println!(
         "  ours lookups/s                  {:>10}   target >= {:>6}   {}",
         format_rate(lookups),

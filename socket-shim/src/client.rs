@@ -211,7 +211,8 @@ impl ControlClient {
     /// Connects to the control socket at `path`, introducing itself as `client`.
     pub fn connect_as(path: impl AsRef<Path>, client: &str) -> Result<ControlClient> {
         let path = path.as_ref().to_path_buf();
-        let stream = UnixStream::connect(&path).map_err(|e| Error::from_connect(e, path.clone()))?;
+        let stream =
+            UnixStream::connect(&path).map_err(|e| Error::from_connect(e, path.clone()))?;
         let mut control = ControlClient {
             stream,
             path,

@@ -23,6 +23,25 @@ use crate::client::ControlClient;
 use crate::error::{Error, Result};
 use crate::stream::{listen_request, listener_from_reply};
 
+/// Largest payload the SAL carries in one datagram (the protocol core's
+/// limit; sald drops larger ones silently, so the shim refuses them with
+/// `EMSGSIZE` before they leave).
+pub const MAX_DATAGRAM: usize = 1400;
+
+/// Refuses a payload the SAL would drop.
+pub(crate) fn check_size(data: &[u8]) -> Result<()> {
+    if data.len() > MAX_DATAGRAM {
+        return Err(Error::Io(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "datagram of {} bytes exceeds the SAL's {MAX_DATAGRAM}-byte limit",
+                data.len()
+            ),
+        )));
+    }
+    Ok(())
+}
+
 /// Bytes a `Received` frame adds before the payload, at most: tag (1), peer
 /// (11), service flag (1), service ID (32).
 pub(crate) const RECEIVED_HEADER_MAX: usize = 1 + 11 + 1 + 32;
@@ -72,7 +91,8 @@ pub struct ServiceDatagram {
     socket: OwnedFd,
     id: FlowId,
     bound: Option<(ListenerId, ServicePrefix)>,
-    _control: ControlClient,
+    /// Kept for bound sockets: closing it would unbind the prefix.
+    _control: Option<ControlClient>,
 }
 
 impl ServiceDatagram {
@@ -81,7 +101,8 @@ impl ServiceDatagram {
         ServiceDatagram::open_via(ControlClient::connect()?)
     }
 
-    /// Opens an unbound datagram socket over `control`, which it keeps.
+    /// Opens an unbound datagram socket over `control`, which is closed once
+    /// the socket is handed over.
     pub fn open_via(mut control: ControlClient) -> Result<ServiceDatagram> {
         let reply = control.request(&Request::OpenDatagram)?;
         let (id, socket) = opened_from_reply(reply)?;
@@ -89,7 +110,7 @@ impl ServiceDatagram {
             socket,
             id,
             bound: None,
-            _control: control,
+            _control: None,
         })
     }
 
@@ -99,7 +120,8 @@ impl ServiceDatagram {
         ServiceDatagram::bind_via(ControlClient::connect()?, prefix)
     }
 
-    /// Binds `prefix` for datagrams over `control`, which it keeps.
+    /// Binds `prefix` for datagrams over `control`, which it keeps: closing
+    /// it (dropping the socket) unbinds the prefix.
     pub fn bind_via(
         mut control: ControlClient,
         prefix: impl Into<ServicePrefix>,
@@ -115,7 +137,7 @@ impl ServiceDatagram {
             socket,
             id,
             bound: Some((listener, prefix)),
-            _control: control,
+            _control: Some(control),
         })
     }
 
@@ -130,8 +152,11 @@ impl ServiceDatagram {
     }
 
     /// Sends one datagram to `service`, resolved by sald's service table.
-    /// Returns the payload length.
+    /// Returns the payload length. Payloads over [`MAX_DATAGRAM`] bytes are
+    /// refused. Delivery is not confirmed: a datagram sald cannot route is
+    /// dropped without an error here.
     pub fn send_to(&self, service: ServiceId, data: &[u8]) -> Result<usize> {
+        check_size(data)?;
         self.send_frame(&DatagramFrame::SendTo {
             service,
             data: data.to_vec(),
@@ -140,8 +165,10 @@ impl ServiceDatagram {
     }
 
     /// Sends one datagram back to `peer`, as returned by
-    /// [`ServiceDatagram::recv_from`]. Returns the payload length.
+    /// [`ServiceDatagram::recv_from`]. Returns the payload length; payloads
+    /// over [`MAX_DATAGRAM`] bytes are refused.
     pub fn send_reply(&self, peer: DatagramPeer, data: &[u8]) -> Result<usize> {
+        check_size(data)?;
         self.send_frame(&DatagramFrame::Reply {
             peer,
             data: data.to_vec(),

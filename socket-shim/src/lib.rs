@@ -31,6 +31,8 @@
 //! - [`error`]: the typed [`Error`] and its errno mapping.
 //! - [`tokio`](mod@crate::tokio) (feature `tokio`): async equivalents.
 
+#![warn(missing_docs)]
+
 pub mod client;
 pub mod datagram;
 pub mod error;
@@ -38,15 +40,17 @@ pub mod stream;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 
+#[cfg(feature = "tokio")]
+pub use crate::tokio::{
+    AsyncControlClient, AsyncServiceDatagram, AsyncServiceListener, AsyncServiceStream,
+};
 pub use client::{ControlClient, Events, Reply};
-pub use datagram::ServiceDatagram;
+pub use datagram::{ServiceDatagram, MAX_DATAGRAM};
 pub use error::{Error, Result};
 pub use sal::control::ErrorKind;
 pub use sal::proto::{DatagramPeer, FlowInfo};
 pub use sal::{FlowId, ServiceId, ServicePrefix};
 pub use stream::{Incoming, ServiceListener, ServiceStream};
-#[cfg(feature = "tokio")]
-pub use crate::tokio::{AsyncControlClient, AsyncServiceDatagram, AsyncServiceListener, AsyncServiceStream};
 
 #[cfg(test)]
 mod tests;

@@ -47,9 +47,7 @@ pub(crate) fn flow_from_reply(what: &str, reply: Reply) -> Result<(FlowInfo, Own
 /// The listener out of a `Listening` reply (and its datagram socket, if any).
 pub(crate) fn listener_from_reply(reply: Reply) -> Result<(ListenerId, Option<(FlowId, OwnedFd)>)> {
     match reply.response {
-        Response::Listening { listener, socket } => {
-            Ok((listener, socket.zip(reply.fd)))
-        }
+        Response::Listening { listener, socket } => Ok((listener, socket.zip(reply.fd))),
         Response::Error { kind, message } => Err(Error::from_daemon(kind, message)),
         other => Err(Error::unexpected("listen", &other)),
     }
@@ -75,14 +73,13 @@ pub(crate) fn listen_request(
 /// Dropping the stream closes the flow. Like `TcpStream`, `&ServiceStream`
 /// also implements `Read` and `Write`, so one thread can read while another
 /// writes.
+///
+/// A flow lives as long as its socket: the control connection it was opened
+/// on is closed as soon as sald has handed the socket over.
 #[derive(Debug)]
 pub struct ServiceStream {
     socket: UnixStream,
     info: FlowInfo,
-    /// The control connection the flow was opened on, kept open for as long
-    /// as the flow (connected streams only; accepted ones belong to their
-    /// listener's connection).
-    _control: Option<ControlClient>,
 }
 
 impl ServiceStream {
@@ -97,8 +94,9 @@ impl ServiceStream {
         ServiceStream::connect_via(ControlClient::connect()?, service, Some(timeout))
     }
 
-    /// Opens a stream flow to `service` over `control`, which the stream
-    /// keeps for its lifetime (use it to reach a non-default control socket).
+    /// Opens a stream flow to `service` over `control` (use it to reach a
+    /// non-default control socket); `control` is closed once the flow is
+    /// handed over.
     pub fn connect_via(
         mut control: ControlClient,
         service: ServiceId,
@@ -106,25 +104,20 @@ impl ServiceStream {
     ) -> Result<ServiceStream> {
         let reply = control.request(&connect_request(service, timeout))?;
         let (info, fd) = flow_from_reply("connect", reply)?;
-        Ok(ServiceStream {
-            socket: UnixStream::from(fd),
-            info,
-            _control: Some(control),
-        })
+        Ok(ServiceStream::from_parts(info, fd))
     }
 
-    pub(crate) fn from_accepted(info: FlowInfo, fd: OwnedFd) -> ServiceStream {
+    /// A stream over a flow socket handed over by sald.
+    pub(crate) fn from_parts(info: FlowInfo, fd: OwnedFd) -> ServiceStream {
         ServiceStream {
             socket: UnixStream::from(fd),
             info,
-            _control: None,
         }
     }
 
-    /// Splits into parts, for the tokio wrapper.
-    #[cfg(feature = "tokio")]
-    pub(crate) fn into_parts(self) -> (UnixStream, FlowInfo, Option<ControlClient>) {
-        (self.socket, self.info, self._control)
+    /// Splits into the socket and the flow description.
+    pub fn into_parts(self) -> (UnixStream, FlowInfo) {
+        (self.socket, self.info)
     }
 
     /// The flow as sald described it when it was handed over (flow IDs,
@@ -305,7 +298,7 @@ impl ServiceListener {
             nonblocking,
         })?;
         let (info, fd) = flow_from_reply("accept", reply)?;
-        Ok((ServiceStream::from_accepted(info.clone(), fd), info))
+        Ok((ServiceStream::from_parts(info.clone(), fd), info))
     }
 
     /// An endless iterator of accepted flows, as `TcpListener::incoming`.

@@ -4,7 +4,7 @@
 use std::io::{IoSlice, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -202,6 +202,16 @@ fn echo_server() -> FakeSald {
     })
 }
 
+/// Waits up to a second for `condition`.
+fn wait_until(condition: impl Fn() -> bool) {
+    for _ in 0..100 {
+        if condition() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
 fn beef() -> ServiceId {
     "beef".parse().unwrap()
 }
@@ -211,6 +221,9 @@ fn connect_writes_reads_back_and_sees_eof() {
     let sald = echo_server();
     let mut stream = ServiceStream::connect_via(sald.client(), beef(), None).unwrap();
     assert_eq!(stream.flow_info().service, beef());
+    // The flow lives on its own socket: the control connection is done.
+    wait_until(|| sald.closed() == 1);
+    assert_eq!(sald.closed(), 1);
     assert_eq!(stream.flow_id(), FlowId::new(7).unwrap());
     stream.write_all(b"hello, service").unwrap();
     stream.shutdown_write().unwrap();
@@ -233,8 +246,8 @@ fn connect_writes_reads_back_and_sees_eof() {
 #[test]
 fn large_transfer_in_both_directions_at_once() {
     let sald = echo_server();
-    let stream = ServiceStream::connect_via(sald.client(), beef(), Some(Duration::from_secs(3)))
-        .unwrap();
+    let stream =
+        ServiceStream::connect_via(sald.client(), beef(), Some(Duration::from_secs(3))).unwrap();
     let data: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
     let echoed = thread::scope(|s| {
         s.spawn(|| {
@@ -311,7 +324,10 @@ fn missing_or_dead_control_socket_means_daemon_not_running() {
     assert!(matches!(&error, Error::DaemonNotRunning { path } if path == &missing));
     assert_eq!(
         error.to_string(),
-        format!("sald is not running (no control socket at {})", missing.display())
+        format!(
+            "sald is not running (no control socket at {})",
+            missing.display()
+        )
     );
     // A socket file left behind by a dead daemon: ECONNREFUSED.
     let stale = dir.path().join("stale.sock");
@@ -327,9 +343,8 @@ fn hello_version_mismatch_and_early_close_are_reported() {
     let sald = FakeSald::start(|_| Action::Reply(Response::Ok));
     assert_eq!(sald.client().server(), "fake-sald");
 
-    let future = FakeSald::start_with_hello(Some(PROTOCOL_VERSION + 1), |_| {
-        Action::Reply(Response::Ok)
-    });
+    let future =
+        FakeSald::start_with_hello(Some(PROTOCOL_VERSION + 1), |_| Action::Reply(Response::Ok));
     let error = ControlClient::connect_to(&future.path).unwrap_err();
     assert!(matches!(error, Error::VersionMismatch(_)), "{error}");
     assert_eq!(error.errno(), Errno::EPROTO as i32);
@@ -381,8 +396,12 @@ fn listener_server() -> FakeSald {
 #[test]
 fn listener_accepts_flows_and_unbinds_on_drop() {
     let sald = listener_server();
-    let listener = ServiceListener::bind_via(sald.client(), "beef/16".parse::<sal::ServicePrefix>().unwrap(), 8)
-        .unwrap();
+    let listener = ServiceListener::bind_via(
+        sald.client(),
+        "beef/16".parse::<sal::ServicePrefix>().unwrap(),
+        8,
+    )
+    .unwrap();
     assert_eq!(listener.listener_id(), ListenerId(3));
     assert_eq!(listener.prefix().to_string(), "beef/16");
     for _ in 0..2 {
@@ -405,13 +424,12 @@ fn listener_accepts_flows_and_unbinds_on_drop() {
         }
     );
     drop(listener);
-    for _ in 0..100 {
-        if sald.closed() == 1 {
-            break;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(sald.closed(), 1, "dropping the listener closes its control connection");
+    wait_until(|| sald.closed() == 1);
+    assert_eq!(
+        sald.closed(),
+        1,
+        "dropping the listener closes its control connection"
+    );
     // The accepted flow outlives its listener.
     (&stream).write_all(b"still here").unwrap();
 }
@@ -488,6 +506,11 @@ fn datagrams_are_framed_both_ways() {
     let (len, _, service) = socket.recv_from(&mut small).unwrap();
     assert_eq!((len, &small, service), (3, b"ans", None));
 
+    let error = socket
+        .send_to(beef(), &[0; crate::MAX_DATAGRAM + 1])
+        .unwrap_err();
+    assert!(error.to_string().contains("1400-byte limit"), "{error}");
+
     let bound = ServiceDatagram::bind_via(sald.client(), beef()).unwrap();
     assert_eq!(bound.prefix(), Some(beef().into()));
     assert_eq!(bound.socket_id(), FlowId::new(6).unwrap());
@@ -502,10 +525,14 @@ fn datagrams_are_framed_both_ways() {
 
 #[cfg(feature = "tokio")]
 mod async_api {
+    use std::path::Path;
+
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
-    use crate::tokio::{AsyncControlClient, AsyncServiceDatagram, AsyncServiceListener, AsyncServiceStream};
+    use crate::tokio::{
+        AsyncControlClient, AsyncServiceDatagram, AsyncServiceListener, AsyncServiceStream,
+    };
 
     async fn client(path: &Path) -> AsyncControlClient {
         AsyncControlClient::connect_as(path, "test").await.unwrap()
@@ -538,7 +565,7 @@ mod async_api {
                 socket: None,
             }),
             Request::Accept { .. } => {
-                thread::sleep(Duration::from_millis(200));
+                thread::sleep(Duration::from_millis(500));
                 Action::ReplyWithFd(
                     Response::Accepted {
                         flow: flow_info(beef(), Role::Server),
@@ -585,6 +612,9 @@ mod async_api {
         socket.send_to(beef(), b"q").await.unwrap();
         let mut buf = [0u8; 16];
         let (len, from, service) = socket.recv_from(&mut buf).await.unwrap();
-        assert_eq!((&buf[..len], from, service), (&b"q"[..], peer(), Some(beef())));
+        assert_eq!(
+            (&buf[..len], from, service),
+            (&b"q"[..], peer(), Some(beef()))
+        );
     }
 }

@@ -27,7 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::UnixStream;
 
 use crate::client::{check_hello, default_client_name, hello, request_frame, Inbox, Reply};
-use crate::datagram::{decode_received, opened_from_reply, RECEIVED_HEADER_MAX};
+use crate::datagram::{check_size, decode_received, opened_from_reply, RECEIVED_HEADER_MAX};
 use crate::error::{Error, Result};
 use crate::stream::{connect_request, flow_from_reply, listen_request, listener_from_reply};
 use crate::ServiceStream;
@@ -176,8 +176,6 @@ fn tokio_stream(socket: std::os::unix::net::UnixStream) -> Result<UnixStream> {
 pub struct AsyncServiceStream {
     socket: UnixStream,
     info: FlowInfo,
-    _control: Option<AsyncControlClient>,
-    _std_control: Option<crate::ControlClient>,
 }
 
 impl AsyncServiceStream {
@@ -195,7 +193,8 @@ impl AsyncServiceStream {
         AsyncServiceStream::connect_via(control, service, Some(timeout)).await
     }
 
-    /// Opens a stream flow to `service` over `control`, which the stream keeps.
+    /// Opens a stream flow to `service` over `control`, which is closed once
+    /// the flow is handed over.
     pub async fn connect_via(
         mut control: AsyncControlClient,
         service: ServiceId,
@@ -206,19 +205,15 @@ impl AsyncServiceStream {
         Ok(AsyncServiceStream {
             socket: tokio_stream(fd.into())?,
             info,
-            _control: Some(control),
-            _std_control: None,
         })
     }
 
     /// Converts a blocking stream; must run inside a tokio runtime.
     pub fn from_std(stream: ServiceStream) -> Result<AsyncServiceStream> {
-        let (socket, info, control) = stream.into_parts();
+        let (socket, info) = stream.into_parts();
         Ok(AsyncServiceStream {
             socket: tokio_stream(socket)?,
             info,
-            _control: None,
-            _std_control: control,
         })
     }
 
@@ -371,8 +366,6 @@ impl AsyncServiceListener {
         let stream = AsyncServiceStream {
             socket: tokio_stream(fd.into())?,
             info: info.clone(),
-            _control: None,
-            _std_control: None,
         };
         Ok((stream, info))
     }
@@ -384,7 +377,8 @@ pub struct AsyncServiceDatagram {
     socket: AsyncFd<OwnedFd>,
     id: FlowId,
     prefix: Option<ServicePrefix>,
-    _control: AsyncControlClient,
+    /// Kept for bound sockets: closing it would unbind the prefix.
+    _control: Option<AsyncControlClient>,
 }
 
 impl AsyncServiceDatagram {
@@ -393,11 +387,13 @@ impl AsyncServiceDatagram {
         AsyncServiceDatagram::open_via(AsyncControlClient::connect().await?).await
     }
 
-    /// Opens an unbound datagram socket over `control`, which it keeps.
+    /// Opens an unbound datagram socket over `control`, which is closed once
+    /// the socket is handed over.
     pub async fn open_via(mut control: AsyncControlClient) -> Result<AsyncServiceDatagram> {
         let reply = control.request(&Request::OpenDatagram).await?;
         let (id, socket) = opened_from_reply(reply)?;
-        AsyncServiceDatagram::new(socket, id, None, control)
+        drop(control);
+        AsyncServiceDatagram::new(socket, id, None, None)
     }
 
     /// Binds `prefix` for datagrams through the default control socket.
@@ -405,7 +401,8 @@ impl AsyncServiceDatagram {
         AsyncServiceDatagram::bind_via(AsyncControlClient::connect().await?, prefix).await
     }
 
-    /// Binds `prefix` for datagrams over `control`, which it keeps.
+    /// Binds `prefix` for datagrams over `control`, which it keeps: closing
+    /// it (dropping the socket) unbinds the prefix.
     pub async fn bind_via(
         mut control: AsyncControlClient,
         prefix: impl Into<ServicePrefix>,
@@ -417,14 +414,14 @@ impl AsyncServiceDatagram {
         let (id, socket) = socket.ok_or_else(|| {
             Error::Protocol("sald bound a datagram prefix without handing over its socket".into())
         })?;
-        AsyncServiceDatagram::new(socket, id, Some(prefix), control)
+        AsyncServiceDatagram::new(socket, id, Some(prefix), Some(control))
     }
 
     fn new(
         socket: OwnedFd,
         id: FlowId,
         prefix: Option<ServicePrefix>,
-        control: AsyncControlClient,
+        control: Option<AsyncControlClient>,
     ) -> Result<AsyncServiceDatagram> {
         nix::fcntl::fcntl(
             socket.as_raw_fd(),
@@ -452,8 +449,10 @@ impl AsyncServiceDatagram {
         self.prefix
     }
 
-    /// Sends one datagram to `service`. Returns the payload length.
+    /// Sends one datagram to `service`. Returns the payload length; payloads
+    /// over [`MAX_DATAGRAM`](crate::datagram::MAX_DATAGRAM) bytes are refused.
     pub async fn send_to(&self, service: ServiceId, data: &[u8]) -> Result<usize> {
+        check_size(data)?;
         self.send_frame(DatagramFrame::SendTo {
             service,
             data: data.to_vec(),
@@ -462,8 +461,10 @@ impl AsyncServiceDatagram {
         Ok(data.len())
     }
 
-    /// Sends one datagram back to `peer`. Returns the payload length.
+    /// Sends one datagram back to `peer`. Returns the payload length; payloads
+    /// over [`MAX_DATAGRAM`](crate::datagram::MAX_DATAGRAM) bytes are refused.
     pub async fn send_reply(&self, peer: DatagramPeer, data: &[u8]) -> Result<usize> {
+        check_size(data)?;
         self.send_frame(DatagramFrame::Reply {
             peer,
             data: data.to_vec(),

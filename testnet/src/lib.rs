@@ -260,10 +260,9 @@ pub fn check_ifname(name: &str) -> Result<()> {
     if name == "." || name == ".." {
         return bad("reserved name");
     }
-    if name
-        .chars()
-        .any(|c| c == '/' || c == ':' || c == '"' || c == '\'' || c.is_whitespace() || c.is_control())
-    {
+    if name.chars().any(|c| {
+        c == '/' || c == ':' || c == '"' || c == '\'' || c.is_whitespace() || c.is_control()
+    }) {
         return bad("must not contain '/', ':', quotes or whitespace");
     }
     Ok(())
@@ -278,7 +277,9 @@ pub fn parse_cidr(cidr: &str) -> Result<(Ipv4Addr, u8)> {
         value: cidr.to_owned(),
         reason,
     };
-    let (a, l) = cidr.split_once('/').ok_or_else(|| bad("expected A.B.C.D/LEN"))?;
+    let (a, l) = cidr
+        .split_once('/')
+        .ok_or_else(|| bad("expected A.B.C.D/LEN"))?;
     let addr: Ipv4Addr = a.parse().map_err(|_| bad("not an IPv4 address"))?;
     let len: u8 = l.parse().map_err(|_| bad("bad prefix length"))?;
     if len > 32 {
@@ -318,7 +319,10 @@ fn kill_all_in(name: &str) {
     let me = std::process::id() as i32;
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
-        let pids: Vec<i32> = ip_netns_pids(name).into_iter().filter(|&p| p != me).collect();
+        let pids: Vec<i32> = ip_netns_pids(name)
+            .into_iter()
+            .filter(|&p| p != me)
+            .collect();
         if pids.is_empty() || Instant::now() > deadline {
             return;
         }
@@ -392,7 +396,13 @@ impl Netns {
         ORPHANS.get_or_init(remove_orphans);
         let clean: String = label
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .take(32)
             .collect();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -435,7 +445,8 @@ impl Netns {
     {
         let mut c = self.command(program);
         c.args(args).stdin(Stdio::null());
-        c.output().map_err(io_err(format!("running `{}`", render(&c))))
+        c.output()
+            .map_err(io_err(format!("running `{}`", render(&c))))
     }
 
     /// Like [`Netns::exec`] but fails on a non-zero exit; returns stdout.
@@ -491,7 +502,8 @@ impl Netns {
         let ns = self.name.clone();
         std::thread::scope(|s| {
             let handle = s.spawn(move || {
-                setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| Error::Setns { ns, source })?;
+                setns(&file, CloneFlags::CLONE_NEWNET)
+                    .map_err(|source| Error::Setns { ns, source })?;
                 Ok(f())
             });
             match handle.join() {
@@ -553,7 +565,14 @@ pub fn sysctl_path(key: &str) -> String {
 /// Creates a veth pair `a:if_a` — `b:if_b` (created directly inside the
 /// namespaces, never in the caller's), assigns the addresses (`"10.x.y.z/len"`;
 /// an empty string means none) and brings both ends up.
-pub fn veth(a: &Netns, if_a: &str, addr_a: &str, b: &Netns, if_b: &str, addr_b: &str) -> Result<()> {
+pub fn veth(
+    a: &Netns,
+    if_a: &str,
+    addr_a: &str,
+    b: &Netns,
+    if_b: &str,
+    addr_b: &str,
+) -> Result<()> {
     veth_mtu(a, if_a, addr_a, b, if_b, addr_b, None)
 }
 
@@ -575,7 +594,16 @@ pub fn veth_mtu(
         }
     }
     a.ip([
-        "link", "add", if_a, "type", "veth", "peer", "name", if_b, "netns", b.name(),
+        "link",
+        "add",
+        if_a,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        if_b,
+        "netns",
+        b.name(),
     ])?;
     for (ns, ifname, addr) in [(a, if_a, addr_a), (b, if_b, addr_b)] {
         if let Some(mtu) = mtu {
@@ -614,7 +642,9 @@ impl NsChild {
     /// Non-blocking: the exit status if the program has finished.
     pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
         match self.child.as_mut() {
-            Some(c) => c.try_wait().map_err(io_err(format!("waiting for `{}`", self.what))),
+            Some(c) => c
+                .try_wait()
+                .map_err(io_err(format!("waiting for `{}`", self.what))),
             None => Ok(None),
         }
     }
@@ -839,7 +869,9 @@ impl TopologyBuilder {
             .any(|&(a, b)| a >= self.hosts || b >= self.hosts || a == b)
             || self.lan.iter().any(|&m| m >= self.hosts)
         {
-            return Err(bad("link or LAN member refers to a missing host (or a host to itself)"));
+            return Err(bad(
+                "link or LAN member refers to a missing host (or a host to itself)",
+            ));
         }
         let mut hosts = Vec::with_capacity(self.hosts);
         for i in 0..self.hosts {
@@ -884,7 +916,15 @@ impl TopologyBuilder {
                 let addr = Ipv4Addr::new(10, 2, 0, m as u8 + 1);
                 let host_if = format!("eth{}", topo.hosts[h].ifaces.len());
                 let port = format!("p{m}");
-                veth_mtu(&topo.hosts[h].ns, &host_if, &format!("{addr}/24"), &lan, &port, "", self.mtu)?;
+                veth_mtu(
+                    &topo.hosts[h].ns,
+                    &host_if,
+                    &format!("{addr}/24"),
+                    &lan,
+                    &port,
+                    "",
+                    self.mtu,
+                )?;
                 lan.ip(["link", "set", &port, "master", "br0"])?;
                 topo.hosts[h].ifaces.push(HostIface {
                     name: host_if,
@@ -905,7 +945,10 @@ mod tests {
 
     #[test]
     fn cidr_validation() {
-        assert_eq!(parse_cidr("10.1.2.3/24").ok(), Some((Ipv4Addr::new(10, 1, 2, 3), 24)));
+        assert_eq!(
+            parse_cidr("10.1.2.3/24").ok(),
+            Some((Ipv4Addr::new(10, 1, 2, 3), 24))
+        );
         assert!(parse_cidr("192.168.1.1/24").is_err());
         assert!(parse_cidr("10.1.2.3").is_err());
         assert!(parse_cidr("10.1.2.3/33").is_err());
@@ -923,7 +966,10 @@ mod tests {
 
     #[test]
     fn sysctl_paths() {
-        assert_eq!(sysctl_path("net.ipv4.ip_forward"), "/proc/sys/net/ipv4/ip_forward");
+        assert_eq!(
+            sysctl_path("net.ipv4.ip_forward"),
+            "/proc/sys/net/ipv4/ip_forward"
+        );
         assert_eq!(
             sysctl_path("net/ipv4/conf/eth0.5/forwarding"),
             "/proc/sys/net/ipv4/conf/eth0.5/forwarding"
@@ -940,6 +986,7 @@ mod tests {
     fn namespace_lifecycle_and_topology() {
         require_root!();
         let name;
+        let orphan: Child;
         {
             let topo = TopologyBuilder::new("selftest", 3)
                 .link(0, 1)
@@ -966,7 +1013,7 @@ mod tests {
             assert!(link.contains("mtu 1400"), "{link}");
             // a long-running process gets killed on teardown
             let _sleeper = h0.ns.spawn("sleep", ["30"]).expect("spawn");
-            let _orphan = h0
+            orphan = h0
                 .ns
                 .command("sleep")
                 .arg("30")
@@ -975,10 +1022,21 @@ mod tests {
                 .expect("spawn");
             assert!(wait_until(Duration::from_secs(2), || h0.ns.pids().len() >= 2));
             assert_eq!(h0.ns.sysctl("net.ipv4.ip_forward").expect("sysctl"), "0");
-            h0.ns.set_sysctl("net.ipv4.conf.eth0.forwarding", "1").expect("set");
-            assert_eq!(h0.ns.sysctl("net.ipv4.conf.eth0.forwarding").expect("sysctl"), "1");
+            h0.ns
+                .set_sysctl("net.ipv4.conf.eth0.forwarding", "1")
+                .expect("set");
+            assert_eq!(
+                h0.ns
+                    .sysctl("net.ipv4.conf.eth0.forwarding")
+                    .expect("sysctl"),
+                "1"
+            );
         }
         assert!(!std::path::Path::new(&format!("/run/netns/{name}")).exists());
+        // the unguarded process was killed by the namespace's teardown
+        let mut orphan = orphan;
+        let status = orphan.wait().expect("wait");
+        assert_eq!(status.signal(), Some(9));
     }
 
     #[test]

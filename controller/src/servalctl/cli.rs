@@ -72,9 +72,10 @@ pub struct Listing {
 /// `service add` and `service del`.
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum ServiceCommand {
-    /// Add a target to the rule of PREFIX, creating the rule if needed; a
-    /// target that is already there (same address, or drop, or delay) is
-    /// updated in place
+    /// Add a target to the rule of PREFIX (created if needed)
+    ///
+    /// A target that is already there (same address, or drop, or delay) is
+    /// updated in place: its weight and priority change, its counters stay.
     #[command(subcommand_value_name = "TARGET", subcommand_help_heading = "Targets")]
     Add {
         /// Service prefix: hex digits with an optional /LEN (beef/16), or one ID
@@ -99,12 +100,14 @@ pub enum ServiceCommand {
 /// The target of `service add`.
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum AddTarget {
-    /// Forward to an address; among the forward targets of the highest
-    /// priority, one is picked per flow in proportion to its weight
-    /// (default weight 1; weight 0 is a standby, used only when all are 0;
-    /// default priority 0, larger wins)
+    /// Forward to an address, weighted among targets of the same priority
+    ///
+    /// Among the forward targets of the highest priority, one is picked per
+    /// connection in proportion to its weight (default 1; weight 0 marks a
+    /// standby, used only when every weight is 0). Priority defaults to 0;
+    /// larger wins.
     Forward {
-        /// ADDR[,weight=W][,priority=P], e.g. 10.0.0.2,weight=3,priority=2
+        /// Address with optional weight and priority: 10.0.0.2,weight=3,priority=2
         #[arg(value_name = "ADDR[,weight=W][,priority=P]")]
         spec: ForwardSpec,
     },
@@ -173,8 +176,8 @@ impl FromStr for ForwardSpec {
                 Some(("priority", value)) => (&mut priority, "priority", value),
                 _ => {
                     return Err(SpecError(format!(
-                        "unknown option {option:?} after the address: expected weight=W or priority=P"
-                    )))
+                    "unknown option {option:?} after the address: expected weight=W or priority=P"
+                )))
                 }
             };
             if slot.is_some() {
@@ -278,7 +281,13 @@ mod tests {
     #[test]
     fn forward_with_weight_and_priority() {
         assert_eq!(
-            request(&["service", "add", "beef/16", "forward", "10.0.0.2,weight=3,priority=2"]),
+            request(&[
+                "service",
+                "add",
+                "beef/16",
+                "forward",
+                "10.0.0.2,weight=3,priority=2"
+            ]),
             Request::AddRule {
                 prefix: "beef/16".parse().unwrap(),
                 target: Target::Forward {
@@ -289,7 +298,13 @@ mod tests {
             }
         );
         assert_eq!(
-            request(&["service", "add", "4001", "forward", "udp:10.0.0.3:54325,priority=1"]),
+            request(&[
+                "service",
+                "add",
+                "4001",
+                "forward",
+                "udp:10.0.0.3:54325,priority=1"
+            ]),
             Request::AddRule {
                 prefix: "4001".parse().unwrap(),
                 target: Target::Forward {

@@ -88,7 +88,9 @@ pub fn services(rules: &[Rule]) -> String {
                 Target::Forward { locator, weight } => {
                     (format!("forward {locator}"), weight.to_string())
                 }
-                Target::Demux { listener } => (format!("demux listener {}", listener.0), "-".into()),
+                Target::Demux { listener } => {
+                    (format!("demux listener {}", listener.0), "-".into())
+                }
                 Target::Delay => ("delay".into(), "-".into()),
                 Target::Drop => ("drop".into(), "-".into()),
             };
@@ -270,7 +272,10 @@ mod tests {
         let cells: Vec<&str> = row.split_whitespace().collect();
         assert_eq!(
             cells,
-            ["0000001a", "beef", "stream", "syn-sent", "client", "10.0.0.1", "-", "eth0", "10", "2000"]
+            [
+                "0000001a", "beef", "stream", "syn-sent", "client", "10.0.0.1", "-", "eth0", "10",
+                "2000"
+            ]
         );
         let iface = LocalInterface {
             name: "eth0".into(),
@@ -286,9 +291,13 @@ mod tests {
             flows: 3,
             ..Default::default()
         });
-        assert!(text.lines().any(|l| l.starts_with("flows ") && l.ends_with(" 3")));
+        assert!(text
+            .lines()
+            .any(|l| l.starts_with("flows ") && l.ends_with(" 3")));
         assert!(text.lines().any(|l| l.starts_with("host.packets_in ")));
-        assert!(text.lines().any(|l| l.starts_with("table.resolved.packets ")));
+        assert!(text
+            .lines()
+            .any(|l| l.starts_with("table.resolved.packets ")));
         let first_section = text.lines().position(|l| l.contains('.')).unwrap();
         assert!(text.lines().skip(first_section).all(|l| l.contains('.')));
     }

@@ -429,7 +429,7 @@ impl Client {
             Request::ListRules => {
                 let core = shared.lock();
                 let mut rules: Vec<_> = core.host.table().rules().cloned().collect();
-                rules.sort_by(|a, b| a.prefix.cmp(&b.prefix));
+                rules.sort_by_key(|rule| rule.prefix);
                 (Response::Rules { rules }, None)
             }
             Request::ListFlows => {

@@ -7,9 +7,9 @@
 //!   exit;
 //! - [`link`]: packet I/O through the TUN device and the UDP socket.
 
-pub mod link;
-pub mod plumbing;
 pub mod config;
 pub mod control_server;
 pub mod daemon;
+pub mod link;
+pub mod plumbing;
 pub mod pump;

@@ -105,12 +105,13 @@ impl TunDevice {
                 reason: format!("MTU {mtu} outside {MIN_MTU}..={MAX_MTU}"),
             });
         }
-        let iface = tun_tap::Iface::without_packet_info(name, tun_tap::Mode::Tun).map_err(|source| {
-            LinkError::Create {
-                name: name.to_owned(),
-                source,
-            }
-        })?;
+        let iface =
+            tun_tap::Iface::without_packet_info(name, tun_tap::Mode::Tun).map_err(|source| {
+                LinkError::Create {
+                    name: name.to_owned(),
+                    source,
+                }
+            })?;
         let configure = |e: PlumbingError| LinkError::Configure {
             name: name.to_owned(),
             reason: e.to_string(),
@@ -122,13 +123,13 @@ impl TunDevice {
             tracing::debug!("{v6}: {e} (IPv6 unavailable?)");
         }
         let mut rtnl = Rtnl::new().map_err(configure)?;
-        let index = rtnl
-            .link_index(name)
-            .map_err(configure)?
-            .ok_or_else(|| LinkError::Configure {
-                name: name.to_owned(),
-                reason: "device vanished after creation".into(),
-            })?;
+        let index =
+            rtnl.link_index(name)
+                .map_err(configure)?
+                .ok_or_else(|| LinkError::Configure {
+                    name: name.to_owned(),
+                    reason: "device vanished after creation".into(),
+                })?;
         rtnl.set_link(index, Some(mtu), true).map_err(configure)?;
         Ok(TunDevice { iface, index, mtu })
     }
@@ -168,7 +169,6 @@ impl TunDevice {
     pub fn send(&self, pkt: &[u8]) -> io::Result<usize> {
         self.iface.send(pkt)
     }
-
 }
 
 impl AsRawFd for TunDevice {
@@ -211,17 +211,20 @@ impl TunLink {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(LinkError::NoRuntime);
         }
-        dev.set_nonblocking(true).map_err(|e| LinkError::Configure {
-            name: dev.name().to_owned(),
-            reason: format!("O_NONBLOCK: {e}"),
-        })?;
+        dev.set_nonblocking(true)
+            .map_err(|e| LinkError::Configure {
+                name: dev.name().to_owned(),
+                reason: format!("O_NONBLOCK: {e}"),
+            })?;
         // SAFETY: `TunDevice` owns its descriptor (a `File` inside
         // `tun_tap::Iface`), never closes or replaces it while alive, and its
         // `as_raw_fd()` always returns that same descriptor; the `AsyncFd`
         // takes ownership of the device, so the descriptor stays open for the
         // whole registration.
-        let fd = unsafe { AsyncFd::register_with_interest(dev, Interest::READABLE | Interest::WRITABLE) }
-            .map_err(|e| LinkError::Reactor(e.into()))?;
+        let fd = unsafe {
+            AsyncFd::register_with_interest(dev, Interest::READABLE | Interest::WRITABLE)
+        }
+        .map_err(|e| LinkError::Reactor(e.into()))?;
         Ok(TunLink { fd })
     }
 
@@ -336,20 +339,36 @@ mod tests {
             TunDevice::create("a-name-that-is-too-long", 1500),
             Err(LinkError::Invalid { .. })
         ));
-        assert!(matches!(TunDevice::create("sal%d", 1500), Err(LinkError::Invalid { .. })));
-        assert!(matches!(TunDevice::create("sal0", 10), Err(LinkError::Invalid { .. })));
-        assert!(matches!(TunDevice::create("sal0", 70000), Err(LinkError::Invalid { .. })));
+        assert!(matches!(
+            TunDevice::create("sal%d", 1500),
+            Err(LinkError::Invalid { .. })
+        ));
+        assert!(matches!(
+            TunDevice::create("sal0", 10),
+            Err(LinkError::Invalid { .. })
+        ));
+        assert!(matches!(
+            TunDevice::create("sal0", 70000),
+            Err(LinkError::Invalid { .. })
+        ));
     }
 
     #[test]
     fn async_links_need_a_runtime() {
-        assert!(matches!(TunLink::open("sal0", 1500), Err(LinkError::NoRuntime)));
+        assert!(matches!(
+            TunLink::open("sal0", 1500),
+            Err(LinkError::NoRuntime)
+        ));
     }
 
     #[tokio::test]
     async fn udp_link_round_trip() {
-        let a = UdpLink::bind("127.0.0.1:0".parse().expect("addr")).await.expect("bind a");
-        let b = UdpLink::bind("127.0.0.1:0".parse().expect("addr")).await.expect("bind b");
+        let a = UdpLink::bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind a");
+        let b = UdpLink::bind("127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("bind b");
         let b_addr = b.local_addr().expect("addr");
         a.send_to(b"sal", b_addr).await.expect("send");
         let mut buf = [0u8; 64];

@@ -54,11 +54,14 @@
 //! `<run_dir>/plumbing-<netns>.lock` (flock, `run_dir` defaults to
 //! `/run/serval`) makes a second daemon fail fast with
 //! [`PlumbingError::Owned`]. Next to it a state file records every change
-//! (previous sysctl values, where the `local` rule was), so plumbing left by
-//! a daemon that crashed (lock free, rules still present) is recognised as
-//! stale and removed, with a warning, before installing afresh. `<netns>`
-//! is the namespace's cookie (`SO_NETNS_COOKIE`, never reused), so daemons
-//! in different network namespaces never contend.
+//! before it is made (previous sysctl values, where the `local` rule was),
+//! so plumbing left by a daemon that crashed (lock free, rules still
+//! present, state file present) is recognised as stale and removed, with a
+//! warning, before installing afresh. Plumbing found without a state file is
+//! refused as owned too: it may belong to a sald whose run directory is
+//! elsewhere (another mount namespace), and the error says how to remove it
+//! by hand. `<netns>` is the namespace's cookie (`SO_NETNS_COOKIE`, never
+//! reused), so daemons in different network namespaces never contend.
 //!
 //! Everything here is synchronous (plain netlink sockets, `/proc/sys`
 //! writes, the `nft` command): the calls are few and short, they work from
@@ -74,8 +77,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_EXCL, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkFlag, LinkMessage};
@@ -241,7 +244,11 @@ impl PlumbingConfig {
             let index = rtnl
                 .link_index(name)?
                 .ok_or_else(|| PlumbingError::UnknownInterface((*name).to_owned()))?;
-            let addrs = rtnl.ipv4_addrs(index)?.into_iter().map(|(a, _)| a).collect();
+            let addrs = rtnl
+                .ipv4_addrs(index)?
+                .into_iter()
+                .map(|(a, _)| a)
+                .collect();
             self.interfaces.push(InterfaceConfig {
                 name: (*name).to_owned(),
                 addrs,
@@ -282,7 +289,10 @@ impl PlumbingConfig {
                 )));
             }
         }
-        if matches!(self.table, 0 | RT_TABLE_DEFAULT | RT_TABLE_MAIN | RT_TABLE_LOCAL) {
+        if matches!(
+            self.table,
+            0 | RT_TABLE_DEFAULT | RT_TABLE_MAIN | RT_TABLE_LOCAL
+        ) {
             return Err(PlumbingError::Config(format!(
                 "routing table {} is reserved (0, 253, 254, 255)",
                 self.table
@@ -302,16 +312,21 @@ impl PlumbingConfig {
 /// Checks a Linux interface name: 1 to 15 bytes, none of `/ : " ' \`, no
 /// whitespace (the name also ends up quoted in an nftables script).
 pub fn validate_ifname(name: &str) -> Result<(), PlumbingError> {
-    let bad = |why: &str| Err(PlumbingError::Config(format!("interface name {name:?}: {why}")));
+    let bad = |why: &str| {
+        Err(PlumbingError::Config(format!(
+            "interface name {name:?}: {why}"
+        )))
+    };
     if name.is_empty() || name.len() > 15 {
         return bad("must be 1 to 15 bytes long");
     }
     if name == "." || name == ".." {
         return bad("reserved name");
     }
-    if name.chars().any(|c| {
-        matches!(c, '/' | ':' | '"' | '\'' | '\\') || c.is_whitespace() || c.is_control()
-    }) {
+    if name
+        .chars()
+        .any(|c| matches!(c, '/' | ':' | '"' | '\'' | '\\') || c.is_whitespace() || c.is_control())
+    {
         return bad("contains a forbidden character");
     }
     Ok(())
@@ -368,7 +383,8 @@ impl Rtnl {
     ) -> Result<Vec<RouteNetlinkMessage>, PlumbingError> {
         self.seq = self.seq.wrapping_add(1).max(1);
         let seq = self.seq;
-        let mut nl = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::InnerMessage(msg));
+        let mut nl =
+            NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::InnerMessage(msg));
         nl.header.flags = NLM_F_REQUEST | flags;
         nl.header.sequence_number = seq;
         nl.finalize();
@@ -450,7 +466,11 @@ impl Rtnl {
     pub fn link_index(&mut self, name: &str) -> Result<Option<u32>, PlumbingError> {
         let mut m = LinkMessage::default();
         m.attributes.push(LinkAttribute::IfName(name.to_owned()));
-        match self.request(&format!("get link {name}"), RouteNetlinkMessage::GetLink(m), NLM_F_ACK) {
+        match self.request(
+            &format!("get link {name}"),
+            RouteNetlinkMessage::GetLink(m),
+            NLM_F_ACK,
+        ) {
             Ok(replies) => Ok(replies.into_iter().find_map(|r| match r {
                 RouteNetlinkMessage::NewLink(l) => Some(l.header.index),
                 _ => None,
@@ -461,7 +481,12 @@ impl Rtnl {
     }
 
     /// Sets the MTU (if given) and brings the link up (if `up`).
-    pub fn set_link(&mut self, index: u32, mtu: Option<u32>, up: bool) -> Result<(), PlumbingError> {
+    pub fn set_link(
+        &mut self,
+        index: u32,
+        mtu: Option<u32>,
+        up: bool,
+    ) -> Result<(), PlumbingError> {
         let mut m = LinkMessage::default();
         m.header.index = index;
         if up {
@@ -483,7 +508,11 @@ impl Rtnl {
     pub fn ipv4_addrs(&mut self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>, PlumbingError> {
         let mut m = AddressMessage::default();
         m.header.family = AddressFamily::Inet;
-        let replies = self.request("dump addresses", RouteNetlinkMessage::GetAddress(m), NLM_F_DUMP)?;
+        let replies = self.request(
+            "dump addresses",
+            RouteNetlinkMessage::GetAddress(m),
+            NLM_F_DUMP,
+        )?;
         let mut out = Vec::new();
         for r in replies {
             let RouteNetlinkMessage::NewAddress(a) = r else {
@@ -516,14 +545,20 @@ impl Rtnl {
         Ok(replies
             .into_iter()
             .filter_map(|r| match r {
-                RouteNetlinkMessage::NewRule(r) if r.header.family == AddressFamily::Inet => Some(r),
+                RouteNetlinkMessage::NewRule(r) if r.header.family == AddressFamily::Inet => {
+                    Some(r)
+                }
                 _ => None,
             })
             .collect())
     }
 
     fn add_rule(&mut self, op: &str, rule: RuleMessage) -> Result<(), PlumbingError> {
-        self.request(op, RouteNetlinkMessage::NewRule(rule), NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL)?;
+        self.request(
+            op,
+            RouteNetlinkMessage::NewRule(rule),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        )?;
         Ok(())
     }
 
@@ -540,7 +575,8 @@ impl Rtnl {
             .into_iter()
             .filter_map(|r| match r {
                 RouteNetlinkMessage::NewRoute(r)
-                    if r.header.address_family == AddressFamily::Inet && route_table(&r) == table =>
+                    if r.header.address_family == AddressFamily::Inet
+                        && route_table(&r) == table =>
                 {
                     Some(r)
                 }
@@ -641,9 +677,13 @@ fn is_plain_local(r: &RuleMessage) -> bool {
         && r.header.tos == 0
         && !r.header.flags.contains(&RuleFlag::Invert)
         && r.attributes.iter().all(|a| match a {
-            RuleAttribute::Priority(_) | RuleAttribute::Table(_) | RuleAttribute::Protocol(_) => true,
+            RuleAttribute::Priority(_) | RuleAttribute::Table(_) | RuleAttribute::Protocol(_) => {
+                true
+            }
             // the kernel always reports these; u32::MAX (-1) means "unset"
-            RuleAttribute::SuppressPrefixLen(v) | RuleAttribute::SuppressIfGroup(v) => *v == u32::MAX,
+            RuleAttribute::SuppressPrefixLen(v) | RuleAttribute::SuppressIfGroup(v) => {
+                *v == u32::MAX
+            }
             RuleAttribute::L3MDev(on) => !on,
             _ => false,
         })
@@ -655,7 +695,8 @@ fn is_sal_rule(r: &RuleMessage, pref: u32) -> bool {
 
 fn with_pref(r: &RuleMessage, pref: u32) -> RuleMessage {
     let mut r = r.clone();
-    r.attributes.retain(|a| !matches!(a, RuleAttribute::Priority(_)));
+    r.attributes
+        .retain(|a| !matches!(a, RuleAttribute::Priority(_)));
     r.attributes.push(RuleAttribute::Priority(pref));
     r
 }
@@ -668,10 +709,13 @@ fn sal_rule(pref: u32, table: u32, iface: &str, addr: Ipv4Addr) -> RuleMessage {
     r.header.table = u8::try_from(table).unwrap_or(0);
     r.attributes.push(RuleAttribute::Priority(pref));
     r.attributes.push(RuleAttribute::Table(table));
-    r.attributes.push(RuleAttribute::Destination(IpAddr::V4(addr)));
+    r.attributes
+        .push(RuleAttribute::Destination(IpAddr::V4(addr)));
     r.attributes.push(RuleAttribute::Iifname(iface.to_owned()));
     r.attributes
-        .push(RuleAttribute::IpProtocol(IpProtocol::from(i32::from(SAL_IPPROTO))));
+        .push(RuleAttribute::IpProtocol(IpProtocol::from(i32::from(
+            SAL_IPPROTO,
+        ))));
     r
 }
 
@@ -720,7 +764,11 @@ fn write_sysctl(path: &str, value: &str) -> Result<(), PlumbingError> {
 fn nft_run(args: &[&str], script: Option<&str>) -> Result<String, String> {
     let mut cmd = Command::new("nft");
     cmd.args(args)
-        .stdin(if script.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if script.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| {
@@ -737,7 +785,9 @@ fn nft_run(args: &[&str], script: Option<&str>) -> Result<String, String> {
                 .map_err(|e| format!("writing nft script: {e}"))?;
         }
     }
-    let out = child.wait_with_output().map_err(|e| format!("running nft: {e}"))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("running nft: {e}"))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -768,7 +818,10 @@ fn fence_script(tun: &str, fenced: &[String]) -> String {
     );
     if !fenced.is_empty() {
         let set: Vec<String> = fenced.iter().map(|n| format!("\"{n}\"")).collect();
-        s.push_str(&format!("\t\tiifname {{ {} }} counter drop\n", set.join(", ")));
+        s.push_str(&format!(
+            "\t\tiifname {{ {} }} counter drop\n",
+            set.join(", ")
+        ));
     }
     s.push_str("\t}\n}\n");
     s
@@ -789,8 +842,13 @@ struct NetnsHandle {
 
 fn current_netns_id() -> io::Result<String> {
     use nix::sys::socket::{socket, AddressFamily as SockFamily, SockFlag, SockType};
-    let sock = socket(SockFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)
-        .map_err(io::Error::from)?;
+    let sock = socket(
+        SockFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(io::Error::from)?;
     let mut cookie: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as nix::libc::socklen_t;
     // SAFETY: `sock` is an open socket for the duration of the call; the
@@ -901,7 +959,11 @@ impl Found {
             v.push(format!(
                 "rule pref {} ipproto {SAL_IPPROTO} exists ({})",
                 cfg.rule_pref,
-                self.sal_rules.iter().map(describe_rule).collect::<Vec<_>>().join(", ")
+                self.sal_rules
+                    .iter()
+                    .map(describe_rule)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         }
         if self.moved_local.is_some() {
@@ -971,11 +1033,17 @@ fn cleanup_stale(
         )?;
     }
     for r in &found.sal_rules {
-        rtnl.del_rule(&format!("delete stale rule {}", describe_rule(r)), r.clone())?;
+        rtnl.del_rule(
+            &format!("delete stale rule {}", describe_rule(r)),
+            r.clone(),
+        )?;
     }
     for r in rtnl.routes_v4(cfg.table)? {
         if r.header.destination_prefix_length == 0 {
-            rtnl.del_route(&format!("delete stale default route in table {}", cfg.table), r)?;
+            rtnl.del_route(
+                &format!("delete stale default route in table {}", cfg.table),
+                r,
+            )?;
         }
     }
     if found.nft_table {
@@ -1076,21 +1144,38 @@ impl Plumbing {
                 })
             }
         };
-        // We hold the lock: whatever plumbing exists was left by a sald that
-        // is no longer running.
+        // We hold the lock, so no sald using this run directory is running.
+        // Plumbing that is present was left by one that crashed if its state
+        // file is here (it is written before the first change). Without a
+        // state file it belongs to someone else (a sald with another run
+        // directory, e.g. in another mount namespace, or a manual setup):
+        // not ours to delete.
         let found = inspect(&mut rtnl, cfg)?;
         let stale_state = read_state(&state_path);
-        if found.any() || stale_state.is_some() {
+        if found.any() && stale_state.is_none() {
+            let mut evidence = found.describe(cfg);
+            evidence.push(format!(
+                "no state file {} (not left by a sald using this run directory; if no sald \
+                 runs in this network namespace, remove it by hand: ip rule del pref {}; \
+                 ip rule add pref 0 lookup local; ip rule del pref {}; nft delete table ip {NFT_TABLE})",
+                state_path.display(),
+                cfg.rule_pref,
+                cfg.local_pref()
+            ));
+            return Err(PlumbingError::Owned { evidence });
+        }
+        if let Some(stale) = &stale_state {
             let mut what = found.describe(cfg);
-            if let Some(s) = &stale_state {
-                what.push(format!("state file of pid {}", s.pid));
-            }
+            what.push(format!("state file of pid {}", stale.pid));
             tracing::warn!(
                 "removing stale plumbing left by a sald that did not shut down cleanly: {}",
                 what.join("; ")
             );
-            cleanup_stale(&mut rtnl, cfg, stale_state.as_ref(), &found)?;
-            let _ = fs::remove_file(&state_path);
+            cleanup_stale(&mut rtnl, cfg, Some(stale), &found)?;
+            fs::remove_file(&state_path).map_err(|source| PlumbingError::RunDir {
+                path: state_path.clone(),
+                source,
+            })?;
         }
         check_conflicts(&mut rtnl, cfg)?;
 
@@ -1217,13 +1302,20 @@ impl Plumbing {
                 &format!("add local rule at pref {}", cfg.local_pref()),
                 with_pref(local, cfg.local_pref()),
             )?;
-            self.rtnl
-                .del_rule(&format!("delete local rule at pref {from}"), (*local).clone())?;
+            self.rtnl.del_rule(
+                &format!("delete local rule at pref {from}"),
+                (*local).clone(),
+            )?;
             if locals.len() > 1 {
-                tracing::warn!("more than one `lookup local` rule before pref {}; moved only the first", cfg.rule_pref);
+                tracing::warn!(
+                    "more than one `lookup local` rule before pref {}; moved only the first",
+                    cfg.rule_pref
+                );
             }
         } else if !rules.iter().any(is_plain_local) {
-            tracing::warn!("no `lookup local` rule found: local delivery is already unusual on this host");
+            tracing::warn!(
+                "no `lookup local` rule found: local delivery is already unusual on this host"
+            );
         }
         Ok(())
     }
@@ -1238,10 +1330,10 @@ impl Plumbing {
             "add rule pref {} ipproto {SAL_IPPROTO} to {addr} iif {iface} lookup {}",
             self.cfg.rule_pref, self.cfg.table
         );
-        match self
-            .rtnl
-            .add_rule(&op, sal_rule(self.cfg.rule_pref, self.cfg.table, iface, addr))
-        {
+        match self.rtnl.add_rule(
+            &op,
+            sal_rule(self.cfg.rule_pref, self.cfg.table, iface, addr),
+        ) {
             Err(e) if e.errno() == Some(nix::libc::EEXIST) => Ok(()),
             other => other,
         }
@@ -1270,7 +1362,9 @@ impl Plumbing {
         };
         self.cfg.interfaces[i].addrs.retain(|a| *a != addr);
         let before = self.state.rules.len();
-        self.state.rules.retain(|r| !(r.iface == iface && r.addr == addr));
+        self.state
+            .rules
+            .retain(|r| !(r.iface == iface && r.addr == addr));
         if self.state.rules.len() == before {
             return Ok(());
         }
@@ -1283,10 +1377,10 @@ impl Plumbing {
             "delete rule pref {} ipproto {SAL_IPPROTO} to {addr} iif {iface}",
             self.cfg.rule_pref
         );
-        match self
-            .rtnl
-            .del_rule(&op, sal_rule(self.cfg.rule_pref, self.cfg.table, iface, addr))
-        {
+        match self.rtnl.del_rule(
+            &op,
+            sal_rule(self.cfg.rule_pref, self.cfg.table, iface, addr),
+        ) {
             Err(e) if e.errno() == Some(nix::libc::ENOENT) => Ok(()),
             other => other,
         }
@@ -1349,8 +1443,10 @@ impl Plumbing {
         }
         std::thread::scope(|s| {
             s.spawn(|| {
-                if let Err(e) = nix::sched::setns(self.netns.file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                {
+                if let Err(e) = nix::sched::setns(
+                    self.netns.file.as_fd(),
+                    nix::sched::CloneFlags::CLONE_NEWNET,
+                ) {
                     return vec![format!("entering the plumbing's network namespace: {e}")];
                 }
                 self.teardown_here()
@@ -1390,7 +1486,9 @@ impl Plumbing {
                     let moved = rules
                         .iter()
                         .find(|r| is_plain_local(r) && rule_pref(r) == local_pref);
-                    let back = rules.iter().any(|r| is_plain_local(r) && rule_pref(r) == from);
+                    let back = rules
+                        .iter()
+                        .any(|r| is_plain_local(r) && rule_pref(r) == from);
                     if let Some(moved) = moved {
                         if !back {
                             if let Err(e) = self.rtnl.add_rule(
@@ -1407,7 +1505,9 @@ impl Plumbing {
                             fail(e.to_string());
                         }
                     } else if !back {
-                        fail(format!("the local rule is neither at pref {local_pref} nor at {from}"));
+                        fail(format!(
+                            "the local rule is neither at pref {local_pref} nor at {from}"
+                        ));
                     }
                 }
                 Err(e) => fail(e.to_string()),

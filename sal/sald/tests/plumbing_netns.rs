@@ -53,7 +53,9 @@ impl Drop for RunDir {
 fn config(dir: &Path, ifaces: &[(&str, Ipv4Addr)]) -> PlumbingConfig {
     let mut cfg = ifaces
         .iter()
-        .fold(PlumbingConfig::new(TUN), |c, (name, addr)| c.interface(*name, vec![*addr]));
+        .fold(PlumbingConfig::new(TUN), |c, (name, addr)| {
+            c.interface(*name, vec![*addr])
+        });
     cfg.run_dir = dir.to_owned();
     cfg
 }
@@ -71,8 +73,14 @@ fn runtime() -> tokio::runtime::Runtime {
 fn snapshot(ns: &Netns) -> String {
     let mut s = String::new();
     s.push_str(&ns.ip(["-4", "rule"]).expect("ip rule"));
-    s.push_str(&ns.ip(["-4", "route", "show", "table", "all"]).expect("ip route"));
-    s.push_str(&ns.exec_ok("nft", ["list", "ruleset"]).expect("nft list ruleset"));
+    s.push_str(
+        &ns.ip(["-4", "route", "show", "table", "all"])
+            .expect("ip route"),
+    );
+    s.push_str(
+        &ns.exec_ok("nft", ["list", "ruleset"])
+            .expect("nft list ruleset"),
+    );
     s.push_str(
         &ns.exec_ok(
             "sh",
@@ -172,7 +180,9 @@ fn ping(dst: Ipv4Addr, timeout: Duration) -> bool {
     msg.extend_from_slice(b"sald-plumbing-ping");
     let c = checksum(&msg);
     msg[2..4].copy_from_slice(&c.to_be_bytes());
-    if s.send_to(&msg, &SockAddr::from(SocketAddrV4::new(dst, 0))).is_err() {
+    if s.send_to(&msg, &SockAddr::from(SocketAddrV4::new(dst, 0)))
+        .is_err()
+    {
         return false;
     }
     let deadline = Instant::now() + timeout;
@@ -245,7 +255,10 @@ fn fence_drops(ns: &Netns) -> u64 {
 #[test]
 fn recipe_is_installed_and_removed_exactly() {
     require_root!();
-    let topo = TopologyBuilder::new("recipe", 2).link(0, 1).build().expect("topology");
+    let topo = TopologyBuilder::new("recipe", 2)
+        .link(0, 1)
+        .build()
+        .expect("topology");
     let h = topo.host(0);
     let a = h.ifaces[0].addr;
     let dir = RunDir::new("recipe");
@@ -267,38 +280,79 @@ fn recipe_is_installed_and_removed_exactly() {
                 && l.ends_with("lookup 144")),
             "no SAL rule in:\n{rules}"
         );
-        assert!(rules.contains("101:\tfrom all lookup local"), "local rule not moved:\n{rules}");
-        assert!(!rules.lines().any(|l| l.starts_with("0:")), "local rule left at 0:\n{rules}");
-        let table = h.ns.ip(["-4", "route", "show", "table", "144"]).expect("ip route");
-        assert_eq!(table.trim(), "default dev sal0 proto static scope link", "{table}");
+        assert!(
+            rules.contains("101:\tfrom all lookup local"),
+            "local rule not moved:\n{rules}"
+        );
+        assert!(
+            !rules.lines().any(|l| l.starts_with("0:")),
+            "local rule left at 0:\n{rules}"
+        );
+        let table =
+            h.ns.ip(["-4", "route", "show", "table", "144"])
+                .expect("ip route");
+        assert_eq!(
+            table.trim(),
+            "default dev sal0 proto static scope link",
+            "{table}"
+        );
         assert_eq!(sysctl(&h.ns, "net.ipv4.conf.eth0.forwarding"), "1");
         assert_eq!(sysctl(&h.ns, "net.ipv4.conf.sal0.forwarding"), "1");
         assert_eq!(sysctl(&h.ns, "net.ipv4.conf.sal0.accept_local"), "1");
         assert_eq!(sysctl(&h.ns, "net.ipv4.conf.sal0.rp_filter"), "0");
-        assert_eq!(sysctl(&h.ns, "net.ipv4.ip_forward"), "0", "global forwarding must stay off");
+        assert_eq!(
+            sysctl(&h.ns, "net.ipv4.ip_forward"),
+            "0",
+            "global forwarding must stay off"
+        );
         assert!(p.fence_installed());
         let nft = h.ns.exec_ok("nft", ["list", "ruleset"]).expect("nft");
         assert!(nft.contains("table ip sald"), "{nft}");
-        assert!(nft.contains("hook forward priority filter; policy accept;"), "{nft}");
-        assert!(nft.contains("oifname \"sal0\" ip protocol 144 accept"), "{nft}");
-        assert!(nft.contains("iifname \"sal0\" ip protocol 144 accept"), "{nft}");
+        assert!(
+            nft.contains("hook forward priority filter; policy accept;"),
+            "{nft}"
+        );
+        assert!(
+            nft.contains("oifname \"sal0\" ip protocol 144 accept"),
+            "{nft}"
+        );
+        assert!(
+            nft.contains("iifname \"sal0\" ip protocol 144 accept"),
+            "{nft}"
+        );
         assert!(nft.contains("iifname \"eth0\" counter"), "{nft}");
 
         // addresses can come and go while running
         let extra = Ipv4Addr::new(10, 1, 0, 99);
         let mut p = p;
         p.add_address("eth0", extra).expect("add address");
-        assert!(h.ns.ip(["-4", "rule"]).expect("ip rule").contains(&format!("to {extra} ")));
+        assert!(h
+            .ns
+            .ip(["-4", "rule"])
+            .expect("ip rule")
+            .contains(&format!("to {extra} ")));
         p.remove_address("eth0", extra).expect("remove address");
-        assert!(!h.ns.ip(["-4", "rule"]).expect("ip rule").contains(&format!("to {extra} ")));
+        assert!(!h
+            .ns
+            .ip(["-4", "rule"])
+            .expect("ip rule")
+            .contains(&format!("to {extra} ")));
 
         p.try_remove().expect("remove plumbing");
-        assert_eq!(before, snapshot(&h.ns), "remove() must restore the original state");
+        assert_eq!(
+            before,
+            snapshot(&h.ns),
+            "remove() must restore the original state"
+        );
 
         // Drop undoes it too.
         let p = Plumbing::install(&cfg).expect("install again");
         drop(p);
-        assert_eq!(before, snapshot(&h.ns), "Drop must restore the original state");
+        assert_eq!(
+            before,
+            snapshot(&h.ns),
+            "Drop must restore the original state"
+        );
         drop(tun);
     })
     .expect("enter namespace");
@@ -307,7 +361,10 @@ fn recipe_is_installed_and_removed_exactly() {
 #[test]
 fn second_install_is_refused() {
     require_root!();
-    let topo = TopologyBuilder::new("owned", 2).link(0, 1).build().expect("topology");
+    let topo = TopologyBuilder::new("owned", 2)
+        .link(0, 1)
+        .build()
+        .expect("topology");
     let h = topo.host(0);
     let a = h.ifaces[0].addr;
     let dir = RunDir::new("owned");
@@ -321,17 +378,27 @@ fn second_install_is_refused() {
         match Plumbing::install(&cfg) {
             Err(e @ PlumbingError::Owned { .. }) => {
                 let msg = e.to_string();
-                assert!(msg.starts_with("another sald owns the plumbing: lock file"), "{msg}");
+                assert!(
+                    msg.starts_with("another sald owns the plumbing: lock file"),
+                    "{msg}"
+                );
                 assert!(msg.contains("rule pref 100 ipproto 144 exists"), "{msg}");
                 assert!(msg.contains("nft table ip sald exists"), "{msg}");
             }
             Err(e) => panic!("expected the ownership error, got: {e}"),
             Ok(_) => panic!("a second install must fail while the first holds the plumbing"),
         }
-        assert_eq!(before_second, snapshot(&h.ns), "the refused install must not touch anything");
+        assert_eq!(
+            before_second,
+            snapshot(&h.ns),
+            "the refused install must not touch anything"
+        );
         first.try_remove().expect("remove");
         // the lock is free again
-        Plumbing::install(&cfg).expect("install after remove").try_remove().expect("remove");
+        Plumbing::install(&cfg)
+            .expect("install after remove")
+            .try_remove()
+            .expect("remove");
     })
     .expect("enter namespace");
 }
@@ -349,7 +416,8 @@ fn inner_crashing_daemon() {
     let rt = runtime();
     let _enter = rt.enter();
     let _tun = TunLink::open(TUN, 1500).expect("open TUN");
-    let _plumbing = Plumbing::install(&config(Path::new(&dir), &[("eth0", addr)])).expect("install");
+    let _plumbing =
+        Plumbing::install(&config(Path::new(&dir), &[("eth0", addr)])).expect("install");
     let mut out = std::io::stdout().lock();
     writeln!(out, "INNER-READY").expect("stdout");
     out.flush().expect("flush");
@@ -360,7 +428,10 @@ fn inner_crashing_daemon() {
 #[test]
 fn stale_plumbing_of_a_crashed_daemon_is_removed() {
     require_root!();
-    let topo = TopologyBuilder::new("stale", 2).link(0, 1).build().expect("topology");
+    let topo = TopologyBuilder::new("stale", 2)
+        .link(0, 1)
+        .build()
+        .expect("topology");
     let h = topo.host(0);
     let a = h.ifaces[0].addr;
     let dir = RunDir::new("stale");
@@ -369,11 +440,17 @@ fn stale_plumbing_of_a_crashed_daemon_is_removed() {
 
     let exe = std::env::current_exe().expect("current exe");
     let mut cmd = h.ns.command(exe);
-    cmd.args(["--exact", "inner_crashing_daemon", "--ignored", "--nocapture", "--test-threads=1"])
-        .env(INNER_ENV, dir.path())
-        .env(INNER_ADDR_ENV, a.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped());
+    cmd.args([
+        "--exact",
+        "inner_crashing_daemon",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(INNER_ENV, dir.path())
+    .env(INNER_ADDR_ENV, a.to_string())
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped());
     let mut daemon = h.ns.spawn_cmd(cmd).expect("spawn inner daemon");
     let stdout = daemon
         .child_mut()
@@ -391,38 +468,83 @@ fn stale_plumbing_of_a_crashed_daemon_is_removed() {
         .expect("inner daemon did not install its plumbing");
 
     // While it lives, it owns the plumbing.
-    let refused = h.ns.run(|| Plumbing::install(&cfg).map(|_| ())).expect("enter namespace");
+    let refused =
+        h.ns.run(|| Plumbing::install(&cfg).map(|_| ()))
+            .expect("enter namespace");
     match refused {
         Err(PlumbingError::Owned { evidence }) => {
-            assert!(evidence.iter().any(|e| e.contains("lock file")), "{evidence:?}");
+            assert!(
+                evidence.iter().any(|e| e.contains("lock file")),
+                "{evidence:?}"
+            );
         }
         other => panic!("expected the ownership error, got {other:?}"),
     }
 
     // Crash it: no Drop runs, the plumbing stays behind.
-    daemon.signal(nix::sys::signal::Signal::SIGKILL).expect("kill");
-    daemon.wait_timeout(Duration::from_secs(10)).expect("inner daemon exit");
+    daemon
+        .signal(nix::sys::signal::Signal::SIGKILL)
+        .expect("kill");
+    daemon
+        .wait_timeout(Duration::from_secs(10))
+        .expect("inner daemon exit");
     let rules = h.ns.ip(["-4", "rule"]).expect("ip rule");
-    assert!(rules.lines().any(is_ipproto_144), "the crash should leave rules behind:\n{rules}");
+    assert!(
+        rules.lines().any(is_ipproto_144),
+        "the crash should leave rules behind:\n{rules}"
+    );
     assert_eq!(sysctl(&h.ns, "net.ipv4.conf.eth0.forwarding"), "1");
 
     h.ns.run(|| {
         let rt = runtime();
         let _enter = rt.enter();
         let _tun = TunLink::open(TUN, 1500).expect("open TUN");
+
+        // Without the crashed daemon's state file the leftovers could be
+        // another sald's (one with a different run directory): refused.
+        let state = std::fs::read_dir(dir.path())
+            .expect("run dir")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "state"))
+            .expect("the crashed daemon's state file");
+        let aside = state.with_extension("aside");
+        std::fs::rename(&state, &aside).expect("move state aside");
+        match Plumbing::install(&cfg) {
+            Err(PlumbingError::Owned { evidence }) => {
+                assert!(
+                    evidence.iter().any(|e| e.contains("no state file")),
+                    "{evidence:?}"
+                );
+            }
+            other => panic!("expected the ownership error, got {other:?}"),
+        }
+        std::fs::rename(&aside, &state).expect("restore state");
+
         let p = Plumbing::install(&cfg).expect("install over stale plumbing");
         let rules = h.ns.ip(["-4", "rule"]).expect("ip rule");
-        assert_eq!(rules.lines().filter(|l| is_ipproto_144(l)).count(), 1, "{rules}");
+        assert_eq!(
+            rules.lines().filter(|l| is_ipproto_144(l)).count(),
+            1,
+            "{rules}"
+        );
         p.try_remove().expect("remove");
     })
     .expect("enter namespace");
-    assert_eq!(before, snapshot(&h.ns), "stale plumbing and ours must both be gone");
+    assert_eq!(
+        before,
+        snapshot(&h.ns),
+        "stale plumbing and ours must both be gone"
+    );
 }
 
 #[test]
 fn sal_packets_reach_the_tun_and_ping_is_still_answered() {
     require_root!();
-    let topo = TopologyBuilder::new("deliver", 2).link(0, 1).build().expect("topology");
+    let topo = TopologyBuilder::new("deliver", 2)
+        .link(0, 1)
+        .build()
+        .expect("topology");
     let (h, peer) = (topo.host(0), topo.host(1));
     let a = h.ifaces[0].addr;
     let b = peer.ifaces[0].addr;
@@ -434,13 +556,20 @@ fn sal_packets_reach_the_tun_and_ping_is_still_answered() {
         let p = Plumbing::install(&config(dir.path(), &[("eth0", a)])).expect("install");
 
         // inbound: protocol 144 to A goes into the TUN
-        peer.ns.run(|| send_sal(a, b"inbound-sal")).expect("peer namespace");
+        peer.ns
+            .run(|| send_sal(a, b"inbound-sal"))
+            .expect("peer namespace");
         let pkt = tun_recv_sal(&rt, &tun, Duration::from_secs(3)).expect("SAL packet in the TUN");
         let (src, dst, _, payload) = parse_ipv4(&pkt).expect("IPv4");
         assert_eq!((src, dst, payload), (b, a, &b"inbound-sal"[..]));
 
         // everything else is still the kernel's
-        assert!(peer.ns.run(|| ping(a, Duration::from_secs(2))).expect("peer"), "ping to A unanswered");
+        assert!(
+            peer.ns
+                .run(|| ping(a, Duration::from_secs(2)))
+                .expect("peer"),
+            "ping to A unanswered"
+        );
         let mut buf = [0u8; 2048];
         while let Ok(n) = tun.try_recv(&mut buf) {
             assert!(
@@ -461,11 +590,17 @@ fn sal_packets_reach_the_tun_and_ping_is_still_answered() {
                     })
                     .expect("peer namespace")
             });
-            ready_rx.recv_timeout(Duration::from_secs(5)).expect("listener ready");
+            ready_rx
+                .recv_timeout(Duration::from_secs(5))
+                .expect("listener ready");
             let pkt = sal_packet(a, b, b"outbound-sal");
             rt.block_on(tun.send(&pkt)).expect("TUN write");
             let got = listener.join().expect("listener thread");
-            assert_eq!(got, Some((a, b"outbound-sal".to_vec())), "peer did not get the SAL packet");
+            assert_eq!(
+                got,
+                Some((a, b"outbound-sal".to_vec())),
+                "peer did not get the SAL packet"
+            );
         });
 
         p.try_remove().expect("remove");
@@ -498,7 +633,10 @@ fn transit_traffic_is_fenced_off() {
     let (x, h, y) = (topo.host(0), topo.host(1), topo.host(2));
     let y_addr = y.ifaces[0].addr;
     let dir = RunDir::new("fence");
-    let ping_x_to_y = || x.ns.run(|| ping(y_addr, Duration::from_millis(800))).expect("x");
+    let ping_x_to_y = || {
+        x.ns.run(|| ping(y_addr, Duration::from_millis(800)))
+            .expect("x")
+    };
     assert!(!ping_x_to_y(), "host 1 must not forward before sald");
     h.ns.run(|| {
         let rt = runtime();
@@ -524,21 +662,38 @@ fn transit_traffic_is_fenced_off() {
                 })
                 .expect("y")
             });
-            ready_rx.recv_timeout(Duration::from_secs(5)).expect("listener ready");
+            ready_rx
+                .recv_timeout(Duration::from_secs(5))
+                .expect("listener ready");
             x.ns.run(|| send_sal(y_addr, b"transit")).expect("x");
-            assert_eq!(listener.join().expect("listener"), None, "transit SAL packet forwarded");
+            assert_eq!(
+                listener.join().expect("listener"),
+                None,
+                "transit SAL packet forwarded"
+            );
         });
-        assert!(fence_drops(&h.ns) >= 2, "the fence should have counted the drops");
+        assert!(
+            fence_drops(&h.ns) >= 2,
+            "the fence should have counted the drops"
+        );
 
         // Control: with an exception for ICMP in the fence, the same ping
         // passes, so forwarding is on and the fence is what stopped it.
-        h.ns.exec_ok("nft", ["insert", "rule", "ip", "sald", "forward", "ip", "protocol", "icmp", "accept"])
-            .expect("nft insert");
+        h.ns.exec_ok(
+            "nft",
+            [
+                "insert", "rule", "ip", "sald", "forward", "ip", "protocol", "icmp", "accept",
+            ],
+        )
+        .expect("nft insert");
         assert!(ping_x_to_y(), "control: ICMP exception should pass");
 
         p.try_remove().expect("remove");
         assert_eq!(sysctl(&h.ns, "net.ipv4.conf.eth0.forwarding"), "0");
-        assert!(!ping_x_to_y(), "forwarding must be off again after remove()");
+        assert!(
+            !ping_x_to_y(),
+            "forwarding must be off again after remove()"
+        );
     })
     .expect("enter namespace");
 }
@@ -549,8 +704,12 @@ fn a_host_that_is_already_a_router_is_not_fenced() {
     let topo = line_topology("router");
     let (x, h, y) = (topo.host(0), topo.host(1), topo.host(2));
     let (h_addr, y_addr) = (h.ifaces[0].addr, y.ifaces[0].addr);
-    h.ns.set_sysctl("net.ipv4.ip_forward", "1").expect("ip_forward");
-    let ping_x_to_y = || x.ns.run(|| ping(y_addr, Duration::from_secs(2))).expect("x");
+    h.ns.set_sysctl("net.ipv4.ip_forward", "1")
+        .expect("ip_forward");
+    let ping_x_to_y = || {
+        x.ns.run(|| ping(y_addr, Duration::from_secs(2)))
+            .expect("x")
+    };
     assert!(ping_x_to_y(), "router forwards before sald");
     let dir = RunDir::new("router");
     h.ns.run(|| {
@@ -571,6 +730,10 @@ fn a_host_that_is_already_a_router_is_not_fenced() {
         p.try_remove().expect("remove");
     })
     .expect("enter namespace");
-    assert_eq!(sysctl(&h.ns, "net.ipv4.ip_forward"), "1", "ip_forward is the operator's");
+    assert_eq!(
+        sysctl(&h.ns, "net.ipv4.ip_forward"),
+        "1",
+        "ip_forward is the operator's"
+    );
     assert!(ping_x_to_y(), "still a router after sald");
 }

@@ -131,8 +131,8 @@ impl Host {
             Some(c) => c.flags.contains(ControlFlags::SYN) && !c.flags.contains(ControlFlags::ACK),
             None => false,
         };
-        if (repr.control.is_some() && !is_syn)
-            || (!is_syn && repr.protocol != TransportProtocol::Datagram.number())
+        if !is_syn
+            && (repr.control.is_some() || repr.protocol != TransportProtocol::Datagram.number())
         {
             self.stats.stale += 1;
             return;
@@ -943,7 +943,7 @@ impl Host {
                 continue;
             }
             pending.retries += 1;
-            pending.rto = pending.rto * 2;
+            pending.rto *= 2;
             pending.deadline = now + pending.rto;
             let deadline = pending.deadline;
             let transmit = pending.dst.map(|dst| Transmit {

@@ -789,6 +789,89 @@ impl<V> PrefixTrie<V> {
 }
 
 #[cfg(test)]
+impl<V> PrefixTrie<V> {
+    /// Checks every structural invariant: entry counts and rank bases match
+    /// the maps, children sit below their parent on its path, child slots'
+    /// flags are current, the shape is canonical, and the arenas hold nothing
+    /// unreachable.
+    fn check_invariants(&self) {
+        let (mut prefixes, mut nodes, mut leaves) = (0, 0, 0);
+        self.check_node(ROOT, &mut prefixes, &mut nodes, &mut leaves);
+        assert_eq!(prefixes, self.len, "prefix count");
+        assert_eq!(
+            nodes,
+            self.nodes.len() - self.free_nodes.len(),
+            "live nodes"
+        );
+        assert_eq!(
+            leaves,
+            self.leaves.len() - self.free_leaves.len(),
+            "live leaves"
+        );
+    }
+
+    fn check_node(
+        &self,
+        index: NodeIndex,
+        prefixes: &mut usize,
+        nodes: &mut usize,
+        leaves: &mut usize,
+    ) {
+        let node = &self.nodes[index as usize];
+        let child_map = &self.child_maps[index as usize];
+        let internal = &self.internal_maps[index as usize];
+        *nodes += 1;
+        *prefixes += node.values.len();
+        assert_eq!(node.depth % 8, 0);
+        assert!(node.depth <= 248);
+        assert_eq!(node.values.len(), internal.count());
+        assert_eq!(node.children.len(), child_map.count());
+        assert_eq!(node.child_ranks, child_map.rank_bases());
+        assert_eq!(node.value_ranks, internal.rank_bases());
+        assert!(!internal.get(255), "no heap position 255");
+        if index != ROOT {
+            assert!(
+                node.values.len() + node.children.len() >= 2,
+                "canonical shape"
+            );
+        }
+        for slot in (0..256).filter(|&slot| child_map.get(slot)) {
+            let child = node.children[child_map.rank(slot)];
+            let (path, len) = match child.unpack() {
+                ChildRef::Leaf(leaf) => {
+                    *leaves += 1;
+                    *prefixes += 1;
+                    let leaf = self.leaf(leaf);
+                    let truncated = ServiceId::from_words(leaf.path).truncated(leaf.len);
+                    assert_eq!(truncated.to_words(), leaf.path, "leaf bits past its length");
+                    (leaf.path, leaf.len)
+                }
+                ChildRef::Node(next) => {
+                    let next_node = &self.nodes[next as usize];
+                    assert_eq!(child.skips(), next_node.depth > node.depth + 8, "skip flag");
+                    let has_values = !self.internal_maps[next as usize].is_empty();
+                    assert_eq!(child.has_values(), has_values, "has-values flag");
+                    self.check_node(next, prefixes, nodes, leaves);
+                    (next_node.path, next_node.depth)
+                }
+            };
+            assert!(
+                len >= node.depth + 8,
+                "children end below the node's stride"
+            );
+            assert!(
+                path_matches(&node.path, &path, node.depth),
+                "child off the path"
+            );
+            assert_eq!(
+                usize::from(key_byte(&path, usize::from(node.depth / 8))),
+                slot
+            );
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -872,5 +955,73 @@ mod tests {
         assert_eq!(trie.insert(&ServicePrefix::DEFAULT, 2), Some(1));
         *trie.get_mut(&all_ones).unwrap() = 8;
         assert_eq!(trie.longest_match(all_ones.id()), Some((256, &8)));
+    }
+
+    #[test]
+    fn positions_round_trip() {
+        for extra in 0..8u16 {
+            for byte in 0..=255u8 {
+                let position = internal_position(extra, byte);
+                let kept = if extra == 0 {
+                    0
+                } else {
+                    byte & !(0xffu8 >> extra)
+                };
+                assert_eq!(position_prefix(position), (extra, kept));
+                assert!(CANDIDATES[usize::from(byte)].get(position));
+            }
+        }
+        assert_eq!(CANDIDATES[0x5a].count(), 8);
+    }
+
+    /// Random inserts and removals of clustered prefixes (so that nodes split,
+    /// merge and turn into leaves and back), checked against a linear scan and
+    /// against the structural invariants after every step.
+    #[test]
+    fn random_edits_keep_invariants() {
+        use rand::rngs::SmallRng;
+        use rand::{Rng, SeedableRng};
+
+        let mut rng = SmallRng::seed_from_u64(1);
+        // A few bases; prefixes and keys are bases with some bits flipped.
+        let bases: Vec<[u8; 32]> = (0..4).map(|_| rng.random()).collect();
+        let random_id = |rng: &mut SmallRng| {
+            let mut bytes = bases[rng.random_range(0..bases.len())];
+            for _ in 0..rng.random_range(0..3) {
+                let bit = rng.random_range(0..256usize);
+                bytes[bit / 8] ^= 0x80 >> (bit % 8);
+            }
+            ServiceId::from_bytes(bytes)
+        };
+        let mut trie = PrefixTrie::new();
+        let mut reference: Vec<(ServicePrefix, u32)> = Vec::new();
+        for step in 0..1500u32 {
+            let prefix = ServicePrefix::new(random_id(&mut rng), rng.random_range(0..=256));
+            if rng.random_bool(0.6) {
+                let old = reference.iter().position(|(p, _)| *p == prefix);
+                let expected = old.map(|i| std::mem::replace(&mut reference[i].1, step));
+                if old.is_none() {
+                    reference.push((prefix, step));
+                }
+                assert_eq!(trie.insert(&prefix, step), expected);
+            } else {
+                let old = reference.iter().position(|(p, _)| *p == prefix);
+                let expected = old.map(|i| reference.swap_remove(i).1);
+                assert_eq!(trie.remove(&prefix), expected);
+            }
+            trie.check_invariants();
+            let key = random_id(&mut rng);
+            let expected = reference
+                .iter()
+                .filter(|(p, _)| p.contains(&key))
+                .max_by_key(|(p, _)| p.len())
+                .map(|(p, v)| (p.len(), v));
+            assert_eq!(trie.longest_match(&key), expected, "lookup of {key}");
+        }
+        for (prefix, value) in std::mem::take(&mut reference) {
+            assert_eq!(trie.remove(&prefix), Some(value));
+            trie.check_invariants();
+        }
+        assert_eq!(trie.node_count(), 1);
     }
 }

@@ -1,0 +1,333 @@
+//! servalctl end to end: the built binary against a fake sald on a temporary
+//! control socket, or against no sald at all.
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use sal::control::{
+    decode_body, encode_frame, frame_len, ErrorKind, Request, Response, StatsReport,
+    PROTOCOL_VERSION,
+};
+use sal::proto::LocalInterface;
+use sal::table::{ListenerId, Rule, ServiceTable, Target, TargetKey};
+
+/// A fake sald answering `Hello` itself and everything else with `answer`.
+struct FakeSald {
+    path: PathBuf,
+    requests: Arc<Mutex<Vec<Request>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl FakeSald {
+    fn start(answer: impl Fn(&Request) -> Response + Send + Sync + 'static) -> FakeSald {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sald.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        let answer = Arc::new(answer);
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let (seen, answer) = (seen.clone(), answer.clone());
+                thread::spawn(move || serve(conn, &seen, &*answer));
+            }
+        });
+        FakeSald {
+            path,
+            requests,
+            _dir: dir,
+        }
+    }
+
+    fn requests(&self) -> Vec<Request> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+fn serve(mut conn: UnixStream, seen: &Mutex<Vec<Request>>, answer: &dyn Fn(&Request) -> Response) {
+    loop {
+        let mut prefix = [0u8; 4];
+        if conn.read_exact(&mut prefix).is_err() {
+            return;
+        }
+        let mut body = vec![0u8; frame_len(prefix).unwrap()];
+        conn.read_exact(&mut body).unwrap();
+        let request: Request = decode_body(&body).unwrap();
+        seen.lock().unwrap().push(request.clone());
+        let response = match request {
+            Request::Hello { .. } => Response::Hello {
+                version: PROTOCOL_VERSION,
+                server: "fake-sald".into(),
+            },
+            _ => answer(&request),
+        };
+        conn.write_all(&encode_frame(&response).unwrap()).unwrap();
+    }
+}
+
+fn servalctl(control: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_servalctl"))
+        .arg("--control")
+        .arg(control)
+        .args(args)
+        .env_remove("SERVAL_CONTROL")
+        .output()
+        .unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8(output.stderr.clone()).unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+/// Exactly one line `servalctl: ...` on stderr.
+fn assert_one_error_line(output: &Output, code: i32) -> String {
+    assert_eq!(output.status.code(), Some(code), "{output:?}");
+    let text = stderr(output);
+    assert!(text.starts_with("servalctl: "), "{text:?}");
+    assert_eq!(text.lines().count(), 1, "{text:?}");
+    assert!(text.ends_with('\n'));
+    text
+}
+
+fn sample_rules() -> Vec<Rule> {
+    let mut table = ServiceTable::new();
+    table.add(
+        "beef/16".parse().unwrap(),
+        Target::Forward {
+            locator: "10.0.0.2".parse().unwrap(),
+            weight: 3,
+        },
+        2,
+    );
+    table.add(
+        "4001".parse().unwrap(),
+        Target::Demux {
+            listener: ListenerId(7),
+        },
+        0,
+    );
+    table.add("0/0".parse().unwrap(), Target::Delay, 0);
+    table.rules().cloned().collect()
+}
+
+#[test]
+fn add_forward_sends_the_right_request() {
+    let sald = FakeSald::start(|_| Response::Ok);
+    let output = servalctl(
+        &sald.path,
+        &[
+            "service",
+            "add",
+            "beef/16",
+            "forward",
+            "10.0.0.2,weight=3,priority=2",
+        ],
+    );
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(stdout(&output), "");
+    let requests = sald.requests();
+    assert!(matches!(&requests[0], Request::Hello { version, client }
+        if *version == PROTOCOL_VERSION && client == "servalctl"));
+    assert_eq!(
+        requests[1],
+        Request::AddRule {
+            prefix: "beef/16".parse().unwrap(),
+            target: Target::Forward {
+                locator: "10.0.0.2".parse().unwrap(),
+                weight: 3
+            },
+            priority: 2
+        }
+    );
+
+    let output = servalctl(
+        &sald.path,
+        &["service", "del", "beef/16", "udp:10.0.0.2:54325"],
+    );
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        sald.requests()[3],
+        Request::DelRule {
+            prefix: "beef/16".parse().unwrap(),
+            target: Some(TargetKey::Forward {
+                locator: "udp:10.0.0.2:54325".parse().unwrap()
+            })
+        }
+    );
+}
+
+#[test]
+fn services_prints_a_sorted_table_or_json() {
+    let sald = FakeSald::start(|request| match request {
+        Request::ListRules => Response::Rules {
+            rules: sample_rules(),
+        },
+        _ => Response::error(ErrorKind::InvalidRequest, "unexpected"),
+    });
+    let output = servalctl(&sald.path, &["services"]);
+    assert!(output.status.success(), "{output:?}");
+    let text = stdout(&output);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(lines[0].starts_with("PREFIX"));
+    assert!(lines[1].starts_with("0/0 ") && lines[1].contains("delay"));
+    assert!(lines[2].starts_with("4001/256") && lines[2].contains("demux listener 7"));
+    assert!(lines[3].starts_with("beef/16") && lines[3].contains("forward 10.0.0.2"));
+    // Columns line up: every row is as wide as the header's last column ends.
+    let target_column = lines[0].find("TARGET").unwrap();
+    assert!(lines[1..]
+        .iter()
+        .all(|l| l[target_column - 2..target_column] == *"  "));
+
+    let output = servalctl(&sald.path, &["services", "--json"]);
+    assert!(output.status.success(), "{output:?}");
+    let rules: Vec<Rule> = serde_json::from_slice(&output.stdout).unwrap();
+    let mut expected = sample_rules();
+    expected.sort_by_key(|rule| rule.prefix);
+    assert_eq!(rules, expected);
+}
+
+#[test]
+fn other_listings_print_their_payload() {
+    let sald = FakeSald::start(|request| match request {
+        Request::ListInterfaces => Response::Interfaces {
+            interfaces: vec![LocalInterface {
+                name: "eth0".into(),
+                locator: "10.0.0.1".parse().unwrap(),
+                prefix_len: 24,
+            }],
+        },
+        Request::ListFlows => Response::Flows { flows: vec![] },
+        Request::Stats => Response::Stats {
+            stats: StatsReport {
+                rules: 4,
+                ..Default::default()
+            },
+        },
+        _ => Response::Ok,
+    });
+    let output = servalctl(&sald.path, &["ifaces"]);
+    assert!(
+        stdout(&output).contains("eth0  10.0.0.1  10.0.0.0/24"),
+        "{output:?}"
+    );
+    let output = servalctl(&sald.path, &["flows"]);
+    assert!(stdout(&output).starts_with("FLOW  SERVICE"), "{output:?}");
+    let output = servalctl(&sald.path, &["flows", "--json"]);
+    assert_eq!(stdout(&output).trim(), "[]");
+    let output = servalctl(&sald.path, &["stats", "--json"]);
+    let stats: StatsReport = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(stats.rules, 4);
+    let output = servalctl(&sald.path, &["stats"]);
+    assert!(stdout(&output)
+        .lines()
+        .any(|l| l.starts_with("rules ") && l.ends_with(" 4")));
+}
+
+#[test]
+fn daemon_errors_are_one_line_and_exit_1() {
+    let sald = FakeSald::start(|request| match request {
+        Request::DelRule { prefix, .. } => {
+            Response::error(ErrorKind::NotFound, format!("no rule for {prefix}"))
+        }
+        _ => Response::error(ErrorKind::PermissionDenied, "uid 1000 may not change rules"),
+    });
+    let output = servalctl(&sald.path, &["service", "del", "beef/16"]);
+    let line = assert_one_error_line(&output, 1);
+    assert_eq!(
+        line,
+        "servalctl: cannot remove the rule of beef/16: no rule for beef/16\n"
+    );
+    let output = servalctl(&sald.path, &["service", "add", "be/8", "drop"]);
+    let line = assert_one_error_line(&output, 1);
+    assert!(line.contains("uid 1000 may not change rules"), "{line}");
+}
+
+#[test]
+fn missing_daemon_is_one_line_and_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sald.sock");
+    let output = servalctl(&path, &["services"]);
+    let line = assert_one_error_line(&output, 1);
+    assert_eq!(
+        line,
+        format!(
+            "servalctl: sald is not running (no control socket at {})\n",
+            path.display()
+        )
+    );
+    // SERVAL_CONTROL is used when --control is not given.
+    let output = Command::new(env!("CARGO_BIN_EXE_servalctl"))
+        .arg("stats")
+        .env("SERVAL_CONTROL", &path)
+        .output()
+        .unwrap();
+    let line = assert_one_error_line(&output, 1);
+    assert!(line.contains(&path.display().to_string()), "{line}");
+}
+
+#[test]
+fn usage_errors_are_one_line_and_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sald.sock");
+    for args in [
+        &["service", "add", "xyz", "drop"][..],
+        &["service", "add", "beef/4", "forward", "10.0.0.2"],
+        &["service", "add", "beef/16", "forward", "10.0.0"],
+        &["service", "add", "beef/16", "forward", "10.0.0.2,weight=x"],
+        &["service", "add", "beef/16", "teleport"],
+        &["service", "add", "beef/16"],
+        &["service", "del", "beef/16", "nowhere"],
+        &["services", "--jsn"],
+        &["migrate", "00000001", "eth0"],
+    ] {
+        let output = servalctl(&path, args);
+        let line = assert_one_error_line(&output, 2);
+        assert!(!line.contains("panicked"), "{args:?}: {line}");
+    }
+    let output = servalctl(&path, &["service", "add", "xyz", "drop"]);
+    assert_eq!(
+        stderr(&output),
+        "servalctl: invalid value 'xyz' for '<PREFIX>': invalid hex digit 'x' at position 0\n"
+    );
+}
+
+#[test]
+fn help_documents_every_subcommand() {
+    let output = Command::new(env!("CARGO_BIN_EXE_servalctl"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = stdout(&output);
+    for word in [
+        "services",
+        "service",
+        "flows",
+        "ifaces",
+        "stats",
+        "--control",
+        "SERVAL_CONTROL",
+    ] {
+        assert!(help.contains(word), "--help lacks {word}");
+    }
+    for sub in ["services", "flows", "ifaces", "stats"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_servalctl"))
+            .args([sub, "--help"])
+            .output()
+            .unwrap();
+        assert!(
+            stdout(&output).contains("--json"),
+            "{sub} --help lacks --json"
+        );
+    }
+}

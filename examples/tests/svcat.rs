@@ -1,0 +1,342 @@
+//! svcat end to end: two svcat processes joined by a fake sald that pairs
+//! each `Connect` with a pending `Accept` through a socketpair.
+
+use std::io::{BufRead, BufReader, IoSlice, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use nix::sys::socket::{
+    recv, send, sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType,
+};
+use sal::control::{
+    decode_body, encode_frame, frame_len, DatagramFrame, ErrorKind, Request, Response,
+    PROTOCOL_VERSION,
+};
+use sal::proto::{DatagramPeer, FlowCounters, FlowInfo, FlowState, Role};
+use sal::table::ListenerId;
+use sal::wire::TransportProtocol;
+use sal::{FlowId, ServiceId};
+
+struct FakeSald {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Flows waiting to be accepted: the server end of each connected pair.
+type Pending = Arc<Mutex<Receiver<(ServiceId, OwnedFd)>>>;
+
+impl FakeSald {
+    /// Connects to services under `bound` succeed once something listens;
+    /// others fail with NoRoute.
+    fn start() -> FakeSald {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sald.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let (tx, rx) = channel();
+        let pending: Pending = Arc::new(Mutex::new(rx));
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let (tx, pending) = (tx.clone(), pending.clone());
+                thread::spawn(move || serve(conn, tx, pending));
+            }
+        });
+        FakeSald { path, _dir: dir }
+    }
+}
+
+fn flow(id: u32, service: ServiceId, role: Role) -> FlowInfo {
+    FlowInfo {
+        flow: FlowId::new(id).unwrap(),
+        peer_flow: None,
+        service,
+        protocol: TransportProtocol::Stream,
+        role,
+        state: FlowState::Established,
+        local: "10.0.0.1".parse().unwrap(),
+        remote: Some("10.0.0.2".parse().unwrap()),
+        interface: None,
+        counters: FlowCounters::default(),
+    }
+}
+
+fn serve(mut conn: UnixStream, connected: Sender<(ServiceId, OwnedFd)>, pending: Pending) {
+    loop {
+        let mut prefix = [0u8; 4];
+        if conn.read_exact(&mut prefix).is_err() {
+            return;
+        }
+        let mut body = vec![0u8; frame_len(prefix).unwrap()];
+        conn.read_exact(&mut body).unwrap();
+        let request: Request = decode_body(&body).unwrap();
+        let (response, fd) = match request {
+            Request::Hello { .. } => (
+                Response::Hello {
+                    version: PROTOCOL_VERSION,
+                    server: "fake".into(),
+                },
+                None,
+            ),
+            Request::Listen { .. } => (
+                Response::Listening {
+                    listener: ListenerId(1),
+                    socket: None,
+                },
+                None,
+            ),
+            Request::Connect { service, .. } if service.as_bytes()[0] == 0xbe => {
+                let (client, server) = socketpair(
+                    AddressFamily::Unix,
+                    SockType::Stream,
+                    None,
+                    SockFlag::SOCK_CLOEXEC,
+                )
+                .unwrap();
+                connected.send((service, server)).unwrap();
+                (
+                    Response::Connected {
+                        flow: flow(1, service, Role::Client),
+                    },
+                    Some(client),
+                )
+            }
+            Request::Connect { service, .. } => (
+                Response::error(ErrorKind::NoRoute, format!("no rule resolves {service}")),
+                None,
+            ),
+            Request::OpenDatagram => (
+                Response::DatagramOpened {
+                    socket: FlowId::new(5).unwrap(),
+                },
+                Some(datagram_echo()),
+            ),
+            Request::Accept { .. } => {
+                let (service, server) = pending.lock().unwrap().recv().unwrap();
+                (
+                    Response::Accepted {
+                        flow: flow(2, service, Role::Server),
+                    },
+                    Some(server),
+                )
+            }
+            _ => (Response::Ok, None),
+        };
+        let frame = encode_frame(&response).unwrap();
+        match fd {
+            None => conn.write_all(&frame).unwrap(),
+            Some(fd) => {
+                let fds = [fd.as_raw_fd()];
+                sendmsg::<()>(
+                    conn.as_raw_fd(),
+                    &[IoSlice::new(&frame)],
+                    &[ControlMessage::ScmRights(&fds)],
+                    MsgFlags::empty(),
+                    None,
+                )
+                .unwrap();
+            }
+        }
+    }
+}
+
+/// A datagram socket whose far end answers each `SendTo` with a `Received`
+/// frame carrying the payload reversed.
+fn datagram_echo() -> OwnedFd {
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .unwrap();
+    thread::spawn(move || {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let n = match recv(ours.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            let DatagramFrame::SendTo { service, mut data } =
+                DatagramFrame::decode(&buf[..n]).unwrap()
+            else {
+                panic!("expected SendTo");
+            };
+            data.reverse();
+            let frame = DatagramFrame::Received {
+                peer: DatagramPeer {
+                    locator: "10.0.0.2".parse().unwrap(),
+                    flow: FlowId::new(9).unwrap(),
+                },
+                service: Some(service),
+                data,
+            };
+            send(ours.as_raw_fd(), &frame.encode(), MsgFlags::empty()).unwrap();
+        }
+    });
+    theirs
+}
+
+fn svcat(control: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_svcat"));
+    command
+        .arg("--control")
+        .arg(control)
+        .args(args)
+        .env_remove("SERVAL_CONTROL")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Feeds `input` to the child's stdin (then closes it) and collects its output.
+fn finish(mut child: Child, input: Vec<u8>) -> Output {
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let output = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    output
+}
+
+fn data(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[test]
+fn listen_and_connect_exchange_files_both_ways() {
+    let sald = FakeSald::start();
+    let listener = svcat(&sald.path, &["listen", "beef"]).spawn().unwrap();
+    thread::sleep(Duration::from_millis(100));
+    let client = svcat(&sald.path, &["connect", "beef"]).spawn().unwrap();
+    let to_server = data(3 << 20, 1);
+    let to_client = data(2 << 20, 2);
+    let (a, b) = (to_client.clone(), to_server.clone());
+    let server_thread = thread::spawn(move || finish(listener, a));
+    let client_out = finish(client, b);
+    let server_out = server_thread.join().unwrap();
+    assert!(client_out.status.success(), "{client_out:?}");
+    assert!(server_out.status.success(), "{server_out:?}");
+    assert!(server_out.stdout == to_server, "server got wrong bytes");
+    assert!(client_out.stdout == to_client, "client got wrong bytes");
+}
+
+#[test]
+fn listen_k_serves_connections_one_after_another() {
+    let sald = FakeSald::start();
+    let mut listener = svcat(&sald.path, &["-v", "listen", "-k", "be/8"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Follow the listener's reports to know when each connection is over.
+    let stderr = BufReader::new(listener.stderr.take().unwrap());
+    let (closed_tx, closed_rx) = channel();
+    thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if line.ends_with(" closed") {
+                let _ = closed_tx.send(line);
+            }
+        }
+    });
+    for i in 0..3u8 {
+        let client = svcat(&sald.path, &["connect", "beef"]).spawn().unwrap();
+        let output = finish(client, vec![b'a' + i; 10]);
+        assert!(output.status.success(), "{output:?}");
+        closed_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the listener did not finish the connection");
+    }
+    assert!(listener.try_wait().unwrap().is_none(), "-k listener exited");
+    listener.kill().unwrap();
+    let output = listener.wait_with_output().unwrap();
+    assert_eq!(output.stdout, b"aaaaaaaaaabbbbbbbbbbcccccccccc");
+}
+
+#[test]
+fn errors_are_one_line() {
+    let sald = FakeSald::start();
+    let output = finish(
+        svcat(&sald.path, &["connect", "4001"]).spawn().unwrap(),
+        vec![],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8(output.stderr).unwrap(),
+        "svcat: cannot connect to 4001: no rule resolves 4001\n"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("none.sock");
+    let output = finish(
+        svcat(&missing, &["listen", "beef"]).spawn().unwrap(),
+        vec![],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8(output.stderr).unwrap(),
+        format!(
+            "svcat: sald is not running (no control socket at {})\n",
+            missing.display()
+        )
+    );
+
+    let output = finish(
+        svcat(&missing, &["connect", "xyz"]).spawn().unwrap(),
+        vec![],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.starts_with("svcat: invalid value 'xyz'"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1);
+}
+
+#[test]
+fn connect_exits_when_the_flow_is_gone_even_if_stdin_stays_open() {
+    let sald = FakeSald::start();
+    let mut listener = svcat(&sald.path, &["listen", "beef"]).spawn().unwrap();
+    thread::sleep(Duration::from_millis(100));
+    let mut client = svcat(&sald.path, &["connect", "beef"]).spawn().unwrap();
+    // The listener says hello and goes away; the client's stdin stays open.
+    let mut to_client = listener.stdin.take().unwrap();
+    to_client.write_all(b"bye\n").unwrap();
+    drop(to_client);
+    let mut line = [0u8; 4];
+    client
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut line)
+        .unwrap();
+    assert_eq!(&line, b"bye\n");
+    listener.kill().unwrap();
+    listener.wait().unwrap();
+    for _ in 0..50 {
+        if let Some(status) = client.try_wait().unwrap() {
+            assert!(status.success(), "{status:?}");
+            return;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    client.kill().unwrap();
+    panic!("svcat connect kept running after its flow was gone");
+}
+
+#[test]
+fn udp_connect_sends_datagrams_and_prints_replies() {
+    let sald = FakeSald::start();
+    let client = svcat(&sald.path, &["-u", "connect", "-w", "1", "beef"])
+        .spawn()
+        .unwrap();
+    let output = finish(client, b"abc".to_vec());
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(output.stdout, b"cba");
+}
