@@ -4,12 +4,24 @@
 //! Transport: a Unix stream socket (default [`DEFAULT_CONTROL_PATH`]). Every
 //! message is a frame: a 4-byte big-endian length, then that many bytes of
 //! JSON. A client opens with [`Request::Hello`]; sald answers with its own
-//! version and refuses other majors. Requests are answered in order, one
-//! [`Response`] each. Responses that hand the client a stream or datagram
-//! socket (`Accepted`, `Connected`, `Listening` for datagrams,
-//! `DatagramOpened`) carry exactly one file descriptor as `SCM_RIGHTS`
-//! ancillary data on the first byte of the frame. After
-//! [`Request::Subscribe`] the connection only carries [`Response::Event`]s.
+//! version and refuses any other (versions are compared for equality).
+//! Requests are answered in order, one [`Response`] each. Responses that hand
+//! the client a stream or datagram socket (`Accepted`, `Connected`,
+//! `Listening` for datagrams, `DatagramOpened`) carry exactly one file
+//! descriptor as `SCM_RIGHTS` ancillary data on the first byte of the frame.
+//! [`Request::Subscribe`] is answered with `Ok`, after which the connection
+//! only carries [`Response::Event`]s.
+//!
+//! Lifetimes: a flow or unbound datagram socket that was handed over lives as
+//! long as its file descriptor, independently of the control connection that
+//! created it. Listeners (and their datagram sockets) belong to the control
+//! connection: closing it unbinds them. While a blocking `Accept` waits, the
+//! client must send nothing: sald takes any byte, or end of file, as the
+//! client leaving, and withdraws the accept.
+//!
+//! Datagram sends through a socket's fd are best effort, like UDP: a datagram
+//! that cannot be sent (no route, over [`crate::proto::MAX_DATAGRAM`] bytes)
+//! is dropped and counted, not reported.
 //!
 //! Stream flows are handed over as one end of an `AF_UNIX` `SOCK_STREAM`
 //! socketpair: bytes written to it go to the peer, end of file is the peer's
@@ -58,6 +70,8 @@ pub enum Request {
     // --- applications ---
     /// Bind a service prefix (registers it: a DEMUX rule). Datagram listeners
     /// get a SOCK_SEQPACKET fd on which unconnected datagrams arrive.
+    /// `backlog` bounds the flows (stream or connected datagram) that may be
+    /// half-open or waiting for `Accept` at once.
     Listen {
         prefix: ServicePrefix,
         protocol: TransportProtocol,

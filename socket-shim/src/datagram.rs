@@ -23,10 +23,9 @@ use crate::client::ControlClient;
 use crate::error::{Error, Result};
 use crate::stream::{listen_request, listener_from_reply};
 
-/// Largest payload the SAL carries in one datagram (the protocol core's
-/// limit; sald drops larger ones silently, so the shim refuses them with
-/// `EMSGSIZE` before they leave).
-pub const MAX_DATAGRAM: usize = 1400;
+/// Largest datagram payload the SAL carries (sends of more are refused here
+/// rather than dropped by sald).
+pub use sal::proto::MAX_DATAGRAM;
 
 /// Refuses a payload the SAL would drop.
 pub(crate) fn check_size(data: &[u8]) -> Result<()> {

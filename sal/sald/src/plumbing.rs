@@ -61,7 +61,8 @@
 //! refused as owned too: it may belong to a sald whose run directory is
 //! elsewhere (another mount namespace), and the error says how to remove it
 //! by hand. `<netns>` is the namespace's cookie (`SO_NETNS_COOKIE`, never
-//! reused), so daemons in different network namespaces never contend.
+//! reused), so daemons in different network namespaces never contend. Both
+//! files are deleted on a clean removal.
 //!
 //! Everything here is synchronous (plain netlink sockets, `/proc/sys`
 //! writes, the `nft` command): the calls are few and short, they work from
@@ -1077,6 +1078,45 @@ fn check_conflicts(rtnl: &mut Rtnl, cfg: &PlumbingConfig) -> Result<(), Plumbing
     Ok(())
 }
 
+/// Takes the exclusive lock on `path`; `None` when another process holds
+/// it.
+///
+/// The owner unlinks the file when it removes its plumbing (so lock files
+/// of short-lived namespaces do not pile up in /run/serval). A contender
+/// may have opened the old file just before the unlink and then lock an
+/// orphaned inode, so after locking we check that `path` still names the
+/// inode we hold, and start over if not.
+fn acquire_lock(path: &Path) -> Result<Option<Flock<File>>, PlumbingError> {
+    let run_err = |source| PlumbingError::RunDir {
+        path: path.to_owned(),
+        source,
+    };
+    for _ in 0..10 {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(run_err)?;
+        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((_, Errno::EWOULDBLOCK)) => return Ok(None),
+            Err((_, errno)) => return Err(run_err(errno.into())),
+        };
+        let held = lock.metadata().map_err(run_err)?;
+        match fs::metadata(path) {
+            Ok(now) if now.ino() == held.ino() && now.dev() == held.dev() => return Ok(Some(lock)),
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(run_err(e)),
+        }
+    }
+    Err(run_err(io::Error::other(
+        "lock file keeps being replaced; is another sald starting and stopping in a loop?",
+    )))
+}
+
 // ---------------------------------------------------------------------------
 // the plumbing
 // ---------------------------------------------------------------------------
@@ -1117,32 +1157,13 @@ impl Plumbing {
         })?;
         let lock_path = cfg.run_dir.join(format!("plumbing-{}.lock", netns.id));
         let state_path = cfg.run_dir.join(format!("plumbing-{}.state", netns.id));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)
-            .map_err(|source| PlumbingError::RunDir {
-                path: lock_path.clone(),
-                source,
-            })?;
         let mut rtnl = Rtnl::new()?;
-        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => lock,
-            Err((_, Errno::EWOULDBLOCK)) => {
-                let mut evidence = vec![format!("lock file {} held", lock_path.display())];
-                if let Ok(found) = inspect(&mut rtnl, cfg) {
-                    evidence.extend(found.describe(cfg));
-                }
-                return Err(PlumbingError::Owned { evidence });
+        let Some(lock) = acquire_lock(&lock_path)? else {
+            let mut evidence = vec![format!("lock file {} held", lock_path.display())];
+            if let Ok(found) = inspect(&mut rtnl, cfg) {
+                evidence.extend(found.describe(cfg));
             }
-            Err((_, errno)) => {
-                return Err(PlumbingError::RunDir {
-                    path: lock_path,
-                    source: errno.into(),
-                })
-            }
+            return Err(PlumbingError::Owned { evidence });
         };
         // We hold the lock, so no sald using this run directory is running.
         // Plumbing that is present was left by one that crashed if its state
@@ -1458,10 +1479,7 @@ impl Plumbing {
 
     fn teardown_here(&mut self) -> Vec<String> {
         let mut failures = Vec::new();
-        let mut fail = |what: String| {
-            tracing::warn!("plumbing teardown: {what}");
-            failures.push(what);
-        };
+        let mut fail = |what: String| note_failure(&mut failures, what);
         // Forwarding off first: from here on nothing transits.
         for c in std::mem::take(&mut self.state.sysctls).into_iter().rev() {
             match read_sysctl(&c.path) {
@@ -1546,13 +1564,28 @@ impl Plumbing {
                 fail(e);
             }
         }
-        if let Err(e) = fs::remove_file(&self.state_path) {
-            if e.kind() != io::ErrorKind::NotFound {
-                fail(format!("{}: {e}", self.state_path.display()));
+        // Only once everything is undone. If a step failed, the state file
+        // (still holding the full record on disk) stays, so the next sald
+        // treats the leftovers as stale and retries the cleanup. The lock
+        // file goes while we still hold the lock (see `acquire_lock`); the
+        // lock itself is released when `self` is dropped.
+        if !failures.is_empty() {
+            return failures;
+        }
+        for path in [&self.state_path, &self.lock_path] {
+            if let Err(e) = fs::remove_file(path) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    note_failure(&mut failures, format!("{}: {e}", path.display()));
+                }
             }
         }
         failures
     }
+}
+
+fn note_failure(failures: &mut Vec<String>, what: String) {
+    tracing::warn!("plumbing teardown: {what}");
+    failures.push(what);
 }
 
 impl Drop for Plumbing {

@@ -38,6 +38,7 @@ use crate::transport::{StreamConfig, StreamHandle, StreamTransport};
 use crate::wire::TransportProtocol;
 
 use control::ControlState;
+pub use engine::MAX_DATAGRAM;
 
 /// Tunables of a host's SAL.
 #[derive(Debug, Clone)]
@@ -172,6 +173,7 @@ impl LocalInterface {
 
 /// Where a flow is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FlowState {
     /// Client: waiting for a DELAY rule to be resolved.
     Resolving,
@@ -186,6 +188,7 @@ pub enum FlowState {
 
 /// Whether this end opened the flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Role {
     Client,
     Server,

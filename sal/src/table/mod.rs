@@ -51,6 +51,18 @@ pub enum TargetKey {
     Drop,
 }
 
+/// `forward 10.0.0.2`, `demux 3`, `delay`, `drop`: as operators write them.
+impl std::fmt::Display for TargetKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TargetKey::Forward { locator } => write!(f, "forward {locator}"),
+            TargetKey::Demux { listener } => write!(f, "demux {}", listener.0),
+            TargetKey::Delay => f.write_str("delay"),
+            TargetKey::Drop => f.write_str("drop"),
+        }
+    }
+}
+
 impl Target {
     /// The key under which this target is stored in its rule.
     pub fn key(&self) -> TargetKey {
@@ -210,7 +222,7 @@ pub struct TableStats {
 pub enum TableError {
     #[error("no rule for {0}")]
     NoSuchRule(ServicePrefix),
-    #[error("rule {0} has no target {1:?}")]
+    #[error("rule {0} has no target {1}")]
     NoSuchTarget(ServicePrefix, TargetKey),
 }
 

@@ -193,15 +193,26 @@ enum ChildRef {
 /// slot this is), and whether it holds prefixes (its internal bitmap is not
 /// empty). [`PrefixTrie::set_child`] computes them; every change that can alter
 /// them goes through it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Child(u32);
 
 impl Child {
+    /// No child. This would be the root, which is nobody's child.
+    const NONE: Child = Child(0);
     const LEAF: u32 = 1 << 31;
     const SKIPS: u32 = 1 << 30;
     const HAS_VALUES: u32 = 1 << 29;
     /// Arena indices stay below this.
     const INDEX_LIMIT: u32 = Child::HAS_VALUES;
+
+    fn leaf(index: LeafIndex) -> Child {
+        Child(index | Child::LEAF)
+    }
+
+    fn node(index: NodeIndex, skips: bool, has_values: bool) -> Child {
+        let flag = |set: bool, bit: u32| if set { bit } else { 0 };
+        Child(index | flag(skips, Child::SKIPS) | flag(has_values, Child::HAS_VALUES))
+    }
 
     #[inline]
     fn unpack(self) -> ChildRef {
@@ -224,6 +235,60 @@ impl Child {
     fn has_values(self) -> bool {
         self.0 & Child::HAS_VALUES != 0
     }
+}
+
+/// Where a lookup stands once it has matched the first 16 bits of its key:
+/// an entry of the top index (see [`PrefixTrie`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct TopEntry {
+    /// The first leaf, or node at depth 16 or more, on the way, or
+    /// [`Child::NONE`]. Its flags are as if its parent sat at depth 8.
+    next: Child,
+    /// The node holding the longest matching prefix shorter than 16 bits, or
+    /// [`TopEntry::NO_NODE`].
+    best_node: NodeIndex,
+    /// That prefix's heap position in `best_node`.
+    best_position: u8,
+}
+
+impl TopEntry {
+    const NO_NODE: NodeIndex = NodeIndex::MAX;
+    const EMPTY: TopEntry = TopEntry {
+        next: Child::NONE,
+        best_node: TopEntry::NO_NODE,
+        best_position: 0,
+    };
+
+    /// Index of the entry of keys starting with `bytes`.
+    #[inline]
+    fn index(bytes: &[u8; SERVICE_ID_LEN]) -> usize {
+        usize::from(u16::from_be_bytes([bytes[0], bytes[1]]))
+    }
+
+    fn best(&self) -> Option<(NodeIndex, usize)> {
+        (self.best_node != TopEntry::NO_NODE)
+            .then_some((self.best_node, usize::from(self.best_position)))
+    }
+}
+
+/// The top index is built once the trie holds this many prefixes, and
+/// dropped when it falls under half of it: below that, the upper levels of
+/// the tree stay in cache anyway and the index would cost more memory (768
+/// KiB) than it saves time.
+const TOP_INDEX_MIN_LEN: usize = 4096;
+
+/// Where following a child slot leads a lookup.
+enum Step<'a, V> {
+    /// To inner node `index` at `depth`, which holds prefixes if `has_values`.
+    Node {
+        index: NodeIndex,
+        depth: u16,
+        has_values: bool,
+    },
+    /// To a leaf that matches: the answer.
+    Found(u16, &'a V),
+    /// Nowhere: the longest match so far is the answer.
+    End,
 }
 
 /// A single prefix hanging from a child slot of a node at depth `D`; its
@@ -295,8 +360,20 @@ impl<V> Node<V> {
 /// prefixes (which its parent's slot says). At a million random prefixes the
 /// child maps of all inner nodes take under 3 MB, so the level where lookups of
 /// random keys end mostly stays in cache.
+///
+/// Lookups skip the top two levels through the *top index*: for each value of
+/// a key's first 16 bits, the longest prefix shorter than 16 bits that it
+/// matches and the first leaf or node below (a [`TopEntry`]). That replaces
+/// the two most instruction-heavy steps of a lookup, with three dependent
+/// loads each, by one load from a 768 KiB table. Inserts and removals
+/// recompute the entries under what they changed, usually one.
 #[derive(Debug, Clone)]
 pub struct PrefixTrie<V> {
+    /// The top index, by the first 16 bits of keys; empty while the trie holds
+    /// fewer than `top_index_min_len` prefixes.
+    top: Vec<TopEntry>,
+    /// [`TOP_INDEX_MIN_LEN`], but for tests.
+    top_index_min_len: usize,
     /// Child slots in use of each inner node, by the key byte at its depth.
     child_maps: Vec<Bitmap>,
     /// Prefixes ending in each inner node, by [`internal_position`].
@@ -329,6 +406,8 @@ enum Place {
 impl<V> PrefixTrie<V> {
     pub fn new() -> PrefixTrie<V> {
         PrefixTrie {
+            top: Vec::new(),
+            top_index_min_len: TOP_INDEX_MIN_LEN,
             child_maps: vec![Bitmap::default()],
             internal_maps: vec![Bitmap::default()],
             nodes: vec![Node::new([0; 4], 0)],
@@ -355,8 +434,9 @@ impl<V> PrefixTrie<V> {
 
     /// Approximate heap bytes owned by the trie.
     pub fn memory_bytes(&self) -> usize {
-        let arenas = (self.child_maps.capacity() + self.internal_maps.capacity())
-            * std::mem::size_of::<Bitmap>()
+        let arenas = self.top.capacity() * std::mem::size_of::<TopEntry>()
+            + (self.child_maps.capacity() + self.internal_maps.capacity())
+                * std::mem::size_of::<Bitmap>()
             + self.nodes.capacity() * std::mem::size_of::<Node<V>>()
             + self.leaves.capacity() * std::mem::size_of::<Option<Leaf<V>>>()
             + (self.free_nodes.capacity() + self.free_leaves.capacity())
@@ -376,14 +456,30 @@ impl<V> PrefixTrie<V> {
     /// prefix's length.
     pub fn longest_match(&self, key: &ServiceId) -> Option<(u16, &V)> {
         let bytes = key.as_bytes();
-        let mut index = ROOT;
-        let mut depth = 0;
-        // Read the root's internal map unconditionally: it is always cached.
-        let mut has_values = true;
         // Node and heap position of the longest match so far: its value is
         // read once, at the end.
         let mut best = None;
-        loop {
+        let mut step = match self.top.get(TopEntry::index(bytes)) {
+            Some(entry) => {
+                best = entry.best();
+                match entry.next {
+                    Child::NONE => Step::End,
+                    next => self.follow(next, 8, key),
+                }
+            }
+            // The root's internal map is read unconditionally: it is cached.
+            None => Step::Node {
+                index: ROOT,
+                depth: 0,
+                has_values: true,
+            },
+        };
+        while let Step::Node {
+            index,
+            depth,
+            has_values,
+        } = step
+        {
             // Depths stop at 248, so the modulo only spares a bounds check.
             let byte = usize::from(bytes[usize::from(depth / 8) % SERVICE_ID_LEN]);
             if has_values {
@@ -398,34 +494,46 @@ impl<V> PrefixTrie<V> {
             }
             let node = &self.nodes[index as usize];
             let child = node.children[child_map.rank_with(&node.child_ranks, byte)];
-            match child.unpack() {
-                ChildRef::Leaf(leaf) => {
-                    let leaf = self.leaf(leaf);
-                    if path_matches(&leaf.path, &key.to_words(), leaf.len) {
-                        return Some((leaf.len, &leaf.value));
-                    }
-                    break;
-                }
-                ChildRef::Node(next) if child.skips() => {
-                    let node = &self.nodes[next as usize];
-                    if !path_matches(&node.path, &key.to_words(), node.depth) {
-                        break;
-                    }
-                    depth = node.depth;
-                    index = next;
-                }
-                ChildRef::Node(next) => {
-                    depth += 8;
-                    index = next;
-                }
-            }
-            has_values = child.has_values();
+            step = self.follow(child, depth, key);
+        }
+        if let Step::Found(len, value) = step {
+            return Some((len, value));
         }
         best.map(|(index, position)| {
             let node = &self.nodes[index as usize];
             let rank = self.internal_maps[index as usize].rank_with(&node.value_ranks, position);
             (node.depth + position_prefix(position).0, &node.values[rank])
         })
+    }
+
+    /// Where `child`, in a slot of a node at `depth` that matched `key`,
+    /// leads the lookup of `key`.
+    #[inline]
+    fn follow(&self, child: Child, depth: u16, key: &ServiceId) -> Step<'_, V> {
+        let (index, depth) = match child.unpack() {
+            ChildRef::Leaf(leaf) => {
+                let leaf = self.leaf(leaf);
+                return match path_matches(&leaf.path, &key.to_words(), leaf.len) {
+                    true => Step::Found(leaf.len, &leaf.value),
+                    false => Step::End,
+                };
+            }
+            // The slot matched the byte at `depth`; bytes after it need
+            // checking only if the node skips some.
+            ChildRef::Node(index) if child.skips() => {
+                let node = &self.nodes[index as usize];
+                if !path_matches(&node.path, &key.to_words(), node.depth) {
+                    return Step::End;
+                }
+                (index, node.depth)
+            }
+            ChildRef::Node(index) => (index, depth + 8),
+        };
+        Step::Node {
+            index,
+            depth,
+            has_values: child.has_values(),
+        }
     }
 
     /// The value stored for exactly `prefix`.
@@ -550,16 +658,7 @@ impl<V> PrefixTrie<V> {
     /// Puts `child` in slot `slot` of node `parent`, with the facts a lookup
     /// needs about it as they are now (see [`Child`]).
     fn set_child(&mut self, parent: NodeIndex, slot: u8, child: ChildRef) {
-        let packed = match child {
-            ChildRef::Leaf(leaf) => Child(leaf | Child::LEAF),
-            ChildRef::Node(node) => {
-                let depth = self.nodes[node as usize].depth;
-                let skips = depth > self.nodes[parent as usize].depth + 8;
-                let has_values = !self.internal_maps[node as usize].is_empty();
-                let flag = |set: bool, bit: u32| if set { bit } else { 0 };
-                Child(node | flag(skips, Child::SKIPS) | flag(has_values, Child::HAS_VALUES))
-            }
-        };
+        let packed = self.pack(child, self.nodes[parent as usize].depth);
         let map = &mut self.child_maps[parent as usize];
         let node = &mut self.nodes[parent as usize];
         let slot = usize::from(slot);
@@ -571,6 +670,77 @@ impl<V> PrefixTrie<V> {
             node.child_ranks = map.rank_bases();
             node.children.reserve_exact(1);
             node.children.insert(rank, packed);
+        }
+    }
+
+    /// `child` as recorded in a slot of a node at `parent_depth`.
+    fn pack(&self, child: ChildRef, parent_depth: u16) -> Child {
+        match child {
+            ChildRef::Leaf(leaf) => Child::leaf(leaf),
+            ChildRef::Node(node) => Child::node(
+                node,
+                self.nodes[node as usize].depth > parent_depth + 8,
+                !self.internal_maps[node as usize].is_empty(),
+            ),
+        }
+    }
+
+    /// The top index entry of keys starting with the 16 bits `top`.
+    fn top_entry(&self, top: usize) -> TopEntry {
+        let key = [(top as u64) << 48, 0, 0, 0];
+        let mut entry = TopEntry::EMPTY;
+        let mut index = ROOT;
+        loop {
+            // The root, or a node at depth 8.
+            let depth = self.nodes[index as usize].depth;
+            let byte = key_byte(&key, usize::from(depth / 8));
+            let internal = &self.internal_maps[index as usize];
+            if let Some(position) = internal.highest_common(&CANDIDATES[usize::from(byte)]) {
+                entry.best_node = index;
+                entry.best_position = position as u8;
+            }
+            let Some(child) = self.child(index, byte) else {
+                return entry;
+            };
+            let (path, len) = match child {
+                ChildRef::Leaf(leaf) => {
+                    let leaf = self.leaf(leaf);
+                    (leaf.path, leaf.len)
+                }
+                ChildRef::Node(next) => {
+                    let depth = self.nodes[next as usize].depth;
+                    if depth < 16 {
+                        index = next;
+                        continue;
+                    }
+                    (self.nodes[next as usize].path, depth)
+                }
+            };
+            // Leave out what the 16 bits already rule out.
+            if path_matches(&path, &key, len.min(16)) {
+                entry.next = self.pack(child, 8);
+            }
+            return entry;
+        }
+    }
+
+    /// Keeps the top index in step after a change that only affects keys
+    /// starting with the first `changed` bits of `key` (none if `changed` is
+    /// `None`): builds or drops the index as the trie crosses its size
+    /// threshold, or recomputes the entries under those bits.
+    fn update_top(&mut self, key: &[u64; 4], changed: Option<u16>) {
+        if self.len < self.top_index_min_len / 2 {
+            self.top = Vec::new();
+        } else if self.top.is_empty() {
+            if self.len >= self.top_index_min_len {
+                self.top = (0..1 << 16).map(|top| self.top_entry(top)).collect();
+            }
+        } else if let Some(changed) = changed {
+            let free_bits = 16 - changed.min(16);
+            let first = (key[0] >> 48) as usize >> free_bits << free_bits;
+            for top in first..first + (1 << free_bits) {
+                self.top[top] = self.top_entry(top);
+            }
         }
     }
 
@@ -602,19 +772,35 @@ impl<V> PrefixTrie<V> {
     /// Stores `value` for `prefix`, returning the value it replaces.
     pub fn insert(&mut self, prefix: &ServicePrefix, value: V) -> Option<V> {
         let key = prefix.id().to_words();
-        let len = prefix.len();
+        let (replaced, changed) = self.insert_at(&key, prefix.len(), value);
+        self.update_top(&key, changed);
+        replaced
+    }
+
+    /// [`PrefixTrie::insert`] but for the top index. Also returns how many
+    /// leading bits of `key` the lookups that the insert affects share, if it
+    /// changed anything but a value.
+    fn insert_at(&mut self, key: &[u64; 4], len: u16, value: V) -> (Option<V>, Option<u16>) {
+        let key = *key;
         let mut index = ROOT;
         // The parent of `index` and its slot there; none for the root.
         let mut parent = None;
+        // The least `depth + 8` of the nodes whose child slots changed.
+        let mut changed = None;
         loop {
             let depth = self.nodes[index as usize].depth;
             if len < depth + 8 {
                 let replaced = self.put_internal(index, &key, len, value);
+                if replaced.is_some() {
+                    return (replaced, changed);
+                }
                 if let Some((parent, slot)) = parent {
                     self.refresh_child(parent, slot);
                 }
-                self.len += usize::from(replaced.is_none());
-                return replaced;
+                self.len += 1;
+                // Covers the slot refreshed above: `len` is at least `depth`,
+                // and only nodes at depth 16 or more are in the top index.
+                return (None, Some(changed.unwrap_or(len).min(len)));
             }
             let slot = key_byte(&key, usize::from(depth / 8));
             let Some(child) = self.child(index, slot) else {
@@ -625,7 +811,7 @@ impl<V> PrefixTrie<V> {
                 });
                 self.set_child(index, slot, ChildRef::Leaf(leaf));
                 self.len += 1;
-                return None;
+                return (None, Some(changed.unwrap_or(depth + 8).min(depth + 8)));
             };
             parent = Some((index, slot));
             // The path and length of what holds the slot, to find where the
@@ -634,7 +820,7 @@ impl<V> PrefixTrie<V> {
                 ChildRef::Leaf(leaf) => {
                     let leaf = self.leaf_mut(leaf);
                     if leaf.is(&key, len) {
-                        return Some(std::mem::replace(&mut leaf.value, value));
+                        return (Some(std::mem::replace(&mut leaf.value, value)), changed);
                     }
                     (leaf.path, leaf.len)
                 }
@@ -667,6 +853,7 @@ impl<V> PrefixTrie<V> {
                 }
             }
             self.set_child(index, slot, ChildRef::Node(split));
+            changed = Some(changed.unwrap_or(depth + 8).min(depth + 8));
             index = split;
         }
     }
@@ -693,7 +880,15 @@ impl<V> PrefixTrie<V> {
     /// nodes left without a purpose.
     pub fn remove(&mut self, prefix: &ServicePrefix) -> Option<V> {
         let key = prefix.id().to_words();
-        let len = prefix.len();
+        let (value, changed) = self.remove_at(&key, prefix.len())?;
+        self.update_top(&key, Some(changed));
+        Some(value)
+    }
+
+    /// [`PrefixTrie::remove`] but for the top index. Also returns how many
+    /// leading bits of `key` the lookups that the removal affects share.
+    fn remove_at(&mut self, key: &[u64; 4], len: u16) -> Option<(V, u16)> {
+        let key = *key;
         // (node, slot in parent) from the root down; at most 32 inner nodes.
         let mut trail: Vec<(NodeIndex, u8)> = Vec::with_capacity(8);
         let mut index = ROOT;
@@ -716,7 +911,8 @@ impl<V> PrefixTrie<V> {
                 if let [.., (parent, _), (_, slot)] = trail[..] {
                     self.refresh_child(parent, slot);
                 }
-                break value;
+                // As in `insert_at`, `len` covers the refreshed slot.
+                break (value, len);
             }
             let slot = key_byte(&key, usize::from(depth / 8));
             match self.child(index, slot)? {
@@ -725,7 +921,7 @@ impl<V> PrefixTrie<V> {
                         return None;
                     }
                     self.remove_child(index, slot);
-                    break self.release_leaf(leaf).value;
+                    break (self.release_leaf(leaf).value, depth + 8);
                 }
                 ChildRef::Node(child) => {
                     let child_node = &self.nodes[child as usize];
@@ -738,36 +934,44 @@ impl<V> PrefixTrie<V> {
             }
         };
         self.len -= 1;
-        self.prune(&trail);
-        Some(value)
+        let changed = value.1.min(self.prune(&trail));
+        Some((value.0, changed))
     }
 
-    /// Restores the canonical shape along `trail` after a removal.
-    fn prune(&mut self, trail: &[(NodeIndex, u8)]) {
+    /// Restores the canonical shape along `trail` after a removal. Returns
+    /// the least `depth + 8` of the nodes whose child slots it changed, or
+    /// `u16::MAX`.
+    fn prune(&mut self, trail: &[(NodeIndex, u8)]) -> u16 {
+        let mut changed = u16::MAX;
         for window in trail.windows(2).rev() {
             let (parent, _) = window[0];
             let (index, slot) = window[1];
             let node = &self.nodes[index as usize];
-            match (node.values.len(), node.children.len()) {
+            let entries = (node.values.len(), node.children.len());
+            if entries.0 + entries.1 >= 2 {
+                break;
+            }
+            changed = self.nodes[parent as usize].depth + 8;
+            match entries {
                 (0, 0) => {
                     // The parent loses a child: look at it next.
                     self.remove_child(parent, slot);
                     self.release_node(index);
+                    continue;
                 }
-                (0, 1) => {
+                (0, _) => {
                     let only_child = node.children[0].unpack();
                     self.set_child(parent, slot, only_child);
                     self.release_node(index);
-                    return;
                 }
-                (1, 0) => {
+                _ => {
                     let leaf = self.node_into_leaf(index);
                     self.set_child(parent, slot, ChildRef::Leaf(leaf));
-                    return;
                 }
-                _ => return,
             }
+            break;
         }
+        changed
     }
 
     /// Replaces node `index`, which holds exactly one value and no children,
