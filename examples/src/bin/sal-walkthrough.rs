@@ -50,14 +50,25 @@ fn main() -> Result<()> {
     println!("== 1. A service table");
     let mut table = ServiceTable::new();
     table.add(prefix("beef/16"), forward([10, 0, 1, 1], 1), 0);
-    table.add(prefix("beef0001"), Target::Demux { listener: ListenerId(1) }, 0);
+    table.add(
+        prefix("beef0001"),
+        Target::Demux {
+            listener: ListenerId(1),
+        },
+        0,
+    );
     table.add(prefix("c0ffee/24"), forward([10, 0, 2, 1], 1), 0);
     table.add(prefix("c0ffee/24"), forward([10, 0, 2, 2], 3), 0);
     table.add(prefix("de/8"), Target::Drop, 0);
     table.add(ServicePrefix::DEFAULT, forward([10, 0, 0, 255], 1), 0);
     for rule in table.rules() {
         for entry in rule.targets() {
-            println!("  {:<14} {:?} priority {}", rule.prefix.to_string(), entry.target, entry.priority);
+            println!(
+                "  {:<14} {:?} priority {}",
+                rule.prefix.to_string(),
+                entry.target,
+                entry.priority
+            );
         }
     }
 
@@ -73,7 +84,10 @@ fn main() -> Result<()> {
         println!("  {:<10} matches {:<14} -> {:?}", text, matched, resolution);
     }
 
-    println!("\n== 3. Weighted FORWARD: {} connections to c0ffee01", args.connections);
+    println!(
+        "\n== 3. Weighted FORWARD: {} connections to c0ffee01",
+        args.connections
+    );
     let target: ServiceId = "c0ffee01".parse()?;
     let mut counts = std::collections::BTreeMap::new();
     for _ in 0..args.connections {
@@ -82,7 +96,10 @@ fn main() -> Result<()> {
         }
     }
     for (locator, count) in &counts {
-        println!("  {locator:<10} {count:>6} ({:.1}%)", 100.0 * f64::from(*count) / f64::from(args.connections));
+        println!(
+            "  {locator:<10} {count:>6} ({:.1}%)",
+            100.0 * f64::from(*count) / f64::from(args.connections)
+        );
     }
     println!("  (weights 1:3, so expect about 25% / 75%)");
 
@@ -104,7 +121,13 @@ fn main() -> Result<()> {
     tcp[13] = 0x02;
     let sal_len = syn.header_len() + tcp.len();
     let mut frame = vec![0u8; IPV4_HEADER_LEN + sal_len];
-    Ipv4Carriage { src: client, dst: server, ttl: 64, ident: 1 }.emit(&mut frame, sal_len)?;
+    Ipv4Carriage {
+        src: client,
+        dst: server,
+        ttl: 64,
+        ident: 1,
+    }
+    .emit(&mut frame, sal_len)?;
     let header_len = syn.emit(&mut frame[IPV4_HEADER_LEN..])?;
     let segment = &mut frame[IPV4_HEADER_LEN + header_len..];
     segment.copy_from_slice(&tcp);
@@ -118,19 +141,38 @@ fn main() -> Result<()> {
     let (carriage, sal_bytes) = ipv4_payload(&frame)?;
     let packet = SalPacket::new_checked(sal_bytes)?;
     let repr = SalRepr::parse(&packet)?;
-    println!("  IPv4 {} -> {} ttl {}", carriage.src, carriage.dst, carriage.ttl);
+    println!(
+        "  IPv4 {} -> {} ttl {}",
+        carriage.src, carriage.dst, carriage.ttl
+    );
     println!(
         "  SAL  src_flow {} dst_flow {:?} shl {} protocol {} check {:#06x} (valid)",
-        repr.src_flow, repr.dst_flow, packet.shl(), repr.protocol, packet.checksum()
+        repr.src_flow,
+        repr.dst_flow,
+        packet.shl(),
+        repr.protocol,
+        packet.checksum()
     );
     if let Some(control) = repr.control {
-        println!("       CONTROL {:?} verno {:#x} ackno {:#x}", control.flags, control.verno, control.ackno);
+        println!(
+            "       CONTROL {:?} verno {:#x} ackno {:#x}",
+            control.flags, control.verno, control.ackno
+        );
     }
     if let Some(service) = repr.service {
         println!("       SERVICE {service}");
     }
-    let ok = verify_transport_checksum(TransportProtocol::Stream, carriage.src, carriage.dst, packet.payload());
-    println!("  TCP  {} bytes, checksum over the real addresses {}", packet.payload().len(), if ok { "valid" } else { "INVALID" });
+    let ok = verify_transport_checksum(
+        TransportProtocol::Stream,
+        carriage.src,
+        carriage.dst,
+        packet.payload(),
+    );
+    println!(
+        "  TCP  {} bytes, checksum over the real addresses {}",
+        packet.payload().len(),
+        if ok { "valid" } else { "INVALID" }
+    );
     anyhow::ensure!(ok, "transport checksum did not verify");
     Ok(())
 }

@@ -219,7 +219,8 @@ mod tests {
 
     #[test]
     fn rule_needs_exactly_one_action() {
-        let rule: RuleConfig = toml::from_str("prefix = \"ab/8\"\ndrop = true\ndelay = true").unwrap();
+        let rule: RuleConfig =
+            toml::from_str("prefix = \"ab/8\"\ndrop = true\ndelay = true").unwrap();
         assert!(rule.target().is_err());
     }
 }

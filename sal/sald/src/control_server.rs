@@ -11,7 +11,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sys::socket::{sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType};
+use nix::sys::socket::{
+    sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType,
+};
 use sal::control::{
     decode_body, encode_frame, frame_len, ErrorKind, Request, Response, PROTOCOL_VERSION,
 };
@@ -161,7 +163,11 @@ impl Client {
         Ok(Some(decode_body(&body)?))
     }
 
-    async fn write_response(&mut self, response: &Response, fd: Option<OwnedFd>) -> anyhow::Result<()> {
+    async fn write_response(
+        &mut self,
+        response: &Response,
+        fd: Option<OwnedFd>,
+    ) -> anyhow::Result<()> {
         let frame = encode_frame(response)?;
         let Some(fd) = fd else {
             self.stream.write_all(&frame).await?;
@@ -204,13 +210,16 @@ impl Client {
             Ok(Some(Request::Hello { version, .. })) => {
                 let reply = Response::error(
                     ErrorKind::VersionMismatch,
-                    format!("protocol version {version} not supported; sald speaks {PROTOCOL_VERSION}"),
+                    format!(
+                        "protocol version {version} not supported; sald speaks {PROTOCOL_VERSION}"
+                    ),
                 );
                 self.write_response(&reply, None).await?;
                 return Ok(());
             }
             Ok(Some(_)) => {
-                let reply = Response::error(ErrorKind::InvalidRequest, "the first request must be hello");
+                let reply =
+                    Response::error(ErrorKind::InvalidRequest, "the first request must be hello");
                 self.write_response(&reply, None).await?;
                 return Ok(());
             }
@@ -277,17 +286,27 @@ impl Client {
                     );
                 }
                 let mut core = shared.lock();
-                let listener = match core.host.listen(prefix, protocol, backlog.clamp(1, 65535) as usize) {
-                    Ok(listener) => listener,
-                    Err(error) => return host_error(error),
-                };
+                let listener =
+                    match core
+                        .host
+                        .listen(prefix, protocol, backlog.clamp(1, 65535) as usize)
+                    {
+                        Ok(listener) => listener,
+                        Err(error) => return host_error(error),
+                    };
                 self.listeners.push(listener);
                 let socket = core.host.listener_socket(listener);
                 let fd = match socket {
                     Some(socket) => match pair(SockType::SeqPacket) {
                         Ok((ours, theirs)) => {
                             let signal = core.adopt(socket);
-                            tokio::spawn(pump::datagram_socket(shared.clone(), socket, signal, ours, false));
+                            tokio::spawn(pump::datagram_socket(
+                                shared.clone(),
+                                socket,
+                                signal,
+                                ours,
+                                false,
+                            ));
                             Some(theirs)
                         }
                         Err(error) => return error_reply(ErrorKind::Internal, error.to_string()),
@@ -303,7 +322,10 @@ impl Client {
                 nonblocking,
             } => {
                 if !self.listeners.contains(&listener) {
-                    return error_reply(ErrorKind::NotFound, format!("no listener {listener:?} on this connection"));
+                    return error_reply(
+                        ErrorKind::NotFound,
+                        format!("no listener {listener:?} on this connection"),
+                    );
                 }
                 let flow = if nonblocking {
                     match shared.lock().host.accept(listener) {
@@ -331,7 +353,10 @@ impl Client {
             }
             Request::CloseListener { listener } => {
                 if !self.listeners.contains(&listener) {
-                    return error_reply(ErrorKind::NotFound, format!("no listener {listener:?} on this connection"));
+                    return error_reply(
+                        ErrorKind::NotFound,
+                        format!("no listener {listener:?} on this connection"),
+                    );
                 }
                 self.listeners.retain(|l| *l != listener);
                 let mut core = shared.lock();
@@ -359,7 +384,8 @@ impl Client {
                 };
                 let (flow, waiter) = waiter;
                 let outcome = match timeout_ms {
-                    Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), waiter).await {
+                    Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), waiter).await
+                    {
                         Ok(outcome) => outcome,
                         Err(_) => {
                             let mut core = shared.lock();
@@ -386,7 +412,13 @@ impl Client {
                 match pair(SockType::SeqPacket) {
                     Ok((ours, theirs)) => {
                         let signal = core.adopt(socket);
-                        tokio::spawn(pump::datagram_socket(shared.clone(), socket, signal, ours, true));
+                        tokio::spawn(pump::datagram_socket(
+                            shared.clone(),
+                            socket,
+                            signal,
+                            ours,
+                            true,
+                        ));
                         (Response::DatagramOpened { socket }, Some(theirs))
                     }
                     Err(error) => {
@@ -450,11 +482,18 @@ impl Client {
 
     /// Gives an established flow to the client: a socketpair whose other end
     /// is served by a pump task.
-    fn hand_over(&mut self, flow: FlowId, respond: impl FnOnce(sal::proto::FlowInfo) -> Response) -> Reply {
+    fn hand_over(
+        &mut self,
+        flow: FlowId,
+        respond: impl FnOnce(sal::proto::FlowInfo) -> Response,
+    ) -> Reply {
         let shared = self.context.shared.clone();
         let mut core = shared.lock();
         let Some(info) = core.host.flow(flow) else {
-            return error_reply(ErrorKind::Refused, "the flow closed before it could be handed over");
+            return error_reply(
+                ErrorKind::Refused,
+                "the flow closed before it could be handed over",
+            );
         };
         let kind = match info.protocol {
             TransportProtocol::Stream => SockType::Stream,

@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use sal::control::{ControlEvent, StatsReport};
 use sal::proto::{ConnectError, Event, FlowInfo, Host, Transmit};
 use sal::table::ListenerId;
+use sal::time::Instant;
 use sal::wire::{Ipv4Carriage, IPV4_HEADER_LEN};
 use sal::{FlowId, Locator};
-use sal::time::Instant;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::link::{TunLink, UdpLink};
@@ -102,7 +102,9 @@ impl Shared {
     /// Locks the core. A panic while holding the lock is a bug that already
     /// took a task down; the state is still the host's own, so keep serving.
     pub fn lock(&self) -> MutexGuard<'_, Core> {
-        self.core.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.core
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -254,7 +256,11 @@ impl Core {
             Ok(flow) => {
                 let _ = tx.send(flow);
             }
-            Err(_) => self.pending_accepts.entry(listener).or_default().push_back(tx),
+            Err(_) => self
+                .pending_accepts
+                .entry(listener)
+                .or_default()
+                .push_back(tx),
         }
         rx
     }
@@ -270,7 +276,10 @@ impl Core {
     }
 
     /// Waits for a connect to complete.
-    pub fn wait_connect(&mut self, flow: FlowId) -> oneshot::Receiver<Result<FlowInfo, ConnectError>> {
+    pub fn wait_connect(
+        &mut self,
+        flow: FlowId,
+    ) -> oneshot::Receiver<Result<FlowInfo, ConnectError>> {
         let (tx, rx) = oneshot::channel();
         self.pending_connects.insert(flow, tx);
         rx

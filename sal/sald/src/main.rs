@@ -26,7 +26,9 @@ const RX_BATCH: usize = 64;
 fn main() {
     let flags = Flags::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -113,12 +115,17 @@ async fn run(flags: Flags) -> Result<()> {
                 .with_context(|| format!("cannot bind UDP {addr}"))?,
         )),
         None => {
-            let tun = TunLink::open(&config.tun, 1500)
-                .with_context(|| format!("cannot open TUN device {} (are you root?)", config.tun))?;
-            let plumbing_config = interfaces.iter().fold(PlumbingConfig::new(config.tun.clone()), |cfg, i| {
-                cfg.interface(i.name.clone(), vec![i.locator.ip()])
-            });
-            plumbing = Some(Plumbing::install(&plumbing_config).context("cannot set up routing for the SAL")?);
+            let tun = TunLink::open(&config.tun, 1500).with_context(|| {
+                format!("cannot open TUN device {} (are you root?)", config.tun)
+            })?;
+            let plumbing_config = interfaces
+                .iter()
+                .fold(PlumbingConfig::new(config.tun.clone()), |cfg, i| {
+                    cfg.interface(i.name.clone(), vec![i.locator.ip()])
+                });
+            plumbing = Some(
+                Plumbing::install(&plumbing_config).context("cannot set up routing for the SAL")?,
+            );
             Links::Tun(Arc::new(tun))
         }
     };
@@ -159,7 +166,10 @@ fn links_clone(links: &Links) -> Links {
 /// Waits for SIGINT or SIGTERM.
 async fn shutdown_signal() -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
         std::future::pending::<()>().await;
         unreachable!("pending never completes");
     };
@@ -179,7 +189,12 @@ async fn receive_loop(shared: Arc<Shared>, links: Links, local: Locator) -> Resu
             let mut len = n;
             for _ in 0..RX_BATCH {
                 if let Ok((carriage, sal)) = ipv4_payload(&buf[..len]) {
-                    core.receive(Locator::Ipv4(carriage.src), Locator::Ipv4(carriage.dst), carriage.ttl, sal);
+                    core.receive(
+                        Locator::Ipv4(carriage.src),
+                        Locator::Ipv4(carriage.dst),
+                        carriage.ttl,
+                        sal,
+                    );
                 }
                 match tun.try_recv(&mut buf) {
                     Ok(n) => len = n,

@@ -25,7 +25,12 @@ use crate::daemon::{FlowSignal, Shared};
 const CHUNK: usize = 64 * 1024;
 
 /// Serves one stream flow until both directions are finished, then closes it.
-pub async fn stream(shared: Arc<Shared>, flow: FlowId, signal: Arc<FlowSignal>, socket: UnixStream) {
+pub async fn stream(
+    shared: Arc<Shared>,
+    flow: FlowId,
+    signal: Arc<FlowSignal>,
+    socket: UnixStream,
+) {
     let (reader, mut writer) = socket.into_split();
     let up = async {
         let mut buf = vec![0u8; CHUNK];
@@ -142,7 +147,13 @@ impl Packets {
 /// services or peers, datagrams from the host go to the app as frames.
 /// `owned` sockets (opened with OpenDatagram) are closed when the app closes
 /// its end; a listener's socket lives as long as the listener.
-pub async fn datagram_socket(shared: Arc<Shared>, socket: FlowId, signal: Arc<FlowSignal>, fd: OwnedFd, owned: bool) {
+pub async fn datagram_socket(
+    shared: Arc<Shared>,
+    socket: FlowId,
+    signal: Arc<FlowSignal>,
+    fd: OwnedFd,
+    owned: bool,
+) {
     let Ok(packets) = Packets::new(fd) else {
         return;
     };
@@ -155,8 +166,12 @@ pub async fn datagram_socket(shared: Arc<Shared>, socket: FlowId, signal: Arc<Fl
             };
             let mut core = shared.lock();
             let result = match DatagramFrame::decode(&buf[..n]) {
-                Ok(DatagramFrame::SendTo { service, data }) => core.host.send_to(socket, service, &data),
-                Ok(DatagramFrame::Reply { peer, data }) => core.host.send_reply(socket, peer, &data),
+                Ok(DatagramFrame::SendTo { service, data }) => {
+                    core.host.send_to(socket, service, &data)
+                }
+                Ok(DatagramFrame::Reply { peer, data }) => {
+                    core.host.send_reply(socket, peer, &data)
+                }
                 Ok(DatagramFrame::Received { .. }) | Err(_) => {
                     tracing::debug!(%socket, "bad datagram frame from application");
                     continue;
@@ -200,7 +215,12 @@ pub async fn datagram_socket(shared: Arc<Shared>, socket: FlowId, signal: Arc<Fl
 }
 
 /// Serves a connected datagram flow: one message per datagram both ways.
-pub async fn datagram_flow(shared: Arc<Shared>, flow: FlowId, signal: Arc<FlowSignal>, fd: OwnedFd) {
+pub async fn datagram_flow(
+    shared: Arc<Shared>,
+    flow: FlowId,
+    signal: Arc<FlowSignal>,
+    fd: OwnedFd,
+) {
     let Ok(packets) = Packets::new(fd) else {
         return;
     };

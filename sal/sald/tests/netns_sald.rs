@@ -45,12 +45,22 @@ fn start_sald(host: &Host, dir: &Path, name: &str, extra: &[&str]) -> Daemon {
         .stdout(log.try_clone().unwrap())
         .stderr(log);
     let child = host.ns.spawn_cmd(cmd).unwrap();
-    let ready = wait_until(Duration::from_secs(10), || UnixStream::connect(&control).is_ok());
+    let ready = wait_until(Duration::from_secs(10), || {
+        UnixStream::connect(&control).is_ok()
+    });
     if !ready {
         let log = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
         panic!("sald on {name} did not come up:\n{log}");
     }
     Daemon { child, control }
+}
+
+/// Stops sald with SIGTERM so it removes its plumbing and lock files before
+/// the namespace goes away (a SIGKILL would leave them in /run/serval).
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.terminate(Duration::from_secs(5));
+    }
 }
 
 impl Daemon {
@@ -98,13 +108,21 @@ fn svc(s: &str) -> ServiceId {
 #[test]
 fn direct_stream_echo_is_byte_exact() {
     require_root!();
-    let net = TopologyBuilder::new("direct", 2).link(0, 1).build().unwrap();
+    let net = TopologyBuilder::new("direct", 2)
+        .link(0, 1)
+        .build()
+        .unwrap();
     let dir = scratch_dir("direct");
     let client = start_sald(net.host(0), &dir, "client", &[]);
     let server = start_sald(net.host(1), &dir, "server", &[]);
     client.forward("0/0", net.host(1).addr().unwrap(), 1);
 
-    let listener = ServiceListener::bind_via(server.client(), "beef/16".parse::<ServicePrefix>().unwrap(), 8).unwrap();
+    let listener = ServiceListener::bind_via(
+        server.client(),
+        "beef/16".parse::<ServicePrefix>().unwrap(),
+        8,
+    )
+    .unwrap();
     let echo = thread::spawn(move || {
         let (mut stream, info) = listener.accept().unwrap();
         let mut data = Vec::new();
@@ -115,8 +133,13 @@ fn direct_stream_echo_is_byte_exact() {
     });
 
     let data = pattern(8 << 20);
-    let mut stream = ServiceStream::connect_via(client.client(), svc("beef01"), Some(Duration::from_secs(5))).unwrap();
-    assert_eq!(stream.flow_info().remote, Some(Locator::Ipv4(net.host(1).addr().unwrap())));
+    let mut stream =
+        ServiceStream::connect_via(client.client(), svc("beef01"), Some(Duration::from_secs(5)))
+            .unwrap();
+    assert_eq!(
+        stream.flow_info().remote,
+        Some(Locator::Ipv4(net.host(1).addr().unwrap()))
+    );
     let writer = {
         let stream = stream.as_unix_stream().try_clone().unwrap();
         let data = data.clone();
@@ -132,7 +155,12 @@ fn direct_stream_echo_is_byte_exact() {
     let (info, len) = echo.join().unwrap();
     assert_eq!(len, data.len());
     assert_eq!(info.service, svc("beef01"));
-    assert!(back == data, "echoed bytes differ ({} of {})", back.len(), data.len());
+    assert!(
+        back == data,
+        "echoed bytes differ ({} of {})",
+        back.len(),
+        data.len()
+    );
 
     // Both ends release the flow once both sides have closed.
     assert!(wait_until(Duration::from_secs(5), || {
@@ -152,7 +180,10 @@ struct Routed {
 }
 
 fn routed(label: &str, prefix: &str, weights: [u32; 2]) -> Routed {
-    let net = TopologyBuilder::new(label, 4).lan(&[0, 1, 2, 3]).build().unwrap();
+    let net = TopologyBuilder::new(label, 4)
+        .lan(&[0, 1, 2, 3])
+        .build()
+        .unwrap();
     let dir = scratch_dir(label);
     let client = start_sald(net.host(0), &dir, "client", &[]);
     let router = start_sald(net.host(1), &dir, "router", &["--forward"]);
@@ -181,7 +212,12 @@ fn router_spreads_connections_by_weight() {
     // Each replica answers every connection with its index.
     let mut servers = Vec::new();
     for (index, daemon) in setup.replicas.iter().enumerate() {
-        let listener = ServiceListener::bind_via(daemon.client(), "5e/8".parse::<ServicePrefix>().unwrap(), 64).unwrap();
+        let listener = ServiceListener::bind_via(
+            daemon.client(),
+            "5e/8".parse::<ServicePrefix>().unwrap(),
+            64,
+        )
+        .unwrap();
         servers.push(thread::spawn(move || loop {
             let Ok((mut stream, _)) = listener.accept() else {
                 return;
@@ -193,14 +229,22 @@ fn router_spreads_connections_by_weight() {
     const CONNECTIONS: usize = 240;
     let mut counts = [0usize; 2];
     for _ in 0..CONNECTIONS {
-        let mut stream = ServiceStream::connect_via(setup.client.client(), svc("5e77"), Some(Duration::from_secs(5))).unwrap();
+        let mut stream = ServiceStream::connect_via(
+            setup.client.client(),
+            svc("5e77"),
+            Some(Duration::from_secs(5)),
+        )
+        .unwrap();
         let mut answer = Vec::new();
         stream.read_to_end(&mut answer).unwrap();
         assert_eq!(answer.len(), 1);
         counts[usize::from(answer[0])] += 1;
         // The reply came straight from the replica, not from the router.
         let remote = stream.flow_info().remote.unwrap();
-        assert_eq!(remote, Locator::Ipv4(setup.replica_addrs[usize::from(answer[0])]));
+        assert_eq!(
+            remote,
+            Locator::Ipv4(setup.replica_addrs[usize::from(answer[0])])
+        );
     }
     // Weight 1 of 4: expect 60, binomial standard deviation 6.7; allow 4.5 sigma.
     assert_eq!(counts[0] + counts[1], CONNECTIONS);
@@ -208,7 +252,10 @@ fn router_spreads_connections_by_weight() {
     let Response::Stats { stats } = setup.router.request(Request::Stats) else {
         panic!("no stats");
     };
-    assert_eq!(stats.host.forwarded, CONNECTIONS as u64, "one forwarded SYN per connection");
+    assert_eq!(
+        stats.host.forwarded, CONNECTIONS as u64,
+        "one forwarded SYN per connection"
+    );
     drop(servers);
 }
 
@@ -218,9 +265,13 @@ fn datagrams_reach_both_replicas_and_replies_come_back() {
     let setup = routed("anycast", "d00d/16", [1, 1]);
     let mut servers = Vec::new();
     for daemon in &setup.replicas {
-        let socket = ServiceDatagram::bind_via(daemon.client(), "d00d/16".parse::<ServicePrefix>().unwrap()).unwrap();
+        let socket =
+            ServiceDatagram::bind_via(daemon.client(), "d00d/16".parse::<ServicePrefix>().unwrap())
+                .unwrap();
         servers.push(thread::spawn(move || {
-            socket.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_secs(3)))
+                .unwrap();
             let mut served = 0;
             let mut buf = [0u8; 2048];
             while let Ok((n, peer, service)) = socket.recv_from(&mut buf) {
@@ -242,7 +293,9 @@ fn datagrams_reach_both_replicas_and_replies_come_back() {
             thread::sleep(Duration::from_millis(20));
         }
     }
-    socket.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
     let mut replies = 0;
     let mut buf = [0u8; 64];
     while let Ok((n, peer, _)) = socket.recv_from(&mut buf) {
@@ -262,8 +315,15 @@ fn datagrams_reach_both_replicas_and_replies_come_back() {
 /// The SAL's plumbing as `ip rule`, table 144 and nftables show it.
 fn plumbing_state(host: &Host) -> (bool, bool, bool) {
     let rules = host.ns.ip(["rule", "show"]).unwrap();
-    let table = host.ns.ip(["route", "show", "table", "144"]).unwrap_or_default();
-    let nft = host.ns.exec("nft", ["list", "tables"]).map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    let table = host
+        .ns
+        .ip(["route", "show", "table", "144"])
+        .unwrap_or_default();
+    let nft = host
+        .ns
+        .exec("nft", ["list", "tables"])
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
     (
         rules.contains("ipproto"),
         !table.trim().is_empty(),
@@ -274,7 +334,10 @@ fn plumbing_state(host: &Host) -> (bool, bool, bool) {
 #[test]
 fn restarts_leave_no_stale_plumbing() {
     require_root!();
-    let net = TopologyBuilder::new("restart", 2).link(0, 1).build().unwrap();
+    let net = TopologyBuilder::new("restart", 2)
+        .link(0, 1)
+        .build()
+        .unwrap();
     let dir = scratch_dir("restart");
     let host = net.host(0);
     let rules_before = host.ns.ip(["rule", "show"]).unwrap();
@@ -289,19 +352,25 @@ fn restarts_leave_no_stale_plumbing() {
 
     // Crash: plumbing stays behind; the next start cleans it and works.
     let daemon = start_sald(host, &dir, "b", &[]);
-    daemon.child.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
+    daemon
+        .child
+        .signal(nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
     let mut daemon = daemon;
     assert!(wait_until(Duration::from_secs(5), || !daemon.alive()));
     assert!(plumbing_state(host).0, "a crash leaves the rules");
     let mut daemon = start_sald(host, &dir, "c", &[]);
     let peer = start_sald(net.host(1), &dir, "peer", &[]);
     peer.forward("0/0", host.addr().unwrap(), 1);
-    let listener = ServiceListener::bind_via(daemon.client(), "ab/8".parse::<ServicePrefix>().unwrap(), 4).unwrap();
+    let listener =
+        ServiceListener::bind_via(daemon.client(), "ab/8".parse::<ServicePrefix>().unwrap(), 4)
+            .unwrap();
     let accept = thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
         s.write_all(b"ok").unwrap();
     });
-    let mut stream = ServiceStream::connect_via(peer.client(), svc("ab"), Some(Duration::from_secs(5))).unwrap();
+    let mut stream =
+        ServiceStream::connect_via(peer.client(), svc("ab"), Some(Duration::from_secs(5))).unwrap();
     let mut answer = String::new();
     stream.read_to_string(&mut answer).unwrap();
     assert_eq!(answer, "ok");
@@ -315,7 +384,10 @@ fn restarts_leave_no_stale_plumbing() {
 #[test]
 fn hostile_control_clients_hurt_only_themselves() {
     require_root!();
-    let net = TopologyBuilder::new("hostile", 2).link(0, 1).build().unwrap();
+    let net = TopologyBuilder::new("hostile", 2)
+        .link(0, 1)
+        .build()
+        .unwrap();
     let dir = scratch_dir("hostile");
     let mut daemon = start_sald(net.host(0), &dir, "a", &[]);
 
@@ -333,7 +405,12 @@ fn hostile_control_clients_hurt_only_themselves() {
     raw.write_all(&hello).unwrap();
     raw.write_all(&[0, 0, 0, 3, b'{', b'{', b'{']).unwrap();
     // A client that binds a service and vanishes mid-frame.
-    let listener = ServiceListener::bind_via(daemon.client(), "feed/16".parse::<ServicePrefix>().unwrap(), 4).unwrap();
+    let listener = ServiceListener::bind_via(
+        daemon.client(),
+        "feed/16".parse::<ServicePrefix>().unwrap(),
+        4,
+    )
+    .unwrap();
     drop(listener);
     let mut half = UnixStream::connect(&daemon.control).unwrap();
     half.write_all(&[0, 0, 1]).unwrap();
@@ -346,7 +423,14 @@ fn hostile_control_clients_hurt_only_themselves() {
     let Response::Rules { rules } = daemon.request(Request::ListRules) else {
         panic!("no rules listing");
     };
-    assert!(rules.iter().all(|r| r.prefix != "feed/16".parse().unwrap()), "{rules:?}");
-    let again = ServiceListener::bind_via(daemon.client(), "feed/16".parse::<ServicePrefix>().unwrap(), 4);
+    assert!(
+        rules.iter().all(|r| r.prefix != "feed/16".parse().unwrap()),
+        "{rules:?}"
+    );
+    let again = ServiceListener::bind_via(
+        daemon.client(),
+        "feed/16".parse::<ServicePrefix>().unwrap(),
+        4,
+    );
     assert!(again.is_ok(), "the prefix is free again");
 }

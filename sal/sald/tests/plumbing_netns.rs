@@ -344,6 +344,12 @@ fn recipe_is_installed_and_removed_exactly() {
             snapshot(&h.ns),
             "remove() must restore the original state"
         );
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("run dir")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "lock and state files must go: {left:?}");
 
         // Drop undoes it too.
         let p = Plumbing::install(&cfg).expect("install again");

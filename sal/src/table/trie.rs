@@ -174,6 +174,17 @@ fn common_bits(a: &[u64; 4], b: &[u64; 4]) -> u16 {
     ServiceId::from_words(*a).common_prefix_len(&ServiceId::from_words(*b))
 }
 
+/// A key as four big-endian words, as [`ServiceId::to_words`], but inlined
+/// into lookups (a generic caller in another crate could not inline that).
+#[inline]
+fn key_words(key: &ServiceId) -> [u64; 4] {
+    let bytes = key.as_bytes();
+    std::array::from_fn(|i| {
+        let word: [u8; 8] = std::array::from_fn(|j| bytes[8 * i + j]);
+        u64::from_be_bytes(word)
+    })
+}
+
 /// Key byte `index` of a key held as big-endian words.
 #[inline]
 fn key_byte(key: &[u64; 4], index: usize) -> u8 {
@@ -507,13 +518,13 @@ impl<V> PrefixTrie<V> {
     }
 
     /// Where `child`, in a slot of a node at `depth` that matched `key`,
-    /// leads the lookup of `key`.
-    #[inline]
+    /// leads the lookup of `key`. Always inlined: it is a step of the hot loop.
+    #[inline(always)]
     fn follow(&self, child: Child, depth: u16, key: &ServiceId) -> Step<'_, V> {
         let (index, depth) = match child.unpack() {
             ChildRef::Leaf(leaf) => {
                 let leaf = self.leaf(leaf);
-                return match path_matches(&leaf.path, &key.to_words(), leaf.len) {
+                return match path_matches(&leaf.path, &key_words(key), leaf.len) {
                     true => Step::Found(leaf.len, &leaf.value),
                     false => Step::End,
                 };
@@ -522,7 +533,7 @@ impl<V> PrefixTrie<V> {
             // checking only if the node skips some.
             ChildRef::Node(index) if child.skips() => {
                 let node = &self.nodes[index as usize];
-                if !path_matches(&node.path, &key.to_words(), node.depth) {
+                if !path_matches(&node.path, &key_words(key), node.depth) {
                     return Step::End;
                 }
                 (index, node.depth)
@@ -786,13 +797,14 @@ impl<V> PrefixTrie<V> {
         // The parent of `index` and its slot there; none for the root.
         let mut parent = None;
         // The least `depth + 8` of the nodes whose child slots changed.
-        let mut changed = None;
+        let mut changed = u16::MAX;
+        let changes = |changed: u16| (changed != u16::MAX).then_some(changed);
         loop {
             let depth = self.nodes[index as usize].depth;
             if len < depth + 8 {
                 let replaced = self.put_internal(index, &key, len, value);
                 if replaced.is_some() {
-                    return (replaced, changed);
+                    return (replaced, changes(changed));
                 }
                 if let Some((parent, slot)) = parent {
                     self.refresh_child(parent, slot);
@@ -800,7 +812,7 @@ impl<V> PrefixTrie<V> {
                 self.len += 1;
                 // Covers the slot refreshed above: `len` is at least `depth`,
                 // and only nodes at depth 16 or more are in the top index.
-                return (None, Some(changed.unwrap_or(len).min(len)));
+                return (None, changes(changed.min(len)));
             }
             let slot = key_byte(&key, usize::from(depth / 8));
             let Some(child) = self.child(index, slot) else {
@@ -811,7 +823,7 @@ impl<V> PrefixTrie<V> {
                 });
                 self.set_child(index, slot, ChildRef::Leaf(leaf));
                 self.len += 1;
-                return (None, Some(changed.unwrap_or(depth + 8).min(depth + 8)));
+                return (None, changes(changed.min(depth + 8)));
             };
             parent = Some((index, slot));
             // The path and length of what holds the slot, to find where the
@@ -820,7 +832,8 @@ impl<V> PrefixTrie<V> {
                 ChildRef::Leaf(leaf) => {
                     let leaf = self.leaf_mut(leaf);
                     if leaf.is(&key, len) {
-                        return (Some(std::mem::replace(&mut leaf.value, value)), changed);
+                        let replaced = std::mem::replace(&mut leaf.value, value);
+                        return (Some(replaced), changes(changed));
                     }
                     (leaf.path, leaf.len)
                 }
@@ -853,7 +866,7 @@ impl<V> PrefixTrie<V> {
                 }
             }
             self.set_child(index, slot, ChildRef::Node(split));
-            changed = Some(changed.unwrap_or(depth + 8).min(depth + 8));
+            changed = changed.min(depth + 8);
             index = split;
         }
     }
@@ -1012,6 +1025,22 @@ impl<V> PrefixTrie<V> {
             self.leaves.len() - self.free_leaves.len(),
             "live leaves"
         );
+        let built = !self.top.is_empty();
+        if self.len >= self.top_index_min_len {
+            assert!(built, "top index built from its threshold on");
+        }
+        if self.len < self.top_index_min_len / 2 {
+            assert!(!built, "top index dropped under half its threshold");
+        }
+    }
+
+    /// Checks that the top index entries `tops` are current.
+    fn check_top(&self, tops: impl IntoIterator<Item = usize>) {
+        if !self.top.is_empty() {
+            for top in tops {
+                assert_eq!(self.top[top], self.top_entry(top), "top entry {top:04x}");
+            }
+        }
     }
 
     fn check_node(
@@ -1183,10 +1212,27 @@ mod tests {
     /// against the structural invariants after every step.
     #[test]
     fn random_edits_keep_invariants() {
+        random_edits(1, TOP_INDEX_MIN_LEN);
+    }
+
+    /// As above, with the top index always built.
+    #[test]
+    fn random_edits_keep_the_top_index_current() {
+        random_edits(2, 0);
+    }
+
+    /// As above, with the top index built and dropped as the trie grows and
+    /// shrinks.
+    #[test]
+    fn top_index_comes_and_goes_with_size() {
+        random_edits(3, 48);
+    }
+
+    fn random_edits(seed: u64, top_index_min_len: usize) {
         use rand::rngs::SmallRng;
         use rand::{Rng, SeedableRng};
 
-        let mut rng = SmallRng::seed_from_u64(1);
+        let mut rng = SmallRng::seed_from_u64(seed);
         // A few bases; prefixes and keys are bases with some bits flipped.
         let bases: Vec<[u8; 32]> = (0..4).map(|_| rng.random()).collect();
         let random_id = |rng: &mut SmallRng| {
@@ -1198,6 +1244,7 @@ mod tests {
             ServiceId::from_bytes(bytes)
         };
         let mut trie = PrefixTrie::new();
+        trie.top_index_min_len = top_index_min_len;
         let mut reference: Vec<(ServicePrefix, u32)> = Vec::new();
         for step in 0..1500u32 {
             let prefix = ServicePrefix::new(random_id(&mut rng), rng.random_range(0..=256));
@@ -1214,6 +1261,14 @@ mod tests {
                 assert_eq!(trie.remove(&prefix), expected);
             }
             trie.check_invariants();
+            // The entries under the prefix's first byte, some at random, and
+            // now and then all of them.
+            let first = usize::from(prefix.id().as_bytes()[0]) << 8;
+            trie.check_top(first..first + 256);
+            trie.check_top((0..64).map(|_| rng.random_range(0..1 << 16)));
+            if step % 250 == 0 {
+                trie.check_top(0..1 << 16);
+            }
             let key = random_id(&mut rng);
             let expected = reference
                 .iter()
@@ -1225,7 +1280,10 @@ mod tests {
         for (prefix, value) in std::mem::take(&mut reference) {
             assert_eq!(trie.remove(&prefix), Some(value));
             trie.check_invariants();
+            let first = usize::from(prefix.id().as_bytes()[0]) << 8;
+            trie.check_top(first..first + 256);
         }
+        trie.check_top(0..1 << 16);
         assert_eq!(trie.node_count(), 1);
     }
 }

@@ -1,0 +1,321 @@
+//! Stream benchmark of the whole stack: application to application through
+//! the socket shim and two sald daemons, next to same-run baselines.
+//!
+//! `cargo bench -p sald --bench streams` (root; iperf3 installed by
+//! `scripts/setup`). Options through the environment: `BENCH_SECONDS`
+//! (default 5) per throughput run, `BENCH_CONNECTIONS` (default 300) per
+//! latency run.
+//!
+//! Topologies (built with testnet, removed on exit):
+//! - throughput: two namespaces joined by one veth pair, MTU 1500;
+//!   the SAL figures use sald on both ends, the kernel figures iperf3 over
+//!   the same veth pair;
+//! - connection rate and latency: the same pair ("direct"), and a LAN of
+//!   client, service router and server ("via router").
+//!
+//! The TUN-forwarder ceiling comes from the `tun-forwarder` program of this
+//! package, run in the same process tree right before: one copy through user
+//! space per packet, the packet-rate ceiling of any TUN-attached stack here.
+
+use std::io::{Read, Write};
+use std::net::Ipv4Addr;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use sal::control::{Request, Response};
+use sal::table::Target;
+use sal::{Locator, ServiceId, ServicePrefix};
+use socket_shim::{ControlClient, ServiceListener, ServiceStream};
+use testnet::{wait_until, Host, NsChild, Topology, TopologyBuilder};
+
+struct Daemon {
+    child: NsChild,
+    control: PathBuf,
+}
+
+/// Stops sald with SIGTERM so it removes its plumbing and lock files before
+/// the namespace goes away (a SIGKILL would leave them in /run/serval).
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.terminate(Duration::from_secs(5));
+    }
+}
+
+impl Daemon {
+    fn start(host: &Host, dir: &Path, name: &str, extra: &[&str]) -> Daemon {
+        let control = dir.join(format!("{name}.sock"));
+        let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
+        let mut cmd = host.ns.command(env!("CARGO_BIN_EXE_sald"));
+        cmd.args(["--iface", &host.ifaces[0].name, "--control"])
+            .arg(&control)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log);
+        let child = host.ns.spawn_cmd(cmd).expect("spawn sald");
+        assert!(
+            wait_until(Duration::from_secs(10), || UnixStream::connect(&control)
+                .is_ok()),
+            "sald on {name} did not start"
+        );
+        Daemon { child, control }
+    }
+
+    fn client(&self) -> ControlClient {
+        ControlClient::connect_to(&self.control).expect("control socket")
+    }
+
+    fn forward(&self, prefix: &str, to: Ipv4Addr) {
+        let reply = self
+            .client()
+            .request(&Request::AddRule {
+                prefix: prefix.parse().expect("prefix"),
+                target: Target::Forward {
+                    locator: Locator::Ipv4(to),
+                    weight: 1,
+                },
+                priority: 0,
+            })
+            .expect("add rule");
+        assert_eq!(reply.response, Response::Ok);
+    }
+}
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// iperf3 TCP throughput from `client` to `server_addr`, `streams` parallel.
+fn iperf(net: &Topology, server_addr: Ipv4Addr, streams: u32, seconds: u64) -> f64 {
+    let server = net
+        .host(1)
+        .ns
+        .spawn("iperf3", ["-s", "-1", "-p", "5299"])
+        .expect("iperf3 server");
+    thread::sleep(Duration::from_millis(300));
+    let output = net
+        .host(0)
+        .ns
+        .exec(
+            "timeout",
+            [
+                (seconds + 10).to_string(),
+                "iperf3".into(),
+                "-c".into(),
+                server_addr.to_string(),
+                "-p".into(),
+                "5299".into(),
+                "-t".into(),
+                seconds.to_string(),
+                "-P".into(),
+                streams.to_string(),
+                "-J".into(),
+            ],
+        )
+        .expect("iperf3 client");
+    drop(server);
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+    json["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0)
+        / 1e9
+}
+
+/// The TUN forwarder's Gbit/s, from the tun-forwarder program's report.
+fn tun_forwarder(seconds: u64) -> Option<f64> {
+    let output = Command::new(env!("CARGO_BIN_EXE_tun-forwarder"))
+        .args(["--seconds", &seconds.to_string()])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text.lines().find(|l| l.contains("TUN forwarder"))?;
+    line.split_whitespace()
+        .zip(line.split_whitespace().skip(1))
+        .find(|(_, unit)| *unit == "Gbit/s")
+        .and_then(|(value, _)| value.parse().ok())
+}
+
+/// Application-to-application throughput over `flows` SAL stream flows.
+fn sal_throughput(client: &Daemon, server: &Daemon, flows: usize, seconds: u64) -> f64 {
+    let service: ServiceId = "be0c4".parse().expect("service");
+    let listener = ServiceListener::bind_via(server.client(), ServicePrefix::exact(service), 64)
+        .expect("bind");
+    let received = Arc::new(AtomicU64::new(0));
+    let sink = {
+        let received = received.clone();
+        thread::spawn(move || {
+            let mut readers = Vec::new();
+            for _ in 0..flows {
+                let (mut stream, _) = listener.accept().expect("accept");
+                let received = received.clone();
+                readers.push(thread::spawn(move || {
+                    let mut buf = vec![0u8; 1 << 20];
+                    while let Ok(n) = stream.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        received.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                }));
+            }
+            for reader in readers {
+                let _ = reader.join();
+            }
+        })
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..flows)
+        .map(|_| {
+            let stream =
+                ServiceStream::connect_via(client.client(), service, Some(Duration::from_secs(5)))
+                    .expect("connect");
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let mut stream = stream;
+                let chunk = vec![0x5au8; 256 * 1024];
+                while !stop.load(Ordering::Relaxed) {
+                    if stream.write_all(&chunk).is_err() {
+                        break;
+                    }
+                }
+                let _ = stream.shutdown_write();
+            })
+        })
+        .collect();
+    // Measure a window after the start-up, not the start-up itself.
+    thread::sleep(Duration::from_millis(500));
+    let start_bytes = received.load(Ordering::Relaxed);
+    let start = Instant::now();
+    thread::sleep(Duration::from_secs(seconds));
+    let bytes = received.load(Ordering::Relaxed) - start_bytes;
+    let elapsed = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        let _ = writer.join();
+    }
+    let _ = sink.join();
+    bytes as f64 * 8.0 / elapsed / 1e9
+}
+
+/// Connections per second and connect latency percentiles (ms).
+fn connect_rate(client: &Daemon, server: &Daemon, count: usize, service: &str) -> (f64, f64, f64) {
+    let service: ServiceId = service.parse().expect("service");
+    let listener = ServiceListener::bind_via(server.client(), ServicePrefix::exact(service), 256)
+        .expect("bind");
+    let acceptor = thread::spawn(move || {
+        for _ in 0..count {
+            let Ok((mut stream, _)) = listener.accept() else {
+                return;
+            };
+            let _ = stream.write_all(b"!");
+        }
+    });
+    let mut latencies = Vec::with_capacity(count);
+    let start = Instant::now();
+    for _ in 0..count {
+        let t = Instant::now();
+        let mut stream =
+            ServiceStream::connect_via(client.client(), service, Some(Duration::from_secs(5)))
+                .expect("connect");
+        latencies.push(t.elapsed().as_secs_f64() * 1e3);
+        let mut byte = [0u8; 1];
+        let _ = stream.read_exact(&mut byte);
+    }
+    let rate = count as f64 / start.elapsed().as_secs_f64();
+    let _ = acceptor.join();
+    latencies.sort_by(f64::total_cmp);
+    let pick = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    (rate, pick(0.5), pick(0.99))
+}
+
+fn main() {
+    if !testnet::is_root() {
+        eprintln!("streams bench: SKIPPED (needs root for network namespaces)");
+        return;
+    }
+    let seconds = env_or("BENCH_SECONDS", 5);
+    let connections = env_or("BENCH_CONNECTIONS", 300) as usize;
+    let dir = std::env::temp_dir().join(format!("sald-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+
+    println!("SAL stream benchmark: {seconds} s per throughput run, MTU 1500, {connections} connections per latency run");
+    let ceiling = tun_forwarder(seconds);
+
+    let pair = TopologyBuilder::new("bench", 2)
+        .link(0, 1)
+        .build()
+        .expect("namespaces");
+    let server_addr = pair.host(1).addr().expect("address");
+    let kernel_1 = iperf(&pair, server_addr, 1, seconds);
+    let kernel_4 = iperf(&pair, server_addr, 4, seconds);
+    let client = Daemon::start(pair.host(0), &dir, "client", &[]);
+    let server = Daemon::start(pair.host(1), &dir, "server", &[]);
+    client.forward("0/0", server_addr);
+    let sal_1 = sal_throughput(&client, &server, 1, seconds);
+    let sal_4 = sal_throughput(&client, &server, 4, seconds);
+    let direct = connect_rate(&client, &server, connections, "c0");
+    drop((client, server, pair));
+
+    let lan = TopologyBuilder::new("benchr", 3)
+        .lan(&[0, 1, 2])
+        .build()
+        .expect("namespaces");
+    let client = Daemon::start(lan.host(0), &dir, "rclient", &[]);
+    let router = Daemon::start(lan.host(1), &dir, "router", &["--forward"]);
+    let server = Daemon::start(lan.host(2), &dir, "rserver", &[]);
+    client.forward("0/0", lan.host(1).addr().expect("address"));
+    router.forward("0/0", lan.host(2).addr().expect("address"));
+    let routed = connect_rate(&client, &server, connections, "c1");
+    drop((client, router, server, lan));
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let ceiling_text = ceiling.map_or("unavailable".to_string(), |c| format!("{c:.2} Gbit/s"));
+    println!();
+    println!("throughput (application to application)   Gbit/s   / kernel TCP   / TUN forwarder");
+    let ratio = |x: f64, base: Option<f64>| base.map_or("-".into(), |b| format!("{:.3}", x / b));
+    println!("  kernel TCP, 1 flow, same veth pair      {kernel_1:7.2}");
+    println!("  kernel TCP, 4 flows                     {kernel_4:7.2}");
+    println!("  TUN forwarder ceiling (1 copy/packet)   {ceiling_text}");
+    println!(
+        "  SAL, 1 flow                             {sal_1:7.2}   {:>12}   {:>13}",
+        ratio(sal_1, Some(kernel_1)),
+        ratio(sal_1, ceiling)
+    );
+    println!(
+        "  SAL, 4 flows                            {sal_4:7.2}   {:>12}   {:>13}",
+        ratio(sal_4, Some(kernel_4)),
+        ratio(sal_4, ceiling)
+    );
+    if let Some(c) = ceiling {
+        let met = sal_1 >= 0.4 * c;
+        println!(
+            "  target: 1 flow >= 40% of the TUN-forwarder ceiling: {} ({:.0}%)",
+            if met { "met" } else { "NOT met" },
+            100.0 * sal_1 / c
+        );
+    }
+    println!();
+    println!("connections (connect + 1-byte answer)   conn/s   p50 connect ms   p99 connect ms");
+    println!(
+        "  direct                                {:7.0}   {:14.2}   {:14.2}",
+        direct.0, direct.1, direct.2
+    );
+    println!(
+        "  via service router                    {:7.0}   {:14.2}   {:14.2}",
+        routed.0, routed.1, routed.2
+    );
+    println!(
+        "  router / direct: rate {:.2}, p50 {:.2}",
+        routed.0 / direct.0,
+        routed.1 / direct.1
+    );
+}
