@@ -204,6 +204,7 @@ fn other_listings_print_their_payload() {
                 name: "eth0".into(),
                 locator: "10.0.0.1".parse().unwrap(),
                 prefix_len: 24,
+                up: true,
             }],
         },
         Request::ListFlows => Response::Flows { flows: vec![] },
@@ -288,7 +289,7 @@ fn usage_errors_are_one_line_and_exit_2() {
         &["service", "add", "beef/16"],
         &["service", "del", "beef/16", "nowhere"],
         &["services", "--jsn"],
-        &["migrate", "00000001", "eth0"],
+        &["migrate", "00000000", "eth0"],
     ] {
         let output = servalctl(&path, args);
         let line = assert_one_error_line(&output, 2);

@@ -63,6 +63,9 @@ fn flow(id: u32, service: ServiceId, role: Role) -> FlowInfo {
         remote: Some("10.0.0.2".parse().unwrap()),
         interface: None,
         counters: FlowCounters::default(),
+        migrations: 0,
+        peer_moves: 0,
+        last_migration_ms_ago: None,
     }
 }
 

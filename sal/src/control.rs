@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use crate::id::{FlowId, ServiceId, ServicePrefix};
 use crate::locator::Locator;
 use crate::proto::{DatagramPeer, FlowInfo, HostStats, LocalInterface};
-use crate::table::{ListenerId, Rule, TableStats, Target, TargetKey};
+use crate::table::{ListenerId, Rule, RuleOrigin, TableStats, Target, TargetKey};
 use crate::wire::TransportProtocol;
 
 /// Version of this protocol; the major must match.
@@ -122,6 +122,25 @@ pub enum Request {
     ListFlows,
     ListInterfaces,
     Stats,
+
+    // --- controller (servd) ---
+    /// Like `AddRule`, and records who installed the target (shown by
+    /// `servalctl services`). A later plain `AddRule` of the same target
+    /// makes it static again.
+    AddRuleWithOrigin {
+        prefix: ServicePrefix,
+        target: Target,
+        #[serde(default)]
+        priority: u32,
+        #[serde(default)]
+        origin: RuleOrigin,
+    },
+
+    // --- operators: migration ---
+    /// Move one flow to another of the host's interfaces (RSYN).
+    Migrate { flow: FlowId, iface: String },
+    /// Move every flow on interface `from` to interface `to`.
+    MigrateAll { from: String, to: String },
 }
 
 /// What sald answers.

@@ -97,8 +97,13 @@ pub struct Network {
     seq: u64,
     /// Addresses whose packets are dropped both ways (a link that is down).
     down: HashSet<Ipv4Addr>,
+    /// Drops the packets for which it returns true (targeted loss).
+    filter: Option<PacketFilter>,
     pub stats: WireStats,
 }
+
+/// A test's hook to drop chosen packets: gets each transmit, returns true to drop it.
+pub type PacketFilter = Box<dyn FnMut(&Transmit) -> bool>;
 
 impl Network {
     pub fn new(seed: u64, conditions: LinkConditions) -> Network {
@@ -110,6 +115,7 @@ impl Network {
             rng: SmallRng::seed_from_u64(seed),
             seq: 0,
             down: HashSet::new(),
+            filter: None,
             stats: WireStats::default(),
         }
     }
@@ -137,6 +143,7 @@ impl Network {
                 name: ifname.to_string(),
                 locator: Locator::Ipv4(addr.parse().expect("test addresses are valid")),
                 prefix_len: len.parse().expect("test prefix lengths are valid"),
+                up: true,
             });
         }
         self.hosts.push(SimHost {
@@ -164,6 +171,11 @@ impl Network {
 
     pub fn link_up(&mut self, ip: Ipv4Addr) {
         self.down.remove(&ip);
+    }
+
+    /// Drops every packet for which `filter` returns true, until replaced or cleared.
+    pub fn set_filter(&mut self, filter: Option<PacketFilter>) {
+        self.filter = filter;
     }
 
     /// Injects a packet as if `src` had sent it.
@@ -207,7 +219,8 @@ impl Network {
             return;
         }
         let (src, dst) = (transmit.src.ip(), transmit.dst.ip());
-        if self.down.contains(&src) || self.down.contains(&dst) {
+        let filtered = self.filter.as_mut().is_some_and(|f| f(&transmit));
+        if filtered || self.down.contains(&src) || self.down.contains(&dst) {
             self.stats.lost += 1;
             return;
         }

@@ -392,6 +392,17 @@ impl StreamTransport {
     pub fn unacked(&mut self, handle: StreamHandle) -> usize {
         self.socket(handle).send_queue()
     }
+
+    /// Whether the flow has sent data (or a FIN) that the peer has not
+    /// acknowledged: the condition under which silence means trouble.
+    pub fn has_unacked(&self, handle: StreamHandle) -> bool {
+        let socket = self.sockets.get::<tcp::Socket>(handle.socket);
+        socket.send_queue() > 0
+            || matches!(
+                socket.state(),
+                tcp::State::FinWait1 | tcp::State::Closing | tcp::State::LastAck
+            )
+    }
 }
 
 /// Turns a segment from [`StreamTransport::poll`] into its wire form: both

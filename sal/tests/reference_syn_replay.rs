@@ -22,6 +22,7 @@ fn host(ip: Ipv4Addr) -> Host {
         name: "veth0".into(),
         locator: Locator::Ipv4(ip),
         prefix_len: 24,
+        up: true,
     });
     host
 }

@@ -160,6 +160,9 @@ fn flow_info(service: ServiceId, role: Role) -> FlowInfo {
         remote: Some("10.0.0.2".parse().unwrap()),
         interface: Some("eth0".into()),
         counters: FlowCounters::default(),
+        migrations: 0,
+        peer_moves: 0,
+        last_migration_ms_ago: None,
     }
 }
 

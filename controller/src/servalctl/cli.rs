@@ -59,6 +59,24 @@ pub enum Command {
     Ifaces(Listing),
     /// Show host, service table and link counters
     Stats(Listing),
+    /// Move a flow to another interface (RSYN), or with --all every flow of
+    /// one interface to another
+    #[command(override_usage = "servalctl migrate FLOWID IFACE\n       servalctl migrate --all FROM_IFACE TO_IFACE")]
+    Migrate(MigrateArgs),
+}
+
+/// `migrate FLOWID IFACE` / `migrate --all FROM_IFACE TO_IFACE`.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct MigrateArgs {
+    /// Move every flow on FROM_IFACE to TO_IFACE
+    #[arg(long, num_args = 2, value_names = ["FROM_IFACE", "TO_IFACE"], conflicts_with_all = ["flow", "iface"])]
+    pub all: Option<Vec<String>>,
+    /// The flow, as `servalctl flows` shows it (hex)
+    #[arg(value_name = "FLOWID", required_unless_present = "all")]
+    pub flow: Option<sal::FlowId>,
+    /// The interface to move it to
+    #[arg(value_name = "IFACE", required_unless_present = "all")]
+    pub iface: Option<String>,
 }
 
 /// Options of every listing.
@@ -224,6 +242,18 @@ impl Command {
             Command::Flows(_) => Request::ListFlows,
             Command::Ifaces(_) => Request::ListInterfaces,
             Command::Stats(_) => Request::Stats,
+            Command::Migrate(args) => match (&args.all, args.flow, &args.iface) {
+                (Some(all), _, _) => Request::MigrateAll {
+                    from: all[0].clone(),
+                    to: all[1].clone(),
+                },
+                (None, Some(flow), Some(iface)) => Request::Migrate {
+                    flow,
+                    iface: iface.clone(),
+                },
+                // clap enforces FLOWID and IFACE when --all is absent.
+                _ => Request::Stats,
+            },
             Command::Service(ServiceCommand::Add { prefix, target }) => {
                 let (target, priority) = match *target {
                     AddTarget::Forward { spec } => (
@@ -255,7 +285,7 @@ impl Command {
             Command::Services(l) | Command::Flows(l) | Command::Ifaces(l) | Command::Stats(l) => {
                 l.json
             }
-            Command::Service(_) => false,
+            Command::Service(_) | Command::Migrate(_) => false,
         }
     }
 }
@@ -397,10 +427,31 @@ mod tests {
             &["service", "add", "beef/16"],
             &["service", "del", "beef/16", "10.0.0"],
             &["services", "extra"],
-            &["migrate", "1", "eth0"],
+            &["migrate", "0", "eth0"],
+            &["migrate", "1"],
+            &["migrate", "--all", "eth0"],
+            &["migrate", "--all", "eth0", "eth1", "1", "eth2"],
             &[],
         ] {
             assert!(parse(args).is_err(), "{args:?} parsed");
         }
+    }
+
+    #[test]
+    fn migrate_commands() {
+        assert_eq!(
+            request(&["migrate", "1a2b", "wlan0"]),
+            Request::Migrate {
+                flow: sal::FlowId::new(0x1a2b).unwrap(),
+                iface: "wlan0".into()
+            }
+        );
+        assert_eq!(
+            request(&["migrate", "--all", "wlan0", "eth1"]),
+            Request::MigrateAll {
+                from: "wlan0".into(),
+                to: "eth1".into()
+            }
+        );
     }
 }

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use sal::control::StatsReport;
 use sal::proto::{FlowInfo, FlowState, LocalInterface, Role};
-use sal::table::{Rule, Target};
+use sal::table::{Rule, RuleOrigin, Target};
 use sal::wire::TransportProtocol;
 
 /// How a column is aligned.
@@ -74,6 +74,18 @@ impl Table {
 
 /// `servalctl services`: one line per target, rules by prefix.
 pub fn services(rules: &[Rule]) -> String {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    services_at(rules, now_ms)
+}
+
+/// [`services`] as seen at `now_ms` (Unix time, ms): ORIGIN says who put
+/// the target there (`static`, `local` for a bound service, `announced
+/// HOST`, `resolved HOST`, `default ROUTER`), EXPIRES when servd will take
+/// it away unless it is refreshed.
+pub fn services_at(rules: &[Rule], now_ms: u64) -> String {
     let mut table = Table::new(&[
         ("PREFIX", Align::Left),
         ("TARGET", Align::Left),
@@ -81,6 +93,8 @@ pub fn services(rules: &[Rule]) -> String {
         ("PRIORITY", Align::Right),
         ("PACKETS", Align::Right),
         ("BYTES", Align::Right),
+        ("ORIGIN", Align::Left),
+        ("EXPIRES", Align::Left),
     ]);
     for rule in rules {
         for entry in rule.targets() {
@@ -101,6 +115,17 @@ pub fn services(rules: &[Rule]) -> String {
                 entry.priority.to_string(),
                 entry.counters.packets.to_string(),
                 entry.counters.bytes.to_string(),
+                match (&entry.target, &entry.origin) {
+                    (Target::Demux { .. }, RuleOrigin::Static) => "local".into(),
+                    (_, origin) => origin.label(),
+                },
+                match entry.origin.expires_unix_ms() {
+                    Some(at) if at > now_ms => {
+                        format!("in {:.1}s", (at - now_ms) as f64 / 1000.0)
+                    }
+                    Some(_) => "due".into(),
+                    None => "-".into(),
+                },
             ]);
         }
     }
@@ -144,6 +169,8 @@ pub fn flows(flows: &[FlowInfo]) -> String {
         ("IFACE", Align::Left),
         ("BYTES-IN", Align::Right),
         ("BYTES-OUT", Align::Right),
+        ("MOVES", Align::Right),
+        ("LAST-MOVE", Align::Right),
     ]);
     for flow in flows {
         table.row(vec![
@@ -157,6 +184,11 @@ pub fn flows(flows: &[FlowInfo]) -> String {
             flow.interface.clone().unwrap_or_else(|| "-".into()),
             flow.counters.bytes_in.to_string(),
             flow.counters.bytes_out.to_string(),
+            flow.migrations.to_string(),
+            flow.last_migration_ms_ago.map_or_else(
+                || "-".into(),
+                |ms| format!("{:.1}s ago", ms as f64 / 1000.0),
+            ),
         ]);
     }
     table.render()
@@ -236,15 +268,23 @@ mod tests {
             2,
         );
         table.add(prefix, Target::Drop, 0);
-        let rules: Vec<Rule> = table.rules().cloned().collect();
-        let text = services(&rules);
+        let mut rules: Vec<Rule> = table.rules().cloned().collect();
+        let forward = rules[0].targets()[0].target.key();
+        rules[0].set_origin(
+            &forward,
+            RuleOrigin::Announced {
+                by: "s1 (10.0.0.2)".into(),
+                expires_unix_ms: Some(11_500),
+            },
+        );
+        let text = services_at(&rules, 10_000);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines,
             [
-                "PREFIX   TARGET                      WEIGHT  PRIORITY  PACKETS  BYTES",
-                "beef/16  forward udp:10.0.0.2:54325       3         2        0      0",
-                "beef/16  drop                             -         0        0      0",
+                "PREFIX   TARGET                      WEIGHT  PRIORITY  PACKETS  BYTES  ORIGIN                   EXPIRES",
+                "beef/16  forward udp:10.0.0.2:54325       3         2        0      0  announced s1 (10.0.0.2)  in 1.5s",
+                "beef/16  drop                             -         0        0      0  static                   -",
             ]
         );
     }
@@ -266,6 +306,9 @@ mod tests {
                 bytes_out: 2000,
                 ..Default::default()
             },
+            migrations: 0,
+            peer_moves: 0,
+            last_migration_ms_ago: None,
         };
         let text = flows(&[flow]);
         let row = text.lines().nth(1).unwrap();
@@ -274,13 +317,14 @@ mod tests {
             cells,
             [
                 "0000001a", "beef", "stream", "syn-sent", "client", "10.0.0.1", "-", "eth0", "10",
-                "2000"
+                "2000", "0", "-"
             ]
         );
         let iface = LocalInterface {
             name: "eth0".into(),
             locator: "10.1.2.3".parse().unwrap(),
             prefix_len: 24,
+            up: true,
         };
         assert!(interfaces(&[iface]).contains("eth0  10.1.2.3  10.1.2.0/24"));
     }

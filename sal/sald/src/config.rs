@@ -63,6 +63,14 @@ pub struct Flags {
     /// Name of the TUN device (native mode).
     #[arg(long, value_name = "NAME")]
     pub tun: Option<String>,
+    /// Do not move flows by themselves when an interface goes down, loses its
+    /// address or stops delivering (manual `servalctl migrate` still works).
+    #[arg(long)]
+    pub no_auto_migrate: bool,
+    /// A flow with data in flight that hears nothing for this long moves to
+    /// another interface (milliseconds).
+    #[arg(long, value_name = "MS", default_value_t = 1500)]
+    pub liveness_ms: u64,
     /// Seed for flow IDs and nonces (default: random). For reproducible tests only.
     #[arg(long, hide = true)]
     pub seed: Option<u64>,
@@ -142,6 +150,8 @@ pub struct Config {
     pub control: PathBuf,
     pub tun: String,
     pub seed: Option<u64>,
+    pub auto_migrate: bool,
+    pub liveness_ms: u64,
     pub rules: Vec<RuleConfig>,
     pub allow: Vec<AllowConfig>,
 }
@@ -180,6 +190,8 @@ impl Config {
                 .unwrap_or_else(|| sal::control::DEFAULT_CONTROL_PATH.into()),
             tun: flags.tun.or(file.tun).unwrap_or_else(|| "sal0".into()),
             seed: flags.seed,
+            auto_migrate: !flags.no_auto_migrate,
+            liveness_ms: flags.liveness_ms,
             rules: file.rules,
             allow: file.allow,
         })

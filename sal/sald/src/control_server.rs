@@ -5,6 +5,7 @@
 //! vanishing mid-request) costs only that client its connection and the
 //! listeners and datagram sockets it created; the daemon keeps running.
 
+use std::collections::HashMap;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
@@ -18,7 +19,7 @@ use sal::control::{
     decode_body, encode_frame, frame_len, ErrorKind, Request, Response, PROTOCOL_VERSION,
 };
 use sal::proto::{ConnectError, HostError};
-use sal::table::{ListenerId, TableError};
+use sal::table::{ListenerId, RuleOrigin, TableError, TargetKey};
 use sal::wire::TransportProtocol;
 use sal::{FlowId, ServicePrefix};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
@@ -27,6 +28,53 @@ use tokio::net::{UnixListener, UnixStream};
 use crate::config::AllowConfig;
 use crate::daemon::Shared;
 use crate::pump;
+
+/// Who installed which rule target (`AddRuleWithOrigin`), for listings.
+///
+/// Kept beside the core's table rather than in it so that rule changes keep
+/// going through the core's own calls; only non-static origins are stored.
+/// An entry whose target has since gone (removed by the core itself) is
+/// harmless: listings only annotate targets that exist, and re-adding the
+/// target by any request overwrites it.
+static ORIGINS: std::sync::Mutex<Option<HashMap<(ServicePrefix, TargetKey), RuleOrigin>>> =
+    std::sync::Mutex::new(None);
+
+fn set_origin(prefix: ServicePrefix, key: TargetKey, origin: RuleOrigin) {
+    let mut origins = ORIGINS.lock().unwrap_or_else(|e| e.into_inner());
+    let origins = origins.get_or_insert_with(HashMap::new);
+    if origin == RuleOrigin::Static {
+        origins.remove(&(prefix, key));
+    } else {
+        origins.insert((prefix, key), origin);
+    }
+}
+
+fn forget_origins(prefix: &ServicePrefix, key: Option<&TargetKey>) {
+    let mut origins = ORIGINS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(origins) = origins.as_mut() {
+        match key {
+            Some(key) => {
+                origins.remove(&(*prefix, *key));
+            }
+            None => origins.retain(|(p, _), _| p != prefix),
+        }
+    }
+}
+
+fn annotate_origins(rules: &mut [sal::table::Rule]) {
+    let origins = ORIGINS.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(origins) = origins.as_ref() else {
+        return;
+    };
+    for rule in rules {
+        let keys: Vec<TargetKey> = rule.targets().iter().map(|e| e.target.key()).collect();
+        for key in keys {
+            if let Some(origin) = origins.get(&(rule.prefix, key)) {
+                rule.set_origin(&key, origin.clone());
+            }
+        }
+    }
+}
 
 /// Policy and context the control server needs.
 pub struct ControlContext {
@@ -78,8 +126,14 @@ pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
         std::fs::remove_file(path)
             .map_err(|e| anyhow::anyhow!("cannot remove stale {}: {e}", path.display()))?;
     }
-    UnixListener::bind(path)
-        .map_err(|e| anyhow::anyhow!("cannot bind control socket {}: {e}", path.display()))
+    let listener = UnixListener::bind(path)
+        .map_err(|e| anyhow::anyhow!("cannot bind control socket {}: {e}", path.display()))?;
+    // Anyone may connect: what a client may do is decided per request from
+    // its peer credentials (see `Client::privileged` and `may_bind`).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+        .map_err(|e| anyhow::anyhow!("cannot open up {}: {e}", path.display()))?;
+    Ok(listener)
 }
 
 struct Client {
@@ -102,7 +156,9 @@ fn host_error(error: HostError) -> Reply {
         HostError::Connect(ConnectError::Refused) => ErrorKind::Refused,
         HostError::Connect(ConnectError::TimedOut) => ErrorKind::TimedOut,
         HostError::AddressInUse(_) => ErrorKind::AddressInUse,
-        HostError::NoSuchFlow(_) | HostError::NoSuchListener(_) => ErrorKind::NotFound,
+        HostError::NoSuchFlow(_)
+        | HostError::NoSuchListener(_)
+        | HostError::NoSuchInterface(_) => ErrorKind::NotFound,
         HostError::WouldBlock => ErrorKind::WouldBlock,
         HostError::TooManyFlows(_) => ErrorKind::Exhausted,
         _ => ErrorKind::InvalidRequest,
@@ -438,7 +494,24 @@ impl Client {
                 let mut core = shared.lock();
                 core.host.add_rule(prefix, target, priority);
                 core.run();
+                set_origin(prefix, target.key(), RuleOrigin::Static);
                 tracing::info!(%prefix, ?target, priority, "rule added");
+                (Response::Ok, None)
+            }
+            Request::AddRuleWithOrigin {
+                prefix,
+                target,
+                priority,
+                origin,
+            } => {
+                if !self.privileged() {
+                    return error_reply(ErrorKind::PermissionDenied, "only root may change rules");
+                }
+                let mut core = shared.lock();
+                core.host.add_rule(prefix, target, priority);
+                core.run();
+                tracing::debug!(%prefix, ?target, priority, ?origin, "rule added");
+                set_origin(prefix, target.key(), origin);
                 (Response::Ok, None)
             }
             Request::DelRule { prefix, target } => {
@@ -450,6 +523,7 @@ impl Client {
                     Some(key) => core.host.remove_rule_target(&prefix, &key),
                     None => core.host.remove_rule(&prefix),
                 };
+                forget_origins(&prefix, target.as_ref());
                 core.run();
                 match result {
                     Ok(()) => (Response::Ok, None),
@@ -462,6 +536,7 @@ impl Client {
                 let core = shared.lock();
                 let mut rules: Vec<_> = core.host.table().rules().cloned().collect();
                 rules.sort_by_key(|rule| rule.prefix);
+                annotate_origins(&mut rules);
                 (Response::Rules { rules }, None)
             }
             Request::ListFlows => {
@@ -476,6 +551,54 @@ impl Client {
             Request::Stats => {
                 let stats = shared.lock().stats(self.context.started.elapsed());
                 (Response::Stats { stats }, None)
+            }
+            Request::Migrate { flow, iface } => {
+                if !self.privileged() {
+                    return error_reply(ErrorKind::PermissionDenied, "only root may migrate flows");
+                }
+                let mut core = shared.lock();
+                let result = core.host.migrate(flow, &iface);
+                core.run();
+                match result {
+                    Ok(()) => (Response::Ok, None),
+                    Err(error) => host_error(error),
+                }
+            }
+            Request::MigrateAll { from, to } => {
+                if !self.privileged() {
+                    return error_reply(ErrorKind::PermissionDenied, "only root may migrate flows");
+                }
+                let mut core = shared.lock();
+                let on_from: Vec<_> = core
+                    .host
+                    .flows()
+                    .into_iter()
+                    .filter(|f| f.interface.as_deref() == Some(from.as_str()))
+                    .map(|f| f.flow)
+                    .collect();
+                if !core.host.interfaces().iter().any(|i| i.name == from) {
+                    return error_reply(ErrorKind::NotFound, format!("no interface {from}"));
+                }
+                let mut moved = 0;
+                let mut failure = None;
+                for flow in on_from {
+                    match core.host.migrate(flow, &to) {
+                        Ok(()) => moved += 1,
+                        Err(HostError::NotConnected) => {}
+                        Err(error) => {
+                            failure = Some(error);
+                            break;
+                        }
+                    }
+                }
+                core.run();
+                match failure {
+                    Some(error) => host_error(error),
+                    None => {
+                        tracing::info!(%from, %to, moved, "flows migrated");
+                        (Response::Ok, None)
+                    }
+                }
             }
         }
     }

@@ -203,6 +203,15 @@ impl Core {
                 Event::DelayNotify(service) => self.publish(ControlEvent::DelayNotify { service }),
                 Event::Registered(prefix) => self.publish(ControlEvent::Registered { prefix }),
                 Event::Unregistered(prefix) => self.publish(ControlEvent::Unregistered { prefix }),
+                Event::Migrated(flow, locator) => {
+                    tracing::info!(%flow, %locator, "flow migrated");
+                    if let Some(signal) = self.flows.get(&flow) {
+                        signal.wake();
+                    }
+                }
+                Event::PeerMoved(flow, locator) => {
+                    tracing::info!(%flow, %locator, "peer moved");
+                }
             }
         }
     }

@@ -13,3 +13,4 @@ pub mod daemon;
 pub mod link;
 pub mod plumbing;
 pub mod pump;
+pub mod watch;

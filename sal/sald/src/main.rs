@@ -19,6 +19,7 @@ use sald::control_server::{self, ControlContext};
 use sald::daemon::{Links, Shared};
 use sald::link::{TunLink, UdpLink};
 use sald::plumbing::{Plumbing, PlumbingConfig};
+use sald::watch;
 
 /// Packets read from the link per lock acquisition.
 const RX_BATCH: usize = 64;
@@ -79,6 +80,7 @@ async fn run(flags: Flags) -> Result<()> {
             name: name.clone(),
             locator,
             prefix_len,
+            up: true,
         });
     }
     if let Some(udp) = config.udp.filter(|a| !a.ip().is_unspecified()) {
@@ -87,6 +89,7 @@ async fn run(flags: Flags) -> Result<()> {
                 name: "udp".into(),
                 locator: Locator::Udp(udp),
                 prefix_len: 24,
+                up: true,
             });
         }
     }
@@ -94,6 +97,8 @@ async fn run(flags: Flags) -> Result<()> {
     let host_config = HostConfig {
         forward: config.forward,
         seed: config.seed.unwrap_or_else(rand::random),
+        auto_migrate: config.auto_migrate,
+        liveness_timeout: sal::time::Duration::from_millis(config.liveness_ms),
         ..HostConfig::default()
     };
     let mut host = Host::new(host_config, sal::time::Instant::from_micros(0));
@@ -130,6 +135,22 @@ async fn run(flags: Flags) -> Result<()> {
         }
     };
 
+    // The kernel's link and address events, for automatic migration.
+    let mut view = watch::Interfaces::default();
+    for interface in interfaces.iter().filter(|i| config.ifaces.contains(&i.name)) {
+        if let Ok(index) = nix::net::if_::if_nametoindex(interface.name.as_str()) {
+            view.track(index, &interface.name, interface.locator.ip(), interface.prefix_len);
+        }
+    }
+    let events = match watch::spawn() {
+        Ok(events) => Some(events),
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch link events; flows will not follow interface changes");
+            None
+        }
+    };
+    let plumbing = Arc::new(std::sync::Mutex::new(plumbing));
+
     let shared = Shared::new(host, links_clone(&links));
     let listener = control_server::bind(&config.control).await?;
     tracing::info!(control = %config.control.display(), forward = config.forward, "sald running");
@@ -141,6 +162,7 @@ async fn run(flags: Flags) -> Result<()> {
     });
 
     let result = tokio::select! {
+        () = follow_links(shared.clone(), plumbing.clone(), view, events) => Ok(()),
         result = receive_loop(shared.clone(), links, interfaces[0].locator) => result,
         () = timer_loop(shared.clone()) => Ok(()),
         () = control_server::serve(listener, context) => Ok(()),
@@ -150,10 +172,49 @@ async fn run(flags: Flags) -> Result<()> {
         }
     };
     let _ = std::fs::remove_file(&config.control);
+    let plumbing = plumbing.lock().map(|mut p| p.take()).unwrap_or(None);
     if let Some(plumbing) = plumbing {
         plumbing.remove();
     }
     result
+}
+
+/// Applies the kernel's link and address events to the host (moving flows)
+/// and to the plumbing (rules for new addresses).
+async fn follow_links(
+    shared: Arc<Shared>,
+    plumbing: Arc<std::sync::Mutex<Option<Plumbing>>>,
+    mut view: watch::Interfaces,
+    events: Option<tokio::sync::mpsc::UnboundedReceiver<watch::LinkEvent>>,
+) {
+    let Some(mut events) = events else {
+        return std::future::pending().await;
+    };
+    while let Some(event) = events.recv().await {
+        let change = {
+            let mut core = shared.lock();
+            let change = view.apply(&mut core.host, event);
+            core.run();
+            change
+        };
+        let Some(change) = change else {
+            continue;
+        };
+        let Ok(mut guard) = plumbing.lock() else {
+            continue;
+        };
+        let Some(plumbing) = guard.as_mut() else {
+            continue;
+        };
+        let result = match &change {
+            watch::PlumbingChange::Add { iface, addr } => plumbing.add_address(iface, *addr),
+            watch::PlumbingChange::Remove { iface, addr } => plumbing.remove_address(iface, *addr),
+        };
+        if let Err(error) = result {
+            tracing::warn!(%error, ?change, "routing did not follow an address change");
+        }
+    }
+    std::future::pending().await
 }
 
 fn links_clone(links: &Links) -> Links {

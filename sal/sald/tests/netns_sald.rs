@@ -433,4 +433,32 @@ fn hostile_control_clients_hurt_only_themselves() {
         4,
     );
     assert!(again.is_ok(), "the prefix is free again");
+
+    // An unprivileged user may connect and bind, but not change rules.
+    let as_nobody = |request: &str| -> String {
+        let script = format!(
+            r#"
+import json, socket, struct
+s = socket.socket(socket.AF_UNIX); s.connect({path:?})
+def call(o):
+    b = json.dumps(o).encode(); s.sendall(struct.pack(">I", len(b)) + b)
+    n = struct.unpack(">I", s.recv(4))[0]; d = b""
+    while len(d) < n: d += s.recv(n - len(d))
+    return json.loads(d)
+call({{"op": "hello", "version": 1, "client": "nobody"}})
+print(json.dumps(call({request})))
+"#,
+            path = daemon.control.to_str().unwrap()
+        );
+        let output = std::process::Command::new("runuser")
+            .args(["-u", "nobody", "--", "python3", "-c", &script])
+            .output()
+            .expect("runuser and python3");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let denied = as_nobody(r#"{"op": "add_rule", "prefix": "0/0", "target": {"kind": "drop"}}"#);
+    assert!(denied.contains("permission_denied"), "{denied}");
+    let bound = as_nobody(r#"{"op": "listen", "prefix": "abcd/16", "protocol": "stream", "backlog": 1}"#);
+    assert!(bound.contains("listening"), "{bound}");
 }

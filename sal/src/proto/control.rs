@@ -1,14 +1,20 @@
-//! Per-flow SAL control state: version numbers, nonces, and the one control
-//! message in flight with its retransmission schedule.
+//! Per-flow SAL control state: version numbers, nonces, and the control
+//! messages in flight with their retransmission schedules.
+//!
+//! Several messages may be in flight at once (an RSYN, then a FIN sent during
+//! the migration, or our RSYN-ACK answering the peer's simultaneous RSYN).
+//! `ackno` is cumulative, like TCP's: it acknowledges every message numbered
+//! below it, so one ACK can retire several.
 //!
 //! Numbering follows the reference stack (see the capture in WIRE.md):
 //! `verno` counts this side's control messages that expect an answer (SYN,
 //! SYN-ACK, RSYN, FIN); a bare ACK carries the next unused `verno` without
 //! consuming it. `ackno` is the peer's last `verno` plus one.
 
+use std::collections::VecDeque;
+
 use smoltcp::time::{Duration, Instant};
 
-use crate::locator::Locator;
 use crate::wire::{ControlFlags, ControlRepr};
 
 /// What a control message in flight is, which decides what its ACK means.
@@ -16,6 +22,10 @@ use crate::wire::{ControlFlags, ControlRepr};
 pub enum ControlKind {
     Syn,
     SynAck,
+    /// Our move to a new locator.
+    Rsyn,
+    /// Our answer to the peer's RSYN.
+    RsynAck,
     Fin,
 }
 
@@ -24,11 +34,10 @@ pub enum ControlKind {
 pub struct Pending {
     pub kind: ControlKind,
     pub verno: u32,
-    /// The complete SAL packet, retransmitted as is.
+    /// The complete SAL packet, retransmitted as is. It is sent from the
+    /// flow's current locator to the peer's current one (a SYN to the first
+    /// hop), so a retransmission follows a migration.
     pub packet: Vec<u8>,
-    pub src: Locator,
-    /// `None` while the first hop is not known yet (a DELAY rule).
-    pub dst: Option<Locator>,
     pub retries: u32,
     pub rto: Duration,
     pub deadline: Instant,
@@ -54,7 +63,8 @@ pub struct ControlState {
     pub next_verno: u32,
     /// The `ackno` we send: peer's last `verno` + 1 (0 until the peer spoke).
     pub peer_next: u32,
-    pub pending: Option<Pending>,
+    /// Messages sent and not yet acknowledged, oldest first.
+    pub pending: VecDeque<Pending>,
 }
 
 impl ControlState {
@@ -64,7 +74,7 @@ impl ControlState {
             peer_nonce: None,
             next_verno: first_verno,
             peer_next: 0,
-            pending: None,
+            pending: VecDeque::new(),
         }
     }
 
@@ -108,18 +118,32 @@ impl ControlState {
         }
     }
 
-    /// If `control` acknowledges the message in flight, removes and returns it.
-    pub fn take_acked(&mut self, control: &ControlRepr) -> Option<Pending> {
-        let acked = control.flags.contains(ControlFlags::ACK)
-            && self
-                .pending
-                .as_ref()
-                .is_some_and(|p| control.ackno == p.verno.wrapping_add(1));
-        if acked {
-            self.pending.take()
-        } else {
-            None
+    /// Removes and returns every message in flight that `control` acknowledges
+    /// (cumulatively: all numbered below its `ackno`).
+    pub fn take_acked(&mut self, control: &ControlRepr) -> Vec<Pending> {
+        if !control.flags.contains(ControlFlags::ACK) {
+            return Vec::new();
         }
+        let mut acked = Vec::new();
+        self.pending.retain(|p| {
+            // Serial-number comparison: is `verno + 1 <= ackno`?
+            let covered = (control.ackno.wrapping_sub(p.verno.wrapping_add(1)) as i32) >= 0;
+            if covered {
+                acked.push(p.clone());
+            }
+            !covered
+        });
+        acked
+    }
+
+    /// Whether a message of `kind` is in flight.
+    pub fn in_flight(&self, kind: ControlKind) -> bool {
+        self.pending.iter().any(|p| p.kind == kind)
+    }
+
+    /// The message of `kind` in flight, if any.
+    pub fn pending_mut(&mut self, kind: ControlKind) -> Option<&mut Pending> {
+        self.pending.iter_mut().find(|p| p.kind == kind)
     }
 }
 
@@ -142,5 +166,35 @@ mod tests {
         assert_eq!(client.accept_verno(0x590c8f6e), Sequence::Duplicate);
         let fin = client.new_message(ControlFlags::FIN);
         assert_eq!((fin.verno, fin.ackno), (0xd1d9ca44, 0x590c8f6f));
+    }
+
+    fn pending(kind: ControlKind, verno: u32) -> Pending {
+        Pending {
+            kind,
+            verno,
+            packet: Vec::new(),
+            retries: 0,
+            rto: Duration::from_millis(100),
+            deadline: Instant::from_millis(0),
+        }
+    }
+
+    #[test]
+    fn acks_are_cumulative_across_wraparound() {
+        let mut state = ControlState::new([0; 8], u32::MAX);
+        state.pending.push_back(pending(ControlKind::Rsyn, u32::MAX));
+        state.pending.push_back(pending(ControlKind::Fin, 0));
+        let ack = |ackno| ControlRepr {
+            flags: ControlFlags::ACK,
+            ackno,
+            ..Default::default()
+        };
+        assert!(state.take_acked(&ack(u32::MAX)).is_empty(), "acks nothing yet");
+        let acked = state.take_acked(&ack(0));
+        assert_eq!(acked.len(), 1);
+        assert_eq!(acked[0].kind, ControlKind::Rsyn);
+        assert!(state.in_flight(ControlKind::Fin));
+        assert_eq!(state.take_acked(&ack(1)).len(), 1);
+        assert!(state.pending.is_empty());
     }
 }

@@ -17,7 +17,7 @@ use crate::table::{ListenerId, Resolution};
 use crate::transport::{finish_outgoing, OutgoingSegment};
 use crate::wire::{
     self, fill_transport_checksum, readdress_transport_checksum, verify_transport_checksum,
-    ControlFlags, ControlRepr, SalPacket, SalRepr, SourceRepr, TransportProtocol,
+    AddressRepr, ControlFlags, ControlRepr, SalPacket, SalRepr, SourceRepr, TransportProtocol,
 };
 
 /// TCP header flag bits, as seen in byte 13 of a segment.
@@ -29,6 +29,8 @@ const UDP_HEADER_LEN: usize = 8;
 /// Largest datagram payload: leaves room in a 1500-byte packet for IPv4 (20),
 /// a SAL header with SERVICE (48), a few SOURCE hops, and the UDP header.
 pub const MAX_DATAGRAM: usize = 1400;
+/// How often flows are checked for silence.
+const LIVENESS_PERIOD: smoltcp::time::Duration = smoltcp::time::Duration::from_millis(100);
 /// Rounds of loopback delivery and transport output per [`Host::poll`]; a
 /// local connect takes three, so this only guards against runaway loops.
 const POLL_ROUNDS: usize = 64;
@@ -64,6 +66,32 @@ fn udp_payload(segment: &[u8]) -> Option<&[u8]> {
     (UDP_HEADER_LEN..=segment.len())
         .contains(&len)
         .then(|| &segment[UDP_HEADER_LEN..len])
+}
+
+/// Where a control message in flight goes now: a SYN to the first hop,
+/// anything else to the peer's current locator, always from the flow's
+/// current locator (so retransmissions follow migrations on both sides).
+fn pending_transmit(flow: &Flow, pending: &Pending, ttl: u8) -> Option<Transmit> {
+    let dst = if pending.kind == ControlKind::Syn {
+        flow.next_hop
+    } else {
+        flow.remote
+    }?;
+    Some(Transmit {
+        src: flow.local,
+        dst,
+        ttl,
+        payload: pending.packet.clone(),
+    })
+}
+
+/// The other locators a peer advertised in an ADDRESS extension, reached
+/// the same way as `src`.
+fn advertised(repr: &SalRepr, src: &Locator) -> Vec<Locator> {
+    repr.address
+        .as_ref()
+        .map(|a| a.addrs.iter().map(|&ip| locator_like(src, ip)).collect())
+        .unwrap_or_default()
 }
 
 /// A locator for `ip` reached the same way as `template` (same UDP port, if any).
@@ -321,6 +349,7 @@ impl Host {
             local,
             remote: Some(client),
             next_hop: None,
+            peer_locators: advertised(repr, &client),
             control: control_state,
             stream: None,
             datagrams: Default::default(),
@@ -332,6 +361,10 @@ impl Host {
             app_closed: false,
             dirty: false,
             counters: FlowCounters::default(),
+            migrations: 0,
+            peer_moves: 0,
+            last_migration: None,
+            last_rx: self.now,
         };
         let Ok(id) = self.insert_flow(flow) else {
             self.refuse(client, repr, false);
@@ -473,13 +506,14 @@ impl Host {
         }
         flow.counters.packets_in += 1;
         flow.counters.bytes_in += segment.len() as u64;
+        flow.last_rx = self.now;
         if let Some(control) = repr.control {
             if !self.flow_control_input(id, src, repr, &control) {
                 return;
             }
         } else if flow.state == FlowState::SynReceived && !segment.is_empty() {
             // Data before the ACK: the ACK was lost but the client is established.
-            flow.control.pending = None;
+            flow.control.pending.clear();
             self.establish_server(id);
         }
         if segment.is_empty() {
@@ -550,11 +584,9 @@ impl Host {
             let valid = if flow.state == FlowState::SynSent {
                 // A refusal: it must answer our SYN and echo our own nonce.
                 control.nonce == flow.control.local_nonce
-                    && flow
-                        .control
-                        .pending
-                        .as_ref()
-                        .is_some_and(|p| control.ackno == p.verno.wrapping_add(1))
+                    && flow.control.pending.iter().any(|p| {
+                        p.kind == ControlKind::Syn && control.ackno == p.verno.wrapping_add(1)
+                    })
             } else {
                 flow.control.nonce_ok(control)
             };
@@ -576,10 +608,11 @@ impl Host {
         }
         if flow.state == FlowState::SynSent && flags.contains(ControlFlags::SYN | ControlFlags::ACK)
         {
-            if flow.control.take_acked(control).is_none() {
+            if flow.control.take_acked(control).is_empty() {
                 self.stats.stale += 1;
                 return false;
             }
+            flow.peer_locators = advertised(repr, &src);
             flow.control.peer_nonce = Some(control.nonce);
             flow.control.peer_next = control.verno.wrapping_add(1);
             flow.peer_flow = Some(repr.src_flow);
@@ -603,6 +636,9 @@ impl Host {
             self.stats.bad_nonce += 1;
             return false;
         }
+        if repr.address.is_some() {
+            flow.peer_locators = advertised(repr, &src);
+        }
         if flags.contains(ControlFlags::SYN) {
             // A retransmitted SYN-ACK: our ACK was lost; answer it again.
             if flow.role == Role::Client
@@ -614,12 +650,15 @@ impl Host {
             }
             return false;
         }
-        if let Some(acked) = flow.control.take_acked(control) {
-            match acked.kind {
-                ControlKind::SynAck => self.establish_server(id),
-                ControlKind::Fin => flow.fin_acked = true,
-                ControlKind::Syn => {}
-            }
+        let acked = flow.control.take_acked(control);
+        if acked.iter().any(|p| p.kind == ControlKind::Fin) {
+            flow.fin_acked = true;
+        }
+        if acked.iter().any(|p| p.kind == ControlKind::SynAck) {
+            self.establish_server(id);
+        }
+        if flags.contains(ControlFlags::RSYN) {
+            self.rsyn_input(id, src, control);
         }
         if flags.contains(ControlFlags::FIN) {
             let Some(Endpoint::Flow(flow)) = self.endpoints.get_mut(id) else {
@@ -636,6 +675,46 @@ impl Host {
             }
         }
         true
+    }
+
+    /// An RSYN from the peer (or its RSYN-ACK answering ours). The nonce was
+    /// checked by the caller; the `verno` decides whether it is news.
+    fn rsyn_input(&mut self, id: FlowId, src: Locator, control: &ControlRepr) {
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
+        let sequence = flow.control.accept_verno(control.verno);
+        if sequence == Sequence::Stale {
+            self.stats.stale += 1;
+            return;
+        }
+        // The peer speaks from where it now is: follow it. A retransmitted
+        // RSYN from yet another locator also moves us (the latest wins).
+        let moved = flow.remote != Some(src);
+        if moved {
+            flow.remote = Some(src);
+            flow.peer_moves += 1;
+        }
+        let answered = flow.control.in_flight(ControlKind::RsynAck);
+        if moved {
+            self.events.push_back(Event::PeerMoved(id, src));
+        }
+        if control.flags.contains(ControlFlags::ACK) {
+            // An RSYN-ACK: our RSYN was retired by the caller; confirm it.
+            self.send_ack(id, false, &[]);
+        } else if sequence == Sequence::New {
+            self.send_new_control(
+                id,
+                ControlKind::RsynAck,
+                ControlFlags::RSYN | ControlFlags::ACK,
+                false,
+                &[],
+            );
+        } else if answered {
+            self.retransmit_now(id);
+        } else {
+            self.send_ack(id, false, &[]);
+        }
     }
 
     /// The server's side of the handshake is complete: queue for accept.
@@ -695,33 +774,45 @@ impl Host {
         if with_service {
             repr.service = Some(flow.service);
         }
-        let packet = build(&repr, segment);
-        let dst = if kind == ControlKind::Syn {
-            flow.next_hop
-        } else {
-            flow.remote
+        let local = flow.local;
+        if kind != ControlKind::Syn {
+            repr.address = self.advertisement(local, &control);
+        }
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
         };
-        let src = flow.local;
-        flow.counters.packets_out += 1;
-        flow.control.pending = Some(Pending {
+        let pending = Pending {
             kind,
             verno: control.verno,
-            packet: packet.clone(),
-            src,
-            dst,
+            packet: build(&repr, segment),
             retries: 0,
             rto,
             deadline: now + rto,
-        });
-        if let Some(dst) = dst {
+        };
+        let transmit = pending_transmit(flow, &pending, ttl);
+        flow.control.pending.push_back(pending);
+        if let Some(transmit) = transmit {
+            flow.counters.packets_out += 1;
             self.timers.push(Reverse((now + rto, id)));
-            self.queue_transmit(Transmit {
-                src,
-                dst,
-                ttl,
-                payload: packet,
-            });
+            self.queue_transmit(transmit);
         }
+    }
+
+    /// For a multi-homed host, an ADDRESS extension listing its other
+    /// locators, so the peer knows where else to find it. Single-homed hosts
+    /// send none, as the reference stack does.
+    fn advertisement(&self, current: Locator, control: &ControlRepr) -> Option<AddressRepr> {
+        let mut address = AddressRepr {
+            verno: control.verno,
+            ackno: control.ackno,
+            ..AddressRepr::default()
+        };
+        for iface in self.interfaces.iter().filter(|i| i.up && i.locator != current) {
+            if address.addrs.try_push(iface.locator.ip()).is_err() {
+                break;
+            }
+        }
+        (!address.addrs.is_empty()).then_some(address)
     }
 
     /// Sends a bare ACK (with SERVICE when it completes a client handshake).
@@ -734,12 +825,15 @@ impl Host {
             return;
         };
         let mut repr = SalRepr::data(flow.id, flow.peer_flow, flow.protocol.number());
-        repr.control = Some(flow.control.ack());
-        if with_service {
-            repr.service = Some(flow.service);
-        }
+        let control = flow.control.ack();
+        repr.control = Some(control);
         flow.counters.packets_out += 1;
         let src = flow.local;
+        if with_service {
+            // The third packet of a handshake: also where else to find us.
+            repr.service = Some(flow.service);
+            repr.address = self.advertisement(src, &control);
+        }
         let payload = build(&repr, segment);
         self.queue_transmit(Transmit {
             src,
@@ -749,26 +843,22 @@ impl Host {
         });
     }
 
-    /// Resends a flow's control message in flight now (a duplicate SYN arrived).
+    /// Resends a flow's control messages in flight now (a duplicate arrived).
     fn retransmit_now(&mut self, id: FlowId) {
         let ttl = self.config.ttl;
         let Ok(flow) = self.flow_mut(id) else {
             return;
         };
-        let Some(pending) = &flow.control.pending else {
-            return;
-        };
-        let Some(dst) = pending.dst else {
-            return;
-        };
-        let transmit = Transmit {
-            src: pending.src,
-            dst,
-            ttl,
-            payload: pending.packet.clone(),
-        };
-        self.stats.retransmits += 1;
-        self.queue_transmit(transmit);
+        let transmits: Vec<Transmit> = flow
+            .control
+            .pending
+            .iter()
+            .filter_map(|pending| pending_transmit(flow, pending, ttl))
+            .collect();
+        for transmit in transmits {
+            self.stats.retransmits += 1;
+            self.queue_transmit(transmit);
+        }
     }
 
     /// Turns a segment the transport emitted into SAL packets, by flow state.
@@ -782,7 +872,7 @@ impl Host {
         match flow.state {
             FlowState::Resolving => {}
             FlowState::SynSent => {
-                if flags & TCP_SYN != 0 && flow.control.pending.is_none() {
+                if flags & TCP_SYN != 0 && !flow.control.in_flight(ControlKind::Syn) {
                     let dst = flow.next_hop.map_or(flow.local.ip(), |n| n.ip());
                     finish_outgoing(&mut out.segment, flow.local.ip(), dst);
                     self.send_new_control(
@@ -798,7 +888,7 @@ impl Host {
             }
             FlowState::SynReceived => {
                 if flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK
-                    && flow.control.pending.is_none()
+                    && !flow.control.in_flight(ControlKind::SynAck)
                 {
                     let Some(remote) = flow.remote else {
                         return;
@@ -860,6 +950,10 @@ impl Host {
         self.now = now;
         self.fire_timers(now);
         self.expire_delayed(now);
+        if self.config.auto_migrate && now >= self.next_liveness {
+            self.next_liveness = now + LIVENESS_PERIOD;
+            self.check_liveness();
+        }
         let mut segments = Vec::new();
         for _ in 0..POLL_ROUNDS {
             while let Some(t) = self.loopback.pop_front() {
@@ -916,29 +1010,32 @@ impl Host {
                 break;
             }
             self.timers.pop();
-            let retries = self.config.control_retries;
-            let ttl = self.config.ttl;
-            let Ok(flow) = self.flow_mut(id) else {
-                continue;
-            };
-            let Some(pending) = flow.control.pending.as_mut() else {
-                continue;
-            };
+            self.retransmit_due(id, now);
+        }
+    }
+
+    /// Retransmits the flow's messages whose deadline passed, with doubled
+    /// timeouts, and gives up on those out of retries.
+    fn retransmit_due(&mut self, id: FlowId, now: Instant) {
+        let retries = self.config.control_retries;
+        let ttl = self.config.ttl;
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
+        let mut expired = Vec::new();
+        let mut transmits = Vec::new();
+        let mut next_deadline = None::<Instant>;
+        let mut index = 0;
+        while index < flow.control.pending.len() {
+            let pending = &mut flow.control.pending[index];
             if pending.deadline > now {
+                next_deadline = Some(next_deadline.map_or(pending.deadline, |d| d.min(pending.deadline)));
+                index += 1;
                 continue;
             }
             if pending.retries >= retries {
-                let kind = pending.kind;
-                flow.control.pending = None;
-                match kind {
-                    ControlKind::Syn => self.fail_connect(id, ConnectError::TimedOut),
-                    ControlKind::SynAck => self.free_flow(id),
-                    ControlKind::Fin => {
-                        // The peer is gone; stop waiting for it.
-                        flow.fin_acked = true;
-                        flow.peer_fin = true;
-                        self.mark_dirty(id);
-                    }
+                if let Some(gone) = flow.control.pending.remove(index) {
+                    expired.push(gone.kind);
                 }
                 continue;
             }
@@ -946,16 +1043,38 @@ impl Host {
             pending.rto *= 2;
             pending.deadline = now + pending.rto;
             let deadline = pending.deadline;
-            let transmit = pending.dst.map(|dst| Transmit {
-                src: pending.src,
-                dst,
-                ttl,
-                payload: pending.packet.clone(),
-            });
+            next_deadline = Some(next_deadline.map_or(deadline, |d| d.min(deadline)));
+            let pending = flow.control.pending[index].clone();
+            if let Some(transmit) = pending_transmit(flow, &pending, ttl) {
+                transmits.push(transmit);
+            }
+            index += 1;
+        }
+        if let Some(deadline) = next_deadline {
             self.timers.push(Reverse((deadline, id)));
-            if let Some(transmit) = transmit {
-                self.stats.retransmits += 1;
-                self.queue_transmit(transmit);
+        }
+        for transmit in transmits {
+            self.stats.retransmits += 1;
+            self.queue_transmit(transmit);
+        }
+        for kind in expired {
+            match kind {
+                ControlKind::Syn => return self.fail_connect(id, ConnectError::TimedOut),
+                ControlKind::SynAck => return self.free_flow(id),
+                // Nobody answers on any path we tried: the flow is lost.
+                ControlKind::Rsyn => {
+                    self.stats.migrations_failed += 1;
+                    return self.kill(id);
+                }
+                ControlKind::RsynAck => {}
+                ControlKind::Fin => {
+                    // The peer is gone; stop waiting for it.
+                    if let Ok(flow) = self.flow_mut(id) {
+                        flow.fin_acked = true;
+                        flow.peer_fin = true;
+                    }
+                    self.mark_dirty(id);
+                }
             }
         }
     }
@@ -1049,6 +1168,7 @@ impl Host {
             local,
             remote: None,
             next_hop: None,
+            peer_locators: Vec::new(),
             control: ControlState::new(self.rng.random(), self.rng.random()),
             stream: None,
             datagrams: Default::default(),
@@ -1060,6 +1180,10 @@ impl Host {
             app_closed: false,
             dirty: false,
             counters: FlowCounters::default(),
+            migrations: 0,
+            peer_moves: 0,
+            last_migration: None,
+            last_rx: self.now,
         };
         let id = self.insert_flow(flow)?;
         match next {
@@ -1117,7 +1241,7 @@ impl Host {
             return;
         };
         flow.state = FlowState::Dead;
-        flow.control.pending = None;
+        flow.control.pending.clear();
         if let Some(handle) = flow.stream.take() {
             self.transport.release(handle);
         }
@@ -1164,6 +1288,139 @@ impl Host {
             listener.accept_queue.retain(|&queued| queued != id);
         }
         self.events.push_back(Event::Closed(id));
+    }
+
+    // ----- migration -------------------------------------------------------
+
+    /// Moves a flow to `locator` (one of ours) with an RSYN. A migration
+    /// started while an earlier one is unanswered reuses its RSYN: the peer
+    /// follows whichever copy arrives last, so the latest move wins.
+    pub(super) fn engine_migrate(&mut self, id: FlowId, locator: Locator) -> Result<(), HostError> {
+        let now = self.now;
+        let rto = self.config.control_rto;
+        let flow = self.flow_mut(id)?;
+        if flow.state != FlowState::Established {
+            return Err(HostError::NotConnected);
+        }
+        if flow.local == locator {
+            return Ok(());
+        }
+        flow.local = locator;
+        flow.migrations += 1;
+        flow.last_migration = Some(now);
+        // Hearing nothing since the move is not yet a reason to move again.
+        flow.last_rx = flow.last_rx.max(now);
+        let restarted = match flow.control.pending_mut(ControlKind::Rsyn) {
+            Some(rsyn) => {
+                rsyn.retries = 0;
+                rsyn.rto = rto;
+                rsyn.deadline = now + rto;
+                true
+            }
+            None => false,
+        };
+        self.stats.migrations += 1;
+        self.events.push_back(Event::Migrated(id, locator));
+        if restarted {
+            self.timers.push(Reverse((now + rto, id)));
+            self.retransmit_now(id);
+        } else {
+            // Whatever else is in flight (a FIN, say) goes out from here too.
+            self.retransmit_now(id);
+            self.send_new_control(id, ControlKind::Rsyn, ControlFlags::RSYN, false, &[]);
+        }
+        self.mark_dirty(id);
+        Ok(())
+    }
+
+    /// Moves every established flow on `from` to another interface that is up.
+    pub(super) fn evacuate(&mut self, from: Locator) {
+        let Some(to) = self
+            .interfaces
+            .iter()
+            .find(|i| i.up && i.locator != from)
+            .map(|i| i.locator)
+        else {
+            return;
+        };
+        let flows: Vec<FlowId> = self
+            .endpoints
+            .iter()
+            .filter_map(|(id, e)| match e {
+                Endpoint::Flow(f) if f.local == from && f.state == FlowState::Established => Some(id),
+                _ => None,
+            })
+            .collect();
+        for flow in flows {
+            let _ = self.engine_migrate(flow, to);
+        }
+    }
+
+    /// Liveness: a flow with something in flight that has heard nothing for
+    /// `liveness_timeout` tries another path: first another local interface,
+    /// else another locator the peer advertised.
+    pub(super) fn check_liveness(&mut self) {
+        let now = self.now;
+        let timeout = self.config.liveness_timeout;
+        let mut silent = Vec::new();
+        for (id, endpoint) in self.endpoints.iter() {
+            let Endpoint::Flow(flow) = endpoint else {
+                continue;
+            };
+            if flow.state != FlowState::Established || now - flow.last_rx < timeout {
+                continue;
+            }
+            let waiting = !flow.control.pending.is_empty()
+                || flow.stream.is_some_and(|h| self.transport.has_unacked(h));
+            if waiting {
+                silent.push(id);
+            }
+        }
+        for id in silent {
+            let Ok(flow) = self.flow_mut(id) else {
+                continue;
+            };
+            let current = flow.local;
+            let remote = flow.remote;
+            let peer_locators = flow.peer_locators.clone();
+            let candidates: Vec<Locator> = self
+                .interfaces
+                .iter()
+                .filter(|i| i.up)
+                .map(|i| i.locator)
+                .collect();
+            let position = candidates.iter().position(|l| *l == current);
+            let next = match position {
+                Some(p) => candidates.get((p + 1) % candidates.len()).copied(),
+                None => candidates.first().copied(),
+            };
+            match next.filter(|n| *n != current) {
+                Some(next) => {
+                    let _ = self.engine_migrate(id, next);
+                }
+                None => {
+                    // Only one way out of here: try the peer's other locators.
+                    let Some(remote) = remote else {
+                        continue;
+                    };
+                    let mut others = peer_locators.iter().filter(|l| **l != remote);
+                    if let Some(&other) = others.next() {
+                        if let Ok(flow) = self.flow_mut(id) {
+                            flow.peer_locators.retain(|l| *l != other);
+                            flow.peer_locators.push(remote);
+                            flow.remote = Some(other);
+                            flow.last_rx = now;
+                            flow.peer_moves += 1;
+                        }
+                        self.events.push_back(Event::PeerMoved(id, other));
+                        self.retransmit_now(id);
+                    } else if let Ok(flow) = self.flow_mut(id) {
+                        // Nothing else to try now; look again after another timeout.
+                        flow.last_rx = now;
+                    }
+                }
+            }
+        }
     }
 
     // ----- datagrams -------------------------------------------------------

@@ -63,6 +63,12 @@ pub struct HostConfig {
     pub stream: StreamConfig,
     /// Datagrams queued per socket before new ones are dropped.
     pub datagram_queue_limit: usize,
+    /// Move flows off an interface that goes down or loses its address, and
+    /// off a path that stops delivering.
+    pub auto_migrate: bool,
+    /// A flow with data in flight that hears nothing from its peer for this
+    /// long is moved to another interface (with `auto_migrate`).
+    pub liveness_timeout: Duration,
 }
 
 impl Default for HostConfig {
@@ -78,6 +84,8 @@ impl Default for HostConfig {
             ttl: 64,
             stream: StreamConfig::default(),
             datagram_queue_limit: 256,
+            auto_migrate: true,
+            liveness_timeout: Duration::from_millis(1500),
         }
     }
 }
@@ -128,6 +136,10 @@ pub enum HostError {
     WrongProtocol,
     #[error("datagram of {0} bytes is too large")]
     TooLarge(usize),
+    #[error("no interface {0}")]
+    NoSuchInterface(String),
+    #[error("interface {0} is down")]
+    InterfaceDown(String),
 }
 
 /// Something the application or controller may want to act on.
@@ -151,6 +163,10 @@ pub enum Event {
     Registered(ServicePrefix),
     /// A local listener stopped serving this prefix.
     Unregistered(ServicePrefix),
+    /// This end moved the flow to the locator of another interface.
+    Migrated(FlowId, Locator),
+    /// The peer moved the flow to a new locator.
+    PeerMoved(FlowId, Locator),
 }
 
 /// One of the host's own SAL interfaces.
@@ -160,6 +176,13 @@ pub struct LocalInterface {
     pub locator: Locator,
     /// Length of the on-link IPv4 prefix; picks the interface for a next hop.
     pub prefix_len: u8,
+    /// Whether the link is usable; flows avoid interfaces that are down.
+    #[serde(default = "up")]
+    pub up: bool,
+}
+
+fn up() -> bool {
+    true
 }
 
 impl LocalInterface {
@@ -216,6 +239,15 @@ pub struct FlowInfo {
     pub remote: Option<Locator>,
     pub interface: Option<String>,
     pub counters: FlowCounters,
+    /// Times this end moved the flow to another locator.
+    #[serde(default)]
+    pub migrations: u32,
+    /// Times the peer moved.
+    #[serde(default)]
+    pub peer_moves: u32,
+    /// Milliseconds since this end last moved the flow.
+    #[serde(default)]
+    pub last_migration_ms_ago: Option<u64>,
 }
 
 /// Host-wide counters.
@@ -250,6 +282,9 @@ pub struct HostStats {
     pub retransmits: u64,
     /// Datagrams dropped because a socket's queue was full.
     pub datagram_overflow: u64,
+    /// Flows this host moved to another locator, and moves given up on.
+    pub migrations: u64,
+    pub migrations_failed: u64,
 }
 
 /// A datagram as received by a datagram socket.
@@ -295,6 +330,8 @@ struct Flow {
     remote: Option<Locator>,
     /// Client: where the SYN goes (the server, or a service router).
     next_hop: Option<Locator>,
+    /// Other locators the peer advertised (ADDRESS extension).
+    peer_locators: Vec<Locator>,
     control: ControlState,
     stream: Option<StreamHandle>,
     datagrams: VecDeque<Vec<u8>>,
@@ -308,6 +345,13 @@ struct Flow {
     /// Already in the dirty list.
     dirty: bool,
     counters: FlowCounters,
+    /// Times this end moved the flow to another locator.
+    migrations: u32,
+    /// Times the peer moved.
+    peer_moves: u32,
+    last_migration: Option<Instant>,
+    /// When the peer was last heard on this flow.
+    last_rx: Instant,
 }
 
 /// A datagram socket: receives unconnected datagrams addressed to its flow ID
@@ -373,6 +417,8 @@ pub struct Host {
     dirty: Vec<FlowId>,
     stats: HostStats,
     now: Instant,
+    /// When flows are next checked for silence.
+    next_liveness: Instant,
 }
 
 impl std::fmt::Debug for Host {
@@ -407,6 +453,7 @@ impl Host {
             dirty: Vec::new(),
             stats: HostStats::default(),
             now,
+            next_liveness: now,
         }
     }
 
@@ -434,11 +481,76 @@ impl Host {
         self.interfaces.push(interface);
     }
 
-    /// Removes an interface by name; returns whether it existed.
+    /// Removes an interface by name (its flows move elsewhere first, with
+    /// `auto_migrate`); returns whether it existed.
     pub fn remove_interface(&mut self, name: &str) -> bool {
-        let before = self.interfaces.len();
-        self.interfaces.retain(|i| i.name != name);
-        before != self.interfaces.len()
+        let Some(index) = self.interfaces.iter().position(|i| i.name == name) else {
+            return false;
+        };
+        self.interfaces[index].up = false;
+        if self.config.auto_migrate {
+            self.evacuate(self.interfaces[index].locator);
+        }
+        self.interfaces.remove(index);
+        true
+    }
+
+    /// Marks an interface up or down. Going down moves its flows to another
+    /// interface that is up (with `auto_migrate`).
+    pub fn set_interface_up(&mut self, name: &str, up: bool) -> Result<(), HostError> {
+        let iface = self
+            .interfaces
+            .iter_mut()
+            .find(|i| i.name == name)
+            .ok_or_else(|| HostError::NoSuchInterface(name.to_string()))?;
+        let (was_up, locator) = (iface.up, iface.locator);
+        iface.up = up;
+        if was_up && !up && self.config.auto_migrate {
+            self.evacuate(locator);
+        }
+        Ok(())
+    }
+
+    /// Gives an interface a new locator (renumbering): flows using the old
+    /// one move to the new one (with `auto_migrate`).
+    pub fn set_interface_locator(&mut self, name: &str, locator: Locator, prefix_len: u8) -> Result<(), HostError> {
+        let iface = self
+            .interfaces
+            .iter_mut()
+            .find(|i| i.name == name)
+            .ok_or_else(|| HostError::NoSuchInterface(name.to_string()))?;
+        let old = iface.locator;
+        iface.locator = locator;
+        iface.prefix_len = prefix_len;
+        if old != locator && self.config.auto_migrate {
+            let flows: Vec<FlowId> = self
+                .endpoints
+                .iter()
+                .filter_map(|(id, e)| match e {
+                    Endpoint::Flow(f) if f.local == old && f.state == FlowState::Established => Some(id),
+                    _ => None,
+                })
+                .collect();
+            for flow in flows {
+                let _ = self.engine_migrate(flow, locator);
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves a flow to another of this host's interfaces (the RSYN exchange of
+    /// WIRE.md). The transport above never notices.
+    pub fn migrate(&mut self, flow: FlowId, interface: &str) -> Result<(), HostError> {
+        let iface = self
+            .interfaces
+            .iter()
+            .find(|i| i.name == interface)
+            .ok_or_else(|| HostError::NoSuchInterface(interface.to_string()))?;
+        if !iface.up {
+            return Err(HostError::InterfaceDown(interface.to_string()));
+        }
+        let locator = iface.locator;
+        self.engine_migrate(flow, locator)
     }
 
     /// Adds or modifies a rule target and re-examines packets held by DELAY rules.
@@ -481,7 +593,8 @@ impl Host {
         let control = self.timers.peek().map(|t| t.0 .0);
         let delay = self.delayed.iter().map(Delayed::deadline).min();
         let transport = self.transport.poll_at(self.now);
-        [control, delay, transport].into_iter().flatten().min()
+        let liveness = (self.config.auto_migrate && !self.endpoints.is_empty()).then_some(self.next_liveness);
+        [control, delay, transport, liveness].into_iter().flatten().min()
     }
 
     /// Snapshot of every flow.
@@ -519,6 +632,11 @@ impl Host {
                 .find(|i| i.locator == flow.local)
                 .map(|i| i.name.clone()),
             counters: flow.counters,
+            migrations: flow.migrations,
+            peer_moves: flow.peer_moves,
+            last_migration_ms_ago: flow
+                .last_migration
+                .map(|t| u64::try_from((self.now - t).total_millis()).unwrap_or(0)),
         }
     }
 
@@ -820,12 +938,14 @@ impl Host {
         self.interfaces.iter().any(|i| i.locator.ip() == ip)
     }
 
-    /// The local locator to send toward `next_hop` from: the first interface
-    /// on the same subnet, else the first interface.
+    /// The local locator to send toward `next_hop` from. The policy for new
+    /// flows: the first interface that is up and on the next hop's subnet,
+    /// else the first interface that is up, else the first interface.
     fn source_for(&self, next_hop: &Locator) -> Option<Locator> {
         self.interfaces
             .iter()
-            .find(|i| i.on_link(next_hop.ip()))
+            .find(|i| i.up && i.on_link(next_hop.ip()))
+            .or_else(|| self.interfaces.iter().find(|i| i.up))
             .or_else(|| self.interfaces.first())
             .map(|i| i.locator)
     }

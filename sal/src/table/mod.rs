@@ -97,6 +97,64 @@ pub struct TargetEntry {
     pub priority: u32,
     /// Packets resolved to this target (for DROP: packets dropped by it).
     pub counters: Counters,
+    /// Who put the target here. The table itself only stores it; sald fills
+    /// it in for listings (`servalctl services` shows it), see [`RuleOrigin`].
+    #[serde(default)]
+    pub origin: RuleOrigin,
+}
+
+/// Where a rule target came from, so that an operator can tell hand-made
+/// rules from those a controller (servd) installed and will take away again.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum RuleOrigin {
+    /// Added by hand or by configuration (`servalctl service add`), or a
+    /// local listener's DEMUX target. Stays until removed.
+    #[default]
+    Static,
+    /// Installed by a controller from another host's announcement.
+    Announced {
+        /// The announcing host (its controller's name and address).
+        by: String,
+        /// When the announcement's lease runs out unless refreshed (Unix
+        /// time, milliseconds), as last reported by the controller.
+        #[serde(default)]
+        expires_unix_ms: Option<u64>,
+    },
+    /// Installed by a controller from an answer to a DELAY query (a cache
+    /// entry), or a negative answer (a DROP for the queried ID).
+    Resolved {
+        by: String,
+        #[serde(default)]
+        expires_unix_ms: Option<u64>,
+    },
+    /// A controller's default route toward its service router.
+    DefaultRoute { by: String },
+}
+
+impl RuleOrigin {
+    /// Short label: `static`, `announced HOST`, `resolved HOST`, `default HOST`.
+    pub fn label(&self) -> String {
+        match self {
+            RuleOrigin::Static => "static".into(),
+            RuleOrigin::Announced { by, .. } => format!("announced {by}"),
+            RuleOrigin::Resolved { by, .. } => format!("resolved {by}"),
+            RuleOrigin::DefaultRoute { by } => format!("default {by}"),
+        }
+    }
+
+    /// When the target goes away on its own, if it does (Unix ms).
+    pub fn expires_unix_ms(&self) -> Option<u64> {
+        match self {
+            RuleOrigin::Announced {
+                expires_unix_ms, ..
+            }
+            | RuleOrigin::Resolved {
+                expires_unix_ms, ..
+            } => *expires_unix_ms,
+            _ => None,
+        }
+    }
 }
 
 /// Everything stored for one prefix.
@@ -111,6 +169,17 @@ impl Rule {
     /// The targets, DEMUX first, then by descending priority.
     pub fn targets(&self) -> &[TargetEntry] {
         &self.targets
+    }
+
+    /// Sets the origin of the target with `key`; false if there is none.
+    pub fn set_origin(&mut self, key: &TargetKey, origin: RuleOrigin) -> bool {
+        match self.targets.iter_mut().find(|e| e.target.key() == *key) {
+            Some(entry) => {
+                entry.origin = origin;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Whether resolving through this rule would hold the packet (its active
@@ -283,6 +352,7 @@ impl ServiceTable {
                     target,
                     priority,
                     counters: Counters::default(),
+                    origin: RuleOrigin::Static,
                 });
                 true
             }

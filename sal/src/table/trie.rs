@@ -20,14 +20,22 @@
 //!   child exactly one byte down, the slot has already checked the only new
 //!   byte.
 //!
-//! Lookup cost is memory latency, so the layout serves it. Random 256-bit
-//! prefixes are dense near the root and alone below: at a million of them,
-//! nine in ten sit alone in a slot of a depth-16 node. As leaves, in their own
-//! arena, they leave about a tenth as many inner nodes. And an inner node is
-//! split in two parallel arenas: its two bitmaps, exactly one aligned cache
-//! line ([`NodeMaps`]), and the rest ([`Node`]). A lookup of a key that leaves
-//! the tree at a node reads that node's one line only; the hot lines of the
-//! whole tree are then a few megabytes, packed, within CPU cache and TLB reach.
+//! Lookup cost is memory latency (dependent cache misses), so the layout
+//! serves it:
+//!
+//! - Random 256-bit prefixes are dense near the root and alone below: at a
+//!   million of them, nine in ten sit alone in a slot of a depth-16 node. As
+//!   leaves, in their own arena, they leave about a tenth as many inner nodes.
+//! - An inner node is split over three arenas: child maps, internal maps and
+//!   the rest ([`Node`]). A lookup that ends at a node, as most lookups of
+//!   random keys do at depth 16, reads its 32-byte child map, and its internal
+//!   map only if it holds prefixes, which the parent's slot records. The child
+//!   maps of all inner nodes of a million random prefixes take under 3 MB.
+//! - A *top index* ([`TopEntry`], built once the trie is big enough) maps the
+//!   first 16 bits of a key to where a lookup stands after them, replacing
+//!   the two top levels, the most instruction-heavy steps, with one load.
+//! - Popcount ranks use per-node running counts, so each rank is one popcount
+//!   (the x86-64 baseline has no popcount instruction).
 //!
 //! Lookups never allocate. Inserts and removals keep the tree canonical: every
 //! inner node but the root holds at least two entries (values and children
@@ -248,6 +256,54 @@ impl Child {
     }
 }
 
+/// A child slot as a node stores it: the child and, for a leaf, up to 24 of
+/// its bits past the slot's byte. A lookup checks those against the key
+/// before it reads the leaf, which a random key reaching the slot almost never
+/// needs then: that saves a cache miss on most lookups that reach a leaf.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Slot {
+    child: Child,
+    /// The leaf's bits from the byte after the slot's on, `n` of them (0..=24)
+    /// in the top bits; `n` in the low byte.
+    check: u32,
+}
+
+impl Slot {
+    /// A slot without a check (for inner nodes).
+    fn unchecked(child: Child) -> Slot {
+        Slot { child, check: 0 }
+    }
+
+    /// The slot of `leaf` in a node at `depth`.
+    fn leaf<V>(index: LeafIndex, leaf: &Leaf<V>, depth: u16) -> Slot {
+        let from = depth + 8;
+        let checked = (leaf.len - from).min(24);
+        let bits = next_bits(&ServiceId::from_words(leaf.path), from);
+        let mask = u32::MAX.checked_shl(32 - u32::from(checked)).unwrap_or(0);
+        Slot {
+            child: Child::leaf(index),
+            check: bits & mask | u32::from(checked),
+        }
+    }
+
+    /// Whether `key`, which reached this slot of a node at `depth`, may match
+    /// the leaf in it (always true for inner nodes).
+    #[inline]
+    fn admits(&self, key: &ServiceId, depth: u16) -> bool {
+        let mask = u32::MAX.checked_shl(32 - (self.check & 0xff)).unwrap_or(0);
+        (next_bits(key, depth + 8) ^ self.check) & mask == 0
+    }
+}
+
+/// The 24 bits of `key` from bit `from` (a multiple of 8) on, zero past the
+/// key's end, in the top bits.
+#[inline]
+fn next_bits(key: &ServiceId, from: u16) -> u32 {
+    let bytes = key.as_bytes();
+    let byte = |i: usize| bytes.get(usize::from(from / 8) + i).copied().unwrap_or(0);
+    u32::from_be_bytes([byte(0), byte(1), byte(2), 0])
+}
+
 /// Where a lookup stands once it has matched the first 16 bits of its key:
 /// an entry of the top index (see [`PrefixTrie`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -319,33 +375,91 @@ impl<V> Leaf<V> {
     }
 }
 
-/// An inner node but for its two bitmaps, which live in arenas of their own
-/// (see [`PrefixTrie`]). Lookups read this only to follow a child, to take a
-/// value, or to check the path of a node that skips bytes.
+/// The prefixes ending in an inner node, in one cache line: a lookup reads
+/// it when the node's slot says the node holds some, and then taking the
+/// value costs one more cache miss (the values array), not two.
 #[derive(Debug, Clone)]
-struct Node<V> {
+#[repr(C, align(64))]
+struct Internal<V> {
+    /// The prefixes, by [`internal_position`].
+    map: Bitmap,
+    /// [`Bitmap::rank_bases`] of `map`.
+    ranks: [u8; 4],
+    /// Values in the order of the set bits of `map`.
+    values: Vec<V>,
+}
+
+impl<V> Internal<V> {
+    fn new() -> Internal<V> {
+        Internal {
+            map: Bitmap::default(),
+            ranks: [0; 4],
+            values: Vec::new(),
+        }
+    }
+
+    /// The value at heap position `position`, which must be set.
+    #[inline]
+    fn value(&self, position: usize) -> &V {
+        &self.values[self.map.rank_with(&self.ranks, position)]
+    }
+
+    fn get(&self, position: usize) -> Option<&V> {
+        self.map.get(position).then(|| self.value(position))
+    }
+
+    fn get_mut(&mut self, position: usize) -> Option<&mut V> {
+        let rank = self.map.rank_with(&self.ranks, position);
+        self.map.get(position).then(|| &mut self.values[rank])
+    }
+
+    /// Stores `value` at `position`, returning the value it replaces.
+    fn insert(&mut self, position: usize, value: V) -> Option<V> {
+        let rank = self.map.rank(position);
+        if self.map.get(position) {
+            return Some(std::mem::replace(&mut self.values[rank], value));
+        }
+        self.map.set(position);
+        self.ranks = self.map.rank_bases();
+        self.values.reserve_exact(1);
+        self.values.insert(rank, value);
+        None
+    }
+
+    fn remove(&mut self, position: usize) -> Option<V> {
+        if !self.map.get(position) {
+            return None;
+        }
+        let rank = self.map.rank(position);
+        self.map.clear(position);
+        self.ranks = self.map.rank_bases();
+        let value = self.values.remove(rank);
+        self.values.shrink_to_fit();
+        Some(value)
+    }
+}
+
+/// An inner node but for its child map and prefixes, which live in arenas of
+/// their own (see [`PrefixTrie`]). Lookups read this only to follow a child or
+/// to check the path of a node that skips bytes.
+#[derive(Debug, Clone)]
+struct Node {
     /// Multiple of 8, 0..=248.
     depth: u16,
     /// [`Bitmap::rank_bases`] of the node's child map.
     child_ranks: [u8; 4],
-    /// [`Bitmap::rank_bases`] of the node's internal map.
-    value_ranks: [u8; 4],
     /// Children in the order of the set bits of the node's child map.
-    children: Vec<Child>,
-    /// Values in the order of the set bits of the node's internal map.
-    values: Vec<V>,
+    children: Vec<Slot>,
     /// First `depth` bits of every key stored below; bits past `depth` are 0.
     path: [u64; 4],
 }
 
-impl<V> Node<V> {
-    fn new(path: [u64; 4], depth: u16) -> Node<V> {
+impl Node {
+    fn new(path: [u64; 4], depth: u16) -> Node {
         Node {
             depth,
             child_ranks: [0; 4],
-            value_ranks: [0; 4],
             children: Vec::new(),
-            values: Vec::new(),
             path,
         }
     }
@@ -365,19 +479,11 @@ impl<V> Node<V> {
 
 /// A map from 256-bit prefixes to values with longest-prefix-match lookup.
 ///
-/// Inner nodes are split over three arenas indexed alike: child maps, internal
-/// maps and the rest ([`Node`]). A lookup that leaves the tree at a node reads
-/// 32 bytes of it, the child map, plus the internal map when the node holds
-/// prefixes (which its parent's slot says). At a million random prefixes the
-/// child maps of all inner nodes take under 3 MB, so the level where lookups of
-/// random keys end mostly stays in cache.
-///
-/// Lookups skip the top two levels through the *top index*: for each value of
-/// a key's first 16 bits, the longest prefix shorter than 16 bits that it
-/// matches and the first leaf or node below (a [`TopEntry`]). That replaces
-/// the two most instruction-heavy steps of a lookup, with three dependent
-/// loads each, by one load from a 768 KiB table. Inserts and removals
-/// recompute the entries under what they changed, usually one.
+/// See the module documentation for the structure: inner nodes split over
+/// three arenas indexed alike (child maps, internal maps and the rest), leaves
+/// in a fourth, and a top index over the first 16 bits of keys once the trie
+/// holds `TOP_INDEX_MIN_LEN` prefixes. Inserts and removals recompute the top
+/// index entries under what they changed, usually one.
 #[derive(Debug, Clone)]
 pub struct PrefixTrie<V> {
     /// The top index, by the first 16 bits of keys; empty while the trie holds
@@ -387,10 +493,10 @@ pub struct PrefixTrie<V> {
     top_index_min_len: usize,
     /// Child slots in use of each inner node, by the key byte at its depth.
     child_maps: Vec<Bitmap>,
-    /// Prefixes ending in each inner node, by [`internal_position`].
-    internal_maps: Vec<Bitmap>,
+    /// Prefixes ending in each inner node.
+    internals: Vec<Internal<V>>,
     /// The rest of the inner nodes.
-    nodes: Vec<Node<V>>,
+    nodes: Vec<Node>,
     free_nodes: Vec<NodeIndex>,
     /// `None` marks a free slot, listed in `free_leaves`.
     leaves: Vec<Option<Leaf<V>>>,
@@ -420,7 +526,7 @@ impl<V> PrefixTrie<V> {
             top: Vec::new(),
             top_index_min_len: TOP_INDEX_MIN_LEN,
             child_maps: vec![Bitmap::default()],
-            internal_maps: vec![Bitmap::default()],
+            internals: vec![Internal::new()],
             nodes: vec![Node::new([0; 4], 0)],
             free_nodes: Vec::new(),
             leaves: Vec::new(),
@@ -446,21 +552,23 @@ impl<V> PrefixTrie<V> {
     /// Approximate heap bytes owned by the trie.
     pub fn memory_bytes(&self) -> usize {
         let arenas = self.top.capacity() * std::mem::size_of::<TopEntry>()
-            + (self.child_maps.capacity() + self.internal_maps.capacity())
-                * std::mem::size_of::<Bitmap>()
-            + self.nodes.capacity() * std::mem::size_of::<Node<V>>()
+            + self.child_maps.capacity() * std::mem::size_of::<Bitmap>()
+            + self.internals.capacity() * std::mem::size_of::<Internal<V>>()
+            + self.nodes.capacity() * std::mem::size_of::<Node>()
             + self.leaves.capacity() * std::mem::size_of::<Option<Leaf<V>>>()
             + (self.free_nodes.capacity() + self.free_leaves.capacity())
                 * std::mem::size_of::<u32>();
-        let arrays: usize = self
+        let children: usize = self
             .nodes
             .iter()
-            .map(|n| {
-                n.values.capacity() * std::mem::size_of::<V>()
-                    + n.children.capacity() * std::mem::size_of::<Child>()
-            })
+            .map(|n| n.children.capacity() * std::mem::size_of::<Slot>())
             .sum();
-        arenas + arrays
+        let values: usize = self
+            .internals
+            .iter()
+            .map(|i| i.values.capacity() * std::mem::size_of::<V>())
+            .sum();
+        arenas + children + values
     }
 
     /// The value of the longest stored prefix that contains `key`, and that
@@ -475,7 +583,7 @@ impl<V> PrefixTrie<V> {
                 best = entry.best();
                 match entry.next {
                     Child::NONE => Step::End,
-                    next => self.follow(next, 8, key),
+                    next => self.follow(Slot::unchecked(next), 8, key),
                 }
             }
             // The root's internal map is read unconditionally: it is cached.
@@ -494,7 +602,7 @@ impl<V> PrefixTrie<V> {
             // Depths stop at 248, so the modulo only spares a bounds check.
             let byte = usize::from(bytes[usize::from(depth / 8) % SERVICE_ID_LEN]);
             if has_values {
-                let internal = &self.internal_maps[index as usize];
+                let internal = &self.internals[index as usize].map;
                 if let Some(position) = internal.highest_common(&CANDIDATES[byte]) {
                     best = Some((index, position));
                 }
@@ -504,30 +612,32 @@ impl<V> PrefixTrie<V> {
                 break;
             }
             let node = &self.nodes[index as usize];
-            let child = node.children[child_map.rank_with(&node.child_ranks, byte)];
-            step = self.follow(child, depth, key);
+            let slot = node.children[child_map.rank_with(&node.child_ranks, byte)];
+            step = self.follow(slot, depth, key);
         }
         if let Step::Found(len, value) = step {
             return Some((len, value));
         }
         best.map(|(index, position)| {
-            let node = &self.nodes[index as usize];
-            let rank = self.internal_maps[index as usize].rank_with(&node.value_ranks, position);
-            (node.depth + position_prefix(position).0, &node.values[rank])
+            let depth = self.nodes[index as usize].depth;
+            let value = self.internals[index as usize].value(position);
+            (depth + position_prefix(position).0, value)
         })
     }
 
-    /// Where `child`, in a slot of a node at `depth` that matched `key`,
-    /// leads the lookup of `key`. Always inlined: it is a step of the hot loop.
-    #[inline(always)]
-    fn follow(&self, child: Child, depth: u16, key: &ServiceId) -> Step<'_, V> {
+    /// Where `slot`, of a node at `depth` whose byte matched `key`, leads the
+    /// lookup of `key`.
+    #[inline]
+    fn follow(&self, slot: Slot, depth: u16, key: &ServiceId) -> Step<'_, V> {
+        let child = slot.child;
         let (index, depth) = match child.unpack() {
+            ChildRef::Leaf(_) if !slot.admits(key, depth) => return Step::End,
             ChildRef::Leaf(leaf) => {
                 let leaf = self.leaf(leaf);
-                return match path_matches(&leaf.path, &key_words(key), leaf.len) {
-                    true => Step::Found(leaf.len, &leaf.value),
-                    false => Step::End,
-                };
+                if !path_matches(&leaf.path, &key_words(key), leaf.len) {
+                    return Step::End;
+                }
+                return Step::Found(leaf.len, &leaf.value);
             }
             // The slot matched the byte at `depth`; bytes after it need
             // checking only if the node skips some.
@@ -550,10 +660,7 @@ impl<V> PrefixTrie<V> {
     /// The value stored for exactly `prefix`.
     pub fn get(&self, prefix: &ServicePrefix) -> Option<&V> {
         match self.find(&prefix.id().to_words(), prefix.len())? {
-            Place::Internal { node, position } => {
-                let rank = self.internal_maps[node as usize].rank(position);
-                Some(&self.nodes[node as usize].values[rank])
-            }
+            Place::Internal { node, position } => self.internals[node as usize].get(position),
             Place::Leaf(index) => Some(&self.leaf(index).value),
         }
     }
@@ -561,10 +668,7 @@ impl<V> PrefixTrie<V> {
     /// Mutable access to the value stored for exactly `prefix`.
     pub fn get_mut(&mut self, prefix: &ServicePrefix) -> Option<&mut V> {
         match self.find(&prefix.id().to_words(), prefix.len())? {
-            Place::Internal { node, position } => {
-                let rank = self.internal_maps[node as usize].rank(position);
-                Some(&mut self.nodes[node as usize].values[rank])
-            }
+            Place::Internal { node, position } => self.internals[node as usize].get_mut(position),
             Place::Leaf(index) => Some(&mut self.leaf_mut(index).value),
         }
     }
@@ -576,7 +680,7 @@ impl<V> PrefixTrie<V> {
             let depth = self.nodes[index as usize].depth;
             if len < depth + 8 {
                 let position = self.nodes[index as usize].position_of(key, len);
-                return self.internal_maps[index as usize].get(position).then_some(
+                return self.internals[index as usize].map.get(position).then_some(
                     Place::Internal {
                         node: index,
                         position,
@@ -602,8 +706,11 @@ impl<V> PrefixTrie<V> {
     fn child(&self, index: NodeIndex, slot: u8) -> Option<ChildRef> {
         let map = &self.child_maps[index as usize];
         let slot = usize::from(slot);
-        map.get(slot)
-            .then(|| self.nodes[index as usize].children[map.rank(slot)].unpack())
+        map.get(slot).then(|| {
+            self.nodes[index as usize].children[map.rank(slot)]
+                .child
+                .unpack()
+        })
     }
 
     fn leaf(&self, index: LeafIndex) -> &Leaf<V> {
@@ -628,7 +735,7 @@ impl<V> PrefixTrie<V> {
                 let index = self.nodes.len() as NodeIndex;
                 assert!(index < Child::INDEX_LIMIT, "trie node arena full");
                 self.child_maps.push(Bitmap::default());
-                self.internal_maps.push(Bitmap::default());
+                self.internals.push(Internal::new());
                 self.nodes.push(node);
                 index
             }
@@ -638,7 +745,7 @@ impl<V> PrefixTrie<V> {
     /// Frees node `index`, leaving its maps empty for the next user.
     fn release_node(&mut self, index: NodeIndex) {
         self.child_maps[index as usize] = Bitmap::default();
-        self.internal_maps[index as usize] = Bitmap::default();
+        self.internals[index as usize] = Internal::new();
         self.nodes[index as usize] = Node::new([0; 4], 0);
         self.free_nodes.push(index);
     }
@@ -669,7 +776,11 @@ impl<V> PrefixTrie<V> {
     /// Puts `child` in slot `slot` of node `parent`, with the facts a lookup
     /// needs about it as they are now (see [`Child`]).
     fn set_child(&mut self, parent: NodeIndex, slot: u8, child: ChildRef) {
-        let packed = self.pack(child, self.nodes[parent as usize].depth);
+        let depth = self.nodes[parent as usize].depth;
+        let packed = match child {
+            ChildRef::Leaf(leaf) => Slot::leaf(leaf, self.leaf(leaf), depth),
+            ChildRef::Node(_) => Slot::unchecked(self.pack(child, depth)),
+        };
         let map = &mut self.child_maps[parent as usize];
         let node = &mut self.nodes[parent as usize];
         let slot = usize::from(slot);
@@ -691,7 +802,7 @@ impl<V> PrefixTrie<V> {
             ChildRef::Node(node) => Child::node(
                 node,
                 self.nodes[node as usize].depth > parent_depth + 8,
-                !self.internal_maps[node as usize].is_empty(),
+                !self.internals[node as usize].map.is_empty(),
             ),
         }
     }
@@ -705,7 +816,7 @@ impl<V> PrefixTrie<V> {
             // The root, or a node at depth 8.
             let depth = self.nodes[index as usize].depth;
             let byte = key_byte(&key, usize::from(depth / 8));
-            let internal = &self.internal_maps[index as usize];
+            let internal = &self.internals[index as usize].map;
             if let Some(position) = internal.highest_common(&CANDIDATES[usize::from(byte)]) {
                 entry.best_node = index;
                 entry.best_position = position as u8;
@@ -875,18 +986,8 @@ impl<V> PrefixTrie<V> {
     /// node `index`, returning the value it replaces. Does not count it, nor
     /// refresh the node's slot in its parent.
     fn put_internal(&mut self, index: NodeIndex, key: &[u64; 4], len: u16, value: V) -> Option<V> {
-        let node = &mut self.nodes[index as usize];
-        let internal = &mut self.internal_maps[index as usize];
-        let position = node.position_of(key, len);
-        let rank = internal.rank(position);
-        if internal.get(position) {
-            return Some(std::mem::replace(&mut node.values[rank], value));
-        }
-        internal.set(position);
-        node.value_ranks = internal.rank_bases();
-        node.values.reserve_exact(1);
-        node.values.insert(rank, value);
-        None
+        let position = self.nodes[index as usize].position_of(key, len);
+        self.internals[index as usize].insert(position, value)
     }
 
     /// Removes `prefix`, returning its value, and prunes, merges or shrinks
@@ -910,17 +1011,8 @@ impl<V> PrefixTrie<V> {
             trail.push((index, slot_in_parent));
             let depth = self.nodes[index as usize].depth;
             if len < depth + 8 {
-                let node = &mut self.nodes[index as usize];
-                let internal = &mut self.internal_maps[index as usize];
-                let position = node.position_of(&key, len);
-                if !internal.get(position) {
-                    return None;
-                }
-                let rank = internal.rank(position);
-                internal.clear(position);
-                node.value_ranks = internal.rank_bases();
-                let value = node.values.remove(rank);
-                node.values.shrink_to_fit();
+                let position = self.nodes[index as usize].position_of(&key, len);
+                let value = self.internals[index as usize].remove(position)?;
                 if let [.., (parent, _), (_, slot)] = trail[..] {
                     self.refresh_child(parent, slot);
                 }
@@ -960,7 +1052,7 @@ impl<V> PrefixTrie<V> {
             let (parent, _) = window[0];
             let (index, slot) = window[1];
             let node = &self.nodes[index as usize];
-            let entries = (node.values.len(), node.children.len());
+            let entries = (self.internals[index as usize].values.len(), node.children.len());
             if entries.0 + entries.1 >= 2 {
                 break;
             }
@@ -973,7 +1065,7 @@ impl<V> PrefixTrie<V> {
                     continue;
                 }
                 (0, _) => {
-                    let only_child = node.children[0].unpack();
+                    let only_child = node.children[0].child.unpack();
                     self.set_child(parent, slot, only_child);
                     self.release_node(index);
                 }
@@ -990,15 +1082,14 @@ impl<V> PrefixTrie<V> {
     /// Replaces node `index`, which holds exactly one value and no children,
     /// by a leaf holding that value.
     fn node_into_leaf(&mut self, index: NodeIndex) -> LeafIndex {
-        let position = self.internal_maps[index as usize]
-            .only()
-            .expect("a node with one value");
-        let node = &mut self.nodes[index as usize];
+        let internal = &mut self.internals[index as usize];
+        let position = internal.map.only().expect("a node with one value");
+        let value = internal.values.pop().expect("a node with one value");
+        let node = &self.nodes[index as usize];
         let (extra, byte) = position_prefix(position);
         let mut path = node.path;
         let at = usize::from(node.depth / 8);
         path[at / 8] |= u64::from(byte) << (56 - 8 * (at % 8));
-        let value = node.values.pop().expect("a node with one value");
         let len = node.depth + extra;
         self.release_node(index);
         self.alloc_leaf(Leaf { path, len, value })
@@ -1052,37 +1143,44 @@ impl<V> PrefixTrie<V> {
     ) {
         let node = &self.nodes[index as usize];
         let child_map = &self.child_maps[index as usize];
-        let internal = &self.internal_maps[index as usize];
+        let internal = &self.internals[index as usize];
         *nodes += 1;
-        *prefixes += node.values.len();
+        *prefixes += internal.values.len();
         assert_eq!(node.depth % 8, 0);
         assert!(node.depth <= 248);
-        assert_eq!(node.values.len(), internal.count());
+        assert_eq!(internal.values.len(), internal.map.count());
         assert_eq!(node.children.len(), child_map.count());
         assert_eq!(node.child_ranks, child_map.rank_bases());
-        assert_eq!(node.value_ranks, internal.rank_bases());
-        assert!(!internal.get(255), "no heap position 255");
+        assert_eq!(internal.ranks, internal.map.rank_bases());
+        assert!(!internal.map.get(255), "no heap position 255");
         if index != ROOT {
             assert!(
-                node.values.len() + node.children.len() >= 2,
+                internal.values.len() + node.children.len() >= 2,
                 "canonical shape"
             );
         }
         for slot in (0..256).filter(|&slot| child_map.get(slot)) {
-            let child = node.children[child_map.rank(slot)];
+            let stored = node.children[child_map.rank(slot)];
+            let child = stored.child;
             let (path, len) = match child.unpack() {
-                ChildRef::Leaf(leaf) => {
+                ChildRef::Leaf(index) => {
                     *leaves += 1;
                     *prefixes += 1;
-                    let leaf = self.leaf(leaf);
+                    let leaf = self.leaf(index);
+                    assert_eq!(
+                        stored,
+                        Slot::leaf(index, leaf, node.depth),
+                        "leaf check bits"
+                    );
                     let truncated = ServiceId::from_words(leaf.path).truncated(leaf.len);
                     assert_eq!(truncated.to_words(), leaf.path, "leaf bits past its length");
                     (leaf.path, leaf.len)
                 }
                 ChildRef::Node(next) => {
                     let next_node = &self.nodes[next as usize];
+                    assert_eq!(stored.check, 0, "no check bits for inner nodes");
                     assert_eq!(child.skips(), next_node.depth > node.depth + 8, "skip flag");
-                    let has_values = !self.internal_maps[next as usize].is_empty();
+                    let has_values = !self.internals[next as usize].map.is_empty();
                     assert_eq!(child.has_values(), has_values, "has-values flag");
                     self.check_node(next, prefixes, nodes, leaves);
                     (next_node.path, next_node.depth)

@@ -1,0 +1,1420 @@
+//! The controller itself, sans-IO: messages, sald events and time go in;
+//! datagrams to peers and rule changes for the local sald come out.
+//!
+//! A driver (the `servd` binary, or a test with a virtual clock) feeds it
+//! with [`Controller::handle_message`], [`Controller::handle_local_event`]
+//! and [`Controller::handle_timeout`], then drains
+//! [`Controller::poll_transmit`] (UDP datagrams) and
+//! [`Controller::poll_action`] (requests for its sald), and sleeps until
+//! [`Controller::poll_timeout`]. Nothing here blocks, reads a clock or
+//! touches a socket, which is what lets the in-process tests run whole
+//! hierarchies of controllers deterministically.
+//!
+//! Roles (one controller may play all of them):
+//! - **host**: announces the prefixes bound on its sald to its upstreams,
+//!   refreshes them every `refresh`, withdraws them on unbind, installs a
+//!   default route toward its service router, and turns DELAY notifications
+//!   into queries.
+//! - **router** (`router: true`, its sald runs with `--forward`): turns
+//!   announcements into FORWARD rules, expires them when refreshes stop,
+//!   answers queries and solicitations, and re-announces what it can reach
+//!   (aggregated under the configured covering prefixes) to its own
+//!   upstreams.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use sal::control::ControlEvent;
+use sal::proto::LocalInterface;
+use sal::table::{Rule, RuleOrigin, Target, TargetKey};
+use sal::{FlowId, Locator, ServiceId, ServicePrefix};
+
+use super::wire::{
+    self, announce_batches, withdraw_batches, Announcement, Message, Node, Route, RouteTarget,
+    WireError, MAX_LOCATORS,
+};
+
+/// Priority of the DROP rule a negative answer installs: above anything an
+/// operator is likely to have put at the same exact (/256) prefix.
+pub const NEGATIVE_PRIORITY: u32 = 1_000_000;
+/// Most targets accepted in one answer.
+const MAX_ANSWER_TARGETS: usize = 64;
+/// Shortest lease accepted from a peer (guards against refresh storms).
+const MIN_LEASE: Duration = Duration::from_millis(100);
+/// How many times a query is sent before giving up.
+const QUERY_TRIES: u8 = 3;
+
+/// How a router turns announcements of one prefix into FORWARD weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightPolicy {
+    /// The weight each host announced.
+    #[default]
+    Static,
+    /// Load-aware: instances ranked by their reported load get the share
+    /// that "power of two choices" would give them (the r-th least loaded
+    /// of n is picked with probability (2(n-r)-1)/n^2), scaled by their
+    /// announced weight. The least loaded gets the most new connections,
+    /// but not all of them, so a burst does not pile onto one instance
+    /// between two load reports (the herd effect).
+    LeastLoaded,
+}
+
+/// What the default route of a host points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DefaultRoute {
+    /// `/0 FORWARD` toward the service router(s), once one answered.
+    #[default]
+    Forward,
+    /// `/0 DELAY`: every unknown service is resolved by a query upstream.
+    Delay,
+    /// No default rule.
+    None,
+}
+
+/// Everything a controller is told at start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Name in messages and rule origins (default: the host name).
+    pub name: String,
+    /// Upstream controllers (`--upstream`), all announced to (redundancy).
+    pub upstreams: Vec<SocketAddr>,
+    /// When no upstream is configured: solicit a router by broadcast on
+    /// each interface's subnet, to this port. `None`: do not.
+    pub discover_port: Option<u16>,
+    /// Act as a service router (install FORWARD rules from announcements).
+    pub router: bool,
+    /// Lease put on our announcements.
+    pub lease: Duration,
+    /// How often announcements are refreshed (well under `lease`).
+    pub refresh: Duration,
+    /// Longest lease accepted from a downstream.
+    pub max_lease: Duration,
+    /// Weight and priority announced for our prefixes.
+    pub weight: u32,
+    pub priority: u32,
+    /// Covering prefixes announced instead of the specific ones below them.
+    pub aggregates: Vec<ServicePrefix>,
+    pub weight_policy: WeightPolicy,
+    pub default_route: DefaultRoute,
+    /// How long a positive answer is cached as a FORWARD rule.
+    pub cache_lifetime: Duration,
+    /// How long a negative answer is cached as a DROP rule.
+    pub negative_lifetime: Duration,
+    /// How long to wait for an answer before asking again.
+    pub query_timeout: Duration,
+    /// Bound on learned (prefix, locator) entries.
+    pub max_entries: usize,
+    /// Shared key for HMAC-SHA256 tags on every message.
+    pub key: Option<Vec<u8>>,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            name: "servd".into(),
+            upstreams: Vec::new(),
+            discover_port: None,
+            router: false,
+            lease: Duration::from_secs(30),
+            refresh: Duration::from_secs(10),
+            max_lease: Duration::from_secs(300),
+            weight: 1,
+            priority: 0,
+            aggregates: Vec::new(),
+            weight_policy: WeightPolicy::Static,
+            default_route: DefaultRoute::Forward,
+            cache_lifetime: Duration::from_secs(30),
+            negative_lifetime: Duration::from_secs(2),
+            query_timeout: Duration::from_millis(500),
+            max_entries: 1_000_000,
+            key: None,
+        }
+    }
+}
+
+/// A change for the local sald.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SaldAction {
+    /// `AddRuleWithOrigin`; `expires_in` becomes the origin's expiry.
+    Add {
+        prefix: ServicePrefix,
+        target: Target,
+        priority: u32,
+        origin: RuleOrigin,
+        expires_in: Option<Duration>,
+    },
+    /// `DelRule` of one target (a missing one is not an error).
+    Remove {
+        prefix: ServicePrefix,
+        key: TargetKey,
+    },
+}
+
+/// A datagram for a peer controller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub to: SocketAddr,
+    pub bytes: Vec<u8>,
+}
+
+/// Counters, for logs and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub rx: u64,
+    pub tx: u64,
+    pub dropped_oversized: u64,
+    pub dropped_malformed: u64,
+    pub dropped_version: u64,
+    pub dropped_unauthenticated: u64,
+    /// Valid messages this controller had no use for (an announcement to a
+    /// non-router, an answer nobody asked for, a full table).
+    pub dropped_unexpected: u64,
+    pub announcements: u64,
+    pub withdrawals: u64,
+    pub expired: u64,
+    pub queries: u64,
+    pub answers: u64,
+    pub negative_answers: u64,
+    pub rules_added: u64,
+    pub rules_removed: u64,
+}
+
+/// Whether a service router is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Still looking (within the first refresh interval).
+    Starting,
+    /// At least one upstream answered.
+    Connected,
+    /// Nobody answered: only local services are reachable by default.
+    HostOnly,
+    /// A router without upstream: the top of its hierarchy.
+    Root,
+}
+
+/// One (prefix, locator) learned from an announcement.
+#[derive(Debug, Clone)]
+struct Learned {
+    by: String,
+    announced_weight: u32,
+    priority: u32,
+    load: u32,
+    expires: Instant,
+    lease: Duration,
+    /// (weight, priority) last installed, and the expiry last reported.
+    installed: Option<(u32, u32)>,
+    reported_expiry: Instant,
+}
+
+#[derive(Debug)]
+struct Upstream {
+    addr: SocketAddr,
+    /// The router behind it, from its last advert.
+    router: Option<Node>,
+    next_solicit: Instant,
+}
+
+#[derive(Debug)]
+struct Pending {
+    id: u64,
+    deadline: Instant,
+    tries: u8,
+    /// A DELAY on our own sald is waiting for this answer.
+    local: bool,
+    /// Downstream askers: (address, their query ID).
+    waiters: Vec<(SocketAddr, u64)>,
+}
+
+/// The service controller; see the module documentation.
+#[derive(Debug)]
+pub struct Controller {
+    config: Config,
+    epoch: u64,
+    started: Instant,
+    interfaces: Vec<LocalInterface>,
+    // --- host role ---
+    /// Prefixes bound on our sald, with their active flows.
+    local: BTreeMap<ServicePrefix, u32>,
+    flows: HashMap<FlowId, ServicePrefix>,
+    /// What we announce upstream: prefix -> how many sources (local
+    /// registrations, learned prefixes) it stands for.
+    exported: BTreeMap<ServicePrefix, usize>,
+    pending_announce: BTreeSet<ServicePrefix>,
+    pending_withdraw: BTreeSet<ServicePrefix>,
+    next_refresh: Instant,
+    upstreams: Vec<Upstream>,
+    next_discover: Option<Instant>,
+    mode: Mode,
+    default_targets: HashSet<TargetKey>,
+    // --- router role ---
+    rib: BTreeMap<ServicePrefix, BTreeMap<Locator, Learned>>,
+    /// How many RIB prefixes have each length (longest match walks these).
+    prefix_lens: Vec<u32>,
+    rib_entries: usize,
+    next_expiry: Option<Instant>,
+    /// Downstream senders and the epoch they last announced with.
+    downstreams: HashMap<SocketAddr, u64>,
+    // --- resolution ---
+    queries: HashMap<ServiceId, Pending>,
+    next_query_id: u64,
+    /// Rules installed from answers, with their expiry.
+    cache: HashMap<(ServicePrefix, TargetKey), Instant>,
+    /// Rules a previous run installed; removed unless re-learned in time.
+    adopted: HashMap<(ServicePrefix, TargetKey), Instant>,
+    // --- output ---
+    transmits: VecDeque<Transmit>,
+    actions: VecDeque<SaldAction>,
+    stats: Stats,
+}
+
+impl Controller {
+    /// A controller starting at `now`; `epoch` must differ between runs
+    /// (random), it tells peers that this controller's state is new.
+    pub fn new(config: Config, now: Instant, epoch: u64) -> Controller {
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|&addr| Upstream {
+                addr,
+                router: None,
+                next_solicit: now,
+            })
+            .collect();
+        // Routers do not go looking for routers: a router without upstream
+        // is the top of its hierarchy.
+        let next_discover = (config.upstreams.is_empty()
+            && config.discover_port.is_some()
+            && !config.router)
+            .then_some(now);
+        let mode = if config.router && config.upstreams.is_empty() {
+            Mode::Root
+        } else {
+            Mode::Starting
+        };
+        let mut controller = Controller {
+            epoch,
+            started: now,
+            interfaces: Vec::new(),
+            local: BTreeMap::new(),
+            flows: HashMap::new(),
+            exported: BTreeMap::new(),
+            pending_announce: BTreeSet::new(),
+            pending_withdraw: BTreeSet::new(),
+            next_refresh: now + config.refresh,
+            upstreams,
+            next_discover,
+            mode,
+            default_targets: HashSet::new(),
+            rib: BTreeMap::new(),
+            prefix_lens: vec![0; 257],
+            rib_entries: 0,
+            next_expiry: None,
+            downstreams: HashMap::new(),
+            queries: HashMap::new(),
+            next_query_id: epoch.rotate_left(32) | 1,
+            cache: HashMap::new(),
+            adopted: HashMap::new(),
+            transmits: VecDeque::new(),
+            actions: VecDeque::new(),
+            stats: Stats::default(),
+            config,
+        };
+        if controller.config.default_route == DefaultRoute::Delay {
+            controller.install_default_delay();
+        }
+        controller
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Learned (prefix, locator) entries.
+    pub fn learned_entries(&self) -> usize {
+        self.rib_entries
+    }
+
+    /// Prefixes bound on the local sald.
+    pub fn local_prefixes(&self) -> impl Iterator<Item = &ServicePrefix> {
+        self.local.keys()
+    }
+
+    /// Prefixes announced upstream.
+    pub fn exported_prefixes(&self) -> impl Iterator<Item = &ServicePrefix> {
+        self.exported.keys()
+    }
+
+    /// This controller as peers see it.
+    pub fn node(&self) -> Node {
+        Node {
+            name: self.config.name.clone(),
+            epoch: self.epoch,
+            locators: self
+                .interfaces
+                .iter()
+                .map(|i| i.locator)
+                .take(MAX_LOCATORS)
+                .collect(),
+        }
+    }
+
+    // ----- inputs ---------------------------------------------------------
+
+    /// The local sald's interfaces (at start, and whenever they change).
+    pub fn set_interfaces(&mut self, now: Instant, interfaces: Vec<LocalInterface>) {
+        if interfaces == self.interfaces {
+            return;
+        }
+        self.interfaces = interfaces;
+        // Our locators changed: tell upstream at once, with everything.
+        if !self.exported.is_empty() {
+            self.send_full_refresh(now, None);
+        }
+    }
+
+    /// The local sald's rules at start: DEMUX targets are services bound
+    /// before we came up; targets a controller installed earlier (a previous
+    /// run of ours) are kept for one lease, and removed unless re-learned.
+    pub fn adopt_rules(&mut self, now: Instant, rules: &[Rule]) {
+        for rule in rules {
+            for entry in rule.targets() {
+                match (&entry.target, &entry.origin) {
+                    (Target::Demux { .. }, _) => {
+                        self.handle_local_event(
+                            now,
+                            ControlEvent::Registered {
+                                prefix: rule.prefix,
+                            },
+                        );
+                    }
+                    (_, RuleOrigin::Static) => {}
+                    (target, _) => {
+                        let key = target.key();
+                        if !self.owns(&rule.prefix, &key) {
+                            self.adopted
+                                .insert((rule.prefix, key), now + self.config.lease);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// An event from the local sald's subscription.
+    pub fn handle_local_event(&mut self, now: Instant, event: ControlEvent) {
+        match event {
+            ControlEvent::Registered { prefix } => {
+                if self.local.insert(prefix, 0).is_none() {
+                    tracing::info!(%prefix, "service registered locally; announcing");
+                    self.export(prefix);
+                }
+            }
+            ControlEvent::Unregistered { prefix } => {
+                if self.local.remove(&prefix).is_some() {
+                    tracing::info!(%prefix, "service unregistered locally; withdrawing");
+                    self.flows.retain(|_, p| *p != prefix);
+                    self.unexport(prefix);
+                }
+            }
+            ControlEvent::DelayNotify { service } => self.start_query(now, service, None),
+            ControlEvent::FlowOpened { flow, service } => {
+                let prefix = self
+                    .local
+                    .keys()
+                    .filter(|p| p.contains(&service))
+                    .max_by_key(|p| p.len())
+                    .copied();
+                if let Some(prefix) = prefix {
+                    if let Some(load) = self.local.get_mut(&prefix) {
+                        *load = load.saturating_add(1);
+                    }
+                    self.flows.insert(flow, prefix);
+                }
+            }
+            ControlEvent::FlowClosed { flow } => {
+                if let Some(prefix) = self.flows.remove(&flow) {
+                    if let Some(load) = self.local.get_mut(&prefix) {
+                        *load = load.saturating_sub(1);
+                    }
+                }
+            }
+            // Events appended to the protocol later are not ours to handle.
+            #[allow(unreachable_patterns)]
+            _ => {}
+        }
+    }
+
+    /// A datagram from a peer controller. Anything malformed, oversized,
+    /// of another version or without a valid tag is dropped and counted.
+    pub fn handle_message(&mut self, now: Instant, src: SocketAddr, bytes: &[u8]) {
+        self.stats.rx += 1;
+        let message = match wire::decode(bytes, self.config.key.as_deref()) {
+            Ok(message) => message,
+            Err(error) => {
+                match error {
+                    WireError::Oversized(_) | WireError::TooLarge(_) => {
+                        self.stats.dropped_oversized += 1
+                    }
+                    WireError::Version(_) => self.stats.dropped_version += 1,
+                    WireError::Unauthenticated => self.stats.dropped_unauthenticated += 1,
+                    WireError::BadMagic | WireError::Malformed(_) => {
+                        self.stats.dropped_malformed += 1
+                    }
+                }
+                tracing::debug!(%src, %error, "dropped a datagram");
+                return;
+            }
+        };
+        if message.from().epoch == self.epoch {
+            // Our own broadcast solicit, looped back by the kernel.
+            return;
+        }
+        match message {
+            Message::Announce {
+                from,
+                lease_ms,
+                entries,
+                full,
+            } => self.on_announce(now, src, from, lease_ms, entries, full),
+            Message::Withdraw { from, prefixes } => self.on_withdraw(now, src, from, prefixes),
+            Message::ResyncRequest { from } => {
+                if self.upstreams.iter().any(|u| u.addr == src) {
+                    tracing::info!(%src, upstream = %from.name, "upstream asked for a resync");
+                    self.send_full_refresh(now, Some(src));
+                } else {
+                    self.stats.dropped_unexpected += 1;
+                }
+            }
+            Message::Solicit { from } => {
+                if self.config.router {
+                    tracing::debug!(%src, host = %from.name, "answering a solicit");
+                    self.send(src, &Message::Advert { from: self.node() });
+                } else {
+                    self.stats.dropped_unexpected += 1;
+                }
+            }
+            Message::Advert { from } => self.on_advert(now, src, from),
+            Message::Query { from, id, service } => {
+                self.stats.queries += 1;
+                tracing::debug!(%src, asker = %from.name, %service, "query");
+                self.answer_query(now, src, id, service);
+            }
+            Message::Answer {
+                from,
+                id,
+                service,
+                route,
+            } => self.on_answer(now, from, id, service, route),
+        }
+    }
+
+    /// Runs whatever is due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now >= self.next_refresh {
+            self.next_refresh = now + self.config.refresh;
+            if !self.exported.is_empty() {
+                self.send_full_refresh(now, None);
+            }
+        }
+        self.solicit(now);
+        if self.next_expiry.is_some_and(|t| t <= now) {
+            self.expire(now);
+        }
+        self.expire_cache(now);
+        self.retry_queries(now);
+        if self.mode == Mode::Starting && now >= self.started + self.discovery_wait() {
+            self.mode = Mode::HostOnly;
+            tracing::warn!(
+                "no service router answered: host-only mode (local services only, no default route)"
+            );
+        }
+    }
+
+    // ----- outputs --------------------------------------------------------
+
+    /// When [`Controller::handle_timeout`] wants to run next.
+    pub fn poll_timeout(&self) -> Instant {
+        let mut next = self.next_refresh;
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                next = next.min(t);
+            }
+        };
+        consider(self.next_expiry);
+        consider(self.next_discover);
+        consider(self.upstreams.iter().map(|u| u.next_solicit).min());
+        consider(self.cache.values().min().copied());
+        consider(self.adopted.values().min().copied());
+        consider(self.queries.values().map(|q| q.deadline).min());
+        if self.mode == Mode::Starting {
+            consider(Some(self.started + self.discovery_wait()));
+        }
+        next
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.flush_exports();
+        self.transmits.pop_front()
+    }
+
+    /// The next change for the local sald.
+    pub fn poll_action(&mut self) -> Option<SaldAction> {
+        self.actions.pop_front()
+    }
+
+    // ----- host role ------------------------------------------------------
+
+    fn discovery_wait(&self) -> Duration {
+        (self.config.refresh * 2).max(Duration::from_secs(1))
+    }
+
+    /// The prefix `prefix` is announced as: its covering aggregate, if any.
+    fn export_key(&self, prefix: ServicePrefix) -> ServicePrefix {
+        self.config
+            .aggregates
+            .iter()
+            .filter(|a| a.covers(&prefix))
+            .min_by_key(|a| a.len())
+            .copied()
+            .unwrap_or(prefix)
+    }
+
+    fn export(&mut self, prefix: ServicePrefix) {
+        let key = self.export_key(prefix);
+        let count = self.exported.entry(key).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            self.pending_withdraw.remove(&key);
+            self.pending_announce.insert(key);
+        }
+    }
+
+    fn unexport(&mut self, prefix: ServicePrefix) {
+        let key = self.export_key(prefix);
+        let Some(count) = self.exported.get_mut(&key) else {
+            return;
+        };
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            self.exported.remove(&key);
+            self.pending_announce.remove(&key);
+            self.pending_withdraw.insert(key);
+        }
+    }
+
+    fn announcement(&self, prefix: ServicePrefix) -> Announcement {
+        Announcement {
+            prefix,
+            weight: self.config.weight,
+            priority: self.config.priority,
+            load: self.local.get(&prefix).copied().unwrap_or(0),
+        }
+    }
+
+    fn lease_ms(&self) -> u64 {
+        u64::try_from(self.config.lease.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Sends the incremental announcements and withdrawals queued so far.
+    fn flush_exports(&mut self) {
+        if self.pending_announce.is_empty() && self.pending_withdraw.is_empty() {
+            return;
+        }
+        let announce: Vec<Announcement> = std::mem::take(&mut self.pending_announce)
+            .into_iter()
+            .map(|p| self.announcement(p))
+            .collect();
+        let withdraw: Vec<ServicePrefix> =
+            std::mem::take(&mut self.pending_withdraw).into_iter().collect();
+        let node = self.node();
+        let key = self.config.key.clone();
+        let mut datagrams = Vec::new();
+        if !announce.is_empty() {
+            datagrams.extend(announce_batches(
+                &node,
+                self.lease_ms(),
+                &announce,
+                false,
+                key.as_deref(),
+            ));
+        }
+        if !withdraw.is_empty() {
+            datagrams.extend(withdraw_batches(&node, &withdraw, key.as_deref()));
+        }
+        for upstream in self.upstreams.iter().map(|u| u.addr).collect::<Vec<_>>() {
+            for bytes in &datagrams {
+                self.push_transmit(upstream, bytes.clone());
+            }
+        }
+    }
+
+    /// Announces everything we export, to one upstream or to all.
+    fn send_full_refresh(&mut self, _now: Instant, to: Option<SocketAddr>) {
+        self.flush_exports();
+        let entries: Vec<Announcement> = self
+            .exported
+            .keys()
+            .map(|&p| self.announcement(p))
+            .collect();
+        let datagrams = announce_batches(
+            &self.node(),
+            self.lease_ms(),
+            &entries,
+            true,
+            self.config.key.as_deref(),
+        );
+        let targets: Vec<SocketAddr> = match to {
+            Some(addr) => vec![addr],
+            None => self.upstreams.iter().map(|u| u.addr).collect(),
+        };
+        for addr in targets {
+            for bytes in &datagrams {
+                self.push_transmit(addr, bytes.clone());
+            }
+        }
+    }
+
+    /// Solicits configured upstreams (keep-alive and epoch check, every
+    /// lease) and, without any, the local links (until a router answers).
+    fn solicit(&mut self, now: Instant) {
+        let node = self.node();
+        let mut due = Vec::new();
+        for upstream in &mut self.upstreams {
+            if upstream.next_solicit <= now {
+                let interval = if upstream.router.is_some() {
+                    self.config.lease
+                } else {
+                    self.config.refresh
+                };
+                upstream.next_solicit = now + interval;
+                due.push(upstream.addr);
+            }
+        }
+        for addr in due {
+            self.send(addr, &Message::Solicit { from: node.clone() });
+        }
+        if let (Some(at), Some(port)) = (self.next_discover, self.config.discover_port) {
+            if at <= now {
+                if self.upstreams.is_empty() {
+                    self.next_discover = Some(now + self.config.refresh);
+                    for broadcast in self.broadcast_addrs(port) {
+                        self.send(broadcast, &Message::Solicit { from: node.clone() });
+                    }
+                } else {
+                    self.next_discover = None;
+                }
+            }
+        }
+    }
+
+    fn broadcast_addrs(&self, port: u16) -> Vec<SocketAddr> {
+        let mut out: Vec<SocketAddr> = self
+            .interfaces
+            .iter()
+            .filter(|i| i.prefix_len < 31)
+            .map(|i| {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(i.prefix_len))
+                    .unwrap_or(0);
+                let ip = Ipv4Addr::from(u32::from(i.locator.ip()) | !mask);
+                SocketAddr::new(ip.into(), port)
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    fn on_advert(&mut self, now: Instant, src: SocketAddr, from: Node) {
+        let index = match self.upstreams.iter().position(|u| u.addr == src) {
+            Some(index) => index,
+            None if self.next_discover.is_some() => {
+                tracing::info!(%src, router = %from.name, "discovered a service router");
+                self.upstreams.push(Upstream {
+                    addr: src,
+                    router: None,
+                    next_solicit: now + self.config.lease,
+                });
+                self.next_discover = None;
+                self.upstreams.len() - 1
+            }
+            None => {
+                self.stats.dropped_unexpected += 1;
+                return;
+            }
+        };
+        let previous = self.upstreams[index].router.replace(from.clone());
+        match previous {
+            None => {
+                tracing::info!(%src, router = %from.name, "service router answered");
+                // A (re)connected upstream gets everything at once.
+                self.send_full_refresh(now, Some(src));
+            }
+            Some(old) if old.epoch != from.epoch => {
+                tracing::info!(%src, router = %from.name, "service router restarted; resyncing");
+                self.send_full_refresh(now, Some(src));
+            }
+            Some(_) => {}
+        }
+        if self.mode != Mode::Connected {
+            if self.mode == Mode::HostOnly {
+                tracing::info!("service router found: leaving host-only mode");
+            }
+            self.mode = Mode::Connected;
+        }
+        self.update_default_route();
+    }
+
+    /// Our locator kind (native IPv4 or UDP encapsulation) decides which of
+    /// a router's locators we can reach; an on-link one is preferred.
+    fn pick_router_locator(&self, router: &Node) -> Option<Locator> {
+        let udp = matches!(
+            self.interfaces.first().map(|i| i.locator),
+            Some(Locator::Udp(_))
+        );
+        let usable: Vec<Locator> = router
+            .locators
+            .iter()
+            .copied()
+            .filter(|l| matches!(l, Locator::Udp(_)) == udp)
+            .collect();
+        usable
+            .iter()
+            .copied()
+            .find(|l| self.interfaces.iter().any(|i| on_link(i, l.ip())))
+            .or_else(|| usable.first().copied())
+    }
+
+    fn update_default_route(&mut self) {
+        if self.config.default_route != DefaultRoute::Forward {
+            return;
+        }
+        let mut wanted = HashMap::new();
+        for upstream in &self.upstreams {
+            if let Some(router) = &upstream.router {
+                if let Some(locator) = self.pick_router_locator(router) {
+                    wanted.insert(TargetKey::Forward { locator }, router.name.clone());
+                }
+            }
+        }
+        let stale: Vec<TargetKey> = self
+            .default_targets
+            .iter()
+            .filter(|k| !wanted.contains_key(k))
+            .copied()
+            .collect();
+        for key in stale {
+            self.default_targets.remove(&key);
+            self.remove_rule(ServicePrefix::DEFAULT, key);
+        }
+        for (key, by) in wanted {
+            let TargetKey::Forward { locator } = key else {
+                continue;
+            };
+            if self.default_targets.insert(key) {
+                tracing::info!(%locator, router = %by, "default route toward the service router");
+                self.add_rule(
+                    ServicePrefix::DEFAULT,
+                    Target::Forward {
+                        locator,
+                        weight: 1,
+                    },
+                    0,
+                    RuleOrigin::DefaultRoute { by },
+                    None,
+                );
+            }
+        }
+    }
+
+    fn install_default_delay(&mut self) {
+        self.default_targets.insert(TargetKey::Delay);
+        self.add_rule(
+            ServicePrefix::DEFAULT,
+            Target::Delay,
+            0,
+            RuleOrigin::DefaultRoute {
+                by: self.config.name.clone(),
+            },
+            None,
+        );
+    }
+
+    // ----- router role ----------------------------------------------------
+
+    fn on_announce(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        from: Node,
+        lease_ms: u64,
+        entries: Vec<Announcement>,
+        full: bool,
+    ) {
+        if !self.config.router {
+            self.stats.dropped_unexpected += 1;
+            return;
+        }
+        self.stats.announcements += 1;
+        let known = self.downstreams.insert(src, from.epoch);
+        if known != Some(from.epoch) && !full {
+            // New to us (we restarted, or it did): get everything now
+            // rather than at its next refresh.
+            self.send(src, &Message::ResyncRequest { from: self.node() });
+        }
+        let lease = Duration::from_millis(lease_ms).clamp(MIN_LEASE, self.config.max_lease);
+        let expires = now + lease;
+        let locators = sender_locators(&from, src);
+        let by = format!("{} ({})", from.name, src.ip());
+        let mut touched = BTreeSet::new();
+        for entry in entries {
+            for &locator in &locators {
+                if self.upsert(&entry, locator, &by, expires, lease) {
+                    touched.insert(entry.prefix);
+                }
+            }
+        }
+        for prefix in touched {
+            self.reconcile(now, prefix);
+        }
+        self.next_expiry = Some(self.next_expiry.map_or(expires, |t| t.min(expires)));
+    }
+
+    /// Inserts or refreshes one entry; false when the table is full.
+    fn upsert(
+        &mut self,
+        entry: &Announcement,
+        locator: Locator,
+        by: &str,
+        expires: Instant,
+        lease: Duration,
+    ) -> bool {
+        let prefix = entry.prefix;
+        let exists = self
+            .rib
+            .get(&prefix)
+            .is_some_and(|m| m.contains_key(&locator));
+        if !exists && self.rib_entries >= self.config.max_entries {
+            self.stats.dropped_unexpected += 1;
+            return false;
+        }
+        let new_prefix = !self.rib.contains_key(&prefix);
+        let targets = self.rib.entry(prefix).or_default();
+        match targets.get_mut(&locator) {
+            Some(learned) => {
+                learned.announced_weight = entry.weight;
+                learned.priority = entry.priority;
+                learned.load = entry.load;
+                learned.expires = learned.expires.max(expires);
+                learned.lease = lease;
+                if learned.by != by {
+                    learned.by = by.to_string();
+                    learned.installed = None;
+                }
+            }
+            None => {
+                targets.insert(
+                    locator,
+                    Learned {
+                        by: by.to_string(),
+                        announced_weight: entry.weight,
+                        priority: entry.priority,
+                        load: entry.load,
+                        expires,
+                        lease,
+                        installed: None,
+                        reported_expiry: expires,
+                    },
+                );
+                self.rib_entries += 1;
+                tracing::debug!(%prefix, %locator, by, "learned");
+            }
+        }
+        if new_prefix {
+            self.prefix_lens[usize::from(prefix.len())] += 1;
+            if !self.upstreams.is_empty() {
+                self.export(prefix);
+            }
+        }
+        true
+    }
+
+    /// Brings the sald rules of `prefix` in line with the RIB: weights by
+    /// policy, origin expiries refreshed every half lease.
+    fn reconcile(&mut self, now: Instant, prefix: ServicePrefix) {
+        let Some(targets) = self.rib.get(&prefix) else {
+            return;
+        };
+        let weights = effective_weights(self.config.weight_policy, targets);
+        let mut adds = Vec::new();
+        if let Some(targets) = self.rib.get_mut(&prefix) {
+            for ((locator, learned), weight) in targets.iter_mut().zip(weights) {
+                let wanted = (weight, learned.priority);
+                let lease_left = learned.expires.saturating_duration_since(now);
+                // The expiry shown by `servalctl services` is re-sent when
+                // it has moved by half a lease, not on every refresh.
+                let moved = learned
+                    .expires
+                    .saturating_duration_since(learned.reported_expiry);
+                let stale_expiry = moved * 2 >= learned.lease;
+                if learned.installed != Some(wanted) || stale_expiry {
+                    learned.installed = Some(wanted);
+                    learned.reported_expiry = learned.expires;
+                    adds.push((
+                        *locator,
+                        weight,
+                        learned.priority,
+                        learned.by.clone(),
+                        lease_left,
+                    ));
+                }
+            }
+        }
+        for (locator, weight, priority, by, lease_left) in adds {
+            self.add_rule(
+                prefix,
+                Target::Forward { locator, weight },
+                priority,
+                RuleOrigin::Announced {
+                    by,
+                    expires_unix_ms: None,
+                },
+                Some(lease_left),
+            );
+        }
+    }
+
+    fn on_withdraw(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        from: Node,
+        prefixes: Vec<ServicePrefix>,
+    ) {
+        if !self.config.router {
+            self.stats.dropped_unexpected += 1;
+            return;
+        }
+        self.stats.withdrawals += 1;
+        let locators = sender_locators(&from, src);
+        for prefix in prefixes {
+            let mut removed = false;
+            for locator in &locators {
+                removed |= self.forget(prefix, *locator);
+            }
+            if removed {
+                tracing::info!(%prefix, host = %from.name, "withdrawn");
+                self.reconcile(now, prefix);
+            }
+        }
+    }
+
+    /// Removes one learned entry and its rule; true if there was one.
+    fn forget(&mut self, prefix: ServicePrefix, locator: Locator) -> bool {
+        let Some(targets) = self.rib.get_mut(&prefix) else {
+            return false;
+        };
+        if targets.remove(&locator).is_none() {
+            return false;
+        }
+        self.rib_entries -= 1;
+        if targets.is_empty() {
+            self.rib.remove(&prefix);
+            self.prefix_lens[usize::from(prefix.len())] -= 1;
+            if !self.upstreams.is_empty() {
+                self.unexport(prefix);
+            }
+        }
+        self.remove_rule(prefix, TargetKey::Forward { locator });
+        true
+    }
+
+    /// Drops every entry whose lease ran out.
+    fn expire(&mut self, now: Instant) {
+        let mut gone = Vec::new();
+        let mut next: Option<Instant> = None;
+        for (prefix, targets) in &self.rib {
+            for (locator, learned) in targets {
+                if learned.expires <= now {
+                    gone.push((*prefix, *locator, learned.by.clone()));
+                } else {
+                    next = Some(next.map_or(learned.expires, |t| t.min(learned.expires)));
+                }
+            }
+        }
+        self.next_expiry = next;
+        let mut touched = BTreeSet::new();
+        for (prefix, locator, by) in gone {
+            tracing::info!(%prefix, %locator, by, "lease expired");
+            self.stats.expired += 1;
+            self.forget(prefix, locator);
+            touched.insert(prefix);
+        }
+        for prefix in touched {
+            self.reconcile(now, prefix);
+        }
+    }
+
+    // ----- resolution -----------------------------------------------------
+
+    /// What we know about `service`: a local binding or the longest learned
+    /// prefix covering it.
+    fn lookup(&self, service: &ServiceId) -> Option<Route> {
+        let ttl_ms = u64::try_from(self.config.cache_lifetime.as_millis()).unwrap_or(u64::MAX);
+        let local = self
+            .local
+            .keys()
+            .filter(|p| p.contains(service))
+            .max_by_key(|p| p.len());
+        let learned = (0..=256u16)
+            .rev()
+            .filter(|&len| self.prefix_lens[usize::from(len)] > 0)
+            .find_map(|len| {
+                let prefix = ServicePrefix::new(*service, len);
+                self.rib.get(&prefix).map(|targets| (prefix, targets))
+            });
+        match (local, learned) {
+            (Some(local), learned) if learned.is_none_or(|(p, _)| p.len() <= local.len()) => {
+                let node = self.node();
+                let targets = node
+                    .locators
+                    .iter()
+                    .map(|&locator| RouteTarget {
+                        locator,
+                        weight: self.config.weight,
+                        priority: self.config.priority,
+                    })
+                    .collect::<Vec<_>>();
+                (!targets.is_empty()).then_some(Route {
+                    prefix: *local,
+                    targets,
+                    ttl_ms,
+                })
+            }
+            (_, Some((prefix, targets))) => {
+                let weights = effective_weights(self.config.weight_policy, targets);
+                Some(Route {
+                    prefix,
+                    targets: targets
+                        .iter()
+                        .zip(weights)
+                        .take(MAX_ANSWER_TARGETS)
+                        .map(|((&locator, learned), weight)| RouteTarget {
+                            locator,
+                            weight,
+                            priority: learned.priority,
+                        })
+                        .collect(),
+                    ttl_ms,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    fn answer_query(&mut self, now: Instant, src: SocketAddr, id: u64, service: ServiceId) {
+        if let Some(route) = self.lookup(&service) {
+            self.send(
+                src,
+                &Message::Answer {
+                    from: self.node(),
+                    id,
+                    service,
+                    route: Some(route),
+                },
+            );
+        } else if !self.upstreams.is_empty() {
+            // Not ours to know: ask further up, answer when it comes back.
+            self.start_query(now, service, Some((src, id)));
+        } else {
+            self.send(
+                src,
+                &Message::Answer {
+                    from: self.node(),
+                    id,
+                    service,
+                    route: None,
+                },
+            );
+        }
+    }
+
+    /// Asks the upstreams about `service`, for our own sald (`waiter` None)
+    /// or on behalf of a downstream asker.
+    fn start_query(&mut self, now: Instant, service: ServiceId, waiter: Option<(SocketAddr, u64)>) {
+        if let Some(pending) = self.queries.get_mut(&service) {
+            match waiter {
+                Some(waiter) => {
+                    if !pending.waiters.contains(&waiter) {
+                        pending.waiters.push(waiter);
+                    }
+                }
+                None => pending.local = true,
+            }
+            return;
+        }
+        if self.upstreams.is_empty() {
+            if waiter.is_none() {
+                // Nobody to ask: what we know (a router's own table) or no.
+                let route = self.lookup(&service);
+                self.install_answer(now, &self.config.name.clone(), service, route);
+            }
+            return;
+        }
+        let id = self.next_query_id;
+        self.next_query_id = self.next_query_id.wrapping_add(1);
+        self.queries.insert(
+            service,
+            Pending {
+                id,
+                deadline: now + self.config.query_timeout,
+                tries: 1,
+                local: waiter.is_none(),
+                waiters: waiter.into_iter().collect(),
+            },
+        );
+        tracing::debug!(%service, id, "querying upstream");
+        self.send_query(id, service);
+    }
+
+    fn send_query(&mut self, id: u64, service: ServiceId) {
+        let message = Message::Query {
+            from: self.node(),
+            id,
+            service,
+        };
+        for addr in self.upstreams.iter().map(|u| u.addr).collect::<Vec<_>>() {
+            self.send(addr, &message);
+        }
+    }
+
+    fn retry_queries(&mut self, now: Instant) {
+        let due: Vec<ServiceId> = self
+            .queries
+            .iter()
+            .filter(|(_, q)| q.deadline <= now)
+            .map(|(s, _)| *s)
+            .collect();
+        for service in due {
+            let Some(pending) = self.queries.get_mut(&service) else {
+                continue;
+            };
+            if pending.tries >= QUERY_TRIES {
+                // Unknown is not "no such service": install nothing and let
+                // the held packets time out in sald.
+                tracing::warn!(%service, "no answer from any upstream");
+                self.queries.remove(&service);
+                continue;
+            }
+            pending.tries += 1;
+            pending.deadline = now + self.config.query_timeout;
+            let id = pending.id;
+            self.send_query(id, service);
+        }
+    }
+
+    fn on_answer(
+        &mut self,
+        now: Instant,
+        from: Node,
+        id: u64,
+        service: ServiceId,
+        route: Option<Route>,
+    ) {
+        if !self.queries.get(&service).is_some_and(|q| q.id == id) {
+            self.stats.dropped_unexpected += 1;
+            return;
+        }
+        let Some(pending) = self.queries.remove(&service) else {
+            return;
+        };
+        // An answer may only speak for a prefix covering what was asked.
+        let route = route.filter(|r| r.prefix.contains(&service) && !r.targets.is_empty());
+        self.stats.answers += 1;
+        if route.is_none() {
+            self.stats.negative_answers += 1;
+        }
+        tracing::debug!(%service, by = %from.name, positive = route.is_some(), "answer");
+        for (addr, their_id) in &pending.waiters {
+            self.send(
+                *addr,
+                &Message::Answer {
+                    from: self.node(),
+                    id: *their_id,
+                    service,
+                    route: route.clone(),
+                },
+            );
+        }
+        if pending.local {
+            self.install_answer(now, &from.name, service, route);
+        }
+    }
+
+    /// Installs an answer as cache rules: FORWARD targets, or a DROP for the
+    /// exact ID so that the held connect fails with "no route".
+    fn install_answer(&mut self, now: Instant, by: &str, service: ServiceId, route: Option<Route>) {
+        let origin = RuleOrigin::Resolved {
+            by: by.to_string(),
+            expires_unix_ms: None,
+        };
+        match route {
+            Some(route) => {
+                let ttl = Duration::from_millis(route.ttl_ms).min(self.config.cache_lifetime);
+                for target in route.targets.iter().take(MAX_ANSWER_TARGETS) {
+                    let key = TargetKey::Forward {
+                        locator: target.locator,
+                    };
+                    self.cache.insert((route.prefix, key), now + ttl);
+                    self.add_rule(
+                        route.prefix,
+                        Target::Forward {
+                            locator: target.locator,
+                            weight: target.weight,
+                        },
+                        target.priority,
+                        origin.clone(),
+                        Some(ttl),
+                    );
+                }
+            }
+            None => {
+                let prefix = ServicePrefix::exact(service);
+                let ttl = self.config.negative_lifetime;
+                self.cache.insert((prefix, TargetKey::Drop), now + ttl);
+                self.add_rule(prefix, Target::Drop, NEGATIVE_PRIORITY, origin, Some(ttl));
+            }
+        }
+    }
+
+    fn expire_cache(&mut self, now: Instant) {
+        let due: Vec<(ServicePrefix, TargetKey)> = self
+            .cache
+            .iter()
+            .filter(|(_, &t)| t <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for (prefix, key) in due {
+            self.cache.remove(&(prefix, key));
+            if !self.owns(&prefix, &key) {
+                self.remove_rule(prefix, key);
+            }
+        }
+        let due: Vec<(ServicePrefix, TargetKey)> = self
+            .adopted
+            .iter()
+            .filter(|(_, &t)| t <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for (prefix, key) in due {
+            self.adopted.remove(&(prefix, key));
+            tracing::info!(%prefix, %key, "removing a rule left by a previous run");
+            self.remove_rule(prefix, key);
+        }
+    }
+
+    /// Whether a rule target is currently ours for another reason than the
+    /// cache (learned, or the default route).
+    fn owns(&self, prefix: &ServicePrefix, key: &TargetKey) -> bool {
+        if *prefix == ServicePrefix::DEFAULT && self.default_targets.contains(key) {
+            return true;
+        }
+        match key {
+            TargetKey::Forward { locator } => self
+                .rib
+                .get(prefix)
+                .is_some_and(|t| t.contains_key(locator)),
+            _ => false,
+        }
+    }
+
+    // ----- plumbing -------------------------------------------------------
+
+    fn add_rule(
+        &mut self,
+        prefix: ServicePrefix,
+        target: Target,
+        priority: u32,
+        origin: RuleOrigin,
+        expires_in: Option<Duration>,
+    ) {
+        self.adopted.remove(&(prefix, target.key()));
+        self.stats.rules_added += 1;
+        self.actions.push_back(SaldAction::Add {
+            prefix,
+            target,
+            priority,
+            origin,
+            expires_in,
+        });
+    }
+
+    fn remove_rule(&mut self, prefix: ServicePrefix, key: TargetKey) {
+        self.stats.rules_removed += 1;
+        self.actions.push_back(SaldAction::Remove { prefix, key });
+    }
+
+    fn send(&mut self, to: SocketAddr, message: &Message) {
+        match wire::encode(message, self.config.key.as_deref()) {
+            Ok(bytes) => self.push_transmit(to, bytes),
+            Err(error) => tracing::warn!(%error, "could not encode a message"),
+        }
+    }
+
+    fn push_transmit(&mut self, to: SocketAddr, bytes: Vec<u8>) {
+        self.stats.tx += 1;
+        self.transmits.push_back(Transmit { to, bytes });
+    }
+}
+
+/// The locators an announcement speaks for: those the sender claims, or its
+/// source address when it claims none.
+fn sender_locators(from: &Node, src: SocketAddr) -> Vec<Locator> {
+    if from.locators.is_empty() {
+        match src.ip() {
+            std::net::IpAddr::V4(ip) => vec![Locator::Ipv4(ip)],
+            std::net::IpAddr::V6(_) => Vec::new(),
+        }
+    } else {
+        from.locators.iter().copied().take(MAX_LOCATORS).collect()
+    }
+}
+
+fn on_link(interface: &LocalInterface, ip: Ipv4Addr) -> bool {
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(interface.prefix_len.min(32)))
+        .unwrap_or(0);
+    u32::from(interface.locator.ip()) & mask == u32::from(ip) & mask
+}
+
+/// The FORWARD weight of each target of one prefix (in the map's order).
+fn effective_weights(policy: WeightPolicy, targets: &BTreeMap<Locator, Learned>) -> Vec<u32> {
+    match policy {
+        WeightPolicy::Static => targets.values().map(|l| l.announced_weight).collect(),
+        WeightPolicy::LeastLoaded => {
+            let n = targets.len() as u64;
+            let loads: Vec<u32> = targets.values().map(|l| l.load).collect();
+            targets
+                .values()
+                .map(|learned| {
+                    // Rank = how many are strictly less loaded; ties share
+                    // the best rank, so equal loads mean equal weights.
+                    let rank = loads.iter().filter(|&&l| l < learned.load).count() as u64;
+                    let share = 2 * (n - rank) - 1;
+                    let weight = u64::from(learned.announced_weight) * share;
+                    u32::try_from(weight).unwrap_or(u32::MAX)
+                })
+                .collect()
+        }
+    }
+}

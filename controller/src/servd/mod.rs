@@ -1,0 +1,22 @@
+//! `servd`, the service controller: turns binds into routing state across
+//! the network (DESIGN.md, "Control plane").
+//!
+//! - [`controller`]: the sans-IO state machine (announcements, leases,
+//!   FORWARD rules on routers, aggregation, DELAY queries, default route).
+//! - [`wire`]: the controller-to-controller datagram format (versioned JSON,
+//!   size cap, optional HMAC-SHA256).
+//! - [`driver`]: the tokio shell around it (one UDP socket on the host
+//!   network, two control connections to the local sald).
+//!
+//! Soft state, end to end: a host announces what is bound on it with a
+//! lease and refreshes it; a router holds the resulting FORWARD rules only
+//! as long as refreshes keep coming. Nothing needs to be cleaned up by hand
+//! after a crash, a partition or a restart of either side.
+
+pub mod controller;
+pub mod driver;
+pub mod wire;
+
+pub use controller::{
+    Config, Controller, DefaultRoute, Mode, SaldAction, Stats, Transmit, WeightPolicy,
+};

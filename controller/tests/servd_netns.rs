@@ -1,0 +1,356 @@
+//! servd with the real binaries on hosts built from network namespaces: a
+//! service router, three server hosts and a client on one LAN, every host
+//! running sald and servd; no rule is added by hand. Needs root; skips
+//! loudly otherwise.
+//!
+//! The test process plays the applications, through each host's control
+//! socket (as in sald's own namespace tests). It checks, with lease 2 s and
+//! refresh 0.5 s:
+//! - a bind on a server reaches the router as a FORWARD rule within 1 s,
+//!   and the client (whose only rule is servd's default route) connects by
+//!   service ID through the router;
+//! - unbinding withdraws at once;
+//! - SIGKILL of a server host's sald and servd: the router's rule is gone
+//!   within the lease, and new connections go to the other instance;
+//! - a host without the shared key cannot announce; once its servd has the
+//!   key, its existing binding is announced and gets its share.
+
+use std::io::{Read, Write};
+use std::net::Ipv4Addr;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use sal::control::{Request, Response};
+use sal::table::{Rule, RuleOrigin, Target};
+use sal::{ServiceId, ServicePrefix};
+use socket_shim::{ControlClient, ServiceListener, ServiceStream};
+use testnet::{require_root, wait_until, Host, NsChild, TopologyBuilder};
+
+const LEASE: &str = "2s";
+const REFRESH: &str = "500ms";
+
+/// A process in a host namespace, stopped with SIGTERM on drop (sald then
+/// removes its plumbing before the namespace goes away).
+struct Daemon {
+    child: NsChild,
+    log: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.terminate(Duration::from_secs(5));
+    }
+}
+
+impl Daemon {
+    fn kill(&self) {
+        let _ = self.child.signal(nix::sys::signal::Signal::SIGKILL);
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// sald is another package's binary: it sits next to ours in the target
+/// directory (`cargo test --workspace` builds it for sald's own tests).
+fn sald_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let sald = dir.join("sald");
+    assert!(
+        sald.exists(),
+        "{} is missing: build it first (cargo build -p sald)",
+        sald.display()
+    );
+    sald
+}
+
+fn scratch_dir(label: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("servd-test-{}-{label}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn spawn(host: &Host, dir: &Path, name: &str, program: &Path, args: &[String]) -> Daemon {
+    let log = dir.join(format!("{name}.log"));
+    let file = std::fs::File::create(&log).unwrap();
+    let mut cmd = host.ns.command(program);
+    cmd.args(args)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file);
+    let child = host.ns.spawn_cmd(cmd).unwrap();
+    Daemon { child, log }
+}
+
+struct Node {
+    control: PathBuf,
+    sald: Daemon,
+    servd: Option<Daemon>,
+    addr: Ipv4Addr,
+}
+
+impl Node {
+    fn client(&self) -> ControlClient {
+        ControlClient::connect_to(&self.control).unwrap()
+    }
+
+    fn rules(&self) -> Vec<Rule> {
+        match ControlClient::connect_to(&self.control)
+            .and_then(|mut c| c.request(&Request::ListRules))
+            .map(|r| r.response)
+        {
+            Ok(Response::Rules { rules }) => rules,
+            _ => Vec::new(),
+        }
+    }
+
+    /// FORWARD locators at exactly `prefix`.
+    fn forwards(&self, prefix: &str) -> Vec<Ipv4Addr> {
+        let prefix: ServicePrefix = prefix.parse().unwrap();
+        let mut out: Vec<Ipv4Addr> = self
+            .rules()
+            .iter()
+            .filter(|r| r.prefix == prefix)
+            .flat_map(|r| r.targets().to_vec())
+            .filter_map(|e| match e.target {
+                Target::Forward { locator, .. } => Some(locator.ip()),
+                _ => None,
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn logs(&self) -> String {
+        format!(
+            "--- sald ---\n{}\n--- servd ---\n{}",
+            self.sald.log(),
+            self.servd.as_ref().map(Daemon::log).unwrap_or_default()
+        )
+    }
+}
+
+fn start_node(host: &Host, dir: &Path, name: &str, forward: bool) -> Node {
+    let control = dir.join(format!("{name}.sock"));
+    let mut args = vec![
+        "--iface".to_string(),
+        host.ifaces[0].name.clone(),
+        "--control".into(),
+        control.display().to_string(),
+    ];
+    if forward {
+        args.push("--forward".into());
+    }
+    let sald = spawn(host, dir, &format!("{name}-sald"), &sald_binary(), &args);
+    let ready = wait_until(Duration::from_secs(10), || {
+        UnixStream::connect(&control).is_ok()
+    });
+    assert!(ready, "sald on {name} did not come up:\n{}", sald.log());
+    Node {
+        control,
+        sald,
+        servd: None,
+        addr: host.addr().unwrap(),
+    }
+}
+
+fn start_servd(host: &Host, dir: &Path, node: &mut Node, name: &str, extra: &[String]) {
+    let mut args = vec![
+        "--control".to_string(),
+        node.control.display().to_string(),
+        "--listen".into(),
+        format!("{}:54326", node.addr),
+        "--name".into(),
+        name.into(),
+        "--lease".into(),
+        LEASE.into(),
+        "--refresh".into(),
+        REFRESH.into(),
+    ];
+    args.extend_from_slice(extra);
+    let servd = spawn(
+        host,
+        dir,
+        &format!("{name}-servd"),
+        Path::new(env!("CARGO_BIN_EXE_servd")),
+        &args,
+    );
+    node.servd = Some(servd);
+}
+
+fn svc(s: &str) -> ServiceId {
+    s.parse().unwrap()
+}
+
+/// Serves connections on `prefix`, answering each with `tag`.
+fn serve(node: &Node, prefix: &str, tag: u8) -> thread::JoinHandle<()> {
+    let listener =
+        ServiceListener::bind_via(node.client(), prefix.parse::<ServicePrefix>().unwrap(), 64)
+            .unwrap();
+    thread::spawn(move || loop {
+        let Ok((mut stream, _)) = listener.accept() else {
+            return;
+        };
+        let _ = stream.write_all(&[tag]);
+        let _ = stream.shutdown_write();
+    })
+}
+
+/// One connection from the client: which server answered.
+fn ask(client: &Node, service: &str) -> Result<u8, String> {
+    let mut stream = ServiceStream::connect_via(
+        client.client(),
+        svc(service),
+        Some(Duration::from_secs(3)),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).map_err(|e| e.to_string())?;
+    answer.first().copied().ok_or_else(|| "empty answer".into())
+}
+
+#[test]
+fn binds_become_routes_and_crashes_expire() {
+    require_root!();
+    let started = Instant::now();
+    let net = TopologyBuilder::new("servd", 5)
+        .lan(&[0, 1, 2, 3, 4])
+        .build()
+        .unwrap();
+    let dir = scratch_dir("servd");
+    let key = dir.join("domain.key");
+    std::fs::write(&key, "a shared key for the test domain\n").unwrap();
+    let keyed = vec!["--key-file".to_string(), key.display().to_string()];
+    let router_addr = net.host(0).addr().unwrap();
+    let mut upstream = vec!["--upstream".to_string(), format!("{router_addr}:54326")];
+    upstream.extend_from_slice(&keyed);
+
+    let mut router = start_node(net.host(0), &dir, "router", true);
+    let mut s1 = start_node(net.host(1), &dir, "s1", false);
+    let mut s2 = start_node(net.host(2), &dir, "s2", false);
+    let mut client = start_node(net.host(3), &dir, "client", false);
+    let mut s3 = start_node(net.host(4), &dir, "s3", false);
+    let mut router_args = vec!["--router".to_string()];
+    router_args.extend_from_slice(&keyed);
+    start_servd(net.host(0), &dir, &mut router, "router", &router_args);
+    start_servd(net.host(1), &dir, &mut s1, "s1", &upstream);
+    start_servd(net.host(2), &dir, &mut s2, "s2", &upstream);
+    start_servd(net.host(3), &dir, &mut client, "client", &upstream);
+    // s3 starts outside the domain: no key.
+    start_servd(net.host(4), &dir, &mut s3, "s3", &upstream[..2]);
+
+    // The client learns its default route from the router.
+    let default_route = wait_until(Duration::from_secs(5), || {
+        client.forwards("0/0") == vec![router_addr]
+    });
+    assert!(default_route, "no default route:\n{}", client.logs());
+
+    // 1. Bind on s1: the router has the rule within 1 s, the client connects.
+    let bound = Instant::now();
+    let _s1_server = serve(&s1, "5e/8", 1);
+    let reachable = wait_until(Duration::from_secs(1), || {
+        router.forwards("5e/8") == vec![s1.addr]
+    });
+    let registration = bound.elapsed();
+    assert!(
+        reachable,
+        "router has no rule 1 s after the bind:\n{}\n{}",
+        router.logs(),
+        s1.logs()
+    );
+    assert_eq!(ask(&client, "5e77"), Ok(1), "{}", router.logs());
+    let connected = bound.elapsed();
+    let rule = router
+        .rules()
+        .into_iter()
+        .find(|r| r.prefix == "5e/8".parse().unwrap())
+        .unwrap();
+    let origin = &rule.targets()[0].origin;
+    assert!(
+        matches!(origin, RuleOrigin::Announced { by, expires_unix_ms: Some(_) } if by.starts_with("s1")),
+        "{origin:?}"
+    );
+
+    // 2. Unbinding withdraws at once (the service's process went away).
+    let short_lived = ServiceListener::bind_via(
+        s2.client(),
+        "abcd/16".parse::<ServicePrefix>().unwrap(),
+        4,
+    )
+    .unwrap();
+    assert!(wait_until(Duration::from_secs(1), || {
+        router.forwards("abcd/16") == vec![s2.addr]
+    }));
+    let unbound = Instant::now();
+    drop(short_lived);
+    assert!(
+        wait_until(Duration::from_secs(1), || router.forwards("abcd/16").is_empty()),
+        "withdrawal did not arrive"
+    );
+    let withdrawal = unbound.elapsed();
+
+    // 3. A host without the key cannot announce.
+    let _s3_server = serve(&s3, "5e/8", 3);
+    let _s2_server = serve(&s2, "5e/8", 2);
+    assert!(wait_until(Duration::from_secs(1), || {
+        router.forwards("5e/8") == vec![s1.addr, s2.addr]
+    }));
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        router.forwards("5e/8"),
+        vec![s1.addr, s2.addr],
+        "an unauthenticated host got in"
+    );
+
+    // 4. SIGKILL of s1's sald and servd: gone within the lease; new
+    // connections go to s2.
+    s1.servd.as_ref().unwrap().kill();
+    s1.sald.kill();
+    let killed = Instant::now();
+    let expired = wait_until(Duration::from_secs(4), || {
+        router.forwards("5e/8") == vec![s2.addr]
+    });
+    let failover = killed.elapsed();
+    assert!(expired, "s1's rule outlived its lease:\n{}", router.logs());
+    assert!(
+        failover <= Duration::from_millis(2300),
+        "s1's rule took {failover:?} to expire (lease {LEASE})"
+    );
+    for _ in 0..10 {
+        assert_eq!(ask(&client, "5e77"), Ok(2));
+    }
+
+    // 5. s3's servd restarts with the key: it finds the binding already in
+    // its sald, announces it, and s3 gets its share of new connections.
+    drop(s3.servd.take());
+    start_servd(net.host(4), &dir, &mut s3, "s3-keyed", &upstream);
+    assert!(
+        wait_until(Duration::from_secs(2), || {
+            router.forwards("5e/8") == vec![s2.addr, s3.addr]
+        }),
+        "third instance not announced:\n{}\n{}",
+        router.logs(),
+        s3.logs()
+    );
+    let mut counts = [0usize; 4];
+    for _ in 0..40 {
+        let who = ask(&client, "5e77").unwrap();
+        counts[usize::from(who)] += 1;
+    }
+    assert!(counts[2] >= 8 && counts[3] >= 8, "shares {counts:?}");
+    eprintln!(
+        "servd netns: bind-to-rule {registration:?}, bind-to-connect {connected:?}, \
+         withdrawal {withdrawal:?}, failover after SIGKILL {failover:?} \
+         (lease {LEASE}, refresh {REFRESH}), shares {counts:?}, total {:?}",
+        started.elapsed()
+    );
+}

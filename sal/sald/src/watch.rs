@@ -1,0 +1,310 @@
+//! Link and address events from the kernel (rtnetlink multicast groups), so
+//! that flows move off an interface that goes down or loses its address, and
+//! follow an interface that is renumbered.
+//!
+//! A blocking thread reads the netlink socket (it is created in the daemon's
+//! network namespace, which threads share) and forwards [`LinkEvent`]s over a
+//! channel; [`Interfaces`] turns them into host calls.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::{LinkAttribute, LinkFlag};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use sal::proto::Host;
+use sal::Locator;
+use tokio::sync::mpsc;
+
+/// rtnetlink multicast groups: links, and IPv4 addresses.
+const RTMGRP_LINK: u32 = 0x1;
+const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+
+/// What the kernel told us about an interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// Administratively up and with carrier (`up`), or not.
+    Link { index: u32, name: String, up: bool },
+    AddressAdded { index: u32, addr: Ipv4Addr, prefix_len: u8 },
+    AddressRemoved { index: u32, addr: Ipv4Addr },
+}
+
+/// Starts the watcher thread; events arrive on the returned channel. Fails
+/// if the netlink socket cannot be opened (then the daemon runs without
+/// automatic migration on link events, and says so).
+pub fn spawn() -> std::io::Result<mpsc::UnboundedReceiver<LinkEvent>> {
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind(&SocketAddr::new(0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR))?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name("sald-netlink".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = match socket.recv(&mut &mut buf[..], 0) {
+                    Ok(n) => n,
+                    Err(error) => {
+                        tracing::warn!(%error, "netlink watcher stopped");
+                        return;
+                    }
+                };
+                for event in parse(&buf[..n]) {
+                    if tx.send(event).is_err() {
+                        return;
+                    }
+                }
+            }
+        })?;
+    Ok(rx)
+}
+
+/// Decodes the link and address messages in one netlink datagram.
+pub fn parse(mut bytes: &[u8]) -> Vec<LinkEvent> {
+    let mut events = Vec::new();
+    while bytes.len() >= 16 {
+        let len = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+        if len < 16 || len > bytes.len() {
+            break;
+        }
+        if let Ok(message) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&bytes[..len]) {
+            if let NetlinkPayload::InnerMessage(inner) = message.payload {
+                events.extend(event_of(inner));
+            }
+        }
+        bytes = &bytes[((len + 3) & !3).min(bytes.len())..];
+    }
+    events
+}
+
+fn event_of(message: RouteNetlinkMessage) -> Option<LinkEvent> {
+    match message {
+        RouteNetlinkMessage::NewLink(_) | RouteNetlinkMessage::DelLink(_) => {
+            let (link, deleted) = match message {
+                RouteNetlinkMessage::NewLink(link) => (link, false),
+                RouteNetlinkMessage::DelLink(link) => (link, true),
+                _ => return None,
+            };
+            let name = link.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(name) => Some(name.clone()),
+                _ => None,
+            })?;
+            let flags = &link.header.flags;
+            let up = !deleted && flags.contains(&LinkFlag::Up) && flags.contains(&LinkFlag::Running);
+            Some(LinkEvent::Link {
+                index: link.header.index,
+                name,
+                up,
+            })
+        }
+        RouteNetlinkMessage::NewAddress(address) => {
+            let addr = ipv4_of(&address.attributes)?;
+            Some(LinkEvent::AddressAdded {
+                index: address.header.index,
+                addr,
+                prefix_len: address.header.prefix_len,
+            })
+        }
+        RouteNetlinkMessage::DelAddress(address) => Some(LinkEvent::AddressRemoved {
+            index: address.header.index,
+            addr: ipv4_of(&address.attributes)?,
+        }),
+        _ => None,
+    }
+}
+
+fn ipv4_of(attributes: &[AddressAttribute]) -> Option<Ipv4Addr> {
+    attributes.iter().find_map(|a| match a {
+        AddressAttribute::Local(std::net::IpAddr::V4(ip)) | AddressAttribute::Address(std::net::IpAddr::V4(ip)) => {
+            Some(*ip)
+        }
+        _ => None,
+    })
+}
+
+/// The daemon's view of its interfaces' addresses, which decides what each
+/// kernel event means for the host.
+#[derive(Debug, Default)]
+pub struct Interfaces {
+    /// Interface index to name, for our SAL interfaces only.
+    names: HashMap<u32, String>,
+    /// Current IPv4 addresses of each SAL interface.
+    addresses: HashMap<String, Vec<(Ipv4Addr, u8)>>,
+}
+
+/// What a kernel event changed, for the plumbing to follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlumbingChange {
+    Add { iface: String, addr: Ipv4Addr },
+    Remove { iface: String, addr: Ipv4Addr },
+}
+
+impl Interfaces {
+    /// Tracks `iface` (kernel index `index`) starting from `addr`.
+    pub fn track(&mut self, index: u32, iface: &str, addr: Ipv4Addr, prefix_len: u8) {
+        self.names.insert(index, iface.to_string());
+        self.addresses
+            .entry(iface.to_string())
+            .or_default()
+            .push((addr, prefix_len));
+    }
+
+    /// Applies one event to the host; returns what the plumbing must follow.
+    pub fn apply(&mut self, host: &mut Host, event: LinkEvent) -> Option<PlumbingChange> {
+        match event {
+            LinkEvent::Link { index, up, .. } => {
+                let name = self.names.get(&index)?.clone();
+                let was_up = host.interfaces().iter().any(|i| i.name == name && i.up);
+                let has_address = self.addresses.get(&name).is_some_and(|a| !a.is_empty());
+                let up = up && has_address;
+                if was_up != up {
+                    tracing::info!(iface = %name, up, "interface state changed");
+                    let _ = host.set_interface_up(&name, up);
+                }
+                None
+            }
+            LinkEvent::AddressAdded {
+                index,
+                addr,
+                prefix_len,
+            } => {
+                let name = self.names.get(&index)?.clone();
+                let addresses = self.addresses.entry(name.clone()).or_default();
+                if addresses.iter().any(|(a, _)| *a == addr) {
+                    return None;
+                }
+                addresses.push((addr, prefix_len));
+                let current = host.interfaces().iter().find(|i| i.name == name).cloned()?;
+                if !current.up && addresses.len() == 1 {
+                    // The interface had lost its address and has one again.
+                    let locator = relocate(&current.locator, addr);
+                    let _ = host.set_interface_locator(&name, locator, prefix_len);
+                    let _ = host.set_interface_up(&name, true);
+                    tracing::info!(iface = %name, %locator, "interface has an address again");
+                }
+                Some(PlumbingChange::Add { iface: name, addr })
+            }
+            LinkEvent::AddressRemoved { index, addr } => {
+                let name = self.names.get(&index)?.clone();
+                let addresses = self.addresses.entry(name.clone()).or_default();
+                addresses.retain(|(a, _)| *a != addr);
+                let replacement = addresses.first().copied();
+                let current = host.interfaces().iter().find(|i| i.name == name).cloned()?;
+                if current.locator.ip() == addr {
+                    match replacement {
+                        // Renumbered: the flows follow the interface's new address.
+                        Some((new, prefix_len)) => {
+                            let locator = relocate(&current.locator, new);
+                            tracing::info!(iface = %name, %locator, "interface renumbered");
+                            let _ = host.set_interface_locator(&name, locator, prefix_len);
+                        }
+                        // No address left: flows move to another interface.
+                        None => {
+                            tracing::info!(iface = %name, %addr, "interface lost its address");
+                            let _ = host.set_interface_up(&name, false);
+                        }
+                    }
+                }
+                Some(PlumbingChange::Remove { iface: name, addr })
+            }
+        }
+    }
+}
+
+/// `template` moved to `ip`, keeping its carriage (and UDP port).
+fn relocate(template: &Locator, ip: Ipv4Addr) -> Locator {
+    match template {
+        Locator::Ipv4(_) => Locator::Ipv4(ip),
+        Locator::Udp(addr) => Locator::Udp(std::net::SocketAddrV4::new(ip, addr.port())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sal::proto::{HostConfig, LocalInterface};
+    use sal::time::Instant;
+
+    fn host() -> Host {
+        let mut host = Host::new(HostConfig::default(), Instant::from_millis(0));
+        for (name, ip) in [("wlan", "10.0.0.1"), ("cell", "10.1.0.1")] {
+            host.add_interface(LocalInterface {
+                name: name.into(),
+                locator: Locator::Ipv4(ip.parse().unwrap()),
+                prefix_len: 24,
+                up: true,
+            });
+        }
+        host
+    }
+
+    fn tracked() -> Interfaces {
+        let mut interfaces = Interfaces::default();
+        interfaces.track(2, "wlan", "10.0.0.1".parse().unwrap(), 24);
+        interfaces.track(3, "cell", "10.1.0.1".parse().unwrap(), 24);
+        interfaces
+    }
+
+    fn up(host: &Host, name: &str) -> bool {
+        host.interfaces().iter().any(|i| i.name == name && i.up)
+    }
+
+    #[test]
+    fn link_down_and_up_follow_the_kernel() {
+        let (mut host, mut interfaces) = (host(), tracked());
+        let down = LinkEvent::Link {
+            index: 2,
+            name: "wlan".into(),
+            up: false,
+        };
+        assert_eq!(interfaces.apply(&mut host, down), None);
+        assert!(!up(&host, "wlan"));
+        let back = LinkEvent::Link {
+            index: 2,
+            name: "wlan".into(),
+            up: true,
+        };
+        interfaces.apply(&mut host, back);
+        assert!(up(&host, "wlan"));
+        // Interfaces that are not ours are ignored.
+        let other = LinkEvent::Link {
+            index: 9,
+            name: "docker0".into(),
+            up: false,
+        };
+        assert_eq!(interfaces.apply(&mut host, other), None);
+    }
+
+    #[test]
+    fn renumbering_and_address_loss() {
+        let (mut host, mut interfaces) = (host(), tracked());
+        let added = LinkEvent::AddressAdded {
+            index: 2,
+            addr: "10.0.0.9".parse().unwrap(),
+            prefix_len: 24,
+        };
+        assert!(matches!(interfaces.apply(&mut host, added), Some(PlumbingChange::Add { .. })));
+        let removed = LinkEvent::AddressRemoved {
+            index: 2,
+            addr: "10.0.0.1".parse().unwrap(),
+        };
+        interfaces.apply(&mut host, removed);
+        let wlan = host.interfaces().iter().find(|i| i.name == "wlan").unwrap();
+        assert_eq!(wlan.locator, Locator::Ipv4("10.0.0.9".parse().unwrap()));
+        // Losing the last address takes the interface out of use.
+        let gone = LinkEvent::AddressRemoved {
+            index: 3,
+            addr: "10.1.0.1".parse().unwrap(),
+        };
+        interfaces.apply(&mut host, gone);
+        assert!(!up(&host, "cell"));
+        let again = LinkEvent::AddressAdded {
+            index: 3,
+            addr: "10.1.0.7".parse().unwrap(),
+            prefix_len: 24,
+        };
+        interfaces.apply(&mut host, again);
+        assert!(up(&host, "cell"));
+    }
+}

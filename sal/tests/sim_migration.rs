@@ -1,0 +1,374 @@
+//! Flow migration (RSYN) on the deterministic simulator: manual and automatic
+//! moves, lost control messages, both ends moving at once, a FIN during a
+//! move, spoofed RSYNs, and many moves during one transfer. Every transfer is
+//! checked byte for byte.
+
+use std::cell::Cell;
+use std::net::Ipv4Addr;
+use std::rc::Rc;
+
+use sal::proto::{Event, HostConfig, HostError};
+use sal::sim::{HostId, LinkConditions, Network};
+use sal::table::Target;
+use sal::wire::{ControlFlags, ControlRepr, SalPacket, SalRepr, TransportProtocol::Stream};
+use sal::{FlowId, Locator, ServiceId, ServicePrefix};
+use smoltcp::time::Duration;
+
+fn loc(s: &str) -> Locator {
+    s.parse().unwrap()
+}
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn ms(m: u64) -> Duration {
+    Duration::from_millis(m)
+}
+
+/// A dual-homed client (wlan 10.0.0.1, cell 10.1.0.1) and a dual-homed
+/// server (eth0 10.0.0.2, eth1 10.2.0.2), with one established stream flow.
+struct Pair {
+    net: Network,
+    client: HostId,
+    server: HostId,
+    cflow: FlowId,
+    sflow: FlowId,
+}
+
+fn pair(config: HostConfig, conditions: LinkConditions) -> Pair {
+    let mut net = Network::new(21, conditions);
+    let client = net.add_host(
+        "client",
+        config.clone(),
+        &[("wlan", "10.0.0.1/24"), ("cell", "10.1.0.1/24"), ("usb", "10.3.0.1/24")],
+    );
+    let server = net.add_host("server", config, &[("eth0", "10.0.0.2/24"), ("eth1", "10.2.0.2/24")]);
+    net.host(client).add_rule(
+        ServicePrefix::DEFAULT,
+        Target::Forward {
+            locator: loc("10.0.0.2"),
+            weight: 1,
+        },
+        0,
+    );
+    let listener = net.host(server).listen("ab/8".parse().unwrap(), Stream, 8).unwrap();
+    let service: ServiceId = "ab".parse().unwrap();
+    let cflow = net.host(client).connect(service, Stream).unwrap();
+    let mut sflow = None;
+    assert!(net.run_until(secs(10), |net| {
+        sflow = sflow.or_else(|| net.host(server).accept(listener).ok());
+        sflow.is_some() && net.sim_host(client).events.contains(&Event::Connected(cflow))
+    }));
+    Pair {
+        net,
+        client,
+        server,
+        cflow,
+        sflow: sflow.unwrap(),
+    }
+}
+
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// Moves `data` client -> server while `during` runs after every step (it may
+/// migrate flows, take links down ...). Returns what the server read.
+fn transfer(p: &mut Pair, data: &[u8], timeout: Duration, mut during: impl FnMut(&mut Network, usize)) -> Vec<u8> {
+    let (client, server, cflow, sflow) = (p.client, p.server, p.cflow, p.sflow);
+    let mut sent = 0;
+    let mut shut = false;
+    let mut received = Vec::with_capacity(data.len());
+    let mut buf = vec![0u8; 65536];
+    let done = p.net.run_until(timeout, |net| {
+        during(net, received.len());
+        while sent < data.len() {
+            let end = (sent + 65536).min(data.len());
+            match net.host(client).send(cflow, &data[sent..end]) {
+                Ok(n) => sent += n,
+                Err(HostError::WouldBlock) => break,
+                Err(e) => panic!("send failed: {e}"),
+            }
+        }
+        if sent == data.len() && !shut {
+            net.host(client).shutdown(cflow).unwrap();
+            shut = true;
+        }
+        loop {
+            match net.host(server).recv(sflow, &mut buf) {
+                Ok(0) => return true,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+                Err(HostError::WouldBlock) => return false,
+                Err(e) => panic!("recv failed: {e}"),
+            }
+        }
+    });
+    assert!(done, "transfer stalled at {} of {} bytes", received.len(), data.len());
+    received
+}
+
+fn server_sees(p: &mut Pair) -> Option<Locator> {
+    let sflow = p.sflow;
+    p.net.host(p.server).flow(sflow).unwrap().remote
+}
+
+/// Control flags of a SAL packet, if it carries CONTROL.
+fn control_of(payload: &[u8]) -> Option<ControlFlags> {
+    let packet = SalPacket::new_checked(payload).ok()?;
+    SalRepr::parse(&packet).ok()?.control.map(|c| c.flags)
+}
+
+#[test]
+fn manual_migration_mid_transfer_is_invisible_to_the_transport() {
+    let mut p = pair(HostConfig::default(), LinkConditions::default());
+    let data = pattern(4 << 20, 1);
+    let (client, cflow) = (p.client, p.cflow);
+    let mut moved = false;
+    let got = transfer(&mut p, &data, secs(60), |net, received| {
+        if !moved && received > 1 << 20 {
+            net.host(client).migrate(cflow, "cell").unwrap();
+            moved = true;
+        }
+    });
+    assert!(got == data);
+    assert_eq!(server_sees(&mut p), Some(loc("10.1.0.1")));
+    let info = p.net.host(client).flow(cflow).unwrap();
+    assert_eq!((info.interface.as_deref(), info.migrations), (Some("cell"), 1));
+    assert!(p.net.sim_host(p.server).events.contains(&Event::PeerMoved(p.sflow, loc("10.1.0.1"))));
+}
+
+#[test]
+fn migration_survives_loss_of_rsyn_rsyn_ack_and_ack() {
+    for victim in [ControlFlags::RSYN, ControlFlags::RSYN | ControlFlags::ACK, ControlFlags::ACK] {
+        let mut p = pair(HostConfig::default(), LinkConditions::default());
+        let dropped = Rc::new(Cell::new(0));
+        let seen_rsyn_ack = Rc::new(Cell::new(false));
+        {
+            let (dropped, seen_rsyn_ack) = (dropped.clone(), seen_rsyn_ack.clone());
+            p.net.set_filter(Some(Box::new(move |t| {
+                let Some(flags) = control_of(&t.payload) else {
+                    return false;
+                };
+                if flags == ControlFlags::RSYN | ControlFlags::ACK {
+                    seen_rsyn_ack.set(true);
+                }
+                // Drop the first two of the victim kind (for a bare ACK: the
+                // ones confirming the RSYN-ACK).
+                let is_victim = flags == victim && (victim != ControlFlags::ACK || seen_rsyn_ack.get());
+                if is_victim && dropped.get() < 2 {
+                    dropped.set(dropped.get() + 1);
+                    return true;
+                }
+                false
+            })));
+        }
+        let (client, cflow) = (p.client, p.cflow);
+        p.net.host(client).migrate(cflow, "cell").unwrap();
+        let data = pattern(300_000, 2);
+        let got = transfer(&mut p, &data, secs(60), |_, _| {});
+        assert!(got == data, "{victim:?}");
+        p.net.run_for(secs(10));
+        assert_eq!(dropped.get(), 2, "the filter hit {victim:?}");
+        assert_eq!(server_sees(&mut p), Some(loc("10.1.0.1")), "{victim:?}");
+        let retransmits = p.net.host(client).stats().retransmits + p.net.host(p.server).stats().retransmits;
+        assert!(retransmits > 0, "{victim:?}: loss was recovered by retransmission");
+        assert_eq!(p.net.host(client).stats().migrations_failed, 0);
+    }
+}
+
+#[test]
+fn both_ends_migrate_at_once() {
+    let mut p = pair(HostConfig::default(), LinkConditions::default());
+    let (client, server, cflow, sflow) = (p.client, p.server, p.cflow, p.sflow);
+    let data = pattern(2 << 20, 3);
+    let mut moved = false;
+    let got = transfer(&mut p, &data, secs(60), |net, received| {
+        if !moved && received > 500_000 {
+            net.host(client).migrate(cflow, "cell").unwrap();
+            net.host(server).migrate(sflow, "eth1").unwrap();
+            moved = true;
+        }
+    });
+    assert!(got == data);
+    assert_eq!(p.net.host(server).flow(sflow).unwrap().remote, Some(loc("10.1.0.1")));
+    assert_eq!(p.net.host(client).flow(cflow).unwrap().remote, Some(loc("10.2.0.2")));
+}
+
+#[test]
+fn fin_during_a_migration_keeps_the_migration_alive() {
+    let mut p = pair(HostConfig::default(), LinkConditions::default());
+    let (client, server, cflow, sflow) = (p.client, p.server, p.cflow, p.sflow);
+    // Lose the first RSYN-ACKs so the move is still open when the FINs go.
+    let dropped = Rc::new(Cell::new(0));
+    {
+        let dropped = dropped.clone();
+        p.net.set_filter(Some(Box::new(move |t| {
+            let hit = control_of(&t.payload) == Some(ControlFlags::RSYN | ControlFlags::ACK) && dropped.get() < 2;
+            if hit {
+                dropped.set(dropped.get() + 1);
+            }
+            hit
+        })));
+    }
+    p.net.host(client).migrate(cflow, "cell").unwrap();
+    p.net.host(client).close(cflow).unwrap();
+    p.net.host(server).close(sflow).unwrap();
+    p.net.run_for(secs(20));
+    assert_eq!(dropped.get(), 2);
+    assert!(p.net.sim_host(client).events.contains(&Event::Closed(cflow)));
+    assert!(p.net.sim_host(server).events.contains(&Event::Closed(sflow)));
+    assert!(p.net.sim_host(server).events.contains(&Event::PeerMoved(sflow, loc("10.1.0.1"))));
+    assert_eq!(p.net.host(client).stats().migrations_failed, 0);
+}
+
+#[test]
+fn spoofed_rsyns_change_nothing_and_are_counted() {
+    let mut p = pair(HostConfig::default(), LinkConditions::default());
+    let (server, cflow, sflow) = (p.server, p.cflow, p.sflow);
+    let attacker = loc("10.9.9.9");
+    let rsyn = |src_flow: FlowId, dst_flow: FlowId, nonce: [u8; 8], verno: u32| {
+        let mut repr = SalRepr::data(src_flow, Some(dst_flow), 6);
+        repr.control = Some(ControlRepr {
+            flags: ControlFlags::RSYN,
+            verno,
+            ackno: 0,
+            nonce,
+        });
+        let mut bytes = vec![0u8; repr.header_len()];
+        repr.emit(&mut bytes).unwrap();
+        bytes
+    };
+    let now = p.net.now();
+    let before = p.net.host(server).stats();
+    // Wrong nonce.
+    let bytes = rsyn(cflow, sflow, [0x42; 8], 0);
+    p.net.host(server).handle_packet(now, attacker, loc("10.0.0.2"), 64, &bytes);
+    // Unknown flow ID.
+    let bogus = FlowId::new(sflow.get() ^ 0x5555).unwrap();
+    let bytes = rsyn(cflow, bogus, [0x42; 8], 0);
+    p.net.host(server).handle_packet(now, attacker, loc("10.0.0.2"), 64, &bytes);
+    // Right flow and the right nonce (an RSYN captured on the wire), but an
+    // old verno: replayed after a later move, it must not undo that move.
+    let captured = Rc::new(std::cell::RefCell::new(None));
+    {
+        let captured = captured.clone();
+        p.net.set_filter(Some(Box::new(move |t| {
+            if control_of(&t.payload) == Some(ControlFlags::RSYN) && captured.borrow().is_none() {
+                *captured.borrow_mut() = Some(t.payload.clone());
+            }
+            false
+        })));
+    }
+    p.net.host(p.client).migrate(cflow, "cell").unwrap();
+    p.net.run_for(secs(1));
+    p.net.host(p.client).migrate(cflow, "usb").unwrap();
+    p.net.run_for(secs(1));
+    let replay = captured.borrow().clone().expect("an RSYN was sent");
+    let now = p.net.now();
+    p.net.host(server).handle_packet(now, attacker, loc("10.0.0.2"), 64, &replay);
+    let after = p.net.host(server).stats();
+    assert_eq!(after.bad_nonce, before.bad_nonce + 1);
+    assert_eq!(after.unknown_flow, before.unknown_flow + 1);
+    assert!(after.stale > before.stale, "replayed RSYN counted stale");
+    assert_eq!(server_sees(&mut p), Some(loc("10.3.0.1")), "only the real moves took effect");
+}
+
+#[test]
+fn fifty_back_and_forth_migrations_during_twenty_megabytes() {
+    let conditions = LinkConditions {
+        delay: ms(2),
+        ..Default::default()
+    };
+    let mut p = pair(HostConfig::default(), conditions);
+    let (client, cflow) = (p.client, p.cflow);
+    let data = pattern(20 << 20, 5);
+    let mut moves = 0;
+    let mut next_at = 200_000;
+    let got = transfer(&mut p, &data, secs(600), |net, received| {
+        if moves < 50 && received >= next_at {
+            let iface = if moves % 2 == 0 { "cell" } else { "wlan" };
+            net.host(client).migrate(cflow, iface).unwrap();
+            moves += 1;
+            next_at += 350_000;
+        }
+    });
+    assert_eq!(moves, 50);
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "bytes differ after 50 migrations");
+    assert_eq!(p.net.host(client).flow(cflow).unwrap().migrations, 50);
+}
+
+#[test]
+fn link_down_moves_flows_at_once() {
+    let mut p = pair(HostConfig::default(), LinkConditions::default());
+    let (client, cflow) = (p.client, p.cflow);
+    let data = pattern(2 << 20, 6);
+    let mut down = false;
+    let got = transfer(&mut p, &data, secs(60), |net, received| {
+        if !down && received > 500_000 {
+            net.link_down(Ipv4Addr::new(10, 0, 0, 1));
+            net.host(client).set_interface_up("wlan", false).unwrap();
+            down = true;
+        }
+    });
+    assert!(got == data);
+    assert_eq!(server_sees(&mut p), Some(loc("10.1.0.1")));
+}
+
+#[test]
+fn a_silent_path_is_abandoned_by_the_liveness_check() {
+    let config = HostConfig {
+        liveness_timeout: ms(500),
+        ..Default::default()
+    };
+    let mut p = pair(config, LinkConditions::default());
+    let data = pattern(2 << 20, 7);
+    let mut cut = false;
+    let start = p.net.now();
+    let got = transfer(&mut p, &data, secs(60), |net, received| {
+        if !cut && received > 500_000 {
+            // The wlan path silently stops delivering; nobody is told.
+            net.link_down(Ipv4Addr::new(10, 0, 0, 1));
+            cut = true;
+        }
+    });
+    assert!(got == data);
+    assert_eq!(server_sees(&mut p), Some(loc("10.1.0.1")));
+    assert!(p.net.now() - start < secs(20));
+}
+
+#[test]
+fn renumbering_moves_flows_to_the_new_address() {
+    let mut p = pair(HostConfig::default(), LinkConditions::default());
+    let (server, cflow) = (p.server, p.cflow);
+    p.net
+        .host(server)
+        .set_interface_locator("eth0", loc("10.0.0.20"), 24)
+        .unwrap();
+    let data = pattern(500_000, 8);
+    let got = transfer(&mut p, &data, secs(30), |_, _| {});
+    assert!(got == data);
+    assert_eq!(p.net.host(p.client).flow(cflow).unwrap().remote, Some(loc("10.0.0.20")));
+}
+
+#[test]
+fn the_latest_of_two_quick_migrations_wins() {
+    let mut p = pair(HostConfig::default(), LinkConditions::default());
+    let (client, cflow) = (p.client, p.cflow);
+    p.net.host(client).migrate(cflow, "cell").unwrap();
+    p.net.host(client).migrate(cflow, "usb").unwrap();
+    p.net.run_for(secs(2));
+    assert_eq!(server_sees(&mut p), Some(loc("10.3.0.1")));
+    let data = pattern(200_000, 9);
+    assert!(transfer(&mut p, &data, secs(30), |_, _| {}) == data);
+    assert!(matches!(p.net.host(client).migrate(cflow, "eth9"), Err(HostError::NoSuchInterface(_))));
+}

@@ -1,0 +1,456 @@
+//! `libserval_shim.so`: the Serval socket interface (WIRE.md, "The C socket
+//! API") for C programs, by interposing libc's socket calls.
+//!
+//! Link it (`-lserval_shim`) or preload it (`serval-run -- PROGRAM`); either
+//! way the definitions here come before libc's, and every call on a
+//! descriptor or address family that is not ours goes straight on to libc
+//! (found with `dlsym(RTLD_NEXT)`, see [`real`]).
+//!
+//! # Descriptor scheme
+//!
+//! Every Serval socket is a real kernel descriptor, so `read`, `write`,
+//! `poll`, `select`, `epoll`, `fork` and `exec` work on it natively:
+//!
+//! - `socket(AF_SERVAL, ...)` returns a *placeholder*: one end of a Unix
+//!   socketpair with a full send buffer (neither readable nor writable); its
+//!   peer end stays with the shim;
+//! - `connect` asks sald for a flow and `dup3`s the flow socket sald hands
+//!   over onto the program's descriptor number. A non-blocking connect
+//!   returns `EINPROGRESS` and completes in a helper thread; closing the
+//!   placeholder's peer end then wakes every `poll`/`select`/`epoll_wait`
+//!   sleeping on the old file, which re-examines the number and finds the
+//!   writable flow (or a hang-up and `SO_ERROR` on failure). epoll
+//!   registrations are re-added for the new file;
+//! - `bind` registers the prefix with sald at once (so `EADDRINUSE` comes from
+//!   `bind`); `listen` puts a `SOCK_SEQPACKET` socketpair end at the number:
+//!   a helper thread takes flows from sald and passes each, with its
+//!   description, through the pair. `accept` is a `recvmsg` on it, so
+//!   readiness, blocking and `O_NONBLOCK` behave as the kernel's, and a
+//!   forked child that inherits the listener accepts from the same queue;
+//! - datagram sockets are sald's `SOCK_SEQPACKET` sockets; `sendto`/`recvfrom`
+//!   (and `send`/`recv`/`read`/`write`) wrap and unwrap `DatagramFrame`s.
+//!   `recvfrom` returns a reply address (`SV_FLAG_PEER`) that `sendto`
+//!   understands.
+//!
+//! The [`table`] remembers what each number means; [`ops`] does the work.
+//!
+//! # Inet mode
+//!
+//! With `SERVAL_SHIM_MAP=PORT=SERVICEID,...` (set by `serval-run --map`), a
+//! TCP `bind` to a mapped port registers the service instead, and a TCP
+//! `connect` to a mapped port (on any address, or within `SERVAL_SHIM_NET`
+//! ranges) connects to the service; the program keeps seeing `AF_INET`
+//! addresses from `getsockname`, `getpeername` and `accept`.
+//!
+//! # Safety at the boundary
+//!
+//! Every exported function catches panics (`EIO`), and `unsafe` is confined
+//! to reading and writing the program's buffers and calling libc.
+
+use std::ffi::{c_int, c_void};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use libc::{epoll_event, size_t, sockaddr, socklen_t, ssize_t};
+
+mod addr;
+mod ops;
+mod real;
+mod table;
+
+use addr::SockAddr;
+use ops::{OptAnswer, Res};
+
+/// Sets the calling thread's `errno`.
+pub(crate) fn set_errno(errno: c_int) {
+    // SAFETY: __errno_location returns this thread's errno slot.
+    unsafe { *libc::__errno_location() = errno };
+}
+
+/// Runs `f`, turning an error into `errno` and `fail`, and a panic into `EIO`.
+fn guard<T>(fail: T, f: impl FnOnce() -> Res<T>) -> T {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(value)) => value,
+        Ok(Err(errno)) => {
+            set_errno(errno);
+            fail
+        }
+        Err(_) => {
+            set_errno(libc::EIO);
+            fail
+        }
+    }
+}
+
+/// The program's address as bytes (at most `sockaddr_storage`).
+///
+/// # Safety
+/// `addr` is null or valid for reads of `len` bytes.
+unsafe fn addr_bytes<'a>(addr: *const sockaddr, len: socklen_t) -> Option<&'a [u8]> {
+    if addr.is_null() {
+        return None;
+    }
+    let len = (len as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
+    // SAFETY: the caller guarantees `len` readable bytes at `addr`.
+    Some(unsafe { std::slice::from_raw_parts(addr.cast::<u8>(), len) })
+}
+
+/// Writes `value` into an address result buffer, truncating as the kernel
+/// does, and stores the full length.
+///
+/// # Safety
+/// `addr`/`len` are null or valid as for `getsockname`.
+unsafe fn write_addr(value: &SockAddr, addr: *mut sockaddr, len: *mut socklen_t) -> Res<()> {
+    if addr.is_null() || len.is_null() {
+        return Ok(());
+    }
+    let bytes = value.encode();
+    // SAFETY: the caller guarantees `*len` writable bytes at `addr`.
+    unsafe {
+        let room = *len as usize;
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), addr.cast::<u8>(), bytes.len().min(room));
+        *len = bytes.len() as socklen_t;
+    }
+    Ok(())
+}
+
+/// # Safety
+/// As `socket(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
+    // SAFETY: forwarding the caller's arguments unchanged.
+    guard(-1, || ops::socket(domain, ty, protocol, || unsafe { real::socket(domain, ty, protocol) }))
+}
+
+/// # Safety
+/// As `connect(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    guard(-1, || {
+        // SAFETY: the caller's address is valid for `len` bytes.
+        let bytes = unsafe { addr_bytes(addr, len) };
+        // SAFETY: forwarding the caller's arguments unchanged.
+        ops::connect(fd, bytes, || unsafe { real::connect(fd, addr, len) })
+    })
+}
+
+/// # Safety
+/// As `bind(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    guard(-1, || {
+        // SAFETY: the caller's address is valid for `len` bytes.
+        let bytes = unsafe { addr_bytes(addr, len) };
+        // SAFETY: forwarding the caller's arguments unchanged.
+        ops::bind(fd, bytes, || unsafe { real::bind(fd, addr, len) })
+    })
+}
+
+/// # Safety
+/// As `listen(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
+    // SAFETY: forwarding the caller's arguments unchanged.
+    guard(-1, || ops::listen(fd, || unsafe { real::listen(fd, backlog) }))
+}
+
+unsafe fn accept_common(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int, four: bool) -> c_int {
+    guard(-1, || {
+        let pass = || {
+            // SAFETY: forwarding the caller's arguments unchanged.
+            unsafe {
+                if four {
+                    real::accept4(fd, addr, len, flags)
+                } else {
+                    real::accept(fd, addr, len)
+                }
+            }
+        };
+        match ops::accept(fd, flags, pass)? {
+            Err(passed) => Ok(passed),
+            Ok(accepted) => {
+                // SAFETY: the caller's buffers are valid as for accept(2).
+                unsafe { write_addr(&accepted.peer, addr, len)? };
+                Ok(accepted.fd)
+            }
+        }
+    })
+}
+
+/// # Safety
+/// As `accept(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    // SAFETY: same contract as ours.
+    unsafe { accept_common(fd, addr, len, 0, false) }
+}
+
+/// # Safety
+/// As `accept4(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
+    // SAFETY: same contract as ours.
+    unsafe { accept_common(fd, addr, len, flags, true) }
+}
+
+/// # Safety
+/// As `close(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    let _ = catch_unwind(|| ops::close(fd));
+    // SAFETY: forwarding the caller's argument unchanged.
+    unsafe { real::close(fd) }
+}
+
+unsafe fn name_common(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, peer: bool) -> c_int {
+    guard(-1, || match ops::name(fd, peer) {
+        None => {
+            // SAFETY: forwarding the caller's arguments unchanged.
+            Ok(unsafe {
+                if peer {
+                    real::getpeername(fd, addr, len)
+                } else {
+                    real::getsockname(fd, addr, len)
+                }
+            })
+        }
+        Some(result) => {
+            let value = result?;
+            if addr.is_null() || len.is_null() {
+                return Err(libc::EFAULT);
+            }
+            // SAFETY: the caller's buffers are valid as for getsockname(2).
+            unsafe { write_addr(&value, addr, len)? };
+            Ok(0)
+        }
+    })
+}
+
+/// # Safety
+/// As `getsockname(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    // SAFETY: same contract as ours.
+    unsafe { name_common(fd, addr, len, false) }
+}
+
+/// # Safety
+/// As `getpeername(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    // SAFETY: same contract as ours.
+    unsafe { name_common(fd, addr, len, true) }
+}
+
+/// # Safety
+/// As `getsockopt(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn getsockopt(fd: c_int, level: c_int, name: c_int, value: *mut c_void, len: *mut socklen_t) -> c_int {
+    guard(-1, || {
+        // SAFETY: forwarding the caller's arguments unchanged.
+        let pass = || unsafe { real::getsockopt(fd, level, name, value, len) };
+        match ops::getsockopt(fd, level, name) {
+            None | Some(Ok(OptAnswer::Pass)) => Ok(pass()),
+            Some(Err(errno)) => Err(errno),
+            Some(Ok(OptAnswer::Int(answer))) => {
+                if value.is_null() || len.is_null() {
+                    return Err(libc::EFAULT);
+                }
+                // SAFETY: the caller guarantees `*len` writable bytes at `value`.
+                unsafe {
+                    let room = *len as usize;
+                    std::ptr::write_bytes(value.cast::<u8>(), 0, room);
+                    let bytes = answer.to_ne_bytes();
+                    let n = bytes.len().min(room);
+                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), value.cast::<u8>(), n);
+                    *len = n as socklen_t;
+                }
+                Ok(0)
+            }
+        }
+    })
+}
+
+/// Options set on our sockets: socket-level ones go to the underlying Unix
+/// socket (buffer sizes, timeouts) and are accepted even where a Unix socket
+/// has no such option (`SO_REUSEADDR`, `SO_KEEPALIVE`, ...); TCP- and
+/// IP-level ones have no meaning for a flow carried by sald and are
+/// accepted and ignored, as programs written for TCP expect them to work.
+///
+/// # Safety
+/// As `setsockopt(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn setsockopt(fd: c_int, level: c_int, name: c_int, value: *const c_void, len: socklen_t) -> c_int {
+    guard(-1, || {
+        // SAFETY: forwarding the caller's arguments unchanged.
+        let pass = || unsafe { real::setsockopt(fd, level, name, value, len) };
+        if !ops::setsockopt_is_ours(fd) {
+            return Ok(pass());
+        }
+        if value.is_null() && len > 0 {
+            return Err(libc::EFAULT);
+        }
+        if level != libc::SOL_SOCKET {
+            return Ok(0);
+        }
+        if pass() == 0 {
+            return Ok(0);
+        }
+        match std::io::Error::last_os_error().raw_os_error() {
+            Some(libc::ENOPROTOOPT | libc::EOPNOTSUPP) => Ok(0),
+            Some(errno) => Err(errno),
+            None => Err(libc::EIO),
+        }
+    })
+}
+
+/// # Safety
+/// As `sendto(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn sendto(fd: c_int, buf: *const c_void, n: size_t, flags: c_int, addr: *const sockaddr, len: socklen_t) -> ssize_t {
+    guard(-1, || {
+        if !table::maybe_tracked(fd) {
+            // SAFETY: forwarding the caller's arguments unchanged.
+            return Ok(unsafe { real::sendto(fd, buf, n, flags, addr, len) });
+        }
+        if buf.is_null() && n > 0 {
+            return Err(libc::EFAULT);
+        }
+        // SAFETY: the caller's buffers are valid for the lengths given.
+        let (data, bytes) = unsafe {
+            (
+                if n == 0 { &[][..] } else { std::slice::from_raw_parts(buf.cast::<u8>(), n) },
+                addr_bytes(addr, len),
+            )
+        };
+        match ops::sendto(fd, data, flags, bytes)? {
+            Some(sent) => Ok(sent),
+            // SAFETY: forwarding the caller's arguments unchanged.
+            None => Ok(unsafe { real::sendto(fd, buf, n, flags, addr, len) }),
+        }
+    })
+}
+
+/// # Safety
+/// As `recvfrom(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn recvfrom(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> ssize_t {
+    guard(-1, || {
+        if !table::maybe_tracked(fd) {
+            // SAFETY: forwarding the caller's arguments unchanged.
+            return Ok(unsafe { real::recvfrom(fd, buf, n, flags, addr, len) });
+        }
+        if buf.is_null() && n > 0 {
+            return Err(libc::EFAULT);
+        }
+        // SAFETY: the caller's buffer is valid for writes of `n` bytes.
+        let data = unsafe {
+            if n == 0 {
+                &mut [][..]
+            } else {
+                std::slice::from_raw_parts_mut(buf.cast::<u8>(), n)
+            }
+        };
+        match ops::recvfrom(fd, data, flags)? {
+            Some((got, peer)) => {
+                if !len.is_null() {
+                    match peer {
+                        // SAFETY: the caller's address buffers are valid.
+                        Some(peer) => unsafe { write_addr(&peer, addr, len)? },
+                        // A stream: no address, as TCP reports.
+                        // SAFETY: `len` is non-null and writable.
+                        None => unsafe { *len = 0 },
+                    }
+                }
+                Ok(got)
+            }
+            // SAFETY: forwarding the caller's arguments unchanged.
+            None => Ok(unsafe { real::recvfrom(fd, buf, n, flags, addr, len) }),
+        }
+    })
+}
+
+/// # Safety
+/// As `send(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t {
+    if table::maybe_framed(fd) && guard(false, || Ok(ops::is_unconnected_dgram(fd))) {
+        set_errno(libc::EDESTADDRREQ);
+        return -1;
+    }
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { real::send(fd, buf, n, flags) }
+}
+
+/// # Safety
+/// As `write(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t {
+    if table::maybe_framed(fd) && guard(false, || Ok(ops::is_unconnected_dgram(fd))) {
+        set_errno(libc::EDESTADDRREQ);
+        return -1;
+    }
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { real::write(fd, buf, n) }
+}
+
+/// # Safety
+/// As `recv(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t {
+    if table::maybe_framed(fd) {
+        // SAFETY: same contract as ours, without an address.
+        return unsafe { recvfrom(fd, buf, n, flags, std::ptr::null_mut(), std::ptr::null_mut()) };
+    }
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { real::recv(fd, buf, n, flags) }
+}
+
+/// # Safety
+/// As `read(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t {
+    if table::maybe_framed(fd) {
+        // SAFETY: same contract as ours, without an address.
+        return unsafe { recvfrom(fd, buf, n, 0, std::ptr::null_mut(), std::ptr::null_mut()) };
+    }
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { real::read(fd, buf, n) }
+}
+
+/// Remembers epoll registrations of our sockets, so they can be re-added
+/// when a flow replaces a placeholder.
+///
+/// # Safety
+/// As `epoll_ctl(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) -> c_int {
+    if table::maybe_tracked(fd) {
+        // SAFETY: `event` is null or points to a valid epoll_event.
+        let copy = unsafe { event.as_ref().copied() };
+        let _ = catch_unwind(|| ops::note_epoll(epfd, op, fd, copy));
+    }
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { real::epoll_ctl(epfd, op, fd, event) }
+}
+
+/// # Safety
+/// As `dup2(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
+    if old != new {
+        let _ = catch_unwind(|| ops::purge(new));
+    }
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { real::dup2(old, new) }
+}
+
+/// # Safety
+/// As `dup3(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
+    if old != new {
+        let _ = catch_unwind(|| ops::purge(new));
+    }
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { real::dup3(old, new, flags) }
+}

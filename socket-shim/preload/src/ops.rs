@@ -1,0 +1,1095 @@
+//! What each interposed call does for the descriptors the shim manages.
+//!
+//! Functions here are safe Rust over byte slices; `lib.rs` owns the C ABI
+//! (raw pointers, errno) and hands a `pass` closure that calls libc's own
+//! function for descriptors and addresses that are not ours. Errors are
+//! errno values.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+
+use libc::c_int;
+use sal::control::{DatagramFrame, Request, Response};
+use sal::locator::Locator;
+use sal::proto::FlowInfo;
+use sal::table::ListenerId;
+use sal::wire::TransportProtocol;
+use sal::{ServiceId, ServicePrefix};
+use socket_shim::{ControlClient, Error as ShimError, MAX_DATAGRAM};
+
+use crate::addr::{self, parse_inet, parse_serval, PortMap, SockAddr, AF_SERVAL};
+use crate::real;
+use crate::table::{self, ident, lock, Domain, Entry, Kind, State};
+
+/// An errno value.
+pub(crate) type Errno = i32;
+pub(crate) type Res<T> = Result<T, Errno>;
+
+/// Backlog of the `Listen` sent at `bind` time (sald learns the backlog when
+/// the prefix is registered, before the program calls `listen`).
+const BIND_BACKLOG: u32 = 128;
+/// Bytes the accept queue message carries (see `encode_accepted`).
+const ACCEPT_MSG: usize = 1 + 32 + 1 + 4 + 2;
+
+fn last_errno() -> Errno {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+fn shim_errno(error: ShimError) -> Errno {
+    error.errno()
+}
+
+/// `(O_NONBLOCK, FD_CLOEXEC)` of `fd`.
+fn fd_flags(fd: RawFd) -> (bool, bool) {
+    // SAFETY: fcntl with F_GETFL/F_GETFD takes no pointer; fcntl is not
+    // interposed.
+    let (fl, fdfl) = unsafe { (libc::fcntl(fd, libc::F_GETFL), libc::fcntl(fd, libc::F_GETFD)) };
+    (
+        fl >= 0 && fl & libc::O_NONBLOCK != 0,
+        fdfl >= 0 && fdfl & libc::FD_CLOEXEC != 0,
+    )
+}
+
+fn set_nonblock(fd: RawFd, on: bool) -> Res<()> {
+    // SAFETY: as above, no pointers.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        if fl < 0 {
+            return Err(last_errno());
+        }
+        let new = if on {
+            fl | libc::O_NONBLOCK
+        } else {
+            fl & !libc::O_NONBLOCK
+        };
+        if new != fl && libc::fcntl(fd, libc::F_SETFL, new) < 0 {
+            return Err(last_errno());
+        }
+    }
+    Ok(())
+}
+
+fn socketpair(ty: c_int) -> Res<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as c_int; 2];
+    // SAFETY: socketpair writes two ints into `fds`; it is not interposed.
+    let rc = unsafe { libc::socketpair(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(last_errno());
+    }
+    // SAFETY: the kernel just created both descriptors for us alone.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// A placeholder for a socket that has no flow yet: one end of a Unix
+/// socketpair whose send buffer is full, so `poll` reports it neither
+/// readable nor writable. Its peer end (`wake`) is kept; closing it makes
+/// the placeholder hang up, which wakes any `poll`/`select`/`epoll` sleeping
+/// on it once the real flow has been swapped in (or the connect failed).
+fn placeholder(nonblock: bool, cloexec: bool) -> Res<(OwnedFd, OwnedFd)> {
+    let (app, wake) = socketpair(libc::SOCK_STREAM)?;
+    let small: c_int = 1;
+    // SAFETY: the option value is one int, as SO_SNDBUF expects.
+    unsafe {
+        real::setsockopt(
+            app.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&small as *const c_int).cast(),
+            std::mem::size_of::<c_int>() as libc::socklen_t,
+        );
+    }
+    set_nonblock(app.as_raw_fd(), true)?;
+    let junk = [0u8; 4096];
+    for _ in 0..64 {
+        // SAFETY: `junk` is valid for its length.
+        let n = unsafe { real::write(app.as_raw_fd(), junk.as_ptr().cast(), junk.len()) };
+        if n < 0 {
+            break;
+        }
+    }
+    set_nonblock(app.as_raw_fd(), nonblock)?;
+    if !cloexec {
+        // SAFETY: no pointers.
+        unsafe { libc::fcntl(app.as_raw_fd(), libc::F_SETFD, 0) };
+    }
+    Ok((app, wake))
+}
+
+/// Puts `src` at descriptor number `fd` (replacing what was there), with
+/// the blocking mode and close-on-exec flag the program had set on `fd`.
+fn swap_in(src: &OwnedFd, fd: RawFd) -> Res<()> {
+    let (nonblock, cloexec) = fd_flags(fd);
+    set_nonblock(src.as_raw_fd(), nonblock)?;
+    let flags = if cloexec { libc::O_CLOEXEC } else { 0 };
+    // SAFETY: no pointers; `fd` is a descriptor of the program that the
+    // table says is ours to replace (the caller holds the table lock).
+    if unsafe { real::dup3(src.as_raw_fd(), fd, flags) } < 0 {
+        return Err(last_errno());
+    }
+    Ok(())
+}
+
+/// Re-adds the program's epoll registrations of `fd` after a swap (epoll
+/// registers the open file, which the swap replaced).
+fn re_epoll(entry: &Entry, fd: RawFd) {
+    for (epfd, event) in &entry.epoll {
+        let mut event = *event;
+        // SAFETY: `event` is a valid epoll_event for the call's duration.
+        unsafe {
+            if real::epoll_ctl(*epfd, libc::EPOLL_CTL_ADD, fd, &mut event) < 0
+                && last_errno() == libc::EEXIST
+            {
+                real::epoll_ctl(*epfd, libc::EPOLL_CTL_MOD, fd, &mut event);
+            }
+        }
+    }
+}
+
+/// Removes `fd` from the table (the program reused the number for something
+/// else), dropping its state outside the lock.
+pub(crate) fn purge(fd: RawFd) {
+    if !table::maybe_tracked(fd) {
+        return;
+    }
+    let old = lock().remove(fd);
+    drop(old);
+}
+
+/// A summary of an entry, copied out under the lock.
+#[derive(Debug, Clone, Copy)]
+struct Look {
+    kind: Kind,
+    domain: Domain,
+    stage: Stage,
+    local: Option<SockAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Fresh,
+    Bound,
+    Connecting,
+    Connected,
+    Failed,
+    Listening,
+    DgramIdle,
+    DgramOpen,
+}
+
+fn stage(state: &State) -> Stage {
+    match state {
+        State::Fresh { .. } => Stage::Fresh,
+        State::Bound { .. } => Stage::Bound,
+        State::Connecting { .. } => Stage::Connecting,
+        State::Connected => Stage::Connected,
+        State::Failed => Stage::Failed,
+        State::Listening { .. } => Stage::Listening,
+        State::DgramIdle { .. } => Stage::DgramIdle,
+        State::DgramOpen { .. } => Stage::DgramOpen,
+    }
+}
+
+fn look(fd: RawFd) -> Option<Look> {
+    if !table::maybe_tracked(fd) {
+        return None;
+    }
+    let mut stale = Vec::new();
+    let found = {
+        let mut table = lock();
+        table.get(fd, &mut stale).map(|e| Look {
+            kind: e.kind,
+            domain: e.domain,
+            stage: stage(&e.state),
+            local: e.local,
+        })
+    };
+    drop(stale);
+    found
+}
+
+fn is_tcp(fd: RawFd) -> bool {
+    let mut ty: c_int = 0;
+    let mut len = std::mem::size_of::<c_int>() as libc::socklen_t;
+    // SAFETY: `ty` and `len` are valid for one int.
+    let rc = unsafe {
+        real::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut ty as *mut c_int).cast(),
+            &mut len,
+        )
+    };
+    rc == 0 && ty == libc::SOCK_STREAM
+}
+
+fn control() -> Res<ControlClient> {
+    ControlClient::connect().map_err(shim_errno)
+}
+
+// --- socket -------------------------------------------------------------
+
+pub(crate) fn socket(domain: c_int, ty: c_int, protocol: c_int, pass: impl FnOnce() -> c_int) -> Res<c_int> {
+    if domain != AF_SERVAL {
+        let fd = pass();
+        if fd >= 0 {
+            purge(fd);
+        }
+        return Ok(fd);
+    }
+    let base = ty & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC);
+    let kind = match (base, protocol) {
+        (libc::SOCK_STREAM, 0 | libc::IPPROTO_TCP) => Kind::Stream,
+        (libc::SOCK_DGRAM, 0 | libc::IPPROTO_UDP) => Kind::Dgram,
+        (libc::SOCK_STREAM | libc::SOCK_DGRAM, _) => return Err(libc::EPROTONOSUPPORT),
+        _ => return Err(libc::ESOCKTNOSUPPORT),
+    };
+    let (app, wake) = placeholder(ty & libc::SOCK_NONBLOCK != 0, ty & libc::SOCK_CLOEXEC != 0)?;
+    let fd = app.into_raw_fd();
+    let state = match kind {
+        Kind::Stream => State::Fresh { wake: Some(wake) },
+        Kind::Dgram => State::DgramIdle { wake: Some(wake) },
+    };
+    let old = lock().insert(fd, Entry::new(kind, Domain::Serval, fd, state));
+    drop(old);
+    Ok(fd)
+}
+
+// --- connect ------------------------------------------------------------
+
+pub(crate) fn connect(fd: RawFd, addr: Option<&[u8]>, pass: impl FnOnce() -> c_int) -> Res<c_int> {
+    let Some(found) = look(fd) else {
+        if let Some(sa) = addr.and_then(parse_inet) {
+            let map = PortMap::get();
+            if !map.is_empty() {
+                if let Some(service) = map.for_connect(&sa) {
+                    if is_tcp(fd) {
+                        return inet_connect(fd, sa, service);
+                    }
+                }
+            }
+        }
+        return Ok(pass());
+    };
+    match found.domain {
+        Domain::Serval => {
+            let sa = parse_serval(addr.ok_or(libc::EFAULT)?)?;
+            let service = sa.service_id().ok_or(libc::EINVAL)?;
+            let protocol = match found.kind {
+                Kind::Stream => TransportProtocol::Stream,
+                Kind::Dgram => TransportProtocol::Datagram,
+            };
+            start_connect(fd, SockAddr::service(service), service, protocol)
+        }
+        Domain::Inet(_) => Err(match found.stage {
+            Stage::Connected => libc::EISCONN,
+            Stage::Connecting => libc::EALREADY,
+            _ => libc::EINVAL,
+        }),
+    }
+}
+
+/// Inet mode: the program's TCP socket becomes a Serval stream.
+fn inet_connect(fd: RawFd, sa: SocketAddr, service: ServiceId) -> Res<c_int> {
+    let (nonblock, cloexec) = fd_flags(fd);
+    let (app, wake) = placeholder(nonblock, cloexec)?;
+    let family = if sa.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    {
+        let mut table = lock();
+        // SAFETY: no pointers; the program handed us `fd` to connect.
+        if unsafe { real::dup3(app.as_raw_fd(), fd, if cloexec { libc::O_CLOEXEC } else { 0 }) } < 0 {
+            return Err(last_errno());
+        }
+        let mut entry = Entry::new(Kind::Stream, Domain::Inet(family), fd, State::Fresh { wake: Some(wake) });
+        entry.local = Some(unspecified(family));
+        let old = table.insert(fd, entry);
+        drop(table);
+        drop(old);
+    }
+    drop(app);
+    start_connect(fd, SockAddr::Inet(sa), service, TransportProtocol::Stream)
+}
+
+fn unspecified(family: c_int) -> SockAddr {
+    SockAddr::Inet(if family == libc::AF_INET6 {
+        SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0)
+    } else {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)
+    })
+}
+
+/// Moves the socket to `Connecting` and opens the flow: in this thread for
+/// a blocking socket (and for datagram connects), in a helper thread for a
+/// non-blocking one, which then returns `EINPROGRESS`.
+fn start_connect(fd: RawFd, peer: SockAddr, service: ServiceId, protocol: TransportProtocol) -> Res<c_int> {
+    let (nonblock, _) = fd_flags(fd);
+    let nonblock = nonblock && protocol == TransportProtocol::Stream;
+    let mut stale = Vec::new();
+    let mut dropped = None;
+    let gen = {
+        let mut table = lock();
+        let entry = table.get(fd, &mut stale).ok_or(libc::EBADF)?;
+        let wake = match std::mem::replace(&mut entry.state, State::Failed) {
+            State::Fresh { wake } | State::DgramIdle { wake } => wake,
+            State::Failed => None,
+            State::Bound { control, wake, .. } => {
+                dropped = Some(control);
+                wake
+            }
+            other => {
+                let errno = match other {
+                    State::Connecting { .. } => libc::EALREADY,
+                    State::Connected => libc::EISCONN,
+                    _ => libc::EINVAL,
+                };
+                entry.state = other;
+                return Err(errno);
+            }
+        };
+        entry.state = State::Connecting { wake };
+        entry.gen = table::next_gen();
+        entry.so_error = 0;
+        let gen = entry.gen;
+        table.refresh(fd);
+        gen
+    };
+    drop(stale);
+    drop(dropped);
+    if nonblock {
+        let spawned = std::thread::Builder::new()
+            .name("serval-connect".into())
+            .spawn(move || {
+                let result = open_flow(service, protocol);
+                let _ = finish_connect(fd, gen, result, peer, true);
+            });
+        if spawned.is_err() {
+            let _ = finish_connect(fd, gen, Err(libc::EAGAIN), peer, false);
+            return Err(libc::EAGAIN);
+        }
+        return Err(libc::EINPROGRESS);
+    }
+    let result = open_flow(service, protocol);
+    finish_connect(fd, gen, result, peer, false).map(|()| 0)
+}
+
+fn open_flow(service: ServiceId, protocol: TransportProtocol) -> Res<(FlowInfo, OwnedFd)> {
+    let mut control = control()?;
+    let reply = control
+        .request(&Request::Connect {
+            service,
+            protocol,
+            timeout_ms: None,
+        })
+        .map_err(shim_errno)?;
+    match (reply.response, reply.fd) {
+        (Response::Connected { flow }, Some(fd)) => Ok((flow, fd)),
+        _ => Err(libc::EPROTO),
+    }
+}
+
+/// Installs the flow (or records the failure) if the socket is still the
+/// one that started this connect; wakes pollers of the placeholder.
+fn finish_connect(fd: RawFd, gen: u64, result: Res<(FlowInfo, OwnedFd)>, peer: SockAddr, async_: bool) -> Res<()> {
+    let mut stale = Vec::new();
+    let mut wake = None;
+    let outcome = {
+        let mut table = lock();
+        match table.get(fd, &mut stale) {
+            Some(entry) if entry.gen == gen => {
+                if let State::Connecting { wake: w } = std::mem::replace(&mut entry.state, State::Failed) {
+                    wake = w;
+                }
+                let installed = match &result {
+                    Ok((_, flow)) => swap_in(flow, fd),
+                    Err(errno) => Err(*errno),
+                };
+                match installed {
+                    Ok(()) => {
+                        entry.state = State::Connected;
+                        entry.ident = ident(fd);
+                        entry.peer = Some(peer);
+                        if entry.local.is_none() {
+                            entry.local = Some(SockAddr::Serval { flags: 0, bits: 0, id: [0; 32] });
+                        }
+                        re_epoll(entry, fd);
+                    }
+                    Err(errno) => {
+                        // A blocking connect reports its error directly; a
+                        // non-blocking one through SO_ERROR, as TCP does.
+                        if async_ {
+                            entry.so_error = errno;
+                        }
+                    }
+                }
+                table.refresh(fd);
+                installed
+            }
+            _ => Err(libc::EBADF),
+        }
+    };
+    drop(stale);
+    drop(wake);
+    drop(result);
+    outcome
+}
+
+// --- bind / listen ------------------------------------------------------
+
+fn listen_on(prefix: ServicePrefix, protocol: TransportProtocol) -> Res<(ControlClient, ListenerId, Option<OwnedFd>)> {
+    let mut control = control()?;
+    let reply = control
+        .request(&Request::Listen {
+            prefix,
+            protocol,
+            backlog: BIND_BACKLOG,
+        })
+        .map_err(shim_errno)?;
+    match reply.response {
+        Response::Listening { listener, .. } => Ok((control, listener, reply.fd)),
+        _ => Err(libc::EPROTO),
+    }
+}
+
+pub(crate) fn bind(fd: RawFd, addr: Option<&[u8]>, pass: impl FnOnce() -> c_int) -> Res<c_int> {
+    let Some(found) = look(fd) else {
+        if let Some(sa) = addr.and_then(parse_inet) {
+            let map = PortMap::get();
+            if !map.is_empty() {
+                if let Some(service) = map.for_bind(&sa) {
+                    if is_tcp(fd) {
+                        return inet_bind(fd, sa, service);
+                    }
+                }
+            }
+        }
+        return Ok(pass());
+    };
+    if found.domain != Domain::Serval {
+        return Err(libc::EINVAL);
+    }
+    let sa = parse_serval(addr.ok_or(libc::EFAULT)?)?;
+    if sa.as_peer().is_some() {
+        return Err(libc::EINVAL);
+    }
+    let prefix = sa.prefix().ok_or(libc::EINVAL)?;
+    match (found.kind, found.stage) {
+        (Kind::Stream, Stage::Fresh | Stage::Failed) => {
+            let (control, listener, _) = listen_on(prefix, TransportProtocol::Stream)?;
+            let mut stale = Vec::new();
+            let mut spare = None;
+            let result = {
+                let mut table = lock();
+                match table.get(fd, &mut stale) {
+                    Some(entry) => match std::mem::replace(&mut entry.state, State::Failed) {
+                        state @ (State::Fresh { .. } | State::Failed) => {
+                            let wake = match state {
+                                State::Fresh { wake } => wake,
+                                _ => None,
+                            };
+                            entry.state = State::Bound { control, listener, wake };
+                            entry.local = Some(sa);
+                            Ok(0)
+                        }
+                        other => {
+                            entry.state = other;
+                            spare = Some(control);
+                            Err(libc::EINVAL)
+                        }
+                    },
+                    None => {
+                        spare = Some(control);
+                        Err(libc::EBADF)
+                    }
+                }
+            };
+            drop(stale);
+            drop(spare);
+            result
+        }
+        (Kind::Dgram, Stage::DgramIdle) => {
+            let (control, _, socket) = listen_on(prefix, TransportProtocol::Datagram)?;
+            let socket = socket.ok_or(libc::EPROTO)?;
+            install_datagram(fd, socket, Some(control), Some(sa))
+        }
+        _ => Err(libc::EINVAL),
+    }
+}
+
+/// Puts an unconnected datagram socket of sald at `fd`.
+fn install_datagram(fd: RawFd, socket: OwnedFd, control: Option<ControlClient>, local: Option<SockAddr>) -> Res<c_int> {
+    let mut stale = Vec::new();
+    let mut old_state = None;
+    let mut spare = None;
+    let result = {
+        let mut table = lock();
+        match table.get(fd, &mut stale) {
+            Some(entry) if matches!(entry.state, State::DgramIdle { .. }) => match swap_in(&socket, fd) {
+                Ok(()) => {
+                    old_state = Some(std::mem::replace(&mut entry.state, State::DgramOpen { _control: control }));
+                    entry.ident = ident(fd);
+                    if local.is_some() {
+                        entry.local = local;
+                    }
+                    re_epoll(entry, fd);
+                    table.refresh(fd);
+                    Ok(0)
+                }
+                Err(errno) => {
+                    spare = control;
+                    Err(errno)
+                }
+            },
+            Some(entry) if matches!(entry.state, State::DgramOpen { .. }) && local.is_none() => {
+                // Another thread opened it first.
+                spare = control;
+                Ok(0)
+            }
+            _ => {
+                spare = control;
+                Err(libc::EINVAL)
+            }
+        }
+    };
+    drop(stale);
+    drop(old_state);
+    drop(spare);
+    drop(socket);
+    result
+}
+
+fn inet_bind(fd: RawFd, sa: SocketAddr, service: ServiceId) -> Res<c_int> {
+    let (control, listener, _) = listen_on(ServicePrefix::exact(service), TransportProtocol::Stream)?;
+    let family = if sa.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let mut entry = Entry::new(
+        Kind::Stream,
+        Domain::Inet(family),
+        fd,
+        State::Bound { control, listener, wake: None },
+    );
+    entry.local = Some(SockAddr::Inet(sa));
+    let old = lock().insert(fd, entry);
+    drop(old);
+    Ok(0)
+}
+
+pub(crate) fn listen(fd: RawFd, pass: impl FnOnce() -> c_int) -> Res<c_int> {
+    let Some(found) = look(fd) else {
+        return Ok(pass());
+    };
+    match (found.kind, found.stage) {
+        (Kind::Dgram, _) => return Err(libc::EOPNOTSUPP),
+        (_, Stage::Listening) => return Ok(0),
+        (_, Stage::Bound) => {}
+        (_, Stage::Connected | Stage::Connecting) => return Err(libc::EINVAL),
+        _ => return Err(libc::EDESTADDRREQ),
+    }
+    // Take the bound control connection out of the entry.
+    let mut stale = Vec::new();
+    let taken = {
+        let mut table = lock();
+        match table.get(fd, &mut stale) {
+            Some(entry) => match std::mem::replace(&mut entry.state, State::Failed) {
+                State::Bound { control, listener, wake } => {
+                    entry.gen = table::next_gen();
+                    Some((control, listener, wake, entry.gen))
+                }
+                other => {
+                    entry.state = other;
+                    None
+                }
+            },
+            None => None,
+        }
+    };
+    drop(stale);
+    let (control, listener, wake, gen) = taken.ok_or(libc::EINVAL)?;
+    let started = start_listener(fd, gen, control, listener);
+    drop(wake);
+    started.map(|()| 0)
+}
+
+fn dup_cloexec(fd: RawFd) -> Res<OwnedFd> {
+    // SAFETY: no pointers; F_DUPFD_CLOEXEC returns a new descriptor.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+    if new < 0 {
+        return Err(last_errno());
+    }
+    // SAFETY: `new` was just created and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// The accept queue: a SOCK_SEQPACKET socketpair. The helper thread takes
+/// flows from sald (blocking `Accept`) and passes each one, with its
+/// description, through its end; the program's listening descriptor is the
+/// other end, so `poll`/`epoll` readiness, blocking and non-blocking
+/// `accept` are the kernel's, and forked children share the queue.
+fn start_listener(fd: RawFd, gen: u64, control: ControlClient, listener: ListenerId) -> Res<()> {
+    let (queue, app) = socketpair(libc::SOCK_SEQPACKET)?;
+    let control_dup = dup_cloexec(control.as_fd().as_raw_fd())?;
+    let queue_dup = dup_cloexec(queue.as_raw_fd())?;
+    let helper_fds = [control.as_fd().as_raw_fd(), queue.as_raw_fd()];
+    std::thread::Builder::new()
+        .name("serval-accept".into())
+        .spawn(move || accept_loop(fd, gen, control, listener, queue))
+        .map_err(|_| libc::EAGAIN)?;
+    let shutdown = |a: &OwnedFd, b: &OwnedFd| {
+        // SAFETY: no pointers; shutting down our own duplicates.
+        unsafe {
+            libc::shutdown(a.as_raw_fd(), libc::SHUT_RDWR);
+            libc::shutdown(b.as_raw_fd(), libc::SHUT_RDWR);
+        }
+    };
+    let mut stale = Vec::new();
+    let mut spare = None;
+    let result = {
+        let mut table = lock();
+        match table.get(fd, &mut stale) {
+            Some(entry) if entry.gen == gen => match swap_in(&app, fd) {
+                Ok(()) => {
+                    entry.state = State::Listening {
+                        control: control_dup,
+                        queue: queue_dup,
+                        helper_fds: Some(helper_fds),
+                    };
+                    entry.ident = ident(fd);
+                    re_epoll(entry, fd);
+                    Ok(())
+                }
+                Err(errno) => {
+                    spare = Some((control_dup, queue_dup));
+                    Err(errno)
+                }
+            },
+            _ => {
+                spare = Some((control_dup, queue_dup));
+                Err(libc::EBADF)
+            }
+        }
+    };
+    if let Some((a, b)) = &spare {
+        shutdown(a, b);
+    }
+    drop(stale);
+    drop(spare);
+    drop(app);
+    result
+}
+
+fn encode_accepted(flow: &FlowInfo) -> [u8; ACCEPT_MSG] {
+    let mut msg = [0u8; ACCEPT_MSG];
+    msg[0] = b'A';
+    msg[1..33].copy_from_slice(flow.service.as_bytes());
+    let (kind, ip, port) = match flow.remote {
+        Some(Locator::Ipv4(ip)) => (1, ip, 0),
+        Some(Locator::Udp(addr)) => (2, *addr.ip(), addr.port()),
+        None => (0, Ipv4Addr::UNSPECIFIED, 0),
+    };
+    msg[33] = kind;
+    msg[34..38].copy_from_slice(&ip.octets());
+    msg[38..40].copy_from_slice(&port.to_be_bytes());
+    msg
+}
+
+fn send_with_fd(queue: &OwnedFd, msg: &[u8], fd: Option<RawFd>) -> Res<()> {
+    let mut iov = libc::iovec {
+        iov_base: msg.as_ptr() as *mut libc::c_void,
+        iov_len: msg.len(),
+    };
+    let mut cmsg_buf = [0u64; 8];
+    // SAFETY: msghdr is plain data; every pointer set below points into
+    // locals that outlive the sendmsg call, and the control buffer is large
+    // enough (64 bytes) for one SCM_RIGHTS header with one int, as
+    // CMSG_SPACE(4) confirms.
+    unsafe {
+        let mut hdr: libc::msghdr = std::mem::zeroed();
+        hdr.msg_iov = &mut iov;
+        hdr.msg_iovlen = 1;
+        if let Some(fd) = fd {
+            let space = libc::CMSG_SPACE(std::mem::size_of::<c_int>() as u32) as usize;
+            hdr.msg_control = cmsg_buf.as_mut_ptr().cast();
+            hdr.msg_controllen = space;
+            let cmsg = libc::CMSG_FIRSTHDR(&hdr);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<c_int>() as u32) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<c_int>(), fd);
+        }
+        loop {
+            if libc::sendmsg(queue.as_raw_fd(), &hdr, libc::MSG_NOSIGNAL) >= 0 {
+                return Ok(());
+            }
+            let errno = last_errno();
+            if errno != libc::EINTR {
+                return Err(errno);
+            }
+        }
+    }
+}
+
+/// The helper thread of a listener.
+fn accept_loop(fd: RawFd, gen: u64, mut control: ControlClient, listener: ListenerId, queue: OwnedFd) {
+    loop {
+        let request = Request::Accept {
+            listener,
+            nonblocking: false,
+        };
+        match control.request(&request) {
+            Ok(reply) => match (reply.response, reply.fd) {
+                (Response::Accepted { flow }, Some(flow_fd)) => {
+                    let msg = encode_accepted(&flow);
+                    if send_with_fd(&queue, &msg, Some(flow_fd.as_raw_fd())).is_err() {
+                        break;
+                    }
+                }
+                _ => {
+                    let _ = send_error(&queue, libc::EPROTO);
+                    break;
+                }
+            },
+            Err(error) => {
+                let _ = send_error(&queue, error.errno());
+                break;
+            }
+        }
+    }
+    table::helper_ended(fd, gen);
+}
+
+fn send_error(queue: &OwnedFd, errno: Errno) -> Res<()> {
+    let mut msg = [0u8; 5];
+    msg[0] = b'E';
+    msg[1..5].copy_from_slice(&errno.to_ne_bytes());
+    // Do not wait for room: the program may never accept again.
+    // SAFETY: no pointers besides `msg`, valid for its length.
+    unsafe { libc::fcntl(queue.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    send_with_fd(queue, &msg, None)
+}
+
+// --- accept -------------------------------------------------------------
+
+/// What `accept` found. `fd` is the new descriptor.
+pub(crate) struct Accepted {
+    pub fd: RawFd,
+    pub peer: SockAddr,
+}
+
+pub(crate) fn accept(fd: RawFd, flags: c_int, pass: impl FnOnce() -> c_int) -> Res<Result<Accepted, c_int>> {
+    let Some(found) = look(fd) else {
+        return Ok(Err(pass()));
+    };
+    if found.stage != Stage::Listening {
+        return Err(libc::EINVAL);
+    }
+    let mut msg = [0u8; 64];
+    let mut iov = libc::iovec {
+        iov_base: msg.as_mut_ptr().cast(),
+        iov_len: msg.len(),
+    };
+    let mut cmsg_buf = [0u64; 16];
+    let mut received: Vec<OwnedFd> = Vec::new();
+    let recv_flags = if flags & libc::SOCK_CLOEXEC != 0 {
+        libc::MSG_CMSG_CLOEXEC
+    } else {
+        0
+    };
+    // SAFETY: as in `send_with_fd`: every pointer refers to a local that
+    // outlives the call; descriptors found in the control data were just
+    // installed by the kernel and are owned by nobody else.
+    let n = unsafe {
+        let mut hdr: libc::msghdr = std::mem::zeroed();
+        hdr.msg_iov = &mut iov;
+        hdr.msg_iovlen = 1;
+        hdr.msg_control = cmsg_buf.as_mut_ptr().cast();
+        hdr.msg_controllen = std::mem::size_of_val(&cmsg_buf);
+        let n = libc::recvmsg(fd, &mut hdr, recv_flags);
+        if n >= 0 {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&hdr);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                    let data = libc::CMSG_DATA(cmsg).cast::<c_int>();
+                    let count = ((*cmsg).cmsg_len - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<c_int>();
+                    for i in 0..count {
+                        received.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
+                    }
+                }
+                cmsg = libc::CMSG_NXTHDR(&hdr, cmsg);
+            }
+        }
+        n
+    };
+    if n < 0 {
+        return Err(last_errno());
+    }
+    let n = n as usize;
+    if n == 0 {
+        // The helper ended and nobody else holds the queue: the listener is gone.
+        return Err(libc::EINVAL);
+    }
+    if msg[0] == b'E' && n >= 5 {
+        return Err(i32::from_ne_bytes([msg[1], msg[2], msg[3], msg[4]]));
+    }
+    if msg[0] != b'A' || n < ACCEPT_MSG || received.is_empty() {
+        return Err(libc::EPROTO);
+    }
+    let flow = received.remove(0);
+    drop(received);
+    if flags & libc::SOCK_NONBLOCK != 0 {
+        set_nonblock(flow.as_raw_fd(), true)?;
+    }
+    let mut id = [0u8; 32];
+    id.copy_from_slice(&msg[1..33]);
+    let remote = (msg[33] != 0).then(|| Ipv4Addr::new(msg[34], msg[35], msg[36], msg[37]));
+    let port = u16::from_be_bytes([msg[38], msg[39]]);
+    let peer = match found.domain {
+        Domain::Serval => SockAddr::service(ServiceId::from_bytes(id)),
+        Domain::Inet(family) => addr::inet_peer(remote, port, family),
+    };
+    let new_fd = flow.into_raw_fd();
+    let mut entry = Entry::new(Kind::Stream, found.domain, new_fd, State::Connected);
+    entry.local = match found.domain {
+        Domain::Serval => Some(SockAddr::service(ServiceId::from_bytes(id))),
+        Domain::Inet(_) => found.local,
+    };
+    entry.peer = Some(peer);
+    let old = lock().insert(new_fd, entry);
+    drop(old);
+    Ok(Ok(Accepted { fd: new_fd, peer }))
+}
+
+// --- close, dup ---------------------------------------------------------
+
+pub(crate) fn close(fd: RawFd) {
+    if !table::maybe_tracked(fd) {
+        return;
+    }
+    let entry = lock().remove(fd);
+    if let Some(entry) = entry {
+        if let State::Listening { control, queue, .. } = &entry.state {
+            if entry.owner == std::process::id() as libc::pid_t {
+                // Stops the helper: its Accept sees end of file, its queue
+                // writes fail. sald unbinds when the helper's control
+                // connection closes.
+                // SAFETY: no pointers; our own duplicates.
+                unsafe {
+                    libc::shutdown(control.as_fd().as_raw_fd(), libc::SHUT_RDWR);
+                    libc::shutdown(queue.as_raw_fd(), libc::SHUT_RDWR);
+                }
+            }
+        }
+        drop(entry);
+    }
+}
+
+// --- names and options --------------------------------------------------
+
+/// `getsockname` (`peer` false) or `getpeername` (`peer` true); `None`
+/// when `fd` is not ours.
+pub(crate) fn name(fd: RawFd, peer: bool) -> Option<Res<SockAddr>> {
+    if !table::maybe_tracked(fd) {
+        return None;
+    }
+    let mut stale = Vec::new();
+    let result = {
+        let mut table = lock();
+        table.get(fd, &mut stale).map(|entry| {
+            if peer {
+                match (entry.peer, &entry.state) {
+                    (Some(addr), State::Connected) => Ok(addr),
+                    _ => Err(libc::ENOTCONN),
+                }
+            } else {
+                Ok(entry.local.unwrap_or(match entry.domain {
+                    Domain::Serval => SockAddr::Serval { flags: 0, bits: 0, id: [0; 32] },
+                    Domain::Inet(family) => unspecified(family),
+                }))
+            }
+        })
+    };
+    drop(stale);
+    result
+}
+
+/// What `getsockopt` answers for one of our sockets.
+pub(crate) enum OptAnswer {
+    /// An int value.
+    Int(c_int),
+    /// Let libc answer (the option is about the underlying Unix socket).
+    Pass,
+}
+
+pub(crate) fn getsockopt(fd: RawFd, level: c_int, opt: c_int) -> Option<Res<OptAnswer>> {
+    if !table::maybe_tracked(fd) {
+        return None;
+    }
+    let mut stale = Vec::new();
+    let result = {
+        let mut table = lock();
+        table.get(fd, &mut stale).map(|entry| {
+            let protocol = match entry.kind {
+                Kind::Stream => libc::IPPROTO_TCP,
+                Kind::Dgram => libc::IPPROTO_UDP,
+            };
+            Ok(match (level, opt) {
+                (libc::SOL_SOCKET, libc::SO_ERROR) => OptAnswer::Int(std::mem::take(&mut entry.so_error)),
+                (libc::SOL_SOCKET, libc::SO_TYPE) => OptAnswer::Int(match entry.kind {
+                    Kind::Stream => libc::SOCK_STREAM,
+                    Kind::Dgram => libc::SOCK_DGRAM,
+                }),
+                (libc::SOL_SOCKET, libc::SO_DOMAIN) => OptAnswer::Int(entry.domain.family()),
+                (libc::SOL_SOCKET, libc::SO_PROTOCOL) => OptAnswer::Int(protocol),
+                (libc::SOL_SOCKET, libc::SO_ACCEPTCONN) => {
+                    OptAnswer::Int(c_int::from(matches!(entry.state, State::Listening { .. })))
+                }
+                (libc::SOL_SOCKET, _) => OptAnswer::Pass,
+                (libc::IPPROTO_TCP, libc::TCP_NODELAY) => OptAnswer::Int(1),
+                _ => OptAnswer::Int(0),
+            })
+        })
+    };
+    drop(stale);
+    result
+}
+
+/// Whether `setsockopt` on `fd` is ours to answer (`Some(pass_to_libc)`).
+pub(crate) fn setsockopt_is_ours(fd: RawFd) -> bool {
+    look(fd).is_some()
+}
+
+// --- datagrams ----------------------------------------------------------
+
+fn open_datagram(fd: RawFd) -> Res<()> {
+    let mut control = control()?;
+    let reply = control.request(&Request::OpenDatagram).map_err(shim_errno)?;
+    let socket = match (reply.response, reply.fd) {
+        (Response::DatagramOpened { .. }, Some(socket)) => socket,
+        _ => return Err(libc::EPROTO),
+    };
+    install_datagram(fd, socket, None, None).map(|_| ())
+}
+
+/// `sendto` and friends. `Ok(None)` means "not ours: ask libc".
+pub(crate) fn sendto(fd: RawFd, data: &[u8], flags: c_int, addr: Option<&[u8]>) -> Res<Option<isize>> {
+    let Some(found) = look(fd) else {
+        return Ok(None);
+    };
+    let plain = |fd| -> Res<Option<isize>> {
+        // SAFETY: `data` is valid for its length.
+        let n = unsafe { real::send(fd, data.as_ptr().cast(), data.len(), flags) };
+        if n < 0 {
+            Err(last_errno())
+        } else {
+            Ok(Some(n))
+        }
+    };
+    match (found.kind, found.stage) {
+        (Kind::Stream, _) => plain(fd),
+        (Kind::Dgram, Stage::Connected) if addr.is_none() => plain(fd),
+        (Kind::Dgram, Stage::Connected) => Err(libc::EISCONN),
+        (Kind::Dgram, _) => {
+            let sa = parse_serval(addr.ok_or(libc::EDESTADDRREQ)?)?;
+            if data.len() > MAX_DATAGRAM {
+                return Err(libc::EMSGSIZE);
+            }
+            if found.stage == Stage::DgramIdle {
+                open_datagram(fd)?;
+            }
+            let frame = match sa.as_peer() {
+                Some(peer) => DatagramFrame::Reply {
+                    peer,
+                    data: data.to_vec(),
+                },
+                None => DatagramFrame::SendTo {
+                    service: sa.service_id().ok_or(libc::EINVAL)?,
+                    data: data.to_vec(),
+                },
+            }
+            .encode();
+            let flags = (flags & libc::MSG_DONTWAIT) | libc::MSG_NOSIGNAL;
+            // SAFETY: `frame` is valid for its length.
+            let n = unsafe { real::send(fd, frame.as_ptr().cast(), frame.len(), flags) };
+            if n < 0 {
+                return Err(match last_errno() {
+                    libc::EPIPE => libc::ECONNRESET,
+                    other => other,
+                });
+            }
+            Ok(Some(data.len() as isize))
+        }
+    }
+}
+
+/// `recvfrom` and friends. `Ok(None)` means "not ours: ask libc".
+pub(crate) fn recvfrom(fd: RawFd, buf: &mut [u8], flags: c_int) -> Res<Option<(isize, Option<SockAddr>)>> {
+    let Some(found) = look(fd) else {
+        return Ok(None);
+    };
+    let plain = |buf: &mut [u8]| -> Res<isize> {
+        // SAFETY: `buf` is valid for writes of its length.
+        let n = unsafe { real::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) };
+        if n < 0 {
+            Err(last_errno())
+        } else {
+            Ok(n)
+        }
+    };
+    if found.stage != Stage::DgramOpen {
+        let n = plain(buf)?;
+        let peer = if found.kind == Kind::Dgram {
+            name(fd, true).and_then(Result::ok)
+        } else {
+            None
+        };
+        return Ok(Some((n, peer)));
+    }
+    let mut message = vec![0u8; MAX_DATAGRAM + 64];
+    let pass_flags = flags & (libc::MSG_DONTWAIT | libc::MSG_PEEK);
+    let n = loop {
+        // SAFETY: `message` is valid for writes of its length.
+        let n = unsafe { real::recv(fd, message.as_mut_ptr().cast(), message.len(), pass_flags) };
+        if n < 0 {
+            return Err(last_errno());
+        }
+        if n == 0 {
+            return Ok(Some((0, None)));
+        }
+        break n as usize;
+    };
+    match DatagramFrame::decode(&message[..n]) {
+        Ok(DatagramFrame::Received { peer, data, .. }) => {
+            let len = data.len().min(buf.len());
+            buf[..len].copy_from_slice(&data[..len]);
+            let reported = if flags & libc::MSG_TRUNC != 0 { data.len() } else { len };
+            Ok(Some((reported as isize, Some(SockAddr::peer(&peer)))))
+        }
+        _ => Err(libc::EPROTO),
+    }
+}
+
+/// Whether `fd` is an unconnected datagram socket, on which `send` and
+/// `write` have no destination.
+pub(crate) fn is_unconnected_dgram(fd: RawFd) -> bool {
+    table::maybe_framed(fd) && look(fd).is_some_and(|l| l.kind == Kind::Dgram && l.stage != Stage::Connected)
+}
+
+// --- epoll ----------------------------------------------------------------
+
+pub(crate) fn note_epoll(epfd: RawFd, op: c_int, fd: RawFd, event: Option<libc::epoll_event>) {
+    if !table::maybe_tracked(fd) {
+        return;
+    }
+    let mut stale = Vec::new();
+    {
+        let mut table = lock();
+        if let Some(entry) = table.get(fd, &mut stale) {
+            entry.epoll.retain(|(e, _)| *e != epfd);
+            if op != libc::EPOLL_CTL_DEL {
+                if let Some(event) = event {
+                    entry.epoll.push((epfd, event));
+                }
+            }
+        }
+    }
+    drop(stale);
+}

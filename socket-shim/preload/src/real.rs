@@ -1,0 +1,78 @@
+//! libc's own socket functions, found with `dlsym(RTLD_NEXT, ...)`.
+//!
+//! This library defines `socket`, `connect`, `close`, ... itself, so a plain
+//! call to `libc::close` from Rust would come straight back to our own
+//! definition (the preloaded library is first in the global lookup scope).
+//! Everything the shim does on the application's descriptors therefore goes
+//! through these wrappers. Rust code that merely drops its own descriptors
+//! (a `ControlClient`, an `OwnedFd`) may go through the interposed `close`:
+//! that is harmless because those numbers are never in the descriptor table
+//! (see `table`), but it is why no lock is ever held while dropping one.
+
+use std::ffi::{c_char, c_int, c_void};
+use std::ptr::null_mut;
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+use libc::{epoll_event, size_t, sockaddr, socklen_t, ssize_t};
+
+use crate::set_errno;
+
+/// The next definition of `name` after this library (normally glibc's).
+fn lookup(name: &'static str) -> *mut c_void {
+    // SAFETY: `name` is a NUL-terminated literal (built with concat!), and
+    // dlsym with RTLD_NEXT only reads it.
+    unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr().cast::<c_char>()) }
+}
+
+macro_rules! real_fns {
+    ($( $(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty; )*) => {
+        $(
+            $(#[$doc])*
+            /// # Safety
+            /// As for the libc function of the same name: pointers must be
+            /// valid for the lengths given.
+            pub(crate) unsafe fn $name($($arg: $ty),*) -> $ret {
+                static PTR: AtomicPtr<c_void> = AtomicPtr::new(null_mut());
+                let mut p = PTR.load(Ordering::Relaxed);
+                if p.is_null() {
+                    p = lookup(concat!(stringify!($name), "\0"));
+                    if p.is_null() {
+                        set_errno(libc::ENOSYS);
+                        return -1;
+                    }
+                    PTR.store(p, Ordering::Relaxed);
+                }
+                // SAFETY: `p` is the address libc exports under this name,
+                // whose C prototype is the one spelled out here; the caller
+                // upholds that function's own contract.
+                unsafe {
+                    let f: unsafe extern "C" fn($($ty),*) -> $ret = std::mem::transmute(p);
+                    f($($arg),*)
+                }
+            }
+        )*
+    };
+}
+
+real_fns! {
+    fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int;
+    fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
+    fn listen(fd: c_int, backlog: c_int) -> c_int;
+    fn accept(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int;
+    fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int;
+    fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
+    fn close(fd: c_int) -> c_int;
+    fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int;
+    fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int;
+    fn getsockopt(fd: c_int, level: c_int, name: c_int, value: *mut c_void, len: *mut socklen_t) -> c_int;
+    fn setsockopt(fd: c_int, level: c_int, name: c_int, value: *const c_void, len: socklen_t) -> c_int;
+    fn sendto(fd: c_int, buf: *const c_void, n: size_t, flags: c_int, addr: *const sockaddr, len: socklen_t) -> ssize_t;
+    fn recvfrom(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> ssize_t;
+    fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t;
+    fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t;
+    fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t;
+    fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t;
+    fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) -> c_int;
+    fn dup2(old: c_int, new: c_int) -> c_int;
+    fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int;
+}

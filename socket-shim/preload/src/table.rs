@@ -1,0 +1,314 @@
+//! The process-wide table of descriptors the shim manages.
+//!
+//! Every Serval socket the application sees is a real kernel descriptor (a
+//! placeholder socketpair end, a flow socket handed over by sald, or the
+//! accept queue of a listener; see the crate docs). This table remembers,
+//! per descriptor number, what that number *means* to the application:
+//! family, type, addresses, and where in its life the socket is.
+//!
+//! Two bitsets let the hot paths (`read`, `write`, `send`, `recv` of every
+//! descriptor in the process) decide without a lock that a number is not
+//! ours: `TRACKED` (in the table at all) and `FRAMED` (a datagram socket
+//! whose messages must be wrapped in `DatagramFrame`s).
+//!
+//! Locking rule: the table lock is held only for bookkeeping and for the
+//! `dup3` that swaps a descriptor in; never across a blocking call and never
+//! while dropping a Rust-owned descriptor (that would re-enter `close`).
+
+use std::collections::BTreeMap;
+use std::os::fd::{OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, Once};
+
+use sal::table::ListenerId;
+use socket_shim::ControlClient;
+
+use crate::addr::SockAddr;
+use crate::real;
+
+/// Descriptors below this are tracked in the lock-free bitsets; above it
+/// every lookup takes the lock (only when some such descriptor is tracked).
+const FAST_FDS: usize = 1 << 16;
+const WORDS: usize = FAST_FDS / 64;
+
+#[allow(clippy::declare_interior_mutable_const)]
+const ZERO: AtomicU64 = AtomicU64::new(0);
+static TRACKED: [AtomicU64; WORDS] = [ZERO; WORDS];
+static FRAMED: [AtomicU64; WORDS] = [ZERO; WORDS];
+/// Whether any descriptor at or above `FAST_FDS` is tracked.
+static HIGH: AtomicBool = AtomicBool::new(false);
+
+static TABLE: Mutex<BTreeMap<RawFd, Entry>> = Mutex::new(BTreeMap::new());
+static NEXT_GEN: AtomicU64 = AtomicU64::new(1);
+
+/// The socket type as the application asked for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Stream,
+    Dgram,
+}
+
+/// The family the application believes the socket has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Domain {
+    Serval,
+    /// A TCP socket of the program redirected by inet mode (`libc::AF_INET`
+    /// or `AF_INET6`).
+    Inet(i32),
+}
+
+impl Domain {
+    pub(crate) fn family(self) -> i32 {
+        match self {
+            Domain::Serval => crate::addr::AF_SERVAL,
+            Domain::Inet(family) => family,
+        }
+    }
+}
+
+/// Where a socket is in its life.
+#[derive(Debug)]
+pub(crate) enum State {
+    /// Created; the descriptor is a placeholder. `wake` is the placeholder's
+    /// peer end (absent for an inet-mode TCP socket, which is still real).
+    Fresh { wake: Option<OwnedFd> },
+    /// A stream socket bound to a prefix: sald already registered it (so
+    /// `bind` reports `EADDRINUSE`), `listen` starts accepting.
+    Bound {
+        control: ControlClient,
+        listener: ListenerId,
+        wake: Option<OwnedFd>,
+    },
+    /// A connect is in flight (in the caller's thread or a helper thread).
+    Connecting { wake: Option<OwnedFd> },
+    /// A stream flow (or a connected datagram flow) is at the descriptor.
+    Connected,
+    /// The last connect failed; the error waits in `so_error`.
+    Failed,
+    /// The descriptor is the application end of the listener's accept queue.
+    Listening {
+        /// Duplicates of the helper's control connection and queue end, used
+        /// to shut them down (which stops the helper) when the listener closes.
+        control: OwnedFd,
+        queue: OwnedFd,
+        /// The helper's own descriptors, closed by a forked child (which has
+        /// copies but no helper thread); `None` once the helper ended.
+        helper_fds: Option<[RawFd; 2]>,
+    },
+    /// A datagram socket not yet opened with sald (placeholder descriptor).
+    DgramIdle { wake: Option<OwnedFd> },
+    /// An unconnected datagram socket: messages are `DatagramFrame`s.
+    /// `control` keeps a bound prefix registered.
+    DgramOpen { _control: Option<ControlClient> },
+}
+
+/// What the application's descriptor number means.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub kind: Kind,
+    pub domain: Domain,
+    /// Device and inode of the file at the descriptor when we last put it
+    /// there: a mismatch means the program closed or replaced the descriptor
+    /// behind our back (for example through `fclose`), and the entry is stale.
+    pub ident: (u64, u64),
+    /// Changes whenever a connect starts, so a late helper cannot install a
+    /// flow into a socket that moved on.
+    pub gen: u64,
+    pub local: Option<SockAddr>,
+    pub peer: Option<SockAddr>,
+    pub state: State,
+    /// The pending `SO_ERROR`.
+    pub so_error: i32,
+    /// epoll registrations of this descriptor, re-added after a swap.
+    pub epoll: Vec<(RawFd, libc::epoll_event)>,
+    /// The process that created the entry (a forked child has copies).
+    pub owner: libc::pid_t,
+}
+
+impl Entry {
+    pub(crate) fn new(kind: Kind, domain: Domain, fd: RawFd, state: State) -> Entry {
+        Entry {
+            kind,
+            domain,
+            ident: ident(fd),
+            gen: next_gen(),
+            local: None,
+            peer: None,
+            state,
+            so_error: 0,
+            epoll: Vec::new(),
+            owner: std::process::id() as libc::pid_t,
+        }
+    }
+}
+
+impl Entry {
+    /// Whether data calls (`send`, `recv`, `read`, `write`) need the shim:
+    /// a datagram socket that is not connected (frames, or no destination).
+    pub(crate) fn framed(&self) -> bool {
+        self.kind == Kind::Dgram && !matches!(self.state, State::Connected)
+    }
+}
+
+pub(crate) fn next_gen() -> u64 {
+    NEXT_GEN.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Device and inode of what `fd` refers to ((0, 0) if it is not open).
+pub(crate) fn ident(fd: RawFd) -> (u64, u64) {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: fstat writes at most one `struct stat` into the buffer, which
+    // is that large; `fstat` is not interposed, so this is libc's.
+    let rc = unsafe { libc::fstat(fd, st.as_mut_ptr()) };
+    if rc != 0 {
+        return (0, 0);
+    }
+    // SAFETY: fstat succeeded, so it initialised the struct.
+    let st = unsafe { st.assume_init() };
+    (st.st_dev, st.st_ino)
+}
+
+fn bit(fd: RawFd) -> Option<(usize, u64)> {
+    let fd = usize::try_from(fd).ok()?;
+    (fd < FAST_FDS).then(|| (fd / 64, 1u64 << (fd % 64)))
+}
+
+/// Whether `fd` may be in the table (lock-free; false means surely not).
+pub(crate) fn maybe_tracked(fd: RawFd) -> bool {
+    match bit(fd) {
+        Some((word, mask)) => TRACKED[word].load(Ordering::Acquire) & mask != 0,
+        None => fd >= 0 && HIGH.load(Ordering::Acquire),
+    }
+}
+
+/// Whether `fd` may be an unconnected datagram socket (lock-free hint).
+pub(crate) fn maybe_framed(fd: RawFd) -> bool {
+    match bit(fd) {
+        Some((word, mask)) => FRAMED[word].load(Ordering::Acquire) & mask != 0,
+        None => fd >= 0 && HIGH.load(Ordering::Acquire),
+    }
+}
+
+fn set_bit(set: &[AtomicU64; WORDS], fd: RawFd, on: bool) {
+    match bit(fd) {
+        Some((word, mask)) if on => {
+            set[word].fetch_or(mask, Ordering::AcqRel);
+        }
+        Some((word, mask)) => {
+            set[word].fetch_and(!mask, Ordering::AcqRel);
+        }
+        None if on => HIGH.store(true, Ordering::Release),
+        None => {}
+    }
+}
+
+/// The locked table. Registers the fork handlers on first use.
+pub(crate) struct Table {
+    guard: MutexGuard<'static, BTreeMap<RawFd, Entry>>,
+}
+
+pub(crate) fn lock() -> Table {
+    static ATFORK: Once = Once::new();
+    ATFORK.call_once(|| {
+        // SAFETY: the three handlers are plain `extern "C" fn()`s that live
+        // as long as the process (this library is never unloaded while the
+        // program uses sockets).
+        unsafe {
+            libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
+        }
+    });
+    Table {
+        guard: TABLE.lock().unwrap_or_else(|e| e.into_inner()),
+    }
+}
+
+impl Table {
+    /// The entry of `fd`, unless it is stale (then it is removed and its
+    /// state handed back in `stale` for the caller to drop after unlocking).
+    pub(crate) fn get(&mut self, fd: RawFd, stale: &mut Vec<Entry>) -> Option<&mut Entry> {
+        if !maybe_tracked(fd) {
+            return None;
+        }
+        let fresh = match self.guard.get(&fd) {
+            None => return None,
+            Some(entry) => entry.ident == ident(fd),
+        };
+        if !fresh {
+            if let Some(old) = self.remove(fd) {
+                stale.push(old);
+            }
+            return None;
+        }
+        self.guard.get_mut(&fd)
+    }
+
+    pub(crate) fn insert(&mut self, fd: RawFd, entry: Entry) -> Option<Entry> {
+        set_bit(&FRAMED, fd, entry.framed());
+        set_bit(&TRACKED, fd, true);
+        self.guard.insert(fd, entry)
+    }
+
+    pub(crate) fn remove(&mut self, fd: RawFd) -> Option<Entry> {
+        set_bit(&TRACKED, fd, false);
+        set_bit(&FRAMED, fd, false);
+        self.guard.remove(&fd)
+    }
+
+    /// Updates the framed bit after a state change of `fd`.
+    pub(crate) fn refresh(&mut self, fd: RawFd) {
+        if let Some(entry) = self.guard.get(&fd) {
+            set_bit(&FRAMED, fd, entry.framed());
+        }
+    }
+}
+
+thread_local! {
+    static FORK_GUARD: std::cell::RefCell<Option<MutexGuard<'static, BTreeMap<RawFd, Entry>>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Takes the table lock across `fork`, so the child never inherits it locked
+/// by a thread that does not exist there.
+extern "C" fn fork_prepare() {
+    let guard = TABLE.lock().unwrap_or_else(|e| e.into_inner());
+    let _ = FORK_GUARD.try_with(|slot| *slot.borrow_mut() = Some(guard));
+}
+
+extern "C" fn fork_parent() {
+    let _ = FORK_GUARD.try_with(|slot| slot.borrow_mut().take());
+}
+
+/// In the child: helper threads did not survive the fork, but their
+/// descriptors did. Close those (the parent's helpers keep serving the
+/// shared accept queues, so inherited listeners still accept), and leave
+/// every application descriptor alone.
+extern "C" fn fork_child() {
+    let _ = FORK_GUARD.try_with(|slot| {
+        if let Some(mut guard) = slot.borrow_mut().take() {
+            for entry in guard.values_mut() {
+                if let State::Listening { helper_fds, .. } = &mut entry.state {
+                    if let Some(fds) = helper_fds.take() {
+                        for fd in fds {
+                            // SAFETY: these numbers are this child's copies of
+                            // the helper's descriptors; no thread here owns them.
+                            unsafe { real::close(fd) };
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Marks the helper of the listener at `fd` (generation `gen`) as ended, so
+/// a later fork does not close numbers it no longer owns.
+pub(crate) fn helper_ended(fd: RawFd, gen: u64) {
+    let mut table = lock();
+    if let Some(entry) = table.guard.get_mut(&fd) {
+        if entry.gen == gen {
+            if let State::Listening { helper_fds, .. } = &mut entry.state {
+                *helper_fds = None;
+            }
+        }
+    }
+}

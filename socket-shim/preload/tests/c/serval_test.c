@@ -1,0 +1,448 @@
+/*
+ * serval_test: exercises the Serval socket interface (serval.h) the way a C
+ * program written for it would. Built by tests/c_api.rs and run under
+ * serval-run (LD_PRELOAD). Every subcommand exits 0 on success and prints
+ * what failed otherwise.
+ *
+ *   stream-server SID COUNT [fork|nonblock]   echo COUNT connections
+ *   stream-client SID SIZE                    send SIZE bytes, check the echo
+ *   nonblock-client SID SIZE                  same, non-blocking, epoll + poll
+ *   nonblock-fail SID                         non-blocking connect, expect EHOSTUNREACH via SO_ERROR
+ *   many SID N SIZE                           N concurrent clients (threads)
+ *   dgram-server SID COUNT                    echo COUNT datagrams
+ *   dgram-client SID COUNT                    send COUNT datagrams, check replies
+ *   misuse SID                                error paths (SID is not bound)
+ *   nodaemon SID                              sald not running
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "serval.h"
+
+static int failures;
+
+#define CHECK(cond, ...)                                                   \
+    do {                                                                   \
+        if (!(cond)) {                                                     \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);           \
+            fprintf(stderr, __VA_ARGS__);                                  \
+            fprintf(stderr, " (errno %d: %s)\n", errno, strerror(errno));  \
+            failures++;                                                    \
+        }                                                                  \
+    } while (0)
+
+#define EXPECT_ERR(call, err)                                              \
+    do {                                                                   \
+        errno = 0;                                                         \
+        long rc_ = (long)(call);                                           \
+        int e_ = errno;                                                    \
+        if (rc_ != -1 || e_ != (err)) {                                    \
+            fprintf(stderr, "FAIL %s:%d: %s returned %ld errno %d (%s), "  \
+                    "expected errno %d (%s)\n", __FILE__, __LINE__, #call, \
+                    rc_, e_, strerror(e_), (err), strerror(err));          \
+            failures++;                                                    \
+        }                                                                  \
+    } while (0)
+
+static void die(const char *what) {
+    perror(what);
+    exit(2);
+}
+
+/* Parses hex into a left-aligned service ID (as the text form in WIRE.md). */
+static struct sockaddr_sv sv_addr(const char *hex) {
+    struct sockaddr_sv sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sv_family = AF_SERVAL;
+    for (size_t i = 0; hex[i] && i < 64; i++) {
+        char c = hex[i];
+        int v = c >= '0' && c <= '9' ? c - '0' : (c | 32) - 'a' + 10;
+        sa.sv_srvid.s_sid[i / 2] |= (uint8_t)(i % 2 ? v : v << 4);
+    }
+    return sa;
+}
+
+static unsigned char pattern(size_t i) { return (unsigned char)(i * 131 + 7); }
+
+static int write_all(int fd, const unsigned char *buf, size_t len) {
+    while (len > 0) {
+        ssize_t n = write(fd, buf, len);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return -1;
+        buf += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+/* Reads to end of file, echoing everything back; then half-closes. */
+static void echo_stream(int fd) {
+    unsigned char buf[65536];
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        if (write_all(fd, buf, (size_t)n) < 0) break;
+    }
+    shutdown(fd, SHUT_WR);
+    close(fd);
+}
+
+static void *echo_thread(void *arg) {
+    echo_stream((int)(long)arg);
+    return NULL;
+}
+
+static int stream_server(const char *sid, int count, const char *mode) {
+    int nonblock = mode && strcmp(mode, "nonblock") == 0;
+    int forking = mode && strcmp(mode, "fork") == 0;
+    int fd = socket(AF_SERVAL, SOCK_STREAM, 0);
+    if (fd < 0) die("socket");
+    struct sockaddr_sv sa = sv_addr(sid);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) die("bind");
+    if (listen(fd, 64) < 0) die("listen");
+    struct sockaddr_sv me;
+    socklen_t melen = sizeof me;
+    CHECK(getsockname(fd, (struct sockaddr *)&me, &melen) == 0 && melen == sizeof me &&
+              me.sv_family == AF_SERVAL && memcmp(&me.sv_srvid, &sa.sv_srvid, SERVICE_ID_LEN) == 0,
+          "getsockname of the listener");
+    if (nonblock) {
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+        EXPECT_ERR(accept(fd, NULL, NULL), EAGAIN);
+    }
+    printf("ready\n");
+    fflush(stdout);
+    pthread_t *threads = calloc((size_t)count, sizeof *threads);
+    int nthreads = 0;
+    for (int i = 0; i < count; i++) {
+        struct sockaddr_sv peer;
+        socklen_t len = sizeof peer;
+        if (nonblock) {
+            struct pollfd p = {.fd = fd, .events = POLLIN};
+            if (poll(&p, 1, 20000) != 1 || !(p.revents & POLLIN)) die("poll on listener");
+        }
+        int c = accept(fd, (struct sockaddr *)&peer, &len);
+        if (c < 0) die("accept");
+        CHECK(len == sizeof peer && peer.sv_family == AF_SERVAL, "accept address");
+        CHECK(memcmp(&peer.sv_srvid, &sa.sv_srvid, SERVICE_ID_LEN) == 0, "accepted service");
+        if (forking) {
+            pid_t pid = fork();
+            if (pid < 0) die("fork");
+            if (pid == 0) {
+                close(fd);
+                echo_stream(c);
+                _exit(0);
+            }
+            close(c);
+        } else {
+            pthread_create(&threads[nthreads++], NULL, echo_thread, (void *)(long)c);
+        }
+    }
+    for (int i = 0; i < nthreads; i++) pthread_join(threads[i], NULL);
+    if (forking) {
+        int status;
+        while (wait(&status) > 0)
+            CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "forked child status");
+    }
+    CHECK(close(fd) == 0, "close listener");
+    return failures ? 1 : 0;
+}
+
+struct writer { int fd; size_t size; };
+
+static void *writer_thread(void *arg) {
+    struct writer *w = arg;
+    unsigned char buf[65536];
+    size_t off = 0;
+    while (off < w->size) {
+        size_t n = w->size - off < sizeof buf ? w->size - off : sizeof buf;
+        for (size_t i = 0; i < n; i++) buf[i] = pattern(off + i);
+        if (write_all(w->fd, buf, n) < 0) {
+            perror("write");
+            return (void *)1;
+        }
+        off += n;
+    }
+    shutdown(w->fd, SHUT_WR);
+    return NULL;
+}
+
+/* Sends SIZE bytes from a thread and checks the echo; returns 0 if exact. */
+static int echo_check(int fd, size_t size) {
+    struct writer w = {fd, size};
+    pthread_t t;
+    pthread_create(&t, NULL, writer_thread, &w);
+    unsigned char buf[65536];
+    size_t got = 0;
+    int bad = 0;
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && errno == EAGAIN) {
+            struct pollfd p = {.fd = fd, .events = POLLIN};
+            poll(&p, 1, 10000);
+            continue;
+        }
+        if (n <= 0) break;
+        for (ssize_t i = 0; i < n; i++)
+            if (buf[i] != pattern(got + (size_t)i)) bad = 1;
+        got += (size_t)n;
+    }
+    void *wres;
+    pthread_join(t, &wres);
+    if (got != size || bad || wres) {
+        fprintf(stderr, "echo: got %zu of %zu bytes, %s\n", got, size, bad ? "corrupt" : "intact");
+        return 1;
+    }
+    return 0;
+}
+
+static int stream_client(const char *sid, size_t size) {
+    int fd = socket(AF_SERVAL, SOCK_STREAM, 0);
+    if (fd < 0) die("socket");
+    struct sockaddr_sv sa = sv_addr(sid);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) die("connect");
+    struct sockaddr_sv peer;
+    socklen_t len = sizeof peer;
+    CHECK(getpeername(fd, (struct sockaddr *)&peer, &len) == 0 && len == sizeof peer &&
+              memcmp(&peer.sv_srvid, &sa.sv_srvid, SERVICE_ID_LEN) == 0,
+          "getpeername");
+    int type = 0;
+    socklen_t tlen = sizeof type;
+    CHECK(getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tlen) == 0 && type == SOCK_STREAM, "SO_TYPE");
+    int one = 1;
+    CHECK(setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one) == 0, "SO_KEEPALIVE");
+    CHECK(setsockopt(fd, IPPROTO_TCP, 1 /* TCP_NODELAY */, &one, sizeof one) == 0, "TCP_NODELAY");
+    CHECK(echo_check(fd, size) == 0, "stream echo");
+    CHECK(close(fd) == 0, "close");
+    return failures ? 1 : 0;
+}
+
+static int nonblock_client(const char *sid, size_t size) {
+    int fd = socket(AF_SERVAL, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (fd < 0) die("socket");
+    struct sockaddr_sv sa = sv_addr(sid);
+    EXPECT_ERR(connect(fd, (struct sockaddr *)&sa, sizeof sa), EINPROGRESS);
+    /* Registered while the connect is in flight: must still fire. */
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event ev = {.events = EPOLLOUT, .data.fd = fd};
+    CHECK(epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) == 0, "epoll_ctl");
+    struct epoll_event out;
+    int n = epoll_wait(ep, &out, 1, 10000);
+    CHECK(n == 1 && (out.events & EPOLLOUT), "epoll_wait for connect: %d events %x", n, n == 1 ? out.events : 0);
+    struct pollfd p = {.fd = fd, .events = POLLOUT};
+    CHECK(poll(&p, 1, 10000) == 1 && (p.revents & POLLOUT), "poll for connect");
+    int err = -1;
+    socklen_t len = sizeof err;
+    CHECK(getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0, "SO_ERROR %d", err);
+    EXPECT_ERR(connect(fd, (struct sockaddr *)&sa, sizeof sa), EISCONN);
+    CHECK(fcntl(fd, F_GETFL) & O_NONBLOCK, "still non-blocking after connect");
+    char c;
+    EXPECT_ERR(recv(fd, &c, 1, 0), EAGAIN);
+    close(ep);
+    /* The echo: a blocking writer thread on a non-blocking socket would spin,
+     * so switch to blocking for the bulk transfer. */
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    CHECK(echo_check(fd, size) == 0, "non-blocking stream echo");
+    close(fd);
+    return failures ? 1 : 0;
+}
+
+static int nonblock_fail(const char *sid) {
+    int fd = socket(AF_SERVAL, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (fd < 0) die("socket");
+    struct sockaddr_sv sa = sv_addr(sid);
+    EXPECT_ERR(connect(fd, (struct sockaddr *)&sa, sizeof sa), EINPROGRESS);
+    struct pollfd p = {.fd = fd, .events = POLLOUT};
+    CHECK(poll(&p, 1, 10000) == 1, "poll wakes on a failed connect");
+    int err = 0;
+    socklen_t len = sizeof err;
+    CHECK(getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == EHOSTUNREACH,
+          "SO_ERROR %d, expected EHOSTUNREACH", err);
+    close(fd);
+    return failures ? 1 : 0;
+}
+
+struct many_arg { const char *sid; size_t size; int rc; };
+
+static void *many_thread(void *arg) {
+    struct many_arg *m = arg;
+    int fd = socket(AF_SERVAL, SOCK_STREAM, 0);
+    struct sockaddr_sv sa = sv_addr(m->sid);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        perror("many: connect");
+        m->rc = 1;
+        return NULL;
+    }
+    m->rc = echo_check(fd, m->size);
+    close(fd);
+    return NULL;
+}
+
+static int many(const char *sid, int n, size_t size) {
+    pthread_t *t = calloc((size_t)n, sizeof *t);
+    struct many_arg *a = calloc((size_t)n, sizeof *a);
+    for (int i = 0; i < n; i++) {
+        a[i] = (struct many_arg){sid, size, 0};
+        pthread_create(&t[i], NULL, many_thread, &a[i]);
+    }
+    for (int i = 0; i < n; i++) {
+        pthread_join(t[i], NULL);
+        CHECK(a[i].rc == 0, "client %d", i);
+    }
+    return failures ? 1 : 0;
+}
+
+static int dgram_server(const char *sid, int count) {
+    int fd = socket(AF_SERVAL, SOCK_DGRAM, 0);
+    if (fd < 0) die("socket");
+    struct sockaddr_sv sa = sv_addr(sid);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) die("bind");
+    printf("ready\n");
+    fflush(stdout);
+    for (int i = 0; i < count; i++) {
+        char buf[2048];
+        struct sockaddr_sv from;
+        socklen_t len = sizeof from;
+        ssize_t n = recvfrom(fd, buf, sizeof buf, 0, (struct sockaddr *)&from, &len);
+        if (n < 0) die("recvfrom");
+        CHECK(len == sizeof from && from.sv_family == AF_SERVAL, "recvfrom address");
+        if (sendto(fd, buf, (size_t)n, 0, (struct sockaddr *)&from, len) != n) die("sendto");
+    }
+    close(fd);
+    return failures ? 1 : 0;
+}
+
+static int dgram_client(const char *sid, int count) {
+    int fd = socket(AF_SERVAL, SOCK_DGRAM, 0);
+    if (fd < 0) die("socket");
+    struct sockaddr_sv sa = sv_addr(sid);
+    for (int i = 0; i < count; i++) {
+        char msg[1400], back[2048];
+        size_t len = 1 + (size_t)(i * 97) % sizeof msg;
+        for (size_t j = 0; j < len; j++) msg[j] = (char)pattern(j + (size_t)i);
+        ssize_t n = -1;
+        for (int attempt = 0; attempt < 5 && n < 0; attempt++) {
+            if (sendto(fd, msg, len, 0, (struct sockaddr *)&sa, sizeof sa) != (ssize_t)len) die("sendto");
+            struct pollfd p = {.fd = fd, .events = POLLIN};
+            if (poll(&p, 1, 2000) == 1) n = recv(fd, back, sizeof back, 0);
+        }
+        CHECK(n == (ssize_t)len && memcmp(msg, back, len) == 0, "datagram %d: %zd of %zu bytes", i, n, len);
+    }
+    close(fd);
+    return failures ? 1 : 0;
+}
+
+static int misuse(const char *sid) {
+    struct sockaddr_sv sa = sv_addr(sid);
+    EXPECT_ERR(socket(AF_SERVAL, SOCK_RAW, 0), ESOCKTNOSUPPORT);
+    EXPECT_ERR(socket(AF_SERVAL, SOCK_STREAM, 99), EPROTONOSUPPORT);
+
+    int fd = socket(AF_SERVAL, SOCK_STREAM, 0);
+    CHECK(fd >= 0, "socket");
+    EXPECT_ERR(connect(fd, (struct sockaddr *)&sa, 10), EINVAL);
+    struct sockaddr_in in = {.sin_family = AF_INET, .sin_port = htons(80)};
+    EXPECT_ERR(connect(fd, (struct sockaddr *)&in, sizeof in), EAFNOSUPPORT);
+    EXPECT_ERR(bind(fd, (struct sockaddr *)&sa, 20), EINVAL);
+    EXPECT_ERR(bind(fd, (struct sockaddr *)&in, sizeof in), EAFNOSUPPORT);
+    EXPECT_ERR(connect(fd, NULL, sizeof sa), EFAULT);
+    EXPECT_ERR(accept(fd, NULL, NULL), EINVAL);
+    EXPECT_ERR(listen(fd, 5), EDESTADDRREQ);
+    struct sockaddr_sv peer;
+    socklen_t len = sizeof peer;
+    EXPECT_ERR(getpeername(fd, (struct sockaddr *)&peer, &len), ENOTCONN);
+    EXPECT_ERR(connect(fd, (struct sockaddr *)&sa, sizeof sa), EHOSTUNREACH);
+    CHECK(close(fd) == 0, "close");
+    EXPECT_ERR(connect(fd, (struct sockaddr *)&sa, sizeof sa), EBADF);
+    EXPECT_ERR(send(fd, "x", 1, 0), EBADF);
+    EXPECT_ERR(accept(fd, NULL, NULL), EBADF);
+    EXPECT_ERR(close(fd), EBADF);
+
+    /* Two binds of one service: the second is refused. */
+    int a = socket(AF_SERVAL, SOCK_STREAM, 0);
+    int b = socket(AF_SERVAL, SOCK_STREAM, 0);
+    CHECK(bind(a, (struct sockaddr *)&sa, sizeof sa) == 0, "first bind");
+    EXPECT_ERR(bind(b, (struct sockaddr *)&sa, sizeof sa), EADDRINUSE);
+    EXPECT_ERR(bind(a, (struct sockaddr *)&sa, sizeof sa), EINVAL);
+    close(a);
+    /* Closing unregistered it: binding again works. */
+    int c = -1;
+    for (int i = 0; i < 50; i++) {
+        c = socket(AF_SERVAL, SOCK_STREAM, 0);
+        if (bind(c, (struct sockaddr *)&sa, sizeof sa) == 0) break;
+        close(c);
+        c = -1;
+        usleep(20000);
+    }
+    CHECK(c >= 0, "bind after the first socket closed");
+    if (c >= 0) close(c);
+    close(b);
+
+    int d = socket(AF_SERVAL, SOCK_DGRAM, 0);
+    EXPECT_ERR(send(d, "x", 1, 0), EDESTADDRREQ);
+    EXPECT_ERR(sendto(d, "x", 1, 0, NULL, 0), EDESTADDRREQ);
+    static char big[2000];
+    EXPECT_ERR(sendto(d, big, sizeof big, 0, (struct sockaddr *)&sa, sizeof sa), EMSGSIZE);
+    EXPECT_ERR(listen(d, 5), EOPNOTSUPP);
+    EXPECT_ERR(sendto(d, "x", 1, 0, (struct sockaddr *)&sa, 8), EINVAL);
+    close(d);
+
+    /* Other families pass straight through to libc. */
+    int t = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in lo = {.sin_family = AF_INET, .sin_port = htons(1), .sin_addr.s_addr = htonl(0x7f000001)};
+    EXPECT_ERR(connect(t, (struct sockaddr *)&lo, sizeof lo), ECONNREFUSED);
+    close(t);
+    int u[2];
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, u) == 0 && write(u[0], "hi", 2) == 2, "unix socketpair");
+    char hi[2];
+    CHECK(read(u[1], hi, 2) == 2 && memcmp(hi, "hi", 2) == 0, "unix read");
+    close(u[0]);
+    close(u[1]);
+    return failures ? 1 : 0;
+}
+
+static int nodaemon(const char *sid) {
+    struct sockaddr_sv sa = sv_addr(sid);
+    int fd = socket(AF_SERVAL, SOCK_STREAM, 0);
+    CHECK(fd >= 0, "socket works without sald");
+    EXPECT_ERR(connect(fd, (struct sockaddr *)&sa, sizeof sa), ENETDOWN);
+    EXPECT_ERR(bind(fd, (struct sockaddr *)&sa, sizeof sa), ENETDOWN);
+    close(fd);
+    int d = socket(AF_SERVAL, SOCK_DGRAM, 0);
+    EXPECT_ERR(sendto(d, "x", 1, 0, (struct sockaddr *)&sa, sizeof sa), ENETDOWN);
+    close(d);
+    return failures ? 1 : 0;
+}
+
+int main(int argc, char **argv) {
+    signal(SIGPIPE, SIG_IGN);
+    if (argc < 3) {
+        fprintf(stderr, "usage: see the top of serval_test.c\n");
+        return 2;
+    }
+    const char *cmd = argv[1], *sid = argv[2];
+    long n = argc > 3 ? atol(argv[3]) : 1;
+    if (!strcmp(cmd, "stream-server")) return stream_server(sid, (int)n, argc > 4 ? argv[4] : NULL);
+    if (!strcmp(cmd, "stream-client")) return stream_client(sid, (size_t)n);
+    if (!strcmp(cmd, "nonblock-client")) return nonblock_client(sid, (size_t)n);
+    if (!strcmp(cmd, "nonblock-fail")) return nonblock_fail(sid);
+    if (!strcmp(cmd, "many")) return many(sid, (int)n, argc > 4 ? (size_t)atol(argv[4]) : 1000);
+    if (!strcmp(cmd, "dgram-server")) return dgram_server(sid, (int)n);
+    if (!strcmp(cmd, "dgram-client")) return dgram_client(sid, (int)n);
+    if (!strcmp(cmd, "misuse")) return misuse(sid);
+    if (!strcmp(cmd, "nodaemon")) return nodaemon(sid);
+    fprintf(stderr, "unknown subcommand %s\n", cmd);
+    return 2;
+}

@@ -1,0 +1,79 @@
+//! The Serval C socket interface through LD_PRELOAD: a C program written
+//! against serval.h (tests/c/serval_test.c), unmodified, under serval-run,
+//! against a real sald.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use support::{c_program, Proc, Sald};
+
+const T: Duration = Duration::from_secs(30);
+
+fn server(sald: &Sald, args: &[&str]) -> Proc {
+    let mut cmd = sald.run(&[], c_program(), args);
+    cmd.stdout(Stdio::piped());
+    let mut proc = Proc::spawn(&format!("serval_test {}", args.join(" ")), &mut cmd);
+    proc.wait_ready("ready");
+    proc
+}
+
+fn client(sald: &Sald, args: &[&str]) -> Proc {
+    let mut cmd = sald.run(&[], c_program(), args);
+    Proc::spawn(&format!("serval_test {}", args.join(" ")), &mut cmd)
+}
+
+#[test]
+fn stream_echo_blocking_nonblocking_and_exec() {
+    let sald = Sald::start();
+    let mut srv = server(&sald, &["stream-server", "beef01", "3"]);
+    client(&sald, &["stream-client", "beef01", "4000000"]).success(T);
+    // Non-blocking connect completed through epoll and poll, SO_ERROR 0.
+    client(&sald, &["nonblock-client", "beef01", "1000000"]).success(T);
+    // The client exec'd by a shell still has the shim (through the environment).
+    let mut cmd = sald.run(
+        &[],
+        std::path::Path::new("/bin/sh"),
+        &["-c", &format!("exec {} stream-client beef01 100000", c_program().display())],
+    );
+    Proc::spawn("sh -c serval_test", &mut cmd).success(T);
+    srv.success(T);
+}
+
+#[test]
+fn datagram_echo() {
+    let sald = Sald::start();
+    let mut srv = server(&sald, &["dgram-server", "d06", "40"]);
+    client(&sald, &["dgram-client", "d06", "40"]).success(T);
+    srv.success(T);
+}
+
+#[test]
+fn fork_after_accept() {
+    let sald = Sald::start();
+    let mut srv = server(&sald, &["stream-server", "f0c4", "3", "fork"]);
+    for _ in 0..3 {
+        client(&sald, &["stream-client", "f0c4", "200000"]).success(T);
+    }
+    srv.success(T);
+}
+
+#[test]
+fn many_concurrent_connections_with_nonblocking_accept() {
+    let sald = Sald::start();
+    let mut srv = server(&sald, &["stream-server", "3a3", "48", "nonblock"]);
+    client(&sald, &["many", "3a3", "48", "65536"]).success(T);
+    srv.success(T);
+}
+
+#[test]
+fn misuse_gets_the_right_errno() {
+    let sald = Sald::start();
+    client(&sald, &["misuse", "dead01"]).success(T);
+    client(&sald, &["nonblock-fail", "dead02"]).success(T);
+    // sald not running: a control path nobody listens on.
+    let mut cmd = sald.run(&[], c_program(), &["nodaemon", "dead03"]);
+    cmd.env("SERVAL_CONTROL", sald.dir.path().join("nobody.sock"));
+    Proc::spawn("serval_test nodaemon", &mut cmd).success(T);
+}

@@ -1,0 +1,216 @@
+//! Shared by the shim's integration tests: a sald on loopback UDP (no
+//! namespaces needed: client and server share one sald, which DEMUXes the
+//! flow to the local listener), the C test program, and child processes
+//! that are killed if a test fails.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::UdpSocket;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The workspace's target directory for this profile (where `sald`,
+/// `serval-run` and `libserval_shim.so` are).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf()
+}
+
+pub fn binary(name: &str) -> PathBuf {
+    let path = target_dir().join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace` (or build it first: `cargo build --workspace`)",
+        path.display()
+    );
+    path
+}
+
+/// A child process, killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub what: String,
+}
+
+impl Proc {
+    pub fn spawn(what: &str, cmd: &mut Command) -> Proc {
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        Proc {
+            child,
+            what: what.to_string(),
+        }
+    }
+
+    /// Waits for the child to print a line containing `marker` on stdout
+    /// (which must be piped).
+    pub fn wait_ready(&mut self, marker: &str) {
+        let stdout = self.child.stdout.take().expect("stdout piped");
+        let mut lines = BufReader::new(stdout).lines();
+        loop {
+            match lines.next() {
+                Some(Ok(line)) if line.contains(marker) => break,
+                Some(Ok(_)) => continue,
+                _ => panic!("{} exited before saying {marker:?}", self.what),
+            }
+        }
+        // Keep draining so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+    }
+
+    pub fn wait_timeout(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("{} did not finish within {timeout:?}", self.what);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits and asserts a zero exit status.
+    pub fn success(&mut self, timeout: Duration) {
+        let status = self.wait_timeout(timeout);
+        assert!(status.success(), "{} failed: {status}", self.what);
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A sald on loopback UDP with a private control socket, stopped on drop
+/// with SIGTERM (so it cleans up after itself).
+pub struct Sald {
+    proc: Proc,
+    pub control: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl Sald {
+    pub fn start() -> Sald {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let control = dir.path().join("sald.sock");
+        // A free UDP port: bind port 0, note it, release it.
+        let port = UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("free UDP port")
+            .port();
+        let log = std::fs::File::create(dir.path().join("sald.log")).expect("log");
+        let mut cmd = Command::new(binary("sald"));
+        cmd.arg("--udp")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--control")
+            .arg(&control)
+            .env_remove("SERVAL_CONTROL")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        let mut proc = Proc::spawn("sald", &mut cmd);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while UnixStream::connect(&control).is_err() {
+            if Instant::now() > deadline || !matches!(proc.child.try_wait(), Ok(None)) {
+                let log = std::fs::read_to_string(dir.path().join("sald.log")).unwrap_or_default();
+                panic!("sald did not come up:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Sald { proc, control, dir }
+    }
+
+    /// `serval-run [ARGS] -- PROGRAM...` against this sald.
+    pub fn run(&self, args: &[&str], program: &Path, program_args: &[&str]) -> Command {
+        let mut cmd = Command::new(binary("serval-run"));
+        cmd.args(args)
+            .arg("--")
+            .arg(program)
+            .args(program_args)
+            .env("SERVAL_CONTROL", &self.control)
+            .stdin(Stdio::null());
+        cmd
+    }
+}
+
+impl Drop for Sald {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        unsafe { libc::kill(self.proc.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(self.proc.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The C test program (tests/c/serval_test.c), compiled once per test
+/// binary with the `cc` crate's idea of the system C compiler.
+pub fn c_program() -> &'static Path {
+    static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
+    PROGRAM.get_or_init(|| {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let source = manifest.join("tests/c/serval_test.c");
+        let include = manifest.join("../include");
+        let out = target_dir().join("serval_test");
+        let tmp = target_dir().join(format!("serval_test.{}.tmp", std::process::id()));
+        let target = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+        let compiler = cc::Build::new()
+            .cargo_metadata(false)
+            .cargo_warnings(false)
+            .target(&target)
+            .host(&target)
+            .opt_level(1)
+            .try_get_compiler()
+            .unwrap_or_else(|e| panic!("no C compiler (install build-essential): {e}"));
+        let output = compiler
+            .to_command()
+            .args(["-Wall", "-Wextra", "-Werror", "-pthread", "-I"])
+            .arg(&include)
+            .arg(&source)
+            .arg("-o")
+            .arg(&tmp)
+            .output()
+            .expect("running the C compiler");
+        assert!(
+            output.status.success(),
+            "compiling {} failed:\n{}",
+            source.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        std::fs::rename(&tmp, &out).expect("installing the C test program");
+        out
+    })
+}
+
+/// Requires a Debian package's program: fails loudly when root (CI) and it
+/// is missing, skips loudly otherwise.
+pub fn require_tool(tool: &str, package: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
+        .unwrap_or(false);
+    if found {
+        return true;
+    }
+    if testnet::is_root() {
+        panic!("`{tool}` is missing: install the Debian package `{package}` (scripts/setup does)");
+    }
+    eprintln!("\n*** SKIPPED: `{tool}` (package {package}) is not installed ***");
+    false
+}

@@ -1,0 +1,329 @@
+//! Real programs from Debian packages, unmodified, over service IDs, on two
+//! hosts built from network namespaces (a client host and a server host,
+//! each with its own sald on a TUN, the client forwarding everything to the
+//! server): `curl` and `socat` against `python3 -m http.server` through the
+//! translator and through inet mode, and memcached behind `svtrans egress`
+//! driven by libmemcached's tools through inet mode and through
+//! `svtrans ingress`. Served bytes are compared byte for byte.
+//!
+//! Needs root (namespaces); skips loudly otherwise. When root, a missing
+//! package is a failure, not a skip (scripts/setup installs them).
+
+#[path = "../../preload/tests/support/mod.rs"]
+mod support;
+
+use std::ffi::OsStr;
+use std::net::Ipv4Addr;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use sal::control::{Request, Response};
+use sal::table::Target;
+use sal::Locator;
+use socket_shim::ControlClient;
+use testnet::{require_root, wait_for, wait_until, Host, NsChild, Topology, TopologyBuilder};
+
+use support::binary;
+
+const TRANSFER: usize = 2 << 20;
+
+/// A sald in a host namespace, stopped with SIGTERM on drop.
+struct NsSald {
+    child: NsChild,
+    control: PathBuf,
+}
+
+impl Drop for NsSald {
+    fn drop(&mut self) {
+        let _ = self.child.terminate(Duration::from_secs(5));
+    }
+}
+
+fn start_sald(host: &Host, dir: &Path, name: &str) -> NsSald {
+    let control = dir.join(format!("{name}.sock"));
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let mut cmd = host.ns.command(binary("sald"));
+    cmd.arg("--iface")
+        .arg(&host.ifaces[0].name)
+        .arg("--control")
+        .arg(&control)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    let child = host.ns.spawn_cmd(cmd).unwrap();
+    if !wait_until(Duration::from_secs(10), || UnixStream::connect(&control).is_ok()) {
+        let log = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
+        panic!("sald on {name} did not come up:\n{log}");
+    }
+    NsSald { child, control }
+}
+
+/// Client host 0 (10.1.0.1) and server host 1 (10.1.0.2). Field order is
+/// drop order: the daemons stop before their namespaces go.
+struct Net {
+    client: NsSald,
+    server: NsSald,
+    net: Topology,
+    dir: tempfile::TempDir,
+    data: Vec<u8>,
+}
+
+impl Net {
+    fn new(label: &str) -> Net {
+        let net = TopologyBuilder::new(label, 2).link(0, 1).build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let client = start_sald(net.host(0), dir.path(), "client");
+        let server = start_sald(net.host(1), dir.path(), "server");
+        let to: Ipv4Addr = net.host(1).addr().unwrap();
+        let response = ControlClient::connect_to(&client.control)
+            .unwrap()
+            .request(&Request::AddRule {
+                prefix: "0/0".parse().unwrap(),
+                target: Target::Forward {
+                    locator: Locator::Ipv4(to),
+                    weight: 1,
+                },
+                priority: 0,
+            })
+            .unwrap()
+            .response;
+        assert_eq!(response, Response::Ok);
+        let www = dir.path().join("www");
+        std::fs::create_dir(&www).unwrap();
+        let data = pattern(TRANSFER);
+        std::fs::write(www.join("f.bin"), &data).unwrap();
+        Net {
+            client,
+            server,
+            net,
+            dir,
+            data,
+        }
+    }
+
+    fn www(&self) -> PathBuf {
+        self.dir.path().join("www")
+    }
+
+    /// `program args` in host `i`, talking to that host's sald.
+    fn cmd(&self, i: usize, program: impl AsRef<OsStr>, args: &[&str]) -> Command {
+        let control = if i == 0 {
+            &self.client.control
+        } else {
+            &self.server.control
+        };
+        let mut cmd = self.net.host(i).ns.command(program);
+        cmd.args(args)
+            .env("SERVAL_CONTROL", control)
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Like `cmd`, under `serval-run ARGS --`.
+    fn shimmed(&self, i: usize, run_args: &[&str], program: &str, args: &[&str]) -> Command {
+        let mut all: Vec<&str> = run_args.to_vec();
+        all.push("--");
+        all.push(program);
+        all.extend_from_slice(args);
+        self.cmd(i, binary("serval-run"), &all)
+    }
+
+    fn spawn(&self, i: usize, mut cmd: Command, log: &str) -> NsChild {
+        let log = std::fs::File::create(self.dir.path().join(log)).unwrap();
+        cmd.stdout(log.try_clone().unwrap()).stderr(log);
+        self.net.host(i).ns.spawn_cmd(cmd).unwrap()
+    }
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    let mut x: u32 = 0x9e37_79b9;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+fn python() -> &'static str {
+    if Path::new("/usr/bin/python3").is_file() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
+}
+
+/// Runs `make()`'s command until it succeeds (servers take a moment to
+/// register), returning its output.
+fn until_ok(what: &str, mut make: impl FnMut() -> Command) -> Output {
+    let mut last = None;
+    let found = wait_for(Duration::from_secs(15), || {
+        let output = make().output().expect("running a client");
+        if output.status.success() {
+            Some(output)
+        } else {
+            last = Some(output);
+            std::thread::sleep(Duration::from_millis(200));
+            None
+        }
+    });
+    found.unwrap_or_else(|| {
+        let last = last.map(|o| String::from_utf8_lossy(&o.stderr).into_owned());
+        panic!("{what} never succeeded; last stderr: {last:?}")
+    })
+}
+
+/// The body of a raw HTTP/1.0 response.
+fn http_body(raw: &[u8]) -> &[u8] {
+    let at = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP response");
+    &raw[at + 4..]
+}
+
+fn assert_same(what: &str, got: &[u8], want: &[u8]) {
+    assert!(
+        got == want,
+        "{what}: got {} bytes, expected {} (content differs)",
+        got.len(),
+        want.len()
+    );
+}
+
+fn socat_get(net: &Net, i: usize, run_args: Option<&[&str]>, target: &str) -> Output {
+    let script = format!("printf 'GET /f.bin HTTP/1.0\\r\\n\\r\\n' | socat -t 30 - TCP:{target}");
+    match run_args {
+        Some(args) => until_ok("socat", || net.shimmed(i, args, "sh", &["-c", &script])),
+        None => until_ok("socat", || net.cmd(i, "sh", &["-c", &script])),
+    }
+}
+
+fn needs(tools: &[(&str, &str)]) -> bool {
+    tools
+        .iter()
+        .all(|(tool, package)| support::require_tool(tool, package))
+}
+
+#[test]
+fn curl_and_socat_through_the_translator() {
+    require_root!();
+    if !needs(&[("curl", "curl"), ("socat", "socat"), ("python3", "python3")]) {
+        return;
+    }
+    let net = Net::new("trans-http");
+    let www = net.www();
+    let _http = net.spawn(
+        1,
+        net.cmd(1, python(), &["-m", "http.server", "8000", "--bind", "127.0.0.1", "--directory", www.to_str().unwrap()]),
+        "http.log",
+    );
+    let svtrans = env!("CARGO_BIN_EXE_svtrans");
+    let _egress = net.spawn(
+        1,
+        net.cmd(1, svtrans, &["egress", "--service", "80a1", "--to", "127.0.0.1:8000"]),
+        "egress.log",
+    );
+    let _ingress = net.spawn(
+        0,
+        net.cmd(0, svtrans, &["ingress", "--listen", "127.0.0.1:9000", "--service", "80a1"]),
+        "ingress.log",
+    );
+    let out = net.dir.path().join("curl.bin");
+    until_ok("curl through svtrans", || {
+        net.cmd(0, "curl", &["-sS", "--max-time", "20", "-o", out.to_str().unwrap(), "http://127.0.0.1:9000/f.bin"])
+    });
+    assert_same("curl through svtrans", &std::fs::read(&out).unwrap(), &net.data);
+    let raw = socat_get(&net, 0, None, "127.0.0.1:9000");
+    assert_same("socat through svtrans", http_body(&raw.stdout), &net.data);
+}
+
+#[test]
+fn curl_and_socat_through_inet_mode() {
+    require_root!();
+    if !needs(&[("curl", "curl"), ("socat", "socat"), ("python3", "python3")]) {
+        return;
+    }
+    let net = Net::new("inet-http");
+    let www = net.www();
+    // The server binds TCP port 8080, which becomes service 80a2.
+    let _http = net.spawn(
+        1,
+        net.shimmed(
+            1,
+            &["--map", "8080=80a2"],
+            python(),
+            &["-m", "http.server", "8080", "--bind", "0.0.0.0", "--directory", www.to_str().unwrap()],
+        ),
+        "http.log",
+    );
+    // The client connects to port 80 of an address nobody has: the shim
+    // connects to service 80a2 instead.
+    let out = net.dir.path().join("curl.bin");
+    until_ok("curl in inet mode", || {
+        net.shimmed(
+            0,
+            &["--map", "80=80a2"],
+            "curl",
+            &["-sS", "--max-time", "20", "-o", out.to_str().unwrap(), "http://10.200.0.1/f.bin"],
+        )
+    });
+    assert_same("curl in inet mode", &std::fs::read(&out).unwrap(), &net.data);
+    let raw = socat_get(
+        &net,
+        0,
+        Some(&["--map", "80=80a2", "--net", "10.200.0.0/16"]),
+        "10.200.0.1:80",
+    );
+    assert_same("socat in inet mode", http_body(&raw.stdout), &net.data);
+}
+
+#[test]
+fn memcached_behind_egress() {
+    require_root!();
+    if !needs(&[("memcached", "memcached"), ("memccp", "libmemcached-tools"), ("memccat", "libmemcached-tools")]) {
+        return;
+    }
+    let net = Net::new("memcached");
+    let _memcached = net.spawn(
+        1,
+        net.cmd(1, "memcached", &["-u", "root", "-l", "127.0.0.1", "-p", "11211", "-U", "0"]),
+        "memcached.log",
+    );
+    let svtrans = env!("CARGO_BIN_EXE_svtrans");
+    let _egress = net.spawn(
+        1,
+        net.cmd(1, svtrans, &["egress", "--service", "11211", "--to", "127.0.0.1:11211"]),
+        "egress.log",
+    );
+    let _ingress = net.spawn(
+        0,
+        net.cmd(0, svtrans, &["ingress", "--listen", "127.0.0.1:21211", "--service", "11211"]),
+        "ingress.log",
+    );
+    let value = pattern(300_000);
+    let file = net.dir.path().join("item");
+    std::fs::write(&file, &value).unwrap();
+    // Store through inet mode (libmemcached connects non-blocking and polls)...
+    until_ok("memccp in inet mode", || {
+        net.shimmed(
+            0,
+            &["--map", "11211=11211"],
+            "memccp",
+            &["--servers=10.77.0.1:11211", file.to_str().unwrap()],
+        )
+    });
+    // ... read back through inet mode and through the ingress translator.
+    let got = until_ok("memccat in inet mode", || {
+        net.shimmed(0, &["--map", "11211=11211"], "memccat", &["--servers=10.77.0.1:11211", "item"])
+    });
+    assert_same("memccat in inet mode", &got.stdout, &value);
+    let got = until_ok("memccat through svtrans ingress", || {
+        net.cmd(0, "memccat", &["--servers=127.0.0.1:21211", "item"])
+    });
+    assert_same("memccat through svtrans", &got.stdout, &value);
+}
