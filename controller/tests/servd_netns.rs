@@ -6,6 +6,7 @@
 //! The test process plays the applications, through each host's control
 //! socket (as in sald's own namespace tests). It checks, with lease 2 s and
 //! refresh 0.5 s:
+//! - the client finds its router by broadcast and installs a default route;
 //! - a bind on a server reaches the router as a FORWARD rule within 1 s,
 //!   and the client (whose only rule is servd's default route) connects by
 //!   service ID through the router;
@@ -13,7 +14,9 @@
 //! - SIGKILL of a server host's sald and servd: the router's rule is gone
 //!   within the lease, and new connections go to the other instance;
 //! - a host without the shared key cannot announce; once its servd has the
-//!   key, its existing binding is announced and gets its share.
+//!   key, its existing binding is announced and gets its share;
+//! - with `--default-route delay`, a connect is held, resolved by a query
+//!   to the router and completes; an unknown service fails with "no route".
 
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
@@ -164,11 +167,18 @@ fn start_node(host: &Host, dir: &Path, name: &str, forward: bool) -> Node {
 }
 
 fn start_servd(host: &Host, dir: &Path, node: &mut Node, name: &str, extra: &[String]) {
+    // Routers listen on the wildcard address: broadcast solicitations of
+    // hosts that discover their router do not reach a unicast-bound socket.
+    let listen = if extra.iter().any(|a| a == "--router") {
+        "0.0.0.0:54326".to_string()
+    } else {
+        format!("{}:54326", node.addr)
+    };
     let mut args = vec![
         "--control".to_string(),
         node.control.display().to_string(),
         "--listen".into(),
-        format!("{}:54326", node.addr),
+        listen,
         "--name".into(),
         name.into(),
         "--lease".into(),
@@ -207,12 +217,9 @@ fn serve(node: &Node, prefix: &str, tag: u8) -> thread::JoinHandle<()> {
 
 /// One connection from the client: which server answered.
 fn ask(client: &Node, service: &str) -> Result<u8, String> {
-    let mut stream = ServiceStream::connect_via(
-        client.client(),
-        svc(service),
-        Some(Duration::from_secs(3)),
-    )
-    .map_err(|e| e.to_string())?;
+    let mut stream =
+        ServiceStream::connect_via(client.client(), svc(service), Some(Duration::from_secs(3)))
+            .map_err(|e| e.to_string())?;
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).map_err(|e| e.to_string())?;
     answer.first().copied().ok_or_else(|| "empty answer".into())
@@ -244,11 +251,12 @@ fn binds_become_routes_and_crashes_expire() {
     start_servd(net.host(0), &dir, &mut router, "router", &router_args);
     start_servd(net.host(1), &dir, &mut s1, "s1", &upstream);
     start_servd(net.host(2), &dir, &mut s2, "s2", &upstream);
-    start_servd(net.host(3), &dir, &mut client, "client", &upstream);
+    // The client is not told where its router is: it finds it by broadcast.
+    start_servd(net.host(3), &dir, &mut client, "client", &keyed);
     // s3 starts outside the domain: no key.
     start_servd(net.host(4), &dir, &mut s3, "s3", &upstream[..2]);
 
-    // The client learns its default route from the router.
+    // The client discovers the router and learns its default route from it.
     let default_route = wait_until(Duration::from_secs(5), || {
         client.forwards("0/0") == vec![router_addr]
     });
@@ -281,19 +289,18 @@ fn binds_become_routes_and_crashes_expire() {
     );
 
     // 2. Unbinding withdraws at once (the service's process went away).
-    let short_lived = ServiceListener::bind_via(
-        s2.client(),
-        "abcd/16".parse::<ServicePrefix>().unwrap(),
-        4,
-    )
-    .unwrap();
+    let short_lived =
+        ServiceListener::bind_via(s2.client(), "abcd/16".parse::<ServicePrefix>().unwrap(), 4)
+            .unwrap();
     assert!(wait_until(Duration::from_secs(1), || {
         router.forwards("abcd/16") == vec![s2.addr]
     }));
     let unbound = Instant::now();
     drop(short_lived);
     assert!(
-        wait_until(Duration::from_secs(1), || router.forwards("abcd/16").is_empty()),
+        wait_until(Duration::from_secs(1), || router
+            .forwards("abcd/16")
+            .is_empty()),
         "withdrawal did not arrive"
     );
     let withdrawal = unbound.elapsed();
@@ -347,10 +354,43 @@ fn binds_become_routes_and_crashes_expire() {
         counts[usize::from(who)] += 1;
     }
     assert!(counts[2] >= 8 && counts[3] >= 8, "shares {counts:?}");
+    // 6. On-demand resolution: the client's servd restarts with a /0 DELAY
+    // instead of the default route (the old default route, adopted from the
+    // previous run, goes one lease later). A connect is held, resolved by a
+    // query to the router, and goes straight to an instance; an unknown
+    // service fails with "no route".
+    drop(client.servd.take());
+    let mut delay = upstream.clone();
+    delay.extend(["--default-route".to_string(), "delay".into()]);
+    start_servd(net.host(3), &dir, &mut client, "client-delay", &delay);
+    assert!(
+        wait_until(Duration::from_secs(4), || client.forwards("0/0").is_empty()
+            && client
+                .rules()
+                .iter()
+                .any(|r| r.prefix == ServicePrefix::DEFAULT)),
+        "the default route was not replaced by a DELAY:\n{}",
+        client.logs()
+    );
+    let resolving = Instant::now();
+    let who = ask(&client, "5e77");
+    let resolved = resolving.elapsed();
+    assert!(matches!(who, Ok(2 | 3)), "{who:?}\n{}", client.logs());
+    assert_eq!(client.forwards("5e/8"), vec![s2.addr, s3.addr]);
+    let refused = ask(&client, "0bad");
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("no route")),
+        "{refused:?}"
+    );
+
     eprintln!(
         "servd netns: bind-to-rule {registration:?}, bind-to-connect {connected:?}, \
          withdrawal {withdrawal:?}, failover after SIGKILL {failover:?} \
-         (lease {LEASE}, refresh {REFRESH}), shares {counts:?}, total {:?}",
+         (lease {LEASE}, refresh {REFRESH}), shares {counts:?}, \
+         DELAY-resolved connect {resolved:?}, total {:?}",
         started.elapsed()
     );
+    // Stop the daemons, then remove their logs and sockets (kept on failure).
+    drop((router, s1, s2, client, s3));
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -250,7 +250,8 @@ fn announcement_becomes_a_forward_rule_and_withdrawal_removes_it() {
     net.run(Duration::from_millis(50));
     net.register(h, "beef/16");
     assert_eq!(net.hosts[r].forwards("beef/16"), vec![(loc(2), 1)]);
-    let origin = net.hosts[r].origins[&(p("beef/16"), TargetKey::Forward { locator: loc(2) })].clone();
+    let origin =
+        net.hosts[r].origins[&(p("beef/16"), TargetKey::Forward { locator: loc(2) })].clone();
     assert!(
         matches!(&origin, RuleOrigin::Announced { by, .. } if by.starts_with("h2")),
         "{origin:?}"
@@ -258,7 +259,12 @@ fn announcement_becomes_a_forward_rule_and_withdrawal_removes_it() {
     // Refreshes keep it for many leases.
     net.run(LEASE * 5);
     assert_eq!(net.hosts[r].forwards("beef/16"), vec![(loc(2), 1)]);
-    net.event(h, ControlEvent::Unregistered { prefix: p("beef/16") });
+    net.event(
+        h,
+        ControlEvent::Unregistered {
+            prefix: p("beef/16"),
+        },
+    );
     assert!(net.hosts[r].forwards("beef/16").is_empty());
     assert!(net.hosts[r].controller.stats().withdrawals >= 1);
 }
@@ -277,7 +283,11 @@ fn lease_expires_when_refreshes_stop() {
     // h1 crashes: nothing more from it.
     net.hosts[h1].up = false;
     net.run(LEASE - REFRESH);
-    assert_eq!(net.hosts[r].forwards("beef/16").len(), 2, "still within the lease");
+    assert_eq!(
+        net.hosts[r].forwards("beef/16").len(),
+        2,
+        "still within the lease"
+    );
     net.run(REFRESH + Duration::from_millis(20));
     assert_eq!(net.hosts[r].forwards("beef/16"), vec![(loc(3), 1)]);
     assert_eq!(net.hosts[r].controller.stats().expired, 1);
@@ -335,7 +345,11 @@ fn restarted_host_controller_resyncs_from_its_sald() {
     c.upstreams = vec![addr(1)];
     net.restart(h, c, 4242);
     assert_eq!(
-        net.hosts[h].controller.local_prefixes().copied().collect::<Vec<_>>(),
+        net.hosts[h]
+            .controller
+            .local_prefixes()
+            .copied()
+            .collect::<Vec<_>>(),
         vec![p("beef/16")]
     );
     net.run(LEASE * 3);
@@ -400,7 +414,11 @@ fn hierarchy_aggregates_and_resolves_through_the_core() {
     assert_eq!(net.hosts[core].forwards("beef/16"), vec![(loc(10), 1)]);
     assert!(net.hosts[core].forwards("beef01/24").is_empty());
     assert_eq!(
-        net.hosts[site1].controller.exported_prefixes().copied().collect::<Vec<_>>(),
+        net.hosts[site1]
+            .controller
+            .exported_prefixes()
+            .copied()
+            .collect::<Vec<_>>(),
         vec![p("beef/16")]
     );
 
@@ -420,9 +438,19 @@ fn hierarchy_aggregates_and_resolves_through_the_core() {
     assert!(net.hosts[client].has("0/0", TargetKey::Delay));
 
     // Withdrawing both specifics withdraws the aggregate at the core.
-    net.event(server, ControlEvent::Unregistered { prefix: p("beef01/24") });
+    net.event(
+        server,
+        ControlEvent::Unregistered {
+            prefix: p("beef01/24"),
+        },
+    );
     assert_eq!(net.hosts[core].forwards("beef/16").len(), 1);
-    net.event(server, ControlEvent::Unregistered { prefix: p("beef02/24") });
+    net.event(
+        server,
+        ControlEvent::Unregistered {
+            prefix: p("beef02/24"),
+        },
+    );
     assert!(net.hosts[core].forwards("beef/16").is_empty());
 }
 
@@ -437,7 +465,12 @@ fn delay_query_round_trip_positive_and_negative() {
     let client = net.add(3, c);
     net.run(Duration::from_millis(50));
     net.register(server, "5e/8");
-    net.event(client, ControlEvent::DelayNotify { service: id("5e77") });
+    net.event(
+        client,
+        ControlEvent::DelayNotify {
+            service: id("5e77"),
+        },
+    );
     assert_eq!(net.hosts[client].forwards("5e/8"), vec![(loc(2), 1)]);
     let origin = &net.hosts[client].origins[&(p("5e/8"), TargetKey::Forward { locator: loc(2) })];
     assert!(matches!(origin, RuleOrigin::Resolved { .. }), "{origin:?}");

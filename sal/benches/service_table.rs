@@ -12,7 +12,8 @@
 //!   and in a plain 1-bit binary trie (one node per bit, the structure the
 //!   original Serval used; see [`BitTrie`]);
 //! - N random IPv6 prefixes, lengths uniform over 8..=128, stored in the two
-//!   IPv6 baselines: `prefix_trie::PrefixMap` and `ip_network_table_deps_treebitmap::IpLookupTable`.
+//!   IPv6 baselines: `prefix_trie::PrefixMap` (`get_lpm`) and
+//!   `ip_network_table_deps_treebitmap::IpLookupTable` (`longest_match`).
 //!
 //! Lookups use random keys (256-bit, or 128-bit for IPv6) generated before the
 //! timed loop. Lookups are timed in [`BATCHES`] rounds of one batch per
@@ -35,7 +36,7 @@ use sal::{Locator, ServiceId, ServicePrefix};
 
 /// Seed of every random draw: runs are reproducible.
 const SEED: u64 = 0x5e7a_1b3e_0c4f_11e5;
-/// Lookup figures are the median rate over this many batches.
+/// Lookups are timed in this many rounds; figures are medians over them.
 const BATCHES: usize = 5;
 /// The 1-bit trie is built only if its arena bound fits in this many bytes.
 const BIT_TRIE_MEMORY_LIMIT: usize = 4 << 30;
@@ -49,7 +50,7 @@ const TARGET_VS_BIT_TRIE: f64 = 10.0;
 /// How much work one run does.
 struct Config {
     sizes: Vec<usize>,
-    /// Lookups per figure (split into [`BATCHES`] batches).
+    /// Lookups per structure, split evenly over [`BATCHES`] rounds.
     lookups: usize,
     /// Distinct pre-generated keys, cycled through by the lookup loop.
     keys: usize,
@@ -89,7 +90,7 @@ impl Config {
 ///
 /// This is the structure of the original Serval service table. Nodes live in
 /// one arena with `u32` child indices, 12 bytes each, so a million random
-/// prefixes (about 130 million nodes) stay well inside a few gigabytes.
+/// prefixes (about 115 million nodes, 1.4 GB) fit in memory.
 struct BitTrie {
     nodes: Vec<BitNode>,
 }

@@ -138,9 +138,15 @@ pub enum Request {
 
     // --- operators: migration ---
     /// Move one flow to another of the host's interfaces (RSYN).
-    Migrate { flow: FlowId, iface: String },
+    Migrate {
+        flow: FlowId,
+        iface: String,
+    },
     /// Move every flow on interface `from` to interface `to`.
-    MigrateAll { from: String, to: String },
+    MigrateAll {
+        from: String,
+        to: String,
+    },
 }
 
 /// What sald answers.

@@ -41,9 +41,17 @@ fn pair(config: HostConfig, conditions: LinkConditions) -> Pair {
     let client = net.add_host(
         "client",
         config.clone(),
-        &[("wlan", "10.0.0.1/24"), ("cell", "10.1.0.1/24"), ("usb", "10.3.0.1/24")],
+        &[
+            ("wlan", "10.0.0.1/24"),
+            ("cell", "10.1.0.1/24"),
+            ("usb", "10.3.0.1/24"),
+        ],
     );
-    let server = net.add_host("server", config, &[("eth0", "10.0.0.2/24"), ("eth1", "10.2.0.2/24")]);
+    let server = net.add_host(
+        "server",
+        config,
+        &[("eth0", "10.0.0.2/24"), ("eth1", "10.2.0.2/24")],
+    );
     net.host(client).add_rule(
         ServicePrefix::DEFAULT,
         Target::Forward {
@@ -52,13 +60,20 @@ fn pair(config: HostConfig, conditions: LinkConditions) -> Pair {
         },
         0,
     );
-    let listener = net.host(server).listen("ab/8".parse().unwrap(), Stream, 8).unwrap();
+    let listener = net
+        .host(server)
+        .listen("ab/8".parse().unwrap(), Stream, 8)
+        .unwrap();
     let service: ServiceId = "ab".parse().unwrap();
     let cflow = net.host(client).connect(service, Stream).unwrap();
     let mut sflow = None;
     assert!(net.run_until(secs(10), |net| {
         sflow = sflow.or_else(|| net.host(server).accept(listener).ok());
-        sflow.is_some() && net.sim_host(client).events.contains(&Event::Connected(cflow))
+        sflow.is_some()
+            && net
+                .sim_host(client)
+                .events
+                .contains(&Event::Connected(cflow))
     }));
     Pair {
         net,
@@ -83,7 +98,12 @@ fn pattern(len: usize, seed: u32) -> Vec<u8> {
 
 /// Moves `data` client -> server while `during` runs after every step (it may
 /// migrate flows, take links down ...). Returns what the server read.
-fn transfer(p: &mut Pair, data: &[u8], timeout: Duration, mut during: impl FnMut(&mut Network, usize)) -> Vec<u8> {
+fn transfer(
+    p: &mut Pair,
+    data: &[u8],
+    timeout: Duration,
+    mut during: impl FnMut(&mut Network, usize),
+) -> Vec<u8> {
     let (client, server, cflow, sflow) = (p.client, p.server, p.cflow, p.sflow);
     let mut sent = 0;
     let mut shut = false;
@@ -112,7 +132,12 @@ fn transfer(p: &mut Pair, data: &[u8], timeout: Duration, mut during: impl FnMut
             }
         }
     });
-    assert!(done, "transfer stalled at {} of {} bytes", received.len(), data.len());
+    assert!(
+        done,
+        "transfer stalled at {} of {} bytes",
+        received.len(),
+        data.len()
+    );
     received
 }
 
@@ -142,13 +167,24 @@ fn manual_migration_mid_transfer_is_invisible_to_the_transport() {
     assert!(got == data);
     assert_eq!(server_sees(&mut p), Some(loc("10.1.0.1")));
     let info = p.net.host(client).flow(cflow).unwrap();
-    assert_eq!((info.interface.as_deref(), info.migrations), (Some("cell"), 1));
-    assert!(p.net.sim_host(p.server).events.contains(&Event::PeerMoved(p.sflow, loc("10.1.0.1"))));
+    assert_eq!(
+        (info.interface.as_deref(), info.migrations),
+        (Some("cell"), 1)
+    );
+    assert!(p
+        .net
+        .sim_host(p.server)
+        .events
+        .contains(&Event::PeerMoved(p.sflow, loc("10.1.0.1"))));
 }
 
 #[test]
 fn migration_survives_loss_of_rsyn_rsyn_ack_and_ack() {
-    for victim in [ControlFlags::RSYN, ControlFlags::RSYN | ControlFlags::ACK, ControlFlags::ACK] {
+    for victim in [
+        ControlFlags::RSYN,
+        ControlFlags::RSYN | ControlFlags::ACK,
+        ControlFlags::ACK,
+    ] {
         let mut p = pair(HostConfig::default(), LinkConditions::default());
         let dropped = Rc::new(Cell::new(0));
         let seen_rsyn_ack = Rc::new(Cell::new(false));
@@ -163,7 +199,8 @@ fn migration_survives_loss_of_rsyn_rsyn_ack_and_ack() {
                 }
                 // Drop the first two of the victim kind (for a bare ACK: the
                 // ones confirming the RSYN-ACK).
-                let is_victim = flags == victim && (victim != ControlFlags::ACK || seen_rsyn_ack.get());
+                let is_victim =
+                    flags == victim && (victim != ControlFlags::ACK || seen_rsyn_ack.get());
                 if is_victim && dropped.get() < 2 {
                     dropped.set(dropped.get() + 1);
                     return true;
@@ -179,8 +216,12 @@ fn migration_survives_loss_of_rsyn_rsyn_ack_and_ack() {
         p.net.run_for(secs(10));
         assert_eq!(dropped.get(), 2, "the filter hit {victim:?}");
         assert_eq!(server_sees(&mut p), Some(loc("10.1.0.1")), "{victim:?}");
-        let retransmits = p.net.host(client).stats().retransmits + p.net.host(p.server).stats().retransmits;
-        assert!(retransmits > 0, "{victim:?}: loss was recovered by retransmission");
+        let retransmits =
+            p.net.host(client).stats().retransmits + p.net.host(p.server).stats().retransmits;
+        assert!(
+            retransmits > 0,
+            "{victim:?}: loss was recovered by retransmission"
+        );
         assert_eq!(p.net.host(client).stats().migrations_failed, 0);
     }
 }
@@ -199,8 +240,14 @@ fn both_ends_migrate_at_once() {
         }
     });
     assert!(got == data);
-    assert_eq!(p.net.host(server).flow(sflow).unwrap().remote, Some(loc("10.1.0.1")));
-    assert_eq!(p.net.host(client).flow(cflow).unwrap().remote, Some(loc("10.2.0.2")));
+    assert_eq!(
+        p.net.host(server).flow(sflow).unwrap().remote,
+        Some(loc("10.1.0.1"))
+    );
+    assert_eq!(
+        p.net.host(client).flow(cflow).unwrap().remote,
+        Some(loc("10.2.0.2"))
+    );
 }
 
 #[test]
@@ -212,7 +259,8 @@ fn fin_during_a_migration_keeps_the_migration_alive() {
     {
         let dropped = dropped.clone();
         p.net.set_filter(Some(Box::new(move |t| {
-            let hit = control_of(&t.payload) == Some(ControlFlags::RSYN | ControlFlags::ACK) && dropped.get() < 2;
+            let hit = control_of(&t.payload) == Some(ControlFlags::RSYN | ControlFlags::ACK)
+                && dropped.get() < 2;
             if hit {
                 dropped.set(dropped.get() + 1);
             }
@@ -224,9 +272,21 @@ fn fin_during_a_migration_keeps_the_migration_alive() {
     p.net.host(server).close(sflow).unwrap();
     p.net.run_for(secs(20));
     assert_eq!(dropped.get(), 2);
-    assert!(p.net.sim_host(client).events.contains(&Event::Closed(cflow)));
-    assert!(p.net.sim_host(server).events.contains(&Event::Closed(sflow)));
-    assert!(p.net.sim_host(server).events.contains(&Event::PeerMoved(sflow, loc("10.1.0.1"))));
+    assert!(p
+        .net
+        .sim_host(client)
+        .events
+        .contains(&Event::Closed(cflow)));
+    assert!(p
+        .net
+        .sim_host(server)
+        .events
+        .contains(&Event::Closed(sflow)));
+    assert!(p
+        .net
+        .sim_host(server)
+        .events
+        .contains(&Event::PeerMoved(sflow, loc("10.1.0.1"))));
     assert_eq!(p.net.host(client).stats().migrations_failed, 0);
 }
 
@@ -251,11 +311,15 @@ fn spoofed_rsyns_change_nothing_and_are_counted() {
     let before = p.net.host(server).stats();
     // Wrong nonce.
     let bytes = rsyn(cflow, sflow, [0x42; 8], 0);
-    p.net.host(server).handle_packet(now, attacker, loc("10.0.0.2"), 64, &bytes);
+    p.net
+        .host(server)
+        .handle_packet(now, attacker, loc("10.0.0.2"), 64, &bytes);
     // Unknown flow ID.
     let bogus = FlowId::new(sflow.get() ^ 0x5555).unwrap();
     let bytes = rsyn(cflow, bogus, [0x42; 8], 0);
-    p.net.host(server).handle_packet(now, attacker, loc("10.0.0.2"), 64, &bytes);
+    p.net
+        .host(server)
+        .handle_packet(now, attacker, loc("10.0.0.2"), 64, &bytes);
     // Right flow and the right nonce (an RSYN captured on the wire), but an
     // old verno: replayed after a later move, it must not undo that move.
     let captured = Rc::new(std::cell::RefCell::new(None));
@@ -274,12 +338,18 @@ fn spoofed_rsyns_change_nothing_and_are_counted() {
     p.net.run_for(secs(1));
     let replay = captured.borrow().clone().expect("an RSYN was sent");
     let now = p.net.now();
-    p.net.host(server).handle_packet(now, attacker, loc("10.0.0.2"), 64, &replay);
+    p.net
+        .host(server)
+        .handle_packet(now, attacker, loc("10.0.0.2"), 64, &replay);
     let after = p.net.host(server).stats();
     assert_eq!(after.bad_nonce, before.bad_nonce + 1);
     assert_eq!(after.unknown_flow, before.unknown_flow + 1);
     assert!(after.stale > before.stale, "replayed RSYN counted stale");
-    assert_eq!(server_sees(&mut p), Some(loc("10.3.0.1")), "only the real moves took effect");
+    assert_eq!(
+        server_sees(&mut p),
+        Some(loc("10.3.0.1")),
+        "only the real moves took effect"
+    );
 }
 
 #[test]
@@ -310,7 +380,7 @@ fn fifty_back_and_forth_migrations_during_twenty_megabytes() {
 #[test]
 fn link_down_moves_flows_at_once() {
     let mut p = pair(HostConfig::default(), LinkConditions::default());
-    let (client, cflow) = (p.client, p.cflow);
+    let client = p.client;
     let data = pattern(2 << 20, 6);
     let mut down = false;
     let got = transfer(&mut p, &data, secs(60), |net, received| {
@@ -357,7 +427,10 @@ fn renumbering_moves_flows_to_the_new_address() {
     let data = pattern(500_000, 8);
     let got = transfer(&mut p, &data, secs(30), |_, _| {});
     assert!(got == data);
-    assert_eq!(p.net.host(p.client).flow(cflow).unwrap().remote, Some(loc("10.0.0.20")));
+    assert_eq!(
+        p.net.host(p.client).flow(cflow).unwrap().remote,
+        Some(loc("10.0.0.20"))
+    );
 }
 
 #[test]
@@ -370,5 +443,54 @@ fn the_latest_of_two_quick_migrations_wins() {
     assert_eq!(server_sees(&mut p), Some(loc("10.3.0.1")));
     let data = pattern(200_000, 9);
     assert!(transfer(&mut p, &data, secs(30), |_, _| {}) == data);
-    assert!(matches!(p.net.host(client).migrate(cflow, "eth9"), Err(HostError::NoSuchInterface(_))));
+    assert!(matches!(
+        p.net.host(client).migrate(cflow, "eth9"),
+        Err(HostError::NoSuchInterface(_))
+    ));
+}
+
+#[test]
+fn data_resumes_within_a_few_round_trips_after_a_link_dies() {
+    // 5 ms one way: an RTT of 10 ms. Without resending what the dead link
+    // swallowed, the transport would wait out its one-second minimum RTO.
+    let mut p = pair(HostConfig::default(), LinkConditions::default());
+    let (client, server, cflow, sflow) = (p.client, p.server, p.cflow, p.sflow);
+    let data = pattern(3 << 20, 11);
+    let mut sent = 0;
+    let mut received = 0;
+    let mut buf = vec![0u8; 65536];
+    let mut last_arrival = p.net.now();
+    let mut cut_at = None;
+    let mut gap_after_cut = Duration::from_millis(0);
+    let done = p.net.run_until(secs(60), |net| {
+        while sent < data.len() {
+            let end = (sent + 65536).min(data.len());
+            match net.host(client).send(cflow, &data[sent..end]) {
+                Ok(n) => sent += n,
+                Err(_) => break,
+            }
+        }
+        loop {
+            match net.host(server).recv(sflow, &mut buf) {
+                Ok(n) if n > 0 => {
+                    received += n;
+                    let now = net.now();
+                    if cut_at.is_some() {
+                        gap_after_cut = gap_after_cut.max(now - last_arrival);
+                    }
+                    last_arrival = now;
+                }
+                _ => break,
+            }
+        }
+        if cut_at.is_none() && received > 1 << 20 {
+            net.link_down(Ipv4Addr::new(10, 0, 0, 1));
+            net.host(client).set_interface_up("wlan", false).unwrap();
+            cut_at = Some(net.now());
+        }
+        received == data.len()
+    });
+    assert!(done);
+    assert!(p.net.host(client).stats().replayed > 0);
+    assert!(gap_after_cut < ms(100), "data stopped for {gap_after_cut}");
 }

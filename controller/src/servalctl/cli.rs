@@ -61,7 +61,9 @@ pub enum Command {
     Stats(Listing),
     /// Move a flow to another interface (RSYN), or with --all every flow of
     /// one interface to another
-    #[command(override_usage = "servalctl migrate FLOWID IFACE\n       servalctl migrate --all FROM_IFACE TO_IFACE")]
+    #[command(
+        override_usage = "servalctl migrate FLOWID IFACE\n       servalctl migrate --all FROM_IFACE TO_IFACE"
+    )]
     Migrate(MigrateArgs),
 }
 

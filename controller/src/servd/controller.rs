@@ -23,6 +23,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sal::control::ControlEvent;
@@ -44,6 +45,11 @@ const MAX_ANSWER_TARGETS: usize = 64;
 const MIN_LEASE: Duration = Duration::from_millis(100);
 /// How many times a query is sent before giving up.
 const QUERY_TRIES: u8 = 3;
+/// Bounds on state a peer can make us keep: queries in flight, askers
+/// waiting on one query, downstream senders remembered.
+const MAX_PENDING_QUERIES: usize = 10_000;
+const MAX_WAITERS: usize = 64;
+const MAX_DOWNSTREAMS: usize = 100_000;
 
 /// How a router turns announcements of one prefix into FORWARD weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -193,10 +199,64 @@ pub enum Mode {
     Root,
 }
 
+/// The instances learned for one prefix, by locator. A small sorted vector
+/// rather than a map: most prefixes have a handful of instances, and a map
+/// node per prefix would cost more than the entries themselves.
+#[derive(Debug, Default)]
+struct Targets(Vec<(Locator, Learned)>);
+
+impl Targets {
+    fn position(&self, locator: &Locator) -> Result<usize, usize> {
+        self.0.binary_search_by(|(l, _)| l.cmp(locator))
+    }
+
+    fn contains_key(&self, locator: &Locator) -> bool {
+        self.position(locator).is_ok()
+    }
+
+    fn get_mut(&mut self, locator: &Locator) -> Option<&mut Learned> {
+        let index = self.position(locator).ok()?;
+        Some(&mut self.0[index].1)
+    }
+
+    fn insert(&mut self, locator: Locator, learned: Learned) {
+        match self.position(&locator) {
+            Ok(index) => self.0[index].1 = learned,
+            Err(index) => self.0.insert(index, (locator, learned)),
+        }
+    }
+
+    fn remove(&mut self, locator: &Locator) -> Option<Learned> {
+        let index = self.position(locator).ok()?;
+        Some(self.0.remove(index).1)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&Locator, &Learned)> {
+        self.0.iter().map(|(l, e)| (l, e))
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (&Locator, &mut Learned)> {
+        self.0.iter_mut().map(|(l, e)| (&*l, e))
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Learned> {
+        self.0.iter().map(|(_, e)| e)
+    }
+}
+
 /// One (prefix, locator) learned from an announcement.
 #[derive(Debug, Clone)]
 struct Learned {
-    by: String,
+    /// Shared by every entry of one announcing host.
+    by: Arc<str>,
     announced_weight: u32,
     priority: u32,
     load: u32,
@@ -248,7 +308,7 @@ pub struct Controller {
     mode: Mode,
     default_targets: HashSet<TargetKey>,
     // --- router role ---
-    rib: BTreeMap<ServicePrefix, BTreeMap<Locator, Learned>>,
+    rib: BTreeMap<ServicePrefix, Targets>,
     /// How many RIB prefixes have each length (longest match walks these).
     prefix_lens: Vec<u32>,
     rib_entries: usize,
@@ -283,10 +343,9 @@ impl Controller {
             .collect();
         // Routers do not go looking for routers: a router without upstream
         // is the top of its hierarchy.
-        let next_discover = (config.upstreams.is_empty()
-            && config.discover_port.is_some()
-            && !config.router)
-            .then_some(now);
+        let next_discover =
+            (config.upstreams.is_empty() && config.discover_port.is_some() && !config.router)
+                .then_some(now);
         let mode = if config.router && config.upstreams.is_empty() {
             Mode::Root
         } else {
@@ -412,18 +471,16 @@ impl Controller {
     /// An event from the local sald's subscription.
     pub fn handle_local_event(&mut self, now: Instant, event: ControlEvent) {
         match event {
-            ControlEvent::Registered { prefix } => {
-                if self.local.insert(prefix, 0).is_none() {
-                    tracing::info!(%prefix, "service registered locally; announcing");
-                    self.export(prefix);
-                }
+            ControlEvent::Registered { prefix } if !self.local.contains_key(&prefix) => {
+                self.local.insert(prefix, 0);
+                tracing::info!(%prefix, "service registered locally; announcing");
+                self.export(prefix);
             }
-            ControlEvent::Unregistered { prefix } => {
-                if self.local.remove(&prefix).is_some() {
-                    tracing::info!(%prefix, "service unregistered locally; withdrawing");
-                    self.flows.retain(|_, p| *p != prefix);
-                    self.unexport(prefix);
-                }
+            ControlEvent::Unregistered { prefix } if self.local.contains_key(&prefix) => {
+                self.local.remove(&prefix);
+                tracing::info!(%prefix, "service unregistered locally; withdrawing");
+                self.flows.retain(|_, p| *p != prefix);
+                self.unexport(prefix);
             }
             ControlEvent::DelayNotify { service } => self.start_query(now, service, None),
             ControlEvent::FlowOpened { flow, service } => {
@@ -634,8 +691,9 @@ impl Controller {
             .into_iter()
             .map(|p| self.announcement(p))
             .collect();
-        let withdraw: Vec<ServicePrefix> =
-            std::mem::take(&mut self.pending_withdraw).into_iter().collect();
+        let withdraw: Vec<ServicePrefix> = std::mem::take(&mut self.pending_withdraw)
+            .into_iter()
+            .collect();
         let node = self.node();
         let key = self.config.key.clone();
         let mut datagrams = Vec::new();
@@ -825,10 +883,7 @@ impl Controller {
                 tracing::info!(%locator, router = %by, "default route toward the service router");
                 self.add_rule(
                     ServicePrefix::DEFAULT,
-                    Target::Forward {
-                        locator,
-                        weight: 1,
-                    },
+                    Target::Forward { locator, weight: 1 },
                     0,
                     RuleOrigin::DefaultRoute { by },
                     None,
@@ -866,7 +921,12 @@ impl Controller {
             return;
         }
         self.stats.announcements += 1;
-        let known = self.downstreams.insert(src, from.epoch);
+        let known =
+            if self.downstreams.len() < MAX_DOWNSTREAMS || self.downstreams.contains_key(&src) {
+                self.downstreams.insert(src, from.epoch)
+            } else {
+                Some(from.epoch)
+            };
         if known != Some(from.epoch) && !full {
             // New to us (we restarted, or it did): get everything now
             // rather than at its next refresh.
@@ -875,7 +935,7 @@ impl Controller {
         let lease = Duration::from_millis(lease_ms).clamp(MIN_LEASE, self.config.max_lease);
         let expires = now + lease;
         let locators = sender_locators(&from, src);
-        let by = format!("{} ({})", from.name, src.ip());
+        let by: Arc<str> = format!("{} ({})", from.name, src.ip()).into();
         let mut touched = BTreeSet::new();
         for entry in entries {
             for &locator in &locators {
@@ -895,7 +955,7 @@ impl Controller {
         &mut self,
         entry: &Announcement,
         locator: Locator,
-        by: &str,
+        by: &Arc<str>,
         expires: Instant,
         lease: Duration,
     ) -> bool {
@@ -917,8 +977,8 @@ impl Controller {
                 learned.load = entry.load;
                 learned.expires = learned.expires.max(expires);
                 learned.lease = lease;
-                if learned.by != by {
-                    learned.by = by.to_string();
+                if learned.by != *by {
+                    learned.by = by.clone();
                     learned.installed = None;
                 }
             }
@@ -926,7 +986,7 @@ impl Controller {
                 targets.insert(
                     locator,
                     Learned {
-                        by: by.to_string(),
+                        by: by.clone(),
                         announced_weight: entry.weight,
                         priority: entry.priority,
                         load: entry.load,
@@ -937,7 +997,7 @@ impl Controller {
                     },
                 );
                 self.rib_entries += 1;
-                tracing::debug!(%prefix, %locator, by, "learned");
+                tracing::debug!(%prefix, %locator, by = &**by, "learned");
             }
         }
         if new_prefix {
@@ -986,7 +1046,7 @@ impl Controller {
                 Target::Forward { locator, weight },
                 priority,
                 RuleOrigin::Announced {
-                    by,
+                    by: by.to_string(),
                     expires_unix_ms: None,
                 },
                 Some(lease_left),
@@ -1044,7 +1104,7 @@ impl Controller {
         let mut gone = Vec::new();
         let mut next: Option<Instant> = None;
         for (prefix, targets) in &self.rib {
-            for (locator, learned) in targets {
+            for (locator, learned) in targets.iter() {
                 if learned.expires <= now {
                     gone.push((*prefix, *locator, learned.by.clone()));
                 } else {
@@ -1055,7 +1115,7 @@ impl Controller {
         self.next_expiry = next;
         let mut touched = BTreeSet::new();
         for (prefix, locator, by) in gone {
-            tracing::info!(%prefix, %locator, by, "lease expired");
+            tracing::info!(%prefix, %locator, by = &*by, "lease expired");
             self.stats.expired += 1;
             self.forget(prefix, locator);
             touched.insert(prefix);
@@ -1155,7 +1215,7 @@ impl Controller {
         if let Some(pending) = self.queries.get_mut(&service) {
             match waiter {
                 Some(waiter) => {
-                    if !pending.waiters.contains(&waiter) {
+                    if !pending.waiters.contains(&waiter) && pending.waiters.len() < MAX_WAITERS {
                         pending.waiters.push(waiter);
                     }
                 }
@@ -1169,6 +1229,10 @@ impl Controller {
                 let route = self.lookup(&service);
                 self.install_answer(now, &self.config.name.clone(), service, route);
             }
+            return;
+        }
+        if self.queries.len() >= MAX_PENDING_QUERIES {
+            self.stats.dropped_unexpected += 1;
             return;
         }
         let id = self.next_query_id;
@@ -1231,7 +1295,7 @@ impl Controller {
         service: ServiceId,
         route: Option<Route>,
     ) {
-        if !self.queries.get(&service).is_some_and(|q| q.id == id) {
+        if self.queries.get(&service).is_none_or(|q| q.id != id) {
             self.stats.dropped_unexpected += 1;
             return;
         }
@@ -1398,7 +1462,7 @@ fn on_link(interface: &LocalInterface, ip: Ipv4Addr) -> bool {
 }
 
 /// The FORWARD weight of each target of one prefix (in the map's order).
-fn effective_weights(policy: WeightPolicy, targets: &BTreeMap<Locator, Learned>) -> Vec<u32> {
+fn effective_weights(policy: WeightPolicy, targets: &Targets) -> Vec<u32> {
     match policy {
         WeightPolicy::Static => targets.values().map(|l| l.announced_weight).collect(),
         WeightPolicy::LeastLoaded => {

@@ -123,7 +123,9 @@ fn parse_policy(text: &str) -> Result<WeightPolicy, String> {
     match text {
         "static" => Ok(WeightPolicy::Static),
         "least-loaded" => Ok(WeightPolicy::LeastLoaded),
-        _ => Err(format!("unknown weight policy {text:?} (static, least-loaded)")),
+        _ => Err(format!(
+            "unknown weight policy {text:?} (static, least-loaded)"
+        )),
     }
 }
 
@@ -132,7 +134,9 @@ fn parse_default_route(text: &str) -> Result<DefaultRoute, String> {
         "forward" => Ok(DefaultRoute::Forward),
         "delay" => Ok(DefaultRoute::Delay),
         "none" => Ok(DefaultRoute::None),
-        _ => Err(format!("unknown default route {text:?} (forward, delay, none)")),
+        _ => Err(format!(
+            "unknown default route {text:?} (forward, delay, none)"
+        )),
     }
 }
 
@@ -197,7 +201,10 @@ impl Args {
 /// Runs servd until SIGTERM or SIGINT, or until sald goes away.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let config = args.config()?;
-    let path = args.control.clone().unwrap_or_else(sal::control::control_path);
+    let path = args
+        .control
+        .clone()
+        .unwrap_or_else(sal::control::control_path);
     let socket = UdpSocket::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -238,6 +245,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .context("cannot watch SIGINT")?;
     let mut interface_check = tokio::time::interval(Duration::from_secs(5));
     interface_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stats_tick = tokio::time::interval(Duration::from_secs(30));
+    stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reported = controller.stats();
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     loop {
         flush(&mut controller, &socket, &mut control).await?;
@@ -255,6 +265,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             _ = interface_check.tick() => {
                 let interfaces = list_interfaces(&mut control).await?;
                 controller.set_interfaces(Instant::now(), interfaces);
+            }
+            _ = stats_tick.tick() => {
+                let stats = controller.stats();
+                let dropped = |s: &super::controller::Stats| {
+                    s.dropped_malformed + s.dropped_oversized + s.dropped_version
+                };
+                if stats.dropped_unauthenticated > reported.dropped_unauthenticated {
+                    tracing::warn!(
+                        count = stats.dropped_unauthenticated - reported.dropped_unauthenticated,
+                        "dropped messages without a valid authentication tag (check --key-file on every controller)"
+                    );
+                }
+                if dropped(&stats) > dropped(&reported) {
+                    tracing::info!(?stats, "dropped malformed, oversized or wrong-version messages");
+                }
+                tracing::debug!(?stats, "counters");
+                reported = stats;
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,

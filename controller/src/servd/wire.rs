@@ -208,7 +208,8 @@ pub fn decode(bytes: &[u8], key: Option<&[u8]>) -> Result<Message, WireError> {
                 .get(HEADER_LEN..HEADER_LEN + TAG_LEN)
                 .ok_or(WireError::Unauthenticated)?;
             let body = &bytes[HEADER_LEN + TAG_LEN..];
-            let mut mac = HmacSha256::new_from_slice(key).map_err(|_| WireError::Unauthenticated)?;
+            let mut mac =
+                HmacSha256::new_from_slice(key).map_err(|_| WireError::Unauthenticated)?;
             mac.update(header);
             mac.update(body);
             mac.verify_slice(received)
@@ -326,7 +327,10 @@ mod tests {
             decode(&tagged, Some(b"other")),
             Err(WireError::Unauthenticated)
         );
-        assert_eq!(decode(&plain, Some(b"secret")), Err(WireError::Unauthenticated));
+        assert_eq!(
+            decode(&plain, Some(b"secret")),
+            Err(WireError::Unauthenticated)
+        );
         assert_eq!(decode(&tagged, None), Err(WireError::Unauthenticated));
         let mut flipped = tagged.clone();
         let last = flipped.len() - 2;
@@ -365,10 +369,7 @@ mod tests {
     fn big_announcements_are_batched_under_the_limit() {
         let entries: Vec<Announcement> = (0..2000u32)
             .map(|i| Announcement {
-                prefix: ServicePrefix::new(
-                    format!("{:08x}", i).parse::<ServiceId>().unwrap(),
-                    32,
-                ),
+                prefix: ServicePrefix::new(format!("{:08x}", i).parse::<ServiceId>().unwrap(), 32),
                 weight: 1,
                 priority: 0,
                 load: 0,
@@ -379,8 +380,7 @@ mod tests {
         let mut seen = 0;
         for (i, batch) in batches.iter().enumerate() {
             assert!(batch.len() <= MAX_DATAGRAM);
-            let Message::Announce { entries, full, .. } = decode(batch, Some(b"k")).unwrap()
-            else {
+            let Message::Announce { entries, full, .. } = decode(batch, Some(b"k")).unwrap() else {
                 panic!("not an announce");
             };
             assert_eq!(full, i == batches.len() - 1);

@@ -156,9 +156,9 @@ fn host_error(error: HostError) -> Reply {
         HostError::Connect(ConnectError::Refused) => ErrorKind::Refused,
         HostError::Connect(ConnectError::TimedOut) => ErrorKind::TimedOut,
         HostError::AddressInUse(_) => ErrorKind::AddressInUse,
-        HostError::NoSuchFlow(_)
-        | HostError::NoSuchListener(_)
-        | HostError::NoSuchInterface(_) => ErrorKind::NotFound,
+        HostError::NoSuchFlow(_) | HostError::NoSuchListener(_) | HostError::NoSuchInterface(_) => {
+            ErrorKind::NotFound
+        }
         HostError::WouldBlock => ErrorKind::WouldBlock,
         HostError::TooManyFlows(_) => ErrorKind::Exhausted,
         _ => ErrorKind::InvalidRequest,

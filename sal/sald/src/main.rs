@@ -137,9 +137,17 @@ async fn run(flags: Flags) -> Result<()> {
 
     // The kernel's link and address events, for automatic migration.
     let mut view = watch::Interfaces::default();
-    for interface in interfaces.iter().filter(|i| config.ifaces.contains(&i.name)) {
+    for interface in interfaces
+        .iter()
+        .filter(|i| config.ifaces.contains(&i.name))
+    {
         if let Ok(index) = nix::net::if_::if_nametoindex(interface.name.as_str()) {
-            view.track(index, &interface.name, interface.locator.ip(), interface.prefix_len);
+            view.track(
+                index,
+                &interface.name,
+                interface.locator.ip(),
+                interface.prefix_len,
+            );
         }
     }
     let events = match watch::spawn() {

@@ -26,9 +26,20 @@ const RTMGRP_IPV4_IFADDR: u32 = 0x10;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkEvent {
     /// Administratively up and with carrier (`up`), or not.
-    Link { index: u32, name: String, up: bool },
-    AddressAdded { index: u32, addr: Ipv4Addr, prefix_len: u8 },
-    AddressRemoved { index: u32, addr: Ipv4Addr },
+    Link {
+        index: u32,
+        name: String,
+        up: bool,
+    },
+    AddressAdded {
+        index: u32,
+        addr: Ipv4Addr,
+        prefix_len: u8,
+    },
+    AddressRemoved {
+        index: u32,
+        addr: Ipv4Addr,
+    },
 }
 
 /// Starts the watcher thread; events arrive on the returned channel. Fails
@@ -91,7 +102,8 @@ fn event_of(message: RouteNetlinkMessage) -> Option<LinkEvent> {
                 _ => None,
             })?;
             let flags = &link.header.flags;
-            let up = !deleted && flags.contains(&LinkFlag::Up) && flags.contains(&LinkFlag::Running);
+            let up =
+                !deleted && flags.contains(&LinkFlag::Up) && flags.contains(&LinkFlag::Running);
             Some(LinkEvent::Link {
                 index: link.header.index,
                 name,
@@ -116,9 +128,8 @@ fn event_of(message: RouteNetlinkMessage) -> Option<LinkEvent> {
 
 fn ipv4_of(attributes: &[AddressAttribute]) -> Option<Ipv4Addr> {
     attributes.iter().find_map(|a| match a {
-        AddressAttribute::Local(std::net::IpAddr::V4(ip)) | AddressAttribute::Address(std::net::IpAddr::V4(ip)) => {
-            Some(*ip)
-        }
+        AddressAttribute::Local(std::net::IpAddr::V4(ip))
+        | AddressAttribute::Address(std::net::IpAddr::V4(ip)) => Some(*ip),
         _ => None,
     })
 }
@@ -284,7 +295,10 @@ mod tests {
             addr: "10.0.0.9".parse().unwrap(),
             prefix_len: 24,
         };
-        assert!(matches!(interfaces.apply(&mut host, added), Some(PlumbingChange::Add { .. })));
+        assert!(matches!(
+            interfaces.apply(&mut host, added),
+            Some(PlumbingChange::Add { .. })
+        ));
         let removed = LinkEvent::AddressRemoved {
             index: 2,
             addr: "10.0.0.1".parse().unwrap(),

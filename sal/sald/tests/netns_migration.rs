@@ -52,7 +52,8 @@ impl Daemon {
             .stderr(log);
         let child = host.ns.spawn_cmd(cmd).unwrap();
         assert!(
-            wait_until(Duration::from_secs(10), || UnixStream::connect(&control).is_ok()),
+            wait_until(Duration::from_secs(10), || UnixStream::connect(&control)
+                .is_ok()),
             "sald on {name} did not start: {}",
             std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
         );
@@ -99,7 +100,10 @@ fn setup(label: &str) -> Setup {
     let (client, router, server) = (net.host(0), net.host(1), net.host(2));
     router.ns.set_sysctl("net.ipv4.ip_forward", "1").unwrap();
     // Each host has a default route per link; the first one is preferred.
-    for (host, gateways) in [(client, ["10.1.0.2", "10.1.1.2"]), (server, ["10.1.2.1", "10.1.3.1"])] {
+    for (host, gateways) in [
+        (client, ["10.1.0.2", "10.1.1.2"]),
+        (server, ["10.1.2.1", "10.1.3.1"]),
+    ] {
         for (i, gw) in gateways.iter().enumerate() {
             let metric = (100 * (i + 1)).to_string();
             host.ns
@@ -146,7 +150,8 @@ fn pattern(len: usize, seed: u32) -> Vec<u8> {
 /// server received exactly the bytes sent.
 fn transfer_with(s: &Setup, len: usize, at: usize, act: impl FnOnce(FlowId, FlowId)) -> bool {
     let service: ServiceId = "ab01".parse().unwrap();
-    let listener = ServiceListener::bind_via(s.server.client(), ServicePrefix::exact(service), 4).unwrap();
+    let listener =
+        ServiceListener::bind_via(s.server.client(), ServicePrefix::exact(service), 4).unwrap();
     let data = Arc::new(pattern(len, 7));
     let received = Arc::new(AtomicUsize::new(0));
     let server = {
@@ -166,7 +171,9 @@ fn transfer_with(s: &Setup, len: usize, at: usize, act: impl FnOnce(FlowId, Flow
             (got, info.flow)
         })
     };
-    let stream = ServiceStream::connect_via(s.client.client(), service, Some(Duration::from_secs(5))).unwrap();
+    let stream =
+        ServiceStream::connect_via(s.client.client(), service, Some(Duration::from_secs(5)))
+            .unwrap();
     let client_flow = stream.flow_id();
     let writer = {
         let data = data.clone();
@@ -183,17 +190,19 @@ fn transfer_with(s: &Setup, len: usize, at: usize, act: impl FnOnce(FlowId, Flow
         })
     };
     assert!(
-        wait_until(Duration::from_secs(30), || received.load(Ordering::Relaxed) >= at),
+        wait_until(Duration::from_secs(30), || received.load(Ordering::Relaxed)
+            >= at),
         "transfer never reached {at} bytes"
     );
-    let server_flow = s
-        .server
-        .request(Request::ListFlows)
-        .clone();
+    let server_flow = s.server.request(Request::ListFlows).clone();
     let Response::Flows { flows } = server_flow else {
         panic!("no flows");
     };
-    let server_flow = flows.iter().find(|f| f.peer_flow == Some(client_flow)).unwrap().flow;
+    let server_flow = flows
+        .iter()
+        .find(|f| f.peer_flow == Some(client_flow))
+        .unwrap()
+        .flow;
     act(client_flow, server_flow);
     writer.join().unwrap();
     let (got, _) = server.join().unwrap();
@@ -212,13 +221,17 @@ fn manual_migration_keeps_every_byte() {
         });
         assert_eq!(reply, Response::Ok);
         assert!(wait_until(Duration::from_secs(5), || {
-            s.server.flow(server_flow).and_then(|f| f.remote) == Some(Locator::Ipv4("10.1.1.1".parse().unwrap()))
+            s.server.flow(server_flow).and_then(|f| f.remote)
+                == Some(Locator::Ipv4("10.1.1.1".parse().unwrap()))
         }));
         checked = s.client.flow(client_flow);
     });
     assert!(ok, "bytes lost, duplicated or reordered");
     let info = checked.unwrap();
-    assert_eq!((info.interface.as_deref(), info.migrations), (Some("eth1"), 1));
+    assert_eq!(
+        (info.interface.as_deref(), info.migrations),
+        (Some("eth1"), 1)
+    );
 }
 
 #[test]
@@ -227,8 +240,11 @@ fn link_down_moves_the_flow_by_itself() {
     let s = setup("mig-down");
     let client_ns = s.net.host(0).ns.name().to_string();
     let ok = transfer_with(&s, 12 << 20, 2 << 20, |client_flow, _| {
-        testnet::run_ok(std::process::Command::new("ip").args(["-n", &client_ns, "link", "set", "eth0", "down"]))
-            .unwrap();
+        testnet::run_ok(
+            std::process::Command::new("ip")
+                .args(["-n", &client_ns, "link", "set", "eth0", "down"]),
+        )
+        .unwrap();
         assert!(wait_until(Duration::from_secs(5), || {
             s.client.flow(client_flow).and_then(|f| f.interface) == Some("eth1".into())
         }));
@@ -241,7 +257,11 @@ fn address_removal_moves_the_flow_by_itself() {
     require_root!();
     let s = setup("mig-addr");
     let ok = transfer_with(&s, 12 << 20, 2 << 20, |client_flow, _| {
-        s.net.host(0).ns.ip(["addr", "del", "10.1.0.1/24", "dev", "eth0"]).unwrap();
+        s.net
+            .host(0)
+            .ns
+            .ip(["addr", "del", "10.1.0.1/24", "dev", "eth0"])
+            .unwrap();
         assert!(wait_until(Duration::from_secs(5), || {
             s.client.flow(client_flow).and_then(|f| f.interface) == Some("eth1".into())
         }));
@@ -260,7 +280,8 @@ fn server_side_migration_keeps_every_byte() {
         });
         assert_eq!(reply, Response::Ok);
         assert!(wait_until(Duration::from_secs(5), || {
-            s.client.flow(client_flow).and_then(|f| f.remote) == Some(Locator::Ipv4("10.1.3.2".parse().unwrap()))
+            s.client.flow(client_flow).and_then(|f| f.remote)
+                == Some(Locator::Ipv4("10.1.3.2".parse().unwrap()))
         }));
     });
     assert!(ok, "bytes lost, duplicated or reordered");

@@ -454,11 +454,16 @@ print(json.dumps(call({request})))
             .args(["-u", "nobody", "--", "python3", "-c", &script])
             .output()
             .expect("runuser and python3");
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         String::from_utf8_lossy(&output.stdout).into_owned()
     };
     let denied = as_nobody(r#"{"op": "add_rule", "prefix": "0/0", "target": {"kind": "drop"}}"#);
     assert!(denied.contains("permission_denied"), "{denied}");
-    let bound = as_nobody(r#"{"op": "listen", "prefix": "abcd/16", "protocol": "stream", "backlog": 1}"#);
+    let bound =
+        as_nobody(r#"{"op": "listen", "prefix": "abcd/16", "protocol": "stream", "backlog": 1}"#);
     assert!(bound.contains("listening"), "{bound}");
 }

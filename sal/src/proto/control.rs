@@ -182,14 +182,19 @@ mod tests {
     #[test]
     fn acks_are_cumulative_across_wraparound() {
         let mut state = ControlState::new([0; 8], u32::MAX);
-        state.pending.push_back(pending(ControlKind::Rsyn, u32::MAX));
+        state
+            .pending
+            .push_back(pending(ControlKind::Rsyn, u32::MAX));
         state.pending.push_back(pending(ControlKind::Fin, 0));
         let ack = |ackno| ControlRepr {
             flags: ControlFlags::ACK,
             ackno,
             ..Default::default()
         };
-        assert!(state.take_acked(&ack(u32::MAX)).is_empty(), "acks nothing yet");
+        assert!(
+            state.take_acked(&ack(u32::MAX)).is_empty(),
+            "acks nothing yet"
+        );
         let acked = state.take_acked(&ack(0));
         assert_eq!(acked.len(), 1);
         assert_eq!(acked[0].kind, ControlKind::Rsyn);

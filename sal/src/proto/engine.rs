@@ -365,6 +365,7 @@ impl Host {
             peer_moves: 0,
             last_migration: None,
             last_rx: self.now,
+            replay: Default::default(),
         };
         let Ok(id) = self.insert_flow(flow) else {
             self.refuse(client, repr, false);
@@ -537,6 +538,14 @@ impl Host {
                     self.stats.bad_checksum += 1;
                     return;
                 }
+                if segment[13] & TCP_ACK != 0 && !flow.replay.is_empty() {
+                    flow.replay.acknowledge(u32::from_be_bytes([
+                        segment[8],
+                        segment[9],
+                        segment[10],
+                        segment[11],
+                    ]));
+                }
                 if let Some(handle) = flow.stream {
                     self.transport.deliver(handle, segment);
                 }
@@ -654,6 +663,9 @@ impl Host {
         if acked.iter().any(|p| p.kind == ControlKind::Fin) {
             flow.fin_acked = true;
         }
+        if acked.iter().any(|p| p.kind == ControlKind::Rsyn) {
+            self.replay(id);
+        }
         if acked.iter().any(|p| p.kind == ControlKind::SynAck) {
             self.establish_server(id);
         }
@@ -698,6 +710,7 @@ impl Host {
         let answered = flow.control.in_flight(ControlKind::RsynAck);
         if moved {
             self.events.push_back(Event::PeerMoved(id, src));
+            self.replay(id);
         }
         if control.flags.contains(ControlFlags::ACK) {
             // An RSYN-ACK: our RSYN was retired by the caller; confirm it.
@@ -807,7 +820,11 @@ impl Host {
             ackno: control.ackno,
             ..AddressRepr::default()
         };
-        for iface in self.interfaces.iter().filter(|i| i.up && i.locator != current) {
+        for iface in self
+            .interfaces
+            .iter()
+            .filter(|i| i.up && i.locator != current)
+        {
             if address.addrs.try_push(iface.locator.ip()).is_err() {
                 break;
             }
@@ -864,6 +881,7 @@ impl Host {
     /// Turns a segment the transport emitted into SAL packets, by flow state.
     fn transport_output(&mut self, mut out: OutgoingSegment) {
         let ttl = self.config.ttl;
+        let multi_homed = self.interfaces.len() > 1;
         let Ok(flow) = self.flow_mut(out.flow) else {
             return;
         };
@@ -929,6 +947,9 @@ impl Host {
                 flow.counters.packets_out += 1;
                 flow.counters.bytes_out += out.segment.len() as u64;
                 let src = flow.local;
+                if multi_homed {
+                    flow.replay.record(&out.segment, src.ip(), remote.ip());
+                }
                 let payload = build(&repr, &out.segment);
                 self.queue_transmit(Transmit {
                     src,
@@ -1029,7 +1050,8 @@ impl Host {
         while index < flow.control.pending.len() {
             let pending = &mut flow.control.pending[index];
             if pending.deadline > now {
-                next_deadline = Some(next_deadline.map_or(pending.deadline, |d| d.min(pending.deadline)));
+                next_deadline =
+                    Some(next_deadline.map_or(pending.deadline, |d| d.min(pending.deadline)));
                 index += 1;
                 continue;
             }
@@ -1184,6 +1206,7 @@ impl Host {
             peer_moves: 0,
             last_migration: None,
             last_rx: self.now,
+            replay: Default::default(),
         };
         let id = self.insert_flow(flow)?;
         match next {
@@ -1333,6 +1356,30 @@ impl Host {
         Ok(())
     }
 
+    /// Resends the flow's unacknowledged stream segments on its current path
+    /// (see [`super::replay`]).
+    fn replay(&mut self, id: FlowId) {
+        let ttl = self.config.ttl;
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
+        let Some(remote) = flow.remote else {
+            return;
+        };
+        let (src, peer_flow) = (flow.local, flow.peer_flow);
+        let segments = flow.replay.replay(src.ip(), remote.ip());
+        let repr = SalRepr::data(id, peer_flow, TransportProtocol::Stream.number());
+        for segment in segments {
+            self.stats.replayed += 1;
+            self.queue_transmit(Transmit {
+                src,
+                dst: remote,
+                ttl,
+                payload: build(&repr, &segment),
+            });
+        }
+    }
+
     /// Moves every established flow on `from` to another interface that is up.
     pub(super) fn evacuate(&mut self, from: Locator) {
         let Some(to) = self
@@ -1347,7 +1394,9 @@ impl Host {
             .endpoints
             .iter()
             .filter_map(|(id, e)| match e {
-                Endpoint::Flow(f) if f.local == from && f.state == FlowState::Established => Some(id),
+                Endpoint::Flow(f) if f.local == from && f.state == FlowState::Established => {
+                    Some(id)
+                }
                 _ => None,
             })
             .collect();

@@ -21,6 +21,7 @@
 
 mod control;
 mod engine;
+mod replay;
 
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::Ipv4Addr;
@@ -285,6 +286,8 @@ pub struct HostStats {
     /// Flows this host moved to another locator, and moves given up on.
     pub migrations: u64,
     pub migrations_failed: u64,
+    /// Stream segments resent right after a migration.
+    pub replayed: u64,
 }
 
 /// A datagram as received by a datagram socket.
@@ -352,6 +355,9 @@ struct Flow {
     last_migration: Option<Instant>,
     /// When the peer was last heard on this flow.
     last_rx: Instant,
+    /// Stream segments not yet acknowledged, kept on multi-homed hosts to
+    /// resend right after a migration.
+    replay: replay::ReplayBuffer,
 }
 
 /// A datagram socket: receives unconnected datagrams addressed to its flow ID
@@ -513,7 +519,12 @@ impl Host {
 
     /// Gives an interface a new locator (renumbering): flows using the old
     /// one move to the new one (with `auto_migrate`).
-    pub fn set_interface_locator(&mut self, name: &str, locator: Locator, prefix_len: u8) -> Result<(), HostError> {
+    pub fn set_interface_locator(
+        &mut self,
+        name: &str,
+        locator: Locator,
+        prefix_len: u8,
+    ) -> Result<(), HostError> {
         let iface = self
             .interfaces
             .iter_mut()
@@ -527,7 +538,9 @@ impl Host {
                 .endpoints
                 .iter()
                 .filter_map(|(id, e)| match e {
-                    Endpoint::Flow(f) if f.local == old && f.state == FlowState::Established => Some(id),
+                    Endpoint::Flow(f) if f.local == old && f.state == FlowState::Established => {
+                        Some(id)
+                    }
                     _ => None,
                 })
                 .collect();
@@ -593,8 +606,12 @@ impl Host {
         let control = self.timers.peek().map(|t| t.0 .0);
         let delay = self.delayed.iter().map(Delayed::deadline).min();
         let transport = self.transport.poll_at(self.now);
-        let liveness = (self.config.auto_migrate && !self.endpoints.is_empty()).then_some(self.next_liveness);
-        [control, delay, transport, liveness].into_iter().flatten().min()
+        let liveness =
+            (self.config.auto_migrate && !self.endpoints.is_empty()).then_some(self.next_liveness);
+        [control, delay, transport, liveness]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Snapshot of every flow.
@@ -636,7 +653,7 @@ impl Host {
             peer_moves: flow.peer_moves,
             last_migration_ms_ago: flow
                 .last_migration
-                .map(|t| u64::try_from((self.now - t).total_millis()).unwrap_or(0)),
+                .map(|t| (self.now - t).total_millis()),
         }
     }
 

@@ -649,6 +649,27 @@ mod tests {
     }
 
     #[test]
+    fn origins_default_to_static_and_can_be_set() {
+        let mut table = ServiceTable::new();
+        table.add(prefix("ab/8"), forward(1, 1), 0);
+        let mut rule = table.get(&prefix("ab/8")).unwrap().clone();
+        assert_eq!(rule.targets()[0].origin, RuleOrigin::Static);
+        let origin = RuleOrigin::Announced {
+            by: "h1".into(),
+            expires_unix_ms: Some(5),
+        };
+        assert!(rule.set_origin(&forward(1, 0).key(), origin.clone()));
+        assert!(!rule.set_origin(&TargetKey::Drop, origin.clone()));
+        assert_eq!(rule.targets()[0].origin.label(), "announced h1");
+        assert_eq!(rule.targets()[0].origin.expires_unix_ms(), Some(5));
+        // Listings from a sald that predates origins still parse.
+        let mut json = serde_json::to_value(&rule).unwrap();
+        json["targets"][0].as_object_mut().unwrap().remove("origin");
+        let old: Rule = serde_json::from_value(json).unwrap();
+        assert_eq!(old.targets()[0].origin, RuleOrigin::Static);
+    }
+
+    #[test]
     fn resolve_all_returns_active_forward_group() {
         let mut table = ServiceTable::new();
         table.add(ServicePrefix::DEFAULT, forward(255, 1), 0);

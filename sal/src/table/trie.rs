@@ -26,14 +26,21 @@
 //! - Random 256-bit prefixes are dense near the root and alone below: at a
 //!   million of them, nine in ten sit alone in a slot of a depth-16 node. As
 //!   leaves, in their own arena, they leave about a tenth as many inner nodes.
-//! - An inner node is split over three arenas: child maps, internal maps and
-//!   the rest ([`Node`]). A lookup that ends at a node, as most lookups of
-//!   random keys do at depth 16, reads its 32-byte child map, and its internal
-//!   map only if it holds prefixes, which the parent's slot records. The child
-//!   maps of all inner nodes of a million random prefixes take under 3 MB.
+//! - An inner node is split over three arenas indexed alike: its child map,
+//!   its prefixes ([`Internal`]: internal map, ranks and values, one cache
+//!   line) and the rest ([`Node`]). A lookup that ends at a node, as most
+//!   lookups of random keys do at depth 16, reads its 32-byte child map, and
+//!   its prefixes only if it holds some, which the parent's slot records. The
+//!   child maps of all inner nodes of a million random prefixes take under
+//!   3 MB.
+//! - A child slot keeps up to 24 bits of a leaf past the slot ([`Slot`]), so
+//!   a key that reaches a leaf's slot is mostly ruled out without reading it.
 //! - A *top index* ([`TopEntry`], built once the trie is big enough) maps the
-//!   first 16 bits of a key to where a lookup stands after them, replacing
-//!   the two top levels, the most instruction-heavy steps, with one load.
+//!   first 16 bits of a key to where a lookup stands after them, with a copy
+//!   of the child map of the node at depth 16, all in one cache line. It
+//!   replaces the two top levels, the most instruction-heavy steps, and the
+//!   dependent load of that child map: a lookup of a random key in a large
+//!   trie mostly takes one cache miss.
 //! - Popcount ranks use per-node running counts, so each rank is one popcount
 //!   (the x86-64 baseline has no popcount instruction).
 //!
@@ -52,7 +59,7 @@ const ROOT: NodeIndex = 0;
 
 /// A 256-bit bitmap, bit `i` is `words[i / 64] >> (i % 64) & 1`. Aligned so
 /// that one never straddles two cache lines.
-#[derive(Clone, Copy, Default, Debug)]
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 #[repr(C, align(32))]
 struct Bitmap([u64; 4]);
 
@@ -113,6 +120,30 @@ impl Bitmap {
 
     fn is_empty(&self) -> bool {
         self.0 == [0; 4]
+    }
+
+    /// Of an internal map: which keys its prefixes can match, by the top four
+    /// bits of the node's key byte (bit `j` for bytes `j << 4..(j + 1) << 4`).
+    fn summary(&self) -> u16 {
+        let mut summary = 0u32;
+        for position in self.ones() {
+            let (extra, byte) = position_prefix(position);
+            let groups = 1u32 << 4u16.saturating_sub(extra);
+            summary |= ((1 << groups) - 1) << (byte >> 4);
+        }
+        summary as u16
+    }
+
+    /// Indices of the set bits, in increasing order.
+    fn ones(&self) -> impl Iterator<Item = usize> + '_ {
+        self.0.iter().enumerate().flat_map(|(i, &word)| {
+            let mut rest = word;
+            std::iter::from_fn(move || {
+                let bit = rest.trailing_zeros() as usize;
+                rest &= rest.wrapping_sub(1);
+                (bit < 64).then_some(i * 64 + bit)
+            })
+        })
     }
 
     fn count(&self) -> usize {
@@ -274,10 +305,11 @@ impl Slot {
         Slot { child, check: 0 }
     }
 
-    /// The slot of `leaf` in a node at `depth`.
+    /// The slot of `leaf` in a node at `depth`. (Only the top index asks for
+    /// a leaf that ends before `depth + 8`; it gets no check bits.)
     fn leaf<V>(index: LeafIndex, leaf: &Leaf<V>, depth: u16) -> Slot {
         let from = depth + 8;
-        let checked = (leaf.len - from).min(24);
+        let checked = leaf.len.saturating_sub(from).min(24);
         let bits = next_bits(&ServiceId::from_words(leaf.path), from);
         let mask = u32::MAX.checked_shl(32 - u32::from(checked)).unwrap_or(0);
         Slot {
@@ -305,26 +337,53 @@ fn next_bits(key: &ServiceId, from: u16) -> u32 {
 }
 
 /// Where a lookup stands once it has matched the first 16 bits of its key:
-/// an entry of the top index (see [`PrefixTrie`]).
+/// an entry of the top index (see [`PrefixTrie`]). One cache line, which
+/// holds all a lookup of a random key in a large trie usually needs: it
+/// mostly ends at the node at depth 16, whose child map is copied here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C, align(64))]
 struct TopEntry {
+    /// If `next` is the node at depth 16: a copy of its child map.
+    child_map: Bitmap,
+    /// If `next` is the node at depth 16: the [`Bitmap::summary`] of its
+    /// internal map. A lookup reads the map only if the key's summary bit is
+    /// set: at a million random prefixes, four in ten of these nodes hold
+    /// some, but a random key can match one of them about one time in ten.
+    summary: u16,
     /// The first leaf, or node at depth 16 or more, on the way, or
     /// [`Child::NONE`]. Its flags are as if its parent sat at depth 8.
     next: Child,
-    /// The node holding the longest matching prefix shorter than 16 bits, or
-    /// [`TopEntry::NO_NODE`].
+    /// The node holding the longest matching prefix shorter than 16 bits (the
+    /// root, or a node at depth 8), or [`TopEntry::NO_NODE`].
     best_node: NodeIndex,
     /// That prefix's heap position in `best_node`.
     best_position: u8,
+    /// For a leaf `next`, the first 16 bits of its [`Slot`] check and their
+    /// number (a leaf check as if `next` sat in a node at depth 8).
+    check_len: u8,
+    check: u16,
 }
 
 impl TopEntry {
     const NO_NODE: NodeIndex = NodeIndex::MAX;
     const EMPTY: TopEntry = TopEntry {
+        child_map: Bitmap([0; 4]),
+        summary: 0,
         next: Child::NONE,
         best_node: TopEntry::NO_NODE,
         best_position: 0,
+        check_len: 0,
+        check: 0,
     };
+
+    /// `next` and its check as a slot of a node at depth 8.
+    #[inline]
+    fn slot(&self) -> Slot {
+        Slot {
+            child: self.next,
+            check: u32::from(self.check) << 16 | u32::from(self.check_len),
+        }
+    }
 
     /// Index of the entry of keys starting with `bytes`.
     #[inline]
@@ -332,25 +391,34 @@ impl TopEntry {
         usize::from(u16::from_be_bytes([bytes[0], bytes[1]]))
     }
 
-    fn best(&self) -> Option<(NodeIndex, usize)> {
-        (self.best_node != TopEntry::NO_NODE)
-            .then_some((self.best_node, usize::from(self.best_position)))
+    /// The longest matching prefix shorter than 16 bits, as the node holding
+    /// it, its length and its heap position.
+    fn best(&self) -> Option<(NodeIndex, u16, usize)> {
+        let position = usize::from(self.best_position);
+        let depth = if self.best_node == ROOT { 0 } else { 8 };
+        (self.best_node != TopEntry::NO_NODE).then_some((
+            self.best_node,
+            depth + position_prefix(position).0,
+            position,
+        ))
     }
 }
 
 /// The top index is built once the trie holds this many prefixes, and
 /// dropped when it falls under half of it: below that, the upper levels of
-/// the tree stay in cache anyway and the index would cost more memory (768
-/// KiB) than it saves time.
-const TOP_INDEX_MIN_LEN: usize = 4096;
+/// the tree stay in cache anyway and the index would cost more memory (4 MiB)
+/// than it saves time.
+const TOP_INDEX_MIN_LEN: usize = 16_384;
 
 /// Where following a child slot leads a lookup.
 enum Step<'a, V> {
-    /// To inner node `index` at `depth`, which holds prefixes if `has_values`.
+    /// To inner node `index` at `depth`. Its internal map may hold a match
+    /// only if bit `byte >> 4` of `filter` is set, `byte` being the key's byte
+    /// at `depth` (a [`Bitmap::summary`], or all bits or none).
     Node {
         index: NodeIndex,
         depth: u16,
-        has_values: bool,
+        filter: u16,
     },
     /// To a leaf that matches: the answer.
     Found(u16, &'a V),
@@ -480,10 +548,10 @@ impl Node {
 /// A map from 256-bit prefixes to values with longest-prefix-match lookup.
 ///
 /// See the module documentation for the structure: inner nodes split over
-/// three arenas indexed alike (child maps, internal maps and the rest), leaves
-/// in a fourth, and a top index over the first 16 bits of keys once the trie
-/// holds `TOP_INDEX_MIN_LEN` prefixes. Inserts and removals recompute the top
-/// index entries under what they changed, usually one.
+/// three arenas indexed alike (child maps, prefixes and the rest), leaves in a
+/// fourth, and a top index over the first 16 bits of keys once the trie holds
+/// `TOP_INDEX_MIN_LEN` prefixes. Inserts and removals recompute the top index
+/// entries under what they changed, usually one.
 #[derive(Debug, Clone)]
 pub struct PrefixTrie<V> {
     /// The top index, by the first 16 bits of keys; empty while the trie holds
@@ -574,55 +642,71 @@ impl<V> PrefixTrie<V> {
     /// The value of the longest stored prefix that contains `key`, and that
     /// prefix's length.
     pub fn longest_match(&self, key: &ServiceId) -> Option<(u16, &V)> {
-        let bytes = key.as_bytes();
-        // Node and heap position of the longest match so far: its value is
-        // read once, at the end.
+        // Node, length and heap position of the longest match so far: its
+        // value is read once, at the end.
         let mut best = None;
-        let mut step = match self.top.get(TopEntry::index(bytes)) {
+        let mut step = match self.top.get(TopEntry::index(key.as_bytes())) {
             Some(entry) => {
                 best = entry.best();
-                match entry.next {
-                    Child::NONE => Step::End,
-                    next => self.follow(Slot::unchecked(next), 8, key),
+                match entry.next.unpack() {
+                    _ if entry.next == Child::NONE => Step::End,
+                    // The node at depth 16, with its child map in the entry.
+                    ChildRef::Node(index) if !entry.next.skips() => {
+                        self.visit(index, 16, entry.summary, &entry.child_map, key, &mut best)
+                    }
+                    _ => self.follow(entry.slot(), 8, key),
                 }
             }
             // The root's internal map is read unconditionally: it is cached.
             None => Step::Node {
                 index: ROOT,
                 depth: 0,
-                has_values: true,
+                filter: u16::MAX,
             },
         };
         while let Step::Node {
             index,
             depth,
-            has_values,
+            filter,
         } = step
         {
-            // Depths stop at 248, so the modulo only spares a bounds check.
-            let byte = usize::from(bytes[usize::from(depth / 8) % SERVICE_ID_LEN]);
-            if has_values {
-                let internal = &self.internals[index as usize].map;
-                if let Some(position) = internal.highest_common(&CANDIDATES[byte]) {
-                    best = Some((index, position));
-                }
-            }
             let child_map = &self.child_maps[index as usize];
-            if !child_map.get(byte) {
-                break;
-            }
-            let node = &self.nodes[index as usize];
-            let slot = node.children[child_map.rank_with(&node.child_ranks, byte)];
-            step = self.follow(slot, depth, key);
+            step = self.visit(index, depth, filter, child_map, key, &mut best);
         }
         if let Step::Found(len, value) = step {
             return Some((len, value));
         }
-        best.map(|(index, position)| {
-            let depth = self.nodes[index as usize].depth;
-            let value = self.internals[index as usize].value(position);
-            (depth + position_prefix(position).0, value)
-        })
+        best.map(|(index, len, position)| (len, self.internals[index as usize].value(position)))
+    }
+
+    /// One step of a lookup of `key`: at node `index`, at `depth`, records in
+    /// `best` the longest match among the node's prefixes (if `filter`, see
+    /// [`Step::Node`], allows one) and follows the key's child slot, using
+    /// `child_map`, the node's child map.
+    #[inline(always)]
+    fn visit<'a>(
+        &'a self,
+        index: NodeIndex,
+        depth: u16,
+        filter: u16,
+        child_map: &Bitmap,
+        key: &ServiceId,
+        best: &mut Option<(NodeIndex, u16, usize)>,
+    ) -> Step<'a, V> {
+        // Depths stop at 248, so the modulo only spares a bounds check.
+        let byte = usize::from(key.as_bytes()[usize::from(depth / 8) % SERVICE_ID_LEN]);
+        if filter >> (byte >> 4) & 1 != 0 {
+            let internal = &self.internals[index as usize].map;
+            if let Some(position) = internal.highest_common(&CANDIDATES[byte]) {
+                *best = Some((index, depth + position_prefix(position).0, position));
+            }
+        }
+        if !child_map.get(byte) {
+            return Step::End;
+        }
+        let node = &self.nodes[index as usize];
+        let slot = node.children[child_map.rank_with(&node.child_ranks, byte)];
+        self.follow(slot, depth, key)
     }
 
     /// Where `slot`, of a node at `depth` whose byte matched `key`, leads the
@@ -653,7 +737,7 @@ impl<V> PrefixTrie<V> {
         Step::Node {
             index,
             depth,
-            has_values: child.has_values(),
+            filter: if child.has_values() { u16::MAX } else { 0 },
         }
     }
 
@@ -725,7 +809,7 @@ impl<V> PrefixTrie<V> {
             .expect("child slots refer to live leaves")
     }
 
-    fn alloc_node(&mut self, node: Node<V>) -> NodeIndex {
+    fn alloc_node(&mut self, node: Node) -> NodeIndex {
         match self.free_nodes.pop() {
             Some(index) => {
                 self.nodes[index as usize] = node;
@@ -839,8 +923,25 @@ impl<V> PrefixTrie<V> {
                 }
             };
             // Leave out what the 16 bits already rule out.
-            if path_matches(&path, &key, len.min(16)) {
-                entry.next = self.pack(child, 8);
+            if !path_matches(&path, &key, len.min(16)) {
+                return entry;
+            }
+            entry.next = self.pack(child, 8);
+            match child {
+                // For a node, `len` is its depth.
+                ChildRef::Node(next) if len == 16 => {
+                    entry.child_map = self.child_maps[next as usize];
+                    entry.summary = self.internals[next as usize].map.summary();
+                }
+                ChildRef::Node(_) => {}
+                ChildRef::Leaf(index) => {
+                    let check = Slot::leaf(index, self.leaf(index), 8).check;
+                    entry.check_len = (check as u8).min(16);
+                    let mask = u32::MAX
+                        .checked_shl(32 - u32::from(entry.check_len))
+                        .unwrap_or(0);
+                    entry.check = ((check & mask) >> 16) as u16;
+                }
             }
             return entry;
         }
@@ -921,8 +1022,9 @@ impl<V> PrefixTrie<V> {
                     self.refresh_child(parent, slot);
                 }
                 self.len += 1;
-                // Covers the slot refreshed above: `len` is at least `depth`,
-                // and only nodes at depth 16 or more are in the top index.
+                // Covers the slot refreshed above and this node's entry (if it
+                // is at depth 16): `len` is at least `depth`, and only nodes
+                // at depth 16 or more are in the top index.
                 return (None, changes(changed.min(len)));
             }
             let slot = key_byte(&key, usize::from(depth / 8));
@@ -1052,7 +1154,10 @@ impl<V> PrefixTrie<V> {
             let (parent, _) = window[0];
             let (index, slot) = window[1];
             let node = &self.nodes[index as usize];
-            let entries = (self.internals[index as usize].values.len(), node.children.len());
+            let entries = (
+                self.internals[index as usize].values.len(),
+                node.children.len(),
+            );
             if entries.0 + entries.1 >= 2 {
                 break;
             }
@@ -1289,6 +1394,20 @@ mod tests {
     }
 
     #[test]
+    fn layouts_are_as_documented() {
+        use std::mem::size_of;
+        assert_eq!(size_of::<Bitmap>(), 32);
+        assert_eq!(size_of::<Internal<u32>>(), 64, "one cache line");
+        assert_eq!(size_of::<Slot>(), 8);
+        assert_eq!(
+            size_of::<TopEntry>(),
+            64,
+            "one cache line, a 4 MiB top index"
+        );
+        assert_eq!(size_of::<Node>(), 64);
+    }
+
+    #[test]
     fn positions_round_trip() {
         for extra in 0..8u16 {
             for byte in 0..=255u8 {
@@ -1344,7 +1463,7 @@ mod tests {
         let mut trie = PrefixTrie::new();
         trie.top_index_min_len = top_index_min_len;
         let mut reference: Vec<(ServicePrefix, u32)> = Vec::new();
-        for step in 0..1500u32 {
+        for step in 0..1000u32 {
             let prefix = ServicePrefix::new(random_id(&mut rng), rng.random_range(0..=256));
             if rng.random_bool(0.6) {
                 let old = reference.iter().position(|(p, _)| *p == prefix);
@@ -1364,7 +1483,7 @@ mod tests {
             let first = usize::from(prefix.id().as_bytes()[0]) << 8;
             trie.check_top(first..first + 256);
             trie.check_top((0..64).map(|_| rng.random_range(0..1 << 16)));
-            if step % 250 == 0 {
+            if step % 400 == 0 {
                 trie.check_top(0..1 << 16);
             }
             let key = random_id(&mut rng);

@@ -118,7 +118,11 @@ unsafe fn write_addr(value: &SockAddr, addr: *mut sockaddr, len: *mut socklen_t)
 #[no_mangle]
 pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
     // SAFETY: forwarding the caller's arguments unchanged.
-    guard(-1, || ops::socket(domain, ty, protocol, || unsafe { real::socket(domain, ty, protocol) }))
+    guard(-1, || {
+        ops::socket(domain, ty, protocol, || unsafe {
+            real::socket(domain, ty, protocol)
+        })
+    })
 }
 
 /// # Safety
@@ -150,10 +154,18 @@ pub unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) 
 #[no_mangle]
 pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
     // SAFETY: forwarding the caller's arguments unchanged.
-    guard(-1, || ops::listen(fd, || unsafe { real::listen(fd, backlog) }))
+    guard(-1, || {
+        ops::listen(fd, || unsafe { real::listen(fd, backlog) })
+    })
 }
 
-unsafe fn accept_common(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int, four: bool) -> c_int {
+unsafe fn accept_common(
+    fd: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+    flags: c_int,
+    four: bool,
+) -> c_int {
     guard(-1, || {
         let pass = || {
             // SAFETY: forwarding the caller's arguments unchanged.
@@ -187,7 +199,12 @@ pub unsafe extern "C" fn accept(fd: c_int, addr: *mut sockaddr, len: *mut sockle
 /// # Safety
 /// As `accept4(2)`.
 #[no_mangle]
-pub unsafe extern "C" fn accept4(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, flags: c_int) -> c_int {
+pub unsafe extern "C" fn accept4(
+    fd: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+    flags: c_int,
+) -> c_int {
     // SAFETY: same contract as ours.
     unsafe { accept_common(fd, addr, len, flags, true) }
 }
@@ -244,7 +261,13 @@ pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut s
 /// # Safety
 /// As `getsockopt(2)`.
 #[no_mangle]
-pub unsafe extern "C" fn getsockopt(fd: c_int, level: c_int, name: c_int, value: *mut c_void, len: *mut socklen_t) -> c_int {
+pub unsafe extern "C" fn getsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    value: *mut c_void,
+    len: *mut socklen_t,
+) -> c_int {
     guard(-1, || {
         // SAFETY: forwarding the caller's arguments unchanged.
         let pass = || unsafe { real::getsockopt(fd, level, name, value, len) };
@@ -279,7 +302,13 @@ pub unsafe extern "C" fn getsockopt(fd: c_int, level: c_int, name: c_int, value:
 /// # Safety
 /// As `setsockopt(2)`.
 #[no_mangle]
-pub unsafe extern "C" fn setsockopt(fd: c_int, level: c_int, name: c_int, value: *const c_void, len: socklen_t) -> c_int {
+pub unsafe extern "C" fn setsockopt(
+    fd: c_int,
+    level: c_int,
+    name: c_int,
+    value: *const c_void,
+    len: socklen_t,
+) -> c_int {
     guard(-1, || {
         // SAFETY: forwarding the caller's arguments unchanged.
         let pass = || unsafe { real::setsockopt(fd, level, name, value, len) };
@@ -306,7 +335,14 @@ pub unsafe extern "C" fn setsockopt(fd: c_int, level: c_int, name: c_int, value:
 /// # Safety
 /// As `sendto(2)`.
 #[no_mangle]
-pub unsafe extern "C" fn sendto(fd: c_int, buf: *const c_void, n: size_t, flags: c_int, addr: *const sockaddr, len: socklen_t) -> ssize_t {
+pub unsafe extern "C" fn sendto(
+    fd: c_int,
+    buf: *const c_void,
+    n: size_t,
+    flags: c_int,
+    addr: *const sockaddr,
+    len: socklen_t,
+) -> ssize_t {
     guard(-1, || {
         if !table::maybe_tracked(fd) {
             // SAFETY: forwarding the caller's arguments unchanged.
@@ -318,7 +354,11 @@ pub unsafe extern "C" fn sendto(fd: c_int, buf: *const c_void, n: size_t, flags:
         // SAFETY: the caller's buffers are valid for the lengths given.
         let (data, bytes) = unsafe {
             (
-                if n == 0 { &[][..] } else { std::slice::from_raw_parts(buf.cast::<u8>(), n) },
+                if n == 0 {
+                    &[][..]
+                } else {
+                    std::slice::from_raw_parts(buf.cast::<u8>(), n)
+                },
                 addr_bytes(addr, len),
             )
         };
@@ -333,7 +373,14 @@ pub unsafe extern "C" fn sendto(fd: c_int, buf: *const c_void, n: size_t, flags:
 /// # Safety
 /// As `recvfrom(2)`.
 #[no_mangle]
-pub unsafe extern "C" fn recvfrom(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> ssize_t {
+pub unsafe extern "C" fn recvfrom(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    flags: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+) -> ssize_t {
     guard(-1, || {
         if !table::maybe_tracked(fd) {
             // SAFETY: forwarding the caller's arguments unchanged.
@@ -399,7 +446,16 @@ pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssiz
 pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t {
     if table::maybe_framed(fd) {
         // SAFETY: same contract as ours, without an address.
-        return unsafe { recvfrom(fd, buf, n, flags, std::ptr::null_mut(), std::ptr::null_mut()) };
+        return unsafe {
+            recvfrom(
+                fd,
+                buf,
+                n,
+                flags,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        };
     }
     // SAFETY: forwarding the caller's arguments unchanged.
     unsafe { real::recv(fd, buf, n, flags) }
@@ -423,7 +479,12 @@ pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t
 /// # Safety
 /// As `epoll_ctl(2)`.
 #[no_mangle]
-pub unsafe extern "C" fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) -> c_int {
+pub unsafe extern "C" fn epoll_ctl(
+    epfd: c_int,
+    op: c_int,
+    fd: c_int,
+    event: *mut epoll_event,
+) -> c_int {
     if table::maybe_tracked(fd) {
         // SAFETY: `event` is null or points to a valid epoll_event.
         let copy = unsafe { event.as_ref().copied() };

@@ -45,7 +45,12 @@ fn shim_errno(error: ShimError) -> Errno {
 fn fd_flags(fd: RawFd) -> (bool, bool) {
     // SAFETY: fcntl with F_GETFL/F_GETFD takes no pointer; fcntl is not
     // interposed.
-    let (fl, fdfl) = unsafe { (libc::fcntl(fd, libc::F_GETFL), libc::fcntl(fd, libc::F_GETFD)) };
+    let (fl, fdfl) = unsafe {
+        (
+            libc::fcntl(fd, libc::F_GETFL),
+            libc::fcntl(fd, libc::F_GETFD),
+        )
+    };
     (
         fl >= 0 && fl & libc::O_NONBLOCK != 0,
         fdfl >= 0 && fdfl & libc::FD_CLOEXEC != 0,
@@ -74,7 +79,8 @@ fn set_nonblock(fd: RawFd, on: bool) -> Res<()> {
 fn socketpair(ty: c_int) -> Res<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as c_int; 2];
     // SAFETY: socketpair writes two ints into `fds`; it is not interposed.
-    let rc = unsafe { libc::socketpair(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) };
+    let rc =
+        unsafe { libc::socketpair(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) };
     if rc != 0 {
         return Err(last_errno());
     }
@@ -231,7 +237,12 @@ fn control() -> Res<ControlClient> {
 
 // --- socket -------------------------------------------------------------
 
-pub(crate) fn socket(domain: c_int, ty: c_int, protocol: c_int, pass: impl FnOnce() -> c_int) -> Res<c_int> {
+pub(crate) fn socket(
+    domain: c_int,
+    ty: c_int,
+    protocol: c_int,
+    pass: impl FnOnce() -> c_int,
+) -> Res<c_int> {
     if domain != AF_SERVAL {
         let fd = pass();
         if fd >= 0 {
@@ -295,14 +306,30 @@ pub(crate) fn connect(fd: RawFd, addr: Option<&[u8]>, pass: impl FnOnce() -> c_i
 fn inet_connect(fd: RawFd, sa: SocketAddr, service: ServiceId) -> Res<c_int> {
     let (nonblock, cloexec) = fd_flags(fd);
     let (app, wake) = placeholder(nonblock, cloexec)?;
-    let family = if sa.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let family = if sa.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
     {
         let mut table = lock();
         // SAFETY: no pointers; the program handed us `fd` to connect.
-        if unsafe { real::dup3(app.as_raw_fd(), fd, if cloexec { libc::O_CLOEXEC } else { 0 }) } < 0 {
+        if unsafe {
+            real::dup3(
+                app.as_raw_fd(),
+                fd,
+                if cloexec { libc::O_CLOEXEC } else { 0 },
+            )
+        } < 0
+        {
             return Err(last_errno());
         }
-        let mut entry = Entry::new(Kind::Stream, Domain::Inet(family), fd, State::Fresh { wake: Some(wake) });
+        let mut entry = Entry::new(
+            Kind::Stream,
+            Domain::Inet(family),
+            fd,
+            State::Fresh { wake: Some(wake) },
+        );
         entry.local = Some(unspecified(family));
         let old = table.insert(fd, entry);
         drop(table);
@@ -323,7 +350,12 @@ fn unspecified(family: c_int) -> SockAddr {
 /// Moves the socket to `Connecting` and opens the flow: in this thread for
 /// a blocking socket (and for datagram connects), in a helper thread for a
 /// non-blocking one, which then returns `EINPROGRESS`.
-fn start_connect(fd: RawFd, peer: SockAddr, service: ServiceId, protocol: TransportProtocol) -> Res<c_int> {
+fn start_connect(
+    fd: RawFd,
+    peer: SockAddr,
+    service: ServiceId,
+    protocol: TransportProtocol,
+) -> Res<c_int> {
     let (nonblock, _) = fd_flags(fd);
     let nonblock = nonblock && protocol == TransportProtocol::Stream;
     let mut stale = Vec::new();
@@ -391,14 +423,22 @@ fn open_flow(service: ServiceId, protocol: TransportProtocol) -> Res<(FlowInfo, 
 
 /// Installs the flow (or records the failure) if the socket is still the
 /// one that started this connect; wakes pollers of the placeholder.
-fn finish_connect(fd: RawFd, gen: u64, result: Res<(FlowInfo, OwnedFd)>, peer: SockAddr, async_: bool) -> Res<()> {
+fn finish_connect(
+    fd: RawFd,
+    gen: u64,
+    result: Res<(FlowInfo, OwnedFd)>,
+    peer: SockAddr,
+    async_: bool,
+) -> Res<()> {
     let mut stale = Vec::new();
     let mut wake = None;
     let outcome = {
         let mut table = lock();
         match table.get(fd, &mut stale) {
             Some(entry) if entry.gen == gen => {
-                if let State::Connecting { wake: w } = std::mem::replace(&mut entry.state, State::Failed) {
+                if let State::Connecting { wake: w } =
+                    std::mem::replace(&mut entry.state, State::Failed)
+                {
                     wake = w;
                 }
                 let installed = match &result {
@@ -411,7 +451,11 @@ fn finish_connect(fd: RawFd, gen: u64, result: Res<(FlowInfo, OwnedFd)>, peer: S
                         entry.ident = ident(fd);
                         entry.peer = Some(peer);
                         if entry.local.is_none() {
-                            entry.local = Some(SockAddr::Serval { flags: 0, bits: 0, id: [0; 32] });
+                            entry.local = Some(SockAddr::Serval {
+                                flags: 0,
+                                bits: 0,
+                                id: [0; 32],
+                            });
                         }
                         re_epoll(entry, fd);
                     }
@@ -437,7 +481,10 @@ fn finish_connect(fd: RawFd, gen: u64, result: Res<(FlowInfo, OwnedFd)>, peer: S
 
 // --- bind / listen ------------------------------------------------------
 
-fn listen_on(prefix: ServicePrefix, protocol: TransportProtocol) -> Res<(ControlClient, ListenerId, Option<OwnedFd>)> {
+fn listen_on(
+    prefix: ServicePrefix,
+    protocol: TransportProtocol,
+) -> Res<(ControlClient, ListenerId, Option<OwnedFd>)> {
     let mut control = control()?;
     let reply = control
         .request(&Request::Listen {
@@ -488,7 +535,11 @@ pub(crate) fn bind(fd: RawFd, addr: Option<&[u8]>, pass: impl FnOnce() -> c_int)
                                 State::Fresh { wake } => wake,
                                 _ => None,
                             };
-                            entry.state = State::Bound { control, listener, wake };
+                            entry.state = State::Bound {
+                                control,
+                                listener,
+                                wake,
+                            };
                             entry.local = Some(sa);
                             Ok(0)
                         }
@@ -518,29 +569,39 @@ pub(crate) fn bind(fd: RawFd, addr: Option<&[u8]>, pass: impl FnOnce() -> c_int)
 }
 
 /// Puts an unconnected datagram socket of sald at `fd`.
-fn install_datagram(fd: RawFd, socket: OwnedFd, control: Option<ControlClient>, local: Option<SockAddr>) -> Res<c_int> {
+fn install_datagram(
+    fd: RawFd,
+    socket: OwnedFd,
+    control: Option<ControlClient>,
+    local: Option<SockAddr>,
+) -> Res<c_int> {
     let mut stale = Vec::new();
     let mut old_state = None;
     let mut spare = None;
     let result = {
         let mut table = lock();
         match table.get(fd, &mut stale) {
-            Some(entry) if matches!(entry.state, State::DgramIdle { .. }) => match swap_in(&socket, fd) {
-                Ok(()) => {
-                    old_state = Some(std::mem::replace(&mut entry.state, State::DgramOpen { _control: control }));
-                    entry.ident = ident(fd);
-                    if local.is_some() {
-                        entry.local = local;
+            Some(entry) if matches!(entry.state, State::DgramIdle { .. }) => {
+                match swap_in(&socket, fd) {
+                    Ok(()) => {
+                        old_state = Some(std::mem::replace(
+                            &mut entry.state,
+                            State::DgramOpen { _control: control },
+                        ));
+                        entry.ident = ident(fd);
+                        if local.is_some() {
+                            entry.local = local;
+                        }
+                        re_epoll(entry, fd);
+                        table.refresh(fd);
+                        Ok(0)
                     }
-                    re_epoll(entry, fd);
-                    table.refresh(fd);
-                    Ok(0)
+                    Err(errno) => {
+                        spare = control;
+                        Err(errno)
+                    }
                 }
-                Err(errno) => {
-                    spare = control;
-                    Err(errno)
-                }
-            },
+            }
             Some(entry) if matches!(entry.state, State::DgramOpen { .. }) && local.is_none() => {
                 // Another thread opened it first.
                 spare = control;
@@ -560,13 +621,22 @@ fn install_datagram(fd: RawFd, socket: OwnedFd, control: Option<ControlClient>, 
 }
 
 fn inet_bind(fd: RawFd, sa: SocketAddr, service: ServiceId) -> Res<c_int> {
-    let (control, listener, _) = listen_on(ServicePrefix::exact(service), TransportProtocol::Stream)?;
-    let family = if sa.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let (control, listener, _) =
+        listen_on(ServicePrefix::exact(service), TransportProtocol::Stream)?;
+    let family = if sa.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
     let mut entry = Entry::new(
         Kind::Stream,
         Domain::Inet(family),
         fd,
-        State::Bound { control, listener, wake: None },
+        State::Bound {
+            control,
+            listener,
+            wake: None,
+        },
     );
     entry.local = Some(SockAddr::Inet(sa));
     let old = lock().insert(fd, entry);
@@ -591,7 +661,11 @@ pub(crate) fn listen(fd: RawFd, pass: impl FnOnce() -> c_int) -> Res<c_int> {
         let mut table = lock();
         match table.get(fd, &mut stale) {
             Some(entry) => match std::mem::replace(&mut entry.state, State::Failed) {
-                State::Bound { control, listener, wake } => {
+                State::Bound {
+                    control,
+                    listener,
+                    wake,
+                } => {
                     entry.gen = table::next_gen();
                     Some((control, listener, wake, entry.gen))
                 }
@@ -729,7 +803,13 @@ fn send_with_fd(queue: &OwnedFd, msg: &[u8], fd: Option<RawFd>) -> Res<()> {
 }
 
 /// The helper thread of a listener.
-fn accept_loop(fd: RawFd, gen: u64, mut control: ControlClient, listener: ListenerId, queue: OwnedFd) {
+fn accept_loop(
+    fd: RawFd,
+    gen: u64,
+    mut control: ControlClient,
+    listener: ListenerId,
+    queue: OwnedFd,
+) {
     loop {
         let request = Request::Accept {
             listener,
@@ -775,7 +855,11 @@ pub(crate) struct Accepted {
     pub peer: SockAddr,
 }
 
-pub(crate) fn accept(fd: RawFd, flags: c_int, pass: impl FnOnce() -> c_int) -> Res<Result<Accepted, c_int>> {
+pub(crate) fn accept(
+    fd: RawFd,
+    flags: c_int,
+    pass: impl FnOnce() -> c_int,
+) -> Res<Result<Accepted, c_int>> {
     let Some(found) = look(fd) else {
         return Ok(Err(pass()));
     };
@@ -809,7 +893,8 @@ pub(crate) fn accept(fd: RawFd, flags: c_int, pass: impl FnOnce() -> c_int) -> R
             while !cmsg.is_null() {
                 if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
                     let data = libc::CMSG_DATA(cmsg).cast::<c_int>();
-                    let count = ((*cmsg).cmsg_len - libc::CMSG_LEN(0) as usize) / std::mem::size_of::<c_int>();
+                    let count = ((*cmsg).cmsg_len - libc::CMSG_LEN(0) as usize)
+                        / std::mem::size_of::<c_int>();
                     for i in 0..count {
                         received.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
                     }
@@ -901,7 +986,11 @@ pub(crate) fn name(fd: RawFd, peer: bool) -> Option<Res<SockAddr>> {
                 }
             } else {
                 Ok(entry.local.unwrap_or(match entry.domain {
-                    Domain::Serval => SockAddr::Serval { flags: 0, bits: 0, id: [0; 32] },
+                    Domain::Serval => SockAddr::Serval {
+                        flags: 0,
+                        bits: 0,
+                        id: [0; 32],
+                    },
                     Domain::Inet(family) => unspecified(family),
                 }))
             }
@@ -932,7 +1021,9 @@ pub(crate) fn getsockopt(fd: RawFd, level: c_int, opt: c_int) -> Option<Res<OptA
                 Kind::Dgram => libc::IPPROTO_UDP,
             };
             Ok(match (level, opt) {
-                (libc::SOL_SOCKET, libc::SO_ERROR) => OptAnswer::Int(std::mem::take(&mut entry.so_error)),
+                (libc::SOL_SOCKET, libc::SO_ERROR) => {
+                    OptAnswer::Int(std::mem::take(&mut entry.so_error))
+                }
                 (libc::SOL_SOCKET, libc::SO_TYPE) => OptAnswer::Int(match entry.kind {
                     Kind::Stream => libc::SOCK_STREAM,
                     Kind::Dgram => libc::SOCK_DGRAM,
@@ -961,7 +1052,9 @@ pub(crate) fn setsockopt_is_ours(fd: RawFd) -> bool {
 
 fn open_datagram(fd: RawFd) -> Res<()> {
     let mut control = control()?;
-    let reply = control.request(&Request::OpenDatagram).map_err(shim_errno)?;
+    let reply = control
+        .request(&Request::OpenDatagram)
+        .map_err(shim_errno)?;
     let socket = match (reply.response, reply.fd) {
         (Response::DatagramOpened { .. }, Some(socket)) => socket,
         _ => return Err(libc::EPROTO),
@@ -970,7 +1063,12 @@ fn open_datagram(fd: RawFd) -> Res<()> {
 }
 
 /// `sendto` and friends. `Ok(None)` means "not ours: ask libc".
-pub(crate) fn sendto(fd: RawFd, data: &[u8], flags: c_int, addr: Option<&[u8]>) -> Res<Option<isize>> {
+pub(crate) fn sendto(
+    fd: RawFd,
+    data: &[u8],
+    flags: c_int,
+    addr: Option<&[u8]>,
+) -> Res<Option<isize>> {
     let Some(found) = look(fd) else {
         return Ok(None);
     };
@@ -1021,7 +1119,11 @@ pub(crate) fn sendto(fd: RawFd, data: &[u8], flags: c_int, addr: Option<&[u8]>) 
 }
 
 /// `recvfrom` and friends. `Ok(None)` means "not ours: ask libc".
-pub(crate) fn recvfrom(fd: RawFd, buf: &mut [u8], flags: c_int) -> Res<Option<(isize, Option<SockAddr>)>> {
+pub(crate) fn recvfrom(
+    fd: RawFd,
+    buf: &mut [u8],
+    flags: c_int,
+) -> Res<Option<(isize, Option<SockAddr>)>> {
     let Some(found) = look(fd) else {
         return Ok(None);
     };
@@ -1045,22 +1147,24 @@ pub(crate) fn recvfrom(fd: RawFd, buf: &mut [u8], flags: c_int) -> Res<Option<(i
     }
     let mut message = vec![0u8; MAX_DATAGRAM + 64];
     let pass_flags = flags & (libc::MSG_DONTWAIT | libc::MSG_PEEK);
-    let n = loop {
-        // SAFETY: `message` is valid for writes of its length.
-        let n = unsafe { real::recv(fd, message.as_mut_ptr().cast(), message.len(), pass_flags) };
-        if n < 0 {
-            return Err(last_errno());
-        }
-        if n == 0 {
-            return Ok(Some((0, None)));
-        }
-        break n as usize;
-    };
+    // SAFETY: `message` is valid for writes of its length.
+    let n = unsafe { real::recv(fd, message.as_mut_ptr().cast(), message.len(), pass_flags) };
+    if n < 0 {
+        return Err(last_errno());
+    }
+    if n == 0 {
+        return Ok(Some((0, None)));
+    }
+    let n = n as usize;
     match DatagramFrame::decode(&message[..n]) {
         Ok(DatagramFrame::Received { peer, data, .. }) => {
             let len = data.len().min(buf.len());
             buf[..len].copy_from_slice(&data[..len]);
-            let reported = if flags & libc::MSG_TRUNC != 0 { data.len() } else { len };
+            let reported = if flags & libc::MSG_TRUNC != 0 {
+                data.len()
+            } else {
+                len
+            };
             Ok(Some((reported as isize, Some(SockAddr::peer(&peer)))))
         }
         _ => Err(libc::EPROTO),
@@ -1070,7 +1174,8 @@ pub(crate) fn recvfrom(fd: RawFd, buf: &mut [u8], flags: c_int) -> Res<Option<(i
 /// Whether `fd` is an unconnected datagram socket, on which `send` and
 /// `write` have no destination.
 pub(crate) fn is_unconnected_dgram(fd: RawFd) -> bool {
-    table::maybe_framed(fd) && look(fd).is_some_and(|l| l.kind == Kind::Dgram && l.stage != Stage::Connected)
+    table::maybe_framed(fd)
+        && look(fd).is_some_and(|l| l.kind == Kind::Dgram && l.stage != Stage::Connected)
 }
 
 // --- epoll ----------------------------------------------------------------

@@ -35,7 +35,10 @@ fn stream_echo_blocking_nonblocking_and_exec() {
     let mut cmd = sald.run(
         &[],
         std::path::Path::new("/bin/sh"),
-        &["-c", &format!("exec {} stream-client beef01 100000", c_program().display())],
+        &[
+            "-c",
+            &format!("exec {} stream-client beef01 100000", c_program().display()),
+        ],
     );
     Proc::spawn("sh -c serval_test", &mut cmd).success(T);
     srv.success(T);

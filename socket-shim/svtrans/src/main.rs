@@ -95,7 +95,12 @@ fn run(args: Args) -> Result<()> {
             service,
             max_conns,
             connect_timeout,
-        } => ingress(listen, service, max_conns, connect_timeout.map(Duration::from_millis)),
+        } => ingress(
+            listen,
+            service,
+            max_conns,
+            connect_timeout.map(Duration::from_millis),
+        ),
         Mode::Egress {
             service,
             to,
@@ -105,7 +110,12 @@ fn run(args: Args) -> Result<()> {
     }
 }
 
-fn ingress(listen: SocketAddr, service: ServiceId, max: usize, timeout: Option<Duration>) -> Result<()> {
+fn ingress(
+    listen: SocketAddr,
+    service: ServiceId,
+    max: usize,
+    timeout: Option<Duration>,
+) -> Result<()> {
     let listener = TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
     let slots = Arc::new(Slots::new(max));
     eprintln!("svtrans: ingress {listen} -> service {service}");
@@ -165,7 +175,9 @@ fn egress(service: ServicePrefix, to: SocketAddr, max: usize, backlog: u32) -> R
                             eprintln!("svtrans: flow {}: {error}", info.flow);
                         }
                     }
-                    Err(error) => eprintln!("svtrans: flow {}: connecting to {to}: {error}", info.flow),
+                    Err(error) => {
+                        eprintln!("svtrans: flow {}: connecting to {to}: {error}", info.flow)
+                    }
                 }
             });
         if let Err(error) = spawned {

@@ -53,7 +53,9 @@ fn start_sald(host: &Host, dir: &Path, name: &str) -> NsSald {
         .stdout(log.try_clone().unwrap())
         .stderr(log);
     let child = host.ns.spawn_cmd(cmd).unwrap();
-    if !wait_until(Duration::from_secs(10), || UnixStream::connect(&control).is_ok()) {
+    if !wait_until(Duration::from_secs(10), || {
+        UnixStream::connect(&control).is_ok()
+    }) {
         let log = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
         panic!("sald on {name} did not come up:\n{log}");
     }
@@ -159,9 +161,9 @@ fn python() -> &'static str {
 
 /// Runs `make()`'s command until it succeeds (servers take a moment to
 /// register), returning its output.
-fn until_ok(what: &str, mut make: impl FnMut() -> Command) -> Output {
+fn until_ok(logs: &Path, what: &str, mut make: impl FnMut() -> Command) -> Output {
     let mut last = None;
-    let found = wait_for(Duration::from_secs(15), || {
+    let found = wait_for(Duration::from_secs(30), || {
         let output = make().output().expect("running a client");
         if output.status.success() {
             Some(output)
@@ -173,7 +175,22 @@ fn until_ok(what: &str, mut make: impl FnMut() -> Command) -> Output {
     });
     found.unwrap_or_else(|| {
         let last = last.map(|o| String::from_utf8_lossy(&o.stderr).into_owned());
-        panic!("{what} never succeeded; last stderr: {last:?}")
+        let mut text = String::new();
+        for entry in std::fs::read_dir(logs).into_iter().flatten().flatten() {
+            if entry.path().extension().is_some_and(|e| e == "log") {
+                let body = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let tail: String = body
+                    .chars()
+                    .rev()
+                    .take(2000)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                text.push_str(&format!("--- {} ---\n{tail}\n", entry.path().display()));
+            }
+        }
+        panic!("{what} never succeeded; last stderr: {last:?}\n{text}")
     })
 }
 
@@ -198,8 +215,12 @@ fn assert_same(what: &str, got: &[u8], want: &[u8]) {
 fn socat_get(net: &Net, i: usize, run_args: Option<&[&str]>, target: &str) -> Output {
     let script = format!("printf 'GET /f.bin HTTP/1.0\\r\\n\\r\\n' | socat -t 30 - TCP:{target}");
     match run_args {
-        Some(args) => until_ok("socat", || net.shimmed(i, args, "sh", &["-c", &script])),
-        None => until_ok("socat", || net.cmd(i, "sh", &["-c", &script])),
+        Some(args) => until_ok(net.dir.path(), "socat", || {
+            net.shimmed(i, args, "sh", &["-c", &script])
+        }),
+        None => until_ok(net.dir.path(), "socat", || {
+            net.cmd(i, "sh", &["-c", &script])
+        }),
     }
 }
 
@@ -219,25 +240,60 @@ fn curl_and_socat_through_the_translator() {
     let www = net.www();
     let _http = net.spawn(
         1,
-        net.cmd(1, python(), &["-m", "http.server", "8000", "--bind", "127.0.0.1", "--directory", www.to_str().unwrap()]),
+        net.cmd(
+            1,
+            python(),
+            &[
+                "-m",
+                "http.server",
+                "8000",
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+                www.to_str().unwrap(),
+            ],
+        ),
         "http.log",
     );
     let svtrans = env!("CARGO_BIN_EXE_svtrans");
     let _egress = net.spawn(
         1,
-        net.cmd(1, svtrans, &["egress", "--service", "80a1", "--to", "127.0.0.1:8000"]),
+        net.cmd(
+            1,
+            svtrans,
+            &["egress", "--service", "80a1", "--to", "127.0.0.1:8000"],
+        ),
         "egress.log",
     );
     let _ingress = net.spawn(
         0,
-        net.cmd(0, svtrans, &["ingress", "--listen", "127.0.0.1:9000", "--service", "80a1"]),
+        net.cmd(
+            0,
+            svtrans,
+            &["ingress", "--listen", "127.0.0.1:9000", "--service", "80a1"],
+        ),
         "ingress.log",
     );
     let out = net.dir.path().join("curl.bin");
-    until_ok("curl through svtrans", || {
-        net.cmd(0, "curl", &["-sS", "--max-time", "20", "-o", out.to_str().unwrap(), "http://127.0.0.1:9000/f.bin"])
+    until_ok(net.dir.path(), "curl through svtrans", || {
+        net.cmd(
+            0,
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                "20",
+                "-o",
+                out.to_str().unwrap(),
+                "http://127.0.0.1:9000/f.bin",
+            ],
+        )
     });
-    assert_same("curl through svtrans", &std::fs::read(&out).unwrap(), &net.data);
+    assert_same(
+        "curl through svtrans",
+        &std::fs::read(&out).unwrap(),
+        &net.data,
+    );
     let raw = socat_get(&net, 0, None, "127.0.0.1:9000");
     assert_same("socat through svtrans", http_body(&raw.stdout), &net.data);
 }
@@ -257,22 +313,41 @@ fn curl_and_socat_through_inet_mode() {
             1,
             &["--map", "8080=80a2"],
             python(),
-            &["-m", "http.server", "8080", "--bind", "0.0.0.0", "--directory", www.to_str().unwrap()],
+            &[
+                "-m",
+                "http.server",
+                "8080",
+                "--bind",
+                "0.0.0.0",
+                "--directory",
+                www.to_str().unwrap(),
+            ],
         ),
         "http.log",
     );
     // The client connects to port 80 of an address nobody has: the shim
     // connects to service 80a2 instead.
     let out = net.dir.path().join("curl.bin");
-    until_ok("curl in inet mode", || {
+    until_ok(net.dir.path(), "curl in inet mode", || {
         net.shimmed(
             0,
             &["--map", "80=80a2"],
             "curl",
-            &["-sS", "--max-time", "20", "-o", out.to_str().unwrap(), "http://10.200.0.1/f.bin"],
+            &[
+                "-sS",
+                "--max-time",
+                "20",
+                "-o",
+                out.to_str().unwrap(),
+                "http://10.200.0.1/f.bin",
+            ],
         )
     });
-    assert_same("curl in inet mode", &std::fs::read(&out).unwrap(), &net.data);
+    assert_same(
+        "curl in inet mode",
+        &std::fs::read(&out).unwrap(),
+        &net.data,
+    );
     let raw = socat_get(
         &net,
         0,
@@ -285,31 +360,53 @@ fn curl_and_socat_through_inet_mode() {
 #[test]
 fn memcached_behind_egress() {
     require_root!();
-    if !needs(&[("memcached", "memcached"), ("memccp", "libmemcached-tools"), ("memccat", "libmemcached-tools")]) {
+    if !needs(&[
+        ("memcached", "memcached"),
+        ("memccp", "libmemcached-tools"),
+        ("memccat", "libmemcached-tools"),
+    ]) {
         return;
     }
     let net = Net::new("memcached");
     let _memcached = net.spawn(
         1,
-        net.cmd(1, "memcached", &["-u", "root", "-l", "127.0.0.1", "-p", "11211", "-U", "0"]),
+        net.cmd(
+            1,
+            "memcached",
+            &["-u", "root", "-l", "127.0.0.1", "-p", "11211", "-U", "0"],
+        ),
         "memcached.log",
     );
     let svtrans = env!("CARGO_BIN_EXE_svtrans");
     let _egress = net.spawn(
         1,
-        net.cmd(1, svtrans, &["egress", "--service", "11211", "--to", "127.0.0.1:11211"]),
+        net.cmd(
+            1,
+            svtrans,
+            &["egress", "--service", "11211", "--to", "127.0.0.1:11211"],
+        ),
         "egress.log",
     );
     let _ingress = net.spawn(
         0,
-        net.cmd(0, svtrans, &["ingress", "--listen", "127.0.0.1:21211", "--service", "11211"]),
+        net.cmd(
+            0,
+            svtrans,
+            &[
+                "ingress",
+                "--listen",
+                "127.0.0.1:21211",
+                "--service",
+                "11211",
+            ],
+        ),
         "ingress.log",
     );
     let value = pattern(300_000);
     let file = net.dir.path().join("item");
     std::fs::write(&file, &value).unwrap();
     // Store through inet mode (libmemcached connects non-blocking and polls)...
-    until_ok("memccp in inet mode", || {
+    until_ok(net.dir.path(), "memccp in inet mode", || {
         net.shimmed(
             0,
             &["--map", "11211=11211"],
@@ -318,12 +415,20 @@ fn memcached_behind_egress() {
         )
     });
     // ... read back through inet mode and through the ingress translator.
-    let got = until_ok("memccat in inet mode", || {
-        net.shimmed(0, &["--map", "11211=11211"], "memccat", &["--servers=10.77.0.1:11211", "item"])
+    let got = until_ok(net.dir.path(), "memccat in inet mode", || {
+        net.shimmed(
+            0,
+            &["--map", "11211=11211"],
+            "memccat",
+            &["--servers=10.77.0.1:11211", "item"],
+        )
     });
-    assert_same("memccat in inet mode", &got.stdout, &value);
-    let got = until_ok("memccat through svtrans ingress", || {
+    // memccat ends each value with a newline of its own.
+    let mut want = value.clone();
+    want.push(b'\n');
+    assert_same("memccat in inet mode", &got.stdout, &want);
+    let got = until_ok(net.dir.path(), "memccat through svtrans ingress", || {
         net.cmd(0, "memccat", &["--servers=127.0.0.1:21211", "item"])
     });
-    assert_same("memccat through svtrans", &got.stdout, &value);
+    assert_same("memccat through svtrans", &got.stdout, &want);
 }

@@ -90,7 +90,8 @@ fn check_maps(maps: &[String]) -> Result<()> {
 fn check_nets(nets: &[String]) -> Result<()> {
     for net in nets {
         let (ip, len) = net.split_once('/').unwrap_or((net, "32"));
-        let ok = ip.parse::<std::net::Ipv4Addr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 32);
+        let ok =
+            ip.parse::<std::net::Ipv4Addr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 32);
         if !ok {
             bail!("--net {net:?}: expected an IPv4 CIDR such as 10.0.0.0/8");
         }
