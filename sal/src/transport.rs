@@ -393,6 +393,11 @@ impl StreamTransport {
         self.socket(handle).send_queue()
     }
 
+    /// Whether received bytes wait to be read by the application.
+    pub fn has_unread(&self, handle: StreamHandle) -> bool {
+        self.sockets.get::<tcp::Socket>(handle.socket).recv_queue() > 0
+    }
+
     /// Whether the flow has sent data (or a FIN) that the peer has not
     /// acknowledged: the condition under which silence means trouble.
     pub fn has_unacked(&self, handle: StreamHandle) -> bool {

@@ -558,3 +558,35 @@ fn garbage_and_spoofed_packets_are_counted_and_change_nothing() {
     );
     let _ = Ipv4Addr::LOCALHOST;
 }
+
+#[test]
+fn closing_with_unread_data_resets_the_peer_instead_of_stalling_it() {
+    let (mut net, client, server) = pair(LinkConditions::default(), HostConfig::default());
+    let listener = net
+        .host(server)
+        .listen(prefix("c105/16"), Stream, 4)
+        .unwrap();
+    let (cflow, sflow) = establish(&mut net, client, server, listener, svc("c105"));
+    let data = pattern(200_000, 9);
+    let mut sent = 0;
+    net.run_until(secs(2), |net| {
+        if let Ok(n) = net.host(client).send(cflow, &data[sent..]) {
+            sent += n;
+        }
+        sent == data.len()
+    });
+    net.run_for(Duration::from_millis(200));
+    // The server application goes away without reading a byte.
+    net.host(server).close(sflow).unwrap();
+    let mut reset = false;
+    assert!(net.run_until(secs(5), |net| {
+        if matches!(net.host(client).send(cflow, b"more"), Err(HostError::Reset)) {
+            reset = true;
+        }
+        reset
+    }));
+    net.host(client).close(cflow).unwrap();
+    net.run_for(secs(1));
+    assert!(net.host(client).flows().is_empty());
+    assert!(net.host(server).flows().is_empty());
+}

@@ -248,19 +248,22 @@ fn sal_runs(net: &Net, dir: &Path, runs: usize) -> (Vec<f64>, Vec<f64>) {
             net,
             move |stop| {
                 let mut stream = stream;
+                let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
                 let chunk = vec![7u8; 1 << 16];
                 while !stop.load(Ordering::Relaxed) {
                     if stream.write_all(&chunk).is_err() {
                         break;
                     }
                 }
+                let _ = stream.shutdown_write();
             },
             move |cut| {
                 let mut stream = server_stream;
                 let mut meter = GapMeter::new();
                 let mut buf = vec![0u8; 1 << 16];
                 let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
-                let deadline = Instant::now() + CUT_AFTER + AFTER_CUT;
+                // Until the writer half-closes, bounded in case it cannot.
+                let deadline = Instant::now() + CUT_AFTER + AFTER_CUT + Duration::from_secs(8);
                 while Instant::now() < deadline {
                     match stream.read(&mut buf) {
                         Ok(0) => break,
@@ -361,19 +364,22 @@ fn mptcp_runs(net: &Net, runs: usize) -> Option<Vec<f64>> {
             net,
             move |stop| {
                 let mut stream = client;
+                let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
                 let chunk = vec![7u8; 1 << 16];
                 while !stop.load(Ordering::Relaxed) {
                     if stream.write_all(&chunk).is_err() {
                         break;
                     }
                 }
+                let _ = stream.shutdown(std::net::Shutdown::Write);
             },
             move |cut| {
                 let mut stream = server_stream;
                 let mut meter = GapMeter::new();
                 let mut buf = vec![0u8; 1 << 16];
                 let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
-                let deadline = Instant::now() + CUT_AFTER + AFTER_CUT;
+                // Until the writer half-closes, bounded in case it cannot.
+                let deadline = Instant::now() + CUT_AFTER + AFTER_CUT + Duration::from_secs(8);
                 while Instant::now() < deadline {
                     match stream.read(&mut buf) {
                         Ok(0) => break,

@@ -20,6 +20,35 @@
 //! | `conf.T0.forwarding=1` | the same for packets sald writes into the TUN (they enter the kernel on `T0`) |
 //! | `conf.T0.accept_local=1`, `conf.T0.rp_filter=0` | packets from the TUN carry one of our own addresses as source (see below) |
 //! | nftables table `ip sald` (the fence) | `conf.IF.forwarding=1` would also forward other transit traffic arriving on `IF`: only protocol 144 to or from the TUN may be forwarded |
+//! | table `S + i` for the `i`-th interface `IF` (S default 1000): a copy of the main table's IPv4 routes whose output device is `IF`, and `throw` routes for the main table's other prefixes not through a SAL interface | per-source routing on multi-homed hosts (below) |
+//! | rule `pref P + 10 + i from A lookup S + i` for each address `A` of that interface | a packet sent from an interface's address leaves through that interface |
+//!
+//! ## Per-source routing
+//!
+//! A flow's locator is one interface's address, and migrating a flow means
+//! switching to another interface's address (DESIGN.md, "Interfaces and
+//! migration"). With only the main table the kernel would send every packet
+//! by the best default route, whatever its source, so a flow moved to
+//! `wlan0`'s address would still leave through `eth0`. For that, sald gives
+//! each configured interface its own routing table holding a copy of the
+//! main table's routes through it (the connected subnet, `default via GW dev
+//! IF`, other gateway routes; multipath routes are not copied) and a
+//! `from A` rule per address into it, consulted after the `ipproto 144`
+//! rules and the moved `local` rule but before the main table. A lookup that
+//! finds no route in an interface's table falls through to the main table.
+//! The copied default route must not capture traffic the main table sends
+//! elsewhere than a SAL interface (replies from `A` to a container on a
+//! local bridge, to a VPN peer, to a blackholed prefix), so every other
+//! non-default main-table route that does not go through a SAL interface
+//! gets a `throw` entry in each interface's table: the lookup fails there
+//! and the main table decides, as without sald. Routes through another SAL
+//! interface are deliberately not thrown (that is the point), and a default
+//! route through a non-SAL interface (a full-tunnel VPN) is bypassed for
+//! sources that are SAL addresses. The tables are copies taken at start-up
+//! (and refreshed when an address is added): routes the operator adds later
+//! to the main table are not followed, and an interface that goes down
+//! loses its copied routes (the kernel flushes them), after which its
+//! sources fall back to the main table.
 //!
 //! The global `net.ipv4.ip_forward` is never touched. When it is already 1
 //! the host is a router by the operator's choice, so no fence is installed.
@@ -84,7 +113,7 @@ use netlink_packet_core::{
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkFlag, LinkMessage};
 use netlink_packet_route::route::{
-    RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleFlag, RuleMessage};
 use netlink_packet_route::{AddressFamily, IpProtocol, RouteNetlinkMessage};
@@ -104,6 +133,12 @@ pub const DEFAULT_RULE_PREF: u32 = 100;
 pub const DEFAULT_RUN_DIR: &str = "/run/serval";
 /// Name of the nftables table (family `ip`) that holds the fence.
 pub const NFT_TABLE: &str = "sald";
+/// Default first per-source routing table (interface `i` uses this plus
+/// `i`); far from table 144 and from the kernel's 253 to 255.
+pub const DEFAULT_SOURCE_TABLE_BASE: u32 = 1000;
+/// The per-source `from A` rules sit at `rule_pref` plus this plus the
+/// interface's position.
+pub const SOURCE_PREF_OFFSET: u32 = 10;
 
 const RT_TABLE_LOCAL: u32 = 255;
 const RT_TABLE_MAIN: u32 = 254;
@@ -208,21 +243,27 @@ pub struct PlumbingConfig {
     /// Routing table holding `default dev <tun>` (not 0, 253, 254, 255).
     pub table: u32,
     /// Preference of the `ipproto 144` rules; the `local` rule moves to
-    /// `rule_pref + 1`.
+    /// `rule_pref + 1`, the per-source rules of interface `i` are at
+    /// `rule_pref + 10 + i`.
     pub rule_pref: u32,
+    /// First per-source routing table: interface `i` (its position in
+    /// `interfaces`) uses table `source_table_base + i`. None of those may
+    /// be 0, 253 to 255 or `table`.
+    pub source_table_base: u32,
     /// Directory of the lock and state files.
     pub run_dir: PathBuf,
 }
 
 impl PlumbingConfig {
     /// A configuration for `tun` with the defaults (table 144, pref 100,
-    /// `/run/serval`) and no interfaces yet.
+    /// per-source tables from 1000, `/run/serval`) and no interfaces yet.
     pub fn new(tun: impl Into<String>) -> Self {
         PlumbingConfig {
             tun: tun.into(),
             interfaces: Vec::new(),
             table: DEFAULT_TABLE,
             rule_pref: DEFAULT_RULE_PREF,
+            source_table_base: DEFAULT_SOURCE_TABLE_BASE,
             run_dir: PathBuf::from(DEFAULT_RUN_DIR),
         }
     }
@@ -261,6 +302,27 @@ impl PlumbingConfig {
     /// Where the `local` rule is moved to.
     pub fn local_pref(&self) -> u32 {
         self.rule_pref.saturating_add(1)
+    }
+
+    /// The per-source routing table of the `i`-th interface.
+    pub fn source_table(&self, i: usize) -> u32 {
+        self.source_table_base
+            .saturating_add(u32::try_from(i).unwrap_or(u32::MAX))
+    }
+
+    /// The preference of the `from A` rules of the `i`-th interface.
+    pub fn source_pref(&self, i: usize) -> u32 {
+        self.rule_pref
+            .saturating_add(SOURCE_PREF_OFFSET)
+            .saturating_add(u32::try_from(i).unwrap_or(u32::MAX))
+    }
+
+    fn is_source_pref(&self, pref: u32) -> bool {
+        (0..self.interfaces.len()).any(|i| self.source_pref(i) == pref)
+    }
+
+    fn is_source_table(&self, table: u32) -> bool {
+        (0..self.interfaces.len()).any(|i| self.source_table(i) == table)
     }
 
     fn validate(&self) -> Result<(), PlumbingError> {
@@ -305,6 +367,38 @@ impl PlumbingConfig {
                 self.rule_pref,
                 RULE_PREF_MAIN - 2
             )));
+        }
+        let n = self.interfaces.len();
+        if n > 0 {
+            let last_pref =
+                u64::from(self.rule_pref) + u64::from(SOURCE_PREF_OFFSET) + n as u64 - 1;
+            if last_pref >= u64::from(RULE_PREF_MAIN) {
+                return Err(PlumbingError::Config(format!(
+                    "rule preference {} leaves no room for the per-source rules of {n} \
+                     interface(s) before the main table (pref {RULE_PREF_MAIN})",
+                    self.rule_pref
+                )));
+            }
+            let first = u64::from(self.source_table_base);
+            let last = first + n as u64 - 1;
+            let in_range = |t: u32| (first..=last).contains(&u64::from(t));
+            if last > u64::from(u32::MAX)
+                || [
+                    0,
+                    RT_TABLE_DEFAULT,
+                    RT_TABLE_MAIN,
+                    RT_TABLE_LOCAL,
+                    self.table,
+                ]
+                .into_iter()
+                .any(in_range)
+            {
+                return Err(PlumbingError::Config(format!(
+                    "per-source routing tables {first} to {last} overlap table {} or a \
+                     reserved table (0, 253, 254, 255)",
+                    self.table
+                )));
+            }
         }
         Ok(())
     }
@@ -604,6 +698,15 @@ impl Rtnl {
         Ok(())
     }
 
+    fn add_route(&mut self, op: &str, route: RouteMessage) -> Result<(), PlumbingError> {
+        self.request(
+            op,
+            RouteNetlinkMessage::NewRoute(route),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        )?;
+        Ok(())
+    }
+
     fn del_route(&mut self, op: &str, route: RouteMessage) -> Result<(), PlumbingError> {
         self.request(op, RouteNetlinkMessage::DelRoute(route), NLM_F_ACK)?;
         Ok(())
@@ -720,8 +823,121 @@ fn sal_rule(pref: u32, table: u32, iface: &str, addr: Ipv4Addr) -> RuleMessage {
     r
 }
 
+/// The per-source rule `pref P from A/32 lookup T`.
+fn source_rule(pref: u32, table: u32, addr: Ipv4Addr) -> RuleMessage {
+    let mut r = RuleMessage::default();
+    r.header.family = AddressFamily::Inet;
+    r.header.action = RuleAction::ToTable;
+    r.header.src_len = 32;
+    r.header.table = u8::try_from(table).unwrap_or(0);
+    r.attributes.push(RuleAttribute::Priority(pref));
+    r.attributes.push(RuleAttribute::Table(table));
+    r.attributes.push(RuleAttribute::Source(IpAddr::V4(addr)));
+    r
+}
+
+fn rule_src(r: &RuleMessage) -> Option<IpAddr> {
+    r.attributes.iter().find_map(|a| match a {
+        RuleAttribute::Source(d) => Some(*d),
+        _ => None,
+    })
+}
+
+/// A rule that looks like one of our per-source rules for `cfg`: at one of
+/// the per-source preferences, from a single address, into one of the
+/// per-source tables, with no other selector.
+fn is_source_rule(r: &RuleMessage, cfg: &PlumbingConfig) -> bool {
+    r.header.action == RuleAction::ToTable
+        && r.header.src_len == 32
+        && r.header.dst_len == 0
+        && cfg.is_source_pref(rule_pref(r))
+        && cfg.is_source_table(rule_table(r))
+        && rule_ipproto(r).is_none()
+        && rule_iif(r).is_none()
+}
+
+/// `route`, a main-table route, as it goes into table `table`.
+fn copy_route(route: &RouteMessage, table: u32) -> RouteMessage {
+    let mut m = route.clone();
+    m.header.table = u8::try_from(table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
+    // Flags such as `linkdown` are state the kernel reports, not requests.
+    m.header.flags.clear();
+    m.attributes.retain(|a| {
+        !matches!(
+            a,
+            RouteAttribute::Table(_) | RouteAttribute::CacheInfo(_) | RouteAttribute::Expires(_)
+        )
+    });
+    m.attributes.push(RouteAttribute::Table(table));
+    m
+}
+
+/// `throw <destination of route>` for table `table`: a lookup there for
+/// that prefix fails and the rules after it (the main table) decide.
+fn throw_route(route: &RouteMessage, table: u32) -> RouteMessage {
+    let mut m = RouteMessage::default();
+    m.header.address_family = AddressFamily::Inet;
+    m.header.destination_prefix_length = route.header.destination_prefix_length;
+    m.header.tos = route.header.tos;
+    m.header.table = u8::try_from(table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
+    m.header.protocol = RouteProtocol::Static;
+    m.header.scope = RouteScope::Universe;
+    m.header.kind = RouteType::Throw;
+    m.attributes.extend(
+        route
+            .attributes
+            .iter()
+            .filter(|a| matches!(a, RouteAttribute::Destination(_)))
+            .cloned(),
+    );
+    m.attributes.push(RouteAttribute::Table(table));
+    m
+}
+
+fn route_has_gateway(r: &RouteMessage) -> bool {
+    r.attributes
+        .iter()
+        .any(|a| matches!(a, RouteAttribute::Gateway(_)))
+}
+
+fn show_route_addr(a: &RouteAddress) -> String {
+    match a {
+        RouteAddress::Inet(v) => v.to_string(),
+        RouteAddress::Inet6(v) => v.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn describe_route(r: &RouteMessage) -> String {
+    let mut s = String::new();
+    if r.header.kind != RouteType::Unicast {
+        s.push_str(&format!("{:?} ", r.header.kind).to_lowercase());
+    }
+    let dst = r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(d) => Some(show_route_addr(d)),
+        _ => None,
+    });
+    match dst {
+        Some(d) => s.push_str(&format!("{d}/{}", r.header.destination_prefix_length)),
+        None => s.push_str("default"),
+    }
+    if let Some(g) = r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Gateway(g) => Some(g),
+        _ => None,
+    }) {
+        s.push_str(&format!(" via {}", show_route_addr(g)));
+    }
+    if let Some(o) = route_oif(r) {
+        s.push_str(&format!(" dev #{o}"));
+    }
+    s
+}
+
 fn describe_rule(r: &RuleMessage) -> String {
     let mut s = format!("pref {}", rule_pref(r));
+    if let Some(src) = rule_src(r) {
+        s.push_str(&format!(" from {src}/{}", r.header.src_len));
+    }
     if let Some(p) = rule_ipproto(r) {
         s.push_str(&format!(" ipproto {p}"));
     }
@@ -899,6 +1115,22 @@ struct AddrRule {
     addr: Ipv4Addr,
 }
 
+/// A per-source routing table we fill (every route in it is ours).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SourceTable {
+    iface: String,
+    table: u32,
+}
+
+/// A per-source rule `pref <pref> from <addr> lookup <table>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SourceRule {
+    iface: String,
+    addr: Ipv4Addr,
+    pref: u32,
+    table: u32,
+}
+
 /// Everything we changed, in order, so it can be undone by us or, after a
 /// crash, by the next sald.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -914,6 +1146,10 @@ struct State {
     route: bool,
     rules: Vec<AddrRule>,
     local_moved_from: Option<u32>,
+    #[serde(default)]
+    source_tables: Vec<SourceTable>,
+    #[serde(default)]
+    source_rules: Vec<SourceRule>,
 }
 
 fn read_state(path: &Path) -> Option<State> {
@@ -946,12 +1182,16 @@ fn write_state(path: &Path, state: &State) -> Result<(), PlumbingError> {
 struct Found {
     sal_rules: Vec<RuleMessage>,
     moved_local: Option<RuleMessage>,
+    source_rules: Vec<RuleMessage>,
     nft_table: bool,
 }
 
 impl Found {
     fn any(&self) -> bool {
-        !self.sal_rules.is_empty() || self.moved_local.is_some() || self.nft_table
+        !self.sal_rules.is_empty()
+            || self.moved_local.is_some()
+            || !self.source_rules.is_empty()
+            || self.nft_table
     }
 
     fn describe(&self, cfg: &PlumbingConfig) -> Vec<String> {
@@ -969,6 +1209,16 @@ impl Found {
         }
         if self.moved_local.is_some() {
             v.push(format!("the local rule is at pref {}", cfg.local_pref()));
+        }
+        if !self.source_rules.is_empty() {
+            v.push(format!(
+                "per-source rules exist ({})",
+                self.source_rules
+                    .iter()
+                    .map(describe_rule)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
         }
         if self.nft_table {
             v.push(format!("nft table ip {NFT_TABLE} exists"));
@@ -988,11 +1238,29 @@ fn inspect(rtnl: &mut Rtnl, cfg: &PlumbingConfig) -> Result<Found, PlumbingError
         .iter()
         .find(|r| is_plain_local(r) && rule_pref(r) == cfg.local_pref())
         .cloned();
+    let source_rules = rules
+        .iter()
+        .filter(|r| is_source_rule(r, cfg))
+        .cloned()
+        .collect();
     Ok(Found {
         sal_rules,
         moved_local,
+        source_rules,
         nft_table: nft_table_exists(),
     })
+}
+
+/// Deletes every IPv4 route in `table` (one of our per-source tables).
+fn flush_table(rtnl: &mut Rtnl, table: u32) -> Result<(), PlumbingError> {
+    for r in rtnl.routes_v4(table)? {
+        let op = format!("delete route {} table {table}", describe_route(&r));
+        match rtnl.del_route(&op, r) {
+            Err(e) if e.errno() == Some(nix::libc::ESRCH) => {}
+            other => other?,
+        }
+    }
+    Ok(())
 }
 
 /// Removes plumbing left by a sald that died without undoing it.
@@ -1039,6 +1307,39 @@ fn cleanup_stale(
             r.clone(),
         )?;
     }
+    // Per-source rules: the ones recorded (even if the previous sald used
+    // other preferences) and the ones matching this configuration.
+    let mut stale_tables: Vec<u32> = Vec::new();
+    if let Some(state) = state {
+        for r in &state.source_rules {
+            match rtnl.del_rule(
+                &format!(
+                    "delete stale rule pref {} from {} lookup {}",
+                    r.pref, r.addr, r.table
+                ),
+                source_rule(r.pref, r.table, r.addr),
+            ) {
+                Err(e) if e.errno() == Some(nix::libc::ENOENT) => {}
+                other => other?,
+            }
+        }
+        stale_tables.extend(state.source_tables.iter().map(|t| t.table));
+    }
+    for r in &found.source_rules {
+        match rtnl.del_rule(
+            &format!("delete stale rule {}", describe_rule(r)),
+            r.clone(),
+        ) {
+            Err(e) if e.errno() == Some(nix::libc::ENOENT) => {}
+            other => other?,
+        }
+        stale_tables.push(rule_table(r));
+    }
+    stale_tables.sort_unstable();
+    stale_tables.dedup();
+    for t in stale_tables {
+        flush_table(rtnl, t)?;
+    }
     for r in rtnl.routes_v4(cfg.table)? {
         if r.header.destination_prefix_length == 0 {
             rtnl.del_route(
@@ -1074,6 +1375,19 @@ fn check_conflicts(rtnl: &mut Rtnl, cfg: &PlumbingConfig) -> Result<(), Plumbing
             cfg.table,
             routes.len()
         )));
+    }
+    for i in 0..cfg.interfaces.len() {
+        let table = cfg.source_table(i);
+        let routes = rtnl.routes_v4(table)?;
+        if !routes.is_empty() {
+            return Err(PlumbingError::Conflict(format!(
+                "per-source routing table {table} (for {}) already holds {} route(s); choose \
+                 another source table base than {}",
+                cfg.interfaces[i].name,
+                routes.len(),
+                cfg.source_table_base
+            )));
+        }
     }
     Ok(())
 }
@@ -1178,10 +1492,15 @@ impl Plumbing {
             evidence.push(format!(
                 "no state file {} (not left by a sald using this run directory; if no sald \
                  runs in this network namespace, remove it by hand: ip rule del pref {}; \
-                 ip rule add pref 0 lookup local; ip rule del pref {}; nft delete table ip {NFT_TABLE})",
+                 ip rule add pref 0 lookup local; ip rule del pref {}; ip rule del pref {} to {} \
+                 and ip route flush table {} to {}; nft delete table ip {NFT_TABLE})",
                 state_path.display(),
                 cfg.rule_pref,
-                cfg.local_pref()
+                cfg.local_pref(),
+                cfg.source_pref(0),
+                cfg.source_pref(cfg.interfaces.len().saturating_sub(1)),
+                cfg.source_table(0),
+                cfg.source_table(cfg.interfaces.len().saturating_sub(1)),
             ));
             return Err(PlumbingError::Owned { evidence });
         }
@@ -1338,7 +1657,110 @@ impl Plumbing {
                 "no `lookup local` rule found: local delivery is already unusual on this host"
             );
         }
+        // 6. per-source routing: one table per interface, one rule per
+        //    address.
+        for (i, iface) in cfg.interfaces.iter().enumerate() {
+            self.state.source_tables.push(SourceTable {
+                iface: iface.name.clone(),
+                table: cfg.source_table(i),
+            });
+            self.save()?;
+            self.copy_routes(i)?;
+            for addr in &iface.addrs {
+                self.add_source_rule_for(i, *addr)?;
+            }
+        }
         Ok(())
+    }
+
+    /// Fills the `i`-th interface's per-source table from the main table
+    /// (entries already there are left alone): a copy of every IPv4 route
+    /// through the interface, and a `throw` for every other non-default
+    /// route that does not go through another SAL interface (a container
+    /// bridge, a VPN, a blackhole), so that the main table keeps deciding
+    /// those and the copied default route does not capture them.
+    fn copy_routes(&mut self, i: usize) -> Result<(), PlumbingError> {
+        let table = self.cfg.source_table(i);
+        let mut sal_indexes = Vec::new();
+        for iface in &self.cfg.interfaces {
+            let index = self
+                .rtnl
+                .link_index(&iface.name)?
+                .ok_or_else(|| PlumbingError::UnknownInterface(iface.name.clone()))?;
+            sal_indexes.push(index);
+        }
+        let index = sal_indexes[i];
+        let mut copies = Vec::new();
+        let mut throws = Vec::new();
+        for r in self.rtnl.routes_v4(RT_TABLE_MAIN)? {
+            let oif = route_oif(&r);
+            let unicast = r.header.kind == RouteType::Unicast;
+            if unicast && oif == Some(index) {
+                copies.push(r);
+            } else if r.header.destination_prefix_length > 0
+                && !(unicast && oif.is_some_and(|o| sal_indexes.contains(&o)))
+            {
+                throws.push(r);
+            }
+        }
+        // Routes without a gateway (the connected subnet) first: they make
+        // the gateways of the others reachable.
+        copies.sort_by_key(route_has_gateway);
+        for r in copies {
+            let op = format!("add route {} table {table}", describe_route(&r));
+            match self.rtnl.add_route(&op, copy_route(&r, table)) {
+                Err(e) if e.errno() == Some(nix::libc::EEXIST) => {}
+                other => other?,
+            }
+        }
+        for r in throws {
+            let t = throw_route(&r, table);
+            let op = format!("add route {} table {table}", describe_route(&t));
+            match self.rtnl.add_route(&op, t) {
+                Err(e) if e.errno() == Some(nix::libc::EEXIST) => {}
+                other => other?,
+            }
+        }
+        Ok(())
+    }
+
+    fn add_source_rule_for(&mut self, i: usize, addr: Ipv4Addr) -> Result<(), PlumbingError> {
+        let rule = SourceRule {
+            iface: self.cfg.interfaces[i].name.clone(),
+            addr,
+            pref: self.cfg.source_pref(i),
+            table: self.cfg.source_table(i),
+        };
+        if self.state.source_rules.contains(&rule) {
+            return Ok(());
+        }
+        self.state.source_rules.push(rule.clone());
+        self.save()?;
+        let op = format!(
+            "add rule pref {} from {addr} lookup {}",
+            rule.pref, rule.table
+        );
+        match self
+            .rtnl
+            .add_rule(&op, source_rule(rule.pref, rule.table, addr))
+        {
+            Err(e) if e.errno() == Some(nix::libc::EEXIST) => Ok(()),
+            other => other,
+        }
+    }
+
+    fn del_source_rule(&mut self, rule: &SourceRule) -> Result<(), PlumbingError> {
+        let op = format!(
+            "delete rule pref {} from {} lookup {}",
+            rule.pref, rule.addr, rule.table
+        );
+        match self
+            .rtnl
+            .del_rule(&op, source_rule(rule.pref, rule.table, rule.addr))
+        {
+            Err(e) if e.errno() == Some(nix::libc::ENOENT) => Ok(()),
+            other => other,
+        }
     }
 
     fn add_rule_for(&mut self, iface: &str, addr: Ipv4Addr) -> Result<(), PlumbingError> {
@@ -1372,11 +1794,17 @@ impl Plumbing {
         }
         self.add_rule_for(iface, addr)?;
         self.cfg.interfaces[i].addrs.push(addr);
-        Ok(())
+        // The new address brings its connected route into the main table
+        // (and the link may have flapped, which empties the copy): refresh
+        // the interface's table, then route the new source through it.
+        if let Err(e) = self.copy_routes(i) {
+            tracing::warn!("refreshing the per-source routes of {iface}: {e}");
+        }
+        self.add_source_rule_for(i, addr)
     }
 
-    /// Removes the rule of an address that went away. Unknown addresses are
-    /// ignored.
+    /// Removes the rules of an address that went away. Unknown addresses
+    /// are ignored.
     pub fn remove_address(&mut self, iface: &str, addr: Ipv4Addr) -> Result<(), PlumbingError> {
         let Some(i) = self.cfg.interfaces.iter().position(|i| i.name == iface) else {
             return Err(PlumbingError::UnknownInterface(iface.to_owned()));
@@ -1386,11 +1814,26 @@ impl Plumbing {
         self.state
             .rules
             .retain(|r| !(r.iface == iface && r.addr == addr));
-        if self.state.rules.len() == before {
+        let had_rule = self.state.rules.len() != before;
+        let (gone, kept): (Vec<SourceRule>, Vec<SourceRule>) =
+            std::mem::take(&mut self.state.source_rules)
+                .into_iter()
+                .partition(|r| r.iface == iface && r.addr == addr);
+        self.state.source_rules = kept;
+        if !had_rule && gone.is_empty() {
             return Ok(());
         }
         self.save_logged();
-        self.del_rule_for(iface, addr)
+        let mut result = Ok(());
+        for r in &gone {
+            if let Err(e) = self.del_source_rule(r) {
+                result = Err(e);
+            }
+        }
+        if had_rule {
+            self.del_rule_for(iface, addr)?;
+        }
+        result
     }
 
     fn del_rule_for(&mut self, iface: &str, addr: Ipv4Addr) -> Result<(), PlumbingError> {
@@ -1536,6 +1979,16 @@ impl Plumbing {
                 fail(e.to_string());
             }
         }
+        for r in std::mem::take(&mut self.state.source_rules) {
+            if let Err(e) = self.del_source_rule(&r) {
+                fail(e.to_string());
+            }
+        }
+        for t in std::mem::take(&mut self.state.source_tables) {
+            if let Err(e) = flush_table(&mut self.rtnl, t.table) {
+                fail(e.to_string());
+            }
+        }
         if std::mem::take(&mut self.state.route) {
             match self.rtnl.routes_v4(self.cfg.table) {
                 Ok(routes) => {
@@ -1622,6 +2075,82 @@ mod tests {
         assert!(bad.validate().is_err());
         let bad = PlumbingConfig::new("sal0").interface("eth1", vec![Ipv4Addr::UNSPECIFIED]);
         assert!(bad.validate().is_err());
+        // per-source tables must not hit table 144 or the kernel's tables
+        let two = ok
+            .clone()
+            .interface("eth1", vec![Ipv4Addr::new(10, 0, 1, 1)]);
+        assert!(two.validate().is_ok());
+        assert_eq!((two.source_table(0), two.source_table(1)), (1000, 1001));
+        assert_eq!((two.source_pref(0), two.source_pref(1)), (110, 111));
+        for base in [143, 144, 252, 253, 254, 255, 0] {
+            let mut bad = two.clone();
+            bad.source_table_base = base;
+            assert!(bad.validate().is_err(), "base {base}");
+        }
+        let mut bad = two.clone();
+        bad.source_table_base = u32::MAX;
+        assert!(bad.validate().is_err());
+        let mut fine = two.clone();
+        fine.source_table_base = 256;
+        assert!(fine.validate().is_ok());
+        let mut bad = two.clone();
+        bad.rule_pref = 32755;
+        assert!(bad.validate().is_err());
+        let mut fine = two.clone();
+        fine.rule_pref = 32754;
+        assert!(fine.validate().is_ok());
+    }
+
+    #[test]
+    fn source_rule_predicates() {
+        let cfg = PlumbingConfig::new("sal0")
+            .interface("eth0", vec![Ipv4Addr::new(10, 0, 0, 1)])
+            .interface("eth1", vec![Ipv4Addr::new(10, 0, 1, 1)]);
+        let r = source_rule(111, 1001, Ipv4Addr::new(10, 0, 1, 1));
+        assert!(is_source_rule(&r, &cfg));
+        assert!(!is_sal_rule(&r, 111));
+        assert!(!is_plain_local(&r));
+        assert_eq!(describe_rule(&r), "pref 111 from 10.0.1.1/32 lookup 1001");
+        assert!(!is_source_rule(
+            &source_rule(112, 1001, Ipv4Addr::new(10, 0, 1, 1)),
+            &cfg
+        ));
+        assert!(!is_source_rule(
+            &source_rule(111, 1002, Ipv4Addr::new(10, 0, 1, 1)),
+            &cfg
+        ));
+        let s = sal_rule(110, 1000, "eth0", Ipv4Addr::new(10, 0, 0, 1));
+        assert!(!is_source_rule(&s, &cfg));
+    }
+
+    #[test]
+    fn copied_route_goes_to_the_source_table() {
+        let mut r = RouteMessage::default();
+        r.header.address_family = AddressFamily::Inet;
+        r.header.table = RouteHeader::RT_TABLE_MAIN;
+        r.header.kind = RouteType::Unicast;
+        r.attributes.push(RouteAttribute::Table(254));
+        r.attributes
+            .push(RouteAttribute::Gateway(Ipv4Addr::new(10, 0, 0, 254).into()));
+        r.attributes.push(RouteAttribute::Oif(3));
+        let c = copy_route(&r, 1000);
+        assert_eq!(route_table(&c), 1000);
+        assert_eq!(c.header.table, RouteHeader::RT_TABLE_UNSPEC);
+        assert!(route_has_gateway(&c));
+        assert_eq!(describe_route(&c), "default via 10.0.0.254 dev #3");
+        assert_eq!(route_table(&copy_route(&r, 200)), 200);
+        assert_eq!(copy_route(&r, 200).header.table, 200);
+
+        let mut net = r.clone();
+        net.header.destination_prefix_length = 16;
+        net.attributes.push(RouteAttribute::Destination(
+            Ipv4Addr::new(172, 17, 0, 0).into(),
+        ));
+        let t = throw_route(&net, 1001);
+        assert_eq!(t.header.kind, RouteType::Throw);
+        assert_eq!(route_table(&t), 1001);
+        assert!(!route_has_gateway(&t) && route_oif(&t).is_none());
+        assert_eq!(describe_route(&t), "throw 172.17.0.0/16");
     }
 
     #[test]
@@ -1672,10 +2201,26 @@ mod tests {
                 addr: Ipv4Addr::new(10, 0, 0, 1),
             }],
             local_moved_from: Some(0),
+            source_tables: vec![SourceTable {
+                iface: "eth0".into(),
+                table: 1000,
+            }],
+            source_rules: vec![SourceRule {
+                iface: "eth0".into(),
+                addr: Ipv4Addr::new(10, 0, 0, 1),
+                pref: 110,
+                table: 1000,
+            }],
             ..State::default()
         };
         let text = serde_json::to_string(&s).expect("serialize");
         let back: State = serde_json::from_str(&text).expect("parse");
         assert_eq!(s, back);
+        // state files written before per-source routing still parse
+        let old = r#"{"pid":1,"tun":"sal0","table":144,"rule_pref":100,"local_pref":101,
+            "router":false,"fence":true,"sysctls":[],"route":true,"rules":[],
+            "local_moved_from":0}"#;
+        let back: State = serde_json::from_str(old).expect("parse old state");
+        assert!(back.source_tables.is_empty() && back.source_rules.is_empty());
     }
 }

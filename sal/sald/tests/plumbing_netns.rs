@@ -743,3 +743,219 @@ fn a_host_that_is_already_a_router_is_not_fenced() {
     );
     assert!(ping_x_to_y(), "still a router after sald");
 }
+
+/// Writes `pkt` into the TUN and waits for a protocol-144 packet at `peer`
+/// (which must own the packet's destination): (src, payload), or `None`.
+fn tun_send_and_catch(
+    rt: &tokio::runtime::Runtime,
+    tun: &TunLink,
+    peer: &Netns,
+    pkt: &[u8],
+) -> Option<(Ipv4Addr, Vec<u8>)> {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    std::thread::scope(|s| {
+        let listener = s.spawn(|| {
+            peer.run(|| {
+                let sock = raw_socket(144);
+                let _ = ready_tx.send(());
+                recv_sal(&sock, Duration::from_secs(2))
+            })
+            .expect("peer namespace")
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("listener ready");
+        rt.block_on(tun.send(pkt)).expect("TUN write");
+        listener.join().expect("listener thread")
+    })
+}
+
+/// A multi-homed host: `eth0` (10.1.0.1) to gateway host 1 (10.1.0.2),
+/// `eth1` (10.1.1.1) to gateway host 2 (10.1.1.2), and two default routes
+/// in the main table, the one by `eth0` preferred, and a non-SAL interface
+/// `dum0` (a container bridge, say). The plumbing makes what is sent from
+/// `eth1`'s address leave by `eth1`, except to where the main table sends it
+/// elsewhere than a SAL interface.
+#[test]
+fn per_source_routing_on_a_multi_homed_host() {
+    require_root!();
+    let topo = TopologyBuilder::new("srcrt", 3)
+        .link(0, 1)
+        .link(0, 2)
+        .build()
+        .expect("topology");
+    let (h, gw1, gw2) = (topo.host(0), topo.host(1), topo.host(2));
+    let (a1, a2) = (h.ifaces[0].addr, h.ifaces[1].addr);
+    let (g1, g2) = (
+        h.ifaces[0].peer.expect("p2p").1,
+        h.ifaces[1].peer.expect("p2p").1,
+    );
+    assert_eq!(
+        (h.ifaces[0].name.as_str(), h.ifaces[1].name.as_str()),
+        ("eth0", "eth1")
+    );
+    let remote = Ipv4Addr::new(10, 9, 9, 9);
+    for (ns, gw, metric) in [(h, g1, "100"), (h, g2, "200")] {
+        ns.ns
+            .ip([
+                "route",
+                "add",
+                "default",
+                "via",
+                &gw.to_string(),
+                "metric",
+                metric,
+            ])
+            .expect("default route");
+    }
+    // Both gateways own the remote address, so a packet to it shows which
+    // way it went.
+    for gw in [gw1, gw2] {
+        gw.ns
+            .ip(["addr", "add", &format!("{remote}/32"), "dev", "lo"])
+            .expect("remote address");
+    }
+    // (a veth pair with both ends here: the dummy driver may be missing)
+    h.ns.ip([
+        "link", "add", "dum0", "type", "veth", "peer", "name", "dum1",
+    ])
+    .expect("non-SAL link");
+    h.ns.ip(["link", "set", "dum1", "up"]).expect("peer up");
+    h.ns.ip(["addr", "add", "172.16.5.1/24", "dev", "dum0"])
+        .expect("non-SAL address");
+    h.ns.ip(["link", "set", "dum0", "up"]).expect("non-SAL up");
+    let route_get_to = |to: &str, from: Ipv4Addr| {
+        h.ns.ip(["-4", "route", "get", to, "from", &from.to_string()])
+            .expect("ip route get")
+    };
+    let route_get = |from: Ipv4Addr| route_get_to(&remote.to_string(), from);
+    let dir = RunDir::new("srcrt");
+    h.ns.run(|| {
+        let rt = runtime();
+        let _enter = rt.enter();
+        let tun = TunLink::open(TUN, 1500).expect("open TUN");
+        let before = snapshot(&h.ns);
+        // Without the plumbing both sources take the preferred default.
+        for a in [a1, a2] {
+            let got = route_get(a);
+            assert!(
+                got.contains(&format!("via {g1} dev eth0")),
+                "from {a}: {got}"
+            );
+        }
+
+        let cfg = config(dir.path(), &[("eth0", a1), ("eth1", a2)]);
+        assert_eq!((cfg.source_table(0), cfg.source_table(1)), (1000, 1001));
+        assert_eq!((cfg.source_pref(0), cfg.source_pref(1)), (110, 111));
+        let mut p = Plumbing::install(&cfg).expect("install plumbing");
+
+        let rules = h.ns.ip(["-4", "rule"]).expect("ip rule");
+        for line in [
+            format!("110:\tfrom {a1} lookup 1000"),
+            format!("111:\tfrom {a2} lookup 1001"),
+        ] {
+            assert!(rules.lines().any(|l| l == line), "no `{line}` in:\n{rules}");
+        }
+        // after the SAL's rules and the moved local rule, before main
+        let prefs: Vec<u32> = rules
+            .lines()
+            .filter_map(|l| l.split(':').next()?.parse().ok())
+            .collect();
+        assert_eq!(prefs, [100, 100, 101, 110, 111, 32766, 32767], "{rules}");
+
+        for (table, dev, gw, metric, net) in [
+            ("1000", "eth0", g1, 100, "10.1.0.0/24"),
+            ("1001", "eth1", g2, 200, "10.1.1.0/24"),
+        ] {
+            let routes =
+                h.ns.ip(["-4", "route", "show", "table", table])
+                    .expect("ip route");
+            assert!(
+                routes
+                    .lines()
+                    .any(|l| l.starts_with(&format!("default via {gw} dev {dev}"))
+                        && l.contains(&format!("metric {metric}"))),
+                "table {table}:\n{routes}"
+            );
+            assert!(
+                routes
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{net} dev {dev}"))),
+                "table {table}:\n{routes}"
+            );
+            assert!(
+                routes.lines().any(|l| l.starts_with("throw 172.16.5.0/24")),
+                "table {table}:\n{routes}"
+            );
+            assert_eq!(routes.lines().count(), 3, "table {table}:\n{routes}");
+        }
+        // the main table still decides for the non-SAL interface
+        for a in [a1, a2] {
+            let got = route_get_to("172.16.5.9", a);
+            assert!(got.contains("dev dum0"), "from {a}: {got}");
+        }
+
+        let got = route_get(a2);
+        assert!(
+            got.contains(&format!("via {g2} dev eth1")),
+            "from {a2}: {got}"
+        );
+        let got = route_get(a1);
+        assert!(
+            got.contains(&format!("via {g1} dev eth0")),
+            "from {a1}: {got}"
+        );
+
+        // What sald writes into its TUN follows its source address.
+        for (src, gw) in [(a2, gw2), (a1, gw1)] {
+            let pkt = sal_packet(src, remote, b"by-source");
+            assert_eq!(
+                tun_send_and_catch(&rt, &tun, &gw.ns, &pkt),
+                Some((src, b"by-source".to_vec())),
+                "a packet from {src} did not leave by its interface"
+            );
+        }
+        let pkt = sal_packet(a2, remote, b"not-here");
+        assert_eq!(
+            tun_send_and_catch(&rt, &tun, &gw1.ns, &pkt),
+            None,
+            "a packet from {a2} left by eth0"
+        );
+
+        // An address added at run time gets its own rule; a removed one
+        // loses it.
+        let extra = Ipv4Addr::new(10, 1, 1, 77);
+        h.ns.add_addr("eth1", &format!("{extra}/24"))
+            .expect("add address");
+        p.add_address("eth1", extra).expect("add_address");
+        let rules = h.ns.ip(["-4", "rule"]).expect("ip rule");
+        assert!(
+            rules
+                .lines()
+                .any(|l| l == format!("111:\tfrom {extra} lookup 1001")),
+            "{rules}"
+        );
+        let got = route_get(extra);
+        assert!(got.contains("dev eth1"), "from {extra}: {got}");
+        p.remove_address("eth1", extra).expect("remove_address");
+        let rules = h.ns.ip(["-4", "rule"]).expect("ip rule");
+        assert!(!rules.contains(&format!("from {extra} ")), "{rules}");
+        assert!(!rules.contains(&format!("to {extra} ")), "{rules}");
+        h.ns.ip(["addr", "del", &format!("{extra}/24"), "dev", "eth1"])
+            .expect("del address");
+
+        p.try_remove().expect("remove plumbing");
+        assert_eq!(
+            before,
+            snapshot(&h.ns),
+            "remove() must restore the original state"
+        );
+        let got = route_get(a2);
+        assert!(
+            got.contains(&format!("via {g1} dev eth0")),
+            "from {a2}: {got}"
+        );
+        drop(tun);
+    })
+    .expect("enter namespace");
+}

@@ -538,6 +538,12 @@ impl Host {
                     self.stats.bad_checksum += 1;
                     return;
                 }
+                let header = usize::from(segment[12] >> 4) * 4;
+                if flow.app_closed && segment.len() > header {
+                    // Data for an application that closed: nobody will read it.
+                    let _ = self.engine_abort(id);
+                    return;
+                }
                 if segment[13] & TCP_ACK != 0 && !flow.replay.is_empty() {
                     flow.replay.acknowledge(u32::from_be_bytes([
                         segment[8],
@@ -947,6 +953,7 @@ impl Host {
                 flow.counters.packets_out += 1;
                 flow.counters.bytes_out += out.segment.len() as u64;
                 let src = flow.local;
+                flow.replay.note_sent(&out.segment);
                 if multi_homed {
                     flow.replay.record(&out.segment, src.ip(), remote.ip());
                 }
@@ -1367,7 +1374,12 @@ impl Host {
             return;
         };
         let (src, peer_flow) = (flow.local, flow.peer_flow);
-        let segments = flow.replay.replay(src.ip(), remote.ip());
+        // Our latest ACK first, so the peer resends only what we lack.
+        let ack = flow.replay.current_ack(src.ip(), remote.ip());
+        let segments = ack
+            .into_iter()
+            .chain(flow.replay.replay(src.ip(), remote.ip()))
+            .collect::<Vec<_>>();
         let repr = SalRepr::data(id, peer_flow, TransportProtocol::Stream.number());
         for segment in segments {
             self.stats.replayed += 1;

@@ -651,9 +651,7 @@ impl Host {
             counters: flow.counters,
             migrations: flow.migrations,
             peer_moves: flow.peer_moves,
-            last_migration_ms_ago: flow
-                .last_migration
-                .map(|t| (self.now - t).total_millis()),
+            last_migration_ms_ago: flow.last_migration.map(|t| (self.now - t).total_millis()),
         }
     }
 
@@ -838,10 +836,17 @@ impl Host {
 
     /// The application is done with the flow: ends sending, and releases the
     /// flow once both SAL FINs are exchanged (or at once if it is dead).
+    /// Like a kernel socket closed with unread data, a stream closed while
+    /// received bytes wait (or that receives more later) is reset, so that
+    /// the peer learns nobody will read what it sends.
     pub fn close(&mut self, id: FlowId) -> Result<(), HostError> {
         let flow = self.flow_mut(id)?;
         flow.app_closed = true;
-        if let Some(handle) = flow.stream {
+        let (stream, established) = (flow.stream, flow.state == FlowState::Established);
+        if let Some(handle) = stream {
+            if established && self.transport.has_unread(handle) {
+                return self.engine_abort(id);
+            }
             self.transport.shutdown(handle);
         }
         self.mark_dirty(id);
