@@ -156,6 +156,40 @@ impl GapMeter {
     }
 }
 
+/// Writes at full speed until told to stop, then half-closes. A write
+/// timeout keeps a stalled flow from hanging the benchmark.
+fn full_speed<W: Write>(
+    mut stream: W,
+    stop: &AtomicBool,
+    set_timeout: impl FnOnce(&W),
+    shutdown: impl FnOnce(&W),
+) {
+    set_timeout(&stream);
+    let chunk = vec![7u8; 1 << 16];
+    while !stop.load(Ordering::Relaxed) {
+        if stream.write_all(&chunk).is_err() {
+            break;
+        }
+    }
+    shutdown(&stream);
+}
+
+/// Reads until end of stream (bounded), returning the longest gap after the cut.
+fn drain<R: Read>(mut stream: R, cut: &std::sync::Mutex<Option<Instant>>) -> Duration {
+    let mut meter = GapMeter::new();
+    let mut buf = vec![0u8; 1 << 16];
+    // Until the writer half-closes, bounded in case it cannot.
+    let deadline = Instant::now() + CUT_AFTER + AFTER_CUT + Duration::from_secs(8);
+    while Instant::now() < deadline {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => meter.read(*cut.lock().expect("lock")),
+            Err(_) => meter.read(None),
+        }
+    }
+    meter.worst
+}
+
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -247,31 +281,17 @@ fn sal_runs(net: &Net, dir: &Path, runs: usize) -> (Vec<f64>, Vec<f64>) {
         let gap = run_one(
             net,
             move |stop| {
-                let mut stream = stream;
-                let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
-                let chunk = vec![7u8; 1 << 16];
-                while !stop.load(Ordering::Relaxed) {
-                    if stream.write_all(&chunk).is_err() {
-                        break;
-                    }
-                }
-                let _ = stream.shutdown_write();
+                full_speed(
+                    stream,
+                    &stop,
+                    |s| drop(s.set_write_timeout(Some(Duration::from_secs(2)))),
+                    |s| drop(s.shutdown_write()),
+                )
             },
             move |cut| {
-                let mut stream = server_stream;
-                let mut meter = GapMeter::new();
-                let mut buf = vec![0u8; 1 << 16];
+                let stream = server_stream;
                 let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
-                // Until the writer half-closes, bounded in case it cannot.
-                let deadline = Instant::now() + CUT_AFTER + AFTER_CUT + Duration::from_secs(8);
-                while Instant::now() < deadline {
-                    match stream.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(_) => meter.read(*cut.lock().expect("lock")),
-                        Err(_) => meter.read(None),
-                    }
-                }
-                meter.worst
+                drain(stream, &cut)
             },
             |cut| {
                 let moved = wait_until(Duration::from_secs(3), || {
@@ -363,31 +383,17 @@ fn mptcp_runs(net: &Net, runs: usize) -> Option<Vec<f64>> {
         let gap = run_one(
             net,
             move |stop| {
-                let mut stream = client;
-                let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
-                let chunk = vec![7u8; 1 << 16];
-                while !stop.load(Ordering::Relaxed) {
-                    if stream.write_all(&chunk).is_err() {
-                        break;
-                    }
-                }
-                let _ = stream.shutdown(std::net::Shutdown::Write);
+                full_speed(
+                    client,
+                    &stop,
+                    |s| drop(s.set_write_timeout(Some(Duration::from_secs(2)))),
+                    |s| drop(s.shutdown(std::net::Shutdown::Write)),
+                )
             },
             move |cut| {
-                let mut stream = server_stream;
-                let mut meter = GapMeter::new();
-                let mut buf = vec![0u8; 1 << 16];
+                let stream = server_stream;
                 let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
-                // Until the writer half-closes, bounded in case it cannot.
-                let deadline = Instant::now() + CUT_AFTER + AFTER_CUT + Duration::from_secs(8);
-                while Instant::now() < deadline {
-                    match stream.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(_) => meter.read(*cut.lock().expect("lock")),
-                        Err(_) => meter.read(None),
-                    }
-                }
-                meter.worst
+                drain(stream, &cut)
             },
             |_| {},
         );

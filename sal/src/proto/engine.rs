@@ -8,8 +8,8 @@ use smoltcp::time::Instant;
 
 use super::control::{ControlKind, ControlState, Pending, Sequence};
 use super::{
-    ConnectError, DatagramPeer, Delayed, Endpoint, Event, Flow, FlowCounters, FlowState, Host,
-    HostError, ReceivedDatagram, Role, Transmit,
+    ConnectError, DatagramPeer, Delayed, Endpoint, Event, Flow, FlowState, Host, HostError,
+    ReceivedDatagram, Role, Transmit,
 };
 use crate::id::{FlowId, ServiceId};
 use crate::locator::Locator;
@@ -339,34 +339,19 @@ impl Host {
         control_state.peer_nonce = Some(control.nonce);
         control_state.peer_next = control.verno.wrapping_add(1);
         let service = repr.service.unwrap_or(ServiceId::ZERO);
-        let flow = Flow {
-            id: FlowId::new(1).expect("1 is not 0"),
-            peer_flow: Some(repr.src_flow),
+        let mut flow = Flow::new(
             service,
             protocol,
-            role: Role::Server,
-            state: FlowState::SynReceived,
+            Role::Server,
             local,
-            remote: Some(client),
-            next_hop: None,
-            peer_locators: advertised(repr, &client),
-            control: control_state,
-            stream: None,
-            datagrams: Default::default(),
-            listener: Some(listener_id),
-            ack_owed: false,
-            fin_sent: false,
-            fin_acked: false,
-            peer_fin: false,
-            app_closed: false,
-            dirty: false,
-            counters: FlowCounters::default(),
-            migrations: 0,
-            peer_moves: 0,
-            last_migration: None,
-            last_rx: self.now,
-            replay: Default::default(),
-        };
+            control_state,
+            self.now,
+        );
+        flow.peer_flow = Some(repr.src_flow);
+        flow.state = FlowState::SynReceived;
+        flow.remote = Some(client);
+        flow.peer_locators = advertised(repr, &client);
+        flow.listener = Some(listener_id);
         let Ok(id) = self.insert_flow(flow) else {
             self.refuse(client, repr, false);
             return;
@@ -1187,34 +1172,8 @@ impl Host {
             Resolution::Drop | Resolution::NoMatch => return Err(ConnectError::NoRoute.into()),
         };
         let local = next.and_then(|n| self.source_for(&n)).unwrap_or(first);
-        let flow = Flow {
-            id: FlowId::new(1).expect("1 is not 0"),
-            peer_flow: None,
-            service,
-            protocol,
-            role: Role::Client,
-            state: FlowState::Resolving,
-            local,
-            remote: None,
-            next_hop: None,
-            peer_locators: Vec::new(),
-            control: ControlState::new(self.rng.random(), self.rng.random()),
-            stream: None,
-            datagrams: Default::default(),
-            listener: None,
-            ack_owed: false,
-            fin_sent: false,
-            fin_acked: false,
-            peer_fin: false,
-            app_closed: false,
-            dirty: false,
-            counters: FlowCounters::default(),
-            migrations: 0,
-            peer_moves: 0,
-            last_migration: None,
-            last_rx: self.now,
-            replay: Default::default(),
-        };
+        let control = ControlState::new(self.rng.random(), self.rng.random());
+        let flow = Flow::new(service, protocol, Role::Client, local, control, self.now);
         let id = self.insert_flow(flow)?;
         match next {
             Some(next) => self.start_connect(id, next),

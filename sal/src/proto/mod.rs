@@ -360,6 +360,48 @@ struct Flow {
     replay: replay::ReplayBuffer,
 }
 
+impl Flow {
+    /// A flow that is not yet connected, in state `Resolving`: callers set
+    /// the rest. Its ID is assigned when the flow table stores it.
+    fn new(
+        service: ServiceId,
+        protocol: TransportProtocol,
+        role: Role,
+        local: Locator,
+        control: ControlState,
+        now: Instant,
+    ) -> Flow {
+        Flow {
+            id: FlowId::new(1).expect("1 is not 0"),
+            peer_flow: None,
+            service,
+            protocol,
+            role,
+            state: FlowState::Resolving,
+            local,
+            remote: None,
+            next_hop: None,
+            peer_locators: Vec::new(),
+            control,
+            stream: None,
+            datagrams: VecDeque::new(),
+            listener: None,
+            ack_owed: false,
+            fin_sent: false,
+            fin_acked: false,
+            peer_fin: false,
+            app_closed: false,
+            dirty: false,
+            counters: FlowCounters::default(),
+            migrations: 0,
+            peer_moves: 0,
+            last_migration: None,
+            last_rx: now,
+            replay: replay::ReplayBuffer::default(),
+        }
+    }
+}
+
 /// A datagram socket: receives unconnected datagrams addressed to its flow ID
 /// (replies) or, when bound, to its listener's service.
 #[derive(Debug)]
