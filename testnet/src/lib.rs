@@ -1048,3 +1048,68 @@ mod tests {
         assert!(err.to_string().contains("10.0.0.0/8"), "{err}");
     }
 }
+
+/// A daemon (sald, servd ...) running in a namespace: started with its
+/// output in a log file, ready once its Unix control socket accepts
+/// connections, and stopped with SIGTERM on drop so that it can undo its
+/// own set-up (sald removes its plumbing and lock files) before the
+/// namespace goes away.
+#[derive(Debug)]
+pub struct Daemon {
+    /// The process.
+    pub child: NsChild,
+    /// Its control socket.
+    pub control: std::path::PathBuf,
+    /// Where its stdout and stderr go.
+    pub log: std::path::PathBuf,
+}
+
+impl Daemon {
+    /// Starts `cmd` (made with [`Netns::command`], arguments included) with
+    /// stdout and stderr in `log`, and waits up to 10 s for `control` to
+    /// accept connections. On failure the error carries the log.
+    pub fn start(
+        ns: &Netns,
+        mut cmd: Command,
+        control: impl Into<std::path::PathBuf>,
+        log: impl Into<std::path::PathBuf>,
+    ) -> Result<Daemon> {
+        let (control, log) = (control.into(), log.into());
+        let file = File::create(&log).map_err(io_err(format!("creating {}", log.display())))?;
+        let copy = file
+            .try_clone()
+            .map_err(io_err(format!("cloning {}", log.display())))?;
+        cmd.stdin(Stdio::null()).stdout(copy).stderr(file);
+        let mut child = ns.spawn_cmd(cmd)?;
+        let ready = wait_until(Duration::from_secs(10), || {
+            std::os::unix::net::UnixStream::connect(&control).is_ok()
+                || !matches!(child.try_wait(), Ok(None))
+        });
+        if !ready || !matches!(child.try_wait(), Ok(None)) {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            return Err(Error::Io {
+                context: format!(
+                    "daemon with control socket {} did not start:\n{text}",
+                    control.display()
+                ),
+                source: io::Error::other("not ready"),
+            });
+        }
+        Ok(Daemon {
+            child,
+            control,
+            log,
+        })
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.terminate(Duration::from_secs(5));
+    }
+}

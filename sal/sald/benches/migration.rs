@@ -21,8 +21,7 @@
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::FromRawFd;
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -33,23 +32,15 @@ use sal::control::{Request, Response};
 use sal::table::Target;
 use sal::{Locator, ServiceId, ServicePrefix};
 use socket_shim::{ControlClient, ServiceListener, ServiceStream};
-use testnet::{wait_until, Netns, NsChild};
+use testnet::{wait_until, Netns};
+
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 /// IPPROTO_MPTCP.
 const IPPROTO_MPTCP: i32 = 262;
 const CUT_AFTER: Duration = Duration::from_millis(700);
 const AFTER_CUT: Duration = Duration::from_millis(1000);
-
-struct Daemon {
-    child: NsChild,
-    control: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.terminate(Duration::from_secs(5));
-    }
-}
 
 fn ip(ns: &Netns, args: &[&str]) {
     let _ = Command::new("ip")
@@ -225,24 +216,8 @@ fn run_one(
 }
 
 fn sal_runs(net: &Net, dir: &Path, runs: usize) -> (Vec<f64>, Vec<f64>) {
-    let start = |ns: &Netns, name: &str, ifaces: &[&str]| {
-        let control = dir.join(format!("{name}.sock"));
-        let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log");
-        let mut cmd = ns.command(env!("CARGO_BIN_EXE_sald"));
-        for iface in ifaces {
-            cmd.args(["--iface", iface]);
-        }
-        cmd.arg("--control").arg(&control).env("RUST_LOG", "warn");
-        cmd.stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
-        let child = ns.spawn_cmd(cmd).expect("sald");
-        assert!(wait_until(Duration::from_secs(10), || UnixStream::connect(
-            &control
-        )
-        .is_ok()));
-        Daemon { child, control }
-    };
+    let start =
+        |ns: &Netns, name: &str, ifaces: &[&str]| common::start_sald(ns, ifaces, dir, name, &[]);
     let phone = start(&net.phone, "phone", &["wifi", "cell"]);
     let srv = start(&net.srv, "srv", &["eth0"]);
     let reply = ControlClient::connect_to(&phone.control)

@@ -19,72 +19,24 @@
 
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use sal::control::{Request, Response};
-use sal::table::Target;
-use sal::{Locator, ServiceId, ServicePrefix};
-use socket_shim::{ControlClient, ServiceListener, ServiceStream};
-use testnet::{wait_until, Host, NsChild, Topology, TopologyBuilder};
+use sal::{ServiceId, ServicePrefix};
+use socket_shim::{ServiceListener, ServiceStream};
+use testnet::{Host, Topology, TopologyBuilder};
 
-struct Daemon {
-    child: NsChild,
-    control: PathBuf,
-}
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::{Daemon, Sald};
 
-/// Stops sald with SIGTERM so it removes its plumbing and lock files before
-/// the namespace goes away (a SIGKILL would leave them in /run/serval).
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.terminate(Duration::from_secs(5));
-    }
-}
-
-impl Daemon {
-    fn start(host: &Host, dir: &Path, name: &str, extra: &[&str]) -> Daemon {
-        let control = dir.join(format!("{name}.sock"));
-        let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("log file");
-        let mut cmd = host.ns.command(env!("CARGO_BIN_EXE_sald"));
-        cmd.args(["--iface", &host.ifaces[0].name, "--control"])
-            .arg(&control)
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log);
-        let child = host.ns.spawn_cmd(cmd).expect("spawn sald");
-        assert!(
-            wait_until(Duration::from_secs(10), || UnixStream::connect(&control)
-                .is_ok()),
-            "sald on {name} did not start"
-        );
-        Daemon { child, control }
-    }
-
-    fn client(&self) -> ControlClient {
-        ControlClient::connect_to(&self.control).expect("control socket")
-    }
-
-    fn forward(&self, prefix: &str, to: Ipv4Addr) {
-        let reply = self
-            .client()
-            .request(&Request::AddRule {
-                prefix: prefix.parse().expect("prefix"),
-                target: Target::Forward {
-                    locator: Locator::Ipv4(to),
-                    weight: 1,
-                },
-                priority: 0,
-            })
-            .expect("add rule");
-        assert_eq!(reply.response, Response::Ok);
-    }
+/// sald on `host`'s first interface.
+fn start(host: &Host, dir: &Path, name: &str, extra: &[&str]) -> Daemon {
+    common::start_sald(&host.ns, &[&host.ifaces[0].name], dir, name, extra)
 }
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -257,9 +209,9 @@ fn main() {
     let server_addr = pair.host(1).addr().expect("address");
     let kernel_1 = iperf(&pair, server_addr, 1, seconds);
     let kernel_4 = iperf(&pair, server_addr, 4, seconds);
-    let client = Daemon::start(pair.host(0), &dir, "client", &[]);
-    let server = Daemon::start(pair.host(1), &dir, "server", &[]);
-    client.forward("0/0", server_addr);
+    let client = start(pair.host(0), &dir, "client", &[]);
+    let server = start(pair.host(1), &dir, "server", &[]);
+    client.forward("0/0", server_addr, 1);
     let sal_1 = sal_throughput(&client, &server, 1, seconds);
     let sal_4 = sal_throughput(&client, &server, 4, seconds);
     let direct = connect_rate(&client, &server, connections, "c0");
@@ -269,11 +221,11 @@ fn main() {
         .lan(&[0, 1, 2])
         .build()
         .expect("namespaces");
-    let client = Daemon::start(lan.host(0), &dir, "rclient", &[]);
-    let router = Daemon::start(lan.host(1), &dir, "router", &["--forward"]);
-    let server = Daemon::start(lan.host(2), &dir, "rserver", &[]);
-    client.forward("0/0", lan.host(1).addr().expect("address"));
-    router.forward("0/0", lan.host(2).addr().expect("address"));
+    let client = start(lan.host(0), &dir, "rclient", &[]);
+    let router = start(lan.host(1), &dir, "router", &["--forward"]);
+    let server = start(lan.host(2), &dir, "rserver", &[]);
+    client.forward("0/0", lan.host(1).addr().expect("address"), 1);
+    router.forward("0/0", lan.host(2).addr().expect("address"), 1);
     let routed = connect_rate(&client, &server, connections, "c1");
     drop((client, router, server, lan));
     let _ = std::fs::remove_dir_all(&dir);

@@ -12,8 +12,7 @@
 //! ```
 
 use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -22,59 +21,11 @@ use std::time::Duration;
 use sal::control::{Request, Response};
 use sal::table::Target;
 use sal::{FlowId, Locator, ServiceId, ServicePrefix};
-use socket_shim::{ControlClient, ServiceListener, ServiceStream};
-use testnet::{require_root, wait_until, Host, NsChild, Topology, TopologyBuilder};
+use socket_shim::{ServiceListener, ServiceStream};
+use testnet::{require_root, wait_until, Topology, TopologyBuilder};
 
-struct Daemon {
-    child: NsChild,
-    control: PathBuf,
-}
-
-/// SIGTERM, so sald removes its plumbing before the namespace goes.
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.terminate(Duration::from_secs(5));
-    }
-}
-
-impl Daemon {
-    fn start(host: &Host, dir: &Path, name: &str) -> Daemon {
-        let control = dir.join(format!("{name}.sock"));
-        let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-        let mut cmd = host.ns.command(env!("CARGO_BIN_EXE_sald"));
-        for iface in &host.ifaces {
-            cmd.arg("--iface").arg(&iface.name);
-        }
-        cmd.arg("--control")
-            .arg(&control)
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        let child = host.ns.spawn_cmd(cmd).unwrap();
-        assert!(
-            wait_until(Duration::from_secs(10), || UnixStream::connect(&control)
-                .is_ok()),
-            "sald on {name} did not start: {}",
-            std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
-        );
-        Daemon { child, control }
-    }
-
-    fn client(&self) -> ControlClient {
-        ControlClient::connect_to(&self.control).unwrap()
-    }
-
-    fn request(&self, request: Request) -> Response {
-        self.client().request(&request).unwrap().response
-    }
-
-    fn flow(&self, flow: FlowId) -> Option<sal::proto::FlowInfo> {
-        match self.request(Request::ListFlows) {
-            Response::Flows { flows } => flows.into_iter().find(|f| f.flow == flow),
-            _ => None,
-        }
-    }
-}
+mod common;
+use common::{Daemon, Sald};
 
 struct Setup {
     net: Topology,
@@ -114,8 +65,12 @@ fn setup(label: &str) -> Setup {
     let dir = std::env::temp_dir().join(format!("sald-mig-{}-{label}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let client_d = Daemon::start(client, &dir, "client");
-    let server_d = Daemon::start(server, &dir, "server");
+    let start = |host: &testnet::Host, name: &str| {
+        let ifaces: Vec<&str> = host.ifaces.iter().map(|i| i.name.as_str()).collect();
+        common::start_sald(&host.ns, &ifaces, &dir, name, &[])
+    };
+    let client_d = start(client, "client");
+    let server_d = start(server, "server");
     let reply = client_d.request(Request::AddRule {
         prefix: ServicePrefix::DEFAULT,
         target: Target::Forward {

@@ -14,16 +14,12 @@ use std::thread;
 use std::time::Duration;
 
 use sal::control::{Request, Response};
-use sal::table::Target;
 use sal::{Locator, ServiceId, ServicePrefix};
-use socket_shim::{ControlClient, ServiceDatagram, ServiceListener, ServiceStream};
-use testnet::{require_root, wait_until, Host, NsChild, TopologyBuilder};
+use socket_shim::{ServiceDatagram, ServiceListener, ServiceStream};
+use testnet::{require_root, wait_until, Host, TopologyBuilder};
 
-/// A sald running in a host namespace, stopped on drop.
-struct Daemon {
-    child: NsChild,
-    control: PathBuf,
-}
+mod common;
+use common::{Daemon, Sald};
 
 fn scratch_dir(label: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("sald-test-{}-{label}", std::process::id()));
@@ -32,61 +28,9 @@ fn scratch_dir(label: &str) -> PathBuf {
     dir
 }
 
+/// sald on `host`'s first interface.
 fn start_sald(host: &Host, dir: &Path, name: &str, extra: &[&str]) -> Daemon {
-    let control = dir.join(format!("{name}.sock"));
-    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    let mut cmd = host.ns.command(env!("CARGO_BIN_EXE_sald"));
-    cmd.arg("--iface")
-        .arg(&host.ifaces[0].name)
-        .arg("--control")
-        .arg(&control)
-        .args(extra)
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log);
-    let child = host.ns.spawn_cmd(cmd).unwrap();
-    let ready = wait_until(Duration::from_secs(10), || {
-        UnixStream::connect(&control).is_ok()
-    });
-    if !ready {
-        let log = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
-        panic!("sald on {name} did not come up:\n{log}");
-    }
-    Daemon { child, control }
-}
-
-/// Stops sald with SIGTERM so it removes its plumbing and lock files before
-/// the namespace goes away (a SIGKILL would leave them in /run/serval).
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.terminate(Duration::from_secs(5));
-    }
-}
-
-impl Daemon {
-    fn client(&self) -> ControlClient {
-        ControlClient::connect_to(&self.control).unwrap()
-    }
-
-    fn request(&self, request: Request) -> Response {
-        self.client().request(&request).unwrap().response
-    }
-
-    fn forward(&self, prefix: &str, to: Ipv4Addr, weight: u32) {
-        let response = self.request(Request::AddRule {
-            prefix: prefix.parse().unwrap(),
-            target: Target::Forward {
-                locator: Locator::Ipv4(to),
-                weight,
-            },
-            priority: 0,
-        });
-        assert_eq!(response, Response::Ok);
-    }
-
-    fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
+    common::start_sald(&host.ns, &[&host.ifaces[0].name], dir, name, extra)
 }
 
 fn pattern(len: usize) -> Vec<u8> {
