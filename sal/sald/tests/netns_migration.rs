@@ -12,7 +12,6 @@
 //! ```
 
 use std::io::{Read, Write};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -28,16 +27,12 @@ mod common;
 use common::{Daemon, Sald};
 
 struct Setup {
-    net: Topology,
-    dir: PathBuf,
+    // Dropped in this order: the daemons (SIGTERM, so they undo their
+    // plumbing), then their scratch directory, then the namespaces.
     client: Daemon,
     server: Daemon,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    _dir: common::Scratch,
+    net: Topology,
 }
 
 fn setup(label: &str) -> Setup {
@@ -62,9 +57,7 @@ fn setup(label: &str) -> Setup {
                 .unwrap();
         }
     }
-    let dir = std::env::temp_dir().join(format!("sald-mig-{}-{label}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::Scratch::new(label);
     let start = |host: &testnet::Host, name: &str| {
         let ifaces: Vec<&str> = host.ifaces.iter().map(|i| i.name.as_str()).collect();
         common::start_sald(&host.ns, &ifaces, &dir, name, &[])
@@ -81,10 +74,10 @@ fn setup(label: &str) -> Setup {
     });
     assert_eq!(reply, Response::Ok);
     Setup {
-        net,
-        dir,
         client: client_d,
         server: server_d,
+        _dir: dir,
+        net,
     }
 }
 

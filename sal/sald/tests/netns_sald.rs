@@ -9,7 +9,7 @@
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::thread;
 use std::time::Duration;
 
@@ -19,14 +19,7 @@ use socket_shim::{ServiceDatagram, ServiceListener, ServiceStream};
 use testnet::{require_root, wait_until, Host, TopologyBuilder};
 
 mod common;
-use common::{Daemon, Sald};
-
-fn scratch_dir(label: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("sald-test-{}-{label}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use common::{Daemon, Sald, Scratch};
 
 /// sald on `host`'s first interface.
 fn start_sald(host: &Host, dir: &Path, name: &str, extra: &[&str]) -> Daemon {
@@ -56,7 +49,7 @@ fn direct_stream_echo_is_byte_exact() {
         .link(0, 1)
         .build()
         .unwrap();
-    let dir = scratch_dir("direct");
+    let dir = Scratch::new("direct");
     let client = start_sald(net.host(0), &dir, "client", &[]);
     let server = start_sald(net.host(1), &dir, "server", &[]);
     client.forward("0/0", net.host(1).addr().unwrap(), 1);
@@ -115,12 +108,14 @@ fn direct_stream_echo_is_byte_exact() {
 
 /// Client, router and two replicas on one LAN: 10.2.0.1 .. 10.2.0.4.
 struct Routed {
-    _net: testnet::Topology,
-    _dir: PathBuf,
+    // Dropped in this order: the daemons (SIGTERM, so they undo their
+    // plumbing), then their scratch directory, then the namespaces.
     client: Daemon,
     router: Daemon,
     replicas: [Daemon; 2],
     replica_addrs: [Ipv4Addr; 2],
+    _dir: Scratch,
+    _net: testnet::Topology,
 }
 
 fn routed(label: &str, prefix: &str, weights: [u32; 2]) -> Routed {
@@ -128,7 +123,7 @@ fn routed(label: &str, prefix: &str, weights: [u32; 2]) -> Routed {
         .lan(&[0, 1, 2, 3])
         .build()
         .unwrap();
-    let dir = scratch_dir(label);
+    let dir = Scratch::new(label);
     let client = start_sald(net.host(0), &dir, "client", &[]);
     let router = start_sald(net.host(1), &dir, "router", &["--forward"]);
     let replicas = [
@@ -282,7 +277,7 @@ fn restarts_leave_no_stale_plumbing() {
         .link(0, 1)
         .build()
         .unwrap();
-    let dir = scratch_dir("restart");
+    let dir = Scratch::new("restart");
     let host = net.host(0);
     let rules_before = host.ns.ip(["rule", "show"]).unwrap();
     assert_eq!(plumbing_state(host), (false, false, false));
@@ -332,7 +327,7 @@ fn hostile_control_clients_hurt_only_themselves() {
         .link(0, 1)
         .build()
         .unwrap();
-    let dir = scratch_dir("hostile");
+    let dir = Scratch::new("hostile");
     let mut daemon = start_sald(net.host(0), &dir, "a", &[]);
 
     // Garbage without a hello, an absurd frame length, bad JSON after hello.

@@ -73,3 +73,29 @@ impl Sald for Daemon {
         }
     }
 }
+
+/// A scratch directory for control sockets and logs, removed on drop (drop
+/// it after the daemons that use it).
+pub struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    pub fn new(label: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("sald-test-{}-{label}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Scratch(dir)
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
