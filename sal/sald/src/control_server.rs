@@ -487,33 +487,13 @@ impl Client {
                 prefix,
                 target,
                 priority,
-            } => {
-                if !self.privileged() {
-                    return error_reply(ErrorKind::PermissionDenied, "only root may change rules");
-                }
-                let mut core = shared.lock();
-                core.host.add_rule(prefix, target, priority);
-                core.run();
-                set_origin(prefix, target.key(), RuleOrigin::Static);
-                tracing::info!(%prefix, ?target, priority, "rule added");
-                (Response::Ok, None)
-            }
+            } => self.add_rule(prefix, target, priority, RuleOrigin::Static),
             Request::AddRuleWithOrigin {
                 prefix,
                 target,
                 priority,
                 origin,
-            } => {
-                if !self.privileged() {
-                    return error_reply(ErrorKind::PermissionDenied, "only root may change rules");
-                }
-                let mut core = shared.lock();
-                core.host.add_rule(prefix, target, priority);
-                core.run();
-                tracing::debug!(%prefix, ?target, priority, ?origin, "rule added");
-                set_origin(prefix, target.key(), origin);
-                (Response::Ok, None)
-            }
+            } => self.add_rule(prefix, target, priority, origin),
             Request::DelRule { prefix, target } => {
                 if !self.privileged() {
                     return error_reply(ErrorKind::PermissionDenied, "only root may change rules");
@@ -601,6 +581,30 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// Adds a rule target on behalf of an operator (`Static`) or servd.
+    fn add_rule(
+        &self,
+        prefix: ServicePrefix,
+        target: sal::table::Target,
+        priority: u32,
+        origin: RuleOrigin,
+    ) -> Reply {
+        if !self.privileged() {
+            return error_reply(ErrorKind::PermissionDenied, "only root may change rules");
+        }
+        let mut core = self.context.shared.lock();
+        core.host.add_rule(prefix, target, priority);
+        core.run();
+        // servd refreshes its rules often: only operators' changes are news.
+        if origin == RuleOrigin::Static {
+            tracing::info!(%prefix, ?target, priority, "rule added");
+        } else {
+            tracing::debug!(%prefix, ?target, priority, ?origin, "rule added");
+        }
+        set_origin(prefix, target.key(), origin);
+        (Response::Ok, None)
     }
 
     /// Gives an established flow to the client: a socketpair whose other end

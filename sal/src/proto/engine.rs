@@ -1445,18 +1445,35 @@ impl Host {
 
     // ----- datagrams -------------------------------------------------------
 
-    pub(super) fn engine_send_to(
-        &mut self,
-        socket: FlowId,
-        service: ServiceId,
-        data: &[u8],
-    ) -> Result<(), HostError> {
+    /// A payload may go out on `socket`: it fits, and the socket exists.
+    fn check_datagram_socket(&self, socket: FlowId, data: &[u8]) -> Result<(), HostError> {
         if data.len() > MAX_DATAGRAM {
             return Err(HostError::TooLarge(data.len()));
         }
         if !matches!(self.endpoints.get(socket), Some(Endpoint::Datagram(_))) {
             return Err(HostError::NoSuchFlow(socket));
         }
+        Ok(())
+    }
+
+    /// Sends `repr`'s header with a UDP-style segment of `data`, `src` -> `dst`.
+    fn send_datagram_packet(&mut self, repr: &SalRepr, data: &[u8], src: Locator, dst: Locator) {
+        let segment = udp_segment(data, src.ip(), dst.ip());
+        self.queue_transmit(Transmit {
+            src,
+            dst,
+            ttl: self.config.ttl,
+            payload: build(repr, &segment),
+        });
+    }
+
+    pub(super) fn engine_send_to(
+        &mut self,
+        socket: FlowId,
+        service: ServiceId,
+        data: &[u8],
+    ) -> Result<(), HostError> {
+        self.check_datagram_socket(socket, data)?;
         let Some(first) = self.interfaces.first().map(|i| i.locator) else {
             return Err(ConnectError::NoRoute.into());
         };
@@ -1465,23 +1482,11 @@ impl Host {
         match self.table.resolve(&service, data.len(), &mut self.rng) {
             Resolution::Forward(next) => {
                 let local = self.source_for(&next).unwrap_or(first);
-                let segment = udp_segment(data, local.ip(), next.ip());
-                self.queue_transmit(Transmit {
-                    src: local,
-                    dst: next,
-                    ttl: self.config.ttl,
-                    payload: build(&repr, &segment),
-                });
+                self.send_datagram_packet(&repr, data, local, next);
                 Ok(())
             }
             Resolution::Demux(_) => {
-                let segment = udp_segment(data, first.ip(), first.ip());
-                self.queue_transmit(Transmit {
-                    src: first,
-                    dst: first,
-                    ttl: self.config.ttl,
-                    payload: build(&repr, &segment),
-                });
+                self.send_datagram_packet(&repr, data, first, first);
                 Ok(())
             }
             Resolution::Delay => {
@@ -1502,12 +1507,7 @@ impl Host {
         peer: DatagramPeer,
         data: &[u8],
     ) -> Result<(), HostError> {
-        if data.len() > MAX_DATAGRAM {
-            return Err(HostError::TooLarge(data.len()));
-        }
-        if !matches!(self.endpoints.get(socket), Some(Endpoint::Datagram(_))) {
-            return Err(HostError::NoSuchFlow(socket));
-        }
+        self.check_datagram_socket(socket, data)?;
         let local = self
             .source_for(&peer.locator)
             .ok_or(HostError::Connect(ConnectError::NoRoute))?;
@@ -1516,13 +1516,7 @@ impl Host {
             Some(peer.flow),
             TransportProtocol::Datagram.number(),
         );
-        let segment = udp_segment(data, local.ip(), peer.locator.ip());
-        self.queue_transmit(Transmit {
-            src: local,
-            dst: peer.locator,
-            ttl: self.config.ttl,
-            payload: build(&repr, &segment),
-        });
+        self.send_datagram_packet(&repr, data, local, peer.locator);
         Ok(())
     }
 
