@@ -65,7 +65,7 @@ fn flow(id: u32, service: ServiceId, role: Role) -> FlowInfo {
         counters: FlowCounters::default(),
         migrations: 0,
         peer_moves: 0,
-        last_migration_ms_ago: None,
+        last_migration_us_ago: None,
     }
 }
 

@@ -37,21 +37,29 @@ struct Pair {
 }
 
 fn pair(config: HostConfig, conditions: LinkConditions) -> Pair {
-    let mut net = Network::new(21, conditions);
-    let client = net.add_host(
-        "client",
-        config.clone(),
+    pair_with(
+        config,
+        conditions,
         &[
             ("wlan", "10.0.0.1/24"),
             ("cell", "10.1.0.1/24"),
             ("usb", "10.3.0.1/24"),
         ],
-    );
-    let server = net.add_host(
-        "server",
-        config,
         &[("eth0", "10.0.0.2/24"), ("eth1", "10.2.0.2/24")],
-    );
+    )
+}
+
+/// Like [`pair`], with the given interfaces (the first of each must be
+/// 10.0.0.1 and 10.0.0.2).
+fn pair_with(
+    config: HostConfig,
+    conditions: LinkConditions,
+    client_ifaces: &[(&str, &str)],
+    server_ifaces: &[(&str, &str)],
+) -> Pair {
+    let mut net = Network::new(21, conditions);
+    let client = net.add_host("client", config.clone(), client_ifaces);
+    let server = net.add_host("server", config, server_ifaces);
     net.host(client).add_rule(
         ServicePrefix::DEFAULT,
         Target::Forward {
@@ -152,6 +160,18 @@ fn control_of(payload: &[u8]) -> Option<ControlFlags> {
     SalRepr::parse(&packet).ok()?.control.map(|c| c.flags)
 }
 
+/// Stream payload bytes a SAL packet carries (0 if none).
+fn stream_bytes(payload: &[u8]) -> usize {
+    let Ok(packet) = SalPacket::new_checked(payload) else {
+        return 0;
+    };
+    let segment = packet.payload();
+    if segment.len() < 20 {
+        return 0;
+    }
+    segment.len() - usize::from(segment[12] >> 4) * 4
+}
+
 #[test]
 fn manual_migration_mid_transfer_is_invisible_to_the_transport() {
     let mut p = pair(HostConfig::default(), LinkConditions::default());
@@ -224,6 +244,52 @@ fn migration_survives_loss_of_rsyn_rsyn_ack_and_ack() {
         );
         assert_eq!(p.net.host(client).stats().migrations_failed, 0);
     }
+}
+
+#[test]
+fn data_waits_for_the_move_to_be_confirmed() {
+    let mut p = pair(HostConfig::default(), LinkConditions::default());
+    let (client, cflow) = (p.client, p.cflow);
+    // Lose the first RSYN-ACK; count stream data leaving the new locator
+    // before an RSYN-ACK gets through.
+    let confirmed = Rc::new(Cell::new(false));
+    let early = Rc::new(Cell::new(0usize));
+    let dropped = Rc::new(Cell::new(false));
+    {
+        let (confirmed, early, dropped) = (confirmed.clone(), early.clone(), dropped.clone());
+        p.net.set_filter(Some(Box::new(move |t| {
+            if control_of(&t.payload) == Some(ControlFlags::RSYN | ControlFlags::ACK) {
+                if !dropped.get() {
+                    dropped.set(true);
+                    return true;
+                }
+                confirmed.set(true);
+            }
+            if t.src == loc("10.1.0.1") && !confirmed.get() && stream_bytes(&t.payload) > 0 {
+                early.set(early.get() + 1);
+            }
+            false
+        })));
+    }
+    let data = pattern(2 << 20, 14);
+    let mut moved = false;
+    let got = transfer(&mut p, &data, secs(60), |net, received| {
+        if !moved && received > 500_000 {
+            net.host(client).migrate(cflow, "cell").unwrap();
+            moved = true;
+        }
+    });
+    assert!(got == data);
+    assert_eq!(
+        early.get(),
+        0,
+        "data segments sent before the move was confirmed"
+    );
+    assert!(dropped.get() && confirmed.get());
+    assert!(
+        p.net.host(client).stats().replayed > 0,
+        "held data went out as the replay"
+    );
 }
 
 #[test]
@@ -414,6 +480,66 @@ fn a_silent_path_is_abandoned_by_the_liveness_check() {
     assert!(got == data);
     assert_eq!(server_sees(&mut p), Some(loc("10.1.0.1")));
     assert!(p.net.now() - start < secs(20));
+}
+
+#[test]
+fn an_idle_flow_probes_its_path_and_leaves_it_when_it_is_dead() {
+    let config = HostConfig {
+        liveness_timeout: ms(500),
+        idle_probe: Some(secs(2)),
+        ..Default::default()
+    };
+    let mut p = pair(config, LinkConditions::default());
+    let (client, cflow) = (p.client, p.cflow);
+    // The wlan path silently stops delivering while nothing is in flight:
+    // only a probe can notice.
+    p.net.link_down(Ipv4Addr::new(10, 0, 0, 1));
+    p.net.run_for(secs(2) + ms(500) + secs(2));
+    assert!(p.net.host(client).stats().probes >= 1);
+    let info = p.net.host(client).flow(cflow).unwrap();
+    assert_eq!(info.migrations, 1, "moved once, off the dead path");
+    assert_eq!(info.local, loc("10.1.0.1"));
+    assert_eq!(server_sees(&mut p), Some(loc("10.1.0.1")));
+    // The application never noticed.
+    let data = pattern(300_000, 12);
+    assert!(transfer(&mut p, &data, secs(10), |_, _| {}) == data);
+}
+
+#[test]
+fn probes_on_a_healthy_idle_flow_move_nothing() {
+    let config = HostConfig {
+        idle_probe: Some(secs(1)),
+        ..Default::default()
+    };
+    let mut p = pair(config, LinkConditions::default());
+    let (client, cflow) = (p.client, p.cflow);
+    p.net.run_for(secs(10));
+    let probes = p.net.host(client).stats().probes;
+    assert!(
+        (5..=10).contains(&probes),
+        "one probe per idle second: {probes}"
+    );
+    assert_eq!(p.net.host(client).flow(cflow).unwrap().migrations, 0);
+    assert_eq!(server_sees(&mut p), Some(loc("10.0.0.1")));
+    let data = pattern(300_000, 13);
+    assert!(transfer(&mut p, &data, secs(10), |_, _| {}) == data);
+}
+
+#[test]
+fn hosts_with_nowhere_else_to_go_do_not_probe() {
+    let config = HostConfig {
+        idle_probe: Some(secs(1)),
+        ..Default::default()
+    };
+    let mut p = pair_with(
+        config,
+        LinkConditions::default(),
+        &[("eth0", "10.0.0.1/24")],
+        &[("eth0", "10.0.0.2/24")],
+    );
+    p.net.run_for(secs(5));
+    assert_eq!(p.net.host(p.client).stats().probes, 0);
+    assert_eq!(p.net.host(p.server).stats().probes, 0);
 }
 
 #[test]

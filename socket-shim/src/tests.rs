@@ -162,7 +162,7 @@ fn flow_info(service: ServiceId, role: Role) -> FlowInfo {
         counters: FlowCounters::default(),
         migrations: 0,
         peer_moves: 0,
-        last_migration_ms_ago: None,
+        last_migration_us_ago: None,
     }
 }
 

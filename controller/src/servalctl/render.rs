@@ -185,10 +185,8 @@ pub fn flows(flows: &[FlowInfo]) -> String {
             flow.counters.bytes_in.to_string(),
             flow.counters.bytes_out.to_string(),
             flow.migrations.to_string(),
-            flow.last_migration_ms_ago.map_or_else(
-                || "-".into(),
-                |ms| format!("{:.1}s ago", ms as f64 / 1000.0),
-            ),
+            flow.last_migration_us_ago
+                .map_or_else(|| "-".into(), |us| format!("{:.1}s ago", us as f64 / 1e6)),
         ]);
     }
     table.render()
@@ -308,7 +306,7 @@ mod tests {
             },
             migrations: 0,
             peer_moves: 0,
-            last_migration_ms_ago: None,
+            last_migration_us_ago: None,
         };
         let text = flows(&[flow]);
         let row = text.lines().nth(1).unwrap();

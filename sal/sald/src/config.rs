@@ -71,6 +71,12 @@ pub struct Flags {
     /// another interface (milliseconds).
     #[arg(long, value_name = "MS", default_value_t = 1500)]
     pub liveness_ms: u64,
+    /// An idle flow that hears nothing for this long probes its path (one
+    /// small control exchange), so that a dead path is left before the
+    /// application needs it; only on hosts with another interface or a peer
+    /// with other addresses. 0: never probe (milliseconds).
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    pub probe_idle_ms: u64,
     /// Seed for flow IDs and nonces (default: random). For reproducible tests only.
     #[arg(long, hide = true)]
     pub seed: Option<u64>,
@@ -152,6 +158,8 @@ pub struct Config {
     pub seed: Option<u64>,
     pub auto_migrate: bool,
     pub liveness_ms: u64,
+    /// 0: never.
+    pub probe_idle_ms: u64,
     pub rules: Vec<RuleConfig>,
     pub allow: Vec<AllowConfig>,
 }
@@ -192,6 +200,7 @@ impl Config {
             seed: flags.seed,
             auto_migrate: !flags.no_auto_migrate,
             liveness_ms: flags.liveness_ms,
+            probe_idle_ms: flags.probe_idle_ms,
             rules: file.rules,
             allow: file.allow,
         })

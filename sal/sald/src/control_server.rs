@@ -520,7 +520,11 @@ impl Client {
                 (Response::Rules { rules }, None)
             }
             Request::ListFlows => {
-                let mut flows = shared.lock().host.flows();
+                let mut core = shared.lock();
+                // Bring the host's clock (and the flows' ages) up to now.
+                core.run();
+                let mut flows = core.host.flows();
+                drop(core);
                 flows.sort_by_key(|f| f.flow);
                 (Response::Flows { flows }, None)
             }

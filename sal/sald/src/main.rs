@@ -17,7 +17,7 @@ use tracing_subscriber::EnvFilter;
 use sald::config::{Config, Flags};
 use sald::control_server::{self, ControlContext};
 use sald::daemon::{Links, Shared};
-use sald::link::{TunLink, UdpLink};
+use sald::link::{drain_batch, TunLink, UdpLink};
 use sald::plumbing::{Plumbing, PlumbingConfig};
 use sald::watch;
 
@@ -26,10 +26,16 @@ const RX_BATCH: usize = 64;
 
 fn main() {
     let flags = Flags::parse();
+    // netlink-packet-route warns about every link attribute newer than
+    // itself (IFLA_INET6_CONF on recent kernels); that is noise unless asked.
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    let filter = if filter.contains("netlink_packet_route") {
+        filter
+    } else {
+        format!("{filter},netlink_packet_route=error")
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
+        .with_env_filter(EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -99,6 +105,8 @@ async fn run(flags: Flags) -> Result<()> {
         seed: config.seed.unwrap_or_else(rand::random),
         auto_migrate: config.auto_migrate,
         liveness_timeout: sal::time::Duration::from_millis(config.liveness_ms),
+        idle_probe: (config.probe_idle_ms > 0)
+            .then(|| sal::time::Duration::from_millis(config.probe_idle_ms)),
         ..HostConfig::default()
     };
     let mut host = Host::new(host_config, sal::time::Instant::from_micros(0));
@@ -253,24 +261,25 @@ async fn receive_loop(shared: Arc<Shared>, links: Links, local: Locator) -> Resu
     let mut buf = vec![0u8; 65536];
     match links {
         Links::Tun(tun) => loop {
-            let n = tun.recv(&mut buf).await.context("TUN read failed")?;
-            let mut core = shared.lock();
-            let mut len = n;
-            for _ in 0..RX_BATCH {
-                if let Ok((carriage, sal)) = ipv4_payload(&buf[..len]) {
-                    core.receive(
-                        Locator::Ipv4(carriage.src),
-                        Locator::Ipv4(carriage.dst),
-                        carriage.ttl,
-                        sal,
-                    );
-                }
-                match tun.try_recv(&mut buf) {
-                    Ok(n) => len = n,
-                    Err(_) => break,
-                }
+            let first = tun.recv(&mut buf).await.context("TUN read failed")?;
+            {
+                let mut core = shared.lock();
+                let next = |b: &mut [u8]| tun.try_recv(b).ok();
+                drain_batch(&mut buf, first, RX_BATCH, next, |packet| {
+                    if let Ok((carriage, sal)) = ipv4_payload(packet) {
+                        core.receive(
+                            Locator::Ipv4(carriage.src),
+                            Locator::Ipv4(carriage.dst),
+                            carriage.ttl,
+                            sal,
+                        );
+                    }
+                });
+                core.run();
             }
-            core.run();
+            // A readable TUN never makes `recv` wait: let the pumps move what
+            // this batch made readable to the applications before the next.
+            tokio::task::yield_now().await;
         },
         Links::Udp(udp) => loop {
             let (n, from) = udp.recv_from(&mut buf).await.context("UDP read failed")?;

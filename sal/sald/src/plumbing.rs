@@ -575,11 +575,13 @@ impl Rtnl {
         }
     }
 
-    /// Sets the MTU (if given) and brings the link up (if `up`).
+    /// Sets the MTU and the transmit queue length (if given) and brings the
+    /// link up (if `up`).
     pub fn set_link(
         &mut self,
         index: u32,
         mtu: Option<u32>,
+        queue_len: Option<u32>,
         up: bool,
     ) -> Result<(), PlumbingError> {
         let mut m = LinkMessage::default();
@@ -591,8 +593,11 @@ impl Rtnl {
         if let Some(mtu) = mtu {
             m.attributes.push(LinkAttribute::Mtu(mtu));
         }
+        if let Some(len) = queue_len {
+            m.attributes.push(LinkAttribute::TxQueueLen(len));
+        }
         self.request(
-            &format!("set link {index} mtu {mtu:?} up {up}"),
+            &format!("set link {index} mtu {mtu:?} txqueuelen {queue_len:?} up {up}"),
             RouteNetlinkMessage::SetLink(m),
             NLM_F_ACK,
         )?;

@@ -2,7 +2,9 @@
 //! a dual-homed server joined through a plain kernel router. Each test moves
 //! a flow in the middle of a transfer (by command, by taking a link down, by
 //! removing an address, or from the server side) and checks that every byte
-//! arrived exactly once, in order. Needs root; skips loudly otherwise.
+//! arrived exactly once, in order; one more lets a path die silently under
+//! an idle flow, which only the idle probe can notice. Needs root; skips
+//! loudly otherwise.
 //!
 //! ```text
 //!  client eth0 10.1.0.1 ── router 10.1.0.2 (wifi)
@@ -36,6 +38,11 @@ struct Setup {
 }
 
 fn setup(label: &str) -> Setup {
+    setup_with(label, &[])
+}
+
+/// [`setup`], with more flags for the client's sald.
+fn setup_with(label: &str, client_flags: &[&str]) -> Setup {
     let net = TopologyBuilder::new(label, 3)
         .link(0, 1)
         .link(0, 1)
@@ -58,12 +65,12 @@ fn setup(label: &str) -> Setup {
         }
     }
     let dir = common::Scratch::new(label);
-    let start = |host: &testnet::Host, name: &str| {
+    let start = |host: &testnet::Host, name: &str, flags: &[&str]| {
         let ifaces: Vec<&str> = host.ifaces.iter().map(|i| i.name.as_str()).collect();
-        common::start_sald(&host.ns, &ifaces, &dir, name, &[])
+        common::start_sald(&host.ns, &ifaces, &dir, name, flags)
     };
-    let client_d = start(client, "client");
-    let server_d = start(server, "server");
+    let client_d = start(client, "client", client_flags);
+    let server_d = start(server, "server", &[]);
     let reply = client_d.request(Request::AddRule {
         prefix: ServicePrefix::DEFAULT,
         target: Target::Forward {
@@ -233,4 +240,67 @@ fn server_side_migration_keeps_every_byte() {
         }));
     });
     assert!(ok, "bytes lost, duplicated or reordered");
+}
+
+#[test]
+fn an_idle_flow_leaves_a_silently_dead_path() {
+    require_root!();
+    let s = setup_with(
+        "mig-probe",
+        &["--probe-idle-ms", "500", "--liveness-ms", "500"],
+    );
+    let service: ServiceId = "ab02".parse().unwrap();
+    let listener =
+        ServiceListener::bind_via(s.server.client(), ServicePrefix::exact(service), 4).unwrap();
+    let echo = thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 5];
+        while stream.read_exact(&mut buf).is_ok() {
+            stream.write_all(&buf).unwrap();
+        }
+    });
+    let mut stream =
+        ServiceStream::connect_via(s.client.client(), service, Some(Duration::from_secs(5)))
+            .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = [0u8; 5];
+    stream.write_all(b"hello").unwrap();
+    stream.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"hello");
+    let flow = stream.flow_id();
+    assert_eq!(
+        s.client.flow(flow).and_then(|f| f.interface).as_deref(),
+        Some("eth0")
+    );
+    // The router silently drops everything to and from the client's wifi
+    // address: no link event, no error, and nothing in flight on the flow.
+    let router = &s.net.host(1).ns;
+    for rule in [
+        "add table ip silent",
+        "add chain ip silent drops { type filter hook forward priority 0 ; }",
+        "add rule ip silent drops ip saddr 10.1.0.1 drop",
+        "add rule ip silent drops ip daddr 10.1.0.1 drop",
+    ] {
+        router
+            .exec_ok("nft", rule.split(' ').collect::<Vec<_>>())
+            .unwrap();
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            s.client.flow(flow).and_then(|f| f.interface).as_deref() == Some("eth1")
+        }),
+        "the flow stayed on the dead path"
+    );
+    let Response::Stats { stats } = s.client.request(Request::Stats) else {
+        panic!("no stats");
+    };
+    assert!(stats.host.probes >= 1);
+    // The application never noticed.
+    stream.write_all(b"again").unwrap();
+    stream.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"again");
+    drop(stream);
+    echo.join().unwrap();
 }

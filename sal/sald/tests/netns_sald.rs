@@ -99,6 +99,18 @@ fn direct_stream_echo_is_byte_exact() {
         data.len()
     );
 
+    // Nothing was lost between the kernel and either sald: a TUN queue that
+    // overflows costs smoltcp a one-second timeout per second loss.
+    for host in [net.host(0), net.host(1)] {
+        let json = host
+            .ns
+            .ip(["-j", "-s", "link", "show", "dev", "sal0"])
+            .unwrap();
+        let link: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(link[0]["txqlen"], 4096, "{json}");
+        assert_eq!(link[0]["stats64"]["tx"]["dropped"], 0, "{json}");
+    }
+
     // Both ends release the flow once both sides have closed.
     assert!(wait_until(Duration::from_secs(5), || {
         matches!(client.request(Request::ListFlows), Response::Flows { flows } if flows.is_empty())

@@ -26,6 +26,11 @@ pub enum ControlKind {
     Rsyn,
     /// Our answer to the peer's RSYN.
     RsynAck,
+    /// A liveness probe on an idle flow: an RSYN from the locator the flow
+    /// already uses, which the peer must answer and which moves nothing.
+    /// If the flow then moves, this same RSYN, sent from the new locator,
+    /// becomes the move.
+    Probe,
     Fin,
 }
 
@@ -141,9 +146,11 @@ impl ControlState {
         self.pending.iter().any(|p| p.kind == kind)
     }
 
-    /// The message of `kind` in flight, if any.
-    pub fn pending_mut(&mut self, kind: ControlKind) -> Option<&mut Pending> {
-        self.pending.iter_mut().find(|p| p.kind == kind)
+    /// The RSYN in flight (a move or a probe), if any.
+    pub fn rsyn_mut(&mut self) -> Option<&mut Pending> {
+        self.pending
+            .iter_mut()
+            .find(|p| matches!(p.kind, ControlKind::Rsyn | ControlKind::Probe))
     }
 }
 

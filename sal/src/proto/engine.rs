@@ -530,12 +530,7 @@ impl Host {
                     return;
                 }
                 if segment[13] & TCP_ACK != 0 && !flow.replay.is_empty() {
-                    flow.replay.acknowledge(u32::from_be_bytes([
-                        segment[8],
-                        segment[9],
-                        segment[10],
-                        segment[11],
-                    ]));
+                    flow.replay.acknowledge(segment);
                 }
                 if let Some(handle) = flow.stream {
                     self.transport.deliver(handle, segment);
@@ -939,8 +934,16 @@ impl Host {
                 flow.counters.bytes_out += out.segment.len() as u64;
                 let src = flow.local;
                 flow.replay.note_sent(&out.segment);
-                if multi_homed {
-                    flow.replay.record(&out.segment, src.ip(), remote.ip());
+                let moving = flow.control.in_flight(ControlKind::Rsyn);
+                let kept = (multi_homed || moving)
+                    && flow.replay.record(&out.segment, src.ip(), remote.ip());
+                if moving && kept {
+                    // Held until the peer confirms the move: the replay then
+                    // sends it right behind what the old path lost. Sent now,
+                    // it could not be delivered before the hole is filled,
+                    // and every copy would draw a duplicate ACK that queues
+                    // ahead of the RSYN-ACK.
+                    return;
                 }
                 let payload = build(&repr, &out.segment);
                 self.queue_transmit(Transmit {
@@ -1080,6 +1083,7 @@ impl Host {
                     self.stats.migrations_failed += 1;
                     return self.kill(id);
                 }
+                ControlKind::Probe => return self.kill(id),
                 ControlKind::RsynAck => {}
                 ControlKind::Fin => {
                     // The peer is gone; stop waiting for it.
@@ -1299,8 +1303,11 @@ impl Host {
         flow.last_migration = Some(now);
         // Hearing nothing since the move is not yet a reason to move again.
         flow.last_rx = flow.last_rx.max(now);
-        let restarted = match flow.control.pending_mut(ControlKind::Rsyn) {
+        // An unanswered RSYN (a move, or a probe) is resent from here: the
+        // peer follows whichever copy it hears last.
+        let restarted = match flow.control.rsyn_mut() {
             Some(rsyn) => {
+                rsyn.kind = ControlKind::Rsyn;
                 rsyn.retries = 0;
                 rsyn.rto = rto;
                 rsyn.deadline = now + rto;
@@ -1378,23 +1385,40 @@ impl Host {
 
     /// Liveness: a flow with something in flight that has heard nothing for
     /// `liveness_timeout` tries another path: first another local interface,
-    /// else another locator the peer advertised.
+    /// else another locator the peer advertised. An idle flow silent for
+    /// `idle_probe` sends a probe first (see [`ControlKind::Probe`]).
     pub(super) fn check_liveness(&mut self) {
         let now = self.now;
         let timeout = self.config.liveness_timeout;
+        let interfaces_up = self.interfaces.iter().filter(|i| i.up).count();
         let mut silent = Vec::new();
+        let mut idle = Vec::new();
         for (id, endpoint) in self.endpoints.iter() {
             let Endpoint::Flow(flow) = endpoint else {
                 continue;
             };
-            if flow.state != FlowState::Established || now - flow.last_rx < timeout {
+            if flow.state != FlowState::Established {
                 continue;
             }
+            let quiet = now - flow.last_rx;
             let waiting = !flow.control.pending.is_empty()
                 || flow.stream.is_some_and(|h| self.transport.has_unacked(h));
-            if waiting {
+            if waiting && quiet >= timeout {
                 silent.push(id);
+            } else if !waiting
+                && self.config.idle_probe.is_some_and(|after| quiet >= after)
+                && (interfaces_up > 1 || flow.peer_locators.iter().any(|l| Some(*l) != flow.remote))
+            {
+                idle.push(id);
             }
+        }
+        for id in idle {
+            if let Ok(flow) = self.flow_mut(id) {
+                // The silence that matters from now on is the probe's.
+                flow.last_rx = now;
+            }
+            self.stats.probes += 1;
+            self.send_new_control(id, ControlKind::Probe, ControlFlags::RSYN, false, &[]);
         }
         for id in silent {
             let Ok(flow) = self.flow_mut(id) else {

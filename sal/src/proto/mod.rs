@@ -70,6 +70,13 @@ pub struct HostConfig {
     /// A flow with data in flight that hears nothing from its peer for this
     /// long is moved to another interface (with `auto_migrate`).
     pub liveness_timeout: Duration,
+    /// An idle flow (nothing in flight) that has heard nothing for this long
+    /// probes its path, so that a dead path is found before the application
+    /// next needs it; an unanswered probe then counts as data in flight.
+    /// Only where there is somewhere to move (several interfaces up, or a
+    /// peer that advertised other locators), and with `auto_migrate`.
+    /// `None`: idle flows are never probed.
+    pub idle_probe: Option<Duration>,
 }
 
 impl Default for HostConfig {
@@ -87,6 +94,7 @@ impl Default for HostConfig {
             datagram_queue_limit: 256,
             auto_migrate: true,
             liveness_timeout: Duration::from_millis(1500),
+            idle_probe: Some(Duration::from_secs(10)),
         }
     }
 }
@@ -246,9 +254,10 @@ pub struct FlowInfo {
     /// Times the peer moved.
     #[serde(default)]
     pub peer_moves: u32,
-    /// Milliseconds since this end last moved the flow.
+    /// Microseconds since this end last moved the flow (fine enough to
+    /// time a migration against the event that caused it).
     #[serde(default)]
-    pub last_migration_ms_ago: Option<u64>,
+    pub last_migration_us_ago: Option<u64>,
 }
 
 /// Host-wide counters.
@@ -288,6 +297,9 @@ pub struct HostStats {
     pub migrations_failed: u64,
     /// Stream segments resent right after a migration.
     pub replayed: u64,
+    /// Liveness probes sent on idle flows.
+    #[serde(default)]
+    pub probes: u64,
 }
 
 /// A datagram as received by a datagram socket.
@@ -693,7 +705,7 @@ impl Host {
             counters: flow.counters,
             migrations: flow.migrations,
             peer_moves: flow.peer_moves,
-            last_migration_ms_ago: flow.last_migration.map(|t| (self.now - t).total_millis()),
+            last_migration_us_ago: flow.last_migration.map(|t| (self.now - t).total_micros()),
         }
     }
 
