@@ -195,8 +195,8 @@ async fn run(flags: Flags) -> Result<()> {
     result
 }
 
-/// Applies the kernel's link and address events to the host (moving flows)
-/// and to the plumbing (rules for new addresses).
+/// Applies the kernel's link, address and route events to the host (moving
+/// flows) and to the plumbing (rules for new addresses, per-source tables).
 async fn follow_links(
     shared: Arc<Shared>,
     plumbing: Arc<std::sync::Mutex<Option<Plumbing>>>,
@@ -206,28 +206,51 @@ async fn follow_links(
     let Some(mut events) = events else {
         return std::future::pending().await;
     };
-    while let Some(event) = events.recv().await {
-        let change = {
+    while let Some(first) = events.recv().await {
+        // Take whatever else already arrived (a link going down brings a
+        // burst), so that the routing tables are refreshed once per burst.
+        let mut batch = vec![first];
+        while let Ok(event) = events.try_recv() {
+            batch.push(event);
+        }
+        let mut changes = Vec::new();
+        {
             let mut core = shared.lock();
-            let change = view.apply(&mut core.host, event);
+            for event in batch {
+                changes.extend(view.apply(&mut core.host, event));
+            }
             core.run();
-            change
-        };
-        let Some(change) = change else {
+        }
+        if changes.is_empty() {
             continue;
-        };
+        }
         let Ok(mut guard) = plumbing.lock() else {
             continue;
         };
         let Some(plumbing) = guard.as_mut() else {
             continue;
         };
-        let result = match &change {
-            watch::PlumbingChange::Add { iface, addr } => plumbing.add_address(iface, *addr),
-            watch::PlumbingChange::Remove { iface, addr } => plumbing.remove_address(iface, *addr),
-        };
-        if let Err(error) = result {
-            tracing::warn!(%error, ?change, "routing did not follow an address change");
+        let refresh = changes.contains(&watch::PlumbingChange::Routes);
+        for change in changes {
+            let result = match &change {
+                watch::PlumbingChange::Add { iface, addr } => plumbing.add_address(iface, *addr),
+                watch::PlumbingChange::Remove { iface, addr } => {
+                    plumbing.remove_address(iface, *addr)
+                }
+                watch::PlumbingChange::Routes => continue,
+            };
+            if let Err(error) = result {
+                tracing::warn!(%error, ?change, "routing did not follow an address change");
+            }
+        }
+        if refresh {
+            match plumbing.refresh_routes() {
+                Ok(0) => {}
+                Ok(changed) => tracing::info!(changed, "per-source routes follow the main table"),
+                Err(error) => {
+                    tracing::warn!(%error, "per-source routes did not follow the main table")
+                }
+            }
         }
     }
     std::future::pending().await

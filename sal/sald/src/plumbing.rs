@@ -44,11 +44,13 @@
 //! and the main table decides, as without sald. Routes through another SAL
 //! interface are deliberately not thrown (that is the point), and a default
 //! route through a non-SAL interface (a full-tunnel VPN) is bypassed for
-//! sources that are SAL addresses. The tables are copies taken at start-up
-//! (and refreshed when an address is added): routes the operator adds later
-//! to the main table are not followed, and an interface that goes down
-//! loses its copied routes (the kernel flushes them), after which its
-//! sources fall back to the main table.
+//! sources that are SAL addresses. The tables are copied at start-up and
+//! brought back in line with the main table whenever it changes (sald
+//! follows rtnetlink route events and calls [`Plumbing::refresh_routes`]):
+//! routes the operator or a DHCP client adds or deletes later are followed.
+//! An interface that goes down loses its copied routes (the kernel flushes
+//! them), its sources fall back to the main table meanwhile, and the copies
+//! return with the main table's routes through it.
 //!
 //! The global `net.ipv4.ip_forward` is never touched. When it is already 1
 //! the host is a router by the operator's choice, so no fence is installed.
@@ -899,6 +901,16 @@ fn throw_route(route: &RouteMessage, table: u32) -> RouteMessage {
     m
 }
 
+/// What identifies a route within one table: kind, destination, gateway,
+/// device and metric.
+fn route_key(r: &RouteMessage) -> String {
+    let metric = r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Priority(p) => Some(*p),
+        _ => None,
+    });
+    format!("{} metric {}", describe_route(r), metric.unwrap_or(0))
+}
+
 fn route_has_gateway(r: &RouteMessage) -> bool {
     r.attributes
         .iter()
@@ -1670,7 +1682,7 @@ impl Plumbing {
                 table: cfg.source_table(i),
             });
             self.save()?;
-            self.copy_routes(i)?;
+            self.sync_routes(i)?;
             for addr in &iface.addrs {
                 self.add_source_rule_for(i, *addr)?;
             }
@@ -1678,13 +1690,14 @@ impl Plumbing {
         Ok(())
     }
 
-    /// Fills the `i`-th interface's per-source table from the main table
-    /// (entries already there are left alone): a copy of every IPv4 route
-    /// through the interface, and a `throw` for every other non-default
-    /// route that does not go through another SAL interface (a container
-    /// bridge, a VPN, a blackhole), so that the main table keeps deciding
-    /// those and the copied default route does not capture them.
-    fn copy_routes(&mut self, i: usize) -> Result<(), PlumbingError> {
+    /// Makes the `i`-th interface's per-source table match the main table:
+    /// a copy of every IPv4 route through the interface, and a `throw` for
+    /// every other non-default route that does not go through another SAL
+    /// interface (a container bridge, a VPN, a blackhole), so that the main
+    /// table keeps deciding those and the copied default route does not
+    /// capture them. Entries the main table no longer justifies are deleted.
+    /// Returns how many routes it added or deleted.
+    fn sync_routes(&mut self, i: usize) -> Result<usize, PlumbingError> {
         let table = self.cfg.source_table(i);
         let mut sal_indexes = Vec::new();
         for iface in &self.cfg.interfaces {
@@ -1701,32 +1714,62 @@ impl Plumbing {
             let oif = route_oif(&r);
             let unicast = r.header.kind == RouteType::Unicast;
             if unicast && oif == Some(index) {
-                copies.push(r);
+                copies.push(copy_route(&r, table));
             } else if r.header.destination_prefix_length > 0
                 && !(unicast && oif.is_some_and(|o| sal_indexes.contains(&o)))
             {
-                throws.push(r);
+                throws.push(throw_route(&r, table));
             }
         }
         // Routes without a gateway (the connected subnet) first: they make
         // the gateways of the others reachable.
         copies.sort_by_key(route_has_gateway);
-        for r in copies {
+        let wanted: Vec<RouteMessage> = copies.into_iter().chain(throws).collect();
+        let present: Vec<RouteMessage> = self.rtnl.routes_v4(table)?;
+        let present_keys: std::collections::HashSet<String> =
+            present.iter().map(route_key).collect();
+        let wanted_keys: std::collections::HashSet<String> = wanted.iter().map(route_key).collect();
+        let mut changes = 0;
+        for r in present {
+            if wanted_keys.contains(&route_key(&r)) {
+                continue;
+            }
+            let stale = copy_route(&r, table);
+            let op = format!("delete route {} table {table}", describe_route(&stale));
+            match self.rtnl.del_route(&op, stale) {
+                Err(e) if e.errno() == Some(nix::libc::ESRCH) => {}
+                other => other?,
+            }
+            changes += 1;
+        }
+        for r in wanted {
+            if present_keys.contains(&route_key(&r)) {
+                continue;
+            }
             let op = format!("add route {} table {table}", describe_route(&r));
-            match self.rtnl.add_route(&op, copy_route(&r, table)) {
+            match self.rtnl.add_route(&op, r) {
                 Err(e) if e.errno() == Some(nix::libc::EEXIST) => {}
                 other => other?,
             }
+            changes += 1;
         }
-        for r in throws {
-            let t = throw_route(&r, table);
-            let op = format!("add route {} table {table}", describe_route(&t));
-            match self.rtnl.add_route(&op, t) {
-                Err(e) if e.errno() == Some(nix::libc::EEXIST) => {}
-                other => other?,
+        Ok(changes)
+    }
+
+    /// Brings every per-source table back in line with the main table (sald
+    /// calls this when rtnetlink reports a change of the main table: a route
+    /// added or deleted by hand or by a DHCP client, a link that came back).
+    /// Returns how many routes it added or deleted.
+    pub fn refresh_routes(&mut self) -> Result<usize, PlumbingError> {
+        let mut changes = 0;
+        let mut failed = None;
+        for i in 0..self.cfg.interfaces.len() {
+            match self.sync_routes(i) {
+                Ok(n) => changes += n,
+                Err(e) => failed = Some(e),
             }
         }
-        Ok(())
+        failed.map_or(Ok(changes), Err)
     }
 
     fn add_source_rule_for(&mut self, i: usize, addr: Ipv4Addr) -> Result<(), PlumbingError> {
@@ -1802,7 +1845,7 @@ impl Plumbing {
         // The new address brings its connected route into the main table
         // (and the link may have flapped, which empties the copy): refresh
         // the interface's table, then route the new source through it.
-        if let Err(e) = self.copy_routes(i) {
+        if let Err(e) = self.sync_routes(i) {
             tracing::warn!("refreshing the per-source routes of {iface}: {e}");
         }
         self.add_source_rule_for(i, addr)

@@ -1,6 +1,7 @@
-//! Link and address events from the kernel (rtnetlink multicast groups), so
-//! that flows move off an interface that goes down or loses its address, and
-//! follow an interface that is renumbered.
+//! Link, address and route events from the kernel (rtnetlink multicast
+//! groups), so that flows move off an interface that goes down or loses its
+//! address, follow an interface that is renumbered, and so that the
+//! per-source routing tables follow the main table.
 //!
 //! A blocking thread reads the netlink socket (it is created in the daemon's
 //! network namespace, which threads share) and forwards [`LinkEvent`]s over a
@@ -12,15 +13,19 @@ use std::net::Ipv4Addr;
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{LinkAttribute, LinkFlag};
-use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::route::RouteAttribute;
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use sal::proto::Host;
 use sal::Locator;
 use tokio::sync::mpsc;
 
-/// rtnetlink multicast groups: links, and IPv4 addresses.
+/// rtnetlink multicast groups: links, IPv4 addresses and IPv4 routes.
 const RTMGRP_LINK: u32 = 0x1;
 const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+const RTMGRP_IPV4_ROUTE: u32 = 0x40;
+/// The kernel's main routing table.
+const RT_TABLE_MAIN: u32 = 254;
 
 /// What the kernel told us about an interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +45,8 @@ pub enum LinkEvent {
         index: u32,
         addr: Ipv4Addr,
     },
+    /// An IPv4 route of the main table was added or deleted.
+    MainRoutesChanged,
 }
 
 /// Starts the watcher thread; events arrive on the returned channel. Fails
@@ -47,7 +54,10 @@ pub enum LinkEvent {
 /// automatic migration on link events, and says so).
 pub fn spawn() -> std::io::Result<mpsc::UnboundedReceiver<LinkEvent>> {
     let mut socket = Socket::new(NETLINK_ROUTE)?;
-    socket.bind(&SocketAddr::new(0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR))?;
+    socket.bind(&SocketAddr::new(
+        0,
+        RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE,
+    ))?;
     let (tx, rx) = mpsc::unbounded_channel();
     std::thread::Builder::new()
         .name("sald-netlink".into())
@@ -122,6 +132,18 @@ fn event_of(message: RouteNetlinkMessage) -> Option<LinkEvent> {
             index: address.header.index,
             addr: ipv4_of(&address.attributes)?,
         }),
+        RouteNetlinkMessage::NewRoute(route) | RouteNetlinkMessage::DelRoute(route) => {
+            let table = route
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Table(t) => Some(*t),
+                    _ => None,
+                })
+                .unwrap_or(u32::from(route.header.table));
+            (route.header.address_family == AddressFamily::Inet && table == RT_TABLE_MAIN)
+                .then_some(LinkEvent::MainRoutesChanged)
+        }
         _ => None,
     }
 }
@@ -147,8 +169,16 @@ pub struct Interfaces {
 /// What a kernel event changed, for the plumbing to follow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PlumbingChange {
-    Add { iface: String, addr: Ipv4Addr },
-    Remove { iface: String, addr: Ipv4Addr },
+    Add {
+        iface: String,
+        addr: Ipv4Addr,
+    },
+    Remove {
+        iface: String,
+        addr: Ipv4Addr,
+    },
+    /// The per-source tables must be copied from the main table again.
+    Routes,
 }
 
 impl Interfaces {
@@ -219,6 +249,7 @@ impl Interfaces {
                 }
                 Some(PlumbingChange::Remove { iface: name, addr })
             }
+            LinkEvent::MainRoutesChanged => Some(PlumbingChange::Routes),
         }
     }
 }
@@ -285,6 +316,34 @@ mod tests {
             up: false,
         };
         assert_eq!(interfaces.apply(&mut host, other), None);
+    }
+
+    #[test]
+    fn only_main_table_routes_matter() {
+        use netlink_packet_route::route::RouteMessage;
+        let route = |table: u32| {
+            let mut m = RouteMessage::default();
+            m.header.address_family = AddressFamily::Inet;
+            m.header.table = 252; // RT_TABLE_COMPAT: the real one is the attribute
+            m.attributes.push(RouteAttribute::Table(table));
+            m
+        };
+        assert_eq!(
+            event_of(RouteNetlinkMessage::NewRoute(route(254))),
+            Some(LinkEvent::MainRoutesChanged)
+        );
+        assert_eq!(
+            event_of(RouteNetlinkMessage::DelRoute(route(254))),
+            Some(LinkEvent::MainRoutesChanged)
+        );
+        // Our own per-source tables (and the local table) do not feed back.
+        assert_eq!(event_of(RouteNetlinkMessage::NewRoute(route(1000))), None);
+        assert_eq!(event_of(RouteNetlinkMessage::NewRoute(route(255))), None);
+        let (mut host, mut interfaces) = (host(), tracked());
+        assert_eq!(
+            interfaces.apply(&mut host, LinkEvent::MainRoutesChanged),
+            Some(PlumbingChange::Routes)
+        );
     }
 
     #[test]

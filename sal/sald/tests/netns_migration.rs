@@ -205,6 +205,23 @@ fn link_down_moves_the_flow_by_itself() {
         }));
     });
     assert!(ok, "bytes lost, duplicated or reordered");
+    // The link comes back and is routed again: its per-source table
+    // (emptied by the kernel when the link went down) follows.
+    let client = &s.net.host(0).ns;
+    client.ip(["link", "set", "eth0", "up"]).unwrap();
+    client
+        .ip([
+            "route", "add", "default", "via", "10.1.0.2", "metric", "100",
+        ])
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            client
+                .ip(["-4", "route", "show", "table", "1000"])
+                .is_ok_and(|t| t.contains("default via 10.1.0.2 dev eth0"))
+        }),
+        "table 1000 never got its default route back"
+    );
 }
 
 #[test]

@@ -944,6 +944,49 @@ fn per_source_routing_on_a_multi_homed_host() {
         h.ns.ip(["addr", "del", &format!("{extra}/24"), "dev", "eth1"])
             .expect("del address");
 
+        // The tables follow later changes of the main table.
+        let table = |t: &str| {
+            h.ns.ip(["-4", "route", "show", "table", t])
+                .expect("ip route")
+        };
+        let settled = (table("1000"), table("1001"));
+        assert_eq!(
+            p.refresh_routes().expect("refresh"),
+            0,
+            "a refresh with nothing new changes nothing"
+        );
+        h.ns.ip(["route", "add", "10.7.0.0/16", "via", &g2.to_string()])
+            .expect("route by hand");
+        p.refresh_routes().expect("refresh");
+        assert!(
+            table("1001").contains(&format!("10.7.0.0/16 via {g2} dev eth1")),
+            "{}",
+            table("1001")
+        );
+        assert!(!table("1000").contains("10.7.0.0"), "{}", table("1000"));
+        h.ns.ip(["route", "del", "10.7.0.0/16"])
+            .expect("delete route");
+        p.refresh_routes().expect("refresh");
+        assert!(!table("1001").contains("10.7.0.0"), "{}", table("1001"));
+        // A link that flaps loses its routes (the kernel flushes them from
+        // every table); once it is back and routed, so is its table.
+        h.ns.ip(["link", "set", "eth1", "down"]).expect("down");
+        p.refresh_routes().expect("refresh");
+        assert!(!table("1001").contains("default"), "{}", table("1001"));
+        h.ns.ip(["link", "set", "eth1", "up"]).expect("up");
+        h.ns.ip([
+            "route",
+            "add",
+            "default",
+            "via",
+            &g2.to_string(),
+            "metric",
+            "200",
+        ])
+        .expect("default route again");
+        p.refresh_routes().expect("refresh");
+        assert_eq!((table("1000"), table("1001")), settled);
+
         p.try_remove().expect("remove plumbing");
         assert_eq!(
             before,
