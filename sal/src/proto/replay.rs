@@ -102,7 +102,8 @@ fn sack_blocks(segment: &[u8]) -> impl Iterator<Item = (u32, u32)> + '_ {
 
 impl ReplayBuffer {
     /// Keeps a copy of a segment (wire form, ports 0) sent from `src` to
-    /// `dst`, if it occupies sequence space; returns whether it did.
+    /// `dst`, if it occupies sequence space; returns whether a copy is kept
+    /// (a retransmission of kept data is not stored twice).
     pub fn record(&mut self, segment: &[u8], src: Ipv4Addr, dst: Ipv4Addr) -> bool {
         if segment.len() < 20 {
             return false;
@@ -112,9 +113,19 @@ impl ReplayBuffer {
             return false;
         }
         let seq = u32::from_be_bytes([segment[4], segment[5], segment[6], segment[7]]);
+        let seq_end = seq.wrapping_add(length);
+        if self
+            .sent
+            .back()
+            .is_some_and(|last| seq_le(seq_end, last.seq_end))
+        {
+            // A retransmission of what is already kept (smoltcp goes back
+            // after its RTO): one copy is enough.
+            return true;
+        }
         self.bytes += segment.len();
         self.sent.push_back(Sent {
-            seq_end: seq.wrapping_add(length),
+            seq_end,
             addresses: (src, dst),
             segment: segment.to_vec(),
         });
@@ -336,6 +347,11 @@ mod tests {
             !buffer.record(&segment(100, 0, a, b), a, b),
             "a bare ACK: nothing to keep"
         );
+        assert!(
+            buffer.record(&segment(0, 100, a, b), a, b),
+            "a retransmission"
+        );
+        assert_eq!(buffer.sent.len(), 2, "kept once");
         assert_eq!(buffer.sent.len(), 2);
         buffer.acknowledge(&ack(0, &[]));
         assert_eq!(
