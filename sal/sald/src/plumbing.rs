@@ -670,6 +670,13 @@ impl Rtnl {
     }
 
     fn routes_v4(&mut self, table: u32) -> Result<Vec<RouteMessage>, PlumbingError> {
+        let mut routes = self.all_routes_v4()?;
+        routes.retain(|r| route_table(r) == table);
+        Ok(routes)
+    }
+
+    /// Every IPv4 route of every table (one dump).
+    fn all_routes_v4(&mut self) -> Result<Vec<RouteMessage>, PlumbingError> {
         let mut m = RouteMessage::default();
         m.header.address_family = AddressFamily::Inet;
         let replies = self.request("dump routes", RouteNetlinkMessage::GetRoute(m), NLM_F_DUMP)?;
@@ -677,8 +684,7 @@ impl Rtnl {
             .into_iter()
             .filter_map(|r| match r {
                 RouteNetlinkMessage::NewRoute(r)
-                    if r.header.address_family == AddressFamily::Inet
-                        && route_table(&r) == table =>
+                    if r.header.address_family == AddressFamily::Inet =>
                 {
                     Some(r)
                 }
@@ -1682,7 +1688,7 @@ impl Plumbing {
                 table: cfg.source_table(i),
             });
             self.save()?;
-            self.sync_routes(i)?;
+            self.sync_routes([i])?;
             for addr in &iface.addrs {
                 self.add_source_rule_for(i, *addr)?;
             }
@@ -1690,15 +1696,18 @@ impl Plumbing {
         Ok(())
     }
 
-    /// Makes the `i`-th interface's per-source table match the main table:
-    /// a copy of every IPv4 route through the interface, and a `throw` for
-    /// every other non-default route that does not go through another SAL
-    /// interface (a container bridge, a VPN, a blackhole), so that the main
-    /// table keeps deciding those and the copied default route does not
-    /// capture them. Entries the main table no longer justifies are deleted.
-    /// Returns how many routes it added or deleted.
-    fn sync_routes(&mut self, i: usize) -> Result<usize, PlumbingError> {
-        let table = self.cfg.source_table(i);
+    /// Makes the per-source tables of `interfaces` (positions in the
+    /// configuration) match the main table: a copy of every IPv4 route
+    /// through the interface, and a `throw` for every other non-default
+    /// route that does not go through another SAL interface (a container
+    /// bridge, a VPN, a blackhole), so that the main table keeps deciding
+    /// those and the copied default route does not capture them. Entries the
+    /// main table no longer justifies are deleted. One route dump serves
+    /// every table. Returns how many routes it added or deleted.
+    fn sync_routes(
+        &mut self,
+        interfaces: impl IntoIterator<Item = usize>,
+    ) -> Result<usize, PlumbingError> {
         let mut sal_indexes = Vec::new();
         for iface in &self.cfg.interfaces {
             let index = self
@@ -1707,51 +1716,60 @@ impl Plumbing {
                 .ok_or_else(|| PlumbingError::UnknownInterface(iface.name.clone()))?;
             sal_indexes.push(index);
         }
-        let index = sal_indexes[i];
-        let mut copies = Vec::new();
-        let mut throws = Vec::new();
-        for r in self.rtnl.routes_v4(RT_TABLE_MAIN)? {
-            let oif = route_oif(&r);
-            let unicast = r.header.kind == RouteType::Unicast;
-            if unicast && oif == Some(index) {
-                copies.push(copy_route(&r, table));
-            } else if r.header.destination_prefix_length > 0
-                && !(unicast && oif.is_some_and(|o| sal_indexes.contains(&o)))
-            {
-                throws.push(throw_route(&r, table));
-            }
-        }
-        // Routes without a gateway (the connected subnet) first: they make
-        // the gateways of the others reachable.
-        copies.sort_by_key(route_has_gateway);
-        let wanted: Vec<RouteMessage> = copies.into_iter().chain(throws).collect();
-        let present: Vec<RouteMessage> = self.rtnl.routes_v4(table)?;
-        let present_keys: std::collections::HashSet<String> =
-            present.iter().map(route_key).collect();
-        let wanted_keys: std::collections::HashSet<String> = wanted.iter().map(route_key).collect();
+        let routes = self.rtnl.all_routes_v4()?;
+        let main: Vec<&RouteMessage> = routes
+            .iter()
+            .filter(|r| route_table(r) == RT_TABLE_MAIN)
+            .collect();
         let mut changes = 0;
-        for r in present {
-            if wanted_keys.contains(&route_key(&r)) {
-                continue;
+        for i in interfaces {
+            let (table, index) = (self.cfg.source_table(i), sal_indexes[i]);
+            let mut copies = Vec::new();
+            let mut throws = Vec::new();
+            for r in &main {
+                let oif = route_oif(r);
+                let unicast = r.header.kind == RouteType::Unicast;
+                if unicast && oif == Some(index) {
+                    copies.push(copy_route(r, table));
+                } else if r.header.destination_prefix_length > 0
+                    && !(unicast && oif.is_some_and(|o| sal_indexes.contains(&o)))
+                {
+                    throws.push(throw_route(r, table));
+                }
             }
-            let stale = copy_route(&r, table);
-            let op = format!("delete route {} table {table}", describe_route(&stale));
-            match self.rtnl.del_route(&op, stale) {
-                Err(e) if e.errno() == Some(nix::libc::ESRCH) => {}
-                other => other?,
+            // Routes without a gateway (the connected subnet) first: they
+            // make the gateways of the others reachable.
+            copies.sort_by_key(route_has_gateway);
+            let wanted: Vec<RouteMessage> = copies.into_iter().chain(throws).collect();
+            let present: Vec<&RouteMessage> =
+                routes.iter().filter(|r| route_table(r) == table).collect();
+            let present_keys: std::collections::HashSet<String> =
+                present.iter().map(|r| route_key(r)).collect();
+            let wanted_keys: std::collections::HashSet<String> =
+                wanted.iter().map(route_key).collect();
+            for r in present {
+                if wanted_keys.contains(&route_key(r)) {
+                    continue;
+                }
+                let stale = copy_route(r, table);
+                let op = format!("delete route {} table {table}", describe_route(&stale));
+                match self.rtnl.del_route(&op, stale) {
+                    Err(e) if e.errno() == Some(nix::libc::ESRCH) => {}
+                    other => other?,
+                }
+                changes += 1;
             }
-            changes += 1;
-        }
-        for r in wanted {
-            if present_keys.contains(&route_key(&r)) {
-                continue;
+            for r in wanted {
+                if present_keys.contains(&route_key(&r)) {
+                    continue;
+                }
+                let op = format!("add route {} table {table}", describe_route(&r));
+                match self.rtnl.add_route(&op, r) {
+                    Err(e) if e.errno() == Some(nix::libc::EEXIST) => {}
+                    other => other?,
+                }
+                changes += 1;
             }
-            let op = format!("add route {} table {table}", describe_route(&r));
-            match self.rtnl.add_route(&op, r) {
-                Err(e) if e.errno() == Some(nix::libc::EEXIST) => {}
-                other => other?,
-            }
-            changes += 1;
         }
         Ok(changes)
     }
@@ -1761,15 +1779,7 @@ impl Plumbing {
     /// added or deleted by hand or by a DHCP client, a link that came back).
     /// Returns how many routes it added or deleted.
     pub fn refresh_routes(&mut self) -> Result<usize, PlumbingError> {
-        let mut changes = 0;
-        let mut failed = None;
-        for i in 0..self.cfg.interfaces.len() {
-            match self.sync_routes(i) {
-                Ok(n) => changes += n,
-                Err(e) => failed = Some(e),
-            }
-        }
-        failed.map_or(Ok(changes), Err)
+        self.sync_routes(0..self.cfg.interfaces.len())
     }
 
     fn add_source_rule_for(&mut self, i: usize, addr: Ipv4Addr) -> Result<(), PlumbingError> {
@@ -1845,7 +1855,7 @@ impl Plumbing {
         // The new address brings its connected route into the main table
         // (and the link may have flapped, which empties the copy): refresh
         // the interface's table, then route the new source through it.
-        if let Err(e) = self.sync_routes(i) {
+        if let Err(e) = self.sync_routes([i]) {
             tracing::warn!("refreshing the per-source routes of {iface}: {e}");
         }
         self.add_source_rule_for(i, addr)
