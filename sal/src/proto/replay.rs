@@ -24,10 +24,11 @@ use crate::wire::{fill_transport_checksum, readdress_transport_checksum, Transpo
 /// Bytes of copies kept per flow at most (about the largest useful window).
 const LIMIT: usize = 4 << 20;
 
-/// A sent segment: where its sequence space ends, the addresses its
+/// A sent segment: the sequence space it occupies, the addresses its
 /// checksum covers, and the wire bytes.
 #[derive(Debug)]
 struct Sent {
+    seq: u32,
     seq_end: u32,
     addresses: (Ipv4Addr, Ipv4Addr),
     segment: Vec<u8>,
@@ -125,6 +126,7 @@ impl ReplayBuffer {
         }
         self.bytes += segment.len();
         self.sent.push_back(Sent {
+            seq,
             seq_end,
             addresses: (src, dst),
             segment: segment.to_vec(),
@@ -217,10 +219,7 @@ impl ReplayBuffer {
     pub fn replay(&self, src: Ipv4Addr, dst: Ipv4Addr) -> Vec<Vec<u8>> {
         self.sent
             .iter()
-            .filter(|s| {
-                let start = s.seq_end.wrapping_sub(sequence_length(&s.segment));
-                !self.is_sacked(start, s.seq_end)
-            })
+            .filter(|s| !self.is_sacked(s.seq, s.seq_end))
             .map(|s| {
                 let mut segment = s.segment.clone();
                 readdress_transport_checksum(
