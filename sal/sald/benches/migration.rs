@@ -35,13 +35,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use sal::control::{Request, Response};
-use sal::table::Target;
-use sal::{Locator, ServiceId, ServicePrefix};
+use sal::{ServiceId, ServicePrefix};
 use socket_shim::{ControlClient, ServiceListener, ServiceStream};
 use testnet::{wait_until, Netns};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+use common::Sald;
 
 /// IPPROTO_MPTCP.
 const IPPROTO_MPTCP: i32 = 262;
@@ -240,24 +240,10 @@ fn run_one(
     })
 }
 
-/// The interface sald lists the flow on, if it lists the flow.
-fn flow_interface(control: &Path, flow: sal::FlowId) -> Option<(String, Option<u64>)> {
-    let flows = ControlClient::connect_to(control)
-        .and_then(|mut c| c.request(&Request::ListFlows))
-        .ok()?;
-    let Response::Flows { flows } = flows.response else {
-        return None;
-    };
-    let info = flows.into_iter().find(|f| f.flow == flow)?;
-    Some((info.interface?, info.last_migration_us_ago))
-}
-
 /// Whether sald counts `wifi` as up (the kernel reports a link coming back
 /// up up to a second late; a flow opened before that starts on `cell`).
-fn wifi_up(control: &Path) -> bool {
-    let reply =
-        ControlClient::connect_to(control).and_then(|mut c| c.request(&Request::ListInterfaces));
-    matches!(reply.map(|r| r.response), Ok(Response::Interfaces { interfaces }) if interfaces.iter().any(|i| i.name == "wifi" && i.up))
+fn wifi_up(phone: &common::Daemon) -> bool {
+    matches!(phone.request(Request::ListInterfaces), Response::Interfaces { interfaces } if interfaces.iter().any(|i| i.name == "wifi" && i.up))
 }
 
 /// Median round trip of a 64-byte message over a SAL stream, application to
@@ -314,25 +300,13 @@ fn sal_runs(net: &Net, dir: &Path, runs: usize) -> SalFigures {
         |ns: &Netns, name: &str, ifaces: &[&str]| common::start_sald(ns, ifaces, dir, name, &[]);
     let phone = start(&net.phone, "phone", &["wifi", "cell"]);
     let srv = start(&net.srv, "srv", &["eth0"]);
-    let reply = ControlClient::connect_to(&phone.control)
-        .and_then(|mut c| {
-            c.request(&Request::AddRule {
-                prefix: ServicePrefix::DEFAULT,
-                target: Target::Forward {
-                    locator: Locator::Ipv4(Ipv4Addr::new(10, 1, 2, 2)),
-                    weight: 1,
-                },
-                priority: 0,
-            })
-        })
-        .expect("rule");
-    assert_eq!(reply.response, Response::Ok);
+    phone.forward("0/0", Ipv4Addr::new(10, 1, 2, 2), 1);
     let rtt = sal_rtt_ms(&phone, &srv);
     let service: ServiceId = "b16".parse().expect("service");
     let (mut gaps, mut detections, mut recoveries) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..runs {
         assert!(
-            wait_until(Duration::from_secs(5), || wifi_up(&phone.control)),
+            wait_until(Duration::from_secs(5), || wifi_up(&phone)),
             "sald never saw wifi come back up"
         );
         let listener = ServiceListener::bind_via(
@@ -350,13 +324,12 @@ fn sal_runs(net: &Net, dir: &Path, runs: usize) -> SalFigures {
         let flow = stream.flow_id();
         let (server_stream, _) = listener.accept().expect("accept");
         drop(listener);
-        let starts_on = flow_interface(&phone.control, flow).map(|(iface, _)| iface);
+        let starts_on = phone.flow(flow).and_then(|f| f.interface);
         assert_eq!(
             starts_on.as_deref(),
             Some("wifi"),
             "the flow must start on wifi"
         );
-        let phone_control = phone.control.clone();
         let mut moved = None;
         let gap = run_one(
             net,
@@ -378,8 +351,11 @@ fn sal_runs(net: &Net, dir: &Path, runs: usize) -> SalFigures {
                 // first shows the flow on cell, less the move's age.
                 let mut moved_at = None;
                 wait_until(Duration::from_secs(3), || {
-                    match flow_interface(&phone_control, flow) {
-                        Some((iface, Some(ago))) if iface == "cell" => {
+                    let Some(info) = phone.flow(flow) else {
+                        return false;
+                    };
+                    match (info.interface.as_deref(), info.last_migration_us_ago) {
+                        (Some("cell"), Some(ago)) => {
                             moved_at = Instant::now().checked_sub(Duration::from_micros(ago));
                             true
                         }
