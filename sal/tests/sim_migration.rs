@@ -14,6 +14,9 @@ use sal::wire::{ControlFlags, ControlRepr, SalPacket, SalRepr, TransportProtocol
 use sal::{FlowId, Locator, ServiceId, ServicePrefix};
 use smoltcp::time::Duration;
 
+mod common;
+use common::sim::pattern;
+
 fn loc(s: &str) -> Locator {
     s.parse().unwrap()
 }
@@ -92,61 +95,16 @@ fn pair_with(
     }
 }
 
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
 /// Moves `data` client -> server while `during` runs after every step (it may
 /// migrate flows, take links down ...). Returns what the server read.
 fn transfer(
     p: &mut Pair,
     data: &[u8],
     timeout: Duration,
-    mut during: impl FnMut(&mut Network, usize),
+    during: impl FnMut(&mut Network, usize),
 ) -> Vec<u8> {
-    let (client, server, cflow, sflow) = (p.client, p.server, p.cflow, p.sflow);
-    let mut sent = 0;
-    let mut shut = false;
-    let mut received = Vec::with_capacity(data.len());
-    let mut buf = vec![0u8; 65536];
-    let done = p.net.run_until(timeout, |net| {
-        during(net, received.len());
-        while sent < data.len() {
-            let end = (sent + 65536).min(data.len());
-            match net.host(client).send(cflow, &data[sent..end]) {
-                Ok(n) => sent += n,
-                Err(HostError::WouldBlock) => break,
-                Err(e) => panic!("send failed: {e}"),
-            }
-        }
-        if sent == data.len() && !shut {
-            net.host(client).shutdown(cflow).unwrap();
-            shut = true;
-        }
-        loop {
-            match net.host(server).recv(sflow, &mut buf) {
-                Ok(0) => return true,
-                Ok(n) => received.extend_from_slice(&buf[..n]),
-                Err(HostError::WouldBlock) => return false,
-                Err(e) => panic!("recv failed: {e}"),
-            }
-        }
-    });
-    assert!(
-        done,
-        "transfer stalled at {} of {} bytes",
-        received.len(),
-        data.len()
-    );
-    received
+    let (from, to) = ((p.client, p.cflow), (p.server, p.sflow));
+    common::sim::stream(&mut p.net, from, to, data, timeout, during)
 }
 
 fn server_sees(p: &mut Pair) -> Option<Locator> {

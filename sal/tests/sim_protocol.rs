@@ -10,6 +10,9 @@ use sal::wire::TransportProtocol::{Datagram, Stream};
 use sal::{FlowId, Locator, ServiceId, ServicePrefix};
 use smoltcp::time::Duration;
 
+mod common;
+use common::sim::pattern;
+
 fn svc(s: &str) -> ServiceId {
     s.parse().unwrap()
 }
@@ -77,51 +80,7 @@ fn transfer(
     data: &[u8],
     timeout: Duration,
 ) -> Vec<u8> {
-    let mut sent = 0;
-    let mut shut = false;
-    let mut received = Vec::with_capacity(data.len());
-    let mut buf = vec![0u8; 65536];
-    let done = net.run_until(timeout, |net| {
-        while sent < data.len() {
-            let end = (sent + 65536).min(data.len());
-            match net.host(from.0).send(from.1, &data[sent..end]) {
-                Ok(n) => sent += n,
-                Err(HostError::WouldBlock) => break,
-                Err(e) => panic!("send failed: {e}"),
-            }
-        }
-        if sent == data.len() && !shut {
-            net.host(from.0).shutdown(from.1).unwrap();
-            shut = true;
-        }
-        loop {
-            match net.host(to.0).recv(to.1, &mut buf) {
-                Ok(0) => return true,
-                Ok(n) => received.extend_from_slice(&buf[..n]),
-                Err(HostError::WouldBlock) => return false,
-                Err(e) => panic!("recv failed: {e}"),
-            }
-        }
-    });
-    assert!(
-        done,
-        "transfer did not finish: {} of {} bytes",
-        received.len(),
-        data.len()
-    );
-    received
-}
-
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    common::sim::stream(net, from, to, data, timeout, |_, _| {})
 }
 
 #[test]

@@ -1,5 +1,9 @@
 //! Helpers shared by the integration tests.
 
+#![allow(dead_code)] // each test file uses its own subset
+
+pub mod sim;
+
 use std::path::PathBuf;
 
 /// Path of the reference capture (WIRE.md), read in place from `shared/`.

@@ -1,0 +1,67 @@
+//! Stream transfers on the simulator, shared by the simulation tests.
+
+use sal::proto::HostError;
+use sal::sim::{HostId, Network};
+use sal::FlowId;
+use smoltcp::time::Duration;
+
+/// Pushes `data` from one flow to another, half-closes, and returns what the
+/// receiver read up to end of stream. `during` runs after every step with
+/// the bytes received so far (it may migrate flows, take links down ...).
+/// Panics if the transfer does not finish within `timeout` (virtual time).
+pub fn stream(
+    net: &mut Network,
+    from: (HostId, FlowId),
+    to: (HostId, FlowId),
+    data: &[u8],
+    timeout: Duration,
+    mut during: impl FnMut(&mut Network, usize),
+) -> Vec<u8> {
+    let mut sent = 0;
+    let mut shut = false;
+    let mut received = Vec::with_capacity(data.len());
+    let mut buf = vec![0u8; 65536];
+    let done = net.run_until(timeout, |net| {
+        during(net, received.len());
+        while sent < data.len() {
+            let end = (sent + 65536).min(data.len());
+            match net.host(from.0).send(from.1, &data[sent..end]) {
+                Ok(n) => sent += n,
+                Err(HostError::WouldBlock) => break,
+                Err(e) => panic!("send failed: {e}"),
+            }
+        }
+        if sent == data.len() && !shut {
+            net.host(from.0).shutdown(from.1).unwrap();
+            shut = true;
+        }
+        loop {
+            match net.host(to.0).recv(to.1, &mut buf) {
+                Ok(0) => return true,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+                Err(HostError::WouldBlock) => return false,
+                Err(e) => panic!("recv failed: {e}"),
+            }
+        }
+    });
+    assert!(
+        done,
+        "transfer stalled at {} of {} bytes",
+        received.len(),
+        data.len()
+    );
+    received
+}
+
+/// `len` pseudo-random bytes from `seed` (xorshift64).
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
