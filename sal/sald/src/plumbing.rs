@@ -1721,7 +1721,7 @@ impl Plumbing {
             .iter()
             .filter(|r| route_table(r) == RT_TABLE_MAIN)
             .collect();
-        let mut changes = 0;
+        let (mut changes, mut failed) = (0, None);
         for i in interfaces {
             let (table, index) = (self.cfg.source_table(i), sal_indexes[i]);
             let mut copies = Vec::new();
@@ -1743,33 +1743,49 @@ impl Plumbing {
             let wanted: Vec<RouteMessage> = copies.into_iter().chain(throws).collect();
             let present: Vec<&RouteMessage> =
                 routes.iter().filter(|r| route_table(r) == table).collect();
-            let present_keys: std::collections::HashSet<String> =
-                present.iter().map(|r| route_key(r)).collect();
-            let wanted_keys: std::collections::HashSet<String> =
-                wanted.iter().map(route_key).collect();
-            for r in present {
-                if wanted_keys.contains(&route_key(r)) {
-                    continue;
-                }
-                let stale = copy_route(r, table);
-                let op = format!("delete route {} table {table}", describe_route(&stale));
-                match self.rtnl.del_route(&op, stale) {
-                    Err(e) if e.errno() == Some(nix::libc::ESRCH) => {}
-                    other => other?,
-                }
-                changes += 1;
+            // A table that cannot be synced does not stop the others.
+            match self.replace_table(table, present, wanted) {
+                Ok(n) => changes += n,
+                Err(e) => failed = Some(e),
             }
-            for r in wanted {
-                if present_keys.contains(&route_key(&r)) {
-                    continue;
-                }
-                let op = format!("add route {} table {table}", describe_route(&r));
-                match self.rtnl.add_route(&op, r) {
-                    Err(e) if e.errno() == Some(nix::libc::EEXIST) => {}
-                    other => other?,
-                }
-                changes += 1;
+        }
+        failed.map_or(Ok(changes), Err)
+    }
+
+    /// Deletes the routes of `present` (table `table`) that are not in
+    /// `wanted` and adds those of `wanted` that are missing; returns how many.
+    fn replace_table(
+        &mut self,
+        table: u32,
+        present: Vec<&RouteMessage>,
+        wanted: Vec<RouteMessage>,
+    ) -> Result<usize, PlumbingError> {
+        let present_keys: std::collections::HashSet<String> =
+            present.iter().map(|r| route_key(r)).collect();
+        let wanted_keys: std::collections::HashSet<String> = wanted.iter().map(route_key).collect();
+        let mut changes = 0;
+        for r in present {
+            if wanted_keys.contains(&route_key(r)) {
+                continue;
             }
+            let stale = copy_route(r, table);
+            let op = format!("delete route {} table {table}", describe_route(&stale));
+            match self.rtnl.del_route(&op, stale) {
+                Err(e) if e.errno() == Some(nix::libc::ESRCH) => {}
+                other => other?,
+            }
+            changes += 1;
+        }
+        for r in wanted {
+            if present_keys.contains(&route_key(&r)) {
+                continue;
+            }
+            let op = format!("add route {} table {table}", describe_route(&r));
+            match self.rtnl.add_route(&op, r) {
+                Err(e) if e.errno() == Some(nix::libc::EEXIST) => {}
+                other => other?,
+            }
+            changes += 1;
         }
         Ok(changes)
     }
