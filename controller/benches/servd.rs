@@ -19,10 +19,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use controller::servd::{Config, Controller, SaldAction};
-use sal::control::{ControlEvent, Request, Response};
 use sal::proto::LocalInterface;
 use sal::table::{ServiceTable, Target};
 use sal::{ServiceId, ServicePrefix};
+use sal_control::{ControlEvent, Request, Response};
 use socket_shim::{ControlClient, ServiceListener, ServiceStream};
 use testnet::{wait_until, Host, NsChild, TopologyBuilder};
 

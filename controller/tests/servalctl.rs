@@ -8,12 +8,12 @@ use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use sal::control::{
+use sal::proto::LocalInterface;
+use sal::table::{ListenerId, Rule, ServiceTable, Target, TargetKey};
+use sal_control::{
     decode_body, encode_frame, frame_len, ErrorKind, Request, Response, StatsReport,
     PROTOCOL_VERSION,
 };
-use sal::proto::LocalInterface;
-use sal::table::{ListenerId, Rule, ServiceTable, Target, TargetKey};
 
 /// A fake sald answering `Hello` itself and everything else with `answer`.
 struct FakeSald {

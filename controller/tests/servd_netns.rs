@@ -25,9 +25,9 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use sal::control::{Request, Response};
 use sal::table::{Rule, RuleOrigin, Target};
 use sal::{ServiceId, ServicePrefix};
+use sal_control::{Request, Response};
 use socket_shim::{ControlClient, ServiceListener, ServiceStream};
 use testnet::{require_root, wait_until, Host, NsChild, TopologyBuilder};
 

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use controller::servd::wire::{self, Message, Node};
 use controller::servd::{Config, Controller, DefaultRoute, Mode, SaldAction, WeightPolicy};
-use sal::control::ControlEvent;
 use sal::proto::LocalInterface;
 use sal::table::{Rule, RuleOrigin, ServiceTable, Target, TargetKey};
 use sal::{Locator, ServiceId, ServicePrefix};
+use sal_control::ControlEvent;
 
 const PORT: u16 = 54326;
 const LEASE: Duration = Duration::from_secs(2);

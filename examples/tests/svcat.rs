@@ -14,14 +14,14 @@ use std::time::Duration;
 use nix::sys::socket::{
     recv, send, sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType,
 };
-use sal::control::{
-    decode_body, encode_frame, frame_len, DatagramFrame, ErrorKind, Request, Response,
-    PROTOCOL_VERSION,
-};
 use sal::proto::{DatagramPeer, FlowCounters, FlowInfo, FlowState, Role};
 use sal::table::ListenerId;
 use sal::wire::TransportProtocol;
 use sal::{FlowId, ServiceId};
+use sal_control::{
+    decode_body, encode_frame, frame_len, DatagramFrame, ErrorKind, Request, Response,
+    PROTOCOL_VERSION,
+};
 
 struct FakeSald {
     path: PathBuf,

@@ -13,17 +13,17 @@
 //!   FORWARD / DEMUX / DELAY / DROP targets.
 //! - [`locator`]: where packets go (IPv4 address, or address and UDP port).
 //! - [`flow`]: the flow table, flows by local flow ID.
-//! - [`control`]: the control-socket protocol spoken by sald and its clients.
 //! - [`transport`]: smoltcp TCP behind virtual endpoints, translated at the SAL boundary.
 //! - [`proto`]: the host state machine: handshakes, routing, DELAY, datagrams.
-//! - [`sim`]: a deterministic simulator of networks of hosts, for tests.
+//!
+//! The control-socket protocol (`sal-control`) and the deterministic network
+//! simulator used by tests (`sal-sim`) are crates of their own: neither is
+//! protocol core.
 
-pub mod control;
 pub mod flow;
 pub mod id;
 pub mod locator;
 pub mod proto;
-pub mod sim;
 pub mod table;
 pub mod transport;
 pub mod wire;

@@ -8,10 +8,10 @@ use std::net::Ipv4Addr;
 use std::rc::Rc;
 
 use sal::proto::{Event, HostConfig, HostError};
-use sal::sim::{HostId, LinkConditions, Network};
 use sal::table::Target;
 use sal::wire::{ControlFlags, ControlRepr, SalPacket, SalRepr, TransportProtocol::Stream};
 use sal::{FlowId, Locator, ServiceId, ServicePrefix};
+use sal_sim::{HostId, LinkConditions, Network};
 use smoltcp::time::Duration;
 
 mod common;

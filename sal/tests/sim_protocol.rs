@@ -4,10 +4,10 @@
 use std::net::Ipv4Addr;
 
 use sal::proto::{ConnectError, Event, HostConfig, HostError};
-use sal::sim::{HostId, LinkConditions, Network};
 use sal::table::Target;
 use sal::wire::TransportProtocol::{Datagram, Stream};
 use sal::{FlowId, Locator, ServiceId, ServicePrefix};
+use sal_sim::{HostId, LinkConditions, Network};
 use smoltcp::time::Duration;
 
 mod common;

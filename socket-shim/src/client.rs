@@ -1,6 +1,6 @@
 //! A blocking control connection to sald.
 //!
-//! [`ControlClient`] speaks the protocol of [`sal::control`]: length-prefixed
+//! [`ControlClient`] speaks the protocol of [`sal_control`]: length-prefixed
 //! JSON frames over a Unix stream socket, opened with a `Hello` exchange.
 //! Responses that hand over a socket carry its file descriptor as
 //! `SCM_RIGHTS` ancillary data; every read on the connection therefore goes
@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-use sal::control::{
+use sal_control::{
     control_path, decode_body, encode_frame, frame_len, ControlEvent, Request, Response,
     PROTOCOL_VERSION,
 };
@@ -197,7 +197,7 @@ pub struct ControlClient {
 }
 
 impl ControlClient {
-    /// Connects to the default control socket ([`sal::control::control_path`]:
+    /// Connects to the default control socket ([`sal_control::control_path`]:
     /// `SERVAL_CONTROL`, else `/run/serval/sald.sock`).
     pub fn connect() -> Result<ControlClient> {
         ControlClient::connect_to(control_path())

@@ -13,11 +13,11 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::sys::socket::{recv, send, setsockopt, sockopt, MsgFlags};
 use nix::sys::time::TimeVal;
-use sal::control::{DatagramFrame, Request, Response};
 use sal::proto::DatagramPeer;
 use sal::table::ListenerId;
 use sal::wire::TransportProtocol;
 use sal::{FlowId, ServiceId, ServicePrefix};
+use sal_control::{DatagramFrame, Request, Response};
 
 use crate::client::ControlClient;
 use crate::error::{Error, Result};

@@ -5,7 +5,7 @@ use std::io;
 use std::path::PathBuf;
 
 use nix::errno::Errno;
-use sal::control::ErrorKind;
+use sal_control::ErrorKind;
 
 /// Result type of the shim.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -156,7 +156,7 @@ impl Error {
     }
 
     /// An unexpected answer to a request.
-    pub(crate) fn unexpected(what: &str, response: &sal::control::Response) -> Error {
+    pub(crate) fn unexpected(what: &str, response: &sal_control::Response) -> Error {
         Error::Protocol(format!("unexpected answer to {what}: {response:?}"))
     }
 }

@@ -4,7 +4,7 @@
 //! stream flow to a [`ServiceId`], [`ServiceListener::bind`] registers a
 //! [`ServicePrefix`] and accepts flows on it, [`ServiceDatagram`] sends and
 //! receives datagrams. Under the hood each object holds its own control
-//! connection to sald ([`ControlClient`], speaking [`sal::control`]); a flow
+//! connection to sald ([`ControlClient`], speaking [`sal_control`]); a flow
 //! itself is one end of a Unix socketpair handed over by sald, so reading and
 //! writing cost what they cost on any local socket.
 //!
@@ -47,9 +47,9 @@ pub use crate::tokio::{
 pub use client::{ControlClient, Events, Reply};
 pub use datagram::{ServiceDatagram, MAX_DATAGRAM};
 pub use error::{Error, Result};
-pub use sal::control::ErrorKind;
 pub use sal::proto::{DatagramPeer, FlowInfo};
 pub use sal::{FlowId, ServiceId, ServicePrefix};
+pub use sal_control::ErrorKind;
 pub use stream::{Incoming, ServiceListener, ServiceStream};
 
 #[cfg(test)]

@@ -12,11 +12,11 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use sal::control::{Request, Response};
 use sal::proto::FlowInfo;
 use sal::table::ListenerId;
 use sal::wire::TransportProtocol;
 use sal::{FlowId, ServiceId, ServicePrefix};
+use sal_control::{Request, Response};
 
 use crate::client::{response_name, ControlClient, Reply};
 use crate::error::{Error, Result};

@@ -13,14 +13,14 @@ use nix::errno::Errno;
 use nix::sys::socket::{
     recv, send, sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType,
 };
-use sal::control::{
-    decode_body, encode_frame, frame_len, DatagramFrame, ErrorKind, Request, Response,
-    PROTOCOL_VERSION,
-};
 use sal::proto::{DatagramPeer, FlowCounters, FlowInfo, FlowState, Role};
 use sal::table::ListenerId;
 use sal::wire::TransportProtocol;
 use sal::{FlowId, ServiceId};
+use sal_control::{
+    decode_body, encode_frame, frame_len, DatagramFrame, ErrorKind, Request, Response,
+    PROTOCOL_VERSION,
+};
 
 use crate::{ControlClient, Error, ServiceDatagram, ServiceListener, ServiceStream};
 

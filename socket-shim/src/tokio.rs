@@ -17,11 +17,11 @@ use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::socket::{recv, send, MsgFlags};
-use sal::control::{control_path, DatagramFrame, Request, Response};
 use sal::proto::{DatagramPeer, FlowInfo};
 use sal::table::ListenerId;
 use sal::wire::TransportProtocol;
 use sal::{FlowId, ServiceId, ServicePrefix};
+use sal_control::{control_path, DatagramFrame, Request, Response};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::UnixStream;

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use clap::{Args, Parser, Subcommand};
-use sal::control::Request;
 use sal::table::{Target, TargetKey};
 use sal::{Locator, ServicePrefix};
+use sal_control::Request;
 
 /// Weight of a FORWARD target when none is given.
 pub const DEFAULT_WEIGHT: u32 = 1;

@@ -14,8 +14,8 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, Context};
 use clap::Parser;
-use sal::control::{control_path, Request, Response};
 use sal::table::TargetKey;
+use sal_control::{control_path, Request, Response};
 use socket_shim::ControlClient;
 
 pub use cli::{Cli, Command};

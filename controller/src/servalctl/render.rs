@@ -3,10 +3,10 @@
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
-use sal::control::StatsReport;
 use sal::proto::{FlowInfo, FlowState, LocalInterface, Role};
 use sal::table::{Rule, RuleOrigin, Target};
 use sal::wire::TransportProtocol;
+use sal_control::StatsReport;
 
 /// How a column is aligned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

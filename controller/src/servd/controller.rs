@@ -26,10 +26,10 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sal::control::ControlEvent;
 use sal::proto::LocalInterface;
 use sal::table::{Rule, RuleOrigin, Target, TargetKey};
 use sal::{FlowId, Locator, ServiceId, ServicePrefix};
+use sal_control::ControlEvent;
 
 use super::wire::{
     self, announce_batches, withdraw_batches, Announcement, Message, Node, Route, RouteTarget,

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use sal::control::{ControlEvent, Request, Response};
 use sal::table::RuleOrigin;
 use sal::ServicePrefix;
+use sal_control::{ControlEvent, Request, Response};
 use socket_shim::{AsyncControlClient, ControlClient};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -204,7 +204,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let path = args
         .control
         .clone()
-        .unwrap_or_else(sal::control::control_path);
+        .unwrap_or_else(sal_control::control_path);
     let socket = UdpSocket::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -144,7 +144,7 @@ fn one_line(text: &str) -> String {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let path = cli.control.unwrap_or_else(sal::control::control_path);
+    let path = cli.control.unwrap_or_else(sal_control::control_path);
     let control = ControlClient::connect_as(&path, "svcat")?;
     let mut stdin = spawn_stdin_reader();
     if cli.udp {

@@ -1,8 +1,8 @@
 //! Stream transfers on the simulator, shared by the simulation tests.
 
 use sal::proto::HostError;
-use sal::sim::{HostId, Network};
 use sal::FlowId;
+use sal_sim::{HostId, Network};
 use smoltcp::time::Duration;
 
 /// Pushes `data` from one flow to another, half-closes, and returns what the

@@ -9,12 +9,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use libc::c_int;
-use sal::control::{DatagramFrame, Request, Response};
 use sal::locator::Locator;
 use sal::proto::FlowInfo;
 use sal::table::ListenerId;
 use sal::wire::TransportProtocol;
 use sal::{ServiceId, ServicePrefix};
+use sal_control::{DatagramFrame, Request, Response};
 use socket_shim::{ControlClient, Error as ShimError, MAX_DATAGRAM};
 
 use crate::addr::{self, parse_inet, parse_serval, PortMap, SockAddr, AF_SERVAL};

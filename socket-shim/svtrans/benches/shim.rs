@@ -20,9 +20,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use sal::control::{Request, Response};
 use sal::table::Target;
 use sal::{Locator, ServiceId, ServicePrefix};
+use sal_control::{Request, Response};
 use socket_shim::{ControlClient, ServiceListener, ServiceStream};
 use testnet::{wait_until, Host, NsChild, Topology, TopologyBuilder};
 

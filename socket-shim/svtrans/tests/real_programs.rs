@@ -19,9 +19,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use sal::control::{Request, Response};
 use sal::table::Target;
 use sal::Locator;
+use sal_control::{Request, Response};
 use socket_shim::ControlClient;
 use testnet::{require_root, wait_for, wait_until, Host, NsChild, Topology, TopologyBuilder};
 

@@ -18,9 +18,9 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use smoltcp::time::{Duration, Instant};
 
-use crate::locator::Locator;
-use crate::proto::{Event, Host, HostConfig, LocalInterface, Transmit};
-use crate::wire::IPV4_HEADER_LEN;
+use sal::locator::Locator;
+use sal::proto::{Event, Host, HostConfig, LocalInterface, Transmit};
+use sal::wire::IPV4_HEADER_LEN;
 
 /// What the medium does to packets.
 #[derive(Debug, Clone, Copy)]

@@ -20,7 +20,7 @@
 //! client leaving, and withdraws the accept.
 //!
 //! Datagram sends through a socket's fd are best effort, like UDP: a datagram
-//! that cannot be sent (no route, over [`crate::proto::MAX_DATAGRAM`] bytes)
+//! that cannot be sent (no route, over [`sal::proto::MAX_DATAGRAM`] bytes)
 //! is dropped and counted, not reported.
 //!
 //! Stream flows are handed over as one end of an `AF_UNIX` `SOCK_STREAM`
@@ -35,11 +35,11 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use serde::{Deserialize, Serialize};
 
-use crate::id::{FlowId, ServiceId, ServicePrefix};
-use crate::locator::Locator;
-use crate::proto::{DatagramPeer, FlowInfo, HostStats, LocalInterface};
-use crate::table::{ListenerId, Rule, RuleOrigin, TableStats, Target, TargetKey};
-use crate::wire::TransportProtocol;
+use sal::id::{FlowId, ServiceId, ServicePrefix};
+use sal::locator::Locator;
+use sal::proto::{DatagramPeer, FlowInfo, HostStats, LocalInterface};
+use sal::table::{ListenerId, Rule, RuleOrigin, TableStats, Target, TargetKey};
+use sal::wire::TransportProtocol;
 
 /// Version of this protocol; the major must match.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -13,8 +13,8 @@ use std::path::Path;
 use std::thread;
 use std::time::Duration;
 
-use sal::control::{Request, Response};
 use sal::{Locator, ServiceId, ServicePrefix};
+use sal_control::{Request, Response};
 use socket_shim::{ServiceDatagram, ServiceListener, ServiceStream};
 use testnet::{require_root, wait_until, Host, TopologyBuilder};
 
@@ -348,8 +348,8 @@ fn hostile_control_clients_hurt_only_themselves() {
     let mut raw = UnixStream::connect(&daemon.control).unwrap();
     raw.write_all(&u32::MAX.to_be_bytes()).unwrap();
     let mut raw = UnixStream::connect(&daemon.control).unwrap();
-    let hello = sal::control::encode_frame(&Request::Hello {
-        version: sal::control::PROTOCOL_VERSION,
+    let hello = sal_control::encode_frame(&Request::Hello {
+        version: sal_control::PROTOCOL_VERSION,
         client: "hostile".into(),
     })
     .unwrap();

@@ -1,6 +1,6 @@
 //! The control socket: one task per client connection.
 //!
-//! A client speaks the protocol of [`sal::control`]: `Hello` first, then one
+//! A client speaks the protocol of [`sal_control`]: `Hello` first, then one
 //! request at a time. Whatever a client does (garbage, oversized frames,
 //! vanishing mid-request) costs only that client its connection and the
 //! listeners and datagram sockets it created; the daemon keeps running.
@@ -15,13 +15,13 @@ use std::time::Duration;
 use nix::sys::socket::{
     sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType,
 };
-use sal::control::{
-    decode_body, encode_frame, frame_len, ErrorKind, Request, Response, PROTOCOL_VERSION,
-};
 use sal::proto::{ConnectError, HostError};
 use sal::table::{ListenerId, RuleOrigin, TableError, TargetKey};
 use sal::wire::TransportProtocol;
 use sal::{FlowId, ServicePrefix};
+use sal_control::{
+    decode_body, encode_frame, frame_len, ErrorKind, Request, Response, PROTOCOL_VERSION,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
 

@@ -6,9 +6,9 @@
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use sal::control::{Request, Response};
 use sal::table::Target;
 use sal::Locator;
+use sal_control::{Request, Response};
 use socket_shim::ControlClient;
 pub use testnet::Daemon;
 use testnet::Netns;

@@ -195,7 +195,7 @@ impl Config {
             control: flags
                 .control
                 .or(file.control)
-                .unwrap_or_else(|| sal::control::DEFAULT_CONTROL_PATH.into()),
+                .unwrap_or_else(|| sal_control::DEFAULT_CONTROL_PATH.into()),
             tun: flags.tun.or(file.tun).unwrap_or_else(|| "sal0".into()),
             seed: flags.seed,
             auto_migrate: !flags.no_auto_migrate,

@@ -19,9 +19,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use sal::control::{Request, Response};
 use sal::table::Target;
 use sal::{FlowId, Locator, ServiceId, ServicePrefix};
+use sal_control::{Request, Response};
 use socket_shim::{ServiceListener, ServiceStream};
 use testnet::{require_root, wait_until, Topology, TopologyBuilder};
 

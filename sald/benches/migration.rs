@@ -34,8 +34,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use sal::control::{Request, Response};
 use sal::{ServiceId, ServicePrefix};
+use sal_control::{Request, Response};
 use socket_shim::{ControlClient, ServiceListener, ServiceStream};
 use testnet::{wait_until, Netns};
 

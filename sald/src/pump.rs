@@ -13,9 +13,9 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 use nix::sys::socket::{recv, send, MsgFlags};
-use sal::control::DatagramFrame;
 use sal::proto::HostError;
 use sal::FlowId;
+use sal_control::DatagramFrame;
 use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;

@@ -11,12 +11,12 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use sal::control::{ControlEvent, StatsReport};
 use sal::proto::{ConnectError, Event, FlowInfo, Host, Transmit};
 use sal::table::ListenerId;
 use sal::time::Instant;
 use sal::wire::{Ipv4Carriage, IPV4_HEADER_LEN};
 use sal::{FlowId, Locator};
+use sal_control::{ControlEvent, StatsReport};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::link::{TunLink, UdpLink};
