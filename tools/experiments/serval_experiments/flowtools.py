@@ -4,6 +4,7 @@ bounded in time.
 
 - `sink`: reads a byte stream (stdin, or a TCP/MPTCP listener) and writes
   the bytes received per time bin as JSON;
+- `connect`: sequential HTTP requests, timing each connect;
 - `source`: writes zeros at full speed to stdout or to a TCP/MPTCP peer for
   a fixed time.
 """
@@ -86,6 +87,32 @@ def source(args):
         s.close()
 
 
+def connect(args):
+    """Sequential HTTP/1.0 requests: connect latency and request time (ms)."""
+    host, port = args.addr.rsplit(":", 1)
+    connect_ms, request_ms, failed = [], [], 0
+    deadline = time.monotonic() + args.seconds
+    request = f"GET {args.path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode()
+    for _ in range(args.count):
+        if time.monotonic() > deadline:
+            break
+        t0 = time.perf_counter()
+        try:
+            s = socket.create_connection((host, int(port)), timeout=5)
+            t1 = time.perf_counter()
+            s.sendall(request)
+            while s.recv(1 << 16):
+                pass
+            s.close()
+        except OSError:
+            failed += 1
+            continue
+        connect_ms.append((t1 - t0) * 1e3)
+        request_ms.append((time.perf_counter() - t0) * 1e3)
+    with open(args.out, "w") as f:
+        json.dump({"connect_ms": connect_ms, "request_ms": request_ms, "failed": failed}, f)
+
+
 def main():
     p = argparse.ArgumentParser(prog="flowtools")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -99,8 +126,14 @@ def main():
     b.add_argument("--connect")
     b.add_argument("--mptcp", action="store_true")
     b.add_argument("--seconds", type=float, required=True)
+    c = sub.add_parser("connect")
+    c.add_argument("--addr", required=True)
+    c.add_argument("--path", default="/")
+    c.add_argument("--count", type=int, required=True)
+    c.add_argument("--seconds", type=float, required=True)
+    c.add_argument("--out", required=True)
     args = p.parse_args()
-    {"sink": sink, "source": source}[args.cmd](args)
+    {"sink": sink, "source": source, "connect": connect}[args.cmd](args)
 
 
 if __name__ == "__main__":
