@@ -62,5 +62,7 @@ def run(ctx):
     res = result("throughput", "Throughput: SAL vs kernel TCP vs TUN ceiling", CLAIM, figures,
                  ok=all(figures.get(k) for k in ("kernel_tcp_1_gbps", "sal_1_gbps", "sal_4_gbps")),
                  failures=failures)
+    res["headline"] = (f"1 flow: SAL {figures.get('sal_1_gbps') or 0:.2f}, kernel {figures.get('kernel_tcp_1_gbps') or 0:.2f}, "
+                       f"TUN ceiling {ceiling or 0:.2f} Gbit/s")
     write_json(ctx, "throughput", res)
     return res

@@ -64,6 +64,8 @@ def run(ctx):
     res = result("translator", "Translator: svtrans and inet mode vs native SAL vs kernel TCP", CLAIM, figures,
                  ok=all(figures.get(k) for k in ("kernel_tcp_gbps", "inet_mode_gbps", "svtrans_gbps", "native_sal_gbps")),
                  failures=failures)
+    res["headline"] = ", ".join(f"{k.replace('_gbps', '')} {figures.get(k) or 0:.2f}" for k in
+                                ("kernel_tcp_gbps", "native_sal_gbps", "inet_mode_gbps", "svtrans_gbps")) + " Gbit/s"
     write_json(ctx, "translator", res)
     return res
 
