@@ -6,6 +6,7 @@ import json
 import os
 import re
 import statistics
+import time
 
 from .netlab import wait_until
 
@@ -22,10 +23,11 @@ class Context:
         return quick if self.quick else full
 
 
-def result(name, title, claim, figures, ok, notes=(), failures=()):
-    """The record of one experiment. `ok` is whether it ran and met its
-    acceptance checks; `failures` says precisely what went wrong."""
-    return {
+def result(ctx, name, title, claim, figures, ok, notes=(), failures=(), headline=""):
+    """The record of one experiment, also written to NAME.json. `ok` is
+    whether it ran and met its acceptance checks; `failures` says precisely
+    what went wrong; `headline` is its line in the summary."""
+    res = {
         "name": name,
         "title": title,
         "paper_claim": claim,
@@ -33,7 +35,26 @@ def result(name, title, claim, figures, ok, notes=(), failures=()):
         "ok": bool(ok) and not failures,
         "notes": list(notes),
         "failures": list(failures),
+        "headline": headline,
     }
+    write_json(ctx, name, res)
+    return res
+
+
+class Schedule:
+    """Events at fixed offsets from a start time."""
+
+    def __init__(self):
+        self.t0 = time.time()
+
+    def at(self, t):
+        """Sleeps until `t` seconds after the start."""
+        delay = self.t0 + t - time.time()
+        if delay > 0:
+            time.sleep(delay)
+
+    def now(self):
+        return time.time() - self.t0
 
 
 def write_json(ctx, name, data):

@@ -11,9 +11,10 @@ withdraws it); the new memcached starts empty, so the client sees misses.
 A unit is 30 s, 8 s under --quick."""
 
 import json
+import time
 
 from . import plot
-from .common import TOOLS_DIR, PY, result, write_json
+from .common import Schedule, TOOLS_DIR, PY, result
 from .netlab import Lab, wait_until
 from .stack import Host, binary
 
@@ -84,20 +85,14 @@ def run(ctx):
         client = hosts["client"].spawn(binary("serval-run"), "--", "timeout", end + 30, PY, "-m",
                                        "serval_experiments.kvclient", "--seconds", end, "--out", out,
                                        env={"PYTHONPATH": TOOLS_DIR}, log=lab.path("kvclient.log"), cwd=TOOLS_DIR)
-        import time
+        clock = Schedule()
+        t0 = clock.t0
 
-        t0 = time.time()
-
-        def at(t):
-            delay = t0 + t - time.time()
-            if delay > 0:
-                time.sleep(delay)
-
-        at(unit)
+        clock.at(unit)
         events.append((time.time() - t0, "m3 joins"))
         move(1, "m3")
         move(3, "m3")
-        at(2 * unit)
+        clock.at(2 * unit)
         events.append((time.time() - t0, "m1 leaves"))
         move(0, "m2")
         if client.wait(end + 40 - (time.time() - t0)) is None:
@@ -142,8 +137,6 @@ def run(ctx):
         note=(f"4 partitions by service-ID prefix, one memcached each behind svtrans egress; one client keyed by "
               f"service ID; {ops_ok} ops ok, {ops_failed} failed, {figures['reconnects']} reconnects. 1 unit = {unit} s."),
     )
-    res = result("memcached", "Partitioned memcached: partitions move as servers join and leave", CLAIM, figures,
-                 ok=ops_ok > 0, notes=notes, failures=failures)
-    res["headline"] = f"{ops_ok} ops ok, {ops_failed} failed, {figures['misses']} misses, {figures['reconnects']} reconnects"
-    write_json(ctx, "memcached", res)
-    return res
+    return result(ctx, "memcached", "Partitioned memcached: partitions move as servers join and leave", CLAIM, figures,
+                 ok=ops_ok > 0, notes=notes, failures=failures,
+                  headline=f"{ops_ok} ops ok, {ops_failed} failed, {figures['misses']} misses, {figures['reconnects']} reconnects")

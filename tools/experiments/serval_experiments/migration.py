@@ -8,7 +8,7 @@ import shlex
 import time
 
 from . import plot
-from .common import TOOLS_DIR, flowtool, result, write_json
+from .common import Schedule, TOOLS_DIR, flowtool, result
 from .netlab import Lab
 from .stack import Host, binary
 
@@ -43,16 +43,13 @@ def load(path):
 def timeline(phone, cut_at, back_at, t0, while_down=lambda: None):
     """Takes wifi down at cut_at and up again at back_at (seconds after t0);
     calls `while_down` just before wifi comes back."""
-    def at(t):
-        delay = t0 + t - time.time()
-        if delay > 0:
-            time.sleep(delay)
-
-    at(cut_at)
+    clock = Schedule()
+    clock.t0 = t0
+    clock.at(cut_at)
     phone.ip("link", "set", "wifi", "down")
-    at(back_at - 0.3)
+    clock.at(back_at - 0.3)
     while_down()
-    at(back_at)
+    clock.at(back_at)
     phone.ip("link", "set", "wifi", "up")
     phone.ip("route", "replace", "default", "via", "10.8.0.2", "metric", "100", check=False)
 
@@ -136,9 +133,7 @@ def run(ctx):
         note="phone (wifi + cell) -> kernel router -> server; 100 ms bins; gap = bins under 5% of the pre-cut mean; sald: svcat over sald with automatic "
              "migration; MPTCP: kernel MPTCP socket, second subflow on cell.",
     )
-    res = result("migration", "Migration: goodput across an interface loss, sald vs MPTCP", CLAIM, figures,
-                 ok=bool(series), notes=notes, failures=failures)
-    res["headline"] = (f"gap sald {figures.get('sald_gap_s', float('nan')):.1f} s, "
-                       f"MPTCP {figures.get('mptcp_gap_s', float('nan')):.1f} s")
-    write_json(ctx, "migration", res)
-    return res
+    return result(ctx, "migration", "Migration: goodput across an interface loss, sald vs MPTCP", CLAIM, figures,
+                 ok=bool(series), notes=notes, failures=failures,
+                  headline=(f"gap sald {figures.get('sald_gap_s', float('nan')):.1f} s, "
+                       f"MPTCP {figures.get('mptcp_gap_s', float('nan')):.1f} s"))

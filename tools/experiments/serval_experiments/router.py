@@ -9,7 +9,7 @@ nginx serving a 1-byte file, all unmodified under serval-run."""
 import json
 
 from . import plot
-from .common import TOOLS_DIR, flowtool, median, parse_ab, percentile, result, write_json
+from .common import TOOLS_DIR, flowtool, median, parse_ab, percentile, result
 from .netlab import Lab
 from .stack import Host, binary
 from .web import Nginx, content
@@ -126,9 +126,7 @@ def run(ctx):
         note=f"SAL client -> router -> SAL server (nginx, 1-byte file), {count} sequential connects per case; "
              f"rate: ab, {count} requests, {concurrency} in flight, one connection per request.",
     )
-    res = result("router", "Router: SYN forwarding rate and connect latency", CLAIM, figures,
-                 ok=bool(figures.get("sr_conn_per_s")), failures=failures)
-    res["headline"] = (f"conn/s: IP router {figures.get('ip_conn_per_s', 0):.0f}, service router between "
-                       f"subnets {figures.get('sr_conn_per_s', 0):.0f}, on one LAN {figures.get('sr_lan_conn_per_s', 0):.0f}")
-    write_json(ctx, "router", res)
-    return res
+    return result(ctx, "router", "Router: SYN forwarding rate and connect latency", CLAIM, figures,
+                 ok=bool(figures.get("sr_conn_per_s")), failures=failures,
+                  headline=(f"conn/s: IP router {figures.get('ip_conn_per_s', 0):.0f}, service router between "
+                       f"subnets {figures.get('sr_conn_per_s', 0):.0f}, on one LAN {figures.get('sr_lan_conn_per_s', 0):.0f}"))

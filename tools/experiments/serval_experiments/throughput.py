@@ -5,7 +5,7 @@ same veth pair and the TUN-forwarder ceiling, 1 and 4 flows."""
 import re
 
 from . import plot
-from .common import iperf, pair, result, write_json
+from .common import iperf, pair, result
 from .netlab import Lab
 from .stack import binary
 
@@ -59,10 +59,8 @@ def run(ctx):
         },
         note=f"iperf3, {seconds} s per run, same run and machine; ceiling = kernel TCP through a plain user-space TUN-to-TUN forwarder (1 copy per packet).",
     )
-    res = result("throughput", "Throughput: SAL vs kernel TCP vs TUN ceiling", CLAIM, figures,
+    return result(ctx, "throughput", "Throughput: SAL vs kernel TCP vs TUN ceiling", CLAIM, figures,
                  ok=all(figures.get(k) for k in ("kernel_tcp_1_gbps", "sal_1_gbps", "sal_4_gbps")),
-                 failures=failures)
-    res["headline"] = (f"1 flow: SAL {figures.get('sal_1_gbps') or 0:.2f}, kernel {figures.get('kernel_tcp_1_gbps') or 0:.2f}, "
-                       f"TUN ceiling {ceiling or 0:.2f} Gbit/s")
-    write_json(ctx, "throughput", res)
-    return res
+                 failures=failures,
+                  headline=(f"1 flow: SAL {figures.get('sal_1_gbps') or 0:.2f}, kernel {figures.get('kernel_tcp_1_gbps') or 0:.2f}, "
+                       f"TUN ceiling {ceiling or 0:.2f} Gbit/s"))

@@ -3,7 +3,7 @@ inet mode, next to native SAL streams (svcat) and kernel TCP, same veth
 pair, one flow each."""
 
 from . import plot
-from .common import iperf, iperf_client, pair, result, svcat_goodput, write_json
+from .common import iperf, iperf_client, pair, result, svcat_goodput
 from .netlab import Lab
 from .stack import binary
 
@@ -61,11 +61,9 @@ def run(ctx):
         },
         note=f"veth pair, MTU 1500, {seconds} s per run; svtrans: iperf3 -> TCP -> svtrans ingress -> SAL -> svtrans egress -> TCP -> iperf3 -s.",
     )
-    res = result("translator", "Translator: svtrans and inet mode vs native SAL vs kernel TCP", CLAIM, figures,
+    return result(ctx, "translator", "Translator: svtrans and inet mode vs native SAL vs kernel TCP", CLAIM, figures,
                  ok=all(figures.get(k) for k in ("kernel_tcp_gbps", "inet_mode_gbps", "svtrans_gbps", "native_sal_gbps")),
-                 failures=failures)
-    res["headline"] = ", ".join(f"{k.replace('_gbps', '')} {figures.get(k) or 0:.2f}" for k in
-                                ("kernel_tcp_gbps", "native_sal_gbps", "inet_mode_gbps", "svtrans_gbps")) + " Gbit/s"
-    write_json(ctx, "translator", res)
-    return res
+                 failures=failures,
+                  headline=", ".join(f"{k.replace('_gbps', '')} {figures.get(k) or 0:.2f}" for k in
+                                ("kernel_tcp_gbps", "native_sal_gbps", "inet_mode_gbps", "svtrans_gbps")) + " Gbit/s")
 

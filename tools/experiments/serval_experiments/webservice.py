@@ -12,9 +12,9 @@ nginx's access log; failures from ab's reports."""
 import time
 
 from . import plot
-from .common import parse_ab, result, write_json
+from .common import Schedule, parse_ab, result
 from .netlab import Lab, wait_until
-from .stack import Host, binary
+from .stack import Host
 from .web import Nginx, content
 
 CLAIM = ("Clients stay undisturbed while instances join and leave: throughput "
@@ -71,23 +71,19 @@ def run(ctx):
         start(1)
         if not wait_until(lambda: announced(router, 2), 15, 0.2):
             failures.append(f"the first two instances were not announced to the router: {router.ctl('services').stdout}")
-        t0 = time.time()
+        clock = Schedule()
+        t0 = clock.t0
         abs_ = []
         for i, c in enumerate(clients):
             abs_.append(c.serval_run([(80, SERVICE)], "timeout", end + 60, "ab", "-r", "-c", IN_FLIGHT, "-t", end,
                                      "-n", 10_000_000, "-s", 30, f"http://10.200.0.1{path}",
                                      log=lab.path(f"ab-c{i + 1}.log")))
 
-        def at(t):
-            delay = t0 + t - time.time()
-            if delay > 0:
-                time.sleep(delay)
-
-        at(unit)
+        clock.at(unit)
         start(2)
         start(3)
         events.append((time.time() - t0, "s3, s4 join"))
-        at(2 * unit)
+        clock.at(2 * unit)
         events.append((time.time() - t0, "s1, s2 leave"))
         leaving = {}
         for name in ("s1", "s2"):
@@ -109,7 +105,7 @@ def run(ctx):
             at_router = router.ctl("services").stdout
             if f"announced {name}" in at_router:
                 failures.append(f"the router still forwards to {name} 1 s after it left: {' '.join(at_router.split())}")
-        at(3 * unit)
+        clock.at(3 * unit)
         start(4)
         events.append((time.time() - t0, "s5 joins"))
         for i, ab in enumerate(abs_):
@@ -174,8 +170,6 @@ def run(ctx):
         note=(f"{CLIENTS} ab clients x {IN_FLIGHT} requests in flight for a 3 MB file, one SAL flow per request, "
               f"service router + servd; {ok_requests} requests ok, {failed} failed. Paper timeline, 1 unit = {unit} s."),
     )
-    res = result("webservice", "Replicated web service: instances join and leave", CLAIM, figures,
-                 ok=ok_requests > 0, notes=notes, failures=failures)
-    res["headline"] = f"{ok_requests} requests ok, {failed} failed; served per instance {served}"
-    write_json(ctx, "webservice", res)
-    return res
+    return result(ctx, "webservice", "Replicated web service: instances join and leave", CLAIM, figures,
+                 ok=ok_requests > 0, notes=notes, failures=failures,
+                  headline=f"{ok_requests} requests ok, {failed} failed; served per instance {served}")
