@@ -211,10 +211,8 @@ impl ElasticBuffer {
     where
         F: FnOnce(&'b mut [u8]) -> (usize, R),
     {
-        if self.len == 0 {
-            // Empty: restart at the front for the longest contiguous space.
-            self.read_at = 0;
-        }
+        // Unlike smoltcp's ring, an empty buffer does not restart at the
+        // front: bytes written ahead of the queue must keep their place.
         if self.len() == self.storage.len() && !self.is_full() {
             self.reserve(self.len() + 1);
         }
@@ -235,9 +233,6 @@ impl ElasticBuffer {
     /// Queue as much of `data` as the capacity allows, growing the storage as
     /// needed; returns how many bytes were queued.
     pub fn enqueue_slice(&mut self, data: &[u8]) -> usize {
-        if self.len == 0 {
-            self.read_at = 0;
-        }
         let mut size = cmp::min(data.len(), self.window());
         if size == 0 {
             return 0;

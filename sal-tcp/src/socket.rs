@@ -186,6 +186,9 @@ pub struct Socket {
     /// The last sequence number sent.
     /// I.e. in an idle socket, local_seq_no+tx_buffer.len().
     remote_last_seq: TcpSeqNumber,
+    /// The highest sequence number sent so far (Linux's SND.NXT, which unlike
+    /// `remote_last_seq` does not go back on a retransmission timeout).
+    remote_max_seq: TcpSeqNumber,
     /// The last acknowledgement number sent.
     /// I.e. in an idle socket, remote_seq_no+rx_buffer.len().
     remote_last_ack: Option<TcpSeqNumber>,
@@ -293,6 +296,7 @@ impl Socket {
             local_seq_no: TcpSeqNumber::default(),
             remote_seq_no: TcpSeqNumber::default(),
             remote_last_seq: TcpSeqNumber::default(),
+            remote_max_seq: TcpSeqNumber::default(),
             remote_last_ack: None,
             remote_last_win: 0,
             remote_win_len: 0,
@@ -504,6 +508,7 @@ impl Socket {
         self.local_seq_no = TcpSeqNumber::default();
         self.remote_seq_no = TcpSeqNumber::default();
         self.remote_last_seq = TcpSeqNumber::default();
+        self.remote_max_seq = TcpSeqNumber::default();
         self.remote_last_ack = None;
         self.remote_last_win = 0;
         self.remote_win_len = 0;
@@ -561,6 +566,7 @@ impl Socket {
         self.ts_offset = isn.0 as u32;
         self.local_seq_no = isn;
         self.remote_last_seq = isn;
+        self.remote_max_seq = isn;
         Ok(())
     }
 
@@ -948,7 +954,7 @@ impl Socket {
         // [...] an empty acknowledgment segment containing the current send-sequence number
         // and an acknowledgment indicating the next sequence number expected
         // to be received.
-        reply_repr.seq_number = self.remote_last_seq;
+        reply_repr.seq_number = self.ack_seq();
         reply_repr.ack_number = Some(self.remote_seq_no + self.rx_buffer.len());
         self.remote_last_ack = reply_repr.ack_number;
 
@@ -1052,6 +1058,23 @@ impl Socket {
             self.queue_reply(reply);
         }
         self.schedule_trim(now);
+    }
+
+    /// The sequence number of a segment that occupies no sequence space (an
+    /// ACK, a window update): as Linux's `tcp_acceptable_seq`, the highest
+    /// sequence number sent, clipped to the peer's window.
+    ///
+    /// smoltcp uses `remote_last_seq`, which a retransmission timeout rewinds
+    /// to the oldest unacknowledged byte. When both directions carry data and
+    /// both time out, each side's ACKs then carry a sequence number below what
+    /// the other has already received; RFC 9293's acceptability test drops
+    /// such segments, ACK field included, and the connection deadlocks with
+    /// both sides retransmitting forever.
+    fn ack_seq(&self) -> TcpSeqNumber {
+        let window_end = self.local_seq_no + self.remote_win_len;
+        self.remote_max_seq
+            .min(window_end)
+            .max(self.remote_last_seq)
     }
 
     /// Drop the RTT sample in progress (see `Socket::from_cookie`).
@@ -1399,6 +1422,7 @@ impl Socket {
                 self.local_seq_no = self.isn;
                 self.remote_seq_no = repr.seq_number + 1;
                 self.remote_last_seq = self.local_seq_no;
+                self.remote_max_seq = self.local_seq_no;
                 self.remote_has_sack = repr.sack_permitted;
                 self.remote_win_scale = repr.window_scale;
                 // Remote doesn't support window scaling, don't do it.
@@ -1447,6 +1471,7 @@ impl Socket {
 
                 self.remote_seq_no = repr.seq_number + 1;
                 self.remote_last_seq = self.local_seq_no + 1;
+                self.remote_max_seq = self.remote_max_seq.max(self.remote_last_seq);
                 self.remote_last_ack = Some(repr.seq_number);
                 self.remote_has_sack = repr.sack_permitted;
                 self.remote_win_scale = repr.window_scale;
@@ -1639,6 +1664,7 @@ impl Socket {
             if self.remote_last_seq < self.local_seq_no {
                 self.remote_last_seq = self.local_seq_no
             }
+            self.remote_max_seq = self.remote_max_seq.max(self.local_seq_no);
         }
 
         // update last remote tsval
@@ -2151,6 +2177,12 @@ impl Socket {
             State::FinWait2 | State::TimeWait => {}
         }
 
+        // sal-tcp: a segment that occupies no sequence space carries the highest
+        // sequence number sent (see `ack_seq`), not the retransmission point.
+        if payload_len == 0 && matches!(repr.control, TcpControl::None | TcpControl::Psh) {
+            repr.seq_number = self.ack_seq();
+        }
+
         // There might be more than one reason to send a packet. E.g. the keep-alive timer
         // has expired, and we also have data in transmit buffer. Since any packet that occupies
         // sequence space will elicit an ACK, we only need to send an explicit packet if we
@@ -2243,6 +2275,7 @@ impl Socket {
         // behind the current frontier) doesn't rewind the tracked "highest sent" sequence.
         let segment_len = payload_len + repr.control.len();
         self.remote_last_seq = self.remote_last_seq.max(repr.seq_number + segment_len);
+        self.remote_max_seq = self.remote_max_seq.max(self.remote_last_seq);
         self.remote_last_ack = repr.ack_number;
         self.remote_last_win = repr.window_len;
 

@@ -259,6 +259,7 @@ fn socket_syn_received_with_buffer_sizes(tx_len: usize, rx_len: usize) -> TestSo
     s.local_seq_no = LOCAL_SEQ;
     s.remote_seq_no = REMOTE_SEQ + 1;
     s.remote_last_seq = LOCAL_SEQ;
+    s.remote_max_seq = LOCAL_SEQ;
     s.remote_win_len = 256;
     s
 }
@@ -273,6 +274,7 @@ fn socket_syn_sent_with_buffer_sizes(tx_len: usize, rx_len: usize) -> TestSocket
     s.has_peer = true;
     s.local_seq_no = LOCAL_SEQ;
     s.remote_last_seq = LOCAL_SEQ;
+    s.remote_max_seq = LOCAL_SEQ;
     s
 }
 
@@ -285,6 +287,7 @@ fn socket_established_with_buffer_sizes(tx_len: usize, rx_len: usize) -> TestSoc
     s.state = State::Established;
     s.local_seq_no = LOCAL_SEQ + 1;
     s.remote_last_seq = LOCAL_SEQ + 1;
+    s.remote_max_seq = LOCAL_SEQ + 1;
     s.remote_last_ack = Some(REMOTE_SEQ + 1);
     s.remote_last_win = s.scaled_window();
     s
@@ -305,6 +308,7 @@ fn socket_fin_wait_2() -> TestSocket {
     s.state = State::FinWait2;
     s.local_seq_no = LOCAL_SEQ + 1 + 1;
     s.remote_last_seq = LOCAL_SEQ + 1 + 1;
+    s.remote_max_seq = LOCAL_SEQ + 1 + 1;
     s
 }
 
@@ -312,6 +316,7 @@ fn socket_closing() -> TestSocket {
     let mut s = socket_fin_wait_1();
     s.state = State::Closing;
     s.remote_last_seq = LOCAL_SEQ + 1 + 1;
+    s.remote_max_seq = LOCAL_SEQ + 1 + 1;
     s.remote_seq_no = REMOTE_SEQ + 1 + 1;
     s.timer = Timer::Retransmit {
         expires_at: Instant::from_millis_const(1000),
@@ -6621,5 +6626,195 @@ fn test_tsval_disabled_in_local_client() {
 }
 
 // =========================================================================================//
-// Tests for source IP address change.
+// Tests of what sal-tcp changed.
 // =========================================================================================//
+
+#[test]
+fn test_ack_after_rto_carries_highest_seq_sent() {
+    // smoltcp rewinds `remote_last_seq` on a retransmission timeout and used
+    // it as the sequence number of pure ACKs. If the peer had in fact received
+    // everything (only its ACKs were lost), such an ACK is below its window
+    // and dropped, ACK field included: with data both ways, both ends stall.
+    let mut s = socket_established_with_buffer_sizes(4096, 4096);
+    s.set_nagle_enabled(false);
+    send!(
+        s,
+        TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            window_len: 4000,
+            ..SEND_TEMPL
+        }
+    );
+    s.send_slice(&[7; 3000]).unwrap();
+    let mut sent = 0;
+    while let Some(len) = s.poll_transmit(Instant::ZERO, LOCAL_ADDR, REMOTE_ADDR, &mut [0; 2000]) {
+        sent += len - TCP_HEADER_LEN;
+    }
+    // The initial congestion window let 2048 bytes out.
+    assert_eq!(sent, 2048);
+    // The retransmission timeout rewinds and resends what the collapsed
+    // congestion window allows.
+    let mut out = [0; 2000];
+    let now = Instant::from_millis(1000);
+    let len = s
+        .poll_transmit(now, LOCAL_ADDR, REMOTE_ADDR, &mut out)
+        .unwrap();
+    assert_eq!(parse_sent(&out[..len]).seq_number, LOCAL_SEQ + 1);
+    let mut resent = len - TCP_HEADER_LEN;
+    while let Some(len) = s.poll_transmit(now, LOCAL_ADDR, REMOTE_ADDR, &mut out) {
+        resent += len - TCP_HEADER_LEN;
+    }
+    assert!(resent < 2048);
+    // The peer, which got all 2048 bytes, sends data: our ACK must carry a
+    // sequence number it finds acceptable.
+    send!(
+        s,
+        time 1001,
+        TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            window_len: 4000,
+            payload: &b"abc"[..],
+            ..SEND_TEMPL
+        }
+    );
+    recv!(
+        s,
+        time 1001,
+        Ok(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 2048,
+            ack_number: Some(REMOTE_SEQ + 1 + 3),
+            window_len: 4093,
+            ..RECV_TEMPL
+        })
+    );
+}
+
+#[test]
+fn test_segment_to_closed_socket_is_reset() {
+    // What smoltcp's interface does for a segment no socket accepts.
+    let mut s = socket();
+    let syn = TcpRepr {
+        control: TcpControl::Syn,
+        seq_number: REMOTE_SEQ,
+        ack_number: None,
+        ..SEND_TEMPL
+    };
+    s.handle_segment(Instant::ZERO, &segment_bytes(&syn))
+        .unwrap();
+    recv!(
+        s,
+        [TcpRepr {
+            control: TcpControl::Rst,
+            seq_number: TcpSeqNumber(0),
+            ack_number: Some(REMOTE_SEQ + 1),
+            window_len: 0,
+            ..RECV_TEMPL
+        }]
+    );
+    // A reset is never answered.
+    let rst = TcpRepr {
+        control: TcpControl::Rst,
+        seq_number: REMOTE_SEQ,
+        ack_number: None,
+        ..SEND_TEMPL
+    };
+    s.handle_segment(Instant::ZERO, &segment_bytes(&rst))
+        .unwrap();
+    recv_nothing!(s);
+    assert_eq!(s.poll_at(), None);
+}
+
+#[test]
+fn test_replies_to_segments_handled_together_are_all_sent() {
+    // Two out-of-order segments handled before the next poll: the peer must
+    // see two duplicate ACKs (its fast retransmit counts them).
+    let mut s = socket_established();
+    for offset in [6, 12] {
+        let repr = TcpRepr {
+            seq_number: REMOTE_SEQ + 1 + offset,
+            ack_number: Some(LOCAL_SEQ + 1),
+            payload: &b"xxxxxx"[..],
+            ..SEND_TEMPL
+        };
+        s.handle_segment(Instant::ZERO, &segment_bytes(&repr))
+            .unwrap();
+    }
+    assert_eq!(s.poll_at(), Some(Instant::ZERO));
+    for _ in 0..2 {
+        recv(&mut s, Instant::ZERO, |repr| {
+            assert_eq!(repr.unwrap().ack_number, Some(REMOTE_SEQ + 1));
+        });
+    }
+    recv_nothing!(s);
+}
+
+#[test]
+fn test_malformed_segment_changes_nothing() {
+    let mut s = socket_established();
+    let mut bytes = segment_bytes(&TcpRepr {
+        seq_number: REMOTE_SEQ + 1,
+        ack_number: Some(LOCAL_SEQ + 1),
+        payload: &b"abc"[..],
+        ..SEND_TEMPL
+    });
+    bytes[12] = 0xf0; // header length beyond the segment
+    assert_eq!(
+        s.handle_segment(Instant::ZERO, &bytes),
+        Err(SegmentError::Malformed)
+    );
+    recv_nothing!(s);
+    sanity!(s, socket_established());
+}
+
+#[test]
+fn test_poll_at_includes_the_trim_point_only_while_memory_is_held() {
+    let mut s = socket_established();
+    recv_nothing!(s, time 0);
+    assert_eq!(s.poll_at(), None);
+    send!(
+        s,
+        time 0,
+        TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            payload: &b"abc"[..],
+            ..SEND_TEMPL
+        }
+    );
+    recv!(s, time 0, Ok(TcpRepr { seq_number: LOCAL_SEQ + 1, ack_number: Some(REMOTE_SEQ + 1 + 3), window_len: 61, ..RECV_TEMPL }));
+    assert_eq!(s.buffer_memory(), 64);
+    let trim = Instant::ZERO + Duration::from_secs(1);
+    assert_eq!(s.poll_at(), Some(trim));
+    let mut data = [0; 3];
+    assert_eq!(s.recv_slice(&mut data), Ok(3));
+    // The read reopened the window a little: no update owed (smoltcp waits
+    // for it to double), so the trim point is the next deadline.
+    recv_nothing!(s, time 1000);
+    // Data arrived during that interval: the buffer is kept for one more.
+    assert_eq!(s.buffer_memory(), 64);
+    assert_eq!(s.poll_at(), Some(trim + Duration::from_secs(1)));
+    recv_nothing!(s, time 2000);
+    assert_eq!(s.buffer_memory(), 0);
+    assert_eq!(s.poll_at(), None);
+}
+
+#[test]
+fn test_send_queue_limit_follows_the_congestion_window() {
+    let config = Config {
+        min_buffer: 1000,
+        ..test_config(1 << 20, 1 << 20)
+    };
+    let mut s = TestSocket {
+        socket: Socket::new(&config),
+    };
+    s.state = State::Established;
+    s.has_peer = true;
+    let cwnd = s.congestion_controller.inner().window();
+    assert_eq!(s.send_limit(), 2 * cwnd);
+    assert_eq!(s.send_slice(&vec![1; 1 << 20]), Ok(2 * cwnd));
+    assert_eq!(s.send_space(), 0);
+    assert!(!s.can_send());
+    assert!(s.buffer_memory() < 4 * cwnd);
+}
