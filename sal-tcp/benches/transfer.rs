@@ -170,64 +170,6 @@ impl SalPair {
         }
         pair
     }
-
-    /// One exchange: a sends, b receives and answers, a receives.
-    fn exchange(&mut self, now: Instant) {
-        self.segments += self.ab.fill(now, &mut self.a, A, B);
-        self.ab.drain(now, &mut self.b, A, B);
-        self.segments += self.ba.fill(now, &mut self.b, B, A);
-        self.ba.drain(now, &mut self.a, B, A);
-    }
-}
-
-/// What a bulk run measured.
-struct Run {
-    seconds: f64,
-    segments: u64,
-    /// Most buffer memory both sockets held at once (sal-tcp only).
-    peak_memory: usize,
-    /// The pair, for the memory section (sal-tcp only).
-    pair: Option<SalPair>,
-}
-
-fn sal_bulk(clock: &Clock, total: usize) -> Run {
-    let mut pair = SalPair::new(clock);
-    let data = vec![0x5a; 256 * 1024];
-    let mut sink = vec![0; 256 * 1024];
-    let (mut queued, mut received) = (0, 0);
-    let start = WallClock::now();
-    let segments_before = pair.segments;
-    let mut peak_memory = 0;
-    while received < total {
-        peak_memory = peak_memory.max(pair.a.buffer_memory() + pair.b.buffer_memory());
-        while queued < total {
-            let n = pair
-                .a
-                .send_slice(&data[..data.len().min(total - queued)])
-                .unwrap();
-            if n == 0 {
-                break;
-            }
-            queued += n;
-        }
-        let now = clock.now();
-        pair.segments += pair.ab.fill(now, &mut pair.a, A, B);
-        pair.ab.drain(now, &mut pair.b, A, B);
-        while let Ok(n) = pair.b.recv_slice(&mut sink) {
-            if n == 0 {
-                break;
-            }
-            received += n;
-        }
-        pair.segments += pair.ba.fill(now, &mut pair.b, B, A);
-        pair.ba.drain(now, &mut pair.a, B, A);
-    }
-    Run {
-        seconds: start.elapsed().as_secs_f64(),
-        segments: pair.segments - segments_before,
-        peak_memory,
-        pair: Some(pair),
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -380,79 +322,200 @@ impl SmolPair {
         }
         pair
     }
+}
 
+// ---------------------------------------------------------------------------
+// The two stacks behind one interface, so that both run the same loops
+
+/// A connected pair of sockets, `a` (client) and `b` (server), and the
+/// in-memory network between them.
+trait Pair {
+    /// Queue bytes at `a`; returns how many were accepted.
+    fn send_a(&mut self, data: &[u8]) -> usize;
+    /// Queue bytes at `b`.
+    fn send_b(&mut self, data: &[u8]) -> usize;
+    /// Read what `a` received.
+    fn recv_a(&mut self, buf: &mut [u8]) -> usize;
+    /// Read what `b` received.
+    fn recv_b(&mut self, buf: &mut [u8]) -> usize;
+    /// Everything `a` sends now reaches `b`, which processes it.
+    fn a_to_b(&mut self, now: Instant);
+    /// Everything `b` sends now reaches `a`, which processes it.
+    fn b_to_a(&mut self, now: Instant);
+    /// `b`'s next deadline, as its host computes it.
+    fn poll_at_b(&mut self, now: Instant) -> Option<Instant>;
+    /// Segments sent so far, both ways.
+    fn segments(&self) -> u64;
+    /// Buffer memory held by both sockets (sal-tcp only).
+    fn buffer_memory(&self) -> usize {
+        0
+    }
+    /// One exchange: `a` sends, `b` receives and answers, `a` receives.
     fn exchange(&mut self, now: Instant) {
+        self.a_to_b(now);
+        self.b_to_a(now);
+    }
+}
+
+impl Pair for SalPair {
+    fn send_a(&mut self, data: &[u8]) -> usize {
+        self.a.send_slice(data).unwrap()
+    }
+    fn send_b(&mut self, data: &[u8]) -> usize {
+        self.b.send_slice(data).unwrap()
+    }
+    fn recv_a(&mut self, buf: &mut [u8]) -> usize {
+        self.a.recv_slice(buf).unwrap()
+    }
+    fn recv_b(&mut self, buf: &mut [u8]) -> usize {
+        self.b.recv_slice(buf).unwrap()
+    }
+    fn a_to_b(&mut self, now: Instant) {
+        self.segments += self.ab.fill(now, &mut self.a, A, B);
+        self.ab.drain(now, &mut self.b, A, B);
+    }
+    fn b_to_a(&mut self, now: Instant) {
+        self.segments += self.ba.fill(now, &mut self.b, B, A);
+        self.ba.drain(now, &mut self.a, B, A);
+    }
+    fn poll_at_b(&mut self, _now: Instant) -> Option<Instant> {
+        self.b.poll_at()
+    }
+    fn segments(&self) -> u64 {
+        self.segments
+    }
+    fn buffer_memory(&self) -> usize {
+        self.a.buffer_memory() + self.b.buffer_memory()
+    }
+}
+
+impl Pair for SmolPair {
+    fn send_a(&mut self, data: &[u8]) -> usize {
+        let socket = self.a.sockets.get_mut::<tcp::Socket>(self.ha);
+        socket.send_slice(data).unwrap()
+    }
+    fn send_b(&mut self, data: &[u8]) -> usize {
+        let socket = self.b.sockets.get_mut::<tcp::Socket>(self.hb);
+        socket.send_slice(data).unwrap()
+    }
+    fn recv_a(&mut self, buf: &mut [u8]) -> usize {
+        let socket = self.a.sockets.get_mut::<tcp::Socket>(self.ha);
+        socket.recv_slice(buf).unwrap()
+    }
+    fn recv_b(&mut self, buf: &mut [u8]) -> usize {
+        let socket = self.b.sockets.get_mut::<tcp::Socket>(self.hb);
+        socket.recv_slice(buf).unwrap()
+    }
+    fn a_to_b(&mut self, now: Instant) {
         self.a.poll(now);
         self.segments += self.a.send_to(&mut self.b);
+        self.b.poll(now);
+    }
+    fn b_to_a(&mut self, now: Instant) {
         self.b.poll(now);
         self.segments += self.b.send_to(&mut self.a);
         self.a.poll(now);
     }
+    fn poll_at_b(&mut self, now: Instant) -> Option<Instant> {
+        self.b.iface.poll_at(now, &self.b.sockets)
+    }
+    fn segments(&self) -> u64 {
+        self.segments
+    }
 }
 
-fn smoltcp_bulk(clock: &Clock, total: usize) -> Run {
-    let mut pair = SmolPair::new(clock, 0);
+/// What a bulk run measured.
+struct Run {
+    seconds: f64,
+    segments: u64,
+    /// Most buffer memory both sockets held at once.
+    peak_memory: usize,
+}
+
+/// Send `total` bytes from `a` to `b` as fast as the stack goes.
+fn bulk_run(pair: &mut impl Pair, clock: &Clock, total: usize) -> Run {
     let data = vec![0x5a; 256 * 1024];
     let mut sink = vec![0; 256 * 1024];
     let (mut queued, mut received) = (0, 0);
     let start = WallClock::now();
-    let segments_before = pair.segments;
+    let segments_before = pair.segments();
+    let mut peak_memory = 0;
     while received < total {
-        let client = pair.a.sockets.get_mut::<tcp::Socket>(pair.ha);
+        peak_memory = peak_memory.max(pair.buffer_memory());
         while queued < total {
-            let n = client
-                .send_slice(&data[..data.len().min(total - queued)])
-                .unwrap();
+            let n = pair.send_a(&data[..data.len().min(total - queued)]);
             if n == 0 {
                 break;
             }
             queued += n;
         }
         let now = clock.now();
-        pair.a.poll(now);
-        pair.segments += pair.a.send_to(&mut pair.b);
-        pair.b.poll(now);
-        let server = pair.b.sockets.get_mut::<tcp::Socket>(pair.hb);
-        while let Ok(n) = server.recv_slice(&mut sink) {
+        pair.a_to_b(now);
+        loop {
+            let n = pair.recv_b(&mut sink);
             if n == 0 {
                 break;
             }
             received += n;
         }
-        pair.b.poll(now);
-        pair.segments += pair.b.send_to(&mut pair.a);
-        pair.a.poll(now);
+        pair.b_to_a(now);
     }
     Run {
         seconds: start.elapsed().as_secs_f64(),
-        segments: pair.segments - segments_before,
-        peak_memory: 0,
-        pair: None,
+        segments: pair.segments() - segments_before,
+        peak_memory,
     }
+}
+
+/// `rounds` requests of 64 bytes from `a`, each echoed by `b`; returns ns
+/// per segment and ns per `poll_at` of `b`'s host.
+fn request_response(pair: &mut impl Pair, clock: &Clock, rounds: usize) -> (f64, f64) {
+    let mut buf = [0; 64];
+    let mut poll_at_ns = 0.0;
+    let start = WallClock::now();
+    let before = pair.segments();
+    for _ in 0..rounds {
+        let now = clock.now();
+        pair.send_a(&[7; 64]);
+        pair.a_to_b(now);
+        assert_eq!(pair.recv_b(&mut buf), 64);
+        pair.send_b(&buf);
+        pair.b_to_a(now);
+        assert_eq!(pair.recv_a(&mut buf), 64);
+        let t = WallClock::now();
+        std::hint::black_box(pair.poll_at_b(now));
+        poll_at_ns += t.elapsed().as_nanos() as f64;
+    }
+    let per_segment = start.elapsed().as_nanos() as f64 / (pair.segments() - before) as f64;
+    (per_segment, poll_at_ns / rounds as f64)
 }
 
 // ---------------------------------------------------------------------------
 // 1. Bulk transfer
 
-fn bulk(clock: &Clock, megabytes: usize) -> Run {
+fn bulk(clock: &Clock, megabytes: usize) -> (Run, SalPair) {
     let total = megabytes << 20;
     println!("## Bulk transfer, {megabytes} MB one way, 1 MiB maximum buffers, in memory\n");
     println!("| stack | Gbit/s | ns per segment | segments (both ways) |");
     println!("|---|---|---|---|");
     // Alternate, best of two each, so that both see the same machine.
-    let mut best: [Option<Run>; 2] = [None, None];
+    let (mut sal, mut smol): (Option<(Run, SalPair)>, Option<Run>) = (None, None);
     for _ in 0..2 {
-        for (i, run) in [sal_bulk as fn(&Clock, usize) -> Run, smoltcp_bulk]
-            .iter()
-            .enumerate()
+        let mut pair = SalPair::new(clock);
+        let run = bulk_run(&mut pair, clock, total);
+        if sal
+            .as_ref()
+            .is_none_or(|(best, _)| run.seconds < best.seconds)
         {
-            let result = run(clock, total);
-            if best[i].as_ref().is_none_or(|b| result.seconds < b.seconds) {
-                best[i] = Some(result);
-            }
+            sal = Some((run, pair));
+        }
+        let run = bulk_run(&mut SmolPair::new(clock, 0), clock, total);
+        if smol.as_ref().is_none_or(|best| run.seconds < best.seconds) {
+            smol = Some(run);
         }
     }
-    let [sal, smol] = best.map(Option::unwrap);
+    let (sal, pair) = sal.unwrap();
+    let smol = smol.unwrap();
     for (name, run) in [
         ("sal-tcp (per-flow socket)", &sal),
         ("smoltcp 0.14 (Interface)", &smol),
@@ -465,13 +528,13 @@ fn bulk(clock: &Clock, megabytes: usize) -> Run {
         );
     }
     println!();
-    sal
+    (sal, pair)
 }
 
 // ---------------------------------------------------------------------------
 // 2. Memory per idle established socket
 
-fn memory(bulk: Run) {
+fn memory(bulk: Run, mut pair: SalPair) {
     println!("## Memory per idle established socket\n");
     let config = sal_config();
     // sal-tcp: established server sockets, built from cookies as a
@@ -487,7 +550,6 @@ fn memory(bulk: Run) {
     drop(sockets);
 
     // The bulk pair, idle: virtual time jumps past two trim points.
-    let mut pair = bulk.pair.expect("the sal-tcp run keeps its pair");
     let end = pair.a.poll_at().unwrap_or(Instant::ZERO);
     let mut now = end.max(Instant::from_secs(1_000));
     for _ in 0..3 {
@@ -554,72 +616,6 @@ fn established_from_cookie(config: &sal_tcp::Config, seed: i32) -> sal_tcp::Sock
 // ---------------------------------------------------------------------------
 // 3. Per-segment work beside idle sockets
 
-/// Request/response of 64 bytes on the active pair; returns ns per segment
-/// and ns per `poll_at` (the receiving host's next deadline).
-fn sal_beside_idle(clock: &Clock, idle: usize, rounds: usize) -> (f64, f64) {
-    let config = sal_config();
-    let idle_sockets: Vec<_> = (0..idle)
-        .map(|i| established_from_cookie(&config, i as i32))
-        .collect();
-    let mut pair = SalPair::new(clock);
-    let mut buf = [0; 64];
-    let mut poll_at_ns = 0.0;
-    let start = WallClock::now();
-    let before = pair.segments;
-    for _ in 0..rounds {
-        let now = clock.now();
-        pair.a.send_slice(&[7; 64]).unwrap();
-        pair.segments += pair.ab.fill(now, &mut pair.a, A, B);
-        pair.ab.drain(now, &mut pair.b, A, B);
-        pair.b.recv_slice(&mut buf).unwrap();
-        pair.b.send_slice(&buf).unwrap();
-        pair.segments += pair.ba.fill(now, &mut pair.b, B, A);
-        pair.ba.drain(now, &mut pair.a, B, A);
-        pair.a.recv_slice(&mut buf).unwrap();
-        let t = WallClock::now();
-        std::hint::black_box(pair.b.poll_at());
-        poll_at_ns += t.elapsed().as_nanos() as f64;
-    }
-    let per_segment = start.elapsed().as_nanos() as f64 / (pair.segments - before) as f64;
-    drop(idle_sockets);
-    (per_segment, poll_at_ns / rounds as f64)
-}
-
-fn smoltcp_beside_idle(clock: &Clock, idle: usize, rounds: usize) -> (f64, f64) {
-    let mut pair = SmolPair::new(clock, idle);
-    let mut buf = [0; 64];
-    let mut poll_at_ns = 0.0;
-    let start = WallClock::now();
-    let before = pair.segments;
-    for _ in 0..rounds {
-        let now = clock.now();
-        pair.a
-            .sockets
-            .get_mut::<tcp::Socket>(pair.ha)
-            .send_slice(&[7; 64])
-            .unwrap();
-        pair.a.poll(now);
-        pair.segments += pair.a.send_to(&mut pair.b);
-        pair.b.poll(now);
-        let server = pair.b.sockets.get_mut::<tcp::Socket>(pair.hb);
-        server.recv_slice(&mut buf).unwrap();
-        server.send_slice(&buf).unwrap();
-        pair.b.poll(now);
-        pair.segments += pair.b.send_to(&mut pair.a);
-        pair.a.poll(now);
-        pair.a
-            .sockets
-            .get_mut::<tcp::Socket>(pair.ha)
-            .recv_slice(&mut buf)
-            .unwrap();
-        let t = WallClock::now();
-        std::hint::black_box(pair.b.iface.poll_at(now, &pair.b.sockets));
-        poll_at_ns += t.elapsed().as_nanos() as f64;
-    }
-    let per_segment = start.elapsed().as_nanos() as f64 / (pair.segments - before) as f64;
-    (per_segment, poll_at_ns / rounds as f64)
-}
-
 fn beside_idle(clock: &Clock, counts: &[usize]) {
     println!("## One active flow (64-byte request/response) beside idle sockets\n");
     println!("sal-tcp: handle_segment + poll_transmit + poll_at of the active socket only (the");
@@ -629,8 +625,9 @@ fn beside_idle(clock: &Clock, counts: &[usize]) {
     println!("| idle sockets | sal-tcp ns/segment | smoltcp ns/segment | sal-tcp ns/poll_at | smoltcp ns/poll_at |");
     println!("|---|---|---|---|---|");
     // Warm both up (caches, allocator) before the first measured row.
-    sal_beside_idle(clock, 0, 2000);
-    smoltcp_beside_idle(clock, 0, 2000);
+    request_response(&mut SalPair::new(clock), clock, 2000);
+    request_response(&mut SmolPair::new(clock, 0), clock, 2000);
+    let config = sal_config();
     for &idle in counts {
         let rounds = if idle >= 100_000 {
             200
@@ -639,8 +636,12 @@ fn beside_idle(clock: &Clock, counts: &[usize]) {
         } else {
             20_000
         };
-        let sal = sal_beside_idle(clock, idle, rounds);
-        let smol = smoltcp_beside_idle(clock, idle, rounds);
+        let idle_sockets: Vec<_> = (0..idle)
+            .map(|i| established_from_cookie(&config, i as i32))
+            .collect();
+        let sal = request_response(&mut SalPair::new(clock), clock, rounds);
+        drop(idle_sockets);
+        let smol = request_response(&mut SmolPair::new(clock, idle), clock, rounds);
         println!(
             "| {idle} | {:.0} | {:.0} | {:.0} | {:.0} |",
             sal.0, smol.0, sal.1, smol.1
@@ -661,7 +662,7 @@ fn main() {
         .unwrap_or_else(|| vec![1, 10_000, 100_000]);
     let clock = Clock(WallClock::now());
     println!("# sal-tcp vs smoltcp 0.14 (same run)\n");
-    let sal_run = bulk(&clock, megabytes);
-    memory(sal_run);
+    let (sal_run, sal_pair) = bulk(&clock, megabytes);
+    memory(sal_run, sal_pair);
     beside_idle(&clock, &counts);
 }

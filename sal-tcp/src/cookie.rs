@@ -23,7 +23,7 @@ use smoltcp::wire::{Ipv4Address, TcpControl, TcpRepr, TcpSeqNumber};
 
 use crate::config::Config;
 use crate::segment::{self, SegmentError, MAX_HEADER_LEN};
-use crate::socket::{Socket, State};
+use crate::socket::{Socket, State, EMPTY_SEGMENT};
 
 /// What a cookie must let the server recover when the client's ACK arrives:
 /// the client's SYN options and both initial sequence numbers.
@@ -148,18 +148,14 @@ impl Socket {
         // then the ACK.
         let mut socket = listener(config, params.local_isn);
         let syn = TcpRepr {
-            src_port: 0,
-            dst_port: 0,
             control: TcpControl::Syn,
             seq_number: params.remote_isn,
-            ack_number: None,
             window_len: ack.window_len,
             window_scale: params.remote_window_scale,
             max_seg_size: params.remote_mss,
             sack_permitted: params.sack_permitted,
-            sack_ranges: [None; 3],
             timestamp: ack.timestamp,
-            payload: &[],
+            ..EMPTY_SEGMENT
         };
         socket.handle_repr(now, &syn);
         let mut scratch = [0; MAX_HEADER_LEN];
@@ -277,18 +273,12 @@ mod tests {
         };
         let ack = |seq: i32, ack: i32, control| {
             let repr = TcpRepr {
-                src_port: 0,
-                dst_port: 0,
                 control,
                 seq_number: TcpSeqNumber(seq),
                 ack_number: Some(TcpSeqNumber(ack)),
                 window_len: 100,
-                window_scale: None,
-                max_seg_size: None,
-                sack_permitted: false,
-                sack_ranges: [None; 3],
                 timestamp: Some(TcpTimestampRepr::new(1, 2)),
-                payload: &[],
+                ..EMPTY_SEGMENT
             };
             let mut out = [0; 60];
             let len = segment::emit(&repr, 0, |_| {}, CLIENT, SERVER, &mut out).unwrap();

@@ -253,6 +253,23 @@ pub struct Socket {
     trim_at: Option<Instant>,
 }
 
+/// A segment with no flags, options or payload, numbered 0: the base of
+/// every segment the socket builds.
+pub(crate) const EMPTY_SEGMENT: TcpRepr<'static> = TcpRepr {
+    src_port: 0,
+    dst_port: 0,
+    control: TcpControl::None,
+    seq_number: TcpSeqNumber(0),
+    ack_number: None,
+    window_len: 0,
+    window_scale: None,
+    max_seg_size: None,
+    sack_permitted: false,
+    sack_ranges: [None, None, None],
+    timestamp: None,
+    payload: &[],
+};
+
 /// The peer's MSS until it tells us (RFC 1122).
 const DEFAULT_MSS: usize = 536;
 
@@ -926,28 +943,10 @@ impl Socket {
         self.state = state;
     }
 
-    /// An empty segment with no flags, to be filled in as a reply.
-    fn reply_template() -> TcpRepr<'static> {
-        TcpRepr {
-            src_port: 0,
-            dst_port: 0,
-            control: TcpControl::None,
-            seq_number: TcpSeqNumber(0),
-            ack_number: None,
-            window_len: 0,
-            window_scale: None,
-            max_seg_size: None,
-            sack_permitted: false,
-            sack_ranges: [None, None, None],
-            timestamp: None,
-            payload: &[],
-        }
-    }
-
     /// The ACK of the current state owed to a received segment (smoltcp
     /// builds it in `process`; here it is built when sent), echoing `tsecr`.
     fn ack_reply(&mut self, now: Instant, tsecr: Option<u32>) -> TcpRepr<'static> {
-        let mut reply_repr = Self::reply_template();
+        let mut reply_repr = EMPTY_SEGMENT;
         reply_repr.timestamp = tsecr.and_then(|tsecr| self.timestamp_option(now, tsecr));
 
         // From RFC 793:
@@ -2054,7 +2053,7 @@ impl Socket {
             ack_number: Some(self.remote_seq_no + self.rx_buffer.len()),
             window_len: self.scaled_window(),
             timestamp: self.timestamp_option(now, self.last_remote_tsval),
-            ..Self::reply_template()
+            ..EMPTY_SEGMENT
         };
         let mut payload_offset = 0;
         let mut payload_len = 0;
@@ -2318,7 +2317,7 @@ impl Socket {
                     control: TcpControl::Rst,
                     seq_number: seq,
                     ack_number: ack,
-                    ..Self::reply_template()
+                    ..EMPTY_SEGMENT
                 };
                 (repr, None)
             }

@@ -24,32 +24,14 @@ const BASE_MSS: u16 = 1460;
 
 // sal-tcp: ports are 0 on the wire (the SAL demultiplexes by flow ID).
 const SEND_TEMPL: TcpRepr<'static> = TcpRepr {
-    src_port: 0,
-    dst_port: 0,
-    control: TcpControl::None,
-    seq_number: TcpSeqNumber(0),
     ack_number: Some(TcpSeqNumber(0)),
     window_len: 256,
-    window_scale: None,
-    max_seg_size: None,
-    sack_permitted: false,
-    sack_ranges: [None, None, None],
-    timestamp: None,
-    payload: &[],
+    ..EMPTY_SEGMENT
 };
 const RECV_TEMPL: TcpRepr<'static> = TcpRepr {
-    src_port: 0,
-    dst_port: 0,
-    control: TcpControl::None,
-    seq_number: TcpSeqNumber(0),
     ack_number: Some(TcpSeqNumber(0)),
     window_len: 64,
-    window_scale: None,
-    max_seg_size: None,
-    sack_permitted: false,
-    sack_ranges: [None, None, None],
-    timestamp: None,
-    payload: &[],
+    ..EMPTY_SEGMENT
 };
 
 // =========================================================================================//
