@@ -217,6 +217,11 @@ pub struct Socket {
     local_rx_dup_acks: u8,
     /// If a fast retransmit needs to occur
     pending_fast_retransmit: bool,
+    /// NewReno (RFC 6582): while in fast recovery, the highest sequence number
+    /// sent when it began. An ACK below it (a partial ACK) means another
+    /// segment of that window was lost: it is retransmitted at once instead
+    /// of waiting for the retransmission timeout.
+    recover: Option<TcpSeqNumber>,
 
     /// Duration for Delayed ACK. If None no ACKs will be delayed.
     ack_delay: Option<Duration>,
@@ -326,6 +331,7 @@ impl Socket {
             local_rx_last_seq: None,
             local_rx_dup_acks: 0,
             pending_fast_retransmit: false,
+            recover: None,
             ack_delay: config.ack_delay,
             ack_delay_timer: AckDelayTimer::Idle,
             challenge_ack_timer: Instant::from_secs(0),
@@ -537,6 +543,7 @@ impl Socket {
         self.challenge_ack_timer = Instant::from_secs(0);
         self.reply = None;
         self.trim_at = None;
+        self.recover = None;
     }
 
     /// Wait for a SYN (passive open), answering it with initial sequence
@@ -1546,9 +1553,14 @@ impl Socket {
                     // Clear the remote endpoint, or we'll send an RST there.
                     self.set_state(State::Closed);
                     self.has_peer = false;
-                } else if ack_len == 0 {
+                } else if ack_len == 0 && self.tx_buffer.is_empty() {
                     // Duplicate ACK; our FIN has not been acknowledged.
                     // Per RFC 9293 (3.10.7.4), send a challenge ACK.
+                    // sal-tcp: only when the FIN is all that is outstanding.
+                    // With data still in flight a duplicate ACK is the peer
+                    // reporting a loss, and must reach fast retransmit below
+                    // (smoltcp answered it with a challenge ACK, leaving the
+                    // loss to the retransmission timeout).
                     return self.challenge_ack_reply(now, repr);
                 }
                 // Partial ACK: fall through to advance SND.UNA normally.
@@ -1616,7 +1628,9 @@ impl Socket {
                         }
                     );
 
-                    if self.local_rx_dup_acks == 3 {
+                    // sal-tcp: not again within one recovery (RFC 6582 3.2 step 1):
+                    // partial ACKs take care of the other losses of the window.
+                    if self.local_rx_dup_acks == 3 && self.recover.is_none() {
                         self.timer.set_for_fast_retransmit();
                         net_debug!("started fast retransmit");
                     }
@@ -1638,6 +1652,20 @@ impl Socket {
                         net_debug!("reset duplicate ACK count");
                     }
                     self.local_rx_last_ack = Some(ack_number);
+
+                    // sal-tcp: NewReno partial ACKs (RFC 6582 3.2 step 3).
+                    match self.recover {
+                        Some(recover) if ack_number >= recover => {
+                            net_debug!("full ACK, leaving fast recovery");
+                            self.recover = None;
+                        }
+                        Some(_) if ack_len > 0 => {
+                            net_debug!("partial ACK, retransmitting the next hole");
+                            self.pending_fast_retransmit = true;
+                            self.rtte.on_retransmit();
+                        }
+                        _ => {}
+                    }
 
                     // Notify of fresh ACK
                     self.rtte.on_ack(now, ack_number);
@@ -1994,6 +2022,9 @@ impl Socket {
 
                 // Inform RTTE, so that it can can handle RTO backoff
                 self.rtte.on_rto();
+
+                // A timeout ends any fast recovery.
+                self.recover = None;
             } else {
                 // If a fast rentrasmit timer expired, we should resend only the earliest unAcked segment
                 net_debug!("retransmitting for fast-retransmit");
@@ -2005,6 +2036,7 @@ impl Socket {
                     .on_loss(now, in_flight);
 
                 self.pending_fast_retransmit = true;
+                self.recover = Some(self.remote_max_seq);
             }
 
             // Clear the `should_retransmit` state. If we can't retransmit right

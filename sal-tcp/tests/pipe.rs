@@ -168,3 +168,44 @@ fn idle_connections_give_their_memory_back() {
     assert!(net.run_until(MINUTE, |net| net.ends[0].received.len() == 10_000));
     assert_eq!(net.ends[0].received, pattern(10_000, 4));
 }
+
+#[test]
+fn two_losses_in_one_window_recover_without_a_timeout() {
+    // 60 segments; the 45th and 52nd data segments are lost once, in the
+    // last window, so no later data produces fresh duplicate ACKs. With the
+    // receiver's half still open (ESTABLISHED) and already closed (the
+    // sender is in LAST-ACK when the duplicate ACKs come).
+    for congestion_control in [CongestionControl::Reno, CongestionControl::Cubic] {
+        for receiver_closes_first in [false, true] {
+            let config = Config {
+                congestion_control,
+                ..Config::default()
+            };
+            let mss = config.mss as usize;
+            let up = pattern(60 * mss, 11);
+            let mut net = Net::connected(&config, [up.clone(), vec![]], lossy(0.0), 11);
+            net.conditions[0].jitter = Duration::ZERO;
+            net.ends[1].close_when_sent = receiver_closes_first;
+            let mut data_segments = 0;
+            net.dropper = Some(Box::new(move |end, segment| {
+                let repr = sal_tcp::parse(segment).unwrap();
+                if end != 0 || repr.payload.is_empty() {
+                    return false;
+                }
+                data_segments += 1;
+                data_segments == 45 || data_segments == 52
+            }));
+            let start = net.now;
+            assert!(net.run_until(MINUTE, |net| net.ends[1].received.len() == up.len()));
+            assert_exchanged(&net, &up, &[]);
+            assert_eq!(net.lost, 2);
+            // Without recovery of the second loss, the retransmission timer
+            // (at least 1 s) would fire.
+            assert!(
+                net.now - start < Duration::from_millis(500),
+                "{congestion_control:?}, receiver closes first: {receiver_closes_first}: took {}",
+                net.now - start
+            );
+        }
+    }
+}

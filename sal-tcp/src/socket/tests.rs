@@ -6800,3 +6800,82 @@ fn test_send_queue_limit_follows_the_congestion_window() {
     assert!(!s.can_send());
     assert!(s.buffer_memory() < 4 * cwnd);
 }
+
+#[test]
+fn test_last_ack_duplicate_acks_with_data_in_flight_fast_retransmit() {
+    // The peer closed first; we sent data then our FIN; the first segment
+    // was lost and the peer reports it with duplicate ACKs.
+    let mut s = socket_close_wait();
+    s.set_nagle_enabled(false);
+    s.remote_mss = 6;
+    s.send_slice(b"abcdefghijkl").unwrap();
+    s.close();
+    assert_eq!(s.state, State::LastAck);
+    recv(&mut s, Instant::ZERO, |r| {
+        assert_eq!(r.unwrap().payload, b"abcdef")
+    });
+    recv(&mut s, Instant::ZERO, |r| {
+        let r = r.unwrap();
+        assert_eq!((r.control, r.payload), (TcpControl::Fin, &b"ghijkl"[..]));
+    });
+    // The ACK of everything before, then three duplicates of it.
+    for _ in 0..4 {
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1 + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                ..SEND_TEMPL
+            }
+        );
+    }
+    // Fast retransmit of the first segment, long before the retransmission
+    // timeout.
+    recv(&mut s, Instant::from_millis(1), |r| {
+        let r = r.unwrap();
+        assert_eq!((r.seq_number, r.payload), (LOCAL_SEQ + 1, &b"abcdef"[..]));
+    });
+    assert_eq!(s.state, State::LastAck);
+}
+
+#[test]
+fn test_partial_ack_retransmits_the_next_hole_at_once() {
+    // NewReno (RFC 6582): segments 1 and 3 of a window are lost.
+    let mut s = socket_established_with_buffer_sizes(64, 64);
+    s.set_nagle_enabled(false);
+    s.remote_mss = 6;
+    s.send_slice(b"abcdefghijklmnopqrstuvwx").unwrap();
+    for chunk in [&b"abcdef"[..], b"ghijkl", b"mnopqr", b"stuvwx"] {
+        recv(&mut s, Instant::ZERO, |r| {
+            assert_eq!(r.unwrap().payload, chunk)
+        });
+    }
+    let ack = |n: usize| TcpRepr {
+        seq_number: REMOTE_SEQ + 1,
+        ack_number: Some(LOCAL_SEQ + 1 + n),
+        ..SEND_TEMPL
+    };
+    // The ACK of everything before, then three duplicates: fast retransmit.
+    for _ in 0..4 {
+        send!(s, time 10, ack(0));
+    }
+    recv(&mut s, Instant::from_millis(10), |r| {
+        let r = r.unwrap();
+        assert_eq!((r.seq_number, r.payload), (LOCAL_SEQ + 1, &b"abcdef"[..]));
+    });
+    // A partial ACK: segment 3 is missing too. Retransmit it now, not after
+    // the retransmission timeout.
+    send!(s, time 20, ack(12));
+    recv(&mut s, Instant::from_millis(20), |r| {
+        let r = r.unwrap();
+        assert_eq!(
+            (r.seq_number, r.payload),
+            (LOCAL_SEQ + 1 + 12, &b"mnopqr"[..])
+        );
+    });
+    recv_nothing!(s, time 20);
+    // The full ACK ends the recovery.
+    send!(s, time 30, ack(24));
+    assert_eq!(s.recover, None);
+    recv_nothing!(s, time 30);
+}

@@ -135,6 +135,9 @@ impl End {
 /// Sees every segment an end emits: the end's index, its socket, the segment.
 pub type Inspector = Box<dyn FnMut(usize, &Socket, &[u8])>;
 
+/// See [`Net::dropper`].
+pub type Dropper = Box<dyn FnMut(usize, &[u8]) -> bool>;
+
 /// Two ends and the network between them.
 pub struct Net {
     pub now: Instant,
@@ -148,6 +151,9 @@ pub struct Net {
     /// Called on every segment an end emits, with the end's index, before
     /// the network sees it.
     pub inspect: Option<Inspector>,
+    /// Decides, for every segment an end emits (its index, the segment),
+    /// whether the network drops it, on top of random loss.
+    pub dropper: Option<Dropper>,
 }
 
 impl Net {
@@ -161,6 +167,7 @@ impl Net {
             order: 0,
             lost: 0,
             inspect: None,
+            dropper: None,
         }
     }
 
@@ -208,7 +215,8 @@ impl Net {
                     inspect(i, &end.socket, &segment);
                 }
                 let conditions = self.conditions[i];
-                if self.rng.random_bool(conditions.loss) {
+                let dropped = self.dropper.as_mut().is_some_and(|drop| drop(i, &segment));
+                if dropped || self.rng.random_bool(conditions.loss) {
                     self.lost += 1;
                     continue;
                 }
