@@ -253,7 +253,7 @@ mod timer;
 pub use config::{Config, ConfigError, MAX_BUFFER, MIN_MSS};
 pub use congestion::CongestionControl;
 pub use cookie::{write_syn_ack, CookieError, CookieParams};
-pub use segment::{parse, SegmentError, MAX_HEADER_LEN};
+pub use segment::{parse as parse_segment, SegmentError, MAX_HEADER_LEN};
 pub use socket::{ConnectError, ListenError, RecvError, SendError, Socket, State};
 
 pub use smoltcp::time::{Duration, Instant};

@@ -107,7 +107,7 @@ fn advertised_window_never_exceeds_what_the_buffer_can_hold() {
         let fullest = Rc::new(Cell::new(0usize));
         let (c, f) = (checked.clone(), fullest.clone());
         net.inspect = Some(Box::new(move |_, socket: &Socket, segment: &[u8]| {
-            let repr = sal_tcp::parse(segment).unwrap();
+            let repr = sal_tcp::parse_segment(segment).unwrap();
             let advertised = if repr.control == TcpControl::Syn {
                 repr.window_len as usize
             } else {
@@ -188,7 +188,7 @@ fn two_losses_in_one_window_recover_without_a_timeout() {
             net.ends[1].close_when_sent = receiver_closes_first;
             let mut data_segments = 0;
             net.dropper = Some(Box::new(move |end, segment| {
-                let repr = sal_tcp::parse(segment).unwrap();
+                let repr = sal_tcp::parse_segment(segment).unwrap();
                 if end != 0 || repr.payload.is_empty() {
                     return false;
                 }
