@@ -550,7 +550,7 @@ impl Socket {
     /// number `isn`. Choose `isn` unpredictably (RFC 6528): it is also the
     /// offset of our TCP timestamps.
     ///
-    /// This function returns `Err(Error::InvalidState)` if the socket was already open
+    /// This function returns `Err(ListenError::InvalidState)` if the socket was already open
     /// (see [is_open](#method.is_open)) other than by listening.
     pub fn listen(&mut self, isn: TcpSeqNumber) -> Result<(), ListenError> {
         if self.is_open() {
@@ -802,7 +802,7 @@ impl Socket {
     /// has no free byte), and enqueue the amount of elements returned by `f`.
     /// Lets a caller read from a file descriptor straight into the buffer.
     ///
-    /// This function returns `Err(Error::Illegal)` if the transmit half of
+    /// This function returns `Err(SendError::InvalidState)` if the transmit half of
     /// the connection is not open; see [may_send](#method.may_send).
     pub fn send<'b, F, R>(&'b mut self, f: F) -> Result<R, SendError>
     where
@@ -867,10 +867,10 @@ impl Socket {
     ///
     /// This function errors if the receive half of the connection is not open.
     ///
-    /// If the receive half has been gracefully closed (with a FIN packet), `Err(Error::Finished)`
+    /// If the receive half has been gracefully closed (with a FIN packet), `Err(RecvError::Finished)`
     /// is returned. In this case, the previously received data is guaranteed to be complete.
     ///
-    /// In all other cases, `Err(Error::Illegal)` is returned and previously received data (if any)
+    /// In all other cases, `Err(RecvError::InvalidState)` is returned and previously received data (if any)
     /// may be incomplete (truncated).
     pub fn recv<'b, F, R>(&'b mut self, f: F) -> Result<R, RecvError>
     where
