@@ -1,0 +1,98 @@
+//! Congestion control: the controller trait and the three algorithms.
+//!
+//! Forked from smoltcp 0.14.0 `src/socket/tcp/congestion.rs` and
+//! `congestion/{cubic,reno,no_control}.rs` (0BSD, see the crate docs).
+//! Changed: both algorithms are always compiled (no cargo features), the
+//! choice is a [`CongestionControl`] value, and `defmt` support is gone.
+
+use smoltcp::time::Instant;
+
+use crate::rtt::RttEstimator;
+
+pub(crate) mod cubic;
+pub(crate) mod no_control;
+pub(crate) mod reno;
+
+/// A congestion control algorithm.
+#[derive(Debug, Copy, Clone, Eq, PartialEq, Default)]
+pub enum CongestionControl {
+    /// No congestion control: send as much as the peer's window allows.
+    None,
+    /// Classic Reno (RFC 5681): slow start, additive increase, halving on loss.
+    Reno,
+    /// Cubic (RFC 9438), the default of Linux, Windows and macOS. Uses `f64`.
+    #[default]
+    Cubic,
+}
+
+#[allow(unused_variables)]
+pub(crate) trait Controller {
+    /// Returns the number of bytes that can be sent.
+    fn window(&self) -> usize;
+
+    /// Set the remote window size.
+    fn set_remote_window(&mut self, remote_window: usize) {}
+
+    fn on_ack(&mut self, now: Instant, len: usize, in_flight: usize, rtt: &RttEstimator) {}
+
+    /// Fired on each duplicate ack received, after `on_loss` has been called.
+    fn on_dup_ack(&mut self, now: Instant, len: usize, in_flight: usize) {}
+
+    /// Fired on a retransmission timeout.
+    fn on_rto(&mut self, now: Instant, in_flight: usize) {}
+
+    /// Fired after an inferred loss via three duplicate acks.
+    fn on_loss(&mut self, now: Instant, in_flight: usize) {}
+
+    fn pre_transmit(&mut self, now: Instant) {}
+
+    fn post_transmit(&mut self, now: Instant, len: usize) {}
+
+    /// Set the maximum segment size.
+    fn set_mss(&mut self, mss: usize) {}
+}
+
+#[derive(Debug)]
+pub(crate) enum AnyController {
+    None(no_control::NoControl),
+    Reno(reno::Reno),
+    Cubic(cubic::Cubic),
+}
+
+impl AnyController {
+    /// A fresh controller running `kind`.
+    pub fn new(kind: CongestionControl) -> Self {
+        match kind {
+            CongestionControl::None => AnyController::None(no_control::NoControl),
+            CongestionControl::Reno => AnyController::Reno(reno::Reno::new()),
+            CongestionControl::Cubic => AnyController::Cubic(cubic::Cubic::new()),
+        }
+    }
+
+    /// Which algorithm this controller runs.
+    pub fn kind(&self) -> CongestionControl {
+        match self {
+            AnyController::None(_) => CongestionControl::None,
+            AnyController::Reno(_) => CongestionControl::Reno,
+            AnyController::Cubic(_) => CongestionControl::Cubic,
+        }
+    }
+
+    #[inline]
+    pub fn inner_mut(&mut self) -> &mut dyn Controller {
+        match self {
+            AnyController::None(n) => n,
+            AnyController::Reno(r) => r,
+            AnyController::Cubic(c) => c,
+        }
+    }
+
+    #[inline]
+    pub fn inner(&self) -> &dyn Controller {
+        match self {
+            AnyController::None(n) => n,
+            AnyController::Reno(r) => r,
+            AnyController::Cubic(c) => c,
+        }
+    }
+}

@@ -1,0 +1,2472 @@
+// Heads up! Before working on this file you should read, at least, RFC 793 and
+// the parts of RFC 1122 that discuss TCP, as well as RFC 7323 for some of the TCP options.
+// Consult RFC 7414 when implementing a new feature.
+
+//! The TCP socket state machine, driven on its own (sans-IO).
+//!
+//! Forked from smoltcp 0.14.0 `src/socket/tcp.rs` (0BSD, see the crate docs
+//! for what changed). The logic of `process` and `dispatch` is smoltcp's, now
+//! behind [`Socket::handle_segment`] and [`Socket::poll_transmit`].
+
+use core::fmt;
+
+use smoltcp::time::{Duration, Instant};
+use smoltcp::wire::{
+    Ipv4Address, TcpControl, TcpRepr, TcpSeqNumber, TcpTimestampRepr, TCP_HEADER_LEN,
+};
+
+use crate::assembler::Assembler;
+use crate::buffer::ElasticBuffer;
+use crate::config::{Config, MIN_MSS};
+use crate::congestion::{self, CongestionControl};
+use crate::rtt::RttEstimator;
+use crate::segment::{self, SegmentError};
+use crate::timer::{AckDelayTimer, PollAt, Timer};
+
+/// Error returned by [`Socket::listen`].
+#[derive(Debug, PartialEq, Eq, Clone, Copy, thiserror::Error)]
+pub enum ListenError {
+    /// The socket is already open.
+    #[error("invalid state")]
+    InvalidState,
+}
+
+/// Error returned by [`Socket::connect`].
+#[derive(Debug, PartialEq, Eq, Clone, Copy, thiserror::Error)]
+pub enum ConnectError {
+    /// The socket is already open.
+    #[error("invalid state")]
+    InvalidState,
+}
+
+/// Error returned by [`Socket::send`].
+#[derive(Debug, PartialEq, Eq, Clone, Copy, thiserror::Error)]
+pub enum SendError {
+    /// The transmit half of the connection is not open.
+    #[error("invalid state")]
+    InvalidState,
+}
+
+/// Error returned by [`Socket::recv`].
+#[derive(Debug, PartialEq, Eq, Clone, Copy, thiserror::Error)]
+pub enum RecvError {
+    /// The receive half is not open and no data is left (the data received
+    /// may be incomplete: the connection was reset or aborted).
+    #[error("invalid state")]
+    InvalidState,
+    /// The peer closed its half gracefully (FIN) and all its data was read.
+    #[error("operation finished")]
+    Finished,
+}
+
+/// The state of a TCP socket, according to [RFC 793].
+///
+/// [RFC 793]: https://tools.ietf.org/html/rfc793
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum State {
+    /// No connection.
+    Closed,
+    /// Waiting for a SYN (passive open).
+    Listen,
+    /// SYN sent, waiting for the SYN-ACK.
+    SynSent,
+    /// SYN received and SYN-ACK sent, waiting for its ACK.
+    SynReceived,
+    /// Open both ways.
+    Established,
+    /// We closed our half; our FIN is not acknowledged yet.
+    FinWait1,
+    /// We closed our half and our FIN is acknowledged; the peer may still send.
+    FinWait2,
+    /// The peer closed its half; we may still send.
+    CloseWait,
+    /// Both closed at once; waiting for the ACK of our FIN.
+    Closing,
+    /// The peer closed first, then we did; waiting for the ACK of our FIN.
+    LastAck,
+    /// Both halves closed; lingering to absorb stray segments.
+    TimeWait,
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match *self {
+            State::Closed => write!(f, "CLOSED"),
+            State::Listen => write!(f, "LISTEN"),
+            State::SynSent => write!(f, "SYN-SENT"),
+            State::SynReceived => write!(f, "SYN-RECEIVED"),
+            State::Established => write!(f, "ESTABLISHED"),
+            State::FinWait1 => write!(f, "FIN-WAIT-1"),
+            State::FinWait2 => write!(f, "FIN-WAIT-2"),
+            State::CloseWait => write!(f, "CLOSE-WAIT"),
+            State::Closing => write!(f, "CLOSING"),
+            State::LastAck => write!(f, "LAST-ACK"),
+            State::TimeWait => write!(f, "TIME-WAIT"),
+        }
+    }
+}
+
+/// A segment owed in answer to one just received (smoltcp's `process` returns
+/// these to its interface; here they wait for the next `poll_transmit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reply {
+    /// An ACK of the current state, `count` times (duplicate ACKs matter to
+    /// the peer's fast retransmit), echoing `tsecr` if the segment had one.
+    Ack { count: u8, tsecr: Option<u32> },
+    /// A reset with these sequence and acknowledgement numbers.
+    Rst {
+        seq: TcpSeqNumber,
+        ack: Option<TcpSeqNumber>,
+    },
+}
+
+impl Reply {
+    /// The RST answering `repr` (RFC 793: RST or RST|ACK depending on it).
+    fn rst(repr: &TcpRepr) -> Reply {
+        debug_assert!(repr.control != TcpControl::Rst);
+        // See https://www.snellman.net/blog/archive/2016-02-01-tcp-rst/ for explanation
+        // of why we sometimes send an RST and sometimes an RST|ACK
+        let ack = if repr.control == TcpControl::Syn && repr.ack_number.is_none() {
+            Some(repr.seq_number + repr.segment_len())
+        } else {
+            None
+        };
+        Reply::Rst {
+            seq: repr.ack_number.unwrap_or_default(),
+            ack,
+        }
+    }
+
+    /// An ACK answering `repr`.
+    fn ack(repr: &TcpRepr) -> Reply {
+        Reply::Ack {
+            count: 1,
+            tsecr: repr.timestamp.map(|ts| ts.tsval),
+        }
+    }
+}
+
+/// A TCP connection's state machine, one per flow, driven by its owner.
+///
+/// Nothing here knows about addresses, ports, interfaces or other sockets:
+/// the owner feeds it segments ([`handle_segment`]), asks it for segments
+/// ([`poll_transmit`], which also runs its timers) and for its next deadline
+/// ([`poll_at`]). See the [crate docs](crate) for the driving loop.
+///
+/// [`handle_segment`]: Socket::handle_segment
+/// [`poll_transmit`]: Socket::poll_transmit
+/// [`poll_at`]: Socket::poll_at
+#[derive(Debug)]
+pub struct Socket {
+    state: State,
+    timer: Timer,
+    rtte: RttEstimator,
+    assembler: Assembler,
+    rx_buffer: ElasticBuffer,
+    rx_fin_received: bool,
+    tx_buffer: ElasticBuffer,
+    /// Interval after which, if no inbound packets are received, the connection is aborted.
+    timeout: Option<Duration>,
+    /// Interval at which keep-alive packets will be sent.
+    keep_alive: Option<Duration>,
+    /// Whether there is a peer to send to (smoltcp: its 4-tuple is set). Set by
+    /// `connect` and by a SYN in LISTEN; cleared once a reset ends the connection.
+    has_peer: bool,
+    /// Whether the socket was opened by `listen` (smoltcp: a listen endpoint is
+    /// set), which makes an RST in SYN-RECEIVED return it to LISTEN.
+    passive: bool,
+    /// Our initial sequence number, chosen by the caller (`listen`/`connect`).
+    isn: TcpSeqNumber,
+    /// The sequence number corresponding to the beginning of the transmit buffer.
+    /// I.e. an ACK(local_seq_no+n) packet removes n bytes from the transmit buffer.
+    local_seq_no: TcpSeqNumber,
+    /// The sequence number corresponding to the beginning of the receive buffer.
+    /// I.e. userspace reading n bytes adds n to remote_seq_no.
+    remote_seq_no: TcpSeqNumber,
+    /// The last sequence number sent.
+    /// I.e. in an idle socket, local_seq_no+tx_buffer.len().
+    remote_last_seq: TcpSeqNumber,
+    /// The highest sequence number sent so far (Linux's SND.NXT, which unlike
+    /// `remote_last_seq` does not go back on a retransmission timeout).
+    remote_max_seq: TcpSeqNumber,
+    /// The last acknowledgement number sent.
+    /// I.e. in an idle socket, remote_seq_no+rx_buffer.len().
+    remote_last_ack: Option<TcpSeqNumber>,
+    /// The last window length sent.
+    remote_last_win: u16,
+    /// The sending window scaling factor advertised to remotes which support RFC 1323.
+    /// It is zero if the window <= 64KiB and/or the remote does not support it.
+    remote_win_shift: u8,
+    /// The remote window size, relative to local_seq_no
+    /// I.e. we're allowed to send octets until local_seq_no+remote_win_len
+    remote_win_len: usize,
+    /// The receive window scaling factor for remotes which support RFC 1323, None if unsupported.
+    remote_win_scale: Option<u8>,
+    /// Whether or not the remote supports selective ACK as described in RFC 2018.
+    remote_has_sack: bool,
+    /// The maximum number of data octets that the remote side may receive.
+    remote_mss: usize,
+    /// The timestamp of the last packet received.
+    remote_last_ts: Option<Instant>,
+    /// The sequence number of the last packet received, used for sACK
+    local_rx_last_seq: Option<TcpSeqNumber>,
+    /// The ACK number of the last packet received.
+    local_rx_last_ack: Option<TcpSeqNumber>,
+    /// The number of packets received directly after
+    /// each other which have the same ACK number.
+    local_rx_dup_acks: u8,
+    /// If a fast retransmit needs to occur
+    pending_fast_retransmit: bool,
+    /// NewReno (RFC 6582): while in fast recovery, the highest sequence number
+    /// sent when it began. An ACK below it (a partial ACK) means another
+    /// segment of that window was lost: it is retransmitted at once instead
+    /// of waiting for the retransmission timeout.
+    recover: Option<TcpSeqNumber>,
+
+    /// Duration for Delayed ACK. If None no ACKs will be delayed.
+    ack_delay: Option<Duration>,
+    /// Delayed ack timer. If set, packets containing exclusively
+    /// ACK or window updates (ie, no data) won't be sent until expiry.
+    ack_delay_timer: AckDelayTimer,
+
+    /// Used for rate-limiting: No more challenge ACKs will be sent until this instant.
+    challenge_ack_timer: Instant,
+
+    /// Nagle's Algorithm enabled.
+    nagle: bool,
+
+    /// The congestion control algorithm.
+    congestion_controller: congestion::AnyController,
+
+    /// Whether TCP timestamps are on (smoltcp: a tsval generator is set).
+    timestamps: bool,
+    /// Added to the clock in milliseconds to make our tsval (the ISN).
+    ts_offset: u32,
+
+    /// 0 if not seen or timestamp not enabled
+    last_remote_tsval: u32,
+
+    /// A segment owed in answer to the last received one.
+    reply: Option<Reply>,
+    /// Our MSS: the largest payload we send and the one we advertise.
+    local_mss: u16,
+    /// The smallest buffer allocation, for the send-queue limit.
+    min_buffer: u32,
+    /// How often buffers are reconsidered (see `crate::buffer`).
+    trim_interval: Duration,
+    /// The next trim point, while the buffers hold memory.
+    trim_at: Option<Instant>,
+}
+
+/// A segment with no flags, options or payload, numbered 0: the base of
+/// every segment the socket builds.
+pub(crate) const EMPTY_SEGMENT: TcpRepr<'static> = TcpRepr {
+    src_port: 0,
+    dst_port: 0,
+    control: TcpControl::None,
+    seq_number: TcpSeqNumber(0),
+    ack_number: None,
+    window_len: 0,
+    window_scale: None,
+    max_seg_size: None,
+    sack_permitted: false,
+    sack_ranges: [None, None, None],
+    timestamp: None,
+    payload: &[],
+};
+
+/// The peer's MSS until it tells us (RFC 1122).
+const DEFAULT_MSS: usize = 536;
+
+/// Minimum MSS we accept from the remote, same value as Linux's `TCP_MIN_SND_MSS`.
+/// Without it, a peer advertising a tiny MSS could force segments to carry little
+/// or no payload once the TCP options length is subtracted from the effective MSS,
+/// stalling the connection in an endless stream of empty segments.
+///
+/// Must exceed the maximum possible length of the TCP options (currently 12, for
+/// timestamps) so that every segment carries some payload.
+const MIN_REMOTE_MSS: usize = MIN_MSS as usize;
+
+/// The receive window scale for a buffer of `capacity` bytes, as smoltcp
+/// derives it (see [`Config::window_shift`]).
+fn window_shift(capacity: usize) -> u8 {
+    let log2 = usize::BITS - capacity.leading_zeros();
+    log2.saturating_sub(16) as u8
+}
+
+impl Socket {
+    /// A closed socket with the settings of `config` (out-of-range values are
+    /// clamped; see [`Config::validate`]). Holds no buffer memory until data
+    /// flows. The receive window scale is fixed here from
+    /// `config.max_recv_buffer`.
+    pub fn new(config: &Config) -> Socket {
+        let rx_buffer = ElasticBuffer::new(config.min_buffer, config.max_recv_buffer);
+        let tx_buffer = ElasticBuffer::new(config.min_buffer, config.max_send_buffer);
+        Socket {
+            state: State::Closed,
+            timer: Timer::new(),
+            rtte: RttEstimator::default(),
+            assembler: Assembler::new(),
+            tx_buffer,
+            rx_buffer,
+            rx_fin_received: false,
+            timeout: config.timeout,
+            keep_alive: config.keep_alive,
+            has_peer: false,
+            passive: false,
+            isn: TcpSeqNumber::default(),
+            local_seq_no: TcpSeqNumber::default(),
+            remote_seq_no: TcpSeqNumber::default(),
+            remote_last_seq: TcpSeqNumber::default(),
+            remote_max_seq: TcpSeqNumber::default(),
+            remote_last_ack: None,
+            remote_last_win: 0,
+            remote_win_len: 0,
+            remote_win_shift: config.window_shift(),
+            remote_win_scale: None,
+            remote_has_sack: false,
+            remote_mss: DEFAULT_MSS,
+            remote_last_ts: None,
+            local_rx_last_ack: None,
+            local_rx_last_seq: None,
+            local_rx_dup_acks: 0,
+            pending_fast_retransmit: false,
+            recover: None,
+            ack_delay: config.ack_delay,
+            ack_delay_timer: AckDelayTimer::Idle,
+            challenge_ack_timer: Instant::from_secs(0),
+            nagle: config.nagle,
+            timestamps: config.timestamps,
+            ts_offset: 0,
+            last_remote_tsval: 0,
+            congestion_controller: congestion::AnyController::new(config.congestion_control),
+            reply: None,
+            local_mss: config.mss.max(MIN_MSS),
+            min_buffer: config.min_buffer.clamp(1, u32::MAX as usize) as u32,
+            trim_interval: config.trim_interval.max(Duration::from_millis(1)),
+            trim_at: None,
+        }
+    }
+
+    /// Enable or disable TCP timestamps (RFC 7323) for the next connection.
+    /// A peer that does not offer them turns them off for the connection.
+    pub fn set_timestamps_enabled(&mut self, enabled: bool) {
+        self.timestamps = enabled;
+    }
+
+    /// Return whether TCP Timestamp is enabled.
+    pub fn timestamp_enabled(&self) -> bool {
+        self.timestamps
+    }
+
+    /// Our tsval at `now`: milliseconds plus a per-connection offset (the ISN),
+    /// so that a peer's PAWS check sees one clock from SYN to close.
+    fn tsval(&self, now: Instant) -> u32 {
+        (now.total_millis() as u32).wrapping_add(self.ts_offset)
+    }
+
+    /// The timestamp option for a segment sent at `now`, echoing `tsecr`.
+    fn timestamp_option(&self, now: Instant, tsecr: u32) -> Option<TcpTimestampRepr> {
+        self.timestamps
+            .then(|| TcpTimestampRepr::new(self.tsval(now), tsecr))
+    }
+
+    /// Set an algorithm for congestion control.
+    ///
+    /// `CongestionControl::None` indicates that no congestion control is applied.
+    /// Options `CongestionControl::Cubic` and `CongestionControl::Reno` are also available.
+    /// `CongestionControl::Reno` is a classic congestion control algorithm valued for its simplicity.
+    /// Despite having a lower algorithmic complexity than `Cubic`,
+    /// it is less efficient in terms of bandwidth usage.
+    ///
+    /// `CongestionControl::Cubic` represents a modern congestion control algorithm designed to
+    /// be more efficient and fair compared to `CongestionControl::Reno`.
+    /// It is the default choice for Linux, Windows, and macOS.
+    /// `CongestionControl::Cubic` relies on double precision (`f64`) floating point operations, which may cause issues in some contexts:
+    /// * Small embedded processors (such as Cortex-M0, Cortex-M1, and Cortex-M3) do not have an FPU, and floating point operations consume significant amounts of CPU time and Flash space.
+    /// * Interrupt handlers should almost always avoid floating-point operations.
+    /// * Kernel-mode code on desktop processors usually avoids FPU operations to reduce the penalty of saving and restoring FPU registers.
+    ///
+    /// In all these cases, `CongestionControl::Reno` is a better choice of congestion control algorithm.
+    pub fn set_congestion_control(&mut self, congestion_control: CongestionControl) {
+        self.congestion_controller = congestion::AnyController::new(congestion_control);
+    }
+
+    /// Return the current congestion control algorithm.
+    pub fn congestion_control(&self) -> CongestionControl {
+        self.congestion_controller.kind()
+    }
+
+    /// Return the timeout duration.
+    ///
+    /// See also the [set_timeout](#method.set_timeout) method.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    /// Return the ACK delay duration.
+    ///
+    /// See also the [set_ack_delay](#method.set_ack_delay) method.
+    pub fn ack_delay(&self) -> Option<Duration> {
+        self.ack_delay
+    }
+
+    /// Return whether Nagle's Algorithm is enabled.
+    ///
+    /// See also the [set_nagle_enabled](#method.set_nagle_enabled) method.
+    pub fn nagle_enabled(&self) -> bool {
+        self.nagle
+    }
+
+    /// Return the current window field value, including scaling according to RFC 1323.
+    ///
+    /// Used in internal calculations as well as packet generation.
+    #[inline]
+    fn scaled_window(&self) -> u16 {
+        u16::try_from(self.rx_buffer.window() >> self.remote_win_shift).unwrap_or(u16::MAX)
+    }
+
+    /// Return the last window field value, including scaling according to RFC 1323.
+    ///
+    /// Used in internal calculations as well as packet generation.
+    ///
+    /// Unlike `remote_last_win`, we take into account new packets received (but not acknowledged)
+    /// since the last window update and adjust the window length accordingly. This ensures a fair
+    /// comparison between the last window length and the new window length we're going to
+    /// advertise.
+    #[inline]
+    fn last_scaled_window(&self) -> Option<u16> {
+        let last_ack = self.remote_last_ack?;
+        let next_ack = self.remote_seq_no + self.rx_buffer.len();
+
+        let last_win = (self.remote_last_win as usize) << self.remote_win_shift;
+        let last_win_adjusted = last_ack + last_win - next_ack;
+
+        Some(u16::try_from(last_win_adjusted >> self.remote_win_shift).unwrap_or(u16::MAX))
+    }
+
+    /// Set the timeout duration.
+    ///
+    /// A socket with a timeout duration set will abort the connection if either of the following
+    /// occurs:
+    ///
+    ///   * After a [connect](#method.connect) call, the remote endpoint does not respond within
+    ///     the specified duration;
+    ///   * After establishing a connection, there is data in the transmit buffer and the remote
+    ///     endpoint exceeds the specified duration between any two packets it sends;
+    ///   * After enabling [keep-alive](#method.set_keep_alive), the remote endpoint exceeds
+    ///     the specified duration between any two packets it sends.
+    pub fn set_timeout(&mut self, duration: Option<Duration>) {
+        self.timeout = duration
+    }
+
+    /// Set the ACK delay duration.
+    ///
+    /// By default, the ACK delay is set to 10ms.
+    pub fn set_ack_delay(&mut self, duration: Option<Duration>) {
+        self.ack_delay = duration
+    }
+
+    /// Enable or disable Nagle's Algorithm.
+    ///
+    /// Also known as "tinygram prevention". By default, it is enabled.
+    /// Disabling it is equivalent to Linux's TCP_NODELAY flag.
+    ///
+    /// When enabled, Nagle's Algorithm prevents sending segments smaller than MSS if
+    /// there is data in flight (sent but not acknowledged). In other words, it ensures
+    /// at most only one segment smaller than MSS is in flight at a time.
+    ///
+    /// It ensures better network utilization by preventing sending many very small packets,
+    /// at the cost of increased latency in some situations, particularly when the remote peer
+    /// has ACK delay enabled.
+    pub fn set_nagle_enabled(&mut self, enabled: bool) {
+        self.nagle = enabled
+    }
+
+    /// Return the keep-alive interval.
+    ///
+    /// See also the [set_keep_alive](#method.set_keep_alive) method.
+    pub fn keep_alive(&self) -> Option<Duration> {
+        self.keep_alive
+    }
+
+    /// Set the keep-alive interval.
+    ///
+    /// An idle socket with a keep-alive interval set will transmit a "keep-alive ACK" packet
+    /// every time it receives no communication during that interval. As a result, three things
+    /// may happen:
+    ///
+    ///   * The remote endpoint is fine and answers with an ACK packet.
+    ///   * The remote endpoint has rebooted and answers with an RST packet.
+    ///   * The remote endpoint has crashed and does not answer.
+    ///
+    /// The keep-alive functionality together with the timeout functionality allows to react
+    /// to these error conditions.
+    pub fn set_keep_alive(&mut self, interval: Option<Duration>) {
+        self.keep_alive = interval;
+        if self.keep_alive.is_some() {
+            // If the connection is idle and we've just set the option, it would not take effect
+            // until the next packet, unless we wind up the timer explicitly.
+            self.timer.set_keep_alive();
+        }
+    }
+
+    /// Return the connection state, in terms of the TCP state machine.
+    #[inline]
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Back to CLOSED with nothing remembered; frees the buffers' memory.
+    fn reset(&mut self) {
+        self.state = State::Closed;
+        self.timer = Timer::new();
+        self.rtte = RttEstimator::default();
+        self.assembler = Assembler::new();
+        self.tx_buffer.release();
+        self.rx_buffer.release();
+        self.rx_fin_received = false;
+        self.passive = false;
+        self.has_peer = false;
+        self.local_seq_no = TcpSeqNumber::default();
+        self.remote_seq_no = TcpSeqNumber::default();
+        self.remote_last_seq = TcpSeqNumber::default();
+        self.remote_max_seq = TcpSeqNumber::default();
+        self.remote_last_ack = None;
+        self.remote_last_win = 0;
+        self.remote_win_len = 0;
+        self.remote_win_scale = None;
+        self.remote_win_shift = window_shift(self.rx_buffer.capacity());
+        self.remote_mss = DEFAULT_MSS;
+        self.remote_last_ts = None;
+        self.ack_delay_timer = AckDelayTimer::Idle;
+        self.challenge_ack_timer = Instant::from_secs(0);
+        self.reply = None;
+        self.trim_at = None;
+        self.recover = None;
+    }
+
+    /// Wait for a SYN (passive open), answering it with initial sequence
+    /// number `isn`. Choose `isn` unpredictably (RFC 6528): it is also the
+    /// offset of our TCP timestamps.
+    ///
+    /// This function returns `Err(ListenError::InvalidState)` if the socket was already open
+    /// (see [is_open](#method.is_open)) other than by listening.
+    pub fn listen(&mut self, isn: TcpSeqNumber) -> Result<(), ListenError> {
+        if self.is_open() {
+            // If we were already listening there is nothing to do; exit early.
+            if matches!(self.state, State::Listen) {
+                return Ok(());
+            } else {
+                return Err(ListenError::InvalidState);
+            }
+        }
+
+        self.reset();
+        self.passive = true;
+        self.isn = isn;
+        self.ts_offset = isn.0 as u32;
+        self.set_state(State::Listen);
+        Ok(())
+    }
+
+    /// Open a connection (active open): the next [`poll_transmit`] sends a SYN
+    /// with initial sequence number `isn`. Choose `isn` unpredictably
+    /// (RFC 6528): it is also the offset of our TCP timestamps.
+    ///
+    /// This function returns an error if the socket was open; see [is_open](#method.is_open).
+    ///
+    /// [`poll_transmit`]: Socket::poll_transmit
+    pub fn connect(&mut self, isn: TcpSeqNumber) -> Result<(), ConnectError> {
+        if self.is_open() {
+            return Err(ConnectError::InvalidState);
+        }
+
+        self.reset();
+        self.has_peer = true;
+        self.set_state(State::SynSent);
+
+        self.isn = isn;
+        self.ts_offset = isn.0 as u32;
+        self.local_seq_no = isn;
+        self.remote_last_seq = isn;
+        self.remote_max_seq = isn;
+        Ok(())
+    }
+
+    /// Close the transmit half of the full-duplex connection.
+    ///
+    /// Note that there is no corresponding function for the receive half of the full-duplex
+    /// connection; only the remote end can close it. If you no longer wish to receive any
+    /// data and would like to reuse the socket right away, use [abort](#method.abort).
+    pub fn close(&mut self) {
+        match self.state {
+            // In the LISTEN state there is no established connection.
+            State::Listen => self.set_state(State::Closed),
+            // In the SYN-SENT state the remote endpoint is not yet synchronized and, upon
+            // receiving an RST, will abort the connection.
+            State::SynSent => self.set_state(State::Closed),
+            // In the SYN-RECEIVED, ESTABLISHED and CLOSE-WAIT states the transmit half
+            // of the connection is open, and needs to be explicitly closed with a FIN.
+            State::SynReceived | State::Established => self.set_state(State::FinWait1),
+            State::CloseWait => self.set_state(State::LastAck),
+            // In the FIN-WAIT-1, FIN-WAIT-2, CLOSING, LAST-ACK, TIME-WAIT and CLOSED states,
+            // the transmit half of the connection is already closed, and no further
+            // action is needed.
+            State::FinWait1
+            | State::FinWait2
+            | State::Closing
+            | State::TimeWait
+            | State::LastAck
+            | State::Closed => (),
+        }
+    }
+
+    /// Aborts the connection, if any.
+    ///
+    /// This function instantly closes the socket. One reset packet will be sent to the remote
+    /// endpoint.
+    ///
+    /// In terms of the TCP state machine, the socket may be in any state and is moved to
+    /// the `CLOSED` state.
+    pub fn abort(&mut self) {
+        self.set_state(State::Closed);
+    }
+
+    /// Return whether the socket is passively listening for incoming connections.
+    ///
+    /// In terms of the TCP state machine, the socket must be in the `LISTEN` state.
+    #[inline]
+    pub fn is_listening(&self) -> bool {
+        matches!(self.state, State::Listen)
+    }
+
+    /// Return whether the socket is open.
+    ///
+    /// This function returns true if the socket will process incoming or dispatch outgoing
+    /// packets. Note that this does not mean that it is possible to send or receive data through
+    /// the socket; for that, use [can_send](#method.can_send) or [can_recv](#method.can_recv).
+    ///
+    /// In terms of the TCP state machine, the socket must not be in the `CLOSED`
+    /// or `TIME-WAIT` states.
+    #[inline]
+    pub fn is_open(&self) -> bool {
+        !matches!(self.state, State::Closed | State::TimeWait)
+    }
+
+    /// Return whether a connection is active.
+    ///
+    /// This function returns true if the socket is actively exchanging packets with
+    /// a remote endpoint. Note that this does not mean that it is possible to send or receive
+    /// data through the socket; for that, use [can_send](#method.can_send) or
+    /// [can_recv](#method.can_recv).
+    ///
+    /// If a connection is established, [abort](#method.close) will send a reset to
+    /// the remote endpoint.
+    ///
+    /// In terms of the TCP state machine, the socket must not be in the `CLOSED`, `TIME-WAIT`,
+    /// or `LISTEN` state.
+    #[inline]
+    pub fn is_active(&self) -> bool {
+        !matches!(self.state, State::Closed | State::TimeWait | State::Listen)
+    }
+
+    /// Return whether the transmit half of the full-duplex connection is open.
+    ///
+    /// This function returns true if it's possible to send data and have it arrive
+    /// to the remote endpoint. However, it does not make any guarantees about the state
+    /// of the transmit buffer, and even if it returns true, [send](#method.send) may
+    /// not be able to enqueue any octets.
+    ///
+    /// In terms of the TCP state machine, the socket must be in the `ESTABLISHED` or
+    /// `CLOSE-WAIT` state.
+    #[inline]
+    pub fn may_send(&self) -> bool {
+        match self.state {
+            State::Established => true,
+            // In CLOSE-WAIT, the remote endpoint has closed our receive half of the connection
+            // but we still can transmit indefinitely.
+            State::CloseWait => true,
+            _ => false,
+        }
+    }
+
+    /// Return whether the receive half of the full-duplex connection is open.
+    ///
+    /// This function returns true if it's possible to receive data from the remote endpoint.
+    /// It will return true while there is data in the receive buffer, and if there isn't,
+    /// as long as the remote endpoint has not closed the connection.
+    ///
+    /// In terms of the TCP state machine, the socket must be in the `ESTABLISHED`,
+    /// `FIN-WAIT-1`, or `FIN-WAIT-2` state, or have data in the receive buffer instead.
+    #[inline]
+    pub fn may_recv(&self) -> bool {
+        match self.state {
+            State::Established => true,
+            // In FIN-WAIT-1/2, we have closed our transmit half of the connection but
+            // we still can receive indefinitely.
+            State::FinWait1 | State::FinWait2 => true,
+            // If we have something in the receive buffer, we can receive that.
+            _ if self.can_recv() => true,
+            _ => false,
+        }
+    }
+
+    /// Check whether the transmit half of the full-duplex connection is open
+    /// (see [may_send](#method.may_send)), and the transmit buffer is not full.
+    #[inline]
+    pub fn can_send(&self) -> bool {
+        if !self.may_send() {
+            return false;
+        }
+
+        self.send_space() > 0
+    }
+
+    /// How many bytes the transmit queue may hold right now: twice the
+    /// congestion window (what keeps the pipe full while the application
+    /// refills), at least the configured first allocation, at most the
+    /// configured maximum. This is what makes the send buffer's memory follow
+    /// the flow's bandwidth-delay product rather than its maximum.
+    pub fn send_limit(&self) -> usize {
+        let cwnd = self.congestion_controller.inner().window();
+        cwnd.saturating_mul(2)
+            .max(self.min_buffer as usize)
+            .min(self.tx_buffer.capacity())
+    }
+
+    /// How many more bytes `send_slice` would accept now.
+    pub fn send_space(&self) -> usize {
+        self.send_limit().saturating_sub(self.tx_buffer.len())
+    }
+
+    /// Return the maximum number of bytes inside the recv buffer.
+    #[inline]
+    pub fn recv_capacity(&self) -> usize {
+        self.rx_buffer.capacity()
+    }
+
+    /// Return the maximum number of bytes inside the transmit buffer.
+    #[inline]
+    pub fn send_capacity(&self) -> usize {
+        self.tx_buffer.capacity()
+    }
+
+    /// Check whether the receive buffer is not empty.
+    #[inline]
+    pub fn can_recv(&self) -> bool {
+        !self.rx_buffer.is_empty()
+    }
+
+    fn send_impl<'b, F, R>(&'b mut self, f: F) -> Result<R, SendError>
+    where
+        F: FnOnce(&'b mut ElasticBuffer, usize) -> (usize, R),
+    {
+        if !self.may_send() {
+            return Err(SendError::InvalidState);
+        }
+
+        let room = self.send_space();
+        let old_length = self.tx_buffer.len();
+        let (size, result) = f(&mut self.tx_buffer, room);
+        if size > 0 {
+            // The connection might have been idle for a long time, and so remote_last_ts
+            // would be far in the past. Unless we clear it here, we'll abort the connection
+            // down over in dispatch() by erroneously detecting it as timed out.
+            if old_length == 0 {
+                self.remote_last_ts = None
+            }
+
+            // if remote win is zero and we go from having no data to some data pending to
+            // send, start the zero window probe timer.
+            if self.remote_win_len == 0 && self.timer.is_idle() {
+                let delay = self.rtte.retransmission_timeout();
+                tcp_trace!("starting zero-window-probe timer for t+{}", delay);
+
+                // We don't have access to the current time here, so use Instant::ZERO instead.
+                // this will cause the first ZWP to be sent immediately, but that's okay.
+                self.timer.set_for_zero_window_probe(Instant::ZERO, delay);
+            }
+
+            tcp_trace!(
+                "tx buffer: enqueueing {} octets (now {})",
+                size,
+                old_length + size
+            );
+        }
+        Ok(result)
+    }
+
+    /// Call `f` with the largest contiguous free slice of the transmit buffer
+    /// (within [`send_space`](Socket::send_space); the buffer grows first if it
+    /// has no free byte), and enqueue the amount of elements returned by `f`.
+    /// Lets a caller read from a file descriptor straight into the buffer.
+    ///
+    /// This function returns `Err(SendError::InvalidState)` if the transmit half of
+    /// the connection is not open; see [may_send](#method.may_send).
+    pub fn send<'b, F, R>(&'b mut self, f: F) -> Result<R, SendError>
+    where
+        F: FnOnce(&'b mut [u8]) -> (usize, R),
+    {
+        self.send_impl(|tx_buffer, room| {
+            tx_buffer.enqueue_many_with(|buf| {
+                let size = buf.len().min(room);
+                f(&mut buf[..size])
+            })
+        })
+    }
+
+    /// Enqueue a sequence of octets to be sent, and fill it from a slice.
+    ///
+    /// This function returns the amount of octets actually enqueued, which is limited
+    /// by [`send_space`](Socket::send_space); down to zero.
+    ///
+    /// See also [send](#method.send).
+    pub fn send_slice(&mut self, data: &[u8]) -> Result<usize, SendError> {
+        self.send_impl(|tx_buffer, room| {
+            let size = tx_buffer.enqueue_slice(&data[..data.len().min(room)]);
+            (size, size)
+        })
+    }
+
+    fn recv_error_check(&mut self) -> Result<(), RecvError> {
+        // We may have received some data inside the initial SYN, but until the connection
+        // is fully open we must not dequeue any data, as it may be overwritten by e.g.
+        // another (stale) SYN. (We do not support TCP Fast Open.)
+        if !self.may_recv() {
+            if self.rx_fin_received {
+                return Err(RecvError::Finished);
+            }
+            return Err(RecvError::InvalidState);
+        }
+
+        Ok(())
+    }
+
+    fn recv_impl<'b, F, R>(&'b mut self, f: F) -> Result<R, RecvError>
+    where
+        F: FnOnce(&'b mut ElasticBuffer) -> (usize, R),
+    {
+        self.recv_error_check()?;
+
+        let _old_length = self.rx_buffer.len();
+        let (size, result) = f(&mut self.rx_buffer);
+        self.remote_seq_no += size;
+        if size > 0 {
+            tcp_trace!(
+                "rx buffer: dequeueing {} octets (now {})",
+                size,
+                _old_length - size
+            );
+        }
+        Ok(result)
+    }
+
+    /// Call `f` with the largest contiguous slice of octets in the receive buffer,
+    /// and dequeue the amount of elements returned by `f`.
+    ///
+    /// This function errors if the receive half of the connection is not open.
+    ///
+    /// If the receive half has been gracefully closed (with a FIN packet), `Err(RecvError::Finished)`
+    /// is returned. In this case, the previously received data is guaranteed to be complete.
+    ///
+    /// In all other cases, `Err(RecvError::InvalidState)` is returned and previously received data (if any)
+    /// may be incomplete (truncated).
+    pub fn recv<'b, F, R>(&'b mut self, f: F) -> Result<R, RecvError>
+    where
+        F: FnOnce(&'b mut [u8]) -> (usize, R),
+    {
+        self.recv_impl(|rx_buffer| rx_buffer.dequeue_many_with(f))
+    }
+
+    /// Dequeue a sequence of received octets, and fill a slice from it.
+    ///
+    /// This function returns the amount of octets actually dequeued, which is limited
+    /// by the amount of occupied space in the receive buffer; down to zero.
+    ///
+    /// See also [recv](#method.recv).
+    pub fn recv_slice(&mut self, data: &mut [u8]) -> Result<usize, RecvError> {
+        self.recv_impl(|rx_buffer| {
+            let size = rx_buffer.dequeue_slice(data);
+            (size, size)
+        })
+    }
+
+    /// Peek at a sequence of received octets without removing them from
+    /// the receive buffer, and return a pointer to it.
+    ///
+    /// This function otherwise behaves identically to [recv](#method.recv).
+    pub fn peek(&mut self, size: usize) -> Result<&[u8], RecvError> {
+        self.recv_error_check()?;
+
+        let buffer = self.rx_buffer.get_allocated(0, size);
+        if !buffer.is_empty() {
+            tcp_trace!("rx buffer: peeking at {} octets", buffer.len());
+        }
+        Ok(buffer)
+    }
+
+    /// Peek at a sequence of received octets without removing them from
+    /// the receive buffer, and fill a slice from it.
+    ///
+    /// This function otherwise behaves identically to [recv_slice](#method.recv_slice).
+    pub fn peek_slice(&mut self, data: &mut [u8]) -> Result<usize, RecvError> {
+        Ok(self.rx_buffer.read_allocated(0, data))
+    }
+
+    /// Return the amount of octets queued in the transmit buffer.
+    ///
+    /// Note that the Berkeley sockets interface does not have an equivalent of this API.
+    pub fn send_queue(&self) -> usize {
+        self.tx_buffer.len()
+    }
+
+    /// Number of octets transmitted but not yet ACKed.
+    fn flight_size(&self) -> usize {
+        self.remote_last_seq - self.local_seq_no
+    }
+
+    fn cwnd_remaining(&self) -> usize {
+        self.congestion_controller
+            .inner()
+            .window()
+            .saturating_sub(self.flight_size())
+    }
+
+    /// Return the amount of octets queued in the receive buffer. This value can be larger than
+    /// the slice read by the next `recv` or `peek` call because it includes all queued octets,
+    /// and not only the octets that may be returned as a contiguous slice.
+    ///
+    /// Note that the Berkeley sockets interface does not have an equivalent of this API.
+    pub fn recv_queue(&self) -> usize {
+        self.rx_buffer.len()
+    }
+
+    fn set_state(&mut self, state: State) {
+        if self.state != state {
+            tcp_trace!("state={}=>{}", self.state, state);
+        }
+
+        self.state = state;
+    }
+
+    /// The ACK of the current state owed to a received segment (smoltcp
+    /// builds it in `process`; here it is built when sent), echoing `tsecr`.
+    fn ack_reply(&mut self, now: Instant, tsecr: Option<u32>) -> TcpRepr<'static> {
+        let mut reply_repr = EMPTY_SEGMENT;
+        reply_repr.timestamp = tsecr.and_then(|tsecr| self.timestamp_option(now, tsecr));
+
+        // From RFC 793:
+        // [...] an empty acknowledgment segment containing the current send-sequence number
+        // and an acknowledgment indicating the next sequence number expected
+        // to be received.
+        reply_repr.seq_number = self.ack_seq();
+        reply_repr.ack_number = Some(self.remote_seq_no + self.rx_buffer.len());
+        self.remote_last_ack = reply_repr.ack_number;
+
+        // From RFC 1323:
+        // The window field [...] of every outgoing segment, with the exception of SYN
+        // segments, is right-shifted by [advertised scale value] bits[...]
+        reply_repr.window_len = self.scaled_window();
+        self.remote_last_win = reply_repr.window_len;
+
+        // If the remote supports selective acknowledgement, add the option to the outgoing
+        // segment.
+        if self.remote_has_sack {
+            net_debug!("sending sACK option with current assembler ranges");
+
+            // RFC 2018: The first SACK block (i.e., the one immediately following the kind and
+            // length fields in the option) MUST specify the contiguous block of data containing
+            // the segment which triggered this ACK, unless that segment advanced the
+            // Acknowledgment Number field in the header.
+            reply_repr.sack_ranges[0] = None;
+
+            let ack = reply_repr.ack_number.unwrap_or(TcpSeqNumber(0));
+
+            if let Some(last_seg_seq) = self.local_rx_last_seq {
+                reply_repr.sack_ranges[0] = self
+                    .assembler
+                    .iter_data()
+                    .map(|(left, right)| (ack + left, ack + right))
+                    .find(|&(left, right)| left <= last_seg_seq && right >= last_seg_seq)
+                    .map(|(left, right)| (left.0 as u32, right.0 as u32));
+            }
+
+            if reply_repr.sack_ranges[0].is_none() {
+                // The matching segment was removed from the assembler, meaning the acknowledgement
+                // number has advanced, or there was no previous sACK.
+                //
+                // While the RFC says we SHOULD keep a list of reported sACK ranges, and iterate
+                // through those, that is currently infeasible. Instead, we offer the range with
+                // the lowest sequence number (if one exists) to hint at what segments would
+                // most quickly advance the acknowledgement number.
+                reply_repr.sack_ranges[0] = self
+                    .assembler
+                    .iter_data()
+                    .map(|(left, right)| (ack + left, ack + right))
+                    .next()
+                    .map(|(left, right)| (left.0 as u32, right.0 as u32));
+            }
+        }
+
+        reply_repr
+    }
+
+    fn challenge_ack_reply(&mut self, now: Instant, repr: &TcpRepr) -> Option<Reply> {
+        if now < self.challenge_ack_timer {
+            return None;
+        }
+
+        // Rate-limit to 1 per second max.
+        self.challenge_ack_timer = now + Duration::from_secs(1);
+
+        Some(Reply::ack(repr))
+    }
+
+    /// Whether this socket takes the segment at all (smoltcp's interface then
+    /// answers a refused one with an RST, which `handle_segment` does too).
+    fn accepts(&self, repr: &TcpRepr) -> bool {
+        if self.state == State::Closed {
+            return false;
+        }
+
+        // If we're still listening for SYNs and the packet has an ACK or a RST,
+        // it cannot be the opening of a connection.
+        !(self.state == State::Listen
+            && (repr.ack_number.is_some() || repr.control == TcpControl::Rst))
+    }
+
+    /// Take one received TCP segment (header and payload, as it arrived):
+    /// its checksum must have been verified by the caller, its ports are
+    /// ignored. Any answer it calls for (an ACK, a reset) is queued for the
+    /// next [`poll_transmit`](Socket::poll_transmit), which the caller should
+    /// drain right after.
+    ///
+    /// The payload is copied once, into the receive buffer. A segment that
+    /// does not parse is refused with an error and changes nothing.
+    pub fn handle_segment(&mut self, now: Instant, segment: &[u8]) -> Result<(), SegmentError> {
+        let repr = segment::parse(segment)?;
+        self.handle_repr(now, &repr);
+        Ok(())
+    }
+
+    /// `handle_segment` after parsing.
+    pub(crate) fn handle_repr(&mut self, now: Instant, repr: &TcpRepr) {
+        let reply = if self.accepts(repr) {
+            self.process(now, repr)
+        } else if repr.control != TcpControl::Rst {
+            net_debug!("no connection for this segment, replying with RST");
+            Some(Reply::rst(repr))
+        } else {
+            None
+        };
+        if let Some(reply) = reply {
+            self.queue_reply(reply);
+        }
+        self.schedule_trim(now);
+    }
+
+    /// The sequence number of a segment that occupies no sequence space (an
+    /// ACK, a window update): as Linux's `tcp_acceptable_seq`, the highest
+    /// sequence number sent, clipped to the peer's window.
+    ///
+    /// smoltcp uses `remote_last_seq`, which a retransmission timeout rewinds
+    /// to the oldest unacknowledged byte. When both directions carry data and
+    /// both time out, each side's ACKs then carry a sequence number below what
+    /// the other has already received; RFC 9293's acceptability test drops
+    /// such segments, ACK field included, and the connection deadlocks with
+    /// both sides retransmitting forever.
+    fn ack_seq(&self) -> TcpSeqNumber {
+        let window_end = self.local_seq_no + self.remote_win_len;
+        self.remote_max_seq
+            .min(window_end)
+            .max(self.remote_last_seq)
+    }
+
+    /// Drop the RTT sample in progress (see `Socket::from_cookie`).
+    pub(crate) fn forget_rtt_sample(&mut self) {
+        self.rtte.on_retransmit();
+    }
+
+    /// Remember a reply for the next `poll_transmit`. Consecutive ACKs add
+    /// up (each is a duplicate ACK the peer counts); anything else replaces
+    /// what was pending.
+    fn queue_reply(&mut self, reply: Reply) {
+        self.reply = Some(match (self.reply, reply) {
+            (Some(Reply::Ack { count, .. }), Reply::Ack { tsecr, .. }) => Reply::Ack {
+                count: count.saturating_add(1),
+                tsecr,
+            },
+            (_, reply) => reply,
+        });
+    }
+
+    /// smoltcp's `process`: the segment's effect on the state machine, and
+    /// the reply it calls for.
+    fn process(&mut self, now: Instant, repr: &TcpRepr) -> Option<Reply> {
+        // Consider how much the sequence number space differs from the transmit buffer space.
+        let (sent_syn, sent_fin) = match self.state {
+            // In SYN-SENT or SYN-RECEIVED, we've just sent a SYN.
+            State::SynSent | State::SynReceived => (true, false),
+            // In FIN-WAIT-1, LAST-ACK, or CLOSING, we've just sent a FIN.
+            State::FinWait1 | State::LastAck | State::Closing => (false, true),
+            // In all other states we've already got acknowledgements for
+            // all of the control flags we sent.
+            _ => (false, false),
+        };
+        let control_len = (sent_syn as usize) + (sent_fin as usize);
+
+        // Reject unacceptable acknowledgements.
+        match (self.state, repr.control, repr.ack_number) {
+            // An RST received in response to initial SYN is acceptable if it acknowledges
+            // the initial SYN.
+            (State::SynSent, TcpControl::Rst, None) => {
+                net_debug!("unacceptable RST (expecting RST|ACK) in response to initial SYN");
+                return None;
+            }
+            (State::SynSent, TcpControl::Rst, Some(ack_number)) => {
+                if ack_number != self.local_seq_no + 1 {
+                    net_debug!("unacceptable RST|ACK in response to initial SYN");
+                    return None;
+                }
+            }
+            // Any other RST need only have a valid sequence number.
+            (_, TcpControl::Rst, _) => (),
+            // The initial SYN cannot contain an acknowledgement.
+            (State::Listen, _, None) => (),
+            // This case is refused by `accepts()`.
+            (State::Listen, _, Some(_)) => return None,
+            // SYN|ACK in the SYN-SENT state must have the exact ACK number.
+            (State::SynSent, TcpControl::Syn, Some(ack_number)) => {
+                if ack_number != self.local_seq_no + 1 {
+                    net_debug!("unacceptable SYN|ACK in response to initial SYN");
+                    return Some(Reply::rst(repr));
+                }
+            }
+            // TCP simultaneous open.
+            // This is required by RFC 9293, which states "A TCP implementation MUST support
+            // simultaneous open attempts (MUST-10)."
+            (State::SynSent, TcpControl::Syn, None) => (),
+            // ACKs in the SYN-SENT state are invalid.
+            (State::SynSent, TcpControl::None, Some(ack_number)) => {
+                // If the sequence number matches, ignore it instead of RSTing.
+                // I'm not sure why, I think it may be a workaround for broken TCP
+                // servers, or a defense against reordering. Either way, if Linux
+                // does it, we do too.
+                if ack_number == self.local_seq_no + 1 {
+                    net_debug!(
+                        "expecting a SYN|ACK, received an ACK with the right ack_number, ignoring."
+                    );
+                    return None;
+                }
+
+                net_debug!(
+                    "expecting a SYN|ACK, received an ACK with the wrong ack_number, sending RST."
+                );
+                return Some(Reply::rst(repr));
+            }
+            // Anything else in the SYN-SENT state is invalid.
+            (State::SynSent, _, _) => {
+                net_debug!("expecting a SYN|ACK");
+                return None;
+            }
+            // Every packet after the initial SYN must be an acknowledgement.
+            (_, _, None) => {
+                net_debug!("expecting an ACK");
+                return None;
+            }
+            // ACK in the SYN-RECEIVED state must have the exact ACK number, or we RST it.
+            (State::SynReceived, _, Some(ack_number)) => {
+                if ack_number != self.local_seq_no + 1 {
+                    net_debug!("unacceptable ACK in response to SYN|ACK");
+                    return Some(Reply::rst(repr));
+                }
+            }
+            // Every acknowledgement must be for transmitted but unacknowledged data.
+            (_, _, Some(ack_number)) => {
+                let unacknowledged = self.tx_buffer.len() + control_len;
+
+                // Acceptable ACK range (both inclusive)
+                let mut ack_min = self.local_seq_no;
+                let ack_max = self.local_seq_no + unacknowledged;
+
+                // If we have sent a SYN, it MUST be acknowledged.
+                if sent_syn {
+                    ack_min += 1;
+                }
+
+                if ack_number < ack_min {
+                    net_debug!(
+                        "duplicate ACK ({} not in {}...{})",
+                        ack_number,
+                        ack_min,
+                        ack_max
+                    );
+                    return None;
+                }
+
+                if ack_number > ack_max {
+                    net_debug!(
+                        "unacceptable ACK ({} not in {}...{})",
+                        ack_number,
+                        ack_min,
+                        ack_max
+                    );
+                    return self.challenge_ack_reply(now, repr);
+                }
+            }
+        }
+
+        let window_start = self.remote_seq_no + self.rx_buffer.len();
+        let window_end = if let Some(last_ack) = self.remote_last_ack {
+            last_ack + ((self.remote_last_win as usize) << self.remote_win_shift)
+        } else {
+            window_start
+        };
+        let segment_start = repr.seq_number;
+        let segment_end = repr.seq_number + repr.payload.len();
+
+        let (payload, payload_offset) = match self.state {
+            // In LISTEN and SYN-SENT states, we have not yet synchronized with the remote end.
+            State::Listen | State::SynSent => (&[][..], 0),
+            _ => {
+                // https://www.rfc-editor.org/rfc/rfc9293.html#name-segment-acceptability-tests
+                let segment_in_window = match (
+                    segment_start == segment_end,
+                    window_start == window_end,
+                ) {
+                    (true, _) if segment_end == window_start - 1 => {
+                        net_debug!(
+                            "received a keep-alive or window probe packet, will send an ACK"
+                        );
+                        false
+                    }
+                    (true, true) => {
+                        if window_start == segment_start {
+                            true
+                        } else {
+                            net_debug!(
+                                "zero-length segment not inside zero-length window, will send an ACK."
+                            );
+                            false
+                        }
+                    }
+                    (true, false) => {
+                        if window_start <= segment_start && segment_start < window_end {
+                            true
+                        } else {
+                            net_debug!("zero-length segment not inside window, will send an ACK.");
+                            false
+                        }
+                    }
+                    (false, true) => {
+                        net_debug!(
+                            "non-zero-length segment with zero receive window, will only send an ACK"
+                        );
+                        false
+                    }
+                    (false, false) => {
+                        if (window_start <= segment_start && segment_start < window_end)
+                            || (window_start < segment_end && segment_end <= window_end)
+                        {
+                            true
+                        } else {
+                            net_debug!(
+                                "segment not in receive window ({}..{} not intersecting {}..{}), will send challenge ACK",
+                                segment_start,
+                                segment_end,
+                                window_start,
+                                window_end
+                            );
+                            false
+                        }
+                    }
+                };
+
+                if segment_in_window {
+                    let overlap_start = window_start.max(segment_start);
+                    let overlap_end = window_end.min(segment_end);
+
+                    // the checks done above imply this.
+                    debug_assert!(overlap_start <= overlap_end);
+
+                    self.local_rx_last_seq = Some(repr.seq_number);
+
+                    (
+                        &repr.payload[overlap_start - segment_start..overlap_end - segment_start],
+                        overlap_start - window_start,
+                    )
+                } else {
+                    // Out-of-window RSTs are silently dropped, per RFC 9293
+                    // (3.10.7.4) and RFC 5961 (3.2): no reply is sent, and the
+                    // TIME-WAIT timer below is not refreshed. RST senders don't
+                    // need a reply to make progress.
+                    if repr.control == TcpControl::Rst {
+                        net_debug!("dropping out-of-window RST");
+                        return None;
+                    }
+
+                    // If we're in the TIME-WAIT state, restart the TIME-WAIT timeout, since
+                    // the remote end may not have realized we've closed the connection.
+                    if self.state == State::TimeWait {
+                        self.timer.set_for_close(now);
+                    }
+
+                    // Segments carrying data are exempt from challenge ACK rate
+                    // limiting: an out-of-window data segment is a retransmission
+                    // whose ACK was lost, or a window probe, and per RFC 9293
+                    // (3.10.7.4, 3.8.6.1) it should elicit an ACK so the remote
+                    // can make progress. Withholding these ACKs strands the
+                    // remote in retransmission backoff or persist state. The
+                    // rate limit exists to break ACK loops between desynced
+                    // peers, and exempting data segments cannot sustain such a
+                    // loop: the remote paces them with its retransmission and
+                    // persist timers, and the data it may send in response to a
+                    // duplicate ACK of ours (fast recovery) is bounded by its
+                    // send window, which never advances during a desync.
+                    //
+                    // The exemption covers FIN (a retransmitted final segment is
+                    // the same lost-ACK situation) but not SYN: a SYN in a
+                    // synchronized state is a challenge ACK situation (RFC 5961
+                    // 4.2), and challenge ACKs should be throttled (RFC 5961 7).
+                    // One per second is ample for a restarted peer to complete
+                    // the challenge exchange, since it retransmits its SYN on
+                    // its own timer.
+                    if !repr.payload.is_empty()
+                        && matches!(
+                            repr.control,
+                            TcpControl::None | TcpControl::Psh | TcpControl::Fin
+                        )
+                    {
+                        return Some(Reply::ack(repr));
+                    }
+
+                    return self.challenge_ack_reply(now, repr);
+                }
+            }
+        };
+
+        // Compute the amount of acknowledged octets, removing the SYN and FIN bits
+        // from the sequence space.
+        let mut ack_len = 0;
+        let mut ack_of_fin = false;
+        let mut ack_all = false;
+        if let (false, Some(ack_number)) = (repr.control == TcpControl::Rst, repr.ack_number) {
+            // Sequence number corresponding to the first byte in `tx_buffer`.
+            // This normally equals `local_seq_no`, but is 1 higher if we have sent a SYN,
+            // as the SYN occupies 1 sequence number "before" the data.
+            let tx_buffer_start_seq = self.local_seq_no + (sent_syn as usize);
+
+            if ack_number >= tx_buffer_start_seq {
+                ack_len = ack_number - tx_buffer_start_seq;
+
+                // We could've sent data before the FIN, so only remove FIN from the sequence
+                // space if all of that data is acknowledged.
+                if sent_fin && self.tx_buffer.len() + 1 == ack_len {
+                    ack_len -= 1;
+                    tcp_trace!("received ACK of FIN");
+                    ack_of_fin = true;
+                }
+
+                ack_all = self.remote_last_seq <= ack_number;
+            }
+        }
+
+        // Disregard control flags we don't care about or shouldn't act on yet.
+        let mut control = repr.control;
+        control = control.quash_psh();
+
+        // If a FIN is received at the end of the current segment, but
+        // we have a hole in the assembler before the current segment, disregard this FIN.
+        if control == TcpControl::Fin && window_start < segment_start {
+            tcp_trace!(
+                "ignoring FIN because we don't have full data yet. window_start={} segment_start={}",
+                window_start,
+                segment_start
+            );
+            control = TcpControl::None;
+        }
+
+        // Validate and update the state.
+        match (self.state, control) {
+            // RSTs are not accepted in the LISTEN state.
+            (State::Listen, TcpControl::Rst) => return None,
+
+            // RSTs in SYN-RECEIVED flip the socket back to the LISTEN state.
+            // Here we need to additionally check `passive`, because we want to make sure
+            // that SYN-RECEIVED was actually converted from the LISTEN state (another possible
+            // reason is TCP simultaneous open).
+            (State::SynReceived, TcpControl::Rst) if self.passive => {
+                tcp_trace!("received RST");
+                self.has_peer = false;
+                self.set_state(State::Listen);
+                return None;
+            }
+
+            // RSTs in any other state close the socket.
+            (_, TcpControl::Rst) => {
+                tcp_trace!("received RST");
+                self.set_state(State::Closed);
+                self.has_peer = false;
+                return None;
+            }
+
+            // SYN packets in the LISTEN state change it to SYN-RECEIVED.
+            (State::Listen, TcpControl::Syn) => {
+                tcp_trace!("received SYN");
+                if let Some(max_seg_size) = repr.max_seg_size {
+                    // Treat a zero MSS as if the option were absent, like Linux does.
+                    if max_seg_size != 0 {
+                        self.remote_mss = (max_seg_size as usize).max(MIN_REMOTE_MSS);
+                        self.congestion_controller
+                            .inner_mut()
+                            .set_mss(self.remote_mss);
+                    }
+                }
+
+                self.has_peer = true;
+                self.local_seq_no = self.isn;
+                self.remote_seq_no = repr.seq_number + 1;
+                self.remote_last_seq = self.local_seq_no;
+                self.remote_max_seq = self.local_seq_no;
+                self.remote_has_sack = repr.sack_permitted;
+                self.remote_win_scale = repr.window_scale;
+                // Remote doesn't support window scaling, don't do it.
+                if self.remote_win_scale.is_none() {
+                    self.remote_win_shift = 0;
+                }
+                // Remote doesn't support timestamping, don't do it.
+                if repr.timestamp.is_none() {
+                    self.timestamps = false;
+                }
+                self.set_state(State::SynReceived);
+                self.timer.set_for_idle(now, self.keep_alive);
+            }
+
+            // ACK packets in the SYN-RECEIVED state change it to ESTABLISHED.
+            (State::SynReceived, TcpControl::None) => {
+                self.set_state(State::Established);
+            }
+
+            // FIN packets in the SYN-RECEIVED state change it to CLOSE-WAIT.
+            // It's not obvious from RFC 793 that this is permitted, but
+            // 7th and 8th steps in the "SEGMENT ARRIVES" event describe this behavior.
+            (State::SynReceived, TcpControl::Fin) => {
+                self.remote_seq_no += 1;
+                self.rx_fin_received = true;
+                self.set_state(State::CloseWait);
+            }
+
+            // SYN|ACK packets in the SYN-SENT state change it to ESTABLISHED.
+            // SYN packets in the SYN-SENT state change it to SYN-RECEIVED.
+            (State::SynSent, TcpControl::Syn) => {
+                if repr.ack_number.is_some() {
+                    tcp_trace!("received SYN|ACK");
+                } else {
+                    tcp_trace!("received SYN");
+                }
+                if let Some(max_seg_size) = repr.max_seg_size {
+                    // Treat a zero MSS as if the option were absent, like Linux does.
+                    if max_seg_size != 0 {
+                        self.remote_mss = (max_seg_size as usize).max(MIN_REMOTE_MSS);
+                        self.congestion_controller
+                            .inner_mut()
+                            .set_mss(self.remote_mss);
+                    }
+                }
+
+                self.remote_seq_no = repr.seq_number + 1;
+                self.remote_last_seq = self.local_seq_no + 1;
+                self.remote_max_seq = self.remote_max_seq.max(self.remote_last_seq);
+                self.remote_last_ack = Some(repr.seq_number);
+                self.remote_has_sack = repr.sack_permitted;
+                self.remote_win_scale = repr.window_scale;
+                // Remote doesn't support window scaling, don't do it.
+                if self.remote_win_scale.is_none() {
+                    self.remote_win_shift = 0;
+                }
+                // Remote doesn't support timestamping, don't do it.
+                if repr.timestamp.is_none() {
+                    self.timestamps = false;
+                }
+
+                if repr.ack_number.is_some() {
+                    self.set_state(State::Established);
+                } else {
+                    self.set_state(State::SynReceived);
+                }
+            }
+
+            (State::Established, TcpControl::None) => {}
+
+            // FIN packets in ESTABLISHED state indicate the remote side has closed.
+            (State::Established, TcpControl::Fin) => {
+                self.remote_seq_no += 1;
+                self.rx_fin_received = true;
+                self.set_state(State::CloseWait);
+            }
+
+            // ACK packets in FIN-WAIT-1 state change it to FIN-WAIT-2, if we've already
+            // sent everything in the transmit buffer. If not, they reset the retransmit timer.
+            (State::FinWait1, TcpControl::None) => {
+                if ack_of_fin {
+                    self.set_state(State::FinWait2);
+                }
+            }
+
+            // FIN packets in FIN-WAIT-1 state change it to CLOSING, or to TIME-WAIT
+            // if they also acknowledge our FIN.
+            (State::FinWait1, TcpControl::Fin) => {
+                self.remote_seq_no += 1;
+                self.rx_fin_received = true;
+                if ack_of_fin {
+                    self.set_state(State::TimeWait);
+                    self.timer.set_for_close(now);
+                } else {
+                    self.set_state(State::Closing);
+                }
+            }
+
+            (State::FinWait2, TcpControl::None) => {}
+
+            // FIN packets in FIN-WAIT-2 state change it to TIME-WAIT.
+            (State::FinWait2, TcpControl::Fin) => {
+                self.remote_seq_no += 1;
+                self.rx_fin_received = true;
+                self.set_state(State::TimeWait);
+                self.timer.set_for_close(now);
+            }
+
+            // ACK packets in CLOSING state change it to TIME-WAIT.
+            (State::Closing, TcpControl::None) => {
+                if ack_of_fin {
+                    self.set_state(State::TimeWait);
+                    self.timer.set_for_close(now);
+                }
+            }
+
+            (State::CloseWait, TcpControl::None) => {}
+
+            // ACK packets in LAST-ACK state change it to CLOSED.
+            (State::LastAck, TcpControl::None) => {
+                if ack_of_fin {
+                    // Clear the remote endpoint, or we'll send an RST there.
+                    self.set_state(State::Closed);
+                    self.has_peer = false;
+                } else if ack_len == 0 && self.tx_buffer.is_empty() {
+                    // Duplicate ACK; our FIN has not been acknowledged.
+                    // Per RFC 9293 (3.10.7.4), send a challenge ACK.
+                    // sal-tcp: only when the FIN is all that is outstanding.
+                    // With data still in flight a duplicate ACK is the peer
+                    // reporting a loss, and must reach fast retransmit below
+                    // (smoltcp answered it with a challenge ACK, leaving the
+                    // loss to the retransmission timeout).
+                    return self.challenge_ack_reply(now, repr);
+                }
+                // Partial ACK: fall through to advance SND.UNA normally.
+            }
+
+            _ => {
+                net_debug!("unexpected packet {}", repr);
+                return None;
+            }
+        }
+
+        // Update remote state.
+        self.remote_last_ts = Some(now);
+
+        // RFC 1323: The window field (SEG.WND) in the header of every incoming segment, with the
+        // exception of SYN segments, is left-shifted by Snd.Wind.Scale bits before updating SND.WND.
+        let scale = match repr.control {
+            TcpControl::Syn => 0,
+            _ => self.remote_win_scale.unwrap_or(0),
+        };
+        let new_remote_win_len = (repr.window_len as usize) << (scale as usize);
+        let is_window_update = new_remote_win_len != self.remote_win_len;
+        self.remote_win_len = new_remote_win_len;
+
+        self.congestion_controller
+            .inner_mut()
+            .set_remote_window(new_remote_win_len);
+
+        if ack_len > 0 {
+            // Dequeue acknowledged octets.
+            debug_assert!(self.tx_buffer.len() >= ack_len);
+            tcp_trace!(
+                "tx buffer: dequeueing {} octets (now {})",
+                ack_len,
+                self.tx_buffer.len() - ack_len
+            );
+            self.tx_buffer.dequeue_allocated(ack_len);
+        }
+
+        if let Some(ack_number) = repr.ack_number {
+            // TODO: When flow control is implemented,
+            // refractor the following block within that implementation
+
+            match self.local_rx_last_ack {
+                // Duplicate ACK if payload empty and ACK doesn't move send window ->
+                // Increment duplicate ACK count, notify congestion controller and
+                // set for retransmit if we just received the third duplicate ACK
+                Some(last_rx_ack)
+                    if repr.payload.is_empty()
+                        && last_rx_ack == ack_number
+                        && ack_number < self.remote_last_seq
+                        && !is_window_update =>
+                {
+                    // Increment duplicate ACK count
+                    self.local_rx_dup_acks = self.local_rx_dup_acks.saturating_add(1);
+
+                    net_debug!(
+                        "received duplicate ACK for seq {} (duplicate nr {}{})",
+                        ack_number,
+                        self.local_rx_dup_acks,
+                        if self.local_rx_dup_acks == u8::MAX {
+                            "+"
+                        } else {
+                            ""
+                        }
+                    );
+
+                    // sal-tcp: not again within one recovery (RFC 6582 3.2 step 1):
+                    // partial ACKs take care of the other losses of the window.
+                    if self.local_rx_dup_acks == 3 && self.recover.is_none() {
+                        self.timer.set_for_fast_retransmit();
+                        net_debug!("started fast retransmit");
+                    }
+
+                    // Notify of duplicate ACK
+                    let in_flight = self.flight_size();
+                    self.congestion_controller.inner_mut().on_dup_ack(
+                        now,
+                        self.remote_mss,
+                        in_flight,
+                    );
+                }
+
+                // No duplicate ACK means we reset the duplicate ACK count
+                // and notify the congestion controller of the fresh ACK
+                _ => {
+                    if self.local_rx_dup_acks > 0 {
+                        self.local_rx_dup_acks = 0;
+                        net_debug!("reset duplicate ACK count");
+                    }
+                    self.local_rx_last_ack = Some(ack_number);
+
+                    // sal-tcp: NewReno partial ACKs (RFC 6582 3.2 step 3).
+                    match self.recover {
+                        Some(recover) if ack_number >= recover => {
+                            net_debug!("full ACK, leaving fast recovery");
+                            self.recover = None;
+                        }
+                        Some(_) if ack_len > 0 => {
+                            net_debug!("partial ACK, retransmitting the next hole");
+                            self.pending_fast_retransmit = true;
+                            self.rtte.on_retransmit();
+                        }
+                        _ => {}
+                    }
+
+                    // Notify of fresh ACK
+                    self.rtte.on_ack(now, ack_number);
+                    let new_flight_size = self.flight_size().saturating_sub(ack_len);
+                    self.congestion_controller.inner_mut().on_ack(
+                        now,
+                        ack_len,
+                        new_flight_size,
+                        &self.rtte,
+                    );
+                }
+            };
+
+            // We've processed everything in the incoming segment, so advance the local
+            // sequence number past it.
+            self.local_seq_no = ack_number;
+
+            // During retransmission, if an earlier segment got lost but later was
+            // successfully received, self.local_seq_no can move past self.remote_last_seq.
+            // Do not attempt to retransmit the latter segments; not only this is pointless
+            // in theory but also impossible in practice, since they have been already
+            // deallocated from the buffer.
+            if self.remote_last_seq < self.local_seq_no {
+                self.remote_last_seq = self.local_seq_no
+            }
+            self.remote_max_seq = self.remote_max_seq.max(self.local_seq_no);
+        }
+
+        // update last remote tsval
+        if let Some(timestamp) = repr.timestamp {
+            self.last_remote_tsval = timestamp.tsval;
+        }
+
+        // update timers.
+        match self.timer {
+            Timer::Retransmit { .. } | Timer::FastRetransmit => {
+                if ack_all {
+                    // RFC 6298: (5.2) ACK of all outstanding data turn off the retransmit timer.
+                    self.timer.set_for_idle(now, self.keep_alive);
+                } else if ack_len > 0 {
+                    // (5.3) ACK of new data in ESTABLISHED state restart the retransmit timer.
+                    let rto = self.rtte.retransmission_timeout();
+                    self.timer.set_for_retransmit(now, rto);
+                }
+            }
+            Timer::Idle { .. } => {
+                // any packet on idle refresh the keepalive timer.
+                self.timer.set_for_idle(now, self.keep_alive);
+            }
+            _ => {}
+        }
+
+        // start/stop the Zero Window Probe timer.
+        if self.remote_win_len == 0
+            && !self.tx_buffer.is_empty()
+            && (self.timer.is_idle() || ack_len > 0)
+        {
+            let delay = self.rtte.retransmission_timeout();
+            tcp_trace!("starting zero-window-probe timer for t+{}", delay);
+            self.timer.set_for_zero_window_probe(now, delay);
+        }
+        if self.remote_win_len != 0 && self.timer.is_zero_window_probe() {
+            tcp_trace!("stopping zero-window-probe timer");
+            self.timer.set_for_idle(now, self.keep_alive);
+        }
+
+        let payload_len = payload.len();
+        if payload_len == 0 {
+            return None;
+        }
+
+        let assembler_was_empty = self.assembler.is_empty();
+
+        // Place payload octets into the buffer first (smoltcp does it after the
+        // assembler): growing the buffer may fail, and then the segment must
+        // not be recorded as received.
+        tcp_trace!(
+            "rx buffer: receiving {} octets at offset {}",
+            payload_len,
+            payload_offset
+        );
+        let len_written = self.rx_buffer.write_unallocated(payload_offset, payload);
+        if len_written != payload_len {
+            net_debug!("rx buffer: cannot grow to hold the segment, dropping it");
+            return None;
+        }
+
+        // Try adding payload octets to the assembler.
+        let Ok(contig_len) = self
+            .assembler
+            .add_then_remove_front(payload_offset, payload_len)
+        else {
+            net_debug!(
+                "assembler: too many holes to add {} octets at offset {}",
+                payload_len,
+                payload_offset
+            );
+            return None;
+        };
+
+        if contig_len != 0 {
+            // Enqueue the contiguous data octets in front of the buffer.
+            tcp_trace!(
+                "rx buffer: enqueueing {} octets (now {})",
+                contig_len,
+                self.rx_buffer.len() + contig_len
+            );
+            self.rx_buffer.enqueue_unallocated(contig_len);
+        }
+
+        if !self.assembler.is_empty() {
+            // Print the ranges recorded in the assembler.
+            tcp_trace!("assembler: {}", self.assembler);
+        }
+
+        // Handle delayed acks
+        if let (Some(ack_delay), true) = (self.ack_delay, self.ack_to_transmit()) {
+            self.ack_delay_timer = match self.ack_delay_timer {
+                AckDelayTimer::Idle => {
+                    tcp_trace!("starting delayed ack timer");
+                    AckDelayTimer::Waiting(now + ack_delay)
+                }
+                AckDelayTimer::Waiting(_) if self.immediate_ack_to_transmit() => {
+                    tcp_trace!("delayed ack timer already started, forcing expiry");
+                    AckDelayTimer::Immediate
+                }
+                timer @ AckDelayTimer::Waiting(_) => {
+                    tcp_trace!("waiting until delayed ack timer expires");
+                    timer
+                }
+                AckDelayTimer::Immediate => {
+                    tcp_trace!("delayed ack timer already force-expired");
+                    AckDelayTimer::Immediate
+                }
+            };
+        }
+
+        // Per RFC 5681, we should send an immediate ACK when either:
+        //  1) an out-of-order segment is received, or
+        //  2) a segment arrives that fills in all or part of a gap in sequence space.
+        if !self.assembler.is_empty() || !assembler_was_empty {
+            // Note that we change the transmitter state here.
+            // This is fine because smoltcp assumes that it can always transmit zero or one
+            // packets for every packet it receives.
+            tcp_trace!("ACKing incoming segment");
+            Some(Reply::ack(repr))
+        } else {
+            None
+        }
+    }
+
+    fn timed_out(&self, timestamp: Instant) -> bool {
+        match (self.remote_last_ts, self.timeout) {
+            (Some(remote_last_ts), Some(timeout)) => timestamp >= remote_last_ts + timeout,
+            (_, _) => false,
+        }
+    }
+
+    /// The largest payload of a data segment: our MSS and the peer's, less
+    /// the TCP options every segment carries.
+    fn effective_mss(&self) -> usize {
+        // The effective max segment size, taking into account the options and the local and remote limits.
+        let options_len = if self.timestamps { 12 } else { 0 };
+        (self.local_mss as usize)
+            .min(self.remote_mss)
+            .saturating_sub(options_len)
+    }
+
+    fn seq_to_transmit(&self) -> bool {
+        // Fast retransmits should always send, even if later congestion checks would disallow
+        if self.pending_fast_retransmit && !self.tx_buffer.is_empty() {
+            return true;
+        }
+
+        let effective_mss = self.effective_mss();
+
+        // Have we sent data that hasn't been ACKed yet?
+        let data_in_flight = self.remote_last_seq != self.local_seq_no;
+
+        // If we want to send a SYN and we haven't done so, do it!
+        if matches!(self.state, State::SynSent | State::SynReceived) && !data_in_flight {
+            return true;
+        }
+
+        // max sequence number we can send.
+        let max_send_seq =
+            self.local_seq_no + core::cmp::min(self.remote_win_len, self.tx_buffer.len());
+
+        // Max amount of octets we can send.
+        let capped_send_seq = if max_send_seq >= self.remote_last_seq {
+            max_send_seq - self.remote_last_seq
+        } else {
+            0
+        };
+
+        // compare max bytes allowed by cwnd with max bytes allowed by remote
+        let max_send = capped_send_seq.min(self.cwnd_remaining());
+
+        // Can we send at least 1 octet?
+        let mut can_send = max_send != 0;
+        // Can we send at least 1 full segment?
+        let can_send_full = max_send >= effective_mss;
+
+        // Do we have to send a FIN?
+        let want_fin = matches!(
+            self.state,
+            State::FinWait1 | State::Closing | State::LastAck
+        );
+
+        // If we're applying the Nagle algorithm we don't want to send more
+        // until one of:
+        // * There's no data in flight
+        // * We can send a full packet
+        // * We have all the data we'll ever send (we're closing send)
+        if self.nagle && data_in_flight && !can_send_full && !want_fin {
+            can_send = false;
+        }
+
+        // Can we actually send the FIN? We can send it if:
+        // 1. We have unsent data that fits in the remote window.
+        // 2. We have no unsent data.
+        // This condition matches only if #2, because #1 is already covered by can_data and we're ORing them.
+        let can_fin = want_fin && self.remote_last_seq == self.local_seq_no + self.tx_buffer.len();
+
+        can_send || can_fin
+    }
+
+    fn delayed_ack_expired(&self, timestamp: Instant) -> bool {
+        match self.ack_delay_timer {
+            AckDelayTimer::Idle => true,
+            AckDelayTimer::Waiting(t) => t <= timestamp,
+            AckDelayTimer::Immediate => true,
+        }
+    }
+
+    fn ack_to_transmit(&self) -> bool {
+        if let Some(remote_last_ack) = self.remote_last_ack {
+            remote_last_ack < self.remote_seq_no + self.rx_buffer.len()
+        } else {
+            false
+        }
+    }
+
+    /// Return whether to send ACK immediately due to the amount of unacknowledged data.
+    ///
+    /// RFC 9293 states "An ACK SHOULD be generated for at least every second full-sized segment or
+    /// 2*RMSS bytes of new data (where RMSS is the MSS specified by the TCP endpoint receiving the
+    /// segments to be acknowledged, or the default value if not specified) (SHLD-19)."
+    ///
+    /// Note that the RFC above only says "at least 2*RMSS bytes", which is not a hard requirement.
+    /// In practice, we follow the Linux kernel's empirical value of sending an ACK for every RMSS
+    /// byte of new data. For details, see
+    /// <https://elixir.bootlin.com/linux/v6.11.4/source/net/ipv4/tcp_input.c#L5747>.
+    fn immediate_ack_to_transmit(&self) -> bool {
+        if let Some(remote_last_ack) = self.remote_last_ack {
+            remote_last_ack + self.remote_mss < self.remote_seq_no + self.rx_buffer.len()
+        } else {
+            false
+        }
+    }
+
+    /// Return whether we should send ACK immediately due to significant window updates.
+    ///
+    /// ACKs with significant window updates should be sent immediately to let the sender know that
+    /// more data can be sent. According to the Linux kernel implementation, "significant" means
+    /// doubling the receive window. The Linux kernel implementation can be found at
+    /// <https://elixir.bootlin.com/linux/v6.9.9/source/net/ipv4/tcp.c#L1472>.
+    fn window_to_update(&self) -> bool {
+        match self.state {
+            State::SynSent
+            | State::SynReceived
+            | State::Established
+            | State::FinWait1
+            | State::FinWait2 => {
+                let new_win = self.scaled_window();
+                if let Some(last_win) = self.last_scaled_window() {
+                    new_win > 0 && new_win / 2 >= last_win
+                } else {
+                    false
+                }
+            }
+            _ => false,
+        }
+    }
+
+    /// Write the next segment this socket has to send into `out` and return
+    /// its length, or `None` if there is nothing to send now.
+    ///
+    /// The segment is complete: TCP header (ports 0, options) and payload,
+    /// with the checksum computed over the IPv4 pseudo-header `src` -> `dst`
+    /// (the real locators of this moment: they may change between calls, the
+    /// socket does not care). The payload is copied once, from the send
+    /// buffer into `out`. Put IPv4 and SAL headers in front of `out` yourself
+    /// (headroom). `out` should hold at least
+    /// [`MAX_HEADER_LEN`](crate::MAX_HEADER_LEN) plus the configured MSS;
+    /// a shorter one gets smaller segments, or nothing if even a header does
+    /// not fit.
+    ///
+    /// This is also where timers act (retransmission, keep-alive, zero-window
+    /// probe, delayed ACK, TIME-WAIT expiry, timeouts, buffer trims): call it
+    /// when [`poll_at`](Socket::poll_at) is due, after `handle_segment`, and
+    /// after the application sent, read or closed; call it again until it
+    /// returns `None`.
+    pub fn poll_transmit(
+        &mut self,
+        now: Instant,
+        src: Ipv4Address,
+        dst: Ipv4Address,
+        out: &mut [u8],
+    ) -> Option<usize> {
+        self.run_trim(now);
+
+        if let Some(reply) = self.reply {
+            return self.transmit_reply(now, reply, src, dst, out);
+        }
+
+        if !self.has_peer {
+            return None;
+        }
+
+        if self.remote_last_ts.is_none() {
+            // We get here in exactly two cases:
+            //  1) This socket just transitioned into SYN-SENT.
+            //  2) This socket had an empty transmit buffer and some data was added there.
+            // Both are similar in that the socket has been quiet for an indefinite
+            // period of time, it isn't anymore, and the local endpoint is talking.
+            // So, we start counting the timeout not from the last received packet
+            // but from the first transmitted one.
+            self.remote_last_ts = Some(now);
+        }
+
+        self.congestion_controller.inner_mut().pre_transmit(now);
+
+        // Check if any state needs to be changed because of a timer.
+        if self.timed_out(now) {
+            // If a timeout expires, we should abort the connection.
+            net_debug!("timeout exceeded");
+            self.set_state(State::Closed);
+        } else if self.timer.should_retransmit(now) {
+            if let Timer::Retransmit { .. } = self.timer {
+                // If a retransmit timer expired, we should resend data starting at the last ACK.
+                net_debug!("retransmitting after rto");
+
+                // Inform the congestion controller that we're retransmitting and should enter the slow start state
+                let in_flight = self.flight_size();
+                self.congestion_controller
+                    .inner_mut()
+                    .on_rto(now, in_flight);
+
+                // Rewind "last sequence number sent", as if we never
+                // had sent them. This will cause all data in the queue
+                // to be sent again.
+                self.remote_last_seq = self.local_seq_no;
+
+                // Inform RTTE, so that it can can handle RTO backoff
+                self.rtte.on_rto();
+
+                // A timeout ends any fast recovery.
+                self.recover = None;
+            } else {
+                // If a fast rentrasmit timer expired, we should resend only the earliest unAcked segment
+                net_debug!("retransmitting for fast-retransmit");
+
+                // Inform the congestion controller that we're doing a fast retransmit and should enter the fast recovery state
+                let in_flight = self.flight_size();
+                self.congestion_controller
+                    .inner_mut()
+                    .on_loss(now, in_flight);
+
+                self.pending_fast_retransmit = true;
+                self.recover = Some(self.remote_max_seq);
+            }
+
+            // Clear the `should_retransmit` state. If we can't retransmit right
+            // now for whatever reason (like zero window), this avoids an
+            // infinite polling loop where `poll_at` returns `Now` but `dispatch`
+            // can't actually do anything.
+            self.timer.set_for_idle(now, self.keep_alive);
+
+            // Inform RTTE, so that it can avoid bogus measurements.
+            self.rtte.on_retransmit();
+        }
+
+        // Decide whether we're sending a packet.
+        if self.seq_to_transmit() {
+            // If we have data to transmit and it fits into partner's window, do it.
+            tcp_trace!("outgoing segment will send data or flags");
+        } else if self.ack_to_transmit() && self.delayed_ack_expired(now) {
+            // If we have data to acknowledge, do it.
+            tcp_trace!("outgoing segment will acknowledge");
+        } else if self.window_to_update() {
+            // If we have window length increase to advertise, do it.
+            tcp_trace!("outgoing segment will update window");
+        } else if self.state == State::Closed {
+            // If we need to abort the connection, do it.
+            tcp_trace!("outgoing segment will abort connection");
+        } else if self.timer.should_keep_alive(now) {
+            // If we need to transmit a keep-alive packet, do it.
+            tcp_trace!("keep-alive timer expired");
+        } else if self.timer.should_zero_window_probe(now) {
+            tcp_trace!("sending zero-window probe");
+        } else if self.timer.should_close(now) {
+            // If we have spent enough time in the TIME-WAIT state, close the socket.
+            tcp_trace!("TIME-WAIT timer expired");
+            self.reset();
+            return None;
+        } else {
+            return None;
+        }
+
+        // Construct the basic TCP representation, an empty ACK packet.
+        // We'll adjust this to be more specific as needed. The payload is not
+        // part of it: it is described by `payload_offset`/`payload_len` and
+        // copied from the transmit buffer straight into `out`.
+        let mut repr = TcpRepr {
+            seq_number: self.remote_last_seq,
+            ack_number: Some(self.remote_seq_no + self.rx_buffer.len()),
+            window_len: self.scaled_window(),
+            timestamp: self.timestamp_option(now, self.last_remote_tsval),
+            ..EMPTY_SEGMENT
+        };
+        let mut payload_offset = 0;
+        let mut payload_len = 0;
+
+        let mut is_zero_window_probe = false;
+
+        match self.state {
+            // We transmit an RST in the CLOSED state. If we ended up in the CLOSED state
+            // with a specified endpoint, it means that the socket was aborted.
+            State::Closed => {
+                repr.control = TcpControl::Rst;
+            }
+
+            // We never transmit anything in the LISTEN state.
+            State::Listen => return None,
+
+            // We transmit a SYN in the SYN-SENT state.
+            // We transmit a SYN|ACK in the SYN-RECEIVED state.
+            State::SynSent | State::SynReceived => {
+                repr.control = TcpControl::Syn;
+                repr.seq_number = self.local_seq_no;
+                // window len must NOT be scaled in SYNs.
+                repr.window_len = u16::try_from(self.rx_buffer.window()).unwrap_or(u16::MAX);
+                if self.state == State::SynSent {
+                    repr.ack_number = None;
+                    repr.window_scale = Some(self.remote_win_shift);
+                    repr.sack_permitted = true;
+                } else {
+                    repr.sack_permitted = self.remote_has_sack;
+                    repr.window_scale = self.remote_win_scale.map(|_| self.remote_win_shift);
+                }
+            }
+
+            // We transmit data in all states where we may have data in the buffer,
+            // or the transmit half of the connection is still open.
+            State::Established
+            | State::FinWait1
+            | State::Closing
+            | State::CloseWait
+            | State::LastAck => {
+                // Extract as much data as the remote side can receive in this packet
+                // from the transmit buffer.
+
+                // Maximum size we're allowed to send. This can be limited by 4 factors:
+                // 1. remote window
+                // 2. MSS the remote is willing to accept, probably determined by their MTU
+                // 3. MSS we can send, determined by our MTU.
+                // 4. Our congestion window
+                // and here also by the caller's buffer.
+                let options_len = repr.header_len() - TCP_HEADER_LEN;
+                let effective_mss = (self.local_mss as usize)
+                    .min(self.remote_mss)
+                    .saturating_sub(options_len);
+                let device_limit = effective_mss.min(out.len().saturating_sub(repr.header_len()));
+
+                let offset = if self.pending_fast_retransmit {
+                    let size = device_limit.min(self.tx_buffer.len());
+                    repr.seq_number = self.local_seq_no;
+                    payload_len = size;
+
+                    self.pending_fast_retransmit = false;
+
+                    0
+                } else {
+                    // Right edge of window, ie the max sequence number we're allowed to send.
+                    let win_right_edge = self.local_seq_no + self.remote_win_len;
+
+                    // Max amount of octets we're allowed to send according to the remote window.
+                    let mut win_limit = if win_right_edge >= self.remote_last_seq {
+                        win_right_edge - self.remote_last_seq
+                    } else {
+                        // This can happen if we've sent some data and later the remote side
+                        // has shrunk its window so that data is no longer inside the window.
+                        // This should be very rare and is strongly discouraged by the RFCs,
+                        // but it does happen in practice.
+                        // http://www.tcpipguide.com/free/t_TCPWindowManagementIssues.htm
+                        0
+                    };
+
+                    // To send a zero-window-probe, force the window limit to at least 1 byte.
+                    if win_limit == 0 && self.timer.should_zero_window_probe(now) {
+                        win_limit = 1;
+                        is_zero_window_probe = true;
+                    }
+
+                    let size = if is_zero_window_probe {
+                        // Zero-window probes are exempt from the congestion window: they
+                        // are sent precisely when normal transmission is impossible, and
+                        // an empty segment elicits no reply, so capping the probe to a
+                        // zero length would stall the connection if a window update from
+                        // the remote got lost.
+                        win_limit.min(device_limit)
+                    } else {
+                        win_limit.min(device_limit).min(self.cwnd_remaining())
+                    };
+
+                    let offset = self.flight_size();
+                    payload_offset = offset;
+                    payload_len = size.min(self.tx_buffer.len().saturating_sub(offset));
+
+                    offset
+                };
+
+                // If we've sent everything we had in the buffer, follow it with the PSH or FIN
+                // flags, depending on whether the transmit half of the connection is open.
+                if offset + payload_len == self.tx_buffer.len() {
+                    match self.state {
+                        State::FinWait1 | State::LastAck | State::Closing => {
+                            repr.control = TcpControl::Fin
+                        }
+                        State::Established | State::CloseWait if payload_len > 0 => {
+                            repr.control = TcpControl::Psh
+                        }
+                        _ => (),
+                    }
+                }
+            }
+
+            // In FIN-WAIT-2 and TIME-WAIT states we may only transmit ACKs for incoming data or FIN
+            State::FinWait2 | State::TimeWait => {}
+        }
+
+        // sal-tcp: a segment that occupies no sequence space carries the highest
+        // sequence number sent (see `ack_seq`), not the retransmission point.
+        if payload_len == 0 && matches!(repr.control, TcpControl::None | TcpControl::Psh) {
+            repr.seq_number = self.ack_seq();
+        }
+
+        // There might be more than one reason to send a packet. E.g. the keep-alive timer
+        // has expired, and we also have data in transmit buffer. Since any packet that occupies
+        // sequence space will elicit an ACK, we only need to send an explicit packet if we
+        // couldn't fill the sequence space with anything.
+        let is_keep_alive;
+        if self.timer.should_keep_alive(now) && payload_len == 0 && repr.is_empty() {
+            repr.seq_number = repr.seq_number - 1;
+            payload_len = 1; // RFC 1122 says we should send one garbage byte (a zero)
+            is_keep_alive = true;
+        } else {
+            is_keep_alive = false;
+        }
+
+        // Trace a summary of what will be sent.
+        if is_keep_alive {
+            tcp_trace!("sending a keep-alive");
+        } else if payload_len > 0 {
+            tcp_trace!(
+                "tx buffer: sending {} octets at offset {}",
+                payload_len,
+                payload_offset
+            );
+        }
+        if repr.control != TcpControl::None || payload_len == 0 {
+            let flags = match (repr.control, repr.ack_number) {
+                (TcpControl::Syn, None) => "SYN",
+                (TcpControl::Syn, Some(_)) => "SYN|ACK",
+                (TcpControl::Fin, Some(_)) => "FIN|ACK",
+                (TcpControl::Rst, Some(_)) => "RST|ACK",
+                (TcpControl::Psh, Some(_)) => "PSH|ACK",
+                (TcpControl::None, Some(_)) => "ACK",
+                _ => "<unreachable>",
+            };
+            tcp_trace!("sending {}", flags);
+        }
+
+        if repr.control == TcpControl::Syn {
+            // Fill the MSS option. See RFC 6691 for an explanation of this calculation.
+            repr.max_seg_size = Some(self.local_mss);
+        }
+
+        // Write the segment. If `out` cannot hold it, nothing is sent and the
+        // state below is left alone, as smoltcp does when its device refuses.
+        let tx_buffer = &self.tx_buffer;
+        let len = segment::emit(
+            &repr,
+            payload_len,
+            |payload| {
+                if is_keep_alive {
+                    payload.fill(0);
+                } else {
+                    tx_buffer.read_allocated(payload_offset, payload);
+                }
+            },
+            src,
+            dst,
+            out,
+        )?;
+
+        // We've sent something, whether useful data or a keep-alive packet, so rewind
+        // the keep-alive timer.
+        self.timer.rewind_keep_alive(now, self.keep_alive);
+
+        // Reset delayed-ack timer
+        match self.ack_delay_timer {
+            AckDelayTimer::Idle => {}
+            AckDelayTimer::Waiting(_) => {
+                tcp_trace!("stop delayed ack timer")
+            }
+            AckDelayTimer::Immediate => {
+                tcp_trace!("stop delayed ack timer (was force-expired)")
+            }
+        }
+        self.ack_delay_timer = AckDelayTimer::Idle;
+
+        // Leave the rest of the state intact if sending a zero-window probe.
+        if is_zero_window_probe {
+            self.timer.rewind_zero_window_probe(now);
+            return Some(len);
+        }
+
+        // Leave the rest of the state intact if sending a keep-alive packet, since those
+        // carry a fake segment.
+        if is_keep_alive {
+            return Some(len);
+        }
+
+        // We've sent a packet successfully, so we can update the internal state now.
+        // Use max() so a fast-retransmit segment (whose seq_number is local_seq_no, well
+        // behind the current frontier) doesn't rewind the tracked "highest sent" sequence.
+        let segment_len = payload_len + repr.control.len();
+        self.remote_last_seq = self.remote_last_seq.max(repr.seq_number + segment_len);
+        self.remote_max_seq = self.remote_max_seq.max(self.remote_last_seq);
+        self.remote_last_ack = repr.ack_number;
+        self.remote_last_win = repr.window_len;
+
+        if segment_len > 0 {
+            self.rtte.on_send(now, repr.seq_number + segment_len);
+            self.congestion_controller
+                .inner_mut()
+                .post_transmit(now, segment_len);
+        }
+
+        if segment_len > 0 && !self.timer.is_retransmit() {
+            // RFC 6298 (5.1) Every time a packet containing data is sent (including a
+            // retransmission), if the timer is not running, start it running
+            // so that it will expire after RTO seconds.
+            let rto = self.rtte.retransmission_timeout();
+            self.timer.set_for_retransmit(now, rto);
+        }
+
+        if self.state == State::Closed {
+            // When aborting a connection, forget about it after sending a single RST packet.
+            self.has_peer = false;
+        }
+
+        Some(len)
+    }
+
+    /// Send the reply owed to a received segment (see `Reply`).
+    fn transmit_reply(
+        &mut self,
+        now: Instant,
+        reply: Reply,
+        src: Ipv4Address,
+        dst: Ipv4Address,
+        out: &mut [u8],
+    ) -> Option<usize> {
+        let (repr, rest) = match reply {
+            Reply::Rst { seq, ack } => {
+                tcp_trace!("sending RST in reply");
+                let repr = TcpRepr {
+                    control: TcpControl::Rst,
+                    seq_number: seq,
+                    ack_number: ack,
+                    ..EMPTY_SEGMENT
+                };
+                (repr, None)
+            }
+            Reply::Ack { count, tsecr } => {
+                tcp_trace!("sending ACK in reply");
+                let rest = (count > 1).then(|| Reply::Ack {
+                    count: count - 1,
+                    tsecr,
+                });
+                (self.ack_reply(now, tsecr), rest)
+            }
+        };
+        let len = segment::emit(&repr, 0, |_| {}, src, dst, out)?;
+        self.reply = rest;
+        Some(len)
+    }
+
+    /// Run the trim point if due (see `crate::buffer`), and schedule the
+    /// next one while the buffers hold memory.
+    fn run_trim(&mut self, now: Instant) {
+        if let Some(at) = self.trim_at {
+            if now >= at {
+                self.tx_buffer.trim(false);
+                self.rx_buffer.trim(!self.assembler.is_empty());
+                self.trim_at = None;
+            }
+        }
+        self.schedule_trim(now);
+    }
+
+    /// Make sure a trim point is scheduled if the buffers hold memory.
+    fn schedule_trim(&mut self, now: Instant) {
+        if self.trim_at.is_none() && self.buffer_memory() > 0 {
+            self.trim_at = Some(now + self.trim_interval);
+        }
+    }
+
+    /// Bytes of heap memory the send and receive buffers hold right now.
+    pub fn buffer_memory(&self) -> usize {
+        self.tx_buffer.allocated() + self.rx_buffer.allocated()
+    }
+
+    /// When [`poll_transmit`](Socket::poll_transmit) must next be called:
+    /// `None` if only a received segment or an application action can give
+    /// the socket something to do; `Some(t)` for a deadline, where a `t` in
+    /// the past (`Instant::ZERO` means "now") is due at once. Costs a few
+    /// comparisons; re-read it after every call that may change the socket.
+    pub fn poll_at(&self) -> Option<Instant> {
+        let at = if self.reply.is_some() {
+            PollAt::Now
+        } else {
+            self.protocol_poll_at()
+        };
+        let trim = self.trim_at.map_or(PollAt::Ingress, PollAt::Time);
+        match at.min(trim) {
+            PollAt::Now => Some(Instant::ZERO),
+            PollAt::Time(t) => Some(t),
+            PollAt::Ingress => None,
+        }
+    }
+
+    /// smoltcp's `poll_at`: when the protocol next needs to act.
+    #[allow(clippy::if_same_then_else)]
+    fn protocol_poll_at(&self) -> PollAt {
+        // The logic here mirrors the beginning of dispatch() closely.
+        if !self.has_peer {
+            // No one to talk to, nothing to transmit.
+            PollAt::Ingress
+        } else if self.remote_last_ts.is_none() {
+            // Socket stopped being quiet recently, we need to acquire a timestamp.
+            PollAt::Now
+        } else if self.state == State::Closed {
+            // Socket was aborted, we have an RST packet to transmit.
+            PollAt::Now
+        } else if self.seq_to_transmit() {
+            // We have a data or flag packet to transmit.
+            PollAt::Now
+        } else if self.window_to_update() {
+            // The receive window has been raised significantly.
+            PollAt::Now
+        } else {
+            let want_ack = self.ack_to_transmit();
+
+            let delayed_ack_poll_at = match (want_ack, self.ack_delay_timer) {
+                (false, _) => PollAt::Ingress,
+                (true, AckDelayTimer::Idle) => PollAt::Now,
+                (true, AckDelayTimer::Waiting(t)) => PollAt::Time(t),
+                (true, AckDelayTimer::Immediate) => PollAt::Now,
+            };
+
+            let timeout_poll_at = match (self.remote_last_ts, self.timeout) {
+                // If we're transmitting or retransmitting data, we need to poll at the moment
+                // when the timeout would expire.
+                (Some(remote_last_ts), Some(timeout)) => PollAt::Time(remote_last_ts + timeout),
+                // Otherwise we have no timeout.
+                (_, _) => PollAt::Ingress,
+            };
+
+            // We wait for the earliest of our timers to fire.
+            *[self.timer.poll_at(), timeout_poll_at, delayed_ack_poll_at]
+                .iter()
+                .min()
+                .unwrap_or(&PollAt::Ingress)
+        }
+    }
+}
+
+impl fmt::Write for Socket {
+    fn write_str(&mut self, slice: &str) -> fmt::Result {
+        let slice = slice.as_bytes();
+        if self.send_slice(slice) == Ok(slice.len()) {
+            Ok(())
+        } else {
+            Err(fmt::Error)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,168 @@
+//! The socket's timers: retransmission, zero-window probe, keep-alive,
+//! TIME-WAIT, and the delayed-ACK timer.
+//!
+//! Forked from smoltcp 0.14.0 `src/socket/tcp.rs` (0BSD, see the crate docs).
+//! Changed: `poll_at` answers with this crate's [`PollAt`] (smoltcp's is
+//! crate-private).
+
+use smoltcp::time::{Duration, Instant};
+
+use crate::rtt::RTTE_MAX_RTO;
+
+/// When a socket next needs the caller's attention, as the timers see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum PollAt {
+    /// Immediately.
+    Now,
+    /// At the given instant.
+    Time(Instant),
+    /// Only when a segment arrives (or the application acts).
+    Ingress,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Timer {
+    Idle {
+        keep_alive_at: Option<Instant>,
+    },
+    Retransmit {
+        expires_at: Instant,
+    },
+    FastRetransmit,
+    ZeroWindowProbe {
+        expires_at: Instant,
+        delay: Duration,
+    },
+    Close {
+        expires_at: Instant,
+    },
+}
+
+pub(crate) const ACK_DELAY_DEFAULT: Duration = Duration::from_millis(10);
+pub(crate) const CLOSE_DELAY: Duration = Duration::from_millis(10_000);
+
+impl Timer {
+    pub(crate) fn new() -> Timer {
+        Timer::Idle {
+            keep_alive_at: None,
+        }
+    }
+
+    pub(crate) fn should_keep_alive(&self, timestamp: Instant) -> bool {
+        matches!(*self, Timer::Idle {
+                keep_alive_at: Some(keep_alive_at),
+            } if timestamp >= keep_alive_at)
+    }
+
+    pub(crate) fn should_retransmit(&self, timestamp: Instant) -> bool {
+        match *self {
+            Timer::Retransmit { expires_at } if timestamp >= expires_at => true,
+            Timer::FastRetransmit => true,
+            _ => false,
+        }
+    }
+
+    pub(crate) fn should_close(&self, timestamp: Instant) -> bool {
+        matches!(*self, Timer::Close { expires_at } if timestamp >= expires_at)
+    }
+
+    pub(crate) fn should_zero_window_probe(&self, timestamp: Instant) -> bool {
+        matches!(*self, Timer::ZeroWindowProbe { expires_at, .. } if timestamp >= expires_at)
+    }
+
+    pub(crate) fn poll_at(&self) -> PollAt {
+        match *self {
+            Timer::Idle {
+                keep_alive_at: Some(keep_alive_at),
+            } => PollAt::Time(keep_alive_at),
+            Timer::Idle {
+                keep_alive_at: None,
+            } => PollAt::Ingress,
+            Timer::ZeroWindowProbe { expires_at, .. } => PollAt::Time(expires_at),
+            Timer::Retransmit { expires_at, .. } => PollAt::Time(expires_at),
+            Timer::FastRetransmit => PollAt::Now,
+            Timer::Close { expires_at } => PollAt::Time(expires_at),
+        }
+    }
+
+    pub(crate) fn set_for_idle(&mut self, timestamp: Instant, interval: Option<Duration>) {
+        *self = Timer::Idle {
+            keep_alive_at: interval.map(|interval| timestamp + interval),
+        }
+    }
+
+    pub(crate) fn set_keep_alive(&mut self) {
+        if let Timer::Idle {
+            keep_alive_at: keep_alive_at @ None,
+        } = self
+        {
+            *keep_alive_at = Some(Instant::from_millis(0))
+        }
+    }
+
+    pub(crate) fn rewind_keep_alive(&mut self, timestamp: Instant, interval: Option<Duration>) {
+        if let Timer::Idle { keep_alive_at } = self {
+            *keep_alive_at = interval.map(|interval| timestamp + interval)
+        }
+    }
+
+    pub(crate) fn set_for_retransmit(&mut self, timestamp: Instant, delay: Duration) {
+        match *self {
+            Timer::Idle { .. }
+            | Timer::FastRetransmit
+            | Timer::Retransmit { .. }
+            | Timer::ZeroWindowProbe { .. } => {
+                *self = Timer::Retransmit {
+                    expires_at: timestamp + delay,
+                }
+            }
+            Timer::Close { .. } => (),
+        }
+    }
+
+    pub(crate) fn set_for_fast_retransmit(&mut self) {
+        *self = Timer::FastRetransmit
+    }
+
+    pub(crate) fn set_for_close(&mut self, timestamp: Instant) {
+        *self = Timer::Close {
+            expires_at: timestamp + CLOSE_DELAY,
+        }
+    }
+
+    pub(crate) fn set_for_zero_window_probe(&mut self, timestamp: Instant, delay: Duration) {
+        *self = Timer::ZeroWindowProbe {
+            expires_at: timestamp + delay,
+            delay,
+        }
+    }
+
+    pub(crate) fn rewind_zero_window_probe(&mut self, timestamp: Instant) {
+        if let Timer::ZeroWindowProbe { mut delay, .. } = *self {
+            delay = (delay * 2).min(Duration::from_millis(RTTE_MAX_RTO as _));
+            *self = Timer::ZeroWindowProbe {
+                expires_at: timestamp + delay,
+                delay,
+            }
+        }
+    }
+
+    pub(crate) fn is_idle(&self) -> bool {
+        matches!(self, Timer::Idle { .. })
+    }
+
+    pub(crate) fn is_zero_window_probe(&self) -> bool {
+        matches!(self, Timer::ZeroWindowProbe { .. })
+    }
+
+    pub(crate) fn is_retransmit(&self) -> bool {
+        matches!(self, Timer::Retransmit { .. } | Timer::FastRetransmit)
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub(crate) enum AckDelayTimer {
+    Idle,
+    Waiting(Instant),
+    Immediate,
+}

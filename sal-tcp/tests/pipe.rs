@@ -1,0 +1,211 @@
+//! Two sockets talking through an in-memory network: byte-exact transfers on
+//! a perfect network and through loss and reordering, address changes
+//! mid-flow, a window that never promises more than the buffer can hold,
+//! and buffer memory that follows use.
+
+mod common;
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use common::{pattern, Conditions, Net};
+use sal_tcp::{Config, CongestionControl, Duration, Ipv4Address, Socket, State};
+use smoltcp::wire::TcpControl;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn lossy(loss: f64) -> Conditions {
+    Conditions {
+        delay: Duration::from_millis(10),
+        jitter: Duration::from_millis(8),
+        loss,
+    }
+}
+
+#[track_caller]
+fn assert_exchanged(net: &Net, a_to_b: &[u8], b_to_a: &[u8]) {
+    let [a, b] = &net.ends;
+    assert!(b.received == a_to_b, "a -> b differs");
+    assert!(a.received == b_to_a, "b -> a differs");
+}
+
+#[test]
+fn transfers_byte_exact_on_a_perfect_network() {
+    let (up, down) = (pattern(1 << 20, 1), pattern(300_000, 2));
+    let mut net = Net::connected(
+        &Config::default(),
+        [up.clone(), down.clone()],
+        Conditions::PERFECT,
+        7,
+    );
+    assert!(net.run_to_completion(MINUTE));
+    assert_exchanged(&net, &up, &down);
+    assert_eq!(net.lost, 0);
+}
+
+#[test]
+fn transfers_byte_exact_through_loss_and_reordering() {
+    for (seed, loss, congestion_control) in [
+        (1, 0.01, CongestionControl::Cubic),
+        (2, 0.05, CongestionControl::Cubic),
+        (3, 0.05, CongestionControl::Reno),
+        (4, 0.10, CongestionControl::Cubic),
+    ] {
+        let config = Config {
+            congestion_control,
+            timestamps: seed % 2 == 0,
+            ..Config::default()
+        };
+        let (up, down) = (pattern(200_000, seed), pattern(50_000, seed + 100));
+        let mut net = Net::connected(&config, [up.clone(), down.clone()], lossy(loss), seed);
+        assert!(
+            net.run_to_completion(MINUTE * 10),
+            "seed {seed}: not done by {}: received {} / {}, {}, states {} {}",
+            net.now,
+            net.ends[1].received.len(),
+            net.ends[0].received.len(),
+            net.lost,
+            net.ends[0].socket.state(),
+            net.ends[1].socket.state(),
+        );
+        assert_exchanged(&net, &up, &down);
+        assert!(net.lost > 0, "seed {seed}: the network lost nothing");
+    }
+}
+
+#[test]
+fn survives_address_changes_mid_transfer() {
+    // Segments carry checksums over the addresses they were sent with; the
+    // sockets never see addresses, so moving both ends is invisible to TCP.
+    let up = pattern(500_000, 9);
+    let mut net = Net::connected(&Config::default(), [up.clone(), vec![]], lossy(0.0), 9);
+    assert!(net.run_until(MINUTE, |net| net.ends[1].received.len() > 100_000));
+    net.ends[0].addr = Ipv4Address::new(192, 168, 7, 1);
+    assert!(net.run_until(MINUTE, |net| net.ends[1].received.len() > 300_000));
+    net.ends[1].addr = Ipv4Address::new(172, 16, 0, 9);
+    assert!(net.run_to_completion(MINUTE));
+    assert_exchanged(&net, &up, &[]);
+}
+
+#[test]
+fn advertised_window_never_exceeds_what_the_buffer_can_hold() {
+    // A slow reader with a small, non-power-of-two maximum: the receive
+    // buffer fills, the window closes and reopens; with loss, out-of-order
+    // data sits ahead of the queue too.
+    let config = Config {
+        max_recv_buffer: 100_000,
+        max_send_buffer: 70_000,
+        min_buffer: 1000,
+        ..Config::default()
+    };
+    let shift = config.window_shift();
+    for (seed, conditions) in [(5, Conditions::PERFECT), (6, lossy(0.02))] {
+        let up = pattern(400_000, seed);
+        let mut net = Net::connected(&config, [up.clone(), vec![]], conditions, seed);
+        net.ends[1].read_rate = Some(200);
+        let checked = Rc::new(Cell::new(0u64));
+        let fullest = Rc::new(Cell::new(0usize));
+        let (c, f) = (checked.clone(), fullest.clone());
+        net.inspect = Some(Box::new(move |_, socket: &Socket, segment: &[u8]| {
+            let repr = sal_tcp::parse_segment(segment).unwrap();
+            let advertised = if repr.control == TcpControl::Syn {
+                repr.window_len as usize
+            } else {
+                (repr.window_len as usize) << shift
+            };
+            let room = socket.recv_capacity() - socket.recv_queue();
+            assert!(advertised <= room, "window {advertised} > room {room}");
+            assert!(socket.buffer_memory() <= 100_000 + 70_000);
+            c.set(c.get() + 1);
+            f.set(f.get().max(socket.recv_queue()));
+        }));
+        assert!(net.run_to_completion(MINUTE * 10));
+        assert_exchanged(&net, &up, &[]);
+        assert!(checked.get() > 100);
+        if net.lost == 0 {
+            // The slow reader filled the buffer: the window closed (or nearly).
+            assert!(
+                fullest.get() > 100_000 - 2 * 1448,
+                "fullest {}",
+                fullest.get()
+            );
+        }
+    }
+}
+
+#[test]
+fn idle_connections_give_their_memory_back() {
+    let config = Config::default();
+    let up = pattern(2 << 20, 3);
+    let mut net = Net::connected(&config, [up.clone(), vec![]], Conditions::PERFECT, 3);
+    for end in &mut net.ends {
+        end.close_when_sent = false;
+    }
+    // A slow reader makes the receive buffer grow.
+    net.ends[1].read_rate = Some(20_000);
+    let mut peak = [0; 2];
+    assert!(net.run_until(MINUTE, |net| {
+        for (i, end) in net.ends.iter().enumerate() {
+            peak[i] = peak[i].max(end.socket.buffer_memory());
+        }
+        net.ends[1].received.len() == up.len()
+    }));
+    assert!(peak[0] > 64 * 1024, "sender peaked at {}", peak[0]);
+    assert!(peak[1] > 64 * 1024, "receiver peaked at {}", peak[1]);
+
+    // Idle: within two trim intervals (plus the last ACK) nothing is held.
+    let idle = net.now;
+    assert!(net.run_until(MINUTE, |net| {
+        net.ends.iter().all(|end| end.socket.buffer_memory() == 0)
+    }));
+    assert!(net.now - idle <= config.trim_interval * 2 + Duration::from_millis(100));
+    // And nothing more to do until something happens.
+    assert!(net.ends.iter().all(|end| end.socket.poll_at().is_none()));
+    assert_eq!(net.ends[0].socket.state(), State::Established);
+
+    // The connection still works, and memory comes back with traffic.
+    net.ends[1].to_send = pattern(10_000, 4);
+    assert!(net.run_until(MINUTE, |net| net.ends[0].received.len() == 10_000));
+    assert_eq!(net.ends[0].received, pattern(10_000, 4));
+}
+
+#[test]
+fn two_losses_in_one_window_recover_without_a_timeout() {
+    // 60 segments; the 45th and 52nd data segments are lost once, in the
+    // last window, so no later data produces fresh duplicate ACKs. With the
+    // receiver's half still open (ESTABLISHED) and already closed (the
+    // sender is in LAST-ACK when the duplicate ACKs come).
+    for congestion_control in [CongestionControl::Reno, CongestionControl::Cubic] {
+        for receiver_closes_first in [false, true] {
+            let config = Config {
+                congestion_control,
+                ..Config::default()
+            };
+            let mss = config.mss as usize;
+            let up = pattern(60 * mss, 11);
+            let mut net = Net::connected(&config, [up.clone(), vec![]], lossy(0.0), 11);
+            net.conditions[0].jitter = Duration::ZERO;
+            net.ends[1].close_when_sent = receiver_closes_first;
+            let mut data_segments = 0;
+            net.dropper = Some(Box::new(move |end, segment| {
+                let repr = sal_tcp::parse_segment(segment).unwrap();
+                if end != 0 || repr.payload.is_empty() {
+                    return false;
+                }
+                data_segments += 1;
+                data_segments == 45 || data_segments == 52
+            }));
+            let start = net.now;
+            assert!(net.run_until(MINUTE, |net| net.ends[1].received.len() == up.len()));
+            assert_exchanged(&net, &up, &[]);
+            assert_eq!(net.lost, 2);
+            // Without recovery of the second loss, the retransmission timer
+            // (at least 1 s) would fire.
+            assert!(
+                net.now - start < Duration::from_millis(500),
+                "{congestion_control:?}, receiver closes first: {receiver_closes_first}: took {}",
+                net.now - start
+            );
+        }
+    }
+}
