@@ -119,6 +119,7 @@ pub enum Request {
     Subscribe,
 
     // --- operators ---
+    /// Every flow (root and sald's own user), or the caller's own flows.
     ListFlows,
     ListInterfaces,
     Stats,
@@ -250,14 +251,34 @@ pub enum ErrorKind {
 }
 
 /// Events pushed to subscribers.
+///
+/// Root and sald's own user see every event; any other user sees only
+/// those about its own flows and bindings (and `Lagged`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum ControlEvent {
-    Registered { prefix: ServicePrefix },
-    Unregistered { prefix: ServicePrefix },
-    DelayNotify { service: ServiceId },
-    FlowOpened { flow: FlowId, service: ServiceId },
-    FlowClosed { flow: FlowId },
+    Registered {
+        prefix: ServicePrefix,
+    },
+    Unregistered {
+        prefix: ServicePrefix,
+    },
+    DelayNotify {
+        service: ServiceId,
+    },
+    FlowOpened {
+        flow: FlowId,
+        service: ServiceId,
+    },
+    FlowClosed {
+        flow: FlowId,
+    },
+    /// This subscriber fell behind: sald's event queue is bounded, and the
+    /// `missed` oldest events were dropped. State built from events should
+    /// be read again (`ListRules`, `ListFlows`).
+    Lagged {
+        missed: u64,
+    },
 }
 
 /// Everything `servalctl stats` shows.
@@ -477,6 +498,12 @@ mod tests {
             },
             Request::ListFlows,
         ];
+        let lagged = Response::Event {
+            event: ControlEvent::Lagged { missed: 3 },
+        };
+        let frame = encode_frame(&lagged).unwrap();
+        assert_eq!(decode_body::<Response>(&frame[4..]).unwrap(), lagged);
+        assert!(String::from_utf8_lossy(&frame[4..]).contains(r#""event":"lagged","missed":3"#));
         for request in requests {
             let frame = encode_frame(&request).unwrap();
             let len = frame_len(frame[..4].try_into().unwrap()).unwrap();

@@ -7,6 +7,9 @@
 //! the application took the last chunk (so a slow reader closes the TCP
 //! window). End of file on the socketpair is a half-close of the flow and
 //! vice versa; the flow is closed when both directions are done.
+//!
+//! When the daemon stops, every pump drops its end of the socketpair (the
+//! application reads end of file) and closes its flow, which tells the peer.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -21,15 +24,18 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
 use crate::daemon::{FlowSignal, Shared};
+use crate::shutdown::Shutdown;
 
 const CHUNK: usize = 64 * 1024;
 
-/// Serves one stream flow until both directions are finished, then closes it.
+/// Serves one stream flow until both directions are finished (or the daemon
+/// stops), then closes it.
 pub async fn stream(
     shared: Arc<Shared>,
     flow: FlowId,
     signal: Arc<FlowSignal>,
     socket: UnixStream,
+    mut shutdown: Shutdown,
 ) {
     let (reader, mut writer) = socket.into_split();
     let up = async {
@@ -99,7 +105,10 @@ pub async fn stream(
             }
         }
     };
-    tokio::join!(up, down);
+    tokio::select! {
+        _ = async { tokio::join!(up, down) } => {}
+        () = shutdown.recv() => {}
+    }
     let mut core = shared.lock();
     let _ = core.host.close(flow);
     core.run();
@@ -153,6 +162,7 @@ pub async fn datagram_socket(
     signal: Arc<FlowSignal>,
     fd: OwnedFd,
     owned: bool,
+    mut shutdown: Shutdown,
 ) {
     let Ok(packets) = Packets::new(fd) else {
         return;
@@ -206,6 +216,7 @@ pub async fn datagram_socket(
     tokio::select! {
         () = up => {}
         () = down => {}
+        () = shutdown.recv() => {}
     }
     let mut core = shared.lock();
     core.disown(socket);
@@ -220,6 +231,7 @@ pub async fn datagram_flow(
     flow: FlowId,
     signal: Arc<FlowSignal>,
     fd: OwnedFd,
+    mut shutdown: Shutdown,
 ) {
     let Ok(packets) = Packets::new(fd) else {
         return;
@@ -256,6 +268,7 @@ pub async fn datagram_flow(
     tokio::select! {
         () = up => {}
         () = down => {}
+        () = shutdown.recv() => {}
     }
     let mut core = shared.lock();
     let _ = core.host.close(flow);

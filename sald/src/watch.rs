@@ -5,10 +5,12 @@
 //!
 //! A blocking thread reads the netlink socket (it is created in the daemon's
 //! network namespace, which threads share) and forwards [`LinkEvent`]s over a
-//! channel; [`Interfaces`] turns them into host calls.
+//! channel; [`Interfaces`] turns them into host calls, and [`follow`] applies
+//! them to the host and, through the plumbing thread, to the routing.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::address::AddressAttribute;
@@ -19,6 +21,9 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use sal::proto::Host;
 use sal::Locator;
 use tokio::sync::mpsc;
+
+use crate::daemon::Shared;
+use crate::plumbing::PlumbingWorker;
 
 /// rtnetlink multicast groups: links, IPv4 addresses and IPv4 routes.
 const RTMGRP_LINK: u32 = 0x1;
@@ -252,6 +257,62 @@ impl Interfaces {
             LinkEvent::MainRoutesChanged => Some(PlumbingChange::Routes),
         }
     }
+}
+
+/// Applies the kernel's link, address and route events to the host (moving
+/// flows) and to the plumbing (rules for new addresses, per-source tables),
+/// until the daemon stops it. Netlink requests go to the plumbing thread;
+/// this task only waits for their answers.
+pub async fn follow(
+    shared: Arc<Shared>,
+    plumbing: Arc<PlumbingWorker>,
+    mut view: Interfaces,
+    events: Option<mpsc::UnboundedReceiver<LinkEvent>>,
+) {
+    let Some(mut events) = events else {
+        return std::future::pending().await;
+    };
+    while let Some(first) = events.recv().await {
+        // Take whatever else already arrived (a link going down brings a
+        // burst), so that the routing tables are refreshed once per burst.
+        let mut batch = vec![first];
+        while let Ok(event) = events.try_recv() {
+            batch.push(event);
+        }
+        let mut changes = Vec::new();
+        {
+            let mut core = shared.lock();
+            for event in batch {
+                changes.extend(view.apply(&mut core.host, event));
+            }
+            core.run();
+        }
+        let refresh = changes.contains(&PlumbingChange::Routes);
+        for change in changes {
+            let result = match &change {
+                PlumbingChange::Add { iface, addr } => {
+                    plumbing.add_address(iface.clone(), *addr).await
+                }
+                PlumbingChange::Remove { iface, addr } => {
+                    plumbing.remove_address(iface.clone(), *addr).await
+                }
+                PlumbingChange::Routes => continue,
+            };
+            if let Err(error) = result {
+                tracing::warn!(%error, ?change, "routing did not follow an address change");
+            }
+        }
+        if refresh {
+            match plumbing.refresh_routes().await {
+                Ok(0) => {}
+                Ok(changed) => tracing::info!(changed, "per-source routes follow the main table"),
+                Err(error) => {
+                    tracing::warn!(%error, "per-source routes did not follow the main table")
+                }
+            }
+        }
+    }
+    std::future::pending().await
 }
 
 /// `template` moved to `ip`, keeping its carriage (and UDP port).

@@ -52,6 +52,9 @@ pub enum PlumbingError {
     /// The nftables fence could not be installed.
     #[error("nftables fence: {0}")]
     Fence(String),
+    /// The plumbing thread ([`super::PlumbingWorker`]) is gone.
+    #[error("the plumbing thread is gone")]
+    WorkerGone,
     /// Some undo steps failed (each was attempted; details in the list).
     #[error("removing plumbing: {}", .0.join("; "))]
     Teardown(Vec<String>),

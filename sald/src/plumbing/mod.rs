@@ -96,8 +96,10 @@
 //! files are deleted on a clean removal.
 //!
 //! Everything here is synchronous (plain netlink sockets, `/proc/sys`
-//! writes, the `nft` command): the calls are few and short, they work from
-//! `Drop`, and they can be used from inside or outside a tokio runtime.
+//! writes, the `nft` command): the calls are few, they work from `Drop`,
+//! and they can be used from inside or outside a tokio runtime. sald makes
+//! them on a thread of their own ([`PlumbingWorker`]), never on the thread
+//! that carries packets.
 //!
 //! ## Modules
 //!
@@ -110,6 +112,7 @@
 //! | `sysctl`, `nft`, `netns` | `/proc/sys`, the nftables fence, namespace identity |
 //! | `state`, `lock` | the state file and the lock file in the run directory |
 //! | `inspect` | what is already there: live owner, stale leftovers, conflicts |
+//! | `worker` | [`PlumbingWorker`], the thread the daemon runs all of it on |
 
 mod config;
 mod error;
@@ -122,6 +125,7 @@ mod nft;
 mod rtnl;
 mod state;
 mod sysctl;
+mod worker;
 
 pub use config::{
     validate_ifname, InterfaceConfig, PlumbingConfig, DEFAULT_RULE_PREF, DEFAULT_RUN_DIR,
@@ -131,6 +135,7 @@ pub use error::PlumbingError;
 pub use installed::Plumbing;
 pub use nft::NFT_TABLE;
 pub use rtnl::Rtnl;
+pub use worker::PlumbingWorker;
 
 /// IP protocol number of native SAL packets (WIRE.md, "Carriage").
 pub const SAL_IPPROTO: u8 = 144;
