@@ -13,6 +13,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use nix::sys::socket::{recv, send, MsgFlags};
@@ -22,6 +23,7 @@ use sal_control::DatagramFrame;
 use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
+use tokio::sync::Notify;
 
 use crate::daemon::{FlowSignal, Shared};
 use crate::shutdown::Shutdown;
@@ -38,6 +40,11 @@ pub async fn stream(
     mut shutdown: Shutdown,
 ) {
     let (reader, mut writer) = socket.into_split();
+    // Once nothing more can come down (end of stream, or the flow failed),
+    // the up direction also watches the flow, so that a flow reset while
+    // the application is silent still ends the pump (and frees the flow).
+    let down_finished = AtomicBool::new(false);
+    let down_done = Notify::new();
     let up = async {
         let mut buf = vec![0u8; CHUNK];
         loop {
@@ -53,7 +60,13 @@ pub async fn stream(
                 Ok(room) => room.min(CHUNK),
                 Err(_) => return,
             };
-            if reader.readable().await.is_err() {
+            let watch_flow = down_finished.load(Ordering::Acquire);
+            let readable = tokio::select! {
+                readable = reader.readable() => readable,
+                () = down_done.notified(), if !watch_flow => continue,
+                () = signal.up.notified(), if watch_flow => continue,
+            };
+            if readable.is_err() {
                 return;
             }
             match reader.try_read(&mut buf[..room]) {
@@ -79,7 +92,7 @@ pub async fn stream(
             }
         }
     };
-    let down = async {
+    let down_until_done = async {
         let mut buf = vec![0u8; CHUNK];
         loop {
             let received = {
@@ -104,6 +117,11 @@ pub async fn stream(
                 Err(_) => return,
             }
         }
+    };
+    let down = async {
+        down_until_done.await;
+        down_finished.store(true, Ordering::Release);
+        down_done.notify_one();
     };
     tokio::select! {
         _ = async { tokio::join!(up, down) } => {}
