@@ -44,7 +44,7 @@ fn bind_as(sald: &InProcess, uid: u32, p: &str) -> socket_shim::Result<ServiceLi
 }
 
 fn errno_of(result: socket_shim::Result<ServiceListener>) -> Errno {
-    Errno::from_raw(result.err().expect("the bind should fail").errno())
+    Errno::from_raw(result.expect_err("the bind should fail").errno())
 }
 
 #[test]
