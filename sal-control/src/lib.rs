@@ -29,6 +29,14 @@
 //! messages are [`DatagramFrame`]s (unconnected sockets) or bare payloads
 //! (connected datagram flows).
 //!
+//! sald bounds its clients: a connection beyond a user's share is answered
+//! with an `Exhausted` error (in place of the `Hello`) and closed; hello,
+//! the rest of a started frame, and taking a response each have a time limit
+//! (`TimedOut`, then the connection closes), and so does an ordinary user's
+//! connection that holds no listener and sends nothing. An event subscriber
+//! that falls behind sald's bounded event queue gets
+//! [`ControlEvent::Lagged`].
+//!
 //! This module is pure: types, framing and codecs, no I/O.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -115,7 +123,8 @@ pub enum Request {
         target: Option<TargetKey>,
     },
     ListRules,
-    /// Turn this connection into an event stream.
+    /// Turn this connection into an event stream: every event for root and
+    /// sald's own user, the caller's own otherwise.
     Subscribe,
 
     // --- operators ---

@@ -3,10 +3,10 @@
 //!
 //! The accept loop ([`serve`]) bounds who gets in ([`limits`]: a total, a
 //! share per ordinary user, a reserve for root) and backs off when `accept`
-//! fails; each connection is a task ([`client`]) that reads frames within
+//! fails; each connection is a task (`client`) that reads frames within
 //! the daemon's time and memory bounds ([`frame`]), answers each request
-//! with one function of [`cmd`], checks what its user may do
-//! ([`policy`]), or streams events ([`subscribe`]). All of them stop when
+//! with one function of `cmd`, checks what its user may do
+//! ([`policy`]), or streams events (`subscribe`). All of them stop when
 //! the daemon does.
 
 mod client;

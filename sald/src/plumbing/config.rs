@@ -32,7 +32,7 @@ pub struct InterfaceConfig {
     pub addrs: Vec<Ipv4Addr>,
 }
 
-/// What [`Plumbing::install`] sets up.
+/// What [`super::Plumbing::install`] sets up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlumbingConfig {
     /// The TUN device (must exist: create it with
