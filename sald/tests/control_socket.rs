@@ -116,10 +116,7 @@ fn control_connections_are_capped_per_user_with_a_reserve_for_root() {
         ControlClient::connect_to(&sald.control).unwrap(),
     ];
     for client in &mut root {
-        assert!(matches!(
-            client.request(&Request::Stats).unwrap().response,
-            Response::Stats { .. }
-        ));
+        assert_serves(client);
     }
     // A connection that goes gives its place back.
     nobody.pop();
@@ -128,6 +125,12 @@ fn control_connections_are_capped_per_user_with_a_reserve_for_root() {
         OTHER + 1
     )
     .is_ok()));
+}
+
+/// `client`'s connection is alive and answered.
+fn assert_serves(client: &mut ControlClient) {
+    let stats = client.request(&Request::Stats).unwrap().response;
+    assert!(matches!(stats, Response::Stats { .. }), "{stats:?}");
 }
 
 /// Frames of the control protocol, for raw connections.
@@ -200,10 +203,7 @@ fn idle_connections_and_partial_frames_time_out() {
     assert!(started.elapsed() < Duration::from_secs(3));
 
     thread::sleep(Duration::from_millis(1500).saturating_sub(started.elapsed()));
-    assert!(matches!(
-        root.request(&Request::Stats).unwrap().response,
-        Response::Stats { .. }
-    ));
+    assert_serves(&mut root);
     assert!(matches!(listener.try_accept(), Ok(None)));
 }
 
@@ -305,10 +305,7 @@ fn frame_memory_is_bounded_for_all_clients_together() {
     assert!(refused >= CLIENTS / 2, "only {refused} refused");
     // And sald still answers.
     let mut root = ControlClient::connect_to(&sald.control).unwrap();
-    assert!(matches!(
-        root.request(&Request::Stats).unwrap().response,
-        Response::Stats { .. }
-    ));
+    assert_serves(&mut root);
 }
 
 /// Reads events from a subscription until `until` says stop or `within`

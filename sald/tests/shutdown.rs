@@ -107,6 +107,24 @@ fn assert_ended(streams: &mut [ServiceStream], deadline: Instant) {
     }
 }
 
+/// Within [`DEADLINE`] of `stopped`, the stopped side's applications have
+/// seen their flows end and the peer lists none.
+fn assert_ended_at_both_ends(
+    streams: &mut [ServiceStream],
+    peer: &impl Sald,
+    stopped: Instant,
+    log: &str,
+) {
+    assert_ended(streams, stopped + DEADLINE);
+    assert!(
+        wait_until(DEADLINE.saturating_sub(stopped.elapsed()), || peer
+            .flows()
+            .is_empty()),
+        "the peer still lists {:?}\n{log}",
+        peer.flows()
+    );
+}
+
 #[test]
 fn stopping_an_in_process_daemon_ends_its_flows_at_both_ends() {
     let dir = Scratch::new("inproc-stop");
@@ -123,14 +141,7 @@ fn stopping_an_in_process_daemon_ends_its_flows_at_both_ends() {
     let took = stopped_at.elapsed();
     assert!(took < DEADLINE, "stopping took {took:?}");
     assert!(!client.control.exists(), "control socket left behind");
-    assert_ended(&mut streams, stopped_at + DEADLINE);
-    assert!(
-        wait_until(DEADLINE.saturating_sub(stopped_at.elapsed()), || server
-            .flows()
-            .is_empty()),
-        "the peer still lists {:?}",
-        server.flows()
-    );
+    assert_ended_at_both_ends(&mut streams, &server, stopped_at, "");
     drop(release);
     assert_eq!(served.join().unwrap(), FLOWS);
 }
@@ -205,14 +216,7 @@ fn sigterm_ends_flows_and_restores_the_host() {
         signalled.elapsed()
     );
     assert_eq!(host_state(net.host(0)), before, "host not restored:\n{log}");
-    assert_ended(&mut streams, signalled + DEADLINE);
-    assert!(
-        wait_until(DEADLINE.saturating_sub(signalled.elapsed()), || server
-            .flows()
-            .is_empty()),
-        "the peer still lists {:?}\n{log}",
-        server.flows()
-    );
+    assert_ended_at_both_ends(&mut streams, &server, signalled, &log);
     drop(release);
     assert_eq!(served.join().unwrap(), FLOWS);
 }
