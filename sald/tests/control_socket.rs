@@ -450,3 +450,36 @@ fn ordinary_users_see_only_their_own_flows_and_events_and_queues_are_bounded() {
         "{denied:?}"
     );
 }
+
+#[test]
+fn two_daemons_in_one_process_keep_their_own_rule_origins() {
+    let dir = Scratch::new("two-daemons");
+    let a = daemon(&dir, "a", |_| {});
+    let b = InProcess::start(common::udp_config(&dir, "b", [127, 0, 0, 2].into()));
+    let target = Target::Forward {
+        locator: Locator::Udp("127.0.0.9:9".parse().unwrap()),
+        weight: 1,
+    };
+    let announced = sal::table::RuleOrigin::Announced {
+        by: "r1".into(),
+        expires_unix_ms: None,
+    };
+    let add = |sald: &InProcess, origin: sal::table::RuleOrigin| {
+        let request = Request::AddRuleWithOrigin {
+            prefix: prefix("beef/16"),
+            target,
+            priority: 0,
+            origin,
+        };
+        assert_eq!(sald.request(request), Response::Ok);
+    };
+    add(&a, announced.clone());
+    // The same target made static on the other daemon changes nothing here.
+    add(&b, sal::table::RuleOrigin::Static);
+    let origin_on = |sald: &InProcess| match sald.request(Request::ListRules) {
+        Response::Rules { rules } => rules[0].targets()[0].origin.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(origin_on(&a), announced);
+    assert_eq!(origin_on(&b), sal::table::RuleOrigin::Static);
+}
