@@ -32,7 +32,8 @@ pub(super) fn listen(
         &core.origins,
     );
     if let Err(refusal) = verdict {
-        tracing::info!(uid = client.uid, %prefix, %refusal, "bind refused");
+        // Per request of an admitted client: not worth more than a debug line.
+        tracing::debug!(uid = client.uid, %prefix, %refusal, "bind refused");
         return error_reply(refusal.kind(), refusal.to_string());
     }
     let listener = match core
