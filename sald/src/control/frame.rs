@@ -144,7 +144,9 @@ impl FrameReader {
         idle: Option<Duration>,
     ) -> Result<Option<Request>, ReadError> {
         let mut prefix = [0u8; 4];
-        let first = stream.read(&mut prefix[..1]);
+        // Usually the whole prefix in one read; a frame has started once
+        // any of it is here.
+        let first = stream.read(&mut prefix);
         let n = match idle {
             Some(idle) => tokio::time::timeout(idle, first)
                 .await
@@ -155,7 +157,7 @@ impl FrameReader {
             return Ok(None);
         }
         let rest = async {
-            stream.read_exact(&mut prefix[1..]).await?;
+            stream.read_exact(&mut prefix[n..]).await?;
             let len = frame_len(prefix)?;
             let mut body = Body {
                 bytes: Vec::new(),
