@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
@@ -261,8 +262,8 @@ impl Interfaces {
 
 /// Applies the kernel's link, address and route events to the host (moving
 /// flows) and to the plumbing (rules for new addresses, per-source tables),
-/// until the daemon stops it. Netlink requests go to the plumbing thread;
-/// this task only waits for their answers.
+/// until the daemon stops it. Routing changes are queued for the plumbing
+/// thread; this task never waits for netlink.
 pub async fn follow(
     shared: Arc<Shared>,
     plumbing: Arc<PlumbingWorker>,
@@ -272,6 +273,9 @@ pub async fn follow(
     let Some(mut events) = events else {
         return std::future::pending().await;
     };
+    // A refresh of the per-source tables is queued and has not started: a
+    // later burst need not queue another.
+    let refresh_queued = Arc::new(AtomicBool::new(false));
     while let Some(first) = events.recv().await {
         // Take whatever else already arrived (a link going down brings a
         // burst), so that the routing tables are refreshed once per burst.
@@ -287,32 +291,56 @@ pub async fn follow(
             }
             core.run();
         }
-        let refresh = changes.contains(&PlumbingChange::Routes);
-        for change in changes {
-            let result = match &change {
-                PlumbingChange::Add { iface, addr } => {
-                    plumbing.add_address(iface.clone(), *addr).await
-                }
-                PlumbingChange::Remove { iface, addr } => {
-                    plumbing.remove_address(iface.clone(), *addr).await
-                }
-                PlumbingChange::Routes => continue,
-            };
-            if let Err(error) = result {
-                tracing::warn!(%error, ?change, "routing did not follow an address change");
-            }
+        if changes.contains(&PlumbingChange::Routes) && refresh_queued.swap(true, Ordering::AcqRel)
+        {
+            changes.retain(|c| *c != PlumbingChange::Routes);
         }
-        if refresh {
-            match plumbing.refresh_routes().await {
-                Ok(0) => {}
-                Ok(changed) => tracing::info!(changed, "per-source routes follow the main table"),
-                Err(error) => {
-                    tracing::warn!(%error, "per-source routes did not follow the main table")
-                }
+        if changes.is_empty() {
+            continue;
+        }
+        // Queued, not awaited: the next kernel event is applied to the host
+        // while the routing follows this one.
+        let refresh_queued = refresh_queued.clone();
+        let job = move |plumbing: &mut Option<crate::plumbing::Plumbing>| {
+            if changes.contains(&PlumbingChange::Routes) {
+                // From here on, a new change needs a new refresh.
+                refresh_queued.store(false, Ordering::Release);
             }
+            if let Some(plumbing) = plumbing {
+                follow_in_routing(plumbing, changes);
+            }
+        };
+        if plumbing.submit(job).is_err() {
+            tracing::warn!("the plumbing thread is gone; routing no longer follows the kernel");
+            break;
         }
     }
     std::future::pending().await
+}
+
+/// Makes the plumbing follow `changes` (on the plumbing thread): rules for
+/// added and removed addresses, then one refresh of the per-source tables.
+fn follow_in_routing(plumbing: &mut crate::plumbing::Plumbing, changes: Vec<PlumbingChange>) {
+    let refresh = changes.contains(&PlumbingChange::Routes);
+    for change in changes {
+        let result = match &change {
+            PlumbingChange::Add { iface, addr } => plumbing.add_address(iface, *addr),
+            PlumbingChange::Remove { iface, addr } => plumbing.remove_address(iface, *addr),
+            PlumbingChange::Routes => continue,
+        };
+        if let Err(error) = result {
+            tracing::warn!(%error, ?change, "routing did not follow an address change");
+        }
+    }
+    if refresh {
+        match plumbing.refresh_routes() {
+            Ok(0) => {}
+            Ok(changed) => tracing::info!(changed, "per-source routes follow the main table"),
+            Err(error) => {
+                tracing::warn!(%error, "per-source routes did not follow the main table")
+            }
+        }
+    }
 }
 
 /// `template` moved to `ip`, keeping its carriage (and UDP port).

@@ -13,7 +13,6 @@
 //! the same and reports what failed.
 
 use std::io;
-use std::net::Ipv4Addr;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
@@ -48,6 +47,19 @@ impl PlumbingWorker {
         })
     }
 
+    /// Queues `job` for the plumbing thread without waiting for it (it
+    /// reports its own failures); jobs run in the order they are queued.
+    pub fn submit<J>(&self, job: J) -> Result<(), PlumbingError>
+    where
+        J: FnOnce(&mut Option<Plumbing>) + Send + 'static,
+    {
+        self.jobs
+            .as_ref()
+            .ok_or(PlumbingError::WorkerGone)?
+            .send(Box::new(job))
+            .map_err(|_| PlumbingError::WorkerGone)
+    }
+
     /// Runs `job` on the plumbing thread and waits (asynchronously) for its
     /// result. The job gets the installed plumbing, if any.
     pub async fn run<R, J>(&self, job: J) -> Result<R, PlumbingError>
@@ -56,14 +68,9 @@ impl PlumbingWorker {
         J: FnOnce(&mut Option<Plumbing>) -> R + Send + 'static,
     {
         let (reply, result) = oneshot::channel();
-        let job: Job = Box::new(move |plumbing| {
+        self.submit(move |plumbing| {
             let _ = reply.send(job(plumbing));
-        });
-        self.jobs
-            .as_ref()
-            .ok_or(PlumbingError::WorkerGone)?
-            .send(job)
-            .map_err(|_| PlumbingError::WorkerGone)?;
+        })?;
         result.await.map_err(|_| PlumbingError::WorkerGone)
     }
 
@@ -72,33 +79,6 @@ impl PlumbingWorker {
         self.run(move |plumbing| {
             *plumbing = Some(Plumbing::install(&config)?);
             Ok(())
-        })
-        .await?
-    }
-
-    /// [`Plumbing::add_address`], if plumbing is installed.
-    pub async fn add_address(&self, iface: String, addr: Ipv4Addr) -> Result<(), PlumbingError> {
-        self.run(move |plumbing| match plumbing {
-            Some(plumbing) => plumbing.add_address(&iface, addr),
-            None => Ok(()),
-        })
-        .await?
-    }
-
-    /// [`Plumbing::remove_address`], if plumbing is installed.
-    pub async fn remove_address(&self, iface: String, addr: Ipv4Addr) -> Result<(), PlumbingError> {
-        self.run(move |plumbing| match plumbing {
-            Some(plumbing) => plumbing.remove_address(&iface, addr),
-            None => Ok(()),
-        })
-        .await?
-    }
-
-    /// [`Plumbing::refresh_routes`], if plumbing is installed.
-    pub async fn refresh_routes(&self) -> Result<usize, PlumbingError> {
-        self.run(|plumbing| match plumbing {
-            Some(plumbing) => plumbing.refresh_routes(),
-            None => Ok(0),
         })
         .await?
     }
@@ -145,12 +125,13 @@ mod tests {
         assert!(empty);
         assert_ne!(there, here);
         assert_eq!(second.unwrap().as_deref(), Some("sald-plumbing"));
-        // Without plumbing the address and route jobs do nothing.
-        assert_eq!(worker.refresh_routes().await.unwrap(), 0);
-        worker
-            .add_address("eth0".into(), Ipv4Addr::new(10, 0, 0, 1))
-            .await
-            .unwrap();
+        // A submitted job runs before a later one.
+        let (tx, rx) = std::sync::mpsc::channel();
+        worker.submit(move |_| tx.send(1).unwrap()).unwrap();
+        assert_eq!(
+            worker.run(move |_| rx.try_recv().ok()).await.unwrap(),
+            Some(1)
+        );
         worker.remove().await.unwrap();
     }
 }
