@@ -29,6 +29,14 @@
 //! messages are [`DatagramFrame`]s (unconnected sockets) or bare payloads
 //! (connected datagram flows).
 //!
+//! sald bounds its clients: a connection beyond a user's share is answered
+//! with an `Exhausted` error (in place of the `Hello`) and closed; hello,
+//! the rest of a started frame, and taking a response each have a time limit
+//! (`TimedOut`, then the connection closes), and so does an ordinary user's
+//! connection that holds no listener and sends nothing. An event subscriber
+//! that falls behind sald's bounded event queue gets
+//! [`ControlEvent::Lagged`].
+//!
 //! This module is pure: types, framing and codecs, no I/O.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -115,10 +123,12 @@ pub enum Request {
         target: Option<TargetKey>,
     },
     ListRules,
-    /// Turn this connection into an event stream.
+    /// Turn this connection into an event stream: every event for root and
+    /// sald's own user, the caller's own otherwise.
     Subscribe,
 
     // --- operators ---
+    /// Every flow (root and sald's own user), or the caller's own flows.
     ListFlows,
     ListInterfaces,
     Stats,
@@ -250,14 +260,34 @@ pub enum ErrorKind {
 }
 
 /// Events pushed to subscribers.
+///
+/// Root and sald's own user see every event; any other user sees only
+/// those about its own flows and bindings (and `Lagged`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum ControlEvent {
-    Registered { prefix: ServicePrefix },
-    Unregistered { prefix: ServicePrefix },
-    DelayNotify { service: ServiceId },
-    FlowOpened { flow: FlowId, service: ServiceId },
-    FlowClosed { flow: FlowId },
+    Registered {
+        prefix: ServicePrefix,
+    },
+    Unregistered {
+        prefix: ServicePrefix,
+    },
+    DelayNotify {
+        service: ServiceId,
+    },
+    FlowOpened {
+        flow: FlowId,
+        service: ServiceId,
+    },
+    FlowClosed {
+        flow: FlowId,
+    },
+    /// This subscriber fell behind: sald's event queue is bounded, and the
+    /// `missed` oldest events were dropped. State built from events should
+    /// be read again (`ListRules`, `ListFlows`).
+    Lagged {
+        missed: u64,
+    },
 }
 
 /// Everything `servalctl stats` shows.
@@ -477,6 +507,12 @@ mod tests {
             },
             Request::ListFlows,
         ];
+        let lagged = Response::Event {
+            event: ControlEvent::Lagged { missed: 3 },
+        };
+        let frame = encode_frame(&lagged).unwrap();
+        assert_eq!(decode_body::<Response>(&frame[4..]).unwrap(), lagged);
+        assert!(String::from_utf8_lossy(&frame[4..]).contains(r#""event":"lagged","missed":3"#));
         for request in requests {
             let frame = encode_frame(&request).unwrap();
             let len = frame_len(frame[..4].try_into().unwrap()).unwrap();

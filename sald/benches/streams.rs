@@ -13,14 +13,14 @@
 //! - connection rate and latency: the same pair ("direct"), and a LAN of
 //!   client, service router and server ("via router").
 //!
-//! The TUN-forwarder ceiling comes from the `tun-forwarder` program of this
-//! package, run in the same process tree right before: one copy through user
-//! space per packet, the packet-rate ceiling of any TUN-attached stack here.
+//! The TUN-forwarder ceiling comes from `testnet::tunfwd` (the baseline the
+//! `tun-forwarder` program prints), measured in this process right before:
+//! one copy through user space per packet, the packet-rate ceiling of any
+//! TUN-attached stack here.
 
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -82,18 +82,19 @@ fn iperf(net: &Topology, server_addr: Ipv4Addr, streams: u32, seconds: u64) -> f
         / 1e9
 }
 
-/// The TUN forwarder's Gbit/s, from the tun-forwarder program's report.
+/// The TUN forwarder's Gbit/s (testnet's baseline, same run).
 fn tun_forwarder(seconds: u64) -> Option<f64> {
-    let output = Command::new(env!("CARGO_BIN_EXE_tun-forwarder"))
-        .args(["--seconds", &seconds.to_string()])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    let line = text.lines().find(|l| l.contains("TUN forwarder"))?;
-    line.split_whitespace()
-        .zip(line.split_whitespace().skip(1))
-        .find(|(_, unit)| *unit == "Gbit/s")
-        .and_then(|(value, _)| value.parse().ok())
+    let options = testnet::tunfwd::Options {
+        seconds: u32::try_from(seconds).unwrap_or(60),
+        ..testnet::tunfwd::Options::default()
+    };
+    match testnet::tunfwd::measure(&options) {
+        Ok(report) => Some(report.tun.gbps),
+        Err(error) => {
+            eprintln!("TUN-forwarder baseline unavailable: {error}");
+            None
+        }
+    }
 }
 
 /// Application-to-application throughput over `flows` SAL stream flows.

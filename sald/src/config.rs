@@ -14,11 +14,35 @@
 //! priority = 0
 //!
 //! [[allow]]                  # who may bind what (root may bind anything);
-//! uid = 1000                 # with no [[allow]] entries anyone may bind
+//! uid = 1000                 # see "Binding" below
 //! prefix = "c0ffee/24"
+//!
+//! min_bind_prefix = 16       # shortest prefix an ordinary user may bind
+//!
+//! [limits]                   # the control socket (defaults shown)
+//! clients = 1024             # connections at once, everyone together
+//! clients_per_uid = 128      # connections of one ordinary user
+//! root_reserve = 32          # of `clients`, kept for root and sald's own user
+//! idle_secs = 60             # an ordinary user's connection that holds nothing
+//! frame_timeout_ms = 10000   # hello, the rest of a started frame, a response
+//! frame_memory = 33554432    # bytes of request frames being read, all clients
+//! subscriber_queue = 1024    # events a slow subscriber may fall behind by
 //! ```
 //!
 //! Flags given on the command line override the file.
+//!
+//! ## Binding
+//!
+//! Root and sald's own user may bind any prefix. A user with an `[[allow]]`
+//! entry may bind what its entries cover, without further checks. When the
+//! file has `[[allow]]` entries, other users may not bind at all. Without
+//! any, ordinary users may bind like unprivileged processes bind ports:
+//! not `/0` nor anything shorter than `min_bind_prefix` (EACCES), nothing
+//! that overlaps (covers, equals or lies inside) another user's binding
+//! (EADDRINUSE), and nothing an operator's (static) rule already sends
+//! elsewhere: a FORWARD, DROP or DELAY rule equal to or inside the prefix, or
+//! covering it and itself at least `min_bind_prefix` long (EACCES). Broader
+//! operator rules (a `/0` default route) do not stop a bind.
 
 use std::net::SocketAddrV4;
 use std::path::PathBuf;
@@ -130,6 +154,70 @@ pub struct AllowConfig {
     pub prefix: ServicePrefix,
 }
 
+/// Bounds on the control socket's clients (the `[limits]` table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Control connections at once, all users together.
+    pub clients: usize,
+    /// Control connections of one ordinary user.
+    pub clients_per_uid: usize,
+    /// Connections of `clients` that only root and sald's own user may use.
+    pub root_reserve: usize,
+    /// An ordinary user's connection that holds no listener, waits for
+    /// nothing and sends no request for this long is closed.
+    pub idle_secs: u64,
+    /// How long a client may take to say hello, to finish a frame it
+    /// started, and to take a response.
+    pub frame_timeout_ms: u64,
+    /// Bytes of request frames being received, all connections together; a
+    /// frame that would exceed it closes its connection.
+    pub frame_memory: usize,
+    /// Events a subscriber may fall behind by before the oldest are dropped
+    /// (it is then sent a `lagged` event).
+    pub subscriber_queue: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            clients: 1024,
+            clients_per_uid: 128,
+            root_reserve: 32,
+            idle_secs: 60,
+            frame_timeout_ms: 10_000,
+            frame_memory: 32 << 20,
+            subscriber_queue: 1024,
+        }
+    }
+}
+
+impl Limits {
+    fn validate(&self) -> Result<()> {
+        if self.root_reserve >= self.clients {
+            bail!(
+                "limits: root_reserve ({}) must be smaller than clients ({})",
+                self.root_reserve,
+                self.clients
+            );
+        }
+        if self.clients_per_uid == 0 || self.subscriber_queue == 0 {
+            bail!("limits: clients_per_uid and subscriber_queue must be at least 1");
+        }
+        if self.frame_memory < sal_control::MAX_FRAME {
+            bail!(
+                "limits: frame_memory must hold at least one frame of {} bytes",
+                sal_control::MAX_FRAME
+            );
+        }
+        Ok(())
+    }
+}
+
+fn default_min_bind_prefix() -> u16 {
+    16
+}
+
 /// The config file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -145,6 +233,11 @@ pub struct FileConfig {
     pub rules: Vec<RuleConfig>,
     #[serde(default)]
     pub allow: Vec<AllowConfig>,
+    /// Shortest prefix an ordinary user may bind (see "Binding").
+    #[serde(default = "default_min_bind_prefix")]
+    pub min_bind_prefix: u16,
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 /// The effective configuration.
@@ -162,6 +255,10 @@ pub struct Config {
     pub probe_idle_ms: u64,
     pub rules: Vec<RuleConfig>,
     pub allow: Vec<AllowConfig>,
+    /// Shortest prefix an ordinary user may bind (at least 1: nobody but
+    /// root and `[[allow]]`ed users binds `/0`).
+    pub min_bind_prefix: u16,
+    pub limits: Limits,
 }
 
 impl Config {
@@ -174,8 +271,12 @@ impl Config {
                 toml::from_str::<FileConfig>(&text)
                     .with_context(|| format!("invalid config file {}", path.display()))?
             }
-            None => FileConfig::default(),
+            None => FileConfig {
+                min_bind_prefix: default_min_bind_prefix(),
+                ..FileConfig::default()
+            },
         };
+        file.limits.validate()?;
         for rule in &file.rules {
             rule.target()?;
         }
@@ -203,6 +304,8 @@ impl Config {
             probe_idle_ms: flags.probe_idle_ms,
             rules: file.rules,
             allow: file.allow,
+            min_bind_prefix: file.min_bind_prefix.clamp(1, 256),
+            limits: file.limits,
         })
     }
 }
@@ -235,7 +338,19 @@ mod tests {
         ));
         assert_eq!(file.rules[1].target().unwrap(), Target::Drop);
         assert_eq!(file.allow[0].uid, 1000);
+        assert_eq!(file.min_bind_prefix, 16);
+        assert_eq!(file.limits, Limits::default());
         assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
+        let file: FileConfig =
+            toml::from_str("min_bind_prefix = 24\n[limits]\nclients_per_uid = 4").unwrap();
+        assert_eq!(file.min_bind_prefix, 24);
+        assert_eq!(file.limits.clients_per_uid, 4);
+        assert_eq!(file.limits.clients, Limits::default().clients);
+        let bad = Limits {
+            root_reserve: 2000,
+            ..Limits::default()
+        };
+        assert!(bad.validate().is_err());
     }
 
     #[test]

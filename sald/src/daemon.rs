@@ -1,7 +1,9 @@
 //! The daemon's shared state: the sans-IO [`Host`] behind a mutex, the links
 //! it transmits on, and the bookkeeping that connects host events to the
 //! tasks waiting on them (app flows, pending accepts and connects,
-//! subscribers).
+//! subscribers), with who owns what ([`Owners`]) and who installed which
+//! rule ([`Origins`]). Everything here belongs to one daemon: two daemons in
+//! one process share nothing.
 //!
 //! Every task that touches the host does so in a short critical section and
 //! ends it with [`Core::run`], which advances the host, writes its transmits
@@ -17,9 +19,12 @@ use sal::time::Instant;
 use sal::wire::{Ipv4Carriage, IPV4_HEADER_LEN};
 use sal::{FlowId, Locator};
 use sal_control::{ControlEvent, StatsReport};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{oneshot, Notify};
 
+use crate::events::{Audience, EventBus, Subscription};
 use crate::link::{TunLink, UdpLink};
+use crate::origins::Origins;
+use crate::owners::Owners;
 
 /// Wakes the tasks serving one app-owned flow or datagram socket.
 #[derive(Debug, Default)]
@@ -38,6 +43,7 @@ impl FlowSignal {
 }
 
 /// How packets leave this host.
+#[derive(Clone)]
 pub enum Links {
     /// Native IPv4 protocol 144 through the TUN device.
     Tun(Arc<TunLink>),
@@ -64,7 +70,11 @@ pub struct Core {
     flows: HashMap<FlowId, Arc<FlowSignal>>,
     pending_accepts: HashMap<ListenerId, VecDeque<oneshot::Sender<FlowId>>>,
     pending_connects: HashMap<FlowId, oneshot::Sender<Result<FlowInfo, ConnectError>>>,
-    subscribers: Vec<mpsc::UnboundedSender<ControlEvent>>,
+    events: EventBus,
+    /// Who installed which rule target.
+    pub origins: Origins,
+    /// Who owns which binding and flow.
+    pub owners: Owners,
     pub control_clients: usize,
     /// Tells the timer task that the host's next deadline may have moved.
     timer: Arc<Notify>,
@@ -78,7 +88,9 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(host: Host, links: Links) -> Arc<Shared> {
+    /// The state of a daemon driving `host` over `links`, keeping up to
+    /// `event_queue` events for slow subscribers.
+    pub fn new(host: Host, links: Links, event_queue: usize) -> Arc<Shared> {
         let timer = Arc::new(Notify::new());
         Arc::new(Shared {
             core: Mutex::new(Core {
@@ -91,7 +103,9 @@ impl Shared {
                 flows: HashMap::new(),
                 pending_accepts: HashMap::new(),
                 pending_connects: HashMap::new(),
-                subscribers: Vec::new(),
+                events: EventBus::new(event_queue),
+                origins: Origins::default(),
+                owners: Owners::default(),
                 control_clients: 0,
                 timer: timer.clone(),
             }),
@@ -179,14 +193,17 @@ impl Core {
                     }
                 }
                 Event::Connected(flow) => {
+                    let info = self.host.flow(flow);
                     if let Some(waiter) = self.pending_connects.remove(&flow) {
-                        let info = self.host.flow(flow).ok_or(ConnectError::Refused);
-                        let _ = waiter.send(info);
+                        let _ = waiter.send(info.clone().ok_or(ConnectError::Refused));
                     }
-                    self.publish(ControlEvent::FlowOpened {
-                        flow,
-                        service: self.host.flow(flow).map(|f| f.service).unwrap_or_default(),
-                    });
+                    let owner = info.as_ref().and_then(|info| self.owners.flow_owner(info));
+                    if let Some(uid) = owner {
+                        // Remembered for `FlowClosed`, when the flow is gone.
+                        self.owners.adopt(flow, uid);
+                    }
+                    let service = info.map(|f| f.service).unwrap_or_default();
+                    self.publish(ControlEvent::FlowOpened { flow, service }, owner);
                 }
                 Event::ConnectFailed(flow, error) => {
                     if let Some(waiter) = self.pending_connects.remove(&flow) {
@@ -198,11 +215,20 @@ impl Core {
                     if let Some(signal) = self.flows.remove(&flow) {
                         signal.wake();
                     }
-                    self.publish(ControlEvent::FlowClosed { flow });
+                    let owner = self.owners.release(flow);
+                    self.publish(ControlEvent::FlowClosed { flow }, owner);
                 }
-                Event::DelayNotify(service) => self.publish(ControlEvent::DelayNotify { service }),
-                Event::Registered(prefix) => self.publish(ControlEvent::Registered { prefix }),
-                Event::Unregistered(prefix) => self.publish(ControlEvent::Unregistered { prefix }),
+                Event::DelayNotify(service) => {
+                    self.publish(ControlEvent::DelayNotify { service }, None)
+                }
+                Event::Registered(prefix) => {
+                    let owner = self.owners.binding_owner(&prefix);
+                    self.publish(ControlEvent::Registered { prefix }, owner);
+                }
+                Event::Unregistered(prefix) => {
+                    let owner = self.owners.binding_owner(&prefix);
+                    self.publish(ControlEvent::Unregistered { prefix }, owner);
+                }
                 Event::Migrated(flow, locator) => {
                     tracing::info!(%flow, %locator, "flow migrated");
                     if let Some(signal) = self.flows.get(&flow) {
@@ -216,9 +242,11 @@ impl Core {
         }
     }
 
-    fn publish(&mut self, event: ControlEvent) {
-        self.subscribers
-            .retain(|subscriber| subscriber.send(event.clone()).is_ok());
+    /// Publishes an event about `owner`'s flow or binding (`None`: for
+    /// privileged subscribers only).
+    fn publish(&self, event: ControlEvent, owner: Option<u32>) {
+        let audience = owner.map_or(Audience::Privileged, Audience::User);
+        self.events.publish(event, audience);
     }
 
     /// Hands queued flows to waiting accepts.
@@ -295,10 +323,17 @@ impl Core {
     }
 
     /// Adds an event subscriber.
-    pub fn subscribe(&mut self) -> mpsc::UnboundedReceiver<ControlEvent> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        self.subscribers.push(tx);
-        rx
+    pub fn subscribe(&self) -> Subscription {
+        self.events.subscribe()
+    }
+
+    /// Every flow `uid` may see (all of them when `privileged`).
+    pub fn visible_flows(&self, uid: u32, privileged: bool) -> Vec<FlowInfo> {
+        let mut flows = self.host.flows();
+        if !privileged {
+            flows.retain(|f| self.owners.flow_owner(f) == Some(uid));
+        }
+        flows
     }
 
     /// Everything `servalctl stats` shows.

@@ -1,16 +1,32 @@
-//! sald as a library: the pieces of the SAL daemon that `main.rs` wires
-//! together, kept in a library so integration tests and bench programs can
-//! drive them directly.
+//! sald, the SAL daemon, as a library: [`run`] is the whole daemon (`main.rs`
+//! only parses flags, sets up logging and waits for SIGTERM/SIGINT), so that
+//! tests and bench programs can run daemons in-process and stop them.
 //!
-//! - [`plumbing`]: host-address mode kernel plumbing (policy rules, routing
-//!   table, sysctls, nftables fence), installed at start-up and undone on
-//!   exit;
-//! - [`link`]: packet I/O through the TUN device and the UDP socket.
+//! | module | what |
+//! | --- | --- |
+//! | [`server`] | [`run`]: set-up, the packet path, graceful shutdown |
+//! | [`config`] | flags and the TOML file |
+//! | [`daemon`] | the shared state: the host behind a lock, dispatching its events |
+//! | [`control`] | the control socket: accept loop, clients, one function per request |
+//! | [`pump`] | bytes between applications' sockets and flows |
+//! | [`events`] | the bounded event queue for subscribers |
+//! | [`owners`], [`origins`] | who owns which binding and flow; who installed which rule |
+//! | [`shutdown`] | the shutdown signal and the tracked tasks |
+//! | [`link`] | packet I/O: the TUN device and the UDP socket |
+//! | [`plumbing`] | host-address mode kernel plumbing, on a thread of its own |
+//! | [`watch`] | the kernel's link, address and route events |
 
 pub mod config;
-pub mod control_server;
+pub mod control;
 pub mod daemon;
+pub mod events;
 pub mod link;
+pub mod origins;
+pub mod owners;
 pub mod plumbing;
 pub mod pump;
+pub mod server;
+pub mod shutdown;
 pub mod watch;
+
+pub use server::run;

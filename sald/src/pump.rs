@@ -7,9 +7,13 @@
 //! the application took the last chunk (so a slow reader closes the TCP
 //! window). End of file on the socketpair is a half-close of the flow and
 //! vice versa; the flow is closed when both directions are done.
+//!
+//! When the daemon stops, every pump drops its end of the socketpair (the
+//! application reads end of file) and closes its flow, which tells the peer.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use nix::sys::socket::{recv, send, MsgFlags};
@@ -19,19 +23,28 @@ use sal_control::DatagramFrame;
 use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
+use tokio::sync::Notify;
 
 use crate::daemon::{FlowSignal, Shared};
+use crate::shutdown::Shutdown;
 
 const CHUNK: usize = 64 * 1024;
 
-/// Serves one stream flow until both directions are finished, then closes it.
+/// Serves one stream flow until both directions are finished (or the daemon
+/// stops), then closes it.
 pub async fn stream(
     shared: Arc<Shared>,
     flow: FlowId,
     signal: Arc<FlowSignal>,
     socket: UnixStream,
+    mut shutdown: Shutdown,
 ) {
     let (reader, mut writer) = socket.into_split();
+    // Once nothing more can come down (end of stream, or the flow failed),
+    // the up direction also watches the flow, so that a flow reset while
+    // the application is silent still ends the pump (and frees the flow).
+    let down_finished = AtomicBool::new(false);
+    let down_done = Notify::new();
     let up = async {
         let mut buf = vec![0u8; CHUNK];
         loop {
@@ -47,7 +60,13 @@ pub async fn stream(
                 Ok(room) => room.min(CHUNK),
                 Err(_) => return,
             };
-            if reader.readable().await.is_err() {
+            let watch_flow = down_finished.load(Ordering::Acquire);
+            let readable = tokio::select! {
+                readable = reader.readable() => readable,
+                () = down_done.notified(), if !watch_flow => continue,
+                () = signal.up.notified(), if watch_flow => continue,
+            };
+            if readable.is_err() {
                 return;
             }
             match reader.try_read(&mut buf[..room]) {
@@ -73,7 +92,7 @@ pub async fn stream(
             }
         }
     };
-    let down = async {
+    let down_until_done = async {
         let mut buf = vec![0u8; CHUNK];
         loop {
             let received = {
@@ -99,7 +118,15 @@ pub async fn stream(
             }
         }
     };
-    tokio::join!(up, down);
+    let down = async {
+        down_until_done.await;
+        down_finished.store(true, Ordering::Release);
+        down_done.notify_one();
+    };
+    tokio::select! {
+        _ = async { tokio::join!(up, down) } => {}
+        () = shutdown.recv() => {}
+    }
     let mut core = shared.lock();
     let _ = core.host.close(flow);
     core.run();
@@ -153,6 +180,7 @@ pub async fn datagram_socket(
     signal: Arc<FlowSignal>,
     fd: OwnedFd,
     owned: bool,
+    mut shutdown: Shutdown,
 ) {
     let Ok(packets) = Packets::new(fd) else {
         return;
@@ -206,6 +234,7 @@ pub async fn datagram_socket(
     tokio::select! {
         () = up => {}
         () = down => {}
+        () = shutdown.recv() => {}
     }
     let mut core = shared.lock();
     core.disown(socket);
@@ -220,6 +249,7 @@ pub async fn datagram_flow(
     flow: FlowId,
     signal: Arc<FlowSignal>,
     fd: OwnedFd,
+    mut shutdown: Shutdown,
 ) {
     let Ok(packets) = Packets::new(fd) else {
         return;
@@ -256,6 +286,7 @@ pub async fn datagram_flow(
     tokio::select! {
         () = up => {}
         () = down => {}
+        () = shutdown.recv() => {}
     }
     let mut core = shared.lock();
     let _ = core.host.close(flow);

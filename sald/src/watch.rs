@@ -5,10 +5,13 @@
 //!
 //! A blocking thread reads the netlink socket (it is created in the daemon's
 //! network namespace, which threads share) and forwards [`LinkEvent`]s over a
-//! channel; [`Interfaces`] turns them into host calls.
+//! channel; [`Interfaces`] turns them into host calls, and [`follow`] applies
+//! them to the host and, through the plumbing thread, to the routing.
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::address::AddressAttribute;
@@ -19,6 +22,9 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use sal::proto::Host;
 use sal::Locator;
 use tokio::sync::mpsc;
+
+use crate::daemon::Shared;
+use crate::plumbing::PlumbingWorker;
 
 /// rtnetlink multicast groups: links, IPv4 addresses and IPv4 routes.
 const RTMGRP_LINK: u32 = 0x1;
@@ -250,6 +256,89 @@ impl Interfaces {
                 Some(PlumbingChange::Remove { iface: name, addr })
             }
             LinkEvent::MainRoutesChanged => Some(PlumbingChange::Routes),
+        }
+    }
+}
+
+/// Applies the kernel's link, address and route events to the host (moving
+/// flows) and to the plumbing (rules for new addresses, per-source tables),
+/// until the daemon stops it. Routing changes are queued for the plumbing
+/// thread; this task never waits for netlink.
+pub async fn follow(
+    shared: Arc<Shared>,
+    plumbing: Arc<PlumbingWorker>,
+    mut view: Interfaces,
+    events: Option<mpsc::UnboundedReceiver<LinkEvent>>,
+) {
+    let Some(mut events) = events else {
+        return std::future::pending().await;
+    };
+    // A refresh of the per-source tables is queued and has not started: a
+    // later burst need not queue another.
+    let refresh_queued = Arc::new(AtomicBool::new(false));
+    while let Some(first) = events.recv().await {
+        // Take whatever else already arrived (a link going down brings a
+        // burst), so that the routing tables are refreshed once per burst.
+        let mut batch = vec![first];
+        while let Ok(event) = events.try_recv() {
+            batch.push(event);
+        }
+        let mut changes = Vec::new();
+        {
+            let mut core = shared.lock();
+            for event in batch {
+                changes.extend(view.apply(&mut core.host, event));
+            }
+            core.run();
+        }
+        if changes.contains(&PlumbingChange::Routes) && refresh_queued.swap(true, Ordering::AcqRel)
+        {
+            changes.retain(|c| *c != PlumbingChange::Routes);
+        }
+        if changes.is_empty() {
+            continue;
+        }
+        // Queued, not awaited: the next kernel event is applied to the host
+        // while the routing follows this one.
+        let refresh_queued = refresh_queued.clone();
+        let job = move |plumbing: &mut Option<crate::plumbing::Plumbing>| {
+            if changes.contains(&PlumbingChange::Routes) {
+                // From here on, a new change needs a new refresh.
+                refresh_queued.store(false, Ordering::Release);
+            }
+            if let Some(plumbing) = plumbing {
+                follow_in_routing(plumbing, changes);
+            }
+        };
+        if plumbing.submit(job).is_err() {
+            tracing::warn!("the plumbing thread is gone; routing no longer follows the kernel");
+            break;
+        }
+    }
+    std::future::pending().await
+}
+
+/// Makes the plumbing follow `changes` (on the plumbing thread): rules for
+/// added and removed addresses, then one refresh of the per-source tables.
+fn follow_in_routing(plumbing: &mut crate::plumbing::Plumbing, changes: Vec<PlumbingChange>) {
+    let refresh = changes.contains(&PlumbingChange::Routes);
+    for change in changes {
+        let result = match &change {
+            PlumbingChange::Add { iface, addr } => plumbing.add_address(iface, *addr),
+            PlumbingChange::Remove { iface, addr } => plumbing.remove_address(iface, *addr),
+            PlumbingChange::Routes => continue,
+        };
+        if let Err(error) = result {
+            tracing::warn!(%error, ?change, "routing did not follow an address change");
+        }
+    }
+    if refresh {
+        match plumbing.refresh_routes() {
+            Ok(0) => {}
+            Ok(changed) => tracing::info!(changed, "per-source routes follow the main table"),
+            Err(error) => {
+                tracing::warn!(%error, "per-source routes did not follow the main table")
+            }
         }
     }
 }

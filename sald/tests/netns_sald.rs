@@ -418,3 +418,43 @@ print(json.dumps(call({request})))
         as_nobody(r#"{"op": "listen", "prefix": "abcd/16", "protocol": "stream", "backlog": 1}"#);
     assert!(bound.contains("listening"), "{bound}");
 }
+
+#[test]
+fn per_source_tables_follow_the_main_table() {
+    require_root!();
+    let net = TopologyBuilder::new("follow", 2)
+        .link(0, 1)
+        .build()
+        .unwrap();
+    let dir = Scratch::new("follow");
+    let host = net.host(0);
+    let _daemon = start_sald(host, &dir, "a", &[]);
+    let gateway = net.host(1).addr().unwrap().to_string();
+    let iface = host.ifaces[0].name.clone();
+    let table = || host.ns.ip(["route", "show", "table", "1000"]).unwrap();
+    assert!(!table().contains("10.77.0.0/24"), "{}", table());
+    // A route added to the main table after start is copied...
+    host.ns
+        .ip([
+            "route",
+            "add",
+            "10.77.0.0/24",
+            "via",
+            &gateway,
+            "dev",
+            &iface,
+        ])
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(3), || table().contains("10.77.0.0/24")),
+        "{}",
+        table()
+    );
+    // ... and a deleted one goes.
+    host.ns.ip(["route", "del", "10.77.0.0/24"]).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(3), || !table().contains("10.77.0.0/24")),
+        "{}",
+        table()
+    );
+}

@@ -26,6 +26,9 @@
 //!
 //! `iproute2` (the `ip` command) is required; when it is missing every
 //! constructor fails with [`Error::MissingTool`], which says so.
+//!
+//! [`tunfwd`] is the plain TUN-to-TUN forwarder baseline of the performance
+//! method, built on this harness (the `tun-forwarder` program prints it).
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -40,6 +43,8 @@ use std::time::{Duration, Instant};
 use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+
+pub mod tunfwd;
 
 /// Everything that can go wrong while building or driving a test network.
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +94,14 @@ pub enum Error {
         /// The errno.
         #[source]
         source: nix::Error,
+    },
+    /// A measurement (see [`tunfwd`]) could not be taken.
+    #[error("{what}: {reason}")]
+    Measurement {
+        /// What was measured.
+        what: String,
+        /// Why it failed.
+        reason: String,
     },
     /// A guarded program did not finish in time.
     #[error("{what} did not finish within {timeout:?}")]

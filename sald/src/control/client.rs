@@ -1,0 +1,146 @@
+//! One control connection: `Hello` first, then one request at a time, until
+//! the client leaves, breaks the protocol, idles out, or the daemon stops.
+//! Whatever a client does costs only that client its connection and the
+//! listeners it created.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sal::table::ListenerId;
+use sal_control::{ErrorKind, Request, Response, PROTOCOL_VERSION};
+use tokio::net::UnixStream;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::frame::{write_response, ReadError};
+use super::limits::Admitted;
+use super::{cmd, subscribe, ControlContext};
+use crate::shutdown::Shutdown;
+
+/// A connected client and what it holds.
+pub(super) struct Client {
+    pub(super) context: Arc<ControlContext>,
+    pub(super) stream: UnixStream,
+    /// Its user (peer credentials at connect time).
+    pub(super) uid: u32,
+    /// Root or sald's own user.
+    pub(super) privileged: bool,
+    /// The listeners it bound; unbound when it goes.
+    pub(super) listeners: Vec<ListenerId>,
+}
+
+/// What a client holds from the accept loop: a place among the connections
+/// and among its user's.
+pub(super) struct Slot {
+    pub(super) _permit: OwnedSemaphorePermit,
+    pub(super) _admitted: Admitted,
+}
+
+impl Client {
+    pub(super) fn new(context: Arc<ControlContext>, stream: UnixStream, uid: u32) -> Client {
+        let privileged = context.policy.privileged(uid);
+        Client {
+            context,
+            stream,
+            uid,
+            privileged,
+            listeners: Vec::new(),
+        }
+    }
+
+    /// Serves the client until it is done or the daemon stops, then
+    /// releases what it held.
+    pub(super) async fn run(mut self, mut shutdown: Shutdown, slot: Slot) {
+        self.context.shared.lock().control_clients += 1;
+        tokio::select! {
+            result = self.serve() => {
+                if let Err(error) = result {
+                    tracing::debug!(uid = self.uid, %error, "control client ended");
+                }
+            }
+            () = shutdown.recv() => {}
+        }
+        cmd::unbind_all(&mut self);
+        self.context.shared.lock().control_clients -= 1;
+        drop(slot);
+    }
+
+    /// How long the client may stay silent between requests: ordinary
+    /// users' connections that hold no listener are closed when idle.
+    fn idle_limit(&self) -> Option<Duration> {
+        (!self.privileged && self.listeners.is_empty())
+            .then(|| Duration::from_secs(self.context.limits.idle_secs))
+    }
+
+    /// Reads the next request; a failure is answered (best effort) before
+    /// it is returned.
+    async fn read_request(&mut self, idle: Option<Duration>) -> anyhow::Result<Option<Request>> {
+        let context = self.context.clone();
+        match context.reader.read(&mut self.stream, idle).await {
+            Ok(request) => Ok(request),
+            Err(error) => {
+                let kind = match &error {
+                    ReadError::Idle(_) | ReadError::Partial(_) => ErrorKind::TimedOut,
+                    ReadError::NoMemory { .. } => ErrorKind::Exhausted,
+                    ReadError::Malformed(_) | ReadError::Io(_) => ErrorKind::InvalidRequest,
+                };
+                let _ = self
+                    .respond(&Response::error(kind, error.to_string()), None)
+                    .await;
+                Err(error.into())
+            }
+        }
+    }
+
+    /// Writes a response, which the client must take within the frame
+    /// timeout.
+    pub(super) async fn respond(
+        &mut self,
+        response: &Response,
+        fd: Option<std::os::fd::OwnedFd>,
+    ) -> anyhow::Result<()> {
+        let timeout = self.context.reader.timeout();
+        tokio::time::timeout(timeout, write_response(&mut self.stream, response, fd))
+            .await
+            .map_err(|_| anyhow::anyhow!("response not taken within {timeout:?}"))??;
+        Ok(())
+    }
+
+    async fn serve(&mut self) -> anyhow::Result<()> {
+        let hello_within = self.context.reader.timeout();
+        let reply = match self.read_request(Some(hello_within)).await? {
+            Some(Request::Hello { version, .. }) if version == PROTOCOL_VERSION => {
+                Response::Hello {
+                    version: PROTOCOL_VERSION,
+                    server: format!("sald {}", env!("CARGO_PKG_VERSION")),
+                }
+            }
+            Some(Request::Hello { version, .. }) => {
+                let reply = Response::error(
+                    ErrorKind::VersionMismatch,
+                    format!(
+                        "protocol version {version} not supported; sald speaks {PROTOCOL_VERSION}"
+                    ),
+                );
+                return self.respond(&reply, None).await;
+            }
+            Some(_) => {
+                let reply =
+                    Response::error(ErrorKind::InvalidRequest, "the first request must be hello");
+                return self.respond(&reply, None).await;
+            }
+            None => return Ok(()),
+        };
+        self.respond(&reply, None).await?;
+        loop {
+            let idle = self.idle_limit();
+            let Some(request) = self.read_request(idle).await? else {
+                return Ok(());
+            };
+            if request == Request::Subscribe {
+                return subscribe::stream_events(self).await;
+            }
+            let (response, fd) = cmd::handle(self, request).await;
+            self.respond(&response, fd).await?;
+        }
+    }
+}

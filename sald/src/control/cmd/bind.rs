@@ -1,0 +1,137 @@
+//! `Listen`, `Accept`, `CloseListener`: a connection's listeners, which live
+//! as long as the connection.
+
+use nix::sys::socket::SockType;
+use sal::table::ListenerId;
+use sal::wire::TransportProtocol;
+use sal::ServicePrefix;
+use sal_control::{ErrorKind, Response};
+use tokio::io::AsyncReadExt;
+
+use super::flows::{hand_over, pair};
+use super::{error_reply, host_error, Reply};
+use crate::control::client::Client;
+use crate::pump;
+
+/// Binds `prefix` for this connection, if the policy lets its user.
+pub(super) fn listen(
+    client: &mut Client,
+    prefix: ServicePrefix,
+    protocol: TransportProtocol,
+    backlog: u32,
+) -> Reply {
+    let context = client.context.clone();
+    let shared = &context.shared;
+    let mut core = shared.lock();
+    let core = &mut *core;
+    let verdict = context.policy.check_bind(
+        client.uid,
+        &prefix,
+        &core.owners,
+        core.host.table(),
+        &core.origins,
+    );
+    if let Err(refusal) = verdict {
+        // Per request of an admitted client: not worth more than a debug line.
+        tracing::debug!(uid = client.uid, %prefix, %refusal, "bind refused");
+        return error_reply(refusal.kind(), refusal.to_string());
+    }
+    let listener = match core
+        .host
+        .listen(prefix, protocol, backlog.clamp(1, 65535) as usize)
+    {
+        Ok(listener) => listener,
+        Err(error) => return host_error(error),
+    };
+    core.owners.bind(listener, prefix, client.uid);
+    client.listeners.push(listener);
+    let socket = core.host.listener_socket(listener);
+    let fd = match socket {
+        Some(socket) => match pair(SockType::SeqPacket) {
+            Ok((ours, theirs)) => {
+                let signal = core.adopt(socket);
+                let shared = shared.clone();
+                context.tasks.spawn(move |shutdown| {
+                    pump::datagram_socket(shared, socket, signal, ours, false, shutdown)
+                });
+                Some(theirs)
+            }
+            Err(error) => return error_reply(ErrorKind::Internal, error.to_string()),
+        },
+        None => None,
+    };
+    core.run();
+    tracing::info!(%prefix, ?protocol, uid = client.uid, "service registered");
+    (Response::Listening { listener, socket }, fd)
+}
+
+/// Hands over the next flow of one of this connection's listeners; waits
+/// for one unless `nonblocking` (the client sending anything meanwhile
+/// withdraws the accept).
+pub(super) async fn accept(client: &mut Client, listener: ListenerId, nonblocking: bool) -> Reply {
+    if !client.listeners.contains(&listener) {
+        return not_ours(listener);
+    }
+    let shared = client.context.shared.clone();
+    let flow = if nonblocking {
+        match shared.lock().host.accept(listener) {
+            Ok(flow) => flow,
+            Err(error) => return host_error(error),
+        }
+    } else {
+        let mut waiter = shared.lock().wait_accept(listener);
+        let mut probe = [0u8; 1];
+        tokio::select! {
+            flow = &mut waiter => match flow {
+                Ok(flow) => flow,
+                Err(_) => return error_reply(ErrorKind::NotFound, "listener closed"),
+            },
+            _ = client.stream.read(&mut probe) => {
+                // The client hung up (or broke protocol) while waiting.
+                drop(waiter);
+                shared.lock().prune_accepts(listener);
+                return error_reply(ErrorKind::InvalidRequest, "client went away");
+            }
+        }
+    };
+    hand_over(client, flow, |flow| Response::Accepted { flow })
+}
+
+/// Unbinds one of this connection's listeners.
+pub(super) fn close_listener(client: &mut Client, listener: ListenerId) -> Reply {
+    if !client.listeners.contains(&listener) {
+        return not_ours(listener);
+    }
+    client.listeners.retain(|l| *l != listener);
+    let mut core = client.context.shared.lock();
+    let result = core.host.close_listener(listener);
+    // After the `Unregistered` event went out, which needs the owner.
+    core.run();
+    core.owners.unbind(listener);
+    match result {
+        Ok(()) => (Response::Ok, None),
+        Err(error) => host_error(error),
+    }
+}
+
+/// Unbinds everything this connection bound (it is closing).
+pub(in crate::control) fn unbind_all(client: &mut Client) {
+    if client.listeners.is_empty() {
+        return;
+    }
+    let mut core = client.context.shared.lock();
+    for listener in &client.listeners {
+        let _ = core.host.close_listener(*listener);
+    }
+    core.run();
+    for listener in client.listeners.drain(..) {
+        core.owners.unbind(listener);
+    }
+}
+
+fn not_ours(listener: ListenerId) -> Reply {
+    error_reply(
+        ErrorKind::NotFound,
+        format!("no listener {listener:?} on this connection"),
+    )
+}

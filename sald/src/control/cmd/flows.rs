@@ -1,0 +1,143 @@
+//! `Connect`, `OpenDatagram`, and handing a flow over to the client: a
+//! socketpair whose other end a pump task serves.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+use sal::proto::{ConnectError, FlowInfo};
+use sal::wire::TransportProtocol;
+use sal::{FlowId, ServiceId};
+use sal_control::{ErrorKind, Response};
+use tokio::net::UnixStream;
+
+use super::{connect_error, error_reply, host_error, Reply};
+use crate::control::client::Client;
+use crate::pump;
+
+/// Opens a flow to `service` for this client and hands it over once
+/// established.
+pub(super) async fn connect(
+    client: &mut Client,
+    service: ServiceId,
+    protocol: TransportProtocol,
+    timeout_ms: Option<u64>,
+) -> Reply {
+    let shared = client.context.shared.clone();
+    let (flow, waiter) = {
+        let mut core = shared.lock();
+        let flow = match core.host.connect(service, protocol) {
+            Ok(flow) => flow,
+            Err(error) => return host_error(error),
+        };
+        core.owners.adopt(flow, client.uid);
+        let waiter = core.wait_connect(flow);
+        core.run();
+        (flow, waiter)
+    };
+    let outcome = match timeout_ms {
+        Some(ms) => match tokio::time::timeout(Duration::from_millis(ms), waiter).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                let mut core = shared.lock();
+                let _ = core.host.abort(flow);
+                let _ = core.host.close(flow);
+                core.run();
+                return connect_error(ConnectError::TimedOut);
+            }
+        },
+        None => waiter.await,
+    };
+    match outcome {
+        Ok(Ok(_)) => hand_over(client, flow, |flow| Response::Connected { flow }),
+        Ok(Err(error)) => connect_error(error),
+        Err(_) => connect_error(ConnectError::Refused),
+    }
+}
+
+/// Opens an unbound datagram socket, served by a pump.
+pub(super) fn open_datagram(client: &mut Client) -> Reply {
+    let context = client.context.clone();
+    let mut core = context.shared.lock();
+    let socket = match core.host.open_datagram() {
+        Ok(socket) => socket,
+        Err(error) => return host_error(error),
+    };
+    match pair(SockType::SeqPacket) {
+        Ok((ours, theirs)) => {
+            let signal = core.adopt(socket);
+            let shared = context.shared.clone();
+            context.tasks.spawn(move |shutdown| {
+                pump::datagram_socket(shared, socket, signal, ours, true, shutdown)
+            });
+            (Response::DatagramOpened { socket }, Some(theirs))
+        }
+        Err(error) => {
+            let _ = core.host.close_datagram(socket);
+            error_reply(ErrorKind::Internal, error.to_string())
+        }
+    }
+}
+
+/// A connected pair of sockets of `kind`: (ours, the app's).
+pub(super) fn pair(kind: SockType) -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(socketpair(
+        AddressFamily::Unix,
+        kind,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?)
+}
+
+/// Gives an established flow to the client: a socketpair whose other end
+/// is served by a pump task.
+pub(super) fn hand_over(
+    client: &mut Client,
+    flow: FlowId,
+    respond: impl FnOnce(FlowInfo) -> Response,
+) -> Reply {
+    let context = client.context.clone();
+    let shared = &context.shared;
+    let mut core = shared.lock();
+    let Some(info) = core.host.flow(flow) else {
+        return error_reply(
+            ErrorKind::Refused,
+            "the flow closed before it could be handed over",
+        );
+    };
+    let kind = match info.protocol {
+        TransportProtocol::Stream => SockType::Stream,
+        TransportProtocol::Datagram => SockType::SeqPacket,
+    };
+    let (ours, theirs) = match pair(kind) {
+        Ok(pair) => pair,
+        Err(error) => {
+            let _ = core.host.abort(flow);
+            let _ = core.host.close(flow);
+            core.run();
+            return error_reply(ErrorKind::Internal, error.to_string());
+        }
+    };
+    core.owners.adopt(flow, client.uid);
+    let signal = core.adopt(flow);
+    let shared = shared.clone();
+    match info.protocol {
+        TransportProtocol::Stream => {
+            let std_stream = std::os::unix::net::UnixStream::from(ours);
+            let stream = std_stream
+                .set_nonblocking(true)
+                .and_then(|()| UnixStream::from_std(std_stream));
+            match stream {
+                Ok(stream) => context
+                    .tasks
+                    .spawn(move |shutdown| pump::stream(shared, flow, signal, stream, shutdown)),
+                Err(error) => return error_reply(ErrorKind::Internal, error.to_string()),
+            }
+        }
+        TransportProtocol::Datagram => context
+            .tasks
+            .spawn(move |shutdown| pump::datagram_flow(shared, flow, signal, ours, shutdown)),
+    }
+    (respond(info), Some(theirs))
+}

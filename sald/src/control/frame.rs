@@ -1,0 +1,289 @@
+//! Frames on the control socket, read and written with bounds.
+//!
+//! A request frame's buffer grows with the bytes actually received (never
+//! from the length a client announces), in steps charged to one
+//! [`FrameBudget`] shared by every connection: the memory all clients'
+//! frames take together is bounded, and a frame that would exceed the budget
+//! costs its connection. The first byte of a frame may be waited for as long
+//! as the caller allows (`idle`); once a frame has started, the rest must
+//! arrive within the frame timeout.
+
+use std::io::{self, IoSlice};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+use sal_control::{decode_body, encode_frame, frame_len, FrameError, Request, Response};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::UnixStream;
+
+/// Bytes read from the socket per step of a frame.
+const STEP: usize = 16 * 1024;
+
+/// Why no request could be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// No frame started within the idle time allowed.
+    #[error("idle for {0:?}: closing")]
+    Idle(Duration),
+    /// A frame started but did not finish in time.
+    #[error("frame not completed within {0:?}")]
+    Partial(Duration),
+    /// Taking the frame would exceed the control socket's memory budget.
+    #[error("control socket memory exhausted ({limit} bytes for all clients' frames)")]
+    NoMemory {
+        /// The budget.
+        limit: usize,
+    },
+    /// Too large, or not a request.
+    #[error(transparent)]
+    Malformed(#[from] FrameError),
+    /// The socket failed (or the client left mid-frame).
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// The bytes all connections' request frames may take at once.
+#[derive(Debug)]
+pub struct FrameBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl FrameBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Arc<FrameBudget> {
+        Arc::new(FrameBudget {
+            limit,
+            used: AtomicUsize::new(0),
+        })
+    }
+
+    /// Bytes charged now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+
+    fn charge(&self, bytes: usize) -> Result<(), ReadError> {
+        let charged = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes).filter(|total| *total <= self.limit)
+            });
+        charged
+            .map(drop)
+            .map_err(|_| ReadError::NoMemory { limit: self.limit })
+    }
+
+    fn release(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+/// A frame body being received; its memory is charged to the budget until
+/// it is dropped.
+struct Body {
+    bytes: Vec<u8>,
+    /// What is charged to the budget: the capacity of `bytes`.
+    charged: usize,
+    budget: Arc<FrameBudget>,
+}
+
+impl Body {
+    /// Once the buffer is full: room for at least the next step, growing
+    /// geometrically but never past the frame's length `len`; charges what
+    /// was added.
+    fn grow(&mut self, len: usize) -> Result<(), ReadError> {
+        let step = (len - self.bytes.len()).min(STEP);
+        let target = (self.bytes.len() + step).max((self.bytes.capacity() * 2).min(len));
+        self.budget.charge(target - self.charged)?;
+        self.charged = target;
+        self.bytes.reserve_exact(target - self.bytes.len());
+        // `reserve_exact` may round up: charge what is really held.
+        let extra = self.bytes.capacity().saturating_sub(self.charged);
+        if extra > 0 {
+            self.budget.charge(extra)?;
+            self.charged += extra;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        self.budget.release(self.charged);
+    }
+}
+
+/// Reads requests with the daemon's bounds.
+#[derive(Debug, Clone)]
+pub struct FrameReader {
+    budget: Arc<FrameBudget>,
+    timeout: Duration,
+}
+
+impl FrameReader {
+    /// A reader charging `budget` and allowing `timeout` per started frame.
+    pub fn new(budget: Arc<FrameBudget>, timeout: Duration) -> FrameReader {
+        FrameReader { budget, timeout }
+    }
+
+    /// How long a started frame may take (also used for hello and for a
+    /// client to take its response).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Reads the next request; `Ok(None)` on a clean end of connection
+    /// between frames. `idle` bounds the wait for the frame's first byte.
+    pub async fn read(
+        &self,
+        stream: &mut UnixStream,
+        idle: Option<Duration>,
+    ) -> Result<Option<Request>, ReadError> {
+        let mut prefix = [0u8; 4];
+        // Usually the whole prefix in one read; a frame has started once
+        // any of it is here.
+        let first = stream.read(&mut prefix);
+        let n = match idle {
+            Some(idle) => tokio::time::timeout(idle, first)
+                .await
+                .map_err(|_| ReadError::Idle(idle))??,
+            None => first.await?,
+        };
+        if n == 0 {
+            return Ok(None);
+        }
+        let rest = async {
+            stream.read_exact(&mut prefix[n..]).await?;
+            let len = frame_len(prefix)?;
+            let mut body = Body {
+                bytes: Vec::new(),
+                charged: 0,
+                budget: self.budget.clone(),
+            };
+            while body.bytes.len() < len {
+                if body.bytes.len() == body.bytes.capacity() {
+                    body.grow(len)?;
+                }
+                let room = (len - body.bytes.len()).min(body.bytes.capacity() - body.bytes.len());
+                let read = (&mut *stream)
+                    .take(room as u64)
+                    .read_buf(&mut body.bytes)
+                    .await?;
+                if read == 0 {
+                    return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+                }
+            }
+            Ok::<_, ReadError>(decode_body(&body.bytes)?)
+        };
+        tokio::time::timeout(self.timeout, rest)
+            .await
+            .map_err(|_| ReadError::Partial(self.timeout))?
+            .map(Some)
+    }
+}
+
+/// Writes one response, with `fd` (if any) riding on its first byte as
+/// `SCM_RIGHTS`.
+pub async fn write_response(
+    stream: &mut UnixStream,
+    response: &Response,
+    fd: Option<OwnedFd>,
+) -> io::Result<()> {
+    let frame = encode_frame(response).map_err(io::Error::other)?;
+    let Some(fd) = fd else {
+        return stream.write_all(&frame).await;
+    };
+    let sent = loop {
+        stream.writable().await?;
+        let result = stream.try_io(Interest::WRITABLE, || {
+            let fds = [fd.as_raw_fd()];
+            let cmsg = [ControlMessage::ScmRights(&fds)];
+            sendmsg::<()>(
+                stream.as_raw_fd(),
+                &[IoSlice::new(&frame)],
+                &cmsg,
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            )
+            .map_err(io::Error::from)
+        });
+        match result {
+            Ok(n) => break n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    stream.write_all(&frame[sent..]).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reader(budget: usize) -> (FrameReader, Arc<FrameBudget>) {
+        let budget = FrameBudget::new(budget);
+        (
+            FrameReader::new(budget.clone(), Duration::from_millis(200)),
+            budget,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_claimed_length_costs_nothing_until_the_bytes_come() {
+        let (reader, budget) = reader(1 << 20);
+        let (mut ours, mut theirs) = UnixStream::pair().unwrap();
+        // Claims 1 MiB, sends 10 bytes, then stalls.
+        theirs.write_all(&(1u32 << 20).to_be_bytes()).await.unwrap();
+        theirs.write_all(&[b'x'; 10]).await.unwrap();
+        let read = tokio::spawn(async move { reader.read(&mut ours, None).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(budget.used() <= STEP, "charged {}", budget.used());
+        let result = read.await.unwrap();
+        assert!(matches!(result, Err(ReadError::Partial(_))), "{result:?}");
+        assert_eq!(budget.used(), 0);
+        drop(theirs);
+    }
+
+    #[tokio::test]
+    async fn frames_beyond_the_budget_are_refused_and_requests_still_parse() {
+        let (reader, budget) = reader(64 * 1024);
+        let (mut ours, mut theirs) = UnixStream::pair().unwrap();
+        let request = Request::ListRules;
+        theirs
+            .write_all(&encode_frame(&request).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(reader.read(&mut ours, None).await.unwrap(), Some(request));
+        let big = 200 * 1024u32;
+        theirs.write_all(&big.to_be_bytes()).await.unwrap();
+        let writer = tokio::spawn(async move {
+            let _ = theirs.write_all(&vec![b' '; big as usize]).await;
+            theirs
+        });
+        let result = reader.read(&mut ours, None).await;
+        assert!(
+            matches!(result, Err(ReadError::NoMemory { .. })),
+            "{result:?}"
+        );
+        assert_eq!(budget.used(), 0);
+        drop(ours);
+        drop(writer.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn idle_and_end_of_connection() {
+        let (reader, _) = reader(1 << 20);
+        let (mut ours, theirs) = UnixStream::pair().unwrap();
+        let idle = Duration::from_millis(30);
+        assert!(matches!(
+            reader.read(&mut ours, Some(idle)).await,
+            Err(ReadError::Idle(_))
+        ));
+        drop(theirs);
+        assert!(reader.read(&mut ours, Some(idle)).await.unwrap().is_none());
+    }
+}

@@ -1,0 +1,206 @@
+//! The control socket: applications, servd and operators talk to sald over
+//! it (the protocol is [`sal_control`]'s).
+//!
+//! The accept loop ([`serve`]) bounds who gets in ([`limits`]: a total, a
+//! share per ordinary user, a reserve for root) and backs off when `accept`
+//! fails; each connection is a task (`client`) that reads frames within
+//! the daemon's time and memory bounds ([`frame`]), answers each request
+//! with one function of `cmd`, checks what its user may do
+//! ([`policy`]), or streams events (`subscribe`). All of them stop when
+//! the daemon does.
+
+mod client;
+mod cmd;
+pub mod frame;
+pub mod limits;
+pub mod policy;
+mod subscribe;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sal_control::{encode_frame, ErrorKind, Response};
+use tokio::io::AsyncReadExt;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+
+use crate::config::{Config, Limits};
+use crate::daemon::Shared;
+use crate::shutdown::{Shutdown, Tasks};
+use client::{Client, Slot};
+use frame::{FrameBudget, FrameReader};
+use limits::{Admission, Backoff, LogLimiter, Refusal};
+use policy::Policy;
+
+/// Refused connections being told why at once; beyond that they are just
+/// closed.
+const MAX_REFUSING: usize = 32;
+/// How long a refused client gets to send its hello and read the refusal.
+const REFUSAL_GRACE: Duration = Duration::from_secs(1);
+/// At most one log line per this long about refusals, and one about accept
+/// failures.
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What the control server and its clients share.
+pub struct ControlContext {
+    /// The daemon state.
+    pub shared: Arc<Shared>,
+    /// Where pumps and clients are spawned (they stop with the daemon).
+    pub tasks: Tasks,
+    /// Who may do what.
+    pub policy: Policy,
+    /// Bounds on clients.
+    pub limits: Limits,
+    /// When the daemon started (for `Stats`).
+    pub started: Instant,
+    reader: FrameReader,
+    admission: Arc<Admission>,
+    refusing: Arc<Semaphore>,
+    refusal_log: LogLimiter,
+}
+
+impl ControlContext {
+    /// The context of a daemon with `config`, running as user `owner_uid`.
+    pub fn new(
+        shared: Arc<Shared>,
+        tasks: Tasks,
+        config: &Config,
+        owner_uid: u32,
+    ) -> Arc<ControlContext> {
+        let limits = config.limits;
+        Arc::new(ControlContext {
+            shared,
+            tasks,
+            policy: Policy {
+                owner_uid,
+                allow: config.allow.clone(),
+                min_bind_prefix: config.min_bind_prefix,
+            },
+            limits,
+            started: Instant::now(),
+            reader: FrameReader::new(
+                FrameBudget::new(limits.frame_memory),
+                Duration::from_millis(limits.frame_timeout_ms),
+            ),
+            admission: Admission::new(&limits),
+            refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
+            refusal_log: LogLimiter::new(LOG_INTERVAL),
+        })
+    }
+}
+
+/// Accepts control clients until `shutdown`: at most `limits.clients` at
+/// once (the accept loop waits for one to leave), each admitted by its
+/// user's share.
+pub async fn serve(listener: UnixListener, context: Arc<ControlContext>, mut shutdown: Shutdown) {
+    let places = Arc::new(Semaphore::new(context.limits.clients));
+    let mut backoff = Backoff::default();
+    let accept_log = LogLimiter::new(LOG_INTERVAL);
+    loop {
+        let permit = tokio::select! {
+            permit = places.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            () = shutdown.recv() => return,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.recv() => return,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => {
+                backoff.reset();
+                stream
+            }
+            Err(error) => {
+                // Typically out of file descriptors: wait longer each time
+                // rather than spin, and say so now and then.
+                drop(permit);
+                let delay = backoff.next_delay();
+                if let Some(held_back) = accept_log.allow() {
+                    tracing::warn!(%error, ?delay, held_back, "control socket accept failed");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => continue,
+                    () = shutdown.recv() => return,
+                }
+            }
+        };
+        let uid = stream.peer_cred().map(|c| c.uid()).unwrap_or(u32::MAX);
+        let privileged = context.policy.privileged(uid);
+        match context.admission.admit(uid, privileged) {
+            Ok(admitted) => {
+                let client = Client::new(context.clone(), stream, uid);
+                let slot = Slot {
+                    _permit: permit,
+                    _admitted: admitted,
+                };
+                context
+                    .tasks
+                    .spawn(move |shutdown| client.run(shutdown, slot));
+            }
+            Err(refusal) => {
+                drop(permit);
+                refuse(&context, stream, refusal);
+            }
+        }
+    }
+}
+
+/// Tells a refused client why (it reads the answer to its hello), within
+/// bounds: few at once, each briefly.
+fn refuse(context: &ControlContext, mut stream: UnixStream, refusal: Refusal) {
+    if let Some(held_back) = context.refusal_log.allow() {
+        tracing::warn!(%refusal, held_back, "control connection refused");
+    }
+    let Ok(telling) = context.refusing.clone().try_acquire_owned() else {
+        return;
+    };
+    let response = Response::error(ErrorKind::Exhausted, refusal.to_string());
+    let Ok(frame) = encode_frame(&response) else {
+        return;
+    };
+    tokio::spawn(async move {
+        let _telling = telling;
+        let _ = tokio::time::timeout(REFUSAL_GRACE, async {
+            use tokio::io::AsyncWriteExt;
+            stream.write_all(&frame).await?;
+            // Take the hello, so that closing does not reset the connection
+            // before the client has read the refusal.
+            let mut hello = [0u8; 512];
+            let _ = stream.read(&mut hello).await?;
+            Ok::<_, std::io::Error>(())
+        })
+        .await;
+    });
+}
+
+/// Binds the control socket, replacing a stale socket file but refusing to
+/// steal one that a running daemon answers on.
+pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            anyhow::bail!(
+                "another sald is already serving the control socket {}",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .map_err(|e| anyhow::anyhow!("cannot remove stale {}: {e}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .map_err(|e| anyhow::anyhow!("cannot bind control socket {}: {e}", path.display()))?;
+    // Anyone may connect: what a client may do is decided per request from
+    // its peer credentials (see `policy`), how many connections it gets by
+    // `limits`.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+        .map_err(|e| anyhow::anyhow!("cannot open up {}: {e}", path.display()))?;
+    Ok(listener)
+}

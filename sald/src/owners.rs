@@ -1,0 +1,116 @@
+//! Which local user each binding and each flow belongs to: what lets sald
+//! show an ordinary user only its own flows and events, and keep one user's
+//! bindings from capturing another's services.
+//!
+//! A binding belongs to the user whose control connection made it. A flow
+//! belongs to the user it was handed to (connect, accept); a server flow
+//! that is not accepted yet belongs to the owner of the binding that
+//! receives it (the longest bound prefix containing its service, which is
+//! how the host demultiplexes it).
+
+use std::collections::HashMap;
+
+use sal::proto::{FlowInfo, Role};
+use sal::table::ListenerId;
+use sal::{FlowId, ServiceId, ServicePrefix};
+
+/// A listener's prefix and owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Binding {
+    /// The bound prefix.
+    pub prefix: ServicePrefix,
+    /// Who bound it.
+    pub uid: u32,
+}
+
+/// The owners of one daemon's bindings and flows.
+#[derive(Debug, Default)]
+pub struct Owners {
+    bindings: HashMap<ListenerId, Binding>,
+    flows: HashMap<FlowId, u32>,
+}
+
+impl Owners {
+    /// Records a new listener.
+    pub fn bind(&mut self, listener: ListenerId, prefix: ServicePrefix, uid: u32) {
+        self.bindings.insert(listener, Binding { prefix, uid });
+    }
+
+    /// Forgets a listener.
+    pub fn unbind(&mut self, listener: ListenerId) -> Option<Binding> {
+        self.bindings.remove(&listener)
+    }
+
+    /// Who bound exactly `prefix`.
+    pub fn binding_owner(&self, prefix: &ServicePrefix) -> Option<u32> {
+        self.bindings
+            .values()
+            .find(|b| b.prefix == *prefix)
+            .map(|b| b.uid)
+    }
+
+    /// The binding that receives `service`: the longest bound prefix
+    /// containing it.
+    pub fn receiver(&self, service: &ServiceId) -> Option<&Binding> {
+        self.bindings
+            .values()
+            .filter(|b| b.prefix.contains(service))
+            .max_by_key(|b| b.prefix.len())
+    }
+
+    /// A binding of a user other than `uid` that overlaps `prefix` (covers
+    /// it, equals it or lies inside it).
+    pub fn overlapping_other(&self, prefix: &ServicePrefix, uid: u32) -> Option<&Binding> {
+        self.bindings
+            .values()
+            .find(|b| b.uid != uid && (b.prefix.covers(prefix) || prefix.covers(&b.prefix)))
+    }
+
+    /// Gives `flow` to `uid`.
+    pub fn adopt(&mut self, flow: FlowId, uid: u32) {
+        self.flows.insert(flow, uid);
+    }
+
+    /// Forgets a flow that closed; returns who owned it.
+    pub fn release(&mut self, flow: FlowId) -> Option<u32> {
+        self.flows.remove(&flow)
+    }
+
+    /// Who owns the flow described by `info`: the user it was handed to, or
+    /// for a server flow not handed over yet, the receiving binding's owner.
+    pub fn flow_owner(&self, info: &FlowInfo) -> Option<u32> {
+        self.flows.get(&info.flow).copied().or_else(|| {
+            (info.role == Role::Server)
+                .then(|| self.receiver(&info.service).map(|b| b.uid))
+                .flatten()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> ServicePrefix {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn overlap_is_checked_in_both_directions_and_only_against_others() {
+        let mut owners = Owners::default();
+        owners.bind(ListenerId(1), p("beef/16"), 1000);
+        assert!(owners.overlapping_other(&p("be/8"), 1001).is_some());
+        assert!(owners.overlapping_other(&p("beef/16"), 1001).is_some());
+        assert!(owners.overlapping_other(&p("beef01/24"), 1001).is_some());
+        assert!(owners.overlapping_other(&p("beef01/24"), 1000).is_none());
+        assert!(owners.overlapping_other(&p("bee0/16"), 1001).is_none());
+        assert_eq!(owners.binding_owner(&p("beef/16")), Some(1000));
+        owners.bind(ListenerId(2), p("beef01/24"), 1000);
+        let service: ServiceId = "beef0102".parse().unwrap();
+        assert_eq!(owners.receiver(&service).unwrap().prefix, p("beef01/24"));
+        assert_eq!(owners.unbind(ListenerId(1)).unwrap().uid, 1000);
+        assert!(owners.overlapping_other(&p("be/8"), 1001).is_some());
+        owners.unbind(ListenerId(2));
+        assert!(owners.overlapping_other(&p("be/8"), 1001).is_none());
+    }
+}

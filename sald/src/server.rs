@@ -1,0 +1,345 @@
+//! The daemon as a function: [`run`] sets sald up from its [`Config`],
+//! serves until the `shutdown` future completes (SIGTERM or SIGINT in
+//! `main`, anything in a test), then stops gracefully:
+//!
+//! 1. the control server stops accepting, and every control client and pump
+//!    is told; a pump drops the application's socket (it reads end of file)
+//!    and closes its flow;
+//! 2. every flow left is closed, so that the peer is told (FIN); flows that
+//!    have not finished after [`FIN_GRACE`] are reset (RST), and the whole
+//!    step takes at most [`FLOWS_BOUND`] (the packet path keeps running
+//!    meanwhile, to carry the FINs and their answers);
+//! 3. the packet path stops, the control socket file and the kernel
+//!    plumbing are removed.
+
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use sal::proto::{Host, HostConfig, LocalInterface};
+use sal::wire::ipv4_payload;
+use sal::Locator;
+
+use crate::config::Config;
+use crate::control::{self, ControlContext};
+use crate::daemon::{Links, Shared};
+use crate::link::{drain_batch, TunDevice, TunLink, UdpLink};
+use crate::plumbing::{PlumbingConfig, PlumbingWorker};
+use crate::shutdown::Tasks;
+use crate::watch;
+
+/// Packets read from the link per lock acquisition.
+const RX_BATCH: usize = 64;
+/// How long the control clients and pumps get to end once told.
+const TASKS_BOUND: Duration = Duration::from_millis(500);
+/// How long closed flows get to finish (FIN answered) before they are reset.
+pub const FIN_GRACE: Duration = Duration::from_secs(1);
+/// How long ending the flows takes at most, resets included.
+pub const FLOWS_BOUND: Duration = Duration::from_secs(2);
+/// The TUN device's MTU.
+const TUN_MTU: u32 = 1500;
+
+/// Runs a daemon with `config` until `shutdown` completes, then stops it
+/// gracefully (see the module documentation). Must be called inside a tokio
+/// runtime with I/O and time enabled; in native mode, from a thread in the
+/// network namespace the daemon is for (the daemon's threads are started
+/// from it).
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+    // Netlink and nft never run on the thread that carries packets.
+    let worker = Arc::new(PlumbingWorker::spawn().context("cannot start the plumbing thread")?);
+    let names = config.ifaces.clone();
+    let addresses = worker
+        .run(move |_| {
+            names
+                .iter()
+                .map(|name| interface_address(name).map(|a| (name.clone(), a)))
+                .collect::<Result<Vec<_>>>()
+        })
+        .await??;
+
+    // Links and, in native mode, the kernel plumbing that steers protocol 144
+    // into our TUN (undone by the worker when it is removed or dropped).
+    let (links, udp_port) = match config.udp {
+        Some(addr) => {
+            let udp = UdpLink::bind(SocketAddr::V4(addr))
+                .await
+                .with_context(|| format!("cannot bind UDP {addr}"))?;
+            let port = udp.local_addr().map(|a| a.port()).unwrap_or(addr.port());
+            (Links::Udp(Arc::new(udp)), Some(port))
+        }
+        None => {
+            let name = config.tun.clone();
+            let device = worker
+                .run(move |_| TunDevice::create(&name, TUN_MTU))
+                .await?
+                .with_context(|| {
+                    format!("cannot open TUN device {} (are you root?)", config.tun)
+                })?;
+            (Links::Tun(Arc::new(TunLink::from_device(device)?)), None)
+        }
+    };
+    let interfaces = local_interfaces(&config, &addresses, udp_port);
+    let Some(first) = interfaces.first() else {
+        bail!("no SAL interface");
+    };
+    let local = first.locator;
+    if matches!(links, Links::Tun(_)) {
+        let plumbing = interfaces
+            .iter()
+            .fold(PlumbingConfig::new(config.tun.clone()), |cfg, i| {
+                cfg.interface(i.name.clone(), vec![i.locator.ip()])
+            });
+        worker
+            .install(plumbing)
+            .await
+            .context("cannot set up routing for the SAL")?;
+    }
+    let host = build_host(&config, &interfaces)?;
+
+    // The kernel's link and address events, for automatic migration.
+    let mut view = watch::Interfaces::default();
+    for (name, (addr, prefix_len)) in &addresses {
+        if let Ok(index) = nix::net::if_::if_nametoindex(name.as_str()) {
+            view.track(index, name, *addr, *prefix_len);
+        }
+    }
+    let events = match watch::spawn() {
+        Ok(events) => Some(events),
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch link events; flows will not follow interface changes");
+            None
+        }
+    };
+
+    let tasks = Tasks::new();
+    let shared = Shared::new(host, links.clone(), config.limits.subscriber_queue);
+    let listener = control::bind(&config.control).await?;
+    let owner_uid = nix::unistd::geteuid().as_raw();
+    let context = ControlContext::new(shared.clone(), tasks.clone(), &config, owner_uid);
+    tasks.spawn(move |shutdown| control::serve(listener, context, shutdown));
+    let mut packets = tokio::spawn(receive_loop(shared.clone(), links, local));
+    let timers = tokio::spawn(timer_loop(shared.clone()));
+    let follow = tokio::spawn(watch::follow(shared.clone(), worker.clone(), view, events));
+    tracing::info!(control = %config.control.display(), forward = config.forward, "sald running");
+
+    let result = tokio::select! {
+        () = shutdown => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+        ended = &mut packets => match ended {
+            Ok(Err(error)) => Err(error),
+            Ok(Ok(())) => Err(anyhow::anyhow!("the link closed")),
+            Err(error) => Err(anyhow::anyhow!("the packet task failed: {error}")),
+        },
+    };
+
+    let stopping = Instant::now();
+    tasks.shut_down();
+    if !tasks.wait(TASKS_BOUND).await {
+        tracing::warn!(
+            left = tasks.running(),
+            "tasks still running after {TASKS_BOUND:?}"
+        );
+    }
+    let _ = std::fs::remove_file(&config.control);
+    let left = end_flows(&shared).await;
+    if left > 0 {
+        tracing::warn!(left, "flows still open after {FLOWS_BOUND:?}");
+    }
+    packets.abort();
+    timers.abort();
+    follow.abort();
+    let _ = follow.await;
+    drop(shared);
+    match Arc::try_unwrap(worker) {
+        Ok(worker) => {
+            if let Err(error) = worker.remove().await {
+                tracing::warn!(%error, "plumbing not fully removed");
+            }
+        }
+        Err(_) => tracing::warn!("plumbing still in use; removed when the last user goes"),
+    }
+    tracing::info!(took = ?stopping.elapsed(), "stopped");
+    result
+}
+
+/// The host's SAL interfaces: one per `--iface` (with the UDP port in UDP
+/// mode), plus the UDP address itself when it is a specific one.
+fn local_interfaces(
+    config: &Config,
+    addresses: &[(String, (Ipv4Addr, u8))],
+    udp_port: Option<u16>,
+) -> Vec<LocalInterface> {
+    let mut interfaces: Vec<LocalInterface> = addresses
+        .iter()
+        .map(|(name, (ip, prefix_len))| LocalInterface {
+            name: name.clone(),
+            locator: match udp_port {
+                Some(port) => Locator::Udp(SocketAddrV4::new(*ip, port)),
+                None => Locator::Ipv4(*ip),
+            },
+            prefix_len: *prefix_len,
+            up: true,
+        })
+        .collect();
+    if let (Some(udp), Some(port)) = (config.udp, udp_port) {
+        let udp = SocketAddrV4::new(*udp.ip(), port);
+        if !udp.ip().is_unspecified() && !interfaces.iter().any(|i| i.locator == Locator::Udp(udp))
+        {
+            interfaces.push(LocalInterface {
+                name: "udp".into(),
+                locator: Locator::Udp(udp),
+                prefix_len: 24,
+                up: true,
+            });
+        }
+    }
+    interfaces
+}
+
+/// The protocol core with the configured interfaces and static rules.
+fn build_host(config: &Config, interfaces: &[LocalInterface]) -> Result<Host> {
+    let host_config = HostConfig {
+        forward: config.forward,
+        seed: config.seed.unwrap_or_else(rand::random),
+        auto_migrate: config.auto_migrate,
+        liveness_timeout: sal::time::Duration::from_millis(config.liveness_ms),
+        idle_probe: (config.probe_idle_ms > 0)
+            .then(|| sal::time::Duration::from_millis(config.probe_idle_ms)),
+        ..HostConfig::default()
+    };
+    let mut host = Host::new(host_config, sal::time::Instant::from_micros(0));
+    for interface in interfaces {
+        tracing::info!(iface = %interface.name, locator = %interface.locator, "SAL interface");
+        host.add_interface(interface.clone());
+    }
+    for rule in &config.rules {
+        host.add_rule(rule.prefix, rule.target()?, rule.priority);
+    }
+    Ok(host)
+}
+
+/// An interface's IPv4 address and prefix length, from getifaddrs.
+fn interface_address(name: &str) -> Result<(Ipv4Addr, u8)> {
+    let addrs = nix::ifaddrs::getifaddrs().context("cannot list interfaces")?;
+    let mut found = false;
+    for ifaddr in addrs {
+        if ifaddr.interface_name != name {
+            continue;
+        }
+        found = true;
+        let Some(addr) = ifaddr.address.as_ref().and_then(|a| a.as_sockaddr_in()) else {
+            continue;
+        };
+        let prefix = ifaddr
+            .netmask
+            .as_ref()
+            .and_then(|m| m.as_sockaddr_in())
+            .map_or(32, |m| u32::from(m.ip()).count_ones() as u8);
+        return Ok((addr.ip(), prefix));
+    }
+    if found {
+        bail!("interface {name} has no IPv4 address");
+    }
+    bail!("unknown interface {name}");
+}
+
+/// Closes every flow (the peer is told: FIN), resets those that have not
+/// finished after [`FIN_GRACE`] (RST), and waits at most [`FLOWS_BOUND`]
+/// in all for them to go. Returns how many are left.
+pub async fn end_flows(shared: &Shared) -> usize {
+    let started = tokio::time::Instant::now();
+    let end_all = |reset: bool| {
+        let mut core = shared.lock();
+        let flows: Vec<_> = core.host.flows().into_iter().map(|f| f.flow).collect();
+        for flow in &flows {
+            if reset {
+                let _ = core.host.abort(*flow);
+            }
+            let _ = core.host.close(*flow);
+        }
+        core.run();
+        flows.len()
+    };
+    if end_all(false) == 0 {
+        return 0;
+    }
+    if flows_gone(shared, started + FIN_GRACE).await {
+        return 0;
+    }
+    let reset = end_all(true);
+    tracing::info!(reset, "flows not finished in {FIN_GRACE:?} reset");
+    if flows_gone(shared, started + FLOWS_BOUND).await {
+        return 0;
+    }
+    shared.lock().host.flows().len()
+}
+
+/// Waits until the host has no flows, or `deadline`; whether it has none.
+async fn flows_gone(shared: &Shared, deadline: tokio::time::Instant) -> bool {
+    loop {
+        if shared.lock().host.flows().is_empty() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Reads packets from the link and feeds them to the host, in batches.
+async fn receive_loop(shared: Arc<Shared>, links: Links, local: Locator) -> Result<()> {
+    let mut buf = vec![0u8; 65536];
+    match links {
+        Links::Tun(tun) => loop {
+            let first = tun.recv(&mut buf).await.context("TUN read failed")?;
+            {
+                let mut core = shared.lock();
+                let next = |b: &mut [u8]| tun.try_recv(b).ok();
+                drain_batch(&mut buf, first, RX_BATCH, next, |packet| {
+                    if let Ok((carriage, sal)) = ipv4_payload(packet) {
+                        core.receive(
+                            Locator::Ipv4(carriage.src),
+                            Locator::Ipv4(carriage.dst),
+                            carriage.ttl,
+                            sal,
+                        );
+                    }
+                });
+                core.run();
+            }
+            // A readable TUN never makes `recv` wait: let the pumps move what
+            // this batch made readable to the applications before the next.
+            tokio::task::yield_now().await;
+        },
+        Links::Udp(udp) => loop {
+            let (n, from) = udp.recv_from(&mut buf).await.context("UDP read failed")?;
+            let SocketAddr::V4(from) = from else {
+                continue;
+            };
+            let mut core = shared.lock();
+            core.receive(Locator::Udp(from), local, 64, &buf[..n]);
+            core.run();
+        },
+    }
+}
+
+/// Runs the host whenever its next deadline passes.
+async fn timer_loop(shared: Arc<Shared>) {
+    loop {
+        let deadline = shared.lock().deadline();
+        match deadline {
+            Some(deadline) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(deadline.into()) => shared.lock().run(),
+                    () = shared.timer.notified() => {}
+                }
+            }
+            None => shared.timer.notified().await,
+        }
+    }
+}

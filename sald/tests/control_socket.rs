@@ -1,0 +1,485 @@
+//! The control socket against local users (issue 12): binding like
+//! privileged ports, per-user connection limits with a reserve for root,
+//! bounded frame memory and timeouts, and bounded, per-user event streams.
+//!
+//! Daemons run in this process (`sald::run`, UDP mode on loopback), except
+//! for the memory test, which measures a real sald process. Other users'
+//! connections are made by threads that switch their own effective user
+//! (root is needed for that; those tests skip otherwise).
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use sal::table::Target;
+use sal::wire::TransportProtocol;
+use sal::{Locator, ServicePrefix};
+use sal_control::{encode_frame, ControlEvent, ErrorKind, Request, Response, PROTOCOL_VERSION};
+use socket_shim::{ControlClient, Error, ServiceListener, ServiceStream};
+use testnet::{require_root, wait_until};
+
+mod common;
+use common::{client_as, raw_as, InProcess, Sald, Scratch};
+
+/// An ordinary user (`nobody`) and another one.
+const NOBODY: u32 = 65534;
+const OTHER: u32 = 4242;
+
+fn prefix(s: &str) -> ServicePrefix {
+    s.parse().unwrap()
+}
+
+fn daemon(dir: &Path, name: &str, tune: impl FnOnce(&mut sald::config::Config)) -> InProcess {
+    let mut config = common::udp_config(dir, name, [127, 0, 0, 1].into());
+    tune(&mut config);
+    InProcess::start(config)
+}
+
+fn bind_as(sald: &InProcess, uid: u32, p: &str) -> socket_shim::Result<ServiceListener> {
+    ServiceListener::bind_via(client_as(&sald.control, uid)?, prefix(p), 4)
+}
+
+fn errno_of(result: socket_shim::Result<ServiceListener>) -> Errno {
+    Errno::from_raw(result.expect_err("the bind should fail").errno())
+}
+
+#[test]
+fn ordinary_users_bind_like_unprivileged_ports() {
+    require_root!();
+    let dir = Scratch::new("bind-policy");
+    let sald = daemon(&dir, "sald", |_| {});
+    let _root = bind_as(&sald, 0, "c0ffee/24").unwrap();
+    sald.forward_to("d00d/16", Locator::Udp("127.0.0.9:9".parse().unwrap()), 1);
+    sald.forward_to("0/0", Locator::Udp("127.0.0.9:9".parse().unwrap()), 1);
+
+    // Too broad: EACCES, as for a privileged port.
+    assert_eq!(errno_of(bind_as(&sald, NOBODY, "0/0")), Errno::EACCES);
+    assert_eq!(errno_of(bind_as(&sald, NOBODY, "be/8")), Errno::EACCES);
+    // Covering, equal to or inside root's binding: EADDRINUSE.
+    for p in ["c0ff/16", "c0ffee/24", "c0ffee01/32"] {
+        assert_eq!(
+            errno_of(bind_as(&sald, NOBODY, p)),
+            Errno::EADDRINUSE,
+            "{p}"
+        );
+    }
+    // What the operator forwards elsewhere: EACCES (the /0 default route
+    // alone does not stop a bind).
+    assert_eq!(errno_of(bind_as(&sald, NOBODY, "d00d01/24")), Errno::EACCES);
+    assert_eq!(errno_of(bind_as(&sald, NOBODY, "d00d/16")), Errno::EACCES);
+    let ours = bind_as(&sald, NOBODY, "beef/16").expect("an ordinary bind");
+    let _more = bind_as(&sald, NOBODY, "beef01/24").expect("inside one's own binding");
+    // Another ordinary user may not enter nobody's binding either.
+    assert_eq!(
+        errno_of(bind_as(&sald, OTHER, "beef02/24")),
+        Errno::EADDRINUSE
+    );
+    // Once it is gone, the prefix is free again.
+    drop((ours, _more));
+    assert!(wait_until(Duration::from_secs(2), || bind_as(
+        &sald,
+        OTHER,
+        "beef02/24"
+    )
+    .is_ok()));
+    // Root may still bind anything.
+    assert!(bind_as(&sald, 0, "0/0").is_ok());
+}
+
+#[test]
+fn control_connections_are_capped_per_user_with_a_reserve_for_root() {
+    require_root!();
+    let dir = Scratch::new("conn-limits");
+    let sald = daemon(&dir, "sald", |config| {
+        config.limits.clients = 8;
+        config.limits.clients_per_uid = 3;
+        config.limits.root_reserve = 2;
+    });
+    let mut nobody: Vec<ControlClient> = (0..3)
+        .map(|_| client_as(&sald.control, NOBODY).unwrap())
+        .collect();
+    let refused = client_as(&sald.control, NOBODY).unwrap_err();
+    assert!(matches!(refused, Error::Exhausted(_)), "{refused:?}");
+    assert_eq!(Errno::from_raw(refused.errno()), Errno::ENOBUFS);
+    let _other: Vec<ControlClient> = (0..3)
+        .map(|_| client_as(&sald.control, OTHER).unwrap())
+        .collect();
+    // Ordinary users hold all they may together; root still gets in.
+    let third = client_as(&sald.control, OTHER + 1).unwrap_err();
+    assert!(matches!(third, Error::Exhausted(_)), "{third:?}");
+    let mut root = [
+        ControlClient::connect_to(&sald.control).unwrap(),
+        ControlClient::connect_to(&sald.control).unwrap(),
+    ];
+    for client in &mut root {
+        assert_serves(client);
+    }
+    // A connection that goes gives its place back.
+    nobody.pop();
+    assert!(wait_until(Duration::from_secs(2), || client_as(
+        &sald.control,
+        OTHER + 1
+    )
+    .is_ok()));
+}
+
+/// `client`'s connection is alive and answered.
+fn assert_serves(client: &mut ControlClient) {
+    let stats = client.request(&Request::Stats).unwrap().response;
+    assert!(matches!(stats, Response::Stats { .. }), "{stats:?}");
+}
+
+/// Frames of the control protocol, for raw connections.
+fn frame(request: &Request) -> Vec<u8> {
+    encode_frame(request).unwrap()
+}
+
+fn hello() -> Vec<u8> {
+    frame(&Request::Hello {
+        version: PROTOCOL_VERSION,
+        client: "raw".into(),
+    })
+}
+
+/// Reads what sald sends until it closes the connection (or `within`
+/// passes, which fails the test); returns the responses.
+fn read_until_closed(mut stream: UnixStream, within: Duration) -> Vec<Response> {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut bytes = Vec::new();
+    match stream.read_to_end(&mut bytes) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("sald did not close the connection within {within:?}: {e}"),
+    }
+    let mut responses = Vec::new();
+    let mut rest = &bytes[..];
+    while rest.len() >= 4 {
+        let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+        responses.push(sal_control::decode_body(&rest[4..4 + len]).unwrap());
+        rest = &rest[4 + len..];
+    }
+    responses
+}
+
+fn is_error(response: &Response, kind: ErrorKind) -> bool {
+    matches!(response, Response::Error { kind: k, .. } if *k == kind)
+}
+
+#[test]
+fn idle_connections_and_partial_frames_time_out() {
+    require_root!();
+    let dir = Scratch::new("timeouts");
+    let sald = daemon(&dir, "sald", |config| {
+        config.limits.idle_secs = 1;
+        config.limits.frame_timeout_ms = 500;
+    });
+    let started = Instant::now();
+    // Silent from the start: no hello within the frame timeout.
+    let silent = raw_as(&sald.control, NOBODY).unwrap();
+    // Said hello, then nothing: an ordinary user's idle connection.
+    let mut idle = raw_as(&sald.control, NOBODY).unwrap();
+    idle.write_all(&hello()).unwrap();
+    // Root, in the middle of a frame.
+    let mut partial = UnixStream::connect(&sald.control).unwrap();
+    partial.write_all(&hello()).unwrap();
+    partial.write_all(&100u32.to_be_bytes()).unwrap();
+    partial.write_all(b"{\"op\":").unwrap();
+    // Kept: root's idle connection, and an ordinary user's that holds a
+    // listener.
+    let mut root = ControlClient::connect_to(&sald.control).unwrap();
+    let listener = bind_as(&sald, NOBODY, "beef/16").unwrap();
+
+    let silent = read_until_closed(silent, Duration::from_secs(3));
+    assert!(is_error(&silent[0], ErrorKind::TimedOut), "{silent:?}");
+    let idle = read_until_closed(idle, Duration::from_secs(3));
+    assert!(matches!(idle[0], Response::Hello { .. }), "{idle:?}");
+    assert!(is_error(&idle[1], ErrorKind::TimedOut), "{idle:?}");
+    let partial = read_until_closed(partial, Duration::from_secs(3));
+    assert!(is_error(&partial[1], ErrorKind::TimedOut), "{partial:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    thread::sleep(Duration::from_millis(1500).saturating_sub(started.elapsed()));
+    assert_serves(&mut root);
+    assert!(matches!(listener.try_accept(), Ok(None)));
+}
+
+/// A sald process (UDP mode) with `config` as its file, and its control
+/// socket; killed on drop.
+struct Process {
+    child: Child,
+    control: std::path::PathBuf,
+}
+
+impl Process {
+    fn start(dir: &Path, config: &str) -> Process {
+        let file = dir.join("sald.toml");
+        std::fs::write(&file, config).unwrap();
+        let control = dir.join("proc.sock");
+        let child = Command::new(env!("CARGO_BIN_EXE_sald"))
+            .args(["--udp", "127.0.0.1:0", "--control"])
+            .arg(&control)
+            .arg("--config")
+            .arg(&file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let process = Process { child, control };
+        assert!(wait_until(Duration::from_secs(10), || {
+            UnixStream::connect(&process.control).is_ok()
+        }));
+        process
+    }
+
+    /// Resident memory in bytes.
+    fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib * 1024
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn frame_memory_is_bounded_for_all_clients_together() {
+    const CLIENTS: usize = 64;
+    const SENT: usize = 960 * 1024;
+    const BUDGET: u64 = 8 << 20;
+    let dir = Scratch::new("frame-memory");
+    let sald = Process::start(&dir, &format!("[limits]\nframe_memory = {BUDGET}\n"));
+    thread::sleep(Duration::from_millis(200));
+    let before = sald.rss();
+    // Each client announces a 1 MiB frame and sends most of it, then stalls
+    // (the frame timeout is 10 s: all of them are still pending below).
+    let writers: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let mut stream = UnixStream::connect(&sald.control).unwrap();
+            stream
+                .set_write_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            thread::spawn(move || {
+                let _ = stream.write_all(&hello());
+                let _ = stream.write_all(&(1u32 << 20).to_be_bytes());
+                let _ = stream.write_all(&vec![b' '; SENT]);
+                stream
+            })
+        })
+        .collect();
+    let streams: Vec<UnixStream> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    thread::sleep(Duration::from_millis(500));
+    let grown = sald.rss().saturating_sub(before);
+    eprintln!(
+        "sald grew by {} KiB for {CLIENTS} partial 1 MiB frames",
+        grown >> 10
+    );
+    // Without the budget every client would cost ~1 MiB (64 MiB in all).
+    assert!(
+        grown < BUDGET + (8 << 20),
+        "sald grew by {} MiB for {CLIENTS} partial frames",
+        grown >> 20
+    );
+    // The clients over the budget were told and cut off.
+    let refused = streams
+        .into_iter()
+        .filter_map(|s| {
+            let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+            let mut bytes = vec![0u8; 4096];
+            let mut s = s;
+            let n = s.read(&mut bytes).unwrap_or(0);
+            let text = String::from_utf8_lossy(&bytes[..n]).into_owned();
+            text.contains("exhausted").then_some(())
+        })
+        .count();
+    assert!(refused >= CLIENTS / 2, "only {refused} refused");
+    // And sald still answers.
+    let mut root = ControlClient::connect_to(&sald.control).unwrap();
+    assert_serves(&mut root);
+}
+
+/// Reads events from a subscription until `until` says stop or `within`
+/// passes.
+fn events_until(
+    client: &mut ControlClient,
+    within: Duration,
+    mut until: impl FnMut(&ControlEvent) -> bool,
+) -> Vec<ControlEvent> {
+    let deadline = Instant::now() + within;
+    let mut events = Vec::new();
+    while Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        set_read_timeout(client, left.max(Duration::from_millis(1)));
+        match client.recv() {
+            Ok(reply) => {
+                if let Response::Event { event } = reply.response {
+                    let stop = until(&event);
+                    events.push(event);
+                    if stop {
+                        break;
+                    }
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    events
+}
+
+fn set_read_timeout(client: &ControlClient, timeout: Duration) {
+    let tv = nix::sys::time::TimeVal::new(
+        timeout.as_secs() as nix::libc::time_t,
+        timeout.subsec_micros() as nix::libc::suseconds_t,
+    );
+    nix::sys::socket::setsockopt(client, nix::sys::socket::sockopt::ReceiveTimeout, &tv).unwrap();
+}
+
+fn subscribe(mut client: ControlClient) -> ControlClient {
+    assert_eq!(
+        client.request(&Request::Subscribe).unwrap().response,
+        Response::Ok
+    );
+    client
+}
+
+#[test]
+fn ordinary_users_see_only_their_own_flows_and_events_and_queues_are_bounded() {
+    require_root!();
+    let dir = Scratch::new("visibility");
+    let sald = daemon(&dir, "sald", |config| config.limits.subscriber_queue = 16);
+    let mut nobody_events = subscribe(client_as(&sald.control, NOBODY).unwrap());
+    let mut root_events = subscribe(ControlClient::connect_to(&sald.control).unwrap());
+
+    let nobody_listener = bind_as(&sald, NOBODY, "beef/16").unwrap();
+    let root_listener = bind_as(&sald, 0, "c0ffee/24").unwrap();
+    let nobody_stream = ServiceStream::connect_via(
+        client_as(&sald.control, NOBODY).unwrap(),
+        "beef01".parse().unwrap(),
+        Some(Duration::from_secs(3)),
+    )
+    .unwrap();
+    let root_stream = ServiceStream::connect_via(
+        sald.client(),
+        "c0ffee01".parse().unwrap(),
+        Some(Duration::from_secs(3)),
+    )
+    .unwrap();
+    let (_nobody_accepted, _) = nobody_listener.accept().unwrap();
+    let (_root_accepted, _) = root_listener.accept().unwrap();
+
+    // Listings: nobody sees its two ends, root all four.
+    let listed =
+        |mut client: ControlClient| match client.request(&Request::ListFlows).unwrap().response {
+            Response::Flows { flows } => flows,
+            other => panic!("{other:?}"),
+        };
+    let nobody_flows = listed(client_as(&sald.control, NOBODY).unwrap());
+    assert_eq!(nobody_flows.len(), 2, "{nobody_flows:?}");
+    assert!(nobody_flows
+        .iter()
+        .all(|f| f.service == "beef01".parse().unwrap()));
+    assert!(nobody_flows
+        .iter()
+        .any(|f| f.flow == nobody_stream.flow_id()));
+    assert_eq!(listed(sald.client()).len(), 4);
+
+    // Events: nobody's own binding and flows, never root's.
+    let root_flow = root_stream.flow_id();
+    let seen = events_until(&mut nobody_events, Duration::from_millis(500), |_| false);
+    assert!(
+        seen.contains(&ControlEvent::Registered {
+            prefix: prefix("beef/16")
+        }),
+        "{seen:?}"
+    );
+    assert!(seen.iter().any(|e| matches!(e, ControlEvent::FlowOpened { flow, .. } if *flow == nobody_stream.flow_id())), "{seen:?}");
+    assert!(
+        !seen.iter().any(|e| matches!(e,
+        ControlEvent::Registered { prefix: p } if *p == prefix("c0ffee/24"))),
+        "{seen:?}"
+    );
+    assert!(!seen.iter().any(|e| matches!(e,
+        ControlEvent::FlowOpened { flow, .. } | ControlEvent::FlowClosed { flow } if *flow == root_flow)), "{seen:?}");
+
+    // A subscriber that does not read falls behind a bounded queue and is
+    // told so, rather than sald queueing without end.
+    let mut churn = sald.client();
+    for _ in 0..1500 {
+        let Response::Listening { listener, .. } = churn
+            .request(&Request::Listen {
+                prefix: prefix("5e/8"),
+                protocol: TransportProtocol::Stream,
+                backlog: 1,
+            })
+            .unwrap()
+            .response
+        else {
+            panic!("listen failed");
+        };
+        churn
+            .request_ok(&Request::CloseListener { listener })
+            .unwrap();
+    }
+    let seen = events_until(&mut root_events, Duration::from_secs(5), |e| {
+        matches!(e, ControlEvent::Lagged { .. })
+    });
+    assert!(
+        matches!(seen.last(), Some(ControlEvent::Lagged { missed }) if *missed > 0),
+        "{} events, none lagged",
+        seen.len()
+    );
+    // The rules stay the operator's business.
+    let mut nobody = client_as(&sald.control, NOBODY).unwrap();
+    let denied = nobody.request(&Request::AddRule {
+        prefix: prefix("0/0"),
+        target: Target::Drop,
+        priority: 0,
+    });
+    assert!(
+        matches!(denied, Err(Error::PermissionDenied(_))),
+        "{denied:?}"
+    );
+}
+
+#[test]
+fn two_daemons_in_one_process_keep_their_own_rule_origins() {
+    let dir = Scratch::new("two-daemons");
+    let a = daemon(&dir, "a", |_| {});
+    let b = InProcess::start(common::udp_config(&dir, "b", [127, 0, 0, 2].into()));
+    let target = Target::Forward {
+        locator: Locator::Udp("127.0.0.9:9".parse().unwrap()),
+        weight: 1,
+    };
+    let announced = sal::table::RuleOrigin::Announced {
+        by: "r1".into(),
+        expires_unix_ms: None,
+    };
+    let add = |sald: &InProcess, origin: sal::table::RuleOrigin| {
+        let request = Request::AddRuleWithOrigin {
+            prefix: prefix("beef/16"),
+            target,
+            priority: 0,
+            origin,
+        };
+        assert_eq!(sald.request(request), Response::Ok);
+    };
+    add(&a, announced.clone());
+    // The same target made static on the other daemon changes nothing here.
+    add(&b, sal::table::RuleOrigin::Static);
+    let origin_on = |sald: &InProcess| match sald.request(Request::ListRules) {
+        Response::Rules { rules } => rules[0].targets()[0].origin.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(origin_on(&a), announced);
+    assert_eq!(origin_on(&b), sal::table::RuleOrigin::Static);
+}
