@@ -330,6 +330,10 @@ impl Client {
             Request::Hello { .. } | Request::Subscribe => {
                 error_reply(ErrorKind::InvalidRequest, "unexpected request")
             }
+            // Not served yet: clients (servd) fall back to one request per rule.
+            Request::ApplyRules { .. } => {
+                error_reply(ErrorKind::InvalidRequest, "apply_rules is not supported")
+            }
             Request::Listen {
                 prefix,
                 protocol,
