@@ -33,8 +33,11 @@ pub const DEFAULT_PORT: u16 = 54326;
 
 /// servd: the service controller. Announces the services bound on this
 /// host to its upstream controllers; as a router (its sald runs with
-/// --forward), turns announcements into FORWARD rules; resolves DELAY rules
-/// by asking upstream; installs a default route toward its service router.
+/// --forward), turns announcements into FORWARD rules within its policy;
+/// resolves DELAY rules by asking upstream; installs a default route toward
+/// its service router. Follows sald across restarts. On SIGTERM or SIGINT
+/// it withdraws what it announced, removes its default route and cached
+/// routes, and exits 0.
 #[derive(Debug, Parser)]
 #[command(name = "servd", version)]
 pub struct Args {
