@@ -8,6 +8,8 @@
 //! (and resyncing) when sald restarts, and withdrawing and cleaning up on
 //! shutdown.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, UdpSocket};
@@ -75,16 +77,7 @@ impl State {
     }
 
     fn rules(&self) -> Vec<Rule> {
-        let mut rules: Vec<Rule> = self.table.rules().cloned().collect();
-        for rule in &mut rules {
-            let keys: Vec<TargetKey> = rule.targets().iter().map(|e| e.target.key()).collect();
-            for key in keys {
-                if let Some(origin) = self.origins.get(&(rule.prefix, key)) {
-                    rule.set_origin(&key, origin.clone());
-                }
-            }
-        }
-        rules
+        common::rules_with_origins(&self.table, &self.origins)
     }
 
     fn change(&mut self, change: RuleChange) -> Result<(), (ErrorKind, String)> {
@@ -516,26 +509,38 @@ fn scratch(label: &str) -> tempfile::TempDir {
         .unwrap()
 }
 
-#[test]
-fn rule_changes_go_to_sald_in_batches() {
-    let dir = scratch("batch");
+/// A router servd on a fake sald that has subscribed, and a peer.
+fn router_on_fake_sald(
+    label: &str,
+    batches: Batches,
+) -> (tempfile::TempDir, FakeSald, Servd, Peer) {
+    let dir = scratch(label);
     let sald = FakeSald::start(
         &dir.path().join("sald.sock"),
-        Arc::new(Mutex::new(State::new(Batches::Served))),
+        Arc::new(Mutex::new(State::new(batches))),
     );
-    let mut servd = Servd::start(&sald.path, &["--router"]);
-    let peer = Peer::new();
+    let servd = Servd::start(&sald.path, &["--router"]);
     assert!(wait_until(Duration::from_secs(5), || sald
         .state()
         .subscriptions
         == 1));
-    let announced = announce_many(&peer, servd.addr);
+    (dir, sald, servd, Peer::new())
+}
+
+/// Waits until the fake sald holds `rules` rules.
+fn installed(sald: &FakeSald, rules: usize, timeout: Duration) {
     assert!(
-        wait_until(Duration::from_secs(5), || sald.state().table.len()
-            == announced),
-        "{} rules installed",
+        wait_until(timeout, || sald.state().table.len() == rules),
+        "{} rules installed, not {rules}",
         sald.state().table.len()
     );
+}
+
+#[test]
+fn rule_changes_go_to_sald_in_batches() {
+    let (_dir, sald, mut servd, peer) = router_on_fake_sald("batch", Batches::Served);
+    let announced = announce_many(&peer, servd.addr);
+    installed(&sald, announced, Duration::from_secs(5));
     let state = sald.state();
     let requests = state.applied.len();
     assert_eq!(state.single, 0, "no per-rule requests");
@@ -547,24 +552,9 @@ fn rule_changes_go_to_sald_in_batches() {
 
 #[test]
 fn a_sald_without_batches_gets_one_request_per_rule() {
-    let dir = scratch("fallback");
-    let sald = FakeSald::start(
-        &dir.path().join("sald.sock"),
-        Arc::new(Mutex::new(State::new(Batches::Unknown))),
-    );
-    let mut servd = Servd::start(&sald.path, &["--router"]);
-    let peer = Peer::new();
-    assert!(wait_until(Duration::from_secs(5), || sald
-        .state()
-        .subscriptions
-        == 1));
+    let (_dir, sald, mut servd, peer) = router_on_fake_sald("fallback", Batches::Unknown);
     let announced = announce_many(&peer, servd.addr);
-    assert!(
-        wait_until(Duration::from_secs(10), || sald.state().table.len()
-            == announced),
-        "{} rules installed",
-        sald.state().table.len()
-    );
+    installed(&sald, announced, Duration::from_secs(10));
     let state = sald.state();
     assert_eq!(state.applied.len(), 1, "one batch tried, then no more");
     assert_eq!(state.single, announced);
@@ -577,17 +567,7 @@ fn a_sald_without_batches_gets_one_request_per_rule() {
 
 #[test]
 fn datagrams_are_answered_while_sald_is_slow() {
-    let dir = scratch("slow");
-    let sald = FakeSald::start(
-        &dir.path().join("sald.sock"),
-        Arc::new(Mutex::new(State::new(Batches::Unknown))),
-    );
-    let mut servd = Servd::start(&sald.path, &["--router"]);
-    let peer = Peer::new();
-    assert!(wait_until(Duration::from_secs(5), || sald
-        .state()
-        .subscriptions
-        == 1));
+    let (_dir, sald, mut servd, peer) = router_on_fake_sald("slow", Batches::Unknown);
     // From now on every request takes sald 20 ms: 300 rules, one request
     // each, keep it busy for 6 s.
     sald.state().delay = Duration::from_millis(20);
@@ -644,17 +624,20 @@ fn servd_survives_a_sald_restart_and_cleans_up_when_stopped() {
         Message::Announce { entries, .. } => entries.iter().any(|e| e.prefix == p(prefix)),
         _ => false,
     };
+    let register_and_see_it_announced = |sald: &FakeSald| {
+        sald.event(ControlEvent::Registered {
+            prefix: p("beef/16"),
+        });
+        let seen = router.wait_for(Duration::from_secs(3), |m| {
+            announced(m, "beef/16").then_some(())
+        });
+        assert!(seen.is_some(), "beef/16 not announced");
+    };
     let withdrawn = |m: &Message, prefix: &str| match m {
         Message::Withdraw { prefixes, .. } => prefixes.contains(&p(prefix)),
         _ => false,
     };
-    sald.event(ControlEvent::Registered {
-        prefix: p("beef/16"),
-    });
-    assert!(router
-        .wait_for(Duration::from_secs(3), |m| announced(m, "beef/16")
-            .then_some(()))
-        .is_some());
+    register_and_see_it_announced(&sald);
 
     // sald restarts: its registrations and rules are gone. servd withdraws
     // the service at once, keeps running, and reconnects.
@@ -674,13 +657,7 @@ fn servd_survives_a_sald_restart_and_cleans_up_when_stopped() {
     assert!(wait_until(Duration::from_secs(5), || {
         sald.state().forwards("0/0") == vec![home]
     }));
-    sald.event(ControlEvent::Registered {
-        prefix: p("beef/16"),
-    });
-    assert!(router
-        .wait_for(Duration::from_secs(3), |m| announced(m, "beef/16")
-            .then_some(()))
-        .is_some());
+    register_and_see_it_announced(&sald);
 
     // Stopping: the announcement is withdrawn and the default route removed.
     servd.stop().expect("a clean exit");

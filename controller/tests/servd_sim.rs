@@ -12,6 +12,8 @@
 //! authenticated message, or exceed its share of the table; losing and
 //! finding sald again, and stopping.
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -74,16 +76,7 @@ struct SimHost {
 
 impl SimHost {
     fn rules(&self) -> Vec<Rule> {
-        let mut rules: Vec<Rule> = self.table.rules().cloned().collect();
-        for rule in &mut rules {
-            let keys: Vec<TargetKey> = rule.targets().iter().map(|e| e.target.key()).collect();
-            for key in keys {
-                if let Some(origin) = self.origins.get(&(rule.prefix, key)) {
-                    rule.set_origin(&key, origin.clone());
-                }
-            }
-        }
-        rules
+        common::rules_with_origins(&self.table, &self.origins)
     }
 
     /// FORWARD locators (with weights) of the rule at exactly `prefix`.

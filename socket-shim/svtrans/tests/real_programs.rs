@@ -132,6 +132,22 @@ impl Net {
         self.cmd(i, binary("serval-run"), &all)
     }
 
+    /// `python3 -m http.server` on 127.0.0.1:8000 of the server host,
+    /// serving `www()`.
+    fn http_server(&self) -> NsChild {
+        let www = self.www();
+        let args = [
+            "-m",
+            "http.server",
+            "8000",
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            www.to_str().unwrap(),
+        ];
+        self.spawn(1, self.cmd(1, python(), &args), "http.log")
+    }
+
     fn spawn(&self, i: usize, mut cmd: Command, log: &str) -> NsChild {
         let log = std::fs::File::create(self.dir.path().join(log)).unwrap();
         cmd.stdout(log.try_clone().unwrap()).stderr(log);
@@ -237,24 +253,7 @@ fn curl_and_socat_through_the_translator() {
         return;
     }
     let net = Net::new("trans-http");
-    let www = net.www();
-    let _http = net.spawn(
-        1,
-        net.cmd(
-            1,
-            python(),
-            &[
-                "-m",
-                "http.server",
-                "8000",
-                "--bind",
-                "127.0.0.1",
-                "--directory",
-                www.to_str().unwrap(),
-            ],
-        ),
-        "http.log",
-    );
+    let _http = net.http_server();
     let svtrans = env!("CARGO_BIN_EXE_svtrans");
     let _egress = net.spawn(
         1,
@@ -481,24 +480,7 @@ fn the_translator_survives_running_out_of_descriptors() {
         return;
     }
     let net = Net::new("trans-fds");
-    let www = net.www();
-    let _http = net.spawn(
-        1,
-        net.cmd(
-            1,
-            python(),
-            &[
-                "-m",
-                "http.server",
-                "8000",
-                "--bind",
-                "127.0.0.1",
-                "--directory",
-                www.to_str().unwrap(),
-            ],
-        ),
-        "http.log",
-    );
+    let _http = net.http_server();
     let egress_args = ["egress", "--service", "80a2", "--to", "127.0.0.1:8000"];
     let mut egress = net.spawn(1, svtrans_limited(&net, 1, 40, &egress_args), "egress.log");
     let ingress_args = ["ingress", "--listen", "127.0.0.1:9001", "--service", "80a2"];
