@@ -332,6 +332,32 @@ struct Peer<'a> {
     key: Option<&'a str>,
 }
 
+/// The locators a message claims, split by whether they are the address
+/// it came from.
+#[derive(Debug)]
+struct Claimed {
+    own: Vec<Locator>,
+    foreign: Vec<Locator>,
+}
+
+impl Claimed {
+    /// Without claims, the source address itself.
+    fn new(from: &Node, src: Ipv4Addr) -> Claimed {
+        if from.locators.is_empty() {
+            return Claimed {
+                own: vec![Locator::Ipv4(src)],
+                foreign: Vec::new(),
+            };
+        }
+        let (own, foreign) = from
+            .locators
+            .iter()
+            .take(MAX_LOCATORS)
+            .partition(|l| l.ip() == src);
+        Claimed { own, foreign }
+    }
+}
+
 /// One announcement message, as every entry it carries is recorded.
 #[derive(Debug)]
 struct Announcer {
@@ -1273,13 +1299,14 @@ impl Controller {
             expires: now + lease,
             lease,
         };
+        let claimed = Claimed::new(&from, sender);
         let mut touched = BTreeSet::new();
         for mut entry in entries {
-            let Some((grant, locators)) = self.admit(now, peer, &from, &entry.prefix) else {
+            let Some(grant) = self.grant(now, peer, &from, &entry.prefix) else {
                 continue;
             };
             entry.priority = entry.priority.min(grant.max_priority);
-            for locator in locators {
+            for locator in self.speakable(now, peer, &from, &entry.prefix, grant, &claimed) {
                 if self.upsert(now, &entry, locator, &announcer) {
                     touched.insert(entry.prefix);
                 }
@@ -1292,17 +1319,15 @@ impl Controller {
         self.next_expiry = Some(self.next_expiry.map_or(expires, |t| t.min(expires)));
     }
 
-    /// Whether the policy lets `peer` speak for `prefix`, and for which of
-    /// the locators `from` claims: its own source address, and others only
-    /// when a key vouches for it and the policy says so. Refusals are
-    /// counted and logged (at a bounded rate).
-    fn admit(
+    /// Whether the policy lets `peer` speak for `prefix`, and with what
+    /// rights; refusals are counted and logged (at a bounded rate).
+    fn grant(
         &mut self,
         now: Instant,
         peer: Peer<'_>,
         from: &Node,
         prefix: &ServicePrefix,
-    ) -> Option<(Grant, Vec<Locator>)> {
+    ) -> Option<Grant> {
         let IpAddr::V4(addr) = peer.src.ip() else {
             return None;
         };
@@ -1310,8 +1335,8 @@ impl Controller {
             addr,
             key: peer.key,
         };
-        let grant = match self.config.policy.check(sender, prefix) {
-            Ok(grant) => grant,
+        match self.config.policy.check(sender, prefix) {
+            Ok(grant) => Some(grant),
             Err(refusal) => {
                 self.stats.refused_prefix += 1;
                 if let Some(held) = self.log_limiter.allow("policy", now) {
@@ -1324,33 +1349,42 @@ impl Controller {
                         "refused an announced prefix"
                     );
                 }
-                return None;
+                None
             }
-        };
-        let mut locators: Vec<Locator> = if from.locators.is_empty() {
-            vec![Locator::Ipv4(addr)]
+        }
+    }
+
+    /// The locators `from` may be speaking for with `grant`: its own source
+    /// address always, the others it claims only when a key vouches for it
+    /// and the policy says so (refused ones are counted and logged).
+    fn speakable<'c>(
+        &mut self,
+        now: Instant,
+        peer: Peer<'_>,
+        from: &Node,
+        prefix: &ServicePrefix,
+        grant: Grant,
+        claimed: &'c Claimed,
+    ) -> impl Iterator<Item = Locator> + 'c {
+        let foreign: &[Locator] = if grant.foreign_locators {
+            &claimed.foreign
         } else {
-            from.locators.iter().take(MAX_LOCATORS).copied().collect()
-        };
-        if !grant.foreign_locators {
-            let before = locators.len();
-            locators.retain(|l| l.ip() == addr);
-            let refused = before - locators.len();
-            if refused > 0 {
-                self.stats.refused_locator += refused as u64;
+            if !claimed.foreign.is_empty() {
+                self.stats.refused_locator += claimed.foreign.len() as u64;
                 if let Some(held) = self.log_limiter.allow("locator", now) {
                     tracing::warn!(
                         src = %peer.src,
                         host = %from.name,
                         %prefix,
-                        refused,
+                        refused = claimed.foreign.len(),
                         similar_not_logged = held,
                         "refused announced locators that are not the sender's own address"
                     );
                 }
             }
-        }
-        Some((grant, locators))
+            &[]
+        };
+        claimed.own.iter().chain(foreign).copied()
     }
 
     /// Inserts or refreshes one entry; false when the table or the
@@ -1507,13 +1541,17 @@ impl Controller {
             self.stats.dropped_unexpected += 1;
             return;
         }
+        let IpAddr::V4(sender) = peer.src.ip() else {
+            return;
+        };
         self.stats.withdrawals += 1;
+        let claimed = Claimed::new(&from, sender);
         for prefix in prefixes {
-            let Some((_, locators)) = self.admit(now, peer, &from, &prefix) else {
+            let Some(grant) = self.grant(now, peer, &from, &prefix) else {
                 continue;
             };
             let mut removed = false;
-            for locator in locators {
+            for locator in self.speakable(now, peer, &from, &prefix, grant, &claimed) {
                 removed |= self.forget(prefix, locator);
             }
             if removed {
