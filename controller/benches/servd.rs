@@ -18,7 +18,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use controller::servd::{Config, Controller, SaldAction};
+use controller::servd::{Config, Controller, Key, Keyring, SaldAction};
 use sal::proto::LocalInterface;
 use sal::table::{ServiceTable, Target};
 use sal::{ServiceId, ServicePrefix};
@@ -83,7 +83,7 @@ fn scale() {
         name,
         lease,
         refresh,
-        key: Some(key.clone()),
+        keys: Keyring::with_signing(Key::new("domain", &key).expect("a long enough key")),
         ..Config::default()
     };
 
@@ -367,8 +367,8 @@ fn namespaces(sald: &Path) {
     }
 
     // Failover after SIGKILL of s2's host daemons.
-    let prefix: ServicePrefix = "f0/8".parse().expect("prefix");
-    let service: ServiceId = "f001".parse().expect("id");
+    let prefix: ServicePrefix = "f000/16".parse().expect("prefix");
+    let service: ServiceId = "f00001".parse().expect("id");
     let s1_listener = ServiceListener::bind_via(s1.client(), prefix, 64).expect("bind");
     std::thread::spawn(move || loop {
         let Ok((mut stream, _)) = s1_listener.accept() else {

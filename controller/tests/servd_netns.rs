@@ -181,11 +181,15 @@ fn start_servd(host: &Host, dir: &Path, node: &mut Node, name: &str, extra: &[St
         listen,
         "--name".into(),
         name.into(),
-        "--lease".into(),
-        LEASE.into(),
-        "--refresh".into(),
-        REFRESH.into(),
     ];
+    if !extra.iter().any(|a| a == "--lease") {
+        args.extend([
+            "--lease".into(),
+            LEASE.into(),
+            "--refresh".into(),
+            REFRESH.into(),
+        ]);
+    }
     args.extend_from_slice(extra);
     let servd = spawn(
         host,
@@ -264,9 +268,9 @@ fn binds_become_routes_and_crashes_expire() {
 
     // 1. Bind on s1: the router has the rule within 1 s, the client connects.
     let bound = Instant::now();
-    let _s1_server = serve(&s1, "5e/8", 1);
+    let _s1_server = serve(&s1, "5e00/16", 1);
     let reachable = wait_until(Duration::from_secs(1), || {
-        router.forwards("5e/8") == vec![s1.addr]
+        router.forwards("5e00/16") == vec![s1.addr]
     });
     let registration = bound.elapsed();
     assert!(
@@ -275,12 +279,12 @@ fn binds_become_routes_and_crashes_expire() {
         router.logs(),
         s1.logs()
     );
-    assert_eq!(ask(&client, "5e77"), Ok(1), "{}", router.logs());
+    assert_eq!(ask(&client, "5e0077"), Ok(1), "{}", router.logs());
     let connected = bound.elapsed();
     let rule = router
         .rules()
         .into_iter()
-        .find(|r| r.prefix == "5e/8".parse().unwrap())
+        .find(|r| r.prefix == "5e00/16".parse().unwrap())
         .unwrap();
     let origin = &rule.targets()[0].origin;
     assert!(
@@ -306,14 +310,14 @@ fn binds_become_routes_and_crashes_expire() {
     let withdrawal = unbound.elapsed();
 
     // 3. A host without the key cannot announce.
-    let _s3_server = serve(&s3, "5e/8", 3);
-    let _s2_server = serve(&s2, "5e/8", 2);
+    let _s3_server = serve(&s3, "5e00/16", 3);
+    let _s2_server = serve(&s2, "5e00/16", 2);
     assert!(wait_until(Duration::from_secs(1), || {
-        router.forwards("5e/8") == vec![s1.addr, s2.addr]
+        router.forwards("5e00/16") == vec![s1.addr, s2.addr]
     }));
     thread::sleep(Duration::from_millis(1500));
     assert_eq!(
-        router.forwards("5e/8"),
+        router.forwards("5e00/16"),
         vec![s1.addr, s2.addr],
         "an unauthenticated host got in"
     );
@@ -324,7 +328,7 @@ fn binds_become_routes_and_crashes_expire() {
     s1.sald.kill();
     let killed = Instant::now();
     let expired = wait_until(Duration::from_secs(4), || {
-        router.forwards("5e/8") == vec![s2.addr]
+        router.forwards("5e00/16") == vec![s2.addr]
     });
     let failover = killed.elapsed();
     assert!(expired, "s1's rule outlived its lease:\n{}", router.logs());
@@ -333,7 +337,7 @@ fn binds_become_routes_and_crashes_expire() {
         "s1's rule took {failover:?} to expire (lease {LEASE})"
     );
     for _ in 0..10 {
-        assert_eq!(ask(&client, "5e77"), Ok(2));
+        assert_eq!(ask(&client, "5e0077"), Ok(2));
     }
 
     // 5. s3's servd restarts with the key: it finds the binding already in
@@ -342,7 +346,7 @@ fn binds_become_routes_and_crashes_expire() {
     start_servd(net.host(4), &dir, &mut s3, "s3-keyed", &upstream);
     assert!(
         wait_until(Duration::from_secs(2), || {
-            router.forwards("5e/8") == vec![s2.addr, s3.addr]
+            router.forwards("5e00/16") == vec![s2.addr, s3.addr]
         }),
         "third instance not announced:\n{}\n{}",
         router.logs(),
@@ -350,7 +354,7 @@ fn binds_become_routes_and_crashes_expire() {
     );
     let mut counts = [0usize; 4];
     for _ in 0..40 {
-        let who = ask(&client, "5e77").unwrap();
+        let who = ask(&client, "5e0077").unwrap();
         counts[usize::from(who)] += 1;
     }
     assert!(counts[2] >= 8 && counts[3] >= 8, "shares {counts:?}");
@@ -373,10 +377,10 @@ fn binds_become_routes_and_crashes_expire() {
         client.logs()
     );
     let resolving = Instant::now();
-    let who = ask(&client, "5e77");
+    let who = ask(&client, "5e0077");
     let resolved = resolving.elapsed();
     assert!(matches!(who, Ok(2 | 3)), "{who:?}\n{}", client.logs());
-    assert_eq!(client.forwards("5e/8"), vec![s2.addr, s3.addr]);
+    assert_eq!(client.forwards("5e00/16"), vec![s2.addr, s3.addr]);
     let refused = ask(&client, "0bad");
     assert!(
         refused.as_ref().is_err_and(|e| e.contains("no route")),
@@ -392,5 +396,151 @@ fn binds_become_routes_and_crashes_expire() {
     );
     // Stop the daemons, then remove their logs and sockets (kept on failure).
     drop((router, s1, s2, client, s3));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One datagram to the router's servd, sent from inside `host`.
+fn send_from(host: &Host, to: std::net::SocketAddr, bytes: &[u8]) {
+    host.ns
+        .run(|| {
+            let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            socket.send_to(bytes, to).unwrap();
+        })
+        .unwrap();
+}
+
+#[test]
+fn forgeries_are_refused_sald_restarts_are_survived_and_sigterm_withdraws() {
+    use controller::servd::wire::{self, Announcement, Message, Node};
+    require_root!();
+    let net = TopologyBuilder::new("servd-sec", 3)
+        .lan(&[0, 1, 2])
+        .build()
+        .unwrap();
+    let dir = scratch_dir("servd-sec");
+    let router_addr = net.host(0).addr().unwrap();
+    let servd_port = std::net::SocketAddr::new(router_addr.into(), 54326);
+    // A long lease: what goes away within a second was withdrawn, not expired.
+    let timers = [
+        "--lease".to_string(),
+        "10s".into(),
+        "--refresh".into(),
+        "2s".into(),
+    ];
+    let mut router = start_node(net.host(0), &dir, "router", true);
+    let mut server = start_node(net.host(1), &dir, "server", false);
+    let mut router_args = vec!["--router".to_string()];
+    router_args.extend_from_slice(&timers);
+    start_servd(net.host(0), &dir, &mut router, "router", &router_args);
+    let mut server_args = vec!["--upstream".to_string(), format!("{servd_port}")];
+    server_args.extend_from_slice(&timers);
+    start_servd(net.host(1), &dir, &mut server, "server", &server_args);
+    // The operator's default route on the router.
+    let operator: Ipv4Addr = "10.255.0.1".parse().unwrap();
+    router
+        .client()
+        .request_ok(&Request::AddRule {
+            prefix: ServicePrefix::DEFAULT,
+            target: Target::Forward {
+                locator: sal::Locator::Ipv4(operator),
+                weight: 1,
+            },
+            priority: 0,
+        })
+        .unwrap();
+    // Give the router's servd time to list the operator's rule.
+    thread::sleep(Duration::from_millis(300));
+
+    let _listener = serve(&server, "7e57/16", 1);
+    assert!(
+        wait_until(Duration::from_secs(3), || router.forwards("7e57/16")
+            == vec![server.addr]),
+        "not announced:\n{}",
+        server.logs()
+    );
+
+    // An attacker on the LAN (host 2) claims /0 at priority 4e9, points the
+    // live service at a third host, and announces a /8.
+    let attacker = net.host(2);
+    let third: Ipv4Addr = "10.255.0.77".parse().unwrap();
+    let forged = Message::Announce {
+        from: Node {
+            name: "evil".into(),
+            epoch: 666,
+            locators: vec![sal::Locator::Ipv4(third)],
+        },
+        lease_ms: 60_000,
+        entries: ["0/0", "7e57/16", "ab/8"]
+            .iter()
+            .map(|prefix| Announcement {
+                prefix: prefix.parse().unwrap(),
+                weight: 1000,
+                priority: 4_000_000_000,
+                load: 0,
+            })
+            .collect(),
+        full: true,
+    };
+    send_from(attacker, servd_port, &wire::encode(&forged, None).unwrap());
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(router.forwards("0/0"), vec![operator]);
+    assert_eq!(router.forwards("7e57/16"), vec![server.addr]);
+    assert!(router.forwards("ab/8").is_empty());
+    let log = router.logs();
+    assert!(
+        log.contains("refused an announced prefix") && log.contains("refused announced locators"),
+        "refusals not logged:\n{log}"
+    );
+
+    // The server's sald restarts: the service went with it (withdrawn at
+    // once), servd keeps running, finds the new sald and announces the
+    // service again once it is bound again.
+    let status = server.sald.child.terminate(Duration::from_secs(5)).unwrap();
+    assert!(status.success(), "sald exited with {status}");
+    assert!(
+        wait_until(Duration::from_secs(1), || router
+            .forwards("7e57/16")
+            .is_empty()),
+        "not withdrawn when sald went away:\n{}",
+        server.logs()
+    );
+    drop(_listener);
+    // The same control path as before.
+    let restarted = start_node(net.host(1), &dir, "server", false);
+    server.sald = restarted.sald;
+    let _listener = serve(&server, "7e57/16", 2);
+    assert!(
+        wait_until(Duration::from_secs(5), || router.forwards("7e57/16")
+            == vec![server.addr]),
+        "not announced again after the sald restart:\n{}",
+        server.logs()
+    );
+    let log = server.logs();
+    assert!(
+        log.contains("lost sald") && log.contains("connected to sald again"),
+        "{log}"
+    );
+
+    // SIGTERM: servd exits 0 and the router's rule is gone at once.
+    let mut servd = server.servd.take().unwrap();
+    let stopped = Instant::now();
+    let status = servd.child.terminate(Duration::from_secs(3)).unwrap();
+    assert!(
+        status.success(),
+        "servd exited with {status}:\n{}",
+        servd.log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(1), || router
+            .forwards("7e57/16")
+            .is_empty()),
+        "not withdrawn on SIGTERM:\n{}",
+        router.logs()
+    );
+    eprintln!(
+        "servd SIGTERM: exit 0 and withdrawal in {:?} (lease 10 s)",
+        stopped.elapsed()
+    );
+    drop((router, server));
     let _ = std::fs::remove_dir_all(&dir);
 }

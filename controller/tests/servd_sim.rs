@@ -6,20 +6,31 @@
 //! resync after a router restart (and adoption of its old rules), hierarchy
 //! aggregation, DELAY query round trips (positive, negative, relayed),
 //! default route and host-only mode, router discovery, malformed and
-//! unauthenticated messages, load-aware weights.
+//! unauthenticated messages, load-aware weights; and what a hostile sender
+//! cannot do: announce /0 or short prefixes, point a prefix at a third
+//! host, outrank or replace the operator's rules, replay a captured
+//! authenticated message, or exceed its share of the table; losing and
+//! finding sald again, and stopping.
+
+mod common;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use controller::servd::wire::{self, Message, Node};
-use controller::servd::{Config, Controller, DefaultRoute, Mode, SaldAction, WeightPolicy};
+use controller::servd::policy::Policy;
+use controller::servd::wire::{self, Message, Node, Stamp};
+use controller::servd::{
+    Config, Controller, DefaultRoute, Key, Keyring, Mode, SaldAction, WeightPolicy,
+};
 use sal::proto::LocalInterface;
-use sal::table::{Rule, RuleOrigin, ServiceTable, Target, TargetKey};
+use sal::table::{Rule, RuleOrigin, ServiceTable, Target, TargetEntry, TargetKey};
 use sal::{Locator, ServiceId, ServicePrefix};
 use sal_control::ControlEvent;
 
 const PORT: u16 = 54326;
+/// Wall-clock time of the simulation's start (Unix ms).
+const UNIX_START: u64 = 1_700_000_000_000;
 const LEASE: Duration = Duration::from_secs(2);
 const REFRESH: Duration = Duration::from_millis(500);
 
@@ -65,16 +76,7 @@ struct SimHost {
 
 impl SimHost {
     fn rules(&self) -> Vec<Rule> {
-        let mut rules: Vec<Rule> = self.table.rules().cloned().collect();
-        for rule in &mut rules {
-            let keys: Vec<TargetKey> = rule.targets().iter().map(|e| e.target.key()).collect();
-            for key in keys {
-                if let Some(origin) = self.origins.get(&(rule.prefix, key)) {
-                    rule.set_origin(&key, origin.clone());
-                }
-            }
-        }
-        rules
+        common::rules_with_origins(&self.table, &self.origins)
     }
 
     /// FORWARD locators (with weights) of the rule at exactly `prefix`.
@@ -102,8 +104,15 @@ impl SimHost {
 }
 
 struct Net {
+    start: Instant,
     now: Instant,
     hosts: Vec<SimHost>,
+    /// Every datagram delivered: (source, destination, bytes).
+    wiretap: Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
+}
+
+fn domain_key() -> Key {
+    Key::new("domain", b"0123456789abcdef0123").unwrap()
 }
 
 fn config(name: &str) -> Config {
@@ -120,15 +129,24 @@ fn config(name: &str) -> Config {
 
 impl Net {
     fn new() -> Net {
+        let now = Instant::now();
         Net {
-            now: Instant::now(),
+            start: now,
+            now,
             hosts: Vec::new(),
+            wiretap: Vec::new(),
         }
+    }
+
+    /// Wall-clock time now in the simulation.
+    fn unix_ms(&self) -> u64 {
+        UNIX_START + u64::try_from((self.now - self.start).as_millis()).unwrap()
     }
 
     fn add(&mut self, last: u8, config: Config) -> usize {
         let epoch = 1000 + u64::from(last) * 7 + self.hosts.len() as u64;
         let mut controller = Controller::new(config, self.now, epoch);
+        controller.set_unix_time(self.now, self.unix_ms());
         controller.set_interfaces(self.now, vec![interface(last)]);
         self.hosts.push(SimHost {
             last,
@@ -194,6 +212,8 @@ impl Net {
                         continue;
                     }
                     let src = addr(self.hosts[i].last);
+                    self.wiretap
+                        .push((src, transmit.to, transmit.bytes.clone()));
                     let broadcast = transmit.to.ip() == std::net::IpAddr::from(ip(255));
                     for j in 0..self.hosts.len() {
                         let dst = addr(self.hosts[j].last);
@@ -228,12 +248,49 @@ impl Net {
         }
     }
 
+    /// Delivers one datagram from `src` (any address, a simulated host or
+    /// not) to host `to`, then lets the network settle.
+    fn inject(&mut self, src: SocketAddr, to: usize, bytes: &[u8]) {
+        let now = self.now;
+        self.hosts[to].controller.handle_message(now, src, bytes);
+        self.settle();
+    }
+
+    /// The operator adds a static rule on host `host`'s sald, and its
+    /// controller lists the rules again.
+    fn operator_rule(&mut self, host: usize, prefix: &str, target: Target, priority: u32) {
+        let now = self.now;
+        let host = &mut self.hosts[host];
+        host.table.add(p(prefix), target, priority);
+        host.origins.remove(&(p(prefix), target.key()));
+        let rules = host.rules();
+        host.controller.update_statics(now, &rules);
+        self.settle();
+    }
+
+    /// The entry of `prefix` toward `locator` on host `host`'s sald.
+    fn entry(&self, host: usize, prefix: &str, locator: Locator) -> Option<TargetEntry> {
+        let rule = self.hosts[host].table.get(&p(prefix))?;
+        let entry = rule
+            .targets()
+            .iter()
+            .find(|e| e.target.key() == TargetKey::Forward { locator })?;
+        let mut entry = entry.clone();
+        entry.origin = self.hosts[host]
+            .origins
+            .get(&(p(prefix), entry.target.key()))
+            .cloned()
+            .unwrap_or_default();
+        Some(entry)
+    }
+
     /// Replaces a host's controller by a fresh one (a restart), keeping
     /// its sald's table.
     fn restart(&mut self, host: usize, config: Config, epoch: u64) {
         let now = self.now;
         let last = self.hosts[host].last;
         let mut controller = Controller::new(config, now, epoch);
+        controller.set_unix_time(now, self.unix_ms());
         controller.set_interfaces(now, vec![interface(last)]);
         let rules = self.hosts[host].rules();
         controller.adopt_rules(now, &rules);
@@ -301,27 +358,27 @@ fn restarted_router_relearns_everything_and_drops_only_the_dead() {
     let h1 = net.host(2, &[1]);
     let h2 = net.host(3, &[1]);
     net.run(Duration::from_millis(50));
-    net.register(h1, "aa/8");
-    net.register(h2, "bb/8");
-    net.register(h2, "cc/8");
+    net.register(h1, "aa00/16");
+    net.register(h2, "bb00/16");
+    net.register(h2, "cc00/16");
     // h1 dies while the router restarts.
     net.hosts[h1].up = false;
     let mut c = config("r1");
     c.router = true;
     net.restart(r, c, 99);
     // Immediately: the old rules are still in sald (adopted, not removed).
-    assert_eq!(net.hosts[r].forwards("aa/8"), vec![(loc(2), 1)]);
+    assert_eq!(net.hosts[r].forwards("aa00/16"), vec![(loc(2), 1)]);
     // A new registration on h2 reaches a router that does not know h2: it
     // asks for a resync and gets everything at once.
-    net.register(h2, "dd/8");
-    for prefix in ["bb/8", "cc/8", "dd/8"] {
+    net.register(h2, "dd00/16");
+    for prefix in ["bb00/16", "cc00/16", "dd00/16"] {
         assert_eq!(net.hosts[r].forwards(prefix), vec![(loc(3), 1)], "{prefix}");
     }
     assert_eq!(net.hosts[r].controller.learned_entries(), 3);
     // One lease later, the dead host's adopted rule is gone, the rest stays.
     net.run(LEASE + Duration::from_millis(50));
-    assert!(net.hosts[r].forwards("aa/8").is_empty());
-    for prefix in ["bb/8", "cc/8", "dd/8"] {
+    assert!(net.hosts[r].forwards("aa00/16").is_empty());
+    for prefix in ["bb00/16", "cc00/16", "dd00/16"] {
         assert_eq!(net.hosts[r].forwards(prefix), vec![(loc(3), 1)], "{prefix}");
     }
 }
@@ -464,15 +521,16 @@ fn delay_query_round_trip_positive_and_negative() {
     c.default_route = DefaultRoute::Delay;
     let client = net.add(3, c);
     net.run(Duration::from_millis(50));
-    net.register(server, "5e/8");
+    net.register(server, "5e00/16");
     net.event(
         client,
         ControlEvent::DelayNotify {
-            service: id("5e77"),
+            service: id("5e0077"),
         },
     );
-    assert_eq!(net.hosts[client].forwards("5e/8"), vec![(loc(2), 1)]);
-    let origin = &net.hosts[client].origins[&(p("5e/8"), TargetKey::Forward { locator: loc(2) })];
+    assert_eq!(net.hosts[client].forwards("5e00/16"), vec![(loc(2), 1)]);
+    let origin =
+        &net.hosts[client].origins[&(p("5e00/16"), TargetKey::Forward { locator: loc(2) })];
     assert!(matches!(origin, RuleOrigin::Resolved { .. }), "{origin:?}");
 
     // Nobody has 0bad: the exact ID gets a DROP (connect fails "no route"),
@@ -501,19 +559,19 @@ fn unanswered_queries_are_retried_then_dropped() {
 
 #[test]
 fn malformed_oversized_and_unauthenticated_datagrams_are_dropped_and_counted() {
-    let key = b"0123456789abcdef0123".to_vec();
+    let key = domain_key();
     let mut net = Net::new();
     let mut rc = config("r1");
     rc.router = true;
-    rc.key = Some(key.clone());
+    rc.keys = Keyring::with_signing(key.clone());
     let r = net.add(1, rc);
     let mut good = config("good");
     good.upstreams = vec![addr(1)];
-    good.key = Some(key.clone());
+    good.keys = Keyring::with_signing(key.clone());
     let good = net.add(2, good);
     let mut wrong = config("intruder");
     wrong.upstreams = vec![addr(1)];
-    wrong.key = Some(b"not the domain key!!".to_vec());
+    wrong.keys = Keyring::with_signing(Key::new("domain", b"not the domain key!!").unwrap());
     let wrong = net.add(3, wrong);
     let keyless = net.host(4, &[1]);
     net.run(Duration::from_millis(50));
@@ -539,21 +597,18 @@ fn malformed_oversized_and_unauthenticated_datagrams_are_dropped_and_counted() {
         locators: vec![],
     };
     // Too long a name, even correctly tagged.
-    let mut body = b"SRVD\x01\x01".to_vec();
-    let json = serde_json::to_vec(&Message::Solicit { from: node }).unwrap();
-    {
-        use hmac::Mac;
-        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
-        mac.update(b"SRVD\x01\x01");
-        mac.update(&json);
-        body.extend_from_slice(&mac.finalize().into_bytes());
-    }
-    body.extend_from_slice(&json);
+    let stamp = Stamp {
+        timestamp_ms: UNIX_START,
+        sequence: 1,
+    };
+    let body = wire::encode(&Message::Solicit { from: node }, Some((&key, stamp))).unwrap();
     ctl.handle_message(now, src, &body);
+    // Version 1 (tags without timestamp and sequence) is gone.
+    ctl.handle_message(now, src, b"SRVD\x01\x00{}");
     let after = ctl.stats();
     assert_eq!(after.dropped_malformed - before.dropped_malformed, 3);
     assert_eq!(after.dropped_oversized - before.dropped_oversized, 1);
-    assert_eq!(after.dropped_version - before.dropped_version, 1);
+    assert_eq!(after.dropped_version - before.dropped_version, 2);
     assert!(ctl.poll_transmit().is_none(), "nothing answered");
 }
 
@@ -570,7 +625,7 @@ fn fuzzed_datagrams_never_panic() {
             },
             lease_ms: 1000,
             entries: vec![wire::Announcement {
-                prefix: p("ab/8"),
+                prefix: p("ab00/16"),
                 weight: 1,
                 priority: 0,
                 load: 0,
@@ -635,4 +690,439 @@ fn least_loaded_policy_shares_by_power_of_two_choices() {
         vec![(loc(2), 1), (loc(3), 3), (loc(4), 5)]
     );
     let _ = h3;
+}
+
+/// An announcement as any sender could craft it.
+fn announcement(
+    name: &str,
+    epoch: u64,
+    locators: Vec<Locator>,
+    entries: &[(&str, u32)],
+) -> Message {
+    Message::Announce {
+        from: Node {
+            name: name.into(),
+            epoch,
+            locators,
+        },
+        lease_ms: 10_000,
+        entries: entries
+            .iter()
+            .map(|&(prefix, priority)| wire::Announcement {
+                prefix: p(prefix),
+                weight: 99,
+                priority,
+                load: 0,
+            })
+            .collect(),
+        full: true,
+    }
+}
+
+fn withdrawal(name: &str, epoch: u64, locators: Vec<Locator>, prefixes: &[&str]) -> Message {
+    Message::Withdraw {
+        from: Node {
+            name: name.into(),
+            epoch,
+            locators,
+        },
+        prefixes: prefixes.iter().map(|s| p(s)).collect(),
+    }
+}
+
+fn plain(message: &Message) -> Vec<u8> {
+    wire::encode(message, None).unwrap()
+}
+
+fn forward(last: u8) -> Target {
+    Target::Forward {
+        locator: loc(last),
+        weight: 1,
+    }
+}
+
+#[test]
+fn forged_announcements_cannot_take_slash_zero_redirect_or_outrank_the_operator() {
+    let mut net = Net::new();
+    let mut rc = config("r1");
+    rc.router = true;
+    // Even a policy that lets announcers pick any priority...
+    rc.policy.max_priority = u32::MAX;
+    let r = net.add(1, rc);
+    net.run(Duration::from_millis(50));
+    net.operator_rule(r, "0/0", forward(254), 0);
+    net.operator_rule(r, "beef/16", forward(20), 0);
+    net.operator_rule(r, "cafe/16", forward(21), 3);
+    let attacker = addr(66);
+
+    // /0 at priority 4e9, and a prefix shorter than /16: refused.
+    let grab = announcement("evil", 66, vec![], &[("0/0", 4_000_000_000), ("be/8", 0)]);
+    net.inject(attacker, r, &plain(&grab));
+    assert_eq!(net.hosts[r].forwards("0/0"), vec![(loc(254), 1)]);
+    assert!(net.hosts[r].table.get(&p("be/8")).is_none());
+
+    // Pointing a prefix at a third host (10.0.0.9) from 10.0.0.66: refused.
+    let redirect = announcement("evil", 66, vec![loc(9)], &[("c0de/16", 0)]);
+    net.inject(attacker, r, &plain(&redirect));
+    assert!(net.hosts[r].forwards("c0de/16").is_empty());
+
+    // Its own address at priority 4e9 on the operator's prefixes: learned
+    // (anyone may announce a /16 by default), but never above the lowest
+    // static priority of the prefix (...keeps announcements from outranking
+    // the operator's rules).
+    let outrank = announcement(
+        "evil",
+        66,
+        vec![loc(66)],
+        &[
+            ("beef/16", 4_000_000_000),
+            ("cafe/16", 4_000_000_000),
+            ("dead/16", 4_000_000_000),
+        ],
+    );
+    net.inject(attacker, r, &plain(&outrank));
+    let forged = net.entry(r, "beef/16", loc(66)).expect("learned");
+    assert_eq!(forged.priority, 0);
+    assert_eq!(net.entry(r, "cafe/16", loc(66)).unwrap().priority, 3);
+    assert_eq!(
+        net.entry(r, "dead/16", loc(66)).unwrap().priority,
+        4_000_000_000,
+        "no operator rule there"
+    );
+    let operator = net.entry(r, "cafe/16", loc(21)).unwrap();
+    assert_eq!(
+        (operator.priority, operator.origin),
+        (3, RuleOrigin::Static)
+    );
+
+    // From the operator's own target's address: its static target is
+    // neither replaced (weight, origin) nor removed by a withdrawal.
+    let from_20 = addr(20);
+    net.inject(
+        from_20,
+        r,
+        &plain(&announcement("x", 20, vec![], &[("beef/16", 7)])),
+    );
+    net.inject(
+        from_20,
+        r,
+        &plain(&withdrawal("x", 20, vec![], &["beef/16"])),
+    );
+    let operator = net
+        .entry(r, "beef/16", loc(20))
+        .expect("the operator's target");
+    assert_eq!(operator.target, forward(20));
+    assert_eq!(operator.origin, RuleOrigin::Static);
+    // A withdrawal naming someone else's locator removes nothing either.
+    net.inject(
+        from_20,
+        r,
+        &plain(&withdrawal("x", 20, vec![loc(66)], &["beef/16"])),
+    );
+    assert!(net.entry(r, "beef/16", loc(66)).is_some());
+
+    let stats = net.hosts[r].controller.stats();
+    assert_eq!(stats.refused_prefix, 2, "{stats:?}");
+    assert_eq!(stats.refused_locator, 2, "{stats:?}");
+    assert_eq!(stats.static_protected, 4, "{stats:?}");
+}
+
+#[test]
+fn the_policy_file_decides_who_announces_what_toward_whom() {
+    let site = Key::new("site", b"the key of site b, 16+ bytes").unwrap();
+    let policy = Policy::parse(
+        r#"
+        max_priority = 2
+        [[key]]
+        name = "site"
+        file = "/unused/in/this/test"
+        [[allow]]
+        from = "10.0.0.2"
+        prefix = "beef/16"
+        min_len = 24
+        [[allow]]
+        key = "site"
+        prefix = "c0/8"
+        min_len = 8
+        max_priority = 9
+        foreign_locators = true
+        "#,
+        std::path::Path::new("policy.toml"),
+    )
+    .unwrap();
+    let mut net = Net::new();
+    let mut rc = config("r1");
+    rc.router = true;
+    rc.policy = policy;
+    rc.keys = Keyring::with_signing(domain_key());
+    rc.keys.accept(site.clone());
+    let r = net.add(1, rc);
+    let mut h2 = config("h2");
+    h2.upstreams = vec![addr(1)];
+    h2.keys = Keyring::with_signing(domain_key());
+    h2.priority = 5;
+    let h2 = net.add(2, h2);
+    let mut h3 = config("h3");
+    h3.upstreams = vec![addr(1)];
+    h3.keys = Keyring::with_signing(domain_key());
+    let h3 = net.add(3, h3);
+    net.run(Duration::from_millis(50));
+    // h2 may announce /24s under beef/16 (priority capped at 2), not the /16.
+    net.register(h2, "beef01/24");
+    net.register(h2, "beef/16");
+    // h3 matches no rule.
+    net.register(h3, "beef02/24");
+    assert_eq!(net.entry(r, "beef01/24", loc(2)).unwrap().priority, 2);
+    assert!(net.hosts[r].forwards("beef/16").is_empty());
+    assert!(net.hosts[r].forwards("beef02/24").is_empty());
+    assert_eq!(net.hosts[r].controller.stats().refused_prefix, 2);
+
+    // The holder of the site key may point c0/8 prefixes at other hosts
+    // (a site router announcing for its servers), even /8.
+    let message = announcement("site-b", 77, vec![loc(30), loc(31)], &[("c0/8", 9)]);
+    let stamp = Stamp {
+        timestamp_ms: net.unix_ms(),
+        sequence: 1,
+    };
+    let bytes = wire::encode(&message, Some((&site, stamp))).unwrap();
+    net.inject(addr(77), r, &bytes);
+    assert_eq!(
+        net.hosts[r].forwards("c0/8"),
+        vec![(loc(30), 99), (loc(31), 99)]
+    );
+    assert_eq!(net.entry(r, "c0/8", loc(30)).unwrap().priority, 9);
+    // The same from a domain-key holder: not allowed.
+    let stamp = Stamp {
+        timestamp_ms: net.unix_ms(),
+        sequence: 1,
+    };
+    let message = announcement("h9", 78, vec![loc(32)], &[("c0de/16", 0)]);
+    let bytes = wire::encode(&message, Some((&domain_key(), stamp))).unwrap();
+    net.inject(addr(78), r, &bytes);
+    assert!(net.hosts[r].forwards("c0de/16").is_empty());
+}
+
+#[test]
+fn replayed_and_stale_authenticated_messages_are_dropped_and_counted() {
+    let mut net = Net::new();
+    let mut rc = config("r1");
+    rc.router = true;
+    rc.keys = Keyring::with_signing(domain_key());
+    let r = net.add(1, rc);
+    let mut hc = config("h2");
+    hc.upstreams = vec![addr(1)];
+    hc.keys = Keyring::with_signing(domain_key());
+    let h = net.add(2, hc);
+    net.run(Duration::from_millis(50));
+    net.register(h, "beef/16");
+    net.event(
+        h,
+        ControlEvent::Unregistered {
+            prefix: p("beef/16"),
+        },
+    );
+    assert!(net.hosts[r].forwards("beef/16").is_empty());
+    // The attacker captured that withdrawal.
+    let ring = Keyring::with_signing(domain_key());
+    let captured = net
+        .wiretap
+        .iter()
+        .rev()
+        .find(|(_, to, bytes)| {
+            *to == addr(1)
+                && matches!(
+                    wire::decode(bytes, &ring),
+                    Ok((Message::Withdraw { .. }, _))
+                )
+        })
+        .map(|(_, _, bytes)| bytes.clone())
+        .expect("a withdrawal on the wire");
+    net.register(h, "beef/16");
+    net.run(Duration::from_secs(1));
+    assert_eq!(net.hosts[r].forwards("beef/16"), vec![(loc(2), 1)]);
+    // Sent again, right away and later: the live route stays.
+    net.inject(addr(2), r, &captured);
+    net.run(Duration::from_secs(2));
+    net.inject(addr(2), r, &captured);
+    assert_eq!(net.hosts[r].forwards("beef/16"), vec![(loc(2), 1)]);
+    let stats = net.hosts[r].controller.stats();
+    assert_eq!(stats.dropped_replayed, 2, "{stats:?}");
+
+    // A well-tagged withdrawal stamped 31 s off, either way: stale.
+    let epoch = 1000 + 2 * 7 + 1;
+    let forged = withdrawal("h2", epoch, vec![loc(2)], &["beef/16"]);
+    for skew in [-31_000i64, 31_000] {
+        let stamp = Stamp {
+            timestamp_ms: net.unix_ms().checked_add_signed(skew).unwrap(),
+            sequence: 1 << 40,
+        };
+        let bytes = wire::encode(&forged, Some((&domain_key(), stamp))).unwrap();
+        net.inject(addr(2), r, &bytes);
+    }
+    assert_eq!(net.hosts[r].forwards("beef/16"), vec![(loc(2), 1)]);
+    assert_eq!(net.hosts[r].controller.stats().dropped_stale, 2);
+    // Within the window and with a fresh sequence number it would count:
+    // the guard refuses replays, not the key holder.
+    let stamp = Stamp {
+        timestamp_ms: net.unix_ms() + 29_000,
+        sequence: 1 << 40,
+    };
+    let bytes = wire::encode(&forged, Some((&domain_key(), stamp))).unwrap();
+    net.inject(addr(2), r, &bytes);
+    assert!(net.hosts[r].forwards("beef/16").is_empty());
+}
+
+#[test]
+fn one_sender_gets_at_most_its_share_of_the_table() {
+    let mut net = Net::new();
+    let mut rc = config("r1");
+    rc.router = true;
+    rc.policy.max_prefixes_per_sender = 100;
+    let r = net.add(1, rc);
+    let h = net.host(2, &[1]);
+    net.run(Duration::from_millis(50));
+    // 60 datagrams of 50 prefixes each, from one address.
+    let flooder = addr(66);
+    for batch in 0..60u32 {
+        let names: Vec<String> = (0..50u32)
+            .map(|i| format!("{:08x}/32", 0xf000_0000 | (batch * 50 + i)))
+            .collect();
+        let entries: Vec<(&str, u32)> = names.iter().map(|n| (n.as_str(), 0)).collect();
+        net.inject(
+            flooder,
+            r,
+            &plain(&announcement("flood", 66, vec![], &entries)),
+        );
+    }
+    assert_eq!(net.hosts[r].controller.learned_entries(), 100);
+    assert_eq!(net.hosts[r].table.len(), 100);
+    assert_eq!(net.hosts[r].controller.stats().refused_over_limit, 2900);
+    // Everybody else still gets in; refreshing what it holds is fine.
+    net.register(h, "beef/16");
+    assert_eq!(net.hosts[r].forwards("beef/16"), vec![(loc(2), 1)]);
+    net.inject(
+        flooder,
+        r,
+        &plain(&announcement("flood", 66, vec![], &[("f0000000/32", 0)])),
+    );
+    assert_eq!(net.hosts[r].controller.stats().refused_over_limit, 2900);
+    // Withdrawn entries free the sender's share.
+    net.inject(
+        flooder,
+        r,
+        &plain(&withdrawal(
+            "flood",
+            66,
+            vec![],
+            &["f0000000/32", "f0000001/32"],
+        )),
+    );
+    net.inject(
+        flooder,
+        r,
+        &plain(&announcement("flood", 66, vec![], &[("f1000000/32", 0)])),
+    );
+    assert_eq!(net.hosts[r].controller.learned_entries(), 100);
+}
+
+#[test]
+fn losing_sald_withdraws_registrations_and_finding_it_again_resyncs_everything() {
+    let mut net = Net::new();
+    let r = net.router(1, &[]);
+    let h = net.host(2, &[1]);
+    net.run(Duration::from_millis(50));
+    net.register(h, "beef/16");
+    net.register(h, "abcd/16");
+    assert_eq!(net.hosts[r].forwards("beef/16"), vec![(loc(2), 1)]);
+    assert_eq!(net.hosts[h].forwards("0/0"), vec![(loc(1), 1)]);
+
+    // The host's sald restarts: its listeners, and every rule, are gone.
+    let now = net.now;
+    net.hosts[h].table = ServiceTable::new();
+    net.hosts[h].controller.sald_lost(now);
+    net.settle();
+    assert!(
+        net.hosts[r].forwards("beef/16").is_empty(),
+        "withdrawn at once"
+    );
+    // Back, with one of the two services bound again.
+    net.hosts[h].table.add(
+        p("beef/16"),
+        Target::Demux {
+            listener: sal::table::ListenerId(9),
+        },
+        0,
+    );
+    let rules = net.hosts[h].rules();
+    let now = net.now;
+    net.hosts[h]
+        .controller
+        .sald_connected(now, vec![interface(2)], &rules);
+    net.settle();
+    assert_eq!(net.hosts[r].forwards("beef/16"), vec![(loc(2), 1)]);
+    assert!(net.hosts[r].forwards("abcd/16").is_empty());
+    assert_eq!(
+        net.hosts[h].forwards("0/0"),
+        vec![(loc(1), 1)],
+        "default route again"
+    );
+
+    // The router's sald restarts: every learned rule is installed again.
+    net.hosts[r].table = ServiceTable::new();
+    let now = net.now;
+    net.hosts[r].controller.sald_lost(now);
+    net.settle();
+    net.hosts[r]
+        .controller
+        .sald_connected(now, vec![interface(1)], &[]);
+    net.settle();
+    assert_eq!(net.hosts[r].forwards("beef/16"), vec![(loc(2), 1)]);
+}
+
+#[test]
+fn stopping_withdraws_and_removes_only_what_the_controller_alone_maintains() {
+    let mut net = Net::new();
+    let r = net.router(1, &[]);
+    let server = net.host(2, &[1]);
+    let mut c = config("client");
+    c.upstreams = vec![addr(1)];
+    c.default_route = DefaultRoute::Delay;
+    let client = net.add(3, c);
+    let plain_host = net.host(4, &[1]);
+    net.run(Duration::from_millis(50));
+    net.register(server, "beef/16");
+    net.event(
+        client,
+        ControlEvent::DelayNotify {
+            service: id("beef01"),
+        },
+    );
+    assert_eq!(net.hosts[client].forwards("beef/16"), vec![(loc(2), 1)]);
+    assert!(net.hosts[client].has("0/0", TargetKey::Delay));
+    assert_eq!(net.hosts[plain_host].forwards("0/0"), vec![(loc(1), 1)]);
+
+    // The server's controller stops: withdrawn at the router at once.
+    let now = net.now;
+    net.hosts[server].controller.shutdown(now);
+    net.settle();
+    net.hosts[server].up = false;
+    assert!(net.hosts[r].forwards("beef/16").is_empty());
+    // Hosts remove their default route, DELAY and cached routes.
+    for host in [client, plain_host] {
+        net.hosts[host].controller.shutdown(now);
+        net.settle();
+        assert!(net.hosts[host].table.is_empty(), "host {host}");
+    }
+    // The router keeps what others announced: their soft state.
+    net.register(plain_host, "abcd/16");
+    let now = net.now;
+    net.hosts[plain_host].up = true;
+    net.hosts[plain_host]
+        .controller
+        .handle_timeout(now + REFRESH);
+    net.settle();
+    assert_eq!(net.hosts[r].forwards("abcd/16"), vec![(loc(4), 1)]);
+    net.hosts[r].controller.shutdown(now);
+    net.settle();
+    assert_eq!(net.hosts[r].forwards("abcd/16"), vec![(loc(4), 1)]);
 }

@@ -146,6 +146,15 @@ pub enum Request {
         origin: RuleOrigin,
     },
 
+    /// Several rule changes applied in order, answered with
+    /// [`Response::Applied`] (one round trip for a controller that installs
+    /// or removes many rules at once). Each change is applied as its own
+    /// `AddRuleWithOrigin` or `DelRule` would be; a failing change does not
+    /// stop the ones after it.
+    ApplyRules {
+        changes: Vec<RuleChange>,
+    },
+
     // --- operators: migration ---
     /// Move one flow to another of the host's interfaces (RSYN).
     Migrate {
@@ -205,6 +214,43 @@ pub enum Response {
     Event {
         event: ControlEvent,
     },
+    /// The answer to [`Request::ApplyRules`]: the changes that failed (empty
+    /// when all succeeded).
+    Applied {
+        failures: Vec<RuleFailure>,
+    },
+}
+
+/// One change of a [`Request::ApplyRules`] batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum RuleChange {
+    /// As [`Request::AddRuleWithOrigin`].
+    Add {
+        prefix: ServicePrefix,
+        target: Target,
+        #[serde(default)]
+        priority: u32,
+        #[serde(default)]
+        origin: RuleOrigin,
+    },
+    /// As [`Request::DelRule`]: one target, or the whole rule when `target`
+    /// is `None`.
+    Del {
+        prefix: ServicePrefix,
+        #[serde(default)]
+        target: Option<TargetKey>,
+    },
+}
+
+/// A change of a [`Request::ApplyRules`] batch that failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleFailure {
+    /// Position of the change in the batch.
+    pub index: usize,
+    /// What `AddRuleWithOrigin` / `DelRule` would have answered.
+    pub kind: ErrorKind,
+    pub message: String,
 }
 
 impl Response {
@@ -506,6 +552,26 @@ mod tests {
                 target: Some(TargetKey::Drop),
             },
             Request::ListFlows,
+            Request::ApplyRules {
+                changes: vec![
+                    RuleChange::Add {
+                        prefix: "beef/16".parse().unwrap(),
+                        target: Target::Forward {
+                            locator: "10.0.0.3".parse().unwrap(),
+                            weight: 1,
+                        },
+                        priority: 0,
+                        origin: RuleOrigin::Announced {
+                            by: "h3".into(),
+                            expires_unix_ms: Some(5),
+                        },
+                    },
+                    RuleChange::Del {
+                        prefix: "beef/16".parse().unwrap(),
+                        target: None,
+                    },
+                ],
+            },
         ];
         let lagged = Response::Event {
             event: ControlEvent::Lagged { missed: 3 },
@@ -521,6 +587,21 @@ mod tests {
         }
         let json = serde_json::to_string(&Request::ListRules).unwrap();
         assert_eq!(json, r#"{"op":"list_rules"}"#);
+        let del = RuleChange::Del {
+            prefix: "be/8".parse().unwrap(),
+            target: Some(TargetKey::Drop),
+        };
+        let json = serde_json::to_value(&del).unwrap();
+        assert_eq!(json["change"], "del");
+        let applied = Response::Applied {
+            failures: vec![RuleFailure {
+                index: 1,
+                kind: ErrorKind::NotFound,
+                message: "no rule".into(),
+            }],
+        };
+        let frame = encode_frame(&applied).unwrap();
+        assert_eq!(decode_body::<Response>(&frame[4..]).unwrap(), applied);
     }
 
     #[test]

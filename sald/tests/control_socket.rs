@@ -483,3 +483,78 @@ fn two_daemons_in_one_process_keep_their_own_rule_origins() {
     assert_eq!(origin_on(&a), announced);
     assert_eq!(origin_on(&b), sal::table::RuleOrigin::Static);
 }
+
+#[test]
+fn batched_rule_changes_apply_in_order_and_never_outrank_the_operator() {
+    let dir = Scratch::new("apply-rules");
+    let sald = daemon(&dir, "a", |_| {});
+    let forward = |host: u8, weight: u32| Target::Forward {
+        locator: Locator::Udp(format!("127.0.0.{host}:9").parse().unwrap()),
+        weight,
+    };
+    let announced = sal::table::RuleOrigin::Announced {
+        by: "r1".into(),
+        expires_unix_ms: None,
+    };
+    // The operator's rule at beef/16, priority 5.
+    let operator = Request::AddRule {
+        prefix: prefix("beef/16"),
+        target: forward(7, 1),
+        priority: 5,
+    };
+    assert_eq!(sald.request(operator), Response::Ok);
+    let add = |p: &str, target: Target, priority: u32| sal_control::RuleChange::Add {
+        prefix: prefix(p),
+        target,
+        priority,
+        origin: announced.clone(),
+    };
+    let changes = vec![
+        // A controller asks for a higher priority than the operator's ...
+        add("beef/16", forward(8, 1), 4_000_000_000),
+        // ... and to change the operator's own target.
+        add("beef/16", forward(7, 9), 0),
+        add("cafe/16", forward(8, 1), 3),
+        sal_control::RuleChange::Del {
+            prefix: prefix("dead/16"),
+            target: None,
+        },
+        sal_control::RuleChange::Del {
+            prefix: prefix("cafe/16"),
+            target: Some(forward(8, 1).key()),
+        },
+        add("f00d/16", forward(8, 1), 3),
+    ];
+    let failures = match sald.request(Request::ApplyRules { changes }) {
+        Response::Applied { failures } => failures,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(
+        (failures[0].index, failures[0].kind),
+        (3, ErrorKind::NotFound)
+    );
+    let rules = match sald.request(Request::ListRules) {
+        Response::Rules { rules } => rules,
+        other => panic!("{other:?}"),
+    };
+    let rule = |p: &str| rules.iter().find(|r| r.prefix == prefix(p));
+    let beef = rule("beef/16").expect("beef/16");
+    let entry = |host: u8| {
+        let key = forward(host, 1).key();
+        beef.targets()
+            .iter()
+            .find(|e| e.target.key() == key)
+            .expect("target")
+            .clone()
+    };
+    assert_eq!(entry(7).origin, sal::table::RuleOrigin::Static);
+    assert_eq!(
+        entry(7).target,
+        forward(7, 1),
+        "the operator's target is untouched"
+    );
+    assert_eq!(entry(8).priority, 5, "capped at the operator's priority");
+    assert!(rule("cafe/16").is_none_or(|r| r.targets().is_empty()));
+    assert_eq!(rule("f00d/16").expect("f00d/16").targets()[0].priority, 3);
+}

@@ -141,6 +141,7 @@ pub(crate) fn response_name(response: &Response) -> &'static str {
         Response::Interfaces { .. } => "interfaces",
         Response::Stats { .. } => "stats",
         Response::Event { .. } => "event",
+        Response::Applied { .. } => "applied",
     }
 }
 

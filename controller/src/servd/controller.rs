@@ -20,9 +20,17 @@
 //!   answers queries and solicitations, and re-announces what it can reach
 //!   (aggregated under the configured covering prefixes) to its own
 //!   upstreams.
+//!
+//! What a router accepts is bounded by its [`Policy`]: which senders may
+//! announce which prefixes (never `/0`), toward which locators (by default
+//! only the datagram's source address), how many, and with what priority.
+//! Whatever a message says, a rule this controller installs never replaces
+//! or outranks one the operator put in sald ([`Controller::adopt_rules`]
+//! learns them): [`Controller`] lowers its priority to the lowest static
+//! priority of the same prefix and leaves the operator's targets alone.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,9 +39,13 @@ use sal::table::{Rule, RuleOrigin, Target, TargetKey};
 use sal::{FlowId, Locator, ServiceId, ServicePrefix};
 use sal_control::ControlEvent;
 
+use super::keys::Keyring;
+use super::log_limit::LogLimiter;
+use super::policy::{Grant, Policy, Sender};
+use super::replay::{ReplayError, ReplayGuard};
 use super::wire::{
     self, announce_batches, withdraw_batches, Announcement, Message, Node, Route, RouteTarget,
-    WireError, MAX_LOCATORS,
+    Sealer, WireError, MAX_LOCATORS,
 };
 
 /// Priority of the DROP rule a negative answer installs: above anything an
@@ -111,8 +123,11 @@ pub struct Config {
     pub query_timeout: Duration,
     /// Bound on learned (prefix, locator) entries.
     pub max_entries: usize,
-    /// Shared key for HMAC-SHA256 tags on every message.
-    pub key: Option<Vec<u8>>,
+    /// Keys: the one every message is tagged with, and those whose tags
+    /// are accepted. Empty: messages go untagged.
+    pub keys: Keyring,
+    /// What a router accepts from announcements.
+    pub policy: Policy,
 }
 
 impl Default for Config {
@@ -134,7 +149,8 @@ impl Default for Config {
             negative_lifetime: Duration::from_secs(2),
             query_timeout: Duration::from_millis(500),
             max_entries: 1_000_000,
-            key: None,
+            keys: Keyring::none(),
+            policy: Policy::default(),
         }
     }
 }
@@ -184,6 +200,32 @@ pub struct Stats {
     pub negative_answers: u64,
     pub rules_added: u64,
     pub rules_removed: u64,
+    /// Tagged datagrams whose sequence number was already seen (replays),
+    /// or from a new sender while the replay table was full.
+    pub dropped_replayed: u64,
+    /// Tagged datagrams whose timestamp was more than 30 s off.
+    pub dropped_stale: u64,
+    /// Announced or withdrawn prefixes the policy refused (`/0`, too
+    /// short, not allowed for this sender).
+    pub refused_prefix: u64,
+    /// Announced locators that were not the sender's own address.
+    pub refused_locator: u64,
+    /// Announced entries over the sender's limit.
+    pub refused_over_limit: u64,
+    /// Rule changes left out because they would have replaced or outranked
+    /// an operator's static rule (priorities lowered count too).
+    pub static_protected: u64,
+}
+
+impl Stats {
+    /// Everything refused for security reasons (replay, policy, limits).
+    pub fn refused(&self) -> u64 {
+        self.dropped_replayed
+            + self.dropped_stale
+            + self.refused_prefix
+            + self.refused_locator
+            + self.refused_over_limit
+    }
 }
 
 /// Whether a service router is known.
@@ -212,6 +254,11 @@ impl Targets {
 
     fn contains_key(&self, locator: &Locator) -> bool {
         self.position(locator).is_ok()
+    }
+
+    fn get(&self, locator: &Locator) -> Option<&Learned> {
+        let index = self.position(locator).ok()?;
+        Some(&self.0[index].1)
     }
 
     fn get_mut(&mut self, locator: &Locator) -> Option<&mut Learned> {
@@ -257,6 +304,8 @@ impl Targets {
 struct Learned {
     /// Shared by every entry of one announcing host.
     by: Arc<str>,
+    /// Source address of the announcement (per-sender limits).
+    sender: Ipv4Addr,
     announced_weight: u32,
     priority: u32,
     load: u32,
@@ -273,6 +322,57 @@ struct Upstream {
     /// The router behind it, from its last advert.
     router: Option<Node>,
     next_solicit: Instant,
+}
+
+/// Who a message came from: its source address and the key that
+/// authenticated it, if any.
+#[derive(Debug, Clone, Copy)]
+struct Peer<'a> {
+    src: SocketAddr,
+    key: Option<&'a str>,
+}
+
+/// The locators a message claims, split by whether they are the address
+/// it came from.
+#[derive(Debug)]
+struct Claimed {
+    own: Vec<Locator>,
+    foreign: Vec<Locator>,
+}
+
+impl Claimed {
+    /// Without claims, the source address itself.
+    fn new(from: &Node, src: Ipv4Addr) -> Claimed {
+        if from.locators.is_empty() {
+            return Claimed {
+                own: vec![Locator::Ipv4(src)],
+                foreign: Vec::new(),
+            };
+        }
+        let (own, foreign) = from
+            .locators
+            .iter()
+            .take(MAX_LOCATORS)
+            .partition(|l| l.ip() == src);
+        Claimed { own, foreign }
+    }
+}
+
+/// One announcement message, as every entry it carries is recorded.
+#[derive(Debug)]
+struct Announcer {
+    by: Arc<str>,
+    sender: Ipv4Addr,
+    expires: Instant,
+    lease: Duration,
+}
+
+/// What the operator put at one prefix (non-DEMUX static targets).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct StaticRule {
+    /// Lowest priority among them: a controller's rule never goes above.
+    floor: u32,
+    keys: Vec<TargetKey>,
 }
 
 #[derive(Debug)]
@@ -321,7 +421,20 @@ pub struct Controller {
     /// Rules installed from answers, with their expiry.
     cache: HashMap<(ServicePrefix, TargetKey), Instant>,
     /// Rules a previous run installed; removed unless re-learned in time.
-    adopted: HashMap<(ServicePrefix, TargetKey), Instant>,
+    /// `true` for FORWARD rules from announcements (soft state of others).
+    adopted: HashMap<(ServicePrefix, TargetKey), (Instant, bool)>,
+    /// The operator's rules in sald: never replaced, removed or outranked.
+    statics: HashMap<ServicePrefix, StaticRule>,
+    /// Learned entries per announcing source address.
+    per_sender: HashMap<Ipv4Addr, usize>,
+    // --- authentication ---
+    replay: ReplayGuard,
+    next_sequence: u64,
+    /// (instant, Unix ms) pairs mapping the monotonic clock to wall time.
+    unix_reference: (Instant, u64),
+    /// The latest `now` any input brought.
+    clock: Instant,
+    log_limiter: LogLimiter,
     // --- output ---
     transmits: VecDeque<Transmit>,
     actions: VecDeque<SaldAction>,
@@ -374,6 +487,13 @@ impl Controller {
             next_query_id: epoch.rotate_left(32) | 1,
             cache: HashMap::new(),
             adopted: HashMap::new(),
+            statics: HashMap::new(),
+            per_sender: HashMap::new(),
+            replay: ReplayGuard::default(),
+            next_sequence: 1,
+            unix_reference: (now, 0),
+            clock: now,
+            log_limiter: LogLimiter::default(),
             transmits: VecDeque::new(),
             actions: VecDeque::new(),
             stats: Stats::default(),
@@ -426,10 +546,50 @@ impl Controller {
         }
     }
 
+    /// Statistics of the replay guard: senders remembered.
+    pub fn replay_senders(&self) -> usize {
+        self.replay.len()
+    }
+
+    // ----- clocks ---------------------------------------------------------
+
+    /// Tells the controller the wall-clock time (Unix milliseconds) at
+    /// `now`. Tagged messages carry it and are checked against it, so the
+    /// driver sets it at start and now and then after (clock adjustments).
+    pub fn set_unix_time(&mut self, now: Instant, unix_ms: u64) {
+        self.touch(now);
+        self.unix_reference = (now, unix_ms);
+    }
+
+    /// Wall-clock time at `at`, from the last [`Controller::set_unix_time`].
+    fn unix_ms(&self, at: Instant) -> u64 {
+        let (reference, unix_ms) = self.unix_reference;
+        let ahead = at.saturating_duration_since(reference).as_millis();
+        let behind = reference.saturating_duration_since(at).as_millis();
+        let ahead = u64::try_from(ahead).unwrap_or(u64::MAX);
+        let behind = u64::try_from(behind).unwrap_or(u64::MAX);
+        unix_ms.saturating_add(ahead).saturating_sub(behind)
+    }
+
+    fn touch(&mut self, now: Instant) {
+        self.clock = self.clock.max(now);
+    }
+
+    /// Tags outgoing datagrams with our key, clock and sequence numbers.
+    fn sealer(&mut self) -> Sealer<'_> {
+        let timestamp_ms = self.unix_ms(self.clock);
+        Sealer::new(
+            self.config.keys.signing(),
+            timestamp_ms,
+            &mut self.next_sequence,
+        )
+    }
+
     // ----- inputs ---------------------------------------------------------
 
     /// The local sald's interfaces (at start, and whenever they change).
     pub fn set_interfaces(&mut self, now: Instant, interfaces: Vec<LocalInterface>) {
+        self.touch(now);
         if interfaces == self.interfaces {
             return;
         }
@@ -441,9 +601,13 @@ impl Controller {
     }
 
     /// The local sald's rules at start: DEMUX targets are services bound
-    /// before we came up; targets a controller installed earlier (a previous
-    /// run of ours) are kept for one lease, and removed unless re-learned.
+    /// before we came up; static targets are the operator's (remembered, so
+    /// that nothing we install replaces or outranks them); targets a
+    /// controller installed earlier (a previous run of ours) are kept for
+    /// one lease, and removed unless re-learned.
     pub fn adopt_rules(&mut self, now: Instant, rules: &[Rule]) {
+        self.touch(now);
+        self.statics = operator_rules(rules);
         for rule in rules {
             for entry in rule.targets() {
                 match (&entry.target, &entry.origin) {
@@ -456,11 +620,12 @@ impl Controller {
                         );
                     }
                     (_, RuleOrigin::Static) => {}
-                    (target, _) => {
+                    (target, origin) => {
                         let key = target.key();
                         if !self.owns(&rule.prefix, &key) {
+                            let announced = matches!(origin, RuleOrigin::Announced { .. });
                             self.adopted
-                                .insert((rule.prefix, key), now + self.config.lease);
+                                .insert((rule.prefix, key), (now + self.config.lease, announced));
                         }
                     }
                 }
@@ -468,8 +633,154 @@ impl Controller {
         }
     }
 
+    /// The local sald's rules, listed again: the operator may have added or
+    /// removed static rules since. Learned rules of prefixes whose static
+    /// rules changed are installed again under the new bounds.
+    pub fn update_statics(&mut self, now: Instant, rules: &[Rule]) {
+        self.touch(now);
+        let statics = operator_rules(rules);
+        if statics == self.statics {
+            return;
+        }
+        let changed: BTreeSet<ServicePrefix> = statics
+            .iter()
+            .filter(|(p, s)| self.statics.get(p) != Some(s))
+            .map(|(p, _)| *p)
+            .chain(
+                self.statics
+                    .keys()
+                    .filter(|p| !statics.contains_key(p))
+                    .copied(),
+            )
+            .collect();
+        tracing::info!(prefixes = changed.len(), "the operator's rules changed");
+        self.statics = statics;
+        for prefix in changed {
+            if let Some(targets) = self.rib.get_mut(&prefix) {
+                for (_, learned) in targets.iter_mut() {
+                    learned.installed = None;
+                }
+                self.reconcile(now, prefix);
+            }
+        }
+    }
+
+    /// The local sald is gone (it stopped, or the connection to it broke).
+    /// Its registrations went with it: they are withdrawn upstream now.
+    /// Nothing installed there can be assumed to be there any more; rule
+    /// changes queued for it are dropped ([`Controller::sald_connected`]
+    /// installs everything again).
+    pub fn sald_lost(&mut self, now: Instant) {
+        self.touch(now);
+        let registered: Vec<ServicePrefix> = self.local.keys().copied().collect();
+        for prefix in registered {
+            self.handle_local_event(now, ControlEvent::Unregistered { prefix });
+        }
+        self.flows.clear();
+        for targets in self.rib.values_mut() {
+            for (_, learned) in targets.iter_mut() {
+                learned.installed = None;
+            }
+        }
+        self.cache.clear();
+        self.adopted.clear();
+        self.actions.clear();
+    }
+
+    /// Connected (or reconnected) to the local sald, which has these
+    /// interfaces and rules: registrations are taken from its DEMUX targets
+    /// (those gone meanwhile are withdrawn), the operator's rules are
+    /// remembered, leftovers are adopted, and every rule this controller
+    /// maintains is installed again.
+    pub fn sald_connected(
+        &mut self,
+        now: Instant,
+        interfaces: Vec<LocalInterface>,
+        rules: &[Rule],
+    ) {
+        self.touch(now);
+        self.set_interfaces(now, interfaces);
+        let bound: BTreeSet<ServicePrefix> = rules
+            .iter()
+            .filter(|r| {
+                r.targets()
+                    .iter()
+                    .any(|e| matches!(e.target, Target::Demux { .. }))
+            })
+            .map(|r| r.prefix)
+            .collect();
+        let gone: Vec<ServicePrefix> = self
+            .local
+            .keys()
+            .filter(|p| !bound.contains(p))
+            .copied()
+            .collect();
+        for prefix in gone {
+            self.handle_local_event(now, ControlEvent::Unregistered { prefix });
+        }
+        self.adopt_rules(now, rules);
+        let prefixes: Vec<ServicePrefix> = self.rib.keys().copied().collect();
+        for prefix in prefixes {
+            if let Some(targets) = self.rib.get_mut(&prefix) {
+                for (_, learned) in targets.iter_mut() {
+                    learned.installed = None;
+                }
+            }
+            self.reconcile(now, prefix);
+        }
+        self.default_targets.clear();
+        match self.config.default_route {
+            DefaultRoute::Forward => self.update_default_route(),
+            DefaultRoute::Delay => self.install_default_delay(),
+            DefaultRoute::None => {}
+        }
+    }
+
+    /// Stopping (SIGTERM): withdraws everything announced, from every
+    /// upstream, and removes the rules only this controller maintains (the
+    /// default route, resolved and negative cache entries, leftovers of a
+    /// previous run other than announced ones). FORWARD rules learned from
+    /// other hosts' announcements stay: they are those hosts' soft state,
+    /// keep the services reachable while the controller restarts, and the
+    /// next run adopts them (and removes, one lease later, those nobody
+    /// announces any more). Drain [`Controller::poll_transmit`] and
+    /// [`Controller::poll_action`] afterwards.
+    pub fn shutdown(&mut self, now: Instant) {
+        self.touch(now);
+        self.flush_exports();
+        let exported: Vec<ServicePrefix> = std::mem::take(&mut self.exported).into_keys().collect();
+        self.pending_announce.clear();
+        if !exported.is_empty() && !self.upstreams.is_empty() {
+            tracing::info!(
+                prefixes = exported.len(),
+                "withdrawing everything announced"
+            );
+            let node = self.node();
+            let datagrams = withdraw_batches(&node, &exported, &mut self.sealer());
+            for upstream in self.upstreams.iter().map(|u| u.addr).collect::<Vec<_>>() {
+                for bytes in &datagrams {
+                    self.push_transmit(upstream, bytes.clone());
+                }
+            }
+        }
+        for key in std::mem::take(&mut self.default_targets) {
+            self.remove_rule(ServicePrefix::DEFAULT, key);
+        }
+        for (prefix, key) in std::mem::take(&mut self.cache).into_keys() {
+            if !self.owns(&prefix, &key) {
+                self.remove_rule(prefix, key);
+            }
+        }
+        for ((prefix, key), (_, announced)) in std::mem::take(&mut self.adopted) {
+            if !announced {
+                self.remove_rule(prefix, key);
+            }
+        }
+    }
+
     /// An event from the local sald's subscription.
     pub fn handle_local_event(&mut self, now: Instant, event: ControlEvent) {
+        self.touch(now);
         match event {
             ControlEvent::Registered { prefix } if !self.local.contains_key(&prefix) => {
                 self.local.insert(prefix, 0);
@@ -513,9 +824,16 @@ impl Controller {
     /// A datagram from a peer controller. Anything malformed, oversized,
     /// of another version or without a valid tag is dropped and counted.
     pub fn handle_message(&mut self, now: Instant, src: SocketAddr, bytes: &[u8]) {
+        self.touch(now);
         self.stats.rx += 1;
-        let message = match wire::decode(bytes, self.config.key.as_deref()) {
-            Ok(message) => message,
+        let decoded = wire::decode(bytes, &self.config.keys).map(|(message, auth)| {
+            (
+                message,
+                auth.map(|a| (a.key.id(), a.key.name().to_string(), a.stamp)),
+            )
+        });
+        let (message, key) = match decoded {
+            Ok(decoded) => decoded,
             Err(error) => {
                 match error {
                     WireError::Oversized(_) | WireError::TooLarge(_) => {
@@ -535,14 +853,53 @@ impl Controller {
             // Our own broadcast solicit, looped back by the kernel.
             return;
         }
+        let key = match key {
+            Some((id, name, stamp)) => {
+                let unix_now = self.unix_ms(now);
+                match self.replay.check(id, message.from().epoch, stamp, unix_now) {
+                    Ok(()) => Some(name),
+                    Err(error) => {
+                        match error {
+                            ReplayError::Stale => self.stats.dropped_stale += 1,
+                            ReplayError::Replayed | ReplayError::Full => {
+                                self.stats.dropped_replayed += 1
+                            }
+                        }
+                        if let Some(held) = self.log_limiter.allow("replay", now) {
+                            tracing::warn!(
+                                %src,
+                                %error,
+                                skew_ms = i128::from(stamp.timestamp_ms) - i128::from(unix_now),
+                                similar_not_logged = held,
+                                "dropped a tagged datagram"
+                            );
+                        }
+                        return;
+                    }
+                }
+            }
+            None => None,
+        };
         match message {
             Message::Announce {
                 from,
                 lease_ms,
                 entries,
                 full,
-            } => self.on_announce(now, src, from, lease_ms, entries, full),
-            Message::Withdraw { from, prefixes } => self.on_withdraw(now, src, from, prefixes),
+            } => {
+                let peer = Peer {
+                    src,
+                    key: key.as_deref(),
+                };
+                self.on_announce(now, peer, from, lease_ms, entries, full)
+            }
+            Message::Withdraw { from, prefixes } => {
+                let peer = Peer {
+                    src,
+                    key: key.as_deref(),
+                };
+                self.on_withdraw(now, peer, from, prefixes)
+            }
             Message::ResyncRequest { from } => {
                 if self.upstreams.iter().any(|u| u.addr == src) {
                     tracing::info!(%src, upstream = %from.name, "upstream asked for a resync");
@@ -570,12 +927,13 @@ impl Controller {
                 id,
                 service,
                 route,
-            } => self.on_answer(now, from, id, service, route),
+            } => self.on_answer(now, src, from, id, service, route),
         }
     }
 
     /// Runs whatever is due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.touch(now);
         if now >= self.next_refresh {
             self.next_refresh = now + self.config.refresh;
             if !self.exported.is_empty() {
@@ -610,7 +968,7 @@ impl Controller {
         consider(self.next_discover);
         consider(self.upstreams.iter().map(|u| u.next_solicit).min());
         consider(self.cache.values().min().copied());
-        consider(self.adopted.values().min().copied());
+        consider(self.adopted.values().map(|&(t, _)| t).min());
         consider(self.queries.values().map(|q| q.deadline).min());
         if self.mode == Mode::Starting {
             consider(Some(self.started + self.discovery_wait()));
@@ -695,19 +1053,20 @@ impl Controller {
             .into_iter()
             .collect();
         let node = self.node();
-        let key = self.config.key.clone();
+        let lease_ms = self.lease_ms();
+        let mut sealer = self.sealer();
         let mut datagrams = Vec::new();
         if !announce.is_empty() {
             datagrams.extend(announce_batches(
                 &node,
-                self.lease_ms(),
+                lease_ms,
                 &announce,
                 false,
-                key.as_deref(),
+                &mut sealer,
             ));
         }
         if !withdraw.is_empty() {
-            datagrams.extend(withdraw_batches(&node, &withdraw, key.as_deref()));
+            datagrams.extend(withdraw_batches(&node, &withdraw, &mut sealer));
         }
         for upstream in self.upstreams.iter().map(|u| u.addr).collect::<Vec<_>>() {
             for bytes in &datagrams {
@@ -724,13 +1083,9 @@ impl Controller {
             .keys()
             .map(|&p| self.announcement(p))
             .collect();
-        let datagrams = announce_batches(
-            &self.node(),
-            self.lease_ms(),
-            &entries,
-            true,
-            self.config.key.as_deref(),
-        );
+        let node = self.node();
+        let lease_ms = self.lease_ms();
+        let datagrams = announce_batches(&node, lease_ms, &entries, true, &mut self.sealer());
         let targets: Vec<SocketAddr> = match to {
             Some(addr) => vec![addr],
             None => self.upstreams.iter().map(|u| u.addr).collect(),
@@ -910,12 +1265,17 @@ impl Controller {
     fn on_announce(
         &mut self,
         now: Instant,
-        src: SocketAddr,
+        peer: Peer<'_>,
         from: Node,
         lease_ms: u64,
         entries: Vec<Announcement>,
         full: bool,
     ) {
+        let src = peer.src;
+        let IpAddr::V4(sender) = src.ip() else {
+            self.stats.dropped_unexpected += 1;
+            return;
+        };
         if !self.config.router {
             self.stats.dropped_unexpected += 1;
             return;
@@ -933,13 +1293,21 @@ impl Controller {
             self.send(src, &Message::ResyncRequest { from: self.node() });
         }
         let lease = Duration::from_millis(lease_ms).clamp(MIN_LEASE, self.config.max_lease);
-        let expires = now + lease;
-        let locators = sender_locators(&from, src);
-        let by: Arc<str> = format!("{} ({})", from.name, src.ip()).into();
+        let announcer = Announcer {
+            by: format!("{} ({})", from.name, src.ip()).into(),
+            sender,
+            expires: now + lease,
+            lease,
+        };
+        let claimed = Claimed::new(&from, sender);
         let mut touched = BTreeSet::new();
-        for entry in entries {
-            for &locator in &locators {
-                if self.upsert(&entry, locator, &by, expires, lease) {
+        for mut entry in entries {
+            let Some(grant) = self.grant(now, peer, &from, &entry.prefix) else {
+                continue;
+            };
+            entry.priority = entry.priority.min(grant.max_priority);
+            for locator in self.speakable(now, peer, &from, &entry.prefix, grant, &claimed) {
+                if self.upsert(now, &entry, locator, &announcer) {
                     touched.insert(entry.prefix);
                 }
             }
@@ -947,27 +1315,121 @@ impl Controller {
         for prefix in touched {
             self.reconcile(now, prefix);
         }
+        let expires = announcer.expires;
         self.next_expiry = Some(self.next_expiry.map_or(expires, |t| t.min(expires)));
     }
 
-    /// Inserts or refreshes one entry; false when the table is full.
+    /// Whether the policy lets `peer` speak for `prefix`, and with what
+    /// rights; refusals are counted and logged (at a bounded rate).
+    fn grant(
+        &mut self,
+        now: Instant,
+        peer: Peer<'_>,
+        from: &Node,
+        prefix: &ServicePrefix,
+    ) -> Option<Grant> {
+        let IpAddr::V4(addr) = peer.src.ip() else {
+            return None;
+        };
+        let sender = Sender {
+            addr,
+            key: peer.key,
+        };
+        match self.config.policy.check(sender, prefix) {
+            Ok(grant) => Some(grant),
+            Err(refusal) => {
+                self.stats.refused_prefix += 1;
+                if let Some(held) = self.log_limiter.allow("policy", now) {
+                    tracing::warn!(
+                        src = %peer.src,
+                        host = %from.name,
+                        %prefix,
+                        reason = %refusal,
+                        similar_not_logged = held,
+                        "refused an announced prefix"
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// The locators `from` may be speaking for with `grant`: its own source
+    /// address always, the others it claims only when a key vouches for it
+    /// and the policy says so (refused ones are counted and logged).
+    fn speakable<'c>(
+        &mut self,
+        now: Instant,
+        peer: Peer<'_>,
+        from: &Node,
+        prefix: &ServicePrefix,
+        grant: Grant,
+        claimed: &'c Claimed,
+    ) -> impl Iterator<Item = Locator> + 'c {
+        let foreign: &[Locator] = if grant.foreign_locators {
+            &claimed.foreign
+        } else {
+            if !claimed.foreign.is_empty() {
+                self.stats.refused_locator += claimed.foreign.len() as u64;
+                if let Some(held) = self.log_limiter.allow("locator", now) {
+                    tracing::warn!(
+                        src = %peer.src,
+                        host = %from.name,
+                        %prefix,
+                        refused = claimed.foreign.len(),
+                        similar_not_logged = held,
+                        "refused announced locators that are not the sender's own address"
+                    );
+                }
+            }
+            &[]
+        };
+        claimed.own.iter().chain(foreign).copied()
+    }
+
+    /// Inserts or refreshes one entry; false when the table or the
+    /// sender's share of it is full.
     fn upsert(
         &mut self,
+        now: Instant,
         entry: &Announcement,
         locator: Locator,
-        by: &Arc<str>,
-        expires: Instant,
-        lease: Duration,
+        announcer: &Announcer,
     ) -> bool {
         let prefix = entry.prefix;
-        let exists = self
+        let holder = self
             .rib
             .get(&prefix)
-            .is_some_and(|m| m.contains_key(&locator));
-        if !exists && self.rib_entries >= self.config.max_entries {
+            .and_then(|m| m.get(&locator))
+            .map(|l| l.sender);
+        let sender = announcer.sender;
+        if holder != Some(sender) {
+            let held = self.per_sender.get(&sender).copied().unwrap_or(0);
+            if held >= self.config.policy.max_prefixes_per_sender {
+                self.stats.refused_over_limit += 1;
+                if let Some(not_logged) = self.log_limiter.allow("limit", now) {
+                    tracing::warn!(
+                        %sender,
+                        limit = self.config.policy.max_prefixes_per_sender,
+                        similar_not_logged = not_logged,
+                        "refused an announced prefix over the sender's limit"
+                    );
+                }
+                return false;
+            }
+        }
+        if holder.is_none() && self.rib_entries >= self.config.max_entries {
             self.stats.dropped_unexpected += 1;
             return false;
         }
+        if holder != Some(sender) {
+            *self.per_sender.entry(sender).or_insert(0) += 1;
+            if let Some(previous) = holder {
+                self.release_sender(previous);
+            }
+        }
+        let by = &announcer.by;
+        let (expires, lease) = (announcer.expires, announcer.lease);
         let new_prefix = !self.rib.contains_key(&prefix);
         let targets = self.rib.entry(prefix).or_default();
         match targets.get_mut(&locator) {
@@ -977,6 +1439,7 @@ impl Controller {
                 learned.load = entry.load;
                 learned.expires = learned.expires.max(expires);
                 learned.lease = lease;
+                learned.sender = sender;
                 if learned.by != *by {
                     learned.by = by.clone();
                     learned.installed = None;
@@ -987,6 +1450,7 @@ impl Controller {
                     locator,
                     Learned {
                         by: by.clone(),
+                        sender,
                         announced_weight: entry.weight,
                         priority: entry.priority,
                         load: entry.load,
@@ -1007,6 +1471,16 @@ impl Controller {
             }
         }
         true
+    }
+
+    /// One entry fewer for `sender`.
+    fn release_sender(&mut self, sender: Ipv4Addr) {
+        if let Some(count) = self.per_sender.get_mut(&sender) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.per_sender.remove(&sender);
+            }
+        }
     }
 
     /// Brings the sald rules of `prefix` in line with the RIB: weights by
@@ -1054,10 +1528,12 @@ impl Controller {
         }
     }
 
+    /// A withdrawal removes only what its sender could have announced:
+    /// prefixes the policy lets it speak for, at locators it may name.
     fn on_withdraw(
         &mut self,
         now: Instant,
-        src: SocketAddr,
+        peer: Peer<'_>,
         from: Node,
         prefixes: Vec<ServicePrefix>,
     ) {
@@ -1065,12 +1541,18 @@ impl Controller {
             self.stats.dropped_unexpected += 1;
             return;
         }
+        let IpAddr::V4(sender) = peer.src.ip() else {
+            return;
+        };
         self.stats.withdrawals += 1;
-        let locators = sender_locators(&from, src);
+        let claimed = Claimed::new(&from, sender);
         for prefix in prefixes {
+            let Some(grant) = self.grant(now, peer, &from, &prefix) else {
+                continue;
+            };
             let mut removed = false;
-            for locator in &locators {
-                removed |= self.forget(prefix, *locator);
+            for locator in self.speakable(now, peer, &from, &prefix, grant, &claimed) {
+                removed |= self.forget(prefix, locator);
             }
             if removed {
                 tracing::info!(%prefix, host = %from.name, "withdrawn");
@@ -1084,11 +1566,13 @@ impl Controller {
         let Some(targets) = self.rib.get_mut(&prefix) else {
             return false;
         };
-        if targets.remove(&locator).is_none() {
+        let Some(learned) = targets.remove(&locator) else {
             return false;
-        }
+        };
         self.rib_entries -= 1;
-        if targets.is_empty() {
+        let emptied = targets.is_empty();
+        self.release_sender(learned.sender);
+        if emptied {
             self.rib.remove(&prefix);
             self.prefix_lens[usize::from(prefix.len())] -= 1;
             if !self.upstreams.is_empty() {
@@ -1290,20 +1774,25 @@ impl Controller {
     fn on_answer(
         &mut self,
         now: Instant,
+        src: SocketAddr,
         from: Node,
         id: u64,
         service: ServiceId,
         route: Option<Route>,
     ) {
-        if self.queries.get(&service).is_none_or(|q| q.id != id) {
+        // Only the upstreams we asked may answer.
+        let from_upstream = self.upstreams.iter().any(|u| u.addr == src);
+        if !from_upstream || self.queries.get(&service).is_none_or(|q| q.id != id) {
             self.stats.dropped_unexpected += 1;
             return;
         }
         let Some(pending) = self.queries.remove(&service) else {
             return;
         };
-        // An answer may only speak for a prefix covering what was asked.
-        let route = route.filter(|r| r.prefix.contains(&service) && !r.targets.is_empty());
+        // An answer may only speak for a prefix covering what was asked,
+        // and never for everything (/0).
+        let route = route
+            .filter(|r| r.prefix.contains(&service) && r.prefix.len() > 0 && !r.targets.is_empty());
         self.stats.answers += 1;
         if route.is_none() {
             self.stats.negative_answers += 1;
@@ -1377,7 +1866,7 @@ impl Controller {
         let due: Vec<(ServicePrefix, TargetKey)> = self
             .adopted
             .iter()
-            .filter(|(_, &t)| t <= now)
+            .filter(|(_, &(t, _))| t <= now)
             .map(|(k, _)| *k)
             .collect();
         for (prefix, key) in due {
@@ -1404,14 +1893,29 @@ impl Controller {
 
     // ----- plumbing -------------------------------------------------------
 
+    /// Queues a rule for sald. Whatever asked for it, an operator's static
+    /// target of the same prefix is never replaced (a target with the same
+    /// key is left alone) nor outranked (the priority is lowered to the
+    /// lowest static one there).
     fn add_rule(
         &mut self,
         prefix: ServicePrefix,
         target: Target,
-        priority: u32,
+        mut priority: u32,
         origin: RuleOrigin,
         expires_in: Option<Duration>,
     ) {
+        if let Some(operator) = self.statics.get(&prefix) {
+            if operator.keys.contains(&target.key()) {
+                self.stats.static_protected += 1;
+                tracing::debug!(%prefix, key = %target.key(), "left the operator's static target alone");
+                return;
+            }
+            if priority > operator.floor {
+                self.stats.static_protected += 1;
+                priority = operator.floor;
+            }
+        }
         self.adopted.remove(&(prefix, target.key()));
         self.stats.rules_added += 1;
         self.actions.push_back(SaldAction::Add {
@@ -1424,12 +1928,20 @@ impl Controller {
     }
 
     fn remove_rule(&mut self, prefix: ServicePrefix, key: TargetKey) {
+        if self
+            .statics
+            .get(&prefix)
+            .is_some_and(|operator| operator.keys.contains(&key))
+        {
+            self.stats.static_protected += 1;
+            return;
+        }
         self.stats.rules_removed += 1;
         self.actions.push_back(SaldAction::Remove { prefix, key });
     }
 
     fn send(&mut self, to: SocketAddr, message: &Message) {
-        match wire::encode(message, self.config.key.as_deref()) {
+        match self.sealer().seal(message) {
             Ok(bytes) => self.push_transmit(to, bytes),
             Err(error) => tracing::warn!(%error, "could not encode a message"),
         }
@@ -1441,17 +1953,23 @@ impl Controller {
     }
 }
 
-/// The locators an announcement speaks for: those the sender claims, or its
-/// source address when it claims none.
-fn sender_locators(from: &Node, src: SocketAddr) -> Vec<Locator> {
-    if from.locators.is_empty() {
-        match src.ip() {
-            std::net::IpAddr::V4(ip) => vec![Locator::Ipv4(ip)],
-            std::net::IpAddr::V6(_) => Vec::new(),
+/// The operator's (static, non-DEMUX) targets of each prefix.
+fn operator_rules(rules: &[Rule]) -> HashMap<ServicePrefix, StaticRule> {
+    let mut statics: HashMap<ServicePrefix, StaticRule> = HashMap::new();
+    for rule in rules {
+        for entry in rule.targets() {
+            if entry.origin != RuleOrigin::Static || matches!(entry.target, Target::Demux { .. }) {
+                continue;
+            }
+            let known = statics.entry(rule.prefix).or_insert(StaticRule {
+                floor: entry.priority,
+                keys: Vec::new(),
+            });
+            known.floor = known.floor.min(entry.priority);
+            known.keys.push(entry.target.key());
         }
-    } else {
-        from.locators.iter().copied().take(MAX_LOCATORS).collect()
     }
+    statics
 }
 
 fn on_link(interface: &LocalInterface, ip: Ipv4Addr) -> bool {

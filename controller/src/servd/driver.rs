@@ -1,26 +1,31 @@
 //! The `servd` program: command line, and the tokio loop that drives a
 //! [`Controller`] with a UDP socket, the local sald and the clock.
 //!
-//! Two control connections to sald: one subscribed to events (read on a
-//! thread of its own with the blocking client, and passed on through a
-//! channel), one for requests (rule changes, interface and rule listings).
-//! The UDP socket is bound on the host network (`--listen`), never through
-//! the SAL.
+//! The loop only reads datagrams, timers and signals; everything said to
+//! sald goes through the [`sald_link`] task, so a slow sald (or a flood of
+//! rule changes) never stops servd from reading its socket. The UDP socket
+//! is bound on the host network (`--listen`), never through the SAL.
+//!
+//! [`serve`] runs until its `shutdown` future completes (tests use that to
+//! stop it in-process); [`run`] is `serve` until SIGTERM or SIGINT. Either
+//! way servd withdraws what it announced and removes the rules only it
+//! maintains ([`Controller::shutdown`]) before it returns.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use sal::table::RuleOrigin;
 use sal::ServicePrefix;
-use sal_control::{ControlEvent, Request, Response};
-use socket_shim::{AsyncControlClient, ControlClient};
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-use super::controller::{Config, Controller, DefaultRoute, SaldAction, WeightPolicy};
+use super::controller::{Config, Controller, DefaultRoute, SaldAction, Stats, WeightPolicy};
+use super::keys::{Key, Keyring, OWN_KEY_NAME};
+use super::policy::Policy;
+use super::sald_link::{self, Command, LinkEvent, LinkOptions};
 use super::wire::MAX_DATAGRAM;
 
 /// Port servd listens on unless told otherwise (and solicits routers on).
@@ -28,8 +33,11 @@ pub const DEFAULT_PORT: u16 = 54326;
 
 /// servd: the service controller. Announces the services bound on this
 /// host to its upstream controllers; as a router (its sald runs with
-/// --forward), turns announcements into FORWARD rules; resolves DELAY rules
-/// by asking upstream; installs a default route toward its service router.
+/// --forward), turns announcements into FORWARD rules within its policy;
+/// resolves DELAY rules by asking upstream; installs a default route toward
+/// its service router. Follows sald across restarts. On SIGTERM or SIGINT
+/// it withdraws what it announced, removes its default route and cached
+/// routes, and exits 0.
 #[derive(Debug, Parser)]
 #[command(name = "servd", version)]
 pub struct Args {
@@ -85,10 +93,19 @@ pub struct Args {
     /// How long to wait for an answer before asking again (3 tries).
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     pub query_timeout: Duration,
-    /// Shared key: every message is tagged with HMAC-SHA256 under it, and
-    /// untagged or wrongly tagged ones are dropped. At least 16 bytes.
+    /// Shared key: every message is tagged with HMAC-SHA256 under it (with
+    /// a timestamp and a sequence number, so that captured messages cannot
+    /// be replayed), and untagged, wrongly tagged, stale (> 30 s off) or
+    /// replayed ones are dropped. At least 16 bytes. Named "domain" in the
+    /// policy.
     #[arg(long, value_name = "FILE")]
     pub key_file: Option<PathBuf>,
+    /// Router policy (TOML): which sources and keys may announce which
+    /// prefixes, per-sender limits, priorities, more accepted keys.
+    /// Without it: anyone may announce prefixes of /16 or longer (never
+    /// /0) toward its own address, 10,000 at most, at priority 0.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
     /// Without --upstream: do not look for a router on the local links.
     #[arg(long)]
     pub no_discover: bool,
@@ -140,19 +157,12 @@ fn parse_default_route(text: &str) -> Result<DefaultRoute, String> {
     }
 }
 
-/// Reads the shared key: the file's bytes, surrounding whitespace removed.
-pub fn read_key(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+/// Reads a shared key named `name`: the file's bytes, surrounding
+/// whitespace removed.
+pub fn read_key(name: &str, path: &std::path::Path) -> anyhow::Result<Key> {
     let bytes = std::fs::read(path)
         .with_context(|| format!("cannot read the key file {}", path.display()))?;
-    let key = bytes.trim_ascii().to_vec();
-    if key.len() < 16 {
-        bail!(
-            "the key in {} is {} bytes; use at least 16 (e.g. `head -c 32 /dev/urandom | base64`)",
-            path.display(),
-            key.len()
-        );
-    }
-    Ok(key)
+    Key::new(name, &bytes).with_context(|| format!("in {}", path.display()))
 }
 
 fn host_name() -> String {
@@ -173,7 +183,17 @@ impl Args {
                 self.lease
             );
         }
-        let key = self.key_file.as_deref().map(read_key).transpose()?;
+        let policy = match &self.policy {
+            Some(path) => Policy::load(path)?,
+            None => Policy::default(),
+        };
+        let mut keys = match &self.key_file {
+            Some(path) => Keyring::with_signing(read_key(OWN_KEY_NAME, path)?),
+            None => Keyring::none(),
+        };
+        for named in &policy.keys {
+            keys.accept(read_key(&named.name, &named.file)?);
+        }
         let mut name = self.name.clone().unwrap_or_else(host_name);
         name.truncate(super::wire::MAX_NAME);
         Ok(Config {
@@ -192,14 +212,45 @@ impl Args {
             cache_lifetime: self.cache_lifetime,
             negative_lifetime: self.negative_lifetime,
             query_timeout: self.query_timeout,
-            key,
+            keys,
+            policy,
             ..Config::default()
         })
     }
 }
 
-/// Runs servd until SIGTERM or SIGINT, or until sald goes away.
+/// Runs servd until SIGTERM or SIGINT.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot watch SIGTERM")?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot watch SIGINT")?;
+    let signalled = async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    };
+    serve(args, LinkOptions::default(), signalled).await
+}
+
+/// How long stopping may wait for sald to take the last rule changes.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Runs servd until `shutdown` completes, then withdraws and cleans up.
+/// sald may come and go meanwhile: servd reconnects (see [`sald_link`]).
+pub async fn serve(
+    args: Args,
+    link: LinkOptions,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let config = args.config()?;
     let path = args
         .control
@@ -211,13 +262,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     socket
         .set_broadcast(true)
         .context("cannot enable broadcast on the controller socket")?;
-
-    // Subscribe first, then list: a registration in between is then seen
-    // twice (harmless) rather than not at all.
-    let events = subscribe(&path)?;
-    let mut control = AsyncControlClient::connect_as(&path, "servd")
-        .await
-        .with_context(|| format!("cannot reach sald at {}", path.display()))?;
     let now = Instant::now();
     let epoch: u64 = rand::random();
     tracing::info!(
@@ -227,192 +271,117 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         router = config.router,
         lease = ?config.lease,
         refresh = ?config.refresh,
-        authenticated = config.key.is_some(),
+        authenticated = !config.keys.is_empty(),
         "servd starting"
     );
     let mut controller = Controller::new(config, now, epoch);
-    let interfaces = list_interfaces(&mut control).await?;
-    controller.set_interfaces(now, interfaces);
-    match control.request(&Request::ListRules).await?.response {
-        Response::Rules { rules } => controller.adopt_rules(now, &rules),
-        other => bail!("sald answered ListRules with {other:?}"),
-    }
-    let mut events = events;
+    controller.set_unix_time(now, unix_now_ms());
+    let (commands, mut link_events) = sald_link::spawn(path, link);
+    let mut connected = false;
 
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot watch SIGTERM")?;
-    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .context("cannot watch SIGINT")?;
-    let mut interface_check = tokio::time::interval(Duration::from_secs(5));
-    interface_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut clock_check = tokio::time::interval(Duration::from_secs(5));
+    clock_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stats_tick = tokio::time::interval(Duration::from_secs(30));
     stats_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut reported = controller.stats();
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+    tokio::pin!(shutdown);
     loop {
-        flush(&mut controller, &socket, &mut control).await?;
+        flush(&mut controller, &socket, &commands, connected).await;
         let deadline = tokio::time::Instant::from_std(controller.poll_timeout());
         tokio::select! {
             received = socket.recv_from(&mut buf) => match received {
                 Ok((len, src)) => controller.handle_message(Instant::now(), src, &buf[..len]),
                 Err(error) => tracing::debug!(%error, "receive failed"),
             },
-            event = events.recv() => match event {
-                Some(event) => controller.handle_local_event(Instant::now(), event),
-                None => bail!("sald closed the event subscription (did it stop?)"),
-            },
-            _ = tokio::time::sleep_until(deadline) => controller.handle_timeout(Instant::now()),
-            _ = interface_check.tick() => {
-                let interfaces = list_interfaces(&mut control).await?;
-                controller.set_interfaces(Instant::now(), interfaces);
+            event = link_events.recv() => {
+                let Some(event) = event else {
+                    bail!("the sald link stopped");
+                };
+                let now = Instant::now();
+                match event {
+                    LinkEvent::Connected { interfaces, rules } => {
+                        connected = true;
+                        controller.sald_connected(now, interfaces, &rules);
+                    }
+                    LinkEvent::Lost => {
+                        connected = false;
+                        controller.sald_lost(now);
+                    }
+                    LinkEvent::Event(event) => controller.handle_local_event(now, event),
+                    LinkEvent::Interfaces(interfaces) => controller.set_interfaces(now, interfaces),
+                    LinkEvent::Rules(rules) => controller.update_statics(now, &rules),
+                }
             }
+            _ = tokio::time::sleep_until(deadline) => controller.handle_timeout(Instant::now()),
+            _ = clock_check.tick() => controller.set_unix_time(Instant::now(), unix_now_ms()),
             _ = stats_tick.tick() => {
                 let stats = controller.stats();
-                let dropped = |s: &super::controller::Stats| {
-                    s.dropped_malformed + s.dropped_oversized + s.dropped_version
-                };
-                if stats.dropped_unauthenticated > reported.dropped_unauthenticated {
-                    tracing::warn!(
-                        count = stats.dropped_unauthenticated - reported.dropped_unauthenticated,
-                        "dropped messages without a valid authentication tag (check --key-file on every controller)"
-                    );
-                }
-                if dropped(&stats) > dropped(&reported) {
-                    tracing::info!(?stats, "dropped malformed, oversized or wrong-version messages");
-                }
-                tracing::debug!(?stats, "counters");
+                report_stats(&reported, &stats);
                 reported = stats;
             }
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
+            _ = &mut shutdown => break,
         }
     }
-    // Announcements and rules are soft state: leaving them to their leases
-    // keeps services reachable across a controller restart.
-    tracing::info!(stats = ?controller.stats(), "servd stopping");
+    tracing::info!("stopping: withdrawing announcements and removing our rules");
+    controller.shutdown(Instant::now());
+    flush(&mut controller, &socket, &commands, connected).await;
+    let (done, flushed) = oneshot::channel();
+    if connected
+        && commands.send(Command::Flush(done)).is_ok()
+        && tokio::time::timeout(STOP_GRACE, flushed).await.is_err()
+    {
+        tracing::warn!("sald did not take the last rule changes in time");
+    }
+    tracing::info!(stats = ?controller.stats(), "servd stopped");
     Ok(())
 }
 
-/// Opens the event subscription and reads it on a thread of its own.
-fn subscribe(path: &std::path::Path) -> anyhow::Result<mpsc::UnboundedReceiver<ControlEvent>> {
-    let mut client = ControlClient::connect_as(path, "servd-events")
-        .with_context(|| format!("cannot reach sald at {}", path.display()))?;
-    client.send(&Request::Subscribe)?;
-    match client.recv()?.response {
-        Response::Ok => {}
-        other => bail!("sald refused the event subscription: {other:?}"),
+/// Logs what moved in the counters since the last report.
+fn report_stats(before: &Stats, now: &Stats) {
+    if now.dropped_unauthenticated > before.dropped_unauthenticated {
+        tracing::warn!(
+            count = now.dropped_unauthenticated - before.dropped_unauthenticated,
+            "dropped messages without a valid authentication tag (check --key-file on every controller)"
+        );
     }
-    let (tx, rx) = mpsc::unbounded_channel();
-    std::thread::Builder::new()
-        .name("servd-events".into())
-        .spawn(move || loop {
-            match client.recv() {
-                Ok(reply) => {
-                    if let Response::Event { event } = reply.response {
-                        if tx.send(event).is_err() {
-                            return;
-                        }
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "event subscription ended");
-                    return;
-                }
-            }
-        })
-        .context("cannot start the event thread")?;
-    Ok(rx)
+    if now.refused() > before.refused() {
+        tracing::warn!(
+            replayed = now.dropped_replayed - before.dropped_replayed,
+            stale = now.dropped_stale - before.dropped_stale,
+            refused_prefixes = now.refused_prefix - before.refused_prefix,
+            refused_locators = now.refused_locator - before.refused_locator,
+            over_limit = now.refused_over_limit - before.refused_over_limit,
+            "refused messages or announcements since the last report (totals in the next line)"
+        );
+        tracing::info!(stats = ?now, "counters");
+    }
+    let dropped = |s: &Stats| s.dropped_malformed + s.dropped_oversized + s.dropped_version;
+    if dropped(now) > dropped(before) {
+        tracing::info!(stats = ?now, "dropped malformed, oversized or wrong-version messages");
+    }
+    tracing::debug!(stats = ?now, "counters");
 }
 
-async fn list_interfaces(
-    control: &mut AsyncControlClient,
-) -> anyhow::Result<Vec<sal::proto::LocalInterface>> {
-    match control.request(&Request::ListInterfaces).await?.response {
-        Response::Interfaces { interfaces } => Ok(interfaces),
-        other => bail!("sald answered ListInterfaces with {other:?}"),
-    }
-}
-
-/// Sends what the controller queued and applies its rule changes.
+/// Sends the datagrams the controller queued and hands its rule changes to
+/// the link (dropped while sald is unreachable: the next `Connected`
+/// installs everything again).
 async fn flush(
     controller: &mut Controller,
     socket: &UdpSocket,
-    control: &mut AsyncControlClient,
-) -> anyhow::Result<()> {
-    loop {
-        let mut progressed = false;
-        while let Some(transmit) = controller.poll_transmit() {
-            progressed = true;
-            if let Err(error) = socket.send_to(&transmit.bytes, transmit.to).await {
-                tracing::debug!(to = %transmit.to, %error, "send failed");
-            }
-        }
-        while let Some(action) = controller.poll_action() {
-            progressed = true;
-            apply(control, action).await?;
-        }
-        if !progressed {
-            return Ok(());
+    commands: &mpsc::UnboundedSender<Command>,
+    connected: bool,
+) {
+    while let Some(transmit) = controller.poll_transmit() {
+        if let Err(error) = socket.send_to(&transmit.bytes, transmit.to).await {
+            tracing::debug!(to = %transmit.to, %error, "send failed");
         }
     }
-}
-
-fn unix_ms_in(duration: Duration) -> Option<u64> {
-    let at = SystemTime::now().checked_add(duration)?;
-    let ms = at.duration_since(UNIX_EPOCH).ok()?.as_millis();
-    u64::try_from(ms).ok()
-}
-
-/// Applies one rule change; sald refusing one is logged, losing sald is fatal.
-async fn apply(control: &mut AsyncControlClient, action: SaldAction) -> anyhow::Result<()> {
-    let (request, what) = match action {
-        SaldAction::Add {
-            prefix,
-            target,
-            priority,
-            mut origin,
-            expires_in,
-        } => {
-            if let (
-                RuleOrigin::Announced {
-                    expires_unix_ms, ..
-                }
-                | RuleOrigin::Resolved {
-                    expires_unix_ms, ..
-                },
-                Some(expires_in),
-            ) = (&mut origin, expires_in)
-            {
-                *expires_unix_ms = unix_ms_in(expires_in);
-            }
-            (
-                Request::AddRuleWithOrigin {
-                    prefix,
-                    target,
-                    priority,
-                    origin,
-                },
-                "add",
-            )
-        }
-        SaldAction::Remove { prefix, key } => (
-            Request::DelRule {
-                prefix,
-                target: Some(key),
-            },
-            "remove",
-        ),
-    };
-    match control.request(&request).await {
-        Ok(_) => Ok(()),
-        Err(socket_shim::Error::Closed) => bail!("sald closed the control connection"),
-        Err(error) if what == "remove" => {
-            tracing::debug!(%error, "rule already gone");
-            Ok(())
-        }
-        Err(error) => {
-            tracing::warn!(%error, ?request, "sald refused a rule change");
-            Ok(())
-        }
+    let mut changes: Vec<SaldAction> = Vec::new();
+    while let Some(action) = controller.poll_action() {
+        changes.push(action);
+    }
+    if connected && !changes.is_empty() {
+        let _ = commands.send(Command::Apply(changes));
     }
 }

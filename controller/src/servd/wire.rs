@@ -4,26 +4,33 @@
 //! table must not cut off the messages that would repair it), so messages go
 //! in plain UDP datagrams between the controllers' `--listen` addresses.
 //!
-//! Datagram layout:
+//! Datagram layout (version 2):
 //!
 //! | bytes | field |
 //! | --- | --- |
 //! | 0..4 | magic `SRVD` |
 //! | 4 | protocol version ([`WIRE_VERSION`]); others are dropped |
-//! | 5 | flags: bit 0 set when a tag follows |
-//! | 6..38 | HMAC-SHA256 tag (only with flag bit 0) |
+//! | 5 | flags: bit 0 set when the authentication block follows |
+//! | 6..14 | key identifier ([`Key::id`]) |
+//! | 14..22 | timestamp: sender's Unix time, milliseconds, big-endian |
+//! | 22..30 | sequence: per sender run, increasing by one per datagram |
+//! | 30..62 | HMAC-SHA256 tag |
 //! | rest | the [`Message`], JSON |
 //!
-//! The tag covers bytes 0..6 and the JSON body, keyed with the domain's
-//! shared key (`servd --key-file`). A controller with a key drops every
-//! datagram without a valid tag; one without a key drops tagged datagrams
-//! too (it cannot check them, and a mixed domain is a configuration error
-//! worth noticing). Datagrams over [`MAX_DATAGRAM`] bytes are dropped
-//! unread; senders batch announcements to stay under it.
+//! (bytes 6..62 only with flag bit 0; untagged datagrams have the JSON at 6).
 //!
-//! The tag authenticates, it does not prevent replay: a captured datagram
-//! can be resent until the key changes. Announcements are idempotent soft
-//! state, so a replay can at worst revive a withdrawn entry for one lease.
+//! The tag covers bytes 0..30 and the JSON body, keyed with the key named
+//! by the identifier. A controller with keys drops every datagram without a
+//! valid tag under one of them; one without keys drops tagged datagrams too
+//! (it cannot check them, and a mixed domain is a configuration error worth
+//! noticing). Datagrams over [`MAX_DATAGRAM`] bytes are dropped unread;
+//! senders batch announcements to stay under it.
+//!
+//! Timestamp and sequence make a captured datagram useless later: the
+//! receiver drops tagged datagrams more than [`super::replay::WINDOW`] away
+//! from its own clock, and those whose (key, sender epoch, sequence) it has
+//! already seen ([`super::replay`]). Version 1 (tag without timestamp and
+//! sequence) is no longer accepted.
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -31,8 +38,11 @@ use sha2::Sha256;
 
 use sal::{Locator, ServiceId, ServicePrefix};
 
+use super::keys::{Key, Keyring, KEY_ID_LEN};
+
 /// Version of this protocol; a datagram of any other version is dropped.
-pub const WIRE_VERSION: u8 = 1;
+/// Version 2 added the timestamp and sequence of tagged datagrams.
+pub const WIRE_VERSION: u8 = 2;
 /// Largest datagram sent or accepted.
 pub const MAX_DATAGRAM: usize = 8 * 1024;
 /// Longest controller name accepted in a message.
@@ -44,9 +54,30 @@ pub const TAG_LEN: usize = 32;
 
 const MAGIC: &[u8; 4] = b"SRVD";
 const HEADER_LEN: usize = 6;
+/// Key identifier, timestamp and sequence: the part of the authentication
+/// block the tag covers.
+const STAMP_LEN: usize = KEY_ID_LEN + 8 + 8;
+const AUTH_LEN: usize = STAMP_LEN + TAG_LEN;
 const FLAG_TAGGED: u8 = 1;
 
 type HmacSha256 = Hmac<Sha256>;
+
+/// When and in which order a tagged datagram was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// The sender's Unix time, milliseconds.
+    pub timestamp_ms: u64,
+    /// Increases by one with every datagram the sender tags.
+    pub sequence: u64,
+}
+
+/// A datagram whose tag checked out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Authenticated<'k> {
+    /// The key the tag was made with.
+    pub key: &'k Key,
+    pub stamp: Stamp,
+}
 
 /// Who sent a message: enough to install rules toward it and to notice that
 /// it restarted.
@@ -168,29 +199,37 @@ pub enum WireError {
     TooLarge(usize),
 }
 
-/// Encodes `message` into one datagram, tagged when `key` is given.
-pub fn encode(message: &Message, key: Option<&[u8]>) -> Result<Vec<u8>, WireError> {
+/// Encodes `message` into one datagram, tagged with `key` and `stamp` when
+/// given.
+pub fn encode(message: &Message, seal: Option<(&Key, Stamp)>) -> Result<Vec<u8>, WireError> {
     let body = serde_json::to_vec(message).map_err(|e| WireError::Malformed(e.to_string()))?;
-    let tag_len = if key.is_some() { TAG_LEN } else { 0 };
-    let total = HEADER_LEN + tag_len + body.len();
+    let auth_len = if seal.is_some() { AUTH_LEN } else { 0 };
+    let total = HEADER_LEN + auth_len + body.len();
     if total > MAX_DATAGRAM {
         return Err(WireError::TooLarge(total));
     }
     let mut out = Vec::with_capacity(total);
     out.extend_from_slice(MAGIC);
     out.push(WIRE_VERSION);
-    out.push(if key.is_some() { FLAG_TAGGED } else { 0 });
-    if let Some(key) = key {
-        let tag = tag(key, &out[..HEADER_LEN], &body);
+    out.push(if seal.is_some() { FLAG_TAGGED } else { 0 });
+    if let Some((key, stamp)) = seal {
+        out.extend_from_slice(&key.id());
+        out.extend_from_slice(&stamp.timestamp_ms.to_be_bytes());
+        out.extend_from_slice(&stamp.sequence.to_be_bytes());
+        let tag = tag(key, &out, &body);
         out.extend_from_slice(&tag);
     }
     out.extend_from_slice(&body);
     Ok(out)
 }
 
-/// Decodes and checks one datagram. With `key`, the tag must be present and
-/// valid; without, it must be absent.
-pub fn decode(bytes: &[u8], key: Option<&[u8]>) -> Result<Message, WireError> {
+/// Decodes and checks one datagram. With keys, the tag must be present and
+/// valid under one of them; without, it must be absent. Freshness (the
+/// stamp) is the caller's to check ([`super::replay`]).
+pub fn decode<'k>(
+    bytes: &[u8],
+    keys: &'k Keyring,
+) -> Result<(Message, Option<Authenticated<'k>>), WireError> {
     if bytes.len() > MAX_DATAGRAM {
         return Err(WireError::Oversized(bytes.len()));
     }
@@ -202,27 +241,44 @@ pub fn decode(bytes: &[u8], key: Option<&[u8]>) -> Result<Message, WireError> {
         return Err(WireError::Version(header[4]));
     }
     let tagged = header[5] & FLAG_TAGGED != 0;
-    let body = match (key, tagged) {
-        (Some(key), true) => {
-            let received = bytes
-                .get(HEADER_LEN..HEADER_LEN + TAG_LEN)
+    let (body, auth) = match (keys.is_empty(), tagged) {
+        (false, true) => {
+            let signed = bytes
+                .get(..HEADER_LEN + STAMP_LEN)
                 .ok_or(WireError::Unauthenticated)?;
-            let body = &bytes[HEADER_LEN + TAG_LEN..];
+            let received = bytes
+                .get(HEADER_LEN + STAMP_LEN..HEADER_LEN + AUTH_LEN)
+                .ok_or(WireError::Unauthenticated)?;
+            let body = &bytes[HEADER_LEN + AUTH_LEN..];
+            let key = keys
+                .find(&signed[HEADER_LEN..HEADER_LEN + KEY_ID_LEN])
+                .ok_or(WireError::Unauthenticated)?;
             let mut mac =
-                HmacSha256::new_from_slice(key).map_err(|_| WireError::Unauthenticated)?;
-            mac.update(header);
+                HmacSha256::new_from_slice(key.secret()).map_err(|_| WireError::Unauthenticated)?;
+            mac.update(signed);
             mac.update(body);
             mac.verify_slice(received)
                 .map_err(|_| WireError::Unauthenticated)?;
-            body
+            let at = HEADER_LEN + KEY_ID_LEN;
+            let stamp = Stamp {
+                timestamp_ms: be_u64(&signed[at..at + 8]),
+                sequence: be_u64(&signed[at + 8..at + 16]),
+            };
+            (body, Some(Authenticated { key, stamp }))
         }
-        (None, false) => &bytes[HEADER_LEN..],
+        (true, false) => (&bytes[HEADER_LEN..], None),
         _ => return Err(WireError::Unauthenticated),
     };
     let message: Message =
         serde_json::from_slice(body).map_err(|e| WireError::Malformed(e.to_string()))?;
     validate(&message)?;
-    Ok(message)
+    Ok((message, auth))
+}
+
+fn be_u64(bytes: &[u8]) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&bytes[..8]);
+    u64::from_be_bytes(word)
 }
 
 fn validate(message: &Message) -> Result<(), WireError> {
@@ -236,15 +292,51 @@ fn validate(message: &Message) -> Result<(), WireError> {
     Ok(())
 }
 
-fn tag(key: &[u8], header: &[u8], body: &[u8]) -> [u8; TAG_LEN] {
+fn tag(key: &Key, signed: &[u8], body: &[u8]) -> [u8; TAG_LEN] {
     // HMAC takes keys of any length, so this never fails; an all-zero tag
     // (which no receiver accepts) is the harmless fallback all the same.
-    let Ok(mut mac) = HmacSha256::new_from_slice(key) else {
+    let Ok(mut mac) = HmacSha256::new_from_slice(key.secret()) else {
         return [0; TAG_LEN];
     };
-    mac.update(header);
+    mac.update(signed);
     mac.update(body);
     mac.finalize().into_bytes().into()
+}
+
+/// Tags a sender's datagrams: its key, its clock and its sequence counter.
+#[derive(Debug)]
+pub struct Sealer<'a> {
+    key: Option<&'a Key>,
+    timestamp_ms: u64,
+    next_sequence: &'a mut u64,
+}
+
+impl<'a> Sealer<'a> {
+    /// Datagrams stamped with `timestamp_ms` and numbered from
+    /// `*next_sequence` on (which is advanced); untagged without `key`.
+    pub fn new(key: Option<&'a Key>, timestamp_ms: u64, next_sequence: &'a mut u64) -> Sealer<'a> {
+        Sealer {
+            key,
+            timestamp_ms,
+            next_sequence,
+        }
+    }
+
+    /// Encodes one datagram, using up one sequence number when tagged.
+    pub fn seal(&mut self, message: &Message) -> Result<Vec<u8>, WireError> {
+        let seal = self.key.map(|key| {
+            let sequence = *self.next_sequence;
+            *self.next_sequence = sequence.wrapping_add(1);
+            (
+                key,
+                Stamp {
+                    timestamp_ms: self.timestamp_ms,
+                    sequence,
+                },
+            )
+        });
+        encode(message, seal)
+    }
 }
 
 /// Splits `entries` into `Announce` datagrams that each fit [`MAX_DATAGRAM`];
@@ -254,7 +346,7 @@ pub fn announce_batches(
     lease_ms: u64,
     entries: &[Announcement],
     complete: bool,
-    key: Option<&[u8]>,
+    sealer: &mut Sealer<'_>,
 ) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let mut rest = entries;
@@ -269,7 +361,7 @@ pub fn announce_batches(
             entries: rest[..take].to_vec(),
             full: complete && last,
         };
-        match encode(&message, key) {
+        match sealer.seal(&message) {
             Ok(bytes) => {
                 out.push(bytes);
                 rest = &rest[take..];
@@ -289,7 +381,7 @@ pub fn announce_batches(
 pub fn withdraw_batches(
     from: &Node,
     prefixes: &[ServicePrefix],
-    key: Option<&[u8]>,
+    sealer: &mut Sealer<'_>,
 ) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for chunk in prefixes.chunks(64) {
@@ -297,7 +389,7 @@ pub fn withdraw_batches(
             from: from.clone(),
             prefixes: chunk.to_vec(),
         };
-        if let Ok(bytes) = encode(&message, key) {
+        if let Ok(bytes) = sealer.seal(&message) {
             out.push(bytes);
         }
     }
@@ -316,57 +408,85 @@ mod tests {
         }
     }
 
+    fn key(name: &str, secret: &str) -> Key {
+        Key::new(name, secret.as_bytes()).unwrap()
+    }
+
+    const STAMP: Stamp = Stamp {
+        timestamp_ms: 1_700_000_000_000,
+        sequence: 42,
+    };
+
     #[test]
     fn round_trip_with_and_without_key() {
         let message = Message::Solicit { from: node() };
+        let secret = key("domain", "0123456789abcdef");
+        let ring = Keyring::with_signing(secret.clone());
+        let other = Keyring::with_signing(key("other", "fedcba9876543210"));
+        let none = Keyring::none();
         let plain = encode(&message, None).unwrap();
-        assert_eq!(decode(&plain, None).unwrap(), message);
-        let tagged = encode(&message, Some(b"secret")).unwrap();
-        assert_eq!(decode(&tagged, Some(b"secret")).unwrap(), message);
-        assert_eq!(
-            decode(&tagged, Some(b"other")),
-            Err(WireError::Unauthenticated)
-        );
-        assert_eq!(
-            decode(&plain, Some(b"secret")),
-            Err(WireError::Unauthenticated)
-        );
-        assert_eq!(decode(&tagged, None), Err(WireError::Unauthenticated));
-        let mut flipped = tagged.clone();
-        let last = flipped.len() - 2;
-        flipped[last] ^= 1;
-        assert_eq!(
-            decode(&flipped, Some(b"secret")),
-            Err(WireError::Unauthenticated)
-        );
-    }
-
-    #[test]
-    fn garbage_is_rejected_without_panicking() {
-        assert_eq!(decode(b"", None), Err(WireError::BadMagic));
-        assert_eq!(decode(b"SRVD", None), Err(WireError::BadMagic));
-        assert_eq!(decode(b"SRVD\x02\x00{}", None), Err(WireError::Version(2)));
-        assert!(matches!(
-            decode(b"SRVD\x01\x00{not json", None),
-            Err(WireError::Malformed(_))
-        ));
-        assert!(matches!(
-            decode(&vec![0u8; MAX_DATAGRAM + 1], None),
-            Err(WireError::Oversized(_))
-        ));
-        assert_eq!(
-            decode(b"SRVD\x01\x01short", Some(b"k")),
-            Err(WireError::Unauthenticated)
-        );
-        // Every truncation of a valid datagram fails cleanly.
-        let good = encode(&Message::Advert { from: node() }, Some(b"k")).unwrap();
-        for len in 0..good.len() {
-            assert!(decode(&good[..len], Some(b"k")).is_err());
+        assert_eq!(decode(&plain, &none).unwrap(), (message.clone(), None));
+        let tagged = encode(&message, Some((&secret, STAMP))).unwrap();
+        let (decoded, auth) = decode(&tagged, &ring).unwrap();
+        assert_eq!(decoded, message);
+        let auth = auth.unwrap();
+        assert_eq!(auth.stamp, STAMP);
+        assert_eq!(auth.key.name(), "domain");
+        assert_eq!(decode(&tagged, &other), Err(WireError::Unauthenticated));
+        assert_eq!(decode(&plain, &ring), Err(WireError::Unauthenticated));
+        assert_eq!(decode(&tagged, &none), Err(WireError::Unauthenticated));
+        // Any bit of the body, the stamp or the key id changes the verdict.
+        for at in [tagged.len() - 2, 7, 15, 23] {
+            let mut flipped = tagged.clone();
+            flipped[at] ^= 1;
+            assert_eq!(
+                decode(&flipped, &ring),
+                Err(WireError::Unauthenticated),
+                "byte {at}"
+            );
         }
     }
 
     #[test]
-    fn big_announcements_are_batched_under_the_limit() {
+    fn a_second_accepted_key_is_found_by_its_id() {
+        let ours = key("domain", "0123456789abcdef");
+        let theirs = key("site-b", "another key of 16+ bytes");
+        let mut ring = Keyring::with_signing(ours);
+        ring.accept(theirs.clone());
+        let datagram = encode(&Message::Advert { from: node() }, Some((&theirs, STAMP))).unwrap();
+        let (_, auth) = decode(&datagram, &ring).unwrap();
+        assert_eq!(auth.unwrap().key.name(), "site-b");
+    }
+
+    #[test]
+    fn garbage_is_rejected_without_panicking() {
+        let none = Keyring::none();
+        let ring = Keyring::with_signing(key("k", "0123456789abcdef"));
+        assert_eq!(decode(b"", &none), Err(WireError::BadMagic));
+        assert_eq!(decode(b"SRVD", &none), Err(WireError::BadMagic));
+        assert_eq!(decode(b"SRVD\x01\x00{}", &none), Err(WireError::Version(1)));
+        assert!(matches!(
+            decode(b"SRVD\x02\x00{not json", &none),
+            Err(WireError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode(&vec![0u8; MAX_DATAGRAM + 1], &none),
+            Err(WireError::Oversized(_))
+        ));
+        assert_eq!(
+            decode(b"SRVD\x02\x01short", &ring),
+            Err(WireError::Unauthenticated)
+        );
+        // Every truncation of a valid datagram fails cleanly.
+        let signer = key("k", "0123456789abcdef");
+        let good = encode(&Message::Advert { from: node() }, Some((&signer, STAMP))).unwrap();
+        for len in 0..good.len() {
+            assert!(decode(&good[..len], &ring).is_err());
+        }
+    }
+
+    #[test]
+    fn big_announcements_are_batched_under_the_limit_with_fresh_sequences() {
         let entries: Vec<Announcement> = (0..2000u32)
             .map(|i| Announcement {
                 prefix: ServicePrefix::new(format!("{:08x}", i).parse::<ServiceId>().unwrap(), 32),
@@ -375,17 +495,27 @@ mod tests {
                 load: 0,
             })
             .collect();
-        let batches = announce_batches(&node(), 2000, &entries, true, Some(b"k"));
+        let signer = key("k", "0123456789abcdef");
+        let ring = Keyring::with_signing(signer.clone());
+        let mut next = 1;
+        let mut sealer = Sealer::new(Some(&signer), 5, &mut next);
+        let batches = announce_batches(&node(), 2000, &entries, true, &mut sealer);
         assert!(batches.len() > 1);
         let mut seen = 0;
+        let mut last_sequence = 0;
         for (i, batch) in batches.iter().enumerate() {
             assert!(batch.len() <= MAX_DATAGRAM);
-            let Message::Announce { entries, full, .. } = decode(batch, Some(b"k")).unwrap() else {
-                panic!("not an announce");
+            let (Message::Announce { entries, full, .. }, Some(auth)) =
+                decode(batch, &ring).unwrap()
+            else {
+                panic!("not a tagged announce");
             };
+            assert!(auth.stamp.sequence > last_sequence);
+            last_sequence = auth.stamp.sequence;
             assert_eq!(full, i == batches.len() - 1);
             seen += entries.len();
         }
         assert_eq!(seen, entries.len());
+        assert!(next > last_sequence);
     }
 }

@@ -1,70 +1,43 @@
-//! Carrying one connection: splice in both directions, half-close, limits.
+//! Carrying one connection: both directions, half-close, errors.
+//!
+//! Each direction waits until its source is readable holding no pipe, then
+//! moves what is there with `splice(2)` through a pipe borrowed from the
+//! [`PipePool`] (or, when none is free, with `read`/`write` through a
+//! buffer), and waits again. The two directions run on two threads that
+//! share the two sockets (no duplicated descriptors): an idle connection
+//! costs exactly its two sockets.
 
 use std::io;
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Condvar, Mutex};
 
-/// Bytes one splice call moves at most (the pipe is grown to this).
-const CHUNK: usize = 1 << 20;
+use crate::pipes::{PipePool, CHUNK};
 
-/// A counting semaphore bounding the connections carried at once.
-#[derive(Debug)]
-pub struct Slots {
-    free: Mutex<usize>,
-    cond: Condvar,
-}
+/// Bytes copied at a time when no pipe is free.
+const COPY_BUFFER: usize = 64 * 1024;
 
-/// One taken slot, given back on drop.
-#[derive(Debug)]
-pub struct Slot(Arc<Slots>);
-
-impl Slots {
-    pub fn new(max: usize) -> Slots {
-        Slots {
-            free: Mutex::new(max.max(1)),
-            cond: Condvar::new(),
+fn retry_interrupted<T>(mut call: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match call() {
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
         }
     }
-
-    /// Waits for a free slot.
-    pub fn acquire(self: &Arc<Self>) -> Slot {
-        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        while *free == 0 {
-            free = self.cond.wait(free).unwrap_or_else(|e| e.into_inner());
-        }
-        *free -= 1;
-        Slot(self.clone())
-    }
 }
 
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut free = self.0.free.lock().unwrap_or_else(|e| e.into_inner());
-        *free += 1;
-        self.0.cond.notify_one();
+fn check(n: isize) -> io::Result<usize> {
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
-}
-
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two descriptors into `fds`.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both were just created and belong to nobody else.
-    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // A larger pipe means fewer splice calls; failure just keeps the default.
-    // SAFETY: no pointers.
-    unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, CHUNK as libc::c_int) };
-    Ok((r, w))
 }
 
 fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
-    loop {
+    retry_interrupted(|| {
         // SAFETY: null offsets (sockets and pipes have none); no other pointers.
-        let n = unsafe {
+        check(unsafe {
             libc::splice(
                 from,
                 std::ptr::null_mut(),
@@ -73,74 +46,170 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
                 len,
                 libc::SPLICE_F_MOVE | libc::SPLICE_F_MORE,
             )
+        })
+    })
+}
+
+/// Blocks until `fd` is readable (or at end of file, or in error).
+fn wait_readable(fd: RawFd) -> io::Result<()> {
+    let mut poll = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    retry_interrupted(|| {
+        // SAFETY: one valid pollfd, and its count.
+        check(unsafe { libc::poll(&mut poll, 1, -1) } as isize)
+    })?;
+    Ok(())
+}
+
+/// Moves what `from` has now to `to` through `pipe`; 0 at end of file.
+fn splice_once(from: RawFd, to: RawFd, pipe: &crate::pipes::Pipe) -> io::Result<usize> {
+    let n = splice(from, pipe.write_end(), CHUNK)?;
+    let mut left = n;
+    while left > 0 {
+        let m = splice(pipe.read_end(), to, left)?;
+        if m == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        left -= m;
+    }
+    Ok(n)
+}
+
+/// Moves what `from` has now to `to` through `buf`; 0 at end of file.
+fn copy_once(from: RawFd, to: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    let n = retry_interrupted(|| {
+        // SAFETY: `buf` is valid for writes of its length.
+        check(unsafe { libc::read(from, buf.as_mut_ptr().cast(), buf.len()) })
+    })?;
+    let mut done = 0;
+    while done < n {
+        let m = retry_interrupted(|| {
+            // SAFETY: `buf[done..n]` is initialised and valid for reads.
+            check(unsafe { libc::write(to, buf[done..n].as_ptr().cast(), n - done) })
+        })?;
+        if m == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        done += m;
+    }
+    Ok(n)
+}
+
+/// Moves bytes from `from` to `to` until end of file.
+fn pump(from: RawFd, to: RawFd, pipes: &PipePool) -> io::Result<u64> {
+    let mut total = 0u64;
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        wait_readable(from)?;
+        let moved = match pipes.take() {
+            Some(pipe) => match splice_once(from, to, &pipe) {
+                Ok(n) => {
+                    pipes.give(pipe);
+                    n
+                }
+                Err(error) => {
+                    pipes.discard(pipe);
+                    return Err(error);
+                }
+            },
+            None => {
+                if buf.is_empty() {
+                    buf.resize(COPY_BUFFER, 0);
+                }
+                copy_once(from, to, &mut buf)?
+            }
         };
-        if n >= 0 {
-            return Ok(n as usize);
+        if moved == 0 {
+            return Ok(total);
         }
-        let error = io::Error::last_os_error();
-        if error.kind() != io::ErrorKind::Interrupted {
-            return Err(error);
-        }
+        total += moved as u64;
     }
 }
 
-/// Moves bytes from `from` to `to` until end of file, through a pipe.
-fn pump(from: RawFd, to: RawFd) -> io::Result<u64> {
-    let (r, w) = pipe()?;
-    let mut total = 0u64;
-    loop {
-        let n = splice(from, w.as_raw_fd(), CHUNK)?;
-        if n == 0 {
-            return Ok(total);
-        }
-        let mut left = n;
-        while left > 0 {
-            let m = splice(r.as_raw_fd(), to, left)?;
-            if m == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            left -= m;
-        }
-        total += n as u64;
+/// What one direction does when it ends: half-close its destination at end
+/// of file; on an error, shut both sockets down so the other direction
+/// ends too.
+fn finish(result: &io::Result<u64>, to_write_side: impl FnOnce(), both: impl FnOnce()) {
+    match result {
+        Ok(_) => to_write_side(),
+        Err(_) => both(),
     }
 }
 
 /// Carries a TCP connection and a flow until both directions end.
-///
-/// Each direction half-closes its destination at end of file; an error in
-/// one direction shuts both sockets down completely so the other ends too.
-pub fn relay(tcp: TcpStream, flow: UnixStream) -> io::Result<()> {
-    let tcp2 = tcp.try_clone()?;
-    let flow2 = flow.try_clone()?;
-    let back = std::thread::Builder::new()
-        .name("relay".into())
-        .spawn(move || {
-            let result = pump(flow2.as_raw_fd(), tcp2.as_raw_fd());
-            match &result {
-                Ok(_) => {
-                    let _ = tcp2.shutdown(Shutdown::Write);
-                }
-                Err(_) => {
-                    let _ = tcp2.shutdown(Shutdown::Both);
-                    let _ = flow2.shutdown(Shutdown::Both);
-                }
-            }
-            result
-        })?;
-    let forward = pump(tcp.as_raw_fd(), flow.as_raw_fd());
-    match &forward {
-        Ok(_) => {
-            let _ = flow.shutdown(Shutdown::Write);
-        }
-        Err(_) => {
-            let _ = tcp.shutdown(Shutdown::Both);
-            let _ = flow.shutdown(Shutdown::Both);
+pub fn relay(tcp: &TcpStream, flow: &UnixStream, pipes: &PipePool) -> io::Result<()> {
+    let shut_both = || {
+        let _ = tcp.shutdown(Shutdown::Both);
+        let _ = flow.shutdown(Shutdown::Both);
+    };
+    std::thread::scope(|scope| {
+        let back = std::thread::Builder::new()
+            .name("relay".into())
+            .spawn_scoped(scope, || {
+                let result = pump(flow.as_raw_fd(), tcp.as_raw_fd(), pipes);
+                finish(
+                    &result,
+                    || {
+                        let _ = tcp.shutdown(Shutdown::Write);
+                    },
+                    shut_both,
+                );
+                result
+            })?;
+        let forward = pump(tcp.as_raw_fd(), flow.as_raw_fd(), pipes);
+        finish(
+            &forward,
+            || {
+                let _ = flow.shutdown(Shutdown::Write);
+            },
+            shut_both,
+        );
+        let backward = back
+            .join()
+            .map_err(|_| io::Error::other("relay thread panicked"))?;
+        forward?;
+        backward?;
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    /// Both directions, with pipes and without (a pool of none), end to end.
+    #[test]
+    fn relays_both_ways_with_and_without_pipes() {
+        for max_pipes in [4, 0] {
+            let pipes = PipePool::new(max_pipes);
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (tcp, _) = listener.accept().unwrap();
+            let (flow, mut service) = UnixStream::pair().unwrap();
+            let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
+            std::thread::scope(|scope| {
+                let relay = scope.spawn(|| relay(&tcp, &flow, &pipes));
+                let echo = scope.spawn(|| {
+                    let mut got = Vec::new();
+                    service.read_to_end(&mut got).unwrap();
+                    service.write_all(&got).unwrap();
+                    service.shutdown(Shutdown::Write).unwrap();
+                    got.len()
+                });
+                client.write_all(&data).unwrap();
+                client.shutdown(Shutdown::Write).unwrap();
+                let mut back = Vec::new();
+                client.read_to_end(&mut back).unwrap();
+                assert_eq!(echo.join().unwrap(), data.len());
+                assert!(back == data, "max_pipes {max_pipes}: content differs");
+                relay.join().unwrap().unwrap();
+            });
+            assert!(pipes.alive() <= max_pipes);
         }
     }
-    let backward = back
-        .join()
-        .map_err(|_| io::Error::other("relay thread panicked"))?;
-    forward?;
-    backward?;
-    Ok(())
 }

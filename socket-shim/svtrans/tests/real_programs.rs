@@ -132,6 +132,22 @@ impl Net {
         self.cmd(i, binary("serval-run"), &all)
     }
 
+    /// `python3 -m http.server` on 127.0.0.1:8000 of the server host,
+    /// serving `www()`.
+    fn http_server(&self) -> NsChild {
+        let www = self.www();
+        let args = [
+            "-m",
+            "http.server",
+            "8000",
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+            www.to_str().unwrap(),
+        ];
+        self.spawn(1, self.cmd(1, python(), &args), "http.log")
+    }
+
     fn spawn(&self, i: usize, mut cmd: Command, log: &str) -> NsChild {
         let log = std::fs::File::create(self.dir.path().join(log)).unwrap();
         cmd.stdout(log.try_clone().unwrap()).stderr(log);
@@ -237,24 +253,7 @@ fn curl_and_socat_through_the_translator() {
         return;
     }
     let net = Net::new("trans-http");
-    let www = net.www();
-    let _http = net.spawn(
-        1,
-        net.cmd(
-            1,
-            python(),
-            &[
-                "-m",
-                "http.server",
-                "8000",
-                "--bind",
-                "127.0.0.1",
-                "--directory",
-                www.to_str().unwrap(),
-            ],
-        ),
-        "http.log",
-    );
+    let _http = net.http_server();
     let svtrans = env!("CARGO_BIN_EXE_svtrans");
     let _egress = net.spawn(
         1,
@@ -431,4 +430,119 @@ fn memcached_behind_egress() {
         net.cmd(0, "memccat", &["--servers=127.0.0.1:21211", "item"])
     });
     assert_same("memccat through svtrans", &got.stdout, &want);
+}
+
+/// `svtrans ARGS` in host `i` under a descriptor limit of `nofile` (hard
+/// and soft).
+fn svtrans_limited(net: &Net, i: usize, nofile: u32, args: &[&str]) -> Command {
+    let limit = format!("--nofile={nofile}:{nofile}");
+    let mut all = vec![limit.as_str(), "--", env!("CARGO_BIN_EXE_svtrans")];
+    all.extend_from_slice(args);
+    net.cmd(i, "prlimit", &all)
+}
+
+/// Whether the server host's sald has a listener bound at `prefix`.
+fn bound(net: &Net, prefix: &str) -> bool {
+    let prefix: sal::ServicePrefix = prefix.parse().unwrap();
+    let Ok(reply) = ControlClient::connect_to(&net.server.control)
+        .and_then(|mut c| c.request(&Request::ListRules))
+    else {
+        return false;
+    };
+    let Response::Rules { rules } = reply.response else {
+        return false;
+    };
+    rules.iter().any(|rule| {
+        rule.prefix == prefix
+            && rule
+                .targets()
+                .iter()
+                .any(|e| matches!(e.target, Target::Demux { .. }))
+    })
+}
+
+/// Each relayed connection used to cost the translator 8 descriptors: at
+/// its limit, egress exited (and its service vanished) and ingress reset
+/// every new client. Now, with far more idle clients than its limits allow
+/// (ingress 64 descriptors, egress 40), both keep running, the service
+/// stays bound, a connection opened before the flood still flows, the
+/// excess is refused with a bounded number of log lines, and once the
+/// idle clients leave new ones are served again.
+#[test]
+fn the_translator_survives_running_out_of_descriptors() {
+    use std::io::{Read, Write};
+    require_root!();
+    if !needs(&[
+        ("python3", "python3"),
+        ("prlimit", "util-linux"),
+        ("curl", "curl"),
+    ]) {
+        return;
+    }
+    let net = Net::new("trans-fds");
+    let _http = net.http_server();
+    let egress_args = ["egress", "--service", "80a2", "--to", "127.0.0.1:8000"];
+    let mut egress = net.spawn(1, svtrans_limited(&net, 1, 40, &egress_args), "egress.log");
+    let ingress_args = ["ingress", "--listen", "127.0.0.1:9001", "--service", "80a2"];
+    let mut ingress = net.spawn(
+        0,
+        svtrans_limited(&net, 0, 64, &ingress_args),
+        "ingress.log",
+    );
+    let curl = || {
+        net.cmd(
+            0,
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                "20",
+                "-o",
+                "/dev/null",
+                "http://127.0.0.1:9001/f.bin",
+            ],
+        )
+    };
+    until_ok(net.dir.path(), "curl through svtrans", curl);
+
+    let connect = || {
+        net.net
+            .host(0)
+            .ns
+            .run(|| std::net::TcpStream::connect("127.0.0.1:9001"))
+            .unwrap()
+    };
+    let mut first = connect().expect("the first connection");
+    std::thread::sleep(Duration::from_millis(300));
+    let idle: Vec<std::net::TcpStream> = (0..100).filter_map(|_| connect().ok()).collect();
+    std::thread::sleep(Duration::from_secs(1));
+
+    assert!(ingress.try_wait().unwrap().is_none(), "ingress exited");
+    assert!(egress.try_wait().unwrap().is_none(), "egress exited");
+    assert!(bound(&net, "80a2"), "the egress service is no longer bound");
+    first
+        .write_all(b"GET /f.bin HTTP/1.0\r\n\r\n")
+        .expect("the first connection is still open");
+    first
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut raw = Vec::new();
+    first.read_to_end(&mut raw).unwrap();
+    assert_same(
+        "a connection opened before the flood",
+        http_body(&raw),
+        &net.data,
+    );
+
+    let logs = |name: &str| std::fs::read_to_string(net.dir.path().join(name)).unwrap();
+    for name in ["ingress.log", "egress.log"] {
+        let log = logs(name);
+        let refusals = log.lines().filter(|l| l.contains("refused")).count();
+        assert!(refusals >= 1, "{name}: no refusal logged:\n{log}");
+        assert!(refusals <= 10, "{name}: {refusals} refusal lines:\n{log}");
+    }
+    drop(idle);
+    until_ok(net.dir.path(), "curl after the flood", curl);
+    assert!(ingress.try_wait().unwrap().is_none(), "ingress exited");
+    assert!(egress.try_wait().unwrap().is_none(), "egress exited");
 }

@@ -56,6 +56,7 @@ pub(super) async fn handle(client: &mut Client, request: Request) -> Reply {
             origin,
         } => rules::add(client, prefix, target, priority, origin),
         Request::DelRule { prefix, target } => rules::delete(client, prefix, target),
+        Request::ApplyRules { changes } => rules::apply(client, changes),
         Request::ListRules => rules::list(client),
         Request::ListFlows => inspect::flows(client),
         Request::ListInterfaces => inspect::interfaces(client),

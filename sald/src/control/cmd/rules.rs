@@ -1,12 +1,23 @@
-//! `AddRule`, `AddRuleWithOrigin`, `DelRule`, `ListRules`: the service table
-//! as operators and servd change and see it.
+//! `AddRule`, `AddRuleWithOrigin`, `DelRule`, `ApplyRules`, `ListRules`: the
+//! service table as operators and servd change and see it.
+//!
+//! Targets installed by a controller (any origin but `Static`) never
+//! outrank or replace the operator's: their priority is capped at the lowest
+//! priority of the prefix's static targets, and a controller's add of a
+//! target the operator installed leaves the operator's version alone. servd
+//! enforces the same, but the table is sald's, so sald holds the line
+//! whatever a controller sends.
 
 use sal::table::{RuleOrigin, TableError, Target, TargetKey};
 use sal::ServicePrefix;
-use sal_control::{ErrorKind, Response};
+use sal_control::{ErrorKind, Response, RuleChange, RuleFailure};
 
 use super::{denied, error_reply, Reply};
 use crate::control::client::Client;
+use crate::daemon::Core;
+
+/// Why one change was not applied.
+type Refusal = (ErrorKind, String);
 
 /// Adds a rule target on behalf of an operator (`Static`) or servd.
 pub(super) fn add(
@@ -20,16 +31,9 @@ pub(super) fn add(
         return denied("change rules");
     }
     let mut core = client.context.shared.lock();
-    core.host.add_rule(prefix, target, priority);
+    let result = add_target(&mut core, prefix, target, priority, origin);
     core.run();
-    // servd refreshes its rules often: only operators' changes are news.
-    if origin == RuleOrigin::Static {
-        tracing::info!(%prefix, ?target, priority, "rule added");
-    } else {
-        tracing::debug!(%prefix, ?target, priority, ?origin, "rule added");
-    }
-    core.origins.set(prefix, target.key(), origin);
-    (Response::Ok, None)
+    reply(result)
 }
 
 /// Removes one target, or the whole rule.
@@ -42,18 +46,39 @@ pub(super) fn delete(
         return denied("change rules");
     }
     let mut core = client.context.shared.lock();
-    let result = match target {
-        Some(key) => core.host.remove_rule_target(&prefix, &key),
-        None => core.host.remove_rule(&prefix),
-    };
-    core.origins.forget(&prefix, target.as_ref());
+    let result = delete_target(&mut core, prefix, target);
     core.run();
-    match result {
-        Ok(()) => (Response::Ok, None),
-        Err(error @ (TableError::NoSuchRule(_) | TableError::NoSuchTarget(..))) => {
-            error_reply(ErrorKind::NotFound, error.to_string())
+    reply(result)
+}
+
+/// Applies a batch of changes in order under one lock; a failing change
+/// does not stop the ones after it.
+pub(super) fn apply(client: &mut Client, changes: Vec<RuleChange>) -> Reply {
+    if !client.privileged {
+        return denied("change rules");
+    }
+    let mut core = client.context.shared.lock();
+    let mut failures = Vec::new();
+    for (index, change) in changes.into_iter().enumerate() {
+        let result = match change {
+            RuleChange::Add {
+                prefix,
+                target,
+                priority,
+                origin,
+            } => add_target(&mut core, prefix, target, priority, origin),
+            RuleChange::Del { prefix, target } => delete_target(&mut core, prefix, target),
+        };
+        if let Err((kind, message)) = result {
+            failures.push(RuleFailure {
+                index,
+                kind,
+                message,
+            });
         }
     }
+    core.run();
+    (Response::Applied { failures }, None)
 }
 
 /// Every rule, sorted by prefix, with who installed each target.
@@ -63,4 +88,67 @@ pub(super) fn list(client: &mut Client) -> Reply {
     rules.sort_by_key(|rule| rule.prefix);
     core.origins.annotate(&mut rules);
     (Response::Rules { rules }, None)
+}
+
+fn reply(result: Result<(), Refusal>) -> Reply {
+    match result {
+        Ok(()) => (Response::Ok, None),
+        Err((kind, message)) => error_reply(kind, message),
+    }
+}
+
+fn add_target(
+    core: &mut Core,
+    prefix: ServicePrefix,
+    target: Target,
+    priority: u32,
+    origin: RuleOrigin,
+) -> Result<(), Refusal> {
+    let key = target.key();
+    let mut priority = priority;
+    if origin != RuleOrigin::Static {
+        if let Some(rule) = core.host.table().get(&prefix) {
+            let static_priorities = rule
+                .targets()
+                .iter()
+                .filter(|entry| !matches!(entry.target.key(), TargetKey::Demux { .. }))
+                .filter(|entry| {
+                    core.origins.get(&prefix, &entry.target.key()) == RuleOrigin::Static
+                })
+                .map(|entry| (entry.target.key(), entry.priority));
+            if static_priorities.clone().any(|(k, _)| k == key) {
+                tracing::debug!(%prefix, ?target, ?origin, "controller's add of an operator's target ignored");
+                return Ok(());
+            }
+            if let Some(lowest) = static_priorities.map(|(_, p)| p).min() {
+                priority = priority.min(lowest);
+            }
+        }
+    }
+    core.host.add_rule(prefix, target, priority);
+    // servd refreshes its rules often: only operators' changes are news.
+    if origin == RuleOrigin::Static {
+        tracing::info!(%prefix, ?target, priority, "rule added");
+    } else {
+        tracing::debug!(%prefix, ?target, priority, ?origin, "rule added");
+    }
+    core.origins.set(prefix, key, origin);
+    Ok(())
+}
+
+fn delete_target(
+    core: &mut Core,
+    prefix: ServicePrefix,
+    target: Option<TargetKey>,
+) -> Result<(), Refusal> {
+    let result = match target {
+        Some(key) => core.host.remove_rule_target(&prefix, &key),
+        None => core.host.remove_rule(&prefix),
+    };
+    core.origins.forget(&prefix, target.as_ref());
+    result.map_err(
+        |error @ (TableError::NoSuchRule(_) | TableError::NoSuchTarget(..))| {
+            (ErrorKind::NotFound, error.to_string())
+        },
+    )
 }
