@@ -668,3 +668,39 @@ fn servd_survives_a_sald_restart_and_cleans_up_when_stopped() {
     );
     assert!(sald.state().forwards("0/0").is_empty());
 }
+
+#[test]
+fn a_lagged_subscription_resynchronises_registrations() {
+    let dir = scratch("lagged");
+    let path = dir.path().join("sald.sock");
+    let state = Arc::new(Mutex::new(State::new(Batches::Served)));
+    let sald = FakeSald::start(&path, state);
+    let router = Peer::new();
+    let upstream = router.addr().to_string();
+    let _servd = Servd::start(&path, &["--upstream", &upstream]);
+    assert!(wait_until(Duration::from_secs(5), || sald
+        .state()
+        .subscriptions
+        == 1));
+    // A service gets bound while servd's subscription has fallen behind:
+    // its Registered event is among those sald dropped.
+    sald.state().table.add(
+        p("cafe/16"),
+        Target::Demux {
+            listener: sal::table::ListenerId(7),
+        },
+        0,
+    );
+    sald.event(ControlEvent::Lagged { missed: 1 });
+    let announced = router.wait_for(Duration::from_secs(5), |m| match m {
+        Message::Announce { entries, .. } => entries
+            .iter()
+            .any(|e| e.prefix == p("cafe/16"))
+            .then_some(()),
+        _ => None,
+    });
+    assert!(
+        announced.is_some(),
+        "the registration missed while lagging was never announced"
+    );
+}

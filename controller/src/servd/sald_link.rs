@@ -245,6 +245,20 @@ impl Link {
                     None => return End::Stopped,
                 },
                 event = session.subscription.events.recv() => match event {
+                    Some(ControlEvent::Lagged { missed }) => {
+                        // Registrations may have come and gone unseen:
+                        // take sald's state afresh, as after a reconnection.
+                        tracing::warn!(missed, "fell behind sald's events; resynchronising");
+                        match list_state(&mut session.control, &self.path).await {
+                            Ok((interfaces, rules)) => {
+                                let resync = LinkEvent::Connected { interfaces, rules };
+                                if self.events.send(resync).is_err() {
+                                    return End::Stopped;
+                                }
+                            }
+                            Err(why) => return End::Lost(why),
+                        }
+                    }
                     Some(event) => {
                         if self.events.send(LinkEvent::Event(event)).is_err() {
                             return End::Stopped;
@@ -413,6 +427,23 @@ async fn open(path: &Path) -> Result<(Session, Vec<LocalInterface>, Vec<Rule>), 
     let mut control = AsyncControlClient::connect_as(path, "servd")
         .await
         .map_err(|e| e.to_string())?;
+    let (interfaces, rules) = list_state(&mut control, path).await?;
+    Ok((
+        Session {
+            control,
+            subscription,
+        },
+        interfaces,
+        rules,
+    ))
+}
+
+/// sald's interfaces and rules as of now, on `control` (replaced by a fresh
+/// connection when the rule listing does not fit in one frame).
+async fn list_state(
+    control: &mut AsyncControlClient,
+    path: &Path,
+) -> Result<(Vec<LocalInterface>, Vec<Rule>), String> {
     let interfaces = match control.request(&Request::ListInterfaces).await {
         Ok(reply) => match reply.response {
             Response::Interfaces { interfaces } => interfaces,
@@ -428,22 +459,15 @@ async fn open(path: &Path) -> Result<(Session, Vec<LocalInterface>, Vec<Rule>), 
         Err(error) if is_gone(&error) => {
             // Too many rules for one frame: go on without them (nothing
             // to adopt, no operator rules known) on a fresh connection.
-            tracing::warn!(%error, "cannot list sald's rules; starting without them");
-            control = AsyncControlClient::connect_as(path, "servd")
+            tracing::warn!(%error, "cannot list sald's rules; going on without them");
+            *control = AsyncControlClient::connect_as(path, "servd")
                 .await
                 .map_err(|e| e.to_string())?;
             Vec::new()
         }
         Err(error) => return Err(error.to_string()),
     };
-    Ok((
-        Session {
-            control,
-            subscription,
-        },
-        interfaces,
-        rules,
-    ))
+    Ok((interfaces, rules))
 }
 
 /// sald's event subscription, read on a thread with the blocking client.
