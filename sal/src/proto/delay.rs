@@ -264,4 +264,36 @@ mod tests {
         assert_eq!(queue.pop_expired(at(1000)), Some(packet(1)));
         assert!(queue.is_empty());
     }
+
+    /// A connect held by DELAY waits the whole timeout even when the host
+    /// was idle long before it: deadlines count from the clock the driver
+    /// gives the host, not from its last poll.
+    #[test]
+    fn a_connect_after_a_long_idle_spell_waits_the_whole_timeout() {
+        use crate::proto::{Event, HostConfig, LocalInterface};
+        use crate::table::Target;
+        use crate::wire::TransportProtocol;
+
+        let mut host = Host::new(HostConfig::default(), at(0));
+        host.add_interface(LocalInterface {
+            name: "eth0".into(),
+            locator: "10.0.0.1".parse().unwrap(),
+            prefix_len: 24,
+            up: true,
+        });
+        host.add_rule("de1a/16".parse().unwrap(), Target::Delay, 0);
+        host.poll(at(0));
+        let idle = at(60_000);
+        host.advance_clock(idle);
+        let flow = host
+            .connect("de1a".parse().unwrap(), TransportProtocol::Stream)
+            .unwrap();
+        let timeout = HostConfig::default().delay_timeout;
+        assert_eq!(host.poll_timeout(), Some(idle + timeout));
+        host.poll(idle + timeout - Duration::from_millis(1));
+        let failed = Event::ConnectFailed(flow, ConnectError::TimedOut);
+        assert!(!std::iter::from_fn(|| host.poll_event()).any(|e| e == failed));
+        host.poll(idle + timeout);
+        assert!(std::iter::from_fn(|| host.poll_event()).any(|e| e == failed));
+    }
 }

@@ -153,6 +153,15 @@ impl Host {
         &self.table
     }
 
+    /// Moves the host's clock to `now` (never back) without running
+    /// anything. Calls between polls (connect, send_to, migrate, rule and
+    /// interface changes) start deadlines from the host's clock, which is
+    /// otherwise as old as the last poll or packet, and an idle host may go
+    /// long without either: a driver tells it the time before such calls.
+    pub fn advance_clock(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+    }
+
     /// Advances the host to `now`: runs the timers that are due (control
     /// retransmission, liveness, DELAY expiry), delivers packets addressed to
     /// itself, runs the transport, and turns what that produced into
