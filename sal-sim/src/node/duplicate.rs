@@ -1,27 +1,26 @@
 //! Random duplication.
 
 use rand::rngs::SmallRng;
-use rand::Rng;
 use sal::proto::Transmit;
 use smoltcp::time::Instant;
 
-use super::{Node, Verdict};
+use super::{Chance, Node, Verdict};
 
 /// Delivers each packet twice with probability `p` (the copies leave
 /// together; a later [`Jitter`](super::Jitter) separates them).
 #[derive(Debug, Clone, Copy)]
-pub struct Duplicate(f64);
+pub struct Duplicate(Chance);
 
 impl Duplicate {
     /// A duplication rate of `p` (0.0 to 1.0; values outside are clamped).
     pub fn new(p: f64) -> Duplicate {
-        Duplicate(p.clamp(0.0, 1.0))
+        Duplicate(Chance::new(p))
     }
 }
 
 impl Node for Duplicate {
     fn process(&mut self, _: &Transmit, now: Instant, rng: &mut SmallRng) -> Verdict {
-        if rng.random_bool(self.0) {
+        if self.0.happens(rng) {
             Verdict::Duplicate(now, now)
         } else {
             Verdict::Pass(now)

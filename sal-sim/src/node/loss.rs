@@ -1,26 +1,25 @@
 //! Random loss.
 
 use rand::rngs::SmallRng;
-use rand::Rng;
 use sal::proto::Transmit;
 use smoltcp::time::Instant;
 
-use super::{DropReason, Node, Verdict};
+use super::{Chance, DropReason, Node, Verdict};
 
 /// Drops each packet independently with probability `p`.
 #[derive(Debug, Clone, Copy)]
-pub struct Loss(f64);
+pub struct Loss(Chance);
 
 impl Loss {
     /// A loss of `p` (0.0 to 1.0; values outside are clamped).
     pub fn new(p: f64) -> Loss {
-        Loss(p.clamp(0.0, 1.0))
+        Loss(Chance::new(p))
     }
 }
 
 impl Node for Loss {
     fn process(&mut self, _: &Transmit, now: Instant, rng: &mut SmallRng) -> Verdict {
-        if rng.random_bool(self.0) {
+        if self.0.happens(rng) {
             Verdict::Drop(DropReason::Loss)
         } else {
             Verdict::Pass(now)

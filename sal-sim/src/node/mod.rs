@@ -64,6 +64,21 @@ pub trait Node: fmt::Debug {
     fn process(&mut self, packet: &Transmit, now: Instant, rng: &mut SmallRng) -> Verdict;
 }
 
+/// A probability, clamped to 0.0..=1.0.
+#[derive(Debug, Clone, Copy)]
+struct Chance(f64);
+
+impl Chance {
+    fn new(p: f64) -> Chance {
+        Chance(p.clamp(0.0, 1.0))
+    }
+
+    /// Draws whether it happens this time.
+    fn happens(self, rng: &mut SmallRng) -> bool {
+        rand::Rng::random_bool(rng, self.0)
+    }
+}
+
 /// Nodes in the order a packet crosses them; an empty path delivers at once.
 #[derive(Debug, Default)]
 pub struct Path {

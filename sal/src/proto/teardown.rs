@@ -8,7 +8,7 @@
 //! (`CONTROL(RST)`, nonce-checked so that only the peer can send one) kills
 //! the flow at once; it then waits only for the application to close it.
 
-use super::control::Sequence;
+use super::control::{ControlKind, Sequence};
 use super::flow::Endpoint;
 use super::{ConnectError, Event, FlowState, Host, HostError, Transmit};
 use crate::id::FlowId;
@@ -166,13 +166,7 @@ impl Host {
                 if let Ok(flow) = self.flow_mut(id) {
                     flow.teardown.fin_sent = true;
                 }
-                self.send_new_control(
-                    id,
-                    super::control::ControlKind::Fin,
-                    ControlFlags::FIN,
-                    false,
-                    &[],
-                );
+                self.send_new_control(id, ControlKind::Fin, ControlFlags::FIN, false, &[]);
             }
             let Ok(flow) = self.flow_mut(id) else {
                 continue;
