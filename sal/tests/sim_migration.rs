@@ -10,12 +10,12 @@ use std::rc::Rc;
 use sal::proto::{Event, HostConfig, HostError};
 use sal::table::Target;
 use sal::wire::{ControlFlags, ControlRepr, SalPacket, SalRepr, TransportProtocol::Stream};
-use sal::{FlowId, Locator, ServiceId, ServicePrefix};
+use sal::{FlowId, Locator, ServicePrefix};
 use sal_sim::{HostId, LinkConditions, Network};
 use smoltcp::time::Duration;
 
 mod common;
-use common::sim::pattern;
+use common::sim::{establish, pattern};
 
 fn loc(s: &str) -> Locator {
     s.parse().unwrap()
@@ -75,23 +75,13 @@ fn pair_with(
         .host(server)
         .listen("ab/8".parse().unwrap(), Stream, 8)
         .unwrap();
-    let service: ServiceId = "ab".parse().unwrap();
-    let cflow = net.host(client).connect(service, Stream).unwrap();
-    let mut sflow = None;
-    assert!(net.run_until(secs(10), |net| {
-        sflow = sflow.or_else(|| net.host(server).accept(listener).ok());
-        sflow.is_some()
-            && net
-                .sim_host(client)
-                .events
-                .contains(&Event::Connected(cflow))
-    }));
+    let (cflow, sflow) = establish(&mut net, client, server, listener, "ab".parse().unwrap());
     Pair {
         net,
         client,
         server,
         cflow,
-        sflow: sflow.unwrap(),
+        sflow,
     }
 }
 

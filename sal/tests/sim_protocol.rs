@@ -11,7 +11,7 @@ use sal_sim::{HostId, LinkConditions, Network};
 use smoltcp::time::Duration;
 
 mod common;
-use common::sim::pattern;
+use common::sim::{establish, pattern};
 
 fn svc(s: &str) -> ServiceId {
     s.parse().unwrap()
@@ -49,26 +49,6 @@ fn pair(conditions: LinkConditions, config: HostConfig) -> (Network, HostId, Hos
 
 fn has_event(net: &mut Network, host: HostId, event: &Event) -> bool {
     net.sim_host(host).events.contains(event)
-}
-
-/// Connects and accepts one stream flow; returns (client flow, server flow).
-fn establish(
-    net: &mut Network,
-    client: HostId,
-    server: HostId,
-    listener: sal::table::ListenerId,
-    service: ServiceId,
-) -> (FlowId, FlowId) {
-    let cflow = net.host(client).connect(service, Stream).unwrap();
-    let mut sflow = None;
-    let ok = net.run_until(secs(30), |net| {
-        if sflow.is_none() {
-            sflow = net.host(server).accept(listener).ok();
-        }
-        sflow.is_some() && has_event(net, client, &Event::Connected(cflow))
-    });
-    assert!(ok, "handshake did not complete");
-    (cflow, sflow.unwrap())
 }
 
 /// Pushes `data` from one flow to another, half-closes, and returns what the

@@ -116,9 +116,15 @@ impl Shared {
     /// Locks the core. A panic while holding the lock is a bug that already
     /// took a task down; the state is still the host's own, so keep serving.
     pub fn lock(&self) -> MutexGuard<'_, Core> {
-        self.core
+        let mut core = self
+            .core
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Whatever the caller does next starts its deadlines from now, not
+        // from the last poll (which may be long ago on an idle host).
+        let now = core.now();
+        core.host.advance_clock(now);
+        core
     }
 }
 

@@ -1,6 +1,13 @@
 //! Per-flow SAL control state: version numbers, nonces, and the control
 //! messages in flight with their retransmission schedules.
 //!
+//! Control messages are the SAL's own reliable exchange, beneath a transport
+//! that may not be reliable (datagram flows) and whose retransmissions the
+//! SAL cannot see: every message that expects an answer is kept, whole, until
+//! the peer acknowledges it, and resent with a doubling timeout meanwhile.
+//! What giving up on a message means (a failed connect, a lost path, a peer
+//! that vanished) depends on its [`ControlKind`] and is the caller's call.
+//!
 //! Several messages may be in flight at once (an RSYN, then a FIN sent during
 //! the migration, or our RSYN-ACK answering the peer's simultaneous RSYN).
 //! `ackno` is cumulative, like TCP's: it acknowledges every message numbered
@@ -141,17 +148,103 @@ impl ControlState {
         acked
     }
 
+    /// Keeps a message just sent until it is acknowledged; returns when it
+    /// is first due for retransmission.
+    pub fn keep(
+        &mut self,
+        kind: ControlKind,
+        verno: u32,
+        packet: Vec<u8>,
+        now: Instant,
+        rto: Duration,
+    ) -> Instant {
+        let deadline = now + rto;
+        self.pending.push_back(Pending {
+            kind,
+            verno,
+            packet,
+            retries: 0,
+            rto,
+            deadline,
+        });
+        deadline
+    }
+
+    /// The messages whose deadline passed: those with retries left are
+    /// handed to `resend` (their timeout doubled), the others are given up.
+    /// Returns the kinds given up on, oldest first, and the next deadline.
+    pub fn on_timeout(
+        &mut self,
+        now: Instant,
+        max_retries: u32,
+        mut resend: impl FnMut(&Pending),
+    ) -> Timeout {
+        let mut expired = Vec::new();
+        self.pending.retain_mut(|pending| {
+            if pending.deadline > now {
+                return true;
+            }
+            if pending.retries >= max_retries {
+                expired.push(pending.kind);
+                return false;
+            }
+            pending.retries += 1;
+            pending.rto *= 2;
+            pending.deadline = now + pending.rto;
+            resend(pending);
+            true
+        });
+        Timeout {
+            expired,
+            next: self.next_deadline(),
+        }
+    }
+
+    /// When the next message in flight is due for retransmission.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.pending.iter().map(|p| p.deadline).min()
+    }
+
+    /// Restarts the schedule of the RSYN in flight (a move or a probe) as a
+    /// fresh move, so that it is resent from a new locator with its retries
+    /// renewed. Returns when it is next due, or `None` if there is none.
+    pub fn restart_rsyn(&mut self, now: Instant, rto: Duration) -> Option<Instant> {
+        let rsyn = self
+            .pending
+            .iter_mut()
+            .find(|p| matches!(p.kind, ControlKind::Rsyn | ControlKind::Probe))?;
+        rsyn.kind = ControlKind::Rsyn;
+        rsyn.retries = 0;
+        rsyn.rto = rto;
+        rsyn.deadline = now + rto;
+        Some(rsyn.deadline)
+    }
+
+    /// Whether anything is waiting for the peer's acknowledgement.
+    pub fn awaiting_answer(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Whether `control` acknowledges our SYN in flight (as a refusal must).
+    pub fn answers_syn(&self, control: &ControlRepr) -> bool {
+        self.pending
+            .iter()
+            .any(|p| p.kind == ControlKind::Syn && control.ackno == p.verno.wrapping_add(1))
+    }
+
     /// Whether a message of `kind` is in flight.
     pub fn in_flight(&self, kind: ControlKind) -> bool {
         self.pending.iter().any(|p| p.kind == kind)
     }
+}
 
-    /// The RSYN in flight (a move or a probe), if any.
-    pub fn rsyn_mut(&mut self) -> Option<&mut Pending> {
-        self.pending
-            .iter_mut()
-            .find(|p| matches!(p.kind, ControlKind::Rsyn | ControlKind::Probe))
-    }
+/// What a retransmission timeout did: see [`ControlState::on_timeout`].
+#[derive(Debug, Default)]
+pub struct Timeout {
+    /// Kinds of the messages given up on, oldest first.
+    pub expired: Vec<ControlKind>,
+    /// When the next message still in flight is due.
+    pub next: Option<Instant>,
 }
 
 #[cfg(test)]
@@ -208,5 +301,52 @@ mod tests {
         assert!(state.in_flight(ControlKind::Fin));
         assert_eq!(state.take_acked(&ack(1)).len(), 1);
         assert!(state.pending.is_empty());
+    }
+
+    #[test]
+    fn timeouts_double_and_give_up_after_the_retries() {
+        let rto = Duration::from_millis(100);
+        let mut state = ControlState::new([0; 8], 7);
+        let first = state.keep(ControlKind::Fin, 7, vec![1], Instant::from_millis(0), rto);
+        assert_eq!(first, Instant::from_millis(100));
+        let mut sent = Vec::new();
+        let mut now = first;
+        for round in 1..=2u32 {
+            let timeout = state.on_timeout(now, 2, |p| sent.push(p.packet.clone()));
+            assert!(timeout.expired.is_empty());
+            let expected = now + rto * 2u32.pow(round);
+            assert_eq!(timeout.next, Some(expected), "round {round}");
+            now = expected;
+        }
+        assert_eq!(sent.len(), 2);
+        // Not yet due: nothing happens.
+        let early = state.on_timeout(now - Duration::from_millis(1), 2, |_| panic!("not due"));
+        assert_eq!(early.next, Some(now));
+        let last = state.on_timeout(now, 2, |_| panic!("out of retries"));
+        assert_eq!(last.expired, [ControlKind::Fin]);
+        assert_eq!(last.next, None);
+        assert!(!state.awaiting_answer());
+    }
+
+    #[test]
+    fn restarting_an_rsyn_turns_a_probe_into_a_fresh_move() {
+        let rto = Duration::from_millis(100);
+        let mut state = ControlState::new([0; 8], 1);
+        assert_eq!(state.restart_rsyn(Instant::from_millis(0), rto), None);
+        state.keep(
+            ControlKind::Probe,
+            1,
+            Vec::new(),
+            Instant::from_millis(0),
+            rto,
+        );
+        state.on_timeout(Instant::from_millis(100), 5, |_| {});
+        let next = state.restart_rsyn(Instant::from_millis(150), rto);
+        assert_eq!(next, Some(Instant::from_millis(250)));
+        let rsyn = &state.pending[0];
+        assert_eq!(
+            (rsyn.kind, rsyn.retries, rsyn.rto),
+            (ControlKind::Rsyn, 0, rto)
+        );
     }
 }

@@ -1,9 +1,41 @@
-//! Stream transfers on the simulator, shared by the simulation tests.
+//! Handshakes and stream transfers on the simulator, shared by the
+//! simulation tests.
 
-use sal::proto::HostError;
-use sal::FlowId;
+use sal::proto::{Event, HostError};
+use sal::table::ListenerId;
+use sal::wire::TransportProtocol;
+use sal::{FlowId, ServiceId};
 use sal_sim::{HostId, Network};
 use smoltcp::time::Duration;
+
+/// Connects a stream flow from `client` to `service` and accepts it on
+/// `server`'s `listener`; returns (client flow, server flow). Panics if the
+/// handshake does not complete within 30 s (virtual time).
+pub fn establish(
+    net: &mut Network,
+    client: HostId,
+    server: HostId,
+    listener: ListenerId,
+    service: ServiceId,
+) -> (FlowId, FlowId) {
+    let cflow = net
+        .host(client)
+        .connect(service, TransportProtocol::Stream)
+        .unwrap();
+    let mut sflow = None;
+    let ok = net.run_until(Duration::from_secs(30), |net| {
+        if sflow.is_none() {
+            sflow = net.host(server).accept(listener).ok();
+        }
+        sflow.is_some()
+            && net
+                .sim_host(client)
+                .events
+                .contains(&Event::Connected(cflow))
+    });
+    assert!(ok, "handshake did not complete");
+    (cflow, sflow.unwrap())
+}
 
 /// Pushes `data` from one flow to another, half-closes, and returns what the
 /// receiver read up to end of stream. `during` runs after every step with

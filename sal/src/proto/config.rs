@@ -1,0 +1,67 @@
+//! A host's tunables.
+//!
+//! Every timeout and bound of the protocol core is here, in one place, so
+//! that the daemon can expose them and tests can shrink them; the defaults
+//! are those of the reference stack where it has one.
+
+use smoltcp::time::Duration;
+
+use crate::transport::StreamConfig;
+
+/// Tunables of a host's SAL.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// Service-router mode: forward SYNs and unconnected datagrams by FORWARD rules.
+    pub forward: bool,
+    /// Seed of the host's random numbers (flow IDs, nonces, verno, TCP ISNs).
+    pub seed: u64,
+    /// First retransmission timeout of a control message.
+    pub control_rto: Duration,
+    /// Retransmissions before a control message is given up on.
+    pub control_retries: u32,
+    /// How long a DELAY rule may hold a packet.
+    pub delay_timeout: Duration,
+    /// Packets a DELAY rule may hold at once (host-wide).
+    pub delay_queue_limit: usize,
+    /// Live flows and datagram sockets at most.
+    pub max_flows: usize,
+    /// IP TTL of packets this host originates.
+    pub ttl: u8,
+    /// Per-flow TCP buffers and segment size.
+    pub stream: StreamConfig,
+    /// Datagrams queued per socket before new ones are dropped.
+    pub datagram_queue_limit: usize,
+    /// Move flows off an interface that goes down or loses its address, and
+    /// off a path that stops delivering.
+    pub auto_migrate: bool,
+    /// A flow with data in flight that hears nothing from its peer for this
+    /// long is moved to another interface (with `auto_migrate`).
+    pub liveness_timeout: Duration,
+    /// An idle flow (nothing in flight) that has heard nothing for this long
+    /// probes its path, so that a dead path is found before the application
+    /// next needs it; an unanswered probe then counts as data in flight.
+    /// Only where there is somewhere to move (several interfaces up, or a
+    /// peer that advertised other locators), and with `auto_migrate`.
+    /// `None`: idle flows are never probed.
+    pub idle_probe: Option<Duration>,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            forward: false,
+            seed: 0,
+            control_rto: Duration::from_millis(500),
+            control_retries: 6,
+            delay_timeout: Duration::from_secs(5),
+            delay_queue_limit: 1024,
+            max_flows: 100_000,
+            ttl: 64,
+            stream: StreamConfig::default(),
+            datagram_queue_limit: 256,
+            auto_migrate: true,
+            liveness_timeout: Duration::from_millis(1500),
+            idle_probe: Some(Duration::from_secs(10)),
+        }
+    }
+}

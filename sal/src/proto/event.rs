@@ -1,0 +1,38 @@
+//! What the host tells its driver: events to act on.
+//!
+//! The core never calls back into the application; it queues events that
+//! the driver drains with [`Host::poll_event`](super::Host::poll_event) after
+//! each batch of input, so that the core stays a plain state machine.
+
+use crate::id::{FlowId, ServiceId, ServicePrefix};
+use crate::locator::Locator;
+use crate::table::ListenerId;
+
+use super::ConnectError;
+
+/// Something the application or controller may want to act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A `connect` completed; the flow is established.
+    Connected(FlowId),
+    /// A `connect` failed; the flow is gone.
+    ConnectFailed(FlowId, ConnectError),
+    /// The listener has a flow waiting in its accept queue.
+    Incoming(ListenerId),
+    /// The flow may have become readable or writable, or its peer closed or reset it.
+    Activity(FlowId),
+    /// The flow is finished and its ID released.
+    Closed(FlowId),
+    /// A datagram socket has a datagram to read.
+    Datagram(FlowId),
+    /// A DELAY rule is holding a packet for this service: ask the controller.
+    DelayNotify(ServiceId),
+    /// A local listener now serves this prefix (a DEMUX rule was added).
+    Registered(ServicePrefix),
+    /// A local listener stopped serving this prefix.
+    Unregistered(ServicePrefix),
+    /// This end moved the flow to the locator of another interface.
+    Migrated(FlowId, Locator),
+    /// The peer moved the flow to a new locator.
+    PeerMoved(FlowId, Locator),
+}

@@ -1,0 +1,288 @@
+//! Opening flows: connect, SYN, SYN-ACK, ACK, and refusals.
+//!
+//! The SAL handshake wraps the transport's own: the client's SYN carries the
+//! service ID and is resolved hop by hop by service tables; the server
+//! answers with a SYN-ACK straight from its own address, which is when the
+//! client learns where the peer is; the client's ACK completes it. A stream
+//! flow's three SAL packets carry the transport's SYN, SYN-ACK and ACK, so a
+//! connection costs no extra round trip.
+//!
+//! Refusals (no route, no listener, full backlog) are answered with a
+//! SAL-only `CONTROL(RST)` to the SYN's sender, `NACK` added for "no route".
+//! Such a sender has not announced a nonce, so the refusal echoes the SYN's
+//! own nonce and acknowledges its `verno`: an off-path host that never saw
+//! the SYN cannot forge one. This is our choice; WIRE.md leaves refusals open.
+
+use rand::Rng;
+
+use super::control::{ControlKind, ControlState, Sequence};
+use super::datagram::udp_segment;
+use super::flow::Flow;
+use super::path::advertised;
+use super::{ConnectError, Event, FlowState, Host, HostError, Role, Transmit};
+use crate::id::{FlowId, ServiceId};
+use crate::locator::Locator;
+use crate::table::{ListenerId, Resolution};
+use crate::wire::{
+    verify_transport_checksum, ControlFlags, ControlRepr, SalRepr, TransportProtocol,
+};
+
+impl Host {
+    /// Opens a flow to `service`. Resolution happens now: no matching rule or
+    /// a DROP rule fails at once with [`ConnectError::NoRoute`]; a DELAY rule
+    /// holds the connect until a rule appears. Completion is reported by
+    /// [`Event::Connected`] or [`Event::ConnectFailed`].
+    pub fn connect(
+        &mut self,
+        service: ServiceId,
+        protocol: TransportProtocol,
+    ) -> Result<FlowId, HostError> {
+        let Some(first) = self.interfaces.first() else {
+            return Err(ConnectError::NoRoute.into());
+        };
+        let next = match self.table.resolve(&service, 0, &mut self.rng) {
+            Resolution::Forward(next) => Some(next),
+            Resolution::Demux(_) => Some(first),
+            Resolution::Delay => None,
+            Resolution::Drop | Resolution::NoMatch => return Err(ConnectError::NoRoute.into()),
+        };
+        let local = next
+            .and_then(|n| self.interfaces.source_for(&n))
+            .unwrap_or(first);
+        let control = ControlState::new(self.rng.random(), self.rng.random());
+        let flow = Flow::new(service, protocol, Role::Client, local, control, self.now);
+        let id = self.insert_flow(flow)?;
+        match next {
+            Some(next) => self.start_connect(id, next),
+            None => self.hold_connect(id, service),
+        }
+        Ok(id)
+    }
+
+    /// A connect held by a DELAY rule whose service is routable now.
+    pub(super) fn resolve_held_connect(&mut self, id: FlowId) {
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
+        let service = flow.service;
+        match self.table.resolve(&service, 0, &mut self.rng) {
+            Resolution::Forward(next) => self.start_connect(id, next),
+            Resolution::Demux(_) => match self.interfaces.first() {
+                Some(next) => self.start_connect(id, next),
+                None => self.fail_connect(id, ConnectError::NoRoute),
+            },
+            _ => self.fail_connect(id, ConnectError::NoRoute),
+        }
+    }
+
+    /// Sends the SYN of a client flow toward `next`.
+    fn start_connect(&mut self, id: FlowId, next: Locator) {
+        let local = self.interfaces.source_for(&next);
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
+        if let Some(local) = local {
+            flow.path.local = local;
+        }
+        flow.path.next_hop = Some(next);
+        flow.state = FlowState::SynSent;
+        let local = flow.path.local;
+        match flow.protocol() {
+            // The transport's SYN comes out in poll() and becomes the SAL SYN.
+            TransportProtocol::Stream => {
+                if self.open_stream(id, Role::Client).is_err() {
+                    self.fail_connect(id, ConnectError::NoRoute);
+                }
+            }
+            TransportProtocol::Datagram => {
+                let segment = udp_segment(&[], local.ip(), next.ip());
+                self.send_new_control(id, ControlKind::Syn, ControlFlags::SYN, true, &segment);
+            }
+        }
+    }
+
+    /// Reports a failed connect and forgets the flow.
+    pub(super) fn fail_connect(&mut self, id: FlowId, error: ConnectError) {
+        self.events.push_back(Event::ConnectFailed(id, error));
+        self.free_flow(id);
+    }
+
+    /// A SYN for a local listener: open the server side of a flow.
+    pub(super) fn accept_syn(
+        &mut self,
+        listener_id: ListenerId,
+        client: Locator,
+        src: Locator,
+        dst: Locator,
+        repr: &SalRepr,
+        segment: &[u8],
+    ) {
+        let Some(control) = repr.control else {
+            return;
+        };
+        if let Some(existing) = self.listeners.half_open_flow(client.ip(), repr.src_flow) {
+            // The client retransmitted its SYN: our SYN-ACK was lost.
+            self.retransmit_now(existing);
+            return;
+        }
+        let protocol = TransportProtocol::from_number(repr.protocol);
+        let Some(protocol) = protocol.filter(|&p| self.listeners.admits(listener_id, p)) else {
+            self.refuse(client, repr, false);
+            return;
+        };
+        if protocol == TransportProtocol::Stream
+            && !verify_transport_checksum(protocol, src.ip(), dst.ip(), segment)
+        {
+            self.stats.bad_checksum += 1;
+            return;
+        }
+        let local = self.interfaces.arrival_locator(&client, &dst);
+        let mut control_state = ControlState::new(self.rng.random(), self.rng.random());
+        control_state.peer_nonce = Some(control.nonce);
+        control_state.peer_next = control.verno.wrapping_add(1);
+        let service = repr.service.unwrap_or(ServiceId::ZERO);
+        let mut flow = Flow::new(
+            service,
+            protocol,
+            Role::Server,
+            local,
+            control_state,
+            self.now,
+        );
+        flow.peer_flow = Some(repr.src_flow);
+        flow.state = FlowState::SynReceived;
+        flow.path.remote = Some(client);
+        flow.path.set_peer_locators(advertised(repr, &client));
+        flow.listener = Some(listener_id);
+        let Ok(id) = self.insert_flow(flow) else {
+            self.refuse(client, repr, false);
+            return;
+        };
+        self.listeners
+            .syn_received(listener_id, client.ip(), repr.src_flow, id);
+        match protocol {
+            TransportProtocol::Stream => match self.open_stream(id, Role::Server) {
+                // The SYN-ACK comes out of the transport in poll().
+                Ok(()) => self.stream_input(id, segment),
+                Err(_) => {
+                    self.free_flow(id);
+                    self.refuse(client, repr, false);
+                }
+            },
+            TransportProtocol::Datagram => {
+                let segment = udp_segment(&[], local.ip(), client.ip());
+                self.send_new_control(
+                    id,
+                    ControlKind::SynAck,
+                    ControlFlags::SYN | ControlFlags::ACK,
+                    false,
+                    &segment,
+                );
+            }
+        }
+        self.mark_dirty(id);
+    }
+
+    /// Answers a SYN with a SAL-only RST (NACK added for "no route"). See the
+    /// module docs for why it echoes the SYN's nonce.
+    pub(super) fn refuse(&mut self, client: Locator, syn: &SalRepr, no_route: bool) {
+        let Some(control) = syn.control else {
+            return;
+        };
+        let Some(local) = self.interfaces.source_for(&client) else {
+            return;
+        };
+        self.stats.refused += 1;
+        let mut reply = SalRepr::data(syn.src_flow, Some(syn.src_flow), syn.protocol);
+        let flags = if no_route {
+            ControlFlags::RST | ControlFlags::NACK
+        } else {
+            ControlFlags::RST
+        };
+        reply.control = Some(ControlRepr {
+            flags,
+            verno: 0,
+            ackno: control.verno.wrapping_add(1),
+            nonce: control.nonce,
+        });
+        self.queue_transmit(Transmit {
+            src: local,
+            dst: client,
+            ttl: self.config.ttl,
+            payload: super::output::build(&reply, &[]),
+        });
+    }
+
+    /// The client's flow gets its SYN-ACK: the peer is where it spoke from.
+    /// Returns whether the packet's transport segment is to be processed.
+    pub(super) fn syn_ack_input(
+        &mut self,
+        id: FlowId,
+        src: Locator,
+        repr: &SalRepr,
+        control: &ControlRepr,
+    ) -> bool {
+        let Ok(flow) = self.flow_mut(id) else {
+            return false;
+        };
+        if flow.control.take_acked(control).is_empty() {
+            self.stats.stale += 1;
+            return false;
+        }
+        flow.path.set_peer_locators(advertised(repr, &src));
+        flow.control.peer_nonce = Some(control.nonce);
+        flow.control.peer_next = control.verno.wrapping_add(1);
+        flow.peer_flow = Some(repr.src_flow);
+        flow.path.remote = Some(src);
+        flow.state = FlowState::Established;
+        let local = flow.path.local.ip();
+        let is_stream = match flow.stream_mut() {
+            // The transport answers the SYN-ACK; that answer becomes the
+            // SAL ACK (see `Host::transport_output`).
+            Some(stream) => {
+                stream.ack_owed = true;
+                true
+            }
+            None => false,
+        };
+        self.events.push_back(Event::Connected(id));
+        if !is_stream {
+            let segment = udp_segment(&[], local, src.ip());
+            self.send_ack(id, true, &segment);
+        }
+        self.arm_liveness(id);
+        true
+    }
+
+    /// A SYN-ACK again on an established client flow: our ACK was lost;
+    /// answer it again.
+    pub(super) fn repeated_syn_ack(&mut self, id: FlowId, control: &ControlRepr) {
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
+        if flow.role == Role::Client
+            && flow.control.accept_verno(control.verno) == Sequence::Duplicate
+        {
+            self.send_ack(id, true, &[]);
+        } else {
+            self.stats.stale += 1;
+        }
+    }
+
+    /// The server's side of the handshake is complete: queue for accept.
+    pub(super) fn establish_server(&mut self, id: FlowId) {
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
+        if flow.state != FlowState::SynReceived {
+            return;
+        }
+        flow.state = FlowState::Established;
+        if let Some(listener) = flow.listener {
+            if self.listeners.established(listener, id) {
+                self.events.push_back(Event::Incoming(listener));
+            }
+        }
+        self.arm_liveness(id);
+    }
+}

@@ -1,0 +1,109 @@
+//! What the host reports about itself: flow snapshots and counters.
+//!
+//! These are plain, serializable copies (the daemon lists them to
+//! operators), never views into the host's state.
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::{FlowId, ServiceId};
+use crate::locator::Locator;
+use crate::wire::TransportProtocol;
+
+/// Where a flow is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowState {
+    /// Client: waiting for a DELAY rule to be resolved.
+    Resolving,
+    /// Client: SYN sent.
+    SynSent,
+    /// Server: SYN-ACK sent.
+    SynReceived,
+    Established,
+    /// Reset by the peer or given up on; waits for the application to close.
+    Dead,
+}
+
+/// Whether this end opened the flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Client,
+    Server,
+}
+
+/// Counters of one flow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowCounters {
+    pub packets_in: u64,
+    pub packets_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// A snapshot of a flow, for listings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowInfo {
+    pub flow: FlowId,
+    pub peer_flow: Option<FlowId>,
+    pub service: ServiceId,
+    pub protocol: TransportProtocol,
+    pub role: Role,
+    pub state: FlowState,
+    pub local: Locator,
+    pub remote: Option<Locator>,
+    pub interface: Option<String>,
+    pub counters: FlowCounters,
+    /// Times this end moved the flow to another locator.
+    #[serde(default)]
+    pub migrations: u32,
+    /// Times the peer moved.
+    #[serde(default)]
+    pub peer_moves: u32,
+    /// Microseconds since this end last moved the flow (fine enough to
+    /// time a migration against the event that caused it).
+    #[serde(default)]
+    pub last_migration_us_ago: Option<u64>,
+}
+
+/// Host-wide counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostStats {
+    pub packets_in: u64,
+    pub packets_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Packets that failed SAL parsing (lengths, framing).
+    pub malformed: u64,
+    /// Packets whose SAL or transport checksum was wrong.
+    pub bad_checksum: u64,
+    /// Packets for a flow ID this host does not have.
+    pub unknown_flow: u64,
+    /// Control messages with a nonce other than the one the peer announced.
+    pub bad_nonce: u64,
+    /// Control messages with an unexpected `verno`, or a mismatched source flow.
+    pub stale: u64,
+    /// SYNs and datagrams forwarded as a service router.
+    pub forwarded: u64,
+    /// Packets dropped because their TTL ran out.
+    pub ttl_expired: u64,
+    /// Packets dropped by a router because SOURCE already held 20 hops.
+    pub source_full: u64,
+    /// Packets held by DELAY rules, and those later dropped on timeout or overflow.
+    pub delayed: u64,
+    pub delay_dropped: u64,
+    /// SYNs refused (no route, no listener, full backlog).
+    pub refused: u64,
+    /// Control message retransmissions.
+    pub retransmits: u64,
+    /// Datagrams dropped because a socket's queue was full.
+    pub datagram_overflow: u64,
+    /// Flows this host moved to another locator, and moves given up on.
+    pub migrations: u64,
+    pub migrations_failed: u64,
+    /// Stream segments resent right after a migration.
+    pub replayed: u64,
+    /// Liveness probes sent on idle flows.
+    #[serde(default)]
+    pub probes: u64,
+}

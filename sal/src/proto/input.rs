@@ -1,0 +1,260 @@
+//! Received packets: parsing, and dispatch to the exchange they belong to.
+//!
+//! A packet without a destination flow ID is a first packet (a SYN or an
+//! unconnected datagram) and is routed by its service ID; anything else
+//! belongs to one of our flows or sockets. Every malformed, misdirected or
+//! forged packet is counted in [`HostStats`](super::HostStats) and dropped:
+//! nothing a packet says can make the host panic.
+
+use smoltcp::time::Instant;
+
+use super::control::ControlKind;
+use super::flow::Endpoint;
+use super::path::{advertised, locator_like};
+use super::stream::{tcp_header_len, TCP_ACK};
+use super::{FlowState, Host};
+use crate::id::FlowId;
+use crate::locator::Locator;
+use crate::table::Resolution;
+use crate::wire::{
+    self, verify_transport_checksum, ControlFlags, ControlRepr, SalPacket, SalRepr,
+    TransportProtocol,
+};
+
+impl Host {
+    /// Takes one received SAL packet (the IPv4 or UDP payload) that arrived
+    /// from `src` addressed to `dst` with IP TTL `ttl`. Call [`Host::poll`]
+    /// after a batch of packets.
+    pub fn handle_packet(
+        &mut self,
+        now: Instant,
+        src: Locator,
+        dst: Locator,
+        ttl: u8,
+        bytes: &[u8],
+    ) {
+        self.now = now;
+        self.stats.packets_in += 1;
+        self.stats.bytes_in += bytes.len() as u64;
+        let Ok(packet) = SalPacket::new_checked(bytes) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let repr = match SalRepr::parse(&packet) {
+            Ok(repr) => repr,
+            Err(wire::Error::BadChecksum) => {
+                self.stats.bad_checksum += 1;
+                return;
+            }
+            Err(_) => {
+                self.stats.malformed += 1;
+                return;
+            }
+        };
+        let segment = packet.payload();
+        match repr.dst_flow {
+            None => self.first_packet_input(src, dst, ttl, &repr, segment, bytes.len()),
+            Some(id) => self.flow_packet_input(src, dst, &repr, segment, id),
+        }
+    }
+
+    /// A SYN or an unconnected datagram: resolve its service.
+    fn first_packet_input(
+        &mut self,
+        src: Locator,
+        dst: Locator,
+        ttl: u8,
+        repr: &SalRepr,
+        segment: &[u8],
+        len: usize,
+    ) {
+        let Some(service) = repr.service else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let is_syn = match repr.control {
+            Some(c) => c.flags.contains(ControlFlags::SYN) && !c.flags.contains(ControlFlags::ACK),
+            None => false,
+        };
+        if !is_syn
+            && (repr.control.is_some() || repr.protocol != TransportProtocol::Datagram.number())
+        {
+            self.stats.stale += 1;
+            return;
+        }
+        // The client is the first address the packet came through.
+        let client = match repr.source.as_ref().and_then(|s| s.addrs.first()) {
+            Some(&ip) => locator_like(&src, ip),
+            None => src,
+        };
+        let resolution = self.table.resolve(&service, len, &mut self.rng);
+        match resolution {
+            Resolution::Demux(listener) if is_syn => {
+                self.accept_syn(listener, client, src, dst, repr, segment)
+            }
+            Resolution::Demux(listener) => {
+                self.deliver_unconnected(listener, client, src, dst, repr, segment)
+            }
+            Resolution::Forward(next)
+                if self.config.forward && !self.interfaces.is_local(next.ip()) =>
+            {
+                self.forward(next, src, dst, ttl, repr, segment)
+            }
+            Resolution::Delay => {
+                let bytes = super::output::build(repr, segment);
+                self.hold(service, src, dst, ttl, bytes);
+            }
+            Resolution::Forward(_) | Resolution::Drop | Resolution::NoMatch => {
+                // Only a SYN sent to us personally earns an answer: a
+                // broadcast SYN for a service we lack is someone else's.
+                if is_syn && self.interfaces.is_local(dst.ip()) {
+                    self.refuse(client, repr, true);
+                }
+            }
+        }
+    }
+
+    /// A packet addressed to one of our flow IDs.
+    fn flow_packet_input(
+        &mut self,
+        src: Locator,
+        dst: Locator,
+        repr: &SalRepr,
+        segment: &[u8],
+        id: FlowId,
+    ) {
+        match self.endpoints.get(id) {
+            None => self.stats.unknown_flow += 1,
+            Some(Endpoint::Datagram(_)) => {
+                if repr.control.is_some() {
+                    self.stats.stale += 1;
+                } else {
+                    self.deliver_to_socket(id, src, src, dst, repr, segment);
+                }
+            }
+            Some(Endpoint::Flow(_)) => self.flow_input(id, src, dst, repr, segment),
+        }
+    }
+
+    /// A packet on a flow: its CONTROL part first, then its segment.
+    fn flow_input(
+        &mut self,
+        id: FlowId,
+        src: Locator,
+        dst: Locator,
+        repr: &SalRepr,
+        segment: &[u8],
+    ) {
+        let now = self.now;
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
+        if flow.peer_flow.is_some_and(|peer| peer != repr.src_flow) {
+            self.stats.stale += 1;
+            return;
+        }
+        flow.counters.packets_in += 1;
+        flow.counters.bytes_in += segment.len() as u64;
+        flow.liveness.heard(now);
+        if let Some(control) = repr.control {
+            if !self.control_input(id, src, repr, &control) {
+                return;
+            }
+        } else if flow.state == FlowState::SynReceived && !segment.is_empty() {
+            // Data before the ACK: the ACK was lost but the client is established.
+            flow.control.pending.clear();
+            self.establish_server(id);
+        }
+        if segment.is_empty() {
+            self.mark_dirty(id);
+            return;
+        }
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
+        if flow.state != FlowState::Established {
+            return;
+        }
+        match flow.protocol() {
+            TransportProtocol::Stream => self.stream_segment_input(id, src, dst, segment),
+            TransportProtocol::Datagram => {
+                let with_control = repr.control.is_some();
+                self.datagram_flow_input(id, src, dst, with_control, segment)
+            }
+        }
+    }
+
+    /// The TCP segment of a packet on an established stream flow.
+    fn stream_segment_input(&mut self, id: FlowId, src: Locator, dst: Locator, segment: &[u8]) {
+        if !verify_transport_checksum(TransportProtocol::Stream, src.ip(), dst.ip(), segment) {
+            self.stats.bad_checksum += 1;
+            return;
+        }
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
+        if flow.teardown.app_closed && segment.len() > tcp_header_len(segment) {
+            // Data for an application that closed: nobody will read it.
+            let _ = self.abort(id);
+            return;
+        }
+        if let Some(stream) = flow.stream_mut() {
+            if segment[13] & TCP_ACK != 0 && !stream.replay.is_empty() {
+                stream.replay.acknowledge(segment);
+            }
+        }
+        self.stream_input(id, segment);
+        self.mark_dirty(id);
+    }
+
+    /// The CONTROL part of a packet on a flow. Returns whether the rest of the
+    /// packet (its transport segment) should still be processed.
+    fn control_input(
+        &mut self,
+        id: FlowId,
+        src: Locator,
+        repr: &SalRepr,
+        control: &ControlRepr,
+    ) -> bool {
+        let Ok(flow) = self.flow_mut(id) else {
+            return false;
+        };
+        let flags = control.flags;
+        if flags.contains(ControlFlags::RST) {
+            self.rst_input(id, control);
+            return false;
+        }
+        if flow.state == FlowState::SynSent && flags.contains(ControlFlags::SYN | ControlFlags::ACK)
+        {
+            return self.syn_ack_input(id, src, repr, control);
+        }
+        if !flow.control.nonce_ok(control) {
+            self.stats.bad_nonce += 1;
+            return false;
+        }
+        if repr.address.is_some() {
+            flow.path.set_peer_locators(advertised(repr, &src));
+        }
+        if flags.contains(ControlFlags::SYN) {
+            self.repeated_syn_ack(id, control);
+            return false;
+        }
+        let acked = flow.control.take_acked(control);
+        if acked.iter().any(|p| p.kind == ControlKind::Fin) {
+            flow.teardown.fin_acked = true;
+        }
+        if acked.iter().any(|p| p.kind == ControlKind::Rsyn) {
+            self.replay(id);
+        }
+        if acked.iter().any(|p| p.kind == ControlKind::SynAck) {
+            self.establish_server(id);
+        }
+        if flags.contains(ControlFlags::RSYN) {
+            self.rsyn_input(id, src, control);
+        }
+        if flags.contains(ControlFlags::FIN) {
+            self.fin_input(id, control);
+        }
+        true
+    }
+}

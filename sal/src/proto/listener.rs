@@ -1,0 +1,332 @@
+//! Listeners: the local sockets that serve a service prefix.
+//!
+//! A listener is the DEMUX target of its prefix. Like a kernel's listening
+//! socket it bounds how many flows may wait for the application at once
+//! (`backlog`: half-open plus accepted-but-not-taken), so that a burst of
+//! SYNs costs a bounded amount of memory and the surplus is refused rather
+//! than left to time out. Half-open flows are also found by their client's
+//! address and flow ID, so that a retransmitted SYN (our SYN-ACK was lost)
+//! is answered by the same flow instead of opening another.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::Ipv4Addr;
+
+use super::{Event, Host, HostError};
+use crate::id::{FlowId, ServicePrefix};
+use crate::table::{ListenerId, Target, TargetKey};
+use crate::wire::TransportProtocol;
+
+/// A half-open flow's client: its locator's address and its flow ID.
+type ClientKey = (Ipv4Addr, FlowId);
+
+/// A local listening socket. See the module docs.
+#[derive(Debug)]
+pub(super) struct Listener {
+    pub prefix: ServicePrefix,
+    pub protocol: TransportProtocol,
+    backlog: usize,
+    /// Server flows whose handshake is under way, with their client.
+    half_open: Vec<(ClientKey, FlowId)>,
+    /// Established flows the application has not taken yet.
+    accept_queue: VecDeque<FlowId>,
+    /// Datagram listeners also receive unconnected datagrams, on this socket.
+    pub datagram_socket: Option<FlowId>,
+}
+
+impl Listener {
+    /// Whether one more flow fits in the backlog.
+    fn has_room(&self) -> bool {
+        self.half_open.len() + self.accept_queue.len() < self.backlog
+    }
+}
+
+/// What [`Listeners::remove`] leaves to be cleaned up.
+#[derive(Debug)]
+pub(super) struct Removed {
+    pub prefix: ServicePrefix,
+    pub datagram_socket: Option<FlowId>,
+    pub half_open: Vec<FlowId>,
+    pub accept_queue: VecDeque<FlowId>,
+}
+
+/// The host's listeners. See the module docs.
+#[derive(Debug)]
+pub(super) struct Listeners {
+    by_id: HashMap<ListenerId, Listener>,
+    next_id: u64,
+    /// Half-open server flows by client, across all listeners.
+    by_client: HashMap<ClientKey, FlowId>,
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        Listeners {
+            by_id: HashMap::new(),
+            next_id: 1,
+            by_client: HashMap::new(),
+        }
+    }
+}
+
+impl Listeners {
+    /// Reserves the ID of the next listener.
+    pub fn allocate_id(&mut self) -> ListenerId {
+        let id = ListenerId(self.next_id);
+        self.next_id += 1;
+        id
+    }
+
+    /// Adds a listener under an ID from [`Listeners::allocate_id`].
+    pub fn insert(
+        &mut self,
+        id: ListenerId,
+        prefix: ServicePrefix,
+        protocol: TransportProtocol,
+        backlog: usize,
+        datagram_socket: Option<FlowId>,
+    ) {
+        let listener = Listener {
+            prefix,
+            protocol,
+            backlog: backlog.max(1),
+            half_open: Vec::new(),
+            accept_queue: VecDeque::new(),
+            datagram_socket,
+        };
+        self.by_id.insert(id, listener);
+    }
+
+    pub fn get(&self, id: ListenerId) -> Option<&Listener> {
+        self.by_id.get(&id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Removes a listener; its flows are the caller's to end.
+    pub fn remove(&mut self, id: ListenerId) -> Option<Removed> {
+        let listener = self.by_id.remove(&id)?;
+        for (client, _) in &listener.half_open {
+            self.by_client.remove(client);
+        }
+        Some(Removed {
+            prefix: listener.prefix,
+            datagram_socket: listener.datagram_socket,
+            half_open: listener.half_open.iter().map(|&(_, flow)| flow).collect(),
+            accept_queue: listener.accept_queue,
+        })
+    }
+
+    /// The half-open flow already opened for this client's SYN, if any.
+    pub fn half_open_flow(&self, client_ip: Ipv4Addr, client_flow: FlowId) -> Option<FlowId> {
+        self.by_client.get(&(client_ip, client_flow)).copied()
+    }
+
+    /// Whether listener `id` takes a new flow of `protocol` now.
+    pub fn admits(&self, id: ListenerId, protocol: TransportProtocol) -> bool {
+        self.get(id)
+            .is_some_and(|l| l.protocol == protocol && l.has_room())
+    }
+
+    /// Counts a new half-open flow against its listener's backlog.
+    pub fn syn_received(
+        &mut self,
+        id: ListenerId,
+        client_ip: Ipv4Addr,
+        client_flow: FlowId,
+        flow: FlowId,
+    ) {
+        if let Some(listener) = self.by_id.get_mut(&id) {
+            let client = (client_ip, client_flow);
+            listener.half_open.push((client, flow));
+            self.by_client.insert(client, flow);
+        }
+    }
+
+    /// A half-open flow completed its handshake: it waits in the accept
+    /// queue. Returns whether its listener is still there to take it.
+    pub fn established(&mut self, id: ListenerId, flow: FlowId) -> bool {
+        let Some(listener) = self.by_id.get_mut(&id) else {
+            return false;
+        };
+        if let Some(at) = listener.half_open.iter().position(|&(_, f)| f == flow) {
+            let (client, _) = listener.half_open.swap_remove(at);
+            self.by_client.remove(&client);
+        }
+        listener.accept_queue.push_back(flow);
+        true
+    }
+
+    /// Forgets a flow that is going away, half-open or waiting for accept.
+    pub fn forget(&mut self, id: ListenerId, flow: FlowId) {
+        let Some(listener) = self.by_id.get_mut(&id) else {
+            return;
+        };
+        if let Some(at) = listener.half_open.iter().position(|&(_, f)| f == flow) {
+            let (client, _) = listener.half_open.swap_remove(at);
+            self.by_client.remove(&client);
+        }
+        listener.accept_queue.retain(|&queued| queued != flow);
+    }
+
+    /// Takes the next established flow from a listener's accept queue.
+    pub fn accept(&mut self, id: ListenerId) -> Result<FlowId, HostError> {
+        let listener = self
+            .by_id
+            .get_mut(&id)
+            .ok_or(HostError::NoSuchListener(id))?;
+        listener
+            .accept_queue
+            .pop_front()
+            .ok_or(HostError::WouldBlock)
+    }
+}
+
+impl Host {
+    /// Binds a listener to `prefix`: installs the DEMUX rule (registering the
+    /// service) and emits [`Event::Registered`]. At most `backlog` flows may be
+    /// half-open or waiting to be accepted at once.
+    pub fn listen(
+        &mut self,
+        prefix: ServicePrefix,
+        protocol: TransportProtocol,
+        backlog: usize,
+    ) -> Result<ListenerId, HostError> {
+        let taken = self.table.get(&prefix).is_some_and(|rule| {
+            rule.targets()
+                .iter()
+                .any(|t| matches!(t.target, Target::Demux { .. }))
+        });
+        if taken {
+            return Err(HostError::AddressInUse(prefix));
+        }
+        let id = self.listeners.allocate_id();
+        let datagram_socket = match protocol {
+            TransportProtocol::Datagram => Some(self.new_datagram_socket(Some(id))?),
+            TransportProtocol::Stream => None,
+        };
+        self.listeners
+            .insert(id, prefix, protocol, backlog, datagram_socket);
+        self.add_rule(prefix, Target::Demux { listener: id }, 0);
+        self.events.push_back(Event::Registered(prefix));
+        Ok(id)
+    }
+
+    /// Number of bound listeners.
+    pub fn listener_count(&self) -> usize {
+        self.listeners.len()
+    }
+
+    /// The datagram socket of a datagram listener (where unconnected
+    /// datagrams to its service arrive).
+    pub fn listener_socket(&self, listener: ListenerId) -> Option<FlowId> {
+        self.listeners.get(listener)?.datagram_socket
+    }
+
+    /// Unbinds a listener: removes its DEMUX rule, resets flows not yet
+    /// accepted, and emits [`Event::Unregistered`].
+    pub fn close_listener(&mut self, id: ListenerId) -> Result<(), HostError> {
+        let removed = self
+            .listeners
+            .remove(id)
+            .ok_or(HostError::NoSuchListener(id))?;
+        let _ = self
+            .table
+            .remove_target(&removed.prefix, &TargetKey::Demux { listener: id });
+        for flow in removed.accept_queue {
+            self.abort(flow).ok();
+            self.close(flow).ok();
+        }
+        for flow in removed.half_open {
+            self.free_flow(flow);
+        }
+        if let Some(socket) = removed.datagram_socket {
+            self.endpoints.remove(socket);
+        }
+        self.events.push_back(Event::Unregistered(removed.prefix));
+        Ok(())
+    }
+
+    /// Takes the next established flow from a listener's accept queue.
+    pub fn accept(&mut self, id: ListenerId) -> Result<FlowId, HostError> {
+        self.listeners.accept(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(n: u32) -> FlowId {
+        FlowId::new(n).unwrap()
+    }
+
+    const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+
+    fn listeners(backlog: usize) -> (Listeners, ListenerId) {
+        let mut listeners = Listeners::default();
+        let id = listeners.allocate_id();
+        listeners.insert(
+            id,
+            "beef/16".parse().unwrap(),
+            TransportProtocol::Stream,
+            backlog,
+            None,
+        );
+        (listeners, id)
+    }
+
+    #[test]
+    fn the_backlog_counts_half_open_and_unaccepted_flows() {
+        let (mut l, id) = listeners(2);
+        assert!(l.admits(id, TransportProtocol::Stream));
+        assert!(!l.admits(id, TransportProtocol::Datagram), "wrong protocol");
+        l.syn_received(id, CLIENT, flow(100), flow(1));
+        l.syn_received(id, CLIENT, flow(101), flow(2));
+        assert!(!l.admits(id, TransportProtocol::Stream), "two half-open");
+        assert!(l.established(id, flow(1)));
+        assert!(
+            !l.admits(id, TransportProtocol::Stream),
+            "one queued, one half-open"
+        );
+        assert_eq!(l.accept(id), Ok(flow(1)));
+        assert!(l.admits(id, TransportProtocol::Stream));
+        assert_eq!(l.accept(id), Err(HostError::WouldBlock));
+        assert_eq!(
+            l.accept(ListenerId(99)),
+            Err(HostError::NoSuchListener(ListenerId(99)))
+        );
+    }
+
+    #[test]
+    fn a_retransmitted_syn_finds_its_half_open_flow_until_established() {
+        let (mut l, id) = listeners(8);
+        l.syn_received(id, CLIENT, flow(100), flow(1));
+        assert_eq!(l.half_open_flow(CLIENT, flow(100)), Some(flow(1)));
+        assert_eq!(l.half_open_flow(CLIENT, flow(101)), None);
+        l.established(id, flow(1));
+        assert_eq!(l.half_open_flow(CLIENT, flow(100)), None);
+    }
+
+    #[test]
+    fn forgetting_and_removing_undo_the_accounting() {
+        let (mut l, id) = listeners(1);
+        l.syn_received(id, CLIENT, flow(100), flow(1));
+        l.forget(id, flow(1));
+        assert!(l.admits(id, TransportProtocol::Stream));
+        assert_eq!(l.half_open_flow(CLIENT, flow(100)), None);
+        l.syn_received(id, CLIENT, flow(102), flow(3));
+        let removed = l.remove(id).unwrap();
+        assert_eq!(removed.half_open, [flow(3)]);
+        assert_eq!(l.half_open_flow(CLIENT, flow(102)), None);
+        assert_eq!(l.len(), 0);
+        assert!(!l.established(id, flow(3)), "the listener is gone");
+    }
+
+    #[test]
+    fn a_zero_backlog_still_admits_one() {
+        let (l, id) = listeners(0);
+        assert!(l.admits(id, TransportProtocol::Stream));
+    }
+}

@@ -1,0 +1,225 @@
+//! Whether a flow's path still works, judged from the peer's silence.
+//!
+//! A path can die without anyone saying so (a Wi-Fi access point out of
+//! range, a NAT that forgot us). The only evidence is silence, and silence
+//! means something only when the peer had a reason to speak: when this end
+//! is waiting for an answer (data or a control message in flight), a peer
+//! silent for `liveness_timeout` is taken as a dead path and the flow moves.
+//! An idle flow gives its peer no reason to speak, so after `idle_probe` of
+//! silence it asks (a probe), which turns the idle case into the waiting one.
+//!
+//! Silence is counted from when the peer was last heard or, if later, from
+//! when this end first asked something after that: a flow that sends after a
+//! long quiet spell gives its peer a full timeout to answer.
+//!
+//! This type only keeps the two instants and gives verdicts; the host arms
+//! one [`Timer::Liveness`](super::timer::Timer) per flow from
+//! [`Liveness::next_check`] and acts on [`Liveness::check`] when it fires.
+//! Those deadlines are coalesced onto a coarse grid ([`on_tick`]): a
+//! verdict is at most one tick late, which nobody can tell from network
+//! jitter, and flows whose deadlines fall in one tick share one wakeup.
+
+use smoltcp::time::{Duration, Instant};
+
+/// The grid liveness deadlines are rounded up to.
+pub(super) const TICK: Duration = Duration::from_millis(100);
+
+/// The first tick of the liveness grid at or after `at`.
+pub(super) fn on_tick(at: Instant) -> Instant {
+    let tick = TICK.total_micros() as i64;
+    let micros = at.total_micros();
+    Instant::from_micros(micros + (tick - micros.rem_euclid(tick)) % tick)
+}
+
+/// What the silence of the peer means now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// Waiting for an answer that has not come for the whole timeout.
+    Silent,
+    /// Nothing in flight, and nothing heard for the idle-probe period.
+    Idle,
+    /// Nothing to do yet.
+    Alive,
+}
+
+/// The liveness timing of one flow. See the module docs.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Liveness {
+    /// When the peer was last heard on this flow.
+    heard: Instant,
+    /// When this end first sent something expecting an answer since then.
+    asked: Option<Instant>,
+}
+
+impl Liveness {
+    /// A flow that has just heard from (or about) its peer.
+    pub fn new(now: Instant) -> Liveness {
+        Liveness {
+            heard: now,
+            asked: None,
+        }
+    }
+
+    /// The peer spoke.
+    pub fn heard(&mut self, now: Instant) {
+        self.heard = now;
+        self.asked = None;
+    }
+
+    /// This end sent something that expects an answer. Returns when the
+    /// peer's silence would count, if this starts a wait (the liveness
+    /// timer must fire by then); `None` if a wait was already counting.
+    pub fn asked(&mut self, now: Instant, timeout: Duration) -> Option<Instant> {
+        if self.asked.is_some() {
+            return None;
+        }
+        self.asked = Some(now);
+        Some(now + timeout)
+    }
+
+    /// Counts silence afresh from `now` (the flow just moved or probed:
+    /// hearing nothing before is not yet a reason to act again).
+    pub fn restart(&mut self, now: Instant) {
+        self.heard = self.heard.max(now);
+        self.asked = None;
+    }
+
+    /// Since when the peer has failed to answer.
+    fn silent_since(&self) -> Instant {
+        self.asked.map_or(self.heard, |asked| asked.max(self.heard))
+    }
+
+    /// The verdict at `now`, given whether this end is `waiting` for an
+    /// answer (control messages or transport data in flight).
+    pub fn check(
+        &self,
+        now: Instant,
+        waiting: bool,
+        timeout: Duration,
+        idle_probe: Option<Duration>,
+    ) -> Verdict {
+        if waiting {
+            if now >= self.silent_since() + timeout {
+                return Verdict::Silent;
+            }
+        } else if idle_probe.is_some_and(|after| now >= self.heard + after) {
+            return Verdict::Idle;
+        }
+        Verdict::Alive
+    }
+
+    /// When the verdict may next change, absent news: the timeout of a wait,
+    /// or the end of an idle period (never at or before `now`: a verdict
+    /// acted on without effect is looked at again a period later). `None`
+    /// if only a new wait ([`Liveness::asked`]) could change it.
+    pub fn next_check(
+        &self,
+        now: Instant,
+        waiting: bool,
+        timeout: Duration,
+        idle_probe: Option<Duration>,
+    ) -> Option<Instant> {
+        let (from, period) = if waiting {
+            (self.silent_since(), timeout)
+        } else {
+            (self.heard, idle_probe?)
+        };
+        let at = from + period;
+        Some(if at > now { at } else { now + period })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: u64) -> Instant {
+        Instant::from_millis(ms as i64)
+    }
+
+    fn ms(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+
+    const TIMEOUT: u64 = 1500;
+    const IDLE: Option<Duration> = Some(Duration::from_secs(10));
+
+    fn check(l: &Liveness, now: u64, waiting: bool) -> Verdict {
+        l.check(at(now), waiting, ms(TIMEOUT), IDLE)
+    }
+
+    #[test]
+    fn a_wait_unanswered_for_the_timeout_is_silence() {
+        let mut l = Liveness::new(at(0));
+        assert_eq!(l.asked(at(100), ms(TIMEOUT)), Some(at(1600)));
+        assert_eq!(l.asked(at(200), ms(TIMEOUT)), None, "already counting");
+        assert_eq!(check(&l, 1599, true), Verdict::Alive);
+        assert_eq!(check(&l, 1600, true), Verdict::Silent);
+        // Each answer pushes the verdict back.
+        l.heard(at(1000));
+        assert_eq!(check(&l, 1600, true), Verdict::Alive);
+        assert_eq!(
+            l.next_check(at(1600), true, ms(TIMEOUT), IDLE),
+            Some(at(2500))
+        );
+    }
+
+    #[test]
+    fn sending_after_a_quiet_spell_gives_the_peer_a_full_timeout() {
+        let mut l = Liveness::new(at(0));
+        // Heard at 0, quiet until 5 s, then data goes out.
+        assert_eq!(l.asked(at(5000), ms(TIMEOUT)), Some(at(6500)));
+        assert_eq!(check(&l, 5100, true), Verdict::Alive);
+        assert_eq!(check(&l, 6500, true), Verdict::Silent);
+    }
+
+    #[test]
+    fn an_idle_flow_is_probed_after_the_idle_period_only() {
+        let mut l = Liveness::new(at(0));
+        assert_eq!(check(&l, 9999, false), Verdict::Alive);
+        assert_eq!(check(&l, 10_000, false), Verdict::Idle);
+        assert_eq!(
+            l.check(at(60_000), false, ms(TIMEOUT), None),
+            Verdict::Alive,
+            "probing off"
+        );
+        assert_eq!(l.next_check(at(0), false, ms(TIMEOUT), None), None);
+        assert_eq!(
+            l.next_check(at(300), false, ms(TIMEOUT), IDLE),
+            Some(at(10_000))
+        );
+        // A probe is a question: from then on it is a wait.
+        l.restart(at(10_000));
+        l.asked(at(10_000), ms(TIMEOUT));
+        assert_eq!(check(&l, 11_499, true), Verdict::Alive);
+        assert_eq!(check(&l, 11_500, true), Verdict::Silent);
+    }
+
+    #[test]
+    fn a_verdict_without_effect_is_looked_at_a_period_later() {
+        let l = Liveness::new(at(0));
+        // Idle for 30 s with nowhere to probe: next look in one period,
+        // not at once.
+        assert_eq!(
+            l.next_check(at(30_000), false, ms(TIMEOUT), IDLE),
+            Some(at(40_000))
+        );
+    }
+
+    #[test]
+    fn deadlines_round_up_to_the_tick() {
+        assert_eq!(on_tick(at(0)), at(0));
+        assert_eq!(on_tick(at(100)), at(100));
+        assert_eq!(on_tick(Instant::from_micros(100_001)), at(200));
+        assert_eq!(on_tick(at(1549)), at(1600));
+        assert_eq!(on_tick(Instant::from_micros(-1)), at(0));
+    }
+
+    #[test]
+    fn restart_never_moves_the_clock_back() {
+        let mut l = Liveness::new(at(5000));
+        l.restart(at(4000));
+        assert_eq!(check(&l, 14_999, false), Verdict::Alive);
+        assert_eq!(check(&l, 15_000, false), Verdict::Idle);
+    }
+}

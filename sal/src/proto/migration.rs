@@ -1,0 +1,259 @@
+//! Migration: moving a live flow to another locator (RSYN), following a
+//! peer that moved, and deciding from its silence that a path is dead.
+//!
+//! Either end may move at any time; the transport above never notices,
+//! because the flow is named by flow IDs and only the SAL knows addresses.
+//! A move is an RSYN from the new locator, retransmitted until the peer's
+//! RSYN-ACK; the peer follows whichever copy it hears last, so the latest
+//! move wins. Segments the old path swallowed are resent as soon as the move
+//! is confirmed (see `replay.rs`), rather than after the transport's
+//! one-second minimum timeout.
+//!
+//! Moves happen on request ([`Host::migrate`]), when an interface goes down
+//! or is renumbered, and when the liveness verdict says a path went silent
+//! (see `liveness.rs`): then the flow tries the next interface that is up,
+//! else the next locator the peer advertised.
+
+use super::control::{ControlKind, Sequence};
+use super::liveness::{on_tick, Verdict};
+use super::timer::Timer;
+use super::{Event, FlowState, Host, HostError, Transmit};
+use crate::id::FlowId;
+use crate::locator::Locator;
+use crate::wire::{ControlFlags, ControlRepr, SalRepr, TransportProtocol};
+
+impl Host {
+    /// Moves a flow to another of this host's interfaces (the RSYN exchange of
+    /// WIRE.md). The transport above never notices.
+    pub fn migrate(&mut self, flow: FlowId, interface: &str) -> Result<(), HostError> {
+        let iface = self
+            .interfaces
+            .get(interface)
+            .ok_or_else(|| HostError::NoSuchInterface(interface.to_string()))?;
+        if !iface.up {
+            return Err(HostError::InterfaceDown(interface.to_string()));
+        }
+        let locator = iface.locator;
+        self.migrate_to(flow, locator)
+    }
+
+    /// Moves a flow to `locator` (one of ours) with an RSYN. A migration
+    /// started while an earlier one is unanswered reuses its RSYN: the peer
+    /// follows whichever copy arrives last, so the latest move wins.
+    fn migrate_to(&mut self, id: FlowId, locator: Locator) -> Result<(), HostError> {
+        let (now, rto) = (self.now, self.config.control_rto);
+        let flow = self.flow_mut(id)?;
+        if flow.state != FlowState::Established {
+            return Err(HostError::NotConnected);
+        }
+        if !flow.path.move_local(locator, now) {
+            return Ok(());
+        }
+        // Hearing nothing since the move is not yet a reason to move again.
+        flow.liveness.restart(now);
+        // An unanswered RSYN (a move, or a probe) is resent from here: the
+        // peer follows whichever copy it hears last.
+        let restarted = flow.control.restart_rsyn(now, rto);
+        if let Some(deadline) = restarted {
+            self.arm_timer(id, Timer::Control, deadline);
+        }
+        self.stats.migrations += 1;
+        self.events.push_back(Event::Migrated(id, locator));
+        // Whatever else is in flight (a FIN, say) goes out from here too.
+        self.retransmit_now(id);
+        if restarted.is_none() {
+            self.send_new_control(id, ControlKind::Rsyn, ControlFlags::RSYN, false, &[]);
+        }
+        self.mark_dirty(id);
+        Ok(())
+    }
+
+    /// Moves every established flow on `from` to `to`.
+    pub(super) fn move_flows(&mut self, from: Locator, to: Locator) {
+        let flows: Vec<FlowId> = self
+            .endpoints
+            .iter()
+            .filter_map(|(id, e)| match e {
+                super::flow::Endpoint::Flow(f)
+                    if f.path.local == from && f.state == FlowState::Established =>
+                {
+                    Some(id)
+                }
+                _ => None,
+            })
+            .collect();
+        for flow in flows {
+            let _ = self.migrate_to(flow, to);
+        }
+    }
+
+    /// Moves every established flow on `from` to another interface that is up.
+    pub(super) fn evacuate(&mut self, from: Locator) {
+        let to = self.interfaces.others_up(from).next();
+        if let Some(to) = to {
+            self.move_flows(from, to);
+        }
+    }
+
+    /// An RSYN from the peer (or its RSYN-ACK answering ours). The nonce was
+    /// checked by the caller; the `verno` decides whether it is news.
+    pub(super) fn rsyn_input(&mut self, id: FlowId, src: Locator, control: &ControlRepr) {
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
+        let sequence = flow.control.accept_verno(control.verno);
+        if sequence == Sequence::Stale {
+            self.stats.stale += 1;
+            return;
+        }
+        // The peer speaks from where it now is: follow it. A retransmitted
+        // RSYN from yet another locator also moves us (the latest wins).
+        let moved = flow.path.follow_peer(src);
+        let answered = flow.control.in_flight(ControlKind::RsynAck);
+        if moved {
+            self.events.push_back(Event::PeerMoved(id, src));
+            self.replay(id);
+        }
+        if control.flags.contains(ControlFlags::ACK) {
+            // An RSYN-ACK: our RSYN was retired by the caller; confirm it.
+            self.send_ack(id, false, &[]);
+        } else if sequence == Sequence::New {
+            self.send_new_control(
+                id,
+                ControlKind::RsynAck,
+                ControlFlags::RSYN | ControlFlags::ACK,
+                false,
+                &[],
+            );
+        } else if answered {
+            self.retransmit_now(id);
+        } else {
+            self.send_ack(id, false, &[]);
+        }
+    }
+
+    /// Resends the flow's unacknowledged stream segments on its current path
+    /// (see `replay.rs`).
+    pub(super) fn replay(&mut self, id: FlowId) {
+        let ttl = self.config.ttl;
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
+        let Some(remote) = flow.path.remote else {
+            return;
+        };
+        let (src, peer_flow) = (flow.path.local, flow.peer_flow);
+        let Some(stream) = flow.stream() else {
+            return;
+        };
+        // Our latest ACK first, so the peer resends only what we lack.
+        let ack = stream.replay.current_ack(src.ip(), remote.ip());
+        let segments = ack
+            .into_iter()
+            .chain(stream.replay.replay(src.ip(), remote.ip()))
+            .collect::<Vec<_>>();
+        let repr = SalRepr::data(id, peer_flow, TransportProtocol::Stream.number());
+        for segment in segments {
+            self.stats.replayed += 1;
+            self.queue_transmit(Transmit {
+                src,
+                dst: remote,
+                ttl,
+                payload: super::output::build(&repr, &segment),
+            });
+        }
+    }
+
+    /// This end sent something on the flow that expects an answer: if that
+    /// starts a wait, the liveness timer must fire when the wait times out.
+    pub(super) fn note_asked(&mut self, id: FlowId) {
+        if !self.config.auto_migrate {
+            return;
+        }
+        let (now, timeout) = (self.now, self.config.liveness_timeout);
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
+        if flow.state != FlowState::Established {
+            return;
+        }
+        if let Some(at) = flow.liveness.asked(now, timeout) {
+            self.arm_timer(id, Timer::Liveness, on_tick(at));
+        }
+    }
+
+    /// Arms the flow's liveness timer for when its verdict may next change.
+    pub(super) fn arm_liveness(&mut self, id: FlowId) {
+        if !self.config.auto_migrate {
+            return;
+        }
+        let waiting = self.awaits_peer(id);
+        let (now, timeout, idle) = (
+            self.now,
+            self.config.liveness_timeout,
+            self.config.idle_probe,
+        );
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
+        if flow.state != FlowState::Established {
+            return;
+        }
+        if let Some(at) = flow.liveness.next_check(now, waiting, timeout, idle) {
+            self.arm_timer(id, Timer::Liveness, on_tick(at));
+        }
+    }
+
+    /// The liveness timer fired: a flow waiting on a silent peer tries
+    /// another path; an idle flow with somewhere else to go probes its own.
+    pub(super) fn liveness_due(&mut self, id: FlowId) {
+        let waiting = self.awaits_peer(id);
+        let (now, timeout, idle) = (
+            self.now,
+            self.config.liveness_timeout,
+            self.config.idle_probe,
+        );
+        let interfaces_up = self.interfaces.up_count();
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
+        if flow.state != FlowState::Established {
+            return;
+        }
+        match flow.liveness.check(now, waiting, timeout, idle) {
+            Verdict::Silent => self.abandon_path(id),
+            Verdict::Idle if interfaces_up > 1 || flow.path.peer_has_alternatives() => {
+                // The silence that matters from now on is the probe's.
+                flow.liveness.restart(now);
+                self.stats.probes += 1;
+                self.send_new_control(id, ControlKind::Probe, ControlFlags::RSYN, false, &[]);
+            }
+            Verdict::Idle | Verdict::Alive => {}
+        }
+        self.arm_liveness(id);
+    }
+
+    /// The path went silent: move to the next local interface that is up,
+    /// else try the peer's next advertised locator, else wait another
+    /// timeout before looking again.
+    fn abandon_path(&mut self, id: FlowId) {
+        let now = self.now;
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
+        let local = flow.path.local;
+        if let Some(next) = self.interfaces.next_up_after(local) {
+            let _ = self.migrate_to(id, next);
+            return;
+        }
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
+        // Only one way out of here: try the peer's other locators.
+        flow.liveness.restart(now);
+        if let Some(other) = flow.path.try_next_peer_locator() {
+            self.events.push_back(Event::PeerMoved(id, other));
+            self.retransmit_now(id);
+        }
+    }
+}

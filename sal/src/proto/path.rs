@@ -1,0 +1,201 @@
+//! Where a flow runs: this end's locator, the peer's, and the other
+//! locators either side could move to.
+//!
+//! A SAL flow is named by flow IDs, not by addresses, so both of its ends may
+//! change address mid-flow (RSYN). This type is the one place that knows a
+//! flow's current addresses and keeps count of how they changed; the
+//! exchanges that change them (migration, a peer's RSYN, a liveness verdict)
+//! live in `migration.rs`.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use smoltcp::time::Instant;
+
+use super::control::ControlKind;
+use crate::locator::Locator;
+use crate::wire::SalRepr;
+
+/// The addresses of one flow and their history. See the module docs.
+#[derive(Debug, Clone)]
+pub(super) struct Path {
+    /// Where this end sends from.
+    pub local: Locator,
+    /// Where the peer is; for a client before the SYN-ACK, unknown.
+    pub remote: Option<Locator>,
+    /// Client: where the SYN goes (the server, or a service router).
+    pub next_hop: Option<Locator>,
+    /// Other locators the peer advertised (ADDRESS extension).
+    peer_locators: Vec<Locator>,
+    /// Times this end moved to another locator.
+    pub migrations: u32,
+    /// Times the peer moved (or was given up on at one locator).
+    pub peer_moves: u32,
+    /// When this end last moved.
+    pub last_migration: Option<Instant>,
+}
+
+impl Path {
+    /// A path from `local` to a peer not yet known.
+    pub fn new(local: Locator) -> Path {
+        Path {
+            local,
+            remote: None,
+            next_hop: None,
+            peer_locators: Vec::new(),
+            migrations: 0,
+            peer_moves: 0,
+            last_migration: None,
+        }
+    }
+
+    /// Moves this end to `to`; returns false if it is there already.
+    pub fn move_local(&mut self, to: Locator, now: Instant) -> bool {
+        if self.local == to {
+            return false;
+        }
+        self.local = to;
+        self.migrations += 1;
+        self.last_migration = Some(now);
+        true
+    }
+
+    /// Follows the peer to `src`, where it now speaks from; returns whether
+    /// that is a move.
+    pub fn follow_peer(&mut self, src: Locator) -> bool {
+        if self.remote == Some(src) {
+            return false;
+        }
+        self.remote = Some(src);
+        self.peer_moves += 1;
+        true
+    }
+
+    /// Replaces what the peer advertised.
+    pub fn set_peer_locators(&mut self, locators: Vec<Locator>) {
+        self.peer_locators = locators;
+    }
+
+    /// Whether the peer advertised somewhere other than where it is.
+    pub fn peer_has_alternatives(&self) -> bool {
+        self.peer_locators.iter().any(|l| Some(*l) != self.remote)
+    }
+
+    /// Gives up on the peer's current locator for the next one it
+    /// advertised, which goes to the back of the list (so repeated calls
+    /// cycle through them); returns the new one, or `None` if there is no
+    /// other.
+    pub fn try_next_peer_locator(&mut self) -> Option<Locator> {
+        let remote = self.remote?;
+        let other = *self.peer_locators.iter().find(|l| **l != remote)?;
+        self.peer_locators.retain(|l| *l != other);
+        self.peer_locators.push(remote);
+        self.remote = Some(other);
+        self.peer_moves += 1;
+        Some(other)
+    }
+
+    /// Where a control message of `kind` goes now: a SYN to the first hop,
+    /// anything else to the peer's current locator (so retransmissions
+    /// follow migrations on both sides).
+    pub fn control_destination(&self, kind: ControlKind) -> Option<Locator> {
+        if kind == ControlKind::Syn {
+            self.next_hop
+        } else {
+            self.remote
+        }
+    }
+}
+
+/// The other locators a peer advertised in an ADDRESS extension, reached
+/// the same way as `src`.
+pub(super) fn advertised(repr: &SalRepr, src: &Locator) -> Vec<Locator> {
+    repr.address
+        .as_ref()
+        .map(|a| a.addrs.iter().map(|&ip| locator_like(src, ip)).collect())
+        .unwrap_or_default()
+}
+
+/// A locator for `ip` reached the same way as `template` (same UDP port, if any).
+pub(super) fn locator_like(template: &Locator, ip: Ipv4Addr) -> Locator {
+    match template {
+        Locator::Ipv4(_) => Locator::Ipv4(ip),
+        Locator::Udp(addr) => Locator::Udp(SocketAddrV4::new(ip, addr.port())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::AddressRepr;
+
+    fn loc(s: &str) -> Locator {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn moves_are_counted_and_timed() {
+        let mut path = Path::new(loc("10.0.0.1"));
+        assert!(!path.move_local(loc("10.0.0.1"), Instant::from_millis(5)));
+        assert!(path.move_local(loc("10.1.0.1"), Instant::from_millis(7)));
+        assert_eq!(
+            (path.local, path.migrations, path.last_migration),
+            (loc("10.1.0.1"), 1, Some(Instant::from_millis(7)))
+        );
+        assert!(path.follow_peer(loc("10.0.0.2")));
+        assert!(!path.follow_peer(loc("10.0.0.2")));
+        assert_eq!(path.peer_moves, 1);
+    }
+
+    #[test]
+    fn advertised_locators_are_tried_in_turn() {
+        let mut path = Path::new(loc("10.0.0.1"));
+        assert_eq!(path.try_next_peer_locator(), None, "no peer yet");
+        path.remote = Some(loc("10.0.0.2"));
+        assert!(!path.peer_has_alternatives());
+        // The peer advertises its other locators, not the one it speaks from.
+        path.set_peer_locators(vec![loc("10.2.0.2"), loc("10.3.0.2")]);
+        assert!(path.peer_has_alternatives());
+        let tried: Vec<Locator> = (0..4)
+            .map(|_| path.try_next_peer_locator().unwrap())
+            .collect();
+        assert_eq!(
+            tried,
+            [
+                loc("10.2.0.2"),
+                loc("10.3.0.2"),
+                loc("10.0.0.2"),
+                loc("10.2.0.2")
+            ]
+        );
+        assert_eq!(path.peer_moves, 4);
+    }
+
+    #[test]
+    fn a_syn_goes_to_the_first_hop_and_the_rest_to_the_peer() {
+        let mut path = Path::new(loc("10.0.0.1"));
+        path.next_hop = Some(loc("10.0.0.254"));
+        assert_eq!(path.control_destination(ControlKind::Fin), None);
+        path.remote = Some(loc("10.0.0.11"));
+        assert_eq!(
+            path.control_destination(ControlKind::Syn),
+            Some(loc("10.0.0.254"))
+        );
+        assert_eq!(
+            path.control_destination(ControlKind::Rsyn),
+            Some(loc("10.0.0.11"))
+        );
+    }
+
+    #[test]
+    fn advertised_addresses_keep_the_carriage_of_the_sender() {
+        let mut repr = SalRepr::data(crate::FlowId::new(1).unwrap(), None, 6);
+        let mut address = AddressRepr::default();
+        address.addrs.push(Ipv4Addr::new(10, 2, 0, 2));
+        repr.address = Some(address);
+        let udp = loc("udp:10.0.0.2:54325");
+        assert_eq!(advertised(&repr, &udp), [loc("udp:10.2.0.2:54325")]);
+        assert_eq!(advertised(&repr, &loc("10.0.0.2")), [loc("10.2.0.2")]);
+        repr.address = None;
+        assert!(advertised(&repr, &udp).is_empty());
+    }
+}

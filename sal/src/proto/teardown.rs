@@ -1,0 +1,215 @@
+//! How flows end: FIN exchanges, resets, and releasing a flow's state.
+//!
+//! The SAL has its own FIN, separate from the transport's, because the SAL
+//! must know when a flow ID may be reused: each side sends a SAL FIN once it
+//! has finished sending (for a stream, once its transport's FIN is
+//! acknowledged, as the reference stack does), and a flow is released when
+//! both FINs are acknowledged and the application has closed it. A reset
+//! (`CONTROL(RST)`, nonce-checked so that only the peer can send one) kills
+//! the flow at once; it then waits only for the application to close it.
+
+use super::control::{ControlKind, Sequence};
+use super::flow::Endpoint;
+use super::{ConnectError, Event, FlowState, Host, HostError, Transmit};
+use crate::id::FlowId;
+use crate::wire::{ControlFlags, ControlRepr, SalRepr};
+
+/// How far a flow's ending has come.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Teardown {
+    /// The application closed the flow.
+    pub app_closed: bool,
+    /// Our SAL FIN went out.
+    pub fin_sent: bool,
+    /// Our SAL FIN was acknowledged (or given up on).
+    pub fin_acked: bool,
+    /// The peer's SAL FIN arrived.
+    pub peer_fin: bool,
+}
+
+impl Teardown {
+    /// Whether the flow's state may be released: the application is done
+    /// with it, and it is dead or both FINs are through.
+    pub fn releasable(&self, dead: bool) -> bool {
+        self.app_closed && (dead || (self.fin_acked && self.peer_fin))
+    }
+
+    /// Our FIN went unanswered to the end: the peer is gone, and nothing
+    /// more will come from it.
+    pub fn peer_gone(&mut self) {
+        self.fin_acked = true;
+        self.peer_fin = true;
+    }
+}
+
+impl Host {
+    /// The application is done with the flow: ends sending, and releases the
+    /// flow once both SAL FINs are exchanged (or at once if it is dead).
+    /// Like a kernel socket closed with unread data, a stream closed while
+    /// received bytes wait (or that receives more later) is reset, so that
+    /// the peer learns nobody will read what it sends.
+    pub fn close(&mut self, id: FlowId) -> Result<(), HostError> {
+        self.flow_mut(id)?.teardown.app_closed = true;
+        if self.stream_has_unread(id) {
+            return self.abort(id);
+        }
+        self.shutdown(id)
+    }
+
+    /// Aborts a flow: the transport sends RST, the SAL sends RST, and the flow
+    /// is dead; [`Host::close`] releases it.
+    pub fn abort(&mut self, id: FlowId) -> Result<(), HostError> {
+        let ttl = self.config.ttl;
+        let flow = self.flow_mut(id)?;
+        let remote = flow
+            .path
+            .remote
+            .filter(|_| flow.control.peer_nonce.is_some());
+        if let Some(remote) = remote {
+            let mut repr = SalRepr::data(flow.id, flow.peer_flow, flow.protocol().number());
+            let mut control = flow.control.ack();
+            control.flags = ControlFlags::RST;
+            repr.control = Some(control);
+            let src = flow.path.local;
+            self.queue_transmit(Transmit {
+                src,
+                dst: remote,
+                ttl,
+                payload: super::output::build(&repr, &[]),
+            });
+        }
+        self.kill(id);
+        Ok(())
+    }
+
+    /// The flow is over without a goodbye (reset by the peer, or given up
+    /// on): the transport is dropped without a word and the application
+    /// sees a reset.
+    pub(super) fn kill(&mut self, id: FlowId) {
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
+        flow.state = FlowState::Dead;
+        flow.control.pending.clear();
+        self.release_stream(id);
+        self.mark_dirty(id);
+    }
+
+    /// Forgets a flow: transport socket, listener accounting, ID.
+    pub(super) fn free_flow(&mut self, id: FlowId) {
+        let Some(Endpoint::Flow(flow)) = self.endpoints.remove(id) else {
+            return;
+        };
+        self.release_handle(flow.stream().and_then(|s| s.handle));
+        if let Some(listener) = flow.listener {
+            self.listeners.forget(listener, id);
+        }
+        self.events.push_back(Event::Closed(id));
+    }
+
+    /// A `CONTROL(RST)` on a flow. To a SYN it is a refusal, which must
+    /// answer our SYN and echo our own nonce (see the module docs of
+    /// `handshake.rs`); otherwise it must carry the peer's nonce.
+    pub(super) fn rst_input(&mut self, id: FlowId, control: &ControlRepr) {
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
+        let refusal = flow.state == FlowState::SynSent;
+        let valid = if refusal {
+            control.nonce == flow.control.local_nonce && flow.control.answers_syn(control)
+        } else {
+            flow.control.nonce_ok(control)
+        };
+        if !valid {
+            self.stats.bad_nonce += 1;
+            return;
+        }
+        if refusal {
+            let error = if control.flags.contains(ControlFlags::NACK) {
+                ConnectError::NoRoute
+            } else {
+                ConnectError::Refused
+            };
+            self.fail_connect(id, error);
+        } else {
+            self.kill(id);
+        }
+    }
+
+    /// The peer's SAL FIN: it has finished sending.
+    pub(super) fn fin_input(&mut self, id: FlowId, control: &ControlRepr) {
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
+        match flow.control.accept_verno(control.verno) {
+            Sequence::New => {
+                flow.teardown.peer_fin = true;
+                self.send_ack(id, false, &[]);
+                self.mark_dirty(id);
+            }
+            Sequence::Duplicate => self.send_ack(id, false, &[]),
+            Sequence::Stale => self.stats.stale += 1,
+        }
+    }
+
+    /// Looks at the flows touched since the last poll: sends SAL FINs whose
+    /// time has come, releases finished flows, and reports activity on the
+    /// others.
+    pub(super) fn review_dirty_flows(&mut self) {
+        for id in std::mem::take(&mut self.dirty) {
+            let Ok(flow) = self.flow_mut(id) else {
+                continue;
+            };
+            flow.dirty = false;
+            let state = flow.state;
+            if state == FlowState::Established && !flow.teardown.fin_sent && self.done_sending(id) {
+                if let Ok(flow) = self.flow_mut(id) {
+                    flow.teardown.fin_sent = true;
+                }
+                self.send_new_control(id, ControlKind::Fin, ControlFlags::FIN, false, &[]);
+            }
+            let Ok(flow) = self.flow_mut(id) else {
+                continue;
+            };
+            if flow.teardown.releasable(flow.state == FlowState::Dead) {
+                self.free_flow(id);
+            } else if matches!(state, FlowState::Established | FlowState::Dead) {
+                self.events.push_back(Event::Activity(id));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flow_is_released_only_once_the_application_closed_it() {
+        let mut t = Teardown::default();
+        assert!(!t.releasable(true), "dead but not closed");
+        t.fin_acked = true;
+        t.peer_fin = true;
+        assert!(!t.releasable(false), "both FINs but not closed");
+        t.app_closed = true;
+        assert!(t.releasable(false));
+        let closed = Teardown {
+            app_closed: true,
+            fin_acked: true,
+            ..Teardown::default()
+        };
+        assert!(!closed.releasable(false), "the peer has not finished");
+        assert!(closed.releasable(true), "a dead flow goes at once");
+    }
+
+    #[test]
+    fn a_peer_that_never_answers_our_fin_counts_as_finished() {
+        let mut t = Teardown {
+            app_closed: true,
+            fin_sent: true,
+            ..Teardown::default()
+        };
+        t.peer_gone();
+        assert!(t.releasable(false));
+    }
+}

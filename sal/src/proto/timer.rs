@@ -1,0 +1,252 @@
+//! Per-flow deadlines in one queue.
+//!
+//! A host may hold a hundred thousand flows, most of them quiet, so nothing
+//! here ever looks at all of them: every deadline of every flow is one entry
+//! of a binary heap ordered by time, and [`Host::poll`](super::Host::poll)
+//! pops only the entries that are due. The work a timer costs is therefore
+//! proportional to the flows whose deadline came, not to the number of flows.
+//!
+//! Deadlines move often (each packet heard pushes the liveness deadline
+//! back), and removing an entry from the middle of a heap is expensive. So
+//! entries are invalidated lazily: each flow remembers, per kind of timer,
+//! the one deadline that counts ([`FlowTimers`]); an entry popped from the
+//! queue that does not match it is stale and skipped. Arming a timer later
+//! than it is armed already does nothing: it fires at the earlier time, and
+//! its handler finds nothing due yet and arms it again for when something
+//! will be. Packets thus never touch the heap; only due timers do.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use smoltcp::time::Instant;
+
+use crate::id::FlowId;
+
+/// The kinds of deadline a flow has. At one instant, every flow's control
+/// timer fires before any liveness timer, so that a retransmission due at
+/// that instant is out before silence is judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(super) enum Timer {
+    /// Retransmission of the flow's control messages in flight.
+    Control,
+    /// Silence of the peer: move the flow, or probe its idle path.
+    Liveness,
+}
+
+impl Timer {
+    const COUNT: usize = 2;
+
+    fn index(self) -> usize {
+        match self {
+            Timer::Control => 0,
+            Timer::Liveness => 1,
+        }
+    }
+}
+
+/// The deadlines of one flow that count; queue entries that differ are stale.
+#[derive(Debug, Clone, Default)]
+pub(super) struct FlowTimers {
+    armed: [Option<Instant>; Timer::COUNT],
+}
+
+impl FlowTimers {
+    /// When `timer` is armed to fire, if it is.
+    #[cfg(test)]
+    pub fn deadline(&self, timer: Timer) -> Option<Instant> {
+        self.armed[timer.index()]
+    }
+
+    /// Whether a queue entry for `timer` at `at` is the live one.
+    pub fn is_live(&self, timer: Timer, at: Instant) -> bool {
+        self.armed[timer.index()] == Some(at)
+    }
+
+    /// Disarms `timer` if the queue entry for it at `at` is the live one;
+    /// returns whether it was (then the timer fires).
+    pub fn fire(&mut self, timer: Timer, at: Instant) -> bool {
+        let live = self.is_live(timer, at);
+        if live {
+            self.armed[timer.index()] = None;
+        }
+        live
+    }
+}
+
+/// A due queue entry: which timer of which flow, and the deadline it had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Due {
+    pub at: Instant,
+    pub flow: FlowId,
+    pub timer: Timer,
+}
+
+/// Every flow's deadlines, earliest first. See the module docs.
+#[derive(Debug, Default)]
+pub(super) struct TimerQueue {
+    heap: BinaryHeap<Reverse<(Instant, Timer, FlowId)>>,
+}
+
+impl TimerQueue {
+    /// Arms `timer` of `flow` (whose timers are `timers`) to fire by `at`:
+    /// unless it is armed for `at` or earlier already, it now fires at `at`.
+    pub fn arm(&mut self, flow: FlowId, timers: &mut FlowTimers, timer: Timer, at: Instant) {
+        let slot = &mut timers.armed[timer.index()];
+        if slot.is_some_and(|armed| armed <= at) {
+            return;
+        }
+        *slot = Some(at);
+        self.heap.push(Reverse((at, timer, flow)));
+    }
+
+    /// The earliest entry, which may be stale (see [`TimerQueue::pop_stale`]).
+    pub fn peek(&self) -> Option<Due> {
+        self.heap
+            .peek()
+            .map(|&Reverse((at, timer, flow))| Due { at, flow, timer })
+    }
+
+    /// Removes the earliest entry if `is_live` says it is stale; returns
+    /// whether it did. Lets [`Host::poll_timeout`](super::Host::poll_timeout)
+    /// report a deadline that really counts.
+    pub fn pop_stale(&mut self, is_live: impl FnOnce(Due) -> bool) -> bool {
+        match self.peek() {
+            Some(due) if !is_live(due) => {
+                self.heap.pop();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Removes and returns the earliest entry due at `now` (live or stale:
+    /// the caller checks it with [`FlowTimers::fire`]).
+    pub fn pop_due(&mut self, now: Instant) -> Option<Due> {
+        let due = self.peek().filter(|due| due.at <= now)?;
+        self.heap.pop();
+        Some(due)
+    }
+
+    /// Entries in the queue, stale ones included.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.heap.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: i64) -> Instant {
+        Instant::from_millis(ms)
+    }
+
+    fn flow(n: u32) -> FlowId {
+        FlowId::new(n).unwrap()
+    }
+
+    /// Pops every due entry at `now` and fires the live ones.
+    fn fire_all(queue: &mut TimerQueue, flows: &mut [FlowTimers], now: Instant) -> Vec<Due> {
+        let mut fired = Vec::new();
+        while let Some(due) = queue.pop_due(now) {
+            let timers = &mut flows[due.flow.get() as usize];
+            if timers.fire(due.timer, due.at) {
+                fired.push(due);
+            }
+        }
+        fired
+    }
+
+    #[test]
+    fn fires_in_deadline_order_and_only_when_due() {
+        let mut queue = TimerQueue::default();
+        let mut flows = vec![FlowTimers::default(); 4];
+        queue.arm(flow(1), &mut flows[1], Timer::Control, at(300));
+        queue.arm(flow(2), &mut flows[2], Timer::Liveness, at(100));
+        queue.arm(flow(3), &mut flows[3], Timer::Control, at(200));
+        assert_eq!(queue.peek().map(|d| d.at), Some(at(100)));
+        assert!(fire_all(&mut queue, &mut flows, at(99)).is_empty());
+        let fired = fire_all(&mut queue, &mut flows, at(250));
+        let order: Vec<u32> = fired.iter().map(|d| d.flow.get()).collect();
+        assert_eq!(order, [2, 3]);
+        assert_eq!(flows[2].deadline(Timer::Liveness), None, "fired = disarmed");
+        assert_eq!(flows[1].deadline(Timer::Control), Some(at(300)));
+    }
+
+    #[test]
+    fn arming_later_keeps_the_earlier_deadline_and_earlier_replaces_it() {
+        let mut queue = TimerQueue::default();
+        let mut flows = vec![FlowTimers::default(); 2];
+        let mut timers = std::mem::take(&mut flows[1]);
+        queue.arm(flow(1), &mut timers, Timer::Liveness, at(500));
+        queue.arm(flow(1), &mut timers, Timer::Liveness, at(900));
+        assert_eq!(queue.len(), 1, "a later deadline pushes nothing");
+        assert_eq!(timers.deadline(Timer::Liveness), Some(at(500)));
+        queue.arm(flow(1), &mut timers, Timer::Liveness, at(200));
+        assert_eq!(timers.deadline(Timer::Liveness), Some(at(200)));
+        flows[1] = timers;
+        // The entry at 500 is now stale: only the one at 200 fires.
+        let fired = fire_all(&mut queue, &mut flows, at(1000));
+        assert_eq!(fired.len(), 1);
+        assert_eq!(fired[0].at, at(200));
+    }
+
+    #[test]
+    fn at_one_instant_control_timers_fire_before_liveness_timers() {
+        let mut queue = TimerQueue::default();
+        let mut flows = vec![FlowTimers::default(); 3];
+        queue.arm(flow(1), &mut flows[1], Timer::Liveness, at(10));
+        queue.arm(flow(2), &mut flows[2], Timer::Control, at(10));
+        let fired = fire_all(&mut queue, &mut flows, at(10));
+        let order: Vec<(u32, Timer)> = fired.iter().map(|d| (d.flow.get(), d.timer)).collect();
+        assert_eq!(order, [(2, Timer::Control), (1, Timer::Liveness)]);
+    }
+
+    #[test]
+    fn kinds_of_one_flow_are_independent() {
+        let mut queue = TimerQueue::default();
+        let mut flows = vec![FlowTimers::default(); 2];
+        queue.arm(flow(1), &mut flows[1], Timer::Control, at(10));
+        queue.arm(flow(1), &mut flows[1], Timer::Liveness, at(10));
+        let fired = fire_all(&mut queue, &mut flows, at(10));
+        let mut kinds: Vec<Timer> = fired.iter().map(|d| d.timer).collect();
+        kinds.sort();
+        assert_eq!(kinds, [Timer::Control, Timer::Liveness]);
+    }
+
+    #[test]
+    fn stale_entries_are_dropped_from_the_front() {
+        let mut queue = TimerQueue::default();
+        let mut flows = vec![FlowTimers::default(); 3];
+        queue.arm(flow(1), &mut flows[1], Timer::Control, at(100));
+        queue.arm(flow(2), &mut flows[2], Timer::Control, at(200));
+        // Flow 1 went away (its timers with it).
+        flows[1] = FlowTimers::default();
+        let live = |flows: &[FlowTimers], due: Due| {
+            flows[due.flow.get() as usize].is_live(due.timer, due.at)
+        };
+        assert!(queue.pop_stale(|d| live(&flows, d)));
+        assert!(!queue.pop_stale(|d| live(&flows, d)), "the front is live");
+        assert_eq!(queue.peek().map(|d| d.at), Some(at(200)));
+    }
+
+    #[test]
+    fn the_work_is_proportional_to_due_flows() {
+        // 100 000 flows armed far away, one soon: popping what is due
+        // touches one entry, and the rest stay queued.
+        let mut queue = TimerQueue::default();
+        let mut timers = FlowTimers::default();
+        for n in 1..=100_000 {
+            let mut t = FlowTimers::default();
+            queue.arm(flow(n), &mut t, Timer::Liveness, at(10_000));
+        }
+        queue.arm(flow(100_001), &mut timers, Timer::Control, at(5));
+        let mut popped = 0;
+        while queue.pop_due(at(5)).is_some() {
+            popped += 1;
+        }
+        assert_eq!(popped, 1);
+        assert_eq!(queue.len(), 100_000);
+    }
+}
