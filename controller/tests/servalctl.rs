@@ -170,6 +170,7 @@ fn services_prints_a_sorted_table_or_json() {
     let sald = FakeSald::start(|request| match request {
         Request::ListRules => Response::Rules {
             rules: sample_rules(),
+            broadcast_discovery: false,
         },
         _ => Response::error(ErrorKind::InvalidRequest, "unexpected"),
     });

@@ -165,8 +165,9 @@ fn datagram_echo() -> OwnedFd {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
-            let DatagramFrame::SendTo { service, mut data } =
-                DatagramFrame::decode(&buf[..n]).unwrap()
+            let DatagramFrame::SendTo {
+                service, mut data, ..
+            } = DatagramFrame::decode(&buf[..n]).unwrap()
             else {
                 panic!("expected SendTo");
             };
@@ -175,6 +176,7 @@ fn datagram_echo() -> OwnedFd {
                 peer: DatagramPeer {
                     locator: "10.0.0.2".parse().unwrap(),
                     flow: FlowId::new(9).unwrap(),
+                    service: None,
                 },
                 service: Some(service),
                 data,

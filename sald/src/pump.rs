@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use nix::sys::socket::{recv, send, MsgFlags};
-use sal::proto::HostError;
+use sal::proto::{ConnectError, HostError};
 use sal::FlowId;
 use sal_control::DatagramFrame;
 use tokio::io::unix::AsyncFd;
@@ -194,13 +194,20 @@ pub async fn datagram_socket(
             };
             let mut core = shared.lock();
             let result = match DatagramFrame::decode(&buf[..n]) {
-                Ok(DatagramFrame::SendTo { service, data }) => {
-                    core.host.send_to(socket, service, &data)
-                }
+                Ok(DatagramFrame::SendTo {
+                    service,
+                    via: None,
+                    data,
+                }) => core.host.send_to(socket, service, &data),
+                Ok(DatagramFrame::SendTo {
+                    service,
+                    via: Some(via),
+                    data,
+                }) => core.host.send_to_via(socket, service, via, &data),
                 Ok(DatagramFrame::Reply { peer, data }) => {
                     core.host.send_reply(socket, peer, &data)
                 }
-                Ok(DatagramFrame::Received { .. }) | Err(_) => {
+                Ok(DatagramFrame::Received { .. } | DatagramFrame::Refused) | Err(_) => {
                     tracing::debug!(%socket, "bad datagram frame from application");
                     continue;
                 }
@@ -214,19 +221,21 @@ pub async fn datagram_socket(
     let down = async {
         loop {
             let received = shared.lock().host.recv_from(socket);
-            match received {
-                Ok(datagram) => {
-                    let frame = DatagramFrame::Received {
-                        peer: datagram.peer,
-                        service: datagram.service,
-                        data: datagram.data,
-                    };
-                    if packets.send(&frame.encode()).await.is_err() {
-                        return;
-                    }
+            let frame = match received {
+                Ok(datagram) => DatagramFrame::Received {
+                    peer: datagram.peer,
+                    service: datagram.service,
+                    data: datagram.data,
+                },
+                Err(HostError::Connect(ConnectError::Refused)) => DatagramFrame::Refused,
+                Err(HostError::WouldBlock) => {
+                    signal.down.notified().await;
+                    continue;
                 }
-                Err(HostError::WouldBlock) => signal.down.notified().await,
                 Err(_) => return,
+            };
+            if packets.send(&frame.encode()).await.is_err() {
+                return;
             }
         }
     };
@@ -244,6 +253,10 @@ pub async fn datagram_socket(
 }
 
 /// Serves a connected datagram flow: one message per datagram both ways.
+/// The peer's FIN is end of file for the application (its end of the
+/// socketpair is shut down for reading), which may go on sending; the flow
+/// is closed (our FIN) when the application closes its end, as the
+/// reference stack closes a datagram flow when its application does.
 pub async fn datagram_flow(
     shared: Arc<Shared>,
     flow: FlowId,
@@ -277,7 +290,14 @@ pub async fn datagram_flow(
                         return;
                     }
                 }
-                Ok(None) => return,
+                Ok(None) => {
+                    // End of file for the application; it may still send.
+                    let _ = nix::sys::socket::shutdown(
+                        packets.0.get_ref().as_raw_fd(),
+                        nix::sys::socket::Shutdown::Write,
+                    );
+                    return std::future::pending().await;
+                }
                 Err(HostError::WouldBlock) => signal.down.notified().await,
                 Err(_) => return,
             }

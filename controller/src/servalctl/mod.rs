@@ -97,7 +97,7 @@ pub fn run(cli: &Cli, out: &mut impl Write) -> anyhow::Result<()> {
     let json = cli.command.json();
     let text = match (&cli.command, reply.response) {
         (Command::Service(_) | Command::Migrate(_), Response::Ok) => return Ok(()),
-        (Command::Services(_), Response::Rules { mut rules }) => {
+        (Command::Services(_), Response::Rules { mut rules, .. }) => {
             rules.sort_by_key(|rule| rule.prefix);
             if json {
                 to_json(&rules)?

@@ -17,7 +17,7 @@ use smoltcp::time::Instant;
 use super::control::ControlKind;
 use super::flow::Endpoint;
 use super::replay::ReplayBuffer;
-use super::{FlowState, Host, HostError, Role, Transmit};
+use super::{FlowState, Host, HostError, Role};
 use crate::id::FlowId;
 use crate::transport::{finish_outgoing, OutgoingSegment, StreamError, StreamHandle};
 use crate::wire::{ControlFlags, SalRepr, TransportProtocol};
@@ -213,7 +213,6 @@ impl Host {
 
     /// Turns a segment the transport emitted into SAL packets, by flow state.
     fn transport_output(&mut self, mut out: OutgoingSegment) {
-        let ttl = self.config.ttl;
         let multi_homed = self.interfaces.len() > 1;
         let Some(Endpoint::Flow(flow)) = self.endpoints.get_mut(out.flow) else {
             return;
@@ -303,12 +302,7 @@ impl Host {
                 }
                 let repr = SalRepr::data(id, peer_flow, TransportProtocol::Stream.number());
                 let payload = super::output::build(&repr, &out.segment);
-                self.queue_transmit(Transmit {
-                    src,
-                    dst: remote,
-                    ttl,
-                    payload,
-                });
+                self.send_packet(src, remote, payload);
             }
         }
     }

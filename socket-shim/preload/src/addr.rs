@@ -120,7 +120,11 @@ impl SockAddr {
             0 => Locator::Ipv4(ip),
             _ => Locator::Udp(SocketAddrV4::new(ip, port)),
         };
-        Some(DatagramPeer { locator, flow })
+        Some(DatagramPeer {
+            locator,
+            flow,
+            service: None,
+        })
     }
 }
 

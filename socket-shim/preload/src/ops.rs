@@ -1100,6 +1100,7 @@ pub(crate) fn sendto(
                 },
                 None => DatagramFrame::SendTo {
                     service: sa.service_id().ok_or(libc::EINVAL)?,
+                    via: None,
                     data: data.to_vec(),
                 },
             }
