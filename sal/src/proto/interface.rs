@@ -186,6 +186,12 @@ impl Host {
         self.interfaces.as_slice()
     }
 
+    /// Whether `ip` is a broadcast address of one of the host's subnets (or
+    /// 255.255.255.255): where SAL broadcasts to this host arrive.
+    pub fn is_broadcast(&self, ip: Ipv4Addr) -> bool {
+        self.interfaces.is_broadcast(ip)
+    }
+
     /// Adds (or replaces, by name) one of the host's own interfaces.
     pub fn add_interface(&mut self, interface: LocalInterface) {
         self.interfaces.add(interface);
