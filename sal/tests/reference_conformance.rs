@@ -994,3 +994,68 @@ fn discovery_broadcasts_on_every_interface_and_the_first_answer_wins() {
         Err(HostError::Connect(ConnectError::NoRoute))
     );
 }
+
+// ---------------------------------------------------------------------------
+// Half-closed datagram flows: each side's FIN says it is done sending (as
+// the reference stack's), not that it stopped listening.
+
+/// Moves packets between two hosts until neither sends anything.
+fn exchange(a: &mut Host, b: &mut Host) {
+    for _ in 0..16 {
+        let (to_b, to_a) = (sent(a), sent(b));
+        if to_b.is_empty() && to_a.is_empty() {
+            return;
+        }
+        for t in to_b {
+            b.handle_packet(now(), t.src, t.dst, t.ttl, &t.payload);
+        }
+        for t in to_a {
+            a.handle_packet(now(), t.src, t.dst, t.ttl, &t.payload);
+        }
+    }
+    panic!("the hosts never went quiet");
+}
+
+#[test]
+fn a_datagram_flow_receives_after_its_own_fin() {
+    let mut a = host(&["10.77.1.1"], HostConfig::default());
+    let mut b = host(&["10.77.1.2"], HostConfig::default());
+    a.add_rule(
+        ServicePrefix::DEFAULT,
+        Target::Forward {
+            locator: loc("10.77.1.2"),
+            weight: 1,
+        },
+        0,
+    );
+    let listener = b
+        .listen(
+            ServicePrefix::exact(ref_service()),
+            TransportProtocol::Datagram,
+            8,
+        )
+        .unwrap();
+    let client = a
+        .connect(ref_service(), TransportProtocol::Datagram)
+        .unwrap();
+    exchange(&mut a, &mut b);
+    let server = b.accept(listener).unwrap();
+
+    a.send_datagram(client, b"question").unwrap();
+    a.shutdown(client).unwrap();
+    exchange(&mut a, &mut b);
+    assert_eq!(b.recv_datagram(server), Ok(Some(b"question".to_vec())));
+    assert_eq!(b.recv_datagram(server), Ok(None), "the client's FIN");
+    assert_eq!(a.send_datagram(client, b"more"), Err(HostError::SendClosed));
+
+    b.send_datagram(server, b"answer").unwrap();
+    b.close(server).unwrap();
+    exchange(&mut a, &mut b);
+    assert_eq!(a.recv_datagram(client), Ok(Some(b"answer".to_vec())));
+    assert_eq!(a.recv_datagram(client), Ok(None), "the server's FIN");
+    assert!(events(&mut b).contains(&Event::Closed(server)));
+    assert!(a.flow(client).is_some(), "until the application closes it");
+    a.close(client).unwrap();
+    exchange(&mut a, &mut b);
+    assert!(events(&mut a).contains(&Event::Closed(client)));
+}

@@ -253,10 +253,12 @@ pub async fn datagram_socket(
 }
 
 /// Serves a connected datagram flow: one message per datagram both ways.
-/// The peer's FIN is end of file for the application (its end of the
-/// socketpair is shut down for reading), which may go on sending; the flow
-/// is closed (our FIN) when the application closes its end, as the
-/// reference stack closes a datagram flow when its application does.
+/// Either side may finish first, as with the reference stack's FINs: the
+/// application shutting down its sending side (or closing its end) sends
+/// our FIN, and datagrams still come down until the peer's FIN, which is
+/// end of file for the application (its end of the socketpair is shut down
+/// for reading); it may go on sending after that. The pump ends when both
+/// directions are done, or the flow is gone.
 pub async fn datagram_flow(
     shared: Arc<Shared>,
     flow: FlowId,
@@ -267,11 +269,13 @@ pub async fn datagram_flow(
     let Ok(packets) = Packets::new(fd) else {
         return;
     };
+    let up_finished = AtomicBool::new(false);
+    let up_done = Notify::new();
     let up = async {
         let mut buf = vec![0u8; CHUNK];
         loop {
             let n = match packets.recv(&mut buf).await {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
             let mut core = shared.lock();
@@ -280,6 +284,12 @@ pub async fn datagram_flow(
             }
             core.run();
         }
+        // Nothing more to send: our FIN.
+        let mut core = shared.lock();
+        let _ = core.host.shutdown(flow);
+        core.run();
+        up_finished.store(true, Ordering::Release);
+        up_done.notify_one();
     };
     let down = async {
         loop {
@@ -296,7 +306,10 @@ pub async fn datagram_flow(
                         packets.0.get_ref().as_raw_fd(),
                         nix::sys::socket::Shutdown::Write,
                     );
-                    return std::future::pending().await;
+                    if !up_finished.load(Ordering::Acquire) {
+                        up_done.notified().await;
+                    }
+                    return;
                 }
                 Err(HostError::WouldBlock) => signal.down.notified().await,
                 Err(_) => return,
@@ -304,8 +317,7 @@ pub async fn datagram_flow(
         }
     };
     tokio::select! {
-        () = up => {}
-        () = down => {}
+        _ = async { tokio::join!(up, down) } => {}
         () = shutdown.recv() => {}
     }
     let mut core = shared.lock();

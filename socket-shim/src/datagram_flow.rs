@@ -27,7 +27,8 @@ use crate::stream::{connect_request, flow_from_reply};
 ///
 /// [`ServiceDatagramFlow::recv`] returns one datagram per call and `Ok(0)`
 /// once the peer has closed the flow (its SAL FIN); the flow can still send
-/// until it is dropped, which sends this side's FIN.
+/// until it is dropped or [`ServiceDatagramFlow::shutdown_write`] is
+/// called, which sends this side's FIN.
 #[derive(Debug)]
 pub struct ServiceDatagramFlow {
     socket: OwnedFd,
@@ -95,6 +96,13 @@ impl ServiceDatagramFlow {
                 Err(errno) => Err(errno.into()),
             };
         }
+    }
+
+    /// Finishes sending: sald sends this side's FIN; datagrams from the
+    /// peer keep arriving until its own FIN (`recv` returns `Ok(0)`).
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        nix::sys::socket::shutdown(self.socket.as_raw_fd(), nix::sys::socket::Shutdown::Write)
+            .map_err(io::Error::from)
     }
 
     /// Sets a timeout on [`ServiceDatagramFlow::recv`] (`None`: block

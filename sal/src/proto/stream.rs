@@ -109,10 +109,16 @@ impl Host {
         }
     }
 
-    /// Ends the sending direction of a flow (the peer reads end of stream).
+    /// Ends the sending direction of a flow: the peer reads end of stream
+    /// (a stream) or gets our SAL FIN (a datagram flow); receiving goes on.
     pub fn shutdown(&mut self, id: FlowId) -> Result<(), HostError> {
-        if let (_, Some(handle)) = self.stream_handle(id)? {
-            self.transport.shutdown(handle);
+        match self.stream_handle(id)? {
+            (_, Some(handle)) => self.transport.shutdown(handle),
+            (_, None) => {
+                if let Ok(flow) = self.flow_mut(id) {
+                    flow.teardown.send_shut |= flow.stream().is_none();
+                }
+            }
         }
         self.mark_dirty(id);
         Ok(())
@@ -169,7 +175,8 @@ impl Host {
 
     /// Whether the flow has finished sending: for a stream, its transport's
     /// FIN is acknowledged (when the reference stack sends the SAL FIN); a
-    /// datagram flow finishes when the application closes it.
+    /// datagram flow finishes when the application closes it or shuts its
+    /// sending down.
     pub(super) fn done_sending(&mut self, id: FlowId) -> bool {
         let Ok(flow) = self.flow_mut(id) else {
             return false;
@@ -177,7 +184,7 @@ impl Host {
         match flow.stream().map(|s| s.handle) {
             Some(Some(handle)) => self.transport.fin_acked(handle),
             Some(None) => false,
-            None => flow.teardown.app_closed,
+            None => flow.teardown.app_closed || flow.teardown.send_shut,
         }
     }
 

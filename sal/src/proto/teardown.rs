@@ -19,6 +19,9 @@ use crate::wire::{ControlFlags, ControlRepr, SalRepr};
 pub(super) struct Teardown {
     /// The application closed the flow.
     pub app_closed: bool,
+    /// The application finished sending on a datagram flow (it may still
+    /// receive until the peer's FIN).
+    pub send_shut: bool,
     /// Our SAL FIN went out.
     pub fin_sent: bool,
     /// Our SAL FIN was acknowledged (or given up on).
