@@ -441,6 +441,12 @@ pub enum DatagramFrameError {
 /// Bytes of an encoded locator.
 const LOCATOR_LEN: usize = 7;
 
+/// The most a `Received` frame adds before its payload: tag (1), peer
+/// (flow 4, locator 7, service flag 1, service ID 32), service flag (1),
+/// service ID (32). A receive buffer of the payload's size plus this holds
+/// any frame.
+pub const RECEIVED_HEADER_MAX: usize = 1 + 4 + LOCATOR_LEN + 1 + 32 + 1 + 32;
+
 fn encode_locator(out: &mut Vec<u8>, locator: &Locator) {
     let (kind, ip, port) = match *locator {
         Locator::Ipv4(ip) => (0u8, ip, 0u16),

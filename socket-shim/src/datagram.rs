@@ -47,10 +47,7 @@ pub(crate) fn check_size(data: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Bytes a `Received` frame adds before the payload, at most: tag (1), peer
-/// (flow 4, locator 7, service flag 1, service ID 32), service flag (1),
-/// service ID (32).
-pub(crate) const RECEIVED_HEADER_MAX: usize = 1 + 44 + 1 + 32;
+pub(crate) use sal_control::RECEIVED_HEADER_MAX;
 
 /// The backlog sent with a datagram `Listen`; datagram listeners take no
 /// flows from it, so it only bounds connected datagram flows.
