@@ -150,13 +150,7 @@ fn serve(mut conn: UnixStream, connected: Sender<(ServiceId, OwnedFd)>, pending:
                 listener: ListenerId(2),
                 ..
             } if !DATAGRAM_FLOW_TAKEN.swap(true, std::sync::atomic::Ordering::Relaxed) => {
-                let (client, server) = socketpair(
-                    AddressFamily::Unix,
-                    SockType::SeqPacket,
-                    None,
-                    SockFlag::SOCK_CLOEXEC,
-                )
-                .unwrap();
+                let (client, server) = seqpacket_pair();
                 // The client says one thing and closes the flow.
                 send(client.as_raw_fd(), b"over a flow\n", MsgFlags::empty()).unwrap();
                 drop(client);
@@ -210,13 +204,7 @@ static DATAGRAM_FLOW_TAKEN: std::sync::atomic::AtomicBool =
 
 /// A datagram listener's socket: one unconnected datagram arrives.
 fn datagram_listener() -> OwnedFd {
-    let (ours, theirs) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .unwrap();
+    let (ours, theirs) = seqpacket_pair();
     let frame = DatagramFrame::Received {
         peer: DatagramPeer {
             locator: "10.0.0.2".parse().unwrap(),
@@ -237,13 +225,7 @@ fn datagram_listener() -> OwnedFd {
 /// A connected datagram flow whose far end answers each datagram with it
 /// reversed, and closes (its FIN) when the client finished sending.
 fn datagram_flow_echo() -> OwnedFd {
-    let (ours, theirs) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .unwrap();
+    let (ours, theirs) = seqpacket_pair();
     thread::spawn(move || {
         let mut buf = vec![0u8; 4096];
         while let Ok(n @ 1..) = recv(ours.as_raw_fd(), &mut buf, MsgFlags::empty()) {
@@ -257,13 +239,7 @@ fn datagram_flow_echo() -> OwnedFd {
 /// A datagram socket whose far end answers each `SendTo` with a `Received`
 /// frame carrying the payload reversed (a refusal for service `dead`).
 fn datagram_echo() -> OwnedFd {
-    let (ours, theirs) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .unwrap();
+    let (ours, theirs) = seqpacket_pair();
     thread::spawn(move || {
         let mut buf = vec![0u8; 4096];
         loop {
@@ -296,6 +272,18 @@ fn datagram_echo() -> OwnedFd {
         }
     });
     theirs
+}
+
+/// A connected pair of `SOCK_SEQPACKET` sockets (datagram sockets and flows
+/// are handed over as one end of such a pair).
+fn seqpacket_pair() -> (OwnedFd, OwnedFd) {
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .unwrap()
 }
 
 fn svcat(control: &Path, args: &[&str]) -> Command {
@@ -462,11 +450,13 @@ fn udp_connect_opens_a_datagram_flow() {
             .unwrap(),
         vec![],
     );
-    assert_eq!(output.status.code(), Some(1));
-    assert_eq!(
-        String::from_utf8(output.stderr).unwrap(),
-        "svcat: cannot connect to d00d: connection refused\n"
-    );
+    fails_with(output, "svcat: cannot connect to d00d: connection refused\n");
+}
+
+/// A one-line error and status 1.
+fn fails_with(output: Output, message: &str) {
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert_eq!(String::from_utf8(output.stderr).unwrap(), message);
 }
 
 #[test]
@@ -488,11 +478,7 @@ fn udp_connect_unconnected_sends_datagrams_and_prints_replies() {
             .unwrap(),
         b"x".to_vec(),
     );
-    assert_eq!(output.status.code(), Some(1), "{output:?}");
-    assert_eq!(
-        String::from_utf8(output.stderr).unwrap(),
-        "svcat: dead: connection refused\n"
-    );
+    fails_with(output, "svcat: dead: connection refused\n");
 }
 
 #[test]

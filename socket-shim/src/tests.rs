@@ -437,6 +437,18 @@ fn listener_accepts_flows_and_unbinds_on_drop() {
     (&stream).write_all(b"still here").unwrap();
 }
 
+/// A connected pair of `SOCK_SEQPACKET` sockets (datagram sockets and flows
+/// are handed over as one end of such a pair).
+fn seqpacket_pair() -> (OwnedFd, OwnedFd) {
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .unwrap()
+}
+
 fn peer() -> DatagramPeer {
     DatagramPeer {
         locator: "udp:10.0.0.2:54325".parse().unwrap(),
@@ -449,13 +461,7 @@ fn peer() -> DatagramPeer {
 /// `Received` frame carrying the same payload, and a `SendTo` with an
 /// address (`via`) with a refusal.
 fn datagram_echo() -> OwnedFd {
-    let (ours, theirs) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .unwrap();
+    let (ours, theirs) = seqpacket_pair();
     thread::spawn(move || {
         let mut buf = vec![0u8; 70000];
         loop {
@@ -544,13 +550,7 @@ fn datagrams_are_framed_both_ways() {
 
 /// A datagram socketpair whose far end echoes each message, then closes.
 fn datagram_flow_echo() -> OwnedFd {
-    let (ours, theirs) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .unwrap();
+    let (ours, theirs) = seqpacket_pair();
     thread::spawn(move || {
         let mut buf = [0u8; 2048];
         if let Ok(n @ 1..) = recv(ours.as_raw_fd(), &mut buf, MsgFlags::empty()) {

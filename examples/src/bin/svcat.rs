@@ -307,51 +307,16 @@ enum Latest {
 /// without a datagram once stdin has ended.
 fn datagram_flow(flow: &ServiceDatagramFlow, stdin: &StdinChunks, linger: Duration) -> Result<()> {
     flow.set_read_timeout(Some(TICK))?;
-    let stdin_done = AtomicBool::new(false);
-    thread::scope(|scope| {
-        let receiver = scope.spawn(|| -> Result<()> {
-            let mut buf = vec![0u8; MAX_DATAGRAM];
-            let mut idle = Idle::new(linger, &stdin_done);
-            loop {
-                match flow.recv(&mut buf) {
-                    Ok(0) => return Ok(()),
-                    Ok(len) => {
-                        idle.heard();
-                        if !to_stdout(&buf[..len])? {
-                            return Ok(());
-                        }
-                    }
-                    Err(socket_shim::Error::Io(e)) if timed_out(&e) => {
-                        if idle.over() {
-                            return Ok(());
-                        }
-                    }
-                    Err(e) => return Err(anyhow::Error::new(e).context("receiving")),
-                }
-            }
-        });
-        let sent = (|| -> Result<()> {
-            while !receiver.is_finished() {
-                let chunk = match stdin.recv_timeout(TICK) {
-                    Ok(Ok(chunk)) => chunk,
-                    Ok(Err(e)) => return Err(anyhow::Error::new(e).context("reading stdin")),
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => break,
-                };
-                for datagram in chunk.chunks(MAX_DATAGRAM) {
-                    flow.send(datagram).context("sending")?;
-                }
-            }
-            Ok(())
-        })();
-        // Our FIN: we are done sending, the peer may still answer.
-        let _ = flow.shutdown_write();
-        stdin_done.store(true, Ordering::Relaxed);
-        let received = receiver
-            .join()
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("the receiving thread panicked")));
-        sent.and(received)
-    })
+    let receive = |buf: &mut [u8]| match flow.recv(buf) {
+        Ok(0) => Received::End,
+        Ok(len) => Received::Data(len),
+        Err(socket_shim::Error::Io(e)) if timed_out(&e) => Received::Silence,
+        Err(e) => Received::Failed(anyhow::Error::new(e).context("receiving")),
+    };
+    let send = |datagram: &[u8]| flow.send(datagram).map(drop).context("sending");
+    // Our FIN: we are done sending, the peer may still answer.
+    let finish = || drop(flow.shutdown_write());
+    both_ways(linger, stdin, receive, send, finish)
 }
 
 /// Unconnected datagrams: to `target` (`connect --unconnected`; done once
@@ -367,41 +332,113 @@ fn unconnected(
     stdin: &StdinChunks,
 ) -> Result<()> {
     socket.set_read_timeout(Some(TICK))?;
+    let receive = |buf: &mut [u8]| match socket.recv_from(buf) {
+        Ok((len, peer, _)) => {
+            if verbose {
+                let from = peer.service.map(|s| s.to_string()).unwrap_or_default();
+                eprintln!(
+                    "svcat: {len} bytes from {} flow {} service {from}",
+                    peer.locator, peer.flow
+                );
+            }
+            *lock(&latest) = Some(Latest::Peer(peer));
+            Received::Data(len)
+        }
+        Err(socket_shim::Error::Io(e)) if timed_out(&e) => Received::Silence,
+        Err(socket_shim::Error::Refused(_)) => match target {
+            Some(service) => Received::Failed(anyhow::anyhow!("{service}: connection refused")),
+            None => {
+                eprintln!("svcat: a datagram was refused");
+                Received::Silence
+            }
+        },
+        Err(e) => Received::Failed(anyhow::Error::new(e).context("receiving")),
+    };
+    let mut warned = false;
+    let send = |datagram: &[u8]| -> Result<()> {
+        let to = match target {
+            Some(service) => {
+                return socket
+                    .send_to(service, datagram)
+                    .map(drop)
+                    .context("sending")
+            }
+            None => lock(&latest).clone(),
+        };
+        match to {
+            Some(Latest::Peer(peer)) => socket.send_reply(peer, datagram).map(drop),
+            Some(Latest::Flow(flow)) => flow.send(datagram).map(drop),
+            None => {
+                if !std::mem::replace(&mut warned, true) {
+                    eprintln!("svcat: no datagram received yet; stdin dropped until one is");
+                }
+                Ok(())
+            }
+        }
+        .context("sending")
+    };
+    both_ways(linger, stdin, receive, send, || {})
+}
+
+/// One receive of a datagram socket or flow, as [`both_ways`] sees it.
+enum Received {
+    /// This many bytes of a datagram.
+    Data(usize),
+    /// The flow ended (the peer's FIN).
+    End,
+    /// Nothing for a tick.
+    Silence,
+    /// An error that ends it all.
+    Failed(anyhow::Error),
+}
+
+/// Datagrams both ways: `receive` runs on a thread of its own and its
+/// datagrams go to stdout, until the flow ends, stdout goes away, or
+/// nothing came for `linger` since stdin ended; meanwhile every chunk of
+/// stdin is cut into datagrams for `send`, and `finish` runs at the end of
+/// stdin.
+fn both_ways(
+    linger: Duration,
+    stdin: &StdinChunks,
+    mut receive: impl FnMut(&mut [u8]) -> Received + Send,
+    mut send: impl FnMut(&[u8]) -> Result<()>,
+    finish: impl FnOnce(),
+) -> Result<()> {
     let stdin_done = AtomicBool::new(false);
     thread::scope(|scope| {
         let receiver = scope.spawn(|| -> Result<()> {
             let mut buf = vec![0u8; MAX_DATAGRAM];
             let mut idle = Idle::new(linger, &stdin_done);
             loop {
-                match socket.recv_from(&mut buf) {
-                    Ok((len, peer, _)) => {
+                match receive(&mut buf) {
+                    Received::Data(len) => {
                         idle.heard();
-                        if verbose {
-                            let from = peer.service.map(|s| s.to_string()).unwrap_or_default();
-                            eprintln!(
-                                "svcat: {len} bytes from {} flow {} service {from}",
-                                peer.locator, peer.flow
-                            );
-                        }
-                        *lock(&latest) = Some(Latest::Peer(peer));
                         if !to_stdout(&buf[..len])? {
                             return Ok(());
                         }
                     }
-                    Err(socket_shim::Error::Io(e)) if timed_out(&e) => {
-                        if idle.over() {
-                            return Ok(());
-                        }
-                    }
-                    Err(socket_shim::Error::Refused(_)) => match target {
-                        Some(service) => anyhow::bail!("{service}: connection refused"),
-                        None => eprintln!("svcat: a datagram was refused"),
-                    },
-                    Err(e) => return Err(anyhow::Error::new(e).context("receiving")),
+                    Received::End => return Ok(()),
+                    Received::Silence if idle.over() => return Ok(()),
+                    Received::Silence => {}
+                    Received::Failed(error) => return Err(error),
                 }
             }
         });
-        let sent = send_stdin_datagrams(socket, target, &latest, stdin, &receiver);
+        let sent = (|| -> Result<()> {
+            while !receiver.is_finished() {
+                let chunk = match stdin.recv_timeout(TICK) {
+                    Ok(Ok(chunk)) => chunk,
+                    Ok(Err(e)) => return Err(anyhow::Error::new(e).context("reading stdin")),
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                };
+                for datagram in chunk.chunks(MAX_DATAGRAM) {
+                    send(datagram)?;
+                }
+            }
+            Ok(())
+        })();
+        finish();
         stdin_done.store(true, Ordering::Relaxed);
         let received = receiver
             .join()
@@ -500,49 +537,6 @@ fn timed_out(error: &io::Error) -> bool {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Sends stdin as datagrams (to `target`, else to the latest sender) until
-/// the end of stdin or until the receiving side is done.
-fn send_stdin_datagrams(
-    socket: &ServiceDatagram,
-    target: Option<ServiceId>,
-    latest: &Mutex<Option<Latest>>,
-    stdin: &StdinChunks,
-    receiver: &thread::ScopedJoinHandle<'_, Result<()>>,
-) -> Result<()> {
-    let mut warned = false;
-    while !receiver.is_finished() {
-        let chunk = match stdin.recv_timeout(TICK) {
-            Ok(Ok(chunk)) => chunk,
-            Ok(Err(e)) => return Err(anyhow::Error::new(e).context("reading stdin")),
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => return Ok(()),
-        };
-        for datagram in chunk.chunks(MAX_DATAGRAM) {
-            let to = match target {
-                Some(service) => {
-                    socket.send_to(service, datagram).context("sending")?;
-                    continue;
-                }
-                None => lock(latest).clone(),
-            };
-            match to {
-                Some(Latest::Peer(peer)) => {
-                    socket.send_reply(peer, datagram).context("sending")?;
-                }
-                Some(Latest::Flow(flow)) => {
-                    flow.send(datagram).context("sending")?;
-                }
-                None if !warned => {
-                    eprintln!("svcat: no datagram received yet; stdin dropped until one is");
-                    warned = true;
-                }
-                None => {}
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Chunks of stdin; the channel closes at end of stdin. Read errors are
