@@ -450,7 +450,10 @@ fn udp_connect_opens_a_datagram_flow() {
             .unwrap(),
         vec![],
     );
-    fails_with(output, "svcat: cannot connect to d00d: connection refused\n");
+    fails_with(
+        output,
+        "svcat: cannot connect to d00d: connection refused\n",
+    );
 }
 
 /// A one-line error and status 1.

@@ -87,6 +87,7 @@ pub struct MigrateArgs {
 /// `services [--all] [--json]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Args)]
 pub struct ServicesArgs {
+    /// The options every listing has.
     #[command(flatten)]
     pub listing: Listing,
     /// Also list the own service IDs of unbound datagram sockets (ORIGIN
