@@ -286,7 +286,7 @@ impl Node {
     }
 
     fn forwards(&self, prefix: &ServicePrefix) -> Vec<Ipv4Addr> {
-        let Ok(Response::Rules { rules }) = ControlClient::connect_to(&self.control)
+        let Ok(Response::Rules { rules, .. }) = ControlClient::connect_to(&self.control)
             .and_then(|mut c| c.request(&Request::ListRules))
             .map(|r| r.response)
         else {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use sal::proto::LocalInterface;
-use sal::table::{ListenerId, Rule, ServiceTable, Target, TargetKey};
+use sal::table::{ListenerId, Rule, RuleOrigin, ServiceTable, Target, TargetKey};
 use sal_control::{
     decode_body, encode_frame, frame_len, ErrorKind, Request, Response, StatsReport,
     PROTOCOL_VERSION,
@@ -165,11 +165,26 @@ fn add_forward_sends_the_right_request() {
     );
 }
 
+/// The sample rules and an unbound datagram socket's own service ID.
+fn rules_with_an_ephemeral_id() -> Vec<Rule> {
+    let mut rules = sample_rules();
+    let mut table = ServiceTable::new();
+    let ephemeral = Target::Demux {
+        listener: ListenerId(8),
+    };
+    table.add("83e6c0fd".parse().unwrap(), ephemeral, 0);
+    let mut rule = table.rules().next().unwrap().clone();
+    rule.set_origin(&ephemeral.key(), RuleOrigin::Ephemeral);
+    rules.push(rule);
+    rules
+}
+
 #[test]
 fn services_prints_a_sorted_table_or_json() {
     let sald = FakeSald::start(|request| match request {
         Request::ListRules => Response::Rules {
-            rules: sample_rules(),
+            rules: rules_with_an_ephemeral_id(),
+            broadcast_discovery: false,
         },
         _ => Response::error(ErrorKind::InvalidRequest, "unexpected"),
     });
@@ -177,14 +192,18 @@ fn services_prints_a_sorted_table_or_json() {
     assert!(output.status.success(), "{output:?}");
     let text = stdout(&output);
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 4, "{text}");
+    assert_eq!(lines.len(), 5, "{text}");
+    assert_eq!(
+        lines[4],
+        "broadcast discovery: off (no matching rule: no route)"
+    );
     assert!(lines[0].starts_with("PREFIX"));
     assert!(lines[1].starts_with("0/0 ") && lines[1].contains("delay"));
     assert!(lines[2].starts_with("4001/256") && lines[2].contains("demux listener 7"));
     assert!(lines[3].starts_with("beef/16") && lines[3].contains("forward 10.0.0.2"));
     // Columns line up: every row is as wide as the header's last column ends.
     let target_column = lines[0].find("TARGET").unwrap();
-    assert!(lines[1..]
+    assert!(lines[1..4]
         .iter()
         .all(|l| l[target_column - 2..target_column] == *"  "));
 
@@ -193,7 +212,37 @@ fn services_prints_a_sorted_table_or_json() {
     let rules: Vec<Rule> = serde_json::from_slice(&output.stdout).unwrap();
     let mut expected = sample_rules();
     expected.sort_by_key(|rule| rule.prefix);
-    assert_eq!(rules, expected);
+    assert_eq!(rules, expected, "the ephemeral ID hidden");
+
+    // --all shows the unbound socket's own ID too.
+    let output = servalctl(&sald.path, &["services", "--all"]);
+    let text = stdout(&output);
+    let ephemeral = text
+        .lines()
+        .find(|l| l.starts_with("83e6c0fd/256"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(ephemeral.contains("demux listener 8") && ephemeral.contains("ephemeral"));
+    let output = servalctl(&sald.path, &["services", "--all", "--json"]);
+    let rules: Vec<Rule> = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(rules.len(), 4);
+}
+
+#[test]
+fn services_says_when_broadcast_discovery_is_on() {
+    let sald = FakeSald::start(|request| match request {
+        Request::ListRules => Response::Rules {
+            rules: vec![],
+            broadcast_discovery: true,
+        },
+        _ => Response::error(ErrorKind::InvalidRequest, "unexpected"),
+    });
+    let text = stdout(&servalctl(&sald.path, &["services"]));
+    assert!(
+        text.lines()
+            .last()
+            .is_some_and(|l| l.starts_with("broadcast discovery: on")),
+        "{text}"
+    );
 }
 
 #[test]

@@ -172,6 +172,7 @@ fn serve_connection(mut stream: UnixStream, state: Arc<Mutex<State>>) {
                 },
                 Request::ListRules => Response::Rules {
                     rules: state.rules(),
+                    broadcast_discovery: false,
                 },
                 Request::ApplyRules { changes } => match state.batches {
                     Batches::Served => {

@@ -111,7 +111,7 @@ impl Node {
             .and_then(|mut c| c.request(&Request::ListRules))
             .map(|r| r.response)
         {
-            Ok(Response::Rules { rules }) => rules,
+            Ok(Response::Rules { rules, .. }) => rules,
             _ => Vec::new(),
         }
     }

@@ -390,7 +390,8 @@ fn restarted_host_controller_resyncs_from_its_sald() {
     let h = net.host(2, &[1]);
     net.run(Duration::from_millis(50));
     net.register(h, "beef/16");
-    // sald still has the DEMUX rule when servd restarts.
+    // sald still has the DEMUX rule when servd restarts, and the own
+    // service ID of an unbound datagram socket, which is no service.
     net.hosts[h].table.add(
         p("beef/16"),
         Target::Demux {
@@ -398,6 +399,13 @@ fn restarted_host_controller_resyncs_from_its_sald() {
         },
         0,
     );
+    let ephemeral = Target::Demux {
+        listener: sal::table::ListenerId(2),
+    };
+    net.hosts[h].table.add(p("83e6c0fd"), ephemeral, 0);
+    net.hosts[h]
+        .origins
+        .insert((p("83e6c0fd"), ephemeral.key()), RuleOrigin::Ephemeral);
     let mut c = config("h2");
     c.upstreams = vec![addr(1)];
     net.restart(h, c, 4242);
@@ -411,6 +419,7 @@ fn restarted_host_controller_resyncs_from_its_sald() {
     );
     net.run(LEASE * 3);
     assert_eq!(net.hosts[r].forwards("beef/16"), vec![(loc(2), 1)]);
+    assert!(net.hosts[r].forwards("83e6c0fd").is_empty());
 }
 
 #[test]

@@ -86,11 +86,38 @@ fn serve(mut conn: UnixStream, connected: Sender<(ServiceId, OwnedFd)>, pending:
                 },
                 None,
             ),
+            Request::Listen {
+                protocol: TransportProtocol::Datagram,
+                ..
+            } => (
+                Response::Listening {
+                    listener: ListenerId(2),
+                    socket: FlowId::new(6),
+                },
+                Some(datagram_listener()),
+            ),
             Request::Listen { .. } => (
                 Response::Listening {
                     listener: ListenerId(1),
                     socket: None,
                 },
+                None,
+            ),
+            Request::Connect {
+                service,
+                protocol: TransportProtocol::Datagram,
+                ..
+            } if service.as_bytes()[0] == 0xbe => (
+                Response::Connected {
+                    flow: flow(3, service, Role::Client),
+                },
+                Some(datagram_flow_echo()),
+            ),
+            Request::Connect {
+                protocol: TransportProtocol::Datagram,
+                ..
+            } => (
+                Response::error(ErrorKind::Refused, "connection refused"),
                 None,
             ),
             Request::Connect { service, .. } if service.as_bytes()[0] == 0xbe => {
@@ -118,6 +145,28 @@ fn serve(mut conn: UnixStream, connected: Sender<(ServiceId, OwnedFd)>, pending:
                     socket: FlowId::new(5).unwrap(),
                 },
                 Some(datagram_echo()),
+            ),
+            Request::Accept {
+                listener: ListenerId(2),
+                ..
+            } if !DATAGRAM_FLOW_TAKEN.swap(true, std::sync::atomic::Ordering::Relaxed) => {
+                let (client, server) = seqpacket_pair();
+                // The client says one thing and closes the flow.
+                send(client.as_raw_fd(), b"over a flow\n", MsgFlags::empty()).unwrap();
+                drop(client);
+                (
+                    Response::Accepted {
+                        flow: flow(4, "be01".parse().unwrap(), Role::Server),
+                    },
+                    Some(server),
+                )
+            }
+            Request::Accept {
+                listener: ListenerId(2),
+                ..
+            } => (
+                Response::error(ErrorKind::NotFound, "listener closed"),
+                None,
             ),
             Request::Accept { .. } => {
                 let (service, server) = pending.lock().unwrap().recv().unwrap();
@@ -148,16 +197,49 @@ fn serve(mut conn: UnixStream, connected: Sender<(ServiceId, OwnedFd)>, pending:
     }
 }
 
+/// The one connected flow of the datagram listener went out (later accepts
+/// fail).
+static DATAGRAM_FLOW_TAKEN: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// A datagram listener's socket: one unconnected datagram arrives.
+fn datagram_listener() -> OwnedFd {
+    let (ours, theirs) = seqpacket_pair();
+    let frame = DatagramFrame::Received {
+        peer: DatagramPeer {
+            locator: "10.0.0.2".parse().unwrap(),
+            flow: FlowId::new(9).unwrap(),
+            service: Some("0006".parse().unwrap()),
+        },
+        service: Some("be01".parse().unwrap()),
+        data: b"unconnected\n".to_vec(),
+    };
+    send(ours.as_raw_fd(), &frame.encode(), MsgFlags::empty()).unwrap();
+    thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while let Ok(1..) = recv(ours.as_raw_fd(), &mut buf, MsgFlags::empty()) {}
+    });
+    theirs
+}
+
+/// A connected datagram flow whose far end answers each datagram with it
+/// reversed, and closes (its FIN) when the client finished sending.
+fn datagram_flow_echo() -> OwnedFd {
+    let (ours, theirs) = seqpacket_pair();
+    thread::spawn(move || {
+        let mut buf = vec![0u8; 4096];
+        while let Ok(n @ 1..) = recv(ours.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+            buf[..n].reverse();
+            send(ours.as_raw_fd(), &buf[..n], MsgFlags::empty()).unwrap();
+        }
+    });
+    theirs
+}
+
 /// A datagram socket whose far end answers each `SendTo` with a `Received`
-/// frame carrying the payload reversed.
+/// frame carrying the payload reversed (a refusal for service `dead`).
 fn datagram_echo() -> OwnedFd {
-    let (ours, theirs) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .unwrap();
+    let (ours, theirs) = seqpacket_pair();
     thread::spawn(move || {
         let mut buf = vec![0u8; 4096];
         loop {
@@ -165,16 +247,23 @@ fn datagram_echo() -> OwnedFd {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
-            let DatagramFrame::SendTo { service, mut data } =
-                DatagramFrame::decode(&buf[..n]).unwrap()
+            let DatagramFrame::SendTo {
+                service, mut data, ..
+            } = DatagramFrame::decode(&buf[..n]).unwrap()
             else {
                 panic!("expected SendTo");
             };
+            if service == "dead".parse().unwrap() {
+                let refused = DatagramFrame::Refused.encode();
+                send(ours.as_raw_fd(), &refused, MsgFlags::empty()).unwrap();
+                continue;
+            }
             data.reverse();
             let frame = DatagramFrame::Received {
                 peer: DatagramPeer {
                     locator: "10.0.0.2".parse().unwrap(),
                     flow: FlowId::new(9).unwrap(),
+                    service: None,
                 },
                 service: Some(service),
                 data,
@@ -183,6 +272,18 @@ fn datagram_echo() -> OwnedFd {
         }
     });
     theirs
+}
+
+/// A connected pair of `SOCK_SEQPACKET` sockets (datagram sockets and flows
+/// are handed over as one end of such a pair).
+fn seqpacket_pair() -> (OwnedFd, OwnedFd) {
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .unwrap()
 }
 
 fn svcat(control: &Path, args: &[&str]) -> Command {
@@ -334,12 +435,73 @@ fn connect_exits_when_the_flow_is_gone_even_if_stdin_stays_open() {
 }
 
 #[test]
-fn udp_connect_sends_datagrams_and_prints_replies() {
+fn udp_connect_opens_a_datagram_flow() {
     let sald = FakeSald::start();
-    let client = svcat(&sald.path, &["-u", "connect", "-w", "1", "beef"])
+    let client = svcat(&sald.path, &["-u", "connect", "beef"])
         .spawn()
         .unwrap();
     let output = finish(client, b"abc".to_vec());
     assert!(output.status.success(), "{output:?}");
     assert_eq!(output.stdout, b"cba");
+    // A service that refuses the flow.
+    let output = finish(
+        svcat(&sald.path, &["-u", "connect", "d00d"])
+            .spawn()
+            .unwrap(),
+        vec![],
+    );
+    fails_with(
+        output,
+        "svcat: cannot connect to d00d: connection refused\n",
+    );
+}
+
+/// A one-line error and status 1.
+fn fails_with(output: Output, message: &str) {
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert_eq!(String::from_utf8(output.stderr).unwrap(), message);
+}
+
+#[test]
+fn udp_connect_unconnected_sends_datagrams_and_prints_replies() {
+    let sald = FakeSald::start();
+    let client = svcat(
+        &sald.path,
+        &["-u", "connect", "--unconnected", "-w", "1", "beef"],
+    )
+    .spawn()
+    .unwrap();
+    let output = finish(client, b"abc".to_vec());
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(output.stdout, b"cba");
+    // A refusal ends it: one line, status 1.
+    let output = finish(
+        svcat(&sald.path, &["connect", "--unconnected", "dead"])
+            .spawn()
+            .unwrap(),
+        b"x".to_vec(),
+    );
+    fails_with(output, "svcat: dead: connection refused\n");
+}
+
+#[test]
+fn udp_listen_takes_flows_and_unconnected_datagrams() {
+    let sald = FakeSald::start();
+    let mut listener = svcat(&sald.path, &["-u", "listen", "be01"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = listener.stdout.take().unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    while got.iter().filter(|&&b| b == b'\n').count() < 2 {
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "svcat stopped early: {got:?}");
+        got.extend_from_slice(&buf[..n]);
+    }
+    listener.kill().unwrap();
+    listener.wait().unwrap();
+    let mut lines: Vec<&[u8]> = got.split_inclusive(|&b| b == b'\n').collect();
+    lines.sort();
+    assert_eq!(lines, [&b"over a flow\n"[..], b"unconnected\n"]);
 }

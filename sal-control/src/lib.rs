@@ -201,6 +201,10 @@ pub enum Response {
     },
     Rules {
         rules: Vec<Rule>,
+        /// Whether a SYN or datagram that no rule matches goes out by
+        /// broadcast (sald's `--no-broadcast` turns that off).
+        #[serde(default)]
+        broadcast_discovery: bool,
     },
     Flows {
         flows: Vec<FlowInfo>,
@@ -389,29 +393,36 @@ pub fn decode_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Frame
 
 /// A message on an unconnected datagram socket's SOCK_SEQPACKET fd.
 ///
-/// Binary, because it is on the data path: a one-byte tag, a fixed header,
-/// then the payload.
+/// Binary, because it is on the data path: a one-byte tag, a header, then
+/// the payload. A service ID is 32 bytes; a locator is a kind (0 IPv4, 1
+/// UDP), an IPv4 address (4) and a port (2); a peer is its flow ID (4), its
+/// locator, then 1 and its service ID, or 0.
 ///
 /// | tag | direction | header |
 /// | --- | --- | --- |
-/// | 1 `SendTo` | app to sald | service ID (32) |
-/// | 2 `Reply` | app to sald | peer: flow (4), kind (1: 0 IPv4, 1 UDP), IPv4 (4), port (2) |
-/// | 3 `Received` | sald to app | peer as above, then 1 if a service follows, service ID (32) |
+/// | 1 `SendTo` | app to sald | service ID, then 1 and a locator (`via`), or 0 |
+/// | 2 `Reply` | app to sald | peer |
+/// | 3 `Received` | sald to app | peer, then 1 and the service ID it was sent to, or 0 |
+/// | 4 `Refused` | sald to app | none: a host refused one of the socket's datagrams |
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DatagramFrame {
+    /// Send to `service`: resolved by sald's table, or straight to `via`.
     SendTo {
         service: ServiceId,
+        via: Option<Locator>,
         data: Vec<u8>,
     },
-    Reply {
-        peer: DatagramPeer,
-        data: Vec<u8>,
-    },
+    /// Answer the sender of a received datagram.
+    Reply { peer: DatagramPeer, data: Vec<u8> },
+    /// A datagram for the application.
     Received {
         peer: DatagramPeer,
         service: Option<ServiceId>,
         data: Vec<u8>,
     },
+    /// A host this socket sent a datagram to answered with a reset (the
+    /// application sees `ECONNREFUSED`).
+    Refused,
 }
 
 /// Why a datagram frame was rejected.
@@ -427,11 +438,17 @@ pub enum DatagramFrameError {
     ZeroFlow,
 }
 
-const PEER_LEN: usize = 11;
+/// Bytes of an encoded locator.
+const LOCATOR_LEN: usize = 7;
 
-fn encode_peer(out: &mut Vec<u8>, peer: &DatagramPeer) {
-    out.extend_from_slice(&peer.flow.get().to_be_bytes());
-    let (kind, ip, port) = match peer.locator {
+/// The most a `Received` frame adds before its payload: tag (1), peer
+/// (flow 4, locator 7, service flag 1, service ID 32), service flag (1),
+/// service ID (32). A receive buffer of the payload's size plus this holds
+/// any frame.
+pub const RECEIVED_HEADER_MAX: usize = 1 + 4 + LOCATOR_LEN + 1 + 32 + 1 + 32;
+
+fn encode_locator(out: &mut Vec<u8>, locator: &Locator) {
+    let (kind, ip, port) = match *locator {
         Locator::Ipv4(ip) => (0u8, ip, 0u16),
         Locator::Udp(addr) => (1u8, *addr.ip(), addr.port()),
     };
@@ -440,26 +457,88 @@ fn encode_peer(out: &mut Vec<u8>, peer: &DatagramPeer) {
     out.extend_from_slice(&port.to_be_bytes());
 }
 
-fn decode_peer(bytes: &[u8]) -> Result<DatagramPeer, DatagramFrameError> {
-    let header = bytes.get(..PEER_LEN).ok_or(DatagramFrameError::Truncated)?;
-    let flow = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
-    let flow = FlowId::new(flow).ok_or(DatagramFrameError::ZeroFlow)?;
-    let ip = Ipv4Addr::new(header[5], header[6], header[7], header[8]);
-    let port = u16::from_be_bytes([header[9], header[10]]);
-    let locator = match header[4] {
-        0 => Locator::Ipv4(ip),
-        _ => Locator::Udp(SocketAddrV4::new(ip, port)),
-    };
-    Ok(DatagramPeer { locator, flow })
+fn encode_service(out: &mut Vec<u8>, service: Option<&ServiceId>) {
+    match service {
+        Some(service) => {
+            out.push(1);
+            out.extend_from_slice(service.as_bytes());
+        }
+        None => out.push(0),
+    }
+}
+
+fn encode_peer(out: &mut Vec<u8>, peer: &DatagramPeer) {
+    out.extend_from_slice(&peer.flow.get().to_be_bytes());
+    encode_locator(out, &peer.locator);
+    encode_service(out, peer.service.as_ref());
+}
+
+/// Reads from the front of a frame, failing with `Truncated`.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DatagramFrameError> {
+        let (head, rest) = self
+            .0
+            .split_at_checked(n)
+            .ok_or(DatagramFrameError::Truncated)?;
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn locator(&mut self) -> Result<Locator, DatagramFrameError> {
+        let b = self.take(LOCATOR_LEN)?;
+        let ip = Ipv4Addr::new(b[1], b[2], b[3], b[4]);
+        let port = u16::from_be_bytes([b[5], b[6]]);
+        Ok(match b[0] {
+            0 => Locator::Ipv4(ip),
+            _ => Locator::Udp(SocketAddrV4::new(ip, port)),
+        })
+    }
+
+    fn service(&mut self) -> Result<ServiceId, DatagramFrameError> {
+        ServiceId::from_slice(self.take(32)?).ok_or(DatagramFrameError::Truncated)
+    }
+
+    /// A flag byte, then the item if it is 1.
+    fn optional<T>(
+        &mut self,
+        item: impl FnOnce(&mut Self) -> Result<T, DatagramFrameError>,
+    ) -> Result<Option<T>, DatagramFrameError> {
+        match self.take(1)?[0] {
+            1 => item(self).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    fn peer(&mut self) -> Result<DatagramPeer, DatagramFrameError> {
+        let flow = self.take(4)?;
+        let flow = u32::from_be_bytes([flow[0], flow[1], flow[2], flow[3]]);
+        let flow = FlowId::new(flow).ok_or(DatagramFrameError::ZeroFlow)?;
+        let locator = self.locator()?;
+        let service = self.optional(Self::service)?;
+        Ok(DatagramPeer {
+            locator,
+            flow,
+            service,
+        })
+    }
 }
 
 impl DatagramFrame {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         match self {
-            DatagramFrame::SendTo { service, data } => {
+            DatagramFrame::SendTo { service, via, data } => {
                 out.push(1);
                 out.extend_from_slice(service.as_bytes());
+                match via {
+                    Some(via) => {
+                        out.push(1);
+                        encode_locator(&mut out, via);
+                    }
+                    None => out.push(0),
+                }
                 out.extend_from_slice(data);
             }
             DatagramFrame::Reply { peer, data } => {
@@ -474,52 +553,47 @@ impl DatagramFrame {
             } => {
                 out.push(3);
                 encode_peer(&mut out, peer);
-                match service {
-                    Some(service) => {
-                        out.push(1);
-                        out.extend_from_slice(service.as_bytes());
-                    }
-                    None => out.push(0),
-                }
+                encode_service(&mut out, service.as_ref());
                 out.extend_from_slice(data);
             }
+            DatagramFrame::Refused => out.push(4),
         }
         out
     }
 
     pub fn decode(bytes: &[u8]) -> Result<DatagramFrame, DatagramFrameError> {
         let (&tag, rest) = bytes.split_first().ok_or(DatagramFrameError::Empty)?;
-        match tag {
-            1 => {
-                let id = rest.get(..32).ok_or(DatagramFrameError::Truncated)?;
-                Ok(DatagramFrame::SendTo {
-                    service: ServiceId::from_slice(id).ok_or(DatagramFrameError::Truncated)?,
-                    data: rest[32..].to_vec(),
-                })
-            }
-            2 => Ok(DatagramFrame::Reply {
-                peer: decode_peer(rest)?,
-                data: rest[PEER_LEN..].to_vec(),
-            }),
-            3 => {
-                let peer = decode_peer(rest)?;
-                let rest = &rest[PEER_LEN..];
-                let (&has_service, rest) =
-                    rest.split_first().ok_or(DatagramFrameError::Truncated)?;
-                let (service, data) = if has_service == 1 {
-                    let id = rest.get(..32).ok_or(DatagramFrameError::Truncated)?;
-                    (ServiceId::from_slice(id), &rest[32..])
-                } else {
-                    (None, rest)
-                };
-                Ok(DatagramFrame::Received {
-                    peer,
-                    service,
-                    data: data.to_vec(),
-                })
-            }
-            other => Err(DatagramFrameError::UnknownTag(other)),
+        let mut r = Reader(rest);
+        let frame = match tag {
+            1 => DatagramFrame::SendTo {
+                service: r.service()?,
+                via: r.optional(Reader::locator)?,
+                data: Vec::new(),
+            },
+            2 => DatagramFrame::Reply {
+                peer: r.peer()?,
+                data: Vec::new(),
+            },
+            3 => DatagramFrame::Received {
+                peer: r.peer()?,
+                service: r.optional(Reader::service)?,
+                data: Vec::new(),
+            },
+            4 => return Ok(DatagramFrame::Refused),
+            other => return Err(DatagramFrameError::UnknownTag(other)),
+        };
+        Ok(frame.with_data(r.0))
+    }
+
+    /// The frame with its payload set.
+    fn with_data(mut self, payload: &[u8]) -> DatagramFrame {
+        match &mut self {
+            DatagramFrame::SendTo { data, .. }
+            | DatagramFrame::Reply { data, .. }
+            | DatagramFrame::Received { data, .. } => *data = payload.to_vec(),
+            DatagramFrame::Refused => {}
         }
+        self
     }
 }
 
@@ -619,13 +693,35 @@ mod tests {
         let peer = DatagramPeer {
             locator: "udp:10.0.0.1:54324".parse().unwrap(),
             flow: FlowId::new(77).unwrap(),
+            service: None,
+        };
+        let reference = DatagramPeer {
+            locator: "10.77.1.1".parse().unwrap(),
+            flow: FlowId::new(4).unwrap(),
+            service: Some("0006".parse().unwrap()),
         };
         let frames = [
             DatagramFrame::SendTo {
                 service: "beef".parse().unwrap(),
+                via: None,
+                data: b"hi".to_vec(),
+            },
+            DatagramFrame::SendTo {
+                service: "0006".parse().unwrap(),
+                via: Some("10.77.1.1".parse().unwrap()),
                 data: b"hi".to_vec(),
             },
             DatagramFrame::Reply { peer, data: vec![] },
+            DatagramFrame::Reply {
+                peer: reference,
+                data: b"back".to_vec(),
+            },
+            DatagramFrame::Received {
+                peer: reference,
+                service: Some("0007".parse().unwrap()),
+                data: b"ref-unconnected".to_vec(),
+            },
+            DatagramFrame::Refused,
             DatagramFrame::Received {
                 peer,
                 service: Some("4001".parse().unwrap()),
@@ -650,8 +746,13 @@ mod tests {
             Err(DatagramFrameError::Truncated)
         );
         assert_eq!(
-            DatagramFrame::decode(&[2, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0]),
+            DatagramFrame::decode(&[2, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0]),
             Err(DatagramFrameError::ZeroFlow)
+        );
+        assert_eq!(
+            DatagramFrame::decode(&[3, 0, 0, 0, 1, 0, 1, 1, 1, 1, 0, 0, 1, 7]),
+            Err(DatagramFrameError::Truncated),
+            "a service flag without the service"
         );
     }
 }

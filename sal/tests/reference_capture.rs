@@ -219,7 +219,7 @@ fn check_handshake(flow: &[&Captured], service: ServiceId) -> (u32, u32, [u8; 8]
     let syn_ack = flow[1];
     assert_eq!(syn_ack.kind(), "SYN-ACK", "{what}: second packet");
     assert_eq!((syn_ack.src, syn_ack.dst), (SERVER, CLIENT));
-    assert_eq!(syn_ack.repr.dst_flow, Some(syn.repr.src_flow));
+    assert_eq!(syn_ack.repr.dst_flow, syn.repr.src_flow);
     assert_eq!(syn_ack.repr.service, None, "{what}: SYN-ACK has no SERVICE");
     let syn_ack_control = syn_ack.repr.control.unwrap();
     assert_eq!(syn_ack_control.flags, ControlFlags::SYN | ControlFlags::ACK);
@@ -233,7 +233,7 @@ fn check_handshake(flow: &[&Captured], service: ServiceId) -> (u32, u32, [u8; 8]
     assert_eq!(ack.kind(), "ACK (handshake)", "{what}: third packet");
     assert_eq!((ack.src, ack.dst), (CLIENT, SERVER));
     assert_eq!(ack.repr.src_flow, syn.repr.src_flow);
-    assert_eq!(ack.repr.dst_flow, Some(syn_ack.repr.src_flow));
+    assert_eq!(ack.repr.dst_flow, syn_ack.repr.src_flow);
     assert_eq!(ack.repr.service, Some(service));
     let ack_control = ack.repr.control.unwrap();
     assert_eq!(ack_control.flags, ControlFlags::ACK);
@@ -242,8 +242,8 @@ fn check_handshake(flow: &[&Captured], service: ServiceId) -> (u32, u32, [u8; 8]
     assert_ne!(syn_control.nonce, syn_ack_control.nonce);
 
     (
-        syn.repr.src_flow.get(),
-        syn_ack.repr.src_flow.get(),
+        syn.repr.src_flow.unwrap().get(),
+        syn_ack.repr.src_flow.unwrap().get(),
         syn_control.nonce,
         syn_ack_control.nonce,
     )
@@ -261,7 +261,12 @@ fn check_rest_of_flow(flow: &[&Captured], ids: (u32, u32, [u8; 8], [u8; 8])) {
         } else {
             (server_flow, client_flow)
         };
-        assert_eq!(p.repr.src_flow.get(), src, "frame {}: src flow", p.frame);
+        assert_eq!(
+            p.repr.src_flow.unwrap().get(),
+            src,
+            "frame {}: src flow",
+            p.frame
+        );
         if p.frame != flow[0].frame {
             assert_eq!(
                 p.repr.dst_flow.map(|f| f.get()),

@@ -68,17 +68,19 @@ fn sal_repr() -> impl Strategy<Value = SalRepr> {
         prop::option::of(flow_id()),
         prop_oneof![Just(6u8), Just(17u8), any::<u8>()],
         prop::option::of(control()),
-        prop::option::of(service()),
+        // A second SERVICE (the sender's) only ever follows a first.
+        prop::option::of((service(), prop::option::of(service()))),
         prop::option::of(address()),
         prop::option::of(source()),
     )
         .prop_map(
-            |(src_flow, dst_flow, protocol, control, service, address, source)| SalRepr {
-                src_flow,
+            |(src_flow, dst_flow, protocol, control, services, address, source)| SalRepr {
+                src_flow: Some(src_flow),
                 dst_flow,
                 protocol,
                 control,
-                service,
+                service: services.map(|(s, _)| s),
+                source_service: services.and_then(|(_, s)| s),
                 address,
                 source,
             },
@@ -165,7 +167,7 @@ fn non_canonical_offsets(repr: &SalRepr) -> Vec<usize> {
         offsets.extend([at, at + 1, at + 3]);
         at += CONTROL_LEN;
     }
-    if repr.service.is_some() {
+    for _ in repr.service.iter().chain(&repr.source_service) {
         offsets.extend([at, at + 1, at + 2, at + 3]);
         at += SERVICE_LEN;
     }
@@ -190,6 +192,7 @@ proptest! {
         let expected_len = BASE_HEADER_LEN
             + repr.control.map_or(0, |_| CONTROL_LEN)
             + repr.service.map_or(0, |_| SERVICE_LEN)
+            + repr.source_service.map_or(0, |_| SERVICE_LEN)
             + repr.address.as_ref().map_or(0, |a| ADDRESS_BASE_LEN + 4 * a.addrs.len())
             + repr.source.as_ref().map_or(0, |s| SOURCE_BASE_LEN + 4 * s.addrs.len());
         prop_assert_eq!(repr.header_len(), expected_len);
@@ -201,17 +204,18 @@ proptest! {
         prop_assert_eq!(packet.header_len(), expected_len);
         prop_assert_eq!(packet.payload(), &payload[..]);
         prop_assert!(packet.verify_checksum());
-        prop_assert_eq!(packet.src_flow_id(), repr.src_flow.get());
+        prop_assert_eq!(packet.src_flow_id(), repr.src_flow.map_or(0, FlowId::get));
         prop_assert_eq!(packet.dst_flow_id(), repr.dst_flow.map_or(0, FlowId::get));
         prop_assert_eq!(packet.protocol(), repr.protocol);
         let parsed = SalRepr::parse(&packet).expect("emitted header parses");
         prop_assert_eq!(&parsed, &repr);
 
-        // Canonical order: CONTROL, SERVICE, ADDRESS, SOURCE; no PAD.
+        // Canonical order: CONTROL, SERVICE, SERVICE, ADDRESS, SOURCE; no PAD.
         let kinds: Vec<ExtensionKind> = packet.extensions().map(|e| e.unwrap().kind).collect();
         let mut expected_kinds = Vec::new();
         if repr.control.is_some() { expected_kinds.push(ExtensionKind::Control); }
         if repr.service.is_some() { expected_kinds.push(ExtensionKind::Service); }
+        if repr.source_service.is_some() { expected_kinds.push(ExtensionKind::Service); }
         if repr.address.is_some() { expected_kinds.push(ExtensionKind::Address); }
         if repr.source.is_some() { expected_kinds.push(ExtensionKind::Source); }
         prop_assert_eq!(kinds, expected_kinds);
@@ -605,8 +609,10 @@ fn bad_checksum_zero_flow_and_duplicates_are_rejected() {
     let mut service = vec![0u8; SERVICE_LEN];
     service[0] = 0x20;
     service[1] = SERVICE_LEN as u8;
-    let twice = [service.clone(), service].concat();
-    let bytes = hand_built(((BASE_HEADER_LEN + twice.len()) / 4) as u8, &twice, &[]);
+    // Two SERVICE extensions are a destination and a sender; a third is one
+    // too many.
+    let thrice = [service.clone(), service.clone(), service].concat();
+    let bytes = hand_built(((BASE_HEADER_LEN + thrice.len()) / 4) as u8, &thrice, &[]);
     assert_eq!(
         check_err(&bytes),
         Error::DuplicateExtension(ExtensionKind::Service)

@@ -4,6 +4,7 @@
 //! ifaces = ["eth0", "wlan0"]
 //! udp = "10.0.0.1:54325"     # UDP encapsulation instead of the TUN
 //! forward = true             # service-router mode
+//! broadcast = true           # broadcast discovery (native mode; see --no-broadcast)
 //! control = "/run/serval/sald.sock"
 //! tun = "sal0"
 //!
@@ -75,9 +76,19 @@ pub struct Flags {
     #[arg(long, value_name = "ADDR:PORT")]
     pub udp: Option<SocketAddrV4>,
     /// Act as a service router: forward SYNs and unconnected datagrams by
-    /// FORWARD rules.
+    /// FORWARD rules. A relayed packet keeps its client's address as IP
+    /// source (native mode: sent through a raw socket, needs CAP_NET_RAW);
+    /// over UDP it leaves from the router.
     #[arg(long)]
     pub forward: bool,
+    /// No broadcast discovery: a SYN or datagram for a service that no rule
+    /// matches fails with "no route" instead of going to the broadcast
+    /// address of every interface (as the original Serval does by default;
+    /// a host with a default rule, 0/0, never broadcasts). Broadcast
+    /// discovery is a native-mode feature: UDP encapsulation never
+    /// broadcasts.
+    #[arg(long)]
+    pub no_broadcast: bool,
     /// Control socket path.
     #[arg(long, value_name = "PATH", env = "SERVAL_CONTROL")]
     pub control: Option<PathBuf>,
@@ -227,6 +238,8 @@ pub struct FileConfig {
     pub udp: Option<SocketAddrV4>,
     #[serde(default)]
     pub forward: bool,
+    /// Broadcast discovery (`--no-broadcast` turns it off); on unless false.
+    pub broadcast: Option<bool>,
     pub control: Option<PathBuf>,
     pub tun: Option<String>,
     #[serde(default)]
@@ -246,6 +259,8 @@ pub struct Config {
     pub ifaces: Vec<String>,
     pub udp: Option<SocketAddrV4>,
     pub forward: bool,
+    /// Broadcast discovery for services no rule matches (native mode only).
+    pub broadcast_discovery: bool,
     pub control: PathBuf,
     pub tun: String,
     pub seed: Option<u64>,
@@ -293,6 +308,9 @@ impl Config {
             ifaces,
             udp,
             forward: flags.forward || file.forward,
+            broadcast_discovery: !flags.no_broadcast
+                && file.broadcast.unwrap_or(true)
+                && udp.is_none(),
             control: flags
                 .control
                 .or(file.control)
@@ -341,6 +359,7 @@ mod tests {
         assert_eq!(file.min_bind_prefix, 16);
         assert_eq!(file.limits, Limits::default());
         assert!(toml::from_str::<FileConfig>("bogus = 1").is_err());
+        assert_eq!(file.broadcast, None);
         let file: FileConfig =
             toml::from_str("min_bind_prefix = 24\n[limits]\nclients_per_uid = 4").unwrap();
         assert_eq!(file.min_bind_prefix, 24);
@@ -351,6 +370,17 @@ mod tests {
             ..Limits::default()
         };
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn broadcast_discovery_is_on_in_native_mode_unless_turned_off() {
+        let load = |args: &[&str]| {
+            let flags = Flags::try_parse_from(["sald", "--iface", "eth0"].iter().chain(args));
+            Config::load(flags.unwrap()).unwrap().broadcast_discovery
+        };
+        assert!(load(&[]));
+        assert!(!load(&["--no-broadcast"]));
+        assert!(!load(&["--udp", "10.0.0.1:54325"]), "UDP never broadcasts");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use sal::proto::{ConnectError, Event, FlowInfo, Host, Transmit};
+use sal::proto::{ConnectError, Event, FlowInfo, Host, Transmit, TransmitKind};
 use sal::table::ListenerId;
 use sal::time::Instant;
 use sal::wire::{Ipv4Carriage, IPV4_HEADER_LEN};
@@ -22,9 +22,10 @@ use sal_control::{ControlEvent, StatsReport};
 use tokio::sync::{oneshot, Notify};
 
 use crate::events::{Audience, EventBus, Subscription};
-use crate::link::{TunLink, UdpLink};
+use crate::link::{tun_egress_ttl, TunLink, UdpLink};
 use crate::origins::Origins;
 use crate::owners::Owners;
+use crate::raw::RawSender;
 
 /// Wakes the tasks serving one app-owned flow or datagram socket.
 #[derive(Debug, Default)]
@@ -64,6 +65,8 @@ pub struct Core {
     pub host: Host,
     epoch: std::time::Instant,
     links: Links,
+    /// Native mode: the raw socket for relays and broadcasts.
+    raw: Option<RawSender>,
     ident: u16,
     buffer: Vec<u8>,
     pub link_stats: LinkStats,
@@ -97,6 +100,7 @@ impl Shared {
                 host,
                 epoch: std::time::Instant::now(),
                 links,
+                raw: None,
                 ident: 0,
                 buffer: vec![0u8; 65536],
                 link_stats: LinkStats::default(),
@@ -150,29 +154,25 @@ impl Core {
         Some(self.epoch + std::time::Duration::from_micros(micros))
     }
 
-    /// Writes every pending transmit to the link.
+    /// Writes every pending transmit to the link: in native mode, relayed
+    /// packets and broadcasts through the raw socket (when there is one),
+    /// the rest into the TUN.
     fn flush(&mut self) {
         while let Some(transmit) = self.host.poll_transmit() {
             let sent = match &self.links {
                 Links::Tun(tun) => {
-                    let len = IPV4_HEADER_LEN + transmit.payload.len();
-                    if self.buffer.len() < len {
-                        self.buffer.resize(len, 0);
-                    }
-                    self.ident = self.ident.wrapping_add(1);
-                    let carriage = Ipv4Carriage {
-                        src: transmit.src.ip(),
-                        dst: transmit.dst.ip(),
-                        ttl: transmit.ttl,
-                        ident: self.ident,
+                    let raw = (self.raw.as_ref()).filter(|_| transmit.kind != TransmitKind::Own);
+                    let ttl = match raw {
+                        Some(_) => transmit.ttl,
+                        None => tun_egress_ttl(transmit.ttl),
                     };
-                    let buffer = &mut self.buffer[..len];
-                    match carriage.emit(buffer, transmit.payload.len()) {
-                        Ok(()) => {
-                            buffer[IPV4_HEADER_LEN..].copy_from_slice(&transmit.payload);
-                            tun.try_send(buffer).is_ok()
-                        }
-                        Err(_) => false,
+                    self.ident = self.ident.wrapping_add(1);
+                    match emit_ipv4(&mut self.buffer, &transmit, ttl, self.ident) {
+                        Some(packet) => match raw {
+                            Some(raw) => raw.send(packet).is_ok(),
+                            None => tun.try_send(packet).is_ok(),
+                        },
+                        None => false,
                     }
                 }
                 Links::Udp(udp) => match udp_destination(&transmit) {
@@ -187,6 +187,11 @@ impl Core {
                 tracing::debug!(dst = %transmit.dst, "link dropped a packet");
             }
         }
+    }
+
+    /// Gives native mode its raw socket for relayed packets and broadcasts.
+    pub fn set_raw_sender(&mut self, raw: RawSender) {
+        self.raw = Some(raw);
     }
 
     /// Routes host events to whoever waits for them.
@@ -364,6 +369,29 @@ impl Core {
         let now = self.now();
         self.host.handle_packet(now, src, dst, ttl, payload);
     }
+}
+
+/// `transmit` in an IPv4 header with `ttl`, in `buffer` (grown if needed).
+fn emit_ipv4<'a>(
+    buffer: &'a mut Vec<u8>,
+    transmit: &Transmit,
+    ttl: u8,
+    ident: u16,
+) -> Option<&'a [u8]> {
+    let len = IPV4_HEADER_LEN + transmit.payload.len();
+    if buffer.len() < len {
+        buffer.resize(len, 0);
+    }
+    let carriage = Ipv4Carriage {
+        src: transmit.src.ip(),
+        dst: transmit.dst.ip(),
+        ttl,
+        ident,
+    };
+    let packet = &mut buffer[..len];
+    carriage.emit(packet, transmit.payload.len()).ok()?;
+    packet[IPV4_HEADER_LEN..].copy_from_slice(&transmit.payload);
+    Some(packet)
 }
 
 /// Where a UDP-encapsulated transmit goes.

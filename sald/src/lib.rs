@@ -13,6 +13,7 @@
 //! | [`owners`], [`origins`] | who owns which binding and flow; who installed which rule |
 //! | [`shutdown`] | the shutdown signal and the tracked tasks |
 //! | [`link`] | packet I/O: the TUN device and the UDP socket |
+//! | [`raw`] | native mode's raw sockets: relayed packets and broadcasts |
 //! | [`plumbing`] | host-address mode kernel plumbing, on a thread of its own |
 //! | [`watch`] | the kernel's link, address and route events |
 
@@ -25,6 +26,7 @@ pub mod origins;
 pub mod owners;
 pub mod plumbing;
 pub mod pump;
+pub mod raw;
 pub mod server;
 pub mod shutdown;
 pub mod watch;

@@ -76,6 +76,26 @@ pub enum LinkError {
     Reactor(#[source] io::Error),
 }
 
+/// The kernel routes the packets sald reads from and writes to the TUN like
+/// an IP router: a packet for one of our addresses is forwarded into the
+/// TUN, one written into it is forwarded out of it, each time one TTL
+/// less. A SAL host must cost nothing in TTL where it originates or
+/// receives a packet, and a service router exactly one, as an IP router
+/// does (the core spends that one): so sald gives the kernel one more TTL
+/// on the way out and hands the core the TTL the packet had on the wire.
+///
+/// The TTL to write into the TUN so that the packet leaves with `wire_ttl`
+/// (at most 254 then: 255 leaves as 254).
+pub fn tun_egress_ttl(wire_ttl: u8) -> u8 {
+    wire_ttl.saturating_add(1)
+}
+
+/// The TTL a packet read from the TUN had on the wire (see
+/// [`tun_egress_ttl`]).
+pub fn tun_ingress_wire_ttl(tun_ttl: u8) -> u8 {
+    tun_ttl.saturating_add(1)
+}
+
 /// Smallest MTU the kernel accepts for IPv4.
 pub const MIN_MTU: u32 = 68;
 /// The largest IPv4 packet.

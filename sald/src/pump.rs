@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use nix::sys::socket::{recv, send, MsgFlags};
-use sal::proto::HostError;
+use sal::proto::{ConnectError, HostError};
 use sal::FlowId;
 use sal_control::DatagramFrame;
 use tokio::io::unix::AsyncFd;
@@ -194,13 +194,20 @@ pub async fn datagram_socket(
             };
             let mut core = shared.lock();
             let result = match DatagramFrame::decode(&buf[..n]) {
-                Ok(DatagramFrame::SendTo { service, data }) => {
-                    core.host.send_to(socket, service, &data)
-                }
+                Ok(DatagramFrame::SendTo {
+                    service,
+                    via: None,
+                    data,
+                }) => core.host.send_to(socket, service, &data),
+                Ok(DatagramFrame::SendTo {
+                    service,
+                    via: Some(via),
+                    data,
+                }) => core.host.send_to_via(socket, service, via, &data),
                 Ok(DatagramFrame::Reply { peer, data }) => {
                     core.host.send_reply(socket, peer, &data)
                 }
-                Ok(DatagramFrame::Received { .. }) | Err(_) => {
+                Ok(DatagramFrame::Received { .. } | DatagramFrame::Refused) | Err(_) => {
                     tracing::debug!(%socket, "bad datagram frame from application");
                     continue;
                 }
@@ -214,19 +221,21 @@ pub async fn datagram_socket(
     let down = async {
         loop {
             let received = shared.lock().host.recv_from(socket);
-            match received {
-                Ok(datagram) => {
-                    let frame = DatagramFrame::Received {
-                        peer: datagram.peer,
-                        service: datagram.service,
-                        data: datagram.data,
-                    };
-                    if packets.send(&frame.encode()).await.is_err() {
-                        return;
-                    }
+            let frame = match received {
+                Ok(datagram) => DatagramFrame::Received {
+                    peer: datagram.peer,
+                    service: datagram.service,
+                    data: datagram.data,
+                },
+                Err(HostError::Connect(ConnectError::Refused)) => DatagramFrame::Refused,
+                Err(HostError::WouldBlock) => {
+                    signal.down.notified().await;
+                    continue;
                 }
-                Err(HostError::WouldBlock) => signal.down.notified().await,
                 Err(_) => return,
+            };
+            if packets.send(&frame.encode()).await.is_err() {
+                return;
             }
         }
     };
@@ -244,6 +253,12 @@ pub async fn datagram_socket(
 }
 
 /// Serves a connected datagram flow: one message per datagram both ways.
+/// Either side may finish first, as with the reference stack's FINs: the
+/// application shutting down its sending side (or closing its end) sends
+/// our FIN, and datagrams still come down until the peer's FIN, which is
+/// end of file for the application (its end of the socketpair is shut down
+/// for reading); it may go on sending after that. The pump ends when both
+/// directions are done, or the flow is gone.
 pub async fn datagram_flow(
     shared: Arc<Shared>,
     flow: FlowId,
@@ -254,11 +269,13 @@ pub async fn datagram_flow(
     let Ok(packets) = Packets::new(fd) else {
         return;
     };
+    let up_finished = AtomicBool::new(false);
+    let up_done = Notify::new();
     let up = async {
         let mut buf = vec![0u8; CHUNK];
         loop {
             let n = match packets.recv(&mut buf).await {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
             let mut core = shared.lock();
@@ -267,6 +284,12 @@ pub async fn datagram_flow(
             }
             core.run();
         }
+        // Nothing more to send: our FIN.
+        let mut core = shared.lock();
+        let _ = core.host.shutdown(flow);
+        core.run();
+        up_finished.store(true, Ordering::Release);
+        up_done.notify_one();
     };
     let down = async {
         loop {
@@ -277,15 +300,24 @@ pub async fn datagram_flow(
                         return;
                     }
                 }
-                Ok(None) => return,
+                Ok(None) => {
+                    // End of file for the application; it may still send.
+                    let _ = nix::sys::socket::shutdown(
+                        packets.0.get_ref().as_raw_fd(),
+                        nix::sys::socket::Shutdown::Write,
+                    );
+                    if !up_finished.load(Ordering::Acquire) {
+                        up_done.notified().await;
+                    }
+                    return;
+                }
                 Err(HostError::WouldBlock) => signal.down.notified().await,
                 Err(_) => return,
             }
         }
     };
     tokio::select! {
-        () = up => {}
-        () = down => {}
+        _ = async { tokio::join!(up, down) } => {}
         () = shutdown.recv() => {}
     }
     let mut core = shared.lock();

@@ -25,8 +25,9 @@ use sal::Locator;
 use crate::config::Config;
 use crate::control::{self, ControlContext};
 use crate::daemon::{Links, Shared};
-use crate::link::{drain_batch, TunDevice, TunLink, UdpLink};
+use crate::link::{drain_batch, tun_ingress_wire_ttl, TunDevice, TunLink, UdpLink};
 use crate::plumbing::{PlumbingConfig, PlumbingWorker};
+use crate::raw::{BroadcastReceiver, RawSender};
 use crate::shutdown::Tasks;
 use crate::watch;
 
@@ -115,11 +116,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     let tasks = Tasks::new();
     let shared = Shared::new(host, links.clone(), config.limits.subscriber_queue);
+    let broadcasts = match links {
+        Links::Tun(_) => open_raw_sockets(&shared, &config.ifaces),
+        Links::Udp(_) => Vec::new(),
+    };
     let listener = control::bind(&config.control).await?;
     let owner_uid = nix::unistd::geteuid().as_raw();
     let context = ControlContext::new(shared.clone(), tasks.clone(), &config, owner_uid);
     tasks.spawn(move |shutdown| control::serve(listener, context, shutdown));
     let mut packets = tokio::spawn(receive_loop(shared.clone(), links, local));
+    let broadcasts: Vec<_> = (broadcasts.into_iter())
+        .map(|receiver| tokio::spawn(broadcast_loop(shared.clone(), receiver)))
+        .collect();
     let timers = tokio::spawn(timer_loop(shared.clone()));
     let follow = tokio::spawn(watch::follow(shared.clone(), worker.clone(), view, events));
     tracing::info!(control = %config.control.display(), forward = config.forward, "sald running");
@@ -150,6 +158,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tracing::warn!(left, "flows still open after {FLOWS_BOUND:?}");
     }
     packets.abort();
+    for task in broadcasts {
+        task.abort();
+    }
     timers.abort();
     follow.abort();
     let _ = follow.await;
@@ -204,6 +215,7 @@ fn local_interfaces(
 fn build_host(config: &Config, interfaces: &[LocalInterface]) -> Result<Host> {
     let host_config = HostConfig {
         forward: config.forward,
+        broadcast_discovery: config.broadcast_discovery,
         seed: config.seed.unwrap_or_else(rand::random),
         auto_migrate: config.auto_migrate,
         liveness_timeout: sal::time::Duration::from_millis(config.liveness_ms),
@@ -291,6 +303,63 @@ async fn flows_gone(shared: &Shared, deadline: tokio::time::Instant) -> bool {
     }
 }
 
+/// Native mode's raw sockets (see [`crate::raw`]): the sender goes to the
+/// core, the broadcast receivers (one per SAL interface) are returned.
+/// Without them (no `CAP_NET_RAW`) sald still runs, but cannot relay with
+/// the client's address nor broadcast, which is logged.
+fn open_raw_sockets(shared: &Shared, ifaces: &[String]) -> Vec<BroadcastReceiver> {
+    match RawSender::open() {
+        Ok(raw) => shared.lock().set_raw_sender(raw),
+        Err(error) => tracing::warn!(
+            %error,
+            "no raw IPv4 socket (CAP_NET_RAW?): relayed packets and broadcasts go into the TUN, \
+             where the kernel may drop them"
+        ),
+    }
+    let mut receivers = Vec::new();
+    for iface in ifaces {
+        match BroadcastReceiver::open(iface) {
+            Ok(receiver) => receivers.push(receiver),
+            Err(error) => {
+                tracing::warn!(%iface, %error, "cannot receive SAL broadcasts on this interface")
+            }
+        }
+    }
+    receivers
+}
+
+/// Feeds the host the SAL broadcasts one interface receives (anything else
+/// the raw socket sees, unicast delivered locally, is not ours: unicast
+/// SAL packets come through the TUN).
+async fn broadcast_loop(shared: Arc<Shared>, receiver: BroadcastReceiver) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let first = match receiver.recv(&mut buf).await {
+            Ok(n) => n,
+            Err(error) => {
+                tracing::warn!(iface = receiver.iface(), %error, "broadcast receive failed");
+                return;
+            }
+        };
+        let mut core = shared.lock();
+        let next = |b: &mut [u8]| receiver.try_recv(b).ok();
+        drain_batch(&mut buf, first, RX_BATCH, next, |packet| {
+            let Ok((carriage, sal)) = ipv4_payload(packet) else {
+                return;
+            };
+            if core.host.is_broadcast(carriage.dst) {
+                core.receive(
+                    Locator::Ipv4(carriage.src),
+                    Locator::Ipv4(carriage.dst),
+                    carriage.ttl,
+                    sal,
+                );
+            }
+        });
+        core.run();
+    }
+}
+
 /// Reads packets from the link and feeds them to the host, in batches.
 async fn receive_loop(shared: Arc<Shared>, links: Links, local: Locator) -> Result<()> {
     let mut buf = vec![0u8; 65536];
@@ -305,7 +374,7 @@ async fn receive_loop(shared: Arc<Shared>, links: Links, local: Locator) -> Resu
                         core.receive(
                             Locator::Ipv4(carriage.src),
                             Locator::Ipv4(carriage.dst),
-                            carriage.ttl,
+                            tun_ingress_wire_ttl(carriage.ttl),
                             sal,
                         );
                     }

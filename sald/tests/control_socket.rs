@@ -477,7 +477,7 @@ fn two_daemons_in_one_process_keep_their_own_rule_origins() {
     // The same target made static on the other daemon changes nothing here.
     add(&b, sal::table::RuleOrigin::Static);
     let origin_on = |sald: &InProcess| match sald.request(Request::ListRules) {
-        Response::Rules { rules } => rules[0].targets()[0].origin.clone(),
+        Response::Rules { rules, .. } => rules[0].targets()[0].origin.clone(),
         other => panic!("{other:?}"),
     };
     assert_eq!(origin_on(&a), announced);
@@ -535,7 +535,7 @@ fn batched_rule_changes_apply_in_order_and_never_outrank_the_operator() {
         (3, ErrorKind::NotFound)
     );
     let rules = match sald.request(Request::ListRules) {
-        Response::Rules { rules } => rules,
+        Response::Rules { rules, .. } => rules,
         other => panic!("{other:?}"),
     };
     let rule = |p: &str| rules.iter().find(|r| r.prefix == prefix(p));

@@ -371,7 +371,7 @@ fn hostile_control_clients_hurt_only_themselves() {
     thread::sleep(Duration::from_millis(300));
     assert!(daemon.alive(), "sald died");
     // Still serving, and the vanished client's service is unregistered.
-    let Response::Rules { rules } = daemon.request(Request::ListRules) else {
+    let Response::Rules { rules, .. } = daemon.request(Request::ListRules) else {
         panic!("no rules listing");
     };
     assert!(

@@ -22,10 +22,18 @@
 #define SERVICE_ID_LEN 32
 
 /*
- * sv_flags bit set in an address filled in by recvfrom() on a datagram
- * socket: the 32 bytes then name the *sender's socket* (its locator and
- * socket ID), not a service. Passing the address back to sendto() replies
- * to that sender. Applications treat it as opaque.
+ * recvfrom() on a datagram socket fills in, as the original Serval does, a
+ * sockaddr_sv with the *sender's own service ID* (every datagram socket has
+ * one: the bound ID, or a random one), followed by a sockaddr_in with the
+ * sender's IPv4 address (port 0) when the address buffer holds both (52
+ * bytes). sendto() takes either back: with the sockaddr_in it sends to that
+ * service at that address; with the sockaddr_sv alone it resolves the
+ * service.
+ *
+ * SV_FLAG_PEER is set in sv_flags instead when the sender named no service
+ * of its own (an older serval-rs): the 32 bytes then name the sender's
+ * socket (its locator and socket ID), and passing the address back to
+ * sendto() replies to it. Applications treat it as opaque.
  */
 #define SV_FLAG_PEER 0x80
 

@@ -1,13 +1,18 @@
 //! Unconnected datagram sockets: send to a service ID, receive from peers,
-//! reply to them.
+//! reply to them; and, on a bound socket, accept connected datagram flows
+//! ([`ServiceDatagramFlow`]).
 //!
 //! sald hands over a `SOCK_SEQPACKET` socket whose messages are
-//! [`DatagramFrame`]s: `SendTo` and `Reply` from the application, `Received`
-//! from sald. Every datagram is resolved by sald on its own, so successive
-//! datagrams to one service may reach different replicas.
+//! [`DatagramFrame`]s: `SendTo` and `Reply` from the application,
+//! `Received` and `Refused` from sald. Every datagram is resolved by sald on
+//! its own, so successive datagrams to one service may reach different
+//! replicas. Every socket has a service ID of its own (the bound one, or a
+//! random one sald picks), which its datagrams carry so that the receiver
+//! can answer: a peer's [`DatagramPeer::service`].
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -16,12 +21,13 @@ use nix::sys::time::TimeVal;
 use sal::proto::DatagramPeer;
 use sal::table::ListenerId;
 use sal::wire::TransportProtocol;
-use sal::{FlowId, ServiceId, ServicePrefix};
+use sal::{FlowId, Locator, ServiceId, ServicePrefix};
 use sal_control::{DatagramFrame, Request, Response};
 
 use crate::client::ControlClient;
+use crate::datagram_flow::ServiceDatagramFlow;
 use crate::error::{Error, Result};
-use crate::stream::{listen_request, listener_from_reply};
+use crate::stream::{flow_from_reply, listen_request, listener_from_reply};
 
 /// Largest datagram payload the SAL carries (sends of more are refused here
 /// rather than dropped by sald).
@@ -41,16 +47,15 @@ pub(crate) fn check_size(data: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Bytes a `Received` frame adds before the payload, at most: tag (1), peer
-/// (11), service flag (1), service ID (32).
-pub(crate) const RECEIVED_HEADER_MAX: usize = 1 + 11 + 1 + 32;
+pub(crate) use sal_control::RECEIVED_HEADER_MAX;
 
 /// The backlog sent with a datagram `Listen`; datagram listeners take no
 /// flows from it, so it only bounds connected datagram flows.
 const DATAGRAM_BACKLOG: u32 = 16;
 
 /// Decodes a message sald sent on a datagram socket, copying the payload into
-/// `buf` (truncated to its length, as UDP does).
+/// `buf` (truncated to its length, as UDP does). A refusal is
+/// [`Error::Refused`].
 pub(crate) fn decode_received(
     message: &[u8],
     buf: &mut [u8],
@@ -65,6 +70,9 @@ pub(crate) fn decode_received(
             buf[..len].copy_from_slice(&data[..len]);
             Ok((len, peer, service))
         }
+        Ok(DatagramFrame::Refused) => Err(Error::Refused(
+            "a host refused a datagram of this socket".into(),
+        )),
         Ok(_) => Err(Error::Protocol(
             "sald sent an application-to-sald datagram frame".into(),
         )),
@@ -90,8 +98,9 @@ pub struct ServiceDatagram {
     socket: OwnedFd,
     id: FlowId,
     bound: Option<(ListenerId, ServicePrefix)>,
-    /// Kept for bound sockets: closing it would unbind the prefix.
-    _control: Option<ControlClient>,
+    /// Kept for bound sockets: closing it would unbind the prefix; accepts
+    /// go over it.
+    control: Option<Mutex<ControlClient>>,
 }
 
 impl ServiceDatagram {
@@ -109,7 +118,7 @@ impl ServiceDatagram {
             socket,
             id,
             bound: None,
-            _control: None,
+            control: None,
         })
     }
 
@@ -136,8 +145,39 @@ impl ServiceDatagram {
             socket,
             id,
             bound: Some((listener, prefix)),
-            _control: Some(control),
+            control: Some(Mutex::new(control)),
         })
+    }
+
+    /// Waits for the next connected datagram flow opened to the bound
+    /// prefix (a peer that connects rather than sends; the reference's
+    /// `udp_client_user` does). Fails on an unbound socket.
+    pub fn accept(&self) -> Result<ServiceDatagramFlow> {
+        self.accept_with(false)
+    }
+
+    /// Takes the next connected datagram flow if one is waiting.
+    pub fn try_accept(&self) -> Result<Option<ServiceDatagramFlow>> {
+        match self.accept_with(true) {
+            Ok(flow) => Ok(Some(flow)),
+            Err(Error::WouldBlock(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn accept_with(&self, nonblocking: bool) -> Result<ServiceDatagramFlow> {
+        let (Some((listener, _)), Some(control)) = (self.bound, self.control.as_ref()) else {
+            return Err(Error::Io(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "only a bound datagram socket accepts flows",
+            )));
+        };
+        let reply = lock(control).request(&Request::Accept {
+            listener,
+            nonblocking,
+        })?;
+        let (info, fd) = flow_from_reply("accept", reply)?;
+        Ok(ServiceDatagramFlow::from_parts(info, fd))
     }
 
     /// This socket's flow ID (peers see it in [`DatagramPeer::flow`]).
@@ -158,6 +198,20 @@ impl ServiceDatagram {
         check_size(data)?;
         self.send_frame(&DatagramFrame::SendTo {
             service,
+            via: None,
+            data: data.to_vec(),
+        })?;
+        Ok(data.len())
+    }
+
+    /// Sends one datagram to `service` at `via` without resolving it (the
+    /// reference's "advisory address"): how to answer a sender known by its
+    /// service ID and address.
+    pub fn send_to_via(&self, service: ServiceId, via: Locator, data: &[u8]) -> Result<usize> {
+        check_size(data)?;
+        self.send_frame(&DatagramFrame::SendTo {
+            service,
+            via: Some(via),
             data: data.to_vec(),
         })?;
         Ok(data.len())
@@ -190,6 +244,8 @@ impl ServiceDatagram {
     /// Waits for the next datagram and copies its payload into `buf`
     /// (truncating it if `buf` is too short). Returns the payload length, the
     /// sender, and the service ID it was sent to (for unconnected datagrams).
+    /// A host that refused one of this socket's datagrams (a reset from the
+    /// address it was sent to) is reported once, as [`Error::Refused`].
     pub fn recv_from(&self, buf: &mut [u8]) -> Result<(usize, DatagramPeer, Option<ServiceId>)> {
         let mut message = vec![0u8; buf.len() + RECEIVED_HEADER_MAX];
         let len = loop {
@@ -209,21 +265,33 @@ impl ServiceDatagram {
     /// Sets a timeout on [`ServiceDatagram::recv_from`] (`None`: block
     /// forever); a timeout shows as an `Io` error of kind `WouldBlock`.
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        let tv = match timeout {
-            Some(t) if t.is_zero() => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "a zero timeout is not allowed",
-                ))
-            }
-            Some(t) => TimeVal::new(
-                t.as_secs().try_into().unwrap_or(i64::MAX),
-                t.subsec_micros().into(),
-            ),
-            None => TimeVal::new(0, 0),
-        };
-        setsockopt(&self.socket, sockopt::ReceiveTimeout, &tv).map_err(io::Error::from)
+        set_receive_timeout(&self.socket, timeout)
     }
+}
+
+/// Sets `SO_RCVTIMEO` (`None`: block forever; zero is refused, as std's
+/// sockets refuse it).
+pub(crate) fn set_receive_timeout(socket: &OwnedFd, timeout: Option<Duration>) -> io::Result<()> {
+    let tv = match timeout {
+        Some(t) if t.is_zero() => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a zero timeout is not allowed",
+            ))
+        }
+        Some(t) => TimeVal::new(
+            t.as_secs().try_into().unwrap_or(i64::MAX),
+            t.subsec_micros().into(),
+        ),
+        None => TimeVal::new(0, 0),
+    };
+    setsockopt(socket, sockopt::ReceiveTimeout, &tv).map_err(io::Error::from)
+}
+
+/// Locks a control connection; a panic while holding it cannot leave it
+/// worse than an I/O error would.
+fn lock(control: &Mutex<ControlClient>) -> MutexGuard<'_, ControlClient> {
+    control.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl AsFd for ServiceDatagram {

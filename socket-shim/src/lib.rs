@@ -28,6 +28,7 @@
 //! - [`client`]: the control connection (framing, `Hello`, descriptor passing).
 //! - [`stream`]: stream flows, [`ServiceStream`] and [`ServiceListener`].
 //! - [`datagram`]: unconnected datagram sockets, [`ServiceDatagram`].
+//! - [`datagram_flow`]: connected datagram flows, [`ServiceDatagramFlow`].
 //! - [`error`]: the typed [`Error`] and its errno mapping.
 //! - [`tokio`](mod@crate::tokio) (feature `tokio`): async equivalents.
 
@@ -35,6 +36,7 @@
 
 pub mod client;
 pub mod datagram;
+pub mod datagram_flow;
 pub mod error;
 pub mod stream;
 #[cfg(feature = "tokio")]
@@ -46,9 +48,10 @@ pub use crate::tokio::{
 };
 pub use client::{ControlClient, Events, Reply};
 pub use datagram::{ServiceDatagram, MAX_DATAGRAM};
+pub use datagram_flow::ServiceDatagramFlow;
 pub use error::{Error, Result};
 pub use sal::proto::{DatagramPeer, FlowInfo};
-pub use sal::{FlowId, ServiceId, ServicePrefix};
+pub use sal::{FlowId, Locator, ServiceId, ServicePrefix};
 pub use sal_control::ErrorKind;
 pub use stream::{Incoming, ServiceListener, ServiceStream};
 

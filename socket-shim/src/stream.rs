@@ -21,11 +21,15 @@ use sal_control::{Request, Response};
 use crate::client::{response_name, ControlClient, Reply};
 use crate::error::{Error, Result};
 
-/// The `Connect` request for a stream flow.
-pub(crate) fn connect_request(service: ServiceId, timeout: Option<Duration>) -> Request {
+/// The `Connect` request for a flow of `protocol`.
+pub(crate) fn connect_request(
+    service: ServiceId,
+    protocol: TransportProtocol,
+    timeout: Option<Duration>,
+) -> Request {
     Request::Connect {
         service,
-        protocol: TransportProtocol::Stream,
+        protocol,
         timeout_ms: timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
     }
 }
@@ -102,7 +106,11 @@ impl ServiceStream {
         service: ServiceId,
         timeout: Option<Duration>,
     ) -> Result<ServiceStream> {
-        let reply = control.request(&connect_request(service, timeout))?;
+        let reply = control.request(&connect_request(
+            service,
+            TransportProtocol::Stream,
+            timeout,
+        ))?;
         let (info, fd) = flow_from_reply("connect", reply)?;
         Ok(ServiceStream::from_parts(info, fd))
     }

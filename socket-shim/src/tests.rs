@@ -437,23 +437,31 @@ fn listener_accepts_flows_and_unbinds_on_drop() {
     (&stream).write_all(b"still here").unwrap();
 }
 
-fn peer() -> DatagramPeer {
-    DatagramPeer {
-        locator: "udp:10.0.0.2:54325".parse().unwrap(),
-        flow: FlowId::new(0x42).unwrap(),
-    }
-}
-
-/// A datagram socket whose far end answers each `SendTo` or `Reply` with a
-/// `Received` frame carrying the same payload.
-fn datagram_echo() -> OwnedFd {
-    let (ours, theirs) = socketpair(
+/// A connected pair of `SOCK_SEQPACKET` sockets (datagram sockets and flows
+/// are handed over as one end of such a pair).
+fn seqpacket_pair() -> (OwnedFd, OwnedFd) {
+    socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
         None,
         SockFlag::SOCK_CLOEXEC,
     )
-    .unwrap();
+    .unwrap()
+}
+
+fn peer() -> DatagramPeer {
+    DatagramPeer {
+        locator: "udp:10.0.0.2:54325".parse().unwrap(),
+        flow: FlowId::new(0x42).unwrap(),
+        service: Some("0006".parse().unwrap()),
+    }
+}
+
+/// A datagram socket whose far end answers each `SendTo` or `Reply` with a
+/// `Received` frame carrying the same payload, and a `SendTo` with an
+/// address (`via`) with a refusal.
+fn datagram_echo() -> OwnedFd {
+    let (ours, theirs) = seqpacket_pair();
     thread::spawn(move || {
         let mut buf = vec![0u8; 70000];
         loop {
@@ -461,15 +469,19 @@ fn datagram_echo() -> OwnedFd {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
-            let (service, data) = match DatagramFrame::decode(&buf[..n]).unwrap() {
-                DatagramFrame::SendTo { service, data } => (Some(service), data),
-                DatagramFrame::Reply { data, .. } => (None, data),
-                DatagramFrame::Received { .. } => panic!("app sent a Received frame"),
-            };
-            let frame = DatagramFrame::Received {
-                peer: peer(),
-                service,
-                data,
+            let frame = match DatagramFrame::decode(&buf[..n]).unwrap() {
+                DatagramFrame::SendTo { via: Some(_), .. } => DatagramFrame::Refused,
+                DatagramFrame::SendTo { service, data, .. } => DatagramFrame::Received {
+                    peer: peer(),
+                    service: Some(service),
+                    data,
+                },
+                DatagramFrame::Reply { data, .. } => DatagramFrame::Received {
+                    peer: peer(),
+                    service: None,
+                    data,
+                },
+                other => panic!("app sent {other:?}"),
             };
             send(ours.as_raw_fd(), &frame.encode(), MsgFlags::empty()).unwrap();
         }
@@ -508,11 +520,17 @@ fn datagrams_are_framed_both_ways() {
     let mut small = [0u8; 3];
     let (len, _, service) = socket.recv_from(&mut small).unwrap();
     assert_eq!((len, &small, service), (3, b"ans", None));
+    // A refusal is an error of the next receive: ECONNREFUSED.
+    let via = "10.0.0.2".parse().unwrap();
+    socket.send_to_via(beef(), via, b"no").unwrap();
+    let refused = socket.recv_from(&mut buf).unwrap_err();
+    assert!(matches!(refused, Error::Refused(_)), "{refused:?}");
+    assert_eq!(refused.errno(), Errno::ECONNREFUSED as i32);
 
     let error = socket
         .send_to(beef(), &[0; crate::MAX_DATAGRAM + 1])
         .unwrap_err();
-    assert!(error.to_string().contains("1400-byte limit"), "{error}");
+    assert!(error.to_string().contains("1360-byte limit"), "{error}");
 
     let bound = ServiceDatagram::bind_via(sald.client(), beef()).unwrap();
     assert_eq!(bound.prefix(), Some(beef().into()));
@@ -524,6 +542,66 @@ fn datagrams_are_framed_both_ways() {
             ..
         })
     ));
+    assert!(
+        socket.accept().is_err(),
+        "an unbound socket accepts nothing"
+    );
+}
+
+/// A datagram socketpair whose far end echoes each message, then closes.
+fn datagram_flow_echo() -> OwnedFd {
+    let (ours, theirs) = seqpacket_pair();
+    thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        if let Ok(n @ 1..) = recv(ours.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+            let _ = send(ours.as_raw_fd(), &buf[..n], MsgFlags::empty());
+        }
+    });
+    theirs
+}
+
+#[test]
+fn connected_datagram_flows_are_opened_and_accepted() {
+    let sald = FakeSald::start(|request| match request {
+        Request::Listen { .. } => Action::ReplyWithFd(
+            Response::Listening {
+                listener: ListenerId(2),
+                socket: FlowId::new(6),
+            },
+            datagram_echo(),
+        ),
+        Request::Accept { .. } | Request::Connect { .. } => {
+            let mut flow = flow_info(beef(), Role::Server);
+            flow.protocol = TransportProtocol::Datagram;
+            Action::ReplyWithFd(Response::Accepted { flow }, datagram_flow_echo())
+        }
+        _ => Action::Reply(Response::Ok),
+    });
+    let bound = ServiceDatagram::bind_via(sald.client(), beef()).unwrap();
+    let flow = bound.accept().unwrap();
+    assert_eq!(flow.flow_info().protocol, TransportProtocol::Datagram);
+    assert!(matches!(
+        sald.requests().last(),
+        Some(Request::Accept {
+            listener: ListenerId(2),
+            nonblocking: false
+        })
+    ));
+    assert_eq!(flow.send(b"hello serval").unwrap(), 12);
+    let mut buf = [0u8; 64];
+    assert_eq!(flow.recv(&mut buf).unwrap(), 12);
+    assert_eq!(&buf[..12], b"hello serval");
+    assert_eq!(flow.recv(&mut buf).unwrap(), 0, "the peer closed the flow");
+
+    let flow = crate::ServiceDatagramFlow::connect_via(sald.client(), beef(), None).unwrap();
+    assert!(matches!(
+        sald.requests().last(),
+        Some(Request::Connect {
+            protocol: TransportProtocol::Datagram,
+            ..
+        })
+    ));
+    assert!(flow.send(&[0; crate::MAX_DATAGRAM + 1]).is_err());
 }
 
 #[cfg(feature = "tokio")]

@@ -200,7 +200,13 @@ impl AsyncServiceStream {
         service: ServiceId,
         timeout: Option<Duration>,
     ) -> Result<AsyncServiceStream> {
-        let reply = control.request(&connect_request(service, timeout)).await?;
+        let reply = control
+            .request(&connect_request(
+                service,
+                TransportProtocol::Stream,
+                timeout,
+            ))
+            .await?;
         let (info, fd) = flow_from_reply("connect", reply)?;
         Ok(AsyncServiceStream {
             socket: tokio_stream(fd.into())?,
@@ -455,6 +461,7 @@ impl AsyncServiceDatagram {
         check_size(data)?;
         self.send_frame(DatagramFrame::SendTo {
             service,
+            via: None,
             data: data.to_vec(),
         })
         .await?;

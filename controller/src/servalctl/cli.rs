@@ -16,12 +16,14 @@ pub const DEFAULT_PRIORITY: u32 = 0;
 
 const AFTER_HELP: &str = "\
 The control socket is --control PATH, else $SERVAL_CONTROL, else /run/serval/sald.sock.
-Service prefixes are hex digits, left-aligned, with an optional /LEN: beef/16, 4001 (one exact ID).
+Service prefixes are hex digits, left-aligned, with an optional /LEN: beef/16, or one exact ID:
+beef01 is beef0100...00. The original Serval's service 16385 (htonl(0x4001)) is 00004001 here.
 Addresses (locators) are an IPv4 address (native carriage: 10.0.0.2) or udp:ADDR:PORT.
 
 Examples:
   servalctl services
   servalctl service add beef/16 forward 10.0.0.2,weight=3,priority=2
+  servalctl service add 00004001 forward 10.0.0.4
   servalctl service add beef/16 forward udp:10.0.0.3:54325
   servalctl service add 0/0 delay
   servalctl service del beef/16 10.0.0.2
@@ -48,8 +50,9 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum Command {
-    /// List the service table: one line per target of each rule
-    Services(Listing),
+    /// List the service table: one line per target of each rule, then
+    /// whether broadcast discovery is on
+    Services(ServicesArgs),
     /// Add or remove service rules
     #[command(subcommand)]
     Service(ServiceCommand),
@@ -79,6 +82,18 @@ pub struct MigrateArgs {
     /// The interface to move it to
     #[arg(value_name = "IFACE", required_unless_present = "all")]
     pub iface: Option<String>,
+}
+
+/// `services [--all] [--json]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Args)]
+pub struct ServicesArgs {
+    /// The options every listing has.
+    #[command(flatten)]
+    pub listing: Listing,
+    /// Also list the own service IDs of unbound datagram sockets (ORIGIN
+    /// ephemeral): where replies to them arrive, no service of this host
+    #[arg(long)]
+    pub all: bool,
 }
 
 /// Options of every listing.
@@ -284,9 +299,10 @@ impl Command {
     /// Whether the output should be JSON.
     pub fn json(&self) -> bool {
         match self {
-            Command::Services(l) | Command::Flows(l) | Command::Ifaces(l) | Command::Stats(l) => {
-                l.json
-            }
+            Command::Services(ServicesArgs { listing: l, .. })
+            | Command::Flows(l)
+            | Command::Ifaces(l)
+            | Command::Stats(l) => l.json,
             Command::Service(_) | Command::Migrate(_) => false,
         }
     }

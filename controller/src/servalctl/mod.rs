@@ -97,12 +97,21 @@ pub fn run(cli: &Cli, out: &mut impl Write) -> anyhow::Result<()> {
     let json = cli.command.json();
     let text = match (&cli.command, reply.response) {
         (Command::Service(_) | Command::Migrate(_), Response::Ok) => return Ok(()),
-        (Command::Services(_), Response::Rules { mut rules }) => {
+        (
+            Command::Services(args),
+            Response::Rules {
+                mut rules,
+                broadcast_discovery,
+            },
+        ) => {
             rules.sort_by_key(|rule| rule.prefix);
+            if !args.all {
+                render::hide_ephemeral(&mut rules);
+            }
             if json {
                 to_json(&rules)?
             } else {
-                render::services(&rules)
+                render::services(&rules) + &render::discovery(broadcast_discovery)
             }
         }
         (Command::Flows(_), Response::Flows { mut flows }) => {

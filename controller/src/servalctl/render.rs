@@ -81,10 +81,29 @@ pub fn services(rules: &[Rule]) -> String {
     services_at(rules, now_ms)
 }
 
+/// Leaves out the own service IDs of unbound datagram sockets (and rules
+/// left without targets).
+pub fn hide_ephemeral(rules: &mut Vec<Rule>) {
+    rules.retain(|rule| (rule.targets().iter()).any(|entry| entry.origin != RuleOrigin::Ephemeral));
+}
+
+/// The line after the services table: what happens to a service no rule
+/// matches.
+pub fn discovery(on: bool) -> String {
+    if on {
+        "broadcast discovery: on (a SYN or datagram that no rule matches goes to every \
+         interface's broadcast address)\n"
+            .into()
+    } else {
+        "broadcast discovery: off (no matching rule: no route)\n".into()
+    }
+}
+
 /// [`services`] as seen at `now_ms` (Unix time, ms): ORIGIN says who put
 /// the target there (`static`, `local` for a bound service, `announced
-/// HOST`, `resolved HOST`, `default ROUTER`), EXPIRES when servd will take
-/// it away unless it is refreshed.
+/// HOST`, `resolved HOST`, `default ROUTER`, `ephemeral` for an unbound
+/// datagram socket's own ID), EXPIRES when servd will take it away unless
+/// it is refreshed.
 pub fn services_at(rules: &[Rule], now_ms: u64) -> String {
     let mut table = Table::new(&[
         ("PREFIX", Align::Left),

@@ -611,6 +611,8 @@ impl Controller {
         for rule in rules {
             for entry in rule.targets() {
                 match (&entry.target, &entry.origin) {
+                    // An unbound datagram socket's own ID is no service.
+                    (Target::Demux { .. }, RuleOrigin::Ephemeral) => {}
                     (Target::Demux { .. }, _) => {
                         self.handle_local_event(
                             now,
@@ -703,9 +705,9 @@ impl Controller {
         let bound: BTreeSet<ServicePrefix> = rules
             .iter()
             .filter(|r| {
-                r.targets()
-                    .iter()
-                    .any(|e| matches!(e.target, Target::Demux { .. }))
+                r.targets().iter().any(|e| {
+                    matches!(e.target, Target::Demux { .. }) && e.origin != RuleOrigin::Ephemeral
+                })
             })
             .map(|r| r.prefix)
             .collect();

@@ -279,7 +279,7 @@ impl Link {
                 }
                 _ = rules.tick(), if self.listing_rules => {
                     match session.control.request(&Request::ListRules).await.map(|r| r.response) {
-                        Ok(Response::Rules { rules }) => {
+                        Ok(Response::Rules { rules, .. }) => {
                             let _ = self.events.send(LinkEvent::Rules(rules));
                         }
                         Ok(other) => tracing::debug!(?other, "unexpected answer to ListRules"),
@@ -453,7 +453,7 @@ async fn list_state(
     };
     let rules = match control.request(&Request::ListRules).await {
         Ok(reply) => match reply.response {
-            Response::Rules { rules } => rules,
+            Response::Rules { rules, .. } => rules,
             other => return Err(format!("sald answered ListRules with {other:?}")),
         },
         Err(error) if is_gone(&error) => {

@@ -146,7 +146,7 @@ fn main() -> Result<()> {
         carriage.src, carriage.dst, carriage.ttl
     );
     println!(
-        "  SAL  src_flow {} dst_flow {:?} shl {} protocol {} check {:#06x} (valid)",
+        "  SAL  src_flow {:?} dst_flow {:?} shl {} protocol {} check {:#06x} (valid)",
         repr.src_flow,
         repr.dst_flow,
         packet.shl(),

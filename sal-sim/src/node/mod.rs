@@ -126,6 +126,7 @@ pub(crate) mod testing {
             src: "10.0.0.1".parse().unwrap(),
             dst: "10.0.0.2".parse().unwrap(),
             ttl: 64,
+            kind: sal::proto::TransmitKind::Own,
             payload: vec![0; len],
         }
     }

@@ -44,6 +44,14 @@ pub struct HostConfig {
     /// peer that advertised other locators), and with `auto_migrate`.
     /// `None`: idle flows are never probed.
     pub idle_probe: Option<Duration>,
+    /// Broadcast discovery, as the reference stack does by default: a SYN
+    /// or unconnected datagram for a service no rule matches goes to the
+    /// broadcast address of every native interface that is up (the first
+    /// server to answer wins) instead of failing with "no route". A host
+    /// with a default rule (`0/0`) never gets there. Off here (the sans-IO
+    /// core stays quiet unless asked); sald turns it on unless
+    /// `--no-broadcast`.
+    pub broadcast_discovery: bool,
 }
 
 impl Default for HostConfig {
@@ -62,6 +70,7 @@ impl Default for HostConfig {
             auto_migrate: true,
             liveness_timeout: Duration::from_millis(1500),
             idle_probe: Some(Duration::from_secs(10)),
+            broadcast_discovery: false,
         }
     }
 }

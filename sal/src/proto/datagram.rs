@@ -2,11 +2,21 @@
 //!
 //! A datagram socket is an endpoint without a handshake: every datagram it
 //! sends to a service is resolved on its own (so consecutive datagrams may
-//! reach different replicas, as anycast should), and replies come back to
-//! its flow ID straight from the replica. A datagram listener owns one such
-//! socket, where unconnected datagrams for its service arrive. Connected
-//! datagram flows instead have the full handshake and teardown of a stream,
-//! with a UDP-style segment in place of TCP.
+//! reach different replicas, as anycast should). Like a socket of the
+//! reference stack, every datagram socket has a service ID of its own: a
+//! bound one (a datagram listener's socket) the prefix it is bound to, an
+//! unbound one a random 256-bit ID, registered as a DEMUX rule for as long
+//! as the socket lives but never announced (it is no service of this host).
+//! A datagram carries two SERVICE extensions, the destination's and the
+//! sender's, and the answer to it is a datagram to the sender's service,
+//! sent straight to the address it came from. Connected datagram flows
+//! instead have the full handshake and teardown of a stream, with a
+//! UDP-style segment in place of TCP.
+//!
+//! A host that does not take a datagram may answer it with a reset (the
+//! reference stack does, with flow, nonce and numbers all zero): a socket
+//! believes one only from an address it sent a datagram to itself, lately,
+//! and then reports the refusal once, on its next receive.
 //!
 //! Nothing here is reliable or ordered, so queues are bounded and overflow
 //! drops (counted): a slow reader must not make the host hoard memory.
@@ -14,11 +24,13 @@
 use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 
+use rand::Rng;
 use serde::{Deserialize, Serialize};
+use smoltcp::time::{Duration, Instant};
 
 use super::flow::{Endpoint, FlowTransport};
-use super::{ConnectError, Event, FlowState, Host, HostError, Transmit};
-use crate::id::{FlowId, ServiceId};
+use super::{ConnectError, Event, FlowState, Host, HostError};
+use crate::id::{FlowId, ServiceId, ServicePrefix};
 use crate::locator::Locator;
 use crate::table::{ListenerId, Resolution};
 use crate::wire::{fill_transport_checksum, verify_transport_checksum, SalRepr, TransportProtocol};
@@ -26,8 +38,15 @@ use crate::wire::{fill_transport_checksum, verify_transport_checksum, SalRepr, T
 /// The UDP-style header after the SAL header of a datagram.
 const UDP_HEADER_LEN: usize = 8;
 /// Largest datagram payload: leaves room in a 1500-byte packet for IPv4 (20),
-/// a SAL header with SERVICE (48), a few SOURCE hops, and the UDP header.
-pub const MAX_DATAGRAM: usize = 1400;
+/// a SAL header with two SERVICE extensions (84), a few SOURCE hops, and the
+/// UDP header.
+pub const MAX_DATAGRAM: usize = 1360;
+/// Unicast destinations a socket remembers, to tell a refusal from a forgery.
+const RECENT_DESTINATIONS: usize = 8;
+/// How long after sending a datagram a refusal from its destination counts.
+const REFUSAL_WINDOW: Duration = Duration::from_secs(30);
+/// Attempts at drawing an unused random service ID for an unbound socket.
+const SERVICE_ID_DRAWS: usize = 4;
 
 /// A datagram as received by a datagram socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,19 +58,52 @@ pub struct ReceivedDatagram {
     pub data: Vec<u8>,
 }
 
-/// The sender of a datagram: its locator and its socket's flow ID.
+/// The sender of a datagram: its locator, its socket's flow ID, and the
+/// service ID of its socket when it said (the reference form does).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DatagramPeer {
     pub locator: Locator,
     pub flow: FlowId,
+    /// The sender's own service ID (its datagram's second SERVICE), where
+    /// a reply is addressed; `None` from senders that only name the
+    /// destination (older serval-rs), answered by flow ID instead.
+    #[serde(default)]
+    pub service: Option<ServiceId>,
 }
 
-/// A datagram socket: receives unconnected datagrams addressed to its flow ID
-/// (replies) or, when bound, to its listener's service.
+/// A datagram socket: receives unconnected datagrams addressed to its
+/// service ID (or, from older senders, to its flow ID).
 #[derive(Debug)]
 pub(super) struct DatagramSocket {
     queue: VecDeque<ReceivedDatagram>,
-    listener: Option<ListenerId>,
+    /// The listener whose DEMUX rule brings datagrams for `service` here.
+    listener: ListenerId,
+    /// This socket's own service ID, sent with every datagram.
+    service: ServiceId,
+    /// An unbound socket (its listener is its own, hidden).
+    ephemeral: bool,
+    /// Where it sent datagrams lately (unicast only), newest last.
+    sent_to: VecDeque<(Ipv4Addr, Instant)>,
+    /// A destination refused a datagram; reported by the next receive.
+    refused: bool,
+}
+
+impl DatagramSocket {
+    /// Remembers a unicast destination, for refusals.
+    fn sent(&mut self, dst: Ipv4Addr, now: Instant) {
+        self.sent_to.retain(|(ip, _)| *ip != dst);
+        if self.sent_to.len() >= RECENT_DESTINATIONS {
+            self.sent_to.pop_front();
+        }
+        self.sent_to.push_back((dst, now));
+    }
+
+    /// Whether this socket sent to `ip` within the refusal window.
+    fn sent_lately(&self, ip: Ipv4Addr, now: Instant) -> bool {
+        self.sent_to
+            .iter()
+            .any(|(to, at)| *to == ip && now < *at + REFUSAL_WINDOW)
+    }
 }
 
 /// Appends to a bounded queue; returns false (and drops `item`) when full.
@@ -85,15 +137,32 @@ fn udp_payload(segment: &[u8]) -> Option<&[u8]> {
 }
 
 impl Host {
-    /// Opens an unbound datagram socket; its flow ID is the source of the
-    /// unconnected datagrams it sends and where replies arrive.
+    /// Opens an unbound datagram socket. Its flow ID names it in the
+    /// datagrams it sends; its service ID (random, see
+    /// [`Host::datagram_service`]) is where replies arrive.
     pub fn open_datagram(&mut self) -> Result<FlowId, HostError> {
-        self.new_datagram_socket(None)
+        for _ in 0..SERVICE_ID_DRAWS {
+            let service = ServiceId::from_bytes(self.rng.random());
+            let prefix = ServicePrefix::exact(service);
+            match self.bind_listener(prefix, TransportProtocol::Datagram, 1, true) {
+                Ok(listener) => {
+                    return self
+                        .listener_socket(listener)
+                        .ok_or(HostError::NoSuchListener(listener))
+                }
+                Err(HostError::AddressInUse(_)) => continue,
+                Err(error) => return Err(error),
+            }
+        }
+        Err(HostError::TooManyFlows(self.endpoints.capacity()))
     }
 
+    /// A datagram listener's socket (`listener`'s, serving `service`).
     pub(super) fn new_datagram_socket(
         &mut self,
-        listener: Option<ListenerId>,
+        listener: ListenerId,
+        service: ServiceId,
+        ephemeral: bool,
     ) -> Result<FlowId, HostError> {
         let limit = self.endpoints.capacity();
         self.endpoints
@@ -101,46 +170,53 @@ impl Host {
                 Endpoint::Datagram(DatagramSocket {
                     queue: VecDeque::new(),
                     listener,
+                    service,
+                    ephemeral,
+                    sent_to: VecDeque::new(),
+                    refused: false,
                 })
             })
             .map_err(|_| HostError::TooManyFlows(limit))
     }
 
-    /// Closes a datagram socket opened with [`Host::open_datagram`].
+    /// Closes a datagram socket opened with [`Host::open_datagram`] (and
+    /// withdraws its service ID).
     pub fn close_datagram(&mut self, socket: FlowId) -> Result<(), HostError> {
         match self.endpoints.get(socket) {
-            Some(Endpoint::Datagram(d)) if d.listener.is_none() => {
-                self.endpoints.remove(socket);
-                Ok(())
-            }
+            Some(Endpoint::Datagram(d)) if d.ephemeral => self.close_listener(d.listener),
             _ => Err(HostError::NoSuchFlow(socket)),
         }
     }
 
+    /// The service ID of a datagram socket: what it is bound to, or its
+    /// random one.
+    pub fn datagram_service(&self, socket: FlowId) -> Option<ServiceId> {
+        match self.endpoints.get(socket) {
+            Some(Endpoint::Datagram(d)) => Some(d.service),
+            _ => None,
+        }
+    }
+
     /// Sends an unconnected datagram to a service, resolved for this datagram
-    /// alone (consecutive datagrams may reach different replicas).
+    /// alone (consecutive datagrams may reach different replicas). No
+    /// matching rule, with broadcast discovery on, sends it to the
+    /// broadcast address of every interface that is up.
     pub fn send_to(
         &mut self,
         socket: FlowId,
         service: ServiceId,
         data: &[u8],
     ) -> Result<(), HostError> {
-        self.check_datagram_socket(socket, data)?;
+        let repr = self.datagram_repr(socket, service, data)?;
         let Some(first) = self.interfaces.first() else {
             return Err(ConnectError::NoRoute.into());
         };
-        let mut repr = SalRepr::data(socket, None, TransportProtocol::Datagram.number());
-        repr.service = Some(service);
         match self.table.resolve(&service, data.len(), &mut self.rng) {
             Resolution::Forward(next) => {
                 let local = self.interfaces.source_for(&next).unwrap_or(first);
-                self.send_datagram_packet(&repr, data, local, next);
-                Ok(())
+                self.send_datagram_packet(socket, &repr, data, local, next);
             }
-            Resolution::Demux(_) => {
-                self.send_datagram_packet(&repr, data, first, first);
-                Ok(())
-            }
+            Resolution::Demux(_) => self.send_datagram_packet(socket, &repr, data, first, first),
             Resolution::Delay => {
                 // Held as if received from ourselves: when a rule appears it is
                 // routed like any first packet (and forwarded with SOURCE).
@@ -148,19 +224,52 @@ impl Host {
                 let ttl = self.config.ttl;
                 let packet = super::output::build(&repr, &segment);
                 self.hold(service, first, first, ttl, packet);
-                Ok(())
             }
-            Resolution::Drop | Resolution::NoMatch => Err(ConnectError::NoRoute.into()),
+            Resolution::NoMatch if self.config.broadcast_discovery => {
+                let targets: Vec<_> = self.interfaces.broadcasts().collect();
+                if targets.is_empty() {
+                    return Err(ConnectError::NoRoute.into());
+                }
+                for (local, broadcast) in targets {
+                    self.send_datagram_packet(socket, &repr, data, local, broadcast);
+                }
+            }
+            Resolution::Drop | Resolution::NoMatch => return Err(ConnectError::NoRoute.into()),
         }
+        Ok(())
     }
 
-    /// Sends a datagram straight back to the sender of a received one.
+    /// Sends an unconnected datagram to `service` at `via`, without
+    /// resolving it (the address a reply goes to, or the advisory address
+    /// of a `sendto` that names one).
+    pub fn send_to_via(
+        &mut self,
+        socket: FlowId,
+        service: ServiceId,
+        via: Locator,
+        data: &[u8],
+    ) -> Result<(), HostError> {
+        let repr = self.datagram_repr(socket, service, data)?;
+        let local = self
+            .interfaces
+            .source_for(&via)
+            .ok_or(HostError::Connect(ConnectError::NoRoute))?;
+        self.send_datagram_packet(socket, &repr, data, local, via);
+        Ok(())
+    }
+
+    /// Sends a datagram back to the sender of a received one: to its
+    /// service at its address, or, when it named no service of its own, to
+    /// its flow ID.
     pub fn send_reply(
         &mut self,
         socket: FlowId,
         peer: DatagramPeer,
         data: &[u8],
     ) -> Result<(), HostError> {
+        if let Some(service) = peer.service {
+            return self.send_to_via(socket, service, peer.locator, data);
+        }
         self.check_datagram_socket(socket, data)?;
         let local = self
             .interfaces
@@ -171,14 +280,21 @@ impl Host {
             Some(peer.flow),
             TransportProtocol::Datagram.number(),
         );
-        self.send_datagram_packet(&repr, data, local, peer.locator);
+        self.send_datagram_packet(socket, &repr, data, local, peer.locator);
         Ok(())
     }
 
-    /// Takes the next datagram queued on a datagram socket.
+    /// Takes the next datagram queued on a datagram socket. A refusal of
+    /// one of its datagrams is reported once, as
+    /// [`ConnectError::Refused`], before whatever is queued.
     pub fn recv_from(&mut self, socket: FlowId) -> Result<ReceivedDatagram, HostError> {
         match self.endpoints.get_mut(socket) {
-            Some(Endpoint::Datagram(d)) => d.queue.pop_front().ok_or(HostError::WouldBlock),
+            Some(Endpoint::Datagram(d)) => {
+                if std::mem::take(&mut d.refused) {
+                    return Err(ConnectError::Refused.into());
+                }
+                d.queue.pop_front().ok_or(HostError::WouldBlock)
+            }
             _ => Err(HostError::NoSuchFlow(socket)),
         }
     }
@@ -188,7 +304,6 @@ impl Host {
         if data.len() > MAX_DATAGRAM {
             return Err(HostError::TooLarge(data.len()));
         }
-        let ttl = self.config.ttl;
         let flow = self.flow_mut(id)?;
         if flow.protocol() != TransportProtocol::Datagram {
             return Err(HostError::WrongProtocol);
@@ -211,12 +326,7 @@ impl Host {
         let segment = udp_segment(data, src.ip(), remote.ip());
         flow.counters.packets_out += 1;
         flow.counters.bytes_out += data.len() as u64;
-        self.queue_transmit(Transmit {
-            src,
-            dst: remote,
-            ttl,
-            payload: super::output::build(&repr, &segment),
-        });
+        self.send_packet(src, remote, super::output::build(&repr, &segment));
         Ok(())
     }
 
@@ -246,15 +356,58 @@ impl Host {
         Ok(())
     }
 
-    /// Sends `repr`'s header with a UDP-style segment of `data`, `src` -> `dst`.
-    fn send_datagram_packet(&mut self, repr: &SalRepr, data: &[u8], src: Locator, dst: Locator) {
+    /// The header of an unconnected datagram from `socket` to `service`:
+    /// both services, as the reference stack sends them.
+    fn datagram_repr(
+        &self,
+        socket: FlowId,
+        service: ServiceId,
+        data: &[u8],
+    ) -> Result<SalRepr, HostError> {
+        self.check_datagram_socket(socket, data)?;
+        let mut repr = SalRepr::data(socket, None, TransportProtocol::Datagram.number());
+        repr.service = Some(service);
+        repr.source_service = self.datagram_service(socket);
+        Ok(repr)
+    }
+
+    /// Sends `repr`'s header with a UDP-style segment of `data`, `src` ->
+    /// `dst`, and remembers a unicast destination for refusals.
+    fn send_datagram_packet(
+        &mut self,
+        socket: FlowId,
+        repr: &SalRepr,
+        data: &[u8],
+        src: Locator,
+        dst: Locator,
+    ) {
+        let now = self.now;
+        let unicast = !self.interfaces.is_broadcast(dst.ip());
+        if let Some(Endpoint::Datagram(sock)) = self.endpoints.get_mut(socket) {
+            if unicast {
+                sock.sent(dst.ip(), now);
+            }
+        }
         let segment = udp_segment(data, src.ip(), dst.ip());
-        self.queue_transmit(Transmit {
-            src,
-            dst,
-            ttl: self.config.ttl,
-            payload: super::output::build(repr, &segment),
-        });
+        self.send_packet(src, dst, super::output::build(repr, &segment));
+    }
+
+    /// A reset addressed to a datagram socket: one of its datagrams was
+    /// refused, if it comes from an address the socket sent to lately (a
+    /// reference host answers a broadcast datagram with a reset from the
+    /// broadcast address, which no socket sent to alone).
+    pub(super) fn datagram_reset_input(&mut self, socket: FlowId, src: Locator) {
+        let now = self.now;
+        let Some(Endpoint::Datagram(sock)) = self.endpoints.get_mut(socket) else {
+            return;
+        };
+        if !sock.sent_lately(src.ip(), now) {
+            self.stats.stale += 1;
+            return;
+        }
+        sock.refused = true;
+        self.stats.datagram_refused += 1;
+        self.events.push_back(Event::Datagram(socket));
     }
 
     /// An unconnected datagram for a local datagram listener.
@@ -297,10 +450,14 @@ impl Host {
         let Some(Endpoint::Datagram(sock)) = self.endpoints.get_mut(socket) else {
             return;
         };
+        let Some(flow) = repr.src_flow else {
+            return;
+        };
         let received = ReceivedDatagram {
             peer: DatagramPeer {
                 locator: peer,
-                flow: repr.src_flow,
+                flow,
+                service: repr.source_service,
             },
             service: repr.service,
             data: data.to_vec(),

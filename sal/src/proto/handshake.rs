@@ -19,7 +19,7 @@ use super::control::{ControlKind, ControlState, Sequence};
 use super::datagram::udp_segment;
 use super::flow::Flow;
 use super::path::advertised;
-use super::{ConnectError, Event, FlowState, Host, HostError, Role, Transmit};
+use super::{ConnectError, Event, FlowState, Host, HostError, Role};
 use crate::id::{FlowId, ServiceId};
 use crate::locator::Locator;
 use crate::table::{ListenerId, Resolution};
@@ -27,11 +27,23 @@ use crate::wire::{
     verify_transport_checksum, ControlFlags, ControlRepr, SalRepr, TransportProtocol,
 };
 
+/// Where a client's SYN goes first.
+#[derive(Debug, Clone, Copy)]
+enum FirstHop {
+    /// The server, or a service router.
+    Unicast(Locator),
+    /// Every interface's broadcast address; `local` and `broadcast` are
+    /// the first such interface and its address.
+    Broadcast { local: Locator, broadcast: Locator },
+}
+
 impl Host {
     /// Opens a flow to `service`. Resolution happens now: no matching rule or
-    /// a DROP rule fails at once with [`ConnectError::NoRoute`]; a DELAY rule
-    /// holds the connect until a rule appears. Completion is reported by
-    /// [`Event::Connected`] or [`Event::ConnectFailed`].
+    /// a DROP rule fails at once with [`ConnectError::NoRoute`] (no matching
+    /// rule with broadcast discovery on sends the SYN to every interface's
+    /// broadcast address instead); a DELAY rule holds the connect until a
+    /// rule appears. Completion is reported by [`Event::Connected`] or
+    /// [`Event::ConnectFailed`].
     pub fn connect(
         &mut self,
         service: ServiceId,
@@ -40,20 +52,40 @@ impl Host {
         let Some(first) = self.interfaces.first() else {
             return Err(ConnectError::NoRoute.into());
         };
-        let next = match self.table.resolve(&service, 0, &mut self.rng) {
-            Resolution::Forward(next) => Some(next),
-            Resolution::Demux(_) => Some(first),
+        let hop = match self.table.resolve(&service, 0, &mut self.rng) {
+            Resolution::Forward(next) => Some(FirstHop::Unicast(next)),
+            Resolution::Demux(_) => Some(FirstHop::Unicast(first)),
             Resolution::Delay => None,
+            Resolution::NoMatch if self.config.broadcast_discovery => {
+                let (local, broadcast) = (self.interfaces.broadcasts().next())
+                    .ok_or(HostError::Connect(ConnectError::NoRoute))?;
+                Some(FirstHop::Broadcast { local, broadcast })
+            }
             Resolution::Drop | Resolution::NoMatch => return Err(ConnectError::NoRoute.into()),
         };
-        let local = next
-            .and_then(|n| self.interfaces.source_for(&n))
-            .unwrap_or(first);
+        let local = match hop {
+            Some(FirstHop::Unicast(next)) => self.interfaces.source_for(&next),
+            Some(FirstHop::Broadcast { local, .. }) => Some(local),
+            None => None,
+        };
         let control = ControlState::new(self.rng.random(), self.rng.random());
-        let flow = Flow::new(service, protocol, Role::Client, local, control, self.now);
+        let flow = Flow::new(
+            service,
+            protocol,
+            Role::Client,
+            local.unwrap_or(first),
+            control,
+            self.now,
+        );
         let id = self.insert_flow(flow)?;
-        match next {
-            Some(next) => self.start_connect(id, next),
+        match hop {
+            Some(FirstHop::Unicast(next)) => self.start_connect(id, next),
+            Some(FirstHop::Broadcast { broadcast, .. }) => {
+                if let Ok(flow) = self.flow_mut(id) {
+                    flow.path.discovery = true;
+                }
+                self.start_connect(id, broadcast)
+            }
             None => self.hold_connect(id, service),
         }
         Ok(id)
@@ -75,7 +107,9 @@ impl Host {
         }
     }
 
-    /// Sends the SYN of a client flow toward `next`.
+    /// Sends the SYN of a client flow toward `next` (for a flow in
+    /// discovery, the broadcast address of its interface's subnet: the SYN
+    /// then goes out on every interface, see `output.rs`).
     fn start_connect(&mut self, id: FlowId, next: Locator) {
         let local = self.interfaces.source_for(&next);
         let Ok(flow) = self.flow_mut(id) else {
@@ -117,10 +151,16 @@ impl Host {
         repr: &SalRepr,
         segment: &[u8],
     ) {
-        let Some(control) = repr.control else {
+        let (Some(control), Some(client_flow)) = (repr.control, repr.src_flow) else {
             return;
         };
-        if let Some(existing) = self.listeners.half_open_flow(client.ip(), repr.src_flow) {
+        if self.listeners.is_ephemeral(listener_id) {
+            // An unbound datagram socket's own service ID takes datagrams,
+            // not flows; the reference stack drops such SYNs too.
+            self.stats.stale += 1;
+            return;
+        }
+        if let Some(existing) = self.listeners.half_open_flow(client.ip(), client_flow) {
             // The client retransmitted its SYN: our SYN-ACK was lost.
             self.retransmit_now(existing);
             return;
@@ -149,9 +189,13 @@ impl Host {
             control_state,
             self.now,
         );
-        flow.peer_flow = Some(repr.src_flow);
+        flow.peer_flow = Some(client_flow);
         flow.state = FlowState::SynReceived;
         flow.path.remote = Some(client);
+        flow.path.syn_source = repr.source.clone().and_then(|mut source| {
+            source.addrs.try_push(local.ip()).ok()?;
+            Some(source)
+        });
         flow.path.set_peer_locators(advertised(repr, &client));
         flow.listener = Some(listener_id);
         let Ok(id) = self.insert_flow(flow) else {
@@ -159,7 +203,7 @@ impl Host {
             return;
         };
         self.listeners
-            .syn_received(listener_id, client.ip(), repr.src_flow, id);
+            .syn_received(listener_id, client.ip(), client_flow, id);
         match protocol {
             TransportProtocol::Stream => match self.open_stream(id, Role::Server) {
                 // The SYN-ACK comes out of the transport in poll().
@@ -186,14 +230,14 @@ impl Host {
     /// Answers a SYN with a SAL-only RST (NACK added for "no route"). See the
     /// module docs for why it echoes the SYN's nonce.
     pub(super) fn refuse(&mut self, client: Locator, syn: &SalRepr, no_route: bool) {
-        let Some(control) = syn.control else {
+        let (Some(control), Some(client_flow)) = (syn.control, syn.src_flow) else {
             return;
         };
         let Some(local) = self.interfaces.source_for(&client) else {
             return;
         };
         self.stats.refused += 1;
-        let mut reply = SalRepr::data(syn.src_flow, Some(syn.src_flow), syn.protocol);
+        let mut reply = SalRepr::data(client_flow, Some(client_flow), syn.protocol);
         let flags = if no_route {
             ControlFlags::RST | ControlFlags::NACK
         } else {
@@ -205,23 +249,22 @@ impl Host {
             ackno: control.verno.wrapping_add(1),
             nonce: control.nonce,
         });
-        self.queue_transmit(Transmit {
-            src: local,
-            dst: client,
-            ttl: self.config.ttl,
-            payload: super::output::build(&reply, &[]),
-        });
+        self.send_packet(local, client, super::output::build(&reply, &[]));
     }
 
-    /// The client's flow gets its SYN-ACK: the peer is where it spoke from.
-    /// Returns whether the packet's transport segment is to be processed.
+    /// The client's flow gets its SYN-ACK: the peer is where it spoke from,
+    /// and this end is where it was answered (after broadcast discovery, the
+    /// interface the first answering server is on). Returns whether the
+    /// packet's transport segment is to be processed.
     pub(super) fn syn_ack_input(
         &mut self,
         id: FlowId,
         src: Locator,
+        dst: Locator,
         repr: &SalRepr,
         control: &ControlRepr,
     ) -> bool {
+        let arrival = self.interfaces.arrival_locator(&src, &dst);
         let Ok(flow) = self.flow_mut(id) else {
             return false;
         };
@@ -232,8 +275,11 @@ impl Host {
         flow.path.set_peer_locators(advertised(repr, &src));
         flow.control.peer_nonce = Some(control.nonce);
         flow.control.peer_next = control.verno.wrapping_add(1);
-        flow.peer_flow = Some(repr.src_flow);
+        flow.peer_flow = repr.src_flow;
         flow.path.remote = Some(src);
+        if std::mem::take(&mut flow.path.discovery) {
+            flow.path.local = arrival;
+        }
         flow.state = FlowState::Established;
         let local = flow.path.local.ip();
         let is_stream = match flow.stream_mut() {

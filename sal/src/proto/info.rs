@@ -89,6 +89,18 @@ pub struct HostStats {
     pub ttl_expired: u64,
     /// Packets dropped by a router because SOURCE already held 20 hops.
     pub source_full: u64,
+    /// Packets a router dropped because it was already in their SOURCE (a
+    /// forwarding loop).
+    #[serde(default)]
+    pub loop_dropped: u64,
+    /// First packets that arrived as broadcasts and were not ours to serve:
+    /// our own broadcasts heard back, and broadcasts for services this host
+    /// would forward (a router never forwards a broadcast).
+    #[serde(default)]
+    pub broadcast_dropped: u64,
+    /// Resets that reported a datagram refused by the host it was sent to.
+    #[serde(default)]
+    pub datagram_refused: u64,
     /// Packets held by DELAY rules, and those later dropped on timeout or overflow.
     pub delayed: u64,
     pub delay_dropped: u64,

@@ -59,6 +59,12 @@ impl Host {
     }
 
     /// A SYN or an unconnected datagram: resolve its service.
+    ///
+    /// One that reached us as a broadcast (broadcast discovery, the
+    /// reference stack's default) is served if the service is bound here and
+    /// otherwise dropped without a word: a router never forwards it, and a
+    /// host that lacks the service does not refuse it (another host on the
+    /// link may have it). Our own broadcasts, heard back, are dropped.
     fn first_packet_input(
         &mut self,
         src: Locator,
@@ -68,7 +74,7 @@ impl Host {
         segment: &[u8],
         len: usize,
     ) {
-        let Some(service) = repr.service else {
+        let (Some(service), Some(_)) = (repr.service, repr.src_flow) else {
             self.stats.malformed += 1;
             return;
         };
@@ -80,6 +86,11 @@ impl Host {
             && (repr.control.is_some() || repr.protocol != TransportProtocol::Datagram.number())
         {
             self.stats.stale += 1;
+            return;
+        }
+        let broadcast = self.interfaces.is_broadcast(dst.ip());
+        if broadcast && self.interfaces.is_local(src.ip()) {
+            self.stats.broadcast_dropped += 1;
             return;
         }
         // The client is the first address the packet came through.
@@ -94,6 +105,9 @@ impl Host {
             }
             Resolution::Demux(listener) => {
                 self.deliver_unconnected(listener, client, src, dst, repr, segment)
+            }
+            Resolution::Forward(_) | Resolution::Delay if broadcast => {
+                self.stats.broadcast_dropped += 1;
             }
             Resolution::Forward(next)
                 if self.config.forward && !self.interfaces.is_local(next.ip()) =>
@@ -125,13 +139,14 @@ impl Host {
     ) {
         match self.endpoints.get(id) {
             None => self.stats.unknown_flow += 1,
-            Some(Endpoint::Datagram(_)) => {
-                if repr.control.is_some() {
-                    self.stats.stale += 1;
-                } else {
-                    self.deliver_to_socket(id, src, src, dst, repr, segment);
+            Some(Endpoint::Datagram(_)) => match repr.control {
+                Some(control) if control.flags.contains(ControlFlags::RST) => {
+                    self.datagram_reset_input(id, src)
                 }
-            }
+                Some(_) => self.stats.stale += 1,
+                None => self.deliver_to_socket(id, src, src, dst, repr, segment),
+            },
+            Some(Endpoint::Flow(_)) if repr.src_flow.is_none() => self.stats.stale += 1,
             Some(Endpoint::Flow(_)) => self.flow_input(id, src, dst, repr, segment),
         }
     }
@@ -149,7 +164,10 @@ impl Host {
         let Ok(flow) = self.flow_mut(id) else {
             return;
         };
-        if flow.peer_flow.is_some_and(|peer| peer != repr.src_flow) {
+        if flow
+            .peer_flow
+            .is_some_and(|peer| Some(peer) != repr.src_flow)
+        {
             self.stats.stale += 1;
             return;
         }
@@ -157,7 +175,7 @@ impl Host {
         flow.counters.bytes_in += segment.len() as u64;
         flow.liveness.heard(now);
         if let Some(control) = repr.control {
-            if !self.control_input(id, src, repr, &control) {
+            if !self.control_input(id, src, dst, repr, &control) {
                 return;
             }
         } else if flow.state == FlowState::SynReceived && !segment.is_empty() {
@@ -213,6 +231,7 @@ impl Host {
         &mut self,
         id: FlowId,
         src: Locator,
+        dst: Locator,
         repr: &SalRepr,
         control: &ControlRepr,
     ) -> bool {
@@ -226,7 +245,7 @@ impl Host {
         }
         if flow.state == FlowState::SynSent && flags.contains(ControlFlags::SYN | ControlFlags::ACK)
         {
-            return self.syn_ack_input(id, src, repr, control);
+            return self.syn_ack_input(id, src, dst, repr, control);
         }
         if !flow.control.nonce_ok(control) {
             self.stats.bad_nonce += 1;

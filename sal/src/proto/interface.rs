@@ -30,12 +30,28 @@ fn up() -> bool {
 }
 
 impl LocalInterface {
+    /// The subnet mask of the on-link prefix.
+    fn mask(&self) -> u32 {
+        u32::MAX
+            .checked_shl(32 - u32::from(self.prefix_len.min(32)))
+            .unwrap_or(0)
+    }
+
     /// Whether `ip` is on this interface's subnet.
     fn on_link(&self, ip: Ipv4Addr) -> bool {
-        let mask = u32::MAX
-            .checked_shl(32 - u32::from(self.prefix_len.min(32)))
-            .unwrap_or(0);
+        let mask = self.mask();
         u32::from(self.locator.ip()) & mask == u32::from(ip) & mask
+    }
+
+    /// The subnet's directed broadcast address, for a native (IPv4)
+    /// interface whose subnet has one (prefixes up to /30).
+    pub fn broadcast(&self) -> Option<Ipv4Addr> {
+        match self.locator {
+            Locator::Ipv4(ip) if self.prefix_len <= 30 => {
+                Some(Ipv4Addr::from(u32::from(ip) | !self.mask()))
+            }
+            _ => None,
+        }
     }
 }
 
@@ -82,6 +98,23 @@ impl Interfaces {
     /// Whether `ip` is one of ours.
     pub fn is_local(&self, ip: Ipv4Addr) -> bool {
         self.list.iter().any(|i| i.locator.ip() == ip)
+    }
+
+    /// Whether `ip` is a broadcast address of ours: the limited broadcast
+    /// 255.255.255.255 or the directed broadcast of one of our native
+    /// interfaces' subnets.
+    pub fn is_broadcast(&self, ip: Ipv4Addr) -> bool {
+        ip.is_broadcast() || self.list.iter().any(|i| i.broadcast() == Some(ip))
+    }
+
+    /// For every native interface that is up and has a broadcast address:
+    /// its locator and that address. Where a SYN or datagram goes when
+    /// broadcast discovery looks for a service.
+    pub fn broadcasts(&self) -> impl Iterator<Item = (Locator, Locator)> + '_ {
+        self.list
+            .iter()
+            .filter(|i| i.up)
+            .filter_map(|i| Some((i.locator, Locator::Ipv4(i.broadcast()?))))
     }
 
     /// The name of the interface with this locator.
@@ -151,6 +184,12 @@ impl Host {
     /// The host's SAL interfaces.
     pub fn interfaces(&self) -> &[LocalInterface] {
         self.interfaces.as_slice()
+    }
+
+    /// Whether `ip` is a broadcast address of one of the host's subnets (or
+    /// 255.255.255.255): where SAL broadcasts to this host arrive.
+    pub fn is_broadcast(&self, ip: Ipv4Addr) -> bool {
+        self.interfaces.is_broadcast(ip)
     }
 
     /// Adds (or replaces, by name) one of the host's own interfaces.
@@ -262,6 +301,40 @@ mod tests {
             i.arrival_locator(&loc("10.1.0.9"), &loc("10.1.0.255")),
             loc("10.1.0.1")
         );
+    }
+
+    #[test]
+    fn broadcasts_are_per_native_subnet() {
+        let mut i = interfaces(&[("eth0", "10.77.1.2", true), ("eth1", "10.77.2.2", false)]);
+        i.add(LocalInterface {
+            name: "p2p".into(),
+            locator: loc("10.9.0.1"),
+            prefix_len: 31,
+            up: true,
+        });
+        i.add(LocalInterface {
+            name: "udp".into(),
+            locator: loc("udp:10.8.0.1:54325"),
+            prefix_len: 24,
+            up: true,
+        });
+        assert!(i.is_broadcast(Ipv4Addr::new(10, 77, 1, 255)));
+        assert!(
+            i.is_broadcast(Ipv4Addr::new(10, 77, 2, 255)),
+            "down, still ours"
+        );
+        assert!(i.is_broadcast(Ipv4Addr::BROADCAST));
+        assert!(!i.is_broadcast(Ipv4Addr::new(10, 77, 1, 2)));
+        assert!(
+            !i.is_broadcast(Ipv4Addr::new(10, 9, 0, 1)),
+            "a /31 has none"
+        );
+        assert!(
+            !i.is_broadcast(Ipv4Addr::new(10, 8, 0, 255)),
+            "UDP carriage"
+        );
+        let up: Vec<_> = i.broadcasts().collect();
+        assert_eq!(up, [(loc("10.77.1.2"), loc("10.77.1.255"))]);
     }
 
     #[test]

@@ -31,6 +31,10 @@ pub(super) struct Listener {
     accept_queue: VecDeque<FlowId>,
     /// Datagram listeners also receive unconnected datagrams, on this socket.
     pub datagram_socket: Option<FlowId>,
+    /// The own service ID of an unbound datagram socket: it takes replies
+    /// to the socket, no flows, and is no service of this host (no
+    /// `Registered` event; listings hide it).
+    pub ephemeral: bool,
 }
 
 impl Listener {
@@ -44,6 +48,7 @@ impl Listener {
 #[derive(Debug)]
 pub(super) struct Removed {
     pub prefix: ServicePrefix,
+    pub ephemeral: bool,
     pub datagram_socket: Option<FlowId>,
     pub half_open: Vec<FlowId>,
     pub accept_queue: VecDeque<FlowId>,
@@ -92,16 +97,24 @@ impl Listeners {
             half_open: Vec::new(),
             accept_queue: VecDeque::new(),
             datagram_socket,
+            ephemeral: false,
         };
         self.by_id.insert(id, listener);
+    }
+
+    /// Whether `id` is an unbound datagram socket's own service ID.
+    pub fn is_ephemeral(&self, id: ListenerId) -> bool {
+        self.get(id).is_some_and(|l| l.ephemeral)
     }
 
     pub fn get(&self, id: ListenerId) -> Option<&Listener> {
         self.by_id.get(&id)
     }
 
+    /// How many listeners there are, unbound datagram sockets' own
+    /// service IDs left out.
     pub fn len(&self) -> usize {
-        self.by_id.len()
+        self.by_id.values().filter(|l| !l.ephemeral).count()
     }
 
     /// Removes a listener; its flows are the caller's to end.
@@ -112,6 +125,7 @@ impl Listeners {
         }
         Some(Removed {
             prefix: listener.prefix,
+            ephemeral: listener.ephemeral,
             datagram_socket: listener.datagram_socket,
             half_open: listener.half_open.iter().map(|&(_, flow)| flow).collect(),
             accept_queue: listener.accept_queue,
@@ -193,6 +207,20 @@ impl Host {
         protocol: TransportProtocol,
         backlog: usize,
     ) -> Result<ListenerId, HostError> {
+        let id = self.bind_listener(prefix, protocol, backlog, false)?;
+        self.events.push_back(Event::Registered(prefix));
+        Ok(id)
+    }
+
+    /// Installs a listener and its DEMUX rule; a datagram listener gets its
+    /// socket, whose own service ID is the prefix's.
+    pub(super) fn bind_listener(
+        &mut self,
+        prefix: ServicePrefix,
+        protocol: TransportProtocol,
+        backlog: usize,
+        ephemeral: bool,
+    ) -> Result<ListenerId, HostError> {
         let taken = self.table.get(&prefix).is_some_and(|rule| {
             rule.targets()
                 .iter()
@@ -203,14 +231,24 @@ impl Host {
         }
         let id = self.listeners.allocate_id();
         let datagram_socket = match protocol {
-            TransportProtocol::Datagram => Some(self.new_datagram_socket(Some(id))?),
+            TransportProtocol::Datagram => {
+                Some(self.new_datagram_socket(id, *prefix.id(), ephemeral)?)
+            }
             TransportProtocol::Stream => None,
         };
         self.listeners
             .insert(id, prefix, protocol, backlog, datagram_socket);
+        if let Some(listener) = self.listeners.by_id.get_mut(&id) {
+            listener.ephemeral = ephemeral;
+        }
         self.add_rule(prefix, Target::Demux { listener: id }, 0);
-        self.events.push_back(Event::Registered(prefix));
         Ok(id)
+    }
+
+    /// Whether `listener` is an unbound datagram socket's own service ID
+    /// rather than a service bound by an application.
+    pub fn is_ephemeral(&self, listener: ListenerId) -> bool {
+        self.listeners.is_ephemeral(listener)
     }
 
     /// Number of bound listeners.
@@ -244,7 +282,9 @@ impl Host {
         if let Some(socket) = removed.datagram_socket {
             self.endpoints.remove(socket);
         }
-        self.events.push_back(Event::Unregistered(removed.prefix));
+        if !removed.ephemeral {
+            self.events.push_back(Event::Unregistered(removed.prefix));
+        }
         Ok(())
     }
 

@@ -17,7 +17,7 @@
 use super::control::{ControlKind, Sequence};
 use super::liveness::{on_tick, Verdict};
 use super::timer::Timer;
-use super::{Event, FlowState, Host, HostError, Transmit};
+use super::{Event, FlowState, Host, HostError};
 use crate::id::FlowId;
 use crate::locator::Locator;
 use crate::wire::{ControlFlags, ControlRepr, SalRepr, TransportProtocol};
@@ -135,7 +135,6 @@ impl Host {
     /// Resends the flow's unacknowledged stream segments on its current path
     /// (see `replay.rs`).
     pub(super) fn replay(&mut self, id: FlowId) {
-        let ttl = self.config.ttl;
         let Ok(flow) = self.flow_mut(id) else {
             return;
         };
@@ -155,12 +154,7 @@ impl Host {
         let repr = SalRepr::data(id, peer_flow, TransportProtocol::Stream.number());
         for segment in segments {
             self.stats.replayed += 1;
-            self.queue_transmit(Transmit {
-                src,
-                dst: remote,
-                ttl,
-                payload: super::output::build(&repr, &segment),
-            });
+            self.send_packet(src, remote, super::output::build(&repr, &segment));
         }
     }
 

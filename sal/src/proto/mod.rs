@@ -72,7 +72,7 @@ pub use error::{ConnectError, HostError};
 pub use event::Event;
 pub use info::{FlowCounters, FlowInfo, FlowState, HostStats, Role};
 pub use interface::LocalInterface;
-pub use output::Transmit;
+pub use output::{Transmit, TransmitKind};
 
 use delay::DelayQueue;
 use flow::{Endpoint, Flow};

@@ -13,7 +13,7 @@ use smoltcp::time::Instant;
 
 use super::control::ControlKind;
 use crate::locator::Locator;
-use crate::wire::SalRepr;
+use crate::wire::{SalRepr, SourceRepr};
 
 /// The addresses of one flow and their history. See the module docs.
 #[derive(Debug, Clone)]
@@ -22,8 +22,16 @@ pub(super) struct Path {
     pub local: Locator,
     /// Where the peer is; for a client before the SYN-ACK, unknown.
     pub remote: Option<Locator>,
-    /// Client: where the SYN goes (the server, or a service router).
+    /// Client: where the SYN goes (the server, or a service router). With
+    /// `discovery`, the broadcast address of `local`'s subnet: the copy the
+    /// stored SYN was checksummed for.
     pub next_hop: Option<Locator>,
+    /// Client: the SYN looks for its service by broadcast, one copy per
+    /// interface that is up (see `HostConfig::broadcast_discovery`).
+    pub discovery: bool,
+    /// Server: the SYN came through service routers; its SOURCE and our own
+    /// address, which the SYN-ACK carries back (the reference stack's form).
+    pub syn_source: Option<SourceRepr>,
     /// Other locators the peer advertised (ADDRESS extension).
     peer_locators: Vec<Locator>,
     /// Times this end moved to another locator.
@@ -41,6 +49,8 @@ impl Path {
             local,
             remote: None,
             next_hop: None,
+            discovery: false,
+            syn_source: None,
             peer_locators: Vec::new(),
             migrations: 0,
             peer_moves: 0,

@@ -4,15 +4,17 @@
 //! Only first packets (SYNs and unconnected datagrams) are routed by
 //! service ID; once the server answers, the flow runs end to end and no
 //! router sees it again. A router therefore keeps no per-flow state: it
-//! re-addresses the packet, records where it came from in the SOURCE
-//! extension (so the server can answer the client directly), and spends one
-//! unit of TTL, which is what ends a forwarding loop.
+//! changes the packet's destination (the client's address stays its
+//! source), records the path in the SOURCE extension (so the server can
+//! answer the client directly), and spends one unit of TTL; a loop is
+//! caught by finding this hop in SOURCE already, or ends with the TTL. A
+//! router never forwards a packet that reached it as a broadcast.
 
-use super::{Host, Transmit};
+use super::Host;
 use crate::id::ServicePrefix;
 use crate::locator::Locator;
 use crate::table::{Target, TargetKey};
-use crate::wire::{readdress_transport_checksum, SalRepr, SourceRepr, TransportProtocol};
+use crate::wire::{SalRepr, SourceRepr};
 
 impl Host {
     /// Adds or modifies a rule target and re-examines packets held by DELAY rules.
@@ -40,8 +42,16 @@ impl Host {
         Ok(())
     }
 
-    /// Service-router forwarding: re-address toward `next`, record where the
-    /// packet came from in SOURCE, and spend one unit of TTL.
+    /// Service-router forwarding, as the reference router does it: the
+    /// packet goes to `next` with its IP source kept (the client's, or the
+    /// previous router's client's), SOURCE records the path (created as
+    /// `[IP source, IP destination]`, else the IP destination appended, the
+    /// address this hop was reached at), the transport checksum is redone
+    /// for the new destination, and the TTL drops by one, as through an IP
+    /// router. A packet whose SOURCE already holds this hop (a loop) or
+    /// that ran out of TTL is dropped. Over UDP carriage the source cannot
+    /// be kept (the link sends from its own socket), so the packet leaves
+    /// from this router and its checksum is redone for that.
     pub(super) fn forward(
         &mut self,
         next: Locator,
@@ -60,26 +70,25 @@ impl Host {
         };
         let mut repr = repr.clone();
         let source = repr.source.get_or_insert_with(SourceRepr::default);
-        if source.addrs.try_push(src.ip()).is_err() {
+        let interfaces = &self.interfaces;
+        if (source.addrs.iter()).any(|&ip| ip == dst.ip() || interfaces.is_local(ip)) {
+            self.stats.loop_dropped += 1;
+            return;
+        }
+        let first = source.addrs.is_empty().then_some(src.ip());
+        let full =
+            (first.into_iter().chain([dst.ip()])).any(|ip| source.addrs.try_push(ip).is_err());
+        if full {
             self.stats.source_full += 1;
             return;
         }
+        let from = match (local, src) {
+            (Locator::Ipv4(_), Locator::Ipv4(_)) => src,
+            _ => local,
+        };
         let mut packet = super::output::build(&repr, segment);
-        let header_len = repr.header_len();
-        if let Some(protocol) = TransportProtocol::from_number(repr.protocol) {
-            readdress_transport_checksum(
-                protocol,
-                &mut packet[header_len..],
-                (src.ip(), dst.ip()),
-                (local.ip(), next.ip()),
-            );
-        }
+        super::output::readdress_sal_segment(&mut packet, (src, dst), (from, next));
         self.stats.forwarded += 1;
-        self.queue_transmit(Transmit {
-            src: local,
-            dst: next,
-            ttl: ttl - 1,
-            payload: packet,
-        });
+        self.queue_transmit(from, next, ttl - 1, packet);
     }
 }

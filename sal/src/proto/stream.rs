@@ -17,7 +17,7 @@ use smoltcp::time::Instant;
 use super::control::ControlKind;
 use super::flow::Endpoint;
 use super::replay::ReplayBuffer;
-use super::{FlowState, Host, HostError, Role, Transmit};
+use super::{FlowState, Host, HostError, Role};
 use crate::id::FlowId;
 use crate::transport::{finish_outgoing, OutgoingSegment, StreamError, StreamHandle};
 use crate::wire::{ControlFlags, SalRepr, TransportProtocol};
@@ -109,10 +109,16 @@ impl Host {
         }
     }
 
-    /// Ends the sending direction of a flow (the peer reads end of stream).
+    /// Ends the sending direction of a flow: the peer reads end of stream
+    /// (a stream) or gets our SAL FIN (a datagram flow); receiving goes on.
     pub fn shutdown(&mut self, id: FlowId) -> Result<(), HostError> {
-        if let (_, Some(handle)) = self.stream_handle(id)? {
-            self.transport.shutdown(handle);
+        match self.stream_handle(id)? {
+            (_, Some(handle)) => self.transport.shutdown(handle),
+            (_, None) => {
+                if let Ok(flow) = self.flow_mut(id) {
+                    flow.teardown.send_shut |= flow.stream().is_none();
+                }
+            }
         }
         self.mark_dirty(id);
         Ok(())
@@ -169,7 +175,8 @@ impl Host {
 
     /// Whether the flow has finished sending: for a stream, its transport's
     /// FIN is acknowledged (when the reference stack sends the SAL FIN); a
-    /// datagram flow finishes when the application closes it.
+    /// datagram flow finishes when the application closes it or shuts its
+    /// sending down.
     pub(super) fn done_sending(&mut self, id: FlowId) -> bool {
         let Ok(flow) = self.flow_mut(id) else {
             return false;
@@ -177,7 +184,7 @@ impl Host {
         match flow.stream().map(|s| s.handle) {
             Some(Some(handle)) => self.transport.fin_acked(handle),
             Some(None) => false,
-            None => flow.teardown.app_closed,
+            None => flow.teardown.app_closed || flow.teardown.send_shut,
         }
     }
 
@@ -213,7 +220,6 @@ impl Host {
 
     /// Turns a segment the transport emitted into SAL packets, by flow state.
     fn transport_output(&mut self, mut out: OutgoingSegment) {
-        let ttl = self.config.ttl;
         let multi_homed = self.interfaces.len() > 1;
         let Some(Endpoint::Flow(flow)) = self.endpoints.get_mut(out.flow) else {
             return;
@@ -303,12 +309,7 @@ impl Host {
                 }
                 let repr = SalRepr::data(id, peer_flow, TransportProtocol::Stream.number());
                 let payload = super::output::build(&repr, &out.segment);
-                self.queue_transmit(Transmit {
-                    src,
-                    dst: remote,
-                    ttl,
-                    payload,
-                });
+                self.send_packet(src, remote, payload);
             }
         }
     }

@@ -10,7 +10,7 @@
 
 use super::control::{ControlKind, Sequence};
 use super::flow::Endpoint;
-use super::{ConnectError, Event, FlowState, Host, HostError, Transmit};
+use super::{ConnectError, Event, FlowState, Host, HostError};
 use crate::id::FlowId;
 use crate::wire::{ControlFlags, ControlRepr, SalRepr};
 
@@ -19,6 +19,9 @@ use crate::wire::{ControlFlags, ControlRepr, SalRepr};
 pub(super) struct Teardown {
     /// The application closed the flow.
     pub app_closed: bool,
+    /// The application finished sending on a datagram flow (it may still
+    /// receive until the peer's FIN).
+    pub send_shut: bool,
     /// Our SAL FIN went out.
     pub fin_sent: bool,
     /// Our SAL FIN was acknowledged (or given up on).
@@ -59,7 +62,6 @@ impl Host {
     /// Aborts a flow: the transport sends RST, the SAL sends RST, and the flow
     /// is dead; [`Host::close`] releases it.
     pub fn abort(&mut self, id: FlowId) -> Result<(), HostError> {
-        let ttl = self.config.ttl;
         let flow = self.flow_mut(id)?;
         let remote = flow
             .path
@@ -71,12 +73,7 @@ impl Host {
             control.flags = ControlFlags::RST;
             repr.control = Some(control);
             let src = flow.path.local;
-            self.queue_transmit(Transmit {
-                src,
-                dst: remote,
-                ttl,
-                payload: super::output::build(&repr, &[]),
-            });
+            self.send_packet(src, remote, super::output::build(&repr, &[]));
         }
         self.kill(id);
         Ok(())
@@ -109,16 +106,20 @@ impl Host {
 
     /// A `CONTROL(RST)` on a flow. To a SYN it is a refusal, which must
     /// answer our SYN and echo our own nonce (see the module docs of
-    /// `handshake.rs`); otherwise it must carry the peer's nonce.
+    /// `handshake.rs`); otherwise it must carry the peer's nonce, or echo
+    /// ours: the reference stack resets a packet for a socket it has
+    /// already closed with the nonce of that packet, which is ours. Either
+    /// nonce is a secret of the flow's two ends.
     pub(super) fn rst_input(&mut self, id: FlowId, control: &ControlRepr) {
         let Ok(flow) = self.flow_mut(id) else {
             return;
         };
         let refusal = flow.state == FlowState::SynSent;
+        let echoes_ours = control.nonce == flow.control.local_nonce;
         let valid = if refusal {
-            control.nonce == flow.control.local_nonce && flow.control.answers_syn(control)
+            echoes_ours && flow.control.answers_syn(control)
         } else {
-            flow.control.nonce_ok(control)
+            flow.control.nonce_ok(control) || echoes_ours
         };
         if !valid {
             self.stats.bad_nonce += 1;

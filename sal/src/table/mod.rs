@@ -130,16 +130,22 @@ pub enum RuleOrigin {
     },
     /// A controller's default route toward its service router.
     DefaultRoute { by: String },
+    /// The own service ID of an unbound datagram socket (where replies to
+    /// it arrive): no service of this host, never announced, hidden by
+    /// `servalctl services` unless `--all`.
+    Ephemeral,
 }
 
 impl RuleOrigin {
-    /// Short label: `static`, `announced HOST`, `resolved HOST`, `default HOST`.
+    /// Short label: `static`, `announced HOST`, `resolved HOST`, `default
+    /// HOST`, `ephemeral`.
     pub fn label(&self) -> String {
         match self {
             RuleOrigin::Static => "static".into(),
             RuleOrigin::Announced { by, .. } => format!("announced {by}"),
             RuleOrigin::Resolved { by, .. } => format!("resolved {by}"),
             RuleOrigin::DefaultRoute { by } => format!("default {by}"),
+            RuleOrigin::Ephemeral => "ephemeral".into(),
         }
     }
 

@@ -3,8 +3,8 @@
 use smoltcp::wire::checksum;
 
 use super::ext::{
-    AddressExt, AddressRepr, ControlExt, ControlRepr, ExtensionKind, Extensions, ServiceExt,
-    SourceExt, SourceRepr, CONTROL_LEN, SERVICE_LEN,
+    AddressExt, AddressRepr, ControlExt, ControlFlags, ControlRepr, ExtensionKind, Extensions,
+    ServiceExt, SourceExt, SourceRepr, CONTROL_LEN, SERVICE_LEN,
 };
 use super::{ensure_room, read_u16, read_u32, Error, Result};
 use crate::id::{FlowId, ServiceId};
@@ -74,7 +74,8 @@ impl<T: AsRef<[u8]>> SalPacket<T> {
         self.buffer
     }
 
-    /// Sender's flow ID (raw; 0 is invalid and rejected by [`SalRepr::parse`]).
+    /// Sender's flow ID (raw; 0 only in a reset answering a packet that had
+    /// no destination flow, see [`SalRepr::src_flow`]).
     pub fn src_flow_id(&self) -> u32 {
         read_u32(self.buffer.as_ref(), field::SRC_FLOW.start)
     }
@@ -167,21 +168,33 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> SalPacket<T> {
 
 /// A parsed SAL header.
 ///
-/// Known extensions appear at most once. Emission order is canonical: CONTROL,
-/// SERVICE, ADDRESS, SOURCE, which is the order the reference stack uses for
-/// the ones it sends (CONTROL then SERVICE); since every known extension is a
-/// multiple of 4 bytes, emitted headers need no PAD. Unknown extensions and PAD
-/// are accepted on parse and not re-emitted.
+/// Known extensions appear at most once, except SERVICE, which may appear
+/// twice: the destination service, then (on unconnected datagrams) the
+/// sender's own service ID, as the reference stack sends them. Emission
+/// order is canonical: CONTROL, SERVICE, the sender's SERVICE, ADDRESS,
+/// SOURCE, which is the order the reference stack uses for everything it
+/// sends (a SYN-ACK: CONTROL then SOURCE; a router appends SOURCE after the
+/// rest); since every known extension is a multiple of 4 bytes, emitted
+/// headers need no PAD. Unknown extensions and PAD are accepted on parse and
+/// not re-emitted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SalRepr {
-    pub src_flow: FlowId,
+    /// The sender's flow ID. `None` (0 on the wire) only in a reset: the
+    /// reference stack answers a packet that had no destination flow (an
+    /// unconnected datagram) with a RST whose source flow is that 0. Any
+    /// other packet with source flow 0 fails to parse.
+    pub src_flow: Option<FlowId>,
     /// `None` on the wire is 0: SYNs and unconnected datagrams.
     pub dst_flow: Option<FlowId>,
     /// Transport protocol number (6 stream, 17 datagram); kept raw so that
     /// anything received re-emits unchanged.
     pub protocol: u8,
     pub control: Option<ControlRepr>,
+    /// The service a SYN or an unconnected datagram is addressed to.
     pub service: Option<ServiceId>,
+    /// The sender's own service ID (a second SERVICE extension), carried by
+    /// unconnected datagrams so that the receiver can answer that service.
+    pub source_service: Option<ServiceId>,
     pub address: Option<AddressRepr>,
     pub source: Option<SourceRepr>,
 }
@@ -190,11 +203,12 @@ impl SalRepr {
     /// A header with no extensions (`shl = 3`), as on data packets.
     pub fn data(src_flow: FlowId, dst_flow: Option<FlowId>, protocol: u8) -> SalRepr {
         SalRepr {
-            src_flow,
+            src_flow: Some(src_flow),
             dst_flow,
             protocol,
             control: None,
             service: None,
+            source_service: None,
             address: None,
             source: None,
         }
@@ -211,12 +225,16 @@ impl SalRepr {
     /// Parses a checked packet without looking at the checksum (for tools that
     /// show broken packets, and for callers that verified it themselves).
     pub fn parse_unverified<T: AsRef<[u8]>>(packet: &SalPacket<T>) -> Result<SalRepr> {
-        let src_flow = FlowId::new(packet.src_flow_id()).ok_or(Error::ZeroSourceFlow)?;
-        let mut repr = SalRepr::data(
-            src_flow,
-            FlowId::new(packet.dst_flow_id()),
-            packet.protocol(),
-        );
+        let mut repr = SalRepr {
+            src_flow: FlowId::new(packet.src_flow_id()),
+            dst_flow: FlowId::new(packet.dst_flow_id()),
+            protocol: packet.protocol(),
+            control: None,
+            service: None,
+            source_service: None,
+            address: None,
+            source: None,
+        };
         for ext in packet.extensions() {
             let ext = ext?;
             let duplicate = match ext.kind {
@@ -224,10 +242,15 @@ impl SalRepr {
                     .control
                     .replace(ControlRepr::parse(&ControlExt::new_checked(ext.bytes)?))
                     .is_some(),
-                ExtensionKind::Service => repr
-                    .service
-                    .replace(ServiceExt::new_checked(ext.bytes)?.service_id())
-                    .is_some(),
+                ExtensionKind::Service => {
+                    let id = ServiceExt::new_checked(ext.bytes)?.service_id();
+                    match (repr.service, repr.source_service) {
+                        (None, _) => repr.service = Some(id),
+                        (Some(_), None) => repr.source_service = Some(id),
+                        (Some(_), Some(_)) => return Err(Error::DuplicateExtension(ext.kind)),
+                    }
+                    false
+                }
                 ExtensionKind::Address => repr
                     .address
                     .replace(AddressRepr::parse(&AddressExt::new_checked(ext.bytes)?))
@@ -242,6 +265,12 @@ impl SalRepr {
                 return Err(Error::DuplicateExtension(ext.kind));
             }
         }
+        let reset = repr
+            .control
+            .is_some_and(|c| c.flags.contains(ControlFlags::RST));
+        if repr.src_flow.is_none() && !reset {
+            return Err(Error::ZeroSourceFlow);
+        }
         Ok(repr)
     }
 
@@ -250,6 +279,7 @@ impl SalRepr {
         super::BASE_HEADER_LEN
             + self.control.map_or(0, |_| CONTROL_LEN)
             + self.service.map_or(0, |_| SERVICE_LEN)
+            + self.source_service.map_or(0, |_| SERVICE_LEN)
             + self.address.as_ref().map_or(0, AddressRepr::buffer_len)
             + self.source.as_ref().map_or(0, SourceRepr::buffer_len)
     }
@@ -263,7 +293,7 @@ impl SalRepr {
         }
         ensure_room(buffer, len)?;
         let mut packet = SalPacket::new_unchecked(&mut buffer[..len]);
-        packet.set_src_flow_id(self.src_flow.get());
+        packet.set_src_flow_id(self.src_flow.map_or(0, FlowId::get));
         packet.set_dst_flow_id(self.dst_flow.map_or(0, FlowId::get));
         // `len` is a multiple of 4 no larger than 1020, so it fits in a byte of words.
         packet.set_shl((len / 4) as u8);
@@ -274,7 +304,7 @@ impl SalRepr {
             control.emit(&mut exts[at..])?;
             at += CONTROL_LEN;
         }
-        if let Some(service) = &self.service {
+        for service in [&self.service, &self.source_service].into_iter().flatten() {
             ServiceExt::<&[u8]>::emit(service, &mut exts[at..])?;
             at += SERVICE_LEN;
         }
@@ -317,7 +347,7 @@ mod tests {
         let packet = SalPacket::new_checked(&bytes[..]).unwrap();
         assert!(packet.verify_checksum());
         let repr = SalRepr::parse(&packet).unwrap();
-        assert_eq!(repr.src_flow, flow(2));
+        assert_eq!(repr.src_flow, Some(flow(2)));
         assert_eq!(repr.dst_flow, None);
         assert_eq!(repr.protocol, 6);
         let control = repr.control.unwrap();
@@ -380,6 +410,52 @@ mod tests {
         SalPacket::new_unchecked(&mut zero[..]).fill_checksum();
         let packet = SalPacket::new_checked(&zero[..]).unwrap();
         assert_eq!(SalRepr::parse(&packet).unwrap_err(), Error::ZeroSourceFlow);
+    }
+
+    /// The reference's answer to an unconnected datagram it does not take
+    /// (`reference-datagram-reset.pcap` #2): source flow 0, CONTROL(ACK|RST)
+    /// with everything else 0.
+    #[test]
+    fn a_reset_may_come_from_flow_zero() {
+        let mut bytes = hex("00000000f2601440081100001014280000000000000000000000000000000000");
+        SalPacket::new_unchecked(&mut bytes[..]).fill_checksum();
+        let packet = SalPacket::new_checked(&bytes[..]).unwrap();
+        let repr = SalRepr::parse(&packet).unwrap();
+        assert_eq!(repr.src_flow, None);
+        assert_eq!(repr.dst_flow, Some(flow(0xf2601440)));
+        let control = repr.control.unwrap();
+        assert_eq!(control.flags, ControlFlags::ACK | ControlFlags::RST);
+        let mut out = vec![0u8; repr.header_len()];
+        repr.emit(&mut out).unwrap();
+        assert_eq!(out, bytes);
+        // The same without RST is malformed.
+        bytes[14] = 0x20;
+        SalPacket::new_unchecked(&mut bytes[..]).fill_checksum();
+        let packet = SalPacket::new_checked(&bytes[..]).unwrap();
+        assert_eq!(SalRepr::parse(&packet).unwrap_err(), Error::ZeroSourceFlow);
+    }
+
+    #[test]
+    fn two_services_are_destination_then_sender_and_a_third_is_refused() {
+        let mut repr = SalRepr::data(flow(4), None, 17);
+        repr.service = Some("0007".parse().unwrap());
+        repr.source_service = Some("0006".parse().unwrap());
+        let mut bytes = vec![0u8; repr.header_len()];
+        assert_eq!(repr.emit(&mut bytes).unwrap(), 12 + 36 + 36);
+        let packet = SalPacket::new_checked(&bytes[..]).unwrap();
+        let kinds: Vec<_> = packet.extensions().map(|e| e.unwrap().kind).collect();
+        assert_eq!(kinds, [ExtensionKind::Service, ExtensionKind::Service]);
+        assert_eq!(SalRepr::parse(&packet).unwrap(), repr);
+        // Append a third SERVICE by hand.
+        let mut three = bytes.clone();
+        three.extend_from_within(12..48);
+        three[8] = 30;
+        SalPacket::new_unchecked(&mut three[..]).fill_checksum();
+        let packet = SalPacket::new_checked(&three[..]).unwrap();
+        assert_eq!(
+            SalRepr::parse(&packet).unwrap_err(),
+            Error::DuplicateExtension(ExtensionKind::Service)
+        );
     }
 
     #[test]

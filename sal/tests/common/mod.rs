@@ -8,10 +8,12 @@ use std::path::PathBuf;
 
 /// Path of the reference capture (WIRE.md), read in place from `shared/`.
 pub fn reference_capture_path() -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../shared/vectors/serval-reference.pcap"
-    ))
+    vector_path("serval-reference.pcap")
+}
+
+/// Path of a capture in `shared/vectors`, read in place.
+pub fn vector_path(name: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/vectors")).join(name)
 }
 
 /// The IPv4 packets of the reference capture, Ethernet headers stripped,

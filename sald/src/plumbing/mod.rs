@@ -19,7 +19,7 @@
 //! | `conf.IF.forwarding=1` | IPv4 only forwards packets whose *input* device has forwarding on |
 //! | `conf.T0.forwarding=1` | the same for packets sald writes into the TUN (they enter the kernel on `T0`) |
 //! | `conf.T0.accept_local=1`, `conf.T0.rp_filter=0` | packets from the TUN carry one of our own addresses as source (see below) |
-//! | nftables table `ip sald` (the fence) | `conf.IF.forwarding=1` would also forward other transit traffic arriving on `IF`: only protocol 144 to or from the TUN may be forwarded |
+//! | nftables table `ip sald` (the fence) | `conf.IF.forwarding=1` would also forward other transit traffic arriving on `IF`: only protocol 144 may be forwarded (to or from the TUN, or other hosts' SAL packets crossing a router host) |
 //! | table `S + i` for the `i`-th interface `IF` (S default 1000): a copy of the main table's IPv4 routes whose output device is `IF`, and `throw` routes for the main table's other prefixes not through a SAL interface | per-source routing on multi-homed hosts (below) |
 //! | rule `pref P + 10 + i from A lookup S + i` for each address `A` of that interface | a packet sent from an interface's address leaves through that interface |
 //!
@@ -77,7 +77,13 @@
 //!   TUN's own value; we do not lower the host-wide `conf.all.rp_filter`
 //!   (systemd hosts leave it at 0 and set per-interface values), but log a
 //!   warning when it is non-zero.
-//! * Forwarded packets have their TTL decremented once on each crossing.
+//! * Forwarded packets have their TTL decremented once on each crossing
+//!   (sald makes up for it: [`crate::link::tun_egress_ttl`]).
+//! * Broadcasts and packets whose source is not one of our addresses cannot
+//!   go through the TUN (delivered locally; reverse-path filtered unless
+//!   `conf.all.rp_filter` is 0): sald sends those through a raw socket
+//!   ([`crate::raw`]), on the output path, which this plumbing and the fence
+//!   do not touch.
 //!
 //! ## Ownership
 //!

@@ -51,8 +51,13 @@ pub(crate) fn nft_table_exists() -> bool {
 }
 
 /// The fence: forwarded IPv4 traffic touching the TUN must be protocol 144;
-/// anything else entering through the interfaces whose forwarding we turned
-/// on is dropped. Other forwarding is not ours to judge (policy accept).
+/// of the rest entering through the interfaces whose forwarding we turned
+/// on, only protocol 144 passes (SAL packets of other hosts' flows that
+/// merely cross this host, such as a server's answers to a client behind
+/// a service router: the kernel forwards them untouched, DESIGN.md), and
+/// anything else is dropped, so that the host does not become a
+/// general-purpose router. Other forwarding is not ours to judge (policy
+/// accept).
 pub(crate) fn fence_script(tun: &str, fenced: &[String]) -> String {
     let mut s = format!(
         "table ip {NFT_TABLE} {{\n\
@@ -65,9 +70,10 @@ pub(crate) fn fence_script(tun: &str, fenced: &[String]) -> String {
     );
     if !fenced.is_empty() {
         let set: Vec<String> = fenced.iter().map(|n| format!("\"{n}\"")).collect();
+        let set = set.join(", ");
         s.push_str(&format!(
-            "\t\tiifname {{ {} }} counter drop\n",
-            set.join(", ")
+            "\t\tiifname {{ {set} }} ip protocol {SAL_IPPROTO} accept\n\
+             \t\tiifname {{ {set} }} counter drop\n"
         ));
     }
     s.push_str("\t}\n}\n");
@@ -86,6 +92,13 @@ mod tests {
         assert!(s.contains("oifname \"sal0\" ip protocol 144 accept"));
         assert!(s.contains("iifname \"sal0\" ip protocol 144 accept"));
         assert!(s.contains("iifname { \"eth0\", \"eth1\" } counter drop"));
+        let transit = s
+            .find("iifname { \"eth0\", \"eth1\" } ip protocol 144 accept")
+            .expect("SAL transit accepted");
+        assert!(
+            transit < s.find("} counter drop").unwrap(),
+            "before the drop"
+        );
         let s = fence_script("sal0", &[]);
         assert!(!s.contains("iifname {"));
     }

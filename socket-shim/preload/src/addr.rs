@@ -21,9 +21,24 @@ pub(crate) const NET_ENV: &str = "SERVAL_SHIM_NET";
 /// An address as the application sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SockAddr {
-    Serval { flags: u8, bits: u8, id: [u8; 32] },
+    Serval {
+        flags: u8,
+        bits: u8,
+        id: [u8; 32],
+    },
+    /// The sender of a datagram as the reference stack's `recvfrom` gives
+    /// it: a `sockaddr_sv` with the sender's own service ID, followed by a
+    /// `sockaddr_in` with its IPv4 address when the buffer has room for
+    /// both ([`SOCKADDR_SV_IN_LEN`]). `sendto` takes the same back.
+    ServalAt {
+        id: [u8; 32],
+        ip: Ipv4Addr,
+    },
     Inet(SocketAddr),
 }
+
+/// A `sockaddr_sv` followed by a `sockaddr_in`.
+pub(crate) const SOCKADDR_SV_IN_LEN: usize = SOCKADDR_SV_LEN + 16;
 
 /// Why an address given by the application was refused (an errno).
 pub(crate) type AddrError = i32;
@@ -35,6 +50,21 @@ impl SockAddr {
             flags: 0,
             bits: 0,
             id: *id.as_bytes(),
+        }
+    }
+
+    /// The address of a datagram's sender: its service ID and IPv4 address
+    /// (the reference form; over UDP carriage the port is the deployment's
+    /// own), or for a sender that named no service of its own (older
+    /// serval-rs) the peer packed into the ID ([`SV_FLAG_PEER`]); `sendto`
+    /// understands both.
+    pub(crate) fn sender(peer: &DatagramPeer) -> SockAddr {
+        match peer.service {
+            Some(service) => SockAddr::ServalAt {
+                id: *service.as_bytes(),
+                ip: peer.locator.ip(),
+            },
+            None => SockAddr::peer(peer),
         }
     }
 
@@ -56,6 +86,28 @@ impl SockAddr {
         }
     }
 
+    /// The bytes of the C structure, for a buffer of `room` bytes: a
+    /// sender's `sockaddr_in` only follows its `sockaddr_sv` when both fit,
+    /// as the reference stack writes them (other addresses are truncated
+    /// by the caller, as the kernel does).
+    pub(crate) fn encode_for(&self, room: usize) -> Vec<u8> {
+        match self {
+            SockAddr::ServalAt { id, ip } => {
+                let mut out = SockAddr::Serval {
+                    flags: 0,
+                    bits: 0,
+                    id: *id,
+                }
+                .encode();
+                if room >= SOCKADDR_SV_IN_LEN {
+                    out.extend(SockAddr::Inet(SocketAddr::V4(SocketAddrV4::new(*ip, 0))).encode());
+                }
+                out
+            }
+            other => other.encode(),
+        }
+    }
+
     /// The bytes of the C structure.
     pub(crate) fn encode(&self) -> Vec<u8> {
         match self {
@@ -67,6 +119,7 @@ impl SockAddr {
                 out.extend_from_slice(id);
                 out
             }
+            SockAddr::ServalAt { .. } => self.encode_for(SOCKADDR_SV_IN_LEN),
             SockAddr::Inet(SocketAddr::V4(v4)) => {
                 let mut out = vec![0u8; std::mem::size_of::<libc::sockaddr_in>()];
                 out[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
@@ -89,8 +142,18 @@ impl SockAddr {
     /// The service ID of a Serval address.
     pub(crate) fn service_id(&self) -> Option<ServiceId> {
         match self {
-            SockAddr::Serval { id, .. } => Some(ServiceId::from_bytes(*id)),
+            SockAddr::Serval { id, .. } | SockAddr::ServalAt { id, .. } => {
+                Some(ServiceId::from_bytes(*id))
+            }
             SockAddr::Inet(_) => None,
+        }
+    }
+
+    /// The IPv4 address that follows the service ID, if one does.
+    pub(crate) fn at(&self) -> Option<Ipv4Addr> {
+        match self {
+            SockAddr::ServalAt { ip, .. } => Some(*ip),
+            _ => None,
         }
     }
 
@@ -101,7 +164,7 @@ impl SockAddr {
                 let len = if *bits == 0 { 256 } else { u16::from(*bits) };
                 Some(ServicePrefix::new(ServiceId::from_bytes(*id), len))
             }
-            SockAddr::Inet(_) => None,
+            SockAddr::ServalAt { .. } | SockAddr::Inet(_) => None,
         }
     }
 
@@ -120,7 +183,11 @@ impl SockAddr {
             0 => Locator::Ipv4(ip),
             _ => Locator::Udp(SocketAddrV4::new(ip, port)),
         };
-        Some(DatagramPeer { locator, flow })
+        Some(DatagramPeer {
+            locator,
+            flow,
+            service: None,
+        })
     }
 }
 
@@ -132,8 +199,9 @@ pub(crate) fn family(bytes: &[u8]) -> Result<i32, AddrError> {
     }
 }
 
-/// Parses a `sockaddr_sv`: `EAFNOSUPPORT` for another family, `EINVAL` for
-/// a short one.
+/// Parses a `sockaddr_sv`, and a `sockaddr_in` after it if the address is
+/// long enough to hold one (the reference stack's advisory address):
+/// `EAFNOSUPPORT` for another family, `EINVAL` for a short one.
 pub(crate) fn parse_serval(bytes: &[u8]) -> Result<SockAddr, AddrError> {
     if family(bytes)? != AF_SERVAL {
         return Err(libc::EAFNOSUPPORT);
@@ -143,11 +211,13 @@ pub(crate) fn parse_serval(bytes: &[u8]) -> Result<SockAddr, AddrError> {
     }
     let mut id = [0u8; 32];
     id.copy_from_slice(&bytes[4..36]);
-    Ok(SockAddr::Serval {
-        flags: bytes[2],
-        bits: bytes[3],
-        id,
-    })
+    let (flags, bits) = (bytes[2], bytes[3]);
+    match parse_inet(&bytes[SOCKADDR_SV_LEN..]) {
+        Some(SocketAddr::V4(at)) if flags & SV_FLAG_PEER == 0 => {
+            Ok(SockAddr::ServalAt { id, ip: *at.ip() })
+        }
+        _ => Ok(SockAddr::Serval { flags, bits, id }),
+    }
 }
 
 /// Parses an IPv4 or IPv6 socket address; `None` for anything else.
@@ -268,5 +338,53 @@ impl PortMap {
                 u32::from(ip) & mask == u32::from(*net) & mask
             })
             .then_some(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference_sender() -> DatagramPeer {
+        DatagramPeer {
+            locator: Locator::Ipv4(Ipv4Addr::new(10, 77, 1, 1)),
+            flow: FlowId::new(4).unwrap(),
+            service: Some("0006".parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn a_sender_is_its_service_then_its_address_when_there_is_room() {
+        let sender = SockAddr::sender(&reference_sender());
+        let short = sender.encode_for(SOCKADDR_SV_LEN);
+        assert_eq!(short.len(), SOCKADDR_SV_LEN, "sockaddr_sv alone");
+        assert_eq!(family(&short), Ok(AF_SERVAL));
+        assert_eq!((short[2], short[3]), (0, 0), "flags and prefix bits 0");
+        assert_eq!(&short[4..8], &[0, 0x06, 0, 0], "the sender's service ID");
+        let long = sender.encode_for(64);
+        assert_eq!(long.len(), SOCKADDR_SV_IN_LEN);
+        assert_eq!(&long[..SOCKADDR_SV_LEN], &short[..]);
+        assert_eq!(
+            parse_inet(&long[SOCKADDR_SV_LEN..]),
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::new(10, 77, 1, 1),
+                0
+            )))
+        );
+        // sendto takes both back: the service, at that address.
+        let parsed = parse_serval(&long).unwrap();
+        assert_eq!(parsed.service_id(), Some("0006".parse().unwrap()));
+        assert_eq!(parsed.at(), Some(Ipv4Addr::new(10, 77, 1, 1)));
+        assert_eq!(parse_serval(&short).unwrap().at(), None);
+    }
+
+    #[test]
+    fn senders_without_a_service_get_a_reply_address() {
+        let mut old = reference_sender();
+        old.service = None;
+        let reply = SockAddr::sender(&old);
+        let bytes = reply.encode_for(64);
+        assert_eq!(bytes.len(), SOCKADDR_SV_LEN);
+        assert_eq!(parse_serval(&bytes).unwrap().as_peer(), Some(old));
     }
 }

@@ -29,8 +29,13 @@
 //!   forked child that inherits the listener accepts from the same queue;
 //! - datagram sockets are sald's `SOCK_SEQPACKET` sockets; `sendto`/`recvfrom`
 //!   (and `send`/`recv`/`read`/`write`) wrap and unwrap `DatagramFrame`s.
-//!   `recvfrom` returns a reply address (`SV_FLAG_PEER`) that `sendto`
-//!   understands.
+//!   As in the reference stack, `recvfrom` gives the sender's own service ID
+//!   in a `sockaddr_sv`, followed by a `sockaddr_in` with its address when
+//!   the buffer holds 52 bytes; `sendto` with both sends to that service at
+//!   that address, with the `sockaddr_sv` alone it resolves the service. A
+//!   reset refusing one of the socket's datagrams is `ECONNREFUSED` from the
+//!   next receive. A bound datagram socket may `listen` and `accept`
+//!   connected datagram flows (the reference's `udp_server_user`).
 //!
 //! The [`table`] remembers what each number means; [`ops`] does the work.
 //!
@@ -103,10 +108,10 @@ unsafe fn write_addr(value: &SockAddr, addr: *mut sockaddr, len: *mut socklen_t)
     if addr.is_null() || len.is_null() {
         return Ok(());
     }
-    let bytes = value.encode();
     // SAFETY: the caller guarantees `*len` writable bytes at `addr`.
     unsafe {
         let room = *len as usize;
+        let bytes = value.encode_for(room);
         std::ptr::copy_nonoverlapping(bytes.as_ptr(), addr.cast::<u8>(), bytes.len().min(room));
         *len = bytes.len() as socklen_t;
     }

@@ -560,19 +560,20 @@ pub(crate) fn bind(fd: RawFd, addr: Option<&[u8]>, pass: impl FnOnce() -> c_int)
             result
         }
         (Kind::Dgram, Stage::DgramIdle) => {
-            let (control, _, socket) = listen_on(prefix, TransportProtocol::Datagram)?;
+            let (control, listener, socket) = listen_on(prefix, TransportProtocol::Datagram)?;
             let socket = socket.ok_or(libc::EPROTO)?;
-            install_datagram(fd, socket, Some(control), Some(sa))
+            install_datagram(fd, socket, Some((control, listener)), Some(sa))
         }
         _ => Err(libc::EINVAL),
     }
 }
 
-/// Puts an unconnected datagram socket of sald at `fd`.
+/// Puts an unconnected datagram socket of sald at `fd` (with its bound
+/// prefix's control connection and listener, if bound).
 fn install_datagram(
     fd: RawFd,
     socket: OwnedFd,
-    control: Option<ControlClient>,
+    control: Option<(ControlClient, ListenerId)>,
     local: Option<SockAddr>,
 ) -> Res<c_int> {
     let mut stale = Vec::new();
@@ -586,7 +587,7 @@ fn install_datagram(
                     Ok(()) => {
                         old_state = Some(std::mem::replace(
                             &mut entry.state,
-                            State::DgramOpen { _control: control },
+                            State::DgramOpen { bound: control },
                         ));
                         entry.ident = ident(fd);
                         if local.is_some() {
@@ -649,14 +650,20 @@ pub(crate) fn listen(fd: RawFd, pass: impl FnOnce() -> c_int) -> Res<c_int> {
         return Ok(pass());
     };
     match (found.kind, found.stage) {
-        (Kind::Dgram, _) => return Err(libc::EOPNOTSUPP),
         (_, Stage::Listening) => return Ok(0),
+        // A bound datagram socket listens for connected datagram flows (as
+        // the reference's udp_server_user does); it reads no unconnected
+        // datagrams from then on.
+        (Kind::Dgram, Stage::DgramOpen) => {}
+        (Kind::Dgram, Stage::DgramIdle) => return Err(libc::EDESTADDRREQ),
+        (Kind::Dgram, _) => return Err(libc::EOPNOTSUPP),
         (_, Stage::Bound) => {}
         (_, Stage::Connected | Stage::Connecting) => return Err(libc::EINVAL),
         _ => return Err(libc::EDESTADDRREQ),
     }
     // Take the bound control connection out of the entry.
     let mut stale = Vec::new();
+    let mut unbound = None;
     let taken = {
         let mut table = lock();
         match table.get(fd, &mut stale) {
@@ -669,7 +676,15 @@ pub(crate) fn listen(fd: RawFd, pass: impl FnOnce() -> c_int) -> Res<c_int> {
                     entry.gen = table::next_gen();
                     Some((control, listener, wake, entry.gen))
                 }
+                State::DgramOpen {
+                    bound: Some((control, listener)),
+                } => {
+                    entry.gen = table::next_gen();
+                    Some((control, listener, None, entry.gen))
+                }
                 other => {
+                    // An unbound datagram socket: nothing to listen on.
+                    unbound = Some(matches!(other, State::DgramOpen { .. }));
                     entry.state = other;
                     None
                 }
@@ -677,6 +692,10 @@ pub(crate) fn listen(fd: RawFd, pass: impl FnOnce() -> c_int) -> Res<c_int> {
             None => None,
         }
     };
+    if unbound == Some(true) {
+        drop(stale);
+        return Err(libc::EDESTADDRREQ);
+    }
     drop(stale);
     let (control, listener, wake, gen) = taken.ok_or(libc::EINVAL)?;
     let started = start_listener(fd, gen, control, listener);
@@ -729,6 +748,7 @@ fn start_listener(fd: RawFd, gen: u64, control: ControlClient, listener: Listene
                     };
                     entry.ident = ident(fd);
                     re_epoll(entry, fd);
+                    table.refresh(fd);
                     Ok(())
                 }
                 Err(errno) => {
@@ -932,7 +952,7 @@ pub(crate) fn accept(
         Domain::Inet(family) => addr::inet_peer(remote, port, family),
     };
     let new_fd = flow.into_raw_fd();
-    let mut entry = Entry::new(Kind::Stream, found.domain, new_fd, State::Connected);
+    let mut entry = Entry::new(found.kind, found.domain, new_fd, State::Connected);
     entry.local = match found.domain {
         Domain::Serval => Some(SockAddr::service(ServiceId::from_bytes(id))),
         Domain::Inet(_) => found.local,
@@ -1100,6 +1120,7 @@ pub(crate) fn sendto(
                 },
                 None => DatagramFrame::SendTo {
                     service: sa.service_id().ok_or(libc::EINVAL)?,
+                    via: sa.at().map(Locator::Ipv4),
                     data: data.to_vec(),
                 },
             }
@@ -1145,7 +1166,7 @@ pub(crate) fn recvfrom(
         };
         return Ok(Some((n, peer)));
     }
-    let mut message = vec![0u8; MAX_DATAGRAM + 64];
+    let mut message = vec![0u8; MAX_DATAGRAM + sal_control::RECEIVED_HEADER_MAX];
     let pass_flags = flags & (libc::MSG_DONTWAIT | libc::MSG_PEEK);
     // SAFETY: `message` is valid for writes of its length.
     let n = unsafe { real::recv(fd, message.as_mut_ptr().cast(), message.len(), pass_flags) };
@@ -1165,8 +1186,9 @@ pub(crate) fn recvfrom(
             } else {
                 len
             };
-            Ok(Some((reported as isize, Some(SockAddr::peer(&peer)))))
+            Ok(Some((reported as isize, Some(SockAddr::sender(&peer)))))
         }
+        Ok(DatagramFrame::Refused) => Err(libc::ECONNREFUSED),
         _ => Err(libc::EPROTO),
     }
 }

@@ -98,8 +98,11 @@ pub(crate) enum State {
     /// A datagram socket not yet opened with sald (placeholder descriptor).
     DgramIdle { wake: Option<OwnedFd> },
     /// An unconnected datagram socket: messages are `DatagramFrame`s.
-    /// `control` keeps a bound prefix registered.
-    DgramOpen { _control: Option<ControlClient> },
+    /// `bound` keeps a bound prefix registered (its listener takes the
+    /// connected datagram flows once the program calls `listen`).
+    DgramOpen {
+        bound: Option<(ControlClient, ListenerId)>,
+    },
 }
 
 /// What the application's descriptor number means.
@@ -144,9 +147,11 @@ impl Entry {
 
 impl Entry {
     /// Whether data calls (`send`, `recv`, `read`, `write`) need the shim:
-    /// a datagram socket that is not connected (frames, or no destination).
+    /// a datagram socket that is neither connected nor listening (frames,
+    /// or no destination).
     pub(crate) fn framed(&self) -> bool {
-        self.kind == Kind::Dgram && !matches!(self.state, State::Connected)
+        self.kind == Kind::Dgram
+            && !matches!(self.state, State::Connected | State::Listening { .. })
     }
 }
 

@@ -53,6 +53,14 @@ fn datagram_echo() {
 }
 
 #[test]
+fn datagram_flows_listen_accept_and_half_close() {
+    let sald = Sald::start();
+    let mut srv = server(&sald, &["dgram-flow-server", "d07"]);
+    client(&sald, &["dgram-flow-client", "d07"]).success(T);
+    srv.success(T);
+}
+
+#[test]
 fn fork_after_accept() {
     let sald = Sald::start();
     let mut srv = server(&sald, &["stream-server", "f0c4", "3", "fork"]);

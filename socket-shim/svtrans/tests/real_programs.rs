@@ -449,7 +449,7 @@ fn bound(net: &Net, prefix: &str) -> bool {
     else {
         return false;
     };
-    let Response::Rules { rules } = reply.response else {
+    let Response::Rules { rules, .. } = reply.response else {
         return false;
     };
     rules.iter().any(|rule| {

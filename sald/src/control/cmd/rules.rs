@@ -81,13 +81,35 @@ pub(super) fn apply(client: &mut Client, changes: Vec<RuleChange>) -> Reply {
     (Response::Applied { failures }, None)
 }
 
-/// Every rule, sorted by prefix, with who installed each target.
+/// Every rule, sorted by prefix, with who installed each target (the own
+/// service IDs of unbound datagram sockets marked `Ephemeral`), and whether
+/// broadcast discovery is on.
 pub(super) fn list(client: &mut Client) -> Reply {
     let core = client.context.shared.lock();
     let mut rules: Vec<_> = core.host.table().rules().cloned().collect();
     rules.sort_by_key(|rule| rule.prefix);
     core.origins.annotate(&mut rules);
-    (Response::Rules { rules }, None)
+    for rule in &mut rules {
+        let ephemeral: Vec<TargetKey> = (rule.targets().iter())
+            .filter_map(|entry| match entry.target {
+                Target::Demux { listener } if core.host.is_ephemeral(listener) => {
+                    Some(entry.target.key())
+                }
+                _ => None,
+            })
+            .collect();
+        for key in ephemeral {
+            rule.set_origin(&key, RuleOrigin::Ephemeral);
+        }
+    }
+    let broadcast_discovery = core.host.config().broadcast_discovery;
+    (
+        Response::Rules {
+            rules,
+            broadcast_discovery,
+        },
+        None,
+    )
 }
 
 fn reply(result: Result<(), Refusal>) -> Reply {

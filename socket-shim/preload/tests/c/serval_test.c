@@ -11,6 +11,10 @@
  *   many SID N SIZE                           N concurrent clients (threads)
  *   dgram-server SID COUNT                    echo COUNT datagrams
  *   dgram-client SID COUNT                    send COUNT datagrams, check replies
+ *   dgram-flow-server SID                     bind, listen, accept a datagram flow, echo
+ *                                             it upper-cased until its end (the
+ *                                             reference's udp_server_user)
+ *   dgram-flow-client SID                     connect a datagram flow, check the echo
  *   misuse SID                                error paths (SID is not bound)
  *   nodaemon SID                              sald not running
  */
@@ -314,13 +318,72 @@ static int dgram_server(const char *sid, int count) {
     fflush(stdout);
     for (int i = 0; i < count; i++) {
         char buf[2048];
-        struct sockaddr_sv from;
-        socklen_t len = sizeof from;
+        /* As the reference's recvfrom: the sender's service ID, then its
+         * IPv4 address when there is room for both; sendto takes both. */
+        struct {
+            struct sockaddr_sv sv;
+            struct sockaddr_in in;
+        } from;
+        socklen_t len = i % 2 ? sizeof from : sizeof from.sv;
         ssize_t n = recvfrom(fd, buf, sizeof buf, 0, (struct sockaddr *)&from, &len);
         if (n < 0) die("recvfrom");
-        CHECK(len == sizeof from && from.sv_family == AF_SERVAL, "recvfrom address");
+        CHECK(from.sv.sv_family == AF_SERVAL && from.sv.sv_flags == 0, "recvfrom address");
+        if (i % 2)
+            CHECK(len == sizeof from && from.in.sin_family == AF_INET, "sockaddr_in after sockaddr_sv");
+        else
+            CHECK(len == sizeof from.sv, "sockaddr_sv alone");
         if (sendto(fd, buf, (size_t)n, 0, (struct sockaddr *)&from, len) != n) die("sendto");
     }
+    close(fd);
+    return failures ? 1 : 0;
+}
+
+static int dgram_flow_server(const char *sid) {
+    int fd = socket(AF_SERVAL, SOCK_DGRAM, 0);
+    if (fd < 0) die("socket");
+    struct sockaddr_sv sa = sv_addr(sid);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) die("bind");
+    if (listen(fd, 5) < 0) die("listen");
+    printf("ready\n");
+    fflush(stdout);
+    int c = accept(fd, NULL, NULL);
+    if (c < 0) die("accept");
+    int type = 0;
+    socklen_t tl = sizeof type;
+    CHECK(getsockopt(c, SOL_SOCKET, SO_TYPE, &type, &tl) == 0 && type == SOCK_DGRAM, "SOCK_DGRAM flow");
+    char buf[2048];
+    ssize_t n;
+    int echoed = 0;
+    while ((n = recv(c, buf, sizeof buf, 0)) > 0) {
+        for (ssize_t i = 0; i < n; i++)
+            if (buf[i] >= 'a' && buf[i] <= 'z') buf[i] -= 32;
+        if (send(c, buf, (size_t)n, 0) != n) die("send");
+        echoed++;
+    }
+    CHECK(n == 0, "end of the flow");
+    CHECK(echoed == 2, "%d datagrams echoed", echoed);
+    close(c);
+    close(fd);
+    return failures ? 1 : 0;
+}
+
+static int dgram_flow_client(const char *sid) {
+    int fd = socket(AF_SERVAL, SOCK_DGRAM, 0);
+    if (fd < 0) die("socket");
+    struct sockaddr_sv sa = sv_addr(sid);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) die("connect");
+    const char *msgs[] = {"hello serval", "quit"};
+    const char *want[] = {"HELLO SERVAL", "QUIT"};
+    for (int i = 0; i < 2; i++) {
+        char back[64] = {0};
+        if (send(fd, msgs[i], strlen(msgs[i]), 0) != (ssize_t)strlen(msgs[i])) die("send");
+        ssize_t n = recv(fd, back, sizeof back, 0);
+        CHECK(n == (ssize_t)strlen(want[i]) && memcmp(back, want[i], (size_t)n) == 0, "echo %d", i);
+    }
+    /* Our FIN; the server's comes back as the end of the flow. */
+    if (shutdown(fd, SHUT_WR) < 0) die("shutdown");
+    char rest[16];
+    CHECK(recv(fd, rest, sizeof rest, 0) == 0, "the server's FIN");
     close(fd);
     return failures ? 1 : 0;
 }
@@ -330,7 +393,7 @@ static int dgram_client(const char *sid, int count) {
     if (fd < 0) die("socket");
     struct sockaddr_sv sa = sv_addr(sid);
     for (int i = 0; i < count; i++) {
-        char msg[1400], back[2048];
+        char msg[1360], back[2048];
         size_t len = 1 + (size_t)(i * 97) % sizeof msg;
         for (size_t j = 0; j < len; j++) msg[j] = (char)pattern(j + (size_t)i);
         ssize_t n = -1;
@@ -395,7 +458,7 @@ static int misuse(const char *sid) {
     EXPECT_ERR(sendto(d, "x", 1, 0, NULL, 0), EDESTADDRREQ);
     static char big[2000];
     EXPECT_ERR(sendto(d, big, sizeof big, 0, (struct sockaddr *)&sa, sizeof sa), EMSGSIZE);
-    EXPECT_ERR(listen(d, 5), EOPNOTSUPP);
+    EXPECT_ERR(listen(d, 5), EDESTADDRREQ);
     EXPECT_ERR(sendto(d, "x", 1, 0, (struct sockaddr *)&sa, 8), EINVAL);
     close(d);
 
@@ -441,6 +504,8 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "many")) return many(sid, (int)n, argc > 4 ? (size_t)atol(argv[4]) : 1000);
     if (!strcmp(cmd, "dgram-server")) return dgram_server(sid, (int)n);
     if (!strcmp(cmd, "dgram-client")) return dgram_client(sid, (int)n);
+    if (!strcmp(cmd, "dgram-flow-server")) return dgram_flow_server(sid);
+    if (!strcmp(cmd, "dgram-flow-client")) return dgram_flow_client(sid);
     if (!strcmp(cmd, "misuse")) return misuse(sid);
     if (!strcmp(cmd, "nodaemon")) return nodaemon(sid);
     fprintf(stderr, "unknown subcommand %s\n", cmd);
