@@ -9,26 +9,39 @@ use sal_tcp::{
     MAX_HEADER_LEN,
 };
 
-/// Counts allocations (and reallocations) made by this test binary.
+/// Counts allocations (and reallocations) made on a thread while it is
+/// inside [`allocations`]; the test harness's own threads (reporting results
+/// while a test runs) are not counted.
 struct Counting;
 
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// Whether this thread's allocations are being counted.
+    static COUNTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn count() {
+    if COUNTING.with(|c| c.get()) {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 // SAFETY: every call is forwarded unchanged to the system allocator, which
 // upholds `GlobalAlloc`'s contract; counting has no effect on the memory.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        count();
         // SAFETY: same contract as ours, passed through.
         unsafe { System.alloc(layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        count();
         // SAFETY: same contract as ours, passed through.
         unsafe { System.alloc_zeroed(layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        count();
         // SAFETY: same contract as ours, passed through.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -45,7 +58,9 @@ static GLOBAL: Counting = Counting;
 /// `main`-less `harness`: each test takes the lock below).
 fn allocations<R>(f: impl FnOnce() -> R) -> (u64, R) {
     let before = ALLOCATIONS.load(Ordering::Relaxed);
+    COUNTING.with(|c| c.set(true));
     let result = f();
+    COUNTING.with(|c| c.set(false));
     (ALLOCATIONS.load(Ordering::Relaxed) - before, result)
 }
 
