@@ -12,7 +12,8 @@
 //! | [`events`] | the bounded event queue for subscribers |
 //! | [`owners`], [`origins`] | who owns which binding and flow; who installed which rule |
 //! | [`shutdown`] | the shutdown signal and the tracked tasks |
-//! | [`link`] | packet I/O: the TUN device and the UDP socket |
+//! | [`link`] | packet I/O: the TUN device |
+//! | [`udp`] | packet I/O: the UDP socket, batched (sendmmsg/recvmmsg, GSO/GRO) |
 //! | [`plumbing`] | host-address mode kernel plumbing, on a thread of its own |
 //! | [`watch`] | the kernel's link, address and route events |
 
@@ -27,6 +28,7 @@ pub mod plumbing;
 pub mod pump;
 pub mod server;
 pub mod shutdown;
+pub mod udp;
 pub mod watch;
 
 pub use server::run;
