@@ -104,6 +104,10 @@ pub struct Flags {
     /// Seed for flow IDs and nonces (default: random). For reproducible tests only.
     #[arg(long, hide = true)]
     pub seed: Option<u64>,
+    /// UDP mode without segmentation and coalescing offloads (UDP GSO and
+    /// GRO), as on a kernel without them. For measurements and tests.
+    #[arg(long, hide = true)]
+    pub no_udp_offload: bool,
 }
 
 /// A static rule from the config file.
@@ -249,6 +253,8 @@ pub struct Config {
     pub control: PathBuf,
     pub tun: String,
     pub seed: Option<u64>,
+    /// UDP mode: use GSO and GRO where the kernel offers them.
+    pub udp_offload: bool,
     pub auto_migrate: bool,
     pub liveness_ms: u64,
     /// 0: never.
@@ -299,6 +305,7 @@ impl Config {
                 .unwrap_or_else(|| sal_control::DEFAULT_CONTROL_PATH.into()),
             tun: flags.tun.or(file.tun).unwrap_or_else(|| "sal0".into()),
             seed: flags.seed,
+            udp_offload: !flags.no_udp_offload,
             auto_migrate: !flags.no_auto_migrate,
             liveness_ms: flags.liveness_ms,
             probe_idle_ms: flags.probe_idle_ms,

@@ -67,7 +67,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // into our TUN (undone by the worker when it is removed or dropped).
     let (links, udp_port) = match config.udp {
         Some(addr) => {
-            let udp = UdpLink::bind(addr).with_context(|| format!("cannot bind UDP {addr}"))?;
+            let udp = UdpLink::bind(addr, config.udp_offload)
+                .with_context(|| format!("cannot bind UDP {addr}"))?;
             let offloads = udp.offloads();
             tracing::info!(
                 local = %udp.local_addr(),

@@ -80,10 +80,18 @@ impl TxBatch {
     /// `dst`. Returns false, adding nothing, if the batch is full or the
     /// datagram is empty or too large for UDP.
     pub fn push(&mut self, src: Option<Ipv4Addr>, dst: SocketAddrV4, payload: &[u8]) -> bool {
-        self.push_with(src, dst, payload.len(), |buf| {
-            buf.copy_from_slice(payload);
-            payload.len()
-        })
+        if !self.fits(payload.len()) {
+            return false;
+        }
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(payload);
+        self.add(src, dst, start, payload.len());
+        true
+    }
+
+    /// Whether a datagram of `len` bytes may join the batch.
+    fn fits(&self, len: usize) -> bool {
+        len > 0 && len <= MAX_PAYLOAD && self.bytes.len() + len <= self.limit
     }
 
     /// Adds a datagram that `write` puts straight into the batch's buffer:
@@ -96,7 +104,7 @@ impl TxBatch {
         max_len: usize,
         write: impl FnOnce(&mut [u8]) -> usize,
     ) -> bool {
-        if max_len == 0 || max_len > MAX_PAYLOAD || self.bytes.len() + max_len > self.limit {
+        if !self.fits(max_len) {
             return false;
         }
         let start = self.bytes.len();
@@ -106,6 +114,13 @@ impl TxBatch {
         if len == 0 {
             return false;
         }
+        self.add(src, dst, start, len);
+        true
+    }
+
+    /// Files the `len` bytes at `start` as a datagram: one more segment of
+    /// the last message if it takes it, else a message of its own.
+    fn add(&mut self, src: Option<Ipv4Addr>, dst: SocketAddrV4, start: usize, len: usize) {
         let max_segments = self.max_segments;
         match self.messages[self.sent..].last_mut() {
             Some(last) if last.takes(src, dst, len, max_segments) => {
@@ -121,7 +136,6 @@ impl TxBatch {
                 segments: 1,
             }),
         }
-        true
     }
 
     /// Whether nothing waits to be sent.

@@ -85,8 +85,9 @@ pub struct UdpLink {
 
 impl UdpLink {
     /// Binds `addr` (`--udp ADDR:PORT`) and turns on what the kernel
-    /// offers. Must be called inside a tokio runtime with I/O enabled.
-    pub fn bind(addr: SocketAddrV4) -> Result<UdpLink, LinkError> {
+    /// offers (GSO and GRO only if `offload`). Must be called inside a
+    /// tokio runtime with I/O enabled.
+    pub fn bind(addr: SocketAddrV4, offload: bool) -> Result<UdpLink, LinkError> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(LinkError::NoRuntime);
         }
@@ -104,8 +105,8 @@ impl UdpLink {
         sys::enable_pktinfo(fd).map_err(bind_error)?;
         let recv_buffer = sys::set_buffer(fd, sys::Buffer::Receive, SOCKET_BUFFER).unwrap_or(0);
         let send_buffer = sys::set_buffer(fd, sys::Buffer::Send, SOCKET_BUFFER).unwrap_or(0);
-        let gso = sys::probe_gso(fd);
-        let gro = sys::enable_gro(fd);
+        let gso = offload && sys::probe_gso(fd);
+        let gro = offload && sys::enable_gro(fd);
         // SAFETY: the `UdpSocket` owns its descriptor and never closes or
         // replaces it while alive; the `AsyncFd` takes ownership of the
         // socket, so the descriptor stays open for the whole registration.
@@ -241,23 +242,43 @@ impl UdpLink {
 mod tests {
     use super::*;
 
-    async fn pair() -> (UdpLink, UdpLink) {
-        let a = UdpLink::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-        let b = UdpLink::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    fn pair(offload: bool) -> (UdpLink, UdpLink) {
+        let a = UdpLink::bind("127.0.0.1:0".parse().unwrap(), offload).unwrap();
+        let b = UdpLink::bind("127.0.0.1:0".parse().unwrap(), offload).unwrap();
         (a, b)
     }
 
     #[test]
     fn binding_needs_a_runtime() {
         assert!(matches!(
-            UdpLink::bind("127.0.0.1:0".parse().unwrap()),
+            UdpLink::bind("127.0.0.1:0".parse().unwrap(), true),
             Err(LinkError::NoRuntime)
         ));
     }
 
     #[tokio::test]
-    async fn a_batch_arrives_whole_and_in_order() {
-        let (a, b) = pair().await;
+    async fn a_batch_arrives_whole_and_in_order_with_offloads() {
+        let (a, b) = pair(true);
+        assert!(
+            a.offloads().gso && a.offloads().gro,
+            "this kernel offers both"
+        );
+        let messages = a_batch_arrives_whole_and_in_order(a, b).await;
+        // Sent as a few GSO messages, received as a few GRO ones.
+        assert!(messages <= 20, "{messages} messages for 200 datagrams");
+    }
+
+    #[tokio::test]
+    async fn a_batch_arrives_whole_and_in_order_without_offloads() {
+        let (a, b) = pair(false);
+        assert!(!a.offloads().gso && !a.offloads().gro);
+        let messages = a_batch_arrives_whole_and_in_order(a, b).await;
+        assert_eq!(messages, 200);
+    }
+
+    /// Sends 200 datagrams in one batch; returns how many messages the
+    /// receiver read them in.
+    async fn a_batch_arrives_whole_and_in_order(a: UdpLink, b: UdpLink) -> usize {
         let mut tx = a.tx_batch();
         let datagrams: Vec<Vec<u8>> = (0..200u32)
             .map(|i| {
@@ -276,11 +297,13 @@ mod tests {
         assert!(tx.is_empty());
         let mut rx = b.rx_batch();
         let mut got = Vec::new();
+        let mut messages = 0;
         while got.len() < datagrams.len() {
-            tokio::time::timeout(std::time::Duration::from_secs(5), b.recv_batch(&mut rx))
-                .await
-                .expect("datagrams arrive")
-                .unwrap();
+            messages +=
+                tokio::time::timeout(std::time::Duration::from_secs(5), b.recv_batch(&mut rx))
+                    .await
+                    .expect("datagrams arrive")
+                    .unwrap();
             for d in rx.datagrams() {
                 assert_eq!(d.src, a.local_addr());
                 assert_eq!(b.arrival(&d), b.local_addr());
@@ -292,11 +315,12 @@ mod tests {
             b.try_recv_batch(&mut rx),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock
         ));
+        messages
     }
 
     #[tokio::test]
     async fn the_kernel_grants_large_buffers_and_reports_offloads() {
-        let (a, _b) = pair().await;
+        let (a, _b) = pair(true);
         let offloads = a.offloads();
         // Whatever was granted, the buffers are at least the defaults.
         assert!(offloads.recv_buffer >= 200_000, "{offloads:?}");
@@ -305,7 +329,7 @@ mod tests {
 
     #[tokio::test]
     async fn refused_datagrams_are_dropped_and_counted_not_retried() {
-        let (a, _b) = pair().await;
+        let (a, _b) = pair(true);
         let mut tx = a.tx_batch();
         // Port 0 is not a destination: the kernel refuses it.
         tx.push(None, "127.0.0.1:0".parse().unwrap(), b"nowhere");
