@@ -44,6 +44,10 @@ pub struct HostConfig {
     /// peer that advertised other locators), and with `auto_migrate`.
     /// `None`: idle flows are never probed.
     pub idle_probe: Option<Duration>,
+    /// A client flow carried over UDP never stays silent toward its peer
+    /// for longer than this (a bare SAL ACK goes out), so that a NAT on the
+    /// path keeps its mapping (see `nat.rs`). `None`: no keepalives.
+    pub keepalive: Option<Duration>,
 }
 
 impl Default for HostConfig {
@@ -62,6 +66,8 @@ impl Default for HostConfig {
             auto_migrate: true,
             liveness_timeout: Duration::from_millis(1500),
             idle_probe: Some(Duration::from_secs(10)),
+            // Under the 30 s after which many NATs forget a UDP mapping.
+            keepalive: Some(Duration::from_secs(25)),
         }
     }
 }

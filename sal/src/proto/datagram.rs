@@ -17,11 +17,12 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use super::flow::{Endpoint, FlowTransport};
+use super::nat::transport_checksum_ok;
 use super::{ConnectError, Event, FlowState, Host, HostError, Transmit};
 use crate::id::{FlowId, ServiceId};
 use crate::locator::Locator;
 use crate::table::{ListenerId, Resolution};
-use crate::wire::{fill_transport_checksum, verify_transport_checksum, SalRepr, TransportProtocol};
+use crate::wire::{fill_transport_checksum, SalRepr, TransportProtocol};
 
 /// The UDP-style header after the SAL header of a datagram.
 const UDP_HEADER_LEN: usize = 8;
@@ -188,7 +189,7 @@ impl Host {
         if data.len() > MAX_DATAGRAM {
             return Err(HostError::TooLarge(data.len()));
         }
-        let ttl = self.config.ttl;
+        let (ttl, now) = (self.config.ttl, self.now);
         let flow = self.flow_mut(id)?;
         if flow.protocol() != TransportProtocol::Datagram {
             return Err(HostError::WrongProtocol);
@@ -209,7 +210,7 @@ impl Host {
         );
         let src = flow.path.local;
         let segment = udp_segment(data, src.ip(), remote.ip());
-        flow.counters.packets_out += 1;
+        flow.count_sent(now);
         flow.counters.bytes_out += data.len() as u64;
         self.queue_transmit(Transmit {
             src,
@@ -284,7 +285,7 @@ impl Host {
         segment: &[u8],
     ) {
         if repr.protocol != TransportProtocol::Datagram.number()
-            || !verify_transport_checksum(TransportProtocol::Datagram, src.ip(), dst.ip(), segment)
+            || !transport_checksum_ok(TransportProtocol::Datagram, &src, &dst, segment)
         {
             self.stats.bad_checksum += 1;
             return;
@@ -323,7 +324,7 @@ impl Host {
         with_control: bool,
         segment: &[u8],
     ) {
-        if !verify_transport_checksum(TransportProtocol::Datagram, src.ip(), dst.ip(), segment) {
+        if !transport_checksum_ok(TransportProtocol::Datagram, &src, &dst, segment) {
             self.stats.bad_checksum += 1;
             return;
         }
@@ -350,6 +351,7 @@ impl Host {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::verify_transport_checksum;
 
     #[test]
     fn udp_segments_round_trip_and_verify() {

@@ -53,7 +53,7 @@ fn control_transmit(path: &Path, pending: &Pending, ttl: u8) -> Option<Transmit>
 impl Host {
     /// Queues a packet for the link, or for ourselves if it is addressed here.
     pub(super) fn queue_transmit(&mut self, transmit: Transmit) {
-        if self.interfaces.is_local(transmit.dst.ip()) {
+        if self.interfaces.owns(&transmit.dst) {
             self.loopback.push_back(transmit);
         } else {
             self.stats.packets_out += 1;
@@ -96,7 +96,7 @@ impl Host {
         let Some(transmit) = control_transmit(&flow.path, sent, ttl) else {
             return;
         };
-        flow.counters.packets_out += 1;
+        flow.count_sent(now);
         self.arm_timer(id, Timer::Control, deadline);
         self.queue_transmit(transmit);
         self.note_asked(id);
@@ -121,7 +121,7 @@ impl Host {
 
     /// Sends a bare ACK (with SERVICE when it completes a client handshake).
     pub(super) fn send_ack(&mut self, id: FlowId, with_service: bool, segment: &[u8]) {
-        let ttl = self.config.ttl;
+        let (ttl, now) = (self.config.ttl, self.now);
         let Ok(flow) = self.flow_mut(id) else {
             return;
         };
@@ -131,7 +131,7 @@ impl Host {
         let mut repr = SalRepr::data(flow.id, flow.peer_flow, flow.protocol().number());
         let control = flow.control.ack();
         repr.control = Some(control);
-        flow.counters.packets_out += 1;
+        flow.count_sent(now);
         let src = flow.path.local;
         if with_service {
             // The third packet of a handshake: also where else to find us.

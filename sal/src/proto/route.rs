@@ -60,6 +60,11 @@ impl Host {
         };
         let mut repr = repr.clone();
         let source = repr.source.get_or_insert_with(SourceRepr::default);
+        if let (true, Locator::Udp(from)) = (source.addrs.is_empty(), src) {
+            // The first hop records the client's UDP port too, so that the
+            // server can answer it there (see `SourceRepr::client_port`).
+            source.client_port = from.port();
+        }
         if source.addrs.try_push(src.ip()).is_err() {
             self.stats.source_full += 1;
             return;
