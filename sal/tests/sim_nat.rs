@@ -49,17 +49,19 @@ struct Natted {
 }
 
 fn natted(config: HostConfig, nat_timeout: Duration) -> Natted {
-    natted_with(config, nat_timeout, |_| {})
+    natted_with(config, nat_timeout, ms(5), |_| {})
 }
 
-/// Like [`natted`], with `before` run on the network before the handshake.
+/// Like [`natted`], with a one-way `delay` and `before` run on the network
+/// before the handshake.
 fn natted_with(
     config: HostConfig,
     nat_timeout: Duration,
+    delay: Duration,
     before: impl FnOnce(&mut Network),
 ) -> Natted {
     let conditions = LinkConditions {
-        delay: ms(5),
+        delay,
         ..LinkConditions::default()
     };
     let mut net = Network::new(41, conditions);
@@ -260,6 +262,57 @@ fn a_nat_rebinding_mid_download_is_followed_with_every_byte_and_a_short_stall() 
     assert!(stall < ms(300), "stall {stall}");
 }
 
+#[test]
+fn a_rebinding_while_a_download_pauses_is_noticed_by_the_receiving_client() {
+    // The server sends 1 MB, the client reads all of it, and the NAT rebinds
+    // while nothing is in flight; then the server sends the rest. The
+    // client has nothing to acknowledge and hears nothing: only its nudge
+    // (200 ms after the stream stopped) tells the server where it went.
+    let mut n = natted(HostConfig::default(), secs(30));
+    let data = pattern(4 << 20, 8);
+    let (server, sflow, client, cflow) = (n.server, n.sflow, n.client, n.cflow);
+    let mut received = Vec::new();
+    let mut sent = 0;
+    let mut buf = vec![0u8; 65536];
+    let mut pump = |net: &mut Network, upto: usize, received: &mut Vec<u8>| {
+        while sent < upto {
+            match net.host(server).send(sflow, &data[sent..upto]) {
+                Ok(k) => sent += k,
+                Err(_) => break,
+            }
+        }
+        while let Ok(k) = net.host(client).recv(cflow, &mut buf) {
+            if k == 0 {
+                break;
+            }
+            received.extend_from_slice(&buf[..k]);
+        }
+    };
+    assert!(n.net.run_until(secs(10), |net| {
+        pump(net, 1 << 20, &mut received);
+        received.len() == 1 << 20
+    }));
+    n.net.nat_mut().unwrap().rebind(REBOUND);
+    let mut last = (received.len(), n.net.now());
+    let mut longest = Duration::ZERO;
+    assert!(n.net.run_until(secs(10), |net| {
+        pump(net, data.len(), &mut received);
+        if received.len() != last.0 {
+            longest = longest.max(net.now() - last.1);
+            last = (received.len(), net.now());
+        }
+        received.len() == data.len()
+    }));
+    eprintln!("longest stall after the rebinding: {longest}");
+    assert!(received == data, "bytes differ");
+    assert_eq!(n.server_sees().ip(), REBOUND);
+    assert!(n.net.host(n.client).stats().nudges >= 1);
+    assert_eq!(n.net.host(n.server).stats().rebindings, 1);
+    // 200 ms of silence, then a round trip (without the nudge: until the
+    // client's next keepalive, 25 s).
+    assert!(longest < ms(300), "stall {longest}");
+}
+
 /// The CONTROL extension of a SAL packet, if any.
 fn control_of(payload: &[u8]) -> Option<sal::wire::ControlRepr> {
     let packet = SalPacket::new_checked(payload).ok()?;
@@ -274,7 +327,7 @@ fn forged_packets_from_elsewhere_redirect_nothing_and_learn_no_nonce() {
     let server_nonces = Rc::new(RefCell::new(Vec::new()));
     let to_attacker = Rc::new(RefCell::new(Vec::<Transmit>::new()));
     let (nonces, seen) = (server_nonces.clone(), to_attacker.clone());
-    let mut n = natted_with(HostConfig::default(), secs(30), move |net| {
+    let mut n = natted_with(HostConfig::default(), secs(30), ms(5), move |net| {
         net.set_filter(Some(Box::new(move |t: &Transmit| {
             if t.src == loc(SERVER) {
                 if let Some(control) = control_of(&t.payload) {

@@ -101,6 +101,12 @@ pub struct Flags {
     /// with other addresses. 0: never probe (milliseconds).
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
     pub probe_idle_ms: u64,
+    /// UDP mode: a flow this host opened never stays silent toward its peer
+    /// for longer than this, so that a NAT on the path keeps its mapping
+    /// (milliseconds; under the 30 s after which many NATs forget). 0: no
+    /// keepalives.
+    #[arg(long, value_name = "MS", default_value_t = 25_000)]
+    pub keepalive_ms: u64,
     /// Seed for flow IDs and nonces (default: random). For reproducible tests only.
     #[arg(long, hide = true)]
     pub seed: Option<u64>,
@@ -259,6 +265,8 @@ pub struct Config {
     pub liveness_ms: u64,
     /// 0: never.
     pub probe_idle_ms: u64,
+    /// UDP keepalive interval; 0: none.
+    pub keepalive_ms: u64,
     pub rules: Vec<RuleConfig>,
     pub allow: Vec<AllowConfig>,
     /// Shortest prefix an ordinary user may bind (at least 1: nobody but
@@ -309,6 +317,7 @@ impl Config {
             auto_migrate: !flags.no_auto_migrate,
             liveness_ms: flags.liveness_ms,
             probe_idle_ms: flags.probe_idle_ms,
+            keepalive_ms: flags.keepalive_ms,
             rules: file.rules,
             allow: file.allow,
             min_bind_prefix: file.min_bind_prefix.clamp(1, 256),

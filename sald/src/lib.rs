@@ -15,6 +15,7 @@
 //! | [`link`] | packet I/O: the TUN device |
 //! | [`udp`] | packet I/O: the UDP socket, batched (sendmmsg/recvmmsg, GSO/GRO) |
 //! | [`plumbing`] | host-address mode kernel plumbing, on a thread of its own |
+//! | [`privileges`] | what needs root, checked and said at start |
 //! | [`watch`] | the kernel's link, address and route events |
 
 pub mod config;
@@ -25,6 +26,7 @@ pub mod link;
 pub mod origins;
 pub mod owners;
 pub mod plumbing;
+pub mod privileges;
 pub mod pump;
 pub mod server;
 pub mod shutdown;

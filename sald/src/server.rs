@@ -28,6 +28,7 @@ use crate::control::{self, ControlContext};
 use crate::daemon::{Links, Shared};
 use crate::link::{drain_batch, TunDevice, TunLink};
 use crate::plumbing::{PlumbingConfig, PlumbingWorker};
+use crate::privileges::Privileges;
 use crate::shutdown::Tasks;
 use crate::udp::UdpLink;
 use crate::watch;
@@ -51,6 +52,12 @@ const UDP_HEADER_LEN: usize = 8;
 /// network namespace the daemon is for (the daemon's threads are started
 /// from it).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let privileges = Privileges::current();
+    if config.udp.is_none() {
+        if let Some(refusal) = privileges.native_refusal() {
+            bail!(refusal);
+        }
+    }
     // Netlink and nft never run on the thread that carries packets.
     let worker = Arc::new(PlumbingWorker::spawn().context("cannot start the plumbing thread")?);
     let names = config.ifaces.clone();
@@ -78,6 +85,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 send_buffer = offloads.send_buffer,
                 "UDP link"
             );
+            if let Some(note) = privileges.udp_note((offloads.recv_buffer, offloads.send_buffer)) {
+                tracing::info!("{note}");
+            }
             let port = udp.local_addr().port();
             (Links::Udp(Arc::new(udp)), Some(port))
         }
@@ -126,7 +136,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     let tasks = Tasks::new();
     let shared = Shared::new(host, links.clone(), config.limits.subscriber_queue);
-    let listener = control::bind(&config.control).await?;
+    let listener = match control::bind(&config.control).await {
+        Ok(listener) => listener,
+        Err(error) => match privileges.control_hint(&config.control) {
+            Some(hint) => bail!("{error:#}; {hint}"),
+            None => return Err(error),
+        },
+    };
     let owner_uid = nix::unistd::geteuid().as_raw();
     let context = ControlContext::new(shared.clone(), tasks.clone(), &config, owner_uid);
     tasks.spawn(move |shutdown| control::serve(listener, context, shutdown));
@@ -234,6 +250,8 @@ fn build_host(config: &Config, interfaces: &[LocalInterface]) -> Result<Host> {
         liveness_timeout: sal::time::Duration::from_millis(config.liveness_ms),
         idle_probe: (config.probe_idle_ms > 0)
             .then(|| sal::time::Duration::from_millis(config.probe_idle_ms)),
+        keepalive: (config.keepalive_ms > 0)
+            .then(|| sal::time::Duration::from_millis(config.keepalive_ms)),
         ..HostConfig::default()
     };
     let mut host = Host::new(host_config, sal::time::Instant::from_micros(0));

@@ -151,6 +151,12 @@ impl Host {
         flow.counters.packets_in += 1;
         flow.counters.bytes_in += segment.len() as u64;
         flow.liveness.heard(now);
+        if flow.nat.peer_sent(carries_data(flow.protocol(), segment)) {
+            self.arm_nudge(id);
+        }
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
         let elsewhere = flow.state == FlowState::Established
             && flow.path.remote.is_some_and(|remote| remote != src);
         if let Some(control) = repr.control {
@@ -269,5 +275,13 @@ impl Host {
             self.peer_rebound(id, src);
         }
         true
+    }
+}
+
+/// Whether a transport segment carries data (not only a header).
+fn carries_data(protocol: TransportProtocol, segment: &[u8]) -> bool {
+    match protocol {
+        TransportProtocol::Stream => segment.len() >= 20 && segment.len() > tcp_header_len(segment),
+        TransportProtocol::Datagram => segment.len() > 8,
     }
 }

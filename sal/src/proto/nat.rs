@@ -25,13 +25,15 @@
 //!   SAL ACK goes out when that much time passed since the flow last sent
 //!   anything. Only clients send them: the side behind a NAT is the one
 //!   that opened the flow.
-//! - **Nudges.** A client whose NAT rebinds the flow while it waits for
-//!   answers (it sent its whole window) loses those answers and would send
-//!   nothing more until its transport's one-second timeout, and the peer
-//!   cannot know where it went until it does. So a waiting client flow over
-//!   UDP that has heard nothing for [`NUDGE_AFTER`] sends a bare ACK (then
-//!   again after twice as long, a few times): through the new mapping, that
-//!   is the proof the peer needs (next point).
+//! - **Nudges.** A client whose NAT rebinds the flow mid-transfer loses
+//!   what the peer sends to the old mapping: the answers to its data (it
+//!   then sends nothing more until its transport's one-second timeout), or
+//!   the rest of a download (a receiver has nothing to say). Either way the
+//!   peer cannot know where the client went until the client speaks. So a
+//!   busy client flow over UDP (one that waits for an answer, or whose peer
+//!   was streaming data) that has heard nothing for [`NUDGE_AFTER`] sends a
+//!   bare ACK, then again after twice and four times as long: through the
+//!   new mapping, that is the proof the peer needs (next point).
 //! - **Rebinding.** A NAT may move a flow to another public address or port
 //!   (it restarted, it ran out of ports, the mapping expired). The peer
 //!   then sees the flow's packets arrive from somewhere new. Packets
@@ -74,8 +76,11 @@ use crate::wire::{
 /// nudges its peer (see the module docs); later nudges wait twice as long
 /// each time.
 pub(super) const NUDGE_AFTER: Duration = Duration::from_millis(200);
-/// Nudges per silence at most (200 ms to 3.2 s after the peer was heard).
-const MAX_NUDGES: u32 = 5;
+/// Nudges per silence at most (200, 400 and 800 ms after the peer was
+/// heard; beyond that the liveness verdict takes over).
+const MAX_NUDGES: u32 = 3;
+/// Packets with data in a row after which the peer counts as streaming.
+const STREAMING: u32 = 8;
 /// At most one path challenge per flow this often.
 const CHALLENGE_INTERVAL: Duration = Duration::from_millis(100);
 /// At most one answer to a path challenge per flow this often.
@@ -144,6 +149,8 @@ pub(super) struct NatState {
     /// Nudges sent since the peer was last heard (at `heard`).
     nudges: u32,
     heard: Option<Instant>,
+    /// Packets from the peer in a row that carried data.
+    streak: u32,
     /// When a path challenge last went out.
     challenged: Option<Instant>,
     /// When a path challenge was last answered.
@@ -175,6 +182,22 @@ impl NatState {
     /// A nudge went out.
     pub fn nudged(&mut self) {
         self.nudges += 1;
+    }
+
+    /// A packet arrived from the peer, with data or not; returns true when
+    /// this makes the peer count as streaming (the nudge timer must run).
+    pub fn peer_sent(&mut self, data: bool) -> bool {
+        self.streak = if data {
+            self.streak.saturating_add(1)
+        } else {
+            0
+        };
+        self.streak == STREAMING
+    }
+
+    /// Whether the peer's last packets were a stream of data.
+    pub fn peer_streaming(&self) -> bool {
+        self.streak >= STREAMING
     }
 
     /// Whether a path challenge may go out now; if so, it counts as sent.
@@ -223,8 +246,8 @@ impl Host {
         self.arm_timer(id, Timer::Keepalive, at);
     }
 
-    /// A client flow over UDP started waiting for its peer: its nudge is due
-    /// if the peer stays silent.
+    /// A client flow over UDP started waiting for its peer, or its peer
+    /// started streaming: its nudge is due if the peer falls silent.
     pub(super) fn arm_nudge(&mut self, id: FlowId) {
         if !self.nat_client(id) {
             return;
@@ -250,8 +273,9 @@ impl Host {
         let Ok(flow) = self.flow_mut(id) else {
             return;
         };
+        let busy = waiting || flow.nat.peer_streaming();
         let heard = flow.liveness.last_heard();
-        let nudge = waiting && flow.nat.nudge_at(heard).is_some_and(|at| at <= now);
+        let nudge = busy && flow.nat.nudge_at(heard).is_some_and(|at| at <= now);
         if nudge {
             flow.nat.nudged();
         }
@@ -265,11 +289,7 @@ impl Host {
         let Ok(flow) = self.flow_mut(id) else {
             return;
         };
-        let next_nudge = if waiting {
-            flow.nat.nudge_at(heard)
-        } else {
-            None
-        };
+        let next_nudge = if busy { flow.nat.nudge_at(heard) } else { None };
         let next_keepalive = keepalive.map(|interval| flow.nat.keepalive_at(now, interval));
         if let Some(next) = next_nudge.into_iter().chain(next_keepalive).min() {
             self.arm_timer(id, Timer::Keepalive, next);
@@ -448,9 +468,23 @@ mod tests {
             due.push((at - heard).total_millis());
             nat.nudged();
         }
-        assert_eq!(due, [200, 400, 800, 1600, 3200]);
+        assert_eq!(due, [200, 400, 800]);
         let later = Instant::from_millis(5000);
         assert_eq!(nat.nudge_at(later), Some(later + NUDGE_AFTER));
+    }
+
+    #[test]
+    fn a_peer_streams_after_enough_packets_of_data_in_a_row() {
+        let mut nat = NatState::default();
+        let crossings: Vec<bool> = (0..10).map(|_| nat.peer_sent(true)).collect();
+        assert_eq!(crossings.iter().filter(|c| **c).count(), 1, "told once");
+        assert!(crossings[STREAMING as usize - 1]);
+        assert!(nat.peer_streaming());
+        assert!(!nat.peer_sent(false));
+        assert!(
+            !nat.peer_streaming(),
+            "a packet without data ends the stream"
+        );
     }
 
     #[test]
