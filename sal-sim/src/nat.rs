@@ -172,67 +172,69 @@ mod tests {
         Instant::from_millis(ms)
     }
 
-    #[test]
-    fn out_and_back_through_one_mapping_only_from_its_remote() {
+    /// A NAT for 10.9.0.0/24 behind 10.0.0.100 and the public locator of
+    /// the mapping its first packet (10.9.0.1:54324 to 10.0.0.2:54325) got.
+    fn natting(timeout: Duration) -> (Nat, Locator) {
         let mut nat = Nat::new(
             (Ipv4Addr::new(10, 9, 0, 0), 24),
             Ipv4Addr::new(10, 0, 0, 100),
-            Duration::from_secs(30),
+            timeout,
         );
         let mut out = packet("10.9.0.1:54324", "10.0.0.2:54325");
         assert_eq!(nat.translate(&mut out, at(0)), Translation::Translated);
-        let public = out.src;
+        (nat, out.src)
+    }
+
+    /// A packet from `from` to the public locator `to`, translated at `t`.
+    fn inbound(nat: &mut Nat, from: &str, to: Locator, t: i64) -> (Translation, Locator) {
+        let mut p = Transmit {
+            dst: to,
+            ..packet(from, "10.0.0.2:1")
+        };
+        let verdict = nat.translate(&mut p, at(t));
+        (verdict, p.dst)
+    }
+
+    #[test]
+    fn out_and_back_through_one_mapping_only_from_its_remote() {
+        let (mut nat, public) = natting(Duration::from_secs(30));
         assert_eq!(public.ip(), Ipv4Addr::new(10, 0, 0, 100));
         let mut again = packet("10.9.0.1:54324", "10.0.0.2:54325");
         nat.translate(&mut again, at(1));
         assert_eq!(again.src, public, "one mapping per pair");
-        let mut back = Transmit {
-            src: udp("10.0.0.2:54325"),
-            dst: public,
-            ..packet("10.0.0.2:54325", "10.0.0.2:1")
-        };
-        assert_eq!(nat.translate(&mut back, at(2)), Translation::Translated);
-        assert_eq!(back.dst, udp("10.9.0.1:54324"));
+        assert_eq!(
+            inbound(&mut nat, "10.0.0.2:54325", public, 2),
+            (Translation::Translated, udp("10.9.0.1:54324"))
+        );
         // Someone else, to the same public port: not let in.
-        let mut stranger = Transmit {
-            src: udp("10.0.0.3:54325"),
-            dst: public,
-            ..packet("10.0.0.3:54325", "10.0.0.2:1")
-        };
-        assert_eq!(nat.translate(&mut stranger, at(3)), Translation::Dropped);
+        assert_eq!(
+            inbound(&mut nat, "10.0.0.3:54325", public, 3).0,
+            Translation::Dropped
+        );
         let mut elsewhere = packet("10.0.0.2:54325", "10.0.0.3:54325");
         assert_eq!(nat.translate(&mut elsewhere, at(3)), Translation::Untouched);
     }
 
     #[test]
     fn idle_mappings_are_forgotten_and_rebinding_forgets_all() {
-        let mut nat = Nat::new(
-            (Ipv4Addr::new(10, 9, 0, 0), 24),
-            Ipv4Addr::new(10, 0, 0, 100),
-            Duration::from_secs(3),
-        );
-        let mut out = packet("10.9.0.1:54324", "10.0.0.2:54325");
-        nat.translate(&mut out, at(0));
-        let public = out.src;
-        let back = |nat: &mut Nat, t| {
-            let mut p = Transmit {
-                src: udp("10.0.0.2:54325"),
-                dst: public,
-                ..packet("10.0.0.2:54325", "10.0.0.2:1")
-            };
-            nat.translate(&mut p, at(t))
-        };
-        assert_eq!(back(&mut nat, 2999), Translation::Translated);
+        let (mut nat, public) = natting(Duration::from_secs(3));
+        let server = "10.0.0.2:54325";
         assert_eq!(
-            back(&mut nat, 5998),
+            inbound(&mut nat, server, public, 2999).0,
+            Translation::Translated
+        );
+        assert_eq!(
+            inbound(&mut nat, server, public, 5998).0,
             Translation::Translated,
             "refreshed at 2999"
         );
-        assert_eq!(back(&mut nat, 9000), Translation::Dropped, "idle for 3 s");
-        let mut out = packet("10.9.0.1:54324", "10.0.0.2:54325");
-        nat.translate(&mut out, at(9001));
+        assert_eq!(
+            inbound(&mut nat, server, public, 9000).0,
+            Translation::Dropped,
+            "idle for 3 s"
+        );
         nat.rebind(Ipv4Addr::new(10, 0, 0, 101));
-        let mut out = packet("10.9.0.1:54324", "10.0.0.2:54325");
+        let mut out = packet("10.9.0.1:54324", server);
         nat.translate(&mut out, at(9002));
         assert_eq!(out.src.ip(), Ipv4Addr::new(10, 0, 0, 101));
         assert_ne!(out.src, public);

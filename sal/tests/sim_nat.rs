@@ -12,14 +12,13 @@ use std::net::Ipv4Addr;
 use std::rc::Rc;
 
 use sal::proto::{HostConfig, Transmit};
-use sal::table::Target;
 use sal::wire::{ControlFlags, SalPacket, SalRepr, TransportProtocol::Stream};
-use sal::{FlowId, Locator, ServicePrefix};
+use sal::{FlowId, Locator};
 use sal_sim::{HostId, LinkConditions, Nat, Network};
 use smoltcp::time::{Duration, Instant};
 
 mod common;
-use common::sim::{establish, pattern, stream};
+use common::sim::{default_route, establish, pattern, stream};
 
 fn loc(s: &str) -> Locator {
     s.parse().unwrap()
@@ -72,14 +71,7 @@ fn natted_with(
         PUBLIC,
         nat_timeout,
     )));
-    net.host(client).add_rule(
-        ServicePrefix::DEFAULT,
-        Target::Forward {
-            locator: loc(SERVER),
-            weight: 1,
-        },
-        0,
-    );
+    default_route(&mut net, client, SERVER);
     let listener = net
         .host(server)
         .listen("ab/8".parse().unwrap(), Stream, 8)
@@ -421,23 +413,9 @@ fn a_router_records_each_clients_port_so_clients_sharing_an_address_are_answered
     let router = net.add_udp_host("router", router_config, &[("eth0", "10.0.0.254/24")], 54325);
     let server = net.add_udp_host("server", config, &[("eth0", "10.0.0.2/24")], 54325);
     for &client in &clients {
-        net.host(client).add_rule(
-            ServicePrefix::DEFAULT,
-            Target::Forward {
-                locator: loc("udp:10.0.0.254:54325"),
-                weight: 1,
-            },
-            0,
-        );
+        default_route(&mut net, client, "udp:10.0.0.254:54325");
     }
-    net.host(router).add_rule(
-        ServicePrefix::DEFAULT,
-        Target::Forward {
-            locator: loc(SERVER),
-            weight: 1,
-        },
-        0,
-    );
+    default_route(&mut net, router, SERVER);
     let listener = net
         .host(server)
         .listen("ab/8".parse().unwrap(), Stream, 8)

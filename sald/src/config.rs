@@ -70,15 +70,17 @@ pub struct Flags {
     #[arg(long = "iface", value_name = "IFACE")]
     pub ifaces: Vec<String>,
     /// Use UDP encapsulation on this local address and port instead of the
-    /// TUN device (needs no privileges). With 0.0.0.0, each --iface address
-    /// is a locator with this port.
+    /// TUN device: needs no privileges, crosses NATs, and several hosts may
+    /// share an address on different ports. With 0.0.0.0, each --iface
+    /// address is a locator with this port.
     #[arg(long, value_name = "ADDR:PORT")]
     pub udp: Option<SocketAddrV4>,
     /// Act as a service router: forward SYNs and unconnected datagrams by
     /// FORWARD rules.
     #[arg(long)]
     pub forward: bool,
-    /// Control socket path.
+    /// Control socket path (default /run/serval/sald.sock; an unprivileged
+    /// sald needs one in a directory it may write).
     #[arg(long, value_name = "PATH", env = "SERVAL_CONTROL")]
     pub control: Option<PathBuf>,
     /// TOML configuration file with the same keys as these flags.

@@ -29,22 +29,10 @@ use socket_shim::{ServiceListener, ServiceStream};
 use testnet::{require_root, wait_until, Netns, Topology, TopologyBuilder};
 
 mod common;
-use common::{Daemon, Sald, Scratch};
+use common::{pattern, Daemon, Sald, Scratch};
 
 const SERVER: &str = "10.2.0.2";
 const PORT: u16 = 54325;
-
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    let mut x: u32 = 0x9e37_79b9 ^ seed;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
 
 fn svc(s: &str) -> ServiceId {
     s.parse().unwrap()
