@@ -46,7 +46,7 @@
 //!   challenge with a bare ACK to the address it knows for us; its NAT
 //!   sends that from the new mapping, which proves the mapping. A keepalive
 //!   or any other control message of the peer does the same. Segments sent
-//!   meanwhile to the old address are lost; flows carried over UDP keep
+//!   meanwhile to the old address are lost; servers of flows over UDP keep
 //!   copies of unacknowledged segments (`replay.rs`) and resend them as
 //!   soon as the move is made, so the transport never waits for its
 //!   one-second timeout.

@@ -282,14 +282,17 @@ impl Host {
                 };
                 let peer_flow = flow.peer_flow;
                 let moving = flow.control.in_flight(ControlKind::Rsyn);
+                // A server over UDP: its client may be behind a NAT that
+                // rebinds the flow (see `nat.rs`).
+                let natted_peer = flow.role == Role::Server && matches!(src, Locator::Udp(_));
                 let Some(stream) = flow.stream_mut() else {
                     return;
                 };
                 stream.replay.note_sent(&out.segment);
                 // Copies are kept where the path may change under the
-                // flow: a multi-homed host, a move under way, and UDP
-                // carriage (a NAT may rebind it; see `nat.rs`).
-                let may_change = multi_homed || moving || matches!(src, Locator::Udp(_));
+                // flow: a multi-homed host, a move under way, a peer
+                // behind a NAT.
+                let may_change = multi_homed || moving || natted_peer;
                 let kept = may_change && stream.replay.record(&out.segment, src.ip(), remote.ip());
                 flow.count_sent(now);
                 flow.counters.bytes_out += out.segment.len() as u64;
