@@ -6,18 +6,20 @@
 //! [`Delay`], [`Jitter`] (reordering), [`Loss`], [`Duplicate`], [`Mtu`],
 //! [`Partition`] and [`RateLimit`], in any order and number.
 //! [`LinkConditions`] is the shorthand for the same simple faults on every
-//! link. Time is virtual, and everything random comes from one seed: the
+//! link. A [`Nat`] may translate between a private subnet and the rest. Time is virtual, and everything random comes from one seed: the
 //! test's own, or `SIMULATION_SEED` when set; a failing test prints the
 //! seed it ran with (see [`seed`]), so any failing run can be replayed.
 //!
 //! Modelled after neqo's `test-fixture` simulator.
 
 mod conditions;
+pub mod nat;
 mod network;
 pub mod node;
 pub mod seed;
 
 pub use conditions::LinkConditions;
+pub use nat::Nat;
 pub use network::{HostId, Network, PacketFilter, PathFactory, SimHost, WireStats};
 pub use node::{
     Delay, DropReason, Duplicate, Jitter, Loss, Mtu, Node, Partition, PartitionSwitch, Path,

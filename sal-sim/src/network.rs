@@ -12,7 +12,7 @@
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -21,6 +21,7 @@ use sal::proto::{Event, Host, HostConfig, LocalInterface, Transmit};
 use smoltcp::time::{Duration, Instant};
 
 use crate::conditions::LinkConditions;
+use crate::nat::{Nat, Translation};
 use crate::node::{DropReason, Path, Verdict};
 use crate::seed::{seed_or, SeedGuard};
 
@@ -114,6 +115,8 @@ pub struct Network {
     down: HashSet<Ipv4Addr>,
     /// Drops the packets for which it returns true (targeted loss).
     filter: Option<PacketFilter>,
+    /// Translates addresses between a private subnet and the rest.
+    nat: Option<Nat>,
     pub stats: WireStats,
     /// Last, so that it is dropped (and prints the seed) after the rest.
     seed: SeedGuard,
@@ -140,6 +143,7 @@ impl Network {
             seq: 0,
             down: HashSet::new(),
             filter: None,
+            nat: None,
             stats: WireStats::default(),
             seed: SeedGuard(seed),
         }
@@ -158,16 +162,42 @@ impl Network {
     pub fn add_host(
         &mut self,
         name: &str,
+        config: HostConfig,
+        interfaces: &[(&str, &str)],
+    ) -> HostId {
+        self.add_host_on(name, config, interfaces, None)
+    }
+
+    /// Adds a host in UDP carriage: its locators are its interfaces'
+    /// addresses with UDP port `port`.
+    pub fn add_udp_host(
+        &mut self,
+        name: &str,
+        config: HostConfig,
+        interfaces: &[(&str, &str)],
+        port: u16,
+    ) -> HostId {
+        self.add_host_on(name, config, interfaces, Some(port))
+    }
+
+    fn add_host_on(
+        &mut self,
+        name: &str,
         mut config: HostConfig,
         interfaces: &[(&str, &str)],
+        udp_port: Option<u16>,
     ) -> HostId {
         config.seed = self.rng.random();
         let mut host = Host::new(config, self.now);
         for (ifname, cidr) in interfaces {
             let (addr, len) = cidr.split_once('/').unwrap_or((cidr, "24"));
+            let addr: Ipv4Addr = addr.parse().expect("test addresses are valid");
             host.add_interface(LocalInterface {
                 name: ifname.to_string(),
-                locator: Locator::Ipv4(addr.parse().expect("test addresses are valid")),
+                locator: match udp_port {
+                    Some(port) => Locator::Udp(SocketAddrV4::new(addr, port)),
+                    None => Locator::Ipv4(addr),
+                },
                 prefix_len: len.parse().expect("test prefix lengths are valid"),
                 up: true,
             });
@@ -211,18 +241,36 @@ impl Network {
         self.filter = filter;
     }
 
+    /// Puts a NAT between a private subnet and the rest (`None`: none).
+    pub fn set_nat(&mut self, nat: Option<Nat>) {
+        self.nat = nat;
+    }
+
+    /// The NAT, to rebind it or read its counters.
+    pub fn nat_mut(&mut self) -> Option<&mut Nat> {
+        self.nat.as_mut()
+    }
+
     /// Injects a packet as if `src` had sent it.
     pub fn inject(&mut self, transmit: Transmit) {
         self.put_on_wire(usize::MAX, transmit);
     }
 
-    /// Hosts that should receive a packet for `dst`: its owner, or the whole
+    /// Hosts that should receive a packet for `to`: its owner (the host
+    /// with that very locator first, so that UDP hosts may share an address
+    /// on different ports, else the host with its address), or the whole
     /// subnet for a broadcast address.
-    fn receivers(&self, from: HostId, dst: Ipv4Addr) -> Vec<HostId> {
+    fn receivers(&self, from: HostId, to: Locator) -> Vec<HostId> {
+        let dst = to.ip();
         let owner = self
             .hosts
             .iter()
-            .position(|h| h.host.interfaces().iter().any(|i| i.locator.ip() == dst));
+            .position(|h| h.host.interfaces().iter().any(|i| i.locator == to))
+            .or_else(|| {
+                self.hosts
+                    .iter()
+                    .position(|h| h.host.interfaces().iter().any(|i| i.locator.ip() == dst))
+            });
         if let Some(owner) = owner {
             return vec![owner];
         }
@@ -242,10 +290,17 @@ impl Network {
             .collect()
     }
 
-    fn put_on_wire(&mut self, from: HostId, transmit: Transmit) {
+    fn put_on_wire(&mut self, from: HostId, mut transmit: Transmit) {
         self.stats.sent += 1;
         if let Some(h) = self.hosts.get_mut(from) {
             h.sent += 1;
+        }
+        let now = self.now;
+        if let Some(nat) = self.nat.as_mut() {
+            if nat.translate(&mut transmit, now) == Translation::Dropped {
+                self.stats.lost += 1;
+                return;
+            }
         }
         let (src, dst) = (transmit.src.ip(), transmit.dst.ip());
         let filtered = self.filter.as_mut().is_some_and(|f| f(&transmit));
@@ -253,7 +308,7 @@ impl Network {
             self.stats.lost += 1;
             return;
         }
-        let receivers = self.receivers(from, dst);
+        let receivers = self.receivers(from, transmit.dst);
         if receivers.is_empty() {
             self.stats.undeliverable += 1;
         }

@@ -5,16 +5,15 @@
 use std::net::Ipv4Addr;
 
 use sal::proto::HostConfig;
-use sal::table::Target;
 use sal::wire::TransportProtocol::Stream;
-use sal::{Locator, ServicePrefix};
+use sal::Locator;
 use sal_sim::{
     Delay, Duplicate, Jitter, LinkConditions, Network, Partition, PartitionSwitch, Path, RateLimit,
 };
 use smoltcp::time::{Duration, Instant};
 
 mod common;
-use common::sim::{establish, pattern, stream};
+use common::sim::{default_route, establish, pattern, stream};
 
 fn ms(m: u64) -> Duration {
     Duration::from_millis(m)
@@ -40,18 +39,6 @@ fn faulty(partition: Partition) -> Path {
         .then(Jitter::new(ms(2)))
         .then(Duplicate::new(0.01))
         .then(partition)
-}
-
-/// Forwards every service from `client` to `server`'s address.
-fn default_route(net: &mut Network, client: usize, server: &str) {
-    net.host(client).add_rule(
-        ServicePrefix::DEFAULT,
-        Target::Forward {
-            locator: loc(server),
-            weight: 1,
-        },
-        0,
-    );
 }
 
 #[test]

@@ -57,9 +57,14 @@ fn address() -> impl Strategy<Value = AddressRepr> {
 }
 
 fn source() -> impl Strategy<Value = SourceRepr> {
-    prop::collection::vec(ipv4(), 1..=MAX_SOURCE_ADDRS).prop_map(|addrs| SourceRepr {
-        addrs: addrs.into_iter().collect(),
-    })
+    (
+        prop::collection::vec(ipv4(), 1..=MAX_SOURCE_ADDRS),
+        any::<u16>(),
+    )
+        .prop_map(|(addrs, client_port)| SourceRepr {
+            addrs: addrs.into_iter().collect(),
+            client_port,
+        })
 }
 
 fn sal_repr() -> impl Strategy<Value = SalRepr> {
@@ -636,6 +641,7 @@ fn largest_address_extension_round_trips() {
         addrs: (0..MAX_SOURCE_ADDRS)
             .map(|i| Ipv4Addr::new(10, 2, 0, i as u8))
             .collect(),
+        client_port: 54324,
     });
     repr.control = Some(ControlRepr::default());
     repr.service = Some(ServiceId::from_bytes([0xff; 32]));

@@ -71,8 +71,9 @@ pub struct Flags {
     #[arg(long = "iface", value_name = "IFACE")]
     pub ifaces: Vec<String>,
     /// Use UDP encapsulation on this local address and port instead of the
-    /// TUN device (needs no privileges). With 0.0.0.0, each --iface address
-    /// is a locator with this port.
+    /// TUN device: needs no privileges, crosses NATs, and several hosts may
+    /// share an address on different ports. With 0.0.0.0, each --iface
+    /// address is a locator with this port.
     #[arg(long, value_name = "ADDR:PORT")]
     pub udp: Option<SocketAddrV4>,
     /// Act as a service router: forward SYNs and unconnected datagrams by
@@ -89,7 +90,8 @@ pub struct Flags {
     /// broadcasts.
     #[arg(long)]
     pub no_broadcast: bool,
-    /// Control socket path.
+    /// Control socket path (default /run/serval/sald.sock; an unprivileged
+    /// sald needs one in a directory it may write).
     #[arg(long, value_name = "PATH", env = "SERVAL_CONTROL")]
     pub control: Option<PathBuf>,
     /// TOML configuration file with the same keys as these flags.
@@ -112,9 +114,19 @@ pub struct Flags {
     /// with other addresses. 0: never probe (milliseconds).
     #[arg(long, value_name = "MS", default_value_t = 10_000)]
     pub probe_idle_ms: u64,
+    /// UDP mode: a flow this host opened never stays silent toward its peer
+    /// for longer than this, so that a NAT on the path keeps its mapping
+    /// (milliseconds; under the 30 s after which many NATs forget). 0: no
+    /// keepalives.
+    #[arg(long, value_name = "MS", default_value_t = 25_000)]
+    pub keepalive_ms: u64,
     /// Seed for flow IDs and nonces (default: random). For reproducible tests only.
     #[arg(long, hide = true)]
     pub seed: Option<u64>,
+    /// UDP mode without segmentation and coalescing offloads (UDP GSO and
+    /// GRO), as on a kernel without them. For measurements and tests.
+    #[arg(long, hide = true)]
+    pub no_udp_offload: bool,
 }
 
 /// A static rule from the config file.
@@ -264,10 +276,14 @@ pub struct Config {
     pub control: PathBuf,
     pub tun: String,
     pub seed: Option<u64>,
+    /// UDP mode: use GSO and GRO where the kernel offers them.
+    pub udp_offload: bool,
     pub auto_migrate: bool,
     pub liveness_ms: u64,
     /// 0: never.
     pub probe_idle_ms: u64,
+    /// UDP keepalive interval; 0: none.
+    pub keepalive_ms: u64,
     pub rules: Vec<RuleConfig>,
     pub allow: Vec<AllowConfig>,
     /// Shortest prefix an ordinary user may bind (at least 1: nobody but
@@ -317,9 +333,11 @@ impl Config {
                 .unwrap_or_else(|| sal_control::DEFAULT_CONTROL_PATH.into()),
             tun: flags.tun.or(file.tun).unwrap_or_else(|| "sal0".into()),
             seed: flags.seed,
+            udp_offload: !flags.no_udp_offload,
             auto_migrate: !flags.no_auto_migrate,
             liveness_ms: flags.liveness_ms,
             probe_idle_ms: flags.probe_idle_ms,
+            keepalive_ms: flags.keepalive_ms,
             rules: file.rules,
             allow: file.allow,
             min_bind_prefix: file.min_bind_prefix.clamp(1, 256),

@@ -10,7 +10,7 @@
 //! to the link and dispatches its events. No lock is held across an await.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::SocketAddrV4;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use sal::proto::{ConnectError, Event, FlowInfo, Host, Transmit, TransmitKind};
@@ -22,10 +22,11 @@ use sal_control::{ControlEvent, StatsReport};
 use tokio::sync::{oneshot, Notify};
 
 use crate::events::{Audience, EventBus, Subscription};
-use crate::link::{tun_egress_ttl, TunLink, UdpLink};
+use crate::link::{tun_egress_ttl, TunLink};
 use crate::origins::Origins;
 use crate::owners::Owners;
 use crate::raw::RawSender;
+use crate::udp::{TxBatch, UdpLink};
 
 /// Wakes the tasks serving one app-owned flow or datagram socket.
 #[derive(Debug, Default)]
@@ -81,6 +82,11 @@ pub struct Core {
     pub control_clients: usize,
     /// Tells the timer task that the host's next deadline may have moved.
     timer: Arc<Notify>,
+    /// UDP mode: datagrams waiting for the socket, sent at the end of each
+    /// [`Core::run`] in one batch.
+    udp_tx: Option<TxBatch>,
+    /// Tells the UDP writer task that the socket was full.
+    udp_blocked: Arc<Notify>,
 }
 
 /// The daemon state shared by all tasks.
@@ -88,6 +94,8 @@ pub struct Shared {
     core: Mutex<Core>,
     /// The host's next deadline may have moved earlier.
     pub timer: Arc<Notify>,
+    /// UDP mode: the socket was full and datagrams wait in the batch.
+    pub udp_blocked: Arc<Notify>,
 }
 
 impl Shared {
@@ -95,6 +103,11 @@ impl Shared {
     /// `event_queue` events for slow subscribers.
     pub fn new(host: Host, links: Links, event_queue: usize) -> Arc<Shared> {
         let timer = Arc::new(Notify::new());
+        let udp_blocked = Arc::new(Notify::new());
+        let udp_tx = match &links {
+            Links::Udp(udp) => Some(udp.tx_batch()),
+            Links::Tun(_) => None,
+        };
         Arc::new(Shared {
             core: Mutex::new(Core {
                 host,
@@ -112,8 +125,11 @@ impl Shared {
                 owners: Owners::default(),
                 control_clients: 0,
                 timer: timer.clone(),
+                udp_tx,
+                udp_blocked: udp_blocked.clone(),
             }),
             timer,
+            udp_blocked,
         })
     }
 
@@ -175,10 +191,10 @@ impl Core {
                         None => false,
                     }
                 }
-                Links::Udp(udp) => match udp_destination(&transmit) {
-                    Some(dst) => udp.try_send_to(&transmit.payload, dst).is_ok(),
-                    None => false,
-                },
+                Links::Udp(_) => {
+                    self.queue_datagram(&transmit);
+                    continue;
+                }
             };
             if sent {
                 self.link_stats.tx += 1;
@@ -187,6 +203,38 @@ impl Core {
                 tracing::debug!(dst = %transmit.dst, "link dropped a packet");
             }
         }
+        self.send_datagrams();
+    }
+
+    /// UDP mode: adds a transmit to the batch sent at the end of the flush.
+    fn queue_datagram(&mut self, transmit: &Transmit) {
+        let queued = match (self.udp_tx.as_mut(), udp_destination(transmit)) {
+            (Some(batch), Some(dst)) => batch.push(Some(transmit.src.ip()), dst, &transmit.payload),
+            _ => false,
+        };
+        if !queued {
+            self.link_stats.errors += 1;
+            tracing::debug!(dst = %transmit.dst, "UDP link dropped a packet");
+        }
+    }
+
+    /// UDP mode: sends the batch as far as the socket takes it; returns
+    /// whether some is left (the writer task is told, and calls this again
+    /// when the socket has room).
+    pub fn send_datagrams(&mut self) -> bool {
+        let (Links::Udp(udp), Some(batch)) = (&self.links, self.udp_tx.as_mut()) else {
+            return false;
+        };
+        if batch.is_empty() {
+            return false;
+        }
+        let outcome = udp.send_batch(batch);
+        self.link_stats.tx += outcome.sent as u64;
+        self.link_stats.errors += outcome.dropped as u64;
+        if outcome.blocked {
+            self.udp_blocked.notify_one();
+        }
+        outcome.blocked
     }
 
     /// Gives native mode its raw socket for relayed packets and broadcasts.
@@ -395,13 +443,13 @@ fn emit_ipv4<'a>(
 }
 
 /// Where a UDP-encapsulated transmit goes.
-fn udp_destination(transmit: &Transmit) -> Option<SocketAddr> {
+fn udp_destination(transmit: &Transmit) -> Option<SocketAddrV4> {
     match transmit.dst {
-        Locator::Udp(addr) => Some(SocketAddr::V4(addr)),
+        Locator::Udp(addr) => Some(addr),
         // A native locator reached over UDP: the peer listens on the same port
         // as we do (one port per deployment, as in the reference stack).
         Locator::Ipv4(ip) => match transmit.src {
-            Locator::Udp(local) => Some(SocketAddr::new(ip.into(), local.port())),
+            Locator::Udp(local) => Some(SocketAddrV4::new(ip, local.port())),
             Locator::Ipv4(_) => None,
         },
     }

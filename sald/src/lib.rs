@@ -12,9 +12,11 @@
 //! | [`events`] | the bounded event queue for subscribers |
 //! | [`owners`], [`origins`] | who owns which binding and flow; who installed which rule |
 //! | [`shutdown`] | the shutdown signal and the tracked tasks |
-//! | [`link`] | packet I/O: the TUN device and the UDP socket |
+//! | [`link`] | packet I/O: the TUN device |
 //! | [`raw`] | native mode's raw sockets: relayed packets and broadcasts |
+//! | [`udp`] | packet I/O: the UDP socket, batched (sendmmsg/recvmmsg, GSO/GRO) |
 //! | [`plumbing`] | host-address mode kernel plumbing, on a thread of its own |
+//! | [`privileges`] | what needs root, checked and said at start |
 //! | [`watch`] | the kernel's link, address and route events |
 
 pub mod config;
@@ -25,10 +27,12 @@ pub mod link;
 pub mod origins;
 pub mod owners;
 pub mod plumbing;
+pub mod privileges;
 pub mod pump;
 pub mod raw;
 pub mod server;
 pub mod shutdown;
+pub mod udp;
 pub mod watch;
 
 pub use server::run;

@@ -1,5 +1,6 @@
 //! Packet I/O for the daemon: the TUN device (native mode, whole IPv4
-//! packets of protocol 144) and the UDP encapsulation socket.
+//! packets of protocol 144); the UDP encapsulation socket is
+//! [`crate::udp::UdpLink`].
 //!
 //! [`TunDevice`] is the plain, blocking device (used as is by the
 //! `tun-forwarder` baseline); [`TunLink`] wraps it for tokio with
@@ -20,7 +21,6 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
-use tokio::net::UdpSocket;
 
 use crate::plumbing::{validate_ifname, PlumbingError, Rtnl};
 
@@ -306,57 +306,6 @@ impl TunLink {
     }
 }
 
-/// UDP encapsulation (WIRE.md "Carriage"): the SAL header is the UDP
-/// payload. Needs no privileges and crosses NATs.
-#[derive(Debug)]
-pub struct UdpLink {
-    sock: UdpSocket,
-}
-
-impl UdpLink {
-    /// Binds `addr` (`--udp ADDR:PORT`). Must be called inside a tokio
-    /// runtime with I/O enabled.
-    pub async fn bind(addr: SocketAddr) -> Result<UdpLink, LinkError> {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(LinkError::NoRuntime);
-        }
-        let sock = UdpSocket::bind(addr)
-            .await
-            .map_err(|source| LinkError::Bind { addr, source })?;
-        Ok(UdpLink { sock })
-    }
-
-    /// The bound address (with the real port when 0 was asked for).
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.sock.local_addr()
-    }
-
-    /// Waits for one datagram.
-    pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        self.sock.recv_from(buf).await
-    }
-
-    /// One datagram if queued, else `WouldBlock` (for draining a batch).
-    pub fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        self.sock.try_recv_from(buf)
-    }
-
-    /// Sends one datagram.
-    pub async fn send_to(&self, pkt: &[u8], dst: SocketAddr) -> io::Result<usize> {
-        self.sock.send_to(pkt, dst).await
-    }
-
-    /// Sends one datagram without waiting (`WouldBlock` if the socket buffer is full).
-    pub fn try_send_to(&self, pkt: &[u8], dst: SocketAddr) -> io::Result<usize> {
-        self.sock.try_send_to(pkt, dst)
-    }
-
-    /// The tokio socket, for options the wrapper does not expose.
-    pub fn socket(&self) -> &UdpSocket {
-        &self.sock
-    }
-}
-
 /// Hands `handle` the packet already in `buf[..first]`, then up to
 /// `limit - 1` more that `next` reads into `buf` (it returns `None` when
 /// nothing more is queued). Returns how many packets were handled.
@@ -436,26 +385,6 @@ mod tests {
         assert!(matches!(
             TunLink::open("sal0", 1500),
             Err(LinkError::NoRuntime)
-        ));
-    }
-
-    #[tokio::test]
-    async fn udp_link_round_trip() {
-        let a = UdpLink::bind("127.0.0.1:0".parse().expect("addr"))
-            .await
-            .expect("bind a");
-        let b = UdpLink::bind("127.0.0.1:0".parse().expect("addr"))
-            .await
-            .expect("bind b");
-        let b_addr = b.local_addr().expect("addr");
-        a.send_to(b"sal", b_addr).await.expect("send");
-        let mut buf = [0u8; 64];
-        let (n, from) = b.recv_from(&mut buf).await.expect("recv");
-        assert_eq!(&buf[..n], b"sal");
-        assert_eq!(from, a.local_addr().expect("addr"));
-        assert!(matches!(
-            b.try_recv_from(&mut buf),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock
         ));
     }
 }

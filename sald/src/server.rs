@@ -13,22 +13,25 @@
 //!    plumbing are removed.
 
 use std::future::Future;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use sal::proto::{Host, HostConfig, LocalInterface};
+use sal::transport::StreamConfig;
 use sal::wire::ipv4_payload;
 use sal::Locator;
 
 use crate::config::Config;
 use crate::control::{self, ControlContext};
 use crate::daemon::{Links, Shared};
-use crate::link::{drain_batch, tun_ingress_wire_ttl, TunDevice, TunLink, UdpLink};
+use crate::link::{drain_batch, tun_ingress_wire_ttl, TunDevice, TunLink};
 use crate::plumbing::{PlumbingConfig, PlumbingWorker};
+use crate::privileges::Privileges;
 use crate::raw::{BroadcastReceiver, RawSender};
 use crate::shutdown::Tasks;
+use crate::udp::UdpLink;
 use crate::watch;
 
 /// Packets read from the link per lock acquisition.
@@ -41,6 +44,8 @@ pub const FIN_GRACE: Duration = Duration::from_secs(1);
 pub const FLOWS_BOUND: Duration = Duration::from_secs(2);
 /// The TUN device's MTU.
 const TUN_MTU: u32 = 1500;
+/// Bytes a UDP header adds to every packet in UDP mode.
+const UDP_HEADER_LEN: usize = 8;
 
 /// Runs a daemon with `config` until `shutdown` completes, then stops it
 /// gracefully (see the module documentation). Must be called inside a tokio
@@ -48,6 +53,12 @@ const TUN_MTU: u32 = 1500;
 /// network namespace the daemon is for (the daemon's threads are started
 /// from it).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let privileges = Privileges::current();
+    if config.udp.is_none() {
+        if let Some(refusal) = privileges.native_refusal() {
+            bail!(refusal);
+        }
+    }
     // Netlink and nft never run on the thread that carries packets.
     let worker = Arc::new(PlumbingWorker::spawn().context("cannot start the plumbing thread")?);
     let names = config.ifaces.clone();
@@ -64,10 +75,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // into our TUN (undone by the worker when it is removed or dropped).
     let (links, udp_port) = match config.udp {
         Some(addr) => {
-            let udp = UdpLink::bind(SocketAddr::V4(addr))
-                .await
+            let udp = UdpLink::bind(addr, config.udp_offload)
                 .with_context(|| format!("cannot bind UDP {addr}"))?;
-            let port = udp.local_addr().map(|a| a.port()).unwrap_or(addr.port());
+            let offloads = udp.offloads();
+            tracing::info!(
+                local = %udp.local_addr(),
+                gso = offloads.gso,
+                gro = offloads.gro,
+                recv_buffer = offloads.recv_buffer,
+                send_buffer = offloads.send_buffer,
+                "UDP link"
+            );
+            if let Some(note) = privileges.udp_note((offloads.recv_buffer, offloads.send_buffer)) {
+                tracing::info!("{note}");
+            }
+            let port = udp.local_addr().port();
             (Links::Udp(Arc::new(udp)), Some(port))
         }
         None => {
@@ -82,10 +104,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
     };
     let interfaces = local_interfaces(&config, &addresses, udp_port);
-    let Some(first) = interfaces.first() else {
+    if interfaces.is_empty() {
         bail!("no SAL interface");
-    };
-    let local = first.locator;
+    }
     if matches!(links, Links::Tun(_)) {
         let plumbing = interfaces
             .iter()
@@ -120,11 +141,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         Links::Tun(_) => open_raw_sockets(&shared, &config.ifaces),
         Links::Udp(_) => Vec::new(),
     };
-    let listener = control::bind(&config.control).await?;
+    let listener = match control::bind(&config.control).await {
+        Ok(listener) => listener,
+        Err(error) => match privileges.control_hint(&config.control) {
+            Some(hint) => bail!("{error:#}; {hint}"),
+            None => return Err(error),
+        },
+    };
     let owner_uid = nix::unistd::geteuid().as_raw();
     let context = ControlContext::new(shared.clone(), tasks.clone(), &config, owner_uid);
     tasks.spawn(move |shutdown| control::serve(listener, context, shutdown));
-    let mut packets = tokio::spawn(receive_loop(shared.clone(), links, local));
+    let writer = match &links {
+        Links::Udp(udp) => Some(tokio::spawn(udp_writer(shared.clone(), udp.clone()))),
+        Links::Tun(_) => None,
+    };
+    let mut packets = tokio::spawn(receive_loop(shared.clone(), links));
     let broadcasts: Vec<_> = (broadcasts.into_iter())
         .map(|receiver| tokio::spawn(broadcast_loop(shared.clone(), receiver)))
         .collect();
@@ -162,6 +193,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         task.abort();
     }
     timers.abort();
+    if let Some(writer) = writer {
+        writer.abort();
+    }
     follow.abort();
     let _ = follow.await;
     drop(shared);
@@ -213,7 +247,14 @@ fn local_interfaces(
 
 /// The protocol core with the configured interfaces and static rules.
 fn build_host(config: &Config, interfaces: &[LocalInterface]) -> Result<Host> {
+    let mut stream = StreamConfig::default();
+    if config.udp.is_some() {
+        // The UDP header comes out of every packet: full-size segments must
+        // still fit the MTU, or every one of them is fragmented.
+        stream.mss -= UDP_HEADER_LEN;
+    }
     let host_config = HostConfig {
+        stream,
         forward: config.forward,
         broadcast_discovery: config.broadcast_discovery,
         seed: config.seed.unwrap_or_else(rand::random),
@@ -221,6 +262,8 @@ fn build_host(config: &Config, interfaces: &[LocalInterface]) -> Result<Host> {
         liveness_timeout: sal::time::Duration::from_millis(config.liveness_ms),
         idle_probe: (config.probe_idle_ms > 0)
             .then(|| sal::time::Duration::from_millis(config.probe_idle_ms)),
+        keepalive: (config.keepalive_ms > 0)
+            .then(|| sal::time::Duration::from_millis(config.keepalive_ms)),
         ..HostConfig::default()
     };
     let mut host = Host::new(host_config, sal::time::Instant::from_micros(0));
@@ -361,7 +404,7 @@ async fn broadcast_loop(shared: Arc<Shared>, receiver: BroadcastReceiver) {
 }
 
 /// Reads packets from the link and feeds them to the host, in batches.
-async fn receive_loop(shared: Arc<Shared>, links: Links, local: Locator) -> Result<()> {
+async fn receive_loop(shared: Arc<Shared>, links: Links) -> Result<()> {
     let mut buf = vec![0u8; 65536];
     match links {
         Links::Tun(tun) => loop {
@@ -385,15 +428,54 @@ async fn receive_loop(shared: Arc<Shared>, links: Links, local: Locator) -> Resu
             // this batch made readable to the applications before the next.
             tokio::task::yield_now().await;
         },
-        Links::Udp(udp) => loop {
-            let (n, from) = udp.recv_from(&mut buf).await.context("UDP read failed")?;
-            let SocketAddr::V4(from) = from else {
-                continue;
-            };
+        Links::Udp(udp) => udp_receive_loop(&shared, &udp).await,
+    }
+}
+
+/// UDP mode: reads batches of datagrams (one `recvmmsg`, GRO batches cut
+/// apart) and feeds each batch to the host under one lock and one run.
+async fn udp_receive_loop(shared: &Shared, udp: &UdpLink) -> Result<()> {
+    let mut batch = udp.rx_batch();
+    loop {
+        if let Err(error) = udp.recv_batch(&mut batch).await {
+            // Errors of a UDP socket are about earlier sends (ICMP); they
+            // end nothing. Keep a broken socket from spinning, though.
+            tracing::debug!(%error, "UDP receive failed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
+        {
             let mut core = shared.lock();
-            core.receive(Locator::Udp(from), local, 64, &buf[..n]);
+            core.link_stats.errors += batch.unusable() as u64;
+            for datagram in batch.datagrams() {
+                let dst = udp.arrival(&datagram);
+                core.receive(
+                    Locator::Udp(datagram.src),
+                    Locator::Udp(dst),
+                    64,
+                    datagram.payload,
+                );
+            }
             core.run();
-        },
+        }
+        // Let the pumps move what this batch made readable.
+        tokio::task::yield_now().await;
+    }
+}
+
+/// UDP mode: when a send found the socket full, waits for room and sends
+/// what waits in the batch.
+async fn udp_writer(shared: Arc<Shared>, udp: Arc<UdpLink>) {
+    loop {
+        shared.udp_blocked.notified().await;
+        loop {
+            if udp.writable().await.is_err() {
+                return;
+            }
+            if !shared.lock().send_datagrams() {
+                break;
+            }
+        }
     }
 }
 

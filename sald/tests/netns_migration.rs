@@ -26,7 +26,7 @@ use socket_shim::{ServiceListener, ServiceStream};
 use testnet::{require_root, wait_until, Topology, TopologyBuilder};
 
 mod common;
-use common::{Daemon, Sald};
+use common::{pattern, Daemon, Sald};
 
 struct Setup {
     // Dropped in this order: the daemons (SIGTERM, so they undo their
@@ -86,18 +86,6 @@ fn setup_with(label: &str, client_flags: &[&str]) -> Setup {
         _dir: dir,
         net,
     }
-}
-
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
 }
 
 /// Streams `len` bytes client -> server; once `at` bytes have arrived, runs

@@ -29,6 +29,7 @@
 //!
 //! [`tunfwd`] is the plain TUN-to-TUN forwarder baseline of the performance
 //! method, built on this harness (the `tun-forwarder` program prints it).
+//! [`conntrack::flush`] makes a namespace's NAT forget its mappings.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -44,6 +45,7 @@ use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+pub mod conntrack;
 pub mod tunfwd;
 
 /// Everything that can go wrong while building or driving a test network.

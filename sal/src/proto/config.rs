@@ -52,6 +52,10 @@ pub struct HostConfig {
     /// core stays quiet unless asked); sald turns it on unless
     /// `--no-broadcast`.
     pub broadcast_discovery: bool,
+    /// A client flow carried over UDP never stays silent toward its peer
+    /// for longer than this (a bare SAL ACK goes out), so that a NAT on the
+    /// path keeps its mapping (see `nat.rs`). `None`: no keepalives.
+    pub keepalive: Option<Duration>,
 }
 
 impl Default for HostConfig {
@@ -71,6 +75,8 @@ impl Default for HostConfig {
             liveness_timeout: Duration::from_millis(1500),
             idle_probe: Some(Duration::from_secs(10)),
             broadcast_discovery: false,
+            // Under the 30 s after which many NATs forget a UDP mapping.
+            keepalive: Some(Duration::from_secs(25)),
         }
     }
 }

@@ -29,11 +29,12 @@ use serde::{Deserialize, Serialize};
 use smoltcp::time::{Duration, Instant};
 
 use super::flow::{Endpoint, FlowTransport};
+use super::nat::transport_checksum_ok;
 use super::{ConnectError, Event, FlowState, Host, HostError};
 use crate::id::{FlowId, ServiceId, ServicePrefix};
 use crate::locator::Locator;
 use crate::table::{ListenerId, Resolution};
-use crate::wire::{fill_transport_checksum, verify_transport_checksum, SalRepr, TransportProtocol};
+use crate::wire::{fill_transport_checksum, SalRepr, TransportProtocol};
 
 /// The UDP-style header after the SAL header of a datagram.
 const UDP_HEADER_LEN: usize = 8;
@@ -304,6 +305,7 @@ impl Host {
         if data.len() > MAX_DATAGRAM {
             return Err(HostError::TooLarge(data.len()));
         }
+        let now = self.now;
         let flow = self.flow_mut(id)?;
         if flow.protocol() != TransportProtocol::Datagram {
             return Err(HostError::WrongProtocol);
@@ -324,7 +326,7 @@ impl Host {
         );
         let src = flow.path.local;
         let segment = udp_segment(data, src.ip(), remote.ip());
-        flow.counters.packets_out += 1;
+        flow.count_sent(now);
         flow.counters.bytes_out += data.len() as u64;
         self.send_packet(src, remote, super::output::build(&repr, &segment));
         Ok(())
@@ -437,7 +439,7 @@ impl Host {
         segment: &[u8],
     ) {
         if repr.protocol != TransportProtocol::Datagram.number()
-            || !verify_transport_checksum(TransportProtocol::Datagram, src.ip(), dst.ip(), segment)
+            || !transport_checksum_ok(TransportProtocol::Datagram, &src, &dst, segment)
         {
             self.stats.bad_checksum += 1;
             return;
@@ -480,7 +482,7 @@ impl Host {
         with_control: bool,
         segment: &[u8],
     ) {
-        if !verify_transport_checksum(TransportProtocol::Datagram, src.ip(), dst.ip(), segment) {
+        if !transport_checksum_ok(TransportProtocol::Datagram, &src, &dst, segment) {
             self.stats.bad_checksum += 1;
             return;
         }
@@ -507,6 +509,7 @@ impl Host {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::verify_transport_checksum;
 
     #[test]
     fn udp_segments_round_trip_and_verify() {

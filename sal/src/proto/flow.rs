@@ -16,6 +16,7 @@ use smoltcp::time::Instant;
 use super::control::ControlState;
 use super::datagram::DatagramSocket;
 use super::liveness::Liveness;
+use super::nat::NatState;
 use super::path::Path;
 use super::stream::StreamPart;
 use super::teardown::Teardown;
@@ -56,6 +57,8 @@ pub(super) struct Flow {
     pub liveness: Liveness,
     pub timers: FlowTimers,
     pub teardown: Teardown,
+    /// Keepalives and path validation across NATs.
+    pub nat: NatState,
     pub transport: FlowTransport,
     pub counters: FlowCounters,
     /// Already in the host's list of flows to look at after this poll.
@@ -85,6 +88,7 @@ impl Flow {
             liveness: Liveness::new(now),
             timers: FlowTimers::default(),
             teardown: Teardown::default(),
+            nat: NatState::default(),
             transport: match protocol {
                 TransportProtocol::Stream => FlowTransport::Stream(StreamPart::default()),
                 TransportProtocol::Datagram => FlowTransport::Datagram(VecDeque::new()),
@@ -92,6 +96,12 @@ impl Flow {
             counters: FlowCounters::default(),
             dirty: false,
         }
+    }
+
+    /// Counts a packet this end sent on the flow, at `now`.
+    pub fn count_sent(&mut self, now: Instant) {
+        self.counters.packets_out += 1;
+        self.nat.sent(now);
     }
 
     pub fn protocol(&self) -> TransportProtocol {

@@ -18,14 +18,13 @@ use rand::Rng;
 use super::control::{ControlKind, ControlState, Sequence};
 use super::datagram::udp_segment;
 use super::flow::Flow;
+use super::nat::transport_checksum_ok;
 use super::path::advertised;
 use super::{ConnectError, Event, FlowState, Host, HostError, Role};
 use crate::id::{FlowId, ServiceId};
 use crate::locator::Locator;
 use crate::table::{ListenerId, Resolution};
-use crate::wire::{
-    verify_transport_checksum, ControlFlags, ControlRepr, SalRepr, TransportProtocol,
-};
+use crate::wire::{ControlFlags, ControlRepr, SalRepr, TransportProtocol};
 
 /// Where a client's SYN goes first.
 #[derive(Debug, Clone, Copy)]
@@ -171,7 +170,7 @@ impl Host {
             return;
         };
         if protocol == TransportProtocol::Stream
-            && !verify_transport_checksum(protocol, src.ip(), dst.ip(), segment)
+            && !transport_checksum_ok(protocol, &src, &dst, segment)
         {
             self.stats.bad_checksum += 1;
             return;
@@ -297,6 +296,7 @@ impl Host {
             self.send_ack(id, true, &segment);
         }
         self.arm_liveness(id);
+        self.arm_keepalive(id);
         true
     }
 

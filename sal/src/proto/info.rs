@@ -118,4 +118,17 @@ pub struct HostStats {
     /// Liveness probes sent on idle flows.
     #[serde(default)]
     pub probes: u64,
+    /// Keepalives sent on idle client flows carried over UDP.
+    #[serde(default)]
+    pub keepalives: u64,
+    /// Nudges sent on client flows over UDP waiting on a silent peer.
+    #[serde(default)]
+    pub nudges: u64,
+    /// Path challenges sent to a new address a flow's packets came from.
+    #[serde(default)]
+    pub path_challenges: u64,
+    /// Flows moved to a new peer address proven by the peer's nonce
+    /// (a NAT rebinding).
+    #[serde(default)]
+    pub rebindings: u64,
 }

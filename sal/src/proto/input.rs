@@ -10,16 +10,14 @@ use smoltcp::time::Instant;
 
 use super::control::ControlKind;
 use super::flow::Endpoint;
-use super::path::{advertised, locator_like};
+use super::nat;
+use super::path::advertised;
 use super::stream::{tcp_header_len, TCP_ACK};
 use super::{FlowState, Host};
 use crate::id::FlowId;
 use crate::locator::Locator;
 use crate::table::Resolution;
-use crate::wire::{
-    self, verify_transport_checksum, ControlFlags, ControlRepr, SalPacket, SalRepr,
-    TransportProtocol,
-};
+use crate::wire::{self, ControlFlags, ControlRepr, SalPacket, SalRepr, TransportProtocol};
 
 impl Host {
     /// Takes one received SAL packet (the IPv4 or UDP payload) that arrived
@@ -93,11 +91,8 @@ impl Host {
             self.stats.broadcast_dropped += 1;
             return;
         }
-        // The client is the first address the packet came through.
-        let client = match repr.source.as_ref().and_then(|s| s.addrs.first()) {
-            Some(&ip) => locator_like(&src, ip),
-            None => src,
-        };
+        // The client is where the packet really came from (see `nat.rs`).
+        let client = nat::client_locator(&src, repr.source.as_ref());
         let resolution = self.table.resolve(&service, len, &mut self.rng);
         match resolution {
             Resolution::Demux(listener) if is_syn => {
@@ -174,10 +169,26 @@ impl Host {
         flow.counters.packets_in += 1;
         flow.counters.bytes_in += segment.len() as u64;
         flow.liveness.heard(now);
+        if flow.nat.peer_sent(carries_data(flow.protocol(), segment)) {
+            self.arm_nudge(id);
+        }
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
+        let elsewhere = flow.state == FlowState::Established
+            && flow.path.remote.is_some_and(|remote| remote != src);
         if let Some(control) = repr.control {
+            if nat::is_challenge(&control) {
+                self.challenge_input(id);
+                return;
+            }
             if !self.control_input(id, src, dst, repr, &control) {
                 return;
             }
+        } else if elsewhere {
+            // Not proof of anything: ask the new address (see `nat.rs`),
+            // and take the segment all the same.
+            self.unproven_source(id, src);
         } else if flow.state == FlowState::SynReceived && !segment.is_empty() {
             // Data before the ACK: the ACK was lost but the client is established.
             flow.control.pending.clear();
@@ -204,7 +215,7 @@ impl Host {
 
     /// The TCP segment of a packet on an established stream flow.
     fn stream_segment_input(&mut self, id: FlowId, src: Locator, dst: Locator, segment: &[u8]) {
-        if !verify_transport_checksum(TransportProtocol::Stream, src.ip(), dst.ip(), segment) {
+        if !nat::transport_checksum_ok(TransportProtocol::Stream, &src, &dst, segment) {
             self.stats.bad_checksum += 1;
             return;
         }
@@ -254,6 +265,11 @@ impl Host {
         if repr.address.is_some() {
             flow.path.set_peer_locators(advertised(repr, &src));
         }
+        // An authenticated message from somewhere new: the peer's NAT
+        // rebound the flow (an RSYN moves it by itself, below).
+        let rebound = flow.state == FlowState::Established
+            && !flags.contains(ControlFlags::RSYN)
+            && flow.path.remote.is_some_and(|remote| remote != src);
         if flags.contains(ControlFlags::SYN) {
             self.repeated_syn_ack(id, control);
             return false;
@@ -274,6 +290,17 @@ impl Host {
         if flags.contains(ControlFlags::FIN) {
             self.fin_input(id, control);
         }
+        if rebound {
+            self.peer_rebound(id, src);
+        }
         true
+    }
+}
+
+/// Whether a transport segment carries data (not only a header).
+fn carries_data(protocol: TransportProtocol, segment: &[u8]) -> bool {
+    match protocol {
+        TransportProtocol::Stream => segment.len() >= 20 && segment.len() > tcp_header_len(segment),
+        TransportProtocol::Datagram => segment.len() > 8,
     }
 }

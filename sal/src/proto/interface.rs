@@ -117,6 +117,16 @@ impl Interfaces {
             .filter_map(|i| Some((i.locator, Locator::Ipv4(i.broadcast()?))))
     }
 
+    /// Whether a packet for `locator` is for this host: in UDP carriage,
+    /// one of our locators, address and port (hosts in UDP carriage may
+    /// share an address on different ports); natively, one of our addresses.
+    pub fn owns(&self, locator: &Locator) -> bool {
+        match locator {
+            Locator::Udp(_) => self.list.iter().any(|i| i.locator == *locator),
+            Locator::Ipv4(ip) => self.is_local(*ip),
+        }
+    }
+
     /// The name of the interface with this locator.
     pub fn name_of(&self, locator: Locator) -> Option<&str> {
         self.list

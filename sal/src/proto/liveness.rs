@@ -60,6 +60,11 @@ impl Liveness {
         }
     }
 
+    /// When the peer was last heard.
+    pub fn last_heard(&self) -> Instant {
+        self.heard
+    }
+
     /// The peer spoke.
     pub fn heard(&mut self, now: Instant) {
         self.heard = now;

@@ -159,11 +159,9 @@ impl Host {
     }
 
     /// This end sent something on the flow that expects an answer: if that
-    /// starts a wait, the liveness timer must fire when the wait times out.
+    /// starts a wait, the liveness timer must fire when the wait times out
+    /// (and a client flow over UDP nudges its peer sooner, see `nat.rs`).
     pub(super) fn note_asked(&mut self, id: FlowId) {
-        if !self.config.auto_migrate {
-            return;
-        }
         let (now, timeout) = (self.now, self.config.liveness_timeout);
         let Ok(flow) = self.flow_mut(id) else {
             return;
@@ -171,9 +169,13 @@ impl Host {
         if flow.state != FlowState::Established {
             return;
         }
-        if let Some(at) = flow.liveness.asked(now, timeout) {
+        let Some(at) = flow.liveness.asked(now, timeout) else {
+            return;
+        };
+        if self.config.auto_migrate {
             self.arm_timer(id, Timer::Liveness, on_tick(at));
         }
+        self.arm_nudge(id);
     }
 
     /// Arms the flow's liveness timer for when its verdict may next change.

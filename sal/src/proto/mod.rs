@@ -20,6 +20,8 @@
 //! - `control`: numbering and retransmission of control messages;
 //! - `liveness`: what the peer's silence means;
 //! - `path`: a flow's addresses and moves;
+//! - `nat`: answering where packets came from, keepalives and path
+//!   validation across NATs (also the `impl Host` of those exchanges);
 //! - `replay`: copies of stream segments to resend after a move;
 //! - `delay`: what DELAY rules hold;
 //! - `listener`: backlogs, half-open flows, accept queues;
@@ -47,6 +49,7 @@ mod interface;
 mod listener;
 mod liveness;
 mod migration;
+mod nat;
 mod output;
 mod path;
 mod replay;
@@ -195,6 +198,7 @@ impl Host {
             match due.timer {
                 Timer::Control => self.retransmit_due(due.flow),
                 Timer::Liveness => self.liveness_due(due.flow),
+                Timer::Keepalive => self.keepalive_due(due.flow),
             }
         }
     }

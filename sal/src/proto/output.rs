@@ -135,11 +135,12 @@ impl Host {
     }
 
     /// Queues a packet for the link (tagged with its [`TransmitKind`]), or
-    /// for ourselves if it is addressed here.
+    /// for ourselves if it is addressed here (in UDP carriage: to one of our
+    /// locators, address and port).
     pub(super) fn queue_transmit(&mut self, src: Locator, dst: Locator, ttl: u8, payload: Vec<u8>) {
         let kind = if self.interfaces.is_broadcast(dst.ip()) {
             TransmitKind::Broadcast
-        } else if self.interfaces.is_local(dst.ip()) {
+        } else if self.interfaces.owns(&dst) {
             self.loopback.push_back(Transmit {
                 src,
                 dst,
@@ -208,7 +209,7 @@ impl Host {
         if packets.is_empty() {
             return;
         }
-        flow.counters.packets_out += 1;
+        flow.count_sent(now);
         self.arm_timer(id, Timer::Control, deadline);
         for packet in packets {
             self.send_packet(packet.src, packet.dst, packet.payload);
@@ -235,6 +236,7 @@ impl Host {
 
     /// Sends a bare ACK (with SERVICE when it completes a client handshake).
     pub(super) fn send_ack(&mut self, id: FlowId, with_service: bool, segment: &[u8]) {
+        let now = self.now;
         let Ok(flow) = self.flow_mut(id) else {
             return;
         };
@@ -244,7 +246,7 @@ impl Host {
         let mut repr = SalRepr::data(flow.id, flow.peer_flow, flow.protocol().number());
         let control = flow.control.ack();
         repr.control = Some(control);
-        flow.counters.packets_out += 1;
+        flow.count_sent(now);
         let src = flow.path.local;
         if with_service {
             // The third packet of a handshake: also where else to find us.

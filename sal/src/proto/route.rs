@@ -75,6 +75,11 @@ impl Host {
             self.stats.loop_dropped += 1;
             return;
         }
+        if let (true, Locator::Udp(from)) = (source.addrs.is_empty(), src) {
+            // The first hop records the client's UDP port too, so that the
+            // server can answer it there (see `SourceRepr::client_port`).
+            source.client_port = from.port();
+        }
         let first = source.addrs.is_empty().then_some(src.ip());
         let full =
             (first.into_iter().chain([dst.ip()])).any(|ip| source.addrs.try_push(ip).is_err());

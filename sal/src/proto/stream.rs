@@ -19,6 +19,7 @@ use super::flow::Endpoint;
 use super::replay::ReplayBuffer;
 use super::{FlowState, Host, HostError, Role};
 use crate::id::FlowId;
+use crate::locator::Locator;
 use crate::transport::{finish_outgoing, OutgoingSegment, StreamError, StreamHandle};
 use crate::wire::{ControlFlags, SalRepr, TransportProtocol};
 
@@ -220,6 +221,7 @@ impl Host {
 
     /// Turns a segment the transport emitted into SAL packets, by flow state.
     fn transport_output(&mut self, mut out: OutgoingSegment) {
+        let now = self.now;
         let multi_homed = self.interfaces.len() > 1;
         let Some(Endpoint::Flow(flow)) = self.endpoints.get_mut(out.flow) else {
             return;
@@ -287,13 +289,19 @@ impl Host {
                 };
                 let peer_flow = flow.peer_flow;
                 let moving = flow.control.in_flight(ControlKind::Rsyn);
+                // A server over UDP: its client may be behind a NAT that
+                // rebinds the flow (see `nat.rs`).
+                let natted_peer = flow.role == Role::Server && matches!(src, Locator::Udp(_));
                 let Some(stream) = flow.stream_mut() else {
                     return;
                 };
                 stream.replay.note_sent(&out.segment);
-                let kept = (multi_homed || moving)
-                    && stream.replay.record(&out.segment, src.ip(), remote.ip());
-                flow.counters.packets_out += 1;
+                // Copies are kept where the path may change under the
+                // flow: a multi-homed host, a move under way, a peer
+                // behind a NAT.
+                let may_change = multi_homed || moving || natted_peer;
+                let kept = may_change && stream.replay.record(&out.segment, src.ip(), remote.ip());
+                flow.count_sent(now);
                 flow.counters.bytes_out += out.segment.len() as u64;
                 let asks = flags & TCP_FIN != 0 || out.segment.len() > tcp_header_len(&out.segment);
                 if asks {

@@ -31,15 +31,18 @@ pub(super) enum Timer {
     Control,
     /// Silence of the peer: move the flow, or probe its idle path.
     Liveness,
+    /// Silence of this end on a NAT path: send a keepalive.
+    Keepalive,
 }
 
 impl Timer {
-    const COUNT: usize = 2;
+    const COUNT: usize = 3;
 
     fn index(self) -> usize {
         match self {
             Timer::Control => 0,
             Timer::Liveness => 1,
+            Timer::Keepalive => 2,
         }
     }
 }

@@ -53,7 +53,7 @@ impl TransportProtocol {
     }
 
     /// Smallest valid transport header.
-    const fn min_header_len(self) -> usize {
+    pub const fn min_header_len(self) -> usize {
         match self {
             TransportProtocol::Stream => 20,
             TransportProtocol::Datagram => 8,

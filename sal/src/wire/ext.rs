@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 
 use arrayvec::ArrayVec;
 
-use super::{ensure_room, read_u32, Error, Result};
+use super::{ensure_room, read_u16, read_u32, Error, Result};
 use crate::id::ServiceId;
 
 /// CONTROL is always 20 bytes.
@@ -437,12 +437,28 @@ impl<T: AsRef<[u8]>> SourceExt<T> {
     pub fn addresses(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
         addresses(&self.buffer.as_ref()[SOURCE_BASE_LEN..])
     }
+
+    /// The extension's reserved field, which this stack uses for the UDP
+    /// port of the first address (see [`SourceRepr::client_port`]).
+    pub fn client_port(&self) -> u16 {
+        read_u16(self.buffer.as_ref(), 2)
+    }
 }
 
 /// Parsed SOURCE extension: addresses a forwarded SYN or datagram came through.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SourceRepr {
     pub addrs: ArrayVec<Ipv4Addr, MAX_SOURCE_ADDRS>,
+    /// The UDP port the first address sent from, as the first router saw it
+    /// (0: not recorded). WIRE.md's SOURCE has two reserved bytes before
+    /// its addresses, which the reference stack neither reads nor sets; a
+    /// router of this stack that receives a packet over UDP puts the
+    /// sender's port there, so that a server can answer a client at the
+    /// address and port it really used, even when several clients share an
+    /// address (a NAT, or several hosts on one machine). Reference routers
+    /// keep the field when they append an address, and reference servers
+    /// ignore it.
+    pub client_port: u16,
 }
 
 impl SourceRepr {
@@ -450,6 +466,7 @@ impl SourceRepr {
     pub fn parse<T: AsRef<[u8]>>(ext: &SourceExt<T>) -> SourceRepr {
         SourceRepr {
             addrs: ext.addresses().take(MAX_SOURCE_ADDRS).collect(),
+            client_port: ext.client_port(),
         }
     }
 
@@ -470,7 +487,7 @@ impl SourceRepr {
         ensure_room(buffer, len)?;
         let out = &mut buffer[..len];
         emit_generic_header(out, ExtensionKind::Source, len);
-        out[2..4].fill(0);
+        out[2..4].copy_from_slice(&self.client_port.to_be_bytes());
         emit_addresses(&mut out[SOURCE_BASE_LEN..], &self.addrs);
         Ok(())
     }

@@ -2,11 +2,23 @@
 //! simulation tests.
 
 use sal::proto::{Event, HostError};
-use sal::table::ListenerId;
+use sal::table::{ListenerId, Target};
 use sal::wire::TransportProtocol;
-use sal::{FlowId, ServiceId};
+use sal::{FlowId, ServiceId, ServicePrefix};
 use sal_sim::{HostId, Network};
 use smoltcp::time::Duration;
+
+/// Sends every service `host` does not serve itself toward locator `to`.
+pub fn default_route(net: &mut Network, host: HostId, to: &str) {
+    net.host(host).add_rule(
+        ServicePrefix::DEFAULT,
+        Target::Forward {
+            locator: to.parse().expect("test locators are valid"),
+            weight: 1,
+        },
+        0,
+    );
+}
 
 /// Connects a stream flow from `client` to `service` and accepts it on
 /// `server`'s `listener`; returns (client flow, server flow). Panics if the

@@ -220,6 +220,20 @@ fn become_user(uid: u32) {
     assert_eq!(rc, 0, "setresuid: {}", std::io::Error::last_os_error());
 }
 
+/// `len` pseudo-random bytes from `seed` (xorshift32), to check transfers
+/// byte for byte.
+pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut x: u32 = 0x9e37_79b9 ^ seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
 /// A scratch directory for control sockets and logs, removed on drop (drop
 /// it after the daemons that use it).
 pub struct Scratch(std::path::PathBuf);

@@ -1,0 +1,514 @@
+//! Flows across NATs: answering where packets really came from, keeping an
+//! idle flow's NAT mapping alive, and following a peer whose NAT rebound
+//! it to a new address or port without letting anyone else redirect the
+//! flow.
+//!
+//! A host behind a NAT does not know the address and port its packets
+//! carry once translated; its peer does. So:
+//!
+//! - **Where to answer.** A first packet is answered at the address and port
+//!   it came from ([`client_locator`]), or, when a service router relayed
+//!   it, at the first address of its SOURCE extension and the port the
+//!   router recorded there (see [`SourceRepr::client_port`]), never at a
+//!   locator the client believes it has.
+//! - **Transport checksums.** The checksum of the TCP or UDP segment after
+//!   the SAL header covers a pseudo-header of the addresses the *sender*
+//!   used; a NAT rewrites the outer header (and fixes the UDP checksum of
+//!   the datagram that carries the SAL packet) but cannot see the inner one.
+//!   In UDP carriage the datagram's own checksum, which the kernel verified,
+//!   already covers the whole SAL packet from end to end, so the inner one
+//!   is not verified there ([`transport_checksum_ok`]); natively it is.
+//! - **Keepalives.** A NAT forgets a UDP mapping that carries nothing for a
+//!   while (often 30 s), after which the peer cannot reach us. A client
+//!   flow carried over UDP therefore never stays silent toward its peer for
+//!   longer than `keepalive` ([`HostConfig`](super::HostConfig)): a bare
+//!   SAL ACK goes out when that much time passed since the flow last sent
+//!   anything. Only clients send them: the side behind a NAT is the one
+//!   that opened the flow.
+//! - **Nudges.** A client whose NAT rebinds the flow mid-transfer loses
+//!   what the peer sends to the old mapping: the answers to its data (it
+//!   then sends nothing more until its transport's one-second timeout), or
+//!   the rest of a download (a receiver has nothing to say). Either way the
+//!   peer cannot know where the client went until the client speaks. So a
+//!   busy client flow over UDP (one that waits for an answer, or whose peer
+//!   was streaming data) that has heard nothing for [`NUDGE_AFTER`] sends a
+//!   bare ACK, then again after twice and four times as long: through the
+//!   new mapping, that is the proof the peer needs (next point).
+//! - **Rebinding.** A NAT may move a flow to another public address or port
+//!   (it restarted, it ran out of ports, the mapping expired). The peer
+//!   then sees the flow's packets arrive from somewhere new. Packets
+//!   without CONTROL prove nothing (anyone who learned the flow IDs can
+//!   forge them, from any source address), so the host does not follow
+//!   them: it sends a *path challenge* to the new address and keeps using
+//!   the old one. Only a control message that carries the peer's nonce,
+//!   arriving from the new address, moves the flow there (as QUIC moves a
+//!   connection only to a path validated with a secret). The peer answers a
+//!   challenge with a bare ACK to the address it knows for us; its NAT
+//!   sends that from the new mapping, which proves the mapping. A keepalive
+//!   or any other control message of the peer does the same. Segments sent
+//!   meanwhile to the old address are lost; servers of flows over UDP keep
+//!   copies of unacknowledged segments (`replay.rs`) and resend them as
+//!   soon as the move is made, so the transport never waits for its
+//!   one-second timeout.
+//!
+//! The path challenge is `CONTROL(RSYN|NACK)` whose nonce field holds a
+//! fresh random token instead of the sender's nonce: the new address may be
+//! an attacker's, and an attacker who learned our nonce could forge our
+//! control messages to the peer. The receiver answers it without checking
+//! that nonce, and only toward the address it already uses for the flow,
+//! so the challenge can neither redirect nor reveal anything. A reference
+//! host drops it (nonce mismatch) and so never answers; its flows then
+//! follow a rebinding only with its next control message. Challenges and
+//! answers are rate-limited per flow.
+
+use smoltcp::time::{Duration, Instant};
+
+use super::flow::Endpoint;
+use super::timer::Timer;
+use super::{Event, FlowState, Host, Role};
+use crate::id::FlowId;
+use crate::locator::Locator;
+use crate::wire::{
+    verify_transport_checksum, ControlFlags, ControlRepr, SalRepr, SourceRepr, TransportProtocol,
+};
+
+/// A waiting client flow over UDP that has heard nothing for this long
+/// nudges its peer (see the module docs); later nudges wait twice as long
+/// each time.
+pub(super) const NUDGE_AFTER: Duration = Duration::from_millis(200);
+/// Nudges per silence at most (200, 400 and 800 ms after the peer was
+/// heard; beyond that the liveness verdict takes over).
+const MAX_NUDGES: u32 = 3;
+/// Packets with data in a row after which the peer counts as streaming.
+const STREAMING: u32 = 8;
+/// At most one path challenge per flow this often.
+const CHALLENGE_INTERVAL: Duration = Duration::from_millis(100);
+/// At most one answer to a path challenge per flow this often.
+const ANSWER_INTERVAL: Duration = Duration::from_millis(50);
+
+/// The flags of a path challenge.
+pub(super) fn challenge_flags() -> ControlFlags {
+    ControlFlags::RSYN | ControlFlags::NACK
+}
+
+/// Whether `control` is a path challenge (see the module docs).
+pub(super) fn is_challenge(control: &ControlRepr) -> bool {
+    control.flags == challenge_flags()
+}
+
+/// Where to answer a first packet that came from `src` with SOURCE
+/// `source`: the address and port it really came from, or, through a
+/// service router, the client's address from SOURCE with the port the
+/// router recorded (else the router's own port, as when one port served a
+/// whole deployment).
+pub(super) fn client_locator(src: &Locator, source: Option<&SourceRepr>) -> Locator {
+    let Some(source) = source else {
+        return *src;
+    };
+    let Some(&client) = source.addrs.first() else {
+        return *src;
+    };
+    match src {
+        // A router that kept the client's own addressing (the reference
+        // kernel module re-sends the client's UDP header): the packet's
+        // source is the client's.
+        _ if src.ip() == client => *src,
+        Locator::Ipv4(_) => Locator::Ipv4(client),
+        Locator::Udp(via) => {
+            let port = match source.client_port {
+                0 => via.port(),
+                port => port,
+            };
+            Locator::Udp(std::net::SocketAddrV4::new(client, port))
+        }
+    }
+}
+
+/// Whether the transport segment of a packet from `src` to `dst` passes its
+/// checksum: verified natively, only framed in UDP carriage (see the module
+/// docs).
+pub(super) fn transport_checksum_ok(
+    protocol: TransportProtocol,
+    src: &Locator,
+    dst: &Locator,
+    segment: &[u8],
+) -> bool {
+    match src {
+        Locator::Udp(_) => {
+            segment.len() >= protocol.min_header_len() && segment.len() <= usize::from(u16::MAX)
+        }
+        Locator::Ipv4(_) => verify_transport_checksum(protocol, src.ip(), dst.ip(), segment),
+    }
+}
+
+/// The NAT-related state of one flow. See the module docs.
+#[derive(Debug, Clone, Default)]
+pub(super) struct NatState {
+    /// When this end last sent a packet on the flow.
+    last_sent: Option<Instant>,
+    /// Nudges sent since the peer was last heard (at `heard`).
+    nudges: u32,
+    heard: Option<Instant>,
+    /// Packets from the peer in a row that carried data.
+    streak: u32,
+    /// When a path challenge last went out.
+    challenged: Option<Instant>,
+    /// When a path challenge was last answered.
+    answered: Option<Instant>,
+}
+
+impl NatState {
+    /// This end sent a packet on the flow at `now`.
+    pub fn sent(&mut self, now: Instant) {
+        self.last_sent = Some(now);
+    }
+
+    /// When a keepalive is due if nothing else goes out: `interval` after
+    /// the last packet sent (or after `now`, if none was).
+    pub fn keepalive_at(&self, now: Instant, interval: Duration) -> Instant {
+        self.last_sent.unwrap_or(now) + interval
+    }
+
+    /// When the next nudge is due, for a flow whose peer was last heard at
+    /// `heard`; `None` once the nudges for this silence are spent.
+    pub fn nudge_at(&mut self, heard: Instant) -> Option<Instant> {
+        if self.heard != Some(heard) {
+            self.heard = Some(heard);
+            self.nudges = 0;
+        }
+        (self.nudges < MAX_NUDGES).then(|| heard + NUDGE_AFTER * (1u32 << self.nudges))
+    }
+
+    /// A nudge went out.
+    pub fn nudged(&mut self) {
+        self.nudges += 1;
+    }
+
+    /// A packet arrived from the peer, with data or not; returns true when
+    /// this makes the peer count as streaming (the nudge timer must run).
+    pub fn peer_sent(&mut self, data: bool) -> bool {
+        self.streak = if data {
+            self.streak.saturating_add(1)
+        } else {
+            0
+        };
+        self.streak == STREAMING
+    }
+
+    /// Whether the peer's last packets were a stream of data.
+    pub fn peer_streaming(&self) -> bool {
+        self.streak >= STREAMING
+    }
+
+    /// Whether a path challenge may go out now; if so, it counts as sent.
+    pub fn may_challenge(&mut self, now: Instant) -> bool {
+        Self::take_turn(&mut self.challenged, now, CHALLENGE_INTERVAL)
+    }
+
+    /// Whether a path challenge may be answered now; if so, it counts as
+    /// answered.
+    pub fn may_answer(&mut self, now: Instant) -> bool {
+        Self::take_turn(&mut self.answered, now, ANSWER_INTERVAL)
+    }
+
+    fn take_turn(last: &mut Option<Instant>, now: Instant, interval: Duration) -> bool {
+        if last.is_some_and(|at| now < at + interval) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+}
+
+impl Host {
+    /// Whether a flow is one this host keeps alive and nudges: an
+    /// established client flow carried over UDP.
+    fn nat_client(&mut self, id: FlowId) -> bool {
+        matches!(
+            self.endpoints.get(id),
+            Some(Endpoint::Flow(flow)) if flow.role == Role::Client
+                && flow.state == FlowState::Established
+                && matches!(flow.path.local, Locator::Udp(_))
+        )
+    }
+
+    /// Starts the keepalives of a client flow over UDP that was just
+    /// established (nothing for other flows, or with keepalives off).
+    pub(super) fn arm_keepalive(&mut self, id: FlowId) {
+        let (Some(interval), true) = (self.config.keepalive, self.nat_client(id)) else {
+            return;
+        };
+        let now = self.now;
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
+        let at = flow.nat.keepalive_at(now, interval);
+        self.arm_timer(id, Timer::Keepalive, at);
+    }
+
+    /// A client flow over UDP started waiting for its peer, or its peer
+    /// started streaming: its nudge is due if the peer falls silent.
+    pub(super) fn arm_nudge(&mut self, id: FlowId) {
+        if !self.nat_client(id) {
+            return;
+        }
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
+        let heard = flow.liveness.last_heard();
+        if let Some(at) = flow.nat.nudge_at(heard) {
+            self.arm_timer(id, Timer::Keepalive, at);
+        }
+    }
+
+    /// The flow's keepalive timer fired: a nudge if it waits on a silent
+    /// peer, else a keepalive if it has sent nothing for the interval; then
+    /// the timer is armed for whichever comes next.
+    pub(super) fn keepalive_due(&mut self, id: FlowId) {
+        if !self.nat_client(id) {
+            return;
+        }
+        let waiting = self.awaits_peer(id);
+        let (now, keepalive) = (self.now, self.config.keepalive);
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
+        let busy = waiting || flow.nat.peer_streaming();
+        let heard = flow.liveness.last_heard();
+        let nudge = busy && flow.nat.nudge_at(heard).is_some_and(|at| at <= now);
+        if nudge {
+            flow.nat.nudged();
+        }
+        let keep =
+            !nudge && keepalive.is_some_and(|interval| flow.nat.keepalive_at(now, interval) <= now);
+        self.stats.nudges += u64::from(nudge);
+        self.stats.keepalives += u64::from(keep);
+        if nudge || keep {
+            self.send_ack(id, false, &[]);
+        }
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
+        let next_nudge = if busy { flow.nat.nudge_at(heard) } else { None };
+        let next_keepalive = keepalive.map(|interval| flow.nat.keepalive_at(now, interval));
+        if let Some(next) = next_nudge.into_iter().chain(next_keepalive).min() {
+            self.arm_timer(id, Timer::Keepalive, next);
+        }
+    }
+
+    /// A packet without CONTROL on an established flow came from `src`,
+    /// which is not where the peer is: challenge the new address (rate-
+    /// limited) and keep using the old one until the peer proves itself.
+    pub(super) fn unproven_source(&mut self, id: FlowId, src: Locator) {
+        let now = self.now;
+        let token: [u8; 8] = rand::Rng::random(&mut self.rng);
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
+        if flow.state != FlowState::Established || !flow.nat.may_challenge(now) {
+            return;
+        }
+        let mut repr = SalRepr::data(flow.id, flow.peer_flow, flow.protocol().number());
+        repr.control = Some(ControlRepr {
+            flags: challenge_flags(),
+            // A fresh token, never our nonce: see the module docs.
+            nonce: token,
+            ..flow.control.ack()
+        });
+        let local = flow.path.local;
+        self.stats.path_challenges += 1;
+        self.send_packet(local, src, super::output::build(&repr, &[]));
+    }
+
+    /// A path challenge arrived on a flow: answer it, with our nonce, at the
+    /// address we already use for the peer (rate-limited).
+    pub(super) fn challenge_input(&mut self, id: FlowId) {
+        let now = self.now;
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
+        if flow.state != FlowState::Established || !flow.nat.may_answer(now) {
+            return;
+        }
+        self.send_ack(id, false, &[]);
+    }
+
+    /// An authenticated control message (its nonce checked) came from
+    /// `src`, which is not where the peer was: the peer's NAT rebound the
+    /// flow, and this message proves the new path. Follow it, and resend at
+    /// once what the old path may have swallowed.
+    pub(super) fn peer_rebound(&mut self, id: FlowId, src: Locator) {
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
+        if flow.state != FlowState::Established || !flow.path.follow_peer(src) {
+            return;
+        }
+        self.stats.rebindings += 1;
+        self.events.push_back(Event::PeerMoved(id, src));
+        self.replay(id);
+        self.retransmit_now(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn loc(s: &str) -> Locator {
+        s.parse().unwrap()
+    }
+
+    fn source(addrs: &[&str], client_port: u16) -> SourceRepr {
+        SourceRepr {
+            addrs: addrs
+                .iter()
+                .map(|a| a.parse::<Ipv4Addr>().unwrap())
+                .collect(),
+            client_port,
+        }
+    }
+
+    #[test]
+    fn first_packets_are_answered_where_they_really_came_from() {
+        let nat = loc("udp:10.9.0.1:40123");
+        assert_eq!(
+            client_locator(&nat, None),
+            nat,
+            "direct: the NAT's address and port"
+        );
+        // Relayed by a router of this stack: SOURCE[0] and the port it recorded.
+        let router = loc("udp:10.0.0.254:54325");
+        let relayed = source(&["10.9.0.1", "10.0.0.254"], 40123);
+        assert_eq!(client_locator(&router, Some(&relayed)), nat);
+        // A router that recorded no port: its own port, as before.
+        let legacy = source(&["10.9.0.1", "10.0.0.254"], 0);
+        assert_eq!(
+            client_locator(&router, Some(&legacy)),
+            loc("udp:10.9.0.1:54325")
+        );
+        // A router that kept the client's addressing: the packet's source,
+        // whatever the reserved field holds.
+        let kept = source(&["10.9.0.1", "10.0.0.254"], 7);
+        assert_eq!(client_locator(&nat, Some(&kept)), nat);
+        // Native carriage has no ports.
+        assert_eq!(
+            client_locator(&loc("10.0.0.254"), Some(&relayed)),
+            loc("10.9.0.1")
+        );
+    }
+
+    #[test]
+    fn inner_checksums_are_verified_natively_and_only_framed_over_udp() {
+        let (a, b) = (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2));
+        let mut segment = vec![0u8; 28];
+        segment[12] = 5 << 4;
+        crate::wire::fill_transport_checksum(TransportProtocol::Stream, a, b, &mut segment)
+            .unwrap();
+        let tcp = TransportProtocol::Stream;
+        assert!(transport_checksum_ok(
+            tcp,
+            &Locator::Ipv4(a),
+            &Locator::Ipv4(b),
+            &segment
+        ));
+        // Through a NAT the sender's addresses are not the ones we see.
+        let natted = loc("10.9.0.1");
+        assert!(!transport_checksum_ok(
+            tcp,
+            &natted,
+            &Locator::Ipv4(b),
+            &segment
+        ));
+        let natted_udp = loc("udp:10.9.0.1:40000");
+        assert!(transport_checksum_ok(
+            tcp,
+            &natted_udp,
+            &loc("udp:10.0.0.2:1"),
+            &segment
+        ));
+        // Framing still counts: a segment shorter than a TCP header fails.
+        assert!(!transport_checksum_ok(
+            tcp,
+            &natted_udp,
+            &loc("udp:10.0.0.2:1"),
+            &segment[..19]
+        ));
+    }
+
+    #[test]
+    fn keepalives_are_due_an_interval_after_the_last_packet_sent() {
+        let mut nat = NatState::default();
+        let interval = Duration::from_secs(25);
+        let t = Instant::from_millis(1000);
+        assert_eq!(
+            nat.keepalive_at(t, interval),
+            t + interval,
+            "nothing sent yet"
+        );
+        nat.sent(t + Duration::from_secs(3));
+        assert_eq!(
+            nat.keepalive_at(t + Duration::from_secs(9), interval),
+            t + Duration::from_secs(28)
+        );
+    }
+
+    #[test]
+    fn nudges_back_off_and_start_over_when_the_peer_is_heard() {
+        let mut nat = NatState::default();
+        let heard = Instant::from_millis(1000);
+        let mut due = Vec::new();
+        while let Some(at) = nat.nudge_at(heard) {
+            due.push((at - heard).total_millis());
+            nat.nudged();
+        }
+        assert_eq!(due, [200, 400, 800]);
+        let later = Instant::from_millis(5000);
+        assert_eq!(nat.nudge_at(later), Some(later + NUDGE_AFTER));
+    }
+
+    #[test]
+    fn a_peer_streams_after_enough_packets_of_data_in_a_row() {
+        let mut nat = NatState::default();
+        let crossings: Vec<bool> = (0..10).map(|_| nat.peer_sent(true)).collect();
+        assert_eq!(crossings.iter().filter(|c| **c).count(), 1, "told once");
+        assert!(crossings[STREAMING as usize - 1]);
+        assert!(nat.peer_streaming());
+        assert!(!nat.peer_sent(false));
+        assert!(
+            !nat.peer_streaming(),
+            "a packet without data ends the stream"
+        );
+    }
+
+    #[test]
+    fn challenges_and_answers_are_rate_limited() {
+        let mut nat = NatState::default();
+        let t = Instant::from_millis(1000);
+        assert!(nat.may_challenge(t));
+        assert!(!nat.may_challenge(t + Duration::from_millis(99)));
+        assert!(nat.may_challenge(t + Duration::from_millis(100)));
+        assert!(nat.may_answer(t));
+        assert!(!nat.may_answer(t + Duration::from_millis(49)));
+        assert!(nat.may_answer(t + Duration::from_millis(50)));
+    }
+
+    #[test]
+    fn a_challenge_is_recognised_by_its_flags_alone() {
+        let challenge = ControlRepr {
+            flags: challenge_flags(),
+            nonce: [9; 8],
+            ..ControlRepr::default()
+        };
+        assert!(is_challenge(&challenge));
+        for flags in [
+            ControlFlags::RSYN,
+            ControlFlags::RSYN | ControlFlags::ACK,
+            ControlFlags::RST | ControlFlags::NACK,
+            ControlFlags::RSYN | ControlFlags::NACK | ControlFlags::ACK,
+        ] {
+            assert!(!is_challenge(&ControlRepr { flags, ..challenge }));
+        }
+    }
+}
