@@ -2,7 +2,7 @@
 //! none to answer a SYN statelessly, none for an idle connection.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::Cell;
 
 use sal_tcp::{
     write_syn_ack, Config, Duration, Instant, Ipv4Address, Socket, State, TcpSeqNumber,
@@ -12,23 +12,36 @@ use sal_tcp::{
 /// Counts allocations (and reallocations) made by this test binary.
 struct Counting;
 
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+thread_local! {
+    /// Allocations made by this thread: the test harness's other threads
+    /// (reporting results, running other tests) allocate too.
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count_one() {
+    // `try_with`: a thread being torn down has no counter any more.
+    let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+}
+
+fn allocated() -> u64 {
+    ALLOCATIONS.with(Cell::get)
+}
 
 // SAFETY: every call is forwarded unchanged to the system allocator, which
 // upholds `GlobalAlloc`'s contract; counting has no effect on the memory.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        count_one();
         // SAFETY: same contract as ours, passed through.
         unsafe { System.alloc(layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        count_one();
         // SAFETY: same contract as ours, passed through.
         unsafe { System.alloc_zeroed(layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        count_one();
         // SAFETY: same contract as ours, passed through.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -44,9 +57,9 @@ static GLOBAL: Counting = Counting;
 /// Allocations made by `f` (the tests in this binary run one at a time, see
 /// `main`-less `harness`: each test takes the lock below).
 fn allocations<R>(f: impl FnOnce() -> R) -> (u64, R) {
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = allocated();
     let result = f();
-    (ALLOCATIONS.load(Ordering::Relaxed) - before, result)
+    (allocated() - before, result)
 }
 
 /// Tests in one binary run on several threads: serialize them so that one
