@@ -15,6 +15,7 @@
 mod conditions;
 mod network;
 pub mod node;
+mod packet;
 pub mod seed;
 
 pub use conditions::LinkConditions;
@@ -23,3 +24,4 @@ pub use node::{
     Delay, DropReason, Duplicate, Jitter, Loss, Mtu, Node, Partition, PartitionSwitch, Path,
     RateLimit, Verdict,
 };
+pub use packet::Packet;

@@ -8,6 +8,11 @@
 //! Every task that touches the host does so in a short critical section and
 //! ends it with [`Core::run`], which advances the host, writes its transmits
 //! to the link and dispatches its events. No lock is held across an await.
+//!
+//! Transmits are written by the host straight into one buffer with room in
+//! front for the IPv4 header, which is written there before the buffer goes
+//! to the TUN device (or, without it, to the UDP socket): no allocation and
+//! no copy per packet on the way out.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -26,21 +31,25 @@ use crate::link::{TunLink, UdpLink};
 use crate::origins::Origins;
 use crate::owners::Owners;
 
-/// Wakes the tasks serving one app-owned flow or datagram socket.
+/// Wakes the task serving one app-owned flow or datagram socket: data may
+/// be readable from the host, send room may have opened, or the flow ended.
+/// A wake-up that finds the task busy is kept for its next wait.
 #[derive(Debug, Default)]
-pub struct FlowSignal {
-    /// Data may be readable from the host (or the flow ended).
-    pub down: Notify,
-    /// Send room may have opened in the host.
-    pub up: Notify,
-}
+pub struct FlowSignal(Notify);
 
 impl FlowSignal {
     fn wake(&self) {
-        self.down.notify_one();
-        self.up.notify_one();
+        self.0.notify_one();
+    }
+
+    /// Waits for the next wake-up (at once if one came since the last wait).
+    pub async fn notified(&self) {
+        self.0.notified().await
     }
 }
+
+/// The largest packet: room for the IPv4 header and any SAL packet.
+const PACKET_BUFFER: usize = 65_535;
 
 /// How packets leave this host.
 #[derive(Clone)]
@@ -65,7 +74,8 @@ pub struct Core {
     epoch: std::time::Instant,
     links: Links,
     ident: u16,
-    buffer: Vec<u8>,
+    /// Where transmits are written: the IPv4 header's room, then the packet.
+    buffer: Box<[u8]>,
     pub link_stats: LinkStats,
     flows: HashMap<FlowId, Arc<FlowSignal>>,
     pending_accepts: HashMap<ListenerId, VecDeque<oneshot::Sender<FlowId>>>,
@@ -98,7 +108,7 @@ impl Shared {
                 epoch: std::time::Instant::now(),
                 links,
                 ident: 0,
-                buffer: vec![0u8; 65536],
+                buffer: vec![0u8; PACKET_BUFFER].into_boxed_slice(),
                 link_stats: LinkStats::default(),
                 flows: HashMap::new(),
                 pending_accepts: HashMap::new(),
@@ -150,15 +160,17 @@ impl Core {
         Some(self.epoch + std::time::Duration::from_micros(micros))
     }
 
-    /// Writes every pending transmit to the link.
+    /// Writes every pending transmit to the link: the host writes each
+    /// packet after the room for the IPv4 header, which goes in front.
     fn flush(&mut self) {
-        while let Some(transmit) = self.host.poll_transmit() {
+        let now = self.now();
+        while let Some(transmit) = self
+            .host
+            .poll_transmit(now, &mut self.buffer[IPV4_HEADER_LEN..])
+        {
+            let packet = &mut self.buffer[..IPV4_HEADER_LEN + transmit.len];
             let sent = match &self.links {
                 Links::Tun(tun) => {
-                    let len = IPV4_HEADER_LEN + transmit.payload.len();
-                    if self.buffer.len() < len {
-                        self.buffer.resize(len, 0);
-                    }
                     self.ident = self.ident.wrapping_add(1);
                     let carriage = Ipv4Carriage {
                         src: transmit.src.ip(),
@@ -166,17 +178,10 @@ impl Core {
                         ttl: transmit.ttl,
                         ident: self.ident,
                     };
-                    let buffer = &mut self.buffer[..len];
-                    match carriage.emit(buffer, transmit.payload.len()) {
-                        Ok(()) => {
-                            buffer[IPV4_HEADER_LEN..].copy_from_slice(&transmit.payload);
-                            tun.try_send(buffer).is_ok()
-                        }
-                        Err(_) => false,
-                    }
+                    carriage.emit(packet, transmit.len).is_ok() && tun.try_send(packet).is_ok()
                 }
                 Links::Udp(udp) => match udp_destination(&transmit) {
-                    Some(dst) => udp.try_send_to(&transmit.payload, dst).is_ok(),
+                    Some(dst) => udp.try_send_to(&packet[IPV4_HEADER_LEN..], dst).is_ok(),
                     None => false,
                 },
             };
@@ -348,7 +353,7 @@ impl Core {
             host: self.host.stats(),
             table: self.host.table().stats(),
             rules: self.host.table().len(),
-            flows: self.host.flows().len(),
+            flows: self.host.flow_count(),
             listeners: self.host.listener_count(),
             control_clients: self.control_clients,
             link_rx: self.link_stats.rx,

@@ -275,13 +275,13 @@ pub async fn end_flows(shared: &Shared) -> usize {
     if flows_gone(shared, started + FLOWS_BOUND).await {
         return 0;
     }
-    shared.lock().host.flows().len()
+    shared.lock().host.flow_count()
 }
 
 /// Waits until the host has no flows, or `deadline`; whether it has none.
 async fn flows_gone(shared: &Shared, deadline: tokio::time::Instant) -> bool {
     loop {
-        if shared.lock().host.flows().is_empty() {
+        if shared.lock().host.flow_count() == 0 {
             return true;
         }
         if tokio::time::Instant::now() >= deadline {

@@ -17,7 +17,7 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use super::flow::{Endpoint, FlowTransport};
-use super::{ConnectError, Event, FlowState, Host, HostError, Transmit};
+use super::{ConnectError, Event, FlowState, Host, HostError, Packet};
 use crate::id::{FlowId, ServiceId};
 use crate::locator::Locator;
 use crate::table::{ListenerId, Resolution};
@@ -211,7 +211,7 @@ impl Host {
         let segment = udp_segment(data, src.ip(), remote.ip());
         flow.counters.packets_out += 1;
         flow.counters.bytes_out += data.len() as u64;
-        self.queue_transmit(Transmit {
+        self.queue_transmit(Packet {
             src,
             dst: remote,
             ttl,
@@ -249,7 +249,7 @@ impl Host {
     /// Sends `repr`'s header with a UDP-style segment of `data`, `src` -> `dst`.
     fn send_datagram_packet(&mut self, repr: &SalRepr, data: &[u8], src: Locator, dst: Locator) {
         let segment = udp_segment(data, src.ip(), dst.ip());
-        self.queue_transmit(Transmit {
+        self.queue_transmit(Packet {
             src,
             dst,
             ttl: self.config.ttl,

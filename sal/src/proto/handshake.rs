@@ -19,7 +19,7 @@ use super::control::{ControlKind, ControlState, Sequence};
 use super::datagram::udp_segment;
 use super::flow::Flow;
 use super::path::advertised;
-use super::{ConnectError, Event, FlowState, Host, HostError, Role, Transmit};
+use super::{ConnectError, Event, FlowState, Host, HostError, Packet, Role};
 use crate::id::{FlowId, ServiceId};
 use crate::locator::Locator;
 use crate::table::{ListenerId, Resolution};
@@ -88,11 +88,10 @@ impl Host {
         flow.state = FlowState::SynSent;
         let local = flow.path.local;
         match flow.protocol() {
-            // The transport's SYN comes out in poll() and becomes the SAL SYN.
+            // The socket's SYN comes out of poll_transmit and becomes the
+            // SAL SYN.
             TransportProtocol::Stream => {
-                if self.open_stream(id, Role::Client).is_err() {
-                    self.fail_connect(id, ConnectError::NoRoute);
-                }
+                self.open_stream(id, Role::Client, &[]);
             }
             TransportProtocol::Datagram => {
                 let segment = udp_segment(&[], local.ip(), next.ip());
@@ -161,14 +160,14 @@ impl Host {
         self.listeners
             .syn_received(listener_id, client.ip(), repr.src_flow, id);
         match protocol {
-            TransportProtocol::Stream => match self.open_stream(id, Role::Server) {
-                // The SYN-ACK comes out of the transport in poll().
-                Ok(()) => self.stream_input(id, segment),
-                Err(_) => {
+            // The SYN-ACK comes out of the socket in poll_transmit.
+            TransportProtocol::Stream => {
+                if !self.open_stream(id, Role::Server, segment) {
+                    self.stats.malformed += 1;
                     self.free_flow(id);
-                    self.refuse(client, repr, false);
+                    return;
                 }
-            },
+            }
             TransportProtocol::Datagram => {
                 let segment = udp_segment(&[], local.ip(), client.ip());
                 self.send_new_control(
@@ -205,7 +204,7 @@ impl Host {
             ackno: control.verno.wrapping_add(1),
             nonce: control.nonce,
         });
-        self.queue_transmit(Transmit {
+        self.queue_transmit(Packet {
             src: local,
             dst: client,
             ttl: self.config.ttl,
@@ -237,8 +236,8 @@ impl Host {
         flow.state = FlowState::Established;
         let local = flow.path.local.ip();
         let is_stream = match flow.stream_mut() {
-            // The transport answers the SYN-ACK; that answer becomes the
-            // SAL ACK (see `Host::transport_output`).
+            // The socket answers the SYN-ACK; that answer becomes the
+            // SAL ACK (see `Host::stream_transmit`).
             Some(stream) => {
                 stream.ack_owed = true;
                 true

@@ -11,7 +11,6 @@ use smoltcp::time::Instant;
 use super::control::ControlKind;
 use super::flow::Endpoint;
 use super::path::{advertised, locator_like};
-use super::stream::{tcp_header_len, TCP_ACK};
 use super::{FlowState, Host};
 use crate::id::FlowId;
 use crate::locator::Locator;
@@ -193,15 +192,11 @@ impl Host {
         let Ok(flow) = self.flow_mut(id) else {
             return;
         };
-        if flow.teardown.app_closed && segment.len() > tcp_header_len(segment) {
+        let header = usize::from(segment[12] >> 4) * 4;
+        if flow.teardown.app_closed && segment.len() > header {
             // Data for an application that closed: nobody will read it.
             let _ = self.abort(id);
             return;
-        }
-        if let Some(stream) = flow.stream_mut() {
-            if segment[13] & TCP_ACK != 0 && !stream.replay.is_empty() {
-                stream.replay.acknowledge(segment);
-            }
         }
         self.stream_input(id, segment);
         self.mark_dirty(id);
@@ -244,7 +239,7 @@ impl Host {
             flow.teardown.fin_acked = true;
         }
         if acked.iter().any(|p| p.kind == ControlKind::Rsyn) {
-            self.replay(id);
+            self.rewind_stream(id);
         }
         if acked.iter().any(|p| p.kind == ControlKind::SynAck) {
             self.establish_server(id);

@@ -50,10 +50,6 @@ impl Interfaces {
         &self.list
     }
 
-    pub fn len(&self) -> usize {
-        self.list.len()
-    }
-
     /// Adds an interface, replacing one of the same name.
     pub fn add(&mut self, interface: LocalInterface) {
         self.list.retain(|i| i.name != interface.name);
@@ -290,7 +286,7 @@ mod tests {
             prefix_len: 24,
             up: true,
         });
-        assert_eq!(i.len(), 1);
+        assert_eq!(i.as_slice().len(), 1);
         assert!(i.is_local(Ipv4Addr::new(10, 0, 0, 20)));
         assert_eq!(i.name_of(loc("10.0.0.20")), Some("wlan"));
         assert!(i.remove("wlan").is_some());

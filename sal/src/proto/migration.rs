@@ -6,7 +6,9 @@
 //! A move is an RSYN from the new locator, retransmitted until the peer's
 //! RSYN-ACK; the peer follows whichever copy it hears last, so the latest
 //! move wins. Segments the old path swallowed are resent as soon as the move
-//! is confirmed (see `replay.rs`), rather than after the transport's
+//! is confirmed, or as soon as the peer is heard from its new locator
+//! ([`sal_tcp::Socket::rewind`]: from the socket's own send buffer, so
+//! nothing is copied while all is well), rather than after the transport's
 //! one-second minimum timeout.
 //!
 //! Moves happen on request ([`Host::migrate`]), when an interface goes down
@@ -17,10 +19,10 @@
 use super::control::{ControlKind, Sequence};
 use super::liveness::{on_tick, Verdict};
 use super::timer::Timer;
-use super::{Event, FlowState, Host, HostError, Transmit};
+use super::{Event, FlowState, Host, HostError};
 use crate::id::FlowId;
 use crate::locator::Locator;
-use crate::wire::{ControlFlags, ControlRepr, SalRepr, TransportProtocol};
+use crate::wire::{ControlFlags, ControlRepr};
 
 impl Host {
     /// Moves a flow to another of this host's interfaces (the RSYN exchange of
@@ -112,7 +114,7 @@ impl Host {
         let answered = flow.control.in_flight(ControlKind::RsynAck);
         if moved {
             self.events.push_back(Event::PeerMoved(id, src));
-            self.replay(id);
+            self.rewind_stream(id);
         }
         if control.flags.contains(ControlFlags::ACK) {
             // An RSYN-ACK: our RSYN was retired by the caller; confirm it.
@@ -129,38 +131,6 @@ impl Host {
             self.retransmit_now(id);
         } else {
             self.send_ack(id, false, &[]);
-        }
-    }
-
-    /// Resends the flow's unacknowledged stream segments on its current path
-    /// (see `replay.rs`).
-    pub(super) fn replay(&mut self, id: FlowId) {
-        let ttl = self.config.ttl;
-        let Ok(flow) = self.flow_mut(id) else {
-            return;
-        };
-        let Some(remote) = flow.path.remote else {
-            return;
-        };
-        let (src, peer_flow) = (flow.path.local, flow.peer_flow);
-        let Some(stream) = flow.stream() else {
-            return;
-        };
-        // Our latest ACK first, so the peer resends only what we lack.
-        let ack = stream.replay.current_ack(src.ip(), remote.ip());
-        let segments = ack
-            .into_iter()
-            .chain(stream.replay.replay(src.ip(), remote.ip()))
-            .collect::<Vec<_>>();
-        let repr = SalRepr::data(id, peer_flow, TransportProtocol::Stream.number());
-        for segment in segments {
-            self.stats.replayed += 1;
-            self.queue_transmit(Transmit {
-                src,
-                dst: remote,
-                ttl,
-                payload: super::output::build(&repr, &segment),
-            });
         }
     }
 

@@ -8,7 +8,7 @@
 //! extension (so the server can answer the client directly), and spends one
 //! unit of TTL, which is what ends a forwarding loop.
 
-use super::{Host, Transmit};
+use super::{Host, Packet};
 use crate::id::ServicePrefix;
 use crate::locator::Locator;
 use crate::table::{Target, TargetKey};
@@ -75,7 +75,7 @@ impl Host {
             );
         }
         self.stats.forwarded += 1;
-        self.queue_transmit(Transmit {
+        self.queue_transmit(Packet {
             src: local,
             dst: next,
             ttl: ttl - 1,

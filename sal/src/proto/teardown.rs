@@ -10,7 +10,7 @@
 
 use super::control::{ControlKind, Sequence};
 use super::flow::Endpoint;
-use super::{ConnectError, Event, FlowState, Host, HostError, Transmit};
+use super::{ConnectError, Event, FlowState, Host, HostError, Packet};
 use crate::id::FlowId;
 use crate::wire::{ControlFlags, ControlRepr, SalRepr};
 
@@ -71,7 +71,7 @@ impl Host {
             control.flags = ControlFlags::RST;
             repr.control = Some(control);
             let src = flow.path.local;
-            self.queue_transmit(Transmit {
+            self.queue_transmit(Packet {
                 src,
                 dst: remote,
                 ttl,
@@ -95,12 +95,15 @@ impl Host {
         self.mark_dirty(id);
     }
 
-    /// Forgets a flow: transport socket, listener accounting, ID.
+    /// Forgets a flow: its socket, listener accounting, ID.
     pub(super) fn free_flow(&mut self, id: FlowId) {
+        if !matches!(self.endpoints.get(id), Some(Endpoint::Flow(_))) {
+            return;
+        }
         let Some(Endpoint::Flow(flow)) = self.endpoints.remove(id) else {
             return;
         };
-        self.release_handle(flow.stream().and_then(|s| s.handle));
+        self.flow_count -= 1;
         if let Some(listener) = flow.listener {
             self.listeners.forget(listener, id);
         }
@@ -156,7 +159,9 @@ impl Host {
     /// time has come, releases finished flows, and reports activity on the
     /// others.
     pub(super) fn review_dirty_flows(&mut self) {
-        for id in std::mem::take(&mut self.dirty) {
+        // The two lists trade places, so that no poll allocates one.
+        let mut dirty = std::mem::replace(&mut self.dirty, std::mem::take(&mut self.dirty_spare));
+        for id in dirty.drain(..) {
             let Ok(flow) = self.flow_mut(id) else {
                 continue;
             };
@@ -177,6 +182,7 @@ impl Host {
                 self.events.push_back(Event::Activity(id));
             }
         }
+        self.dirty_spare = dirty;
     }
 }
 

@@ -1,6 +1,6 @@
 //! Per-flow deadlines in one queue.
 //!
-//! A host may hold a hundred thousand flows, most of them quiet, so nothing
+//! A host may hold a million flows, most of them quiet, so nothing
 //! here ever looks at all of them: every deadline of every flow is one entry
 //! of a binary heap ordered by time, and [`Host::poll`](super::Host::poll)
 //! pops only the entries that are due. The work a timer costs is therefore
@@ -31,15 +31,19 @@ pub(super) enum Timer {
     Control,
     /// Silence of the peer: move the flow, or probe its idle path.
     Liveness,
+    /// The deadline of the flow's TCP socket (retransmission, delayed ACK,
+    /// TIME-WAIT, buffer trim...): the flow is driven then.
+    Transport,
 }
 
 impl Timer {
-    const COUNT: usize = 2;
+    const COUNT: usize = 3;
 
     fn index(self) -> usize {
         match self {
             Timer::Control => 0,
             Timer::Liveness => 1,
+            Timer::Transport => 2,
         }
     }
 }
