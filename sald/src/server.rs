@@ -209,6 +209,8 @@ fn build_host(config: &Config, interfaces: &[LocalInterface]) -> Result<Host> {
         liveness_timeout: sal::time::Duration::from_millis(config.liveness_ms),
         idle_probe: (config.probe_idle_ms > 0)
             .then(|| sal::time::Duration::from_millis(config.probe_idle_ms)),
+        max_flows: config.limits.flows,
+        stream: config.tcp.stream_config(),
         ..HostConfig::default()
     };
     let mut host = Host::new(host_config, sal::time::Instant::from_micros(0));
