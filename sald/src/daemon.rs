@@ -360,6 +360,8 @@ impl Core {
             link_tx: self.link_stats.tx,
             link_errors: self.link_stats.errors,
             uptime_secs: uptime.as_secs(),
+            fd_limit: fd_limit(),
+            fds_open: fds_open(),
         }
     }
 
@@ -369,6 +371,18 @@ impl Core {
         let now = self.now();
         self.host.handle_packet(now, src, dst, ttl, payload);
     }
+}
+
+/// The process's file descriptor limit (soft `RLIMIT_NOFILE`), 0 if unknown.
+pub fn fd_limit() -> u64 {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(0, |(soft, _)| soft)
+}
+
+/// File descriptors the process has open (0 if unknown): the entries of
+/// `/proc/self/fd`, less the one that lists them.
+pub fn fds_open() -> u64 {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count().saturating_sub(1) as u64)
 }
 
 /// Where a UDP-encapsulated transmit goes.
