@@ -261,6 +261,9 @@ fn idle_flows_cost_little_and_only_busy_flows_are_driven() {
     }
     pair.idle(Duration::from_secs(3), Duration::from_millis(100));
     pair.events.iter_mut().for_each(VecDeque::clear);
+    for host in &pair.hosts {
+        assert_eq!(host.stats().buffer_bytes, 0, "idle flows hold no buffers");
+    }
     let per_flow = (LIVE_BYTES.with(Cell::get) - heap_before) / (2 * FLOWS as i64);
     eprintln!("heap per idle flow end: {per_flow} bytes");
     assert!(
@@ -288,4 +291,23 @@ fn idle_flows_cost_little_and_only_busy_flows_are_driven() {
     );
     assert_eq!(pair.hosts[0].flow_count(), FLOWS);
     assert_eq!(pair.hosts[1].flow_count(), FLOWS);
+
+    // All close: once both ends are released and the tables compacted,
+    // the heap is back where it was.
+    for &(client, server) in &flows {
+        pair.hosts[0].close(client).unwrap();
+        pair.hosts[1].close(server).unwrap();
+    }
+    drop(flows);
+    pair.idle(Duration::from_secs(3), Duration::from_millis(100));
+    assert_eq!(pair.hosts[0].flow_count(), 0);
+    assert_eq!(pair.hosts[1].flow_count(), 0);
+    pair.events.iter_mut().for_each(VecDeque::clear);
+    pair.hosts.iter_mut().for_each(Host::compact);
+    let left = LIVE_BYTES.with(Cell::get) - heap_before;
+    eprintln!("heap left after closing: {left} bytes");
+    assert!(
+        left < 16 << 10,
+        "{left} bytes of heap left after {FLOWS} flows closed"
+    );
 }

@@ -112,6 +112,11 @@ pub struct HostStats {
     /// to do (input, output, a due deadline), never the number of flows.
     #[serde(default)]
     pub sockets_driven: u64,
+    /// Bytes of memory the TCP buffers of all flows hold now (a gauge, not
+    /// a counter): it follows what the flows carry, and falls back when
+    /// they go idle or close.
+    #[serde(default)]
+    pub buffer_bytes: u64,
     /// Packets dropped because the driver's transmit buffer could not
     /// hold them (see `Host::poll_transmit`).
     #[serde(default)]

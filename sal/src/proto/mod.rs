@@ -220,6 +220,7 @@ impl Host {
                 Timer::Control => self.retransmit_due(due.flow),
                 Timer::Liveness => self.liveness_due(due.flow),
                 Timer::Transport => self.queue_output(due.flow),
+                Timer::Linger => self.linger_due(due.flow),
             }
         }
     }
@@ -243,6 +244,28 @@ impl Host {
         let timer = self.timers.peek().map(|due| due.at);
         let delay = self.delayed.next_deadline();
         [timer, delay].into_iter().flatten().min()
+    }
+
+    /// Gives back the memory the host's tables and queues hold beyond what
+    /// they use: after many flows closed, their tables keep the size they
+    /// had, and the timer queue keeps their deadlines until each passes.
+    /// Costs a pass over every flow and deadline: call it at quiet moments
+    /// (the daemon does when many flows have closed).
+    pub fn compact(&mut self) {
+        let endpoints = &self.endpoints;
+        self.timers.compact(|due| match endpoints.get(due.flow) {
+            Some(Endpoint::Flow(flow)) => flow.timers.is_live(due.timer, due.at),
+            _ => false,
+        });
+        self.endpoints.shrink_to_fit();
+        self.listeners.shrink_to_fit();
+        self.output.shrink_to_fit();
+        self.local_output.shrink_to_fit();
+        self.transmits.shrink_to_fit();
+        self.loopback.shrink_to_fit();
+        self.events.shrink_to_fit();
+        self.dirty.shrink_to_fit();
+        self.dirty_spare.shrink_to_fit();
     }
 
     /// How many flows the host has (what [`Host::flows`] would list).

@@ -76,6 +76,13 @@ pub(super) enum StreamOutput {
 }
 
 impl Host {
+    /// Notes a change of a socket's buffer memory from `before` to `after`
+    /// bytes in [`HostStats::buffer_bytes`](super::HostStats::buffer_bytes).
+    pub(super) fn account_buffers(&mut self, before: usize, after: usize) {
+        let total = &mut self.stats.buffer_bytes;
+        *total = (*total + after as u64).saturating_sub(before as u64);
+    }
+
     /// The socket of an established stream flow (or of a dead one, whose
     /// socket is gone), as the application calls see it.
     fn app_socket(&mut self, id: FlowId) -> Result<(FlowState, Option<&mut Socket>), HostError> {
@@ -106,7 +113,11 @@ impl Host {
                 if socket.send_space() == 0 {
                     return Err(HostError::WouldBlock);
                 }
-                socket.send(fill).map_err(|_| HostError::SendClosed)?
+                let before = socket.buffer_memory();
+                let result = socket.send(fill).map_err(|_| HostError::SendClosed)?;
+                let after = socket.buffer_memory();
+                self.account_buffers(before, after);
+                result
             }
             _ => return Err(HostError::WouldBlock),
         };
@@ -243,6 +254,7 @@ impl Host {
         if !opened {
             return false;
         }
+        self.account_buffers(0, socket.buffer_memory());
         let Some(stream) = self.flow_mut(id).ok().and_then(|f| f.stream_mut()) else {
             return false;
         };
@@ -260,7 +272,11 @@ impl Host {
         let Some(socket) = flow.stream_mut().and_then(|s| s.socket.as_mut()) else {
             return;
         };
-        if socket.handle_segment(now, segment).is_err() {
+        let before = socket.buffer_memory();
+        let handled = socket.handle_segment(now, segment);
+        let after = socket.buffer_memory();
+        self.account_buffers(before, after);
+        if handled.is_err() {
             self.stats.malformed += 1;
             return;
         }
@@ -269,8 +285,13 @@ impl Host {
 
     /// Drops the flow's socket, if it has one, without a word to the peer.
     pub(super) fn release_stream(&mut self, id: FlowId) {
-        if let Some(stream) = self.flow_mut(id).ok().and_then(|f| f.stream_mut()) {
-            stream.socket = None;
+        let socket = self
+            .flow_mut(id)
+            .ok()
+            .and_then(|f| f.stream_mut())
+            .and_then(|s| s.socket.take());
+        if let Some(socket) = socket {
+            self.account_buffers(socket.buffer_memory(), 0);
         }
     }
 
@@ -412,14 +433,16 @@ impl Host {
         let ack_owed = stream.ack_owed;
         let bare = state == FlowState::Established && !ack_owed;
         let room = if bare { BASE_HEADER_LEN } else { 0 };
-        let before = socket.state();
-        self.stats.sockets_driven += 1;
+        let (state_before, memory_before) = (socket.state(), socket.buffer_memory());
         let segment = out.get_mut(room..).unwrap_or_default();
         let written = socket.poll_transmit(now, src.ip(), dst.ip(), segment);
-        let changed = socket.state() != before;
+        let changed = socket.state() != state_before;
+        let memory_after = socket.buffer_memory();
         if written.is_some() {
             stream.ack_owed = false;
         }
+        self.stats.sockets_driven += 1;
+        self.account_buffers(memory_before, memory_after);
         if changed {
             // A timer closed or reset the connection: the flow must see it.
             self.mark_dirty(id);

@@ -7,9 +7,19 @@
 //! both FINs are acknowledged and the application has closed it. A reset
 //! (`CONTROL(RST)`, nonce-checked so that only the peer can send one) kills
 //! the flow at once; it then waits only for the application to close it.
+//!
+//! The side that acknowledges the last FIN does not forget the flow at
+//! once: if that acknowledgement is lost, the peer resends its FIN, and a
+//! host that no longer knows the flow cannot answer it (the peer would
+//! retry for half a minute). It lingers, without its socket, for a few
+//! control timeouts after the peer's FIN, answering repeats (TCP's
+//! TIME-WAIT, shorter).
+
+use smoltcp::time::Instant;
 
 use super::control::{ControlKind, Sequence};
 use super::flow::Endpoint;
+use super::timer::Timer;
 use super::{ConnectError, Event, FlowState, Host, HostError, Packet};
 use crate::id::FlowId;
 use crate::wire::{ControlFlags, ControlRepr, SalRepr};
@@ -25,6 +35,12 @@ pub(super) struct Teardown {
     pub fin_acked: bool,
     /// The peer's SAL FIN arrived.
     pub peer_fin: bool,
+    /// Until when the flow lingers once releasable (see the module docs):
+    /// a few control timeouts after the peer's FIN.
+    pub linger_until: Option<Instant>,
+    /// Releasable, lingering: the socket is gone, repeats of the peer's
+    /// FIN are still answered.
+    pub lingering: bool,
 }
 
 impl Teardown {
@@ -104,6 +120,9 @@ impl Host {
             return;
         };
         self.flow_count -= 1;
+        if let Some(socket) = flow.stream().and_then(|s| s.socket.as_ref()) {
+            self.account_buffers(socket.buffer_memory(), 0);
+        }
         if let Some(listener) = flow.listener {
             self.listeners.forget(listener, id);
         }
@@ -141,17 +160,26 @@ impl Host {
 
     /// The peer's SAL FIN: it has finished sending.
     pub(super) fn fin_input(&mut self, id: FlowId, control: &ControlRepr) {
+        let linger_until = self.now + self.config.control_rto * 4;
         let Ok(flow) = self.flow_mut(id) else {
             return;
         };
         match flow.control.accept_verno(control.verno) {
             Sequence::New => {
                 flow.teardown.peer_fin = true;
+                flow.teardown.linger_until = Some(linger_until);
                 self.send_ack(id, false, &[]);
                 self.mark_dirty(id);
             }
             Sequence::Duplicate => self.send_ack(id, false, &[]),
             Sequence::Stale => self.stats.stale += 1,
+        }
+    }
+
+    /// A lingering flow's time is up (see the module docs).
+    pub(super) fn linger_due(&mut self, id: FlowId) {
+        if self.flow_mut(id).is_ok_and(|flow| flow.teardown.lingering) {
+            self.free_flow(id);
         }
     }
 
@@ -161,6 +189,7 @@ impl Host {
     pub(super) fn review_dirty_flows(&mut self) {
         // The two lists trade places, so that no poll allocates one.
         let mut dirty = std::mem::replace(&mut self.dirty, std::mem::take(&mut self.dirty_spare));
+        let now = self.now;
         for id in dirty.drain(..) {
             let Ok(flow) = self.flow_mut(id) else {
                 continue;
@@ -176,8 +205,17 @@ impl Host {
             let Ok(flow) = self.flow_mut(id) else {
                 continue;
             };
-            if flow.teardown.releasable(flow.state == FlowState::Dead) {
-                self.free_flow(id);
+            let dead = flow.state == FlowState::Dead;
+            if flow.teardown.releasable(dead) {
+                match flow.teardown.linger_until.filter(|&t| t > now && !dead) {
+                    Some(until) if !flow.teardown.lingering => {
+                        flow.teardown.lingering = true;
+                        self.release_stream(id);
+                        self.arm_timer(id, Timer::Linger, until);
+                    }
+                    Some(_) => {}
+                    None => self.free_flow(id),
+                }
             } else if matches!(state, FlowState::Established | FlowState::Dead) {
                 self.events.push_back(Event::Activity(id));
             }
