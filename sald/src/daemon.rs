@@ -285,6 +285,16 @@ impl Core {
         }
     }
 
+    /// Shrinks the host's tables and sald's own per-flow maps to what they
+    /// hold now (see [`crate::memory`]).
+    pub fn compact(&mut self) {
+        self.host.compact();
+        self.flows.shrink_to_fit();
+        self.pending_accepts.shrink_to_fit();
+        self.pending_connects.shrink_to_fit();
+        self.owners.shrink_to_fit();
+    }
+
     /// Registers interest in a flow (or datagram socket) handed to an app.
     pub fn adopt(&mut self, flow: FlowId) -> Arc<FlowSignal> {
         let signal = Arc::new(FlowSignal::default());

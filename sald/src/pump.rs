@@ -60,6 +60,10 @@ struct StreamPump {
     up: bool,
     /// Flow to application: still open.
     down: bool,
+    /// The socket was seen readable and not read dry since: only then does
+    /// up read, because reading into the send buffer makes the buffer
+    /// allocate its memory, and an idle flow should hold none.
+    readable: bool,
 }
 
 impl StreamPump {
@@ -70,12 +74,13 @@ impl StreamPump {
     /// Moves what can be moved now, both ways.
     fn turn(&mut self, host: &mut Host, socket: &UnixStream) -> Turn {
         let mut turn = Turn::default();
-        if self.up {
+        if self.up && self.readable {
             self.pump_up(host, socket, &mut turn);
         }
         if self.down {
             self.pump_down(host, socket, &mut turn);
         }
+        turn.read = self.up && !self.readable;
         turn
     }
 
@@ -89,7 +94,7 @@ impl StreamPump {
             match read {
                 Ok(Ok(n)) if n > 0 => turn.moved = true,
                 Ok(Err(error)) if error.kind() == io::ErrorKind::WouldBlock => {
-                    turn.read = true;
+                    self.readable = false;
                     return;
                 }
                 // End of file (or the application is gone): half-close.
@@ -155,6 +160,7 @@ pub async fn stream(
         flow,
         up: true,
         down: true,
+        readable: false,
     };
     loop {
         let turn = {
@@ -176,7 +182,7 @@ pub async fn stream(
             biased;
             () = shutdown.recv() => break,
             () = signal.notified() => {}
-            _ = socket.readable(), if turn.read => {}
+            _ = socket.readable(), if turn.read => pump.readable = true,
             _ = socket.writable(), if turn.write => {}
         }
     }

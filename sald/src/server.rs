@@ -121,6 +121,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     tasks.spawn(move |shutdown| control::serve(listener, context, shutdown));
     let mut packets = tokio::spawn(receive_loop(shared.clone(), links, local));
     let timers = tokio::spawn(timer_loop(shared.clone()));
+    let housekeeping = tokio::spawn(crate::memory::housekeeping(shared.clone()));
     let follow = tokio::spawn(watch::follow(shared.clone(), worker.clone(), view, events));
     tracing::info!(control = %config.control.display(), forward = config.forward, "sald running");
 
@@ -151,6 +152,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     packets.abort();
     timers.abort();
+    housekeeping.abort();
     follow.abort();
     let _ = follow.await;
     drop(shared);

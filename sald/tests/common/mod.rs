@@ -245,3 +245,196 @@ impl Drop for Scratch {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Raises this process's descriptor limit, soft and hard, to at least
+/// `want` (root may raise the hard limit up to `/proc/sys/fs/nr_open`), so
+/// that it can hold that many flows and daemons started after inherit it.
+/// Returns the soft limit now.
+pub fn raise_fd_limit(want: u64) -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(hard);
+    let target = want.min(ceiling).max(soft);
+    if target > soft && setrlimit(Resource::RLIMIT_NOFILE, target, target.max(hard)).is_err() {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+    getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit").0
+}
+
+/// Resident memory of process `pid`, bytes (`VmRSS`).
+pub fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .expect("VmRSS")
+}
+
+/// Opens `count` stream flows to `service` through the control socket at
+/// `control`, over `connections` control connections at once (each asks
+/// for its share one after another); returns their sockets.
+pub fn open_flows(
+    control: &Path,
+    service: sal::ServiceId,
+    count: usize,
+    connections: usize,
+) -> Vec<std::os::unix::net::UnixStream> {
+    let per = count.div_ceil(connections);
+    let workers: Vec<_> = (0..connections)
+        .map(|i| {
+            let control = control.to_owned();
+            let n = per.min(count.saturating_sub(i * per));
+            std::thread::spawn(move || {
+                let mut client = ControlClient::connect_to(&control).expect("control socket");
+                (0..n)
+                    .map(|_| {
+                        let reply = client
+                            .request(&Request::Connect {
+                                service,
+                                protocol: sal::wire::TransportProtocol::Stream,
+                                timeout_ms: Some(10_000),
+                            })
+                            .expect("connect request");
+                        match (reply.response, reply.fd) {
+                            (Response::Connected { .. }, Some(fd)) => {
+                                std::os::unix::net::UnixStream::from(fd)
+                            }
+                            (other, _) => panic!("connect failed: {other:?}"),
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    workers
+        .into_iter()
+        .flat_map(|w| w.join().expect("connecting thread"))
+        .collect()
+}
+
+/// Accepts `count` flows of `listener` (on its own control connection, one
+/// after another) and returns their sockets.
+pub fn accept_flows(
+    listener: &socket_shim::ServiceListener,
+    count: usize,
+) -> Vec<socket_shim::ServiceStream> {
+    (0..count)
+        .map(|_| listener.accept().expect("accept").0)
+        .collect()
+}
+
+/// Set in the environment of a re-executed test or bench binary to make it
+/// a flow holder (see [`FlowHolder`]): `CONTROL_PATH PREFIX COUNT`.
+pub const HOLDER_ENV: &str = "SALD_TEST_HOLD_FLOWS";
+
+/// Another process that binds a prefix on a daemon, accepts flows and keeps
+/// them open until dropped: this same binary, re-executed as the holder.
+/// Descriptors are limited per process (here 20,000, and without
+/// `CAP_SYS_RESOURCE` no process may raise that), so the two ends of
+/// 10,000 flows cannot all live in one process.
+pub struct FlowHolder {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl FlowHolder {
+    /// Starts the holder (this binary run with `args`, which must make it
+    /// call [`hold_flows_if_asked`]) for `count` flows of `prefix` on the
+    /// daemon at `control`; returns once the prefix is bound.
+    pub fn start(args: &[&str], control: &Path, prefix: &str, count: usize) -> FlowHolder {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(std::env::current_exe().expect("own path"))
+            .args(args)
+            .env(
+                HOLDER_ENV,
+                format!("{} {prefix} {count}", control.display()),
+            )
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("flow holder");
+        let stdout = child.stdout.take().expect("holder's stdout");
+        let mut holder = FlowHolder {
+            child,
+            lines: std::io::BufReader::new(stdout).lines(),
+        };
+        holder.expect("bound");
+        holder
+    }
+
+    /// Reads the holder's output up to its line `HOLDER <what>`.
+    fn expect(&mut self, what: &str) {
+        let wanted = format!("HOLDER {what}");
+        for line in self.lines.by_ref() {
+            if line.expect("holder's output") == wanted {
+                return;
+            }
+        }
+        panic!("the flow holder ended before saying {what:?}");
+    }
+
+    /// Waits until the holder has accepted all its flows.
+    pub fn wait_accepted(&mut self) {
+        self.expect("accepted");
+    }
+
+    /// The holder's process ID.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for FlowHolder {
+    fn drop(&mut self) {
+        // End of its stdin: it closes its flows and exits.
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// The holder's side of [`FlowHolder`]: if this process was started as a
+/// holder, binds, accepts, holds until its stdin ends, and returns true.
+pub fn hold_flows_if_asked() -> bool {
+    let Ok(spec) = std::env::var(HOLDER_ENV) else {
+        return false;
+    };
+    let mut parts = spec.split(' ');
+    let (Some(control), Some(prefix), Some(count)) = (parts.next(), parts.next(), parts.next())
+    else {
+        panic!("bad {HOLDER_ENV}: {spec:?}");
+    };
+    let count: usize = count.parse().expect("count");
+    raise_fd_limit(count as u64 + 1024);
+    let control_client = ControlClient::connect_to(control).expect("control socket");
+    let backlog = u32::try_from(count).unwrap_or(u32::MAX).saturating_add(16);
+    let listener = socket_shim::ServiceListener::bind_via(
+        control_client,
+        prefix.parse::<sal::ServicePrefix>().expect("prefix"),
+        backlog,
+    )
+    .expect("bind");
+    println!("HOLDER bound");
+    let flows = accept_flows(&listener, count);
+    println!("HOLDER accepted");
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut rest);
+    close_gradually(flows);
+    true
+}
+
+/// Closes flows (any sockets) a hundred at a time, 50 ms apart (2,000 a
+/// second, which even a debug build of sald keeps up with): ten thousand
+/// flows closed at once make a burst of packets far larger than the TUN
+/// device's queue, and what it drops costs retransmission timeouts.
+pub fn close_gradually<T>(flows: Vec<T>) {
+    let mut flows = flows.into_iter().peekable();
+    while flows.peek().is_some() {
+        flows.by_ref().take(100).for_each(drop);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
