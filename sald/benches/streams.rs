@@ -4,7 +4,9 @@
 //! `cargo bench -p sald --bench streams` (root; iperf3 installed by
 //! `scripts/setup`). Options through the environment: `BENCH_SECONDS`
 //! (default 5) per throughput run, `BENCH_CONNECTIONS` (default 300) per
-//! latency run.
+//! latency run, `SALD_BASELINE` (a path to another sald binary, e.g. one
+//! built from an earlier commit): its one- and four-flow throughput is
+//! measured on the same pair in the same run, as the "before" of a change.
 //!
 //! Topologies (built with testnet, removed on exit):
 //! - throughput: two namespaces joined by one veth pair, MTU 1500;
@@ -20,9 +22,7 @@
 
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -100,63 +100,7 @@ fn tun_forwarder(seconds: u64) -> Option<f64> {
 /// Application-to-application throughput over `flows` SAL stream flows.
 fn sal_throughput(client: &Daemon, server: &Daemon, flows: usize, seconds: u64) -> f64 {
     let service: ServiceId = "be0c4".parse().expect("service");
-    let listener = ServiceListener::bind_via(server.client(), ServicePrefix::exact(service), 64)
-        .expect("bind");
-    let received = Arc::new(AtomicU64::new(0));
-    let sink = {
-        let received = received.clone();
-        thread::spawn(move || {
-            let mut readers = Vec::new();
-            for _ in 0..flows {
-                let (mut stream, _) = listener.accept().expect("accept");
-                let received = received.clone();
-                readers.push(thread::spawn(move || {
-                    let mut buf = vec![0u8; 1 << 20];
-                    while let Ok(n) = stream.read(&mut buf) {
-                        if n == 0 {
-                            break;
-                        }
-                        received.fetch_add(n as u64, Ordering::Relaxed);
-                    }
-                }));
-            }
-            for reader in readers {
-                let _ = reader.join();
-            }
-        })
-    };
-    let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..flows)
-        .map(|_| {
-            let stream =
-                ServiceStream::connect_via(client.client(), service, Some(Duration::from_secs(5)))
-                    .expect("connect");
-            let stop = stop.clone();
-            thread::spawn(move || {
-                let mut stream = stream;
-                let chunk = vec![0x5au8; 256 * 1024];
-                while !stop.load(Ordering::Relaxed) {
-                    if stream.write_all(&chunk).is_err() {
-                        break;
-                    }
-                }
-                let _ = stream.shutdown_write();
-            })
-        })
-        .collect();
-    // Measure a window after the start-up, not the start-up itself.
-    thread::sleep(Duration::from_millis(500));
-    let start_bytes = received.load(Ordering::Relaxed);
-    let start = Instant::now();
-    thread::sleep(Duration::from_secs(seconds));
-    let bytes = received.load(Ordering::Relaxed) - start_bytes;
-    let elapsed = start.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    for writer in writers {
-        let _ = writer.join();
-    }
-    let _ = sink.join();
-    bytes as f64 * 8.0 / elapsed / 1e9
+    common::sal_throughput(client, server, service, flows, seconds)
 }
 
 /// Connections per second and connect latency percentiles (ms).
@@ -216,7 +160,20 @@ fn main() {
     let sal_1 = sal_throughput(&client, &server, 1, seconds);
     let sal_4 = sal_throughput(&client, &server, 4, seconds);
     let direct = connect_rate(&client, &server, connections, "c0");
-    drop((client, server, pair));
+    drop((client, server));
+    let baseline = std::env::var_os("SALD_BASELINE").map(PathBuf::from);
+    let baseline = baseline.map(|program| {
+        let start = |host: &Host, name| {
+            common::start_sald_binary(&program, &host.ns, &[&host.ifaces[0].name], &dir, name, &[])
+        };
+        let client = start(pair.host(0), "bclient");
+        let server = start(pair.host(1), "bserver");
+        client.forward("0/0", server_addr, 1);
+        let one = sal_throughput(&client, &server, 1, seconds);
+        let four = sal_throughput(&client, &server, 4, seconds);
+        (program, one, four)
+    });
+    drop(pair);
 
     let lan = TopologyBuilder::new("benchr", 3)
         .lan(&[0, 1, 2])
@@ -248,6 +205,21 @@ fn main() {
         ratio(sal_4, Some(kernel_4)),
         ratio(sal_4, ceiling)
     );
+    if let Some((program, one, four)) = &baseline {
+        println!("  baseline sald ({}):", program.display());
+        println!(
+            "    1 flow                                {one:7.2}   {:>12}   {:>13}   this/baseline {:.2}",
+            ratio(*one, Some(kernel_1)),
+            ratio(*one, ceiling),
+            sal_1 / one
+        );
+        println!(
+            "    4 flows                               {four:7.2}   {:>12}   {:>13}   this/baseline {:.2}",
+            ratio(*four, Some(kernel_4)),
+            ratio(*four, ceiling),
+            sal_4 / four
+        );
+    }
     if let Some(c) = ceiling {
         let met = sal_1 >= 0.4 * c;
         println!(

@@ -21,7 +21,26 @@ use testnet::Netns;
 /// (named after `name`); `extra` are more flags. Panics with the log if it
 /// does not come up.
 pub fn start_sald(ns: &Netns, ifaces: &[&str], dir: &Path, name: &str, extra: &[&str]) -> Daemon {
-    let mut cmd = ns.command(env!("CARGO_BIN_EXE_sald"));
+    start_sald_binary(
+        Path::new(env!("CARGO_BIN_EXE_sald")),
+        ns,
+        ifaces,
+        dir,
+        name,
+        extra,
+    )
+}
+
+/// [`start_sald`] with another sald binary (a baseline build, say).
+pub fn start_sald_binary(
+    program: &Path,
+    ns: &Netns,
+    ifaces: &[&str],
+    dir: &Path,
+    name: &str,
+    extra: &[&str],
+) -> Daemon {
+    let mut cmd = ns.command(program);
     for iface in ifaces {
         cmd.args(["--iface", iface]);
     }
@@ -437,4 +456,83 @@ pub fn close_gradually<T>(flows: Vec<T>) {
         flows.by_ref().take(100).for_each(drop);
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Application-to-application throughput, Gbit/s, over `flows` stream flows
+/// to `service` from `client`'s daemon to `server`'s, measured for
+/// `seconds` after half a second of start-up.
+pub fn sal_throughput(
+    client: &impl Sald,
+    server: &impl Sald,
+    service: sal::ServiceId,
+    flows: usize,
+    seconds: u64,
+) -> f64 {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let listener = socket_shim::ServiceListener::bind_via(
+        server.client(),
+        sal::ServicePrefix::exact(service),
+        64,
+    )
+    .expect("bind");
+    let received = Arc::new(AtomicU64::new(0));
+    let sink = {
+        let received = received.clone();
+        std::thread::spawn(move || {
+            let mut readers = Vec::new();
+            for _ in 0..flows {
+                let (mut stream, _) = listener.accept().expect("accept");
+                let received = received.clone();
+                readers.push(std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 1 << 20];
+                    while let Ok(n) = stream.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        received.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                }));
+            }
+            for reader in readers {
+                let _ = reader.join();
+            }
+        })
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..flows)
+        .map(|_| {
+            let stream = socket_shim::ServiceStream::connect_via(
+                client.client(),
+                service,
+                Some(Duration::from_secs(5)),
+            )
+            .expect("connect");
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let chunk = vec![0x5au8; 256 * 1024];
+                while !stop.load(Ordering::Relaxed) {
+                    if stream.write_all(&chunk).is_err() {
+                        break;
+                    }
+                }
+                let _ = stream.shutdown_write();
+            })
+        })
+        .collect();
+    // Measure a window after the start-up, not the start-up itself.
+    std::thread::sleep(Duration::from_millis(500));
+    let start_bytes = received.load(Ordering::Relaxed);
+    let start = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(seconds));
+    let bytes = received.load(Ordering::Relaxed) - start_bytes;
+    let elapsed = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for writer in writers {
+        let _ = writer.join();
+    }
+    let _ = sink.join();
+    bytes as f64 * 8.0 / elapsed / 1e9
 }
