@@ -110,36 +110,55 @@ fn wait_no_flows(daemons: [&Daemon; 2], timeout: Duration) {
     }
 }
 
-/// Idle flows held by applications: client ends here, server ends in a
-/// flow holder process.
-fn with_application_flows(client: &Daemon, server: &Daemon, count: usize, seconds: u64) -> Row {
+/// One row: the bulk flow alone, then `open` opens `count` idle flows
+/// (returning what closes them), memory is read, the bulk flow runs beside
+/// them, they close, and memory is read again 10 s later.
+fn measure(
+    client: &Daemon,
+    server: &Daemon,
+    count: usize,
+    held: Held,
+    seconds: u64,
+    open: impl FnOnce() -> Box<dyn FnOnce()>,
+) -> Row {
     let pids = [client.child.id(), server.child.id()];
     let (alone, _) = bulk(client, server, seconds);
     wait_no_flows([client, server], Duration::from_secs(30));
     let before = pids.map(common::rss);
     let started = Instant::now();
-    let mut holder = common::FlowHolder::start(&[], &server.control, "1d1e/16", count);
-    let opened = common::open_flows(&client.control, "1d1e01".parse().unwrap(), count, 8);
-    holder.wait_accepted();
+    let close = open();
     let open_secs = started.elapsed().as_secs_f64();
-    assert_eq!(stats(client).flows, count);
+    assert_eq!(stats(server).flows, count);
     thread::sleep(Duration::from_secs(4));
     let idle = pids.map(common::rss);
     let (gbps, work) = bulk(client, server, seconds);
-    common::close_gradually(opened);
-    drop(holder);
+    close();
     wait_no_flows([client, server], Duration::from_secs(60));
     thread::sleep(Duration::from_secs(10));
     let closed = pids.map(common::rss);
     Row {
         flows: count,
-        held: Held::Applications,
+        held,
         alone,
         gbps,
         work,
         rss: [0, 1].map(|i| [before[i], idle[i], closed[i]]),
         open_secs,
     }
+}
+
+/// Idle flows held by applications: client ends here, server ends in a
+/// flow holder process.
+fn with_application_flows(client: &Daemon, server: &Daemon, count: usize, seconds: u64) -> Row {
+    measure(client, server, count, Held::Applications, seconds, || {
+        let mut holder = common::FlowHolder::start(&[], &server.control, "1d1e/16", count);
+        let opened = common::open_flows(&client.control, "1d1e01".parse().unwrap(), count, 8);
+        holder.wait_accepted();
+        Box::new(move || {
+            common::close_gradually(opened);
+            drop(holder);
+        })
+    })
 }
 
 /// Idle flows from the generator, left in the server's accept queues.
@@ -150,50 +169,33 @@ fn with_generated_flows(
     count: usize,
     seconds: u64,
 ) -> Row {
-    let pids = [client.child.id(), server.child.id()];
-    let (alone, _) = bulk(client, server, seconds);
-    wait_no_flows([client, server], Duration::from_secs(30));
-    let before = pids.map(common::rss);
-    let started = Instant::now();
-    // One listener per 65,535 flows (the backlog bound).
-    let listeners: Vec<ServiceListener> = (0..count.div_ceil(BACKLOG))
-        .map(|i| {
-            let prefix: ServicePrefix = format!("9e{i:02x}/16").parse().unwrap();
-            ServiceListener::bind_via(server.client(), prefix, BACKLOG as u32).expect("bind")
+    measure(client, server, count, Held::Generator, seconds, || {
+        // One listener per 65,535 flows (the backlog bound).
+        let listeners: Vec<ServiceListener> = (0..count.div_ceil(BACKLOG))
+            .map(|i| {
+                let prefix: ServicePrefix = format!("9e{i:02x}/16").parse().unwrap();
+                ServiceListener::bind_via(server.client(), prefix, BACKLOG as u32).expect("bind")
+            })
+            .collect();
+        let services: Vec<ServiceId> = (0..listeners.len())
+            .map(|i| format!("9e{i:02x}01").parse().unwrap())
+            .collect();
+        let generator = Generator::start(
+            &net.host(0).ns,
+            GENERATOR_ADDR,
+            net.host(1).addr().unwrap(),
+            services,
+            count,
+        );
+        let established = generator.wait_established(count, Duration::from_secs(300));
+        assert_eq!(established, count, "generated flows established");
+        Box::new(move || {
+            // Unbinding resets what waits in the accept queues.
+            drop(listeners);
+            thread::sleep(Duration::from_secs(1));
+            drop(generator);
         })
-        .collect();
-    let services: Vec<ServiceId> = (0..listeners.len())
-        .map(|i| format!("9e{i:02x}01").parse().unwrap())
-        .collect();
-    let generator = Generator::start(
-        &net.host(0).ns,
-        GENERATOR_ADDR,
-        net.host(1).addr().unwrap(),
-        services,
-        count,
-    );
-    let established = generator.wait_established(count, Duration::from_secs(300));
-    let open_secs = started.elapsed().as_secs_f64();
-    assert_eq!(established, count, "generated flows established");
-    assert_eq!(stats(server).flows, count);
-    thread::sleep(Duration::from_secs(4));
-    let idle = pids.map(common::rss);
-    let (gbps, work) = bulk(client, server, seconds);
-    // Unbinding resets what waits in the accept queues.
-    drop(listeners);
-    wait_no_flows([client, server], Duration::from_secs(60));
-    drop(generator);
-    thread::sleep(Duration::from_secs(10));
-    let closed = pids.map(common::rss);
-    Row {
-        flows: count,
-        held: Held::Generator,
-        alone,
-        gbps,
-        work,
-        rss: [0, 1].map(|i| [before[i], idle[i], closed[i]]),
-        open_secs,
-    }
+    })
 }
 
 fn main() {

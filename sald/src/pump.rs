@@ -87,10 +87,7 @@ impl StreamPump {
     /// Application to flow: socket reads into the send buffer.
     fn pump_up(&mut self, host: &mut Host, socket: &UnixStream, turn: &mut Turn) {
         for _ in 0..CALLS_PER_TURN {
-            let read = host.send_with(self.flow, |free| match socket.try_read(free) {
-                Ok(n) => (n, Ok(n)),
-                Err(error) => (0, Err(error)),
-            });
+            let read = host.send_with(self.flow, |free| moved(socket.try_read(free)));
             match read {
                 Ok(Ok(n)) if n > 0 => turn.moved = true,
                 Ok(Err(error)) if error.kind() == io::ErrorKind::WouldBlock => {
@@ -119,10 +116,7 @@ impl StreamPump {
     /// Flow to application: the receive buffer written to the socket.
     fn pump_down(&mut self, host: &mut Host, socket: &UnixStream, turn: &mut Turn) {
         for _ in 0..CALLS_PER_TURN {
-            let written = host.recv_with(self.flow, |data| match socket.try_write(data) {
-                Ok(n) => (n, Ok(n)),
-                Err(error) => (0, Err(error)),
-            });
+            let written = host.recv_with(self.flow, |data| moved(socket.try_write(data)));
             match written {
                 Ok(Some(Ok(_))) => turn.moved = true,
                 Ok(Some(Err(error))) if error.kind() == io::ErrorKind::WouldBlock => {
@@ -145,6 +139,13 @@ impl StreamPump {
         }
         turn.again = true;
     }
+}
+
+/// What a socket read or write into (out of) a flow's buffer moved, for
+/// [`Host::send_with`] and [`Host::recv_with`]: the byte count, and the
+/// result itself.
+fn moved(result: io::Result<usize>) -> (usize, io::Result<usize>) {
+    (*result.as_ref().unwrap_or(&0), result)
 }
 
 /// Serves one stream flow until both directions are finished (or the daemon

@@ -2,17 +2,16 @@
 //! pair. Needs root; skips loudly otherwise.
 
 use std::io::{Read, Write};
-use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use sal::{ServiceId, ServicePrefix};
 use sal_control::{Request, Response};
 use socket_shim::{ServiceListener, ServiceStream};
-use testnet::{require_root, wait_until, Host, TopologyBuilder};
+use testnet::{require_root, wait_until};
 
 mod common;
-use common::{Daemon, Sald, Scratch};
+use common::{Daemon, Sald};
 
 /// Idle established flows the many-flows test opens.
 const FLOWS: usize = 10_000;
@@ -27,19 +26,6 @@ fn stats(daemon: &Daemon) -> sal_control::StatsReport {
     }
 }
 
-/// A deterministic byte pattern.
-fn pattern(len: usize) -> Vec<u8> {
-    let mut x: u32 = 0x9e37_79b9;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
 /// Ten thousand idle established flows between two daemons, and a bulk
 /// transfer beside them: the bytes arrive exact, each idle flow costs each
 /// sald at most 8 KiB of resident memory, `servalctl stats` counts the
@@ -52,25 +38,22 @@ fn ten_thousand_idle_flows_beside_a_byte_exact_bulk_transfer() {
     // the hard limit from it.
     let limit = common::raise_fd_limit(4 * FLOWS as u64);
     assert!(limit >= FLOWS as u64 + 1000, "descriptor limit {limit}");
-    let net = TopologyBuilder::new("many", 2).link(0, 1).build().unwrap();
-    let dir = Scratch::new("many");
-    let client = start_sald(net.host(0), &dir, "client", &[]);
-    let server = start_sald(net.host(1), &dir, "server", &[]);
-    client.forward("0/0", net.host(1).addr().unwrap(), 1);
+    let pair = common::DaemonPair::new("many");
+    let (client, server, net) = (&pair.client, &pair.server, &pair.net);
     let pids = [client.child.id(), server.child.id()];
     for pid in pids {
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
         assert_eq!(comm.trim(), "sald", "measuring sald itself");
     }
     assert_eq!(
-        stats(&client).fd_limit,
+        stats(client).fd_limit,
         limit,
         "sald raised its limit to the hard one"
     );
 
     // The server ends are held by another process (descriptor limits).
     let before = pids.map(common::rss);
-    let fds_before = stats(&server).fds_open;
+    let fds_before = stats(server).fds_open;
     let mut holder = common::FlowHolder::start(
         &["flow_holder", "--exact", "--ignored", "--nocapture"],
         &server.control,
@@ -82,8 +65,8 @@ fn ten_thousand_idle_flows_beside_a_byte_exact_bulk_transfer() {
     holder.wait_accepted();
     assert_eq!(opened.len(), FLOWS);
     eprintln!("{FLOWS} flows open after {:?}", started.elapsed());
-    assert_eq!(stats(&client).flows, FLOWS);
-    let server_stats = stats(&server);
+    assert_eq!(stats(client).flows, FLOWS);
+    let server_stats = stats(server);
     assert_eq!(server_stats.flows, FLOWS);
     assert!(
         server_stats.fds_open >= fds_before + FLOWS as u64,
@@ -92,7 +75,7 @@ fn ten_thousand_idle_flows_beside_a_byte_exact_bulk_transfer() {
     );
 
     // A bulk transfer beside them, byte exact.
-    let data = pattern(32 << 20);
+    let data = common::pattern(32 << 20, 0x9e37_79b9);
     let listener = ServiceListener::bind_via(
         server.client(),
         "b01c/16".parse::<ServicePrefix>().unwrap(),
@@ -157,18 +140,13 @@ fn ten_thousand_idle_flows_beside_a_byte_exact_bulk_transfer() {
     drop(holder);
     assert!(
         wait_until(Duration::from_secs(20), || {
-            stats(&client).flows == 0 && stats(&server).flows == 0
+            stats(client).flows == 0 && stats(server).flows == 0
         }),
         "flows left: {} and {}",
-        stats(&client).flows,
-        stats(&server).flows
+        stats(client).flows,
+        stats(server).flows
     );
     eprintln!("done after {:?}", started.elapsed());
-}
-
-/// sald on `host`'s first interface.
-fn start_sald(host: &Host, dir: &Path, name: &str, extra: &[&str]) -> Daemon {
-    common::start_sald(&host.ns, &[&host.ifaces[0].name], dir, name, extra)
 }
 
 /// Sequential small request/response exchanges over one flow, as a
@@ -180,11 +158,8 @@ fn start_sald(host: &Host, dir: &Path, name: &str, extra: &[&str]) -> Daemon {
 #[test]
 fn small_request_response_exchanges_are_not_delayed() {
     require_root!();
-    let net = TopologyBuilder::new("rr", 2).link(0, 1).build().unwrap();
-    let dir = Scratch::new("rr");
-    let client = start_sald(net.host(0), &dir, "client", &[]);
-    let server = start_sald(net.host(1), &dir, "server", &[]);
-    client.forward("0/0", net.host(1).addr().unwrap(), 1);
+    let pair = common::DaemonPair::new("rr");
+    let (client, server) = (&pair.client, &pair.server);
 
     const EXCHANGES: usize = 200;
     const SIZE: usize = 100;

@@ -88,18 +88,6 @@ fn setup_with(label: &str, client_flags: &[&str]) -> Setup {
     }
 }
 
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
 /// Streams `len` bytes client -> server; once `at` bytes have arrived, runs
 /// `act` with the two flow IDs (client's, server's). Returns whether the
 /// server received exactly the bytes sent.
@@ -107,7 +95,7 @@ fn transfer_with(s: &Setup, len: usize, at: usize, act: impl FnOnce(FlowId, Flow
     let service: ServiceId = "ab01".parse().unwrap();
     let listener =
         ServiceListener::bind_via(s.server.client(), ServicePrefix::exact(service), 4).unwrap();
-    let data = Arc::new(pattern(len, 7));
+    let data = Arc::new(common::pattern(len, 7));
     let received = Arc::new(AtomicUsize::new(0));
     let server = {
         let received = received.clone();

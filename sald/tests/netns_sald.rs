@@ -26,18 +26,6 @@ fn start_sald(host: &Host, dir: &Path, name: &str, extra: &[&str]) -> Daemon {
     common::start_sald(&host.ns, &[&host.ifaces[0].name], dir, name, extra)
 }
 
-fn pattern(len: usize) -> Vec<u8> {
-    let mut x: u32 = 0x1234_5678;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
 fn svc(s: &str) -> ServiceId {
     s.parse().unwrap()
 }
@@ -69,7 +57,7 @@ fn direct_stream_echo_is_byte_exact() {
         (info, data.len())
     });
 
-    let data = pattern(8 << 20);
+    let data = common::pattern(8 << 20, 0x1234_5678);
     let mut stream =
         ServiceStream::connect_via(client.client(), svc("beef01"), Some(Duration::from_secs(5)))
             .unwrap();

@@ -536,3 +536,49 @@ pub fn sal_throughput(
     let _ = sink.join();
     bytes as f64 * 8.0 / elapsed / 1e9
 }
+
+/// `len` bytes of a deterministic pattern (xorshift from `seed`).
+pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// Two hosts joined by a veth pair, a sald on each, the client's default
+/// rule toward the server. Dropped in order: the daemons (SIGTERM, so they
+/// undo their plumbing), their scratch directory, the namespaces.
+pub struct DaemonPair {
+    pub client: Daemon,
+    pub server: Daemon,
+    _dir: Scratch,
+    pub net: testnet::Topology,
+}
+
+impl DaemonPair {
+    /// Builds it; `label` names the namespaces and the scratch directory.
+    pub fn new(label: &str) -> DaemonPair {
+        let net = testnet::TopologyBuilder::new(label, 2)
+            .link(0, 1)
+            .build()
+            .expect("namespaces");
+        let dir = Scratch::new(label);
+        let start = |host: &testnet::Host, name| {
+            start_sald(&host.ns, &[&host.ifaces[0].name], &dir, name, &[])
+        };
+        let client = start(net.host(0), "client");
+        let server = start(net.host(1), "server");
+        client.forward("0/0", net.host(1).addr().expect("address"), 1);
+        DaemonPair {
+            client,
+            server,
+            _dir: dir,
+            net,
+        }
+    }
+}

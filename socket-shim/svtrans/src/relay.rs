@@ -186,6 +186,15 @@ mod tests {
     use std::io::{Read, Write};
     use std::net::TcpListener;
 
+    /// A relay's two sockets and their far ends: (the TCP socket the relay
+    /// carries, its peer; the flow socket the relay carries, its peer).
+    fn sockets() -> ((TcpStream, TcpStream), (UnixStream, UnixStream)) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (tcp, _) = listener.accept().unwrap();
+        ((tcp, peer), UnixStream::pair().unwrap())
+    }
+
     /// Small request/response exchanges, as a memcached client makes them
     /// through `svtrans egress`: each request is relayed into the TCP
     /// socket at once. Splicing into TCP with `SPLICE_F_MORE` corked every
@@ -197,10 +206,7 @@ mod tests {
         const EXCHANGES: usize = 200;
         for max_pipes in [4, 0] {
             let pipes = PipePool::new(max_pipes);
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            let mut server = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-            let (tcp, _) = listener.accept().unwrap();
-            let (flow, mut client) = UnixStream::pair().unwrap();
+            let ((tcp, mut server), (flow, mut client)) = sockets();
             std::thread::scope(|scope| {
                 let relay = scope.spawn(|| relay(&tcp, &flow, &pipes));
                 let answer = scope.spawn(move || {
@@ -234,10 +240,7 @@ mod tests {
     fn relays_both_ways_with_and_without_pipes() {
         for max_pipes in [4, 0] {
             let pipes = PipePool::new(max_pipes);
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-            let (tcp, _) = listener.accept().unwrap();
-            let (flow, mut service) = UnixStream::pair().unwrap();
+            let ((tcp, mut client), (flow, mut service)) = sockets();
             let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
             std::thread::scope(|scope| {
                 let relay = scope.spawn(|| relay(&tcp, &flow, &pipes));
