@@ -261,8 +261,11 @@ fn idle_flows_cost_little_and_only_busy_flows_are_driven() {
     }
     pair.idle(Duration::from_secs(3), Duration::from_millis(100));
     pair.events.iter_mut().for_each(VecDeque::clear);
-    for host in &pair.hosts {
+    for host in &mut pair.hosts {
         assert_eq!(host.stats().buffer_bytes, 0, "idle flows hold no buffers");
+        // Nothing to retransmit, nothing to trim, nowhere else to probe:
+        // not one deadline for the whole host.
+        assert_eq!(host.poll_timeout(), None, "idle flows have no deadline");
     }
     let per_flow = (LIVE_BYTES.with(Cell::get) - heap_before) / (2 * FLOWS as i64);
     eprintln!("heap per idle flow end: {per_flow} bytes");

@@ -229,7 +229,12 @@ impl Host {
         }
         if repr.address.is_some() {
             flow.path.set_peer_locators(advertised(repr, &src));
+            // Somewhere else to go, maybe: an idle flow may now probe.
+            self.arm_liveness(id);
         }
+        let Ok(flow) = self.flow_mut(id) else {
+            return false;
+        };
         if flags.contains(ControlFlags::SYN) {
             self.repeated_syn_ack(id, control);
             return false;

@@ -151,7 +151,16 @@ impl Host {
 
     /// Adds (or replaces, by name) one of the host's own interfaces.
     pub fn add_interface(&mut self, interface: LocalInterface) {
+        let up_before = self.interfaces.up_count();
         self.interfaces.add(interface);
+        self.interfaces_changed(up_before);
+    }
+
+    /// A second interface up gives idle flows somewhere to go.
+    fn interfaces_changed(&mut self, up_before: usize) {
+        if up_before <= 1 && self.interfaces.up_count() > 1 {
+            self.rearm_idle_probes();
+        }
     }
 
     /// Removes an interface by name (its flows move elsewhere first, with
@@ -177,10 +186,15 @@ impl Host {
             .get_mut(name)
             .ok_or_else(|| HostError::NoSuchInterface(name.to_string()))?;
         let (was_up, locator) = (iface.up, iface.locator);
+        let up_before = self.interfaces.up_count();
+        let Some(iface) = self.interfaces.get_mut(name) else {
+            return Ok(());
+        };
         iface.up = up;
         if was_up && !up && self.config.auto_migrate {
             self.evacuate(locator);
         }
+        self.interfaces_changed(up_before);
         Ok(())
     }
 

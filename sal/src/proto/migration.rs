@@ -153,24 +153,50 @@ impl Host {
     }
 
     /// Arms the flow's liveness timer for when its verdict may next change.
+    /// An idle flow with nowhere else to go (one interface up, a peer that
+    /// advertised no other locator) has nothing to probe for, and gets no
+    /// timer at all: a host's idle flows cost it no work until that changes
+    /// (see [`Host::rearm_idle_probes`]).
     pub(super) fn arm_liveness(&mut self, id: FlowId) {
         if !self.config.auto_migrate {
             return;
         }
         let waiting = self.awaits_peer(id);
-        let (now, timeout, idle) = (
-            self.now,
-            self.config.liveness_timeout,
-            self.config.idle_probe,
-        );
+        let (now, timeout) = (self.now, self.config.liveness_timeout);
+        let interfaces_up = self.interfaces.up_count();
         let Ok(flow) = self.flow_mut(id) else {
             return;
         };
         if flow.state != FlowState::Established {
             return;
         }
+        let somewhere_else = interfaces_up > 1 || flow.path.peer_has_alternatives();
+        let idle = self.config.idle_probe.filter(|_| somewhere_else);
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
         if let Some(at) = flow.liveness.next_check(now, waiting, timeout, idle) {
             self.arm_timer(id, Timer::Liveness, on_tick(at));
+        }
+    }
+
+    /// Somewhere else to go has appeared (an interface came up): idle flows
+    /// that had nothing to probe for get their liveness timers. Costs a pass
+    /// over the flows, on an interface event.
+    pub(super) fn rearm_idle_probes(&mut self) {
+        if !self.config.auto_migrate || self.config.idle_probe.is_none() {
+            return;
+        }
+        let flows: Vec<FlowId> = self
+            .endpoints
+            .iter()
+            .filter_map(|(id, e)| match e {
+                super::flow::Endpoint::Flow(f) if f.state == FlowState::Established => Some(id),
+                _ => None,
+            })
+            .collect();
+        for id in flows {
+            self.arm_liveness(id);
         }
     }
 
