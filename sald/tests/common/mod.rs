@@ -128,9 +128,16 @@ pub struct InProcess {
 impl InProcess {
     /// Runs a daemon with `config`; waits up to 10 s for its control socket.
     pub fn start(config: Config) -> InProcess {
+        InProcess::start_with(config, || {})
+    }
+
+    /// [`InProcess::start`], calling `on_thread` first on the daemon's own
+    /// thread (where its whole runtime runs).
+    pub fn start_with(config: Config, on_thread: fn()) -> InProcess {
         let control = config.control.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
+            on_thread();
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
