@@ -76,6 +76,13 @@ impl StreamPump {
         let mut turn = Turn::default();
         if self.up && self.readable {
             self.pump_up(host, socket, &mut turn);
+        } else if self.up
+            && matches!(host.send_room(self.flow), Err(e) if e != HostError::WouldBlock)
+        {
+            // Reset or gone while the application is silent: nothing more
+            // goes up, and the pump must not wait for the application.
+            self.up = false;
+            turn.moved = true;
         }
         if self.down {
             self.pump_down(host, socket, &mut turn);
