@@ -108,7 +108,12 @@ impl Host {
             (FlowState::Dead, _) => return Err(HostError::Reset),
             (FlowState::Established, Some(socket)) => {
                 if !socket.may_send() {
-                    return Err(HostError::SendClosed);
+                    // Not yet open for sending (the TCP handshake is still
+                    // finishing), or closed for sending.
+                    return Err(match socket.state() {
+                        State::SynSent | State::SynReceived => HostError::WouldBlock,
+                        _ => HostError::SendClosed,
+                    });
                 }
                 if socket.send_space() == 0 {
                     return Err(HostError::WouldBlock);
@@ -171,11 +176,15 @@ impl Host {
         }
         if socket.recv_queue() == 0 {
             return match socket.recv(|_| (0, ())) {
-                Ok(()) if matches!(socket.state(), State::SynSent | State::SynReceived) => {
-                    Err(HostError::WouldBlock)
-                }
                 Ok(()) => Err(HostError::WouldBlock),
                 Err(RecvError::Finished) => Ok(None),
+                // The TCP handshake is still finishing (the SAL's was
+                // confirmed without the socket's last segment).
+                Err(RecvError::InvalidState)
+                    if matches!(socket.state(), State::SynSent | State::SynReceived) =>
+                {
+                    Err(HostError::WouldBlock)
+                }
                 // Closed without a FIN: the peer's transport gave up on us.
                 Err(RecvError::InvalidState) => Ok(None),
             };
