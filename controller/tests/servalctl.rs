@@ -258,10 +258,10 @@ fn other_listings_print_their_payload() {
         },
         Request::ListFlows => Response::Flows { flows: vec![] },
         Request::Stats => Response::Stats {
-            stats: StatsReport {
+            stats: Box::new(StatsReport {
                 rules: 4,
                 ..Default::default()
-            },
+            }),
         },
         _ => Response::Ok,
     });

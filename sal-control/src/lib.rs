@@ -213,7 +213,7 @@ pub enum Response {
         interfaces: Vec<LocalInterface>,
     },
     Stats {
-        stats: StatsReport,
+        stats: Box<StatsReport>,
     },
     Event {
         event: ControlEvent,
@@ -354,6 +354,14 @@ pub struct StatsReport {
     pub link_tx: u64,
     pub link_errors: u64,
     pub uptime_secs: u64,
+    /// sald's file descriptor limit (its soft `RLIMIT_NOFILE`, raised to
+    /// the hard limit at start): every flow handed to an application and
+    /// every control connection takes one.
+    #[serde(default)]
+    pub fd_limit: u64,
+    /// File descriptors sald has open.
+    #[serde(default)]
+    pub fds_open: u64,
 }
 
 /// Why a frame could not be decoded.

@@ -16,6 +16,7 @@ mod conditions;
 pub mod nat;
 mod network;
 pub mod node;
+mod packet;
 pub mod seed;
 
 pub use conditions::LinkConditions;
@@ -25,3 +26,4 @@ pub use node::{
     Delay, DropReason, Duplicate, Jitter, Loss, Mtu, Node, Partition, PartitionSwitch, Path,
     RateLimit, Verdict,
 };
+pub use packet::Packet;

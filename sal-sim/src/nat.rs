@@ -18,8 +18,9 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use sal::locator::Locator;
-use sal::proto::Transmit;
 use smoltcp::time::{Duration, Instant};
+
+use crate::Packet;
 
 /// One mapping: the private end, the remote end, when it was last used.
 #[derive(Debug, Clone, Copy)]
@@ -90,7 +91,7 @@ impl Nat {
     }
 
     /// Translates `packet` at `now`, in place.
-    pub fn translate(&mut self, packet: &mut Transmit, now: Instant) -> Translation {
+    pub fn translate(&mut self, packet: &mut Packet, now: Instant) -> Translation {
         let timeout = self.timeout;
         self.by_public_port.retain(|_, m| now < m.used + timeout);
         match (packet.src, packet.dst) {
@@ -159,8 +160,8 @@ mod tests {
         Locator::Udp(s.parse().unwrap())
     }
 
-    fn packet(src: &str, dst: &str) -> Transmit {
-        Transmit {
+    fn packet(src: &str, dst: &str) -> Packet {
+        Packet {
             src: udp(src),
             dst: udp(dst),
             ttl: 64,
@@ -188,7 +189,7 @@ mod tests {
 
     /// A packet from `from` to the public locator `to`, translated at `t`.
     fn inbound(nat: &mut Nat, from: &str, to: Locator, t: i64) -> (Translation, Locator) {
-        let mut p = Transmit {
+        let mut p = Packet {
             dst: to,
             ..packet(from, "10.0.0.2:1")
         };

@@ -17,13 +17,14 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use sal::locator::Locator;
-use sal::proto::{Event, Host, HostConfig, LocalInterface, Transmit};
+use sal::proto::{Event, Host, HostConfig, LocalInterface};
 use smoltcp::time::{Duration, Instant};
 
 use crate::conditions::LinkConditions;
 use crate::nat::{Nat, Translation};
 use crate::node::{DropReason, Path, Verdict};
 use crate::seed::{seed_or, SeedGuard};
+use crate::Packet;
 
 /// Index of a host in a [`Network`].
 pub type HostId = usize;
@@ -40,7 +41,7 @@ struct InFlight {
     seq: u64,
     hop: usize,
     to: HostId,
-    packet: Transmit,
+    packet: Packet,
 }
 
 impl PartialEq for InFlight {
@@ -97,7 +98,7 @@ pub struct WireStats {
 }
 
 /// A test's hook to drop chosen packets: gets each transmit, returns true to drop it.
-pub type PacketFilter = Box<dyn FnMut(&Transmit) -> bool>;
+pub type PacketFilter = Box<dyn FnMut(&Packet) -> bool>;
 
 /// Makes the path of an address pair nobody set a path for.
 pub type PathFactory = Box<dyn FnMut() -> Path>;
@@ -118,6 +119,8 @@ pub struct Network {
     /// Translates addresses between a private subnet and the rest.
     nat: Option<Nat>,
     pub stats: WireStats,
+    /// Where hosts write the packets they send.
+    buffer: Vec<u8>,
     /// Last, so that it is dropped (and prints the seed) after the rest.
     seed: SeedGuard,
 }
@@ -145,6 +148,7 @@ impl Network {
             filter: None,
             nat: None,
             stats: WireStats::default(),
+            buffer: vec![0; Packet::MAX_LEN],
             seed: SeedGuard(seed),
         }
     }
@@ -252,7 +256,7 @@ impl Network {
     }
 
     /// Injects a packet as if `src` had sent it.
-    pub fn inject(&mut self, transmit: Transmit) {
+    pub fn inject(&mut self, transmit: Packet) {
         self.put_on_wire(usize::MAX, transmit);
     }
 
@@ -290,7 +294,7 @@ impl Network {
             .collect()
     }
 
-    fn put_on_wire(&mut self, from: HostId, mut transmit: Transmit) {
+    fn put_on_wire(&mut self, from: HostId, mut transmit: Packet) {
         self.stats.sent += 1;
         if let Some(h) = self.hosts.get_mut(from) {
             h.sent += 1;
@@ -399,7 +403,9 @@ impl Network {
     /// Moves every host's transmits to the wire and its events to its log.
     fn collect(&mut self) {
         for id in 0..self.hosts.len() {
-            while let Some(t) = self.hosts[id].host.poll_transmit() {
+            while let Some(t) =
+                Packet::next_from(&mut self.hosts[id].host, self.now, &mut self.buffer)
+            {
                 self.put_on_wire(id, t);
             }
             while let Some(e) = self.hosts[id].host.poll_event() {

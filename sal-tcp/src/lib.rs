@@ -208,6 +208,11 @@
 //!   `test_partial_ack_retransmits_the_next_hole_at_once` and
 //!   `test_last_ack_duplicate_acks_with_data_in_flight_fast_retransmit`.
 //!   Received SACK blocks are still not used by the sender.
+//! - **Path changes**: [`Socket::rewind`] resends everything in flight at
+//!   once (after a pure ACK of what we hold), for a SAL migration: what the
+//!   old path swallowed need not wait for the retransmission timeout, and
+//!   the SAL keeps no copies of sent segments. Tested by
+//!   `rewind_after_a_path_change_resends_at_once`.
 //! - **Timestamps**: generated from `now` plus the ISN instead of a `fn()`
 //!   generator; enabled by `Config::timestamps`.
 //! - **Congestion control**: Reno and Cubic always compiled (no cargo

@@ -633,6 +633,48 @@ impl Socket {
         self.set_state(State::Closed);
     }
 
+    /// The path changed (a SAL migration): resend, from the oldest
+    /// unacknowledged byte, everything in flight, and first a pure ACK of
+    /// what we hold, all at the next [`poll_transmit`]. Returns the bytes of
+    /// sequence space that will be resent (0: nothing was in flight).
+    ///
+    /// Segments in flight on a path that died are lost, and the
+    /// retransmission timer would resend them only after at least a second.
+    /// This is that timeout's go-back without waiting for it and without its
+    /// congestion response (the loss was the old path's, not congestion on
+    /// the new one): the resent data stays within the congestion window,
+    /// RTT samples of it are not taken (Karn), and any fast recovery ends.
+    /// The ACK tells the peer at once where we are, so that what it resends
+    /// is only what we lack. Takes no memory: the data is still in the send
+    /// buffer until acknowledged.
+    ///
+    /// [`poll_transmit`]: Socket::poll_transmit
+    pub fn rewind(&mut self) -> usize {
+        if !matches!(
+            self.state,
+            State::Established
+                | State::FinWait1
+                | State::FinWait2
+                | State::Closing
+                | State::CloseWait
+                | State::LastAck
+        ) {
+            return 0;
+        }
+        let in_flight = self.flight_size();
+        if in_flight > 0 {
+            self.remote_last_seq = self.local_seq_no;
+            self.pending_fast_retransmit = false;
+            self.recover = None;
+            self.rtte.on_retransmit();
+        }
+        if self.reply.is_none() {
+            let tsecr = self.timestamps.then_some(self.last_remote_tsval);
+            self.reply = Some(Reply::Ack { count: 1, tsecr });
+        }
+        in_flight
+    }
+
     /// Return whether the socket is passively listening for incoming connections.
     ///
     /// In terms of the TCP state machine, the socket must be in the `LISTEN` state.

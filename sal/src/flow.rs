@@ -120,6 +120,11 @@ impl<T> FlowTable<T> {
         self.flows.iter_mut().map(|(&id, flow)| (id, flow))
     }
 
+    /// Gives back the memory the table holds beyond what its flows need.
+    pub fn shrink_to_fit(&mut self) {
+        self.flows.shrink_to_fit();
+    }
+
     /// Removes every flow for which `keep` returns false.
     pub fn retain(&mut self, mut keep: impl FnMut(FlowId, &mut T) -> bool) {
         self.flows.retain(|&id, flow| keep(id, flow));

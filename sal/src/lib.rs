@@ -13,8 +13,8 @@
 //!   FORWARD / DEMUX / DELAY / DROP targets.
 //! - [`locator`]: where packets go (IPv4 address, or address and UDP port).
 //! - [`flow`]: the flow table, flows by local flow ID.
-//! - [`transport`]: smoltcp TCP behind virtual endpoints, translated at the SAL boundary.
-//! - [`proto`]: the host state machine: handshakes, routing, DELAY, datagrams.
+//! - [`proto`]: the host state machine: handshakes, routing, DELAY, datagrams,
+//!   streams (each flow owning its TCP socket, [`tcp`]).
 //!
 //! The control-socket protocol (`sal-control`) and the deterministic network
 //! simulator used by tests (`sal-sim`) are crates of their own: neither is
@@ -25,10 +25,11 @@ pub mod id;
 pub mod locator;
 pub mod proto;
 pub mod table;
-pub mod transport;
 pub mod wire;
 
 pub use id::{FlowId, ParseIdError, ServiceId, ServicePrefix};
 pub use locator::Locator;
+/// The stream transport: each stream flow owns one of its sockets.
+pub use sal_tcp as tcp;
 /// The core's clock types: time is passed in, never read.
 pub use smoltcp::time;

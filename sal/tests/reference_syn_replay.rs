@@ -12,6 +12,7 @@ use sal::wire::{
     ipv4_payload, verify_transport_checksum, ControlFlags, SalPacket, SalRepr, TransportProtocol,
 };
 use sal::{FlowId, Locator, ServiceId, ServicePrefix};
+use sal_sim::Packet;
 
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
@@ -72,8 +73,12 @@ fn reference_syn_draws_a_conforming_syn_ack() {
         syn_bytes,
     );
     server.poll(now);
-    let reply = server.poll_transmit().expect("a SYN-ACK");
-    assert!(server.poll_transmit().is_none(), "exactly one packet");
+    let mut buffer = vec![0; Packet::MAX_LEN];
+    let reply = Packet::next_from(&mut server, now, &mut buffer).expect("a SYN-ACK");
+    assert!(
+        Packet::next_from(&mut server, now, &mut buffer).is_none(),
+        "exactly one packet"
+    );
 
     // Straight back to the client, from the server's own address.
     assert_eq!(reply.src, Locator::Ipv4(SERVER));
@@ -135,8 +140,10 @@ fn our_syn_has_the_reference_layout() {
     );
     let service: ServiceId = "00004001".parse().unwrap();
     let flow = client.connect(service, TransportProtocol::Stream).unwrap();
-    client.poll(Instant::from_millis(1));
-    let syn = client.poll_transmit().expect("a SYN");
+    let now = Instant::from_millis(1);
+    client.poll(now);
+    let mut buffer = vec![0; Packet::MAX_LEN];
+    let syn = Packet::next_from(&mut client, now, &mut buffer).expect("a SYN");
     assert_eq!(syn.dst, Locator::Ipv4(Ipv4Addr::new(10, 77, 0, 255)));
     let packet = SalPacket::new_checked(&syn.payload[..]).unwrap();
     assert_eq!(packet.shl(), reference.shl(), "base + CONTROL + SERVICE");

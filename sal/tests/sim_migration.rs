@@ -488,6 +488,21 @@ fn hosts_with_nowhere_else_to_go_do_not_probe() {
     p.net.run_for(secs(5));
     assert_eq!(p.net.host(p.client).stats().probes, 0);
     assert_eq!(p.net.host(p.server).stats().probes, 0);
+    // Nor do they keep a deadline for it: an idle flow with nowhere to go
+    // costs its host no work at all.
+    assert_eq!(p.net.host(p.client).poll_timeout(), None);
+    // A second interface comes up: now the idle flow has somewhere to go,
+    // and probes.
+    p.net
+        .host(p.client)
+        .add_interface(sal::proto::LocalInterface {
+            name: "cell".into(),
+            locator: loc("10.1.0.1"),
+            prefix_len: 24,
+            up: true,
+        });
+    p.net.run_for(secs(5));
+    assert!(p.net.host(p.client).stats().probes >= 1);
 }
 
 #[test]

@@ -11,9 +11,10 @@ use std::cell::RefCell;
 use std::net::Ipv4Addr;
 use std::rc::Rc;
 
-use sal::proto::{HostConfig, Transmit};
+use sal::proto::HostConfig;
 use sal::wire::{ControlFlags, SalPacket, SalRepr, TransportProtocol::Stream};
 use sal::{FlowId, Locator};
+use sal_sim::Packet;
 use sal_sim::{HostId, LinkConditions, Nat, Network};
 use smoltcp::time::{Duration, Instant};
 
@@ -317,10 +318,10 @@ fn forged_packets_from_elsewhere_redirect_nothing_and_learn_no_nonce() {
     // Every nonce the server puts in its control messages, and what goes
     // to the attacker's address.
     let server_nonces = Rc::new(RefCell::new(Vec::new()));
-    let to_attacker = Rc::new(RefCell::new(Vec::<Transmit>::new()));
+    let to_attacker = Rc::new(RefCell::new(Vec::<Packet>::new()));
     let (nonces, seen) = (server_nonces.clone(), to_attacker.clone());
     let mut n = natted_with(HostConfig::default(), secs(30), ms(5), move |net| {
-        net.set_filter(Some(Box::new(move |t: &Transmit| {
+        net.set_filter(Some(Box::new(move |t: &Packet| {
             if t.src == loc(SERVER) {
                 if let Some(control) = control_of(&t.payload) {
                     if t.dst != attacker {
@@ -354,7 +355,7 @@ fn forged_packets_from_elsewhere_redirect_nothing_and_learn_no_nonce() {
         let len = repr.header_len();
         let mut payload = vec![0u8; len];
         repr.emit(&mut payload).unwrap();
-        Transmit {
+        Packet {
             src: attacker,
             dst: loc(SERVER),
             ttl: 64,

@@ -464,9 +464,100 @@ fn connected_datagram_flow_exchanges_and_closes() {
         "peer FIN is end of flow"
     );
     net.host(client).close(cflow).unwrap();
-    net.run_for(secs(1));
+    // The server acknowledged the last FIN: it lingers a while (see
+    // `a_lost_last_ack_is_repeated_by_the_lingering_side`).
+    net.run_for(secs(3));
     assert!(net.host(client).flows().is_empty());
     assert!(net.host(server).flows().is_empty());
+}
+
+/// The client's ACK of the handshake is lost: the server repeats its
+/// SYN-ACK, and the client's answer (a SAL ACK without a TCP segment)
+/// establishes the server's flow before its TCP socket is. Reading it then
+/// finds nothing yet, not the end of the stream, and the client's data
+/// completes the TCP handshake.
+#[test]
+fn a_lost_handshake_ack_leaves_the_server_waiting_not_at_end_of_stream() {
+    let (mut net, client, server) = pair(LinkConditions::default(), HostConfig::default());
+    let listener = net.host(server).listen(prefix("ac/8"), Stream, 4).unwrap();
+    let dropped = std::rc::Rc::new(std::cell::Cell::new(false));
+    let seen = dropped.clone();
+    net.set_filter(Some(Box::new(move |p| {
+        let handshake_ack = sal::wire::SalPacket::new_checked(&p.payload[..])
+            .ok()
+            .and_then(|packet| sal::wire::SalRepr::parse(&packet).ok())
+            .is_some_and(|repr| repr.service.is_some() && repr.dst_flow.is_some());
+        let drop = handshake_ack && p.src == loc("10.0.0.1") && !seen.get();
+        if drop {
+            seen.set(true);
+        }
+        drop
+    })));
+    let cflow = net.host(client).connect(svc("ac01"), Stream).unwrap();
+    let mut sflow = None;
+    assert!(net.run_until(secs(5), |net| {
+        sflow = sflow.or_else(|| net.host(server).accept(listener).ok());
+        sflow.is_some()
+    }));
+    let sflow = sflow.unwrap();
+    assert!(dropped.get(), "the handshake's ACK was lost");
+    assert_eq!(
+        net.host(server).recv(sflow, &mut [0; 8]),
+        Err(HostError::WouldBlock),
+        "nothing yet, not the end of the stream"
+    );
+    net.host(client).send(cflow, b"data").unwrap();
+    let mut got = [0; 8];
+    assert!(
+        net.run_until(secs(5), |net| net.host(server).recv(sflow, &mut got)
+            == Ok(4))
+    );
+    assert_eq!(&got[..4], b"data");
+}
+
+/// The side that acknowledges the last FIN keeps the flow a few control
+/// timeouts: when that acknowledgement is lost, the peer's repeated FIN is
+/// answered and the peer lets go at once, instead of retrying for half a
+/// minute against a host that forgot the flow.
+#[test]
+fn a_lost_last_ack_is_repeated_by_the_lingering_side() {
+    let (mut net, client, server) = pair(LinkConditions::default(), HostConfig::default());
+    let listener = net.host(server).listen(prefix("1a/8"), Stream, 4).unwrap();
+    let (cflow, sflow) = establish(&mut net, client, server, listener, svc("1a"));
+    // The server finishes first; then the client, whose FIN the server's
+    // acknowledgement ends the flow with. That acknowledgement is lost.
+    net.host(server).close(sflow).unwrap();
+    net.run_for(secs(1));
+    assert_eq!(net.host(client).recv(cflow, &mut [0; 8]), Ok(0));
+    let dropped = std::rc::Rc::new(std::cell::Cell::new(0));
+    let count = dropped.clone();
+    net.set_filter(Some(Box::new(move |p| {
+        let bare_ack = sal::wire::SalPacket::new_checked(&p.payload[..])
+            .ok()
+            .and_then(|packet| {
+                sal::wire::SalRepr::parse(&packet)
+                    .ok()
+                    .map(|r| (r, packet.payload().is_empty()))
+            })
+            .is_some_and(|(repr, empty)| {
+                empty
+                    && repr
+                        .control
+                        .is_some_and(|c| c.flags == sal::wire::ControlFlags::ACK)
+            });
+        let drop = bare_ack && p.src == loc("10.0.0.2") && count.get() == 0;
+        if drop {
+            count.set(1);
+        }
+        drop
+    })));
+    net.host(client).close(cflow).unwrap();
+    let closed = Event::Closed(cflow);
+    assert!(net.run_until(secs(2), |net| has_event(net, client, &closed)));
+    assert_eq!(dropped.get(), 1, "the last ACK was lost");
+    assert!(net.host(server).flow(sflow).is_some(), "the server lingers");
+    net.run_for(secs(3));
+    assert!(net.host(server).flows().is_empty(), "and then lets go");
 }
 
 #[test]

@@ -4,7 +4,9 @@
 //! `cargo bench -p sald --bench streams` (root; iperf3 installed by
 //! `scripts/setup`). Options through the environment: `BENCH_SECONDS`
 //! (default 5) per throughput run, `BENCH_CONNECTIONS` (default 300) per
-//! latency run.
+//! latency run, `SALD_BASELINE` (a path to another sald binary, e.g. one
+//! built from an earlier commit): its one- and four-flow throughput is
+//! measured on the same pair in the same run, as the "before" of a change.
 //!
 //! Topologies (built with testnet, removed on exit):
 //! - throughput: two namespaces joined by one veth pair, MTU 1500;
@@ -19,7 +21,7 @@
 //! TUN-attached stack here.
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -96,7 +98,20 @@ fn main() {
     let sal_1 = sal_throughput(&client, &server, "be0c4", 1, seconds);
     let sal_4 = sal_throughput(&client, &server, "be0c4", 4, seconds);
     let direct = connect_rate(&client, &server, connections, "c0");
-    drop((client, server, pair));
+    drop((client, server));
+    let baseline = std::env::var_os("SALD_BASELINE").map(PathBuf::from);
+    let baseline = baseline.map(|program| {
+        let start = |host: &Host, name| {
+            common::start_sald_binary(&program, &host.ns, &[&host.ifaces[0].name], &dir, name, &[])
+        };
+        let client = start(pair.host(0), "bclient");
+        let server = start(pair.host(1), "bserver");
+        client.forward("0/0", server_addr, 1);
+        let one = sal_throughput(&client, &server, "be0c4", 1, seconds);
+        let four = sal_throughput(&client, &server, "be0c4", 4, seconds);
+        (program, one, four)
+    });
+    drop(pair);
 
     let lan = TopologyBuilder::new("benchr", 3)
         .lan(&[0, 1, 2])
@@ -128,6 +143,21 @@ fn main() {
         ratio(sal_4, Some(kernel_4)),
         ratio(sal_4, ceiling)
     );
+    if let Some((program, one, four)) = &baseline {
+        println!("  baseline sald ({}):", program.display());
+        println!(
+            "    1 flow                                {one:7.2}   {:>12}   {:>13}   this/baseline {:.2}",
+            ratio(*one, Some(kernel_1)),
+            ratio(*one, ceiling),
+            sal_1 / one
+        );
+        println!(
+            "    4 flows                               {four:7.2}   {:>12}   {:>13}   this/baseline {:.2}",
+            ratio(*four, Some(kernel_4)),
+            ratio(*four, ceiling),
+            sal_4 / four
+        );
+    }
     if let Some(c) = ceiling {
         let met = sal_1 >= 0.4 * c;
         println!(

@@ -28,9 +28,28 @@
 //! frame_timeout_ms = 10000   # hello, the rest of a started frame, a response
 //! frame_memory = 33554432    # bytes of request frames being read, all clients
 //! subscriber_queue = 1024    # events a slow subscriber may fall behind by
+//! flows = 4194304            # flows and datagram sockets at once (memory bound)
+//!
+//! [tcp]                      # each stream flow's TCP buffers (defaults shown)
+//! min_buffer = 4096          # first allocation of a buffer; it doubles as needed
+//! max_send_buffer = 1048576  # most bytes a flow may have queued to send
+//! max_recv_buffer = 1048576  # most bytes it may hold received: the window it offers
 //! ```
 //!
 //! Flags given on the command line override the file.
+//!
+//! ## Memory
+//!
+//! A flow's TCP buffers hold no memory while it is idle: each is allocated
+//! at `min_buffer` when data comes, doubles up to its maximum as the
+//! flow's bandwidth-delay product needs, and is given back within a second
+//! or two of the flow going quiet. The send buffer takes at most twice the
+//! congestion window, so a bulk sender holds what its path needs, not its
+//! maximum. The maxima bound what one flow may hold, and the receive maximum
+//! is the window a flow offers: raise it for long fat paths (the window
+//! scale follows it), lower it to bound a busy host's memory. An idle
+//! established flow costs a few KiB in all (sald's share of it included);
+//! `[limits] flows` bounds how many there may be.
 //!
 //! ## Binding
 //!
@@ -199,6 +218,10 @@ pub struct Limits {
     /// Events a subscriber may fall behind by before the oldest are dropped
     /// (it is then sent a `lagged` event).
     pub subscriber_queue: usize,
+    /// Flows and datagram sockets at once, all users together: a bound on
+    /// memory (about 2 KiB per idle flow), not on speed. Applications get
+    /// `ENOBUFS` beyond it.
+    pub flows: usize,
 }
 
 impl Default for Limits {
@@ -211,6 +234,7 @@ impl Default for Limits {
             frame_timeout_ms: 10_000,
             frame_memory: 32 << 20,
             subscriber_queue: 1024,
+            flows: sal::proto::HostConfig::default().max_flows,
         }
     }
 }
@@ -224,8 +248,8 @@ impl Limits {
                 self.clients
             );
         }
-        if self.clients_per_uid == 0 || self.subscriber_queue == 0 {
-            bail!("limits: clients_per_uid and subscriber_queue must be at least 1");
+        if self.clients_per_uid == 0 || self.subscriber_queue == 0 || self.flows == 0 {
+            bail!("limits: clients_per_uid, subscriber_queue and flows must be at least 1");
         }
         if self.frame_memory < sal_control::MAX_FRAME {
             bail!(
@@ -234,6 +258,47 @@ impl Limits {
             );
         }
         Ok(())
+    }
+}
+
+/// Each stream flow's TCP buffers (the `[tcp]` table; see "Memory").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TcpBuffers {
+    /// First allocation of a buffer, bytes; it doubles as data needs.
+    pub min_buffer: usize,
+    /// Most bytes a flow may have queued to send (sent or not).
+    pub max_send_buffer: usize,
+    /// Most bytes a flow may hold received and unread: the window it offers.
+    pub max_recv_buffer: usize,
+}
+
+impl Default for TcpBuffers {
+    fn default() -> Self {
+        let config = sal::proto::default_stream_config();
+        TcpBuffers {
+            min_buffer: config.min_buffer,
+            max_send_buffer: config.max_send_buffer,
+            max_recv_buffer: config.max_recv_buffer,
+        }
+    }
+}
+
+impl TcpBuffers {
+    /// The SAL's TCP settings with these buffer bounds.
+    pub fn stream_config(&self) -> sal::tcp::Config {
+        sal::tcp::Config {
+            min_buffer: self.min_buffer,
+            max_send_buffer: self.max_send_buffer,
+            max_recv_buffer: self.max_recv_buffer,
+            ..sal::proto::default_stream_config()
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.stream_config()
+            .validate()
+            .map_err(|e| anyhow::anyhow!("tcp: {e}"))
     }
 }
 
@@ -263,6 +328,8 @@ pub struct FileConfig {
     pub min_bind_prefix: u16,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub tcp: TcpBuffers,
 }
 
 /// The effective configuration.
@@ -290,6 +357,8 @@ pub struct Config {
     /// root and `[[allow]]`ed users binds `/0`).
     pub min_bind_prefix: u16,
     pub limits: Limits,
+    /// Each stream flow's TCP buffer bounds.
+    pub tcp: TcpBuffers,
 }
 
 impl Config {
@@ -308,6 +377,7 @@ impl Config {
             },
         };
         file.limits.validate()?;
+        file.tcp.validate()?;
         for rule in &file.rules {
             rule.target()?;
         }
@@ -342,6 +412,7 @@ impl Config {
             allow: file.allow,
             min_bind_prefix: file.min_bind_prefix.clamp(1, 256),
             limits: file.limits,
+            tcp: file.tcp,
         })
     }
 }
@@ -399,6 +470,36 @@ mod tests {
         assert!(load(&[]));
         assert!(!load(&["--no-broadcast"]));
         assert!(!load(&["--udp", "10.0.0.1:54325"]), "UDP never broadcasts");
+    }
+
+    #[test]
+    fn tcp_buffers_are_settings_checked_at_load() {
+        let file: FileConfig = toml::from_str(
+            "[tcp]\nmin_buffer = 8192\nmax_send_buffer = 4194304\nmax_recv_buffer = 2097152",
+        )
+        .unwrap();
+        let stream = file.tcp.stream_config();
+        assert_eq!(
+            (
+                stream.min_buffer,
+                stream.max_send_buffer,
+                stream.max_recv_buffer
+            ),
+            (8192, 4 << 20, 2 << 20)
+        );
+        assert!(!stream.nagle, "the SAL's other settings are kept");
+        assert_eq!(
+            toml::from_str::<FileConfig>("").unwrap().tcp,
+            TcpBuffers::default()
+        );
+        let too_small_max = TcpBuffers {
+            min_buffer: 65536,
+            max_recv_buffer: 4096,
+            ..TcpBuffers::default()
+        };
+        assert!(too_small_max.validate().is_err());
+        assert!(toml::from_str::<FileConfig>("[tcp]\nmax_buffer = 1").is_err());
+        assert_eq!(Limits::default().flows, 1 << 22);
     }
 
     #[test]

@@ -8,6 +8,11 @@
 //! Every task that touches the host does so in a short critical section and
 //! ends it with [`Core::run`], which advances the host, writes its transmits
 //! to the link and dispatches its events. No lock is held across an await.
+//!
+//! Transmits are written by the host straight into one buffer with room in
+//! front for the IPv4 header, which is written there before the buffer goes
+//! to the TUN device (or, without it, to the UDP socket): no allocation and
+//! no copy per packet on the way out.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddrV4;
@@ -28,21 +33,25 @@ use crate::owners::Owners;
 use crate::raw::RawSender;
 use crate::udp::{TxBatch, UdpLink};
 
-/// Wakes the tasks serving one app-owned flow or datagram socket.
+/// Wakes the task serving one app-owned flow or datagram socket: data may
+/// be readable from the host, send room may have opened, or the flow ended.
+/// A wake-up that finds the task busy is kept for its next wait.
 #[derive(Debug, Default)]
-pub struct FlowSignal {
-    /// Data may be readable from the host (or the flow ended).
-    pub down: Notify,
-    /// Send room may have opened in the host.
-    pub up: Notify,
-}
+pub struct FlowSignal(Notify);
 
 impl FlowSignal {
     fn wake(&self) {
-        self.down.notify_one();
-        self.up.notify_one();
+        self.0.notify_one();
+    }
+
+    /// Waits for the next wake-up (at once if one came since the last wait).
+    pub async fn notified(&self) {
+        self.0.notified().await
     }
 }
+
+/// The largest packet: room for the IPv4 header and any SAL packet.
+const PACKET_BUFFER: usize = 65_535;
 
 /// How packets leave this host.
 #[derive(Clone)]
@@ -69,7 +78,8 @@ pub struct Core {
     /// Native mode: the raw socket for relays and broadcasts.
     raw: Option<RawSender>,
     ident: u16,
-    buffer: Vec<u8>,
+    /// Where transmits are written: the IPv4 header's room, then the packet.
+    buffer: Box<[u8]>,
     pub link_stats: LinkStats,
     flows: HashMap<FlowId, Arc<FlowSignal>>,
     pending_accepts: HashMap<ListenerId, VecDeque<oneshot::Sender<FlowId>>>,
@@ -115,7 +125,7 @@ impl Shared {
                 links,
                 raw: None,
                 ident: 0,
-                buffer: vec![0u8; 65536],
+                buffer: vec![0u8; PACKET_BUFFER].into_boxed_slice(),
                 link_stats: LinkStats::default(),
                 flows: HashMap::new(),
                 pending_accepts: HashMap::new(),
@@ -170,11 +180,22 @@ impl Core {
         Some(self.epoch + std::time::Duration::from_micros(micros))
     }
 
-    /// Writes every pending transmit to the link: in native mode, relayed
-    /// packets and broadcasts through the raw socket (when there is one),
-    /// the rest into the TUN.
+    /// Writes every pending transmit to the link. Native mode: the host
+    /// writes each packet after the room for the IPv4 header, which goes in
+    /// front; relayed packets and broadcasts leave through the raw socket
+    /// (when there is one), the rest through the TUN. UDP mode: the host
+    /// writes each packet straight into the send batch.
     fn flush(&mut self) {
-        while let Some(transmit) = self.host.poll_transmit() {
+        let now = self.now();
+        if matches!(self.links, Links::Udp(_)) {
+            self.flush_udp(now);
+            return;
+        }
+        while let Some(transmit) = self
+            .host
+            .poll_transmit(now, &mut self.buffer[IPV4_HEADER_LEN..])
+        {
+            let packet = &mut self.buffer[..IPV4_HEADER_LEN + transmit.len];
             let sent = match &self.links {
                 Links::Tun(tun) => {
                     let raw = (self.raw.as_ref()).filter(|_| transmit.kind != TransmitKind::Own);
@@ -183,18 +204,19 @@ impl Core {
                         None => tun_egress_ttl(transmit.ttl),
                     };
                     self.ident = self.ident.wrapping_add(1);
-                    match emit_ipv4(&mut self.buffer, &transmit, ttl, self.ident) {
-                        Some(packet) => match raw {
+                    let carriage = Ipv4Carriage {
+                        src: transmit.src.ip(),
+                        dst: transmit.dst.ip(),
+                        ttl,
+                        ident: self.ident,
+                    };
+                    carriage.emit(packet, transmit.len).is_ok()
+                        && match raw {
                             Some(raw) => raw.send(packet).is_ok(),
                             None => tun.try_send(packet).is_ok(),
-                        },
-                        None => false,
-                    }
+                        }
                 }
-                Links::Udp(_) => {
-                    self.queue_datagram(&transmit);
-                    continue;
-                }
+                Links::Udp(_) => false,
             };
             if sent {
                 self.link_stats.tx += 1;
@@ -206,16 +228,43 @@ impl Core {
         self.send_datagrams();
     }
 
-    /// UDP mode: adds a transmit to the batch sent at the end of the flush.
-    fn queue_datagram(&mut self, transmit: &Transmit) {
-        let queued = match (self.udp_tx.as_mut(), udp_destination(transmit)) {
-            (Some(batch), Some(dst)) => batch.push(Some(transmit.src.ip()), dst, &transmit.payload),
-            _ => false,
-        };
-        if !queued {
+    /// UDP mode: the host writes its packets straight into the send batch,
+    /// which then goes out in as few system calls as the socket allows.
+    fn flush_udp(&mut self, now: sal::time::Instant) {
+        loop {
+            let Some(batch) = self.udp_tx.as_mut() else {
+                return;
+            };
+            let host = &mut self.host;
+            let mut polled = None;
+            let added = batch.push_with(PACKET_BUFFER - IPV4_HEADER_LEN, |room| {
+                let transmit = host.poll_transmit(now, room)?;
+                polled = Some(transmit.dst);
+                Some((
+                    Some(transmit.src.ip()),
+                    udp_destination(&transmit)?,
+                    transmit.len,
+                ))
+            });
+            if added {
+                continue;
+            }
+            // Not sent: the batch is full (take the packet out of the host
+            // and drop it, as a full socket would) or it has no UDP address.
+            let dropped = match polled {
+                Some(dst) => Some(dst),
+                None => self
+                    .host
+                    .poll_transmit(now, &mut self.buffer)
+                    .map(|transmit| transmit.dst),
+            };
+            let Some(dst) = dropped else {
+                break;
+            };
             self.link_stats.errors += 1;
-            tracing::debug!(dst = %transmit.dst, "UDP link dropped a packet");
+            tracing::debug!(%dst, "UDP link dropped a packet");
         }
+        self.send_datagrams();
     }
 
     /// UDP mode: sends the batch as far as the socket takes it; returns
@@ -333,6 +382,16 @@ impl Core {
         }
     }
 
+    /// Shrinks the host's tables and sald's own per-flow maps to what they
+    /// hold now (see [`crate::memory`]).
+    pub fn compact(&mut self) {
+        self.host.compact();
+        self.flows.shrink_to_fit();
+        self.pending_accepts.shrink_to_fit();
+        self.pending_connects.shrink_to_fit();
+        self.owners.shrink_to_fit();
+    }
+
     /// Registers interest in a flow (or datagram socket) handed to an app.
     pub fn adopt(&mut self, flow: FlowId) -> Arc<FlowSignal> {
         let signal = Arc::new(FlowSignal::default());
@@ -401,13 +460,15 @@ impl Core {
             host: self.host.stats(),
             table: self.host.table().stats(),
             rules: self.host.table().len(),
-            flows: self.host.flows().len(),
+            flows: self.host.flow_count(),
             listeners: self.host.listener_count(),
             control_clients: self.control_clients,
             link_rx: self.link_stats.rx,
             link_tx: self.link_stats.tx,
             link_errors: self.link_stats.errors,
             uptime_secs: uptime.as_secs(),
+            fd_limit: fd_limit(),
+            fds_open: fds_open(),
         }
     }
 
@@ -419,27 +480,16 @@ impl Core {
     }
 }
 
-/// `transmit` in an IPv4 header with `ttl`, in `buffer` (grown if needed).
-fn emit_ipv4<'a>(
-    buffer: &'a mut Vec<u8>,
-    transmit: &Transmit,
-    ttl: u8,
-    ident: u16,
-) -> Option<&'a [u8]> {
-    let len = IPV4_HEADER_LEN + transmit.payload.len();
-    if buffer.len() < len {
-        buffer.resize(len, 0);
-    }
-    let carriage = Ipv4Carriage {
-        src: transmit.src.ip(),
-        dst: transmit.dst.ip(),
-        ttl,
-        ident,
-    };
-    let packet = &mut buffer[..len];
-    carriage.emit(packet, transmit.payload.len()).ok()?;
-    packet[IPV4_HEADER_LEN..].copy_from_slice(&transmit.payload);
-    Some(packet)
+/// The process's file descriptor limit (soft `RLIMIT_NOFILE`), 0 if unknown.
+pub fn fd_limit() -> u64 {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(0, |(soft, _)| soft)
+}
+
+/// File descriptors the process has open (0 if unknown): the entries of
+/// `/proc/self/fd`, less the one that lists them.
+pub fn fds_open() -> u64 {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count().saturating_sub(1) as u64)
 }
 
 /// Where a UDP-encapsulated transmit goes.

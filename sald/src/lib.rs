@@ -9,6 +9,7 @@
 //! | [`daemon`] | the shared state: the host behind a lock, dispatching its events |
 //! | [`control`] | the control socket: accept loop, clients, one function per request |
 //! | [`pump`] | bytes between applications' sockets and flows |
+//! | [`memory`] | giving memory back to the system after flows close |
 //! | [`events`] | the bounded event queue for subscribers |
 //! | [`owners`], [`origins`] | who owns which binding and flow; who installed which rule |
 //! | [`shutdown`] | the shutdown signal and the tracked tasks |
@@ -24,6 +25,7 @@ pub mod control;
 pub mod daemon;
 pub mod events;
 pub mod link;
+pub mod memory;
 pub mod origins;
 pub mod owners;
 pub mod plumbing;

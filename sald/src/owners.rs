@@ -31,6 +31,12 @@ pub struct Owners {
 }
 
 impl Owners {
+    /// Gives back the memory the maps hold beyond what they use.
+    pub fn shrink_to_fit(&mut self) {
+        self.bindings.shrink_to_fit();
+        self.flows.shrink_to_fit();
+    }
+
     /// Records a new listener.
     pub fn bind(&mut self, listener: ListenerId, prefix: ServicePrefix, uid: u32) {
         self.bindings.insert(listener, Binding { prefix, uid });

@@ -1,15 +1,22 @@
 //! Moving bytes between applications' socketpairs and the host's flows.
 //!
-//! Each flow handed to an application gets one task. For a stream it runs two
-//! loops side by side: *up* reads what the application wrote, as much as the
-//! flow's send buffer has room for (so a slow network slows the writer), and
-//! *down* writes what the flow received, reading more from the host only when
-//! the application took the last chunk (so a slow reader closes the TCP
-//! window). End of file on the socketpair is a half-close of the flow and
-//! vice versa; the flow is closed when both directions are done.
+//! Each flow handed to an application gets one task. For a stream it moves
+//! bytes both ways in turns, each turn under the daemon's lock: *up* reads
+//! what the application wrote straight into the flow's TCP send buffer, as
+//! much as the buffer takes (so a slow network slows the writer), and
+//! *down* writes what the flow received straight from its receive buffer
+//! into the socketpair (so a slow reader closes the TCP window). No buffer
+//! of the task's own: the bytes are copied once in each direction, by the
+//! kernel, between the socketpair and the flow's buffers. Then the task
+//! waits for whatever can let it go on: the socket readable (up waits for
+//! the application), writable (down waits for it), or the flow's signal
+//! (data arrived, send room opened, the flow ended). An idle flow's task is
+//! a few hundred bytes waiting on three wakers.
 //!
-//! When the daemon stops, every pump drops its end of the socketpair (the
-//! application reads end of file) and closes its flow, which tells the peer.
+//! End of file on the socketpair is a half-close of the flow and vice
+//! versa; the flow is closed when both directions are done. When the daemon
+//! stops, every pump drops its end of the socketpair (the application reads
+//! end of file) and closes its flow, which tells the peer.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -17,18 +24,138 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use nix::sys::socket::{recv, send, MsgFlags};
-use sal::proto::{ConnectError, HostError};
+use sal::proto::{ConnectError, Host, HostError};
 use sal::FlowId;
 use sal_control::DatagramFrame;
 use tokio::io::unix::AsyncFd;
-use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::sync::Notify;
 
 use crate::daemon::{FlowSignal, Shared};
 use crate::shutdown::Shutdown;
 
+/// Buffer of the datagram pumps (one message at most).
 const CHUNK: usize = 64 * 1024;
+
+/// System calls one direction makes per turn at most, so that one busy
+/// flow does not keep the others (and the packet path) waiting.
+const CALLS_PER_TURN: usize = 16;
+
+/// What a turn of [`StreamPump::turn`] found.
+#[derive(Debug, Default, Clone, Copy)]
+struct Turn {
+    /// Bytes moved or a direction ended: the host has work to send.
+    moved: bool,
+    /// Up waits for the application to write (the socket to be readable).
+    read: bool,
+    /// Down waits for the application to read (the socket to be writable).
+    write: bool,
+    /// A direction stopped at its call limit, not for want of bytes.
+    again: bool,
+}
+
+/// The two directions of a stream flow's pump.
+#[derive(Debug)]
+struct StreamPump {
+    flow: FlowId,
+    /// Application to flow: still open.
+    up: bool,
+    /// Flow to application: still open.
+    down: bool,
+    /// The socket was seen readable and not read dry since: only then does
+    /// up read, because reading into the send buffer makes the buffer
+    /// allocate its memory, and an idle flow should hold none.
+    readable: bool,
+}
+
+impl StreamPump {
+    fn finished(&self) -> bool {
+        !self.up && !self.down
+    }
+
+    /// Moves what can be moved now, both ways.
+    fn turn(&mut self, host: &mut Host, socket: &UnixStream) -> Turn {
+        let mut turn = Turn::default();
+        if self.up && self.readable {
+            self.pump_up(host, socket, &mut turn);
+        } else if self.up
+            && matches!(host.send_room(self.flow), Err(e) if e != HostError::WouldBlock)
+        {
+            // Reset or gone while the application is silent: nothing more
+            // goes up, and the pump must not wait for the application.
+            self.up = false;
+            turn.moved = true;
+        }
+        if self.down {
+            self.pump_down(host, socket, &mut turn);
+        }
+        turn.read = self.up && !self.readable;
+        turn
+    }
+
+    /// Application to flow: socket reads into the send buffer.
+    fn pump_up(&mut self, host: &mut Host, socket: &UnixStream, turn: &mut Turn) {
+        for _ in 0..CALLS_PER_TURN {
+            let read = host.send_with(self.flow, |free| moved(socket.try_read(free)));
+            match read {
+                Ok(Ok(n)) if n > 0 => turn.moved = true,
+                Ok(Err(error)) if error.kind() == io::ErrorKind::WouldBlock => {
+                    self.readable = false;
+                    return;
+                }
+                // End of file (or the application is gone): half-close.
+                Ok(Ok(_)) | Ok(Err(_)) => {
+                    let _ = host.shutdown(self.flow);
+                    self.up = false;
+                    turn.moved = true;
+                    return;
+                }
+                // No room: the flow's signal comes when its peer acknowledges.
+                Err(HostError::WouldBlock) => return,
+                // Reset, or closed for sending: nothing more goes up.
+                Err(_) => {
+                    self.up = false;
+                    return;
+                }
+            }
+        }
+        turn.again = true;
+    }
+
+    /// Flow to application: the receive buffer written to the socket.
+    fn pump_down(&mut self, host: &mut Host, socket: &UnixStream, turn: &mut Turn) {
+        for _ in 0..CALLS_PER_TURN {
+            let written = host.recv_with(self.flow, |data| moved(socket.try_write(data)));
+            match written {
+                Ok(Some(Ok(_))) => turn.moved = true,
+                Ok(Some(Err(error))) if error.kind() == io::ErrorKind::WouldBlock => {
+                    turn.write = true;
+                    return;
+                }
+                // Nothing yet: the flow's signal comes when data arrives.
+                Err(HostError::WouldBlock) => return,
+                // End of stream, a reset, or an application that went away.
+                Ok(None) | Ok(Some(Err(_))) | Err(_) => {
+                    let _ = nix::sys::socket::shutdown(
+                        socket.as_raw_fd(),
+                        nix::sys::socket::Shutdown::Write,
+                    );
+                    self.down = false;
+                    turn.moved = true;
+                    return;
+                }
+            }
+        }
+        turn.again = true;
+    }
+}
+
+/// What a socket read or write into (out of) a flow's buffer moved, for
+/// [`Host::send_with`] and [`Host::recv_with`]: the byte count, and the
+/// result itself.
+fn moved(result: io::Result<usize>) -> (usize, io::Result<usize>) {
+    (*result.as_ref().unwrap_or(&0), result)
+}
 
 /// Serves one stream flow until both directions are finished (or the daemon
 /// stops), then closes it.
@@ -39,93 +166,35 @@ pub async fn stream(
     socket: UnixStream,
     mut shutdown: Shutdown,
 ) {
-    let (reader, mut writer) = socket.into_split();
-    // Once nothing more can come down (end of stream, or the flow failed),
-    // the up direction also watches the flow, so that a flow reset while
-    // the application is silent still ends the pump (and frees the flow).
-    let down_finished = AtomicBool::new(false);
-    let down_done = Notify::new();
-    let up = async {
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            let room = {
-                let mut core = shared.lock();
-                core.host.send_room(flow)
-            };
-            let room = match room {
-                Ok(0) => {
-                    signal.up.notified().await;
-                    continue;
-                }
-                Ok(room) => room.min(CHUNK),
-                Err(_) => return,
-            };
-            let watch_flow = down_finished.load(Ordering::Acquire);
-            let readable = tokio::select! {
-                readable = reader.readable() => readable,
-                () = down_done.notified(), if !watch_flow => continue,
-                () = signal.up.notified(), if watch_flow => continue,
-            };
-            if readable.is_err() {
-                return;
+    let mut pump = StreamPump {
+        flow,
+        up: true,
+        down: true,
+        readable: false,
+    };
+    loop {
+        let turn = {
+            let mut core = shared.lock();
+            let turn = pump.turn(&mut core.host, &socket);
+            if turn.moved {
+                core.run();
             }
-            match reader.try_read(&mut buf[..room]) {
-                Ok(0) => {
-                    let mut core = shared.lock();
-                    let _ = core.host.shutdown(flow);
-                    core.run();
-                    return;
-                }
-                Ok(n) => {
-                    let mut core = shared.lock();
-                    let result = core.host.send(flow, &buf[..n]);
-                    core.run();
-                    match result {
-                        Ok(written) if written == n => {}
-                        // The room was measured under the same lock a moment
-                        // ago, so a short write means the flow is going away.
-                        Ok(_) | Err(_) => return,
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => return,
-            }
+            turn
+        };
+        if pump.finished() {
+            break;
         }
-    };
-    let down_until_done = async {
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            let received = {
-                let mut core = shared.lock();
-                let result = core.host.recv(flow, &mut buf);
-                if matches!(result, Ok(n) if n > 0) {
-                    core.run();
-                }
-                result
-            };
-            match received {
-                Ok(0) => {
-                    let _ = writer.shutdown().await;
-                    return;
-                }
-                Ok(n) => {
-                    if writer.write_all(&buf[..n]).await.is_err() {
-                        return;
-                    }
-                }
-                Err(HostError::WouldBlock) => signal.down.notified().await,
-                Err(_) => return,
-            }
+        if turn.again {
+            tokio::task::yield_now().await;
+            continue;
         }
-    };
-    let down = async {
-        down_until_done.await;
-        down_finished.store(true, Ordering::Release);
-        down_done.notify_one();
-    };
-    tokio::select! {
-        _ = async { tokio::join!(up, down) } => {}
-        () = shutdown.recv() => {}
+        tokio::select! {
+            biased;
+            () = shutdown.recv() => break,
+            () = signal.notified() => {}
+            _ = socket.readable(), if turn.read => pump.readable = true,
+            _ = socket.writable(), if turn.write => {}
+        }
     }
     let mut core = shared.lock();
     let _ = core.host.close(flow);
@@ -229,7 +298,7 @@ pub async fn datagram_socket(
                 },
                 Err(HostError::Connect(ConnectError::Refused)) => DatagramFrame::Refused,
                 Err(HostError::WouldBlock) => {
-                    signal.down.notified().await;
+                    signal.notified().await;
                     continue;
                 }
                 Err(_) => return,
@@ -311,7 +380,7 @@ pub async fn datagram_flow(
                     }
                     return;
                 }
-                Err(HostError::WouldBlock) => signal.down.notified().await,
+                Err(HostError::WouldBlock) => signal.notified().await,
                 Err(_) => return,
             }
         }

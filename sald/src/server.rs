@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use sal::proto::{Host, HostConfig, LocalInterface};
-use sal::transport::StreamConfig;
 use sal::wire::ipv4_payload;
 use sal::Locator;
 
@@ -45,7 +44,7 @@ pub const FLOWS_BOUND: Duration = Duration::from_secs(2);
 /// The TUN device's MTU.
 const TUN_MTU: u32 = 1500;
 /// Bytes a UDP header adds to every packet in UDP mode.
-const UDP_HEADER_LEN: usize = 8;
+const UDP_HEADER_LEN: u16 = 8;
 
 /// Runs a daemon with `config` until `shutdown` completes, then stops it
 /// gracefully (see the module documentation). Must be called inside a tokio
@@ -160,6 +159,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .map(|receiver| tokio::spawn(broadcast_loop(shared.clone(), receiver)))
         .collect();
     let timers = tokio::spawn(timer_loop(shared.clone()));
+    let housekeeping = tokio::spawn(crate::memory::housekeeping(shared.clone()));
     let follow = tokio::spawn(watch::follow(shared.clone(), worker.clone(), view, events));
     tracing::info!(control = %config.control.display(), forward = config.forward, "sald running");
 
@@ -196,6 +196,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if let Some(writer) = writer {
         writer.abort();
     }
+    housekeeping.abort();
     follow.abort();
     let _ = follow.await;
     drop(shared);
@@ -247,7 +248,7 @@ fn local_interfaces(
 
 /// The protocol core with the configured interfaces and static rules.
 fn build_host(config: &Config, interfaces: &[LocalInterface]) -> Result<Host> {
-    let mut stream = StreamConfig::default();
+    let mut stream = config.tcp.stream_config();
     if config.udp.is_some() {
         // The UDP header comes out of every packet: full-size segments must
         // still fit the MTU, or every one of them is fragmented.
@@ -264,6 +265,7 @@ fn build_host(config: &Config, interfaces: &[LocalInterface]) -> Result<Host> {
             .then(|| sal::time::Duration::from_millis(config.probe_idle_ms)),
         keepalive: (config.keepalive_ms > 0)
             .then(|| sal::time::Duration::from_millis(config.keepalive_ms)),
+        max_flows: config.limits.flows,
         ..HostConfig::default()
     };
     let mut host = Host::new(host_config, sal::time::Instant::from_micros(0));
@@ -330,13 +332,13 @@ pub async fn end_flows(shared: &Shared) -> usize {
     if flows_gone(shared, started + FLOWS_BOUND).await {
         return 0;
     }
-    shared.lock().host.flows().len()
+    shared.lock().host.flow_count()
 }
 
 /// Waits until the host has no flows, or `deadline`; whether it has none.
 async fn flows_gone(shared: &Shared, deadline: tokio::time::Instant) -> bool {
     loop {
-        if shared.lock().host.flows().is_empty() {
+        if shared.lock().host.flow_count() == 0 {
             return true;
         }
         if tokio::time::Instant::now() >= deadline {

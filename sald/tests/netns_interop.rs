@@ -198,7 +198,7 @@ fn a_service_router_between_two_subnets_carries_every_kind_of_flow() {
     assert_eq!(counter(&s.ns, "other"), 0);
     assert_eq!(counter(&s.ns, "syn"), 2, "the stream's and the flow's SYN");
     let stats = match router.request(Request::Stats) {
-        Response::Stats { stats } => stats,
+        Response::Stats { stats } => *stats,
         other => panic!("{other:?}"),
     };
     assert_eq!(stats.host.forwarded, 3, "two SYNs and a datagram");
@@ -295,7 +295,7 @@ fn a_host_without_rules_finds_a_service_by_broadcast() {
     accepted.join().unwrap().unwrap();
     // The host without the service heard the SYN and kept quiet.
     let stats = match other.request(Request::Stats) {
-        Response::Stats { stats } => stats,
+        Response::Stats { stats } => *stats,
         other => panic!("{other:?}"),
     };
     assert_eq!(stats.host.refused, 0);

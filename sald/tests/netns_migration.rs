@@ -26,7 +26,7 @@ use socket_shim::{ServiceListener, ServiceStream};
 use testnet::{require_root, wait_until, Topology, TopologyBuilder};
 
 mod common;
-use common::{pattern, Daemon, Sald};
+use common::{Daemon, Sald};
 
 struct Setup {
     // Dropped in this order: the daemons (SIGTERM, so they undo their
@@ -95,7 +95,7 @@ fn transfer_with(s: &Setup, len: usize, at: usize, act: impl FnOnce(FlowId, Flow
     let service: ServiceId = "ab01".parse().unwrap();
     let listener =
         ServiceListener::bind_via(s.server.client(), ServicePrefix::exact(service), 4).unwrap();
-    let data = Arc::new(pattern(len, 7));
+    let data = Arc::new(common::pattern(len, 7));
     let received = Arc::new(AtomicUsize::new(0));
     let server = {
         let received = received.clone();

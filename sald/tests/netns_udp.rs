@@ -52,7 +52,7 @@ fn start_udp(ns: &Netns, dir: &Path, name: &str, addr: &str, port: u16, flags: &
 
 fn stats(daemon: &Daemon) -> StatsReport {
     match daemon.request(Request::Stats) {
-        Response::Stats { stats } => stats,
+        Response::Stats { stats } => *stats,
         other => panic!("no stats: {other:?}"),
     }
 }

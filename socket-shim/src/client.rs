@@ -46,6 +46,10 @@ pub struct Reply {
 pub(crate) struct Inbox {
     buf: Vec<u8>,
     fds: VecDeque<OwnedFd>,
+    /// Descriptors sald sent that this process had no room for (its
+    /// descriptor table was full): the replies that carried them fail
+    /// with `EMFILE`.
+    lost: usize,
 }
 
 impl Inbox {
@@ -86,10 +90,15 @@ impl Inbox {
             self.fds.push_back(unsafe { OwnedFd::from_raw_fd(raw) });
         }
         if truncated {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "sald sent more file descriptors than expected",
-            ));
+            // The kernel drops descriptors it cannot install: either this
+            // process has no free descriptor, or sald sent more than fit.
+            if !table_full(fd) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "sald sent more file descriptors than expected",
+                ));
+            }
+            self.lost += 1;
         }
         self.buf.extend_from_slice(&chunk[..bytes]);
         Ok(bytes)
@@ -113,16 +122,39 @@ impl Inbox {
         self.buf.drain(..4 + len);
         let response = decoded.map_err(|e| Error::Protocol(e.to_string()))?;
         let fd = if response.carries_fd() {
-            Some(self.fds.pop_front().ok_or_else(|| {
-                Error::Protocol(format!(
-                    "sald sent {} without a file descriptor",
-                    response_name(&response)
-                ))
-            })?)
+            match self.fds.pop_front() {
+                Some(fd) => Some(fd),
+                None if self.lost > 0 => {
+                    // The reply's descriptor was dropped for want of room.
+                    self.lost -= 1;
+                    return Err(Error::Io(io::Error::from_raw_os_error(
+                        Errno::EMFILE as i32,
+                    )));
+                }
+                None => {
+                    return Err(Error::Protocol(format!(
+                        "sald sent {} without a file descriptor",
+                        response_name(&response)
+                    )))
+                }
+            }
         } else {
             None
         };
         Ok(Some(Reply { response, fd }))
+    }
+}
+
+/// Whether this process's descriptor table is full: duplicating `fd` fails
+/// with `EMFILE`.
+fn table_full(fd: BorrowedFd<'_>) -> bool {
+    match nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(0)) {
+        Ok(dup) => {
+            // SAFETY: `dup` was just returned by fcntl and is owned by no one.
+            drop(unsafe { OwnedFd::from_raw_fd(dup) });
+            false
+        }
+        Err(errno) => errno == Errno::EMFILE,
     }
 }
 

@@ -350,8 +350,16 @@ mod tests {
     fn stats_lists_every_counter() {
         let text = stats(&StatsReport {
             flows: 3,
+            fd_limit: 1_048_576,
+            fds_open: 12,
             ..Default::default()
         });
+        assert!(text
+            .lines()
+            .any(|l| l.starts_with("fd_limit ") && l.ends_with(" 1048576")));
+        assert!(text
+            .lines()
+            .any(|l| l.starts_with("fds_open ") && l.ends_with(" 12")));
         assert!(text
             .lines()
             .any(|l| l.starts_with("flows ") && l.ends_with(" 3")));

@@ -1,7 +1,7 @@
 //! A fixed one-way delay: propagation.
 
+use crate::Packet;
 use rand::rngs::SmallRng;
-use sal::proto::Transmit;
 use smoltcp::time::{Duration, Instant};
 
 use super::{Node, Verdict};
@@ -17,7 +17,7 @@ impl Delay {
 }
 
 impl Node for Delay {
-    fn process(&mut self, _: &Transmit, now: Instant, _: &mut SmallRng) -> Verdict {
+    fn process(&mut self, _: &Packet, now: Instant, _: &mut SmallRng) -> Verdict {
         Verdict::Pass(now + self.0)
     }
 }

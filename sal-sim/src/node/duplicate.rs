@@ -1,7 +1,7 @@
 //! Random duplication.
 
+use crate::Packet;
 use rand::rngs::SmallRng;
-use sal::proto::Transmit;
 use smoltcp::time::Instant;
 
 use super::{Chance, Node, Verdict};
@@ -19,7 +19,7 @@ impl Duplicate {
 }
 
 impl Node for Duplicate {
-    fn process(&mut self, _: &Transmit, now: Instant, rng: &mut SmallRng) -> Verdict {
+    fn process(&mut self, _: &Packet, now: Instant, rng: &mut SmallRng) -> Verdict {
         if self.0.happens(rng) {
             Verdict::Duplicate(now, now)
         } else {

@@ -1,8 +1,8 @@
 //! Random extra delay per packet, which reorders packets sent close together.
 
+use crate::Packet;
 use rand::rngs::SmallRng;
 use rand::Rng;
-use sal::proto::Transmit;
 use smoltcp::time::{Duration, Instant};
 
 use super::{Node, Verdict};
@@ -18,7 +18,7 @@ impl Jitter {
 }
 
 impl Node for Jitter {
-    fn process(&mut self, _: &Transmit, now: Instant, rng: &mut SmallRng) -> Verdict {
+    fn process(&mut self, _: &Packet, now: Instant, rng: &mut SmallRng) -> Verdict {
         let extra = rng.random_range(0..=self.0.total_micros());
         Verdict::Pass(now + Duration::from_micros(extra))
     }

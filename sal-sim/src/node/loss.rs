@@ -1,7 +1,7 @@
 //! Random loss.
 
+use crate::Packet;
 use rand::rngs::SmallRng;
-use sal::proto::Transmit;
 use smoltcp::time::Instant;
 
 use super::{Chance, DropReason, Node, Verdict};
@@ -18,7 +18,7 @@ impl Loss {
 }
 
 impl Node for Loss {
-    fn process(&mut self, _: &Transmit, now: Instant, rng: &mut SmallRng) -> Verdict {
+    fn process(&mut self, _: &Packet, now: Instant, rng: &mut SmallRng) -> Verdict {
         if self.0.happens(rng) {
             Verdict::Drop(DropReason::Loss)
         } else {

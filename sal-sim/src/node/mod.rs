@@ -21,8 +21,8 @@ mod rate;
 
 use std::fmt;
 
+use crate::Packet;
 use rand::rngs::SmallRng;
-use sal::proto::Transmit;
 use smoltcp::time::Instant;
 
 pub use delay::Delay;
@@ -61,7 +61,7 @@ pub enum DropReason {
 pub trait Node: fmt::Debug {
     /// Takes `packet` as it reaches this node at `now` and says what leaves.
     /// Random choices come from `rng`, the network's seeded generator.
-    fn process(&mut self, packet: &Transmit, now: Instant, rng: &mut SmallRng) -> Verdict;
+    fn process(&mut self, packet: &Packet, now: Instant, rng: &mut SmallRng) -> Verdict;
 }
 
 /// A probability, clamped to 0.0..=1.0.
@@ -115,14 +115,14 @@ impl Path {
 /// Helpers for the nodes' unit tests.
 #[cfg(test)]
 pub(crate) mod testing {
+    use crate::Packet;
     use rand::rngs::SmallRng;
     use rand::SeedableRng;
-    use sal::proto::Transmit;
     use smoltcp::time::Instant;
 
     /// A packet of `len` payload bytes from 10.0.0.1 to 10.0.0.2.
-    pub fn packet(len: usize) -> Transmit {
-        Transmit {
+    pub fn packet(len: usize) -> Packet {
+        Packet {
             src: "10.0.0.1".parse().unwrap(),
             dst: "10.0.0.2".parse().unwrap(),
             ttl: 64,

@@ -1,8 +1,8 @@
 //! A path MTU: packets larger than the link carries are dropped, as a
 //! router with the don't-fragment bit would.
 
+use crate::Packet;
 use rand::rngs::SmallRng;
-use sal::proto::Transmit;
 use sal::wire::IPV4_HEADER_LEN;
 use smoltcp::time::Instant;
 
@@ -19,7 +19,7 @@ impl Mtu {
 }
 
 impl Node for Mtu {
-    fn process(&mut self, packet: &Transmit, now: Instant, _: &mut SmallRng) -> Verdict {
+    fn process(&mut self, packet: &Packet, now: Instant, _: &mut SmallRng) -> Verdict {
         if packet.payload.len() + IPV4_HEADER_LEN > self.0 {
             Verdict::Drop(DropReason::TooBig)
         } else {

@@ -4,8 +4,8 @@
 use std::cell::Cell;
 use std::rc::Rc;
 
+use crate::Packet;
 use rand::rngs::SmallRng;
-use sal::proto::Transmit;
 use smoltcp::time::Instant;
 
 use super::{DropReason, Node, Verdict};
@@ -76,7 +76,7 @@ impl Partition {
 }
 
 impl Node for Partition {
-    fn process(&mut self, _: &Transmit, now: Instant, _: &mut SmallRng) -> Verdict {
+    fn process(&mut self, _: &Packet, now: Instant, _: &mut SmallRng) -> Verdict {
         if self.is_cut(now) {
             Verdict::Drop(DropReason::Partition)
         } else {

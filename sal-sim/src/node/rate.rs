@@ -5,8 +5,8 @@
 //! queue of bounded size, and a packet that does not fit is dropped (tail
 //! drop), which is how a congested router tells TCP to slow down.
 
+use crate::Packet;
 use rand::rngs::SmallRng;
-use sal::proto::Transmit;
 use sal::wire::IPV4_HEADER_LEN;
 use smoltcp::time::{Duration, Instant};
 
@@ -50,7 +50,7 @@ impl RateLimit {
 }
 
 impl Node for RateLimit {
-    fn process(&mut self, packet: &Transmit, now: Instant, _: &mut SmallRng) -> Verdict {
+    fn process(&mut self, packet: &Packet, now: Instant, _: &mut SmallRng) -> Verdict {
         let size = packet.payload.len() + IPV4_HEADER_LEN;
         if self.backlog(now) + size as u64 > self.queue as u64 {
             return Verdict::Drop(DropReason::QueueFull);

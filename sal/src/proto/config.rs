@@ -6,8 +6,6 @@
 
 use smoltcp::time::Duration;
 
-use crate::transport::StreamConfig;
-
 /// Tunables of a host's SAL.
 #[derive(Debug, Clone)]
 pub struct HostConfig {
@@ -23,12 +21,16 @@ pub struct HostConfig {
     pub delay_timeout: Duration,
     /// Packets a DELAY rule may hold at once (host-wide).
     pub delay_queue_limit: usize,
-    /// Live flows and datagram sockets at most.
+    /// Live flows and datagram sockets at most: a bound on memory, not a
+    /// limit of the design (a packet or timer costs the same with any
+    /// number of flows). The default is far above a million.
     pub max_flows: usize,
     /// IP TTL of packets this host originates.
     pub ttl: u8,
-    /// Per-flow TCP buffers and segment size.
-    pub stream: StreamConfig,
+    /// Each stream flow's TCP socket: segment size, buffer bounds (buffers
+    /// hold no memory while idle and grow with use), behaviour. See
+    /// [`default_stream_config`].
+    pub stream: sal_tcp::Config,
     /// Datagrams queued per socket before new ones are dropped.
     pub datagram_queue_limit: usize,
     /// Move flows off an interface that goes down or loses its address, and
@@ -67,9 +69,9 @@ impl Default for HostConfig {
             control_retries: 6,
             delay_timeout: Duration::from_secs(5),
             delay_queue_limit: 1024,
-            max_flows: 100_000,
+            max_flows: 1 << 22,
             ttl: 64,
-            stream: StreamConfig::default(),
+            stream: default_stream_config(),
             datagram_queue_limit: 256,
             auto_migrate: true,
             liveness_timeout: Duration::from_millis(1500),
@@ -78,5 +80,17 @@ impl Default for HostConfig {
             // Under the 30 s after which many NATs forget a UDP mapping.
             keepalive: Some(Duration::from_secs(25)),
         }
+    }
+}
+
+/// The SAL's TCP settings: `sal_tcp`'s defaults (MSS 1448 for a 1500-byte
+/// MTU, 4 KiB first allocation, 1 MiB buffer maxima, Cubic) with Nagle off
+/// (applications' writes go out as they come, as with `TCP_NODELAY`, which
+/// the socket shim reports as set) and a 1 ms delayed ACK.
+pub fn default_stream_config() -> sal_tcp::Config {
+    sal_tcp::Config {
+        nagle: false,
+        ack_delay: Some(Duration::from_millis(1)),
+        ..sal_tcp::Config::default()
     }
 }

@@ -6,8 +6,7 @@
 //! flight), its [`Liveness`] (the peer's silence), its armed [`FlowTimers`],
 //! its [`Teardown`] progress, and its transport. The transport part is what
 //! differs between streams and datagrams, so it is an enum: a stream flow
-//! owns its handle into the stream transport and its replay buffer, a
-//! datagram flow its queue of received datagrams.
+//! owns its TCP socket, a datagram flow its queue of received datagrams.
 
 use std::collections::VecDeque;
 
@@ -34,8 +33,11 @@ pub(super) enum Endpoint {
     Datagram(DatagramSocket),
 }
 
-/// The transport-specific part of a flow.
+/// The transport-specific part of a flow. A stream's socket lives inline:
+/// the whole [`Flow`] is boxed already, and streams are the common case, so
+/// boxing the socket apart would cost every stream flow one more allocation.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub(super) enum FlowTransport {
     Stream(StreamPart),
     /// Datagrams received on a connected datagram flow, oldest first.
@@ -139,12 +141,15 @@ impl Host {
     /// Stores a new flow under a fresh random flow ID.
     pub(super) fn insert_flow(&mut self, mut flow: Flow) -> Result<FlowId, HostError> {
         let limit = self.endpoints.capacity();
-        self.endpoints
+        let id = self
+            .endpoints
             .insert_new(&mut self.rng, |id| {
                 flow.id = id;
                 Endpoint::Flow(Box::new(flow))
             })
-            .map_err(|_| HostError::TooManyFlows(limit))
+            .map_err(|_| HostError::TooManyFlows(limit))?;
+        self.flow_count += 1;
+        Ok(id)
     }
 
     /// Arms one of a flow's timers to fire by `at` (see [`TimerQueue::arm`]).

@@ -121,11 +121,10 @@ impl Host {
         flow.state = FlowState::SynSent;
         let local = flow.path.local;
         match flow.protocol() {
-            // The transport's SYN comes out in poll() and becomes the SAL SYN.
+            // The socket's SYN comes out of poll_transmit and becomes the
+            // SAL SYN.
             TransportProtocol::Stream => {
-                if self.open_stream(id, Role::Client).is_err() {
-                    self.fail_connect(id, ConnectError::NoRoute);
-                }
+                self.open_stream(id, Role::Client, &[]);
             }
             TransportProtocol::Datagram => {
                 let segment = udp_segment(&[], local.ip(), next.ip());
@@ -204,14 +203,14 @@ impl Host {
         self.listeners
             .syn_received(listener_id, client.ip(), client_flow, id);
         match protocol {
-            TransportProtocol::Stream => match self.open_stream(id, Role::Server) {
-                // The SYN-ACK comes out of the transport in poll().
-                Ok(()) => self.stream_input(id, segment),
-                Err(_) => {
+            // The SYN-ACK comes out of the socket in poll_transmit.
+            TransportProtocol::Stream => {
+                if !self.open_stream(id, Role::Server, segment) {
+                    self.stats.malformed += 1;
                     self.free_flow(id);
-                    self.refuse(client, repr, false);
+                    return;
                 }
-            },
+            }
             TransportProtocol::Datagram => {
                 let segment = udp_segment(&[], local.ip(), client.ip());
                 self.send_new_control(
@@ -282,8 +281,8 @@ impl Host {
         flow.state = FlowState::Established;
         let local = flow.path.local.ip();
         let is_stream = match flow.stream_mut() {
-            // The transport answers the SYN-ACK; that answer becomes the
-            // SAL ACK (see `Host::transport_output`).
+            // The socket answers the SYN-ACK; that answer becomes the
+            // SAL ACK (see `Host::stream_transmit`).
             Some(stream) => {
                 stream.ack_owed = true;
                 true

@@ -113,7 +113,8 @@ pub struct HostStats {
     /// Flows this host moved to another locator, and moves given up on.
     pub migrations: u64,
     pub migrations_failed: u64,
-    /// Stream segments resent right after a migration.
+    /// Times a stream flow resent what it had in flight right after a
+    /// migration (of either end), instead of waiting for its timeout.
     pub replayed: u64,
     /// Liveness probes sent on idle flows.
     #[serde(default)]
@@ -131,4 +132,18 @@ pub struct HostStats {
     /// (a NAT rebinding).
     #[serde(default)]
     pub rebindings: u64,
+    /// Times a stream flow's socket was driven (asked for a segment): the
+    /// host's transport work, which follows the flows that have something
+    /// to do (input, output, a due deadline), never the number of flows.
+    #[serde(default)]
+    pub sockets_driven: u64,
+    /// Bytes of memory the TCP buffers of all flows hold now (a gauge, not
+    /// a counter): it follows what the flows carry, and falls back when
+    /// they go idle or close.
+    #[serde(default)]
+    pub buffer_bytes: u64,
+    /// Packets dropped because the driver's transmit buffer could not
+    /// hold them (see `Host::poll_transmit`).
+    #[serde(default)]
+    pub too_big: u64,
 }

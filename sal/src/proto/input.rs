@@ -12,7 +12,7 @@ use super::control::ControlKind;
 use super::flow::Endpoint;
 use super::nat;
 use super::path::advertised;
-use super::stream::{tcp_header_len, TCP_ACK};
+use super::stream::tcp_header_len;
 use super::{FlowState, Host};
 use crate::id::FlowId;
 use crate::locator::Locator;
@@ -222,15 +222,11 @@ impl Host {
         let Ok(flow) = self.flow_mut(id) else {
             return;
         };
-        if flow.teardown.app_closed && segment.len() > tcp_header_len(segment) {
+        let header = tcp_header_len(segment);
+        if flow.teardown.app_closed && segment.len() > header {
             // Data for an application that closed: nobody will read it.
             let _ = self.abort(id);
             return;
-        }
-        if let Some(stream) = flow.stream_mut() {
-            if segment[13] & TCP_ACK != 0 && !stream.replay.is_empty() {
-                stream.replay.acknowledge(segment);
-            }
         }
         self.stream_input(id, segment);
         self.mark_dirty(id);
@@ -264,7 +260,12 @@ impl Host {
         }
         if repr.address.is_some() {
             flow.path.set_peer_locators(advertised(repr, &src));
+            // Somewhere else to go, maybe: an idle flow may now probe.
+            self.arm_liveness(id);
         }
+        let Ok(flow) = self.flow_mut(id) else {
+            return false;
+        };
         // An authenticated message from somewhere new: the peer's NAT
         // rebound the flow (an RSYN moves it by itself, below).
         let rebound = flow.state == FlowState::Established
@@ -279,7 +280,7 @@ impl Host {
             flow.teardown.fin_acked = true;
         }
         if acked.iter().any(|p| p.kind == ControlKind::Rsyn) {
-            self.replay(id);
+            self.rewind_stream(id);
         }
         if acked.iter().any(|p| p.kind == ControlKind::SynAck) {
             self.establish_server(id);

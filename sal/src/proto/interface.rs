@@ -66,10 +66,6 @@ impl Interfaces {
         &self.list
     }
 
-    pub fn len(&self) -> usize {
-        self.list.len()
-    }
-
     /// Adds an interface, replacing one of the same name.
     pub fn add(&mut self, interface: LocalInterface) {
         self.list.retain(|i| i.name != interface.name);
@@ -204,7 +200,16 @@ impl Host {
 
     /// Adds (or replaces, by name) one of the host's own interfaces.
     pub fn add_interface(&mut self, interface: LocalInterface) {
+        let up_before = self.interfaces.up_count();
         self.interfaces.add(interface);
+        self.interfaces_changed(up_before);
+    }
+
+    /// A second interface up gives idle flows somewhere to go.
+    fn interfaces_changed(&mut self, up_before: usize) {
+        if up_before <= 1 && self.interfaces.up_count() > 1 {
+            self.rearm_idle_probes();
+        }
     }
 
     /// Removes an interface by name (its flows move elsewhere first, with
@@ -230,10 +235,15 @@ impl Host {
             .get_mut(name)
             .ok_or_else(|| HostError::NoSuchInterface(name.to_string()))?;
         let (was_up, locator) = (iface.up, iface.locator);
+        let up_before = self.interfaces.up_count();
+        let Some(iface) = self.interfaces.get_mut(name) else {
+            return Ok(());
+        };
         iface.up = up;
         if was_up && !up && self.config.auto_migrate {
             self.evacuate(locator);
         }
+        self.interfaces_changed(up_before);
         Ok(())
     }
 
@@ -373,7 +383,7 @@ mod tests {
             prefix_len: 24,
             up: true,
         });
-        assert_eq!(i.len(), 1);
+        assert_eq!(i.as_slice().len(), 1);
         assert!(i.is_local(Ipv4Addr::new(10, 0, 0, 20)));
         assert_eq!(i.name_of(loc("10.0.0.20")), Some("wlan"));
         assert!(i.remove("wlan").is_some());

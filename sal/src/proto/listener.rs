@@ -117,6 +117,15 @@ impl Listeners {
         self.by_id.values().filter(|l| !l.ephemeral).count()
     }
 
+    /// Gives back the memory the backlogs hold beyond what they use.
+    pub fn shrink_to_fit(&mut self) {
+        self.by_client.shrink_to_fit();
+        for listener in self.by_id.values_mut() {
+            listener.half_open.shrink_to_fit();
+            listener.accept_queue.shrink_to_fit();
+        }
+    }
+
     /// Removes a listener; its flows are the caller's to end.
     pub fn remove(&mut self, id: ListenerId) -> Option<Removed> {
         let listener = self.by_id.remove(&id)?;

@@ -6,7 +6,9 @@
 //! A move is an RSYN from the new locator, retransmitted until the peer's
 //! RSYN-ACK; the peer follows whichever copy it hears last, so the latest
 //! move wins. Segments the old path swallowed are resent as soon as the move
-//! is confirmed (see `replay.rs`), rather than after the transport's
+//! is confirmed, or as soon as the peer is heard from its new locator
+//! ([`sal_tcp::Socket::rewind`]: from the socket's own send buffer, so
+//! nothing is copied while all is well), rather than after the transport's
 //! one-second minimum timeout.
 //!
 //! Moves happen on request ([`Host::migrate`]), when an interface goes down
@@ -20,7 +22,7 @@ use super::timer::Timer;
 use super::{Event, FlowState, Host, HostError};
 use crate::id::FlowId;
 use crate::locator::Locator;
-use crate::wire::{ControlFlags, ControlRepr, SalRepr, TransportProtocol};
+use crate::wire::{ControlFlags, ControlRepr};
 
 impl Host {
     /// Moves a flow to another of this host's interfaces (the RSYN exchange of
@@ -112,7 +114,7 @@ impl Host {
         let answered = flow.control.in_flight(ControlKind::RsynAck);
         if moved {
             self.events.push_back(Event::PeerMoved(id, src));
-            self.replay(id);
+            self.rewind_stream(id);
         }
         if control.flags.contains(ControlFlags::ACK) {
             // An RSYN-ACK: our RSYN was retired by the caller; confirm it.
@@ -129,32 +131,6 @@ impl Host {
             self.retransmit_now(id);
         } else {
             self.send_ack(id, false, &[]);
-        }
-    }
-
-    /// Resends the flow's unacknowledged stream segments on its current path
-    /// (see `replay.rs`).
-    pub(super) fn replay(&mut self, id: FlowId) {
-        let Ok(flow) = self.flow_mut(id) else {
-            return;
-        };
-        let Some(remote) = flow.path.remote else {
-            return;
-        };
-        let (src, peer_flow) = (flow.path.local, flow.peer_flow);
-        let Some(stream) = flow.stream() else {
-            return;
-        };
-        // Our latest ACK first, so the peer resends only what we lack.
-        let ack = stream.replay.current_ack(src.ip(), remote.ip());
-        let segments = ack
-            .into_iter()
-            .chain(stream.replay.replay(src.ip(), remote.ip()))
-            .collect::<Vec<_>>();
-        let repr = SalRepr::data(id, peer_flow, TransportProtocol::Stream.number());
-        for segment in segments {
-            self.stats.replayed += 1;
-            self.send_packet(src, remote, super::output::build(&repr, &segment));
         }
     }
 
@@ -179,24 +155,50 @@ impl Host {
     }
 
     /// Arms the flow's liveness timer for when its verdict may next change.
+    /// An idle flow with nowhere else to go (one interface up, a peer that
+    /// advertised no other locator) has nothing to probe for, and gets no
+    /// timer at all: a host's idle flows cost it no work until that changes
+    /// (see [`Host::rearm_idle_probes`]).
     pub(super) fn arm_liveness(&mut self, id: FlowId) {
         if !self.config.auto_migrate {
             return;
         }
         let waiting = self.awaits_peer(id);
-        let (now, timeout, idle) = (
-            self.now,
-            self.config.liveness_timeout,
-            self.config.idle_probe,
-        );
+        let (now, timeout) = (self.now, self.config.liveness_timeout);
+        let interfaces_up = self.interfaces.up_count();
         let Ok(flow) = self.flow_mut(id) else {
             return;
         };
         if flow.state != FlowState::Established {
             return;
         }
+        let somewhere_else = interfaces_up > 1 || flow.path.peer_has_alternatives();
+        let idle = self.config.idle_probe.filter(|_| somewhere_else);
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
         if let Some(at) = flow.liveness.next_check(now, waiting, timeout, idle) {
             self.arm_timer(id, Timer::Liveness, on_tick(at));
+        }
+    }
+
+    /// Somewhere else to go has appeared (an interface came up): idle flows
+    /// that had nothing to probe for get their liveness timers. Costs a pass
+    /// over the flows, on an interface event.
+    pub(super) fn rearm_idle_probes(&mut self) {
+        if !self.config.auto_migrate || self.config.idle_probe.is_none() {
+            return;
+        }
+        let flows: Vec<FlowId> = self
+            .endpoints
+            .iter()
+            .filter_map(|(id, e)| match e {
+                super::flow::Endpoint::Flow(f) if f.state == FlowState::Established => Some(id),
+                _ => None,
+            })
+            .collect();
+        for id in flows {
+            self.arm_liveness(id);
         }
     }
 

@@ -2,11 +2,17 @@
 //!
 //! [`Host`] is a state machine in the style of quinn-proto: the caller feeds it
 //! received SAL packets ([`Host::handle_packet`]) and the passage of time
-//! ([`Host::poll`]), and drains what it wants sent ([`Host::poll_transmit`]),
-//! what happened ([`Host::poll_event`]) and when it next needs to run
-//! ([`Host::poll_timeout`]). It owns the service table, the flow table, the
-//! listeners and the stream transport; it owns no socket and reads no clock,
-//! which is what lets tests run whole networks of hosts deterministically.
+//! ([`Host::poll`]), and drains what it wants sent ([`Host::poll_transmit`],
+//! into the caller's buffer), what happened ([`Host::poll_event`]) and when
+//! it next needs to run ([`Host::poll_timeout`]). It owns the service table,
+//! the flow table, the listeners, and each stream flow's TCP socket; it owns
+//! no OS socket and reads no clock, which is what lets tests run whole
+//! networks of hosts deterministically.
+//!
+//! Nothing in it walks all flows on a packet or a timer: a packet goes to
+//! its flow by flow ID, deadlines wait in one heap, and only flows with
+//! something to do (input, output, a due deadline) are driven. A host with a
+//! million quiet flows handles a packet as fast as one with ten.
 //!
 //! Exchanges are those of WIRE.md: a SYN carrying the transport's SYN, resolved
 //! hop by hop by the service table (DEMUX, FORWARD, DELAY, DROP); a SYN-ACK
@@ -16,7 +22,8 @@
 //! The code is cut two ways, so that each file holds one thing to understand.
 //! State that has rules of its own is a type with a small API and its own
 //! tests:
-//! - `timer`: every flow's deadlines in one queue, lazily invalidated;
+//! - `timer`: every flow's deadlines (its socket's among them) in one
+//!   queue, lazily invalidated;
 //! - `control`: numbering and retransmission of control messages;
 //! - `liveness`: what the peer's silence means;
 //! - `path`: a flow's addresses and moves;
@@ -33,7 +40,7 @@
 //! `handshake` (connect, SYN, SYN-ACK, ACK, refusals), `route` (table edits,
 //! forwarding), `teardown` (FIN, RST, close), `migration` (RSYN, liveness),
 //! `datagram`, `stream` (the application's streams and the only calls into
-//! the stream transport), and `output` (packets, control retransmission).
+//! their sockets), and `output` (the transmit path, control retransmission).
 
 mod config;
 mod control;
@@ -52,7 +59,6 @@ mod migration;
 mod nat;
 mod output;
 mod path;
-mod replay;
 mod route;
 mod stream;
 mod teardown;
@@ -61,15 +67,14 @@ mod timer;
 use std::collections::VecDeque;
 
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use smoltcp::time::Instant;
 
 use crate::flow::FlowTable;
 use crate::id::FlowId;
 use crate::table::ServiceTable;
-use crate::transport::StreamTransport;
 
-pub use config::HostConfig;
+pub use config::{default_stream_config, HostConfig};
 pub use datagram::{DatagramPeer, ReceivedDatagram, MAX_DATAGRAM};
 pub use error::{ConnectError, HostError};
 pub use event::Event;
@@ -81,11 +86,17 @@ use delay::DelayQueue;
 use flow::{Endpoint, Flow};
 use interface::Interfaces;
 use listener::Listeners;
+use output::Packet;
 use timer::{Timer, TimerQueue};
 
-/// Rounds of loopback delivery and transport output per [`Host::poll`]; a
-/// local connect takes three, so this only guards against runaway loops.
+/// Rounds of loopback delivery per [`Host::poll`]; a local connect takes
+/// three, so this only guards against runaway loops (what is left waits
+/// for the next poll, which [`Host::poll_timeout`] asks for at once).
 const POLL_ROUNDS: usize = 64;
+
+/// Bytes of the buffer loopback segments are written into: the largest
+/// IPv4 payload, so that any configured MSS fits.
+const LOOPBACK_BUFFER: usize = 65_535 - crate::wire::IPV4_HEADER_LEN;
 
 /// The SAL of one host. See the module documentation.
 pub struct Host {
@@ -94,17 +105,27 @@ pub struct Host {
     table: ServiceTable,
     /// Flows and datagram sockets by local flow ID.
     endpoints: FlowTable<Endpoint>,
+    /// How many of the endpoints are flows.
+    flow_count: usize,
     listeners: Listeners,
-    transport: StreamTransport,
     interfaces: Interfaces,
     delayed: DelayQueue,
     timers: TimerQueue,
-    transmits: VecDeque<Transmit>,
+    /// Whole packets for the link (everything but stream segments).
+    transmits: VecDeque<Packet>,
     /// Packets this host sent to itself, fed back as input by `poll`.
-    loopback: VecDeque<Transmit>,
+    loopback: VecDeque<Packet>,
+    /// Stream flows whose sockets may have segments for the link.
+    output: VecDeque<FlowId>,
+    /// Stream flows whose sockets may have segments for this host itself.
+    local_output: VecDeque<FlowId>,
+    /// Where loopback segments are written.
+    scratch: Vec<u8>,
     events: VecDeque<Event>,
-    /// Flows touched since the last poll (see `Host::review_dirty_flows`).
+    /// Flows touched since the last poll (see `Host::review_dirty_flows`),
+    /// and the list that takes their place while they are looked at.
     dirty: Vec<FlowId>,
+    dirty_spare: Vec<FlowId>,
     stats: HostStats,
     now: Instant,
 }
@@ -122,22 +143,24 @@ impl std::fmt::Debug for Host {
 impl Host {
     /// A host with no interfaces, rules or flows, at time `now`.
     pub fn new(config: HostConfig, now: Instant) -> Host {
-        let mut rng = SmallRng::seed_from_u64(config.seed);
-        let transport = StreamTransport::new(config.stream, now, rng.random());
         Host {
             endpoints: FlowTable::new(config.max_flows),
+            flow_count: 0,
             delayed: DelayQueue::new(config.delay_queue_limit, config.delay_timeout),
+            rng: SmallRng::seed_from_u64(config.seed),
             config,
-            rng,
             table: ServiceTable::new(),
             listeners: Listeners::default(),
-            transport,
             interfaces: Interfaces::default(),
             timers: TimerQueue::default(),
             transmits: VecDeque::new(),
             loopback: VecDeque::new(),
+            output: VecDeque::new(),
+            local_output: VecDeque::new(),
+            scratch: vec![0; LOOPBACK_BUFFER],
             events: VecDeque::new(),
             dirty: Vec::new(),
+            dirty_spare: Vec::new(),
             stats: HostStats::default(),
             now,
         }
@@ -166,21 +189,23 @@ impl Host {
     }
 
     /// Advances the host to `now`: runs the timers that are due (control
-    /// retransmission, liveness, DELAY expiry), delivers packets addressed to
-    /// itself, runs the transport, and turns what that produced into
-    /// transmits and events. Call after input and at [`Host::poll_timeout`].
+    /// retransmission, liveness, DELAY expiry, the sockets' own), delivers
+    /// packets addressed to itself, and turns what changed into events.
+    /// Call after input and at [`Host::poll_timeout`], then drain
+    /// [`Host::poll_transmit`] and [`Host::poll_event`].
     pub fn poll(&mut self, now: Instant) {
         self.now = now;
         self.fire_timers(now);
         self.expire_delayed(now);
-        let mut segments = Vec::new();
         for _ in 0..POLL_ROUNDS {
-            while let Some(t) = self.loopback.pop_front() {
-                self.handle_packet(now, t.src, t.dst, t.ttl, &t.payload);
+            let mut moved = false;
+            while let Some(p) = self.loopback.pop_front() {
+                moved = true;
+                self.handle_packet(now, p.src, p.dst, p.ttl, &p.payload);
             }
-            let produced = self.drive_transport(now, &mut segments);
+            moved |= self.drain_local_output(now);
             self.review_dirty_flows();
-            if self.loopback.is_empty() && !produced {
+            if !moved && self.loopback.is_empty() && self.local_output.is_empty() {
                 break;
             }
         }
@@ -199,13 +224,10 @@ impl Host {
                 Timer::Control => self.retransmit_due(due.flow),
                 Timer::Liveness => self.liveness_due(due.flow),
                 Timer::Keepalive => self.keepalive_due(due.flow),
+                Timer::Transport => self.queue_output(due.flow),
+                Timer::Linger => self.linger_due(due.flow),
             }
         }
-    }
-
-    /// The next packet to send, if any.
-    pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
     }
 
     /// The next event, if any.
@@ -213,8 +235,12 @@ impl Host {
         self.events.pop_front()
     }
 
-    /// When [`Host::poll`] must next run even if nothing arrives.
+    /// When [`Host::poll`] must next run even if nothing arrives (at once
+    /// if loopback work was left over).
     pub fn poll_timeout(&mut self) -> Option<Instant> {
+        if !self.loopback.is_empty() || !self.local_output.is_empty() {
+            return Some(self.now);
+        }
         let endpoints = &self.endpoints;
         while self.timers.pop_stale(|due| match endpoints.get(due.flow) {
             Some(Endpoint::Flow(flow)) => flow.timers.is_live(due.timer, due.at),
@@ -222,8 +248,34 @@ impl Host {
         }) {}
         let timer = self.timers.peek().map(|due| due.at);
         let delay = self.delayed.next_deadline();
-        let transport = self.transport_deadline();
-        [timer, delay, transport].into_iter().flatten().min()
+        [timer, delay].into_iter().flatten().min()
+    }
+
+    /// Gives back the memory the host's tables and queues hold beyond what
+    /// they use: after many flows closed, their tables keep the size they
+    /// had, and the timer queue keeps their deadlines until each passes.
+    /// Costs a pass over every flow and deadline: call it at quiet moments
+    /// (the daemon does when many flows have closed).
+    pub fn compact(&mut self) {
+        let endpoints = &self.endpoints;
+        self.timers.compact(|due| match endpoints.get(due.flow) {
+            Some(Endpoint::Flow(flow)) => flow.timers.is_live(due.timer, due.at),
+            _ => false,
+        });
+        self.endpoints.shrink_to_fit();
+        self.listeners.shrink_to_fit();
+        self.output.shrink_to_fit();
+        self.local_output.shrink_to_fit();
+        self.transmits.shrink_to_fit();
+        self.loopback.shrink_to_fit();
+        self.events.shrink_to_fit();
+        self.dirty.shrink_to_fit();
+        self.dirty_spare.shrink_to_fit();
+    }
+
+    /// How many flows the host has (what [`Host::flows`] would list).
+    pub fn flow_count(&self) -> usize {
+        self.flow_count
     }
 
     /// Snapshot of every flow.

@@ -46,10 +46,9 @@
 //!   challenge with a bare ACK to the address it knows for us; its NAT
 //!   sends that from the new mapping, which proves the mapping. A keepalive
 //!   or any other control message of the peer does the same. Segments sent
-//!   meanwhile to the old address are lost; servers of flows over UDP keep
-//!   copies of unacknowledged segments (`replay.rs`) and resend them as
-//!   soon as the move is made, so the transport never waits for its
-//!   one-second timeout.
+//!   meanwhile to the old address are lost; the flow's socket resends what
+//!   is in flight as soon as the move is made (`sal_tcp::Socket::rewind`),
+//!   so the transport never waits for its one-second timeout.
 //!
 //! The path challenge is `CONTROL(RSYN|NACK)` whose nonce field holds a
 //! fresh random token instead of the sender's nonce: the new address may be
@@ -346,7 +345,7 @@ impl Host {
         }
         self.stats.rebindings += 1;
         self.events.push_back(Event::PeerMoved(id, src));
-        self.replay(id);
+        self.rewind_stream(id);
         self.retransmit_now(id);
     }
 }

@@ -1,18 +1,31 @@
-//! What the host sends: packet building, the transmit queue, and the
+//! What the host sends: the transmit path, packet building, and the
 //! sending and retransmission of control messages.
 //!
+//! The driver asks for packets with [`Host::poll_transmit`], giving a
+//! buffer; the host writes one whole SAL packet into it and says where it
+//! goes ([`Transmit`]), boringtun- and quinn-style. Stream segments, the
+//! bulk of the traffic, are written straight from the flow's socket into
+//! that buffer behind a base header (see `stream.rs`): no allocation, one
+//! copy. Everything else the host sends (control messages, refusals,
+//! datagrams, forwarded SYNs) is rare, is built whole when it happens, and
+//! waits in a queue of [`Packet`]s until it is copied out.
+//!
 //! Packets addressed to the host itself never reach the link: they wait in
-//! a loopback queue that [`Host::poll`] feeds back as input, so a local
+//! a loopback queue, and stream flows whose peer is the host itself in a
+//! queue of their own, which [`Host::poll`] feeds back as input, so a local
 //! client and server run the same exchanges as remote ones.
 //!
 //! Control messages are sent from the flow's current locator to the peer's
 //! current one each time they go out, first send and retransmissions alike,
 //! so a message in flight follows a migration of either end.
 
+use smoltcp::time::Instant;
+
 use super::control::{ControlKind, Pending};
 use super::flow::{Endpoint, Flow};
 use super::interface::Interfaces;
 use super::path::Path;
+use super::stream::StreamOutput;
 use super::timer::Timer;
 use super::{ConnectError, Host};
 use crate::id::FlowId;
@@ -22,9 +35,11 @@ use crate::wire::{
     TransportProtocol,
 };
 
-/// A packet the host wants sent. `payload` is a whole SAL packet; the link
-/// puts it in IPv4 (protocol 144) or in UDP between `src` and `dst`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A packet the host wrote into the caller's buffer (see
+/// [`Host::poll_transmit`]): the SAL packet is the buffer's first `len`
+/// bytes; the link puts it in IPv4 (protocol 144, TTL `ttl`) or in UDP
+/// between `src` and `dst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transmit {
     pub src: Locator,
     pub dst: Locator,
@@ -32,6 +47,17 @@ pub struct Transmit {
     pub ttl: u8,
     /// How the packet must leave: a native link sends relays and
     /// broadcasts another way than its own unicast packets.
+    pub kind: TransmitKind,
+    /// The SAL packet's length: it is the buffer's first `len` bytes.
+    pub len: usize,
+}
+
+/// A whole SAL packet that waits to be sent (or looped back).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Packet {
+    pub src: Locator,
+    pub dst: Locator,
+    pub ttl: u8,
     pub kind: TransmitKind,
     pub payload: Vec<u8>,
 }
@@ -127,6 +153,85 @@ pub(super) fn readdress_sal_segment(
 }
 
 impl Host {
+    /// The next packet to send: written into `out` (the SAL packet, from
+    /// its first byte; leave headroom in front for the IPv4 or UDP header
+    /// by passing a slice past it), described by the [`Transmit`]
+    /// returned. `None` when there is nothing to send. Call it until it
+    /// returns `None` after every [`Host::poll`] and after every call that
+    /// acts on a flow (send, recv, close, connect, migrate, rule changes):
+    /// this is where stream flows' sockets send, and where their timers
+    /// are rearmed.
+    ///
+    /// `out` should hold the largest packet the link carries (its MTU less
+    /// the IPv4 header): stream segments are cut to fit it, and any other
+    /// packet that does not fit is dropped (counted in
+    /// [`HostStats::too_big`](super::HostStats::too_big)).
+    pub fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> Option<Transmit> {
+        loop {
+            if let Some(packet) = self.transmits.pop_front() {
+                let len = packet.payload.len();
+                let Some(room) = out.get_mut(..len) else {
+                    self.stats.too_big += 1;
+                    continue;
+                };
+                room.copy_from_slice(&packet.payload);
+                return Some(Transmit {
+                    src: packet.src,
+                    dst: packet.dst,
+                    ttl: packet.ttl,
+                    kind: packet.kind,
+                    len,
+                });
+            }
+            let &id = self.output.front()?;
+            if self.is_loopback(id) {
+                // Its peer moved here: the next poll delivers its segments.
+                self.output.pop_front();
+                self.local_output.push_back(id);
+                continue;
+            }
+            match self.stream_transmit(id, now, out) {
+                StreamOutput::Packet(transmit) => {
+                    // Round robin: each busy flow sends a segment in turn.
+                    self.output.rotate_left(1);
+                    self.stats.packets_out += 1;
+                    self.stats.bytes_out += transmit.len as u64;
+                    return Some(transmit);
+                }
+                StreamOutput::Again => {}
+                StreamOutput::Idle => {
+                    self.output.pop_front();
+                    self.output_done(id);
+                }
+            }
+        }
+    }
+
+    /// Delivers the segments of stream flows whose peer is this host (at
+    /// most one pass over those queued now); returns whether any moved.
+    pub(super) fn drain_local_output(&mut self, now: Instant) -> bool {
+        let mut moved = false;
+        let mut scratch = std::mem::take(&mut self.scratch);
+        for _ in 0..self.local_output.len() {
+            let Some(id) = self.local_output.pop_front() else {
+                break;
+            };
+            loop {
+                match self.stream_transmit(id, now, &mut scratch) {
+                    StreamOutput::Packet(t) => {
+                        moved = true;
+                        self.handle_packet(now, t.src, t.dst, t.ttl, &scratch[..t.len]);
+                    }
+                    StreamOutput::Again => moved = true,
+                    StreamOutput::Idle => break,
+                }
+            }
+            self.output_done(id);
+        }
+        self.scratch = scratch;
+        moved
+    }
+
     /// Queues a packet for the link, or for ourselves if it is addressed
     /// here, with the TTL the host gives the packets it originates.
     pub(super) fn send_packet(&mut self, src: Locator, dst: Locator, payload: Vec<u8>) {
@@ -141,7 +246,7 @@ impl Host {
         let kind = if self.interfaces.is_broadcast(dst.ip()) {
             TransmitKind::Broadcast
         } else if self.interfaces.owns(&dst) {
-            self.loopback.push_back(Transmit {
+            self.loopback.push_back(Packet {
                 src,
                 dst,
                 ttl,
@@ -156,7 +261,7 @@ impl Host {
         };
         self.stats.packets_out += 1;
         self.stats.bytes_out += payload.len() as u64;
-        self.transmits.push_back(Transmit {
+        self.transmits.push_back(Packet {
             src,
             dst,
             ttl,

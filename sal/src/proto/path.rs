@@ -12,6 +12,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use smoltcp::time::Instant;
 
 use super::control::ControlKind;
+use super::FlowState;
 use crate::locator::Locator;
 use crate::wire::{SalRepr, SourceRepr};
 
@@ -102,6 +103,16 @@ impl Path {
         self.remote = Some(other);
         self.peer_moves += 1;
         Some(other)
+    }
+
+    /// Where the flow's transport segments go in `state`: a client's SYN
+    /// to the first hop, everything else to the peer.
+    pub fn transport_destination(&self, state: FlowState) -> Option<Locator> {
+        if state == FlowState::SynSent {
+            self.next_hop
+        } else {
+            self.remote
+        }
     }
 
     /// Where a control message of `kind` goes now: a SYN to the first hop,

@@ -1,111 +1,230 @@
 //! Stream flows: the application's byte streams, and the seam between the
-//! SAL and the stream transport (smoltcp TCP, see [`crate::transport`]).
+//! SAL and the flow's own TCP socket ([`sal_tcp::Socket`]).
 //!
-//! Every call into the transport is in this file. Today one transport
-//! instance serves all of a host's stream flows and is polled as a whole;
-//! keeping its uses here, each on one flow's [`StreamPart`], is what lets a
-//! flow own its own TCP socket later, driven only when that flow has input,
-//! output or a due deadline.
+//! Every stream flow owns its socket, and every call into a socket is in
+//! this file. A socket moves only when its flow is touched: a segment
+//! arrives for it, the application sends, reads or closes, or its deadline
+//! ([`Socket::poll_at`], kept in the host's timer queue) comes. Each such
+//! touch puts the flow in the host's output queue, which
+//! [`Host::poll_transmit`] drains; so a packet or a timer costs the same
+//! whether the host has ten flows or a million, and an idle flow costs
+//! nothing at all.
 //!
-//! The transport's segments become SAL packets according to the flow's
-//! state ([`Host::transport_output`]): its SYN is the SAL SYN, its SYN-ACK
-//! the SAL SYN-ACK, its answer to the SYN-ACK the SAL ACK, and the rest
-//! rides under a bare base header, held back while a move is unconfirmed.
+//! The socket's segments become SAL packets according to the flow's state
+//! ([`Host::stream_transmit`]): its SYN is the SAL SYN, its SYN-ACK the SAL
+//! SYN-ACK, its answer to the SYN-ACK the SAL ACK (those are control
+//! messages, kept for retransmission), and the rest rides under a bare base
+//! header that is written in front of the segment in the caller's buffer:
+//! the segment's payload is copied once, from the socket's send buffer into
+//! the packet. While a move is unconfirmed, segments that carry data are
+//! held back (see `migration.rs`).
 
-use smoltcp::time::Instant;
+use sal_tcp::{RecvError, Socket, State, TcpSeqNumber};
+use smoltcp::time::{Duration, Instant};
 
 use super::control::ControlKind;
-use super::flow::Endpoint;
-use super::replay::ReplayBuffer;
+use super::flow::{Endpoint, FlowTransport};
+use super::output::{Transmit, TransmitKind};
+use super::timer::Timer;
 use super::{FlowState, Host, HostError, Role};
 use crate::id::FlowId;
-use crate::locator::Locator;
-use crate::transport::{finish_outgoing, OutgoingSegment, StreamError, StreamHandle};
-use crate::wire::{ControlFlags, SalRepr, TransportProtocol};
+use crate::wire::{ControlFlags, SalRepr, TransportProtocol, BASE_HEADER_LEN};
 
 /// TCP header flag bits, as seen in byte 13 of a segment.
-pub(super) const TCP_FIN: u8 = 0x01;
-pub(super) const TCP_SYN: u8 = 0x02;
-pub(super) const TCP_RST: u8 = 0x04;
-pub(super) const TCP_ACK: u8 = 0x10;
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 
 /// Bytes of TCP header in a segment (its data offset).
 pub(super) fn tcp_header_len(segment: &[u8]) -> usize {
     usize::from(segment[12] >> 4) * 4
 }
 
+/// The shortest wait before a socket that has just been drained is looked
+/// at again, whatever its deadline says (a guard against a busy loop).
+const MIN_REARM: Duration = Duration::from_millis(1);
+
+/// TCP header flags and whether the segment occupies sequence space (carries
+/// data, SYN or FIN): such a segment asks the peer for an answer.
+fn segment_kind(segment: &[u8]) -> (u8, bool) {
+    let (Some(&offset), Some(&flags)) = (segment.get(12), segment.get(13)) else {
+        return (0, false);
+    };
+    let header = usize::from(offset >> 4) * 4;
+    let asks = segment.len() > header || flags & (TCP_SYN | TCP_FIN) != 0;
+    (flags, asks)
+}
+
 /// The stream-specific part of a flow.
 #[derive(Debug, Default)]
 pub(super) struct StreamPart {
-    /// The flow's socket in the transport: none before the client's
-    /// connect is resolved, and none once the flow is dead.
-    pub handle: Option<StreamHandle>,
-    /// Copies of unacknowledged segments, resent right after a migration.
-    pub replay: ReplayBuffer,
+    /// The flow's TCP socket: none before the client's connect is
+    /// resolved, and none once the flow is dead.
+    pub socket: Option<Socket>,
     /// The client owes the third packet of the handshake (SAL ACK): the
-    /// transport's answer to the SYN-ACK carries it.
+    /// socket's answer to the SYN-ACK carries it.
     pub ack_owed: bool,
+    /// In one of the host's output queues (see [`Host::queue_output`]).
+    pub queued: bool,
+}
+
+/// What [`Host::stream_transmit`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum StreamOutput {
+    /// A packet is in the caller's buffer.
+    Packet(Transmit),
+    /// Something happened (a control message was queued, or a segment held
+    /// back during a move): call again.
+    Again,
+    /// The socket has nothing to send now.
+    Idle,
 }
 
 impl Host {
-    /// The flow's stream handle, as the application calls see it: `None`
-    /// for datagram flows and for stream flows without a socket.
-    fn stream_handle(
+    /// Notes a change of a socket's buffer memory from `before` to `after`
+    /// bytes in [`HostStats::buffer_bytes`](super::HostStats::buffer_bytes).
+    pub(super) fn account_buffers(&mut self, before: usize, after: usize) {
+        let total = &mut self.stats.buffer_bytes;
+        *total = (*total + after as u64).saturating_sub(before as u64);
+    }
+
+    /// The socket of an established stream flow (or of a dead one, whose
+    /// socket is gone), as the application calls see it.
+    fn app_socket(&mut self, id: FlowId) -> Result<(FlowState, Option<&mut Socket>), HostError> {
+        let flow = self.flow_mut(id)?;
+        let state = flow.state;
+        match &mut flow.transport {
+            FlowTransport::Stream(stream) => Ok((state, stream.socket.as_mut())),
+            FlowTransport::Datagram(_) => Err(HostError::WrongProtocol),
+        }
+    }
+
+    /// Lets `fill` write into the flow's send buffer, straight from wherever
+    /// the application's bytes are (a socket read, say): it gets the largest
+    /// contiguous free region (never empty) and returns how many bytes it
+    /// wrote there, and a value handed back. `WouldBlock` when there is no
+    /// room now (then `fill` is not called).
+    pub fn send_with<R>(
         &mut self,
         id: FlowId,
-    ) -> Result<(FlowState, Option<StreamHandle>), HostError> {
-        let flow = self.flow_mut(id)?;
-        Ok((flow.state, flow.stream().and_then(|s| s.handle)))
+        fill: impl FnOnce(&mut [u8]) -> (usize, R),
+    ) -> Result<R, HostError> {
+        let result = match self.app_socket(id)? {
+            (FlowState::Dead, _) => return Err(HostError::Reset),
+            (FlowState::Established, Some(socket)) => {
+                if !socket.may_send() {
+                    // Not yet open for sending (the TCP handshake is still
+                    // finishing), or closed for sending.
+                    return Err(match socket.state() {
+                        State::SynSent | State::SynReceived => HostError::WouldBlock,
+                        _ => HostError::SendClosed,
+                    });
+                }
+                if socket.send_space() == 0 {
+                    return Err(HostError::WouldBlock);
+                }
+                let before = socket.buffer_memory();
+                let result = socket.send(fill).map_err(|_| HostError::SendClosed)?;
+                let after = socket.buffer_memory();
+                self.account_buffers(before, after);
+                result
+            }
+            _ => return Err(HostError::WouldBlock),
+        };
+        self.queue_output(id);
+        Ok(result)
     }
 
     /// Queues bytes on a stream flow; returns how many were taken.
     pub fn send(&mut self, id: FlowId, data: &[u8]) -> Result<usize, HostError> {
-        match self.stream_handle(id)? {
-            (FlowState::Dead, _) => Err(HostError::Reset),
-            (_, None) => Err(HostError::WrongProtocol),
-            (FlowState::Established, Some(handle)) => {
-                let written = self.transport.send(handle, data).map_err(|e| match e {
-                    StreamError::SendClosed => HostError::SendClosed,
-                    _ => HostError::WouldBlock,
-                })?;
-                if written == 0 && !data.is_empty() {
-                    return Err(HostError::WouldBlock);
-                }
-                self.mark_dirty(id);
-                Ok(written)
-            }
-            _ => Err(HostError::WouldBlock),
+        if data.is_empty() {
+            return self.send_room(id).map(|_| 0);
         }
+        let mut sent = 0;
+        // The free space may come in two regions (the ring wraps), and the
+        // buffer grows only once the region offered is full.
+        while sent < data.len() {
+            let rest = &data[sent..];
+            match self.send_with(id, |free| {
+                let n = free.len().min(rest.len());
+                free[..n].copy_from_slice(&rest[..n]);
+                (n, n)
+            }) {
+                Ok(n) => sent += n,
+                Err(_) if sent > 0 => break,
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Lets `drain` take received bytes straight from the flow's receive
+    /// buffer (to write them to a socket, say): it gets the largest
+    /// contiguous region of unread bytes (never empty) and returns how many
+    /// it took, and a value handed back. `Ok(None)` is the end of the
+    /// stream (everything read); `WouldBlock` means nothing to read yet
+    /// (then `drain` is not called).
+    pub fn recv_with<R>(
+        &mut self,
+        id: FlowId,
+        drain: impl FnOnce(&[u8]) -> (usize, R),
+    ) -> Result<Option<R>, HostError> {
+        let (state, socket) = self.app_socket(id)?;
+        let Some(socket) = socket else {
+            return Err(match state {
+                FlowState::Dead => HostError::Reset,
+                _ => HostError::WouldBlock,
+            });
+        };
+        if !matches!(state, FlowState::Established) {
+            return Err(HostError::WouldBlock);
+        }
+        if socket.recv_queue() == 0 {
+            return match socket.recv(|_| (0, ())) {
+                Ok(()) => Err(HostError::WouldBlock),
+                Err(RecvError::Finished) => Ok(None),
+                // The TCP handshake is still finishing (the SAL's was
+                // confirmed without the socket's last segment).
+                Err(RecvError::InvalidState)
+                    if matches!(socket.state(), State::SynSent | State::SynReceived) =>
+                {
+                    Err(HostError::WouldBlock)
+                }
+                // Closed without a FIN: the peer's transport gave up on us.
+                Err(RecvError::InvalidState) => Ok(None),
+            };
+        }
+        let result = socket.recv(|data| drain(data)).ok();
+        // Reading opens the receive window, which may owe the peer an update.
+        self.queue_output(id);
+        Ok(result)
     }
 
     /// Reads bytes from a stream flow: `Ok(0)` is end of stream.
     pub fn recv(&mut self, id: FlowId, buf: &mut [u8]) -> Result<usize, HostError> {
-        let (state, handle) = self.stream_handle(id)?;
-        let Some(handle) = handle else {
-            return Err(HostError::WrongProtocol);
-        };
-        match state {
-            FlowState::Established | FlowState::Dead => {}
-            _ => return Err(HostError::WouldBlock),
-        }
-        match self.transport.recv(handle, buf) {
-            Some(n) => {
-                if n > 0 {
-                    // Reading opens the receive window: let smoltcp say so.
-                    self.mark_dirty(id);
-                }
-                Ok(n)
+        let mut read = 0;
+        // Received bytes may lie in two regions (the ring wraps).
+        while read < buf.len() {
+            let rest = &mut buf[read..];
+            match self.recv_with(id, |data| {
+                let n = data.len().min(rest.len());
+                rest[..n].copy_from_slice(&data[..n]);
+                (n, n)
+            }) {
+                Ok(Some(n)) => read += n,
+                Ok(None) => break,
+                Err(_) if read > 0 => break,
+                Err(error) => return Err(error),
             }
-            None if state == FlowState::Dead => Err(HostError::Reset),
-            None => Err(HostError::WouldBlock),
         }
+        Ok(read)
     }
 
     /// Bytes a [`Host::send`] would take now.
     pub fn send_room(&mut self, id: FlowId) -> Result<usize, HostError> {
-        match self.stream_handle(id)? {
-            (FlowState::Established, Some(handle)) => Ok(self.transport.send_room(handle)),
+        match self.app_socket(id)? {
             (FlowState::Dead, _) => Err(HostError::Reset),
+            (FlowState::Established, Some(socket)) if socket.may_send() => Ok(socket.send_space()),
             _ => Ok(0),
         }
     }
@@ -113,68 +232,107 @@ impl Host {
     /// Ends the sending direction of a flow: the peer reads end of stream
     /// (a stream) or gets our SAL FIN (a datagram flow); receiving goes on.
     pub fn shutdown(&mut self, id: FlowId) -> Result<(), HostError> {
-        match self.stream_handle(id)? {
-            (_, Some(handle)) => self.transport.shutdown(handle),
-            (_, None) => {
-                if let Ok(flow) = self.flow_mut(id) {
-                    flow.teardown.send_shut |= flow.stream().is_none();
+        let flow = self.flow_mut(id)?;
+        match &mut flow.transport {
+            FlowTransport::Stream(stream) => {
+                if let Some(socket) = stream.socket.as_mut() {
+                    socket.close();
                 }
             }
+            FlowTransport::Datagram(_) => flow.teardown.send_shut = true,
         }
+        self.queue_output(id);
         self.mark_dirty(id);
         Ok(())
     }
 
     /// Whether received bytes of an established stream flow wait unread.
     pub(super) fn stream_has_unread(&mut self, id: FlowId) -> bool {
-        match self.stream_handle(id) {
-            Ok((FlowState::Established, Some(handle))) => self.transport.has_unread(handle),
+        match self.app_socket(id) {
+            Ok((FlowState::Established, Some(socket))) => socket.recv_queue() > 0,
             _ => false,
         }
     }
 
-    /// Opens the flow's socket in the transport: a client's starts
-    /// connecting (its SYN comes out of the next poll), a server's is ready
-    /// for the SYN about to be delivered.
-    pub(super) fn open_stream(&mut self, id: FlowId, role: Role) -> Result<(), StreamError> {
-        let handle = match role {
-            Role::Client => self.transport.open_client(id)?,
-            Role::Server => self.transport.open_server(id)?,
+    /// Gives the flow its socket: a client's starts connecting (its SYN
+    /// comes out of the next [`Host::poll_transmit`]); a server's takes the
+    /// client's SYN segment `syn` (checksum verified) and answers it.
+    ///
+    /// This is the one place a server creates TCP state for a SYN: SYN
+    /// cookies replace it with [`sal_tcp::write_syn_ack`] here and
+    /// [`Socket::from_cookie`] on the third packet. Returns false if the
+    /// SYN segment is not a valid opening (nothing is kept then).
+    pub(super) fn open_stream(&mut self, id: FlowId, role: Role, syn: &[u8]) -> bool {
+        let isn = TcpSeqNumber(rand::Rng::random(&mut self.rng));
+        let mut socket = Socket::new(&self.config.stream);
+        let opened = match role {
+            Role::Client => socket.connect(isn).is_ok(),
+            Role::Server => {
+                socket.listen(isn).is_ok() && socket.handle_segment(self.now, syn).is_ok()
+            }
         };
-        match self.flow_mut(id).ok().and_then(|f| f.stream_mut()) {
-            Some(stream) => stream.handle = Some(handle),
-            None => self.transport.release(handle),
+        if !opened {
+            return false;
         }
-        Ok(())
+        self.account_buffers(0, socket.buffer_memory());
+        let Some(stream) = self.flow_mut(id).ok().and_then(|f| f.stream_mut()) else {
+            return false;
+        };
+        stream.socket = Some(socket);
+        self.queue_output(id);
+        true
     }
 
     /// Hands a received segment (checksum verified) to the flow's socket.
     pub(super) fn stream_input(&mut self, id: FlowId, segment: &[u8]) {
-        if let Ok((_, Some(handle))) = self.stream_handle(id) {
-            self.transport.deliver(handle, segment);
+        let now = self.now;
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
+        let Some(socket) = flow.stream_mut().and_then(|s| s.socket.as_mut()) else {
+            return;
+        };
+        let before = socket.buffer_memory();
+        let handled = socket.handle_segment(now, segment);
+        let after = socket.buffer_memory();
+        self.account_buffers(before, after);
+        if handled.is_err() {
+            self.stats.malformed += 1;
+            return;
         }
+        self.queue_output(id);
     }
 
-    /// Frees the flow's socket, if it has one, without a word to the peer.
+    /// Drops the flow's socket, if it has one, without a word to the peer.
     pub(super) fn release_stream(&mut self, id: FlowId) {
-        let handle = self
+        let socket = self
             .flow_mut(id)
             .ok()
             .and_then(|f| f.stream_mut())
-            .and_then(|s| s.handle.take());
-        if let Some(handle) = handle {
-            self.transport.release(handle);
+            .and_then(|s| s.socket.take());
+        if let Some(socket) = socket {
+            self.account_buffers(socket.buffer_memory(), 0);
         }
     }
 
-    /// Frees a socket of a flow already taken out of the flow table.
-    pub(super) fn release_handle(&mut self, handle: Option<StreamHandle>) {
-        if let Some(handle) = handle {
-            self.transport.release(handle);
+    /// The flow moved, or its peer did: resend at once, on the new path,
+    /// what the old one may have swallowed (see [`Socket::rewind`]).
+    pub(super) fn rewind_stream(&mut self, id: FlowId) {
+        let Some(socket) = self
+            .flow_mut(id)
+            .ok()
+            .and_then(|f| f.stream_mut())
+            .and_then(|s| s.socket.as_mut())
+        else {
+            return;
+        };
+        if socket.rewind() > 0 {
+            self.stats.replayed += 1;
         }
+        self.queue_output(id);
     }
 
-    /// Whether the flow has finished sending: for a stream, its transport's
+    /// Whether the flow has finished sending: for a stream, its socket's
     /// FIN is acknowledged (when the reference stack sends the SAL FIN); a
     /// datagram flow finishes when the application closes it or shuts its
     /// sending down.
@@ -182,10 +340,11 @@ impl Host {
         let Ok(flow) = self.flow_mut(id) else {
             return false;
         };
-        match flow.stream().map(|s| s.handle) {
-            Some(Some(handle)) => self.transport.fin_acked(handle),
-            Some(None) => false,
-            None => flow.teardown.app_closed || flow.teardown.send_shut,
+        match &flow.transport {
+            FlowTransport::Stream(stream) => stream.socket.as_ref().is_some_and(|s| {
+                matches!(s.state(), State::FinWait2 | State::TimeWait | State::Closed)
+            }),
+            FlowTransport::Datagram(_) => flow.teardown.app_closed || flow.teardown.send_shut,
         }
     }
 
@@ -195,130 +354,185 @@ impl Host {
         let Ok(flow) = self.flow_mut(id) else {
             return false;
         };
-        let handle = flow.stream().and_then(|s| s.handle);
-        flow.control.awaiting_answer() || handle.is_some_and(|h| self.transport.has_unacked(h))
+        let unacked = flow
+            .stream()
+            .and_then(|s| s.socket.as_ref())
+            .is_some_and(|s| {
+                s.send_queue() > 0
+                    || matches!(s.state(), State::FinWait1 | State::Closing | State::LastAck)
+            });
+        flow.control.awaiting_answer() || unacked
     }
 
-    /// Runs the transport and turns what it emitted into SAL packets;
-    /// returns whether it emitted anything. `segments` is scratch space.
-    pub(super) fn drive_transport(
-        &mut self,
-        now: Instant,
-        segments: &mut Vec<OutgoingSegment>,
-    ) -> bool {
-        self.transport.poll(now, segments);
-        let produced = !segments.is_empty();
-        for segment in segments.drain(..) {
-            self.transport_output(segment);
-        }
-        produced
-    }
-
-    /// When the transport next needs to run, absent new input.
-    pub(super) fn transport_deadline(&mut self) -> Option<Instant> {
-        self.transport.poll_at(self.now)
-    }
-
-    /// Turns a segment the transport emitted into SAL packets, by flow state.
-    fn transport_output(&mut self, mut out: OutgoingSegment) {
-        let now = self.now;
-        let multi_homed = self.interfaces.len() > 1;
-        let Some(Endpoint::Flow(flow)) = self.endpoints.get_mut(out.flow) else {
+    /// Puts a stream flow whose socket may have something to send (or a
+    /// deadline to act on) in the output queue: the one
+    /// [`Host::poll_transmit`] drains for the link, or the one
+    /// [`Host::poll`] drains for flows whose peer is this host.
+    pub(super) fn queue_output(&mut self, id: FlowId) {
+        let Some(Endpoint::Flow(flow)) = self.endpoints.get_mut(id) else {
             return;
         };
-        let id = flow.id;
-        let flags = out.segment.get(13).copied().unwrap_or(0);
-        match flow.state {
-            FlowState::Resolving => {}
-            FlowState::SynSent => {
-                if flags & TCP_SYN != 0 && !flow.control.in_flight(ControlKind::Syn) {
-                    let path = &flow.path;
-                    let dst = path.next_hop.map_or(path.local.ip(), |n| n.ip());
-                    finish_outgoing(&mut out.segment, path.local.ip(), dst);
-                    self.send_new_control(
-                        id,
-                        ControlKind::Syn,
-                        ControlFlags::SYN,
-                        true,
-                        &out.segment,
-                    );
-                }
-                // Otherwise the transport is retransmitting its SYN: the SAL
-                // retransmits the SYN packet itself, so drop this copy.
-            }
-            FlowState::SynReceived => {
-                if flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK
-                    && !flow.control.in_flight(ControlKind::SynAck)
-                {
-                    let Some(remote) = flow.path.remote else {
-                        return;
-                    };
-                    finish_outgoing(&mut out.segment, flow.path.local.ip(), remote.ip());
-                    self.send_new_control(
-                        id,
-                        ControlKind::SynAck,
-                        ControlFlags::SYN | ControlFlags::ACK,
-                        false,
-                        &out.segment,
-                    );
-                }
-            }
-            FlowState::Established | FlowState::Dead => {
-                if flow.state == FlowState::Dead && flags & TCP_RST == 0 {
-                    return;
-                }
-                let Some(remote) = flow.path.remote else {
-                    return;
+        let local = flow
+            .path
+            .transport_destination(flow.state)
+            .is_some_and(|dst| self.interfaces.is_local(dst.ip()));
+        let Some(stream) = flow.stream_mut() else {
+            return;
+        };
+        if stream.queued || stream.socket.is_none() {
+            return;
+        }
+        stream.queued = true;
+        if local {
+            self.local_output.push_back(id);
+        } else {
+            self.output.push_back(id);
+        }
+    }
+
+    /// Whether a stream flow's packets go to this host itself.
+    pub(super) fn is_loopback(&self, id: FlowId) -> bool {
+        match self.endpoints.get(id) {
+            Some(Endpoint::Flow(flow)) => flow
+                .path
+                .transport_destination(flow.state)
+                .is_some_and(|dst| self.interfaces.is_local(dst.ip())),
+            _ => false,
+        }
+    }
+
+    /// The flow left the output queue (its socket had nothing more to
+    /// send): its deadline goes into the timer queue.
+    pub(super) fn output_done(&mut self, id: FlowId) {
+        let floor = self.now + MIN_REARM;
+        let Some(Endpoint::Flow(flow)) = self.endpoints.get_mut(id) else {
+            return;
+        };
+        let FlowTransport::Stream(stream) = &mut flow.transport else {
+            return;
+        };
+        stream.queued = false;
+        if let Some(at) = stream.socket.as_ref().and_then(Socket::poll_at) {
+            self.timers
+                .arm(id, &mut flow.timers, Timer::Transport, at.max(floor));
+        }
+    }
+
+    /// Writes the flow's next packet into `out` (see the module docs): the
+    /// socket's next segment, under the SAL header its state calls for.
+    pub(super) fn stream_transmit(
+        &mut self,
+        id: FlowId,
+        now: Instant,
+        out: &mut [u8],
+    ) -> StreamOutput {
+        let Some(Endpoint::Flow(flow)) = self.endpoints.get_mut(id) else {
+            return StreamOutput::Idle;
+        };
+        let state = flow.state;
+        let Some(dst) = flow.path.transport_destination(state) else {
+            return StreamOutput::Idle;
+        };
+        let src = flow.path.local;
+        let moving = flow.control.in_flight(ControlKind::Rsyn);
+        let kind = match state {
+            FlowState::SynSent => Some(ControlKind::Syn),
+            FlowState::SynReceived => Some(ControlKind::SynAck),
+            _ => None,
+        };
+        let control_in_flight = kind.is_some_and(|kind| flow.control.in_flight(kind));
+        let peer_flow = flow.peer_flow;
+        let FlowTransport::Stream(stream) = &mut flow.transport else {
+            return StreamOutput::Idle;
+        };
+        let Some(socket) = stream.socket.as_mut() else {
+            return StreamOutput::Idle;
+        };
+        // An established flow's segments go under a bare base header,
+        // written in front of the segment; handshake packets are built
+        // whole (and kept) by the control path.
+        let ack_owed = stream.ack_owed;
+        let bare = state == FlowState::Established && !ack_owed;
+        let room = if bare { BASE_HEADER_LEN } else { 0 };
+        let (state_before, memory_before) = (socket.state(), socket.buffer_memory());
+        let segment = out.get_mut(room..).unwrap_or_default();
+        let written = socket.poll_transmit(now, src.ip(), dst.ip(), segment);
+        let changed = socket.state() != state_before;
+        let memory_after = socket.buffer_memory();
+        if written.is_some() {
+            stream.ack_owed = false;
+        }
+        self.stats.sockets_driven += 1;
+        self.account_buffers(memory_before, memory_after);
+        if changed {
+            // A timer closed or reset the connection: the flow must see it.
+            self.mark_dirty(id);
+        }
+        let Some(len) = written else {
+            return StreamOutput::Idle;
+        };
+        let (flags, asks) = segment_kind(&out[room..room + len]);
+        match state {
+            FlowState::SynSent | FlowState::SynReceived => {
+                // The socket's own retransmissions of its SYN or SYN-ACK go:
+                // the SAL retransmits its control packet, which carries it.
+                let (wanted, control) = if state == FlowState::SynSent {
+                    (TCP_SYN, ControlFlags::SYN)
+                } else {
+                    (TCP_SYN | TCP_ACK, ControlFlags::SYN | ControlFlags::ACK)
                 };
-                let src = flow.path.local;
-                finish_outgoing(&mut out.segment, src.ip(), remote.ip());
-                let ack_owed = flow
-                    .stream_mut()
-                    .is_some_and(|s| std::mem::take(&mut s.ack_owed));
+                if let Some(kind) = kind.filter(|_| flags & wanted == wanted && !control_in_flight)
+                {
+                    let with_service = kind == ControlKind::Syn;
+                    self.send_new_control(id, kind, control, with_service, &out[..len]);
+                }
+                StreamOutput::Again
+            }
+            FlowState::Established => {
                 if ack_owed {
-                    if out.segment.len() <= tcp_header_len(&out.segment) {
-                        self.send_ack(id, true, &out.segment);
-                        return;
+                    if !asks {
+                        self.send_ack(id, true, &out[..len]);
+                        return StreamOutput::Again;
                     }
                     // Data rides in its own packet: a full segment after the
                     // 68-byte handshake header would not fit the MTU.
                     self.send_ack(id, true, &[]);
+                    if out.len() < BASE_HEADER_LEN + len {
+                        return StreamOutput::Again;
+                    }
+                    out.copy_within(..len, BASE_HEADER_LEN);
                 }
-                let Some(Endpoint::Flow(flow)) = self.endpoints.get_mut(id) else {
-                    return;
-                };
-                let peer_flow = flow.peer_flow;
-                let moving = flow.control.in_flight(ControlKind::Rsyn);
-                // A server over UDP: its client may be behind a NAT that
-                // rebinds the flow (see `nat.rs`).
-                let natted_peer = flow.role == Role::Server && matches!(src, Locator::Udp(_));
-                let Some(stream) = flow.stream_mut() else {
-                    return;
-                };
-                stream.replay.note_sent(&out.segment);
-                // Copies are kept where the path may change under the
-                // flow: a multi-homed host, a move under way, a peer
-                // behind a NAT.
-                let may_change = multi_homed || moving || natted_peer;
-                let kept = may_change && stream.replay.record(&out.segment, src.ip(), remote.ip());
-                flow.count_sent(now);
-                flow.counters.bytes_out += out.segment.len() as u64;
-                let asks = flags & TCP_FIN != 0 || out.segment.len() > tcp_header_len(&out.segment);
                 if asks {
                     self.note_asked(id);
-                }
-                if moving && kept {
-                    // Held until the peer confirms the move: the replay then
-                    // sends it right behind what the old path lost. Sent now,
-                    // it could not be delivered before the hole is filled,
-                    // and every copy would draw a duplicate ACK that queues
-                    // ahead of the RSYN-ACK.
-                    return;
+                    if moving {
+                        // A move is unconfirmed: the segment stays in the
+                        // socket's send buffer, and the rewind once the move
+                        // is confirmed sends it right behind what the old
+                        // path lost. Sent now, it could not be delivered
+                        // before the hole is filled, and every copy would
+                        // draw a duplicate ACK that queues ahead of the
+                        // RSYN-ACK.
+                        return StreamOutput::Again;
+                    }
                 }
                 let repr = SalRepr::data(id, peer_flow, TransportProtocol::Stream.number());
-                let payload = super::output::build(&repr, &out.segment);
-                self.send_packet(src, remote, payload);
+                if repr.emit(out).is_err() {
+                    return StreamOutput::Again;
+                }
+                if let Ok(flow) = self.flow_mut(id) {
+                    flow.counters.packets_out += 1;
+                    flow.counters.bytes_out += len as u64;
+                }
+                StreamOutput::Packet(Transmit {
+                    src,
+                    dst,
+                    ttl: self.config.ttl,
+                    kind: TransmitKind::Own,
+                    len: BASE_HEADER_LEN + len,
+                })
             }
+            // A socket only exists in these states.
+            FlowState::Resolving | FlowState::Dead => StreamOutput::Again,
         }
     }
 }

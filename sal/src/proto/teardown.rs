@@ -7,9 +7,19 @@
 //! both FINs are acknowledged and the application has closed it. A reset
 //! (`CONTROL(RST)`, nonce-checked so that only the peer can send one) kills
 //! the flow at once; it then waits only for the application to close it.
+//!
+//! The side that acknowledges the last FIN does not forget the flow at
+//! once: if that acknowledgement is lost, the peer resends its FIN, and a
+//! host that no longer knows the flow cannot answer it (the peer would
+//! retry for half a minute). It lingers, without its socket, for a few
+//! control timeouts after the peer's FIN, answering repeats (TCP's
+//! TIME-WAIT, shorter).
+
+use smoltcp::time::Instant;
 
 use super::control::{ControlKind, Sequence};
 use super::flow::Endpoint;
+use super::timer::Timer;
 use super::{ConnectError, Event, FlowState, Host, HostError};
 use crate::id::FlowId;
 use crate::wire::{ControlFlags, ControlRepr, SalRepr};
@@ -28,6 +38,12 @@ pub(super) struct Teardown {
     pub fin_acked: bool,
     /// The peer's SAL FIN arrived.
     pub peer_fin: bool,
+    /// Until when the flow lingers once releasable (see the module docs):
+    /// a few control timeouts after the peer's FIN.
+    pub linger_until: Option<Instant>,
+    /// Releasable, lingering: the socket is gone, repeats of the peer's
+    /// FIN are still answered.
+    pub lingering: bool,
 }
 
 impl Teardown {
@@ -92,12 +108,18 @@ impl Host {
         self.mark_dirty(id);
     }
 
-    /// Forgets a flow: transport socket, listener accounting, ID.
+    /// Forgets a flow: its socket, listener accounting, ID.
     pub(super) fn free_flow(&mut self, id: FlowId) {
+        if !matches!(self.endpoints.get(id), Some(Endpoint::Flow(_))) {
+            return;
+        }
         let Some(Endpoint::Flow(flow)) = self.endpoints.remove(id) else {
             return;
         };
-        self.release_handle(flow.stream().and_then(|s| s.handle));
+        self.flow_count -= 1;
+        if let Some(socket) = flow.stream().and_then(|s| s.socket.as_ref()) {
+            self.account_buffers(socket.buffer_memory(), 0);
+        }
         if let Some(listener) = flow.listener {
             self.listeners.forget(listener, id);
         }
@@ -139,12 +161,14 @@ impl Host {
 
     /// The peer's SAL FIN: it has finished sending.
     pub(super) fn fin_input(&mut self, id: FlowId, control: &ControlRepr) {
+        let linger_until = self.now + self.config.control_rto * 4;
         let Ok(flow) = self.flow_mut(id) else {
             return;
         };
         match flow.control.accept_verno(control.verno) {
             Sequence::New => {
                 flow.teardown.peer_fin = true;
+                flow.teardown.linger_until = Some(linger_until);
                 self.send_ack(id, false, &[]);
                 self.mark_dirty(id);
             }
@@ -153,11 +177,21 @@ impl Host {
         }
     }
 
+    /// A lingering flow's time is up (see the module docs).
+    pub(super) fn linger_due(&mut self, id: FlowId) {
+        if self.flow_mut(id).is_ok_and(|flow| flow.teardown.lingering) {
+            self.free_flow(id);
+        }
+    }
+
     /// Looks at the flows touched since the last poll: sends SAL FINs whose
     /// time has come, releases finished flows, and reports activity on the
     /// others.
     pub(super) fn review_dirty_flows(&mut self) {
-        for id in std::mem::take(&mut self.dirty) {
+        // The two lists trade places, so that no poll allocates one.
+        let mut dirty = std::mem::replace(&mut self.dirty, std::mem::take(&mut self.dirty_spare));
+        let now = self.now;
+        for id in dirty.drain(..) {
             let Ok(flow) = self.flow_mut(id) else {
                 continue;
             };
@@ -172,12 +206,22 @@ impl Host {
             let Ok(flow) = self.flow_mut(id) else {
                 continue;
             };
-            if flow.teardown.releasable(flow.state == FlowState::Dead) {
-                self.free_flow(id);
+            let dead = flow.state == FlowState::Dead;
+            if flow.teardown.releasable(dead) {
+                match flow.teardown.linger_until.filter(|&t| t > now && !dead) {
+                    Some(until) if !flow.teardown.lingering => {
+                        flow.teardown.lingering = true;
+                        self.release_stream(id);
+                        self.arm_timer(id, Timer::Linger, until);
+                    }
+                    Some(_) => {}
+                    None => self.free_flow(id),
+                }
             } else if matches!(state, FlowState::Established | FlowState::Dead) {
                 self.events.push_back(Event::Activity(id));
             }
         }
+        self.dirty_spare = dirty;
     }
 }
 

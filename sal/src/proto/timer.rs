@@ -1,6 +1,6 @@
 //! Per-flow deadlines in one queue.
 //!
-//! A host may hold a hundred thousand flows, most of them quiet, so nothing
+//! A host may hold a million flows, most of them quiet, so nothing
 //! here ever looks at all of them: every deadline of every flow is one entry
 //! of a binary heap ordered by time, and [`Host::poll`](super::Host::poll)
 //! pops only the entries that are due. The work a timer costs is therefore
@@ -33,16 +33,23 @@ pub(super) enum Timer {
     Liveness,
     /// Silence of this end on a NAT path: send a keepalive.
     Keepalive,
+    /// The deadline of the flow's TCP socket (retransmission, delayed ACK,
+    /// TIME-WAIT, buffer trim...): the flow is driven then.
+    Transport,
+    /// The end of a closed flow's lingering (see `teardown.rs`).
+    Linger,
 }
 
 impl Timer {
-    const COUNT: usize = 3;
+    const COUNT: usize = 5;
 
     fn index(self) -> usize {
         match self {
             Timer::Control => 0,
             Timer::Liveness => 1,
             Timer::Keepalive => 2,
+            Timer::Transport => 3,
+            Timer::Linger => 4,
         }
     }
 }
@@ -128,6 +135,15 @@ impl TimerQueue {
         let due = self.peek().filter(|due| due.at <= now)?;
         self.heap.pop();
         Some(due)
+    }
+
+    /// Drops every stale entry (those `is_live` rejects) and the memory the
+    /// queue holds beyond what is left: after many flows went away. Costs a
+    /// pass over the whole queue, so it is for quiet moments.
+    pub fn compact(&mut self, mut is_live: impl FnMut(Due) -> bool) {
+        self.heap
+            .retain(|&Reverse((at, timer, flow))| is_live(Due { at, flow, timer }));
+        self.heap.shrink_to_fit();
     }
 
     /// Entries in the queue, stale ones included.
@@ -232,6 +248,23 @@ mod tests {
         assert!(queue.pop_stale(|d| live(&flows, d)));
         assert!(!queue.pop_stale(|d| live(&flows, d)), "the front is live");
         assert_eq!(queue.peek().map(|d| d.at), Some(at(200)));
+    }
+
+    #[test]
+    fn compacting_keeps_only_live_entries() {
+        let mut queue = TimerQueue::default();
+        let mut flows = vec![FlowTimers::default(); 1001];
+        for n in 1..=1000 {
+            queue.arm(flow(n), &mut flows[n as usize], Timer::Liveness, at(10_000));
+        }
+        // All but one flow went away.
+        for timers in &mut flows[2..] {
+            *timers = FlowTimers::default();
+        }
+        queue.compact(|due| flows[due.flow.get() as usize].is_live(due.timer, due.at));
+        assert_eq!(queue.len(), 1);
+        assert!(queue.heap.capacity() < 1000);
+        assert_eq!(queue.pop_due(at(10_000)).map(|d| d.flow), Some(flow(1)));
     }
 
     #[test]

@@ -53,7 +53,10 @@ impl Message {
 /// Datagrams waiting to be sent, coalesced for GSO. See the module docs.
 #[derive(Debug)]
 pub struct TxBatch {
+    /// The datagrams' bytes: the first `used` are taken, the rest is room
+    /// kept from earlier batches.
     bytes: Vec<u8>,
+    used: usize,
     messages: Vec<Message>,
     /// Messages at the front already sent.
     sent: usize,
@@ -69,6 +72,7 @@ impl TxBatch {
     pub fn new(max_segments: usize, limit: usize) -> TxBatch {
         TxBatch {
             bytes: Vec::new(),
+            used: 0,
             messages: Vec::new(),
             sent: 0,
             max_segments: max_segments.max(1),
@@ -80,42 +84,44 @@ impl TxBatch {
     /// `dst`. Returns false, adding nothing, if the batch is full or the
     /// datagram is empty or too large for UDP.
     pub fn push(&mut self, src: Option<Ipv4Addr>, dst: SocketAddrV4, payload: &[u8]) -> bool {
-        if !self.fits(payload.len()) {
-            return false;
-        }
-        let start = self.bytes.len();
-        self.bytes.extend_from_slice(payload);
-        self.add(src, dst, start, payload.len());
-        true
+        self.push_with(payload.len(), |room| {
+            room.copy_from_slice(payload);
+            Some((src, dst, payload.len()))
+        })
     }
 
     /// Whether a datagram of `len` bytes may join the batch.
     fn fits(&self, len: usize) -> bool {
-        len > 0 && len <= MAX_PAYLOAD && self.bytes.len() + len <= self.limit
+        len > 0 && len <= MAX_PAYLOAD && self.used + len <= self.limit
     }
 
-    /// Adds a datagram that `write` puts straight into the batch's buffer:
-    /// it gets `max_len` bytes and returns how many it used. Same refusals
-    /// as [`TxBatch::push`].
+    /// Adds a datagram that `write` puts straight into the batch's buffer
+    /// (the host writes a packet where the system call will take it): it
+    /// gets `max_len` bytes and returns the datagram's source, destination
+    /// and length, or `None` to add nothing. Returns false, without calling
+    /// `write`, if `max_len` more bytes do not fit; false too if `write`
+    /// added nothing.
     pub fn push_with(
         &mut self,
-        src: Option<Ipv4Addr>,
-        dst: SocketAddrV4,
         max_len: usize,
-        write: impl FnOnce(&mut [u8]) -> usize,
+        write: impl FnOnce(&mut [u8]) -> Option<(Option<Ipv4Addr>, SocketAddrV4, usize)>,
     ) -> bool {
         if !self.fits(max_len) {
             return false;
         }
-        let start = self.bytes.len();
-        self.bytes.resize(start + max_len, 0);
-        let len = write(&mut self.bytes[start..]).min(max_len);
-        self.bytes.truncate(start + len);
-        if len == 0 {
-            return false;
+        let start = self.used;
+        if self.bytes.len() < start + max_len {
+            // Grows to the batch's high-water mark once; never zeroed again.
+            self.bytes.resize(start + max_len, 0);
         }
-        self.add(src, dst, start, len);
-        true
+        match write(&mut self.bytes[start..start + max_len]) {
+            Some((src, dst, len)) if len > 0 && len <= max_len => {
+                self.used += len;
+                self.add(src, dst, start, len);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Files the `len` bytes at `start` as a datagram: one more segment of
@@ -177,7 +183,7 @@ impl TxBatch {
         let datagrams = self.pending()[..count].iter().map(|m| m.segments).sum();
         self.sent += count;
         if self.is_empty() {
-            self.bytes.clear();
+            self.used = 0;
             self.messages.clear();
             self.sent = 0;
         }
@@ -426,12 +432,18 @@ mod tests {
     fn push_with_writes_in_place() {
         let dst = addr("10.0.0.2:1");
         let mut batch = TxBatch::new(64, 1 << 20);
-        assert!(batch.push_with(None, dst, 100, |buf| {
+        assert!(batch.push_with(100, |buf| {
             buf[..3].copy_from_slice(b"sal");
-            3
+            Some((None, dst, 3))
         }));
-        assert!(!batch.push_with(None, dst, 100, |_| 0), "nothing written");
-        assert_eq!(batch.next_call(false)[0].payload, b"sal");
+        assert!(!batch.push_with(100, |_| None), "nothing written");
+        assert!(!batch.push_with(100, |_| Some((None, dst, 0))), "empty");
+        assert!(batch.push_with(100, |buf| {
+            buf[..2].copy_from_slice(b"rs");
+            Some((None, dst, 2))
+        }));
+        assert_eq!(batch.next_call(false)[0].payload, b"salrs");
+        assert!(!batch.push_with(1 << 21, |_| unreachable!()), "too big");
     }
 
     #[test]

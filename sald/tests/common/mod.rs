@@ -21,7 +21,26 @@ use testnet::Netns;
 /// (named after `name`); `extra` are more flags. Panics with the log if it
 /// does not come up.
 pub fn start_sald(ns: &Netns, ifaces: &[&str], dir: &Path, name: &str, extra: &[&str]) -> Daemon {
-    let mut cmd = ns.command(env!("CARGO_BIN_EXE_sald"));
+    start_sald_binary(
+        Path::new(env!("CARGO_BIN_EXE_sald")),
+        ns,
+        ifaces,
+        dir,
+        name,
+        extra,
+    )
+}
+
+/// [`start_sald`] with another sald binary (a baseline build, say).
+pub fn start_sald_binary(
+    program: &Path,
+    ns: &Netns,
+    ifaces: &[&str],
+    dir: &Path,
+    name: &str,
+    extra: &[&str],
+) -> Daemon {
+    let mut cmd = ns.command(program);
     for iface in ifaces {
         cmd.args(["--iface", iface]);
     }
@@ -109,9 +128,16 @@ pub struct InProcess {
 impl InProcess {
     /// Runs a daemon with `config`; waits up to 10 s for its control socket.
     pub fn start(config: Config) -> InProcess {
+        InProcess::start_with(config, || {})
+    }
+
+    /// [`InProcess::start`], calling `on_thread` first on the daemon's own
+    /// thread (where its whole runtime runs).
+    pub fn start_with(config: Config, on_thread: fn()) -> InProcess {
         let control = config.control.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
+            on_thread();
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -257,5 +283,231 @@ impl std::ops::Deref for Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Raises this process's descriptor limit, soft and hard, to at least
+/// `want` (root may raise the hard limit up to `/proc/sys/fs/nr_open`), so
+/// that it can hold that many flows and daemons started after inherit it.
+/// Returns the soft limit now.
+pub fn raise_fd_limit(want: u64) -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(hard);
+    let target = want.min(ceiling).max(soft);
+    if target > soft && setrlimit(Resource::RLIMIT_NOFILE, target, target.max(hard)).is_err() {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+    getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit").0
+}
+
+/// Resident memory of process `pid`, bytes (`VmRSS`).
+pub fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .expect("VmRSS")
+}
+
+/// Opens `count` stream flows to `service` through the control socket at
+/// `control`, over `connections` control connections at once (each asks
+/// for its share one after another); returns their sockets.
+pub fn open_flows(
+    control: &Path,
+    service: sal::ServiceId,
+    count: usize,
+    connections: usize,
+) -> Vec<std::os::unix::net::UnixStream> {
+    let per = count.div_ceil(connections);
+    let workers: Vec<_> = (0..connections)
+        .map(|i| {
+            let control = control.to_owned();
+            let n = per.min(count.saturating_sub(i * per));
+            std::thread::spawn(move || {
+                let mut client = ControlClient::connect_to(&control).expect("control socket");
+                (0..n)
+                    .map(|_| {
+                        let reply = client
+                            .request(&Request::Connect {
+                                service,
+                                protocol: sal::wire::TransportProtocol::Stream,
+                                timeout_ms: Some(10_000),
+                            })
+                            .expect("connect request");
+                        match (reply.response, reply.fd) {
+                            (Response::Connected { .. }, Some(fd)) => {
+                                std::os::unix::net::UnixStream::from(fd)
+                            }
+                            (other, _) => panic!("connect failed: {other:?}"),
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    workers
+        .into_iter()
+        .flat_map(|w| w.join().expect("connecting thread"))
+        .collect()
+}
+
+/// Accepts `count` flows of `listener` (on its own control connection, one
+/// after another) and returns their sockets.
+pub fn accept_flows(
+    listener: &socket_shim::ServiceListener,
+    count: usize,
+) -> Vec<socket_shim::ServiceStream> {
+    (0..count)
+        .map(|_| listener.accept().expect("accept").0)
+        .collect()
+}
+
+/// Set in the environment of a re-executed test or bench binary to make it
+/// a flow holder (see [`FlowHolder`]): `CONTROL_PATH PREFIX COUNT`.
+pub const HOLDER_ENV: &str = "SALD_TEST_HOLD_FLOWS";
+
+/// Another process that binds a prefix on a daemon, accepts flows and keeps
+/// them open until dropped: this same binary, re-executed as the holder.
+/// Descriptors are limited per process (here 20,000, and without
+/// `CAP_SYS_RESOURCE` no process may raise that), so the two ends of
+/// 10,000 flows cannot all live in one process.
+pub struct FlowHolder {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl FlowHolder {
+    /// Starts the holder (this binary run with `args`, which must make it
+    /// call [`hold_flows_if_asked`]) for `count` flows of `prefix` on the
+    /// daemon at `control`; returns once the prefix is bound.
+    pub fn start(args: &[&str], control: &Path, prefix: &str, count: usize) -> FlowHolder {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(std::env::current_exe().expect("own path"))
+            .args(args)
+            .env(
+                HOLDER_ENV,
+                format!("{} {prefix} {count}", control.display()),
+            )
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("flow holder");
+        let stdout = child.stdout.take().expect("holder's stdout");
+        let mut holder = FlowHolder {
+            child,
+            lines: std::io::BufReader::new(stdout).lines(),
+        };
+        holder.expect("bound");
+        holder
+    }
+
+    /// Reads the holder's output up to its line `HOLDER <what>`.
+    fn expect(&mut self, what: &str) {
+        let wanted = format!("HOLDER {what}");
+        for line in self.lines.by_ref() {
+            if line.expect("holder's output") == wanted {
+                return;
+            }
+        }
+        panic!("the flow holder ended before saying {what:?}");
+    }
+
+    /// Waits until the holder has accepted all its flows.
+    pub fn wait_accepted(&mut self) {
+        self.expect("accepted");
+    }
+
+    /// The holder's process ID.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for FlowHolder {
+    fn drop(&mut self) {
+        // End of its stdin: it closes its flows and exits.
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// The holder's side of [`FlowHolder`]: if this process was started as a
+/// holder, binds, accepts, holds until its stdin ends, and returns true.
+pub fn hold_flows_if_asked() -> bool {
+    let Ok(spec) = std::env::var(HOLDER_ENV) else {
+        return false;
+    };
+    let mut parts = spec.split(' ');
+    let (Some(control), Some(prefix), Some(count)) = (parts.next(), parts.next(), parts.next())
+    else {
+        panic!("bad {HOLDER_ENV}: {spec:?}");
+    };
+    let count: usize = count.parse().expect("count");
+    raise_fd_limit(count as u64 + 1024);
+    let control_client = ControlClient::connect_to(control).expect("control socket");
+    let backlog = u32::try_from(count).unwrap_or(u32::MAX).saturating_add(16);
+    let listener = socket_shim::ServiceListener::bind_via(
+        control_client,
+        prefix.parse::<sal::ServicePrefix>().expect("prefix"),
+        backlog,
+    )
+    .expect("bind");
+    println!("HOLDER bound");
+    let flows = accept_flows(&listener, count);
+    println!("HOLDER accepted");
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut rest);
+    close_gradually(flows);
+    true
+}
+
+/// Closes flows (any sockets) a hundred at a time, 50 ms apart (2,000 a
+/// second, which even a debug build of sald keeps up with): ten thousand
+/// flows closed at once make a burst of packets far larger than the TUN
+/// device's queue, and what it drops costs retransmission timeouts.
+pub fn close_gradually<T>(flows: Vec<T>) {
+    let mut flows = flows.into_iter().peekable();
+    while flows.peek().is_some() {
+        flows.by_ref().take(100).for_each(drop);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Two hosts joined by a veth pair, a sald on each, the client's default
+/// rule toward the server. Dropped in order: the daemons (SIGTERM, so they
+/// undo their plumbing), their scratch directory, the namespaces.
+pub struct DaemonPair {
+    pub client: Daemon,
+    pub server: Daemon,
+    _dir: Scratch,
+    pub net: testnet::Topology,
+}
+
+impl DaemonPair {
+    /// Builds it; `label` names the namespaces and the scratch directory.
+    pub fn new(label: &str) -> DaemonPair {
+        let net = testnet::TopologyBuilder::new(label, 2)
+            .link(0, 1)
+            .build()
+            .expect("namespaces");
+        let dir = Scratch::new(label);
+        let start = |host: &testnet::Host, name| {
+            start_sald(&host.ns, &[&host.ifaces[0].name], &dir, name, &[])
+        };
+        let client = start(net.host(0), "client");
+        let server = start(net.host(1), "server");
+        client.forward("0/0", net.host(1).addr().expect("address"), 1);
+        DaemonPair {
+            client,
+            server,
+            _dir: dir,
+            net,
+        }
     }
 }

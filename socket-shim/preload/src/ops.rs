@@ -893,6 +893,7 @@ pub(crate) fn accept(
     };
     let mut cmsg_buf = [0u64; 16];
     let mut received: Vec<OwnedFd> = Vec::new();
+    let truncated;
     let recv_flags = if flags & libc::SOCK_CLOEXEC != 0 {
         libc::MSG_CMSG_CLOEXEC
     } else {
@@ -908,6 +909,7 @@ pub(crate) fn accept(
         hdr.msg_control = cmsg_buf.as_mut_ptr().cast();
         hdr.msg_controllen = std::mem::size_of_val(&cmsg_buf);
         let n = libc::recvmsg(fd, &mut hdr, recv_flags);
+        truncated = hdr.msg_flags & libc::MSG_CTRUNC != 0;
         if n >= 0 {
             let mut cmsg = libc::CMSG_FIRSTHDR(&hdr);
             while !cmsg.is_null() {
@@ -934,6 +936,11 @@ pub(crate) fn accept(
     }
     if msg[0] == b'E' && n >= 5 {
         return Err(i32::from_ne_bytes([msg[1], msg[2], msg[3], msg[4]]));
+    }
+    if received.is_empty() && truncated {
+        // The kernel had nowhere to put the flow's descriptor: this
+        // process's table is full, as accept(2) reports it.
+        return Err(libc::EMFILE);
     }
     if msg[0] != b'A' || n < ACCEPT_MSG || received.is_empty() {
         return Err(libc::EPROTO);

@@ -8,7 +8,7 @@ use sal::ServicePrefix;
 use sal_control::{ErrorKind, Response};
 use tokio::io::AsyncReadExt;
 
-use super::flows::{hand_over, pair};
+use super::flows::{hand_over, pair, pair_error};
 use super::{error_reply, host_error, Reply};
 use crate::control::client::Client;
 use crate::pump;
@@ -56,7 +56,13 @@ pub(super) fn listen(
                 });
                 Some(theirs)
             }
-            Err(error) => return error_reply(ErrorKind::Internal, error.to_string()),
+            Err(error) => {
+                client.listeners.retain(|&l| l != listener);
+                core.owners.unbind(listener);
+                let _ = core.host.close_listener(listener);
+                core.run();
+                return pair_error(error);
+            }
         },
         None => None,
     };

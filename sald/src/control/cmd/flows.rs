@@ -75,8 +75,32 @@ pub(super) fn open_datagram(client: &mut Client) -> Reply {
         }
         Err(error) => {
             let _ = core.host.close_datagram(socket);
-            error_reply(ErrorKind::Internal, error.to_string())
+            pair_error(error)
         }
+    }
+}
+
+/// Why a socketpair for an application could not be made: sald out of
+/// descriptors (its own limit, or the system's) or of kernel memory is
+/// `Exhausted` (the application sees `ENOBUFS`), anything else internal.
+pub(super) fn pair_error(error: io::Error) -> Reply {
+    use nix::errno::Errno;
+    let exhausted = match error.raw_os_error().map(Errno::from_raw) {
+        Some(Errno::EMFILE) => Some(format!(
+            "sald is out of file descriptors ({} open, limit {})",
+            crate::daemon::fds_open(),
+            crate::daemon::fd_limit()
+        )),
+        Some(Errno::ENFILE) => Some("the system is out of file descriptors".to_string()),
+        Some(Errno::ENOMEM | Errno::ENOBUFS) => Some(format!("sald cannot make a socket: {error}")),
+        _ => None,
+    };
+    match exhausted {
+        Some(message) => {
+            tracing::warn!("{message}");
+            error_reply(ErrorKind::Exhausted, message)
+        }
+        None => error_reply(ErrorKind::Internal, error.to_string()),
     }
 }
 
@@ -116,7 +140,7 @@ pub(super) fn hand_over(
             let _ = core.host.abort(flow);
             let _ = core.host.close(flow);
             core.run();
-            return error_reply(ErrorKind::Internal, error.to_string());
+            return pair_error(error);
         }
     };
     core.owners.adopt(flow, client.uid);
@@ -132,7 +156,13 @@ pub(super) fn hand_over(
                 Ok(stream) => context
                     .tasks
                     .spawn(move |shutdown| pump::stream(shared, flow, signal, stream, shutdown)),
-                Err(error) => return error_reply(ErrorKind::Internal, error.to_string()),
+                Err(error) => {
+                    core.disown(flow);
+                    let _ = core.host.abort(flow);
+                    let _ = core.host.close(flow);
+                    core.run();
+                    return pair_error(error);
+                }
             }
         }
         TransportProtocol::Datagram => context

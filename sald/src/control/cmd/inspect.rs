@@ -27,5 +27,10 @@ pub(super) fn interfaces(client: &mut Client) -> Reply {
 pub(super) fn stats(client: &mut Client) -> Reply {
     let uptime = client.context.started.elapsed();
     let stats = client.context.shared.lock().stats(uptime);
-    (Response::Stats { stats }, None)
+    (
+        Response::Stats {
+            stats: Box::new(stats),
+        },
+        None,
+    )
 }

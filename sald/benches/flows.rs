@@ -1,0 +1,320 @@
+//! Many flows: one bulk flow alone and beside 1,000 / 10,000 / 100,000
+//! idle established flows, sald's resident memory per idle flow, and what
+//! is left of it after they all closed. Two namespaces joined by one veth
+//! pair, MTU 1500, sald on both ends, release build, every ratio against
+//! the same run's "alone".
+//!
+//! `cargo bench -p sald --bench flows` (root). Environment: `BENCH_SECONDS`
+//! (default 5) per throughput run, `BENCH_FLOWS` (default
+//! `1000,10000,100000`) the idle flow counts.
+//!
+//! Idle flows are held by applications (both ends: this process holds the
+//! client ends, a copy of it the server ends) while the descriptor limit
+//! allows: each end costs a descriptor in sald and one in the application,
+//! and no process here may hold more than its hard `RLIMIT_NOFILE`
+//! (20,000, without `CAP_SYS_RESOURCE` to raise it). Beyond that, the idle
+//! flows come from an in-process generator (see `generator`) and wait in
+//! the server's accept queues: the server's host holds them all and its
+//! per-packet work is measured beside them, but no pump or socket is
+//! spent on them, and the client daemon has only the bulk flow.
+//!
+//! For each count: run the bulk flow alone (the row's baseline); open the
+//! idle flows; wait 4 s (buffers trimmed, sald's heap trimmed); read both
+//! daemons' resident memory; run the bulk flow beside them; close the idle
+//! flows; 10 s later read the memory again. The server's
+//! socket work per packet (`sockets_driven` over packets in and out during
+//! the bulk run) shows that work follows the active flow, not the count.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use sal::{ServiceId, ServicePrefix};
+use sal_control::{Request, Response, StatsReport};
+use socket_shim::ServiceListener;
+use testnet::{wait_until, Host, TopologyBuilder};
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+mod generator;
+mod throughput;
+use common::{Daemon, Sald};
+use generator::Generator;
+use throughput::{env_or, sal_throughput};
+
+/// The generator's address, on the client namespace's loopback device
+/// (where the client's sald does not look).
+const GENERATOR_ADDR: Ipv4Addr = Ipv4Addr::new(10, 1, 9, 1);
+/// Idle flows a listener takes at most (sald's backlog limit).
+const BACKLOG: usize = 65_535;
+
+fn start(host: &Host, dir: &Path, name: &str) -> Daemon {
+    common::start_sald(&host.ns, &[&host.ifaces[0].name], dir, name, &[])
+}
+
+fn stats(daemon: &Daemon) -> StatsReport {
+    match daemon.request(Request::Stats) {
+        Response::Stats { stats } => *stats,
+        other => panic!("no stats: {other:?}"),
+    }
+}
+
+/// The bulk flow's throughput, and the server's socket work per packet
+/// while it ran.
+fn bulk(client: &Daemon, server: &Daemon, seconds: u64) -> (f64, f64) {
+    let before = stats(server).host;
+    let gbps = sal_throughput(client, server, "b0b0", 1, seconds);
+    let after = stats(server).host;
+    let packets = (after.packets_in + after.packets_out) - (before.packets_in + before.packets_out);
+    let driven = after.sockets_driven - before.sockets_driven;
+    (gbps, driven as f64 / packets.max(1) as f64)
+}
+
+/// How the idle flows of one run were held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    /// By applications, both ends.
+    Applications,
+    /// By the generator, in the server's accept queues.
+    Generator,
+}
+
+/// One row of the report.
+struct Row {
+    flows: usize,
+    held: Held,
+    /// The bulk flow alone, measured right before the idle flows opened.
+    alone: f64,
+    gbps: f64,
+    work: f64,
+    /// Resident memory of the client and server daemons: before the idle
+    /// flows opened, with them idle, and 10 s after they closed.
+    rss: [[u64; 3]; 2],
+    open_secs: f64,
+}
+
+fn wait_no_flows(daemons: [&Daemon; 2], timeout: Duration) {
+    let gone = wait_until(timeout, || daemons.iter().all(|d| stats(d).flows == 0));
+    if !gone {
+        eprintln!(
+            "flows left after {timeout:?}: {} and {}",
+            stats(daemons[0]).flows,
+            stats(daemons[1]).flows
+        );
+    }
+}
+
+/// One row: the bulk flow alone, then `open` opens `count` idle flows
+/// (returning what closes them), memory is read, the bulk flow runs beside
+/// them, they close, and memory is read again 10 s later.
+fn measure(
+    client: &Daemon,
+    server: &Daemon,
+    count: usize,
+    held: Held,
+    seconds: u64,
+    open: impl FnOnce() -> Box<dyn FnOnce()>,
+) -> Row {
+    let pids = [client.child.id(), server.child.id()];
+    let (alone, _) = bulk(client, server, seconds);
+    wait_no_flows([client, server], Duration::from_secs(30));
+    let before = pids.map(common::rss);
+    let started = Instant::now();
+    let close = open();
+    let open_secs = started.elapsed().as_secs_f64();
+    assert_eq!(stats(server).flows, count);
+    thread::sleep(Duration::from_secs(4));
+    let idle = pids.map(common::rss);
+    let (gbps, work) = bulk(client, server, seconds);
+    close();
+    wait_no_flows([client, server], Duration::from_secs(60));
+    thread::sleep(Duration::from_secs(10));
+    let closed = pids.map(common::rss);
+    Row {
+        flows: count,
+        held,
+        alone,
+        gbps,
+        work,
+        rss: [0, 1].map(|i| [before[i], idle[i], closed[i]]),
+        open_secs,
+    }
+}
+
+/// Idle flows held by applications: client ends here, server ends in a
+/// flow holder process.
+fn with_application_flows(client: &Daemon, server: &Daemon, count: usize, seconds: u64) -> Row {
+    measure(client, server, count, Held::Applications, seconds, || {
+        let mut holder = common::FlowHolder::start(&[], &server.control, "1d1e/16", count);
+        let opened = common::open_flows(&client.control, "1d1e01".parse().unwrap(), count, 8);
+        holder.wait_accepted();
+        Box::new(move || {
+            common::close_gradually(opened);
+            drop(holder);
+        })
+    })
+}
+
+/// Idle flows from the generator, left in the server's accept queues.
+fn with_generated_flows(
+    net: &testnet::Topology,
+    client: &Daemon,
+    server: &Daemon,
+    count: usize,
+    seconds: u64,
+) -> Row {
+    measure(client, server, count, Held::Generator, seconds, || {
+        // One listener per 65,535 flows (the backlog bound).
+        let listeners: Vec<ServiceListener> = (0..count.div_ceil(BACKLOG))
+            .map(|i| {
+                let prefix: ServicePrefix = format!("9e{i:02x}/16").parse().unwrap();
+                ServiceListener::bind_via(server.client(), prefix, BACKLOG as u32).expect("bind")
+            })
+            .collect();
+        let services: Vec<ServiceId> = (0..listeners.len())
+            .map(|i| format!("9e{i:02x}01").parse().unwrap())
+            .collect();
+        let generator = Generator::start(
+            &net.host(0).ns,
+            GENERATOR_ADDR,
+            net.host(1).addr().unwrap(),
+            services,
+            count,
+        );
+        let established = generator.wait_established(count, Duration::from_secs(300));
+        assert_eq!(established, count, "generated flows established");
+        Box::new(move || {
+            // Unbinding resets what waits in the accept queues.
+            drop(listeners);
+            thread::sleep(Duration::from_secs(1));
+            drop(generator);
+        })
+    })
+}
+
+fn main() {
+    if common::hold_flows_if_asked() {
+        return;
+    }
+    if !testnet::is_root() {
+        eprintln!("flows bench: SKIPPED (needs root for network namespaces)");
+        return;
+    }
+    let seconds = env_or("BENCH_SECONDS", 5);
+    let counts: Vec<usize> = std::env::var("BENCH_FLOWS")
+        .unwrap_or_else(|_| "1000,10000,100000".into())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    let limit = common::raise_fd_limit(1 << 20);
+    // This process holds the client ends; sald holds one end of each of
+    // its flows: keep a margin for everything else.
+    let app_limit = limit.saturating_sub(2_000) as usize;
+    let dir = std::env::temp_dir().join(format!("sald-flows-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let net = TopologyBuilder::new("flows", 2)
+        .link(0, 1)
+        .build()
+        .expect("namespaces");
+    let client = start(net.host(0), &dir, "client");
+    let server = start(net.host(1), &dir, "server");
+    client.forward("0/0", net.host(1).addr().unwrap(), 1);
+    // The generator's address, and the server's way back to it.
+    net.host(0)
+        .ns
+        .ip(["addr", "add", &format!("{GENERATOR_ADDR}/32"), "dev", "lo"])
+        .expect("generator address");
+    net.host(1)
+        .ns
+        .ip([
+            "route",
+            "add",
+            &format!("{GENERATOR_ADDR}/32"),
+            "via",
+            &net.host(0).addr().unwrap().to_string(),
+        ])
+        .expect("route to the generator");
+
+    println!(
+        "SAL many-flows benchmark: {seconds} s per throughput run, MTU 1500, descriptor limit {limit}"
+    );
+    let (alone, alone_work) = bulk(&client, &server, seconds);
+    let mut rows = Vec::new();
+    for &count in &counts {
+        let row = if count <= app_limit {
+            with_application_flows(&client, &server, count, seconds)
+        } else {
+            with_generated_flows(&net, &client, &server, count, seconds)
+        };
+        eprintln!(
+            "{count} idle flows: {:.2} Gbit/s, opened in {:.1} s",
+            row.gbps, row.open_secs
+        );
+        rows.push(row);
+    }
+    let (again, _) = bulk(&client, &server, seconds);
+    drop((client, server, net));
+    let _ = std::fs::remove_dir_all(&dir);
+
+    println!();
+    println!("one bulk flow beside N idle established flows (application to application)");
+    println!("(each row's \"alone\" is the bulk flow measured right before that row's idle flows opened)");
+    println!("  idle flows   held by        alone Gbit/s   beside Gbit/s   / alone   socket work per packet (server)");
+    println!("  0            -                 {alone:7.2}                               {alone_work:.3}");
+    for row in &rows {
+        let held = match row.held {
+            Held::Applications => "applications",
+            Held::Generator => "generator (*)",
+        };
+        println!(
+            "  {:<10}   {held:<13}     {:7.2}         {:7.2}   {:7.3}   {:.3}",
+            row.flows,
+            row.alone,
+            row.gbps,
+            row.gbps / row.alone,
+            row.work
+        );
+    }
+    println!("  0 (at the end)                 {again:7.2}");
+    println!();
+    println!(
+        "sald resident memory (KiB): before opening / with N idle flows / 10 s after all closed"
+    );
+    println!("  idle flows   daemon   before     idle   per idle flow (bytes)   closed   closed - before (limit: 10% + 8 MiB)");
+    for row in &rows {
+        for (i, name) in ["client", "server"].iter().enumerate() {
+            let [before, idle, closed] = row.rss[i];
+            let per_flow = idle.saturating_sub(before) / row.flows.max(1) as u64;
+            let allowed = before / 10 + (8 << 20);
+            let left = closed as i64 - before as i64;
+            println!(
+                "  {:<10}   {name:<6} {:8} {:8}   {:>21}   {:6}   {:+} KiB ({})",
+                row.flows,
+                before >> 10,
+                idle >> 10,
+                if row.held == Held::Generator && i == 0 {
+                    "- (no idle flows)".to_string()
+                } else {
+                    per_flow.to_string()
+                },
+                closed >> 10,
+                left >> 10,
+                if left <= allowed as i64 {
+                    "met"
+                } else {
+                    "NOT met"
+                }
+            );
+        }
+    }
+    println!();
+    println!("targets: >= 0.9x alone at 10,000, >= 0.8x at 100,000; <= 8192 bytes per idle flow");
+    if rows.iter().any(|r| r.held == Held::Generator) {
+        println!(
+            "(*) more flows than the descriptor limit ({limit}) lets applications hold: generated \
+             from {GENERATOR_ADDR} and left in the server's accept queues (no pump, no descriptor); \
+             its per-flow memory is the host's state and sald's tables only"
+        );
+    }
+}
