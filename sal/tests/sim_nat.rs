@@ -231,9 +231,9 @@ fn a_nat_rebinding_mid_upload_is_followed_with_every_byte_and_a_short_stall() {
     assert_eq!(n.server_sees().ip(), REBOUND);
     let stats = n.net.host(n.server).stats();
     assert_eq!(stats.rebindings, 1);
-    // The client sent its window and lost the answers: its nudge (200 ms
-    // of silence) is what reaches the server from the new mapping.
-    assert!(n.net.host(n.client).stats().nudges >= 1);
+    // Segments from the new mapping prove nothing by themselves: the
+    // server challenged the new path before it moved the flow there.
+    assert!(stats.path_challenges >= 1);
     assert!(stall < ms(300), "stall {stall}");
 }
 
