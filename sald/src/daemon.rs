@@ -237,7 +237,7 @@ impl Core {
             };
             let host = &mut self.host;
             let mut polled = None;
-            let added = batch.push_with(PACKET_BUFFER - IPV4_HEADER_LEN, |room| {
+            let added = batch.push_with(crate::udp::MAX_PAYLOAD, |room| {
                 let transmit = host.poll_transmit(now, room)?;
                 polled = Some(transmit.dst);
                 Some((

@@ -26,7 +26,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 pub use batch::{ReceivedDatagram, RxBatch, TxBatch};
-pub use sys::{MAX_SEGMENTS, RECV_BATCH, SEND_BATCH};
+pub use sys::{MAX_PAYLOAD, MAX_SEGMENTS, RECV_BATCH, SEND_BATCH};
 
 use crate::link::LinkError;
 
