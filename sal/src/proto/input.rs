@@ -116,7 +116,10 @@ impl Host {
             Resolution::Forward(_) | Resolution::Drop | Resolution::NoMatch => {
                 // Only a SYN sent to us personally earns an answer: a
                 // broadcast SYN for a service we lack is someone else's.
-                if is_syn && self.interfaces.is_local(dst.ip()) {
+                if is_syn
+                    && self.interfaces.is_local(dst.ip())
+                    && !self.syn_for_drained(client, repr)
+                {
                     self.refuse(client, repr, true);
                 }
             }
