@@ -239,3 +239,68 @@ fn without_a_drain_closing_resets_the_queue() {
     assert!(reset > 0);
     assert_eq!(net.host(s1).stats().drained_syns, 0);
 }
+
+#[test]
+fn a_late_server_of_a_retransmitted_syn_is_reset_and_forgets_its_half_open_flow() {
+    // s1's answers are slow (700 ms one way, above the 500 ms SYN timeout),
+    // and the router learns to send the service to s2 meanwhile: the
+    // client's retransmitted SYN gets its flow established with s2, and
+    // s1's late SYN-ACK earns a RST instead of silence, so that s1 forgets
+    // the half-open flow at once (not after half a minute of SYN-ACKs),
+    // which is what lets a drained s1 become idle.
+    let (mut net, client, router, [s1, s2], [l1, l2]) = replicated();
+    let slow = sal_sim::LinkConditions {
+        delay: Duration::from_millis(700),
+        ..Default::default()
+    };
+    net.set_path(
+        "10.0.0.11".parse().unwrap(),
+        "10.0.0.1".parse().unwrap(),
+        slow.path(),
+    );
+    let s1_target = TargetKey::Forward {
+        locator: loc("10.0.0.11"),
+    };
+    let s2_target = TargetKey::Forward {
+        locator: loc("10.0.0.12"),
+    };
+    net.host(router)
+        .remove_rule_target(&prefix(SERVICE), &s2_target)
+        .unwrap();
+    let flow = net.host(client).connect(svc("5e03"), Stream).unwrap();
+    assert!(net.run_until(secs(1), |net| net.host(s1).listener_pending(l1) == Some(1)));
+    net.host(s1).drain_listener(l1).unwrap();
+    net.host(router)
+        .remove_rule_target(&prefix(SERVICE), &s1_target)
+        .unwrap();
+    let to_s2 = Target::Forward {
+        locator: loc("10.0.0.12"),
+        weight: 1,
+    };
+    net.host(router).add_rule(prefix(SERVICE), to_s2, 0);
+    let mut accepted = None;
+    assert!(net.run_until(secs(5), |net| {
+        accepted = accepted.or_else(|| net.host(s2).accept(l2).ok());
+        accepted.is_some()
+    }));
+    assert!(net
+        .sim_host(client)
+        .events
+        .contains(&Event::Connected(flow)));
+    let start = net.now();
+    assert!(
+        net.run_until(secs(30), |net| net.host(s1).listener_pending(l1) == Some(0)),
+        "s1 still holds the half-open flow"
+    );
+    assert!(
+        net.now() - start < secs(2),
+        "s1 forgot it only after {}",
+        net.now() - start
+    );
+    assert!(net.host(s1).flows().is_empty());
+    assert_eq!(
+        net.host(client).flow(flow).map(|f| f.state),
+        Some(FlowState::Established),
+        "the client's flow with s2 is untouched"
+    );
+}

@@ -167,6 +167,9 @@ impl Host {
             .is_some_and(|peer| Some(peer) != repr.src_flow)
         {
             self.stats.stale += 1;
+            if let Some(control) = repr.control.filter(|c| c.flags.contains(ControlFlags::SYN)) {
+                self.refuse_stray_syn_ack(src, dst, repr, &control);
+            }
             return;
         }
         flow.counters.packets_in += 1;
