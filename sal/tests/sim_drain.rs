@@ -6,26 +6,14 @@
 use sal::proto::{ConnectError, Event, FlowState, HostConfig, HostError};
 use sal::table::{ListenerId, Target, TargetKey};
 use sal::wire::TransportProtocol::Stream;
-use sal::{FlowId, Locator, ServiceId, ServicePrefix};
+use sal::{FlowId, ServicePrefix};
 use sal_sim::{HostId, LinkConditions, Network};
 use smoltcp::time::Duration;
 
 mod common;
-use common::sim::{establish, pattern, stream};
+use common::sim::{establish, loc, pattern, prefix, stream, svc};
 
 const SERVICE: &str = "5e/8";
-
-fn svc(s: &str) -> ServiceId {
-    s.parse().unwrap()
-}
-
-fn prefix(s: &str) -> ServicePrefix {
-    s.parse().unwrap()
-}
-
-fn loc(s: &str) -> Locator {
-    s.parse().unwrap()
-}
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
