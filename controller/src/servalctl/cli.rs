@@ -54,7 +54,7 @@ pub enum Command {
     /// List the service table: one line per target of each rule, then
     /// whether broadcast discovery is on
     Services(ServicesArgs),
-    /// Add or remove service rules
+    /// Add or remove service rules, or drain a local service
     #[command(subcommand)]
     Service(ServiceCommand),
     /// List flows: stream flows and datagram sockets
