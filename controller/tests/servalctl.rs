@@ -381,3 +381,50 @@ fn help_documents_every_subcommand() {
         );
     }
 }
+
+#[test]
+fn drain_reports_what_is_pending_and_fails_when_the_wait_runs_out() {
+    let sald = FakeSald::start(|request| match request {
+        Request::Drain { wait_ms: None, .. } => Response::Drained { pending: 3 },
+        Request::Drain {
+            wait_ms: Some(_), ..
+        } => Response::Drained { pending: 2 },
+        _ => Response::Ok,
+    });
+    let output = servalctl(&sald.path, &["service", "drain", "80a0"]);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        stdout(&output),
+        "80a/256 drained: 3 admitted connections not accepted yet\n"
+    );
+    let output = servalctl(&sald.path, &["service", "drain", "80a0", "--wait", "1.5"]);
+    let text = assert_one_error_line(&output, 1);
+    assert!(
+        text.contains("2 admitted connections were still not accepted"),
+        "{text}"
+    );
+    assert_eq!(
+        sald.requests()
+            .into_iter()
+            .filter(|r| matches!(r, Request::Drain { .. }))
+            .collect::<Vec<_>>(),
+        [
+            Request::Drain {
+                prefix: "80a0".parse().unwrap(),
+                wait_ms: None
+            },
+            Request::Drain {
+                prefix: "80a0".parse().unwrap(),
+                wait_ms: Some(1500)
+            }
+        ]
+    );
+    let refused =
+        FakeSald::start(|_| Response::error(ErrorKind::NotFound, "no listener is bound to be/8"));
+    let output = servalctl(&refused.path, &["service", "drain", "be/8"]);
+    let text = assert_one_error_line(&output, 1);
+    assert!(
+        text.contains("cannot drain be/8") && text.contains("no listener"),
+        "{text}"
+    );
+}

@@ -16,12 +16,17 @@
 //! - a host without the shared key cannot announce; once its servd has the
 //!   key, its existing binding is announced and gets its share;
 //! - with `--default-route delay`, a connect is held, resolved by a query
-//!   to the router and completes; an unknown service fails with "no route".
+//!   to the router and completes; an unknown service fails with "no route";
+//! - `servalctl service drain` under load: the drained instance leaves the
+//!   router's rule, finishes what it admitted, closes once idle, and no
+//!   client request fails.
 
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -543,4 +548,222 @@ fn forgeries_are_refused_sald_restarts_are_survived_and_sigterm_withdraws() {
     );
     drop((router, server));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Bytes each answer of the drain test carries after its tag.
+const ANSWER_LEN: usize = 32 * 1024;
+
+/// An instance for the drain test: accepts without blocking (so that it
+/// can stop and close its listener when told), answers each connection
+/// after 100 ms (so that connections are in flight at any moment) with its
+/// tag and `ANSWER_LEN` bytes, and records when it accepted each.
+fn serve_slowly(
+    node: &Node,
+    prefix: &str,
+    tag: u8,
+    stop: Arc<AtomicBool>,
+    accepted: Arc<Mutex<Vec<Instant>>>,
+) -> thread::JoinHandle<()> {
+    let listener =
+        ServiceListener::bind_via(node.client(), prefix.parse::<ServicePrefix>().unwrap(), 64)
+            .unwrap();
+    thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            match listener.try_accept() {
+                Ok(Some((mut stream, _))) => {
+                    accepted.lock().unwrap().push(Instant::now());
+                    thread::spawn(move || {
+                        thread::sleep(Duration::from_millis(100));
+                        let mut answer = vec![tag; 1 + ANSWER_LEN];
+                        answer[1..].fill(0x5a);
+                        let _ = stream.write_all(&answer);
+                        let _ = stream.shutdown_write();
+                    });
+                }
+                Ok(None) => thread::sleep(Duration::from_millis(2)),
+                Err(e) => panic!("accept failed: {e}"),
+            }
+        }
+        listener.close().unwrap();
+    })
+}
+
+#[test]
+fn a_drained_instance_leaves_under_load_without_a_failed_request() {
+    require_root!();
+    let net = TopologyBuilder::new("servd-drain", 4)
+        .lan(&[0, 1, 2, 3])
+        .build()
+        .unwrap();
+    let dir = scratch_dir("servd-drain");
+    let router_addr = net.host(0).addr().unwrap();
+    let upstream = vec!["--upstream".to_string(), format!("{router_addr}:54326")];
+    let mut router = start_node(net.host(0), &dir, "router", true);
+    let mut s1 = start_node(net.host(1), &dir, "s1", false);
+    let mut s2 = start_node(net.host(2), &dir, "s2", false);
+    let mut client = start_node(net.host(3), &dir, "client", false);
+    start_servd(
+        net.host(0),
+        &dir,
+        &mut router,
+        "router",
+        &["--router".to_string()],
+    );
+    for (i, node, name) in [
+        (1, &mut s1, "s1"),
+        (2, &mut s2, "s2"),
+        (3, &mut client, "client"),
+    ] {
+        start_servd(net.host(i), &dir, node, name, &upstream);
+    }
+    assert!(
+        wait_until(Duration::from_secs(5), || client.forwards("0/0")
+            == vec![router_addr]),
+        "no default route:\n{}",
+        client.logs()
+    );
+    let stops = [
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    ];
+    let accepted = [
+        Arc::new(Mutex::new(Vec::new())),
+        Arc::new(Mutex::new(Vec::new())),
+    ];
+    let servers: Vec<_> = [&s1, &s2]
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            serve_slowly(
+                node,
+                "5e00/16",
+                i as u8 + 1,
+                stops[i].clone(),
+                accepted[i].clone(),
+            )
+        })
+        .collect();
+    assert!(
+        wait_until(Duration::from_secs(3), || router.forwards("5e00/16")
+            == vec![s1.addr, s2.addr]),
+        "instances not announced:\n{}",
+        router.logs()
+    );
+
+    // Four clients, one request after another each, until told to stop.
+    let done = Arc::new(AtomicBool::new(false));
+    let control = client.control.clone();
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let done = done.clone();
+            let control = control.clone();
+            thread::spawn(move || {
+                let (mut ok, mut failed) = ([0usize; 3], Vec::new());
+                while !done.load(Ordering::SeqCst) {
+                    let answer = ControlClient::connect_to(&control)
+                        .and_then(|c| {
+                            ServiceStream::connect_via(
+                                c,
+                                svc("5e0077"),
+                                Some(Duration::from_secs(10)),
+                            )
+                        })
+                        .map_err(|e| e.to_string())
+                        .and_then(|mut stream| {
+                            let mut answer = Vec::new();
+                            stream.read_to_end(&mut answer).map_err(|e| e.to_string())?;
+                            Ok(answer)
+                        });
+                    match answer {
+                        Ok(a) if a.len() == 1 + ANSWER_LEN && matches!(a[0], 1 | 2) => {
+                            ok[usize::from(a[0])] += 1
+                        }
+                        Ok(a) => failed.push(format!("short answer: {} bytes", a.len())),
+                        Err(e) => failed.push(e),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+
+    thread::sleep(Duration::from_millis(1500));
+    let drained_at = Instant::now();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_servalctl"))
+        .arg("--control")
+        .arg(&s1.control)
+        .args(["service", "drain", "5e00/16", "--wait", "10"])
+        .output()
+        .unwrap();
+    let idle_at = Instant::now();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("0 admitted connections not accepted"),
+        "servalctl: {stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // Idle: s1 closes its listener; nothing it admitted is reset.
+    stops[0].store(true, Ordering::SeqCst);
+    let withdrawn = wait_until(Duration::from_secs(1), || {
+        router.forwards("5e00/16") == vec![s2.addr]
+    });
+    let withdrawal = drained_at.elapsed();
+    assert!(
+        withdrawn,
+        "the router still forwards to s1:\n{}\n{}",
+        router.logs(),
+        s1.logs()
+    );
+    thread::sleep(Duration::from_millis(1500));
+    done.store(true, Ordering::SeqCst);
+    let mut ok = [0usize; 3];
+    let mut failed = Vec::new();
+    for handle in clients {
+        let (o, f) = handle.join().unwrap();
+        for i in 0..3 {
+            ok[i] += o[i];
+        }
+        failed.extend(f);
+    }
+    stops[1].store(true, Ordering::SeqCst);
+    for server in servers {
+        server.join().unwrap();
+    }
+    assert!(
+        failed.is_empty(),
+        "{} requests failed: {failed:?}",
+        failed.len()
+    );
+    let s1_accepts = accepted[0].lock().unwrap().clone();
+    let late = s1_accepts.iter().filter(|t| **t > idle_at).count();
+    let after_drain = accepted[1]
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|t| **t > idle_at)
+        .count();
+    assert_eq!(late, 0, "s1 accepted connections after it was idle");
+    assert!(ok[1] > 0 && ok[2] > 0, "both instances served: {ok:?}");
+    assert!(after_drain > 0, "s2 took the load after the drain");
+    let text = s1.logs();
+    assert!(text.contains("service drained"), "{text}");
+    eprintln!(
+        "servd drain: requests ok {} (s1 {}, s2 {}), failed 0, drain-to-idle {:?}, \
+         drain-to-withdrawal at the router {withdrawal:?}, s1 SYNs dropped while draining {}",
+        ok[1] + ok[2],
+        ok[1],
+        ok[2],
+        idle_at - drained_at,
+        drained_syns(&s1)
+    );
+    drop((router, s1, s2, client));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// SYNs a host dropped for a drained listener's prefix.
+fn drained_syns(node: &Node) -> u64 {
+    match node.client().request(&Request::Stats).map(|r| r.response) {
+        Ok(Response::Stats { stats }) => stats.host.drained_syns,
+        _ => 0,
+    }
 }

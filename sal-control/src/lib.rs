@@ -97,6 +97,20 @@ pub enum Request {
     CloseListener {
         listener: ListenerId,
     },
+    /// Drain the listener bound to exactly `prefix`: the service is
+    /// unregistered (its DEMUX rule goes, the controller withdraws it, new
+    /// connections go to other instances) while the listener stays open and
+    /// the flows it already admitted complete and can still be accepted.
+    /// Closing it afterwards, once nothing is pending, resets nobody.
+    /// Allowed to the binding's owner, root and sald's own user; draining a
+    /// drained listener only reports on it. Answered with `Drained`: at
+    /// once, or with `wait_ms` once nothing is pending any more (or the
+    /// wait ran out).
+    Drain {
+        prefix: ServicePrefix,
+        #[serde(default)]
+        wait_ms: Option<u64>,
+    },
     /// Open a flow to a service. Answered with `Connected` and the flow's fd
     /// once the handshake completes, or an error.
     Connect {
@@ -194,6 +208,12 @@ pub enum Response {
     /// A flow (fd attached).
     Connected {
         flow: FlowInfo,
+    },
+    /// The answer to [`Request::Drain`]: how many flows the drained
+    /// listener admitted that its application has not accepted yet (0: it
+    /// can close without resetting anyone).
+    Drained {
+        pending: u32,
     },
     /// An unbound datagram socket (fd attached).
     DatagramOpened {

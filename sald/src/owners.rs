@@ -55,6 +55,16 @@ impl Owners {
             .map(|b| b.uid)
     }
 
+    /// The listeners bound to exactly `prefix` (serving or drained), with
+    /// their owners.
+    pub fn bound_to(&self, prefix: &ServicePrefix) -> Vec<(ListenerId, u32)> {
+        self.bindings
+            .iter()
+            .filter(|(_, b)| b.prefix == *prefix)
+            .map(|(&listener, b)| (listener, b.uid))
+            .collect()
+    }
+
     /// The binding that receives `service`: the longest bound prefix
     /// containing it.
     pub fn receiver(&self, service: &ServiceId) -> Option<&Binding> {
@@ -111,6 +121,8 @@ mod tests {
         assert!(owners.overlapping_other(&p("beef01/24"), 1000).is_none());
         assert!(owners.overlapping_other(&p("bee0/16"), 1001).is_none());
         assert_eq!(owners.binding_owner(&p("beef/16")), Some(1000));
+        assert_eq!(owners.bound_to(&p("beef/16")), [(ListenerId(1), 1000)]);
+        assert!(owners.bound_to(&p("be/8")).is_empty());
         owners.bind(ListenerId(2), p("beef01/24"), 1000);
         let service: ServiceId = "beef0102".parse().unwrap();
         assert_eq!(owners.receiver(&service).unwrap().prefix, p("beef01/24"));

@@ -174,6 +174,7 @@ pub(crate) fn response_name(response: &Response) -> &'static str {
         Response::Stats { .. } => "stats",
         Response::Event { .. } => "event",
         Response::Applied { .. } => "applied",
+        Response::Drained { .. } => "drained",
     }
 }
 

@@ -314,6 +314,22 @@ impl ServiceListener {
         Incoming { listener: self }
     }
 
+    /// Drains the listener: the prefix is unregistered (new connections go
+    /// to other instances) while the flows it admitted can still be
+    /// accepted. Returns how many are not accepted yet; once that is 0,
+    /// [`ServiceListener::close`] resets nobody.
+    pub fn drain(&self) -> Result<u32> {
+        let reply = self.control().request(&Request::Drain {
+            prefix: self.prefix,
+            wait_ms: None,
+        })?;
+        match reply.response {
+            Response::Drained { pending } => Ok(pending),
+            Response::Error { kind, message } => Err(Error::from_daemon(kind, message)),
+            other => Err(Error::unexpected("drain", &other)),
+        }
+    }
+
     /// Unbinds the prefix now (dropping the listener does the same).
     pub fn close(self) -> Result<()> {
         let listener = self.listener;

@@ -27,6 +27,7 @@ Examples:
   servalctl service add beef/16 forward udp:10.0.0.3:54325
   servalctl service add 0/0 delay
   servalctl service del beef/16 10.0.0.2
+  servalctl service drain beef/16 --wait 30
   servalctl flows --json";
 
 /// Operate a running sald: service rules, flows, interfaces, counters.
@@ -53,7 +54,7 @@ pub enum Command {
     /// List the service table: one line per target of each rule, then
     /// whether broadcast discovery is on
     Services(ServicesArgs),
-    /// Add or remove service rules
+    /// Add or remove service rules, or drain a local service
     #[command(subcommand)]
     Service(ServiceCommand),
     /// List flows: stream flows and datagram sockets
@@ -104,7 +105,7 @@ pub struct Listing {
     pub json: bool,
 }
 
-/// `service add` and `service del`.
+/// `service add`, `service del` and `service drain`.
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum ServiceCommand {
     /// Add a target to the rule of PREFIX (created if needed)
@@ -129,6 +130,25 @@ pub enum ServiceCommand {
         /// udp:10.0.0.2:54325), `drop` or `delay`
         #[arg(value_name = "ADDR")]
         target: Option<TargetSpec>,
+    },
+    /// Stop attracting new connections to the local listener of PREFIX,
+    /// keeping the ones it has
+    ///
+    /// The service is unregistered (its DEMUX rule goes; servd withdraws it
+    /// from the routers, so new connections go to other instances) while the
+    /// listener stays open: connections it already admitted complete and the
+    /// application still accepts them. Prints how many are not accepted yet;
+    /// once that is 0 the application can close the listener (e.g. nginx
+    /// SIGQUIT) without resetting anyone. Exit status 1 if some are still
+    /// pending after --wait.
+    Drain {
+        /// Service prefix a local application bound (exactly as bound)
+        #[arg(value_name = "PREFIX")]
+        prefix: ServicePrefix,
+        /// Wait up to SECS (e.g. 30 or 2.5) for every admitted connection to
+        /// be accepted
+        #[arg(long = "wait", value_name = "SECS", value_parser = parse_wait)]
+        wait_ms: Option<u64>,
     },
 }
 
@@ -228,6 +248,18 @@ impl FromStr for ForwardSpec {
     }
 }
 
+/// `--wait SECS` of `service drain`, in milliseconds.
+fn parse_wait(text: &str) -> Result<u64, SpecError> {
+    match text.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && (0.0..=600.0).contains(&secs) => {
+            Ok((secs * 1000.0).round() as u64)
+        }
+        _ => Err(SpecError(format!(
+            "invalid wait {text:?}: expected seconds from 0 to 600"
+        ))),
+    }
+}
+
 /// The optional target of `service del`: an address, `drop` or `delay`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TargetSpec(pub TargetKey);
@@ -292,6 +324,10 @@ impl Command {
             Command::Service(ServiceCommand::Del { prefix, target }) => Request::DelRule {
                 prefix: *prefix,
                 target: target.map(|t| t.0),
+            },
+            Command::Service(ServiceCommand::Drain { prefix, wait_ms }) => Request::Drain {
+                prefix: *prefix,
+                wait_ms: *wait_ms,
             },
         }
     }
@@ -452,6 +488,28 @@ mod tests {
             &[],
         ] {
             assert!(parse(args).is_err(), "{args:?} parsed");
+        }
+    }
+
+    #[test]
+    fn drain_commands() {
+        assert_eq!(
+            request(&["service", "drain", "80a0"]),
+            Request::Drain {
+                prefix: "80a0".parse().unwrap(),
+                wait_ms: None,
+            }
+        );
+        assert_eq!(
+            request(&["service", "drain", "be/8", "--wait", "2.5"]),
+            Request::Drain {
+                prefix: "be/8".parse().unwrap(),
+                wait_ms: Some(2500),
+            }
+        );
+        assert!(parse(&["service", "drain"]).is_err());
+        for wait in ["soon", "-1", "601", "NaN"] {
+            assert!(parse(&["service", "drain", "be/8", "--wait", wait]).is_err());
         }
     }
 

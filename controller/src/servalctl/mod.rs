@@ -98,6 +98,17 @@ pub fn run(cli: &Cli, out: &mut impl Write) -> anyhow::Result<()> {
     let text = match (&cli.command, reply.response) {
         (Command::Service(_) | Command::Migrate(_), Response::Ok) => return Ok(()),
         (
+            Command::Service(cli::ServiceCommand::Drain { prefix, wait_ms }),
+            Response::Drained { pending },
+        ) => {
+            if pending > 0 && wait_ms.is_some() {
+                return Err(anyhow!(
+                    "{prefix} drained, but {pending} admitted connections were still not accepted when the wait ran out"
+                ));
+            }
+            format!("{prefix} drained: {pending} admitted connections not accepted yet\n")
+        }
+        (
             Command::Services(args),
             Response::Rules {
                 mut rules,
@@ -176,6 +187,7 @@ fn what_failed(request: &Request) -> String {
             };
             format!("cannot remove {target} from the rule of {prefix}")
         }
+        Request::Drain { prefix, .. } => format!("cannot drain {prefix}"),
         Request::ListRules => "cannot list the service table".into(),
         Request::ListFlows => "cannot list flows".into(),
         Request::ListInterfaces => "cannot list interfaces".into(),

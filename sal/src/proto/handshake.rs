@@ -250,6 +250,36 @@ impl Host {
         self.send_packet(local, client, super::output::build(&reply, &[]));
     }
 
+    /// A SYN-ACK for a client flow that is already another server's: our
+    /// SYN was retransmitted and a router sent the copy to another instance,
+    /// which answered first. The late server gets a RST echoing its own
+    /// nonce, so that its half-open flow goes now instead of retransmitting
+    /// for half a minute and holding its backlog (and a drained listener's
+    /// pending count) meanwhile.
+    pub(super) fn refuse_stray_syn_ack(
+        &mut self,
+        src: Locator,
+        dst: Locator,
+        syn_ack: &SalRepr,
+        control: &ControlRepr,
+    ) {
+        let (Some(server_flow), Some(our_flow)) = (syn_ack.src_flow, syn_ack.dst_flow) else {
+            return;
+        };
+        if !control.flags.contains(ControlFlags::ACK) {
+            return;
+        }
+        let local = self.interfaces.arrival_locator(&src, &dst);
+        let mut reply = SalRepr::data(our_flow, Some(server_flow), syn_ack.protocol);
+        reply.control = Some(ControlRepr {
+            flags: ControlFlags::RST,
+            verno: 0,
+            ackno: control.verno.wrapping_add(1),
+            nonce: control.nonce,
+        });
+        self.send_packet(local, src, super::output::build(&reply, &[]));
+    }
+
     /// The client's flow gets its SYN-ACK: the peer is where it spoke from,
     /// and this end is where it was answered (after broadcast discovery, the
     /// interface the first answering server is on). Returns whether the

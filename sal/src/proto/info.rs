@@ -106,6 +106,10 @@ pub struct HostStats {
     pub delay_dropped: u64,
     /// SYNs refused (no route, no listener, full backlog).
     pub refused: u64,
+    /// SYNs for a drained listener's prefix dropped without a reset (sent
+    /// before the routers learned of the drain; the client retransmits).
+    #[serde(default)]
+    pub drained_syns: u64,
     /// Control message retransmissions.
     pub retransmits: u64,
     /// Datagrams dropped because a socket's queue was full.

@@ -116,7 +116,10 @@ impl Host {
             Resolution::Forward(_) | Resolution::Drop | Resolution::NoMatch => {
                 // Only a SYN sent to us personally earns an answer: a
                 // broadcast SYN for a service we lack is someone else's.
-                if is_syn && self.interfaces.is_local(dst.ip()) {
+                if is_syn
+                    && self.interfaces.is_local(dst.ip())
+                    && !self.syn_for_drained(client, repr)
+                {
                     self.refuse(client, repr, true);
                 }
             }
@@ -164,6 +167,9 @@ impl Host {
             .is_some_and(|peer| Some(peer) != repr.src_flow)
         {
             self.stats.stale += 1;
+            if let Some(control) = repr.control.filter(|c| c.flags.contains(ControlFlags::SYN)) {
+                self.refuse_stray_syn_ack(src, dst, repr, &control);
+            }
             return;
         }
         flow.counters.packets_in += 1;

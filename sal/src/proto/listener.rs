@@ -7,14 +7,24 @@
 //! than left to time out. Half-open flows are also found by their client's
 //! address and flow ID, so that a retransmitted SYN (our SYN-ACK was lost)
 //! is answered by the same flow instead of opening another.
+//!
+//! A listener can be *drained* before it closes: its DEMUX rule goes (the
+//! service is unregistered, so the controller withdraws it and new
+//! connections resolve to other instances) while the flows it already
+//! admitted complete their handshake and wait for `accept` as before. SYNs
+//! for its prefix that still arrive meanwhile (sent before the withdrawal
+//! reached the routers) are dropped without a reset, so that their clients
+//! retransmit and reach another instance instead of failing. Closing a
+//! drained listener once it has nothing pending costs no connection.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::Ipv4Addr;
 
 use super::{Event, Host, HostError};
-use crate::id::{FlowId, ServicePrefix};
+use crate::id::{FlowId, ServiceId, ServicePrefix};
+use crate::locator::Locator;
 use crate::table::{ListenerId, Target, TargetKey};
-use crate::wire::TransportProtocol;
+use crate::wire::{SalRepr, TransportProtocol};
 
 /// A half-open flow's client: its locator's address and its flow ID.
 type ClientKey = (Ipv4Addr, FlowId);
@@ -35,6 +45,8 @@ pub(super) struct Listener {
     /// to the socket, no flows, and is no service of this host (no
     /// `Registered` event; listings hide it).
     pub ephemeral: bool,
+    /// Drained: no DEMUX rule any more, no new flows; those admitted stay.
+    draining: bool,
 }
 
 impl Listener {
@@ -49,6 +61,8 @@ impl Listener {
 pub(super) struct Removed {
     pub prefix: ServicePrefix,
     pub ephemeral: bool,
+    /// It was drained: its rule is gone and `Unregistered` went out then.
+    pub draining: bool,
     pub datagram_socket: Option<FlowId>,
     pub half_open: Vec<FlowId>,
     pub accept_queue: VecDeque<FlowId>,
@@ -98,6 +112,7 @@ impl Listeners {
             accept_queue: VecDeque::new(),
             datagram_socket,
             ephemeral: false,
+            draining: false,
         };
         self.by_id.insert(id, listener);
     }
@@ -135,10 +150,39 @@ impl Listeners {
         Some(Removed {
             prefix: listener.prefix,
             ephemeral: listener.ephemeral,
+            draining: listener.draining,
             datagram_socket: listener.datagram_socket,
             half_open: listener.half_open.iter().map(|&(_, flow)| flow).collect(),
             accept_queue: listener.accept_queue,
         })
+    }
+
+    /// Marks a listener drained. Returns whether it was serving until now
+    /// (false: already drained), or `None` if there is no such listener or
+    /// it is an unbound datagram socket's own service ID (no service).
+    pub fn drain(&mut self, id: ListenerId) -> Option<bool> {
+        let listener = self.by_id.get_mut(&id).filter(|l| !l.ephemeral)?;
+        Some(!std::mem::replace(&mut listener.draining, true))
+    }
+
+    /// Whether listener `id` is drained.
+    pub fn is_draining(&self, id: ListenerId) -> bool {
+        self.get(id).is_some_and(|l| l.draining)
+    }
+
+    /// Whether a drained listener's prefix covers `service`: a SYN for it is
+    /// one the routers sent before they learned of the drain.
+    pub fn draining_covers(&self, service: &ServiceId) -> bool {
+        self.by_id
+            .values()
+            .any(|l| l.draining && l.prefix.contains(service))
+    }
+
+    /// Flows listener `id` admitted that the application has not taken
+    /// yet: half-open plus waiting for `accept`.
+    pub fn pending(&self, id: ListenerId) -> Option<usize> {
+        self.get(id)
+            .map(|l| l.half_open.len() + l.accept_queue.len())
     }
 
     /// The half-open flow already opened for this client's SYN, if any.
@@ -271,8 +315,76 @@ impl Host {
         self.listeners.get(listener)?.datagram_socket
     }
 
+    /// Drains a listener (see the module docs): removes its DEMUX rule and
+    /// emits [`Event::Unregistered`], so that new connections go elsewhere,
+    /// while the flows it admitted complete and wait for
+    /// [`Host::accept`]. Draining a drained listener changes nothing.
+    pub fn drain_listener(&mut self, id: ListenerId) -> Result<(), HostError> {
+        let newly = self
+            .listeners
+            .drain(id)
+            .ok_or(HostError::NoSuchListener(id))?;
+        if newly {
+            let prefix = self.listeners.get(id).map(|l| l.prefix);
+            if let Some(prefix) = prefix {
+                let _ = self
+                    .table
+                    .remove_target(&prefix, &TargetKey::Demux { listener: id });
+                self.events.push_back(Event::Unregistered(prefix));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `listener` was drained.
+    pub fn is_draining(&self, listener: ListenerId) -> bool {
+        self.listeners.is_draining(listener)
+    }
+
+    /// How many flows `listener` admitted that the application has not
+    /// accepted yet (half-open or queued); `None` if there is no such
+    /// listener. A drained listener with none pending can close without
+    /// resetting anyone.
+    pub fn listener_pending(&self, listener: ListenerId) -> Option<usize> {
+        self.listeners.pending(listener)
+    }
+
+    /// The listener bound to exactly `prefix` and serving it (not drained).
+    pub fn bound_listener(&self, prefix: &ServicePrefix) -> Option<ListenerId> {
+        self.table
+            .get(prefix)?
+            .targets()
+            .iter()
+            .find_map(|t| match t.target {
+                Target::Demux { listener } if !self.listeners.is_ephemeral(listener) => {
+                    Some(listener)
+                }
+                _ => None,
+            })
+    }
+
+    /// A SYN that no rule serves here, for the prefix of a drained
+    /// listener: the client of one of its half-open flows retransmitting
+    /// (answered again), or a SYN a router sent before the drain reached it
+    /// (dropped without a reset: the client's retransmission finds another
+    /// instance). Returns whether the SYN was handled so.
+    pub(super) fn syn_for_drained(&mut self, client: Locator, repr: &SalRepr) -> bool {
+        let (Some(service), Some(client_flow)) = (repr.service, repr.src_flow) else {
+            return false;
+        };
+        if !self.listeners.draining_covers(&service) {
+            return false;
+        }
+        match self.listeners.half_open_flow(client.ip(), client_flow) {
+            Some(existing) => self.retransmit_now(existing),
+            None => self.stats.drained_syns += 1,
+        }
+        true
+    }
+
     /// Unbinds a listener: removes its DEMUX rule, resets flows not yet
-    /// accepted, and emits [`Event::Unregistered`].
+    /// accepted, and emits [`Event::Unregistered`] (unless it was drained,
+    /// which already did).
     pub fn close_listener(&mut self, id: ListenerId) -> Result<(), HostError> {
         let removed = self
             .listeners
@@ -291,7 +403,7 @@ impl Host {
         if let Some(socket) = removed.datagram_socket {
             self.endpoints.remove(socket);
         }
-        if !removed.ephemeral {
+        if !removed.ephemeral && !removed.draining {
             self.events.push_back(Event::Unregistered(removed.prefix));
         }
         Ok(())

@@ -147,6 +147,11 @@ impl Host {
             self.stats.bad_nonce += 1;
             return;
         }
+        if flow.state == FlowState::SynReceived {
+            // A half-open server flow nobody will accept or close: the
+            // client is elsewhere (see `refuse_stray_syn_ack`).
+            return self.free_flow(id);
+        }
         if refusal {
             let error = if control.flags.contains(ControlFlags::NACK) {
                 ConnectError::NoRoute

@@ -4,9 +4,24 @@
 use sal::proto::{Event, HostError};
 use sal::table::{ListenerId, Target};
 use sal::wire::TransportProtocol;
-use sal::{FlowId, ServiceId, ServicePrefix};
+use sal::{FlowId, Locator, ServiceId, ServicePrefix};
 use sal_sim::{HostId, Network};
 use smoltcp::time::Duration;
+
+/// A service ID from hex digits (test input is valid).
+pub fn svc(s: &str) -> ServiceId {
+    s.parse().expect("test service IDs are valid")
+}
+
+/// A service prefix from `HEX[/LEN]` (test input is valid).
+pub fn prefix(s: &str) -> ServicePrefix {
+    s.parse().expect("test prefixes are valid")
+}
+
+/// A locator from its text form (test input is valid).
+pub fn loc(s: &str) -> Locator {
+    s.parse().expect("test locators are valid")
+}
 
 /// Sends every service `host` does not serve itself toward locator `to`.
 pub fn default_route(net: &mut Network, host: HostId, to: &str) {

@@ -77,13 +77,28 @@ def iperf_client(ns, addr, port, streams, seconds, wrap=(), env=None):
     return (bps / 1e9 if bps else None), None
 
 
+def bound(host, service):
+    """Whether `service` (hex digits as bound) shows in host's service table."""
+    return service.lower() in host.ctl("services", check=False).stdout
+
+
+def tcp_listening(ns, port):
+    """Whether something listens on TCP `port` in namespace `ns`."""
+    out = ns.exec("ss", "-Hltn", f"sport = :{port}", check=False).stdout
+    return bool(out.strip())
+
+
 def iperf(client_ns, server_ns, addr, port, streams, seconds, client_wrap=(), server_wrap=(),
-          client_env=None, server_env=None, log=None):
-    """iperf3 server (one test) and client: (Gbit/s, None) or (None, error)."""
+          client_env=None, server_env=None, log=None, ready=None):
+    """iperf3 server (one test) and client: (Gbit/s, None) or (None, error).
+    The client starts once `ready()` (default: the server's TCP port
+    listens), waiting up to 15 s: a loaded machine starts programs slowly."""
     bind = [] if server_wrap else ["-B", addr]
     server = server_ns.spawn(*server_wrap, "iperf3", "-s", "-1", "-p", port, *bind, env=server_env, log=log)
-    # Give the server time to listen (or to bind its service).
-    wait_until(lambda: not server.alive(), 0.8)
+    ready = ready or (lambda: tcp_listening(server_ns, port))
+    if not wait_until(lambda: ready() or not server.alive(), 15, 0.1) or not server.alive():
+        server.stop(grace=2)
+        return None, f"the iperf3 server did not get ready: {server.log_text()[-300:]}"
     gbps, err = iperf_client(client_ns, addr, port, streams, seconds, client_wrap, client_env)
     server.stop(grace=2)
     return gbps, err
@@ -155,7 +170,8 @@ def svcat_goodput(lab, client, server, service, seconds):
     sink = " ".join(map(shlex.quote, flowtool("sink", "--seconds", seconds + 15, "--out", out)))
     rx = server.spawn("sh", "-c", f"{shlex.quote(binary('svcat'))} listen {service} | {sink}",
                       log=lab.path(f"svcat-{service}-rx.log"), env={"PYTHONPATH": TOOLS_DIR}, cwd=TOOLS_DIR)
-    wait_until(lambda: service.lower() in client.ctl("services").stdout or not rx.alive(), 0.5)
+    # The listener is up once its service shows in the server's table.
+    wait_until(lambda: bound(server, service) or not rx.alive(), 10, 0.1)
     tx = client.spawn("sh", "-c", f"timeout {seconds} cat /dev/zero | {shlex.quote(binary('svcat'))} connect {service}",
                       log=lab.path(f"svcat-{service}-tx.log"))
     tx.wait(seconds + 20)

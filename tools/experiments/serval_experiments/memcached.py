@@ -6,8 +6,10 @@ partitioning. One client (kvclient, under serval-run) issues a GET/SET mix
 by key. Two servers hold two partitions each; at 1 unit a third server
 joins and takes one partition from each; at 2 units the first server leaves
 and its last partition moves to the second. A move starts the partition on
-its new server, then stops it on the old one (the egress unbinds, servd
-withdraws it); the new memcached starts empty, so the client sees misses.
+its new server, drains it on the old one (`servalctl service drain`: servd
+withdraws it, so new connections go to the new server) and then stops it
+there (the egress unbinds; the client's open connection ends and it
+reconnects); the new memcached starts empty, so the client sees misses.
 A unit is 30 s, 8 s under --quick."""
 
 import json
@@ -76,6 +78,9 @@ def run(ctx):
         def move(index, to):
             old = placed[index]
             place(index, to)
+            drained = old.host.ctl("service", "drain", PARTITIONS[index], "--wait", 30, check=False)
+            if drained.returncode != 0:
+                failures.append(f"draining {PARTITIONS[index]} on {old.host.name} failed: {drained.stderr.strip()}")
             old.stop()
             notes.append(f"partition {PARTITIONS[index]}: {old.host.name} -> {to}")
 

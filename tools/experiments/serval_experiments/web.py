@@ -3,7 +3,6 @@ port 8080 registers a service ID. Shared by the router and webservice
 experiments."""
 
 import os
-import signal
 
 from .netlab import wait_until
 
@@ -37,13 +36,6 @@ class Nginx:
             f.write(CONF.format(dir=self.dir, root=root))
         self.proc = host.serval_run([(8080, service)], "nginx", "-c", conf, "-p", self.dir,
                                     log=os.path.join(self.dir, "stdout.log"))
-
-    def quit_gracefully(self, timeout):
-        """SIGQUIT: nginx closes its listener (the shim unbinds, the service
-        is withdrawn), finishes the requests in flight, and exits. Returns
-        the exit code, or None if it was still running after `timeout`."""
-        self.proc.send(signal.SIGQUIT)
-        return self.proc.wait(timeout)
 
     def access_log(self):
         """[(time, status, bytes)] of every request it answered."""

@@ -1,10 +1,11 @@
 //! One function per request, grouped by what they act on (as mini-redis's
-//! `cmd/`): [`bind`] (listeners), [`flows`] (connects, datagram sockets and
+//! `cmd/`): [`bind`] (listeners), [`drain`] (graceful leaves), [`flows`] (connects, datagram sockets and
 //! handing flows over), [`rules`], [`inspect`] (listings, stats) and
 //! [`migrate`]. `Hello` and `Subscribe` change what the connection is and
 //! are handled by the client loop.
 
 mod bind;
+mod drain;
 mod flows;
 mod inspect;
 mod migrate;
@@ -38,6 +39,7 @@ pub(super) async fn handle(client: &mut Client, request: Request) -> Reply {
             nonblocking,
         } => bind::accept(client, listener, nonblocking).await,
         Request::CloseListener { listener } => bind::close_listener(client, listener),
+        Request::Drain { prefix, wait_ms } => drain::drain(client, prefix, wait_ms).await,
         Request::Connect {
             service,
             protocol,
