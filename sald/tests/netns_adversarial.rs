@@ -3,12 +3,16 @@
 //! the attacker's namespace (see `common/flood.rs`). Needs root; skips
 //! loudly otherwise.
 //!
-//! One test, one topology (attacker and client on host 0, server on host
-//! 1), the attacks in turn: SYNs whose TCP segment is not a SYN (finding
-//! 1), SYNs naming a victim in SOURCE (finding 3), a SYN flood from spoofed
-//! sources during legitimate connects (finding 2), and a server that
-//! vanishes under its flows (finding 13). After each: legitimate clients
-//! served, the route intact, both daemons alive, memory bounded.
+//! The main test, one topology (attacker and client on host 0, server on
+//! host 1, a victim on host 2), the attacks in turn: SYNs whose TCP segment
+//! is not a SYN (finding 1), SYNs naming a victim in SOURCE (finding 3), a
+//! SYN flood from spoofed sources during legitimate connects (finding 2),
+//! and a server that vanishes under its flows (finding 13). After each:
+//! legitimate clients served, the route intact, both daemons alive, memory
+//! bounded. Two more replay findings fixed before: an ordinary local
+//! user's attacks on the control socket (5, 7, 8, 11) and a crafted SYN's
+//! TTL through a service router (12). The controller's findings (4, 6, 9:
+//! servd announcements) and svtrans's (10) are not replayed here.
 
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
@@ -292,5 +296,184 @@ fn handshake_and_teardown_attacks_leave_the_daemons_serving() {
         alive(&mut pair.client),
         "client sald died\n{}",
         log(&pair.client)
+    );
+}
+
+/// An ordinary local user (`nobody`).
+const NOBODY: u32 = 65534;
+
+/// Findings 5, 7, 8 and 11 (fixed on main), replayed by an ordinary user
+/// against a real sald: binds that would capture others' traffic are
+/// refused, control connections are capped per user with root still
+/// served, started frames that never finish cost bounded memory and time
+/// out, and the user sees only its own flows.
+#[test]
+fn local_user_attacks_on_the_control_socket_still_fail() {
+    require_root!();
+    let pair = common::DaemonPair::new("advloc");
+    let server = &pair.server;
+    let _app = Greeter::start(server, "ad/8");
+    for _ in 0..3 {
+        assert!(connect_once(&pair.client, svc("ad01")).is_some());
+    }
+    let errno = |result: socket_shim::Result<socket_shim::ServiceListener>| {
+        nix::errno::Errno::from_raw(result.expect_err("refused").errno())
+    };
+    let bind = |prefix: &str| {
+        socket_shim::ServiceListener::bind_via(
+            common::client_as(&server.control, NOBODY)?,
+            prefix.parse::<sal::ServicePrefix>().unwrap(),
+            4,
+        )
+    };
+    // Finding 5: no catch-all, nothing covering or equal to root's binding.
+    assert_eq!(errno(bind("0/0")), nix::errno::Errno::EACCES);
+    assert_eq!(errno(bind("a/4")), nix::errno::Errno::EACCES);
+    assert_eq!(errno(bind("ad/8")), nix::errno::Errno::EACCES);
+    assert_eq!(errno(bind("ad01/16")), nix::errno::Errno::EADDRINUSE);
+    assert_eq!(errno(bind("ad0102/24")), nix::errno::Errno::EADDRINUSE);
+    assert!(bind("beef/16").is_ok(), "an ordinary bind");
+
+    // Finding 11: the user lists no flow of root's.
+    let mut nobody = common::client_as(&server.control, NOBODY).unwrap();
+    match nobody.request(&Request::ListFlows).unwrap().response {
+        Response::Flows { flows } => assert!(flows.is_empty(), "{flows:?}"),
+        other => panic!("no listing: {other:?}"),
+    }
+    drop(nobody);
+    assert!(server_flows(server) >= 3, "root sees them");
+
+    // Findings 7 and 8: the user opens connections until refused, each
+    // starting a 1 MiB frame it never finishes. Refused well before the
+    // 1,100 of the issue; root is served throughout; memory stays bounded;
+    // the partial frames time out.
+    let pid = server.child.id();
+    let rss_before = common::rss(pid);
+    let mut held = Vec::new();
+    let mut refused = false;
+    for _ in 0..400 {
+        let Ok(mut conn) = common::raw_as(&server.control, NOBODY) else {
+            refused = true;
+            break;
+        };
+        let mut frame = (1u32 << 20).to_be_bytes().to_vec();
+        frame.extend_from_slice(&[b'{'; 1000]);
+        if conn.write_all(&frame).is_err() {
+            refused = true;
+            break;
+        }
+        conn.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        // A refused connection is closed (or told so) at once.
+        let mut byte = [0u8; 64];
+        if conn.read(&mut byte).is_ok() {
+            refused = true;
+            break;
+        }
+        held.push(conn);
+    }
+    assert!(
+        refused,
+        "{} connections of one user were all kept",
+        held.len()
+    );
+    assert!(held.len() <= 200, "{} connections held", held.len());
+    assert!(matches!(
+        server.request(Request::Stats),
+        Response::Stats { .. }
+    ));
+    let growth = common::rss(pid).saturating_sub(rss_before);
+    eprintln!(
+        "findings 7, 8: {} connections held, then refused; sald grew by {} KiB",
+        held.len(),
+        growth >> 10
+    );
+    assert!(growth < 64 << 20, "sald grew by {} KiB", growth >> 10);
+    // Within the frame timeout (10 s), sald hangs up on them, and the
+    // user may connect again.
+    let mut first = held.swap_remove(0);
+    first
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let ended = first.read_to_end(&mut Vec::new());
+    assert!(
+        ended
+            .as_ref()
+            .map_or_else(|e| e.kind() != std::io::ErrorKind::WouldBlock, |_| true),
+        "sald never hung up on a partial frame: {ended:?}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            common::client_as(&server.control, NOBODY).is_ok_and(|mut c| {
+                matches!(
+                    c.request(&Request::Stats).map(|r| r.response),
+                    Ok(Response::Stats { .. })
+                )
+            })
+        }),
+        "the user's connections were never freed"
+    );
+    assert!(
+        connect_once(&pair.client, svc("ad01")).is_some(),
+        "still serving"
+    );
+}
+
+/// Finding 12 (fixed on main), replayed with a crafted SYN: sent with TTL
+/// 64 to a service router, it reaches the next hop with 63, one IP hop's
+/// worth.
+#[test]
+fn a_crafted_syn_through_a_service_router_loses_one_ttl() {
+    require_root!();
+    // attacker — router (sald --forward) — next hop (a raw socket, no sald)
+    let net = testnet::TopologyBuilder::new("advttl", 3)
+        .link(0, 1)
+        .link(1, 2)
+        .build()
+        .expect("namespaces");
+    let (a, r, n) = (net.host(0), net.host(1), net.host(2));
+    r.ns.set_sysctl("net.ipv4.ip_forward", "0").unwrap();
+    r.ns.set_sysctl("net.ipv4.conf.all.rp_filter", "2").unwrap();
+    let dir = common::Scratch::new("advttl");
+    let router = common::start_sald(&r.ns, &["eth0", "eth1"], &dir, "router", &["--forward"]);
+    let next_hop = n.ifaces[0].addr;
+    router.forward("be/8", next_hop, 1);
+    let attacker = a.ifaces[0].addr;
+    let listen =
+        n.ns.run(|| Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(144))))
+            .unwrap()
+            .unwrap();
+    listen
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let socket = raw_sender(&a.ns);
+    let mut packet = Vec::new();
+    let mut ttls = Vec::new();
+    let until = Instant::now() + Duration::from_secs(5);
+    while ttls.len() < 3 && Instant::now() < until {
+        syn_packet(
+            7 + ttls.len() as u32,
+            attacker,
+            r.ifaces[0].addr,
+            svc("be01"),
+            Opening::Syn,
+            None,
+            &mut packet,
+        );
+        assert_eq!(packet[8], 64, "sent with TTL 64");
+        send_raw(&socket, &packet);
+        let mut buf = [0u8; 2048];
+        while let Ok(len) = (&listen).read(&mut buf) {
+            if let Ok((carriage, _)) = ipv4_payload(&buf[..len]) {
+                if carriage.src == attacker {
+                    ttls.push(carriage.ttl);
+                }
+            }
+        }
+    }
+    assert!(!ttls.is_empty(), "nothing relayed\n{}", log(&router));
+    assert!(
+        ttls.iter().all(|&ttl| ttl == 63),
+        "TTLs at the next hop: {ttls:?}"
     );
 }
