@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use sal::ServiceId;
 use sal_control::{Request, Response, StatsReport};
-use testnet::TopologyBuilder;
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -87,37 +86,19 @@ fn main() {
     let count = env_or("SYNFLOOD_CONNECTS", 40) as usize;
     let seconds = env_or("SYNFLOOD_SECONDS", 10);
     let every = Duration::from_secs(seconds) / count.max(1) as u32;
-    let net = TopologyBuilder::new("synfl", 2)
-        .link(0, 1)
-        .build()
-        .expect("namespaces");
-    let dir = common::Scratch::new("synflood");
-    let client = common::start_sald(
-        &net.host(0).ns,
-        &[&net.host(0).ifaces[0].name],
-        &dir,
-        "client",
-        &[],
-    );
-    let server = common::start_sald(
-        &net.host(1).ns,
-        &[&net.host(1).ifaces[0].name],
-        &dir,
-        "server",
-        &[],
-    );
+    let pair = common::DaemonPair::new("synfl");
+    let (client, server, net) = (&pair.client, &pair.server, &pair.net);
     let server_ip = net.host(1).addr().expect("address");
-    client.forward("0/0", server_ip, 1);
     net.host(1)
         .ns
         .ip(["route", "add", "blackhole", "10.200.0.0/16"])
         .expect("blackhole");
     let service: ServiceId = "5f01".parse().unwrap();
-    let _app = Greeter::start(&server, "5f/8");
+    let _app = Greeter::start(server, "5f/8");
     let pid = server.child.id();
 
     let rss_before = common::rss(pid);
-    let (base_ok, base) = connects(&client, service, count, every, || {});
+    let (base_ok, base) = connects(client, service, count, every, || {});
 
     let flood = Flood::start(
         &net.host(0).ns,
@@ -131,14 +112,14 @@ fn main() {
     // Let the flood fill whatever it can fill first.
     std::thread::sleep(Duration::from_secs(1));
     let mut rss_peak = common::rss(pid);
-    let (flood_ok, during) = connects(&client, service, count, every, || {
+    let (flood_ok, during) = connects(client, service, count, every, || {
         rss_peak = rss_peak.max(common::rss(pid));
     });
-    let under_flood = stats(&server);
+    let under_flood = stats(server);
     let (sent, ran) = flood.finish();
     std::thread::sleep(Duration::from_secs(11));
     let rss_after = common::rss(pid);
-    let after = stats(&server);
+    let after = stats(server);
 
     let kib = |b: u64| b >> 10;
     println!("synflood: {count} legitimate connects (5 s limit each), same run");

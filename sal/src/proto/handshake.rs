@@ -33,7 +33,8 @@ use crate::locator::Locator;
 use crate::table::{ListenerId, Resolution};
 use crate::wire::{ControlFlags, ControlRepr, SalRepr, SourceRepr, TransportProtocol};
 
-/// Where a half-open flow is being opened: see [`Host::accept_syn`].
+/// Where a server flow is being opened (half-open, or from a cookie): see
+/// [`Host::accept_syn`].
 struct HalfOpen {
     listener: ListenerId,
     client: Locator,
@@ -266,31 +267,17 @@ impl Host {
         client_flow: FlowId,
         segment: &[u8],
     ) {
-        let HalfOpen {
-            listener,
-            client,
-            local,
-            protocol,
-            syn_source,
-        } = half_open;
-        let mut control_state = ControlState::new(self.rng.random(), self.rng.random());
-        control_state.peer_nonce = Some(control.nonce);
-        control_state.peer_next = control.verno.wrapping_add(1);
-        let service = repr.service.unwrap_or(ServiceId::ZERO);
-        let mut flow = Flow::new(
-            service,
-            protocol,
-            Role::Server,
-            local,
-            control_state,
-            self.now,
+        let (listener, client, local, protocol) = (
+            half_open.listener,
+            half_open.client,
+            half_open.local,
+            half_open.protocol,
         );
-        flow.peer_flow = Some(client_flow);
+        let own = (self.rng.random(), self.rng.random());
+        let peer = (control.nonce, control.verno.wrapping_add(1));
+        let mut flow = self.server_flow(&half_open, repr, own, peer, client_flow);
         flow.state = FlowState::SynReceived;
-        flow.path.remote = Some(client);
-        flow.path.syn_source = syn_source;
-        flow.path.set_peer_locators(advertised(repr, &client));
-        flow.listener = Some(listener);
+        flow.path.syn_source = half_open.syn_source;
         let Ok(id) = self.insert_flow(flow) else {
             self.refuse(client, repr, false);
             return;
@@ -318,6 +305,36 @@ impl Host {
             }
         }
         self.mark_dirty(id);
+    }
+
+    /// The server end of a flow with `client_flow` at `ends`, for the
+    /// service `repr` names: `own` and `peer` are each side's nonce and
+    /// next `verno`. Callers set its state.
+    fn server_flow(
+        &self,
+        ends: &HalfOpen,
+        repr: &SalRepr,
+        own: ([u8; 8], u32),
+        peer: ([u8; 8], u32),
+        client_flow: FlowId,
+    ) -> Flow {
+        let mut control_state = ControlState::new(own.0, own.1);
+        control_state.peer_nonce = Some(peer.0);
+        control_state.peer_next = peer.1;
+        let service = repr.service.unwrap_or(ServiceId::ZERO);
+        let mut flow = Flow::new(
+            service,
+            ends.protocol,
+            Role::Server,
+            ends.local,
+            control_state,
+            self.now,
+        );
+        flow.peer_flow = Some(client_flow);
+        flow.path.remote = Some(ends.client);
+        flow.path.set_peer_locators(advertised(repr, &ends.client));
+        flow.listener = Some(ends.listener);
+        flow
     }
 
     /// Answers a valid SYN with a SYN-ACK drawn from a cookie, keeping
@@ -479,24 +496,17 @@ impl Host {
             }
             None => None,
         };
-        let mut control_state = ControlState::new(cookie.nonce, cookie.verno.wrapping_add(1));
-        control_state.peer_nonce = Some(control.nonce);
-        control_state.peer_next = peer_next;
-        let local = self.interfaces.arrival_locator(&src, &dst);
-        let mut flow = Flow::new(
-            service,
+        let ends = HalfOpen {
+            listener,
+            client: src,
+            local: self.interfaces.arrival_locator(&src, &dst),
             protocol,
-            Role::Server,
-            local,
-            control_state,
-            self.now,
-        );
+            syn_source: None,
+        };
+        let own = (cookie.nonce, cookie.verno.wrapping_add(1));
+        let mut flow = self.server_flow(&ends, repr, own, (control.nonce, peer_next), client_flow);
         flow.id = id;
-        flow.peer_flow = Some(client_flow);
         flow.state = FlowState::Established;
-        flow.path.remote = Some(src);
-        flow.path.set_peer_locators(advertised(repr, &src));
-        flow.listener = Some(listener);
         let memory = socket.as_ref().map_or(0, sal_tcp::Socket::buffer_memory);
         if let Some(stream) = flow.stream_mut() {
             stream.socket = socket;
