@@ -405,3 +405,50 @@ fn flows_whose_peer_vanished_are_freed_within_a_minute_with_an_error() {
     assert!(net.now() - start <= secs(60));
     assert!(net.host(client).stats().peer_timeouts >= 2);
 }
+
+/// A datagram flow opens from a cookie too (no TCP: the cookie is the flow
+/// ID and `verno`), and carries datagrams both ways.
+#[test]
+fn datagram_flows_open_from_cookies_too() {
+    let config = HostConfig {
+        syn_cookies: SynCookies::Always,
+        ..HostConfig::default()
+    };
+    let (mut net, client, server) = pair(config);
+    let listener = net
+        .host(server)
+        .listen(
+            "da/8".parse().unwrap(),
+            sal::wire::TransportProtocol::Datagram,
+            4,
+        )
+        .unwrap();
+    let cflow = net
+        .host(client)
+        .connect(svc("da01"), sal::wire::TransportProtocol::Datagram)
+        .unwrap();
+    let mut sflow = None;
+    assert!(net.run_until(secs(5), |net| {
+        sflow = sflow.or_else(|| net.host(server).accept(listener).ok());
+        sflow.is_some()
+            && net
+                .sim_host(client)
+                .events
+                .contains(&Event::Connected(cflow))
+    }));
+    let sflow = sflow.unwrap();
+    let stats = net.host(server).stats();
+    assert_eq!((stats.cookies_sent, stats.cookies_accepted), (1, 1));
+    net.host(client).send_datagram(cflow, b"ping").unwrap();
+    net.run_for(Duration::from_millis(50));
+    assert_eq!(
+        net.host(server).recv_datagram(sflow).unwrap().unwrap(),
+        b"ping"
+    );
+    net.host(server).send_datagram(sflow, b"pong").unwrap();
+    net.run_for(Duration::from_millis(50));
+    assert_eq!(
+        net.host(client).recv_datagram(cflow).unwrap().unwrap(),
+        b"pong"
+    );
+}
