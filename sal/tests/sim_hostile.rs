@@ -41,6 +41,24 @@ fn pair(config: HostConfig) -> (Network, HostId, HostId) {
     (net, client, server)
 }
 
+/// A pair whose hosts answer every SYN with a cookie, and a listener on
+/// the server.
+fn cookies_always(
+    prefix: &str,
+    protocol: sal::wire::TransportProtocol,
+) -> (Network, HostId, HostId, sal::table::ListenerId) {
+    let config = HostConfig {
+        syn_cookies: SynCookies::Always,
+        ..HostConfig::default()
+    };
+    let (mut net, client, server) = pair(config);
+    let listener = net
+        .host(server)
+        .listen(prefix.parse().unwrap(), protocol, 8)
+        .unwrap();
+    (net, client, server, listener)
+}
+
 /// What the TCP segment of a forged SAL SYN looks like.
 #[derive(Clone, Copy)]
 enum Segment {
@@ -237,15 +255,7 @@ fn a_syn_flood_keeps_at_most_the_half_open_limit_and_clients_still_connect() {
 /// and the repeat builds the flow; a forged ACK builds nothing.
 #[test]
 fn cookie_handshakes_survive_a_lost_ack_and_refuse_forged_ones() {
-    let config = HostConfig {
-        syn_cookies: SynCookies::Always,
-        ..HostConfig::default()
-    };
-    let (mut net, client, server) = pair(config);
-    let listener = net
-        .host(server)
-        .listen("c0/8".parse().unwrap(), Stream, 8)
-        .unwrap();
+    let (mut net, client, server, listener) = cookies_always("c0/8", Stream);
     let dropped = Rc::new(Cell::new(0));
     let seen = dropped.clone();
     net.set_filter(Some(Box::new(move |p| {
@@ -410,19 +420,8 @@ fn flows_whose_peer_vanished_are_freed_within_a_minute_with_an_error() {
 /// ID and `verno`), and carries datagrams both ways.
 #[test]
 fn datagram_flows_open_from_cookies_too() {
-    let config = HostConfig {
-        syn_cookies: SynCookies::Always,
-        ..HostConfig::default()
-    };
-    let (mut net, client, server) = pair(config);
-    let listener = net
-        .host(server)
-        .listen(
-            "da/8".parse().unwrap(),
-            sal::wire::TransportProtocol::Datagram,
-            4,
-        )
-        .unwrap();
+    let (mut net, client, server, listener) =
+        cookies_always("da/8", sal::wire::TransportProtocol::Datagram);
     let cflow = net
         .host(client)
         .connect(svc("da01"), sal::wire::TransportProtocol::Datagram)
