@@ -183,11 +183,22 @@ impl Pair {
             })
             .collect();
         self.settle();
-        let servers: Vec<FlowId> = (0..count)
-            .map(|_| self.hosts[1].accept(listener).expect("accepted"))
+        // Flows are accepted in the order their handshakes completed, which
+        // need not be the order of the connects (past the half-open limit,
+        // SYNs are answered with cookies, straight from the input path):
+        // each server flow is paired with the client flow it names.
+        let mut by_client: std::collections::HashMap<FlowId, FlowId> = (0..count)
+            .map(|_| {
+                let server = self.hosts[1].accept(listener).expect("accepted");
+                let info = self.hosts[1].flow(server).expect("a flow");
+                (info.peer_flow.expect("established"), server)
+            })
             .collect();
         self.events.iter_mut().for_each(VecDeque::clear);
-        clients.into_iter().zip(servers).collect()
+        clients
+            .into_iter()
+            .map(|client| (client, by_client.remove(&client).expect("accepted")))
+            .collect()
     }
 }
 

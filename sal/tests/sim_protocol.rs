@@ -106,8 +106,11 @@ fn handshakes_complete_under_twenty_percent_loss() {
         loss: 0.2,
         ..Default::default()
     };
+    // Servers never repeat a SYN-ACK: a client whose handshake ACK is lost
+    // repeats it, as many times as it repeats its SYN here.
     let config = HostConfig {
         control_retries: 10,
+        handshake_ack_repeats: 10,
         ..Default::default()
     };
     let (mut net, client, server) = pair(conditions, config);

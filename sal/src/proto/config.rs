@@ -15,8 +15,36 @@ pub struct HostConfig {
     pub seed: u64,
     /// First retransmission timeout of a control message.
     pub control_rto: Duration,
-    /// Retransmissions before a control message is given up on.
+    /// Retransmissions before a control message is given up on. With the
+    /// default timeout (0.5 s, doubling) five give up after 31.5 s: a
+    /// connect to nowhere fails, and a FIN or RSYN to a peer that vanished
+    /// ends its flow, well within a minute.
     pub control_retries: u32,
+    /// Repeats of a client's handshake ACK at most (at 0.5 and 1.5 s with
+    /// the default timeout), until the server is heard: servers never
+    /// repeat their SYN-ACK, so a lost ACK is the client's to make good.
+    /// Enough for a lossy path while the server's half-open flow waits;
+    /// over within seconds when the server simply has nothing to say.
+    pub handshake_ack_repeats: u32,
+    /// How long a half-open server flow (SYN answered, no ACK yet) may
+    /// wait for its client's ACK. Its SYN-ACK is sent once and then only
+    /// again when the client repeats its SYN (never to an address that
+    /// has not proved it is there: see `handshake.rs`), so this is only a
+    /// bound on the state an unanswered SYN holds.
+    pub half_open_timeout: Duration,
+    /// Half-open server flows a listener keeps at most (its backlog bounds
+    /// them too); past that, and past [`HostConfig::max_half_open`]
+    /// host-wide, SYNs are answered with cookies, which keep nothing.
+    pub half_open_limit: usize,
+    /// Half-open server flows the host keeps at most, all listeners
+    /// together.
+    pub max_half_open: usize,
+    /// When SYNs are answered with cookies (see `cookie.rs`).
+    pub syn_cookies: SynCookies,
+    /// A flow that has waited this long for any answer from its peer
+    /// (data or a control message unacknowledged, nothing heard) is given
+    /// up on: it is reset, and the application sees the error.
+    pub peer_timeout: Duration,
     /// How long a DELAY rule may hold a packet.
     pub delay_timeout: Duration,
     /// Packets a DELAY rule may hold at once (host-wide).
@@ -66,7 +94,13 @@ impl Default for HostConfig {
             forward: false,
             seed: 0,
             control_rto: Duration::from_millis(500),
-            control_retries: 6,
+            control_retries: 5,
+            handshake_ack_repeats: 2,
+            half_open_timeout: Duration::from_secs(10),
+            half_open_limit: 128,
+            max_half_open: 1024,
+            syn_cookies: SynCookies::UnderPressure,
+            peer_timeout: Duration::from_secs(30),
             delay_timeout: Duration::from_secs(5),
             delay_queue_limit: 1024,
             max_flows: 1 << 22,
@@ -81,6 +115,19 @@ impl Default for HostConfig {
             keepalive: Some(Duration::from_secs(25)),
         }
     }
+}
+
+/// When a listener answers SYNs with cookies rather than half-open flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SynCookies {
+    /// Never: past the half-open limits, SYNs are refused.
+    Never,
+    /// Once the half-open limits are reached (like Linux's
+    /// `tcp_syncookies=1`): a half-open flow can still resend its SYN-ACK
+    /// and take data that overtook a lost ACK, which a cookie cannot.
+    UnderPressure,
+    /// Always: no SYN costs the host anything.
+    Always,
 }
 
 /// The SAL's TCP settings: `sal_tcp`'s defaults (MSS 1448 for a 1500-byte

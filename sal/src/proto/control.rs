@@ -39,6 +39,12 @@ pub enum ControlKind {
     /// becomes the move.
     Probe,
     Fin,
+    /// The client's handshake ACK (the third packet), repeated until the
+    /// server is heard on the flow: servers never repeat their SYN-ACK
+    /// (see `handshake.rs`), so a lost ACK is the client's to make good.
+    /// Bare, it answers nothing the peer could acknowledge; hearing from
+    /// the server retires it, and giving up on it ends nothing.
+    HandshakeAck,
 }
 
 /// A control message waiting for its acknowledgement.
@@ -176,7 +182,7 @@ impl ControlState {
     pub fn on_timeout(
         &mut self,
         now: Instant,
-        max_retries: u32,
+        (max_retries, handshake_ack_repeats): (u32, u32),
         mut resend: impl FnMut(&Pending),
     ) -> Timeout {
         let mut expired = Vec::new();
@@ -184,7 +190,11 @@ impl ControlState {
             if pending.deadline > now {
                 return true;
             }
-            if pending.retries >= max_retries {
+            let limit = match pending.kind {
+                ControlKind::HandshakeAck => handshake_ack_repeats,
+                _ => max_retries,
+            };
+            if pending.retries >= limit {
                 expired.push(pending.kind);
                 return false;
             }
@@ -220,9 +230,21 @@ impl ControlState {
         Some(rsyn.deadline)
     }
 
-    /// Whether anything is waiting for the peer's acknowledgement.
+    /// Whether anything is waiting for the peer's acknowledgement (a
+    /// repeated handshake ACK asks nothing of the peer: see
+    /// [`ControlKind::HandshakeAck`]).
     pub fn awaiting_answer(&self) -> bool {
-        !self.pending.is_empty()
+        self.pending
+            .iter()
+            .any(|p| p.kind != ControlKind::HandshakeAck)
+    }
+
+    /// Forgets the handshake ACK in flight, if any: the server was heard.
+    /// Returns whether there was one.
+    pub fn retire_handshake_ack(&mut self) -> bool {
+        let before = self.pending.len();
+        self.pending.retain(|p| p.kind != ControlKind::HandshakeAck);
+        self.pending.len() != before
     }
 
     /// Whether `control` acknowledges our SYN in flight (as a refusal must).
@@ -312,7 +334,7 @@ mod tests {
         let mut sent = Vec::new();
         let mut now = first;
         for round in 1..=2u32 {
-            let timeout = state.on_timeout(now, 2, |p| sent.push(p.packet.clone()));
+            let timeout = state.on_timeout(now, (2, 2), |p| sent.push(p.packet.clone()));
             assert!(timeout.expired.is_empty());
             let expected = now + rto * 2u32.pow(round);
             assert_eq!(timeout.next, Some(expected), "round {round}");
@@ -320,9 +342,11 @@ mod tests {
         }
         assert_eq!(sent.len(), 2);
         // Not yet due: nothing happens.
-        let early = state.on_timeout(now - Duration::from_millis(1), 2, |_| panic!("not due"));
+        let early = state.on_timeout(now - Duration::from_millis(1), (2, 2), |_| {
+            panic!("not due")
+        });
         assert_eq!(early.next, Some(now));
-        let last = state.on_timeout(now, 2, |_| panic!("out of retries"));
+        let last = state.on_timeout(now, (2, 2), |_| panic!("out of retries"));
         assert_eq!(last.expired, [ControlKind::Fin]);
         assert_eq!(last.next, None);
         assert!(!state.awaiting_answer());
@@ -340,7 +364,7 @@ mod tests {
             Instant::from_millis(0),
             rto,
         );
-        state.on_timeout(Instant::from_millis(100), 5, |_| {});
+        state.on_timeout(Instant::from_millis(100), (5, 5), |_| {});
         let next = state.restart_rsyn(Instant::from_millis(150), rto);
         assert_eq!(next, Some(Instant::from_millis(250)));
         let rsyn = &state.pending[0];

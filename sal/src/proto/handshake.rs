@@ -7,6 +7,9 @@
 //! flow's three SAL packets carry the transport's SYN, SYN-ACK and ACK, so a
 //! connection costs no extra round trip.
 //!
+//! A SYN costs the server at most one packet back and, under pressure,
+//! nothing kept: see [`Host::accept_syn`], `listener.rs` and `cookie.rs`.
+//!
 //! Refusals (no route, no listener, full backlog) are answered with a
 //! SAL-only `CONTROL(RST)` to the SYN's sender, `NACK` added for "no route".
 //! Such a sender has not announced a nonce, so the refusal echoes the SYN's
@@ -14,17 +17,47 @@
 //! the SYN cannot forge one. This is our choice; WIRE.md leaves refusals open.
 
 use rand::Rng;
+use smoltcp::wire::TcpControl;
 
+use super::config::SynCookies;
 use super::control::{ControlKind, ControlState, Sequence};
+use super::cookie::{CookieEcho, CookieInput, TcpSyn};
 use super::datagram::udp_segment;
-use super::flow::Flow;
+use super::flow::{Endpoint, Flow};
+use super::listener::Admission;
 use super::nat::transport_checksum_ok;
 use super::path::advertised;
 use super::{ConnectError, Event, FlowState, Host, HostError, Role};
 use crate::id::{FlowId, ServiceId};
 use crate::locator::Locator;
 use crate::table::{ListenerId, Resolution};
-use crate::wire::{ControlFlags, ControlRepr, SalRepr, TransportProtocol};
+use crate::wire::{ControlFlags, ControlRepr, SalRepr, SourceRepr, TransportProtocol};
+
+/// Where a server flow is being opened (half-open, or from a cookie): see
+/// [`Host::accept_syn`].
+struct HalfOpen {
+    listener: ListenerId,
+    client: Locator,
+    local: Locator,
+    protocol: TransportProtocol,
+    syn_source: Option<SourceRepr>,
+}
+
+/// The cookie's view of a stream SYN's TCP segment, if the segment is a
+/// valid opening: it parses, and SYN is its only control flag.
+fn opening_syn(segment: &[u8]) -> Option<TcpSyn> {
+    let syn = sal_tcp::parse_segment(segment).ok()?;
+    if syn.control != TcpControl::Syn || syn.ack_number.is_some() {
+        return None;
+    }
+    Some(TcpSyn::from_params(&sal_tcp::CookieParams {
+        remote_isn: syn.seq_number,
+        local_isn: sal_tcp::TcpSeqNumber(0),
+        remote_mss: syn.max_seg_size,
+        remote_window_scale: syn.window_scale,
+        sack_permitted: syn.sack_permitted,
+    }))
+}
 
 /// Where a client's SYN goes first.
 #[derive(Debug, Clone, Copy)]
@@ -139,7 +172,16 @@ impl Host {
         self.free_flow(id);
     }
 
-    /// A SYN for a local listener: open the server side of a flow.
+    /// A SYN for a local listener: answer it with a half-open flow or a
+    /// cookie, or refuse it (see `listener.rs`).
+    ///
+    /// Nothing is kept, and nothing answered, unless the transport segment
+    /// is a valid opening: for a stream, a TCP segment with a good checksum
+    /// and SYN as its only control flag (no ACK, RST or FIN). Every SYN
+    /// earns at most one packet back (a SYN-ACK, or a refusal): the sender
+    /// has proved nothing yet, and may have named someone else as the
+    /// client, so the SYN-ACK is never retransmitted on a timer; a client
+    /// that lost it repeats its SYN, which is answered again.
     pub(super) fn accept_syn(
         &mut self,
         listener_id: ListenerId,
@@ -163,45 +205,85 @@ impl Host {
             self.retransmit_now(existing);
             return;
         }
-        let protocol = TransportProtocol::from_number(repr.protocol);
-        let Some(protocol) = protocol.filter(|&p| self.listeners.admits(listener_id, p)) else {
-            self.refuse(client, repr, false);
+        let Some(protocol) = TransportProtocol::from_number(repr.protocol) else {
+            self.stats.malformed += 1;
             return;
         };
-        if protocol == TransportProtocol::Stream
-            && !transport_checksum_ok(protocol, &src, &dst, segment)
-        {
-            self.stats.bad_checksum += 1;
-            return;
-        }
+        let tcp = match protocol {
+            TransportProtocol::Stream => {
+                if !transport_checksum_ok(protocol, &src, &dst, segment) {
+                    self.stats.bad_checksum += 1;
+                    return;
+                }
+                let Some(syn) = opening_syn(segment) else {
+                    self.stats.bad_syn += 1;
+                    return;
+                };
+                Some(syn)
+            }
+            TransportProtocol::Datagram => None,
+        };
         let local = self.interfaces.arrival_locator(&client, &dst);
-        let mut control_state = ControlState::new(self.rng.random(), self.rng.random());
-        control_state.peer_nonce = Some(control.nonce);
-        control_state.peer_next = control.verno.wrapping_add(1);
-        let service = repr.service.unwrap_or(ServiceId::ZERO);
-        let mut flow = Flow::new(
-            service,
-            protocol,
-            Role::Server,
-            local,
-            control_state,
-            self.now,
-        );
-        flow.peer_flow = Some(client_flow);
-        flow.state = FlowState::SynReceived;
-        flow.path.remote = Some(client);
-        flow.path.syn_source = repr.source.clone().and_then(|mut source| {
+        let syn_source = repr.source.clone().and_then(|mut source| {
             source.addrs.try_push(local.ip()).ok()?;
             Some(source)
         });
-        flow.path.set_peer_locators(advertised(repr, &client));
-        flow.listener = Some(listener_id);
+        match self
+            .listeners
+            .admission(listener_id, protocol, &self.config)
+        {
+            Admission::Refuse => self.refuse(client, repr, false),
+            Admission::Cookie => {
+                let input = CookieInput {
+                    client,
+                    client_flow,
+                    client_nonce: control.nonce,
+                    client_verno: control.verno,
+                    service: repr.service.unwrap_or(ServiceId::ZERO),
+                    protocol: repr.protocol,
+                    tcp,
+                };
+                self.send_cookie(&input, local, syn_source, segment);
+            }
+            Admission::HalfOpen => {
+                let half_open = HalfOpen {
+                    listener: listener_id,
+                    client,
+                    local,
+                    protocol,
+                    syn_source,
+                };
+                self.open_half(half_open, repr, &control, client_flow, segment);
+            }
+        }
+    }
+
+    /// Opens a half-open server flow for a valid SYN and answers it.
+    fn open_half(
+        &mut self,
+        half_open: HalfOpen,
+        repr: &SalRepr,
+        control: &ControlRepr,
+        client_flow: FlowId,
+        segment: &[u8],
+    ) {
+        let (listener, client, local, protocol) = (
+            half_open.listener,
+            half_open.client,
+            half_open.local,
+            half_open.protocol,
+        );
+        let own = (self.rng.random(), self.rng.random());
+        let peer = (control.nonce, control.verno.wrapping_add(1));
+        let mut flow = self.server_flow(&half_open, repr, own, peer, client_flow);
+        flow.state = FlowState::SynReceived;
+        flow.path.syn_source = half_open.syn_source;
         let Ok(id) = self.insert_flow(flow) else {
             self.refuse(client, repr, false);
             return;
         };
         self.listeners
-            .syn_received(listener_id, client.ip(), client_flow, id);
+            .syn_received(listener, client.ip(), client_flow, id);
         match protocol {
             // The SYN-ACK comes out of the socket in poll_transmit.
             TransportProtocol::Stream => {
@@ -223,6 +305,230 @@ impl Host {
             }
         }
         self.mark_dirty(id);
+    }
+
+    /// The server end of a flow with `client_flow` at `ends`, for the
+    /// service `repr` names: `own` and `peer` are each side's nonce and
+    /// next `verno`. Callers set its state.
+    fn server_flow(
+        &self,
+        ends: &HalfOpen,
+        repr: &SalRepr,
+        own: ([u8; 8], u32),
+        peer: ([u8; 8], u32),
+        client_flow: FlowId,
+    ) -> Flow {
+        let mut control_state = ControlState::new(own.0, own.1);
+        control_state.peer_nonce = Some(peer.0);
+        control_state.peer_next = peer.1;
+        let service = repr.service.unwrap_or(ServiceId::ZERO);
+        let mut flow = Flow::new(
+            service,
+            ends.protocol,
+            Role::Server,
+            ends.local,
+            control_state,
+            self.now,
+        );
+        flow.peer_flow = Some(client_flow);
+        flow.path.remote = Some(ends.client);
+        flow.path.set_peer_locators(advertised(repr, &ends.client));
+        flow.listener = Some(ends.listener);
+        flow
+    }
+
+    /// Answers a valid SYN with a SYN-ACK drawn from a cookie, keeping
+    /// nothing (see `cookie.rs`). `syn` is the SYN's transport segment.
+    fn send_cookie(
+        &mut self,
+        input: &CookieInput,
+        local: Locator,
+        syn_source: Option<SourceRepr>,
+        syn: &[u8],
+    ) {
+        let cookie = self.cookies.issue(self.now, input);
+        if self.endpoints.contains(cookie.flow) {
+            // The flow ID the cookie names is taken (about one SYN in
+            // 2^32 / flows): say nothing; the client's next SYN may fall
+            // in the next time slot.
+            self.stats.cookies_rejected += 1;
+            return;
+        }
+        let control = ControlRepr {
+            flags: ControlFlags::SYN | ControlFlags::ACK,
+            verno: cookie.verno,
+            ackno: input.client_verno.wrapping_add(1),
+            nonce: cookie.nonce,
+        };
+        let mut reply = SalRepr::data(cookie.flow, Some(input.client_flow), input.protocol);
+        reply.control = Some(control);
+        reply.source = syn_source;
+        reply.address = self.advertisement(local, &control);
+        let (client_ip, local_ip) = (input.client.ip(), local.ip());
+        let mut segment = [0; sal_tcp::MAX_HEADER_LEN];
+        let len = match input.tcp {
+            Some(_) => {
+                let written = sal_tcp::write_syn_ack(
+                    &self.config.stream,
+                    self.now,
+                    syn,
+                    cookie.isn,
+                    local_ip,
+                    client_ip,
+                    &mut segment,
+                );
+                match written {
+                    Ok((len, _)) => len,
+                    Err(_) => {
+                        self.stats.bad_syn += 1;
+                        return;
+                    }
+                }
+            }
+            None => {
+                let udp = udp_segment(&[], local_ip, client_ip);
+                segment[..udp.len()].copy_from_slice(&udp);
+                udp.len()
+            }
+        };
+        self.stats.cookies_sent += 1;
+        let packet = super::output::build(&reply, &segment[..len]);
+        self.send_packet(local, input.client, packet);
+    }
+
+    /// A handshake ACK (CONTROL(ACK) with SERVICE) for flow `id`, which
+    /// this host does not have: if it proves a cookie we issued, the flow
+    /// is built as if it had been half-open all along and waits for
+    /// accept. Returns whether the packet was such an ACK (counted either
+    /// way); otherwise the caller counts an unknown flow.
+    pub(super) fn cookie_ack_input(
+        &mut self,
+        id: FlowId,
+        src: Locator,
+        dst: Locator,
+        repr: &SalRepr,
+        segment: &[u8],
+    ) -> bool {
+        let (Some(control), Some(service), Some(client_flow)) =
+            (repr.control, repr.service, repr.src_flow)
+        else {
+            return false;
+        };
+        let others = ControlFlags::SYN | ControlFlags::RSYN | ControlFlags::RST | ControlFlags::FIN;
+        if !control.flags.contains(ControlFlags::ACK)
+            || control.flags.bits() & others.bits() != 0
+            || self.config.syn_cookies == SynCookies::Never
+        {
+            return false;
+        }
+        let Some(protocol) = TransportProtocol::from_number(repr.protocol) else {
+            return false;
+        };
+        let listener = match self.table.resolve(&service, 0, &mut self.rng) {
+            Resolution::Demux(listener) if !self.listeners.is_ephemeral(listener) => listener,
+            _ => {
+                self.stats.cookies_rejected += 1;
+                return true;
+            }
+        };
+        let (tcp, isn) = match protocol {
+            TransportProtocol::Stream => {
+                let ack = (transport_checksum_ok(protocol, &src, &dst, segment))
+                    .then(|| sal_tcp::parse_segment(segment).ok())
+                    .flatten();
+                let Some((seq, Some(ack))) = ack.map(|a| (a.seq_number, a.ack_number)) else {
+                    self.stats.cookies_rejected += 1;
+                    return true;
+                };
+                let local_isn = ack - 1;
+                let syn = TcpSyn {
+                    remote_isn: seq - 1,
+                    options: local_isn.0 as u8,
+                };
+                (Some(syn), Some(local_isn))
+            }
+            TransportProtocol::Datagram => (None, None),
+        };
+        let input = CookieInput {
+            client: src,
+            client_flow,
+            client_nonce: control.nonce,
+            client_verno: control.verno.wrapping_sub(1),
+            service,
+            protocol: repr.protocol,
+            tcp,
+        };
+        let echo = CookieEcho {
+            flow: id,
+            verno: control.ackno.wrapping_sub(1),
+            isn,
+        };
+        let Some(cookie) = self.cookies.check(self.now, &input, &echo) else {
+            self.stats.cookies_rejected += 1;
+            return true;
+        };
+        let peer_next = control.verno;
+        if !self.listeners.has_accept_room(listener) {
+            // The client has proved it is there: tell it, once.
+            self.stats.refused += 1;
+            let mut reset = SalRepr::data(id, Some(client_flow), repr.protocol);
+            reset.control = Some(ControlRepr {
+                flags: ControlFlags::RST,
+                verno: cookie.verno.wrapping_add(1),
+                ackno: peer_next,
+                nonce: cookie.nonce,
+            });
+            let local = self.interfaces.arrival_locator(&src, &dst);
+            self.send_packet(local, src, super::output::build(&reset, &[]));
+            return true;
+        }
+        let socket = match tcp {
+            Some(syn) => {
+                let params = syn.params(cookie.isn);
+                match sal_tcp::Socket::from_cookie(&self.config.stream, self.now, segment, &params)
+                {
+                    Ok(socket) => Some(socket),
+                    Err(_) => {
+                        self.stats.cookies_rejected += 1;
+                        return true;
+                    }
+                }
+            }
+            None => None,
+        };
+        let ends = HalfOpen {
+            listener,
+            client: src,
+            local: self.interfaces.arrival_locator(&src, &dst),
+            protocol,
+            syn_source: None,
+        };
+        let own = (cookie.nonce, cookie.verno.wrapping_add(1));
+        let mut flow = self.server_flow(&ends, repr, own, (control.nonce, peer_next), client_flow);
+        flow.id = id;
+        flow.state = FlowState::Established;
+        let memory = socket.as_ref().map_or(0, sal_tcp::Socket::buffer_memory);
+        if let Some(stream) = flow.stream_mut() {
+            stream.socket = socket;
+        }
+        if self
+            .endpoints
+            .insert(id, Endpoint::Flow(Box::new(flow)))
+            .is_err()
+        {
+            self.stats.cookies_rejected += 1;
+            return true;
+        }
+        self.flow_count += 1;
+        self.account_buffers(0, memory);
+        self.stats.cookies_accepted += 1;
+        if self.listeners.established(listener, id) {
+            self.events.push_back(Event::Incoming(listener));
+        }
+        self.queue_output(id);
+        self.arm_liveness(id);
+        self.mark_dirty(id);
+        true
     }
 
     /// Answers a SYN with a SAL-only RST (NACK added for "no route"). See the

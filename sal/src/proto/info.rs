@@ -146,6 +146,27 @@ pub struct HostStats {
     /// they go idle or close.
     #[serde(default)]
     pub buffer_bytes: u64,
+    /// Half-open server flows freed because their client never
+    /// completed the handshake.
+    #[serde(default)]
+    pub half_open_expired: u64,
+    /// SYNs answered with a cookie, and handshakes completed from one.
+    #[serde(default)]
+    pub cookies_sent: u64,
+    #[serde(default)]
+    pub cookies_accepted: u64,
+    /// Handshake ACKs for no flow whose cookie did not check out (forged,
+    /// or older than two time slots).
+    #[serde(default)]
+    pub cookies_rejected: u64,
+    /// First packets dropped because their transport segment was not a
+    /// valid opening segment (a TCP segment that is not a lone SYN).
+    #[serde(default)]
+    pub bad_syn: u64,
+    /// Flows given up on because their peer stopped answering (see
+    /// `HostConfig::peer_timeout` and `control_retries`).
+    #[serde(default)]
+    pub peer_timeouts: u64,
     /// Packets dropped because the driver's transmit buffer could not
     /// hold them (see `Host::poll_transmit`).
     #[serde(default)]

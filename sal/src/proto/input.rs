@@ -13,6 +13,7 @@ use super::flow::Endpoint;
 use super::nat;
 use super::path::advertised;
 use super::stream::tcp_header_len;
+use super::timer::Timer;
 use super::{FlowState, Host};
 use crate::id::FlowId;
 use crate::locator::Locator;
@@ -136,7 +137,11 @@ impl Host {
         id: FlowId,
     ) {
         match self.endpoints.get(id) {
-            None => self.stats.unknown_flow += 1,
+            None => {
+                if !self.cookie_ack_input(id, src, dst, repr, segment) {
+                    self.stats.unknown_flow += 1;
+                }
+            }
             Some(Endpoint::Datagram(_)) => match repr.control {
                 Some(control) if control.flags.contains(ControlFlags::RST) => {
                     self.datagram_reset_input(id, src)
@@ -175,6 +180,13 @@ impl Host {
         flow.counters.packets_in += 1;
         flow.counters.bytes_in += segment.len() as u64;
         flow.liveness.heard(now);
+        let syn = repr
+            .control
+            .is_some_and(|c| c.flags.contains(ControlFlags::SYN));
+        if flow.state == FlowState::Established && !syn {
+            // The server speaks on the flow: our handshake ACK got there.
+            flow.control.retire_handshake_ack();
+        }
         if flow.nat.peer_sent(carries_data(flow.protocol(), segment)) {
             self.arm_nudge(id);
         }
@@ -198,6 +210,7 @@ impl Host {
         } else if flow.state == FlowState::SynReceived && !segment.is_empty() {
             // Data before the ACK: the ACK was lost but the client is established.
             flow.control.pending.clear();
+            flow.timers.disarm(Timer::Control);
             self.establish_server(id);
         }
         if segment.is_empty() {
@@ -282,6 +295,10 @@ impl Host {
             return false;
         }
         let acked = flow.control.take_acked(control);
+        if !acked.is_empty() && !flow.control.awaiting_answer() {
+            // Nothing left to retransmit: no wakeup for it.
+            flow.timers.disarm(Timer::Control);
+        }
         if acked.iter().any(|p| p.kind == ControlKind::Fin) {
             flow.teardown.fin_acked = true;
         }

@@ -16,11 +16,17 @@
 //! reached the routers) are dropped without a reset, so that their clients
 //! retransmit and reach another instance instead of failing. Closing a
 //! drained listener once it has nothing pending costs no connection.
+//!
+//! Half-open flows are bounded twice more, per listener and host-wide (see
+//! [`HostConfig::half_open_limit`](super::HostConfig)): past those bounds a
+//! SYN is answered with a cookie (see `cookie.rs`), which keeps nothing, so
+//! a flood of SYNs costs no memory and leaves the backlog to clients that
+//! answer. Only a full accept queue refuses.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::Ipv4Addr;
 
-use super::{Event, Host, HostError};
+use super::{Event, Host, HostConfig, HostError, SynCookies};
 use crate::id::{FlowId, ServiceId, ServicePrefix};
 use crate::locator::Locator;
 use crate::table::{ListenerId, Target, TargetKey};
@@ -54,6 +60,17 @@ impl Listener {
     fn has_room(&self) -> bool {
         self.half_open.len() + self.accept_queue.len() < self.backlog
     }
+}
+
+/// How a listener takes a new SYN (see [`Listeners::admission`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Admission {
+    /// A half-open flow, kept until the client's ACK.
+    HalfOpen,
+    /// A cookie: nothing is kept until the client's ACK.
+    Cookie,
+    /// A refusal: wrong protocol, or the accept queue is full.
+    Refuse,
 }
 
 /// What [`Listeners::remove`] leaves to be cleaned up.
@@ -191,9 +208,47 @@ impl Listeners {
     }
 
     /// Whether listener `id` takes a new flow of `protocol` now.
+    #[cfg(test)]
     pub fn admits(&self, id: ListenerId, protocol: TransportProtocol) -> bool {
         self.get(id)
             .is_some_and(|l| l.protocol == protocol && l.has_room())
+    }
+
+    /// How listener `id` takes a new SYN of `protocol` now, given the
+    /// host's half-open bounds and cookie policy (see the module docs).
+    pub fn admission(
+        &self,
+        id: ListenerId,
+        protocol: TransportProtocol,
+        config: &HostConfig,
+    ) -> Admission {
+        let Some(listener) = self.get(id).filter(|l| l.protocol == protocol) else {
+            return Admission::Refuse;
+        };
+        if listener.accept_queue.len() >= listener.backlog {
+            return Admission::Refuse;
+        }
+        let stateful = config.syn_cookies != SynCookies::Always
+            && listener.has_room()
+            && listener.half_open.len() < config.half_open_limit
+            && self.by_client.len() < config.max_half_open;
+        match (stateful, config.syn_cookies) {
+            (true, _) => Admission::HalfOpen,
+            (false, SynCookies::Never) => Admission::Refuse,
+            (false, _) => Admission::Cookie,
+        }
+    }
+
+    /// Whether listener `id`'s accept queue takes one more flow (a
+    /// handshake completed from a cookie).
+    pub fn has_accept_room(&self, id: ListenerId) -> bool {
+        self.get(id)
+            .is_some_and(|l| l.accept_queue.len() < l.backlog)
+    }
+
+    /// Half-open flows, all listeners together.
+    pub fn half_open_count(&self) -> usize {
+        self.by_client.len()
     }
 
     /// Counts a new half-open flow against its listener's backlog.
@@ -302,6 +357,13 @@ impl Host {
     /// rather than a service bound by an application.
     pub fn is_ephemeral(&self, listener: ListenerId) -> bool {
         self.listeners.is_ephemeral(listener)
+    }
+
+    /// Half-open server flows (SYN answered, ACK awaited), all listeners
+    /// together: bounded by the backlogs and `HostConfig::max_half_open`,
+    /// whatever arrives (see the module docs).
+    pub fn half_open_count(&self) -> usize {
+        self.listeners.half_open_count()
     }
 
     /// Number of bound listeners.

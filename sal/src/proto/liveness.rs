@@ -49,6 +49,10 @@ pub(super) struct Liveness {
     heard: Instant,
     /// When this end first sent something expecting an answer since then.
     asked: Option<Instant>,
+    /// When this end started waiting for an answer that has not come:
+    /// unlike `asked`, moves and probes do not restart it, so that a peer
+    /// that is gone for good is given up on (see [`Liveness::gone`]).
+    waiting_since: Option<Instant>,
 }
 
 impl Liveness {
@@ -57,6 +61,7 @@ impl Liveness {
         Liveness {
             heard: now,
             asked: None,
+            waiting_since: None,
         }
     }
 
@@ -69,6 +74,7 @@ impl Liveness {
     pub fn heard(&mut self, now: Instant) {
         self.heard = now;
         self.asked = None;
+        self.waiting_since = None;
     }
 
     /// This end sent something that expects an answer. Returns when the
@@ -79,7 +85,23 @@ impl Liveness {
             return None;
         }
         self.asked = Some(now);
+        self.waiting_since.get_or_insert(now);
         Some(now + timeout)
+    }
+
+    /// Whether a peer that has not answered for `peer_timeout` while this
+    /// end was `waiting` must be taken as gone, whatever moves and probes
+    /// were tried meanwhile.
+    pub fn gone(&self, now: Instant, waiting: bool, peer_timeout: Duration) -> bool {
+        waiting
+            && self
+                .waiting_since
+                .is_some_and(|since| now >= since + peer_timeout)
+    }
+
+    /// When [`Liveness::gone`] may turn true, if a wait is counting.
+    pub fn gone_at(&self, peer_timeout: Duration) -> Option<Instant> {
+        self.waiting_since.map(|since| since + peer_timeout)
     }
 
     /// Counts silence afresh from `now` (the flow just moved or probed:
@@ -218,6 +240,26 @@ mod tests {
         assert_eq!(on_tick(Instant::from_micros(100_001)), at(200));
         assert_eq!(on_tick(at(1549)), at(1600));
         assert_eq!(on_tick(Instant::from_micros(-1)), at(0));
+    }
+
+    #[test]
+    fn a_peer_silent_through_moves_and_probes_is_gone_after_the_peer_timeout() {
+        let peer_timeout = Duration::from_secs(30);
+        let mut l = Liveness::new(at(0));
+        assert!(!l.gone(at(100_000), true, peer_timeout), "never asked");
+        l.asked(at(1000), ms(TIMEOUT));
+        // Moves restart the silence the path verdict counts, not this.
+        l.restart(at(5000));
+        l.asked(at(5000), ms(TIMEOUT));
+        assert_eq!(l.gone_at(peer_timeout), Some(at(31_000)));
+        assert!(!l.gone(at(30_999), true, peer_timeout));
+        assert!(l.gone(at(31_000), true, peer_timeout));
+        assert!(
+            !l.gone(at(31_000), false, peer_timeout),
+            "no longer waiting"
+        );
+        l.heard(at(31_000));
+        assert!(!l.gone(at(90_000), true, peer_timeout), "the peer answered");
     }
 
     #[test]

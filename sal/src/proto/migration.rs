@@ -139,6 +139,7 @@ impl Host {
     /// (and a client flow over UDP nudges its peer sooner, see `nat.rs`).
     pub(super) fn note_asked(&mut self, id: FlowId) {
         let (now, timeout) = (self.now, self.config.liveness_timeout);
+        let (auto_migrate, peer_timeout) = (self.config.auto_migrate, self.config.peer_timeout);
         let Ok(flow) = self.flow_mut(id) else {
             return;
         };
@@ -148,8 +149,10 @@ impl Host {
         let Some(at) = flow.liveness.asked(now, timeout) else {
             return;
         };
-        if self.config.auto_migrate {
+        if auto_migrate {
             self.arm_timer(id, Timer::Liveness, on_tick(at));
+        } else if let Some(gone) = flow.liveness.gone_at(peer_timeout) {
+            self.arm_timer(id, Timer::Liveness, on_tick(gone));
         }
         self.arm_nudge(id);
     }
@@ -160,10 +163,19 @@ impl Host {
     /// timer at all: a host's idle flows cost it no work until that changes
     /// (see [`Host::rearm_idle_probes`]).
     pub(super) fn arm_liveness(&mut self, id: FlowId) {
+        let waiting = self.awaits_peer(id);
         if !self.config.auto_migrate {
+            // No moves: only a peer gone for good is looked for.
+            let peer_timeout = self.config.peer_timeout;
+            let gone = self.flow_mut(id).ok().and_then(|flow| {
+                let at = flow.liveness.gone_at(peer_timeout)?;
+                (waiting && flow.state == FlowState::Established).then_some(at)
+            });
+            if let Some(at) = gone {
+                self.arm_timer(id, Timer::Liveness, on_tick(at));
+            }
             return;
         }
-        let waiting = self.awaits_peer(id);
         let (now, timeout) = (self.now, self.config.liveness_timeout);
         let interfaces_up = self.interfaces.up_count();
         let Ok(flow) = self.flow_mut(id) else {
@@ -211,12 +223,21 @@ impl Host {
             self.config.liveness_timeout,
             self.config.idle_probe,
         );
+        let (auto_migrate, peer_timeout) = (self.config.auto_migrate, self.config.peer_timeout);
         let interfaces_up = self.interfaces.up_count();
         let Ok(flow) = self.flow_mut(id) else {
             return;
         };
         if flow.state != FlowState::Established {
             return;
+        }
+        if flow.liveness.gone(now, waiting, peer_timeout) {
+            // Nothing heard for the whole peer timeout, on any path tried.
+            self.stats.peer_timeouts += 1;
+            return self.kill(id);
+        }
+        if !auto_migrate {
+            return self.arm_liveness(id);
         }
         match flow.liveness.check(now, waiting, timeout, idle) {
             Verdict::Silent => self.abandon_path(id),

@@ -32,6 +32,7 @@
 //! - `replay`: copies of stream segments to resend after a move;
 //! - `delay`: what DELAY rules hold;
 //! - `listener`: backlogs, half-open flows, accept queues;
+//! - `cookie`: SYN cookies, which answer a SYN without keeping anything;
 //! - `interface`: the host's interfaces and source-address policy;
 //! - `flow`: one end of a flow, made of the parts above.
 //!
@@ -44,6 +45,7 @@
 
 mod config;
 mod control;
+mod cookie;
 mod datagram;
 mod delay;
 mod error;
@@ -74,7 +76,7 @@ use crate::flow::FlowTable;
 use crate::id::FlowId;
 use crate::table::ServiceTable;
 
-pub use config::{default_stream_config, HostConfig};
+pub use config::{default_stream_config, HostConfig, SynCookies};
 pub use datagram::{DatagramPeer, ReceivedDatagram, MAX_DATAGRAM};
 pub use error::{ConnectError, HostError};
 pub use event::Event;
@@ -82,6 +84,7 @@ pub use info::{FlowCounters, FlowInfo, FlowState, HostStats, Role};
 pub use interface::LocalInterface;
 pub use output::{Transmit, TransmitKind};
 
+use cookie::CookieJar;
 use delay::DelayQueue;
 use flow::{Endpoint, Flow};
 use interface::Interfaces;
@@ -108,6 +111,8 @@ pub struct Host {
     /// How many of the endpoints are flows.
     flow_count: usize,
     listeners: Listeners,
+    /// The secret SYN cookies are sealed with.
+    cookies: CookieJar,
     interfaces: Interfaces,
     delayed: DelayQueue,
     timers: TimerQueue,
@@ -143,11 +148,17 @@ impl std::fmt::Debug for Host {
 impl Host {
     /// A host with no interfaces, rules or flows, at time `now`.
     pub fn new(config: HostConfig, now: Instant) -> Host {
+        let rng = SmallRng::seed_from_u64(config.seed);
+        // A generator of its own, so that the host's draws (flow IDs,
+        // nonces, ISNs) do not depend on whether cookies exist.
+        let mut secret = SmallRng::seed_from_u64(config.seed ^ 0x5a1c_00c1_e5ec_2e75);
+        let cookies = CookieJar::new(rand::Rng::random(&mut secret));
         Host {
             endpoints: FlowTable::new(config.max_flows),
             flow_count: 0,
             delayed: DelayQueue::new(config.delay_queue_limit, config.delay_timeout),
-            rng: SmallRng::seed_from_u64(config.seed),
+            rng,
+            cookies,
             config,
             table: ServiceTable::new(),
             listeners: Listeners::default(),

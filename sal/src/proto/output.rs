@@ -27,7 +27,7 @@ use super::interface::Interfaces;
 use super::path::Path;
 use super::stream::StreamOutput;
 use super::timer::Timer;
-use super::{ConnectError, Host};
+use super::{ConnectError, FlowState, Host, Role};
 use crate::id::FlowId;
 use crate::locator::Locator;
 use crate::wire::{
@@ -280,7 +280,13 @@ impl Host {
         with_service: bool,
         segment: &[u8],
     ) {
-        let (rto, now) = (self.config.control_rto, self.now);
+        // A SYN-ACK is never resent on a timer (see `handshake.rs`): its
+        // one deadline is the end of the half-open flow's life.
+        let rto = match kind {
+            ControlKind::SynAck => self.config.half_open_timeout,
+            _ => self.config.control_rto,
+        };
+        let now = self.now;
         let Ok(flow) = self.flow_mut(id) else {
             return;
         };
@@ -325,7 +331,11 @@ impl Host {
     /// For a multi-homed host, an ADDRESS extension listing its other
     /// locators, so the peer knows where else to find it. Single-homed hosts
     /// send none, as the reference stack does.
-    fn advertisement(&self, current: Locator, control: &ControlRepr) -> Option<AddressRepr> {
+    pub(super) fn advertisement(
+        &self,
+        current: Locator,
+        control: &ControlRepr,
+    ) -> Option<AddressRepr> {
         let mut address = AddressRepr {
             verno: control.verno,
             ackno: control.ackno,
@@ -339,7 +349,9 @@ impl Host {
         (!address.addrs.is_empty()).then_some(address)
     }
 
-    /// Sends a bare ACK (with SERVICE when it completes a client handshake).
+    /// Sends a bare ACK (with SERVICE when it completes a client handshake:
+    /// that one is kept and repeated until the server is heard, see
+    /// [`ControlKind::HandshakeAck`]).
     pub(super) fn send_ack(&mut self, id: FlowId, with_service: bool, segment: &[u8]) {
         let now = self.now;
         let Ok(flow) = self.flow_mut(id) else {
@@ -359,6 +371,20 @@ impl Host {
             repr.address = self.advertisement(src, &control);
         }
         let payload = build(&repr, segment);
+        let rto = self.config.control_rto;
+        if let Ok(flow) = self.flow_mut(id) {
+            let keep = with_service && flow.role == Role::Client;
+            if keep && !flow.control.in_flight(ControlKind::HandshakeAck) {
+                let deadline = (flow.control).keep(
+                    ControlKind::HandshakeAck,
+                    control.verno,
+                    payload.clone(),
+                    now,
+                    rto,
+                );
+                self.arm_timer(id, Timer::Control, deadline);
+            }
+        }
         self.send_packet(src, dst, payload);
     }
 
@@ -387,10 +413,22 @@ impl Host {
     /// deadline passed, with doubled timeouts, and gives up on those out of
     /// retries, each as its kind demands.
     pub(super) fn retransmit_due(&mut self, id: FlowId) {
-        let (retries, now) = (self.config.control_retries, self.now);
+        let retries = (
+            self.config.control_retries,
+            self.config.handshake_ack_repeats,
+        );
+        let now = self.now;
         let Some(Endpoint::Flow(flow)) = self.endpoints.get_mut(id) else {
             return;
         };
+        if flow.state == FlowState::SynReceived
+            && flow.control.in_flight(ControlKind::SynAck)
+            && flow.control.next_deadline().is_some_and(|at| at <= now)
+        {
+            // The client never completed the handshake.
+            self.stats.half_open_expired += 1;
+            return self.free_flow(id);
+        }
         let mut packets = Vec::new();
         let Flow { control, path, .. } = &mut **flow;
         let interfaces = &self.interfaces;
@@ -404,20 +442,30 @@ impl Host {
         for kind in timeout.expired {
             match kind {
                 ControlKind::Syn => return self.fail_connect(id, ConnectError::TimedOut),
-                ControlKind::SynAck => return self.free_flow(id),
+                ControlKind::SynAck => {
+                    self.stats.half_open_expired += 1;
+                    return self.free_flow(id);
+                }
                 // Nobody answers on any path we tried: the flow is lost.
                 ControlKind::Rsyn => {
                     self.stats.migrations_failed += 1;
+                    self.stats.peer_timeouts += 1;
                     return self.kill(id);
                 }
-                ControlKind::Probe => return self.kill(id),
-                ControlKind::RsynAck => {}
+                ControlKind::Probe => {
+                    self.stats.peer_timeouts += 1;
+                    return self.kill(id);
+                }
+                ControlKind::RsynAck | ControlKind::HandshakeAck => {}
                 ControlKind::Fin => {
-                    // The peer is gone; stop waiting for it.
+                    // The peer is gone: nothing more will come from it.
+                    // The flow ends, the application (if it still holds
+                    // it) sees a reset, and its close releases it.
+                    self.stats.peer_timeouts += 1;
                     if let Ok(flow) = self.flow_mut(id) {
                         flow.teardown.peer_gone();
                     }
-                    self.mark_dirty(id);
+                    return self.kill(id);
                 }
             }
         }

@@ -258,10 +258,12 @@ impl Host {
     /// comes out of the next [`Host::poll_transmit`]); a server's takes the
     /// client's SYN segment `syn` (checksum verified) and answers it.
     ///
-    /// This is the one place a server creates TCP state for a SYN: SYN
-    /// cookies replace it with [`sal_tcp::write_syn_ack`] here and
-    /// [`Socket::from_cookie`] on the third packet. Returns false if the
-    /// SYN segment is not a valid opening (nothing is kept then).
+    /// This is where a half-open server flow gets TCP state for a SYN;
+    /// past the half-open limits, SYN cookies keep none (see `cookie.rs`:
+    /// [`sal_tcp::write_syn_ack`] answers the SYN, and
+    /// [`Socket::from_cookie`] builds the socket from the third packet).
+    /// Returns false if the SYN segment is not a valid opening (nothing is
+    /// kept then).
     pub(super) fn open_stream(&mut self, id: FlowId, role: Role, syn: &[u8]) -> bool {
         let isn = TcpSeqNumber(rand::Rng::random(&mut self.rng));
         let mut socket = Socket::new(&self.config.stream);

@@ -72,6 +72,11 @@ impl FlowTimers {
         self.armed[timer.index()] == Some(at)
     }
 
+    /// Disarms `timer`: whatever entry the queue holds for it is stale now.
+    pub fn disarm(&mut self, timer: Timer) {
+        self.armed[timer.index()] = None;
+    }
+
     /// Disarms `timer` if the queue entry for it at `at` is the live one;
     /// returns whether it was (then the timer fires).
     pub fn fire(&mut self, timer: Timer, at: Instant) -> bool {

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod flood;
+
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

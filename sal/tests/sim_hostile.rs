@@ -1,0 +1,453 @@
+//! Hostile packets against the handshake and teardown (issue 12, findings
+//! 1, 2, 3 and 13), on the deterministic simulator: opening segments that
+//! are not SYNs, SYN floods from spoofed sources, SYNs that name a victim
+//! in SOURCE, and peers that vanish mid-flow.
+
+use std::cell::Cell;
+use std::net::Ipv4Addr;
+use std::rc::Rc;
+
+use sal::proto::{ConnectError, Event, HostConfig, HostError, SynCookies, TransmitKind};
+use sal::wire::TransportProtocol::Stream;
+use sal::wire::{ControlFlags, ControlRepr, SalPacket, SalRepr, SourceRepr};
+use sal::{FlowId, Locator, ServiceId};
+use sal_sim::{HostId, LinkConditions, Network, Packet};
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::time::Duration;
+use smoltcp::wire::{IpAddress, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber};
+
+mod common;
+use common::sim::{default_route, establish};
+
+const SERVER: &str = "10.0.0.2";
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+fn loc(s: &str) -> Locator {
+    s.parse().unwrap()
+}
+
+fn svc(s: &str) -> ServiceId {
+    s.parse().unwrap()
+}
+
+fn pair(config: HostConfig) -> (Network, HostId, HostId) {
+    let mut net = Network::new(12, LinkConditions::default());
+    let client = net.add_host("client", config.clone(), &[("eth0", "10.0.0.1/24")]);
+    let server = net.add_host("server", config, &[("eth0", "10.0.0.2/24")]);
+    default_route(&mut net, client, SERVER);
+    (net, client, server)
+}
+
+/// A pair whose hosts answer every SYN with a cookie, and a listener on
+/// the server.
+fn cookies_always(
+    prefix: &str,
+    protocol: sal::wire::TransportProtocol,
+) -> (Network, HostId, HostId, sal::table::ListenerId) {
+    let config = HostConfig {
+        syn_cookies: SynCookies::Always,
+        ..HostConfig::default()
+    };
+    let (mut net, client, server) = pair(config);
+    let listener = net
+        .host(server)
+        .listen(prefix.parse().unwrap(), protocol, 8)
+        .unwrap();
+    (net, client, server, listener)
+}
+
+/// What the TCP segment of a forged SAL SYN looks like.
+#[derive(Clone, Copy)]
+enum Segment {
+    /// A proper opening SYN.
+    Syn,
+    /// Only ACK set (finding 1's packet).
+    AckOnly,
+    SynAck,
+    Rst,
+    BadChecksum,
+    /// Cut in the middle of its header.
+    Truncated,
+}
+
+/// A TCP segment (ports 0) from `src` to `dst`, checksummed for them.
+fn tcp(kind: Segment, src: Ipv4Addr, dst: Ipv4Addr, seq: u32) -> Vec<u8> {
+    let (control, ack_number) = match kind {
+        Segment::AckOnly => (TcpControl::None, Some(TcpSeqNumber(7))),
+        Segment::SynAck => (TcpControl::Syn, Some(TcpSeqNumber(7))),
+        Segment::Rst => (TcpControl::Rst, None),
+        _ => (TcpControl::Syn, None),
+    };
+    let repr = TcpRepr {
+        src_port: 0,
+        dst_port: 0,
+        control,
+        seq_number: TcpSeqNumber(seq as i32),
+        ack_number,
+        window_len: 65535,
+        window_scale: Some(7),
+        max_seg_size: Some(1448),
+        sack_permitted: true,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &[],
+    };
+    let mut bytes = vec![0; repr.buffer_len()];
+    repr.emit(
+        &mut TcpPacket::new_unchecked(&mut bytes[..]),
+        &IpAddress::Ipv4(src),
+        &IpAddress::Ipv4(dst),
+        &ChecksumCapabilities::default(),
+    );
+    match kind {
+        Segment::BadChecksum => bytes[16] ^= 0x55,
+        Segment::Truncated => bytes.truncate(14),
+        _ => {}
+    }
+    bytes
+}
+
+/// A SAL SYN for `service` from flow `n`, carrying `segment`, with an
+/// optional SOURCE extension.
+fn sal_syn(n: u32, service: ServiceId, segment: &[u8], source: Option<&[Ipv4Addr]>) -> Vec<u8> {
+    let mut repr = SalRepr::data(FlowId::new(n).unwrap(), None, 6);
+    repr.control = Some(ControlRepr {
+        flags: ControlFlags::SYN,
+        verno: n.wrapping_mul(7919),
+        ackno: 0,
+        nonce: n.to_be_bytes().repeat(2).try_into().unwrap(),
+    });
+    repr.service = Some(service);
+    repr.source = source.map(|addrs| {
+        let mut source = SourceRepr::default();
+        for &addr in addrs {
+            source.addrs.push(addr);
+        }
+        source
+    });
+    let mut packet = vec![0; repr.header_len()];
+    repr.emit(&mut packet).unwrap();
+    packet.extend_from_slice(segment);
+    packet
+}
+
+fn inject(net: &mut Network, src: Ipv4Addr, dst: &str, payload: Vec<u8>) {
+    net.inject(Packet {
+        src: Locator::Ipv4(src),
+        dst: loc(dst),
+        ttl: 64,
+        kind: TransmitKind::Own,
+        payload,
+    });
+}
+
+/// Counts the packets put on the wire toward `to` (and lets them pass).
+fn count_toward(net: &mut Network, to: Ipv4Addr) -> Rc<Cell<u64>> {
+    let count = Rc::new(Cell::new(0));
+    let seen = count.clone();
+    net.set_filter(Some(Box::new(move |p| {
+        if p.dst.ip() == to {
+            seen.set(seen.get() + 1);
+        }
+        false
+    })));
+    count
+}
+
+/// Finding 1: a SAL SYN whose TCP segment is not an opening SYN keeps
+/// nothing and earns no answer; the listener keeps serving.
+#[test]
+fn a_syn_whose_segment_is_not_an_opening_syn_keeps_nothing_and_gets_no_answer() {
+    let (mut net, client, server) = pair(HostConfig::default());
+    let listener = net
+        .host(server)
+        .listen("5a/8".parse().unwrap(), Stream, 128)
+        .unwrap();
+    let attacker: Ipv4Addr = "10.0.0.66".parse().unwrap();
+    let answers = count_toward(&mut net, attacker);
+    let kinds = [
+        Segment::AckOnly,
+        Segment::SynAck,
+        Segment::Rst,
+        Segment::BadChecksum,
+        Segment::Truncated,
+    ];
+    for n in 1..=130 {
+        let kind = kinds[n as usize % kinds.len()];
+        let segment = tcp(kind, attacker, SERVER.parse().unwrap(), n);
+        inject(
+            &mut net,
+            attacker,
+            SERVER,
+            sal_syn(n, svc("5a01"), &segment, None),
+        );
+    }
+    net.run_for(secs(1));
+    let stats = net.host(server).stats();
+    assert_eq!(net.host(server).flow_count(), 0, "no state for any of them");
+    assert_eq!(net.host(server).half_open_count(), 0);
+    assert_eq!(answers.get(), 0, "no answer either");
+    assert_eq!(stats.bad_syn + stats.bad_checksum + stats.malformed, 130);
+    assert!(stats.bad_syn >= 78 && stats.bad_checksum >= 26, "{stats:?}");
+    // The listener serves a real client at once.
+    establish(&mut net, client, server, listener, svc("5a01"));
+}
+
+/// Finding 2: a flood of valid SYNs from spoofed sources. Past the
+/// half-open limit every SYN is answered with a cookie and nothing is kept;
+/// the half-open flows expire; legitimate clients connect throughout.
+#[test]
+fn a_syn_flood_keeps_at_most_the_half_open_limit_and_clients_still_connect() {
+    let config = HostConfig {
+        half_open_limit: 32,
+        ..HostConfig::default()
+    };
+    let (mut net, client, server) = pair(config);
+    let listener = net
+        .host(server)
+        .listen("f1/8".parse().unwrap(), Stream, 128)
+        .unwrap();
+    let server_ip: Ipv4Addr = SERVER.parse().unwrap();
+    let mut connected = 0;
+    for round in 0..10u32 {
+        // 2,000 spoofed SYNs, then one real connect.
+        for i in 0..2_000u32 {
+            let n = round * 2_000 + i + 1;
+            let spoofed = Ipv4Addr::from(0x0a63_0000 | n);
+            let segment = tcp(Segment::Syn, spoofed, server_ip, n);
+            inject(
+                &mut net,
+                spoofed,
+                SERVER,
+                sal_syn(n, svc("f101"), &segment, None),
+            );
+        }
+        let flow = net.host(client).connect(svc("f101"), Stream).unwrap();
+        let ok = net.run_until(secs(5), |net| {
+            net.sim_host(client)
+                .events
+                .contains(&Event::Connected(flow))
+                && net.host(server).accept(listener).is_ok()
+        });
+        connected += usize::from(ok);
+        assert!(net.host(server).half_open_count() <= 32);
+        assert!(
+            net.host(server).flow_count() <= 32 + 10,
+            "only half-open and real flows"
+        );
+    }
+    assert_eq!(connected, 10, "every legitimate connect got through");
+    let stats = net.host(server).stats();
+    assert!(stats.cookies_sent >= 19_000, "{stats:?}");
+    assert_eq!(stats.cookies_accepted, 10, "the real clients, from cookies");
+    // Nobody answers the spoofed SYN-ACKs: the half-open flows expire.
+    net.run_for(secs(11));
+    assert_eq!(net.host(server).half_open_count(), 0);
+    assert_eq!(net.host(server).flow_count(), 10);
+    assert!(net.host(server).stats().half_open_expired >= 32);
+}
+
+/// Finding 2, the cookie path itself: with cookies always on, the server
+/// keeps nothing per SYN; a client whose handshake ACK is lost repeats it,
+/// and the repeat builds the flow; a forged ACK builds nothing.
+#[test]
+fn cookie_handshakes_survive_a_lost_ack_and_refuse_forged_ones() {
+    let (mut net, client, server, listener) = cookies_always("c0/8", Stream);
+    let dropped = Rc::new(Cell::new(0));
+    let seen = dropped.clone();
+    net.set_filter(Some(Box::new(move |p| {
+        let repr = SalPacket::new_checked(&p.payload[..])
+            .ok()
+            .and_then(|packet| SalRepr::parse(&packet).ok());
+        let handshake_ack = repr.is_some_and(|r| r.service.is_some() && r.dst_flow.is_some());
+        let drop = handshake_ack && seen.get() == 0;
+        seen.set(seen.get() + u32::from(drop));
+        drop
+    })));
+    let cflow = net.host(client).connect(svc("c001"), Stream).unwrap();
+    assert_eq!(net.host(server).flow_count(), 0);
+    let mut sflow = None;
+    assert!(net.run_until(secs(5), |net| {
+        sflow = sflow.or_else(|| net.host(server).accept(listener).ok());
+        sflow.is_some()
+    }));
+    assert_eq!(dropped.get(), 1, "the first handshake ACK was lost");
+    let sflow = sflow.unwrap();
+    assert_eq!(
+        net.host(server).half_open_count(),
+        0,
+        "nothing was half-open"
+    );
+    // Data both ways on the rebuilt flow.
+    net.host(server).send(sflow, b"hello").unwrap();
+    net.run_for(Duration::from_millis(100));
+    let mut buf = [0; 16];
+    assert_eq!(net.host(client).recv(cflow, &mut buf), Ok(5));
+    net.host(client).send(cflow, b"world").unwrap();
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.host(server).recv(sflow, &mut buf), Ok(5));
+
+    // A forged handshake ACK: a made-up flow ID, verno and ISN.
+    let mut forged = SalRepr::data(FlowId::new(4242).unwrap(), FlowId::new(0xdead), 6);
+    forged.control = Some(ControlRepr {
+        flags: ControlFlags::ACK,
+        verno: 2,
+        ackno: 99,
+        nonce: [1; 8],
+    });
+    forged.service = Some(svc("c001"));
+    let mut packet = vec![0; forged.header_len()];
+    forged.emit(&mut packet).unwrap();
+    let attacker: Ipv4Addr = "10.0.0.66".parse().unwrap();
+    let mut segment = tcp(Segment::AckOnly, attacker, SERVER.parse().unwrap(), 1);
+    segment[13] = 0x10;
+    packet.extend_from_slice(&segment);
+    let before = net.host(server).stats().cookies_rejected;
+    inject(&mut net, attacker, SERVER, packet);
+    net.run_for(Duration::from_millis(10));
+    assert_eq!(net.host(server).stats().cookies_rejected, before + 1);
+    assert_eq!(net.host(server).flow_count(), 1, "only the real flow");
+}
+
+/// Finding 3: SYNs that name a victim as the client (SOURCE[0]) earn the
+/// victim at most one packet each, however long the server waits, both
+/// while the server keeps half-open flows and once it answers with cookies.
+#[test]
+fn syns_naming_a_victim_earn_it_at_most_one_packet_each() {
+    let config = HostConfig {
+        half_open_limit: 50,
+        ..HostConfig::default()
+    };
+    let (mut net, _client, server) = pair(config);
+    net.host(server)
+        .listen("3e/8".parse().unwrap(), Stream, 128)
+        .unwrap();
+    let victim: Ipv4Addr = "10.0.0.99".parse().unwrap();
+    let attacker: Ipv4Addr = "10.0.0.66".parse().unwrap();
+    let toward_victim = count_toward(&mut net, victim);
+    for n in 1..=200u32 {
+        // As a router would have forwarded it: SOURCE = [client, router].
+        let segment = tcp(Segment::Syn, attacker, SERVER.parse().unwrap(), n);
+        let source = [victim, attacker];
+        inject(
+            &mut net,
+            attacker,
+            SERVER,
+            sal_syn(n, svc("3e01"), &segment, Some(&source)),
+        );
+    }
+    net.run_for(secs(60));
+    let stats = net.host(server).stats();
+    assert!(
+        toward_victim.get() <= 200,
+        "{} packets",
+        toward_victim.get()
+    );
+    assert!(toward_victim.get() >= 150, "the SYNs were answered");
+    assert!(stats.cookies_sent > 0, "{stats:?}");
+    assert_eq!(stats.retransmits, 0, "no SYN-ACK was resent");
+    assert_eq!(net.host(server).flow_count(), 0, "all expired");
+}
+
+/// Finding 13: a peer that vanishes. A FIN it never acknowledges, data it
+/// never acknowledges, a SYN nobody answers: each flow ends within 60 s,
+/// the application sees the error, and the flow is no longer listed.
+#[test]
+fn flows_whose_peer_vanished_are_freed_within_a_minute_with_an_error() {
+    let (mut net, client, server) = pair(HostConfig::default());
+    let listener = net
+        .host(server)
+        .listen("d0/8".parse().unwrap(), Stream, 8)
+        .unwrap();
+    let (closing, _) = establish(&mut net, client, server, listener, svc("d001"));
+    let (sending, _) = establish(&mut net, client, server, listener, svc("d001"));
+    let (reading, _) = establish(&mut net, client, server, listener, svc("d001"));
+    // The server's host is gone (its sald killed, its cable pulled).
+    net.link_down(SERVER.parse().unwrap());
+    let start = net.now();
+    net.host(client).close(closing).unwrap();
+    net.host(client).send(sending, b"into the void").unwrap();
+    net.host(client).shutdown(reading).unwrap();
+    let connecting = net.host(client).connect(svc("d001"), Stream).unwrap();
+    let mut errors = (None, None, None);
+    let done = net.run_until(secs(60), |net| {
+        let mut buf = [0; 8];
+        if errors.0.is_none() {
+            errors.0 = net
+                .host(client)
+                .send(sending, b"x")
+                .err()
+                .filter(|e| *e == HostError::Reset);
+        }
+        if errors.1.is_none() {
+            errors.1 = net
+                .host(client)
+                .recv(reading, &mut buf)
+                .err()
+                .filter(|e| *e == HostError::Reset);
+        }
+        if errors.2.is_none() {
+            errors.2 = net.sim_host(client).events.iter().find_map(|e| match e {
+                Event::ConnectFailed(f, error) if *f == connecting => Some(*error),
+                _ => None,
+            });
+        }
+        let closed = net
+            .sim_host(client)
+            .events
+            .contains(&Event::Closed(closing));
+        closed && errors.0.is_some() && errors.1.is_some() && errors.2.is_some()
+    });
+    assert!(done, "after {}: {errors:?}", net.now() - start);
+    assert_eq!(errors.2, Some(ConnectError::TimedOut));
+    // The application closes what it was told is dead: nothing is left.
+    net.host(client).close(sending).unwrap();
+    net.host(client).close(reading).unwrap();
+    net.run_for(Duration::from_millis(10));
+    assert!(
+        net.host(client).flows().is_empty(),
+        "{:?}",
+        net.host(client).flows()
+    );
+    assert!(net.now() - start <= secs(60));
+    assert!(net.host(client).stats().peer_timeouts >= 2);
+}
+
+/// A datagram flow opens from a cookie too (no TCP: the cookie is the flow
+/// ID and `verno`), and carries datagrams both ways.
+#[test]
+fn datagram_flows_open_from_cookies_too() {
+    let (mut net, client, server, listener) =
+        cookies_always("da/8", sal::wire::TransportProtocol::Datagram);
+    let cflow = net
+        .host(client)
+        .connect(svc("da01"), sal::wire::TransportProtocol::Datagram)
+        .unwrap();
+    let mut sflow = None;
+    assert!(net.run_until(secs(5), |net| {
+        sflow = sflow.or_else(|| net.host(server).accept(listener).ok());
+        sflow.is_some()
+            && net
+                .sim_host(client)
+                .events
+                .contains(&Event::Connected(cflow))
+    }));
+    let sflow = sflow.unwrap();
+    let stats = net.host(server).stats();
+    assert_eq!((stats.cookies_sent, stats.cookies_accepted), (1, 1));
+    net.host(client).send_datagram(cflow, b"ping").unwrap();
+    net.run_for(Duration::from_millis(50));
+    assert_eq!(
+        net.host(server).recv_datagram(sflow).unwrap().unwrap(),
+        b"ping"
+    );
+    net.host(server).send_datagram(sflow, b"pong").unwrap();
+    net.run_for(Duration::from_millis(50));
+    assert_eq!(
+        net.host(client).recv_datagram(cflow).unwrap().unwrap(),
+        b"pong"
+    );
+}
