@@ -1,0 +1,354 @@
+//! Connection setup, end to end: an unmodified C program (`benches/c/connrate.c`)
+//! connects, echoes 64 bytes and closes, over kernel TCP and, under
+//! `serval-run --map`, over Serval streams through sald, on the same veth
+//! pair in the same run; then through a service router.
+//!
+//! ```text
+//! cargo build --release -p sald && cargo bench -p serval-preload --bench connect
+//! ```
+//!
+//! (root: network namespaces). The bench uses the `sald` of its own target
+//! directory (`target/release`), hence the build first. Environment:
+//! `BENCH_MILLIS` (default 3000) per run, `BENCH_PARALLEL` (default `4,16`)
+//! the parallel client counts.
+//!
+//! Rows: sequential (one client thread: its p50/p99 of connect + echo),
+//! then each parallel count (connections per second), for kernel TCP, the
+//! SAL direct (client sald to server sald) and the SAL through a service
+//! router (`sald --forward` in a third namespace). Targets (issue 11 §3):
+//! SAL parallel rates >= 0.5x kernel, sequential p50 <= 3x kernel's,
+//! via the router >= 0.8x the direct rate.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use sal::table::Target;
+use sal::Locator;
+use sal_control::{Request, Response};
+use socket_shim::ControlClient;
+use testnet::{Daemon, Host, Netns, NsChild, TopologyBuilder};
+
+use support::{binary, target_dir};
+
+/// The TCP port the C programs use; serval-run maps it to [`SERVICE`].
+const PORT: u16 = 7070;
+/// The service ID the port stands for.
+const SERVICE: &str = "c0ec70";
+/// Server threads (each serves one connection at a time).
+const SERVER_THREADS: usize = 32;
+
+/// What one client run measured.
+#[derive(Debug, Clone, Copy, Default)]
+struct Run {
+    done: u64,
+    errors: u64,
+    p50_us: u64,
+    p99_us: u64,
+    rate: f64,
+}
+
+impl Run {
+    fn parse(text: &str) -> Option<Run> {
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let field = |name: &str| -> Option<u64> {
+            let at = words.iter().position(|w| *w == name)?;
+            words.get(at + 1)?.parse().ok()
+        };
+        let done = field("done")?;
+        let elapsed = field("elapsed_us")?.max(1);
+        Some(Run {
+            done,
+            errors: field("errors")?,
+            p50_us: field("p50_us")?,
+            p99_us: field("p99_us")?,
+            rate: done as f64 * 1e6 / elapsed as f64,
+        })
+    }
+}
+
+/// The C program, compiled once per run.
+fn connrate() -> PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/c/connrate.c");
+    let out = target_dir().join("connrate");
+    let target = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+    let compiler = cc::Build::new()
+        .cargo_metadata(false)
+        .cargo_warnings(false)
+        .target(&target)
+        .host(&target)
+        .opt_level(2)
+        .try_get_compiler()
+        .unwrap_or_else(|e| panic!("no C compiler (install build-essential): {e}"));
+    let output = compiler
+        .to_command()
+        .args(["-Wall", "-Wextra", "-Werror", "-pthread"])
+        .arg(&source)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .expect("running the C compiler");
+    assert!(
+        output.status.success(),
+        "compiling {} failed:\n{}",
+        source.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    out
+}
+
+/// How a program is started: directly (kernel TCP) or under serval-run
+/// with the port mapped, talking to the sald at `control`.
+#[derive(Clone, Copy)]
+enum Via<'a> {
+    Kernel,
+    Serval(&'a Path),
+}
+
+fn command(ns: &Netns, via: Via<'_>, program: &Path) -> Command {
+    match via {
+        Via::Kernel => ns.command(program),
+        Via::Serval(control) => {
+            let mut cmd = ns.command(binary("serval-run"));
+            cmd.arg("--map")
+                .arg(format!("{PORT}={SERVICE}"))
+                .arg("--")
+                .arg(program)
+                .env("SERVAL_CONTROL", control)
+                .env("SERVAL_SHIM_LIB", target_dir().join("libserval_shim.so"));
+            cmd
+        }
+    }
+}
+
+/// Starts the echo server and waits until it listens.
+fn server(ns: &Netns, via: Via<'_>, program: &Path) -> NsChild {
+    let mut cmd = command(ns, via, program);
+    cmd.args(["server", &PORT.to_string(), &SERVER_THREADS.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = ns.spawn_cmd(cmd).expect("echo server");
+    let stdout = child
+        .child_mut()
+        .and_then(|c| c.stdout.take())
+        .expect("server stdout");
+    let mut line = String::new();
+    let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+    assert_eq!(line.trim(), "listening", "the echo server did not start");
+    child
+}
+
+/// One client run: `parallel` threads for `millis`.
+fn client(
+    ns: &Netns,
+    via: Via<'_>,
+    program: &Path,
+    to: Ipv4Addr,
+    parallel: usize,
+    millis: u64,
+) -> Run {
+    let mut cmd = command(ns, via, program);
+    cmd.args([
+        "client",
+        &to.to_string(),
+        &PORT.to_string(),
+        &parallel.to_string(),
+        &millis.to_string(),
+    ])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
+    let child = ns.spawn_cmd(cmd).expect("client");
+    let output = child
+        .wait_with_output(Duration::from_millis(millis) + Duration::from_secs(30))
+        .expect("client finished");
+    let text = String::from_utf8_lossy(&output.stdout);
+    Run::parse(&text).unwrap_or_else(|| panic!("client printed {text:?}"))
+}
+
+/// Sequential, then every parallel count.
+fn runs(
+    client_ns: &Netns,
+    via: Via<'_>,
+    program: &Path,
+    to: Ipv4Addr,
+    parallel: &[usize],
+    millis: u64,
+) -> Vec<Run> {
+    std::iter::once(1)
+        .chain(parallel.iter().copied())
+        .map(|p| client(client_ns, via, program, to, p, millis))
+        .collect()
+}
+
+fn sald(host: &Host, dir: &Path, name: &str, extra: &[&str]) -> Daemon {
+    let control = dir.join(format!("{name}.sock"));
+    let mut cmd = host.ns.command(binary("sald"));
+    cmd.args(["--iface", &host.ifaces[0].name, "--control"])
+        .arg(&control)
+        .args(extra)
+        .env("RUST_LOG", "warn");
+    Daemon::start(&host.ns, cmd, control, dir.join(format!("{name}.log")))
+        .unwrap_or_else(|e| panic!("sald {name}: {e}"))
+}
+
+fn forward(daemon: &Daemon, to: Ipv4Addr) {
+    let reply = ControlClient::connect_to(&daemon.control)
+        .and_then(|mut c| {
+            c.request(&Request::AddRule {
+                prefix: "0/0".parse().expect("prefix"),
+                target: Target::Forward {
+                    locator: Locator::Ipv4(to),
+                    weight: 1,
+                },
+                priority: 0,
+            })
+        })
+        .expect("add rule");
+    assert_eq!(reply.response, Response::Ok);
+}
+
+/// Kernel TCP in the client namespace reuses TIME-WAIT ports, as a
+/// connection benchmark must at these rates.
+fn tune_client(ns: &Netns) {
+    ns.set_sysctl("net.ipv4.tcp_tw_reuse", "1").expect("sysctl");
+    ns.set_sysctl("net.ipv4.ip_local_port_range", "1024 65000")
+        .expect("sysctl");
+}
+
+fn main() {
+    if !testnet::is_root() {
+        eprintln!("connect bench: SKIPPED (needs root for network namespaces)");
+        return;
+    }
+    let millis: u64 = std::env::var("BENCH_MILLIS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3000);
+    let parallel: Vec<usize> = std::env::var("BENCH_PARALLEL")
+        .unwrap_or_else(|_| "4,16".into())
+        .split(',')
+        .filter_map(|p| p.trim().parse().ok())
+        .collect();
+    let program = connrate();
+    let dir = std::env::temp_dir().join(format!("connect-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    println!(
+        "connection setup: connect + 64-byte echo + close, {millis} ms per run, sald {}",
+        binary("sald").display()
+    );
+
+    let pair = TopologyBuilder::new("conn", 2)
+        .link(0, 1)
+        .build()
+        .expect("namespaces");
+    let server_addr = pair.host(1).addr().expect("address");
+    let (ns0, ns1) = (&pair.host(0).ns, &pair.host(1).ns);
+    tune_client(ns0);
+    let kernel = {
+        let _server = server(ns1, Via::Kernel, &program);
+        runs(ns0, Via::Kernel, &program, server_addr, &parallel, millis)
+    };
+    let direct = {
+        let client_sald = sald(pair.host(0), &dir, "client", &[]);
+        let server_sald = sald(pair.host(1), &dir, "server", &[]);
+        forward(&client_sald, server_addr);
+        let _server = server(ns1, Via::Serval(&server_sald.control), &program);
+        runs(
+            ns0,
+            Via::Serval(&client_sald.control),
+            &program,
+            server_addr,
+            &parallel,
+            millis,
+        )
+    };
+    drop(pair);
+
+    let lan = TopologyBuilder::new("connr", 3)
+        .lan(&[0, 1, 2])
+        .build()
+        .expect("namespaces");
+    let routed = {
+        let server_addr = lan.host(2).addr().expect("address");
+        let client_sald = sald(lan.host(0), &dir, "rclient", &[]);
+        let router = sald(lan.host(1), &dir, "router", &["--forward"]);
+        let server_sald = sald(lan.host(2), &dir, "rserver", &[]);
+        forward(&client_sald, lan.host(1).addr().expect("address"));
+        forward(&router, server_addr);
+        let _server = server(&lan.host(2).ns, Via::Serval(&server_sald.control), &program);
+        runs(
+            &lan.host(0).ns,
+            Via::Serval(&client_sald.control),
+            &program,
+            server_addr,
+            &parallel,
+            millis,
+        )
+    };
+    drop(lan);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    report(&parallel, &kernel, &direct, &routed);
+}
+
+fn report(parallel: &[usize], kernel: &[Run], direct: &[Run], routed: &[Run]) {
+    let verdict = |met: bool| if met { "met" } else { "NOT met" };
+    println!();
+    println!("sequential (1 client)        conn/s   p50 us   p99 us   errors   p50 / kernel   connections");
+    for (name, run) in [
+        ("kernel TCP", kernel[0]),
+        ("SAL direct", direct[0]),
+        ("SAL via router", routed[0]),
+    ] {
+        println!(
+            "  {name:<24} {:8.0} {:8} {:8} {:8}   {:12.2}   {:11}",
+            run.rate,
+            run.p50_us,
+            run.p99_us,
+            run.errors,
+            run.p50_us as f64 / kernel[0].p50_us.max(1) as f64,
+            run.done
+        );
+    }
+    println!(
+        "  target: SAL p50 <= 3x kernel's: {}",
+        verdict(direct[0].p50_us <= 3 * kernel[0].p50_us)
+    );
+    for (i, p) in parallel.iter().enumerate() {
+        let (k, d, r) = (kernel[i + 1], direct[i + 1], routed[i + 1]);
+        println!();
+        println!("{p} parallel                   conn/s   p50 us   p99 us   errors   / kernel   / direct");
+        println!(
+            "  kernel TCP               {:8.0} {:8} {:8} {:8}",
+            k.rate, k.p50_us, k.p99_us, k.errors
+        );
+        println!(
+            "  SAL direct               {:8.0} {:8} {:8} {:8}   {:8.2}",
+            d.rate,
+            d.p50_us,
+            d.p99_us,
+            d.errors,
+            d.rate / k.rate
+        );
+        println!(
+            "  SAL via router           {:8.0} {:8} {:8} {:8}   {:8.2}   {:8.2}",
+            r.rate,
+            r.p50_us,
+            r.p99_us,
+            r.errors,
+            r.rate / k.rate,
+            r.rate / d.rate
+        );
+        println!(
+            "  targets: direct >= 0.5x kernel: {}; router >= 0.8x direct: {}",
+            verdict(d.rate >= 0.5 * k.rate),
+            verdict(r.rate >= 0.8 * d.rate)
+        );
+    }
+}
