@@ -10,7 +10,10 @@
 //! (root: network namespaces). The bench uses the `sald` of its own target
 //! directory (`target/release`), hence the build first. Environment:
 //! `BENCH_MILLIS` (default 3000) per run, `BENCH_PARALLEL` (default `4,16`)
-//! the parallel client counts.
+//! the parallel client counts, `SHIM_BASELINE` (the path of another build's
+//! `libserval_shim.so`, say one of an earlier commit): the direct runs are
+//! repeated with it, client and server, on the same daemons, as the
+//! "before" of a change.
 //!
 //! Rows: sequential (one client thread: its p50/p99 of connect + echo),
 //! then each parallel count (connections per second), for kernel TCP, the
@@ -116,31 +119,42 @@ fn connrate() -> PathBuf {
 }
 
 /// How a program is started: directly (kernel TCP) or under serval-run
-/// with the port mapped, talking to the sald at `control`.
+/// with the port mapped, talking to the sald at `control` through `shim`.
 #[derive(Clone, Copy)]
 enum Via<'a> {
     Kernel,
-    Serval(&'a Path),
+    Serval { control: &'a Path, shim: &'a Path },
 }
 
 fn command(ns: &Netns, via: Via<'_>, program: &Path) -> Command {
     match via {
         Via::Kernel => ns.command(program),
-        Via::Serval(control) => {
+        Via::Serval { control, shim } => {
             let mut cmd = ns.command(binary("serval-run"));
             cmd.arg("--map")
                 .arg(format!("{PORT}={SERVICE}"))
                 .arg("--")
                 .arg(program)
                 .env("SERVAL_CONTROL", control)
-                .env("SERVAL_SHIM_LIB", target_dir().join("libserval_shim.so"));
+                .env("SERVAL_SHIM_LIB", shim);
             cmd
         }
     }
 }
 
-/// Starts the echo server and waits until it listens.
+/// Starts the echo server and waits until it listens (a few tries: the
+/// service a previous server bound may take a moment to be unbound).
 fn server(ns: &Netns, via: Via<'_>, program: &Path) -> NsChild {
+    for _ in 0..20 {
+        if let Some(child) = try_server(ns, via, program) {
+            return child;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the echo server did not start");
+}
+
+fn try_server(ns: &Netns, via: Via<'_>, program: &Path) -> Option<NsChild> {
     let mut cmd = command(ns, via, program);
     cmd.args(["server", &PORT.to_string(), &SERVER_THREADS.to_string()])
         .stdin(Stdio::null())
@@ -153,8 +167,7 @@ fn server(ns: &Netns, via: Via<'_>, program: &Path) -> NsChild {
         .expect("server stdout");
     let mut line = String::new();
     let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
-    assert_eq!(line.trim(), "listening", "the echo server did not start");
-    child
+    (line.trim() == "listening").then_some(child)
 }
 
 /// One client run: `parallel` threads for `millis`.
@@ -250,6 +263,8 @@ fn main() {
         .filter_map(|p| p.trim().parse().ok())
         .collect();
     let program = connrate();
+    let shim = target_dir().join("libserval_shim.so");
+    let baseline_shim = std::env::var_os("SHIM_BASELINE").map(PathBuf::from);
     let dir = std::env::temp_dir().join(format!("connect-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     println!(
@@ -268,19 +283,25 @@ fn main() {
         let _server = server(ns1, Via::Kernel, &program);
         runs(ns0, Via::Kernel, &program, server_addr, &parallel, millis)
     };
-    let direct = {
+    let (direct, baseline) = {
         let client_sald = sald(pair.host(0), &dir, "client", &[]);
         let server_sald = sald(pair.host(1), &dir, "server", &[]);
         forward(&client_sald, server_addr);
-        let _server = server(ns1, Via::Serval(&server_sald.control), &program);
-        runs(
-            ns0,
-            Via::Serval(&client_sald.control),
-            &program,
-            server_addr,
-            &parallel,
-            millis,
-        )
+        let direct_with = |shim: &Path| {
+            let serving = Via::Serval {
+                control: &server_sald.control,
+                shim,
+            };
+            let _server = server(ns1, serving, &program);
+            let client = Via::Serval {
+                control: &client_sald.control,
+                shim,
+            };
+            runs(ns0, client, &program, server_addr, &parallel, millis)
+        };
+        let direct = direct_with(&shim);
+        let baseline = baseline_shim.as_deref().map(direct_with);
+        (direct, baseline)
     };
     drop(pair);
 
@@ -295,10 +316,17 @@ fn main() {
         let server_sald = sald(lan.host(2), &dir, "rserver", &[]);
         forward(&client_sald, lan.host(1).addr().expect("address"));
         forward(&router, server_addr);
-        let _server = server(&lan.host(2).ns, Via::Serval(&server_sald.control), &program);
+        let serving = Via::Serval {
+            control: &server_sald.control,
+            shim: &shim,
+        };
+        let _server = server(&lan.host(2).ns, serving, &program);
         runs(
             &lan.host(0).ns,
-            Via::Serval(&client_sald.control),
+            Via::Serval {
+                control: &client_sald.control,
+                shim: &shim,
+            },
             &program,
             server_addr,
             &parallel,
@@ -308,18 +336,29 @@ fn main() {
     drop(lan);
     let _ = std::fs::remove_dir_all(&dir);
 
-    report(&parallel, &kernel, &direct, &routed);
+    if let Some(path) = &baseline_shim {
+        println!("baseline shim: {}", path.display());
+    }
+    report(&parallel, &kernel, &direct, &routed, baseline.as_deref());
 }
 
-fn report(parallel: &[usize], kernel: &[Run], direct: &[Run], routed: &[Run]) {
+fn report(
+    parallel: &[usize],
+    kernel: &[Run],
+    direct: &[Run],
+    routed: &[Run],
+    baseline: Option<&[Run]>,
+) {
     let verdict = |met: bool| if met { "met" } else { "NOT met" };
     println!();
     println!("sequential (1 client)        conn/s   p50 us   p99 us   errors   p50 / kernel   connections");
-    for (name, run) in [
-        ("kernel TCP", kernel[0]),
-        ("SAL direct", direct[0]),
-        ("SAL via router", routed[0]),
-    ] {
+    let rows = [
+        ("kernel TCP", Some(kernel[0])),
+        ("SAL direct", Some(direct[0])),
+        ("SAL direct, baseline shim", baseline.map(|b| b[0])),
+        ("SAL via router", Some(routed[0])),
+    ];
+    for (name, run) in rows.into_iter().filter_map(|(n, r)| Some((n, r?))) {
         println!(
             "  {name:<24} {:8.0} {:8} {:8} {:8}   {:12.2}   {:11}",
             run.rate,
@@ -350,6 +389,18 @@ fn report(parallel: &[usize], kernel: &[Run], direct: &[Run], routed: &[Run]) {
             d.errors,
             d.rate / k.rate
         );
+        if let Some(b) = baseline.map(|b| b[i + 1]) {
+            println!(
+                "  SAL direct, baseline shim{:7.0} {:8} {:8} {:8}   {:8.2}   {:8.2}   (direct / baseline {:.2})",
+                b.rate,
+                b.p50_us,
+                b.p99_us,
+                b.errors,
+                b.rate / k.rate,
+                b.rate / d.rate,
+                d.rate / b.rate
+            );
+        }
         println!(
             "  SAL via router           {:8.0} {:8} {:8} {:8}   {:8.2}   {:8.2}",
             r.rate,
