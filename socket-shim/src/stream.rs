@@ -16,9 +16,9 @@ use sal::proto::FlowInfo;
 use sal::table::ListenerId;
 use sal::wire::TransportProtocol;
 use sal::{FlowId, ServiceId, ServicePrefix};
-use sal_control::{Request, Response};
+use sal_control::{control_path, Request, Response};
 
-use crate::client::{response_name, ControlClient, Reply};
+use crate::client::{default_client_name, response_name, ControlClient, Reply};
 use crate::error::{Error, Result};
 
 /// The `Connect` request for a flow of `protocol`.
@@ -90,12 +90,22 @@ impl ServiceStream {
     /// Opens a stream flow to `service` through the default control socket,
     /// waiting as long as the SAL's own retry limit allows.
     pub fn connect(service: ServiceId) -> Result<ServiceStream> {
-        ServiceStream::connect_via(ControlClient::connect()?, service, None)
+        ServiceStream::connect_default(service, None)
     }
 
     /// Like [`ServiceStream::connect`], giving up after `timeout`.
     pub fn connect_timeout(service: ServiceId, timeout: Duration) -> Result<ServiceStream> {
-        ServiceStream::connect_via(ControlClient::connect()?, service, Some(timeout))
+        ServiceStream::connect_default(service, Some(timeout))
+    }
+
+    /// Through the default control socket, the `Connect` riding behind the
+    /// `Hello` ([`ControlClient::connect_with`]).
+    fn connect_default(service: ServiceId, timeout: Option<Duration>) -> Result<ServiceStream> {
+        let request = connect_request(service, TransportProtocol::Stream, timeout);
+        let (_control, reply) =
+            ControlClient::connect_with(control_path(), &default_client_name(), &request)?;
+        let (info, fd) = flow_from_reply("connect", reply)?;
+        Ok(ServiceStream::from_parts(info, fd))
     }
 
     /// Opens a stream flow to `service` over `control` (use it to reach a

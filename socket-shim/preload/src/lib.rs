@@ -59,6 +59,7 @@ use libc::{epoll_event, size_t, sockaddr, socklen_t, ssize_t};
 
 mod addr;
 mod ops;
+mod pool;
 mod real;
 mod table;
 

@@ -18,6 +18,7 @@ use sal_control::{DatagramFrame, Request, Response};
 use socket_shim::{ControlClient, Error as ShimError, MAX_DATAGRAM};
 
 use crate::addr::{self, parse_inet, parse_serval, PortMap, SockAddr, AF_SERVAL};
+use crate::pool;
 use crate::real;
 use crate::table::{self, ident, lock, Domain, Entry, Kind, State};
 
@@ -124,10 +125,14 @@ fn placeholder(nonblock: bool, cloexec: bool) -> Res<(OwnedFd, OwnedFd)> {
 }
 
 /// Puts `src` at descriptor number `fd` (replacing what was there), with
-/// the blocking mode and close-on-exec flag the program had set on `fd`.
-fn swap_in(src: &OwnedFd, fd: RawFd) -> Res<()> {
-    let (nonblock, cloexec) = fd_flags(fd);
-    set_nonblock(src.as_raw_fd(), nonblock)?;
+/// the blocking mode and close-on-exec flag the program had set on `fd`
+/// (`flags`, when the caller just read them; else they are read here).
+/// `src` is blocking, as every descriptor sald hands over.
+fn swap_in(src: &OwnedFd, fd: RawFd, flags: Option<(bool, bool)>) -> Res<()> {
+    let (nonblock, cloexec) = flags.unwrap_or_else(|| fd_flags(fd));
+    if nonblock {
+        set_nonblock(src.as_raw_fd(), true)?;
+    }
     let flags = if cloexec { libc::O_CLOEXEC } else { 0 };
     // SAFETY: no pointers; `fd` is a descriptor of the program that the
     // table says is ours to replace (the caller holds the table lock).
@@ -292,7 +297,13 @@ pub(crate) fn connect(fd: RawFd, addr: Option<&[u8]>, pass: impl FnOnce() -> c_i
                 Kind::Stream => TransportProtocol::Stream,
                 Kind::Dgram => TransportProtocol::Datagram,
             };
-            start_connect(fd, SockAddr::service(service), service, protocol)
+            start_connect(
+                fd,
+                SockAddr::service(service),
+                service,
+                protocol,
+                fd_flags(fd),
+            )
         }
         Domain::Inet(_) => Err(match found.stage {
             Stage::Connected => libc::EISCONN,
@@ -302,15 +313,38 @@ pub(crate) fn connect(fd: RawFd, addr: Option<&[u8]>, pass: impl FnOnce() -> c_i
     }
 }
 
-/// Inet mode: the program's TCP socket becomes a Serval stream.
+/// Inet mode: the program's TCP socket becomes a Serval stream. A blocking
+/// connect completes within this call, so the program's own (unconnected)
+/// TCP socket stays at the number until the flow replaces it; a
+/// non-blocking one puts a placeholder there first (something that polls
+/// as not ready until the flow is in).
 fn inet_connect(fd: RawFd, sa: SocketAddr, service: ServiceId) -> Res<c_int> {
-    let (nonblock, cloexec) = fd_flags(fd);
-    let (app, wake) = placeholder(nonblock, cloexec)?;
+    let flags = fd_flags(fd);
+    let (nonblock, cloexec) = flags;
     let family = if sa.is_ipv4() {
         libc::AF_INET
     } else {
         libc::AF_INET6
     };
+    if !nonblock {
+        let mut entry = Entry::new(
+            Kind::Stream,
+            Domain::Inet(family),
+            fd,
+            State::Fresh { wake: None },
+        );
+        entry.local = Some(unspecified(family));
+        let old = lock().insert(fd, entry);
+        drop(old);
+        return start_connect(
+            fd,
+            SockAddr::Inet(sa),
+            service,
+            TransportProtocol::Stream,
+            flags,
+        );
+    }
+    let (app, wake) = placeholder(nonblock, cloexec)?;
     {
         let mut table = lock();
         // SAFETY: no pointers; the program handed us `fd` to connect.
@@ -336,7 +370,13 @@ fn inet_connect(fd: RawFd, sa: SocketAddr, service: ServiceId) -> Res<c_int> {
         drop(old);
     }
     drop(app);
-    start_connect(fd, SockAddr::Inet(sa), service, TransportProtocol::Stream)
+    start_connect(
+        fd,
+        SockAddr::Inet(sa),
+        service,
+        TransportProtocol::Stream,
+        flags,
+    )
 }
 
 fn unspecified(family: c_int) -> SockAddr {
@@ -349,14 +389,16 @@ fn unspecified(family: c_int) -> SockAddr {
 
 /// Moves the socket to `Connecting` and opens the flow: in this thread for
 /// a blocking socket (and for datagram connects), in a helper thread for a
-/// non-blocking one, which then returns `EINPROGRESS`.
+/// non-blocking one, which then returns `EINPROGRESS`. `flags` are the
+/// descriptor's `(O_NONBLOCK, FD_CLOEXEC)`.
 fn start_connect(
     fd: RawFd,
     peer: SockAddr,
     service: ServiceId,
     protocol: TransportProtocol,
+    flags: (bool, bool),
 ) -> Res<c_int> {
-    let (nonblock, _) = fd_flags(fd);
+    let (nonblock, _) = flags;
     let nonblock = nonblock && protocol == TransportProtocol::Stream;
     let mut stale = Vec::new();
     let mut dropped = None;
@@ -394,27 +436,25 @@ fn start_connect(
             .name("serval-connect".into())
             .spawn(move || {
                 let result = open_flow(service, protocol);
-                let _ = finish_connect(fd, gen, result, peer, true);
+                let _ = finish_connect(fd, gen, result, peer, None);
             });
         if spawned.is_err() {
-            let _ = finish_connect(fd, gen, Err(libc::EAGAIN), peer, false);
+            let _ = finish_connect(fd, gen, Err(libc::EAGAIN), peer, Some(flags));
             return Err(libc::EAGAIN);
         }
         return Err(libc::EINPROGRESS);
     }
     let result = open_flow(service, protocol);
-    finish_connect(fd, gen, result, peer, false).map(|()| 0)
+    finish_connect(fd, gen, result, peer, Some(flags)).map(|()| 0)
 }
 
 fn open_flow(service: ServiceId, protocol: TransportProtocol) -> Res<(FlowInfo, OwnedFd)> {
-    let mut control = control()?;
-    let reply = control
-        .request(&Request::Connect {
-            service,
-            protocol,
-            timeout_ms: None,
-        })
-        .map_err(shim_errno)?;
+    let reply = pool::request(&Request::Connect {
+        service,
+        protocol,
+        timeout_ms: None,
+    })
+    .map_err(shim_errno)?;
     match (reply.response, reply.fd) {
         (Response::Connected { flow }, Some(fd)) => Ok((flow, fd)),
         _ => Err(libc::EPROTO),
@@ -423,13 +463,17 @@ fn open_flow(service: ServiceId, protocol: TransportProtocol) -> Res<(FlowInfo, 
 
 /// Installs the flow (or records the failure) if the socket is still the
 /// one that started this connect; wakes pollers of the placeholder.
+/// `flags`: the descriptor's flags as the connecting call read them, for a
+/// connect completed within that call; `None` for one completed by a helper
+/// thread (the program may have changed them meanwhile).
 fn finish_connect(
     fd: RawFd,
     gen: u64,
     result: Res<(FlowInfo, OwnedFd)>,
     peer: SockAddr,
-    async_: bool,
+    flags: Option<(bool, bool)>,
 ) -> Res<()> {
+    let async_ = flags.is_none();
     let mut stale = Vec::new();
     let mut wake = None;
     let outcome = {
@@ -442,7 +486,7 @@ fn finish_connect(
                     wake = w;
                 }
                 let installed = match &result {
-                    Ok((_, flow)) => swap_in(flow, fd),
+                    Ok((_, flow)) => swap_in(flow, fd, flags),
                     Err(errno) => Err(*errno),
                 };
                 match installed {
@@ -583,7 +627,7 @@ fn install_datagram(
         let mut table = lock();
         match table.get(fd, &mut stale) {
             Some(entry) if matches!(entry.state, State::DgramIdle { .. }) => {
-                match swap_in(&socket, fd) {
+                match swap_in(&socket, fd, None) {
                     Ok(()) => {
                         old_state = Some(std::mem::replace(
                             &mut entry.state,
@@ -739,7 +783,7 @@ fn start_listener(fd: RawFd, gen: u64, control: ControlClient, listener: Listene
     let result = {
         let mut table = lock();
         match table.get(fd, &mut stale) {
-            Some(entry) if entry.gen == gen => match swap_in(&app, fd) {
+            Some(entry) if entry.gen == gen => match swap_in(&app, fd, None) {
                 Ok(()) => {
                     entry.state = State::Listening {
                         control: control_dup,

@@ -70,6 +70,17 @@ fn fork_after_accept() {
     srv.success(T);
 }
 
+/// Connects reuse the shim's idle control connection, but never one whose
+/// descriptor the program closed and reused, nor one inherited by a
+/// forked child.
+#[test]
+fn connects_reuse_control_connections_safely() {
+    let sald = Sald::start();
+    let mut srv = server(&sald, &["stream-server", "2e05e", "5"]);
+    client(&sald, &["reuse-client", "2e05e", "100000"]).success(T);
+    srv.success(T);
+}
+
 #[test]
 fn many_concurrent_connections_with_nonblocking_accept() {
     let sald = Sald::start();

@@ -9,6 +9,10 @@
  *   nonblock-client SID SIZE                  same, non-blocking, epoll + poll
  *   nonblock-fail SID                         non-blocking connect, expect EHOSTUNREACH via SO_ERROR
  *   many SID N SIZE                           N concurrent clients (threads)
+ *   reuse-client SID SIZE                     five connects (the shim keeps its control
+ *                                             connection between them), one after closing
+ *                                             every descriptor and reusing the numbers, one
+ *                                             from a forked child
  *   dgram-server SID COUNT                    echo COUNT datagrams
  *   dgram-client SID COUNT                    send COUNT datagrams, check replies
  *   dgram-flow-server SID                     bind, listen, accept a datagram flow, echo
@@ -309,6 +313,41 @@ static int many(const char *sid, int n, size_t size) {
     return failures ? 1 : 0;
 }
 
+/* One blocking connect, SIZE bytes echoed, close. */
+static int stream_once(const char *sid, size_t size) {
+    int fd = socket(AF_SERVAL, SOCK_STREAM, 0);
+    if (fd < 0) return 1;
+    struct sockaddr_sv sa = sv_addr(sid);
+    int rc = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0 ? echo_check(fd, size) : 1;
+    close(fd);
+    return rc;
+}
+
+static int reuse_client(const char *sid, size_t size) {
+    /* The second connect goes over the control connection the first kept. */
+    CHECK(stream_once(sid, size) == 0, "first connect");
+    CHECK(stream_once(sid, size) == 0, "second connect");
+    /* The program closes every descriptor behind the shim's back and reuses
+     * the numbers: the kept connection must not be written to. */
+    for (int fd = 3; fd < 64; fd++) close(fd);
+    int p[2];
+    if (pipe(p) < 0) die("pipe");
+    for (int fd = p[1] + 1; fd < 16; fd++) dup2(p[1], fd);
+    CHECK(stream_once(sid, size) == 0, "connect after the descriptors were closed and reused");
+    fcntl(p[0], F_SETFL, fcntl(p[0], F_GETFL) | O_NONBLOCK);
+    char c;
+    CHECK(read(p[0], &c, 1) < 0 && errno == EAGAIN, "nothing was written into the program's pipe");
+    /* A forked child connects on its own control connection. */
+    pid_t pid = fork();
+    if (pid < 0) die("fork");
+    if (pid == 0) _exit(stream_once(sid, size));
+    int status = 0;
+    CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+          "connect in a forked child");
+    CHECK(stream_once(sid, size) == 0, "connect in the parent after the fork");
+    return failures ? 1 : 0;
+}
+
 static int dgram_server(const char *sid, int count) {
     int fd = socket(AF_SERVAL, SOCK_DGRAM, 0);
     if (fd < 0) die("socket");
@@ -501,6 +540,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "stream-client")) return stream_client(sid, (size_t)n);
     if (!strcmp(cmd, "nonblock-client")) return nonblock_client(sid, (size_t)n);
     if (!strcmp(cmd, "nonblock-fail")) return nonblock_fail(sid);
+    if (!strcmp(cmd, "reuse-client")) return reuse_client(sid, (size_t)n);
     if (!strcmp(cmd, "many")) return many(sid, (int)n, argc > 4 ? (size_t)atol(argv[4]) : 1000);
     if (!strcmp(cmd, "dgram-server")) return dgram_server(sid, (int)n);
     if (!strcmp(cmd, "dgram-client")) return dgram_client(sid, (int)n);

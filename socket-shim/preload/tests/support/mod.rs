@@ -161,42 +161,52 @@ impl Drop for Sald {
 }
 
 /// The C test program (tests/c/serval_test.c), compiled once per test
-/// binary with the `cc` crate's idea of the system C compiler.
+/// binary.
 pub fn c_program() -> &'static Path {
     static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
     PROGRAM.get_or_init(|| {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let source = manifest.join("tests/c/serval_test.c");
         let include = manifest.join("../include");
-        let out = target_dir().join("serval_test");
-        let tmp = target_dir().join(format!("serval_test.{}.tmp", std::process::id()));
-        let target = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
-        let compiler = cc::Build::new()
-            .cargo_metadata(false)
-            .cargo_warnings(false)
-            .target(&target)
-            .host(&target)
-            .opt_level(1)
-            .try_get_compiler()
-            .unwrap_or_else(|e| panic!("no C compiler (install build-essential): {e}"));
-        let output = compiler
-            .to_command()
-            .args(["-Wall", "-Wextra", "-Werror", "-pthread", "-I"])
-            .arg(&include)
-            .arg(&source)
-            .arg("-o")
-            .arg(&tmp)
-            .output()
-            .expect("running the C compiler");
-        assert!(
-            output.status.success(),
-            "compiling {} failed:\n{}",
-            source.display(),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        std::fs::rename(&tmp, &out).expect("installing the C test program");
-        out
+        compile_c(
+            &manifest.join("tests/c/serval_test.c"),
+            "serval_test",
+            &["-I".as_ref(), include.as_os_str()],
+        )
     })
+}
+
+/// Compiles the C program `source` (with `-Wall -Wextra -Werror -pthread`
+/// and `extra` arguments) into the target directory as `name`, with the
+/// `cc` crate's idea of the system C compiler; returns its path.
+pub fn compile_c(source: &Path, name: &str, extra: &[&std::ffi::OsStr]) -> PathBuf {
+    let out = target_dir().join(name);
+    let tmp = target_dir().join(format!("{name}.{}.tmp", std::process::id()));
+    let target = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+    let compiler = cc::Build::new()
+        .cargo_metadata(false)
+        .cargo_warnings(false)
+        .target(&target)
+        .host(&target)
+        .opt_level(2)
+        .try_get_compiler()
+        .unwrap_or_else(|e| panic!("no C compiler (install build-essential): {e}"));
+    let output = compiler
+        .to_command()
+        .args(["-Wall", "-Wextra", "-Werror", "-pthread"])
+        .args(extra)
+        .arg(source)
+        .arg("-o")
+        .arg(&tmp)
+        .output()
+        .expect("running the C compiler");
+    assert!(
+        output.status.success(),
+        "compiling {} failed:\n{}",
+        source.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    std::fs::rename(&tmp, &out).expect("installing the compiled C program");
+    out
 }
 
 /// Requires a Debian package's program: fails loudly when root (CI) and it
