@@ -228,7 +228,10 @@ fn idle_then_server_first(label: &str, keepalive_ms: &str) -> usize {
     thread::sleep(Duration::from_secs(6));
     let data = pattern(256 << 10, 3);
     let mut writer = server.as_unix_stream().try_clone().unwrap();
-    writer.write_all(&data).unwrap();
+    // Without keepalives the server may learn that its peer is unreachable
+    // while it writes (its flow then ends): that is the control's outcome
+    // too, so only what the client receives is asserted.
+    let _ = writer.write_all(&data);
     let mut reader = client.as_unix_stream().try_clone().unwrap();
     reader
         .set_read_timeout(Some(Duration::from_millis(200)))
