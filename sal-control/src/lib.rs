@@ -92,6 +92,19 @@ pub enum Request {
         #[serde(default)]
         nonblocking: bool,
     },
+    /// Have sald hand a stream listener's flows straight to the
+    /// application, in place of one `Accept` round trip per flow. Answered
+    /// with `Delivering` and the application's end of a `SOCK_SEQPACKET`
+    /// accept queue: sald puts one [`AcceptNotice`] into it per established
+    /// flow, the flow's fd attached, while the queue has room (the rest wait
+    /// in the listener's backlog). `poll`/`epoll` readiness of that end is
+    /// readiness to accept, and any number of threads or forked processes
+    /// may take from it. sald stops feeding when every copy of the
+    /// application's end is closed; the listener itself still belongs to
+    /// this control connection.
+    Deliver {
+        listener: ListenerId,
+    },
     /// Unbind a listener (unregisters the service). Closing the control
     /// connection does the same for every listener it created.
     CloseListener {
@@ -201,6 +214,11 @@ pub enum Response {
         #[serde(default)]
         socket: Option<FlowId>,
     },
+    /// The answer to [`Request::Deliver`]: the application's end of the
+    /// listener's accept queue (fd attached).
+    Delivering {
+        listener: ListenerId,
+    },
     /// A flow (fd attached).
     Accepted {
         flow: FlowInfo,
@@ -291,6 +309,7 @@ impl Response {
         matches!(
             self,
             Response::Accepted { .. }
+                | Response::Delivering { .. }
                 | Response::Connected { .. }
                 | Response::DatagramOpened { .. }
                 | Response::Listening {
@@ -553,6 +572,54 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// One established flow on a listener's accept queue (see
+/// [`Request::Deliver`]); the message carries the flow's fd as
+/// `SCM_RIGHTS`.
+///
+/// Binary and fixed-size ([`AcceptNotice::LEN`] bytes), because the
+/// application reads it in `accept`: the service ID the client asked for
+/// (32), then 1 and the peer's locator (kind, IPv4 address, port), or 0 and
+/// seven zero bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcceptNotice {
+    /// The service the client connected to.
+    pub service: ServiceId,
+    /// Where the peer is, as far as this host knows.
+    pub remote: Option<Locator>,
+}
+
+impl AcceptNotice {
+    /// The encoded length.
+    pub const LEN: usize = 32 + 1 + LOCATOR_LEN;
+
+    /// The message, ready to send.
+    pub fn encode(&self) -> [u8; AcceptNotice::LEN] {
+        let mut out = Vec::with_capacity(AcceptNotice::LEN);
+        out.extend_from_slice(self.service.as_bytes());
+        match &self.remote {
+            Some(remote) => {
+                out.push(1);
+                encode_locator(&mut out, remote);
+            }
+            None => out.resize(AcceptNotice::LEN, 0),
+        }
+        let mut message = [0u8; AcceptNotice::LEN];
+        message.copy_from_slice(&out);
+        message
+    }
+
+    /// Reads a message (`None`: not an accept notice).
+    pub fn decode(message: &[u8]) -> Option<AcceptNotice> {
+        if message.len() != AcceptNotice::LEN {
+            return None;
+        }
+        let mut reader = Reader(message);
+        let service = reader.service().ok()?;
+        let remote = reader.optional(Reader::locator).ok()?;
+        Some(AcceptNotice { service, remote })
+    }
+}
+
 impl DatagramFrame {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -714,6 +781,27 @@ mod tests {
         ));
         assert!(decode_body::<Request>(b"{\"op\":\"nope\"}").is_err());
         assert!(decode_body::<Request>(b"\xff\xfe").is_err());
+    }
+
+    #[test]
+    fn accept_notices_round_trip_and_reject_other_lengths() {
+        for remote in [
+            None,
+            Some("10.77.1.1".parse().unwrap()),
+            Some("udp:10.0.0.1:54324".parse().unwrap()),
+        ] {
+            let notice = AcceptNotice {
+                service: "c0ec70".parse().unwrap(),
+                remote,
+            };
+            let message = notice.encode();
+            assert_eq!(AcceptNotice::decode(&message), Some(notice));
+            assert_eq!(
+                AcceptNotice::decode(&message[..AcceptNotice::LEN - 1]),
+                None
+            );
+        }
+        assert_eq!(AcceptNotice::decode(&[0u8; AcceptNotice::LEN + 1]), None);
     }
 
     #[test]

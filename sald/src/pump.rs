@@ -23,7 +23,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use nix::sys::socket::{recv, send, MsgFlags};
+use nix::sys::socket::{recv, send, sendmsg, ControlMessage, MsgFlags};
 use sal::proto::{ConnectError, Host, HostError};
 use sal::FlowId;
 use sal_control::DatagramFrame;
@@ -202,10 +202,11 @@ pub async fn stream(
 }
 
 /// A SOCK_SEQPACKET socket registered with the runtime.
-struct Packets(AsyncFd<OwnedFd>);
+pub(crate) struct Packets(AsyncFd<OwnedFd>);
 
 impl Packets {
-    fn new(fd: OwnedFd) -> io::Result<Packets> {
+    /// Registers `fd` (made non-blocking) with the runtime.
+    pub(crate) fn new(fd: OwnedFd) -> io::Result<Packets> {
         nix::fcntl::fcntl(
             fd.as_raw_fd(),
             nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
@@ -223,6 +224,42 @@ impl Packets {
             match guard.try_io(|fd| Ok(recv(fd.as_raw_fd(), buf, MsgFlags::empty())?)) {
                 Ok(result) => return result,
                 Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Sends one message with `fd` attached (`SCM_RIGHTS`), waiting for
+    /// room. The descriptor is ours to close afterwards either way.
+    pub(crate) async fn send_with_fd(&self, message: &[u8], fd: &OwnedFd) -> io::Result<()> {
+        let fds = [fd.as_raw_fd()];
+        let rights = [ControlMessage::ScmRights(&fds)];
+        let iov = [io::IoSlice::new(message)];
+        loop {
+            let mut guard = self.0.writable().await?;
+            let sent = guard.try_io(|socket| {
+                Ok(sendmsg::<()>(
+                    socket.as_raw_fd(),
+                    &iov,
+                    &rights,
+                    MsgFlags::MSG_NOSIGNAL,
+                    None,
+                )?)
+            });
+            match sent {
+                Ok(result) => return result.map(drop),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Returns once the other end is closed (every copy of it). Anything
+    /// the other end sends meanwhile is read and dropped.
+    pub(crate) async fn closed(&self) {
+        let mut scratch = [0u8; 64];
+        loop {
+            match self.recv(&mut scratch).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
             }
         }
     }

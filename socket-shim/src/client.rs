@@ -165,6 +165,7 @@ pub(crate) fn response_name(response: &Response) -> &'static str {
         Response::Ok => "ok",
         Response::Error { .. } => "error",
         Response::Listening { .. } => "listening",
+        Response::Delivering { .. } => "delivering",
         Response::Accepted { .. } => "accepted",
         Response::Connected { .. } => "connected",
         Response::DatagramOpened { .. } => "datagram_opened",

@@ -14,7 +14,7 @@ use sal::proto::FlowInfo;
 use sal::table::ListenerId;
 use sal::wire::TransportProtocol;
 use sal::{ServiceId, ServicePrefix};
-use sal_control::{DatagramFrame, Request, Response};
+use sal_control::{AcceptNotice, DatagramFrame, Request, Response};
 use socket_shim::{ControlClient, Error as ShimError, MAX_DATAGRAM};
 
 use crate::addr::{self, parse_inet, parse_serval, PortMap, SockAddr, AF_SERVAL};
@@ -29,8 +29,6 @@ pub(crate) type Res<T> = Result<T, Errno>;
 /// Backlog of the `Listen` sent at `bind` time (sald learns the backlog when
 /// the prefix is registered, before the program calls `listen`).
 const BIND_BACKLOG: u32 = 128;
-/// Bytes the accept queue message carries (see `encode_accepted`).
-const ACCEPT_MSG: usize = 1 + 32 + 1 + 4 + 2;
 
 fn last_errno() -> Errno {
     std::io::Error::last_os_error()
@@ -747,168 +745,46 @@ pub(crate) fn listen(fd: RawFd, pass: impl FnOnce() -> c_int) -> Res<c_int> {
     started.map(|()| 0)
 }
 
-fn dup_cloexec(fd: RawFd) -> Res<OwnedFd> {
-    // SAFETY: no pointers; F_DUPFD_CLOEXEC returns a new descriptor.
-    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
-    if new < 0 {
-        return Err(last_errno());
-    }
-    // SAFETY: `new` was just created and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(new) })
-}
-
-/// The accept queue: a SOCK_SEQPACKET socketpair. The helper thread takes
-/// flows from sald (blocking `Accept`) and passes each one, with its
-/// description, through its end; the program's listening descriptor is the
-/// other end, so `poll`/`epoll` readiness, blocking and non-blocking
-/// `accept` are the kernel's, and forked children share the queue.
-fn start_listener(fd: RawFd, gen: u64, control: ControlClient, listener: ListenerId) -> Res<()> {
-    let (queue, app) = socketpair(libc::SOCK_SEQPACKET)?;
-    let control_dup = dup_cloexec(control.as_fd().as_raw_fd())?;
-    let queue_dup = dup_cloexec(queue.as_raw_fd())?;
-    let helper_fds = [control.as_fd().as_raw_fd(), queue.as_raw_fd()];
-    std::thread::Builder::new()
-        .name("serval-accept".into())
-        .spawn(move || accept_loop(fd, gen, control, listener, queue))
-        .map_err(|_| libc::EAGAIN)?;
-    let shutdown = |a: &OwnedFd, b: &OwnedFd| {
-        // SAFETY: no pointers; shutting down our own duplicates.
-        unsafe {
-            libc::shutdown(a.as_raw_fd(), libc::SHUT_RDWR);
-            libc::shutdown(b.as_raw_fd(), libc::SHUT_RDWR);
-        }
-    };
-    let mut stale = Vec::new();
-    let mut spare = None;
-    let result = {
-        let mut table = lock();
-        match table.get(fd, &mut stale) {
-            Some(entry) if entry.gen == gen => match swap_in(&app, fd, None) {
-                Ok(()) => {
-                    entry.state = State::Listening {
-                        control: control_dup,
-                        queue: queue_dup,
-                        helper_fds: Some(helper_fds),
-                    };
-                    entry.ident = ident(fd);
-                    re_epoll(entry, fd);
-                    table.refresh(fd);
-                    Ok(())
-                }
-                Err(errno) => {
-                    spare = Some((control_dup, queue_dup));
-                    Err(errno)
-                }
-            },
-            _ => {
-                spare = Some((control_dup, queue_dup));
-                Err(libc::EBADF)
-            }
-        }
-    };
-    if let Some((a, b)) = &spare {
-        shutdown(a, b);
-    }
-    drop(stale);
-    drop(spare);
-    drop(app);
-    result
-}
-
-fn encode_accepted(flow: &FlowInfo) -> [u8; ACCEPT_MSG] {
-    let mut msg = [0u8; ACCEPT_MSG];
-    msg[0] = b'A';
-    msg[1..33].copy_from_slice(flow.service.as_bytes());
-    let (kind, ip, port) = match flow.remote {
-        Some(Locator::Ipv4(ip)) => (1, ip, 0),
-        Some(Locator::Udp(addr)) => (2, *addr.ip(), addr.port()),
-        None => (0, Ipv4Addr::UNSPECIFIED, 0),
-    };
-    msg[33] = kind;
-    msg[34..38].copy_from_slice(&ip.octets());
-    msg[38..40].copy_from_slice(&port.to_be_bytes());
-    msg
-}
-
-fn send_with_fd(queue: &OwnedFd, msg: &[u8], fd: Option<RawFd>) -> Res<()> {
-    let mut iov = libc::iovec {
-        iov_base: msg.as_ptr() as *mut libc::c_void,
-        iov_len: msg.len(),
-    };
-    let mut cmsg_buf = [0u64; 8];
-    // SAFETY: msghdr is plain data; every pointer set below points into
-    // locals that outlive the sendmsg call, and the control buffer is large
-    // enough (64 bytes) for one SCM_RIGHTS header with one int, as
-    // CMSG_SPACE(4) confirms.
-    unsafe {
-        let mut hdr: libc::msghdr = std::mem::zeroed();
-        hdr.msg_iov = &mut iov;
-        hdr.msg_iovlen = 1;
-        if let Some(fd) = fd {
-            let space = libc::CMSG_SPACE(std::mem::size_of::<c_int>() as u32) as usize;
-            hdr.msg_control = cmsg_buf.as_mut_ptr().cast();
-            hdr.msg_controllen = space;
-            let cmsg = libc::CMSG_FIRSTHDR(&hdr);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<c_int>() as u32) as usize;
-            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<c_int>(), fd);
-        }
-        loop {
-            if libc::sendmsg(queue.as_raw_fd(), &hdr, libc::MSG_NOSIGNAL) >= 0 {
-                return Ok(());
-            }
-            let errno = last_errno();
-            if errno != libc::EINTR {
-                return Err(errno);
-            }
-        }
-    }
-}
-
-/// The helper thread of a listener.
-fn accept_loop(
+/// The accept queue: sald puts each established flow, with its description
+/// (an [`AcceptNotice`]), into a SOCK_SEQPACKET socketpair
+/// ([`Request::Deliver`]) whose other end becomes the program's listening
+/// descriptor, so `poll`/`epoll` readiness, blocking and non-blocking
+/// `accept` are the kernel's and forked children share the queue. No
+/// thread of ours sits in between: a flow costs sald one `sendmsg` and the
+/// program one `recvmsg`. The control connection stays in the table
+/// (closing it unbinds the service).
+fn start_listener(
     fd: RawFd,
     gen: u64,
     mut control: ControlClient,
     listener: ListenerId,
-    queue: OwnedFd,
-) {
-    loop {
-        let request = Request::Accept {
-            listener,
-            nonblocking: false,
-        };
-        match control.request(&request) {
-            Ok(reply) => match (reply.response, reply.fd) {
-                (Response::Accepted { flow }, Some(flow_fd)) => {
-                    let msg = encode_accepted(&flow);
-                    if send_with_fd(&queue, &msg, Some(flow_fd.as_raw_fd())).is_err() {
-                        break;
-                    }
-                }
-                _ => {
-                    let _ = send_error(&queue, libc::EPROTO);
-                    break;
-                }
-            },
-            Err(error) => {
-                let _ = send_error(&queue, error.errno());
-                break;
+) -> Res<()> {
+    let reply = control
+        .request(&Request::Deliver { listener })
+        .map_err(shim_errno)?;
+    let app = match (reply.response, reply.fd) {
+        (Response::Delivering { .. }, Some(app)) => app,
+        _ => return Err(libc::EPROTO),
+    };
+    let mut stale = Vec::new();
+    let mut table = lock();
+    let result = match table.get(fd, &mut stale) {
+        Some(entry) if entry.gen == gen => match swap_in(&app, fd, None) {
+            Ok(()) => {
+                entry.state = State::Listening { control };
+                entry.ident = ident(fd);
+                re_epoll(entry, fd);
+                table.refresh(fd);
+                Ok(())
             }
-        }
-    }
-    table::helper_ended(fd, gen);
-}
-
-fn send_error(queue: &OwnedFd, errno: Errno) -> Res<()> {
-    let mut msg = [0u8; 5];
-    msg[0] = b'E';
-    msg[1..5].copy_from_slice(&errno.to_ne_bytes());
-    // Do not wait for room: the program may never accept again.
-    // SAFETY: no pointers besides `msg`, valid for its length.
-    unsafe { libc::fcntl(queue.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
-    send_with_fd(queue, &msg, None)
+            Err(errno) => Err(errno),
+        },
+        _ => Err(libc::EBADF),
+    };
+    drop(table);
+    drop(stale);
+    drop(app);
+    result
 }
 
 // --- accept -------------------------------------------------------------
@@ -975,18 +851,16 @@ pub(crate) fn accept(
     }
     let n = n as usize;
     if n == 0 {
-        // The helper ended and nobody else holds the queue: the listener is gone.
+        // sald closed its end: the listener is gone.
         return Err(libc::EINVAL);
-    }
-    if msg[0] == b'E' && n >= 5 {
-        return Err(i32::from_ne_bytes([msg[1], msg[2], msg[3], msg[4]]));
     }
     if received.is_empty() && truncated {
         // The kernel had nowhere to put the flow's descriptor: this
         // process's table is full, as accept(2) reports it.
         return Err(libc::EMFILE);
     }
-    if msg[0] != b'A' || n < ACCEPT_MSG || received.is_empty() {
+    let notice = AcceptNotice::decode(&msg[..n]).ok_or(libc::EPROTO)?;
+    if received.is_empty() {
         return Err(libc::EPROTO);
     }
     let flow = received.remove(0);
@@ -994,18 +868,20 @@ pub(crate) fn accept(
     if flags & libc::SOCK_NONBLOCK != 0 {
         set_nonblock(flow.as_raw_fd(), true)?;
     }
-    let mut id = [0u8; 32];
-    id.copy_from_slice(&msg[1..33]);
-    let remote = (msg[33] != 0).then(|| Ipv4Addr::new(msg[34], msg[35], msg[36], msg[37]));
-    let port = u16::from_be_bytes([msg[38], msg[39]]);
+    let service = notice.service;
+    let (remote, port) = match notice.remote {
+        Some(Locator::Ipv4(ip)) => (Some(ip), 0),
+        Some(Locator::Udp(addr)) => (Some(*addr.ip()), addr.port()),
+        None => (None, 0),
+    };
     let peer = match found.domain {
-        Domain::Serval => SockAddr::service(ServiceId::from_bytes(id)),
+        Domain::Serval => SockAddr::service(service),
         Domain::Inet(family) => addr::inet_peer(remote, port, family),
     };
     let new_fd = flow.into_raw_fd();
     let mut entry = Entry::new(found.kind, found.domain, new_fd, State::Connected);
     entry.local = match found.domain {
-        Domain::Serval => Some(SockAddr::service(ServiceId::from_bytes(id))),
+        Domain::Serval => Some(SockAddr::service(service)),
         Domain::Inet(_) => found.local,
     };
     entry.peer = Some(peer);
@@ -1022,16 +898,13 @@ pub(crate) fn close(fd: RawFd) {
     }
     let entry = lock().remove(fd);
     if let Some(entry) = entry {
-        if let State::Listening { control, queue, .. } = &entry.state {
+        if let State::Listening { control } = &entry.state {
             if entry.owner == std::process::id() as libc::pid_t {
-                // Stops the helper: its Accept sees end of file, its queue
-                // writes fail. sald unbinds when the helper's control
-                // connection closes.
-                // SAFETY: no pointers; our own duplicates.
-                unsafe {
-                    libc::shutdown(control.as_fd().as_raw_fd(), libc::SHUT_RDWR);
-                    libc::shutdown(queue.as_raw_fd(), libc::SHUT_RDWR);
-                }
+                // sald unbinds when the control connection closes; forked
+                // children's copies of it must not keep the service bound
+                // after the process that listened closed the listener.
+                // SAFETY: no pointers; a socket this entry owns.
+                unsafe { libc::shutdown(control.as_fd().as_raw_fd(), libc::SHUT_RDWR) };
             }
         }
         drop(entry);

@@ -24,7 +24,6 @@ use sal::table::ListenerId;
 use socket_shim::ControlClient;
 
 use crate::addr::SockAddr;
-use crate::real;
 
 /// Descriptors below this are tracked in the lock-free bitsets; above it
 /// every lookup takes the lock (only when some such descriptor is tracked).
@@ -87,13 +86,9 @@ pub(crate) enum State {
     Failed,
     /// The descriptor is the application end of the listener's accept queue.
     Listening {
-        /// Duplicates of the helper's control connection and queue end, used
-        /// to shut them down (which stops the helper) when the listener closes.
-        control: OwnedFd,
-        queue: OwnedFd,
-        /// The helper's own descriptors, closed by a forked child (which has
-        /// copies but no helper thread); `None` once the helper ended.
-        helper_fds: Option<[RawFd; 2]>,
+        /// The connection that owns the listener in sald (and feeds the
+        /// queue): closing it unbinds the service.
+        control: ControlClient,
     },
     /// A datagram socket not yet opened with sald (placeholder descriptor).
     DgramIdle { wake: Option<OwnedFd> },
@@ -283,37 +278,7 @@ extern "C" fn fork_parent() {
     let _ = FORK_GUARD.try_with(|slot| slot.borrow_mut().take());
 }
 
-/// In the child: helper threads did not survive the fork, but their
-/// descriptors did. Close those (the parent's helpers keep serving the
-/// shared accept queues, so inherited listeners still accept), and leave
-/// every application descriptor alone.
+/// In the child: releases the table lock taken in `fork_prepare`.
 extern "C" fn fork_child() {
-    let _ = FORK_GUARD.try_with(|slot| {
-        if let Some(mut guard) = slot.borrow_mut().take() {
-            for entry in guard.values_mut() {
-                if let State::Listening { helper_fds, .. } = &mut entry.state {
-                    if let Some(fds) = helper_fds.take() {
-                        for fd in fds {
-                            // SAFETY: these numbers are this child's copies of
-                            // the helper's descriptors; no thread here owns them.
-                            unsafe { real::close(fd) };
-                        }
-                    }
-                }
-            }
-        }
-    });
-}
-
-/// Marks the helper of the listener at `fd` (generation `gen`) as ended, so
-/// a later fork does not close numbers it no longer owns.
-pub(crate) fn helper_ended(fd: RawFd, gen: u64) {
-    let mut table = lock();
-    if let Some(entry) = table.guard.get_mut(&fd) {
-        if entry.gen == gen {
-            if let State::Listening { helper_fds, .. } = &mut entry.state {
-                *helper_fds = None;
-            }
-        }
-    }
+    let _ = FORK_GUARD.try_with(|slot| slot.borrow_mut().take());
 }

@@ -135,7 +135,7 @@ pub(in crate::control) fn unbind_all(client: &mut Client) {
     }
 }
 
-fn not_ours(listener: ListenerId) -> Reply {
+pub(super) fn not_ours(listener: ListenerId) -> Reply {
     error_reply(
         ErrorKind::NotFound,
         format!("no listener {listener:?} on this connection"),

@@ -3,6 +3,7 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
@@ -14,6 +15,7 @@ use tokio::net::UnixStream;
 
 use super::{connect_error, error_reply, host_error, Reply};
 use crate::control::client::Client;
+use crate::control::ControlContext;
 use crate::pump;
 
 /// Opens a flow to `service` for this client and hands it over once
@@ -121,14 +123,35 @@ pub(super) fn hand_over(
     flow: FlowId,
     respond: impl FnOnce(FlowInfo) -> Response,
 ) -> Reply {
-    let context = client.context.clone();
+    match hand_over_flow(&client.context, client.uid, flow) {
+        Ok((info, theirs)) => (respond(info), Some(theirs)),
+        Err(HandOverError::Gone) => error_reply(
+            ErrorKind::Refused,
+            "the flow closed before it could be handed over",
+        ),
+        Err(HandOverError::Pair(error)) => pair_error(error),
+    }
+}
+
+/// Why a flow could not be handed over (it is gone either way).
+pub(super) enum HandOverError {
+    /// It closed before.
+    Gone,
+    /// No socketpair for it (see [`pair_error`]).
+    Pair(io::Error),
+}
+
+/// Makes an established flow `uid`'s: a socketpair whose other end a pump
+/// task serves. The application's end and the flow's description.
+pub(super) fn hand_over_flow(
+    context: &Arc<ControlContext>,
+    uid: u32,
+    flow: FlowId,
+) -> Result<(FlowInfo, OwnedFd), HandOverError> {
     let shared = &context.shared;
     let mut core = shared.lock();
     let Some(info) = core.host.flow(flow) else {
-        return error_reply(
-            ErrorKind::Refused,
-            "the flow closed before it could be handed over",
-        );
+        return Err(HandOverError::Gone);
     };
     let kind = match info.protocol {
         TransportProtocol::Stream => SockType::Stream,
@@ -140,10 +163,10 @@ pub(super) fn hand_over(
             let _ = core.host.abort(flow);
             let _ = core.host.close(flow);
             core.run();
-            return pair_error(error);
+            return Err(HandOverError::Pair(error));
         }
     };
-    core.owners.adopt(flow, client.uid);
+    core.owners.adopt(flow, uid);
     let signal = core.adopt(flow);
     let shared = shared.clone();
     match info.protocol {
@@ -161,7 +184,7 @@ pub(super) fn hand_over(
                     let _ = core.host.abort(flow);
                     let _ = core.host.close(flow);
                     core.run();
-                    return pair_error(error);
+                    return Err(HandOverError::Pair(error));
                 }
             }
         }
@@ -169,5 +192,5 @@ pub(super) fn hand_over(
             .tasks
             .spawn(move |shutdown| pump::datagram_flow(shared, flow, signal, ours, shutdown)),
     }
-    (respond(info), Some(theirs))
+    Ok((info, theirs))
 }

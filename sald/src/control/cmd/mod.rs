@@ -5,6 +5,7 @@
 //! are handled by the client loop.
 
 mod bind;
+mod deliver;
 mod drain;
 mod flows;
 mod inspect;
@@ -18,6 +19,7 @@ use sal_control::{ErrorKind, Request, Response};
 
 use super::client::Client;
 
+use bind::not_ours;
 pub(super) use bind::unbind_all;
 
 /// What a request produced: a response and maybe a socket to hand over.
@@ -38,6 +40,7 @@ pub(super) async fn handle(client: &mut Client, request: Request) -> Reply {
             listener,
             nonblocking,
         } => bind::accept(client, listener, nonblocking).await,
+        Request::Deliver { listener } => deliver::deliver(client, listener),
         Request::CloseListener { listener } => bind::close_listener(client, listener),
         Request::Drain { prefix, wait_ms } => drain::drain(client, prefix, wait_ms).await,
         Request::Connect {

@@ -1,0 +1,110 @@
+//! `Deliver`: a listener's flows go straight into the application's
+//! accept queue, one message and one descriptor each.
+//!
+//! With `Accept`, every flow costs a round trip on the control connection
+//! (the request, sald's reply with the descriptor), and an application that
+//! wants kernel-like `accept`/`epoll` semantics needs a thread of its own
+//! to make those round trips and pass the flows on. Here sald does the
+//! passing: one `sendmsg` per flow into a `SOCK_SEQPACKET` socketpair whose
+//! other end the application accepts from. That is one wake-up and one
+//! hand-over per flow instead of three, and no thread in the application.
+//!
+//! The queue's socket buffer is the only bound on what sald pushes ahead:
+//! when it is full the task waits for room and the remaining flows stay in
+//! the listener's backlog, where the SAL's own limits apply to them.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use nix::sys::socket::SockType;
+use sal::table::ListenerId;
+use sal_control::{AcceptNotice, Response};
+
+use super::flows::{hand_over_flow, pair, pair_error, HandOverError};
+use super::{not_ours, Reply};
+use crate::control::client::Client;
+use crate::control::ControlContext;
+use crate::pump::Packets;
+use crate::shutdown::Shutdown;
+
+/// Starts feeding `listener`'s flows into a new accept queue and answers
+/// with the application's end of it.
+pub(super) fn deliver(client: &mut Client, listener: ListenerId) -> Reply {
+    if !client.listeners.contains(&listener) {
+        return not_ours(listener);
+    }
+    let context = client.context.clone();
+    let (ours, theirs) = match pair(SockType::SeqPacket) {
+        Ok(pair) => pair,
+        Err(error) => return pair_error(error),
+    };
+    let uid = client.uid;
+    let tasks = context.tasks.clone();
+    tasks.spawn(move |shutdown| feed(context, uid, listener, ours, shutdown));
+    (Response::Delivering { listener }, Some(theirs))
+}
+
+/// Hands each established flow of `listener` to `uid` through `queue`
+/// until the listener closes, the application closes every copy of its
+/// end, or the daemon stops.
+async fn feed(
+    context: Arc<ControlContext>,
+    uid: u32,
+    listener: ListenerId,
+    queue: OwnedFd,
+    mut shutdown: Shutdown,
+) {
+    let Ok(queue) = Packets::new(queue) else {
+        return;
+    };
+    loop {
+        let mut waiter = context.shared.lock().wait_accept(listener);
+        let flow = tokio::select! {
+            flow = &mut waiter => match flow {
+                Ok(flow) => Some(flow),
+                // The listener closed.
+                Err(_) => return,
+            },
+            () = queue.closed() => None,
+            () = shutdown.recv() => None,
+        };
+        let Some(flow) = flow else {
+            // A flow may have come in the same turn: reset it rather than
+            // leave it established with nobody to take it.
+            waiter.close();
+            let mut core = context.shared.lock();
+            if let Ok(orphan) = waiter.try_recv() {
+                let _ = core.host.abort(orphan);
+                let _ = core.host.close(orphan);
+                core.run();
+            }
+            core.prune_accepts(listener);
+            return;
+        };
+        let (info, fd) = match hand_over_flow(&context, uid, flow) {
+            Ok(handed) => handed,
+            Err(HandOverError::Gone) => continue,
+            Err(HandOverError::Pair(error)) => {
+                // sald is out of descriptors: the flow was reset; the next
+                // one may find one free.
+                tracing::warn!(%error, "no socket for an accepted flow");
+                continue;
+            }
+        };
+        let notice = AcceptNotice {
+            service: info.service,
+            remote: info.remote,
+        }
+        .encode();
+        tokio::select! {
+            sent = queue.send_with_fd(&notice, &fd) => {
+                if sent.is_err() {
+                    // The application closed its end: the flow's socket goes
+                    // with `fd`, and its pump ends the flow.
+                    return;
+                }
+            }
+            () = shutdown.recv() => return,
+        }
+    }
+}
