@@ -18,7 +18,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddrV4;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use sal::proto::{ConnectError, Event, FlowInfo, Host, Transmit, TransmitKind};
+use sal::proto::{ConnectError, Event, FlowInfo, Host, HostError, Transmit, TransmitKind};
 use sal::table::ListenerId;
 use sal::time::Instant;
 use sal::wire::{Ipv4Carriage, IPV4_HEADER_LEN};
@@ -404,13 +404,15 @@ impl Core {
         self.flows.remove(&flow);
     }
 
-    /// Waits for the next flow of `listener`: at once if one is queued.
+    /// Waits for the next flow of `listener`: at once if one is queued; the
+    /// receiver fails when the listener is (or already was) closed.
     pub fn wait_accept(&mut self, listener: ListenerId) -> oneshot::Receiver<FlowId> {
         let (tx, rx) = oneshot::channel();
         match self.host.accept(listener) {
             Ok(flow) => {
                 let _ = tx.send(flow);
             }
+            Err(HostError::NoSuchListener(_)) => drop(tx),
             Err(_) => self
                 .pending_accepts
                 .entry(listener)
@@ -418,6 +420,14 @@ impl Core {
                 .push_back(tx),
         }
         rx
+    }
+
+    /// Closes a listener (see [`Host::close_listener`]); whoever waits for
+    /// its flows (an `Accept`, a `Deliver` queue's feeder) learns it is
+    /// gone.
+    pub fn close_listener(&mut self, listener: ListenerId) -> Result<(), HostError> {
+        self.pending_accepts.remove(&listener);
+        self.host.close_listener(listener)
     }
 
     /// Drops accept waiters whose clients are gone.

@@ -59,7 +59,7 @@ pub(super) fn listen(
             Err(error) => {
                 client.listeners.retain(|&l| l != listener);
                 core.owners.unbind(listener);
-                let _ = core.host.close_listener(listener);
+                let _ = core.close_listener(listener);
                 core.run();
                 return pair_error(error);
             }
@@ -110,7 +110,7 @@ pub(super) fn close_listener(client: &mut Client, listener: ListenerId) -> Reply
     }
     client.listeners.retain(|l| *l != listener);
     let mut core = client.context.shared.lock();
-    let result = core.host.close_listener(listener);
+    let result = core.close_listener(listener);
     // After the `Unregistered` event went out, which needs the owner.
     core.run();
     core.owners.unbind(listener);
@@ -127,7 +127,7 @@ pub(in crate::control) fn unbind_all(client: &mut Client) {
     }
     let mut core = client.context.shared.lock();
     for listener in &client.listeners {
-        let _ = core.host.close_listener(*listener);
+        let _ = core.close_listener(*listener);
     }
     core.run();
     for listener in client.listeners.drain(..) {

@@ -1,0 +1,205 @@
+//! `Deliver` (issue 11 §3): sald puts a listener's established flows
+//! straight into the application's accept queue, each as an
+//! `AcceptNotice` with the flow's descriptor attached, in place of one
+//! `Accept` round trip per flow. Two daemons in this process (UDP mode on
+//! loopback), real flows between them.
+
+use std::io::{IoSliceMut, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+use sal::table::ListenerId;
+use sal::wire::TransportProtocol;
+use sal::ServiceId;
+use sal_control::{AcceptNotice, ErrorKind, Request, Response};
+use socket_shim::{ControlClient, ServiceStream};
+
+mod common;
+use common::{InProcess, Sald, Scratch};
+
+/// How long anything here may take.
+const WITHIN: Duration = Duration::from_secs(10);
+
+struct Setup {
+    _dir: Scratch,
+    server: InProcess,
+    client: InProcess,
+}
+
+fn setup(label: &str) -> Setup {
+    let dir = Scratch::new(label);
+    let server = InProcess::start(common::udp_config(&dir, "server", [127, 0, 0, 2].into()));
+    let client = InProcess::start(common::udp_config(&dir, "client", [127, 0, 0, 1].into()));
+    client.forward_to("0/0", server.locator(), 1);
+    Setup {
+        _dir: dir,
+        server,
+        client,
+    }
+}
+
+/// Binds `prefix` on a fresh control connection of `sald`.
+fn listen(sald: &InProcess, prefix: &str) -> (ControlClient, ListenerId) {
+    let mut owner = ControlClient::connect_to(&sald.control).expect("control");
+    let reply = owner
+        .request(&Request::Listen {
+            prefix: prefix.parse().unwrap(),
+            protocol: TransportProtocol::Stream,
+            backlog: 16,
+        })
+        .expect("listen");
+    match reply.response {
+        Response::Listening { listener, .. } => (owner, listener),
+        other => panic!("not listening: {other:?}"),
+    }
+}
+
+fn deliver(owner: &mut ControlClient, listener: ListenerId) -> OwnedFd {
+    let reply = owner
+        .request(&Request::Deliver { listener })
+        .expect("deliver");
+    assert_eq!(reply.response, Response::Delivering { listener });
+    reply.fd.expect("the accept queue")
+}
+
+/// Whether `fd` becomes readable within `timeout`.
+fn readable(fd: &OwnedFd, timeout: Duration) -> bool {
+    let mut fds = [PollFd::new(std::os::fd::AsFd::as_fd(fd), PollFlags::POLLIN)];
+    let millis = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+    poll(&mut fds, PollTimeout::from(millis)).expect("poll") == 1
+}
+
+/// What one read of the accept queue gave.
+enum Taken {
+    Flow(AcceptNotice, UnixStream),
+    EndOfFile,
+}
+
+fn take(queue: &OwnedFd) -> Taken {
+    assert!(readable(queue, WITHIN), "nothing on the accept queue");
+    let mut message = [0u8; 64];
+    let mut iov = [IoSliceMut::new(&mut message)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let received = recvmsg::<()>(
+        queue.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .expect("recvmsg");
+    let mut fds = Vec::new();
+    for cmsg in received.cmsgs().expect("control messages") {
+        if let ControlMessageOwned::ScmRights(rights) = cmsg {
+            // SAFETY: the kernel just installed these descriptors for us.
+            fds.extend(
+                rights
+                    .into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
+        }
+    }
+    let len = received.bytes;
+    if len == 0 {
+        assert!(fds.is_empty());
+        return Taken::EndOfFile;
+    }
+    let notice = AcceptNotice::decode(&message[..len]).expect("an accept notice");
+    assert_eq!(fds.len(), 1, "one descriptor per notice");
+    Taken::Flow(notice, UnixStream::from(fds.remove(0)))
+}
+
+fn connect(sald: &InProcess, service: ServiceId) -> ServiceStream {
+    let control = ControlClient::connect_to(&sald.control).expect("control");
+    ServiceStream::connect_via(control, service, Some(WITHIN)).expect("connect")
+}
+
+/// A client's message arrives on the delivered flow and the answer makes
+/// it back, byte for byte.
+fn echo_once(mut stream: ServiceStream, mut flow: UnixStream, tag: u8) {
+    let message: Vec<u8> = (0..200u8).map(|i| i.wrapping_mul(tag)).collect();
+    stream.write_all(&message).unwrap();
+    flow.set_read_timeout(Some(WITHIN)).unwrap();
+    let mut got = vec![0u8; message.len()];
+    flow.read_exact(&mut got).unwrap();
+    assert_eq!(got, message);
+    flow.write_all(&got).unwrap();
+    stream
+        .as_unix_stream()
+        .set_read_timeout(Some(WITHIN))
+        .unwrap();
+    let mut back = vec![0u8; message.len()];
+    stream.read_exact(&mut back).unwrap();
+    assert_eq!(back, message);
+}
+
+#[test]
+fn flows_arrive_on_the_accept_queue_with_their_descriptor() {
+    let net = setup("deliver");
+    let (mut owner, listener) = listen(&net.server, "de11/16");
+    let queue = deliver(&mut owner, listener);
+    let client_locator = net.client.locator();
+
+    for tag in 1..=3u8 {
+        let service: ServiceId = format!("de11{tag:02x}").parse().unwrap();
+        let stream = connect(&net.client, service);
+        let Taken::Flow(notice, flow) = take(&queue) else {
+            panic!("the accept queue ended");
+        };
+        assert_eq!(notice.service, service);
+        assert_eq!(notice.remote, Some(client_locator));
+        echo_once(stream, flow, tag);
+    }
+    assert_eq!(net.server.flows().len(), 3);
+}
+
+#[test]
+fn only_the_owner_may_take_a_listeners_flows() {
+    let net = setup("deliver-owner");
+    let (_owner, listener) = listen(&net.server, "de12/16");
+    let mut other = ControlClient::connect_to(&net.server.control).expect("control");
+    match other.request(&Request::Deliver { listener }) {
+        Err(error) => assert_eq!(error.kind(), Some(ErrorKind::NotFound)),
+        Ok(reply) => panic!("another connection took the listener: {reply:?}"),
+    }
+}
+
+#[test]
+fn a_closed_queue_leaves_flows_in_the_backlog() {
+    let net = setup("deliver-closed");
+    let (mut owner, listener) = listen(&net.server, "de13/16");
+    drop(deliver(&mut owner, listener));
+    // sald notices the queue closed; the flow that comes next waits in the
+    // listener's backlog instead of being lost on the way.
+    let service: ServiceId = "de1301".parse().unwrap();
+    let stream = connect(&net.client, service);
+    let reply = owner
+        .request(&Request::Accept {
+            listener,
+            nonblocking: false,
+        })
+        .expect("accept");
+    let Response::Accepted { flow } = reply.response else {
+        panic!("not accepted: {:?}", reply.response);
+    };
+    assert_eq!(flow.service, service);
+    echo_once(stream, UnixStream::from(reply.fd.expect("fd")), 7);
+}
+
+#[test]
+fn the_queue_ends_when_the_listener_goes() {
+    let net = setup("deliver-end");
+    let (mut owner, listener) = listen(&net.server, "de14/16");
+    let queue = deliver(&mut owner, listener);
+    drop(owner);
+    assert!(matches!(take(&queue), Taken::EndOfFile));
+    let mut probe = ControlClient::connect_to(&net.client.control).expect("control");
+    let refused = probe.request(&Request::Connect {
+        service: "de1401".parse().unwrap(),
+        protocol: TransportProtocol::Stream,
+        timeout_ms: Some(5_000),
+    });
+    assert!(refused.is_err(), "a closed listener still took a flow");
+}
