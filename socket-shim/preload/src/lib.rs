@@ -22,9 +22,9 @@
 //!   writable flow (or a hang-up and `SO_ERROR` on failure). epoll
 //!   registrations are re-added for the new file;
 //! - `bind` registers the prefix with sald at once (so `EADDRINUSE` comes from
-//!   `bind`); `listen` puts a `SOCK_SEQPACKET` socketpair end at the number:
-//!   a helper thread takes flows from sald and passes each, with its
-//!   description, through the pair. `accept` is a `recvmsg` on it, so
+//!   `bind`); `listen` puts at the number the `SOCK_SEQPACKET` accept queue
+//!   into which sald delivers each flow with its description (no thread of
+//!   ours in between). `accept` is a `recvmsg` on it, so
 //!   readiness, blocking and `O_NONBLOCK` behave as the kernel's, and a
 //!   forked child that inherits the listener accepts from the same queue;
 //! - datagram sockets are sald's `SOCK_SEQPACKET` sockets; `sendto`/`recvfrom`
