@@ -11,9 +11,10 @@
 //! directory (`target/release`), hence the build first. Environment:
 //! `BENCH_MILLIS` (default 3000) per run, `BENCH_PARALLEL` (default `4,16`)
 //! the parallel client counts, `SHIM_BASELINE` (the path of another build's
-//! `libserval_shim.so`, say one of an earlier commit): the direct runs are
-//! repeated with it, client and server, on the same daemons, as the
-//! "before" of a change.
+//! `libserval_shim.so`, say one of an earlier commit) and `SALD_BASELINE`
+//! (another build's `sald`): the direct runs are repeated with them (either
+//! or both; the other from this build), client and server, on fresh
+//! daemons, as the "before" of a change.
 //!
 //! Rows: sequential (one client thread: its p50/p99 of connect + echo),
 //! then each parallel count (connections per second), for kernel TCP, the
@@ -214,8 +215,13 @@ fn runs(
 }
 
 fn sald(host: &Host, dir: &Path, name: &str, extra: &[&str]) -> Daemon {
+    sald_from(&binary("sald"), host, dir, name, extra)
+}
+
+/// [`sald`] with the daemon at `program`.
+fn sald_from(program: &Path, host: &Host, dir: &Path, name: &str, extra: &[&str]) -> Daemon {
     let control = dir.join(format!("{name}.sock"));
-    let mut cmd = host.ns.command(binary("sald"));
+    let mut cmd = host.ns.command(program);
     cmd.args(["--iface", &host.ifaces[0].name, "--control"])
         .arg(&control)
         .args(extra)
@@ -265,6 +271,7 @@ fn main() {
     let program = connrate();
     let shim = target_dir().join("libserval_shim.so");
     let baseline_shim = std::env::var_os("SHIM_BASELINE").map(PathBuf::from);
+    let baseline_sald = std::env::var_os("SALD_BASELINE").map(PathBuf::from);
     let dir = std::env::temp_dir().join(format!("connect-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     println!(
@@ -283,26 +290,31 @@ fn main() {
         let _server = server(ns1, Via::Kernel, &program);
         runs(ns0, Via::Kernel, &program, server_addr, &parallel, millis)
     };
-    let (direct, baseline) = {
-        let client_sald = sald(pair.host(0), &dir, "client", &[]);
-        let server_sald = sald(pair.host(1), &dir, "server", &[]);
+    // The direct runs: with this build's sald and shim, then (if asked)
+    // with the baseline's, each on fresh daemons.
+    let direct_with = |sald_program: &Path, shim: &Path, name: &str| {
+        let client_sald = sald_from(sald_program, pair.host(0), &dir, &format!("{name}c"), &[]);
+        let server_sald = sald_from(sald_program, pair.host(1), &dir, &format!("{name}s"), &[]);
         forward(&client_sald, server_addr);
-        let direct_with = |shim: &Path| {
-            let serving = Via::Serval {
-                control: &server_sald.control,
-                shim,
-            };
-            let _server = server(ns1, serving, &program);
-            let client = Via::Serval {
-                control: &client_sald.control,
-                shim,
-            };
-            runs(ns0, client, &program, server_addr, &parallel, millis)
+        let serving = Via::Serval {
+            control: &server_sald.control,
+            shim,
         };
-        let direct = direct_with(&shim);
-        let baseline = baseline_shim.as_deref().map(direct_with);
-        (direct, baseline)
+        let _server = server(ns1, serving, &program);
+        let client = Via::Serval {
+            control: &client_sald.control,
+            shim,
+        };
+        runs(ns0, client, &program, server_addr, &parallel, millis)
     };
+    let direct = direct_with(&binary("sald"), &shim, "direct");
+    let baseline = (baseline_shim.is_some() || baseline_sald.is_some()).then(|| {
+        direct_with(
+            baseline_sald.as_deref().unwrap_or(&binary("sald")),
+            baseline_shim.as_deref().unwrap_or(&shim),
+            "baseline",
+        )
+    });
     drop(pair);
 
     let lan = TopologyBuilder::new("connr", 3)
@@ -339,6 +351,9 @@ fn main() {
     if let Some(path) = &baseline_shim {
         println!("baseline shim: {}", path.display());
     }
+    if let Some(path) = &baseline_sald {
+        println!("baseline sald: {}", path.display());
+    }
     report(&parallel, &kernel, &direct, &routed, baseline.as_deref());
 }
 
@@ -355,7 +370,7 @@ fn report(
     let rows = [
         ("kernel TCP", Some(kernel[0])),
         ("SAL direct", Some(direct[0])),
-        ("SAL direct, baseline shim", baseline.map(|b| b[0])),
+        ("SAL direct, baseline", baseline.map(|b| b[0])),
         ("SAL via router", Some(routed[0])),
     ];
     for (name, run) in rows.into_iter().filter_map(|(n, r)| Some((n, r?))) {
@@ -391,7 +406,7 @@ fn report(
         );
         if let Some(b) = baseline.map(|b| b[i + 1]) {
             println!(
-                "  SAL direct, baseline shim{:7.0} {:8} {:8} {:8}   {:8.2}   {:8.2}   (direct / baseline {:.2})",
+                "  SAL direct, baseline     {:8.0} {:8} {:8} {:8}   {:8.2}   {:8.2}   (direct / baseline {:.2})",
                 b.rate,
                 b.p50_us,
                 b.p99_us,
