@@ -10,7 +10,8 @@
 //! (root: network namespaces). The bench uses the `sald` of its own target
 //! directory (`target/release`), hence the build first. Environment:
 //! `BENCH_MILLIS` (default 3000) per run, `BENCH_PARALLEL` (default `4,16`)
-//! the parallel client counts, `SHIM_BASELINE` (the path of another build's
+//! the parallel client counts, `BENCH_LINK=udp` (every sald on UDP
+//! encapsulation, port 7077, instead of its TUN device), `SHIM_BASELINE` (the path of another build's
 //! `libserval_shim.so`, say one of an earlier commit) and `SALD_BASELINE`
 //! (another build's `sald`): the direct runs are repeated with them (either
 //! or both; the other from this build), client and server, on fresh
@@ -56,15 +57,61 @@
 //!   round trips (`Hello`, `Connect`), daemon to daemon for SYN and SYN-ACK,
 //!   the hand-over to the program, the data through both pumps, the accept
 //!   helper passing the flow on to the server program. After: one control
-//!   round trip (`Hello` gone: kept connection, or sent with the `Connect`).
+//!   round trip (`Hello` gone: kept connection, or sent with the `Connect`),
+//!   and no accept helper: sald delivers each accepted flow straight into
+//!   the program's accept queue (`Deliver`), one wake-up where there were
+//!   three, and one `Accept` request less per flow (sequential p50 440 ->
+//!   319 µs, parallel rates 1.22-1.28x, same run).
 //!
-//! What is left is per packet (count and TUN path) and per wake-up, not in
-//! sald's code.
+//! # What is left (after `Deliver`)
+//!
+//! `perf record -a` during the 4-parallel run: the daemons take 63 % of
+//! both cores, the C programs (shim included) 20 %, idle 16 %. So sald's CPU
+//! per connection bounds the rate: about 330 µs for both daemons, against
+//! about 80 µs for the whole connection on kernel TCP. Of sald's time, 70 %
+//! is in the kernel and 21 % in sald's own code (timer heap, host poll and
+//! input, smoltcp), 9 % in libc (`memmove`, `malloc`). Inside the kernel:
+//!
+//! - waking other processes: `_raw_spin_unlock_irqrestore` and
+//!   `finish_task_switch` alone are over a third of sald's time. On this VM
+//!   a wake-up of a task on the other CPU is an IPI, that is a VM exit.
+//!   Part of them are spurious: when sald reads what a program wrote to its
+//!   end of a `SOCK_STREAM` socketpair, freeing the buffer wakes the
+//!   socket's wait queue for write space (`unix_write_space`), and a program
+//!   blocked in `read` on that same socket is woken for nothing (the stream
+//!   reader's wait does not filter by event). That costs one futile
+//!   context switch per request on each side; `SOCK_SEQPACKET` readers are
+//!   filtered, but a byte stream cannot be a seqpacket socket.
+//! - TUN writes (24 % of sald): each carries its packet through the kernel's
+//!   forwarding path into the peer namespace and wakes the peer daemon.
+//!   Sending our own packets through the raw socket instead (the host's
+//!   output path, no forwarding) changed nothing measurable (3,800 vs
+//!   3,788 conn/s), so the forwarding itself is not the cost, the packet
+//!   count and the wake-ups are.
+//! - the per-flow socketpair: `socketpair`, epoll registration, `shutdown`,
+//!   `close` (with the unix garbage collector's work queue, since the socket
+//!   was passed as a descriptor) are about 12 % of sald.
+//! - packets: 13 per connection against 8. The 4 SAL FIN/ACK packets at
+//!   teardown are the wire format's (WIRE.md: each side's SAL-only FIN,
+//!   answered by a SAL-only ACK); one more is a pure TCP ACK (a window
+//!   update) the server sends between the client's FIN and its own.
+//!
+//! Tried without effect (within this machine's noise, same-run A/B with
+//! `SALD_BASELINE`): letting woken tasks run before a receive batch's
+//! acknowledgements are written (sequential 334 vs 310 µs, parallel 1.06x).
+//! UDP encapsulation (`BENCH_LINK=udp`: batched `sendmmsg`, no TUN, no
+//! forwarding) is hardly faster either: 4,788 / 6,473 conn/s at 4 / 16
+//! parallel, 0.19x / 0.23x kernel TCP in its run. Reaching half of kernel
+//! TCP's rate needs sald's CPU per connection cut about 4x, which means
+//! fewer cross-process hops per request (a shared-memory ring between
+//! program and daemon in place of the socketpair and its wake-ups, or the
+//! SAL in the program's process) and fewer packets per connection; see
+//! the issue 11 notes.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -218,11 +265,26 @@ fn sald(host: &Host, dir: &Path, name: &str, extra: &[&str]) -> Daemon {
     sald_from(&binary("sald"), host, dir, name, extra)
 }
 
+/// The UDP port of every sald when `BENCH_LINK=udp`.
+const UDP_PORT: u16 = 7077;
+
+/// Whether the daemons use UDP encapsulation (`BENCH_LINK=udp`) rather
+/// than the TUN device.
+fn udp_link() -> bool {
+    std::env::var("BENCH_LINK").is_ok_and(|link| link == "udp")
+}
+
 /// [`sald`] with the daemon at `program`.
 fn sald_from(program: &Path, host: &Host, dir: &Path, name: &str, extra: &[&str]) -> Daemon {
     let control = dir.join(format!("{name}.sock"));
     let mut cmd = host.ns.command(program);
-    cmd.args(["--iface", &host.ifaces[0].name, "--control"])
+    if udp_link() {
+        let addr = host.addr().expect("address");
+        cmd.arg("--udp").arg(format!("{addr}:{UDP_PORT}"));
+    } else {
+        cmd.args(["--iface", &host.ifaces[0].name]);
+    }
+    cmd.arg("--control")
         .arg(&control)
         .args(extra)
         .env("RUST_LOG", "warn");
@@ -236,7 +298,11 @@ fn forward(daemon: &Daemon, to: Ipv4Addr) {
             c.request(&Request::AddRule {
                 prefix: "0/0".parse().expect("prefix"),
                 target: Target::Forward {
-                    locator: Locator::Ipv4(to),
+                    locator: if udp_link() {
+                        Locator::Udp(SocketAddrV4::new(to, UDP_PORT))
+                    } else {
+                        Locator::Ipv4(to)
+                    },
                     weight: 1,
                 },
                 priority: 0,
