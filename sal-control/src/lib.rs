@@ -17,7 +17,11 @@
 //! created it. Listeners (and their datagram sockets) belong to the control
 //! connection: closing it unbinds them. While a blocking `Accept` waits, the
 //! client must send nothing: sald takes any byte, or end of file, as the
-//! client leaving, and withdraws the accept.
+//! client leaving, and withdraws the accept. A listener's flows can instead
+//! be delivered ([`Request::Deliver`]): sald pushes each one, as an
+//! [`AcceptNotice`] with its descriptor, into an accept queue the client
+//! reads like a kernel listening socket (one message per flow, no round
+//! trip).
 //!
 //! Datagram sends through a socket's fd are best effort, like UDP: a datagram
 //! that cannot be sent (no route, over [`sal::proto::MAX_DATAGRAM`] bytes)
