@@ -34,6 +34,12 @@
 //! min_buffer = 4096          # first allocation of a buffer; it doubles as needed
 //! max_send_buffer = 1048576  # most bytes a flow may have queued to send
 //! max_recv_buffer = 1048576  # most bytes it may hold received: the window it offers
+//!
+//! [syn]                      # opening handshakes (defaults shown)
+//! cookies = "under-pressure" # SYN cookies past the half-open bounds ("never", "always")
+//! half_open_limit = 128      # half-open flows one listener keeps (its backlog bounds them too)
+//! max_half_open = 1024       # half-open flows the host keeps, all listeners
+//! half_open_timeout_ms = 10000 # how long a half-open flow waits for the client's ACK
 //! ```
 //!
 //! Flags given on the command line override the file.
@@ -71,6 +77,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use serde::Deserialize;
 
+use sal::proto::{HostConfig, SynCookies};
 use sal::table::Target;
 use sal::{Locator, ServicePrefix};
 
@@ -302,6 +309,76 @@ impl TcpBuffers {
     }
 }
 
+/// How a listener takes SYNs (the `[syn]` table; see "SYN floods" in the
+/// README): half-open flows up to the bounds, then cookies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SynConfig {
+    /// When SYNs are answered with cookies.
+    pub cookies: CookieMode,
+    /// Half-open flows one listener keeps at most (its backlog bounds them
+    /// too).
+    pub half_open_limit: usize,
+    /// Half-open flows the host keeps at most, all listeners together.
+    pub max_half_open: usize,
+    /// How long a half-open flow waits for its client's ACK.
+    pub half_open_timeout_ms: u64,
+}
+
+/// `[syn] cookies`: as [`SynCookies`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CookieMode {
+    /// Past the bounds, SYNs are refused.
+    Never,
+    /// Past the bounds, SYNs are answered with cookies (the default).
+    UnderPressure,
+    /// Every SYN is answered with a cookie: no SYN costs any state.
+    Always,
+}
+
+impl Default for SynConfig {
+    fn default() -> Self {
+        let host = HostConfig::default();
+        SynConfig {
+            cookies: match host.syn_cookies {
+                SynCookies::Never => CookieMode::Never,
+                SynCookies::UnderPressure => CookieMode::UnderPressure,
+                SynCookies::Always => CookieMode::Always,
+            },
+            half_open_limit: host.half_open_limit,
+            max_half_open: host.max_half_open,
+            half_open_timeout_ms: host.half_open_timeout.total_millis(),
+        }
+    }
+}
+
+impl SynConfig {
+    /// Writes these settings into the host's configuration.
+    pub fn apply(&self, host: &mut HostConfig) {
+        host.syn_cookies = match self.cookies {
+            CookieMode::Never => SynCookies::Never,
+            CookieMode::UnderPressure => SynCookies::UnderPressure,
+            CookieMode::Always => SynCookies::Always,
+        };
+        host.half_open_limit = self.half_open_limit;
+        host.max_half_open = self.max_half_open;
+        host.half_open_timeout = sal::time::Duration::from_millis(self.half_open_timeout_ms);
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.half_open_timeout_ms == 0 {
+            bail!("syn: half_open_timeout_ms must be at least 1");
+        }
+        if self.cookies == CookieMode::Never
+            && (self.half_open_limit == 0 || self.max_half_open == 0)
+        {
+            bail!("syn: with cookies = \"never\", a half-open limit of 0 refuses every connection");
+        }
+        Ok(())
+    }
+}
+
 fn default_min_bind_prefix() -> u16 {
     16
 }
@@ -330,6 +407,8 @@ pub struct FileConfig {
     pub limits: Limits,
     #[serde(default)]
     pub tcp: TcpBuffers,
+    #[serde(default)]
+    pub syn: SynConfig,
 }
 
 /// The effective configuration.
@@ -359,6 +438,8 @@ pub struct Config {
     pub limits: Limits,
     /// Each stream flow's TCP buffer bounds.
     pub tcp: TcpBuffers,
+    /// Half-open bounds and SYN cookies.
+    pub syn: SynConfig,
 }
 
 impl Config {
@@ -378,6 +459,7 @@ impl Config {
         };
         file.limits.validate()?;
         file.tcp.validate()?;
+        file.syn.validate()?;
         for rule in &file.rules {
             rule.target()?;
         }
@@ -413,6 +495,7 @@ impl Config {
             min_bind_prefix: file.min_bind_prefix.clamp(1, 256),
             limits: file.limits,
             tcp: file.tcp,
+            syn: file.syn,
         })
     }
 }
@@ -500,6 +583,46 @@ mod tests {
         assert!(too_small_max.validate().is_err());
         assert!(toml::from_str::<FileConfig>("[tcp]\nmax_buffer = 1").is_err());
         assert_eq!(Limits::default().flows, 1 << 22);
+    }
+
+    #[test]
+    fn syn_settings_reach_the_host_and_are_checked_at_load() {
+        let file: FileConfig = toml::from_str(
+            "[syn]\ncookies = \"always\"\nhalf_open_limit = 16\nmax_half_open = 64\nhalf_open_timeout_ms = 2500",
+        )
+        .unwrap();
+        file.syn.validate().unwrap();
+        let mut host = HostConfig::default();
+        file.syn.apply(&mut host);
+        assert_eq!(host.syn_cookies, SynCookies::Always);
+        assert_eq!((host.half_open_limit, host.max_half_open), (16, 64));
+        assert_eq!(host.half_open_timeout.total_millis(), 2500);
+
+        // The defaults are the host's own.
+        let defaults = HostConfig::default();
+        let mut host = HostConfig {
+            syn_cookies: SynCookies::Never,
+            half_open_limit: 1,
+            ..HostConfig::default()
+        };
+        toml::from_str::<FileConfig>("")
+            .unwrap()
+            .syn
+            .apply(&mut host);
+        assert_eq!(host.syn_cookies, defaults.syn_cookies);
+        assert_eq!(host.half_open_limit, defaults.half_open_limit);
+        assert_eq!(host.max_half_open, defaults.max_half_open);
+        assert_eq!(host.half_open_timeout, defaults.half_open_timeout);
+
+        for bad in [
+            "[syn]\nhalf_open_timeout_ms = 0",
+            "[syn]\ncookies = \"never\"\nmax_half_open = 0",
+        ] {
+            let file: FileConfig = toml::from_str(bad).unwrap();
+            assert!(file.syn.validate().is_err(), "{bad}");
+        }
+        assert!(toml::from_str::<FileConfig>("[syn]\ncookies = \"sometimes\"").is_err());
+        assert!(toml::from_str::<FileConfig>("[syn]\nbacklog = 1").is_err());
     }
 
     #[test]

@@ -254,7 +254,7 @@ fn build_host(config: &Config, interfaces: &[LocalInterface]) -> Result<Host> {
         // still fit the MTU, or every one of them is fragmented.
         stream.mss -= UDP_HEADER_LEN;
     }
-    let host_config = HostConfig {
+    let mut host_config = HostConfig {
         stream,
         forward: config.forward,
         broadcast_discovery: config.broadcast_discovery,
@@ -268,6 +268,7 @@ fn build_host(config: &Config, interfaces: &[LocalInterface]) -> Result<Host> {
         max_flows: config.limits.flows,
         ..HostConfig::default()
     };
+    config.syn.apply(&mut host_config);
     let mut host = Host::new(host_config, sal::time::Instant::from_micros(0));
     for interface in interfaces {
         tracing::info!(iface = %interface.name, locator = %interface.locator, "SAL interface");

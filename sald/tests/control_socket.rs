@@ -558,3 +558,29 @@ fn batched_rule_changes_apply_in_order_and_never_outrank_the_operator() {
     assert!(rule("cafe/16").is_none_or(|r| r.targets().is_empty()));
     assert_eq!(rule("f00d/16").expect("f00d/16").targets()[0].priority, 3);
 }
+
+#[test]
+fn the_syn_settings_of_the_config_reach_the_host() {
+    let dir = Scratch::new("syn-settings");
+    let mut config = common::udp_config(&dir, "server", [127, 0, 0, 2].into());
+    config.syn.cookies = sald::config::CookieMode::Always;
+    let server = InProcess::start(config);
+    let client = InProcess::start(common::udp_config(&dir, "client", [127, 0, 0, 1].into()));
+    client.forward_to("0/0", server.locator(), 1);
+    let listener = ServiceListener::bind_via(server.client(), prefix("5c00/16"), 8).expect("bind");
+    let accepting = thread::spawn(move || listener.accept().map(|_| ()));
+    let stream = ServiceStream::connect_via(
+        client.client(),
+        "5c0001".parse().unwrap(),
+        Some(Duration::from_secs(10)),
+    );
+    assert!(stream.is_ok(), "connect: {stream:?}");
+    accepting.join().unwrap().expect("accept");
+    let stats = match server.request(Request::Stats) {
+        Response::Stats { stats } => stats.host,
+        other => panic!("{other:?}"),
+    };
+    // With `cookies = "always"`, even the first SYN is answered with a
+    // cookie, and the handshake completes from it.
+    assert_eq!((stats.cookies_sent, stats.cookies_accepted), (1, 1));
+}
