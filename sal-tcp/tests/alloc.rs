@@ -1,67 +1,22 @@
 //! Heap use, counted by a global allocator: none per segment in steady state,
 //! none to answer a SYN statelessly, none for an idle connection.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use sal_tcp::{
     write_syn_ack, Config, Duration, Instant, Ipv4Address, Socket, State, TcpSeqNumber,
     MAX_HEADER_LEN,
 };
 
-/// Counts allocations (and reallocations) made on a thread while it is
-/// inside [`allocations`]; the test harness's own threads (reporting results
-/// while a test runs) are not counted.
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    /// Whether this thread's allocations are being counted.
-    static COUNTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-fn count() {
-    if COUNTING.with(|c| c.get()) {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: every call is forwarded unchanged to the system allocator, which
-// upholds `GlobalAlloc`'s contract; counting has no effect on the memory.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours, passed through.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours, passed through.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours, passed through.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours, passed through.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
+/// Counts the allocations of the thread inside [`allocations`]; the test
+/// harness's own threads (reporting results while a test runs) are not
+/// counted.
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: alloc_counter::Counting = alloc_counter::Counting;
 
-/// Allocations made by `f` (the tests in this binary run one at a time, see
-/// `main`-less `harness`: each test takes the lock below).
+/// Allocations made by `f` on this thread (the tests in this binary run one
+/// at a time: each test takes the lock below).
 fn allocations<R>(f: impl FnOnce() -> R) -> (u64, R) {
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
-    COUNTING.with(|c| c.set(true));
-    let result = f();
-    COUNTING.with(|c| c.set(false));
-    (ALLOCATIONS.load(Ordering::Relaxed) - before, result)
+    alloc_counter::mark_this_thread();
+    alloc_counter::count(f)
 }
 
 /// Tests in one binary run on several threads: serialize them so that one

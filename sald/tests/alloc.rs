@@ -3,10 +3,8 @@
 //! bulk transfer while a global allocator counts what their threads
 //! allocate.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -18,52 +16,12 @@ use socket_shim::{ServiceListener, ServiceStream};
 mod common;
 use common::{InProcess, Sald, Scratch};
 
-/// Counts allocations made on daemon threads while counting is on.
-struct Counting;
-
-static COUNTING: AtomicBool = AtomicBool::new(false);
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-thread_local! {
-    /// Whether this thread runs a daemon.
-    static DAEMON: Cell<bool> = const { Cell::new(false) };
-}
-
-fn count() {
-    if COUNTING.load(Ordering::Relaxed) && DAEMON.try_with(Cell::get).unwrap_or(false) {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-// SAFETY: every call is forwarded unchanged to the system allocator, which
-// upholds `GlobalAlloc`'s contract; counting has no effect on the memory.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours, passed through.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours, passed through.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        // SAFETY: same contract as ours, passed through.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours, passed through.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
+/// Counts allocations made on the daemons' threads while counting is on.
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: alloc_counter::Counting = alloc_counter::Counting;
 
 fn daemon_thread() {
-    DAEMON.with(|d| d.set(true));
+    alloc_counter::mark_this_thread();
 }
 
 /// Packets both daemons' links carried so far.
@@ -120,11 +78,8 @@ fn a_bulk_transfer_allocates_nothing_per_packet_in_sald() {
     // Warm up: buffers grow to what the transfer needs.
     thread::sleep(Duration::from_secs(2));
     let before = packets([&client, &server]);
-    COUNTING.store(true, Ordering::Relaxed);
-    thread::sleep(Duration::from_secs(2));
-    COUNTING.store(false, Ordering::Relaxed);
+    let (allocations, ()) = alloc_counter::count(|| thread::sleep(Duration::from_secs(2)));
     let carried = packets([&client, &server]) - before;
-    let allocations = ALLOCATIONS.load(Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
     let received = reader.join().unwrap();
