@@ -592,6 +592,12 @@ pub struct AcceptNotice {
     pub remote: Option<Locator>,
 }
 
+/// What sald puts on an accept queue in place of a flow it could not hand
+/// over for want of descriptors or memory (the flow was reset): the
+/// application's `accept` fails with `ENOBUFS`, as the kernel's does when
+/// it cannot give an accepted connection a file.
+pub const ACCEPT_EXHAUSTED: [u8; 1] = [0xff];
+
 impl AcceptNotice {
     /// The encoded length.
     pub const LEN: usize = 32 + 1 + LOCATOR_LEN;
@@ -806,6 +812,7 @@ mod tests {
             );
         }
         assert_eq!(AcceptNotice::decode(&[0u8; AcceptNotice::LEN + 1]), None);
+        assert_eq!(AcceptNotice::decode(&ACCEPT_EXHAUSTED), None);
     }
 
     #[test]

@@ -265,7 +265,7 @@ impl Packets {
     }
 
     /// Sends one message, waiting for room.
-    async fn send(&self, message: &[u8]) -> io::Result<()> {
+    pub(crate) async fn send(&self, message: &[u8]) -> io::Result<()> {
         loop {
             let mut guard = self.0.writable().await?;
             match guard.try_io(|fd| Ok(send(fd.as_raw_fd(), message, MsgFlags::MSG_NOSIGNAL)?)) {

@@ -7,14 +7,17 @@
 use std::io::{IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use sal::table::ListenerId;
 use sal::wire::TransportProtocol;
 use sal::ServiceId;
-use sal_control::{AcceptNotice, ErrorKind, Request, Response};
+use sal_control::{AcceptNotice, ErrorKind, Request, Response, ACCEPT_EXHAUSTED};
 use socket_shim::{ControlClient, ServiceStream};
 
 mod common;
@@ -75,6 +78,8 @@ fn readable(fd: &OwnedFd, timeout: Duration) -> bool {
 /// What one read of the accept queue gave.
 enum Taken {
     Flow(AcceptNotice, UnixStream),
+    /// sald had no descriptor for a flow.
+    Exhausted,
     EndOfFile,
 }
 
@@ -105,6 +110,10 @@ fn take(queue: &OwnedFd) -> Taken {
     if len == 0 {
         assert!(fds.is_empty());
         return Taken::EndOfFile;
+    }
+    if message[..len] == ACCEPT_EXHAUSTED {
+        assert!(fds.is_empty());
+        return Taken::Exhausted;
     }
     let notice = AcceptNotice::decode(&message[..len]).expect("an accept notice");
     assert_eq!(fds.len(), 1, "one descriptor per notice");
@@ -202,4 +211,98 @@ fn the_queue_ends_when_the_listener_goes() {
         timeout_ms: Some(5_000),
     });
     assert!(refused.is_err(), "a closed listener still took a flow");
+}
+
+/// A sald process (UDP mode on loopback) whose descriptor limit, hard and
+/// soft, is `fds`; killed on drop.
+struct Starved {
+    child: Child,
+    control: PathBuf,
+}
+
+impl Starved {
+    fn start(dir: &Path, fds: u64) -> Starved {
+        let control = dir.join("starved.sock");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sald"));
+        cmd.args(["--udp", "127.0.0.3:0", "--control"])
+            .arg(&control)
+            .env("RUST_LOG", "error")
+            .stdin(Stdio::null());
+        // SAFETY: between fork and exec only setrlimit, which is
+        // async-signal-safe, runs.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, fds, fds)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let child = cmd.spawn().expect("sald");
+        let starved = Starved { child, control };
+        assert!(
+            testnet::wait_until(WITHIN, || UnixStream::connect(&starved.control).is_ok()),
+            "sald did not start"
+        );
+        starved
+    }
+}
+
+impl Sald for Starved {
+    fn control_path(&self) -> &Path {
+        &self.control
+    }
+}
+
+impl Drop for Starved {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_sald_out_of_descriptors_says_so_on_the_accept_queue() {
+    let dir = Scratch::new("deliver-starved");
+    let server = Starved::start(&dir, 48);
+    let client = InProcess::start(common::udp_config(&dir, "client", [127, 0, 0, 1].into()));
+    client.forward_to("0/0", server.locator(), 1);
+    let mut owner = ControlClient::connect_to(&server.control).expect("control");
+    let reply = owner
+        .request(&Request::Listen {
+            prefix: "de15/16".parse().unwrap(),
+            protocol: TransportProtocol::Stream,
+            backlog: 64,
+        })
+        .expect("listen");
+    let Response::Listening { listener, .. } = reply.response else {
+        panic!("not listening: {:?}", reply.response);
+    };
+    let queue = deliver(&mut owner, listener);
+
+    // Every delivered flow holds one of sald's descriptors (its end of the
+    // flow's socketpair) for as long as both ends stay open.
+    let mut held = Vec::new();
+    let service: ServiceId = "de1501".parse().unwrap();
+    let exhausted_after = loop {
+        assert!(held.len() < 64, "sald never ran out of descriptors");
+        let stream = connect(&client, service);
+        match take(&queue) {
+            Taken::Flow(_, flow) => held.push((stream, flow)),
+            Taken::Exhausted => break held.len(),
+            Taken::EndOfFile => panic!("the accept queue ended"),
+        }
+    };
+    assert!(exhausted_after > 0, "no flow was delivered at all");
+
+    // Once flows close, their descriptors come back and delivery goes on.
+    held.drain(..held.len() / 2);
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        assert!(Instant::now() < deadline, "delivery did not resume");
+        let stream = connect(&client, service);
+        if let Taken::Flow(_, flow) = take(&queue) {
+            echo_once(stream, flow, 9);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -14,7 +14,7 @@ use sal::proto::FlowInfo;
 use sal::table::ListenerId;
 use sal::wire::TransportProtocol;
 use sal::{ServiceId, ServicePrefix};
-use sal_control::{AcceptNotice, DatagramFrame, Request, Response};
+use sal_control::{AcceptNotice, DatagramFrame, Request, Response, ACCEPT_EXHAUSTED};
 use socket_shim::{ControlClient, Error as ShimError, MAX_DATAGRAM};
 
 use crate::addr::{self, parse_inet, parse_serval, PortMap, SockAddr, AF_SERVAL};
@@ -858,6 +858,10 @@ pub(crate) fn accept(
         // The kernel had nowhere to put the flow's descriptor: this
         // process's table is full, as accept(2) reports it.
         return Err(libc::EMFILE);
+    }
+    if msg[..n] == ACCEPT_EXHAUSTED {
+        // sald had no descriptor or memory for a flow (and reset it).
+        return Err(libc::ENOBUFS);
     }
     let notice = AcceptNotice::decode(&msg[..n]).ok_or(libc::EPROTO)?;
     if received.is_empty() {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use nix::sys::socket::SockType;
 use sal::table::ListenerId;
-use sal_control::{AcceptNotice, Response};
+use sal_control::{AcceptNotice, Response, ACCEPT_EXHAUSTED};
 
 use super::flows::{hand_over_flow, pair, pair_error, HandOverError};
 use super::{not_ours, Reply};
@@ -85,9 +85,17 @@ async fn feed(
             Ok(handed) => handed,
             Err(HandOverError::Gone) => continue,
             Err(HandOverError::Pair(error)) => {
-                // sald is out of descriptors: the flow was reset; the next
-                // one may find one free.
+                // sald is out of descriptors or memory: the flow was reset.
+                // The application's next accept says so; the next flow may
+                // find a descriptor free.
                 tracing::warn!(%error, "no socket for an accepted flow");
+                let told = tokio::select! {
+                    sent = queue.send(&ACCEPT_EXHAUSTED) => sent.is_ok(),
+                    () = shutdown.recv() => false,
+                };
+                if !told {
+                    return;
+                }
                 continue;
             }
         };
