@@ -10,7 +10,6 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -23,7 +22,7 @@ use socket_shim::{ControlClient, Error, ServiceListener, ServiceStream};
 use testnet::{require_root, wait_until};
 
 mod common;
-use common::{client_as, raw_as, InProcess, Sald, Scratch};
+use common::{client_as, raw_as, InProcess, Sald, SaldProcess, Scratch};
 
 /// An ordinary user (`nobody`) and another one.
 const NOBODY: u32 = 65534;
@@ -207,58 +206,17 @@ fn idle_connections_and_partial_frames_time_out() {
     assert!(matches!(listener.try_accept(), Ok(None)));
 }
 
-/// A sald process (UDP mode) with `config` as its file, and its control
-/// socket; killed on drop.
-struct Process {
-    child: Child,
-    control: std::path::PathBuf,
-}
-
-impl Process {
-    fn start(dir: &Path, config: &str) -> Process {
-        let file = dir.join("sald.toml");
-        std::fs::write(&file, config).unwrap();
-        let control = dir.join("proc.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_sald"))
-            .args(["--udp", "127.0.0.1:0", "--control"])
-            .arg(&control)
-            .arg("--config")
-            .arg(&file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let process = Process { child, control };
-        assert!(wait_until(Duration::from_secs(10), || {
-            UnixStream::connect(&process.control).is_ok()
-        }));
-        process
-    }
-
-    /// Resident memory in bytes.
-    fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-        kib * 1024
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn frame_memory_is_bounded_for_all_clients_together() {
     const CLIENTS: usize = 64;
     const SENT: usize = 960 * 1024;
     const BUDGET: u64 = 8 << 20;
     let dir = Scratch::new("frame-memory");
-    let sald = Process::start(&dir, &format!("[limits]\nframe_memory = {BUDGET}\n"));
+    let file = dir.join("sald.toml");
+    std::fs::write(&file, format!("[limits]\nframe_memory = {BUDGET}\n")).unwrap();
+    let sald = SaldProcess::start(&dir, "proc", "127.0.0.1:0", |cmd| {
+        cmd.arg("--config").arg(&file);
+    });
     thread::sleep(Duration::from_millis(200));
     let before = sald.rss();
     // Each client announces a 1 MiB frame and sends most of it, then stalls

@@ -8,8 +8,7 @@ use std::io::{IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -21,7 +20,7 @@ use sal_control::{AcceptNotice, ErrorKind, Request, Response, ACCEPT_EXHAUSTED};
 use socket_shim::{ControlClient, ServiceStream};
 
 mod common;
-use common::{InProcess, Sald, Scratch};
+use common::{InProcess, Sald, SaldProcess, Scratch};
 
 /// How long anything here may take.
 const WITHIN: Duration = Duration::from_secs(10);
@@ -214,55 +213,24 @@ fn the_queue_ends_when_the_listener_goes() {
 }
 
 /// A sald process (UDP mode on loopback) whose descriptor limit, hard and
-/// soft, is `fds`; killed on drop.
-struct Starved {
-    child: Child,
-    control: PathBuf,
-}
-
-impl Starved {
-    fn start(dir: &Path, fds: u64) -> Starved {
-        let control = dir.join("starved.sock");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sald"));
-        cmd.args(["--udp", "127.0.0.3:0", "--control"])
-            .arg(&control)
-            .env("RUST_LOG", "error")
-            .stdin(Stdio::null());
+/// soft, is `fds`.
+fn starved(dir: &Path, fds: u64) -> SaldProcess {
+    SaldProcess::start(dir, "starved", "127.0.0.3:0", |cmd| {
         // SAFETY: between fork and exec only setrlimit, which is
         // async-signal-safe, runs.
         unsafe {
             cmd.pre_exec(move || {
-                nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, fds, fds)
-                    .map_err(std::io::Error::from)
+                let nofile = nix::sys::resource::Resource::RLIMIT_NOFILE;
+                nix::sys::resource::setrlimit(nofile, fds, fds).map_err(std::io::Error::from)
             });
         }
-        let child = cmd.spawn().expect("sald");
-        let starved = Starved { child, control };
-        assert!(
-            testnet::wait_until(WITHIN, || UnixStream::connect(&starved.control).is_ok()),
-            "sald did not start"
-        );
-        starved
-    }
-}
-
-impl Sald for Starved {
-    fn control_path(&self) -> &Path {
-        &self.control
-    }
-}
-
-impl Drop for Starved {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    })
 }
 
 #[test]
 fn a_sald_out_of_descriptors_says_so_on_the_accept_queue() {
     let dir = Scratch::new("deliver-starved");
-    let server = Starved::start(&dir, 48);
+    let server = starved(&dir, 48);
     let client = InProcess::start(common::udp_config(&dir, "client", [127, 0, 0, 1].into()));
     client.forward_to("0/0", server.locator(), 1);
     let mut owner = ControlClient::connect_to(&server.control).expect("control");

@@ -189,6 +189,59 @@ impl Drop for InProcess {
     }
 }
 
+/// A sald process in UDP mode on `udp` (an address and port, 0 for any),
+/// with its control socket in `dir`; killed on drop. `configure` adds to
+/// its command (flags, a descriptor limit).
+pub struct SaldProcess {
+    child: std::process::Child,
+    pub control: PathBuf,
+}
+
+impl SaldProcess {
+    pub fn start(
+        dir: &Path,
+        name: &str,
+        udp: &str,
+        configure: impl FnOnce(&mut std::process::Command),
+    ) -> SaldProcess {
+        let control = dir.join(format!("{name}.sock"));
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sald"));
+        cmd.args(["--udp", udp, "--control"])
+            .arg(&control)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        configure(&mut cmd);
+        let child = cmd.spawn().expect("sald");
+        let process = SaldProcess { child, control };
+        assert!(
+            testnet::wait_until(Duration::from_secs(10), || {
+                std::os::unix::net::UnixStream::connect(&process.control).is_ok()
+            }),
+            "sald {name} did not start"
+        );
+        process
+    }
+
+    /// Resident memory in bytes.
+    pub fn rss(&self) -> u64 {
+        rss(self.child.id())
+    }
+}
+
+impl Sald for SaldProcess {
+    fn control_path(&self) -> &Path {
+        &self.control
+    }
+}
+
+impl Drop for SaldProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A configuration for a daemon in UDP mode on loopback address `ip` (any
 /// free port), with its control socket in `dir`. Daemons that talk to each
 /// other need different addresses (the SAL tells its own locators by
