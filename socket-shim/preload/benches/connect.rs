@@ -99,6 +99,12 @@
 //! Tried without effect (within this machine's noise, same-run A/B with
 //! `SALD_BASELINE`): letting woken tasks run before a receive batch's
 //! acknowledgements are written (sequential 334 vs 310 µs, parallel 1.06x).
+//! Everything pinned to one CPU (`taskset -c 0` on the bench): SAL 2,993 /
+//! 3,633 conn/s at 4 / 16 parallel against kernel TCP's 14,996 / 14,710 on
+//! that CPU, 0.20x / 0.25x, about the ratio on two CPUs. So the IPIs are
+//! not what makes the gap; the number of switches and system calls per
+//! connection is.
+//!
 //! Busy polling in sald (a task that keeps the runtime polling its
 //! descriptors without sleeping for a while after each piece of work)
 //! trades the tail for the median: with 400 µs, sequential p50 254 vs
