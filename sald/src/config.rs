@@ -315,7 +315,7 @@ impl TcpBuffers {
 #[serde(deny_unknown_fields, default)]
 pub struct SynConfig {
     /// When SYNs are answered with cookies.
-    pub cookies: CookieMode,
+    pub cookies: SynCookies,
     /// Half-open flows one listener keeps at most (its backlog bounds them
     /// too).
     pub half_open_limit: usize,
@@ -325,27 +325,11 @@ pub struct SynConfig {
     pub half_open_timeout_ms: u64,
 }
 
-/// `[syn] cookies`: as [`SynCookies`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CookieMode {
-    /// Past the bounds, SYNs are refused.
-    Never,
-    /// Past the bounds, SYNs are answered with cookies (the default).
-    UnderPressure,
-    /// Every SYN is answered with a cookie: no SYN costs any state.
-    Always,
-}
-
 impl Default for SynConfig {
     fn default() -> Self {
         let host = HostConfig::default();
         SynConfig {
-            cookies: match host.syn_cookies {
-                SynCookies::Never => CookieMode::Never,
-                SynCookies::UnderPressure => CookieMode::UnderPressure,
-                SynCookies::Always => CookieMode::Always,
-            },
+            cookies: host.syn_cookies,
             half_open_limit: host.half_open_limit,
             max_half_open: host.max_half_open,
             half_open_timeout_ms: host.half_open_timeout.total_millis(),
@@ -356,11 +340,7 @@ impl Default for SynConfig {
 impl SynConfig {
     /// Writes these settings into the host's configuration.
     pub fn apply(&self, host: &mut HostConfig) {
-        host.syn_cookies = match self.cookies {
-            CookieMode::Never => SynCookies::Never,
-            CookieMode::UnderPressure => SynCookies::UnderPressure,
-            CookieMode::Always => SynCookies::Always,
-        };
+        host.syn_cookies = self.cookies;
         host.half_open_limit = self.half_open_limit;
         host.max_half_open = self.max_half_open;
         host.half_open_timeout = sal::time::Duration::from_millis(self.half_open_timeout_ms);
@@ -370,7 +350,7 @@ impl SynConfig {
         if self.half_open_timeout_ms == 0 {
             bail!("syn: half_open_timeout_ms must be at least 1");
         }
-        if self.cookies == CookieMode::Never
+        if self.cookies == SynCookies::Never
             && (self.half_open_limit == 0 || self.max_half_open == 0)
         {
             bail!("syn: with cookies = \"never\", a half-open limit of 0 refuses every connection");

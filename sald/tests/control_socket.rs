@@ -521,7 +521,7 @@ fn batched_rule_changes_apply_in_order_and_never_outrank_the_operator() {
 fn the_syn_settings_of_the_config_reach_the_host() {
     let dir = Scratch::new("syn-settings");
     let mut config = common::udp_config(&dir, "server", [127, 0, 0, 2].into());
-    config.syn.cookies = sald::config::CookieMode::Always;
+    config.syn.cookies = sal::proto::SynCookies::Always;
     let server = InProcess::start(config);
     let client = InProcess::start(common::udp_config(&dir, "client", [127, 0, 0, 1].into()));
     client.forward_to("0/0", server.locator(), 1);

@@ -117,8 +117,10 @@ impl Default for HostConfig {
     }
 }
 
-/// When a listener answers SYNs with cookies rather than half-open flows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// When a listener answers SYNs with cookies rather than half-open flows
+/// (in sald's config file: `"never"`, `"under-pressure"`, `"always"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum SynCookies {
     /// Never: past the half-open limits, SYNs are refused.
     Never,
