@@ -499,13 +499,20 @@ const LOCATOR_LEN: usize = 7;
 pub const RECEIVED_HEADER_MAX: usize = 1 + 4 + LOCATOR_LEN + 1 + 32 + 1 + 32;
 
 fn encode_locator(out: &mut Vec<u8>, locator: &Locator) {
+    out.extend_from_slice(&locator_bytes(locator));
+}
+
+/// A locator's encoding: kind, IPv4 address, port.
+fn locator_bytes(locator: &Locator) -> [u8; LOCATOR_LEN] {
     let (kind, ip, port) = match *locator {
         Locator::Ipv4(ip) => (0u8, ip, 0u16),
         Locator::Udp(addr) => (1u8, *addr.ip(), addr.port()),
     };
-    out.push(kind);
-    out.extend_from_slice(&ip.octets());
-    out.extend_from_slice(&port.to_be_bytes());
+    let mut bytes = [0u8; LOCATOR_LEN];
+    bytes[0] = kind;
+    bytes[1..5].copy_from_slice(&ip.octets());
+    bytes[5..].copy_from_slice(&port.to_be_bytes());
+    bytes
 }
 
 fn encode_service(out: &mut Vec<u8>, service: Option<&ServiceId>) {
@@ -604,17 +611,12 @@ impl AcceptNotice {
 
     /// The message, ready to send.
     pub fn encode(&self) -> [u8; AcceptNotice::LEN] {
-        let mut out = Vec::with_capacity(AcceptNotice::LEN);
-        out.extend_from_slice(self.service.as_bytes());
-        match &self.remote {
-            Some(remote) => {
-                out.push(1);
-                encode_locator(&mut out, remote);
-            }
-            None => out.resize(AcceptNotice::LEN, 0),
-        }
         let mut message = [0u8; AcceptNotice::LEN];
-        message.copy_from_slice(&out);
+        message[..32].copy_from_slice(self.service.as_bytes());
+        if let Some(remote) = &self.remote {
+            message[32] = 1;
+            message[33..].copy_from_slice(&locator_bytes(remote));
+        }
         message
     }
 
