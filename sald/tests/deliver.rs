@@ -274,3 +274,55 @@ fn a_sald_out_of_descriptors_says_so_on_the_accept_queue() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn what_a_program_writes_into_its_queue_is_dropped() {
+    let net = setup("deliver-junk");
+    let (mut owner, listener) = listen(&net.server, "de16/16");
+    let queue = deliver(&mut owner, listener);
+    let fds_before = match net.server.request(Request::Stats) {
+        Response::Stats { stats } => stats.fds_open,
+        other => panic!("{other:?}"),
+    };
+    // Junk, some of it carrying descriptors, the wrong way up the queue:
+    // 2 MB, far more than a socket buffer holds, so the sends only finish
+    // if sald reads and drops it (a send that waits 10 s fails the test).
+    let sndtimeo = nix::sys::time::TimeVal::new(10, 0);
+    nix::sys::socket::setsockopt(&queue, nix::sys::socket::sockopt::SendTimeout, &sndtimeo)
+        .unwrap();
+    let (a, b) = UnixStream::pair().unwrap();
+    let junk = [0x5au8; 1000];
+    for i in 0..2000 {
+        let fds = [a.as_raw_fd(), b.as_raw_fd()];
+        let rights = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+        let cmsgs: &[_] = if i % 10 == 0 { &rights } else { &[] };
+        nix::sys::socket::sendmsg::<()>(
+            queue.as_raw_fd(),
+            &[std::io::IoSlice::new(&junk)],
+            cmsgs,
+            MsgFlags::empty(),
+            None,
+        )
+        .unwrap_or_else(|e| panic!("junk message {i} not taken: {e}"));
+    }
+    // Flows still arrive, intact.
+    for tag in 1..=2u8 {
+        let service: ServiceId = format!("de16{tag:02x}").parse().unwrap();
+        let stream = connect(&net.client, service);
+        let Taken::Flow(notice, flow) = take(&queue) else {
+            panic!("the accept queue ended");
+        };
+        assert_eq!(notice.service, service);
+        echo_once(stream, flow, tag);
+    }
+    // sald kept none of the 400 descriptors it was sent (it reads without
+    // room for them, so the kernel closes them).
+    let fds_after = match net.server.request(Request::Stats) {
+        Response::Stats { stats } => stats.fds_open,
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        fds_after <= fds_before + 4,
+        "sald holds {fds_before} -> {fds_after} descriptors"
+    );
+}
