@@ -124,6 +124,29 @@ fn connect(sald: &InProcess, service: ServiceId) -> ServiceStream {
     ServiceStream::connect_via(control, service, Some(WITHIN)).expect("connect")
 }
 
+/// Connects `client` to `service` and takes the flow from `queue`, which
+/// must be that connection's.
+fn connect_and_take(
+    client: &InProcess,
+    queue: &OwnedFd,
+    service: ServiceId,
+) -> (ServiceStream, AcceptNotice, UnixStream) {
+    let stream = connect(client, service);
+    let Taken::Flow(notice, flow) = take(queue) else {
+        panic!("the accept queue ended");
+    };
+    assert_eq!(notice.service, service);
+    (stream, notice, flow)
+}
+
+/// Descriptors open in this process (the in-process daemons' included).
+fn fds_open(sald: &InProcess) -> u64 {
+    match sald.request(Request::Stats) {
+        Response::Stats { stats } => stats.fds_open,
+        other => panic!("no stats: {other:?}"),
+    }
+}
+
 /// A client's message arrives on the delivered flow and the answer makes
 /// it back, byte for byte.
 fn echo_once(mut stream: ServiceStream, mut flow: UnixStream, tag: u8) {
@@ -152,11 +175,7 @@ fn flows_arrive_on_the_accept_queue_with_their_descriptor() {
 
     for tag in 1..=3u8 {
         let service: ServiceId = format!("de11{tag:02x}").parse().unwrap();
-        let stream = connect(&net.client, service);
-        let Taken::Flow(notice, flow) = take(&queue) else {
-            panic!("the accept queue ended");
-        };
-        assert_eq!(notice.service, service);
+        let (stream, notice, flow) = connect_and_take(&net.client, &queue, service);
         assert_eq!(notice.remote, Some(client_locator));
         echo_once(stream, flow, tag);
     }
@@ -280,10 +299,7 @@ fn what_a_program_writes_into_its_queue_is_dropped() {
     let net = setup("deliver-junk");
     let (mut owner, listener) = listen(&net.server, "de16/16");
     let queue = deliver(&mut owner, listener);
-    let fds_before = match net.server.request(Request::Stats) {
-        Response::Stats { stats } => stats.fds_open,
-        other => panic!("{other:?}"),
-    };
+    let fds_before = fds_open(&net.server);
     // Junk, some of it carrying descriptors, the wrong way up the queue:
     // 2 MB, far more than a socket buffer holds, so the sends only finish
     // if sald reads and drops it (a send that waits 10 s fails the test).
@@ -308,19 +324,12 @@ fn what_a_program_writes_into_its_queue_is_dropped() {
     // Flows still arrive, intact.
     for tag in 1..=2u8 {
         let service: ServiceId = format!("de16{tag:02x}").parse().unwrap();
-        let stream = connect(&net.client, service);
-        let Taken::Flow(notice, flow) = take(&queue) else {
-            panic!("the accept queue ended");
-        };
-        assert_eq!(notice.service, service);
+        let (stream, _, flow) = connect_and_take(&net.client, &queue, service);
         echo_once(stream, flow, tag);
     }
     // sald kept none of the 400 descriptors it was sent (it reads without
     // room for them, so the kernel closes them).
-    let fds_after = match net.server.request(Request::Stats) {
-        Response::Stats { stats } => stats.fds_open,
-        other => panic!("{other:?}"),
-    };
+    let fds_after = fds_open(&net.server);
     assert!(
         fds_after <= fds_before + 4,
         "sald holds {fds_before} -> {fds_after} descriptors"
