@@ -229,6 +229,9 @@ pub struct ControlClient {
     path: PathBuf,
     server: String,
     inbox: Inbox,
+    /// sald's answer to our `Hello` has not been read yet
+    /// ([`ControlClient::open_with`]): the next response is that answer.
+    hello_due: bool,
 }
 
 impl ControlClient {
@@ -263,16 +266,26 @@ impl ControlClient {
         client: &str,
         first: &Request,
     ) -> Result<(ControlClient, Reply)> {
+        let mut control = ControlClient::open_with(path, client, first)?;
+        let reply = control.answer()?;
+        Ok((control, reply))
+    }
+
+    /// Like [`ControlClient::connect_with`], but returns as soon as the
+    /// `Hello` and `first` are written: [`ControlClient::answer`] later
+    /// checks sald's `Hello` and gives its answer to `first`. For a caller
+    /// that waits for many answers at once (on the connections'
+    /// descriptors, say with `epoll`) instead of in one thread each.
+    pub fn open_with(
+        path: impl AsRef<Path>,
+        client: &str,
+        first: &Request,
+    ) -> Result<ControlClient> {
         let mut control = ControlClient::open(path.as_ref())?;
         let mut frames = request_frame(&hello(client))?;
         frames.extend_from_slice(&request_frame(first)?);
         control.write_frames(&frames)?;
-        control.finish_hello()?;
-        let reply = control.recv()?;
-        match reply.response {
-            Response::Error { kind, message } => Err(Error::from_daemon(kind, message)),
-            _ => Ok((control, reply)),
-        }
+        Ok(control)
     }
 
     /// A connection to `path` that has not said `Hello` yet.
@@ -285,13 +298,15 @@ impl ControlClient {
             path,
             server: String::new(),
             inbox: Inbox::default(),
+            hello_due: true,
         })
     }
 
     /// Reads and checks sald's answer to `Hello`.
     fn finish_hello(&mut self) -> Result<()> {
-        let reply = self.recv()?;
+        let reply = self.recv_frame()?;
         self.server = check_hello(reply)?;
+        self.hello_due = false;
         Ok(())
     }
 
@@ -300,7 +315,8 @@ impl ControlClient {
         &self.path
     }
 
-    /// How sald introduced itself in its `Hello`.
+    /// How sald introduced itself in its `Hello` (empty until that answer
+    /// has been read, see [`ControlClient::open_with`]).
     pub fn server(&self) -> &str {
         &self.server
     }
@@ -320,6 +336,14 @@ impl ControlClient {
 
     /// Waits for the next response, whatever it is (error responses included).
     pub fn recv(&mut self) -> Result<Reply> {
+        if self.hello_due {
+            self.finish_hello()?;
+        }
+        self.recv_frame()
+    }
+
+    /// The next response on the connection, `Hello` answer included.
+    fn recv_frame(&mut self) -> Result<Reply> {
         loop {
             if let Some(reply) = self.inbox.take_reply()? {
                 return Ok(reply);
@@ -342,6 +366,12 @@ impl ControlClient {
     /// the matching typed [`Error`].
     pub fn request(&mut self, request: &Request) -> Result<Reply> {
         self.send(request)?;
+        self.answer()
+    }
+
+    /// Waits for the answer to a request already sent; an error response
+    /// becomes the matching typed [`Error`].
+    pub fn answer(&mut self) -> Result<Reply> {
         let reply = self.recv()?;
         match reply.response {
             Response::Error { kind, message } => Err(Error::from_daemon(kind, message)),

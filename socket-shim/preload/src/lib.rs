@@ -16,11 +16,12 @@
 //!   peer end stays with the shim;
 //! - `connect` asks sald for a flow and `dup3`s the flow socket sald hands
 //!   over onto the program's descriptor number. A non-blocking connect
-//!   returns `EINPROGRESS` and completes in a helper thread; closing the
-//!   placeholder's peer end then wakes every `poll`/`select`/`epoll_wait`
-//!   sleeping on the old file, which re-examines the number and finds the
-//!   writable flow (or a hang-up and `SO_ERROR` on failure). epoll
-//!   registrations are re-added for the new file;
+//!   returns `EINPROGRESS` and completes in the process's one connector
+//!   thread (see [`connector`]); closing the placeholder's peer end then
+//!   wakes every `poll`/`select`/`epoll_wait` sleeping on the old file,
+//!   which re-examines the number and finds the writable flow (or a
+//!   hang-up and `SO_ERROR` on failure). epoll registrations are re-added
+//!   for the new file;
 //! - `bind` registers the prefix with sald at once (so `EADDRINUSE` comes from
 //!   `bind`); `listen` puts at the number the `SOCK_SEQPACKET` accept queue
 //!   into which sald delivers each flow with its description (no thread of
@@ -58,6 +59,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use libc::{epoll_event, size_t, sockaddr, socklen_t, ssize_t};
 
 mod addr;
+mod connector;
 mod ops;
 mod pool;
 mod real;

@@ -15,9 +15,10 @@ use sal::table::ListenerId;
 use sal::wire::TransportProtocol;
 use sal::{ServiceId, ServicePrefix};
 use sal_control::{AcceptNotice, DatagramFrame, Request, Response, ACCEPT_EXHAUSTED};
-use socket_shim::{ControlClient, Error as ShimError, MAX_DATAGRAM};
+use socket_shim::{ControlClient, Error as ShimError, Reply, MAX_DATAGRAM};
 
 use crate::addr::{self, parse_inet, parse_serval, PortMap, SockAddr, AF_SERVAL};
+use crate::connector;
 use crate::pool;
 use crate::real;
 use crate::table::{self, ident, lock, Domain, Entry, Kind, State};
@@ -386,8 +387,8 @@ fn unspecified(family: c_int) -> SockAddr {
 }
 
 /// Moves the socket to `Connecting` and opens the flow: in this thread for
-/// a blocking socket (and for datagram connects), in a helper thread for a
-/// non-blocking one, which then returns `EINPROGRESS`. `flags` are the
+/// a blocking socket (and for datagram connects); for a non-blocking one
+/// the [`connector`] thread completes it, and this returns `EINPROGRESS`. `flags` are the
 /// descriptor's `(O_NONBLOCK, FD_CLOEXEC)`.
 fn start_connect(
     fd: RawFd,
@@ -430,15 +431,9 @@ fn start_connect(
     drop(stale);
     drop(dropped);
     if nonblock {
-        let spawned = std::thread::Builder::new()
-            .name("serval-connect".into())
-            .spawn(move || {
-                let result = open_flow(service, protocol);
-                let _ = finish_connect(fd, gen, result, peer, None);
-            });
-        if spawned.is_err() {
-            let _ = finish_connect(fd, gen, Err(libc::EAGAIN), peer, Some(flags));
-            return Err(libc::EAGAIN);
+        if let Err(errno) = connector::submit(fd, gen, peer, service) {
+            let _ = finish_connect(fd, gen, Err(errno), peer, Some(flags));
+            return Err(errno);
         }
         return Err(libc::EINPROGRESS);
     }
@@ -453,6 +448,11 @@ fn open_flow(service: ServiceId, protocol: TransportProtocol) -> Res<(FlowInfo, 
         timeout_ms: None,
     })
     .map_err(shim_errno)?;
+    flow_from_reply(reply)
+}
+
+/// The flow in sald's answer to a `Connect`.
+pub(crate) fn flow_from_reply(reply: Reply) -> Res<(FlowInfo, OwnedFd)> {
     match (reply.response, reply.fd) {
         (Response::Connected { flow }, Some(fd)) => Ok((flow, fd)),
         _ => Err(libc::EPROTO),
@@ -462,9 +462,9 @@ fn open_flow(service: ServiceId, protocol: TransportProtocol) -> Res<(FlowInfo, 
 /// Installs the flow (or records the failure) if the socket is still the
 /// one that started this connect; wakes pollers of the placeholder.
 /// `flags`: the descriptor's flags as the connecting call read them, for a
-/// connect completed within that call; `None` for one completed by a helper
-/// thread (the program may have changed them meanwhile).
-fn finish_connect(
+/// connect completed within that call; `None` for one completed by the
+/// connector thread (the program may have changed them meanwhile).
+pub(crate) fn finish_connect(
     fd: RawFd,
     gen: u64,
     result: Res<(FlowInfo, OwnedFd)>,

@@ -78,7 +78,8 @@ pub(crate) enum State {
         listener: ListenerId,
         wake: Option<OwnedFd>,
     },
-    /// A connect is in flight (in the caller's thread or a helper thread).
+    /// A connect is in flight (in the caller's thread, or for a
+    /// non-blocking one, in the connector's).
     Connecting { wake: Option<OwnedFd> },
     /// A stream flow (or a connected datagram flow) is at the descriptor.
     Connected,

@@ -89,6 +89,17 @@ fn many_concurrent_connections_with_nonblocking_accept() {
     srv.success(T);
 }
 
+/// 64 non-blocking connects in flight at once: one connector thread in the
+/// program, not one per connect, and every flow echoes intact; then one
+/// from a forked child, which needs a connector of its own.
+#[test]
+fn many_nonblocking_connects_share_one_thread() {
+    let sald = Sald::start();
+    let mut srv = server(&sald, &["stream-server", "3a4", "65", "nonblock"]);
+    client(&sald, &["nonblock-many", "3a4", "64", "20000"]).success(T);
+    srv.success(T);
+}
+
 #[test]
 fn misuse_gets_the_right_errno() {
     let sald = Sald::start();

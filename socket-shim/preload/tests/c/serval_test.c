@@ -8,6 +8,10 @@
  *   stream-client SID SIZE                    send SIZE bytes, check the echo
  *   nonblock-client SID SIZE                  same, non-blocking, epoll + poll
  *   nonblock-fail SID                         non-blocking connect, expect EHOSTUNREACH via SO_ERROR
+ *   nonblock-many SID N SIZE                  N non-blocking connects in flight at once
+ *                                             (at most one thread of the shim's), then
+ *                                             SIZE bytes echoed on each; then one more
+ *                                             from a forked child (N + 1 connections)
  *   many SID N SIZE                           N concurrent clients (threads)
  *   reuse-client SID SIZE                     five connects (the shim keeps its control
  *                                             connection between them), one after closing
@@ -283,6 +287,73 @@ static int nonblock_fail(const char *sid) {
     return failures ? 1 : 0;
 }
 
+/* The threads of this process, from /proc/self/status. */
+static int thread_count(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) die("/proc/self/status");
+    char line[256];
+    int threads = -1;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "Threads: %d", &threads) == 1) break;
+    fclose(f);
+    return threads;
+}
+
+/* n non-blocking connects in flight at once, completed through one epoll
+ * set: the shim must not take a thread per connect (one connector thread
+ * for the process at most), and every flow must then echo intact. */
+static int nonblock_many(const char *sid, int n, size_t size) {
+    int *fds = calloc((size_t)n, sizeof *fds);
+    struct sockaddr_sv sa = sv_addr(sid);
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    for (int i = 0; i < n; i++) {
+        fds[i] = socket(AF_SERVAL, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        if (fds[i] < 0) die("socket");
+        EXPECT_ERR(connect(fds[i], (struct sockaddr *)&sa, sizeof sa), EINPROGRESS);
+        struct epoll_event ev = {.events = EPOLLOUT, .data.u32 = (uint32_t)i};
+        CHECK(epoll_ctl(ep, EPOLL_CTL_ADD, fds[i], &ev) == 0, "epoll_ctl %d", i);
+    }
+    int threads = thread_count();
+    CHECK(threads >= 1 && threads <= 2, "%d threads with %d connects in flight", threads, n);
+    int done = 0;
+    while (done < n) {
+        struct epoll_event out[16];
+        int k = epoll_wait(ep, out, 16, 10000);
+        if (k <= 0) {
+            CHECK(0, "epoll_wait: %d of %d connects completed", done, n);
+            break;
+        }
+        for (int j = 0; j < k; j++) {
+            int fd = fds[out[j].data.u32];
+            CHECK(out[j].events & EPOLLOUT, "connect %u: events %x", out[j].data.u32, out[j].events);
+            CHECK(epoll_ctl(ep, EPOLL_CTL_DEL, fd, NULL) == 0, "epoll_ctl del");
+            int err = -1;
+            socklen_t len = sizeof err;
+            CHECK(getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0, "SO_ERROR %d", err);
+            done++;
+        }
+    }
+    close(ep);
+    for (int i = 0; i < n; i++) {
+        fcntl(fds[i], F_SETFL, fcntl(fds[i], F_GETFL) & ~O_NONBLOCK);
+        CHECK(echo_check(fds[i], size) == 0, "echo on connect %d", i);
+        close(fds[i]);
+    }
+    free(fds);
+    /* A forked child has the parent's connector state but not its thread:
+     * its own non-blocking connect must still complete. */
+    pid_t child = fork();
+    if (child < 0) die("fork");
+    if (child == 0) {
+        alarm(20); /* a child stuck on a connect that never completes dies */
+        _exit(nonblock_client(sid, size));
+    }
+    int status = 0;
+    CHECK(waitpid(child, &status, 0) == child && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+          "non-blocking connect in a forked child: status %x", status);
+    return failures ? 1 : 0;
+}
+
 struct many_arg { const char *sid; size_t size; int rc; };
 
 static void *many_thread(void *arg) {
@@ -522,6 +593,14 @@ static int nodaemon(const char *sid) {
     EXPECT_ERR(connect(fd, (struct sockaddr *)&sa, sizeof sa), ENETDOWN);
     EXPECT_ERR(bind(fd, (struct sockaddr *)&sa, sizeof sa), ENETDOWN);
     close(fd);
+    /* A non-blocking connect whose request cannot go out fails at once. */
+    fd = socket(AF_SERVAL, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    EXPECT_ERR(connect(fd, (struct sockaddr *)&sa, sizeof sa), ENETDOWN);
+    int err = -1;
+    socklen_t len = sizeof err;
+    CHECK(getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0,
+          "SO_ERROR after a failed connect call: %d", err);
+    close(fd);
     int d = socket(AF_SERVAL, SOCK_DGRAM, 0);
     EXPECT_ERR(sendto(d, "x", 1, 0, (struct sockaddr *)&sa, sizeof sa), ENETDOWN);
     close(d);
@@ -540,6 +619,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "stream-client")) return stream_client(sid, (size_t)n);
     if (!strcmp(cmd, "nonblock-client")) return nonblock_client(sid, (size_t)n);
     if (!strcmp(cmd, "nonblock-fail")) return nonblock_fail(sid);
+    if (!strcmp(cmd, "nonblock-many")) return nonblock_many(sid, (int)n, argc > 4 ? (size_t)atol(argv[4]) : 1000);
     if (!strcmp(cmd, "reuse-client")) return reuse_client(sid, (size_t)n);
     if (!strcmp(cmd, "many")) return many(sid, (int)n, argc > 4 ? (size_t)atol(argv[4]) : 1000);
     if (!strcmp(cmd, "dgram-server")) return dgram_server(sid, (int)n);
