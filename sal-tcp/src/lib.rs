@@ -208,6 +208,13 @@
 //!   `test_partial_ack_retransmits_the_next_hole_at_once` and
 //!   `test_last_ack_duplicate_acks_with_data_in_flight_fast_retransmit`.
 //!   Received SACK blocks are still not used by the sender.
+//! - **Delayed ACK of a FIN**: the peer's FIN that moves an established
+//!   socket to CLOSE-WAIT starts the delayed-ACK timer instead of being
+//!   acknowledged at once (Linux's pingpong mode): an application that
+//!   closes within the delay sends one FIN|ACK, so a connection closes in
+//!   three segments, not four. Tested by `test_delayed_ack_of_fin`,
+//!   `test_delayed_ack_of_fin_rides_on_our_fin` and the SAL's
+//!   `a_short_request_takes_twelve_packets`.
 //! - **Path changes**: [`Socket::rewind`] resends everything in flight at
 //!   once (after a pure ACK of what we hold), for a SAL migration: what the
 //!   old path swallowed need not wait for the retransmission timeout, and

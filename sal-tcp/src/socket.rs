@@ -1776,6 +1776,14 @@ impl Socket {
 
         let payload_len = payload.len();
         if payload_len == 0 {
+            // sal-tcp: the peer's FIN closing an established connection is
+            // acknowledged after the delayed-ACK time, as Linux does (it
+            // enters pingpong mode on a FIN): the application's close
+            // usually follows at once, and then our FIN carries the ACK.
+            // smoltcp acknowledged every bare FIN at once, one more packet.
+            if control == TcpControl::Fin && self.state == State::CloseWait {
+                self.schedule_delayed_ack(now);
+            }
             return None;
         }
 
@@ -1823,7 +1831,25 @@ impl Socket {
             tcp_trace!("assembler: {}", self.assembler);
         }
 
-        // Handle delayed acks
+        self.schedule_delayed_ack(now);
+
+        // Per RFC 5681, we should send an immediate ACK when either:
+        //  1) an out-of-order segment is received, or
+        //  2) a segment arrives that fills in all or part of a gap in sequence space.
+        if !self.assembler.is_empty() || !assembler_was_empty {
+            // Note that we change the transmitter state here.
+            // This is fine because smoltcp assumes that it can always transmit zero or one
+            // packets for every packet it receives.
+            tcp_trace!("ACKing incoming segment");
+            Some(Reply::ack(repr))
+        } else {
+            None
+        }
+    }
+
+    /// Starts (or, for a second segment to acknowledge, force-expires) the
+    /// delayed-ACK timer when something is owed to the peer.
+    fn schedule_delayed_ack(&mut self, now: Instant) {
         if let (Some(ack_delay), true) = (self.ack_delay, self.ack_to_transmit()) {
             self.ack_delay_timer = match self.ack_delay_timer {
                 AckDelayTimer::Idle => {
@@ -1843,19 +1869,6 @@ impl Socket {
                     AckDelayTimer::Immediate
                 }
             };
-        }
-
-        // Per RFC 5681, we should send an immediate ACK when either:
-        //  1) an out-of-order segment is received, or
-        //  2) a segment arrives that fills in all or part of a gap in sequence space.
-        if !self.assembler.is_empty() || !assembler_was_empty {
-            // Note that we change the transmitter state here.
-            // This is fine because smoltcp assumes that it can always transmit zero or one
-            // packets for every packet it receives.
-            tcp_trace!("ACKing incoming segment");
-            Some(Reply::ack(repr))
-        } else {
-            None
         }
     }
 

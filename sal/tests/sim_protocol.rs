@@ -627,3 +627,56 @@ fn closing_with_unread_data_resets_the_peer_instead_of_stalling_it() {
     assert!(net.host(client).flows().is_empty());
     assert!(net.host(server).flows().is_empty());
 }
+
+/// What a short request costs on the wire, as the connect bench's C client
+/// does it: connect, 64 bytes each way, close (the client first, the server
+/// as soon as it reads end of stream). Three SAL+TCP handshake packets,
+/// the request and its answer, three TCP segments to close (the server's
+/// FIN carries its ACK of the client's), and the SAL's own FIN and ACK each
+/// way: 12. A pure ACK of the client's FIN (smoltcp's habit) made it 13.
+#[test]
+fn a_short_request_takes_twelve_packets() {
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    let (mut net, client, server) = pair(LinkConditions::default(), HostConfig::default());
+    let listener = net
+        .host(server)
+        .listen(prefix("beef/16"), Stream, 16)
+        .unwrap();
+    net.settle();
+    let packets = Rc::new(Cell::new(0));
+    let counted = packets.clone();
+    net.set_filter(Some(Box::new(move |_| {
+        counted.set(counted.get() + 1);
+        false
+    })));
+    let (cflow, sflow) = establish(&mut net, client, server, listener, svc("beef01"));
+    let mut buf = [0u8; 256];
+    net.host(client).send(cflow, &[7; 64]).unwrap();
+    assert!(
+        net.run_until(secs(1), |net| net.host(server).recv(sflow, &mut buf)
+            == Ok(64))
+    );
+    net.host(server).send(sflow, &[7; 64]).unwrap();
+    assert!(
+        net.run_until(secs(1), |net| net.host(client).recv(cflow, &mut buf)
+            == Ok(64))
+    );
+    net.host(client).close(cflow).unwrap();
+    assert!(
+        net.run_until(secs(1), |net| net.host(server).recv(sflow, &mut buf)
+            == Ok(0))
+    );
+    net.host(server).close(sflow).unwrap();
+    net.run_for(secs(5));
+    assert!(
+        net.host(client).flow(cflow).is_none(),
+        "client flow released"
+    );
+    assert!(
+        net.host(server).flow(sflow).is_none(),
+        "server flow released"
+    );
+    assert_eq!(packets.get(), 12);
+}

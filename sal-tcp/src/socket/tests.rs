@@ -6092,6 +6092,61 @@ fn test_delayed_ack_reply() {
     );
 }
 
+// sal-tcp: a bare FIN that moves the socket to CLOSE-WAIT is acknowledged
+// after the delayed-ACK time, as data is (smoltcp acknowledged it at once).
+#[test]
+fn test_delayed_ack_of_fin() {
+    let mut s = socket_established();
+    s.set_ack_delay(Some(ACK_DELAY_DEFAULT));
+    send!(
+        s,
+        TcpRepr {
+            control: TcpControl::Fin,
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            ..SEND_TEMPL
+        }
+    );
+    assert_eq!(s.state, State::CloseWait);
+    recv_nothing!(s);
+    recv!(s, time 11, Ok(TcpRepr {
+        seq_number: LOCAL_SEQ + 1,
+        ack_number: Some(REMOTE_SEQ + 1 + 1),
+        ..RECV_TEMPL
+    }));
+}
+
+// sal-tcp: closing within the delayed-ACK time after the peer's FIN sends
+// one segment, our FIN carrying the ACK of theirs (three segments to close
+// a connection, as with Linux, instead of four).
+#[test]
+fn test_delayed_ack_of_fin_rides_on_our_fin() {
+    let mut s = socket_established();
+    s.set_ack_delay(Some(ACK_DELAY_DEFAULT));
+    send!(
+        s,
+        TcpRepr {
+            control: TcpControl::Fin,
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            ..SEND_TEMPL
+        }
+    );
+    recv_nothing!(s);
+    s.close();
+    recv!(
+        s,
+        [TcpRepr {
+            control: TcpControl::Fin,
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1 + 1),
+            ..RECV_TEMPL
+        }]
+    );
+    assert_eq!(s.state, State::LastAck);
+    recv_nothing!(s, time 20);
+}
+
 #[test]
 fn test_delayed_ack_every_rmss() {
     let mut s = socket_established_with_buffer_sizes(DEFAULT_MSS * 2, DEFAULT_MSS * 2);
