@@ -91,10 +91,16 @@
 //! - the per-flow socketpair: `socketpair`, epoll registration, `shutdown`,
 //!   `close` (with the unix garbage collector's work queue, since the socket
 //!   was passed as a descriptor) are about 12 % of sald.
-//! - packets: 13 per connection against 8. The 4 SAL FIN/ACK packets at
+//! - packets: 12 per connection against 8. The 4 SAL FIN/ACK packets at
 //!   teardown are the wire format's (WIRE.md: each side's SAL-only FIN,
-//!   answered by a SAL-only ACK); one more is a pure TCP ACK (a window
-//!   update) the server sends between the client's FIN and its own.
+//!   answered by a SAL-only ACK). There were 13: the server acknowledged
+//!   the client's bare FIN at once (smoltcp's habit) and sent its own FIN
+//!   right after; now that ACK waits for the delayed-ACK time and rides on
+//!   the server's FIN, as with Linux (sal-tcp, "Delayed ACK of a FIN";
+//!   `a_short_request_takes_twelve_packets` counts them). Same-run A/B
+//!   against the build before: within this machine's noise (4 parallel
+//!   0.89x and 1.09x in two runs, 16 parallel 1.05x), as one packet in 13
+//!   would be.
 //!
 //! Tried without effect (within this machine's noise, same-run A/B with
 //! `SALD_BASELINE`): letting woken tasks run before a receive batch's
