@@ -5,9 +5,11 @@
  *   connrate server PORT THREADS
  *       listens on PORT; THREADS threads each accept a connection, echo
  *       what it sends until end of file, close it, and accept the next.
- *   connrate client ADDR PORT PARALLEL MILLIS
+ *   connrate client ADDR PORT PARALLEL MILLIS [nonblock]
  *       PARALLEL threads, each for MILLIS ms: socket, connect, write 64
- *       bytes, read the 64 bytes back, close. Prints one line:
+ *       bytes, read the 64 bytes back, close. With "nonblock" the connect
+ *       is non-blocking: EINPROGRESS, poll for POLLOUT, SO_ERROR, then the
+ *       echo on the socket made blocking again. Prints one line:
  *       "done N errors E p50_us X p99_us Y elapsed_us Z"
  *       where the percentiles are of connect + echo, per connection.
  *
@@ -19,11 +21,13 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -100,11 +104,29 @@ static int server(int port, int threads) {
 
 struct worker {
     pthread_t tid;
+    int nonblock;
     struct sockaddr_in to;
     uint64_t until;
     uint32_t *samples;
     size_t count, cap, errors;
 };
+
+/* connect(2) the way an event-driven program does: non-blocking, then
+ * wait for writability and read SO_ERROR. Leaves the socket blocking. */
+static int connect_nonblocking(int fd, const struct sockaddr_in *to) {
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) return -1;
+    if (connect(fd, (const struct sockaddr *)to, sizeof *to) == 0) return fcntl(fd, F_SETFL, flags);
+    if (errno != EINPROGRESS) return -1;
+    struct pollfd p = {.fd = fd, .events = POLLOUT};
+    int n;
+    do n = poll(&p, 1, 10000); while (n < 0 && errno == EINTR);
+    if (n != 1) return -1;
+    int err = -1;
+    socklen_t len = sizeof err;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0 || err != 0) return -1;
+    return fcntl(fd, F_SETFL, flags);
+}
 
 static void *run(void *arg) {
     struct worker *w = arg;
@@ -116,7 +138,8 @@ static void *run(void *arg) {
         if (fd < 0) { w->errors++; continue; }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        int ok = connect(fd, (struct sockaddr *)&w->to, sizeof w->to) == 0
+        int ok = (w->nonblock ? connect_nonblocking(fd, &w->to)
+                              : connect(fd, (struct sockaddr *)&w->to, sizeof w->to)) == 0
             && full_write(fd, out, sizeof out) == 0
             && full_read(fd, in, sizeof in) == 0
             && memcmp(in, out, sizeof in) == 0;
@@ -133,12 +156,13 @@ static int cmp_u32(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-static int client(const char *addr, int port, int parallel, int millis) {
+static int client(const char *addr, int port, int parallel, int millis, int nonblock) {
     struct worker *workers = calloc((size_t)parallel, sizeof *workers);
     size_t cap = MAX_SAMPLES / (size_t)parallel;
     uint64_t start = now_us();
     for (int i = 0; i < parallel; i++) {
         struct worker *w = &workers[i];
+        w->nonblock = nonblock;
         w->to.sin_family = AF_INET;
         w->to.sin_port = htons((uint16_t)port);
         if (inet_pton(AF_INET, addr, &w->to.sin_addr) != 1) { fprintf(stderr, "bad address\n"); return 2; }
@@ -170,8 +194,8 @@ static int client(const char *addr, int port, int parallel, int millis) {
 int main(int argc, char **argv) {
     if (argc == 4 && strcmp(argv[1], "server") == 0)
         return server(atoi(argv[2]), atoi(argv[3]));
-    if (argc == 6 && strcmp(argv[1], "client") == 0)
-        return client(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
-    fprintf(stderr, "usage: connrate server PORT THREADS | client ADDR PORT PARALLEL MILLIS\n");
+    if ((argc == 6 || (argc == 7 && strcmp(argv[6], "nonblock") == 0)) && strcmp(argv[1], "client") == 0)
+        return client(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), argc == 7);
+    fprintf(stderr, "usage: connrate server PORT THREADS | client ADDR PORT PARALLEL MILLIS [nonblock]\n");
     return 2;
 }
