@@ -6092,10 +6092,9 @@ fn test_delayed_ack_reply() {
     );
 }
 
-// sal-tcp: a bare FIN that moves the socket to CLOSE-WAIT is acknowledged
-// after the delayed-ACK time, as data is (smoltcp acknowledged it at once).
-#[test]
-fn test_delayed_ack_of_fin() {
+/// An established socket with delayed ACKs that has just received the
+/// peer's bare FIN (and owes it an ACK).
+fn socket_fin_received_with_ack_delay() -> TestSocket {
     let mut s = socket_established();
     s.set_ack_delay(Some(ACK_DELAY_DEFAULT));
     send!(
@@ -6108,6 +6107,14 @@ fn test_delayed_ack_of_fin() {
         }
     );
     assert_eq!(s.state, State::CloseWait);
+    s
+}
+
+// sal-tcp: a bare FIN that moves the socket to CLOSE-WAIT is acknowledged
+// after the delayed-ACK time, as data is (smoltcp acknowledged it at once).
+#[test]
+fn test_delayed_ack_of_fin() {
+    let mut s = socket_fin_received_with_ack_delay();
     recv_nothing!(s);
     recv!(s, time 11, Ok(TcpRepr {
         seq_number: LOCAL_SEQ + 1,
@@ -6121,17 +6128,7 @@ fn test_delayed_ack_of_fin() {
 // a connection, as with Linux, instead of four).
 #[test]
 fn test_delayed_ack_of_fin_rides_on_our_fin() {
-    let mut s = socket_established();
-    s.set_ack_delay(Some(ACK_DELAY_DEFAULT));
-    send!(
-        s,
-        TcpRepr {
-            control: TcpControl::Fin,
-            seq_number: REMOTE_SEQ + 1,
-            ack_number: Some(LOCAL_SEQ + 1),
-            ..SEND_TEMPL
-        }
-    );
+    let mut s = socket_fin_received_with_ack_delay();
     recv_nothing!(s);
     s.close();
     recv!(
