@@ -10,7 +10,10 @@
 //! `Listening` for datagrams, `DatagramOpened`) carry exactly one file
 //! descriptor as `SCM_RIGHTS` ancillary data on the first byte of the frame.
 //! [`Request::Subscribe`] is answered with `Ok`, after which the connection
-//! only carries [`Response::Event`]s.
+//! only carries [`Response::Event`]s. [`Request::Connector`] is answered
+//! with `Ok`, after which the connection carries only `Connect` requests,
+//! any number at once, each answered as soon as its handshake ends, in
+//! whatever order, by a [`Response::Completed`] that names the request.
 //!
 //! Lifetimes: a flow or unbound datagram socket that was handed over lives as
 //! long as its file descriptor, independently of the control connection that
@@ -157,6 +160,14 @@ pub enum Request {
     /// Turn this connection into an event stream: every event for root and
     /// sald's own user, the caller's own otherwise.
     Subscribe,
+    /// Turn this connection into a connector: it then carries only
+    /// `Connect` requests, any number in flight at once, and sald answers
+    /// each with [`Response::Completed`] as soon as its handshake ends
+    /// (successful or not), in whatever order. For a program with many
+    /// non-blocking connects in flight: one connection for all of them,
+    /// not one each. Requests are numbered from 0, in the order sent after
+    /// this one.
+    Connector,
 
     // --- operators ---
     /// Every flow (root and sald's own user), or the caller's own flows.
@@ -230,6 +241,13 @@ pub enum Response {
     /// A flow (fd attached).
     Connected {
         flow: FlowInfo,
+    },
+    /// On a connector connection ([`Request::Connector`]): the answer to
+    /// request number `request` (`Connected` with the flow's fd, or an
+    /// error).
+    Completed {
+        request: u64,
+        response: Box<Response>,
     },
     /// The answer to [`Request::Drain`]: how many flows the drained
     /// listener admitted that its application has not accepted yet (0: it
@@ -310,6 +328,9 @@ impl Response {
 
     /// Whether this response carries a file descriptor.
     pub fn carries_fd(&self) -> bool {
+        if let Response::Completed { response, .. } = self {
+            return response.carries_fd();
+        }
         matches!(
             self,
             Response::Accepted { .. }
@@ -783,6 +804,32 @@ mod tests {
         };
         let frame = encode_frame(&applied).unwrap();
         assert_eq!(decode_body::<Response>(&frame[4..]).unwrap(), applied);
+    }
+
+    #[test]
+    fn completed_answers_round_trip_and_carry_the_inner_descriptor() {
+        let failed = Response::Completed {
+            request: 7,
+            response: Box::new(Response::error(ErrorKind::NoRoute, "no rule")),
+        };
+        let frame = encode_frame(&failed).unwrap();
+        assert_eq!(decode_body::<Response>(&frame[4..]).unwrap(), failed);
+        assert!(!failed.carries_fd());
+        let opened = Response::Completed {
+            request: 8,
+            response: Box::new(Response::Delivering {
+                listener: ListenerId(3),
+            }),
+        };
+        assert!(opened.carries_fd());
+        let json = serde_json::to_value(&opened).unwrap();
+        assert_eq!(json["type"], "completed");
+        assert_eq!(json["response"]["type"], "delivering");
+        let frame = encode_frame(&Request::Connector).unwrap();
+        assert_eq!(
+            decode_body::<Request>(&frame[4..]).unwrap(),
+            Request::Connector
+        );
     }
 
     #[test]

@@ -176,6 +176,42 @@ pub(crate) fn response_name(response: &Response) -> &'static str {
         Response::Event { .. } => "event",
         Response::Applied { .. } => "applied",
         Response::Drained { .. } => "drained",
+        Response::Completed { .. } => "completed",
+    }
+}
+
+/// Writes whole frames; a connection sald closed is [`Error::Closed`].
+fn write_frames(mut stream: &UnixStream, frames: &[u8]) -> Result<()> {
+    stream.write_all(frames).map_err(|e| match e.kind() {
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => Error::Closed,
+        _ => Error::Io(e),
+    })
+}
+
+/// Sends requests on a control connection whose answers another handle
+/// reads ([`ControlClient::sender`]).
+#[derive(Debug)]
+pub struct RequestSender {
+    stream: UnixStream,
+}
+
+impl RequestSender {
+    /// Sends one request (its answer comes to the reading handle).
+    pub fn send(&mut self, request: &Request) -> Result<()> {
+        write_frames(&self.stream, &request_frame(request)?)
+    }
+}
+
+impl AsFd for RequestSender {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+}
+
+impl IntoRawFd for RequestSender {
+    /// Gives up the descriptor without closing it.
+    fn into_raw_fd(self) -> RawFd {
+        self.stream.into_raw_fd()
     }
 }
 
@@ -328,9 +364,17 @@ impl ControlClient {
     }
 
     fn write_frames(&mut self, frames: &[u8]) -> Result<()> {
-        self.stream.write_all(frames).map_err(|e| match e.kind() {
-            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => Error::Closed,
-            _ => Error::Io(e),
+        write_frames(&self.stream, frames)
+    }
+
+    /// A second handle on this connection that only sends requests, for
+    /// a program that writes requests in some threads while one thread
+    /// reads the answers (a connector connection, see
+    /// [`Request::Connector`]). It is a duplicate descriptor of the same
+    /// socket.
+    pub fn sender(&self) -> Result<RequestSender> {
+        Ok(RequestSender {
+            stream: self.stream.try_clone().map_err(Error::Io)?,
         })
     }
 

@@ -1,5 +1,7 @@
-//! One control connection: `Hello` first, then one request at a time, until
-//! the client leaves, breaks the protocol, idles out, or the daemon stops.
+//! One control connection: `Hello` first, then one request at a time (or,
+//! after `Subscribe`, events; after `Connector`, many connects at once),
+//! until the client leaves, breaks the protocol, idles out, or the daemon
+//! stops.
 //! Whatever a client does costs only that client its connection and the
 //! listeners it created.
 
@@ -13,7 +15,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::frame::{write_response, ReadError};
 use super::limits::Admitted;
-use super::{cmd, subscribe, ControlContext};
+use super::{cmd, connector, subscribe, ControlContext};
 use crate::shutdown::Shutdown;
 
 /// A connected client and what it holds.
@@ -73,7 +75,10 @@ impl Client {
 
     /// Reads the next request; a failure is answered (best effort) before
     /// it is returned.
-    async fn read_request(&mut self, idle: Option<Duration>) -> anyhow::Result<Option<Request>> {
+    pub(super) async fn read_request(
+        &mut self,
+        idle: Option<Duration>,
+    ) -> anyhow::Result<Option<Request>> {
         let context = self.context.clone();
         match context.reader.read(&mut self.stream, idle).await {
             Ok(request) => Ok(request),
@@ -138,6 +143,9 @@ impl Client {
             };
             if request == Request::Subscribe {
                 return subscribe::stream_events(self).await;
+            }
+            if request == Request::Connector {
+                return connector::serve(self).await;
             }
             let (response, fd) = cmd::handle(self, request).await;
             self.respond(&response, fd).await?;

@@ -11,6 +11,7 @@
 
 mod client;
 mod cmd;
+mod connector;
 pub mod frame;
 pub mod limits;
 pub mod policy;

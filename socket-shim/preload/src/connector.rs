@@ -1,229 +1,253 @@
-//! Non-blocking connects, completed by one thread per process.
+//! Non-blocking connects: one control connection and one thread per
+//! process, however many connects are in flight.
 //!
 //! A non-blocking `connect` returns `EINPROGRESS` at once; sald's answer
 //! (the flow's socket, or why there is none) comes a handshake later. The
-//! `Connect` goes out on a control connection of its own (a kept one from
-//! the [`pool`] when there is one), whose descriptor is then registered,
-//! one-shot, with the connector's epoll instance. The connector thread
-//! waits there for every connect in flight and installs each flow as its
-//! answer arrives ([`ops::finish_connect`]), then puts the connection back
-//! in the pool. A program with ten thousand connects in flight thus has
-//! one thread of ours, not ten thousand, and a connect costs a control
-//! connection for as long as it is in flight and one epoll registration.
+//! process keeps one *connector* connection to sald ([`Request::Connector`]):
+//! the connecting thread writes its `Connect` there and notes which socket
+//! the answer is for; the connector thread reads the answers, which sald
+//! sends as each handshake ends, in whatever order, and installs each flow
+//! ([`finish_connect`]). So a program with ten thousand connects in flight
+//! has one thread and one control connection of ours, not ten thousand of
+//! each (sald would refuse an ordinary user's connections long before), and
+//! a connect costs one request frame.
 //!
-//! After `fork`, the child has the epoll instance but not the thread, and
-//! the parent's connects stay the parent's (their flows go to its
-//! descriptors, as a helper thread's did before). The child's first
-//! non-blocking connect starts a connector of its own, on a fresh epoll
-//! instance; the inherited one is closed if its number still refers to it.
+//! If the connection breaks (sald restarted), the connects waiting on it
+//! fail with `ECONNRESET` and the next connect opens a new connection.
+//!
+//! After `fork`, the child has the connection's descriptors but not the
+//! thread, and the parent's connects stay the parent's (their flows go to
+//! its descriptors). The child's first non-blocking connect opens a
+//! connection of its own and closes the inherited descriptors (if their
+//! numbers still refer to them). The two locks here are taken across
+//! `fork`, after the descriptor table's (see [`fork_prepare`]).
 
-use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::sync::Mutex;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use sal::wire::TransportProtocol;
 use sal::ServiceId;
-use sal_control::{control_path, Request};
+use sal_control::{control_path, Request, Response};
 use socket_shim::client::default_client_name;
-use socket_shim::{ControlClient, Error as ShimError};
+use socket_shim::{ControlClient, Error as ShimError, Reply, RequestSender};
 
 use crate::addr::SockAddr;
-use crate::ops::{finish_connect, flow_from_reply, Res};
-use crate::pool;
+use crate::ops::{finish_connect, flow_from_reply, Errno, Res};
 use crate::real;
-use crate::table::{ident, Table};
+use crate::table::ident;
 
-/// Answers the thread takes from one `epoll_wait`.
-const EVENTS_PER_WAIT: usize = 64;
-/// The thread only waits and hands over descriptors.
+/// The thread only reads answers and hands over descriptors.
 const THREAD_STACK: usize = 128 * 1024;
 
 /// A connect in flight: where its flow goes once sald answers.
 struct Pending {
-    control: ControlClient,
-    /// The connection came from the pool (sald may have closed it since).
-    kept: bool,
     fd: RawFd,
     gen: u64,
     peer: SockAddr,
-    service: ServiceId,
 }
 
-/// This process's connector: its epoll instance (the thread waits on it).
+/// Which connector connection a request went out on (numbered per
+/// process), and its number on that connection.
+type Ticket = (u64, u64);
+
+/// The writing side of this process's connector connection.
 struct Connector {
-    epoll: RawFd,
-    ident: (u64, u64),
     pid: u32,
+    connection: u64,
+    sender: RequestSender,
+    /// The number of the next request on the connection.
+    next: u64,
+    /// Cleared (under the pending lock) by the thread when the connection
+    /// breaks.
+    alive: Arc<AtomicBool>,
+    /// The descriptor the thread reads from, for a forked child to close.
+    reader: RawFd,
+    reader_ident: (u64, u64),
 }
 
-/// Only locked while the descriptor table is locked (see [`instance`]), so
-/// it is never held across `fork` (the table's fork handlers hold that
-/// lock).
 static CONNECTOR: Mutex<Option<Connector>> = Mutex::new(None);
+static PENDING: Mutex<BTreeMap<Ticket, Pending>> = Mutex::new(BTreeMap::new());
+static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+
+fn lock<T>(mutex: &'static Mutex<T>) -> MutexGuard<'static, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Sends the `Connect` for the socket at `fd` (whose connect is generation
-/// `gen`) and leaves the rest to the connector thread. An error means the
-/// request could not go out; the caller reports it.
+/// `gen`); the connector thread does the rest. An error means the request
+/// could not go out; the caller reports it.
 pub(crate) fn submit(fd: RawFd, gen: u64, peer: SockAddr, service: ServiceId) -> Res<()> {
-    let epoll = instance(&crate::table::lock())?;
-    let request = connect_request(service);
-    let (control, kept) = match pool::take() {
-        Some(mut control) => match control.send(&request) {
-            Ok(()) => (control, true),
-            Err(_) => (open(&request)?, false),
-        },
-        None => (open(&request)?, false),
-    };
-    let pending = Pending {
-        control,
-        kept,
-        fd,
-        gen,
-        peer,
-        service,
-    };
-    register(epoll, pending)
-}
-
-fn connect_request(service: ServiceId) -> Request {
-    Request::Connect {
+    let request = Request::Connect {
         service,
         protocol: TransportProtocol::Stream,
         timeout_ms: None,
-    }
-}
-
-/// A fresh control connection with its `Hello` and `request` written.
-fn open(request: &Request) -> Res<ControlClient> {
-    ControlClient::open_with(control_path(), &default_client_name(), request).map_err(|e| e.errno())
-}
-
-/// Hands `pending` to the thread: the answer on its connection wakes it.
-fn register(epoll: RawFd, pending: Pending) -> Res<()> {
-    let control = pending.control.as_fd().as_raw_fd();
-    let token = Box::into_raw(Box::new(pending));
-    let mut event = libc::epoll_event {
-        events: (libc::EPOLLIN | libc::EPOLLONESHOT) as u32,
-        u64: token as u64,
     };
-    // SAFETY: `event` is a valid epoll_event; both descriptors are open.
-    let rc = unsafe { real::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, control, &mut event) };
-    if rc < 0 {
-        let errno = std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO);
-        // SAFETY: the registration failed, so the thread never saw `token`,
-        // which `Box::into_raw` made just above.
-        drop(unsafe { Box::from_raw(token) });
-        return Err(errno);
-    }
-    Ok(())
-}
-
-/// This process's epoll instance, made (with its thread) on first use.
-/// Taking the table lock proves the caller holds it.
-fn instance(_table: &Table) -> Res<RawFd> {
-    let mut slot = CONNECTOR.lock().unwrap_or_else(|e| e.into_inner());
-    let pid = std::process::id();
-    if let Some(connector) = slot.as_ref() {
-        if connector.pid == pid {
-            return Ok(connector.epoll);
-        }
-    }
-    if let Some(inherited) = slot.take() {
-        if ident(inherited.epoll) == inherited.ident {
-            // SAFETY: the number still refers to the instance the parent
-            // made; the child's copy is ours to close.
-            unsafe { real::close(inherited.epoll) };
-        }
-    }
-    // SAFETY: no pointers.
-    let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    if epoll < 0 {
-        return Err(std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO));
-    }
-    let spawned = std::thread::Builder::new()
-        .name("serval-connect".into())
-        .stack_size(THREAD_STACK)
-        .spawn(move || run(epoll));
-    if spawned.is_err() {
-        // SAFETY: made just above, known to no one else.
-        unsafe { real::close(epoll) };
-        return Err(libc::EAGAIN);
-    }
-    *slot = Some(Connector {
-        epoll,
-        ident: ident(epoll),
-        pid,
-    });
-    Ok(epoll)
-}
-
-/// The connector thread: completes connects as their answers arrive.
-fn run(epoll: RawFd) {
-    let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
-    loop {
-        // SAFETY: `events` has room for EVENTS_PER_WAIT entries.
-        let n = unsafe {
-            libc::epoll_wait(
-                epoll,
-                events.as_mut_ptr(),
-                EVENTS_PER_WAIT as libc::c_int,
-                -1,
-            )
-        };
-        if n < 0 {
-            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+    let mut slot = lock(&CONNECTOR);
+    // A connection that broke since it was last used is replaced, once.
+    for retry in [false, true] {
+        let connector = live(&mut slot)?;
+        let ticket = (connector.connection, connector.next);
+        {
+            let mut pending = lock(&PENDING);
+            if !connector.alive.load(Ordering::Acquire) {
                 continue;
             }
-            return;
+            pending.insert(ticket, Pending { fd, gen, peer });
         }
-        for event in &events[..n as usize] {
-            // SAFETY: every registration carries a `Box<Pending>` from
-            // `register`, and is one-shot: this is its only delivery.
-            let pending = unsafe { Box::from_raw(event.u64 as *mut Pending) };
-            complete(epoll, *pending);
+        match connector.sender.send(&request) {
+            Ok(()) => {
+                connector.next += 1;
+                return Ok(());
+            }
+            Err(error) => {
+                lock(&PENDING).remove(&ticket);
+                connector.alive.store(false, Ordering::Release);
+                if retry || !matches!(error, ShimError::Closed) {
+                    return Err(error.errno());
+                }
+            }
         }
+    }
+    Err(libc::ECONNRESET)
+}
+
+/// This process's connector, opened (with its thread) if there is none
+/// or it broke.
+fn live(slot: &mut Option<Connector>) -> Res<&mut Connector> {
+    let pid = std::process::id();
+    let usable = matches!(slot, Some(c) if c.pid == pid && c.alive.load(Ordering::Acquire));
+    if !usable {
+        if let Some(old) = slot.take() {
+            retire(old, pid);
+        }
+        *slot = Some(open(pid)?);
+    }
+    Ok(slot.as_mut().expect("just set"))
+}
+
+/// Lets go of a connector that broke, or that a forked child inherited.
+fn retire(old: Connector, pid: u32) {
+    if old.pid == pid {
+        // Broken: its thread is gone or going, its connects failed.
+        return;
+    }
+    // Inherited: the parent's connects are not ours to complete, and the
+    // descriptors are closed only if their numbers still refer to them.
+    lock(&PENDING).retain(|(connection, _), _| *connection != old.connection);
+    if ident(old.reader) == old.reader_ident {
+        // SAFETY: the number refers to the child's copy of the reading
+        // descriptor, which nothing in the child uses.
+        unsafe { real::close(old.reader) };
+    }
+    let sender_ident = ident(old.sender.as_fd().as_raw_fd());
+    let number = old.sender.into_raw_fd();
+    if sender_ident == old.reader_ident {
+        // SAFETY: as above, the child's copy of the writing descriptor
+        // (a duplicate of the same socket, hence the same identity).
+        unsafe { real::close(number) };
     }
 }
 
-/// Reads sald's answer for `pending` and installs the flow (or the error).
-fn complete(epoll: RawFd, pending: Pending) {
-    // SAFETY: no event pointer is needed to delete a registration.
-    unsafe {
-        real::epoll_ctl(
-            epoll,
-            libc::EPOLL_CTL_DEL,
-            pending.control.as_fd().as_raw_fd(),
-            std::ptr::null_mut(),
-        )
-    };
-    let mut pending = pending;
-    let result = match pending.control.answer() {
-        Ok(reply) => flow_from_reply(reply),
-        // A kept connection that sald had closed (it restarted, or the
-        // connection sat idle too long): sald never saw the request, so it
-        // goes again, once, on a fresh connection.
-        Err(ShimError::Closed) if pending.kept => match open(&connect_request(pending.service)) {
-            Ok(control) => {
-                let again = Pending {
-                    control,
-                    kept: false,
-                    ..pending
-                };
-                match register(epoll, again) {
-                    Ok(()) => return,
-                    Err(errno) => Err(errno),
-                }
+/// Opens a connector connection and starts its thread.
+fn open(pid: u32) -> Res<Connector> {
+    let control =
+        ControlClient::open_with(control_path(), &default_client_name(), &Request::Connector)
+            .map_err(|e| e.errno())?;
+    let sender = control.sender().map_err(|e| e.errno())?;
+    let reader = control.as_fd().as_raw_fd();
+    let connection = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
+    let alive = Arc::new(AtomicBool::new(true));
+    let thread_alive = alive.clone();
+    std::thread::Builder::new()
+        .name("serval-connect".into())
+        .stack_size(THREAD_STACK)
+        .spawn(move || run(control, connection, thread_alive))
+        .map_err(|_| libc::EAGAIN)?;
+    Ok(Connector {
+        pid,
+        connection,
+        sender,
+        next: 0,
+        alive,
+        reader,
+        reader_ident: ident(reader),
+    })
+}
+
+/// The connector thread: completes connects as their answers arrive, and
+/// fails the rest when the connection breaks.
+fn run(mut control: ControlClient, connection: u64, alive: Arc<AtomicBool>) {
+    let failure = match control.answer() {
+        Ok(reply) if reply.response == Response::Ok => loop {
+            match control.recv() {
+                Ok(reply) => complete(connection, reply),
+                Err(error) => break broken(error),
             }
-            Err(errno) => Err(errno),
         },
-        Err(error) => Err(error.errno()),
+        Ok(_) => libc::EPROTO,
+        Err(error) => broken(error),
     };
-    let installed = result.is_ok();
-    let _ = finish_connect(pending.fd, pending.gen, result, pending.peer, None);
-    if installed {
-        pool::give(pending.control);
+    let orphans = {
+        let mut pending = lock(&PENDING);
+        alive.store(false, Ordering::Release);
+        let (ours, others) = std::mem::take(&mut *pending)
+            .into_iter()
+            .partition::<Vec<_>, _>(|((c, _), _)| *c == connection);
+        pending.extend(others);
+        ours
+    };
+    for (_, orphan) in orphans {
+        let _ = finish_connect(orphan.fd, orphan.gen, Err(failure), orphan.peer, None);
     }
+}
+
+/// The errno of connects that were waiting on a broken connection.
+fn broken(error: ShimError) -> Errno {
+    match error {
+        ShimError::Closed => libc::ECONNRESET,
+        other => other.errno(),
+    }
+}
+
+/// Installs the flow (or records the error) of one answer.
+fn complete(connection: u64, reply: Reply) {
+    let Response::Completed { request, response } = reply.response else {
+        return;
+    };
+    let Some(pending) = lock(&PENDING).remove(&(connection, request)) else {
+        return;
+    };
+    let result = match *response {
+        Response::Error { kind, message } => Err(ShimError::from_daemon(kind, message).errno()),
+        response => flow_from_reply(Reply {
+            response,
+            fd: reply.fd,
+        }),
+    };
+    let _ = finish_connect(pending.fd, pending.gen, result, pending.peer, None);
+}
+
+thread_local! {
+    static FORK_GUARDS: RefCell<Option<ForkGuards>> = const { RefCell::new(None) };
+}
+
+type ForkGuards = (
+    MutexGuard<'static, Option<Connector>>,
+    MutexGuard<'static, BTreeMap<Ticket, Pending>>,
+);
+
+/// Takes both locks across `fork` (after the descriptor table's), so the
+/// child never inherits one held by a thread that does not exist there.
+/// Nothing here waits for the table lock while holding them.
+pub(crate) fn fork_prepare() {
+    let guards = (lock(&CONNECTOR), lock(&PENDING));
+    let _ = FORK_GUARDS.try_with(|slot| *slot.borrow_mut() = Some(guards));
+}
+
+/// Releases what [`fork_prepare`] took, in the parent and in the child.
+pub(crate) fn fork_release() {
+    let _ = FORK_GUARDS.try_with(|slot| slot.borrow_mut().take());
 }

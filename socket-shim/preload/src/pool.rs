@@ -71,7 +71,7 @@ pub(crate) fn request(request: &Request) -> Result<Reply, ShimError> {
 
 /// A kept connection still valid for this process and the current
 /// control socket path.
-pub(crate) fn take() -> Option<ControlClient> {
+fn take() -> Option<ControlClient> {
     let mut pool = POOL.try_lock().ok()?;
     let pid = std::process::id();
     let path = control_path();
@@ -94,7 +94,7 @@ pub(crate) fn take() -> Option<ControlClient> {
 }
 
 /// Keeps `control` for the next request, if there is room.
-pub(crate) fn give(control: ControlClient) {
+fn give(control: ControlClient) {
     let kept = Kept {
         ident: ident(control.as_fd().as_raw_fd()),
         control,

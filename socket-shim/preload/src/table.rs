@@ -270,16 +270,20 @@ thread_local! {
 
 /// Takes the table lock across `fork`, so the child never inherits it locked
 /// by a thread that does not exist there.
+/// The connector's locks are taken after it (see [`crate::connector`]).
 extern "C" fn fork_prepare() {
     let guard = TABLE.lock().unwrap_or_else(|e| e.into_inner());
     let _ = FORK_GUARD.try_with(|slot| *slot.borrow_mut() = Some(guard));
+    crate::connector::fork_prepare();
 }
 
 extern "C" fn fork_parent() {
+    crate::connector::fork_release();
     let _ = FORK_GUARD.try_with(|slot| slot.borrow_mut().take());
 }
 
-/// In the child: releases the table lock taken in `fork_prepare`.
+/// In the child: releases the locks taken in `fork_prepare`.
 extern "C" fn fork_child() {
+    crate::connector::fork_release();
     let _ = FORK_GUARD.try_with(|slot| slot.borrow_mut().take());
 }

@@ -7,6 +7,10 @@ mod support;
 use std::process::Stdio;
 use std::time::Duration;
 
+use sal::table::Target;
+use sal::Locator;
+use sal_control::Request;
+use socket_shim::ControlClient;
 use support::{c_program, Proc, Sald};
 
 const T: Duration = Duration::from_secs(30);
@@ -98,6 +102,34 @@ fn many_nonblocking_connects_share_one_thread() {
     let mut srv = server(&sald, &["stream-server", "3a4", "65", "nonblock"]);
     client(&sald, &["nonblock-many", "3a4", "64", "20000"]).success(T);
     srv.success(T);
+}
+
+/// sald going away while a non-blocking connect waits: the connect fails
+/// (`ECONNRESET` through `SO_ERROR`) instead of waiting forever, and the
+/// next one opens a new connector connection (which fails at once with
+/// `ENETDOWN`, sald being gone).
+#[test]
+fn a_waiting_nonblocking_connect_fails_when_sald_goes() {
+    let sald = Sald::start();
+    // Nobody answers at 127.0.0.9:9: a connect to b1ac.. waits.
+    let mut control = ControlClient::connect_to(&sald.control).expect("control");
+    control
+        .request_ok(&Request::AddRule {
+            prefix: "b1ac/16".parse().unwrap(),
+            target: Target::Forward {
+                locator: Locator::Udp("127.0.0.9:9".parse().unwrap()),
+                weight: 1,
+            },
+            priority: 0,
+        })
+        .expect("rule");
+    let mut cmd = sald.run(&[], c_program(), &["nonblock-orphan", "b1ac01"]);
+    cmd.stdout(Stdio::piped());
+    let mut orphan = Proc::spawn("serval_test nonblock-orphan", &mut cmd);
+    orphan.wait_ready("pending");
+    drop(control);
+    drop(sald);
+    orphan.success(T);
 }
 
 #[test]

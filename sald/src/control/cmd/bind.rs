@@ -100,7 +100,9 @@ pub(super) async fn accept(client: &mut Client, listener: ListenerId, nonblockin
             }
         }
     };
-    hand_over(client, flow, |flow| Response::Accepted { flow })
+    hand_over(&client.context, client.uid, flow, |flow| {
+        Response::Accepted { flow }
+    })
 }
 
 /// Unbinds one of this connection's listeners.

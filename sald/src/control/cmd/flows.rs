@@ -18,22 +18,24 @@ use crate::control::client::Client;
 use crate::control::ControlContext;
 use crate::pump;
 
-/// Opens a flow to `service` for this client and hands it over once
-/// established.
-pub(super) async fn connect(
-    client: &mut Client,
+/// Opens a flow to `service` for user `uid` and hands it over once
+/// established. Needs no client of its own, so that a connector connection
+/// ([`crate::control`]'s `Connector`) can run many at once.
+pub(in crate::control) async fn connect(
+    context: &Arc<ControlContext>,
+    uid: u32,
     service: ServiceId,
     protocol: TransportProtocol,
     timeout_ms: Option<u64>,
 ) -> Reply {
-    let shared = client.context.shared.clone();
+    let shared = &context.shared;
     let (flow, waiter) = {
         let mut core = shared.lock();
         let flow = match core.host.connect(service, protocol) {
             Ok(flow) => flow,
             Err(error) => return host_error(error),
         };
-        core.owners.adopt(flow, client.uid);
+        core.owners.adopt(flow, uid);
         let waiter = core.wait_connect(flow);
         core.run();
         (flow, waiter)
@@ -52,7 +54,7 @@ pub(super) async fn connect(
         None => waiter.await,
     };
     match outcome {
-        Ok(Ok(_)) => hand_over(client, flow, |flow| Response::Connected { flow }),
+        Ok(Ok(_)) => hand_over(context, uid, flow, |flow| Response::Connected { flow }),
         Ok(Err(error)) => connect_error(error),
         Err(_) => connect_error(ConnectError::Refused),
     }
@@ -116,14 +118,15 @@ pub(super) fn pair(kind: SockType) -> io::Result<(OwnedFd, OwnedFd)> {
     )?)
 }
 
-/// Gives an established flow to the client: a socketpair whose other end
+/// Gives an established flow to user `uid`: a socketpair whose other end
 /// is served by a pump task.
 pub(super) fn hand_over(
-    client: &mut Client,
+    context: &Arc<ControlContext>,
+    uid: u32,
     flow: FlowId,
     respond: impl FnOnce(FlowInfo) -> Response,
 ) -> Reply {
-    match hand_over_flow(&client.context, client.uid, flow) {
+    match hand_over_flow(context, uid, flow) {
         Ok((info, theirs)) => (respond(info), Some(theirs)),
         Err(HandOverError::Gone) => error_reply(
             ErrorKind::Refused,

@@ -1,8 +1,8 @@
 //! One function per request, grouped by what they act on (as mini-redis's
 //! `cmd/`): [`bind`] (listeners), [`drain`] (graceful leaves), [`flows`] (connects, datagram sockets and
 //! handing flows over), [`rules`], [`inspect`] (listings, stats) and
-//! [`migrate`]. `Hello` and `Subscribe` change what the connection is and
-//! are handled by the client loop.
+//! [`migrate`]. `Hello`, `Subscribe` and `Connector` change what the
+//! connection is and are handled by the client loop.
 
 mod bind;
 mod deliver;
@@ -21,6 +21,7 @@ use super::client::Client;
 
 use bind::not_ours;
 pub(super) use bind::unbind_all;
+pub(super) use flows::connect;
 
 /// What a request produced: a response and maybe a socket to hand over.
 pub(super) type Reply = (Response, Option<OwnedFd>);
@@ -28,7 +29,7 @@ pub(super) type Reply = (Response, Option<OwnedFd>);
 /// Answers one request.
 pub(super) async fn handle(client: &mut Client, request: Request) -> Reply {
     match request {
-        Request::Hello { .. } | Request::Subscribe => {
+        Request::Hello { .. } | Request::Subscribe | Request::Connector => {
             error_reply(ErrorKind::InvalidRequest, "unexpected request")
         }
         Request::Listen {
@@ -47,7 +48,7 @@ pub(super) async fn handle(client: &mut Client, request: Request) -> Reply {
             service,
             protocol,
             timeout_ms,
-        } => flows::connect(client, service, protocol, timeout_ms).await,
+        } => flows::connect(&client.context, client.uid, service, protocol, timeout_ms).await,
         Request::OpenDatagram => flows::open_datagram(client),
         Request::AddRule {
             prefix,

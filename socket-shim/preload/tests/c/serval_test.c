@@ -8,6 +8,8 @@
  *   stream-client SID SIZE                    send SIZE bytes, check the echo
  *   nonblock-client SID SIZE                  same, non-blocking, epoll + poll
  *   nonblock-fail SID                         non-blocking connect, expect EHOSTUNREACH via SO_ERROR
+ *   nonblock-orphan SID                       non-blocking connect that waits while sald
+ *                                             goes away: ECONNRESET, then ENETDOWN
  *   nonblock-many SID N SIZE                  N non-blocking connects in flight at once
  *                                             (at most one thread of the shim's), then
  *                                             SIZE bytes echoed on each; then one more
@@ -27,6 +29,7 @@
  *   nodaemon SID                              sald not running
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -287,6 +290,29 @@ static int nonblock_fail(const char *sid) {
     return failures ? 1 : 0;
 }
 
+/* A non-blocking connect that waits (nobody answers at SID's address)
+ * while sald goes away: it fails with ECONNRESET, and the next one, with
+ * sald still gone, fails at once with ENETDOWN. */
+static int nonblock_orphan(const char *sid) {
+    struct sockaddr_sv sa = sv_addr(sid);
+    int fd = socket(AF_SERVAL, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (fd < 0) die("socket");
+    EXPECT_ERR(connect(fd, (struct sockaddr *)&sa, sizeof sa), EINPROGRESS);
+    printf("pending\n");
+    fflush(stdout);
+    struct pollfd p = {.fd = fd, .events = POLLOUT};
+    CHECK(poll(&p, 1, 20000) == 1, "poll wakes when sald goes");
+    int err = 0;
+    socklen_t len = sizeof err;
+    CHECK(getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == ECONNRESET,
+          "SO_ERROR %d, expected ECONNRESET", err);
+    close(fd);
+    fd = socket(AF_SERVAL, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    EXPECT_ERR(connect(fd, (struct sockaddr *)&sa, sizeof sa), ENETDOWN);
+    close(fd);
+    return failures ? 1 : 0;
+}
+
 /* The threads of this process, from /proc/self/status. */
 static int thread_count(void) {
     FILE *f = fopen("/proc/self/status", "r");
@@ -299,12 +325,24 @@ static int thread_count(void) {
     return threads;
 }
 
+/* The descriptors this process has open. */
+static int fd_count(void) {
+    DIR *d = opendir("/proc/self/fd");
+    if (!d) die("/proc/self/fd");
+    int n = 0;
+    while (readdir(d)) n++;
+    closedir(d);
+    return n - 3; /* ".", ".." and the directory's own */
+}
+
 /* n non-blocking connects in flight at once, completed through one epoll
- * set: the shim must not take a thread per connect (one connector thread
- * for the process at most), and every flow must then echo intact. */
+ * set: the shim must not take a thread or a control connection per
+ * connect (one connector thread and connection for the process), and
+ * every flow must then echo intact. */
 static int nonblock_many(const char *sid, int n, size_t size) {
     int *fds = calloc((size_t)n, sizeof *fds);
     struct sockaddr_sv sa = sv_addr(sid);
+    int before = fd_count();
     int ep = epoll_create1(EPOLL_CLOEXEC);
     for (int i = 0; i < n; i++) {
         fds[i] = socket(AF_SERVAL, SOCK_STREAM | SOCK_NONBLOCK, 0);
@@ -315,6 +353,12 @@ static int nonblock_many(const char *sid, int n, size_t size) {
     }
     int threads = thread_count();
     CHECK(threads >= 1 && threads <= 2, "%d threads with %d connects in flight", threads, n);
+    /* Each socket and its placeholder's peer end (kept by the shim), the
+     * epoll set, the connector's connection (two descriptors of one
+     * socket), and slack for a pooled control connection or two: not one
+     * more connection per connect in flight. */
+    int opened = fd_count() - before;
+    CHECK(opened <= 2 * n + 1 + 4, "%d descriptors for %d connects in flight", opened, n);
     int done = 0;
     while (done < n) {
         struct epoll_event out[16];
@@ -346,6 +390,7 @@ static int nonblock_many(const char *sid, int n, size_t size) {
     if (child < 0) die("fork");
     if (child == 0) {
         alarm(20); /* a child stuck on a connect that never completes dies */
+        failures = 0;
         _exit(nonblock_client(sid, size));
     }
     int status = 0;
@@ -619,6 +664,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "stream-client")) return stream_client(sid, (size_t)n);
     if (!strcmp(cmd, "nonblock-client")) return nonblock_client(sid, (size_t)n);
     if (!strcmp(cmd, "nonblock-fail")) return nonblock_fail(sid);
+    if (!strcmp(cmd, "nonblock-orphan")) return nonblock_orphan(sid);
     if (!strcmp(cmd, "nonblock-many")) return nonblock_many(sid, (int)n, argc > 4 ? (size_t)atol(argv[4]) : 1000);
     if (!strcmp(cmd, "reuse-client")) return reuse_client(sid, (size_t)n);
     if (!strcmp(cmd, "many")) return many(sid, (int)n, argc > 4 ? (size_t)atol(argv[4]) : 1000);
