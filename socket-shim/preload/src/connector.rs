@@ -129,25 +129,30 @@ fn live(slot: &mut Option<Connector>) -> Res<&mut Connector> {
 }
 
 /// Lets go of a connector that broke, or that a forked child inherited.
+/// Its descriptors are closed only while their numbers still refer to its
+/// socket: the program may have closed them behind our back (`closefrom`)
+/// and reused the numbers.
 fn retire(old: Connector, pid: u32) {
-    if old.pid == pid {
-        // Broken: its thread is gone or going, its connects failed.
-        return;
+    if old.pid != pid {
+        // Inherited: the parent's connects are not ours to complete.
+        lock(&PENDING).retain(|(connection, _), _| *connection != old.connection);
+        if ident(old.reader) == old.reader_ident {
+            // SAFETY: the number refers to the child's copy of the reading
+            // descriptor, which nothing in the child uses.
+            unsafe { real::close(old.reader) };
+        }
     }
-    // Inherited: the parent's connects are not ours to complete, and the
-    // descriptors are closed only if their numbers still refer to them.
-    lock(&PENDING).retain(|(connection, _), _| *connection != old.connection);
-    if ident(old.reader) == old.reader_ident {
-        // SAFETY: the number refers to the child's copy of the reading
-        // descriptor, which nothing in the child uses.
-        unsafe { real::close(old.reader) };
-    }
-    let sender_ident = ident(old.sender.as_fd().as_raw_fd());
-    let number = old.sender.into_raw_fd();
-    if sender_ident == old.reader_ident {
-        // SAFETY: as above, the child's copy of the writing descriptor
-        // (a duplicate of the same socket, hence the same identity).
-        unsafe { real::close(number) };
+    // (In the process that opened it, the thread closes the reading end.)
+    close_if_ours(old.sender, old.reader_ident);
+}
+
+/// Drops `handle` (closing its descriptor) if the descriptor still refers
+/// to the socket `socket` names; else only forgets it.
+fn close_if_ours<T: AsFd + IntoRawFd>(handle: T, socket: (u64, u64)) {
+    if ident(handle.as_fd().as_raw_fd()) == socket {
+        drop(handle);
+    } else {
+        let _ = handle.into_raw_fd();
     }
 }
 
@@ -158,13 +163,14 @@ fn open(pid: u32) -> Res<Connector> {
             .map_err(|e| e.errno())?;
     let sender = control.sender().map_err(|e| e.errno())?;
     let reader = control.as_fd().as_raw_fd();
+    let socket = ident(reader);
     let connection = CONNECTIONS.fetch_add(1, Ordering::Relaxed);
     let alive = Arc::new(AtomicBool::new(true));
     let thread_alive = alive.clone();
     std::thread::Builder::new()
         .name("serval-connect".into())
         .stack_size(THREAD_STACK)
-        .spawn(move || run(control, connection, thread_alive))
+        .spawn(move || run(control, connection, thread_alive, socket))
         .map_err(|_| libc::EAGAIN)?;
     Ok(Connector {
         pid,
@@ -173,13 +179,13 @@ fn open(pid: u32) -> Res<Connector> {
         next: 0,
         alive,
         reader,
-        reader_ident: ident(reader),
+        reader_ident: socket,
     })
 }
 
 /// The connector thread: completes connects as their answers arrive, and
 /// fails the rest when the connection breaks.
-fn run(mut control: ControlClient, connection: u64, alive: Arc<AtomicBool>) {
+fn run(mut control: ControlClient, connection: u64, alive: Arc<AtomicBool>, socket: (u64, u64)) {
     let failure = match control.answer() {
         Ok(reply) if reply.response == Response::Ok => loop {
             match control.recv() {
@@ -190,6 +196,7 @@ fn run(mut control: ControlClient, connection: u64, alive: Arc<AtomicBool>) {
         Ok(_) => libc::EPROTO,
         Err(error) => broken(error),
     };
+    close_if_ours(control, socket);
     let orphans = {
         let mut pending = lock(&PENDING);
         alive.store(false, Ordering::Release);
