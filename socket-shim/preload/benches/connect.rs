@@ -66,11 +66,12 @@
 //!   319 µs, parallel rates 1.22-1.28x, same run).
 //!
 //! Non-blocking connects (`BENCH_CONNECT=nonblock`) used to take a thread
-//! each in the shim; one connector thread per process now waits for all of
-//! them (see the preload's `connector` module). Same run, same sald, with
-//! `SHIM_BASELINE` the shim before: sequential p50 412 vs 446 µs, 4
-//! parallel 3,910 vs 3,377 conn/s (1.16x), 16 parallel 5,175 vs 4,217
-//! (1.23x).
+//! and a control connection each in the shim; now one connector thread and
+//! one `Connector` control connection per process carry all of them (see
+//! the preload's `connector` module). Same run, same sald, 5 s per row,
+//! with `SHIM_BASELINE` the shim before: sequential p50 407 vs 435 µs, 4
+//! parallel 3,995 vs 3,482 conn/s (1.15x), 16 parallel 5,283 vs 4,401
+//! (1.20x).
 //!
 //! # What is left (after `Deliver`)
 //!
