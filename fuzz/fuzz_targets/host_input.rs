@@ -8,8 +8,11 @@
 //! directly (`handle_packet`, `poll`, `poll_transmit`), with zero-latency
 //! delivery between them and virtual time.
 //!
-//! The input is a sequence of operations, each an opcode byte (taken
-//! modulo 8) and its arguments:
+//! The input's first byte sets the victim up: bit 0 UDP carriage instead
+//! of native (ports in locators, no transport checksum verification, NAT
+//! keepalives and path challenges), bit 1 SYN cookies for every SYN. The
+//! rest is a sequence of operations, each an opcode byte (taken modulo 8)
+//! and its arguments:
 //! - `0`, `1` inject: `[flags][addresses][len: u16 LE, masked to 2047][bytes]`,
 //!   a packet from an attacker to the server (or, with flag bit 0, to the
 //!   client). The other flag bits make the fuzzer's life easier, each
@@ -22,8 +25,8 @@
 //!   taken as offsets from the last ones the peer sent), bit 6 the
 //!   transport checksum, and bit 1 (applied last) the SAL checksum. The
 //!   address byte picks the IP source (bits 0-1: the legitimate peer, an
-//!   attacker address from bits 3-7, the victim itself, a broadcast
-//!   address) and, with bit 2, a broadcast destination;
+//!   attacker address and port from bits 3-7, the victim itself, a
+//!   broadcast address) and, with bit 2, a broadcast destination;
 //! - `2` advance time: `[t]`, `t` ms below 128, else `(t - 128) * 500` ms;
 //! - `3`, `4` the client (server) application writes `8 * (n + 1)` bytes: `[n]`;
 //! - `5` a datagram on the datagram flow: `[d]`, from the client if
@@ -61,14 +64,14 @@
 
 #![no_main]
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 
 use libfuzzer_sys::fuzz_target;
-use sal::proto::{Host, HostConfig, HostError, LocalInterface, Transmit, TransmitKind};
+use sal::proto::{Host, HostConfig, HostError, LocalInterface, SynCookies, Transmit, TransmitKind};
 use sal::table::{ListenerId, Target};
 use sal::wire::{
     fill_transport_checksum, verify_transport_checksum, ExtensionKind, SalPacket, SalRepr,
-    TransportProtocol,
+    TransportProtocol, UDP_CLIENT_PORT, UDP_SERVER_PORT,
 };
 use sal::{FlowId, Locator, ServiceId, ServicePrefix};
 use smoltcp::time::{Duration, Instant};
@@ -123,6 +126,7 @@ struct Taint {
 struct World {
     now: Instant,
     hosts: [Host; 2],
+    setup: Setup,
     locs: [Locator; 2],
     buf: Vec<u8>,
     listeners: [ListenerId; 2],
@@ -147,24 +151,57 @@ struct World {
     datagram_taint: bool,
     pattern: u64,
     /// Still building the victim.
-    setup: bool,
+    building: bool,
 }
 
-fn config(seed: u64) -> HostConfig {
-    HostConfig {
+/// How the victim is set up, from the input's first byte.
+#[derive(Clone, Copy)]
+struct Setup {
+    /// UDP carriage (bit 0): locators carry ports, transport checksums
+    /// are not verified, NAT keepalives and path challenges are on.
+    udp: bool,
+    /// The server answers every SYN with a cookie (bit 1).
+    cookies: bool,
+}
+
+impl Setup {
+    fn from_byte(b: u8) -> Setup {
+        Setup {
+            udp: b & 1 != 0,
+            cookies: b & 2 != 0,
+        }
+    }
+
+    /// A locator for `ip` in this carriage (`port` in UDP).
+    fn locator(self, ip: Ipv4Addr, port: u16) -> Locator {
+        if self.udp {
+            Locator::Udp(SocketAddrV4::new(ip, port))
+        } else {
+            Locator::Ipv4(ip)
+        }
+    }
+}
+
+/// The hosts' UDP ports (in UDP carriage).
+const PORTS: [u16; 2] = [UDP_SERVER_PORT, UDP_CLIENT_PORT];
+
+fn host(setup: Setup, seed: u64, side: usize, now: Instant) -> Host {
+    let config = HostConfig {
         seed,
         max_flows: MAX_FLOWS,
         half_open_limit: 4,
         max_half_open: MAX_HALF_OPEN,
+        syn_cookies: if setup.cookies {
+            SynCookies::Always
+        } else {
+            SynCookies::UnderPressure
+        },
         ..HostConfig::default()
-    }
-}
-
-fn host(seed: u64, ip: Ipv4Addr, now: Instant) -> Host {
-    let mut host = Host::new(config(seed), now);
+    };
+    let mut host = Host::new(config, now);
     host.add_interface(LocalInterface {
         name: "eth0".into(),
-        locator: Locator::Ipv4(ip),
+        locator: setup.locator(IPS[side], PORTS[side]),
         prefix_len: 24,
         up: true,
     });
@@ -174,10 +211,11 @@ fn host(seed: u64, ip: Ipv4Addr, now: Instant) -> Host {
 impl World {
     /// The victim: both flows established and used (the setup takes no
     /// input, so its assertions hold for every input or for none).
-    fn new() -> World {
+    fn new(setup: Setup) -> World {
         let now = Instant::from_secs(1);
-        let mut server = host(0x5e, IPS[SERVER], now);
-        let mut client = host(0xc1, IPS[CLIENT], now);
+        let mut server = host(setup, 0x5e, SERVER, now);
+        let mut client = host(setup, 0xc1, CLIENT, now);
+        let locs = [SERVER, CLIENT].map(|side| setup.locator(IPS[side], PORTS[side]));
         let stream_listener = server
             .listen("5a/8".parse().unwrap(), TransportProtocol::Stream, BACKLOG)
             .unwrap();
@@ -191,7 +229,7 @@ impl World {
         client.add_rule(
             ServicePrefix::DEFAULT,
             Target::Forward {
-                locator: Locator::Ipv4(IPS[SERVER]),
+                locator: locs[SERVER],
                 weight: 1,
             },
             0,
@@ -205,7 +243,8 @@ impl World {
         let mut world = World {
             now,
             hosts: [server, client],
-            locs: [Locator::Ipv4(IPS[SERVER]), Locator::Ipv4(IPS[CLIENT])],
+            setup,
+            locs,
             buf: vec![0; MTU],
             listeners: [stream_listener, datagram_listener],
             stream: [cstream; 2],
@@ -222,7 +261,7 @@ impl World {
             stream_taint: Taint::default(),
             datagram_taint: false,
             pattern: 0x9e37_79b9_7f4a_7c15,
-            setup: true,
+            building: true,
         };
         // The server's ends are not known yet: `observe` fills in what it
         // can only once they are.
@@ -247,7 +286,7 @@ impl World {
         let clean = |n: [u8; 8]| n != [0; 8];
         assert!(world.stream_nonce.into_iter().all(clean), "setup");
         assert!(world.datagram_nonce.into_iter().all(clean), "setup");
-        world.setup = false;
+        world.building = false;
         world
     }
 
@@ -279,11 +318,11 @@ impl World {
             (repr.src_flow, repr.dst_flow)
         };
         let on = |ends: &[FlowId; 2]| {
-            client_end == Some(ends[CLIENT]) && (self.setup || mine == Some(ends[from]))
+            client_end == Some(ends[CLIENT]) && (self.building || mine == Some(ends[from]))
         };
         if on(&self.stream) {
             if let Some(control) = repr.control {
-                if self.setup {
+                if self.building {
                     self.stream_nonce[from] = control.nonce;
                 }
                 self.stream_ctl[from] = (control.verno, control.ackno);
@@ -295,7 +334,7 @@ impl World {
             }
         } else if on(&self.datagram) {
             if let Some(control) = repr.control {
-                if self.setup {
+                if self.building {
                     self.datagram_nonce[from] = control.nonce;
                 }
                 self.datagram_ctl[from] = (control.verno, control.ackno);
@@ -461,18 +500,25 @@ impl World {
     fn inject(&mut self, flags: u8, addresses: u8, bytes: &[u8]) {
         let to = usize::from(flags & 1);
         let peer = World::other(to);
-        let src = match addresses & 3 {
-            0 => IPS[peer],
-            1 => Ipv4Addr::new(10, 0, 0, 64 + (addresses >> 3)),
-            2 => IPS[to],
-            _ if addresses & 8 == 0 => BROADCAST,
-            _ => Ipv4Addr::BROADCAST,
+        let (src, src_port) = match addresses & 3 {
+            0 => (IPS[peer], PORTS[peer]),
+            1 => (
+                Ipv4Addr::new(10, 0, 0, 64 + (addresses >> 3)),
+                PORTS[peer] ^ u16::from(addresses >> 3),
+            ),
+            2 => (IPS[to], PORTS[to]),
+            _ if addresses & 8 == 0 => (BROADCAST, PORTS[peer]),
+            _ => (Ipv4Addr::BROADCAST, PORTS[peer]),
         };
         let dst = if addresses & 4 == 0 {
             IPS[to]
         } else {
             BROADCAST
         };
+        let (src_loc, dst_loc) = (
+            self.setup.locator(src, src_port),
+            self.setup.locator(dst, PORTS[to]),
+        );
         let mut packet = bytes.to_vec();
         let flows = (flags >> 2) & 3;
         let on_datagram = flows == 2;
@@ -537,13 +583,7 @@ impl World {
             }
         }
         self.note_taint(to, src, dst, &packet);
-        self.hosts[to].handle_packet(
-            self.now,
-            Locator::Ipv4(src),
-            Locator::Ipv4(dst),
-            64,
-            &packet,
-        );
+        self.hosts[to].handle_packet(self.now, src_loc, dst_loc, 64, &packet);
         self.pump();
     }
 
@@ -564,7 +604,13 @@ impl World {
             if control.is_some_and(|c| c.nonce == self.stream_nonce[peer]) {
                 self.stream_taint.nonce = true;
             }
-            if verify_transport_checksum(TransportProtocol::Stream, src, dst, view.payload()) {
+            // In UDP carriage the SAL does not verify transport checksums.
+            let segment = view.payload();
+            let passes = match self.setup.udp {
+                true => segment.len() >= 20,
+                false => verify_transport_checksum(TransportProtocol::Stream, src, dst, segment),
+            };
+            if passes {
                 self.stream_taint.transport = true;
             }
         }
@@ -684,8 +730,8 @@ impl<'a> Input<'a> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let mut world = World::new();
     let mut input = Input(data);
+    let mut world = World::new(Setup::from_byte(input.byte()));
     while !input.0.is_empty() {
         match input.byte() % 8 {
             0 | 1 => {
