@@ -10,7 +10,8 @@
 //!
 //! The input's first byte sets the victim up: bit 0 UDP carriage instead
 //! of native (ports in locators, no transport checksum verification, NAT
-//! keepalives and path challenges), bit 1 SYN cookies for every SYN. The
+//! keepalives and path challenges), bit 1 SYN cookies for every SYN, bit 2
+//! a second interface on both hosts (ADDRESS extensions, migration). The
 //! rest is a sequence of operations, each an opcode byte (taken modulo 8)
 //! and its arguments:
 //! - `0`, `1` inject: `[flags][addresses][len: u16 LE, masked to 2047][bytes]`,
@@ -31,9 +32,10 @@
 //! - `3`, `4` the client (server) application writes `8 * (n + 1)` bytes: `[n]`;
 //! - `5` a datagram on the datagram flow: `[d]`, from the client if
 //!   `d & 1` else the server, `(d >> 1) + 1` bytes;
-//! - `6` the applications: `[c]`, `c % 4`: 0 the client shuts its stream
+//! - `6` the applications: `[c]`, `c % 6`: 0 the client shuts its stream
 //!   down, 1 the server does, 2 the client shuts its datagram flow down,
-//!   3 the server accepts whatever its listeners hold and closes it;
+//!   3 the server accepts whatever its listeners hold and closes it, 4 the
+//!   client moves both flows to its other interface, 5 the server does;
 //! - `7` deliver what the hosts send each other.
 //!
 //! Then both applications finish their streams and time runs on (up to
@@ -79,6 +81,9 @@ use smoltcp::time::{Duration, Instant};
 const SERVER: usize = 0;
 const CLIENT: usize = 1;
 const IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 1)];
+/// The hosts' second interfaces' addresses (with `Setup::multi`).
+const ALT_IPS: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 0, 1, 2), Ipv4Addr::new(10, 0, 1, 1)];
+const INTERFACES: [&str; 2] = ["eth0", "eth1"];
 const BROADCAST: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 255);
 /// The buffer `poll_transmit` writes into: a 1500-byte MTU less IPv4.
 const MTU: usize = 1480;
@@ -162,6 +167,9 @@ struct Setup {
     udp: bool,
     /// The server answers every SYN with a cookie (bit 1).
     cookies: bool,
+    /// Both hosts have a second interface (bit 2): ADDRESS extensions,
+    /// idle probes, and migrations by the applications.
+    multi: bool,
 }
 
 impl Setup {
@@ -169,6 +177,7 @@ impl Setup {
         Setup {
             udp: b & 1 != 0,
             cookies: b & 2 != 0,
+            multi: b & 4 != 0,
         }
     }
 
@@ -199,12 +208,19 @@ fn host(setup: Setup, seed: u64, side: usize, now: Instant) -> Host {
         ..HostConfig::default()
     };
     let mut host = Host::new(config, now);
-    host.add_interface(LocalInterface {
-        name: "eth0".into(),
-        locator: setup.locator(IPS[side], PORTS[side]),
-        prefix_len: 24,
-        up: true,
-    });
+    let ips = if setup.multi { 2 } else { 1 };
+    for (name, ip) in INTERFACES
+        .into_iter()
+        .zip([IPS[side], ALT_IPS[side]])
+        .take(ips)
+    {
+        host.add_interface(LocalInterface {
+            name: name.into(),
+            locator: setup.locator(ip, PORTS[side]),
+            prefix_len: 24,
+            up: true,
+        });
+    }
     host
 }
 
@@ -294,6 +310,29 @@ impl World {
         1 - side
     }
 
+    /// Whether `locator` is one of `side`'s.
+    fn owns(&self, side: usize, locator: Locator) -> bool {
+        locator == self.locs[side]
+            || (self.setup.multi && locator == self.setup.locator(ALT_IPS[side], PORTS[side]))
+    }
+
+    /// The application of `side` moves both its flows to its other
+    /// interface (a no-op on a host with one).
+    fn app_migrate(&mut self, side: usize) {
+        if !self.setup.multi {
+            return;
+        }
+        let name = INTERFACES[usize::from(
+            self.hosts[side]
+                .flow(self.stream[side])
+                .is_some_and(|f| f.local.ip() == IPS[side]),
+        )];
+        // Fails only on flows already gone, which the reads report.
+        let _ = self.hosts[side].migrate(self.stream[side], name);
+        let _ = self.hosts[side].migrate(self.datagram[side], name);
+        self.pump();
+    }
+
     /// Checks one packet a host sent, and notes what an on-path attacker
     /// would read from it: nonces (during the setup only, so that the
     /// attacker cannot make them up), then control and TCP numbers.
@@ -306,8 +345,8 @@ impl World {
             TransmitKind::Own,
             "neither host forwards or broadcasts"
         );
-        assert_eq!(t.src, self.locs[from], "sent from the host's own address");
-        if t.dst != self.locs[World::other(from)] {
+        assert!(self.owns(from, t.src), "sent from the host's own address");
+        if !self.owns(World::other(from), t.dst) {
             return;
         }
         // Which live flow it is on, by the client's end (known from the
@@ -354,7 +393,7 @@ impl World {
                 while let Some(t) = self.hosts[side].poll_transmit(self.now, &mut self.buf) {
                     self.observe(side, &t);
                     let to = World::other(side);
-                    if t.dst == self.locs[to] {
+                    if self.owns(to, t.dst) {
                         out.push((t, self.buf[..t.len].to_vec()));
                     }
                 }
@@ -762,7 +801,7 @@ fuzz_target!(|data: &[u8]| {
                 world.app_datagram(side, usize::from(d >> 1) + 1);
                 world.pump();
             }
-            6 => match input.byte() % 4 {
+            6 => match input.byte() % 6 {
                 0 => world.app_shutdown(CLIENT),
                 1 => world.app_shutdown(SERVER),
                 2 => {
@@ -770,7 +809,9 @@ fuzz_target!(|data: &[u8]| {
                     let _ = world.hosts[CLIENT].shutdown(world.datagram[CLIENT]);
                     world.pump();
                 }
-                _ => world.accept_all(),
+                3 => world.accept_all(),
+                4 => world.app_migrate(CLIENT),
+                _ => world.app_migrate(SERVER),
             },
             _ => world.pump(),
         }

@@ -21,12 +21,16 @@ seeds = {
   "client_rst": inject(1|SAL|STREAM|NONCE|SEQ, 0, sal([control(0x08, 0, 0)], 6, b"")) + CW(1) + ADV(0x88),
   "syn_dup": inject(SAL|SYNDUP|SVC|NONCE|XSUM, 0, sal([control(0x80, 0), service()], 6, tcp(5, 0, 0x02))) + ADV(0x84),
 }
-# The first byte sets the victim up: bit 0 UDP carriage, bit 1 cookies always.
+# The first byte sets the victim up: bit 0 UDP carriage, bit 1 cookies
+# always, bit 2 a second interface on both hosts.
 seeds = {name: b"\0" + data for name, data in seeds.items()}
 seeds["udp_rsyn"] = b"\1" + seeds["rsyn"][1:]
 seeds["udp_data_segment"] = b"\1" + seeds["data_segment"][1:]
 seeds["cookies_syn"] = b"\2" + seeds["syn"][1:]
 seeds["udp_cookies_syn_flood"] = b"\3" + seeds["syn_flood"][1:]
+MIGRATE_CLIENT, MIGRATE_SERVER = bytes([6, 4]), bytes([6, 5])
+seeds["multi_migrate_rsyn"] = b"\4" + MIGRATE_CLIENT + CW(30) + ADV(0x82) + seeds["rsyn"][1:] + MIGRATE_SERVER + SW(5) + ADV(0x96)
+seeds["udp_multi_migrate_fin"] = b"\5" + MIGRATE_SERVER + SW(30) + seeds["fin"][1:] + MIGRATE_CLIENT + ADV(0x90)
 os.makedirs("seeds/host_input", exist_ok=True)
 for name, data in seeds.items():
     open(f"seeds/host_input/{name}", "wb").write(data)
