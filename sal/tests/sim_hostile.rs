@@ -451,3 +451,56 @@ fn datagram_flows_open_from_cookies_too() {
         b"pong"
     );
 }
+
+/// Found by the `host_input` fuzz target: a packet whose source is a
+/// broadcast address (the subnet's or 255.255.255.255), or whose SOURCE
+/// names one as the client, earned an answer to that address, to every
+/// host on the subnet: a path challenge for a packet on a live flow, a
+/// SYN-ACK or a refusal for a SYN. Such packets are now dropped unanswered
+/// (RFC 1122 has hosts discard them), and the flow carries on.
+#[test]
+fn packets_from_broadcast_sources_earn_no_answer() {
+    let (mut net, client, server) = pair(HostConfig::default());
+    let listener = net
+        .host(server)
+        .listen("b0/8".parse().unwrap(), Stream, 8)
+        .unwrap();
+    let (cflow, sflow) = establish(&mut net, client, server, listener, svc("b001"));
+    let subnet: Ipv4Addr = "10.0.0.255".parse().unwrap();
+    let attacker: Ipv4Addr = "10.0.0.66".parse().unwrap();
+    let to_subnet = count_toward(&mut net, subnet);
+    let server_ip: Ipv4Addr = SERVER.parse().unwrap();
+    for src in [subnet, Ipv4Addr::BROADCAST] {
+        // On the live flow, from "elsewhere": the server would challenge
+        // the new address.
+        let mut packet = vec![0; SalRepr::data(cflow, Some(sflow), 6).header_len()];
+        SalRepr::data(cflow, Some(sflow), 6)
+            .emit(&mut packet)
+            .unwrap();
+        packet.extend_from_slice(&tcp(Segment::AckOnly, src, server_ip, 1));
+        inject(&mut net, src, SERVER, packet);
+        // A SYN for the service, and one for a service nobody has.
+        for (n, service) in [(1, svc("b001")), (2, svc("e001"))] {
+            let segment = tcp(Segment::Syn, src, server_ip, n);
+            inject(&mut net, src, SERVER, sal_syn(n, service, &segment, None));
+        }
+    }
+    // SYNs relayed for a "client" at the subnet's broadcast address.
+    for (n, service) in [(3, svc("b001")), (4, svc("e001"))] {
+        let segment = tcp(Segment::Syn, attacker, server_ip, n);
+        let source = [subnet, attacker];
+        let syn = sal_syn(n, service, &segment, Some(&source));
+        inject(&mut net, attacker, SERVER, syn);
+    }
+    net.run_for(secs(1));
+    assert_eq!(to_subnet.get(), 0, "nothing was sent to the subnet");
+    let stats = net.host(server).stats();
+    assert_eq!(stats.bad_source, 8, "{stats:?}");
+    assert_eq!(net.host(server).flow_count(), 1, "only the real flow");
+    assert_eq!(stats.path_challenges, 0);
+    // The flow carries on.
+    net.host(client).send(cflow, b"still here").unwrap();
+    net.run_for(Duration::from_millis(100));
+    let mut buf = [0; 16];
+    assert_eq!(net.host(server).recv(sflow, &mut buf), Ok(10));
+}

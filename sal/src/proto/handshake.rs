@@ -332,7 +332,8 @@ impl Host {
         );
         flow.peer_flow = Some(client_flow);
         flow.path.remote = Some(ends.client);
-        flow.path.set_peer_locators(advertised(repr, &ends.client));
+        flow.path
+            .set_peer_locators(advertised(repr, &ends.client, &self.interfaces));
         flow.listener = Some(ends.listener);
         flow
     }
@@ -599,6 +600,7 @@ impl Host {
         control: &ControlRepr,
     ) -> bool {
         let arrival = self.interfaces.arrival_locator(&src, &dst);
+        let locators = advertised(repr, &src, &self.interfaces);
         let Ok(flow) = self.flow_mut(id) else {
             return false;
         };
@@ -606,7 +608,7 @@ impl Host {
             self.stats.stale += 1;
             return false;
         }
-        flow.path.set_peer_locators(advertised(repr, &src));
+        flow.path.set_peer_locators(locators);
         flow.control.peer_nonce = Some(control.nonce);
         flow.control.peer_next = control.verno.wrapping_add(1);
         flow.peer_flow = repr.src_flow;

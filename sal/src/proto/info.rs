@@ -98,6 +98,10 @@ pub struct HostStats {
     /// would forward (a router never forwards a broadcast).
     #[serde(default)]
     pub broadcast_dropped: u64,
+    /// Packets from a source no peer can have (broadcast, multicast,
+    /// unspecified), as IP source or as the client in SOURCE.
+    #[serde(default)]
+    pub bad_source: u64,
     /// Resets that reported a datagram refused by the host it was sent to.
     #[serde(default)]
     pub datagram_refused: u64,

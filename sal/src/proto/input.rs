@@ -50,6 +50,10 @@ impl Host {
                 return;
             }
         };
+        if !self.interfaces.may_be_peer(src.ip()) {
+            self.stats.bad_source += 1;
+            return;
+        }
         let segment = packet.payload();
         match repr.dst_flow {
             None => self.first_packet_input(src, dst, ttl, &repr, segment, bytes.len()),
@@ -94,6 +98,10 @@ impl Host {
         }
         // The client is where the packet really came from (see `nat.rs`).
         let client = nat::client_locator(&src, repr.source.as_ref());
+        if !self.interfaces.may_be_peer(client.ip()) {
+            self.stats.bad_source += 1;
+            return;
+        }
         let resolution = self.table.resolve(&service, len, &mut self.rng);
         match resolution {
             Resolution::Demux(listener) if is_syn => {
@@ -278,7 +286,11 @@ impl Host {
             return false;
         }
         if repr.address.is_some() {
-            flow.path.set_peer_locators(advertised(repr, &src));
+            let locators = advertised(repr, &src, &self.interfaces);
+            let Ok(flow) = self.flow_mut(id) else {
+                return false;
+            };
+            flow.path.set_peer_locators(locators);
             // Somewhere else to go, maybe: an idle flow may now probe.
             self.arm_liveness(id);
         }

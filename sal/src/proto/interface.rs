@@ -103,6 +103,16 @@ impl Interfaces {
         ip.is_broadcast() || self.list.iter().any(|i| i.broadcast() == Some(ip))
     }
 
+    /// Whether `ip` can be where a peer is: a unicast address, not the
+    /// unspecified one, a multicast group, or a broadcast address of ours.
+    /// Nothing is ever sent to any other address on a packet's word (its
+    /// IP source, SOURCE or ADDRESS extension): an answer to a broadcast
+    /// or multicast source would go to everyone on the subnet (RFC 1122,
+    /// 3.2.1.3, has hosts discard such packets).
+    pub fn may_be_peer(&self, ip: Ipv4Addr) -> bool {
+        !ip.is_unspecified() && !ip.is_multicast() && !self.is_broadcast(ip)
+    }
+
     /// For every native interface that is up and has a broadcast address:
     /// its locator and that address. Where a SYN or datagram goes when
     /// broadcast discovery looks for a service.

@@ -12,6 +12,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use smoltcp::time::Instant;
 
 use super::control::ControlKind;
+use super::interface::Interfaces;
 use super::FlowState;
 use crate::locator::Locator;
 use crate::wire::{SalRepr, SourceRepr};
@@ -128,11 +129,16 @@ impl Path {
 }
 
 /// The other locators a peer advertised in an ADDRESS extension, reached
-/// the same way as `src`.
-pub(super) fn advertised(repr: &SalRepr, src: &Locator) -> Vec<Locator> {
+/// the same way as `src`; addresses no peer can have are left out.
+pub(super) fn advertised(repr: &SalRepr, src: &Locator, interfaces: &Interfaces) -> Vec<Locator> {
     repr.address
         .as_ref()
-        .map(|a| a.addrs.iter().map(|&ip| locator_like(src, ip)).collect())
+        .map(|a| {
+            (a.addrs.iter())
+                .filter(|&&ip| interfaces.may_be_peer(ip))
+                .map(|&ip| locator_like(src, ip))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -211,12 +217,23 @@ mod tests {
     fn advertised_addresses_keep_the_carriage_of_the_sender() {
         let mut repr = SalRepr::data(crate::FlowId::new(1).unwrap(), None, 6);
         let mut address = AddressRepr::default();
-        address.addrs.push(Ipv4Addr::new(10, 2, 0, 2));
+        // Addresses no peer can have are left out (found by fuzzing: a
+        // flow would have moved toward a broadcast address).
+        for ip in ["0.0.0.0", "10.2.0.2", "224.0.0.1", "255.255.255.255"] {
+            address.addrs.push(ip.parse().unwrap());
+        }
         repr.address = Some(address);
         let udp = loc("udp:10.0.0.2:54325");
-        assert_eq!(advertised(&repr, &udp), [loc("udp:10.2.0.2:54325")]);
-        assert_eq!(advertised(&repr, &loc("10.0.0.2")), [loc("10.2.0.2")]);
+        let interfaces = Interfaces::default();
+        assert_eq!(
+            advertised(&repr, &udp, &interfaces),
+            [loc("udp:10.2.0.2:54325")]
+        );
+        assert_eq!(
+            advertised(&repr, &loc("10.0.0.2"), &interfaces),
+            [loc("10.2.0.2")]
+        );
         repr.address = None;
-        assert!(advertised(&repr, &udp).is_empty());
+        assert!(advertised(&repr, &udp, &interfaces).is_empty());
     }
 }
