@@ -135,7 +135,7 @@ fn live(slot: &mut Option<Connector>) -> Res<&mut Connector> {
 fn retire(old: Connector, pid: u32) {
     if old.pid != pid {
         // Inherited: the parent's connects are not ours to complete.
-        lock(&PENDING).retain(|(connection, _), _| *connection != old.connection);
+        take_connection(&mut lock(&PENDING), old.connection);
         if ident(old.reader) == old.reader_ident {
             // SAFETY: the number refers to the child's copy of the reading
             // descriptor, which nothing in the child uses.
@@ -200,15 +200,23 @@ fn run(mut control: ControlClient, connection: u64, alive: Arc<AtomicBool>, sock
     let orphans = {
         let mut pending = lock(&PENDING);
         alive.store(false, Ordering::Release);
-        let (ours, others) = std::mem::take(&mut *pending)
-            .into_iter()
-            .partition::<Vec<_>, _>(|((c, _), _)| *c == connection);
-        pending.extend(others);
-        ours
+        take_connection(&mut pending, connection)
     };
     for (_, orphan) in orphans {
         let _ = finish_connect(orphan.fd, orphan.gen, Err(failure), orphan.peer, None);
     }
+}
+
+/// Removes and returns the connects waiting on `connection` (a range of
+/// the map: tickets sort by connection first).
+fn take_connection(
+    pending: &mut BTreeMap<Ticket, Pending>,
+    connection: u64,
+) -> BTreeMap<Ticket, Pending> {
+    let mut ours = pending.split_off(&(connection, 0));
+    let mut later = ours.split_off(&(connection + 1, 0));
+    pending.append(&mut later);
+    ours
 }
 
 /// The errno of connects that were waiting on a broken connection.
@@ -227,13 +235,10 @@ fn complete(connection: u64, reply: Reply) {
     let Some(pending) = lock(&PENDING).remove(&(connection, request)) else {
         return;
     };
-    let result = match *response {
-        Response::Error { kind, message } => Err(ShimError::from_daemon(kind, message).errno()),
-        response => flow_from_reply(Reply {
-            response,
-            fd: reply.fd,
-        }),
-    };
+    let result = flow_from_reply(Reply {
+        response: *response,
+        fd: reply.fd,
+    });
     let _ = finish_connect(pending.fd, pending.gen, result, pending.peer, None);
 }
 

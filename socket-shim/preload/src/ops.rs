@@ -451,10 +451,13 @@ fn open_flow(service: ServiceId, protocol: TransportProtocol) -> Res<(FlowInfo, 
     flow_from_reply(reply)
 }
 
-/// The flow in sald's answer to a `Connect`.
+/// The flow in sald's answer to a `Connect` (or the errno of its error).
 pub(crate) fn flow_from_reply(reply: Reply) -> Res<(FlowInfo, OwnedFd)> {
     match (reply.response, reply.fd) {
         (Response::Connected { flow }, Some(fd)) => Ok((flow, fd)),
+        (Response::Error { kind, message }, _) => {
+            Err(ShimError::from_daemon(kind, message).errno())
+        }
         _ => Err(libc::EPROTO),
     }
 }
