@@ -9,6 +9,7 @@
 //! | [`daemon`] | the shared state: the host behind a lock, dispatching its events |
 //! | [`control`] | the control socket: accept loop, clients, one function per request |
 //! | [`pump`] | bytes between applications' sockets and flows |
+//! | [`app_socket`] | our end of an application's socketpair, woken only for what it waits for |
 //! | [`memory`] | giving memory back to the system after flows close |
 //! | [`events`] | the bounded event queue for subscribers |
 //! | [`owners`], [`origins`] | who owns which binding and flow; who installed which rule |
@@ -20,6 +21,7 @@
 //! | [`privileges`] | what needs root, checked and said at start |
 //! | [`watch`] | the kernel's link, address and route events |
 
+pub mod app_socket;
 pub mod config;
 pub mod control;
 pub mod daemon;

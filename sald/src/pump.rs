@@ -27,10 +27,9 @@ use nix::sys::socket::{recv, send, sendmsg, ControlMessage, MsgFlags};
 use sal::proto::{ConnectError, Host, HostError};
 use sal::FlowId;
 use sal_control::DatagramFrame;
-use tokio::io::unix::AsyncFd;
-use tokio::net::UnixStream;
 use tokio::sync::Notify;
 
+use crate::app_socket::AppSocket;
 use crate::daemon::{FlowSignal, Shared};
 use crate::shutdown::Shutdown;
 
@@ -74,7 +73,7 @@ impl StreamPump {
     }
 
     /// Moves what can be moved now, both ways.
-    fn turn(&mut self, host: &mut Host, socket: &UnixStream) -> Turn {
+    fn turn(&mut self, host: &mut Host, socket: &AppSocket) -> Turn {
         let mut turn = Turn::default();
         if self.up && self.readable {
             self.pump_up(host, socket, &mut turn);
@@ -94,9 +93,11 @@ impl StreamPump {
     }
 
     /// Application to flow: socket reads into the send buffer.
-    fn pump_up(&mut self, host: &mut Host, socket: &UnixStream, turn: &mut Turn) {
+    fn pump_up(&mut self, host: &mut Host, socket: &AppSocket, turn: &mut Turn) {
         for _ in 0..CALLS_PER_TURN {
-            let read = host.send_with(self.flow, |free| moved(socket.try_read(free)));
+            let read = host.send_with(self.flow, |free| {
+                moved(recv(socket.raw(), free, MsgFlags::empty()).map_err(io::Error::from))
+            });
             match read {
                 Ok(Ok(n)) if n > 0 => turn.moved = true,
                 Ok(Err(error)) if error.kind() == io::ErrorKind::WouldBlock => {
@@ -123,9 +124,11 @@ impl StreamPump {
     }
 
     /// Flow to application: the receive buffer written to the socket.
-    fn pump_down(&mut self, host: &mut Host, socket: &UnixStream, turn: &mut Turn) {
+    fn pump_down(&mut self, host: &mut Host, socket: &AppSocket, turn: &mut Turn) {
         for _ in 0..CALLS_PER_TURN {
-            let written = host.recv_with(self.flow, |data| moved(socket.try_write(data)));
+            let written = host.recv_with(self.flow, |data| {
+                moved(send(socket.raw(), data, MsgFlags::MSG_NOSIGNAL).map_err(io::Error::from))
+            });
             match written {
                 Ok(Some(Ok(_))) => turn.moved = true,
                 Ok(Some(Err(error))) if error.kind() == io::ErrorKind::WouldBlock => {
@@ -136,10 +139,8 @@ impl StreamPump {
                 Err(HostError::WouldBlock) => return,
                 // End of stream, a reset, or an application that went away.
                 Ok(None) | Ok(Some(Err(_))) | Err(_) => {
-                    let _ = nix::sys::socket::shutdown(
-                        socket.as_raw_fd(),
-                        nix::sys::socket::Shutdown::Write,
-                    );
+                    let _ =
+                        nix::sys::socket::shutdown(socket.raw(), nix::sys::socket::Shutdown::Write);
                     self.down = false;
                     turn.moved = true;
                     return;
@@ -163,7 +164,7 @@ pub async fn stream(
     shared: Arc<Shared>,
     flow: FlowId,
     signal: Arc<FlowSignal>,
-    socket: UnixStream,
+    socket: AppSocket,
     mut shutdown: Shutdown,
 ) {
     let mut pump = StreamPump {
@@ -202,30 +203,19 @@ pub async fn stream(
 }
 
 /// A SOCK_SEQPACKET socket registered with the runtime.
-pub(crate) struct Packets(AsyncFd<OwnedFd>);
+pub(crate) struct Packets(AppSocket);
 
 impl Packets {
     /// Registers `fd` (made non-blocking) with the runtime.
     pub(crate) fn new(fd: OwnedFd) -> io::Result<Packets> {
-        nix::fcntl::fcntl(
-            fd.as_raw_fd(),
-            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-        )?;
-        // SAFETY: `OwnedFd` keeps its descriptor open and unchanged until it
-        // is dropped, which happens only when the `AsyncFd` is dropped.
-        let registered = unsafe { AsyncFd::register(fd) };
-        Ok(Packets(registered.map_err(io::Error::from)?))
+        Ok(Packets(AppSocket::new(fd)?))
     }
 
     /// Receives one message; `Ok(0)` is end of file.
     async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            let mut guard = self.0.readable().await?;
-            match guard.try_io(|fd| Ok(recv(fd.as_raw_fd(), buf, MsgFlags::empty())?)) {
-                Ok(result) => return result,
-                Err(_would_block) => continue,
-            }
-        }
+        self.0
+            .read_with(|fd| Ok(recv(fd, buf, MsgFlags::empty())?))
+            .await
     }
 
     /// Sends one message with `fd` attached (`SCM_RIGHTS`), waiting for
@@ -234,22 +224,18 @@ impl Packets {
         let fds = [fd.as_raw_fd()];
         let rights = [ControlMessage::ScmRights(&fds)];
         let iov = [io::IoSlice::new(message)];
-        loop {
-            let mut guard = self.0.writable().await?;
-            let sent = guard.try_io(|socket| {
+        self.0
+            .write_with(|socket| {
                 Ok(sendmsg::<()>(
-                    socket.as_raw_fd(),
+                    socket,
                     &iov,
                     &rights,
                     MsgFlags::MSG_NOSIGNAL,
                     None,
                 )?)
-            });
-            match sent {
-                Ok(result) => return result.map(drop),
-                Err(_would_block) => continue,
-            }
-        }
+            })
+            .await
+            .map(drop)
     }
 
     /// Returns once the other end is closed (every copy of it). Anything
@@ -266,13 +252,10 @@ impl Packets {
 
     /// Sends one message, waiting for room.
     pub(crate) async fn send(&self, message: &[u8]) -> io::Result<()> {
-        loop {
-            let mut guard = self.0.writable().await?;
-            match guard.try_io(|fd| Ok(send(fd.as_raw_fd(), message, MsgFlags::MSG_NOSIGNAL)?)) {
-                Ok(result) => return result.map(drop),
-                Err(_would_block) => continue,
-            }
-        }
+        self.0
+            .write_with(|fd| Ok(send(fd, message, MsgFlags::MSG_NOSIGNAL)?))
+            .await
+            .map(drop)
     }
 }
 
@@ -409,7 +392,7 @@ pub async fn datagram_flow(
                 Ok(None) => {
                     // End of file for the application; it may still send.
                     let _ = nix::sys::socket::shutdown(
-                        packets.0.get_ref().as_raw_fd(),
+                        packets.0.raw(),
                         nix::sys::socket::Shutdown::Write,
                     );
                     if !up_finished.load(Ordering::Acquire) {

@@ -14,6 +14,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use sal_control::{
     control_path, decode_body, encode_frame, frame_len, ControlEvent, Request, Response,
@@ -177,6 +178,24 @@ pub(crate) fn response_name(response: &Response) -> &'static str {
         Response::Applied { .. } => "applied",
         Response::Drained { .. } => "drained",
         Response::Completed { .. } => "completed",
+    }
+}
+
+/// Waits until `fd` has something to read (or the other end closed).
+///
+/// A blocking `recvmsg` would wait as well, but on a unix stream socket it
+/// is also woken each time the peer reads what we wrote (the kernel
+/// announces write space on the same wait queue, and a reader's wait does
+/// not filter events): so every request sald read woke the waiting thread
+/// for nothing, a context switch per request. `poll` waits for input only.
+fn wait_readable(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    loop {
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => return Ok(()),
+            Err(Errno::EINTR) => continue,
+            Err(errno) => return Err(errno.into()),
+        }
     }
 }
 
@@ -392,6 +411,7 @@ impl ControlClient {
             if let Some(reply) = self.inbox.take_reply()? {
                 return Ok(reply);
             }
+            wait_readable(self.stream.as_fd()).map_err(Error::Io)?;
             match self.inbox.fill(self.stream.as_fd()) {
                 Ok(0) if self.inbox.is_empty() => return Err(Error::Closed),
                 Ok(0) => {

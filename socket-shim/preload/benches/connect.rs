@@ -168,6 +168,14 @@ struct Run {
     p50_us: u64,
     p99_us: u64,
     rate: f64,
+    /// CPU time of the SAL daemons (all of them) per connection, µs.
+    daemon_cpu_us: Option<f64>,
+    /// CPU time of the whole machine per connection, µs (anything else
+    /// running at the same time counts too).
+    machine_cpu_us: f64,
+    /// Times the SAL daemons went to sleep (voluntary context switches of
+    /// all their threads), per connection: each is a wake-up later.
+    daemon_sleeps: Option<f64>,
 }
 
 impl Run {
@@ -185,8 +193,67 @@ impl Run {
             p50_us: field("p50_us")?,
             p99_us: field("p99_us")?,
             rate: done as f64 * 1e6 / elapsed as f64,
+            daemon_cpu_us: None,
+            machine_cpu_us: 0.0,
+            daemon_sleeps: None,
         })
     }
+}
+
+/// Microseconds per clock tick of `/proc`'s CPU times.
+fn tick_us() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    1e6 / hz.max(1) as f64
+}
+
+/// User + system CPU ticks of process `pid` so far.
+fn process_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): state is the
+    // first, utime and stime the 12th and 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Busy CPU ticks of the whole machine so far (all but idle and iowait).
+fn machine_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().find(|line| line.starts_with("cpu ")) else {
+        return 0;
+    };
+    cpu.split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .enumerate()
+        .filter(|(i, _)| ![3, 4].contains(i))
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// CPU ticks of every process in `pids`, if all are there.
+fn daemons_ticks(pids: &[u32]) -> Option<u64> {
+    pids.iter().map(|&pid| process_ticks(pid)).sum()
+}
+
+/// Voluntary context switches of every thread of process `pid` so far.
+fn process_sleeps(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut sleeps = 0;
+    for task in tasks.flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        sleeps += status
+            .lines()
+            .find_map(|line| line.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Some(sleeps)
+}
+
+/// Voluntary context switches of every process in `pids`, if all are there.
+fn daemons_sleeps(pids: &[u32]) -> Option<u64> {
+    pids.iter().map(|&pid| process_sleeps(pid)).sum()
 }
 
 /// The C program, compiled once per run.
@@ -255,6 +322,7 @@ fn client(
     to: Ipv4Addr,
     parallel: usize,
     millis: u64,
+    daemons: &[u32],
 ) -> Run {
     let mut cmd = command(ns, via, program);
     cmd.args([
@@ -270,12 +338,32 @@ fn client(
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
+    let sleeps_before = daemons_sleeps(daemons);
+    let (machine_before, daemons_before) = (machine_ticks(), daemons_ticks(daemons));
     let child = ns.spawn_cmd(cmd).expect("client");
     let output = child
         .wait_with_output(Duration::from_millis(millis) + Duration::from_secs(30))
         .expect("client finished");
+    let (machine_after, daemons_after) = (machine_ticks(), daemons_ticks(daemons));
+    let sleeps_after = daemons_sleeps(daemons);
     let text = String::from_utf8_lossy(&output.stdout);
-    Run::parse(&text).unwrap_or_else(|| panic!("client printed {text:?}"))
+    let mut run = Run::parse(&text).unwrap_or_else(|| panic!("client printed {text:?}"));
+    let per_connection = |ticks: u64| ticks as f64 * tick_us() / run.done.max(1) as f64;
+    run.machine_cpu_us = per_connection(machine_after.saturating_sub(machine_before));
+    run.daemon_cpu_us = (!daemons.is_empty())
+        .then(|| {
+            Some(per_connection(
+                daemons_after?.saturating_sub(daemons_before?),
+            ))
+        })
+        .flatten();
+    run.daemon_sleeps = (!daemons.is_empty())
+        .then(|| {
+            let sleeps = sleeps_after?.saturating_sub(sleeps_before?);
+            Some(sleeps as f64 / run.done.max(1) as f64)
+        })
+        .flatten();
+    run
 }
 
 /// Sequential, then every parallel count.
@@ -286,10 +374,11 @@ fn runs(
     to: Ipv4Addr,
     parallel: &[usize],
     millis: u64,
+    daemons: &[u32],
 ) -> Vec<Run> {
     std::iter::once(1)
         .chain(parallel.iter().copied())
-        .map(|p| client(client_ns, via, program, to, p, millis))
+        .map(|p| client(client_ns, via, program, to, p, millis, daemons))
         .collect()
 }
 
@@ -397,7 +486,15 @@ fn main() {
     tune_client(ns0);
     let kernel = {
         let _server = server(ns1, Via::Kernel, &program);
-        runs(ns0, Via::Kernel, &program, server_addr, &parallel, millis)
+        runs(
+            ns0,
+            Via::Kernel,
+            &program,
+            server_addr,
+            &parallel,
+            millis,
+            &[],
+        )
     };
     // The direct runs: with this build's sald and shim, then (if asked)
     // with the baseline's, each on fresh daemons.
@@ -414,7 +511,16 @@ fn main() {
             control: &client_sald.control,
             shim,
         };
-        runs(ns0, client, &program, server_addr, &parallel, millis)
+        let daemons = [client_sald.child.id(), server_sald.child.id()];
+        runs(
+            ns0,
+            client,
+            &program,
+            server_addr,
+            &parallel,
+            millis,
+            &daemons,
+        )
     };
     let direct = direct_with(&binary("sald"), &shim, "direct");
     let baseline = (baseline_shim.is_some() || baseline_sald.is_some()).then(|| {
@@ -452,6 +558,11 @@ fn main() {
             server_addr,
             &parallel,
             millis,
+            &[
+                client_sald.child.id(),
+                router.child.id(),
+                server_sald.child.id(),
+            ],
         )
     };
     drop(lan);
@@ -466,6 +577,20 @@ fn main() {
     report(&parallel, &kernel, &direct, &routed, baseline.as_deref());
 }
 
+/// The cost columns of a row: the daemons' and the machine's CPU time per
+/// connection, and the daemons' sleeps per connection.
+fn cpu_columns(run: &Run) -> String {
+    let or_dash = |value: Option<f64>, decimals: usize| {
+        value.map_or_else(|| "-".to_string(), |v| format!("{v:.decimals$}"))
+    };
+    format!(
+        "{:>10} {:>10.0} {:>10}",
+        or_dash(run.daemon_cpu_us, 0),
+        run.machine_cpu_us,
+        or_dash(run.daemon_sleeps, 1)
+    )
+}
+
 fn report(
     parallel: &[usize],
     kernel: &[Run],
@@ -475,7 +600,11 @@ fn report(
 ) {
     let verdict = |met: bool| if met { "met" } else { "NOT met" };
     println!();
-    println!("sequential (1 client)        conn/s   p50 us   p99 us   errors   p50 / kernel   connections");
+    println!("Cost columns, per connection: sald us/c = the SAL daemons' CPU time, all us/c = the");
+    println!("whole machine's (anything else running counts in it), sleeps/c = the daemons'");
+    println!("voluntary context switches (each one a wake-up later).");
+    println!();
+    println!("sequential (1 client)        conn/s   p50 us   p99 us   errors   p50 / kernel   connections  sald us/c   all us/c   sleeps/c");
     let rows = [
         ("kernel TCP", Some(kernel[0])),
         ("SAL direct", Some(direct[0])),
@@ -484,13 +613,14 @@ fn report(
     ];
     for (name, run) in rows.into_iter().filter_map(|(n, r)| Some((n, r?))) {
         println!(
-            "  {name:<24} {:8.0} {:8} {:8} {:8}   {:12.2}   {:11}",
+            "  {name:<24} {:8.0} {:8} {:8} {:8}   {:12.2}   {:11} {}",
             run.rate,
             run.p50_us,
             run.p99_us,
             run.errors,
             run.p50_us as f64 / kernel[0].p50_us.max(1) as f64,
-            run.done
+            run.done,
+            cpu_columns(&run)
         );
     }
     println!(
@@ -500,39 +630,46 @@ fn report(
     for (i, p) in parallel.iter().enumerate() {
         let (k, d, r) = (kernel[i + 1], direct[i + 1], routed[i + 1]);
         println!();
-        println!("{p} parallel                   conn/s   p50 us   p99 us   errors   / kernel   / direct");
+        println!("{p} parallel                   conn/s   p50 us   p99 us   errors   / kernel   / direct  sald us/c   all us/c   sleeps/c");
         println!(
-            "  kernel TCP               {:8.0} {:8} {:8} {:8}",
-            k.rate, k.p50_us, k.p99_us, k.errors
+            "  kernel TCP               {:8.0} {:8} {:8} {:8}                       {}",
+            k.rate,
+            k.p50_us,
+            k.p99_us,
+            k.errors,
+            cpu_columns(&k)
         );
         println!(
-            "  SAL direct               {:8.0} {:8} {:8} {:8}   {:8.2}",
+            "  SAL direct               {:8.0} {:8} {:8} {:8}   {:8.2}            {}",
             d.rate,
             d.p50_us,
             d.p99_us,
             d.errors,
-            d.rate / k.rate
+            d.rate / k.rate,
+            cpu_columns(&d)
         );
         if let Some(b) = baseline.map(|b| b[i + 1]) {
             println!(
-                "  SAL direct, baseline     {:8.0} {:8} {:8} {:8}   {:8.2}   {:8.2}   (direct / baseline {:.2})",
+                "  SAL direct, baseline     {:8.0} {:8} {:8} {:8}   {:8.2}   {:8.2} {}   (direct / baseline {:.2})",
                 b.rate,
                 b.p50_us,
                 b.p99_us,
                 b.errors,
                 b.rate / k.rate,
                 b.rate / d.rate,
+                cpu_columns(&b),
                 d.rate / b.rate
             );
         }
         println!(
-            "  SAL via router           {:8.0} {:8} {:8} {:8}   {:8.2}   {:8.2}",
+            "  SAL via router           {:8.0} {:8} {:8} {:8}   {:8.2}   {:8.2} {}",
             r.rate,
             r.p50_us,
             r.p99_us,
             r.errors,
             r.rate / k.rate,
-            r.rate / d.rate
+            r.rate / d.rate,
+            cpu_columns(&r)
         );
         println!(
             "  targets: direct >= 0.5x kernel: {}; router >= 0.8x direct: {}",

@@ -11,9 +11,9 @@ use sal::proto::{ConnectError, FlowInfo};
 use sal::wire::TransportProtocol;
 use sal::{FlowId, ServiceId};
 use sal_control::{ErrorKind, Response};
-use tokio::net::UnixStream;
 
 use super::{connect_error, error_reply, host_error, Reply};
+use crate::app_socket::AppSocket;
 use crate::control::client::Client;
 use crate::control::ControlContext;
 use crate::pump;
@@ -173,24 +173,18 @@ pub(super) fn hand_over_flow(
     let signal = core.adopt(flow);
     let shared = shared.clone();
     match info.protocol {
-        TransportProtocol::Stream => {
-            let std_stream = std::os::unix::net::UnixStream::from(ours);
-            let stream = std_stream
-                .set_nonblocking(true)
-                .and_then(|()| UnixStream::from_std(std_stream));
-            match stream {
-                Ok(stream) => context
-                    .tasks
-                    .spawn(move |shutdown| pump::stream(shared, flow, signal, stream, shutdown)),
-                Err(error) => {
-                    core.disown(flow);
-                    let _ = core.host.abort(flow);
-                    let _ = core.host.close(flow);
-                    core.run();
-                    return Err(HandOverError::Pair(error));
-                }
+        TransportProtocol::Stream => match AppSocket::new(ours) {
+            Ok(socket) => context
+                .tasks
+                .spawn(move |shutdown| pump::stream(shared, flow, signal, socket, shutdown)),
+            Err(error) => {
+                core.disown(flow);
+                let _ = core.host.abort(flow);
+                let _ = core.host.close(flow);
+                core.run();
+                return Err(HandOverError::Pair(error));
             }
-        }
+        },
         TransportProtocol::Datagram => context
             .tasks
             .spawn(move |shutdown| pump::datagram_flow(shared, flow, signal, ours, shutdown)),

@@ -1,0 +1,237 @@
+//! sald's end of a socketpair shared with an application, watched for
+//! readability only, and for room to write only while a write waits.
+//!
+//! Why not a tokio `UnixStream`: tokio registers every socket for both
+//! directions (`EPOLLIN | EPOLLOUT`, edge-triggered). On a unix socket,
+//! every read by the application frees socket memory charged to our end,
+//! and the kernel then announces write space (`unix_write_space`), which
+//! is an `EPOLLOUT` edge. So each time a program read a reply, a short
+//! request, or an accepted flow, sald's thread was woken for nothing: in
+//! the connect bench (`perf record -e sched:sched_wakeup`), more than half
+//! of the wake-ups that programs caused sald were these. Room to write
+//! matters only after a write found the socket full, which on a short flow
+//! never happens, so the write direction is watched through a duplicate of
+//! the descriptor registered for `EPOLLOUT` alone, made the first time a
+//! write has to wait and kept for the socket's life (a bulk flow's socket
+//! fills often; an idle or short one never gets one).
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::sync::OnceCell;
+
+/// A non-blocking socket of ours registered with the runtime for reading,
+/// and for writing on demand.
+#[derive(Debug)]
+pub struct AppSocket {
+    read: AsyncFd<OwnedFd>,
+    /// The same socket, duplicated, registered for write space only.
+    write: OnceCell<AsyncFd<OwnedFd>>,
+}
+
+impl AppSocket {
+    /// Makes `fd` non-blocking and registers it for readability.
+    pub fn new(fd: OwnedFd) -> io::Result<AppSocket> {
+        nix::fcntl::fcntl(
+            fd.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )?;
+        Ok(AppSocket {
+            read: register(fd, Interest::READABLE)?,
+            write: OnceCell::new(),
+        })
+    }
+
+    /// The descriptor, for system calls that neither wait nor need
+    /// readiness (`recv` and `send` with `MSG_DONTWAIT` set by the
+    /// non-blocking flag, `shutdown`).
+    pub fn raw(&self) -> RawFd {
+        self.read.get_ref().as_raw_fd()
+    }
+
+    /// Waits until the socket may have something to read (or the other end
+    /// closed), and forgets that readiness: the caller reads until
+    /// `WouldBlock`, and the next wait ends with the next edge.
+    pub async fn readable(&self) -> io::Result<()> {
+        self.read.readable().await?.clear_ready();
+        Ok(())
+    }
+
+    /// Waits until the socket may have room to write, and forgets that
+    /// readiness, as [`AppSocket::readable`] does.
+    pub async fn writable(&self) -> io::Result<()> {
+        self.write_watch().await?.writable().await?.clear_ready();
+        Ok(())
+    }
+
+    /// `op` (a non-blocking read of this socket) until it does not find the
+    /// socket empty.
+    pub async fn read_with<R>(&self, mut op: impl FnMut(RawFd) -> io::Result<R>) -> io::Result<R> {
+        loop {
+            match op(self.raw()) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => self.readable().await?,
+                result => return result,
+            }
+        }
+    }
+
+    /// `op` (a non-blocking write to this socket) until it does not find
+    /// the socket full.
+    pub async fn write_with<R>(&self, mut op: impl FnMut(RawFd) -> io::Result<R>) -> io::Result<R> {
+        loop {
+            match op(self.raw()) {
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => self.writable().await?,
+                result => return result,
+            }
+        }
+    }
+
+    /// The write-space registration, made on first use. Registering a
+    /// socket that already has room reports it at once (epoll checks the
+    /// current state when an interest is added), so room that opened
+    /// between a failed write and this call is not missed.
+    async fn write_watch(&self) -> io::Result<&AsyncFd<OwnedFd>> {
+        self.write
+            .get_or_try_init(|| async {
+                let duplicate = self.read.get_ref().as_fd().try_clone_to_owned()?;
+                register(duplicate, Interest::WRITABLE)
+            })
+            .await
+    }
+}
+
+/// Registers `fd` with the runtime for `interest`.
+fn register(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: `OwnedFd` keeps its descriptor open and unchanged until it is
+    // dropped, which happens only when the `AsyncFd` is dropped.
+    let registered = unsafe { AsyncFd::register_with_interest(fd, interest) };
+    registered.map_err(io::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixStream;
+
+    use nix::sys::socket::MsgFlags;
+
+    use super::*;
+
+    /// The epoll events every epoll instance of this process registered for
+    /// descriptor `fd` (from `/proc/self/fdinfo`: one `tfd:` line per
+    /// registration, with the mask and the file's inode in hex; the inode
+    /// tells our socket from another test's that has the same number). An
+    /// epoll instance may be open under two descriptors (mio duplicates
+    /// it), so identical lines count once.
+    fn registrations(fd: RawFd) -> Vec<u32> {
+        let inode = format!("{:x}", nix::sys::stat::fstat(fd).unwrap().st_ino);
+        let mut lines = std::collections::BTreeSet::new();
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc/self/fdinfo").unwrap().flatten() {
+            let info = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            for line in info.lines().filter(|l| l.starts_with("tfd:")) {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                let field = |name: &str| {
+                    let at = words.iter().position(|w| *w == name)?;
+                    words.get(at + 1).copied()
+                };
+                let ino = line.split_whitespace().find_map(|w| w.strip_prefix("ino:"));
+                if field("tfd:").and_then(|t| t.parse::<RawFd>().ok()) == Some(fd)
+                    && ino == Some(inode.as_str())
+                    && lines.insert(line.to_string())
+                {
+                    let events = field("events:").unwrap();
+                    found.push(u32::from_str_radix(events, 16).unwrap());
+                }
+            }
+        }
+        found
+    }
+
+    /// `EPOLLOUT` in the kernel's event mask.
+    const EPOLLOUT: u32 = 0x004;
+
+    #[tokio::test]
+    async fn only_a_waiting_write_watches_for_room() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let socket = AppSocket::new(OwnedFd::from(ours)).unwrap();
+        let registered = registrations(socket.raw());
+        assert_eq!(registered.len(), 1, "{registered:x?}");
+        assert_eq!(registered[0] & EPOLLOUT, 0, "{:x}", registered[0]);
+
+        // A short write and the application's read of it: no watch, so the
+        // write space that read announces wakes nobody here.
+        let sent = socket
+            .write_with(|fd| Ok(nix::sys::socket::send(fd, b"ping", MsgFlags::MSG_NOSIGNAL)?))
+            .await
+            .unwrap();
+        assert_eq!(sent, 4);
+        let mut got = [0u8; 4];
+        std::io::Read::read_exact(&mut theirs, &mut got).unwrap();
+        assert_eq!(&got, b"ping");
+        assert!(socket.write.get().is_none());
+
+        // Fill the socket; the write that finds it full waits for room,
+        // through a second registration for EPOLLOUT alone.
+        let chunk = [7u8; 4096];
+        let mut queued = 0usize;
+        loop {
+            match nix::sys::socket::send(socket.raw(), &chunk, MsgFlags::MSG_NOSIGNAL) {
+                Ok(n) => queued += n,
+                Err(nix::errno::Errno::EAGAIN) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let mut sink = vec![0u8; queued + chunk.len()];
+            std::io::Read::read_exact(&mut theirs, &mut sink).unwrap();
+            assert!(sink.iter().all(|&b| b == 7));
+            theirs
+        });
+        let sent = socket
+            .write_with(|fd| Ok(nix::sys::socket::send(fd, &chunk, MsgFlags::MSG_NOSIGNAL)?))
+            .await
+            .unwrap();
+        assert!(sent > 0);
+        // What did not fit goes too, so the reader gets its exact count.
+        let mut rest = &chunk[sent..];
+        while !rest.is_empty() {
+            let n = socket
+                .write_with(|fd| Ok(nix::sys::socket::send(fd, rest, MsgFlags::MSG_NOSIGNAL)?))
+                .await
+                .unwrap();
+            rest = &rest[n..];
+        }
+        let mut theirs = reader.join().unwrap();
+        let watch = socket
+            .write
+            .get()
+            .expect("a write waited, so room is watched");
+        let mut events = registrations(socket.raw());
+        events.extend(registrations(watch.get_ref().as_raw_fd()));
+        events.sort();
+        assert_eq!(events.len(), 2, "{events:x?}");
+        assert_eq!(events.iter().filter(|e| *e & EPOLLOUT != 0).count(), 1);
+
+        // Reading waits for the application's bytes.
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            std::io::Write::write_all(&mut theirs, b"pong").unwrap();
+            theirs
+        });
+        let mut buf = [0u8; 16];
+        let n = socket
+            .read_with(|fd| Ok(nix::sys::socket::recv(fd, &mut buf, MsgFlags::empty())?))
+            .await
+            .unwrap();
+        assert_eq!(&buf[..n], b"pong");
+        drop(writer.join().unwrap());
+        let n = socket
+            .read_with(|fd| Ok(nix::sys::socket::recv(fd, &mut buf, MsgFlags::empty())?))
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "end of file once the application closed");
+    }
+}
