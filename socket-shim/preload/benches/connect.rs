@@ -85,13 +85,8 @@
 //! - waking other processes: `_raw_spin_unlock_irqrestore` and
 //!   `finish_task_switch` alone are over a third of sald's time. On this VM
 //!   a wake-up of a task on the other CPU is an IPI, that is a VM exit.
-//!   Part of them are spurious: when sald reads what a program wrote to its
-//!   end of a `SOCK_STREAM` socketpair, freeing the buffer wakes the
-//!   socket's wait queue for write space (`unix_write_space`), and a program
-//!   blocked in `read` on that same socket is woken for nothing (the stream
-//!   reader's wait does not filter by event). That costs one futile
-//!   context switch per request on each side; `SOCK_SEQPACKET` readers are
-//!   filtered, but a byte stream cannot be a seqpacket socket.
+//!   Part of them were futile: sald's own are gone, a program's partly
+//!   (see "Futile wake-ups" below).
 //! - TUN writes (24 % of sald): each carries its packet through the kernel's
 //!   forwarding path into the peer namespace and wakes the peer daemon.
 //!   Sending our own packets through the raw socket instead (the host's
@@ -111,6 +106,40 @@
 //!   against the build before: within this machine's noise (4 parallel
 //!   0.89x and 1.09x in two runs, 16 parallel 1.05x), as one packet in 13
 //!   would be.
+//!
+//! # Futile wake-ups
+//!
+//! On a unix stream socket, a read frees memory charged to the writer and
+//! the kernel announces write space (`unix_write_space`) on the writer's
+//! wait queue. Two kinds of waiter took that for a reason to wake:
+//!
+//! - sald, whose sockets tokio registers for `EPOLLOUT` as well as
+//!   `EPOLLIN`: every time a program read a flow's bytes, a reply on the
+//!   control connection or an accepted flow from its accept queue, sald's
+//!   `epoll_wait` returned with nothing to do. `perf record -e
+//!   sched:sched_wakeup -g` during this bench: of the wake-ups programs
+//!   caused sald, 26,600 came from that path against 15,800 for real input.
+//!   sald's ends of flows and accept queues are now registered for input
+//!   only, and room to write is watched only once a write has found the
+//!   socket full (`sald::app_socket`). The control connection still uses a
+//!   tokio `UnixStream` (one futile wake-up per request, left).
+//! - a thread blocked in `recvmsg`/`read`, whose wait does not filter by
+//!   event: every request sald read off the control connection woke the
+//!   program's thread waiting for the answer. The shim's control client
+//!   now waits in `poll(POLLIN)` first, which filters. A program's own
+//!   blocking `read` on a flow is still woken when sald reads what it
+//!   wrote (in the recording above, sald's reads woke the programs 64,000
+//!   times, control connections and flows together, about two per
+//!   connection): doing the same inside the shim's `read` would need
+//!   `SA_RESTART` and `SO_RCVTIMEO` emulated exactly around `poll`, which
+//!   is not worth a context switch or two per connection.
+//!
+//! Same run, `SALD_BASELINE` and `SHIM_BASELINE` the build before, on a
+//! machine loaded by other work (rates too noisy to compare): the daemons'
+//! voluntary context switches per connection went from 9.4 to 7.5
+//! sequentially (both daemons together), and their CPU time per connection
+//! from 300 to 265 µs at 4 parallel and from 268 to 235 µs at 16 parallel
+//! (the "sald us/c" and "sleeps/c" columns).
 //!
 //! Tried without effect (within this machine's noise, same-run A/B with
 //! `SALD_BASELINE`): letting woken tasks run before a receive batch's
