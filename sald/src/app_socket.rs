@@ -17,9 +17,12 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
+use nix::sys::socket::{recv, send, MsgFlags};
 use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::sync::OnceCell;
 
 /// A non-blocking socket of ours registered with the runtime for reading,
@@ -62,7 +65,7 @@ impl AppSocket {
     /// Waits until the socket may have room to write, and forgets that
     /// readiness, as [`AppSocket::readable`] does.
     pub async fn writable(&self) -> io::Result<()> {
-        self.write_watch().await?.writable().await?.clear_ready();
+        self.write_watch()?.writable().await?.clear_ready();
         Ok(())
     }
 
@@ -92,13 +95,66 @@ impl AppSocket {
     /// socket that already has room reports it at once (epoll checks the
     /// current state when an interest is added), so room that opened
     /// between a failed write and this call is not missed.
-    async fn write_watch(&self) -> io::Result<&AsyncFd<OwnedFd>> {
-        self.write
-            .get_or_try_init(|| async {
-                let duplicate = self.read.get_ref().as_fd().try_clone_to_owned()?;
-                register(duplicate, Interest::WRITABLE)
-            })
-            .await
+    fn write_watch(&self) -> io::Result<&AsyncFd<OwnedFd>> {
+        if let Some(watch) = self.write.get() {
+            return Ok(watch);
+        }
+        let duplicate = self.read.get_ref().as_fd().try_clone_to_owned()?;
+        // Only a task holding `&self` gets here, and the runtime is
+        // single-threaded; had another set it meanwhile, its watch stays.
+        let _ = self.write.set(register(duplicate, Interest::WRITABLE)?);
+        Ok(self.write.get().expect("set just now"))
+    }
+}
+
+/// Bytes, for the control connection's framing. Like every operation
+/// here it tries the socket first and takes readiness only as the signal
+/// to try again, so it works whatever [`AppSocket::readable`] forgot.
+impl AsyncRead for AppSocket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            match recv(self.raw(), buf.initialize_unfilled(), MsgFlags::empty()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(nix::errno::Errno::EAGAIN) => {}
+                Err(errno) => return Poll::Ready(Err(errno.into())),
+            }
+            ready!(self.read.poll_read_ready(cx))?.clear_ready();
+        }
+    }
+}
+
+/// Bytes, for the control connection's framing: written at once while
+/// there is room, and through the write watch when there is none.
+impl AsyncWrite for AppSocket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            match send(self.raw(), data, MsgFlags::MSG_NOSIGNAL) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(nix::errno::Errno::EAGAIN) => {}
+                Err(errno) => return Poll::Ready(Err(errno.into())),
+            }
+            ready!(self.write_watch()?.poll_write_ready(cx))?.clear_ready();
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let shut = nix::sys::socket::shutdown(self.raw(), nix::sys::socket::Shutdown::Write);
+        Poll::Ready(shut.map_err(io::Error::from))
     }
 }
 
@@ -113,8 +169,6 @@ fn register(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
 #[cfg(test)]
 mod tests {
     use std::os::unix::net::UnixStream;
-
-    use nix::sys::socket::MsgFlags;
 
     use super::*;
 

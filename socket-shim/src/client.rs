@@ -12,10 +12,12 @@ use std::io::{self, IoSliceMut, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+use nix::sys::time::TimeValLike;
 use sal_control::{
     control_path, decode_body, encode_frame, frame_len, ControlEvent, Request, Response,
     PROTOCOL_VERSION,
@@ -54,10 +56,10 @@ pub(crate) struct Inbox {
 }
 
 impl Inbox {
-    /// One `recvmsg` on `fd`; returns the number of bytes read, 0 at end of
-    /// stream. Errors are returned as they are (`WouldBlock` included), except
-    /// `EINTR`, which is retried.
-    pub(crate) fn fill(&mut self, fd: BorrowedFd<'_>) -> io::Result<usize> {
+    /// One `recvmsg` on `fd` (with `flags` besides close-on-exec); returns
+    /// the number of bytes read, 0 at end of stream. Errors are returned as
+    /// they are (`WouldBlock` included), except `EINTR`, which is retried.
+    pub(crate) fn fill(&mut self, fd: BorrowedFd<'_>, flags: MsgFlags) -> io::Result<usize> {
         let mut chunk = [0u8; READ_CHUNK];
         let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS_PER_READ]);
         let (bytes, fds, truncated) = loop {
@@ -66,7 +68,7 @@ impl Inbox {
                 fd.as_raw_fd(),
                 &mut iov,
                 Some(&mut cmsg),
-                MsgFlags::MSG_CMSG_CLOEXEC,
+                MsgFlags::MSG_CMSG_CLOEXEC | flags,
             ) {
                 Ok(msg) => {
                     let mut fds = Vec::new();
@@ -181,20 +183,44 @@ pub(crate) fn response_name(response: &Response) -> &'static str {
     }
 }
 
-/// Waits until `fd` has something to read (or the other end closed).
+/// Waits until `fd` has something to read (or the other end closed), as
+/// long as the socket's receive timeout (`SO_RCVTIMEO`, which a caller may
+/// set through [`AsFd`]) allows: past it, `WouldBlock`, as a timed-out
+/// `recvmsg` says.
 ///
 /// A blocking `recvmsg` would wait as well, but on a unix stream socket it
 /// is also woken each time the peer reads what we wrote (the kernel
 /// announces write space on the same wait queue, and a reader's wait does
 /// not filter events): so every request sald read woke the waiting thread
 /// for nothing, a context switch per request. `poll` waits for input only.
+/// Called only when a non-blocking read found nothing, that is when the
+/// thread is about to sleep anyway, so its two system calls cost little.
 fn wait_readable(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let limit = nix::sys::socket::getsockopt(&fd, nix::sys::socket::sockopt::ReceiveTimeout)?;
+    let limit = Duration::from_micros(TimeValLike::num_microseconds(&limit).max(0) as u64);
+    let deadline = (!limit.is_zero()).then(|| Instant::now() + limit);
     let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
     loop {
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => return Ok(()),
-            Err(Errno::EINTR) => continue,
+        let timeout = match deadline {
+            None => PollTimeout::NONE,
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                // Rounded up: a wait cut short by rounding would look like
+                // a timeout that has not passed.
+                let millis = left.as_micros().div_ceil(1000);
+                PollTimeout::try_from(millis.min(i32::MAX as u128) as i32)
+                    .unwrap_or(PollTimeout::MAX)
+            }
+        };
+        match poll(&mut fds, timeout) {
+            Ok(0) if deadline.is_some_and(|d| Instant::now() >= d) => {
+                return Err(io::ErrorKind::WouldBlock.into())
+            }
+            Ok(_) | Err(Errno::EINTR) => {}
             Err(errno) => return Err(errno.into()),
+        }
+        if fds[0].revents().is_some_and(|r| !r.is_empty()) {
+            return Ok(());
         }
     }
 }
@@ -411,8 +437,14 @@ impl ControlClient {
             if let Some(reply) = self.inbox.take_reply()? {
                 return Ok(reply);
             }
-            wait_readable(self.stream.as_fd()).map_err(Error::Io)?;
-            match self.inbox.fill(self.stream.as_fd()) {
+            let fd = self.stream.as_fd();
+            let filled = match self.inbox.fill(fd, MsgFlags::MSG_DONTWAIT) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    wait_readable(fd).and_then(|()| self.inbox.fill(fd, MsgFlags::empty()))
+                }
+                filled => filled,
+            };
+            match filled {
                 Ok(0) if self.inbox.is_empty() => return Err(Error::Closed),
                 Ok(0) => {
                     return Err(Error::Protocol(

@@ -138,7 +138,9 @@ impl AsyncControlClient {
             let inbox = &mut self.inbox;
             let stream = &self.stream;
             let read = stream
-                .async_io(Interest::READABLE, || inbox.fill(stream.as_fd()))
+                .async_io(Interest::READABLE, || {
+                    inbox.fill(stream.as_fd(), MsgFlags::empty())
+                })
                 .await;
             match read {
                 Ok(0) if self.inbox.is_empty() => return Err(Error::Closed),

@@ -10,18 +10,18 @@ use std::time::Duration;
 
 use sal::table::ListenerId;
 use sal_control::{ErrorKind, Request, Response, PROTOCOL_VERSION};
-use tokio::net::UnixStream;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::frame::{write_response, ReadError};
 use super::limits::Admitted;
 use super::{cmd, connector, subscribe, ControlContext};
+use crate::app_socket::AppSocket;
 use crate::shutdown::Shutdown;
 
 /// A connected client and what it holds.
 pub(super) struct Client {
     pub(super) context: Arc<ControlContext>,
-    pub(super) stream: UnixStream,
+    pub(super) stream: AppSocket,
     /// Its user (peer credentials at connect time).
     pub(super) uid: u32,
     /// Root or sald's own user.
@@ -38,7 +38,7 @@ pub(super) struct Slot {
 }
 
 impl Client {
-    pub(super) fn new(context: Arc<ControlContext>, stream: UnixStream, uid: u32) -> Client {
+    pub(super) fn new(context: Arc<ControlContext>, stream: AppSocket, uid: u32) -> Client {
         let privileged = context.policy.privileged(uid);
         Client {
             context,

@@ -10,16 +10,14 @@
 //! read), and writes each answer whole.
 
 use std::io;
-use std::os::fd::AsRawFd;
 
 use nix::sys::socket::{recv, MsgFlags};
 use sal_control::{ErrorKind, Request, Response};
-use tokio::io::Interest;
-use tokio::net::UnixStream;
 use tokio::task::JoinSet;
 
 use super::client::Client;
 use super::cmd::{self, Reply};
+use crate::app_socket::AppSocket;
 
 /// Connects one connection may have in flight; past it sald reads no more
 /// requests from it until some complete (its writes then wait, like a
@@ -100,22 +98,10 @@ async fn answer(client: &mut Client, number: u64, (response, fd): Reply) -> anyh
 /// over from the last frame (read exactly, never to `EAGAIN`) would have
 /// the loop block in the middle of reading while answers wait. Reads
 /// nothing, so dropping it loses nothing.
-async fn request_arrives(stream: &UnixStream) -> io::Result<()> {
+async fn request_arrives(stream: &AppSocket) -> io::Result<()> {
     let mut byte = [0u8; 1];
-    loop {
-        stream.readable().await?;
-        let peeked = stream.try_io(Interest::READABLE, || {
-            recv(
-                stream.as_raw_fd(),
-                &mut byte,
-                MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
-            )
-            .map_err(io::Error::from)
-        });
-        match peeked {
-            Ok(_) => return Ok(()),
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(error) => return Err(error),
-        }
-    }
+    stream
+        .read_with(|fd| Ok(recv(fd, &mut byte, MsgFlags::MSG_PEEK)?))
+        .await
+        .map(drop)
 }

@@ -16,8 +16,9 @@ use std::time::Duration;
 
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use sal_control::{decode_body, encode_frame, frame_len, FrameError, Request, Response};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
-use tokio::net::UnixStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::app_socket::AppSocket;
 
 /// Bytes read from the socket per step of a frame.
 const STEP: usize = 16 * 1024;
@@ -140,7 +141,7 @@ impl FrameReader {
     /// between frames. `idle` bounds the wait for the frame's first byte.
     pub async fn read(
         &self,
-        stream: &mut UnixStream,
+        stream: &mut AppSocket,
         idle: Option<Duration>,
     ) -> Result<Option<Request>, ReadError> {
         let mut prefix = [0u8; 4];
@@ -189,7 +190,7 @@ impl FrameReader {
 /// Writes one response, with `fd` (if any) riding on its first byte as
 /// `SCM_RIGHTS`.
 pub async fn write_response(
-    stream: &mut UnixStream,
+    stream: &mut AppSocket,
     response: &Response,
     fd: Option<OwnedFd>,
 ) -> io::Result<()> {
@@ -197,32 +198,37 @@ pub async fn write_response(
     let Some(fd) = fd else {
         return stream.write_all(&frame).await;
     };
-    let sent = loop {
-        stream.writable().await?;
-        let result = stream.try_io(Interest::WRITABLE, || {
-            let fds = [fd.as_raw_fd()];
-            let cmsg = [ControlMessage::ScmRights(&fds)];
-            sendmsg::<()>(
-                stream.as_raw_fd(),
+    let fds = [fd.as_raw_fd()];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    let sent = stream
+        .write_with(|socket| {
+            Ok(sendmsg::<()>(
+                socket,
                 &[IoSlice::new(&frame)],
                 &cmsg,
                 MsgFlags::MSG_NOSIGNAL,
                 None,
-            )
-            .map_err(io::Error::from)
-        });
-        match result {
-            Ok(n) => break n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
-    };
+            )?)
+        })
+        .await?;
     stream.write_all(&frame[sent..]).await
 }
 
 #[cfg(test)]
 mod tests {
+    use tokio::net::UnixStream;
+
     use super::*;
+
+    /// A connected pair: ours as sald holds it, theirs as a client.
+    fn pair() -> (AppSocket, UnixStream) {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        theirs.set_nonblocking(true).unwrap();
+        (
+            AppSocket::new(OwnedFd::from(ours)).unwrap(),
+            UnixStream::from_std(theirs).unwrap(),
+        )
+    }
 
     fn reader(budget: usize) -> (FrameReader, Arc<FrameBudget>) {
         let budget = FrameBudget::new(budget);
@@ -235,7 +241,7 @@ mod tests {
     #[tokio::test]
     async fn a_claimed_length_costs_nothing_until_the_bytes_come() {
         let (reader, budget) = reader(1 << 20);
-        let (mut ours, mut theirs) = UnixStream::pair().unwrap();
+        let (mut ours, mut theirs) = pair();
         // Claims 1 MiB, sends 10 bytes, then stalls.
         theirs.write_all(&(1u32 << 20).to_be_bytes()).await.unwrap();
         theirs.write_all(&[b'x'; 10]).await.unwrap();
@@ -251,7 +257,7 @@ mod tests {
     #[tokio::test]
     async fn frames_beyond_the_budget_are_refused_and_requests_still_parse() {
         let (reader, budget) = reader(64 * 1024);
-        let (mut ours, mut theirs) = UnixStream::pair().unwrap();
+        let (mut ours, mut theirs) = pair();
         let request = Request::ListRules;
         theirs
             .write_all(&encode_frame(&request).unwrap())
@@ -277,7 +283,7 @@ mod tests {
     #[tokio::test]
     async fn idle_and_end_of_connection() {
         let (reader, _) = reader(1 << 20);
-        let (mut ours, theirs) = UnixStream::pair().unwrap();
+        let (mut ours, theirs) = pair();
         let idle = Duration::from_millis(30);
         assert!(matches!(
             reader.read(&mut ours, Some(idle)).await,

@@ -26,6 +26,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
+use crate::app_socket::AppSocket;
 use crate::config::{Config, Limits};
 use crate::daemon::Shared;
 use crate::shutdown::{Shutdown, Tasks};
@@ -133,6 +134,15 @@ pub async fn serve(listener: UnixListener, context: Arc<ControlContext>, mut shu
         let privileged = context.policy.privileged(uid);
         match context.admission.admit(uid, privileged) {
             Ok(admitted) => {
+                // Ours from now on, watched for requests only: see
+                // `app_socket` for why not a tokio `UnixStream`.
+                let stream = match stream.into_std().and_then(|s| AppSocket::new(s.into())) {
+                    Ok(stream) => stream,
+                    Err(error) => {
+                        tracing::warn!(%error, "control connection dropped");
+                        continue;
+                    }
+                };
                 let client = Client::new(context.clone(), stream, uid);
                 let slot = Slot {
                     _permit: permit,
