@@ -18,6 +18,14 @@
 //! own. Environment: `BENCH_MILLIS` (default 3000) per run,
 //! `BENCH_PARALLEL` (default `4,16`) the parallel client counts.
 //!
+//! Measured on the 2-core development VM (loaded by other work), 3 s per
+//! run, same run: sequential p50 572 us per connect through a control
+//! connection each against 418 us through the shared connector (kernel
+//! TCP 84 us); rates 1,714 -> 2,285 conn/s sequential (1.33x), 3,139 ->
+//! 4,162 with 4 tasks (1.33x), 4,097 -> 5,611 with 16 (1.37x), 0.21-0.28x
+//! kernel TCP's. The saving is the `Hello` round trip and sald's
+//! connection setup and teardown per connect.
+//!
 //! Rows: sequential (one client task: p50/p99 of connect + echo + close),
 //! then each parallel count (connections per second); ratios against the
 //! per-connect baseline and against kernel TCP.
@@ -34,7 +42,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod throughput;
 use common::{Daemon, Sald};
+use throughput::env_or;
 
 /// The service the echo server binds.
 const SERVICE: &str = "c0ec71";
@@ -182,10 +192,7 @@ fn main() {
         eprintln!("shim_connect bench: SKIPPED (needs root for network namespaces)");
         return;
     }
-    let millis: u64 = std::env::var("BENCH_MILLIS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3000);
+    let millis = env_or("BENCH_MILLIS", 3000);
     let parallel: Vec<usize> = std::env::var("BENCH_PARALLEL")
         .unwrap_or_else(|_| "4,16".into())
         .split(',')

@@ -23,7 +23,7 @@ use testnet::require_root;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod common;
-use common::{pattern, raise_fd_limit, InProcess, Sald, SaldProcess, Scratch};
+use common::{become_user, pattern, raise_fd_limit, InProcess, Sald, SaldProcess, Scratch};
 
 /// An ordinary user.
 const NOBODY: u32 = 65534;
@@ -58,17 +58,7 @@ fn runtime() -> tokio::runtime::Runtime {
 /// raw system call changes that thread only; threads it starts inherit it).
 fn run_as<T: Send + 'static>(uid: u32, f: impl FnOnce() -> T + Send + 'static) -> T {
     std::thread::spawn(move || {
-        // SAFETY: a plain system call with integer arguments; -1 leaves the
-        // real and saved user IDs unchanged. It affects the calling thread.
-        let rc = unsafe {
-            nix::libc::syscall(
-                nix::libc::SYS_setresuid,
-                -1 as nix::libc::c_long,
-                nix::libc::c_long::from(uid),
-                -1 as nix::libc::c_long,
-            )
-        };
-        assert_eq!(rc, 0, "setresuid: {}", std::io::Error::last_os_error());
+        become_user(uid);
         f()
     })
     .join()
