@@ -19,6 +19,7 @@ use sal::wire::TransportProtocol;
 use sal::{FlowId, ServiceId};
 
 use crate::client::ControlClient;
+use crate::connector;
 use crate::datagram::{check_size, set_receive_timeout};
 use crate::error::{Error, Result};
 use crate::stream::{connect_request, flow_from_reply};
@@ -36,9 +37,12 @@ pub struct ServiceDatagramFlow {
 }
 
 impl ServiceDatagramFlow {
-    /// Opens a datagram flow to `service` through the default control socket.
+    /// Opens a datagram flow to `service` through the default control
+    /// socket, on this process's shared connector connection (as
+    /// [`ServiceStream::connect`](crate::ServiceStream::connect)).
     pub fn connect(service: ServiceId) -> Result<ServiceDatagramFlow> {
-        ServiceDatagramFlow::connect_via(ControlClient::connect()?, service, None)
+        let (info, fd) = connector::connect(service, TransportProtocol::Datagram, None)?;
+        Ok(ServiceDatagramFlow::from_parts(info, fd))
     }
 
     /// Opens a datagram flow to `service` over `control` (closed once the

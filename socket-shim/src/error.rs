@@ -155,6 +155,31 @@ impl Error {
         }
     }
 
+    /// A copy of this error, for telling one failure to several waiters
+    /// (an `io::Error` keeps its errno, or else its kind and message).
+    pub(crate) fn duplicate(&self) -> Error {
+        match self {
+            Error::DaemonNotRunning { path } => Error::DaemonNotRunning { path: path.clone() },
+            Error::NoRoute(m) => Error::NoRoute(m.clone()),
+            Error::Refused(m) => Error::Refused(m.clone()),
+            Error::TimedOut(m) => Error::TimedOut(m.clone()),
+            Error::PermissionDenied(m) => Error::PermissionDenied(m.clone()),
+            Error::AddressInUse(m) => Error::AddressInUse(m.clone()),
+            Error::NotFound(m) => Error::NotFound(m.clone()),
+            Error::WouldBlock(m) => Error::WouldBlock(m.clone()),
+            Error::InvalidRequest(m) => Error::InvalidRequest(m.clone()),
+            Error::VersionMismatch(m) => Error::VersionMismatch(m.clone()),
+            Error::Exhausted(m) => Error::Exhausted(m.clone()),
+            Error::Internal(m) => Error::Internal(m.clone()),
+            Error::Closed => Error::Closed,
+            Error::Protocol(m) => Error::Protocol(m.clone()),
+            Error::Io(error) => Error::Io(match error.raw_os_error() {
+                Some(errno) => io::Error::from_raw_os_error(errno),
+                None => io::Error::new(error.kind(), error.to_string()),
+            }),
+        }
+    }
+
     /// An unexpected answer to a request.
     pub(crate) fn unexpected(what: &str, response: &sal_control::Response) -> Error {
         Error::Protocol(format!("unexpected answer to {what}: {response:?}"))
@@ -241,6 +266,13 @@ mod tests {
             "sald is not running (no control socket at /x/sald.sock)"
         );
         assert_eq!(missing.errno(), Errno::ENETDOWN as i32);
+        let copy = Error::from(io::Error::from_raw_os_error(Errno::EMFILE as i32)).duplicate();
+        assert_eq!(copy.errno(), Errno::EMFILE as i32);
+        assert_eq!(missing.duplicate().to_string(), missing.to_string());
+        assert!(matches!(
+            Error::from_daemon(ErrorKind::Exhausted, "full").duplicate(),
+            Error::Exhausted(m) if m == "full"
+        ));
         let io_error = io::Error::from(Error::from_daemon(ErrorKind::Refused, "no"));
         assert_eq!(io_error.kind(), io::ErrorKind::ConnectionRefused);
     }

@@ -3,10 +3,12 @@
 //! Applications name services, not hosts: [`ServiceStream::connect`] opens a
 //! stream flow to a [`ServiceId`], [`ServiceListener::bind`] registers a
 //! [`ServicePrefix`] and accepts flows on it, [`ServiceDatagram`] sends and
-//! receives datagrams. Under the hood each object holds its own control
-//! connection to sald ([`ControlClient`], speaking [`sal_control`]); a flow
-//! itself is one end of a Unix socketpair handed over by sald, so reading and
-//! writing cost what they cost on any local socket.
+//! receives datagrams. Under the hood a listener or bound socket holds its
+//! own control connection to sald ([`ControlClient`], speaking
+//! [`sal_control`]), while the connects of a process all share one
+//! (`connector`): a connect costs one request frame, however many are in
+//! flight. A flow itself is one end of a Unix socketpair handed over by
+//! sald, so reading and writing cost what they cost on any local socket.
 //!
 //! ```no_run
 //! use std::io::{Read, Write};
@@ -26,6 +28,7 @@
 //!
 //! Modules, one concept each:
 //! - [`client`]: the control connection (framing, `Hello`, descriptor passing).
+//! - `connector`: the process's shared connection for connects (private).
 //! - [`stream`]: stream flows, [`ServiceStream`] and [`ServiceListener`].
 //! - [`datagram`]: unconnected datagram sockets, [`ServiceDatagram`].
 //! - [`datagram_flow`]: connected datagram flows, [`ServiceDatagramFlow`].
@@ -35,6 +38,7 @@
 #![warn(missing_docs)]
 
 pub mod client;
+mod connector;
 pub mod datagram;
 pub mod datagram_flow;
 pub mod error;

@@ -16,9 +16,10 @@ use sal::proto::FlowInfo;
 use sal::table::ListenerId;
 use sal::wire::TransportProtocol;
 use sal::{FlowId, ServiceId, ServicePrefix};
-use sal_control::{control_path, Request, Response};
+use sal_control::{Request, Response};
 
-use crate::client::{default_client_name, response_name, ControlClient, Reply};
+use crate::client::{response_name, ControlClient, Reply};
+use crate::connector;
 use crate::error::{Error, Result};
 
 /// The `Connect` request for a flow of `protocol`.
@@ -78,8 +79,8 @@ pub(crate) fn listen_request(
 /// also implements `Read` and `Write`, so one thread can read while another
 /// writes.
 ///
-/// A flow lives as long as its socket: the control connection it was opened
-/// on is closed as soon as sald has handed the socket over.
+/// A flow lives as long as its socket, whatever becomes of the control
+/// connection it was opened on.
 #[derive(Debug)]
 pub struct ServiceStream {
     socket: UnixStream,
@@ -89,22 +90,24 @@ pub struct ServiceStream {
 impl ServiceStream {
     /// Opens a stream flow to `service` through the default control socket,
     /// waiting as long as the SAL's own retry limit allows.
+    ///
+    /// The request goes out on this process's shared connector connection
+    /// to sald (opened by the first connect, see the `connector` module):
+    /// one request frame, no connection of its own, so any number of
+    /// connects may be in flight at once, from any threads.
     pub fn connect(service: ServiceId) -> Result<ServiceStream> {
         ServiceStream::connect_default(service, None)
     }
 
-    /// Like [`ServiceStream::connect`], giving up after `timeout`.
+    /// Like [`ServiceStream::connect`], giving up after `timeout` (sald
+    /// times the connect and answers [`Error::TimedOut`]).
     pub fn connect_timeout(service: ServiceId, timeout: Duration) -> Result<ServiceStream> {
         ServiceStream::connect_default(service, Some(timeout))
     }
 
-    /// Through the default control socket, the `Connect` riding behind the
-    /// `Hello` ([`ControlClient::connect_with`]).
+    /// Through the process's connector for the default control socket.
     fn connect_default(service: ServiceId, timeout: Option<Duration>) -> Result<ServiceStream> {
-        let request = connect_request(service, TransportProtocol::Stream, timeout);
-        let (_control, reply) =
-            ControlClient::connect_with(control_path(), &default_client_name(), &request)?;
-        let (info, fd) = flow_from_reply("connect", reply)?;
+        let (info, fd) = connector::connect(service, TransportProtocol::Stream, timeout)?;
         Ok(ServiceStream::from_parts(info, fd))
     }
 

@@ -27,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::UnixStream;
 
 use crate::client::{check_hello, default_client_name, hello, request_frame, Inbox, Reply};
+use crate::connector;
 use crate::datagram::{check_size, decode_received, opened_from_reply, RECEIVED_HEADER_MAX};
 use crate::error::{Error, Result};
 use crate::stream::{connect_request, flow_from_reply, listen_request, listener_from_reply};
@@ -182,17 +183,35 @@ pub struct AsyncServiceStream {
 
 impl AsyncServiceStream {
     /// Opens a stream flow to `service` through the default control socket.
+    ///
+    /// The request goes out on this process's shared connector connection
+    /// to sald (see the `connector` module): one request frame and no
+    /// round trip before it, however many connects are in flight. Works on
+    /// any tokio runtime. Cancel-safe: if the future is dropped before sald
+    /// answers, the flow is closed when it is handed over.
     pub async fn connect(service: ServiceId) -> Result<AsyncServiceStream> {
-        AsyncServiceStream::connect_via(AsyncControlClient::connect().await?, service, None).await
+        AsyncServiceStream::connect_default(service, None).await
     }
 
-    /// Like [`AsyncServiceStream::connect`], giving up after `timeout`.
+    /// Like [`AsyncServiceStream::connect`], giving up after `timeout`
+    /// (sald times the connect and answers [`Error::TimedOut`]).
     pub async fn connect_timeout(
         service: ServiceId,
         timeout: Duration,
     ) -> Result<AsyncServiceStream> {
-        let control = AsyncControlClient::connect().await?;
-        AsyncServiceStream::connect_via(control, service, Some(timeout)).await
+        AsyncServiceStream::connect_default(service, Some(timeout)).await
+    }
+
+    async fn connect_default(
+        service: ServiceId,
+        timeout: Option<Duration>,
+    ) -> Result<AsyncServiceStream> {
+        let (info, fd) =
+            connector::connect_async(service, TransportProtocol::Stream, timeout).await?;
+        Ok(AsyncServiceStream {
+            socket: tokio_stream(fd.into())?,
+            info,
+        })
     }
 
     /// Opens a stream flow to `service` over `control`, which is closed once

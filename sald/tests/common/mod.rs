@@ -287,7 +287,7 @@ pub fn raw_as(path: &Path, uid: u32) -> std::io::Result<std::os::unix::net::Unix
 /// Switches the calling thread's effective user to `uid`: the raw system
 /// call, which (unlike glibc's `seteuid`) changes this thread only. Callers
 /// are threads that end right after.
-fn become_user(uid: u32) {
+pub fn become_user(uid: u32) {
     // SAFETY: a plain system call with integer arguments; -1 leaves the real
     // and saved user IDs unchanged. It affects only the calling thread.
     let rc = unsafe {
