@@ -348,6 +348,9 @@ struct Run {
     /// for flows the client had forgotten.
     packets: (f64, f64),
     unknown_flow: u64,
+    /// Packets the SAL client's host addressed to something not UDP
+    /// (none expected).
+    unsendable: u64,
     /// System calls per connection of the client and the server, when
     /// traced (`BENCH_STRACE`).
     syscalls: Option<(f64, f64)>,
@@ -372,6 +375,7 @@ impl Run {
             server: per("server_us")?,
             packets: (per("packets_out")?, per("packets_in")?),
             unknown_flow: field("unknown_flow")?,
+            unsendable: field("unsendable")?,
             syscalls: None,
         })
     }
@@ -548,6 +552,12 @@ fn report(rows: &[(usize, Run, Run)]) {
                 "  {:<16} SAL packets per connection: client sent {:.2}, received {:.2} \
                  ({} for forgotten flows)",
                 "", r.packets.0, r.packets.1, r.unknown_flow
+            );
+        }
+        if r.unsendable > 0 {
+            println!(
+                "  {:<16} WARNING: {} packets to non-UDP locators not sent",
+                "", r.unsendable
             );
         }
         if let Some((client, server)) = r.syscalls {
