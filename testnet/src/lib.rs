@@ -30,6 +30,7 @@
 //! [`tunfwd`] is the plain TUN-to-TUN forwarder baseline of the performance
 //! method, built on this harness (the `tun-forwarder` program prints it).
 //! [`conntrack::flush`] makes a namespace's NAT forget its mappings.
+//! [`bench`] holds what the connection benchmarks share.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -45,6 +46,7 @@ use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+pub mod bench;
 pub mod conntrack;
 pub mod tunfwd;
 
