@@ -504,3 +504,55 @@ fn packets_from_broadcast_sources_earn_no_answer() {
     let mut buf = [0; 16];
     assert_eq!(net.host(server).recv(sflow, &mut buf), Ok(10));
 }
+
+/// Two programs behind one address in UDP carriage (one host's programs,
+/// or hosts behind one NAT) whose SYNs happen to carry the same flow ID
+/// are two clients: each gets its own half-open flow and its own SYN-ACK,
+/// at its own port. Keyed by address alone, the second SYN was taken for
+/// the first one's retransmission, and its client was never answered.
+#[test]
+fn clients_sharing_an_address_and_a_flow_id_each_get_a_syn_ack() {
+    let mut net = Network::new(13, LinkConditions::default());
+    let server = net.add_udp_host(
+        "server",
+        HostConfig::default(),
+        &[("eth0", "10.0.0.2/24")],
+        54325,
+    );
+    net.host(server)
+        .listen("5a/8".parse().unwrap(), Stream, 8)
+        .unwrap();
+    let shared: Ipv4Addr = "10.0.0.100".parse().unwrap();
+    let server_ip: Ipv4Addr = SERVER.parse().unwrap();
+    let answers = Rc::new(std::cell::RefCell::new(Vec::new()));
+    let seen = answers.clone();
+    net.set_filter(Some(Box::new(move |p: &Packet| {
+        if p.dst.ip() == shared {
+            seen.borrow_mut().push(p.dst);
+        }
+        false
+    })));
+    let ports = [40000, 40001];
+    for port in ports {
+        let segment = tcp(Segment::Syn, shared, server_ip, 9);
+        net.inject(Packet {
+            src: Locator::Udp(std::net::SocketAddrV4::new(shared, port)),
+            dst: loc("udp:10.0.0.2:54325"),
+            ttl: 64,
+            kind: TransmitKind::Own,
+            payload: sal_syn(9, svc("5a01"), &segment, None),
+        });
+    }
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.host(server).half_open_count(), 2);
+    let mut answered: Vec<u16> = answers
+        .borrow()
+        .iter()
+        .filter_map(|dst| match dst {
+            Locator::Udp(addr) => Some(addr.port()),
+            Locator::Ipv4(_) => None,
+        })
+        .collect();
+    answered.sort();
+    assert_eq!(answered, ports, "one SYN-ACK to each client's port");
+}

@@ -200,7 +200,7 @@ impl Host {
             self.stats.stale += 1;
             return;
         }
-        if let Some(existing) = self.listeners.half_open_flow(client.ip(), client_flow) {
+        if let Some(existing) = self.listeners.half_open_flow(client, client_flow) {
             // The client retransmitted its SYN: our SYN-ACK was lost.
             self.retransmit_now(existing);
             return;
@@ -283,7 +283,7 @@ impl Host {
             return;
         };
         self.listeners
-            .syn_received(listener, client.ip(), client_flow, id);
+            .syn_received(listener, client, client_flow, id);
         match protocol {
             // The SYN-ACK comes out of the socket in poll_transmit.
             TransportProtocol::Stream => {

@@ -24,7 +24,6 @@
 //! answer. Only a full accept queue refuses.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::Ipv4Addr;
 
 use super::{Event, Host, HostConfig, HostError, SynCookies};
 use crate::id::{FlowId, ServiceId, ServicePrefix};
@@ -32,8 +31,12 @@ use crate::locator::Locator;
 use crate::table::{ListenerId, Target, TargetKey};
 use crate::wire::{SalRepr, TransportProtocol};
 
-/// A half-open flow's client: its locator's address and its flow ID.
-type ClientKey = (Ipv4Addr, FlowId);
+/// A half-open flow's client: its locator and its flow ID. The whole
+/// locator, not only its address: in UDP carriage many clients share one
+/// address (each program its own port, or many hosts behind one NAT), and
+/// two of them may draw the same flow ID; keyed by address alone, the
+/// second one's SYN was taken for a retransmission of the first's.
+type ClientKey = (Locator, FlowId);
 
 /// A local listening socket. See the module docs.
 #[derive(Debug)]
@@ -203,8 +206,8 @@ impl Listeners {
     }
 
     /// The half-open flow already opened for this client's SYN, if any.
-    pub fn half_open_flow(&self, client_ip: Ipv4Addr, client_flow: FlowId) -> Option<FlowId> {
-        self.by_client.get(&(client_ip, client_flow)).copied()
+    pub fn half_open_flow(&self, client: Locator, client_flow: FlowId) -> Option<FlowId> {
+        self.by_client.get(&(client, client_flow)).copied()
     }
 
     /// Whether listener `id` takes a new flow of `protocol` now.
@@ -255,12 +258,12 @@ impl Listeners {
     pub fn syn_received(
         &mut self,
         id: ListenerId,
-        client_ip: Ipv4Addr,
+        client: Locator,
         client_flow: FlowId,
         flow: FlowId,
     ) {
         if let Some(listener) = self.by_id.get_mut(&id) {
-            let client = (client_ip, client_flow);
+            let client = (client, client_flow);
             listener.half_open.push((client, flow));
             self.by_client.insert(client, flow);
         }
@@ -437,7 +440,7 @@ impl Host {
         if !self.listeners.draining_covers(&service) {
             return false;
         }
-        match self.listeners.half_open_flow(client.ip(), client_flow) {
+        match self.listeners.half_open_flow(client, client_flow) {
             Some(existing) => self.retransmit_now(existing),
             None => self.stats.drained_syns += 1,
         }
@@ -479,13 +482,35 @@ impl Host {
 
 #[cfg(test)]
 mod tests {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
     use super::*;
 
     fn flow(n: u32) -> FlowId {
         FlowId::new(n).unwrap()
     }
 
-    const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+    const CLIENT: Locator = Locator::Ipv4(Ipv4Addr::new(10, 0, 0, 1));
+
+    /// Two programs on one host (or two hosts behind one NAT) in UDP
+    /// carriage: one address, two ports.
+    fn udp_client(port: u16) -> Locator {
+        Locator::Udp(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 100), port))
+    }
+
+    #[test]
+    fn clients_that_share_an_address_are_told_apart_by_port() {
+        let (mut l, id) = listeners(8);
+        l.syn_received(id, udp_client(1000), flow(100), flow(1));
+        assert_eq!(l.half_open_flow(udp_client(1000), flow(100)), Some(flow(1)));
+        assert_eq!(l.half_open_flow(udp_client(2000), flow(100)), None);
+        l.syn_received(id, udp_client(2000), flow(100), flow(2));
+        assert_eq!(l.half_open_flow(udp_client(2000), flow(100)), Some(flow(2)));
+        assert_eq!(l.half_open_count(), 2);
+        assert!(l.established(id, flow(1)));
+        assert_eq!(l.half_open_flow(udp_client(1000), flow(100)), None);
+        assert_eq!(l.half_open_flow(udp_client(2000), flow(100)), Some(flow(2)));
+    }
 
     fn listeners(backlog: usize) -> (Listeners, ListenerId) {
         let mut listeners = Listeners::default();
