@@ -65,6 +65,11 @@ struct StreamPump {
     /// up read, because reading into the send buffer makes the buffer
     /// allocate its memory, and an idle flow should hold none.
     readable: bool,
+    /// The socket has not been found full since it was last seen to have
+    /// room: only then does down write (a flow's signal comes with every
+    /// segment, and a reader that lags would otherwise cost a failing
+    /// write per segment).
+    writable: bool,
 }
 
 impl StreamPump {
@@ -89,6 +94,7 @@ impl StreamPump {
             self.pump_down(host, socket, &mut turn);
         }
         turn.read = self.up && !self.readable;
+        turn.write = self.down && !self.writable;
         turn
     }
 
@@ -126,13 +132,19 @@ impl StreamPump {
     /// Flow to application: the receive buffer written to the socket.
     fn pump_down(&mut self, host: &mut Host, socket: &AppSocket, turn: &mut Turn) {
         for _ in 0..CALLS_PER_TURN {
+            let writable = self.writable;
             let written = host.recv_with(self.flow, |data| {
+                if !writable {
+                    // Known full: no failing write; the flow's end or reset
+                    // still comes through.
+                    return moved(Err(io::ErrorKind::WouldBlock.into()));
+                }
                 moved(send(socket.raw(), data, MsgFlags::MSG_NOSIGNAL).map_err(io::Error::from))
             });
             match written {
                 Ok(Some(Ok(_))) => turn.moved = true,
                 Ok(Some(Err(error))) if error.kind() == io::ErrorKind::WouldBlock => {
-                    turn.write = true;
+                    self.writable = false;
                     return;
                 }
                 // Nothing yet: the flow's signal comes when data arrives.
@@ -172,6 +184,7 @@ pub async fn stream(
         up: true,
         down: true,
         readable: false,
+        writable: true,
     };
     loop {
         let turn = {
@@ -194,7 +207,7 @@ pub async fn stream(
             () = shutdown.recv() => break,
             () = signal.notified() => {}
             _ = socket.readable(), if turn.read => pump.readable = true,
-            _ = socket.writable(), if turn.write => {}
+            _ = socket.writable(), if turn.write => pump.writable = true,
         }
     }
     let mut core = shared.lock();
