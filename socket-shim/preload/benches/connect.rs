@@ -171,13 +171,14 @@ mod support;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use sal::table::Target;
 use sal::Locator;
 use sal_control::{Request, Response};
 use socket_shim::ControlClient;
+use testnet::bench::{self, field};
 use testnet::{Daemon, Host, Netns, NsChild, TopologyBuilder};
 
 use support::{binary, target_dir};
@@ -209,11 +210,7 @@ struct Run {
 
 impl Run {
     fn parse(text: &str) -> Option<Run> {
-        let words: Vec<&str> = text.split_whitespace().collect();
-        let field = |name: &str| -> Option<u64> {
-            let at = words.iter().position(|w| *w == name)?;
-            words.get(at + 1)?.parse().ok()
-        };
+        let field = |name: &str| field(text, name);
         let done = field("done")?;
         let elapsed = field("elapsed_us")?.max(1);
         Some(Run {
@@ -329,18 +326,8 @@ fn server(ns: &Netns, via: Via<'_>, program: &Path) -> NsChild {
 
 fn try_server(ns: &Netns, via: Via<'_>, program: &Path) -> Option<NsChild> {
     let mut cmd = command(ns, via, program);
-    cmd.args(["server", &PORT.to_string(), &SERVER_THREADS.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    let mut child = ns.spawn_cmd(cmd).expect("echo server");
-    let stdout = child
-        .child_mut()
-        .and_then(|c| c.stdout.take())
-        .expect("server stdout");
-    let mut line = String::new();
-    let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
-    (line.trim() == "listening").then_some(child)
+    cmd.args(["server", &PORT.to_string(), &SERVER_THREADS.to_string()]);
+    bench::spawn_ready(ns, cmd, "listening").expect("echo server")
 }
 
 /// One client run: `parallel` threads for `millis`.
@@ -364,18 +351,12 @@ fn client(
     if nonblocking_connects() {
         cmd.arg("nonblock");
     }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
     let sleeps_before = daemons_sleeps(daemons);
     let (machine_before, daemons_before) = (machine_ticks(), daemons_ticks(daemons));
-    let child = ns.spawn_cmd(cmd).expect("client");
-    let output = child
-        .wait_with_output(Duration::from_millis(millis) + Duration::from_secs(30))
-        .expect("client finished");
+    let limit = Duration::from_millis(millis) + Duration::from_secs(30);
+    let text = bench::stdout_of(ns, cmd, limit).expect("client finished");
     let (machine_after, daemons_after) = (machine_ticks(), daemons_ticks(daemons));
     let sleeps_after = daemons_sleeps(daemons);
-    let text = String::from_utf8_lossy(&output.stdout);
     let mut run = Run::parse(&text).unwrap_or_else(|| panic!("client printed {text:?}"));
     let per_connection = |ticks: u64| ticks as f64 * tick_us() / run.done.max(1) as f64;
     run.machine_cpu_us = per_connection(machine_after.saturating_sub(machine_before));
@@ -468,28 +449,13 @@ fn forward(daemon: &Daemon, to: Ipv4Addr) {
     assert_eq!(reply.response, Response::Ok);
 }
 
-/// Kernel TCP in the client namespace reuses TIME-WAIT ports, as a
-/// connection benchmark must at these rates.
-fn tune_client(ns: &Netns) {
-    ns.set_sysctl("net.ipv4.tcp_tw_reuse", "1").expect("sysctl");
-    ns.set_sysctl("net.ipv4.ip_local_port_range", "1024 65000")
-        .expect("sysctl");
-}
-
 fn main() {
     if !testnet::is_root() {
         eprintln!("connect bench: SKIPPED (needs root for network namespaces)");
         return;
     }
-    let millis: u64 = std::env::var("BENCH_MILLIS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3000);
-    let parallel: Vec<usize> = std::env::var("BENCH_PARALLEL")
-        .unwrap_or_else(|_| "4,16".into())
-        .split(',')
-        .filter_map(|p| p.trim().parse().ok())
-        .collect();
+    let millis = bench::env_number("BENCH_MILLIS", 3000);
+    let parallel = bench::env_counts("BENCH_PARALLEL", "4,16");
     let program = connrate();
     let shim = target_dir().join("libserval_shim.so");
     let baseline_shim = std::env::var_os("SHIM_BASELINE").map(PathBuf::from);
@@ -512,7 +478,7 @@ fn main() {
         .expect("namespaces");
     let server_addr = pair.host(1).addr().expect("address");
     let (ns0, ns1) = (&pair.host(0).ns, &pair.host(1).ns);
-    tune_client(ns0);
+    bench::tune_for_connection_rate(ns0).expect("sysctl");
     let kernel = {
         let _server = server(ns1, Via::Kernel, &program);
         runs(
