@@ -15,6 +15,7 @@
 //! write has to wait and kept for the socket's life (a bulk flow's socket
 //! fills often; an idle or short one never gets one).
 
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
@@ -71,21 +72,26 @@ impl AppSocket {
 
     /// `op` (a non-blocking read of this socket) until it does not find the
     /// socket empty.
-    pub async fn read_with<R>(&self, mut op: impl FnMut(RawFd) -> io::Result<R>) -> io::Result<R> {
-        loop {
-            match op(self.raw()) {
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => self.readable().await?,
-                result => return result,
-            }
-        }
+    pub async fn read_with<R>(&self, op: impl FnMut(RawFd) -> io::Result<R>) -> io::Result<R> {
+        self.until_done(op, || self.readable()).await
     }
 
     /// `op` (a non-blocking write to this socket) until it does not find
     /// the socket full.
-    pub async fn write_with<R>(&self, mut op: impl FnMut(RawFd) -> io::Result<R>) -> io::Result<R> {
+    pub async fn write_with<R>(&self, op: impl FnMut(RawFd) -> io::Result<R>) -> io::Result<R> {
+        self.until_done(op, || self.writable()).await
+    }
+
+    /// `op` first, then `wait` and `op` again for as long as `op` would
+    /// block.
+    async fn until_done<R, W: Future<Output = io::Result<()>>>(
+        &self,
+        mut op: impl FnMut(RawFd) -> io::Result<R>,
+        wait: impl Fn() -> W,
+    ) -> io::Result<R> {
         loop {
             match op(self.raw()) {
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => self.writable().await?,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => wait().await?,
                 result => return result,
             }
         }

@@ -208,6 +208,12 @@ impl AsyncServiceStream {
     ) -> Result<AsyncServiceStream> {
         let (info, fd) =
             connector::connect_async(service, TransportProtocol::Stream, timeout).await?;
+        AsyncServiceStream::from_parts(info, fd)
+    }
+
+    /// A stream over a flow socket handed over by sald; must run inside a
+    /// tokio runtime.
+    fn from_parts(info: FlowInfo, fd: OwnedFd) -> Result<AsyncServiceStream> {
         Ok(AsyncServiceStream {
             socket: tokio_stream(fd.into())?,
             info,
@@ -229,10 +235,7 @@ impl AsyncServiceStream {
             ))
             .await?;
         let (info, fd) = flow_from_reply("connect", reply)?;
-        Ok(AsyncServiceStream {
-            socket: tokio_stream(fd.into())?,
-            info,
-        })
+        AsyncServiceStream::from_parts(info, fd)
     }
 
     /// Converts a blocking stream; must run inside a tokio runtime.
@@ -390,11 +393,7 @@ impl AsyncServiceListener {
         }
         let reply = control.answer().await?;
         let (info, fd) = flow_from_reply("accept", reply)?;
-        let stream = AsyncServiceStream {
-            socket: tokio_stream(fd.into())?,
-            info: info.clone(),
-        };
-        Ok((stream, info))
+        Ok((AsyncServiceStream::from_parts(info.clone(), fd)?, info))
     }
 }
 
