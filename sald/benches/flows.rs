@@ -24,6 +24,12 @@
 //! flows; 10 s later read the memory again. The server's
 //! socket work per packet (`sockets_driven` over packets in and out during
 //! the bulk run) shows that work follows the active flow, not the count.
+//!
+//! Connection setup is measured the same way (see `setup_rate`): 4 client
+//! threads open, echo through and close flows for `BENCH_SETUP_MILLIS`
+//! (default 2000) before the row's "alone" bulk run, beside the idle
+//! flows, and right after they all closed (before the 10 s wait, so the
+//! memory read after it includes what those connections left).
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -38,9 +44,11 @@ use testnet::{wait_until, Host, TopologyBuilder};
 #[path = "../tests/common/mod.rs"]
 mod common;
 mod generator;
+mod setup_rate;
 mod throughput;
 use common::{Daemon, Sald};
 use generator::Generator;
+use setup_rate::{EchoService, Setup};
 use throughput::{env_or, sal_throughput};
 
 /// The generator's address, on the client namespace's loopback device
@@ -48,6 +56,8 @@ use throughput::{env_or, sal_throughput};
 const GENERATOR_ADDR: Ipv4Addr = Ipv4Addr::new(10, 1, 9, 1);
 /// Idle flows a listener takes at most (sald's backlog limit).
 const BACKLOG: usize = 65_535;
+/// Client threads of the connection setup runs.
+const SETUP_PARALLEL: usize = 4;
 
 fn start(host: &Host, dir: &Path, name: &str) -> Daemon {
     common::start_sald(&host.ns, &[&host.ifaces[0].name], dir, name, &[])
@@ -92,6 +102,25 @@ struct Row {
     /// flows opened, with them idle, and 10 s after they closed.
     rss: [[u64; 3]; 2],
     open_secs: f64,
+    /// Connection setup: alone, beside the idle flows, right after they
+    /// closed.
+    setup: [Setup; 3],
+}
+
+/// What a row needs besides the daemons.
+struct Bench<'a> {
+    client: &'a Daemon,
+    server: &'a Daemon,
+    seconds: u64,
+    echo: &'a EchoService,
+    setup_millis: u64,
+}
+
+impl Bench<'_> {
+    fn setup(&self) -> Setup {
+        self.echo
+            .run(&self.client.control, SETUP_PARALLEL, self.setup_millis)
+    }
 }
 
 fn wait_no_flows(daemons: [&Daemon; 2], timeout: Duration) {
@@ -109,14 +138,21 @@ fn wait_no_flows(daemons: [&Daemon; 2], timeout: Duration) {
 /// (returning what closes them), memory is read, the bulk flow runs beside
 /// them, they close, and memory is read again 10 s later.
 fn measure(
-    client: &Daemon,
-    server: &Daemon,
+    bench: &Bench,
     count: usize,
     held: Held,
-    seconds: u64,
     open: impl FnOnce() -> Box<dyn FnOnce()>,
 ) -> Row {
+    let Bench {
+        client,
+        server,
+        seconds,
+        ..
+    } = *bench;
     let pids = [client.child.id(), server.child.id()];
+    // Setup first: the bulk run gives sald time to trim what the short
+    // flows left before the memory is read.
+    let setup_alone = bench.setup();
     let (alone, _) = bulk(client, server, seconds);
     wait_no_flows([client, server], Duration::from_secs(30));
     let before = pids.map(common::rss);
@@ -127,8 +163,11 @@ fn measure(
     thread::sleep(Duration::from_secs(4));
     let idle = pids.map(common::rss);
     let (gbps, work) = bulk(client, server, seconds);
+    let setup_beside = bench.setup();
     close();
     wait_no_flows([client, server], Duration::from_secs(60));
+    let setup_after = bench.setup();
+    wait_no_flows([client, server], Duration::from_secs(30));
     thread::sleep(Duration::from_secs(10));
     let closed = pids.map(common::rss);
     Row {
@@ -139,13 +178,15 @@ fn measure(
         work,
         rss: [0, 1].map(|i| [before[i], idle[i], closed[i]]),
         open_secs,
+        setup: [setup_alone, setup_beside, setup_after],
     }
 }
 
 /// Idle flows held by applications: client ends here, server ends in a
 /// flow holder process.
-fn with_application_flows(client: &Daemon, server: &Daemon, count: usize, seconds: u64) -> Row {
-    measure(client, server, count, Held::Applications, seconds, || {
+fn with_application_flows(bench: &Bench, count: usize) -> Row {
+    let Bench { client, server, .. } = *bench;
+    measure(bench, count, Held::Applications, || {
         let mut holder = common::FlowHolder::start(&[], &server.control, "1d1e/16", count);
         let opened = common::open_flows(&client.control, "1d1e01".parse().unwrap(), count, 8);
         holder.wait_accepted();
@@ -157,14 +198,9 @@ fn with_application_flows(client: &Daemon, server: &Daemon, count: usize, second
 }
 
 /// Idle flows from the generator, left in the server's accept queues.
-fn with_generated_flows(
-    net: &testnet::Topology,
-    client: &Daemon,
-    server: &Daemon,
-    count: usize,
-    seconds: u64,
-) -> Row {
-    measure(client, server, count, Held::Generator, seconds, || {
+fn with_generated_flows(net: &testnet::Topology, bench: &Bench, count: usize) -> Row {
+    let server = bench.server;
+    measure(bench, count, Held::Generator, || {
         // One listener per 65,535 flows (the backlog bound).
         let listeners: Vec<ServiceListener> = (0..count.div_ceil(BACKLOG))
             .map(|i| {
@@ -202,6 +238,7 @@ fn main() {
         return;
     }
     let seconds = env_or("BENCH_SECONDS", 5);
+    let setup_millis = env_or("BENCH_SETUP_MILLIS", 2000);
     let counts: Vec<usize> = std::env::var("BENCH_FLOWS")
         .unwrap_or_else(|_| "1000,10000,100000".into())
         .split(',')
@@ -239,13 +276,21 @@ fn main() {
     println!(
         "SAL many-flows benchmark: {seconds} s per throughput run, MTU 1500, descriptor limit {limit}"
     );
+    let echo = EchoService::start(&server.control, "5e70/16", "5e7001");
+    let bench = Bench {
+        client: &client,
+        server: &server,
+        seconds,
+        echo: &echo,
+        setup_millis,
+    };
     let (alone, alone_work) = bulk(&client, &server, seconds);
     let mut rows = Vec::new();
     for &count in &counts {
         let row = if count <= app_limit {
-            with_application_flows(&client, &server, count, seconds)
+            with_application_flows(&bench, count)
         } else {
-            with_generated_flows(&net, &client, &server, count, seconds)
+            with_generated_flows(&net, &bench, count)
         };
         eprintln!(
             "{count} idle flows: {:.2} Gbit/s, opened in {:.1} s",
@@ -307,6 +352,28 @@ fn main() {
                 }
             );
         }
+    }
+    println!();
+    println!(
+        "connection setup (connect + 64-byte echo + close, {SETUP_PARALLEL} client threads, {setup_millis} ms each, \
+         through both daemons): alone right before the idle flows opened / beside them / right after they all closed"
+    );
+    println!("  idle flows   alone conn/s  p50 us   beside conn/s  p50 us  / alone   after close conn/s  p50 us  / alone   errors");
+    for row in &rows {
+        let [alone, beside, after] = row.setup;
+        println!(
+            "  {:<10}   {:12.0} {:7}   {:13.0} {:7} {:8.3}   {:18.0} {:7} {:8.3}   {}",
+            row.flows,
+            alone.rate,
+            alone.p50_us,
+            beside.rate,
+            beside.p50_us,
+            beside.rate / alone.rate.max(1.0),
+            after.rate,
+            after.p50_us,
+            after.rate / alone.rate.max(1.0),
+            alone.errors + beside.errors + after.errors
+        );
     }
     println!();
     println!("targets: >= 0.9x alone at 10,000, >= 0.8x at 100,000; <= 8192 bytes per idle flow");
