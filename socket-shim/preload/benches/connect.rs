@@ -119,10 +119,9 @@
 //!   `epoll_wait` returned with nothing to do. `perf record -e
 //!   sched:sched_wakeup -g` during this bench: of the wake-ups programs
 //!   caused sald, 26,600 came from that path against 15,800 for real input.
-//!   sald's ends of flows and accept queues are now registered for input
-//!   only, and room to write is watched only once a write has found the
-//!   socket full (`sald::app_socket`). The control connection still uses a
-//!   tokio `UnixStream` (one futile wake-up per request, left).
+//!   sald's ends of flows, accept queues and control connections are now
+//!   registered for input only, and room to write is watched only once a
+//!   write has found the socket full (`sald::app_socket`).
 //! - a thread blocked in `recvmsg`/`read`, whose wait does not filter by
 //!   event: every request sald read off the control connection woke the
 //!   program's thread waiting for the answer. The shim's control client
