@@ -164,6 +164,33 @@
 //! program and daemon in place of the socketpair and its wake-ups, or the
 //! SAL in the program's process) and fewer packets per connection; see
 //! the issue 11 notes.
+//!
+//! # What the SAL in the program's process must be to help
+//!
+//! `cargo bench -p sald --bench in_process_connect` measures the SAL
+//! inside each program (its own `Host` over its own UDP socket, no sald):
+//! about 0.5x kernel TCP's rate and 2x its sequential p50, the targets'
+//! ceiling. But its programs do their reads and writes inside the host's
+//! own event loop. Counting the wake-ups on one short connection's path
+//! shows that this, not the absence of sald, is what it gains:
+//!
+//! - through sald, the client program wakes sald (its `Connect`, its
+//!   data), sald wakes it (the flow, the echo), and the daemons wake each
+//!   other per packet; the server side the same;
+//! - a SAL thread inside each program, still handing the program a
+//!   socketpair end so that `read`, `write`, `poll` and `epoll` stay the
+//!   kernel's, has exactly the same hops, program thread to SAL thread in
+//!   place of program to sald. It saves the TUN's forwarding, which UDP
+//!   encapsulation above shows is worth little (0.19-0.23x);
+//! - only a SAL run by the program's own calls (the shim's `read`,
+//!   `write`, `poll`, `epoll_wait` and `select` driving the host on the
+//!   calling thread, as user-space TCP stacks loaded with `LD_PRELOAD` do)
+//!   removes the program-to-SAL hops, and that is what the in-process
+//!   bench measures.
+//!
+//! So the design change §3 needs is the second kind: descriptors that are
+//! the shim's own, not the kernel's, for every call a program may make on
+//! a socket. That is a socket layer, not a change to sald.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
