@@ -29,6 +29,7 @@
 //! frame_memory = 33554432    # bytes of request frames being read, all clients
 //! subscriber_queue = 1024    # events a slow subscriber may fall behind by
 //! flows = 4194304            # flows and datagram sockets at once (memory bound)
+//! flows_per_uid = 262144     # of those, what one ordinary user may hold (ENOBUFS beyond)
 //!
 //! [tcp]                      # each stream flow's TCP buffers (defaults shown)
 //! min_buffer = 4096          # first allocation of a buffer; it doubles as needed
@@ -229,6 +230,14 @@ pub struct Limits {
     /// memory (about 2 KiB per idle flow), not on speed. Applications get
     /// `ENOBUFS` beyond it.
     pub flows: usize,
+    /// Flows and datagram sockets one ordinary user may hold at once
+    /// (connected, accepted, still connecting, or opened): a connect or
+    /// datagram socket beyond it fails with `ENOBUFS`, so that one user
+    /// cannot take every flow (nor sald's descriptors and memory) from the
+    /// others. Flows arriving at a user's listeners count but are not
+    /// refused: the listener's backlog bounds those. Root and sald's own
+    /// user are not bounded by it.
+    pub flows_per_uid: usize,
 }
 
 impl Default for Limits {
@@ -242,6 +251,7 @@ impl Default for Limits {
             frame_memory: 32 << 20,
             subscriber_queue: 1024,
             flows: sal::proto::HostConfig::default().max_flows,
+            flows_per_uid: 1 << 18,
         }
     }
 }
@@ -255,8 +265,14 @@ impl Limits {
                 self.clients
             );
         }
-        if self.clients_per_uid == 0 || self.subscriber_queue == 0 || self.flows == 0 {
-            bail!("limits: clients_per_uid, subscriber_queue and flows must be at least 1");
+        if self.clients_per_uid == 0
+            || self.subscriber_queue == 0
+            || self.flows == 0
+            || self.flows_per_uid == 0
+        {
+            bail!(
+                "limits: clients_per_uid, subscriber_queue, flows and flows_per_uid must be at least 1"
+            );
         }
         if self.frame_memory < sal_control::MAX_FRAME {
             bail!(
@@ -522,6 +538,13 @@ mod tests {
             ..Limits::default()
         };
         assert!(bad.validate().is_err());
+        let file: FileConfig = toml::from_str("[limits]\nflows_per_uid = 64").unwrap();
+        assert_eq!(file.limits.flows_per_uid, 64);
+        let none = Limits {
+            flows_per_uid: 0,
+            ..Limits::default()
+        };
+        assert!(none.validate().is_err(), "a user must be allowed one flow");
     }
 
     #[test]

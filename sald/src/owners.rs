@@ -6,7 +6,11 @@
 //! belongs to the user it was handed to (connect, accept); a server flow
 //! that is not accepted yet belongs to the owner of the binding that
 //! receives it (the longest bound prefix containing its service, which is
-//! how the host demultiplexes it).
+//! how the host demultiplexes it). Unbound datagram sockets belong to the
+//! user who opened them.
+//!
+//! The count of what each user holds is what `[limits] flows_per_uid`
+//! bounds (see `control::cmd::flows`).
 
 use std::collections::HashMap;
 
@@ -28,6 +32,8 @@ pub struct Binding {
 pub struct Owners {
     bindings: HashMap<ListenerId, Binding>,
     flows: HashMap<FlowId, u32>,
+    /// How many of `flows` each user owns.
+    held: HashMap<u32, usize>,
 }
 
 impl Owners {
@@ -35,6 +41,7 @@ impl Owners {
     pub fn shrink_to_fit(&mut self) {
         self.bindings.shrink_to_fit();
         self.flows.shrink_to_fit();
+        self.held.shrink_to_fit();
     }
 
     /// Records a new listener.
@@ -82,14 +89,35 @@ impl Owners {
             .find(|b| b.uid != uid && (b.prefix.covers(prefix) || prefix.covers(&b.prefix)))
     }
 
-    /// Gives `flow` to `uid`.
+    /// Gives `flow` (or datagram socket) to `uid`.
     pub fn adopt(&mut self, flow: FlowId, uid: u32) {
-        self.flows.insert(flow, uid);
+        match self.flows.insert(flow, uid) {
+            Some(previous) if previous == uid => return,
+            Some(previous) => self.uncount(previous),
+            None => {}
+        }
+        *self.held.entry(uid).or_default() += 1;
     }
 
     /// Forgets a flow that closed; returns who owned it.
     pub fn release(&mut self, flow: FlowId) -> Option<u32> {
-        self.flows.remove(&flow)
+        let uid = self.flows.remove(&flow)?;
+        self.uncount(uid);
+        Some(uid)
+    }
+
+    /// Flows and datagram sockets `uid` owns.
+    pub fn held_by(&self, uid: u32) -> usize {
+        self.held.get(&uid).copied().unwrap_or(0)
+    }
+
+    fn uncount(&mut self, uid: u32) {
+        if let Some(n) = self.held.get_mut(&uid) {
+            *n -= 1;
+            if *n == 0 {
+                self.held.remove(&uid);
+            }
+        }
     }
 
     /// Who owns the flow described by `info`: the user it was handed to, or
@@ -106,6 +134,34 @@ impl Owners {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn flow(n: u32) -> FlowId {
+        FlowId::new(n).unwrap()
+    }
+
+    #[test]
+    fn each_user_is_counted_for_what_it_owns_now() {
+        let mut owners = Owners::default();
+        owners.adopt(flow(1), 1000);
+        owners.adopt(flow(2), 1000);
+        owners.adopt(flow(2), 1000);
+        assert_eq!(owners.held_by(1000), 2, "adopting twice counts once");
+        // A server flow first counted for the binding's owner, then handed
+        // to the user who accepted it.
+        owners.adopt(flow(3), 1000);
+        owners.adopt(flow(3), 1001);
+        assert_eq!((owners.held_by(1000), owners.held_by(1001)), (2, 1));
+        assert_eq!(owners.release(flow(1)), Some(1000));
+        assert_eq!(owners.release(flow(1)), None, "released once");
+        assert_eq!(owners.held_by(1000), 1);
+        owners.release(flow(2));
+        owners.release(flow(3));
+        assert_eq!((owners.held_by(1000), owners.held_by(1001)), (0, 0));
+        assert!(
+            owners.held.is_empty(),
+            "no entry left for users with nothing"
+        );
+    }
 
     fn p(s: &str) -> ServicePrefix {
         s.parse().unwrap()

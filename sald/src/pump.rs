@@ -351,6 +351,7 @@ pub async fn datagram_socket(
     core.disown(socket);
     if owned {
         let _ = core.host.close_datagram(socket);
+        core.owners.release(socket);
     }
 }
 

@@ -126,6 +126,72 @@ fn control_connections_are_capped_per_user_with_a_reserve_for_root() {
     .is_ok()));
 }
 
+/// One ordinary user cannot take every flow: beyond `flows_per_uid`
+/// (connected, connecting, or datagram sockets) its connects fail with
+/// `ENOBUFS`, other users and root are not affected, and a flow that
+/// closes gives its place back.
+#[test]
+fn flows_are_capped_per_user() {
+    require_root!();
+    let dir = Scratch::new("flow-limits");
+    let sald = daemon(&dir, "sald", |config| config.limits.flows_per_uid = 3);
+    // Root's listener, with room for every flow of the test unaccepted.
+    let listener = ServiceListener::bind_via(sald.client(), prefix("c0ffee/24"), 64).unwrap();
+    let service = "c0ffee01".parse().unwrap();
+    let connect = |uid: u32| {
+        ServiceStream::connect_via(
+            client_as(&sald.control, uid).unwrap(),
+            service,
+            Some(Duration::from_secs(3)),
+        )
+    };
+    // nobody's flows, each with the server's end, to close both.
+    let connected = || {
+        let client = connect(NOBODY)?;
+        let (server, _) = listener.accept().unwrap();
+        Ok::<_, Error>((client, server))
+    };
+    let mut held = vec![connected().unwrap(), connected().unwrap()];
+    // A datagram socket counts too.
+    let mut control = client_as(&sald.control, NOBODY).unwrap();
+    let opened = control.request(&Request::OpenDatagram).unwrap();
+    assert!(
+        matches!(opened.response, Response::DatagramOpened { .. }),
+        "{:?}",
+        opened.response
+    );
+    let refused = connect(NOBODY).unwrap_err();
+    assert!(matches!(refused, Error::Exhausted(_)), "{refused:?}");
+    assert_eq!(Errno::from_raw(refused.errno()), Errno::ENOBUFS);
+    let again = client_as(&sald.control, NOBODY)
+        .unwrap()
+        .request(&Request::OpenDatagram)
+        .unwrap_err();
+    assert!(matches!(again, Error::Exhausted(_)), "{again:?}");
+    // Another user and root are not bounded by nobody's share.
+    let others: Vec<ServiceStream> = [OTHER, OTHER, OTHER, 0, 0, 0, 0]
+        .into_iter()
+        .map(|uid| connect(uid).unwrap())
+        .collect();
+    assert_eq!(others.len(), 7);
+    // A flow closed at both ends (once it is gone from the host) frees a
+    // place, and so does closing the datagram socket.
+    held.pop();
+    assert!(
+        wait_until(Duration::from_secs(20), || connect(NOBODY).is_ok()),
+        "a closed flow gave its place back"
+    );
+    assert!(
+        matches!(connect(NOBODY), Err(Error::Exhausted(_))),
+        "full again"
+    );
+    drop(opened.fd);
+    assert!(
+        wait_until(Duration::from_secs(20), || connect(NOBODY).is_ok()),
+        "a closed datagram socket gave its place back"
+    );
+}
+
 /// `client`'s connection is alive and answered.
 fn assert_serves(client: &mut ControlClient) {
     let stats = client.request(&Request::Stats).unwrap().response;

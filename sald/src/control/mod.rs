@@ -60,10 +60,19 @@ pub struct ControlContext {
     admission: Arc<Admission>,
     refusing: Arc<Semaphore>,
     refusal_log: LogLimiter,
+    share_log: LogLimiter,
 }
 
 impl ControlContext {
     /// The context of a daemon with `config`, running as user `owner_uid`.
+    /// Logs a flow refused to a user over its share, at most once per
+    /// interval (a user hitting it in a loop must not flood the log).
+    pub(crate) fn log_share_refusal(&self, message: &str) {
+        if let Some(held_back) = self.share_log.allow() {
+            tracing::warn!(held_back, "{message}");
+        }
+    }
+
     pub fn new(
         shared: Arc<Shared>,
         tasks: Tasks,
@@ -88,6 +97,7 @@ impl ControlContext {
             admission: Admission::new(&limits),
             refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
             refusal_log: LogLimiter::new(LOG_INTERVAL),
+            share_log: LogLimiter::new(LOG_INTERVAL),
         })
     }
 }

@@ -16,6 +16,7 @@ use super::{connect_error, error_reply, host_error, Reply};
 use crate::app_socket::AppSocket;
 use crate::control::client::Client;
 use crate::control::ControlContext;
+use crate::daemon::Core;
 use crate::pump;
 
 /// Opens a flow to `service` for user `uid` and hands it over once
@@ -31,6 +32,9 @@ pub(in crate::control) async fn connect(
     let shared = &context.shared;
     let (flow, waiter) = {
         let mut core = shared.lock();
+        if let Some(refusal) = over_share(context, &core, uid) {
+            return refusal;
+        }
         let flow = match core.host.connect(service, protocol) {
             Ok(flow) => flow,
             Err(error) => return host_error(error),
@@ -64,12 +68,16 @@ pub(in crate::control) async fn connect(
 pub(super) fn open_datagram(client: &mut Client) -> Reply {
     let context = client.context.clone();
     let mut core = context.shared.lock();
+    if let Some(refusal) = over_share(&context, &core, client.uid) {
+        return refusal;
+    }
     let socket = match core.host.open_datagram() {
         Ok(socket) => socket,
         Err(error) => return host_error(error),
     };
     match pair(SockType::SeqPacket) {
         Ok((ours, theirs)) => {
+            core.owners.adopt(socket, client.uid);
             let signal = core.adopt(socket);
             let shared = context.shared.clone();
             context.tasks.spawn(move |shutdown| {
@@ -82,6 +90,20 @@ pub(super) fn open_datagram(client: &mut Client) -> Reply {
             pair_error(error)
         }
     }
+}
+
+/// The refusal of a new flow or datagram socket to an ordinary user who
+/// holds `[limits] flows_per_uid` already (`ENOBUFS`, as when sald is out
+/// of flows; logged at a bounded rate, like refused clients).
+fn over_share(context: &ControlContext, core: &Core, uid: u32) -> Option<Reply> {
+    let limit = context.limits.flows_per_uid;
+    let held = core.owners.held_by(uid);
+    if held < limit || context.policy.privileged(uid) {
+        return None;
+    }
+    let message = format!("uid {uid} holds {held} flows, the most one user may (flows_per_uid)");
+    context.log_share_refusal(&message);
+    Some(error_reply(ErrorKind::Exhausted, message))
 }
 
 /// Why a socketpair for an application could not be made: sald out of
