@@ -628,6 +628,53 @@ fn closing_with_unread_data_resets_the_peer_instead_of_stalling_it() {
     assert!(net.host(server).flows().is_empty());
 }
 
+/// A flow its application closed waits for the peer's FIN only so long
+/// (`HostConfig::orphan_timeout`): a peer that never closes its side, and
+/// keeps answering, cannot hold the flow's state for ever. It is reset
+/// then, which the peer's application sees. A flow whose application only
+/// shut its sending down still wants what the peer sends: it waits.
+#[test]
+fn a_closed_flow_waits_for_a_peer_that_never_finishes_only_so_long() {
+    let (mut net, client, server) = pair(LinkConditions::default(), HostConfig::default());
+    let listener = net.host(server).listen(prefix("0f/8"), Stream, 4).unwrap();
+    let (closed, closed_peer) = establish(&mut net, client, server, listener, svc("0f01"));
+    let (shut, shut_peer) = establish(&mut net, client, server, listener, svc("0f02"));
+    net.host(client).close(closed).unwrap();
+    net.host(client).shutdown(shut).unwrap();
+    let timeout = HostConfig::default().orphan_timeout;
+    net.run_for(timeout - secs(5));
+    assert!(
+        net.host(client).flow(closed).is_some(),
+        "still waiting for the peer's FIN"
+    );
+    net.run_for(secs(15));
+    assert!(has_event(&mut net, client, &Event::Closed(closed)));
+    assert!(net.host(client).flow(closed).is_none());
+    assert_eq!(net.host(client).stats().orphans_reset, 1);
+    assert!(matches!(
+        net.host(server).send(closed_peer, b"late"),
+        Err(HostError::Reset)
+    ));
+    net.host(server).close(closed_peer).unwrap();
+    // The half-closed flow is untouched, and still carries the peer's data.
+    net.run_for(timeout);
+    assert!(net.host(client).flow(shut).is_some());
+    let got = transfer(
+        &mut net,
+        (server, shut_peer),
+        (client, shut),
+        b"answer",
+        secs(5),
+    );
+    assert_eq!(got, b"answer");
+    net.host(client).close(shut).unwrap();
+    net.host(server).close(shut_peer).unwrap();
+    net.run_for(secs(5));
+    assert!(net.host(client).flows().is_empty());
+    assert!(net.host(server).flows().is_empty());
+    assert_eq!(net.host(client).stats().orphans_reset, 1);
+}
+
 /// What a short request costs on the wire, as the connect bench's C client
 /// does it: connect, 64 bytes each way, close (the client first, the server
 /// as soon as it reads end of stream). Three SAL+TCP handshake packets,

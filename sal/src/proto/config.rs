@@ -45,6 +45,13 @@ pub struct HostConfig {
     /// (data or a control message unacknowledged, nothing heard) is given
     /// up on: it is reset, and the application sees the error.
     pub peer_timeout: Duration,
+    /// A flow its application has closed, whose own FIN (and so all its
+    /// data) the peer acknowledged, waits this long for the peer to finish
+    /// too; then it is reset and forgotten. Without it, a peer that never
+    /// closes its side (and keeps answering) would hold the flow's state
+    /// for ever, though nobody here can read from it any more. Linux's
+    /// `tcp_fin_timeout` for orphaned sockets, same default.
+    pub orphan_timeout: Duration,
     /// How long a DELAY rule may hold a packet.
     pub delay_timeout: Duration,
     /// Packets a DELAY rule may hold at once (host-wide).
@@ -101,6 +108,7 @@ impl Default for HostConfig {
             max_half_open: 1024,
             syn_cookies: SynCookies::UnderPressure,
             peer_timeout: Duration::from_secs(30),
+            orphan_timeout: Duration::from_secs(60),
             delay_timeout: Duration::from_secs(5),
             delay_queue_limit: 1024,
             max_flows: 1 << 22,

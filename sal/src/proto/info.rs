@@ -171,6 +171,10 @@ pub struct HostStats {
     /// `HostConfig::peer_timeout` and `control_retries`).
     #[serde(default)]
     pub peer_timeouts: u64,
+    /// Flows closed by their application that were reset because the
+    /// peer never finished its side (see `HostConfig::orphan_timeout`).
+    #[serde(default)]
+    pub orphans_reset: u64,
     /// Packets dropped because the driver's transmit buffer could not
     /// hold them (see `Host::poll_transmit`).
     #[serde(default)]

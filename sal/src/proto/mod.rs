@@ -237,6 +237,7 @@ impl Host {
                 Timer::Keepalive => self.keepalive_due(due.flow),
                 Timer::Transport => self.queue_output(due.flow),
                 Timer::Linger => self.linger_due(due.flow),
+                Timer::Orphan => self.orphan_due(due.flow),
             }
         }
     }

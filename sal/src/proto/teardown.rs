@@ -14,6 +14,13 @@
 //! retry for half a minute). It lingers, without its socket, for a few
 //! control timeouts after the peer's FIN, answering repeats (TCP's
 //! TIME-WAIT, shorter).
+//!
+//! A flow the application closed may also wait on the peer: once our FIN
+//! is acknowledged (everything we sent arrived), only the peer's FIN is
+//! missing. Nobody here will read what it may still send, so the wait is
+//! bounded ([`HostConfig::orphan_timeout`](super::HostConfig), TCP's
+//! orphaned `FIN-WAIT-2`): after it the flow is reset, which tells the peer
+//! that nobody listens any more, and forgotten.
 
 use smoltcp::time::Instant;
 
@@ -51,6 +58,12 @@ impl Teardown {
     /// with it, and it is dead or both FINs are through.
     pub fn releasable(&self, dead: bool) -> bool {
         self.app_closed && (dead || (self.fin_acked && self.peer_fin))
+    }
+
+    /// The application closed the flow and everything it sent arrived;
+    /// only the peer has not finished.
+    pub fn orphaned(&self) -> bool {
+        self.app_closed && self.fin_acked && !self.peer_fin
     }
 
     /// Our FIN went unanswered to the end: the peer is gone, and nothing
@@ -182,6 +195,18 @@ impl Host {
         }
     }
 
+    /// A closed flow waited its time for the peer's FIN (see the module
+    /// docs): reset it.
+    pub(super) fn orphan_due(&mut self, id: FlowId) {
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
+        if flow.teardown.orphaned() && flow.state == FlowState::Established {
+            self.stats.orphans_reset += 1;
+            let _ = self.abort(id);
+        }
+    }
+
     /// A lingering flow's time is up (see the module docs).
     pub(super) fn linger_due(&mut self, id: FlowId) {
         if self.flow_mut(id).is_ok_and(|flow| flow.teardown.lingering) {
@@ -212,6 +237,15 @@ impl Host {
                 continue;
             };
             let dead = flow.state == FlowState::Dead;
+            if flow.teardown.orphaned() && !dead {
+                // Arming again later changes nothing: the first deadline holds.
+                let until = now + self.config.orphan_timeout;
+                self.arm_timer(id, Timer::Orphan, until);
+                continue;
+            }
+            let Ok(flow) = self.flow_mut(id) else {
+                continue;
+            };
             if flow.teardown.releasable(dead) {
                 match flow.teardown.linger_until.filter(|&t| t > now && !dead) {
                     Some(until) if !flow.teardown.lingering => {

@@ -38,10 +38,13 @@ pub(super) enum Timer {
     Transport,
     /// The end of a closed flow's lingering (see `teardown.rs`).
     Linger,
+    /// The end of a closed flow's wait for its peer to finish (see
+    /// `teardown.rs`).
+    Orphan,
 }
 
 impl Timer {
-    const COUNT: usize = 5;
+    const COUNT: usize = 6;
 
     fn index(self) -> usize {
         match self {
@@ -50,6 +53,7 @@ impl Timer {
             Timer::Keepalive => 2,
             Timer::Transport => 3,
             Timer::Linger => 4,
+            Timer::Orphan => 5,
         }
     }
 }
