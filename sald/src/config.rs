@@ -30,6 +30,7 @@
 //! subscriber_queue = 1024    # events a slow subscriber may fall behind by
 //! flows = 4194304            # flows and datagram sockets at once (memory bound)
 //! flows_per_uid = 262144     # of those, what one ordinary user may hold (ENOBUFS beyond)
+//! bindings_per_uid = 4096    # listeners one ordinary user may hold (ENOBUFS beyond)
 //!
 //! [tcp]                      # each stream flow's TCP buffers (defaults shown)
 //! min_buffer = 4096          # first allocation of a buffer; it doubles as needed
@@ -238,6 +239,11 @@ pub struct Limits {
     /// refused: the listener's backlog bounds those. Root and sald's own
     /// user are not bounded by it.
     pub flows_per_uid: usize,
+    /// Bindings (listeners) one ordinary user may hold at once; a bind
+    /// beyond it fails with `ENOBUFS`. Every binding is a rule in the
+    /// table and, with servd, a route announced to the routers: one user
+    /// must not fill them. Root and sald's own user are not bounded by it.
+    pub bindings_per_uid: usize,
 }
 
 impl Default for Limits {
@@ -252,6 +258,7 @@ impl Default for Limits {
             subscriber_queue: 1024,
             flows: sal::proto::HostConfig::default().max_flows,
             flows_per_uid: 1 << 18,
+            bindings_per_uid: 4096,
         }
     }
 }
@@ -269,9 +276,11 @@ impl Limits {
             || self.subscriber_queue == 0
             || self.flows == 0
             || self.flows_per_uid == 0
+            || self.bindings_per_uid == 0
         {
             bail!(
-                "limits: clients_per_uid, subscriber_queue, flows and flows_per_uid must be at least 1"
+                "limits: clients_per_uid, subscriber_queue, flows, flows_per_uid and \
+                 bindings_per_uid must be at least 1"
             );
         }
         if self.frame_memory < sal_control::MAX_FRAME {
@@ -538,8 +547,10 @@ mod tests {
             ..Limits::default()
         };
         assert!(bad.validate().is_err());
-        let file: FileConfig = toml::from_str("[limits]\nflows_per_uid = 64").unwrap();
+        let file: FileConfig =
+            toml::from_str("[limits]\nflows_per_uid = 64\nbindings_per_uid = 8").unwrap();
         assert_eq!(file.limits.flows_per_uid, 64);
+        assert_eq!(file.limits.bindings_per_uid, 8);
         let none = Limits {
             flows_per_uid: 0,
             ..Limits::default()

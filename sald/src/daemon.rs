@@ -305,7 +305,10 @@ impl Core {
                     if let Some(waiter) = self.pending_connects.remove(&flow) {
                         let _ = waiter.send(info.clone().ok_or(ConnectError::Refused));
                     }
-                    let owner = info.as_ref().and_then(|info| self.owners.flow_owner(info));
+                    let listener = self.host.flow_listener(flow);
+                    let owner = info
+                        .as_ref()
+                        .and_then(|info| self.owners.flow_owner(info, listener));
                     if let Some(uid) = owner {
                         // Remembered for `FlowClosed`, when the flow is gone.
                         self.owners.adopt(flow, uid);
@@ -459,7 +462,10 @@ impl Core {
     pub fn visible_flows(&self, uid: u32, privileged: bool) -> Vec<FlowInfo> {
         let mut flows = self.host.flows();
         if !privileged {
-            flows.retain(|f| self.owners.flow_owner(f) == Some(uid));
+            flows.retain(|f| {
+                let listener = self.host.flow_listener(f.flow);
+                self.owners.flow_owner(f, listener) == Some(uid)
+            });
         }
         flows
     }

@@ -4,19 +4,23 @@
 //!
 //! A binding belongs to the user whose control connection made it. A flow
 //! belongs to the user it was handed to (connect, accept); a server flow
-//! that is not accepted yet belongs to the owner of the binding that
-//! receives it (the longest bound prefix containing its service, which is
-//! how the host demultiplexes it). Unbound datagram sockets belong to the
-//! user who opened them.
+//! that is not accepted yet belongs to the owner of the listener it came
+//! through. Unbound datagram sockets belong to the user who opened them.
+//!
+//! Nothing here walks every binding: a host may hold many (a partitioned
+//! service binds one prefix per partition), and the owner of a new server
+//! flow is looked up on every connection. Bindings are indexed by listener
+//! and, in order, by prefix, so that the prefixes covering one are found
+//! by one lookup per length and those inside it by a range.
 //!
 //! The count of what each user holds is what `[limits] flows_per_uid`
 //! bounds (see `control::cmd::flows`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
-use sal::proto::{FlowInfo, Role};
+use sal::proto::FlowInfo;
 use sal::table::ListenerId;
-use sal::{FlowId, ServiceId, ServicePrefix};
+use sal::{FlowId, ServicePrefix};
 
 /// A listener's prefix and owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +35,11 @@ pub struct Binding {
 #[derive(Debug, Default)]
 pub struct Owners {
     bindings: HashMap<ListenerId, Binding>,
+    /// The listeners bound to each prefix (a drained one and the one that
+    /// replaced it may share it), ordered by prefix.
+    by_prefix: BTreeMap<ServicePrefix, Vec<ListenerId>>,
+    /// How many bindings each user holds.
+    bindings_held: HashMap<u32, usize>,
     flows: HashMap<FlowId, u32>,
     /// How many of `flows` each user owns.
     held: HashMap<u32, usize>,
@@ -40,69 +49,99 @@ impl Owners {
     /// Gives back the memory the maps hold beyond what they use.
     pub fn shrink_to_fit(&mut self) {
         self.bindings.shrink_to_fit();
+        self.bindings_held.shrink_to_fit();
         self.flows.shrink_to_fit();
         self.held.shrink_to_fit();
     }
 
     /// Records a new listener.
     pub fn bind(&mut self, listener: ListenerId, prefix: ServicePrefix, uid: u32) {
-        self.bindings.insert(listener, Binding { prefix, uid });
+        if let Some(previous) = self.bindings.insert(listener, Binding { prefix, uid }) {
+            self.forget_binding(listener, previous);
+        }
+        self.by_prefix.entry(prefix).or_default().push(listener);
+        count(&mut self.bindings_held, uid);
     }
 
     /// Forgets a listener.
     pub fn unbind(&mut self, listener: ListenerId) -> Option<Binding> {
-        self.bindings.remove(&listener)
+        let binding = self.bindings.remove(&listener)?;
+        self.forget_binding(listener, binding);
+        Some(binding)
+    }
+
+    fn forget_binding(&mut self, listener: ListenerId, binding: Binding) {
+        if let Some(listeners) = self.by_prefix.get_mut(&binding.prefix) {
+            listeners.retain(|&l| l != listener);
+            if listeners.is_empty() {
+                self.by_prefix.remove(&binding.prefix);
+            }
+        }
+        uncount(&mut self.bindings_held, binding.uid);
+    }
+
+    /// How many bindings `uid` holds.
+    pub fn bindings_of(&self, uid: u32) -> usize {
+        self.bindings_held.get(&uid).copied().unwrap_or(0)
     }
 
     /// Who bound exactly `prefix`.
     pub fn binding_owner(&self, prefix: &ServicePrefix) -> Option<u32> {
-        self.bindings
-            .values()
-            .find(|b| b.prefix == *prefix)
-            .map(|b| b.uid)
+        let listener = self.by_prefix.get(prefix)?.first()?;
+        self.bindings.get(listener).map(|b| b.uid)
     }
 
     /// The listeners bound to exactly `prefix` (serving or drained), with
     /// their owners.
     pub fn bound_to(&self, prefix: &ServicePrefix) -> Vec<(ListenerId, u32)> {
-        self.bindings
-            .iter()
-            .filter(|(_, b)| b.prefix == *prefix)
-            .map(|(&listener, b)| (listener, b.uid))
+        self.by_prefix
+            .get(prefix)
+            .into_iter()
+            .flatten()
+            .filter_map(|&listener| Some((listener, self.bindings.get(&listener)?.uid)))
             .collect()
     }
 
-    /// The binding that receives `service`: the longest bound prefix
-    /// containing it.
-    pub fn receiver(&self, service: &ServiceId) -> Option<&Binding> {
-        self.bindings
-            .values()
-            .filter(|b| b.prefix.contains(service))
-            .max_by_key(|b| b.prefix.len())
+    /// Who bound `listener`.
+    pub fn listener_owner(&self, listener: ListenerId) -> Option<u32> {
+        self.bindings.get(&listener).map(|b| b.uid)
     }
 
     /// A binding of a user other than `uid` that overlaps `prefix` (covers
-    /// it, equals it or lies inside it).
+    /// it, equals it or lies inside it). One lookup per length for those
+    /// covering it; those inside it follow it in prefix order (ID first),
+    /// as long as their IDs fall under it.
     pub fn overlapping_other(&self, prefix: &ServicePrefix, uid: u32) -> Option<&Binding> {
-        self.bindings
-            .values()
-            .find(|b| b.uid != uid && (b.prefix.covers(prefix) || prefix.covers(&b.prefix)))
+        let covering = (0..prefix.len())
+            .map(|len| ServicePrefix::new(*prefix.id(), len))
+            .filter_map(|p| self.by_prefix.get(&p));
+        let inside = self
+            .by_prefix
+            .range(*prefix..)
+            .take_while(|(p, _)| prefix.contains(p.id()))
+            .filter(|(p, _)| prefix.covers(p))
+            .map(|(_, listeners)| listeners);
+        covering
+            .chain(inside)
+            .flatten()
+            .filter_map(|listener| self.bindings.get(listener))
+            .find(|b| b.uid != uid)
     }
 
     /// Gives `flow` (or datagram socket) to `uid`.
     pub fn adopt(&mut self, flow: FlowId, uid: u32) {
         match self.flows.insert(flow, uid) {
             Some(previous) if previous == uid => return,
-            Some(previous) => self.uncount(previous),
+            Some(previous) => uncount(&mut self.held, previous),
             None => {}
         }
-        *self.held.entry(uid).or_default() += 1;
+        count(&mut self.held, uid);
     }
 
     /// Forgets a flow that closed; returns who owned it.
     pub fn release(&mut self, flow: FlowId) -> Option<u32> {
         let uid = self.flows.remove(&flow)?;
-        self.uncount(uid);
+        uncount(&mut self.held, uid);
         Some(uid)
     }
 
@@ -111,29 +150,36 @@ impl Owners {
         self.held.get(&uid).copied().unwrap_or(0)
     }
 
-    fn uncount(&mut self, uid: u32) {
-        if let Some(n) = self.held.get_mut(&uid) {
-            *n -= 1;
-            if *n == 0 {
-                self.held.remove(&uid);
-            }
-        }
-    }
-
     /// Who owns the flow described by `info`: the user it was handed to, or
-    /// for a server flow not handed over yet, the receiving binding's owner.
-    pub fn flow_owner(&self, info: &FlowInfo) -> Option<u32> {
-        self.flows.get(&info.flow).copied().or_else(|| {
-            (info.role == Role::Server)
-                .then(|| self.receiver(&info.service).map(|b| b.uid))
-                .flatten()
-        })
+    /// for a server flow not handed over yet, the owner of `listener`, the
+    /// one it came through (`Host::flow_listener`).
+    pub fn flow_owner(&self, info: &FlowInfo, listener: Option<ListenerId>) -> Option<u32> {
+        self.flows
+            .get(&info.flow)
+            .copied()
+            .or_else(|| self.listener_owner(listener?))
+    }
+}
+
+/// One more for `uid`.
+fn count(counts: &mut HashMap<u32, usize>, uid: u32) {
+    *counts.entry(uid).or_default() += 1;
+}
+
+/// One less for `uid`; users with nothing leave no entry.
+fn uncount(counts: &mut HashMap<u32, usize>, uid: u32) {
+    if let Some(n) = counts.get_mut(&uid) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(&uid);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sal::ServiceId;
 
     fn flow(n: u32) -> FlowId {
         FlowId::new(n).unwrap()
@@ -180,11 +226,71 @@ mod tests {
         assert_eq!(owners.bound_to(&p("beef/16")), [(ListenerId(1), 1000)]);
         assert!(owners.bound_to(&p("be/8")).is_empty());
         owners.bind(ListenerId(2), p("beef01/24"), 1000);
-        let service: ServiceId = "beef0102".parse().unwrap();
-        assert_eq!(owners.receiver(&service).unwrap().prefix, p("beef01/24"));
+        assert_eq!(owners.listener_owner(ListenerId(2)), Some(1000));
+        assert_eq!(owners.bindings_of(1000), 2);
         assert_eq!(owners.unbind(ListenerId(1)).unwrap().uid, 1000);
         assert!(owners.overlapping_other(&p("be/8"), 1001).is_some());
         owners.unbind(ListenerId(2));
         assert!(owners.overlapping_other(&p("be/8"), 1001).is_none());
+    }
+
+    /// The indexed lookups agree with a walk over every binding, for
+    /// prefixes of all lengths that share many of their bits.
+    #[test]
+    fn indexed_lookups_agree_with_a_walk_over_every_binding() {
+        let mut state = 0x2545_f491_u32;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state
+        };
+        // IDs from a few patterns, so that prefixes nest and collide.
+        let mut random_prefix = |next: &mut dyn FnMut() -> u32| {
+            let mut bytes = [0u8; 32];
+            bytes[0] = [0xbe, 0xef, 0x00][next() as usize % 3];
+            bytes[1] = (next() % 4) as u8;
+            bytes[31] = (next() % 2) as u8;
+            let len = [0, 4, 8, 12, 16, 20, 24, 255, 256][next() as usize % 9];
+            ServicePrefix::new(ServiceId::from_bytes(bytes), len)
+        };
+        let mut owners = Owners::default();
+        let mut naive: Vec<(ListenerId, Binding)> = Vec::new();
+        for round in 0..3000u32 {
+            let prefix = random_prefix(&mut next);
+            let uid = 1000 + next() % 3;
+            if next() % 3 == 0 && !naive.is_empty() {
+                let (listener, binding) = naive.remove(next() as usize % naive.len());
+                assert_eq!(owners.unbind(listener), Some(binding));
+            } else {
+                let listener = ListenerId(u64::from(round));
+                owners.bind(listener, prefix, uid);
+                naive.push((listener, Binding { prefix, uid }));
+            }
+            let query = random_prefix(&mut next);
+            let other_uid = 1000 + next() % 3;
+            let expected = naive.iter().any(|(_, b)| {
+                b.uid != other_uid && (b.prefix.covers(&query) || query.covers(&b.prefix))
+            });
+            let found = owners.overlapping_other(&query, other_uid);
+            assert_eq!(found.is_some(), expected, "{query} for {other_uid}");
+            if let Some(found) = found {
+                assert!(found.uid != other_uid);
+                assert!(found.prefix.covers(&query) || query.covers(&found.prefix));
+            }
+            let mut bound: Vec<_> = naive
+                .iter()
+                .filter(|(_, b)| b.prefix == query)
+                .map(|(l, b)| (*l, b.uid))
+                .collect();
+            let mut indexed = owners.bound_to(&query);
+            bound.sort();
+            indexed.sort();
+            assert_eq!(indexed, bound);
+            for uid in 1000..1003 {
+                let held = naive.iter().filter(|(_, b)| b.uid == uid).count();
+                assert_eq!(owners.bindings_of(uid), held);
+            }
+        }
     }
 }

@@ -192,6 +192,28 @@ fn flows_are_capped_per_user() {
     );
 }
 
+/// One ordinary user's bindings are bounded too (each is a rule, and with
+/// servd a route announced to the routers): past `bindings_per_uid`, a bind
+/// fails with `ENOBUFS`; others are not affected; closing one frees a place.
+#[test]
+fn bindings_are_capped_per_user() {
+    require_root!();
+    let dir = Scratch::new("bind-limits");
+    let sald = daemon(&dir, "sald", |config| config.limits.bindings_per_uid = 3);
+    let mut held: Vec<ServiceListener> = ["a001/16", "a002/16", "a003/16"]
+        .into_iter()
+        .map(|p| bind_as(&sald, NOBODY, p).unwrap())
+        .collect();
+    assert_eq!(errno_of(bind_as(&sald, NOBODY, "a004/16")), Errno::ENOBUFS);
+    let _other = bind_as(&sald, OTHER, "b001/16").unwrap();
+    let _root: Vec<ServiceListener> = ["c001/16", "c002/16", "c003/16", "c004/16"]
+        .into_iter()
+        .map(|p| bind_as(&sald, 0, p).unwrap())
+        .collect();
+    held.pop().unwrap().close().unwrap();
+    bind_as(&sald, NOBODY, "a004/16").unwrap();
+}
+
 /// `client`'s connection is alive and answered.
 fn assert_serves(client: &mut ControlClient) {
     let stats = client.request(&Request::Stats).unwrap().response;

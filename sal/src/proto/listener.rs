@@ -25,6 +25,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use super::flow::Endpoint;
 use super::{Event, Host, HostConfig, HostError, SynCookies};
 use crate::id::{FlowId, ServiceId, ServicePrefix};
 use crate::locator::Locator;
@@ -412,6 +413,15 @@ impl Host {
     /// resetting anyone.
     pub fn listener_pending(&self, listener: ListenerId) -> Option<usize> {
         self.listeners.pending(listener)
+    }
+
+    /// The listener a server flow arrived through (still known after the
+    /// flow is accepted); `None` for client flows.
+    pub fn flow_listener(&self, flow: FlowId) -> Option<ListenerId> {
+        match self.endpoints.get(flow)? {
+            Endpoint::Flow(flow) => flow.listener,
+            Endpoint::Datagram(_) => None,
+        }
     }
 
     /// The listener bound to exactly `prefix` and serving it (not drained).

@@ -36,6 +36,15 @@ pub(super) fn listen(
         tracing::debug!(uid = client.uid, %prefix, %refusal, "bind refused");
         return error_reply(refusal.kind(), refusal.to_string());
     }
+    let held = core.owners.bindings_of(client.uid);
+    if held >= context.limits.bindings_per_uid && !client.privileged {
+        let message = format!(
+            "uid {} holds {held} bindings, the most one user may (bindings_per_uid)",
+            client.uid
+        );
+        context.log_share_refusal(&message);
+        return error_reply(ErrorKind::Exhausted, message);
+    }
     let listener = match core
         .host
         .listen(prefix, protocol, backlog.clamp(1, 65535) as usize)
