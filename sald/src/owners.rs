@@ -246,7 +246,7 @@ mod tests {
             state
         };
         // IDs from a few patterns, so that prefixes nest and collide.
-        let mut random_prefix = |next: &mut dyn FnMut() -> u32| {
+        let random_prefix = |next: &mut dyn FnMut() -> u32| {
             let mut bytes = [0u8; 32];
             bytes[0] = [0xbe, 0xef, 0x00][next() as usize % 3];
             bytes[1] = (next() % 4) as u8;
