@@ -26,6 +26,14 @@
 //! reads like a kernel listening socket (one message per flow, no round
 //! trip).
 //!
+//! Long lists: a frame holds at most [`MAX_FRAME`] bytes, about 2,000
+//! flows or 5,000 rules, and hosts hold far more. So sald may answer
+//! `ListFlows` and `ListRules` with any number of [`Response::FlowsPart`] or
+//! [`Response::RulesPart`] frames, then the `Flows` or `Rules` answer
+//! itself; the list is the parts' items and then the answer's, in order.
+//! [`Parts`] puts them together (the socket shim's clients do, so their
+//! callers see one answer).
+//!
 //! Datagram sends through a socket's fd are best effort, like UDP: a datagram
 //! that cannot be sent (no route, over [`sal::proto::MAX_DATAGRAM`] bytes)
 //! is dropped and counted, not reported.
@@ -269,6 +277,15 @@ pub enum Response {
     Flows {
         flows: Vec<FlowInfo>,
     },
+    /// A piece of a long [`Response::Rules`], sent before it (see the
+    /// module docs: long lists).
+    RulesPart {
+        rules: Vec<Rule>,
+    },
+    /// A piece of a long [`Response::Flows`], sent before it.
+    FlowsPart {
+        flows: Vec<FlowInfo>,
+    },
     Interfaces {
         interfaces: Vec<LocalInterface>,
     },
@@ -426,6 +443,72 @@ pub struct StatsReport {
     /// File descriptors sald has open.
     #[serde(default)]
     pub fds_open: u64,
+}
+
+/// Puts a long list answer back together from its parts (see the module
+/// docs).
+#[derive(Debug, Default)]
+pub struct Parts {
+    pending: Option<Pending>,
+}
+
+/// The parts received so far of the list being answered.
+#[derive(Debug)]
+enum Pending {
+    Flows(Vec<FlowInfo>),
+    Rules(Vec<Rule>),
+}
+
+/// Parts of one list followed by something other than the rest of it.
+#[derive(Debug, thiserror::Error)]
+#[error("sald sent parts of a list, then an answer that does not end it")]
+pub struct PartsMismatch;
+
+impl Parts {
+    /// Takes one response: `None` for a part (kept until the answer comes),
+    /// else the response, with the parts received before it in front of its
+    /// own items.
+    pub fn take(&mut self, response: Response) -> Result<Option<Response>, PartsMismatch> {
+        match (self.pending.take(), response) {
+            (None, Response::FlowsPart { flows }) => {
+                self.pending = Some(Pending::Flows(flows));
+                Ok(None)
+            }
+            (Some(Pending::Flows(mut all)), Response::FlowsPart { flows }) => {
+                all.extend(flows);
+                self.pending = Some(Pending::Flows(all));
+                Ok(None)
+            }
+            (None, Response::RulesPart { rules }) => {
+                self.pending = Some(Pending::Rules(rules));
+                Ok(None)
+            }
+            (Some(Pending::Rules(mut all)), Response::RulesPart { rules }) => {
+                all.extend(rules);
+                self.pending = Some(Pending::Rules(all));
+                Ok(None)
+            }
+            (Some(Pending::Flows(mut all)), Response::Flows { flows }) => {
+                all.extend(flows);
+                Ok(Some(Response::Flows { flows: all }))
+            }
+            (
+                Some(Pending::Rules(mut all)),
+                Response::Rules {
+                    rules,
+                    broadcast_discovery,
+                },
+            ) => {
+                all.extend(rules);
+                Ok(Some(Response::Rules {
+                    rules: all,
+                    broadcast_discovery,
+                }))
+            }
+            (None, other) => Ok(Some(other)),
+            (Some(_), _) => Err(PartsMismatch),
+        }
+    }
 }
 
 /// Why a frame could not be decoded.
@@ -728,6 +811,51 @@ impl DatagramFrame {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parts_of_a_long_list_come_back_as_one_answer_in_order() {
+        let mut table = sal::table::ServiceTable::new();
+        for i in 0..5u8 {
+            let prefix = format!("b{i}/8").parse().unwrap();
+            table.add(prefix, Target::Drop, 0);
+        }
+        let mut rules: Vec<Rule> = table.rules().cloned().collect();
+        rules.sort_by_key(|r| r.prefix);
+        let mut parts = Parts::default();
+        let part = |r: &[Rule]| Response::RulesPart { rules: r.to_vec() };
+        assert!(parts.take(part(&rules[..2])).unwrap().is_none());
+        assert!(parts.take(part(&rules[2..4])).unwrap().is_none());
+        let whole = parts
+            .take(Response::Rules {
+                rules: rules[4..].to_vec(),
+                broadcast_discovery: true,
+            })
+            .unwrap();
+        assert_eq!(
+            whole,
+            Some(Response::Rules {
+                rules: rules.clone(),
+                broadcast_discovery: true
+            })
+        );
+        // The next answer starts afresh; answers that are no lists pass.
+        assert_eq!(parts.take(Response::Ok).unwrap(), Some(Response::Ok));
+        let flows = parts.take(Response::Flows { flows: vec![] }).unwrap();
+        assert_eq!(flows, Some(Response::Flows { flows: vec![] }));
+        // Parts of one list, then another answer: a broken server.
+        assert!(parts.take(part(&rules[..1])).unwrap().is_none());
+        assert!(parts.take(Response::Flows { flows: vec![] }).is_err());
+        let mut parts = Parts::default();
+        parts.take(Response::FlowsPart { flows: vec![] }).unwrap();
+        assert!(parts.take(part(&rules[..1])).is_err(), "flows, then rules");
+        let mut parts = Parts::default();
+        parts.take(part(&rules[..1])).unwrap();
+        assert!(parts.take(Response::Ok).is_err());
+        // Parts round-trip through frames like any response.
+        let frame = encode_frame(&part(&rules)).unwrap();
+        let back: Response = decode_body(&frame[4..]).unwrap();
+        assert_eq!(back, part(&rules));
+    }
 
     #[test]
     fn requests_round_trip_through_frames() {

@@ -305,10 +305,7 @@ impl Core {
                     if let Some(waiter) = self.pending_connects.remove(&flow) {
                         let _ = waiter.send(info.clone().ok_or(ConnectError::Refused));
                     }
-                    let listener = self.host.flow_listener(flow);
-                    let owner = info
-                        .as_ref()
-                        .and_then(|info| self.owners.flow_owner(info, listener));
+                    let owner = self.flow_owner(flow);
                     if let Some(uid) = owner {
                         // Remembered for `FlowClosed`, when the flow is gone.
                         self.owners.adopt(flow, uid);
@@ -458,16 +455,26 @@ impl Core {
         self.events.subscribe()
     }
 
-    /// Every flow `uid` may see (all of them when `privileged`).
-    pub fn visible_flows(&self, uid: u32, privileged: bool) -> Vec<FlowInfo> {
-        let mut flows = self.host.flows();
-        if !privileged {
-            flows.retain(|f| {
-                let listener = self.host.flow_listener(f.flow);
-                self.owners.flow_owner(f, listener) == Some(uid)
-            });
-        }
-        flows
+    /// The IDs of every flow `uid` may see (all of them when `privileged`).
+    pub fn visible_flow_ids(&self, uid: u32, privileged: bool) -> Vec<FlowId> {
+        self.host
+            .flow_ids()
+            .filter(|&flow| privileged || self.flow_owner(flow) == Some(uid))
+            .collect()
+    }
+
+    /// The flows of `ids` that still exist and `uid` may see (an ID may
+    /// have gone, or even come back as another flow, since it was listed).
+    pub fn visible_flows(&self, ids: &[FlowId], uid: u32, privileged: bool) -> Vec<FlowInfo> {
+        ids.iter()
+            .filter(|&&flow| privileged || self.flow_owner(flow) == Some(uid))
+            .filter_map(|&flow| self.host.flow(flow))
+            .collect()
+    }
+
+    /// Who owns `flow` (see [`Owners::flow_owner`]).
+    fn flow_owner(&self, flow: FlowId) -> Option<u32> {
+        self.owners.flow_owner(flow, self.host.flow_listener(flow))
     }
 
     /// Everything `servalctl stats` shows.

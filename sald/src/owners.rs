@@ -18,7 +18,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use sal::proto::FlowInfo;
 use sal::table::ListenerId;
 use sal::{FlowId, ServicePrefix};
 
@@ -150,12 +149,12 @@ impl Owners {
         self.held.get(&uid).copied().unwrap_or(0)
     }
 
-    /// Who owns the flow described by `info`: the user it was handed to, or
-    /// for a server flow not handed over yet, the owner of `listener`, the
-    /// one it came through (`Host::flow_listener`).
-    pub fn flow_owner(&self, info: &FlowInfo, listener: Option<ListenerId>) -> Option<u32> {
+    /// Who owns `flow`: the user it was handed to, or for a server flow
+    /// not handed over yet, the owner of `listener`, the one it came
+    /// through (`Host::flow_listener`).
+    pub fn flow_owner(&self, flow: FlowId, listener: Option<ListenerId>) -> Option<u32> {
         self.flows
-            .get(&info.flow)
+            .get(&flow)
             .copied()
             .or_else(|| self.listener_owner(listener?))
     }

@@ -17,7 +17,9 @@ use nix::errno::Errno;
 use sal::table::Target;
 use sal::wire::TransportProtocol;
 use sal::{Locator, ServicePrefix};
-use sal_control::{encode_frame, ControlEvent, ErrorKind, Request, Response, PROTOCOL_VERSION};
+use sal_control::{
+    encode_frame, ControlEvent, ErrorKind, Request, Response, RuleChange, PROTOCOL_VERSION,
+};
 use socket_shim::{ControlClient, Error, ServiceListener, ServiceStream};
 use testnet::{require_root, wait_until};
 
@@ -212,6 +214,72 @@ fn bindings_are_capped_per_user() {
         .collect();
     held.pop().unwrap().close().unwrap();
     bind_as(&sald, NOBODY, "a004/16").unwrap();
+}
+
+/// Listings longer than one frame holds (about 2,000 flows or 5,000
+/// rules) come whole, in order, in parts put together by the client; an
+/// ordinary user's listing still shows only its own flows.
+#[test]
+fn long_listings_come_whole() {
+    require_root!();
+    let dir = Scratch::new("long-listings");
+    let sald = daemon(&dir, "sald", |_| {});
+    const RULES: u32 = 12_000;
+    let mut root = sald.client();
+    for batch in 0..RULES / 2_000 {
+        let changes = (batch * 2_000..(batch + 1) * 2_000)
+            .map(|i| RuleChange::Add {
+                prefix: format!("d0{i:06x}/40").parse().unwrap(),
+                target: Target::Drop,
+                priority: 0,
+                origin: Default::default(),
+            })
+            .collect();
+        root.request(&Request::ApplyRules { changes }).unwrap();
+    }
+    let rules = match root.request(&Request::ListRules).unwrap().response {
+        Response::Rules { rules, .. } => rules,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(rules.len(), RULES as usize);
+    assert!(
+        rules.windows(2).all(|w| w[0].prefix < w[1].prefix),
+        "sorted"
+    );
+
+    // 1,500 local flows are 3,000 ends (client and server).
+    const FLOWS: usize = 1_500;
+    let listener = ServiceListener::bind_via(sald.client(), prefix("c0ffee/24"), 4096).unwrap();
+    let mut control = sald.client();
+    let mut ends = Vec::new();
+    for _ in 0..FLOWS {
+        let reply = control
+            .request(&Request::Connect {
+                service: "c0ffee01".parse().unwrap(),
+                protocol: TransportProtocol::Stream,
+                timeout_ms: Some(5_000),
+            })
+            .unwrap();
+        ends.push(reply.fd.expect("the flow"));
+    }
+    let nobody = ServiceStream::connect_via(
+        client_as(&sald.control, NOBODY).unwrap(),
+        "c0ffee01".parse().unwrap(),
+        Some(Duration::from_secs(3)),
+    )
+    .unwrap();
+    let listed =
+        |mut client: ControlClient| match client.request(&Request::ListFlows).unwrap().response {
+            Response::Flows { flows } => flows,
+            other => panic!("{other:?}"),
+        };
+    let all = listed(sald.client());
+    assert_eq!(all.len(), 2 * (FLOWS + 1));
+    assert!(all.windows(2).all(|w| w[0].flow < w[1].flow), "sorted");
+    let own = listed(client_as(&sald.control, NOBODY).unwrap());
+    assert_eq!(own.len(), 1, "only its own end");
+    assert_eq!(own[0].flow, nobody.flow_id());
+    drop(listener);
 }
 
 /// `client`'s connection is alive and answered.

@@ -19,7 +19,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use nix::sys::time::TimeValLike;
 use sal_control::{
-    control_path, decode_body, encode_frame, frame_len, ControlEvent, Request, Response,
+    control_path, decode_body, encode_frame, frame_len, ControlEvent, Parts, Request, Response,
     PROTOCOL_VERSION,
 };
 
@@ -53,6 +53,8 @@ pub(crate) struct Inbox {
     /// descriptor table was full): the replies that carried them fail
     /// with `EMFILE`.
     lost: usize,
+    /// The parts received so far of a long list answer.
+    parts: Parts,
 }
 
 impl Inbox {
@@ -112,18 +114,26 @@ impl Inbox {
         self.buf.is_empty()
     }
 
-    /// Decodes the next whole frame, if one is buffered.
+    /// Decodes the next whole response, if it is buffered: one frame, or
+    /// for a long list its parts and the answer that ends it, put together
+    /// (see [`sal_control::Parts`]).
     pub(crate) fn take_reply(&mut self) -> Result<Option<Reply>> {
-        let Some(prefix) = self.buf.first_chunk::<4>() else {
-            return Ok(None);
+        let response = loop {
+            let Some(prefix) = self.buf.first_chunk::<4>() else {
+                return Ok(None);
+            };
+            let len = frame_len(*prefix).map_err(|e| Error::Protocol(e.to_string()))?;
+            if self.buf.len() < 4 + len {
+                return Ok(None);
+            }
+            let decoded = decode_body::<Response>(&self.buf[4..4 + len]);
+            self.buf.drain(..4 + len);
+            let response = decoded.map_err(|e| Error::Protocol(e.to_string()))?;
+            let taken = self.parts.take(response);
+            if let Some(response) = taken.map_err(|e| Error::Protocol(e.to_string()))? {
+                break response;
+            }
         };
-        let len = frame_len(*prefix).map_err(|e| Error::Protocol(e.to_string()))?;
-        if self.buf.len() < 4 + len {
-            return Ok(None);
-        }
-        let decoded = decode_body::<Response>(&self.buf[4..4 + len]);
-        self.buf.drain(..4 + len);
-        let response = decoded.map_err(|e| Error::Protocol(e.to_string()))?;
         let fd = if response.carries_fd() {
             match self.fds.pop_front() {
                 Some(fd) => Some(fd),
@@ -174,6 +184,8 @@ pub(crate) fn response_name(response: &Response) -> &'static str {
         Response::DatagramOpened { .. } => "datagram_opened",
         Response::Rules { .. } => "rules",
         Response::Flows { .. } => "flows",
+        Response::RulesPart { .. } => "rules_part",
+        Response::FlowsPart { .. } => "flows_part",
         Response::Interfaces { .. } => "interfaces",
         Response::Stats { .. } => "stats",
         Response::Event { .. } => "event",

@@ -290,6 +290,14 @@ impl Host {
         self.flow_count
     }
 
+    /// The IDs of every flow, in no particular order: for listing a host
+    /// with many flows a piece at a time ([`Host::flow`] for each).
+    pub fn flow_ids(&self) -> impl Iterator<Item = FlowId> + '_ {
+        self.endpoints
+            .iter()
+            .filter_map(|(id, endpoint)| matches!(endpoint, Endpoint::Flow(_)).then_some(id))
+    }
+
     /// Snapshot of every flow.
     pub fn flows(&self) -> Vec<FlowInfo> {
         self.endpoints

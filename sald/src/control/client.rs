@@ -96,6 +96,17 @@ impl Client {
         }
     }
 
+    /// Writes an encoded response frame, which the client must take
+    /// within the frame timeout.
+    pub(super) async fn respond_frame(&mut self, frame: &[u8]) -> anyhow::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let timeout = self.context.reader.timeout();
+        tokio::time::timeout(timeout, self.stream.write_all(frame))
+            .await
+            .map_err(|_| anyhow::anyhow!("response not taken within {timeout:?}"))??;
+        Ok(())
+    }
+
     /// Writes a response, which the client must take within the frame
     /// timeout.
     pub(super) async fn respond(

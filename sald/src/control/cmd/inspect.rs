@@ -1,20 +1,28 @@
 //! `ListFlows`, `ListInterfaces`, `Stats`: what operators look at. An
 //! ordinary user sees only its own flows.
 
+use sal::FlowId;
 use sal_control::Response;
 
-use super::Reply;
+use super::{parts, Reply};
 use crate::control::client::Client;
 
-/// The flows the client may see, sorted by ID.
-pub(super) fn flows(client: &mut Client) -> Reply {
-    let mut core = client.context.shared.lock();
-    // Bring the host's clock (and the flows' ages) up to now.
-    core.run();
-    let mut flows = core.visible_flows(client.uid, client.privileged);
-    drop(core);
-    flows.sort_by_key(|f| f.flow);
-    (Response::Flows { flows }, None)
+/// The flows the client may see, sorted by ID (in parts when there are
+/// many, see `parts`).
+pub(super) async fn flows(client: &mut Client) -> Reply {
+    let (uid, privileged) = (client.uid, client.privileged);
+    let shared = client.context.shared.clone();
+    let mut ids = {
+        let mut core = shared.lock();
+        // Bring the host's clock (and the flows' ages) up to now.
+        core.run();
+        core.visible_flow_ids(uid, privileged)
+    };
+    ids.sort_unstable();
+    let build = |ids: &[FlowId]| shared.lock().visible_flows(ids, uid, privileged);
+    let part = |flows| Response::FlowsPart { flows };
+    let whole = |flows| Response::Flows { flows };
+    parts::answer_list(client, &ids, build, part, whole).await
 }
 
 /// The host's SAL interfaces.

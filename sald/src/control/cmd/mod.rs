@@ -1,7 +1,7 @@
 //! One function per request, grouped by what they act on (as mini-redis's
 //! `cmd/`): [`bind`] (listeners), [`drain`] (graceful leaves), [`flows`] (connects, datagram sockets and
-//! handing flows over), [`rules`], [`inspect`] (listings, stats) and
-//! [`migrate`]. `Hello`, `Subscribe` and `Connector` change what the
+//! handing flows over), [`rules`], [`inspect`] (listings, stats, with
+//! [`parts`] for long lists) and [`migrate`]. `Hello`, `Subscribe` and `Connector` change what the
 //! connection is and are handled by the client loop.
 
 mod bind;
@@ -10,6 +10,7 @@ mod drain;
 mod flows;
 mod inspect;
 mod migrate;
+mod parts;
 mod rules;
 
 use std::os::fd::OwnedFd;
@@ -63,8 +64,8 @@ pub(super) async fn handle(client: &mut Client, request: Request) -> Reply {
         } => rules::add(client, prefix, target, priority, origin),
         Request::DelRule { prefix, target } => rules::delete(client, prefix, target),
         Request::ApplyRules { changes } => rules::apply(client, changes),
-        Request::ListRules => rules::list(client),
-        Request::ListFlows => inspect::flows(client),
+        Request::ListRules => rules::list(client).await,
+        Request::ListFlows => inspect::flows(client).await,
         Request::ListInterfaces => inspect::interfaces(client),
         Request::Stats => inspect::stats(client),
         Request::Migrate { flow, iface } => migrate::one(client, flow, &iface),

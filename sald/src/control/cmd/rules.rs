@@ -8,11 +8,11 @@
 //! enforces the same, but the table is sald's, so sald holds the line
 //! whatever a controller sends.
 
-use sal::table::{RuleOrigin, TableError, Target, TargetKey};
+use sal::table::{Rule, RuleOrigin, TableError, Target, TargetKey};
 use sal::ServicePrefix;
 use sal_control::{ErrorKind, Response, RuleChange, RuleFailure};
 
-use super::{denied, error_reply, Reply};
+use super::{denied, error_reply, parts, Reply};
 use crate::control::client::Client;
 use crate::daemon::Core;
 
@@ -83,13 +83,35 @@ pub(super) fn apply(client: &mut Client, changes: Vec<RuleChange>) -> Reply {
 
 /// Every rule, sorted by prefix, with who installed each target (the own
 /// service IDs of unbound datagram sockets marked `Ephemeral`), and whether
-/// broadcast discovery is on.
-pub(super) fn list(client: &mut Client) -> Reply {
-    let core = client.context.shared.lock();
-    let mut rules: Vec<_> = core.host.table().rules().cloned().collect();
-    rules.sort_by_key(|rule| rule.prefix);
-    core.origins.annotate(&mut rules);
-    for rule in &mut rules {
+/// broadcast discovery is on; in parts when there are many (see `parts`).
+pub(super) async fn list(client: &mut Client) -> Reply {
+    let shared = client.context.shared.clone();
+    let (mut prefixes, broadcast_discovery) = {
+        let core = shared.lock();
+        let prefixes: Vec<ServicePrefix> = core.host.table().rules().map(|r| r.prefix).collect();
+        (prefixes, core.host.config().broadcast_discovery)
+    };
+    prefixes.sort_unstable();
+    let build = |prefixes: &[ServicePrefix]| {
+        let core = shared.lock();
+        let mut rules: Vec<Rule> = (prefixes.iter())
+            .filter_map(|prefix| core.host.table().get(prefix).cloned())
+            .collect();
+        annotate(&core, &mut rules);
+        rules
+    };
+    let part = |rules| Response::RulesPart { rules };
+    let whole = |rules| Response::Rules {
+        rules,
+        broadcast_discovery,
+    };
+    parts::answer_list(client, &prefixes, build, part, whole).await
+}
+
+/// Marks who installed each target of `rules`.
+fn annotate(core: &Core, rules: &mut [Rule]) {
+    core.origins.annotate(rules);
+    for rule in rules {
         let ephemeral: Vec<TargetKey> = (rule.targets().iter())
             .filter_map(|entry| match entry.target {
                 Target::Demux { listener } if core.host.is_ephemeral(listener) => {
@@ -102,14 +124,6 @@ pub(super) fn list(client: &mut Client) -> Reply {
             rule.set_origin(&key, RuleOrigin::Ephemeral);
         }
     }
-    let broadcast_discovery = core.host.config().broadcast_discovery;
-    (
-        Response::Rules {
-            rules,
-            broadcast_discovery,
-        },
-        None,
-    )
 }
 
 fn reply(result: Result<(), Refusal>) -> Reply {
