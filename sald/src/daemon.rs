@@ -308,7 +308,7 @@ impl Core {
                     let owner = self.flow_owner(flow);
                     if let Some(uid) = owner {
                         // Remembered for `FlowClosed`, when the flow is gone.
-                        self.owners.adopt(flow, uid);
+                        self.owners.remember(flow, uid);
                     }
                     let service = info.map(|f| f.service).unwrap_or_default();
                     self.publish(ControlEvent::FlowOpened { flow, service }, owner);

@@ -39,9 +39,19 @@ pub struct Owners {
     by_prefix: BTreeMap<ServicePrefix, Vec<ListenerId>>,
     /// How many bindings each user holds.
     bindings_held: HashMap<u32, usize>,
-    flows: HashMap<FlowId, u32>,
-    /// How many of `flows` each user owns.
+    flows: HashMap<FlowId, FlowOwner>,
+    /// How many of `flows` each user holds (those handed to it).
     held: HashMap<u32, usize>,
+}
+
+/// Whose a flow is, and whether it counts against that user's share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FlowOwner {
+    uid: u32,
+    /// Handed to the user (connected, accepted, opened), rather than only
+    /// arrived at its listener: remote peers must not use up a user's
+    /// share, the listener's backlog bounds those.
+    held: bool,
 }
 
 impl Owners {
@@ -127,24 +137,36 @@ impl Owners {
             .find(|b| b.uid != uid)
     }
 
-    /// Gives `flow` (or datagram socket) to `uid`.
+    /// Gives `flow` (or datagram socket) to `uid`: it counts against the
+    /// user's share from now on.
     pub fn adopt(&mut self, flow: FlowId, uid: u32) {
-        match self.flows.insert(flow, uid) {
-            Some(previous) if previous == uid => return,
-            Some(previous) => uncount(&mut self.held, previous),
-            None => {}
+        let owner = FlowOwner { uid, held: true };
+        match self.flows.insert(flow, owner) {
+            Some(previous) if previous == owner => return,
+            Some(previous) if previous.held => uncount(&mut self.held, previous.uid),
+            _ => {}
         }
         count(&mut self.held, uid);
     }
 
-    /// Forgets a flow that closed; returns who owned it.
-    pub fn release(&mut self, flow: FlowId) -> Option<u32> {
-        let uid = self.flows.remove(&flow)?;
-        uncount(&mut self.held, uid);
-        Some(uid)
+    /// Remembers whose `flow` is, if nobody holds it yet (a server flow
+    /// not accepted yet: its listener's owner), without counting it.
+    pub fn remember(&mut self, flow: FlowId, uid: u32) {
+        self.flows
+            .entry(flow)
+            .or_insert(FlowOwner { uid, held: false });
     }
 
-    /// Flows and datagram sockets `uid` owns.
+    /// Forgets a flow that closed; returns who owned it.
+    pub fn release(&mut self, flow: FlowId) -> Option<u32> {
+        let owner = self.flows.remove(&flow)?;
+        if owner.held {
+            uncount(&mut self.held, owner.uid);
+        }
+        Some(owner.uid)
+    }
+
+    /// Flows and datagram sockets `uid` holds.
     pub fn held_by(&self, uid: u32) -> usize {
         self.held.get(&uid).copied().unwrap_or(0)
     }
@@ -155,7 +177,7 @@ impl Owners {
     pub fn flow_owner(&self, flow: FlowId, listener: Option<ListenerId>) -> Option<u32> {
         self.flows
             .get(&flow)
-            .copied()
+            .map(|owner| owner.uid)
             .or_else(|| self.listener_owner(listener?))
     }
 }
@@ -191,11 +213,18 @@ mod tests {
         owners.adopt(flow(2), 1000);
         owners.adopt(flow(2), 1000);
         assert_eq!(owners.held_by(1000), 2, "adopting twice counts once");
-        // A server flow first counted for the binding's owner, then handed
-        // to the user who accepted it.
-        owners.adopt(flow(3), 1000);
+        // A server flow remembered for its listener's owner counts for
+        // nobody until it is handed to the user who accepted it.
+        owners.remember(flow(3), 1000);
+        assert_eq!(owners.held_by(1000), 2, "arrived, not held");
+        assert_eq!(owners.flow_owner(flow(3), None), Some(1000));
         owners.adopt(flow(3), 1001);
+        owners.remember(flow(3), 1000);
         assert_eq!((owners.held_by(1000), owners.held_by(1001)), (2, 1));
+        assert_eq!(owners.flow_owner(flow(3), None), Some(1001));
+        owners.remember(flow(4), 1001);
+        assert_eq!(owners.release(flow(4)), Some(1001));
+        assert_eq!(owners.held_by(1001), 1, "released uncounted");
         assert_eq!(owners.release(flow(1)), Some(1000));
         assert_eq!(owners.release(flow(1)), None, "released once");
         assert_eq!(owners.held_by(1000), 1);
