@@ -61,7 +61,10 @@ fn listen(sald: &InProcess, prefix: &str) -> (ControlClient, ListenerId) {
 
 fn deliver(owner: &mut ControlClient, listener: ListenerId) -> OwnedFd {
     let reply = owner
-        .request(&Request::Deliver { listener })
+        .request(&Request::Deliver {
+            listener,
+            flow_info: false,
+        })
         .expect("deliver");
     assert_eq!(reply.response, Response::Delivering { listener });
     reply.fd.expect("the accept queue")
@@ -187,7 +190,10 @@ fn only_the_owner_may_take_a_listeners_flows() {
     let net = setup("deliver-owner");
     let (_owner, listener) = listen(&net.server, "de12/16");
     let mut other = ControlClient::connect_to(&net.server.control).expect("control");
-    match other.request(&Request::Deliver { listener }) {
+    match other.request(&Request::Deliver {
+        listener,
+        flow_info: false,
+    }) {
         Err(error) => assert_eq!(error.kind(), Some(ErrorKind::NotFound)),
         Ok(reply) => panic!("another connection took the listener: {reply:?}"),
     }
