@@ -507,7 +507,9 @@ fn accept_reports_exhaustion_and_the_end_of_the_queue() {
     // A thread waiting when sald closes the queue gets an error.
     let waiting = listener.clone();
     let (done, ended) = std::sync::mpsc::channel();
-    thread::spawn(move || done.send(waiting.accept().map(|(_, info)| info)));
+    thread::spawn(move || {
+        let _ = done.send(waiting.accept().map(|(_, info)| info));
+    });
     thread::sleep(Duration::from_millis(50));
     queue.lock().unwrap().take();
     let ended = ended
