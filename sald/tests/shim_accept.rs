@@ -19,28 +19,10 @@ use socket_shim::{
 };
 
 mod common;
-use common::{InProcess, Sald, Scratch};
+use common::{InProcess, InProcessPair, Sald};
 
 /// How long anything here may take.
 const WITHIN: Duration = Duration::from_secs(10);
-
-struct Setup {
-    _dir: Scratch,
-    server: InProcess,
-    client: InProcess,
-}
-
-fn setup(label: &str) -> Setup {
-    let dir = Scratch::new(label);
-    let server = InProcess::start(common::udp_config(&dir, "server", [127, 0, 0, 2].into()));
-    let client = InProcess::start(common::udp_config(&dir, "client", [127, 0, 0, 1].into()));
-    client.forward_to("0/0", server.locator(), 1);
-    Setup {
-        _dir: dir,
-        server,
-        client,
-    }
-}
 
 fn bind(sald: &InProcess, prefix: &str) -> ServiceListener {
     let control = ControlClient::connect_to(&sald.control).expect("control");
@@ -72,7 +54,7 @@ fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'st
 #[test]
 fn two_threads_accepting_at_once_get_distinct_flows_intact() {
     const FLOWS: usize = 16;
-    let mut net = setup("shim-accept-threads");
+    let mut net = InProcessPair::new("shim-accept-threads");
     let listener = Arc::new(bind(&net.server, "ac01/16"));
     let servers: Vec<_> = (0..2)
         .map(|_| {
@@ -134,7 +116,7 @@ fn two_threads_accepting_at_once_get_distinct_flows_intact() {
 
 #[test]
 fn drain_answers_while_a_thread_waits_in_accept() {
-    let mut net = setup("shim-accept-drain");
+    let mut net = InProcessPair::new("shim-accept-drain");
     let listener = Arc::new(bind(&net.server, "ac02/16"));
     let waiting = listener.clone();
     let accepting = thread::spawn(move || waiting.accept().map(|(_, info)| info));
@@ -159,7 +141,7 @@ fn drain_answers_while_a_thread_waits_in_accept() {
 
 #[test]
 fn drain_counts_flows_waiting_in_the_accept_queue() {
-    let net = setup("shim-accept-queued");
+    let net = InProcessPair::new("shim-accept-queued");
     let listener = bind(&net.server, "ac03/16");
     assert!(listener.try_accept().expect("try_accept").is_none());
     let service = service("ac03", 1);
@@ -195,7 +177,7 @@ fn drain_counts_flows_waiting_in_the_accept_queue() {
 
 #[test]
 fn accepted_flow_info_is_what_sald_lists() {
-    let net = setup("shim-accept-info");
+    let net = InProcessPair::new("shim-accept-info");
     let listener = bind(&net.server, "ac04/16");
     let service = service("ac04", 7);
     let stream = connect(&net.client, service);
@@ -222,7 +204,7 @@ fn accepted_flow_info_is_what_sald_lists() {
 #[test]
 fn a_given_up_async_accept_loses_no_flow() {
     const FLOWS: usize = 12;
-    let net = setup("shim-accept-async");
+    let net = InProcessPair::new("shim-accept-async");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

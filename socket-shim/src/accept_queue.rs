@@ -114,21 +114,10 @@ mod tests {
     use std::io::IoSlice;
     use std::os::fd::AsFd;
 
-    use nix::sys::socket::{
-        sendmsg, socketpair, AddressFamily, ControlMessage, SockFlag, SockType,
-    };
+    use nix::sys::socket::{sendmsg, ControlMessage};
 
     use super::*;
-
-    fn pair() -> (OwnedFd, OwnedFd) {
-        socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .unwrap()
-    }
+    use crate::tests::seqpacket_pair as pair;
 
     fn send(sald: &OwnedFd, message: &[u8], fd: Option<&OwnedFd>) {
         let fds = fd.map(|fd| [fd.as_raw_fd()]);

@@ -534,7 +534,7 @@ fn drain_adds_the_flows_waiting_in_the_queue() {
 
 /// A connected pair of `SOCK_SEQPACKET` sockets (datagram sockets and flows
 /// are handed over as one end of such a pair).
-fn seqpacket_pair() -> (OwnedFd, OwnedFd) {
+pub(crate) fn seqpacket_pair() -> (OwnedFd, OwnedFd) {
     socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
