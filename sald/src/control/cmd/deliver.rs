@@ -60,6 +60,10 @@ async fn feed(
     let Ok(queue) = Packets::new(queue) else {
         return;
     };
+    // One watch for the whole life of the queue: a new one per flow would
+    // start with a read, a wasted system call per flow.
+    let closed = queue.closed();
+    tokio::pin!(closed);
     loop {
         let mut waiter = context.shared.lock().wait_accept(listener);
         let flow = tokio::select! {
@@ -68,7 +72,7 @@ async fn feed(
                 // The listener closed.
                 Err(_) => return,
             },
-            () = queue.closed() => None,
+            () = &mut closed => None,
             () = shutdown.recv() => None,
         };
         let Some(flow) = flow else {
