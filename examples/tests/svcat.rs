@@ -19,7 +19,7 @@ use sal::table::ListenerId;
 use sal::wire::TransportProtocol;
 use sal::{FlowId, ServiceId};
 use sal_control::{
-    decode_body, encode_frame, frame_len, DatagramFrame, ErrorKind, Request, Response,
+    decode_body, encode_frame, frame_len, DatagramFrame, ErrorKind, FlowNotice, Request, Response,
     PROTOCOL_VERSION,
 };
 
@@ -168,14 +168,31 @@ fn serve(mut conn: UnixStream, connected: Sender<(ServiceId, OwnedFd)>, pending:
                 Response::error(ErrorKind::NotFound, "listener closed"),
                 None,
             ),
-            Request::Accept { .. } => {
-                let (service, server) = pending.lock().unwrap().recv().unwrap();
-                (
-                    Response::Accepted {
-                        flow: flow(2, service, Role::Server),
-                    },
-                    Some(server),
-                )
+            Request::Deliver { listener, .. } => {
+                // Stream flows go into the listener's accept queue as
+                // sald delivers them.
+                let (queue, app) = seqpacket_pair();
+                let pending = pending.clone();
+                thread::spawn(move || {
+                    while let Ok((service, server)) = pending.lock().unwrap().recv() {
+                        let notice = FlowNotice {
+                            info: flow(2, service, Role::Server),
+                        }
+                        .encode();
+                        let fds = [server.as_raw_fd()];
+                        let sent = sendmsg::<()>(
+                            queue.as_raw_fd(),
+                            &[IoSlice::new(&notice)],
+                            &[ControlMessage::ScmRights(&fds)],
+                            MsgFlags::empty(),
+                            None,
+                        );
+                        if sent.is_err() {
+                            return;
+                        }
+                    }
+                });
+                (Response::Delivering { listener }, Some(app))
             }
             _ => (Response::Ok, None),
         };

@@ -60,7 +60,9 @@ use serde::{Deserialize, Serialize};
 
 use sal::id::{FlowId, ServiceId, ServicePrefix};
 use sal::locator::Locator;
-use sal::proto::{DatagramPeer, FlowInfo, HostStats, LocalInterface};
+use sal::proto::{
+    DatagramPeer, FlowCounters, FlowInfo, FlowState, HostStats, LocalInterface, Role,
+};
 use sal::table::{ListenerId, Rule, RuleOrigin, TableStats, Target, TargetKey};
 use sal::wire::TransportProtocol;
 
@@ -117,8 +119,17 @@ pub enum Request {
     /// may take from it. sald stops feeding when every copy of the
     /// application's end is closed; the listener itself still belongs to
     /// this control connection.
+    ///
+    /// With `flow_info`, each notice is a [`FlowNotice`] instead: the same
+    /// fixed part, then the flow's whole [`FlowInfo`] snapshot (what an
+    /// `Accepted` answer carries), still fixed-size and binary. Off by
+    /// default, so a reader that only wants the service and the peer (the
+    /// C preload's `accept`) gets the short notice and sald does no more
+    /// work for it than before.
     Deliver {
         listener: ListenerId,
+        #[serde(default)]
+        flow_info: bool,
     },
     /// Unbind a listener (unregisters the service). Closing the control
     /// connection does the same for every listener it created.
@@ -134,6 +145,15 @@ pub enum Request {
     /// drained listener only reports on it. Answered with `Drained`: at
     /// once, or with `wait_ms` once nothing is pending any more (or the
     /// wait ran out).
+    ///
+    /// For a listener whose flows are delivered ([`Request::Deliver`]),
+    /// sald counts only the flows it still holds (half-open, or
+    /// established and waiting for room in the accept queue): flows
+    /// already in the application's accept queue are the application's
+    /// and only it can see them. An operator's drain (`servalctl drain`)
+    /// of such a listener therefore reports 0 while the queue may still
+    /// hold flows; the application's own drain adds them (the Rust
+    /// library's `ServiceListener::drain` does).
     Drain {
         prefix: ServicePrefix,
         #[serde(default)]
@@ -259,7 +279,9 @@ pub enum Response {
     },
     /// The answer to [`Request::Drain`]: how many flows the drained
     /// listener admitted that its application has not accepted yet (0: it
-    /// can close without resetting anyone).
+    /// can close without resetting anyone). For a listener whose flows are
+    /// delivered, the ones sald still holds, not those already waiting in
+    /// the application's accept queue (see [`Request::Drain`]).
     Drained {
         pending: u32,
     },
@@ -658,6 +680,17 @@ impl<'a> Reader<'a> {
         })
     }
 
+    fn u32(&mut self) -> Result<u32, DatagramFrameError> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self) -> Result<u64, DatagramFrameError> {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(self.take(8)?);
+        Ok(u64::from_be_bytes(bytes))
+    }
+
     fn service(&mut self) -> Result<ServiceId, DatagramFrameError> {
         ServiceId::from_slice(self.take(32)?).ok_or(DatagramFrameError::Truncated)
     }
@@ -674,9 +707,7 @@ impl<'a> Reader<'a> {
     }
 
     fn peer(&mut self) -> Result<DatagramPeer, DatagramFrameError> {
-        let flow = self.take(4)?;
-        let flow = u32::from_be_bytes([flow[0], flow[1], flow[2], flow[3]]);
-        let flow = FlowId::new(flow).ok_or(DatagramFrameError::ZeroFlow)?;
+        let flow = FlowId::new(self.u32()?).ok_or(DatagramFrameError::ZeroFlow)?;
         let locator = self.locator()?;
         let service = self.optional(Self::service)?;
         Ok(DatagramPeer {
@@ -733,6 +764,227 @@ impl AcceptNotice {
         let service = reader.service().ok()?;
         let remote = reader.optional(Reader::locator).ok()?;
         Some(AcceptNotice { service, remote })
+    }
+}
+
+/// One established flow on an accept queue opened with `flow_info`
+/// ([`Request::Deliver`]): an [`AcceptNotice`], then the rest of the
+/// flow's [`FlowInfo`] snapshot, taken as sald handed the flow over. The
+/// message carries the flow's fd as `SCM_RIGHTS`.
+///
+/// Why binary and fixed-size ([`FlowNotice::LEN`] bytes) rather than the
+/// JSON an `Accepted` answer uses: the queue is read like a kernel
+/// listening socket, without framing, so a reader must know how much room
+/// a message needs; and `SIOCINQ` on a `SOCK_SEQPACKET` socket sums the
+/// lengths of the queued messages, so with one length for every notice the
+/// application can count the flows waiting in its queue (what its drain
+/// needs, and sald cannot see). It also keeps the per-flow cost at a copy
+/// of some fixed fields on both sides. The short [`AcceptNotice`] stays
+/// what readers that do not ask for more get.
+///
+/// Layout after the [`AcceptNotice`] part (big-endian): flow ID (4), peer
+/// flow ID or 0 (4), protocol number (1), role (1: 0 client, 1 server),
+/// state (1, in [`FlowState`]'s order), local locator (7), interface name
+/// (1 length byte, then [`FlowNotice::INTERFACE_MAX`] bytes, zero-padded),
+/// the counters packets in/out and bytes in/out (4 x 8), migrations (4),
+/// peer moves (4), 1 and microseconds since the last migration or 0 and 8
+/// zero bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowNotice {
+    /// The flow, as `Flows` would list it at hand-over time.
+    pub info: FlowInfo,
+}
+
+/// Why a [`FlowNotice`] was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NoticeError {
+    #[error("accept notice of {0} bytes (expected {len})", len = FlowNotice::LEN)]
+    Length(usize),
+    #[error("accept notice with flow ID 0")]
+    ZeroFlow,
+    #[error("accept notice with an unknown {0}")]
+    Unknown(&'static str),
+}
+
+impl From<DatagramFrameError> for NoticeError {
+    fn from(error: DatagramFrameError) -> NoticeError {
+        match error {
+            DatagramFrameError::ZeroFlow => NoticeError::ZeroFlow,
+            // The length is checked before any field is read.
+            _ => NoticeError::Length(0),
+        }
+    }
+}
+
+impl FlowNotice {
+    /// The longest interface name a notice carries; a longer one (no
+    /// kernel interface has one: `IFNAMSIZ` is 16 with the NUL) is sent as
+    /// no interface.
+    pub const INTERFACE_MAX: usize = 31;
+    /// The encoded length.
+    pub const LEN: usize = AcceptNotice::LEN
+        + 4
+        + 4
+        + 3
+        + LOCATOR_LEN
+        + 1
+        + FlowNotice::INTERFACE_MAX
+        + 4 * 8
+        + 4
+        + 4
+        + 1
+        + 8;
+
+    /// The message, ready to send.
+    pub fn encode(&self) -> [u8; FlowNotice::LEN] {
+        let info = &self.info;
+        let mut out = [0u8; FlowNotice::LEN];
+        let head = AcceptNotice {
+            service: info.service,
+            remote: info.remote,
+        };
+        let mut writer = Writer(&mut out[..]);
+        writer.put(&head.encode());
+        writer.put(&info.flow.get().to_be_bytes());
+        writer.put(&info.peer_flow.map_or(0, FlowId::get).to_be_bytes());
+        writer.put(&[
+            info.protocol.number(),
+            role_byte(info.role),
+            state_byte(info.state),
+        ]);
+        writer.put(&locator_bytes(&info.local));
+        let mut interface = [0u8; 1 + FlowNotice::INTERFACE_MAX];
+        if let Some(name) = info
+            .interface
+            .as_deref()
+            .filter(|name| name.len() <= FlowNotice::INTERFACE_MAX)
+        {
+            interface[0] = name.len() as u8;
+            interface[1..1 + name.len()].copy_from_slice(name.as_bytes());
+        }
+        writer.put(&interface);
+        let counters = &info.counters;
+        for counter in [
+            counters.packets_in,
+            counters.packets_out,
+            counters.bytes_in,
+            counters.bytes_out,
+        ] {
+            writer.put(&counter.to_be_bytes());
+        }
+        writer.put(&info.migrations.to_be_bytes());
+        writer.put(&info.peer_moves.to_be_bytes());
+        match info.last_migration_us_ago {
+            Some(us) => {
+                writer.put(&[1]);
+                writer.put(&us.to_be_bytes());
+            }
+            None => writer.put(&[0; 9]),
+        }
+        out
+    }
+
+    /// Reads a message; anything but exactly [`FlowNotice::LEN`] well-formed
+    /// bytes is an error.
+    pub fn decode(message: &[u8]) -> Result<FlowNotice, NoticeError> {
+        if message.len() != FlowNotice::LEN {
+            return Err(NoticeError::Length(message.len()));
+        }
+        let mut reader = Reader(message);
+        let service = reader.service()?;
+        let remote = reader.optional(Reader::locator)?;
+        if remote.is_none() {
+            reader.take(LOCATOR_LEN)?;
+        }
+        let flow = FlowId::new(reader.u32()?).ok_or(NoticeError::ZeroFlow)?;
+        let peer_flow = FlowId::new(reader.u32()?);
+        let [protocol, role, state] = reader.take(3)?.try_into().unwrap_or([0; 3]);
+        let protocol =
+            TransportProtocol::from_number(protocol).ok_or(NoticeError::Unknown("protocol"))?;
+        let role = match role {
+            0 => Role::Client,
+            1 => Role::Server,
+            _ => return Err(NoticeError::Unknown("role")),
+        };
+        let state = *FLOW_STATES
+            .get(usize::from(state))
+            .ok_or(NoticeError::Unknown("state"))?;
+        let local = reader.locator()?;
+        let interface = reader.take(1 + FlowNotice::INTERFACE_MAX)?;
+        let interface = match usize::from(interface[0]) {
+            0 => None,
+            len => Some(
+                interface
+                    .get(1..1 + len)
+                    .and_then(|name| std::str::from_utf8(name).ok())
+                    .ok_or(NoticeError::Unknown("interface name"))?
+                    .to_string(),
+            ),
+        };
+        let counters = FlowCounters {
+            packets_in: reader.u64()?,
+            packets_out: reader.u64()?,
+            bytes_in: reader.u64()?,
+            bytes_out: reader.u64()?,
+        };
+        let migrations = reader.u32()?;
+        let peer_moves = reader.u32()?;
+        let moved = reader.take(1)?[0] == 1;
+        let last_migration_us_ago = Some(reader.u64()?).filter(|_| moved);
+        Ok(FlowNotice {
+            info: FlowInfo {
+                flow,
+                peer_flow,
+                service,
+                protocol,
+                role,
+                state,
+                local,
+                remote,
+                interface,
+                counters,
+                migrations,
+                peer_moves,
+                last_migration_us_ago,
+            },
+        })
+    }
+}
+
+/// [`FlowState`]s in the order of their notice byte.
+const FLOW_STATES: [FlowState; 5] = [
+    FlowState::Resolving,
+    FlowState::SynSent,
+    FlowState::SynReceived,
+    FlowState::Established,
+    FlowState::Dead,
+];
+
+fn state_byte(state: FlowState) -> u8 {
+    match state {
+        FlowState::Resolving => 0,
+        FlowState::SynSent => 1,
+        FlowState::SynReceived => 2,
+        FlowState::Established => 3,
+        FlowState::Dead => 4,
+    }
+}
+
+fn role_byte(role: Role) -> u8 {
+    match role {
+        Role::Client => 0,
+        Role::Server => 1,
+    }
+}
+
+/// Writes into the front of a buffer sized for what is written.
+struct Writer<'a>(&'a mut [u8]);
+
+impl Writer<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        let (head, rest) = std::mem::take(&mut self.0).split_at_mut(bytes.len());
+        head.copy_from_slice(bytes);
+        self.0 = rest;
     }
 }
 
@@ -990,6 +1242,127 @@ mod tests {
         }
         assert_eq!(AcceptNotice::decode(&[0u8; AcceptNotice::LEN + 1]), None);
         assert_eq!(AcceptNotice::decode(&ACCEPT_EXHAUSTED), None);
+    }
+
+    fn flow_info(interface: Option<&str>) -> FlowInfo {
+        FlowInfo {
+            flow: FlowId::new(0x0102_0304).unwrap(),
+            peer_flow: FlowId::new(77),
+            service: "c0ec70".parse().unwrap(),
+            protocol: TransportProtocol::Stream,
+            role: Role::Server,
+            state: FlowState::Established,
+            local: "udp:10.0.0.2:54324".parse().unwrap(),
+            remote: Some("10.0.0.1".parse().unwrap()),
+            interface: interface.map(str::to_string),
+            counters: FlowCounters {
+                packets_in: 3,
+                packets_out: 2,
+                bytes_in: u64::MAX,
+                bytes_out: 1 << 40,
+            },
+            migrations: 1,
+            peer_moves: u32::MAX,
+            last_migration_us_ago: Some(12_345),
+        }
+    }
+
+    #[test]
+    fn flow_notices_round_trip_every_field() {
+        let mut variants = vec![flow_info(Some("eth0")), flow_info(None)];
+        let mut bare = flow_info(Some(&"x".repeat(FlowNotice::INTERFACE_MAX)));
+        bare.peer_flow = None;
+        bare.remote = None;
+        bare.last_migration_us_ago = None;
+        bare.protocol = TransportProtocol::Datagram;
+        bare.role = Role::Client;
+        variants.push(bare);
+        for state in FLOW_STATES {
+            let mut info = flow_info(Some("wlan0"));
+            info.state = state;
+            variants.push(info);
+        }
+        for info in variants {
+            let notice = FlowNotice { info };
+            let message = notice.encode();
+            assert_eq!(FlowNotice::decode(&message), Ok(notice.clone()));
+            // The front is the short notice a plain reader gets.
+            assert_eq!(
+                AcceptNotice::decode(&message[..AcceptNotice::LEN]),
+                Some(AcceptNotice {
+                    service: notice.info.service,
+                    remote: notice.info.remote,
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn flow_notices_reject_bad_lengths_and_values() {
+        let message = FlowNotice {
+            info: flow_info(Some("eth0")),
+        }
+        .encode();
+        for len in [0, 1, AcceptNotice::LEN, FlowNotice::LEN - 1] {
+            assert_eq!(
+                FlowNotice::decode(&message[..len]),
+                Err(NoticeError::Length(len))
+            );
+        }
+        let mut longer = message.to_vec();
+        longer.push(0);
+        assert!(FlowNotice::decode(&longer).is_err());
+        assert!(FlowNotice::decode(&ACCEPT_EXHAUSTED).is_err());
+        let flow_at = AcceptNotice::LEN;
+        let bytes_at = flow_at + 8;
+        let interface_at = bytes_at + 3 + LOCATOR_LEN;
+        let cases: [(usize, u8, NoticeError); 5] = [
+            (flow_at + 3, 0, NoticeError::ZeroFlow),
+            (bytes_at, 0, NoticeError::Unknown("protocol")),
+            (bytes_at + 1, 2, NoticeError::Unknown("role")),
+            (bytes_at + 2, 5, NoticeError::Unknown("state")),
+            (interface_at, 200, NoticeError::Unknown("interface name")),
+        ];
+        for (at, value, error) in cases {
+            let mut bad = message;
+            if at == flow_at + 3 {
+                bad[flow_at..flow_at + 4].fill(0);
+            }
+            bad[at] = value;
+            assert_eq!(FlowNotice::decode(&bad), Err(error), "byte {at} = {value}");
+        }
+        let mut not_utf8 = message;
+        not_utf8[interface_at + 1] = 0xff;
+        assert_eq!(
+            FlowNotice::decode(&not_utf8),
+            Err(NoticeError::Unknown("interface name"))
+        );
+        // A name no notice has room for goes as no interface.
+        let long = FlowNotice {
+            info: flow_info(Some(&"y".repeat(FlowNotice::INTERFACE_MAX + 1))),
+        };
+        assert_eq!(
+            FlowNotice::decode(&long.encode()).unwrap().info.interface,
+            None
+        );
+    }
+
+    #[test]
+    fn deliver_asks_for_flow_info_only_when_told() {
+        let old: Request = decode_body(br#"{"op":"deliver","listener":4}"#).unwrap();
+        assert_eq!(
+            old,
+            Request::Deliver {
+                listener: ListenerId(4),
+                flow_info: false
+            }
+        );
+        let asked = Request::Deliver {
+            listener: ListenerId(4),
+            flow_info: true,
+        };
+        let frame = encode_frame(&asked).unwrap();
+        assert_eq!(decode_body::<Request>(&frame[4..]).unwrap(), asked);
     }
 
     #[test]

@@ -20,28 +20,10 @@ use sal_control::{AcceptNotice, ErrorKind, Request, Response, ACCEPT_EXHAUSTED};
 use socket_shim::{ControlClient, ServiceStream};
 
 mod common;
-use common::{InProcess, Sald, SaldProcess, Scratch};
+use common::{InProcess, InProcessPair, Sald, SaldProcess, Scratch};
 
 /// How long anything here may take.
 const WITHIN: Duration = Duration::from_secs(10);
-
-struct Setup {
-    _dir: Scratch,
-    server: InProcess,
-    client: InProcess,
-}
-
-fn setup(label: &str) -> Setup {
-    let dir = Scratch::new(label);
-    let server = InProcess::start(common::udp_config(&dir, "server", [127, 0, 0, 2].into()));
-    let client = InProcess::start(common::udp_config(&dir, "client", [127, 0, 0, 1].into()));
-    client.forward_to("0/0", server.locator(), 1);
-    Setup {
-        _dir: dir,
-        server,
-        client,
-    }
-}
 
 /// Binds `prefix` on a fresh control connection of `sald`.
 fn listen(sald: &InProcess, prefix: &str) -> (ControlClient, ListenerId) {
@@ -61,7 +43,10 @@ fn listen(sald: &InProcess, prefix: &str) -> (ControlClient, ListenerId) {
 
 fn deliver(owner: &mut ControlClient, listener: ListenerId) -> OwnedFd {
     let reply = owner
-        .request(&Request::Deliver { listener })
+        .request(&Request::Deliver {
+            listener,
+            flow_info: false,
+        })
         .expect("deliver");
     assert_eq!(reply.response, Response::Delivering { listener });
     reply.fd.expect("the accept queue")
@@ -168,7 +153,7 @@ fn echo_once(mut stream: ServiceStream, mut flow: UnixStream, tag: u8) {
 
 #[test]
 fn flows_arrive_on_the_accept_queue_with_their_descriptor() {
-    let net = setup("deliver");
+    let net = InProcessPair::new("deliver");
     let (mut owner, listener) = listen(&net.server, "de11/16");
     let queue = deliver(&mut owner, listener);
     let client_locator = net.client.locator();
@@ -184,10 +169,13 @@ fn flows_arrive_on_the_accept_queue_with_their_descriptor() {
 
 #[test]
 fn only_the_owner_may_take_a_listeners_flows() {
-    let net = setup("deliver-owner");
+    let net = InProcessPair::new("deliver-owner");
     let (_owner, listener) = listen(&net.server, "de12/16");
     let mut other = ControlClient::connect_to(&net.server.control).expect("control");
-    match other.request(&Request::Deliver { listener }) {
+    match other.request(&Request::Deliver {
+        listener,
+        flow_info: false,
+    }) {
         Err(error) => assert_eq!(error.kind(), Some(ErrorKind::NotFound)),
         Ok(reply) => panic!("another connection took the listener: {reply:?}"),
     }
@@ -195,7 +183,7 @@ fn only_the_owner_may_take_a_listeners_flows() {
 
 #[test]
 fn a_closed_queue_leaves_flows_in_the_backlog() {
-    let net = setup("deliver-closed");
+    let net = InProcessPair::new("deliver-closed");
     let (mut owner, listener) = listen(&net.server, "de13/16");
     drop(deliver(&mut owner, listener));
     // sald notices the queue closed; the flow that comes next waits in the
@@ -217,7 +205,7 @@ fn a_closed_queue_leaves_flows_in_the_backlog() {
 
 #[test]
 fn the_queue_ends_when_the_listener_goes() {
-    let net = setup("deliver-end");
+    let net = InProcessPair::new("deliver-end");
     let (mut owner, listener) = listen(&net.server, "de14/16");
     let queue = deliver(&mut owner, listener);
     drop(owner);
@@ -296,7 +284,7 @@ fn a_sald_out_of_descriptors_says_so_on_the_accept_queue() {
 
 #[test]
 fn what_a_program_writes_into_its_queue_is_dropped() {
-    let net = setup("deliver-junk");
+    let net = InProcessPair::new("deliver-junk");
     let (mut owner, listener) = listen(&net.server, "de16/16");
     let queue = deliver(&mut owner, listener);
     let fds_before = fds_open(&net.server);

@@ -63,50 +63,13 @@ impl Inbox {
     /// they are (`WouldBlock` included), except `EINTR`, which is retried.
     pub(crate) fn fill(&mut self, fd: BorrowedFd<'_>, flags: MsgFlags) -> io::Result<usize> {
         let mut chunk = [0u8; READ_CHUNK];
-        let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS_PER_READ]);
-        let (bytes, fds, truncated) = loop {
-            let mut iov = [IoSliceMut::new(&mut chunk)];
-            match recvmsg::<()>(
-                fd.as_raw_fd(),
-                &mut iov,
-                Some(&mut cmsg),
-                MsgFlags::MSG_CMSG_CLOEXEC | flags,
-            ) {
-                Ok(msg) => {
-                    let mut fds = Vec::new();
-                    let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
-                    if let Ok(cmsgs) = msg.cmsgs() {
-                        for cmsg in cmsgs {
-                            if let ControlMessageOwned::ScmRights(raw) = cmsg {
-                                fds.extend(raw);
-                            }
-                        }
-                    }
-                    break (msg.bytes, fds, truncated);
-                }
-                Err(Errno::EINTR) => continue,
-                Err(errno) => return Err(errno.into()),
-            }
-        };
-        for raw in fds {
-            // SAFETY: `raw` was just installed in this process's descriptor
-            // table by the kernel as SCM_RIGHTS data of this recvmsg; nothing
-            // else knows about it, so this is its only owner.
-            self.fds.push_back(unsafe { OwnedFd::from_raw_fd(raw) });
-        }
-        if truncated {
-            // The kernel drops descriptors it cannot install: either this
-            // process has no free descriptor, or sald sent more than fit.
-            if !table_full(fd) {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "sald sent more file descriptors than expected",
-                ));
-            }
+        let received = recv_with_fds(fd, &mut chunk, flags)?;
+        self.fds.extend(received.fds);
+        if received.fds_lost {
             self.lost += 1;
         }
-        self.buf.extend_from_slice(&chunk[..bytes]);
-        Ok(bytes)
+        self.buf.extend_from_slice(&chunk[..received.bytes]);
+        Ok(received.bytes)
     }
 
     /// Whether nothing is buffered.
@@ -156,6 +119,85 @@ impl Inbox {
         };
         Ok(Some(Reply { response, fd }))
     }
+}
+
+/// What one [`recv_with_fds`] got.
+#[derive(Debug)]
+pub(crate) struct Received {
+    /// Bytes of data.
+    pub(crate) bytes: usize,
+    /// The descriptors that came with them, close-on-exec.
+    pub(crate) fds: Vec<OwnedFd>,
+    /// Descriptors came with them that this process had no room for (its
+    /// descriptor table is full): the kernel closed them.
+    pub(crate) fds_lost: bool,
+    /// The message was longer than the buffer and its end is gone
+    /// (`MSG_TRUNC`; only message sockets truncate).
+    pub(crate) truncated: bool,
+}
+
+/// One `recvmsg` on `fd` into `buf` (with `flags` besides
+/// `MSG_CMSG_CLOEXEC`), with room for the descriptors sald may attach: the
+/// one way this crate receives descriptors, on the control connection and
+/// on accept queues alike. `EINTR` is retried; other errors (`WouldBlock`
+/// included) are returned as they are. Room for a few more descriptors
+/// than sald ever sends means a misbehaving server cannot make the kernel
+/// drop descriptors silently: more than that is `InvalidData`.
+pub(crate) fn recv_with_fds(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    flags: MsgFlags,
+) -> io::Result<Received> {
+    let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS_PER_READ]);
+    let (bytes, raw_fds, ctrunc, truncated) = loop {
+        let mut iov = [IoSliceMut::new(buf)];
+        match recvmsg::<()>(
+            fd.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC | flags,
+        ) {
+            Ok(msg) => {
+                let mut fds = Vec::new();
+                if let Ok(cmsgs) = msg.cmsgs() {
+                    for cmsg in cmsgs {
+                        if let ControlMessageOwned::ScmRights(raw) = cmsg {
+                            fds.extend(raw);
+                        }
+                    }
+                }
+                break (
+                    msg.bytes,
+                    fds,
+                    msg.flags.contains(MsgFlags::MSG_CTRUNC),
+                    msg.flags.contains(MsgFlags::MSG_TRUNC),
+                );
+            }
+            Err(Errno::EINTR) => continue,
+            Err(errno) => return Err(errno.into()),
+        }
+    };
+    let fds = raw_fds
+        .into_iter()
+        // SAFETY: `raw` was just installed in this process's descriptor
+        // table by the kernel as SCM_RIGHTS data of this recvmsg; nothing
+        // else knows about it, so this is its only owner.
+        .map(|raw| unsafe { OwnedFd::from_raw_fd(raw) })
+        .collect();
+    // The kernel drops descriptors it cannot install: either this process
+    // has no free descriptor, or sald sent more than fit.
+    if ctrunc && !table_full(fd) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "sald sent more file descriptors than expected",
+        ));
+    }
+    Ok(Received {
+        bytes,
+        fds,
+        fds_lost: ctrunc,
+        truncated,
+    })
 }
 
 /// Whether this process's descriptor table is full: duplicating `fd` fails

@@ -28,6 +28,8 @@
 //!
 //! Modules, one concept each:
 //! - [`client`]: the control connection (framing, `Hello`, descriptor passing).
+//! - `accept_queue`: where sald puts a listener's flows for it to take
+//!   (private).
 //! - `connector`: the process's shared connection for connects (private).
 //! - [`stream`]: stream flows, [`ServiceStream`] and [`ServiceListener`].
 //! - [`datagram`]: unconnected datagram sockets, [`ServiceDatagram`].
@@ -37,6 +39,7 @@
 
 #![warn(missing_docs)]
 
+mod accept_queue;
 pub mod client;
 mod connector;
 pub mod datagram;

@@ -12,12 +12,14 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use nix::sys::socket::MsgFlags;
 use sal::proto::FlowInfo;
 use sal::table::ListenerId;
 use sal::wire::TransportProtocol;
 use sal::{FlowId, ServiceId, ServicePrefix};
 use sal_control::{Request, Response};
 
+use crate::accept_queue;
 use crate::client::{response_name, ControlClient, Reply};
 use crate::connector;
 use crate::error::{Error, Result};
@@ -250,12 +252,19 @@ impl AsRawFd for ServiceStream {
 
 /// A bound service prefix that accepts stream flows.
 ///
-/// Binding registers the prefix with sald (a DEMUX rule); dropping the
-/// listener closes its control connection, which unbinds it. Flows already
-/// accepted live on.
+/// Binding registers the prefix with sald (a DEMUX rule) and opens the
+/// listener's accept queue, into which sald puts each established flow
+/// (see `accept_queue`): accepting is one `recvmsg` there, no request to
+/// sald, so any number of threads may accept at once, each flow going to
+/// one of them, while the control connection stays free for
+/// [`ServiceListener::drain`]. Dropping the listener closes its control
+/// connection, which unbinds it; flows already accepted live on, flows
+/// still queued are closed.
 #[derive(Debug)]
 pub struct ServiceListener {
     control: Mutex<ControlClient>,
+    /// The accept queue (blocking; `try_accept` asks not to wait).
+    queue: OwnedFd,
     listener: ListenerId,
     prefix: ServicePrefix,
 }
@@ -276,8 +285,12 @@ impl ServiceListener {
         let prefix = prefix.into();
         let reply = control.request(&listen_request(prefix, TransportProtocol::Stream, backlog))?;
         let (listener, _) = listener_from_reply(reply)?;
+        let queue = accept_queue::queue_from_reply(
+            control.request(&accept_queue::deliver_request(listener))?,
+        )?;
         Ok(ServiceListener {
             control: Mutex::new(control),
+            queue,
             listener,
             prefix,
         })
@@ -299,27 +312,24 @@ impl ServiceListener {
         self.control.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Waits for the next established flow.
+    /// Waits for the next established flow. Any number of threads may
+    /// wait at once; each flow goes to one of them.
+    ///
+    /// Fails with [`Error::Closed`] once the queue has ended (the listener
+    /// was closed, or sald is gone) and with [`Error::Exhausted`]
+    /// (`ENOBUFS`) for a flow sald had no socket for (the next call may
+    /// succeed).
     pub fn accept(&self) -> Result<(ServiceStream, FlowInfo)> {
-        self.accept_with(false)
+        accept_queue::take(self.queue.as_fd(), MsgFlags::empty())?.map(accepted)
     }
 
     /// Takes the next established flow if there is one, without waiting.
     pub fn try_accept(&self) -> Result<Option<(ServiceStream, FlowInfo)>> {
-        match self.accept_with(true) {
-            Ok(accepted) => Ok(Some(accepted)),
-            Err(Error::WouldBlock(_)) => Ok(None),
-            Err(e) => Err(e),
+        match accept_queue::take(self.queue.as_fd(), MsgFlags::MSG_DONTWAIT) {
+            Ok(taken) => taken.map(accepted).map(Some),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e.into()),
         }
-    }
-
-    fn accept_with(&self, nonblocking: bool) -> Result<(ServiceStream, FlowInfo)> {
-        let reply = self.control().request(&Request::Accept {
-            listener: self.listener,
-            nonblocking,
-        })?;
-        let (info, fd) = flow_from_reply("accept", reply)?;
-        Ok((ServiceStream::from_parts(info.clone(), fd), info))
     }
 
     /// An endless iterator of accepted flows, as `TcpListener::incoming`.
@@ -331,16 +341,22 @@ impl ServiceListener {
     /// to other instances) while the flows it admitted can still be
     /// accepted. Returns how many are not accepted yet; once that is 0,
     /// [`ServiceListener::close`] resets nobody.
+    ///
+    /// That is the flows sald still holds plus those already waiting in
+    /// this listener's accept queue, which only this process sees. sald is
+    /// asked first: a flow that moves into the queue meanwhile is counted
+    /// twice rather than not at all.
     pub fn drain(&self) -> Result<u32> {
         let reply = self.control().request(&Request::Drain {
             prefix: self.prefix,
             wait_ms: None,
         })?;
-        match reply.response {
-            Response::Drained { pending } => Ok(pending),
-            Response::Error { kind, message } => Err(Error::from_daemon(kind, message)),
-            other => Err(Error::unexpected("drain", &other)),
-        }
+        let pending = match reply.response {
+            Response::Drained { pending } => pending,
+            Response::Error { kind, message } => return Err(Error::from_daemon(kind, message)),
+            other => return Err(Error::unexpected("drain", &other)),
+        };
+        Ok(pending.saturating_add(accept_queue::queued(self.queue.as_fd())?))
     }
 
     /// Unbinds the prefix now (dropping the listener does the same).
@@ -349,6 +365,11 @@ impl ServiceListener {
         let mut control = self.control.into_inner().unwrap_or_else(|e| e.into_inner());
         control.request_ok(&Request::CloseListener { listener })
     }
+}
+
+/// A stream over a flow taken from an accept queue, and its description.
+fn accepted((info, fd): (FlowInfo, OwnedFd)) -> (ServiceStream, FlowInfo) {
+    (ServiceStream::from_parts(info.clone(), fd), info)
 }
 
 /// Flows accepted one after another; see [`ServiceListener::incoming`].

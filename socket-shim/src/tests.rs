@@ -18,8 +18,8 @@ use sal::table::ListenerId;
 use sal::wire::TransportProtocol;
 use sal::{FlowId, ServiceId};
 use sal_control::{
-    decode_body, encode_frame, frame_len, DatagramFrame, ErrorKind, Request, Response,
-    PROTOCOL_VERSION,
+    decode_body, encode_frame, frame_len, DatagramFrame, ErrorKind, FlowNotice, Request, Response,
+    ACCEPT_EXHAUSTED, PROTOCOL_VERSION,
 };
 
 use crate::{ControlClient, Error, ServiceDatagram, ServiceListener, ServiceStream};
@@ -377,39 +377,83 @@ fn a_connected_answer_without_descriptor_is_a_protocol_error() {
     assert!(matches!(error, Error::Protocol(_)), "{error}");
 }
 
-fn listener_server() -> FakeSald {
-    FakeSald::start(|request| match request {
+/// The fake sald's end of the accept queue its listener asked for.
+type QueueEnd = Arc<Mutex<Option<OwnedFd>>>;
+
+/// A fake sald whose listener (`ListenerId(3)`) gets an accept queue:
+/// the test puts flows into it with [`queue_flow`]. `Drain` answers that
+/// `sald_pending` flows are still sald's.
+fn listener_server(sald_pending: u32) -> (FakeSald, QueueEnd) {
+    let queue: QueueEnd = Arc::default();
+    let ours = queue.clone();
+    let sald = FakeSald::start(move |request| match request {
         Request::Listen { .. } => Action::Reply(Response::Listening {
             listener: ListenerId(3),
             socket: None,
         }),
-        Request::Accept { nonblocking, .. } if *nonblocking => {
-            Action::Reply(Response::error(ErrorKind::WouldBlock, "nothing yet"))
+        Request::Deliver { listener, .. } => {
+            let (sald_end, app_end) = seqpacket_pair();
+            *ours.lock().unwrap() = Some(sald_end);
+            Action::ReplyWithFd(
+                Response::Delivering {
+                    listener: *listener,
+                },
+                app_end,
+            )
         }
-        Request::Accept { .. } => Action::ReplyWithFd(
-            Response::Accepted {
-                flow: flow_info(beef(), Role::Server),
-            },
-            echo_flow(),
-        ),
+        Request::Drain { .. } => Action::Reply(Response::Drained {
+            pending: sald_pending,
+        }),
         _ => Action::Reply(Response::Ok),
-    })
+    });
+    (sald, queue)
 }
 
-#[test]
-fn listener_accepts_flows_and_unbinds_on_drop() {
-    let sald = listener_server();
-    let listener = ServiceListener::bind_via(
+/// Puts an echoing flow numbered `flow` into the accept queue, as sald
+/// does: a flow notice with the flow's socket attached.
+fn queue_flow(queue: &QueueEnd, flow: u32) {
+    let mut info = flow_info(beef(), Role::Server);
+    info.flow = FlowId::new(flow).unwrap();
+    let notice = FlowNotice { info }.encode();
+    let queue = queue.lock().unwrap();
+    let fds = [echo_flow()];
+    let raw = [fds[0].as_raw_fd()];
+    sendmsg::<()>(
+        queue.as_ref().expect("no accept queue").as_raw_fd(),
+        &[IoSlice::new(&notice)],
+        &[ControlMessage::ScmRights(&raw)],
+        MsgFlags::empty(),
+        None,
+    )
+    .unwrap();
+}
+
+fn bind_beef(sald: &FakeSald) -> ServiceListener {
+    ServiceListener::bind_via(
         sald.client(),
         "beef/16".parse::<sal::ServicePrefix>().unwrap(),
         8,
     )
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn listener_accepts_flows_and_unbinds_on_drop() {
+    let (sald, queue) = listener_server(0);
+    let listener = bind_beef(&sald);
     assert_eq!(listener.listener_id(), ListenerId(3));
     assert_eq!(listener.prefix().to_string(), "beef/16");
-    for _ in 0..2 {
+    assert!(listener.try_accept().unwrap().is_none(), "empty queue");
+    for flow in [7, 8, 9] {
+        queue_flow(&queue, flow);
+    }
+    for flow in [7, 8] {
         let (mut stream, info) = listener.accept().unwrap();
         assert_eq!(info.role, Role::Server);
+        assert_eq!(info.flow.get(), flow);
+        assert_eq!(stream.flow_info(), &info);
+        let flags = nix::fcntl::fcntl(stream.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert_ne!(flags & nix::libc::FD_CLOEXEC, 0, "close-on-exec");
         stream.write_all(b"ping").unwrap();
         let mut buf = [0u8; 4];
         stream.read_exact(&mut buf).unwrap();
@@ -418,13 +462,21 @@ fn listener_accepts_flows_and_unbinds_on_drop() {
     let stream = listener.incoming().next().unwrap().unwrap();
     assert_eq!(stream.service(), beef());
     assert!(listener.try_accept().unwrap().is_none());
+    let requests = sald.requests();
     assert_eq!(
-        sald.requests()[1],
-        Request::Listen {
-            prefix: "beef/16".parse().unwrap(),
-            protocol: TransportProtocol::Stream,
-            backlog: 8
-        }
+        requests[1..],
+        [
+            Request::Listen {
+                prefix: "beef/16".parse().unwrap(),
+                protocol: TransportProtocol::Stream,
+                backlog: 8
+            },
+            Request::Deliver {
+                listener: ListenerId(3),
+                flow_info: true
+            }
+        ],
+        "accepting asks sald nothing"
     );
     drop(listener);
     wait_until(|| sald.closed() == 1);
@@ -437,9 +489,52 @@ fn listener_accepts_flows_and_unbinds_on_drop() {
     (&stream).write_all(b"still here").unwrap();
 }
 
+#[test]
+fn accept_reports_exhaustion_and_the_end_of_the_queue() {
+    let (sald, queue) = listener_server(0);
+    let listener = Arc::new(bind_beef(&sald));
+    send(
+        queue.lock().unwrap().as_ref().unwrap().as_raw_fd(),
+        &ACCEPT_EXHAUSTED,
+        MsgFlags::empty(),
+    )
+    .unwrap();
+    let exhausted = listener.accept().unwrap_err();
+    assert!(matches!(exhausted, Error::Exhausted(_)), "{exhausted}");
+    assert_eq!(exhausted.errno(), Errno::ENOBUFS as i32);
+    queue_flow(&queue, 11);
+    assert_eq!(listener.accept().unwrap().1.flow.get(), 11);
+    // A thread waiting when sald closes the queue gets an error.
+    let waiting = listener.clone();
+    let (done, ended) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let _ = done.send(waiting.accept().map(|(_, info)| info));
+    });
+    thread::sleep(Duration::from_millis(50));
+    queue.lock().unwrap().take();
+    let ended = ended
+        .recv_timeout(Duration::from_secs(5))
+        .expect("accept hung");
+    assert!(matches!(ended, Err(Error::Closed)), "{ended:?}");
+    assert!(matches!(listener.try_accept(), Err(Error::Closed)));
+}
+
+#[test]
+fn drain_adds_the_flows_waiting_in_the_queue() {
+    let (sald, queue) = listener_server(2);
+    let listener = bind_beef(&sald);
+    assert_eq!(listener.drain().unwrap(), 2);
+    for flow in [20, 21, 22] {
+        queue_flow(&queue, flow);
+    }
+    assert_eq!(listener.drain().unwrap(), 5);
+    listener.accept().unwrap();
+    assert_eq!(listener.drain().unwrap(), 4);
+}
+
 /// A connected pair of `SOCK_SEQPACKET` sockets (datagram sockets and flows
 /// are handed over as one end of such a pair).
-fn seqpacket_pair() -> (OwnedFd, OwnedFd) {
+pub(crate) fn seqpacket_pair() -> (OwnedFd, OwnedFd) {
     socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
@@ -639,41 +734,42 @@ mod async_api {
 
     #[tokio::test]
     async fn async_accept_survives_cancellation() {
-        // Accept answers come only after a delay, so the first accept times out.
-        let sald = FakeSald::start(|request| match request {
-            Request::Listen { .. } => Action::Reply(Response::Listening {
-                listener: ListenerId(3),
-                socket: None,
-            }),
-            Request::Accept { .. } => {
-                thread::sleep(Duration::from_millis(500));
-                Action::ReplyWithFd(
-                    Response::Accepted {
-                        flow: flow_info(beef(), Role::Server),
-                    },
-                    echo_flow(),
-                )
-            }
-            _ => Action::Reply(Response::Ok),
-        });
+        let (sald, queue) = listener_server(0);
         let listener = AsyncServiceListener::bind_via(client(&sald.path).await, beef(), 4)
             .await
             .unwrap();
         let early = tokio::time::timeout(Duration::from_millis(20), listener.accept()).await;
         assert!(early.is_err(), "the first accept should time out");
-        let (mut stream, info) = listener.accept().await.unwrap();
-        assert_eq!(info.service, beef());
-        // Only one Accept went out: the second call took the first one's flow.
-        let accepts = sald
+        queue_flow(&queue, 31);
+        queue_flow(&queue, 32);
+        // Accepts given up at their first poll, taken or not: whatever
+        // they did not return is still there for the next ones.
+        let mut taken = Vec::new();
+        for _ in 0..4 {
+            if let Ok(accepted) = tokio::time::timeout(Duration::ZERO, listener.accept()).await {
+                taken.push(accepted.unwrap().1.flow.get());
+            }
+        }
+        while taken.len() < 2 {
+            let (mut stream, info) =
+                tokio::time::timeout(Duration::from_secs(5), listener.accept())
+                    .await
+                    .expect("a flow was lost")
+                    .unwrap();
+            assert_eq!(info.service, beef());
+            stream.write_all(b"z").await.unwrap();
+            let mut byte = [0u8; 1];
+            stream.read_exact(&mut byte).await.unwrap();
+            assert_eq!(&byte, b"z");
+            taken.push(info.flow.get());
+        }
+        assert_eq!(taken, [31, 32]);
+        let after = tokio::time::timeout(Duration::from_millis(20), listener.accept()).await;
+        assert!(after.is_err(), "a flow accepted twice");
+        assert!(!sald
             .requests()
             .iter()
-            .filter(|r| matches!(r, Request::Accept { .. }))
-            .count();
-        assert_eq!(accepts, 1);
-        stream.write_all(b"z").await.unwrap();
-        let mut byte = [0u8; 1];
-        stream.read_exact(&mut byte).await.unwrap();
-        assert_eq!(&byte, b"z");
+            .any(|r| matches!(r, Request::Accept { .. })));
     }
 
     #[tokio::test]

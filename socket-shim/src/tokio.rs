@@ -5,8 +5,9 @@
 //! waiting for a flow ([`AsyncServiceListener::accept`]) holds no thread.
 //! Every constructor must run inside a tokio runtime with I/O enabled.
 //!
-//! Cancellation: dropping an `accept` future after its request went out does
-//! not lose the flow; the next `accept` call takes it.
+//! Cancellation: dropping an `accept` future loses no flow: a flow is
+//! taken from the listener's accept queue only by the `recvmsg` that
+//! returns it, so one left there is the next `accept`'s.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -26,6 +27,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::UnixStream;
 
+use crate::accept_queue;
 use crate::client::{check_hello, default_client_name, hello, request_frame, Inbox, Reply};
 use crate::connector;
 use crate::datagram::{check_size, decode_received, opened_from_reply, RECEIVED_HEADER_MAX};
@@ -334,10 +336,14 @@ impl AsRawFd for AsyncServiceStream {
 
 /// A bound service prefix that accepts stream flows, for tokio.
 ///
+/// Flows come through the listener's accept queue, as for
+/// [`crate::ServiceListener`]: any number of tasks may accept at once.
 /// Dropping it closes its control connection, which unbinds the prefix.
 #[derive(Debug)]
 pub struct AsyncServiceListener {
-    control: tokio::sync::Mutex<AsyncControlClient>,
+    /// Kept for the listener's lifetime: closing it unbinds the prefix.
+    _control: AsyncControlClient,
+    queue: AsyncFd<OwnedFd>,
     listener: ListenerId,
     prefix: ServicePrefix,
 }
@@ -361,8 +367,13 @@ impl AsyncServiceListener {
         let request = listen_request(prefix, TransportProtocol::Stream, backlog);
         let reply = control.request(&request).await?;
         let (listener, _) = listener_from_reply(reply)?;
+        let reply = control
+            .request(&accept_queue::deliver_request(listener))
+            .await?;
+        let queue = registered(accept_queue::queue_from_reply(reply)?)?;
         Ok(AsyncServiceListener {
-            control: tokio::sync::Mutex::new(control),
+            _control: control,
+            queue,
             listener,
             prefix,
         })
@@ -378,23 +389,32 @@ impl AsyncServiceListener {
         self.listener
     }
 
-    /// Waits for the next established flow. Cancel-safe: if this future is
-    /// dropped while waiting, the flow sald hands over next is kept for the
-    /// next call.
+    /// Waits for the next established flow; fails as
+    /// [`crate::ServiceListener::accept`] does. Cancel-safe: a flow is
+    /// taken only by the `recvmsg` that returns it, so dropping this
+    /// future leaves every flow to the next call.
     pub async fn accept(&self) -> Result<(AsyncServiceStream, FlowInfo)> {
-        let mut control = self.control.lock().await;
-        // An accept cancelled after its request went out: its flow is the
-        // next answer, so wait for it instead of asking again.
-        if control.unanswered == 0 {
-            control.queue(&Request::Accept {
-                listener: self.listener,
-                nonblocking: false,
-            })?;
-        }
-        let reply = control.answer().await?;
-        let (info, fd) = flow_from_reply("accept", reply)?;
+        let (info, fd) = self
+            .queue
+            .async_io(Interest::READABLE, |queue| {
+                accept_queue::take(queue.as_fd(), MsgFlags::empty())
+            })
+            .await??;
         Ok((AsyncServiceStream::from_parts(info.clone(), fd)?, info))
     }
+}
+
+/// A socket handed over by sald, non-blocking and registered with tokio's
+/// reactor.
+fn registered(socket: OwnedFd) -> Result<AsyncFd<OwnedFd>> {
+    nix::fcntl::fcntl(
+        socket.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
+    // SAFETY: an `OwnedFd` is a valid, open descriptor that stays open
+    // and returns the same number from `as_raw_fd` until it is dropped,
+    // which happens only when the `AsyncFd` owning it is.
+    Ok(unsafe { AsyncFd::register(socket) }.map_err(io::Error::from)?)
 }
 
 /// A datagram socket of the SAL, for tokio; see [`crate::ServiceDatagram`].
@@ -449,14 +469,7 @@ impl AsyncServiceDatagram {
         prefix: Option<ServicePrefix>,
         control: Option<AsyncControlClient>,
     ) -> Result<AsyncServiceDatagram> {
-        nix::fcntl::fcntl(
-            socket.as_raw_fd(),
-            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-        )?;
-        // SAFETY: an `OwnedFd` is a valid, open descriptor that stays open
-        // and returns the same number from `as_raw_fd` until it is dropped,
-        // which happens only when the `AsyncFd` owning it is.
-        let socket = unsafe { AsyncFd::register(socket) }.map_err(io::Error::from)?;
+        let socket = registered(socket)?;
         Ok(AsyncServiceDatagram {
             socket,
             id,

@@ -189,6 +189,30 @@ impl Drop for InProcess {
     }
 }
 
+/// Two daemons in this process, UDP mode on loopback (the server on
+/// 127.0.0.2, the client on 127.0.0.1), the client's default rule toward
+/// the server.
+pub struct InProcessPair {
+    pub server: InProcess,
+    pub client: InProcess,
+    _dir: Scratch,
+}
+
+impl InProcessPair {
+    /// Starts them; `label` names the scratch directory.
+    pub fn new(label: &str) -> InProcessPair {
+        let dir = Scratch::new(label);
+        let server = InProcess::start(udp_config(&dir, "server", [127, 0, 0, 2].into()));
+        let client = InProcess::start(udp_config(&dir, "client", [127, 0, 0, 1].into()));
+        client.forward_to("0/0", server.locator(), 1);
+        InProcessPair {
+            server,
+            client,
+            _dir: dir,
+        }
+    }
+}
+
 /// A sald process in UDP mode on `udp` (an address and port, 0 for any),
 /// with its control socket in `dir`; killed on drop. `configure` adds to
 /// its command (flags, a descriptor limit).

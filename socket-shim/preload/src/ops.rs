@@ -763,7 +763,10 @@ fn start_listener(
     listener: ListenerId,
 ) -> Res<()> {
     let reply = control
-        .request(&Request::Deliver { listener })
+        .request(&Request::Deliver {
+            listener,
+            flow_info: false,
+        })
         .map_err(shim_errno)?;
     let app = match (reply.response, reply.fd) {
         (Response::Delivering { .. }, Some(app)) => app,

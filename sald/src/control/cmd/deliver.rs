@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use nix::sys::socket::SockType;
 use sal::table::ListenerId;
-use sal_control::{AcceptNotice, Response, ACCEPT_EXHAUSTED};
+use sal_control::{AcceptNotice, FlowNotice, Response, ACCEPT_EXHAUSTED};
 
 use super::flows::{hand_over_flow, pair, pair_error, HandOverError};
 use super::{not_ours, Reply};
@@ -28,8 +28,10 @@ use crate::pump::Packets;
 use crate::shutdown::Shutdown;
 
 /// Starts feeding `listener`'s flows into a new accept queue and answers
-/// with the application's end of it.
-pub(super) fn deliver(client: &mut Client, listener: ListenerId) -> Reply {
+/// with the application's end of it; each notice carries the flow's
+/// whole description if `flow_info` (a [`FlowNotice`]), else only the
+/// service and the peer (an [`AcceptNotice`]).
+pub(super) fn deliver(client: &mut Client, listener: ListenerId, flow_info: bool) -> Reply {
     if !client.listeners.contains(&listener) {
         return not_ours(listener);
     }
@@ -40,7 +42,7 @@ pub(super) fn deliver(client: &mut Client, listener: ListenerId) -> Reply {
     };
     let uid = client.uid;
     let tasks = context.tasks.clone();
-    tasks.spawn(move |shutdown| feed(context, uid, listener, ours, shutdown));
+    tasks.spawn(move |shutdown| feed(context, uid, listener, flow_info, ours, shutdown));
     (Response::Delivering { listener }, Some(theirs))
 }
 
@@ -51,12 +53,17 @@ async fn feed(
     context: Arc<ControlContext>,
     uid: u32,
     listener: ListenerId,
+    flow_info: bool,
     queue: OwnedFd,
     mut shutdown: Shutdown,
 ) {
     let Ok(queue) = Packets::new(queue) else {
         return;
     };
+    // One watch for the whole life of the queue: a new one per flow would
+    // start with a read, a wasted system call per flow.
+    let closed = queue.closed();
+    tokio::pin!(closed);
     loop {
         let mut waiter = context.shared.lock().wait_accept(listener);
         let flow = tokio::select! {
@@ -65,7 +72,7 @@ async fn feed(
                 // The listener closed.
                 Err(_) => return,
             },
-            () = queue.closed() => None,
+            () = &mut closed => None,
             () = shutdown.recv() => None,
         };
         let Some(flow) = flow else {
@@ -99,13 +106,21 @@ async fn feed(
                 continue;
             }
         };
-        let notice = AcceptNotice {
-            service: info.service,
-            remote: info.remote,
-        }
-        .encode();
+        let long;
+        let short;
+        let notice: &[u8] = if flow_info {
+            long = FlowNotice { info }.encode();
+            &long
+        } else {
+            short = AcceptNotice {
+                service: info.service,
+                remote: info.remote,
+            }
+            .encode();
+            &short
+        };
         tokio::select! {
-            sent = queue.send_with_fd(&notice, &fd) => {
+            sent = queue.send_with_fd(notice, &fd) => {
                 if sent.is_err() {
                     // The application closed its end: the flow's socket goes
                     // with `fd`, and its pump ends the flow.

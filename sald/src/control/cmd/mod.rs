@@ -42,7 +42,10 @@ pub(super) async fn handle(client: &mut Client, request: Request) -> Reply {
             listener,
             nonblocking,
         } => bind::accept(client, listener, nonblocking).await,
-        Request::Deliver { listener } => deliver::deliver(client, listener),
+        Request::Deliver {
+            listener,
+            flow_info,
+        } => deliver::deliver(client, listener, flow_info),
         Request::CloseListener { listener } => bind::close_listener(client, listener),
         Request::Drain { prefix, wait_ms } => drain::drain(client, prefix, wait_ms).await,
         Request::Connect {

@@ -1,0 +1,267 @@
+//! The client library's listeners take their flows from sald's `Deliver`
+//! accept queue: threads accept at once without queueing on the control
+//! connection, `drain` answers while a thread waits in `accept` and counts
+//! the flows waiting in the queue, a given-up async accept loses nothing,
+//! and what `accept` returns is what sald lists for the flow. Two daemons
+//! in this process (UDP mode on loopback), real flows between them.
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use sal::ServiceId;
+use socket_shim::{
+    AsyncControlClient, AsyncServiceListener, ControlClient, Error, FlowInfo, ServiceListener,
+    ServiceStream,
+};
+
+mod common;
+use common::{InProcess, InProcessPair, Sald};
+
+/// How long anything here may take.
+const WITHIN: Duration = Duration::from_secs(10);
+
+fn bind(sald: &InProcess, prefix: &str) -> ServiceListener {
+    let control = ControlClient::connect_to(&sald.control).expect("control");
+    ServiceListener::bind_via(control, prefix.parse::<sal::ServicePrefix>().unwrap(), 64)
+        .expect("bind")
+}
+
+fn connect(sald: &InProcess, service: ServiceId) -> ServiceStream {
+    let control = ControlClient::connect_to(&sald.control).expect("control");
+    let stream = ServiceStream::connect_via(control, service, Some(WITHIN)).expect("connect");
+    stream.set_read_timeout(Some(WITHIN)).expect("read timeout");
+    stream
+}
+
+fn service(prefix: &str, n: usize) -> ServiceId {
+    format!("{prefix}{n:04x}").parse().unwrap()
+}
+
+/// Runs `f` on a thread of its own; its result if it returns within
+/// `limit`, else `None` (the thread is left behind).
+fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let (done, result) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = done.send(f());
+    });
+    result.recv_timeout(limit).ok()
+}
+
+#[test]
+fn two_threads_accepting_at_once_get_distinct_flows_intact() {
+    const FLOWS: usize = 16;
+    let mut net = InProcessPair::new("shim-accept-threads");
+    let listener = Arc::new(bind(&net.server, "ac01/16"));
+    let servers: Vec<_> = (0..2)
+        .map(|_| {
+            let listener = listener.clone();
+            thread::spawn(move || {
+                let mut served = Vec::new();
+                loop {
+                    let (mut stream, info) = match listener.accept() {
+                        Ok(accepted) => accepted,
+                        Err(Error::Closed) => return served,
+                        Err(error) => panic!("accept: {error}"),
+                    };
+                    stream.set_read_timeout(Some(WITHIN)).unwrap();
+                    // The client's message names its service; echo it back.
+                    let mut message = vec![0u8; 64];
+                    stream.read_exact(&mut message).unwrap();
+                    assert_eq!(&message[..32], info.service.as_bytes());
+                    stream.write_all(&message).unwrap();
+                    served.push(info);
+                }
+            })
+        })
+        .collect();
+
+    let clients: Vec<_> = (0..FLOWS)
+        .map(|n| {
+            let service = service("ac01", n);
+            let mut stream = connect(&net.client, service);
+            let mut message = service.as_bytes().to_vec();
+            message.extend(common::pattern(32, n as u32));
+            stream.write_all(&message).unwrap();
+            (stream, message)
+        })
+        .collect();
+    for (mut stream, message) in clients {
+        let mut echoed = vec![0u8; message.len()];
+        stream.read_exact(&mut echoed).unwrap();
+        assert_eq!(echoed, message, "bytes intact");
+    }
+
+    // Both threads wait in accept again: sald going away ends the queue,
+    // which ends them (an error, not a hang).
+    let stopping = Instant::now();
+    net.server.stop().expect("server sald stops");
+    let mut flows = Vec::new();
+    let mut counts = Vec::new();
+    for server in servers {
+        let served = server.join().expect("server thread");
+        counts.push(served.len());
+        flows.extend(served);
+    }
+    assert!(stopping.elapsed() < WITHIN);
+    drop(listener);
+    let ids: HashSet<_> = flows.iter().map(|info| info.flow).collect();
+    assert_eq!(ids.len(), FLOWS, "each flow accepted once: {counts:?}");
+    let services: HashSet<_> = flows.iter().map(|info| info.service).collect();
+    assert_eq!(services.len(), FLOWS);
+}
+
+#[test]
+fn drain_answers_while_a_thread_waits_in_accept() {
+    let mut net = InProcessPair::new("shim-accept-drain");
+    let listener = Arc::new(bind(&net.server, "ac02/16"));
+    let waiting = listener.clone();
+    let accepting = thread::spawn(move || waiting.accept().map(|(_, info)| info));
+    // Give the thread time to be inside accept.
+    thread::sleep(Duration::from_millis(200));
+    let draining = listener.clone();
+    let drained = within(WITHIN, move || draining.drain());
+    assert_eq!(
+        drained
+            .expect("drain waited for the accepting thread")
+            .expect("drain"),
+        0
+    );
+    assert!(!accepting.is_finished());
+    net.server.stop().expect("server sald stops");
+    let ended = within(WITHIN, move || accepting.join().expect("accept thread"));
+    assert!(
+        matches!(ended, Some(Err(Error::Closed))),
+        "accept after sald went: {ended:?}"
+    );
+}
+
+#[test]
+fn drain_counts_flows_waiting_in_the_accept_queue() {
+    let net = InProcessPair::new("shim-accept-queued");
+    let listener = bind(&net.server, "ac03/16");
+    assert!(listener.try_accept().expect("try_accept").is_none());
+    let service = service("ac03", 1);
+    let mut stream = connect(&net.client, service);
+    // Draining the drained listener again only reports on it.
+    let deadline = Instant::now() + WITHIN;
+    while listener.drain().expect("drain") != 1 {
+        assert!(Instant::now() < deadline, "the flow was never counted");
+        thread::sleep(Duration::from_millis(20));
+    }
+    // By now sald has handed the flow over: it is in the queue alone.
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(listener.drain().expect("drain"), 1);
+    let (mut server, info) = listener
+        .try_accept()
+        .expect("try_accept")
+        .expect("the queued flow");
+    assert_eq!(info.service, service);
+    assert_eq!(listener.drain().expect("drain"), 0);
+    assert!(listener.try_accept().expect("try_accept").is_none());
+    listener.close().expect("close");
+    // Closing once nothing was pending reset nobody.
+    stream.write_all(b"after close").unwrap();
+    let mut got = [0u8; 11];
+    server.set_read_timeout(Some(WITHIN)).unwrap();
+    server.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"after close");
+    server.write_all(b"ok").unwrap();
+    let mut ok = [0u8; 2];
+    stream.read_exact(&mut ok).unwrap();
+    assert_eq!(&ok, b"ok");
+}
+
+#[test]
+fn accepted_flow_info_is_what_sald_lists() {
+    let net = InProcessPair::new("shim-accept-info");
+    let listener = bind(&net.server, "ac04/16");
+    let service = service("ac04", 7);
+    let stream = connect(&net.client, service);
+    let (accepted, info) = listener.accept().expect("accept");
+    assert_eq!(accepted.flow_info(), &info);
+    let listed = net.server.flow(info.flow).expect("sald lists the flow");
+    let check = |info: &FlowInfo| {
+        assert_eq!(info.flow, listed.flow);
+        assert_eq!(info.peer_flow, listed.peer_flow);
+        assert_eq!(info.service, listed.service);
+        assert_eq!(info.remote, listed.remote);
+        assert_eq!(info.local, listed.local);
+        assert_eq!(info.protocol, listed.protocol);
+        assert_eq!(info.role, listed.role);
+        assert_eq!(info.interface, listed.interface);
+    };
+    check(&info);
+    assert_eq!(info.role, sal::proto::Role::Server);
+    assert_eq!(info.peer_flow, Some(stream.flow_id()));
+    assert_eq!(info.remote, Some(net.client.locator()));
+    assert_eq!(info.service, service);
+}
+
+#[test]
+fn a_given_up_async_accept_loses_no_flow() {
+    const FLOWS: usize = 12;
+    let net = InProcessPair::new("shim-accept-async");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let control = net.server.control.clone();
+    let listener = runtime.block_on(async move {
+        let control = AsyncControlClient::connect_to(&control)
+            .await
+            .expect("control");
+        AsyncServiceListener::bind_via(
+            control,
+            "ac05/16".parse::<sal::ServicePrefix>().unwrap(),
+            64,
+        )
+        .await
+        .expect("bind")
+    });
+    // Nothing queued yet: an accept given up takes nothing.
+    let early = runtime.block_on(async {
+        tokio::time::timeout(Duration::from_millis(50), listener.accept()).await
+    });
+    assert!(early.is_err(), "an accept returned with nothing connected");
+
+    // Flows arrive while accepts are started and given up again and again
+    // (each after a few hundred microseconds, so many are dropped with a
+    // flow on the way): every flow is accepted once all the same.
+    let client = net.client.control.clone();
+    let connecting = thread::spawn(move || {
+        (0..FLOWS)
+            .map(|n| {
+                let control = ControlClient::connect_to(&client).expect("control");
+                ServiceStream::connect_via(control, service("ac05", n), Some(WITHIN))
+                    .expect("connect")
+            })
+            .collect::<Vec<_>>()
+    });
+    let accepted = runtime.block_on(async {
+        let deadline = Instant::now() + WITHIN;
+        let mut accepted = Vec::new();
+        let mut given_up = 0u32;
+        while accepted.len() < FLOWS && Instant::now() < deadline {
+            let wait = Duration::from_micros(100 + u64::from(given_up % 7) * 100);
+            match tokio::time::timeout(wait, listener.accept()).await {
+                Ok(Ok((_, info))) => accepted.push(info),
+                Ok(Err(error)) => panic!("accept: {error}"),
+                Err(_) => given_up += 1,
+            }
+        }
+        accepted
+    });
+    let clients = connecting.join().expect("connecting thread");
+    let mut services: Vec<_> = accepted.iter().map(|info| info.service).collect();
+    services.sort();
+    services.dedup();
+    assert_eq!(services.len(), FLOWS, "flows lost or repeated");
+    let peers: HashSet<_> = accepted.iter().filter_map(|info| info.peer_flow).collect();
+    let ours: HashSet<_> = clients.iter().map(|stream| stream.flow_id()).collect();
+    assert_eq!(peers, ours);
+    drop(listener);
+}

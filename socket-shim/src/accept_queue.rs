@@ -1,0 +1,191 @@
+//! A stream listener's accept queue: where sald puts its established
+//! flows, one message each, for the listener to take.
+//!
+//! A listener asks for it right after binding ([`Request::Deliver`] with
+//! `flow_info`). sald answers with one end of a `SOCK_SEQPACKET`
+//! socketpair and from then on sends each established flow into it as a
+//! [`FlowNotice`] (the flow's [`FlowInfo`]) with the flow's socket
+//! attached. Taking a flow is then one `recvmsg`, no request on the
+//! control connection: that connection stays free for `drain` and `close`
+//! while threads wait here, any number of threads (or tasks) may wait at
+//! once and each message goes to exactly one of them, and a wait given up
+//! (a dropped future) takes nothing, since only the `recvmsg` takes a
+//! flow.
+//!
+//! The queue ends (end of file) when sald closes its end: the listener was
+//! closed, or sald is gone. Flows sent before that are still taken first.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::sys::socket::MsgFlags;
+use sal::proto::FlowInfo;
+use sal::table::ListenerId;
+use sal_control::{FlowNotice, Request, Response, ACCEPT_EXHAUSTED};
+
+use crate::client::{recv_with_fds, Reply};
+use crate::error::{Error, Result};
+
+/// The request that opens a listener's accept queue.
+pub(crate) fn deliver_request(listener: ListenerId) -> Request {
+    Request::Deliver {
+        listener,
+        flow_info: true,
+    }
+}
+
+/// The queue's descriptor out of the `Delivering` answer.
+pub(crate) fn queue_from_reply(reply: Reply) -> Result<OwnedFd> {
+    match (reply.response, reply.fd) {
+        (Response::Delivering { .. }, Some(queue)) => Ok(queue),
+        (Response::Error { kind, message }, _) => Err(Error::from_daemon(kind, message)),
+        (other, _) => Err(Error::unexpected("deliver", &other)),
+    }
+}
+
+/// Takes one message off `queue` (`flags` besides close-on-exec, say
+/// `MSG_DONTWAIT`): a flow and its socket, or why not.
+///
+/// The outer error is the `recvmsg` failing as it is (`WouldBlock` when
+/// nothing is queued and the call may not wait, for readiness loops to
+/// retry); the inner one is a message taken that yields no flow: the end
+/// of the queue ([`Error::Closed`]), sald out of descriptors for a flow it
+/// then reset ([`Error::Exhausted`], `ENOBUFS`, as the kernel's `accept`
+/// says it), this process's descriptor table full so that the kernel
+/// dropped the flow's socket (`EMFILE`, again as `accept`), or a message
+/// that is not a notice.
+pub(crate) fn take(
+    queue: BorrowedFd<'_>,
+    flags: MsgFlags,
+) -> io::Result<Result<(FlowInfo, OwnedFd)>> {
+    let mut message = [0u8; FlowNotice::LEN];
+    let mut received = recv_with_fds(queue, &mut message, flags)?;
+    let bytes = &message[..received.bytes];
+    Ok(if received.truncated {
+        Err(Error::Protocol(
+            "a message on the accept queue is longer than a notice".into(),
+        ))
+    } else if bytes.is_empty() && received.fds.is_empty() {
+        Err(Error::Closed)
+    } else if received.fds_lost && received.fds.is_empty() {
+        Err(Error::Io(io::Error::from_raw_os_error(
+            Errno::EMFILE as i32,
+        )))
+    } else if bytes == ACCEPT_EXHAUSTED {
+        Err(Error::Exhausted(
+            "sald had no socket for an established flow and reset it".into(),
+        ))
+    } else {
+        match (FlowNotice::decode(bytes), received.fds.len()) {
+            (Ok(notice), 1) => Ok((notice.info, received.fds.remove(0))),
+            (Ok(_), n) => Err(Error::Protocol(format!(
+                "an accept notice came with {n} descriptors"
+            ))),
+            (Err(error), _) => Err(Error::Protocol(error.to_string())),
+        }
+    })
+}
+
+nix::ioctl_read_bad!(
+    /// `SIOCINQ` (`FIONREAD`): on a unix `SOCK_SEQPACKET` socket, the sum
+    /// of the lengths of all queued messages.
+    inq,
+    nix::libc::FIONREAD,
+    nix::libc::c_int
+);
+
+/// How many flows wait in `queue`, from the bytes queued on it: every
+/// notice has [`FlowNotice::LEN`] bytes. The one-byte messages that stand
+/// for flows sald could not hand over add nothing unless there are
+/// `FlowNotice::LEN` of them, so the count is never below the truth and is
+/// 0 only when no flow waits.
+pub(crate) fn queued(queue: BorrowedFd<'_>) -> Result<u32> {
+    let mut bytes: nix::libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer, which points
+    // at a local that outlives the call; `queue` is an open descriptor.
+    unsafe { inq(queue.as_raw_fd(), &mut bytes) }?;
+    let flows = usize::try_from(bytes).unwrap_or(0) / FlowNotice::LEN;
+    Ok(u32::try_from(flows).unwrap_or(u32::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::IoSlice;
+    use std::os::fd::AsFd;
+
+    use nix::sys::socket::{sendmsg, ControlMessage};
+
+    use super::*;
+    use crate::tests::seqpacket_pair as pair;
+
+    fn send(sald: &OwnedFd, message: &[u8], fd: Option<&OwnedFd>) {
+        let fds = fd.map(|fd| [fd.as_raw_fd()]);
+        let rights: Vec<_> = fds
+            .iter()
+            .map(|fds| ControlMessage::ScmRights(fds))
+            .collect();
+        sendmsg::<()>(
+            sald.as_raw_fd(),
+            &[IoSlice::new(message)],
+            &rights,
+            MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
+    }
+
+    /// What the count rests on: the kernel's `SIOCINQ` on a seqpacket
+    /// socket is every queued message's length summed (not just the first
+    /// message's, as on a datagram socket), descriptors or not.
+    #[test]
+    fn siocinq_sums_every_queued_message_of_a_seqpacket_socket() {
+        let (sald, app) = pair();
+        let (flow, _peer) = pair();
+        let notice = [7u8; FlowNotice::LEN];
+        assert_eq!(queued(app.as_fd()).unwrap(), 0);
+        for n in 1..=3u32 {
+            send(&sald, &notice, Some(&flow));
+            assert_eq!(queued(app.as_fd()).unwrap(), n);
+        }
+        let mut bytes: nix::libc::c_int = 0;
+        // SAFETY: as in `queued`.
+        unsafe { inq(app.as_raw_fd(), &mut bytes) }.unwrap();
+        assert_eq!(bytes as usize, 3 * FlowNotice::LEN);
+        // An exhausted marker is no flow.
+        send(&sald, &ACCEPT_EXHAUSTED, None);
+        assert_eq!(queued(app.as_fd()).unwrap(), 3);
+        // Taking one leaves the others counted.
+        let taken = take(app.as_fd(), MsgFlags::MSG_DONTWAIT).unwrap();
+        assert!(
+            matches!(taken, Err(Error::Protocol(_))),
+            "not a real notice"
+        );
+        assert_eq!(queued(app.as_fd()).unwrap(), 2);
+    }
+
+    #[test]
+    fn markers_end_of_queue_and_emptiness_are_told_apart() {
+        let (sald, app) = pair();
+        assert_eq!(
+            take(app.as_fd(), MsgFlags::MSG_DONTWAIT)
+                .unwrap_err()
+                .kind(),
+            io::ErrorKind::WouldBlock
+        );
+        send(&sald, &ACCEPT_EXHAUSTED, None);
+        let exhausted = take(app.as_fd(), MsgFlags::empty()).unwrap().unwrap_err();
+        assert_eq!(exhausted.errno(), Errno::ENOBUFS as i32);
+        // A notice too long for a notice is refused, not half-read.
+        send(&sald, &[0u8; FlowNotice::LEN + 1], None);
+        assert!(matches!(
+            take(app.as_fd(), MsgFlags::empty()).unwrap(),
+            Err(Error::Protocol(_))
+        ));
+        drop(sald);
+        assert!(matches!(
+            take(app.as_fd(), MsgFlags::empty()).unwrap(),
+            Err(Error::Closed)
+        ));
+    }
+}
