@@ -38,7 +38,7 @@
 #![warn(missing_docs)]
 
 pub mod client;
-mod connector;
+pub mod connector;
 pub mod datagram;
 pub mod datagram_flow;
 pub mod error;
