@@ -2,7 +2,8 @@
 //! ([`ServiceStream::connect`](crate::ServiceStream::connect),
 //! [`AsyncServiceStream::connect`](crate::AsyncServiceStream::connect),
 //! [`ServiceDatagramFlow::connect`](crate::ServiceDatagramFlow::connect) and
-//! their `_timeout` forms) all ride one control connection to sald.
+//! their `_timeout` forms), and the non-blocking connects of the C shim,
+//! all ride one control connection to sald.
 //!
 //! Why: a connect on a control connection of its own costs a connection
 //! setup and teardown in sald (accept, epoll, peer credentials, close) and a
@@ -42,24 +43,24 @@
 //! # Callers that interpose libc (the LD_PRELOAD shim)
 //!
 //! The same connector completes the non-blocking connects of the C shim
-//! (`libserval_shim.so`): its waiter is a function run on the reader
-//! thread ([`connect_then`]), which installs the flow on the program's
-//! descriptor. There, this module's own socket calls (`socket`, `connect`,
-//! `write`, `close`) re-enter the shim's interposed functions, which may
-//! take the shim's descriptor-table lock; so the connector lock can be held
-//! while the table lock is taken, never the other way round (the functions
-//! run on the reader thread hold no lock of this module). Across `fork` the
-//! locks must be taken in that same order, connector lock first, which
-//! `pthread_atfork` cannot guarantee for two lazily registered handlers
-//! (prepare handlers run in reverse registration order). Such a caller
-//! therefore calls [`fork_handled_by_caller`] before its first connect and
-//! runs [`fork_prepare`] and [`fork_release`] from its own handlers, in the
+//! (`libserval_shim.so`): its waiter is a function that the reader thread
+//! runs ([`connect_then`]), holding no lock of this module, to install the
+//! flow on the program's descriptor. There, this module's own socket calls
+//! (`socket`, `connect`, `write`, `close`) re-enter the shim's interposed
+//! functions, which may take the shim's descriptor-table lock: the
+//! connector's lock may be held while the table's is taken, never the
+//! other way round. Across `fork` the locks must be taken in that same
+//! order, the connector's first, which `pthread_atfork` cannot guarantee
+//! for two lazily registered handlers (prepare handlers run in reverse
+//! registration order). Such a caller therefore calls
+//! [`fork_handled_by_caller`] before its first connect and runs
+//! [`fork_prepare`] and [`fork_release`] from its own handlers, in the
 //! order it needs; otherwise this module registers its own handlers when
 //! it opens its first connection. Either way the one lock the connecting
-//! side holds (the connections' lock) is taken across `fork`, so the child never
-//! inherits it held. The per-connection waiter lock is not: only the
-//! parent's reader thread and connects take it, never while taking another
-//! lock, and the child never touches an inherited connection's.
+//! side holds across calls (the connections' lock) is taken across `fork`,
+//! so the child never inherits it held. The per-connection waiter lock is
+//! not: it is held only for a map update, never while taking another lock,
+//! and the child never takes an inherited connection's.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -432,7 +433,9 @@ pub fn fork_prepare() {
 /// releases what [`fork_prepare`] took (nothing if it took nothing).
 /// Allocates nothing, so it is safe in the child of a threaded program.
 pub fn fork_release() {
-    drop_lock();
+    if FORK_HANDLERS.load(Ordering::Acquire) == CALLERS {
+        drop_lock();
+    }
 }
 
 fn take_lock() {
