@@ -387,8 +387,8 @@ const CALLERS: u8 = 2;
 /// order the connector's lock among its own (see the module docs); the
 /// connector then registers no handlers of its own. Call it before the
 /// first connect. Returns whether the caller has the job: false if the
-/// connector already registered its own handlers (a connect came first),
-/// and then the caller must not run those functions.
+/// connector already registered its own handlers (a connect came first);
+/// then those functions do nothing.
 pub fn fork_handled_by_caller() -> bool {
     match FORK_HANDLERS.compare_exchange(UNDECIDED, CALLERS, Ordering::AcqRel, Ordering::Acquire) {
         Ok(_) => true,

@@ -18,7 +18,7 @@
 //!   over onto the program's descriptor number. A non-blocking connect
 //!   returns `EINPROGRESS` and completes in the process's one connector
 //!   thread (see [`socket_shim::connector`], shared with the Rust client
-//!   library, and [`ops::finish_connect`]); closing the placeholder's peer end then
+//!   library, and `ops::finish_connect`); closing the placeholder's peer end then
 //!   wakes every `poll`/`select`/`epoll_wait` sleeping on the old file,
 //!   which re-examines the number and finds the writable flow (or a
 //!   hang-up and `SO_ERROR` on failure). epoll registrations are re-added

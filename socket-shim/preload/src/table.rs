@@ -284,15 +284,16 @@ static FORK_CONNECTOR: AtomicBool = AtomicBool::new(false);
 /// That order is the one in which the other threads take them. A connect
 /// holds the connector's lock while it writes its request or opens a
 /// connection, and those socket calls of the library re-enter this shim's
-/// interposed `write`/`socket`/`connect`/`close`, which take the table
-/// lock for a descriptor number that may be ours (any number above the
-/// bitsets once such a one is tracked, or a stale entry's). Nothing takes
-/// the connector's lock while holding the table's: `ops::finish_connect`
-/// holds only the table lock, and the connector's reader
-/// thread runs it holding none of the connector's. So a forking thread
-/// that has the connector's lock waits only for table holders that need
-/// nothing it has; taking the table's lock first could deadlock against a
-/// connect that holds the connector's and waits for the table's.
+/// interposed `write`/`socket`/`connect`/`close`, which take the table lock
+/// when the number may be in the table: one at or above [`FAST_FDS`] once
+/// any such number is tracked, or one whose stale entry is still there.
+/// Nothing takes the connector's lock while holding the table's:
+/// `ops::finish_connect` holds only the table lock, and the connector's
+/// reader thread runs it holding none of the connector's. So a forking
+/// thread that has the connector's lock waits only for table holders that
+/// need nothing it has, whereas taking the table's lock first could
+/// deadlock against a connect that holds the connector's and waits for the
+/// table's.
 extern "C" fn fork_prepare() {
     if FORK_CONNECTOR.load(Ordering::Acquire) {
         socket_shim::connector::fork_prepare();
