@@ -2,7 +2,8 @@
 //! ([`ServiceStream::connect`](crate::ServiceStream::connect),
 //! [`AsyncServiceStream::connect`](crate::AsyncServiceStream::connect),
 //! [`ServiceDatagramFlow::connect`](crate::ServiceDatagramFlow::connect) and
-//! their `_timeout` forms) all ride one control connection to sald.
+//! their `_timeout` forms), and the non-blocking connects of the C shim,
+//! all ride one control connection to sald.
 //!
 //! Why: a connect on a control connection of its own costs a connection
 //! setup and teardown in sald (accept, epoll, peer credentials, close) and a
@@ -33,15 +34,41 @@
 //!
 //! After `fork`, the child keeps its copies of the parent's descriptors but
 //! not the reader thread, and the parent's connects are not its own: its
-//! first connect closes the inherited descriptors and opens a connection of
-//! its own. The one lock the connecting side holds is taken across `fork`
-//! (`pthread_atfork`), so the child never inherits it held.
+//! first connect closes the inherited descriptors (each only while its
+//! number still names the connection's socket: a program may have closed
+//! it behind our back and reused the number) and opens a connection of its
+//! own. The parent's waiters are forgotten in the child, neither answered
+//! nor dropped (their wakers belong to threads the child does not have).
+//!
+//! # Callers that interpose libc (the LD_PRELOAD shim)
+//!
+//! The same connector completes the non-blocking connects of the C shim
+//! (`libserval_shim.so`): its waiter is a function that the reader thread
+//! runs ([`connect_then`]), holding no lock of this module, to install the
+//! flow on the program's descriptor. There, this module's own socket calls
+//! (`socket`, `connect`, `write`, `close`) re-enter the shim's interposed
+//! functions, which may take the shim's descriptor-table lock: the
+//! connector's lock may be held while the table's is taken, never the
+//! other way round. Across `fork` the locks must be taken in that same
+//! order, the connector's first, which `pthread_atfork` cannot guarantee
+//! for two lazily registered handlers (prepare handlers run in reverse
+//! registration order). Such a caller therefore calls
+//! [`fork_handled_by_caller`] before its first connect and runs
+//! [`fork_prepare`] and [`fork_release`] from its own handlers, in the
+//! order it needs; otherwise this module registers its own handlers when
+//! it opens its first connection. Either way the one lock the connecting
+//! side holds across calls (the connections' lock) is taken across `fork`,
+//! so the child never inherits it held. The per-connection waiter lock is
+//! not: it is held only for a map update, never while taking another lock,
+//! and the child never takes an inherited connection's.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, Once};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use sal::proto::FlowInfo;
@@ -57,7 +84,7 @@ use crate::stream::{connect_request, flow_from_reply};
 const THREAD_STACK: usize = 128 * 1024;
 
 /// A flow handed over by sald: its description and socket.
-pub(crate) type Flow = (FlowInfo, OwnedFd);
+pub type Flow = (FlowInfo, OwnedFd);
 
 /// Opens a flow of `protocol` to `service` through this process's connector
 /// for the default control socket, blocking the calling thread until sald
@@ -91,6 +118,27 @@ pub(crate) async fn connect_async(
     wait.await.unwrap_or(Err(Error::Closed))
 }
 
+/// Sends a connect of `protocol` to `service` through this process's
+/// connector for the default control socket and returns at once; `done`
+/// gets the answer, called on the connector's reader thread (so it must
+/// not block for long: it holds up every other answer). It is called
+/// exactly once, with the flow or why there is none ([`Error::Closed`]
+/// when the connection broke while the connect waited), unless this
+/// returns an error (the request did not go out; `done` is dropped
+/// uncalled) or the process forks first (a child never runs its parent's
+/// `done`s). A panic in `done` is caught and ends nothing but that call.
+pub fn connect_then(
+    service: ServiceId,
+    protocol: TransportProtocol,
+    timeout: Option<Duration>,
+    done: impl FnOnce(Result<Flow>) + Send + 'static,
+) -> Result<()> {
+    submit(
+        &connect_request(service, protocol, timeout),
+        Waiter::Call(Box::new(done)),
+    )
+}
+
 /// Where the answer to one connect goes.
 enum Waiter {
     /// A blocked thread.
@@ -98,6 +146,8 @@ enum Waiter {
     /// An async task.
     #[cfg(feature = "tokio")]
     Task(tokio::sync::oneshot::Sender<Result<Flow>>),
+    /// A function run on the reader thread ([`connect_then`]).
+    Call(Box<dyn FnOnce(Result<Flow>) + Send>),
 }
 
 impl Waiter {
@@ -109,6 +159,9 @@ impl Waiter {
             Waiter::Thread(sender) => drop(sender.try_send(answer)),
             #[cfg(feature = "tokio")]
             Waiter::Task(sender) => drop(sender.send(answer)),
+            // A panic must not end the reader thread, which would leave
+            // the other connects waiting forever.
+            Waiter::Call(done) => drop(catch_unwind(AssertUnwindSafe(|| done(answer)))),
         }
     }
 }
@@ -198,7 +251,10 @@ fn live<'a>(
     for connection in std::mem::take(connections) {
         if connection.pid != pid {
             forsake(connection);
-        } else if !lock(&connection.waiting).broken {
+        } else if lock(&connection.waiting).broken {
+            // (The reader thread closes the reading descriptor.)
+            close_if_ours(connection.sender, connection.reader_socket);
+        } else {
             connections.push(connection);
         }
     }
@@ -210,8 +266,8 @@ fn live<'a>(
 }
 
 /// Lets go of a connection a forked child inherited: its descriptors are
-/// closed (the reader's only while its number still names that socket),
-/// its waiters left alone (the parent's connects; their wakers belong to
+/// closed (each only while its number still names that socket), its
+/// waiters left alone (the parent's connects; their wakers belong to
 /// threads the child does not have).
 fn forsake(inherited: Connection) {
     if socket_identity(inherited.reader) == Some(inherited.reader_socket) {
@@ -219,10 +275,24 @@ fn forsake(inherited: Connection) {
         let _ = nix::unistd::close(inherited.reader);
     }
     let Connection {
-        sender, waiting, ..
+        sender,
+        waiting,
+        reader_socket,
+        ..
     } = inherited;
-    drop(sender);
+    close_if_ours(sender, reader_socket);
     std::mem::forget(waiting);
+}
+
+/// Drops `handle` (closing its descriptor) if the descriptor still refers
+/// to the socket `socket` names; else only forgets it: the program may have
+/// closed the number behind our back (`closefrom`) and reused it.
+fn close_if_ours<T: AsFd + IntoRawFd>(handle: T, socket: (u64, u64)) {
+    if socket_identity(handle.as_fd().as_raw_fd()) == Some(socket) {
+        drop(handle);
+    } else {
+        let _ = handle.into_raw_fd();
+    }
 }
 
 /// The device and inode of the file `fd` refers to.
@@ -244,7 +314,7 @@ fn open(path: &Path, pid: u32) -> Result<Connection> {
     std::thread::Builder::new()
         .name("serval-connector".into())
         .stack_size(THREAD_STACK)
-        .spawn(move || read_answers(control, &shared))?;
+        .spawn(move || read_answers(control, reader_socket, &shared))?;
     Ok(Connection {
         path: path.to_path_buf(),
         pid,
@@ -258,7 +328,7 @@ fn open(path: &Path, pid: u32) -> Result<Connection> {
 
 /// The reader thread: hands each answer to its connect; when the
 /// connection breaks, fails the connects still waiting.
-fn read_answers(mut control: ControlClient, waiting: &Mutex<Waiting>) {
+fn read_answers(mut control: ControlClient, socket: (u64, u64), waiting: &Mutex<Waiting>) {
     let failure = match control.answer() {
         Ok(reply) if reply.response == Response::Ok => loop {
             match control.recv() {
@@ -269,7 +339,7 @@ fn read_answers(mut control: ControlClient, waiting: &Mutex<Waiting>) {
         Ok(reply) => Error::unexpected("connector", &reply.response),
         Err(error) => error,
     };
-    drop(control);
+    close_if_ours(control, socket);
     let orphans = {
         let mut waiting = lock(waiting);
         waiting.broken = true;
@@ -305,26 +375,74 @@ thread_local! {
         const { RefCell::new(None) };
 }
 
-/// Registers [`fork_prepare`] and [`fork_release`] once per process.
-fn register_fork_handlers() {
-    static REGISTER: Once = Once::new();
-    REGISTER.call_once(|| {
-        // SAFETY: the handlers are `extern "C"` functions that live as long
-        // as the program and only take or release a lock of this module.
-        unsafe {
-            nix::libc::pthread_atfork(Some(fork_prepare), Some(fork_release), Some(fork_release))
-        };
-    });
+/// Who runs [`fork_prepare`] and [`fork_release`] around `fork`: nobody
+/// yet, this module's own `pthread_atfork` handlers, or the caller's.
+static FORK_HANDLERS: AtomicU8 = AtomicU8::new(UNDECIDED);
+const UNDECIDED: u8 = 0;
+const OURS: u8 = 1;
+const CALLERS: u8 = 2;
+
+/// Tells the connector that the caller runs [`fork_prepare`] and
+/// [`fork_release`] from its own `pthread_atfork` handlers, so that it can
+/// order the connector's lock among its own (see the module docs); the
+/// connector then registers no handlers of its own. Call it before the
+/// first connect. Returns whether the caller has the job: false if the
+/// connector already registered its own handlers (a connect came first);
+/// then those functions do nothing.
+pub fn fork_handled_by_caller() -> bool {
+    match FORK_HANDLERS.compare_exchange(UNDECIDED, CALLERS, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => true,
+        Err(now) => now == CALLERS,
+    }
 }
 
-/// Takes the connections' lock across `fork`, so that the child does not
-/// inherit it held by a thread it does not have.
-extern "C" fn fork_prepare() {
+/// Registers this module's fork handlers once per process, unless the
+/// caller took the job ([`fork_handled_by_caller`]).
+fn register_fork_handlers() {
+    if FORK_HANDLERS
+        .compare_exchange(UNDECIDED, OURS, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
+    {
+        // SAFETY: the handlers are `extern "C"` functions that live as long
+        // as the program and only take or release a lock of this module.
+        unsafe { nix::libc::pthread_atfork(Some(prepare), Some(release), Some(release)) };
+    }
+}
+
+extern "C" fn prepare() {
+    take_lock();
+}
+
+extern "C" fn release() {
+    drop_lock();
+}
+
+/// The caller's `pthread_atfork` prepare handler runs this (only after
+/// [`fork_handled_by_caller`] returned true; otherwise it does nothing):
+/// takes the connector's lock, waiting for any connect that is writing its
+/// request or opening a connection, so the child does not inherit the
+/// lock held by a thread it does not have. Take it before any lock that a
+/// connect may take while it holds this one.
+pub fn fork_prepare() {
+    if FORK_HANDLERS.load(Ordering::Acquire) == CALLERS {
+        take_lock();
+    }
+}
+
+/// The caller's parent and child `pthread_atfork` handlers run this:
+/// releases what [`fork_prepare`] took (nothing if it took nothing).
+/// Allocates nothing, so it is safe in the child of a threaded program.
+pub fn fork_release() {
+    if FORK_HANDLERS.load(Ordering::Acquire) == CALLERS {
+        drop_lock();
+    }
+}
+
+fn take_lock() {
     let guard = lock(&CONNECTIONS);
     let _ = FORK_GUARD.try_with(|slot| *slot.borrow_mut() = Some(guard));
 }
 
-/// Releases what [`fork_prepare`] took, in the parent and in the child.
-extern "C" fn fork_release() {
+fn drop_lock() {
     let _ = FORK_GUARD.try_with(|slot| slot.borrow_mut().take());
 }

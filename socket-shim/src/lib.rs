@@ -41,7 +41,7 @@
 
 mod accept_queue;
 pub mod client;
-mod connector;
+pub mod connector;
 pub mod datagram;
 pub mod datagram_flow;
 pub mod error;

@@ -17,7 +17,8 @@
 //! - `connect` asks sald for a flow and `dup3`s the flow socket sald hands
 //!   over onto the program's descriptor number. A non-blocking connect
 //!   returns `EINPROGRESS` and completes in the process's one connector
-//!   thread (see [`connector`]); closing the placeholder's peer end then
+//!   thread (see [`socket_shim::connector`], shared with the Rust client
+//!   library, and `ops::finish_connect`); closing the placeholder's peer end then
 //!   wakes every `poll`/`select`/`epoll_wait` sleeping on the old file,
 //!   which re-examines the number and finds the writable flow (or a
 //!   hang-up and `SO_ERROR` on failure). epoll registrations are re-added
@@ -59,7 +60,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use libc::{epoll_event, size_t, sockaddr, socklen_t, ssize_t};
 
 mod addr;
-mod connector;
 mod ops;
 mod pool;
 mod real;

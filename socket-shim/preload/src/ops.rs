@@ -18,7 +18,6 @@ use sal_control::{AcceptNotice, DatagramFrame, Request, Response, ACCEPT_EXHAUST
 use socket_shim::{ControlClient, Error as ShimError, Reply, MAX_DATAGRAM};
 
 use crate::addr::{self, parse_inet, parse_serval, PortMap, SockAddr, AF_SERVAL};
-use crate::connector;
 use crate::pool;
 use crate::real;
 use crate::table::{self, ident, lock, Domain, Entry, Kind, State};
@@ -388,8 +387,9 @@ fn unspecified(family: c_int) -> SockAddr {
 
 /// Moves the socket to `Connecting` and opens the flow: in this thread for
 /// a blocking socket (and for datagram connects); for a non-blocking one
-/// the [`connector`] thread completes it, and this returns `EINPROGRESS`. `flags` are the
-/// descriptor's `(O_NONBLOCK, FD_CLOEXEC)`.
+/// this returns `EINPROGRESS` and the process's connector completes it
+/// ([`submit_connect`]). `flags` are the descriptor's `(O_NONBLOCK,
+/// FD_CLOEXEC)`.
 fn start_connect(
     fd: RawFd,
     peer: SockAddr,
@@ -431,7 +431,7 @@ fn start_connect(
     drop(stale);
     drop(dropped);
     if nonblock {
-        if let Err(errno) = connector::submit(fd, gen, peer, service) {
+        if let Err(errno) = submit_connect(fd, gen, peer, service) {
             let _ = finish_connect(fd, gen, Err(errno), peer, Some(flags));
             return Err(errno);
         }
@@ -439,6 +439,22 @@ fn start_connect(
     }
     let result = open_flow(service, protocol);
     finish_connect(fd, gen, result, peer, Some(flags)).map(|()| 0)
+}
+
+/// Sends the `Connect` of the non-blocking connect generation `gen` of the
+/// socket at `fd` through the process's connector
+/// ([`socket_shim::connector`]: one control connection to sald and one
+/// small reader thread for the process, however many connects are in
+/// flight); the reader thread installs the answer ([`finish_connect`]).
+/// Connects waiting on a connection that breaks (sald restarted) fail with
+/// `ECONNRESET` (the errno of [`ShimError::Closed`]), and the next connect
+/// opens a new connection. An error means the request did not go out; the
+/// caller reports it.
+fn submit_connect(fd: RawFd, gen: u64, peer: SockAddr, service: ServiceId) -> Res<()> {
+    socket_shim::connector::connect_then(service, TransportProtocol::Stream, None, move |answer| {
+        let _ = finish_connect(fd, gen, answer.map_err(shim_errno), peer, None);
+    })
+    .map_err(shim_errno)
 }
 
 fn open_flow(service: ServiceId, protocol: TransportProtocol) -> Res<(FlowInfo, OwnedFd)> {
@@ -452,7 +468,7 @@ fn open_flow(service: ServiceId, protocol: TransportProtocol) -> Res<(FlowInfo, 
 }
 
 /// The flow in sald's answer to a `Connect` (or the errno of its error).
-pub(crate) fn flow_from_reply(reply: Reply) -> Res<(FlowInfo, OwnedFd)> {
+fn flow_from_reply(reply: Reply) -> Res<(FlowInfo, OwnedFd)> {
     match (reply.response, reply.fd) {
         (Response::Connected { flow }, Some(fd)) => Ok((flow, fd)),
         (Response::Error { kind, message }, _) => {
@@ -466,8 +482,11 @@ pub(crate) fn flow_from_reply(reply: Reply) -> Res<(FlowInfo, OwnedFd)> {
 /// one that started this connect; wakes pollers of the placeholder.
 /// `flags`: the descriptor's flags as the connecting call read them, for a
 /// connect completed within that call; `None` for one completed by the
-/// connector thread (the program may have changed them meanwhile).
-pub(crate) fn finish_connect(
+/// connector thread (the program may have changed them meanwhile). Takes
+/// the table lock and no other: the connector's reader thread runs it
+/// holding no lock of the connector's (see `fork_prepare` in
+/// [`table`](crate::table) for why that matters across `fork`).
+fn finish_connect(
     fd: RawFd,
     gen: u64,
     result: Res<(FlowInfo, OwnedFd)>,

@@ -211,11 +211,17 @@ pub(crate) struct Table {
 pub(crate) fn lock() -> Table {
     static ATFORK: Once = Once::new();
     ATFORK.call_once(|| {
+        // Before any connect (each locks the table first): the connector's
+        // lock is ordered by the handlers below, not by its own.
+        FORK_CONNECTOR.store(
+            socket_shim::connector::fork_handled_by_caller(),
+            Ordering::Release,
+        );
         // SAFETY: the three handlers are plain `extern "C" fn()`s that live
         // as long as the process (this library is never unloaded while the
         // program uses sockets).
         unsafe {
-            libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
+            libc::pthread_atfork(Some(fork_prepare), Some(fork_release), Some(fork_release));
         }
     });
     Table {
@@ -268,22 +274,37 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-/// Takes the table lock across `fork`, so the child never inherits it locked
-/// by a thread that does not exist there.
-/// The connector's locks are taken after it (see [`crate::connector`]).
+/// Whether the handlers below run the connector's ([`fork_prepare`]).
+static FORK_CONNECTOR: AtomicBool = AtomicBool::new(false);
+
+/// Takes the locks of the shim across `fork`, so the child never inherits
+/// one held by a thread that does not exist there: the connector's
+/// ([`socket_shim::connector::fork_prepare`]) first, then the table's.
+///
+/// That order is the one in which the other threads take them. A connect
+/// holds the connector's lock while it writes its request or opens a
+/// connection, and those socket calls of the library re-enter this shim's
+/// interposed `write`/`socket`/`connect`/`close`, which take the table lock
+/// when the number may be in the table: one at or above [`FAST_FDS`] once
+/// any such number is tracked, or one whose stale entry is still there.
+/// Nothing takes the connector's lock while holding the table's:
+/// `ops::finish_connect` holds only the table lock, and the connector's
+/// reader thread runs it holding none of the connector's. So a forking
+/// thread that has the connector's lock waits only for table holders that
+/// need nothing it has, whereas taking the table's lock first could
+/// deadlock against a connect that holds the connector's and waits for the
+/// table's.
 extern "C" fn fork_prepare() {
+    if FORK_CONNECTOR.load(Ordering::Acquire) {
+        socket_shim::connector::fork_prepare();
+    }
     let guard = TABLE.lock().unwrap_or_else(|e| e.into_inner());
     let _ = FORK_GUARD.try_with(|slot| *slot.borrow_mut() = Some(guard));
-    crate::connector::fork_prepare();
 }
 
-extern "C" fn fork_parent() {
-    crate::connector::fork_release();
+/// In the parent and in the child: releases the locks taken in
+/// [`fork_prepare`] (allocating nothing).
+extern "C" fn fork_release() {
     let _ = FORK_GUARD.try_with(|slot| slot.borrow_mut().take());
-}
-
-/// In the child: releases the locks taken in `fork_prepare`.
-extern "C" fn fork_child() {
-    crate::connector::fork_release();
-    let _ = FORK_GUARD.try_with(|slot| slot.borrow_mut().take());
+    socket_shim::connector::fork_release();
 }

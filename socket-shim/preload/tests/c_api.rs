@@ -132,6 +132,17 @@ fn a_waiting_nonblocking_connect_fails_when_sald_goes() {
     orphan.success(T);
 }
 
+/// Forks while two threads keep non-blocking connects in flight (their
+/// requests being written on the connector connection, their answers
+/// installed by the connector's thread): no fork deadlocks on the shim's
+/// locks, and every child's own connects complete (none inherited a lock
+/// held by a thread it does not have).
+#[test]
+fn forks_while_nonblocking_connects_complete() {
+    let sald = Sald::start();
+    client(&sald, &["fork-storm", "dead04", "100"]).success(T);
+}
+
 #[test]
 fn misuse_gets_the_right_errno() {
     let sald = Sald::start();

@@ -15,6 +15,10 @@
  *                                             (at most one thread of the shim's), then
  *                                             SIZE bytes echoed on each; then one more
  *                                             from a forked child (N + 1 connections)
+ *   fork-storm SID FORKS                      FORKS forks while two threads keep
+ *                                             non-blocking connects to SID (not bound:
+ *                                             EHOSTUNREACH) in flight; each child makes
+ *                                             two such connects of its own
  *   many SID N SIZE                           N concurrent clients (threads)
  *   reuse-client SID SIZE                     five connects (the shim keeps its control
  *                                             connection between them), one after closing
@@ -413,6 +417,80 @@ static int nonblock_many(const char *sid, int n, size_t size) {
     return failures ? 1 : 0;
 }
 
+/* A batch of non-blocking connects to SID, which is not bound: each must
+ * be in progress, then fail with EHOSTUNREACH through SO_ERROR. Returns
+ * how many did not. */
+static int refused_batch(const char *sid, int n) {
+    struct sockaddr_sv sa = sv_addr(sid);
+    int fds[16], bad = 0;
+    if (n > 16) n = 16;
+    for (int i = 0; i < n; i++) {
+        fds[i] = socket(AF_SERVAL, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        if (fds[i] < 0 || connect(fds[i], (struct sockaddr *)&sa, sizeof sa) == 0 ||
+            errno != EINPROGRESS) {
+            fprintf(stderr, "connect %d: not in progress (errno %d)\n", i, errno);
+            bad++;
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        if (fds[i] < 0) continue;
+        struct pollfd p = {.fd = fds[i], .events = POLLOUT};
+        int err = 0;
+        socklen_t len = sizeof err;
+        if (poll(&p, 1, 10000) != 1 ||
+            getsockopt(fds[i], SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err != EHOSTUNREACH) {
+            fprintf(stderr, "connect %d: SO_ERROR %d, expected EHOSTUNREACH\n", i, err);
+            bad++;
+        }
+        close(fds[i]);
+    }
+    return bad;
+}
+
+struct storm_arg { const char *sid; int stop; int connects; int bad; };
+
+static void *storm_thread(void *arg) {
+    struct storm_arg *s = arg;
+    while (!__atomic_load_n(&s->stop, __ATOMIC_ACQUIRE)) {
+        s->bad += refused_batch(s->sid, 8);
+        __atomic_add_fetch(&s->connects, 8, __ATOMIC_RELEASE);
+    }
+    return NULL;
+}
+
+/* Forks while other threads are inside the shim's connect path (writing
+ * requests on the connector connection, or installing answers on the
+ * connector's thread): the fork must neither deadlock (the shim's locks
+ * taken in the wrong order in its fork handlers) nor leave the child a
+ * lock held by a thread it does not have (its connects would hang). */
+static int fork_storm(const char *sid, int forks) {
+    alarm(25); /* a deadlocked fork ends the test instead of hanging it */
+    struct storm_arg s[2] = {{sid, 0, 0, 0}, {sid, 0, 0, 0}};
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++) pthread_create(&t[i], NULL, storm_thread, &s[i]);
+    while (__atomic_load_n(&s[0].connects, __ATOMIC_ACQUIRE) +
+               __atomic_load_n(&s[1].connects, __ATOMIC_ACQUIRE) < 16)
+        usleep(1000);
+    for (int i = 0; i < forks; i++) {
+        pid_t pid = fork();
+        if (pid < 0) die("fork");
+        if (pid == 0) {
+            alarm(10); /* a child stuck on an inherited lock dies */
+            _exit(refused_batch(sid, 1) + refused_batch(sid, 4) == 0 ? 0 : 1);
+        }
+        int status = 0;
+        CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+              "fork %d: child status %x", i, status);
+    }
+    for (int i = 0; i < 2; i++) {
+        __atomic_store_n(&s[i].stop, 1, __ATOMIC_RELEASE);
+        pthread_join(t[i], NULL);
+        CHECK(s[i].bad == 0, "thread %d: %d of %d connects went wrong", i, s[i].bad, s[i].connects);
+    }
+    printf("%d forks during %d connects\n", forks, s[0].connects + s[1].connects);
+    return failures ? 1 : 0;
+}
+
 struct many_arg { const char *sid; size_t size; int rc; };
 
 static void *many_thread(void *arg) {
@@ -681,6 +759,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "nonblock-orphan")) return nonblock_orphan(sid);
     if (!strcmp(cmd, "nonblock-many")) return nonblock_many(sid, (int)n, argc > 4 ? (size_t)atol(argv[4]) : 1000);
     if (!strcmp(cmd, "reuse-client")) return reuse_client(sid, (size_t)n);
+    if (!strcmp(cmd, "fork-storm")) return fork_storm(sid, (int)n);
     if (!strcmp(cmd, "many")) return many(sid, (int)n, argc > 4 ? (size_t)atol(argv[4]) : 1000);
     if (!strcmp(cmd, "dgram-server")) return dgram_server(sid, (int)n);
     if (!strcmp(cmd, "dgram-client")) return dgram_client(sid, (int)n);
