@@ -407,6 +407,23 @@ impl ServiceTable {
         self.trie.get(prefix).map(|&slot| self.rule_at(slot))
     }
 
+    /// The rules of `prefix` and of every prefix inside it, in no
+    /// particular order; the cost follows those, not the table's size.
+    pub fn rules_within(&self, prefix: &ServicePrefix) -> impl Iterator<Item = &Rule> {
+        (self.trie.within(prefix).into_iter()).map(|&slot| self.rule_at(slot))
+    }
+
+    /// The rules of `prefix` and of every prefix covering it at least
+    /// `min_len` bits long, one exact lookup per length.
+    pub fn rules_covering(
+        &self,
+        prefix: &ServicePrefix,
+        min_len: u16,
+    ) -> impl Iterator<Item = &Rule> {
+        let id = *prefix.id();
+        (min_len..=prefix.len()).filter_map(move |len| self.get(&ServicePrefix::new(id, len)))
+    }
+
     /// Every rule, in no particular order.
     pub fn rules(&self) -> impl Iterator<Item = &Rule> {
         self.rules.iter().flatten()

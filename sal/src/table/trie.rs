@@ -749,6 +749,82 @@ impl<V> PrefixTrie<V> {
         }
     }
 
+    /// The values of every stored prefix inside `prefix` (`prefix` itself
+    /// included), in no particular order. Walks down `prefix`'s path, then
+    /// visits only the subtree below it: the cost follows the prefixes
+    /// inside, not the size of the trie.
+    pub fn within(&self, prefix: &ServicePrefix) -> Vec<&V> {
+        let key = prefix.id().to_words();
+        let len = prefix.len();
+        let mut found = Vec::new();
+        let mut index = ROOT;
+        loop {
+            let depth = self.nodes[index as usize].depth;
+            if len < depth + 8 {
+                // `prefix` ends within this node's byte: its prefixes and
+                // children whose bits under `prefix` agree with it.
+                let byte = key_byte(&key, usize::from(depth / 8));
+                let bits = len - depth;
+                let mask = !(0xffu8.checked_shr(u32::from(bits)).unwrap_or(0));
+                let internal = &self.internals[index as usize];
+                for position in internal.map.ones() {
+                    let (extra, first) = position_prefix(position);
+                    if extra >= bits && (first ^ byte) & mask == 0 {
+                        found.push(internal.value(position));
+                    }
+                }
+                let node = &self.nodes[index as usize];
+                let child_map = &self.child_maps[index as usize];
+                for (rank, slot) in child_map.ones().enumerate() {
+                    if (slot as u8 ^ byte) & mask == 0 {
+                        self.collect(node.children[rank].child.unpack(), &mut found);
+                    }
+                }
+                return found;
+            }
+            let Some(child) = self.child(index, key_byte(&key, usize::from(depth / 8))) else {
+                return found;
+            };
+            match child {
+                ChildRef::Leaf(leaf) => {
+                    let leaf = self.leaf(leaf);
+                    if leaf.len >= len && path_matches(&key, &leaf.path, len) {
+                        found.push(&leaf.value);
+                    }
+                    return found;
+                }
+                ChildRef::Node(next) => {
+                    let next_node = &self.nodes[next as usize];
+                    if next_node.depth > len {
+                        // Everything below skips past the end of `prefix`.
+                        if path_matches(&key, &next_node.path, len) {
+                            self.collect(child, &mut found);
+                        }
+                        return found;
+                    }
+                    if !next_node.covers(&key, depth + 8) {
+                        return found;
+                    }
+                    index = next;
+                }
+            }
+        }
+    }
+
+    /// Every value of the subtree at `child`.
+    fn collect<'a>(&'a self, child: ChildRef, found: &mut Vec<&'a V>) {
+        match child {
+            ChildRef::Leaf(leaf) => found.push(&self.leaf(leaf).value),
+            ChildRef::Node(index) => {
+                found.extend(self.internals[index as usize].values.iter());
+                let node = &self.nodes[index as usize];
+                for slot in &node.children {
+                    self.collect(slot.child.unpack(), found);
+                }
+            }
+        }
+    }
+
     /// Mutable access to the value stored for exactly `prefix`.
     pub fn get_mut(&mut self, prefix: &ServicePrefix) -> Option<&mut V> {
         match self.find(&prefix.id().to_words(), prefix.len())? {
@@ -1493,6 +1569,15 @@ mod tests {
                 .max_by_key(|(p, _)| p.len())
                 .map(|(p, v)| (p.len(), v));
             assert_eq!(trie.longest_match(&key), expected, "lookup of {key}");
+            let outer = ServicePrefix::new(random_id(&mut rng), rng.random_range(0..=256));
+            let mut expected: Vec<u32> = (reference.iter())
+                .filter(|(p, _)| outer.covers(p))
+                .map(|(_, v)| *v)
+                .collect();
+            let mut within: Vec<u32> = trie.within(&outer).into_iter().copied().collect();
+            expected.sort_unstable();
+            within.sort_unstable();
+            assert_eq!(within, expected, "prefixes within {outer}");
         }
         for (prefix, value) in std::mem::take(&mut reference) {
             assert_eq!(trie.remove(&prefix), Some(value));

@@ -100,11 +100,12 @@ impl Policy {
         // DEMUX (it wins at equal length) or shadowed for the rest of the
         // prefix; one covering it is captured by LPM unless it is a broad
         // route (shorter than ordinary users may bind, like a /0 default).
-        let captured = table.rules().find(|rule| {
-            let inside = prefix.covers(&rule.prefix);
-            let specific_cover = rule.prefix.covers(&prefix) && rule.prefix.len() >= min;
-            (inside || specific_cover) && origins.has_operator_target(rule)
-        });
+        // Both looked up in the table's trie: a bind costs the same beside a
+        // million routes as beside ten.
+        let captured = table
+            .rules_within(&prefix)
+            .chain(table.rules_covering(&prefix, min))
+            .find(|rule| origins.has_operator_target(rule));
         if let Some(rule) = captured {
             return Err(BindRefusal::OperatorRule {
                 uid,
@@ -184,6 +185,13 @@ mod tests {
             check(1001, "d00d01/24", &owners, &table, &origins),
             Err(BindRefusal::OperatorRule { .. })
         ));
+        // A rule inside the prefix is captured by a bind of it, too.
+        table.add(p("e00e01/24"), Target::Drop, 0);
+        assert!(matches!(
+            check(1001, "e00e/16", &owners, &table, &origins),
+            Err(BindRefusal::OperatorRule { rule, .. }) if rule == p("e00e01/24")
+        ));
+        assert!(check(1001, "e00f/16", &owners, &table, &origins).is_ok());
         // ... unless a controller installed it (then it is not the operator's).
         origins.set(
             p("d00d/16"),
