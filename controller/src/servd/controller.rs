@@ -34,6 +34,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::deadlines::Deadlines;
+
 use sal::proto::LocalInterface;
 use sal::table::{Rule, RuleOrigin, Target, TargetKey};
 use sal::{FlowId, Locator, ServiceId, ServicePrefix};
@@ -419,10 +421,10 @@ pub struct Controller {
     queries: HashMap<ServiceId, Pending>,
     next_query_id: u64,
     /// Rules installed from answers, with their expiry.
-    cache: HashMap<(ServicePrefix, TargetKey), Instant>,
+    cache: Deadlines<(ServicePrefix, TargetKey)>,
     /// Rules a previous run installed; removed unless re-learned in time.
     /// `true` for FORWARD rules from announcements (soft state of others).
-    adopted: HashMap<(ServicePrefix, TargetKey), (Instant, bool)>,
+    adopted: Deadlines<(ServicePrefix, TargetKey), bool>,
     /// The operator's rules in sald: never replaced, removed or outranked.
     statics: HashMap<ServicePrefix, StaticRule>,
     /// Learned entries per announcing source address.
@@ -485,8 +487,8 @@ impl Controller {
             downstreams: HashMap::new(),
             queries: HashMap::new(),
             next_query_id: epoch.rotate_left(32) | 1,
-            cache: HashMap::new(),
-            adopted: HashMap::new(),
+            cache: Deadlines::default(),
+            adopted: Deadlines::default(),
             statics: HashMap::new(),
             per_sender: HashMap::new(),
             replay: ReplayGuard::default(),
@@ -626,8 +628,8 @@ impl Controller {
                         let key = target.key();
                         if !self.owns(&rule.prefix, &key) {
                             let announced = matches!(origin, RuleOrigin::Announced { .. });
-                            self.adopted
-                                .insert((rule.prefix, key), (now + self.config.lease, announced));
+                            let until = now + self.config.lease;
+                            self.adopted.insert((rule.prefix, key), until, announced);
                         }
                     }
                 }
@@ -768,12 +770,12 @@ impl Controller {
         for key in std::mem::take(&mut self.default_targets) {
             self.remove_rule(ServicePrefix::DEFAULT, key);
         }
-        for (prefix, key) in std::mem::take(&mut self.cache).into_keys() {
+        for ((prefix, key), ()) in self.cache.take_all() {
             if !self.owns(&prefix, &key) {
                 self.remove_rule(prefix, key);
             }
         }
-        for ((prefix, key), (_, announced)) in std::mem::take(&mut self.adopted) {
+        for ((prefix, key), announced) in self.adopted.take_all() {
             if !announced {
                 self.remove_rule(prefix, key);
             }
@@ -969,8 +971,8 @@ impl Controller {
         consider(self.next_expiry);
         consider(self.next_discover);
         consider(self.upstreams.iter().map(|u| u.next_solicit).min());
-        consider(self.cache.values().min().copied());
-        consider(self.adopted.values().map(|&(t, _)| t).min());
+        consider(self.cache.next());
+        consider(self.adopted.next());
         consider(self.queries.values().map(|q| q.deadline).min());
         if self.mode == Mode::Starting {
             consider(Some(self.started + self.discovery_wait()));
@@ -1830,7 +1832,7 @@ impl Controller {
                     let key = TargetKey::Forward {
                         locator: target.locator,
                     };
-                    self.cache.insert((route.prefix, key), now + ttl);
+                    self.cache.insert((route.prefix, key), now + ttl, ());
                     self.add_rule(
                         route.prefix,
                         Target::Forward {
@@ -1846,33 +1848,19 @@ impl Controller {
             None => {
                 let prefix = ServicePrefix::exact(service);
                 let ttl = self.config.negative_lifetime;
-                self.cache.insert((prefix, TargetKey::Drop), now + ttl);
+                self.cache.insert((prefix, TargetKey::Drop), now + ttl, ());
                 self.add_rule(prefix, Target::Drop, NEGATIVE_PRIORITY, origin, Some(ttl));
             }
         }
     }
 
     fn expire_cache(&mut self, now: Instant) {
-        let due: Vec<(ServicePrefix, TargetKey)> = self
-            .cache
-            .iter()
-            .filter(|(_, &t)| t <= now)
-            .map(|(k, _)| *k)
-            .collect();
-        for (prefix, key) in due {
-            self.cache.remove(&(prefix, key));
+        while let Some(((prefix, key), ())) = self.cache.pop_due(now) {
             if !self.owns(&prefix, &key) {
                 self.remove_rule(prefix, key);
             }
         }
-        let due: Vec<(ServicePrefix, TargetKey)> = self
-            .adopted
-            .iter()
-            .filter(|(_, &(t, _))| t <= now)
-            .map(|(k, _)| *k)
-            .collect();
-        for (prefix, key) in due {
-            self.adopted.remove(&(prefix, key));
+        while let Some(((prefix, key), _)) = self.adopted.pop_due(now) {
             tracing::info!(%prefix, %key, "removing a rule left by a previous run");
             self.remove_rule(prefix, key);
         }

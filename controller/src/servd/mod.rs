@@ -20,6 +20,7 @@
 //! after a crash, a partition or a restart of either side.
 
 pub mod controller;
+pub mod deadlines;
 pub mod driver;
 pub mod keys;
 pub mod log_limit;

@@ -42,7 +42,7 @@ pub enum Target {
 
 /// Identity of a target within a rule: a rule has at most one target per key,
 /// so adding a target with a known key modifies it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum TargetKey {
     Forward { locator: Locator },
