@@ -118,8 +118,13 @@ struct Bench<'a> {
 
 impl Bench<'_> {
     fn setup(&self) -> Setup {
-        self.echo
-            .run(&self.client.control, SETUP_PARALLEL, self.setup_millis)
+        let daemons = [self.client.child.id(), self.server.child.id()];
+        (self.echo).run(
+            &self.client.control,
+            daemons,
+            SETUP_PARALLEL,
+            self.setup_millis,
+        )
     }
 }
 
@@ -361,23 +366,30 @@ fn main() {
         "connection setup (connect + 64-byte echo + close, {SETUP_PARALLEL} client threads, {setup_millis} ms each, \
          through both daemons): alone right before the idle flows opened / beside them / right after they all closed"
     );
-    println!("  idle flows   alone conn/s  p50 us   beside conn/s  p50 us  / alone   after close conn/s  p50 us  / alone   errors");
+    println!(
+        "  idle flows   alone conn/s  p50 us  cpu us/c   beside conn/s  p50 us  cpu us/c  / alone   \
+         after close conn/s  p50 us  cpu us/c  / alone   errors"
+    );
     for row in &rows {
         let [alone, beside, after] = row.setup;
         println!(
-            "  {:<10}   {:12.0} {:7}   {:13.0} {:7} {:8.3}   {:18.0} {:7} {:8.3}   {}",
+            "  {:<10}   {:12.0} {:7} {:9.0}   {:13.0} {:7} {:9.0} {:8.3}   {:18.0} {:7} {:9.0} {:8.3}   {}",
             row.flows,
             alone.rate,
             alone.p50_us,
+            alone.daemons_cpu_us,
             beside.rate,
             beside.p50_us,
+            beside.daemons_cpu_us,
             beside.rate / alone.rate.max(1.0),
             after.rate,
             after.p50_us,
+            after.daemons_cpu_us,
             after.rate / alone.rate.max(1.0),
             alone.errors + beside.errors + after.errors
         );
     }
+    println!("  (cpu us/c: both daemons' CPU time per connection)");
     println!();
     println!("targets: >= 0.9x alone at 10,000, >= 0.8x at 100,000; <= 8192 bytes per idle flow");
     if rows.iter().any(|r| r.held == Held::Generator) {

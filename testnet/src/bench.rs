@@ -73,9 +73,58 @@ pub fn field(text: &str, name: &str) -> Option<u64> {
     words.next()?.parse().ok()
 }
 
+/// Microseconds per clock tick of the CPU times in `/proc` (`USER_HZ`,
+/// 100 on Linux whatever the kernel's own tick rate).
+const PROC_TICK_US: u64 = 10_000;
+
+/// A process's user and system CPU time so far, all its threads, in
+/// microseconds (`/proc/<pid>/stat`); `None` if there is no such process.
+pub fn process_cpu_us(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count from its ')'.
+    // Fields 14 and 15 are utime and stime; the rest starts at field 3.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some((ticks(11)? + ticks(12)?) * PROC_TICK_US)
+}
+
+/// The whole machine's busy CPU time so far, all CPUs and every process,
+/// in microseconds: the `cpu` line of `/proc/stat` but idle and iowait (and
+/// the guest fields, which user and nice already count).
+pub fn machine_busy_us() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0;
+    };
+    // user nice system idle iowait irq softirq steal [guest guest_nice]
+    let busy: u64 = (line.split_whitespace().skip(1))
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .filter_map(|(_, v)| v.parse::<u64>().ok())
+        .sum();
+    busy * PROC_TICK_US
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_times_are_read_and_grow_with_work() {
+        let me = std::process::id();
+        let before = process_cpu_us(me).expect("this process");
+        let machine = machine_busy_us();
+        // Spin for about 60 ms of CPU time.
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < Duration::from_millis(60) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        assert!(process_cpu_us(me).unwrap() > before, "own time grew");
+        assert!(machine_busy_us() > machine, "machine time grew");
+        assert_eq!(process_cpu_us(u32::MAX), None, "no such process");
+    }
 
     #[test]
     fn counts_skip_what_is_not_a_count() {

@@ -6,52 +6,15 @@ use std::time::Duration;
 
 use nix::sys::resource::{getrusage, UsageWho};
 
-/// Microseconds per clock tick of `/proc`: USER_HZ, 100 on Linux whatever
-/// the kernel's own tick rate.
-const TICK_US: u64 = 10_000;
-
-/// The machine's busy time so far: every field of the `cpu ` line of
-/// `/proc/stat` but idle and iowait (and guest time, which `user` and
-/// `nice` already count). All CPUs together, every process: the other
-/// programs on the machine count too.
+/// The machine's busy time so far (see `testnet::bench::machine_busy_us`).
 pub fn machine_busy_us() -> u64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
-        return 0;
-    };
-    let fields: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|f| f.parse().unwrap_or(0))
-        .collect();
-    // user nice system idle iowait irq softirq steal [guest guest_nice]
-    let busy: u64 = fields
-        .iter()
-        .take(8)
-        .enumerate()
-        .filter(|(i, _)| *i != 3 && *i != 4)
-        .map(|(_, v)| v)
-        .sum();
-    busy * TICK_US
+    testnet::bench::machine_busy_us()
 }
 
 /// A process's user and system time so far (all its threads), or 0 if
 /// there is no such process.
 pub fn process_us(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The command name (field 2) may hold spaces: count from the ')'.
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // Fields 14 and 15 (utime, stime); `rest` starts at field 3.
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    (ticks(11) + ticks(12)) * TICK_US
+    testnet::bench::process_cpu_us(pid).unwrap_or(0)
 }
 
 /// This process's user and system time so far, all threads.

@@ -43,6 +43,9 @@ pub struct Setup {
     pub p50_us: u64,
     /// Connections that failed (refused, timed out, echo wrong).
     pub errors: u64,
+    /// CPU time of both daemons per connection, in microseconds: whether a
+    /// slower run did more work or waited more.
+    pub daemons_cpu_us: f64,
 }
 
 /// The echo service the runs connect to: a listener on the server's sald
@@ -77,8 +80,20 @@ impl EchoService {
     }
 
     /// Opens, echoes through and closes flows from `parallel` threads for
-    /// `millis`, through the sald at `client_control`.
-    pub fn run(&self, client_control: &Path, parallel: usize, millis: u64) -> Setup {
+    /// `millis`, through the sald at `client_control`; `daemons` are the
+    /// process IDs of both salds.
+    pub fn run(
+        &self,
+        client_control: &Path,
+        daemons: [u32; 2],
+        parallel: usize,
+        millis: u64,
+    ) -> Setup {
+        let cpu = || -> u64 {
+            let times = daemons.map(testnet::bench::process_cpu_us);
+            times.iter().map(|t| t.unwrap_or(0)).sum()
+        };
+        let cpu_before = cpu();
         let deadline = Instant::now() + Duration::from_millis(millis);
         let started = Instant::now();
         let workers: Vec<_> = (0..parallel)
@@ -96,11 +111,13 @@ impl EchoService {
             errors += failed;
         }
         let elapsed = started.elapsed().as_secs_f64();
+        let spent = cpu().saturating_sub(cpu_before);
         latencies.sort_unstable();
         Setup {
             rate: latencies.len() as f64 / elapsed,
             p50_us: latencies.get(latencies.len() / 2).copied().unwrap_or(0),
             errors,
+            daemons_cpu_us: spent as f64 / latencies.len().max(1) as f64,
         }
     }
 }

@@ -252,40 +252,9 @@ impl Run {
     }
 }
 
-/// Microseconds per clock tick of `/proc`'s CPU times.
-fn tick_us() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    1e6 / hz.max(1) as f64
-}
-
-/// User + system CPU ticks of process `pid` so far.
-fn process_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces): state is the
-    // first, utime and stime the 12th and 13th.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-}
-
-/// Busy CPU ticks of the whole machine so far (all but idle and iowait).
-fn machine_ticks() -> u64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(cpu) = stat.lines().find(|line| line.starts_with("cpu ")) else {
-        return 0;
-    };
-    cpu.split_whitespace()
-        .skip(1)
-        .filter_map(|v| v.parse::<u64>().ok())
-        .enumerate()
-        .filter(|(i, _)| ![3, 4].contains(i))
-        .map(|(_, v)| v)
-        .sum()
-}
-
-/// CPU ticks of every process in `pids`, if all are there.
-fn daemons_ticks(pids: &[u32]) -> Option<u64> {
-    pids.iter().map(|&pid| process_ticks(pid)).sum()
+/// CPU time (µs) of every process in `pids`, if all are there.
+fn daemons_cpu_us(pids: &[u32]) -> Option<u64> {
+    pids.iter().map(|&pid| bench::process_cpu_us(pid)).sum()
 }
 
 /// Voluntary context switches of every thread of process `pid` so far.
@@ -378,13 +347,13 @@ fn client(
         cmd.arg("nonblock");
     }
     let sleeps_before = daemons_sleeps(daemons);
-    let (machine_before, daemons_before) = (machine_ticks(), daemons_ticks(daemons));
+    let (machine_before, daemons_before) = (bench::machine_busy_us(), daemons_cpu_us(daemons));
     let limit = Duration::from_millis(millis) + Duration::from_secs(30);
     let text = bench::stdout_of(ns, cmd, limit).expect("client finished");
-    let (machine_after, daemons_after) = (machine_ticks(), daemons_ticks(daemons));
+    let (machine_after, daemons_after) = (bench::machine_busy_us(), daemons_cpu_us(daemons));
     let sleeps_after = daemons_sleeps(daemons);
     let mut run = Run::parse(&text).unwrap_or_else(|| panic!("client printed {text:?}"));
-    let per_connection = |ticks: u64| ticks as f64 * tick_us() / run.done.max(1) as f64;
+    let per_connection = |us: u64| us as f64 / run.done.max(1) as f64;
     run.machine_cpu_us = per_connection(machine_after.saturating_sub(machine_before));
     run.daemon_cpu_us = (!daemons.is_empty())
         .then(|| {
