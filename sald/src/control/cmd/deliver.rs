@@ -22,8 +22,10 @@
 //! flow's close on the host a little dearer: measured with the flows bench,
 //! `queue_work_on` from `unix_release_sock` took 4.6 % of the server
 //! daemon's samples while two listeners' queues were full of undelivered
-//! flows, and connection setup beside them ran at 0.77-0.95 of its rate
-//! without them. Newer kernels only collect when a cycle is possible.
+//! flows (and none in a run without them); connection setup beside them
+//! ran at 0.77-0.95 of its rate without them, though not all of that is
+//! this: the bench showed 0.79 once before Rust listeners took their
+//! flows this way. Newer kernels only collect when a cycle is possible.
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
