@@ -17,7 +17,7 @@
 
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -53,6 +53,11 @@ impl AppSocket {
     /// non-blocking flag, `shutdown`).
     pub fn raw(&self) -> RawFd {
         self.read.get_ref().as_raw_fd()
+    }
+
+    /// The descriptor, borrowed (for `poll` and the like).
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.read.get_ref().as_fd()
     }
 
     /// Waits until the socket may have something to read (or the other end

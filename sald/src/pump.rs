@@ -23,6 +23,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{recv, send, sendmsg, ControlMessage, MsgFlags};
 use sal::proto::{ConnectError, Host, HostError};
 use sal::FlowId;
@@ -110,10 +111,19 @@ impl StreamPump {
                     self.readable = false;
                     return;
                 }
-                // End of file (or the application is gone): half-close.
+                // End of file: half-close. If the application closed its
+                // socket rather than only shut its sending down, nobody
+                // will read what comes down either: the flow is closed
+                // (its end then bounded by the orphan timeout, as a closed
+                // TCP socket's FIN-WAIT-2), not left waiting for a peer
+                // that may never send a byte, which only a write could
+                // have noticed.
                 Ok(Ok(_)) | Ok(Err(_)) => {
                     let _ = host.shutdown(self.flow);
                     self.up = false;
+                    if application_gone(socket) {
+                        self.down = false;
+                    }
                     turn.moved = true;
                     return;
                 }
@@ -213,6 +223,16 @@ pub async fn stream(
     let mut core = shared.lock();
     let _ = core.host.close(flow);
     core.run();
+}
+
+/// Whether the application's end of `socket` is closed (every copy of
+/// it), not only shut down for sending: our end then reads as hung up.
+fn application_gone(socket: &AppSocket) -> bool {
+    let mut polled = [PollFd::new(socket.fd(), PollFlags::empty())];
+    matches!(poll(&mut polled, PollTimeout::ZERO), Ok(1))
+        && polled[0]
+            .revents()
+            .is_some_and(|events| events.intersects(PollFlags::POLLHUP | PollFlags::POLLERR))
 }
 
 /// A SOCK_SEQPACKET socket registered with the runtime.

@@ -323,3 +323,63 @@ fn what_a_program_writes_into_its_queue_is_dropped() {
         "sald holds {fds_before} -> {fds_after} descriptors"
     );
 }
+
+/// Descriptors this process has open (both daemons of an `InProcessPair`
+/// and the test's own).
+fn open_descriptors() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count())
+}
+
+/// A listener closed with flows still in its accept queue: the kernel
+/// closes their sockets with the queue, and sald must then end those flows
+/// (their pumps, their sockets) even though the peers stay silent. Reading
+/// end of file alone cannot tell a closed socket from one only shut down
+/// for sending; waiting to write into it would wait for ever, since the
+/// peers send nothing.
+#[test]
+fn flows_left_in_a_closed_accept_queue_end_though_their_peers_say_nothing() {
+    const FLOWS: usize = 50;
+    let pair = InProcessPair::new("deliver-closed-queue");
+    let listener = socket_shim::ServiceListener::bind_via(
+        pair.server.client(),
+        "c0/8".parse::<sal::ServicePrefix>().unwrap(),
+        1024,
+    )
+    .unwrap();
+    let mut control = pair.client.client();
+    let ends: Vec<UnixStream> = (0..FLOWS)
+        .map(|_| {
+            let reply = control
+                .request(&Request::Connect {
+                    service: "c001".parse().unwrap(),
+                    protocol: TransportProtocol::Stream,
+                    timeout_ms: Some(5_000),
+                })
+                .unwrap();
+            UnixStream::from(reply.fd.expect("the flow"))
+        })
+        .collect();
+    // All of them handed over into the queue (one socket each in sald).
+    assert!(testnet::wait_until(Duration::from_secs(5), || {
+        pair.server.flows().len() == FLOWS
+    }));
+    std::thread::sleep(Duration::from_millis(300));
+    let before = open_descriptors();
+    drop(listener);
+    // Each flow's end in sald goes: its pump saw the application gone.
+    let ended = testnet::wait_until(Duration::from_secs(5), || {
+        open_descriptors() + FLOWS <= before
+    });
+    assert!(
+        ended,
+        "{} descriptors before, {} after",
+        before,
+        open_descriptors()
+    );
+    // And the clients hear the end of each flow.
+    for mut end in ends {
+        end.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut byte = [0u8; 1];
+        assert_eq!(end.read(&mut byte).unwrap(), 0, "end of the flow");
+    }
+}
