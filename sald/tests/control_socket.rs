@@ -250,18 +250,7 @@ fn long_listings_come_whole() {
     // 1,500 local flows are 3,000 ends (client and server).
     const FLOWS: usize = 1_500;
     let listener = ServiceListener::bind_via(sald.client(), prefix("c0ffee/24"), 4096).unwrap();
-    let mut control = sald.client();
-    let mut ends = Vec::new();
-    for _ in 0..FLOWS {
-        let reply = control
-            .request(&Request::Connect {
-                service: "c0ffee01".parse().unwrap(),
-                protocol: TransportProtocol::Stream,
-                timeout_ms: Some(5_000),
-            })
-            .unwrap();
-        ends.push(reply.fd.expect("the flow"));
-    }
+    let _ends = common::open_flows(&sald.control, "c0ffee01".parse().unwrap(), FLOWS, 1);
     let nobody = ServiceStream::connect_via(
         client_as(&sald.control, NOBODY).unwrap(),
         "c0ffee01".parse().unwrap(),

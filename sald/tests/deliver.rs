@@ -346,19 +346,7 @@ fn flows_left_in_a_closed_accept_queue_end_though_their_peers_say_nothing() {
         1024,
     )
     .unwrap();
-    let mut control = pair.client.client();
-    let ends: Vec<UnixStream> = (0..FLOWS)
-        .map(|_| {
-            let reply = control
-                .request(&Request::Connect {
-                    service: "c001".parse().unwrap(),
-                    protocol: TransportProtocol::Stream,
-                    timeout_ms: Some(5_000),
-                })
-                .unwrap();
-            UnixStream::from(reply.fd.expect("the flow"))
-        })
-        .collect();
+    let ends = common::open_flows(&pair.client.control, "c001".parse().unwrap(), FLOWS, 1);
     // All of them handed over into the queue (one socket each in sald).
     assert!(testnet::wait_until(Duration::from_secs(5), || {
         pair.server.flows().len() == FLOWS
