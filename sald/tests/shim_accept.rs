@@ -1,9 +1,10 @@
 //! The client library's listeners take their flows from sald's `Deliver`
 //! accept queue: threads accept at once without queueing on the control
 //! connection, `drain` answers while a thread waits in `accept` and counts
-//! the flows waiting in the queue, a given-up async accept loses nothing,
-//! and what `accept` returns is what sald lists for the flow. Two daemons
-//! in this process (UDP mode on loopback), real flows between them.
+//! the flows waiting in the queue (the async listener's too), a given-up
+//! async accept loses nothing, and what `accept` returns is what sald
+//! lists for the flow. Two daemons in this process (UDP mode on loopback),
+//! real flows between them.
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
@@ -264,4 +265,82 @@ fn a_given_up_async_accept_loses_no_flow() {
     let ours: HashSet<_> = clients.iter().map(|stream| stream.flow_id()).collect();
     assert_eq!(peers, ours);
     drop(listener);
+}
+
+#[test]
+fn the_async_listener_drains_while_a_task_accepts_and_counts_its_queue() {
+    let net = InProcessPair::new("shim-accept-async-drain");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let control = net.server.control.clone();
+    let bind = |prefix: &'static str| {
+        let control = control.clone();
+        runtime.block_on(async move {
+            let control = AsyncControlClient::connect_to(&control)
+                .await
+                .expect("control");
+            AsyncServiceListener::bind_via(
+                control,
+                prefix.parse::<sal::ServicePrefix>().unwrap(),
+                64,
+            )
+            .await
+            .expect("bind")
+        })
+    };
+
+    // Drain answers while a task waits in accept.
+    let idle = bind("ac06/16");
+    let drained = runtime.block_on(async {
+        tokio::time::timeout(WITHIN, async {
+            tokio::select! {
+                biased;
+                accepted = idle.accept() => panic!("accepted with nothing connected: {accepted:?}"),
+                drained = idle.drain() => drained,
+            }
+        })
+        .await
+    });
+    assert_eq!(drained.expect("drain waited for accept").expect("drain"), 0);
+
+    // A flow is counted while sald holds it and once it waits in the queue.
+    let listener = bind("ac07/16");
+    assert!(listener.try_accept().expect("try_accept").is_none());
+    let service = service("ac07", 1);
+    let mut stream = connect(&net.client, service);
+    let deadline = Instant::now() + WITHIN;
+    while runtime.block_on(listener.drain()).expect("drain") != 1 {
+        assert!(Instant::now() < deadline, "the flow was never counted");
+        thread::sleep(Duration::from_millis(20));
+    }
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(runtime.block_on(listener.drain()).expect("drain"), 1);
+    let (mut server, info) = runtime.block_on(async {
+        listener
+            .try_accept()
+            .expect("try_accept")
+            .expect("the queued flow")
+    });
+    assert_eq!(info.service, service);
+    assert_eq!(runtime.block_on(listener.drain()).expect("drain"), 0);
+    assert!(listener.try_accept().expect("try_accept").is_none());
+    runtime.block_on(listener.close()).expect("close");
+
+    // Closing once nothing was pending reset nobody.
+    stream.write_all(b"after close").unwrap();
+    runtime.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut got = [0u8; 11];
+        tokio::time::timeout(WITHIN, server.read_exact(&mut got))
+            .await
+            .expect("read in time")
+            .expect("read");
+        assert_eq!(&got, b"after close");
+        server.write_all(b"ok").await.unwrap();
+    });
+    let mut ok = [0u8; 2];
+    stream.read_exact(&mut ok).unwrap();
+    assert_eq!(&ok, b"ok");
 }

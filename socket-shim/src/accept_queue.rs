@@ -22,6 +22,7 @@ use nix::errno::Errno;
 use nix::sys::socket::MsgFlags;
 use sal::proto::FlowInfo;
 use sal::table::ListenerId;
+use sal::ServicePrefix;
 use sal_control::{FlowNotice, Request, Response, ACCEPT_EXHAUSTED};
 
 use crate::client::{recv_with_fds, Reply};
@@ -41,6 +42,38 @@ pub(crate) fn queue_from_reply(reply: Reply) -> Result<OwnedFd> {
         (Response::Delivering { .. }, Some(queue)) => Ok(queue),
         (Response::Error { kind, message }, _) => Err(Error::from_daemon(kind, message)),
         (other, _) => Err(Error::unexpected("deliver", &other)),
+    }
+}
+
+/// The request that drains a listener: its prefix is unregistered while
+/// the flows it admitted can still be accepted.
+pub(crate) fn drain_request(prefix: ServicePrefix) -> Request {
+    Request::Drain {
+        prefix,
+        wait_ms: None,
+    }
+}
+
+/// How many flows a drained listener has not accepted yet: those sald
+/// still holds (its `Drained` answer) plus those already waiting in
+/// `queue`, which only the listener's process sees. sald is asked first,
+/// so a flow that moves into the queue meanwhile is counted twice rather
+/// than not at all.
+pub(crate) fn not_accepted(reply: Reply, queue: BorrowedFd<'_>) -> Result<u32> {
+    let pending = match reply.response {
+        Response::Drained { pending } => pending,
+        Response::Error { kind, message } => return Err(Error::from_daemon(kind, message)),
+        other => return Err(Error::unexpected("drain", &other)),
+    };
+    Ok(pending.saturating_add(queued(queue)?))
+}
+
+/// Takes the next flow off `queue` if one waits, without waiting.
+pub(crate) fn try_take(queue: BorrowedFd<'_>) -> Result<Option<(FlowInfo, OwnedFd)>> {
+    match take(queue, MsgFlags::MSG_DONTWAIT) {
+        Ok(taken) => taken.map(Some),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 

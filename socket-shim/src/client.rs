@@ -531,17 +531,22 @@ impl ControlClient {
 
     /// Sends `request` and expects a plain `Ok`.
     pub fn request_ok(&mut self, request: &Request) -> Result<()> {
-        let reply = self.request(request)?;
-        match reply.response {
-            Response::Ok => Ok(()),
-            other => Err(Error::unexpected("a request expecting ok", &other)),
-        }
+        expect_ok(self.request(request)?)
     }
 
     /// Turns this connection into a stream of [`ControlEvent`]s (`Subscribe`).
     pub fn subscribe(mut self) -> Result<Events> {
         self.send(&Request::Subscribe)?;
         Ok(Events { control: self })
+    }
+}
+
+/// A reply that must be a plain `Ok` (the request's error responses are
+/// already errors by now).
+pub(crate) fn expect_ok(reply: Reply) -> Result<()> {
+    match reply.response {
+        Response::Ok => Ok(()),
+        other => Err(Error::unexpected("a request expecting ok", &other)),
     }
 }
 

@@ -325,11 +325,7 @@ impl ServiceListener {
 
     /// Takes the next established flow if there is one, without waiting.
     pub fn try_accept(&self) -> Result<Option<(ServiceStream, FlowInfo)>> {
-        match accept_queue::take(self.queue.as_fd(), MsgFlags::MSG_DONTWAIT) {
-            Ok(taken) => taken.map(accepted).map(Some),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        Ok(accept_queue::try_take(self.queue.as_fd())?.map(accepted))
     }
 
     /// An endless iterator of accepted flows, as `TcpListener::incoming`.
@@ -343,20 +339,14 @@ impl ServiceListener {
     /// [`ServiceListener::close`] resets nobody.
     ///
     /// That is the flows sald still holds plus those already waiting in
-    /// this listener's accept queue, which only this process sees. sald is
-    /// asked first: a flow that moves into the queue meanwhile is counted
-    /// twice rather than not at all.
+    /// this listener's accept queue, which only this process sees; a flow
+    /// moving from one to the other meanwhile may count twice, never zero
+    /// times.
     pub fn drain(&self) -> Result<u32> {
-        let reply = self.control().request(&Request::Drain {
-            prefix: self.prefix,
-            wait_ms: None,
-        })?;
-        let pending = match reply.response {
-            Response::Drained { pending } => pending,
-            Response::Error { kind, message } => return Err(Error::from_daemon(kind, message)),
-            other => return Err(Error::unexpected("drain", &other)),
-        };
-        Ok(pending.saturating_add(accept_queue::queued(self.queue.as_fd())?))
+        let reply = self
+            .control()
+            .request(&accept_queue::drain_request(self.prefix))?;
+        accept_queue::not_accepted(reply, self.queue.as_fd())
     }
 
     /// Unbinds the prefix now (dropping the listener does the same).

@@ -28,7 +28,9 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::UnixStream;
 
 use crate::accept_queue;
-use crate::client::{check_hello, default_client_name, hello, request_frame, Inbox, Reply};
+use crate::client::{
+    check_hello, default_client_name, expect_ok, hello, request_frame, Inbox, Reply,
+};
 use crate::connector;
 use crate::datagram::{check_size, decode_received, opened_from_reply, RECEIVED_HEADER_MAX};
 use crate::error::{Error, Result};
@@ -102,6 +104,11 @@ impl AsyncControlClient {
         }
         self.queue(request)?;
         self.answer().await
+    }
+
+    /// Sends `request` and expects a plain `Ok`.
+    pub async fn request_ok(&mut self, request: &Request) -> Result<()> {
+        expect_ok(self.request(request).await?)
     }
 
     /// Waits for the answer of the one outstanding request.
@@ -342,7 +349,8 @@ impl AsRawFd for AsyncServiceStream {
 #[derive(Debug)]
 pub struct AsyncServiceListener {
     /// Kept for the listener's lifetime: closing it unbinds the prefix.
-    _control: AsyncControlClient,
+    /// Behind a lock so that `drain` takes `&self` as `accept` does.
+    control: tokio::sync::Mutex<AsyncControlClient>,
     queue: AsyncFd<OwnedFd>,
     listener: ListenerId,
     prefix: ServicePrefix,
@@ -372,7 +380,7 @@ impl AsyncServiceListener {
             .await?;
         let queue = registered(accept_queue::queue_from_reply(reply)?)?;
         Ok(AsyncServiceListener {
-            _control: control,
+            control: tokio::sync::Mutex::new(control),
             queue,
             listener,
             prefix,
@@ -401,6 +409,41 @@ impl AsyncServiceListener {
             })
             .await??;
         Ok((AsyncServiceStream::from_parts(info.clone(), fd)?, info))
+    }
+
+    /// Takes the next established flow if there is one, without waiting.
+    pub fn try_accept(&self) -> Result<Option<(AsyncServiceStream, FlowInfo)>> {
+        match accept_queue::try_take(self.queue.get_ref().as_fd())? {
+            Some((info, fd)) => Ok(Some((
+                AsyncServiceStream::from_parts(info.clone(), fd)?,
+                info,
+            ))),
+            None => Ok(None),
+        }
+    }
+
+    /// Drains the listener, as [`crate::ServiceListener::drain`]: the
+    /// prefix is unregistered, the flows it admitted can still be
+    /// accepted, and the answer is how many are not accepted yet. Tasks
+    /// waiting in `accept` meanwhile are not in its way.
+    pub async fn drain(&self) -> Result<u32> {
+        let reply = self
+            .control
+            .lock()
+            .await
+            .request(&accept_queue::drain_request(self.prefix))
+            .await?;
+        accept_queue::not_accepted(reply, self.queue.get_ref().as_fd())
+    }
+
+    /// Unbinds the prefix now (dropping the listener does the same);
+    /// flows still queued are closed.
+    pub async fn close(self) -> Result<()> {
+        let listener = self.listener;
+        self.control
+            .into_inner()
+            .request_ok(&Request::CloseListener { listener })
+            .await
     }
 }
 
