@@ -8,24 +8,25 @@
 //! harmless: listings only annotate targets that exist, and re-adding the
 //! target by any request overwrites it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use sal::table::{Rule, RuleOrigin, TargetKey};
 use sal::ServicePrefix;
 
-/// The origins of one daemon's rule targets.
+/// The origins of one daemon's rule targets, by prefix so that forgetting
+/// a whole rule costs its own targets, not the table's.
 #[derive(Debug, Default)]
 pub struct Origins {
-    map: HashMap<(ServicePrefix, TargetKey), RuleOrigin>,
+    map: HashMap<ServicePrefix, BTreeMap<TargetKey, RuleOrigin>>,
 }
 
 impl Origins {
     /// Records who installed `key` at `prefix` (`Static` forgets the entry).
     pub fn set(&mut self, prefix: ServicePrefix, key: TargetKey, origin: RuleOrigin) {
         if origin == RuleOrigin::Static {
-            self.map.remove(&(prefix, key));
+            self.forget(&prefix, Some(&key));
         } else {
-            self.map.insert((prefix, key), origin);
+            self.map.entry(prefix).or_default().insert(key, origin);
         }
     }
 
@@ -33,16 +34,24 @@ impl Origins {
     pub fn forget(&mut self, prefix: &ServicePrefix, key: Option<&TargetKey>) {
         match key {
             Some(key) => {
-                self.map.remove(&(*prefix, *key));
+                if let Some(targets) = self.map.get_mut(prefix) {
+                    targets.remove(key);
+                    if targets.is_empty() {
+                        self.map.remove(prefix);
+                    }
+                }
             }
-            None => self.map.retain(|(p, _), _| p != prefix),
+            None => {
+                self.map.remove(prefix);
+            }
         }
     }
 
     /// The origin of `key` at `prefix`.
     pub fn get(&self, prefix: &ServicePrefix, key: &TargetKey) -> RuleOrigin {
         self.map
-            .get(&(*prefix, *key))
+            .get(prefix)
+            .and_then(|targets| targets.get(key))
             .cloned()
             .unwrap_or(RuleOrigin::Static)
     }
@@ -50,11 +59,11 @@ impl Origins {
     /// Fills in the recorded origins of `rules`' targets.
     pub fn annotate(&self, rules: &mut [Rule]) {
         for rule in rules {
-            let keys: Vec<TargetKey> = rule.targets().iter().map(|e| e.target.key()).collect();
-            for key in keys {
-                if let Some(origin) = self.map.get(&(rule.prefix, key)) {
-                    rule.set_origin(&key, origin.clone());
-                }
+            let Some(targets) = self.map.get(&rule.prefix) else {
+                continue;
+            };
+            for (key, origin) in targets {
+                rule.set_origin(key, origin.clone());
             }
         }
     }
@@ -95,8 +104,32 @@ mod tests {
         assert_eq!(rules[0].targets()[0].origin, announced);
         origins.set(prefix, drop, RuleOrigin::Static);
         assert!(origins.has_operator_target(&rules[0]));
-        origins.set(prefix, drop, announced);
+        origins.set(prefix, drop, announced.clone());
         origins.forget(&prefix, None);
         assert_eq!(origins.get(&prefix, &drop), RuleOrigin::Static);
+    }
+
+    #[test]
+    fn forgetting_a_prefix_leaves_the_others() {
+        let (a, b): (ServicePrefix, ServicePrefix) =
+            ("beef/16".parse().unwrap(), "beef00/24".parse().unwrap());
+        let delay = TargetKey::Delay;
+        let announced = RuleOrigin::Announced {
+            by: "r1".into(),
+            expires_unix_ms: None,
+        };
+        let mut origins = Origins::default();
+        for prefix in [a, b] {
+            origins.set(prefix, TargetKey::Drop, announced.clone());
+            origins.set(prefix, delay, announced.clone());
+        }
+        origins.forget(&a, None);
+        assert_eq!(origins.get(&a, &delay), RuleOrigin::Static);
+        assert_eq!(origins.get(&b, &delay), announced);
+        origins.forget(&b, Some(&delay));
+        assert_eq!(origins.get(&b, &delay), RuleOrigin::Static);
+        assert_eq!(origins.get(&b, &TargetKey::Drop), announced);
+        origins.forget(&b, Some(&TargetKey::Drop));
+        assert!(origins.map.is_empty(), "emptied prefixes are not kept");
     }
 }
