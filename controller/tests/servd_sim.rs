@@ -554,6 +554,52 @@ fn delay_query_round_trip_positive_and_negative() {
 }
 
 #[test]
+fn a_flood_of_unknown_services_is_cached_only_so_far_and_pushes_out_its_own_answers_first() {
+    let mut net = Net::new();
+    let _r = net.router(1, &[]);
+    let server = net.host(2, &[1]);
+    let mut c = config("client");
+    c.upstreams = vec![addr(1)];
+    c.default_route = DefaultRoute::Delay;
+    c.max_cached = 3;
+    let client = net.add(3, c);
+    net.run(Duration::from_millis(50));
+    net.register(server, "5e00/16");
+    net.event(
+        client,
+        ControlEvent::DelayNotify {
+            service: id("5e0077"),
+        },
+    );
+    // Five unknown services, one after another: each answer is a DROP.
+    let unknown: Vec<String> = (1..=5)
+        .map(|n| {
+            let service = id(&format!("0bad{n:02x}"));
+            net.run(Duration::from_millis(10));
+            net.event(client, ControlEvent::DelayNotify { service });
+            ServicePrefix::exact(service).to_string()
+        })
+        .collect();
+    let host = &net.hosts[client];
+    assert_eq!(host.controller.stats().negative_answers, 5);
+    // Three cached answers at most: the oldest negative ones went early,
+    // their rules with them; the longer-lived positive answer stayed.
+    assert_eq!(host.controller.stats().cache_evicted, 3);
+    assert_eq!(host.forwards("5e00/16"), vec![(loc(2), 1)]);
+    let dropped: Vec<bool> = unknown
+        .iter()
+        .map(|p| host.has(p, TargetKey::Drop))
+        .collect();
+    assert_eq!(dropped, [false, false, false, true, true]);
+    assert_eq!(host.table.len(), 4, "the /0 DELAY and three cached answers");
+    // What is left still expires on time.
+    net.run(Duration::from_millis(1100));
+    assert!(unknown
+        .iter()
+        .all(|p| !net.hosts[client].has(p, TargetKey::Drop)));
+}
+
+#[test]
 fn unanswered_queries_are_retried_then_dropped() {
     let mut net = Net::new();
     let mut c = config("client");

@@ -125,6 +125,11 @@ pub struct Config {
     pub query_timeout: Duration,
     /// Bound on learned (prefix, locator) entries.
     pub max_entries: usize,
+    /// Bound on cached answers (one per FORWARD target or negative
+    /// answer): when full, the one that would expire first goes early.
+    /// Every connect to an unknown service adds one for a while, so
+    /// without it the rate of such connects sets the table's size.
+    pub max_cached: usize,
     /// Keys: the one every message is tagged with, and those whose tags
     /// are accepted. Empty: messages go untagged.
     pub keys: Keyring,
@@ -151,6 +156,7 @@ impl Default for Config {
             negative_lifetime: Duration::from_secs(2),
             query_timeout: Duration::from_millis(500),
             max_entries: 1_000_000,
+            max_cached: 100_000,
             keys: Keyring::none(),
             policy: Policy::default(),
         }
@@ -217,6 +223,9 @@ pub struct Stats {
     /// Rule changes left out because they would have replaced or outranked
     /// an operator's static rule (priorities lowered count too).
     pub static_protected: u64,
+    /// Cached answers removed before they expired, to make room for newer
+    /// ones (`max_cached`).
+    pub cache_evicted: u64,
 }
 
 impl Stats {
@@ -1832,7 +1841,7 @@ impl Controller {
                     let key = TargetKey::Forward {
                         locator: target.locator,
                     };
-                    self.cache.insert((route.prefix, key), now + ttl, ());
+                    self.cache_answer((route.prefix, key), now + ttl);
                     self.add_rule(
                         route.prefix,
                         Target::Forward {
@@ -1848,10 +1857,26 @@ impl Controller {
             None => {
                 let prefix = ServicePrefix::exact(service);
                 let ttl = self.config.negative_lifetime;
-                self.cache.insert((prefix, TargetKey::Drop), now + ttl, ());
+                self.cache_answer((prefix, TargetKey::Drop), now + ttl);
                 self.add_rule(prefix, Target::Drop, NEGATIVE_PRIORITY, origin, Some(ttl));
             }
         }
+    }
+
+    /// Remembers when a cached answer's rule target expires, making room
+    /// first if the cache is full: the entry due first leaves early. A
+    /// flood of connects to unknown services therefore pushes out its own
+    /// short-lived negative answers before the positive ones.
+    fn cache_answer(&mut self, entry: (ServicePrefix, TargetKey), expires: Instant) {
+        if !self.cache.contains(&entry) && self.cache.len() >= self.config.max_cached {
+            if let Some(((prefix, key), ())) = self.cache.pop_first() {
+                self.stats.cache_evicted += 1;
+                if !self.owns(&prefix, &key) {
+                    self.remove_rule(prefix, key);
+                }
+            }
+        }
+        self.cache.insert(entry, expires, ());
     }
 
     fn expire_cache(&mut self, now: Instant) {

@@ -46,6 +46,11 @@ impl<K: Copy + Eq + Hash + Ord, V> Deadlines<K, V> {
         Some((at, value))
     }
 
+    /// Whether `key` has an entry.
+    pub fn contains(&self, key: &K) -> bool {
+        self.entries.contains_key(key)
+    }
+
     /// The earliest deadline.
     pub fn next(&self) -> Option<Instant> {
         self.order.first().map(|&(at, _)| at)
@@ -56,6 +61,13 @@ impl<K: Copy + Eq + Hash + Ord, V> Deadlines<K, V> {
     pub fn pop_due(&mut self, now: Instant) -> Option<(K, V)> {
         let &(at, key) = self.order.first().filter(|(at, _)| *at <= now)?;
         self.order.remove(&(at, key));
+        self.entries.remove(&key).map(|(_, value)| (key, value))
+    }
+
+    /// Takes out the entry with the earliest deadline, due or not (to make
+    /// room when full).
+    pub fn pop_first(&mut self) -> Option<(K, V)> {
+        let (_, key) = self.order.pop_first()?;
         self.entries.remove(&key).map(|(_, value)| (key, value))
     }
 
@@ -111,7 +123,11 @@ mod tests {
         assert!(deadlines.is_empty() && deadlines.next().is_none());
         deadlines.insert(5, at(2), 'e');
         deadlines.insert(4, at(1), 'd');
-        assert_eq!(deadlines.take_all(), [(4, 'd'), (5, 'e')]);
+        deadlines.insert(6, at(3), 'f');
+        assert!(deadlines.contains(&4) && !deadlines.contains(&1));
+        assert_eq!(deadlines.pop_first(), Some((4, 'd')));
+        assert_eq!(deadlines.take_all(), [(5, 'e'), (6, 'f')]);
+        assert_eq!(deadlines.pop_first(), None);
         assert_eq!((deadlines.len(), deadlines.next()), (0, None));
     }
 }

@@ -90,6 +90,10 @@ pub struct Args {
     /// How long "no such service" is cached.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub negative_lifetime: Duration,
+    /// How many answers are cached at most; past that, the one due to
+    /// expire first goes early.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_cached: usize,
     /// How long to wait for an answer before asking again (3 tries).
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     pub query_timeout: Duration,
@@ -211,6 +215,7 @@ impl Args {
             default_route: self.default_route,
             cache_lifetime: self.cache_lifetime,
             negative_lifetime: self.negative_lifetime,
+            max_cached: self.max_cached,
             query_timeout: self.query_timeout,
             keys,
             policy,
@@ -355,6 +360,12 @@ fn report_stats(before: &Stats, now: &Stats) {
             "refused messages or announcements since the last report (totals in the next line)"
         );
         tracing::info!(stats = ?now, "counters");
+    }
+    if now.cache_evicted > before.cache_evicted {
+        tracing::warn!(
+            count = now.cache_evicted - before.cache_evicted,
+            "cached answers removed before they expired, to make room (more connects to unknown services than the cache holds)"
+        );
     }
     let dropped = |s: &Stats| s.dropped_malformed + s.dropped_oversized + s.dropped_version;
     if dropped(now) > dropped(before) {
