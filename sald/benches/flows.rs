@@ -36,9 +36,9 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use sal::wire::TransportProtocol;
 use sal::{ServiceId, ServicePrefix};
 use sal_control::{Request, Response, StatsReport};
-use sal::wire::TransportProtocol;
 use socket_shim::ControlClient;
 use testnet::{wait_until, Host, TopologyBuilder};
 

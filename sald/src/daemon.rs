@@ -83,6 +83,9 @@ pub struct Core {
     pub link_stats: LinkStats,
     flows: HashMap<FlowId, Arc<FlowSignal>>,
     pending_accepts: HashMap<ListenerId, VecDeque<oneshot::Sender<FlowId>>>,
+    /// Flows the host has let go of (accepted) that a waiter got but has
+    /// not handed to the application yet, by listener: drains count them.
+    in_hand: HashMap<ListenerId, usize>,
     pending_connects: HashMap<FlowId, oneshot::Sender<Result<FlowInfo, ConnectError>>>,
     events: EventBus,
     /// Who installed which rule target.
@@ -129,6 +132,7 @@ impl Shared {
                 link_stats: LinkStats::default(),
                 flows: HashMap::new(),
                 pending_accepts: HashMap::new(),
+                in_hand: HashMap::new(),
                 pending_connects: HashMap::new(),
                 events: EventBus::new(event_queue),
                 origins: Origins::default(),
@@ -370,7 +374,10 @@ impl Core {
             let mut flow = Some(flow);
             while let Some(waiter) = waiters.pop_front() {
                 match waiter.send(flow.take().expect("set above")) {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        *self.in_hand.entry(listener).or_default() += 1;
+                        break;
+                    }
                     Err(returned) => flow = Some(returned),
                 }
             }
@@ -388,6 +395,7 @@ impl Core {
         self.host.compact();
         self.flows.shrink_to_fit();
         self.pending_accepts.shrink_to_fit();
+        self.in_hand.shrink_to_fit();
         self.pending_connects.shrink_to_fit();
         self.owners.shrink_to_fit();
     }
@@ -405,12 +413,15 @@ impl Core {
     }
 
     /// Waits for the next flow of `listener`: at once if one is queued; the
-    /// receiver fails when the listener is (or already was) closed.
+    /// receiver fails when the listener is (or already was) closed. A flow
+    /// received is in hand (see [`Core::in_hand`]) until [`Core::released`],
+    /// or [`Core::give_up_accept`] if none was received.
     pub fn wait_accept(&mut self, listener: ListenerId) -> oneshot::Receiver<FlowId> {
         let (tx, rx) = oneshot::channel();
         match self.host.accept(listener) {
             Ok(flow) => {
                 let _ = tx.send(flow);
+                *self.in_hand.entry(listener).or_default() += 1;
             }
             Err(HostError::NoSuchListener(_)) => drop(tx),
             Err(_) => self
@@ -420,6 +431,37 @@ impl Core {
                 .push_back(tx),
         }
         rx
+    }
+
+    /// Flows of `listener` its waiters took from the host and have not
+    /// handed over yet (at most one per waiter).
+    pub fn in_hand(&self, listener: ListenerId) -> usize {
+        self.in_hand.get(&listener).copied().unwrap_or(0)
+    }
+
+    /// A flow of `listener` taken by [`Core::wait_accept`] is now the
+    /// application's, or gone.
+    pub fn released(&mut self, listener: ListenerId) {
+        if let Some(count) = self.in_hand.get_mut(&listener) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.in_hand.remove(&listener);
+            }
+        }
+    }
+
+    /// Withdraws a wait for `listener`'s next flow: a flow that reached
+    /// `waiter` meanwhile is reset rather than left established with
+    /// nobody to take it.
+    pub fn give_up_accept(&mut self, listener: ListenerId, mut waiter: oneshot::Receiver<FlowId>) {
+        waiter.close();
+        if let Ok(orphan) = waiter.try_recv() {
+            let _ = self.host.abort(orphan);
+            let _ = self.host.close(orphan);
+            self.released(listener);
+            self.run();
+        }
+        self.prune_accepts(listener);
     }
 
     /// Closes a listener (see [`Host::close_listener`]); whoever waits for

@@ -344,3 +344,38 @@ fn the_async_listener_drains_while_a_task_accepts_and_counts_its_queue() {
     stream.read_exact(&mut ok).unwrap();
     assert_eq!(&ok, b"ok");
 }
+
+#[test]
+fn drain_counts_the_flow_on_its_way_into_a_full_accept_queue() {
+    // More flows than an accept queue's socket buffer holds (about 280
+    // notices): sald's feeder waits for room with one flow in hand, which
+    // is in neither the host's backlog nor the queue.
+    const FLOWS: usize = 500;
+    common::raise_fd_limit(8 * FLOWS as u64 + 1024);
+    let net = InProcessPair::new("shim-accept-full");
+    let control = ControlClient::connect_to(&net.server.control).expect("control");
+    let listener = ServiceListener::bind_via(
+        control,
+        "ac08/16".parse::<sal::ServicePrefix>().unwrap(),
+        1024,
+    )
+    .expect("bind");
+    let clients = common::open_flows(&net.client.control, service("ac08", 1), FLOWS, 8);
+    let deadline = Instant::now() + WITHIN;
+    while listener.drain().expect("drain") != FLOWS as u32 {
+        assert!(Instant::now() < deadline, "some flows were never counted");
+        thread::sleep(Duration::from_millis(50));
+    }
+    // Settled: every flow counted once.
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(listener.drain().expect("drain"), FLOWS as u32);
+    let mut accepted = 0;
+    while accepted < FLOWS {
+        let (stream, _) = listener.accept().expect("accept");
+        drop(stream);
+        accepted += 1;
+    }
+    assert!(listener.try_accept().expect("try_accept").is_none());
+    assert_eq!(listener.drain().expect("drain"), 0);
+    drop(clients);
+}

@@ -103,15 +103,18 @@ pub(super) async fn accept(client: &mut Client, listener: ListenerId, nonblockin
             },
             _ = client.stream.read(&mut probe) => {
                 // The client hung up (or broke protocol) while waiting.
-                drop(waiter);
-                shared.lock().prune_accepts(listener);
+                shared.lock().give_up_accept(listener, waiter);
                 return error_reply(ErrorKind::InvalidRequest, "client went away");
             }
         }
     };
-    hand_over(&client.context, client.uid, flow, |flow| {
+    let reply = hand_over(&client.context, client.uid, flow, |flow| {
         Response::Accepted { flow }
-    })
+    });
+    if !nonblocking {
+        shared.lock().released(listener);
+    }
+    reply
 }
 
 /// Unbinds one of this connection's listeners.

@@ -32,6 +32,7 @@ use std::sync::Arc;
 
 use nix::sys::socket::SockType;
 use sal::table::ListenerId;
+use sal::FlowId;
 use sal_control::{AcceptNotice, FlowNotice, Response, ACCEPT_EXHAUSTED};
 
 use super::flows::{hand_over_flow, pair, pair_error, HandOverError};
@@ -90,58 +91,58 @@ async fn feed(
             () = shutdown.recv() => None,
         };
         let Some(flow) = flow else {
-            // A flow may have come in the same turn: reset it rather than
-            // leave it established with nobody to take it.
-            waiter.close();
-            let mut core = context.shared.lock();
-            if let Ok(orphan) = waiter.try_recv() {
-                let _ = core.host.abort(orphan);
-                let _ = core.host.close(orphan);
-                core.run();
-            }
-            core.prune_accepts(listener);
+            context.shared.lock().give_up_accept(listener, waiter);
             return;
         };
-        let (info, fd) = match hand_over_flow(&context, uid, flow) {
-            Ok(handed) => handed,
-            Err(HandOverError::Gone) => continue,
-            Err(HandOverError::Pair(error)) => {
-                // sald is out of descriptors or memory: the flow was reset.
-                // The application's next accept says so; the next flow may
-                // find a descriptor free.
-                tracing::warn!(%error, "no socket for an accepted flow");
-                let told = tokio::select! {
-                    sent = queue.send(&ACCEPT_EXHAUSTED) => sent.is_ok(),
-                    () = shutdown.recv() => false,
-                };
-                if !told {
-                    return;
-                }
-                continue;
-            }
-        };
-        let long;
-        let short;
-        let notice: &[u8] = if flow_info {
-            long = FlowNotice { info }.encode();
-            &long
-        } else {
-            short = AcceptNotice {
-                service: info.service,
-                remote: info.remote,
-            }
-            .encode();
-            &short
-        };
-        tokio::select! {
-            sent = queue.send_with_fd(notice, &fd) => {
-                if sent.is_err() {
-                    // The application closed its end: the flow's socket goes
-                    // with `fd`, and its pump ends the flow.
-                    return;
-                }
-            }
-            () = shutdown.recv() => return,
+        let fed = feed_one(&context, uid, flow, flow_info, &queue, &mut shutdown).await;
+        context.shared.lock().released(listener);
+        if !fed {
+            return;
         }
+    }
+}
+
+/// Hands one flow of the listener to the application through `queue`;
+/// whether to go on with the next.
+async fn feed_one(
+    context: &Arc<ControlContext>,
+    uid: u32,
+    flow: FlowId,
+    flow_info: bool,
+    queue: &Packets,
+    shutdown: &mut Shutdown,
+) -> bool {
+    let (info, fd) = match hand_over_flow(context, uid, flow) {
+        Ok(handed) => handed,
+        Err(HandOverError::Gone) => return true,
+        Err(HandOverError::Pair(error)) => {
+            // sald is out of descriptors or memory: the flow was reset.
+            // The application's next accept says so; the next flow may
+            // find a descriptor free.
+            tracing::warn!(%error, "no socket for an accepted flow");
+            return tokio::select! {
+                sent = queue.send(&ACCEPT_EXHAUSTED) => sent.is_ok(),
+                () = shutdown.recv() => false,
+            };
+        }
+    };
+    let long;
+    let short;
+    let notice: &[u8] = if flow_info {
+        long = FlowNotice { info }.encode();
+        &long
+    } else {
+        short = AcceptNotice {
+            service: info.service,
+            remote: info.remote,
+        }
+        .encode();
+        &short
+    };
+    tokio::select! {
+        // An error: the application closed its end, and the flow's socket
+        // goes with `fd` (its pump ends the flow).
+        sent = queue.send_with_fd(notice, &fd) => sent.is_ok(),
+        () = shutdown.recv() => false,
     }
 }

@@ -74,12 +74,16 @@ pub(super) async fn drain(
     }
 }
 
-/// Flows the drained listeners admitted that are not accepted yet (a
+/// Flows the drained listeners admitted that are not accepted yet: those
+/// the host still queues and those on their way to the application (a
 /// listener closed meanwhile has none).
 fn pending(shared: &Shared, listeners: &[ListenerId]) -> usize {
     let core = shared.lock();
     listeners
         .iter()
-        .filter_map(|&listener| core.host.listener_pending(listener))
+        .filter_map(|&listener| {
+            let queued = core.host.listener_pending(listener)?;
+            Some(queued + core.in_hand(listener))
+        })
         .sum()
 }
