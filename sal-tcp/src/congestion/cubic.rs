@@ -23,6 +23,10 @@ pub struct Cubic {
     k: f64,            // cubic curve offset in seconds; depends only on w_max and mss
     w_est: f64,        // RFC 9438 §4.3 reno-friendly window, integrated per ACK
     cwnd_prior: usize, // cwnd at the most recent congestion event; gates α_cubic
+    // Congestion avoidance's growth not yet applied, in bytes × segment
+    // bytes: each ACK adds (target - cwnd) × segment and cwnd grows by the
+    // whole multiples of cwnd in it (Linux's `cwnd_cnt` in other units).
+    growth_credit: usize,
 
     recovery_start: Option<Instant>,
     in_fast_recovery: bool,
@@ -44,6 +48,7 @@ impl Cubic {
             k: 0.0,
             w_est: (DEFAULT_MSS * 2) as f64,
             cwnd_prior: DEFAULT_MSS * 2,
+            growth_credit: 0,
 
             recovery_start: None,
             in_fast_recovery: false,
@@ -168,9 +173,15 @@ impl Controller for Cubic {
             raw.min(1.5 * self.cwnd as f64) // clamp to avoid increasing faster than slow-start would
         };
 
-        // TODO: clamps to 0 on small w_cubic_target (i.e. close to plateau)
-        // add additional counter (linux `cwnd_cnt`?) to track "lost" bytes
-        let increment = (w_cubic_target as usize).saturating_sub(self.cwnd) * segment / self.cwnd;
+        // RFC 9438 §4.2: grow by (target - cwnd) / cwnd per segment
+        // acknowledged. Near the plateau that is less than a byte per ACK,
+        // so the remainder is kept for the next ACK rather than lost.
+        let wanted = (w_cubic_target as usize).saturating_sub(self.cwnd);
+        self.growth_credit = self
+            .growth_credit
+            .saturating_add(wanted.saturating_mul(segment));
+        let increment = self.growth_credit / self.cwnd;
+        self.growth_credit %= self.cwnd;
         self.cwnd = (self.cwnd + increment).min(self.rwnd).max(self.mss);
     }
 
@@ -186,14 +197,16 @@ impl Controller for Cubic {
 
     fn on_loss(&mut self, now: Instant, in_flight: usize) {
         self.idle_start = None;
+        self.growth_credit = 0;
         // Only cut window size on first entrance to fast recovery.
         if !self.in_fast_recovery {
             // RFC 9438 §4.3: remember the cwnd at this congestion event so W_est can
             // detect when it has recovered and switch α_cubic to 1.
             self.cwnd_prior = self.cwnd;
 
-            // TODO: Make this optional?
-            // RFC recommends (SHOULD) disabling if only a single CUBIC flow is on a network.
+            // RFC 9438 §4.7 would disable this where a single CUBIC flow
+            // has the path to itself; a host cannot know that, and Linux
+            // keeps it on by default (`fast_convergence=1`), as here.
             //
             // RFC 9483.4.7: Fast Convergence
             // If loss happened at a smaller cwnd than before, it indicates a new flow.
@@ -224,6 +237,7 @@ impl Controller for Cubic {
 
         self.cwnd = self.mss;
         self.cwnd_prior = in_flight;
+        self.growth_credit = 0;
 
         // RFC 9438 §4.8: defer W_max and K reset to the start of the next CA stage.
         self.recovery_start = None;
@@ -356,6 +370,32 @@ mod test {
             ack(&mut cubic, MSS, Instant::from_millis(100_000 + i * 100));
         }
         assert_eq!(cubic.window(), cubic.rwnd);
+    }
+
+    #[test]
+    fn growth_near_the_plateau_is_not_lost_to_rounding() {
+        let mut cubic = Cubic::new();
+        cubic.set_mss(MSS);
+        cubic.rwnd = 1 << 30;
+        // Congestion avoidance, 50 bytes below the plateau, at the time the
+        // curve reaches it one RTT (1 ms) ahead: the target is the plateau.
+        let start = 100 * MSS;
+        cubic.cwnd = start;
+        cubic.ssthresh = start;
+        cubic.w_max = start + 50;
+        cubic.recompute_k();
+        // Keep the Reno-friendly window out of the way.
+        cubic.w_est = 0.0;
+        cubic.cwnd_prior = usize::MAX;
+        cubic.recovery_start = Some(Instant::from_micros(0));
+        let now = Instant::from_micros((cubic.k * 1_000_000.0) as i64 - 1000);
+        // Each ACK is worth 50 × 1024 / 102,400 = half a byte: nothing at
+        // all when rounded on its own.
+        for _ in 0..200 {
+            cubic.on_ack(now, MSS, start, &rtte());
+        }
+        let grown = cubic.window() - start;
+        assert!((30..=50).contains(&grown), "grew {grown} bytes of 50");
     }
 
     #[test]
