@@ -30,7 +30,7 @@
 //! [`tunfwd`] is the plain TUN-to-TUN forwarder baseline of the performance
 //! method, built on this harness (the `tun-forwarder` program prints it).
 //! [`conntrack::flush`] makes a namespace's NAT forget its mappings.
-//! [`bench`] holds what the connection benchmarks share.
+//! [`mod@bench`] holds what the connection benchmarks share.
 
 use std::ffi::OsStr;
 use std::fs::File;

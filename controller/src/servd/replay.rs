@@ -4,7 +4,7 @@
 //! withdrawal can be sent again later and remove a live route. Every tagged
 //! datagram therefore carries the sender's clock and a sequence number
 //! ([`super::wire::Stamp`]), and a receiver accepts it only
-//! - when its timestamp is within [`WINDOW`] of the receiver's own clock
+//! - when its timestamp is within [`WINDOW_MS`] of the receiver's own clock
 //!   (so a capture is useless after that long, whatever else happens), and
 //! - when its sequence number is new for its sender, where a sender is one
 //!   run of one controller: (key identifier, epoch). Numbers above the

@@ -27,7 +27,7 @@
 //! senders batch announcements to stay under it.
 //!
 //! Timestamp and sequence make a captured datagram useless later: the
-//! receiver drops tagged datagrams more than [`super::replay::WINDOW`] away
+//! receiver drops tagged datagrams more than [`super::replay::WINDOW_MS`] away
 //! from its own clock, and those whose (key, sender epoch, sequence) it has
 //! already seen ([`super::replay`]). Version 1 (tag without timestamp and
 //! sequence) is no longer accepted.

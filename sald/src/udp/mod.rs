@@ -11,7 +11,7 @@
 //! so that a burst waits in the kernel instead of being dropped.
 //!
 //! - [`batch`]: the batches, on plain byte buffers (no system calls);
-//! - [`sys`]: the system calls and socket options (all of the unsafe code);
+//! - `sys`: the system calls and socket options (all of the unsafe code);
 //! - [`UdpLink`]: the socket, for tokio.
 
 pub mod batch;

@@ -4,7 +4,7 @@
 //! Link it (`-lserval_shim`) or preload it (`serval-run -- PROGRAM`); either
 //! way the definitions here come before libc's, and every call on a
 //! descriptor or address family that is not ours goes straight on to libc
-//! (found with `dlsym(RTLD_NEXT)`, see [`real`]).
+//! (found with `dlsym(RTLD_NEXT)`, see the `real` module).
 //!
 //! # Descriptor scheme
 //!
@@ -39,7 +39,7 @@
 //!   next receive. A bound datagram socket may `listen` and `accept`
 //!   connected datagram flows (the reference's `udp_server_user`).
 //!
-//! The [`table`] remembers what each number means; [`ops`] does the work.
+//! The `table` module remembers what each number means; `ops` does the work.
 //!
 //! # Inet mode
 //!

@@ -6,7 +6,7 @@
 //! ```
 //!
 //! Each side carries every connection with `splice(2)` in both directions,
-//! so bytes never enter user space (see [`relay`] and [`pipes`]). A
+//! so bytes never enter user space (see [`mod@relay`] and [`pipes`]). A
 //! direction that reaches end of file half-closes the other socket's
 //! sending side; the connection ends when both directions have.
 //! Backpressure is the kernel's: a blocked splice stops reading from its
