@@ -248,14 +248,14 @@ fn live<'a>(
     path: &Path,
     pid: u32,
 ) -> Result<&'a mut Connection> {
-    for connection in std::mem::take(connections) {
+    // In place: this runs on every connect, which should not allocate.
+    let gone = connections.extract_if(.., |c| c.pid != pid || lock(&c.waiting).broken);
+    for connection in gone {
         if connection.pid != pid {
             forsake(connection);
-        } else if lock(&connection.waiting).broken {
-            // (The reader thread closes the reading descriptor.)
-            close_if_ours(connection.sender, connection.reader_socket);
         } else {
-            connections.push(connection);
+            // Broken. (The reader thread closes the reading descriptor.)
+            close_if_ours(connection.sender, connection.reader_socket);
         }
     }
     if let Some(at) = connections.iter().position(|c| c.path == path) {
