@@ -520,15 +520,16 @@ fn hierarchy_aggregates_and_resolves_through_the_core() {
     assert!(net.hosts[core].forwards("beef/16").is_empty());
 }
 
-#[test]
-fn delay_query_round_trip_positive_and_negative() {
+/// A router (.1), a server (.2) that registered 5e00/16 with it, and a
+/// client (.3, `client` its config) resolving unknown services through it
+/// (`/0` DELAY), which has just resolved 5e0077. The net and the client.
+fn resolved_through_the_router(mut client: Config) -> (Net, usize) {
     let mut net = Net::new();
     let _r = net.router(1, &[]);
     let server = net.host(2, &[1]);
-    let mut c = config("client");
-    c.upstreams = vec![addr(1)];
-    c.default_route = DefaultRoute::Delay;
-    let client = net.add(3, c);
+    client.upstreams = vec![addr(1)];
+    client.default_route = DefaultRoute::Delay;
+    let client = net.add(3, client);
     net.run(Duration::from_millis(50));
     net.register(server, "5e00/16");
     net.event(
@@ -537,6 +538,12 @@ fn delay_query_round_trip_positive_and_negative() {
             service: id("5e0077"),
         },
     );
+    (net, client)
+}
+
+#[test]
+fn delay_query_round_trip_positive_and_negative() {
+    let (mut net, client) = resolved_through_the_router(config("client"));
     assert_eq!(net.hosts[client].forwards("5e00/16"), vec![(loc(2), 1)]);
     let origin =
         &net.hosts[client].origins[&(p("5e00/16"), TargetKey::Forward { locator: loc(2) })];
@@ -555,22 +562,10 @@ fn delay_query_round_trip_positive_and_negative() {
 
 #[test]
 fn a_flood_of_unknown_services_is_cached_only_so_far_and_pushes_out_its_own_answers_first() {
-    let mut net = Net::new();
-    let _r = net.router(1, &[]);
-    let server = net.host(2, &[1]);
-    let mut c = config("client");
-    c.upstreams = vec![addr(1)];
-    c.default_route = DefaultRoute::Delay;
-    c.max_cached = 3;
-    let client = net.add(3, c);
-    net.run(Duration::from_millis(50));
-    net.register(server, "5e00/16");
-    net.event(
-        client,
-        ControlEvent::DelayNotify {
-            service: id("5e0077"),
-        },
-    );
+    let (mut net, client) = resolved_through_the_router(Config {
+        max_cached: 3,
+        ..config("client")
+    });
     // Five unknown services, one after another: each answer is a DROP.
     let unknown: Vec<String> = (1..=5)
         .map(|n| {
