@@ -6,7 +6,9 @@
 //!
 //! `cargo bench -p sald --bench flows` (root). Environment: `BENCH_SECONDS`
 //! (default 5) per throughput run, `BENCH_FLOWS` (default
-//! `1000,10000,100000`) the idle flow counts.
+//! `1000,10000,100000`) the idle flow counts, `BENCH_PERF_DIR` (a
+//! directory: each setup run is recorded there with `perf record -g` of
+//! both daemons, as `setup-<count>-<alone|beside|after>.data`).
 //!
 //! Idle flows are held by applications (both ends: this process holds the
 //! client ends, a copy of it the server ends) while the descriptor limit
@@ -118,14 +120,48 @@ struct Bench<'a> {
 }
 
 impl Bench<'_> {
-    fn setup(&self) -> Setup {
+    /// One setup run; `label` names its profile (see `BENCH_PERF_DIR`).
+    fn setup(&self, label: &str) -> Setup {
         let daemons = [self.client.child.id(), self.server.child.id()];
+        let _profile = std::env::var_os("BENCH_PERF_DIR")
+            .map(|dir| Profile::start(&Path::new(&dir).join(format!("{label}.data")), daemons));
         (self.echo).run(
             &self.client.control,
             daemons,
             SETUP_PARALLEL,
             self.setup_millis,
         )
+    }
+}
+
+/// `perf record` of the daemons while it lives (a diagnosis aid: where
+/// did a slower setup run spend its time).
+struct Profile(std::process::Child);
+
+impl Profile {
+    fn start(output: &Path, pids: [u32; 2]) -> Option<Profile> {
+        let pids = format!("{},{}", pids[0], pids[1]);
+        let child = std::process::Command::new("perf")
+            .args(["record", "-q", "-g", "-F", "1999", "-p", &pids, "-o"])
+            .arg(output)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| eprintln!("perf record: {e}"))
+            .ok()?;
+        // Let it attach before the run starts.
+        thread::sleep(Duration::from_millis(300));
+        Some(Profile(child))
+    }
+}
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let _ = self.0.wait();
     }
 }
 
@@ -158,7 +194,7 @@ fn measure(
     let pids = [client.child.id(), server.child.id()];
     // Setup first: the bulk run gives sald time to trim what the short
     // flows left before the memory is read.
-    let setup_alone = bench.setup();
+    let setup_alone = bench.setup(&format!("setup-{count}-alone"));
     let (alone, _) = bulk(client, server, seconds);
     wait_no_flows([client, server], Duration::from_secs(30));
     let before = pids.map(common::rss);
@@ -171,11 +207,11 @@ fn measure(
     // In the order of the "alone" runs: setup, then the bulk flow (right
     // after a bulk run, setup measured 0.87-0.91 of alone at 1,000 and
     // 10,000 flows; before it, 0.96-1.03).
-    let setup_beside = bench.setup();
+    let setup_beside = bench.setup(&format!("setup-{count}-beside"));
     let (gbps, work) = bulk(client, server, seconds);
     close();
     wait_no_flows([client, server], Duration::from_secs(60));
-    let setup_after = bench.setup();
+    let setup_after = bench.setup(&format!("setup-{count}-after"));
     wait_no_flows([client, server], Duration::from_secs(30));
     thread::sleep(Duration::from_secs(10));
     let closed = pids.map(common::rss);
@@ -384,29 +420,34 @@ fn main() {
          through both daemons): alone right before the idle flows opened / beside them / right after they all closed"
     );
     println!(
-        "  idle flows   alone conn/s  p50 us  cpu us/c   beside conn/s  p50 us  cpu us/c  / alone   \
-         after close conn/s  p50 us  cpu us/c  / alone   errors"
+        "  idle flows   alone conn/s  p50 us  cpu us/c  flt/c   beside conn/s  p50 us  cpu us/c  flt/c  / alone   \
+         after close conn/s  p50 us  cpu us/c  flt/c  / alone   errors"
     );
     for row in &rows {
         let [alone, beside, after] = row.setup;
         println!(
-            "  {:<10}   {:12.0} {:7} {:9.0}   {:13.0} {:7} {:9.0} {:8.3}   {:18.0} {:7} {:9.0} {:8.3}   {}",
+            "  {:<10}   {:12.0} {:7} {:9.0} {:6.1}   {:13.0} {:7} {:9.0} {:6.1} {:8.3}   {:18.0} {:7} {:9.0} {:6.1} {:8.3}   {}",
             row.flows,
             alone.rate,
             alone.p50_us,
             alone.daemons_cpu_us,
+            alone.daemons_faults,
             beside.rate,
             beside.p50_us,
             beside.daemons_cpu_us,
+            beside.daemons_faults,
             beside.rate / alone.rate.max(1.0),
             after.rate,
             after.p50_us,
             after.daemons_cpu_us,
+            after.daemons_faults,
             after.rate / alone.rate.max(1.0),
             alone.errors + beside.errors + after.errors
         );
     }
-    println!("  (cpu us/c: both daemons' CPU time per connection)");
+    println!(
+        "  (cpu us/c: both daemons' CPU time per connection; flt/c: their minor page faults per connection)"
+    );
     println!();
     println!("targets: >= 0.9x alone at 10,000, >= 0.8x at 100,000; <= 8192 bytes per idle flow");
     if rows.iter().any(|r| r.held == Held::Generator) {

@@ -80,12 +80,26 @@ const PROC_TICK_US: u64 = 10_000;
 /// A process's user and system CPU time so far, all its threads, in
 /// microseconds (`/proc/<pid>/stat`); `None` if there is no such process.
 pub fn process_cpu_us(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces: count from its ')'.
-    // Fields 14 and 15 are utime and stime; the rest starts at field 3.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // Fields 14 and 15 are utime and stime.
+    let fields = stat_fields(pid)?;
     let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
     Some((ticks(11)? + ticks(12)?) * PROC_TICK_US)
+}
+
+/// A process's minor page faults so far (pages it touched for the first
+/// time, or again after they were given back): field 10 of
+/// `/proc/<pid>/stat`.
+pub fn process_minor_faults(pid: u32) -> Option<u64> {
+    stat_fields(pid)?.get(7)?.parse().ok()
+}
+
+/// The fields of `/proc/<pid>/stat` from field 3 on (index 0 is field 3).
+/// The command name (field 2) may hold spaces: they are counted from its
+/// closing parenthesis.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    Some(rest.split_whitespace().map(str::to_owned).collect())
 }
 
 /// The whole machine's busy CPU time so far, all CPUs and every process,

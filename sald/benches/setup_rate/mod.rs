@@ -46,6 +46,9 @@ pub struct Setup {
     /// CPU time of both daemons per connection, in microseconds: whether a
     /// slower run did more work or waited more.
     pub daemons_cpu_us: f64,
+    /// Both daemons' minor page faults per connection: memory given back
+    /// to the system (a trim) and touched again costs one each page.
+    pub daemons_faults: f64,
 }
 
 /// The echo service the runs connect to: a listener on the server's sald
@@ -93,7 +96,12 @@ impl EchoService {
             let times = daemons.map(testnet::bench::process_cpu_us);
             times.iter().map(|t| t.unwrap_or(0)).sum()
         };
+        let faults = || -> u64 {
+            let counts = daemons.map(testnet::bench::process_minor_faults);
+            counts.iter().map(|c| c.unwrap_or(0)).sum()
+        };
         let cpu_before = cpu();
+        let faults_before = faults();
         let deadline = Instant::now() + Duration::from_millis(millis);
         let started = Instant::now();
         let workers: Vec<_> = (0..parallel)
@@ -112,12 +120,14 @@ impl EchoService {
         }
         let elapsed = started.elapsed().as_secs_f64();
         let spent = cpu().saturating_sub(cpu_before);
+        let faulted = faults().saturating_sub(faults_before);
         latencies.sort_unstable();
         Setup {
             rate: latencies.len() as f64 / elapsed,
             p50_us: latencies.get(latencies.len() / 2).copied().unwrap_or(0),
             errors,
             daemons_cpu_us: spent as f64 / latencies.len().max(1) as f64,
+            daemons_faults: faulted as f64 / latencies.len().max(1) as f64,
         }
     }
 }
