@@ -249,13 +249,19 @@ fn live<'a>(
     pid: u32,
 ) -> Result<&'a mut Connection> {
     // In place: this runs on every connect, which should not allocate.
-    let gone = connections.extract_if(.., |c| c.pid != pid || lock(&c.waiting).broken);
-    for connection in gone {
-        if connection.pid != pid {
-            forsake(connection);
+    let mut at = 0;
+    while at < connections.len() {
+        let connection = &connections[at];
+        if connection.pid == pid && !lock(&connection.waiting).broken {
+            at += 1;
+            continue;
+        }
+        let gone = connections.swap_remove(at);
+        if gone.pid != pid {
+            forsake(gone);
         } else {
             // Broken. (The reader thread closes the reading descriptor.)
-            close_if_ours(connection.sender, connection.reader_socket);
+            close_if_ours(gone.sender, gone.reader_socket);
         }
     }
     if let Some(at) = connections.iter().position(|c| c.path == path) {
