@@ -22,10 +22,11 @@
 //! flow's close on the host a little dearer: measured with the flows bench,
 //! `queue_work_on` from `unix_release_sock` took 4.6 % of the server
 //! daemon's samples while two listeners' queues were full of undelivered
-//! flows (and none in a run without them); connection setup beside them
-//! ran at 0.77-0.95 of its rate without them, though not all of that is
-//! this: the bench showed 0.79 once before Rust listeners took their
-//! flows this way. Newer kernels only collect when a cycle is possible.
+//! flows (and none in a run without them). Its effect on the rate is
+//! within this machine's noise, though: with the bench's 100,000 idle
+//! flows fed into such queues or left in sald's backlog instead, setup
+//! beside them ran at 0.77-0.99 and 0.70-1.20 of alone (five and eight
+//! runs). Newer kernels only collect when a cycle is possible.
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
