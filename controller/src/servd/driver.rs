@@ -92,7 +92,7 @@ pub struct Args {
     pub negative_lifetime: Duration,
     /// How many answers are cached at most; past that, the one due to
     /// expire first goes early.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = 100_000, value_parser = parse_positive)]
     pub max_cached: usize,
     /// How long to wait for an answer before asking again (3 tries).
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
@@ -138,6 +138,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(format!("duration {text:?} out of range"));
     }
     Ok(Duration::from_secs_f64(seconds))
+}
+
+fn parse_positive(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn parse_policy(text: &str) -> Result<WeightPolicy, String> {
@@ -394,5 +402,21 @@ async fn flush(
     }
     if connected && !changes.is_empty() {
         let _ = commands.send(Command::Apply(changes));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_bound_is_a_positive_count() {
+        let parse = |value: &str| Args::try_parse_from(["servd", "--max-cached", value]);
+        assert_eq!(parse("5").expect("5 parses").max_cached, 5);
+        let error = parse("0").expect_err("0 refused").to_string();
+        assert!(error.contains("must be at least 1"), "{error}");
+        assert!(parse("many").is_err());
+        let default = Args::try_parse_from(["servd"]).expect("no arguments");
+        assert_eq!(default.max_cached, Config::default().max_cached);
     }
 }
