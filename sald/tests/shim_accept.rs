@@ -3,8 +3,9 @@
 //! connection, `drain` answers while a thread waits in `accept` and counts
 //! the flows waiting in the queue (the async listener's too), a given-up
 //! async accept loses nothing, and what `accept` returns is what sald
-//! lists for the flow. Two daemons in this process (UDP mode on loopback),
-//! real flows between them.
+//! lists for the flow; a flow sald handed to an `Accept` request whose
+//! client had just left ends rather than stays. Two daemons in this
+//! process (UDP mode on loopback), real flows between them.
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
@@ -378,4 +379,54 @@ fn drain_counts_the_flow_on_its_way_into_a_full_accept_queue() {
     assert!(listener.try_accept().expect("try_accept").is_none());
     assert_eq!(listener.drain().expect("drain"), 0);
     drop(clients);
+}
+
+#[test]
+fn a_flow_handed_to_an_accept_whose_client_left_is_ended_not_kept() {
+    // The flow waits in sald's backlog (a bare `Listen`, no accept queue);
+    // the client sends a blocking `Accept` and closes at once, so that
+    // sald finds the flow and the client's departure ready together.
+    // Whichever it takes first, the flow must end: handed over to nobody
+    // (its socket closed with the connection), or reset. It used to stay
+    // established for ever when the departure won.
+    const ROUNDS: usize = 16;
+    let net = InProcessPair::new("shim-accept-gone");
+    let mut clients = Vec::new();
+    for round in 0..ROUNDS {
+        let prefix = format!("ac{:02x}/16", 0x10 + round);
+        let mut control = ControlClient::connect_to(&net.server.control).expect("control");
+        let reply = control
+            .request(&sal_control::Request::Listen {
+                prefix: prefix.parse().unwrap(),
+                protocol: sal::wire::TransportProtocol::Stream,
+                backlog: 4,
+            })
+            .expect("listen");
+        let sal_control::Response::Listening { listener, .. } = reply.response else {
+            panic!("listen: {:?}", reply.response);
+        };
+        let service = service(&format!("ac{:02x}", 0x10 + round), 1);
+        clients.push(connect(&net.client, service));
+        // The flow is established at the server once the client's ACK
+        // arrives, right after the client's connect returned.
+        thread::sleep(Duration::from_millis(20));
+        control
+            .send(&sal_control::Request::Accept {
+                listener,
+                nonblocking: false,
+            })
+            .expect("accept request");
+        drop(control);
+    }
+    for (round, mut stream) in clients.into_iter().enumerate() {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        match stream.read(&mut byte) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("flow {round} still open after its accept's client left: {other:?}"),
+        }
+    }
 }
