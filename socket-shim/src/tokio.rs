@@ -412,6 +412,8 @@ impl AsyncServiceListener {
     }
 
     /// Takes the next established flow if there is one, without waiting.
+    /// Like every constructor of an [`AsyncServiceStream`], it registers
+    /// the flow with the current tokio runtime, so call it inside one.
     pub fn try_accept(&self) -> Result<Option<(AsyncServiceStream, FlowInfo)>> {
         match accept_queue::try_take(self.queue.get_ref().as_fd())? {
             Some((info, fd)) => Ok(Some((
