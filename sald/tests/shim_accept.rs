@@ -39,6 +39,31 @@ fn connect(sald: &InProcess, service: ServiceId) -> ServiceStream {
     stream
 }
 
+/// A runtime for the async listener's tests.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// An async listener for `prefix` on `sald`, bound on `runtime`.
+fn bind_async(
+    runtime: &tokio::runtime::Runtime,
+    sald: &InProcess,
+    prefix: &str,
+) -> AsyncServiceListener {
+    let prefix: sal::ServicePrefix = prefix.parse().unwrap();
+    runtime.block_on(async {
+        let control = AsyncControlClient::connect_to(&sald.control)
+            .await
+            .expect("control");
+        AsyncServiceListener::bind_via(control, prefix, 64)
+            .await
+            .expect("bind")
+    })
+}
+
 fn service(prefix: &str, n: usize) -> ServiceId {
     format!("{prefix}{n:04x}").parse().unwrap()
 }
@@ -207,23 +232,8 @@ fn accepted_flow_info_is_what_sald_lists() {
 fn a_given_up_async_accept_loses_no_flow() {
     const FLOWS: usize = 12;
     let net = InProcessPair::new("shim-accept-async");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let control = net.server.control.clone();
-    let listener = runtime.block_on(async move {
-        let control = AsyncControlClient::connect_to(&control)
-            .await
-            .expect("control");
-        AsyncServiceListener::bind_via(
-            control,
-            "ac05/16".parse::<sal::ServicePrefix>().unwrap(),
-            64,
-        )
-        .await
-        .expect("bind")
-    });
+    let runtime = runtime();
+    let listener = bind_async(&runtime, &net.server, "ac05/16");
     // Nothing queued yet: an accept given up takes nothing.
     let early = runtime.block_on(async {
         tokio::time::timeout(Duration::from_millis(50), listener.accept()).await
@@ -271,26 +281,8 @@ fn a_given_up_async_accept_loses_no_flow() {
 #[test]
 fn the_async_listener_drains_while_a_task_accepts_and_counts_its_queue() {
     let net = InProcessPair::new("shim-accept-async-drain");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let control = net.server.control.clone();
-    let bind = |prefix: &'static str| {
-        let control = control.clone();
-        runtime.block_on(async move {
-            let control = AsyncControlClient::connect_to(&control)
-                .await
-                .expect("control");
-            AsyncServiceListener::bind_via(
-                control,
-                prefix.parse::<sal::ServicePrefix>().unwrap(),
-                64,
-            )
-            .await
-            .expect("bind")
-        })
-    };
+    let runtime = runtime();
+    let bind = |prefix| bind_async(&runtime, &net.server, prefix);
 
     // Drain answers while a task waits in accept.
     let idle = bind("ac06/16");
