@@ -8,50 +8,44 @@
 //! harmless: listings only annotate targets that exist, and re-adding the
 //! target by any request overwrites it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use sal::table::{Rule, RuleOrigin, TargetKey};
 use sal::ServicePrefix;
 
-/// The origins of one daemon's rule targets, by prefix so that forgetting
-/// a whole rule costs its own targets, not the table's.
+/// The origins of one daemon's rule targets.
 #[derive(Debug, Default)]
 pub struct Origins {
-    map: HashMap<ServicePrefix, BTreeMap<TargetKey, RuleOrigin>>,
+    map: HashMap<(ServicePrefix, TargetKey), RuleOrigin>,
 }
 
 impl Origins {
     /// Records who installed `key` at `prefix` (`Static` forgets the entry).
     pub fn set(&mut self, prefix: ServicePrefix, key: TargetKey, origin: RuleOrigin) {
         if origin == RuleOrigin::Static {
-            self.forget(&prefix, Some(&key));
+            self.map.remove(&(prefix, key));
         } else {
-            self.map.entry(prefix).or_default().insert(key, origin);
+            self.map.insert((prefix, key), origin);
         }
     }
 
-    /// Forgets one target's origin, or every target's of `prefix`.
-    pub fn forget(&mut self, prefix: &ServicePrefix, key: Option<&TargetKey>) {
-        match key {
-            Some(key) => {
-                if let Some(targets) = self.map.get_mut(prefix) {
-                    targets.remove(key);
-                    if targets.is_empty() {
-                        self.map.remove(prefix);
-                    }
-                }
-            }
-            None => {
-                self.map.remove(prefix);
-            }
+    /// Forgets one target's origin.
+    pub fn forget(&mut self, prefix: &ServicePrefix, key: &TargetKey) {
+        self.map.remove(&(*prefix, *key));
+    }
+
+    /// Forgets the origins of every target of `rule` (it is being
+    /// removed): a lookup per target, not a walk over every origin.
+    pub fn forget_rule(&mut self, rule: &Rule) {
+        for entry in rule.targets() {
+            self.map.remove(&(rule.prefix, entry.target.key()));
         }
     }
 
     /// The origin of `key` at `prefix`.
     pub fn get(&self, prefix: &ServicePrefix, key: &TargetKey) -> RuleOrigin {
         self.map
-            .get(prefix)
-            .and_then(|targets| targets.get(key))
+            .get(&(*prefix, *key))
             .cloned()
             .unwrap_or(RuleOrigin::Static)
     }
@@ -59,11 +53,11 @@ impl Origins {
     /// Fills in the recorded origins of `rules`' targets.
     pub fn annotate(&self, rules: &mut [Rule]) {
         for rule in rules {
-            let Some(targets) = self.map.get(&rule.prefix) else {
-                continue;
-            };
-            for (key, origin) in targets {
-                rule.set_origin(key, origin.clone());
+            let keys: Vec<TargetKey> = rule.targets().iter().map(|e| e.target.key()).collect();
+            for key in keys {
+                if let Some(origin) = self.map.get(&(rule.prefix, key)) {
+                    rule.set_origin(&key, origin.clone());
+                }
             }
         }
     }
@@ -105,31 +99,30 @@ mod tests {
         origins.set(prefix, drop, RuleOrigin::Static);
         assert!(origins.has_operator_target(&rules[0]));
         origins.set(prefix, drop, announced.clone());
-        origins.forget(&prefix, None);
+        origins.forget(&prefix, &drop);
         assert_eq!(origins.get(&prefix, &drop), RuleOrigin::Static);
     }
 
     #[test]
-    fn forgetting_a_prefix_leaves_the_others() {
+    fn forgetting_a_rule_forgets_its_targets_and_leaves_the_others() {
         let (a, b): (ServicePrefix, ServicePrefix) =
             ("beef/16".parse().unwrap(), "beef00/24".parse().unwrap());
-        let delay = TargetKey::Delay;
         let announced = RuleOrigin::Announced {
             by: "r1".into(),
             expires_unix_ms: None,
         };
+        let mut table = ServiceTable::new();
         let mut origins = Origins::default();
         for prefix in [a, b] {
+            table.add(prefix, Target::Drop, 0);
+            table.add(prefix, Target::Delay, 1);
             origins.set(prefix, TargetKey::Drop, announced.clone());
-            origins.set(prefix, delay, announced.clone());
+            origins.set(prefix, TargetKey::Delay, announced.clone());
         }
-        origins.forget(&a, None);
-        assert_eq!(origins.get(&a, &delay), RuleOrigin::Static);
-        assert_eq!(origins.get(&b, &delay), announced);
-        origins.forget(&b, Some(&delay));
-        assert_eq!(origins.get(&b, &delay), RuleOrigin::Static);
-        assert_eq!(origins.get(&b, &TargetKey::Drop), announced);
-        origins.forget(&b, Some(&TargetKey::Drop));
-        assert!(origins.map.is_empty(), "emptied prefixes are not kept");
+        origins.forget_rule(table.get(&a).unwrap());
+        assert_eq!(origins.get(&a, &TargetKey::Drop), RuleOrigin::Static);
+        assert_eq!(origins.get(&a, &TargetKey::Delay), RuleOrigin::Static);
+        assert_eq!(origins.get(&b, &TargetKey::Delay), announced);
+        assert_eq!(origins.map.len(), 2, "only b's two origins are left");
     }
 }

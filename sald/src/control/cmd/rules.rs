@@ -178,10 +178,17 @@ fn delete_target(
     target: Option<TargetKey>,
 ) -> Result<(), Refusal> {
     let result = match target {
-        Some(key) => core.host.remove_rule_target(&prefix, &key),
-        None => core.host.remove_rule(&prefix),
+        Some(key) => {
+            core.origins.forget(&prefix, &key);
+            core.host.remove_rule_target(&prefix, &key)
+        }
+        None => {
+            if let Some(rule) = core.host.table().get(&prefix) {
+                core.origins.forget_rule(rule);
+            }
+            core.host.remove_rule(&prefix)
+        }
     };
-    core.origins.forget(&prefix, target.as_ref());
     result.map_err(
         |error @ (TableError::NoSuchRule(_) | TableError::NoSuchTarget(..))| {
             (ErrorKind::NotFound, error.to_string())
