@@ -5,7 +5,14 @@
 //!    announced by 1000 simulated hosts (100 each, HMAC on), applied to a
 //!    real `ServiceTable` standing in for sald: install rate, memory, and
 //!    the CPU cost of one full refresh round.
-//! 2. Namespaces (root, and a built `sald` next to this program or in
+//! 2. Resolution cache, in-process (always): a client controller with
+//!    `--default-route delay` resolves 100k services through that router
+//!    (positive answers: FORWARD rules), another 100k that nobody has
+//!    (negative answers: exact DROP rules), then a flood of 100k more
+//!    unknown ones against a full cache (`max_cached` 100k): memory per
+//!    cached answer, servd and the table together, and what the flood
+//!    pushes out.
+//! 3. Namespaces (root, and a built `sald` next to this program or in
 //!    target/debug): router, two servers, client, lease 2 s, refresh
 //!    0.5 s. Registration-to-reachable latency (bind on a server until a
 //!    client's connect through the router succeeds) and failover time
@@ -18,7 +25,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use controller::servd::{Config, Controller, Key, Keyring, SaldAction};
+use controller::servd::{Config, Controller, DefaultRoute, Key, Keyring, SaldAction};
 use sal::proto::LocalInterface;
 use sal::table::{ServiceTable, Target};
 use sal::{ServiceId, ServicePrefix};
@@ -27,7 +34,8 @@ use socket_shim::{ControlClient, ServiceListener, ServiceStream};
 use testnet::{wait_until, Host, NsChild, TopologyBuilder};
 
 fn main() {
-    scale();
+    let router = scale();
+    cache(router);
     if !testnet::is_root() {
         println!("namespace benchmarks skipped: not root");
         return;
@@ -44,6 +52,15 @@ fn rss_bytes() -> u64 {
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
         .unwrap_or(0)
         * 4096
+}
+
+/// Bytes the allocator has handed out and not yet had back (glibc's
+/// count): unlike RSS, not masked by memory an earlier section freed.
+fn heap_in_use() -> u64 {
+    // SAFETY: `mallinfo2` takes no arguments and only reads glibc's own
+    // statistics under its locks.
+    let info = unsafe { nix::libc::mallinfo2() };
+    (info.uordblks + info.hblkhd) as u64
 }
 
 fn interface(ip: Ipv4Addr) -> LocalInterface {
@@ -71,13 +88,15 @@ fn apply(table: &mut ServiceTable, action: SaldAction) {
     }
 }
 
-fn scale() {
+/// Builds the router of section 1 and returns it, knowing 100k services
+/// (`0x<host>_<service>` in the first 64 bits of each /64).
+fn scale() -> Controller {
     const HOSTS: u32 = 1000;
     const PER_HOST: u32 = 100;
     let key = b"benchmark shared key 0123456789".to_vec();
     let lease = Duration::from_secs(30);
     let refresh = Duration::from_secs(10);
-    let router_addr = SocketAddr::from(([10, 255, 0, 1], 54326));
+    let router_addr = ROUTER_ADDR;
     let start = Instant::now();
     let base = |name: String| Config {
         name,
@@ -189,6 +208,154 @@ fn scale() {
             100.0 * cost.as_secs_f64() / refresh.as_secs_f64()
         );
     }
+    router
+}
+
+/// The router's address in sections 1 and 2.
+const ROUTER_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(10, 255, 0, 1)), 54326);
+
+/// Section 2: see the module docs. `router` knows the services of section 1.
+fn cache(mut router: Controller) {
+    const CACHED: usize = 100_000;
+    /// Fewer than servd's bound on pending queries (10,000).
+    const BATCH: u64 = 5_000;
+    let client_ip = Ipv4Addr::new(10, 254, 0, 2);
+    let client_addr = SocketAddr::new(client_ip.into(), 54326);
+    let start = Instant::now();
+    let key = b"benchmark shared key 0123456789".to_vec();
+    // Epochs name senders for replay protection: unlike section 1's hosts'.
+    let new_client = |name: &str, epoch: u64| {
+        let config = Config {
+            name: name.into(),
+            upstreams: vec![ROUTER_ADDR],
+            default_route: DefaultRoute::Delay,
+            max_cached: CACHED,
+            keys: Keyring::with_signing(Key::new("domain", &key).expect("a long enough key")),
+            ..Config::default()
+        };
+        let mut client = Controller::new(config, start, epoch);
+        client.set_interfaces(start, vec![interface(client_ip)]);
+        while client.poll_transmit().is_some() {}
+        while client.poll_action().is_some() {}
+        client
+    };
+    // Resolves `services` one batch at a time, each query and answer
+    // carried between the two controllers as a datagram; returns the
+    // elapsed time.
+    let resolve = |router: &mut Controller,
+                   client: &mut Controller,
+                   table: &mut ServiceTable,
+                   services: &mut dyn Iterator<Item = ServiceId>| {
+        let t0 = Instant::now();
+        let mut batch = Vec::with_capacity(BATCH as usize);
+        loop {
+            batch.clear();
+            batch.extend(services.take(BATCH as usize));
+            if batch.is_empty() {
+                return t0.elapsed();
+            }
+            for &service in &batch {
+                client.handle_local_event(start, ControlEvent::DelayNotify { service });
+            }
+            while let Some(query) = client.poll_transmit() {
+                router.handle_message(start, client_addr, &query.bytes);
+                while let Some(answer) = router.poll_transmit() {
+                    client.handle_message(start, ROUTER_ADDR, &answer.bytes);
+                }
+            }
+            while router.poll_action().is_some() {}
+            while let Some(action) = client.poll_action() {
+                apply(table, action);
+            }
+        }
+    };
+    let known = |i: u64| {
+        let (host, service) = (i / 100, i % 100);
+        ServiceId::from_words([host << 32 | service, 0x5e, 0, 0])
+    };
+    let unknown = |i: u64| ServiceId::from_words([u64::MAX - i, 0xbad, 0, 0]);
+
+    println!("== servd resolution cache: --default-route delay, max_cached {CACHED} ==");
+    let per_entry = |before: u64, after: u64| after.saturating_sub(before) as f64 / CACHED as f64;
+
+    let mut positive = new_client("client-positive", 2_000_001);
+    let mut positive_table = ServiceTable::new();
+    let before = heap_in_use();
+    let took = resolve(
+        &mut router,
+        &mut positive,
+        &mut positive_table,
+        &mut (0..CACHED as u64).map(known),
+    );
+    let after = heap_in_use();
+    let stats = positive.stats();
+    assert_eq!(
+        positive_table.len(),
+        CACHED,
+        "every known service got its FORWARD rule"
+    );
+    println!(
+        "positive: {} answers in {:.0} ms ({:.1} us each, both controllers); {} rules; \
+         heap +{:.0} B per cached answer (servd and table), table alone {:.0} B per rule",
+        stats.answers,
+        took.as_secs_f64() * 1e3,
+        took.as_secs_f64() * 1e6 / CACHED as f64,
+        positive_table.len(),
+        per_entry(before, after),
+        positive_table.memory_bytes() as f64 / CACHED as f64,
+    );
+
+    let mut negative = new_client("client-negative", 2_000_002);
+    let mut negative_table = ServiceTable::new();
+    let before = heap_in_use();
+    let took = resolve(
+        &mut router,
+        &mut negative,
+        &mut negative_table,
+        &mut (0..CACHED as u64).map(unknown),
+    );
+    let after = heap_in_use();
+    assert_eq!(
+        negative_table.len(),
+        CACHED,
+        "every unknown service got its DROP rule"
+    );
+    println!(
+        "negative: {} answers in {:.0} ms; heap +{:.0} B per cached answer, table alone {:.0} B per rule",
+        negative.stats().negative_answers,
+        took.as_secs_f64() * 1e3,
+        per_entry(before, after),
+        negative_table.memory_bytes() as f64 / CACHED as f64,
+    );
+    drop((negative, negative_table));
+
+    // A flood of unknown services against the full cache of positive answers.
+    let before = heap_in_use();
+    resolve(
+        &mut router,
+        &mut positive,
+        &mut positive_table,
+        &mut (CACHED as u64..2 * CACHED as u64).map(unknown),
+    );
+    let after = heap_in_use();
+    let stats = positive.stats();
+    let forwards = (0..CACHED as u64)
+        .filter(|&i| {
+            positive_table.longest_match(&known(i)).is_some_and(|rule| {
+                rule.targets()
+                    .iter()
+                    .any(|t| matches!(t.target, Target::Forward { .. }))
+            })
+        })
+        .count();
+    println!(
+        "flood of {CACHED} unknown services on the full positive cache: {} evicted, \
+         {forwards} of {CACHED} FORWARD rules kept, table {} rules, heap {:+.1} MB",
+        stats.cache_evicted,
+        positive_table.len(),
+        (after as f64 - before as f64) / 1e6,
+    );
 }
 
 // ----- namespaces -------------------------------------------------------
