@@ -352,6 +352,33 @@ fn usage_errors_are_one_line_and_exit_2() {
 }
 
 #[test]
+fn servd_usage_errors_are_one_line_and_exit_2() {
+    for (args, expected) in [
+        (
+            &["--listen", "nope"][..],
+            "servd: invalid value 'nope' for '--listen <ADDR:PORT>': invalid socket address syntax\n",
+        ),
+        (
+            &["--bogus"],
+            "servd: unexpected argument '--bogus' found; see 'servd --help'\n",
+        ),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_servd"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {output:?}");
+        assert_eq!(stderr(&output), expected, "{args:?}");
+    }
+    let help = Command::new(env!("CARGO_BIN_EXE_servd"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(help.status.success());
+    assert!(stdout(&help).contains("--max-cached"));
+}
+
+#[test]
 fn help_documents_every_subcommand() {
     let output = Command::new(env!("CARGO_BIN_EXE_servalctl"))
         .arg("--help")

@@ -5,13 +5,12 @@
 //! serves applications, the controller and operators. See DESIGN.md; the
 //! daemon itself is [`sald::run`].
 
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use sald::config::{Config, Flags};
 
 fn main() {
-    let flags = Flags::parse();
+    let flags: Flags = serval_cli::parse("sald");
     // netlink-packet-route warns about every link attribute newer than
     // itself (IFLA_INET6_CONF on recent kernels); that is noise unless asked.
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());

@@ -1,10 +1,8 @@
 //! servd: the service controller. See `servd --help` and the `servd`
 //! module of the controller crate.
 
-use clap::Parser;
-
 fn main() -> std::process::ExitCode {
-    let args = controller::servd::driver::Args::parse();
+    let args: controller::servd::driver::Args = serval_cli::parse("servd");
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

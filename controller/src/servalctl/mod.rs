@@ -13,9 +13,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, Context};
-use clap::Parser;
 use sal::table::TargetKey;
 use sal_control::{control_path, Request, Response};
+use serval_cli::one_line;
 use socket_shim::ControlClient;
 
 pub use cli::{Cli, Command};
@@ -25,10 +25,7 @@ const CLIENT_NAME: &str = "servalctl";
 
 /// Runs servalctl with the process's arguments; returns the exit status.
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(error) => return usage_error(&error),
-    };
+    let cli: Cli = serval_cli::parse("servalctl");
     match run(&cli, &mut std::io::stdout().lock()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -36,50 +33,6 @@ pub fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-/// Reports a clap error: help and version go to stdout as clap prints them
-/// (help for a bare command that needs more goes to stderr, status 2); real
-/// errors become one line, with clap's tip if it has one, status 2.
-fn usage_error(error: &clap::Error) -> ExitCode {
-    use clap::error::ErrorKind;
-    match error.kind() {
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
-            let _ = error.print();
-            return ExitCode::SUCCESS;
-        }
-        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            let _ = error.print();
-            return ExitCode::from(2);
-        }
-        _ => {}
-    }
-    let text = error.to_string();
-    let mut lines = text.lines();
-    let first = lines.next().unwrap_or("invalid usage");
-    let first = first.strip_prefix("error: ").unwrap_or(first);
-    let mut extra = String::new();
-    for line in lines.map(str::trim) {
-        if let Some(tip) = line.strip_prefix("tip: ") {
-            extra = format!(" ({tip})");
-        } else if let Some(list) = line
-            .strip_prefix("[subcommands: ")
-            .and_then(|l| l.strip_suffix(']'))
-        {
-            extra = format!(" (one of: {list})");
-        }
-    }
-    let hint = match error.kind() {
-        ErrorKind::ValueValidation | ErrorKind::InvalidValue => "",
-        _ => "; see 'servalctl --help'",
-    };
-    eprintln!("servalctl: {}{extra}{hint}", one_line(first));
-    ExitCode::from(2)
-}
-
-/// Keeps an error to one line whatever sald put in its message.
-fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// The control socket path: `--control`, else `SERVAL_CONTROL`, else the default.

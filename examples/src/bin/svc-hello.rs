@@ -26,7 +26,7 @@ struct Args {
 }
 
 fn main() {
-    if let Err(error) = run(Args::parse()) {
+    if let Err(error) = run(serval_cli::parse("svc-hello")) {
         eprintln!("svc-hello: {error:#}");
         std::process::exit(1);
     }

@@ -24,7 +24,7 @@ struct Args {
 }
 
 fn main() {
-    if let Err(error) = run(Args::parse()) {
+    if let Err(error) = run(serval_cli::parse("svc-sink")) {
         eprintln!("svc-sink: {error:#}");
         std::process::exit(1);
     }

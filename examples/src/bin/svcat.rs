@@ -30,6 +30,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use sal::{ServiceId, ServicePrefix};
+use serval_cli::one_line;
 use socket_shim::{
     ControlClient, DatagramPeer, ServiceDatagram, ServiceDatagramFlow, ServiceListener,
     ServiceStream, MAX_DATAGRAM,
@@ -133,10 +134,7 @@ enum Mode {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(error) => return usage_error(&error),
-    };
+    let cli: Cli = serval_cli::parse("svcat");
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -144,32 +142,6 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-/// Help and version as clap prints them; usage errors as one line, status 2.
-fn usage_error(error: &clap::Error) -> ExitCode {
-    use clap::error::ErrorKind;
-    match error.kind() {
-        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
-            let _ = error.print();
-            ExitCode::SUCCESS
-        }
-        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            let _ = error.print();
-            ExitCode::from(2)
-        }
-        _ => {
-            let text = error.to_string();
-            let first = text.lines().next().unwrap_or("invalid usage");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("svcat: {}; see 'svcat --help'", one_line(first));
-            ExitCode::from(2)
-        }
-    }
-}
-
-fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn run(cli: Cli) -> Result<()> {

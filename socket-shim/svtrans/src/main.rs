@@ -94,7 +94,7 @@ fn main() {
     // that goes away then shows as EPIPE on one connection, not the death
     // of the translator.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
-    if let Err(error) = run(Args::parse()) {
+    if let Err(error) = run(serval_cli::parse("svtrans")) {
         eprintln!("svtrans: {error:#}");
         std::process::exit(1);
     }

@@ -107,7 +107,7 @@ fn main() {
 }
 
 fn run() -> Result<()> {
-    let args = Args::parse();
+    let args: Args = serval_cli::parse("serval-run");
     check_maps(&args.maps)?;
     check_nets(&args.nets)?;
     let shim = find_shim(args.shim)?;

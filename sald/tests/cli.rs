@@ -1,0 +1,41 @@
+//! sald's command line: usage errors are one line and status 2, as every
+//! Serval command's (DESIGN.md, "User-facing contract"); help is not an
+//! error.
+
+use std::process::{Command, Output};
+
+fn sald(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sald"))
+        .args(args)
+        .output()
+        .expect("sald runs")
+}
+
+#[test]
+fn a_usage_error_is_one_line_with_status_2() {
+    let output = sald(&["--bogus"]);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "sald: unexpected argument '--bogus' found; see 'sald --help'\n"
+    );
+    let output = sald(&["--udp", "nowhere"]);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        text.starts_with("sald: invalid value 'nowhere' for '--udp"),
+        "{text}"
+    );
+    assert_eq!(text.lines().count(), 1, "{text}");
+}
+
+#[test]
+fn help_goes_to_stdout_with_status_0() {
+    let output = sald(&["--help"]);
+    assert!(output.status.success(), "{output:?}");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("--forward") && text.contains("--control"),
+        "{text}"
+    );
+}
