@@ -36,7 +36,9 @@
 //!
 //! Datagram sends through a socket's fd are best effort, like UDP: a datagram
 //! that cannot be sent (no route, over [`sal::proto::MAX_DATAGRAM`] bytes)
-//! is dropped and counted, not reported.
+//! is dropped and not reported to the sender. No route counts among the
+//! table's drops (`servalctl stats`); an oversized one shows only in
+//! sald's debug log.
 //!
 //! Stream flows are handed over as one end of an `AF_UNIX` `SOCK_STREAM`
 //! socketpair: bytes written to it go to the peer, end of file is the peer's
@@ -54,6 +56,8 @@
 //!
 //! This module is pure: types, framing and codecs, no I/O.
 
+#![warn(missing_docs)]
+
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use serde::{Deserialize, Serialize};
@@ -66,7 +70,8 @@ use sal::proto::{
 use sal::table::{ListenerId, Rule, RuleOrigin, TableStats, Target, TargetKey};
 use sal::wire::TransportProtocol;
 
-/// Version of this protocol; the major must match.
+/// Version of this protocol. A client and sald must speak the same one:
+/// sald answers a `Hello` of any other with `VersionMismatch`.
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Where sald listens unless told otherwise (`--control`, `SERVAL_CONTROL`).
 pub const DEFAULT_CONTROL_PATH: &str = "/run/serval/sald.sock";
@@ -88,7 +93,11 @@ pub fn control_path() -> std::path::PathBuf {
 pub enum Request {
     /// First message of every connection.
     Hello {
+        /// The client's `PROTOCOL_VERSION`; sald answers any other with
+        /// `VersionMismatch`.
         version: u32,
+        /// Free-form name of the client program (e.g. `servalctl`); sald does
+        /// not act on it.
         client: String,
     },
 
@@ -98,14 +107,22 @@ pub enum Request {
     /// `backlog` bounds the flows (stream or connected datagram) that may be
     /// half-open or waiting for `Accept` at once.
     Listen {
+        /// The service prefix to claim. Ordinary users are held to the bind policy
+        /// (`min_bind_prefix`, `[[allow]]`, others' bindings, operators' rules).
         prefix: ServicePrefix,
+        /// Stream (TCP) flows, or datagrams: connected flows plus a socket for
+        /// unconnected ones.
         protocol: TransportProtocol,
+        /// Most flows half-open or waiting to be accepted at once; sald clamps
+        /// it to 1..=65535.
         backlog: u32,
     },
     /// Take the next established flow of a listener; waits for one unless
     /// `nonblocking`. Answered with `Accepted` and the flow's fd.
     Accept {
+        /// The listener, which must be one this connection created.
         listener: ListenerId,
+        /// Answer `WouldBlock` at once when no flow is ready, instead of waiting.
         #[serde(default)]
         nonblocking: bool,
     },
@@ -127,13 +144,16 @@ pub enum Request {
     /// C preload's `accept`) gets the short notice and sald does no more
     /// work for it than before.
     Deliver {
+        /// The listener, which must be one this connection created.
         listener: ListenerId,
+        /// Send a [`FlowNotice`] per flow rather than the short [`AcceptNotice`].
         #[serde(default)]
         flow_info: bool,
     },
     /// Unbind a listener (unregisters the service). Closing the control
     /// connection does the same for every listener it created.
     CloseListener {
+        /// The listener, which must be one this connection created.
         listener: ListenerId,
     },
     /// Drain the listener bound to exactly `prefix`: the service is
@@ -150,19 +170,26 @@ pub enum Request {
     /// sald counts only the flows it still holds (half-open, or
     /// established and waiting for room in the accept queue): flows
     /// already in the application's accept queue are the application's
-    /// and only it can see them. An operator's drain (`servalctl drain`)
+    /// and only it can see them. An operator's drain (`servalctl service drain`)
     /// of such a listener therefore reports 0 while the queue may still
     /// hold flows; the application's own drain adds them (the Rust
     /// library's `ServiceListener::drain` does).
     Drain {
+        /// The prefix exactly as bound; every listener bound to it is drained.
         prefix: ServicePrefix,
+        /// Wait up to this many milliseconds (at most 600 s) for nothing to be
+        /// pending before answering; `None` answers at once.
         #[serde(default)]
         wait_ms: Option<u64>,
     },
     /// Open a flow to a service. Answered with `Connected` and the flow's fd
     /// once the handshake completes, or an error.
     Connect {
+        /// The service to reach, resolved by longest-prefix match in sald's
+        /// table.
         service: ServiceId,
+        /// Stream: a `SOCK_STREAM` fd; datagram: a connected datagram flow on a
+        /// `SOCK_SEQPACKET` fd.
         protocol: TransportProtocol,
         /// Give up after this long (default: the SAL's own retry limit).
         #[serde(default)]
@@ -172,18 +199,31 @@ pub enum Request {
     OpenDatagram,
 
     // --- controller ---
+    /// Adds an operator's (static) target to the rule for `prefix`, creating
+    /// the rule, or updates the target of the same key. Root and sald's own
+    /// user only.
     AddRule {
+        /// The prefix the rule covers.
         prefix: ServicePrefix,
+        /// What to do with the prefix's packets: forward by weight, deliver to
+        /// a local listener, hold and ask the controller, or drop.
         target: Target,
+        /// Only a rule's highest-priority (largest) targets are used; DEMUX wins
+        /// regardless. Defaults to 0.
         #[serde(default)]
         priority: u32,
     },
     /// Remove one target, or the whole rule when `target` is `None`.
     DelRule {
+        /// Exactly the prefix of the rule to change; an unknown one is
+        /// `NotFound`.
         prefix: ServicePrefix,
+        /// The target to remove; `None` removes the whole rule.
         #[serde(default)]
         target: Option<TargetKey>,
     },
+    /// The service table, answered with `Rules` (after any `RulesPart`s);
+    /// open to every user.
     ListRules,
     /// Turn this connection into an event stream: every event for root and
     /// sald's own user, the caller's own otherwise.
@@ -200,7 +240,10 @@ pub enum Request {
     // --- operators ---
     /// Every flow (root and sald's own user), or the caller's own flows.
     ListFlows,
+    /// The host's SAL interfaces, answered with `Interfaces`.
     ListInterfaces,
+    /// sald's counters and sizes, answered with `Stats` (what `servalctl
+    /// stats` shows).
     Stats,
 
     // --- controller (servd) ---
@@ -208,10 +251,17 @@ pub enum Request {
     /// `servalctl services`). A later plain `AddRule` of the same target
     /// makes it static again.
     AddRuleWithOrigin {
+        /// The prefix the rule covers.
         prefix: ServicePrefix,
+        /// What to do with the prefix's packets: forward by weight, deliver to
+        /// a local listener, hold and ask the controller, or drop.
         target: Target,
+        /// As for `AddRule`, but a non-static origin is capped at the lowest
+        /// priority of the prefix's static targets.
         #[serde(default)]
         priority: u32,
+        /// Who installs the target; a non-static add of a target the operator
+        /// installed is ignored, leaving the operator's.
         #[serde(default)]
         origin: RuleOrigin,
     },
@@ -222,18 +272,25 @@ pub enum Request {
     /// `AddRuleWithOrigin` or `DelRule` would be; a failing change does not
     /// stop the ones after it.
     ApplyRules {
+        /// The changes, applied in this order.
         changes: Vec<RuleChange>,
     },
 
     // --- operators: migration ---
     /// Move one flow to another of the host's interfaces (RSYN).
     Migrate {
+        /// The flow to move, which must be established (root and sald's own
+        /// user only).
         flow: FlowId,
+        /// The interface to move it to, which must be one of sald's and up.
         iface: String,
     },
     /// Move every flow on interface `from` to interface `to`.
     MigrateAll {
+        /// The interface whose established flows move; must be one of sald's.
         from: String,
+        /// The interface they move to; the first flow that fails to move ends
+        /// the request with its error (flows moved before it stay moved).
         to: String,
     },
 }
@@ -242,39 +299,60 @@ pub enum Request {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Response {
+    /// sald's answer to a `Hello` of its own version.
     Hello {
+        /// sald's `PROTOCOL_VERSION`.
         version: u32,
+        /// sald's name and version (`sald X.Y.Z`), for display.
         server: String,
     },
+    /// Done, nothing to report: rule changes, migrations, `CloseListener`,
+    /// and the switch into `Subscribe` or `Connector` mode.
     Ok,
+    /// The request failed. Also sent, just before sald closes the
+    /// connection, to a client it refuses, times out or cannot read.
     Error {
+        /// The class of failure, one errno for the shim.
         kind: ErrorKind,
+        /// Why, as one human-readable line.
         message: String,
     },
     /// `socket` is the datagram socket of a datagram listener (fd attached).
     Listening {
+        /// Handle for `Accept`, `Deliver` and `CloseListener`, valid on this
+        /// connection only.
         listener: ListenerId,
+        /// The datagram listener's socket (fd attached); `None` for a stream
+        /// listener.
         #[serde(default)]
         socket: Option<FlowId>,
     },
     /// The answer to [`Request::Deliver`]: the application's end of the
     /// listener's accept queue (fd attached).
     Delivering {
+        /// The listener whose flows now go to the queue.
         listener: ListenerId,
     },
     /// A flow (fd attached).
     Accepted {
+        /// The accepted flow as sald saw it at hand-over.
         flow: FlowInfo,
     },
     /// A flow (fd attached).
     Connected {
+        /// The new flow as sald saw it at hand-over, once its handshake
+        /// completed.
         flow: FlowInfo,
     },
     /// On a connector connection ([`Request::Connector`]): the answer to
     /// request number `request` (`Connected` with the flow's fd, or an
     /// error).
     Completed {
+        /// Number of the request answered: every request after `Connector`
+        /// takes the next number, from 0.
         request: u64,
+        /// What a `Connect` on an ordinary connection would have answered (any
+        /// other request gets `InvalidRequest`).
         response: Box<Response>,
     },
     /// The answer to [`Request::Drain`]: how many flows the drained
@@ -283,43 +361,62 @@ pub enum Response {
     /// delivered, the ones sald still holds, not those already waiting in
     /// the application's accept queue (see [`Request::Drain`]).
     Drained {
+        /// Admitted flows not accepted yet, over every listener of the prefix.
         pending: u32,
     },
     /// An unbound datagram socket (fd attached).
     DatagramOpened {
+        /// The socket's ID (a flow ID; `ListFlows` does not list sockets).
         socket: FlowId,
     },
+    /// The answer to `ListRules`: the whole table, or its last part.
     Rules {
+        /// Rules sorted by prefix, each target marked with who installed it
+        /// (`Ephemeral` for unbound datagram sockets' own IDs).
         rules: Vec<Rule>,
         /// Whether a SYN or datagram that no rule matches goes out by
         /// broadcast (sald's `--no-broadcast` turns that off).
         #[serde(default)]
         broadcast_discovery: bool,
     },
+    /// The answer to `ListFlows`: every flow the caller may see, or the last
+    /// part.
     Flows {
+        /// Flows sorted by flow ID: all of them for root and sald's own user,
+        /// the caller's own otherwise.
         flows: Vec<FlowInfo>,
     },
     /// A piece of a long [`Response::Rules`], sent before it (see the
     /// module docs: long lists).
     RulesPart {
+        /// The next rules, continuing the sorted order.
         rules: Vec<Rule>,
     },
     /// A piece of a long [`Response::Flows`], sent before it.
     FlowsPart {
+        /// The next flows, continuing the sorted order.
         flows: Vec<FlowInfo>,
     },
+    /// The answer to `ListInterfaces`.
     Interfaces {
+        /// sald's SAL interfaces: name, locator, on-link prefix length, and
+        /// whether the link is up.
         interfaces: Vec<LocalInterface>,
     },
+    /// The answer to `Stats`.
     Stats {
+        /// sald's counters and sizes at the time of the request.
         stats: Box<StatsReport>,
     },
+    /// One event on a subscribed connection (after `Subscribe`'s `Ok`).
     Event {
+        /// What happened; only events the subscriber's user may see are sent.
         event: ControlEvent,
     },
     /// The answer to [`Request::ApplyRules`]: the changes that failed (empty
     /// when all succeeded).
     Applied {
+        /// The failed changes, in batch order.
         failures: Vec<RuleFailure>,
     },
 }
@@ -330,17 +427,24 @@ pub enum Response {
 pub enum RuleChange {
     /// As [`Request::AddRuleWithOrigin`].
     Add {
+        /// The prefix the rule covers.
         prefix: ServicePrefix,
+        /// What to do with the prefix's packets: forward by weight, deliver to
+        /// a local listener, hold and ask the controller, or drop.
         target: Target,
+        /// As in `AddRuleWithOrigin`: capped for non-static origins.
         #[serde(default)]
         priority: u32,
+        /// Who installs the target (`Static` when absent).
         #[serde(default)]
         origin: RuleOrigin,
     },
     /// As [`Request::DelRule`]: one target, or the whole rule when `target`
     /// is `None`.
     Del {
+        /// Exactly the prefix of the rule to change.
         prefix: ServicePrefix,
+        /// The target to remove; `None` removes the whole rule.
         #[serde(default)]
         target: Option<TargetKey>,
     },
@@ -353,6 +457,7 @@ pub struct RuleFailure {
     pub index: usize,
     /// What `AddRuleWithOrigin` / `DelRule` would have answered.
     pub kind: ErrorKind,
+    /// Why, as one human-readable line.
     pub message: String,
 }
 
@@ -419,26 +524,43 @@ pub enum ErrorKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum ControlEvent {
+    /// A local listener now serves `prefix` (its DEMUX rule went in); servd
+    /// announces it upstream.
     Registered {
+        /// The prefix as the application bound it.
         prefix: ServicePrefix,
     },
+    /// A local listener stopped serving `prefix` (drained, closed, or its
+    /// connection went); servd withdraws it.
     Unregistered {
+        /// The prefix as the application bound it.
         prefix: ServicePrefix,
     },
+    /// A DELAY rule holds a packet or connect for `service`: the controller
+    /// should resolve it. Root and sald's own user only.
     DelayNotify {
+        /// The full service ID to resolve.
         service: ServiceId,
     },
+    /// A connect made on this host completed its handshake; flows accepted
+    /// from peers raise no such event.
     FlowOpened {
+        /// The new flow's local ID.
         flow: FlowId,
+        /// The service ID the connect asked for.
         service: ServiceId,
     },
+    /// A flow (connected or accepted) is gone from the host: closed both
+    /// ways, reset, or never established.
     FlowClosed {
+        /// The flow's local ID, no longer in use.
         flow: FlowId,
     },
     /// This subscriber fell behind: sald's event queue is bounded, and the
     /// `missed` oldest events were dropped. State built from events should
     /// be read again (`ListRules`, `ListFlows`).
     Lagged {
+        /// How many events this subscriber lost.
         missed: u64,
     },
 }
@@ -446,16 +568,31 @@ pub enum ControlEvent {
 /// Everything `servalctl stats` shows.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct StatsReport {
+    /// The protocol core's counters: packets, handshakes, cookies,
+    /// migrations, buffer memory.
     pub host: HostStats,
+    /// The service table's counters: lookups, packets resolved and dropped.
     pub table: TableStats,
+    /// Prefixes in the service table, listeners' and datagram sockets' DEMUX
+    /// rules included.
     pub rules: usize,
+    /// Flows the host holds now in any state, stream and connected datagram
+    /// (not unconnected datagram sockets).
     pub flows: usize,
+    /// Bound listeners, drained ones included (not unbound datagram sockets).
     pub listeners: usize,
+    /// Control connections admitted and being served now, subscribers and
+    /// connectors included.
     pub control_clients: usize,
     /// Packets read from and written to the links.
     pub link_rx: u64,
+    /// Packets written to the links (TUN, raw socket, or UDP datagrams).
     pub link_tx: u64,
+    /// Packets a link failed to send or dropped, plus UDP datagrams received
+    /// unusable (truncated, or without a source).
     pub link_errors: u64,
+    /// Whole seconds since sald finished setting up and opened its control
+    /// socket.
     pub uptime_secs: u64,
     /// sald's file descriptor limit (its soft `RLIMIT_NOFILE`, raised to
     /// the hard limit at start): every flow handed to an application and
@@ -536,8 +673,11 @@ impl Parts {
 /// Why a frame could not be decoded.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
+    /// A body, announced or encoded, longer than `MAX_FRAME` (its length in
+    /// bytes); the connection closes.
     #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
     TooLarge(usize),
+    /// The body is not JSON of the expected message, or could not be encoded.
     #[error("malformed message: {0}")]
     Json(#[from] serde_json::Error),
 }
@@ -585,16 +725,30 @@ pub fn decode_body<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Frame
 pub enum DatagramFrame {
     /// Send to `service`: resolved by sald's table, or straight to `via`.
     SendTo {
+        /// The destination service ID.
         service: ServiceId,
+        /// Send straight to this locator without resolving `service` (a reply,
+        /// or a `sendto` naming an address).
         via: Option<Locator>,
+        /// The payload; one over `sal::proto::MAX_DATAGRAM` bytes is dropped.
         data: Vec<u8>,
     },
     /// Answer the sender of a received datagram.
-    Reply { peer: DatagramPeer, data: Vec<u8> },
+    Reply {
+        /// The sender of the received datagram, as `Received` gave it.
+        peer: DatagramPeer,
+        /// The payload; one over `sal::proto::MAX_DATAGRAM` bytes is dropped.
+        data: Vec<u8>,
+    },
     /// A datagram for the application.
     Received {
+        /// The sender: its locator, socket flow ID and own service ID (where a
+        /// `Reply` goes).
         peer: DatagramPeer,
+        /// The service ID the datagram was addressed to; `None` when it named
+        /// none (addressed to this socket's flow ID).
         service: Option<ServiceId>,
+        /// The payload.
         data: Vec<u8>,
     },
     /// A host this socket sent a datagram to answered with a reset (the
@@ -605,14 +759,25 @@ pub enum DatagramFrame {
 /// Why a datagram frame was rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum DatagramFrameError {
+    /// A zero-length message: not even a tag.
     #[error("empty datagram frame")]
     Empty,
+    /// The first byte is no known tag (1 to 4).
     #[error("unknown datagram frame tag {0}")]
     UnknownTag(u8),
+    /// The message ends inside its header.
     #[error("datagram frame header truncated")]
     Truncated,
+    /// A peer's flow ID is 0, which names no flow.
     #[error("peer flow ID 0 is invalid")]
     ZeroFlow,
+    /// A field holds a value its encoding never produces (a locator kind
+    /// other than 0 or 1, a port with an IPv4 locator, a presence flag
+    /// other than 0 or 1, bytes after a `Refused`): every frame has exactly
+    /// one encoding, so a sender that means something else is refused
+    /// rather than guessed at.
+    #[error("malformed datagram frame: {0}")]
+    Malformed(&'static str),
 }
 
 /// Bytes of an encoded locator.
@@ -674,10 +839,12 @@ impl<'a> Reader<'a> {
         let b = self.take(LOCATOR_LEN)?;
         let ip = Ipv4Addr::new(b[1], b[2], b[3], b[4]);
         let port = u16::from_be_bytes([b[5], b[6]]);
-        Ok(match b[0] {
-            0 => Locator::Ipv4(ip),
-            _ => Locator::Udp(SocketAddrV4::new(ip, port)),
-        })
+        match (b[0], port) {
+            (0, 0) => Ok(Locator::Ipv4(ip)),
+            (0, _) => Err(DatagramFrameError::Malformed("port with an IPv4 locator")),
+            (1, _) => Ok(Locator::Udp(SocketAddrV4::new(ip, port))),
+            _ => Err(DatagramFrameError::Malformed("unknown locator kind")),
+        }
     }
 
     fn u32(&mut self) -> Result<u32, DatagramFrameError> {
@@ -701,8 +868,9 @@ impl<'a> Reader<'a> {
         item: impl FnOnce(&mut Self) -> Result<T, DatagramFrameError>,
     ) -> Result<Option<T>, DatagramFrameError> {
         match self.take(1)?[0] {
+            0 => Ok(None),
             1 => item(self).map(Some),
-            _ => Ok(None),
+            _ => Err(DatagramFrameError::Malformed("presence flag not 0 or 1")),
         }
     }
 
@@ -798,10 +966,14 @@ pub struct FlowNotice {
 /// Why a [`FlowNotice`] was rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum NoticeError {
+    /// The message is not exactly `FlowNotice::LEN` bytes long (its length).
     #[error("accept notice of {0} bytes (expected {len})", len = FlowNotice::LEN)]
     Length(usize),
+    /// The flow ID field is 0.
     #[error("accept notice with flow ID 0")]
     ZeroFlow,
+    /// A protocol, role, state or interface-name field holds no valid value
+    /// (which one).
     #[error("accept notice with an unknown {0}")]
     Unknown(&'static str),
 }
@@ -989,6 +1161,8 @@ impl Writer<'_> {
 }
 
 impl DatagramFrame {
+    /// The message, ready to send as one `SOCK_SEQPACKET` message: tag,
+    /// header, payload.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         match self {
@@ -1024,6 +1198,8 @@ impl DatagramFrame {
         out
     }
 
+    /// Reads one message; what follows the header is the payload, whatever
+    /// its length.
     pub fn decode(bytes: &[u8]) -> Result<DatagramFrame, DatagramFrameError> {
         let (&tag, rest) = bytes.split_first().ok_or(DatagramFrameError::Empty)?;
         let mut r = Reader(rest);
@@ -1042,7 +1218,8 @@ impl DatagramFrame {
                 service: r.optional(Reader::service)?,
                 data: Vec::new(),
             },
-            4 => return Ok(DatagramFrame::Refused),
+            4 if rest.is_empty() => return Ok(DatagramFrame::Refused),
+            4 => return Err(DatagramFrameError::Malformed("bytes after a refusal")),
             other => return Err(DatagramFrameError::UnknownTag(other)),
         };
         Ok(frame.with_data(r.0))
@@ -1430,6 +1607,36 @@ mod tests {
             DatagramFrame::decode(&[3, 0, 0, 0, 1, 0, 1, 1, 1, 1, 0, 0, 1, 7]),
             Err(DatagramFrameError::Truncated),
             "a service flag without the service"
+        );
+        // One encoding per frame: what no encoder writes is refused.
+        let reply = |locator: [u8; LOCATOR_LEN]| {
+            let mut bytes = vec![2, 0, 0, 0, 1];
+            bytes.extend_from_slice(&locator);
+            bytes.push(0);
+            DatagramFrame::decode(&bytes)
+        };
+        assert!(reply([0, 10, 0, 0, 1, 0, 0]).is_ok());
+        assert!(reply([1, 10, 0, 0, 1, 0, 7]).is_ok());
+        assert_eq!(
+            reply([0, 10, 0, 0, 1, 0, 7]),
+            Err(DatagramFrameError::Malformed("port with an IPv4 locator"))
+        );
+        assert_eq!(
+            reply([2, 10, 0, 0, 1, 0, 7]),
+            Err(DatagramFrameError::Malformed("unknown locator kind"))
+        );
+        let mut flagged = [0u8; 1 + 4 + LOCATOR_LEN + 1];
+        flagged[0] = 2;
+        flagged[4] = 1;
+        flagged[LOCATOR_LEN + 5] = 2;
+        assert_eq!(
+            DatagramFrame::decode(&flagged),
+            Err(DatagramFrameError::Malformed("presence flag not 0 or 1"))
+        );
+        assert_eq!(DatagramFrame::decode(&[4]), Ok(DatagramFrame::Refused));
+        assert_eq!(
+            DatagramFrame::decode(&[4, 0]),
+            Err(DatagramFrameError::Malformed("bytes after a refusal"))
         );
     }
 }
