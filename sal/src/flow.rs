@@ -21,8 +21,11 @@ const ALLOC_ATTEMPTS: usize = 64;
 /// Why a flow could not be added.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FlowTableError {
+    /// The table is at its capacity, or 64 random draws found no free ID; carries the
+    /// number of flows held when the insert was refused.
     #[error("flow table is full ({0} flows)")]
     Full(usize),
+    /// [`FlowTable::insert`] was given an ID that already names a live flow.
     #[error("flow ID {0} is already in use")]
     InUse(FlowId),
 }
@@ -78,10 +81,12 @@ impl<T> FlowTable<T> {
         }
     }
 
+    /// The flow whose local end has this ID, if it is live.
     pub fn get(&self, id: FlowId) -> Option<&T> {
         self.flows.get(&id)
     }
 
+    /// Mutable access to the flow whose local end has this ID, if it is live.
     pub fn get_mut(&mut self, id: FlowId) -> Option<&mut T> {
         self.flows.get_mut(&id)
     }
@@ -91,18 +96,22 @@ impl<T> FlowTable<T> {
         FlowId::new(raw).and_then(|id| self.flows.get_mut(&id))
     }
 
+    /// Takes the flow out of the table, freeing its ID for reuse.
     pub fn remove(&mut self, id: FlowId) -> Option<T> {
         self.flows.remove(&id)
     }
 
+    /// Whether this ID currently names a live flow.
     pub fn contains(&self, id: FlowId) -> bool {
         self.flows.contains_key(&id)
     }
 
+    /// Live flows held, at most [`capacity`](Self::capacity).
     pub fn len(&self) -> usize {
         self.flows.len()
     }
 
+    /// True when no flow is live.
     pub fn is_empty(&self) -> bool {
         self.flows.is_empty()
     }
@@ -112,10 +121,12 @@ impl<T> FlowTable<T> {
         self.capacity
     }
 
+    /// Every live flow with its local flow ID, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (FlowId, &T)> {
         self.flows.iter().map(|(&id, flow)| (id, flow))
     }
 
+    /// Like [`iter`](Self::iter), with mutable access to each flow.
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (FlowId, &mut T)> {
         self.flows.iter_mut().map(|(&id, flow)| (id, flow))
     }

@@ -40,18 +40,39 @@ pub struct FlowId(NonZeroU32);
 /// Why a service ID, prefix or flow ID string was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseIdError {
+    /// A service ID (or the ID part of a prefix) had no digits at all.
     #[error("empty identifier")]
     Empty,
+    /// A service ID contained a character that is not a hex digit.
     #[error("invalid hex digit {found:?} at position {position}")]
-    InvalidDigit { found: char, position: usize },
+    InvalidDigit {
+        /// The first offending character.
+        found: char,
+        /// Its byte offset in the ID text (the `/LEN` suffix excluded).
+        position: usize,
+    },
+    /// A service ID had more than 64 hex digits.
     #[error("service ID has {digits} hex digits; at most 64 fit in 256 bits")]
-    TooLong { digits: usize },
+    TooLong {
+        /// How many digits were given.
+        digits: usize,
+    },
+    /// The text after `/` was not a whole number from 0 to 256; carries that text.
     #[error("invalid prefix length {0:?}: expected a number from 0 to 256")]
     BadLength(String),
+    /// A prefix had bits set past its length (e.g. `beef/4`); these are refused,
+    /// not silently cleared.
     #[error("bits are set past the prefix length /{len}; the prefix would be {normalised}")]
-    BitsPastLength { len: u16, normalised: ServicePrefix },
+    BitsPastLength {
+        /// The prefix length given after `/`, in bits.
+        len: u16,
+        /// The prefix with the stray bits cleared, suggested to the user.
+        normalised: ServicePrefix,
+    },
+    /// A flow ID parsed as 0, which the wire reserves for "not yet known".
     #[error("flow ID 0 is reserved")]
     ZeroFlowId,
+    /// A flow ID was not 1 to 8 hex digits (optionally after `0x`); carries the input.
     #[error("invalid flow ID {0:?}: expected 1 to 8 hex digits")]
     BadFlowId(String),
 }

@@ -20,6 +20,8 @@
 //! simulator used by tests (`sal-sim`) are crates of their own: neither is
 //! protocol core.
 
+#![warn(missing_docs)]
+
 pub mod flow;
 pub mod id;
 pub mod locator;

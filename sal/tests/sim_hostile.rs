@@ -505,6 +505,46 @@ fn packets_from_broadcast_sources_earn_no_answer() {
     assert_eq!(net.host(server).recv(sflow, &mut buf), Ok(10));
 }
 
+/// A SOURCE extension names the client and at least the router that added
+/// it; WIRE.md calls one with fewer than two addresses malformed (the
+/// reference drops the whole packet). Taken as relayed, a lone address was
+/// an answer-to address any sender could set: the server sent its SYN-ACK
+/// there, to a host that never asked.
+#[test]
+fn a_syn_whose_source_names_one_address_is_dropped_as_malformed() {
+    let (mut net, _client, server) = pair(HostConfig::default());
+    net.host(server)
+        .listen("b0/8".parse().unwrap(), Stream, 8)
+        .unwrap();
+    let attacker: Ipv4Addr = "10.0.0.66".parse().unwrap();
+    let victim: Ipv4Addr = "10.0.0.77".parse().unwrap();
+    let server_ip: Ipv4Addr = SERVER.parse().unwrap();
+    let to_victim = count_toward(&mut net, victim);
+    let segment = tcp(Segment::Syn, attacker, server_ip, 1);
+    let syn = sal_syn(1, svc("b001"), &segment, Some(&[victim]));
+    inject(&mut net, attacker, SERVER, syn);
+    net.run_for(secs(1));
+    assert_eq!(to_victim.get(), 0, "nothing was sent to the named address");
+    let stats = net.host(server).stats();
+    assert_eq!(stats.malformed, 1, "{stats:?}");
+    assert_eq!(net.host(server).flow_count(), 0);
+    // The same SYN relayed properly (client, router) is answered, at the
+    // client's address.
+    let to_attacker = count_toward(&mut net, attacker);
+    let router: Ipv4Addr = "10.0.0.1".parse().unwrap();
+    // Checksummed as sent, from the router (WIRE.md).
+    let segment = tcp(Segment::Syn, router, server_ip, 2);
+    let syn = sal_syn(2, svc("b001"), &segment, Some(&[attacker, router]));
+    inject(&mut net, router, SERVER, syn);
+    net.run_for(Duration::from_millis(100));
+    let stats = net.host(server).stats();
+    assert!(
+        to_attacker.get() >= 1,
+        "the relayed SYN was answered: {stats:?}"
+    );
+    assert_eq!(net.host(server).stats().malformed, 1);
+}
+
 /// Two programs behind one address in UDP carriage (one host's programs,
 /// or hosts behind one NAT) whose SYNs happen to carry the same flow ID
 /// are two clients: each gets its own half-open flow and its own SYN-ACK,

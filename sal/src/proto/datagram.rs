@@ -56,6 +56,7 @@ pub struct ReceivedDatagram {
     pub peer: DatagramPeer,
     /// The service it was sent to, for unconnected datagrams.
     pub service: Option<ServiceId>,
+    /// The payload: the segment after its 8-byte UDP-style header, up to its UDP length.
     pub data: Vec<u8>,
 }
 
@@ -63,7 +64,10 @@ pub struct ReceivedDatagram {
 /// service ID of its socket when it said (the reference form does).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DatagramPeer {
+    /// Where the sender really is: the client's address from SOURCE when a
+    /// service router forwarded the datagram, else the packet's source.
     pub locator: Locator,
+    /// The sender socket's flow ID (the datagram's `src_flowid`).
     pub flow: FlowId,
     /// The sender's own service ID (its datagram's second SERVICE), where
     /// a reply is addressed; `None` from senders that only name the

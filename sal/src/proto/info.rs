@@ -19,6 +19,7 @@ pub enum FlowState {
     SynSent,
     /// Server: SYN-ACK sent.
     SynReceived,
+    /// Handshake done: the flow carries data until its teardown.
     Established,
     /// Reset by the peer or given up on; waits for the application to close.
     Dead,
@@ -28,31 +29,49 @@ pub enum FlowState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
+    /// This end called `connect` and sent the SYN.
     Client,
+    /// This end accepted the flow from a listener's SYN.
     Server,
 }
 
 /// Counters of one flow.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowCounters {
+    /// Packets received on the flow from the peer's flow ID, control-only ones included.
     pub packets_in: u64,
+    /// Packets this end sent on the flow; control retransmissions are not counted.
     pub packets_out: u64,
+    /// Transport bytes received (each packet's segment after the SAL header, its
+    /// TCP or UDP header included).
     pub bytes_in: u64,
+    /// Transport bytes sent: whole TCP segments on a stream, payloads alone on a
+    /// datagram flow; control messages add nothing.
     pub bytes_out: u64,
 }
 
 /// A snapshot of a flow, for listings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowInfo {
+    /// This end's flow ID (the `src_flowid` it sends).
     pub flow: FlowId,
+    /// The peer's flow ID; `None` until a client hears the SYN-ACK.
     pub peer_flow: Option<FlowId>,
+    /// The service ID the client connected to (the SYN's SERVICE), on both ends.
     pub service: ServiceId,
+    /// Stream (TCP) or datagram flow.
     pub protocol: TransportProtocol,
+    /// Whether this end opened the flow or accepted it.
     pub role: Role,
+    /// Where the flow is in its life.
     pub state: FlowState,
+    /// This end's current locator, which a migration changes.
     pub local: Locator,
+    /// The peer's current locator; `None` for a client before the SYN-ACK.
     pub remote: Option<Locator>,
+    /// Name of the local interface that owns `local`, if one does.
     pub interface: Option<String>,
+    /// Packets and bytes this flow carried.
     pub counters: FlowCounters,
     /// Times this end moved the flow to another locator.
     #[serde(default)]
@@ -69,11 +88,17 @@ pub struct FlowInfo {
 /// Host-wide counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostStats {
+    /// SAL packets given to [`Host::handle_packet`](super::Host::handle_packet),
+    /// valid or not, looped-back ones included.
     pub packets_in: u64,
+    /// SAL packets handed to the link, forwarded ones included (loopback excluded).
     pub packets_out: u64,
+    /// Bytes of the packets in `packets_in` (SAL header and segment; no IP or UDP header).
     pub bytes_in: u64,
+    /// Bytes of the packets in `packets_out` (SAL header and segment; no IP or UDP header).
     pub bytes_out: u64,
-    /// Packets that failed SAL parsing (lengths, framing).
+    /// Packets that failed SAL parsing (lengths, framing), or whose SOURCE
+    /// names fewer than two addresses (WIRE.md).
     pub malformed: u64,
     /// Packets whose SAL or transport checksum was wrong.
     pub bad_checksum: u64,
@@ -107,6 +132,8 @@ pub struct HostStats {
     pub datagram_refused: u64,
     /// Packets held by DELAY rules, and those later dropped on timeout or overflow.
     pub delayed: u64,
+    /// Held entries given up: packets refused by a full DELAY queue, and packets or
+    /// connects still held at `HostConfig::delay_timeout`.
     pub delay_dropped: u64,
     /// SYNs refused (no route, no listener, full backlog).
     pub refused: u64,
@@ -120,6 +147,7 @@ pub struct HostStats {
     pub datagram_overflow: u64,
     /// Flows this host moved to another locator, and moves given up on.
     pub migrations: u64,
+    /// Flows killed because their RSYN ran out of retransmissions unanswered.
     pub migrations_failed: u64,
     /// Times a stream flow resent what it had in flight right after a
     /// migration (of either end), instead of waiting for its timeout.
@@ -157,6 +185,7 @@ pub struct HostStats {
     /// SYNs answered with a cookie, and handshakes completed from one.
     #[serde(default)]
     pub cookies_sent: u64,
+    /// Flows created from a handshake ACK whose SYN cookie checked out.
     #[serde(default)]
     pub cookies_accepted: u64,
     /// Handshake ACKs for no flow whose cookie did not check out (forged,

@@ -50,6 +50,18 @@ impl Host {
                 return;
             }
         };
+        // A router's SOURCE holds the client and the router at least
+        // (WIRE.md: fewer than two addresses is malformed, and the
+        // reference drops the whole packet). A lone address would only be
+        // a forged answer-to address.
+        if repr
+            .source
+            .as_ref()
+            .is_some_and(|source| source.addrs.len() < 2)
+        {
+            self.stats.malformed += 1;
+            return;
+        }
         if !self.interfaces.may_be_peer(src.ip()) {
             self.stats.bad_source += 1;
             return;

@@ -16,7 +16,11 @@ use crate::locator::Locator;
 /// One of the host's own SAL interfaces.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalInterface {
+    /// The interface's name (e.g. `eth0`), unique on the host: migrations and
+    /// listings name it.
     pub name: String,
+    /// This host's address on the interface (and port, in UDP carriage): the
+    /// local locator of flows that run over it.
     pub locator: Locator,
     /// Length of the on-link IPv4 prefix; picks the interface for a next hop.
     pub prefix_len: u8,

@@ -177,10 +177,12 @@ impl Host {
         }
     }
 
+    /// The tunables the host was built with (fixed for its lifetime).
     pub fn config(&self) -> &HostConfig {
         &self.config
     }
 
+    /// A copy of the host-wide counters, which only grow (`buffer_bytes` excepted).
     pub fn stats(&self) -> HostStats {
         self.stats
     }

@@ -41,7 +41,10 @@ use crate::wire::{
 /// between `src` and `dst`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transmit {
+    /// IP source (and UDP port): one of the host's locators, or for a
+    /// [`TransmitKind::Relay`] the client's address.
     pub src: Locator,
+    /// Where the packet goes: the peer, the next hop, or a broadcast address.
     pub dst: Locator,
     /// The IP TTL the packet must have on the wire.
     pub ttl: u8,

@@ -31,9 +31,18 @@ pub struct ListenerId(pub u64);
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum Target {
     /// Send to this locator; among FORWARD targets of a group, chosen by weight.
-    Forward { locator: Locator, weight: u32 },
+    Forward {
+        /// Next hop: a server, another service router, or a broadcast address.
+        locator: Locator,
+        /// Share of the group's packets relative to the other weights; 0 marks
+        /// a standby, used only when every weight in the group is 0.
+        weight: u32,
+    },
     /// Deliver to a local listener.
-    Demux { listener: ListenerId },
+    Demux {
+        /// The listening socket that takes the SYN or datagram.
+        listener: ListenerId,
+    },
     /// Hold the packet and ask the controller.
     Delay,
     /// Drop the packet (and tell the sender, when it is a SYN).
@@ -45,9 +54,19 @@ pub enum Target {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum TargetKey {
-    Forward { locator: Locator },
-    Demux { listener: ListenerId },
+    /// The FORWARD target to this next hop, whatever its weight.
+    Forward {
+        /// The next hop it forwards to.
+        locator: Locator,
+    },
+    /// The DEMUX target of this listener.
+    Demux {
+        /// The local listener it delivers to.
+        listener: ListenerId,
+    },
+    /// The rule's DELAY target (a rule has at most one).
     Delay,
+    /// The rule's DROP target (a rule has at most one).
     Drop,
 }
 
@@ -78,7 +97,11 @@ impl Target {
 /// Packet and byte counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Counters {
+    /// Resolutions counted: received first packets, sent datagrams, and local
+    /// connects (which count 0 bytes).
     pub packets: u64,
+    /// Sizes of those as resolved: a received packet's SAL bytes, a sent
+    /// datagram's payload.
     pub bytes: u64,
 }
 
@@ -92,6 +115,7 @@ impl Counters {
 /// A target with its priority and what it has resolved so far.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetEntry {
+    /// What the target does; its [`Target::key`] identifies it within the rule.
     pub target: Target,
     /// Larger wins. Targets of equal priority form a group.
     pub priority: u32,
@@ -124,12 +148,19 @@ pub enum RuleOrigin {
     /// Installed by a controller from an answer to a DELAY query (a cache
     /// entry), or a negative answer (a DROP for the queried ID).
     Resolved {
+        /// Name of the controller whose answer this is.
         by: String,
+        /// When the cached answer runs out (Unix time, milliseconds), if the
+        /// controller said.
         #[serde(default)]
         expires_unix_ms: Option<u64>,
     },
     /// A controller's default route toward its service router.
-    DefaultRoute { by: String },
+    DefaultRoute {
+        /// Name of the service router the route leads to (the controller's own
+        /// name for a default DELAY).
+        by: String,
+    },
     /// The own service ID of an unbound datagram socket (where replies to
     /// it arrive): no service of this host, never announced, hidden by
     /// `servalctl services` unless `--all`.
@@ -166,6 +197,7 @@ impl RuleOrigin {
 /// Everything stored for one prefix.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rule {
+    /// The prefix the rule is stored under; a rule exists only while it has targets.
     pub prefix: ServicePrefix,
     /// Sorted: DEMUX targets first, then by descending priority.
     targets: Vec<TargetEntry>,
@@ -295,8 +327,10 @@ pub struct TableStats {
 /// Errors of table operations.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TableError {
+    /// No rule is stored for exactly this prefix (covering prefixes do not count).
     #[error("no rule for {0}")]
     NoSuchRule(ServicePrefix),
+    /// The prefix's rule has no target with this key.
     #[error("rule {0} has no target {1}")]
     NoSuchTarget(ServicePrefix, TargetKey),
 }
@@ -313,6 +347,7 @@ pub struct ServiceTable {
 }
 
 impl ServiceTable {
+    /// An empty table: every ID resolves to [`Resolution::NoMatch`].
     pub fn new() -> ServiceTable {
         ServiceTable::default()
     }
@@ -322,10 +357,12 @@ impl ServiceTable {
         self.trie.len()
     }
 
+    /// True when no prefix has a rule, so every lookup is [`Resolution::NoMatch`].
     pub fn is_empty(&self) -> bool {
         self.trie.is_empty()
     }
 
+    /// A copy of the table-wide lookup counters.
     pub fn stats(&self) -> TableStats {
         self.stats
     }

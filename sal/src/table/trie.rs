@@ -589,6 +589,7 @@ enum Place {
 }
 
 impl<V> PrefixTrie<V> {
+    /// An empty trie: just the root node, no top index until it grows.
     pub fn new() -> PrefixTrie<V> {
         PrefixTrie {
             top: Vec::new(),
@@ -608,6 +609,7 @@ impl<V> PrefixTrie<V> {
         self.len
     }
 
+    /// True when no prefix is stored (not even the default `/0`).
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -64,8 +64,11 @@ impl TransportProtocol {
 /// The IPv4 fields of a natively carried SAL packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ipv4Carriage {
+    /// IP source; a packet relayed by a service router keeps its client's.
     pub src: Ipv4Addr,
+    /// IP destination: a host, a service router, or a subnet's broadcast address.
     pub dst: Ipv4Addr,
+    /// IP TTL; a service router forwards with one less and drops at 1.
     pub ttl: u8,
     /// IPv4 identification field; only meaningful for diagnostics, since SAL
     /// packets are never fragmented by this stack.

@@ -31,10 +31,16 @@ pub const MAX_ADDRESS_ADDRS: usize = (u8::MAX as usize - ADDRESS_BASE_LEN) / 4;
 /// Extension type, the high nibble of an extension's first byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ExtensionKind {
+    /// Type 0: a single byte (no length byte) padding the header to a multiple
+    /// of 4; skipped, never yielded by [`Extensions`].
     Pad,
+    /// Type 1, 20 bytes: flags, `verno`, `ackno` and the sender's nonce.
     Control,
+    /// Type 2, 36 bytes: a 256-bit service ID (the destination's, or the sender's).
     Service,
+    /// Type 3, 12 + 4n bytes: other IPv4 locators of the sender, with `verno`/`ackno`.
     Address,
+    /// Type 4, 4 + 4n bytes (1 <= n <= 20): the path service routers recorded.
     Source,
     /// A type this implementation does not know; skipped when its length is sane.
     Unknown(u8),
@@ -87,8 +93,13 @@ impl ExtensionKind {
 /// its bytes (generic header included). PAD bytes are never yielded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RawExtension<'a> {
+    /// The type nibble, decoded.
     pub kind: ExtensionKind,
+    /// Where the extension starts, in bytes from the start of the SAL header
+    /// (so at least 12).
     pub offset: usize,
+    /// The whole extension, generic header included: exactly its length byte
+    /// long, a length its type allows.
     pub bytes: &'a [u8],
 }
 
@@ -178,6 +189,7 @@ fn check_extension(bytes: &[u8], kind: ExtensionKind) -> Result<()> {
 pub struct ControlFlags(u8);
 
 impl ControlFlags {
+    /// No flag set (reserved bits clear).
     pub const NONE: ControlFlags = ControlFlags(0);
     /// Open a flow.
     pub const SYN: ControlFlags = ControlFlags(0x80);
@@ -257,6 +269,7 @@ impl<T: AsRef<[u8]>> ControlExt<T> {
         Ok(ControlExt { buffer })
     }
 
+    /// The flags byte, reserved bits kept as received.
     pub fn flags(&self) -> ControlFlags {
         ControlFlags(self.buffer.as_ref()[2])
     }
@@ -282,13 +295,20 @@ impl<T: AsRef<[u8]>> ControlExt<T> {
 /// Parsed CONTROL extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ControlRepr {
+    /// SYN, RSYN, ACK, NACK, RST, FIN (any combination; reserved bits kept).
     pub flags: ControlFlags,
+    /// Number of this control message in the sender's sequence; a
+    /// retransmission reuses it.
     pub verno: u32,
+    /// Next `verno` the sender expects from its peer (the peer's last plus one).
     pub ackno: u32,
+    /// The sender's own 8 random bytes, announced in its SYN or SYN-ACK and
+    /// repeated in each later control message; a mismatch gets it dropped.
     pub nonce: [u8; 8],
 }
 
 impl ControlRepr {
+    /// Copies the fields out of a checked view; cannot fail.
     pub fn parse<T: AsRef<[u8]>>(ext: &ControlExt<T>) -> ControlRepr {
         ControlRepr {
             flags: ext.flags(),
@@ -325,6 +345,7 @@ impl<T: AsRef<[u8]>> ServiceExt<T> {
         Ok(ServiceExt { buffer })
     }
 
+    /// The 256-bit service ID (bytes 4..36), most significant byte first.
     pub fn service_id(&self) -> ServiceId {
         let mut bytes = [0u8; 32];
         bytes.copy_from_slice(&self.buffer.as_ref()[4..SERVICE_LEN]);
@@ -370,10 +391,13 @@ impl<T: AsRef<[u8]>> AddressExt<T> {
         Ok(AddressExt { buffer })
     }
 
+    /// The advertisement's sequence number, for reliable delivery (this stack
+    /// copies the `verno` of the CONTROL it rides with).
     pub fn verno(&self) -> u32 {
         read_u32(self.buffer.as_ref(), 4)
     }
 
+    /// Next `verno` the sender expects from its peer, as in CONTROL.
     pub fn ackno(&self) -> u32 {
         read_u32(self.buffer.as_ref(), 8)
     }
@@ -387,8 +411,12 @@ impl<T: AsRef<[u8]>> AddressExt<T> {
 /// Parsed ADDRESS extension: other locators of the sender, sent reliably.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct AddressRepr {
+    /// The advertisement's sequence number; this stack sends the `verno` of the
+    /// CONTROL it rides with.
     pub verno: u32,
+    /// Next `verno` expected from the peer; this stack sends its CONTROL `ackno`.
     pub ackno: u32,
+    /// The sender's other IPv4 locators (not the one the packet comes from).
     pub addrs: ArrayVec<Ipv4Addr, MAX_ADDRESS_ADDRS>,
 }
 
@@ -402,6 +430,7 @@ impl AddressRepr {
         }
     }
 
+    /// Bytes [`AddressRepr::emit`] writes: 12 plus 4 per address.
     pub fn buffer_len(&self) -> usize {
         ADDRESS_BASE_LEN + 4 * self.addrs.len()
     }
@@ -448,6 +477,8 @@ impl<T: AsRef<[u8]>> SourceExt<T> {
 /// Parsed SOURCE extension: addresses a forwarded SYN or datagram came through.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SourceRepr {
+    /// The client's IP address, then the address each service router was
+    /// reached at, in hop order; 1 to 20 of them on the wire.
     pub addrs: ArrayVec<Ipv4Addr, MAX_SOURCE_ADDRS>,
     /// The UDP port the first address sent from, as the first router saw it
     /// (0: not recorded). WIRE.md's SOURCE has two reserved bytes before
@@ -470,6 +501,7 @@ impl SourceRepr {
         }
     }
 
+    /// Bytes [`SourceRepr::emit`] writes: 4 plus 4 per address.
     pub fn buffer_len(&self) -> usize {
         SOURCE_BASE_LEN + 4 * self.addrs.len()
     }

@@ -70,6 +70,7 @@ impl<T: AsRef<[u8]>> SalPacket<T> {
         self.extensions().try_for_each(|ext| ext.map(drop))
     }
 
+    /// Gives the wrapped buffer back.
     pub fn into_inner(self) -> T {
         self.buffer
     }
@@ -100,6 +101,7 @@ impl<T: AsRef<[u8]>> SalPacket<T> {
         self.buffer.as_ref()[field::PROTOCOL]
     }
 
+    /// The `check` field as stored (see [`SalPacket::verify_checksum`]).
     pub fn checksum(&self) -> u16 {
         read_u16(self.buffer.as_ref(), field::CHECK.start)
     }
@@ -126,22 +128,27 @@ impl<T: AsRef<[u8]>> SalPacket<T> {
 }
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> SalPacket<T> {
+    /// Writes `src_flowid`, the sender's own flow ID (raw; 0 only in such resets).
     pub fn set_src_flow_id(&mut self, value: u32) {
         self.buffer.as_mut()[field::SRC_FLOW].copy_from_slice(&value.to_be_bytes());
     }
 
+    /// Writes `dst_flowid`, the receiver's flow ID (0 while not yet known).
     pub fn set_dst_flow_id(&mut self, value: u32) {
         self.buffer.as_mut()[field::DST_FLOW].copy_from_slice(&value.to_be_bytes());
     }
 
+    /// Writes `shl`, the header length in 32-bit words, extensions included.
     pub fn set_shl(&mut self, words: u8) {
         self.buffer.as_mut()[field::SHL] = words;
     }
 
+    /// Writes the transport protocol number (6 stream, 17 datagram).
     pub fn set_protocol(&mut self, value: u8) {
         self.buffer.as_mut()[field::PROTOCOL] = value;
     }
 
+    /// Writes `check` as given; [`SalPacket::fill_checksum`] computes it.
     pub fn set_checksum(&mut self, value: u16) {
         self.buffer.as_mut()[field::CHECK].copy_from_slice(&value.to_be_bytes());
     }
@@ -189,13 +196,16 @@ pub struct SalRepr {
     /// Transport protocol number (6 stream, 17 datagram); kept raw so that
     /// anything received re-emits unchanged.
     pub protocol: u8,
+    /// The CONTROL extension: flags, `verno`/`ackno` and the sender's nonce.
     pub control: Option<ControlRepr>,
     /// The service a SYN or an unconnected datagram is addressed to.
     pub service: Option<ServiceId>,
     /// The sender's own service ID (a second SERVICE extension), carried by
     /// unconnected datagrams so that the receiver can answer that service.
     pub source_service: Option<ServiceId>,
+    /// The ADDRESS extension: the sender's other locators, for multi-homing.
     pub address: Option<AddressRepr>,
+    /// The SOURCE extension: the path service routers recorded (client first).
     pub source: Option<SourceRepr>,
 }
 

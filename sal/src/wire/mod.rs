@@ -25,32 +25,86 @@ pub use header::{SalPacket, SalRepr, BASE_HEADER_LEN, MAX_HEADER_LEN};
 /// Why bytes were rejected as a SAL packet. Receivers count these and drop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
+    /// Fewer than 12 bytes: no room for the base header.
     #[error("packet shorter than the 12-byte SAL base header")]
     Truncated,
+    /// `shl * 4` is below the 12-byte base header.
     #[error("shl of {words} words ({bytes} bytes) is below the 12-byte base header")]
-    HeaderTooShort { words: u8, bytes: usize },
+    HeaderTooShort {
+        /// The `shl` field as received, in 32-bit words.
+        words: u8,
+        /// The header length that claims, `shl * 4` bytes.
+        bytes: usize,
+    },
+    /// `shl * 4` is longer than the whole packet.
     #[error("SAL header of {header} bytes runs past the {packet}-byte packet")]
-    HeaderPastPacket { header: usize, packet: usize },
+    HeaderPastPacket {
+        /// The header length claimed (`shl * 4`), in bytes.
+        header: usize,
+        /// The packet's length in bytes.
+        packet: usize,
+    },
+    /// A non-PAD extension starts on the header's last byte, so its length byte
+    /// is missing (also: a slice under 2 bytes given to a typed view).
     #[error("extension at offset {offset} has no length byte before the header ends")]
-    ExtensionMissingLength { offset: usize },
+    ExtensionMissingLength {
+        /// Where the extension starts, in bytes from the start of the SAL header
+        /// (0 from a typed view).
+        offset: usize,
+    },
+    /// A non-PAD extension's length byte is 0 or 1.
     #[error("extension at offset {offset} has invalid length {len}")]
-    ExtensionTooShort { offset: usize, len: u8 },
+    ExtensionTooShort {
+        /// Where the extension starts, in bytes from the start of the SAL header.
+        offset: usize,
+        /// Its length byte as received.
+        len: u8,
+    },
+    /// An extension's length runs past `shl * 4`.
     #[error("extension at offset {offset} of {len} bytes runs past the SAL header")]
-    ExtensionPastHeader { offset: usize, len: u8 },
+    ExtensionPastHeader {
+        /// Where the extension starts, in bytes from the start of the SAL header.
+        offset: usize,
+        /// Its length byte as received.
+        len: u8,
+    },
+    /// An extension's length is not one its type allows (CONTROL not 20 bytes,
+    /// SOURCE without addresses or with over 20, ...), or a typed view got
+    /// another type.
     #[error("{kind:?} extension has length {len}, which that type does not allow")]
-    ExtensionBadLength { kind: ExtensionKind, len: u8 },
+    ExtensionBadLength {
+        /// The extension's type (for a typed view, the type it expected).
+        kind: ExtensionKind,
+        /// Its length byte (for an emit, the length it would have had).
+        len: u8,
+    },
+    /// CONTROL, ADDRESS or SOURCE appears twice, or SERVICE a third time.
     #[error("{0:?} extension appears more than once")]
     DuplicateExtension(ExtensionKind),
+    /// `src_flowid` is 0 on a packet that is not a reset (only a RST may carry 0).
     #[error("source flow ID is 0")]
     ZeroSourceFlow,
+    /// The SAL header's `check` field does not verify.
     #[error("SAL header checksum mismatch")]
     BadChecksum,
+    /// An emit's output buffer is too short; also a transport segment too short
+    /// (or too long) to checksum.
     #[error("buffer too small: need {needed} bytes, have {available}")]
-    BufferTooSmall { needed: usize, available: usize },
+    BufferTooSmall {
+        /// Bytes the operation needs.
+        needed: usize,
+        /// Bytes the buffer has.
+        available: usize,
+    },
+    /// A header to emit would exceed 1020 bytes (`shl` is one byte of words);
+    /// also an IPv4 packet over 65535 bytes. Carries the length in bytes.
     #[error("header would be {0} bytes, more than the 1020 that shl can express")]
     HeaderTooLong(usize),
+    /// A well-formed IPv4 packet whose protocol is not 144.
     #[error("not an IPv4 packet carrying the SAL (protocol 144)")]
     NotSal,
+    /// Not a usable IPv4 packet: truncated, not version 4, bad header checksum,
+    /// or a fragment.
     #[error("malformed IPv4 header")]
     BadIpv4,
 }
