@@ -5,5 +5,7 @@
 //! - [`servalctl`]: command-line grammar, requests, and human-readable output.
 //! - [`servd`]: the controller's state machine, wire format and driver.
 
+#![warn(missing_docs)]
+
 pub mod servalctl;
 pub mod servd;

@@ -12,6 +12,8 @@
 //!
 //! Modelled after neqo's `test-fixture` simulator.
 
+#![warn(missing_docs)]
+
 mod conditions;
 pub mod nat;
 mod network;

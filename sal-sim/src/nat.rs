@@ -51,6 +51,8 @@ pub struct Nat {
     next_port: u16,
     /// Packets let in, and dropped for want of a mapping.
     pub translated: u64,
+    /// Packets to the public address that no live mapping let in (none for
+    /// their port, or not from its remote end).
     pub dropped: u64,
 }
 

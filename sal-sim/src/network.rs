@@ -66,7 +66,9 @@ impl Ord for InFlight {
 
 /// One simulated host and what it reported.
 pub struct SimHost {
+    /// The test's name for the host (`add_host`'s `name`).
     pub name: String,
+    /// The protocol core under test, driven by the network's virtual clock.
     pub host: Host,
     /// Every event the host emitted, in order.
     pub events: Vec<Event>,
@@ -81,7 +83,8 @@ pub struct SimHost {
 pub struct WireStats {
     /// Packets hosts sent (and [`Network::inject`]ed).
     pub sent: u64,
-    /// Lost at random, or dropped by a link that is down or by the filter.
+    /// Lost at random, or dropped by the NAT, by a link that is down or by
+    /// the filter.
     pub lost: u64,
     /// Copies added by duplication.
     pub duplicated: u64,
@@ -118,6 +121,7 @@ pub struct Network {
     filter: Option<PacketFilter>,
     /// Translates addresses between a private subnet and the rest.
     nat: Option<Nat>,
+    /// What the medium did with packets so far.
     pub stats: WireStats,
     /// Where hosts write the packets they send.
     buffer: Vec<u8>,
@@ -158,6 +162,7 @@ impl Network {
         self.seed.0
     }
 
+    /// The current virtual time (starts at 0; moves only in `step`/`run_*`).
     pub fn now(&self) -> Instant {
         self.now
     }
@@ -216,10 +221,12 @@ impl Network {
         self.hosts.len() - 1
     }
 
+    /// The protocol core of host `id`, to act on as an application would.
     pub fn host(&mut self, id: HostId) -> &mut Host {
         &mut self.hosts[id].host
     }
 
+    /// Host `id` with its event log and packet counters.
     pub fn sim_host(&mut self, id: HostId) -> &mut SimHost {
         &mut self.hosts[id]
     }
@@ -236,6 +243,8 @@ impl Network {
         self.down.insert(ip);
     }
 
+    /// Lets packets from and to `ip` through again after
+    /// [`Network::link_down`].
     pub fn link_up(&mut self, ip: Ipv4Addr) {
         self.down.remove(&ip);
     }
@@ -255,7 +264,7 @@ impl Network {
         self.nat.as_mut()
     }
 
-    /// Injects a packet as if `src` had sent it.
+    /// Injects a packet as if the host at its `src` had sent it.
     pub fn inject(&mut self, transmit: Packet) {
         self.put_on_wire(usize::MAX, transmit);
     }

@@ -9,11 +9,15 @@ use smoltcp::time::Instant;
 /// host receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Packet {
+    /// The sender's locator (the NAT's public one once a NAT rewrote it).
     pub src: Locator,
+    /// Where it goes: a host's locator, or a subnet broadcast address.
     pub dst: Locator,
+    /// The IP TTL the sender gave it; the simulator passes it on unchanged.
     pub ttl: u8,
     /// How the host asked for it to leave (own unicast, relay, broadcast).
     pub kind: TransmitKind,
+    /// The whole SAL packet, without the IPv4 or UDP header.
     pub payload: Vec<u8>,
 }
 

@@ -161,16 +161,24 @@ pub struct Flags {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
+    /// Services the rule applies to, matched longest prefix first.
     pub prefix: ServicePrefix,
     /// Locator to forward to; omit together with `drop`/`delay` rules.
     #[serde(default)]
     pub forward: Option<Locator>,
+    /// A DROP rule: packets for these services are dropped.
     #[serde(default)]
     pub drop: bool,
+    /// A DELAY rule: packets for these services are held while the
+    /// controller is asked.
     #[serde(default)]
     pub delay: bool,
+    /// FORWARD only: share of traffic relative to the other targets of equal
+    /// priority; 0 marks a standby (default 1).
     #[serde(default = "one")]
     pub weight: u32,
+    /// Larger wins: only a prefix's highest-priority targets are used
+    /// (default 0; 1 or more keeps servd's announced rules as standby).
     #[serde(default)]
     pub priority: u32,
 }
@@ -201,7 +209,9 @@ impl RuleConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AllowConfig {
+    /// The user this entry lets bind.
     pub uid: u32,
+    /// What the user may bind: this prefix and anything inside it.
     pub prefix: ServicePrefix,
 }
 
@@ -392,26 +402,36 @@ fn default_min_bind_prefix() -> u16 {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
+    /// As `--iface`: interfaces whose IPv4 addresses are locators.
     #[serde(default)]
     pub ifaces: Vec<String>,
+    /// As `--udp`: UDP encapsulation on this address and port.
     pub udp: Option<SocketAddrV4>,
+    /// As `--forward`: act as a service router.
     #[serde(default)]
     pub forward: bool,
     /// Broadcast discovery (`--no-broadcast` turns it off); on unless false.
     pub broadcast: Option<bool>,
+    /// As `--control`: the control socket's path.
     pub control: Option<PathBuf>,
+    /// As `--tun`: the TUN device's name (native mode).
     pub tun: Option<String>,
+    /// Static rules installed at start (`[[rules]]`).
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
+    /// Who may bind which prefixes (`[[allow]]`); see "Binding".
     #[serde(default)]
     pub allow: Vec<AllowConfig>,
     /// Shortest prefix an ordinary user may bind (see "Binding").
     #[serde(default = "default_min_bind_prefix")]
     pub min_bind_prefix: u16,
+    /// The `[limits]` table: bounds on control clients and flows.
     #[serde(default)]
     pub limits: Limits,
+    /// The `[tcp]` table: each stream flow's buffer bounds.
     #[serde(default)]
     pub tcp: TcpBuffers,
+    /// The `[syn]` table: half-open bounds and SYN cookies.
     #[serde(default)]
     pub syn: SynConfig,
 }
@@ -419,27 +439,40 @@ pub struct FileConfig {
 /// The effective configuration.
 #[derive(Debug)]
 pub struct Config {
+    /// Interfaces whose IPv4 addresses are locators (flags over file).
     pub ifaces: Vec<String>,
+    /// UDP mode's local address and port; `None`: native mode (TUN).
     pub udp: Option<SocketAddrV4>,
+    /// Service-router mode: SYNs and unconnected datagrams are forwarded by
+    /// FORWARD rules.
     pub forward: bool,
     /// Broadcast discovery for services no rule matches (native mode only).
     pub broadcast_discovery: bool,
+    /// The control socket's path (default `/run/serval/sald.sock`).
     pub control: PathBuf,
+    /// The TUN device's name in native mode (default `sal0`).
     pub tun: String,
+    /// Seed for flow IDs and nonces, for reproducible tests; `None`: random.
     pub seed: Option<u64>,
     /// UDP mode: use GSO and GRO where the kernel offers them.
     pub udp_offload: bool,
+    /// Flows move by themselves off an interface that goes down, loses its
+    /// address or stops delivering.
     pub auto_migrate: bool,
+    /// Silence after which a flow with data in flight moves (milliseconds).
     pub liveness_ms: u64,
     /// 0: never.
     pub probe_idle_ms: u64,
     /// UDP keepalive interval; 0: none.
     pub keepalive_ms: u64,
+    /// Static rules, installed at start.
     pub rules: Vec<RuleConfig>,
+    /// `[[allow]]` entries: who may bind which prefixes.
     pub allow: Vec<AllowConfig>,
     /// Shortest prefix an ordinary user may bind (at least 1: nobody but
     /// root and `[[allow]]`ed users binds `/0`).
     pub min_bind_prefix: u16,
+    /// Bounds on control clients and flows.
     pub limits: Limits,
     /// Each stream flow's TCP buffer bounds.
     pub tcp: TcpBuffers,

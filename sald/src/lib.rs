@@ -21,6 +21,8 @@
 //! | [`privileges`] | what needs root, checked and said at start |
 //! | [`watch`] | the kernel's link, address and route events |
 
+#![warn(missing_docs)]
+
 pub mod app_socket;
 pub mod config;
 pub mod control;

@@ -16,7 +16,10 @@ const CAP_NET_ADMIN: u32 = 12;
 /// The process's user and whether it holds `CAP_NET_ADMIN`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Privileges {
+    /// The effective user ID (0: root).
     pub uid: u32,
+    /// Whether `CAP_NET_ADMIN` is in the effective set, which native
+    /// carriage needs.
     pub net_admin: bool,
 }
 

@@ -38,17 +38,27 @@ const RT_TABLE_MAIN: u32 = 254;
 pub enum LinkEvent {
     /// Administratively up and with carrier (`up`), or not.
     Link {
+        /// The kernel's interface index.
         index: u32,
+        /// The interface's name.
         name: String,
+        /// Up and running; false too when the link was deleted.
         up: bool,
     },
+    /// An IPv4 address was added to an interface.
     AddressAdded {
+        /// The kernel's index of the interface.
         index: u32,
+        /// The new address.
         addr: Ipv4Addr,
+        /// Its subnet's prefix length.
         prefix_len: u8,
     },
+    /// An IPv4 address was removed from an interface.
     AddressRemoved {
+        /// The kernel's index of the interface.
         index: u32,
+        /// The address that went away.
         addr: Ipv4Addr,
     },
     /// An IPv4 route of the main table was added or deleted.
@@ -175,12 +185,18 @@ pub struct Interfaces {
 /// What a kernel event changed, for the plumbing to follow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PlumbingChange {
+    /// A SAL interface got an address: steer protocol 144 for it too.
     Add {
+        /// The SAL interface's name.
         iface: String,
+        /// The address it got.
         addr: Ipv4Addr,
     },
+    /// A SAL interface lost an address: remove that address's rules.
     Remove {
+        /// The SAL interface's name.
         iface: String,
+        /// The address it lost.
         addr: Ipv4Addr,
     },
     /// The per-source tables must be copied from the main table again.

@@ -32,6 +32,8 @@
 //! [`conntrack::flush`] makes a namespace's NAT forget its mappings.
 //! [`mod@bench`] holds what the connection benchmarks share.
 
+#![warn(missing_docs)]
+
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Write as _};

@@ -103,6 +103,7 @@ pub struct Report {
     pub tun: Run,
     /// Packets (and bytes) the forwarder moved client→server.
     pub forward_packets: u64,
+    /// Bytes of those packets (whole IP packets as read from the TUN).
     pub forward_bytes: u64,
     /// Packets it moved server→client.
     pub reverse_packets: u64,

@@ -37,8 +37,14 @@ impl std::fmt::Debug for Key {
 /// Why a key was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
+    /// The secret, trimmed, is shorter than [`MIN_SECRET`] bytes.
     #[error("the key {name:?} is {len} bytes; use at least {MIN_SECRET} (e.g. `head -c 32 /dev/urandom | base64`)")]
-    TooShort { name: String, len: usize },
+    TooShort {
+        /// The key's name.
+        name: String,
+        /// The trimmed secret's length, in bytes.
+        len: usize,
+    },
 }
 
 impl Key {
@@ -62,6 +68,8 @@ impl Key {
         Ok(Key { name, id, secret })
     }
 
+    /// What policies (`[[allow]] key = ...`) and logs call it: `domain` for
+    /// `--key-file`'s, else its `[[key]]` name.
     pub fn name(&self) -> &str {
         &self.name
     }

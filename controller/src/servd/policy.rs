@@ -43,7 +43,9 @@ pub const DEFAULT_MAX_PREFIXES_PER_SENDER: usize = 10_000;
 /// An IPv4 address range (`10.0.1.0/24`, or one address).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ipv4Range {
+    /// Any address of the range (bits past `len` are ignored).
     pub addr: Ipv4Addr,
+    /// Leading bits that must match, 0 to 32 (32: `addr` alone).
     pub len: u8,
 }
 
@@ -83,7 +85,9 @@ impl<'de> Deserialize<'de> for Ipv4Range {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyFile {
+    /// What `[[allow]]` entries call the key (`key = NAME`).
     pub name: String,
+    /// The file holding the secret, read at start like `--key-file`.
     pub file: PathBuf,
 }
 
@@ -91,16 +95,25 @@ pub struct KeyFile {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Allow {
+    /// Source addresses the entry applies to; `None`: any.
     #[serde(default)]
     pub from: Option<Ipv4Range>,
+    /// Name of the key the datagram must be tagged with; `None`: any key,
+    /// or none.
     #[serde(default)]
     pub key: Option<String>,
+    /// Announced prefixes it covers: this one and longer ones below it
+    /// (default `/0`: all).
     #[serde(default = "any_prefix")]
     pub prefix: ServicePrefix,
+    /// Shortest prefix length allowed; `None`: the policy's `min_prefix_len`.
     #[serde(default)]
     pub min_len: Option<u16>,
+    /// Highest rule priority granted; `None`: the policy's `max_priority`.
     #[serde(default)]
     pub max_priority: Option<u32>,
+    /// Whether the sender may name locators other than its source address
+    /// (only granted to tagged datagrams; the file needs `key` with it).
     #[serde(default)]
     pub foreign_locators: bool,
 }
@@ -113,14 +126,23 @@ fn any_prefix() -> ServicePrefix {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
+    /// Shortest prefix length anyone may announce (1 to 256), and the
+    /// default `min_len` of `[[allow]]` entries.
     #[serde(default = "default_min_len")]
     pub min_prefix_len: u16,
+    /// Learned (prefix, locator) entries one source address may hold;
+    /// entries past that are refused.
     #[serde(default = "default_max_prefixes")]
     pub max_prefixes_per_sender: usize,
+    /// Highest priority an announced rule gets (higher ones are lowered),
+    /// unless an `[[allow]]` entry says otherwise.
     #[serde(default)]
     pub max_priority: u32,
+    /// Keys accepted besides `--key-file`'s (`[[key]]` tables).
     #[serde(default, rename = "key")]
     pub keys: Vec<KeyFile>,
+    /// `[[allow]]` entries, in order: the first matching one decides, none
+    /// matching refuses; without any, every sender gets the defaults.
     #[serde(default)]
     pub allow: Vec<Allow>,
 }
@@ -166,10 +188,13 @@ pub struct Grant {
 /// Why an announced prefix was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
+    /// `/0`: the default route is the operator's, whatever the policy says.
     #[error("/0 is never accepted from an announcement")]
     Default,
+    /// Shorter than the matching entry's `min_len` (or `min_prefix_len`).
     #[error("prefix shorter than the policy allows")]
     TooShort,
+    /// No `[[allow]]` entry matches this sender and prefix.
     #[error("no policy rule allows this sender to announce this prefix")]
     NotAllowed,
 }
@@ -177,13 +202,24 @@ pub enum Refusal {
 /// Why a policy file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
+    /// The file could not be read.
     #[error("cannot read {path}: {source}")]
     Read {
+        /// The policy file.
         path: PathBuf,
+        /// Why reading failed.
         source: std::io::Error,
     },
+    /// Not valid TOML, an unknown field, or a rule the policy breaks
+    /// (`min_prefix_len` out of range, `foreign_locators` without `key`, a
+    /// key nobody defined).
     #[error("{path}: {message}")]
-    Invalid { path: PathBuf, message: String },
+    Invalid {
+        /// The policy file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 impl Policy {

@@ -34,10 +34,15 @@ pub const DEFAULT_MAX_SENDERS: usize = 100_000;
 /// Why a tagged datagram was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ReplayError {
+    /// The timestamp is more than [`WINDOW_MS`] away from the receiver's
+    /// clock, either way.
     #[error("timestamp more than 30 s away from this controller's clock")]
     Stale,
+    /// The sequence number was already accepted from this sender, or is too
+    /// far ([`REORDER`] or more) below its highest to tell.
     #[error("sequence number already seen (a replay)")]
     Replayed,
+    /// A new sender while the table is full of live ones.
     #[error("too many senders to remember")]
     Full,
 }
@@ -81,6 +86,7 @@ impl ReplayGuard {
         self.senders.len()
     }
 
+    /// Whether no sender is remembered.
     pub fn is_empty(&self) -> bool {
         self.senders.is_empty()
     }

@@ -49,7 +49,10 @@ pub enum Command {
 pub enum LinkEvent {
     /// (Re)connected; sald's interfaces and rules as of now.
     Connected {
+        /// sald's interfaces: their locators are where peers reach this host.
         interfaces: Vec<LocalInterface>,
+        /// sald's whole rule table (registrations, the operator's rules,
+        /// leftovers to adopt); empty when it is too large to list.
         rules: Vec<Rule>,
     },
     /// sald went away; reconnecting.
@@ -65,8 +68,13 @@ pub enum LinkEvent {
 /// Timings of the link.
 #[derive(Debug, Clone)]
 pub struct LinkOptions {
+    /// How often sald's interfaces are listed again, to follow address
+    /// changes (5 s by default).
     pub interfaces_every: Duration,
+    /// How often sald's rules are listed again, to notice the operator's
+    /// changes (60 s by default).
     pub rules_every: Duration,
+    /// Waits between attempts to reach sald.
     pub backoff: Backoff,
 }
 
@@ -83,7 +91,9 @@ impl Default for LinkOptions {
 /// Exponential backoff between reconnection attempts.
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {
+    /// Wait after the first failed attempt; doubled after each further one.
     pub first: Duration,
+    /// Longest wait between two attempts.
     pub max: Duration,
 }
 

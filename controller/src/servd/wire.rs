@@ -76,6 +76,8 @@ pub struct Stamp {
 pub struct Authenticated<'k> {
     /// The key the tag was made with.
     pub key: &'k Key,
+    /// Its timestamp and sequence number, still to be checked for freshness
+    /// by the caller (the replay guard).
     pub stamp: Stamp,
 }
 
@@ -94,6 +96,8 @@ pub struct Node {
 /// One announced prefix.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Announcement {
+    /// The prefix the sender serves; a router checks it against its policy
+    /// (never `/0`) before installing a FORWARD rule for it.
     pub prefix: ServicePrefix,
     /// Relative share of new connections (static weight policy).
     pub weight: u32,
@@ -108,8 +112,12 @@ pub struct Announcement {
 /// One target of a resolved route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RouteTarget {
+    /// Where the asker forwards connections (a FORWARD target).
     pub locator: Locator,
+    /// Relative share of new connections among the targets.
     pub weight: u32,
+    /// Rule priority the asker installs it with (never above its
+    /// operator's static targets of the same prefix).
     #[serde(default)]
     pub priority: u32,
 }
@@ -119,6 +127,7 @@ pub struct RouteTarget {
 pub struct Route {
     /// The prefix the answer is good for (may be shorter than the ID).
     pub prefix: ServicePrefix,
+    /// The instances to forward to; the asker installs at most 64 of them.
     pub targets: Vec<RouteTarget>,
     /// How long the asker may cache it.
     pub ttl_ms: u64,
@@ -132,37 +141,68 @@ pub enum Message {
     /// locators for `lease_ms` unless refreshed. `full` marks the last
     /// datagram of a complete refresh batch (nothing was left out).
     Announce {
+        /// The announcing controller: named in the rules' origin, its epoch
+        /// checked for restarts, its locators used only where policy allows.
         from: Node,
+        /// How long (ms) the router keeps the entries without a refresh;
+        /// clamped to between 100 ms and the router's `--max-lease`.
         lease_ms: u64,
+        /// The prefixes announced, each checked against the router's policy.
         entries: Vec<Announcement>,
+        /// Set on the last datagram of a complete refresh; a router asks a
+        /// sender it does not know (or a new epoch) for a resync only without it.
         #[serde(default)]
         full: bool,
     },
     /// Downstream to upstream: these prefixes are gone from `from`.
     Withdraw {
+        /// The withdrawing controller; only locators it could have announced
+        /// (its source address, or others its policy grant allows) are removed.
         from: Node,
+        /// Prefixes to remove, each held to the same policy as announcing.
         prefixes: Vec<ServicePrefix>,
     },
     /// Upstream to downstream: "I do not know you (any more): send me
     /// everything now" (sent on an announcement from an unknown sender or
     /// a new epoch, e.g. after the upstream restarted).
-    ResyncRequest { from: Node },
+    ResyncRequest {
+        /// The asking router; honoured only from an upstream's address.
+        from: Node,
+    },
     /// "Is there a service router?" to a configured upstream, or broadcast
     /// on the local link when none is configured.
-    Solicit { from: Node },
+    Solicit {
+        /// The soliciting host (only logged: the advert goes to the
+        /// datagram's source address).
+        from: Node,
+    },
     /// A router's answer to a solicit: its locators (for the default route).
-    Advert { from: Node },
+    Advert {
+        /// The router: a new epoch makes the host send it a full refresh,
+        /// and its locators are where the default route points.
+        from: Node,
+    },
     /// "How do I reach `service`?" (a DELAY rule held a packet for it).
     Query {
+        /// The asking controller (only logged: the answer goes to the
+        /// datagram's source address).
         from: Node,
+        /// The asker's number for this query, echoed in the answer.
         id: u64,
+        /// The service ID a DELAY rule is holding packets for.
         service: ServiceId,
     },
     /// The answer to query `id`; `route: None` means no such service.
     Answer {
+        /// The answering controller; its name becomes the cached rules'
+        /// origin (`resolved NAME`).
         from: Node,
+        /// The `id` of the query answered; answers matching no pending
+        /// query of that service are dropped.
         id: u64,
+        /// The service ID that was asked about.
         service: ServiceId,
+        /// Where the service is; `None` is cached as a short-lived DROP.
         route: Option<Route>,
     },
 }
@@ -185,16 +225,26 @@ impl Message {
 /// Why a datagram was dropped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
+    /// A received datagram longer than [`MAX_DATAGRAM`] (its length),
+    /// dropped unread.
     #[error("datagram of {0} bytes exceeds the {MAX_DATAGRAM}-byte limit")]
     Oversized(usize),
+    /// Shorter than the header, or not starting with the magic `SRVD`.
     #[error("not a servd datagram")]
     BadMagic,
+    /// Another protocol version (the version byte it carried).
     #[error("protocol version {0} (this controller speaks {WIRE_VERSION})")]
     Version(u8),
+    /// Tag missing, invalid or under an unknown key, or present while this
+    /// controller has no keys.
     #[error("missing or wrong authentication tag")]
     Unauthenticated,
+    /// The body is not a valid message, or exceeds the name or locator
+    /// limits (the reason).
     #[error("malformed message: {0}")]
     Malformed(String),
+    /// A message to send would encode to more than [`MAX_DATAGRAM`] bytes
+    /// (its size).
     #[error("message does not fit in one datagram ({0} bytes)")]
     TooLarge(usize),
 }

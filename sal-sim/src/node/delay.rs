@@ -11,6 +11,7 @@ use super::{Node, Verdict};
 pub struct Delay(Duration);
 
 impl Delay {
+    /// Every packet leaves `delay` after it arrives.
     pub fn new(delay: Duration) -> Delay {
         Delay(delay)
     }

@@ -12,6 +12,7 @@ use super::{Node, Verdict};
 pub struct Jitter(Duration);
 
 impl Jitter {
+    /// Each packet is held for a uniform random time of at most `max`.
     pub fn new(max: Duration) -> Jitter {
         Jitter(max)
     }

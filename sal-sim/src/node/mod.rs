@@ -102,6 +102,7 @@ impl Path {
         self.nodes.len()
     }
 
+    /// Whether the path has no nodes (packets arrive the instant they are sent).
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
     }

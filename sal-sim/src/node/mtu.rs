@@ -13,6 +13,7 @@ use super::{DropReason, Node, Verdict};
 pub struct Mtu(usize);
 
 impl Mtu {
+    /// Passes IPv4 packets of up to `mtu` bytes (header included).
     pub fn new(mtu: usize) -> Mtu {
         Mtu(mtu)
     }

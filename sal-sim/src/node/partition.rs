@@ -26,10 +26,13 @@ impl PartitionSwitch {
         self.0.set(true);
     }
 
+    /// Lets packets through again, except during a partition's own
+    /// intervals.
     pub fn heal(&self) {
         self.0.set(false);
     }
 
+    /// Whether the switch is cut now (a partition's intervals aside).
     pub fn is_cut(&self) -> bool {
         self.0.get()
     }

@@ -64,7 +64,6 @@ pub struct ControlContext {
 }
 
 impl ControlContext {
-    /// The context of a daemon with `config`, running as user `owner_uid`.
     /// Logs a flow refused to a user over its share, at most once per
     /// interval (a user hitting it in a loop must not flood the log).
     pub(crate) fn log_share_refusal(&self, message: &str) {
@@ -73,6 +72,7 @@ impl ControlContext {
         }
     }
 
+    /// The context of a daemon with `config`, running as user `owner_uid`.
     pub fn new(
         shared: Arc<Shared>,
         tasks: Tasks,

@@ -25,25 +25,38 @@ pub struct Policy {
 pub enum BindRefusal {
     /// `[[allow]]` entries exist and none covers this user and prefix.
     #[error("uid {uid} may not bind {prefix} (no [[allow]] entry covers it)")]
-    NotAllowed { uid: u32, prefix: ServicePrefix },
+    NotAllowed {
+        /// The user who asked.
+        uid: u32,
+        /// The prefix it asked to bind.
+        prefix: ServicePrefix,
+    },
     /// Shorter than ordinary users may bind.
     #[error("uid {uid} may not bind {prefix}: ordinary users bind prefixes of /{min} or longer")]
     TooShort {
+        /// The user who asked.
         uid: u32,
+        /// The prefix it asked to bind.
         prefix: ServicePrefix,
+        /// The shortest prefix length an ordinary user may bind.
         min: u16,
     },
     /// Overlaps a binding of another user.
     #[error("{prefix} overlaps {other}, bound by another user")]
     InUse {
+        /// The prefix asked for.
         prefix: ServicePrefix,
+        /// The other user's binding that covers, equals or lies inside it.
         other: ServicePrefix,
     },
     /// An operator's rule sends (part of) these services elsewhere.
     #[error("uid {uid} may not bind {prefix}: the operator's rule for {rule} sends it elsewhere")]
     OperatorRule {
+        /// The user who asked.
         uid: u32,
+        /// The prefix it asked to bind.
         prefix: ServicePrefix,
+        /// The prefix of the operator's (static) rule in the way.
         rule: ServicePrefix,
     },
 }

@@ -252,6 +252,7 @@ pub struct ReceivedDatagram<'a> {
     pub src: SocketAddrV4,
     /// The address it was sent to, when the socket reports it.
     pub dst: Option<Ipv4Addr>,
+    /// The datagram's bytes (one GRO segment), borrowed from the batch.
     pub payload: &'a [u8],
 }
 
