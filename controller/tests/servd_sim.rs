@@ -19,7 +19,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use controller::servd::policy::Policy;
-use controller::servd::wire::{self, Message, Node, Stamp};
+use controller::servd::wire::{self, Message, Node, Route, RouteTarget, Stamp};
 use controller::servd::{
     Config, Controller, DefaultRoute, Key, Keyring, Mode, SaldAction, WeightPolicy,
 };
@@ -146,6 +146,8 @@ impl Net {
     fn add(&mut self, last: u8, config: Config) -> usize {
         let epoch = 1000 + u64::from(last) * 7 + self.hosts.len() as u64;
         let mut controller = Controller::new(config, self.now, epoch);
+        // As servd does, with repeatable bits for the simulation.
+        controller.set_query_secret(epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         controller.set_unix_time(self.now, self.unix_ms());
         controller.set_interfaces(self.now, vec![interface(last)]);
         self.hosts.push(SimHost {
@@ -729,9 +731,21 @@ fn least_loaded_policy_shares_by_power_of_two_choices() {
                 ControlEvent::FlowOpened {
                     flow: sal::FlowId::new(f + 1).unwrap(),
                     service: id("beef01"),
+                    accepted: true,
                 },
             );
         }
+    }
+    // h3's own programs connect out to the service: not h3's load.
+    for f in 0..8 {
+        net.event(
+            h3,
+            ControlEvent::FlowOpened {
+                flow: sal::FlowId::new(f + 1).unwrap(),
+                service: id("beef01"),
+                accepted: false,
+            },
+        );
     }
     net.run(REFRESH + Duration::from_millis(20));
     // Ranks by load: h3 (0) 5, h2 (1) 3, h1 (4) 1 = (2(n-r)-1).
@@ -739,7 +753,64 @@ fn least_loaded_policy_shares_by_power_of_two_choices() {
         net.hosts[r].forwards("beef/16"),
         vec![(loc(2), 1), (loc(3), 3), (loc(4), 5)]
     );
-    let _ = h3;
+}
+
+/// Answers are taken only from an upstream's address with the ID of a
+/// pending query. Query IDs used to follow from the controller's epoch,
+/// which every message carries in clear: anyone who had heard one could
+/// forge the answer to the next query from a spoofed upstream address.
+#[test]
+fn a_forger_who_knows_the_epoch_cannot_answer_a_query() {
+    let mut net = Net::new();
+    let _r = net.router(1, &[]);
+    let server = net.host(2, &[1]);
+    net.register(server, "5e00/16");
+    let mut client = config("client");
+    client.upstreams = vec![addr(1)];
+    client.default_route = DefaultRoute::Delay;
+    let client = net.add(3, client);
+    net.run(Duration::from_millis(50));
+    // The forger heard the client's epoch (any message of it) and knows
+    // how IDs used to follow from it; the router is slow to answer.
+    let epoch = 1000 + 3 * 7 + client as u64;
+    let guessed = epoch.rotate_left(32) | 1;
+    let forged = |route_to: u8| {
+        plain(&Message::Answer {
+            from: Node {
+                name: "r1".into(),
+                epoch: 1,
+                locators: vec![],
+            },
+            id: guessed,
+            service: id("5e0077"),
+            route: Some(Route {
+                prefix: p("5e00/16"),
+                targets: vec![RouteTarget {
+                    locator: loc(route_to),
+                    weight: 1,
+                    priority: 0,
+                }],
+                ttl_ms: 30_000,
+            }),
+        })
+    };
+    net.hosts[client].controller.handle_local_event(
+        net.now,
+        ControlEvent::DelayNotify {
+            service: id("5e0077"),
+        },
+    );
+    let now = net.now;
+    net.hosts[client]
+        .controller
+        .handle_message(now, addr(1), &forged(66));
+    net.settle();
+    assert_eq!(
+        net.hosts[client].forwards("5e00/16"),
+        vec![(loc(2), 1)],
+        "the real answer, not the forged one"
+    );
+    assert!(net.hosts[client].controller.stats().dropped_unexpected >= 1);
 }
 
 /// An announcement as any sender could craft it.

@@ -289,8 +289,9 @@ pub enum Request {
     MigrateAll {
         /// The interface whose established flows move; must be one of sald's.
         from: String,
-        /// The interface they move to; the first flow that fails to move ends
-        /// the request with its error (flows moved before it stay moved).
+        /// The interface they move to; must be one of sald's too. The first
+        /// flow that fails to move ends the request with its error (flows
+        /// moved before it stay moved).
         to: String,
     },
 }
@@ -542,13 +543,20 @@ pub enum ControlEvent {
         /// The full service ID to resolve.
         service: ServiceId,
     },
-    /// A connect made on this host completed its handshake; flows accepted
-    /// from peers raise no such event.
+    /// A flow was established: a connect made on this host completed its
+    /// handshake, or a peer's connect to a local listener did (the flow
+    /// then waits in the listener's backlog, counted from now on: servd's
+    /// load of a served prefix is the flows accepted for it and not closed).
     FlowOpened {
         /// The new flow's local ID.
         flow: FlowId,
         /// The service ID the connect asked for.
         service: ServiceId,
+        /// Whether a peer opened it to a local listener (this host serves
+        /// it) rather than a program here connecting out. Absent, as from a
+        /// sald before this field, means connected out.
+        #[serde(default)]
+        accepted: bool,
     },
     /// A flow (connected or accepted) is gone from the host: closed both
     /// ways, reset, or never established.
@@ -584,7 +592,7 @@ pub struct StatsReport {
     /// Control connections admitted and being served now, subscribers and
     /// connectors included.
     pub control_clients: usize,
-    /// Packets read from and written to the links.
+    /// Packets read from the links (TUN, raw socket, or UDP datagrams).
     pub link_rx: u64,
     /// Packets written to the links (TUN, raw socket, or UDP datagrams).
     pub link_tx: u64,
@@ -1240,6 +1248,29 @@ impl DatagramFrame {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flow_opened_event_without_the_accepted_field_means_connected_out() {
+        let event = ControlEvent::FlowOpened {
+            flow: FlowId::new(7).unwrap(),
+            service: "beef".parse().unwrap(),
+            accepted: true,
+        };
+        let mut json = serde_json::to_value(&event).unwrap();
+        assert_eq!(
+            serde_json::from_value::<ControlEvent>(json.clone()).unwrap(),
+            event
+        );
+        json.as_object_mut().unwrap().remove("accepted");
+        assert_eq!(
+            serde_json::from_value::<ControlEvent>(json).unwrap(),
+            ControlEvent::FlowOpened {
+                flow: FlowId::new(7).unwrap(),
+                service: "beef".parse().unwrap(),
+                accepted: false,
+            }
+        );
+    }
 
     #[test]
     fn parts_of_a_long_list_come_back_as_one_answer_in_order() {

@@ -65,13 +65,18 @@ pub enum Links {
 /// Counters of the link layer.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LinkStats {
+    /// Packets read from the links and handed to the host.
     pub rx: u64,
+    /// Packets written to the links (TUN, raw socket, or UDP datagrams).
     pub tx: u64,
+    /// Packets a link failed to send or dropped, plus UDP datagrams
+    /// received unusable.
     pub errors: u64,
 }
 
 /// Everything behind the daemon's one lock.
 pub struct Core {
+    /// The sans-IO protocol core: service table, flows and listeners.
     pub host: Host,
     epoch: std::time::Instant,
     links: Links,
@@ -80,6 +85,7 @@ pub struct Core {
     ident: u16,
     /// Where transmits are written: the IPv4 header's room, then the packet.
     buffer: Box<[u8]>,
+    /// The links' packet counters, for `servalctl stats`.
     pub link_stats: LinkStats,
     flows: HashMap<FlowId, Arc<FlowSignal>>,
     pending_accepts: HashMap<ListenerId, VecDeque<oneshot::Sender<FlowId>>>,
@@ -92,6 +98,7 @@ pub struct Core {
     pub origins: Origins,
     /// Who owns which binding and flow.
     pub owners: Owners,
+    /// Control connections being served now, kept by the client tasks.
     pub control_clients: usize,
     /// Tells the timer task that the host's next deadline may have moved.
     timer: Arc<Notify>,
@@ -315,12 +322,35 @@ impl Core {
                         self.owners.remember(flow, uid);
                     }
                     let service = info.map(|f| f.service).unwrap_or_default();
-                    self.publish(ControlEvent::FlowOpened { flow, service }, owner);
+                    self.publish(
+                        ControlEvent::FlowOpened {
+                            flow,
+                            service,
+                            accepted: false,
+                        },
+                        owner,
+                    );
                 }
                 Event::ConnectFailed(flow, error) => {
                     if let Some(waiter) = self.pending_connects.remove(&flow) {
                         let _ = waiter.send(Err(error));
                     }
+                }
+                Event::PeerConnected(flow) => {
+                    let owner = self.flow_owner(flow);
+                    if let Some(uid) = owner {
+                        // As for a connect: `FlowClosed` goes to the same
+                        // audience, even if the flow closes before anyone
+                        // accepts it.
+                        self.owners.remember(flow, uid);
+                    }
+                    let service = self.host.flow_service(flow).unwrap_or_default();
+                    let event = ControlEvent::FlowOpened {
+                        flow,
+                        service,
+                        accepted: true,
+                    };
+                    self.publish(event, owner);
                 }
                 Event::Incoming(listener) => self.serve_accepts(listener),
                 Event::Closed(flow) => {

@@ -477,8 +477,8 @@ fn ordinary_users_see_only_their_own_flows_and_events_and_queues_are_bounded() {
         Some(Duration::from_secs(3)),
     )
     .unwrap();
-    let (_nobody_accepted, _) = nobody_listener.accept().unwrap();
-    let (_root_accepted, _) = root_listener.accept().unwrap();
+    let (nobody_accepted, _) = nobody_listener.accept().unwrap();
+    let (root_accepted, _) = root_listener.accept().unwrap();
 
     // Listings: nobody sees its two ends, root all four.
     let listed =
@@ -505,14 +505,21 @@ fn ordinary_users_see_only_their_own_flows_and_events_and_queues_are_bounded() {
         }),
         "{seen:?}"
     );
-    assert!(seen.iter().any(|e| matches!(e, ControlEvent::FlowOpened { flow, .. } if *flow == nobody_stream.flow_id())), "{seen:?}");
+    assert!(seen.iter().any(|e| matches!(e, ControlEvent::FlowOpened { flow, accepted: false, .. } if *flow == nobody_stream.flow_id())), "{seen:?}");
+    // The server end too, as a flow a peer opened to nobody's listener
+    // (servd counts a prefix's load from these).
+    assert!(seen.iter().any(|e| matches!(e, ControlEvent::FlowOpened { flow, accepted: true, service } if *flow == nobody_accepted.flow_id() && *service == "beef01".parse().unwrap())), "{seen:?}");
     assert!(
         !seen.iter().any(|e| matches!(e,
         ControlEvent::Registered { prefix: p } if *p == prefix("c0ffee/24"))),
         "{seen:?}"
     );
-    assert!(!seen.iter().any(|e| matches!(e,
-        ControlEvent::FlowOpened { flow, .. } | ControlEvent::FlowClosed { flow } if *flow == root_flow)), "{seen:?}");
+    assert!(
+        !seen.iter().any(|e| matches!(e,
+        ControlEvent::FlowOpened { flow, .. } | ControlEvent::FlowClosed { flow }
+            if *flow == root_flow || *flow == root_accepted.flow_id())),
+        "{seen:?}"
+    );
 
     // A subscriber that does not read falls behind a bounded queue and is
     // told so, rather than sald queueing without end.
@@ -660,6 +667,44 @@ fn batched_rule_changes_apply_in_order_and_never_outrank_the_operator() {
     assert_eq!(entry(8).priority, 5, "capped at the operator's priority");
     assert!(rule("cafe/16").is_none_or(|r| r.targets().is_empty()));
     assert_eq!(rule("f00d/16").expect("f00d/16").targets()[0].priority, 3);
+}
+
+#[test]
+fn moving_every_flow_names_both_interfaces_or_fails() {
+    let dir = Scratch::new("migrate-all");
+    let sald = daemon(&dir, "sald", |_| {});
+    let Response::Interfaces { interfaces } = sald.request(Request::ListInterfaces) else {
+        panic!("no interface list");
+    };
+    let ours = interfaces[0].name.clone();
+    for (from, to, missing) in [
+        (&*ours, "nosuch0", "nosuch0"),
+        ("nosuch1", &*ours, "nosuch1"),
+    ] {
+        let error = sald
+            .client()
+            .request(&Request::MigrateAll {
+                from: from.into(),
+                to: to.into(),
+            })
+            .expect_err("an unknown interface");
+        assert_eq!(
+            error.errno(),
+            Errno::ENOENT as i32,
+            "{from} -> {to}: {error}"
+        );
+        assert!(
+            error
+                .to_string()
+                .contains(&format!("no interface {missing}")),
+            "{error}"
+        );
+    }
+    let reply = sald.request(Request::MigrateAll {
+        from: ours.clone(),
+        to: ours,
+    });
+    assert_eq!(reply, Response::Ok, "no flows to move");
 }
 
 #[test]

@@ -112,10 +112,14 @@ pub struct Config {
     pub max_lease: Duration,
     /// Weight and priority announced for our prefixes.
     pub weight: u32,
+    /// Priority announced for our prefixes (a router caps it by its policy);
+    /// also given in answers for services bound here.
     pub priority: u32,
     /// Covering prefixes announced instead of the specific ones below them.
     pub aggregates: Vec<ServicePrefix>,
+    /// How a router weighs the instances of a prefix (`--weights`).
     pub weight_policy: WeightPolicy,
+    /// The default rule a host installs (`--default-route`).
     pub default_route: DefaultRoute,
     /// How long a positive answer is cached as a FORWARD rule.
     pub cache_lifetime: Duration,
@@ -168,15 +172,25 @@ impl Default for Config {
 pub enum SaldAction {
     /// `AddRuleWithOrigin`; `expires_in` becomes the origin's expiry.
     Add {
+        /// The rule's prefix.
         prefix: ServicePrefix,
+        /// The target added, or replaced if sald has one with the same key.
         target: Target,
+        /// Rule priority, never above the operator's static targets of the
+        /// same prefix.
         priority: u32,
+        /// Who the rule is for (announced, resolved, default route), as
+        /// `servalctl services` shows it.
         origin: RuleOrigin,
+        /// How long it lasts unless renewed, turned into the origin's expiry
+        /// for listings; `None` for the default route, which has none.
         expires_in: Option<Duration>,
     },
     /// `DelRule` of one target (a missing one is not an error).
     Remove {
+        /// The rule's prefix.
         prefix: ServicePrefix,
+        /// Which of its targets goes.
         key: TargetKey,
     },
 }
@@ -184,29 +198,52 @@ pub enum SaldAction {
 /// A datagram for a peer controller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit {
+    /// The peer's UDP address: an upstream, the sender of a message being
+    /// answered, or a subnet broadcast address when discovering.
     pub to: SocketAddr,
+    /// One encoded datagram (tagged when the controller has a key).
     pub bytes: Vec<u8>,
 }
 
 /// Counters, for logs and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
+    /// Datagrams received from peers, valid or not (our own looped-back
+    /// broadcasts included).
     pub rx: u64,
+    /// Datagrams queued for peers.
     pub tx: u64,
+    /// Datagrams over `MAX_DATAGRAM` bytes, dropped unread.
     pub dropped_oversized: u64,
+    /// Datagrams that were not servd's, or whose message did not parse or
+    /// broke the name and locator limits.
     pub dropped_malformed: u64,
+    /// Datagrams of another protocol version.
     pub dropped_version: u64,
+    /// Datagrams without a valid tag under one of our keys, or tagged while
+    /// we have none.
     pub dropped_unauthenticated: u64,
     /// Valid messages this controller had no use for (an announcement to a
     /// non-router, an answer nobody asked for, a full table).
     pub dropped_unexpected: u64,
+    /// Announce messages handled as a router (datagrams, not entries;
+    /// counted before the policy checks).
     pub announcements: u64,
+    /// Withdraw messages handled as a router.
     pub withdrawals: u64,
+    /// Learned (prefix, locator) entries dropped because their lease ran
+    /// out without a refresh.
     pub expired: u64,
+    /// Queries received from downstream controllers.
     pub queries: u64,
+    /// Answers accepted to our own pending queries, positive or negative.
     pub answers: u64,
+    /// Of `answers`, those without a usable route (no such service, or a
+    /// route not covering the service asked about).
     pub negative_answers: u64,
+    /// Rule additions (and re-installs) queued for sald.
     pub rules_added: u64,
+    /// Rule removals queued for sald.
     pub rules_removed: u64,
     /// Tagged datagrams whose sequence number was already seen (replays),
     /// or from a new sender while the replay table was full.
@@ -428,6 +465,9 @@ pub struct Controller {
     downstreams: HashMap<SocketAddr, u64>,
     // --- resolution ---
     queries: HashMap<ServiceId, Pending>,
+    /// The next query's ID: an answer is taken only from an upstream's
+    /// address and with the ID of a pending query, so an off-path sender
+    /// who can forge that address must guess it (see `set_query_secret`).
     next_query_id: u64,
     /// Rules installed from answers, with their expiry.
     cache: Deadlines<(ServicePrefix, TargetKey)>,
@@ -454,7 +494,10 @@ pub struct Controller {
 
 impl Controller {
     /// A controller starting at `now`; `epoch` must differ between runs
-    /// (random), it tells peers that this controller's state is new.
+    /// (random), it tells peers that this controller's state is new. Its
+    /// query IDs follow from `epoch` until [`Controller::set_query_secret`]
+    /// says otherwise: repeatable, for simulations, but predictable by
+    /// anyone who heard the epoch (every message carries it in clear).
     pub fn new(config: Config, now: Instant, epoch: u64) -> Controller {
         let upstreams = config
             .upstreams
@@ -516,14 +559,17 @@ impl Controller {
         controller
     }
 
+    /// The configuration it was started with.
     pub fn config(&self) -> &Config {
         &self.config
     }
 
+    /// The counters so far.
     pub fn stats(&self) -> Stats {
         self.stats
     }
 
+    /// Whether a service router is known (or this is the top router).
     pub fn mode(&self) -> Mode {
         self.mode
     }
@@ -555,6 +601,14 @@ impl Controller {
                 .take(MAX_LOCATORS)
                 .collect(),
         }
+    }
+
+    /// Draws this controller's query IDs from `secret` from now on rather
+    /// than from its epoch. servd passes random bits: an off-path sender
+    /// who forges an upstream's address must then guess a 64-bit ID to
+    /// have a forged answer taken.
+    pub fn set_query_secret(&mut self, secret: u64) {
+        self.next_query_id = secret | 1;
     }
 
     /// Statistics of the replay guard: senders remembered.
@@ -807,7 +861,12 @@ impl Controller {
                 self.unexport(prefix);
             }
             ControlEvent::DelayNotify { service } => self.start_query(now, service, None),
-            ControlEvent::FlowOpened { flow, service } => {
+            // A prefix's load is the flows its listeners serve: those peers
+            // opened to it, not this host's own connects out.
+            ControlEvent::FlowOpened {
+                accepted: false, ..
+            } => {}
+            ControlEvent::FlowOpened { flow, service, .. } => {
                 let prefix = self
                     .local
                     .keys()

@@ -288,6 +288,7 @@ pub async fn serve(
         "servd starting"
     );
     let mut controller = Controller::new(config, now, epoch);
+    controller.set_query_secret(rand::random());
     controller.set_unix_time(now, unix_now_ms());
     let (commands, mut link_events) = sald_link::spawn(path, link);
     let mut connected = false;

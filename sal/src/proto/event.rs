@@ -19,6 +19,11 @@ pub enum Event {
     ConnectFailed(FlowId, ConnectError),
     /// The listener has a flow waiting in its accept queue.
     Incoming(ListenerId),
+    /// A peer's connect to a local listener completed: this flow is
+    /// established and waits in the listener's backlog. One per flow, where
+    /// `Incoming` only says that the listener has some (servd counts a
+    /// served prefix's load from these).
+    PeerConnected(FlowId),
     /// The flow may have become readable or writable, or its peer closed or reset it.
     Activity(FlowId),
     /// The flow is finished and its ID released.

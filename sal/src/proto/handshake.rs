@@ -523,6 +523,7 @@ impl Host {
         self.flow_count += 1;
         self.account_buffers(0, memory);
         self.stats.cookies_accepted += 1;
+        self.events.push_back(Event::PeerConnected(id));
         if self.listeners.established(listener, id) {
             self.events.push_back(Event::Incoming(listener));
         }
@@ -662,6 +663,7 @@ impl Host {
         }
         flow.state = FlowState::Established;
         if let Some(listener) = flow.listener {
+            self.events.push_back(Event::PeerConnected(id));
             if self.listeners.established(listener, id) {
                 self.events.push_back(Event::Incoming(listener));
             }

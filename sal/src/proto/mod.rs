@@ -73,7 +73,7 @@ use rand::SeedableRng;
 use smoltcp::time::Instant;
 
 use crate::flow::FlowTable;
-use crate::id::FlowId;
+use crate::id::{FlowId, ServiceId};
 use crate::table::ServiceTable;
 
 pub use config::{default_stream_config, HostConfig, SynCookies};
@@ -315,6 +315,15 @@ impl Host {
     pub fn flow(&self, id: FlowId) -> Option<FlowInfo> {
         match self.endpoints.get(id)? {
             Endpoint::Flow(flow) => Some(self.flow_info(flow)),
+            Endpoint::Datagram(_) => None,
+        }
+    }
+
+    /// The service a flow was opened to, without building its
+    /// [`FlowInfo`] (which allocates).
+    pub fn flow_service(&self, id: FlowId) -> Option<ServiceId> {
+        match self.endpoints.get(id)? {
+            Endpoint::Flow(flow) => Some(flow.service),
             Endpoint::Datagram(_) => None,
         }
     }

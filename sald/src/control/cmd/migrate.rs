@@ -27,8 +27,10 @@ pub(super) fn all(client: &mut Client, from: &str, to: &str) -> Reply {
         return denied("migrate flows");
     }
     let mut core = client.context.shared.lock();
-    if !core.host.interfaces().iter().any(|i| i.name == from) {
-        return error_reply(ErrorKind::NotFound, format!("no interface {from}"));
+    for name in [from, to] {
+        if !core.host.interfaces().iter().any(|i| i.name == name) {
+            return error_reply(ErrorKind::NotFound, format!("no interface {name}"));
+        }
     }
     let on_from: Vec<_> = core
         .host
