@@ -19,7 +19,10 @@
 //!   to the router and completes; an unknown service fails with "no route";
 //! - `servalctl service drain` under load: the drained instance leaves the
 //!   router's rule, finishes what it admitted, closes once idle, and no
-//!   client request fails.
+//!   client request fails;
+//! - `--weights least-loaded`: flows a server holds for its bound prefix
+//!   (reported by its sald, counted by its servd) lower its weight at the
+//!   router, and closing them restores it.
 
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
@@ -131,6 +134,23 @@ impl Node {
             .flat_map(|r| r.targets().to_vec())
             .filter_map(|e| match e.target {
                 Target::Forward { locator, .. } => Some(locator.ip()),
+                _ => None,
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// FORWARD targets at exactly `prefix` with their weights.
+    fn weights(&self, prefix: &str) -> Vec<(Ipv4Addr, u32)> {
+        let prefix: ServicePrefix = prefix.parse().unwrap();
+        let mut out: Vec<_> = self
+            .rules()
+            .iter()
+            .filter(|r| r.prefix == prefix)
+            .flat_map(|r| r.targets().to_vec())
+            .filter_map(|e| match e.target {
+                Target::Forward { locator, weight } => Some((locator.ip(), weight)),
                 _ => None,
             })
             .collect();
@@ -766,4 +786,95 @@ fn drained_syns(node: &Node) -> u64 {
         Ok(Response::Stats { stats }) => stats.host.drained_syns,
         _ => 0,
     }
+}
+
+#[test]
+fn least_loaded_weights_follow_the_flows_a_server_holds() {
+    require_root!();
+    let net = TopologyBuilder::new("servd-load", 4)
+        .lan(&[0, 1, 2, 3])
+        .build()
+        .unwrap();
+    let dir = scratch_dir("servd-load");
+    let router_addr = net.host(0).addr().unwrap();
+    let upstream = vec!["--upstream".to_string(), format!("{router_addr}:54326")];
+    let mut router = start_node(net.host(0), &dir, "router", true);
+    let mut s1 = start_node(net.host(1), &dir, "s1", false);
+    let mut s2 = start_node(net.host(2), &dir, "s2", false);
+    let client = start_node(net.host(3), &dir, "client", false);
+    start_servd(
+        net.host(0),
+        &dir,
+        &mut router,
+        "router",
+        &["--router".into(), "--weights".into(), "least-loaded".into()],
+    );
+    start_servd(net.host(1), &dir, &mut s1, "s1", &upstream);
+    start_servd(net.host(2), &dir, &mut s2, "s2", &upstream);
+    let listeners: Vec<_> = [&s1, &s2]
+        .iter()
+        .map(|node| {
+            ServiceListener::bind_via(
+                node.client(),
+                "10ad/16".parse::<ServicePrefix>().unwrap(),
+                64,
+            )
+            .unwrap()
+        })
+        .collect();
+    let even = |w: &[(Ipv4Addr, u32)]| w.len() == 2 && w[0].1 == w[1].1;
+    assert!(
+        wait_until(Duration::from_secs(3), || even(&router.weights("10ad/16"))),
+        "instances not announced alike: {:?}\n{}",
+        router.weights("10ad/16"),
+        router.logs()
+    );
+    // Six flows to s1 only (the client has no servd: a static rule sends
+    // them there), held open at both ends.
+    client
+        .client()
+        .request_ok(&Request::AddRule {
+            prefix: "10ad/16".parse().unwrap(),
+            target: Target::Forward {
+                locator: sal::Locator::Ipv4(s1.addr),
+                weight: 1,
+            },
+            priority: 0,
+        })
+        .unwrap();
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        let stream = ServiceStream::connect_via(
+            client.client(),
+            svc("10ad01"),
+            Some(Duration::from_secs(3)),
+        )
+        .expect("connect to s1");
+        let (accepted, _) = listeners[0].accept().expect("accept on s1");
+        held.push((stream, accepted));
+    }
+    let s1_lighter = |w: &[(Ipv4Addr, u32)], lighter: bool| {
+        let weight = |addr| w.iter().find(|(a, _)| *a == addr).map(|(_, w)| *w);
+        match (weight(s1.addr), weight(s2.addr)) {
+            (Some(one), Some(two)) => (one < two) == lighter && one != two,
+            _ => false,
+        }
+    };
+    assert!(
+        wait_until(Duration::from_secs(3), || s1_lighter(
+            &router.weights("10ad/16"),
+            true
+        )),
+        "s1's load did not lower its weight: {:?}\n{}\n{}",
+        router.weights("10ad/16"),
+        router.logs(),
+        s1.logs()
+    );
+    drop(held);
+    assert!(
+        wait_until(Duration::from_secs(3), || even(&router.weights("10ad/16"))),
+        "closed flows still weigh on s1: {:?}\n{}",
+        router.weights("10ad/16"),
+        s1.logs()
+    );
 }
