@@ -976,7 +976,7 @@ fn the_policy_file_decides_who_announces_what_toward_whom() {
     rc.router = true;
     rc.policy = policy;
     rc.keys = Keyring::with_signing(domain_key());
-    rc.keys.accept(site.clone());
+    rc.keys.accept(site.clone()).unwrap();
     let r = net.add(1, rc);
     let mut h2 = config("h2");
     h2.upstreams = vec![addr(1)];

@@ -1614,6 +1614,7 @@ impl Controller {
             return;
         }
         let IpAddr::V4(sender) = peer.src.ip() else {
+            self.stats.dropped_unexpected += 1;
             return;
         };
         self.stats.withdrawals += 1;

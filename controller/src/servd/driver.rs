@@ -204,7 +204,8 @@ impl Args {
             None => Keyring::none(),
         };
         for named in &policy.keys {
-            keys.accept(read_key(&named.name, &named.file)?);
+            keys.accept(read_key(&named.name, &named.file)?)
+                .with_context(|| format!("in {}", named.file.display()))?;
         }
         let mut name = self.name.clone().unwrap_or_else(host_name);
         name.truncate(super::wire::MAX_NAME);

@@ -45,6 +45,16 @@ pub enum KeyError {
         /// The trimmed secret's length, in bytes.
         len: usize,
     },
+    /// Two keys of different names share one secret. Tags carry the key's
+    /// identifier, which follows from the secret alone, so the second name
+    /// could never be matched (an `[[allow]]` naming it would never apply).
+    #[error("the keys {name:?} and {other:?} have the same secret; give each secret one name")]
+    SameSecret {
+        /// The key refused.
+        name: String,
+        /// The key already known with that secret.
+        other: String,
+    },
 }
 
 impl Key {
@@ -107,10 +117,20 @@ impl Keyring {
     }
 
     /// Also accepts tags made with `key` (a key of another part of the
-    /// domain, named in the policy).
-    pub fn accept(&mut self, key: Key) {
-        if !self.accepted.iter().any(|k| k.id == key.id) {
-            self.accepted.push(key);
+    /// domain, named in the policy). The same key twice is accepted once;
+    /// its secret under another name is refused (see
+    /// [`KeyError::SameSecret`]).
+    pub fn accept(&mut self, key: Key) -> Result<(), KeyError> {
+        match self.accepted.iter().find(|k| k.id == key.id) {
+            None => {
+                self.accepted.push(key);
+                Ok(())
+            }
+            Some(known) if known.name == key.name => Ok(()),
+            Some(known) => Err(KeyError::SameSecret {
+                name: key.name,
+                other: known.name.clone(),
+            }),
         }
     }
 
@@ -159,8 +179,12 @@ mod tests {
             "the secret is not printed"
         );
         let mut ring = Keyring::with_signing(a.clone());
-        ring.accept(b);
-        ring.accept(c.clone());
+        assert!(matches!(
+            ring.accept(b),
+            Err(KeyError::SameSecret { name, other }) if name == "b" && other == "a"
+        ));
+        ring.accept(a.clone()).expect("the same key again");
+        ring.accept(c.clone()).expect("another secret");
         assert_eq!(ring.find(&c.id()).map(Key::name), Some("c"));
         assert_eq!(ring.by_name("a").map(Key::id), Some(a.id()));
         assert_eq!(ring.signing().map(Key::name), Some("a"));

@@ -234,6 +234,12 @@ impl Policy {
             return Err(invalid("min_prefix_len must be between 1 and 256".into()));
         }
         for (i, rule) in policy.allow.iter().enumerate() {
+            if rule.min_len.is_some_and(|len| len == 0 || len > 256) {
+                return Err(invalid(format!(
+                    "allow #{}: min_len must be between 1 and 256",
+                    i + 1
+                )));
+            }
             if rule.foreign_locators && rule.key.is_none() {
                 return Err(invalid(format!(
                     "allow #{}: foreign_locators needs a key (an untagged datagram's \
@@ -388,6 +394,11 @@ mod tests {
             ("[[allow]]\nkey = \"nope\"", "no [[key]] named"),
             ("[[allow]]\nfrom = \"10.0.0.0/33\"", "bad address range"),
             ("typo = 1", "unknown field"),
+            (
+                "[[allow]]\nmin_len = 300",
+                "allow #1: min_len must be between 1 and 256",
+            ),
+            ("[[allow]]\nmin_len = 0", "between 1 and 256"),
         ] {
             let error = Policy::parse(text, path).unwrap_err().to_string();
             assert!(error.contains(needle), "{text:?}: {error}");

@@ -502,7 +502,7 @@ mod tests {
         let ours = key("domain", "0123456789abcdef");
         let theirs = key("site-b", "another key of 16+ bytes");
         let mut ring = Keyring::with_signing(ours);
-        ring.accept(theirs.clone());
+        ring.accept(theirs.clone()).unwrap();
         let datagram = encode(&Message::Advert { from: node() }, Some((&theirs, STAMP))).unwrap();
         let (_, auth) = decode(&datagram, &ring).unwrap();
         assert_eq!(auth.unwrap().key.name(), "site-b");
