@@ -331,7 +331,7 @@ impl Host {
         let src = flow.path.local;
         let segment = udp_segment(data, src.ip(), remote.ip());
         flow.count_sent(now);
-        flow.counters.bytes_out += data.len() as u64;
+        flow.counters.bytes_out += segment.len() as u64;
         self.send_packet(src, remote, super::output::build(&repr, &segment));
         Ok(())
     }
@@ -549,6 +549,38 @@ mod tests {
             udp_payload(&segment),
             Some(&b"a"[..]),
             "trailing bytes ignored"
+        );
+    }
+
+    #[test]
+    fn a_packet_too_big_for_the_caller_s_buffer_is_dropped_not_counted_as_sent() {
+        use crate::proto::{HostConfig, LocalInterface};
+        use crate::table::Target;
+        let now = Instant::from_millis(0);
+        let mut host = Host::new(HostConfig::default(), now);
+        host.add_interface(LocalInterface {
+            name: "eth0".into(),
+            locator: Locator::Ipv4(Ipv4Addr::new(10, 0, 0, 1)),
+            prefix_len: 24,
+            up: true,
+        });
+        let remote = Locator::Ipv4(Ipv4Addr::new(10, 0, 0, 2));
+        let target = Target::Forward {
+            locator: remote,
+            weight: 1,
+        };
+        host.add_rule("0/0".parse().unwrap(), target, 0);
+        host.connect("beef".parse().unwrap(), TransportProtocol::Datagram)
+            .unwrap();
+        let mut small = [0u8; 16];
+        assert!(
+            host.poll_transmit(now, &mut small).is_none(),
+            "the SYN does not fit"
+        );
+        let stats = host.stats();
+        assert_eq!(
+            (stats.too_big, stats.packets_out, stats.bytes_out),
+            (1, 0, 0)
         );
     }
 

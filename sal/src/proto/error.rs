@@ -47,7 +47,7 @@ pub enum HostError {
     #[error("the flow is not connected")]
     NotConnected,
     /// The flow is dead: reset by the peer or given up on; only closing it is left.
-    #[error("the flow was reset by the peer")]
+    #[error("the flow was reset by the peer or given up on (peer unresponsive)")]
     Reset,
     /// This end has already shut down its sending direction.
     #[error("the flow is closed for sending")]

@@ -45,8 +45,8 @@ pub struct FlowCounters {
     /// Transport bytes received (each packet's segment after the SAL header, its
     /// TCP or UDP header included).
     pub bytes_in: u64,
-    /// Transport bytes sent: whole TCP segments on a stream, payloads alone on a
-    /// datagram flow; control messages add nothing.
+    /// Transport bytes sent, counted as `bytes_in` is (each segment, its TCP
+    /// or UDP header included); control messages add nothing.
     pub bytes_out: u64,
 }
 

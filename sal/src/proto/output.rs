@@ -174,6 +174,9 @@ impl Host {
             if let Some(packet) = self.transmits.pop_front() {
                 let len = packet.payload.len();
                 let Some(room) = out.get_mut(..len) else {
+                    // Counted as sent when it was queued; it is not.
+                    self.stats.packets_out = self.stats.packets_out.saturating_sub(1);
+                    self.stats.bytes_out = self.stats.bytes_out.saturating_sub(len as u64);
                     self.stats.too_big += 1;
                     continue;
                 };

@@ -297,6 +297,9 @@ impl SalRepr {
     /// Writes the header at the start of `buffer` and fills its checksum.
     /// Bytes after the header (the transport segment) are left alone.
     pub fn emit(&self, buffer: &mut [u8]) -> Result<usize> {
+        if self.service.is_none() && self.source_service.is_some() {
+            return Err(Error::SourceServiceAlone);
+        }
         let len = self.header_len();
         if len > super::MAX_HEADER_LEN {
             return Err(Error::HeaderTooLong(len));
@@ -466,6 +469,9 @@ mod tests {
             SalRepr::parse(&packet).unwrap_err(),
             Error::DuplicateExtension(ExtensionKind::Service)
         );
+        // A sender's service alone would read back as the destination.
+        repr.service = None;
+        assert_eq!(repr.emit(&mut bytes), Err(Error::SourceServiceAlone));
     }
 
     #[test]

@@ -81,6 +81,11 @@ pub enum Error {
     /// CONTROL, ADDRESS or SOURCE appears twice, or SERVICE a third time.
     #[error("{0:?} extension appears more than once")]
     DuplicateExtension(ExtensionKind),
+    /// A repr to emit has a sender's service but no destination service: the
+    /// first SERVICE extension is always read as the destination, so it
+    /// would come back as one.
+    #[error("a source service needs a destination service before it")]
+    SourceServiceAlone,
     /// `src_flowid` is 0 on a packet that is not a reset (only a RST may carry 0).
     #[error("source flow ID is 0")]
     ZeroSourceFlow,
