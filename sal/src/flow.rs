@@ -53,7 +53,7 @@ impl<T> FlowTable<T> {
         make: impl FnOnce(FlowId) -> T,
     ) -> Result<FlowId, FlowTableError> {
         if self.flows.len() >= self.capacity {
-            return Err(FlowTableError::Full(self.capacity));
+            return Err(FlowTableError::Full(self.flows.len()));
         }
         for _ in 0..ALLOC_ATTEMPTS {
             let Some(id) = FlowId::new(rng.random()) else {
@@ -70,7 +70,7 @@ impl<T> FlowTable<T> {
     /// Stores a flow under an ID chosen elsewhere (tests, restored state).
     pub fn insert(&mut self, id: FlowId, flow: T) -> Result<(), FlowTableError> {
         if self.flows.len() >= self.capacity {
-            return Err(FlowTableError::Full(self.capacity));
+            return Err(FlowTableError::Full(self.flows.len()));
         }
         match self.flows.entry(id) {
             std::collections::hash_map::Entry::Occupied(_) => Err(FlowTableError::InUse(id)),
