@@ -100,7 +100,9 @@ impl Nat {
             (Locator::Udp(src), Locator::Udp(dst))
                 if self.is_inside(*src.ip()) && !self.is_inside(*dst.ip()) =>
             {
-                let port = self.outbound(src, dst, now);
+                let Some(port) = self.outbound(src, dst, now) else {
+                    return Translation::Dropped;
+                };
                 packet.src = Locator::Udp(SocketAddrV4::new(self.public, port));
                 Translation::Translated
             }
@@ -128,14 +130,24 @@ impl Nat {
 
     /// The public port of the mapping for `private` -> `remote`, made now
     /// if there is none; marks it used.
-    fn outbound(&mut self, private: SocketAddrV4, remote: SocketAddrV4, now: Instant) -> u16 {
+    /// The public port of `private`'s mapping toward `remote`, made if
+    /// need be; `None` when every port from 1024 up is taken.
+    fn outbound(
+        &mut self,
+        private: SocketAddrV4,
+        remote: SocketAddrV4,
+        now: Instant,
+    ) -> Option<u16> {
         let found = self
             .by_public_port
             .iter_mut()
             .find(|(_, m)| m.private == private && m.remote == remote);
         if let Some((&port, mapping)) = found {
             mapping.used = now;
-            return port;
+            return Some(port);
+        }
+        if self.by_public_port.len() >= usize::from(u16::MAX - 1023) {
+            return None;
         }
         let mut port = self.next_port;
         while self.by_public_port.contains_key(&port) || port < 1024 {
@@ -150,7 +162,7 @@ impl Nat {
                 used: now,
             },
         );
-        port
+        Some(port)
     }
 }
 
