@@ -14,7 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use sal::table::Target;
+use sal::table::{ListenerId, Target};
 use sal::wire::TransportProtocol;
 use sal::{Locator, ServicePrefix};
 use sal_control::{
@@ -667,6 +667,30 @@ fn batched_rule_changes_apply_in_order_and_never_outrank_the_operator() {
     assert_eq!(entry(8).priority, 5, "capped at the operator's priority");
     assert!(rule("cafe/16").is_none_or(|r| r.targets().is_empty()));
     assert_eq!(rule("f00d/16").expect("f00d/16").targets()[0].priority, 3);
+}
+
+#[test]
+fn a_demux_target_added_by_hand_names_a_live_listener() {
+    let dir = Scratch::new("demux-rule");
+    let sald = daemon(&dir, "sald", |_| {});
+    let listener = bind_as(&sald, 0, "d0/8").unwrap();
+    let add = |id| Request::AddRule {
+        prefix: prefix("d1/8"),
+        target: Target::Demux {
+            listener: ListenerId(id),
+        },
+        priority: 0,
+    };
+    let error = sald
+        .client()
+        .request(&add(listener.listener_id().0 + 1000))
+        .expect_err("no such listener");
+    assert_eq!(error.errno(), Errno::ENOENT as i32, "{error}");
+    assert_eq!(
+        sald.request(add(listener.listener_id().0)),
+        Response::Ok,
+        "the live one"
+    );
 }
 
 #[test]

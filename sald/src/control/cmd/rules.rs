@@ -140,6 +140,19 @@ fn add_target(
     priority: u32,
     origin: RuleOrigin,
 ) -> Result<(), Refusal> {
+    if let Target::Demux { listener } = target {
+        // Binding makes a listener's DEMUX target; one added by hand must
+        // name a listener that exists, or the prefix's SYNs would go nowhere.
+        if core.host.listener_pending(listener).is_none() {
+            return Err((
+                ErrorKind::NotFound,
+                format!(
+                    "no listener {} (a DEMUX target names a bound listener)",
+                    listener.0
+                ),
+            ));
+        }
+    }
     let key = target.key();
     let mut priority = priority;
     if origin != RuleOrigin::Static {
