@@ -68,6 +68,11 @@ mod table;
 use addr::SockAddr;
 use ops::{OptAnswer, Res};
 
+/// The most bytes one read or write moves, as the kernel clamps a count
+/// (`MAX_RW_COUNT`): a larger `n` is legal and must not become a slice
+/// longer than any object can be.
+const MAX_RW_COUNT: usize = 0x7fff_f000;
+
 /// Sets the calling thread's `errno`.
 pub(crate) fn set_errno(errno: c_int) {
     // SAFETY: __errno_location returns this thread's errno slot.
@@ -286,12 +291,18 @@ pub unsafe extern "C" fn getsockopt(
                 if value.is_null() || len.is_null() {
                     return Err(libc::EFAULT);
                 }
-                // SAFETY: the caller guarantees `*len` writable bytes at `value`.
+                // SAFETY: `len` is non-null; the caller makes it readable.
+                let room = unsafe { *len };
+                // As Linux: a negative length is refused, and an int
+                // option writes at most an int, never the rest of `*len`.
+                if (room as i32) < 0 {
+                    return Err(libc::EINVAL);
+                }
+                let bytes = answer.to_ne_bytes();
+                let n = bytes.len().min(room as usize);
+                // SAFETY: the caller guarantees `*len` >= n writable bytes
+                // at `value`.
                 unsafe {
-                    let room = *len as usize;
-                    std::ptr::write_bytes(value.cast::<u8>(), 0, room);
-                    let bytes = answer.to_ne_bytes();
-                    let n = bytes.len().min(room);
                     std::ptr::copy_nonoverlapping(bytes.as_ptr(), value.cast::<u8>(), n);
                     *len = n as socklen_t;
                 }
@@ -359,13 +370,14 @@ pub unsafe extern "C" fn sendto(
         if buf.is_null() && n > 0 {
             return Err(libc::EFAULT);
         }
-        // SAFETY: the caller's buffers are valid for the lengths given.
+        // SAFETY: the caller's buffers are valid for the lengths given
+        // (`n` clamped as the kernel does, so the slice is a valid one).
         let (data, bytes) = unsafe {
             (
                 if n == 0 {
                     &[][..]
                 } else {
-                    std::slice::from_raw_parts(buf.cast::<u8>(), n)
+                    std::slice::from_raw_parts(buf.cast::<u8>(), n.min(MAX_RW_COUNT))
                 },
                 addr_bytes(addr, len),
             )
@@ -389,20 +401,46 @@ pub unsafe extern "C" fn recvfrom(
     addr: *mut sockaddr,
     len: *mut socklen_t,
 ) -> ssize_t {
+    // SAFETY: the caller's arguments as `recvfrom(2)` takes them; the
+    // fallback forwards them unchanged.
+    unsafe {
+        receive(fd, buf, n, flags, addr, len, || {
+            real::recvfrom(fd, buf, n, flags, addr, len)
+        })
+    }
+}
+
+/// `recvfrom`, `recv` and `read` on a descriptor that may be one of our
+/// datagram sockets: a datagram from its frames, or, when it is not ours
+/// after all (a stale entry, a number reused behind our back), the call
+/// the program made (`pass`), never another: a pipe must not get
+/// `recvfrom`'s ENOTSOCK.
+///
+/// # Safety
+/// As `recvfrom(2)`; `pass` is the program's own call with its arguments.
+unsafe fn receive(
+    fd: c_int,
+    buf: *mut c_void,
+    n: size_t,
+    flags: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+    pass: impl FnOnce() -> ssize_t,
+) -> ssize_t {
     guard(-1, || {
         if !table::maybe_tracked(fd) {
-            // SAFETY: forwarding the caller's arguments unchanged.
-            return Ok(unsafe { real::recvfrom(fd, buf, n, flags, addr, len) });
+            return Ok(pass());
         }
         if buf.is_null() && n > 0 {
             return Err(libc::EFAULT);
         }
-        // SAFETY: the caller's buffer is valid for writes of `n` bytes.
+        // SAFETY: the caller's buffer is valid for writes of `n` bytes
+        // (clamped as the kernel does, so the slice is a valid one).
         let data = unsafe {
             if n == 0 {
                 &mut [][..]
             } else {
-                std::slice::from_raw_parts_mut(buf.cast::<u8>(), n)
+                std::slice::from_raw_parts_mut(buf.cast::<u8>(), n.min(MAX_RW_COUNT))
             }
         };
         match ops::recvfrom(fd, data, flags)? {
@@ -418,8 +456,7 @@ pub unsafe extern "C" fn recvfrom(
                 }
                 Ok(got)
             }
-            // SAFETY: forwarding the caller's arguments unchanged.
-            None => Ok(unsafe { real::recvfrom(fd, buf, n, flags, addr, len) }),
+            None => Ok(pass()),
         }
     })
 }
@@ -453,16 +490,12 @@ pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssiz
 #[no_mangle]
 pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t {
     if table::maybe_framed(fd) {
-        // SAFETY: same contract as ours, without an address.
+        let (addr, len) = (std::ptr::null_mut(), std::ptr::null_mut());
+        // SAFETY: same contract as `recvfrom`, without an address.
         return unsafe {
-            recvfrom(
-                fd,
-                buf,
-                n,
-                flags,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-            )
+            receive(fd, buf, n, flags, addr, len, || {
+                real::recv(fd, buf, n, flags)
+            })
         };
     }
     // SAFETY: forwarding the caller's arguments unchanged.
@@ -474,8 +507,9 @@ pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_i
 #[no_mangle]
 pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t {
     if table::maybe_framed(fd) {
-        // SAFETY: same contract as ours, without an address.
-        return unsafe { recvfrom(fd, buf, n, 0, std::ptr::null_mut(), std::ptr::null_mut()) };
+        let (addr, len) = (std::ptr::null_mut(), std::ptr::null_mut());
+        // SAFETY: same contract as `recvfrom`, without an address.
+        return unsafe { receive(fd, buf, n, 0, addr, len, || real::read(fd, buf, n)) };
     }
     // SAFETY: forwarding the caller's arguments unchanged.
     unsafe { real::read(fd, buf, n) }
@@ -506,20 +540,25 @@ pub unsafe extern "C" fn epoll_ctl(
 /// As `dup2(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
-    if old != new {
+    // SAFETY: forwarding the caller's arguments unchanged.
+    let result = unsafe { real::dup2(old, new) };
+    // Only once `new` really names another file is its entry stale; a
+    // failed dup2 leaves it as it was, as Linux does.
+    if result >= 0 && old != new {
         let _ = catch_unwind(|| ops::purge(new));
     }
-    // SAFETY: forwarding the caller's arguments unchanged.
-    unsafe { real::dup2(old, new) }
+    result
 }
 
 /// # Safety
 /// As `dup3(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
-    if old != new {
+    // SAFETY: forwarding the caller's arguments unchanged.
+    let result = unsafe { real::dup3(old, new, flags) };
+    // As in `dup2`: a failed call leaves `new`'s entry alone.
+    if result >= 0 && old != new {
         let _ = catch_unwind(|| ops::purge(new));
     }
-    // SAFETY: forwarding the caller's arguments unchanged.
-    unsafe { real::dup3(old, new, flags) }
+    result
 }

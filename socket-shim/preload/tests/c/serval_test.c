@@ -46,6 +46,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -708,6 +709,45 @@ static int misuse(const char *sid) {
     EXPECT_ERR(listen(d, 5), EDESTADDRREQ);
     EXPECT_ERR(sendto(d, "x", 1, 0, (struct sockaddr *)&sa, 8), EINVAL);
     close(d);
+
+    /* getsockopt answered by the shim writes one int, whatever room the
+     * caller offers, and refuses a negative length, as Linux does. */
+    int s = socket(AF_SERVAL, SOCK_STREAM, 0);
+    struct { int v; unsigned char canary[4]; } o = {0, {0x43, 0x43, 0x43, 0x43}};
+    socklen_t ol = sizeof o;
+    CHECK(getsockopt(s, SOL_SOCKET, SO_DOMAIN, &o, &ol) == 0 && o.v == AF_SERVAL &&
+              ol == sizeof(int) && o.canary[0] == 0x43 && o.canary[3] == 0x43,
+          "getsockopt writes one int (v=%d len=%u canary=%#x)\n", o.v, ol, o.canary[0]);
+    ol = (socklen_t)-1;
+    EXPECT_ERR(getsockopt(s, SOL_SOCKET, SO_DOMAIN, &o, &ol), EINVAL);
+    /* A failed dup2 onto our socket leaves it ours. */
+    EXPECT_ERR(dup2(12345, s), EBADF);
+    int dom = 0;
+    socklen_t dl = sizeof dom;
+    CHECK(getsockopt(s, SOL_SOCKET, SO_DOMAIN, &dom, &dl) == 0 && dom == AF_SERVAL,
+          "still a Serval socket after a failed dup2 (domain %d)\n", dom);
+    close(s);
+    /* A datagram socket closed behind the shim's back (as close_range or
+     * fclose do): a pipe that reuses its number reads as a pipe. */
+    int g = socket(AF_SERVAL, SOCK_DGRAM, 0);
+    syscall(SYS_close, g);
+    int pp[2];
+    CHECK(pipe(pp) == 0 && pp[0] == g, "the pipe reuses the number\n");
+    CHECK(write(pp[1], "hi", 2) == 2, "pipe write\n");
+    char two[2] = {0};
+    errno = 0;
+    CHECK(read(pp[0], two, 2) == 2 && memcmp(two, "hi", 2) == 0,
+          "read from the reused number (errno %d)\n", errno);
+    close(pp[0]);
+    close(pp[1]);
+    /* A count past what any buffer can be is clamped as the kernel does,
+     * not made into an impossible one. */
+    int h = socket(AF_SERVAL, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+    char small[64];
+    errno = 0;
+    CHECK(recv(h, small, (size_t)-1, MSG_DONTWAIT) == -1 && (errno == EAGAIN || errno == EFAULT),
+          "recv(SIZE_MAX) fails cleanly (errno %d)\n", errno);
+    close(h);
 
     /* Other families pass straight through to libc. */
     int t = socket(AF_INET, SOCK_STREAM, 0);
