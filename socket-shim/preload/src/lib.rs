@@ -527,13 +527,27 @@ pub unsafe extern "C" fn epoll_ctl(
     fd: c_int,
     event: *mut epoll_event,
 ) -> c_int {
-    if table::maybe_tracked(fd) {
-        // SAFETY: `event` is null or points to a valid epoll_event.
-        let copy = unsafe { event.as_ref().copied() };
-        let _ = catch_unwind(|| ops::note_epoll(epfd, op, fd, copy));
+    if !table::maybe_tracked(fd) {
+        // SAFETY: forwarding the caller's arguments unchanged.
+        return unsafe { real::epoll_ctl(epfd, op, fd, event) };
     }
+    // SAFETY: `event` is null or points to a valid epoll_event.
+    let copy = unsafe { event.as_ref().copied() };
+    let previous = catch_unwind(|| ops::note_epoll(epfd, op, fd, copy));
     // SAFETY: forwarding the caller's arguments unchanged.
-    unsafe { real::epoll_ctl(epfd, op, fd, event) }
+    let result = unsafe { real::epoll_ctl(epfd, op, fd, event) };
+    if result != 0 {
+        // The kernel kept what it had (a bad epfd, EEXIST, a MOD without
+        // an event): so does the record.
+        let errno = std::io::Error::last_os_error().raw_os_error();
+        if let Ok(previous) = previous {
+            let _ = catch_unwind(|| ops::set_epoll(epfd, fd, previous));
+        }
+        if let Some(errno) = errno {
+            set_errno(errno);
+        }
+    }
+    result
 }
 
 /// # Safety

@@ -1155,21 +1155,46 @@ pub(crate) fn is_unconnected_dgram(fd: RawFd) -> bool {
 
 // --- epoll ----------------------------------------------------------------
 
-pub(crate) fn note_epoll(epfd: RawFd, op: c_int, fd: RawFd, event: Option<libc::epoll_event>) {
+/// Records the registration an `epoll_ctl` call is about to make for one
+/// of our sockets (re-added after a swap), before the call, so that a swap
+/// racing with it cannot miss it; returns what it replaces, for
+/// [`set_epoll`] to put back should the call fail.
+pub(crate) fn note_epoll(
+    epfd: RawFd,
+    op: c_int,
+    fd: RawFd,
+    event: Option<libc::epoll_event>,
+) -> Option<libc::epoll_event> {
+    let registration = match op {
+        libc::EPOLL_CTL_DEL => None,
+        _ => event,
+    };
+    set_epoll(epfd, fd, registration)
+}
+
+/// Records `registration` (`None`: none) as `fd`'s in `epfd`; returns the
+/// one it replaces. Also how a failed `epoll_ctl` puts back what was
+/// recorded before it.
+pub(crate) fn set_epoll(
+    epfd: RawFd,
+    fd: RawFd,
+    registration: Option<libc::epoll_event>,
+) -> Option<libc::epoll_event> {
     if !table::maybe_tracked(fd) {
-        return;
+        return None;
     }
     let mut stale = Vec::new();
-    {
+    let previous = {
         let mut table = lock();
-        if let Some(entry) = table.get(fd, &mut stale) {
-            entry.epoll.retain(|(e, _)| *e != epfd);
-            if op != libc::EPOLL_CTL_DEL {
-                if let Some(event) = event {
-                    entry.epoll.push((epfd, event));
-                }
+        table.get(fd, &mut stale).and_then(|entry| {
+            let at = entry.epoll.iter().position(|(e, _)| *e == epfd);
+            let previous = at.map(|at| entry.epoll.remove(at).1);
+            if let Some(event) = registration {
+                entry.epoll.push((epfd, event));
             }
-        }
-    }
+            previous
+        })
+    };
     drop(stale);
+    previous
 }

@@ -255,6 +255,14 @@ static int nonblock_client(const char *sid, size_t size) {
     int fd = socket(AF_SERVAL, SOCK_STREAM | SOCK_NONBLOCK, 0);
     if (fd < 0) die("socket");
     struct sockaddr_sv sa = sv_addr(sid);
+    /* Registered before the connect; then two calls that fail change
+     * nothing, in the kernel or in what the shim re-adds once the flow
+     * takes the placeholder's place. */
+    int early = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event early_ev = {.events = EPOLLOUT, .data.fd = fd};
+    CHECK(epoll_ctl(early, EPOLL_CTL_ADD, fd, &early_ev) == 0, "epoll_ctl before connect");
+    EXPECT_ERR(epoll_ctl(early, EPOLL_CTL_ADD, fd, &early_ev), EEXIST);
+    EXPECT_ERR(epoll_ctl(early, EPOLL_CTL_MOD, fd, NULL), EFAULT);
     EXPECT_ERR(connect(fd, (struct sockaddr *)&sa, sizeof sa), EINPROGRESS);
     /* Registered while the connect is in flight: must still fire. */
     int ep = epoll_create1(EPOLL_CLOEXEC);
@@ -273,6 +281,10 @@ static int nonblock_client(const char *sid, size_t size) {
     char c;
     EXPECT_ERR(recv(fd, &c, 1, 0), EAGAIN);
     close(ep);
+    n = epoll_wait(early, &out, 1, 10000);
+    CHECK(n == 1 && (out.events & EPOLLOUT), "the registration made before connect: %d events %x", n,
+          n == 1 ? out.events : 0);
+    close(early);
     /* The echo: a blocking writer thread on a non-blocking socket would spin,
      * so switch to blocking for the bulk transfer. */
     fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
