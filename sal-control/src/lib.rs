@@ -610,6 +610,10 @@ pub struct StatsReport {
     /// File descriptors sald has open.
     #[serde(default)]
     pub fds_open: u64,
+    /// Connects waiting for their handshake (each holds a waiter in sald
+    /// until it completes, fails, times out or is given up on).
+    #[serde(default)]
+    pub connects_pending: u64,
 }
 
 /// Puts a long list answer back together from its parts (see the module

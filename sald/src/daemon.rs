@@ -357,6 +357,9 @@ impl Core {
                     if let Some(signal) = self.flows.remove(&flow) {
                         signal.wake();
                     }
+                    // A connect given up on (its timeout, an abort) ends
+                    // here without `Connected` or `ConnectFailed`.
+                    self.pending_connects.remove(&flow);
                     let owner = self.owners.release(flow);
                     self.publish(ControlEvent::FlowClosed { flow }, owner);
                 }
@@ -549,7 +552,8 @@ impl Core {
         self.owners.flow_owner(flow, self.host.flow_listener(flow))
     }
 
-    /// Everything `servalctl stats` shows.
+    /// Everything `servalctl stats` shows but the descriptor counts, which
+    /// [`count_descriptors`] adds once the caller has let go of the core.
     pub fn stats(&self, uptime: std::time::Duration) -> StatsReport {
         StatsReport {
             host: self.host.stats(),
@@ -562,8 +566,10 @@ impl Core {
             link_tx: self.link_stats.tx,
             link_errors: self.link_stats.errors,
             uptime_secs: uptime.as_secs(),
-            fd_limit: fd_limit(),
-            fds_open: fds_open(),
+            // See `count_descriptors`.
+            fd_limit: 0,
+            fds_open: 0,
+            connects_pending: self.pending_connects.len() as u64,
         }
     }
 
@@ -573,6 +579,15 @@ impl Core {
         let now = self.now();
         self.host.handle_packet(now, src, dst, ttl, payload);
     }
+}
+
+/// Adds sald's descriptor limit and use to `report`. Counting walks
+/// `/proc/self/fd`, one entry per flow handed out (about 1 µs each), so
+/// it is never done under the core's lock, which the packet path and
+/// every other client wait for.
+pub fn count_descriptors(report: &mut StatsReport) {
+    report.fd_limit = fd_limit();
+    report.fds_open = fds_open();
 }
 
 /// The process's file descriptor limit (soft `RLIMIT_NOFILE`), 0 if unknown.

@@ -669,6 +669,43 @@ fn batched_rule_changes_apply_in_order_and_never_outrank_the_operator() {
     assert_eq!(rule("f00d/16").expect("f00d/16").targets()[0].priority, 3);
 }
 
+/// Connects that time out before their handshake completes: each used to
+/// leave its waiter in sald for good (a user looping on them grew sald's
+/// memory without bound; the flows themselves were freed, so no flow
+/// limit stopped it).
+#[test]
+fn connects_that_time_out_leave_nothing_behind() {
+    let dir = Scratch::new("connect-timeouts");
+    let client = daemon(&dir, "client", |_| {});
+    // Nobody answers there: every connect waits until it times out.
+    client.forward_to("7100/16", Locator::Udp("127.0.0.9:9".parse().unwrap()), 1);
+    let connects_pending = |sald: &InProcess| match sald.request(Request::Stats) {
+        Response::Stats { stats } => stats.connects_pending,
+        other => panic!("{other:?}"),
+    };
+    let mut control = client_as(&client.control, NOBODY).unwrap();
+    let mut timed_out = 0;
+    for _ in 0..200 {
+        let reply = control.request(&Request::Connect {
+            service: "710001".parse().unwrap(),
+            protocol: TransportProtocol::Stream,
+            timeout_ms: Some(0),
+        });
+        if reply.is_err() {
+            timed_out += 1;
+        }
+    }
+    assert!(
+        timed_out > 100,
+        "most connects should time out at 0 ms: {timed_out}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || connects_pending(&client) == 0),
+        "{} connects still waited for",
+        connects_pending(&client)
+    );
+}
+
 #[test]
 fn a_demux_target_added_by_hand_names_a_live_listener() {
     let dir = Scratch::new("demux-rule");

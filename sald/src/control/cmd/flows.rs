@@ -112,9 +112,10 @@ fn over_share(context: &ControlContext, core: &Core, uid: u32) -> Option<Reply> 
 pub(super) fn pair_error(error: io::Error) -> Reply {
     use nix::errno::Errno;
     let exhausted = match error.raw_os_error().map(Errno::from_raw) {
+        // All of them are open: no need to count (a walk of /proc/self/fd,
+        // perhaps under the core's lock) to say so.
         Some(Errno::EMFILE) => Some(format!(
-            "sald is out of file descriptors ({} open, limit {})",
-            crate::daemon::fds_open(),
+            "sald is out of file descriptors (all {} in use)",
             crate::daemon::fd_limit()
         )),
         Some(Errno::ENFILE) => Some("the system is out of file descriptors".to_string()),

@@ -34,7 +34,8 @@ pub(super) fn interfaces(client: &mut Client) -> Reply {
 /// The daemon's counters.
 pub(super) fn stats(client: &mut Client) -> Reply {
     let uptime = client.context.started.elapsed();
-    let stats = client.context.shared.lock().stats(uptime);
+    let mut stats = client.context.shared.lock().stats(uptime);
+    crate::daemon::count_descriptors(&mut stats);
     (
         Response::Stats {
             stats: Box::new(stats),
