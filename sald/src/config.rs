@@ -232,7 +232,9 @@ pub struct Limits {
     /// started, and to take a response.
     pub frame_timeout_ms: u64,
     /// Bytes of request frames being received, all connections together; a
-    /// frame that would exceed it closes its connection.
+    /// frame that would exceed it closes its connection. An ordinary
+    /// user's frames may take an eighth, ordinary users' together three
+    /// quarters (the rest is root's and sald's own user's).
     pub frame_memory: usize,
     /// Events a subscriber may fall behind by before the oldest are dropped
     /// (it is then sent a `lagged` event).

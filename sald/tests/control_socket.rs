@@ -411,6 +411,50 @@ fn frame_memory_is_bounded_for_all_clients_together() {
     assert_serves(&mut root);
 }
 
+/// One user's half-sent frames took the whole budget: root, servd and
+/// every other user were refused ("control socket memory exhausted") until
+/// the frames timed out, and the user could start again. Now an ordinary
+/// user's frames get an eighth of the budget, ordinary users together
+/// three quarters.
+#[test]
+fn one_user_s_half_sent_frames_lock_out_nobody_else() {
+    require_root!();
+    let dir = Scratch::new("frame-share");
+    let sald = daemon(&dir, "sald", |config| config.limits.frame_memory = 8 << 20);
+    // 16 connections, each announcing a 1 MiB frame and sending 600 KiB
+    // of it: enough to fill the whole budget twice over.
+    let writers: Vec<_> = (0..16)
+        .map(|_| {
+            let mut stream = raw_as(&sald.control, NOBODY).unwrap();
+            stream
+                .set_write_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            thread::spawn(move || {
+                let _ = stream.write_all(&hello());
+                let _ = stream.write_all(&(1u32 << 20).to_be_bytes());
+                let _ = stream.write_all(&vec![b' '; 600 * 1024]);
+                stream
+            })
+        })
+        .collect();
+    let streams: Vec<UnixStream> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    thread::sleep(Duration::from_millis(300));
+    // Root still gets answers, and so does another ordinary user.
+    assert_serves(&mut sald.client());
+    assert_serves(&mut client_as(&sald.control, OTHER).unwrap());
+    // Most of the hog's connections were told why they were cut off.
+    let told = streams
+        .into_iter()
+        .filter(|stream| {
+            let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+            let mut bytes = vec![0u8; 4096];
+            let n = (&*stream).read(&mut bytes).unwrap_or(0);
+            String::from_utf8_lossy(&bytes[..n]).contains("for ordinary users")
+        })
+        .count();
+    assert!(told >= 14, "only {told} of 16 refused by share");
+}
+
 /// Reads events from a subscription until `until` says stop or `within`
 /// passes.
 fn events_until(

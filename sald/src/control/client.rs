@@ -12,7 +12,7 @@ use sal::table::ListenerId;
 use sal_control::{ErrorKind, Request, Response, PROTOCOL_VERSION};
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::frame::{write_response, ReadError};
+use super::frame::{write_response, Payer, ReadError};
 use super::limits::Admitted;
 use super::{cmd, connector, subscribe, ControlContext};
 use crate::app_socket::AppSocket;
@@ -80,12 +80,18 @@ impl Client {
         idle: Option<Duration>,
     ) -> anyhow::Result<Option<Request>> {
         let context = self.context.clone();
-        match context.reader.read(&mut self.stream, idle).await {
+        let payer = Payer {
+            uid: self.uid,
+            privileged: self.privileged,
+        };
+        match context.reader.read(&mut self.stream, payer, idle).await {
             Ok(request) => Ok(request),
             Err(error) => {
                 let kind = match &error {
                     ReadError::Idle(_) | ReadError::Partial(_) => ErrorKind::TimedOut,
-                    ReadError::NoMemory { .. } => ErrorKind::Exhausted,
+                    ReadError::NoMemory { .. } | ReadError::OverShare { .. } => {
+                        ErrorKind::Exhausted
+                    }
                     ReadError::Malformed(_) | ReadError::Io(_) => ErrorKind::InvalidRequest,
                 };
                 let _ = self

@@ -4,14 +4,17 @@
 //! from the length a client announces), in steps charged to one
 //! [`FrameBudget`] shared by every connection: the memory all clients'
 //! frames take together is bounded, and a frame that would exceed the budget
-//! costs its connection. The first byte of a frame may be waited for as long
+//! costs its connection. Within it, an ordinary user's frames together may
+//! take an eighth, and ordinary users all together three quarters: the rest
+//! is kept for root and sald's own user (servd, `servalctl`), so that one
+//! user's half-sent frames cannot lock everybody else out. The first byte of a frame may be waited for as long
 //! as the caller allows (`idle`); once a frame has started, the rest must
 //! arrive within the frame timeout.
 
+use std::collections::HashMap;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
@@ -38,6 +41,13 @@ pub enum ReadError {
         /// The budget.
         limit: usize,
     },
+    /// Taking the frame would exceed what ordinary users' frames may take:
+    /// this user's share, or all ordinary users' together.
+    #[error("control socket memory exhausted for ordinary users ({limit} bytes)")]
+    OverShare {
+        /// The share or pool that would be exceeded.
+        limit: usize,
+    },
     /// Too large, or not a request.
     #[error(transparent)]
     Malformed(#[from] FrameError),
@@ -46,11 +56,31 @@ pub enum ReadError {
     Io(#[from] io::Error),
 }
 
-/// The bytes all connections' request frames may take at once.
+/// The bytes all connections' request frames may take at once, with the
+/// shares of ordinary users (see the module docs).
 #[derive(Debug)]
 pub struct FrameBudget {
     limit: usize,
-    used: AtomicUsize,
+    usage: Mutex<Usage>,
+}
+
+/// What is charged now.
+#[derive(Debug, Default)]
+struct Usage {
+    total: usize,
+    /// All ordinary users' frames.
+    ordinary: usize,
+    /// Each ordinary user's frames (users with none have no entry).
+    per_uid: HashMap<u32, usize>,
+}
+
+/// Who a frame's memory is charged to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Payer {
+    /// The connection's user.
+    pub uid: u32,
+    /// Root or sald's own user: bounded by the whole budget only.
+    pub privileged: bool,
 }
 
 impl FrameBudget {
@@ -58,28 +88,70 @@ impl FrameBudget {
     pub fn new(limit: usize) -> Arc<FrameBudget> {
         Arc::new(FrameBudget {
             limit,
-            used: AtomicUsize::new(0),
+            usage: Mutex::new(Usage::default()),
         })
     }
 
     /// Bytes charged now.
     pub fn used(&self) -> usize {
-        self.used.load(Ordering::Acquire)
+        self.usage().total
     }
 
-    fn charge(&self, bytes: usize) -> Result<(), ReadError> {
-        let charged = self
-            .used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(bytes).filter(|total| *total <= self.limit)
-            });
-        charged
-            .map(drop)
-            .map_err(|_| ReadError::NoMemory { limit: self.limit })
+    /// What one ordinary user's frames may take together.
+    fn share(&self) -> usize {
+        self.limit / 8
     }
 
-    fn release(&self, bytes: usize) {
-        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    /// What all ordinary users' frames may take together.
+    fn ordinary_pool(&self) -> usize {
+        self.limit - self.limit / 4
+    }
+
+    fn usage(&self) -> std::sync::MutexGuard<'_, Usage> {
+        // The counts stay consistent whatever a panicking holder did.
+        self.usage
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn charge(&self, payer: Payer, bytes: usize) -> Result<(), ReadError> {
+        let mut usage = self.usage();
+        let total = usage.total.saturating_add(bytes);
+        if total > self.limit {
+            return Err(ReadError::NoMemory { limit: self.limit });
+        }
+        if !payer.privileged {
+            let mine = usage.per_uid.get(&payer.uid).copied().unwrap_or(0) + bytes;
+            if mine > self.share() {
+                return Err(ReadError::OverShare {
+                    limit: self.share(),
+                });
+            }
+            let ordinary = usage.ordinary + bytes;
+            if ordinary > self.ordinary_pool() {
+                return Err(ReadError::OverShare {
+                    limit: self.ordinary_pool(),
+                });
+            }
+            usage.ordinary = ordinary;
+            usage.per_uid.insert(payer.uid, mine);
+        }
+        usage.total = total;
+        Ok(())
+    }
+
+    fn release(&self, payer: Payer, bytes: usize) {
+        let mut usage = self.usage();
+        usage.total = usage.total.saturating_sub(bytes);
+        if !payer.privileged {
+            usage.ordinary = usage.ordinary.saturating_sub(bytes);
+            if let Some(mine) = usage.per_uid.get_mut(&payer.uid) {
+                *mine = mine.saturating_sub(bytes);
+                if *mine == 0 {
+                    usage.per_uid.remove(&payer.uid);
+                }
+            }
+        }
     }
 }
 
@@ -90,6 +162,7 @@ struct Body {
     /// What is charged to the budget: the capacity of `bytes`.
     charged: usize,
     budget: Arc<FrameBudget>,
+    payer: Payer,
 }
 
 impl Body {
@@ -99,13 +172,13 @@ impl Body {
     fn grow(&mut self, len: usize) -> Result<(), ReadError> {
         let step = (len - self.bytes.len()).min(STEP);
         let target = (self.bytes.len() + step).max((self.bytes.capacity() * 2).min(len));
-        self.budget.charge(target - self.charged)?;
+        self.budget.charge(self.payer, target - self.charged)?;
         self.charged = target;
         self.bytes.reserve_exact(target - self.bytes.len());
         // `reserve_exact` may round up: charge what is really held.
         let extra = self.bytes.capacity().saturating_sub(self.charged);
         if extra > 0 {
-            self.budget.charge(extra)?;
+            self.budget.charge(self.payer, extra)?;
             self.charged += extra;
         }
         Ok(())
@@ -114,7 +187,7 @@ impl Body {
 
 impl Drop for Body {
     fn drop(&mut self) {
-        self.budget.release(self.charged);
+        self.budget.release(self.payer, self.charged);
     }
 }
 
@@ -137,11 +210,13 @@ impl FrameReader {
         self.timeout
     }
 
-    /// Reads the next request; `Ok(None)` on a clean end of connection
-    /// between frames. `idle` bounds the wait for the frame's first byte.
+    /// Reads the next request, its memory charged to `payer`; `Ok(None)`
+    /// on a clean end of connection between frames. `idle` bounds the wait
+    /// for the frame's first byte.
     pub async fn read(
         &self,
         stream: &mut AppSocket,
+        payer: Payer,
         idle: Option<Duration>,
     ) -> Result<Option<Request>, ReadError> {
         let mut prefix = [0u8; 4];
@@ -164,6 +239,7 @@ impl FrameReader {
                 bytes: Vec::new(),
                 charged: 0,
                 budget: self.budget.clone(),
+                payer,
             };
             while body.bytes.len() < len {
                 if body.bytes.len() == body.bytes.capacity() {
@@ -230,6 +306,11 @@ mod tests {
         )
     }
 
+    const ROOT: Payer = Payer {
+        uid: 0,
+        privileged: true,
+    };
+
     fn reader(budget: usize) -> (FrameReader, Arc<FrameBudget>) {
         let budget = FrameBudget::new(budget);
         (
@@ -245,7 +326,7 @@ mod tests {
         // Claims 1 MiB, sends 10 bytes, then stalls.
         theirs.write_all(&(1u32 << 20).to_be_bytes()).await.unwrap();
         theirs.write_all(&[b'x'; 10]).await.unwrap();
-        let read = tokio::spawn(async move { reader.read(&mut ours, None).await });
+        let read = tokio::spawn(async move { reader.read(&mut ours, ROOT, None).await });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(budget.used() <= STEP, "charged {}", budget.used());
         let result = read.await.unwrap();
@@ -263,14 +344,17 @@ mod tests {
             .write_all(&encode_frame(&request).unwrap())
             .await
             .unwrap();
-        assert_eq!(reader.read(&mut ours, None).await.unwrap(), Some(request));
+        assert_eq!(
+            reader.read(&mut ours, ROOT, None).await.unwrap(),
+            Some(request)
+        );
         let big = 200 * 1024u32;
         theirs.write_all(&big.to_be_bytes()).await.unwrap();
         let writer = tokio::spawn(async move {
             let _ = theirs.write_all(&vec![b' '; big as usize]).await;
             theirs
         });
-        let result = reader.read(&mut ours, None).await;
+        let result = reader.read(&mut ours, ROOT, None).await;
         assert!(
             matches!(result, Err(ReadError::NoMemory { .. })),
             "{result:?}"
@@ -286,10 +370,53 @@ mod tests {
         let (mut ours, theirs) = pair();
         let idle = Duration::from_millis(30);
         assert!(matches!(
-            reader.read(&mut ours, Some(idle)).await,
+            reader.read(&mut ours, ROOT, Some(idle)).await,
             Err(ReadError::Idle(_))
         ));
         drop(theirs);
-        assert!(reader.read(&mut ours, Some(idle)).await.unwrap().is_none());
+        assert!(reader
+            .read(&mut ours, ROOT, Some(idle))
+            .await
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn ordinary_users_take_a_share_each_and_leave_the_privileged_a_reserve() {
+        let budget = FrameBudget::new(8 << 20);
+        let user = |uid| Payer {
+            uid,
+            privileged: false,
+        };
+        let mib = 1 << 20;
+        // One user: an eighth (1 MiB), no more.
+        budget.charge(user(1000), mib).unwrap();
+        assert!(matches!(
+            budget.charge(user(1000), 1),
+            Err(ReadError::OverShare { limit }) if limit == mib
+        ));
+        // Ordinary users together: three quarters (6 MiB).
+        for uid in 1001..1006 {
+            budget.charge(user(uid), mib).unwrap();
+        }
+        assert!(matches!(
+            budget.charge(user(1006), 1),
+            Err(ReadError::OverShare { limit }) if limit == 6 * mib
+        ));
+        // The rest is root's (and sald's own user's): 2 MiB.
+        budget.charge(ROOT, 2 * mib).unwrap();
+        assert!(matches!(
+            budget.charge(ROOT, 1),
+            Err(ReadError::NoMemory { .. })
+        ));
+        // Released, a user's entry goes and its share is whole again.
+        budget.release(user(1000), mib);
+        budget.charge(user(1000), mib).unwrap();
+        for uid in 1000..1006 {
+            budget.release(user(uid), mib);
+        }
+        budget.release(ROOT, 2 * mib);
+        assert_eq!(budget.used(), 0);
+        assert!(budget.usage().per_uid.is_empty());
     }
 }
