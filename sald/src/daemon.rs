@@ -14,7 +14,7 @@
 //! to the TUN device (or, without it, to the UDP socket): no allocation and
 //! no copy per packet on the way out.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddrV4;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -92,6 +92,8 @@ pub struct Core {
     /// Flows the host has let go of (accepted) that a waiter got but has
     /// not handed to the application yet, by listener: drains count them.
     in_hand: HashMap<ListenerId, usize>,
+    /// Listeners whose flows a `Deliver` feeder is handing out: one each.
+    pub delivering: HashSet<ListenerId>,
     pending_connects: HashMap<FlowId, oneshot::Sender<Result<FlowInfo, ConnectError>>>,
     events: EventBus,
     /// Who installed which rule target.
@@ -140,6 +142,7 @@ impl Shared {
                 flows: HashMap::new(),
                 pending_accepts: HashMap::new(),
                 in_hand: HashMap::new(),
+                delivering: HashSet::new(),
                 pending_connects: HashMap::new(),
                 events: EventBus::new(event_queue),
                 origins: Origins::default(),

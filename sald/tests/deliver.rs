@@ -181,6 +181,43 @@ fn only_the_owner_may_take_a_listeners_flows() {
     }
 }
 
+/// Each queue holds a descriptor and a task in sald that no limit counts:
+/// one per listener, or a user could spend sald's descriptors at will.
+/// Once the application closes it, it may ask again.
+#[test]
+fn a_listener_has_one_accept_queue_at_a_time() {
+    let net = InProcessPair::new("deliver-once");
+    let (mut owner, listener) = listen(&net.server, "de14/16");
+    let queue = deliver(&mut owner, listener);
+    for _ in 0..3 {
+        match owner.request(&Request::Deliver {
+            listener,
+            flow_info: false,
+        }) {
+            Err(error) => assert_eq!(error.kind(), Some(ErrorKind::InvalidRequest), "{error}"),
+            Ok(reply) => panic!("a second queue: {reply:?}"),
+        }
+    }
+    drop(queue);
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        match owner.request(&Request::Deliver {
+            listener,
+            flow_info: false,
+        }) {
+            Ok(reply) => {
+                assert_eq!(reply.response, Response::Delivering { listener });
+                break;
+            }
+            Err(error) if Instant::now() < deadline => {
+                assert_eq!(error.kind(), Some(ErrorKind::InvalidRequest), "{error}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(error) => panic!("no new queue after the first closed: {error}"),
+        }
+    }
+}
+
 #[test]
 fn a_closed_queue_leaves_flows_in_the_backlog() {
     let net = InProcessPair::new("deliver-closed");

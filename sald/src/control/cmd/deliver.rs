@@ -34,10 +34,10 @@ use std::sync::Arc;
 use nix::sys::socket::SockType;
 use sal::table::ListenerId;
 use sal::FlowId;
-use sal_control::{AcceptNotice, FlowNotice, Response, ACCEPT_EXHAUSTED};
+use sal_control::{AcceptNotice, ErrorKind, FlowNotice, Response, ACCEPT_EXHAUSTED};
 
 use super::flows::{hand_over_flow, pair, pair_error, HandOverError};
-use super::{not_ours, Reply};
+use super::{error_reply, not_ours, Reply};
 use crate::control::client::Client;
 use crate::control::ControlContext;
 use crate::pump::Packets;
@@ -52,14 +52,42 @@ pub(super) fn deliver(client: &mut Client, listener: ListenerId, flow_info: bool
         return not_ours(listener);
     }
     let context = client.context.clone();
+    // One queue per listener: each holds a descriptor and a task in sald
+    // that no limit counts, so more would let a user spend them at will.
+    if !context.shared.lock().delivering.insert(listener) {
+        return error_reply(
+            ErrorKind::InvalidRequest,
+            format!("listener {} already delivers its flows", listener.0),
+        );
+    }
+    let delivering = Delivering {
+        context: context.clone(),
+        listener,
+    };
     let (ours, theirs) = match pair(SockType::SeqPacket) {
         Ok(pair) => pair,
         Err(error) => return pair_error(error),
     };
     let uid = client.uid;
     let tasks = context.tasks.clone();
-    tasks.spawn(move |shutdown| feed(context, uid, listener, flow_info, ours, shutdown));
+    tasks.spawn(move |shutdown| async move {
+        feed(context, uid, listener, flow_info, ours, shutdown).await;
+        drop(delivering);
+    });
     (Response::Delivering { listener }, Some(theirs))
+}
+
+/// A listener's place in `Core::delivering`, given up when its feeder
+/// ends (or never starts): the application may then ask again.
+struct Delivering {
+    context: Arc<ControlContext>,
+    listener: ListenerId,
+}
+
+impl Drop for Delivering {
+    fn drop(&mut self) {
+        self.context.shared.lock().delivering.remove(&self.listener);
+    }
 }
 
 /// Hands each established flow of `listener` to `uid` through `queue`
