@@ -505,7 +505,15 @@ impl Core {
     /// gone.
     pub fn close_listener(&mut self, listener: ListenerId) -> Result<(), HostError> {
         self.pending_accepts.remove(&listener);
-        self.host.close_listener(listener)
+        let socket = self.host.listener_socket(listener);
+        let closed = self.host.close_listener(listener);
+        // A datagram listener's socket went with it: its pump, waiting for
+        // datagrams, must hear so and end (the application then reads end
+        // of file), or it would hold its task and descriptor for good.
+        if let Some(signal) = socket.and_then(|socket| self.flows.get(&socket)) {
+            signal.wake();
+        }
+        closed
     }
 
     /// Drops accept waiters whose clients are gone.

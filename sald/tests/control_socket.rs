@@ -750,6 +750,38 @@ fn connects_that_time_out_leave_nothing_behind() {
     );
 }
 
+/// A datagram listener's socket is pumped by a task in sald; closing the
+/// listener left that task waiting for datagrams for good, with its
+/// descriptor, and the application never read end of file.
+#[test]
+fn closing_a_datagram_listener_ends_its_socket() {
+    let dir = Scratch::new("dgram-close");
+    let sald = daemon(&dir, "sald", |_| {});
+    let mut owner = sald.client();
+    let reply = owner
+        .request(&Request::Listen {
+            prefix: prefix("d9/8"),
+            protocol: TransportProtocol::Datagram,
+            backlog: 4,
+        })
+        .unwrap();
+    let Response::Listening { listener, .. } = reply.response else {
+        panic!("not listening: {:?}", reply.response);
+    };
+    let mut socket = UnixStream::from(reply.fd.expect("the listener's datagram socket"));
+    owner
+        .request_ok(&Request::CloseListener { listener })
+        .unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert_eq!(
+        socket.read(&mut buf).expect("end of file, not a timeout"),
+        0
+    );
+}
+
 #[test]
 fn a_demux_target_added_by_hand_names_a_live_listener() {
     let dir = Scratch::new("demux-rule");
