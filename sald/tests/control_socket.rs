@@ -750,6 +750,50 @@ fn connects_that_time_out_leave_nothing_behind() {
     );
 }
 
+/// A subscriber that takes no event for the frame timeout is let go, as a
+/// client that does not take its response is: it held its connection and
+/// task in a blocked write for good.
+#[test]
+fn a_subscriber_that_stops_reading_is_let_go() {
+    let dir = Scratch::new("subscriber-stuck");
+    let sald = daemon(&dir, "sald", |config| config.limits.frame_timeout_ms = 300);
+    let mut subscriber = UnixStream::connect(&sald.control).unwrap();
+    subscriber.write_all(&hello()).unwrap();
+    subscriber.write_all(&frame(&Request::Subscribe)).unwrap();
+    // Enough events to fill the subscriber's socket (a few hundred small
+    // writes fill a Unix socket), which it never reads.
+    let mut churn = sald.client();
+    for _ in 0..3000 {
+        let Response::Listening { listener, .. } = churn
+            .request(&Request::Listen {
+                prefix: prefix("5f/8"),
+                protocol: TransportProtocol::Stream,
+                backlog: 1,
+            })
+            .unwrap()
+            .response
+        else {
+            panic!("listen failed");
+        };
+        churn
+            .request_ok(&Request::CloseListener { listener })
+            .unwrap();
+    }
+    thread::sleep(Duration::from_secs(1));
+    subscriber
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut everything = Vec::new();
+    subscriber
+        .read_to_end(&mut everything)
+        .expect("sald closed the subscription (end of file, not a timeout)");
+    assert!(
+        everything.len() > 1000,
+        "{} bytes of events",
+        everything.len()
+    );
+}
+
 /// A datagram listener's socket is pumped by a task in sald; closing the
 /// listener left that task waiting for datagrams for good, with its
 /// descriptor, and the application never read end of file.

@@ -9,7 +9,8 @@ use super::frame::write_response;
 
 /// Streams events until the client sends anything or leaves. A subscriber
 /// that does not read falls behind in the queue (and is told, `lagged`),
-/// never holding more than the frame being written.
+/// never holding more than the frame being written; one that takes no
+/// event for the frame timeout is disconnected.
 pub(super) async fn stream_events(client: &mut Client) -> anyhow::Result<()> {
     let mut events = client.context.shared.lock().subscribe();
     client.respond(&Response::Ok, None).await?;
@@ -19,7 +20,12 @@ pub(super) async fn stream_events(client: &mut Client) -> anyhow::Result<()> {
             published = events.next() => match published {
                 Some(published) if published.visible_to(client.uid, client.privileged) => {
                     let event = Response::Event { event: published.event };
-                    write_response(&mut client.stream, &event, None).await?;
+                    // As every response: taken within the frame timeout,
+                    // or the subscriber is let go (it may subscribe again).
+                    let timeout = client.context.reader.timeout();
+                    tokio::time::timeout(timeout, write_response(&mut client.stream, &event, None))
+                        .await
+                        .map_err(|_| anyhow::anyhow!("event not taken within {timeout:?}"))??;
                 }
                 Some(_) => {}
                 None => return Ok(()),
