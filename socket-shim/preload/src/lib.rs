@@ -340,14 +340,18 @@ pub unsafe extern "C" fn setsockopt(
         if level != libc::SOL_SOCKET {
             return Ok(0);
         }
-        if pass() == 0 {
+        let set = pass() == 0;
+        let errno = std::io::Error::last_os_error().raw_os_error();
+        if set || matches!(errno, Some(libc::ENOPROTOOPT | libc::EOPNOTSUPP)) {
+            if !value.is_null() && len as usize <= ops::OPTION_MAX {
+                // SAFETY: the caller guarantees `len` readable bytes at
+                // `value`, and there are few of them.
+                let bytes = unsafe { std::slice::from_raw_parts(value.cast::<u8>(), len as usize) };
+                ops::note_option(fd, name, bytes);
+            }
             return Ok(0);
         }
-        match std::io::Error::last_os_error().raw_os_error() {
-            Some(libc::ENOPROTOOPT | libc::EOPNOTSUPP) => Ok(0),
-            Some(errno) => Err(errno),
-            None => Err(libc::EIO),
-        }
+        Err(errno.unwrap_or(libc::EIO))
     })
 }
 

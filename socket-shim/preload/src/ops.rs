@@ -141,8 +141,22 @@ fn swap_in(src: &OwnedFd, fd: RawFd, flags: Option<(bool, bool)>) -> Res<()> {
 }
 
 /// Re-adds the program's epoll registrations of `fd` after a swap (epoll
-/// registers the open file, which the swap replaced).
+/// registers the open file, which the swap replaced), and sets again the
+/// socket-level options it set on the file the swap replaced.
 fn re_epoll(entry: &Entry, fd: RawFd) {
+    for (name, value) in &entry.options {
+        // SAFETY: `value` is valid for its length; a failure leaves the
+        // option as the new socket has it, as nothing better can be done.
+        unsafe {
+            real::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                *name,
+                value.as_ptr().cast(),
+                value.len() as libc::socklen_t,
+            );
+        }
+    }
     for (epfd, event) in &entry.epoll {
         let mut event = *event;
         // SAFETY: `event` is a valid epoll_event for the call's duration.
@@ -1019,6 +1033,24 @@ pub(crate) fn getsockopt(fd: RawFd, level: c_int, opt: c_int) -> Option<Res<OptA
 /// Whether `setsockopt` on `fd` is ours to answer (`Some(pass_to_libc)`).
 pub(crate) fn setsockopt_is_ours(fd: RawFd) -> bool {
     look(fd).is_some()
+}
+
+/// The most bytes of an option value kept for a swap: every socket-level
+/// option Linux has is smaller (a `timeval`, a `linger`, an interface name).
+pub(crate) const OPTION_MAX: usize = 64;
+
+/// Remembers that the program set socket-level option `name` to `value` on
+/// `fd` (see `Entry::options`).
+pub(crate) fn note_option(fd: RawFd, name: c_int, value: &[u8]) {
+    let mut stale = Vec::new();
+    {
+        let mut table = lock();
+        if let Some(entry) = table.get(fd, &mut stale) {
+            entry.options.retain(|(n, _)| *n != name);
+            entry.options.push((name, value.to_vec()));
+        }
+    }
+    drop(stale);
 }
 
 // --- datagrams ----------------------------------------------------------

@@ -120,6 +120,10 @@ pub(crate) struct Entry {
     pub so_error: i32,
     /// epoll registrations of this descriptor, re-added after a swap.
     pub epoll: Vec<(RawFd, libc::epoll_event)>,
+    /// Socket-level options the program set (name, value), set again on
+    /// what replaces the descriptor's file in a swap: a receive timeout set
+    /// before `connect` must hold for the flow.
+    pub options: Vec<(libc::c_int, Vec<u8>)>,
     /// The process that created the entry (a forked child has copies).
     pub owner: libc::pid_t,
 }
@@ -136,6 +140,7 @@ impl Entry {
             state,
             so_error: 0,
             epoll: Vec::new(),
+            options: Vec::new(),
             owner: std::process::id() as libc::pid_t,
         }
     }

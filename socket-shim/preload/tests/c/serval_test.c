@@ -234,7 +234,15 @@ static int stream_client(const char *sid, size_t size) {
     int fd = socket(AF_SERVAL, SOCK_STREAM, 0);
     if (fd < 0) die("socket");
     struct sockaddr_sv sa = sv_addr(sid);
+    /* A receive timeout set before connect holds for the flow (the server
+     * says nothing until it has our bytes). */
+    struct timeval short_wait = {.tv_sec = 0, .tv_usec = 200000};
+    CHECK(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &short_wait, sizeof short_wait) == 0, "SO_RCVTIMEO");
     if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) die("connect");
+    char nothing;
+    EXPECT_ERR(read(fd, &nothing, 1), EAGAIN);
+    struct timeval no_wait = {0, 0};
+    CHECK(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &no_wait, sizeof no_wait) == 0, "SO_RCVTIMEO off");
     struct sockaddr_sv peer;
     socklen_t len = sizeof peer;
     CHECK(getpeername(fd, (struct sockaddr *)&peer, &len) == 0 && len == sizeof peer &&
