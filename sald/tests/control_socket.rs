@@ -491,6 +491,27 @@ fn set_read_timeout(client: &ControlClient, timeout: Duration) {
     nix::sys::socket::setsockopt(client, nix::sys::socket::sockopt::ReceiveTimeout, &tv).unwrap();
 }
 
+/// Binds and unbinds `prefix` `times` times: two events each.
+fn churn_registrations(sald: &InProcess, p: &str, times: usize) {
+    let mut churn = sald.client();
+    for _ in 0..times {
+        let Response::Listening { listener, .. } = churn
+            .request(&Request::Listen {
+                prefix: prefix(p),
+                protocol: TransportProtocol::Stream,
+                backlog: 1,
+            })
+            .unwrap()
+            .response
+        else {
+            panic!("listen failed");
+        };
+        churn
+            .request_ok(&Request::CloseListener { listener })
+            .unwrap();
+    }
+}
+
 fn subscribe(mut client: ControlClient) -> ControlClient {
     assert_eq!(
         client.request(&Request::Subscribe).unwrap().response,
@@ -567,23 +588,7 @@ fn ordinary_users_see_only_their_own_flows_and_events_and_queues_are_bounded() {
 
     // A subscriber that does not read falls behind a bounded queue and is
     // told so, rather than sald queueing without end.
-    let mut churn = sald.client();
-    for _ in 0..1500 {
-        let Response::Listening { listener, .. } = churn
-            .request(&Request::Listen {
-                prefix: prefix("5e/8"),
-                protocol: TransportProtocol::Stream,
-                backlog: 1,
-            })
-            .unwrap()
-            .response
-        else {
-            panic!("listen failed");
-        };
-        churn
-            .request_ok(&Request::CloseListener { listener })
-            .unwrap();
-    }
+    churn_registrations(&sald, "5e/8", 1500);
     let seen = events_until(&mut root_events, Duration::from_secs(5), |e| {
         matches!(e, ControlEvent::Lagged { .. })
     });
@@ -762,23 +767,7 @@ fn a_subscriber_that_stops_reading_is_let_go() {
     subscriber.write_all(&frame(&Request::Subscribe)).unwrap();
     // Enough events to fill the subscriber's socket (a few hundred small
     // writes fill a Unix socket), which it never reads.
-    let mut churn = sald.client();
-    for _ in 0..3000 {
-        let Response::Listening { listener, .. } = churn
-            .request(&Request::Listen {
-                prefix: prefix("5f/8"),
-                protocol: TransportProtocol::Stream,
-                backlog: 1,
-            })
-            .unwrap()
-            .response
-        else {
-            panic!("listen failed");
-        };
-        churn
-            .request_ok(&Request::CloseListener { listener })
-            .unwrap();
-    }
+    churn_registrations(&sald, "5f/8", 3000);
     thread::sleep(Duration::from_secs(1));
     subscriber
         .set_read_timeout(Some(Duration::from_secs(5)))
