@@ -418,6 +418,13 @@ fn start_connect(
     let gen = {
         let mut table = lock();
         let entry = table.get(fd, &mut stale).ok_or(libc::EBADF)?;
+        // A non-blocking connect that failed and whose error nobody read
+        // (`SO_ERROR`): as TCP does, the next `connect` reports it, once,
+        // rather than start again (programs retry `connect` to learn how
+        // the last one ended).
+        if matches!(entry.state, State::Failed) && entry.so_error != 0 {
+            return Err(std::mem::take(&mut entry.so_error));
+        }
         let wake = match std::mem::replace(&mut entry.state, State::Failed) {
             State::Fresh { wake } | State::DgramIdle { wake } => wake,
             State::Failed => None,

@@ -313,6 +313,18 @@ static int nonblock_fail(const char *sid) {
     CHECK(getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == EHOSTUNREACH,
           "SO_ERROR %d, expected EHOSTUNREACH", err);
     close(fd);
+    /* Learning the outcome by calling connect again, as Ruby's
+     * connect_nonblock does: the pending error, once. */
+    fd = socket(AF_SERVAL, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (fd < 0) die("socket");
+    EXPECT_ERR(connect(fd, (struct sockaddr *)&sa, sizeof sa), EINPROGRESS);
+    p.fd = fd;
+    CHECK(poll(&p, 1, 10000) == 1, "poll wakes on a failed connect");
+    EXPECT_ERR(connect(fd, (struct sockaddr *)&sa, sizeof sa), EHOSTUNREACH);
+    err = -1;
+    CHECK(getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0,
+          "SO_ERROR %d after connect reported it", err);
+    close(fd);
     return failures ? 1 : 0;
 }
 
