@@ -366,21 +366,10 @@ fn frame_memory_is_bounded_for_all_clients_together() {
     let before = sald.rss();
     // Each client announces a 1 MiB frame and sends most of it, then stalls
     // (the frame timeout is 10 s: all of them are still pending below).
-    let writers: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let mut stream = UnixStream::connect(&sald.control).unwrap();
-            stream
-                .set_write_timeout(Some(Duration::from_secs(5)))
-                .unwrap();
-            thread::spawn(move || {
-                let _ = stream.write_all(&hello());
-                let _ = stream.write_all(&(1u32 << 20).to_be_bytes());
-                let _ = stream.write_all(&vec![b' '; SENT]);
-                stream
-            })
-        })
+    let streams = (0..CLIENTS)
+        .map(|_| UnixStream::connect(&sald.control).unwrap())
         .collect();
-    let streams: Vec<UnixStream> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    let streams = stall_in_frames(streams, SENT);
     thread::sleep(Duration::from_millis(500));
     let grown = sald.rss().saturating_sub(before);
     eprintln!(
@@ -394,17 +383,7 @@ fn frame_memory_is_bounded_for_all_clients_together() {
         grown >> 20
     );
     // The clients over the budget were told and cut off.
-    let refused = streams
-        .into_iter()
-        .filter_map(|s| {
-            let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
-            let mut bytes = vec![0u8; 4096];
-            let mut s = s;
-            let n = s.read(&mut bytes).unwrap_or(0);
-            let text = String::from_utf8_lossy(&bytes[..n]).into_owned();
-            text.contains("exhausted").then_some(())
-        })
-        .count();
+    let refused = told(streams, "exhausted");
     assert!(refused >= CLIENTS / 2, "only {refused} refused");
     // And sald still answers.
     let mut root = ControlClient::connect_to(&sald.control).unwrap();
@@ -423,36 +402,52 @@ fn one_user_s_half_sent_frames_lock_out_nobody_else() {
     let sald = daemon(&dir, "sald", |config| config.limits.frame_memory = 8 << 20);
     // 16 connections, each announcing a 1 MiB frame and sending 600 KiB
     // of it: enough to fill the whole budget twice over.
-    let writers: Vec<_> = (0..16)
-        .map(|_| {
-            let mut stream = raw_as(&sald.control, NOBODY).unwrap();
+    let streams = (0..16)
+        .map(|_| raw_as(&sald.control, NOBODY).unwrap())
+        .collect();
+    let streams = stall_in_frames(streams, 600 * 1024);
+    thread::sleep(Duration::from_millis(300));
+    // Root still gets answers, and so does another ordinary user.
+    assert_serves(&mut sald.client());
+    assert_serves(&mut client_as(&sald.control, OTHER).unwrap());
+    // Most of the hog's connections were told why they were cut off.
+    let told = told(streams, "for ordinary users");
+    assert!(told >= 14, "only {told} of 16 refused by share");
+}
+
+/// Has each connection say hello, announce a 1 MiB request frame and send
+/// `sent` bytes of it, then stall (all at once, each on a thread of its
+/// own, since sald stops reading some of them).
+fn stall_in_frames(streams: Vec<UnixStream>, sent: usize) -> Vec<UnixStream> {
+    let writers: Vec<_> = streams
+        .into_iter()
+        .map(|mut stream| {
             stream
                 .set_write_timeout(Some(Duration::from_secs(5)))
                 .unwrap();
             thread::spawn(move || {
                 let _ = stream.write_all(&hello());
                 let _ = stream.write_all(&(1u32 << 20).to_be_bytes());
-                let _ = stream.write_all(&vec![b' '; 600 * 1024]);
+                let _ = stream.write_all(&vec![b' '; sent]);
                 stream
             })
         })
         .collect();
-    let streams: Vec<UnixStream> = writers.into_iter().map(|w| w.join().unwrap()).collect();
-    thread::sleep(Duration::from_millis(300));
-    // Root still gets answers, and so does another ordinary user.
-    assert_serves(&mut sald.client());
-    assert_serves(&mut client_as(&sald.control, OTHER).unwrap());
-    // Most of the hog's connections were told why they were cut off.
-    let told = streams
+    writers.into_iter().map(|w| w.join().unwrap()).collect()
+}
+
+/// How many of `streams` were sent an answer containing `needle` (sald's
+/// reason for cutting them off).
+fn told(streams: Vec<UnixStream>, needle: &str) -> usize {
+    streams
         .into_iter()
         .filter(|stream| {
             let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
             let mut bytes = vec![0u8; 4096];
             let n = (&*stream).read(&mut bytes).unwrap_or(0);
-            String::from_utf8_lossy(&bytes[..n]).contains("for ordinary users")
+            String::from_utf8_lossy(&bytes[..n]).contains(needle)
         })
-        .count();
-    assert!(told >= 14, "only {told} of 16 refused by share");
+        .count()
 }
 
 /// Reads events from a subscription until `until` says stop or `within`
