@@ -608,34 +608,65 @@ fn serve_slowly(
     })
 }
 
+/// A service router, two server hosts and a client on one LAN, each with
+/// sald and servd (the client's servd only if asked), pointed at the
+/// router; the namespaces go when `net` is dropped.
+struct Lan {
+    net: testnet::Topology,
+    dir: PathBuf,
+    router_addr: Ipv4Addr,
+    router: Node,
+    s1: Node,
+    s2: Node,
+    client: Node,
+}
+
+impl Lan {
+    /// Starts it; `router_args` are added to the router's servd flags.
+    fn start(label: &str, router_args: &[&str], client_servd: bool) -> Lan {
+        let net = TopologyBuilder::new(label, 4)
+            .lan(&[0, 1, 2, 3])
+            .build()
+            .unwrap();
+        let dir = scratch_dir(label);
+        let router_addr = net.host(0).addr().unwrap();
+        let upstream = vec!["--upstream".to_string(), format!("{router_addr}:54326")];
+        let mut router = start_node(net.host(0), &dir, "router", true);
+        let mut s1 = start_node(net.host(1), &dir, "s1", false);
+        let mut s2 = start_node(net.host(2), &dir, "s2", false);
+        let mut client = start_node(net.host(3), &dir, "client", false);
+        let mut args = vec!["--router".to_string()];
+        args.extend(router_args.iter().map(|a| a.to_string()));
+        start_servd(net.host(0), &dir, &mut router, "router", &args);
+        start_servd(net.host(1), &dir, &mut s1, "s1", &upstream);
+        start_servd(net.host(2), &dir, &mut s2, "s2", &upstream);
+        if client_servd {
+            start_servd(net.host(3), &dir, &mut client, "client", &upstream);
+        }
+        Lan {
+            net,
+            dir,
+            router_addr,
+            router,
+            s1,
+            s2,
+            client,
+        }
+    }
+}
+
 #[test]
 fn a_drained_instance_leaves_under_load_without_a_failed_request() {
     require_root!();
-    let net = TopologyBuilder::new("servd-drain", 4)
-        .lan(&[0, 1, 2, 3])
-        .build()
-        .unwrap();
-    let dir = scratch_dir("servd-drain");
-    let router_addr = net.host(0).addr().unwrap();
-    let upstream = vec!["--upstream".to_string(), format!("{router_addr}:54326")];
-    let mut router = start_node(net.host(0), &dir, "router", true);
-    let mut s1 = start_node(net.host(1), &dir, "s1", false);
-    let mut s2 = start_node(net.host(2), &dir, "s2", false);
-    let mut client = start_node(net.host(3), &dir, "client", false);
-    start_servd(
-        net.host(0),
-        &dir,
-        &mut router,
-        "router",
-        &["--router".to_string()],
-    );
-    for (i, node, name) in [
-        (1, &mut s1, "s1"),
-        (2, &mut s2, "s2"),
-        (3, &mut client, "client"),
-    ] {
-        start_servd(net.host(i), &dir, node, name, &upstream);
-    }
+    let Lan {
+        net: _net,
+        dir,
+        router_addr,
+        router,
+        s1,
+        s2,
+        client,
+    } = Lan::start("servd-drain", &[], true);
     assert!(
         wait_until(Duration::from_secs(5), || client.forwards("0/0")
             == vec![router_addr]),
@@ -791,26 +822,14 @@ fn drained_syns(node: &Node) -> u64 {
 #[test]
 fn least_loaded_weights_follow_the_flows_a_server_holds() {
     require_root!();
-    let net = TopologyBuilder::new("servd-load", 4)
-        .lan(&[0, 1, 2, 3])
-        .build()
-        .unwrap();
-    let dir = scratch_dir("servd-load");
-    let router_addr = net.host(0).addr().unwrap();
-    let upstream = vec!["--upstream".to_string(), format!("{router_addr}:54326")];
-    let mut router = start_node(net.host(0), &dir, "router", true);
-    let mut s1 = start_node(net.host(1), &dir, "s1", false);
-    let mut s2 = start_node(net.host(2), &dir, "s2", false);
-    let client = start_node(net.host(3), &dir, "client", false);
-    start_servd(
-        net.host(0),
-        &dir,
-        &mut router,
-        "router",
-        &["--router".into(), "--weights".into(), "least-loaded".into()],
-    );
-    start_servd(net.host(1), &dir, &mut s1, "s1", &upstream);
-    start_servd(net.host(2), &dir, &mut s2, "s2", &upstream);
+    let Lan {
+        net: _net,
+        router,
+        s1,
+        s2,
+        client,
+        ..
+    } = Lan::start("servd-load", &["--weights", "least-loaded"], false);
     let listeners: Vec<_> = [&s1, &s2]
         .iter()
         .map(|node| {
