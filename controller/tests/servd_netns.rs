@@ -126,19 +126,8 @@ impl Node {
 
     /// FORWARD locators at exactly `prefix`.
     fn forwards(&self, prefix: &str) -> Vec<Ipv4Addr> {
-        let prefix: ServicePrefix = prefix.parse().unwrap();
-        let mut out: Vec<Ipv4Addr> = self
-            .rules()
-            .iter()
-            .filter(|r| r.prefix == prefix)
-            .flat_map(|r| r.targets().to_vec())
-            .filter_map(|e| match e.target {
-                Target::Forward { locator, .. } => Some(locator.ip()),
-                _ => None,
-            })
-            .collect();
-        out.sort();
-        out
+        let weights = self.weights(prefix);
+        weights.into_iter().map(|(locator, _)| locator).collect()
     }
 
     /// FORWARD targets at exactly `prefix` with their weights.
