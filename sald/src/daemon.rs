@@ -93,7 +93,7 @@ pub struct Core {
     /// not handed to the application yet, by listener: drains count them.
     in_hand: HashMap<ListenerId, usize>,
     /// Listeners whose flows a `Deliver` feeder is handing out: one each.
-    pub delivering: HashSet<ListenerId>,
+    delivering: HashSet<ListenerId>,
     pending_connects: HashMap<FlowId, oneshot::Sender<Result<FlowInfo, ConnectError>>>,
     events: EventBus,
     /// Who installed which rule target.
@@ -524,6 +524,16 @@ impl Core {
                 self.pending_accepts.remove(&listener);
             }
         }
+    }
+
+    /// Claims `listener` for a `Deliver` feeder; false if one has it.
+    pub fn start_delivering(&mut self, listener: ListenerId) -> bool {
+        self.delivering.insert(listener)
+    }
+
+    /// Gives up the claim of [`Core::start_delivering`].
+    pub fn stop_delivering(&mut self, listener: ListenerId) {
+        self.delivering.remove(&listener);
     }
 
     /// Waits for a connect to complete.

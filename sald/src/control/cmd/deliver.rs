@@ -54,7 +54,7 @@ pub(super) fn deliver(client: &mut Client, listener: ListenerId, flow_info: bool
     let context = client.context.clone();
     // One queue per listener: each holds a descriptor and a task in sald
     // that no limit counts, so more would let a user spend them at will.
-    if !context.shared.lock().delivering.insert(listener) {
+    if !context.shared.lock().start_delivering(listener) {
         return error_reply(
             ErrorKind::InvalidRequest,
             format!("listener {} already delivers its flows", listener.0),
@@ -86,7 +86,7 @@ struct Delivering {
 
 impl Drop for Delivering {
     fn drop(&mut self) {
-        self.context.shared.lock().delivering.remove(&self.listener);
+        self.context.shared.lock().stop_delivering(self.listener);
     }
 }
 
