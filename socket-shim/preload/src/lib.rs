@@ -29,6 +29,10 @@
 //!   ours in between). `accept` is a `recvmsg` on it, so
 //!   readiness, blocking and `O_NONBLOCK` behave as the kernel's, and a
 //!   forked child that inherits the listener accepts from the same queue;
+//! - `read`/`write`/`send`/`recv` on a stream that is not connected (never
+//!   connected, failed, listening) answer as TCP: the pending error of a
+//!   failed connect once, then `ENOTCONN` and `EPIPE` (with `SIGPIPE`);
+//!   the placeholder would block instead;
 //! - datagram sockets are sald's `SOCK_SEQPACKET` sockets; `sendto`/`recvfrom`
 //!   (and `send`/`recv`/`read`/`write`) wrap and unwrap `DatagramFrame`s.
 //!   As in the reference stack, `recvfrom` gives the sender's own service ID
@@ -48,6 +52,13 @@
 //! `connect` to a mapped port (on any address, or within `SERVAL_SHIM_NET`
 //! ranges) connects to the service; the program keeps seeing `AF_INET`
 //! addresses from `getsockname`, `getpeername` and `accept`.
+//! While a map is set, the shim watches every TCP socket the program
+//! creates, recording its epoll registrations and socket-level options
+//! until it is connected or bound, so that those hold for the flow a
+//! mapped `connect` puts at the number (nginx registers upstream sockets
+//! before connecting them); a connect or bind elsewhere leaves the socket
+//! the kernel's. After a failed connect to a mapped port, the socket may
+//! connect again, to a mapped port or (as a fresh kernel socket) anywhere.
 //!
 //! # Safety at the boundary
 //!
@@ -331,28 +342,51 @@ pub unsafe extern "C" fn setsockopt(
     guard(-1, || {
         // SAFETY: forwarding the caller's arguments unchanged.
         let pass = || unsafe { real::setsockopt(fd, level, name, value, len) };
-        if !ops::setsockopt_is_ours(fd) {
-            return Ok(pass());
-        }
+        let Some(kind) = ops::setsockopt_kind(fd) else {
+            let set = pass();
+            if set == 0 && level == libc::SOL_SOCKET && table::maybe_tracked(fd) {
+                // An inet-mode socket the shim watches: the option must
+                // hold for the flow should a connect make it one.
+                // SAFETY: the kernel just read `len` bytes at `value`.
+                if let Some(bytes) = unsafe { option_bytes(value, len) } {
+                    ops::note_option(fd, name, bytes);
+                }
+            }
+            return Ok(set);
+        };
         if value.is_null() && len > 0 {
             return Err(libc::EFAULT);
         }
         if level != libc::SOL_SOCKET {
-            return Ok(0);
+            return match ops::option_level_known(kind, level) {
+                true => Ok(0),
+                false => Err(libc::ENOPROTOOPT),
+            };
         }
         let set = pass() == 0;
         let errno = std::io::Error::last_os_error().raw_os_error();
         if set || matches!(errno, Some(libc::ENOPROTOOPT | libc::EOPNOTSUPP)) {
-            if !value.is_null() && len as usize <= ops::OPTION_MAX {
-                // SAFETY: the caller guarantees `len` readable bytes at
-                // `value`, and there are few of them.
-                let bytes = unsafe { std::slice::from_raw_parts(value.cast::<u8>(), len as usize) };
+            // SAFETY: the caller guarantees `len` readable bytes at `value`.
+            if let Some(bytes) = unsafe { option_bytes(value, len) } {
                 ops::note_option(fd, name, bytes);
             }
             return Ok(0);
         }
         Err(errno.unwrap_or(libc::EIO))
     })
+}
+
+/// An option value worth remembering for a swap (`ops::OPTION_MAX` bytes
+/// at most: every socket-level option is smaller).
+///
+/// # Safety
+/// `value` is null or valid for reads of `len` bytes.
+unsafe fn option_bytes<'a>(value: *const c_void, len: socklen_t) -> Option<&'a [u8]> {
+    if value.is_null() || len as usize > ops::OPTION_MAX {
+        return None;
+    }
+    // SAFETY: the caller guarantees `len` readable bytes at `value`.
+    Some(unsafe { std::slice::from_raw_parts(value.cast::<u8>(), len as usize) })
 }
 
 /// # Safety
@@ -465,12 +499,27 @@ unsafe fn receive(
     })
 }
 
+/// Whether a `send`/`write` on `fd` is refused before it reaches the
+/// descriptor (`errno` set; see `ops::refusal`). Lock-free for every
+/// descriptor but unconnected sockets of ours.
+fn refused_write(fd: c_int, flags: c_int) -> bool {
+    if !table::maybe_intercepted(fd) {
+        return false;
+    }
+    match guard(None, || Ok(ops::refusal(fd, true, flags))) {
+        Some(errno) => {
+            set_errno(errno);
+            true
+        }
+        None => false,
+    }
+}
+
 /// # Safety
 /// As `send(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t {
-    if table::maybe_framed(fd) && guard(false, || Ok(ops::is_unconnected_dgram(fd))) {
-        set_errno(libc::EDESTADDRREQ);
+    if refused_write(fd, flags) {
         return -1;
     }
     // SAFETY: forwarding the caller's arguments unchanged.
@@ -481,8 +530,7 @@ pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c
 /// As `write(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t {
-    if table::maybe_framed(fd) && guard(false, || Ok(ops::is_unconnected_dgram(fd))) {
-        set_errno(libc::EDESTADDRREQ);
+    if refused_write(fd, 0) {
         return -1;
     }
     // SAFETY: forwarding the caller's arguments unchanged.
@@ -493,7 +541,7 @@ pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssiz
 /// As `recv(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t {
-    if table::maybe_framed(fd) {
+    if table::maybe_intercepted(fd) {
         let (addr, len) = (std::ptr::null_mut(), std::ptr::null_mut());
         // SAFETY: same contract as `recvfrom`, without an address.
         return unsafe {
@@ -510,7 +558,7 @@ pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_i
 /// As `read(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t {
-    if table::maybe_framed(fd) {
+    if table::maybe_intercepted(fd) {
         let (addr, len) = (std::ptr::null_mut(), std::ptr::null_mut());
         // SAFETY: same contract as `recvfrom`, without an address.
         return unsafe { receive(fd, buf, n, 0, addr, len, || real::read(fd, buf, n)) };

@@ -201,8 +201,11 @@ enum Stage {
     DgramOpen,
 }
 
-fn stage(state: &State) -> Stage {
-    match state {
+/// The stage of a socket the shim answers for; `None` for one it only
+/// watches ([`State::Watched`]), which is the kernel's in every respect.
+fn stage(state: &State) -> Option<Stage> {
+    Some(match state {
+        State::Watched => return None,
         State::Fresh { .. } => Stage::Fresh,
         State::Bound { .. } => Stage::Bound,
         State::Connecting { .. } => Stage::Connecting,
@@ -211,9 +214,11 @@ fn stage(state: &State) -> Stage {
         State::Listening { .. } => Stage::Listening,
         State::DgramIdle { .. } => Stage::DgramIdle,
         State::DgramOpen { .. } => Stage::DgramOpen,
-    }
+    })
 }
 
+/// A summary of `fd`'s entry, if the shim answers for it (not for one it
+/// only watches).
 fn look(fd: RawFd) -> Option<Look> {
     if !table::maybe_tracked(fd) {
         return None;
@@ -221,11 +226,13 @@ fn look(fd: RawFd) -> Option<Look> {
     let mut stale = Vec::new();
     let found = {
         let mut table = lock();
-        table.get(fd, &mut stale).map(|e| Look {
-            kind: e.kind,
-            domain: e.domain,
-            stage: stage(&e.state),
-            local: e.local,
+        table.get(fd, &mut stale).and_then(|e| {
+            Some(Look {
+                kind: e.kind,
+                domain: e.domain,
+                stage: stage(&e.state)?,
+                local: e.local,
+            })
         })
     };
     drop(stale);
@@ -263,7 +270,17 @@ pub(crate) fn socket(
     if domain != AF_SERVAL {
         let fd = pass();
         if fd >= 0 {
-            purge(fd);
+            let watched = watches(domain, ty, protocol)
+                .then(|| Entry::new(Kind::Stream, Domain::Inet(domain), fd, State::Watched));
+            let old = {
+                let mut table = lock();
+                match watched {
+                    Some(entry) => table.insert(fd, entry),
+                    None if table::maybe_tracked(fd) => table.remove(fd),
+                    None => None,
+                }
+            };
+            drop(old);
         }
         return Ok(fd);
     }
@@ -285,6 +302,63 @@ pub(crate) fn socket(
     Ok(fd)
 }
 
+/// Whether a new socket of the program is one inet mode may redirect later
+/// (a TCP socket while a port map is set), so it is watched from the start
+/// ([`State::Watched`]).
+fn watches(domain: c_int, ty: c_int, protocol: c_int) -> bool {
+    let base = ty & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC);
+    matches!(domain, libc::AF_INET | libc::AF_INET6)
+        && base == libc::SOCK_STREAM
+        && matches!(protocol, 0 | libc::IPPROTO_TCP)
+        && !PortMap::get().is_empty()
+}
+
+/// Stops watching `fd`: the program connects, binds or listens it as a
+/// TCP socket of the kernel's.
+fn unwatch(fd: RawFd) {
+    if !table::maybe_tracked(fd) {
+        return;
+    }
+    let mut stale = Vec::new();
+    let old = {
+        let mut table = lock();
+        match table.get(fd, &mut stale) {
+            Some(entry) if entry.watched() => table.remove(fd),
+            _ => None,
+        }
+    };
+    drop(stale);
+    drop(old);
+}
+
+/// Puts the inet-mode `entry` at `fd` in place of whatever entry was there,
+/// keeping the epoll registrations and socket options the program made
+/// while the shim only watched the socket. Call before the file at `fd`
+/// changes (the watched entry is stale after). Returns the old entry, to
+/// be dropped after unlocking.
+fn adopt(table: &mut table::Table, fd: RawFd, mut entry: Entry) -> Vec<Entry> {
+    let mut stale = Vec::new();
+    (entry.epoll, entry.options) = take_watched(table, fd, &mut stale);
+    stale.extend(table.insert(fd, entry));
+    stale
+}
+
+/// The epoll registrations and socket options recorded for `fd` while the
+/// shim only watched it (none if it did not), taken out of its entry.
+fn take_watched(table: &mut table::Table, fd: RawFd, stale: &mut Vec<Entry>) -> Watched {
+    match table.get(fd, stale) {
+        Some(old) if old.watched() => (
+            std::mem::take(&mut old.epoll),
+            std::mem::take(&mut old.options),
+        ),
+        _ => Default::default(),
+    }
+}
+
+/// What a watched socket's entry carries over: epoll registrations and
+/// socket options (see [`Entry`]).
+type Watched = (Vec<(RawFd, libc::epoll_event)>, Vec<(c_int, Vec<u8>)>);
+
 // --- connect ------------------------------------------------------------
 
 pub(crate) fn connect(fd: RawFd, addr: Option<&[u8]>, pass: impl FnOnce() -> c_int) -> Res<c_int> {
@@ -299,6 +373,7 @@ pub(crate) fn connect(fd: RawFd, addr: Option<&[u8]>, pass: impl FnOnce() -> c_i
                 }
             }
         }
+        unwatch(fd);
         return Ok(pass());
     };
     match found.domain {
@@ -311,18 +386,85 @@ pub(crate) fn connect(fd: RawFd, addr: Option<&[u8]>, pass: impl FnOnce() -> c_i
             };
             start_connect(
                 fd,
+                found.stage,
                 SockAddr::service(service),
                 service,
                 protocol,
                 fd_flags(fd),
             )
         }
-        Domain::Inet(_) => Err(match found.stage {
-            Stage::Connected => libc::EISCONN,
-            Stage::Connecting => libc::EALREADY,
-            _ => libc::EINVAL,
-        }),
+        Domain::Inet(family) => match found.stage {
+            Stage::Connected => Err(libc::EISCONN),
+            Stage::Connecting => Err(libc::EALREADY),
+            // As TCP after a failed connect: the pending error once, then
+            // a connect anywhere, through the SAL or the kernel.
+            Stage::Failed => match addr.and_then(parse_inet) {
+                Some(sa) => match PortMap::get().for_connect(&sa) {
+                    Some(service) => start_connect(
+                        fd,
+                        Stage::Failed,
+                        SockAddr::Inet(sa),
+                        service,
+                        TransportProtocol::Stream,
+                        fd_flags(fd),
+                    ),
+                    None => {
+                        take_pending_error(fd)?;
+                        restore_tcp(fd, family)?;
+                        Ok(pass())
+                    }
+                },
+                None => Err(libc::EINVAL),
+            },
+            _ => Err(libc::EINVAL),
+        },
     }
+}
+
+/// The error a failed non-blocking connect left in `SO_ERROR`, reported
+/// once by the next call that asks (`connect` again, `read`, `write`), as
+/// TCP does; `Ok` when there is none.
+fn take_pending_error(fd: RawFd) -> Res<()> {
+    let mut stale = Vec::new();
+    let pending = {
+        let mut table = lock();
+        table
+            .get(fd, &mut stale)
+            .map_or(0, |entry| std::mem::take(&mut entry.so_error))
+    };
+    drop(stale);
+    match pending {
+        0 => Ok(()),
+        errno => Err(errno),
+    }
+}
+
+/// Inet mode, after a failed connect to a mapped port: puts a fresh TCP
+/// socket of the kernel's at `fd` (with the program's flags, socket-level
+/// options and epoll registrations) and forgets `fd`, so that a connect
+/// elsewhere is the kernel's, as a TCP socket may connect again after a
+/// failure.
+fn restore_tcp(fd: RawFd, family: c_int) -> Res<()> {
+    // SAFETY: no pointers; the new socket is ours until it is at `fd`.
+    let raw = unsafe { real::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(last_errno());
+    }
+    // SAFETY: the kernel just created `raw` for us alone.
+    let tcp = unsafe { OwnedFd::from_raw_fd(raw) };
+    let mut stale = Vec::new();
+    let (result, old) = {
+        let mut table = lock();
+        let result = match table.get(fd, &mut stale) {
+            Some(entry) => swap_in(&tcp, fd, None).map(|()| re_epoll(entry, fd)),
+            None => Err(libc::EBADF),
+        };
+        (result, result.map(|()| table.remove(fd)))
+    };
+    drop(stale);
+    drop(old);
+    drop(tcp);
+    result
 }
 
 /// Inet mode: the program's TCP socket becomes a Serval stream. A blocking
@@ -346,10 +488,11 @@ fn inet_connect(fd: RawFd, sa: SocketAddr, service: ServiceId) -> Res<c_int> {
             State::Fresh { wake: None },
         );
         entry.local = Some(unspecified(family));
-        let old = lock().insert(fd, entry);
+        let old = adopt(&mut lock(), fd, entry);
         drop(old);
         return start_connect(
             fd,
+            Stage::Fresh,
             SockAddr::Inet(sa),
             service,
             TransportProtocol::Stream,
@@ -359,16 +502,15 @@ fn inet_connect(fd: RawFd, sa: SocketAddr, service: ServiceId) -> Res<c_int> {
     let (app, wake) = placeholder(nonblock, cloexec)?;
     {
         let mut table = lock();
-        // SAFETY: no pointers; the program handed us `fd` to connect.
-        if unsafe {
-            real::dup3(
-                app.as_raw_fd(),
-                fd,
-                if cloexec { libc::O_CLOEXEC } else { 0 },
-            )
-        } < 0
-        {
-            return Err(last_errno());
+        // What the program set while the shim watched the socket goes to
+        // the placeholder now (so a failure's hang-up reaches its epoll
+        // sets) and to the flow later.
+        let mut old = Vec::new();
+        let (epoll, options) = take_watched(&mut table, fd, &mut old);
+        if let Err(errno) = swap_in(&app, fd, Some(flags)) {
+            drop(table);
+            drop(old);
+            return Err(errno);
         }
         let mut entry = Entry::new(
             Kind::Stream,
@@ -377,13 +519,16 @@ fn inet_connect(fd: RawFd, sa: SocketAddr, service: ServiceId) -> Res<c_int> {
             State::Fresh { wake: Some(wake) },
         );
         entry.local = Some(unspecified(family));
-        let old = table.insert(fd, entry);
+        (entry.epoll, entry.options) = (epoll, options);
+        re_epoll(&entry, fd);
+        old.extend(table.insert(fd, entry));
         drop(table);
         drop(old);
     }
     drop(app);
     start_connect(
         fd,
+        Stage::Fresh,
         SockAddr::Inet(sa),
         service,
         TransportProtocol::Stream,
@@ -402,17 +547,26 @@ fn unspecified(family: c_int) -> SockAddr {
 /// Moves the socket to `Connecting` and opens the flow: in this thread for
 /// a blocking socket (and for datagram connects); for a non-blocking one
 /// this returns `EINPROGRESS` and the process's connector completes it
-/// ([`submit_connect`]). `flags` are the descriptor's `(O_NONBLOCK,
-/// FD_CLOEXEC)`.
+/// ([`submit_connect`]). `stage` is the socket's as the caller found it;
+/// `flags` are the descriptor's `(O_NONBLOCK, FD_CLOEXEC)`.
 fn start_connect(
     fd: RawFd,
+    stage: Stage,
     peer: SockAddr,
     service: ServiceId,
     protocol: TransportProtocol,
     flags: (bool, bool),
 ) -> Res<c_int> {
-    let (nonblock, _) = flags;
+    let (nonblock, cloexec) = flags;
     let nonblock = nonblock && protocol == TransportProtocol::Stream;
+    // A failed connect hung up its placeholder; a non-blocking one that
+    // starts over needs one that polls as not ready again, or the program
+    // would see the hang-up and take the connect for done.
+    let mut fresh = match stage {
+        Stage::Failed if nonblock => Some(placeholder(nonblock, cloexec)?),
+        _ => None,
+    };
+    let mut spare = Vec::new();
     let mut stale = Vec::new();
     let mut dropped = None;
     let gen = {
@@ -427,7 +581,21 @@ fn start_connect(
         }
         let wake = match std::mem::replace(&mut entry.state, State::Failed) {
             State::Fresh { wake } | State::DgramIdle { wake } => wake,
-            State::Failed => None,
+            State::Failed => match fresh.take() {
+                Some((app, wake)) => {
+                    let swapped = swap_in(&app, fd, Some(flags));
+                    // Dropped after unlocking, either way.
+                    spare.push(app);
+                    if let Err(errno) = swapped {
+                        spare.push(wake);
+                        return Err(errno);
+                    }
+                    entry.ident = ident(fd);
+                    re_epoll(entry, fd);
+                    Some(wake)
+                }
+                None => None,
+            },
             State::Bound { control, wake, .. } => {
                 dropped = Some(control);
                 wake
@@ -451,6 +619,8 @@ fn start_connect(
     };
     drop(stale);
     drop(dropped);
+    drop(fresh);
+    drop(spare);
     if nonblock {
         if let Err(errno) = submit_connect(fd, gen, peer, service) {
             let _ = finish_connect(fd, gen, Err(errno), peer, Some(flags));
@@ -596,6 +766,7 @@ pub(crate) fn bind(fd: RawFd, addr: Option<&[u8]>, pass: impl FnOnce() -> c_int)
                 }
             }
         }
+        unwatch(fd);
         return Ok(pass());
     };
     if found.domain != Domain::Serval {
@@ -725,13 +896,14 @@ fn inet_bind(fd: RawFd, sa: SocketAddr, service: ServiceId) -> Res<c_int> {
         },
     );
     entry.local = Some(SockAddr::Inet(sa));
-    let old = lock().insert(fd, entry);
+    let old = adopt(&mut lock(), fd, entry);
     drop(old);
     Ok(0)
 }
 
 pub(crate) fn listen(fd: RawFd, pass: impl FnOnce() -> c_int) -> Res<c_int> {
     let Some(found) = look(fd) else {
+        unwatch(fd);
         return Ok(pass());
     };
     match (found.kind, found.stage) {
@@ -972,23 +1144,26 @@ pub(crate) fn name(fd: RawFd, peer: bool) -> Option<Res<SockAddr>> {
     let mut stale = Vec::new();
     let result = {
         let mut table = lock();
-        table.get(fd, &mut stale).map(|entry| {
-            if peer {
-                match (entry.peer, &entry.state) {
-                    (Some(addr), State::Connected) => Ok(addr),
-                    _ => Err(libc::ENOTCONN),
+        table
+            .get(fd, &mut stale)
+            .filter(|e| !e.watched())
+            .map(|entry| {
+                if peer {
+                    match (entry.peer, &entry.state) {
+                        (Some(addr), State::Connected) => Ok(addr),
+                        _ => Err(libc::ENOTCONN),
+                    }
+                } else {
+                    Ok(entry.local.unwrap_or(match entry.domain {
+                        Domain::Serval => SockAddr::Serval {
+                            flags: 0,
+                            bits: 0,
+                            id: [0; 32],
+                        },
+                        Domain::Inet(family) => unspecified(family),
+                    }))
                 }
-            } else {
-                Ok(entry.local.unwrap_or(match entry.domain {
-                    Domain::Serval => SockAddr::Serval {
-                        flags: 0,
-                        bits: 0,
-                        id: [0; 32],
-                    },
-                    Domain::Inet(family) => unspecified(family),
-                }))
-            }
-        })
+            })
     };
     drop(stale);
     result
@@ -1009,37 +1184,54 @@ pub(crate) fn getsockopt(fd: RawFd, level: c_int, opt: c_int) -> Option<Res<OptA
     let mut stale = Vec::new();
     let result = {
         let mut table = lock();
-        table.get(fd, &mut stale).map(|entry| {
-            let protocol = match entry.kind {
-                Kind::Stream => libc::IPPROTO_TCP,
-                Kind::Dgram => libc::IPPROTO_UDP,
-            };
-            Ok(match (level, opt) {
-                (libc::SOL_SOCKET, libc::SO_ERROR) => {
-                    OptAnswer::Int(std::mem::take(&mut entry.so_error))
-                }
-                (libc::SOL_SOCKET, libc::SO_TYPE) => OptAnswer::Int(match entry.kind {
-                    Kind::Stream => libc::SOCK_STREAM,
-                    Kind::Dgram => libc::SOCK_DGRAM,
-                }),
-                (libc::SOL_SOCKET, libc::SO_DOMAIN) => OptAnswer::Int(entry.domain.family()),
-                (libc::SOL_SOCKET, libc::SO_PROTOCOL) => OptAnswer::Int(protocol),
-                (libc::SOL_SOCKET, libc::SO_ACCEPTCONN) => {
-                    OptAnswer::Int(c_int::from(matches!(entry.state, State::Listening { .. })))
-                }
-                (libc::SOL_SOCKET, _) => OptAnswer::Pass,
-                (libc::IPPROTO_TCP, libc::TCP_NODELAY) => OptAnswer::Int(1),
-                _ => OptAnswer::Int(0),
+        table
+            .get(fd, &mut stale)
+            .filter(|e| !e.watched())
+            .map(|entry| {
+                let protocol = match entry.kind {
+                    Kind::Stream => libc::IPPROTO_TCP,
+                    Kind::Dgram => libc::IPPROTO_UDP,
+                };
+                Ok(match (level, opt) {
+                    (libc::SOL_SOCKET, libc::SO_ERROR) => {
+                        OptAnswer::Int(std::mem::take(&mut entry.so_error))
+                    }
+                    (libc::SOL_SOCKET, libc::SO_TYPE) => OptAnswer::Int(match entry.kind {
+                        Kind::Stream => libc::SOCK_STREAM,
+                        Kind::Dgram => libc::SOCK_DGRAM,
+                    }),
+                    (libc::SOL_SOCKET, libc::SO_DOMAIN) => OptAnswer::Int(entry.domain.family()),
+                    (libc::SOL_SOCKET, libc::SO_PROTOCOL) => OptAnswer::Int(protocol),
+                    (libc::SOL_SOCKET, libc::SO_ACCEPTCONN) => {
+                        OptAnswer::Int(c_int::from(matches!(entry.state, State::Listening { .. })))
+                    }
+                    (libc::SOL_SOCKET, _) => OptAnswer::Pass,
+                    (libc::IPPROTO_TCP, libc::TCP_NODELAY) => OptAnswer::Int(1),
+                    _ if option_level_known(entry.kind, level) => OptAnswer::Int(0),
+                    _ => return Err(libc::ENOPROTOOPT),
+                })
             })
-        })
     };
     drop(stale);
     result
 }
 
-/// Whether `setsockopt` on `fd` is ours to answer (`Some(pass_to_libc)`).
-pub(crate) fn setsockopt_is_ours(fd: RawFd) -> bool {
-    look(fd).is_some()
+/// The kind of socket `fd` is, if `setsockopt` on it is ours to answer.
+pub(crate) fn setsockopt_kind(fd: RawFd) -> Option<Kind> {
+    look(fd).map(|found| found.kind)
+}
+
+/// Whether a program written for TCP or UDP may set or get options at
+/// `level` on a socket of this kind: the levels such a kernel socket has
+/// (IP, IPv6, and TCP or UDP). Their options mean nothing to a flow that
+/// sald carries, so they are accepted and read as 0; any other level is
+/// `ENOPROTOOPT`, as Linux answers.
+pub(crate) fn option_level_known(kind: Kind, level: c_int) -> bool {
+    let transport = match kind {
+        Kind::Stream => libc::IPPROTO_TCP,
+        Kind::Dgram => libc::IPPROTO_UDP,
+    };
+    level == libc::IPPROTO_IP || level == libc::IPPROTO_IPV6 || level == transport
 }
 
 /// The most bytes of an option value kept for a swap: every socket-level
@@ -1094,7 +1286,10 @@ pub(crate) fn sendto(
         }
     };
     match (found.kind, found.stage) {
-        (Kind::Stream, _) => plain(fd),
+        (Kind::Stream, _) => match refusal(fd, true, flags) {
+            Some(errno) => Err(errno),
+            None => plain(fd),
+        },
         (Kind::Dgram, Stage::Connected) if addr.is_none() => plain(fd),
         (Kind::Dgram, Stage::Connected) => Err(libc::EISCONN),
         (Kind::Dgram, _) => {
@@ -1149,6 +1344,11 @@ pub(crate) fn recvfrom(
             Ok(n)
         }
     };
+    if found.kind == Kind::Stream {
+        if let Some(errno) = refusal(fd, false, flags) {
+            return Err(errno);
+        }
+    }
     if found.stage != Stage::DgramOpen {
         let n = plain(buf)?;
         let peer = if found.kind == Kind::Dgram {
@@ -1185,11 +1385,40 @@ pub(crate) fn recvfrom(
     }
 }
 
-/// Whether `fd` is an unconnected datagram socket, on which `send` and
-/// `write` have no destination.
-pub(crate) fn is_unconnected_dgram(fd: RawFd) -> bool {
-    table::maybe_framed(fd)
-        && look(fd).is_some_and(|l| l.kind == Kind::Dgram && l.stage != Stage::Connected)
+/// The error a write (`send`, `write`: `write` true, with its `flags`) or
+/// a read on `fd` gets without reaching the descriptor, if any. An
+/// unconnected datagram socket has no destination for a write
+/// (`EDESTADDRREQ`; its reads are frames, see [`recvfrom`]). A stream that
+/// is not connected answers as TCP: the error of a failed non-blocking
+/// connect once, then `ENOTCONN` for a read and `EPIPE` for a write, with
+/// `SIGPIPE` unless `MSG_NOSIGNAL`. (The placeholder or accept queue at
+/// the number would block, read end of file or hand out an accept notice.)
+pub(crate) fn refusal(fd: RawFd, write: bool, flags: c_int) -> Option<Errno> {
+    if !table::maybe_intercepted(fd) {
+        return None;
+    }
+    let mut stale = Vec::new();
+    let errno = {
+        let mut table = lock();
+        match table.get(fd, &mut stale) {
+            Some(entry) if entry.intercepted() => match entry.kind {
+                Kind::Dgram => write.then_some(libc::EDESTADDRREQ),
+                Kind::Stream => Some(match std::mem::take(&mut entry.so_error) {
+                    0 if write => libc::EPIPE,
+                    0 => libc::ENOTCONN,
+                    pending => pending,
+                }),
+            },
+            _ => None,
+        }
+    };
+    drop(stale);
+    if errno == Some(libc::EPIPE) && flags & libc::MSG_NOSIGNAL == 0 {
+        // SAFETY: raise takes no pointers; the kernel sends a writer on a
+        // broken TCP socket this signal the same way, to the calling thread.
+        unsafe { libc::raise(libc::SIGPIPE) };
+    }
+    errno
 }
 
 // --- epoll ----------------------------------------------------------------

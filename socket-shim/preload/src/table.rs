@@ -8,8 +8,10 @@
 //!
 //! Two bitsets let the hot paths (`read`, `write`, `send`, `recv` of every
 //! descriptor in the process) decide without a lock that a number is not
-//! ours: `TRACKED` (in the table at all) and `FRAMED` (a datagram socket
-//! whose messages must be wrapped in `DatagramFrame`s).
+//! ours: `TRACKED` (in the table at all) and `INTERCEPTED` (data calls need
+//! the shim: a datagram socket whose messages must be wrapped in
+//! `DatagramFrame`s, or a stream that is not connected, whose placeholder
+//! would block where TCP answers `ENOTCONN` or `EPIPE`).
 //!
 //! Locking rule: the table lock is held only for bookkeeping and for the
 //! `dup3` that swaps a descriptor in; never across a blocking call and never
@@ -33,7 +35,7 @@ const WORDS: usize = FAST_FDS / 64;
 #[allow(clippy::declare_interior_mutable_const)]
 const ZERO: AtomicU64 = AtomicU64::new(0);
 static TRACKED: [AtomicU64; WORDS] = [ZERO; WORDS];
-static FRAMED: [AtomicU64; WORDS] = [ZERO; WORDS];
+static INTERCEPTED: [AtomicU64; WORDS] = [ZERO; WORDS];
 /// Whether any descriptor at or above `FAST_FDS` is tracked.
 static HIGH: AtomicBool = AtomicBool::new(false);
 
@@ -91,6 +93,13 @@ pub(crate) enum State {
         /// queue): closing it unbinds the service.
         control: ControlClient,
     },
+    /// Inet mode: the program's own TCP socket, neither connected nor bound
+    /// yet. Every call on it goes to the kernel; the entry only remembers
+    /// the program's epoll registrations and socket-level options, which a
+    /// `connect` or `bind` to a mapped port carries over to the flow or the
+    /// accept queue (nginx registers an upstream socket before connecting
+    /// it). A connect or bind elsewhere drops the entry.
+    Watched,
     /// A datagram socket not yet opened with sald (placeholder descriptor).
     DgramIdle { wake: Option<OwnedFd> },
     /// An unconnected datagram socket: messages are `DatagramFrame`s.
@@ -149,10 +158,24 @@ impl Entry {
 impl Entry {
     /// Whether data calls (`send`, `recv`, `read`, `write`) need the shim:
     /// a datagram socket that is neither connected nor listening (frames,
-    /// or no destination).
-    pub(crate) fn framed(&self) -> bool {
-        self.kind == Kind::Dgram
-            && !matches!(self.state, State::Connected | State::Listening { .. })
+    /// or no destination), or a stream that was never connected, whose
+    /// connect failed or that listens (TCP answers `ENOTCONN` and `EPIPE`,
+    /// where the placeholder at the number would block or read end of
+    /// file, and the accept queue would give up an accept notice).
+    pub(crate) fn intercepted(&self) -> bool {
+        match self.kind {
+            Kind::Dgram => !matches!(self.state, State::Connected | State::Listening { .. }),
+            Kind::Stream => matches!(
+                self.state,
+                State::Fresh { .. } | State::Bound { .. } | State::Failed | State::Listening { .. }
+            ),
+        }
+    }
+
+    /// Whether this is an inet-mode socket the shim only watches (see
+    /// [`State::Watched`]): every call on it is the kernel's.
+    pub(crate) fn watched(&self) -> bool {
+        matches!(self.state, State::Watched)
     }
 }
 
@@ -187,10 +210,11 @@ pub(crate) fn maybe_tracked(fd: RawFd) -> bool {
     }
 }
 
-/// Whether `fd` may be an unconnected datagram socket (lock-free hint).
-pub(crate) fn maybe_framed(fd: RawFd) -> bool {
+/// Whether data calls on `fd` may need the shim (lock-free hint; see
+/// [`Entry::intercepted`]).
+pub(crate) fn maybe_intercepted(fd: RawFd) -> bool {
     match bit(fd) {
-        Some((word, mask)) => FRAMED[word].load(Ordering::Acquire) & mask != 0,
+        Some((word, mask)) => INTERCEPTED[word].load(Ordering::Acquire) & mask != 0,
         None => fd >= 0 && HIGH.load(Ordering::Acquire),
     }
 }
@@ -255,21 +279,21 @@ impl Table {
     }
 
     pub(crate) fn insert(&mut self, fd: RawFd, entry: Entry) -> Option<Entry> {
-        set_bit(&FRAMED, fd, entry.framed());
+        set_bit(&INTERCEPTED, fd, entry.intercepted());
         set_bit(&TRACKED, fd, true);
         self.guard.insert(fd, entry)
     }
 
     pub(crate) fn remove(&mut self, fd: RawFd) -> Option<Entry> {
         set_bit(&TRACKED, fd, false);
-        set_bit(&FRAMED, fd, false);
+        set_bit(&INTERCEPTED, fd, false);
         self.guard.remove(&fd)
     }
 
-    /// Updates the framed bit after a state change of `fd`.
+    /// Updates the intercepted bit after a state change of `fd`.
     pub(crate) fn refresh(&mut self, fd: RawFd) {
         if let Some(entry) = self.guard.get(&fd) {
-            set_bit(&FRAMED, fd, entry.framed());
+            set_bit(&INTERCEPTED, fd, entry.intercepted());
         }
     }
 }

@@ -144,6 +144,30 @@ fn forks_while_nonblocking_connects_complete() {
 }
 
 #[test]
+fn a_socket_connects_again_after_a_failed_connect() {
+    let sald = Sald::start();
+    let mut srv = server(&sald, &["stream-server", "beef07", "2"]);
+    client(&sald, &["retry", "dead07", "beef07"]).success(T);
+    let map = ["--map", "7001=dead08", "--map", "7002=beef07"];
+    let mut cmd = sald.run(&map, c_program(), &["inet-retry", "7001", "7002"]);
+    Proc::spawn("serval_test inet-retry", &mut cmd).success(T);
+    srv.success(T);
+}
+
+#[test]
+fn inet_mode_keeps_what_was_set_before_connect() {
+    let sald = Sald::start();
+    let mut srv = server(&sald, &["stream-server", "beef09", "2"]);
+    let mut cmd = sald.run(
+        &["--map", "7003=beef09"],
+        c_program(),
+        &["inet-client", "7003", "100000"],
+    );
+    Proc::spawn("serval_test inet-client", &mut cmd).success(T);
+    srv.success(T);
+}
+
+#[test]
 fn misuse_gets_the_right_errno() {
     let sald = Sald::start();
     client(&sald, &["misuse", "dead01"]).success(T);

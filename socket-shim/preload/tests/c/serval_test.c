@@ -30,6 +30,15 @@
  *                                             it upper-cased until its end (the
  *                                             reference's udp_server_user)
  *   dgram-flow-client SID                     connect a datagram flow, check the echo
+ *   retry DEAD LIVE                           non-blocking connect to DEAD fails; the same
+ *                                             socket then connects to LIVE and echoes
+ *   inet-client PORT SIZE                     inet mode (PORT mapped to a live service):
+ *                                             epoll registration and SO_RCVTIMEO made
+ *                                             before connect hold for the flow
+ *   inet-retry DEAD LIVE                      inet mode, ports DEAD and LIVE mapped: a
+ *                                             failed connect wakes epoll, the same socket
+ *                                             connects again through the SAL, or to an
+ *                                             unmapped port through the kernel
  *   misuse SID                                error paths (SID is not bound)
  *   nodaemon SID                              sald not running
  */
@@ -688,6 +697,8 @@ static int dgram_client(const char *sid, int count) {
     return failures ? 1 : 0;
 }
 
+static void unconnected(void);
+
 static int misuse(const char *sid) {
     struct sockaddr_sv sa = sv_addr(sid);
     EXPECT_ERR(socket(AF_SERVAL, SOCK_RAW, 0), ESOCKTNOSUPPORT);
@@ -792,7 +803,185 @@ static int misuse(const char *sid) {
     CHECK(read(u[1], hi, 2) == 2 && memcmp(hi, "hi", 2) == 0, "unix read");
     close(u[0]);
     close(u[1]);
+    unconnected();
     return failures ? 1 : 0;
+}
+
+/* Waits for one event on `fd` registered (before the connect) in `ep`. */
+static unsigned wait_event(int ep, int fd) {
+    struct epoll_event out;
+    int n = epoll_wait(ep, &out, 1, 10000);
+    CHECK(n == 1 && out.data.fd == fd, "epoll_wait: %d events", n);
+    return n == 1 ? out.events : 0;
+}
+
+static int retry(const char *dead, const char *live) {
+    struct sockaddr_sv to_dead = sv_addr(dead), to_live = sv_addr(live);
+    int fd = socket(AF_SERVAL, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (fd < 0) die("socket");
+    EXPECT_ERR(connect(fd, (struct sockaddr *)&to_dead, sizeof to_dead), EINPROGRESS);
+    struct pollfd p = {.fd = fd, .events = POLLOUT};
+    CHECK(poll(&p, 1, 10000) == 1, "poll wakes on a failed connect");
+    /* As TCP: the pending error once (here from read), then ENOTCONN. */
+    char c;
+    EXPECT_ERR(read(fd, &c, 1), EHOSTUNREACH);
+    EXPECT_ERR(read(fd, &c, 1), ENOTCONN);
+    /* Connecting again: the socket polls as not ready until the flow is
+     * in, not as the failed attempt's hang-up. */
+    EXPECT_ERR(connect(fd, (struct sockaddr *)&to_live, sizeof to_live), EINPROGRESS);
+    p.revents = 0;
+    CHECK(poll(&p, 1, 10000) == 1 && (p.revents & POLLOUT) && !(p.revents & POLLHUP),
+          "poll after the second connect: revents %#x", p.revents);
+    int err = -1;
+    socklen_t len = sizeof err;
+    CHECK(getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0, "SO_ERROR %d", err);
+    struct sockaddr_sv peer;
+    socklen_t plen = sizeof peer;
+    CHECK(getpeername(fd, (struct sockaddr *)&peer, &plen) == 0 &&
+              memcmp(&peer.sv_srvid, &to_live.sv_srvid, SERVICE_ID_LEN) == 0,
+          "getpeername names the live service");
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    CHECK(echo_check(fd, 1000) == 0, "echo after the retry");
+    close(fd);
+    return failures ? 1 : 0;
+}
+
+static struct sockaddr_in inet_addr_port(uint32_t ip, int port) {
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                             .sin_addr.s_addr = htonl(ip)};
+    return sa;
+}
+
+/* Inet mode: what a program sets on its TCP socket before connecting it
+ * (nginx registers upstream sockets with epoll first) holds for the flow. */
+static int inet_client(int port, size_t size) {
+    struct sockaddr_in sa = inet_addr_port(0x0a090909, port);
+    struct timeval short_wait = {.tv_sec = 0, .tv_usec = 200000};
+    char c;
+    for (int nonblock = 0; nonblock < 2; nonblock++) {
+        int fd = socket(AF_INET, SOCK_STREAM | (nonblock ? SOCK_NONBLOCK : 0), 0);
+        if (fd < 0) die("socket");
+        CHECK(setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &short_wait, sizeof short_wait) == 0,
+              "SO_RCVTIMEO");
+        int ep = epoll_create1(EPOLL_CLOEXEC);
+        struct epoll_event ev = {.events = EPOLLOUT, .data.fd = fd};
+        CHECK(epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) == 0, "epoll_ctl before connect");
+        if (nonblock) {
+            EXPECT_ERR(connect(fd, (struct sockaddr *)&sa, sizeof sa), EINPROGRESS);
+        } else {
+            CHECK(connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0, "blocking connect");
+        }
+        unsigned events = wait_event(ep, fd);
+        CHECK((events & EPOLLOUT) && !(events & EPOLLHUP), "connected: events %#x", events);
+        int err = -1;
+        socklen_t len = sizeof err;
+        CHECK(getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0, "SO_ERROR %d", err);
+        struct sockaddr_in peer;
+        socklen_t plen = sizeof peer;
+        CHECK(getpeername(fd, (struct sockaddr *)&peer, &plen) == 0 && peer.sin_family == AF_INET &&
+                  peer.sin_port == sa.sin_port,
+              "getpeername is the address connected to");
+        fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+        EXPECT_ERR(read(fd, &c, 1), EAGAIN);
+        struct timeval no_wait = {0, 0};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &no_wait, sizeof no_wait);
+        CHECK(echo_check(fd, size) == 0, "echo (non-blocking connect: %d)", nonblock);
+        close(ep);
+        close(fd);
+    }
+    /* An unmapped port stays the kernel's, options and all. */
+    int t = socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;
+    CHECK(setsockopt(t, IPPROTO_TCP, 1 /* TCP_NODELAY */, &one, sizeof one) == 0, "TCP_NODELAY");
+    struct sockaddr_in lo = inet_addr_port(0x7f000001, 1);
+    EXPECT_ERR(connect(t, (struct sockaddr *)&lo, sizeof lo), ECONNREFUSED);
+    close(t);
+    return failures ? 1 : 0;
+}
+
+/* Inet mode: a failed connect to a mapped port, then the same socket
+ * connects again, through the SAL or the kernel, as TCP allows. */
+static int inet_retry(int dead, int live) {
+    struct sockaddr_in to_dead = inet_addr_port(0x0a090909, dead);
+    struct sockaddr_in to_live = inet_addr_port(0x0a090909, live);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (fd < 0) die("socket");
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event ev = {.events = EPOLLOUT, .data.fd = fd};
+    CHECK(epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) == 0, "epoll_ctl before connect");
+    EXPECT_ERR(connect(fd, (struct sockaddr *)&to_dead, sizeof to_dead), EINPROGRESS);
+    unsigned events = wait_event(ep, fd);
+    CHECK(events & (EPOLLHUP | EPOLLERR), "a failed connect wakes epoll: events %#x", events);
+    EXPECT_ERR(connect(fd, (struct sockaddr *)&to_dead, sizeof to_dead), EHOSTUNREACH);
+    EXPECT_ERR(connect(fd, (struct sockaddr *)&to_live, sizeof to_live), EINPROGRESS);
+    events = wait_event(ep, fd);
+    CHECK((events & EPOLLOUT) && !(events & EPOLLHUP), "connected again: events %#x", events);
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    CHECK(echo_check(fd, 1000) == 0, "echo after the retry");
+    close(fd);
+
+    /* Blocking: after the failure, an unmapped address is the kernel's. */
+    fd = socket(AF_INET, SOCK_STREAM, 0);
+    CHECK(epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) == 0 || errno == EEXIST, "epoll_ctl");
+    EXPECT_ERR(connect(fd, (struct sockaddr *)&to_dead, sizeof to_dead), EHOSTUNREACH);
+    struct sockaddr_in lo = inet_addr_port(0x7f000001, 1);
+    EXPECT_ERR(connect(fd, (struct sockaddr *)&lo, sizeof lo), ECONNREFUSED);
+    int domain = 0;
+    socklen_t dl = sizeof domain;
+    CHECK(getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &dl) == 0 && domain == AF_INET,
+          "a TCP socket again (domain %d)", domain);
+    close(fd);
+    close(ep);
+    return failures ? 1 : 0;
+}
+
+static volatile sig_atomic_t sigpipes;
+static void count_sigpipe(int sig) {
+    (void)sig;
+    sigpipes++;
+}
+
+/* Data calls on a stream that is not connected answer as TCP's do. */
+static void unconnected(void) {
+    /* Neither is bound by anyone else (misuse's own SID may still be
+     * unbinding). */
+    struct sockaddr_sv sa = sv_addr("dead0e"), mine = sv_addr("dead0f");
+    signal(SIGPIPE, count_sigpipe);
+    char c;
+    int fd = socket(AF_SERVAL, SOCK_STREAM, 0);
+    EXPECT_ERR(read(fd, &c, 1), ENOTCONN);
+    EXPECT_ERR(recv(fd, &c, 1, 0), ENOTCONN);
+    EXPECT_ERR(recvfrom(fd, &c, 1, 0, NULL, NULL), ENOTCONN);
+    EXPECT_ERR(write(fd, "x", 1), EPIPE);
+    CHECK(sigpipes == 1, "write raised SIGPIPE (%d)", (int)sigpipes);
+    EXPECT_ERR(send(fd, "x", 1, MSG_NOSIGNAL), EPIPE);
+    EXPECT_ERR(sendto(fd, "x", 1, MSG_NOSIGNAL, NULL, 0), EPIPE);
+    CHECK(sigpipes == 1, "MSG_NOSIGNAL raised none (%d)", (int)sigpipes);
+    /* A failed blocking connect reports its error from connect itself. */
+    EXPECT_ERR(connect(fd, (struct sockaddr *)&sa, sizeof sa), EHOSTUNREACH);
+    EXPECT_ERR(read(fd, &c, 1), ENOTCONN);
+    EXPECT_ERR(send(fd, "x", 1, MSG_NOSIGNAL), EPIPE);
+    close(fd);
+    /* A listener has no data either; its accept queue keeps its flows. */
+    int l = socket(AF_SERVAL, SOCK_STREAM, 0);
+    CHECK(bind(l, (struct sockaddr *)&mine, sizeof mine) == 0, "bind");
+    EXPECT_ERR(read(l, &c, 1), ENOTCONN);
+    CHECK(listen(l, 5) == 0, "listen");
+    EXPECT_ERR(read(l, &c, 1), ENOTCONN);
+    EXPECT_ERR(send(l, "x", 1, MSG_NOSIGNAL), EPIPE);
+    close(l);
+    signal(SIGPIPE, SIG_IGN);
+
+    /* Option levels a TCP socket has are accepted; others are not. */
+    int s = socket(AF_SERVAL, SOCK_STREAM, 0);
+    int one = 1, v = -1;
+    socklen_t vl = sizeof v;
+    CHECK(setsockopt(s, IPPROTO_IP, IP_TOS, &one, sizeof one) == 0, "IP_TOS");
+    CHECK(setsockopt(s, IPPROTO_TCP, 1 /* TCP_NODELAY */, &one, sizeof one) == 0, "TCP_NODELAY");
+    EXPECT_ERR(setsockopt(s, 9999, 1, &one, sizeof one), ENOPROTOOPT);
+    EXPECT_ERR(getsockopt(s, 9999, 1, &v, &vl), ENOPROTOOPT);
+    EXPECT_ERR(getsockopt(s, IPPROTO_UDP, 1, &v, &vl), ENOPROTOOPT);
+    close(s);
 }
 
 static int nodaemon(const char *sid) {
@@ -837,6 +1026,9 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "dgram-client")) return dgram_client(sid, (int)n);
     if (!strcmp(cmd, "dgram-flow-server")) return dgram_flow_server(sid);
     if (!strcmp(cmd, "dgram-flow-client")) return dgram_flow_client(sid);
+    if (!strcmp(cmd, "retry") && argc > 3) return retry(sid, argv[3]);
+    if (!strcmp(cmd, "inet-client")) return inet_client(atoi(sid), argc > 3 ? (size_t)n : 1000);
+    if (!strcmp(cmd, "inet-retry") && argc > 3) return inet_retry(atoi(sid), atoi(argv[3]));
     if (!strcmp(cmd, "misuse")) return misuse(sid);
     if (!strcmp(cmd, "nodaemon")) return nodaemon(sid);
     fprintf(stderr, "unknown subcommand %s\n", cmd);
