@@ -19,8 +19,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use nix::sys::time::TimeValLike;
 use sal_control::{
-    control_path, decode_body, encode_frame, frame_len, ControlEvent, Parts, Request, Response,
-    PROTOCOL_VERSION,
+    decode_body, encode_frame, frame_len, ControlEvent, Parts, Request, Response, PROTOCOL_VERSION,
 };
 
 use crate::error::{Error, Result};
@@ -369,8 +368,31 @@ pub struct ControlClient {
     hello_due: bool,
 }
 
+/// The control socket path pinned by [`pin_control_path`], if any.
+static PINNED_PATH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// The control socket this process's clients connect to: the path fixed by
+/// [`pin_control_path`], else [`sal_control::control_path`]
+/// (`SERVAL_CONTROL` as the environment says at each call, else
+/// `/run/serval/sald.sock`).
+pub fn control_path() -> std::path::PathBuf {
+    PINNED_PATH
+        .get()
+        .cloned()
+        .unwrap_or_else(sal_control::control_path)
+}
+
+/// Fixes [`control_path`] for the rest of the process's life to what the
+/// environment says now. The preload shim calls it when it is loaded:
+/// programs such as nginx replace their whole environment before they open
+/// their first connection, and the shim must still find the sald that
+/// `serval-run` named.
+pub fn pin_control_path() {
+    let _ = PINNED_PATH.set(sal_control::control_path());
+}
+
 impl ControlClient {
-    /// Connects to the default control socket ([`sal_control::control_path`]:
+    /// Connects to the default control socket ([`control_path`]:
     /// `SERVAL_CONTROL`, else `/run/serval/sald.sock`).
     pub fn connect() -> Result<ControlClient> {
         ControlClient::connect_to(control_path())

@@ -74,7 +74,9 @@ use std::time::Duration;
 use sal::proto::FlowInfo;
 use sal::wire::TransportProtocol;
 use sal::ServiceId;
-use sal_control::{control_path, Request, Response};
+use sal_control::{Request, Response};
+
+use crate::client::control_path;
 
 use crate::client::{default_client_name, ControlClient, Reply, RequestSender};
 use crate::error::{Error, Result};

@@ -53,7 +53,7 @@ pub mod tokio;
 pub use crate::tokio::{
     AsyncControlClient, AsyncServiceDatagram, AsyncServiceListener, AsyncServiceStream,
 };
-pub use client::{ControlClient, Events, Reply, RequestSender};
+pub use client::{control_path, pin_control_path, ControlClient, Events, Reply, RequestSender};
 pub use datagram::{ServiceDatagram, MAX_DATAGRAM};
 pub use datagram_flow::ServiceDatagramFlow;
 pub use error::{Error, Result};

@@ -22,7 +22,9 @@ use sal::proto::{DatagramPeer, FlowInfo};
 use sal::table::ListenerId;
 use sal::wire::TransportProtocol;
 use sal::{FlowId, ServiceId, ServicePrefix};
-use sal_control::{control_path, DatagramFrame, Request, Response};
+use sal_control::{DatagramFrame, Request, Response};
+
+use crate::client::control_path;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::UnixStream;

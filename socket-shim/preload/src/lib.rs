@@ -79,6 +79,23 @@ mod table;
 use addr::SockAddr;
 use ops::{OptAnswer, Res};
 
+/// Runs when the library is loaded, before the program's `main`: takes
+/// what the shim needs from the environment while it is still the one
+/// `serval-run` set. Programs may replace their environment before they
+/// open a connection (nginx keeps only `TZ` unless told otherwise), and
+/// the shim must still find sald and the port map.
+extern "C" fn on_load() {
+    let _ = catch_unwind(|| {
+        socket_shim::pin_control_path();
+        let _ = addr::PortMap::get();
+    });
+}
+
+/// The loader calls what `.init_array` holds when it loads the library.
+#[used]
+#[link_section = ".init_array"]
+static ON_LOAD: extern "C" fn() = on_load;
+
 /// The most bytes one read or write moves, as the kernel clamps a count
 /// (`MAX_RW_COUNT`): a larger `n` is legal and must not become a slice
 /// longer than any object can be.

@@ -24,8 +24,9 @@ use std::os::fd::{AsFd, AsRawFd, IntoRawFd};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use sal_control::{control_path, Request};
+use sal_control::Request;
 use socket_shim::client::default_client_name;
+use socket_shim::control_path;
 use socket_shim::{ControlClient, Error as ShimError, Reply};
 
 use crate::table::ident;

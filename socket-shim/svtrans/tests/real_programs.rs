@@ -356,6 +356,96 @@ fn curl_and_socat_through_inet_mode() {
     assert_same("socat in inet mode", http_body(&raw.stdout), &net.data);
 }
 
+/// nginx as a reverse proxy in inet mode: it registers each upstream socket
+/// with epoll before connecting it (edge-triggered, for reading and
+/// writing) and waits for that registration to report the connect, so the
+/// registration must follow the socket when the flow takes its number.
+#[test]
+fn nginx_proxies_to_a_service_in_inet_mode() {
+    require_root!();
+    if !needs(&[("nginx", "nginx"), ("curl", "curl"), ("python3", "python3")]) {
+        return;
+    }
+    let net = Net::new("inet-nginx");
+    let www = net.www();
+    let _http = net.spawn(
+        1,
+        net.shimmed(
+            1,
+            &["--map", "8080=80a3"],
+            python(),
+            &[
+                "-m",
+                "http.server",
+                "8080",
+                "--bind",
+                "0.0.0.0",
+                "--directory",
+                www.to_str().unwrap(),
+            ],
+        ),
+        "http.log",
+    );
+    let dir = net.dir.path().display();
+    let conf = net.dir.path().join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off; master_process off; pid {dir}/nginx.pid;
+             error_log {dir}/nginx-error.log info;
+             events {{ worker_connections 64; }}
+             http {{
+                 access_log off;
+                 client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy;
+                 fastcgi_temp_path {dir}/fastcgi; uwsgi_temp_path {dir}/uwsgi;
+                 scgi_temp_path {dir}/scgi;
+                 server {{
+                     listen 127.0.0.1:9080;
+                     location / {{
+                         proxy_pass http://10.200.0.1:80;
+                         proxy_connect_timeout 20s;
+                     }}
+                 }}
+             }}"
+        ),
+    )
+    .unwrap();
+    // Port 80 upstream becomes service 80a3; nginx's own listener on 9080
+    // is not mapped and stays the kernel's.
+    let _nginx = net.spawn(
+        0,
+        net.shimmed(
+            0,
+            &["--map", "80=80a3"],
+            "nginx",
+            &["-c", conf.to_str().unwrap(), "-e", "stderr"],
+        ),
+        "nginx.log",
+    );
+    let out = net.dir.path().join("nginx.bin");
+    for _ in 0..3 {
+        until_ok(net.dir.path(), "curl through nginx", || {
+            net.cmd(
+                0,
+                "curl",
+                &[
+                    "-sSf",
+                    "--max-time",
+                    "30",
+                    "-o",
+                    out.to_str().unwrap(),
+                    "http://127.0.0.1:9080/f.bin",
+                ],
+            )
+        });
+        assert_same(
+            "curl through nginx in inet mode",
+            &std::fs::read(&out).unwrap(),
+            &net.data,
+        );
+    }
+}
+
 #[test]
 fn memcached_behind_egress() {
     require_root!();
