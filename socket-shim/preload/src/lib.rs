@@ -619,18 +619,29 @@ pub unsafe extern "C" fn epoll_ctl(
     result
 }
 
+/// After a successful copy of `old` to `result`, the copy means what
+/// `old` means (see `ops::copy`); a failed one changes nothing, as in Linux.
+fn copied(old: c_int, result: c_int) -> c_int {
+    if result >= 0 {
+        let _ = catch_unwind(|| ops::copy(old, result));
+    }
+    result
+}
+
+/// # Safety
+/// As `dup(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn dup(old: c_int) -> c_int {
+    // SAFETY: forwarding the caller's argument unchanged.
+    copied(old, unsafe { real::dup(old) })
+}
+
 /// # Safety
 /// As `dup2(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
     // SAFETY: forwarding the caller's arguments unchanged.
-    let result = unsafe { real::dup2(old, new) };
-    // Only once `new` really names another file is its entry stale; a
-    // failed dup2 leaves it as it was, as Linux does.
-    if result >= 0 && old != new {
-        let _ = catch_unwind(|| ops::purge(new));
-    }
-    result
+    copied(old, unsafe { real::dup2(old, new) })
 }
 
 /// # Safety
@@ -638,10 +649,37 @@ pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     // SAFETY: forwarding the caller's arguments unchanged.
-    let result = unsafe { real::dup3(old, new, flags) };
-    // As in `dup2`: a failed call leaves `new`'s entry alone.
-    if result >= 0 && old != new {
-        let _ = catch_unwind(|| ops::purge(new));
+    copied(old, unsafe { real::dup3(old, new, flags) })
+}
+
+/// `fcntl`, a variadic function in C: its one optional argument is an int
+/// or a pointer, which the C calling conventions of Linux's 64-bit ABIs
+/// pass where a third fixed argument goes, so it is taken and passed on as
+/// one. Only `F_DUPFD` and `F_DUPFD_CLOEXEC` concern the shim (the copy
+/// means what the original means).
+///
+/// # Safety
+/// As `fcntl(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
+    // SAFETY: forwarding the caller's arguments unchanged.
+    let result = unsafe { real::fcntl(fd, cmd, arg) };
+    match cmd {
+        libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => copied(fd, result),
+        _ => result,
     }
-    result
+}
+
+/// `fcntl64`, as [`fcntl`] (glibc's name for it under a 64-bit `off_t`).
+///
+/// # Safety
+/// As `fcntl(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
+    // SAFETY: forwarding the caller's arguments unchanged.
+    let result = unsafe { real::fcntl64(fd, cmd, arg) };
+    match cmd {
+        libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => copied(fd, result),
+        _ => result,
+    }
 }

@@ -42,12 +42,11 @@ fn shim_errno(error: ShimError) -> Errno {
 
 /// `(O_NONBLOCK, FD_CLOEXEC)` of `fd`.
 fn fd_flags(fd: RawFd) -> (bool, bool) {
-    // SAFETY: fcntl with F_GETFL/F_GETFD takes no pointer; fcntl is not
-    // interposed.
+    // SAFETY: fcntl with F_GETFL/F_GETFD takes no pointer.
     let (fl, fdfl) = unsafe {
         (
-            libc::fcntl(fd, libc::F_GETFL),
-            libc::fcntl(fd, libc::F_GETFD),
+            real::fcntl(fd, libc::F_GETFL, 0),
+            real::fcntl(fd, libc::F_GETFD, 0),
         )
     };
     (
@@ -59,7 +58,7 @@ fn fd_flags(fd: RawFd) -> (bool, bool) {
 fn set_nonblock(fd: RawFd, on: bool) -> Res<()> {
     // SAFETY: as above, no pointers.
     unsafe {
-        let fl = libc::fcntl(fd, libc::F_GETFL);
+        let fl = real::fcntl(fd, libc::F_GETFL, 0);
         if fl < 0 {
             return Err(last_errno());
         }
@@ -68,7 +67,7 @@ fn set_nonblock(fd: RawFd, on: bool) -> Res<()> {
         } else {
             fl & !libc::O_NONBLOCK
         };
-        if new != fl && libc::fcntl(fd, libc::F_SETFL, new) < 0 {
+        if new != fl && real::fcntl(fd, libc::F_SETFL, new as libc::c_ulong) < 0 {
             return Err(last_errno());
         }
     }
@@ -117,7 +116,7 @@ fn placeholder(nonblock: bool, cloexec: bool) -> Res<(OwnedFd, OwnedFd)> {
     set_nonblock(app.as_raw_fd(), nonblock)?;
     if !cloexec {
         // SAFETY: no pointers.
-        unsafe { libc::fcntl(app.as_raw_fd(), libc::F_SETFD, 0) };
+        unsafe { real::fcntl(app.as_raw_fd(), libc::F_SETFD, 0) };
     }
     Ok((app, wake))
 }
@@ -168,16 +167,6 @@ fn re_epoll(entry: &Entry, fd: RawFd) {
             }
         }
     }
-}
-
-/// Removes `fd` from the table (the program reused the number for something
-/// else), dropping its state outside the lock.
-pub(crate) fn purge(fd: RawFd) {
-    if !table::maybe_tracked(fd) {
-        return;
-    }
-    let old = lock().remove(fd);
-    drop(old);
 }
 
 /// A summary of an entry, copied out under the lock.
@@ -989,7 +978,9 @@ fn start_listener(
     let result = match table.get(fd, &mut stale) {
         Some(entry) if entry.gen == gen => match swap_in(&app, fd, None) {
             Ok(()) => {
-                entry.state = State::Listening { control };
+                entry.state = State::Listening {
+                    control: std::sync::Arc::new(control),
+                };
                 entry.ident = ident(fd);
                 re_epoll(entry, fd);
                 table.refresh(fd);
@@ -1121,7 +1112,9 @@ pub(crate) fn close(fd: RawFd) {
     let entry = lock().remove(fd);
     if let Some(entry) = entry {
         if let State::Listening { control } = &entry.state {
-            if entry.owner == std::process::id() as libc::pid_t {
+            // Another number of this process (a `dup`) still holds it.
+            let last = std::sync::Arc::strong_count(control) == 1;
+            if last && entry.owner == std::process::id() as libc::pid_t {
                 // sald unbinds when the control connection closes; forked
                 // children's copies of it must not keep the service bound
                 // after the process that listened closed the listener.
@@ -1131,6 +1124,26 @@ pub(crate) fn close(fd: RawFd) {
         }
         drop(entry);
     }
+}
+
+/// `new` is now a copy of `old` (a successful `dup`, `dup2`, `dup3` or
+/// `fcntl(F_DUPFD)`): it means what `old` means, when that can be copied
+/// ([`Entry::copy`]); whatever `new` meant before is gone.
+pub(crate) fn copy(old: RawFd, new: RawFd) {
+    if old == new || !(table::maybe_tracked(old) || table::maybe_tracked(new)) {
+        return;
+    }
+    let mut stale = Vec::new();
+    let replaced = {
+        let mut table = lock();
+        let copy = table.get(old, &mut stale).and_then(|entry| entry.copy(new));
+        match copy {
+            Some(copy) => table.insert(new, copy),
+            None => table.remove(new),
+        }
+    };
+    drop(stale);
+    drop(replaced);
 }
 
 // --- names and options --------------------------------------------------

@@ -54,6 +54,59 @@ macro_rules! real_fns {
     };
 }
 
+/// libc's `fcntl`, whose third argument (an int or a pointer, when the
+/// command takes one) is passed on as the caller gave it.
+///
+/// # Safety
+/// As `fcntl(2)`: `arg` is what `cmd` expects.
+pub(crate) unsafe fn fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
+    static PTR: AtomicPtr<c_void> = AtomicPtr::new(null_mut());
+    // SAFETY: the caller upholds fcntl's contract.
+    unsafe { variadic_fcntl(&PTR, "fcntl\0", fd, cmd, arg) }
+}
+
+/// libc's `fcntl64` (what programs built with a 64-bit `off_t` on 32-bit
+/// ABIs, or with newer headers, call), or `fcntl` where there is none.
+///
+/// # Safety
+/// As [`fcntl`].
+pub(crate) unsafe fn fcntl64(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
+    static PTR: AtomicPtr<c_void> = AtomicPtr::new(null_mut());
+    // SAFETY: the caller upholds fcntl's contract.
+    unsafe { variadic_fcntl(&PTR, "fcntl64\0", fd, cmd, arg) }
+}
+
+/// Calls the variadic `name` (an `fcntl`), found once and kept in `slot`.
+///
+/// # Safety
+/// As [`fcntl`]; `name` is NUL-terminated.
+unsafe fn variadic_fcntl(
+    slot: &AtomicPtr<c_void>,
+    name: &'static str,
+    fd: c_int,
+    cmd: c_int,
+    arg: libc::c_ulong,
+) -> c_int {
+    let mut p = slot.load(Ordering::Relaxed);
+    if p.is_null() {
+        p = lookup(name);
+        if p.is_null() {
+            p = lookup("fcntl\0");
+        }
+        if p.is_null() {
+            set_errno(libc::ENOSYS);
+            return -1;
+        }
+        slot.store(p, Ordering::Relaxed);
+    }
+    // SAFETY: `p` is libc's fcntl (or fcntl64), declared variadic as in C;
+    // the caller passes what `cmd` expects.
+    unsafe {
+        let f: unsafe extern "C" fn(c_int, c_int, ...) -> c_int = std::mem::transmute(p);
+        f(fd, cmd, arg)
+    }
+}
+
 real_fns! {
     fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int;
     fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
@@ -73,6 +126,7 @@ real_fns! {
     fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t;
     fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t;
     fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) -> c_int;
+    fn dup(old: c_int) -> c_int;
     fn dup2(old: c_int, new: c_int) -> c_int;
     fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int;
 }

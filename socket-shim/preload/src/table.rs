@@ -20,7 +20,7 @@
 use std::collections::BTreeMap;
 use std::os::fd::{OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, Once};
+use std::sync::{Arc, Mutex, MutexGuard, Once};
 
 use sal::table::ListenerId;
 use socket_shim::ControlClient;
@@ -90,8 +90,9 @@ pub(crate) enum State {
     /// The descriptor is the application end of the listener's accept queue.
     Listening {
         /// The connection that owns the listener in sald (and feeds the
-        /// queue): closing it unbinds the service.
-        control: ControlClient,
+        /// queue): closing it unbinds the service. Shared by the numbers
+        /// `dup` made of the listener: the last one closed unbinds.
+        control: Arc<ControlClient>,
     },
     /// Inet mode: the program's own TCP socket, neither connected nor bound
     /// yet. Every call on it goes to the kernel; the entry only remembers
@@ -170,6 +171,28 @@ impl Entry {
                 State::Fresh { .. } | State::Bound { .. } | State::Failed | State::Listening { .. }
             ),
         }
+    }
+
+    /// The entry of a copy of this socket at `fd` (`dup`, `dup2`, `dup3`,
+    /// `fcntl(F_DUPFD)`): the same file, so the same meaning, with epoll
+    /// registrations of its own. Only a socket whose file is final is
+    /// copied (a connected flow, a listener's accept queue); a copy of a
+    /// placeholder or of an unconnected datagram socket stays the kernel's
+    /// plain socket, as a swap could not reach it.
+    pub(crate) fn copy(&self, fd: RawFd) -> Option<Entry> {
+        let state = match &self.state {
+            State::Connected => State::Connected,
+            State::Listening { control } => State::Listening {
+                control: Arc::clone(control),
+            },
+            _ => return None,
+        };
+        Some(Entry {
+            local: self.local,
+            peer: self.peer,
+            options: self.options.clone(),
+            ..Entry::new(self.kind, self.domain, fd, state)
+        })
     }
 
     /// Whether this is an inet-mode socket the shim only watches (see

@@ -168,6 +168,12 @@ fn inet_mode_keeps_what_was_set_before_connect() {
 }
 
 #[test]
+fn copies_of_a_listener_and_a_flow_mean_the_same() {
+    let sald = Sald::start();
+    client(&sald, &["dup", "d0d0"]).success(T);
+}
+
+#[test]
 fn misuse_gets_the_right_errno() {
     let sald = Sald::start();
     client(&sald, &["misuse", "dead01"]).success(T);

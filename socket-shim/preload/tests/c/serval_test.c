@@ -39,6 +39,9 @@
  *                                             failed connect wakes epoll, the same socket
  *                                             connects again through the SAL, or to an
  *                                             unmapped port through the kernel
+ *   dup SID                                   copies (dup, dup2, fcntl F_DUPFD) of a
+ *                                             listener and of a flow mean what the
+ *                                             original means; the last close unbinds
  *   misuse SID                                error paths (SID is not bound)
  *   nodaemon SID                              sald not running
  */
@@ -935,6 +938,64 @@ static int inet_retry(int dead, int live) {
     return failures ? 1 : 0;
 }
 
+static void *hello_thread(void *arg) {
+    struct sockaddr_sv sa = sv_addr((const char *)arg);
+    int fd = socket(AF_SERVAL, SOCK_STREAM, 0);
+    char back[5] = {0};
+    long ok = fd >= 0 && connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+              write(fd, "hello", 5) == 5 && read(fd, back, 5) == 5 && !memcmp(back, "hello", 5);
+    close(fd);
+    return (void *)ok;
+}
+
+static int dup_copies(const char *sid) {
+    struct sockaddr_sv sa = sv_addr(sid);
+    int l = socket(AF_SERVAL, SOCK_STREAM, 0);
+    CHECK(bind(l, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(l, 5) == 0, "bind and listen");
+    int copy = dup(l);
+    CHECK(copy >= 0, "dup");
+    /* The copy still holds the service. */
+    close(l);
+    pthread_t t;
+    pthread_create(&t, NULL, hello_thread, (void *)sid);
+    int c = accept(copy, NULL, NULL);
+    CHECK(c >= 0, "accept on the copy of the listener");
+    int on = 0;
+    socklen_t ol = sizeof on;
+    CHECK(getsockopt(copy, SOL_SOCKET, SO_ACCEPTCONN, &on, &ol) == 0 && on == 1, "SO_ACCEPTCONN");
+    int c2 = fcntl(c, F_DUPFD_CLOEXEC, 100);
+    CHECK(c2 >= 100, "F_DUPFD_CLOEXEC");
+    int c3 = dup2(c, 200);
+    CHECK(c3 == 200, "dup2");
+    for (int i = 0; i < 2; i++) {
+        int fd = i ? c3 : c2;
+        struct sockaddr_sv peer;
+        socklen_t plen = sizeof peer;
+        CHECK(getpeername(fd, (struct sockaddr *)&peer, &plen) == 0 && plen == sizeof peer &&
+                  memcmp(&peer.sv_srvid, &sa.sv_srvid, SERVICE_ID_LEN) == 0,
+              "getpeername on copy %d", i);
+    }
+    close(c);
+    close(c2);
+    char buf[5];
+    CHECK(read(c3, buf, 5) == 5 && write(c3, buf, 5) == 5, "echo through the last copy");
+    void *ok = NULL;
+    pthread_join(t, &ok);
+    CHECK(ok, "the client's echo");
+    close(c3);
+    /* Closing the last number unbinds the service. */
+    close(copy);
+    int unbound = 0;
+    for (int i = 0; i < 50 && !unbound; i++) {
+        int fd = socket(AF_SERVAL, SOCK_STREAM, 0);
+        unbound = connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0 && errno == EHOSTUNREACH;
+        close(fd);
+        if (!unbound) usleep(20000);
+    }
+    CHECK(unbound, "the service is unbound after the last copy closed");
+    return failures ? 1 : 0;
+}
+
 static volatile sig_atomic_t sigpipes;
 static void count_sigpipe(int sig) {
     (void)sig;
@@ -1029,6 +1090,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "retry") && argc > 3) return retry(sid, argv[3]);
     if (!strcmp(cmd, "inet-client")) return inet_client(atoi(sid), argc > 3 ? (size_t)n : 1000);
     if (!strcmp(cmd, "inet-retry") && argc > 3) return inet_retry(atoi(sid), atoi(argv[3]));
+    if (!strcmp(cmd, "dup")) return dup_copies(sid);
     if (!strcmp(cmd, "misuse")) return misuse(sid);
     if (!strcmp(cmd, "nodaemon")) return nodaemon(sid);
     fprintf(stderr, "unknown subcommand %s\n", cmd);
