@@ -208,6 +208,11 @@ unsafe fn accept_common(
     four: bool,
 ) -> c_int {
     guard(-1, || {
+        // Where the peer's address would go has no length: Linux fails the
+        // call (EFAULT) before a connection is taken off the queue.
+        if !addr.is_null() && len.is_null() && ops::is_ours(fd) {
+            return Err(libc::EFAULT);
+        }
         let pass = || {
             // SAFETY: forwarding the caller's arguments unchanged.
             unsafe {

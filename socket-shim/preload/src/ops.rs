@@ -274,6 +274,10 @@ pub(crate) fn socket(
         return Ok(fd);
     }
     let base = ty & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC);
+    // As Linux: bits beyond the type that are not a known flag.
+    if base & !SOCK_TYPE_MASK != 0 {
+        return Err(libc::EINVAL);
+    }
     let kind = match (base, protocol) {
         (libc::SOCK_STREAM, 0 | libc::IPPROTO_TCP) => Kind::Stream,
         (libc::SOCK_DGRAM, 0 | libc::IPPROTO_UDP) => Kind::Dgram,
@@ -290,6 +294,10 @@ pub(crate) fn socket(
     drop(old);
     Ok(fd)
 }
+
+/// The bits of `socket`'s type argument that are the type itself (Linux's
+/// `SOCK_TYPE_MASK`); the rest are flags.
+const SOCK_TYPE_MASK: c_int = 0xf;
 
 /// Whether a new socket of the program is one inet mode may redirect later
 /// (a TCP socket while a port map is set), so it is watched from the start
@@ -592,7 +600,8 @@ fn start_connect(
             other => {
                 let errno = match other {
                     State::Connecting { .. } => libc::EALREADY,
-                    State::Connected => libc::EISCONN,
+                    // A listener, as TCP: not in the closed state.
+                    State::Connected | State::Listening { .. } => libc::EISCONN,
                     _ => libc::EINVAL,
                 };
                 entry.state = other;
@@ -1012,7 +1021,7 @@ pub(crate) fn accept(
     let Some(found) = look(fd) else {
         return Ok(Err(pass()));
     };
-    if found.stage != Stage::Listening {
+    if found.stage != Stage::Listening || flags & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) != 0 {
         return Err(libc::EINVAL);
     }
     let mut msg = [0u8; 64];
@@ -1227,6 +1236,12 @@ pub(crate) fn getsockopt(fd: RawFd, level: c_int, opt: c_int) -> Option<Res<OptA
     };
     drop(stale);
     result
+}
+
+/// Whether the shim answers for `fd` (not a kernel socket, nor one it only
+/// watches).
+pub(crate) fn is_ours(fd: RawFd) -> bool {
+    look(fd).is_some()
 }
 
 /// The kind of socket `fd` is, if `setsockopt` on it is ours to answer.

@@ -706,6 +706,7 @@ static int misuse(const char *sid) {
     struct sockaddr_sv sa = sv_addr(sid);
     EXPECT_ERR(socket(AF_SERVAL, SOCK_RAW, 0), ESOCKTNOSUPPORT);
     EXPECT_ERR(socket(AF_SERVAL, SOCK_STREAM, 99), EPROTONOSUPPORT);
+    EXPECT_ERR(socket(AF_SERVAL, SOCK_STREAM | 0x40000000, 0), EINVAL);
 
     int fd = socket(AF_SERVAL, SOCK_STREAM, 0);
     CHECK(fd >= 0, "socket");
@@ -1030,6 +1031,11 @@ static void unconnected(void) {
     CHECK(listen(l, 5) == 0, "listen");
     EXPECT_ERR(read(l, &c, 1), ENOTCONN);
     EXPECT_ERR(send(l, "x", 1, MSG_NOSIGNAL), EPIPE);
+    /* The errno Linux gives a TCP listener's misuse. */
+    EXPECT_ERR(connect(l, (struct sockaddr *)&sa, sizeof sa), EISCONN);
+    EXPECT_ERR(accept4(l, NULL, NULL, 0x1), EINVAL);
+    struct sockaddr_sv from;
+    EXPECT_ERR(accept(l, (struct sockaddr *)&from, NULL), EFAULT);
     close(l);
     signal(SIGPIPE, SIG_IGN);
 
