@@ -18,9 +18,10 @@
 //! Lifetimes: a flow or unbound datagram socket that was handed over lives as
 //! long as its file descriptor, independently of the control connection that
 //! created it. Listeners (and their datagram sockets) belong to the control
-//! connection: closing it unbinds them. While a blocking `Accept` waits, the
-//! client must send nothing: sald takes any byte, or end of file, as the
-//! client leaving, and withdraws the accept. A listener's flows can instead
+//! connection: closing it unbinds them. A blocking `Accept` is withdrawn by
+//! the client's next request, or end of file: sald answers the accept with
+//! an `InvalidRequest` error, then reads that request (left unread while the
+//! accept waited) and answers it as usual. A listener's flows can instead
 //! be delivered ([`Request::Deliver`]): sald pushes each one, as an
 //! [`AcceptNotice`] with its descriptor, into an accept queue the client
 //! reads like a kernel listening socket (one message per flow, no round

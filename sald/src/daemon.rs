@@ -551,11 +551,18 @@ impl Core {
         self.events.subscribe()
     }
 
-    /// The IDs of every flow `uid` may see (all of them when `privileged`).
+    /// The IDs of every flow `uid` may see: all of them when `privileged`,
+    /// else those [`Owners::flows_of`] knows to be the user's, found
+    /// without a walk over the host's flows (which any user could have
+    /// sald make under this lock, as often as it liked).
     pub fn visible_flow_ids(&self, uid: u32, privileged: bool) -> Vec<FlowId> {
-        self.host
-            .flow_ids()
-            .filter(|&flow| privileged || self.flow_owner(flow) == Some(uid))
+        if privileged {
+            return self.host.flow_ids().collect();
+        }
+        self.owners
+            .flows_of(uid)
+            // Datagram sockets are owned too, but not listed as flows.
+            .filter(|&flow| self.host.flow_service(flow).is_some())
             .collect()
     }
 

@@ -13,10 +13,23 @@
 //! and, in order, by prefix, so that the prefixes covering one are found
 //! by one lookup per length and those inside it by a range.
 //!
+//! Nor does anything walk every flow: a host holds up to millions, and any
+//! local user may ask for a listing of its own (`ListFlows`) as often as it
+//! likes, each time under the daemon's lock. So the owned flows are also
+//! indexed by user, and a user's listing costs what that user owns. What
+//! the index holds is what sald was told of: flows handed to a user, and
+//! server flows from the moment their handshake completed (the host's
+//! `PeerConnected`). A server flow still half-open (SYN answered, ACK
+//! awaited) is found only through its listener
+//! ([`Owners::flow_owner`]), and is not in its listener's owner's listing:
+//! the host tells nobody of it, and has no list of a listener's flows to
+//! ask for. Root's listing, a walk over the host's flows, shows it.
+//!
 //! The count of what each user holds is what `[limits] flows_per_uid`
 //! bounds (see `control::cmd::flows`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use sal::table::ListenerId;
 use sal::{FlowId, ServicePrefix};
@@ -40,6 +53,9 @@ pub struct Owners {
     /// How many bindings each user holds.
     bindings_held: HashMap<u32, usize>,
     flows: HashMap<FlowId, FlowOwner>,
+    /// The keys of `flows` by owner, held or not: what a user's listing
+    /// walks. Users with none have no entry.
+    flows_by_uid: HashMap<u32, HashSet<FlowId>>,
     /// How many of `flows` each user holds (those handed to it).
     held: HashMap<u32, usize>,
 }
@@ -60,6 +76,10 @@ impl Owners {
         self.bindings.shrink_to_fit();
         self.bindings_held.shrink_to_fit();
         self.flows.shrink_to_fit();
+        self.flows_by_uid.shrink_to_fit();
+        for flows in self.flows_by_uid.values_mut() {
+            flows.shrink_to_fit();
+        }
         self.held.shrink_to_fit();
     }
 
@@ -141,20 +161,29 @@ impl Owners {
     /// user's share from now on.
     pub fn adopt(&mut self, flow: FlowId, uid: u32) {
         let owner = FlowOwner { uid, held: true };
-        match self.flows.insert(flow, owner) {
-            Some(previous) if previous == owner => return,
-            Some(previous) if previous.held => uncount(&mut self.held, previous.uid),
-            _ => {}
+        let previous = self.flows.insert(flow, owner);
+        if previous == Some(owner) {
+            return;
+        }
+        if let Some(previous) = previous {
+            if previous.held {
+                uncount(&mut self.held, previous.uid);
+            }
+            if previous.uid != uid {
+                self.unindex(flow, previous.uid);
+            }
         }
         count(&mut self.held, uid);
+        self.index(flow, uid);
     }
 
     /// Remembers whose `flow` is, if nobody holds it yet (a server flow
     /// not accepted yet: its listener's owner), without counting it.
     pub fn remember(&mut self, flow: FlowId, uid: u32) {
-        self.flows
-            .entry(flow)
-            .or_insert(FlowOwner { uid, held: false });
+        if let Entry::Vacant(entry) = self.flows.entry(flow) {
+            entry.insert(FlowOwner { uid, held: false });
+            self.index(flow, uid);
+        }
     }
 
     /// Forgets a flow that closed; returns who owned it.
@@ -163,7 +192,32 @@ impl Owners {
         if owner.held {
             uncount(&mut self.held, owner.uid);
         }
+        self.unindex(flow, owner.uid);
         Some(owner.uid)
+    }
+
+    /// Adds `flow` to `uid`'s entry of the index.
+    fn index(&mut self, flow: FlowId, uid: u32) {
+        self.flows_by_uid.entry(uid).or_default().insert(flow);
+    }
+
+    /// Takes `flow` out of `uid`'s entry of the index; users with nothing
+    /// leave no entry.
+    fn unindex(&mut self, flow: FlowId, uid: u32) {
+        if let Some(flows) = self.flows_by_uid.get_mut(&uid) {
+            flows.remove(&flow);
+            if flows.is_empty() {
+                self.flows_by_uid.remove(&uid);
+            }
+        }
+    }
+
+    /// The flows (and datagram sockets) sald knows to be `uid`'s, in no
+    /// order: those handed to it and those that arrived at its listeners
+    /// (see the module docs for the half-open ones, which are not here).
+    /// Costs what the user owns, whatever the host holds.
+    pub fn flows_of(&self, uid: u32) -> impl Iterator<Item = FlowId> + '_ {
+        self.flows_by_uid.get(&uid).into_iter().flatten().copied()
     }
 
     /// Flows and datagram sockets `uid` holds.
@@ -218,13 +272,19 @@ mod tests {
         owners.remember(flow(3), 1000);
         assert_eq!(owners.held_by(1000), 2, "arrived, not held");
         assert_eq!(owners.flow_owner(flow(3), None), Some(1000));
+        assert_eq!(sorted(owners.flows_of(1000)), [flow(1), flow(2), flow(3)]);
         owners.adopt(flow(3), 1001);
         owners.remember(flow(3), 1000);
         assert_eq!((owners.held_by(1000), owners.held_by(1001)), (2, 1));
         assert_eq!(owners.flow_owner(flow(3), None), Some(1001));
+        // Handed over: listed for its new owner only.
+        assert_eq!(sorted(owners.flows_of(1000)), [flow(1), flow(2)]);
+        assert_eq!(sorted(owners.flows_of(1001)), [flow(3)]);
         owners.remember(flow(4), 1001);
+        assert_eq!(sorted(owners.flows_of(1001)), [flow(3), flow(4)]);
         assert_eq!(owners.release(flow(4)), Some(1001));
         assert_eq!(owners.held_by(1001), 1, "released uncounted");
+        assert_eq!(sorted(owners.flows_of(1001)), [flow(3)]);
         assert_eq!(owners.release(flow(1)), Some(1000));
         assert_eq!(owners.release(flow(1)), None, "released once");
         assert_eq!(owners.held_by(1000), 1);
@@ -235,6 +295,76 @@ mod tests {
             owners.held.is_empty(),
             "no entry left for users with nothing"
         );
+        assert_eq!(owners.flows_of(1000).count(), 0);
+        assert!(
+            owners.flows_by_uid.is_empty(),
+            "no index entry left for users with nothing"
+        );
+    }
+
+    fn sorted(flows: impl Iterator<Item = FlowId>) -> Vec<FlowId> {
+        let mut flows: Vec<FlowId> = flows.collect();
+        flows.sort_unstable();
+        flows
+    }
+
+    /// After any sequence of adopts, remembers, releases and compactions,
+    /// each user's index entry is exactly its flows in the whole map, and
+    /// the whole map and the counts are what a plain model of the rules
+    /// says: adopting takes a flow over (and counts it), remembering keeps
+    /// an owner it already has, releasing forgets it.
+    #[test]
+    fn the_index_is_the_whole_map_filtered_by_user_after_any_sequence() {
+        let mut state = 0x9e37_79b9_u32;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state
+        };
+        // Few flows and users, so that every operation meets every state:
+        // new, remembered, held by the same user, held by another.
+        const FLOWS: u32 = 24;
+        const USERS: std::ops::Range<u32> = 1000..1004;
+        let mut owners = Owners::default();
+        let mut model: HashMap<FlowId, FlowOwner> = HashMap::new();
+        for round in 0..20_000 {
+            let f = flow(1 + next() % FLOWS);
+            let uid = USERS.start + next() % USERS.len() as u32;
+            match next() % 7 {
+                0..=2 => {
+                    owners.adopt(f, uid);
+                    model.insert(f, FlowOwner { uid, held: true });
+                }
+                3 | 4 => {
+                    owners.remember(f, uid);
+                    model.entry(f).or_insert(FlowOwner { uid, held: false });
+                }
+                5 => {
+                    let expected = model.remove(&f).map(|owner| owner.uid);
+                    assert_eq!(owners.release(f), expected, "round {round}");
+                }
+                _ => owners.shrink_to_fit(),
+            }
+            assert_eq!(owners.flows, model, "round {round}");
+            for uid in USERS {
+                let filtered: Vec<FlowId> = sorted(
+                    (owners.flows.iter())
+                        .filter(|(_, owner)| owner.uid == uid)
+                        .map(|(&f, _)| f),
+                );
+                assert_eq!(sorted(owners.flows_of(uid)), filtered, "round {round}");
+                let held = model.values().filter(|o| o.uid == uid && o.held).count();
+                assert_eq!(owners.held_by(uid), held, "round {round}");
+            }
+            let users: HashSet<u32> = model.values().map(|owner| owner.uid).collect();
+            let indexed: HashSet<u32> = owners.flows_by_uid.keys().copied().collect();
+            assert_eq!(indexed, users, "entries only for users with flows");
+            for f in (1..=FLOWS).map(flow) {
+                let expected = model.get(&f).map(|owner| owner.uid);
+                assert_eq!(owners.flow_owner(f, None), expected, "round {round}");
+            }
+        }
     }
 
     fn p(s: &str) -> ServicePrefix {

@@ -271,6 +271,128 @@ fn long_listings_come_whole() {
     drop(listener);
 }
 
+/// An ordinary user's listing comes from sald's index of what each user
+/// owns, not from a walk over every flow on the host; it follows each of
+/// the user's flows all the same: one waiting at its listener (not yet
+/// accepted), the same one accepted, one it connected; never the other
+/// ends of those flows, nor anyone else's; and a flow leaves it once it is
+/// gone from the host.
+#[test]
+fn an_ordinary_users_listing_follows_its_flows() {
+    require_root!();
+    let dir = Scratch::new("own-listing");
+    let sald = daemon(&dir, "sald", |_| {});
+    let nobody_listener = bind_as(&sald, NOBODY, "beef/16").unwrap();
+    let _root_listener = bind_as(&sald, 0, "c0ffee/24").unwrap();
+    let listed = |uid: u32| -> Vec<sal::FlowId> {
+        let mut client = client_as(&sald.control, uid).unwrap();
+        match client.request(&Request::ListFlows).unwrap().response {
+            Response::Flows { flows } => flows.into_iter().map(|f| f.flow).collect(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let connect = |uid: u32, service: &str| {
+        ServiceStream::connect_via(
+            client_as(&sald.control, uid).unwrap(),
+            service.parse().unwrap(),
+            Some(Duration::from_secs(3)),
+        )
+        .unwrap()
+    };
+
+    // Root's connect to nobody's service: the server end, established once
+    // the client's ACK is in, waits at nobody's listener and is nobody's.
+    let root_stream = connect(0, "beef01");
+    assert!(
+        wait_until(Duration::from_secs(2), || listed(NOBODY).len() == 1),
+        "{:?}",
+        listed(NOBODY)
+    );
+    let waiting = listed(NOBODY)[0];
+    assert_ne!(waiting, root_stream.flow_id(), "root's end is root's");
+    let (accepted, _) = nobody_listener.accept().unwrap();
+    assert_eq!(accepted.flow_id(), waiting, "the same flow, accepted");
+    assert_eq!(listed(NOBODY), [waiting]);
+
+    // nobody's connect to root's service: its own end only.
+    let nobody_stream = connect(NOBODY, "c0ffee01");
+    let mut own = vec![waiting, nobody_stream.flow_id()];
+    own.sort();
+    assert_eq!(listed(NOBODY), own);
+    assert!(listed(OTHER).is_empty(), "another user owns nothing");
+    assert_eq!(listed(0).len(), 4, "root sees every end");
+
+    // Closed at both ends, the first flow goes from the host and from
+    // nobody's listing; the second stays.
+    drop((root_stream, accepted));
+    assert!(
+        wait_until(Duration::from_secs(20), || listed(NOBODY)
+            == [nobody_stream.flow_id()]),
+        "{:?}",
+        listed(NOBODY)
+    );
+}
+
+/// A blocking `Accept` is withdrawn by the client's next request, which is
+/// then answered like any other. Watching for that request used to read
+/// its first byte: the request was lost, and the connection's framing
+/// with it.
+#[test]
+fn a_request_that_withdraws_a_waiting_accept_is_answered_whole() {
+    let dir = Scratch::new("accept-then-request");
+    let sald = daemon(&dir, "sald", |_| {});
+    let mut stream = UnixStream::connect(&sald.control).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(&hello()).unwrap();
+    let hello = next_response(&mut stream);
+    assert!(matches!(hello, Response::Hello { .. }), "{hello:?}");
+    stream
+        .write_all(&frame(&Request::Listen {
+            prefix: prefix("ac1d/16"),
+            protocol: TransportProtocol::Stream,
+            backlog: 4,
+        }))
+        .unwrap();
+    let listener = match next_response(&mut stream) {
+        Response::Listening { listener, .. } => listener,
+        other => panic!("{other:?}"),
+    };
+    let accept = |nonblocking| {
+        frame(&Request::Accept {
+            listener,
+            nonblocking,
+        })
+    };
+    stream.write_all(&accept(false)).unwrap();
+    // The accept waits for a flow; the next request comes meanwhile.
+    thread::sleep(Duration::from_millis(100));
+    stream.write_all(&frame(&Request::ListInterfaces)).unwrap();
+    let withdrawn = next_response(&mut stream);
+    assert!(
+        is_error(&withdrawn, ErrorKind::InvalidRequest),
+        "{withdrawn:?}"
+    );
+    let answer = next_response(&mut stream);
+    assert!(matches!(answer, Response::Interfaces { .. }), "{answer:?}");
+    // The connection and its listener go on as before.
+    stream.write_all(&accept(true)).unwrap();
+    let again = next_response(&mut stream);
+    assert!(is_error(&again, ErrorKind::WouldBlock), "{again:?}");
+}
+
+/// Reads one response from a raw connection.
+fn next_response(stream: &mut UnixStream) -> Response {
+    let mut len = [0u8; 4];
+    stream.read_exact(&mut len).expect("a response");
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    stream
+        .read_exact(&mut body)
+        .expect("the rest of the response");
+    sal_control::decode_body(&body).expect("a response frame")
+}
+
 /// `client`'s connection is alive and answered.
 fn assert_serves(client: &mut ControlClient) {
     let stats = client.request(&Request::Stats).unwrap().response;

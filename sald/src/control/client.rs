@@ -5,9 +5,11 @@
 //! Whatever a client does costs only that client its connection and the
 //! listeners it created.
 
+use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use nix::sys::socket::{recv, MsgFlags};
 use sal::table::ListenerId;
 use sal_control::{ErrorKind, Request, Response, PROTOCOL_VERSION};
 use tokio::sync::OwnedSemaphorePermit;
@@ -167,5 +169,53 @@ impl Client {
             let (response, fd) = cmd::handle(self, request).await;
             self.respond(&response, fd).await?;
         }
+    }
+}
+
+/// Waits until the next request (or the end of the connection) is there
+/// to read: true once a byte of it is, false at the end of the connection.
+/// Peeks rather than trusting readiness alone: readiness left over from
+/// the last frame (read exactly, never to `EAGAIN`) would have a caller
+/// block in the middle of reading while answers wait. Reads nothing, so
+/// dropping it, or reading the request after it, loses nothing.
+pub(super) async fn request_arrives(stream: &AppSocket) -> io::Result<bool> {
+    let mut byte = [0u8; 1];
+    stream
+        .read_with(|fd| Ok(recv(fd, &mut byte, MsgFlags::MSG_PEEK)?))
+        .await
+        .map(|peeked| peeked > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::OwnedFd;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixStream;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn waiting_for_a_request_reads_none_of_it() {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        theirs.set_nonblocking(true).unwrap();
+        let mut ours = AppSocket::new(OwnedFd::from(ours)).unwrap();
+        let mut theirs = UnixStream::from_std(theirs).unwrap();
+        let waiting = tokio::spawn(async move {
+            let arrived = request_arrives(&ours).await.unwrap();
+            (ours, arrived)
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        theirs.write_all(b"frame").await.unwrap();
+        let (socket, arrived) = waiting.await.unwrap();
+        ours = socket;
+        assert!(arrived);
+        // Seen twice, read once, whole.
+        assert!(request_arrives(&ours).await.unwrap());
+        let mut read = [0u8; 5];
+        ours.read_exact(&mut read).await.unwrap();
+        assert_eq!(&read, b"frame");
+        drop(theirs);
+        assert!(!request_arrives(&ours).await.unwrap(), "end of connection");
     }
 }

@@ -9,15 +9,11 @@
 //! only when the socket is readable (so a frame is never abandoned half
 //! read), and writes each answer whole.
 
-use std::io;
-
-use nix::sys::socket::{recv, MsgFlags};
 use sal_control::{ErrorKind, Request, Response};
 use tokio::task::JoinSet;
 
-use super::client::Client;
+use super::client::{request_arrives, Client};
 use super::cmd::{self, Reply};
-use crate::app_socket::AppSocket;
 
 /// Connects one connection may have in flight; past it sald reads no more
 /// requests from it until some complete (its writes then wait, like a
@@ -91,17 +87,4 @@ async fn answer(client: &mut Client, number: u64, (response, fd): Reply) -> anyh
         response: Box::new(response),
     };
     client.respond(&completed, fd).await
-}
-
-/// Waits until the next request (or the end of the connection) is there
-/// to read. Peeks rather than trusting readiness alone: readiness left
-/// over from the last frame (read exactly, never to `EAGAIN`) would have
-/// the loop block in the middle of reading while answers wait. Reads
-/// nothing, so dropping it loses nothing.
-async fn request_arrives(stream: &AppSocket) -> io::Result<()> {
-    let mut byte = [0u8; 1];
-    stream
-        .read_with(|fd| Ok(recv(fd, &mut byte, MsgFlags::MSG_PEEK)?))
-        .await
-        .map(drop)
 }

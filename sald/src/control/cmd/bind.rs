@@ -6,11 +6,10 @@ use sal::table::ListenerId;
 use sal::wire::TransportProtocol;
 use sal::ServicePrefix;
 use sal_control::{ErrorKind, Response};
-use tokio::io::AsyncReadExt;
 
 use super::flows::{hand_over, pair, pair_error};
 use super::{error_reply, host_error, Reply};
-use crate::control::client::Client;
+use crate::control::client::{request_arrives, Client};
 use crate::pump;
 
 /// Binds `prefix` for this connection, if the policy lets its user.
@@ -81,8 +80,9 @@ pub(super) fn listen(
 }
 
 /// Hands over the next flow of one of this connection's listeners; waits
-/// for one unless `nonblocking` (the client sending anything meanwhile
-/// withdraws the accept).
+/// for one unless `nonblocking`. The client hanging up, or sending its next
+/// request, meanwhile withdraws the accept; that request stays unread, to
+/// be read and answered after the accept's refusal.
 pub(super) async fn accept(client: &mut Client, listener: ListenerId, nonblocking: bool) -> Reply {
     if !client.listeners.contains(&listener) {
         return not_ours(listener);
@@ -95,16 +95,14 @@ pub(super) async fn accept(client: &mut Client, listener: ListenerId, nonblockin
         }
     } else {
         let mut waiter = shared.lock().wait_accept(listener);
-        let mut probe = [0u8; 1];
         tokio::select! {
             flow = &mut waiter => match flow {
                 Ok(flow) => flow,
                 Err(_) => return error_reply(ErrorKind::NotFound, "listener closed"),
             },
-            _ = client.stream.read(&mut probe) => {
-                // The client hung up (or broke protocol) while waiting.
+            arrived = request_arrives(&client.stream) => {
                 shared.lock().give_up_accept(listener, waiter);
-                return error_reply(ErrorKind::InvalidRequest, "client went away");
+                return withdrawn(arrived);
             }
         }
     };
@@ -115,6 +113,20 @@ pub(super) async fn accept(client: &mut Client, listener: ListenerId, nonblockin
         shared.lock().released(listener);
     }
     reply
+}
+
+/// The answer to a blocking accept withdrawn by what came on its
+/// connection while it waited.
+fn withdrawn(arrived: std::io::Result<bool>) -> Reply {
+    match arrived {
+        // Unread: the client loop reads it next.
+        Ok(true) => error_reply(
+            ErrorKind::InvalidRequest,
+            "accept withdrawn: a request came while it waited",
+        ),
+        // Nobody is left to read this.
+        Ok(false) | Err(_) => error_reply(ErrorKind::InvalidRequest, "client went away"),
+    }
 }
 
 /// Unbinds one of this connection's listeners.

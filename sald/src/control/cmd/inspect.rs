@@ -1,5 +1,7 @@
 //! `ListFlows`, `ListInterfaces`, `Stats`: what operators look at. An
-//! ordinary user sees only its own flows.
+//! ordinary user sees only its own flows, found through the per-user index
+//! of [`crate::owners::Owners`]: its listing costs what it owns, not what
+//! the host holds (see [`crate::daemon::Core::visible_flow_ids`]).
 
 use sal::FlowId;
 use sal_control::Response;
