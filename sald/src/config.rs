@@ -148,7 +148,8 @@ pub struct Flags {
     /// keepalives.
     #[arg(long, value_name = "MS", default_value_t = 25_000)]
     pub keepalive_ms: u64,
-    /// Seed for flow IDs and nonces (default: random). For reproducible tests only.
+    /// Seed for flow IDs and nonces, which makes them predictable (default:
+    /// keyed from the operating system's entropy). For reproducible tests only.
     #[arg(long, hide = true)]
     pub seed: Option<u64>,
     /// UDP mode without segmentation and coalescing offloads (UDP GSO and

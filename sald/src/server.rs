@@ -259,6 +259,9 @@ fn build_host(config: &Config, interfaces: &[LocalInterface]) -> Result<Host> {
         forward: config.forward,
         broadcast_discovery: config.broadcast_discovery,
         seed: config.seed.unwrap_or_else(rand::random),
+        // A `--seed` replays a run (tests); otherwise flow secrets come
+        // from the operating system's entropy.
+        entropy: config.seed.is_none().then(rand::random),
         auto_migrate: config.auto_migrate,
         liveness_timeout: sal::time::Duration::from_millis(config.liveness_ms),
         idle_probe: (config.probe_idle_ms > 0)

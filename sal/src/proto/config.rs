@@ -11,8 +11,15 @@ use smoltcp::time::Duration;
 pub struct HostConfig {
     /// Service-router mode: forward SYNs and unconnected datagrams by FORWARD rules.
     pub forward: bool,
-    /// Seed of the host's random numbers (flow IDs, nonces, verno, TCP ISNs).
+    /// Seed of the host's random numbers (flow IDs, nonces, verno, TCP ISNs)
+    /// when there is no `entropy`: repeatable and predictable, for
+    /// simulations.
     pub seed: u64,
+    /// Key of the cryptographic generator the host's random numbers and
+    /// its SYN-cookie secret come from; a host on a real network must have
+    /// one (sald draws 32 bytes from the operating system). `None` (the
+    /// default) draws from `seed` instead.
+    pub entropy: Option<[u8; 32]>,
     /// First retransmission timeout of a control message.
     pub control_rto: Duration,
     /// Retransmissions before a control message is given up on. With the
@@ -100,6 +107,7 @@ impl Default for HostConfig {
         HostConfig {
             forward: false,
             seed: 0,
+            entropy: None,
             control_rto: Duration::from_millis(500),
             control_retries: 5,
             handshake_ack_repeats: 2,

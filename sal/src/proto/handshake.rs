@@ -605,7 +605,9 @@ impl Host {
         let Ok(flow) = self.flow_mut(id) else {
             return false;
         };
-        if flow.control.take_acked(control).is_empty() {
+        // Exactly our SYN's `verno` + 1, not anything cumulative: a blind
+        // forger would otherwise be right half the time.
+        if !flow.control.answers_syn(control) || flow.control.take_acked(control).is_empty() {
             self.stats.stale += 1;
             return false;
         }

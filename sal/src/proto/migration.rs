@@ -120,15 +120,21 @@ impl Host {
             // An RSYN-ACK: our RSYN was retired by the caller; confirm it.
             self.send_ack(id, false, &[]);
         } else if sequence == Sequence::New {
-            self.send_new_control(
-                id,
-                ControlKind::RsynAck,
-                ControlFlags::RSYN | ControlFlags::ACK,
-                false,
-                &[],
-            );
+            // One answer in flight: a newer RSYN refreshes it rather than
+            // queue another (see `refresh_rsyn_ack`).
+            if !self.refresh_rsyn_ack(id) {
+                self.send_new_control(
+                    id,
+                    ControlKind::RsynAck,
+                    ControlFlags::RSYN | ControlFlags::ACK,
+                    false,
+                    &[],
+                );
+            }
         } else if answered {
-            self.retransmit_now(id);
+            // A repeated RSYN: our answer again, one packet for one, not
+            // everything in flight.
+            self.resend_kind(id, ControlKind::RsynAck);
         } else {
             self.send_ack(id, false, &[]);
         }

@@ -61,6 +61,7 @@ mod migration;
 mod nat;
 mod output;
 mod path;
+mod rng;
 mod route;
 mod stream;
 mod teardown;
@@ -68,8 +69,6 @@ mod timer;
 
 use std::collections::VecDeque;
 
-use rand::rngs::SmallRng;
-use rand::SeedableRng;
 use smoltcp::time::Instant;
 
 use crate::flow::FlowTable;
@@ -104,7 +103,7 @@ const LOOPBACK_BUFFER: usize = 65_535 - crate::wire::IPV4_HEADER_LEN;
 /// The SAL of one host. See the module documentation.
 pub struct Host {
     config: HostConfig,
-    rng: SmallRng,
+    rng: rng::HostRng,
     table: ServiceTable,
     /// Flows and datagram sockets by local flow ID.
     endpoints: FlowTable<Endpoint>,
@@ -148,11 +147,8 @@ impl std::fmt::Debug for Host {
 impl Host {
     /// A host with no interfaces, rules or flows, at time `now`.
     pub fn new(config: HostConfig, now: Instant) -> Host {
-        let rng = SmallRng::seed_from_u64(config.seed);
-        // A generator of its own, so that the host's draws (flow IDs,
-        // nonces, ISNs) do not depend on whether cookies exist.
-        let mut secret = SmallRng::seed_from_u64(config.seed ^ 0x5a1c_00c1_e5ec_2e75);
-        let cookies = CookieJar::new(rand::Rng::random(&mut secret));
+        let (rng, cookie_secret) = rng::HostRng::new(&config);
+        let cookies = CookieJar::new(cookie_secret);
         Host {
             endpoints: FlowTable::new(config.max_flows),
             flow_count: 0,

@@ -297,23 +297,9 @@ impl Host {
             return;
         };
         let control = flow.control.new_message(flags);
-        let mut repr = SalRepr::data(flow.id, flow.peer_flow, flow.protocol().number());
-        repr.control = Some(control);
-        if with_service {
-            repr.service = Some(flow.service);
-        }
-        let local = flow.path.local;
-        if kind != ControlKind::Syn {
-            repr.address = self.advertisement(local, &control);
-        }
-        if kind == ControlKind::SynAck {
-            // A SYN-ACK answering a SYN that came through routers: their
-            // SOURCE and our address, as the reference stack does.
-            repr.source = self
-                .flow_mut(id)
-                .ok()
-                .and_then(|f| f.path.syn_source.clone());
-        }
+        let Some(repr) = self.control_repr(id, kind, control, with_service) else {
+            return;
+        };
         let Some(Endpoint::Flow(flow)) = self.endpoints.get_mut(id) else {
             return;
         };
@@ -332,6 +318,96 @@ impl Host {
             self.send_packet(packet.src, packet.dst, packet.payload);
         }
         self.note_asked(id);
+    }
+
+    /// The SAL header of a numbered control message of `kind` on flow `id`
+    /// carrying `control`.
+    fn control_repr(
+        &mut self,
+        id: FlowId,
+        kind: ControlKind,
+        control: ControlRepr,
+        with_service: bool,
+    ) -> Option<SalRepr> {
+        let flow = self.flow_mut(id).ok()?;
+        let mut repr = SalRepr::data(flow.id, flow.peer_flow, flow.protocol().number());
+        repr.control = Some(control);
+        if with_service {
+            repr.service = Some(flow.service);
+        }
+        let local = flow.path.local;
+        if kind != ControlKind::Syn {
+            repr.address = self.advertisement(local, &control);
+        }
+        if kind == ControlKind::SynAck {
+            // A SYN-ACK answering a SYN that came through routers: their
+            // SOURCE and our address, as the reference stack does.
+            repr.source = self
+                .flow_mut(id)
+                .ok()
+                .and_then(|f| f.path.syn_source.clone());
+        }
+        Some(repr)
+    }
+
+    /// Answers the peer's newer RSYN with the RSYN-ACK already in flight,
+    /// if that is our newest numbered message: same `verno`, the `ackno`
+    /// that acknowledges the newer RSYN, sent now on its own schedule (its
+    /// retries are not renewed). So however many RSYNs a peer sends, a flow
+    /// keeps one answer to them in flight and sends one packet per RSYN,
+    /// where each used to add an answer retransmitted five times. Returns
+    /// false when there is no such answer (a new one must be numbered).
+    pub(super) fn refresh_rsyn_ack(&mut self, id: FlowId) -> bool {
+        let now = self.now;
+        let Ok(flow) = self.flow_mut(id) else {
+            return false;
+        };
+        let next = flow.control.next_verno;
+        let Some(verno) = (flow.control.pending.iter())
+            .find(|p| p.kind == ControlKind::RsynAck && p.verno.wrapping_add(1) == next)
+            .map(|p| p.verno)
+        else {
+            return false;
+        };
+        let control = ControlRepr {
+            flags: ControlFlags::RSYN | ControlFlags::ACK,
+            verno,
+            ..flow.control.ack()
+        };
+        let Some(repr) = self.control_repr(id, ControlKind::RsynAck, control, false) else {
+            return false;
+        };
+        let packet = build(&repr, &[]);
+        let Some(Endpoint::Flow(flow)) = self.endpoints.get_mut(id) else {
+            return false;
+        };
+        let Some(pending) = (flow.control.pending.iter_mut())
+            .find(|p| p.kind == ControlKind::RsynAck && p.verno == verno)
+        else {
+            return false;
+        };
+        pending.packet = packet;
+        pending.deadline = now + pending.rto;
+        let deadline = pending.deadline;
+        let mut packets = Vec::new();
+        control_packets(&flow.path, &self.interfaces, pending, &mut packets);
+        flow.count_sent(now);
+        self.arm_timer(id, Timer::Control, deadline);
+        self.resend(packets);
+        true
+    }
+
+    /// Resends the flow's messages of `kind` in flight (a duplicate of what
+    /// they answer arrived), and nothing else: one packet per duplicate.
+    pub(super) fn resend_kind(&mut self, id: FlowId, kind: ControlKind) {
+        let Some(Endpoint::Flow(flow)) = self.endpoints.get(id) else {
+            return;
+        };
+        let mut packets = Vec::new();
+        for pending in flow.control.pending.iter().filter(|p| p.kind == kind) {
+            control_packets(&flow.path, &self.interfaces, pending, &mut packets);
+        }
+        self.resend(packets);
     }
 
     /// For a multi-homed host, an ADDRESS extension listing its other
