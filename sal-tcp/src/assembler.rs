@@ -307,6 +307,31 @@ impl Assembler {
             }
         })
     }
+
+    /// sal-tcp: how many bytes the recorded ranges hold (overlaps counted
+    /// once): what was actually received, whatever the offsets.
+    pub fn data_len(&self) -> usize {
+        self.contigs.iter().map(|contig| contig.data_size).sum()
+    }
+
+    /// sal-tcp: the offset just past the last recorded byte (0 when empty):
+    /// how far past the start the buffer must reach to hold them all.
+    pub fn end(&self) -> usize {
+        self.contigs
+            .iter()
+            .take_while(|contig| contig.has_data())
+            .map(Contig::total_size)
+            .sum()
+    }
+
+    /// sal-tcp: forget the last (furthest) recorded range; returns its size
+    /// (0 when empty).
+    pub fn pop_back(&mut self) -> usize {
+        match self.contigs.iter().rposition(Contig::has_data) {
+            Some(last) => core::mem::replace(&mut self.contigs[last], Contig::empty()).data_size,
+            None => 0,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -333,6 +358,23 @@ mod test {
         [$( $x:expr ),*] => ({
             Assembler::from(vec![$( $x ),*])
         })
+    }
+
+    #[test]
+    fn data_len_end_and_pop_back() {
+        let mut assr = Assembler::new();
+        assert_eq!((assr.data_len(), assr.end(), assr.pop_back()), (0, 0, 0));
+        assert_eq!(assr.add(100, 10), Ok(()));
+        assert_eq!(assr.add(105, 10), Ok(())); // overlap counted once
+        assert_eq!(assr.add(1000, 1), Ok(()));
+        assert_eq!(assr, contigs![(100, 15), (885, 1)]);
+        assert_eq!((assr.data_len(), assr.end()), (16, 1001));
+        assert_eq!(assr.pop_back(), 1);
+        assert_eq!(assr, contigs![(100, 15)]);
+        assert_eq!((assr.data_len(), assr.end()), (15, 115));
+        assert_eq!(assr.pop_back(), 15);
+        assert!(assr.is_empty());
+        assert_eq!((assr.data_len(), assr.end()), (0, 0));
     }
 
     #[test]

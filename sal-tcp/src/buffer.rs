@@ -15,16 +15,25 @@
 //!   old storage held, so out-of-order data written ahead of the queue
 //!   survives. Doubling bounds the number of allocations per flow to
 //!   `log2(max / min) + 1` per growth episode; none happen in steady state;
+//! - **out-of-order data** is written ahead of the queue, at its offset, so
+//!   covering it costs memory by its *offset*, not by its size. The owner
+//!   decides how far that may go ([`write_ahead`](ElasticBuffer::write_ahead)
+//!   takes a limit): storage already held is always used, but it grows for
+//!   such data only up to the limit (the TCP socket derives it from the bytes
+//!   actually received, see [`Socket::out_of_order_dropped`]);
 //! - **release** happens at *trim points* the socket runs once per
-//!   `trim_interval` ([`trim`](ElasticBuffer::trim)): a buffer that is empty
-//!   and received no data since the previous trim point is freed; otherwise,
-//!   if its storage is at least twice the power of two covering the interval's
-//!   high-water mark (and at least `min`), it is reallocated at that size. So
-//!   an idle flow holds no buffer memory one to two intervals after its last
-//!   byte, and a flow that was bulk and now trickles shrinks to what it uses.
+//!   `trim_interval` ([`trim`](ElasticBuffer::trim)): a buffer that is empty,
+//!   holds nothing ahead and received no data since the previous trim point
+//!   is freed; otherwise, if its storage is at least twice the power of two
+//!   covering the interval's high-water mark and the bytes ahead it must keep
+//!   (and at least `min`), it is reallocated at that size. So an idle flow
+//!   holds no buffer memory one to two intervals after its last byte, and a
+//!   flow that was bulk and now trickles shrinks to what it uses.
 //!
 //! The allocation is a plain `Box<[u8]>`: freeing it returns it to the
 //! allocator, which returns large blocks to the system.
+//!
+//! [`Socket::out_of_order_dropped`]: crate::Socket::out_of_order_dropped
 
 use core::cmp;
 
@@ -167,36 +176,37 @@ impl ElasticBuffer {
     }
 
     /// A trim point (see the [module docs](self)): free the storage if the
-    /// buffer is empty and nothing was added since the previous trim point,
-    /// or shrink it to the high-water mark of the interval. `keep_ahead` says
-    /// bytes written past the queue (out-of-order data) must survive, which
-    /// forbids any reallocation. Returns the change in allocated bytes
-    /// (negative: released).
-    pub fn trim(&mut self, keep_ahead: bool) -> isize {
+    /// buffer is empty, nothing was added since the previous trim point and
+    /// nothing is kept ahead, or shrink it to the high-water mark of the
+    /// interval. `ahead` says how many bytes past the queue (out-of-order
+    /// data and the holes between it) must survive; anything written further
+    /// may be lost. Returns the change in allocated bytes (negative:
+    /// released).
+    pub fn trim(&mut self, ahead: usize) -> isize {
         let before = self.storage.len();
         let active = core::mem::take(&mut self.active);
         let high_water = cmp::max(self.high_water, self.len) as usize;
+        let keep = cmp::min(self.len() + ahead, before);
         self.high_water = self.len;
-        if before == 0 || keep_ahead {
+        if before == 0 {
             return 0;
         }
-        if self.len == 0 && !active {
+        if keep == 0 && !active {
             self.release();
             return -(before as isize);
         }
         let target = high_water
-            .max(self.len())
+            .max(keep)
             .next_power_of_two()
             .clamp(self.min as usize, self.capacity());
         if target.saturating_mul(2) > before {
             return 0;
         }
-        let len = self.len();
         let read_at = self.read_at as usize;
         self.replace_storage(target, |new, old| {
-            let first = cmp::min(len, old.len() - read_at);
+            let first = cmp::min(keep, old.len() - read_at);
             new[..first].copy_from_slice(&old[read_at..read_at + first]);
-            new[first..len].copy_from_slice(&old[..len - first]);
+            new[first..keep].copy_from_slice(&old[..keep - first]);
         });
         self.storage.len() as isize - before as isize
     }
@@ -336,12 +346,27 @@ impl ElasticBuffer {
     /// it (out-of-order data), growing the storage as needed. Writes what
     /// fits within the capacity; returns how many bytes were written.
     pub fn write_unallocated(&mut self, offset: usize, data: &[u8]) -> usize {
+        self.write_ahead(offset, data, usize::MAX)
+    }
+
+    /// [`write_unallocated`](Self::write_unallocated), except that the
+    /// storage grows only if, after the write, it needs to reach at most
+    /// `limit` bytes past the first queued byte. Beyond that, the bytes are
+    /// written only if the storage already held covers them (and then do not
+    /// count toward the high-water mark, so that the next trim point may
+    /// still shrink the storage below them), else nothing is written (0).
+    pub fn write_ahead(&mut self, offset: usize, data: &[u8], limit: usize) -> usize {
         let start = self.len() + offset;
         if start >= self.capacity() || data.is_empty() {
             return 0;
         }
         let size = cmp::min(data.len(), self.capacity() - start);
-        if !self.reserve(start + size) {
+        let extent = start + size;
+        if extent <= limit {
+            if !self.reserve(extent) {
+                return 0;
+            }
+        } else if extent > self.storage.len() {
             return 0;
         }
         self.active = true;
@@ -417,12 +442,12 @@ mod tests {
         assert_eq!(buffer.enqueue_slice(&[0; 1000]), 1000);
         buffer.dequeue_allocated(1000);
         // Data arrived during this interval: keep (shrink at most).
-        assert_eq!(buffer.trim(false), 0);
+        assert_eq!(buffer.trim(0), 0);
         assert_eq!(buffer.allocated(), 1024);
         // A whole interval without data: free.
-        assert_eq!(buffer.trim(false), -1024);
+        assert_eq!(buffer.trim(0), -1024);
         assert_eq!(buffer.allocated(), 0);
-        assert_eq!(buffer.trim(false), 0);
+        assert_eq!(buffer.trim(0), 0);
     }
 
     #[test]
@@ -431,10 +456,10 @@ mod tests {
         assert_eq!(buffer.enqueue_slice(&[0; 40_000]), 40_000);
         assert_eq!(buffer.allocated(), 1 << 16);
         buffer.dequeue_allocated(39_990);
-        buffer.trim(false); // the interval's high-water mark was 40,000
+        buffer.trim(0); // the interval's high-water mark was 40,000
         assert_eq!(buffer.allocated(), 1 << 16);
         assert_eq!(buffer.enqueue_slice(&[1; 100]), 100);
-        buffer.trim(false); // high-water mark 110: shrink to 128
+        buffer.trim(0); // high-water mark 110: shrink to 128
         assert_eq!(buffer.allocated(), 128);
         let mut out = [9; 110];
         assert_eq!(buffer.dequeue_slice(&mut out), 110);
@@ -446,8 +471,50 @@ mod tests {
     fn trim_keeps_out_of_order_data() {
         let mut buffer = ElasticBuffer::new(64, 1 << 16);
         assert_eq!(buffer.write_unallocated(30_000, &[5; 10]), 10);
-        buffer.trim(true);
-        buffer.trim(true);
+        buffer.trim(30_010);
+        buffer.trim(30_010);
         assert_eq!(buffer.allocated(), 32_768);
+        // Once the data ahead is given up, the storage goes.
+        buffer.trim(0);
+        assert_eq!(buffer.allocated(), 0);
+    }
+
+    #[test]
+    fn trim_shrinks_under_out_of_order_data_and_keeps_it() {
+        let mut buffer = ElasticBuffer::new(64, 1 << 20);
+        assert_eq!(buffer.enqueue_slice(&[1; 300_000]), 300_000);
+        assert_eq!(buffer.allocated(), 1 << 19);
+        buffer.dequeue_allocated(299_990); // read_at far from 0
+        assert_eq!(buffer.write_unallocated(90, b"ahead"), 5);
+        buffer.trim(95); // the interval's high-water mark: 300,000
+        assert_eq!(buffer.allocated(), 1 << 19);
+        buffer.trim(95); // 10 queued, 95 ahead: 128
+        assert_eq!(buffer.allocated(), 128);
+        assert_eq!(buffer.write_unallocated(0, &[2; 90]), 90);
+        buffer.enqueue_unallocated(95);
+        let mut out = [0; 105];
+        assert_eq!(buffer.dequeue_slice(&mut out), 105);
+        assert_eq!(&out[..10], &[1; 10]);
+        assert_eq!(&out[10..100], &[2; 90]);
+        assert_eq!(&out[100..], b"ahead");
+    }
+
+    #[test]
+    fn write_ahead_grows_only_up_to_the_limit() {
+        let mut buffer = ElasticBuffer::new(64, 1 << 20);
+        // Far past the limit: nothing written, nothing allocated.
+        assert_eq!(buffer.write_ahead(1_000_000, b"x", 4096), 0);
+        assert_eq!(buffer.allocated(), 0);
+        // Within it: grows by doubling as usual.
+        assert_eq!(buffer.write_ahead(3000, b"x", 4096), 1);
+        assert_eq!(buffer.allocated(), 4096);
+        // Past the limit but within what is held: written, and not a reason
+        // to keep the storage at the next trim point.
+        assert_eq!(buffer.write_ahead(4000, b"y", 100), 1);
+        assert_eq!(buffer.write_ahead(5000, b"z", 100), 0);
+        assert_eq!(buffer.allocated(), 4096);
+        buffer.trim(0);
+        buffer.trim(0);
+        assert_eq!(buffer.allocated(), 0);
     }
 }

@@ -105,7 +105,7 @@
 //! trim points (every `trim_interval` while the socket holds memory: an
 //! empty buffer that got no data for a whole interval is freed, an oversized
 //! one shrinks to the power of two above the interval's high-water mark).
-//! The socket's own struct is about 540 bytes (`size_of::<Socket>()`,
+//! The socket's own struct is about 570 bytes (`size_of::<Socket>()`,
 //! printed by the benchmark), so an idle established flow costs that and no
 //! heap.
 //!
@@ -121,6 +121,18 @@
 //!   the congestion window (at least `min_buffer`, at most `max_send_buffer`),
 //!   like Linux's send-buffer autotuning, so a bulk sender holds about what
 //!   its bandwidth-delay product needs rather than its maximum.
+//! - **Out-of-order data** is written at its offset in the receive ring, so
+//!   holding it costs memory by its offset, not its size. The buffer grows
+//!   for it only while the span from the first queued byte to the end of
+//!   the out-of-order data is at most twice the bytes actually received
+//!   (queued in order, held out of order, or delivered in order in the last
+//!   trim interval or two) plus two segments; a segment that would need
+//!   more is dropped with the usual duplicate ACK, as if lost, and trim
+//!   points give up held ranges that no longer meet the rule, so the buffer
+//!   shrinks again. One byte at the far edge of the window costs nothing;
+//!   a legitimate flow recovering from a loss, or from a burst of losses no
+//!   wider than what it just delivered, keeps everything it receives
+//!   ([`Socket::out_of_order_dropped`] counts what was refused).
 //!
 //! # SYN cookies
 //!
@@ -191,6 +203,10 @@
 //!   cut at the ring's wrap point; an empty send buffer does not restart at
 //!   the front.
 //! - **Send queue limit** of twice the congestion window (see above).
+//! - **Out-of-order data** takes room in the receive buffer only as far as
+//!   the bytes received justify (see above); smoltcp's fixed ring had no
+//!   such question. Tested by the `test_*out_of_order*` unit tests and the
+//!   SAL's `sim_hostile_memory`.
 //! - **ACK sequence numbers**: pure ACKs carry the highest sequence number
 //!   sent, clipped to the peer's window (Linux's `tcp_acceptable_seq`), not
 //!   the retransmission point: with smoltcp, data both ways plus losses both

@@ -256,6 +256,14 @@ pub struct Socket {
     trim_interval: Duration,
     /// The next trim point, while the buffers hold memory.
     trim_at: Option<Instant>,
+    /// sal-tcp: bytes that joined the receive queue in order since the last
+    /// trim point (`[0]`) and in the trim interval before (`[1]`); see
+    /// `ooo_limit`.
+    rx_in_order: [u32; 2],
+    /// sal-tcp: out-of-order segments refused, and out-of-order ranges
+    /// given up at trim points, because holding them would have cost more
+    /// memory than the data received justifies (see `ooo_limit`).
+    ooo_dropped: u64,
 }
 
 /// A segment with no flags, options or payload, numbered 0: the base of
@@ -274,6 +282,12 @@ pub(crate) const EMPTY_SEGMENT: TcpRepr<'static> = TcpRepr {
     timestamp: None,
     payload: &[],
 };
+
+/// sal-tcp: bytes of receive buffer span out-of-order data may take per
+/// byte actually received (see `Socket::ooo_limit`).
+const OOO_SPAN_PER_BYTE: usize = 2;
+/// sal-tcp: and segments of span on top of that.
+const OOO_SPARE_SEGMENTS: usize = 2;
 
 /// The peer's MSS until it tells us (RFC 1122).
 const DEFAULT_MSS: usize = 536;
@@ -345,6 +359,8 @@ impl Socket {
             min_buffer: config.min_buffer.clamp(1, u32::MAX as usize) as u32,
             trim_interval: config.trim_interval.max(Duration::from_millis(1)),
             trim_at: None,
+            rx_in_order: [0; 2],
+            ooo_dropped: 0,
         }
     }
 
@@ -544,6 +560,7 @@ impl Socket {
         self.reply = None;
         self.trim_at = None;
         self.recover = None;
+        self.rx_in_order = [0; 2];
     }
 
     /// Wait for a SYN (passive open), answering it with initial sequence
@@ -1794,7 +1811,37 @@ impl Socket {
             payload_len,
             payload_offset
         );
-        let len_written = self.rx_buffer.write_unallocated(payload_offset, payload);
+        let len_written = if payload_offset == 0 {
+            // In order: always within the window we advertised, always taken.
+            self.rx_buffer.write_unallocated(0, payload)
+        } else {
+            // sal-tcp: out of order, the buffer must reach the segment's
+            // offset, so growth is charged to what was actually received
+            // (see `ooo_limit`), never to the offset alone.
+            let mut assembler = self.assembler.clone();
+            if assembler.add(payload_offset, payload_len).is_err() {
+                net_debug!(
+                    "assembler: too many holes to add {} octets at offset {}",
+                    payload_len,
+                    payload_offset
+                );
+                return None;
+            }
+            let limit = self.ooo_limit(assembler.data_len());
+            let written = self.rx_buffer.write_ahead(payload_offset, payload, limit);
+            if written != payload_len {
+                net_debug!(
+                    "rx buffer: {} out-of-order octets at offset {} would need more memory than received data justifies, dropping them",
+                    payload_len,
+                    payload_offset
+                );
+                self.ooo_dropped += 1;
+                // The duplicate ACK an out-of-order segment earns: it is
+                // what starts the sender's fast retransmit.
+                return Some(Reply::ack(repr));
+            }
+            written
+        };
         if len_written != payload_len {
             net_debug!("rx buffer: cannot grow to hold the segment, dropping it");
             return None;
@@ -1821,6 +1868,7 @@ impl Socket {
                 self.rx_buffer.len() + contig_len
             );
             self.rx_buffer.enqueue_unallocated(contig_len);
+            self.rx_in_order[0] = self.rx_in_order[0].saturating_add(contig_len as u32);
         }
 
         if !self.assembler.is_empty() {
@@ -2424,12 +2472,79 @@ impl Socket {
     fn run_trim(&mut self, now: Instant) {
         if let Some(at) = self.trim_at {
             if now >= at {
-                self.tx_buffer.trim(false);
-                self.rx_buffer.trim(!self.assembler.is_empty());
+                self.tx_buffer.trim(0);
+                self.rx_in_order = [0, self.rx_in_order[0]];
+                let ahead = self.trim_out_of_order();
+                self.rx_buffer.trim(ahead);
                 self.trim_at = None;
             }
         }
         self.schedule_trim(now);
+    }
+
+    /// sal-tcp: how far past the first queued byte the receive buffer may
+    /// reach to hold out-of-order data, when `held` bytes of it (the segment
+    /// at hand included) are held.
+    ///
+    /// Out-of-order data sits at its offset in the ring, so the memory it
+    /// takes follows the offset, which costs the sender nothing: one byte
+    /// near the right edge of a 1 MiB window used to pin 1 MiB for as long
+    /// as the hole stayed open. The reach is therefore charged to bytes
+    /// actually received: twice the sum of those queued in order, those
+    /// held out of order and those that joined the queue in order since
+    /// the previous trim point but one (one to two trim intervals), plus two
+    /// segments. Growth by doubling then allocates at most twice the reach.
+    ///
+    /// A legitimate flow stays inside it. After a loss, the segments that
+    /// follow the hole arrive back to back, so what is held grows as fast as
+    /// the offset (a hole of up to two segments needs nothing else). A burst
+    /// of losses makes a wider hole, but no wider than the sender's window,
+    /// and a sender only has the window it has because about that much was
+    /// delivered in its last round trips (in slow start, at least half of
+    /// it: the factor two). Without that credit, a burst of four lost
+    /// segments cost a bulk flow with a fast reader every segment after it,
+    /// which NewReno then resends one per round trip (30 times slower in
+    /// the tests). What does not fit is dropped with the duplicate ACK any
+    /// out-of-order segment earns, as if lost. In-order data is never
+    /// refused: the advertised window stays what the configuration promises.
+    fn ooo_limit(&self, held: usize) -> usize {
+        let recent = self.rx_in_order[0] as usize + self.rx_in_order[1] as usize;
+        let received = self.rx_buffer.len() + held + recent;
+        received
+            .saturating_mul(OOO_SPAN_PER_BYTE)
+            .saturating_add(OOO_SPARE_SEGMENTS * self.local_mss as usize)
+    }
+
+    /// sal-tcp: at a trim point, give up the furthest out-of-order ranges
+    /// while the buffer span they need exceeds what `ooo_limit` allows now
+    /// (what was queued was read since, or the flow went quiet), so that
+    /// the buffer can shrink. Returns how many bytes past the queue must be
+    /// kept.
+    fn trim_out_of_order(&mut self) -> usize {
+        let queued = self.rx_buffer.len();
+        loop {
+            let end = self.assembler.end();
+            if end == 0 || queued + end <= self.ooo_limit(self.assembler.data_len()) {
+                return end;
+            }
+            let size = self.assembler.pop_back();
+            net_debug!(
+                "rx buffer: giving up {} out-of-order octets ending {} past the queue",
+                size,
+                end
+            );
+            self.ooo_dropped += 1;
+        }
+    }
+
+    /// Out-of-order segments this socket dropped, and out-of-order ranges
+    /// it gave up at trim points, because the buffer would have had to
+    /// reach further past its in-order data than the bytes actually
+    /// received justify (since the socket was created). Each costs the
+    /// peer a retransmission, nothing else; a legitimate sender rarely
+    /// earns any.
+    pub fn out_of_order_dropped(&self) -> u64 {
+        self.ooo_dropped
     }
 
     /// Make sure a trim point is scheduled if the buffers hold memory.

@@ -1,6 +1,7 @@
 //! The elastic buffer against a `VecDeque` model: same bytes in and out,
 //! storage never above the capacity, memory released when drained and quiet,
-//! out-of-order bytes kept across growth.
+//! out-of-order bytes kept across growth and across trims that must keep
+//! them, growth for them only within the limit given.
 
 use std::collections::VecDeque;
 
@@ -23,11 +24,13 @@ enum Op {
     Peek(usize, usize),
     /// `write_unallocated(offset, len bytes)`.
     WriteAhead(usize, usize),
+    /// `write_ahead(offset, len bytes, limit)`.
+    WriteAheadWithin(usize, usize, usize),
     /// `enqueue_unallocated` of as many bytes as were written right after
     /// the queue (up to `len`), as the TCP assembler would.
     Commit(usize),
-    /// A trim point; `true`: out-of-order data must survive.
-    Trim(bool),
+    /// A trim point keeping this many bytes past the queue.
+    Trim(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -39,8 +42,10 @@ fn op() -> impl Strategy<Value = Op> {
         (0..3000usize).prop_map(Op::Drop),
         (0..3000usize, 0..500usize).prop_map(|(o, l)| Op::Peek(o, l)),
         (0..3000usize, 0..1500usize).prop_map(|(o, l)| Op::WriteAhead(o, l)),
+        (0..3000usize, 0..1500usize, 0..6000usize)
+            .prop_map(|(o, l, limit)| Op::WriteAheadWithin(o, l, limit)),
         (0..3000usize).prop_map(Op::Commit),
-        any::<bool>().prop_map(Op::Trim),
+        prop_oneof![Just(0usize), 0..4500usize].prop_map(Op::Trim),
     ]
 }
 
@@ -172,6 +177,21 @@ proptest! {
                     }
                     model.added_since_trim |= n > 0;
                 }
+                Op::WriteAheadWithin(offset, len, limit) => {
+                    let data = model.bytes(len);
+                    let held = buffer.allocated();
+                    let n = buffer.write_ahead(offset, &data, limit);
+                    let room = model.ahead.len();
+                    let fits = if offset >= room { 0 } else { len.min(room - offset) };
+                    let extent = model.queue.len() + offset + fits;
+                    let want = if extent <= limit.max(held) { fits } else { 0 };
+                    assert_eq!(n, want);
+                    assert!(buffer.allocated() == held || extent <= limit);
+                    for (i, &byte) in data[..n].iter().enumerate() {
+                        model.ahead[offset + i] = Some(byte);
+                    }
+                    model.added_since_trim |= n > 0;
+                }
                 Op::Commit(len) => {
                     let n = model.ahead.iter().take(len).take_while(|b| b.is_some()).count();
                     buffer.enqueue_unallocated(n);
@@ -179,16 +199,18 @@ proptest! {
                     model.queue.extend(bytes);
                     model.queued(n);
                 }
-                Op::Trim(keep_ahead) => {
-                    buffer.trim(keep_ahead);
-                    if !keep_ahead {
-                        // Bytes past the queue may be gone.
-                        model.ahead.iter_mut().for_each(|b| *b = None);
-                    }
+                Op::Trim(ahead) => {
+                    let before = buffer.allocated();
+                    buffer.trim(ahead);
+                    // Bytes past the ones kept may be gone.
+                    model.ahead.iter_mut().skip(ahead).for_each(|b| *b = None);
                     // Memory is released once drained and quiet for an interval.
-                    if model.queue.is_empty() && !model.added_since_trim && !keep_ahead {
+                    if model.queue.is_empty() && !model.added_since_trim && ahead == 0 {
                         assert_eq!(buffer.allocated(), 0);
                     }
+                    // Never grows; never drops below what it must keep.
+                    assert!(buffer.allocated() <= before);
+                    assert!(buffer.allocated() >= (model.queue.len() + ahead).min(before));
                     model.added_since_trim = false;
                 }
             }

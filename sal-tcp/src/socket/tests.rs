@@ -6931,3 +6931,207 @@ fn test_partial_ack_retransmits_the_next_hole_at_once() {
     assert_eq!(s.recover, None);
     recv_nothing!(s, time 30);
 }
+
+// =========================================================================================//
+// sal-tcp: memory for out-of-order data follows the bytes received, not their offset.
+// =========================================================================================//
+
+const OOO_MSS: usize = BASE_MSS as usize;
+
+/// An established socket with an elastic 1 MiB receive buffer (first
+/// allocation 4 KiB, as the SAL's default) and a 1 MiB window offered.
+fn socket_elastic() -> TestSocket {
+    let mut s = socket_established_with_buffer_sizes(4096, 1 << 20);
+    s.rx_buffer = ElasticBuffer::new(4096, 1 << 20);
+    assert_eq!(s.rx_buffer.window(), 1 << 20);
+    s
+}
+
+/// Data from the peer, `offset` bytes into its stream.
+fn data_at(offset: usize, payload: &[u8]) -> TcpRepr<'_> {
+    TcpRepr {
+        seq_number: REMOTE_SEQ + 1 + offset,
+        ack_number: Some(LOCAL_SEQ + 1),
+        payload,
+        ..SEND_TEMPL
+    }
+}
+
+/// Feed out-of-order data; it must earn an immediate duplicate ACK.
+#[track_caller]
+fn send_out_of_order(s: &mut TestSocket, ms: i64, offset: usize, payload: &[u8]) {
+    let reply = send(s, Instant::from_millis(ms), &data_at(offset, payload));
+    let ack = reply
+        .expect("out-of-order data is acknowledged at once")
+        .ack_number;
+    assert_eq!(ack, Some(s.remote_seq_no + s.rx_buffer.len()));
+}
+
+/// Send whatever the socket owes (ACKs) and run its timers at `ms`.
+fn drain(s: &mut TestSocket, ms: i64) {
+    let mut out = [0; 2000];
+    while s
+        .poll_transmit(Instant::from_millis(ms), LOCAL_ADDR, REMOTE_ADDR, &mut out)
+        .is_some()
+    {}
+}
+
+/// What the application reads now.
+fn read_all(s: &mut TestSocket) -> Vec<u8> {
+    let mut got = vec![0; 1 << 20];
+    let n = s.recv_slice(&mut got).unwrap_or(0);
+    got.truncate(n);
+    got
+}
+
+/// The most memory out-of-order data may make the buffer hold, with
+/// `received` bytes received (queued, held out of order, and delivered in
+/// order during the last two trim intervals): the span it may reach
+/// (twice that plus two segments), doubled by the growth policy.
+fn ooo_bound(received: usize) -> usize {
+    (2 * (2 * received + 2 * OOO_MSS)).max(4096)
+}
+
+#[test]
+fn test_far_out_of_order_byte_does_not_grow_the_receive_buffer() {
+    let mut s = socket_elastic();
+    // The review's attack: one byte near the far edge of the 1 MiB window.
+    send_out_of_order(&mut s, 0, (1 << 20) - 4096, b"A");
+    assert_eq!(s.buffer_memory(), 0, "no memory for a lone far byte");
+    assert!(s.assembler.is_empty(), "and it is not recorded as received");
+    assert_eq!(s.out_of_order_dropped(), 1);
+    // Nor for many of them, anywhere past the slack.
+    for i in 0..16 {
+        send_out_of_order(&mut s, 0, 10_000 + i * 60_000, b"B");
+    }
+    assert_eq!(s.buffer_memory(), 0);
+    assert_eq!(s.out_of_order_dropped(), 17);
+    // A byte within two segments of the queue is taken (first allocation).
+    send_out_of_order(&mut s, 0, 2 * OOO_MSS, b"C");
+    assert_eq!(s.out_of_order_dropped(), 17);
+    assert_eq!(s.buffer_memory(), 4096);
+    assert!(s.buffer_memory() <= ooo_bound(1));
+    // One byte held does not buy room for one further away.
+    send_out_of_order(&mut s, 0, 100_000, b"D");
+    assert_eq!(s.out_of_order_dropped(), 18);
+    assert_eq!(s.buffer_memory(), 4096);
+}
+
+#[test]
+fn test_out_of_order_run_after_a_hole_is_accepted_and_delivered_exactly() {
+    // A fresh flow (nothing delivered yet) loses its first segment; the 300
+    // that follow arrive back to back, then the retransmission.
+    let mut s = socket_elastic();
+    let stream: Vec<u8> = (0..301 * OOO_MSS)
+        .map(|i| (i * 7 + i / 251) as u8)
+        .collect();
+    let segments: Vec<&[u8]> = stream.chunks(OOO_MSS).collect();
+    for (i, segment) in segments.iter().enumerate().skip(1) {
+        send_out_of_order(&mut s, 0, i * OOO_MSS, segment);
+        let held = i * OOO_MSS;
+        assert!(s.buffer_memory() <= ooo_bound(held), "segment {i}");
+    }
+    assert_eq!(
+        s.out_of_order_dropped(),
+        0,
+        "every segment after the hole kept"
+    );
+    assert_eq!(s.assembler.data_len(), 300 * OOO_MSS);
+    // A lone byte far past what was received is refused all the same.
+    send_out_of_order(&mut s, 0, (1 << 20) - 1, b"Z");
+    assert_eq!(s.out_of_order_dropped(), 1);
+    assert!(s.buffer_memory() <= ooo_bound(300 * OOO_MSS));
+    // The retransmission fills the hole: everything, exactly, in order.
+    let ack = send(&mut s, Instant::from_millis(10), &data_at(0, segments[0]));
+    assert_eq!(ack.unwrap().ack_number, Some(REMOTE_SEQ + 1 + stream.len()));
+    assert!(s.assembler.is_empty());
+    assert_eq!(s.recv_queue(), stream.len());
+    assert!(read_all(&mut s) == stream, "delivered bytes differ");
+    // And the memory goes once the flow is quiet, as for any idle flow.
+    for ms in [10, 1010, 2010, 3010] {
+        drain(&mut s, ms);
+    }
+    assert_eq!(s.buffer_memory(), 0);
+}
+
+#[test]
+fn test_burst_loss_after_in_order_data_is_covered_by_what_was_delivered() {
+    // A bulk flow delivers 100 segments in order, loses 20 in a row (a full
+    // router queue), and the next 100 arrive: the hole is wider than what
+    // is held after it for a while, but not wider than what the flow just
+    // delivered, which is what its window (so a legitimate hole) can be.
+    let mut s = socket_elastic();
+    let stream: Vec<u8> = (0..220 * OOO_MSS)
+        .map(|i| (i * 13 + i / 97) as u8)
+        .collect();
+    let segments: Vec<&[u8]> = stream.chunks(OOO_MSS).collect();
+    let mut got = Vec::new();
+    for (i, segment) in segments.iter().enumerate().take(100) {
+        send!(s, time 0, data_at(i * OOO_MSS, segment));
+        got.extend(read_all(&mut s));
+        drain(&mut s, 0);
+    }
+    let allocated = s.buffer_memory();
+    assert!(allocated <= 8192, "the reader keeps up: {allocated}");
+    for (i, segment) in segments.iter().enumerate().skip(120) {
+        send_out_of_order(&mut s, 1, i * OOO_MSS, segment);
+    }
+    assert_eq!(s.out_of_order_dropped(), 0);
+    let delivered = 100 * OOO_MSS;
+    assert!(s.buffer_memory() <= ooo_bound(delivered + 100 * OOO_MSS));
+    // What was delivered buys room for data, not for a lone far byte.
+    send_out_of_order(&mut s, 1, (1 << 20) - 1, b"Z");
+    assert_eq!(s.out_of_order_dropped(), 1);
+    // The retransmissions fill the hole.
+    for (i, segment) in segments.iter().enumerate().take(120).skip(100) {
+        send(
+            &mut s,
+            Instant::from_millis(2),
+            &data_at(i * OOO_MSS, segment),
+        );
+        got.extend(read_all(&mut s));
+    }
+    assert!(s.assembler.is_empty());
+    assert!(got == stream, "delivered bytes differ");
+}
+
+#[test]
+fn test_out_of_order_data_no_longer_justified_is_given_up_and_the_buffer_shrinks() {
+    // 200,000 bytes delivered in order (and read) justify room for data up
+    // to about twice as far; a peer that then stops sending and keeps one
+    // far byte waiting loses it at a trim point, and the memory goes.
+    let mut s = socket_elastic();
+    let stream: Vec<u8> = (0..200_000usize).map(|i| (i % 253) as u8).collect();
+    let mut got = Vec::new();
+    for (i, segment) in stream.chunks(OOO_MSS).enumerate() {
+        send!(s, time 0, data_at(i * OOO_MSS, segment));
+        got.extend(read_all(&mut s));
+        drain(&mut s, 0);
+    }
+    assert!(got == stream);
+    send_out_of_order(&mut s, 0, 300_000, b"far");
+    assert_eq!(
+        s.out_of_order_dropped(),
+        0,
+        "justified by what was delivered"
+    );
+    let pinned = s.buffer_memory();
+    assert!(
+        pinned >= 100_000 && pinned <= ooo_bound(200_003),
+        "{pinned}"
+    );
+    // One trim point later, the delivery is still recent.
+    drain(&mut s, 1000);
+    assert!(!s.assembler.is_empty());
+    // Two: it is not; the byte is given up and the storage released.
+    drain(&mut s, 2000);
+    assert!(s.assembler.is_empty());
+    assert_eq!(s.out_of_order_dropped(), 1);
+    assert_eq!(s.buffer_memory(), 0);
+    // The flow goes on: the data resumes in order, the far bytes come again.
+    let more: Vec<u8> = (0..100_003usize).map(|i| (i % 241) as u8).collect();
+    for (i, segment) in more.chunks(OOO_MSS).enumerate() {
+        send!(s, time 2001, data_at(200_000 + i * OOO_MSS, segment));
+    }
+    assert!(read_all(&mut s) == more);
+}
