@@ -175,6 +175,16 @@ impl Host {
     }
 
     /// A packet on a flow: its CONTROL part first, then its segment.
+    ///
+    /// Flow IDs travel in clear, so a packet that merely names the flow
+    /// proves nothing: anyone who learned them can send one, from any
+    /// address. The peer counts as heard (its liveness clock, the
+    /// retirement of our handshake ACK, its streaming for nudges: see
+    /// [`Host::peer_heard`]) only on evidence, from where the peer is: a
+    /// control message with its nonce, the answer to a path challenge, or a
+    /// transport segment that passed its checksum and that the socket took
+    /// as progress (see [`Host::stream_input`]). A packet from anywhere
+    /// else earns that address a path challenge (see `nat.rs`).
     fn flow_input(
         &mut self,
         id: FlowId,
@@ -183,7 +193,6 @@ impl Host {
         repr: &SalRepr,
         segment: &[u8],
     ) {
-        let now = self.now;
         let Ok(flow) = self.flow_mut(id) else {
             return;
         };
@@ -199,76 +208,144 @@ impl Host {
         }
         flow.counters.packets_in += 1;
         flow.counters.bytes_in += segment.len() as u64;
-        flow.liveness.heard(now);
         let syn = repr
             .control
             .is_some_and(|c| c.flags.contains(ControlFlags::SYN));
-        if flow.state == FlowState::Established && !syn {
-            // The server speaks on the flow: our handshake ACK got there.
-            flow.control.retire_handshake_ack();
-        }
-        if flow.nat.peer_sent(carries_data(flow.protocol(), segment)) {
-            self.arm_nudge(id);
-        }
-        let Ok(flow) = self.flow_mut(id) else {
-            return;
-        };
+        let data = carries_data(flow.protocol(), segment);
         let elsewhere = flow.state == FlowState::Established
             && flow.path.remote.is_some_and(|remote| remote != src);
+        let mut heard = false;
         if let Some(control) = repr.control {
             if nat::is_challenge(&control) {
-                self.challenge_input(id);
+                self.challenge_input(id, &control);
                 return;
             }
-            if !self.control_input(id, src, dst, repr, &control) {
+            if nat::is_answer(&control) {
+                if self.answer_input(id, src, &control) {
+                    self.peer_heard(id, false, false);
+                }
                 return;
             }
-        } else if elsewhere {
-            // Not proof of anything: ask the new address (see `nat.rs`),
-            // and take the segment all the same.
-            self.unproven_source(id, src);
+            // Heard before the message acts, as the message may ask
+            // something of the peer (an RSYN-ACK) whose wait starts then.
+            if self.authentic_from_peer(id, src, &control) {
+                self.peer_heard(id, syn, data);
+                heard = true;
+            }
+            let go_on = self.control_input(id, src, dst, repr, &control);
+            // A message that opened the flow (the SYN-ACK) or moved it
+            // (an RSYN) shows the peer only once it acted.
+            if !heard && self.authentic_from_peer(id, src, &control) {
+                self.peer_heard(id, syn, data);
+                heard = true;
+            }
+            if !go_on {
+                return;
+            }
         } else if flow.state == FlowState::SynReceived && !segment.is_empty() {
             // Data before the ACK: the ACK was lost but the client is established.
             flow.control.pending.clear();
             flow.timers.disarm(Timer::Control);
             self.establish_server(id);
         }
-        if segment.is_empty() {
-            self.mark_dirty(id);
-            return;
-        }
         let Ok(flow) = self.flow_mut(id) else {
             return;
         };
-        if flow.state != FlowState::Established {
-            return;
-        }
-        match flow.protocol() {
+        let (state, protocol) = (flow.state, flow.protocol());
+        // `None` if the segment failed its checksum, else whether it is
+        // evidence of the peer.
+        let taken = match protocol {
+            _ if segment.is_empty() => {
+                self.mark_dirty(id);
+                Some(false)
+            }
+            _ if state != FlowState::Established => return,
             TransportProtocol::Stream => self.stream_segment_input(id, src, dst, segment),
             TransportProtocol::Datagram => {
                 let with_control = repr.control.is_some();
-                self.datagram_flow_input(id, src, dst, with_control, segment)
+                let bad = self.stats.bad_checksum;
+                self.datagram_flow_input(id, src, dst, with_control, segment);
+                let checked = self.stats.bad_checksum == bad;
+                // Anyone who learned the flow IDs can forge a datagram: one
+                // from the peer's address shows it streaming (for nudges),
+                // never that the path works.
+                if checked && !heard && self.peer_at(id, src) {
+                    let streaming = self.flow_mut(id).is_ok_and(|f| f.nat.peer_sent(data));
+                    if streaming {
+                        self.arm_nudge(id);
+                    }
+                }
+                checked.then_some(false)
             }
+        };
+        if elsewhere && repr.control.is_none() && taken.is_some() {
+            // Not proof of anything: ask the new address (see `nat.rs`),
+            // having taken the segment all the same.
+            self.challenge_path(id, src, false);
+        }
+        if taken == Some(true) && !heard && self.peer_at(id, src) {
+            self.peer_heard(id, syn, data);
         }
     }
 
-    /// The TCP segment of a packet on an established stream flow.
-    fn stream_segment_input(&mut self, id: FlowId, src: Locator, dst: Locator, segment: &[u8]) {
-        if !nat::transport_checksum_ok(TransportProtocol::Stream, &src, &dst, segment) {
-            self.stats.bad_checksum += 1;
-            return;
-        }
+    /// Whether `src` is where the flow's peer is.
+    fn peer_at(&mut self, id: FlowId, src: Locator) -> bool {
+        self.flow_mut(id)
+            .is_ok_and(|flow| flow.path.remote == Some(src))
+    }
+
+    /// Whether `control`, which came from `src`, carries the peer's nonce
+    /// and came from where the peer is.
+    fn authentic_from_peer(&mut self, id: FlowId, src: Locator, control: &ControlRepr) -> bool {
+        self.peer_at(id, src)
+            && self
+                .flow_mut(id)
+                .is_ok_and(|flow| flow.control.nonce_ok(control))
+    }
+
+    /// The peer showed itself on the flow (see [`Host::flow_input`]) with a
+    /// packet that was a SYN (`syn`) or not and that carried data or not:
+    /// its silence counts from now, it got our handshake ACK, and it may be
+    /// streaming to us.
+    fn peer_heard(&mut self, id: FlowId, syn: bool, data: bool) {
+        let now = self.now;
         let Ok(flow) = self.flow_mut(id) else {
             return;
         };
+        flow.liveness.heard(now);
+        if flow.state == FlowState::Established && !syn {
+            // The server speaks on the flow: our handshake ACK got there.
+            flow.control.retire_handshake_ack();
+        }
+        if flow.nat.peer_sent(data) {
+            self.arm_nudge(id);
+        }
+    }
+
+    /// The TCP segment of a packet on an established stream flow. Returns
+    /// `None` if it failed its checksum, else whether it is evidence of the
+    /// peer (see [`Host::stream_input`]).
+    fn stream_segment_input(
+        &mut self,
+        id: FlowId,
+        src: Locator,
+        dst: Locator,
+        segment: &[u8],
+    ) -> Option<bool> {
+        if !nat::transport_checksum_ok(TransportProtocol::Stream, &src, &dst, segment) {
+            self.stats.bad_checksum += 1;
+            return None;
+        }
+        let flow = self.flow_mut(id).ok()?;
         let header = tcp_header_len(segment);
         if flow.teardown.app_closed && segment.len() > header {
             // Data for an application that closed: nobody will read it.
             let _ = self.abort(id);
-            return;
+            return Some(false);
         }
-        self.stream_input(id, segment);
+        let evidence = self.stream_input(id, segment);
         self.mark_dirty(id);
+        Some(evidence)
     }
 
     /// The CONTROL part of a packet on a flow. Returns whether the rest of the
@@ -309,8 +386,11 @@ impl Host {
         let Ok(flow) = self.flow_mut(id) else {
             return false;
         };
-        // An authenticated message from somewhere new: the peer's NAT
-        // rebound the flow (an RSYN moves it by itself, below).
+        // A message with the peer's nonce from somewhere new: the peer's
+        // NAT may have rebound the flow, or someone replays the message
+        // (or the peer spoofs it) to make us send elsewhere. The new
+        // address must answer a challenge before the flow goes there (see
+        // `nat.rs`; an RSYN moves it by itself, below).
         let rebound = flow.state == FlowState::Established
             && !flags.contains(ControlFlags::RSYN)
             && flow.path.remote.is_some_and(|remote| remote != src);
@@ -339,7 +419,7 @@ impl Host {
             self.fin_input(id, control);
         }
         if rebound {
-            self.peer_rebound(id, src);
+            self.challenge_path(id, src, true);
         }
         true
     }

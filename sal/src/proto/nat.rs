@@ -33,32 +33,56 @@
 //!   busy client flow over UDP (one that waits for an answer, or whose peer
 //!   was streaming data) that has heard nothing for [`NUDGE_AFTER`] sends a
 //!   bare ACK, then again after twice and four times as long: through the
-//!   new mapping, that is the proof the peer needs (next point).
+//!   new mapping, that draws the path challenge whose answer moves the
+//!   flow (next point).
 //! - **Rebinding.** A NAT may move a flow to another public address or port
 //!   (it restarted, it ran out of ports, the mapping expired). The peer
-//!   then sees the flow's packets arrive from somewhere new. Packets
-//!   without CONTROL prove nothing (anyone who learned the flow IDs can
-//!   forge them, from any source address), so the host does not follow
-//!   them: it sends a *path challenge* to the new address and keeps using
-//!   the old one. Only a control message that carries the peer's nonce,
-//!   arriving from the new address, moves the flow there (as QUIC moves a
-//!   connection only to a path validated with a secret). The peer answers a
-//!   challenge with a bare ACK to the address it knows for us; its NAT
-//!   sends that from the new mapping, which proves the mapping. A keepalive
-//!   or any other control message of the peer does the same. Segments sent
-//!   meanwhile to the old address are lost; the flow's socket resends what
-//!   is in flight as soon as the move is made (`sal_tcp::Socket::rewind`),
-//!   so the transport never waits for its one-second timeout.
+//!   then sees the flow's packets arrive from somewhere new. Nothing that
+//!   merely arrives from there proves the peer is there: packets without
+//!   CONTROL can be forged by anyone who learned the flow IDs, from any
+//!   source address, and a control message that carries the peer's nonce
+//!   can be replayed from anywhere by whoever saw it once (a bare ACK, which
+//!   keepalives, nudges and most answers are, reuses the next `verno`
+//!   without consuming it, so a replayed one looks exactly like a fresh
+//!   one), or sent from a spoofed address by the peer itself, to make us
+//!   send its download to a victim. So the host never follows such a
+//!   packet: it sends a *path challenge* with a fresh random token to the
+//!   new address, keeps using the old one, and moves the flow only when the
+//!   answer comes back from the new address, echoing that token and
+//!   carrying the peer's nonce (as QUIC moves a connection only to a path
+//!   that echoed its PATH_CHALLENGE). Then, and only then, the flow's
+//!   socket resends what is in flight (`sal_tcp::Socket::rewind`), so that
+//!   the transport never waits for its one-second timeout; until then the
+//!   new address gets nothing but challenges, no bigger than the packets
+//!   that drew them (save a bare 12-byte header's), at most one per packet
+//!   and at most ten a second for each of the two budgets below. Nor do
+//!   packets from there count as the peer speaking (see `input.rs`), so
+//!   forged ones cannot hide a dead path. The peer answers a
+//!   challenge at the address it knows for us; its NAT sends that from the
+//!   new mapping, which proves the mapping. A client that hears nothing
+//!   (its nudges, above) thus costs a rebinding a round trip more: the
+//!   nudge draws the challenge, the answer moves the flow.
 //!
 //! The path challenge is `CONTROL(RSYN|NACK)` whose nonce field holds a
 //! fresh random token instead of the sender's nonce: the new address may be
 //! an attacker's, and an attacker who learned our nonce could forge our
 //! control messages to the peer. The receiver answers it without checking
 //! that nonce, and only toward the address it already uses for the flow,
-//! so the challenge can neither redirect nor reveal anything. A reference
-//! host drops it (nonce mismatch) and so never answers; its flows then
-//! follow a rebinding only with its next control message. Challenges and
-//! answers are rate-limited per flow.
+//! so the challenge can neither redirect nor reveal anything. The answer is
+//! `CONTROL(RSYN|NACK|ACK)` whose nonce field holds the token XOR the
+//! answerer's own nonce (`verno` and `ackno` those of a bare ACK): only
+//! someone who both got the challenge and knows the peer's nonce can make
+//! it, and a host that does not know the message drops it for its nonce
+//! (with the token in `verno` and `ackno` and the nonce in clear, it would
+//! take the token for an acknowledgement number). Up to [`MAX_CHALLENGES`] addresses are
+//! challenged at once, each with one token (repeated challenges to one
+//! address repeat it) for [`CHALLENGE_LIFETIME`]; the first answer spends
+//! them all, so a replayed answer proves nothing. Challenges and answers
+//! are rate-limited per flow; a challenge drawn by a message
+//! that carried the peer's nonce has a budget of its own, so forged
+//! packets from elsewhere cannot crowd out the peer's own rebinding. A
+//! reference host drops the challenge (nonce mismatch) and never answers:
+//! its flows do not follow a rebinding.
 
 use smoltcp::time::{Duration, Instant};
 
@@ -80,10 +104,15 @@ pub(super) const NUDGE_AFTER: Duration = Duration::from_millis(200);
 const MAX_NUDGES: u32 = 3;
 /// Packets with data in a row after which the peer counts as streaming.
 const STREAMING: u32 = 8;
-/// At most one path challenge per flow this often.
+/// At most one path challenge per flow this often, for each of the two
+/// kinds of packet that draw one (with the peer's nonce, and without).
 const CHALLENGE_INTERVAL: Duration = Duration::from_millis(100);
 /// At most one answer to a path challenge per flow this often.
 const ANSWER_INTERVAL: Duration = Duration::from_millis(50);
+/// Path challenges of one flow whose answer is still taken.
+const MAX_CHALLENGES: usize = 4;
+/// How long the answer to a path challenge is taken.
+const CHALLENGE_LIFETIME: Duration = Duration::from_secs(3);
 
 /// The flags of a path challenge.
 pub(super) fn challenge_flags() -> ControlFlags {
@@ -93,6 +122,35 @@ pub(super) fn challenge_flags() -> ControlFlags {
 /// Whether `control` is a path challenge (see the module docs).
 pub(super) fn is_challenge(control: &ControlRepr) -> bool {
     control.flags == challenge_flags()
+}
+
+/// The flags of the answer to a path challenge.
+pub(super) fn answer_flags() -> ControlFlags {
+    ControlFlags::RSYN | ControlFlags::NACK | ControlFlags::ACK
+}
+
+/// Whether `control` answers a path challenge (see the module docs).
+pub(super) fn is_answer(control: &ControlRepr) -> bool {
+    control.flags == answer_flags()
+}
+
+/// The nonce field of an answer: the challenge's token XOR the
+/// answerer's nonce (and, applied again, the token back).
+fn xor(a: [u8; 8], b: [u8; 8]) -> [u8; 8] {
+    std::array::from_fn(|i| a[i] ^ b[i])
+}
+
+/// A path challenge whose answer is awaited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Challenge {
+    /// Where it went: only an answer from there counts.
+    to: Locator,
+    token: [u8; 8],
+    /// When it first went there: its answer is taken for
+    /// [`CHALLENGE_LIFETIME`] from then.
+    at: Instant,
+    /// Drawn by a packet that carried the peer's nonce.
+    for_peer: bool,
 }
 
 /// Where to answer a first packet that came from `src` with SOURCE
@@ -150,8 +208,14 @@ pub(super) struct NatState {
     heard: Option<Instant>,
     /// Packets from the peer in a row that carried data.
     streak: u32,
-    /// When a path challenge last went out.
+    /// When a path challenge last went out for a packet without the
+    /// peer's nonce.
     challenged: Option<Instant>,
+    /// When one last went out for a control message with the peer's nonce.
+    challenged_for_peer: Option<Instant>,
+    /// Challenges whose answer is awaited, oldest first (empty, and
+    /// unallocated, on a flow whose peer never moved).
+    challenges: Vec<Challenge>,
     /// When a path challenge was last answered.
     answered: Option<Instant>,
 }
@@ -199,9 +263,59 @@ impl NatState {
         self.streak >= STREAMING
     }
 
-    /// Whether a path challenge may go out now; if so, it counts as sent.
-    pub fn may_challenge(&mut self, now: Instant) -> bool {
-        Self::take_turn(&mut self.challenged, now, CHALLENGE_INTERVAL)
+    /// Whether a path challenge may go out now for a packet that carried
+    /// the peer's nonce (`for_peer`) or did not; if so, it counts as sent.
+    pub fn may_challenge(&mut self, now: Instant, for_peer: bool) -> bool {
+        let last = match for_peer {
+            true => &mut self.challenged_for_peer,
+            false => &mut self.challenged,
+        };
+        Self::take_turn(last, now, CHALLENGE_INTERVAL)
+    }
+
+    /// The token of a path challenge to `to`, drawn by a packet that did
+    /// (`for_peer`) or did not carry the peer's nonce: the token of the
+    /// challenge already awaited there, so that the answer to any copy
+    /// counts, else `fresh`, awaited from now on. When too many are
+    /// awaited, the oldest is forgotten, one drawn without the nonce first:
+    /// forged packets from many addresses cannot push out the peer's.
+    pub fn challenge_token(
+        &mut self,
+        to: Locator,
+        fresh: [u8; 8],
+        for_peer: bool,
+        now: Instant,
+    ) -> [u8; 8] {
+        self.challenges.retain(|c| now < c.at + CHALLENGE_LIFETIME);
+        if let Some(c) = self.challenges.iter_mut().find(|c| c.to == to) {
+            c.for_peer |= for_peer;
+            return c.token;
+        }
+        if self.challenges.len() >= MAX_CHALLENGES {
+            let oldest = (self.challenges.iter().position(|c| !c.for_peer)).unwrap_or(0);
+            self.challenges.remove(oldest);
+        }
+        self.challenges.push(Challenge {
+            to,
+            token: fresh,
+            at: now,
+            for_peer,
+        });
+        fresh
+    }
+
+    /// Whether `token`, come back from `from` at `now`, answers a
+    /// challenge still awaited there. If so the path is proven and every
+    /// challenge is spent: a replayed answer proves nothing.
+    pub fn take_answer(&mut self, from: Locator, token: [u8; 8], now: Instant) -> bool {
+        let answers = self
+            .challenges
+            .iter()
+            .any(|c| c.to == from && c.token == token && now < c.at + CHALLENGE_LIFETIME);
+        if answers {
+            self.challenges = Vec::new();
+        }
+        answers
     }
 
     /// Whether a path challenge may be answered now; if so, it counts as
@@ -295,18 +409,26 @@ impl Host {
         }
     }
 
-    /// A packet without CONTROL on an established flow came from `src`,
-    /// which is not where the peer is: challenge the new address (rate-
-    /// limited) and keep using the old one until the peer proves itself.
-    pub(super) fn unproven_source(&mut self, id: FlowId, src: Locator) {
+    /// A packet on an established flow came from `src`, which is not where
+    /// the peer is: challenge the new address (rate-limited; `for_peer`
+    /// when the packet carried the peer's nonce) and keep using the old one
+    /// until the answer proves the new one (see the module docs).
+    pub(super) fn challenge_path(&mut self, id: FlowId, src: Locator, for_peer: bool) {
         let now = self.now;
-        let token: [u8; 8] = rand::Rng::random(&mut self.rng);
         let Ok(flow) = self.flow_mut(id) else {
             return;
         };
-        if flow.state != FlowState::Established || !flow.nat.may_challenge(now) {
+        if flow.state != FlowState::Established
+            || flow.path.remote == Some(src)
+            || !flow.nat.may_challenge(now, for_peer)
+        {
             return;
         }
+        let fresh: [u8; 8] = rand::Rng::random(&mut self.rng);
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
+        let token = flow.nat.challenge_token(src, fresh, for_peer, now);
         let mut repr = SalRepr::data(flow.id, flow.peer_flow, flow.protocol().number());
         repr.control = Some(ControlRepr {
             flags: challenge_flags(),
@@ -319,24 +441,59 @@ impl Host {
         self.send_packet(local, src, super::output::build(&repr, &[]));
     }
 
-    /// A path challenge arrived on a flow: answer it, with our nonce, at the
-    /// address we already use for the peer (rate-limited).
-    pub(super) fn challenge_input(&mut self, id: FlowId) {
+    /// A path challenge arrived on a flow: answer it, echoing its token
+    /// under our nonce, at the address we already use for the peer
+    /// (rate-limited).
+    pub(super) fn challenge_input(&mut self, id: FlowId, challenge: &ControlRepr) {
         let now = self.now;
         let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
+        let Some(remote) = flow.path.remote else {
             return;
         };
         if flow.state != FlowState::Established || !flow.nat.may_answer(now) {
             return;
         }
-        self.send_ack(id, false, &[]);
+        let mut repr = SalRepr::data(flow.id, flow.peer_flow, flow.protocol().number());
+        repr.control = Some(ControlRepr {
+            flags: answer_flags(),
+            nonce: xor(challenge.nonce, flow.control.local_nonce),
+            ..flow.control.ack()
+        });
+        flow.count_sent(now);
+        let local = flow.path.local;
+        self.send_packet(local, remote, super::output::build(&repr, &[]));
     }
 
-    /// An authenticated control message (its nonce checked) came from
-    /// `src`, which is not where the peer was: the peer's NAT rebound the
-    /// flow, and this message proves the new path. Follow it, and resend at
-    /// once what the old path may have swallowed.
-    pub(super) fn peer_rebound(&mut self, id: FlowId, src: Locator) {
+    /// The answer to a path challenge arrived from `src`. If it carries the
+    /// token of a challenge sent there, under the peer's nonce, the peer is
+    /// at `src`: the flow follows it there. Returns whether it did.
+    pub(super) fn answer_input(&mut self, id: FlowId, src: Locator, answer: &ControlRepr) -> bool {
+        let now = self.now;
+        let Ok(flow) = self.flow_mut(id) else {
+            return false;
+        };
+        if flow.path.remote == Some(src) {
+            // Late: another copy's answer moved the flow here already (or
+            // it is forged, and moves nothing either way).
+            return false;
+        }
+        let proven = flow.state == FlowState::Established
+            && (flow.control.peer_nonce)
+                .is_some_and(|peer| flow.nat.take_answer(src, xor(answer.nonce, peer), now));
+        if !proven {
+            self.stats.bad_nonce += 1;
+            return false;
+        }
+        self.peer_rebound(id, src);
+        true
+    }
+
+    /// The peer answered a path challenge from `src`, which is not where
+    /// it was: its NAT rebound the flow. Follow it, and resend at once what
+    /// the old path may have swallowed.
+    fn peer_rebound(&mut self, id: FlowId, src: Locator) {
         let Ok(flow) = self.flow_mut(id) else {
             return;
         };
@@ -485,12 +642,71 @@ mod tests {
     fn challenges_and_answers_are_rate_limited() {
         let mut nat = NatState::default();
         let t = Instant::from_millis(1000);
-        assert!(nat.may_challenge(t));
-        assert!(!nat.may_challenge(t + Duration::from_millis(99)));
-        assert!(nat.may_challenge(t + Duration::from_millis(100)));
+        assert!(nat.may_challenge(t, false));
+        assert!(!nat.may_challenge(t + Duration::from_millis(99), false));
+        // The peer's own messages have a budget of their own.
+        assert!(nat.may_challenge(t + Duration::from_millis(99), true));
+        assert!(!nat.may_challenge(t + Duration::from_millis(150), true));
+        assert!(nat.may_challenge(t + Duration::from_millis(100), false));
         assert!(nat.may_answer(t));
         assert!(!nat.may_answer(t + Duration::from_millis(49)));
         assert!(nat.may_answer(t + Duration::from_millis(50)));
+    }
+
+    fn at(ms: i64) -> Instant {
+        Instant::from_millis(ms)
+    }
+
+    #[test]
+    fn an_answer_proves_only_the_address_its_challenge_went_to_and_only_once() {
+        let mut nat = NatState::default();
+        let (new, other) = (loc("udp:10.0.0.101:40000"), loc("udp:10.0.0.66:54325"));
+        let token = nat.challenge_token(new, [1; 8], false, at(0));
+        assert_eq!(token, [1; 8]);
+        // Challenged again before the answer: the same token, so that the
+        // answer to either copy counts.
+        assert_eq!(nat.challenge_token(new, [2; 8], true, at(100)), [1; 8]);
+        assert!(!nat.take_answer(new, [2; 8], at(150)), "wrong token");
+        assert!(!nat.take_answer(other, [1; 8], at(150)), "from elsewhere");
+        assert!(nat.take_answer(new, [1; 8], at(150)));
+        assert!(!nat.take_answer(new, [1; 8], at(160)), "a replay");
+        // Too late.
+        let token = nat.challenge_token(other, [3; 8], false, at(1000));
+        assert!(!nat.take_answer(other, token, at(1000) + CHALLENGE_LIFETIME));
+        // A token expires with its challenge: the next one is fresh.
+        assert_eq!(
+            nat.challenge_token(other, [4; 8], false, at(1000) + CHALLENGE_LIFETIME),
+            [4; 8]
+        );
+    }
+
+    #[test]
+    fn challenges_from_forgeries_give_way_before_the_peers_own() {
+        let mut nat = NatState::default();
+        let peer = loc("udp:10.0.0.101:40000");
+        nat.challenge_token(loc("10.0.0.1"), [1; 8], false, at(0));
+        nat.challenge_token(peer, [7; 8], true, at(10));
+        for i in 2..20u8 {
+            let forged = Locator::Ipv4(std::net::Ipv4Addr::new(10, 66, 0, i));
+            nat.challenge_token(forged, [i; 8], false, at(i64::from(i) * 100));
+        }
+        assert_eq!(nat.challenges.len(), MAX_CHALLENGES);
+        assert!(nat.take_answer(peer, [7; 8], at(2000)));
+    }
+
+    #[test]
+    fn an_answer_hides_the_token_under_the_answerers_nonce() {
+        let (token, nonce) = ([0x5a; 8], [1, 2, 3, 4, 5, 6, 7, 8]);
+        let hidden = xor(token, nonce);
+        assert_ne!(hidden, nonce, "a host that does not know answers drops it");
+        assert_eq!(xor(hidden, nonce), token);
+        let answer = ControlRepr {
+            flags: answer_flags(),
+            nonce: hidden,
+            ..ControlRepr::default()
+        };
+        assert!(is_answer(&answer));
+        assert!(!is_challenge(&answer));
     }
 
     #[test]

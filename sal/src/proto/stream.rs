@@ -66,6 +66,36 @@ pub(super) struct StreamPart {
     pub ack_owed: bool,
     /// In one of the host's output queues (see [`Host::queue_output`]).
     pub queued: bool,
+    /// The highest acknowledgement number of a segment from the peer that
+    /// moved the socket on (see [`Host::stream_input`]).
+    peer_ack: Option<u32>,
+}
+
+impl StreamPart {
+    /// Notes the acknowledgement number of a segment the socket took as
+    /// `progress` (or not); returns whether the segment is evidence of the
+    /// peer (see [`Host::stream_input`]).
+    fn peer_ack(&mut self, segment: &[u8], progress: bool) -> bool {
+        let ack = match (segment.get(8..12), segment.get(13)) {
+            (Some(ack), Some(&flags)) if flags & TCP_ACK != 0 => {
+                Some(u32::from_be_bytes([ack[0], ack[1], ack[2], ack[3]]))
+            }
+            _ => None,
+        };
+        if !progress {
+            return ack.is_some() && ack == self.peer_ack;
+        }
+        if let Some(ack) = ack {
+            // Serial-number comparison: never back to an older one.
+            let newer = self
+                .peer_ack
+                .is_none_or(|last| (ack.wrapping_sub(last) as i32) > 0);
+            if newer {
+                self.peer_ack = Some(ack);
+            }
+        }
+        true
+    }
 }
 
 /// What [`Host::stream_transmit`] did.
@@ -286,23 +316,38 @@ impl Host {
     }
 
     /// Hands a received segment (checksum verified) to the flow's socket.
-    pub(super) fn stream_input(&mut self, id: FlowId, segment: &[u8]) {
+    /// Returns whether the segment is evidence that the peer is there (see
+    /// `input.rs`): the socket took it as progress (new data, a new
+    /// acknowledgement, a change of state), or it repeats exactly the
+    /// acknowledgement of the last segment that was progress (a duplicate
+    /// ACK, the answer to a window probe, a retransmission the peer sent
+    /// because our ACK was lost). Whoever forges either must know the
+    /// connection's sequence numbers, which travel only on the flow's path.
+    pub(super) fn stream_input(&mut self, id: FlowId, segment: &[u8]) -> bool {
         let now = self.now;
         let Ok(flow) = self.flow_mut(id) else {
-            return;
+            return false;
         };
-        let Some(socket) = flow.stream_mut().and_then(|s| s.socket.as_mut()) else {
-            return;
+        let Some(stream) = flow.stream_mut() else {
+            return false;
+        };
+        let Some(socket) = stream.socket.as_mut() else {
+            return false;
         };
         let before = socket.buffer_memory();
+        let was = (socket.send_queue(), socket.recv_queue(), socket.state());
         let handled = socket.handle_segment(now, segment);
         let after = socket.buffer_memory();
+        let progress =
+            socket.send_queue() < was.0 || socket.recv_queue() > was.1 || socket.state() != was.2;
+        let evidence = handled.is_ok() && stream.peer_ack(segment, progress);
         self.account_buffers(before, after);
         if handled.is_err() {
             self.stats.malformed += 1;
-            return;
+            return false;
         }
         self.queue_output(id);
+        evidence
     }
 
     /// Drops the flow's socket, if it has one, without a word to the peer.
