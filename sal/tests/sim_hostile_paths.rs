@@ -96,6 +96,101 @@ fn forged_tcp(src: Ipv4Addr, dst: Ipv4Addr, seq: u32, ack: u32, data: &[u8]) -> 
 const VICTIM: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 99);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 
+/// A client's own RSYNs (it knows its nonce and numbers them afresh) from
+/// a victim's address during a download: the flow answers each at the
+/// victim's address, as a peer that moved must be answered, and challenges
+/// the address, but sends it none of the download until the victim answers
+/// the challenge, which it cannot. Before, each RSYN moved the flow there
+/// and resent its whole flight.
+#[test]
+fn rsyns_from_a_victims_address_move_nothing_until_it_answers() {
+    let conditions = LinkConditions {
+        delay: ms(20),
+        ..Default::default()
+    };
+    let mut net = Network::new(7, conditions);
+    let client = net.add_host("client", HostConfig::default(), &[("eth0", "10.0.0.1/24")]);
+    let server = net.add_host("server", HostConfig::default(), &[("eth0", "10.0.0.2/24")]);
+    default_route(&mut net, client, "10.0.0.2");
+    let listener = net
+        .host(server)
+        .listen("ab/8".parse().unwrap(), Stream, 8)
+        .unwrap();
+    let captured: Rc<RefCell<Option<ControlRepr>>> = Rc::default();
+    let to_victim = Rc::new(Cell::new(0u64));
+    let data_to_victim = Rc::new(Cell::new(0usize));
+    {
+        let (captured, to_victim) = (captured.clone(), to_victim.clone());
+        let data_to_victim = data_to_victim.clone();
+        net.set_filter(Some(Box::new(move |p: &Packet| {
+            if p.dst.ip() == VICTIM {
+                to_victim.set(to_victim.get() + p.payload.len() as u64);
+                let payload = SalPacket::new_checked(&p.payload[..]).map(|s| s.payload().len());
+                data_to_victim.set(data_to_victim.get() + payload.unwrap_or(0));
+            }
+            if p.src.ip() == CLIENT {
+                if let Some(c) = control_of(&p.payload).filter(|c| c.flags == ControlFlags::ACK) {
+                    *captured.borrow_mut() = Some(c);
+                }
+            }
+            false
+        })));
+    }
+    let (cflow, sflow) = establish(&mut net, client, server, listener, "ab".parse().unwrap());
+    let ack = captured.borrow().expect("the client's handshake ACK");
+    let data = pattern(24 << 20, 5);
+    let from_victim = Rc::new(Cell::new(0u64));
+    let (mut sent, mut next) = (0u32, None::<Instant>);
+    let from = from_victim.clone();
+    let received = stream(
+        &mut net,
+        (server, sflow),
+        (client, cflow),
+        &data,
+        secs(60),
+        |net, received| {
+            let now = net.now();
+            if received < 4 << 20 || sent >= 40 || next.is_some_and(|t| now < t) {
+                return;
+            }
+            let rsyn = ControlRepr {
+                flags: ControlFlags::RSYN,
+                verno: ack.verno.wrapping_add(sent),
+                ..ack
+            };
+            let payload = sal_packet(cflow, sflow, Some(rsyn), &[]);
+            from.set(from.get() + payload.len() as u64);
+            net.inject(injected(Locator::Ipv4(VICTIM), loc("10.0.0.2"), payload));
+            sent += 1;
+            next = Some(now + ms(50));
+        },
+    );
+    assert!(received == data, "bytes differ");
+    assert_eq!(sent, 40);
+    eprintln!(
+        "{} bytes of RSYNs from the victim's address, {} bytes to it ({} of them the flow's data)",
+        from_victim.get(),
+        to_victim.get(),
+        data_to_victim.get()
+    );
+    assert_eq!(
+        data_to_victim.get(),
+        0,
+        "none of the download went to the victim"
+    );
+    assert!(
+        to_victim.get() <= 2 * from_victim.get(),
+        "{} bytes reflected for {}",
+        to_victim.get(),
+        from_victim.get()
+    );
+    assert_eq!(
+        net.host(server).flow(sflow).unwrap().remote,
+        Some(Locator::Ipv4(CLIENT)),
+        "the flow stayed where the client is"
+    );
+}
+
 #[test]
 fn control_messages_from_a_victims_address_reflect_no_more_than_they_carry() {
     let conditions = LinkConditions {

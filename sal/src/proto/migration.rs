@@ -108,14 +108,18 @@ impl Host {
             self.stats.stale += 1;
             return;
         }
-        // The peer speaks from where it now is: follow it. A retransmitted
-        // RSYN from yet another locator also moves us (the latest wins).
-        let moved = flow.path.follow_peer(src);
+        // The peer says it is now at `src`. The nonce shows the RSYN is the
+        // peer's, not that the peer is at `src`: a peer may spoof a victim's
+        // address to have its download sent there. So the answer goes to
+        // `src` (a peer that moved must get it there), a path challenge
+        // with it, and the flow follows only once the challenge is answered
+        // from `src` (`nat.rs`), resending its flight then. A retransmitted
+        // RSYN from yet another locator redirects the answers (the latest
+        // wins).
+        let elsewhere = flow.path.remote.is_some_and(|remote| remote != src);
+        let new_target = elsewhere && flow.path.moving_to != Some(src);
+        flow.path.moving_to = elsewhere.then_some(src);
         let answered = flow.control.in_flight(ControlKind::RsynAck);
-        if moved {
-            self.events.push_back(Event::PeerMoved(id, src));
-            self.rewind_stream(id);
-        }
         if control.flags.contains(ControlFlags::ACK) {
             // An RSYN-ACK: our RSYN was retired by the caller; confirm it.
             self.send_ack(id, false, &[]);
@@ -137,6 +141,15 @@ impl Host {
             self.resend_kind(id, ControlKind::RsynAck);
         } else {
             self.send_ack(id, false, &[]);
+        }
+        // A new address is challenged at once; RSYNs repeated from one
+        // draw challenges at the rate other messages from there do, so a
+        // peer's RSYNs from a victim's address cost the victim at most one
+        // answer each and a few challenges a second.
+        if new_target {
+            self.challenge_rsyn_source(id, src);
+        } else if elsewhere {
+            self.challenge_path(id, src, true);
         }
     }
 

@@ -107,8 +107,13 @@ const STREAMING: u32 = 8;
 /// At most one path challenge per flow this often, for each of the two
 /// kinds of packet that draw one (with the peer's nonce, and without).
 const CHALLENGE_INTERVAL: Duration = Duration::from_millis(100);
-/// At most one answer to a path challenge per flow this often.
+/// Answers to path challenges per flow are counted over this long ...
 const ANSWER_INTERVAL: Duration = Duration::from_millis(50);
+/// ... and at most this many go out in one such interval, each to a token
+/// other than the last one answered (a repeated challenge gets one answer
+/// per interval). A peer that moved twice in quick succession challenges
+/// both addresses at once, and the second answer is the one that counts.
+const ANSWERS_PER_INTERVAL: u8 = 4;
 /// Path challenges of one flow whose answer is still taken.
 const MAX_CHALLENGES: usize = 4;
 /// How long the answer to a path challenge is taken.
@@ -216,8 +221,9 @@ pub(super) struct NatState {
     /// Challenges whose answer is awaited, oldest first (empty, and
     /// unallocated, on a flow whose peer never moved).
     challenges: Vec<Challenge>,
-    /// When a path challenge was last answered.
-    answered: Option<Instant>,
+    /// When the current interval of answers began ([`ANSWER_INTERVAL`]),
+    /// how many went out in it, and the token last answered.
+    answered: Option<(Instant, u8, [u8; 8])>,
 }
 
 impl NatState {
@@ -318,10 +324,22 @@ impl NatState {
         answers
     }
 
-    /// Whether a path challenge may be answered now; if so, it counts as
-    /// answered.
-    pub fn may_answer(&mut self, now: Instant) -> bool {
-        Self::take_turn(&mut self.answered, now, ANSWER_INTERVAL)
+    /// Whether a path challenge with `token` may be answered now; if so,
+    /// it counts as answered. Each answer goes to the address the flow
+    /// already uses, one for one challenge, so these bounds only keep a
+    /// flood of challenges from making as many answers.
+    pub fn may_answer(&mut self, now: Instant, token: [u8; 8]) -> bool {
+        match &mut self.answered {
+            Some((start, count, last)) if now < *start + ANSWER_INTERVAL => {
+                if *last == token || *count >= ANSWERS_PER_INTERVAL {
+                    return false;
+                }
+                *count += 1;
+                *last = token;
+            }
+            slot => *slot = Some((now, 1, token)),
+        }
+        true
     }
 
     fn take_turn(last: &mut Option<Instant>, now: Instant, interval: Duration) -> bool {
@@ -424,6 +442,26 @@ impl Host {
         {
             return;
         }
+        self.send_challenge(id, src, for_peer);
+    }
+
+    /// The peer's RSYN came from `src`, not where the flow runs: challenge
+    /// `src` (see `Host::rsyn_input`). Not rate-limited as other
+    /// challenges are: an RSYN with the peer's nonce draws one challenge,
+    /// one for one, and a peer that moved twice at once must get both.
+    pub(super) fn challenge_rsyn_source(&mut self, id: FlowId, src: Locator) {
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
+        if flow.state == FlowState::Established && flow.path.remote != Some(src) {
+            self.send_challenge(id, src, true);
+        }
+    }
+
+    /// Sends `src` a path challenge on flow `id` (the token already awaited
+    /// there, or a fresh one).
+    fn send_challenge(&mut self, id: FlowId, src: Locator, for_peer: bool) {
+        let now = self.now;
         let fresh: [u8; 8] = rand::Rng::random(&mut self.rng);
         let Ok(flow) = self.flow_mut(id) else {
             return;
@@ -452,7 +490,7 @@ impl Host {
         let Some(remote) = flow.path.remote else {
             return;
         };
-        if flow.state != FlowState::Established || !flow.nat.may_answer(now) {
+        if flow.state != FlowState::Established || !flow.nat.may_answer(now, challenge.nonce) {
             return;
         }
         let mut repr = SalRepr::data(flow.id, flow.peer_flow, flow.protocol().number());
@@ -491,16 +529,22 @@ impl Host {
     }
 
     /// The peer answered a path challenge from `src`, which is not where
-    /// it was: its NAT rebound the flow. Follow it, and resend at once what
-    /// the old path may have swallowed.
+    /// it was: it moved there (its RSYN came from there) or its NAT rebound
+    /// the flow. Follow it, and resend at once what the old path may have
+    /// swallowed.
     fn peer_rebound(&mut self, id: FlowId, src: Locator) {
         let Ok(flow) = self.flow_mut(id) else {
             return;
         };
+        // The answer proves the address an RSYN came from (a migration) or
+        // one the peer's NAT moved it to (a rebinding).
+        let migration = flow.path.moving_to == Some(src);
         if flow.state != FlowState::Established || !flow.path.follow_peer(src) {
             return;
         }
-        self.stats.rebindings += 1;
+        if !migration {
+            self.stats.rebindings += 1;
+        }
         self.events.push_back(Event::PeerMoved(id, src));
         self.rewind_stream(id);
         self.retransmit_now(id);
@@ -648,9 +692,17 @@ mod tests {
         assert!(nat.may_challenge(t + Duration::from_millis(99), true));
         assert!(!nat.may_challenge(t + Duration::from_millis(150), true));
         assert!(nat.may_challenge(t + Duration::from_millis(100), false));
-        assert!(nat.may_answer(t));
-        assert!(!nat.may_answer(t + Duration::from_millis(49)));
-        assert!(nat.may_answer(t + Duration::from_millis(50)));
+        let (one, two) = ([1; 8], [2; 8]);
+        assert!(nat.may_answer(t, one));
+        assert!(!nat.may_answer(t + Duration::from_millis(49), one));
+        assert!(nat.may_answer(t + Duration::from_millis(50), one));
+        // Another token within the interval: answered, a few times at most.
+        assert!(nat.may_answer(t + Duration::from_millis(51), two));
+        assert!(!nat.may_answer(t + Duration::from_millis(52), two));
+        for i in 3..=ANSWERS_PER_INTERVAL {
+            assert!(nat.may_answer(t + Duration::from_millis(52), [i; 8]));
+        }
+        assert!(!nat.may_answer(t + Duration::from_millis(53), [99; 8]));
     }
 
     fn at(ms: i64) -> Instant {

@@ -34,6 +34,11 @@ pub(super) struct Path {
     /// Server: the SYN came through service routers; its SOURCE and our own
     /// address, which the SYN-ACK carries back (the reference stack's form).
     pub syn_source: Option<SourceRepr>,
+    /// Where the peer's last RSYN came from, while that is not `remote`
+    /// and not yet proven (see `Host::rsyn_input`): our answers to the RSYN
+    /// go there, everything else still goes to `remote` until a path
+    /// challenge is answered from there.
+    pub moving_to: Option<Locator>,
     /// Other locators the peer advertised (ADDRESS extension).
     peer_locators: Vec<Locator>,
     /// Times this end moved to another locator.
@@ -53,6 +58,7 @@ impl Path {
             next_hop: None,
             discovery: false,
             syn_source: None,
+            moving_to: None,
             peer_locators: Vec::new(),
             migrations: 0,
             peer_moves: 0,
@@ -74,6 +80,7 @@ impl Path {
     /// Follows the peer to `src`, where it now speaks from; returns whether
     /// that is a move.
     pub fn follow_peer(&mut self, src: Locator) -> bool {
+        self.moving_to = None;
         if self.remote == Some(src) {
             return false;
         }
@@ -120,10 +127,10 @@ impl Path {
     /// anything else to the peer's current locator (so retransmissions
     /// follow migrations on both sides).
     pub fn control_destination(&self, kind: ControlKind) -> Option<Locator> {
-        if kind == ControlKind::Syn {
-            self.next_hop
-        } else {
-            self.remote
+        match kind {
+            ControlKind::Syn => self.next_hop,
+            ControlKind::RsynAck => self.moving_to.or(self.remote),
+            _ => self.remote,
         }
     }
 }
