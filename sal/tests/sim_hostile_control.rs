@@ -214,3 +214,60 @@ fn a_syn_ack_must_acknowledge_the_syn_exactly() {
     net.run_for(Duration::from_millis(5));
     assert!(connected(&mut net), "the exact SYN-ACK");
 }
+
+/// `validate_peer_moves: false` (sald's `--trust-peer-moves`): an RSYN
+/// moves the flow at once, as WIRE.md describes and reference peers (which
+/// do not answer path challenges) need; by default it moves nothing until
+/// the new address answers one.
+#[test]
+fn a_trusted_rsyn_moves_the_flow_at_once_an_untrusted_one_waits() {
+    for validate in [true, false] {
+        let mut net = Network::new(8, LinkConditions::default());
+        let client = net.add_host("client", HostConfig::default(), &[("eth0", "10.0.0.1/24")]);
+        let config = HostConfig {
+            validate_peer_moves: validate,
+            ..HostConfig::default()
+        };
+        let server = net.add_host("server", config, &[("eth0", "10.0.0.2/24")]);
+        default_route(&mut net, client, "10.0.0.2");
+        let listener = net
+            .host(server)
+            .listen("ab/8".parse().unwrap(), Stream, 8)
+            .unwrap();
+        let captured: Rc<RefCell<Option<ControlRepr>>> = Rc::default();
+        {
+            let captured = captured.clone();
+            net.set_filter(Some(Box::new(move |p: &Packet| {
+                let repr = SalPacket::new_checked(&p.payload[..])
+                    .ok()
+                    .and_then(|pk| SalRepr::parse(&pk).ok());
+                if p.src.ip() == Ipv4Addr::new(10, 0, 0, 1) {
+                    if let Some(c) = repr.and_then(|r| r.control) {
+                        if c.flags == ControlFlags::ACK {
+                            *captured.borrow_mut() = Some(c);
+                        }
+                    }
+                }
+                false
+            })));
+        }
+        let (cflow, sflow) = establish(&mut net, client, server, listener, "ab".parse().unwrap());
+        let ack = captured.borrow().expect("the client's handshake ACK");
+        net.link_down(Ipv4Addr::new(10, 0, 0, 1));
+        net.inject(Packet {
+            src: loc("10.0.0.77"),
+            dst: loc("10.0.0.2"),
+            ttl: 64,
+            kind: TransmitKind::Own,
+            payload: rsyn(cflow, sflow, ack.nonce, ack.verno),
+        });
+        net.run_for(Duration::from_millis(50));
+        let remote = net.host(server).flow(sflow).and_then(|f| f.remote);
+        let expected = if validate { "10.0.0.1" } else { "10.0.0.77" };
+        assert_eq!(
+            remote,
+            Some(loc(expected)),
+            "validate_peer_moves: {validate}"
+        );
+    }
+}

@@ -132,6 +132,13 @@ pub struct Flags {
     /// address or stops delivering (manual `servalctl migrate` still works).
     #[arg(long)]
     pub no_auto_migrate: bool,
+    /// Follow a peer's RSYN to its new address at once, as WIRE.md and the
+    /// reference stack do, instead of first checking with a path challenge
+    /// that the peer is there. Lets reference Serval peers (which do not
+    /// answer challenges) migrate; lets any peer have its flows' data sent
+    /// to an address of its choosing, a victim's.
+    #[arg(long)]
+    pub trust_peer_moves: bool,
     /// A flow with data in flight that hears nothing for this long moves to
     /// another interface (milliseconds).
     #[arg(long, value_name = "MS", default_value_t = 1500)]
@@ -462,6 +469,8 @@ pub struct Config {
     /// Flows move by themselves off an interface that goes down, loses its
     /// address or stops delivering.
     pub auto_migrate: bool,
+    /// Follow a peer's RSYN without a path challenge (`--trust-peer-moves`).
+    pub trust_peer_moves: bool,
     /// Silence after which a flow with data in flight moves (milliseconds).
     pub liveness_ms: u64,
     /// 0: never.
@@ -528,6 +537,7 @@ impl Config {
             seed: flags.seed,
             udp_offload: !flags.no_udp_offload,
             auto_migrate: !flags.no_auto_migrate,
+            trust_peer_moves: flags.trust_peer_moves,
             liveness_ms: flags.liveness_ms,
             probe_idle_ms: flags.probe_idle_ms,
             keepalive_ms: flags.keepalive_ms,

@@ -263,6 +263,7 @@ fn build_host(config: &Config, interfaces: &[LocalInterface]) -> Result<Host> {
         // from the operating system's entropy.
         entropy: config.seed.is_none().then(rand::random),
         auto_migrate: config.auto_migrate,
+        validate_peer_moves: !config.trust_peer_moves,
         liveness_timeout: sal::time::Duration::from_millis(config.liveness_ms),
         idle_probe: (config.probe_idle_ms > 0)
             .then(|| sal::time::Duration::from_millis(config.probe_idle_ms)),

@@ -78,6 +78,12 @@ pub struct HostConfig {
     /// Move flows off an interface that goes down or loses its address, and
     /// off a path that stops delivering.
     pub auto_migrate: bool,
+    /// Follow a peer's RSYN from a new address only once that address has
+    /// answered a path challenge (the default). `false` follows it at once,
+    /// as WIRE.md and the reference stack do: reference peers, which do not
+    /// answer challenges, can then migrate, and any peer can have its
+    /// flows' data sent to an address of its choosing.
+    pub validate_peer_moves: bool,
     /// A flow with data in flight that hears nothing from its peer for this
     /// long is moved to another interface (with `auto_migrate`).
     pub liveness_timeout: Duration,
@@ -124,6 +130,7 @@ impl Default for HostConfig {
             stream: default_stream_config(),
             datagram_queue_limit: 256,
             auto_migrate: true,
+            validate_peer_moves: true,
             liveness_timeout: Duration::from_millis(1500),
             idle_probe: Some(Duration::from_secs(10)),
             broadcast_discovery: false,

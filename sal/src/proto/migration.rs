@@ -100,6 +100,7 @@ impl Host {
     /// An RSYN from the peer (or its RSYN-ACK answering ours). The nonce was
     /// checked by the caller; the `verno` decides whether it is news.
     pub(super) fn rsyn_input(&mut self, id: FlowId, src: Locator, control: &ControlRepr) {
+        let trusted = !self.config.validate_peer_moves;
         let Ok(flow) = self.flow_mut(id) else {
             return;
         };
@@ -116,7 +117,17 @@ impl Host {
         // from `src` (`nat.rs`), resending its flight then. A retransmitted
         // RSYN from yet another locator redirects the answers (the latest
         // wins).
-        let elsewhere = flow.path.remote.is_some_and(|remote| remote != src);
+        let mut elsewhere = flow.path.remote.is_some_and(|remote| remote != src);
+        if elsewhere && trusted {
+            // Trusted: follow at once (WIRE.md's exchange as written).
+            flow.path.follow_peer(src);
+            self.events.push_back(Event::PeerMoved(id, src));
+            self.rewind_stream(id);
+            elsewhere = false;
+        }
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
         let new_target = elsewhere && flow.path.moving_to != Some(src);
         flow.path.moving_to = elsewhere.then_some(src);
         let answered = flow.control.in_flight(ControlKind::RsynAck);
