@@ -611,6 +611,12 @@ pub struct StatsReport {
     /// File descriptors sald has open.
     #[serde(default)]
     pub fds_open: u64,
+    /// The budget of all flows' TCP buffers together, bytes (`[tcp]
+    /// buffer_memory`; 0: none): `host.buffer_bytes` is what they hold,
+    /// `host.buffer_pressure` whether they reached it, and
+    /// `host.buffer_pressures`/`host.pressure_dropped` how often it bit.
+    #[serde(default)]
+    pub buffer_limit: u64,
     /// Connects waiting for their handshake (each holds a waiter in sald
     /// until it completes, fails, times out or is given up on).
     #[serde(default)]

@@ -88,6 +88,20 @@ impl ElasticBuffer {
         self.storage.len()
     }
 
+    /// The most bytes this buffer may span while the host's memory is
+    /// under pressure: the storage it holds, or if it holds none, its first
+    /// allocation (`min`), so that a flow can always make progress (Linux
+    /// likewise grants every socket `tcp_rmem[0]`/`tcp_wmem[0]` under
+    /// pressure).
+    #[inline]
+    pub fn pressure_capacity(&self) -> usize {
+        if self.storage.is_empty() {
+            self.min as usize
+        } else {
+            self.storage.len()
+        }
+    }
+
     /// Number of queued bytes.
     #[inline]
     pub fn len(&self) -> usize {

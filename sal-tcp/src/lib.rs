@@ -114,9 +114,12 @@
 //!   creation: a flow may be promised `max_recv_buffer` bytes of window while
 //!   holding a few KiB, and the buffer grows when (and if) the data comes.
 //!   The window never exceeds what the buffer can grow to hold. A host with
-//!   many flows can therefore have promised more than it has: bound the
-//!   total with admission control if that matters ([`Socket::buffer_memory`]
-//!   reports what a socket holds).
+//!   many flows can therefore have promised more than it has: its owner
+//!   bounds the total by telling sockets when the host is under memory
+//!   pressure ([`Socket::set_memory_pressure`]: no buffer grows beyond
+//!   what it holds, the window offers only that without moving its right
+//!   edge left, data past it is dropped for the peer to resend;
+//!   [`Socket::buffer_memory`] reports what a socket holds).
 //! - The **send queue** accepts at most [`Socket::send_limit`] bytes: twice
 //!   the congestion window (at least `min_buffer`, at most `max_send_buffer`),
 //!   like Linux's send-buffer autotuning, so a bulk sender holds about what
@@ -207,6 +210,14 @@
 //!   the bytes received justify (see above); smoltcp's fixed ring had no
 //!   such question. Tested by the `test_*out_of_order*` unit tests and the
 //!   SAL's `sim_hostile_memory`.
+//! - **Memory pressure**: [`Socket::set_memory_pressure`] freezes buffer
+//!   growth (but for a first allocation), limits the offered window to the
+//!   storage held without moving its right edge left, drops data past it
+//!   (counted by [`Socket::pressure_dropped`]) and gives up out-of-order
+//!   data at trim points, for a host-wide budget. Off, nothing changes.
+//!   Tested by the `test_memory_pressure_*` unit tests,
+//!   `transfers_byte_exact_while_memory_pressure_comes_and_goes` and the
+//!   SAL's `sim_memory_budget`.
 //! - **ACK sequence numbers**: pure ACKs carry the highest sequence number
 //!   sent, clipped to the peer's window (Linux's `tcp_acceptable_seq`), not
 //!   the retransmission point: with smoltcp, data both ways plus losses both

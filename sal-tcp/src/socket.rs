@@ -264,6 +264,12 @@ pub struct Socket {
     /// given up at trim points, because holding them would have cost more
     /// memory than the data received justifies (see `ooo_limit`).
     ooo_dropped: u64,
+    /// sal-tcp: the host's buffer memory is under pressure (see
+    /// `set_memory_pressure`): no buffer grows.
+    memory_pressure: bool,
+    /// sal-tcp: segments (or their tails) dropped because the receive
+    /// buffer could not grow under memory pressure.
+    pressure_dropped: u64,
 }
 
 /// A segment with no flags, options or payload, numbered 0: the base of
@@ -361,6 +367,8 @@ impl Socket {
             trim_at: None,
             rx_in_order: [0; 2],
             ooo_dropped: 0,
+            memory_pressure: false,
+            pressure_dropped: 0,
         }
     }
 
@@ -439,7 +447,45 @@ impl Socket {
     /// Used in internal calculations as well as packet generation.
     #[inline]
     fn scaled_window(&self) -> u16 {
-        u16::try_from(self.rx_buffer.window() >> self.remote_win_shift).unwrap_or(u16::MAX)
+        u16::try_from(self.rx_window() >> self.remote_win_shift).unwrap_or(u16::MAX)
+    }
+
+    /// sal-tcp: the receive window to offer, in bytes. Normally what the
+    /// buffer may grow to hold (its capacity minus what is queued). Under
+    /// memory pressure, only what the storage already held can take (see
+    /// `ElasticBuffer::pressure_capacity`), but never less than what is
+    /// left of the window already advertised
+    /// (rounded up to the window scale's unit): the right edge does not
+    /// move left (RFC 9293 3.8.6.2.2, SHLD-14; RFC 7323 2.4). Data the
+    /// storage cannot take within that edge is dropped, and the peer
+    /// resends it (see `pressure_clip`).
+    fn rx_window(&self) -> usize {
+        let window = self.rx_buffer.window();
+        if !self.memory_pressure {
+            return window;
+        }
+        let free = self
+            .rx_buffer
+            .pressure_capacity()
+            .saturating_sub(self.rx_buffer.len());
+        let unit = (1usize << self.remote_win_shift) - 1;
+        let promised = self.promised_window().saturating_add(unit) & !unit;
+        window.min(free.max(promised))
+    }
+
+    /// sal-tcp: bytes between the next byte expected and the right edge of
+    /// the last window advertised (0 if none, or if data reached it).
+    fn promised_window(&self) -> usize {
+        let Some(last_ack) = self.remote_last_ack else {
+            return 0;
+        };
+        let next_ack = self.remote_seq_no + self.rx_buffer.len();
+        let edge = last_ack + ((self.remote_last_win as usize) << self.remote_win_shift);
+        if edge > next_ack {
+            edge - next_ack
+        } else {
+            0
+        }
     }
 
     /// Return the last window field value, including scaling according to RFC 1323.
@@ -794,9 +840,17 @@ impl Socket {
             .min(self.tx_buffer.capacity())
     }
 
-    /// How many more bytes `send_slice` would accept now.
+    /// How many more bytes `send_slice` would accept now. Under memory
+    /// pressure (see [`set_memory_pressure`](Socket::set_memory_pressure))
+    /// only the free space of the storage already held: the send buffer
+    /// does not grow, and the application waits for acknowledgements.
     pub fn send_space(&self) -> usize {
-        self.send_limit().saturating_sub(self.tx_buffer.len())
+        let limit = if self.memory_pressure {
+            self.send_limit().min(self.tx_buffer.pressure_capacity())
+        } else {
+            self.send_limit()
+        };
+        limit.saturating_sub(self.tx_buffer.len())
     }
 
     /// Return the maximum number of bytes inside the recv buffer.
@@ -868,6 +922,11 @@ impl Socket {
         F: FnOnce(&'b mut [u8]) -> (usize, R),
     {
         self.send_impl(|tx_buffer, room| {
+            if room == 0 {
+                // sal-tcp: no room, no growth (the buffer grows when full).
+                let (_, result) = f(&mut []);
+                return (0, result);
+            }
             tx_buffer.enqueue_many_with(|buf| {
                 let size = buf.len().min(room);
                 f(&mut buf[..size])
@@ -1405,6 +1464,14 @@ impl Socket {
             }
         };
 
+        // sal-tcp: under memory pressure, in-order data only as far as the
+        // storage held reaches. What is dropped earns an immediate ACK, as
+        // out-of-window data does: the peer hears from us, and its fast
+        // retransmit resends. A FIN behind dropped bytes waits for them.
+        let full_len = payload.len();
+        let payload = self.pressure_clip(payload, payload_offset);
+        let clipped = payload.len() < full_len;
+
         // Compute the amount of acknowledged octets, removing the SYN and FIN bits
         // from the sequence space.
         let mut ack_len = 0;
@@ -1437,7 +1504,7 @@ impl Socket {
 
         // If a FIN is received at the end of the current segment, but
         // we have a hole in the assembler before the current segment, disregard this FIN.
-        if control == TcpControl::Fin && window_start < segment_start {
+        if control == TcpControl::Fin && (window_start < segment_start || clipped) {
             tcp_trace!(
                 "ignoring FIN because we don't have full data yet. window_start={} segment_start={}",
                 window_start,
@@ -1798,7 +1865,7 @@ impl Socket {
             if control == TcpControl::Fin && self.state == State::CloseWait {
                 self.schedule_delayed_ack(now);
             }
-            return None;
+            return clipped.then(|| Reply::ack(repr));
         }
 
         let assembler_was_empty = self.assembler.is_empty();
@@ -1828,14 +1895,25 @@ impl Socket {
                 return None;
             }
             let limit = self.ooo_limit(assembler.data_len());
-            let written = self.rx_buffer.write_ahead(payload_offset, payload, limit);
+            // Under memory pressure, only into storage already held.
+            let grow_to = if self.memory_pressure {
+                limit.min(self.rx_buffer.pressure_capacity())
+            } else {
+                limit
+            };
+            let written = self.rx_buffer.write_ahead(payload_offset, payload, grow_to);
             if written != payload_len {
                 net_debug!(
-                    "rx buffer: {} out-of-order octets at offset {} would need more memory than received data justifies, dropping them",
+                    "rx buffer: {} out-of-order octets at offset {} would need more memory than received data justifies or memory pressure allows, dropping them",
                     payload_len,
                     payload_offset
                 );
-                self.ooo_dropped += 1;
+                let extent = self.rx_buffer.len() + payload_offset + payload_len;
+                if extent <= limit {
+                    self.pressure_dropped += 1;
+                } else {
+                    self.ooo_dropped += 1;
+                }
                 // The duplicate ACK an out-of-order segment earns: it is
                 // what starts the sender's fast retransmit.
                 return Some(Reply::ack(repr));
@@ -1881,7 +1959,7 @@ impl Socket {
         // Per RFC 5681, we should send an immediate ACK when either:
         //  1) an out-of-order segment is received, or
         //  2) a segment arrives that fills in all or part of a gap in sequence space.
-        if !self.assembler.is_empty() || !assembler_was_empty {
+        if !self.assembler.is_empty() || !assembler_was_empty || clipped {
             // Note that we change the transmitter state here.
             // This is fine because smoltcp assumes that it can always transmit zero or one
             // packets for every packet it receives.
@@ -2520,11 +2598,17 @@ impl Socket {
     /// (what was queued was read since, or the flow went quiet), so that
     /// the buffer can shrink. Returns how many bytes past the queue must be
     /// kept.
+    ///
+    /// Under memory pressure every out-of-order range is given up: the
+    /// memory it pins goes back at this or the next trim point, and the
+    /// peer resends the data (a legitimate sender keeps it until it is
+    /// acknowledged cumulatively, RFC 2018 section 8).
     fn trim_out_of_order(&mut self) -> usize {
         let queued = self.rx_buffer.len();
         loop {
             let end = self.assembler.end();
-            if end == 0 || queued + end <= self.ooo_limit(self.assembler.data_len()) {
+            let justified = queued + end <= self.ooo_limit(self.assembler.data_len());
+            if end == 0 || (justified && !self.memory_pressure) {
                 return end;
             }
             let size = self.assembler.pop_back();
@@ -2533,7 +2617,11 @@ impl Socket {
                 size,
                 end
             );
-            self.ooo_dropped += 1;
+            if justified {
+                self.pressure_dropped += 1;
+            } else {
+                self.ooo_dropped += 1;
+            }
         }
     }
 
@@ -2545,6 +2633,69 @@ impl Socket {
     /// earns any.
     pub fn out_of_order_dropped(&self) -> u64 {
         self.ooo_dropped
+    }
+
+    /// Tell the socket whether the host's buffer memory is under pressure
+    /// (its owner keeps a host-wide budget; call this before every
+    /// [`handle_segment`](Socket::handle_segment),
+    /// [`poll_transmit`](Socket::poll_transmit) and send, it costs a
+    /// store). While it is on, no buffer grows beyond the storage it
+    /// already holds, except that one holding none may take its first
+    /// allocation (`min_buffer`), so that every flow can still make
+    /// progress, as Linux grants each socket `tcp_rmem[0]`; trim points
+    /// still shrink and free buffers:
+    ///
+    /// - the receive window offered is what that storage can still take,
+    ///   but never less than what is left of the window already
+    ///   advertised (its right edge never moves left);
+    /// - in-order data past that storage is dropped (the segment's head is
+    ///   kept if it fits), as is out-of-order data that would need more;
+    ///   the peer resends it. What is taken is taken exactly;
+    /// - out-of-order data held is given up at the next trim point;
+    /// - [`send_space`](Socket::send_space) is the free space of the send
+    ///   storage held, so the application's writes wait for
+    ///   acknowledgements instead of growing the buffer.
+    ///
+    /// Off (the default), the socket behaves as if this did not exist.
+    pub fn set_memory_pressure(&mut self, pressure: bool) {
+        self.memory_pressure = pressure;
+    }
+
+    /// Whether the socket was last told the host is under memory pressure.
+    pub fn memory_pressure(&self) -> bool {
+        self.memory_pressure
+    }
+
+    /// Segments this socket dropped, whole or in part, because its receive
+    /// buffer could not grow under memory pressure, and out-of-order ranges
+    /// it gave up at trim points only because of the pressure (since it
+    /// was created). Each costs the peer a retransmission.
+    pub fn pressure_dropped(&self) -> u64 {
+        self.pressure_dropped
+    }
+
+    /// sal-tcp: the part of a received payload at `payload_offset` past the
+    /// queue that may be written: all of it, except in order under memory
+    /// pressure, where only what fits in the storage held (and then a
+    /// shortened segment counts as dropped).
+    fn pressure_clip<'p>(&mut self, payload: &'p [u8], payload_offset: usize) -> &'p [u8] {
+        if !self.memory_pressure || payload_offset != 0 {
+            return payload;
+        }
+        let room = self
+            .rx_buffer
+            .pressure_capacity()
+            .saturating_sub(self.rx_buffer.len());
+        if payload.len() <= room {
+            return payload;
+        }
+        net_debug!(
+            "rx buffer: memory pressure, taking {} of {} in-order octets",
+            room,
+            payload.len()
+        );
+        self.pressure_dropped += 1;
+        &payload[..room]
     }
 
     /// Make sure a trim point is scheduled if the buffers hold memory.

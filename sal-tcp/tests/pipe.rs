@@ -246,3 +246,87 @@ fn rewind_after_a_path_change_resends_at_once() {
         assert_eq!(net.ends[1].received, up);
     }
 }
+
+#[test]
+fn transfers_byte_exact_while_memory_pressure_comes_and_goes() {
+    // The host's buffer budget is reached and left again every 100 ms
+    // (`set_memory_pressure`), through loss and reordering, with a slow
+    // reader on one side: while it lasts no buffer grows (but from nothing
+    // to its first allocation) and no window edge moves left; every byte
+    // still arrives, exactly, in both ways. The 4 MiB window is more than
+    // the slow reader lets the buffer grow to, so the peer is promised
+    // room the storage does not have and the pressure drops segments.
+    // (Before buffers could take a first allocation under pressure, the
+    // lossy run stalled: each end's receive buffer had been freed, and
+    // every retransmission landed in a pressured period.)
+    let config = Config {
+        max_recv_buffer: 4 << 20,
+        ..Config::default()
+    };
+    let (shift, first) = (config.window_shift(), config.min_buffer);
+    let step = Duration::from_millis(100);
+    for (seed, conditions) in [(21, lossy(0.0)), (22, lossy(0.03))] {
+        let (up, down) = (pattern(4 << 20, seed), pattern(300_000, seed + 100));
+        let mut net = Net::connected(&config, [up.clone(), down.clone()], conditions, seed);
+        net.ends[1].read_rate = Some(300);
+        net.ends[1].close_when_sent = false;
+        let edges: Rc<Cell<[Option<u32>; 2]>> = Rc::default();
+        let e = edges.clone();
+        net.inspect = Some(Box::new(move |end, socket: &Socket, segment: &[u8]| {
+            let repr = sal_tcp::parse_segment(segment).unwrap();
+            let (Some(ack), false) = (repr.ack_number, repr.control == TcpControl::Syn) else {
+                return;
+            };
+            let edge = (ack.0 as u32).wrapping_add(u32::from(repr.window_len) << shift);
+            let mut all = e.get();
+            if let (Some(last), true) = (all[end], socket.memory_pressure()) {
+                // Window scaling rounds down: less than one unit is noise.
+                let left = last.wrapping_sub(edge) as i32;
+                assert!(left < 1 << shift, "edge moved left by {left}");
+            }
+            all[end] = Some(edge);
+            e.set(all);
+        }));
+        // The first round is free of pressure.
+        let (mut pressured, mut rounds) = (true, 0);
+        let done = |net: &Net| {
+            let [a, b] = &net.ends;
+            a.received.len() == down.len() && b.received.len() == up.len()
+        };
+        while !done(&net) {
+            rounds += 1;
+            assert!(rounds < 3000, "seed {seed}: not done by {}", net.now);
+            pressured = !pressured;
+            let held: Vec<usize> = net.ends.iter().map(|e| e.socket.buffer_memory()).collect();
+            for end in &mut net.ends {
+                end.socket.set_memory_pressure(pressured);
+            }
+            let until = net.now + step;
+            if !net.run_until(step, done) {
+                net.now = net.now.max(until);
+            }
+            for (end, held) in net.ends.iter().zip(held) {
+                // At most a first allocation for a buffer that held none.
+                if pressured {
+                    let memory = end.socket.buffer_memory();
+                    assert!(
+                        memory <= held + 2 * first,
+                        "grew under pressure: {held} -> {memory}"
+                    );
+                }
+            }
+        }
+        assert_exchanged(&net, &up, &down);
+        let dropped: u64 = net.ends.iter().map(|e| e.socket.pressure_dropped()).sum();
+        assert!(
+            dropped > 0,
+            "seed {seed}: pressure never bit ({} rounds, {})",
+            rounds,
+            net.now
+        );
+        eprintln!(
+            "seed {seed}: done at {} in {rounds} rounds, {dropped} segments dropped under pressure, {} lost",
+            net.now, net.lost
+        );
+    }
+}

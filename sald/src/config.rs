@@ -36,6 +36,7 @@
 //! min_buffer = 4096          # first allocation of a buffer; it doubles as needed
 //! max_send_buffer = 1048576  # most bytes a flow may have queued to send
 //! max_recv_buffer = 1048576  # most bytes it may hold received: the window it offers
+//! buffer_memory = 1073741824 # all flows' buffers together (default: 1/8 of RAM; 0: none)
 //!
 //! [syn]                      # opening handshakes (defaults shown)
 //! cookies = "under-pressure" # SYN cookies past the half-open bounds ("never", "always")
@@ -58,6 +59,13 @@
 //! scale follows it), lower it to bound a busy host's memory. An idle
 //! established flow costs a few KiB in all (sald's share of it included);
 //! `[limits] flows` bounds how many there may be.
+//!
+//! `buffer_memory` bounds all flows' buffers together, as Linux's `tcp_mem`
+//! does: once they hold that much, no buffer grows beyond what it holds
+//! (one holding nothing may still take its first `min_buffer`), windows
+//! offer only what is held, data past it is dropped for the peer to resend,
+//! and applications' writes wait, until use falls below 7/8 of it. The
+//! default is an eighth of physical memory, at least 64 MiB.
 //!
 //! ## Binding
 //!
@@ -323,6 +331,34 @@ pub struct TcpBuffers {
     pub max_send_buffer: usize,
     /// Most bytes a flow may hold received and unread: the window it offers.
     pub max_recv_buffer: usize,
+    /// Bytes all flows' buffers may hold together before none may grow
+    /// (see "Memory"). Absent: [`default_buffer_memory`]; 0: no budget.
+    pub buffer_memory: Option<usize>,
+}
+
+/// The smallest default buffer budget: 64 full-size flows' worth of
+/// receive buffers at the default maxima.
+const MIN_DEFAULT_BUFFER_MEMORY: usize = 64 << 20;
+
+/// The budget when none is configured: an eighth of physical memory (Linux
+/// sizes `tcp_mem` likewise from memory: its hard limit is about 3/32 of
+/// it), at least [`MIN_DEFAULT_BUFFER_MEMORY`]; 1 GiB if the size of
+/// memory cannot be read.
+pub fn default_buffer_memory() -> usize {
+    physical_memory().map_or(1 << 30, |bytes| (bytes / 8).max(MIN_DEFAULT_BUFFER_MEMORY))
+}
+
+/// Bytes of physical memory, if the system says.
+fn physical_memory() -> Option<usize> {
+    // SAFETY: `sysconf` takes a constant and reads no memory of ours.
+    let (pages, page) = unsafe {
+        (
+            nix::libc::sysconf(nix::libc::_SC_PHYS_PAGES),
+            nix::libc::sysconf(nix::libc::_SC_PAGESIZE),
+        )
+    };
+    let (pages, page) = (usize::try_from(pages).ok()?, usize::try_from(page).ok()?);
+    pages.checked_mul(page).filter(|&bytes| bytes > 0)
 }
 
 impl Default for TcpBuffers {
@@ -332,6 +368,7 @@ impl Default for TcpBuffers {
             min_buffer: config.min_buffer,
             max_send_buffer: config.max_send_buffer,
             max_recv_buffer: config.max_recv_buffer,
+            buffer_memory: None,
         }
     }
 }
@@ -347,10 +384,24 @@ impl TcpBuffers {
         }
     }
 
+    /// The host's buffer budget (`None`: no budget).
+    pub fn memory_budget(&self) -> Option<usize> {
+        match self.buffer_memory {
+            None => Some(default_buffer_memory()),
+            Some(0) => None,
+            Some(bytes) => Some(bytes),
+        }
+    }
+
     fn validate(&self) -> Result<()> {
         self.stream_config()
             .validate()
-            .map_err(|e| anyhow::anyhow!("tcp: {e}"))
+            .map_err(|e| anyhow::anyhow!("tcp: {e}"))?;
+        let one_flow = self.max_send_buffer.saturating_add(self.max_recv_buffer);
+        if let Some(budget) = self.buffer_memory.filter(|&b| b != 0 && b < one_flow) {
+            bail!("tcp: buffer_memory {budget} is less than one flow's maxima ({one_flow}); 0 means no budget");
+        }
+        Ok(())
     }
 }
 
@@ -643,6 +694,22 @@ mod tests {
         assert!(too_small_max.validate().is_err());
         assert!(toml::from_str::<FileConfig>("[tcp]\nmax_buffer = 1").is_err());
         assert_eq!(Limits::default().flows, 1 << 22);
+    }
+
+    #[test]
+    fn buffer_memory_budget_defaults_to_a_share_of_memory() {
+        let tcp = toml::from_str::<FileConfig>("").unwrap().tcp;
+        let budget = tcp.memory_budget().unwrap();
+        assert_eq!(budget, default_buffer_memory());
+        assert!(budget >= MIN_DEFAULT_BUFFER_MEMORY);
+        let set: FileConfig = toml::from_str("[tcp]\nbuffer_memory = 268435456").unwrap();
+        set.tcp.validate().unwrap();
+        assert_eq!(set.tcp.memory_budget(), Some(256 << 20));
+        let none: FileConfig = toml::from_str("[tcp]\nbuffer_memory = 0").unwrap();
+        none.tcp.validate().unwrap();
+        assert_eq!(none.tcp.memory_budget(), None);
+        let tiny: FileConfig = toml::from_str("[tcp]\nbuffer_memory = 65536").unwrap();
+        assert!(tiny.tcp.validate().is_err(), "less than one flow");
     }
 
     #[test]

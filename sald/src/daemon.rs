@@ -597,6 +597,7 @@ impl Core {
             // See `count_descriptors`.
             fd_limit: 0,
             fds_open: 0,
+            buffer_limit: self.host.config().buffer_memory_limit.unwrap_or(0) as u64,
             connects_pending: self.pending_connects.len() as u64,
         }
     }

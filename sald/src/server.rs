@@ -270,6 +270,7 @@ fn build_host(config: &Config, interfaces: &[LocalInterface]) -> Result<Host> {
         keepalive: (config.keepalive_ms > 0)
             .then(|| sal::time::Duration::from_millis(config.keepalive_ms)),
         max_flows: config.limits.flows,
+        buffer_memory_limit: config.tcp.memory_budget(),
         ..HostConfig::default()
     };
     config.syn.apply(&mut host_config);

@@ -7135,3 +7135,179 @@ fn test_out_of_order_data_no_longer_justified_is_given_up_and_the_buffer_shrinks
     }
     assert!(read_all(&mut s) == more);
 }
+
+// =========================================================================================//
+// sal-tcp: memory pressure (`Socket::set_memory_pressure`)
+// =========================================================================================//
+
+/// The right edge of the receive window a segment of ours advertises.
+fn right_edge(s: &TestSocket, repr: &TcpRepr) -> TcpSeqNumber {
+    repr.ack_number.unwrap() + ((repr.window_len as usize) << s.remote_win_shift)
+}
+
+/// Feed in-order data `offset` bytes into the peer's stream at `ms`; return
+/// the ACK the socket sends for it (at once, or the one owed), after
+/// draining any copies.
+#[track_caller]
+fn data_and_ack(s: &mut TestSocket, ms: i64, offset: usize, payload: &[u8]) -> TcpRepr<'static> {
+    let now = Instant::from_millis(ms);
+    s.handle_segment(now, &segment_bytes(&data_at(offset, payload)))
+        .unwrap();
+    let mut out = [0; 2000];
+    let len = s
+        .poll_transmit(now, LOCAL_ADDR, REMOTE_ADDR, &mut out)
+        .expect("an ACK");
+    let repr = parse_sent(&out[..len]);
+    assert!(repr.payload.is_empty());
+    let ack = TcpRepr {
+        payload: &[],
+        ..repr
+    };
+    drain(s, ms);
+    ack
+}
+
+/// Deterministic bytes for the pressure tests.
+fn pressure_stream(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 + i / 7) as u8).collect()
+}
+
+#[test]
+fn test_memory_pressure_receive_buffer_does_not_grow_and_keeps_its_window_edge() {
+    let mut s = socket_elastic();
+    let stream = pressure_stream(12_000);
+    let ack = data_and_ack(&mut s, 0, 0, &stream[..3000]);
+    assert_eq!(s.buffer_memory(), 4096);
+    let edge = right_edge(&s, &ack);
+    let unit = 1 << s.remote_win_shift;
+    assert!(edge + unit > REMOTE_SEQ + 1 + (1 << 20), "1 MiB promised");
+    // Under pressure the edge stays (rounded up to the scale's unit).
+    let stays = |s: &TestSocket, ack: &TcpRepr| {
+        let new = right_edge(s, ack);
+        new >= edge && new - edge < unit
+    };
+
+    s.set_memory_pressure(true);
+    // Only 1096 of 2000 bytes fit in the storage held: the head is taken,
+    // the ACK comes at once, and the window's right edge stays.
+    let ack = data_and_ack(&mut s, 1, 3000, &stream[3000..5000]);
+    assert_eq!(ack.ack_number, Some(REMOTE_SEQ + 1 + 4096));
+    assert!(stays(&s, &ack));
+    assert_eq!((s.buffer_memory(), s.pressure_dropped()), (4096, 1));
+    // The storage is full: the rest is dropped, and the ACK repeated.
+    let ack = data_and_ack(&mut s, 2, 4096, &stream[4096..6000]);
+    assert_eq!(ack.ack_number, Some(REMOTE_SEQ + 1 + 4096));
+    assert!(stays(&s, &ack));
+    assert_eq!((s.buffer_memory(), s.pressure_dropped()), (4096, 2));
+    // Out-of-order data the received bytes would justify, but which lies
+    // past the storage held: dropped too, and counted as pressure.
+    send_out_of_order(&mut s, 3, 5000, &stream[5000..6000]);
+    assert_eq!(s.buffer_memory(), 4096);
+    assert_eq!((s.pressure_dropped(), s.out_of_order_dropped()), (3, 0));
+    assert!(read_all(&mut s) == stream[..4096], "delivered bytes differ");
+
+    // Pressure over: the buffer grows again, and every byte arrives once.
+    s.set_memory_pressure(false);
+    let ack = data_and_ack(&mut s, 4, 4096, &stream[4096..]);
+    assert_eq!(ack.ack_number, Some(REMOTE_SEQ + 1 + stream.len()));
+    assert!(right_edge(&s, &ack) >= edge);
+    assert_eq!(s.buffer_memory(), 8192, "grown again");
+    assert!(read_all(&mut s) == stream[4096..], "delivered bytes differ");
+}
+
+#[test]
+fn test_memory_pressure_window_falls_to_the_storage_held_once_the_promise_is_used() {
+    let mut s = socket_elastic();
+    let stream = pressure_stream((1 << 20) + 100_000);
+    let ack = data_and_ack(&mut s, 0, 0, &stream[..1000]);
+    let mut edge = right_edge(&s, &ack);
+    let mut window = 0;
+    let mut got = read_all(&mut s);
+    s.set_memory_pressure(true);
+    // The peer sends within what it was offered; the application reads
+    // each segment. The first 1 MiB was promised before the pressure and
+    // is still offered; after that, only the 4 KiB held.
+    let mut offset = 1000;
+    while offset < stream.len() {
+        let next = REMOTE_SEQ + 1 + offset;
+        let size = OOO_MSS.min(edge - next).min(stream.len() - offset);
+        assert!(size > 0, "window closed at {offset}");
+        let ack = data_and_ack(&mut s, 1, offset, &stream[offset..offset + size]);
+        offset += size;
+        assert_eq!(ack.ack_number, Some(REMOTE_SEQ + 1 + offset));
+        let new_edge = right_edge(&s, &ack);
+        assert!(new_edge >= edge, "the right edge moved left at {offset}");
+        edge = new_edge;
+        window = (ack.window_len as usize) << s.remote_win_shift;
+        assert_eq!(s.buffer_memory(), 4096, "grew at {offset}");
+        got.extend(read_all(&mut s));
+    }
+    assert!(window <= 4096, "offered {window} with 4096 held");
+    assert_eq!(s.pressure_dropped(), 0);
+    assert!(got == stream, "delivered bytes differ");
+
+    // Pressure over: the whole window is offered again.
+    s.set_memory_pressure(false);
+    let more = pressure_stream(1000);
+    let ack = data_and_ack(&mut s, 2, offset, &more);
+    assert!((ack.window_len as usize) << s.remote_win_shift > 1 << 19);
+    assert!(read_all(&mut s) == more);
+}
+
+#[test]
+fn test_memory_pressure_send_queue_takes_only_the_storage_held() {
+    let mut s = socket_established_with_buffer_sizes(1 << 20, 64);
+    s.tx_buffer = ElasticBuffer::new(4096, 1 << 20);
+    s.remote_win_len = 1 << 20;
+    let data = pressure_stream(20_000);
+    assert_eq!(s.send_slice(&data[..3000]), Ok(3000));
+    assert_eq!(s.buffer_memory(), 4096);
+
+    s.set_memory_pressure(true);
+    assert_eq!(s.send_space(), 1096);
+    assert_eq!(s.send_slice(&data[3000..]), Ok(1096));
+    assert_eq!(s.send_space(), 0);
+    assert!(!s.can_send());
+    let offered = s.send(|free| (free.len(), free.len()));
+    assert_eq!(offered, Ok(0), "no room offered, and no growth");
+    assert_eq!(s.buffer_memory(), 4096);
+
+    // Pressure over: the queue takes more, and grows.
+    s.set_memory_pressure(false);
+    let more = s.send_slice(&data[4096..]).unwrap();
+    assert_eq!(more, data.len() - 4096);
+    assert!(s.buffer_memory() > 4096);
+    // What goes out is the application's bytes, in order.
+    let mut sent = Vec::new();
+    let mut out = [0; 2000];
+    while let Some(len) =
+        s.poll_transmit(Instant::from_millis(0), LOCAL_ADDR, REMOTE_ADDR, &mut out)
+    {
+        sent.extend_from_slice(parse_sent(&out[..len]).payload);
+    }
+    assert!(!sent.is_empty());
+    assert!(sent[..] == data[..sent.len()], "sent bytes differ");
+}
+
+#[test]
+fn test_memory_pressure_gives_up_out_of_order_data_held_at_the_next_trim_point() {
+    // As in the test of out-of-order data held on credit: 200,000 bytes
+    // delivered justify holding a byte 300,000 ahead for a trim interval
+    // or two; under pressure it goes at the first trim point.
+    let mut s = socket_elastic();
+    let stream = pressure_stream(200_000);
+    for (i, segment) in stream.chunks(OOO_MSS).enumerate() {
+        send!(s, time 0, data_at(i * OOO_MSS, segment));
+        read_all(&mut s);
+        drain(&mut s, 0);
+    }
+    send_out_of_order(&mut s, 0, 300_000, b"far");
+    let pinned = s.buffer_memory();
+    assert!(pinned >= 100_000, "{pinned}");
+    s.set_memory_pressure(true);
+    drain(&mut s, 1000);
+    assert!(s.assembler.is_empty(), "given up under pressure");
+    assert_eq!((s.pressure_dropped(), s.out_of_order_dropped()), (1, 0));
+    drain(&mut s, 2000);
+    assert_eq!(s.buffer_memory(), 0, "and the memory went back");
+}

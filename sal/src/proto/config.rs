@@ -73,6 +73,15 @@ pub struct HostConfig {
     /// hold no memory while idle and grow with use), behaviour. See
     /// [`default_stream_config`].
     pub stream: sal_tcp::Config,
+    /// Bytes all stream flows' TCP buffers may hold together before the
+    /// host is under memory pressure (Linux's `tcp_mem`). Under pressure no
+    /// buffer grows beyond the storage it holds (one holding none may take
+    /// its first allocation, `stream.min_buffer`), windows offer only what
+    /// that storage can take, data past it is dropped for the peer to
+    /// resend, and writes wait; growth resumes once use falls below 7/8 of
+    /// the budget. See `stream.rs`. `None` (the default, for simulations):
+    /// no budget, every flow may grow to its maxima; sald sets one.
+    pub buffer_memory_limit: Option<usize>,
     /// Datagrams queued per socket before new ones are dropped.
     pub datagram_queue_limit: usize,
     /// Move flows off an interface that goes down or loses its address, and
@@ -128,6 +137,7 @@ impl Default for HostConfig {
             max_flows: 1 << 22,
             ttl: 64,
             stream: default_stream_config(),
+            buffer_memory_limit: None,
             datagram_queue_limit: 256,
             auto_migrate: true,
             validate_peer_moves: true,

@@ -178,6 +178,27 @@ pub struct HostStats {
     /// they go idle or close.
     #[serde(default)]
     pub buffer_bytes: u64,
+    /// Whether the host is under buffer memory pressure now (a gauge):
+    /// `buffer_bytes` reached `HostConfig::buffer_memory_limit` and has not
+    /// yet fallen below 7/8 of it. While it is, no TCP buffer grows.
+    #[serde(default)]
+    pub buffer_pressure: bool,
+    /// Times the host came under buffer memory pressure (Linux's
+    /// `TCPMemoryPressures`).
+    #[serde(default)]
+    pub buffer_pressures: u64,
+    /// Segments (or their tails) stream flows dropped because their receive
+    /// buffer could not grow under memory pressure, and out-of-order ranges
+    /// given up because of it; each costs the peer a retransmission
+    /// (see `sal_tcp::Socket::pressure_dropped`).
+    #[serde(default)]
+    pub pressure_dropped: u64,
+    /// Out-of-order segments stream flows refused, and ranges they gave up,
+    /// because holding them would have cost more receive memory than the
+    /// data received justifies (see `sal_tcp::Socket::out_of_order_dropped`):
+    /// rare for a legitimate sender, the trace of a peer parking far bytes.
+    #[serde(default)]
+    pub ooo_dropped: u64,
     /// Half-open server flows freed because their client never
     /// completed the handshake.
     #[serde(default)]

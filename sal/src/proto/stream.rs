@@ -18,6 +18,23 @@
 //! the segment's payload is copied once, from the socket's send buffer into
 //! the packet. While a move is unconfirmed, segments that carry data are
 //! held back (see `migration.rs`).
+//!
+//! # Buffer memory
+//!
+//! Every change in a socket's buffer memory passes through
+//! [`Host::account_buffers`], which keeps the host-wide total
+//! ([`HostStats::buffer_bytes`](super::HostStats::buffer_bytes)) and, with a
+//! budget ([`HostConfig::buffer_memory_limit`](super::HostConfig::buffer_memory_limit)),
+//! the pressure state: on once the total reaches the budget, off again
+//! once it falls below 7/8 of it, so that a host at its budget does not
+//! flip at every segment. The state is handed to a socket each time it is
+//! driven ([`Socket::set_memory_pressure`], a store), never by walking the
+//! flows when it changes: a flow that is not driven does not grow anyway.
+//! Under pressure no buffer grows beyond what it holds (one holding
+//! nothing may take its first allocation), so the total stays within the
+//! budget plus what one drive of one socket can add (one buffer's growth
+//! step, at most its maximum) plus a first allocation (`min_buffer`) per
+//! direction per flow that held none.
 
 use sal_tcp::{RecvError, Socket, State, TcpSeqNumber};
 use smoltcp::time::{Duration, Instant};
@@ -53,6 +70,12 @@ fn segment_kind(segment: &[u8]) -> (u8, bool) {
     let header = usize::from(offset >> 4) * 4;
     let asks = segment.len() > header || flags & (TCP_SYN | TCP_FIN) != 0;
     (flags, asks)
+}
+
+/// A socket's counters of data it dropped for memory: out-of-order data
+/// beyond what received data justifies, and data refused under pressure.
+fn socket_drops(socket: &Socket) -> (u64, u64) {
+    (socket.out_of_order_dropped(), socket.pressure_dropped())
 }
 
 /// The stream-specific part of a flow.
@@ -113,9 +136,35 @@ pub(super) enum StreamOutput {
 impl Host {
     /// Notes a change of a socket's buffer memory from `before` to `after`
     /// bytes in [`HostStats::buffer_bytes`](super::HostStats::buffer_bytes).
+    /// Also moves the host in or out of buffer memory pressure (see the
+    /// module docs).
     pub(super) fn account_buffers(&mut self, before: usize, after: usize) {
         let total = &mut self.stats.buffer_bytes;
         *total = (*total + after as u64).saturating_sub(before as u64);
+        self.update_buffer_pressure();
+    }
+
+    /// Enters buffer memory pressure when the total reaches the budget,
+    /// and leaves it once the total falls below 7/8 of the budget.
+    fn update_buffer_pressure(&mut self) {
+        let Some(limit) = self.config.buffer_memory_limit else {
+            return;
+        };
+        let limit = limit as u64;
+        let stats = &mut self.stats;
+        if stats.buffer_pressure {
+            stats.buffer_pressure = stats.buffer_bytes >= limit - limit / 8;
+        } else if stats.buffer_bytes >= limit {
+            stats.buffer_pressure = true;
+            stats.buffer_pressures += 1;
+        }
+    }
+
+    /// Adds to the host's drop counters what a socket's moved by since
+    /// `before` (its [`socket_drops`] then).
+    fn account_drops(&mut self, before: (u64, u64), after: (u64, u64)) {
+        self.stats.ooo_dropped += after.0.saturating_sub(before.0);
+        self.stats.pressure_dropped += after.1.saturating_sub(before.1);
     }
 
     /// The socket of an established stream flow (or of a dead one, whose
@@ -139,9 +188,12 @@ impl Host {
         id: FlowId,
         fill: impl FnOnce(&mut [u8]) -> (usize, R),
     ) -> Result<R, HostError> {
+        let pressure = self.stats.buffer_pressure;
         let result = match self.app_socket(id)? {
             (FlowState::Dead, _) => return Err(HostError::Reset),
             (FlowState::Established, Some(socket)) => {
+                // Under pressure, writes go only into storage held.
+                socket.set_memory_pressure(pressure);
                 if !socket.may_send() {
                     // Not yet open for sending (the TCP handshake is still
                     // finishing), or closed for sending.
@@ -252,9 +304,13 @@ impl Host {
 
     /// Bytes a [`Host::send`] would take now.
     pub fn send_room(&mut self, id: FlowId) -> Result<usize, HostError> {
+        let pressure = self.stats.buffer_pressure;
         match self.app_socket(id)? {
             (FlowState::Dead, _) => Err(HostError::Reset),
-            (FlowState::Established, Some(socket)) if socket.may_send() => Ok(socket.send_space()),
+            (FlowState::Established, Some(socket)) if socket.may_send() => {
+                socket.set_memory_pressure(pressure);
+                Ok(socket.send_space())
+            }
             _ => Ok(0),
         }
     }
@@ -325,6 +381,7 @@ impl Host {
     /// connection's sequence numbers, which travel only on the flow's path.
     pub(super) fn stream_input(&mut self, id: FlowId, segment: &[u8]) -> bool {
         let now = self.now;
+        let pressure = self.stats.buffer_pressure;
         let Ok(flow) = self.flow_mut(id) else {
             return false;
         };
@@ -334,14 +391,16 @@ impl Host {
         let Some(socket) = stream.socket.as_mut() else {
             return false;
         };
-        let before = socket.buffer_memory();
+        socket.set_memory_pressure(pressure);
+        let (before, drops_before) = (socket.buffer_memory(), socket_drops(socket));
         let was = (socket.send_queue(), socket.recv_queue(), socket.state());
         let handled = socket.handle_segment(now, segment);
-        let after = socket.buffer_memory();
+        let (after, drops_after) = (socket.buffer_memory(), socket_drops(socket));
         let progress =
             socket.send_queue() < was.0 || socket.recv_queue() > was.1 || socket.state() != was.2;
         let evidence = handled.is_ok() && stream.peer_ack(segment, progress);
         self.account_buffers(before, after);
+        self.account_drops(drops_before, drops_after);
         if handled.is_err() {
             self.stats.malformed += 1;
             return false;
@@ -473,6 +532,7 @@ impl Host {
         now: Instant,
         out: &mut [u8],
     ) -> StreamOutput {
+        let pressure = self.stats.buffer_pressure;
         let Some(Endpoint::Flow(flow)) = self.endpoints.get_mut(id) else {
             return StreamOutput::Idle;
         };
@@ -501,16 +561,19 @@ impl Host {
         let ack_owed = stream.ack_owed;
         let bare = state == FlowState::Established && !ack_owed;
         let room = if bare { BASE_HEADER_LEN } else { 0 };
+        socket.set_memory_pressure(pressure);
         let (state_before, memory_before) = (socket.state(), socket.buffer_memory());
+        let drops_before = socket_drops(socket);
         let segment = out.get_mut(room..).unwrap_or_default();
         let written = socket.poll_transmit(now, src.ip(), dst.ip(), segment);
         let changed = socket.state() != state_before;
-        let memory_after = socket.buffer_memory();
+        let (memory_after, drops_after) = (socket.buffer_memory(), socket_drops(socket));
         if written.is_some() {
             stream.ack_owed = false;
         }
         self.stats.sockets_driven += 1;
         self.account_buffers(memory_before, memory_after);
+        self.account_drops(drops_before, drops_after);
         if changed {
             // A timer closed or reset the connection: the flow must see it.
             self.mark_dirty(id);

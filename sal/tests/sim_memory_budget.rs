@@ -1,0 +1,261 @@
+//! The host-wide budget for TCP buffer memory
+//! (`HostConfig::buffer_memory_limit`), on the deterministic simulator.
+//!
+//! Each stream flow's buffers grow with use up to their maxima (1 MiB each
+//! way by default), so N flows whose peers fill the window while their
+//! applications do not read hold N MiB, without limit. With a budget, once
+//! the host's buffers hold that much, none grows beyond what it holds (one
+//! holding nothing may take its first allocation), windows offer only what
+//! the storage held can take, and data past it is dropped for the peer to
+//! resend, until use falls below 7/8 of the budget. Nothing delivered is
+//! ever wrong: when the applications read, every byte arrives, exactly.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use sal::proto::{HostConfig, HostError};
+use sal::wire::{SalPacket, TransportProtocol::Stream};
+use sal::FlowId;
+use sal_sim::{HostId, LinkConditions, Network, Packet};
+use smoltcp::time::Duration;
+use smoltcp::wire::{IpAddress, TcpPacket};
+
+mod common;
+use common::sim::{default_route, establish, pattern, stream};
+
+/// The server's budget: 4 MiB, a quarter of what its idle flows' peers try
+/// to park in it.
+const BUDGET: usize = 4 << 20;
+
+/// Flows whose applications do not read at first.
+const FLOWS: usize = 16;
+
+/// What the client sends on each of them: 1 MiB, a whole window.
+const PER_FLOW: usize = 1 << 20;
+
+/// How far past the budget the server's buffers may go. Pressure is
+/// decided before each socket is driven, so the drive that crosses the
+/// budget may still complete its growth step: at most one buffer's maximum
+/// (1 MiB). And under pressure a buffer that holds nothing may still take
+/// its first allocation (4 KiB), so that every flow keeps making progress:
+/// at most two per flow (the bulk flow included).
+fn slack() -> u64 {
+    let config = HostConfig::default().stream;
+    let step = config.max_recv_buffer.max(config.max_send_buffer);
+    (step + (FLOWS + 1) * 2 * config.min_buffer) as u64
+}
+
+/// A client (10.0.0.1) and a server (10.0.0.2) with the budget, and
+/// `FLOWS` flows from one to the other.
+fn setup(seed: u64) -> (Network, [HostId; 2], sal::table::ListenerId) {
+    let mut net = Network::new(seed, LinkConditions::default());
+    let client = net.add_host("client", HostConfig::default(), &[("eth0", "10.0.0.1/24")]);
+    let server_config = HostConfig {
+        buffer_memory_limit: Some(BUDGET),
+        ..HostConfig::default()
+    };
+    let server = net.add_host("server", server_config, &[("eth0", "10.0.0.2/24")]);
+    default_route(&mut net, client, "10.0.0.2");
+    let listener = net
+        .host(server)
+        .listen("ab/8".parse().unwrap(), Stream, 64)
+        .unwrap();
+    (net, [client, server], listener)
+}
+
+/// One client-to-server flow that the server's application leaves unread
+/// until told otherwise.
+struct Parked {
+    ends: (FlowId, FlowId),
+    data: Vec<u8>,
+    sent: usize,
+    received: Vec<u8>,
+}
+
+impl Parked {
+    /// The client's application writes what the flow takes now.
+    fn push(&mut self, net: &mut Network, client: HostId) {
+        while self.sent < self.data.len() {
+            match net.host(client).send(self.ends.0, &self.data[self.sent..]) {
+                Ok(n) => self.sent += n,
+                Err(HostError::WouldBlock) => break,
+                Err(e) => panic!("send failed: {e}"),
+            }
+        }
+    }
+
+    /// The server's application reads what has arrived.
+    fn pull(&mut self, net: &mut Network, server: HostId) {
+        let mut buf = [0; 65536];
+        while let Ok(n) = net.host(server).recv(self.ends.1, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            self.received.extend_from_slice(&buf[..n]);
+        }
+    }
+}
+
+#[test]
+fn unread_flows_stay_within_the_budget_and_deliver_every_byte_once_read() {
+    let (mut net, [client, server], listener) = setup(31);
+    let mut parked: Vec<Parked> = (0..FLOWS)
+        .map(|i| Parked {
+            ends: establish(&mut net, client, server, listener, "ab".parse().unwrap()),
+            data: pattern(PER_FLOW, 100 + i as u64),
+            sent: 0,
+            received: Vec::new(),
+        })
+        .collect();
+
+    // The peers fill the windows; the applications do not read. A bulk
+    // transfer beside them, read as it comes, completes all the same.
+    let (c, s) = establish(&mut net, client, server, listener, "ab".parse().unwrap());
+    let bulk = pattern(2 << 20, 7);
+    let mut peak = 0;
+    let got = stream(
+        &mut net,
+        (client, c),
+        (server, s),
+        &bulk,
+        Duration::from_secs(120),
+        |net, _| {
+            for flow in &mut parked {
+                flow.push(net, client);
+            }
+            peak = peak.max(net.host(server).stats().buffer_bytes);
+        },
+    );
+    assert!(got == bulk, "bulk: delivered bytes differ");
+    // Keep pushing for a while: the peers keep trying.
+    net.run_until(Duration::from_secs(5), |net| {
+        for flow in &mut parked {
+            flow.push(net, client);
+        }
+        peak = peak.max(net.host(server).stats().buffer_bytes);
+        false
+    });
+    let stats = net.host(server).stats();
+    eprintln!(
+        "budget {BUDGET}: peak {peak} bytes (slack {}), pressure entered {} times, {} segments dropped under it, {} out of order",
+        slack(),
+        stats.buffer_pressures,
+        stats.pressure_dropped,
+        stats.ooo_dropped
+    );
+    assert!(
+        peak <= BUDGET as u64 + slack(),
+        "{peak} bytes held, budget {BUDGET}"
+    );
+    assert!(stats.buffer_pressure, "the unread data holds the budget");
+    assert!(stats.buffer_pressures >= 1);
+    assert!(stats.pressure_dropped > 0, "windows promised before it");
+    let unread: usize = parked.iter().map(|f| f.sent).sum();
+    assert!(unread > BUDGET, "the peers wrote {unread} bytes");
+
+    // The applications read: every byte arrives, exactly, and the memory
+    // goes back.
+    let done = net.run_until(Duration::from_secs(300), |net| {
+        for flow in &mut parked {
+            flow.push(net, client);
+            flow.pull(net, server);
+        }
+        parked.iter().all(|f| f.received.len() == PER_FLOW)
+    });
+    assert!(
+        done,
+        "stalled: {:?} of {PER_FLOW} read",
+        parked.iter().map(|f| f.received.len()).collect::<Vec<_>>()
+    );
+    for flow in &parked {
+        assert!(flow.received == flow.data, "delivered bytes differ");
+    }
+    net.run_for(Duration::from_secs(3));
+    let stats = net.host(server).stats();
+    eprintln!(
+        "after reading: {} bytes held, pressure {}",
+        stats.buffer_bytes, stats.buffer_pressure
+    );
+    assert!(!stats.buffer_pressure, "growth resumes");
+    assert!(
+        stats.buffer_bytes <= ((FLOWS + 1) * 2 * 4096) as u64,
+        "{} bytes still held",
+        stats.buffer_bytes
+    );
+}
+
+/// Without a budget (the default), the same unread flows hold what their
+/// peers sent: what the budget is for.
+#[test]
+fn without_a_budget_unread_flows_hold_their_windows() {
+    let mut net = Network::new(32, LinkConditions::default());
+    let client = net.add_host("client", HostConfig::default(), &[("eth0", "10.0.0.1/24")]);
+    let server = net.add_host("server", HostConfig::default(), &[("eth0", "10.0.0.2/24")]);
+    default_route(&mut net, client, "10.0.0.2");
+    let listener = net
+        .host(server)
+        .listen("ab/8".parse().unwrap(), Stream, 64)
+        .unwrap();
+    let mut parked: Vec<Parked> = (0..FLOWS)
+        .map(|i| Parked {
+            ends: establish(&mut net, client, server, listener, "ab".parse().unwrap()),
+            data: pattern(PER_FLOW, 100 + i as u64),
+            sent: 0,
+            received: Vec::new(),
+        })
+        .collect();
+    net.run_until(Duration::from_secs(10), |net| {
+        for flow in &mut parked {
+            flow.push(net, client);
+        }
+        false
+    });
+    let held = net.host(server).stats().buffer_bytes;
+    assert!(held > 3 * BUDGET as u64, "{held} bytes held");
+    assert_eq!(net.host(server).stats().buffer_pressures, 0);
+}
+
+/// A data segment moved far ahead of its place (a peer parking bytes at
+/// the edge of its window) is refused by the socket's out-of-order rule;
+/// the host counts it in `ooo_dropped`, as `servalctl stats` shows.
+#[test]
+fn far_out_of_order_data_is_counted_in_the_host_stats() {
+    let (mut net, [client, server], listener) = setup(33);
+    let (c, s) = establish(&mut net, client, server, listener, "ab".parse().unwrap());
+    // Keep a copy of the client's first data packet.
+    let copy: Rc<RefCell<Option<Packet>>> = Rc::default();
+    let keep = copy.clone();
+    net.set_filter(Some(Box::new(move |p: &Packet| {
+        let data = SalPacket::new_checked(&p.payload[..])
+            .is_ok_and(|sal| sal.payload().len() > 20 && p.payload.len() > 100);
+        if data && keep.borrow().is_none() {
+            *keep.borrow_mut() = Some(p.clone());
+        }
+        false
+    })));
+    let data = pattern(10_000, 3);
+    let got = stream(
+        &mut net,
+        (client, c),
+        (server, s),
+        &data,
+        Duration::from_secs(30),
+        |_, _| {},
+    );
+    assert!(got == data);
+    net.set_filter(None);
+    assert_eq!(net.host(server).stats().ooo_dropped, 0);
+
+    // Its segment, 900,000 bytes further on, checksum fixed.
+    let mut packet = copy.borrow().clone().expect("a data packet");
+    let header = SalPacket::new_checked(&packet.payload[..])
+        .unwrap()
+        .header_len();
+    let (src, dst) = (packet.src.ip(), packet.dst.ip());
+    let mut tcp = TcpPacket::new_unchecked(&mut packet.payload[header..]);
+    tcp.set_seq_number(tcp.seq_number() + 900_000);
+    tcp.fill_checksum(&IpAddress::Ipv4(src), &IpAddress::Ipv4(dst));
+    net.inject(packet);
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.host(server).stats().ooo_dropped, 1);
+}
