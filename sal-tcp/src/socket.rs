@@ -580,6 +580,20 @@ impl Socket {
     }
 
     /// Back to CLOSED with nothing remembered; frees the buffers' memory.
+    /// TIME-WAIT is over: the connection is gone, but what the peer sent
+    /// and the application has not read yet is still the application's, and
+    /// so is the end of stream after it (Linux, too, keeps a socket's
+    /// receive queue until the application closes it). smoltcp dropped it:
+    /// an application that read slowly lost the end of its data, and read
+    /// end of stream where it should have.
+    fn close_after_time_wait(&mut self) {
+        let unread = std::mem::take(&mut self.rx_buffer);
+        let fin = self.rx_fin_received;
+        self.reset();
+        self.rx_buffer = unread;
+        self.rx_fin_received = fin;
+    }
+
     fn reset(&mut self) {
         self.state = State::Closed;
         self.timer = Timer::new();
@@ -2248,7 +2262,7 @@ impl Socket {
         } else if self.timer.should_close(now) {
             // If we have spent enough time in the TIME-WAIT state, close the socket.
             tcp_trace!("TIME-WAIT timer expired");
-            self.reset();
+            self.close_after_time_wait();
             return None;
         } else {
             return None;
