@@ -16,7 +16,7 @@ use sal_sim::{LinkConditions, Network, Packet};
 use smoltcp::time::Duration;
 
 mod common;
-use common::sim::{default_route, establish};
+use common::sim::{client_server, default_route, establish, ClientServer};
 
 fn loc(s: &str) -> Locator {
     s.parse().unwrap()
@@ -37,14 +37,12 @@ fn rsyn(cflow: FlowId, sflow: FlowId, nonce: [u8; 8], verno: u32) -> Vec<u8> {
 
 #[test]
 fn a_peer_s_rsyns_get_one_answer_each_and_no_queue() {
-    let mut net = Network::new(5, LinkConditions::default());
-    let client = net.add_host("client", HostConfig::default(), &[("eth0", "10.0.0.1/24")]);
-    let server = net.add_host("server", HostConfig::default(), &[("eth0", "10.0.0.2/24")]);
-    default_route(&mut net, client, "10.0.0.2");
-    let listener = net
-        .host(server)
-        .listen("ab/8".parse().unwrap(), Stream, 8)
-        .unwrap();
+    let ClientServer {
+        mut net,
+        client,
+        server,
+        listener,
+    } = client_server(5, LinkConditions::default(), HostConfig::default());
     // The client's own control messages tell it its nonce and next verno
     // (the hostile client knows them anyway: they are its own).
     let captured: Rc<RefCell<Option<ControlRepr>>> = Rc::default();
@@ -222,18 +220,16 @@ fn a_syn_ack_must_acknowledge_the_syn_exactly() {
 #[test]
 fn a_trusted_rsyn_moves_the_flow_at_once_an_untrusted_one_waits() {
     for validate in [true, false] {
-        let mut net = Network::new(8, LinkConditions::default());
-        let client = net.add_host("client", HostConfig::default(), &[("eth0", "10.0.0.1/24")]);
         let config = HostConfig {
             validate_peer_moves: validate,
             ..HostConfig::default()
         };
-        let server = net.add_host("server", config, &[("eth0", "10.0.0.2/24")]);
-        default_route(&mut net, client, "10.0.0.2");
-        let listener = net
-            .host(server)
-            .listen("ab/8".parse().unwrap(), Stream, 8)
-            .unwrap();
+        let ClientServer {
+            mut net,
+            client,
+            server,
+            listener,
+        } = client_server(8, LinkConditions::default(), config);
         let captured: Rc<RefCell<Option<ControlRepr>>> = Rc::default();
         {
             let captured = captured.clone();

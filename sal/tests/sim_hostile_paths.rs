@@ -30,7 +30,7 @@ use sal_sim::{HostId, LinkConditions, Nat, Network, Packet};
 use smoltcp::time::{Duration, Instant};
 
 mod common;
-use common::sim::{default_route, establish, pattern, stream};
+use common::sim::{client_server, default_route, establish, pattern, stream, ClientServer};
 
 fn loc(s: &str) -> Locator {
     s.parse().unwrap()
@@ -108,14 +108,12 @@ fn rsyns_from_a_victims_address_move_nothing_until_it_answers() {
         delay: ms(20),
         ..Default::default()
     };
-    let mut net = Network::new(7, conditions);
-    let client = net.add_host("client", HostConfig::default(), &[("eth0", "10.0.0.1/24")]);
-    let server = net.add_host("server", HostConfig::default(), &[("eth0", "10.0.0.2/24")]);
-    default_route(&mut net, client, "10.0.0.2");
-    let listener = net
-        .host(server)
-        .listen("ab/8".parse().unwrap(), Stream, 8)
-        .unwrap();
+    let ClientServer {
+        mut net,
+        client,
+        server,
+        listener,
+    } = client_server(7, conditions, HostConfig::default());
     let captured: Rc<RefCell<Option<ControlRepr>>> = Rc::default();
     let to_victim = Rc::new(Cell::new(0u64));
     let data_to_victim = Rc::new(Cell::new(0usize));
@@ -197,14 +195,12 @@ fn control_messages_from_a_victims_address_reflect_no_more_than_they_carry() {
         delay: ms(20),
         ..Default::default()
     };
-    let mut net = Network::new(5, conditions);
-    let client = net.add_host("client", HostConfig::default(), &[("eth0", "10.0.0.1/24")]);
-    let server = net.add_host("server", HostConfig::default(), &[("eth0", "10.0.0.2/24")]);
-    default_route(&mut net, client, "10.0.0.2");
-    let listener = net
-        .host(server)
-        .listen("ab/8".parse().unwrap(), Stream, 8)
-        .unwrap();
+    let ClientServer {
+        mut net,
+        client,
+        server,
+        listener,
+    } = client_server(5, conditions, HostConfig::default());
     // The client's handshake ACK, as anyone on its path saw it, and what
     // goes to the victim.
     let captured: Rc<RefCell<Option<ControlRepr>>> = Rc::default();

@@ -4,23 +4,20 @@
 //! TIME-WAIT ended: 100,000 unread bytes became an immediate end of stream.)
 
 use sal::proto::HostConfig;
-use sal::wire::TransportProtocol::Stream;
-use sal_sim::{LinkConditions, Network};
+use sal_sim::LinkConditions;
 use smoltcp::time::Duration;
 
 mod common;
-use common::sim::{default_route, establish, pattern};
+use common::sim::{client_server, establish, pattern, ClientServer};
 
 #[test]
 fn unread_bytes_outlive_the_connection_s_timers() {
-    let mut net = Network::new(11, LinkConditions::default());
-    let client = net.add_host("client", HostConfig::default(), &[("eth0", "10.0.0.1/24")]);
-    let server = net.add_host("server", HostConfig::default(), &[("eth0", "10.0.0.2/24")]);
-    default_route(&mut net, client, "10.0.0.2");
-    let listener = net
-        .host(server)
-        .listen("ab/8".parse().unwrap(), Stream, 8)
-        .unwrap();
+    let ClientServer {
+        mut net,
+        client,
+        server,
+        listener,
+    } = client_server(11, LinkConditions::default(), HostConfig::default());
     let (cflow, sflow) = establish(&mut net, client, server, listener, "ab".parse().unwrap());
     let data = pattern(100_000, 4);
     let mut sent = 0;

@@ -1,11 +1,11 @@
 //! Handshakes and stream transfers on the simulator, shared by the
 //! simulation tests.
 
-use sal::proto::{Event, HostError};
+use sal::proto::{Event, HostConfig, HostError};
 use sal::table::{ListenerId, Target};
 use sal::wire::TransportProtocol;
 use sal::{FlowId, Locator, ServiceId, ServicePrefix};
-use sal_sim::{HostId, Network};
+use sal_sim::{HostId, LinkConditions, Network};
 use smoltcp::time::Duration;
 
 /// A service ID from hex digits (test input is valid).
@@ -33,6 +33,39 @@ pub fn default_route(net: &mut Network, host: HostId, to: &str) {
         },
         0,
     );
+}
+
+/// A client (10.0.0.1) and a server (10.0.0.2, configured with
+/// `server_config`) on one subnet, the client's default route toward the
+/// server, and a stream listener on the server for `ab/8`: the setting of
+/// most two-host tests.
+pub struct ClientServer {
+    pub net: Network,
+    pub client: HostId,
+    pub server: HostId,
+    pub listener: ListenerId,
+}
+
+/// Builds a [`ClientServer`] on a network with `seed` and `conditions`.
+pub fn client_server(
+    seed: u64,
+    conditions: LinkConditions,
+    server_config: HostConfig,
+) -> ClientServer {
+    let mut net = Network::new(seed, conditions);
+    let client = net.add_host("client", HostConfig::default(), &[("eth0", "10.0.0.1/24")]);
+    let server = net.add_host("server", server_config, &[("eth0", "10.0.0.2/24")]);
+    default_route(&mut net, client, "10.0.0.2");
+    let listener = net
+        .host(server)
+        .listen(prefix("ab/8"), TransportProtocol::Stream, 8)
+        .expect("a fresh host listens");
+    ClientServer {
+        net,
+        client,
+        server,
+        listener,
+    }
 }
 
 /// Connects a stream flow from `client` to `service` and accepts it on

@@ -148,6 +148,27 @@ impl Net {
         self.spawn(1, self.cmd(1, python(), &args), "http.log")
     }
 
+    /// `python3 -m http.server` on TCP port 8080 of the server host in
+    /// inet mode, port 8080 mapped to `service`: it binds the service.
+    fn inet_http_server(&self, service: &str) -> NsChild {
+        let www = self.www();
+        let map = format!("8080={service}");
+        let args = [
+            "-m",
+            "http.server",
+            "8080",
+            "--bind",
+            "0.0.0.0",
+            "--directory",
+            www.to_str().unwrap(),
+        ];
+        self.spawn(
+            1,
+            self.shimmed(1, &["--map", &map], python(), &args),
+            "http.log",
+        )
+    }
+
     fn spawn(&self, i: usize, mut cmd: Command, log: &str) -> NsChild {
         let log = std::fs::File::create(self.dir.path().join(log)).unwrap();
         cmd.stdout(log.try_clone().unwrap()).stderr(log);
@@ -304,26 +325,8 @@ fn curl_and_socat_through_inet_mode() {
         return;
     }
     let net = Net::new("inet-http");
-    let www = net.www();
     // The server binds TCP port 8080, which becomes service 80a2.
-    let _http = net.spawn(
-        1,
-        net.shimmed(
-            1,
-            &["--map", "8080=80a2"],
-            python(),
-            &[
-                "-m",
-                "http.server",
-                "8080",
-                "--bind",
-                "0.0.0.0",
-                "--directory",
-                www.to_str().unwrap(),
-            ],
-        ),
-        "http.log",
-    );
+    let _http = net.inet_http_server("80a2");
     // The client connects to port 80 of an address nobody has: the shim
     // connects to service 80a2 instead.
     let out = net.dir.path().join("curl.bin");
@@ -367,25 +370,7 @@ fn nginx_proxies_to_a_service_in_inet_mode() {
         return;
     }
     let net = Net::new("inet-nginx");
-    let www = net.www();
-    let _http = net.spawn(
-        1,
-        net.shimmed(
-            1,
-            &["--map", "8080=80a3"],
-            python(),
-            &[
-                "-m",
-                "http.server",
-                "8080",
-                "--bind",
-                "0.0.0.0",
-                "--directory",
-                www.to_str().unwrap(),
-            ],
-        ),
-        "http.log",
-    );
+    let _http = net.inet_http_server("80a3");
     let dir = net.dir.path().display();
     let conf = net.dir.path().join("nginx.conf");
     std::fs::write(
