@@ -130,6 +130,11 @@ impl Host {
         };
         let new_target = elsewhere && flow.path.moving_to != Some(src);
         flow.path.moving_to = elsewhere.then_some(src);
+        if !elsewhere {
+            // The peer speaks from where the flow runs: answers to earlier
+            // challenges would come from addresses it left.
+            flow.nat.forget_challenges();
+        }
         let answered = flow.control.in_flight(ControlKind::RsynAck);
         if control.flags.contains(ControlFlags::ACK) {
             // An RSYN-ACK: our RSYN was retired by the caller; confirm it.
@@ -153,14 +158,20 @@ impl Host {
         } else {
             self.send_ack(id, false, &[]);
         }
-        // A new address is challenged at once; RSYNs repeated from one
-        // draw challenges at the rate other messages from there do, so a
-        // peer's RSYNs from a victim's address cost the victim at most one
-        // answer each and a few challenges a second.
-        if new_target {
+        // A new address is challenged at once (and again on a timer until
+        // it answers); RSYNs repeated from one draw challenges at the rate
+        // other messages from there do, so a peer's RSYNs from a victim's
+        // address cost the victim at most one answer each and a few
+        // challenges a second.
+        if new_target && sequence == Sequence::New {
             self.challenge_rsyn_source(id, src);
         } else if elsewhere {
+            // A repeated RSYN (the peer's, moved on while it was in flight,
+            // or anyone's replay) is challenged at the usual rate.
             self.challenge_path(id, src, true);
+        }
+        if new_target {
+            self.repeat_challenges(id);
         }
     }
 

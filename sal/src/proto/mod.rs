@@ -236,6 +236,7 @@ impl Host {
                 Timer::Transport => self.queue_output(due.flow),
                 Timer::Linger => self.linger_due(due.flow),
                 Timer::Orphan => self.orphan_due(due.flow),
+                Timer::Challenge => self.challenge_due(due.flow),
             }
         }
     }

@@ -77,10 +77,15 @@
 //! take the token for an acknowledgement number). Up to [`MAX_CHALLENGES`] addresses are
 //! challenged at once, each with one token (repeated challenges to one
 //! address repeat it) for [`CHALLENGE_LIFETIME`]; the first answer spends
-//! them all, so a replayed answer proves nothing. Challenges and answers
-//! are rate-limited per flow; a challenge drawn by a message
-//! that carried the peer's nonce has a budget of its own, so forged
-//! packets from elsewhere cannot crowd out the peer's own rebinding. A
+//! them all, so a replayed answer proves nothing. Challenges are
+//! rate-limited per flow; a challenge drawn by a message that carried the
+//! peer's nonce has a budget of its own, so forged packets from elsewhere
+//! cannot crowd out the peer's own rebinding. The challenge to the address
+//! the peer's RSYN came from is repeated on a timer until answered (a peer
+//! that only receives sends nothing else that would draw one). Answers are
+//! not rate-limited: each goes to the one address the flow already uses,
+//! one for one challenge, and a budget would let forged challenges spend
+//! it. A
 //! reference host drops the challenge (nonce mismatch) and never answers:
 //! its flows do not follow a rebinding.
 
@@ -107,13 +112,12 @@ const STREAMING: u32 = 8;
 /// At most one path challenge per flow this often, for each of the two
 /// kinds of packet that draw one (with the peer's nonce, and without).
 const CHALLENGE_INTERVAL: Duration = Duration::from_millis(100);
-/// Answers to path challenges per flow are counted over this long ...
-const ANSWER_INTERVAL: Duration = Duration::from_millis(50);
-/// ... and at most this many go out in one such interval, each to a token
-/// other than the last one answered (a repeated challenge gets one answer
-/// per interval). A peer that moved twice in quick succession challenges
-/// both addresses at once, and the second answer is the one that counts.
-const ANSWERS_PER_INTERVAL: u8 = 4;
+/// The first repetition of the challenge to the address an RSYN came from,
+/// if no answer came; each next one waits twice as long, while the
+/// challenge lives ([`CHALLENGE_LIFETIME`]).
+const CHALLENGE_RETRY: Duration = Duration::from_millis(200);
+/// Repetitions of that challenge at most (200 ms to 3.2 s apart: 6.2 s).
+const CHALLENGE_RETRIES: u32 = 5;
 /// Path challenges of one flow whose answer is still taken.
 const MAX_CHALLENGES: usize = 4;
 /// How long the answer to a path challenge is taken.
@@ -221,9 +225,8 @@ pub(super) struct NatState {
     /// Challenges whose answer is awaited, oldest first (empty, and
     /// unallocated, on a flow whose peer never moved).
     challenges: Vec<Challenge>,
-    /// When the current interval of answers began ([`ANSWER_INTERVAL`]),
-    /// how many went out in it, and the token last answered.
-    answered: Option<(Instant, u8, [u8; 8])>,
+    /// Repetitions of the challenge to the address an RSYN came from.
+    challenge_retries: u32,
 }
 
 impl NatState {
@@ -324,22 +327,11 @@ impl NatState {
         answers
     }
 
-    /// Whether a path challenge with `token` may be answered now; if so,
-    /// it counts as answered. Each answer goes to the address the flow
-    /// already uses, one for one challenge, so these bounds only keep a
-    /// flood of challenges from making as many answers.
-    pub fn may_answer(&mut self, now: Instant, token: [u8; 8]) -> bool {
-        match &mut self.answered {
-            Some((start, count, last)) if now < *start + ANSWER_INTERVAL => {
-                if *last == token || *count >= ANSWERS_PER_INTERVAL {
-                    return false;
-                }
-                *count += 1;
-                *last = token;
-            }
-            slot => *slot = Some((now, 1, token)),
-        }
-        true
+    /// Forgets every challenge awaited: the peer spoke, with its nonce,
+    /// from where the flow runs, so an answer from elsewhere now would be
+    /// from an address it left.
+    pub fn forget_challenges(&mut self) {
+        self.challenges = Vec::new();
     }
 
     fn take_turn(last: &mut Option<Instant>, now: Instant, interval: Duration) -> bool {
@@ -458,6 +450,44 @@ impl Host {
         }
     }
 
+    /// The peer's RSYNs now come from `Path::moving_to`, a new address:
+    /// (re)starts the repetitions of its challenge ([`Host::challenge_due`]).
+    pub(super) fn repeat_challenges(&mut self, id: FlowId) {
+        let now = self.now;
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
+        flow.nat.challenge_retries = 0;
+        self.arm_timer(id, Timer::Challenge, now + CHALLENGE_RETRY);
+    }
+
+    /// The challenge to the address the peer's RSYN came from
+    /// (`Path::moving_to`) is still unanswered: send it again (the same
+    /// token while it lives), and again after twice as long, up to
+    /// [`CHALLENGE_RETRIES`] times. A lost
+    /// challenge or answer would otherwise leave the flow where the peer
+    /// no longer is: a peer that only receives sends nothing that would
+    /// draw another.
+    pub(super) fn challenge_due(&mut self, id: FlowId) {
+        let now = self.now;
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
+        let Some(to) = flow.path.moving_to else {
+            return;
+        };
+        if flow.state != FlowState::Established
+            || flow.path.remote == Some(to)
+            || flow.nat.challenge_retries >= CHALLENGE_RETRIES
+        {
+            return;
+        }
+        flow.nat.challenge_retries += 1;
+        let wait = CHALLENGE_RETRY * 2u32.pow(flow.nat.challenge_retries);
+        self.send_challenge(id, to, true);
+        self.arm_timer(id, Timer::Challenge, now + wait);
+    }
+
     /// Sends `src` a path challenge on flow `id` (the token already awaited
     /// there, or a fresh one).
     fn send_challenge(&mut self, id: FlowId, src: Locator, for_peer: bool) {
@@ -480,8 +510,11 @@ impl Host {
     }
 
     /// A path challenge arrived on a flow: answer it, echoing its token
-    /// under our nonce, at the address we already use for the peer
-    /// (rate-limited).
+    /// under our nonce, at the address we already use for the peer. Every
+    /// challenge is answered, one packet for one, always to that one
+    /// address: a budget of answers would let anyone who knows the flow
+    /// IDs spend it with forged challenges, so that the peer's own went
+    /// unanswered and a move of ours was never followed.
     pub(super) fn challenge_input(&mut self, id: FlowId, challenge: &ControlRepr) {
         let now = self.now;
         let Ok(flow) = self.flow_mut(id) else {
@@ -490,7 +523,7 @@ impl Host {
         let Some(remote) = flow.path.remote else {
             return;
         };
-        if flow.state != FlowState::Established || !flow.nat.may_answer(now, challenge.nonce) {
+        if flow.state != FlowState::Established {
             return;
         }
         let mut repr = SalRepr::data(flow.id, flow.peer_flow, flow.protocol().number());
@@ -515,6 +548,11 @@ impl Host {
         if flow.path.remote == Some(src) {
             // Late: another copy's answer moved the flow here already (or
             // it is forged, and moves nothing either way).
+            return false;
+        }
+        if flow.path.moving_to.is_some_and(|to| to != src) {
+            // The peer's latest RSYN came from elsewhere: an answer from
+            // here is from an address it left.
             return false;
         }
         let proven = flow.state == FlowState::Established
@@ -683,7 +721,7 @@ mod tests {
     }
 
     #[test]
-    fn challenges_and_answers_are_rate_limited() {
+    fn challenges_are_rate_limited() {
         let mut nat = NatState::default();
         let t = Instant::from_millis(1000);
         assert!(nat.may_challenge(t, false));
@@ -692,17 +730,6 @@ mod tests {
         assert!(nat.may_challenge(t + Duration::from_millis(99), true));
         assert!(!nat.may_challenge(t + Duration::from_millis(150), true));
         assert!(nat.may_challenge(t + Duration::from_millis(100), false));
-        let (one, two) = ([1; 8], [2; 8]);
-        assert!(nat.may_answer(t, one));
-        assert!(!nat.may_answer(t + Duration::from_millis(49), one));
-        assert!(nat.may_answer(t + Duration::from_millis(50), one));
-        // Another token within the interval: answered, a few times at most.
-        assert!(nat.may_answer(t + Duration::from_millis(51), two));
-        assert!(!nat.may_answer(t + Duration::from_millis(52), two));
-        for i in 3..=ANSWERS_PER_INTERVAL {
-            assert!(nat.may_answer(t + Duration::from_millis(52), [i; 8]));
-        }
-        assert!(!nat.may_answer(t + Duration::from_millis(53), [99; 8]));
     }
 
     fn at(ms: i64) -> Instant {

@@ -41,10 +41,13 @@ pub(super) enum Timer {
     /// The end of a closed flow's wait for its peer to finish (see
     /// `teardown.rs`).
     Orphan,
+    /// The path challenge to the address the peer's RSYN came from is
+    /// repeated until it is answered (see `nat.rs`).
+    Challenge,
 }
 
 impl Timer {
-    const COUNT: usize = 6;
+    const COUNT: usize = 7;
 
     fn index(self) -> usize {
         match self {
@@ -54,6 +57,7 @@ impl Timer {
             Timer::Transport => 3,
             Timer::Linger => 4,
             Timer::Orphan => 5,
+            Timer::Challenge => 6,
         }
     }
 }

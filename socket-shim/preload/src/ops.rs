@@ -1118,11 +1118,20 @@ pub(crate) fn close(fd: RawFd) {
     if !table::maybe_tracked(fd) {
         return;
     }
-    let entry = lock().remove(fd);
+    let (entry, last) = {
+        let mut table = lock();
+        let entry = table.remove(fd);
+        // Whether another number of this process (a `dup`) still holds the
+        // listener, decided under the lock: two copies closed at once must
+        // not each see the other and leave the service bound.
+        let last = match entry.as_ref().map(|e| &e.state) {
+            Some(State::Listening { control }) => !table.holds_listener(control),
+            _ => false,
+        };
+        (entry, last)
+    };
     if let Some(entry) = entry {
         if let State::Listening { control } = &entry.state {
-            // Another number of this process (a `dup`) still holds it.
-            let last = std::sync::Arc::strong_count(control) == 1;
             if last && entry.owner == std::process::id() as libc::pid_t {
                 // sald unbinds when the control connection closes; forked
                 // children's copies of it must not keep the service bound

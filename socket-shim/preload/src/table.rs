@@ -191,6 +191,9 @@ impl Entry {
             local: self.local,
             peer: self.peer,
             options: self.options.clone(),
+            // Whoever copied it, the listener is the process's that
+            // listened: a forked child's last copy must not unbind it.
+            owner: self.owner,
             ..Entry::new(self.kind, self.domain, fd, state)
         })
     }
@@ -311,6 +314,15 @@ impl Table {
         set_bit(&TRACKED, fd, false);
         set_bit(&INTERCEPTED, fd, false);
         self.guard.remove(&fd)
+    }
+
+    /// Whether an entry still in the table holds `control` (a listener's
+    /// control connection shared by `dup` copies).
+    pub(crate) fn holds_listener(&self, control: &Arc<ControlClient>) -> bool {
+        self.guard.values().any(|entry| match &entry.state {
+            State::Listening { control: other } => Arc::ptr_eq(other, control),
+            _ => false,
+        })
     }
 
     /// Updates the intercepted bit after a state change of `fd`.

@@ -953,12 +953,23 @@ static int dup_copies(const char *sid) {
     struct sockaddr_sv sa = sv_addr(sid);
     int l = socket(AF_SERVAL, SOCK_STREAM, 0);
     CHECK(bind(l, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(l, 5) == 0, "bind and listen");
+    /* A forked child's copies of the listener, closed, leave it bound. */
+    pid_t child = fork();
+    if (child == 0) {
+        int mine = dup(l);
+        close(l);
+        close(mine);
+        _exit(0);
+    }
+    waitpid(child, NULL, 0);
     int copy = dup(l);
     CHECK(copy >= 0, "dup");
     /* The copy still holds the service. */
     close(l);
     pthread_t t;
     pthread_create(&t, NULL, hello_thread, (void *)sid);
+    struct pollfd waiting = {.fd = copy, .events = POLLIN};
+    CHECK(poll(&waiting, 1, 5000) == 1, "a connection arrives (still bound)");
     int c = accept(copy, NULL, NULL);
     CHECK(c >= 0, "accept on the copy of the listener");
     int on = 0;
