@@ -440,3 +440,59 @@ fn a_router_records_each_clients_port_so_clients_sharing_an_address_are_answered
     }
     assert_eq!(net.host(router).stats().forwarded, 2);
 }
+
+/// A copy of the client's own control message (a late duplicate, or a
+/// replay) turned into an RSYN from an address that never answers leaves
+/// the server waiting for that address for a while; a NAT rebinding in
+/// that time must still be followed as soon as the new mapping answers.
+/// (For a while the server took answers only from the RSYN's address, and
+/// the rebinding waited for the peer timeout.)
+#[test]
+fn a_rebinding_is_followed_while_an_unanswered_rsyn_address_is_challenged() {
+    let handshake_ack = Rc::new(RefCell::new(None));
+    let seen = handshake_ack.clone();
+    let mut n = natted_with(HostConfig::default(), secs(30), ms(5), move |net| {
+        net.set_filter(Some(Box::new(move |t: &Packet| {
+            if let Some(control) = control_of(&t.payload) {
+                if t.dst == loc(SERVER) && control.flags == ControlFlags::ACK {
+                    seen.borrow_mut().get_or_insert(control);
+                }
+            }
+            false
+        })));
+    });
+    let ack: sal::wire::ControlRepr = handshake_ack.borrow().expect("the client's handshake ACK");
+    let (cflow, sflow) = (n.cflow, n.sflow);
+    // The client's last numbered message (its SYN) again, as an RSYN:
+    // to the server, a duplicate of what it already acted on.
+    let mut repr = SalRepr::data(cflow, Some(sflow), 6);
+    repr.control = Some(sal::wire::ControlRepr {
+        flags: ControlFlags::RSYN,
+        verno: ack.verno.wrapping_sub(1),
+        ..ack
+    });
+    let mut rsyn = vec![0u8; repr.header_len()];
+    repr.emit(&mut rsyn).unwrap();
+    let mut injected = false;
+    let data = pattern(4 << 20, 8);
+    let mut received = Vec::new();
+    let stall = rebinding_during(&mut n, |n, during| {
+        received = n.download(&data, &mut |net: &mut Network, got: usize| {
+            if !injected && got >= 512 << 10 {
+                net.inject(Packet {
+                    src: loc("udp:10.0.0.66:54325"),
+                    dst: loc(SERVER),
+                    ttl: 64,
+                    kind: sal::proto::TransmitKind::Own,
+                    payload: rsyn.clone(),
+                });
+                injected = true;
+            }
+            during(net, got);
+        });
+    });
+    assert!(injected);
+    assert!(received == data, "bytes differ");
+    assert_eq!(n.server_sees().ip(), REBOUND);
+    assert!(stall < ms(300), "stall {stall}");
+}

@@ -134,6 +134,8 @@ impl Host {
             // The peer speaks from where the flow runs: answers to earlier
             // challenges would come from addresses it left.
             flow.nat.forget_challenges();
+        } else if new_target {
+            flow.nat.keep_challenges_to(src);
         }
         let answered = flow.control.in_flight(ControlKind::RsynAck);
         if control.flags.contains(ControlFlags::ACK) {

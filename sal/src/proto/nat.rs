@@ -327,6 +327,14 @@ impl NatState {
         answers
     }
 
+    /// Forgets the challenges awaited from anywhere but `to`, where the
+    /// peer's latest RSYN came from: an answer from elsewhere would be from
+    /// an address it left. (Challenges drawn later, by a rebinding, count
+    /// again.)
+    pub fn keep_challenges_to(&mut self, to: Locator) {
+        self.challenges.retain(|c| c.to == to);
+    }
+
     /// Forgets every challenge awaited: the peer spoke, with its nonce,
     /// from where the flow runs, so an answer from elsewhere now would be
     /// from an address it left.
@@ -476,10 +484,13 @@ impl Host {
         let Some(to) = flow.path.moving_to else {
             return;
         };
-        if flow.state != FlowState::Established
-            || flow.path.remote == Some(to)
-            || flow.nat.challenge_retries >= CHALLENGE_RETRIES
-        {
+        if flow.state != FlowState::Established || flow.path.remote == Some(to) {
+            return;
+        }
+        if flow.nat.challenge_retries >= CHALLENGE_RETRIES {
+            // Never answered: the RSYN did not come from the peer, or the
+            // peer left again. Its answers go back to where the flow runs.
+            flow.path.moving_to = None;
             return;
         }
         flow.nat.challenge_retries += 1;
@@ -548,11 +559,6 @@ impl Host {
         if flow.path.remote == Some(src) {
             // Late: another copy's answer moved the flow here already (or
             // it is forged, and moves nothing either way).
-            return false;
-        }
-        if flow.path.moving_to.is_some_and(|to| to != src) {
-            // The peer's latest RSYN came from elsewhere: an answer from
-            // here is from an address it left.
             return false;
         }
         let proven = flow.state == FlowState::Established
