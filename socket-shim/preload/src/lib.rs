@@ -668,11 +668,7 @@ pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
     // SAFETY: forwarding the caller's arguments unchanged.
-    let result = unsafe { real::fcntl(fd, cmd, arg) };
-    match cmd {
-        libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => copied(fd, result),
-        _ => result,
-    }
+    fcntl_done(fd, cmd, unsafe { real::fcntl(fd, cmd, arg) })
 }
 
 /// `fcntl64`, as [`fcntl`] (glibc's name for it under a 64-bit `off_t`).
@@ -682,7 +678,12 @@ pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_i
 #[no_mangle]
 pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
     // SAFETY: forwarding the caller's arguments unchanged.
-    let result = unsafe { real::fcntl64(fd, cmd, arg) };
+    fcntl_done(fd, cmd, unsafe { real::fcntl64(fd, cmd, arg) })
+}
+
+/// What an `fcntl` of `fd` returned: for the commands that copy a
+/// descriptor, the copy means what `fd` means (see [`copied`]).
+fn fcntl_done(fd: c_int, cmd: c_int, result: c_int) -> c_int {
     match cmd {
         libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => copied(fd, result),
         _ => result,
