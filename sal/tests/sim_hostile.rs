@@ -596,3 +596,93 @@ fn clients_sharing_an_address_and_a_flow_id_each_get_a_syn_ack() {
     answered.sort();
     assert_eq!(answered, ports, "one SYN-ACK to each client's port");
 }
+
+/// A data segment that arrives before the handshake's ACK completes the
+/// handshake (the ACK was lost), but it carries no nonce: only TCP's own
+/// check that it acknowledges the SYN-ACK shows it comes from the client.
+/// A blind forger who guessed both flow IDs used to establish a flow
+/// spoofed from a victim with any segment at all.
+#[test]
+fn data_before_the_ack_must_acknowledge_the_syn_ack() {
+    let (mut net, _client, server) = pair(HostConfig::default());
+    let listener = net
+        .host(server)
+        .listen("da/8".parse().unwrap(), Stream, 8)
+        .unwrap();
+    let victim: Ipv4Addr = "10.0.0.99".parse().unwrap();
+    let server_ip: Ipv4Addr = SERVER.parse().unwrap();
+    // What the forger would have to guess: the server's flow ID and ISN
+    // from the SYN-ACK, which goes to the victim.
+    let syn_ack: Rc<Cell<Option<(FlowId, u32)>>> = Rc::default();
+    let seen = syn_ack.clone();
+    net.set_filter(Some(Box::new(move |p| {
+        if p.dst.ip() == victim {
+            let packet = SalPacket::new_checked(&p.payload[..]).unwrap();
+            let repr = SalRepr::parse(&packet).unwrap();
+            let tcp = TcpPacket::new_checked(&p.payload[repr.header_len()..]).unwrap();
+            seen.set(Some((repr.src_flow.unwrap(), tcp.seq_number().0 as u32)));
+        }
+        false
+    })));
+    let client_flow = FlowId::new(77).unwrap();
+    let segment = tcp(Segment::Syn, victim, server_ip, 1000);
+    inject(
+        &mut net,
+        victim,
+        SERVER,
+        sal_syn(77, svc("da01"), &segment, None),
+    );
+    net.run_for(Duration::from_millis(10));
+    let (server_flow, server_isn) = syn_ack.get().expect("a SYN-ACK toward the victim");
+    let data = |ack: u32| {
+        let repr = TcpRepr {
+            src_port: 0,
+            dst_port: 0,
+            control: TcpControl::Psh,
+            seq_number: TcpSeqNumber(1001),
+            ack_number: Some(TcpSeqNumber(ack as i32)),
+            window_len: 65535,
+            window_scale: None,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload: b"hello",
+        };
+        let mut segment = vec![0; repr.buffer_len()];
+        repr.emit(
+            &mut TcpPacket::new_unchecked(&mut segment[..]),
+            &IpAddress::Ipv4(victim),
+            &IpAddress::Ipv4(server_ip),
+            &ChecksumCapabilities::default(),
+        );
+        let sal = SalRepr::data(client_flow, Some(server_flow), 6);
+        let mut packet = vec![0; sal.header_len()];
+        sal.emit(&mut packet).unwrap();
+        packet.extend_from_slice(&segment);
+        packet
+    };
+    // Right flow IDs, wrong acknowledgement numbers: nothing established.
+    for wrong in [
+        0u32,
+        1,
+        server_isn,
+        server_isn.wrapping_add(2),
+        server_isn ^ 0x8000_0000,
+    ] {
+        inject(&mut net, victim, SERVER, data(wrong));
+        net.run_for(Duration::from_millis(10));
+        assert_eq!(
+            net.host(server).accept(listener),
+            Err(HostError::WouldBlock),
+            "ack {wrong:#x} (ISN {server_isn:#x}) established the flow"
+        );
+    }
+    // What only the client (or an on-path observer) can send does.
+    inject(&mut net, victim, SERVER, data(server_isn.wrapping_add(1)));
+    net.run_for(Duration::from_millis(10));
+    let flow = net.host(server).accept(listener).expect("established");
+    let mut got = [0; 8];
+    assert_eq!(net.host(server).recv(flow, &mut got), Ok(5));
+    assert_eq!(&got[..5], b"hello");
+}

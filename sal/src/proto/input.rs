@@ -6,6 +6,7 @@
 //! forged packet is counted in [`HostStats`](super::HostStats) and dropped:
 //! nothing a packet says can make the host panic.
 
+use sal_tcp::State as TcpState;
 use smoltcp::time::Instant;
 
 use super::control::ControlKind;
@@ -242,11 +243,11 @@ impl Host {
             if !go_on {
                 return;
             }
-        } else if flow.state == FlowState::SynReceived && !segment.is_empty() {
-            // Data before the ACK: the ACK was lost but the client is established.
-            flow.control.pending.clear();
-            flow.timers.disarm(Timer::Control);
-            self.establish_server(id);
+        } else if flow.state == FlowState::SynReceived
+            && !segment.is_empty()
+            && !self.data_before_ack(id, src, dst, segment)
+        {
+            return;
         }
         let Ok(flow) = self.flow_mut(id) else {
             return;
@@ -286,6 +287,61 @@ impl Host {
         if taken == Some(true) && !heard && self.peer_at(id, src) {
             self.peer_heard(id, syn, data);
         }
+    }
+
+    /// A segment without CONTROL on a half-open server flow: the client's
+    /// handshake ACK was lost and it sends already. Such a segment carries
+    /// no nonce, so it completes the handshake only from the client's
+    /// address and, for a stream, once TCP took it as acknowledging our
+    /// SYN-ACK: a blind forger must guess TCP's initial sequence number as
+    /// well as both flow IDs. Returns whether the caller should go on with
+    /// the segment (a datagram that completed the handshake; a stream's
+    /// segment is taken here).
+    fn data_before_ack(&mut self, id: FlowId, src: Locator, dst: Locator, segment: &[u8]) -> bool {
+        if !self.peer_at(id, src) {
+            self.stats.stale += 1;
+            return false;
+        }
+        let Ok(flow) = self.flow_mut(id) else {
+            return false;
+        };
+        let protocol = flow.protocol();
+        let established = match protocol {
+            TransportProtocol::Stream => {
+                let evidence = self.stream_segment_input(id, src, dst, segment);
+                let open = self
+                    .flow_mut(id)
+                    .ok()
+                    .and_then(|flow| flow.stream_mut())
+                    .and_then(|stream| stream.socket.as_ref())
+                    .is_some_and(|socket| {
+                        !matches!(
+                            socket.state(),
+                            TcpState::Closed | TcpState::Listen | TcpState::SynReceived
+                        )
+                    });
+                if open && evidence == Some(true) {
+                    self.peer_heard(id, false, carries_data(protocol, segment));
+                }
+                open
+            }
+            TransportProtocol::Datagram => {
+                let ok = nat::transport_checksum_ok(protocol, &src, &dst, segment);
+                if !ok {
+                    self.stats.bad_checksum += 1;
+                }
+                ok
+            }
+        };
+        if !established {
+            return false;
+        }
+        if let Ok(flow) = self.flow_mut(id) {
+            flow.control.pending.clear();
+            flow.timers.disarm(Timer::Control);
+        }
+        self.establish_server(id);
+        protocol == TransportProtocol::Datagram
     }
 
     /// Whether `src` is where the flow's peer is.
