@@ -579,19 +579,29 @@ impl Socket {
         self.state
     }
 
-    /// Back to CLOSED with nothing remembered; frees the buffers' memory.
-    /// TIME-WAIT is over: the connection is gone, but what the peer sent
-    /// and the application has not read yet is still the application's, and
-    /// so is the end of stream after it (Linux, too, keeps a socket's
-    /// receive queue until the application closes it). smoltcp dropped it:
-    /// an application that read slowly lost the end of its data, and read
-    /// end of stream where it should have.
-    fn close_after_time_wait(&mut self) {
+    /// Back to CLOSED without a word to the peer, keeping for the
+    /// application what the peer sent and it has not read yet, and the end
+    /// of stream after it if the peer's FIN came (Linux, too, keeps a
+    /// socket's receive queue until the application closes it, after a
+    /// reset as at the end of TIME-WAIT). Everything else is forgotten and
+    /// the send buffer's memory freed. Returns whether anything is left for
+    /// the application to read (bytes or the end of stream); if not, the
+    /// receive buffer's memory is freed too.
+    ///
+    /// TIME-WAIT's end closes this way: smoltcp dropped the receive buffer
+    /// there, and an application that read slowly lost the end of its data
+    /// and read end of stream where it should have. So does a connection
+    /// that the layer above reset or gave up on.
+    pub fn forget_peer(&mut self) -> bool {
         let unread = std::mem::take(&mut self.rx_buffer);
         let fin = self.rx_fin_received;
         self.reset();
-        self.rx_buffer = unread;
-        self.rx_fin_received = fin;
+        let left = !unread.is_empty() || fin;
+        if left {
+            self.rx_buffer = unread;
+            self.rx_fin_received = fin;
+        }
+        left
     }
 
     fn reset(&mut self) {
@@ -2262,7 +2272,7 @@ impl Socket {
         } else if self.timer.should_close(now) {
             // If we have spent enough time in the TIME-WAIT state, close the socket.
             tcp_trace!("TIME-WAIT timer expired");
-            self.close_after_time_wait();
+            self.forget_peer();
             return None;
         } else {
             return None;

@@ -2,13 +2,173 @@
 //! read them, also once both ends have sent their FIN and the connection's
 //! timers have run out. (smoltcp's socket dropped its receive buffer when
 //! TIME-WAIT ended: 100,000 unread bytes became an immediate end of stream.)
+//!
+//! A flow that ends without a goodbye (a reset, or a peer given up on)
+//! keeps them too, and then reads as reset, never as an end of stream: as
+//! with Linux TCP, whose reads return the queued bytes and then
+//! `ECONNRESET`. The flow used to drop its socket at once, received bytes
+//! and all, and a transport reset read as a clean end of stream, so an
+//! application could not tell a cut transfer from a whole one.
 
-use sal::proto::HostConfig;
-use sal_sim::LinkConditions;
+use std::cell::Cell;
+use std::net::Ipv4Addr;
+use std::rc::Rc;
+
+use sal::proto::{HostConfig, HostError, TransmitKind};
+use sal::wire::{SalPacket, SalRepr};
+use sal::{FlowId, Locator};
+use sal_sim::{HostId, LinkConditions, Network, Packet};
+use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::time::Duration;
+use smoltcp::wire::{IpAddress, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber};
 
 mod common;
 use common::sim::{client_server, establish, pattern, ClientServer};
+
+/// Reads flow `id` on `host` until it reports anything but bytes: what it
+/// read, and how it ended (`Ok(0)`: end of stream).
+fn read_to_end(net: &mut Network, host: HostId, id: FlowId) -> (Vec<u8>, Result<usize, HostError>) {
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match net.host(host).recv(id, &mut buf) {
+            Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+            end => return (got, end),
+        }
+    }
+}
+
+/// A client that sent `data` to the server, whose application has not
+/// read it yet: the network, the hosts and both ends of the flow.
+fn sent_unread(seed: u64, data: &[u8]) -> (Network, HostId, HostId, FlowId, FlowId) {
+    let ClientServer {
+        mut net,
+        client,
+        server,
+        listener,
+    } = client_server(seed, LinkConditions::default(), HostConfig::default());
+    let (cflow, sflow) = establish(&mut net, client, server, listener, "ab".parse().unwrap());
+    assert_eq!(net.host(client).send(cflow, data), Ok(data.len()));
+    net.run_for(Duration::from_millis(200));
+    (net, client, server, cflow, sflow)
+}
+
+#[test]
+fn bytes_that_arrived_before_a_reset_are_read_before_it() {
+    let data = pattern(4000, 1);
+    let (mut net, client, server, cflow, sflow) = sent_unread(21, &data);
+    net.host(client).abort(cflow).unwrap();
+    net.run_for(Duration::from_millis(200));
+    let (got, end) = read_to_end(&mut net, server, sflow);
+    assert!(got == data, "read {} of {} bytes", got.len(), data.len());
+    assert_eq!(end, Err(HostError::Reset));
+    assert_eq!(
+        net.host(server).recv(sflow, &mut [0; 8]),
+        Err(HostError::Reset)
+    );
+    net.host(server).close(sflow).unwrap();
+    net.run_for(Duration::from_millis(10));
+    assert_eq!(net.host(server).flow_count(), 0);
+    assert_eq!(
+        net.host(server).stats().buffer_bytes,
+        0,
+        "no memory left held"
+    );
+}
+
+#[test]
+fn bytes_that_arrived_before_the_peer_was_given_up_on_are_read_before_the_error() {
+    let data = pattern(4000, 2);
+    let (mut net, _client, server, _cflow, sflow) = sent_unread(22, &data);
+    net.link_down(Ipv4Addr::new(10, 0, 0, 1));
+    net.host(server).send(sflow, b"request").unwrap();
+    net.run_for(Duration::from_secs(40));
+    assert_eq!(net.host(server).stats().peer_timeouts, 1);
+    let (got, end) = read_to_end(&mut net, server, sflow);
+    assert!(got == data, "read {} of {} bytes", got.len(), data.len());
+    assert_eq!(end, Err(HostError::Reset));
+}
+
+#[test]
+fn a_transport_reset_is_not_an_end_of_stream() {
+    let data = pattern(4000, 3);
+    // The client's next sequence number, as its own packets show.
+    let next = Rc::new(Cell::new(None::<(FlowId, FlowId, u32)>));
+    let (mut net, _client, server, _cflow, sflow) = {
+        let ClientServer {
+            mut net,
+            client,
+            server,
+            listener,
+        } = client_server(23, LinkConditions::default(), HostConfig::default());
+        let seen = next.clone();
+        net.set_filter(Some(Box::new(move |p: &Packet| {
+            let repr = SalPacket::new_checked(&p.payload[..])
+                .ok()
+                .and_then(|packet| SalRepr::parse(&packet).ok());
+            let Some(repr) = repr.filter(|_| p.src.ip() == Ipv4Addr::new(10, 0, 0, 1)) else {
+                return false;
+            };
+            let segment = &p.payload[repr.header_len()..];
+            if let (Ok(tcp), Some(src), Some(dst)) = (
+                TcpPacket::new_checked(segment),
+                repr.src_flow,
+                repr.dst_flow,
+            ) {
+                let len = segment.len() - tcp.header_len() as usize;
+                let end = tcp.seq_number().0 as u32 + len as u32 + u32::from(tcp.syn());
+                seen.set(Some((src, dst, end)));
+            }
+            false
+        })));
+        let (cflow, sflow) = establish(&mut net, client, server, listener, "ab".parse().unwrap());
+        assert_eq!(net.host(client).send(cflow, &data), Ok(data.len()));
+        net.run_for(Duration::from_millis(200));
+        (net, client, server, cflow, sflow)
+    };
+    let (client_flow, server_flow, seq) = next.get().expect("the client's segments");
+    let (src, dst) = (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2));
+    let rst = TcpRepr {
+        src_port: 0,
+        dst_port: 0,
+        control: TcpControl::Rst,
+        seq_number: TcpSeqNumber(seq as i32),
+        ack_number: None,
+        window_len: 0,
+        window_scale: None,
+        max_seg_size: None,
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &[],
+    };
+    let mut segment = vec![0; rst.buffer_len()];
+    rst.emit(
+        &mut TcpPacket::new_unchecked(&mut segment[..]),
+        &IpAddress::Ipv4(src),
+        &IpAddress::Ipv4(dst),
+        &ChecksumCapabilities::default(),
+    );
+    let header = SalRepr::data(client_flow, Some(server_flow), 6);
+    let mut payload = vec![0; header.header_len()];
+    header.emit(&mut payload).unwrap();
+    payload.extend_from_slice(&segment);
+    net.inject(Packet {
+        src: Locator::Ipv4(src),
+        dst: Locator::Ipv4(dst),
+        ttl: 64,
+        kind: TransmitKind::Own,
+        payload,
+    });
+    net.run_for(Duration::from_millis(200));
+    let (got, end) = read_to_end(&mut net, server, sflow);
+    assert!(got == data, "read {} of {} bytes", got.len(), data.len());
+    assert_eq!(
+        end,
+        Err(HostError::Reset),
+        "a reset is not an end of stream"
+    );
+}
 
 #[test]
 fn unread_bytes_outlive_the_connection_s_timers() {

@@ -258,12 +258,15 @@ impl Host {
                 _ => HostError::WouldBlock,
             });
         };
-        if !matches!(state, FlowState::Established) {
+        // A dead flow's socket holds what arrived before the reset.
+        if !matches!(state, FlowState::Established | FlowState::Dead) {
             return Err(HostError::WouldBlock);
         }
         if socket.recv_queue() == 0 {
             return match socket.recv(|_| (0, ())) {
                 Ok(()) => Err(HostError::WouldBlock),
+                // Everything the peer sent was read: its end came before
+                // any reset, as with TCP (whose reads return 0 after a FIN).
                 Err(RecvError::Finished) => Ok(None),
                 // The TCP handshake is still finishing (the SAL's was
                 // confirmed without the socket's last segment).
@@ -272,8 +275,10 @@ impl Host {
                 {
                     Err(HostError::WouldBlock)
                 }
-                // Closed without a FIN: the peer's transport gave up on us.
-                Err(RecvError::InvalidState) => Ok(None),
+                // Closed without a FIN: reset by the peer's transport or
+                // the SAL, or given up on. Not an end of stream: the
+                // application must not take a cut transfer for a whole one.
+                Err(RecvError::InvalidState) => Err(HostError::Reset),
             };
         }
         let result = socket.recv(|data| drain(data)).ok();
@@ -418,6 +423,28 @@ impl Host {
             .and_then(|s| s.socket.take());
         if let Some(socket) = socket {
             self.account_buffers(socket.buffer_memory(), 0);
+        }
+    }
+
+    /// The flow's transport ends without a word to the peer (the flow was
+    /// reset or its peer given up on). What arrived and the application
+    /// has not read stays readable, as a kernel socket's receive queue does
+    /// after a reset; the rest of the socket goes, all of it if nothing is
+    /// left to read or nobody will read it.
+    pub(super) fn forget_stream_peer(&mut self, id: FlowId) {
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
+        let reader = !flow.teardown.app_closed;
+        let Some(socket) = flow.stream_mut().and_then(|s| s.socket.as_mut()) else {
+            return;
+        };
+        let before = socket.buffer_memory();
+        if reader && socket.forget_peer() {
+            let after = socket.buffer_memory();
+            self.account_buffers(before, after);
+        } else {
+            self.release_stream(id);
         }
     }
 

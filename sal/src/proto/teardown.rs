@@ -109,15 +109,15 @@ impl Host {
     }
 
     /// The flow is over without a goodbye (reset by the peer, or given up
-    /// on): the transport is dropped without a word and the application
-    /// sees a reset.
+    /// on): the transport ends without a word. The application reads what
+    /// had arrived, then a reset (see [`Host::forget_stream_peer`]).
     pub(super) fn kill(&mut self, id: FlowId) {
         let Ok(flow) = self.flow_mut(id) else {
             return;
         };
         flow.state = FlowState::Dead;
         flow.control.pending.clear();
-        self.release_stream(id);
+        self.forget_stream_peer(id);
         self.mark_dirty(id);
     }
 
