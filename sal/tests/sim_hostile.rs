@@ -686,3 +686,43 @@ fn data_before_the_ack_must_acknowledge_the_syn_ack() {
     assert_eq!(net.host(server).recv(flow, &mut got), Ok(5));
     assert_eq!(&got[..5], b"hello");
 }
+
+/// A DELAY rule's queue is shared by everyone who sends first packets: one
+/// source may hold a sixteenth of it, and a stream's first packet is held
+/// only if its segment is an opening SYN. 1,024 packets from one sender
+/// (205 a second keep them there) used to fill it, and every legitimate
+/// client's SYN was dropped.
+#[test]
+fn one_sender_cannot_fill_the_delay_queue() {
+    let (mut net, client, server) = pair(HostConfig::default());
+    net.host(server)
+        .add_rule("de/8".parse().unwrap(), sal::table::Target::Delay, 0);
+    let attacker: Ipv4Addr = "10.0.0.66".parse().unwrap();
+    let server_ip: Ipv4Addr = SERVER.parse().unwrap();
+    for n in 1..=2048u32 {
+        let mut service = [0u8; 32];
+        service[0] = 0xde;
+        service[1..5].copy_from_slice(&n.to_be_bytes());
+        // Half of them not opening SYNs at all.
+        let kind = if n % 2 == 0 { Segment::Syn } else { Segment::AckOnly };
+        let segment = tcp(kind, attacker, server_ip, n);
+        inject(
+            &mut net,
+            attacker,
+            SERVER,
+            sal_syn(n, ServiceId::from_bytes(service), &segment, None),
+        );
+    }
+    net.run_for(Duration::from_millis(10));
+    let stats = net.host(server).stats();
+    let share = HostConfig::default().delay_queue_limit / 16;
+    assert_eq!(stats.delayed as usize, share, "{stats:?}");
+    assert_eq!(stats.bad_syn, 1024, "the non-SYNs were not held");
+    assert_eq!(stats.delay_dropped as usize, 1024 - share);
+    // A client's SYN is held all the same.
+    net.host(client).connect(svc("de01"), Stream).unwrap();
+    net.run_for(Duration::from_millis(100));
+    let after = net.host(server).stats();
+    assert_eq!(after.delayed, stats.delayed + 1, "the client's SYN was held");
+    assert_eq!(after.delay_dropped, stats.delay_dropped);
+}

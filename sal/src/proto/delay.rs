@@ -9,8 +9,15 @@
 //!
 //! Every entry gets the same timeout and time never goes back, so the queue
 //! is in deadline order: expiry looks only at its front.
+//!
+//! Anyone may send first packets, so one source may hold at most a
+//! sixteenth of the queue ([`DelayQueue::per_source`]), and a stream's
+//! first packet is held only if its segment is an opening SYN. One sender
+//! used to fill the whole queue with 1,024 garbage packets every timeout
+//! (205 a second), and every other client's SYN was dropped.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::net::Ipv4Addr;
 
 use smoltcp::time::{Duration, Instant};
 
@@ -52,6 +59,8 @@ pub(super) struct DelayQueue {
     entries: VecDeque<(Instant, Held)>,
     limit: usize,
     timeout: Duration,
+    /// Packets held per source address (those holding any).
+    sources: HashMap<Ipv4Addr, usize>,
 }
 
 impl DelayQueue {
@@ -61,16 +70,28 @@ impl DelayQueue {
             entries: VecDeque::new(),
             limit,
             timeout,
+            sources: HashMap::new(),
         }
     }
 
+    /// The most packets one source address may have held: a sixteenth of
+    /// the limit (at least one).
+    pub fn per_source(&self) -> usize {
+        (self.limit / 16).max(1)
+    }
+
     /// Holds an entry until `now` + the timeout; packets only while fewer
-    /// than the limit are held (a local connect is always held: it is the
+    /// than the limit are held, and fewer than [`DelayQueue::per_source`]
+    /// from their source (a local connect is always held: it is the
     /// application's own, and bounded by the flow limit). Returns whether
     /// the entry is held.
     pub fn hold(&mut self, now: Instant, held: Held) -> bool {
-        if matches!(held, Held::Packet { .. }) && self.entries.len() >= self.limit {
-            return false;
+        if let Held::Packet { src, .. } = &held {
+            let from_source = self.sources.get(&src.ip()).copied().unwrap_or(0);
+            if self.entries.len() >= self.limit || from_source >= self.per_source() {
+                return false;
+            }
+            *self.sources.entry(src.ip()).or_default() += 1;
         }
         // Never before the last deadline, even if the caller's clock went
         // back: the queue stays in deadline order.
@@ -86,7 +107,22 @@ impl DelayQueue {
         if self.entries.front()?.0 > now {
             return None;
         }
-        self.entries.pop_front().map(|(_, held)| held)
+        let (_, held) = self.entries.pop_front()?;
+        self.released(&held);
+        Some(held)
+    }
+
+    /// `held` left the queue.
+    fn released(&mut self, held: &Held) {
+        let Held::Packet { src, .. } = held else {
+            return;
+        };
+        if let Some(count) = self.sources.get_mut(&src.ip()) {
+            *count -= 1;
+            if *count == 0 {
+                self.sources.remove(&src.ip());
+            }
+        }
     }
 
     /// When the oldest entry expires.
@@ -98,15 +134,19 @@ impl DelayQueue {
     /// keeps (with their deadlines) and returns those it releases.
     pub fn recheck(&mut self, mut recheck: impl FnMut(&Held) -> Recheck) -> Vec<Held> {
         let mut released = Vec::new();
+        let mut gone = Vec::new();
         let mut kept = VecDeque::with_capacity(self.entries.len());
         for (deadline, held) in self.entries.drain(..) {
             match recheck(&held) {
                 Recheck::Keep => kept.push_back((deadline, held)),
                 Recheck::Release => released.push(held),
-                Recheck::Forget => {}
+                Recheck::Forget => gone.push(held),
             }
         }
         self.entries = kept;
+        for held in released.iter().chain(&gone) {
+            self.released(held);
+        }
         released
     }
 
@@ -201,14 +241,9 @@ mod tests {
         Instant::from_millis(ms)
     }
 
+    /// Packet `n`, from a source of its own.
     fn packet(n: u8) -> Held {
-        Held::Packet {
-            service: ServiceId::ZERO,
-            src: "10.0.0.1".parse().unwrap(),
-            dst: "10.0.0.2".parse().unwrap(),
-            ttl: 64,
-            packet: vec![n],
-        }
+        packet_from(n, &format!("10.0.1.{n}"))
     }
 
     fn connect(n: u32) -> Held {
@@ -224,6 +259,33 @@ mod tests {
         assert!(queue.hold(at(0), packet(2)));
         assert!(!queue.hold(at(0), packet(3)));
         assert!(queue.hold(at(0), connect(1)));
+    }
+
+    fn packet_from(n: u8, src: &str) -> Held {
+        Held::Packet {
+            service: ServiceId::ZERO,
+            src: src.parse().unwrap(),
+            dst: "10.0.0.2".parse().unwrap(),
+            ttl: 64,
+            packet: vec![n],
+        }
+    }
+
+    #[test]
+    fn one_source_holds_at_most_a_sixteenth_of_the_queue() {
+        let mut queue = DelayQueue::new(64, Duration::from_millis(100));
+        assert_eq!(queue.per_source(), 4);
+        for n in 0..4 {
+            assert!(queue.hold(at(0), packet_from(n, "10.0.0.66")));
+        }
+        assert!(!queue.hold(at(0), packet_from(4, "10.0.0.66")));
+        assert!(queue.hold(at(0), packet_from(5, "10.0.0.7")), "others still");
+        // A source's place comes back as its packets leave, however.
+        assert!(queue.pop_expired(at(100)).is_some());
+        assert!(queue.hold(at(100), packet_from(6, "10.0.0.66")));
+        let released = queue.recheck(|_| Recheck::Release);
+        assert_eq!(released.len(), 5);
+        assert!(queue.sources.is_empty(), "nothing counted once all left");
     }
 
     #[test]

@@ -59,6 +59,12 @@ fn opening_syn(segment: &[u8]) -> Option<TcpSyn> {
     }))
 }
 
+/// Whether a SYN of transport `protocol` carrying `segment` could open a
+/// flow: a stream's segment must be an opening SYN (see [`opening_syn`]).
+pub(super) fn may_open(protocol: u8, segment: &[u8]) -> bool {
+    protocol != TransportProtocol::Stream.number() || opening_syn(segment).is_some()
+}
+
 /// Where a client's SYN goes first.
 #[derive(Debug, Clone, Copy)]
 enum FirstHop {

@@ -131,6 +131,11 @@ impl Host {
             {
                 self.forward(next, src, dst, ttl, repr, segment)
             }
+            Resolution::Delay if is_syn && !super::handshake::may_open(repr.protocol, segment) => {
+                // Not worth a place in the queue: it would be refused
+                // once routed (see `Host::accept_syn`).
+                self.stats.bad_syn += 1;
+            }
             Resolution::Delay => {
                 let bytes = super::output::build(repr, segment);
                 self.hold(service, src, dst, ttl, bytes);
