@@ -420,16 +420,19 @@ fn errors_are_one_line() {
     assert_eq!(stderr.lines().count(), 1);
 }
 
+/// The listener says hello and is killed while the client's stdin stays
+/// open. The fake sald hands the two a direct socketpair, so the client's
+/// end hangs up with its end of file, as when sald shuts down a flow that
+/// was reset (see `socket_shim::reset`): the client reports the reset and
+/// exits, rather than taking it for an orderly end or waiting for stdin.
 #[test]
-fn connect_exits_when_the_flow_is_gone_even_if_stdin_stays_open() {
+fn connect_exits_when_the_flow_is_reset_even_if_stdin_stays_open() {
     let sald = FakeSald::start();
     let mut listener = svcat(&sald.path, &["listen", "beef"]).spawn().unwrap();
     thread::sleep(Duration::from_millis(100));
     let mut client = svcat(&sald.path, &["connect", "beef"]).spawn().unwrap();
-    // The listener says hello and goes away; the client's stdin stays open.
     let mut to_client = listener.stdin.take().unwrap();
     to_client.write_all(b"bye\n").unwrap();
-    drop(to_client);
     let mut line = [0u8; 4];
     client
         .stdout
@@ -442,13 +445,22 @@ fn connect_exits_when_the_flow_is_gone_even_if_stdin_stays_open() {
     listener.wait().unwrap();
     for _ in 0..50 {
         if let Some(status) = client.try_wait().unwrap() {
-            assert!(status.success(), "{status:?}");
+            assert_eq!(status.code(), Some(1), "{status:?}");
+            let mut stderr = String::new();
+            client
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut stderr)
+                .unwrap();
+            assert!(stderr.contains("reset"), "{stderr}");
+            drop(to_client);
             return;
         }
         thread::sleep(Duration::from_millis(50));
     }
     client.kill().unwrap();
-    panic!("svcat connect kept running after its flow was gone");
+    panic!("svcat connect kept running after its flow was reset");
 }
 
 #[test]

@@ -14,9 +14,12 @@
 //! a few hundred bytes waiting on three wakers.
 //!
 //! End of file on the socketpair is a half-close of the flow and vice
-//! versa; the flow is closed when both directions are done. When the daemon
-//! stops, every pump drops its end of the socketpair (the application reads
-//! end of file) and closes its flow, which tells the peer.
+//! versa; the flow is closed when both directions are done. A flow that is
+//! reset (or whose peer is given up on) delivers what had arrived, then its
+//! socket is shut down both ways: the application's end hangs up, which the
+//! shims report as `ECONNRESET`. When the daemon stops, every pump drops
+//! its end of the socketpair (a hang-up too) and closes its flow, which
+//! tells the peer.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -24,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{recv, send, sendmsg, ControlMessage, MsgFlags};
+use nix::sys::socket::{recv, send, sendmsg, ControlMessage, MsgFlags, Shutdown as ShutdownHow};
 use sal::proto::{ConnectError, Host, HostError};
 use sal::FlowId;
 use sal_control::DatagramFrame;
@@ -111,6 +114,17 @@ impl StreamPump {
                     self.readable = false;
                     return;
                 }
+                // The application closed its socket with bytes of ours
+                // unread in it: as a TCP socket closed with data unread,
+                // the flow is reset, so that the peer learns nobody read
+                // what it sent (RFC 1122, 4.2.2.13).
+                Ok(Err(error)) if error.kind() == io::ErrorKind::ConnectionReset => {
+                    let _ = host.abort(self.flow);
+                    self.up = false;
+                    self.down = false;
+                    turn.moved = true;
+                    return;
+                }
                 // End of file: half-close. If the application closed its
                 // socket rather than only shut its sending down, nobody
                 // will read what comes down either: the flow is closed
@@ -159,17 +173,31 @@ impl StreamPump {
                 }
                 // Nothing yet: the flow's signal comes when data arrives.
                 Err(HostError::WouldBlock) => return,
-                // End of stream, a reset, or an application that went away.
-                Ok(None) | Ok(Some(Err(_))) | Err(_) => {
-                    let _ =
-                        nix::sys::socket::shutdown(socket.raw(), nix::sys::socket::Shutdown::Write);
-                    self.down = false;
-                    turn.moved = true;
+                // End of stream, or an application that went away: the
+                // application reads end of file.
+                Ok(None) | Ok(Some(Err(_))) => {
+                    self.end_down(socket, ShutdownHow::Write, turn);
+                    return;
+                }
+                // A reset, or a peer given up on, once what had arrived
+                // is through: a socketpair carries no error, so the socket
+                // is shut down both ways, which the application's end sees
+                // as a hang-up with its end of file (the shims turn that
+                // into `ECONNRESET`, see `socket_shim::reset`).
+                Err(_) => {
+                    self.end_down(socket, ShutdownHow::Both, turn);
                     return;
                 }
             }
         }
         turn.again = true;
+    }
+
+    /// Down is over: the socket is shut down `how`.
+    fn end_down(&mut self, socket: &AppSocket, how: ShutdownHow, turn: &mut Turn) {
+        let _ = nix::sys::socket::shutdown(socket.raw(), how);
+        self.down = false;
+        turn.moved = true;
     }
 }
 

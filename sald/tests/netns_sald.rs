@@ -66,12 +66,11 @@ fn direct_stream_echo_is_byte_exact() {
         Some(Locator::Ipv4(net.host(1).addr().unwrap()))
     );
     let writer = {
-        let stream = stream.as_unix_stream().try_clone().unwrap();
+        let mut stream = stream.try_clone().unwrap();
         let data = data.clone();
         thread::spawn(move || {
-            let mut stream = stream;
             stream.write_all(&data).unwrap();
-            stream.shutdown(std::net::Shutdown::Write).unwrap();
+            stream.shutdown_write().unwrap();
         })
     };
     let mut back = Vec::new();

@@ -35,6 +35,7 @@
 //! - [`datagram`]: unconnected datagram sockets, [`ServiceDatagram`].
 //! - [`datagram_flow`]: connected datagram flows, [`ServiceDatagramFlow`].
 //! - [`error`]: the typed [`Error`] and its errno mapping.
+//! - [`reset`]: telling a reset flow from a finished one at end of file.
 //! - [`tokio`](mod@crate::tokio) (feature `tokio`): async equivalents.
 
 #![warn(missing_docs)]
@@ -45,6 +46,7 @@ pub mod connector;
 pub mod datagram;
 pub mod datagram_flow;
 pub mod error;
+pub mod reset;
 pub mod stream;
 #[cfg(feature = "tokio")]
 pub mod tokio;

@@ -9,7 +9,7 @@ use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use nix::sys::socket::MsgFlags;
@@ -23,6 +23,7 @@ use crate::accept_queue;
 use crate::client::{response_name, ControlClient, Reply};
 use crate::connector;
 use crate::error::{Error, Result};
+use crate::reset::ResetWatch;
 
 /// The `Connect` request for a flow of `protocol`.
 pub(crate) fn connect_request(
@@ -76,7 +77,10 @@ pub(crate) fn listen_request(
 /// An established stream flow to or from a service.
 ///
 /// Reading returns what the peer sent, and `Ok(0)` once the peer has
-/// half-closed; [`ServiceStream::shutdown_write`] half-closes this side.
+/// half-closed; [`ServiceStream::shutdown_write`] half-closes this side. A
+/// flow that was reset (or whose peer was given up on) reads what had
+/// arrived, then `ConnectionReset` once (while this side has not shut its
+/// writing down; see [`crate::reset`]), then `Ok(0)`.
 /// Dropping the stream closes the flow. Like `TcpStream`, `&ServiceStream`
 /// also implements `Read` and `Write`, so one thread can read while another
 /// writes.
@@ -87,6 +91,8 @@ pub(crate) fn listen_request(
 pub struct ServiceStream {
     socket: UnixStream,
     info: FlowInfo,
+    /// Shared by the stream's clones: a shutdown through any is seen by all.
+    reset: Arc<ResetWatch>,
 }
 
 impl ServiceStream {
@@ -135,12 +141,22 @@ impl ServiceStream {
         ServiceStream {
             socket: UnixStream::from(fd),
             info,
+            reset: Arc::default(),
         }
     }
 
-    /// Splits into the socket and the flow description.
+    /// Splits into the socket and the flow description (reading the socket
+    /// itself, a reset reads as end of file with a hang-up: see
+    /// [`crate::reset`]).
     pub fn into_parts(self) -> (UnixStream, FlowInfo) {
         (self.socket, self.info)
+    }
+
+    /// Splits into the socket, the flow description and what tells a reset
+    /// at end of file.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn into_watched_parts(self) -> (UnixStream, FlowInfo, Arc<ResetWatch>) {
+        (self.socket, self.info, self.reset)
     }
 
     /// The flow as sald described it when it was handed over (flow IDs,
@@ -161,12 +177,24 @@ impl ServiceStream {
 
     /// Half-closes the flow: the peer reads end of file; reading goes on.
     pub fn shutdown_write(&self) -> io::Result<()> {
-        self.socket.shutdown(Shutdown::Write)
+        self.shutdown(Shutdown::Write)
     }
 
     /// Shuts down reading, writing or both, as `TcpStream::shutdown`.
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        if how != Shutdown::Read {
+            self.reset.write_shut();
+        }
         self.socket.shutdown(how)
+    }
+
+    /// What a read of the socket returned, with a reset told from an end
+    /// of file (see [`crate::reset`]).
+    fn read_result(&self, read: io::Result<usize>, asked: usize) -> io::Result<usize> {
+        if matches!(read, Ok(0)) && asked > 0 {
+            self.reset.end_of_file(self.socket.as_fd())?;
+        }
+        read
     }
 
     /// Sets a timeout on reads (`None`: block forever).
@@ -184,7 +212,22 @@ impl ServiceStream {
         self.socket.set_nonblocking(nonblocking)
     }
 
+    /// Another handle to the same flow (a duplicated descriptor), as
+    /// `TcpStream::try_clone`: say, for a writer thread. A shutdown through
+    /// either is known to both (see [`crate::reset`]).
+    pub fn try_clone(&self) -> io::Result<ServiceStream> {
+        Ok(ServiceStream {
+            socket: self.socket.try_clone()?,
+            info: self.info.clone(),
+            reset: self.reset.clone(),
+        })
+    }
+
     /// The underlying socket (one end of the socketpair shared with sald).
+    /// Reading it, a reset reads as end of file; shutting its writing down
+    /// through it (or a clone of it) rather than through the stream makes
+    /// the stream take a finished flow's end for a reset (see
+    /// [`crate::reset`]).
     pub fn as_unix_stream(&self) -> &UnixStream {
         &self.socket
     }
@@ -192,21 +235,22 @@ impl ServiceStream {
 
 impl Read for ServiceStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        (&self.socket).read(buf)
+        (&*self).read(buf)
     }
 
     fn read_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
-        (&self.socket).read_vectored(bufs)
+        (&*self).read_vectored(bufs)
     }
 }
 
 impl Read for &ServiceStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        (&self.socket).read(buf)
+        self.read_result((&self.socket).read(buf), buf.len())
     }
 
     fn read_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
-        (&self.socket).read_vectored(bufs)
+        let asked = bufs.iter().map(|b| b.len()).sum();
+        self.read_result((&self.socket).read_vectored(bufs), asked)
     }
 }
 

@@ -13,7 +13,8 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -36,6 +37,7 @@ use crate::client::{
 use crate::connector;
 use crate::datagram::{check_size, decode_received, opened_from_reply, RECEIVED_HEADER_MAX};
 use crate::error::{Error, Result};
+use crate::reset::ResetWatch;
 use crate::stream::{connect_request, flow_from_reply, listen_request, listener_from_reply};
 use crate::ServiceStream;
 
@@ -185,11 +187,15 @@ fn tokio_stream(socket: std::os::unix::net::UnixStream) -> Result<UnixStream> {
 ///
 /// Reading returns end of file once the peer has half-closed;
 /// `AsyncWriteExt::shutdown` (or [`AsyncServiceStream::shutdown_write`])
-/// half-closes this side.
+/// half-closes this side. A flow that was reset reads what had arrived,
+/// then `ConnectionReset` once (while this side has not shut its writing
+/// down; see [`crate::reset`]; not through [`AsyncServiceStream::split`]'s
+/// halves, which read the socket itself), then end of file.
 #[derive(Debug)]
 pub struct AsyncServiceStream {
     socket: UnixStream,
     info: FlowInfo,
+    reset: Arc<ResetWatch>,
 }
 
 impl AsyncServiceStream {
@@ -228,6 +234,7 @@ impl AsyncServiceStream {
         Ok(AsyncServiceStream {
             socket: tokio_stream(fd.into())?,
             info,
+            reset: Arc::default(),
         })
     }
 
@@ -251,10 +258,11 @@ impl AsyncServiceStream {
 
     /// Converts a blocking stream; must run inside a tokio runtime.
     pub fn from_std(stream: ServiceStream) -> Result<AsyncServiceStream> {
-        let (socket, info) = stream.into_parts();
+        let (socket, info, reset) = stream.into_watched_parts();
         Ok(AsyncServiceStream {
             socket: tokio_stream(socket)?,
             info,
+            reset,
         })
     }
 
@@ -270,6 +278,7 @@ impl AsyncServiceStream {
 
     /// Half-closes the flow: the peer reads end of file; reading goes on.
     pub fn shutdown_write(&self) -> io::Result<()> {
+        self.reset.write_shut();
         nix::sys::socket::shutdown(self.socket.as_raw_fd(), nix::sys::socket::Shutdown::Write)
             .map_err(io::Error::from)
     }
@@ -296,7 +305,12 @@ impl AsyncRead for AsyncServiceStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.socket).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = ready!(Pin::new(&mut self.socket).poll_read(cx, buf));
+        if read.is_ok() && buf.filled().len() == before && buf.remaining() > 0 {
+            self.reset.end_of_file(self.socket.as_fd())?;
+        }
+        Poll::Ready(read)
     }
 }
 
@@ -315,6 +329,7 @@ impl AsyncWrite for AsyncServiceStream {
 
     /// Half-closes the flow (the peer reads end of file).
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.reset.write_shut();
         Pin::new(&mut self.socket).poll_shutdown(cx)
     }
 

@@ -26,7 +26,6 @@ mod relay;
 use std::fs::File;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,7 +36,7 @@ use socket_shim::{ServiceListener, ServiceStream};
 
 use limits::{Capacity, LogLimit, Slots};
 use pipes::PipePool;
-use relay::relay;
+use relay::{relay, reset_on_close};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -151,24 +150,6 @@ fn run(args: Args) -> Result<()> {
             backlog,
         } => egress(service, to, Shared::new(max_conns), backlog),
     }
-}
-
-/// Makes closing `tcp` send a reset, so that a refused client knows at once.
-fn reset_on_close(tcp: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: a valid linger struct and its size, on a socket we own.
-    unsafe {
-        libc::setsockopt(
-            tcp.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
 }
 
 /// A descriptor held back so that, when the process is out of them, one

@@ -9,8 +9,9 @@
 
 use std::io;
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::pipes::{PipePool, CHUNK};
 
@@ -144,16 +145,32 @@ fn finish(result: &io::Result<u64>, to_write_side: impl FnOnce(), both: impl FnO
 }
 
 /// Carries a TCP connection and a flow until both directions end.
+///
+/// A flow that was reset (see `socket_shim::reset`: end of file with a
+/// hang-up while we still send on it) resets the TCP connection when the
+/// caller closes it, rather than finishing it as if what came were all.
 pub fn relay(tcp: &TcpStream, flow: &UnixStream, pipes: &PipePool) -> io::Result<()> {
     let shut_both = || {
         let _ = tcp.shutdown(Shutdown::Both);
         let _ = flow.shutdown(Shutdown::Both);
     };
+    // Set before this side shuts the flow's writing down, which makes a
+    // finished flow hang up too.
+    let forward_done = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let back = std::thread::Builder::new()
             .name("relay".into())
             .spawn_scoped(scope, || {
                 let result = pump(flow.as_raw_fd(), tcp.as_raw_fd(), pipes);
+                let reset = result.is_ok()
+                    && !forward_done.load(Ordering::SeqCst)
+                    && socket_shim::reset::hung_up(flow.as_fd());
+                if reset {
+                    reset_on_close(tcp);
+                    // Ends the other direction without a FIN.
+                    let _ = tcp.shutdown(Shutdown::Read);
+                    return result;
+                }
                 finish(
                     &result,
                     || {
@@ -164,6 +181,7 @@ pub fn relay(tcp: &TcpStream, flow: &UnixStream, pipes: &PipePool) -> io::Result
                 result
             })?;
         let forward = pump(tcp.as_raw_fd(), flow.as_raw_fd(), pipes);
+        forward_done.store(true, Ordering::SeqCst);
         finish(
             &forward,
             || {
@@ -178,6 +196,25 @@ pub fn relay(tcp: &TcpStream, flow: &UnixStream, pipes: &PipePool) -> io::Result
         backward?;
         Ok(())
     })
+}
+
+/// Makes closing `tcp` send a reset, so that a refused client knows at
+/// once, and one whose flow was reset does not take what it got for all.
+pub fn reset_on_close(tcp: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid linger struct and its size, on a socket we own.
+    unsafe {
+        libc::setsockopt(
+            tcp.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
 }
 
 #[cfg(test)]
@@ -232,6 +269,39 @@ mod tests {
                     "max_pipes {max_pipes}: {EXCHANGES} exchanges took {took:?}"
                 );
             });
+        }
+    }
+
+    /// A flow that sald reset (its socket shut down both ways once what had
+    /// arrived was through) resets the TCP connection: the client reads
+    /// the bytes, then `ECONNRESET`, never a clean end of file. A finished
+    /// flow (shut down for writing only) still ends with a FIN.
+    #[test]
+    fn a_reset_flow_resets_the_tcp_connection() {
+        for (how, reset) in [(Shutdown::Both, true), (Shutdown::Write, false)] {
+            let pipes = PipePool::new(4);
+            let ((tcp, mut client), (flow, service)) = sockets();
+            std::thread::scope(|scope| {
+                let relay = scope.spawn(|| relay(&tcp, &flow, &pipes));
+                (&service).write_all(b"partial answer").unwrap();
+                service.shutdown(how).unwrap();
+                let mut got = [0u8; 14];
+                client.read_exact(&mut got).unwrap();
+                assert_eq!(&got, b"partial answer");
+                if !reset {
+                    client.shutdown(Shutdown::Write).unwrap();
+                }
+                relay.join().unwrap().unwrap();
+            });
+            drop(tcp);
+            let end = client.read(&mut [0u8; 16]);
+            match reset {
+                true => assert_eq!(
+                    end.map_err(|e| e.kind()),
+                    Err(io::ErrorKind::ConnectionReset)
+                ),
+                false => assert_eq!(end.unwrap(), 0, "a clean end of file"),
+            }
         }
     }
 

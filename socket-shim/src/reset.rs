@@ -1,0 +1,61 @@
+//! Telling a reset flow from a finished one.
+//!
+//! A flow reaches the application as one end of a socketpair, which
+//! carries bytes and end of file but no error. So sald marks the
+//! difference with how it shuts its end down (see sald's `pump`): at the
+//! peer's end of stream for writing only, after a reset (or a peer given
+//! up on, or sald stopping) both ways. This end then reads the bytes that
+//! had arrived, end of file, and sees a hang-up with it. A reader that got
+//! end of file on a hung-up socket while its own writing is still open was
+//! reset: it gets `ECONNRESET` once, as from a TCP socket, and end of file
+//! after that.
+//!
+//! Once this end has shut its own writing down, sald closes its end when
+//! it is done with a finished flow too, and the two look alike: that end
+//! of file stays an end of file.
+
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+/// Whether `fd` is hung up: shut down both ways by its peer (or by both
+/// ends), or its peer closed.
+pub fn hung_up(fd: BorrowedFd<'_>) -> bool {
+    let mut polled = [PollFd::new(fd, PollFlags::empty())];
+    matches!(poll(&mut polled, PollTimeout::ZERO), Ok(1))
+        && polled[0]
+            .revents()
+            .is_some_and(|events| events.contains(PollFlags::POLLHUP))
+}
+
+/// What one flow socket's reader needs to report a reset at its end of
+/// file (see the module docs).
+#[derive(Debug, Default)]
+pub struct ResetWatch {
+    /// This end shut its writing down: a hang-up proves nothing then.
+    write_shut: AtomicBool,
+    /// The reset was reported: later reads are plain end of file.
+    reported: AtomicBool,
+}
+
+impl ResetWatch {
+    /// This end shut its writing down.
+    pub fn write_shut(&self) {
+        self.write_shut.store(true, Ordering::Relaxed);
+    }
+
+    /// A read of `fd` returned end of file: `ECONNRESET` if the flow was
+    /// reset and this is the first time it shows.
+    pub fn end_of_file(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        if self.write_shut.load(Ordering::Relaxed)
+            || self.reported.load(Ordering::Relaxed)
+            || !hung_up(fd)
+            || self.reported.swap(true, Ordering::Relaxed)
+        {
+            return Ok(());
+        }
+        Err(io::ErrorKind::ConnectionReset.into())
+    }
+}
