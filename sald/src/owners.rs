@@ -220,6 +220,11 @@ impl Owners {
         self.flows_by_uid.get(&uid).into_iter().flatten().copied()
     }
 
+    /// Whether `uid` holds `flow` (it counts against its share already).
+    pub fn holds(&self, flow: FlowId, uid: u32) -> bool {
+        self.flows.get(&flow) == Some(&FlowOwner { uid, held: true })
+    }
+
     /// Flows and datagram sockets `uid` holds.
     pub fn held_by(&self, uid: u32) -> usize {
         self.held.get(&uid).copied().unwrap_or(0)

@@ -194,6 +194,85 @@ fn flows_are_capped_per_user() {
     );
 }
 
+/// Accepted flows count against a user's share as connected ones do, and
+/// ordinary users' flows leave sald a reserve of descriptors: one user who
+/// accepted and held every flow a peer opened used to take all of sald's
+/// descriptors (past `flows_per_uid`), and root's control connections
+/// with them.
+#[test]
+fn accepted_flows_count_against_the_share_and_root_keeps_descriptors() {
+    require_root!();
+    common::raise_fd_limit(20_000);
+    let dir = Scratch::new("accept-share");
+    // The share: nobody may hold three flows, accepted or not.
+    let sald = daemon(&dir, "shared", |config| config.limits.flows_per_uid = 3);
+    let listener = bind_as(&sald, NOBODY, "acce/16").unwrap();
+    let service: sal::ServiceId = "acce01".parse().unwrap();
+    let connect = |sald: &dyn Sald| {
+        ServiceStream::connect_via(sald.client(), service, Some(Duration::from_secs(3)))
+    };
+    let clients: Vec<ServiceStream> = (0..4).map(|_| connect(&sald).unwrap()).collect();
+    let accepted: Vec<_> = (0..3).map(|_| listener.accept().unwrap()).collect();
+    let refused = listener.accept().unwrap_err();
+    assert!(matches!(refused, Error::Exhausted(_)), "{refused:?}");
+    // The flow over the share was reset: its client reads so.
+    let mut last = &clients[3];
+    last.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let read = last.read(&mut [0u8; 8]).map_err(|e| e.kind());
+    assert_eq!(read, Err(std::io::ErrorKind::ConnectionReset));
+    drop((accepted, clients));
+
+    // The reserve: a sald of 512 descriptors, nobody accepting all a peer
+    // opens, with no share to stop it.
+    let limited = SaldProcess::start(&dir, "limited", "127.0.0.2:0", |command| {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 512, 512)
+                    .map_err(std::io::Error::from)
+            });
+        }
+    });
+    let peer = daemon(&dir, "peer", |_| {});
+    peer.forward_to("0/0", limited.locator(), 1);
+    let listener = ServiceListener::bind_via(
+        client_as(&limited.control, NOBODY).unwrap(),
+        prefix("acce/16"),
+        1024,
+    )
+    .unwrap();
+    let holder = thread::spawn(move || {
+        let (mut held, mut refused) = (Vec::new(), 0);
+        while held.len() + refused < 600 {
+            match listener.accept() {
+                Ok(flow) => held.push(flow),
+                Err(Error::Exhausted(_)) => refused += 1,
+                Err(error) => panic!("accept: {error}"),
+            }
+        }
+        (held, refused)
+    });
+    let opened: Vec<ServiceStream> = (0..600).map(|_| connect(&peer).unwrap()).collect();
+    let (held, refused) = holder.join().unwrap();
+    assert!(refused > 0, "nobody took all {} flows", held.len());
+    assert!(
+        held.len() < 512 - 64,
+        "{} flows took the reserve",
+        held.len()
+    );
+    // Root is still served: control connections, and flows of its own.
+    let mut root = limited.client();
+    assert!(matches!(
+        root.request(&Request::Stats).unwrap().response,
+        Response::Stats { .. }
+    ));
+    let own = ServiceListener::bind_via(limited.client(), prefix("beef/16"), 8).unwrap();
+    let _flow = ServiceStream::connect_via(peer.client(), "beef01".parse().unwrap(), None).unwrap();
+    own.accept().expect("root accepts within the reserve");
+    drop((held, opened));
+}
+
 /// One ordinary user's bindings are bounded too (each is a rule, and with
 /// servd a route announced to the routers): past `bindings_per_uid`, a bind
 /// fails with `ENOBUFS`; others are not affected; closing one frees a place.

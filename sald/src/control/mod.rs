@@ -14,6 +14,7 @@ mod cmd;
 mod connector;
 pub mod frame;
 pub mod limits;
+pub mod listing;
 pub mod policy;
 mod subscribe;
 
@@ -33,6 +34,7 @@ use crate::shutdown::{Shutdown, Tasks};
 use client::{Client, Slot};
 use frame::{FrameBudget, FrameReader};
 use limits::{Admission, Backoff, LogLimiter, Refusal};
+use listing::ListingTurns;
 use policy::Policy;
 
 /// Refused connections being told why at once; beyond that they are just
@@ -56,6 +58,8 @@ pub struct ControlContext {
     pub limits: Limits,
     /// When the daemon started (for `Stats`).
     pub started: Instant,
+    /// Whose listings may go on (see [`listing`]).
+    pub listings: Arc<ListingTurns>,
     reader: FrameReader,
     admission: Arc<Admission>,
     refusing: Arc<Semaphore>,
@@ -90,6 +94,7 @@ impl ControlContext {
             },
             limits,
             started: Instant::now(),
+            listings: Arc::default(),
             reader: FrameReader::new(
                 FrameBudget::new(limits.frame_memory),
                 Duration::from_millis(limits.frame_timeout_ms),

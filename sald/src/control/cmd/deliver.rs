@@ -144,11 +144,13 @@ async fn feed_one(
     let (info, fd) = match hand_over_flow(context, uid, flow) {
         Ok(handed) => handed,
         Err(HandOverError::Gone) => return true,
-        Err(HandOverError::Pair(error)) => {
-            // sald is out of descriptors or memory: the flow was reset.
-            // The application's next accept says so; the next flow may
-            // find a descriptor free.
-            tracing::warn!(%error, "no socket for an accepted flow");
+        Err(refused @ (HandOverError::OverShare(_) | HandOverError::Pair(_))) => {
+            // The user holds its share, or sald is out of descriptors or
+            // memory: the flow was reset. The application's next accept
+            // says so; the next flow may find room.
+            if let HandOverError::Pair(error) = refused {
+                tracing::warn!(%error, "no socket for an accepted flow");
+            }
             return tokio::select! {
                 sent = queue.send(&ACCEPT_EXHAUSTED) => sent.is_ok(),
                 () = shutdown.recv() => false,

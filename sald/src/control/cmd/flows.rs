@@ -92,18 +92,54 @@ pub(super) fn open_datagram(client: &mut Client) -> Reply {
     }
 }
 
-/// The refusal of a new flow or datagram socket to an ordinary user who
-/// holds `[limits] flows_per_uid` already (`ENOBUFS`, as when sald is out
-/// of flows; logged at a bounded rate, like refused clients).
+/// The refusal of a new flow or datagram socket to an ordinary user
+/// (`ENOBUFS`, as when sald is out of flows; logged at a bounded rate, like
+/// refused clients): see [`share_refusal`].
 fn over_share(context: &ControlContext, core: &Core, uid: u32) -> Option<Reply> {
-    let limit = context.limits.flows_per_uid;
-    let held = core.owners.held_by(uid);
-    if held < limit || context.policy.privileged(uid) {
-        return None;
-    }
-    let message = format!("uid {uid} holds {held} flows, the most one user may (flows_per_uid)");
+    let message = share_refusal(context, core, uid)?;
     context.log_share_refusal(&message);
     Some(error_reply(ErrorKind::Exhausted, message))
+}
+
+/// Why ordinary user `uid` may not have one more flow or datagram socket,
+/// if it may not: it holds `[limits] flows_per_uid` already, or sald's free
+/// descriptors are down to the reserve kept for root and sald's own user
+/// ([`descriptor_reserve`]; each flow handed over is a descriptor in sald,
+/// and without a reserve one user's accepted flows could take them all,
+/// root's control connections with them).
+fn share_refusal(context: &ControlContext, core: &Core, uid: u32) -> Option<String> {
+    if context.policy.privileged(uid) {
+        return None;
+    }
+    let held = core.owners.held_by(uid);
+    let limit = context.limits.flows_per_uid;
+    if held >= limit {
+        return Some(format!(
+            "uid {uid} holds {held} flows, the most one user may (flows_per_uid)"
+        ));
+    }
+    let fd_limit = crate::daemon::fd_limit();
+    let usable = fd_limit.saturating_sub(descriptor_reserve(fd_limit));
+    // Counting open descriptors costs a look at /proc: only near the limit.
+    let near = core.host.flow_count() as u64 + DESCRIPTOR_SLACK >= usable;
+    if fd_limit > 0 && near && crate::daemon::fds_open() >= usable {
+        return Some(format!(
+            "sald keeps its last {} of {fd_limit} descriptors for root",
+            fd_limit - usable
+        ));
+    }
+    None
+}
+
+/// Descriptors sald holds besides its flows' (control connections, accept
+/// queues, its links): below this many flows short of the usable
+/// descriptors, they are not counted.
+const DESCRIPTOR_SLACK: u64 = 4096;
+
+/// Of `fd_limit` descriptors, those ordinary users' flows may not take:
+/// a sixteenth, at least 64.
+pub(crate) fn descriptor_reserve(fd_limit: u64) -> u64 {
+    (fd_limit / 16).max(64).min(fd_limit)
 }
 
 /// Why a socketpair for an application could not be made: sald out of
@@ -155,6 +191,7 @@ pub(super) fn hand_over(
             ErrorKind::Refused,
             "the flow closed before it could be handed over",
         ),
+        Err(HandOverError::OverShare(message)) => error_reply(ErrorKind::Exhausted, message),
         Err(HandOverError::Pair(error)) => pair_error(error),
     }
 }
@@ -163,6 +200,8 @@ pub(super) fn hand_over(
 pub(super) enum HandOverError {
     /// It closed before.
     Gone,
+    /// Its user may hold no more (see [`share_refusal`]); it was reset.
+    OverShare(String),
     /// No socketpair for it (see [`pair_error`]).
     Pair(io::Error),
 }
@@ -179,6 +218,16 @@ pub(super) fn hand_over_flow(
     let Some(info) = core.host.flow(flow) else {
         return Err(HandOverError::Gone);
     };
+    // A connected flow was counted (and checked) when its connect began;
+    // an accepted one counts from now on, as a connected one does.
+    let counted = core.owners.holds(flow, uid);
+    if let Some(message) = (!counted).then(|| share_refusal(context, &core, uid)).flatten() {
+        context.log_share_refusal(&message);
+        let _ = core.host.abort(flow);
+        let _ = core.host.close(flow);
+        core.run();
+        return Err(HandOverError::OverShare(message));
+    }
     let kind = match info.protocol {
         TransportProtocol::Stream => SockType::Stream,
         TransportProtocol::Datagram => SockType::SeqPacket,

@@ -13,6 +13,7 @@ use crate::control::client::Client;
 /// many, see `parts`).
 pub(super) async fn flows(client: &mut Client) -> Reply {
     let (uid, privileged) = (client.uid, client.privileged);
+    let turn = client.context.listings.wait(uid, privileged).await;
     let shared = client.context.shared.clone();
     let mut ids = {
         let mut core = shared.lock();
@@ -24,7 +25,7 @@ pub(super) async fn flows(client: &mut Client) -> Reply {
     let build = |ids: &[FlowId]| shared.lock().visible_flows(ids, uid, privileged);
     let part = |flows| Response::FlowsPart { flows };
     let whole = |flows| Response::Flows { flows };
-    parts::answer_list(client, &ids, build, part, whole).await
+    parts::answer_list(client, &turn, &ids, build, part, whole).await
 }
 
 /// The host's SAL interfaces.

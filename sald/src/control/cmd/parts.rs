@@ -9,12 +9,17 @@
 //! of the list's keys (flow IDs, prefixes) under the daemon's lock and
 //! written without it: a listing holds the lock a part at a time, never for
 //! the whole list, and holds in memory one part of the answer, not all of
-//! it.
+//! it. Between parts it rests as its [`ListingTurn`] says (see
+//! `control::listing`): the packet path runs, and an ordinary user's
+//! listings take a bounded share of the daemon.
+
+use std::time::Instant;
 
 use sal_control::{encode_frame, FrameError, Response};
 
 use super::Reply;
 use crate::control::client::Client;
+use crate::control::listing::ListingTurn;
 
 /// Items per part: a thousand flows are about 500 KiB of JSON. A part that
 /// still comes out larger than a frame (rules with many targets) is split.
@@ -22,23 +27,28 @@ const PART_ITEMS: usize = 1024;
 
 /// Answers with the list `keys` stand for: `build` makes the items of some
 /// keys (those gone meanwhile are left out), `part` wraps a piece as a part
-/// and `whole` as the answer.
+/// and `whole` as the answer. `turn` is the listing's (taken before the
+/// keys were).
 pub(super) async fn answer_list<K, T>(
     client: &mut Client,
+    turn: &ListingTurn,
     keys: &[K],
     mut build: impl FnMut(&[K]) -> Vec<T>,
     part: impl Fn(Vec<T>) -> Response,
     whole: impl Fn(Vec<T>) -> Response,
 ) -> Reply {
     if keys.len() <= PART_ITEMS {
+        let started = Instant::now();
         let response = whole(build(keys));
         if encode_frame(&response).is_ok() {
+            turn.rest(started.elapsed()).await;
             return (response, None);
         }
     }
     for chunk in keys.chunks(PART_ITEMS) {
         let mut pieces = vec![chunk];
         while let Some(piece) = pieces.pop() {
+            let started = Instant::now();
             let frame = match encode_frame(&part(build(piece))) {
                 Ok(frame) => frame,
                 Err(FrameError::TooLarge(_)) if piece.len() > 1 => {
@@ -57,6 +67,7 @@ pub(super) async fn answer_list<K, T>(
                 tracing::debug!(%error, "listing not taken");
                 return (whole(Vec::new()), None);
             }
+            turn.rest(started.elapsed()).await;
         }
     }
     (whole(Vec::new()), None)

@@ -85,6 +85,9 @@ pub(super) fn apply(client: &mut Client, changes: Vec<RuleChange>) -> Reply {
 /// service IDs of unbound datagram sockets marked `Ephemeral`), and whether
 /// broadcast discovery is on; in parts when there are many (see `parts`).
 pub(super) async fn list(client: &mut Client) -> Reply {
+    let turn = (client.context.listings)
+        .wait(client.uid, client.privileged)
+        .await;
     let shared = client.context.shared.clone();
     let (mut prefixes, broadcast_discovery) = {
         let core = shared.lock();
@@ -105,7 +108,7 @@ pub(super) async fn list(client: &mut Client) -> Reply {
         rules,
         broadcast_discovery,
     };
-    parts::answer_list(client, &prefixes, build, part, whole).await
+    parts::answer_list(client, &turn, &prefixes, build, part, whole).await
 }
 
 /// Marks who installed each target of `rules`.
