@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use std::rc::Rc;
 
 use sal::proto::{ConnectError, Event, HostConfig, HostError, SynCookies, TransmitKind};
-use sal::wire::TransportProtocol::Stream;
+use sal::wire::TransportProtocol::{Datagram, Stream};
 use sal::wire::{ControlFlags, ControlRepr, SalPacket, SalRepr, SourceRepr};
 use sal::{FlowId, Locator, ServiceId};
 use sal_sim::{HostId, LinkConditions, Network, Packet};
@@ -704,7 +704,11 @@ fn one_sender_cannot_fill_the_delay_queue() {
         service[0] = 0xde;
         service[1..5].copy_from_slice(&n.to_be_bytes());
         // Half of them not opening SYNs at all.
-        let kind = if n % 2 == 0 { Segment::Syn } else { Segment::AckOnly };
+        let kind = if n % 2 == 0 {
+            Segment::Syn
+        } else {
+            Segment::AckOnly
+        };
         let segment = tcp(kind, attacker, server_ip, n);
         inject(
             &mut net,
@@ -723,6 +727,58 @@ fn one_sender_cannot_fill_the_delay_queue() {
     net.host(client).connect(svc("de01"), Stream).unwrap();
     net.run_for(Duration::from_millis(100));
     let after = net.host(server).stats();
-    assert_eq!(after.delayed, stats.delayed + 1, "the client's SYN was held");
+    assert_eq!(
+        after.delayed,
+        stats.delayed + 1,
+        "the client's SYN was held"
+    );
     assert_eq!(after.delay_dropped, stats.delay_dropped);
+}
+
+/// A datagram socket's queue is bounded in bytes as well as in datagrams:
+/// by count alone, one sender of 60 KB datagrams (UDP carriage delivers
+/// them reassembled) made one socket nobody read hold 15 MB.
+#[test]
+fn a_datagram_socket_s_queue_is_bounded_in_bytes() {
+    let (mut net, _client, server) = pair(HostConfig::default());
+    let listener = net
+        .host(server)
+        .listen("d9/8".parse().unwrap(), Datagram, 8)
+        .unwrap();
+    let socket = net.host(server).listener_socket(listener).unwrap();
+    let attacker: Ipv4Addr = "10.0.0.66".parse().unwrap();
+    let datagram = |src: Ipv4Addr, n: u32, len: usize| {
+        let mut repr = SalRepr::data(FlowId::new(n).unwrap(), None, 17);
+        repr.service = Some(svc("d901"));
+        let mut segment = vec![0u8; 8 + len];
+        segment[4..6].copy_from_slice(&((8 + len) as u16).to_be_bytes());
+        sal::wire::fill_transport_checksum(Datagram, src, SERVER.parse().unwrap(), &mut segment)
+            .unwrap();
+        let mut packet = vec![0; repr.header_len()];
+        repr.emit(&mut packet).unwrap();
+        packet.extend_from_slice(&segment);
+        packet
+    };
+    // Straight into the host: the simulator's wire stands for a 1500-byte
+    // MTU, sald's UDP link reads datagrams up to 65,507 bytes.
+    let now = net.now();
+    for n in 1..=300u32 {
+        let bytes = datagram(attacker, n, 60_000);
+        net.host(server)
+            .handle_packet(now, Locator::Ipv4(attacker), loc(SERVER), 64, &bytes);
+    }
+    let legit: Ipv4Addr = "10.0.0.1".parse().unwrap();
+    inject(&mut net, legit, SERVER, datagram(legit, 4242, 10));
+    net.run_for(Duration::from_millis(10));
+    let (mut held, mut count, mut from_legit) = (0, 0, false);
+    while let Ok(received) = net.host(server).recv_from(socket) {
+        held += received.data.len();
+        count += 1;
+        from_legit |= received.peer.locator == Locator::Ipv4(legit);
+    }
+    let bound = HostConfig::default().datagram_queue_bytes;
+    assert!(held <= bound, "{count} datagrams, {held} bytes held");
+    assert_eq!(count, 5, "four of 60 KB and the small one");
+    assert!(from_legit);
+    assert_eq!(net.host(server).stats().datagram_overflow, 296);
 }

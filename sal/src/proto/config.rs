@@ -84,6 +84,9 @@ pub struct HostConfig {
     pub buffer_memory_limit: Option<usize>,
     /// Datagrams queued per socket before new ones are dropped.
     pub datagram_queue_limit: usize,
+    /// Bytes of payload queued per socket before new datagrams are dropped
+    /// (one datagram larger than this is still queued on an empty queue).
+    pub datagram_queue_bytes: usize,
     /// Move flows off an interface that goes down or loses its address, and
     /// off a path that stops delivering.
     pub auto_migrate: bool,
@@ -139,6 +142,7 @@ impl Default for HostConfig {
             stream: default_stream_config(),
             buffer_memory_limit: None,
             datagram_queue_limit: 256,
+            datagram_queue_bytes: 256 * 1024,
             auto_migrate: true,
             validate_peer_moves: true,
             liveness_timeout: Duration::from_millis(1500),

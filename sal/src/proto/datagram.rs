@@ -80,7 +80,7 @@ pub struct DatagramPeer {
 /// service ID (or, from older senders, to its flow ID).
 #[derive(Debug)]
 pub(super) struct DatagramSocket {
-    queue: VecDeque<ReceivedDatagram>,
+    queue: DatagramQueue<ReceivedDatagram>,
     /// The listener whose DEMUX rule brings datagrams for `service` here.
     listener: ListenerId,
     /// This socket's own service ID, sent with every datagram.
@@ -111,13 +111,51 @@ impl DatagramSocket {
     }
 }
 
-/// Appends to a bounded queue; returns false (and drops `item`) when full.
-fn enqueue<T>(queue: &mut VecDeque<T>, item: T, limit: usize) -> bool {
-    if queue.len() >= limit {
-        return false;
+/// Received datagrams waiting for the application, bounded in number
+/// ([`HostConfig::datagram_queue_limit`]) and in bytes
+/// ([`HostConfig::datagram_queue_bytes`]): a count alone let one sender of
+/// 60 KB datagrams (UDP carriage delivers them reassembled) make one
+/// socket that is not read hold 15 MB.
+///
+/// [`HostConfig::datagram_queue_limit`]: super::HostConfig::datagram_queue_limit
+/// [`HostConfig::datagram_queue_bytes`]: super::HostConfig::datagram_queue_bytes
+#[derive(Debug)]
+pub(super) struct DatagramQueue<T> {
+    /// Each datagram with its payload's length.
+    items: VecDeque<(T, usize)>,
+    bytes: usize,
+}
+
+impl<T> Default for DatagramQueue<T> {
+    fn default() -> Self {
+        DatagramQueue {
+            items: VecDeque::new(),
+            bytes: 0,
+        }
     }
-    queue.push_back(item);
-    true
+}
+
+impl<T> DatagramQueue<T> {
+    /// Appends `item`, whose payload is `len` bytes, unless that would
+    /// exceed `limits` (datagrams, bytes); returns false (and drops `item`)
+    /// then. A datagram larger than the byte bound fits an empty queue.
+    pub fn push(&mut self, item: T, len: usize, limits: (usize, usize)) -> bool {
+        let full =
+            self.items.len() >= limits.0 || (!self.items.is_empty() && self.bytes + len > limits.1);
+        if full {
+            return false;
+        }
+        self.bytes += len;
+        self.items.push_back((item, len));
+        true
+    }
+
+    /// Takes the oldest datagram.
+    pub fn pop_front(&mut self) -> Option<T> {
+        let (item, len) = self.items.pop_front()?;
+        self.bytes -= len;
+        Some(item)
+    }
 }
 
 /// A UDP-style header (ports 0) and payload, checksummed for `src` -> `dst`.
@@ -173,7 +211,7 @@ impl Host {
         self.endpoints
             .insert_new(&mut self.rng, |_| {
                 Endpoint::Datagram(DatagramSocket {
-                    queue: VecDeque::new(),
+                    queue: DatagramQueue::default(),
                     listener,
                     service,
                     ephemeral,
@@ -351,6 +389,14 @@ impl Host {
         }
     }
 
+    /// A datagram queue's bounds: (datagrams, bytes).
+    fn datagram_queue_limits(&self) -> (usize, usize) {
+        (
+            self.config.datagram_queue_limit,
+            self.config.datagram_queue_bytes,
+        )
+    }
+
     /// A payload may go out on `socket`: it fits, and the socket exists.
     fn check_datagram_socket(&self, socket: FlowId, data: &[u8]) -> Result<(), HostError> {
         if data.len() > MAX_DATAGRAM {
@@ -452,7 +498,7 @@ impl Host {
             self.stats.malformed += 1;
             return;
         };
-        let limit = self.config.datagram_queue_limit;
+        let limits = self.datagram_queue_limits();
         let Some(Endpoint::Datagram(sock)) = self.endpoints.get_mut(socket) else {
             return;
         };
@@ -468,7 +514,7 @@ impl Host {
             service: repr.service,
             data: data.to_vec(),
         };
-        if !enqueue(&mut sock.queue, received, limit) {
+        if !sock.queue.push(received, data.len(), limits) {
             self.stats.datagram_overflow += 1;
             return;
         }
@@ -490,7 +536,7 @@ impl Host {
             self.stats.bad_checksum += 1;
             return;
         }
-        let limit = self.config.datagram_queue_limit;
+        let limits = self.datagram_queue_limits();
         let Some(Endpoint::Flow(flow)) = self.endpoints.get_mut(id) else {
             return;
         };
@@ -499,7 +545,7 @@ impl Host {
         };
         match udp_payload(segment) {
             Some(data) if !data.is_empty() || !with_control => {
-                if !enqueue(queue, data.to_vec(), limit) {
+                if !queue.push(data.to_vec(), data.len(), limits) {
                     self.stats.datagram_overflow += 1;
                 }
             }
@@ -585,11 +631,20 @@ mod tests {
     }
 
     #[test]
-    fn full_queues_drop_new_items() {
-        let mut queue = VecDeque::new();
-        assert!(enqueue(&mut queue, 1, 2));
-        assert!(enqueue(&mut queue, 2, 2));
-        assert!(!enqueue(&mut queue, 3, 2));
-        assert_eq!(queue, [1, 2]);
+    fn full_queues_drop_new_items_by_count_and_by_bytes() {
+        let mut queue = DatagramQueue::default();
+        assert!(queue.push(1, 10, (2, 100)));
+        assert!(queue.push(2, 10, (2, 100)));
+        assert!(!queue.push(3, 10, (2, 100)), "two datagrams at most");
+        assert_eq!(queue.pop_front(), Some(1));
+        assert!(!queue.push(4, 91, (2, 100)), "100 bytes at most");
+        assert!(queue.push(5, 90, (2, 100)));
+        assert_eq!((queue.pop_front(), queue.pop_front()), (Some(2), Some(5)));
+        assert_eq!(queue.bytes, 0);
+        assert!(
+            queue.push(6, 1000, (2, 100)),
+            "a large one fits an empty queue"
+        );
+        assert!(!queue.push(7, 1, (2, 100)));
     }
 }

@@ -279,7 +279,10 @@ mod tests {
             assert!(queue.hold(at(0), packet_from(n, "10.0.0.66")));
         }
         assert!(!queue.hold(at(0), packet_from(4, "10.0.0.66")));
-        assert!(queue.hold(at(0), packet_from(5, "10.0.0.7")), "others still");
+        assert!(
+            queue.hold(at(0), packet_from(5, "10.0.0.7")),
+            "others still"
+        );
         // A source's place comes back as its packets leave, however.
         assert!(queue.pop_expired(at(100)).is_some());
         assert!(queue.hold(at(100), packet_from(6, "10.0.0.66")));

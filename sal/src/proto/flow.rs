@@ -8,12 +8,10 @@
 //! differs between streams and datagrams, so it is an enum: a stream flow
 //! owns its TCP socket, a datagram flow its queue of received datagrams.
 
-use std::collections::VecDeque;
-
 use smoltcp::time::Instant;
 
 use super::control::ControlState;
-use super::datagram::DatagramSocket;
+use super::datagram::{DatagramQueue, DatagramSocket};
 use super::liveness::Liveness;
 use super::nat::NatState;
 use super::path::Path;
@@ -41,7 +39,7 @@ pub(super) enum Endpoint {
 pub(super) enum FlowTransport {
     Stream(StreamPart),
     /// Datagrams received on a connected datagram flow, oldest first.
-    Datagram(VecDeque<Vec<u8>>),
+    Datagram(DatagramQueue<Vec<u8>>),
 }
 
 /// An end of a flow. See the module docs.
@@ -93,7 +91,7 @@ impl Flow {
             nat: NatState::default(),
             transport: match protocol {
                 TransportProtocol::Stream => FlowTransport::Stream(StreamPart::default()),
-                TransportProtocol::Datagram => FlowTransport::Datagram(VecDeque::new()),
+                TransportProtocol::Datagram => FlowTransport::Datagram(DatagramQueue::default()),
             },
             counters: FlowCounters::default(),
             dirty: false,
