@@ -221,7 +221,10 @@ pub(super) fn hand_over_flow(
     // A connected flow was counted (and checked) when its connect began;
     // an accepted one counts from now on, as a connected one does.
     let counted = core.owners.holds(flow, uid);
-    if let Some(message) = (!counted).then(|| share_refusal(context, &core, uid)).flatten() {
+    if let Some(message) = (!counted)
+        .then(|| share_refusal(context, &core, uid))
+        .flatten()
+    {
         context.log_share_refusal(&message);
         let _ = core.host.abort(flow);
         let _ = core.host.close(flow);
