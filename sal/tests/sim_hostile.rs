@@ -17,7 +17,7 @@ use smoltcp::time::Duration;
 use smoltcp::wire::{IpAddress, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber};
 
 mod common;
-use common::sim::{default_route, establish};
+use common::sim::{default_route, establish, sal_data, tcp_segment};
 
 const SERVER: &str = "10.0.0.2";
 
@@ -635,32 +635,14 @@ fn data_before_the_ack_must_acknowledge_the_syn_ack() {
     net.run_for(Duration::from_millis(10));
     let (server_flow, server_isn) = syn_ack.get().expect("a SYN-ACK toward the victim");
     let data = |ack: u32| {
-        let repr = TcpRepr {
-            src_port: 0,
-            dst_port: 0,
-            control: TcpControl::Psh,
-            seq_number: TcpSeqNumber(1001),
-            ack_number: Some(TcpSeqNumber(ack as i32)),
-            window_len: 65535,
-            window_scale: None,
-            max_seg_size: None,
-            sack_permitted: false,
-            sack_ranges: [None; 3],
-            timestamp: None,
-            payload: b"hello",
-        };
-        let mut segment = vec![0; repr.buffer_len()];
-        repr.emit(
-            &mut TcpPacket::new_unchecked(&mut segment[..]),
-            &IpAddress::Ipv4(victim),
-            &IpAddress::Ipv4(server_ip),
-            &ChecksumCapabilities::default(),
+        let segment = tcp_segment(
+            TcpControl::Psh,
+            1001,
+            Some(ack),
+            b"hello",
+            (victim, server_ip),
         );
-        let sal = SalRepr::data(client_flow, Some(server_flow), 6);
-        let mut packet = vec![0; sal.header_len()];
-        sal.emit(&mut packet).unwrap();
-        packet.extend_from_slice(&segment);
-        packet
+        sal_data(client_flow, server_flow, &segment)
     };
     // Right flow IDs, wrong acknowledgement numbers: nothing established.
     for wrong in [

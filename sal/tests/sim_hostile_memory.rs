@@ -24,12 +24,11 @@ use sal::table::ListenerId;
 use sal::wire::{SalPacket, SalRepr, TransportProtocol::Stream};
 use sal::{FlowId, Locator};
 use sal_sim::{Delay, HostId, Jitter, LinkConditions, Loss, Network, Packet, Path, RateLimit};
-use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::time::Duration;
-use smoltcp::wire::{IpAddress, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber};
+use smoltcp::wire::TcpControl;
 
 mod common;
-use common::sim::{default_route, establish, pattern, stream};
+use common::sim::{default_route, establish, pattern, sal_data, stream, tcp_segment};
 
 /// Flows the attacker opens.
 const FLOWS: usize = 16;
@@ -94,31 +93,14 @@ fn inject_ahead(
     payload: &[u8],
 ) -> usize {
     let (next, ack) = seen.borrow()[&theirs.get()];
-    let repr = TcpRepr {
-        src_port: 0,
-        dst_port: 0,
-        control: TcpControl::None,
-        seq_number: TcpSeqNumber(next.wrapping_add(ahead) as i32),
-        ack_number: Some(TcpSeqNumber(ack as i32)),
-        window_len: 65535,
-        window_scale: None,
-        max_seg_size: None,
-        sack_permitted: false,
-        sack_ranges: [None; 3],
-        timestamp: None,
+    let segment = tcp_segment(
+        TcpControl::None,
+        next.wrapping_add(ahead),
+        Some(ack),
         payload,
-    };
-    let mut segment = vec![0; repr.buffer_len()];
-    repr.emit(
-        &mut TcpPacket::new_unchecked(&mut segment[..]),
-        &IpAddress::Ipv4(src),
-        &IpAddress::Ipv4(dst),
-        &ChecksumCapabilities::default(),
+        (src, dst),
     );
-    let sal = SalRepr::data(ours, Some(theirs), 6);
-    let mut packet = vec![0; sal.header_len()];
-    sal.emit(&mut packet).unwrap();
-    packet.extend_from_slice(&segment);
+    let packet = sal_data(ours, theirs, &segment);
     let size = packet.len();
     net.inject(Packet {
         src: Locator::Ipv4(src),

@@ -18,12 +18,11 @@ use sal::proto::{HostConfig, HostError, TransmitKind};
 use sal::wire::{SalPacket, SalRepr};
 use sal::{FlowId, Locator};
 use sal_sim::{HostId, LinkConditions, Network, Packet};
-use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::time::Duration;
-use smoltcp::wire::{IpAddress, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber};
+use smoltcp::wire::{TcpControl, TcpPacket};
 
 mod common;
-use common::sim::{client_server, establish, pattern, ClientServer};
+use common::sim::{client_server, establish, pattern, sal_data, tcp_segment, ClientServer};
 
 /// Reads flow `id` on `host` until it reports anything but bytes: what it
 /// read, and how it ended (`Ok(0)`: end of stream).
@@ -128,31 +127,8 @@ fn a_transport_reset_is_not_an_end_of_stream() {
     };
     let (client_flow, server_flow, seq) = next.get().expect("the client's segments");
     let (src, dst) = (Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2));
-    let rst = TcpRepr {
-        src_port: 0,
-        dst_port: 0,
-        control: TcpControl::Rst,
-        seq_number: TcpSeqNumber(seq as i32),
-        ack_number: None,
-        window_len: 0,
-        window_scale: None,
-        max_seg_size: None,
-        sack_permitted: false,
-        sack_ranges: [None; 3],
-        timestamp: None,
-        payload: &[],
-    };
-    let mut segment = vec![0; rst.buffer_len()];
-    rst.emit(
-        &mut TcpPacket::new_unchecked(&mut segment[..]),
-        &IpAddress::Ipv4(src),
-        &IpAddress::Ipv4(dst),
-        &ChecksumCapabilities::default(),
-    );
-    let header = SalRepr::data(client_flow, Some(server_flow), 6);
-    let mut payload = vec![0; header.header_len()];
-    header.emit(&mut payload).unwrap();
-    payload.extend_from_slice(&segment);
+    let rst = tcp_segment(TcpControl::Rst, seq, None, &[], (src, dst));
+    let payload = sal_data(client_flow, server_flow, &rst);
     net.inject(Packet {
         src: Locator::Ipv4(src),
         dst: Locator::Ipv4(dst),

@@ -1,12 +1,16 @@
 //! Handshakes and stream transfers on the simulator, shared by the
 //! simulation tests.
 
+use std::net::Ipv4Addr;
+
 use sal::proto::{Event, HostConfig, HostError};
 use sal::table::{ListenerId, Target};
-use sal::wire::TransportProtocol;
+use sal::wire::{SalRepr, TransportProtocol};
 use sal::{FlowId, Locator, ServiceId, ServicePrefix};
 use sal_sim::{HostId, LinkConditions, Network};
+use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::time::Duration;
+use smoltcp::wire::{IpAddress, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber};
 
 /// A service ID from hex digits (test input is valid).
 pub fn svc(s: &str) -> ServiceId {
@@ -21,6 +25,50 @@ pub fn prefix(s: &str) -> ServicePrefix {
 /// A locator from its text form (test input is valid).
 pub fn loc(s: &str) -> Locator {
     s.parse().expect("test locators are valid")
+}
+
+/// A TCP segment (ports 0, no options) from `src` to `dst`, checksummed
+/// for them: what a forger puts in a SAL packet.
+pub fn tcp_segment(
+    control: TcpControl,
+    seq: u32,
+    ack: Option<u32>,
+    payload: &[u8],
+    (src, dst): (Ipv4Addr, Ipv4Addr),
+) -> Vec<u8> {
+    let repr = TcpRepr {
+        src_port: 0,
+        dst_port: 0,
+        control,
+        seq_number: TcpSeqNumber(seq as i32),
+        ack_number: ack.map(|ack| TcpSeqNumber(ack as i32)),
+        window_len: 65535,
+        window_scale: None,
+        max_seg_size: None,
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload,
+    };
+    let mut segment = vec![0; repr.buffer_len()];
+    repr.emit(
+        &mut TcpPacket::new_unchecked(&mut segment[..]),
+        &IpAddress::Ipv4(src),
+        &IpAddress::Ipv4(dst),
+        &ChecksumCapabilities::default(),
+    );
+    segment
+}
+
+/// A SAL stream packet of flow `ours` to the peer's `theirs`, with no
+/// CONTROL, carrying `segment`.
+pub fn sal_data(ours: FlowId, theirs: FlowId, segment: &[u8]) -> Vec<u8> {
+    let repr = SalRepr::data(ours, Some(theirs), 6);
+    let mut packet = vec![0; repr.header_len()];
+    repr.emit(&mut packet)
+        .expect("the buffer has the header's length");
+    packet.extend_from_slice(segment);
+    packet
 }
 
 /// Sends every service `host` does not serve itself toward locator `to`.
