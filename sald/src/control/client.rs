@@ -166,7 +166,13 @@ impl Client {
             if request == Request::Connector {
                 return connector::serve(self).await;
             }
-            let (response, fd) = cmd::handle(self, request).await;
+            // Metered: see `control::ration`.
+            let rations = self.context.rations.clone();
+            let (uid, privileged) = (self.uid, self.privileged);
+            rations.wait(uid, privileged).await;
+            let (response, fd) = rations
+                .meter(uid, privileged, cmd::handle(self, request))
+                .await;
             self.respond(&response, fd).await?;
         }
     }

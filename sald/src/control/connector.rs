@@ -47,12 +47,15 @@ pub(super) async fn serve(client: &mut Client) -> anyhow::Result<()> {
                 match request {
                     Request::Connect { service, protocol, timeout_ms } => {
                         let context = client.context.clone();
-                        let uid = client.uid;
-                        in_flight.spawn(async move {
+                        let (uid, privileged) = (client.uid, client.privileged);
+                        // Metered: see `control::ration`.
+                        let rations = context.rations.clone();
+                        rations.wait(uid, privileged).await;
+                        in_flight.spawn(rations.meter(uid, privileged, async move {
                             let reply =
                                 cmd::connect(&context, uid, service, protocol, timeout_ms).await;
                             (number, reply)
-                        });
+                        }));
                     }
                     _ => {
                         let refused = Response::error(

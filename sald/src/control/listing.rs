@@ -1,30 +1,16 @@
-//! What a long listing (`ListRules`, `ListFlows`) may take from everyone
-//! else.
+//! One long listing (`ListRules`, `ListFlows`) at a time per ordinary user.
 //!
-//! sald serves its control clients and moves packets on one thread, and a
-//! listing of a large table is long: at 100,000 rules, a snapshot of the
-//! keys, a hundred parts of a megabyte each to build, encode and write,
-//! about 70 ms of CPU. A listing that never had to wait (its reader keeps
-//! up) held the thread for all of it, and any user could ask for one in a
-//! loop: one looping connection took a bulk flow of another user from 722
-//! to 2 MB/s, and held a snapshot per connection besides (128 slow readers
-//! held 434 MB).
-//!
-//! So a listing lets the packet path run after each part, and an ordinary
-//! user's listings are rationed: one at a time per user (its other
-//! connections wait their turn, so it holds at most one snapshot), each
-//! part followed by a pause of [`PACE`] times the time the part took, so a
-//! user who lists in a loop gets at most a quarter of the thread. Root and
-//! sald's own user (servd, operators) list at full speed.
+//! A listing of a large table holds a snapshot of its keys (at 100,000
+//! rules, 3.3 MB) and a part of its answer while the client reads it: 128
+//! slow readers of one user held 434 MB. So an ordinary user's listings go
+//! one at a time (its other connections wait their turn), and it holds at
+//! most one snapshot. What a listing may take from sald's thread is the
+//! user's ration ([`super::ration`]): it waits for it between parts. Root
+//! and sald's own user list at will.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
 use tokio::sync::OwnedMutexGuard;
-
-/// An ordinary user's listing rests this many times as long as it worked.
-pub const PACE: u32 = 3;
 
 /// The turns of ordinary users' listings: one at a time per user.
 #[derive(Debug, Default)]
@@ -34,7 +20,7 @@ pub struct ListingTurns {
     users: Mutex<HashMap<u32, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-/// A listing's turn: the right to list, and how to pace itself.
+/// A listing's turn: the right to list.
 #[derive(Debug)]
 pub struct ListingTurn {
     /// Held by an ordinary user's listing (none for privileged users).
@@ -59,17 +45,6 @@ impl ListingTurns {
     }
 }
 
-impl ListingTurn {
-    /// A part that took `worked` is out: lets the packet path and other
-    /// clients run, and, for an ordinary user, rests [`PACE`] times as long.
-    pub async fn rest(&self, worked: Duration) {
-        match self.held {
-            Some(_) => tokio::time::sleep(worked * PACE).await,
-            None => tokio::task::yield_now().await,
-        }
-    }
-}
-
 impl Drop for ListingTurn {
     fn drop(&mut self) {
         let Some((turns, uid, guard)) = self.held.take() else {
@@ -89,6 +64,8 @@ impl Drop for ListingTurn {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[tokio::test]

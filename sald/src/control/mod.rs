@@ -16,6 +16,7 @@ pub mod frame;
 pub mod limits;
 pub mod listing;
 pub mod policy;
+pub mod ration;
 mod subscribe;
 
 use std::path::Path;
@@ -36,6 +37,7 @@ use frame::{FrameBudget, FrameReader};
 use limits::{Admission, Backoff, LogLimiter, Refusal};
 use listing::ListingTurns;
 use policy::Policy;
+use ration::Rations;
 
 /// Refused connections being told why at once; beyond that they are just
 /// closed.
@@ -60,6 +62,9 @@ pub struct ControlContext {
     pub started: Instant,
     /// Whose listings may go on (see [`listing`]).
     pub listings: Arc<ListingTurns>,
+    /// What ordinary users' requests may take from the thread (see
+    /// [`ration`]).
+    pub rations: Arc<Rations>,
     reader: FrameReader,
     admission: Arc<Admission>,
     refusing: Arc<Semaphore>,
@@ -95,6 +100,7 @@ impl ControlContext {
             limits,
             started: Instant::now(),
             listings: Arc::default(),
+            rations: Arc::default(),
             reader: FrameReader::new(
                 FrameBudget::new(limits.frame_memory),
                 Duration::from_millis(limits.frame_timeout_ms),

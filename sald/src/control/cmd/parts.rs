@@ -9,11 +9,9 @@
 //! of the list's keys (flow IDs, prefixes) under the daemon's lock and
 //! written without it: a listing holds the lock a part at a time, never for
 //! the whole list, and holds in memory one part of the answer, not all of
-//! it. Between parts it rests as its [`ListingTurn`] says (see
-//! `control::listing`): the packet path runs, and an ordinary user's
-//! listings take a bounded share of the daemon.
-
-use std::time::Instant;
+//! it. Between parts it waits for its user's ration (see
+//! `control::ration`): the packet path runs, and an ordinary user's
+//! listings take a bounded share of the thread.
 
 use sal_control::{encode_frame, FrameError, Response};
 
@@ -27,28 +25,25 @@ const PART_ITEMS: usize = 1024;
 
 /// Answers with the list `keys` stand for: `build` makes the items of some
 /// keys (those gone meanwhile are left out), `part` wraps a piece as a part
-/// and `whole` as the answer. `turn` is the listing's (taken before the
+/// and `whole` as the answer. `_turn` is the listing's (taken before the
 /// keys were).
 pub(super) async fn answer_list<K, T>(
     client: &mut Client,
-    turn: &ListingTurn,
+    _turn: &ListingTurn,
     keys: &[K],
     mut build: impl FnMut(&[K]) -> Vec<T>,
     part: impl Fn(Vec<T>) -> Response,
     whole: impl Fn(Vec<T>) -> Response,
 ) -> Reply {
     if keys.len() <= PART_ITEMS {
-        let started = Instant::now();
         let response = whole(build(keys));
         if encode_frame(&response).is_ok() {
-            turn.rest(started.elapsed()).await;
             return (response, None);
         }
     }
     for chunk in keys.chunks(PART_ITEMS) {
         let mut pieces = vec![chunk];
         while let Some(piece) = pieces.pop() {
-            let started = Instant::now();
             let frame = match encode_frame(&part(build(piece))) {
                 Ok(frame) => frame,
                 Err(FrameError::TooLarge(_)) if piece.len() > 1 => {
@@ -67,7 +62,10 @@ pub(super) async fn answer_list<K, T>(
                 tracing::debug!(%error, "listing not taken");
                 return (whole(Vec::new()), None);
             }
-            turn.rest(started.elapsed()).await;
+            // The packet path runs between parts, whoever lists.
+            let rations = client.context.rations.clone();
+            rations.wait(client.uid, client.privileged).await;
+            tokio::task::yield_now().await;
         }
     }
     (whole(Vec::new()), None)

@@ -1,0 +1,137 @@
+//! What one ordinary user's control requests may take from sald's thread.
+//!
+//! sald answers its control clients and moves packets on one thread, so a
+//! user who sends requests in a loop takes that thread from everyone: 8
+//! connections asking for `Stats` as fast as it came (0.2 ms each) took a
+//! bulk flow of another user from 285 to 57 MB/s and connects from 0.4 to
+//! 32 ms, and a looping `ListRules` (70 ms each at 100,000 rules) from 722
+//! to 2 MB/s. Each user's requests are therefore metered: the time a
+//! request's task runs on the thread (every poll of it, not the time it
+//! waits) is charged to its user at [`PACE`] + 1 times its length, against
+//! a clock that pays it back in real time, and a user whose debt is more
+//! than [`CREDIT`] ahead waits before its next request (or a listing's
+//! next part) is served. A user who keeps the thread busy gets a quarter
+//! of it; one who asks now and then never waits. Root and sald's own user
+//! (servd, operators) are not metered.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// A user's work is charged this many times over again, as rest.
+pub const PACE: u32 = 3;
+/// How far ahead of real time a user's charges may run before it waits.
+pub const CREDIT: Duration = Duration::from_millis(20);
+/// Users whose debt is paid are forgotten once this many are remembered.
+const TIDY_AT: usize = 1024;
+
+/// The users' debts: when each has paid for the work charged to it.
+#[derive(Debug, Default)]
+pub struct Rations {
+    paid_at: Mutex<HashMap<u32, Instant>>,
+}
+
+impl Rations {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Instant>> {
+        self.paid_at.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until `uid` may have the thread again: at once for a user not
+    /// in debt beyond [`CREDIT`], and for privileged ones.
+    pub async fn wait(&self, uid: u32, privileged: bool) {
+        let paid_at = (!privileged)
+            .then(|| self.lock().get(&uid).copied())
+            .flatten();
+        if let Some(start) = paid_at.and_then(|at| at.checked_sub(CREDIT)) {
+            if start > Instant::now() {
+                tokio::time::sleep_until(start.into()).await;
+            }
+        }
+    }
+
+    /// `uid` used the thread for `worked`.
+    fn charge(&self, uid: u32, worked: Duration) {
+        let now = Instant::now();
+        let mut paid_at = self.lock();
+        if paid_at.len() >= TIDY_AT {
+            paid_at.retain(|_, at| *at > now);
+        }
+        let at = paid_at.entry(uid).or_insert(now);
+        *at = (*at).max(now) + worked * (PACE + 1);
+    }
+
+    /// `work`, charged to `uid` as it runs (not metered if `privileged`).
+    pub fn meter<F: Future>(self: &Arc<Self>, uid: u32, privileged: bool, work: F) -> Metered<F> {
+        Metered {
+            work: Box::pin(work),
+            charged: (!privileged).then(|| (self.clone(), uid)),
+        }
+    }
+}
+
+/// A future whose polls are charged to a user (see [`Rations::meter`]).
+pub struct Metered<F> {
+    work: Pin<Box<F>>,
+    charged: Option<(Arc<Rations>, u32)>,
+}
+
+impl<F: Future> Future for Metered<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let started = Instant::now();
+        let polled = self.work.as_mut().poll(cx);
+        if let Some((rations, uid)) = &self.charged {
+            rations.charge(*uid, started.elapsed());
+        }
+        polled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_busy_user_waits_for_a_quarter_of_the_thread_and_root_never() {
+        let rations = Arc::new(Rations::default());
+        // Within the credit: no wait.
+        rations.charge(1000, Duration::from_millis(4));
+        let started = Instant::now();
+        rations.wait(1000, false).await;
+        assert!(started.elapsed() < Duration::from_millis(10));
+        // 40 ms of work owes 160 ms: served again about 140 ms on (the
+        // credit being 20).
+        rations.charge(1000, Duration::from_millis(36));
+        let started = Instant::now();
+        rations.wait(1000, false).await;
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(120) && waited <= Duration::from_millis(400),
+            "{waited:?}"
+        );
+        // Others, and root, are not held up by that user's debt.
+        rations.charge(1000, Duration::from_secs(1));
+        let started = Instant::now();
+        rations.wait(1001, false).await;
+        rations.wait(1000, true).await;
+        assert!(started.elapsed() < Duration::from_millis(10));
+    }
+
+    #[tokio::test]
+    async fn metered_work_is_charged_to_its_user_only_when_ordinary() {
+        let rations = Arc::new(Rations::default());
+        let busy = || async { std::thread::sleep(Duration::from_millis(10)) };
+        rations.meter(0, true, busy()).await;
+        assert!(rations.lock().is_empty(), "root is not metered");
+        rations.meter(1000, false, busy()).await;
+        let paid_at = rations.lock()[&1000];
+        assert!(
+            paid_at >= Instant::now() + Duration::from_millis(25),
+            "{paid_at:?}"
+        );
+    }
+}
