@@ -33,6 +33,12 @@
 //!   connected, failed, listening) answer as TCP: the pending error of a
 //!   failed connect once, then `ENOTCONN` and `EPIPE` (with `SIGPIPE`);
 //!   the placeholder would block instead;
+//! - a connected stream is the flow's socket itself, which sald shuts
+//!   down both ways after a reset, only for writing at a finished flow's
+//!   end: a `read`/`recv`/`recvfrom` that gets end of file on a hung-up
+//!   flow whose writing the program did not shut down (`shutdown` is
+//!   interposed to know) returns `ECONNRESET` once, as TCP's
+//!   (`ops::reset_at_end`, [`socket_shim::reset`]);
 //! - datagram sockets are sald's `SOCK_SEQPACKET` sockets; `sendto`/`recvfrom`
 //!   (and `send`/`recv`/`read`/`write`) wrap and unwrap `DatagramFrame`s.
 //!   As in the reference stack, `recvfrom` gives the sender's own service ID
@@ -41,7 +47,9 @@
 //!   that address, with the `sockaddr_sv` alone it resolves the service. A
 //!   reset refusing one of the socket's datagrams is `ECONNREFUSED` from the
 //!   next receive. A bound datagram socket may `listen` and `accept`
-//!   connected datagram flows (the reference's `udp_server_user`).
+//!   connected datagram flows (the reference's `udp_server_user`), and
+//!   an open one (bound, or sent from) may still `connect`
+//!   (`ops::connect_open_datagram`).
 //!
 //! The `table` module remembers what each number means; `ops` does the work.
 //!
@@ -573,7 +581,7 @@ pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_i
         };
     }
     // SAFETY: forwarding the caller's arguments unchanged.
-    unsafe { real::recv(fd, buf, n, flags) }
+    read_done(fd, n, unsafe { real::recv(fd, buf, n, flags) })
 }
 
 /// # Safety
@@ -586,7 +594,47 @@ pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t
         return unsafe { receive(fd, buf, n, 0, addr, len, || real::read(fd, buf, n)) };
     }
     // SAFETY: forwarding the caller's arguments unchanged.
-    unsafe { real::read(fd, buf, n) }
+    read_done(fd, n, unsafe { real::read(fd, buf, n) })
+}
+
+/// What a `read` or `recv` of `asked` bytes of `fd` that the kernel
+/// answered (`got`) returns: on a connected stream flow, an end of file
+/// that is a reset is `ECONNRESET`, once (`ops::reset_at_end`). Every
+/// other read costs a comparison, an end of file on another descriptor
+/// one atomic load more.
+#[inline]
+fn read_done(fd: c_int, asked: size_t, got: ssize_t) -> ssize_t {
+    if got != 0 || asked == 0 || !table::maybe_tracked(fd) {
+        return got;
+    }
+    reset_read(fd)
+}
+
+/// [`read_done`]'s end of file on a descriptor that may be ours.
+#[cold]
+fn reset_read(fd: c_int) -> ssize_t {
+    match catch_unwind(|| ops::reset_at_end(fd)) {
+        Ok(true) => {
+            set_errno(libc::ECONNRESET);
+            -1
+        }
+        _ => 0,
+    }
+}
+
+/// Records a shutdown of a flow's writing (`SHUT_WR`, `SHUT_RDWR`) before
+/// it happens, so that the flow's end of file, which then comes with a
+/// hang-up, is not taken for a reset (`ops::write_shut`).
+///
+/// # Safety
+/// As `shutdown(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn shutdown(fd: c_int, how: c_int) -> c_int {
+    if matches!(how, libc::SHUT_WR | libc::SHUT_RDWR) && table::maybe_tracked(fd) {
+        let _ = catch_unwind(|| ops::write_shut(fd));
+    }
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { real::shutdown(fd, how) }
 }
 
 /// Remembers epoll registrations of our sockets, so they can be re-added

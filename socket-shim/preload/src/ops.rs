@@ -377,6 +377,14 @@ pub(crate) fn connect(fd: RawFd, addr: Option<&[u8]>, pass: impl FnOnce() -> c_i
         Domain::Serval => {
             let sa = parse_serval(addr.ok_or(libc::EFAULT)?)?;
             let service = sa.service_id().ok_or(libc::EINVAL)?;
+            if found.stage == Stage::DgramOpen {
+                return connect_open_datagram(
+                    fd,
+                    SockAddr::service(service),
+                    service,
+                    fd_flags(fd),
+                );
+            }
             let protocol = match found.kind {
                 Kind::Stream => TransportProtocol::Stream,
                 Kind::Dgram => TransportProtocol::Datagram,
@@ -628,6 +636,39 @@ fn start_connect(
     }
     let result = open_flow(service, protocol);
     finish_connect(fd, gen, result, peer, Some(flags)).map(|()| 0)
+}
+
+/// `connect` on a datagram socket that is open already (after `bind` or
+/// `sendto`), as UDP allows: the connected flow takes the place of sald's
+/// datagram socket at the number, and of the bound prefix, if any (a
+/// connected UDP socket no longer reads datagrams from anyone else
+/// either); `getsockname` still names what it was bound to. The flow is
+/// opened first: when that fails (no route, sald's refusal), the socket is
+/// left as it was. Once it is open, the socket's bound prefix is given up
+/// before the flow goes in: should that fail (`dup3`), the connect fails
+/// with the prefix gone all the same and the socket failed.
+fn connect_open_datagram(
+    fd: RawFd,
+    peer: SockAddr,
+    service: ServiceId,
+    flags: (bool, bool),
+) -> Res<c_int> {
+    let flow = open_flow(service, TransportProtocol::Datagram)?;
+    let mut stale = Vec::new();
+    let (gen, open) = {
+        let mut table = lock();
+        let entry = table.get(fd, &mut stale).ok_or(libc::EBADF)?;
+        if !matches!(entry.state, State::DgramOpen { .. }) {
+            // Another thread connected or listened meanwhile.
+            return Err(libc::EINVAL);
+        }
+        let open = std::mem::replace(&mut entry.state, State::Connecting { wake: None });
+        entry.gen = table::next_gen();
+        (entry.gen, open)
+    };
+    drop(stale);
+    drop(open);
+    finish_connect(fd, gen, Ok(flow), peer, Some(flags)).map(|()| 0)
 }
 
 /// Sends the `Connect` of the non-blocking connect generation `gen` of the
@@ -1137,7 +1178,7 @@ pub(crate) fn close(fd: RawFd) {
                 // children's copies of it must not keep the service bound
                 // after the process that listened closed the listener.
                 // SAFETY: no pointers; a socket this entry owns.
-                unsafe { libc::shutdown(control.as_fd().as_raw_fd(), libc::SHUT_RDWR) };
+                unsafe { real::shutdown(control.as_fd().as_raw_fd(), libc::SHUT_RDWR) };
             }
         }
         drop(entry);
@@ -1391,6 +1432,9 @@ pub(crate) fn recvfrom(
         let peer = if found.kind == Kind::Dgram {
             name(fd, true).and_then(Result::ok)
         } else {
+            if n == 0 && !buf.is_empty() && reset_at_end(fd) {
+                return Err(libc::ECONNRESET);
+            }
             None
         };
         return Ok(Some((n, peer)));
@@ -1456,6 +1500,52 @@ pub(crate) fn refusal(fd: RawFd, write: bool, flags: c_int) -> Option<Errno> {
         unsafe { libc::raise(libc::SIGPIPE) };
     }
     errno
+}
+
+// --- resets ---------------------------------------------------------------
+
+/// A read of `fd` that asked for bytes got end of file: whether that is a
+/// reset to report (`ECONNRESET`), once, as from a TCP socket. Only for a
+/// connected stream flow whose writing the program has not shut down (see
+/// `socket_shim::reset`): sald shuts a reset flow's socket down both ways
+/// once the bytes that had arrived are through, a finished one only for
+/// writing, and this end then sees a hang-up only after a reset.
+pub(crate) fn reset_at_end(fd: RawFd) -> bool {
+    if !table::maybe_tracked(fd) {
+        return false;
+    }
+    let mut stale = Vec::new();
+    let watch = {
+        let mut table = lock();
+        table
+            .get(fd, &mut stale)
+            .filter(|entry| entry.stream_flow())
+            .map(|entry| std::sync::Arc::clone(&entry.reset))
+    };
+    drop(stale);
+    // SAFETY: the program's read of `fd` just returned; should another
+    // thread close the number meanwhile, `poll` reports it invalid
+    // (`POLLNVAL`, not a hang-up), which reads as no reset.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    watch.is_some_and(|watch| watch.end_of_file(fd).is_err())
+}
+
+/// The program is about to shut down `fd`'s writing (`shutdown` with
+/// `SHUT_WR` or `SHUT_RDWR`): if it is a connected stream flow, a hang-up
+/// no longer tells a reset from a finished flow, and its end of file stays
+/// one (for every copy of the flow).
+pub(crate) fn write_shut(fd: RawFd) {
+    let mut stale = Vec::new();
+    {
+        let mut table = lock();
+        if let Some(entry) = table
+            .get(fd, &mut stale)
+            .filter(|entry| entry.stream_flow())
+        {
+            entry.reset.write_shut();
+        }
+    }
+    drop(stale);
 }
 
 // --- epoll ----------------------------------------------------------------

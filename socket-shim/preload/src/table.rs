@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Once};
 
 use sal::table::ListenerId;
+use socket_shim::reset::ResetWatch;
 use socket_shim::ControlClient;
 
 use crate::addr::SockAddr;
@@ -136,6 +137,11 @@ pub(crate) struct Entry {
     pub options: Vec<(libc::c_int, Vec<u8>)>,
     /// The process that created the entry (a forked child has copies).
     pub owner: libc::pid_t,
+    /// A connected stream's reset watch: whether the program shut its
+    /// writing down, and whether a reset was reported (see
+    /// `socket_shim::reset`). Shared by the copies `dup` made of the flow,
+    /// as they share the socket.
+    pub reset: Arc<ResetWatch>,
 }
 
 impl Entry {
@@ -152,6 +158,7 @@ impl Entry {
             epoll: Vec::new(),
             options: Vec::new(),
             owner: std::process::id() as libc::pid_t,
+            reset: Arc::default(),
         }
     }
 }
@@ -194,6 +201,7 @@ impl Entry {
             // Whoever copied it, the listener is the process's that
             // listened: a forked child's last copy must not unbind it.
             owner: self.owner,
+            reset: Arc::clone(&self.reset),
             ..Entry::new(self.kind, self.domain, fd, state)
         })
     }
@@ -202,6 +210,12 @@ impl Entry {
     /// [`State::Watched`]): every call on it is the kernel's.
     pub(crate) fn watched(&self) -> bool {
         matches!(self.state, State::Watched)
+    }
+
+    /// Whether this is a connected stream flow, whose reset its reader
+    /// learns from a hang-up (see `socket_shim::reset`).
+    pub(crate) fn stream_flow(&self) -> bool {
+        self.kind == Kind::Stream && matches!(self.state, State::Connected)
     }
 }
 

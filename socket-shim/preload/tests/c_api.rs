@@ -59,8 +59,11 @@ fn datagram_echo() {
 #[test]
 fn datagram_flows_listen_accept_and_half_close() {
     let sald = Sald::start();
-    let mut srv = server(&sald, &["dgram-flow-server", "d07"]);
+    let mut srv = server(&sald, &["dgram-flow-server", "d07", "3"]);
     client(&sald, &["dgram-flow-client", "d07"]).success(T);
+    // As UDP: a socket bound, or one that sent a datagram, may connect.
+    client(&sald, &["dgram-flow-client", "d07", "bind"]).success(T);
+    client(&sald, &["dgram-flow-client", "d07", "sendto"]).success(T);
     srv.success(T);
 }
 
@@ -171,6 +174,32 @@ fn inet_mode_keeps_what_was_set_before_connect() {
 fn copies_of_a_listener_and_a_flow_mean_the_same() {
     let sald = Sald::start();
     client(&sald, &["dup", "d0d0"]).success(T);
+}
+
+/// A flow the server closes with the client's request unread is reset
+/// (by sald, as TCP resets it): the client reads the reply, then
+/// `ECONNRESET` once (through `read`, `recv` and `recvfrom`), then end of
+/// file. A flow the server closes after reading the request ends with end
+/// of file only, also when the client shut its writing down (directly or
+/// through a copy), after which sald hangs the flow up too.
+#[test]
+fn a_reset_flow_reads_econnreset_once_a_finished_one_end_of_file() {
+    let sald = Sald::start();
+    let mut srv = server(&sald, &["reset-server", "5e7", "reset", "3"]);
+    for how in ["read", "recv", "recvfrom"] {
+        client(&sald, &["reset-client", "5e7", "reset", how]).success(T);
+    }
+    srv.success(T);
+    let mut srv = server(&sald, &["reset-server", "5e8", "clean", "4"]);
+    for (mode, how) in [
+        ("clean", "read"),
+        ("clean", "recv"),
+        ("clean-shut", "read"),
+        ("clean-dup-shut", "recvfrom"),
+    ] {
+        client(&sald, &["reset-client", "5e8", mode, how]).success(T);
+    }
+    srv.success(T);
 }
 
 #[test]

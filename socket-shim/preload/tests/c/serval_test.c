@@ -26,10 +26,11 @@
  *                                             from a forked child
  *   dgram-server SID COUNT                    echo COUNT datagrams
  *   dgram-client SID COUNT                    send COUNT datagrams, check replies
- *   dgram-flow-server SID                     bind, listen, accept a datagram flow, echo
- *                                             it upper-cased until its end (the
+ *   dgram-flow-server SID [COUNT]             bind, listen, accept COUNT datagram flows, echo
+ *                                             each upper-cased until its end (the
  *                                             reference's udp_server_user)
- *   dgram-flow-client SID                     connect a datagram flow, check the echo
+ *   dgram-flow-client SID [bind|sendto]       connect a datagram flow, check the echo; first
+ *                                             bind the socket or send a datagram from it
  *   retry DEAD LIVE                           non-blocking connect to DEAD fails; the same
  *                                             socket then connects to LIVE and echoes
  *   inet-client PORT SIZE                     inet mode (PORT mapped to a live service):
@@ -42,6 +43,13 @@
  *   dup SID                                   copies (dup, dup2, fcntl F_DUPFD) of a
  *                                             listener and of a flow mean what the
  *                                             original means; the last close unbinds
+ *   reset-server SID reset|clean COUNT        accept COUNT flows one by one; reset: reply,
+ *                                             close with the request unread (a reset);
+ *                                             clean: read the request, reply, close
+ *   reset-client SID MODE read|recv|recvfrom  request, reply; MODE reset: ECONNRESET once,
+ *                                             then end of file; clean, clean-shut (after
+ *                                             shutdown(SHUT_WR)), clean-dup-shut (through a
+ *                                             copy): end of file
  *   misuse SID                                error paths (SID is not bound)
  *   nodaemon SID                              sald not running
  */
@@ -630,14 +638,8 @@ static int dgram_server(const char *sid, int count) {
     return failures ? 1 : 0;
 }
 
-static int dgram_flow_server(const char *sid) {
-    int fd = socket(AF_SERVAL, SOCK_DGRAM, 0);
-    if (fd < 0) die("socket");
-    struct sockaddr_sv sa = sv_addr(sid);
-    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) die("bind");
-    if (listen(fd, 5) < 0) die("listen");
-    printf("ready\n");
-    fflush(stdout);
+/* Accepts a datagram flow on `fd` and echoes it upper-cased until its end. */
+static void dgram_flow_echo(int fd) {
     int c = accept(fd, NULL, NULL);
     if (c < 0) die("accept");
     int type = 0;
@@ -655,15 +657,37 @@ static int dgram_flow_server(const char *sid) {
     CHECK(n == 0, "end of the flow");
     CHECK(echoed == 2, "%d datagrams echoed", echoed);
     close(c);
+}
+
+static int dgram_flow_server(const char *sid, int count) {
+    int fd = socket(AF_SERVAL, SOCK_DGRAM, 0);
+    if (fd < 0) die("socket");
+    struct sockaddr_sv sa = sv_addr(sid);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) die("bind");
+    if (listen(fd, 5) < 0) die("listen");
+    printf("ready\n");
+    fflush(stdout);
+    for (int i = 0; i < count; i++) dgram_flow_echo(fd);
     close(fd);
     return failures ? 1 : 0;
 }
 
-static int dgram_flow_client(const char *sid) {
+static int dgram_flow_client(const char *sid, const char *before) {
     int fd = socket(AF_SERVAL, SOCK_DGRAM, 0);
     if (fd < 0) die("socket");
-    struct sockaddr_sv sa = sv_addr(sid);
+    struct sockaddr_sv sa = sv_addr(sid), mine = sv_addr("d0b1"), nobody = sv_addr("dead0d");
+    int bound = before && !strcmp(before, "bind");
+    /* As UDP, a socket bound or sent from already may connect. */
+    if (bound) CHECK(bind(fd, (struct sockaddr *)&mine, sizeof mine) == 0, "bind before connect");
+    if (before && !strcmp(before, "sendto"))
+        CHECK(sendto(fd, "x", 1, 0, (struct sockaddr *)&nobody, sizeof nobody) == 1, "sendto before connect");
     if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) die("connect");
+    EXPECT_ERR(connect(fd, (struct sockaddr *)&sa, sizeof sa), EISCONN);
+    struct sockaddr_sv me;
+    socklen_t melen = sizeof me;
+    CHECK(getsockname(fd, (struct sockaddr *)&me, &melen) == 0 &&
+              (!bound || !memcmp(&me.sv_srvid, &mine.sv_srvid, SERVICE_ID_LEN)),
+          "getsockname after connect");
     const char *msgs[] = {"hello serval", "quit"};
     const char *want[] = {"HELLO SERVAL", "QUIT"};
     for (int i = 0; i < 2; i++) {
@@ -1008,6 +1032,108 @@ static int dup_copies(const char *sid) {
     return failures ? 1 : 0;
 }
 
+#define REQUEST "the request"
+#define REPLY "the reply"
+
+/* Accepts COUNT connections one after the other. "reset": replies, waits
+ * until the client's request is in, and closes without reading it (sald
+ * then resets the flow, as TCP does). "clean": reads the request,
+ * replies, closes. */
+static int reset_server(const char *sid, const char *mode, int count) {
+    int reset = !strcmp(mode, "reset");
+    int fd = socket(AF_SERVAL, SOCK_STREAM, 0);
+    if (fd < 0) die("socket");
+    struct sockaddr_sv sa = sv_addr(sid);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) die("bind");
+    if (listen(fd, 8) < 0) die("listen");
+    printf("ready\n");
+    fflush(stdout);
+    for (int i = 0; i < count; i++) {
+        int c = accept(fd, NULL, NULL);
+        if (c < 0) die("accept");
+        if (reset) {
+            CHECK(write_all(c, (const unsigned char *)REPLY, strlen(REPLY)) == 0, "reply");
+            struct pollfd p = {.fd = c, .events = POLLIN};
+            CHECK(poll(&p, 1, 20000) == 1 && (p.revents & POLLIN), "the request arrives");
+            /* The reply leaves before the reset does. */
+            usleep(200000);
+        } else {
+            char req[sizeof REQUEST - 1];
+            size_t got = 0;
+            while (got < sizeof req) {
+                ssize_t n = read(c, req + got, sizeof req - got);
+                if (n < 0 && errno == EINTR) continue;
+                if (n <= 0) break;
+                got += (size_t)n;
+            }
+            CHECK(got == sizeof req && !memcmp(req, REQUEST, sizeof req), "request (%zu bytes)", got);
+            CHECK(write_all(c, (const unsigned char *)REPLY, strlen(REPLY)) == 0, "reply");
+        }
+        CHECK(close(c) == 0, "close the flow");
+    }
+    close(fd);
+    return failures ? 1 : 0;
+}
+
+/* A read of `fd` with `how`: read, recv or recvfrom. */
+static ssize_t read_with(const char *how, int fd, char *buf, size_t len) {
+    if (!strcmp(how, "recv")) return recv(fd, buf, len, 0);
+    if (!strcmp(how, "recvfrom")) return recvfrom(fd, buf, len, 0, NULL, NULL);
+    return read(fd, buf, len);
+}
+
+/* Sends the request and reads the reply with `how`, then, as from TCP:
+ * "reset" (a reset-server reset): ECONNRESET once, then end of file (in a
+ * copy too); "clean": end of file; "clean-shut": the same after
+ * shutdown(SHUT_WR) following the request ("clean-dup-shut": shut down
+ * through a copy, since closed). */
+static int reset_client(const char *sid, const char *mode, const char *how) {
+    int reset = !strcmp(mode, "reset");
+    int fd = socket(AF_SERVAL, SOCK_STREAM, 0);
+    if (fd < 0) die("socket");
+    struct sockaddr_sv sa = sv_addr(sid);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) die("connect");
+    CHECK(write_all(fd, (const unsigned char *)REQUEST, strlen(REQUEST)) == 0, "request");
+    int shut = 0;
+    if (!strcmp(mode, "clean-shut")) {
+        CHECK(shutdown(fd, SHUT_WR) == 0, "shutdown");
+        shut = 1;
+    } else if (!strcmp(mode, "clean-dup-shut")) {
+        int d = dup(fd);
+        CHECK(d >= 0 && shutdown(d, SHUT_WR) == 0, "shutdown through a copy");
+        close(d);
+        shut = 1;
+    }
+    int copy = reset ? dup(fd) : -1;
+    char buf[64];
+    size_t got = 0;
+    while (got < strlen(REPLY)) {
+        ssize_t n = read_with(how, fd, buf + got, sizeof buf - got);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        got += (size_t)n;
+    }
+    CHECK(got == strlen(REPLY) && !memcmp(buf, REPLY, got), "the reply (%zu bytes)", got);
+    if (reset || shut) {
+        /* A reset, and a flow finished after this end shut its writing
+         * down, both look like a hang-up to poll. */
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        CHECK(poll(&p, 1, 20000) == 1 && (p.revents & POLLHUP), "hang-up (revents %#x)", p.revents);
+    }
+    if (reset) {
+        CHECK(read_with(how, fd, buf, 0) == 0, "a read of nothing reports nothing");
+        EXPECT_ERR(read_with(how, fd, buf, sizeof buf), ECONNRESET);
+        CHECK(read_with(how, fd, buf, sizeof buf) == 0, "end of file after the reset");
+        CHECK(read(copy, buf, sizeof buf) == 0, "end of file from a copy: the reset was reported");
+        close(copy);
+    } else {
+        CHECK(read_with(how, fd, buf, sizeof buf) == 0, "end of file");
+        CHECK(read_with(how, fd, buf, sizeof buf) == 0, "end of file again");
+    }
+    CHECK(close(fd) == 0, "close");
+    return failures ? 1 : 0;
+}
+
 static volatile sig_atomic_t sigpipes;
 static void count_sigpipe(int sig) {
     (void)sig;
@@ -1102,12 +1228,14 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "many")) return many(sid, (int)n, argc > 4 ? (size_t)atol(argv[4]) : 1000);
     if (!strcmp(cmd, "dgram-server")) return dgram_server(sid, (int)n);
     if (!strcmp(cmd, "dgram-client")) return dgram_client(sid, (int)n);
-    if (!strcmp(cmd, "dgram-flow-server")) return dgram_flow_server(sid);
-    if (!strcmp(cmd, "dgram-flow-client")) return dgram_flow_client(sid);
+    if (!strcmp(cmd, "dgram-flow-server")) return dgram_flow_server(sid, (int)n);
+    if (!strcmp(cmd, "dgram-flow-client")) return dgram_flow_client(sid, argc > 3 ? argv[3] : NULL);
     if (!strcmp(cmd, "retry") && argc > 3) return retry(sid, argv[3]);
     if (!strcmp(cmd, "inet-client")) return inet_client(atoi(sid), argc > 3 ? (size_t)n : 1000);
     if (!strcmp(cmd, "inet-retry") && argc > 3) return inet_retry(atoi(sid), atoi(argv[3]));
     if (!strcmp(cmd, "dup")) return dup_copies(sid);
+    if (!strcmp(cmd, "reset-server") && argc > 4) return reset_server(sid, argv[3], atoi(argv[4]));
+    if (!strcmp(cmd, "reset-client") && argc > 4) return reset_client(sid, argv[3], argv[4]);
     if (!strcmp(cmd, "misuse")) return misuse(sid);
     if (!strcmp(cmd, "nodaemon")) return nodaemon(sid);
     fprintf(stderr, "unknown subcommand %s\n", cmd);
