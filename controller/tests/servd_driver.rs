@@ -575,7 +575,13 @@ fn datagrams_are_answered_while_sald_is_slow() {
     announce_many(&peer, servd.addr);
     std::thread::sleep(Duration::from_millis(200));
     let asked = Instant::now();
-    peer.send(servd.addr, &Message::Solicit { from: peer.node() });
+    peer.send(
+        servd.addr,
+        &Message::Solicit {
+            from: peer.node(),
+            nonce: 7,
+        },
+    );
     let advert = peer.wait_for(Duration::from_secs(3), |m| {
         matches!(m, Message::Advert { .. }).then_some(())
     });
@@ -603,7 +609,7 @@ fn servd_survives_a_sald_restart_and_cleans_up_when_stopped() {
     // The host solicits its upstream; the test answers as a router at
     // 127.0.0.1, so servd installs a default route toward it.
     let solicited = router.wait_for(Duration::from_secs(5), |m| match m {
-        Message::Solicit { from } => Some(from.epoch),
+        Message::Solicit { nonce, .. } => Some(*nonce),
         _ => None,
     });
     assert!(solicited.is_some(), "no solicit");
@@ -615,6 +621,7 @@ fn servd_survives_a_sald_restart_and_cleans_up_when_stopped() {
         servd.addr,
         &Message::Advert {
             from: router.node(),
+            nonce: solicited.unwrap(),
         },
     );
     let home: Locator = Locator::Ipv4("127.0.0.1".parse().unwrap());

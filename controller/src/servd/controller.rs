@@ -42,12 +42,15 @@ use sal::{FlowId, Locator, ServiceId, ServicePrefix};
 use sal_control::ControlEvent;
 
 use super::keys::Keyring;
-use super::log_limit::LogLimiter;
+use super::log_limit::{
+    LogLimiter, SourceLimiter, DOWNSTREAM_BURST, DOWNSTREAM_RATE_PER_SECOND, REPLY_BURST,
+    REPLY_RATE_PER_SECOND,
+};
 use super::policy::{Grant, Policy, Sender};
 use super::replay::{ReplayError, ReplayGuard};
 use super::wire::{
-    self, announce_batches, withdraw_batches, Announcement, Message, Node, Route, RouteTarget,
-    Sealer, WireError, MAX_LOCATORS,
+    self, announce_batches, pad_untagged, withdraw_batches, Announcement, Message, Node, Route,
+    RouteTarget, Sealer, WireError, MAX_LOCATORS,
 };
 
 /// Priority of the DROP rule a negative answer installs: above anything an
@@ -64,6 +67,20 @@ const QUERY_TRIES: u8 = 3;
 const MAX_PENDING_QUERIES: usize = 10_000;
 const MAX_WAITERS: usize = 64;
 const MAX_DOWNSTREAMS: usize = 100_000;
+/// Resyncs an upstream may ask of us, untagged, per refresh interval.
+const RESYNC_BURST: u32 = 3;
+/// Without a key, an answer is at most this many times the bytes of the
+/// query it answers (targets are left out to fit): its source address may
+/// be forged, and the answer must not amplify what the forger sent.
+pub const ANSWER_FACTOR: usize = 3;
+/// Without a key, servd's own queries are padded to this many bytes (JSON
+/// whitespace), which leaves room under [`ANSWER_FACTOR`] for the largest
+/// answer servd sends: 64 UDP targets with the largest weights and
+/// priorities, a 64-character name and a /256 prefix, 5,573 bytes (the
+/// test `the_largest_answer_fits_the_budget_of_a_padded_query` measures
+/// it). Over a 1,500-byte MTU the query is fragmented, as announcement
+/// batches of up to 8 KB already are.
+pub const QUERY_PAD_LEN: usize = 1860;
 
 /// How a router turns announcements of one prefix into FORWARD weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -253,10 +270,22 @@ pub struct Stats {
     /// Announced or withdrawn prefixes the policy refused (`/0`, too
     /// short, not allowed for this sender).
     pub refused_prefix: u64,
-    /// Announced locators that were not the sender's own address.
+    /// Announced locators that were not the sender's own address, and
+    /// untagged adverts that answer none of our solicits (wrong nonce).
     pub refused_locator: u64,
     /// Announced entries over the sender's limit.
     pub refused_over_limit: u64,
+    /// Entries an unauthenticated withdrawal named but did not remove: it
+    /// did not carry the epoch of the run that created them (an off-path
+    /// forger does not know it).
+    pub refused_withdraw: u64,
+    /// Unauthenticated queries and solicits left unanswered because their
+    /// source address had used up its rate (`log_limit::SourceLimiter`).
+    pub refused_answer_rate: u64,
+    /// Unauthenticated answers cut short (targets left out) or withheld
+    /// because the full answer would have been more than `ANSWER_FACTOR`
+    /// times the query's bytes.
+    pub refused_answer_size: u64,
     /// Rule changes left out because they would have replaced or outranked
     /// an operator's static rule (priorities lowered count too).
     pub static_protected: u64,
@@ -273,6 +302,9 @@ impl Stats {
             + self.refused_prefix
             + self.refused_locator
             + self.refused_over_limit
+            + self.refused_withdraw
+            + self.refused_answer_rate
+            + self.refused_answer_size
     }
 }
 
@@ -354,6 +386,16 @@ struct Learned {
     by: Arc<str>,
     /// Source address of the announcement (per-sender limits).
     sender: Ipv4Addr,
+    /// Epoch of the run that created the entry. Without a key, only a
+    /// withdrawal carrying it removes the entry: anyone may forge the
+    /// sender's address (from any port), but an off-path forger does not
+    /// see the sender's traffic and cannot know its (random) epoch.
+    /// Refreshes from another epoch (a forger's, or the sender's next run)
+    /// keep it, so announcing first under an epoch of one's own, or
+    /// announcing nothing at all, wins no right to withdraw; an entry
+    /// withdrawn under a forger's epoch that the sender refreshes comes
+    /// back under the sender's.
+    epoch: u64,
     announced_weight: u32,
     priority: u32,
     load: u32,
@@ -370,6 +412,15 @@ struct Upstream {
     /// The router behind it, from its last advert.
     router: Option<Node>,
     next_solicit: Instant,
+    /// Nonce of the latest solicit sent to it: an untagged advert is taken
+    /// only with it ([`Controller::on_advert`]).
+    nonce: Option<u64>,
+    /// Resyncs sent to it on its say-so (a new epoch in its advert, or its
+    /// resync request) in the refresh interval that started at the given
+    /// instant: untagged, those may be forged, and each costs a full
+    /// refresh, so at most [`RESYNC_BURST`] are sent per refresh interval
+    /// (the periodic refresh covers one left out).
+    resyncs: (Instant, u32),
 }
 
 /// Who a message came from: its source address and the key that
@@ -411,6 +462,7 @@ impl Claimed {
 struct Announcer {
     by: Arc<str>,
     sender: Ipv4Addr,
+    epoch: u64,
     expires: Instant,
     lease: Duration,
 }
@@ -423,6 +475,25 @@ struct StaticRule {
     keys: Vec<TargetKey>,
 }
 
+/// A downstream asker waiting on a query we relayed upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Waiter {
+    addr: SocketAddr,
+    /// Their query ID.
+    id: u64,
+    /// Bytes of its query, when unauthenticated: the answer may take at
+    /// most [`ANSWER_FACTOR`] times that, and a query relayed for it is
+    /// padded to no more than that (see [`Pending::pad`]).
+    query_len: Option<usize>,
+}
+
+impl Waiter {
+    /// Most bytes the answer may take (unauthenticated queries only).
+    fn budget(&self) -> Option<usize> {
+        self.query_len.map(|len| len.saturating_mul(ANSWER_FACTOR))
+    }
+}
+
 #[derive(Debug)]
 struct Pending {
     id: u64,
@@ -430,8 +501,24 @@ struct Pending {
     tries: u8,
     /// A DELAY on our own sald is waiting for this answer.
     local: bool,
-    /// Downstream askers: (address, their query ID).
-    waiters: Vec<(SocketAddr, u64)>,
+    /// Downstream askers.
+    waiters: Vec<Waiter>,
+    /// Bytes the (untagged) query upstream is padded to: [`QUERY_PAD_LEN`]
+    /// for our own sald's, but only the largest asker's query bytes for
+    /// relayed ones. Padding a forged small query to the full length would
+    /// make a relaying router an amplifier toward its upstream.
+    pad: usize,
+}
+
+/// One downstream sender (by source address) that holds entries here.
+#[derive(Debug, Clone, Copy)]
+struct Downstream {
+    /// Epoch of its latest announcement: a new one makes the router ask
+    /// for a resync.
+    latest: u64,
+    /// When it last announced something it holds (forgotten a maximum
+    /// lease later: all its entries are gone by then).
+    seen: Instant,
 }
 
 /// The service controller; see the module documentation.
@@ -453,6 +540,12 @@ pub struct Controller {
     next_refresh: Instant,
     upstreams: Vec<Upstream>,
     next_discover: Option<Instant>,
+    /// Nonce of the latest broadcast solicit (while discovering).
+    discover_nonce: Option<u64>,
+    /// Keys solicit nonces and the reply limiters' hashes
+    /// ([`Controller::set_secret`]).
+    secret: (u64, u64),
+    nonce_counter: u64,
     mode: Mode,
     default_targets: HashSet<TargetKey>,
     // --- router role ---
@@ -461,8 +554,19 @@ pub struct Controller {
     prefix_lens: Vec<u32>,
     rib_entries: usize,
     next_expiry: Option<Instant>,
-    /// Downstream senders and the epoch they last announced with.
-    downstreams: HashMap<SocketAddr, u64>,
+    /// Downstream senders holding entries, and the epoch they last
+    /// announced with (only to ask new runs for a resync; withdrawals are
+    /// checked against each entry's own epoch, [`Learned::epoch`]).
+    downstreams: HashMap<SocketAddr, Downstream>,
+    /// When forgotten downstreams are next swept out.
+    next_sweep: Instant,
+    /// Replies to unauthenticated queries and solicits, per source address;
+    /// `downstream_limiter` for sources that hold entries here.
+    reply_limiter: SourceLimiter,
+    downstream_limiter: SourceLimiter,
+    /// Turns the targets of answers cut short (each asker gets another
+    /// share of them).
+    answer_turn: usize,
     // --- resolution ---
     queries: HashMap<ServiceId, Pending>,
     /// The next query's ID: an answer is taken only from an upstream's
@@ -506,6 +610,8 @@ impl Controller {
                 addr,
                 router: None,
                 next_solicit: now,
+                nonce: None,
+                resyncs: (now, 0),
             })
             .collect();
         // Routers do not go looking for routers: a router without upstream
@@ -530,6 +636,9 @@ impl Controller {
             next_refresh: now + config.refresh,
             upstreams,
             next_discover,
+            discover_nonce: None,
+            secret: (epoch, !epoch),
+            nonce_counter: 0,
             mode,
             default_targets: HashSet::new(),
             rib: BTreeMap::new(),
@@ -537,6 +646,14 @@ impl Controller {
             rib_entries: 0,
             next_expiry: None,
             downstreams: HashMap::new(),
+            next_sweep: now,
+            reply_limiter: SourceLimiter::new(REPLY_RATE_PER_SECOND, REPLY_BURST, (epoch, 1)),
+            downstream_limiter: SourceLimiter::new(
+                DOWNSTREAM_RATE_PER_SECOND,
+                DOWNSTREAM_BURST,
+                (epoch, 2),
+            ),
+            answer_turn: 0,
             queries: HashMap::new(),
             next_query_id: epoch.rotate_left(32) | 1,
             cache: Deadlines::default(),
@@ -609,6 +726,17 @@ impl Controller {
     /// have a forged answer taken.
     pub fn set_query_secret(&mut self, secret: u64) {
         self.next_query_id = secret | 1;
+    }
+
+    /// Keys what off-path senders must not predict besides query IDs: the
+    /// nonces of solicits (an untagged advert is taken only with one) and
+    /// the hash that spreads sources over the reply limiters' buckets.
+    /// servd passes random bits; until then they follow from the epoch
+    /// (repeatable, for simulations).
+    pub fn set_secret(&mut self, secret: [u64; 2]) {
+        self.secret = (secret[0], secret[1]);
+        self.reply_limiter.rekey((secret[0], secret[1] ^ 1));
+        self.downstream_limiter.rekey((secret[0], secret[1] ^ 2));
     }
 
     /// Statistics of the replay guard: senders remembered.
@@ -973,26 +1101,36 @@ impl Controller {
                 self.on_withdraw(now, peer, from, prefixes)
             }
             Message::ResyncRequest { from } => {
-                if self.upstreams.iter().any(|u| u.addr == src) {
-                    tracing::info!(%src, upstream = %from.name, "upstream asked for a resync");
-                    self.send_full_refresh(now, Some(src));
-                } else {
-                    self.stats.dropped_unexpected += 1;
+                match self.upstreams.iter().position(|u| same_addr(u.addr, src)) {
+                    Some(index) => {
+                        tracing::info!(%src, upstream = %from.name, "upstream asked for a resync");
+                        self.resync(now, index, key.is_some());
+                    }
+                    None => self.stats.dropped_unexpected += 1,
                 }
             }
-            Message::Solicit { from } => {
-                if self.config.router {
+            Message::Solicit { from, nonce } => {
+                if !self.config.router {
+                    self.stats.dropped_unexpected += 1;
+                } else if key.is_some() || self.reply_allowed(now, src) {
                     tracing::debug!(%src, host = %from.name, "answering a solicit");
-                    self.send(src, &Message::Advert { from: self.node() });
-                } else {
-                    self.stats.dropped_unexpected += 1;
+                    let from = self.node();
+                    self.send(src, &Message::Advert { from, nonce });
                 }
             }
-            Message::Advert { from } => self.on_advert(now, src, from),
+            Message::Advert { from, nonce } => self.on_advert(now, src, key.is_some(), from, nonce),
             Message::Query { from, id, service } => {
                 self.stats.queries += 1;
                 tracing::debug!(%src, asker = %from.name, %service, "query");
-                self.answer_query(now, src, id, service);
+                // Unauthenticated: the source may be a victim's address.
+                // Answer at most a few times what came in, at a bounded rate
+                // (checked when an answer is sent, `send_answer`).
+                let waiter = Waiter {
+                    addr: src,
+                    id,
+                    query_len: key.is_none().then_some(bytes.len()),
+                };
+                self.answer_query(now, waiter, service);
             }
             Message::Answer {
                 from,
@@ -1013,6 +1151,7 @@ impl Controller {
             }
         }
         self.solicit(now);
+        self.sweep_downstreams(now);
         if self.next_expiry.is_some_and(|t| t <= now) {
             self.expire(now);
         }
@@ -1174,26 +1313,33 @@ impl Controller {
     fn solicit(&mut self, now: Instant) {
         let node = self.node();
         let mut due = Vec::new();
-        for upstream in &mut self.upstreams {
-            if upstream.next_solicit <= now {
+        for index in 0..self.upstreams.len() {
+            if self.upstreams[index].next_solicit <= now {
+                let nonce = self.next_nonce();
+                let upstream = &mut self.upstreams[index];
                 let interval = if upstream.router.is_some() {
                     self.config.lease
                 } else {
                     self.config.refresh
                 };
                 upstream.next_solicit = now + interval;
-                due.push(upstream.addr);
+                upstream.nonce = Some(nonce);
+                due.push((upstream.addr, nonce));
             }
         }
-        for addr in due {
-            self.send(addr, &Message::Solicit { from: node.clone() });
+        for (addr, nonce) in due {
+            let from = node.clone();
+            self.send(addr, &Message::Solicit { from, nonce });
         }
         if let (Some(at), Some(port)) = (self.next_discover, self.config.discover_port) {
             if at <= now {
                 if self.upstreams.is_empty() {
                     self.next_discover = Some(now + self.config.refresh);
+                    let nonce = self.next_nonce();
+                    self.discover_nonce = Some(nonce);
                     for broadcast in self.broadcast_addrs(port) {
-                        self.send(broadcast, &Message::Solicit { from: node.clone() });
+                        let from = node.clone();
+                        self.send(broadcast, &Message::Solicit { from, nonce });
                     }
                 } else {
                     self.next_discover = None;
@@ -1220,24 +1366,61 @@ impl Controller {
         out
     }
 
-    fn on_advert(&mut self, now: Instant, src: SocketAddr, from: Node) {
-        let index = match self.upstreams.iter().position(|u| u.addr == src) {
+    /// A router's advert: it is (still) there, at these locators, in this
+    /// run. Without a key anyone may forge its source address, so an
+    /// untagged advert is taken only when it carries the nonce of our
+    /// latest solicit to that address (or of our latest broadcast, while
+    /// discovering), which an off-path forger does not see; others are
+    /// counted as `refused_locator`. Its locators are then those it claims
+    /// at the address it came from ([`advert_locators`]).
+    fn on_advert(
+        &mut self,
+        now: Instant,
+        src: SocketAddr,
+        authenticated: bool,
+        mut from: Node,
+        nonce: u64,
+    ) {
+        let known = self.upstreams.iter().position(|u| same_addr(u.addr, src));
+        let solicited = match known {
+            Some(index) => self.upstreams[index].nonce == Some(nonce),
+            None => self.next_discover.is_some() && self.discover_nonce == Some(nonce),
+        };
+        if known.is_none() && self.next_discover.is_none() {
+            self.stats.dropped_unexpected += 1;
+            return;
+        }
+        if !authenticated && !solicited {
+            self.stats.refused_locator += 1;
+            if let Some(held) = self.log_limiter.allow("advert", now) {
+                tracing::warn!(
+                    %src,
+                    router = %from.name,
+                    similar_not_logged = held,
+                    "ignored an unauthenticated advert that answers none of our solicits"
+                );
+            }
+            return;
+        }
+        let index = match known {
             Some(index) => index,
-            None if self.next_discover.is_some() => {
+            None => {
                 tracing::info!(%src, router = %from.name, "discovered a service router");
                 self.upstreams.push(Upstream {
                     addr: src,
                     router: None,
                     next_solicit: now + self.config.lease,
+                    nonce: None,
+                    resyncs: (now, 0),
                 });
                 self.next_discover = None;
+                self.discover_nonce = None;
                 self.upstreams.len() - 1
             }
-            None => {
-                self.stats.dropped_unexpected += 1;
-                return;
-            }
         };
+        if !authenticated {
+            from.locators = advert_locators(src, &from);
+        }
         let previous = self.upstreams[index].router.replace(from.clone());
         match previous {
             None => {
@@ -1247,7 +1430,7 @@ impl Controller {
             }
             Some(old) if old.epoch != from.epoch => {
                 tracing::info!(%src, router = %from.name, "service router restarted; resyncing");
-                self.send_full_refresh(now, Some(src));
+                self.resync(now, index, authenticated);
             }
             Some(_) => {}
         }
@@ -1258,6 +1441,35 @@ impl Controller {
             self.mode = Mode::Connected;
         }
         self.update_default_route();
+    }
+
+    /// Sends upstream `index` everything we export, because it asked or
+    /// restarted. Untagged, that may be a forger's doing: at most
+    /// [`RESYNC_BURST`] a refresh interval ([`Upstream::resyncs`]).
+    fn resync(&mut self, now: Instant, index: usize, authenticated: bool) {
+        let upstream = &mut self.upstreams[index];
+        let (since, count) = &mut upstream.resyncs;
+        if now >= *since + self.config.refresh {
+            (*since, *count) = (now, 0);
+        }
+        if !authenticated && *count >= RESYNC_BURST {
+            tracing::debug!(addr = %upstream.addr, "resync left to the next refresh");
+            return;
+        }
+        *count += 1;
+        let addr = upstream.addr;
+        self.send_full_refresh(now, Some(addr));
+    }
+
+    /// A fresh solicit nonce: SipHash of a counter under the secret
+    /// ([`Controller::set_secret`]), unpredictable without it.
+    fn next_nonce(&mut self) -> u64 {
+        self.nonce_counter = self.nonce_counter.wrapping_add(1);
+        #[allow(deprecated)]
+        let mut hasher = std::hash::SipHasher::new_with_keys(self.secret.0, self.secret.1);
+        std::hash::Hasher::write_u64(&mut hasher, self.nonce_counter);
+        // Never 0: that is what an advert without a nonce carries.
+        std::hash::Hasher::finish(&hasher) | 1
     }
 
     /// Our locator kind (native IPv4 or UDP encapsulation) decides which of
@@ -1344,7 +1556,7 @@ impl Controller {
         full: bool,
     ) {
         let src = peer.src;
-        let IpAddr::V4(sender) = src.ip() else {
+        let Some(sender) = ipv4_of(src) else {
             self.stats.dropped_unexpected += 1;
             return;
         };
@@ -1353,21 +1565,11 @@ impl Controller {
             return;
         }
         self.stats.announcements += 1;
-        let known =
-            if self.downstreams.len() < MAX_DOWNSTREAMS || self.downstreams.contains_key(&src) {
-                self.downstreams.insert(src, from.epoch)
-            } else {
-                Some(from.epoch)
-            };
-        if known != Some(from.epoch) && !full {
-            // New to us (we restarted, or it did): get everything now
-            // rather than at its next refresh.
-            self.send(src, &Message::ResyncRequest { from: self.node() });
-        }
         let lease = Duration::from_millis(lease_ms).clamp(MIN_LEASE, self.config.max_lease);
         let announcer = Announcer {
             by: format!("{} ({})", from.name, src.ip()).into(),
             sender,
+            epoch: from.epoch,
             expires: now + lease,
             lease,
         };
@@ -1384,11 +1586,52 @@ impl Controller {
                 }
             }
         }
+        if !touched.is_empty() {
+            let known = self.downstreams.get(&src).map(|d| d.latest);
+            // No resync is asked of senders the table cannot hold.
+            let room = known.is_some() || self.downstreams.len() < MAX_DOWNSTREAMS;
+            if known != Some(from.epoch) && !full && room {
+                // New to us (we restarted, or it did): get everything now
+                // rather than at its next refresh. Only once something of
+                // it was accepted: an announcement of nothing (or of nothing
+                // the policy allows) gets no reply to a maybe forged source.
+                self.send(src, &Message::ResyncRequest { from: self.node() });
+            }
+            self.note_downstream(now, src, from.epoch);
+        }
         for prefix in touched {
             self.reconcile(now, prefix);
         }
         let expires = announcer.expires;
         self.next_expiry = Some(self.next_expiry.map_or(expires, |t| t.min(expires)));
+    }
+
+    /// Records that `src`, in run `epoch`, holds entries here. Only
+    /// senders that hold entries are recorded: announcements of nothing
+    /// (or of nothing the policy accepts) cannot fill the table.
+    fn note_downstream(&mut self, now: Instant, src: SocketAddr, epoch: u64) {
+        if let Some(known) = self.downstreams.get_mut(&src) {
+            known.latest = epoch;
+            known.seen = now;
+        } else if self.downstreams.len() < MAX_DOWNSTREAMS {
+            let known = Downstream {
+                latest: epoch,
+                seen: now,
+            };
+            self.downstreams.insert(src, known);
+        }
+    }
+
+    /// Forgets downstreams that have not announced for a maximum lease:
+    /// their entries have all expired, and the table has room again for
+    /// senders that come later.
+    fn sweep_downstreams(&mut self, now: Instant) {
+        if now < self.next_sweep {
+            return;
+        }
+        self.next_sweep = now + self.config.refresh;
+        let max_lease = self.config.max_lease;
+        self.downstreams.retain(|_, d| now < d.seen + max_lease);
     }
 
     /// Whether the policy lets `peer` speak for `prefix`, and with what
@@ -1400,9 +1643,7 @@ impl Controller {
         from: &Node,
         prefix: &ServicePrefix,
     ) -> Option<Grant> {
-        let IpAddr::V4(addr) = peer.src.ip() else {
-            return None;
-        };
+        let addr = ipv4_of(peer.src)?;
         let sender = Sender {
             addr,
             key: peer.key,
@@ -1511,6 +1752,11 @@ impl Controller {
                 learned.load = entry.load;
                 learned.expires = learned.expires.max(expires);
                 learned.lease = lease;
+                if learned.sender != sender {
+                    // Another sender's entry now (a key holder naming this
+                    // locator): withdrawn under that sender's epoch.
+                    learned.epoch = announcer.epoch;
+                }
                 learned.sender = sender;
                 if learned.by != *by {
                     learned.by = by.clone();
@@ -1523,6 +1769,7 @@ impl Controller {
                     Learned {
                         by: by.clone(),
                         sender,
+                        epoch: announcer.epoch,
                         announced_weight: entry.weight,
                         priority: entry.priority,
                         load: entry.load,
@@ -1602,6 +1849,10 @@ impl Controller {
 
     /// A withdrawal removes only what its sender could have announced:
     /// prefixes the policy lets it speak for, at locators it may name.
+    /// Without a key it must also carry the epoch of the run that created
+    /// each entry ([`Learned::epoch`]): anyone can forge the address, from
+    /// any port, but only the real sender (or someone who sees its traffic)
+    /// knows its epoch.
     fn on_withdraw(
         &mut self,
         now: Instant,
@@ -1613,7 +1864,7 @@ impl Controller {
             self.stats.dropped_unexpected += 1;
             return;
         }
-        let IpAddr::V4(sender) = peer.src.ip() else {
+        let Some(sender) = ipv4_of(peer.src) else {
             self.stats.dropped_unexpected += 1;
             return;
         };
@@ -1625,6 +1876,9 @@ impl Controller {
             };
             let mut removed = false;
             for locator in self.speakable(now, peer, &from, &prefix, grant, &claimed) {
+                if peer.key.is_none() && !self.withdrawable(now, peer, &from, &prefix, &locator) {
+                    continue;
+                }
                 removed |= self.forget(prefix, locator);
             }
             if removed {
@@ -1632,6 +1886,38 @@ impl Controller {
                 self.reconcile(now, prefix);
             }
         }
+    }
+
+    /// Whether an unauthenticated withdrawal may remove the entry of
+    /// `prefix` toward `locator`: only in the run that created it
+    /// ([`Learned::epoch`]). Refusals are counted and logged (bounded).
+    fn withdrawable(
+        &mut self,
+        now: Instant,
+        peer: Peer<'_>,
+        from: &Node,
+        prefix: &ServicePrefix,
+        locator: &Locator,
+    ) -> bool {
+        let epoch = self
+            .rib
+            .get(prefix)
+            .and_then(|t| t.get(locator))
+            .map(|l| l.epoch);
+        if epoch.is_none_or(|e| e == from.epoch) {
+            return true;
+        }
+        self.stats.refused_withdraw += 1;
+        if let Some(held) = self.log_limiter.allow("withdraw", now) {
+            tracing::warn!(
+                src = %peer.src,
+                host = %from.name,
+                %prefix,
+                similar_not_logged = held,
+                "refused an unauthenticated withdrawal from another run than the announcer's"
+            );
+        }
+        false
     }
 
     /// Removes one learned entry and its rule; true if there was one.
@@ -1716,6 +2002,7 @@ impl Controller {
                     prefix: *local,
                     targets,
                     ttl_ms,
+                    partial: false,
                 })
             }
             (_, Some((prefix, targets))) => {
@@ -1733,50 +2020,152 @@ impl Controller {
                         })
                         .collect(),
                     ttl_ms,
+                    partial: false,
                 })
             }
             _ => None,
         }
     }
 
-    fn answer_query(&mut self, now: Instant, src: SocketAddr, id: u64, service: ServiceId) {
+    fn answer_query(&mut self, now: Instant, asker: Waiter, service: ServiceId) {
         if let Some(route) = self.lookup(&service) {
-            self.send(
-                src,
-                &Message::Answer {
-                    from: self.node(),
-                    id,
-                    service,
-                    route: Some(route),
-                },
-            );
+            self.send_answer(now, asker, service, Some(route));
         } else if !self.upstreams.is_empty() {
             // Not ours to know: ask further up, answer when it comes back.
-            self.start_query(now, service, Some((src, id)));
+            self.start_query(now, service, Some(asker));
         } else {
-            self.send(
-                src,
-                &Message::Answer {
-                    from: self.node(),
-                    id,
-                    service,
-                    route: None,
-                },
+            self.send_answer(now, asker, service, None);
+        }
+    }
+
+    /// Whether an unauthenticated reply (answer, advert) may be sent to
+    /// `src` now (per-source rate, [`SourceLimiter`]); refusals are counted
+    /// and logged at a bounded rate. Sources that hold entries here (our
+    /// downstream hosts and site routers, the latter relaying their own
+    /// hosts' queries) get a much higher rate than others: forging one of
+    /// their addresses buys a forger that rate toward that one address.
+    fn reply_allowed(&mut self, now: Instant, src: SocketAddr) -> bool {
+        let downstream = ipv4_of(src).is_some_and(|ip| self.per_sender.contains_key(&ip));
+        let limiter = if downstream {
+            &mut self.downstream_limiter
+        } else {
+            &mut self.reply_limiter
+        };
+        if limiter.allow(src.ip(), now) {
+            return true;
+        }
+        self.stats.refused_answer_rate += 1;
+        if let Some(held) = self.log_limiter.allow("reply rate", now) {
+            tracing::warn!(
+                %src,
+                similar_not_logged = held,
+                "left an unauthenticated query or solicit unanswered: its source is over its rate"
             );
+        }
+        false
+    }
+
+    /// Answers `asker`. The answer's sender carries no locators (the asker
+    /// only uses the name). With a budget (an unauthenticated query, whose
+    /// source may be forged), targets are left out until the datagram fits
+    /// in it: the highest-priority ones first, turned by one for each such
+    /// answer so that askers share the instances; the route is then marked
+    /// `partial` (the asker keeps it only briefly). A positive answer with
+    /// no target that fits is not sent at all (the asker asks again or
+    /// gives up, rather than cache a wrong "no such service"). Only answers
+    /// actually sent count against the source's rate.
+    fn send_answer(
+        &mut self,
+        now: Instant,
+        asker: Waiter,
+        service: ServiceId,
+        route: Option<Route>,
+    ) {
+        let answer = |route: Option<Route>, node: Node| Message::Answer {
+            from: node,
+            id: asker.id,
+            service,
+            route,
+        };
+        let node = Node {
+            locators: Vec::new(),
+            ..self.node()
+        };
+        let Some(budget) = asker.budget() else {
+            self.send(asker.addr, &answer(route, node));
+            return;
+        };
+        let size = |route: &Option<Route>| {
+            wire::encode(&answer(route.clone(), node.clone()), None).map_or(usize::MAX, |b| b.len())
+        };
+        let mut route = route;
+        if size(&route) > budget {
+            let fitted = route.as_mut().and_then(|route| {
+                route.partial = true;
+                let n = route.targets.len();
+                route.targets.sort_by_key(|t| std::cmp::Reverse(t.priority));
+                let top = route
+                    .targets
+                    .iter()
+                    .take_while(|t| t.priority == route.targets[0].priority)
+                    .count();
+                self.answer_turn = self.answer_turn.wrapping_add(1);
+                route.targets[..top].rotate_left(self.answer_turn % top.max(1));
+                // The most targets that fit (sizes grow with the count).
+                let all = std::mem::take(&mut route.targets);
+                let (mut fits, mut over) = (0, n);
+                while fits + 1 < over {
+                    let mid = (fits + over) / 2;
+                    route.targets = all[..mid].to_vec();
+                    if size(&Some(route.clone())) <= budget {
+                        fits = mid;
+                    } else {
+                        over = mid;
+                    }
+                }
+                route.targets = all[..fits].to_vec();
+                (fits > 0).then_some(())
+            });
+            self.stats.refused_answer_size += 1;
+            let withheld = fitted.is_none();
+            if let Some(held) = self.log_limiter.allow("answer size", now) {
+                tracing::warn!(
+                    to = %asker.addr,
+                    %service,
+                    budget,
+                    withheld,
+                    similar_not_logged = held,
+                    "cut an unauthenticated answer to a few times the query's size"
+                );
+            }
+            if withheld {
+                return;
+            }
+        }
+        if self.reply_allowed(now, asker.addr) {
+            self.send(asker.addr, &answer(route, node));
         }
     }
 
     /// Asks the upstreams about `service`, for our own sald (`waiter` None)
     /// or on behalf of a downstream asker.
-    fn start_query(&mut self, now: Instant, service: ServiceId, waiter: Option<(SocketAddr, u64)>) {
+    fn start_query(&mut self, now: Instant, service: ServiceId, waiter: Option<Waiter>) {
         if let Some(pending) = self.queries.get_mut(&service) {
             match waiter {
                 Some(waiter) => {
-                    if !pending.waiters.contains(&waiter) && pending.waiters.len() < MAX_WAITERS {
+                    let known = pending
+                        .waiters
+                        .iter()
+                        .any(|w| (w.addr, w.id) == (waiter.addr, waiter.id));
+                    if !known && pending.waiters.len() < MAX_WAITERS {
+                        pending.pad = pending.pad.max(waiter.query_len.unwrap_or(0));
                         pending.waiters.push(waiter);
                     }
                 }
-                None => pending.local = true,
+                None => {
+                    pending.local = true;
+                    pending.pad = QUERY_PAD_LEN;
+                }
             }
             return;
         }
@@ -1794,6 +2183,10 @@ impl Controller {
         }
         let id = self.next_query_id;
         self.next_query_id = self.next_query_id.wrapping_add(1);
+        let pad = match waiter {
+            Some(waiter) => waiter.query_len.unwrap_or(0),
+            None => QUERY_PAD_LEN,
+        };
         self.queries.insert(
             service,
             Pending {
@@ -1802,20 +2195,37 @@ impl Controller {
                 tries: 1,
                 local: waiter.is_none(),
                 waiters: waiter.into_iter().collect(),
+                pad,
             },
         );
         tracing::debug!(%service, id, "querying upstream");
-        self.send_query(id, service);
+        self.send_query(id, service, pad);
     }
 
-    fn send_query(&mut self, id: u64, service: ServiceId) {
+    /// Sends query `id` to every upstream; without a key, padded to `pad`
+    /// bytes ([`Pending::pad`]) so that the answer may be a full one (see
+    /// [`ANSWER_FACTOR`]). The sender goes without locators (the answer
+    /// goes to the datagram's source): a relayed query is then about as
+    /// small as the asker's.
+    fn send_query(&mut self, id: u64, service: ServiceId, pad: usize) {
         let message = Message::Query {
-            from: self.node(),
+            from: Node {
+                locators: Vec::new(),
+                ..self.node()
+            },
             id,
             service,
         };
+        let mut bytes = match self.sealer().seal(&message) {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::warn!(%error, "could not encode a query");
+                return;
+            }
+        };
+        pad_untagged(&mut bytes, pad);
         for addr in self.upstreams.iter().map(|u| u.addr).collect::<Vec<_>>() {
-            self.send(addr, &message);
+            self.push_transmit(addr, bytes.clone());
         }
     }
 
@@ -1839,8 +2249,8 @@ impl Controller {
             }
             pending.tries += 1;
             pending.deadline = now + self.config.query_timeout;
-            let id = pending.id;
-            self.send_query(id, service);
+            let (id, pad) = (pending.id, pending.pad);
+            self.send_query(id, service, pad);
         }
     }
 
@@ -1854,7 +2264,7 @@ impl Controller {
         route: Option<Route>,
     ) {
         // Only the upstreams we asked may answer.
-        let from_upstream = self.upstreams.iter().any(|u| u.addr == src);
+        let from_upstream = self.upstreams.iter().any(|u| same_addr(u.addr, src));
         if !from_upstream || self.queries.get(&service).is_none_or(|q| q.id != id) {
             self.stats.dropped_unexpected += 1;
             return;
@@ -1871,16 +2281,8 @@ impl Controller {
             self.stats.negative_answers += 1;
         }
         tracing::debug!(%service, by = %from.name, positive = route.is_some(), "answer");
-        for (addr, their_id) in &pending.waiters {
-            self.send(
-                *addr,
-                &Message::Answer {
-                    from: self.node(),
-                    id: *their_id,
-                    service,
-                    route: route.clone(),
-                },
-            );
+        for waiter in &pending.waiters {
+            self.send_answer(now, *waiter, service, route.clone());
         }
         if pending.local {
             self.install_answer(now, &from.name, service, route);
@@ -1896,7 +2298,12 @@ impl Controller {
         };
         match route {
             Some(route) => {
-                let ttl = Duration::from_millis(route.ttl_ms).min(self.config.cache_lifetime);
+                let mut ttl = Duration::from_millis(route.ttl_ms).min(self.config.cache_lifetime);
+                if route.partial {
+                    // Some instances were left out to fit the answer: keep
+                    // it no longer than a negative answer, then ask again.
+                    ttl = ttl.min(self.config.negative_lifetime);
+                }
                 for target in route.targets.iter().take(MAX_ANSWER_TARGETS) {
                     let key = TargetKey::Forward {
                         locator: target.locator,
@@ -2045,6 +2452,46 @@ fn operator_rules(rules: &[Rule]) -> HashMap<ServicePrefix, StaticRule> {
         }
     }
     statics
+}
+
+/// The locators an unauthenticated advert may give its router, as an
+/// announcement's are held to its source address: those it claims at the
+/// address it came from (a multi-homed router is reached at the address
+/// its upstream is configured with, or it was discovered at), or that
+/// address itself if it claims none there.
+fn advert_locators(src: SocketAddr, from: &Node) -> Vec<Locator> {
+    // Locators are IPv4: an IPv6 source vouches for none of them.
+    let Some(ip) = ipv4_of(src) else {
+        return Vec::new();
+    };
+    let mut own: Vec<Locator> = from
+        .locators
+        .iter()
+        .take(MAX_LOCATORS)
+        .filter(|l| l.ip() == ip)
+        .copied()
+        .collect();
+    if own.is_empty() {
+        own.push(Locator::Ipv4(ip));
+    }
+    own
+}
+
+/// The IPv4 address a datagram came from, also when a dual-stack socket
+/// reports it as an IPv4-mapped IPv6 address (`::ffff:10.0.0.1`): locators
+/// and policy are IPv4, and a mapped source is that IPv4 host.
+fn ipv4_of(src: SocketAddr) -> Option<Ipv4Addr> {
+    match src.ip().to_canonical() {
+        IpAddr::V4(ip) => Some(ip),
+        IpAddr::V6(_) => None,
+    }
+}
+
+/// Whether two socket addresses name the same endpoint, IPv4-mapped IPv6
+/// addresses being their IPv4 address (a configured `--upstream 10.0.0.1`
+/// answers a dual-stack socket from `::ffff:10.0.0.1`).
+fn same_addr(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical()
 }
 
 fn on_link(interface: &LocalInterface, ip: Ipv4Addr) -> bool {

@@ -288,8 +288,15 @@ pub async fn serve(
         authenticated = !config.keys.is_empty(),
         "servd starting"
     );
+    // Without a key, anyone who can send a datagram with a forged source
+    // address takes part in the routing, within the policy: say so once,
+    // where operators look, rather than only in the README.
+    if config.keys.is_empty() && (config.router || !config.upstreams.is_empty()) {
+        tracing::warn!("announcements are not authenticated; see README Shared-key authentication");
+    }
     let mut controller = Controller::new(config, now, epoch);
     controller.set_query_secret(rand::random());
+    controller.set_secret(rand::random());
     controller.set_unix_time(now, unix_now_ms());
     let (commands, mut link_events) = sald_link::spawn(path, link);
     let mut connected = false;
@@ -367,6 +374,9 @@ fn report_stats(before: &Stats, now: &Stats) {
             refused_prefixes = now.refused_prefix - before.refused_prefix,
             refused_locators = now.refused_locator - before.refused_locator,
             over_limit = now.refused_over_limit - before.refused_over_limit,
+            refused_withdrawals = now.refused_withdraw - before.refused_withdraw,
+            refused_answer_rate = now.refused_answer_rate - before.refused_answer_rate,
+            refused_answer_size = now.refused_answer_size - before.refused_answer_size,
             "refused messages or announcements since the last report (totals in the next line)"
         );
         tracing::info!(stats = ?now, "counters");

@@ -8,7 +8,8 @@
 //! - [`keys`]: the shared keys messages are tagged with.
 //! - [`replay`]: refusing captured tagged datagrams sent again.
 //! - [`policy`]: what a router accepts from announcements.
-//! - [`log_limit`]: log lines that senders trigger, at a bounded rate.
+//! - [`log_limit`]: log lines that senders trigger, and replies to
+//!   unauthenticated queries and solicits, at a bounded rate.
 //! - [`driver`]: the tokio shell around it (one UDP socket on the host
 //!   network, the UDP loop and the signals).
 //! - [`sald_link`]: everything said to the local sald (its own task:

@@ -26,6 +26,14 @@
 //! address of its datagram unless a rule with `foreign_locators` allows
 //! otherwise for a tagged datagram: without that, anyone who can send a
 //! datagram could point a prefix at a third host.
+//!
+//! A prefix inside one another sender holds (`beef01/24` under someone's
+//! `beef/16`) is accepted like any other: hierarchies rely on it (a core
+//! router hears `beef/16` from one site and `beef01/24` from another), and
+//! refusing it would let whoever announces a covering prefix first lock the
+//! others out. By longest-prefix match it takes that part of the covering
+//! sender's traffic, so where senders do not trust each other, `[[allow]]`
+//! entries (or a key) say who may announce what.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};

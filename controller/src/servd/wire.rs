@@ -131,6 +131,11 @@ pub struct Route {
     pub targets: Vec<RouteTarget>,
     /// How long the asker may cache it.
     pub ttl_ms: u64,
+    /// Some targets were left out to fit the answer in a few times the
+    /// query's bytes (an unauthenticated query): the asker keeps it only
+    /// briefly rather than as the complete set.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
 }
 
 /// Everything controllers say to each other.
@@ -158,6 +163,7 @@ pub enum Message {
     Withdraw {
         /// The withdrawing controller; only locators it could have announced
         /// (its source address, or others its policy grant allows) are removed.
+        /// Untagged, its epoch must be that of the run that announced.
         from: Node,
         /// Prefixes to remove, each held to the same policy as announcing.
         prefixes: Vec<ServicePrefix>,
@@ -175,14 +181,26 @@ pub enum Message {
         /// The soliciting host (only logged: the advert goes to the
         /// datagram's source address).
         from: Node,
+        /// Random per solicit, echoed in the advert: an untagged advert is
+        /// taken only with the nonce of the host's latest solicit, which an
+        /// off-path forger of the router's address does not see.
+        #[serde(default)]
+        nonce: u64,
     },
     /// A router's answer to a solicit: its locators (for the default route).
     Advert {
         /// The router: a new epoch makes the host send it a full refresh,
-        /// and its locators are where the default route points.
+        /// and its locators are where the default route points (untagged:
+        /// only those at the advert's source address, and only with the
+        /// solicit's nonce).
         from: Node,
+        /// The nonce of the solicit answered.
+        #[serde(default)]
+        nonce: u64,
     },
     /// "How do I reach `service`?" (a DELAY rule held a packet for it).
+    /// Untagged, it is padded with whitespace ([`pad_untagged`]) and the
+    /// answer is at most a few times its size.
     Query {
         /// The asking controller (only logged: the answer goes to the
         /// datagram's source address).
@@ -195,7 +213,7 @@ pub enum Message {
     /// The answer to query `id`; `route: None` means no such service.
     Answer {
         /// The answering controller; its name becomes the cached rules'
-        /// origin (`resolved NAME`).
+        /// origin (`resolved NAME`). Sent without locators (unused).
         from: Node,
         /// The `id` of the query answered; answers matching no pending
         /// query of that service are dropped.
@@ -214,8 +232,8 @@ impl Message {
             Message::Announce { from, .. }
             | Message::Withdraw { from, .. }
             | Message::ResyncRequest { from }
-            | Message::Solicit { from }
-            | Message::Advert { from }
+            | Message::Solicit { from, .. }
+            | Message::Advert { from, .. }
             | Message::Query { from, .. }
             | Message::Answer { from, .. } => from,
         }
@@ -323,6 +341,23 @@ pub fn decode<'k>(
         serde_json::from_slice(body).map_err(|e| WireError::Malformed(e.to_string()))?;
     validate(&message)?;
     Ok((message, auth))
+}
+
+/// Pads an untagged datagram with JSON whitespace (which every decoder
+/// skips) to `len` bytes, at most [`MAX_DATAGRAM`]. Tagged datagrams are
+/// left alone: the tag covers the body.
+///
+/// Without a key, a router answers a query with at most a few times the
+/// query's bytes (a forged source must not turn a small query into a big
+/// answer toward a victim); a querier that pads gets room for a full
+/// answer, as QUIC clients pad their first packet.
+pub fn pad_untagged(datagram: &mut Vec<u8>, len: usize) {
+    if datagram.len() > HEADER_LEN && datagram[5] & FLAG_TAGGED == 0 {
+        let len = len.min(MAX_DATAGRAM);
+        if datagram.len() < len {
+            datagram.resize(len, b' ');
+        }
+    }
 }
 
 fn be_u64(bytes: &[u8]) -> u64 {
@@ -468,8 +503,28 @@ mod tests {
     };
 
     #[test]
+    fn padded_untagged_datagrams_decode_and_tagged_ones_are_left_alone() {
+        let message = Message::Solicit {
+            from: node(),
+            nonce: 7,
+        };
+        let mut plain = encode(&message, None).unwrap();
+        pad_untagged(&mut plain, 1200);
+        assert_eq!(plain.len(), 1200);
+        assert_eq!(decode(&plain, &Keyring::none()).unwrap().0, message);
+        let secret = key("domain", "0123456789abcdef");
+        let mut tagged = encode(&message, Some((&secret, STAMP))).unwrap();
+        let before = tagged.clone();
+        pad_untagged(&mut tagged, 1200);
+        assert_eq!(tagged, before);
+    }
+
+    #[test]
     fn round_trip_with_and_without_key() {
-        let message = Message::Solicit { from: node() };
+        let message = Message::Solicit {
+            from: node(),
+            nonce: 7,
+        };
         let secret = key("domain", "0123456789abcdef");
         let ring = Keyring::with_signing(secret.clone());
         let other = Keyring::with_signing(key("other", "fedcba9876543210"));
@@ -503,7 +558,14 @@ mod tests {
         let theirs = key("site-b", "another key of 16+ bytes");
         let mut ring = Keyring::with_signing(ours);
         ring.accept(theirs.clone()).unwrap();
-        let datagram = encode(&Message::Advert { from: node() }, Some((&theirs, STAMP))).unwrap();
+        let datagram = encode(
+            &Message::Advert {
+                from: node(),
+                nonce: 7,
+            },
+            Some((&theirs, STAMP)),
+        )
+        .unwrap();
         let (_, auth) = decode(&datagram, &ring).unwrap();
         assert_eq!(auth.unwrap().key.name(), "site-b");
     }
@@ -529,7 +591,14 @@ mod tests {
         );
         // Every truncation of a valid datagram fails cleanly.
         let signer = key("k", "0123456789abcdef");
-        let good = encode(&Message::Advert { from: node() }, Some((&signer, STAMP))).unwrap();
+        let good = encode(
+            &Message::Advert {
+                from: node(),
+                nonce: 7,
+            },
+            Some((&signer, STAMP)),
+        )
+        .unwrap();
         for len in 0..good.len() {
             assert!(decode(&good[..len], &ring).is_err());
         }
