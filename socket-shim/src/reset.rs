@@ -41,17 +41,23 @@ pub struct ResetWatch {
 }
 
 impl ResetWatch {
-    /// This end shut its writing down.
+    /// This end is about to shut its writing down (call before the
+    /// shutdown itself).
     pub fn write_shut(&self) {
-        self.write_shut.store(true, Ordering::Relaxed);
+        self.write_shut.store(true, Ordering::Release);
     }
 
     /// A read of `fd` returned end of file: `ECONNRESET` if the flow was
     /// reset and this is the first time it shows.
+    ///
+    /// The hang-up is looked at before the record of this end's own
+    /// shutdown: a shutdown in another thread that lands in between (and
+    /// sald's close of a finished flow after it) is then seen, where the
+    /// other order would take that finished flow for a reset.
     pub fn end_of_file(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
-        if self.write_shut.load(Ordering::Relaxed)
-            || self.reported.load(Ordering::Relaxed)
+        if self.reported.load(Ordering::Relaxed)
             || !hung_up(fd)
+            || self.write_shut.load(Ordering::Acquire)
             || self.reported.swap(true, Ordering::Relaxed)
         {
             return Ok(());

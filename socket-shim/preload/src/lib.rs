@@ -610,15 +610,23 @@ fn read_done(fd: c_int, asked: size_t, got: ssize_t) -> ssize_t {
     reset_read(fd)
 }
 
-/// [`read_done`]'s end of file on a descriptor that may be ours.
+/// [`read_done`]'s end of file on a descriptor that may be ours. The
+/// program's `errno` is left as the read left it unless this is a reset
+/// (the table lock or `poll` may change it on the way).
 #[cold]
 fn reset_read(fd: c_int) -> ssize_t {
+    let errno = std::io::Error::last_os_error().raw_os_error();
     match catch_unwind(|| ops::reset_at_end(fd)) {
         Ok(true) => {
             set_errno(libc::ECONNRESET);
             -1
         }
-        _ => 0,
+        _ => {
+            if let Some(errno) = errno {
+                set_errno(errno);
+            }
+            0
+        }
     }
 }
 
@@ -630,7 +638,12 @@ fn reset_read(fd: c_int) -> ssize_t {
 /// As `shutdown(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn shutdown(fd: c_int, how: c_int) -> c_int {
-    if matches!(how, libc::SHUT_WR | libc::SHUT_RDWR) && table::maybe_tracked(fd) {
+    // Only connected flows (tracked, their data calls not intercepted)
+    // take the table lock: a signal handler that shuts a listener down to
+    // wake an accept loop must not wait on a lock the thread it
+    // interrupted may hold.
+    let flow = table::maybe_tracked(fd) && !table::maybe_intercepted(fd);
+    if matches!(how, libc::SHUT_WR | libc::SHUT_RDWR) && flow {
         let _ = catch_unwind(|| ops::write_shut(fd));
     }
     // SAFETY: forwarding the caller's arguments unchanged.
