@@ -60,11 +60,16 @@ pub(super) async fn drain(
     };
     let deadline =
         wait_ms.map(|ms| tokio::time::Instant::now() + Duration::from_millis(ms).min(MAX_WAIT));
+    let rations = client.context.rations.clone();
     loop {
         let left = pending(&shared, &listeners);
         match deadline {
             Some(deadline) if left > 0 && tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(POLL).await;
+                // Each look costs what the user bound to the prefix (up to
+                // its `bindings_per_uid` listeners): many waiting drains
+                // take their user's ration, not everyone's thread.
+                rations.wait(client.uid, client.privileged).await;
             }
             _ => {
                 let pending = u32::try_from(left).unwrap_or(u32::MAX);
