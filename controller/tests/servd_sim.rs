@@ -1288,8 +1288,11 @@ fn advert(name: &str, epoch: u64, locators: Vec<Locator>) -> Message {
 /// forged advert naming another locator, in the router's own run or in a
 /// new one (as if it had restarted), used to move the host's default route
 /// there: every connect to a service the host did not know went to the
-/// forger. Without a key, an advert's locators are now its source address
-/// only, and a default route, once it has one, is not moved by adverts.
+/// forger. Without a key, an advert is now taken only when it echoes the
+/// nonce of the host's latest solicit to that address, which an off-path
+/// forger does not see, and its locators are those at its source address.
+/// A solicited advert (the router's own answer) may still move the
+/// default route, to the router's new UDP port say.
 #[test]
 fn a_forged_advert_from_the_routers_address_does_not_move_the_default_route() {
     let mut net = Net::new();
@@ -1365,32 +1368,51 @@ fn a_multi_homed_router_that_restarts_keeps_its_hosts_default_route_and_routes()
     assert_eq!(net.hosts[h].controller.stats().refused_locator, 0);
 }
 
-/// A withdrawal forged from an announcer's address used to remove its
-/// route until its next refresh. Without a key, a withdrawal must now
-/// carry the epoch of the run that announced, which an off-path forger
-/// does not know; announcing first under an epoch of its own does not
-/// help it while the real host keeps refreshing. The host's own
-/// withdrawals work at once, and again one lease after it restarts.
+/// Without a key a withdrawal is held to its source address only, as
+/// before: one from the announcer's address, in any run and from any
+/// port, removes its routes (the host's next refresh brings them back).
+/// Requiring the epoch of the announcing run protected nothing (adverts
+/// and answers carry it) and kept a restarted servd from withdrawing its
+/// own routes for a lease. Only a key keeps a forger from withdrawing.
 #[test]
-fn a_withdrawal_forged_from_an_announcers_address_is_refused_without_its_epoch() {
+fn without_a_key_a_withdrawal_from_the_announcers_address_removes_its_route() {
     let mut net = Net::new();
     let r = net.router(1, &[]);
     let h = net.host(2, &[1]);
     net.run(Duration::from_millis(50));
     net.register(h, "beef/16");
+    assert_eq!(net.hosts[r].forwards("beef/16"), vec![(loc(2), 1)]);
     let forged = plain(&withdrawal("h2", 0xbad, vec![], &["beef/16"]));
     net.inject(addr(2), r, &forged);
-    net.inject(
-        addr(2),
-        r,
-        &plain(&announcement("h2", 0xbad, vec![], &[("beef/16", 0)])),
-    );
-    net.inject(addr(2), r, &forged);
+    assert!(net.hosts[r].forwards("beef/16").is_empty());
     net.run(REFRESH);
-    net.inject(addr(2), r, &forged);
-    assert!(net.entry(r, "beef/16", loc(2)).is_some());
-    assert_eq!(net.hosts[r].controller.stats().refused_withdraw, 3);
+    assert_eq!(net.hosts[r].forwards("beef/16"), vec![(loc(2), 1)]);
+    // Routes belong to the address, not to one of its ports.
+    let other = SocketAddr::new(ip(2).into(), 9999);
+    net.inject(other, r, &forged);
+    assert!(net.hosts[r].forwards("beef/16").is_empty());
     net.run(REFRESH);
+    assert_eq!(net.hosts[r].forwards("beef/16"), vec![(loc(2), 1)]);
+    // Another address cannot withdraw them.
+    net.inject(addr(66), r, &forged);
+    assert_eq!(net.hosts[r].forwards("beef/16"), vec![(loc(2), 1)]);
+}
+
+/// A host that restarts servd withdraws what it announces again at once:
+/// the entry is its address's, whatever run created it.
+#[test]
+fn a_host_that_restarts_servd_withdraws_its_routes_at_once() {
+    let mut net = Net::new();
+    let r = net.router(1, &[]);
+    let h = net.host(2, &[1]);
+    net.run(Duration::from_millis(50));
+    net.register(h, "beef/16");
+    assert_eq!(net.hosts[r].forwards("beef/16"), vec![(loc(2), 1)]);
+    let mut c = config("h2");
+    c.upstreams = vec![addr(1)];
+    net.restart(h, c, 4242);
+    net.run(Duration::from_millis(50));
+    net.register(h, "beef/16");
     assert_eq!(net.hosts[r].forwards("beef/16"), vec![(loc(2), 1)]);
     net.event(
         h,
@@ -1398,27 +1420,6 @@ fn a_withdrawal_forged_from_an_announcers_address_is_refused_without_its_epoch()
             prefix: p("beef/16"),
         },
     );
-    assert!(
-        net.hosts[r].forwards("beef/16").is_empty(),
-        "withdrawn at once"
-    );
-
-    // A restarted host: its first lease's withdrawals are refused (the
-    // entry expires with its lease instead), then they count again.
-    net.register(h, "beef/16");
-    let mut c = config("h2");
-    c.upstreams = vec![addr(1)];
-    net.restart(h, c, 4242);
-    net.register(h, "beef/16");
-    let unregister = ControlEvent::Unregistered {
-        prefix: p("beef/16"),
-    };
-    net.event(h, unregister.clone());
-    assert_eq!(net.hosts[r].forwards("beef/16"), vec![(loc(2), 1)]);
-    net.run(LEASE + Duration::from_millis(50));
-    assert!(net.hosts[r].forwards("beef/16").is_empty(), "expired");
-    net.register(h, "beef/16");
-    net.event(h, unregister);
     assert!(
         net.hosts[r].forwards("beef/16").is_empty(),
         "withdrawn at once"
@@ -1543,64 +1544,12 @@ fn latest_solicit_nonce(net: &Net, from: u8, to: SocketAddr) -> u64 {
         .expect("a solicit")
 }
 
-/// The epoch check of withdrawals used to be per source ip:port while
-/// routes belong to the sender's IP: a forger announced nothing from
-/// another port of the host's address, under an epoch of its own, and
-/// withdrew the host's route with it. The epoch is now that of each entry.
+/// An entry a forger created first from the host's address (a restarted
+/// router, before the host's refresh) is the host's as much as the
+/// forger's: the host's refresh keeps it and its own withdrawal removes it
+/// at once.
 #[test]
-fn a_withdrawal_forged_from_another_source_port_is_refused() {
-    let mut net = Net::new();
-    let r = net.router(1, &[]);
-    let h = net.host(2, &[1]);
-    net.run(Duration::from_millis(50));
-    net.register(h, "beef/16");
-    assert_eq!(net.hosts[r].forwards("beef/16"), vec![(loc(2), 1)]);
-    let other = SocketAddr::new(ip(2).into(), 9999);
-    net.inject(other, r, &plain(&announcement("h2", 0xbad, vec![], &[])));
-    let forged = withdrawal("h2", 0xbad, vec![], &["beef/16"]);
-    net.inject(other, r, &plain(&forged));
-    assert_eq!(net.hosts[r].forwards("beef/16"), vec![(loc(2), 1)]);
-    assert_eq!(net.hosts[r].controller.stats().refused_withdraw, 1);
-}
-
-/// Whoever announced first from an address used to own its withdrawals:
-/// after a router restart, a forger's empty announcements from the host's
-/// address made the forger's epoch the owner, and its withdrawals then
-/// removed the host's route. Entries now carry the epoch that created
-/// them, and announcements of nothing record nothing.
-#[test]
-fn a_forgers_empty_announcements_win_no_right_to_withdraw() {
-    let mut net = Net::new();
-    let r = net.router(1, &[]);
-    let h = net.host(2, &[1]);
-    net.run(Duration::from_millis(50));
-    net.register(h, "beef/16");
-    let mut c = config("r1");
-    c.router = true;
-    net.restart(r, c, 77);
-    let empty = plain(&announcement("h2", 0xbad, vec![], &[]));
-    net.inject(addr(2), r, &empty);
-    for _ in 0..4 {
-        net.run(REFRESH);
-        net.inject(addr(2), r, &empty);
-    }
-    assert_eq!(net.hosts[r].forwards("beef/16"), vec![(loc(2), 1)]);
-    net.inject(
-        addr(2),
-        r,
-        &plain(&withdrawal("h2", 0xbad, vec![], &["beef/16"])),
-    );
-    assert_eq!(net.hosts[r].forwards("beef/16"), vec![(loc(2), 1)]);
-    assert_eq!(net.hosts[r].controller.stats().refused_withdraw, 1);
-}
-
-/// A forger that announces the host's prefix from its address before the
-/// host does (a restarted router) creates that entry under its own epoch
-/// and may withdraw it; the host's next refresh brings it back under the
-/// host's epoch, after which the forger's withdrawals are refused and the
-/// host's own work.
-#[test]
-fn an_entry_a_forger_created_comes_back_under_the_hosts_epoch() {
+fn an_entry_a_forger_created_first_is_the_hosts_to_withdraw() {
     let mut net = Net::new();
     let r = net.router(1, &[]);
     let h = net.host(2, &[1]);
@@ -1610,13 +1559,9 @@ fn an_entry_a_forger_created_comes_back_under_the_hosts_epoch() {
     c.router = true;
     net.restart(r, c, 77);
     let grab = plain(&announcement("h2", 0xbad, vec![], &[("beef/16", 0)]));
-    let forged = plain(&withdrawal("h2", 0xbad, vec![], &["beef/16"]));
     net.inject(addr(2), r, &grab);
-    net.inject(addr(2), r, &forged);
-    assert!(net.hosts[r].forwards("beef/16").is_empty(), "its own entry");
+    assert!(net.entry(r, "beef/16", loc(2)).is_some(), "the forger's");
     net.run(REFRESH);
-    assert_eq!(net.hosts[r].forwards("beef/16"), vec![(loc(2), 1)]);
-    net.inject(addr(2), r, &forged);
     assert_eq!(net.hosts[r].forwards("beef/16"), vec![(loc(2), 1)]);
     net.event(
         h,
@@ -1624,7 +1569,10 @@ fn an_entry_a_forger_created_comes_back_under_the_hosts_epoch() {
             prefix: p("beef/16"),
         },
     );
-    assert!(net.hosts[r].forwards("beef/16").is_empty());
+    assert!(
+        net.hosts[r].forwards("beef/16").is_empty(),
+        "withdrawn at once"
+    );
 }
 
 /// Refusing a prefix inside one another sender holds let whoever announced
@@ -1881,4 +1829,99 @@ fn a_relayed_query_is_no_larger_than_the_askers() {
     eprintln!("a {} B query relayed as {} B", query.len(), up[0]);
     // Its own name (at most 64 bytes) may make it a little larger.
     assert!(up[0] < QUERY_PAD_LEN && up[0] <= query.len() + 64, "{up:?}");
+}
+
+/// The largest advert servd sends (16 UDP locators, the largest numbers, a
+/// 64-character name) fits in the budget of a servd solicit.
+#[test]
+fn the_largest_advert_fits_the_budget_of_a_padded_solicit() {
+    use controller::servd::controller::{ANSWER_FACTOR, SOLICIT_PAD_LEN};
+    let advert = Message::Advert {
+        from: Node {
+            name: "n".repeat(64),
+            epoch: u64::MAX,
+            locators: (0..16)
+                .map(|i| {
+                    Locator::Udp(std::net::SocketAddrV4::new(
+                        Ipv4Addr::from(0xffff_ff00 + i),
+                        65535,
+                    ))
+                })
+                .collect(),
+        },
+        nonce: u64::MAX,
+    };
+    let worst = wire::encode(&advert, None).unwrap().len();
+    eprintln!(
+        "largest advert {worst} B, budget {}",
+        ANSWER_FACTOR * SOLICIT_PAD_LEN
+    );
+    assert!(worst <= ANSWER_FACTOR * SOLICIT_PAD_LEN);
+}
+
+/// A solicit's source may be forged, and a router on many links used to
+/// answer a small one with all its locators. Without a key an advert is
+/// now at most three times the solicit (locators left out to fit, counted
+/// as `refused_answer_size`); servd pads its own solicits and gets every
+/// locator.
+#[test]
+fn an_unkeyed_advert_is_at_most_three_times_the_solicit() {
+    use controller::servd::controller::{ANSWER_FACTOR, SOLICIT_PAD_LEN};
+    let mut net = Net::new();
+    let r = net.router(1, &[]);
+    let h = net.host(2, &[1]);
+    let now = net.now;
+    let links: Vec<LocalInterface> = (0..16)
+        .map(|i| interface_at(&format!("eth{i}"), &format!("udp:10.0.{i}.1:54325"), 24))
+        .collect();
+    net.hosts[r].controller.set_interfaces(now, links);
+    net.hosts[h]
+        .controller
+        .set_interfaces(now, vec![interface_at("eth0", "udp:10.0.0.2:54325", 24)]);
+    let tapped = net.wiretap.len();
+    net.run(Duration::from_millis(50));
+    let udp = |last: u8| Locator::Udp(std::net::SocketAddrV4::new(ip(last), 54325));
+    assert_eq!(net.hosts[h].forwards("0/0"), vec![(udp(1), 1)]);
+    let decode = |bytes: &[u8]| match wire::decode(bytes, &Keyring::none()) {
+        Ok((Message::Advert { from, .. }, None)) => Some(from.locators.len()),
+        _ => None,
+    };
+    let solicit = net.wiretap[tapped..]
+        .iter()
+        .find(|(src, to, _)| *src == addr(2) && *to == addr(1))
+        .map(|(_, _, bytes)| bytes.len())
+        .expect("a solicit");
+    assert_eq!(solicit, SOLICIT_PAD_LEN);
+    let full = net.wiretap[tapped..]
+        .iter()
+        .filter(|(src, to, _)| *src == addr(1) && *to == addr(2))
+        .find_map(|(_, _, bytes)| decode(bytes))
+        .expect("an advert");
+    assert_eq!(full, 16);
+    assert_eq!(net.hosts[r].controller.stats().refused_answer_size, 0);
+
+    let forged = plain(&Message::Solicit {
+        from: Node {
+            name: String::new(),
+            epoch: 1,
+            locators: vec![],
+        },
+        nonce: 1,
+    });
+    let victim: SocketAddr = "192.0.2.7:53".parse().unwrap();
+    let tapped = net.wiretap.len();
+    net.inject(victim, r, &forged);
+    let (_, _, advert) = net.wiretap[tapped..]
+        .iter()
+        .find(|(_, to, _)| *to == victim)
+        .expect("an advert");
+    eprintln!(
+        "a {} B forged solicit -> a {} B advert",
+        forged.len(),
+        advert.len()
+    );
+    assert!(advert.len() <= ANSWER_FACTOR * forged.len());
+    let cut = decode(advert).expect("an advert");
+    assert!(cut < 16, "{cut}");
+    assert_eq!(net.hosts[r].controller.stats().refused_answer_size, 1);
 }

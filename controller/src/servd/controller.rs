@@ -81,6 +81,13 @@ pub const ANSWER_FACTOR: usize = 3;
 /// it). Over a 1,500-byte MTU the query is fragmented, as announcement
 /// batches of up to 8 KB already are.
 pub const QUERY_PAD_LEN: usize = 1860;
+/// Without a key, servd's solicits are padded to this many bytes, and a
+/// router's advert is at most [`ANSWER_FACTOR`] times the solicit it
+/// answers (locators are left out to fit): the largest advert servd sends
+/// (16 UDP locators, a 64-character name) is well under that budget (the
+/// test `the_largest_advert_fits_the_budget_of_a_padded_solicit` measures
+/// it).
+pub const SOLICIT_PAD_LEN: usize = 512;
 
 /// How a router turns announcements of one prefix into FORWARD weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -275,16 +282,12 @@ pub struct Stats {
     pub refused_locator: u64,
     /// Announced entries over the sender's limit.
     pub refused_over_limit: u64,
-    /// Entries an unauthenticated withdrawal named but did not remove: it
-    /// did not carry the epoch of the run that created them (an off-path
-    /// forger does not know it).
-    pub refused_withdraw: u64,
     /// Unauthenticated queries and solicits left unanswered because their
     /// source address had used up its rate (`log_limit::SourceLimiter`).
     pub refused_answer_rate: u64,
-    /// Unauthenticated answers cut short (targets left out) or withheld
-    /// because the full answer would have been more than `ANSWER_FACTOR`
-    /// times the query's bytes.
+    /// Unauthenticated answers and adverts cut short (targets or locators
+    /// left out) or withheld because the full reply would have been more
+    /// than `ANSWER_FACTOR` times the query's or solicit's bytes.
     pub refused_answer_size: u64,
     /// Rule changes left out because they would have replaced or outranked
     /// an operator's static rule (priorities lowered count too).
@@ -302,7 +305,6 @@ impl Stats {
             + self.refused_prefix
             + self.refused_locator
             + self.refused_over_limit
-            + self.refused_withdraw
             + self.refused_answer_rate
             + self.refused_answer_size
     }
@@ -386,16 +388,6 @@ struct Learned {
     by: Arc<str>,
     /// Source address of the announcement (per-sender limits).
     sender: Ipv4Addr,
-    /// Epoch of the run that created the entry. Without a key, only a
-    /// withdrawal carrying it removes the entry: anyone may forge the
-    /// sender's address (from any port), but an off-path forger does not
-    /// see the sender's traffic and cannot know its (random) epoch.
-    /// Refreshes from another epoch (a forger's, or the sender's next run)
-    /// keep it, so announcing first under an epoch of one's own, or
-    /// announcing nothing at all, wins no right to withdraw; an entry
-    /// withdrawn under a forger's epoch that the sender refreshes comes
-    /// back under the sender's.
-    epoch: u64,
     announced_weight: u32,
     priority: u32,
     load: u32,
@@ -462,7 +454,6 @@ impl Claimed {
 struct Announcer {
     by: Arc<str>,
     sender: Ipv4Addr,
-    epoch: u64,
     expires: Instant,
     lease: Duration,
 }
@@ -555,8 +546,7 @@ pub struct Controller {
     rib_entries: usize,
     next_expiry: Option<Instant>,
     /// Downstream senders holding entries, and the epoch they last
-    /// announced with (only to ask new runs for a resync; withdrawals are
-    /// checked against each entry's own epoch, [`Learned::epoch`]).
+    /// announced with (to ask new runs for a resync).
     downstreams: HashMap<SocketAddr, Downstream>,
     /// When forgotten downstreams are next swept out.
     next_sweep: Instant,
@@ -1114,8 +1104,11 @@ impl Controller {
                     self.stats.dropped_unexpected += 1;
                 } else if key.is_some() || self.reply_allowed(now, src) {
                     tracing::debug!(%src, host = %from.name, "answering a solicit");
-                    let from = self.node();
-                    self.send(src, &Message::Advert { from, nonce });
+                    // Unauthenticated: the source may be a victim's address.
+                    let budget = key
+                        .is_none()
+                        .then(|| bytes.len().saturating_mul(ANSWER_FACTOR));
+                    self.send_advert(now, src, nonce, budget);
                 }
             }
             Message::Advert { from, nonce } => self.on_advert(now, src, key.is_some(), from, nonce),
@@ -1329,7 +1322,7 @@ impl Controller {
         }
         for (addr, nonce) in due {
             let from = node.clone();
-            self.send(addr, &Message::Solicit { from, nonce });
+            self.send_padded(addr, &Message::Solicit { from, nonce }, SOLICIT_PAD_LEN);
         }
         if let (Some(at), Some(port)) = (self.next_discover, self.config.discover_port) {
             if at <= now {
@@ -1339,7 +1332,8 @@ impl Controller {
                     self.discover_nonce = Some(nonce);
                     for broadcast in self.broadcast_addrs(port) {
                         let from = node.clone();
-                        self.send(broadcast, &Message::Solicit { from, nonce });
+                        let solicit = Message::Solicit { from, nonce };
+                        self.send_padded(broadcast, &solicit, SOLICIT_PAD_LEN);
                     }
                 } else {
                     self.next_discover = None;
@@ -1569,7 +1563,6 @@ impl Controller {
         let announcer = Announcer {
             by: format!("{} ({})", from.name, src.ip()).into(),
             sender,
-            epoch: from.epoch,
             expires: now + lease,
             lease,
         };
@@ -1752,11 +1745,6 @@ impl Controller {
                 learned.load = entry.load;
                 learned.expires = learned.expires.max(expires);
                 learned.lease = lease;
-                if learned.sender != sender {
-                    // Another sender's entry now (a key holder naming this
-                    // locator): withdrawn under that sender's epoch.
-                    learned.epoch = announcer.epoch;
-                }
                 learned.sender = sender;
                 if learned.by != *by {
                     learned.by = by.clone();
@@ -1769,7 +1757,6 @@ impl Controller {
                     Learned {
                         by: by.clone(),
                         sender,
-                        epoch: announcer.epoch,
                         announced_weight: entry.weight,
                         priority: entry.priority,
                         load: entry.load,
@@ -1849,10 +1836,10 @@ impl Controller {
 
     /// A withdrawal removes only what its sender could have announced:
     /// prefixes the policy lets it speak for, at locators it may name.
-    /// Without a key it must also carry the epoch of the run that created
-    /// each entry ([`Learned::epoch`]): anyone can forge the address, from
-    /// any port, but only the real sender (or someone who sees its traffic)
-    /// knows its epoch.
+    /// Without a key that is its source address, from any port and in any
+    /// run (a restarted servd withdraws what its previous run announced),
+    /// so anyone who can send from an address can withdraw its routes:
+    /// only a key prevents that.
     fn on_withdraw(
         &mut self,
         now: Instant,
@@ -1876,9 +1863,6 @@ impl Controller {
             };
             let mut removed = false;
             for locator in self.speakable(now, peer, &from, &prefix, grant, &claimed) {
-                if peer.key.is_none() && !self.withdrawable(now, peer, &from, &prefix, &locator) {
-                    continue;
-                }
                 removed |= self.forget(prefix, locator);
             }
             if removed {
@@ -1886,38 +1870,6 @@ impl Controller {
                 self.reconcile(now, prefix);
             }
         }
-    }
-
-    /// Whether an unauthenticated withdrawal may remove the entry of
-    /// `prefix` toward `locator`: only in the run that created it
-    /// ([`Learned::epoch`]). Refusals are counted and logged (bounded).
-    fn withdrawable(
-        &mut self,
-        now: Instant,
-        peer: Peer<'_>,
-        from: &Node,
-        prefix: &ServicePrefix,
-        locator: &Locator,
-    ) -> bool {
-        let epoch = self
-            .rib
-            .get(prefix)
-            .and_then(|t| t.get(locator))
-            .map(|l| l.epoch);
-        if epoch.is_none_or(|e| e == from.epoch) {
-            return true;
-        }
-        self.stats.refused_withdraw += 1;
-        if let Some(held) = self.log_limiter.allow("withdraw", now) {
-            tracing::warn!(
-                src = %peer.src,
-                host = %from.name,
-                %prefix,
-                similar_not_logged = held,
-                "refused an unauthenticated withdrawal from another run than the announcer's"
-            );
-        }
-        false
     }
 
     /// Removes one learned entry and its rule; true if there was one.
@@ -2145,6 +2097,44 @@ impl Controller {
         if self.reply_allowed(now, asker.addr) {
             self.send(asker.addr, &answer(route, node));
         }
+    }
+
+    /// Answers a solicit from `to` with our advert. With a budget (an
+    /// unauthenticated solicit, whose source may be forged), locators are
+    /// left out from the end until the advert fits in it, as answers are
+    /// cut ([`Controller::send_answer`]); if even none fit, nothing is sent.
+    /// A host solicits with [`SOLICIT_PAD_LEN`] bytes and gets them all.
+    fn send_advert(&mut self, now: Instant, to: SocketAddr, nonce: u64, budget: Option<usize>) {
+        let mut from = self.node();
+        if let Some(budget) = budget {
+            let size = |from: &Node| {
+                let advert = Message::Advert {
+                    from: from.clone(),
+                    nonce,
+                };
+                wire::encode(&advert, None).map_or(usize::MAX, |b| b.len())
+            };
+            let mut fits = size(&from) <= budget;
+            if !fits {
+                while !fits && from.locators.pop().is_some() {
+                    fits = size(&from) <= budget;
+                }
+                self.stats.refused_answer_size += 1;
+                if let Some(held) = self.log_limiter.allow("advert size", now) {
+                    tracing::warn!(
+                        %to,
+                        budget,
+                        withheld = !fits,
+                        similar_not_logged = held,
+                        "cut an unauthenticated advert to a few times the solicit's size"
+                    );
+                }
+                if !fits {
+                    return;
+                }
+            }
+        }
+        self.send(to, &Message::Advert { from, nonce });
     }
 
     /// Asks the upstreams about `service`, for our own sald (`waiter` None)
@@ -2425,6 +2415,18 @@ impl Controller {
     fn send(&mut self, to: SocketAddr, message: &Message) {
         match self.sealer().seal(message) {
             Ok(bytes) => self.push_transmit(to, bytes),
+            Err(error) => tracing::warn!(%error, "could not encode a message"),
+        }
+    }
+
+    /// Sends `message`, padded to `len` bytes when untagged
+    /// ([`pad_untagged`]).
+    fn send_padded(&mut self, to: SocketAddr, message: &Message, len: usize) {
+        match self.sealer().seal(message) {
+            Ok(mut bytes) => {
+                pad_untagged(&mut bytes, len);
+                self.push_transmit(to, bytes);
+            }
             Err(error) => tracing::warn!(%error, "could not encode a message"),
         }
     }

@@ -374,7 +374,6 @@ fn report_stats(before: &Stats, now: &Stats) {
             refused_prefixes = now.refused_prefix - before.refused_prefix,
             refused_locators = now.refused_locator - before.refused_locator,
             over_limit = now.refused_over_limit - before.refused_over_limit,
-            refused_withdrawals = now.refused_withdraw - before.refused_withdraw,
             refused_answer_rate = now.refused_answer_rate - before.refused_answer_rate,
             refused_answer_size = now.refused_answer_size - before.refused_answer_size,
             "refused messages or announcements since the last report (totals in the next line)"

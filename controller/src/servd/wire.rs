@@ -163,7 +163,8 @@ pub enum Message {
     Withdraw {
         /// The withdrawing controller; only locators it could have announced
         /// (its source address, or others its policy grant allows) are removed.
-        /// Untagged, its epoch must be that of the run that announced.
+        /// Untagged, from any port and in any run: anyone who can send from
+        /// an address can withdraw its routes (only a key prevents that).
         from: Node,
         /// Prefixes to remove, each held to the same policy as announcing.
         prefixes: Vec<ServicePrefix>,
