@@ -181,3 +181,42 @@ fn unread_bytes_outlive_the_connection_s_timers() {
     }
     assert!(got == data, "read {} of {} bytes", got.len(), data.len());
 }
+
+/// A reset flow whose application had read everything keeps nothing, and
+/// the host's count of buffer memory goes back down with it: it used to
+/// keep the freed buffers counted, 8 KiB more on every reset, until the
+/// budget put every flow under pressure for good.
+#[test]
+fn resets_give_back_the_buffer_memory_they_count() {
+    let ClientServer {
+        mut net,
+        client,
+        server,
+        listener,
+    } = client_server(24, LinkConditions::default(), HostConfig::default());
+    for round in 0..5 {
+        let (cflow, sflow) = establish(&mut net, client, server, listener, "ab".parse().unwrap());
+        let data = pattern(4000, round);
+        assert_eq!(net.host(client).send(cflow, &data), Ok(data.len()));
+        assert_eq!(net.host(server).send(sflow, &data), Ok(data.len()));
+        net.run_for(Duration::from_millis(300));
+        let mut buf = vec![0u8; 8000];
+        assert_eq!(net.host(server).recv(sflow, &mut buf), Ok(data.len()));
+        net.host(client).abort(cflow).unwrap();
+        net.run_for(Duration::from_millis(200));
+        assert_eq!(
+            net.host(server).recv(sflow, &mut buf),
+            Err(HostError::Reset)
+        );
+        net.host(client).close(cflow).unwrap();
+        net.host(server).close(sflow).unwrap();
+        net.run_for(Duration::from_millis(50));
+    }
+    assert_eq!(net.host(server).flow_count(), 0);
+    assert_eq!(
+        net.host(server).stats().buffer_bytes,
+        0,
+        "buffer count drifted"
+    );
+    assert_eq!(net.host(client).stats().buffer_bytes, 0);
+}

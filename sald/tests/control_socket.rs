@@ -271,6 +271,42 @@ fn accepted_flows_count_against_the_share_and_root_keeps_descriptors() {
     let _flow = ServiceStream::connect_via(peer.client(), "beef01".parse().unwrap(), None).unwrap();
     own.accept().expect("root accepts within the reserve");
     drop((held, opened));
+
+    // Datagram sockets hold descriptors too (and are not flows): they used
+    // to take the reserve of a sald with more descriptors than 4,096 flows
+    // short of its limit.
+    let limited = SaldProcess::start(&dir, "dgram", "127.0.0.3:0", |command| {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::resource::setrlimit(
+                    nix::sys::resource::Resource::RLIMIT_NOFILE,
+                    8192,
+                    8192,
+                )
+                .map_err(std::io::Error::from)
+            });
+        }
+    });
+    let mut sockets = Vec::new();
+    let refused = loop {
+        let mut control = client_as(&limited.control, NOBODY).unwrap();
+        match control.request(&Request::OpenDatagram) {
+            Ok(opened) => sockets.push(opened.fd),
+            Err(error) => break error,
+        }
+        assert!(sockets.len() < 8192, "nobody took every descriptor");
+    };
+    assert!(matches!(refused, Error::Exhausted(_)), "{refused:?}");
+    assert!(
+        sockets.len() < 8192 - 512,
+        "{} sockets took the reserve",
+        sockets.len()
+    );
+    let mut root = limited.client();
+    let opened = root.request(&Request::OpenDatagram).unwrap();
+    assert!(matches!(opened.response, Response::DatagramOpened { .. }));
 }
 
 /// One ordinary user's bindings are bounded too (each is a rule, and with

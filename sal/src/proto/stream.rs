@@ -440,10 +440,11 @@ impl Host {
             return;
         };
         let before = socket.buffer_memory();
-        if reader && socket.forget_peer() {
-            let after = socket.buffer_memory();
-            self.account_buffers(before, after);
-        } else {
+        // `forget_peer` frees what it does not keep, whatever it returns.
+        let kept = reader && socket.forget_peer();
+        let after = socket.buffer_memory();
+        self.account_buffers(before, after);
+        if !kept {
             self.release_stream(id);
         }
     }

@@ -642,8 +642,7 @@ pub unsafe extern "C" fn shutdown(fd: c_int, how: c_int) -> c_int {
     // take the table lock: a signal handler that shuts a listener down to
     // wake an accept loop must not wait on a lock the thread it
     // interrupted may hold.
-    let flow = table::maybe_tracked(fd) && !table::maybe_intercepted(fd);
-    if matches!(how, libc::SHUT_WR | libc::SHUT_RDWR) && flow {
+    if matches!(how, libc::SHUT_WR | libc::SHUT_RDWR) && table::maybe_flow(fd) {
         let _ = catch_unwind(|| ops::write_shut(fd));
     }
     // SAFETY: forwarding the caller's arguments unchanged.

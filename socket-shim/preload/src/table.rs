@@ -259,6 +259,21 @@ pub(crate) fn maybe_intercepted(fd: RawFd) -> bool {
     }
 }
 
+/// Whether `fd` may be a connected flow (lock-free hint): tracked, its
+/// data calls not intercepted; any number at or above [`FAST_FDS`] once
+/// one such is tracked (the bitsets do not reach there).
+pub(crate) fn maybe_flow(fd: RawFd) -> bool {
+    match bit(fd) {
+        Some((word, mask)) => {
+            TRACKED[word].load(Ordering::Acquire)
+                & !INTERCEPTED[word].load(Ordering::Acquire)
+                & mask
+                != 0
+        }
+        None => fd >= 0 && HIGH.load(Ordering::Acquire),
+    }
+}
+
 fn set_bit(set: &[AtomicU64; WORDS], fd: RawFd, on: bool) {
     match bit(fd) {
         Some((word, mask)) if on => {

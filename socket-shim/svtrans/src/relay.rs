@@ -148,7 +148,10 @@ fn finish(result: &io::Result<u64>, to_write_side: impl FnOnce(), both: impl FnO
 ///
 /// A flow that was reset (see `socket_shim::reset`: end of file with a
 /// hang-up while we still send on it) resets the TCP connection when the
-/// caller closes it, rather than finishing it as if what came were all.
+/// caller closes it, once what the flow delivered is through, rather than
+/// finishing it as if that were all. A reset also makes our writes into
+/// the flow fail: that direction then just stops, leaving the other to
+/// deliver the rest and reset the client.
 pub fn relay(tcp: &TcpStream, flow: &UnixStream, pipes: &PipePool) -> io::Result<()> {
     let shut_both = || {
         let _ = tcp.shutdown(Shutdown::Both);
@@ -162,9 +165,11 @@ pub fn relay(tcp: &TcpStream, flow: &UnixStream, pipes: &PipePool) -> io::Result
             .name("relay".into())
             .spawn_scoped(scope, || {
                 let result = pump(flow.as_raw_fd(), tcp.as_raw_fd(), pipes);
+                // The hang-up first, then whether it may be our own doing
+                // (see `socket_shim::reset` for why in this order).
                 let reset = result.is_ok()
-                    && !forward_done.load(Ordering::SeqCst)
-                    && socket_shim::reset::hung_up(flow.as_fd());
+                    && socket_shim::reset::hung_up(flow.as_fd())
+                    && !forward_done.load(Ordering::SeqCst);
                 if reset {
                     reset_on_close(tcp);
                     // Ends the other direction without a FIN.
@@ -180,15 +185,21 @@ pub fn relay(tcp: &TcpStream, flow: &UnixStream, pipes: &PipePool) -> io::Result
                 );
                 result
             })?;
-        let forward = pump(tcp.as_raw_fd(), flow.as_raw_fd(), pipes);
-        forward_done.store(true, Ordering::SeqCst);
-        finish(
-            &forward,
-            || {
-                let _ = flow.shutdown(Shutdown::Write);
-            },
-            shut_both,
-        );
+        let mut forward = pump(tcp.as_raw_fd(), flow.as_raw_fd(), pipes);
+        if forward.is_err() && socket_shim::reset::hung_up(flow.as_fd()) {
+            // The flow was reset under our writes: the other direction
+            // delivers what came and resets the client.
+            forward = Ok(0);
+        } else {
+            forward_done.store(true, Ordering::SeqCst);
+            finish(
+                &forward,
+                || {
+                    let _ = flow.shutdown(Shutdown::Write);
+                },
+                shut_both,
+            );
+        }
         let backward = back
             .join()
             .map_err(|_| io::Error::other("relay thread panicked"))?;
@@ -303,6 +314,60 @@ mod tests {
                 false => assert_eq!(end.unwrap(), 0, "a clean end of file"),
             }
         }
+    }
+
+    /// A reset while the client is still sending: our writes into the flow
+    /// fail with `EPIPE`, and that must not end the connection as if it
+    /// were whole. The client reads a prefix of what the flow delivered
+    /// (closing a socket with a reset drops what it had not sent yet),
+    /// then `ECONNRESET`. It used to read part of it and a clean end of
+    /// file.
+    #[test]
+    fn a_reset_while_the_client_sends_reads_as_a_reset() {
+        let pipes = PipePool::new(4);
+        let ((tcp, mut client), (flow, service)) = sockets();
+        let answer: Vec<u8> = (0..150_000u32).map(|i| i as u8).collect();
+        // The client sends until every buffer on the way is full (nobody
+        // reads the flow): the relay's writes into the flow block.
+        let chunk = [1u8; 4096];
+        for _ in 0..100_000 {
+            // SAFETY: a valid buffer of its length; MSG_DONTWAIT only.
+            let sent = unsafe {
+                libc::send(
+                    client.as_raw_fd(),
+                    chunk.as_ptr().cast(),
+                    chunk.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if sent < 0 {
+                break;
+            }
+        }
+        let mut got = Vec::new();
+        let mut end = Ok(0);
+        std::thread::scope(|scope| {
+            // The relay's caller closes the TCP socket once it is done.
+            let relay = scope.spawn(|| {
+                let result = relay(&tcp, &flow, &pipes);
+                drop(tcp);
+                result
+            });
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            // sald: an answer, then a reset: both ways shut down.
+            (&service).write_all(&answer).unwrap();
+            service.shutdown(Shutdown::Both).unwrap();
+            end = client.read_to_end(&mut got);
+            relay.join().unwrap().unwrap();
+        });
+        assert_eq!(
+            end.map_err(|e| e.kind()),
+            Err(io::ErrorKind::ConnectionReset),
+            "after {} of {} bytes",
+            got.len(),
+            answer.len()
+        );
+        assert!(answer.starts_with(&got), "not a prefix of the answer");
     }
 
     /// Both directions, with pipes and without (a pool of none), end to end.

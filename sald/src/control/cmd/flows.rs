@@ -120,9 +120,10 @@ fn share_refusal(context: &ControlContext, core: &Core, uid: u32) -> Option<Stri
     }
     let fd_limit = crate::daemon::fd_limit();
     let usable = fd_limit.saturating_sub(descriptor_reserve(fd_limit));
-    // Counting open descriptors costs a look at /proc: only near the limit.
-    let near = core.host.flow_count() as u64 + DESCRIPTOR_SLACK >= usable;
-    if fd_limit > 0 && near && crate::daemon::fds_open() >= usable {
+    // A `stat` of /proc/self/fd (see `fds_open`): flows are not all there
+    // is to count (datagram sockets, listeners, control connections hold
+    // descriptors too), so no cheaper count stands in for it.
+    if fd_limit > 0 && crate::daemon::fds_open() >= usable {
         return Some(format!(
             "sald keeps its last {} of {fd_limit} descriptors for root",
             fd_limit - usable
@@ -130,11 +131,6 @@ fn share_refusal(context: &ControlContext, core: &Core, uid: u32) -> Option<Stri
     }
     None
 }
-
-/// Descriptors sald holds besides its flows' (control connections, accept
-/// queues, its links): below this many flows short of the usable
-/// descriptors, they are not counted.
-const DESCRIPTOR_SLACK: u64 = 4096;
 
 /// Of `fd_limit` descriptors, those ordinary users' flows may not take:
 /// a sixteenth, at least 64.
