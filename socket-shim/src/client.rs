@@ -61,8 +61,19 @@ impl Inbox {
     /// the number of bytes read, 0 at end of stream. Errors are returned as
     /// they are (`WouldBlock` included), except `EINTR`, which is retried.
     pub(crate) fn fill(&mut self, fd: BorrowedFd<'_>, flags: MsgFlags) -> io::Result<usize> {
+        self.fill_with(fd, flags, true)
+    }
+
+    /// [`Inbox::fill`], returning `EINTR` (`Interrupted`) to the caller
+    /// unless `retry_eintr`.
+    fn fill_with(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        flags: MsgFlags,
+        retry_eintr: bool,
+    ) -> io::Result<usize> {
         let mut chunk = [0u8; READ_CHUNK];
-        let received = recv_with_fds(fd, &mut chunk, flags)?;
+        let received = recv_with_fds_as(fd, &mut chunk, flags, retry_eintr)?;
         self.fds.extend(received.fds);
         if received.fds_lost {
             self.lost += 1;
@@ -147,6 +158,16 @@ pub(crate) fn recv_with_fds(
     buf: &mut [u8],
     flags: MsgFlags,
 ) -> io::Result<Received> {
+    recv_with_fds_as(fd, buf, flags, true)
+}
+
+/// [`recv_with_fds`], returning `EINTR` (`Interrupted`) unless `retry_eintr`.
+fn recv_with_fds_as(
+    fd: BorrowedFd<'_>,
+    buf: &mut [u8],
+    flags: MsgFlags,
+    retry_eintr: bool,
+) -> io::Result<Received> {
     let mut cmsg = nix::cmsg_space!([RawFd; MAX_FDS_PER_READ]);
     let (bytes, raw_fds, ctrunc, truncated) = loop {
         let mut iov = [IoSliceMut::new(buf)];
@@ -172,7 +193,7 @@ pub(crate) fn recv_with_fds(
                     msg.flags.contains(MsgFlags::MSG_TRUNC),
                 );
             }
-            Err(Errno::EINTR) => continue,
+            Err(Errno::EINTR) if retry_eintr => continue,
             Err(errno) => return Err(errno.into()),
         }
     };
@@ -509,16 +530,27 @@ impl ControlClient {
 
     /// The next response on the connection, `Hello` answer included.
     fn recv_frame(&mut self) -> Result<Reply> {
+        self.recv_frame_with(true)
+    }
+
+    /// [`ControlClient::recv_frame`]: with `polled`, a non-blocking read
+    /// first, then a wait for input only (`EINTR` retried); without, plain
+    /// blocking reads whose `EINTR` is returned (`Interrupted`).
+    fn recv_frame_with(&mut self, polled: bool) -> Result<Reply> {
         loop {
             if let Some(reply) = self.inbox.take_reply()? {
                 return Ok(reply);
             }
             let fd = self.stream.as_fd();
-            let filled = match self.inbox.fill(fd, MsgFlags::MSG_DONTWAIT) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    wait_readable(fd).and_then(|()| self.inbox.fill(fd, MsgFlags::empty()))
+            let filled = if polled {
+                match self.inbox.fill(fd, MsgFlags::MSG_DONTWAIT) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        wait_readable(fd).and_then(|()| self.inbox.fill(fd, MsgFlags::empty()))
+                    }
+                    filled => filled,
                 }
-                filled => filled,
+            } else {
+                self.inbox.fill_with(fd, MsgFlags::empty(), false)
             };
             match filled {
                 Ok(0) if self.inbox.is_empty() => return Err(Error::Closed),
@@ -531,6 +563,33 @@ impl ControlClient {
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Err(Error::Closed),
                 Err(e) => return Err(Error::Io(e)),
             }
+        }
+    }
+
+    /// Waits for the answer to a request already sent, as
+    /// [`ControlClient::answer`], in one plain blocking `recvmsg` (no
+    /// timeout, no `poll`) whose `EINTR` is returned rather than retried:
+    /// [`Error::Io`] of kind `Interrupted`, after which the connection is
+    /// intact and a later `answer` (in any thread) gets the answer.
+    ///
+    /// For a caller that must behave as the system call it stands in for
+    /// when a signal arrives: the kernel restarts the `recvmsg` itself
+    /// after a handler installed with `SA_RESTART` and interrupts it
+    /// otherwise, which `poll` (never restarted) cannot tell apart. The
+    /// price is that the sleeping thread may also be woken, inside the
+    /// kernel, when sald reads the request (see `wait_readable`); the
+    /// receive timeout, if one was set on the connection, ends the wait
+    /// with `WouldBlock`.
+    pub fn answer_interruptible(&mut self) -> Result<Reply> {
+        if self.hello_due {
+            let reply = self.recv_frame_with(false)?;
+            self.server = check_hello(reply)?;
+            self.hello_due = false;
+        }
+        let reply = self.recv_frame_with(false)?;
+        match reply.response {
+            Response::Error { kind, message } => Err(Error::from_daemon(kind, message)),
+            _ => Ok(reply),
         }
     }
 

@@ -22,7 +22,10 @@
 //!   wakes every `poll`/`select`/`epoll_wait` sleeping on the old file,
 //!   which re-examines the number and finds the writable flow (or a
 //!   hang-up and `SO_ERROR` on failure). epoll registrations are re-added
-//!   for the new file;
+//!   for the new file. A blocking connect waits for sald's answer in the
+//!   calling thread, in one plain blocking `recvmsg` that a signal
+//!   interrupts as it does TCP's connect; an interrupted one returns
+//!   `EINTR` and is completed by a one-shot thread (`ops::park`);
 //! - `bind` registers the prefix with sald at once (so `EADDRINUSE` comes from
 //!   `bind`); `listen` puts at the number the `SOCK_SEQPACKET` accept queue
 //!   into which sald delivers each flow with its description (no thread of
@@ -82,6 +85,7 @@ mod addr;
 mod ops;
 mod pool;
 mod real;
+mod signals;
 mod table;
 
 use addr::SockAddr;
@@ -647,6 +651,24 @@ pub unsafe extern "C" fn shutdown(fd: c_int, how: c_int) -> c_int {
     }
     // SAFETY: forwarding the caller's arguments unchanged.
     unsafe { real::shutdown(fd, how) }
+}
+
+/// Notes whether the program installs a handler that interrupts blocking
+/// calls (see `signals`), then installs it.
+///
+/// # Safety
+/// As `sigaction(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn sigaction(
+    signum: c_int,
+    act: *const libc::sigaction,
+    old: *mut libc::sigaction,
+) -> c_int {
+    // SAFETY: `act` is null or points to a valid sigaction, as the caller
+    // promises.
+    signals::installing(signum, unsafe { act.as_ref() });
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { real::sigaction(signum, act, old) }
 }
 
 /// Remembers epoll registrations of our sockets, so they can be re-added

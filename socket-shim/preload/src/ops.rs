@@ -373,6 +373,11 @@ pub(crate) fn connect(fd: RawFd, addr: Option<&[u8]>, pass: impl FnOnce() -> c_i
         unwatch(fd);
         return Ok(pass());
     };
+    if found.stage == Stage::Connecting && found.kind == Kind::Stream && !fd_flags(fd).0 {
+        if let Some(done) = connect_parked(fd)? {
+            return Ok(done);
+        }
+    }
     match found.domain {
         Domain::Serval => {
             let sa = parse_serval(addr.ok_or(libc::EFAULT)?)?;
@@ -474,9 +479,10 @@ fn restore_tcp(fd: RawFd, family: c_int) -> Res<()> {
 
 /// Inet mode: the program's TCP socket becomes a Serval stream. A blocking
 /// connect completes within this call, so the program's own (unconnected)
-/// TCP socket stays at the number until the flow replaces it; a
-/// non-blocking one puts a placeholder there first (something that polls
-/// as not ready until the flow is in).
+/// TCP socket stays at the number until the flow replaces it (unless a
+/// signal interrupts the call: see [`park`]); a non-blocking one puts a
+/// placeholder there first (something that polls as not ready until the
+/// flow is in).
 fn inet_connect(fd: RawFd, sa: SocketAddr, service: ServiceId) -> Res<c_int> {
     let flags = fd_flags(fd);
     let (nonblock, cloexec) = flags;
@@ -550,8 +556,9 @@ fn unspecified(family: c_int) -> SockAddr {
 }
 
 /// Moves the socket to `Connecting` and opens the flow: in this thread for
-/// a blocking socket (and for datagram connects); for a non-blocking one
-/// this returns `EINPROGRESS` and the process's connector completes it
+/// a blocking socket (and for datagram connects), unless a signal
+/// interrupts a stream's ([`park`]); for a non-blocking one this returns
+/// `EINPROGRESS` and the process's connector completes it
 /// ([`submit_connect`]). `stage` is the socket's as the caller found it;
 /// `flags` are the descriptor's `(O_NONBLOCK, FD_CLOEXEC)`.
 fn start_connect(
@@ -619,6 +626,7 @@ fn start_connect(
         entry.state = State::Connecting { wake };
         entry.gen = table::next_gen();
         entry.so_error = 0;
+        entry.parked = 0;
         let gen = entry.gen;
         table.refresh(fd);
         gen
@@ -634,8 +642,242 @@ fn start_connect(
         }
         return Err(libc::EINPROGRESS);
     }
-    let result = open_flow(service, protocol);
+    let result = match protocol {
+        // As TCP's, a blocking stream connect is interrupted by a signal
+        // whose handler lacks `SA_RESTART` and goes on meanwhile. The wait
+        // for sald's answer is one plain blocking `recvmsg` on the control
+        // connection, which the kernel restarts or interrupts as it would
+        // the program's own `connect` (so the uninterrupted connect costs
+        // what it did: one request and one read, in this thread).
+        TransportProtocol::Stream => {
+            let request = Request::Connect {
+                service,
+                protocol,
+                timeout_ms: None,
+            };
+            match pool::request_interruptible(&request) {
+                pool::Sent::Answered(reply) => reply.map_err(shim_errno).and_then(flow_from_reply),
+                pool::Sent::Interrupted(control) => {
+                    park(fd, gen, peer, control, flags);
+                    return Err(libc::EINTR);
+                }
+            }
+        }
+        TransportProtocol::Datagram => open_flow(service, protocol),
+    };
     finish_connect(fd, gen, result, peer, Some(flags)).map(|()| 0)
+}
+
+/// A blocking stream connect that a signal interrupted (connect
+/// generation `gen` of `fd`, its `Connect` sent on `control`, whose answer
+/// is still to come) goes on without the caller, as TCP's does: a
+/// placeholder takes the number if the socket has none (inet mode, or a
+/// socket whose last connect failed), so that `poll` shows it not ready
+/// until the outcome, and a one-shot thread reads the answer and completes
+/// the connect as the connector does a non-blocking one
+/// ([`finish_connect`]: the flow at the number or the error in
+/// `SO_ERROR`, and a hang-up of the placeholder for whoever polls or
+/// waits). The entry is marked [`Entry::parked`] so that a later blocking
+/// `connect` and blocking data calls wait for the outcome
+/// ([`await_parked`]).
+///
+/// The thread is spawned with every signal blocked, so the program's
+/// signals never land on it; it takes the table lock and nothing else,
+/// like the connector's reader, so `fork` handling is unchanged. A forked
+/// child does not have it: the child's copy is never connected, as with a
+/// non-blocking connect in flight (its copy of the control connection is a
+/// close-on-exec descriptor left open, as the pool's are). If no thread can
+/// be started, the connect fails (`SO_ERROR`), its request abandoned with
+/// the control connection.
+fn park(fd: RawFd, gen: u64, peer: SockAddr, control: ControlClient, flags: (bool, bool)) {
+    let needs_placeholder = {
+        let mut stale = Vec::new();
+        let mut table = lock();
+        let needs = matches!(
+            table.get(fd, &mut stale),
+            Some(entry) if entry.gen == gen && entry.wake().is_none()
+        );
+        drop(table);
+        drop(stale);
+        needs
+    };
+    let mut fresh = if needs_placeholder {
+        placeholder(false, flags.1).ok()
+    } else {
+        None
+    };
+    let mut spare = Vec::new();
+    let mut stale = Vec::new();
+    {
+        let mut table = lock();
+        if let Some(entry) = table.get(fd, &mut stale) {
+            if entry.gen == gen {
+                if let State::Connecting { wake: wake @ None } = &mut entry.state {
+                    if let Some((app, peer_end)) = fresh.take() {
+                        // A blocking socket: the placeholder blocks, as `fd`.
+                        if swap_in(&app, fd, Some(flags)).is_ok() {
+                            *wake = Some(peer_end);
+                            entry.ident = ident(fd);
+                            re_epoll(entry, fd);
+                        } else {
+                            spare.push(peer_end);
+                        }
+                        // Closed after unlocking, as anything unused.
+                        spare.push(app);
+                    }
+                }
+                entry.parked = std::process::id();
+                // Reads are the shim's while parked (they wait for the
+                // outcome here): a receive timeout the program set on the
+                // placeholder would only cut the wait of a later `connect`
+                // short (`await_parked`). Its option record still gives it
+                // to the flow.
+                if entry.wake().is_some()
+                    && entry
+                        .options
+                        .iter()
+                        .any(|(name, _)| *name == libc::SO_RCVTIMEO)
+                {
+                    let off = [0u8; std::mem::size_of::<libc::timeval>()];
+                    // SAFETY: `off` is a valid (zero) timeval for its length.
+                    unsafe {
+                        real::setsockopt(
+                            fd,
+                            libc::SOL_SOCKET,
+                            libc::SO_RCVTIMEO,
+                            off.as_ptr().cast(),
+                            off.len() as libc::socklen_t,
+                        )
+                    };
+                }
+                table.refresh(fd);
+            }
+        }
+    }
+    drop(stale);
+    drop(spare);
+    drop(fresh);
+    let complete = move || {
+        let mut control = control;
+        let answer = control.answer();
+        if answer.is_ok() {
+            pool::give(control);
+        } else {
+            drop(control);
+        }
+        let result = answer.map_err(shim_errno).and_then(flow_from_reply);
+        let _ = finish_connect(fd, gen, result, peer, None);
+    };
+    // SAFETY: `all` and `old` are valid sigset_t's; the mask is restored
+    // before returning, and the new thread inherits the blocked one.
+    let spawned = unsafe {
+        let mut all = std::mem::zeroed::<libc::sigset_t>();
+        let mut old = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let spawned = std::thread::Builder::new()
+            .name("serval-connect".into())
+            .spawn(complete);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        spawned
+    };
+    if spawned.is_err() {
+        let _ = finish_connect(fd, gen, Err(libc::EAGAIN), peer, None);
+    }
+}
+
+/// A copy of the placeholder of the interrupted connect in flight on `fd`
+/// ([`Entry::parked`]), taken under the table lock before the flow can
+/// replace it at the number; `None` when there is no such connect (any
+/// more).
+fn parked_waiter(fd: RawFd) -> Res<Option<OwnedFd>> {
+    let mut stale = Vec::new();
+    let waiter = {
+        let mut table = lock();
+        match table.get(fd, &mut stale) {
+            Some(entry)
+                if entry.parked == std::process::id()
+                    && entry.wake().is_some()
+                    && matches!(entry.state, State::Connecting { .. }) =>
+            {
+                // SAFETY: no pointers; the copy is ours alone.
+                let copy = unsafe { real::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+                if copy < 0 {
+                    Err(last_errno())
+                } else {
+                    // SAFETY: the kernel just made `copy` for us.
+                    Ok(Some(unsafe { OwnedFd::from_raw_fd(copy) }))
+                }
+            }
+            _ => Ok(None),
+        }
+    };
+    drop(stale);
+    waiter
+}
+
+/// Waits until the placeholder copy `waiter` hangs up (the interrupted
+/// connect is over, or the socket was closed), in a blocking `recv`
+/// (`MSG_PEEK`; nothing is ever readable there) that the kernel interrupts
+/// as it does TCP's wait for a connect: `EINTR` after a handler without
+/// `SA_RESTART`, restarted after one with it. A receive timeout the program
+/// set on the socket, or `O_NONBLOCK` set meanwhile, makes the `recv` end
+/// early: the wait goes on in `poll` then (which any signal interrupts).
+fn await_parked(waiter: OwnedFd) -> Res<()> {
+    let at = waiter.as_raw_fd();
+    loop {
+        let mut byte = 0u8;
+        // SAFETY: `byte` is valid for one byte.
+        let n = unsafe { real::recv(at, (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK) };
+        if n >= 0 {
+            return Ok(());
+        }
+        match last_errno() {
+            libc::EINTR => return Err(libc::EINTR),
+            libc::EAGAIN => {
+                let mut ready = libc::pollfd {
+                    fd: at,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: `ready` is one valid pollfd.
+                if unsafe { libc::poll(&mut ready, 1, -1) } < 0 && last_errno() == libc::EINTR {
+                    return Err(libc::EINTR);
+                }
+            }
+            // The hang-up (`ECONNRESET` when the peer end was closed with
+            // the junk that fills the placeholder unread).
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// A blocking `connect` on a socket whose interrupted connect is in
+/// flight: as TCP's, it waits for that connect's outcome and reports it
+/// (`0`, or the error, taken from `SO_ERROR`; `ECONNABORTED` if another
+/// call took that first). `None` when there is no such connect (any more).
+fn connect_parked(fd: RawFd) -> Res<Option<c_int>> {
+    let Some(waiter) = parked_waiter(fd)? else {
+        return Ok(None);
+    };
+    await_parked(waiter)?;
+    let mut stale = Vec::new();
+    let outcome = {
+        let mut table = lock();
+        match table.get(fd, &mut stale) {
+            Some(entry) => match entry.state {
+                State::Connected => Ok(0),
+                State::Connecting { .. } => Err(libc::EALREADY),
+                _ => match std::mem::take(&mut entry.so_error) {
+                    0 => Err(libc::ECONNABORTED),
+                    errno => Err(errno),
+                },
+            },
+            None => Err(libc::EBADF),
+        }
+    };
+    drop(stale);
+    outcome.map(Some)
 }
 
 /// `connect` on a datagram socket that is open already (after `bind` or
@@ -726,6 +968,7 @@ fn finish_connect(
     let async_ = flags.is_none();
     let mut stale = Vec::new();
     let mut wake = None;
+    let mut shut = false;
     let outcome = {
         let mut table = lock();
         match table.get(fd, &mut stale) {
@@ -735,6 +978,7 @@ fn finish_connect(
                 {
                     wake = w;
                 }
+                shut = std::mem::take(&mut entry.parked) != 0;
                 let installed = match &result {
                     Ok((_, flow)) => swap_in(flow, fd, flags),
                     Err(errno) => Err(*errno),
@@ -768,6 +1012,13 @@ fn finish_connect(
         }
     };
     drop(stale);
+    if let (true, Some(wake)) = (shut, &wake) {
+        // An interrupted connect's waiters wait for this hang-up: a shut
+        // down, unlike a close, reaches them even while a forked child
+        // holds a copy of the peer end.
+        // SAFETY: no pointers; a socket this function owns.
+        unsafe { real::shutdown(wake.as_raw_fd(), libc::SHUT_RDWR) };
+    }
     drop(wake);
     drop(result);
     outcome
@@ -1172,6 +1423,18 @@ pub(crate) fn close(fd: RawFd) {
         (entry, last)
     };
     if let Some(entry) = entry {
+        if let (Some(wake), true) = (entry.wake(), entry.parked != 0) {
+            if entry.parked == std::process::id() {
+                // Whoever waits for this socket's interrupted connect (on a
+                // copy of the placeholder, see `await_parked`) sees the
+                // hang-up now, even while a forked child holds a copy of
+                // the peer end; a child's close leaves the parent's socket
+                // alone. (Only then: a placeholder that a child still uses
+                // for a connect of its own must not hang up.)
+                // SAFETY: no pointers; a socket this entry owns.
+                unsafe { real::shutdown(wake.as_raw_fd(), libc::SHUT_RDWR) };
+            }
+        }
         if let State::Listening { control } = &entry.state {
             if last && entry.owner == std::process::id() as libc::pid_t {
                 // sald unbinds when the control connection closes; forked
@@ -1482,6 +1745,12 @@ pub(crate) fn refusal(fd: RawFd, write: bool, flags: c_int) -> Option<Errno> {
     let errno = {
         let mut table = lock();
         match table.get(fd, &mut stale) {
+            // An interrupted connect in flight: as TCP, wait for it.
+            Some(entry) if entry.parked != 0 && matches!(entry.state, State::Connecting { .. }) => {
+                drop(table);
+                drop(stale);
+                return refusal_parked(fd, write, flags);
+            }
             Some(entry) if entry.intercepted() => match entry.kind {
                 Kind::Dgram => write.then_some(libc::EDESTADDRREQ),
                 Kind::Stream => Some(match std::mem::take(&mut entry.so_error) {
@@ -1500,6 +1769,45 @@ pub(crate) fn refusal(fd: RawFd, write: bool, flags: c_int) -> Option<Errno> {
         unsafe { libc::raise(libc::SIGPIPE) };
     }
     errno
+}
+
+/// [`refusal`] for a stream whose interrupted connect is in flight
+/// ([`Entry::parked`]): as TCP's, a data call waits for the connect to end
+/// (`EAGAIN` at once on a non-blocking socket or with `MSG_DONTWAIT`,
+/// `EINTR` if a signal interrupts the wait), then goes on on the flow or
+/// fails as on a failed connect. (The placeholder at the number would
+/// block until the outcome, then end the wait with end of file or `EPIPE`
+/// and `SIGPIPE`.)
+fn refusal_parked(fd: RawFd, write: bool, flags: c_int) -> Option<Errno> {
+    if flags & libc::MSG_DONTWAIT != 0 || fd_flags(fd).0 {
+        return Some(libc::EAGAIN);
+    }
+    match parked_waiter(fd) {
+        Ok(Some(waiter)) => {
+            if let Err(errno) = await_parked(waiter) {
+                return Some(errno);
+            }
+        }
+        Ok(None) => {}
+        Err(errno) => return Some(errno),
+    }
+    let still = {
+        let mut stale = Vec::new();
+        let mut table = lock();
+        let still = matches!(
+            table.get(fd, &mut stale),
+            Some(entry) if entry.parked != 0 && matches!(entry.state, State::Connecting { .. })
+        );
+        drop(table);
+        drop(stale);
+        still
+    };
+    match still {
+        // No placeholder to wait on (none could be made), or a forked
+        // child's copy, which nothing completes: never connected.
+        true => Some(libc::ENOTCONN),
+        false => refusal(fd, write, flags),
+    }
 }
 
 // --- resets ---------------------------------------------------------------

@@ -126,6 +126,7 @@ real_fns! {
     fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t;
     fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t;
     fn shutdown(fd: c_int, how: c_int) -> c_int;
+    fn sigaction(signum: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int;
     fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) -> c_int;
     fn dup(old: c_int) -> c_int;
     fn dup2(old: c_int, new: c_int) -> c_int;

@@ -81,8 +81,9 @@ pub(crate) enum State {
         listener: ListenerId,
         wake: Option<OwnedFd>,
     },
-    /// A connect is in flight (in the caller's thread, or for a
-    /// non-blocking one, in the connector's).
+    /// A connect is in flight (in the caller's thread, for a non-blocking
+    /// one in the connector's, for one a signal interrupted in a one-shot
+    /// thread's: see [`Entry::parked`]).
     Connecting { wake: Option<OwnedFd> },
     /// A stream flow (or a connected datagram flow) is at the descriptor.
     Connected,
@@ -129,6 +130,15 @@ pub(crate) struct Entry {
     pub state: State,
     /// The pending `SO_ERROR`.
     pub so_error: i32,
+    /// A signal interrupted the blocking connect in flight (`EINTR`), which
+    /// goes on in a thread of the shim's (`ops::park`) in the process with
+    /// this id (0: none): a placeholder is at the number, a later blocking
+    /// `connect` and blocking data calls there wait for the outcome, and
+    /// its completion or a `close` shuts the placeholder's peer end down
+    /// (which a forked child's copy of that end cannot hold off). A forked
+    /// child's copy is never completed, so it does not wait. Cleared when
+    /// a connect starts or ends.
+    pub parked: u32,
     /// epoll registrations of this descriptor, re-added after a swap.
     pub epoll: Vec<(RawFd, libc::epoll_event)>,
     /// Socket-level options the program set (name, value), set again on
@@ -155,6 +165,7 @@ impl Entry {
             peer: None,
             state,
             so_error: 0,
+            parked: 0,
             epoll: Vec::new(),
             options: Vec::new(),
             owner: std::process::id() as libc::pid_t,
@@ -169,14 +180,30 @@ impl Entry {
     /// or no destination), or a stream that was never connected, whose
     /// connect failed or that listens (TCP answers `ENOTCONN` and `EPIPE`,
     /// where the placeholder at the number would block or read end of
-    /// file, and the accept queue would give up an accept notice).
+    /// file, and the accept queue would give up an accept notice), or one
+    /// whose interrupted connect is in flight ([`Entry::parked`]: TCP
+    /// waits for the outcome, where the placeholder would end the wait
+    /// with a hang-up, `EPIPE` and `SIGPIPE`).
     pub(crate) fn intercepted(&self) -> bool {
         match self.kind {
             Kind::Dgram => !matches!(self.state, State::Connected | State::Listening { .. }),
-            Kind::Stream => matches!(
-                self.state,
-                State::Fresh { .. } | State::Bound { .. } | State::Failed | State::Listening { .. }
-            ),
+            Kind::Stream => match self.state {
+                State::Fresh { .. } | State::Bound { .. } | State::Failed => true,
+                State::Listening { .. } => true,
+                State::Connecting { .. } => self.parked != 0,
+                _ => false,
+            },
+        }
+    }
+
+    /// The placeholder's peer end, for a socket that has one.
+    pub(crate) fn wake(&self) -> Option<&OwnedFd> {
+        match &self.state {
+            State::Fresh { wake }
+            | State::Bound { wake, .. }
+            | State::Connecting { wake }
+            | State::DgramIdle { wake } => wake.as_ref(),
+            _ => None,
         }
     }
 

@@ -4,6 +4,8 @@
 
 mod support;
 
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -133,6 +135,67 @@ fn a_waiting_nonblocking_connect_fails_when_sald_goes() {
     drop(control);
     drop(sald);
     orphan.success(T);
+}
+
+/// A blocking connect that waits is interrupted by a signal as TCP's:
+/// `EINTR` from a handler without `SA_RESTART`, and the connect goes on (a
+/// non-blocking connect is `EALREADY`, a later blocking connect waits for
+/// the outcome, a write waits for it, `poll` shows the socket writable once
+/// connected, a close ends another thread's wait), in inet mode too; with
+/// `SA_RESTART` a connect rides the signals out. Nobody answers for each service until a
+/// host comes up, where sald forwards it, after the program says so.
+#[test]
+fn a_signal_interrupts_a_blocking_connect_as_tcp() {
+    let sald = Sald::start();
+    let mut control = ControlClient::connect_to(&sald.control).expect("control");
+    let mut rule = |prefix: &str, locator: SocketAddrV4| {
+        control
+            .request_ok(&Request::AddRule {
+                prefix: prefix.parse().unwrap(),
+                target: Target::Forward {
+                    locator: Locator::Udp(locator),
+                    weight: 1,
+                },
+                priority: 0,
+            })
+            .expect("rule");
+    };
+    let far: Vec<SocketAddrV4> = (2..5)
+        .map(|host| SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, host), support::free_udp_port()))
+        .collect();
+    for (i, far) in far.iter().enumerate() {
+        rule(&format!("e{0}e{0}/16", i + 1), *far);
+    }
+    rule("e0e0/16", "127.0.0.9:9".parse().unwrap());
+    // The second service is reached from a TCP socket, in inet mode.
+    let args = ["connect-eintr", "e1e101", "7202", "e3e301", "e0e001"];
+    let mut cmd = sald.run(&["--map", "7202=e2e201"], c_program(), &args);
+    cmd.stdout(Stdio::piped());
+    let mut client = Proc::spawn("serval_test connect-eintr", &mut cmd);
+    let mut lines = BufReader::new(client.child.stdout.take().expect("stdout")).lines();
+    let mut hosts = Vec::new();
+    for (marker, far, sid, count) in [
+        ("connecting", far[0], "e1e101", "2"),
+        ("restart", far[1], "e2e201", "1"),
+        ("fresh", far[2], "e3e301", "1"),
+    ] {
+        loop {
+            match lines.next() {
+                Some(Ok(line)) if line.contains(marker) => break,
+                Some(Ok(_)) => continue,
+                _ => panic!("connect-eintr exited before saying {marker:?}"),
+            }
+        }
+        // Signals keep coming while the SYNs go unanswered for a while.
+        std::thread::sleep(Duration::from_millis(500));
+        let far = Sald::start_on(far);
+        let srv = server(&far, &["stream-server", sid, count]);
+        hosts.push((far, srv));
+    }
+    client.success(T);
+    for (_far, mut srv) in hosts {
+        srv.success(T);
+    }
 }
 
 /// Forks while two threads keep non-blocking connects in flight (their

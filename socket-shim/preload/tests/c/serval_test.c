@@ -50,6 +50,18 @@
  *                                             then end of file; clean, clean-shut (after
  *                                             shutdown(SHUT_WR)), clean-dup-shut (through a
  *                                             copy): end of file
+ *   connect-eintr S1 PORT S3 HOLE             blocking connects that wait as TCP's do
+ *                                             (each service unreachable until the test
+ *                                             starts a host for it: S1 after "connecting",
+ *                                             the one inet mode maps PORT to after
+ *                                             "restart", S3 after "fresh"; HOLE
+ *                                             never answers): EINTR from a handler without
+ *                                             SA_RESTART and the connect goes on (EALREADY,
+ *                                             not writable); close while another thread
+ *                                             waits; with SA_RESTART a later connect waits
+ *                                             for the outcome, a write waits for the
+ *                                             connect, a fresh connect rides out signals;
+ *                                             then echoes on each
  *   misuse SID                                error paths (SID is not bound)
  *   nodaemon SID                              sald not running
  */
@@ -67,6 +79,8 @@
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/time.h>
+#include <time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -1209,6 +1223,157 @@ static int nodaemon(const char *sid) {
     return failures ? 1 : 0;
 }
 
+static volatile sig_atomic_t alarms;
+static void count_alarm(int sig) {
+    (void)sig;
+    alarms++;
+}
+
+/* SIGALRM runs count_alarm (sigaction flags `flags`) every `usec`
+ * microseconds (below a second) from now, or once if `once`; `usec` 0
+ * stops the timer. */
+static void alarm_in(int flags, long usec, int once) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = count_alarm;
+    sa.sa_flags = flags;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGALRM, &sa, NULL);
+    struct itimerval it = {{0, once ? 0 : usec}, {0, usec}};
+    setitimer(ITIMER_REAL, &it, NULL);
+}
+
+static double seconds(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+/* A blocking stream socket whose connect to `sid` a signal without
+ * SA_RESTART interrupted (EINTR), and goes on. */
+static int interrupted_connect(const char *sid) {
+    struct sockaddr_sv sa = sv_addr(sid);
+    int fd = socket(AF_SERVAL, SOCK_STREAM, 0);
+    if (fd < 0) die("socket");
+    alarms = 0;
+    double start = seconds();
+    alarm_in(0, 200000, 1);
+    EXPECT_ERR(connect(fd, (struct sockaddr *)&sa, sizeof sa), EINTR);
+    CHECK(alarms == 1 && seconds() - start < 5, "connect to %s interrupted by the signal (%d, after %.1f s)",
+          sid, (int)alarms, seconds() - start);
+    return fd;
+}
+
+/* The same for a TCP socket connecting to PORT, which inet mode maps to
+ * a service (the program's own socket is at the number until then). */
+static int interrupted_tcp_connect(int port) {
+    struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    sin.sin_addr.s_addr = htonl(0x0a090909); /* 10.9.9.9: any address will do */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) die("socket");
+    alarms = 0;
+    alarm_in(0, 200000, 1);
+    EXPECT_ERR(connect(fd, (struct sockaddr *)&sin, sizeof sin), EINTR);
+    CHECK(alarms == 1, "TCP connect to port %d interrupted by the signal", port);
+    struct pollfd p = {.fd = fd, .events = POLLOUT};
+    CHECK(poll(&p, 1, 0) == 0, "TCP connect in progress, not writable (revents %#x)", p.revents);
+    return fd;
+}
+
+struct waiting {
+    int fd;
+    const char *sid;
+    int rc, err;
+    volatile int done;
+};
+
+static void *connect_thread(void *arg) {
+    struct waiting *w = arg;
+    struct sockaddr_sv sa = sv_addr(w->sid);
+    w->rc = connect(w->fd, (struct sockaddr *)&sa, sizeof sa);
+    w->err = errno;
+    w->done = 1;
+    return NULL;
+}
+
+static void say(const char *marker) {
+    printf("%s\n", marker);
+    fflush(stdout);
+}
+
+/* As a blocking TCP connect: a signal whose handler has no SA_RESTART
+ * interrupts it (EINTR) and the connect goes on; with SA_RESTART the call
+ * goes on waiting. See the top of the file for the services. */
+static int connect_eintr(const char *s1, int port, const char *s3, const char *hole) {
+    struct sockaddr_sv sa1 = sv_addr(s1), sa3 = sv_addr(s3);
+    int a = interrupted_connect(s1), b = interrupted_connect(s1);
+    /* Both go on: not writable yet; a non-blocking connect is EALREADY. */
+    struct pollfd p = {.fd = a, .events = POLLOUT};
+    CHECK(poll(&p, 1, 0) == 0, "in progress, not writable (revents %#x)", p.revents);
+    fcntl(a, F_SETFL, fcntl(a, F_GETFL) | O_NONBLOCK);
+    EXPECT_ERR(connect(a, (struct sockaddr *)&sa1, sizeof sa1), EALREADY);
+    fcntl(a, F_SETFL, fcntl(a, F_GETFL) & ~O_NONBLOCK);
+
+    /* Closing a socket while another thread waits for its connect ends the
+     * wait (the connect to HOLE would take sald's 31.5 s). */
+    struct waiting w = {.fd = interrupted_connect(hole), .sid = hole};
+    pthread_t t;
+    pthread_create(&t, NULL, connect_thread, &w);
+    usleep(200000);
+    CHECK(!w.done, "a blocking connect waits for the interrupted one (rc %d errno %d)", w.rc, w.err);
+    close(w.fd);
+    for (int i = 0; i < 200 && !w.done; i++) usleep(10000);
+    CHECK(w.done && w.rc == -1, "close ends the wait of another thread (rc %d errno %d)", w.rc, w.err);
+    if (w.done) pthread_join(t, NULL);
+
+    say("connecting");
+    /* With SA_RESTART, signals do not interrupt a blocking connect, which
+     * waits for the outcome of the one in flight. */
+    alarms = 0;
+    alarm_in(SA_RESTART, 100000, 0);
+    CHECK(connect(a, (struct sockaddr *)&sa1, sizeof sa1) == 0, "blocking connect waits for the outcome");
+    CHECK(alarms >= 2, "%d signals while it waited", (int)alarms);
+    EXPECT_ERR(connect(a, (struct sockaddr *)&sa1, sizeof sa1), EISCONN);
+    /* The other polls writable once connected, as TCP. */
+    alarm_in(0, 0, 1);
+    p.fd = b;
+    p.revents = 0;
+    CHECK(poll(&p, 1, 20000) == 1 && (p.revents & POLLOUT), "the other one connects (revents %#x)", p.revents);
+    int err = -1;
+    socklen_t len = sizeof err;
+    CHECK(getsockopt(b, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0, "SO_ERROR %d", err);
+
+    /* A write after an interrupted connect waits for the connect, then
+     * writes to the flow (the placeholder would say EPIPE). Inet mode
+     * (PORT maps to S2): a placeholder takes the TCP socket's place. */
+    int d = interrupted_tcp_connect(port);
+    say("restart");
+    alarms = 0;
+    alarm_in(SA_RESTART, 100000, 0);
+    char ping = pattern(0);
+    CHECK(write(d, &ping, 1) == 1, "write waits for the interrupted connect");
+    CHECK(alarms >= 2, "%d signals while the write waited", (int)alarms);
+
+    /* A fresh blocking connect rides out SA_RESTART signals. */
+    int c = socket(AF_SERVAL, SOCK_STREAM, 0);
+    if (c < 0) die("socket");
+    say("fresh");
+    alarms = 0;
+    CHECK(connect(c, (struct sockaddr *)&sa3, sizeof sa3) == 0, "blocking connect with SA_RESTART");
+    CHECK(alarms >= 2, "%d signals while it connected", (int)alarms);
+    alarm_in(0, 0, 1);
+
+    char back = 0;
+    CHECK(read(d, &back, 1) == 1 && back == ping, "echo of the write");
+    close(d);
+    int fds[3] = {a, b, c};
+    for (int i = 0; i < 3; i++) {
+        CHECK(echo_check(fds[i], 100000) == 0, "echo on connect %d", i);
+        close(fds[i]);
+    }
+    return failures ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     if (argc < 3) {
@@ -1236,6 +1401,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "dup")) return dup_copies(sid);
     if (!strcmp(cmd, "reset-server") && argc > 4) return reset_server(sid, argv[3], atoi(argv[4]));
     if (!strcmp(cmd, "reset-client") && argc > 4) return reset_client(sid, argv[3], argv[4]);
+    if (!strcmp(cmd, "connect-eintr") && argc > 5) return connect_eintr(sid, atoi(argv[3]), argv[4], argv[5]);
     if (!strcmp(cmd, "misuse")) return misuse(sid);
     if (!strcmp(cmd, "nodaemon")) return nodaemon(sid);
     fprintf(stderr, "unknown subcommand %s\n", cmd);

@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
-use std::net::UdpSocket;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -107,17 +107,17 @@ pub struct Sald {
 
 impl Sald {
     pub fn start() -> Sald {
+        Sald::start_on(SocketAddrV4::new(Ipv4Addr::LOCALHOST, free_udp_port()))
+    }
+
+    /// A sald whose UDP link is `udp`.
+    pub fn start_on(udp: SocketAddrV4) -> Sald {
         let dir = tempfile::tempdir().expect("tempdir");
         let control = dir.path().join("sald.sock");
-        // A free UDP port: bind port 0, note it, release it.
-        let port = UdpSocket::bind("127.0.0.1:0")
-            .and_then(|s| s.local_addr())
-            .expect("free UDP port")
-            .port();
         let log = std::fs::File::create(dir.path().join("sald.log")).expect("log");
         let mut cmd = Command::new(binary("sald"));
         cmd.arg("--udp")
-            .arg(format!("127.0.0.1:{port}"))
+            .arg(udp.to_string())
             .arg("--control")
             .arg(&control)
             .env_remove("SERVAL_CONTROL")
@@ -158,6 +158,14 @@ impl Drop for Sald {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// A free UDP port on 127.0.0.1: bound to port 0, noted, released.
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("free UDP port")
+        .port()
 }
 
 /// The C test program (tests/c/serval_test.c), compiled once per test

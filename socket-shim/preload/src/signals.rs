@@ -1,0 +1,46 @@
+//! Whether a signal may interrupt a blocking call of the program's.
+//!
+//! A blocking `connect` waits for sald's answer on a control connection. To
+//! wait as TCP's connect does (`EINTR` once a handler without `SA_RESTART`
+//! has run, restarted after one with it), the wait must be a plain blocking
+//! receive (`ops::start_connect`). But a blocked receive is also woken, for
+//! nothing, when sald reads our request (a unix socket announces the room
+//! freed to its writer's waiters), which a wait in `poll(POLLIN)` filters
+//! out: about a tenth of the connection rate in `benches/connect`. So the
+//! plain receive is used only once the program has installed a handler
+//! without `SA_RESTART` (`sigaction` is interposed to know; glibc's
+//! `signal` installs handlers with it). Until then no signal can interrupt
+//! a connect, and the filtered wait behaves the same.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Some handler without `SA_RESTART` was installed.
+static INTERRUPTING: AtomicBool = AtomicBool::new(false);
+
+/// The program installs `act` for `signum` (from `sigaction`; null only
+/// asks). Handlers of the signals a thread's own faults raise (Rust's
+/// runtime installs some for `SIGSEGV` and `SIGBUS`) do not count: they
+/// never arrive while the thread waits in a system call.
+pub(crate) fn installing(signum: libc::c_int, act: Option<&libc::sigaction>) {
+    let Some(act) = act else {
+        return;
+    };
+    let faults = [
+        libc::SIGSEGV,
+        libc::SIGBUS,
+        libc::SIGILL,
+        libc::SIGFPE,
+        libc::SIGTRAP,
+    ];
+    let handler = act.sa_sigaction;
+    let catches = handler != libc::SIG_DFL && handler != libc::SIG_IGN;
+    if catches && act.sa_flags & libc::SA_RESTART == 0 && !faults.contains(&signum) {
+        INTERRUPTING.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Whether a signal may interrupt a blocking call: some handler without
+/// `SA_RESTART` was installed at some point.
+pub(crate) fn may_interrupt() -> bool {
+    INTERRUPTING.load(Ordering::Relaxed)
+}
