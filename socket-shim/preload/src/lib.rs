@@ -100,6 +100,15 @@ extern "C" fn on_load() {
     let _ = catch_unwind(|| {
         socket_shim::pin_control_path();
         let _ = addr::PortMap::get();
+        // libc's `sigaction` is looked up now, not at the program's first
+        // call, which may come from a signal handler (`dlsym` is not
+        // async-signal-safe). Signal 0 is refused without effect.
+        let errno = std::io::Error::last_os_error().raw_os_error();
+        // SAFETY: null pointers ask nothing and install nothing.
+        unsafe { real::sigaction(0, std::ptr::null(), std::ptr::null_mut()) };
+        if let Some(errno) = errno {
+            set_errno(errno);
+        }
     });
 }
 
@@ -669,6 +678,60 @@ pub unsafe extern "C" fn sigaction(
     signals::installing(signum, unsafe { act.as_ref() });
     // SAFETY: forwarding the caller's arguments unchanged.
     unsafe { real::sigaction(signum, act, old) }
+}
+
+/// Notes that `signum`'s handler may now interrupt blocking calls (see
+/// `signals`).
+///
+/// # Safety
+/// As `siginterrupt(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn siginterrupt(signum: c_int, flag: c_int) -> c_int {
+    if flag != 0 {
+        // Whatever the handler is: a function, most likely.
+        signals::installing_without_restart(signum, 2);
+    }
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { real::siginterrupt(signum, flag) }
+}
+
+/// Notes a handler installed without `SA_RESTART` (see `signals`).
+///
+/// # Safety
+/// As `sysv_signal(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn sysv_signal(
+    signum: c_int,
+    handler: libc::sighandler_t,
+) -> libc::sighandler_t {
+    signals::installing_without_restart(signum, handler);
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { real::sysv_signal(signum, handler) as libc::sighandler_t }
+}
+
+/// `signal` in a strict ISO C build: [`sysv_signal`].
+///
+/// # Safety
+/// As `sysv_signal(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn __sysv_signal(
+    signum: c_int,
+    handler: libc::sighandler_t,
+) -> libc::sighandler_t {
+    signals::installing_without_restart(signum, handler);
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { real::__sysv_signal(signum, handler) as libc::sighandler_t }
+}
+
+/// Notes a handler installed without `SA_RESTART` (see `signals`).
+///
+/// # Safety
+/// As `sigset(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn sigset(signum: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+    signals::installing_without_restart(signum, handler);
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { real::sigset(signum, handler) as libc::sighandler_t }
 }
 
 /// Remembers epoll registrations of our sockets, so they can be re-added

@@ -21,6 +21,7 @@ use crate::addr::{self, parse_inet, parse_serval, PortMap, SockAddr, AF_SERVAL};
 use crate::pool;
 use crate::real;
 use crate::table::{self, ident, lock, Domain, Entry, Kind, State};
+use std::panic::AssertUnwindSafe;
 
 /// An errno value.
 pub(crate) type Errno = i32;
@@ -758,14 +759,19 @@ fn park(fd: RawFd, gen: u64, peer: SockAddr, control: ControlClient, flags: (boo
     drop(spare);
     drop(fresh);
     let complete = move || {
-        let mut control = control;
-        let answer = control.answer();
-        if answer.is_ok() {
-            pool::give(control);
-        } else {
-            drop(control);
-        }
-        let result = answer.map_err(shim_errno).and_then(flow_from_reply);
+        // A panic on the way must still end the connect, or its waiters
+        // would wait for ever.
+        let result = std::panic::catch_unwind(AssertUnwindSafe(move || {
+            let mut control = control;
+            let answer = control.answer();
+            if answer.is_ok() {
+                pool::give(control);
+            } else {
+                drop(control);
+            }
+            answer.map_err(shim_errno).and_then(flow_from_reply)
+        }))
+        .unwrap_or(Err(libc::EIO));
         let _ = finish_connect(fd, gen, result, peer, None);
     };
     // SAFETY: `all` and `old` are valid sigset_t's; the mask is restored
@@ -1423,18 +1429,8 @@ pub(crate) fn close(fd: RawFd) {
         (entry, last)
     };
     if let Some(entry) = entry {
-        if let (Some(wake), true) = (entry.wake(), entry.parked != 0) {
-            if entry.parked == std::process::id() {
-                // Whoever waits for this socket's interrupted connect (on a
-                // copy of the placeholder, see `await_parked`) sees the
-                // hang-up now, even while a forked child holds a copy of
-                // the peer end; a child's close leaves the parent's socket
-                // alone. (Only then: a placeholder that a child still uses
-                // for a connect of its own must not hang up.)
-                // SAFETY: no pointers; a socket this entry owns.
-                unsafe { real::shutdown(wake.as_raw_fd(), libc::SHUT_RDWR) };
-            }
-        }
+        // A parked connect's waiters see the hang-up when `entry` drops
+        // (see `Entry`'s `Drop`).
         if let State::Listening { control } = &entry.state {
             if last && entry.owner == std::process::id() as libc::pid_t {
                 // sald unbinds when the control connection closes; forked

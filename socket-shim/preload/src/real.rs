@@ -127,6 +127,13 @@ real_fns! {
     fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t;
     fn shutdown(fd: c_int, how: c_int) -> c_int;
     fn sigaction(signum: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int;
+    fn siginterrupt(signum: c_int, flag: c_int) -> c_int;
+    /// Returns the old handler, or -1 (`SIG_ERR`).
+    fn sysv_signal(signum: c_int, handler: libc::sighandler_t) -> isize;
+    /// Returns the old handler, or -1 (`SIG_ERR`).
+    fn __sysv_signal(signum: c_int, handler: libc::sighandler_t) -> isize;
+    /// Returns the old handler, or -1 (`SIG_ERR`).
+    fn sigset(signum: c_int, handler: libc::sighandler_t) -> isize;
     fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut epoll_event) -> c_int;
     fn dup(old: c_int) -> c_int;
     fn dup2(old: c_int, new: c_int) -> c_int;

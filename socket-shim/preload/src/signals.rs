@@ -7,10 +7,12 @@
 //! nothing, when sald reads our request (a unix socket announces the room
 //! freed to its writer's waiters), which a wait in `poll(POLLIN)` filters
 //! out: about a tenth of the connection rate in `benches/connect`. So the
-//! plain receive is used only once the program has installed a handler
-//! without `SA_RESTART` (`sigaction` is interposed to know; glibc's
-//! `signal` installs handlers with it). Until then no signal can interrupt
-//! a connect, and the filtered wait behaves the same.
+//! plain receive is used only once the program may have installed a
+//! handler without `SA_RESTART`. The calls that can install one are
+//! interposed to know: `sigaction`, `siginterrupt` (which clears
+//! `SA_RESTART`), `sysv_signal` (what `signal` is in a strict ISO C build)
+//! and `sigset`. glibc's BSD `signal`, the default, restarts. Until then no
+//! signal can interrupt a connect, and the filtered wait behaves the same.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -37,6 +39,26 @@ pub(crate) fn installing(signum: libc::c_int, act: Option<&libc::sigaction>) {
     if catches && act.sa_flags & libc::SA_RESTART == 0 && !faults.contains(&signum) {
         INTERRUPTING.store(true, Ordering::Relaxed);
     }
+}
+
+/// The program installs `handler` for `signum` in a way that does not
+/// restart system calls (`sysv_signal`, `sigset`), or makes `signum`'s
+/// handler interrupt them (`siginterrupt`; `handler` is then not known
+/// and taken to be one).
+pub(crate) fn installing_without_restart(signum: libc::c_int, handler: libc::sighandler_t) {
+    let act = libc::sigaction {
+        sa_sigaction: handler,
+        sa_mask: unsafe_zeroed_mask(),
+        sa_flags: 0,
+        sa_restorer: None,
+    };
+    installing(signum, Some(&act));
+}
+
+/// An empty signal set.
+fn unsafe_zeroed_mask() -> libc::sigset_t {
+    // SAFETY: `sigset_t` is plain data; all zeros is the empty set.
+    unsafe { std::mem::zeroed() }
 }
 
 /// Whether a signal may interrupt a blocking call: some handler without

@@ -18,7 +18,7 @@
 //! while dropping a Rust-owned descriptor (that would re-enter `close`).
 
 use std::collections::BTreeMap;
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Once};
 
@@ -221,16 +221,15 @@ impl Entry {
             },
             _ => return None,
         };
-        Some(Entry {
-            local: self.local,
-            peer: self.peer,
-            options: self.options.clone(),
-            // Whoever copied it, the listener is the process's that
-            // listened: a forked child's last copy must not unbind it.
-            owner: self.owner,
-            reset: Arc::clone(&self.reset),
-            ..Entry::new(self.kind, self.domain, fd, state)
-        })
+        let mut copy = Entry::new(self.kind, self.domain, fd, state);
+        copy.local = self.local;
+        copy.peer = self.peer;
+        copy.options = self.options.clone();
+        // Whoever copied it, the listener is the process's that listened: a
+        // forked child's last copy must not unbind it.
+        copy.owner = self.owner;
+        copy.reset = Arc::clone(&self.reset);
+        Some(copy)
     }
 
     /// Whether this is an inet-mode socket the shim only watches (see
@@ -262,6 +261,23 @@ pub(crate) fn ident(fd: RawFd) -> (u64, u64) {
     // SAFETY: fstat succeeded, so it initialised the struct.
     let st = unsafe { st.assume_init() };
     (st.st_dev, st.st_ino)
+}
+
+impl Drop for Entry {
+    /// An entry that goes while its interrupted connect is in flight
+    /// (closed, replaced by a `dup2` over its number, found stale): whoever
+    /// waits for that connect (on a copy of the placeholder, see
+    /// `ops::await_parked`) must see a hang-up, even while a forked child
+    /// holds a copy of the peer end. Only in the process that parked it: a
+    /// child's placeholder may still be waited on for a connect of its own.
+    fn drop(&mut self) {
+        if self.parked == std::process::id() {
+            if let Some(wake) = self.wake() {
+                // SAFETY: no pointers; a socket this entry owns.
+                unsafe { crate::real::shutdown(wake.as_raw_fd(), libc::SHUT_RDWR) };
+            }
+        }
+    }
 }
 
 fn bit(fd: RawFd) -> Option<(usize, u64)> {
