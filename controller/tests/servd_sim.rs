@@ -186,6 +186,11 @@ impl Net {
         self.event(host, ControlEvent::Registered { prefix: p(prefix) });
     }
 
+    /// `host`'s application unbinds `prefix`.
+    fn unregister(&mut self, host: usize, prefix: &str) {
+        self.event(host, ControlEvent::Unregistered { prefix: p(prefix) });
+    }
+
     /// Delivers datagrams and applies actions until nothing moves.
     fn settle(&mut self) {
         for _ in 0..1000 {
@@ -321,12 +326,7 @@ fn announcement_becomes_a_forward_rule_and_withdrawal_removes_it() {
     // Refreshes keep it for many leases.
     net.run(LEASE * 5);
     assert_eq!(net.hosts[r].forwards("beef/16"), vec![(loc(2), 1)]);
-    net.event(
-        h,
-        ControlEvent::Unregistered {
-            prefix: p("beef/16"),
-        },
-    );
+    net.unregister(h, "beef/16");
     assert!(net.hosts[r].forwards("beef/16").is_empty());
     assert!(net.hosts[r].controller.stats().withdrawals >= 1);
 }
@@ -509,19 +509,9 @@ fn hierarchy_aggregates_and_resolves_through_the_core() {
     assert!(net.hosts[client].has("0/0", TargetKey::Delay));
 
     // Withdrawing both specifics withdraws the aggregate at the core.
-    net.event(
-        server,
-        ControlEvent::Unregistered {
-            prefix: p("beef01/24"),
-        },
-    );
+    net.unregister(server, "beef01/24");
     assert_eq!(net.hosts[core].forwards("beef/16").len(), 1);
-    net.event(
-        server,
-        ControlEvent::Unregistered {
-            prefix: p("beef02/24"),
-        },
-    );
+    net.unregister(server, "beef02/24");
     assert!(net.hosts[core].forwards("beef/16").is_empty());
 }
 
@@ -1047,12 +1037,7 @@ fn replayed_and_stale_authenticated_messages_are_dropped_and_counted() {
     let h = net.add(2, hc);
     net.run(Duration::from_millis(50));
     net.register(h, "beef/16");
-    net.event(
-        h,
-        ControlEvent::Unregistered {
-            prefix: p("beef/16"),
-        },
-    );
+    net.unregister(h, "beef/16");
     assert!(net.hosts[r].forwards("beef/16").is_empty());
     // The attacker captured that withdrawal.
     let ring = Keyring::with_signing(domain_key());
@@ -1414,12 +1399,7 @@ fn a_host_that_restarts_servd_withdraws_its_routes_at_once() {
     net.run(Duration::from_millis(50));
     net.register(h, "beef/16");
     assert_eq!(net.hosts[r].forwards("beef/16"), vec![(loc(2), 1)]);
-    net.event(
-        h,
-        ControlEvent::Unregistered {
-            prefix: p("beef/16"),
-        },
-    );
+    net.unregister(h, "beef/16");
     assert!(
         net.hosts[r].forwards("beef/16").is_empty(),
         "withdrawn at once"
@@ -1563,12 +1543,7 @@ fn an_entry_a_forger_created_first_is_the_hosts_to_withdraw() {
     assert!(net.entry(r, "beef/16", loc(2)).is_some(), "the forger's");
     net.run(REFRESH);
     assert_eq!(net.hosts[r].forwards("beef/16"), vec![(loc(2), 1)]);
-    net.event(
-        h,
-        ControlEvent::Unregistered {
-            prefix: p("beef/16"),
-        },
-    );
+    net.unregister(h, "beef/16");
     assert!(
         net.hosts[r].forwards("beef/16").is_empty(),
         "withdrawn at once"
