@@ -795,8 +795,9 @@ fn park(fd: RawFd, gen: u64, peer: SockAddr, control: ControlClient, flags: (boo
 /// A copy of the placeholder of the interrupted connect in flight on `fd`
 /// ([`Entry::parked`]), taken under the table lock before the flow can
 /// replace it at the number; `None` when there is no such connect (any
-/// more).
-fn parked_waiter(fd: RawFd) -> Res<Option<OwnedFd>> {
+/// more). With it, the connect's generation: whoever waited checks that
+/// the number still means that socket.
+fn parked_waiter(fd: RawFd) -> Res<Option<(OwnedFd, u64)>> {
     let mut stale = Vec::new();
     let waiter = {
         let mut table = lock();
@@ -812,7 +813,7 @@ fn parked_waiter(fd: RawFd) -> Res<Option<OwnedFd>> {
                     Err(last_errno())
                 } else {
                     // SAFETY: the kernel just made `copy` for us.
-                    Ok(Some(unsafe { OwnedFd::from_raw_fd(copy) }))
+                    Ok(Some((unsafe { OwnedFd::from_raw_fd(copy) }, entry.gen)))
                 }
             }
             _ => Ok(None),
@@ -863,7 +864,7 @@ fn await_parked(waiter: OwnedFd) -> Res<()> {
 /// (`0`, or the error, taken from `SO_ERROR`; `ECONNABORTED` if another
 /// call took that first). `None` when there is no such connect (any more).
 fn connect_parked(fd: RawFd) -> Res<Option<c_int>> {
-    let Some(waiter) = parked_waiter(fd)? else {
+    let Some((waiter, gen)) = parked_waiter(fd)? else {
         return Ok(None);
     };
     await_parked(waiter)?;
@@ -871,6 +872,8 @@ fn connect_parked(fd: RawFd) -> Res<Option<c_int>> {
     let outcome = {
         let mut table = lock();
         match table.get(fd, &mut stale) {
+            // The socket was closed meanwhile (and the number reused).
+            Some(entry) if entry.gen != gen => Err(libc::EBADF),
             Some(entry) => match entry.state {
                 State::Connected => Ok(0),
                 State::Connecting { .. } => Err(libc::EALREADY),
@@ -1779,7 +1782,7 @@ fn refusal_parked(fd: RawFd, write: bool, flags: c_int) -> Option<Errno> {
         return Some(libc::EAGAIN);
     }
     match parked_waiter(fd) {
-        Ok(Some(waiter)) => {
+        Ok(Some((waiter, _))) => {
             if let Err(errno) = await_parked(waiter) {
                 return Some(errno);
             }
