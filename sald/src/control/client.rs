@@ -166,12 +166,15 @@ impl Client {
             if request == Request::Connector {
                 return connector::serve(self).await;
             }
-            // Metered: see `control::ration`.
+            // Metered (see `control::ration`), except connects: each is a
+            // flow within the user's share, and a client's connection rate
+            // must be sald's, not a quarter of it.
             let rations = self.context.rations.clone();
-            let (uid, privileged) = (self.uid, self.privileged);
-            rations.wait(uid, privileged).await;
+            let uid = self.uid;
+            let exempt = self.privileged || matches!(request, Request::Connect { .. });
+            rations.wait(uid, exempt).await;
             let (response, fd) = rations
-                .meter(uid, privileged, cmd::handle(self, request))
+                .meter(uid, exempt, cmd::handle(self, request))
                 .await;
             self.respond(&response, fd).await?;
         }

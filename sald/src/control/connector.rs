@@ -46,16 +46,15 @@ pub(super) async fn serve(client: &mut Client) -> anyhow::Result<()> {
                 next += 1;
                 match request {
                     Request::Connect { service, protocol, timeout_ms } => {
+                        // Not metered (see `client::serve`): connects are
+                        // flows within the user's share.
                         let context = client.context.clone();
-                        let (uid, privileged) = (client.uid, client.privileged);
-                        // Metered: see `control::ration`.
-                        let rations = context.rations.clone();
-                        rations.wait(uid, privileged).await;
-                        in_flight.spawn(rations.meter(uid, privileged, async move {
+                        let uid = client.uid;
+                        in_flight.spawn(async move {
                             let reply =
                                 cmd::connect(&context, uid, service, protocol, timeout_ms).await;
                             (number, reply)
-                        }));
+                        });
                     }
                     _ => {
                         let refused = Response::error(

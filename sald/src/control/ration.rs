@@ -12,7 +12,9 @@
 //! than [`CREDIT`] ahead waits before its next request (or a listing's
 //! next part) is served. A user who keeps the thread busy gets a quarter
 //! of it; one who asks now and then never waits. Root and sald's own user
-//! (servd, operators) are not metered.
+//! (servd, operators) are not metered, nor are connects: each is a flow
+//! within the user's share (`flows_per_uid`), and a client's connection
+//! rate must be sald's, not a quarter of it.
 
 use std::collections::HashMap;
 use std::future::Future;
