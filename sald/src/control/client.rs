@@ -173,9 +173,7 @@ impl Client {
             let uid = self.uid;
             let exempt = self.privileged || matches!(request, Request::Connect { .. });
             rations.wait(uid, exempt).await;
-            let (response, fd) = rations
-                .meter(uid, exempt, cmd::handle(self, request))
-                .await;
+            let (response, fd) = rations.meter(uid, exempt, cmd::handle(self, request)).await;
             self.respond(&response, fd).await?;
         }
     }
