@@ -660,6 +660,27 @@ fn data_before_the_ack_must_acknowledge_the_syn_ack() {
             "ack {wrong:#x} (ISN {server_isn:#x}) established the flow"
         );
     }
+    // The right acknowledgement from anywhere but the client's address
+    // establishes nothing either.
+    let elsewhere: Ipv4Addr = "10.0.0.98".parse().unwrap();
+    let segment = tcp_segment(
+        TcpControl::Psh,
+        1001,
+        Some(server_isn.wrapping_add(1)),
+        b"hello",
+        (elsewhere, server_ip),
+    );
+    inject(
+        &mut net,
+        elsewhere,
+        SERVER,
+        sal_data(client_flow, server_flow, &segment),
+    );
+    net.run_for(Duration::from_millis(10));
+    assert_eq!(
+        net.host(server).accept(listener),
+        Err(HostError::WouldBlock)
+    );
     // What only the client (or an on-path observer) can send does.
     inject(&mut net, victim, SERVER, data(server_isn.wrapping_add(1)));
     net.run_for(Duration::from_millis(10));
