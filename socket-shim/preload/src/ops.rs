@@ -210,20 +210,27 @@ fn stage(state: &State) -> Option<Stage> {
 /// A summary of `fd`'s entry, if the shim answers for it (not for one it
 /// only watches).
 fn look(fd: RawFd) -> Option<Look> {
+    with_entry(fd, |e| {
+        Some(Look {
+            kind: e.kind,
+            domain: e.domain,
+            stage: stage(&e.state)?,
+            local: e.local,
+        })
+    })
+}
+
+/// What `f` makes of `fd`'s entry, under the table lock (`None` when `fd`
+/// is not ours); stale entries found on the way are dropped after the
+/// lock is released.
+fn with_entry<T>(fd: RawFd, f: impl FnOnce(&mut Entry) -> Option<T>) -> Option<T> {
     if !table::maybe_tracked(fd) {
         return None;
     }
     let mut stale = Vec::new();
     let found = {
         let mut table = lock();
-        table.get(fd, &mut stale).and_then(|e| {
-            Some(Look {
-                kind: e.kind,
-                domain: e.domain,
-                stage: stage(&e.state)?,
-                local: e.local,
-            })
-        })
+        table.get(fd, &mut stale).and_then(f)
     };
     drop(stale);
     found
@@ -1818,18 +1825,7 @@ fn refusal_parked(fd: RawFd, write: bool, flags: c_int) -> Option<Errno> {
 /// once the bytes that had arrived are through, a finished one only for
 /// writing, and this end then sees a hang-up only after a reset.
 pub(crate) fn reset_at_end(fd: RawFd) -> bool {
-    if !table::maybe_tracked(fd) {
-        return false;
-    }
-    let mut stale = Vec::new();
-    let watch = {
-        let mut table = lock();
-        table
-            .get(fd, &mut stale)
-            .filter(|entry| entry.stream_flow())
-            .map(|entry| std::sync::Arc::clone(&entry.reset))
-    };
-    drop(stale);
+    let watch = flow_reset_watch(fd);
     // SAFETY: the program's read of `fd` just returned; should another
     // thread close the number meanwhile, `poll` reports it invalid
     // (`POLLNVAL`, not a hang-up), which reads as no reset.
@@ -1842,17 +1838,19 @@ pub(crate) fn reset_at_end(fd: RawFd) -> bool {
 /// no longer tells a reset from a finished flow, and its end of file stays
 /// one (for every copy of the flow).
 pub(crate) fn write_shut(fd: RawFd) {
-    let mut stale = Vec::new();
-    {
-        let mut table = lock();
-        if let Some(entry) = table
-            .get(fd, &mut stale)
-            .filter(|entry| entry.stream_flow())
-        {
-            entry.reset.write_shut();
-        }
+    if let Some(watch) = flow_reset_watch(fd) {
+        watch.write_shut();
     }
-    drop(stale);
+}
+
+/// The reset record of `fd`, if it is a connected stream flow (shared by
+/// its `dup` copies).
+fn flow_reset_watch(fd: RawFd) -> Option<std::sync::Arc<socket_shim::reset::ResetWatch>> {
+    with_entry(fd, |entry| {
+        entry
+            .stream_flow()
+            .then(|| std::sync::Arc::clone(&entry.reset))
+    })
 }
 
 // --- epoll ----------------------------------------------------------------
