@@ -115,7 +115,8 @@ pub enum Request {
         /// unconnected ones.
         protocol: TransportProtocol,
         /// Most flows half-open or waiting to be accepted at once; sald clamps
-        /// it to 1..=65535.
+        /// it to 1..=65535, and an ordinary user's listeners' backlogs to add
+        /// up to at most its `flows_per_uid` (each keeps at least one).
         backlog: u32,
     },
     /// Take the next established flow of a listener; waits for one unless

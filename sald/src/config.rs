@@ -29,7 +29,8 @@
 //! frame_memory = 33554432    # bytes of request frames being read, all clients
 //! subscriber_queue = 1024    # events a slow subscriber may fall behind by
 //! flows = 4194304            # flows and datagram sockets at once (memory bound)
-//! flows_per_uid = 262144     # of those, what one ordinary user may hold (ENOBUFS beyond)
+//! flows_per_uid = 262144     # of those, what one ordinary user may hold (ENOBUFS beyond),
+//!                            # and what its listeners' backlogs may queue together
 //! bindings_per_uid = 4096    # listeners one ordinary user may hold (ENOBUFS beyond)
 //!
 //! [tcp]                      # each stream flow's TCP buffers (defaults shown)
@@ -263,9 +264,11 @@ pub struct Limits {
     /// (connected, accepted, still connecting, or opened): a connect or
     /// datagram socket beyond it fails with `ENOBUFS`, so that one user
     /// cannot take every flow (nor sald's descriptors and memory) from the
-    /// others. Flows arriving at a user's listeners count but are not
-    /// refused: the listener's backlog bounds those. Root and sald's own
-    /// user are not bounded by it.
+    /// others. A flow arriving at a user's listener counts once it is
+    /// accepted (an accept beyond the share fails with `ENOBUFS` and resets
+    /// the flow); until then its listener's backlog bounds it, and a user's
+    /// listeners' backlogs are cut to add up to at most this many (each
+    /// keeps at least one). Root and sald's own user are not bounded by it.
     pub flows_per_uid: usize,
     /// Bindings (listeners) one ordinary user may hold at once; a bind
     /// beyond it fails with `ENOBUFS`. Every binding is a rule in the

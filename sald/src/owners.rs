@@ -26,7 +26,8 @@
 //! ask for. Root's listing, a walk over the host's flows, shows it.
 //!
 //! The count of what each user holds is what `[limits] flows_per_uid`
-//! bounds (see `control::cmd::flows`).
+//! bounds (see `control::cmd::flows`); so is the sum of the backlogs of a
+//! user's listeners, what they may queue (see `control::cmd::bind`).
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -41,6 +42,8 @@ pub struct Binding {
     pub prefix: ServicePrefix,
     /// Who bound it.
     pub uid: u32,
+    /// How many flows it may queue, half-open or waiting to be accepted.
+    pub backlog: usize,
 }
 
 /// The owners of one daemon's bindings and flows.
@@ -52,6 +55,9 @@ pub struct Owners {
     by_prefix: BTreeMap<ServicePrefix, Vec<ListenerId>>,
     /// How many bindings each user holds.
     bindings_held: HashMap<u32, usize>,
+    /// The sum of each user's listeners' backlogs: how many flows they may
+    /// queue at most (see `control::cmd::bind`).
+    backlog_held: HashMap<u32, usize>,
     flows: HashMap<FlowId, FlowOwner>,
     /// The keys of `flows` by owner, held or not: what a user's listing
     /// walks. Users with none have no entry.
@@ -75,6 +81,7 @@ impl Owners {
     pub fn shrink_to_fit(&mut self) {
         self.bindings.shrink_to_fit();
         self.bindings_held.shrink_to_fit();
+        self.backlog_held.shrink_to_fit();
         self.flows.shrink_to_fit();
         self.flows_by_uid.shrink_to_fit();
         for flows in self.flows_by_uid.values_mut() {
@@ -84,12 +91,16 @@ impl Owners {
     }
 
     /// Records a new listener.
-    pub fn bind(&mut self, listener: ListenerId, prefix: ServicePrefix, uid: u32) {
-        if let Some(previous) = self.bindings.insert(listener, Binding { prefix, uid }) {
+    pub fn bind(&mut self, listener: ListenerId, binding: Binding) {
+        if let Some(previous) = self.bindings.insert(listener, binding) {
             self.forget_binding(listener, previous);
         }
-        self.by_prefix.entry(prefix).or_default().push(listener);
-        count(&mut self.bindings_held, uid);
+        self.by_prefix
+            .entry(binding.prefix)
+            .or_default()
+            .push(listener);
+        count(&mut self.bindings_held, binding.uid);
+        add(&mut self.backlog_held, binding.uid, binding.backlog);
     }
 
     /// Forgets a listener.
@@ -107,11 +118,18 @@ impl Owners {
             }
         }
         uncount(&mut self.bindings_held, binding.uid);
+        subtract(&mut self.backlog_held, binding.uid, binding.backlog);
     }
 
     /// How many bindings `uid` holds.
     pub fn bindings_of(&self, uid: u32) -> usize {
         self.bindings_held.get(&uid).copied().unwrap_or(0)
+    }
+
+    /// How many flows `uid`'s listeners may queue together (the sum of
+    /// their backlogs).
+    pub fn backlog_of(&self, uid: u32) -> usize {
+        self.backlog_held.get(&uid).copied().unwrap_or(0)
     }
 
     /// Who bound exactly `prefix`.
@@ -243,14 +261,24 @@ impl Owners {
 
 /// One more for `uid`.
 fn count(counts: &mut HashMap<u32, usize>, uid: u32) {
-    *counts.entry(uid).or_default() += 1;
+    add(counts, uid, 1);
 }
 
 /// One less for `uid`; users with nothing leave no entry.
 fn uncount(counts: &mut HashMap<u32, usize>, uid: u32) {
-    if let Some(n) = counts.get_mut(&uid) {
-        *n -= 1;
-        if *n == 0 {
+    subtract(counts, uid, 1);
+}
+
+/// `n` more for `uid`.
+fn add(counts: &mut HashMap<u32, usize>, uid: u32, n: usize) {
+    *counts.entry(uid).or_default() += n;
+}
+
+/// `n` less for `uid`; users with nothing leave no entry.
+fn subtract(counts: &mut HashMap<u32, usize>, uid: u32, n: usize) {
+    if let Some(held) = counts.get_mut(&uid) {
+        *held = held.saturating_sub(n);
+        if *held == 0 {
             counts.remove(&uid);
         }
     }
@@ -376,10 +404,18 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn binding(prefix: &str, uid: u32) -> Binding {
+        Binding {
+            prefix: p(prefix),
+            uid,
+            backlog: 128,
+        }
+    }
+
     #[test]
     fn overlap_is_checked_in_both_directions_and_only_against_others() {
         let mut owners = Owners::default();
-        owners.bind(ListenerId(1), p("beef/16"), 1000);
+        owners.bind(ListenerId(1), binding("beef/16", 1000));
         assert!(owners.overlapping_other(&p("be/8"), 1001).is_some());
         assert!(owners.overlapping_other(&p("beef/16"), 1001).is_some());
         assert!(owners.overlapping_other(&p("beef01/24"), 1001).is_some());
@@ -388,13 +424,15 @@ mod tests {
         assert_eq!(owners.binding_owner(&p("beef/16")), Some(1000));
         assert_eq!(owners.bound_to(&p("beef/16")), [(ListenerId(1), 1000)]);
         assert!(owners.bound_to(&p("be/8")).is_empty());
-        owners.bind(ListenerId(2), p("beef01/24"), 1000);
+        owners.bind(ListenerId(2), binding("beef01/24", 1000));
         assert_eq!(owners.listener_owner(ListenerId(2)), Some(1000));
         assert_eq!(owners.bindings_of(1000), 2);
+        assert_eq!(owners.backlog_of(1000), 2 * 128);
         assert_eq!(owners.unbind(ListenerId(1)).unwrap().uid, 1000);
         assert!(owners.overlapping_other(&p("be/8"), 1001).is_some());
         owners.unbind(ListenerId(2));
         assert!(owners.overlapping_other(&p("be/8"), 1001).is_none());
+        assert_eq!(owners.backlog_of(1000), 0);
     }
 
     /// The indexed lookups agree with a walk over every binding, for
@@ -427,8 +465,13 @@ mod tests {
                 assert_eq!(owners.unbind(listener), Some(binding));
             } else {
                 let listener = ListenerId(u64::from(round));
-                owners.bind(listener, prefix, uid);
-                naive.push((listener, Binding { prefix, uid }));
+                let binding = Binding {
+                    prefix,
+                    uid,
+                    backlog: 1,
+                };
+                owners.bind(listener, binding);
+                naive.push((listener, binding));
             }
             let query = random_prefix(&mut next);
             let other_uid = 1000 + next() % 3;

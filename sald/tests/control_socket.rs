@@ -312,6 +312,61 @@ fn accepted_flows_count_against_the_share_and_root_keeps_descriptors() {
 /// One ordinary user's bindings are bounded too (each is a rule, and with
 /// servd a route announced to the routers): past `bindings_per_uid`, a bind
 /// fails with `ENOBUFS`; others are not affected; closing one frees a place.
+/// The backlogs of one ordinary user's listeners add up to at most its
+/// share: flows waiting to be accepted are the host's, and one user's
+/// listeners used to queue `bindings_per_uid` x 65,535 of them.
+#[test]
+fn a_user_s_listeners_queue_no_more_than_its_share() {
+    require_root!();
+    let dir = Scratch::new("backlog-share");
+    let sald = daemon(&dir, "sald", |config| config.limits.flows_per_uid = 8);
+    // A listener nobody accepts from (no `Deliver`): it lives as long as
+    // its control connection, and its flows wait in the host's queue.
+    let bind = |uid: u32, p: &str, backlog: u32| {
+        let mut control = client_as(&sald.control, uid).unwrap();
+        let listen = Request::Listen {
+            prefix: prefix(p),
+            protocol: TransportProtocol::Stream,
+            backlog,
+        };
+        let answer = control.request(&listen).unwrap().response;
+        assert!(matches!(answer, Response::Listening { .. }), "{answer:?}");
+        control
+    };
+    // Root connects (its flows count against nobody's share of nothing).
+    let queued = |service: &str| {
+        let service = service.parse().unwrap();
+        let mut opened = Vec::new();
+        while let Ok(flow) =
+            ServiceStream::connect_via(sald.client(), service, Some(Duration::from_secs(3)))
+        {
+            opened.push(flow);
+            assert!(opened.len() <= 64, "the backlog holds no bound");
+        }
+        opened
+    };
+    let first = bind(NOBODY, "b10c/16", 6);
+    let second = bind(NOBODY, "b10d/16", 6);
+    let third = bind(NOBODY, "b10e/16", 6);
+    assert_eq!(
+        queued("b10c01").len(),
+        6,
+        "the first gets what it asked for"
+    );
+    assert_eq!(queued("b10d01").len(), 2, "the second what is left");
+    assert_eq!(queued("b10e01").len(), 1, "the third at least one");
+    // Root's listeners are not cut, nor another user's.
+    let _root = bind(0, "b20c/16", 12);
+    assert_eq!(queued("b20c01").len(), 12);
+    let _other = bind(OTHER, "b30c/16", 7);
+    assert_eq!(queued("b30c01").len(), 7);
+    // A listener closed gives its backlog back.
+    drop((first, second, third));
+    let again = bind(NOBODY, "b10f/16", 8);
+    assert_eq!(queued("b10f01").len(), 8);
+    drop(again);
+}
+
 #[test]
 fn bindings_are_capped_per_user() {
     require_root!();

@@ -133,6 +133,7 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::owners::Binding;
     use sal::table::{ListenerId, RuleOrigin, Target};
 
     fn p(s: &str) -> ServicePrefix {
@@ -164,13 +165,27 @@ mod tests {
         assert!(check(1000, "be/8", &owners, &table, &origins).is_err());
         assert!(check(1000, "beef/16", &owners, &table, &origins).is_ok());
         // Another user's binding: not covered, not equalled, not entered.
-        owners.bind(ListenerId(1), p("beef/16"), 1000);
+        owners.bind(
+            ListenerId(1),
+            Binding {
+                prefix: p("beef/16"),
+                uid: 1000,
+                backlog: 1,
+            },
+        );
         for prefix in ["beef/16", "beef01/24"] {
             let in_use = check(1001, prefix, &owners, &table, &origins).unwrap_err();
             assert_eq!(in_use.kind(), ErrorKind::AddressInUse, "{prefix}");
         }
         assert!(check(1000, "beef01/24", &owners, &table, &origins).is_ok());
-        owners.bind(ListenerId(2), p("c0ffee/24"), 0);
+        owners.bind(
+            ListenerId(2),
+            Binding {
+                prefix: p("c0ffee/24"),
+                uid: 0,
+                backlog: 1,
+            },
+        );
         assert!(check(1001, "c0ff/16", &owners, &table, &origins).is_err());
         // Operator rules: a /0 default route does not stop a bind, a
         // specific FORWARD does, inside, equal or covering.

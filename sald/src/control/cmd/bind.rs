@@ -10,6 +10,7 @@ use sal_control::{ErrorKind, Response};
 use super::flows::{hand_over, pair, pair_error};
 use super::{error_reply, host_error, Reply};
 use crate::control::client::{request_arrives, Client};
+use crate::owners::Binding;
 use crate::pump;
 
 /// Binds `prefix` for this connection, if the policy lets its user.
@@ -44,14 +45,22 @@ pub(super) fn listen(
         context.log_share_refusal(&message);
         return error_reply(ErrorKind::Exhausted, message);
     }
-    let listener = match core
-        .host
-        .listen(prefix, protocol, backlog.clamp(1, 65535) as usize)
-    {
+    let backlog = if client.privileged {
+        backlog_within(backlog, usize::MAX)
+    } else {
+        let queued = core.owners.backlog_of(client.uid);
+        backlog_within(backlog, context.limits.flows_per_uid.saturating_sub(queued))
+    };
+    let listener = match core.host.listen(prefix, protocol, backlog) {
         Ok(listener) => listener,
         Err(error) => return host_error(error),
     };
-    core.owners.bind(listener, prefix, client.uid);
+    let binding = Binding {
+        prefix,
+        uid: client.uid,
+        backlog,
+    };
+    core.owners.bind(listener, binding);
     client.listeners.push(listener);
     let socket = core.host.listener_socket(listener);
     let fd = match socket {
@@ -77,6 +86,31 @@ pub(super) fn listen(
     core.run();
     tracing::info!(%prefix, ?protocol, uid = client.uid, "service registered");
     (Response::Listening { listener, socket }, fd)
+}
+
+/// The most flows one listener may queue (half-open or waiting to be
+/// accepted), whatever its binder asks for.
+const MAX_BACKLOG: usize = 65_535;
+
+/// The backlog a new listener gets when its binder asked for `asked` and
+/// its user's listeners may queue `room` more flows: what was asked, at
+/// most [`MAX_BACKLOG`] and `room`, at least one (a listener that can
+/// queue nothing is no listener), as Linux cuts a backlog to `somaxconn`
+/// without saying so.
+///
+/// Queued flows are not the user's to count as held (remote peers queue
+/// them, and must not use up the user's share: see `owners`), but they
+/// are flows of the host's: were each listener's backlog its own, one
+/// user binding `bindings_per_uid` listeners at the largest backlog could
+/// have peers fill every flow the host has, and lock everyone else out.
+/// So an ordinary user's listeners together queue at most
+/// `flows_per_uid` flows (plus one per listener beyond it).
+fn backlog_within(asked: u32, room: usize) -> usize {
+    usize::try_from(asked)
+        .unwrap_or(MAX_BACKLOG)
+        .min(MAX_BACKLOG)
+        .min(room)
+        .max(1)
 }
 
 /// Hands over the next flow of one of this connection's listeners; waits
