@@ -53,7 +53,7 @@ fn unregistered(net: &mut Network, host: HostId) -> usize {
     net.sim_host(host)
         .events
         .iter()
-        .filter(|e| matches!(e, Event::Unregistered(_)))
+        .filter(|e| matches!(e, Event::Unregistered(..)))
         .count()
 }
 

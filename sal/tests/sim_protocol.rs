@@ -75,7 +75,7 @@ fn stream_connect_transfer_and_close_release_everything() {
     assert!(has_event(
         &mut net,
         server,
-        &Event::Registered(prefix("beef/16"))
+        &Event::Registered(listener, prefix("beef/16"))
     ));
     let (cflow, sflow) = establish(&mut net, client, server, listener, service);
     let info = net.host(server).flow(sflow).unwrap();

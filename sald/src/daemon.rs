@@ -369,12 +369,14 @@ impl Core {
                 Event::DelayNotify(service) => {
                     self.publish(ControlEvent::DelayNotify { service }, None)
                 }
-                Event::Registered(prefix) => {
-                    let owner = self.owners.binding_owner(&prefix);
+                // Before the listener is forgotten (`Owners::unbind` follows
+                // the `run` that brought these), so its owner is known.
+                Event::Registered(listener, prefix) => {
+                    let owner = self.owners.listener_owner(listener);
                     self.publish(ControlEvent::Registered { prefix }, owner);
                 }
-                Event::Unregistered(prefix) => {
-                    let owner = self.owners.binding_owner(&prefix);
+                Event::Unregistered(listener, prefix) => {
+                    let owner = self.owners.listener_owner(listener);
                     self.publish(ControlEvent::Unregistered { prefix }, owner);
                 }
                 Event::Migrated(flow, locator) => {

@@ -132,12 +132,6 @@ impl Owners {
         self.backlog_held.get(&uid).copied().unwrap_or(0)
     }
 
-    /// Who bound exactly `prefix`.
-    pub fn binding_owner(&self, prefix: &ServicePrefix) -> Option<u32> {
-        let listener = self.by_prefix.get(prefix)?.first()?;
-        self.bindings.get(listener).map(|b| b.uid)
-    }
-
     /// The listeners bound to exactly `prefix` (serving or drained), with
     /// their owners.
     pub fn bound_to(&self, prefix: &ServicePrefix) -> Vec<(ListenerId, u32)> {
@@ -421,7 +415,6 @@ mod tests {
         assert!(owners.overlapping_other(&p("beef01/24"), 1001).is_some());
         assert!(owners.overlapping_other(&p("beef01/24"), 1000).is_none());
         assert!(owners.overlapping_other(&p("bee0/16"), 1001).is_none());
-        assert_eq!(owners.binding_owner(&p("beef/16")), Some(1000));
         assert_eq!(owners.bound_to(&p("beef/16")), [(ListenerId(1), 1000)]);
         assert!(owners.bound_to(&p("be/8")).is_empty());
         owners.bind(ListenerId(2), binding("beef01/24", 1000));

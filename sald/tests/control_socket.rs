@@ -807,6 +807,55 @@ fn subscribe(mut client: ControlClient) -> ControlClient {
     client
 }
 
+/// Events about a prefix go to the owner of the listener they are about:
+/// once an ordinary user's listener is drained, root may bind the same
+/// prefix (nobody else may), and root's registration used to be told to
+/// that user, as if it were the user's, since events named only the
+/// prefix.
+#[test]
+fn a_prefix_s_events_go_to_the_owner_of_the_listener_they_are_about() {
+    require_root!();
+    let dir = Scratch::new("event-owner");
+    let sald = daemon(&dir, "sald", |_| {});
+    let mut nobody_events = subscribe(client_as(&sald.control, NOBODY).unwrap());
+    let mut root_events = subscribe(ControlClient::connect_to(&sald.control).unwrap());
+    let registered = ControlEvent::Registered {
+        prefix: prefix("beef/16"),
+    };
+    let unregistered = ControlEvent::Unregistered {
+        prefix: prefix("beef/16"),
+    };
+    let count = |events: &[ControlEvent], event: &ControlEvent| {
+        events.iter().filter(|e| *e == event).count()
+    };
+    let nobody_listener = bind_as(&sald, NOBODY, "beef/16").unwrap();
+    let drain = Request::Drain {
+        prefix: prefix("beef/16"),
+        wait_ms: None,
+    };
+    let drained = client_as(&sald.control, NOBODY)
+        .unwrap()
+        .request(&drain)
+        .unwrap()
+        .response;
+    assert!(matches!(drained, Response::Drained { .. }), "{drained:?}");
+    let root_listener = bind_as(&sald, 0, "beef/16").unwrap();
+    drop(root_listener);
+    // Root sees both registrations come and go.
+    let mut ends = 0;
+    let seen = events_until(&mut root_events, Duration::from_secs(5), |e| {
+        ends += usize::from(*e == unregistered);
+        ends == 2
+    });
+    assert_eq!(count(&seen, &registered), 2, "{seen:?}");
+    assert_eq!(count(&seen, &unregistered), 2, "{seen:?}");
+    // nobody only its own: nothing of root's listener.
+    let seen = events_until(&mut nobody_events, Duration::from_secs(1), |_| false);
+    assert_eq!(count(&seen, &registered), 1, "{seen:?}");
+    assert_eq!(count(&seen, &unregistered), 1, "{seen:?}");
+    drop(nobody_listener);
+}
+
 #[test]
 fn ordinary_users_see_only_their_own_flows_and_events_and_queues_are_bounded() {
     require_root!();

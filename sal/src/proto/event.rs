@@ -33,9 +33,12 @@ pub enum Event {
     /// A DELAY rule is holding a packet for this service: ask the controller.
     DelayNotify(ServiceId),
     /// A local listener now serves this prefix (a DEMUX rule was added).
-    Registered(ServicePrefix),
-    /// A local listener stopped serving this prefix.
-    Unregistered(ServicePrefix),
+    /// The listener is named: several may serve one prefix (a drained one
+    /// and its successor, or different owners), and whose it is matters
+    /// to who may hear of it.
+    Registered(ListenerId, ServicePrefix),
+    /// A local listener stopped serving this prefix (drained or closed).
+    Unregistered(ListenerId, ServicePrefix),
     /// This end moved the flow to the locator of another interface.
     Migrated(FlowId, Locator),
     /// The peer moved the flow to a new locator.

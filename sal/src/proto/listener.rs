@@ -320,7 +320,7 @@ impl Host {
         backlog: usize,
     ) -> Result<ListenerId, HostError> {
         let id = self.bind_listener(prefix, protocol, backlog, false)?;
-        self.events.push_back(Event::Registered(prefix));
+        self.events.push_back(Event::Registered(id, prefix));
         Ok(id)
     }
 
@@ -396,7 +396,7 @@ impl Host {
                 let _ = self
                     .table
                     .remove_target(&prefix, &TargetKey::Demux { listener: id });
-                self.events.push_back(Event::Unregistered(prefix));
+                self.events.push_back(Event::Unregistered(id, prefix));
             }
         }
         Ok(())
@@ -479,7 +479,8 @@ impl Host {
             self.endpoints.remove(socket);
         }
         if !removed.ephemeral && !removed.draining {
-            self.events.push_back(Event::Unregistered(removed.prefix));
+            self.events
+                .push_back(Event::Unregistered(id, removed.prefix));
         }
         Ok(())
     }
