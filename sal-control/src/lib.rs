@@ -152,6 +152,17 @@ pub enum Request {
         #[serde(default)]
         flow_info: bool,
     },
+    /// Change how many flows a listener may hold half-open or waiting to be
+    /// accepted, as a second `listen(2)` does (the socket shim binds at
+    /// `bind` and learns the program's backlog only at `listen`). Clamped as
+    /// `Listen`'s; flows already queued beyond a smaller backlog stay.
+    /// Answered with `Ok`.
+    SetBacklog {
+        /// The listener, which must be one this connection created.
+        listener: ListenerId,
+        /// The new backlog.
+        backlog: u32,
+    },
     /// Unbind a listener (unregisters the service). Closing the control
     /// connection does the same for every listener it created.
     CloseListener {
@@ -309,7 +320,8 @@ pub enum Response {
         /// sald's name and version (`sald X.Y.Z`), for display.
         server: String,
     },
-    /// Done, nothing to report: rule changes, migrations, `CloseListener`,
+    /// Done, nothing to report: rule changes, migrations, `SetBacklog`,
+    /// `CloseListener`,
     /// and the switch into `Subscribe` or `Connector` mode.
     Ok,
     /// The request failed. Also sent, just before sald closes the
@@ -1340,6 +1352,10 @@ mod tests {
                 prefix: "beef/16".parse().unwrap(),
                 protocol: TransportProtocol::Stream,
                 backlog: 8,
+            },
+            Request::SetBacklog {
+                listener: ListenerId(3),
+                backlog: 511,
             },
             Request::AddRule {
                 prefix: "be/8".parse().unwrap(),

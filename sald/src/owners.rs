@@ -126,6 +126,16 @@ impl Owners {
         self.bindings_held.get(&uid).copied().unwrap_or(0)
     }
 
+    /// Changes `listener`'s backlog (see `Binding::backlog`).
+    pub fn set_backlog(&mut self, listener: ListenerId, backlog: usize) {
+        if let Some(binding) = self.bindings.get_mut(&listener) {
+            let (uid, old) = (binding.uid, binding.backlog);
+            binding.backlog = backlog;
+            subtract(&mut self.backlog_held, uid, old);
+            add(&mut self.backlog_held, uid, backlog);
+        }
+    }
+
     /// How many flows `uid`'s listeners may queue together (the sum of
     /// their backlogs).
     pub fn backlog_of(&self, uid: u32) -> usize {
@@ -141,6 +151,11 @@ impl Owners {
             .flatten()
             .filter_map(|&listener| Some((listener, self.bindings.get(&listener)?.uid)))
             .collect()
+    }
+
+    /// `listener`'s binding.
+    pub fn binding(&self, listener: ListenerId) -> Option<&Binding> {
+        self.bindings.get(&listener)
     }
 
     /// Who bound `listener`.

@@ -329,9 +329,15 @@ fn a_user_s_listeners_queue_no_more_than_its_share() {
             protocol: TransportProtocol::Stream,
             backlog,
         };
-        let answer = control.request(&listen).unwrap().response;
-        assert!(matches!(answer, Response::Listening { .. }), "{answer:?}");
+        match control.request(&listen).unwrap().response {
+            Response::Listening { listener, .. } => (control, listener),
+            other => panic!("{other:?}"),
+        }
+    };
+    let set_backlog = |control: &mut ControlClient, listener, backlog| {
         control
+            .request(&Request::SetBacklog { listener, backlog })
+            .map(|answer| answer.response)
     };
     // Root connects (its flows count against nobody's share of nothing).
     let queued = |service: &str| {
@@ -360,10 +366,21 @@ fn a_user_s_listeners_queue_no_more_than_its_share() {
     assert_eq!(queued("b20c01").len(), 12);
     let _other = bind(OTHER, "b30c/16", 7);
     assert_eq!(queued("b30c01").len(), 7);
-    // A listener closed gives its backlog back.
+    // A listener closed gives its backlog back; `SetBacklog` (the shim's
+    // `listen`) changes one within the same room.
     drop((first, second, third));
-    let again = bind(NOBODY, "b10f/16", 8);
+    let (mut again, listener) = bind(NOBODY, "b10f/16", 2);
+    assert_eq!(
+        set_backlog(&mut again, listener, 100).unwrap(),
+        Response::Ok
+    );
     assert_eq!(queued("b10f01").len(), 8);
+    let (mut full, other) = bind(NOBODY, "b10a/16", 1);
+    assert_eq!(set_backlog(&mut full, other, 100).unwrap(), Response::Ok);
+    assert_eq!(queued("b10a01").len(), 1, "no room left");
+    // Only the listener's own connection may.
+    let refused = set_backlog(&mut full, listener, 1).unwrap_err();
+    assert!(matches!(refused, Error::NotFound(_)), "{refused:?}");
     drop(again);
 }
 

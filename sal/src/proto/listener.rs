@@ -138,6 +138,17 @@ impl Listeners {
         self.by_id.insert(id, listener);
     }
 
+    /// Sets how many flows `id` may queue; whether there is such a listener.
+    pub fn set_backlog(&mut self, id: ListenerId, backlog: usize) -> bool {
+        match self.by_id.get_mut(&id) {
+            Some(listener) => {
+                listener.backlog = backlog.max(1);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Whether `id` is an unbound datagram socket's own service ID.
     pub fn is_ephemeral(&self, id: ListenerId) -> bool {
         self.get(id).is_some_and(|l| l.ephemeral)
@@ -322,6 +333,17 @@ impl Host {
         let id = self.bind_listener(prefix, protocol, backlog, false)?;
         self.events.push_back(Event::Registered(id, prefix));
         Ok(id)
+    }
+
+    /// Changes how many flows `listener` may hold half-open or waiting to be
+    /// accepted, as a second `listen(2)` does: flows it holds beyond a
+    /// smaller backlog stay, new ones wait for room.
+    pub fn set_backlog(&mut self, listener: ListenerId, backlog: usize) -> Result<(), HostError> {
+        if self.listeners.set_backlog(listener, backlog) {
+            Ok(())
+        } else {
+            Err(HostError::NoSuchListener(listener))
+        }
     }
 
     /// Installs a listener and its DEMUX rule; a datagram listener gets its

@@ -217,7 +217,7 @@ pub unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) 
 pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
     // SAFETY: forwarding the caller's arguments unchanged.
     guard(-1, || {
-        ops::listen(fd, || unsafe { real::listen(fd, backlog) })
+        ops::listen(fd, backlog, || unsafe { real::listen(fd, backlog) })
     })
 }
 

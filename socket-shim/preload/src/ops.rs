@@ -27,8 +27,9 @@ use std::panic::AssertUnwindSafe;
 pub(crate) type Errno = i32;
 pub(crate) type Res<T> = Result<T, Errno>;
 
-/// Backlog of the `Listen` sent at `bind` time (sald learns the backlog when
-/// the prefix is registered, before the program calls `listen`).
+/// Backlog of the `Listen` sent at `bind` time (the prefix is registered
+/// then, before the program calls `listen`); `listen` sends the program's
+/// own with `SetBacklog` when it differs.
 const BIND_BACKLOG: u32 = 128;
 
 fn last_errno() -> Errno {
@@ -1207,7 +1208,7 @@ fn inet_bind(fd: RawFd, sa: SocketAddr, service: ServiceId) -> Res<c_int> {
     Ok(0)
 }
 
-pub(crate) fn listen(fd: RawFd, pass: impl FnOnce() -> c_int) -> Res<c_int> {
+pub(crate) fn listen(fd: RawFd, backlog: c_int, pass: impl FnOnce() -> c_int) -> Res<c_int> {
     let Some(found) = look(fd) else {
         unwatch(fd);
         return Ok(pass());
@@ -1261,7 +1262,10 @@ pub(crate) fn listen(fd: RawFd, pass: impl FnOnce() -> c_int) -> Res<c_int> {
     }
     drop(stale);
     let (control, listener, wake, gen) = taken.ok_or(libc::EINVAL)?;
-    let started = start_listener(fd, gen, control, listener);
+    // As Linux, a negative backlog asks for the most there is (sald's
+    // clamp stands in for `somaxconn`).
+    let backlog = u32::try_from(backlog).unwrap_or(u32::MAX);
+    let started = start_listener(fd, gen, control, listener, backlog);
     drop(wake);
     started.map(|()| 0)
 }
@@ -1273,13 +1277,23 @@ pub(crate) fn listen(fd: RawFd, pass: impl FnOnce() -> c_int) -> Res<c_int> {
 /// `accept` are the kernel's and forked children share the queue. No
 /// thread of ours sits in between: a flow costs sald one `sendmsg` and the
 /// program one `recvmsg`. The control connection stays in the table
-/// (closing it unbinds the service).
+/// (closing it unbinds the service). The program's `backlog` replaces the
+/// one sent at `bind`.
 fn start_listener(
     fd: RawFd,
     gen: u64,
     mut control: ControlClient,
     listener: ListenerId,
+    backlog: u32,
 ) -> Res<()> {
+    if backlog != BIND_BACKLOG {
+        let reply = control
+            .request(&Request::SetBacklog { listener, backlog })
+            .map_err(shim_errno)?;
+        if reply.response != Response::Ok {
+            return Err(libc::EPROTO);
+        }
+    }
     let reply = control
         .request(&Request::Deliver {
             listener,

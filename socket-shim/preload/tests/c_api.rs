@@ -239,6 +239,36 @@ fn copies_of_a_listener_and_a_flow_mean_the_same() {
     client(&sald, &["dup", "d0d0"]).success(T);
 }
 
+/// `listen`'s backlog reaches sald (the shim binds at `bind`, with a
+/// backlog of 128, and used to leave it at that). A listener nobody
+/// accepts from takes flows until its accept queue's socket is full (a
+/// few hundred, however fast sald feeds it) and its backlog in sald is
+/// too, then refuses.
+#[test]
+fn listen_s_backlog_bounds_the_flows_waiting_to_be_accepted() {
+    let sald = Sald::start();
+    let taken = |service: &str, backlog: usize| -> usize {
+        let mut cmd = sald.run(
+            &[],
+            c_program(),
+            &["backlog", service, &backlog.to_string()],
+        );
+        cmd.stdout(Stdio::piped());
+        let mut run = Proc::spawn(&format!("serval_test backlog {backlog}"), &mut cmd);
+        let stdout = run.child.stdout.take().expect("stdout");
+        let printed = std::io::read_to_string(stdout).expect("its count");
+        run.success(T);
+        printed.trim().parse().expect("a count")
+    };
+    let small = taken("ba0c01", 1);
+    let large = taken("ba0c02", 1500);
+    assert!(large >= 1500, "backlog 1,500 took {large}");
+    assert!(
+        large - small >= 1400,
+        "backlog 1 took {small}, 1,500 {large}"
+    );
+}
+
 /// A flow the server closes with the client's request unread is reset
 /// (by sald, as TCP resets it): the client reads the reply, then
 /// `ECONNRESET` once (through `read`, `recv` and `recvfrom`), then end of

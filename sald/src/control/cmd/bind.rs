@@ -10,7 +10,7 @@ use sal_control::{ErrorKind, Response};
 use super::flows::{hand_over, pair, pair_error};
 use super::{error_reply, host_error, Reply};
 use crate::control::client::{request_arrives, Client};
-use crate::owners::Binding;
+use crate::owners::{Binding, Owners};
 use crate::pump;
 
 /// Binds `prefix` for this connection, if the policy lets its user.
@@ -45,12 +45,7 @@ pub(super) fn listen(
         context.log_share_refusal(&message);
         return error_reply(ErrorKind::Exhausted, message);
     }
-    let backlog = if client.privileged {
-        backlog_within(backlog, usize::MAX)
-    } else {
-        let queued = core.owners.backlog_of(client.uid);
-        backlog_within(backlog, context.limits.flows_per_uid.saturating_sub(queued))
-    };
+    let backlog = granted_backlog(client, &core.owners, backlog, 0);
     let listener = match core.host.listen(prefix, protocol, backlog) {
         Ok(listener) => listener,
         Err(error) => return host_error(error),
@@ -111,6 +106,35 @@ fn backlog_within(asked: u32, room: usize) -> usize {
         .min(MAX_BACKLOG)
         .min(room)
         .max(1)
+}
+
+/// The backlog `client` gets for a listener when it asked for `asked`
+/// and the listener held `held` of its user's room already (0 for a new
+/// one): see [`backlog_within`].
+fn granted_backlog(client: &Client, owners: &Owners, asked: u32, held: usize) -> usize {
+    if client.privileged {
+        return backlog_within(asked, usize::MAX);
+    }
+    let queued = owners.backlog_of(client.uid).saturating_sub(held);
+    let room = client.context.limits.flows_per_uid.saturating_sub(queued);
+    backlog_within(asked, room)
+}
+
+/// Changes the backlog of one of this connection's listeners, within its
+/// user's room as at `listen`.
+pub(super) fn set_backlog(client: &mut Client, listener: ListenerId, asked: u32) -> Reply {
+    if !client.listeners.contains(&listener) {
+        return not_ours(listener);
+    }
+    let mut core = client.context.shared.lock();
+    let core = &mut *core;
+    let held = core.owners.binding(listener).map_or(0, |b| b.backlog);
+    let backlog = granted_backlog(client, &core.owners, asked, held);
+    if let Err(error) = core.host.set_backlog(listener, backlog) {
+        return host_error(error);
+    }
+    core.owners.set_backlog(listener, backlog);
+    (Response::Ok, None)
 }
 
 /// Hands over the next flow of one of this connection's listeners; waits

@@ -46,6 +46,7 @@ pub(super) async fn handle(client: &mut Client, request: Request) -> Reply {
             listener,
             flow_info,
         } => deliver::deliver(client, listener, flow_info),
+        Request::SetBacklog { listener, backlog } => bind::set_backlog(client, listener, backlog),
         Request::CloseListener { listener } => bind::close_listener(client, listener),
         Request::Drain { prefix, wait_ms } => drain::drain(client, prefix, wait_ms).await,
         Request::Connect {

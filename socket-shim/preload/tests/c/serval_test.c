@@ -43,6 +43,8 @@
  *   dup SID                                   copies (dup, dup2, fcntl F_DUPFD) of a
  *                                             listener and of a flow mean what the
  *                                             original means; the last close unbinds
+ *   backlog SID BACKLOG                       listen(BACKLOG), never accept; connect until
+ *                                             refused, print how many were not
  *   reset-server SID reset|clean COUNT        accept COUNT flows one by one; reset: reply,
  *                                             close with the request unread (a reset);
  *                                             clean: read the request, reply, close
@@ -77,6 +79,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
@@ -1396,6 +1399,35 @@ static int connect_eintr(const char *s1, int port, const char *s3, const char *h
     return failures ? 1 : 0;
 }
 
+/* Binds, listens with BACKLOG and never accepts; connects (blocking, from
+ * this process, keeping every flow) until one is refused, and prints how
+ * many were not: the accept queue's socket holds some, the listener's
+ * backlog in sald the rest. */
+static int backlog_fill(const char *sid, int backlog) {
+    struct rlimit most;
+    if (getrlimit(RLIMIT_NOFILE, &most) == 0) {
+        most.rlim_cur = most.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &most);
+    }
+    struct sockaddr_sv sa = sv_addr(sid);
+    int l = socket(AF_SERVAL, SOCK_STREAM, 0);
+    CHECK(bind(l, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(l, backlog) == 0,
+          "bind and listen");
+    int opened = 0;
+    for (; opened < 5000; opened++) {
+        int fd = socket(AF_SERVAL, SOCK_STREAM, 0);
+        if (fd < 0) die("socket");
+        if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+            CHECK(errno == ECONNREFUSED, "refused, not %s", strerror(errno));
+            close(fd);
+            break;
+        }
+    }
+    CHECK(opened < 5000, "no connect was refused");
+    printf("%d\n", opened);
+    return failures ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     if (argc < 3) {
@@ -1421,6 +1453,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "inet-client")) return inet_client(atoi(sid), argc > 3 ? (size_t)n : 1000);
     if (!strcmp(cmd, "inet-retry") && argc > 3) return inet_retry(atoi(sid), atoi(argv[3]));
     if (!strcmp(cmd, "dup")) return dup_copies(sid);
+    if (!strcmp(cmd, "backlog")) return backlog_fill(sid, (int)n);
     if (!strcmp(cmd, "reset-server") && argc > 4) return reset_server(sid, argv[3], atoi(argv[4]));
     if (!strcmp(cmd, "reset-client") && argc > 4) return reset_client(sid, argv[3], argv[4]);
     if (!strcmp(cmd, "connect-eintr") && argc > 5) return connect_eintr(sid, atoi(argv[3]), argv[4], argv[5]);
