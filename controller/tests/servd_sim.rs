@@ -1482,7 +1482,8 @@ fn unauthenticated_answers_stay_within_three_times_the_query_and_a_rate_per_sour
         1100 - BURST as u64
     );
 
-    // A client's own (padded) query gets every instance.
+    // A client's own query gets every instance: small first, cut, then
+    // asked again padded (see `a_big_answer_is_asked_again_once_padded`).
     let mut c = config("client");
     c.upstreams = vec![addr(1)];
     c.default_route = DefaultRoute::Delay;
@@ -1496,9 +1497,13 @@ fn unauthenticated_answers_stay_within_three_times_the_query_and_a_rate_per_sour
         },
     );
     assert_eq!(net.hosts[client].forwards("abcd/16").len(), 64);
-    let (_, _, asked) = &net.wiretap[tapped];
+    let exchange = &net.wiretap[tapped..];
+    let (_, _, asked) = exchange
+        .iter()
+        .rfind(|(src, _, _)| *src == addr(3))
+        .expect("a query");
     assert_eq!(asked.len(), QUERY_PAD_LEN);
-    let (_, _, answer) = &net.wiretap[tapped + 1];
+    let (_, _, answer) = exchange.last().expect("an answer");
     eprintln!(
         "a padded {} B query -> a full {} B answer",
         asked.len(),
@@ -1899,4 +1904,370 @@ fn an_unkeyed_advert_is_at_most_three_times_the_solicit() {
     let cut = decode(advert).expect("an advert");
     assert!(cut < 16, "{cut}");
     assert_eq!(net.hosts[r].controller.stats().refused_answer_size, 1);
+}
+
+// ----- third review: a SYN to an unknown service cost 1,860 B upstream -----
+
+/// A SAL SYN to a service, as small as a remote sender can make it: IPv4
+/// header (20), SAL base header (12), CONTROL (20), SERVICE (36), TCP
+/// header (20). Each one that a DELAY rule holds makes sald notify servd.
+const SYN_BYTES: usize = 108;
+
+/// The queries host `from` sent to `to` since wiretap entry `since`: their
+/// IDs and sizes, in order.
+fn queries_sent(net: &Net, from: u8, to: SocketAddr, since: usize) -> Vec<(u64, usize)> {
+    net.wiretap[since..]
+        .iter()
+        .filter(|(src, dst, _)| *src == addr(from) && *dst == to)
+        .filter_map(|(_, _, bytes)| {
+            let (none, keyed) = (Keyring::none(), Keyring::with_signing(domain_key()));
+            let query = |ring| match wire::decode(bytes, ring) {
+                Ok((Message::Query { id, .. }, _)) => Some((id, bytes.len())),
+                _ => None,
+            };
+            query(&none).or_else(|| query(&keyed))
+        })
+        .collect()
+}
+
+/// The routes of the answers `from` sent to `to` since wiretap entry
+/// `since` (`None` for a negative answer), in order.
+fn answers_sent(net: &Net, from: u8, to: u8, since: usize) -> Vec<Option<Route>> {
+    net.wiretap[since..]
+        .iter()
+        .filter(|(src, dst, _)| *src == addr(from) && *dst == addr(to))
+        .filter_map(
+            |(_, _, bytes)| match wire::decode(bytes, &Keyring::none()) {
+                Ok((Message::Answer { route, .. }, _)) => Some(route),
+                _ => None,
+            },
+        )
+        .collect()
+}
+
+/// A random-looking 64-digit service ID, different for every `n`.
+fn random_service(n: u64) -> ServiceId {
+    let word = |k: u64| (n ^ k).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1 << 63;
+    ServiceId::from_words([word(1), word(2), word(3), word(4)])
+}
+
+/// The first query's pad is chosen so that no answer is lost: the largest
+/// answer with one target must fit three times it (a router withholds an
+/// answer none of whose targets fit), and typical ones with a few targets
+/// should, so that they need no second query.
+#[test]
+fn the_largest_single_target_answer_fits_a_first_query() {
+    use controller::servd::controller::{ANSWER_FACTOR, FIRST_QUERY_PAD_LEN, QUERY_PAD_LEN};
+    let budget = ANSWER_FACTOR * FIRST_QUERY_PAD_LEN;
+    let answer = |name: &str, service: ServiceId, len: u16, targets: Vec<RouteTarget>, big| {
+        let message = Message::Answer {
+            from: Node {
+                name: name.into(),
+                epoch: if big { u64::MAX } else { 0x1234_5678_9abc_def0 },
+                locators: vec![],
+            },
+            id: if big { u64::MAX } else { 0x9e37_79b9_7f4a_7c15 },
+            service,
+            route: Some(Route {
+                prefix: ServicePrefix::new(service, len),
+                targets,
+                ttl_ms: if big { u64::MAX } else { 30_000 },
+                partial: big,
+            }),
+        };
+        wire::encode(&message, None).unwrap().len()
+    };
+    let worst_target = |i: u32| RouteTarget {
+        locator: Locator::Udp(std::net::SocketAddrV4::new(
+            Ipv4Addr::from(0xffff_ff00 + i),
+            65535,
+        )),
+        weight: u32::MAX,
+        priority: u32::MAX,
+    };
+    let typical_target = |i: u32| RouteTarget {
+        locator: Locator::Ipv4(Ipv4Addr::from(0x0a00_0002 + i)),
+        weight: 1,
+        priority: 0,
+    };
+    let full = id(&"f".repeat(64));
+    let worst = |n: u32| {
+        answer(
+            &"n".repeat(64),
+            full,
+            256,
+            (0..n).map(worst_target).collect(),
+            true,
+        )
+    };
+    let typical = |n: u32| {
+        let targets = (0..n).map(typical_target).collect();
+        answer("router-1.example", random_service(7), 16, targets, false)
+    };
+    eprintln!(
+        "budget of a first query {budget} B: largest answer with 1 target {} B, with 2 {} B; \
+         typical with 1 {} B, 6 {} B, 7 {} B",
+        worst(1),
+        worst(2),
+        typical(1),
+        typical(6),
+        typical(7)
+    );
+    assert!(worst(1) <= budget && worst(2) <= budget);
+    assert!(typical(6) <= budget);
+    // Small enough to matter: most queries are about that long unpadded
+    // (a 64-digit service ID and a 16-character name).
+    let query = Message::Query {
+        from: Node {
+            name: "web-01.example.".into(),
+            epoch: 0x1234_5678_9abc_def0,
+            locators: vec![],
+        },
+        id: 0x9e37_79b9_7f4a_7c15,
+        service: random_service(7),
+    };
+    let unpadded = wire::encode(&query, None).unwrap().len();
+    eprintln!("an unpadded query {unpadded} B");
+    assert!(FIRST_QUERY_PAD_LEN <= unpadded && FIRST_QUERY_PAD_LEN * 9 < QUERY_PAD_LEN);
+}
+
+/// An answer that fits three times a small query comes back whole from
+/// the one small query: no second query, cached for its full lifetime.
+#[test]
+fn a_small_query_gets_a_full_answer_when_it_fits() {
+    use controller::servd::controller::FIRST_QUERY_PAD_LEN;
+    let mut net = Net::new();
+    net.router(1, &[]);
+    let servers: Vec<usize> = [21, 22, 23].iter().map(|&s| net.host(s, &[1])).collect();
+    let mut c = config("client");
+    c.upstreams = vec![addr(1)];
+    c.default_route = DefaultRoute::Delay;
+    let client = net.add(3, c);
+    net.run(Duration::from_millis(50));
+    for &server in &servers {
+        net.register(server, "5e00/16");
+    }
+    let tapped = net.wiretap.len();
+    // A full-length ID under 5e00/16.
+    let service = id(&format!("5e00{}", &random_service(1).to_string()[4..]));
+    net.event(client, ControlEvent::DelayNotify { service });
+    let sent = queries_sent(&net, 3, addr(1), tapped);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].1, FIRST_QUERY_PAD_LEN);
+    let answers = answers_sent(&net, 1, 3, tapped);
+    let route = answers[0].clone().expect("a positive answer");
+    assert!(!route.partial && route.targets.len() == 3);
+    let want = vec![(loc(21), 1), (loc(22), 1), (loc(23), 1)];
+    assert_eq!(net.hosts[client].forwards("5e00/16"), want);
+    assert_eq!(net.hosts[client].controller.stats().requeries, 0);
+    // Kept as complete: past the negative lifetime, still there, and
+    // nothing asked again.
+    net.run(Duration::from_millis(1500));
+    assert_eq!(net.hosts[client].forwards("5e00/16"), want);
+    assert_eq!(queries_sent(&net, 3, addr(1), tapped).len(), 1);
+}
+
+/// An answer too large for a small query comes back cut and partial: the
+/// host uses it at once and asks exactly once more, padded in full, and
+/// ends with every instance for the full lifetime. Through a relaying site
+/// router too (which pads each query only to its asker's size); with a key,
+/// as before: one unpadded query, one whole answer.
+#[test]
+fn a_big_answer_is_asked_again_once_padded_and_ends_complete() {
+    use controller::servd::controller::{FIRST_QUERY_PAD_LEN, QUERY_PAD_LEN};
+    let mut net = Net::new();
+    let core = net.router(1, &[]);
+    for i in 0..64u8 {
+        let a = announcement("x", 5000 + u64::from(i), vec![], &[("abcd/16", 0)]);
+        net.inject(addr(100 + i), core, &plain(&a));
+    }
+    let site = net.router(10, &[1]);
+    let mut c = config("client");
+    c.upstreams = vec![addr(1)];
+    c.default_route = DefaultRoute::Delay;
+    let direct = net.add(3, c.clone());
+    c.upstreams = vec![addr(10)];
+    let below = net.add(4, c);
+    net.run(Duration::from_millis(50));
+
+    // Straight to the core.
+    let tapped = net.wiretap.len();
+    net.event(
+        direct,
+        ControlEvent::DelayNotify {
+            service: id("abcd0001"),
+        },
+    );
+    let sent = queries_sent(&net, 3, addr(1), tapped);
+    let sizes: Vec<usize> = sent.iter().map(|&(_, len)| len).collect();
+    assert_eq!(sizes, [FIRST_QUERY_PAD_LEN, QUERY_PAD_LEN]);
+    assert_ne!(sent[0].0, sent[1].0, "a new ID for the second query");
+    let answers: Vec<Route> = answers_sent(&net, 1, 3, tapped)
+        .into_iter()
+        .map(|r| r.expect("positive"))
+        .collect();
+    assert_eq!(answers.len(), 2);
+    assert!(answers[0].partial && !answers[0].targets.is_empty());
+    assert!(!answers[1].partial && answers[1].targets.len() == 64);
+    assert_eq!(net.hosts[direct].forwards("abcd/16").len(), 64);
+    assert_eq!(net.hosts[direct].controller.stats().requeries, 1);
+    // Complete: kept past the negative lifetime, nothing asked again.
+    net.run(Duration::from_millis(1500));
+    assert_eq!(net.hosts[direct].forwards("abcd/16").len(), 64);
+    assert_eq!(queries_sent(&net, 3, addr(1), tapped).len(), 2);
+
+    // Through the site router: it relays each query padded to its asker's
+    // size and passes the partial answer on; the host asks again.
+    let tapped = net.wiretap.len();
+    net.event(
+        below,
+        ControlEvent::DelayNotify {
+            service: id("abcd0002"),
+        },
+    );
+    let up: Vec<usize> = queries_sent(&net, 4, addr(10), tapped)
+        .iter()
+        .map(|&(_, len)| len)
+        .collect();
+    let relayed: Vec<usize> = queries_sent(&net, 10, addr(1), tapped)
+        .iter()
+        .map(|&(_, len)| len)
+        .collect();
+    assert_eq!(up, [FIRST_QUERY_PAD_LEN, QUERY_PAD_LEN]);
+    assert_eq!(relayed, [FIRST_QUERY_PAD_LEN, QUERY_PAD_LEN]);
+    assert_eq!(net.hosts[below].forwards("abcd/16").len(), 64);
+    assert_eq!(net.hosts[below].controller.stats().requeries, 1);
+    assert_eq!(net.hosts[site].controller.stats().requeries, 0);
+
+    // With a key: answers are never cut, queries never padded.
+    let mut keyed = Net::new();
+    let mut rc = config("r1");
+    rc.router = true;
+    rc.keys = Keyring::with_signing(domain_key());
+    keyed.add(1, rc);
+    let mut hc = config("h2");
+    hc.upstreams = vec![addr(1)];
+    hc.keys = Keyring::with_signing(domain_key());
+    let mut servers = Vec::new();
+    for last in 20..84u8 {
+        let mut sc = hc.clone();
+        sc.name = format!("s{last}");
+        servers.push(keyed.add(last, sc));
+    }
+    hc.default_route = DefaultRoute::Delay;
+    let client = keyed.add(3, hc);
+    keyed.run(Duration::from_millis(50));
+    for server in servers {
+        keyed.register(server, "abcd/16");
+    }
+    let tapped = keyed.wiretap.len();
+    keyed.event(
+        client,
+        ControlEvent::DelayNotify {
+            service: id("abcd0001"),
+        },
+    );
+    let sent = queries_sent(&keyed, 3, addr(1), tapped);
+    assert_eq!(sent.len(), 1);
+    assert!(sent[0].1 < FIRST_QUERY_PAD_LEN * 2, "{sent:?}");
+    assert_eq!(keyed.hosts[client].forwards("abcd/16").len(), 64);
+    assert_eq!(keyed.hosts[client].controller.stats().requeries, 0);
+}
+
+/// The bytes a SYN to an unknown service makes servd send upstream: each
+/// DELAY notification used to cost a 1,860 B query (17 times the SYN);
+/// it is now a small one, under twice the SYN.
+#[test]
+fn bytes_sent_upstream_per_delay_notification_are_small() {
+    use controller::servd::controller::FIRST_QUERY_PAD_LEN;
+    let mut net = Net::new();
+    net.router(1, &[]);
+    let mut c = config("client");
+    c.upstreams = vec![addr(1)];
+    c.default_route = DefaultRoute::Delay;
+    let client = net.add(3, c);
+    net.run(Duration::from_millis(50));
+    let tapped = net.wiretap.len();
+    const SYNS: u64 = 100;
+    for n in 0..SYNS {
+        net.event(
+            client,
+            ControlEvent::DelayNotify {
+                service: random_service(n),
+            },
+        );
+    }
+    let sent = queries_sent(&net, 3, addr(1), tapped);
+    assert_eq!(sent.len() as u64, SYNS, "one query each, all answered");
+    assert_eq!(net.hosts[client].controller.stats().negative_answers, SYNS);
+    let bytes: usize = sent.iter().map(|&(_, len)| len).sum();
+    let per_syn = bytes as f64 / SYNS as f64;
+    eprintln!(
+        "{SYNS} SYNs of {SYN_BYTES} B to unknown services -> {per_syn:.0} B of queries each (x{:.1})",
+        per_syn / SYN_BYTES as f64
+    );
+    assert!(per_syn <= 2.0 * SYN_BYTES as f64, "{per_syn}");
+    assert!(sent.iter().all(|&(_, len)| len <= FIRST_QUERY_PAD_LEN + 8));
+}
+
+/// A SYN flood to random service IDs makes sald notify servd for each: at
+/// 1,000 a second for 10 s toward an upstream that does not answer (every
+/// query is retried), servd starts no more than its query rate allows,
+/// counts the rest, and keeps serving the host once the flood stops. With
+/// a key too.
+#[test]
+fn a_flood_of_delay_notifications_is_held_to_the_query_rate() {
+    use controller::servd::controller::QUERY_RATE_PER_SECOND;
+    for keyed in [false, true] {
+        let mut net = Net::new();
+        let mut c = config("client");
+        c.upstreams = vec![addr(9)]; // nobody: every query is retried
+        c.default_route = DefaultRoute::Delay;
+        if keyed {
+            c.keys = Keyring::with_signing(domain_key());
+        }
+        let client = net.add(3, c);
+        let tapped = net.wiretap.len();
+        let (seconds, per_step) = (10u64, 10u64);
+        let notified = seconds * 100 * per_step;
+        for step in 0..seconds * 100 {
+            let now = net.now;
+            for k in 0..per_step {
+                let service = random_service(step * per_step + k);
+                net.hosts[client]
+                    .controller
+                    .handle_local_event(now, ControlEvent::DelayNotify { service });
+            }
+            net.run(Duration::from_millis(10));
+        }
+        let sent = queries_sent(&net, 3, addr(9), tapped);
+        let ids: std::collections::HashSet<u64> = sent.iter().map(|&(id, _)| id).collect();
+        let rate = u64::from(QUERY_RATE_PER_SECOND);
+        let allowed = 2 * rate + rate * seconds;
+        let stats = net.hosts[client].controller.stats();
+        eprintln!(
+            "keyed {keyed}: {notified} DELAY notifications in {seconds} s -> {} queries \
+             ({} datagrams, {} B), {} refused",
+            ids.len(),
+            sent.len(),
+            sent.iter().map(|&(_, len)| len).sum::<usize>(),
+            stats.refused_query_rate
+        );
+        assert!(ids.len() as u64 <= allowed, "{} > {allowed}", ids.len());
+        assert!(ids.len() as u64 >= rate * seconds, "the rate is used");
+        assert!(sent.len() as u64 <= 3 * allowed);
+        assert_eq!(stats.refused_query_rate, notified - ids.len() as u64);
+        assert!(stats.refused() >= stats.refused_query_rate);
+
+        // The flood over, the host's own connects are asked about again.
+        net.run(Duration::from_secs(2));
+        let tapped = net.wiretap.len();
+        net.event(
+            client,
+            ControlEvent::DelayNotify {
+                service: id("5e0077"),
+            },
+        );
+        assert_eq!(queries_sent(&net, 3, addr(9), tapped).len(), 1);
+    }
 }

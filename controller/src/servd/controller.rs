@@ -14,7 +14,8 @@
 //! - **host**: announces the prefixes bound on its sald to its upstreams,
 //!   refreshes them every `refresh`, withdraws them on unbind, installs a
 //!   default route toward its service router, and turns DELAY notifications
-//!   into queries.
+//!   into queries (small first, at a bounded rate: see
+//!   [`FIRST_QUERY_PAD_LEN`] and [`Config::query_rate`]).
 //! - **router** (`router: true`, its sald runs with `--forward`): turns
 //!   announcements into FORWARD rules, expires them when refreshes stop,
 //!   answers queries and solicitations, and re-announces what it can reach
@@ -43,8 +44,8 @@ use sal_control::ControlEvent;
 
 use super::keys::Keyring;
 use super::log_limit::{
-    LogLimiter, SourceLimiter, DOWNSTREAM_BURST, DOWNSTREAM_RATE_PER_SECOND, REPLY_BURST,
-    REPLY_RATE_PER_SECOND,
+    LogLimiter, SourceLimiter, TokenBucket, DOWNSTREAM_BURST, DOWNSTREAM_RATE_PER_SECOND,
+    REPLY_BURST, REPLY_RATE_PER_SECOND,
 };
 use super::policy::{Grant, Policy, Sender};
 use super::replay::{ReplayError, ReplayGuard};
@@ -73,14 +74,37 @@ const RESYNC_BURST: u32 = 3;
 /// query it answers (targets are left out to fit): its source address may
 /// be forged, and the answer must not amplify what the forger sent.
 pub const ANSWER_FACTOR: usize = 3;
-/// Without a key, servd's own queries are padded to this many bytes (JSON
-/// whitespace), which leaves room under [`ANSWER_FACTOR`] for the largest
-/// answer servd sends: 64 UDP targets with the largest weights and
-/// priorities, a 64-character name and a /256 prefix, 5,573 bytes (the
-/// test `the_largest_answer_fits_the_budget_of_a_padded_query` measures
-/// it). Over a 1,500-byte MTU the query is fragmented, as announcement
-/// batches of up to 8 KB already are.
+/// Without a key, servd asks again with its query padded to this many
+/// bytes (JSON whitespace) when the answer to its first, small query
+/// ([`FIRST_QUERY_PAD_LEN`]) came back `partial`: that leaves room under
+/// [`ANSWER_FACTOR`] for the largest answer servd sends, 64 UDP targets
+/// with the largest weights and priorities, a 64-character name and a /256
+/// prefix, 5,573 bytes (the test
+/// `the_largest_answer_fits_the_budget_of_a_padded_query` measures it).
+/// Over a 1,500-byte MTU the query is fragmented, as announcement batches
+/// of up to 8 KB already are.
 pub const QUERY_PAD_LEN: usize = 1860;
+/// Without a key, servd's first query for a service is padded to this many
+/// bytes only (most are about that long unpadded: a 64-digit service ID
+/// and a 16-character name make 200 bytes). Every query servd sends for
+/// its own sald follows a DELAY notification, which any remote sender
+/// triggers with a SYN of some 100 bytes to a random service ID: padding
+/// it to [`QUERY_PAD_LEN`] turned each such SYN into 1,860 bytes toward
+/// the host's routers. Three times 192 bytes holds the largest answer with
+/// one target (479 bytes: a UDP locator, the largest numbers, a
+/// 64-character name, a /256 prefix; a router withholds an answer none of
+/// whose targets fit, so less would lose answers), the largest with two
+/// (559 bytes), and a typical one with up to six targets (a /16 with IPv4
+/// targets, a 16-character name and a 64-digit service ID: 306 bytes for
+/// one target, 47 more for each other); the test
+/// `the_largest_single_target_answer_fits_a_first_query` measures them. A
+/// larger answer comes back cut and `partial`: servd installs it for the
+/// short time partial answers get, and asks once more, padded to
+/// [`QUERY_PAD_LEN`].
+pub const FIRST_QUERY_PAD_LEN: usize = 192;
+/// Queries a second servd starts for its own sald by default
+/// ([`Config::query_rate`]).
+pub const QUERY_RATE_PER_SECOND: u32 = 100;
 /// Without a key, servd's solicits are padded to this many bytes, and a
 /// router's advert is at most [`ANSWER_FACTOR`] times the solicit it
 /// answers (locators are left out to fit): the largest advert servd sends
@@ -151,6 +175,16 @@ pub struct Config {
     pub negative_lifetime: Duration,
     /// How long to wait for an answer before asking again.
     pub query_timeout: Duration,
+    /// New queries a second servd starts for its own sald (bursts of twice
+    /// that; a DELAY notification for a service already being asked about
+    /// costs nothing, nor do the retries of a query, at most
+    /// `QUERY_TRIES` - 1 each). A remote sender triggers DELAY
+    /// notifications at will, with SYNs to random service IDs: past this
+    /// rate they are left unanswered (counted as `refused_query_rate`; sald
+    /// drops the held SYN at its delay timeout), so that a SYN flood does
+    /// not become a query flood toward the routers. Relayed queries (a
+    /// router asking on behalf of a downstream host) are not counted here.
+    pub query_rate: u32,
     /// Bound on learned (prefix, locator) entries.
     pub max_entries: usize,
     /// Bound on cached answers (one per FORWARD target or negative
@@ -183,6 +217,7 @@ impl Default for Config {
             cache_lifetime: Duration::from_secs(30),
             negative_lifetime: Duration::from_secs(2),
             query_timeout: Duration::from_millis(500),
+            query_rate: QUERY_RATE_PER_SECOND,
             max_entries: 1_000_000,
             max_cached: 100_000,
             keys: Keyring::none(),
@@ -295,6 +330,13 @@ pub struct Stats {
     /// Cached answers removed before they expired, to make room for newer
     /// ones (`max_cached`).
     pub cache_evicted: u64,
+    /// Queries for our own sald not sent because servd had started
+    /// `query_rate` of them already (a DELAY notification left to sald's
+    /// delay timeout, or a partial answer not asked about again).
+    pub refused_query_rate: u64,
+    /// Queries asked again padded to `QUERY_PAD_LEN` because the answer to
+    /// the first, small one was partial (cut to three times its size).
+    pub requeries: u64,
 }
 
 impl Stats {
@@ -307,6 +349,7 @@ impl Stats {
             + self.refused_over_limit
             + self.refused_answer_rate
             + self.refused_answer_size
+            + self.refused_query_rate
     }
 }
 
@@ -494,10 +537,14 @@ struct Pending {
     local: bool,
     /// Downstream askers.
     waiters: Vec<Waiter>,
-    /// Bytes the (untagged) query upstream is padded to: [`QUERY_PAD_LEN`]
-    /// for our own sald's, but only the largest asker's query bytes for
-    /// relayed ones. Padding a forged small query to the full length would
-    /// make a relaying router an amplifier toward its upstream.
+    /// Bytes the (untagged) query upstream is padded to: for our own
+    /// sald's, [`FIRST_QUERY_PAD_LEN`] and [`QUERY_PAD_LEN`] when asked
+    /// again after a partial answer; for relayed ones only the largest
+    /// asker's query bytes (at least [`FIRST_QUERY_PAD_LEN`] once our own
+    /// sald waits on it too). Padding a forged small query to the full
+    /// length would make a relaying router an amplifier toward its
+    /// upstream, and padding our own first query so would make every SYN
+    /// to an unknown service one.
     pad: usize,
 }
 
@@ -559,6 +606,8 @@ pub struct Controller {
     answer_turn: usize,
     // --- resolution ---
     queries: HashMap<ServiceId, Pending>,
+    /// New queries for our own sald ([`Config::query_rate`]).
+    query_budget: TokenBucket,
     /// The next query's ID: an answer is taken only from an upstream's
     /// address and with the ID of a pending query, so an off-path sender
     /// who can forge that address must guess it (see `set_query_secret`).
@@ -645,6 +694,11 @@ impl Controller {
             ),
             answer_turn: 0,
             queries: HashMap::new(),
+            query_budget: TokenBucket::new(
+                f64::from(config.query_rate),
+                2.0 * f64::from(config.query_rate),
+                now,
+            ),
             next_query_id: epoch.rotate_left(32) | 1,
             cache: Deadlines::default(),
             adopted: Deadlines::default(),
@@ -2137,8 +2191,11 @@ impl Controller {
         self.send(to, &Message::Advert { from, nonce });
     }
 
-    /// Asks the upstreams about `service`, for our own sald (`waiter` None)
-    /// or on behalf of a downstream asker.
+    /// Asks the upstreams about `service`, for our own sald (`waiter` None:
+    /// a small query first, [`FIRST_QUERY_PAD_LEN`], within
+    /// [`Config::query_rate`]) or on behalf of a downstream asker (padded
+    /// to its own query's size). A query already pending for the service
+    /// is joined rather than sent again.
     fn start_query(&mut self, now: Instant, service: ServiceId, waiter: Option<Waiter>) {
         if let Some(pending) = self.queries.get_mut(&service) {
             match waiter {
@@ -2154,7 +2211,7 @@ impl Controller {
                 }
                 None => {
                     pending.local = true;
-                    pending.pad = QUERY_PAD_LEN;
+                    pending.pad = pending.pad.max(FIRST_QUERY_PAD_LEN);
                 }
             }
             return;
@@ -2167,16 +2224,43 @@ impl Controller {
             }
             return;
         }
+        let pad = match waiter {
+            Some(waiter) => waiter.query_len.unwrap_or(0),
+            None => FIRST_QUERY_PAD_LEN,
+        };
+        self.open_query(now, service, waiter, pad);
+    }
+
+    /// Sends a new query about `service` (none is pending for it), padded
+    /// to `pad` bytes when untagged. One for our own sald (no `waiter`)
+    /// takes a token of [`Controller::query_budget`] first; without one it
+    /// is not sent (counted as `refused_query_rate`). Returns whether it
+    /// was sent.
+    fn open_query(
+        &mut self,
+        now: Instant,
+        service: ServiceId,
+        waiter: Option<Waiter>,
+        pad: usize,
+    ) -> bool {
         if self.queries.len() >= MAX_PENDING_QUERIES {
             self.stats.dropped_unexpected += 1;
-            return;
+            return false;
+        }
+        if waiter.is_none() && !self.query_budget.allow(now) {
+            self.stats.refused_query_rate += 1;
+            if let Some(held) = self.log_limiter.allow("query rate", now) {
+                tracing::warn!(
+                    %service,
+                    rate = self.config.query_rate,
+                    similar_not_logged = held,
+                    "did not query upstream: over the query rate (a SYN flood to unknown services?)"
+                );
+            }
+            return false;
         }
         let id = self.next_query_id;
         self.next_query_id = self.next_query_id.wrapping_add(1);
-        let pad = match waiter {
-            Some(waiter) => waiter.query_len.unwrap_or(0),
-            None => QUERY_PAD_LEN,
-        };
         self.queries.insert(
             service,
             Pending {
@@ -2188,13 +2272,14 @@ impl Controller {
                 pad,
             },
         );
-        tracing::debug!(%service, id, "querying upstream");
+        tracing::debug!(%service, id, pad, "querying upstream");
         self.send_query(id, service, pad);
+        true
     }
 
     /// Sends query `id` to every upstream; without a key, padded to `pad`
-    /// bytes ([`Pending::pad`]) so that the answer may be a full one (see
-    /// [`ANSWER_FACTOR`]). The sender goes without locators (the answer
+    /// bytes ([`Pending::pad`]), which lets the answer take up to
+    /// [`ANSWER_FACTOR`] times that. The sender goes without locators (the answer
     /// goes to the datagram's source): a relayed query is then about as
     /// small as the asker's.
     fn send_query(&mut self, id: u64, service: ServiceId, pad: usize) {
@@ -2244,6 +2329,12 @@ impl Controller {
         }
     }
 
+    /// An answer to one of our pending queries (from an upstream's address
+    /// and with the query's ID; others are dropped): passed on to the
+    /// downstream askers and, if our sald waits on it, installed. An
+    /// untagged partial answer to our own small first query is asked about
+    /// once more, padded to [`QUERY_PAD_LEN`], under a new ID (so that a
+    /// second upstream's answer to the small query is not taken for it).
     fn on_answer(
         &mut self,
         now: Instant,
@@ -2271,11 +2362,25 @@ impl Controller {
             self.stats.negative_answers += 1;
         }
         tracing::debug!(%service, by = %from.name, positive = route.is_some(), "answer");
+        // Cut to fit our small first query (untagged answers only): the
+        // complete set is worth one more query, padded in full. What came
+        // is installed meanwhile (briefly, as every partial answer), so the
+        // held SYN goes on at once.
+        let ask_again = pending.local
+            && pending.pad < QUERY_PAD_LEN
+            && self.config.keys.is_empty()
+            && route.as_ref().is_some_and(|r| r.partial);
         for waiter in &pending.waiters {
             self.send_answer(now, *waiter, service, route.clone());
         }
         if pending.local {
             self.install_answer(now, &from.name, service, route);
+        }
+        if ask_again {
+            tracing::debug!(%service, "partial answer; asking again with a padded query");
+            if self.open_query(now, service, None, QUERY_PAD_LEN) {
+                self.stats.requeries += 1;
+            }
         }
     }
 

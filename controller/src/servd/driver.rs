@@ -22,7 +22,9 @@ use sal::ServicePrefix;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
-use super::controller::{Config, Controller, DefaultRoute, SaldAction, Stats, WeightPolicy};
+use super::controller::{
+    Config, Controller, DefaultRoute, SaldAction, Stats, WeightPolicy, QUERY_RATE_PER_SECOND,
+};
 use super::keys::{Key, Keyring, OWN_KEY_NAME};
 use super::policy::Policy;
 use super::sald_link::{self, Command, LinkEvent, LinkOptions};
@@ -97,6 +99,11 @@ pub struct Args {
     /// How long to wait for an answer before asking again (3 tries).
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     pub query_timeout: Duration,
+    /// New queries a second for this host's own DELAY rules (bursts of
+    /// twice that); past it a held connection waits for sald's delay
+    /// timeout. Bounds what a SYN flood to unknown services sends upstream.
+    #[arg(long, default_value_t = QUERY_RATE_PER_SECOND, value_parser = parse_rate)]
+    pub query_rate: u32,
     /// Shared key: every message is tagged with HMAC-SHA256 under it (with
     /// a timestamp and a sequence number, so that captured messages cannot
     /// be replayed), and untagged, wrongly tagged, stale (> 30 s off) or
@@ -142,6 +149,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 fn parse_positive(text: &str) -> Result<usize, String> {
     match text.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn parse_rate(text: &str) -> Result<u32, String> {
+    match text.trim().parse::<u32>() {
         Ok(0) => Err("must be at least 1".into()),
         Ok(n) => Ok(n),
         Err(e) => Err(e.to_string()),
@@ -208,7 +223,12 @@ impl Args {
                 .with_context(|| format!("in {}", named.file.display()))?;
         }
         let mut name = self.name.clone().unwrap_or_else(host_name);
-        name.truncate(super::wire::MAX_NAME);
+        // At a character boundary: `truncate` in the middle of one panics.
+        let cut = (0..=super::wire::MAX_NAME.min(name.len()))
+            .rev()
+            .find(|&at| name.is_char_boundary(at))
+            .unwrap_or(0);
+        name.truncate(cut);
         Ok(Config {
             name,
             upstreams: self.upstreams.clone(),
@@ -226,6 +246,7 @@ impl Args {
             negative_lifetime: self.negative_lifetime,
             max_cached: self.max_cached,
             query_timeout: self.query_timeout,
+            query_rate: self.query_rate,
             keys,
             policy,
             ..Config::default()
@@ -376,6 +397,7 @@ fn report_stats(before: &Stats, now: &Stats) {
             over_limit = now.refused_over_limit - before.refused_over_limit,
             refused_answer_rate = now.refused_answer_rate - before.refused_answer_rate,
             refused_answer_size = now.refused_answer_size - before.refused_answer_size,
+            refused_query_rate = now.refused_query_rate - before.refused_query_rate,
             "refused messages or announcements since the last report (totals in the next line)"
         );
         tracing::info!(stats = ?now, "counters");
@@ -429,5 +451,25 @@ mod tests {
         assert!(parse("many").is_err());
         let default = Args::try_parse_from(["servd"]).expect("no arguments");
         assert_eq!(default.max_cached, Config::default().max_cached);
+    }
+
+    #[test]
+    fn a_long_name_is_cut_at_a_character_boundary() {
+        let long = "€".repeat(30);
+        let args = Args::try_parse_from(["servd", "--name", &long]).expect("parses");
+        let name = args.config().expect("a config, not a panic").name;
+        assert_eq!(name, "€".repeat(21));
+    }
+
+    #[test]
+    fn the_query_rate_is_a_positive_count_that_reaches_the_config() {
+        let parse = |value: &str| Args::try_parse_from(["servd", "--query-rate", value]);
+        let args = parse("250").expect("250 parses");
+        assert_eq!(args.config().expect("a config").query_rate, 250);
+        let error = parse("0").expect_err("0 refused").to_string();
+        assert!(error.contains("must be at least 1"), "{error}");
+        assert!(parse("-1").is_err());
+        let default = Args::try_parse_from(["servd"]).expect("no arguments");
+        assert_eq!(default.query_rate, Config::default().query_rate);
     }
 }

@@ -7,6 +7,10 @@
 //!   the exact totals.
 //! - Replies to unauthenticated datagrams ([`SourceLimiter`]): a forged
 //!   source address must not make servd spray a victim.
+//! - Queries servd starts for its own sald ([`TokenBucket`]): each SYN a
+//!   remote sender aims at an unknown service under a DELAY rule becomes a
+//!   query to every upstream, so a SYN flood to random service IDs must not
+//!   become a query flood toward the host's own routers.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -66,6 +70,48 @@ impl Bucket {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.tokens = (self.tokens + elapsed * rate).min(burst);
         self.at = self.at.max(now);
+    }
+}
+
+/// One token bucket: `rate` tokens a second, at most `burst` saved up
+/// (full at the start). For a rate that one budget bounds as a whole, such
+/// as the queries servd starts for its own sald.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    bucket: Bucket,
+}
+
+impl TokenBucket {
+    /// `rate` a second, bursts of `burst`, full at `now`. A rate or burst
+    /// that is not a positive number allows nothing.
+    pub fn new(rate: f64, burst: f64, now: Instant) -> TokenBucket {
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        let (rate, burst) = if positive(rate) && positive(burst) {
+            (rate, burst)
+        } else {
+            (0.0, 0.0)
+        };
+        TokenBucket {
+            rate,
+            burst,
+            bucket: Bucket {
+                tokens: burst,
+                at: now,
+            },
+        }
+    }
+
+    /// Whether one more is allowed at `now` (and takes its token).
+    pub fn allow(&mut self, now: Instant) -> bool {
+        self.bucket.refill(now, self.rate, self.burst);
+        if self.bucket.tokens >= 1.0 {
+            self.bucket.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -188,6 +234,22 @@ mod tests {
         // A mapped IPv6 source is its IPv4 address.
         let mapped = IpAddr::V6(Ipv4Addr::new(192, 0, 2, 1).to_ipv6_mapped());
         assert!(!limiter.allow(mapped, start));
+    }
+
+    #[test]
+    fn a_token_bucket_gives_its_burst_then_its_rate() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(100.0, 200.0, start);
+        assert_eq!((0..1000).filter(|_| bucket.allow(start)).count(), 200);
+        let later = start + Duration::from_millis(100);
+        assert_eq!((0..1000).filter(|_| bucket.allow(later)).count(), 10);
+        // A clock that goes back refills nothing and takes nothing back.
+        assert!(!bucket.allow(start));
+        // Nonsense rates allow nothing rather than panic or allow all.
+        for (rate, burst) in [(0.0, 0.0), (f64::NAN, 5.0), (-1.0, f64::INFINITY)] {
+            let mut bucket = TokenBucket::new(rate, burst, start);
+            assert!(!bucket.allow(start + Duration::from_secs(1000)));
+        }
     }
 
     #[test]

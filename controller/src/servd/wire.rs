@@ -133,7 +133,9 @@ pub struct Route {
     pub ttl_ms: u64,
     /// Some targets were left out to fit the answer in a few times the
     /// query's bytes (an unauthenticated query): the asker keeps it only
-    /// briefly rather than as the complete set.
+    /// briefly rather than as the complete set, and servd, whose first
+    /// query for a service is small, asks once more with a query padded
+    /// to room for the complete set.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub partial: bool,
 }
@@ -201,7 +203,8 @@ pub enum Message {
     },
     /// "How do I reach `service`?" (a DELAY rule held a packet for it).
     /// Untagged, it is padded with whitespace ([`pad_untagged`]) and the
-    /// answer is at most a few times its size.
+    /// answer is at most a few times its size (servd pads a little at
+    /// first, and in full only to ask again after a partial answer).
     Query {
         /// The asking controller (only logged: the answer goes to the
         /// datagram's source address).
