@@ -259,7 +259,13 @@ fn cache(mut router: Controller) {
                 return t0.elapsed();
             }
             for &service in &batch {
-                client.handle_local_event(start, ControlEvent::DelayNotify { service });
+                client.handle_local_event(
+                    start,
+                    ControlEvent::DelayNotify {
+                        service,
+                        connect: false,
+                    },
+                );
             }
             while let Some(query) = client.poll_transmit() {
                 router.handle_message(start, client_addr, &query.bytes);

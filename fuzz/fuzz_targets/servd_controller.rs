@@ -93,6 +93,7 @@ fuzz_target!(|data: &[u8]| {
         now,
         ControlEvent::DelayNotify {
             service: "beef01".parse().unwrap(),
+            connect: false,
         },
     );
 

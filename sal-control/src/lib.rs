@@ -556,6 +556,11 @@ pub enum ControlEvent {
     DelayNotify {
         /// The full service ID to resolve.
         service: ServiceId,
+        /// What is held is a connect made on this host, not a packet that
+        /// arrived (which anyone may send): servd keeps a query budget for
+        /// each, so that a flood of the latter cannot starve the former.
+        #[serde(default)]
+        connect: bool,
     },
     /// A flow was established: a connect made on this host completed its
     /// handshake, or a peer's connect to a local listener did (the flow

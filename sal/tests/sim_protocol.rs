@@ -285,7 +285,11 @@ fn delay_holds_the_syn_until_a_rule_arrives() {
         .listen(prefix("de1a/16"), Stream, 4)
         .unwrap();
     let flow = net.host(client).connect(svc("de1a01"), Stream).unwrap();
-    let notified = Event::DelayNotify(svc("de1a01"));
+    // At the router: a packet that arrived, not a connect of its own.
+    let notified = Event::DelayNotify {
+        service: svc("de1a01"),
+        connect: false,
+    };
     assert!(net.run_until(secs(1), |net| has_event(net, router, &notified)));
     net.run_for(Duration::from_millis(300));
     assert!(net.host(router).stats().delayed >= 1);
@@ -336,7 +340,10 @@ fn local_delay_rule_holds_connect_until_resolved() {
     assert!(has_event(
         &mut net,
         client,
-        &Event::DelayNotify(svc("f00d"))
+        &Event::DelayNotify {
+            service: svc("f00d"),
+            connect: true,
+        }
     ));
     net.host(client)
         .add_rule(prefix("f00d/16"), forward("10.0.0.2", 1), 5);

@@ -366,8 +366,8 @@ impl Core {
                     let owner = self.owners.release(flow);
                     self.publish(ControlEvent::FlowClosed { flow }, owner);
                 }
-                Event::DelayNotify(service) => {
-                    self.publish(ControlEvent::DelayNotify { service }, None)
+                Event::DelayNotify { service, connect } => {
+                    self.publish(ControlEvent::DelayNotify { service, connect }, None)
                 }
                 // Before the listener is forgotten (`Owners::unbind` follows
                 // the `run` that brought these), so its owner is known.

@@ -182,7 +182,9 @@ pub struct Config {
     /// notifications at will, with SYNs to random service IDs: past this
     /// rate they are left unanswered (counted as `refused_query_rate`; sald
     /// drops the held SYN at its delay timeout), so that a SYN flood does
-    /// not become a query flood toward the routers. Relayed queries (a
+    /// not become a query flood toward the routers. Notifications for
+    /// connects made on this host have a budget of their own, at the same
+    /// rate, so that such a flood does not starve them. Relayed queries (a
     /// router asking on behalf of a downstream host) are not counted here.
     pub query_rate: u32,
     /// Bound on learned (prefix, locator) entries.
@@ -528,6 +530,17 @@ impl Waiter {
     }
 }
 
+/// Who a query is for.
+#[derive(Debug, Clone, Copy)]
+enum Asker {
+    /// Our own sald, whose DELAY rule holds a connect made on this host
+    /// (`connect`) or a packet that arrived (anyone may send those). Each
+    /// kind has a budget of its own ([`Config::query_rate`]).
+    Sald { connect: bool },
+    /// A downstream host or router.
+    Downstream(Waiter),
+}
+
 #[derive(Debug)]
 struct Pending {
     id: u64,
@@ -535,6 +548,8 @@ struct Pending {
     tries: u8,
     /// A DELAY on our own sald is waiting for this answer.
     local: bool,
+    /// ... for a connect made on this host (see [`Asker::Sald`]).
+    connect: bool,
     /// Downstream askers.
     waiters: Vec<Waiter>,
     /// Bytes the (untagged) query upstream is padded to: for our own
@@ -606,8 +621,13 @@ pub struct Controller {
     answer_turn: usize,
     // --- resolution ---
     queries: HashMap<ServiceId, Pending>,
-    /// New queries for our own sald ([`Config::query_rate`]).
+    /// New queries for our own sald about packets that arrived
+    /// ([`Config::query_rate`]): anyone may send those.
     query_budget: TokenBucket,
+    /// New queries for our own sald's local connects, the same rate on a
+    /// budget of their own: a flood of the others must not leave this
+    /// host's own users unable to reach a service.
+    connect_query_budget: TokenBucket,
     /// The next query's ID: an answer is taken only from an upstream's
     /// address and with the ID of a pending query, so an off-path sender
     /// who can forge that address must guess it (see `set_query_secret`).
@@ -695,6 +715,11 @@ impl Controller {
             answer_turn: 0,
             queries: HashMap::new(),
             query_budget: TokenBucket::new(
+                f64::from(config.query_rate),
+                2.0 * f64::from(config.query_rate),
+                now,
+            ),
+            connect_query_budget: TokenBucket::new(
                 f64::from(config.query_rate),
                 2.0 * f64::from(config.query_rate),
                 now,
@@ -1032,7 +1057,9 @@ impl Controller {
                 self.flows.retain(|_, p| *p != prefix);
                 self.unexport(prefix);
             }
-            ControlEvent::DelayNotify { service } => self.start_query(now, service, None),
+            ControlEvent::DelayNotify { service, connect } => {
+                self.start_query(now, service, Asker::Sald { connect })
+            }
             // A prefix's load is the flows its listeners serve: those peers
             // opened to it, not this host's own connects out.
             ControlEvent::FlowOpened {
@@ -2038,7 +2065,7 @@ impl Controller {
             self.send_answer(now, asker, service, Some(route));
         } else if !self.upstreams.is_empty() {
             // Not ours to know: ask further up, answer when it comes back.
-            self.start_query(now, service, Some(asker));
+            self.start_query(now, service, Asker::Downstream(asker));
         } else {
             self.send_answer(now, asker, service, None);
         }
@@ -2196,10 +2223,10 @@ impl Controller {
     /// [`Config::query_rate`]) or on behalf of a downstream asker (padded
     /// to its own query's size). A query already pending for the service
     /// is joined rather than sent again.
-    fn start_query(&mut self, now: Instant, service: ServiceId, waiter: Option<Waiter>) {
+    fn start_query(&mut self, now: Instant, service: ServiceId, asker: Asker) {
         if let Some(pending) = self.queries.get_mut(&service) {
-            match waiter {
-                Some(waiter) => {
+            match asker {
+                Asker::Downstream(waiter) => {
                     let known = pending
                         .waiters
                         .iter()
@@ -2209,45 +2236,46 @@ impl Controller {
                         pending.waiters.push(waiter);
                     }
                 }
-                None => {
+                Asker::Sald { connect } => {
                     pending.local = true;
+                    pending.connect |= connect;
                     pending.pad = pending.pad.max(FIRST_QUERY_PAD_LEN);
                 }
             }
             return;
         }
         if self.upstreams.is_empty() {
-            if waiter.is_none() {
+            if let Asker::Sald { .. } = asker {
                 // Nobody to ask: what we know (a router's own table) or no.
                 let route = self.lookup(&service);
                 self.install_answer(now, &self.config.name.clone(), service, route);
             }
             return;
         }
-        let pad = match waiter {
-            Some(waiter) => waiter.query_len.unwrap_or(0),
-            None => FIRST_QUERY_PAD_LEN,
+        let pad = match asker {
+            Asker::Downstream(waiter) => waiter.query_len.unwrap_or(0),
+            Asker::Sald { .. } => FIRST_QUERY_PAD_LEN,
         };
-        self.open_query(now, service, waiter, pad);
+        self.open_query(now, service, asker, pad);
     }
 
     /// Sends a new query about `service` (none is pending for it), padded
-    /// to `pad` bytes when untagged. One for our own sald (no `waiter`)
-    /// takes a token of [`Controller::query_budget`] first; without one it
-    /// is not sent (counted as `refused_query_rate`). Returns whether it
-    /// was sent.
-    fn open_query(
-        &mut self,
-        now: Instant,
-        service: ServiceId,
-        waiter: Option<Waiter>,
-        pad: usize,
-    ) -> bool {
+    /// to `pad` bytes when untagged. One for our own sald takes a token
+    /// first, of [`Controller::connect_query_budget`] for a local connect
+    /// and of [`Controller::query_budget`] for a packet that arrived;
+    /// without one it is not sent (counted as `refused_query_rate`).
+    /// Returns whether it was sent.
+    fn open_query(&mut self, now: Instant, service: ServiceId, asker: Asker, pad: usize) -> bool {
         if self.queries.len() >= MAX_PENDING_QUERIES {
             self.stats.dropped_unexpected += 1;
             return false;
         }
-        if waiter.is_none() && !self.query_budget.allow(now) {
+        let within_budget = match asker {
+            Asker::Sald { connect: true } => self.connect_query_budget.allow(now),
+            Asker::Sald { connect: false } => self.query_budget.allow(now),
+            Asker::Downstream(_) => true,
+        };
+        if !within_budget {
             self.stats.refused_query_rate += 1;
             if let Some(held) = self.log_limiter.allow("query rate", now) {
                 tracing::warn!(
@@ -2267,8 +2295,12 @@ impl Controller {
                 id,
                 deadline: now + self.config.query_timeout,
                 tries: 1,
-                local: waiter.is_none(),
-                waiters: waiter.into_iter().collect(),
+                local: matches!(asker, Asker::Sald { .. }),
+                connect: matches!(asker, Asker::Sald { connect: true }),
+                waiters: match asker {
+                    Asker::Downstream(waiter) => vec![waiter],
+                    Asker::Sald { .. } => Vec::new(),
+                },
                 pad,
             },
         );
@@ -2378,7 +2410,10 @@ impl Controller {
         }
         if ask_again {
             tracing::debug!(%service, "partial answer; asking again with a padded query");
-            if self.open_query(now, service, None, QUERY_PAD_LEN) {
+            let asker = Asker::Sald {
+                connect: pending.connect,
+            };
+            if self.open_query(now, service, asker, QUERY_PAD_LEN) {
                 self.stats.requeries += 1;
             }
         }

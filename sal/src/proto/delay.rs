@@ -177,14 +177,20 @@ impl Host {
             return;
         }
         self.stats.delayed += 1;
-        self.events.push_back(Event::DelayNotify(service));
+        self.events.push_back(Event::DelayNotify {
+            service,
+            connect: false,
+        });
     }
 
     /// Holds a local connect under a DELAY rule and asks for a resolution.
     pub(super) fn hold_connect(&mut self, flow: FlowId, service: ServiceId) {
         self.stats.delayed += 1;
         self.delayed.hold(self.now, Held::Connect { flow });
-        self.events.push_back(Event::DelayNotify(service));
+        self.events.push_back(Event::DelayNotify {
+            service,
+            connect: true,
+        });
     }
 
     /// Drops what was held too long; a held connect fails as timed out.

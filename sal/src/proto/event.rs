@@ -30,8 +30,15 @@ pub enum Event {
     Closed(FlowId),
     /// A datagram socket has a datagram to read.
     Datagram(FlowId),
-    /// A DELAY rule is holding a packet for this service: ask the controller.
-    DelayNotify(ServiceId),
+    /// A DELAY rule is holding a packet for this service: ask the
+    /// controller. `connect`: what is held is a local connect, not a packet
+    /// that arrived (which anyone may send).
+    DelayNotify {
+        /// The service to resolve.
+        service: ServiceId,
+        /// A local connect is held.
+        connect: bool,
+    },
     /// A local listener now serves this prefix (a DEMUX rule was added).
     /// The listener is named: several may serve one prefix (a drained one
     /// and its successor, or different owners), and whose it is matters
