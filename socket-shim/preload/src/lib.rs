@@ -38,12 +38,14 @@
 //!   the placeholder would block instead;
 //! - a connected stream is the flow's socket itself, which sald shuts
 //!   down both ways after a reset, only for writing at a finished flow's
-//!   end: a `read`/`recv`/`recvfrom` that gets end of file on a hung-up
-//!   flow whose writing the program did not shut down (`shutdown` is
-//!   interposed to know) returns `ECONNRESET` once, as TCP's
+//!   end: a `read`/`recv`/`recvfrom`/`recvmsg`/`readv` that gets end of
+//!   file on a hung-up flow whose writing the program did not shut down
+//!   (`shutdown` is interposed to know) returns `ECONNRESET` once, as TCP's
 //!   (`ops::reset_at_end`, [`socket_shim::reset`]);
 //! - datagram sockets are sald's `SOCK_SEQPACKET` sockets; `sendto`/`recvfrom`
-//!   (and `send`/`recv`/`read`/`write`) wrap and unwrap `DatagramFrame`s.
+//!   (and `send`/`recv`/`read`/`write`, `sendmsg`/`recvmsg`/`readv`/`writev`,
+//!   whose iovecs the `msg` module gathers and scatters) wrap and unwrap
+//!   `DatagramFrame`s.
 //!   As in the reference stack, `recvfrom` gives the sender's own service ID
 //!   in a `sockaddr_sv`, followed by a `sockaddr_in` with its address when
 //!   the buffer holds 52 bytes; `sendto` with both sends to that service at
@@ -82,6 +84,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use libc::{epoll_event, size_t, sockaddr, socklen_t, ssize_t};
 
 mod addr;
+mod msg;
 mod ops;
 mod pool;
 mod real;
@@ -120,7 +123,7 @@ static ON_LOAD: extern "C" fn() = on_load;
 /// The most bytes one read or write moves, as the kernel clamps a count
 /// (`MAX_RW_COUNT`): a larger `n` is legal and must not become a slice
 /// longer than any object can be.
-const MAX_RW_COUNT: usize = 0x7fff_f000;
+pub(crate) const MAX_RW_COUNT: usize = 0x7fff_f000;
 
 /// Sets the calling thread's `errno`.
 pub(crate) fn set_errno(errno: c_int) {
@@ -485,46 +488,55 @@ pub unsafe extern "C" fn recvfrom(
     // SAFETY: the caller's arguments as `recvfrom(2)` takes them; the
     // fallback forwards them unchanged.
     unsafe {
-        receive(fd, buf, n, flags, addr, len, || {
-            real::recvfrom(fd, buf, n, flags, addr, len)
-        })
+        receive(
+            fd,
+            flags,
+            || Ok((buffer(buf, n)?, addr, len)),
+            || real::recvfrom(fd, buf, n, flags, addr, len),
+        )
     }
 }
 
-/// `recvfrom`, `recv` and `read` on a descriptor that may be one of our
-/// datagram sockets: a datagram from its frames, or, when it is not ours
-/// after all (a stale entry, a number reused behind our back), the call
-/// the program made (`pass`), never another: a pipe must not get
-/// `recvfrom`'s ENOTSOCK.
+/// The program's buffer of `n` bytes at `buf`, as [`receive`] fills it
+/// (`n` clamped as the kernel does, so the slice is a valid one).
 ///
 /// # Safety
-/// As `recvfrom(2)`; `pass` is the program's own call with its arguments.
-unsafe fn receive(
+/// `buf` is valid for writes of `n` bytes (or null, which is `EFAULT`
+/// unless `n` is 0), for as long as the result is used.
+unsafe fn buffer<'a>(buf: *mut c_void, n: size_t) -> Res<&'a mut [u8]> {
+    if n == 0 {
+        return Ok(&mut []);
+    }
+    if buf.is_null() {
+        return Err(libc::EFAULT);
+    }
+    // SAFETY: the caller guarantees `n` writable bytes at `buf`.
+    Ok(unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), n.min(MAX_RW_COUNT)) })
+}
+
+/// `recvfrom`, `recv`, `read`, `recvmsg` and `readv` on a descriptor that
+/// may be one of our datagram sockets (or a stream that is not
+/// connected): a datagram from its frames, put where `into` says (the
+/// program's buffer or iovecs, and where the sender's address goes: both
+/// null for none), or, when it is not ours after all (a stale entry, a
+/// number reused behind our back), the call the program made (`pass`),
+/// never another: a pipe must not get `recvfrom`'s ENOTSOCK.
+///
+/// # Safety
+/// As `recvfrom(2)`: what `into` gives is valid as that call's arguments
+/// are; `pass` is the program's own call with its arguments.
+unsafe fn receive<I: ops::Incoming>(
     fd: c_int,
-    buf: *mut c_void,
-    n: size_t,
     flags: c_int,
-    addr: *mut sockaddr,
-    len: *mut socklen_t,
+    into: impl FnOnce() -> Res<(I, *mut sockaddr, *mut socklen_t)>,
     pass: impl FnOnce() -> ssize_t,
 ) -> ssize_t {
     guard(-1, || {
         if !table::maybe_tracked(fd) {
             return Ok(pass());
         }
-        if buf.is_null() && n > 0 {
-            return Err(libc::EFAULT);
-        }
-        // SAFETY: the caller's buffer is valid for writes of `n` bytes
-        // (clamped as the kernel does, so the slice is a valid one).
-        let data = unsafe {
-            if n == 0 {
-                &mut [][..]
-            } else {
-                std::slice::from_raw_parts_mut(buf.cast::<u8>(), n.min(MAX_RW_COUNT))
-            }
-        };
-        match ops::recvfrom(fd, data, flags)? {
+        let (mut data, addr, len) = into()?;
+        match ops::recvfrom(fd, &mut data, flags)? {
             Some((got, peer)) => {
                 if !len.is_null() {
                     match peer {
@@ -580,6 +592,53 @@ pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssiz
     unsafe { real::write(fd, buf, n) }
 }
 
+/// As `write`: a socket of ours with no destination (a datagram socket
+/// that is not connected) or that is not connected (a stream) refuses it.
+///
+/// # Safety
+/// As `writev(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn writev(fd: c_int, iov: *const libc::iovec, count: c_int) -> ssize_t {
+    if refused_write(fd, 0) {
+        return -1;
+    }
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { real::writev(fd, iov, count) }
+}
+
+/// On a datagram socket of ours that is not connected, the iovecs
+/// gathered into one datagram sent as `sendto` sends it, to `msg_name`
+/// (`EDESTADDRREQ` without one), with `sendto`'s flags; `msg_control` is
+/// ignored (no ancillary data crosses sald). On a stream that is not
+/// connected, the error `send` gives; a destination given to a connected
+/// socket of ours is treated as `sendto` treats it. Anything else (a
+/// flow's message without a destination) is libc's.
+///
+/// # Safety
+/// As `sendmsg(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> ssize_t {
+    if !table::maybe_tracked(fd) {
+        // SAFETY: forwarding the caller's arguments unchanged.
+        return unsafe { real::sendmsg(fd, msg, flags) };
+    }
+    guard(-1, || {
+        // SAFETY: the caller's message is null or valid for the call.
+        let out = unsafe { msg::MsgOut::new(msg)? };
+        let addr = out.addr();
+        if addr.is_none() && !table::maybe_intercepted(fd) {
+            // A flow's message: as it is.
+            // SAFETY: forwarding the caller's arguments unchanged.
+            return Ok(unsafe { real::sendmsg(fd, msg, flags) });
+        }
+        match ops::sendto(fd, &out, flags, addr)? {
+            Some(sent) => Ok(sent),
+            // SAFETY: forwarding the caller's arguments unchanged.
+            None => Ok(unsafe { real::sendmsg(fd, msg, flags) }),
+        }
+    })
+}
+
 /// # Safety
 /// As `recv(2)`.
 #[no_mangle]
@@ -588,13 +647,16 @@ pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_i
         let (addr, len) = (std::ptr::null_mut(), std::ptr::null_mut());
         // SAFETY: same contract as `recvfrom`, without an address.
         return unsafe {
-            receive(fd, buf, n, flags, addr, len, || {
-                real::recv(fd, buf, n, flags)
-            })
+            receive(
+                fd,
+                flags,
+                || Ok((buffer(buf, n)?, addr, len)),
+                || real::recv(fd, buf, n, flags),
+            )
         };
     }
     // SAFETY: forwarding the caller's arguments unchanged.
-    read_done(fd, n, unsafe { real::recv(fd, buf, n, flags) })
+    read_done(fd, || n, unsafe { real::recv(fd, buf, n, flags) })
 }
 
 /// # Safety
@@ -604,20 +666,94 @@ pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t
     if table::maybe_intercepted(fd) {
         let (addr, len) = (std::ptr::null_mut(), std::ptr::null_mut());
         // SAFETY: same contract as `recvfrom`, without an address.
-        return unsafe { receive(fd, buf, n, 0, addr, len, || real::read(fd, buf, n)) };
+        return unsafe {
+            receive(
+                fd,
+                0,
+                || Ok((buffer(buf, n)?, addr, len)),
+                || real::read(fd, buf, n),
+            )
+        };
     }
     // SAFETY: forwarding the caller's arguments unchanged.
-    read_done(fd, n, unsafe { real::read(fd, buf, n) })
+    read_done(fd, || n, unsafe { real::read(fd, buf, n) })
 }
 
-/// What a `read` or `recv` of `asked` bytes of `fd` that the kernel
-/// answered (`got`) returns: on a connected stream flow, an end of file
-/// that is a reset is `ECONNRESET`, once (`ops::reset_at_end`). Every
-/// other read costs a comparison, an end of file on another descriptor
-/// one atomic load more.
+/// On a datagram socket of ours that is not connected, a datagram as
+/// `recvfrom` receives it, scattered into the iovecs: the sender's
+/// address in `msg_name` (as `recvfrom` gives it) and `msg_flags` as the
+/// kernel sets them for a datagram (`MSG_TRUNC` when it was longer than
+/// the iovecs hold; no ancillary data, `msg_controllen` 0). On a stream
+/// that is not connected, the error `recv` gives. On a connected stream
+/// flow, libc's `recvmsg`, whose end of file after a reset is
+/// `ECONNRESET` once, as from `recv` (`read_done`). Anything else is
+/// libc's.
+///
+/// # Safety
+/// As `recvmsg(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int) -> ssize_t {
+    if table::maybe_intercepted(fd) {
+        let into = || {
+            // SAFETY: the caller's message is null or valid for the call.
+            let sink = unsafe { msg::MsgIn::new(msg, libc::EMSGSIZE)? };
+            let (addr, len) = sink.name();
+            Ok((sink, addr, len))
+        };
+        // SAFETY: `into` checks the caller's message; the fallback
+        // forwards the caller's arguments unchanged.
+        return unsafe { receive(fd, flags, into, || real::recvmsg(fd, msg, flags)) };
+    }
+    // SAFETY: forwarding the caller's arguments unchanged.
+    let got = unsafe { real::recvmsg(fd, msg, flags) };
+    // SAFETY: asked only after the kernel read the message and its iovecs
+    // for a call that succeeded.
+    read_done(
+        fd,
+        || unsafe { msg::asked((*msg).msg_iov, (*msg).msg_iovlen) },
+        got,
+    )
+}
+
+/// As [`recvmsg`] without an address or flags: a datagram's payload
+/// scattered into the iovecs on a datagram socket of ours that is not
+/// connected, `ECONNRESET` once after a connected stream flow's reset.
+///
+/// # Safety
+/// As `readv(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn readv(fd: c_int, iov: *const libc::iovec, count: c_int) -> ssize_t {
+    if table::maybe_intercepted(fd) {
+        // SAFETY: a message of the caller's iovecs, nothing more.
+        let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+        hdr.msg_iov = iov.cast_mut();
+        hdr.msg_iovlen = usize::try_from(count).unwrap_or(usize::MAX);
+        let at = &mut hdr as *mut libc::msghdr;
+        let into = || {
+            // SAFETY: `hdr` is a valid message over the caller's iovecs
+            // (a negative count is refused as too many, `EINVAL`).
+            let sink = unsafe { msg::MsgIn::new(at, libc::EINVAL)? };
+            Ok((sink, std::ptr::null_mut(), std::ptr::null_mut()))
+        };
+        // SAFETY: as above; the fallback forwards the caller's arguments
+        // unchanged.
+        return unsafe { receive(fd, 0, into, || real::readv(fd, iov, count)) };
+    }
+    // SAFETY: forwarding the caller's arguments unchanged.
+    let got = unsafe { real::readv(fd, iov, count) };
+    // SAFETY: asked only after the kernel read `count` iovecs at `iov`
+    // for a call that succeeded.
+    read_done(fd, || unsafe { msg::asked(iov, count as usize) }, got)
+}
+
+/// What a read of `fd` that asked for `asked()` bytes (counted only when
+/// needed) and that the kernel answered (`got`) returns: on a connected
+/// stream flow, an end of file that is a reset is `ECONNRESET`, once
+/// (`ops::reset_at_end`). Every other read costs a comparison, an end of
+/// file on another descriptor one atomic load more.
 #[inline]
-fn read_done(fd: c_int, asked: size_t, got: ssize_t) -> ssize_t {
-    if got != 0 || asked == 0 || !table::maybe_tracked(fd) {
+fn read_done(fd: c_int, asked: impl FnOnce() -> size_t, got: ssize_t) -> ssize_t {
+    if got != 0 || !table::maybe_tracked(fd) || asked() == 0 {
         return got;
     }
     reset_read(fd)

@@ -1,8 +1,10 @@
 //! What each interposed call does for the descriptors the shim manages.
 //!
-//! Functions here are safe Rust over byte slices; `lib.rs` owns the C ABI
-//! (raw pointers, errno) and hands a `pass` closure that calls libc's own
-//! function for descriptors and addresses that are not ours. Errors are
+//! Functions here are safe Rust over byte slices (and the [`Outgoing`] and
+//! [`Incoming`] views of the program's buffers, which `msg` gives for
+//! iovecs); `lib.rs` owns the C ABI (raw pointers, errno) and hands a
+//! `pass` closure that calls libc's own function for descriptors and
+//! addresses that are not ours. Errors are
 //! errno values.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -1361,14 +1363,15 @@ pub(crate) fn accept(
     };
     // SAFETY: as in `send_with_fd`: every pointer refers to a local that
     // outlives the call; descriptors found in the control data were just
-    // installed by the kernel and are owned by nobody else.
+    // installed by the kernel and are owned by nobody else. libc's own
+    // `recvmsg`: the interposed one answers `ENOTCONN` on a listener.
     let n = unsafe {
         let mut hdr: libc::msghdr = std::mem::zeroed();
         hdr.msg_iov = &mut iov;
         hdr.msg_iovlen = 1;
         hdr.msg_control = cmsg_buf.as_mut_ptr().cast();
         hdr.msg_controllen = std::mem::size_of_val(&cmsg_buf);
-        let n = libc::recvmsg(fd, &mut hdr, recv_flags);
+        let n = real::recvmsg(fd, &mut hdr, recv_flags);
         truncated = hdr.msg_flags & libc::MSG_CTRUNC != 0;
         if n >= 0 {
             let mut cmsg = libc::CMSG_FIRSTHDR(&hdr);
@@ -1627,10 +1630,73 @@ fn open_datagram(fd: RawFd) -> Res<()> {
     install_datagram(fd, socket, None, None).map(|_| ())
 }
 
-/// `sendto` and friends. `Ok(None)` means "not ours: ask libc".
+/// What a send carries, as [`sendto`] takes it: one buffer (`sendto`) or
+/// the program's iovecs (`sendmsg`, see `msg`), which only a datagram
+/// gathers into one payload; a stream or a connected flow sends them as
+/// they are.
+pub(crate) trait Outgoing {
+    /// How many bytes.
+    fn size(&self) -> usize;
+    /// The bytes, as one datagram's payload.
+    fn payload(&self) -> Vec<u8>;
+    /// Sends them as they are on `fd` (a flow's socket, or a stream's
+    /// placeholder) with `flags`, as `send(2)` returns (errno set).
+    fn send(&self, fd: RawFd, flags: c_int) -> isize;
+}
+
+impl Outgoing for [u8] {
+    fn size(&self) -> usize {
+        self.len()
+    }
+
+    fn payload(&self) -> Vec<u8> {
+        self.to_vec()
+    }
+
+    fn send(&self, fd: RawFd, flags: c_int) -> isize {
+        // SAFETY: `self` is valid for its length.
+        unsafe { real::send(fd, self.as_ptr().cast(), self.len(), flags) }
+    }
+}
+
+/// Where a receive puts what it reads, as [`recvfrom`] takes it: one
+/// buffer (`recvfrom`, `recv`, `read`) or the program's iovecs
+/// (`recvmsg`, `readv`, see `msg`).
+pub(crate) trait Incoming {
+    /// How many bytes fit.
+    fn room(&self) -> usize;
+    /// Copies in as much of a datagram's payload as fits (the end of the
+    /// socket is an empty one); returns how many bytes. A `data` longer
+    /// than [`Incoming::room`] is truncated, as the kernel truncates a
+    /// datagram.
+    fn fill(&mut self, data: &[u8]) -> usize;
+    /// Receives into it from `fd` as it is (a flow's socket, or a
+    /// placeholder) with `flags`, as `recv(2)` returns (errno set).
+    fn recv(&mut self, fd: RawFd, flags: c_int) -> isize;
+}
+
+impl Incoming for &mut [u8] {
+    fn room(&self) -> usize {
+        self.len()
+    }
+
+    fn fill(&mut self, data: &[u8]) -> usize {
+        let len = data.len().min(self.len());
+        self[..len].copy_from_slice(&data[..len]);
+        len
+    }
+
+    fn recv(&mut self, fd: RawFd, flags: c_int) -> isize {
+        // SAFETY: `self` is valid for writes of its length.
+        unsafe { real::recv(fd, self.as_mut_ptr().cast(), self.len(), flags) }
+    }
+}
+
+/// `sendto` and friends (`sendmsg`). `Ok(None)` means "not ours: ask
+/// libc".
 pub(crate) fn sendto(
     fd: RawFd,
-    data: &[u8],
+    data: &(impl Outgoing + ?Sized),
     flags: c_int,
     addr: Option<&[u8]>,
 ) -> Res<Option<isize>> {
@@ -1638,8 +1704,7 @@ pub(crate) fn sendto(
         return Ok(None);
     };
     let plain = |fd| -> Res<Option<isize>> {
-        // SAFETY: `data` is valid for its length.
-        let n = unsafe { real::send(fd, data.as_ptr().cast(), data.len(), flags) };
+        let n = data.send(fd, flags);
         if n < 0 {
             Err(last_errno())
         } else {
@@ -1655,7 +1720,7 @@ pub(crate) fn sendto(
         (Kind::Dgram, Stage::Connected) => Err(libc::EISCONN),
         (Kind::Dgram, _) => {
             let sa = parse_serval(addr.ok_or(libc::EDESTADDRREQ)?)?;
-            if data.len() > MAX_DATAGRAM {
+            if data.size() > MAX_DATAGRAM {
                 return Err(libc::EMSGSIZE);
             }
             if found.stage == Stage::DgramIdle {
@@ -1664,12 +1729,12 @@ pub(crate) fn sendto(
             let frame = match sa.as_peer() {
                 Some(peer) => DatagramFrame::Reply {
                     peer,
-                    data: data.to_vec(),
+                    data: data.payload(),
                 },
                 None => DatagramFrame::SendTo {
                     service: sa.service_id().ok_or(libc::EINVAL)?,
                     via: sa.at().map(Locator::Ipv4),
-                    data: data.to_vec(),
+                    data: data.payload(),
                 },
             }
             .encode();
@@ -1682,23 +1747,23 @@ pub(crate) fn sendto(
                     other => other,
                 });
             }
-            Ok(Some(data.len() as isize))
+            Ok(Some(data.size() as isize))
         }
     }
 }
 
-/// `recvfrom` and friends. `Ok(None)` means "not ours: ask libc".
-pub(crate) fn recvfrom(
+/// `recvfrom` and friends (`recv`, `read`, `recvmsg`, `readv`). `Ok(None)`
+/// means "not ours: ask libc".
+pub(crate) fn recvfrom<I: Incoming>(
     fd: RawFd,
-    buf: &mut [u8],
+    buf: &mut I,
     flags: c_int,
 ) -> Res<Option<(isize, Option<SockAddr>)>> {
     let Some(found) = look(fd) else {
         return Ok(None);
     };
-    let plain = |buf: &mut [u8]| -> Res<isize> {
-        // SAFETY: `buf` is valid for writes of its length.
-        let n = unsafe { real::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) };
+    let plain = |buf: &mut I| -> Res<isize> {
+        let n = buf.recv(fd, flags);
         if n < 0 {
             Err(last_errno())
         } else {
@@ -1715,7 +1780,7 @@ pub(crate) fn recvfrom(
         let peer = if found.kind == Kind::Dgram {
             name(fd, true).and_then(Result::ok)
         } else {
-            if n == 0 && !buf.is_empty() && reset_at_end(fd) {
+            if n == 0 && buf.room() != 0 && reset_at_end(fd) {
                 return Err(libc::ECONNRESET);
             }
             None
@@ -1730,13 +1795,13 @@ pub(crate) fn recvfrom(
         return Err(last_errno());
     }
     if n == 0 {
+        buf.fill(&[]);
         return Ok(Some((0, None)));
     }
     let n = n as usize;
     match DatagramFrame::decode(&message[..n]) {
         Ok(DatagramFrame::Received { peer, data, .. }) => {
-            let len = data.len().min(buf.len());
-            buf[..len].copy_from_slice(&data[..len]);
+            let len = buf.fill(&data);
             let reported = if flags & libc::MSG_TRUNC != 0 {
                 data.len()
             } else {

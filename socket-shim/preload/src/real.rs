@@ -125,6 +125,10 @@ real_fns! {
     fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t;
     fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t;
     fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t;
+    fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> ssize_t;
+    fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int) -> ssize_t;
+    fn readv(fd: c_int, iov: *const libc::iovec, count: c_int) -> ssize_t;
+    fn writev(fd: c_int, iov: *const libc::iovec, count: c_int) -> ssize_t;
     fn shutdown(fd: c_int, how: c_int) -> c_int;
     fn sigaction(signum: c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> c_int;
     fn siginterrupt(signum: c_int, flag: c_int) -> c_int;

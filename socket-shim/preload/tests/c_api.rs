@@ -58,6 +58,18 @@ fn datagram_echo() {
     srv.success(T);
 }
 
+/// Unconnected datagrams with `sendmsg` and `recvmsg` only, as on a UDP
+/// socket: iovecs gathered into one datagram sent to `msg_name`, received
+/// scattered with the sender's address in `msg_name`, `MSG_TRUNC` in
+/// `msg_flags` when the iovecs are too short; `readv` reads a payload.
+#[test]
+fn datagrams_with_sendmsg_and_recvmsg() {
+    let sald = Sald::start();
+    let mut srv = server(&sald, &["dgram-msg-server", "d08", "8"]);
+    client(&sald, &["dgram-msg-client", "d08"]).success(T);
+    srv.success(T);
+}
+
 #[test]
 fn datagram_flows_listen_accept_and_half_close() {
     let sald = Sald::start();
@@ -271,22 +283,24 @@ fn listen_s_backlog_bounds_the_flows_waiting_to_be_accepted() {
 
 /// A flow the server closes with the client's request unread is reset
 /// (by sald, as TCP resets it): the client reads the reply, then
-/// `ECONNRESET` once (through `read`, `recv` and `recvfrom`), then end of
-/// file. A flow the server closes after reading the request ends with end
+/// `ECONNRESET` once (through `read`, `recv`, `recvfrom`, `recvmsg` and
+/// `readv`), then end of file. A flow the server closes after reading the request ends with end
 /// of file only, also when the client shut its writing down (directly or
 /// through a copy), after which sald hangs the flow up too.
 #[test]
 fn a_reset_flow_reads_econnreset_once_a_finished_one_end_of_file() {
     let sald = Sald::start();
-    let mut srv = server(&sald, &["reset-server", "5e7", "reset", "3"]);
-    for how in ["read", "recv", "recvfrom"] {
+    let mut srv = server(&sald, &["reset-server", "5e7", "reset", "5"]);
+    for how in ["read", "recv", "recvfrom", "recvmsg", "readv"] {
         client(&sald, &["reset-client", "5e7", "reset", how]).success(T);
     }
     srv.success(T);
-    let mut srv = server(&sald, &["reset-server", "5e8", "clean", "4"]);
+    let mut srv = server(&sald, &["reset-server", "5e8", "clean", "6"]);
     for (mode, how) in [
         ("clean", "read"),
         ("clean", "recv"),
+        ("clean", "recvmsg"),
+        ("clean-shut", "readv"),
         ("clean-shut", "read"),
         ("clean-dup-shut", "recvfrom"),
     ] {

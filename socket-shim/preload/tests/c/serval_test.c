@@ -26,6 +26,11 @@
  *                                             from a forked child
  *   dgram-server SID COUNT                    echo COUNT datagrams
  *   dgram-client SID COUNT                    send COUNT datagrams, check replies
+ *   dgram-msg-server SID COUNT                echo COUNT datagrams with recvmsg/sendmsg only
+ *                                             (scattered in, gathered out, to msg_name)
+ *   dgram-msg-client SID                      unconnected datagrams with sendmsg/recvmsg only
+ *                                             (and readv): the sender's address, MSG_TRUNC
+ *                                             in msg_flags and as a flag, EDESTADDRREQ
  *   dgram-flow-server SID [COUNT]             bind, listen, accept COUNT datagram flows, echo
  *                                             each upper-cased until its end (the
  *                                             reference's udp_server_user)
@@ -48,7 +53,7 @@
  *   reset-server SID reset|clean COUNT        accept COUNT flows one by one; reset: reply,
  *                                             close with the request unread (a reset);
  *                                             clean: read the request, reply, close
- *   reset-client SID MODE read|recv|recvfrom  request, reply; MODE reset: ECONNRESET once,
+ *   reset-client SID MODE HOW                 HOW: read|recv|recvfrom|recvmsg|readv; request, reply; MODE reset: ECONNRESET once,
  *                                             then end of file; clean, clean-shut (after
  *                                             shutdown(SHUT_WR)), clean-dup-shut (through a
  *                                             copy): end of file
@@ -83,6 +88,7 @@
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -626,21 +632,32 @@ static int reuse_client(const char *sid, size_t size) {
     return failures ? 1 : 0;
 }
 
-static int dgram_server(const char *sid, int count) {
+/* The sender's address as recvfrom and recvmsg give it (as the
+ * reference's recvfrom): the sender's service ID, then its IPv4 address
+ * when there is room for both; sendto and sendmsg take both. */
+struct sv_from {
+    struct sockaddr_sv sv;
+    struct sockaddr_in in;
+};
+
+/* A datagram socket bound to SID (and listening if `listening`), after
+ * which the program says "ready". */
+static int bound_dgram(const char *sid, int listening) {
     int fd = socket(AF_SERVAL, SOCK_DGRAM, 0);
     if (fd < 0) die("socket");
     struct sockaddr_sv sa = sv_addr(sid);
     if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) die("bind");
+    if (listening && listen(fd, 5) < 0) die("listen");
     printf("ready\n");
     fflush(stdout);
+    return fd;
+}
+
+static int dgram_server(const char *sid, int count) {
+    int fd = bound_dgram(sid, 0);
     for (int i = 0; i < count; i++) {
         char buf[2048];
-        /* As the reference's recvfrom: the sender's service ID, then its
-         * IPv4 address when there is room for both; sendto takes both. */
-        struct {
-            struct sockaddr_sv sv;
-            struct sockaddr_in in;
-        } from;
+        struct sv_from from;
         socklen_t len = i % 2 ? sizeof from : sizeof from.sv;
         ssize_t n = recvfrom(fd, buf, sizeof buf, 0, (struct sockaddr *)&from, &len);
         if (n < 0) die("recvfrom");
@@ -677,13 +694,7 @@ static void dgram_flow_echo(int fd) {
 }
 
 static int dgram_flow_server(const char *sid, int count) {
-    int fd = socket(AF_SERVAL, SOCK_DGRAM, 0);
-    if (fd < 0) die("socket");
-    struct sockaddr_sv sa = sv_addr(sid);
-    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) die("bind");
-    if (listen(fd, 5) < 0) die("listen");
-    printf("ready\n");
-    fflush(stdout);
+    int fd = bound_dgram(sid, 1);
     for (int i = 0; i < count; i++) dgram_flow_echo(fd);
     close(fd);
     return failures ? 1 : 0;
@@ -737,6 +748,115 @@ static int dgram_client(const char *sid, int count) {
         }
         CHECK(n == (ssize_t)len && memcmp(msg, back, len) == 0, "datagram %d: %zd of %zu bytes", i, n, len);
     }
+    close(fd);
+    return failures ? 1 : 0;
+}
+
+/* Echoes COUNT datagrams through recvmsg (into two iovecs, the sender's
+ * address in msg_name) and sendmsg (three iovecs, to that address). */
+static int dgram_msg_server(const char *sid, int count) {
+    int fd = bound_dgram(sid, 0);
+    for (int i = 0; i < count; i++) {
+        char buf[2048];
+        struct sv_from from;
+        char control[64];
+        struct iovec in[2] = {{buf, 7}, {buf + 7, sizeof buf - 7}};
+        struct msghdr m = {.msg_name = &from,
+                           .msg_namelen = i % 2 ? sizeof from : sizeof from.sv,
+                           .msg_iov = in,
+                           .msg_iovlen = 2,
+                           .msg_control = control,
+                           .msg_controllen = sizeof control,
+                           .msg_flags = -1};
+        ssize_t n = recvmsg(fd, &m, 0);
+        if (n < 0) die("recvmsg");
+        CHECK(m.msg_flags == 0 && m.msg_controllen == 0, "recvmsg flags %#x, controllen %zu",
+              m.msg_flags, (size_t)m.msg_controllen);
+        CHECK(from.sv.sv_family == AF_SERVAL && from.sv.sv_flags == 0, "recvmsg address");
+        if (i % 2)
+            CHECK(m.msg_namelen == sizeof from && from.in.sin_family == AF_INET,
+                  "sockaddr_in after sockaddr_sv");
+        else
+            CHECK(m.msg_namelen == sizeof from.sv, "sockaddr_sv alone");
+        size_t third = (size_t)n / 3;
+        struct iovec out[3] = {{buf, third}, {buf + third, third}, {buf + 2 * third, (size_t)n - 2 * third}};
+        struct msghdr r = {.msg_name = &from, .msg_namelen = m.msg_namelen, .msg_iov = out, .msg_iovlen = 3};
+        if (sendmsg(fd, &r, 0) != n) die("sendmsg");
+    }
+    close(fd);
+    return failures ? 1 : 0;
+}
+
+/* Sends `len` bytes of pattern(i + j) with sendmsg from three iovecs to
+ * `sa`, and receives the reply with recvmsg into iovecs of `room` bytes
+ * (7, then the rest) with `flags`; returns what recvmsg returned, the
+ * reply in `back`, its sender in `from` and the message's flags. */
+static ssize_t msg_exchange(int fd, const struct sockaddr_sv *sa, size_t len, int i, size_t room,
+                            int flags, char *back, struct sv_from *from, int *msg_flags) {
+    char msg[1400];
+    for (size_t j = 0; j < len; j++) msg[j] = (char)pattern(j + (size_t)i);
+    struct iovec out[3] = {{msg, len / 2}, {NULL, 0}, {msg + len / 2, len - len / 2}};
+    struct msghdr m = {.msg_name = (void *)sa, .msg_namelen = sizeof *sa, .msg_iov = out, .msg_iovlen = 3};
+    if (sendmsg(fd, &m, 0) != (ssize_t)len) die("sendmsg");
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    if (poll(&p, 1, 10000) != 1) return -2;
+    char control[64];
+    struct iovec in[2] = {{back, room < 7 ? room : 7}, {back + 7, room < 7 ? 0 : room - 7}};
+    struct msghdr r = {.msg_name = from,
+                       .msg_namelen = sizeof *from,
+                       .msg_iov = in,
+                       .msg_iovlen = 2,
+                       .msg_control = control,
+                       .msg_controllen = sizeof control,
+                       .msg_flags = -1};
+    ssize_t n = recvmsg(fd, &r, flags);
+    CHECK(r.msg_controllen == 0, "no ancillary data (%zu)", (size_t)r.msg_controllen);
+    CHECK(r.msg_namelen == sizeof *from && from->sv.sv_family == AF_SERVAL &&
+              !memcmp(&from->sv.sv_srvid, &sa->sv_srvid, SERVICE_ID_LEN) &&
+              from->in.sin_family == AF_INET,
+          "the reply's sender (namelen %u)", (unsigned)r.msg_namelen);
+    CHECK(n < 0 || !memcmp(back, msg, (size_t)n < room ? (size_t)n : room), "reply %d's bytes", i);
+    *msg_flags = r.msg_flags;
+    return n;
+}
+
+/* Unconnected datagrams through sendmsg and recvmsg only (against
+ * dgram-msg-server, COUNT 8): gathered out, scattered in, the sender's
+ * address; a reply longer than the iovecs is cut to them with MSG_TRUNC
+ * in msg_flags (and reported whole with the MSG_TRUNC flag); readv reads
+ * a datagram's payload. */
+static int dgram_msg_client(const char *sid) {
+    int fd = socket(AF_SERVAL, SOCK_DGRAM, 0);
+    if (fd < 0) die("socket");
+    struct sockaddr_sv sa = sv_addr(sid);
+    char back[2048];
+    struct sv_from from;
+    int flags;
+    /* As UDP: nowhere to send without an address. */
+    struct iovec one = {"x", 1};
+    struct msghdr none = {.msg_iov = &one, .msg_iovlen = 1};
+    EXPECT_ERR(sendmsg(fd, &none, 0), EDESTADDRREQ);
+    for (int i = 0; i < 5; i++) {
+        size_t len = 1 + (size_t)(i * 277) % 1360;
+        ssize_t n = msg_exchange(fd, &sa, len, i, sizeof back, 0, back, &from, &flags);
+        CHECK(n == (ssize_t)len && flags == 0, "datagram %d: %zd of %zu bytes, flags %#x", i, n, len, flags);
+    }
+    ssize_t n = msg_exchange(fd, &sa, 100, 5, 40, 0, back, &from, &flags);
+    CHECK(n == 40 && flags == MSG_TRUNC, "truncated: %zd bytes, flags %#x", n, flags);
+    n = msg_exchange(fd, &sa, 100, 6, 40, MSG_TRUNC, back, &from, &flags);
+    CHECK(n == 100 && flags == MSG_TRUNC, "MSG_TRUNC: %zd bytes, flags %#x", n, flags);
+    /* Still nowhere to send without an address, now the socket is open. */
+    EXPECT_ERR(sendmsg(fd, &none, 0), EDESTADDRREQ);
+    /* readv: the payload alone. */
+    struct iovec out = {"readv!", 6};
+    struct msghdr m = {.msg_name = &sa, .msg_namelen = sizeof sa, .msg_iov = &out, .msg_iovlen = 1};
+    CHECK(sendmsg(fd, &m, 0) == 6, "sendmsg for readv");
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    CHECK(poll(&p, 1, 10000) == 1, "the reply to readv");
+    memset(back, 0, sizeof back);
+    struct iovec in[2] = {{back, 2}, {back + 2, 10}};
+    n = readv(fd, in, 2);
+    CHECK(n == 6 && !memcmp(back, "readv!", 6), "readv: %zd bytes", n);
     close(fd);
     return failures ? 1 : 0;
 }
@@ -796,6 +916,17 @@ static int misuse(const char *sid) {
     EXPECT_ERR(sendto(d, big, sizeof big, 0, (struct sockaddr *)&sa, sizeof sa), EMSGSIZE);
     EXPECT_ERR(listen(d, 5), EDESTADDRREQ);
     EXPECT_ERR(sendto(d, "x", 1, 0, (struct sockaddr *)&sa, 8), EINVAL);
+    /* sendmsg checks as sendto does, and its iovecs as the kernel does. */
+    struct iovec bigv[2] = {{big, 1000}, {big, 1000}};
+    struct msghdr bigm = {.msg_name = &sa, .msg_namelen = sizeof sa, .msg_iov = bigv, .msg_iovlen = 2};
+    EXPECT_ERR(sendmsg(d, &bigm, 0), EMSGSIZE);
+    bigm.msg_namelen = 8;
+    EXPECT_ERR(sendmsg(d, &bigm, 0), EINVAL);
+    bigm.msg_namelen = sizeof sa;
+    bigm.msg_iovlen = 1025;
+    EXPECT_ERR(sendmsg(d, &bigm, 0), EMSGSIZE);
+    EXPECT_ERR(sendmsg(d, NULL, 0), EFAULT);
+    EXPECT_ERR(writev(d, bigv, 1), EDESTADDRREQ);
     close(d);
 
     /* getsockopt answered by the shim writes one int, whatever room the
@@ -1092,10 +1223,18 @@ static int reset_server(const char *sid, const char *mode, int count) {
     return failures ? 1 : 0;
 }
 
-/* A read of `fd` with `how`: read, recv or recvfrom. */
+/* A read of `fd` with `how`: read, recv, recvfrom, recvmsg or readv (the
+ * last two into two iovecs). */
 static ssize_t read_with(const char *how, int fd, char *buf, size_t len) {
     if (!strcmp(how, "recv")) return recv(fd, buf, len, 0);
     if (!strcmp(how, "recvfrom")) return recvfrom(fd, buf, len, 0, NULL, NULL);
+    struct iovec iov[2] = {{buf, len / 2}, {buf + len / 2, len - len / 2}};
+    if (!strcmp(how, "readv")) return readv(fd, iov, 2);
+    if (!strcmp(how, "recvmsg")) {
+        struct sockaddr_storage from;
+        struct msghdr m = {.msg_name = &from, .msg_namelen = sizeof from, .msg_iov = iov, .msg_iovlen = 2};
+        return recvmsg(fd, &m, 0);
+    }
     return read(fd, buf, len);
 }
 
@@ -1172,7 +1311,14 @@ static void unconnected(void) {
     CHECK(sigpipes == 1, "write raised SIGPIPE (%d)", (int)sigpipes);
     EXPECT_ERR(send(fd, "x", 1, MSG_NOSIGNAL), EPIPE);
     EXPECT_ERR(sendto(fd, "x", 1, MSG_NOSIGNAL, NULL, 0), EPIPE);
+    struct iovec iov = {&c, 1};
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1};
+    EXPECT_ERR(sendmsg(fd, &m, MSG_NOSIGNAL), EPIPE);
     CHECK(sigpipes == 1, "MSG_NOSIGNAL raised none (%d)", (int)sigpipes);
+    EXPECT_ERR(writev(fd, &iov, 1), EPIPE);
+    CHECK(sigpipes == 2, "writev raised SIGPIPE (%d)", (int)sigpipes);
+    EXPECT_ERR(recvmsg(fd, &m, 0), ENOTCONN);
+    EXPECT_ERR(readv(fd, &iov, 1), ENOTCONN);
     /* A failed blocking connect reports its error from connect itself. */
     EXPECT_ERR(connect(fd, (struct sockaddr *)&sa, sizeof sa), EHOSTUNREACH);
     EXPECT_ERR(read(fd, &c, 1), ENOTCONN);
@@ -1447,6 +1593,8 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "many")) return many(sid, (int)n, argc > 4 ? (size_t)atol(argv[4]) : 1000);
     if (!strcmp(cmd, "dgram-server")) return dgram_server(sid, (int)n);
     if (!strcmp(cmd, "dgram-client")) return dgram_client(sid, (int)n);
+    if (!strcmp(cmd, "dgram-msg-server")) return dgram_msg_server(sid, (int)n);
+    if (!strcmp(cmd, "dgram-msg-client")) return dgram_msg_client(sid);
     if (!strcmp(cmd, "dgram-flow-server")) return dgram_flow_server(sid, (int)n);
     if (!strcmp(cmd, "dgram-flow-client")) return dgram_flow_client(sid, argc > 3 ? argv[3] : NULL);
     if (!strcmp(cmd, "retry") && argc > 3) return retry(sid, argv[3]);
