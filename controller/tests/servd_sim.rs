@@ -1435,6 +1435,60 @@ fn a_host_that_restarts_servd_withdraws_its_routes_at_once() {
 /// `refused_answer_size`) and a source gets a bounded number of answers
 /// (`refused_answer_rate` past that); servd's own queries are padded and
 /// get full answers.
+/// A router relays an unauthenticated query it cannot answer only within
+/// its source's reply rate (each is up to three datagrams to every
+/// upstream), and forged queries from many sources cannot take the
+/// pending entries its own sald's queries need.
+#[test]
+fn forged_queries_are_relayed_within_their_source_s_rate_and_leave_room_for_our_own() {
+    use controller::servd::log_limit::REPLY_BURST as BURST;
+    let mut net = Net::new();
+    let r = net.router(1, &[9]); // its upstream never answers
+    let query = |n: u64| {
+        plain(&Message::Query {
+            from: Node {
+                name: String::new(),
+                epoch: 1,
+                locators: vec![],
+            },
+            id: n,
+            service: random_service(n),
+        })
+    };
+    let forger: SocketAddr = "192.0.2.7:53".parse().unwrap();
+    let tapped = net.wiretap.len();
+    for n in 0..1_000 {
+        net.inject(forger, r, &query(n));
+    }
+    let relayed: std::collections::HashSet<u64> = queries_sent(&net, 1, addr(9), tapped)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(
+        relayed.len(),
+        BURST as usize,
+        "one source's queries relayed"
+    );
+
+    // Many sources, each within its rate, fill what relaying may hold.
+    for n in 0..12_000u64 {
+        let source = SocketAddr::from(([10, 9, (n >> 8) as u8, n as u8], 53));
+        net.inject(source, r, &query(1_000 + n));
+    }
+    let tapped = net.wiretap.len();
+    net.event(
+        r,
+        ControlEvent::DelayNotify {
+            service: id("5e0077"),
+            connect: false,
+        },
+    );
+    assert!(
+        services_queried(&net, 1, addr(9), tapped).contains(&id("5e0077")),
+        "the router's own query went out"
+    );
+}
+
 #[test]
 fn unauthenticated_answers_stay_within_three_times_the_query_and_a_rate_per_source() {
     use controller::servd::controller::{ANSWER_FACTOR, QUERY_PAD_LEN};

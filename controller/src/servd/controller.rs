@@ -66,6 +66,11 @@ const QUERY_TRIES: u8 = 3;
 /// Bounds on state a peer can make us keep: queries in flight, askers
 /// waiting on one query, downstream senders remembered.
 const MAX_PENDING_QUERIES: usize = 10_000;
+/// Of [`MAX_PENDING_QUERIES`], what queries relayed for downstream askers
+/// may not take: our own sald's, within their rates
+/// ([`Config::query_rate`], each pending at most `QUERY_TRIES` timeouts),
+/// fit in it, so forged queries from many sources cannot crowd them out.
+const LOCAL_QUERY_RESERVE: usize = 2_000;
 const MAX_WAITERS: usize = 64;
 const MAX_DOWNSTREAMS: usize = 100_000;
 /// Resyncs an upstream may ask of us, untagged, per refresh interval.
@@ -521,6 +526,9 @@ struct Waiter {
     /// most [`ANSWER_FACTOR`] times that, and a query relayed for it is
     /// padded to no more than that (see [`Pending::pad`]).
     query_len: Option<usize>,
+    /// Its answer was paid for against the source's reply rate when its
+    /// query was relayed (see [`Controller::answer_query`]).
+    prepaid: bool,
 }
 
 impl Waiter {
@@ -1203,6 +1211,7 @@ impl Controller {
                     addr: src,
                     id,
                     query_len: key.is_none().then_some(bytes.len()),
+                    prepaid: false,
                 };
                 self.answer_query(now, waiter, service);
             }
@@ -2060,11 +2069,24 @@ impl Controller {
         }
     }
 
+    /// Answers `asker`'s query from what we know, or relays it upstream
+    /// and answers when the answer comes back. An unauthenticated query is
+    /// relayed only within its source's reply rate (charged now, not again
+    /// for the answer): its source may be forged, and each relayed query
+    /// is up to `QUERY_TRIES` datagrams to every upstream and a pending
+    /// entry here.
     fn answer_query(&mut self, now: Instant, asker: Waiter, service: ServiceId) {
         if let Some(route) = self.lookup(&service) {
             self.send_answer(now, asker, service, Some(route));
         } else if !self.upstreams.is_empty() {
             // Not ours to know: ask further up, answer when it comes back.
+            if asker.query_len.is_some() && !self.reply_allowed(now, asker.addr) {
+                return;
+            }
+            let asker = Waiter {
+                prepaid: true,
+                ..asker
+            };
             self.start_query(now, service, Asker::Downstream(asker));
         } else {
             self.send_answer(now, asker, service, None);
@@ -2175,7 +2197,7 @@ impl Controller {
                 return;
             }
         }
-        if self.reply_allowed(now, asker.addr) {
+        if asker.prepaid || self.reply_allowed(now, asker.addr) {
             self.send(asker.addr, &answer(route, node));
         }
     }
@@ -2266,7 +2288,11 @@ impl Controller {
     /// without one it is not sent (counted as `refused_query_rate`).
     /// Returns whether it was sent.
     fn open_query(&mut self, now: Instant, service: ServiceId, asker: Asker, pad: usize) -> bool {
-        if self.queries.len() >= MAX_PENDING_QUERIES {
+        let limit = match asker {
+            Asker::Sald { .. } => MAX_PENDING_QUERIES,
+            Asker::Downstream(_) => MAX_PENDING_QUERIES - LOCAL_QUERY_RESERVE,
+        };
+        if self.queries.len() >= limit {
             self.stats.dropped_unexpected += 1;
             return false;
         }
