@@ -259,3 +259,110 @@ fn far_out_of_order_data_is_counted_in_the_host_stats() {
     net.run_for(Duration::from_millis(100));
     assert_eq!(net.host(server).stats().ooo_dropped, 1);
 }
+
+/// With a budget per group of flows (sald makes one per local user), one
+/// group whose flows leave their peers' data unread holds at most its own
+/// budget, and only its flows come under pressure: another group's bulk
+/// flow beside them grows its buffers as on an idle host.
+#[test]
+fn one_group_s_unread_flows_leave_the_others_room_to_grow() {
+    const GROUP_BUDGET: usize = 1 << 20;
+    let (greedy, other) = (1, 2);
+    let mut net = Network::new(33, LinkConditions::default());
+    let client = net.add_host("client", HostConfig::default(), &[("eth0", "10.0.0.1/24")]);
+    let server_config = HostConfig {
+        buffer_memory_limit: Some(BUDGET),
+        buffer_memory_group_limit: Some(GROUP_BUDGET),
+        ..HostConfig::default()
+    };
+    let server = net.add_host("server", server_config, &[("eth0", "10.0.0.2/24")]);
+    default_route(&mut net, client, "10.0.0.2");
+    let listen = |net: &mut Network, prefix: &str, group: u32| {
+        let host = net.host(server);
+        let listener = host.listen(prefix.parse().unwrap(), Stream, 64).unwrap();
+        host.set_listener_group(listener, group).unwrap();
+        listener
+    };
+    let parking = listen(&mut net, "ab/8", greedy);
+    let serving = listen(&mut net, "cd/8", other);
+    let mut parked: Vec<Parked> = (0..FLOWS)
+        .map(|i| Parked {
+            ends: establish(&mut net, client, server, parking, "ab".parse().unwrap()),
+            data: pattern(PER_FLOW, 200 + i as u64),
+            sent: 0,
+            received: Vec::new(),
+        })
+        .collect();
+    let (c, s) = establish(&mut net, client, server, serving, "cd".parse().unwrap());
+    let bulk = pattern(4 << 20, 9);
+    let (mut greedy_peak, mut other_peak, mut host_pressure) = (0, 0, false);
+    let got = stream(
+        &mut net,
+        (client, c),
+        (server, s),
+        &bulk,
+        Duration::from_secs(120),
+        |net, _| {
+            for flow in &mut parked {
+                flow.push(net, client);
+            }
+            let host = net.host(server);
+            greedy_peak = greedy_peak.max(host.group_buffer_bytes(greedy));
+            other_peak = other_peak.max(host.group_buffer_bytes(other));
+            host_pressure |= host.stats().buffer_pressure;
+        },
+    );
+    assert!(got == bulk, "bulk: delivered bytes differ");
+    let stats = net.host(server).stats();
+    eprintln!(
+        "group budget {GROUP_BUDGET}: greedy peak {greedy_peak} (slack {}), other's bulk flow peak {other_peak}, \
+         group pressure entered {} times, host pressure {host_pressure}",
+        slack(),
+        stats.group_buffer_pressures
+    );
+    assert!(
+        greedy_peak <= GROUP_BUDGET as u64 + slack(),
+        "{greedy_peak} bytes held by one group, its budget {GROUP_BUDGET}"
+    );
+    assert!(stats.group_buffer_pressures >= 1);
+    assert!(!host_pressure, "the host stayed within its own budget");
+    // Under pressure its buffers would have stayed at their first
+    // allocations (4 KiB each way); it grew as this path needs.
+    assert!(
+        other_peak >= 64 << 10,
+        "the other group's flow grew to {other_peak}"
+    );
+    let unread: usize = parked.iter().map(|f| f.sent).sum();
+    assert!(unread > GROUP_BUDGET, "the peers wrote {unread} bytes");
+
+    // A flow moved to another group takes what it holds along.
+    let (moved, before) = (
+        parked[0].ends.1,
+        net.host(server).group_buffer_bytes(greedy),
+    );
+    net.host(server).set_flow_group(moved, 3).unwrap();
+    let taken = net.host(server).group_buffer_bytes(3);
+    assert!(taken > 0);
+    assert_eq!(net.host(server).group_buffer_bytes(greedy), before - taken);
+
+    // Every byte still arrives, exactly, once read; the groups empty.
+    let done = net.run_until(Duration::from_secs(300), |net| {
+        for flow in &mut parked {
+            flow.push(net, client);
+            flow.pull(net, server);
+        }
+        parked.iter().all(|f| f.received.len() == PER_FLOW)
+    });
+    assert!(done, "stalled");
+    for flow in &parked {
+        assert!(flow.received == flow.data, "delivered bytes differ");
+    }
+    for flow in &parked {
+        net.host(client).close(flow.ends.0).unwrap();
+        net.host(server).close(flow.ends.1).unwrap();
+    }
+    net.run_for(Duration::from_secs(5));
+    let host = net.host(server);
+    assert!(host.group_buffer_bytes(greedy) <= (FLOWS * 2 * 4096) as u64);
+    assert!(host.group_buffer_bytes(3) <= 2 * 4096);
+}

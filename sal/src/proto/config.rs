@@ -82,6 +82,13 @@ pub struct HostConfig {
     /// the budget. See `stream.rs`. `None` (the default, for simulations):
     /// no budget, every flow may grow to its maxima; sald sets one.
     pub buffer_memory_limit: Option<usize>,
+    /// Bytes the TCP buffers of one group of flows may hold together
+    /// before that group's flows are under memory pressure, as all flows
+    /// are at `buffer_memory_limit` (see `budget.rs`, and
+    /// [`Host::set_flow_group`](super::Host::set_flow_group)): one group
+    /// cannot put every other under pressure. `None` (the default): groups
+    /// are bounded by the host's budget only.
+    pub buffer_memory_group_limit: Option<usize>,
     /// Datagrams queued per socket before new ones are dropped.
     pub datagram_queue_limit: usize,
     /// Bytes of payload queued per socket before new datagrams are dropped
@@ -141,6 +148,7 @@ impl Default for HostConfig {
             ttl: 64,
             stream: default_stream_config(),
             buffer_memory_limit: None,
+            buffer_memory_group_limit: None,
             datagram_queue_limit: 256,
             datagram_queue_bytes: 256 * 1024,
             auto_migrate: true,

@@ -63,6 +63,9 @@ pub(super) struct Flow {
     pub counters: FlowCounters,
     /// Already in the host's list of flows to look at after this poll.
     pub dirty: bool,
+    /// Whose buffer budget the flow's TCP buffers count against, besides
+    /// the host's (see `budget.rs`).
+    pub group: u32,
 }
 
 impl Flow {
@@ -95,6 +98,7 @@ impl Flow {
             },
             counters: FlowCounters::default(),
             dirty: false,
+            group: super::NO_GROUP,
         }
     }
 

@@ -341,6 +341,10 @@ impl Host {
         flow.path
             .set_peer_locators(advertised(repr, &ends.client, &self.interfaces));
         flow.listener = Some(ends.listener);
+        flow.group = self
+            .listeners
+            .get(ends.listener)
+            .map_or(super::NO_GROUP, |l| l.group);
         flow
     }
 
@@ -515,6 +519,7 @@ impl Host {
         flow.id = id;
         flow.state = FlowState::Established;
         let memory = socket.as_ref().map_or(0, sal_tcp::Socket::buffer_memory);
+        let group = flow.group;
         if let Some(stream) = flow.stream_mut() {
             stream.socket = socket;
         }
@@ -527,7 +532,7 @@ impl Host {
             return true;
         }
         self.flow_count += 1;
-        self.account_buffers(0, memory);
+        self.account_buffers(group, 0, memory);
         self.stats.cookies_accepted += 1;
         self.events.push_back(Event::PeerConnected(id));
         if self.listeners.established(listener, id) {

@@ -187,6 +187,10 @@ pub struct HostStats {
     /// `TCPMemoryPressures`).
     #[serde(default)]
     pub buffer_pressures: u64,
+    /// Times a group of flows came under buffer memory pressure of its own
+    /// (its `HostConfig::buffer_memory_group_limit`).
+    #[serde(default)]
+    pub group_buffer_pressures: u64,
     /// Segments (or their tails) stream flows dropped because their receive
     /// buffer could not grow under memory pressure, and out-of-order ranges
     /// given up because of it; each costs the peer a retransmission

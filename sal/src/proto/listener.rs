@@ -57,6 +57,9 @@ pub(super) struct Listener {
     pub ephemeral: bool,
     /// Drained: no DEMUX rule any more, no new flows; those admitted stay.
     draining: bool,
+    /// The buffer budget group of the server flows it opens (see
+    /// `budget.rs`).
+    pub group: u32,
 }
 
 impl Listener {
@@ -134,8 +137,21 @@ impl Listeners {
             datagram_socket,
             ephemeral: false,
             draining: false,
+            group: super::NO_GROUP,
         };
         self.by_id.insert(id, listener);
+    }
+
+    /// Sets the budget group of the flows `id` opens; whether there is
+    /// such a listener.
+    pub fn set_group(&mut self, id: ListenerId, group: u32) -> bool {
+        match self.by_id.get_mut(&id) {
+            Some(listener) => {
+                listener.group = group;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Sets how many flows `id` may queue; whether there is such a listener.

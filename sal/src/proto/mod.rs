@@ -43,6 +43,7 @@
 //! `datagram`, `stream` (the application's streams and the only calls into
 //! their sockets), and `output` (the transmit path, control retransmission).
 
+mod budget;
 mod config;
 mod control;
 mod cookie;
@@ -75,6 +76,7 @@ use crate::flow::FlowTable;
 use crate::id::{FlowId, ServiceId};
 use crate::table::ServiceTable;
 
+pub use budget::NO_GROUP;
 pub use config::{default_stream_config, HostConfig, SynCookies};
 pub use datagram::{DatagramPeer, ReceivedDatagram, MAX_DATAGRAM};
 pub use error::{ConnectError, HostError};
@@ -131,6 +133,8 @@ pub struct Host {
     dirty: Vec<FlowId>,
     dirty_spare: Vec<FlowId>,
     stats: HostStats,
+    /// Buffer memory by group of flows (see `budget.rs`).
+    budgets: budget::GroupBudgets,
     now: Instant,
 }
 
@@ -169,6 +173,7 @@ impl Host {
             dirty: Vec::new(),
             dirty_spare: Vec::new(),
             stats: HostStats::default(),
+            budgets: budget::GroupBudgets::default(),
             now,
         }
     }
@@ -282,6 +287,7 @@ impl Host {
         self.events.shrink_to_fit();
         self.dirty.shrink_to_fit();
         self.dirty_spare.shrink_to_fit();
+        self.budgets.shrink_to_fit();
     }
 
     /// How many flows the host has (what [`Host::flows`] would list).

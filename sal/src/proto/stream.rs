@@ -22,12 +22,14 @@
 //! # Buffer memory
 //!
 //! Every change in a socket's buffer memory passes through
-//! [`Host::account_buffers`], which keeps the host-wide total
+//! `Host::account_buffers` (`budget.rs`), which keeps the host-wide total
 //! ([`HostStats::buffer_bytes`](super::HostStats::buffer_bytes)) and, with a
 //! budget ([`HostConfig::buffer_memory_limit`](super::HostConfig::buffer_memory_limit)),
 //! the pressure state: on once the total reaches the budget, off again
 //! once it falls below 7/8 of it, so that a host at its budget does not
-//! flip at every segment. The state is handed to a socket each time it is
+//! flip at every segment. The same holds for each group of flows and its
+//! own budget, and a socket is under pressure when its host or its group
+//! is. The state is handed to a socket each time it is
 //! driven ([`Socket::set_memory_pressure`], a store), never by walking the
 //! flows when it changes: a flow that is not driven does not grow anyway.
 //! Under pressure no buffer grows beyond what it holds (one holding
@@ -134,32 +136,6 @@ pub(super) enum StreamOutput {
 }
 
 impl Host {
-    /// Notes a change of a socket's buffer memory from `before` to `after`
-    /// bytes in [`HostStats::buffer_bytes`](super::HostStats::buffer_bytes).
-    /// Also moves the host in or out of buffer memory pressure (see the
-    /// module docs).
-    pub(super) fn account_buffers(&mut self, before: usize, after: usize) {
-        let total = &mut self.stats.buffer_bytes;
-        *total = (*total + after as u64).saturating_sub(before as u64);
-        self.update_buffer_pressure();
-    }
-
-    /// Enters buffer memory pressure when the total reaches the budget,
-    /// and leaves it once the total falls below 7/8 of the budget.
-    fn update_buffer_pressure(&mut self) {
-        let Some(limit) = self.config.buffer_memory_limit else {
-            return;
-        };
-        let limit = limit as u64;
-        let stats = &mut self.stats;
-        if stats.buffer_pressure {
-            stats.buffer_pressure = stats.buffer_bytes >= limit - limit / 8;
-        } else if stats.buffer_bytes >= limit {
-            stats.buffer_pressure = true;
-            stats.buffer_pressures += 1;
-        }
-    }
-
     /// Adds to the host's drop counters what a socket's moved by since
     /// `before` (its [`socket_drops`] then).
     fn account_drops(&mut self, before: (u64, u64), after: (u64, u64)) {
@@ -188,7 +164,8 @@ impl Host {
         id: FlowId,
         fill: impl FnOnce(&mut [u8]) -> (usize, R),
     ) -> Result<R, HostError> {
-        let pressure = self.stats.buffer_pressure;
+        let group = self.flow_group(id);
+        let pressure = self.buffer_pressure(group);
         let result = match self.app_socket(id)? {
             (FlowState::Dead, _) => return Err(HostError::Reset),
             (FlowState::Established, Some(socket)) => {
@@ -208,7 +185,7 @@ impl Host {
                 let before = socket.buffer_memory();
                 let result = socket.send(fill).map_err(|_| HostError::SendClosed)?;
                 let after = socket.buffer_memory();
-                self.account_buffers(before, after);
+                self.account_buffers(group, before, after);
                 result
             }
             _ => return Err(HostError::WouldBlock),
@@ -309,7 +286,7 @@ impl Host {
 
     /// Bytes a [`Host::send`] would take now.
     pub fn send_room(&mut self, id: FlowId) -> Result<usize, HostError> {
-        let pressure = self.stats.buffer_pressure;
+        let pressure = self.buffer_pressure(self.flow_group(id));
         match self.app_socket(id)? {
             (FlowState::Dead, _) => Err(HostError::Reset),
             (FlowState::Established, Some(socket)) if socket.may_send() => {
@@ -367,7 +344,7 @@ impl Host {
         if !opened {
             return false;
         }
-        self.account_buffers(0, socket.buffer_memory());
+        self.account_buffers(self.flow_group(id), 0, socket.buffer_memory());
         let Some(stream) = self.flow_mut(id).ok().and_then(|f| f.stream_mut()) else {
             return false;
         };
@@ -386,7 +363,8 @@ impl Host {
     /// connection's sequence numbers, which travel only on the flow's path.
     pub(super) fn stream_input(&mut self, id: FlowId, segment: &[u8]) -> bool {
         let now = self.now;
-        let pressure = self.stats.buffer_pressure;
+        let group = self.flow_group(id);
+        let pressure = self.buffer_pressure(group);
         let Ok(flow) = self.flow_mut(id) else {
             return false;
         };
@@ -404,7 +382,7 @@ impl Host {
         let progress =
             socket.send_queue() < was.0 || socket.recv_queue() > was.1 || socket.state() != was.2;
         let evidence = handled.is_ok() && stream.peer_ack(segment, progress);
-        self.account_buffers(before, after);
+        self.account_buffers(group, before, after);
         self.account_drops(drops_before, drops_after);
         if handled.is_err() {
             self.stats.malformed += 1;
@@ -416,13 +394,14 @@ impl Host {
 
     /// Drops the flow's socket, if it has one, without a word to the peer.
     pub(super) fn release_stream(&mut self, id: FlowId) {
+        let group = self.flow_group(id);
         let socket = self
             .flow_mut(id)
             .ok()
             .and_then(|f| f.stream_mut())
             .and_then(|s| s.socket.take());
         if let Some(socket) = socket {
-            self.account_buffers(socket.buffer_memory(), 0);
+            self.account_buffers(group, socket.buffer_memory(), 0);
         }
     }
 
@@ -436,6 +415,7 @@ impl Host {
             return;
         };
         let reader = !flow.teardown.app_closed;
+        let group = flow.group;
         let Some(socket) = flow.stream_mut().and_then(|s| s.socket.as_mut()) else {
             return;
         };
@@ -443,7 +423,7 @@ impl Host {
         // `forget_peer` frees what it does not keep, whatever it returns.
         let kept = reader && socket.forget_peer();
         let after = socket.buffer_memory();
-        self.account_buffers(before, after);
+        self.account_buffers(group, before, after);
         if !kept {
             self.release_stream(id);
         }
@@ -560,10 +540,12 @@ impl Host {
         now: Instant,
         out: &mut [u8],
     ) -> StreamOutput {
-        let pressure = self.stats.buffer_pressure;
         let Some(Endpoint::Flow(flow)) = self.endpoints.get_mut(id) else {
             return StreamOutput::Idle;
         };
+        let group = flow.group;
+        // Field by field: `flow` borrows the endpoints.
+        let pressure = self.stats.buffer_pressure || self.budgets.pressure(group);
         let state = flow.state;
         let Some(dst) = flow.path.transport_destination(state) else {
             return StreamOutput::Idle;
@@ -600,7 +582,7 @@ impl Host {
             stream.ack_owed = false;
         }
         self.stats.sockets_driven += 1;
-        self.account_buffers(memory_before, memory_after);
+        self.account_buffers(group, memory_before, memory_after);
         self.account_drops(drops_before, drops_after);
         if changed {
             // A timer closed or reset the connection: the flow must see it.
