@@ -635,6 +635,11 @@ pub struct StatsReport {
     /// `host.buffer_pressures`/`host.pressure_dropped` how often it bit.
     #[serde(default)]
     pub buffer_limit: u64,
+    /// The budget of one ordinary user's flows' buffers (`[tcp]
+    /// buffer_memory_per_uid`; 0: none); `host.group_buffer_pressures`
+    /// counts the times a user's flows reached it.
+    #[serde(default)]
+    pub buffer_limit_per_uid: u64,
     /// Connects waiting for their handshake (each holds a waiter in sald
     /// until it completes, fails, times out or is given up on).
     #[serde(default)]

@@ -38,6 +38,7 @@
 //! max_send_buffer = 1048576  # most bytes a flow may have queued to send
 //! max_recv_buffer = 1048576  # most bytes it may hold received: the window it offers
 //! buffer_memory = 1073741824 # all flows' buffers together (default: 1/8 of RAM; 0: none)
+//! buffer_memory_per_uid = 268435456 # one ordinary user's flows (default: 1/4 of that; 0: none)
 //!
 //! [syn]                      # opening handshakes (defaults shown)
 //! cookies = "under-pressure" # SYN cookies past the half-open bounds ("never", "always")
@@ -67,6 +68,11 @@
 //! offer only what is held, data past it is dropped for the peer to resend,
 //! and applications' writes wait, until use falls below 7/8 of it. The
 //! default is an eighth of physical memory, at least 64 MiB.
+//! `buffer_memory_per_uid` is the same bound for the flows of one ordinary
+//! user (root's and sald's own user's are bounded by `buffer_memory`
+//! only): past it that user's flows, and no one else's, are under
+//! pressure, so that one user whose flows leave what peers send unread
+//! cannot hold the whole budget.
 //!
 //! ## Binding
 //!
@@ -337,6 +343,10 @@ pub struct TcpBuffers {
     /// Bytes all flows' buffers may hold together before none may grow
     /// (see "Memory"). Absent: [`default_buffer_memory`]; 0: no budget.
     pub buffer_memory: Option<usize>,
+    /// Bytes the buffers of one ordinary user's flows may hold together
+    /// before that user's flows (only) may not grow (see "Memory").
+    /// Absent: a quarter of `buffer_memory`; 0: no such bound.
+    pub buffer_memory_per_uid: Option<usize>,
 }
 
 /// The smallest default buffer budget: 64 full-size flows' worth of
@@ -372,6 +382,7 @@ impl Default for TcpBuffers {
             max_send_buffer: config.max_send_buffer,
             max_recv_buffer: config.max_recv_buffer,
             buffer_memory: None,
+            buffer_memory_per_uid: None,
         }
     }
 }
@@ -396,13 +407,28 @@ impl TcpBuffers {
         }
     }
 
+    /// One ordinary user's share of the buffer budget (`None`: no
+    /// bound of its own; see `buffer_memory_per_uid`).
+    pub fn memory_budget_per_uid(&self) -> Option<usize> {
+        match self.buffer_memory_per_uid {
+            Some(0) => None,
+            Some(bytes) => Some(bytes),
+            None => self.memory_budget().map(|total| total / 4),
+        }
+    }
+
     fn validate(&self) -> Result<()> {
         self.stream_config()
             .validate()
             .map_err(|e| anyhow::anyhow!("tcp: {e}"))?;
         let one_flow = self.max_send_buffer.saturating_add(self.max_recv_buffer);
-        if let Some(budget) = self.buffer_memory.filter(|&b| b != 0 && b < one_flow) {
-            bail!("tcp: buffer_memory {budget} is less than one flow's maxima ({one_flow}); 0 means no budget");
+        for (key, budget) in [
+            ("buffer_memory", self.buffer_memory),
+            ("buffer_memory_per_uid", self.buffer_memory_per_uid),
+        ] {
+            if let Some(budget) = budget.filter(|&b| b != 0 && b < one_flow) {
+                bail!("tcp: {key} {budget} is less than one flow's maxima ({one_flow}); 0 means no budget");
+            }
         }
         Ok(())
     }
@@ -712,6 +738,16 @@ mod tests {
         none.tcp.validate().unwrap();
         assert_eq!(none.tcp.memory_budget(), None);
         let tiny: FileConfig = toml::from_str("[tcp]\nbuffer_memory = 65536").unwrap();
+        assert!(tiny.tcp.validate().is_err(), "less than one flow");
+        // A user's share: a quarter of the budget unless set.
+        assert_eq!(set.tcp.memory_budget_per_uid(), Some(64 << 20));
+        assert_eq!(none.tcp.memory_budget_per_uid(), None);
+        let share: FileConfig = toml::from_str("[tcp]\nbuffer_memory_per_uid = 33554432").unwrap();
+        share.tcp.validate().unwrap();
+        assert_eq!(share.tcp.memory_budget_per_uid(), Some(32 << 20));
+        let unbounded: FileConfig = toml::from_str("[tcp]\nbuffer_memory_per_uid = 0").unwrap();
+        assert_eq!(unbounded.tcp.memory_budget_per_uid(), None);
+        let tiny: FileConfig = toml::from_str("[tcp]\nbuffer_memory_per_uid = 65536").unwrap();
         assert!(tiny.tcp.validate().is_err(), "less than one flow");
     }
 

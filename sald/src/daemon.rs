@@ -600,6 +600,7 @@ impl Core {
             fd_limit: 0,
             fds_open: 0,
             buffer_limit: self.host.config().buffer_memory_limit.unwrap_or(0) as u64,
+            buffer_limit_per_uid: self.host.config().buffer_memory_group_limit.unwrap_or(0) as u64,
             connects_pending: self.pending_connects.len() as u64,
         }
     }

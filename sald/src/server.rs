@@ -271,6 +271,7 @@ fn build_host(config: &Config, interfaces: &[LocalInterface]) -> Result<Host> {
             .then(|| sal::time::Duration::from_millis(config.keepalive_ms)),
         max_flows: config.limits.flows,
         buffer_memory_limit: config.tcp.memory_budget(),
+        buffer_memory_group_limit: config.tcp.memory_budget_per_uid(),
         ..HostConfig::default()
     };
     config.syn.apply(&mut host_config);

@@ -384,6 +384,50 @@ fn a_user_s_listeners_queue_no_more_than_its_share() {
     drop(again);
 }
 
+/// One ordinary user's flows have a buffer budget of their own (`[tcp]
+/// buffer_memory_per_uid`): flows whose peers send what the user never
+/// reads put that user's flows under pressure, not the host's.
+#[test]
+fn one_user_s_unread_flows_hold_no_more_than_its_share_of_the_buffer_budget() {
+    require_root!();
+    let dir = Scratch::new("buffer-share");
+    let sald = daemon(&dir, "sald", |config| {
+        config.tcp.max_send_buffer = 64 << 10;
+        config.tcp.max_recv_buffer = 64 << 10;
+        config.tcp.buffer_memory = Some(16 << 20);
+        config.tcp.buffer_memory_per_uid = Some(256 << 10);
+    });
+    let listener = bind_as(&sald, NOBODY, "b0f0/16").unwrap();
+    let service: sal::ServiceId = "b0f001".parse().unwrap();
+    // Root's clients (no group of their own) write 64 KiB each into
+    // flows nobody accepts and never reads.
+    let mut clients: Vec<ServiceStream> = (0..16)
+        .map(|_| {
+            ServiceStream::connect_via(sald.client(), service, Some(Duration::from_secs(3)))
+                .unwrap()
+        })
+        .collect();
+    let _held: Vec<_> = (0..16).map(|_| listener.accept().unwrap()).collect();
+    for client in &mut clients {
+        client.write_all(&vec![7u8; 64 << 10]).unwrap();
+    }
+    let stats = || match sald.client().request(&Request::Stats).unwrap().response {
+        Response::Stats { stats } => *stats,
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || stats()
+            .host
+            .group_buffer_pressures
+            > 0),
+        "nobody's flows reached its share: {:?}",
+        stats().host
+    );
+    let now = stats();
+    assert_eq!(now.buffer_limit_per_uid, 256 << 10);
+    assert!(!now.host.buffer_pressure, "the host is not under pressure");
+}
+
 #[test]
 fn bindings_are_capped_per_user() {
     require_root!();

@@ -7,7 +7,7 @@ use sal::wire::TransportProtocol;
 use sal::ServicePrefix;
 use sal_control::{ErrorKind, Response};
 
-use super::flows::{hand_over, pair, pair_error};
+use super::flows::{budget_group, hand_over, pair, pair_error};
 use super::{error_reply, host_error, Reply};
 use crate::control::client::{request_arrives, Client};
 use crate::owners::{Binding, Owners};
@@ -56,6 +56,9 @@ pub(super) fn listen(
         backlog,
     };
     core.owners.bind(listener, binding);
+    let _ = core
+        .host
+        .set_listener_group(listener, budget_group(&context, client.uid));
     client.listeners.push(listener);
     let socket = core.host.listener_socket(listener);
     let fd = match socket {

@@ -40,6 +40,7 @@ pub(in crate::control) async fn connect(
             Err(error) => return host_error(error),
         };
         core.owners.adopt(flow, uid);
+        let _ = core.host.set_flow_group(flow, budget_group(context, uid));
         let waiter = core.wait_connect(flow);
         core.run();
         (flow, waiter)
@@ -130,6 +131,17 @@ fn share_refusal(context: &ControlContext, core: &Core, uid: u32) -> Option<Stri
         ));
     }
     None
+}
+
+/// The buffer budget group of `uid`'s flows (see `sal::proto`'s
+/// `budget.rs`, `[tcp] buffer_memory_per_uid`): the user's own, but none
+/// for root and sald's own user, whom the host's budget alone bounds.
+pub(super) fn budget_group(context: &ControlContext, uid: u32) -> u32 {
+    if context.policy.privileged(uid) {
+        sal::proto::NO_GROUP
+    } else {
+        uid
+    }
 }
 
 /// Of `fd_limit` descriptors, those ordinary users' flows may not take:
@@ -241,6 +253,8 @@ pub(super) fn hand_over_flow(
         }
     };
     core.owners.adopt(flow, uid);
+    // Its listener's group already, unless that was someone else's.
+    let _ = core.host.set_flow_group(flow, budget_group(context, uid));
     let signal = core.adopt(flow);
     let shared = shared.clone();
     match info.protocol {
