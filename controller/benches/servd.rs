@@ -264,6 +264,7 @@ fn cache(mut router: Controller) {
                     ControlEvent::DelayNotify {
                         service,
                         connect: false,
+                        uid: None,
                     },
                 );
             }

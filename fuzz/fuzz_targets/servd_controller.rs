@@ -94,6 +94,7 @@ fuzz_target!(|data: &[u8]| {
         ControlEvent::DelayNotify {
             service: "beef01".parse().unwrap(),
             connect: false,
+            uid: None,
         },
     );
 

@@ -558,9 +558,14 @@ pub enum ControlEvent {
         service: ServiceId,
         /// What is held is a connect made on this host, not a packet that
         /// arrived (which anyone may send): servd keeps a query budget for
-        /// each, so that a flood of the latter cannot starve the former.
+        /// packets and one for each user's connects, so that a flood of
+        /// either cannot starve another user's connects.
         #[serde(default)]
         connect: bool,
+        /// The user whose connect is held (`connect` only; `None` if sald
+        /// does not know).
+        #[serde(default)]
+        uid: Option<u32>,
     },
     /// A flow was established: a connect made on this host completed its
     /// handshake, or a peer's connect to a local listener did (the flow

@@ -288,7 +288,7 @@ fn delay_holds_the_syn_until_a_rule_arrives() {
     // At the router: a packet that arrived, not a connect of its own.
     let notified = Event::DelayNotify {
         service: svc("de1a01"),
-        connect: false,
+        connect: None,
     };
     assert!(net.run_until(secs(1), |net| has_event(net, router, &notified)));
     net.run_for(Duration::from_millis(300));
@@ -342,7 +342,7 @@ fn local_delay_rule_holds_connect_until_resolved() {
         client,
         &Event::DelayNotify {
             service: svc("f00d"),
-            connect: true,
+            connect: Some(flow),
         }
     ));
     net.host(client)

@@ -367,7 +367,14 @@ impl Core {
                     self.publish(ControlEvent::FlowClosed { flow }, owner);
                 }
                 Event::DelayNotify { service, connect } => {
-                    self.publish(ControlEvent::DelayNotify { service, connect }, None)
+                    // The connect's owner was recorded when it began.
+                    let uid = connect.and_then(|flow| self.owners.flow_owner(flow, None));
+                    let event = ControlEvent::DelayNotify {
+                        service,
+                        connect: connect.is_some(),
+                        uid,
+                    };
+                    self.publish(event, None)
                 }
                 // Before the listener is forgotten (`Owners::unbind` follows
                 // the `run` that brought these), so its owner is known.

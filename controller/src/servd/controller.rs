@@ -44,8 +44,8 @@ use sal_control::ControlEvent;
 
 use super::keys::Keyring;
 use super::log_limit::{
-    LogLimiter, SourceLimiter, TokenBucket, DOWNSTREAM_BURST, DOWNSTREAM_RATE_PER_SECOND,
-    REPLY_BURST, REPLY_RATE_PER_SECOND,
+    LogLimiter, SourceLimiter, TokenBucket, UserBuckets, DOWNSTREAM_BURST,
+    DOWNSTREAM_RATE_PER_SECOND, REPLY_BURST, REPLY_RATE_PER_SECOND,
 };
 use super::policy::{Grant, Policy, Sender};
 use super::replay::{ReplayError, ReplayGuard};
@@ -107,6 +107,9 @@ pub const QUERY_PAD_LEN: usize = 1860;
 /// short time partial answers get, and asks once more, padded to
 /// [`QUERY_PAD_LEN`].
 pub const FIRST_QUERY_PAD_LEN: usize = 192;
+/// The user of a held connect sald did not name (a sald that does not
+/// say): such connects share one budget.
+pub const UNKNOWN_USER: u32 = u32::MAX;
 /// Queries a second servd starts for its own sald by default
 /// ([`Config::query_rate`]).
 pub const QUERY_RATE_PER_SECOND: u32 = 100;
@@ -188,8 +191,9 @@ pub struct Config {
     /// rate they are left unanswered (counted as `refused_query_rate`; sald
     /// drops the held SYN at its delay timeout), so that a SYN flood does
     /// not become a query flood toward the routers. Notifications for
-    /// connects made on this host have a budget of their own, at the same
-    /// rate, so that such a flood does not starve them. Relayed queries (a
+    /// connects made on this host have budgets of their own, one per user
+    /// at the same rate, so that neither such a flood nor one user's
+    /// connects starve another user's. Relayed queries (a
     /// router asking on behalf of a downstream host) are not counted here.
     pub query_rate: u32,
     /// Bound on learned (prefix, locator) entries.
@@ -541,10 +545,12 @@ impl Waiter {
 /// Who a query is for.
 #[derive(Debug, Clone, Copy)]
 enum Asker {
-    /// Our own sald, whose DELAY rule holds a connect made on this host
-    /// (`connect`) or a packet that arrived (anyone may send those). Each
-    /// kind has a budget of its own ([`Config::query_rate`]).
-    Sald { connect: bool },
+    /// Our own sald, whose DELAY rule holds a connect made on this host by
+    /// a user (`connect`: its uid, [`UNKNOWN_USER`] if sald did not say)
+    /// or a packet that arrived (`None`; anyone may send those). Packets
+    /// and each user's connects have budgets of their own
+    /// ([`Config::query_rate`]).
+    Sald { connect: Option<u32> },
     /// A downstream host or router.
     Downstream(Waiter),
 }
@@ -556,8 +562,9 @@ struct Pending {
     tries: u8,
     /// A DELAY on our own sald is waiting for this answer.
     local: bool,
-    /// ... for a connect made on this host (see [`Asker::Sald`]).
-    connect: bool,
+    /// ... for a connect made on this host by this user (see
+    /// [`Asker::Sald`]).
+    connect: Option<u32>,
     /// Downstream askers.
     waiters: Vec<Waiter>,
     /// Bytes the (untagged) query upstream is padded to: for our own
@@ -633,9 +640,10 @@ pub struct Controller {
     /// ([`Config::query_rate`]): anyone may send those.
     query_budget: TokenBucket,
     /// New queries for our own sald's local connects, the same rate on a
-    /// budget of their own: a flood of the others must not leave this
-    /// host's own users unable to reach a service.
-    connect_query_budget: TokenBucket,
+    /// budget of their own for each user: neither a packet flood nor one
+    /// user's connects to random services must leave this host's other
+    /// users unable to reach a service.
+    connect_query_budgets: UserBuckets,
     /// The next query's ID: an answer is taken only from an upstream's
     /// address and with the ID of a pending query, so an off-path sender
     /// who can forge that address must guess it (see `set_query_secret`).
@@ -727,10 +735,9 @@ impl Controller {
                 2.0 * f64::from(config.query_rate),
                 now,
             ),
-            connect_query_budget: TokenBucket::new(
+            connect_query_budgets: UserBuckets::new(
                 f64::from(config.query_rate),
                 2.0 * f64::from(config.query_rate),
-                now,
             ),
             next_query_id: epoch.rotate_left(32) | 1,
             cache: Deadlines::default(),
@@ -1065,7 +1072,12 @@ impl Controller {
                 self.flows.retain(|_, p| *p != prefix);
                 self.unexport(prefix);
             }
-            ControlEvent::DelayNotify { service, connect } => {
+            ControlEvent::DelayNotify {
+                service,
+                connect,
+                uid,
+            } => {
+                let connect = connect.then(|| uid.unwrap_or(UNKNOWN_USER));
                 self.start_query(now, service, Asker::Sald { connect })
             }
             // A prefix's load is the flows its listeners serve: those peers
@@ -2260,7 +2272,7 @@ impl Controller {
                 }
                 Asker::Sald { connect } => {
                     pending.local = true;
-                    pending.connect |= connect;
+                    pending.connect = pending.connect.or(connect);
                     pending.pad = pending.pad.max(FIRST_QUERY_PAD_LEN);
                 }
             }
@@ -2283,7 +2295,7 @@ impl Controller {
 
     /// Sends a new query about `service` (none is pending for it), padded
     /// to `pad` bytes when untagged. One for our own sald takes a token
-    /// first, of [`Controller::connect_query_budget`] for a local connect
+    /// first, of [`Controller::connect_query_budgets`] for a local connect
     /// and of [`Controller::query_budget`] for a packet that arrived;
     /// without one it is not sent (counted as `refused_query_rate`).
     /// Returns whether it was sent.
@@ -2297,8 +2309,8 @@ impl Controller {
             return false;
         }
         let within_budget = match asker {
-            Asker::Sald { connect: true } => self.connect_query_budget.allow(now),
-            Asker::Sald { connect: false } => self.query_budget.allow(now),
+            Asker::Sald { connect: Some(uid) } => self.connect_query_budgets.allow(uid, now),
+            Asker::Sald { connect: None } => self.query_budget.allow(now),
             Asker::Downstream(_) => true,
         };
         if !within_budget {
@@ -2322,7 +2334,10 @@ impl Controller {
                 deadline: now + self.config.query_timeout,
                 tries: 1,
                 local: matches!(asker, Asker::Sald { .. }),
-                connect: matches!(asker, Asker::Sald { connect: true }),
+                connect: match asker {
+                    Asker::Sald { connect } => connect,
+                    Asker::Downstream(_) => None,
+                },
                 waiters: match asker {
                     Asker::Downstream(waiter) => vec![waiter],
                     Asker::Sald { .. } => Vec::new(),

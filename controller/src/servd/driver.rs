@@ -100,8 +100,8 @@ pub struct Args {
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     pub query_timeout: Duration,
     /// New queries a second for this host's own DELAY rules (bursts of
-    /// twice that), for packets that arrived and, separately, for this
-    /// host's own connects; past it a held connection waits for sald's
+    /// twice that), for packets that arrived and, separately, for each
+    /// local user's connects; past it a held connection waits for sald's
     /// delay timeout. Bounds what a SYN flood to unknown services sends
     /// upstream.
     #[arg(long, default_value_t = QUERY_RATE_PER_SECOND, value_parser = parse_rate)]

@@ -103,6 +103,12 @@ impl TokenBucket {
         }
     }
 
+    /// Whether it holds all it may save up at `now`.
+    fn full(&mut self, now: Instant) -> bool {
+        self.bucket.refill(now, self.rate, self.burst);
+        self.bucket.tokens >= self.burst
+    }
+
     /// Whether one more is allowed at `now` (and takes its token).
     pub fn allow(&mut self, now: Instant) -> bool {
         self.bucket.refill(now, self.rate, self.burst);
@@ -183,6 +189,49 @@ impl SourceLimiter {
         } else {
             false
         }
+    }
+}
+
+/// Users whose buckets [`UserBuckets`] keeps at most; past it, buckets
+/// that have filled up again are let go first.
+const MAX_USERS: usize = 4096;
+
+/// One [`TokenBucket`] per local user, made when the user first needs one
+/// and let go once full again (a full bucket and none are the same): each
+/// user's held connects get the same rate, and one user's cannot use up
+/// another's.
+#[derive(Debug)]
+pub struct UserBuckets {
+    rate: f64,
+    burst: f64,
+    buckets: HashMap<u32, TokenBucket>,
+}
+
+impl UserBuckets {
+    /// `rate` a second for each user, bursts of `burst`.
+    pub fn new(rate: f64, burst: f64) -> UserBuckets {
+        UserBuckets {
+            rate,
+            burst,
+            buckets: HashMap::new(),
+        }
+    }
+
+    /// Whether `uid` may have one more at `now` (and takes its token).
+    /// With [`MAX_USERS`] users' buckets all still refilling, a new user
+    /// gets nothing until one has filled up.
+    pub fn allow(&mut self, uid: u32, now: Instant) -> bool {
+        if self.buckets.len() >= MAX_USERS && !self.buckets.contains_key(&uid) {
+            self.buckets.retain(|_, bucket| !bucket.full(now));
+            if self.buckets.len() >= MAX_USERS {
+                return false;
+            }
+        }
+        let (rate, burst) = (self.rate, self.burst);
+        self.buckets
+            .entry(uid)
+            .or_insert_with(|| TokenBucket::new(rate, burst, now))
+            .allow(now)
     }
 }
 
@@ -273,5 +322,24 @@ mod tests {
         }
         assert_eq!(limiter.allow("a", start + INTERVAL), Some(99));
         assert_eq!(limiter.allow("a", start + INTERVAL), None);
+    }
+
+    #[test]
+    fn each_user_has_a_bucket_and_full_ones_make_room() {
+        let t0 = Instant::now();
+        let mut users = UserBuckets::new(1.0, 2.0);
+        assert!(users.allow(1, t0) && users.allow(1, t0));
+        assert!(!users.allow(1, t0), "user 1 used its burst");
+        assert!(users.allow(2, t0), "user 2 has its own");
+        // As many users as it keeps, all refilling: a new one waits...
+        for uid in 3..MAX_USERS as u32 + 1 {
+            assert!(users.allow(uid, t0));
+        }
+        assert_eq!(users.buckets.len(), MAX_USERS);
+        assert!(!users.allow(1_000_000, t0));
+        // ...until buckets have filled up again and are let go.
+        let later = t0 + Duration::from_secs(3);
+        assert!(users.allow(1_000_000, later));
+        assert!(users.buckets.len() < MAX_USERS);
     }
 }

@@ -179,7 +179,7 @@ impl Host {
         self.stats.delayed += 1;
         self.events.push_back(Event::DelayNotify {
             service,
-            connect: false,
+            connect: None,
         });
     }
 
@@ -189,7 +189,7 @@ impl Host {
         self.delayed.hold(self.now, Held::Connect { flow });
         self.events.push_back(Event::DelayNotify {
             service,
-            connect: true,
+            connect: Some(flow),
         });
     }
 

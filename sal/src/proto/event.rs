@@ -31,13 +31,14 @@ pub enum Event {
     /// A datagram socket has a datagram to read.
     Datagram(FlowId),
     /// A DELAY rule is holding a packet for this service: ask the
-    /// controller. `connect`: what is held is a local connect, not a packet
-    /// that arrived (which anyone may send).
+    /// controller.
     DelayNotify {
         /// The service to resolve.
         service: ServiceId,
-        /// A local connect is held.
-        connect: bool,
+        /// The local connect held, if that is what is held rather than a
+        /// packet that arrived (which anyone may send): a driver can tell
+        /// whose it is.
+        connect: Option<FlowId>,
     },
     /// A local listener now serves this prefix (a DEMUX rule was added).
     /// The listener is named: several may serve one prefix (a drained one
