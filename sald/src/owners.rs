@@ -42,7 +42,9 @@ pub struct Binding {
     pub prefix: ServicePrefix,
     /// Who bound it.
     pub uid: u32,
-    /// How many flows it may queue, half-open or waiting to be accepted.
+    /// How many flows it may queue, half-open or waiting to be accepted,
+    /// as counted against its user's room: its largest backlog yet (see
+    /// `control::cmd::bind::set_backlog`).
     pub backlog: usize,
 }
 
