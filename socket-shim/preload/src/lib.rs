@@ -663,7 +663,10 @@ pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_i
 /// As `read(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t {
-    if table::maybe_intercepted(fd) {
+    // A read of nothing reads nothing from a socket (a datagram stays
+    // queued; `recv` of nothing takes it): the kernel's answer, 0 or an
+    // error for a bad descriptor, is the one.
+    if n > 0 && table::maybe_intercepted(fd) {
         let (addr, len) = (std::ptr::null_mut(), std::ptr::null_mut());
         // SAFETY: same contract as `recvfrom`, without an address.
         return unsafe {
@@ -723,7 +726,15 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int
 /// As `readv(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn readv(fd: c_int, iov: *const libc::iovec, count: c_int) -> ssize_t {
-    if table::maybe_intercepted(fd) {
+    // As `read`: nothing asked, nothing read.
+    let nothing = || {
+        usize::try_from(count).is_ok_and(|count| count <= msg::UIO_MAXIOV)
+            && (count == 0 || !iov.is_null())
+            // SAFETY: the caller's iovecs, valid as `readv(2)` requires (a
+            // list the kernel would refuse is left to it and `MsgIn::new`).
+            && unsafe { msg::asked(iov, count as usize) } == 0
+    };
+    if table::maybe_intercepted(fd) && !nothing() {
         // SAFETY: a message of the caller's iovecs, nothing more.
         let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
         hdr.msg_iov = iov.cast_mut();

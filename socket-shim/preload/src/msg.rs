@@ -20,13 +20,14 @@ use crate::{real, MAX_RW_COUNT};
 
 /// The most iovecs one call takes (Linux's `UIO_MAXIOV`, glibc's
 /// `IOV_MAX`).
-const UIO_MAXIOV: usize = 1024;
+pub(crate) const UIO_MAXIOV: usize = 1024;
 
-/// A list of the program's iovecs, checked as the kernel checks it.
-#[derive(Clone, Copy)]
+/// A list of the program's iovecs, checked as the kernel checks it, and
+/// copied as the kernel copies it: the buffers a datagram is scattered
+/// into may overlap the list itself (or another thread may change it),
+/// and what was checked is what is used.
 struct Iovecs {
-    at: *const iovec,
-    count: usize,
+    list: Vec<iovec>,
     /// The bytes they hold, at most [`MAX_RW_COUNT`] (the kernel moves no
     /// more in one call, and shortens the iovec that crosses that line).
     total: usize,
@@ -48,18 +49,18 @@ impl Iovecs {
         }
         if count == 0 {
             return Ok(Iovecs {
-                at,
-                count,
+                list: Vec::new(),
                 total: 0,
             });
         }
         if at.is_null() {
             return Err(libc::EFAULT);
         }
-        // SAFETY: the caller guarantees `count` readable iovecs at `at`.
-        let list = unsafe { std::slice::from_raw_parts(at, count) };
+        // SAFETY: the caller guarantees `count` readable iovecs at `at`;
+        // copied at once (see the type's docs).
+        let list = unsafe { std::slice::from_raw_parts(at, count) }.to_vec();
         let mut total = 0usize;
-        for v in list {
+        for v in &list {
             if (v.iov_len as isize) < 0 {
                 return Err(libc::EINVAL);
             }
@@ -68,19 +69,13 @@ impl Iovecs {
             }
             total += v.iov_len.min(MAX_RW_COUNT - total);
         }
-        Ok(Iovecs { at, count, total })
+        Ok(Iovecs { list, total })
     }
 
     /// Each iovec's buffer and the part of it within [`Iovecs::total`].
     fn parts(&self) -> impl Iterator<Item = (*mut u8, usize)> + '_ {
-        let list = if self.count == 0 {
-            &[][..]
-        } else {
-            // SAFETY: checked in `new`, whose caller keeps the list valid.
-            unsafe { std::slice::from_raw_parts(self.at, self.count) }
-        };
         let mut left = self.total;
-        list.iter().map(move |v| {
+        self.list.iter().map(move |v| {
             let len = v.iov_len.min(left);
             left -= len;
             (v.iov_base.cast::<u8>(), len)
@@ -121,7 +116,8 @@ impl Iovecs {
 /// just answered (`read_done`'s test for a read of nothing).
 ///
 /// # Safety
-/// The kernel just accepted the list: `count` readable iovecs at `at`.
+/// `count` readable iovecs at `at` (the kernel just accepted the list, or
+/// the program's call promises it).
 pub(crate) unsafe fn asked(at: *const iovec, count: usize) -> usize {
     if count == 0 || at.is_null() {
         return 0;

@@ -65,7 +65,7 @@ fn datagram_echo() {
 #[test]
 fn datagrams_with_sendmsg_and_recvmsg() {
     let sald = Sald::start();
-    let mut srv = server(&sald, &["dgram-msg-server", "d08", "8"]);
+    let mut srv = server(&sald, &["dgram-msg-server", "d08", "10"]);
     client(&sald, &["dgram-msg-client", "d08"]).success(T);
     srv.success(T);
 }

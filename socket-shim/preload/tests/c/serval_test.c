@@ -857,6 +857,34 @@ static int dgram_msg_client(const char *sid) {
     struct iovec in[2] = {{back, 2}, {back + 2, 10}};
     n = readv(fd, in, 2);
     CHECK(n == 6 && !memcmp(back, "readv!", 6), "readv: %zd bytes", n);
+    /* As the kernel's sockets: a read of nothing reads nothing (it neither
+     * waits nor takes the queued datagram); a review found both blocking
+     * and both taking it. */
+    CHECK(readv(fd, NULL, 0) == 0 && read(fd, back, 0) == 0, "reads of nothing, queue empty");
+    CHECK(sendmsg(fd, &m, 0) == 6 && poll(&p, 1, 10000) == 1, "another reply");
+    struct iovec nothing = {back, 0};
+    CHECK(readv(fd, &nothing, 1) == 0 && read(fd, back, 0) == 0, "reads of nothing, one queued");
+    CHECK(poll(&p, 1, 0) == 1, "the datagram is still queued");
+    /* The iovecs are read once, before the datagram is scattered: here the
+     * first buffer overlays the second iovec, as the kernel reads them. */
+    struct iovec list[2];
+    char first[sizeof list[1]] = {0}, second[8] = {0}, elsewhere[8] = {0};
+    list[0] = (struct iovec){(char *)&list[1], sizeof list[1]};
+    list[1] = (struct iovec){second, sizeof second};
+    struct iovec *overlay = (struct iovec *)first;
+    overlay->iov_base = elsewhere;
+    overlay->iov_len = sizeof elsewhere;
+    size_t head = sizeof list[1];
+    char payload[sizeof list[1] + 4];
+    memcpy(payload, first, head);
+    memcpy(payload + head, "tail", 4);
+    (void)recv(fd, back, sizeof back, 0);
+    struct iovec sent = {payload, sizeof payload};
+    struct msghdr sm = {.msg_name = &sa, .msg_namelen = sizeof sa, .msg_iov = &sent, .msg_iovlen = 1};
+    CHECK(sendmsg(fd, &sm, 0) == (ssize_t)sizeof payload && poll(&p, 1, 10000) == 1, "the overlay's echo");
+    n = readv(fd, list, 2);
+    CHECK(n == (ssize_t)sizeof payload && !memcmp(second, "tail", 4) && elsewhere[0] == 0,
+          "scattered by the iovecs as they were: %zd bytes, second \"%.4s\"", n, second);
     close(fd);
     return failures ? 1 : 0;
 }
