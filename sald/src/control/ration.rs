@@ -7,7 +7,8 @@
 //! 32 ms, and a looping `ListRules` (70 ms each at 100,000 rules) from 722
 //! to 2 MB/s. Each user's requests are therefore metered: the time a
 //! request's task runs on the thread (every poll of it, not the time it
-//! waits) is charged to its user at [`PACE`] + 1 times its length, against
+//! waits: reading and decoding the request, handling it, encoding and
+//! writing the answer) is charged to its user at [`PACE`] + 1 times its length, against
 //! a clock that pays it back in real time, and a user whose debt is more
 //! than [`CREDIT`] ahead waits before its next request (or a listing's
 //! next part) is served. A user who keeps the thread busy gets a quarter

@@ -91,6 +91,14 @@ pub trait Sald {
         assert_eq!(response, Response::Ok);
     }
 
+    /// Its counters.
+    fn stats(&self) -> sal_control::StatsReport {
+        match self.request(Request::Stats) {
+            Response::Stats { stats } => *stats,
+            other => panic!("no stats: {other:?}"),
+        }
+    }
+
     /// Every flow sald lists.
     fn flows(&self) -> Vec<sal::proto::FlowInfo> {
         match self.request(Request::ListFlows) {
@@ -250,6 +258,11 @@ impl SaldProcess {
     /// Resident memory in bytes.
     pub fn rss(&self) -> u64 {
         rss(self.child.id())
+    }
+
+    /// Its process ID.
+    pub fn id(&self) -> u32 {
+        self.child.id()
     }
 }
 
