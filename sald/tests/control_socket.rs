@@ -444,6 +444,33 @@ fn one_user_s_unread_flows_hold_no_more_than_its_share_of_the_buffer_budget() {
     assert!(!now.host.buffer_pressure, "the host is not under pressure");
 }
 
+/// An idle datagram socket costs sald a few KiB: each used to keep a
+/// 64 KiB receive buffer of its own (10,000 idle ones took sald from 33
+/// to 693 MiB), and an ordinary user may open `flows_per_uid` of them.
+#[test]
+fn an_idle_datagram_socket_costs_sald_a_few_kib() {
+    require_root!();
+    common::raise_fd_limit(4_000);
+    const SOCKETS: u64 = 1_000;
+    let dir = Scratch::new("dgram-memory");
+    let sald = SaldProcess::start(&dir, "dgram-memory", "127.0.0.4:0", |_| {});
+    let mut control = sald.client();
+    // One first: what every socket shares (the runtime, the buffer the
+    // pumps share) is not what one costs.
+    let mut sockets = vec![control.request(&Request::OpenDatagram).unwrap().fd];
+    thread::sleep(Duration::from_millis(200));
+    let before = sald.rss();
+    for _ in 1..SOCKETS {
+        sockets.push(control.request(&Request::OpenDatagram).unwrap().fd);
+    }
+    // Each pump has run (and waits for its application).
+    thread::sleep(Duration::from_millis(500));
+    let each = sald.rss().saturating_sub(before) / (SOCKETS - 1);
+    eprintln!("{each} bytes of sald's memory per idle datagram socket");
+    assert!(each < 16 << 10, "{each} bytes per idle datagram socket");
+    drop(sockets);
+}
+
 #[test]
 fn bindings_are_capped_per_user() {
     require_root!();
