@@ -1489,6 +1489,69 @@ fn one_local_user_s_connects_do_not_starve_another_s() {
     );
 }
 
+/// A host's padded query that joins a small one a site router is relaying
+/// (another host's first query for the same service) is owed more than
+/// the cut answer the small one gets: the router asks again for it,
+/// padded to its size, and it ends with every instance. (Found by a
+/// review: it got 7 of 64 targets, marked partial.)
+#[test]
+fn a_padded_query_joining_a_small_relayed_one_gets_the_whole_answer() {
+    use controller::servd::controller::{FIRST_QUERY_PAD_LEN, QUERY_PAD_LEN};
+    let mut net = Net::new();
+    let core = net.router(1, &[]);
+    for i in 0..64u8 {
+        let a = announcement("x", 5000 + u64::from(i), vec![], &[("abcd/16", 0)]);
+        net.inject(addr(100 + i), core, &plain(&a));
+    }
+    let site = net.router(10, &[1]);
+    net.run(Duration::from_millis(50));
+    let service: ServiceId = "abcd0009".parse().unwrap();
+    let query = |name: &str, id: u64, pad: usize| {
+        let mut bytes = plain(&Message::Query {
+            from: Node {
+                name: name.into(),
+                epoch: 1,
+                locators: vec![],
+            },
+            id,
+            service,
+        });
+        wire::pad_untagged(&mut bytes, pad);
+        bytes
+    };
+    let now = net.now;
+    // h4's small first query reaches the site router, which relays it;
+    // the core answers it, cut to fit, and the answer is on its way...
+    let site_ctl = &mut net.hosts[site].controller;
+    site_ctl.handle_message(now, addr(4), &query("h4", 1, FIRST_QUERY_PAD_LEN));
+    let relayed = site_ctl.poll_transmit().expect("relayed");
+    net.hosts[core]
+        .controller
+        .handle_message(now, addr(10), &relayed.bytes);
+    let answer = net.hosts[core].controller.poll_transmit().expect("answer");
+    // ...when h5's padded query (its second, after a partial answer)
+    // arrives and joins it.
+    net.hosts[site]
+        .controller
+        .handle_message(now, addr(5), &query("h5", 2, QUERY_PAD_LEN));
+    let tapped = net.wiretap.len();
+    net.settle();
+    net.inject(addr(1), site, &answer.bytes);
+    let whole = |route: &Option<Route>| {
+        route
+            .as_ref()
+            .is_some_and(|r| !r.partial && r.targets.len() == 64)
+    };
+    let to_h5 = answers_sent(&net, 10, 5, tapped);
+    assert!(to_h5.len() == 1 && whole(&to_h5[0]), "h5 got {to_h5:?}");
+    // h4 asked small: the cut answer is its, and it will ask again itself.
+    let to_h4 = answers_sent(&net, 10, 4, tapped);
+    assert!(
+        to_h4.len() == 1 && to_h4[0].as_ref().is_some_and(|r| r.partial),
+        "h4 got {to_h4:?}"
+    );
+}
+
 /// A router relays an unauthenticated query it cannot answer only within
 /// its source's reply rate (each is up to three datagrams to every
 /// upstream), and forged queries from many sources cannot take the

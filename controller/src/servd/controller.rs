@@ -576,6 +576,11 @@ struct Pending {
     /// upstream, and padding our own first query so would make every SYN
     /// to an unknown service one.
     pad: usize,
+    /// What the query was first sent padded to: an answer (which may be
+    /// to that first send) has room for at most three times that, so
+    /// askers who joined with larger queries may be owed more than a cut
+    /// answer to it (see [`Controller::on_answer`]).
+    first_pad: usize,
 }
 
 /// One downstream sender (by source address) that holds entries here.
@@ -2343,6 +2348,7 @@ impl Controller {
                     Asker::Sald { .. } => Vec::new(),
                 },
                 pad,
+                first_pad: pad,
             },
         );
         tracing::debug!(%service, id, pad, "querying upstream");
@@ -2435,29 +2441,72 @@ impl Controller {
             self.stats.negative_answers += 1;
         }
         tracing::debug!(%service, by = %from.name, positive = route.is_some(), "answer");
-        // Cut to fit our small first query (untagged answers only): the
-        // complete set is worth one more query, padded in full. What came
-        // is installed meanwhile (briefly, as every partial answer), so the
-        // held SYN goes on at once.
-        let ask_again = pending.local
-            && pending.pad < QUERY_PAD_LEN
-            && self.config.keys.is_empty()
-            && route.as_ref().is_some_and(|r| r.partial);
-        for waiter in &pending.waiters {
-            self.send_answer(now, *waiter, service, route.clone());
+        // Cut to fit a small query (untagged answers only): our own sald's
+        // first one is worth one more query, padded in full, and so is a
+        // downstream asker's that joined with a larger query than the one
+        // the answer came to (it asked for more room than that answer had).
+        // What came is installed meanwhile (briefly, as every partial
+        // answer), so the held SYN goes on at once.
+        let cut = self.config.keys.is_empty() && route.as_ref().is_some_and(|r| r.partial);
+        let ask_again = cut && pending.local && pending.first_pad < QUERY_PAD_LEN;
+        let (owed_more, answered): (Vec<Waiter>, Vec<Waiter>) = (pending.waiters.iter())
+            .partition(|w| cut && w.query_len.unwrap_or(0) > pending.first_pad);
+        for waiter in answered {
+            self.send_answer(now, waiter, service, route.clone());
+        }
+        let asked = (ask_again || !owed_more.is_empty())
+            && self.ask_again(
+                now,
+                service,
+                ask_again.then_some(pending.connect),
+                &owed_more,
+            );
+        if !asked {
+            // Over the query budget (or out of room): what came, cut.
+            for &waiter in &owed_more {
+                self.send_answer(now, waiter, service, route.clone());
+            }
         }
         if pending.local {
             self.install_answer(now, &from.name, service, route);
         }
-        if ask_again {
-            tracing::debug!(%service, "partial answer; asking again with a padded query");
-            let asker = Asker::Sald {
-                connect: pending.connect,
-            };
-            if self.open_query(now, service, asker, QUERY_PAD_LEN) {
-                self.stats.requeries += 1;
-            }
+    }
+
+    /// Asks about `service` once more after a cut answer, under a new ID
+    /// (so that another upstream's answer to the small query is not taken
+    /// for it): for our own sald (`sald`: whose connect, as
+    /// [`Asker::Sald`]), padded to [`QUERY_PAD_LEN`], and for `waiters`,
+    /// padded to the largest of their queries. Returns whether it did
+    /// (not over the query budget, nor out of pending queries).
+    fn ask_again(
+        &mut self,
+        now: Instant,
+        service: ServiceId,
+        sald: Option<Option<u32>>,
+        waiters: &[Waiter],
+    ) -> bool {
+        let largest = waiters
+            .iter()
+            .filter_map(|w| w.query_len)
+            .max()
+            .unwrap_or(0);
+        let mut rest = waiters.iter().copied();
+        let (asker, pad) = match sald {
+            Some(connect) => (Asker::Sald { connect }, QUERY_PAD_LEN.max(largest)),
+            None => match rest.next() {
+                Some(waiter) => (Asker::Downstream(waiter), largest),
+                None => return false,
+            },
+        };
+        tracing::debug!(%service, pad, "cut answer; asking again with a larger query");
+        if !self.open_query(now, service, asker, pad) {
+            return false;
         }
+        self.stats.requeries += 1;
+        if let Some(pending) = self.queries.get_mut(&service) {
+            pending.waiters.extend(rest);
+        }
+        true
     }
 
     /// Installs an answer as cache rules: FORWARD targets, or a DROP for the
