@@ -66,6 +66,14 @@ impl Rations {
         *at = (*at).max(now) + worked * (PACE + 1);
     }
 
+    /// Charges `uid` for `worked` done on its behalf off the thread (not if
+    /// `privileged`): what it would have cost on the thread, it costs.
+    pub fn charge_for(&self, uid: u32, privileged: bool, worked: Duration) {
+        if !privileged {
+            self.charge(uid, worked);
+        }
+    }
+
     /// `work`, charged to `uid` as it runs (not metered if `privileged`).
     pub fn meter<F: Future>(self: &Arc<Self>, uid: u32, privileged: bool, work: F) -> Metered<F> {
         Metered {

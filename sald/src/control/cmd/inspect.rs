@@ -15,13 +15,13 @@ pub(super) async fn flows(client: &mut Client) -> Reply {
     let (uid, privileged) = (client.uid, client.privileged);
     let turn = client.context.listings.wait(uid, privileged).await;
     let shared = client.context.shared.clone();
-    let mut ids = {
+    let ids = {
         let mut core = shared.lock();
         // Bring the host's clock (and the flows' ages) up to now.
         core.run();
         core.visible_flow_ids(uid, privileged)
     };
-    ids.sort_unstable();
+    let ids = parts::sorted(client, ids).await;
     let build = |ids: &[FlowId]| shared.lock().visible_flows(ids, uid, privileged);
     let part = |flows| Response::FlowsPart { flows };
     let whole = |flows| Response::Flows { flows };

@@ -89,12 +89,12 @@ pub(super) async fn list(client: &mut Client) -> Reply {
         .wait(client.uid, client.privileged)
         .await;
     let shared = client.context.shared.clone();
-    let (mut prefixes, broadcast_discovery) = {
+    let (prefixes, broadcast_discovery) = {
         let core = shared.lock();
         let prefixes: Vec<ServicePrefix> = core.host.table().rules().map(|r| r.prefix).collect();
         (prefixes, core.host.config().broadcast_discovery)
     };
-    prefixes.sort_unstable();
+    let prefixes = parts::sorted(client, prefixes).await;
     let build = |prefixes: &[ServicePrefix]| {
         let core = shared.lock();
         let mut rules: Vec<Rule> = (prefixes.iter())
