@@ -49,7 +49,8 @@ struct GroupUse {
 impl GroupBudgets {
     /// Whether `group` is under pressure of its own.
     pub(super) fn pressure(&self, group: u32) -> bool {
-        self.held.get(&group).is_some_and(|u| u.pressure)
+        // Asked for every segment: no hashing for flows in no group.
+        group != NO_GROUP && self.held.get(&group).is_some_and(|u| u.pressure)
     }
 
     /// Bytes `group`'s flows hold.
