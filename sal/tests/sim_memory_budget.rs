@@ -366,3 +366,77 @@ fn one_group_s_unread_flows_leave_the_others_room_to_grow() {
     assert!(host.group_buffer_bytes(greedy) <= (FLOWS * 2 * 4096) as u64);
     assert!(host.group_buffer_bytes(3) <= 2 * 4096);
 }
+
+/// A server flow its application has not accepted yet holds little: its
+/// buffers stop growing at `UNACCEPTED_BUFFER`, so a remote peer that
+/// opens flows to a listener and fills them cannot park its windows'
+/// worth in each (1 MiB) before anyone has taken them. Once accepted,
+/// they grow as any flow and every byte arrives.
+#[test]
+fn flows_nobody_accepted_hold_little_until_accepted() {
+    use sal::proto::UNACCEPTED_BUFFER;
+    let mut net = Network::new(34, LinkConditions::default());
+    let client = net.add_host("client", HostConfig::default(), &[("eth0", "10.0.0.1/24")]);
+    let server = net.add_host("server", HostConfig::default(), &[("eth0", "10.0.0.2/24")]);
+    default_route(&mut net, client, "10.0.0.2");
+    let listener = net
+        .host(server)
+        .listen("ab/8".parse().unwrap(), Stream, 64)
+        .unwrap();
+    let service = "ab".parse().unwrap();
+    let clients: Vec<FlowId> = (0..FLOWS)
+        .map(|_| net.host(client).connect(service, Stream).unwrap())
+        .collect();
+    let mut parked: Vec<Parked> = Vec::new();
+    let opened = net.run_until(Duration::from_secs(10), |net| {
+        clients.iter().all(|&c| {
+            net.sim_host(client)
+                .events
+                .contains(&sal::proto::Event::Connected(c))
+        })
+    });
+    assert!(opened, "handshakes");
+    for (i, &c) in clients.iter().enumerate() {
+        parked.push(Parked {
+            ends: (c, c), // the server's end is known once accepted
+            data: pattern(PER_FLOW, 300 + i as u64),
+            sent: 0,
+            received: Vec::new(),
+        });
+    }
+    let mut peak = 0;
+    net.run_until(Duration::from_secs(20), |net| {
+        for flow in &mut parked {
+            flow.push(net, client);
+        }
+        peak = peak.max(net.host(server).stats().buffer_bytes);
+        false
+    });
+    let per_flow = peak / FLOWS as u64;
+    eprintln!("{FLOWS} flows nobody accepted: peak {peak} bytes, {per_flow} per flow");
+    // At the cap, its last growth step may double it once.
+    assert!(
+        per_flow <= 2 * UNACCEPTED_BUFFER as u64 + 8192,
+        "{per_flow} bytes per flow nobody accepted"
+    );
+    // Accepted (in the order they were established: each server end is
+    // paired with its client by the peer's flow ID), each grows and
+    // delivers every byte.
+    for _ in 0..FLOWS {
+        let accepted = net.host(server).accept(listener).unwrap();
+        let peer = net.host(server).flow(accepted).unwrap().peer_flow.unwrap();
+        let flow = parked.iter_mut().find(|f| f.ends.0 == peer).unwrap();
+        flow.ends.1 = accepted;
+    }
+    let done = net.run_until(Duration::from_secs(300), |net| {
+        for flow in &mut parked {
+            flow.push(net, client);
+            flow.pull(net, server);
+        }
+        parked.iter().all(|f| f.received.len() == PER_FLOW)
+    });
+    assert!(done, "stalled");
+    for flow in &parked {
+        assert!(flow.received == flow.data, "delivered bytes differ");
+    }
+}

@@ -408,12 +408,15 @@ impl TcpBuffers {
     }
 
     /// One ordinary user's share of the buffer budget (`None`: no
-    /// bound of its own; see `buffer_memory_per_uid`).
+    /// bound of its own; see `buffer_memory_per_uid`). The default, a
+    /// quarter of the budget, is at least one flow's maxima (as a share
+    /// set by hand must be).
     pub fn memory_budget_per_uid(&self) -> Option<usize> {
+        let one_flow = self.max_send_buffer.saturating_add(self.max_recv_buffer);
         match self.buffer_memory_per_uid {
             Some(0) => None,
             Some(bytes) => Some(bytes),
-            None => self.memory_budget().map(|total| total / 4),
+            None => self.memory_budget().map(|total| (total / 4).max(one_flow)),
         }
     }
 
@@ -745,6 +748,10 @@ mod tests {
         let share: FileConfig = toml::from_str("[tcp]\nbuffer_memory_per_uid = 33554432").unwrap();
         share.tcp.validate().unwrap();
         assert_eq!(share.tcp.memory_budget_per_uid(), Some(32 << 20));
+        // A quarter of a budget of one flow would be less than a flow.
+        let small: FileConfig = toml::from_str("[tcp]\nbuffer_memory = 2097152").unwrap();
+        small.tcp.validate().unwrap();
+        assert_eq!(small.tcp.memory_budget_per_uid(), Some(2 << 20));
         let unbounded: FileConfig = toml::from_str("[tcp]\nbuffer_memory_per_uid = 0").unwrap();
         assert_eq!(unbounded.tcp.memory_budget_per_uid(), None);
         let tiny: FileConfig = toml::from_str("[tcp]\nbuffer_memory_per_uid = 65536").unwrap();

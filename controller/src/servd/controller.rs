@@ -67,9 +67,12 @@ const QUERY_TRIES: u8 = 3;
 /// waiting on one query, downstream senders remembered.
 const MAX_PENDING_QUERIES: usize = 10_000;
 /// Of [`MAX_PENDING_QUERIES`], what queries relayed for downstream askers
-/// may not take: our own sald's, within their rates
-/// ([`Config::query_rate`], each pending at most `QUERY_TRIES` timeouts),
-/// fit in it, so forged queries from many sources cannot crowd them out.
+/// may not take, so that forged queries from many sources cannot crowd
+/// our own sald's out. At the default rate one budget ([`Config::query_rate`]:
+/// a burst of 200, then 100 a second, each pending for at most
+/// `QUERY_TRIES` timeouts, 1.5 s) holds about 350 at once: the packets'
+/// budget and a few users' connect budgets fit; many users connecting to
+/// unknown services at full rate at once can still fill it.
 const LOCAL_QUERY_RESERVE: usize = 2_000;
 const MAX_WAITERS: usize = 64;
 const MAX_DOWNSTREAMS: usize = 100_000;

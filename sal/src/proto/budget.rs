@@ -33,6 +33,16 @@ use crate::table::ListenerId;
 /// The group of flows no group budget bounds.
 pub const NO_GROUP: u32 = 0;
 
+/// What the buffers of a server flow its application has not accepted
+/// yet may grow to (they stop growing once they hold this much, as under
+/// pressure): a peer may send a little ahead of the application, as
+/// Linux's initial receive buffer lets it (its window grows only as the
+/// application reads), but flows nobody has taken must not hold their
+/// maxima. Without it, a remote peer that opened flows to a user's
+/// listener and filled each (1 MiB) put that user's whole group under
+/// pressure at a quarter of the memory (found by a review).
+pub const UNACCEPTED_BUFFER: usize = 64 << 10;
+
 /// What each group's flows hold, for the groups that hold anything.
 #[derive(Debug, Default)]
 pub(super) struct GroupBudgets {
@@ -119,6 +129,13 @@ impl Host {
     /// host's, or its group's own.
     pub(super) fn buffer_pressure(&self, group: u32) -> bool {
         self.stats.buffer_pressure || self.budgets.pressure(group)
+    }
+
+    /// Whether a flow's socket holding `memory` bytes may not grow: under
+    /// pressure (`pressure`, see [`Host::buffer_pressure`]), or not
+    /// accepted yet and at [`UNACCEPTED_BUFFER`].
+    pub(super) fn socket_pressure(pressure: bool, unaccepted: bool, memory: usize) -> bool {
+        pressure || (unaccepted && memory >= UNACCEPTED_BUFFER)
     }
 
     /// The group of flow `id` ([`NO_GROUP`] if there is no such flow).

@@ -66,6 +66,9 @@ pub(super) struct Flow {
     /// Whose buffer budget the flow's TCP buffers count against, besides
     /// the host's (see `budget.rs`).
     pub group: u32,
+    /// A server flow its application has not accepted yet: its buffers
+    /// grow only to [`UNACCEPTED_BUFFER`](super::budget::UNACCEPTED_BUFFER).
+    pub unaccepted: bool,
 }
 
 impl Flow {
@@ -99,6 +102,7 @@ impl Flow {
             counters: FlowCounters::default(),
             dirty: false,
             group: super::NO_GROUP,
+            unaccepted: false,
         }
     }
 

@@ -341,6 +341,7 @@ impl Host {
         flow.path
             .set_peer_locators(advertised(repr, &ends.client, &self.interfaces));
         flow.listener = Some(ends.listener);
+        flow.unaccepted = true;
         flow.group = self
             .listeners
             .get(ends.listener)

@@ -525,7 +525,13 @@ impl Host {
 
     /// Takes the next established flow from a listener's accept queue.
     pub fn accept(&mut self, id: ListenerId) -> Result<FlowId, HostError> {
-        self.listeners.accept(id)
+        let flow = self.listeners.accept(id)?;
+        if let Ok(accepted) = self.flow_mut(flow) {
+            // Its buffers may grow from now on (see `budget.rs`).
+            accepted.unaccepted = false;
+            self.mark_dirty(flow);
+        }
+        Ok(flow)
     }
 }
 

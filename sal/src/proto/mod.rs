@@ -76,7 +76,7 @@ use crate::flow::FlowTable;
 use crate::id::{FlowId, ServiceId};
 use crate::table::ServiceTable;
 
-pub use budget::NO_GROUP;
+pub use budget::{NO_GROUP, UNACCEPTED_BUFFER};
 pub use config::{default_stream_config, HostConfig, SynCookies};
 pub use datagram::{DatagramPeer, ReceivedDatagram, MAX_DATAGRAM};
 pub use error::{ConnectError, HostError};

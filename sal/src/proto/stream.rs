@@ -368,13 +368,15 @@ impl Host {
         let Ok(flow) = self.flow_mut(id) else {
             return false;
         };
+        let unaccepted = flow.unaccepted;
         let Some(stream) = flow.stream_mut() else {
             return false;
         };
         let Some(socket) = stream.socket.as_mut() else {
             return false;
         };
-        socket.set_memory_pressure(pressure);
+        let memory = socket.buffer_memory();
+        socket.set_memory_pressure(Host::socket_pressure(pressure, unaccepted, memory));
         let (before, drops_before) = (socket.buffer_memory(), socket_drops(socket));
         let was = (socket.send_queue(), socket.recv_queue(), socket.state());
         let handled = socket.handle_segment(now, segment);
@@ -543,7 +545,7 @@ impl Host {
         let Some(Endpoint::Flow(flow)) = self.endpoints.get_mut(id) else {
             return StreamOutput::Idle;
         };
-        let group = flow.group;
+        let (group, unaccepted) = (flow.group, flow.unaccepted);
         // Field by field: `flow` borrows the endpoints.
         let pressure = self.stats.buffer_pressure || self.budgets.pressure(group);
         let state = flow.state;
@@ -571,7 +573,8 @@ impl Host {
         let ack_owed = stream.ack_owed;
         let bare = state == FlowState::Established && !ack_owed;
         let room = if bare { BASE_HEADER_LEN } else { 0 };
-        socket.set_memory_pressure(pressure);
+        let memory = socket.buffer_memory();
+        socket.set_memory_pressure(Host::socket_pressure(pressure, unaccepted, memory));
         let (state_before, memory_before) = (socket.state(), socket.buffer_memory());
         let drops_before = socket_drops(socket);
         let segment = out.get_mut(room..).unwrap_or_default();

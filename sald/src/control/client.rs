@@ -16,6 +16,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::frame::{write_response, Payer, ReadError};
 use super::limits::Admitted;
+use super::ration::Timed;
 use super::{cmd, connector, subscribe, ControlContext};
 use crate::app_socket::AppSocket;
 use crate::shutdown::Shutdown;
@@ -162,9 +163,10 @@ impl Client {
             // answer, are work on the thread like handling it: for a cheap
             // request most of it. Unmetered, 8 connections looping `Stats`
             // took about 70% of the thread (`benches/control_isolation.rs`).
+            // Timed, and charged once the request shows whether it is exempt.
             let idle = self.idle_limit();
-            let read = rations.meter(uid, privileged, self.read_request(idle));
-            let Some(request) = read.await? else {
+            let (read, reading) = Timed::new(self.read_request(idle)).await;
+            let Some(request) = read? else {
                 return Ok(());
             };
             if request == Request::Subscribe {
@@ -177,6 +179,7 @@ impl Client {
             // flow within the user's share, and a client's connection rate
             // must be sald's, not a quarter of it.
             let exempt = privileged || matches!(request, Request::Connect { .. });
+            rations.charge_for(uid, exempt, reading);
             rations.wait(uid, exempt).await;
             let (response, fd) = rations.meter(uid, exempt, cmd::handle(self, request)).await;
             rations

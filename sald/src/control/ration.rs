@@ -83,6 +83,35 @@ impl Rations {
     }
 }
 
+/// A future that sums the time its polls take (the thread's time it
+/// used), for work whose user is known, or found exempt, only once it is
+/// done (a request's reading: see `control::client`).
+pub struct Timed<F> {
+    work: Pin<Box<F>>,
+    spent: Duration,
+}
+
+impl<F: Future> Timed<F> {
+    /// `work`, timed.
+    pub fn new(work: F) -> Timed<F> {
+        Timed {
+            work: Box::pin(work),
+            spent: Duration::ZERO,
+        }
+    }
+}
+
+impl<F: Future> Future for Timed<F> {
+    type Output = (F::Output, Duration);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let started = Instant::now();
+        let polled = self.work.as_mut().poll(cx);
+        self.spent += started.elapsed();
+        polled.map(|output| (output, self.spent))
+    }
+}
+
 /// A future whose polls are charged to a user (see [`Rations::meter`]).
 pub struct Metered<F> {
     work: Pin<Box<F>>,
@@ -130,6 +159,20 @@ mod tests {
         rations.wait(1001, false).await;
         rations.wait(1000, true).await;
         assert!(started.elapsed() < Duration::from_millis(10));
+    }
+
+    #[tokio::test]
+    async fn timed_work_counts_the_thread_s_time_not_the_wait() {
+        let ((), busy) = Timed::new(async { std::thread::sleep(Duration::from_millis(10)) }).await;
+        assert!(busy >= Duration::from_millis(10), "{busy:?}");
+        let ((), waiting) = Timed::new(tokio::time::sleep(Duration::from_millis(50))).await;
+        assert!(waiting < Duration::from_millis(10), "{waiting:?}");
+        // Charged as the caller decides: not for a privileged user.
+        let rations = Rations::default();
+        rations.charge_for(1000, true, busy);
+        assert!(rations.lock().is_empty());
+        rations.charge_for(1000, false, busy);
+        assert!(rations.lock().contains_key(&1000));
     }
 
     #[tokio::test]
