@@ -1499,10 +1499,7 @@ fn a_padded_query_joining_a_small_relayed_one_gets_the_whole_answer() {
     use controller::servd::controller::{FIRST_QUERY_PAD_LEN, QUERY_PAD_LEN};
     let mut net = Net::new();
     let core = net.router(1, &[]);
-    for i in 0..64u8 {
-        let a = announcement("x", 5000 + u64::from(i), vec![], &[("abcd/16", 0)]);
-        net.inject(addr(100 + i), core, &plain(&a));
-    }
+    announce_64_instances(&mut net, core);
     let site = net.router(10, &[1]);
     net.run(Duration::from_millis(50));
     let service: ServiceId = "abcd0009".parse().unwrap();
@@ -1613,10 +1610,7 @@ fn unauthenticated_answers_stay_within_three_times_the_query_and_a_rate_per_sour
     use controller::servd::log_limit::REPLY_BURST as BURST;
     let mut net = Net::new();
     let r = net.router(1, &[]);
-    for i in 0..64u8 {
-        let a = announcement("x", 5000 + u64::from(i), vec![], &[("abcd/16", 0)]);
-        net.inject(addr(100 + i), r, &plain(&a));
-    }
+    announce_64_instances(&mut net, r);
     assert_eq!(net.hosts[r].forwards("abcd/16").len(), 64);
     let query = plain(&Message::Query {
         from: Node {
@@ -2121,6 +2115,15 @@ fn queries_sent(net: &Net, from: u8, to: SocketAddr, since: usize) -> Vec<(u64, 
         .collect()
 }
 
+/// 64 hosts (`addr(100)` and up) announce an instance of `abcd/16` to
+/// router `r`: more than any small query's answer holds.
+fn announce_64_instances(net: &mut Net, r: usize) {
+    for i in 0..64u8 {
+        let a = announcement("x", 5000 + u64::from(i), vec![], &[("abcd/16", 0)]);
+        net.inject(addr(100 + i), r, &plain(&a));
+    }
+}
+
 /// The queries (ID, bytes, service) `from` sent to `to` since wiretap
 /// entry `since`, tagged or not.
 fn queries(
@@ -2309,10 +2312,7 @@ fn a_big_answer_is_asked_again_once_padded_and_ends_complete() {
     use controller::servd::controller::{FIRST_QUERY_PAD_LEN, QUERY_PAD_LEN};
     let mut net = Net::new();
     let core = net.router(1, &[]);
-    for i in 0..64u8 {
-        let a = announcement("x", 5000 + u64::from(i), vec![], &[("abcd/16", 0)]);
-        net.inject(addr(100 + i), core, &plain(&a));
-    }
+    announce_64_instances(&mut net, core);
     let site = net.router(10, &[1]);
     let mut c = config("client");
     c.upstreams = vec![addr(1)];
