@@ -709,6 +709,28 @@ fn is_error(response: &Response, kind: ErrorKind) -> bool {
     matches!(response, Response::Error { kind: k, .. } if *k == kind)
 }
 
+/// A well-framed request sald does not know (a newer client's) is
+/// refused, and the connection goes on: each new request fails alone
+/// against an older sald instead of taking the connection, and the
+/// client's bindings, with it.
+#[test]
+fn an_unknown_request_is_refused_and_the_connection_goes_on() {
+    let dir = Scratch::new("unknown-request");
+    let sald = daemon(&dir, "sald", |_| {});
+    let mut stream = UnixStream::connect(&sald.control).unwrap();
+    stream.write_all(&hello()).unwrap();
+    assert!(matches!(next_response(&mut stream), Response::Hello { .. }));
+    let body = br#"{"SomethingNewer":{"listener":3}}"#;
+    let mut unknown = (body.len() as u32).to_be_bytes().to_vec();
+    unknown.extend_from_slice(body);
+    stream.write_all(&unknown).unwrap();
+    let refused = next_response(&mut stream);
+    assert!(is_error(&refused, ErrorKind::InvalidRequest), "{refused:?}");
+    stream.write_all(&frame(&Request::Stats)).unwrap();
+    let answered = next_response(&mut stream);
+    assert!(matches!(answered, Response::Stats { .. }), "{answered:?}");
+}
+
 #[test]
 fn idle_connections_and_partial_frames_time_out() {
     require_root!();

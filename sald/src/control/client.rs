@@ -95,7 +95,9 @@ impl Client {
                     ReadError::NoMemory { .. } | ReadError::OverShare { .. } => {
                         ErrorKind::Exhausted
                     }
-                    ReadError::Malformed(_) | ReadError::Io(_) => ErrorKind::InvalidRequest,
+                    ReadError::Malformed(_) | ReadError::Unknown(_) | ReadError::Io(_) => {
+                        ErrorKind::InvalidRequest
+                    }
                 };
                 let _ = self
                     .respond(&Response::error(kind, error.to_string()), None)
@@ -166,8 +168,18 @@ impl Client {
             // Timed, and charged once the request shows whether it is exempt.
             let idle = self.idle_limit();
             let (read, reading) = Timed::new(self.read_request(idle)).await;
-            let Some(request) = read? else {
-                return Ok(());
+            let request = match read {
+                Ok(Some(request)) => request,
+                Ok(None) => return Ok(()),
+                // A request this sald does not know, answered as refused:
+                // the connection goes on, so that a newer client can tell
+                // (and a newer request fail alone). Charged as any.
+                Err(error) if is_unknown(&error) => {
+                    rations.charge_for(uid, privileged, reading);
+                    rations.wait(uid, privileged).await;
+                    continue;
+                }
+                Err(error) => return Err(error),
             };
             if request == Request::Subscribe {
                 return subscribe::stream_events(self).await;
@@ -187,6 +199,15 @@ impl Client {
                 .await?;
         }
     }
+}
+
+/// Whether `error` is a request this sald does not know (see
+/// [`ReadError::Unknown`]).
+fn is_unknown(error: &anyhow::Error) -> bool {
+    matches!(
+        error.downcast_ref::<ReadError>(),
+        Some(ReadError::Unknown(_))
+    )
 }
 
 /// Waits until the next request (or the end of the connection) is there

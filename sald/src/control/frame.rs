@@ -51,6 +51,11 @@ pub enum ReadError {
     /// Too large, or not a request.
     #[error(transparent)]
     Malformed(#[from] FrameError),
+    /// A whole frame whose body is no request this sald knows: a newer
+    /// client's (the protocol grows without a version change), or not
+    /// one at all. The stream is still in step.
+    #[error("unknown request ({0}); is this sald older than its client?")]
+    Unknown(FrameError),
     /// The socket failed (or the client left mid-frame).
     #[error(transparent)]
     Io(#[from] io::Error),
@@ -254,7 +259,7 @@ impl FrameReader {
                     return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
                 }
             }
-            Ok::<_, ReadError>(decode_body(&body.bytes)?)
+            decode_body(&body.bytes).map_err(ReadError::Unknown)
         };
         tokio::time::timeout(self.timeout, rest)
             .await
