@@ -186,6 +186,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_user_s_waiting_tasks_go_one_at_a_time() {
+        let rations = Arc::new(Rations::default());
+        // 40 ms owed, 20 ms beyond the credit.
+        rations.charge(1000, Duration::from_millis(10));
+        let started = Instant::now();
+        let passed = Arc::new(Mutex::new(Vec::new()));
+        let tasks: Vec<_> = (0..3)
+            .map(|_| {
+                let (rations, passed) = (rations.clone(), passed.clone());
+                tokio::spawn(async move {
+                    rations.wait(1000, false).await;
+                    passed.lock().unwrap().push(started.elapsed());
+                    // Its work, charged before anyone else looks.
+                    rations.charge(1000, Duration::from_millis(10));
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        // Each one's 40 ms put the next 20 ms beyond the credit again:
+        // they pass about 20 ms apart, not together.
+        let passed = passed.lock().unwrap().clone();
+        for pair in passed.windows(2) {
+            assert!(pair[1] >= pair[0] + Duration::from_millis(15), "{passed:?}");
+        }
+    }
+
+    #[tokio::test]
     async fn timed_work_counts_the_thread_s_time_not_the_wait() {
         let ((), busy) = Timed::new(async { std::thread::sleep(Duration::from_millis(10)) }).await;
         assert!(busy >= Duration::from_millis(10), "{busy:?}");
