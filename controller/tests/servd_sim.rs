@@ -1435,13 +1435,6 @@ fn a_host_that_restarts_servd_withdraws_its_routes_at_once() {
     );
 }
 
-/// A query's source may be forged: a prefix with 64 instances used to
-/// turn each 93-byte query into a 3.3 KB answer toward whoever the source
-/// named (x35), without limit. Without a key, an answer is now at most
-/// three times the query (targets left out, counted as
-/// `refused_answer_size`) and a source gets a bounded number of answers
-/// (`refused_answer_rate` past that); servd's own queries are padded and
-/// get full answers.
 /// Each local user's held connects have a query budget of their own: one
 /// user connecting to random services (each held connect costs it only a
 /// flow for the delay timeout) does not keep another's from being
@@ -1604,6 +1597,13 @@ fn forged_queries_are_relayed_within_their_source_s_rate_and_leave_room_for_our_
     );
 }
 
+/// A query's source may be forged: a prefix with 64 instances used to
+/// turn each 93-byte query into a 3.3 KB answer toward whoever the source
+/// named (x35), without limit. Without a key, an answer is now at most
+/// three times the query (targets left out, counted as
+/// `refused_answer_size`) and a source gets a bounded number of answers
+/// (`refused_answer_rate` past that); servd's own queries get full
+/// answers (small first, asked again padded when the answer is cut).
 #[test]
 fn unauthenticated_answers_stay_within_three_times_the_query_and_a_rate_per_source() {
     use controller::servd::controller::{ANSWER_FACTOR, QUERY_PAD_LEN};

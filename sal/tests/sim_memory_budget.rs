@@ -45,22 +45,37 @@ fn slack() -> u64 {
     (step + (FLOWS + 1) * 2 * config.min_buffer) as u64
 }
 
-/// A client (10.0.0.1) and a server (10.0.0.2) with the budget, and
-/// `FLOWS` flows from one to the other.
+/// A client (10.0.0.1) and a server (10.0.0.2) with the budget, and a
+/// listener for `ab/8` on the server.
 fn setup(seed: u64) -> (Network, [HostId; 2], sal::table::ListenerId) {
-    let mut net = Network::new(seed, LinkConditions::default());
-    let client = net.add_host("client", HostConfig::default(), &[("eth0", "10.0.0.1/24")]);
     let server_config = HostConfig {
         buffer_memory_limit: Some(BUDGET),
         ..HostConfig::default()
     };
-    let server = net.add_host("server", server_config, &[("eth0", "10.0.0.2/24")]);
-    default_route(&mut net, client, "10.0.0.2");
+    setup_with(seed, server_config)
+}
+
+/// As [`setup`], the server built from `server_config`.
+fn setup_with(
+    seed: u64,
+    server_config: HostConfig,
+) -> (Network, [HostId; 2], sal::table::ListenerId) {
+    let (mut net, [client, server]) = hosts(seed, server_config);
     let listener = net
         .host(server)
         .listen("ab/8".parse().unwrap(), Stream, 64)
         .unwrap();
     (net, [client, server], listener)
+}
+
+/// A client (10.0.0.1) and a server (10.0.0.2) built from
+/// `server_config`, the client's default route toward the server.
+fn hosts(seed: u64, server_config: HostConfig) -> (Network, [HostId; 2]) {
+    let mut net = Network::new(seed, LinkConditions::default());
+    let client = net.add_host("client", HostConfig::default(), &[("eth0", "10.0.0.1/24")]);
+    let server = net.add_host("server", server_config, &[("eth0", "10.0.0.2/24")]);
+    default_route(&mut net, client, "10.0.0.2");
+    (net, [client, server])
 }
 
 /// One client-to-server flow that the server's application leaves unread
@@ -188,14 +203,7 @@ fn unread_flows_stay_within_the_budget_and_deliver_every_byte_once_read() {
 /// peers sent: what the budget is for.
 #[test]
 fn without_a_budget_unread_flows_hold_their_windows() {
-    let mut net = Network::new(32, LinkConditions::default());
-    let client = net.add_host("client", HostConfig::default(), &[("eth0", "10.0.0.1/24")]);
-    let server = net.add_host("server", HostConfig::default(), &[("eth0", "10.0.0.2/24")]);
-    default_route(&mut net, client, "10.0.0.2");
-    let listener = net
-        .host(server)
-        .listen("ab/8".parse().unwrap(), Stream, 64)
-        .unwrap();
+    let (mut net, [client, server], listener) = setup_with(32, HostConfig::default());
     let mut parked: Vec<Parked> = (0..FLOWS)
         .map(|i| Parked {
             ends: establish(&mut net, client, server, listener, "ab".parse().unwrap()),
@@ -268,15 +276,12 @@ fn far_out_of_order_data_is_counted_in_the_host_stats() {
 fn one_group_s_unread_flows_leave_the_others_room_to_grow() {
     const GROUP_BUDGET: usize = 1 << 20;
     let (greedy, other) = (1, 2);
-    let mut net = Network::new(33, LinkConditions::default());
-    let client = net.add_host("client", HostConfig::default(), &[("eth0", "10.0.0.1/24")]);
     let server_config = HostConfig {
         buffer_memory_limit: Some(BUDGET),
         buffer_memory_group_limit: Some(GROUP_BUDGET),
         ..HostConfig::default()
     };
-    let server = net.add_host("server", server_config, &[("eth0", "10.0.0.2/24")]);
-    default_route(&mut net, client, "10.0.0.2");
+    let (mut net, [client, server]) = hosts(33, server_config);
     let listen = |net: &mut Network, prefix: &str, group: u32| {
         let host = net.host(server);
         let listener = host.listen(prefix.parse().unwrap(), Stream, 64).unwrap();
@@ -375,14 +380,7 @@ fn one_group_s_unread_flows_leave_the_others_room_to_grow() {
 #[test]
 fn flows_nobody_accepted_hold_little_until_accepted() {
     use sal::proto::UNACCEPTED_BUFFER;
-    let mut net = Network::new(34, LinkConditions::default());
-    let client = net.add_host("client", HostConfig::default(), &[("eth0", "10.0.0.1/24")]);
-    let server = net.add_host("server", HostConfig::default(), &[("eth0", "10.0.0.2/24")]);
-    default_route(&mut net, client, "10.0.0.2");
-    let listener = net
-        .host(server)
-        .listen("ab/8".parse().unwrap(), Stream, 64)
-        .unwrap();
+    let (mut net, [client, server], listener) = setup_with(34, HostConfig::default());
     let service = "ab".parse().unwrap();
     let clients: Vec<FlowId> = (0..FLOWS)
         .map(|_| net.host(client).connect(service, Stream).unwrap())

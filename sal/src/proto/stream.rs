@@ -363,12 +363,13 @@ impl Host {
     /// connection's sequence numbers, which travel only on the flow's path.
     pub(super) fn stream_input(&mut self, id: FlowId, segment: &[u8]) -> bool {
         let now = self.now;
-        let group = self.flow_group(id);
-        let pressure = self.buffer_pressure(group);
-        let Ok(flow) = self.flow_mut(id) else {
+        let Some(Endpoint::Flow(flow)) = self.endpoints.get_mut(id) else {
             return false;
         };
-        let unaccepted = flow.unaccepted;
+        let (group, unaccepted) = (flow.group, flow.unaccepted);
+        // Field by field: `flow` borrows the endpoints (one lookup per
+        // segment, not one for the group and another for the socket).
+        let pressure = self.stats.buffer_pressure || self.budgets.pressure(group);
         let Some(stream) = flow.stream_mut() else {
             return false;
         };
