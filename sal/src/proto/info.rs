@@ -76,7 +76,7 @@ pub struct FlowInfo {
     /// Times this end moved the flow to another locator.
     #[serde(default)]
     pub migrations: u32,
-    /// Times the peer moved.
+    /// Times the flow followed its peer to another locator.
     #[serde(default)]
     pub peer_moves: u32,
     /// Microseconds since this end last moved the flow (fine enough to
@@ -161,11 +161,13 @@ pub struct HostStats {
     /// Nudges sent on client flows over UDP waiting on a silent peer.
     #[serde(default)]
     pub nudges: u64,
-    /// Path challenges sent to a new address a flow's packets came from.
+    /// Path challenges sent: to a new address a flow's packets came from,
+    /// or to a locator the peer advertised when the path went silent.
     #[serde(default)]
     pub path_challenges: u64,
-    /// Flows moved to a new peer address proven by the peer's nonce
-    /// (a NAT rebinding).
+    /// Flows moved to a new peer address proven by the peer's nonce that
+    /// the peer named neither in an RSYN nor by advertising it (a NAT
+    /// rebinding).
     #[serde(default)]
     pub rebindings: u64,
     /// Times a stream flow's socket was driven (asked for a segment): the

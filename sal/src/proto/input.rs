@@ -223,7 +223,7 @@ impl Host {
         let mut heard = false;
         if let Some(control) = repr.control {
             if nat::is_challenge(&control) {
-                self.challenge_input(id, &control);
+                self.challenge_input(id, dst, &control);
                 return;
             }
             if nat::is_answer(&control) {

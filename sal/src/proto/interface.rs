@@ -131,10 +131,22 @@ impl Interfaces {
     /// one of our locators, address and port (hosts in UDP carriage may
     /// share an address on different ports); natively, one of our addresses.
     pub fn owns(&self, locator: &Locator) -> bool {
-        match locator {
-            Locator::Udp(_) => self.list.iter().any(|i| i.locator == *locator),
-            Locator::Ipv4(ip) => self.is_local(*ip),
-        }
+        self.owners(locator).next().is_some()
+    }
+
+    /// Whether `locator` is ours (as in [`Interfaces::owns`]) on an
+    /// interface that is up: one this host may answer from.
+    pub fn owns_up(&self, locator: &Locator) -> bool {
+        self.owners(locator).any(|i| i.up)
+    }
+
+    /// The interfaces a packet for `locator` is for (see
+    /// [`Interfaces::owns`]).
+    fn owners<'a>(&'a self, locator: &'a Locator) -> impl Iterator<Item = &'a LocalInterface> {
+        self.list.iter().filter(move |i| match locator {
+            Locator::Udp(_) => i.locator == *locator,
+            Locator::Ipv4(ip) => i.locator.ip() == *ip,
+        })
     }
 
     /// The name of the interface with this locator.
@@ -386,6 +398,23 @@ mod tests {
         assert_eq!(i.up_count(), 2);
         let others: Vec<Locator> = i.others_up(loc("10.0.0.1")).collect();
         assert_eq!(others, [loc("10.3.0.1")]);
+    }
+
+    #[test]
+    fn answers_leave_only_from_our_own_locators_that_are_up() {
+        let mut i = interfaces(&[("eth0", "10.0.0.1", true), ("eth1", "10.2.0.1", false)]);
+        i.add(LocalInterface {
+            name: "udp".into(),
+            locator: loc("udp:10.8.0.1:54325"),
+            prefix_len: 24,
+            up: true,
+        });
+        assert!(i.owns_up(&loc("10.0.0.1")));
+        assert!(i.owns(&loc("10.2.0.1")));
+        assert!(!i.owns_up(&loc("10.2.0.1")), "down");
+        assert!(!i.owns_up(&loc("10.0.0.99")), "not ours");
+        assert!(i.owns_up(&loc("udp:10.8.0.1:54325")));
+        assert!(!i.owns_up(&loc("udp:10.8.0.1:54324")), "another port");
     }
 
     #[test]

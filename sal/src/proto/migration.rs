@@ -14,7 +14,10 @@
 //! Moves happen on request ([`Host::migrate`]), when an interface goes down
 //! or is renumbered, and when the liveness verdict says a path went silent
 //! (see `liveness.rs`): then the flow tries the next interface that is up,
-//! else the next locator the peer advertised.
+//! else challenges the next locator the peer advertised. The flow follows
+//! the peer to a new address, the source of its RSYN or a locator it
+//! advertised, only once that address answered a path challenge
+//! (`nat.rs`).
 
 use super::control::{ControlKind, Sequence};
 use super::liveness::{on_tick, Verdict};
@@ -296,8 +299,10 @@ impl Host {
     }
 
     /// The path went silent: move to the next local interface that is up,
-    /// else try the peer's next advertised locator, else wait another
-    /// timeout before looking again.
+    /// else challenge the peer's next advertised locator, else wait another
+    /// timeout before looking again. The flow stays where it is until a
+    /// challenged locator answers (see `nat.rs`): a peer may advertise an
+    /// address that is not its own, to have our traffic sent there.
     fn abandon_path(&mut self, id: FlowId) {
         let now = self.now;
         let Ok(flow) = self.flow_mut(id) else {
@@ -311,11 +316,11 @@ impl Host {
         let Ok(flow) = self.flow_mut(id) else {
             return;
         };
-        // Only one way out of here: try the peer's other locators.
+        // Only one way out of here: the peer's other locators, once one
+        // proves the peer is there.
         flow.liveness.restart(now);
-        if let Some(other) = flow.path.try_next_peer_locator() {
-            self.events.push_back(Event::PeerMoved(id, other));
-            self.retransmit_now(id);
+        if let Some(other) = flow.path.next_peer_locator() {
+            self.seek_peer_locator(id, other);
         }
     }
 }

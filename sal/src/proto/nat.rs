@@ -1,7 +1,9 @@
 //! Flows across NATs: answering where packets really came from, keeping an
 //! idle flow's NAT mapping alive, and following a peer whose NAT rebound
 //! it to a new address or port without letting anyone else redirect the
-//! flow.
+//! flow. The same path challenges prove every other new peer address
+//! before a flow goes there: the source of a peer's RSYN (`migration.rs`)
+//! and the locators a peer advertised (`path.rs`).
 //!
 //! A host behind a NAT does not know the address and port its packets
 //! carry once translated; its peer does. So:
@@ -62,12 +64,26 @@
 //!   new mapping, which proves the mapping. A client that hears nothing
 //!   (its nudges, above) thus costs a rebinding a round trip more: the
 //!   nudge draws the challenge, the answer moves the flow.
+//! - **Advertised locators.** A peer's ADDRESS extension lists other
+//!   locators of its own, but a hostile peer may list a victim's address
+//!   and fall silent. So when the path goes silent and this host has no
+//!   other interface, the flow stays where it is and the next advertised
+//!   locator gets a path challenge (one per liveness verdict, cycling
+//!   through them); the flow moves there, as for a rebinding, only once
+//!   the answer came back from there. The peer sends its answer from the
+//!   locator the challenge reached, which proves it is there; such a move
+//!   is no rebinding in [`HostStats`](super::HostStats). An advertised
+//!   locator this end did not seek (nor the peer's RSYN name) is never
+//!   followed: the challenge came from a late packet from a locator the
+//!   peer left, and its answer from there would undo the peer's move.
 //!
 //! The path challenge is `CONTROL(RSYN|NACK)` whose nonce field holds a
 //! fresh random token instead of the sender's nonce: the new address may be
 //! an attacker's, and an attacker who learned our nonce could forge our
 //! control messages to the peer. The receiver answers it without checking
-//! that nonce, and only toward the address it already uses for the flow,
+//! that nonce, only toward the address it already uses for the flow (never
+//! the challenge's source), from the local address the challenge reached
+//! if that is one of its interfaces that is up (else from the flow's own),
 //! so the challenge can neither redirect nor reveal anything. The answer is
 //! `CONTROL(RSYN|NACK|ACK)` whose nonce field holds the token XOR the
 //! answerer's own nonce (`verno` and `ackno` those of a bare ACK): only
@@ -87,7 +103,7 @@
 //! one for one challenge, and a budget would let forged challenges spend
 //! it. A
 //! reference host drops the challenge (nonce mismatch) and never answers:
-//! its flows do not follow a rebinding.
+//! its flows do not follow a rebinding, nor move to a locator it advertised.
 
 use smoltcp::time::{Duration, Instant};
 
@@ -149,6 +165,20 @@ fn xor(a: [u8; 8], b: [u8; 8]) -> [u8; 8] {
     std::array::from_fn(|i| a[i] ^ b[i])
 }
 
+/// What drew a path challenge: how well it is kept, and what its answer
+/// may do (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drawn {
+    /// A packet without the peer's nonce came from the address.
+    Packet,
+    /// A message with the peer's nonce came from there: a rebinding, or
+    /// the peer's RSYN.
+    PeerNonce,
+    /// The path went silent and the peer advertised the address: this end
+    /// seeks it (see `Host::abandon_path`).
+    Silence,
+}
+
 /// A path challenge whose answer is awaited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Challenge {
@@ -158,8 +188,11 @@ struct Challenge {
     /// When it first went there: its answer is taken for
     /// [`CHALLENGE_LIFETIME`] from then.
     at: Instant,
-    /// Drawn by a packet that carried the peer's nonce.
+    /// Drawn by the peer's nonce, or sought: kept before forged packets'.
     for_peer: bool,
+    /// Sought because the path went silent: its answer may move the flow
+    /// to a locator the peer advertised.
+    sought: bool,
 }
 
 /// Where to answer a first packet that came from `src` with SOURCE
@@ -282,22 +315,24 @@ impl NatState {
         Self::take_turn(last, now, CHALLENGE_INTERVAL)
     }
 
-    /// The token of a path challenge to `to`, drawn by a packet that did
-    /// (`for_peer`) or did not carry the peer's nonce: the token of the
-    /// challenge already awaited there, so that the answer to any copy
-    /// counts, else `fresh`, awaited from now on. When too many are
-    /// awaited, the oldest is forgotten, one drawn without the nonce first:
-    /// forged packets from many addresses cannot push out the peer's.
-    pub fn challenge_token(
+    /// The token of a path challenge to `to`, `drawn` as it was: the token
+    /// of the challenge already awaited there, so that the answer to any
+    /// copy counts (and it counts as drawn both ways), else `fresh`,
+    /// awaited from now on. When too many are awaited, the oldest is
+    /// forgotten, one drawn without the nonce first: forged packets from
+    /// many addresses cannot push out the peer's.
+    fn challenge_token(
         &mut self,
         to: Locator,
         fresh: [u8; 8],
-        for_peer: bool,
+        drawn: Drawn,
         now: Instant,
     ) -> [u8; 8] {
+        let (for_peer, sought) = (drawn != Drawn::Packet, drawn == Drawn::Silence);
         self.challenges.retain(|c| now < c.at + CHALLENGE_LIFETIME);
         if let Some(c) = self.challenges.iter_mut().find(|c| c.to == to) {
             c.for_peer |= for_peer;
+            c.sought |= sought;
             return c.token;
         }
         if self.challenges.len() >= MAX_CHALLENGES {
@@ -309,22 +344,22 @@ impl NatState {
             token: fresh,
             at: now,
             for_peer,
+            sought,
         });
         fresh
     }
 
-    /// Whether `token`, come back from `from` at `now`, answers a
-    /// challenge still awaited there. If so the path is proven and every
+    /// The challenge still awaited at `from` that `token`, come back from
+    /// there at `now`, answers, if any. Then the path is proven and every
     /// challenge is spent: a replayed answer proves nothing.
-    pub fn take_answer(&mut self, from: Locator, token: [u8; 8], now: Instant) -> bool {
-        let answers = self
-            .challenges
-            .iter()
-            .any(|c| c.to == from && c.token == token && now < c.at + CHALLENGE_LIFETIME);
-        if answers {
+    fn take_answer(&mut self, from: Locator, token: [u8; 8], now: Instant) -> Option<Challenge> {
+        let answered = (self.challenges.iter())
+            .find(|c| c.to == from && c.token == token && now < c.at + CHALLENGE_LIFETIME)
+            .copied();
+        if answered.is_some() {
             self.challenges = Vec::new();
         }
-        answers
+        answered
     }
 
     /// Forgets the challenges awaited from anywhere but `to`, where the
@@ -442,7 +477,12 @@ impl Host {
         {
             return;
         }
-        self.send_challenge(id, src, for_peer);
+        let drawn = if for_peer {
+            Drawn::PeerNonce
+        } else {
+            Drawn::Packet
+        };
+        self.send_challenge(id, src, drawn);
     }
 
     /// The peer's RSYN came from `src`, not where the flow runs: challenge
@@ -450,11 +490,24 @@ impl Host {
     /// challenges are: an RSYN with the peer's nonce draws one challenge,
     /// one for one, and a peer that moved twice at once must get both.
     pub(super) fn challenge_rsyn_source(&mut self, id: FlowId, src: Locator) {
+        self.challenge_elsewhere(id, src, Drawn::PeerNonce);
+    }
+
+    /// The path went silent and the peer advertised `to`: challenge it
+    /// (see `Host::abandon_path`), once per liveness verdict, and move the
+    /// flow there only once it answers (see [`Host::answer_input`]).
+    pub(super) fn seek_peer_locator(&mut self, id: FlowId, to: Locator) {
+        self.challenge_elsewhere(id, to, Drawn::Silence);
+    }
+
+    /// Challenges `to`, `drawn` as it was, if the flow is established and
+    /// does not run there already; not rate-limited.
+    fn challenge_elsewhere(&mut self, id: FlowId, to: Locator, drawn: Drawn) {
         let Ok(flow) = self.flow_mut(id) else {
             return;
         };
-        if flow.state == FlowState::Established && flow.path.remote != Some(src) {
-            self.send_challenge(id, src, true);
+        if flow.state == FlowState::Established && flow.path.remote != Some(to) {
+            self.send_challenge(id, to, drawn);
         }
     }
 
@@ -495,19 +548,19 @@ impl Host {
         }
         flow.nat.challenge_retries += 1;
         let wait = CHALLENGE_RETRY * 2u32.pow(flow.nat.challenge_retries);
-        self.send_challenge(id, to, true);
+        self.send_challenge(id, to, Drawn::PeerNonce);
         self.arm_timer(id, Timer::Challenge, now + wait);
     }
 
     /// Sends `src` a path challenge on flow `id` (the token already awaited
     /// there, or a fresh one).
-    fn send_challenge(&mut self, id: FlowId, src: Locator, for_peer: bool) {
+    fn send_challenge(&mut self, id: FlowId, src: Locator, drawn: Drawn) {
         let now = self.now;
         let fresh: [u8; 8] = rand::Rng::random(&mut self.rng);
         let Ok(flow) = self.flow_mut(id) else {
             return;
         };
-        let token = flow.nat.challenge_token(src, fresh, for_peer, now);
+        let token = flow.nat.challenge_token(src, fresh, drawn, now);
         let mut repr = SalRepr::data(flow.id, flow.peer_flow, flow.protocol().number());
         repr.control = Some(ControlRepr {
             flags: challenge_flags(),
@@ -520,14 +573,19 @@ impl Host {
         self.send_packet(local, src, super::output::build(&repr, &[]));
     }
 
-    /// A path challenge arrived on a flow: answer it, echoing its token
-    /// under our nonce, at the address we already use for the peer. Every
-    /// challenge is answered, one packet for one, always to that one
-    /// address: a budget of answers would let anyone who knows the flow
-    /// IDs spend it with forged challenges, so that the peer's own went
-    /// unanswered and a move of ours was never followed.
-    pub(super) fn challenge_input(&mut self, id: FlowId, challenge: &ControlRepr) {
+    /// A path challenge arrived on a flow at `dst`: answer it, echoing its
+    /// token under our nonce, at the address we already use for the peer,
+    /// never at the challenge's source (forged challenges would reflect
+    /// answers, and token XOR nonce, to anyone). The answer leaves from
+    /// `dst` if that is ours and up, so that a peer that challenged a
+    /// locator we advertised hears back from there (else from the flow's
+    /// own locator). Every challenge is answered, one packet for one,
+    /// always to that one address: a budget of answers would let anyone
+    /// who knows the flow IDs spend it with forged challenges, so that the
+    /// peer's own went unanswered and a move of ours was never followed.
+    pub(super) fn challenge_input(&mut self, id: FlowId, dst: Locator, challenge: &ControlRepr) {
         let now = self.now;
+        let arrived_at = self.interfaces.owns_up(&dst).then_some(dst);
         let Ok(flow) = self.flow_mut(id) else {
             return;
         };
@@ -544,13 +602,14 @@ impl Host {
             ..flow.control.ack()
         });
         flow.count_sent(now);
-        let local = flow.path.local;
+        let local = arrived_at.unwrap_or(flow.path.local);
         self.send_packet(local, remote, super::output::build(&repr, &[]));
     }
 
     /// The answer to a path challenge arrived from `src`. If it carries the
     /// token of a challenge sent there, under the peer's nonce, the peer is
-    /// at `src`: the flow follows it there. Returns whether it did.
+    /// at `src`: the flow follows it there (see [`Host::peer_rebound`]).
+    /// Returns whether it did.
     pub(super) fn answer_input(&mut self, id: FlowId, src: Locator, answer: &ControlRepr) -> bool {
         let now = self.now;
         let Ok(flow) = self.flow_mut(id) else {
@@ -561,37 +620,45 @@ impl Host {
             // it is forged, and moves nothing either way).
             return false;
         }
-        let proven = flow.state == FlowState::Established
-            && (flow.control.peer_nonce)
-                .is_some_and(|peer| flow.nat.take_answer(src, xor(answer.nonce, peer), now));
-        if !proven {
+        let answered = (flow.control.peer_nonce)
+            .filter(|_| flow.state == FlowState::Established)
+            .and_then(|peer| flow.nat.take_answer(src, xor(answer.nonce, peer), now));
+        let Some(challenge) = answered else {
             self.stats.bad_nonce += 1;
             return false;
-        }
-        self.peer_rebound(id, src);
-        true
+        };
+        self.peer_rebound(id, src, challenge.sought)
     }
 
     /// The peer answered a path challenge from `src`, which is not where
-    /// it was: it moved there (its RSYN came from there) or its NAT rebound
-    /// the flow. Follow it, and resend at once what the old path may have
-    /// swallowed.
-    fn peer_rebound(&mut self, id: FlowId, src: Locator) {
+    /// it was: it moved there (its RSYN came from there), it is at a
+    /// locator it advertised that this end `sought` (the path went
+    /// silent), or its NAT rebound the flow. Follow it, and resend at once
+    /// what the old path may have swallowed. Returns whether it did.
+    ///
+    /// A locator the peer advertised but neither moved to nor was sought
+    /// at is not followed: the peer answers from the address a challenge
+    /// reached, so a late packet from a locator it left (and still has)
+    /// draws a challenge answered from there, and following that would
+    /// undo its move.
+    fn peer_rebound(&mut self, id: FlowId, src: Locator, sought: bool) -> bool {
         let Ok(flow) = self.flow_mut(id) else {
-            return;
+            return false;
         };
-        // The answer proves the address an RSYN came from (a migration) or
-        // one the peer's NAT moved it to (a rebinding).
-        let migration = flow.path.moving_to == Some(src);
-        if flow.state != FlowState::Established || !flow.path.follow_peer(src) {
-            return;
+        let named = sought || flow.path.moving_to == Some(src);
+        if !named && flow.path.advertises(src) {
+            return false;
         }
-        if !migration {
+        if flow.state != FlowState::Established || !flow.path.follow_peer(src) {
+            return false;
+        }
+        if !named {
             self.stats.rebindings += 1;
         }
         self.events.push_back(Event::PeerMoved(id, src));
         self.rewind_stream(id);
         self.retransmit_now(id);
+        true
     }
 }
 
@@ -746,21 +813,31 @@ mod tests {
     fn an_answer_proves_only_the_address_its_challenge_went_to_and_only_once() {
         let mut nat = NatState::default();
         let (new, other) = (loc("udp:10.0.0.101:40000"), loc("udp:10.0.0.66:54325"));
-        let token = nat.challenge_token(new, [1; 8], false, at(0));
+        let token = nat.challenge_token(new, [1; 8], Drawn::Packet, at(0));
         assert_eq!(token, [1; 8]);
         // Challenged again before the answer: the same token, so that the
         // answer to either copy counts.
-        assert_eq!(nat.challenge_token(new, [2; 8], true, at(100)), [1; 8]);
-        assert!(!nat.take_answer(new, [2; 8], at(150)), "wrong token");
-        assert!(!nat.take_answer(other, [1; 8], at(150)), "from elsewhere");
-        assert!(nat.take_answer(new, [1; 8], at(150)));
-        assert!(!nat.take_answer(new, [1; 8], at(160)), "a replay");
+        let again = nat.challenge_token(new, [2; 8], Drawn::PeerNonce, at(100));
+        assert_eq!(again, [1; 8]);
+        assert!(
+            nat.take_answer(new, [2; 8], at(150)).is_none(),
+            "wrong token"
+        );
+        assert!(
+            nat.take_answer(other, [1; 8], at(150)).is_none(),
+            "from elsewhere"
+        );
+        assert!(nat.take_answer(new, [1; 8], at(150)).is_some());
+        assert!(nat.take_answer(new, [1; 8], at(160)).is_none(), "a replay");
         // Too late.
-        let token = nat.challenge_token(other, [3; 8], false, at(1000));
-        assert!(!nat.take_answer(other, token, at(1000) + CHALLENGE_LIFETIME));
+        let token = nat.challenge_token(other, [3; 8], Drawn::Packet, at(1000));
+        assert!(nat
+            .take_answer(other, token, at(1000) + CHALLENGE_LIFETIME)
+            .is_none());
         // A token expires with its challenge: the next one is fresh.
+        let late = at(1000) + CHALLENGE_LIFETIME;
         assert_eq!(
-            nat.challenge_token(other, [4; 8], false, at(1000) + CHALLENGE_LIFETIME),
+            nat.challenge_token(other, [4; 8], Drawn::Packet, late),
             [4; 8]
         );
     }
@@ -769,14 +846,31 @@ mod tests {
     fn challenges_from_forgeries_give_way_before_the_peers_own() {
         let mut nat = NatState::default();
         let peer = loc("udp:10.0.0.101:40000");
-        nat.challenge_token(loc("10.0.0.1"), [1; 8], false, at(0));
-        nat.challenge_token(peer, [7; 8], true, at(10));
+        nat.challenge_token(loc("10.0.0.1"), [1; 8], Drawn::Packet, at(0));
+        nat.challenge_token(peer, [7; 8], Drawn::PeerNonce, at(10));
         for i in 2..20u8 {
             let forged = Locator::Ipv4(std::net::Ipv4Addr::new(10, 66, 0, i));
-            nat.challenge_token(forged, [i; 8], false, at(i64::from(i) * 100));
+            nat.challenge_token(forged, [i; 8], Drawn::Packet, at(i64::from(i) * 100));
         }
         assert_eq!(nat.challenges.len(), MAX_CHALLENGES);
-        assert!(nat.take_answer(peer, [7; 8], at(2000)));
+        assert!(nat.take_answer(peer, [7; 8], at(2000)).is_some());
+    }
+
+    #[test]
+    fn only_a_challenge_sought_on_a_silent_path_is_answered_as_sought() {
+        let mut nat = NatState::default();
+        let (advertised, rebound) = (loc("10.2.0.2"), loc("10.9.0.7"));
+        nat.challenge_token(advertised, [1; 8], Drawn::Silence, at(0));
+        nat.challenge_token(rebound, [2; 8], Drawn::PeerNonce, at(0));
+        let answered = nat.take_answer(advertised, [1; 8], at(50)).unwrap();
+        assert!(answered.sought && answered.for_peer);
+        nat.challenge_token(rebound, [3; 8], Drawn::PeerNonce, at(100));
+        assert!(!nat.take_answer(rebound, [3; 8], at(150)).unwrap().sought);
+        // A packet from a sought locator draws its challenge again: still
+        // sought, whichever copy is answered.
+        nat.challenge_token(advertised, [4; 8], Drawn::Silence, at(200));
+        nat.challenge_token(advertised, [5; 8], Drawn::Packet, at(250));
+        assert!(nat.take_answer(advertised, [4; 8], at(300)).unwrap().sought);
     }
 
     #[test]

@@ -6,6 +6,12 @@
 //! flow's current addresses and keeps count of how they changed; the
 //! exchanges that change them (migration, a peer's RSYN, a liveness verdict)
 //! live in `migration.rs`.
+//!
+//! The locators a peer advertises (ADDRESS extension) are only candidates:
+//! nothing proves the peer is at any of them, so the flow never moves to
+//! one on the peer's word. A silent path draws a path challenge to the next
+//! one ([`Path::next_peer_locator`]), and the flow follows the peer there
+//! ([`Path::follow_peer`]) only once it answered (see `nat.rs`).
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -39,11 +45,12 @@ pub(super) struct Path {
     /// go there, everything else still goes to `remote` until a path
     /// challenge is answered from there.
     pub moving_to: Option<Locator>,
-    /// Other locators the peer advertised (ADDRESS extension).
+    /// Other locators the peer advertised (ADDRESS extension): candidates
+    /// to challenge, never where the flow goes unproven.
     peer_locators: Vec<Locator>,
     /// Times this end moved to another locator.
     pub migrations: u32,
-    /// Times the peer moved (or was given up on at one locator).
+    /// Times the flow followed its peer to another locator.
     pub peer_moves: u32,
     /// When this end last moved.
     pub last_migration: Option<Instant>,
@@ -78,13 +85,18 @@ impl Path {
     }
 
     /// Follows the peer to `src`, where it now speaks from; returns whether
-    /// that is a move.
+    /// that is a move. If `src` is a locator the peer advertised, the one
+    /// it leaves takes its place among the alternatives, so that a later
+    /// silence may try it again.
     pub fn follow_peer(&mut self, src: Locator) -> bool {
         self.moving_to = None;
         if self.remote == Some(src) {
             return false;
         }
-        self.remote = Some(src);
+        let left = self.remote.replace(src);
+        if let (Some(left), Some(slot)) = (left, self.advertised_slot(src)) {
+            *slot = left;
+        }
         self.peer_moves += 1;
         true
     }
@@ -99,18 +111,26 @@ impl Path {
         self.peer_locators.iter().any(|l| Some(*l) != self.remote)
     }
 
-    /// Gives up on the peer's current locator for the next one it
-    /// advertised, which goes to the back of the list (so repeated calls
-    /// cycle through them); returns the new one, or `None` if there is no
-    /// other.
-    pub fn try_next_peer_locator(&mut self) -> Option<Locator> {
+    /// Whether `locator` is one the peer advertised.
+    pub fn advertises(&self, locator: Locator) -> bool {
+        self.peer_locators.contains(&locator)
+    }
+
+    /// The entry of `locator` among those the peer advertised, if there.
+    fn advertised_slot(&mut self, locator: Locator) -> Option<&mut Locator> {
+        self.peer_locators.iter_mut().find(|l| **l == locator)
+    }
+
+    /// The next locator the peer advertised, other than where it is: the
+    /// one to challenge when the path goes silent. It goes to the back of
+    /// the list, so repeated calls cycle through them; the flow itself
+    /// stays where it is. `None` if there is no other (or no peer yet).
+    pub fn next_peer_locator(&mut self) -> Option<Locator> {
         let remote = self.remote?;
-        let other = *self.peer_locators.iter().find(|l| **l != remote)?;
-        self.peer_locators.retain(|l| *l != other);
-        self.peer_locators.push(remote);
-        self.remote = Some(other);
-        self.peer_moves += 1;
-        Some(other)
+        let index = self.peer_locators.iter().position(|l| *l != remote)?;
+        let next = self.peer_locators.remove(index);
+        self.peer_locators.push(next);
+        Some(next)
     }
 
     /// Where the flow's transport segments go in `state`: a client's SYN
@@ -181,27 +201,35 @@ mod tests {
     }
 
     #[test]
-    fn advertised_locators_are_tried_in_turn() {
+    fn advertised_locators_are_tried_in_turn_without_moving_the_flow() {
         let mut path = Path::new(loc("10.0.0.1"));
-        assert_eq!(path.try_next_peer_locator(), None, "no peer yet");
+        assert_eq!(path.next_peer_locator(), None, "no peer yet");
         path.remote = Some(loc("10.0.0.2"));
         assert!(!path.peer_has_alternatives());
         // The peer advertises its other locators, not the one it speaks from.
         path.set_peer_locators(vec![loc("10.2.0.2"), loc("10.3.0.2")]);
         assert!(path.peer_has_alternatives());
-        let tried: Vec<Locator> = (0..4)
-            .map(|_| path.try_next_peer_locator().unwrap())
-            .collect();
-        assert_eq!(
-            tried,
-            [
-                loc("10.2.0.2"),
-                loc("10.3.0.2"),
-                loc("10.0.0.2"),
-                loc("10.2.0.2")
-            ]
-        );
-        assert_eq!(path.peer_moves, 4);
+        let tried: Vec<Locator> = (0..3).map(|_| path.next_peer_locator().unwrap()).collect();
+        assert_eq!(tried, [loc("10.2.0.2"), loc("10.3.0.2"), loc("10.2.0.2")]);
+        assert_eq!(path.remote, Some(loc("10.0.0.2")), "only candidates");
+        assert_eq!(path.peer_moves, 0);
+    }
+
+    #[test]
+    fn following_the_peer_to_an_advertised_locator_keeps_the_one_it_left() {
+        let mut path = Path::new(loc("10.0.0.1"));
+        path.remote = Some(loc("10.0.0.2"));
+        path.set_peer_locators(vec![loc("10.2.0.2"), loc("10.3.0.2")]);
+        assert!(path.advertises(loc("10.3.0.2")));
+        assert!(path.follow_peer(loc("10.3.0.2")));
+        assert!(path.advertises(loc("10.0.0.2")));
+        assert!(!path.advertises(loc("10.3.0.2")));
+        let tried: Vec<Locator> = (0..2).map(|_| path.next_peer_locator().unwrap()).collect();
+        assert_eq!(tried, [loc("10.2.0.2"), loc("10.0.0.2")]);
+        // A move elsewhere (a NAT rebinding) adds nothing to try.
+        assert!(path.follow_peer(loc("10.9.0.2")));
+        assert!(!path.advertises(loc("10.3.0.2")));
+        assert_eq!(path.peer_moves, 2);
     }
 
     #[test]
