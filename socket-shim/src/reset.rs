@@ -13,6 +13,13 @@
 //! Once this end has shut its own writing down, sald closes its end when
 //! it is done with a finished flow too, and the two look alike: that end
 //! of file stays an end of file.
+//!
+//! A reset after the peer's end of stream reads as end of file too, as
+//! from TCP, whose reads return 0 once its FIN came, whatever follows.
+//! Here that is known only if this end read the end of file while its
+//! socket was not hung up yet (sald had shut it down for writing only):
+//! when the reset came before any read saw the end of file, the socket
+//! looks as after a reset alone, and the end of file is `ECONNRESET`.
 
 use std::io;
 use std::os::fd::BorrowedFd;
@@ -36,6 +43,9 @@ pub fn hung_up(fd: BorrowedFd<'_>) -> bool {
 pub struct ResetWatch {
     /// This end shut its writing down: a hang-up proves nothing then.
     write_shut: AtomicBool,
+    /// An end of file was read before any hang-up: the peer's end of
+    /// stream came first, and a reset after it is no news.
+    finished: AtomicBool,
     /// The reset was reported: later reads are plain end of file.
     reported: AtomicBool,
 }
@@ -48,20 +58,32 @@ impl ResetWatch {
     }
 
     /// A read of `fd` returned end of file: `ECONNRESET` if the flow was
-    /// reset and this is the first time it shows.
+    /// reset, no end of file was read before the reset, and this is the
+    /// first time it shows.
     ///
     /// The hang-up is looked at before the record of this end's own
     /// shutdown: a shutdown in another thread that lands in between (and
     /// sald's close of a finished flow after it) is then seen, where the
     /// other order would take that finished flow for a reset.
     pub fn end_of_file(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
-        if self.reported.load(Ordering::Relaxed)
-            || !hung_up(fd)
-            || self.write_shut.load(Ordering::Acquire)
-            || self.reported.swap(true, Ordering::Relaxed)
-        {
+        if self.reported.load(Ordering::Relaxed) || self.finished.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        if !hung_up(fd) {
+            self.finished.store(true, Ordering::Relaxed);
+            return Ok(());
+        }
+        if self.write_shut.load(Ordering::Acquire) || self.reported.swap(true, Ordering::Relaxed) {
             return Ok(());
         }
         Err(io::ErrorKind::ConnectionReset.into())
+    }
+
+    /// A reset reported by a read whose caller could not pass it on (a
+    /// batch of receives that had already received something) is reported
+    /// again by the next read, as Linux keeps such an error for the
+    /// socket's next call.
+    pub fn report_again(&self) {
+        self.reported.store(false, Ordering::Relaxed);
     }
 }

@@ -38,14 +38,16 @@
 //!   the placeholder would block instead;
 //! - a connected stream is the flow's socket itself, which sald shuts
 //!   down both ways after a reset, only for writing at a finished flow's
-//!   end: a `read`/`recv`/`recvfrom`/`recvmsg`/`readv` that gets end of
-//!   file on a hung-up flow whose writing the program did not shut down
-//!   (`shutdown` is interposed to know) returns `ECONNRESET` once, as TCP's
+//!   end: a `read`/`recv`/`recvfrom`/`recvmsg`/`readv`/`recvmmsg` that
+//!   gets end of file on a hung-up flow whose writing the program did not
+//!   shut down (`shutdown` is interposed to know), and that read no end of
+//!   file before the hang-up, returns `ECONNRESET` once, as TCP's
 //!   (`ops::reset_at_end`, [`socket_shim::reset`]);
 //! - datagram sockets are sald's `SOCK_SEQPACKET` sockets; `sendto`/`recvfrom`
 //!   (and `send`/`recv`/`read`/`write`, `sendmsg`/`recvmsg`/`readv`/`writev`,
-//!   whose iovecs the `msg` module gathers and scatters) wrap and unwrap
-//!   `DatagramFrame`s.
+//!   whose iovecs the `msg` module gathers and scatters, and
+//!   `sendmmsg`/`recvmmsg`, a `sendmsg`/`recvmsg` per message, see the
+//!   `mmsg` module) wrap and unwrap `DatagramFrame`s.
 //!   As in the reference stack, `recvfrom` gives the sender's own service ID
 //!   in a `sockaddr_sv`, followed by a `sockaddr_in` with its address when
 //!   the buffer holds 52 bytes; `sendto` with both sends to that service at
@@ -78,12 +80,13 @@
 //! Every exported function catches panics (`EIO`), and `unsafe` is confined
 //! to reading and writing the program's buffers and calling libc.
 
-use std::ffi::{c_int, c_void};
+use std::ffi::{c_int, c_uint, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use libc::{epoll_event, size_t, sockaddr, socklen_t, ssize_t};
 
 mod addr;
+mod mmsg;
 mod msg;
 mod ops;
 mod pool;
@@ -689,8 +692,9 @@ pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t
 /// the iovecs hold; no ancillary data, `msg_controllen` 0). On a stream
 /// that is not connected, the error `recv` gives. On a connected stream
 /// flow, libc's `recvmsg`, whose end of file after a reset is
-/// `ECONNRESET` once, as from `recv` (`read_done`). Anything else is
-/// libc's.
+/// `ECONNRESET` once, as from `recv` (`read_done`); on a connected
+/// datagram flow, libc's, with the peer in `msg_name` as `recvfrom` gives
+/// it. Anything else is libc's.
 ///
 /// # Safety
 /// As `recvmsg(2)`.
@@ -707,8 +711,17 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int
         // forwards the caller's arguments unchanged.
         return unsafe { receive(fd, flags, into, || real::recvmsg(fd, msg, flags)) };
     }
+    let room = table::maybe_tracked(fd)
+        // SAFETY: the caller's message is null or valid for the call.
+        .then(|| unsafe { msg::name_room(msg) })
+        .flatten();
     // SAFETY: forwarding the caller's arguments unchanged.
     let got = unsafe { real::recvmsg(fd, msg, flags) };
+    if let (Some(room), true) = (room, got >= 0) {
+        // SAFETY: the message the kernel just filled; `room` is what its
+        // name had before.
+        unsafe { name_flow_peer(fd, msg, room) };
+    }
     // SAFETY: asked only after the kernel read the message and its iovecs
     // for a call that succeeded.
     read_done(
@@ -716,6 +729,116 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int
         || unsafe { msg::asked((*msg).msg_iov, (*msg).msg_iovlen) },
         got,
     )
+}
+
+/// Names a connected datagram flow's peer in the message libc's
+/// `recvmsg` just received on `fd`, as `recvfrom` names it: the flow's
+/// socket (one end of a socket pair) has no name to give. Costs a look at
+/// the table, for a message that asks for a name on a socket of ours.
+///
+/// # Safety
+/// `msg` is a valid message whose `msg_name` has `room` bytes.
+unsafe fn name_flow_peer(fd: c_int, msg: *mut libc::msghdr, room: socklen_t) {
+    let Some(peer) = ops::datagram_peer(fd) else {
+        return;
+    };
+    // SAFETY: as the caller guarantees; the name's length is set back to
+    // its room for `write_addr`, which sets it to the address's length.
+    unsafe {
+        (*msg).msg_namelen = room;
+        let _ = write_addr(
+            &peer,
+            (*msg).msg_name.cast::<sockaddr>(),
+            std::ptr::addr_of_mut!((*msg).msg_namelen),
+        );
+    }
+}
+
+/// What a call that returns -1 and sets `errno` on failure returned, as a
+/// count or the error.
+fn counted(returned: ssize_t) -> Res<usize> {
+    usize::try_from(returned).map_err(|_| ops::last_errno())
+}
+
+/// On a socket of ours, each message in turn as [`sendmsg`] sends it, as
+/// Linux's `sendmmsg` loops (see `mmsg`); a message not sent whole (a
+/// stream's full buffer) ends the batch, as there. Anything else is
+/// libc's.
+///
+/// # Safety
+/// As `sendmmsg(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn sendmmsg(
+    fd: c_int,
+    msgvec: *mut libc::mmsghdr,
+    vlen: c_uint,
+    flags: c_int,
+) -> c_int {
+    if !table::maybe_tracked(fd) {
+        // SAFETY: forwarding the caller's arguments unchanged.
+        return unsafe { real::sendmmsg(fd, msgvec, vlen, flags) };
+    }
+    guard(-1, || {
+        // SAFETY: the caller's `vlen` messages, valid for the call.
+        let batch = unsafe { mmsg::Batch::new(msgvec, vlen) };
+        let ran = batch.run(|hdr| {
+            // SAFETY: one of the caller's messages, valid as for `sendmsg`.
+            let sent = counted(unsafe { sendmsg(fd, hdr, flags) })?;
+            // SAFETY: its iovecs, which the send just read.
+            let asked = unsafe { msg::asked((*hdr).msg_iov, (*hdr).msg_iovlen) };
+            Ok(mmsg::Step {
+                len: sent,
+                more: sent >= asked.min(MAX_RW_COUNT),
+            })
+        })?;
+        Ok(ran.done)
+    })
+}
+
+/// On a socket of ours, each message in turn as [`recvmsg`] receives it,
+/// as Linux's `recvmmsg` loops (see `mmsg`): after the first, the rest
+/// without waiting with `MSG_WAITFORONE`; `timeout`, as Linux's, is looked
+/// at after each message (it does not cut a wait short) and gets the time
+/// left. A reset that ends a batch after its first message is reported by
+/// the next read (`ops::report_again`).
+/// Anything else is libc's.
+///
+/// # Safety
+/// As `recvmmsg(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn recvmmsg(
+    fd: c_int,
+    msgvec: *mut libc::mmsghdr,
+    vlen: c_uint,
+    flags: c_int,
+    timeout: *mut libc::timespec,
+) -> c_int {
+    if !table::maybe_tracked(fd) {
+        // SAFETY: forwarding the caller's arguments unchanged.
+        return unsafe { real::recvmmsg(fd, msgvec, vlen, flags, timeout) };
+    }
+    guard(-1, || {
+        // SAFETY: the caller's timeout, null or valid for the call.
+        let deadline = unsafe { mmsg::Deadline::new(timeout)? };
+        // SAFETY: the caller's `vlen` messages, valid for the call.
+        let batch = unsafe { mmsg::Batch::new(msgvec, vlen) };
+        let mut each = flags & !libc::MSG_WAITFORONE;
+        let ran = batch.run(|hdr| {
+            // SAFETY: one of the caller's messages, valid as for `recvmsg`.
+            let got = counted(unsafe { recvmsg(fd, hdr, each) })?;
+            if flags & libc::MSG_WAITFORONE != 0 {
+                each |= libc::MSG_DONTWAIT;
+            }
+            Ok(mmsg::Step {
+                len: got,
+                more: deadline.as_ref().is_none_or(mmsg::Deadline::time_left),
+            })
+        })?;
+        if let Some(errno) = ran.stopped_by {
+            ops::report_again(fd, errno);
+        }
+        Ok(ran.done)
+    })
 }
 
 /// As [`recvmsg`] without an address or flags: a datagram's payload

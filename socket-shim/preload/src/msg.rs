@@ -4,7 +4,8 @@
 //! datagram's payload or scattered from one, or handed on as they are to
 //! libc for a flow. Only datagram sockets of ours that are not connected
 //! and streams that are not (their data calls intercepted) come here; a
-//! flow's `sendmsg`/`recvmsg`/`readv` go to libc with no detour.
+//! flow's `sendmsg`/`recvmsg`/`readv` go to libc with no detour (a
+//! datagram flow's `recvmsg` only has its peer named after: `name_room`).
 //!
 //! Ancillary data (`msg_control`) does not cross sald: a datagram sent
 //! ignores it, and one received has none (`msg_controllen` 0).
@@ -126,6 +127,18 @@ pub(crate) unsafe fn asked(at: *const iovec, count: usize) -> usize {
     let list = unsafe { std::slice::from_raw_parts(at, count) };
     list.iter()
         .fold(0usize, |total, v| total.saturating_add(v.iov_len))
+}
+
+/// The room for the sender's address in the program's `recvmsg` message
+/// (its `msg_namelen`), read before the call; `None` when it asks for no
+/// address (`msg_name` null).
+///
+/// # Safety
+/// `msg` is null or valid for reads as for `recvmsg(2)`.
+pub(crate) unsafe fn name_room(msg: *const msghdr) -> Option<socklen_t> {
+    // SAFETY: null, or valid as the caller guarantees.
+    let hdr = unsafe { msg.as_ref() }?;
+    (!hdr.msg_name.is_null()).then_some(hdr.msg_namelen)
 }
 
 /// A `sendmsg` of the program's to one of our sockets.

@@ -8,7 +8,7 @@
 //! errno values.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use libc::c_int;
 use sal::locator::Locator;
@@ -22,7 +22,7 @@ use socket_shim::{ControlClient, Error as ShimError, Reply, MAX_DATAGRAM};
 use crate::addr::{self, parse_inet, parse_serval, PortMap, SockAddr, AF_SERVAL};
 use crate::pool;
 use crate::real;
-use crate::table::{self, ident, lock, Domain, Entry, Kind, State};
+use crate::table::{self, ident, lock, Domain, Entry, Kind, ListenerControl, State};
 use std::panic::AssertUnwindSafe;
 
 /// An errno value.
@@ -31,10 +31,10 @@ pub(crate) type Res<T> = Result<T, Errno>;
 
 /// Backlog of the `Listen` sent at `bind` time (the prefix is registered
 /// then, before the program calls `listen`); `listen` sends the program's
-/// own with `SetBacklog` when it differs.
+/// own with `SetBacklog` when it differs, and a second `listen` its new one.
 const BIND_BACKLOG: u32 = 128;
 
-fn last_errno() -> Errno {
+pub(crate) fn last_errno() -> Errno {
     std::io::Error::last_os_error()
         .raw_os_error()
         .unwrap_or(libc::EIO)
@@ -1216,7 +1216,7 @@ pub(crate) fn listen(fd: RawFd, backlog: c_int, pass: impl FnOnce() -> c_int) ->
         return Ok(pass());
     };
     match (found.kind, found.stage) {
-        (_, Stage::Listening) => return Ok(0),
+        (_, Stage::Listening) => return listen_again(fd, backlog).map(|()| 0),
         // A bound datagram socket listens for connected datagram flows (as
         // the reference's udp_server_user does); it reads no unconnected
         // datagrams from then on.
@@ -1264,12 +1264,42 @@ pub(crate) fn listen(fd: RawFd, backlog: c_int, pass: impl FnOnce() -> c_int) ->
     }
     drop(stale);
     let (control, listener, wake, gen) = taken.ok_or(libc::EINVAL)?;
-    // As Linux, a negative backlog asks for the most there is (sald's
-    // clamp stands in for `somaxconn`).
-    let backlog = u32::try_from(backlog).unwrap_or(u32::MAX);
-    let started = start_listener(fd, gen, control, listener, backlog);
+    let started = start_listener(fd, gen, control, listener, backlog_asked(backlog));
     drop(wake);
     started.map(|()| 0)
+}
+
+/// The backlog `listen` asks sald for: as Linux, a negative one asks for
+/// the most there is (sald's clamp stands in for `somaxconn`).
+fn backlog_asked(backlog: c_int) -> u32 {
+    u32::try_from(backlog).unwrap_or(u32::MAX)
+}
+
+/// `listen` on a socket that listens already: as Linux's, it changes the
+/// backlog, sent on the listener's control connection.
+fn listen_again(fd: RawFd, backlog: c_int) -> Res<()> {
+    let control = with_entry(fd, |entry| match &entry.state {
+        State::Listening { control } => Some(std::sync::Arc::clone(control)),
+        _ => None,
+    })
+    .ok_or(libc::EINVAL)?;
+    let mut connection = control
+        .connection
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    set_backlog(&mut connection, control.listener, backlog_asked(backlog))
+}
+
+/// Asks sald to hold `backlog` flows of `listener` (`SetBacklog`). A sald
+/// that does not know the request (older than this shim, though not older
+/// than the request's refusal) leaves the listener's backlog as it was.
+fn set_backlog(control: &mut ControlClient, listener: ListenerId, backlog: u32) -> Res<()> {
+    match control.request(&Request::SetBacklog { listener, backlog }) {
+        Ok(reply) if reply.response == Response::Ok => Ok(()),
+        Ok(_) => Err(libc::EPROTO),
+        Err(socket_shim::Error::InvalidRequest(_)) => Ok(()),
+        Err(error) => Err(shim_errno(error)),
+    }
 }
 
 /// The accept queue: sald puts each established flow, with its description
@@ -1289,15 +1319,7 @@ fn start_listener(
     backlog: u32,
 ) -> Res<()> {
     if backlog != BIND_BACKLOG {
-        match control.request(&Request::SetBacklog { listener, backlog }) {
-            Ok(reply) if reply.response == Response::Ok => {}
-            Ok(_) => return Err(libc::EPROTO),
-            // A sald that does not know the request (older than this
-            // shim, though not older than the request's refusal): the
-            // listener keeps the backlog it was bound with.
-            Err(socket_shim::Error::InvalidRequest(_)) => {}
-            Err(error) => return Err(shim_errno(error)),
-        }
+        set_backlog(&mut control, listener, backlog)?;
     }
     let reply = control
         .request(&Request::Deliver {
@@ -1315,7 +1337,7 @@ fn start_listener(
         Some(entry) if entry.gen == gen => match swap_in(&app, fd, None) {
             Ok(()) => {
                 entry.state = State::Listening {
-                    control: std::sync::Arc::new(control),
+                    control: std::sync::Arc::new(ListenerControl::new(listener, control)),
                 };
                 entry.ident = ident(fd);
                 re_epoll(entry, fd);
@@ -1467,7 +1489,7 @@ pub(crate) fn close(fd: RawFd) {
                 // children's copies of it must not keep the service bound
                 // after the process that listened closed the listener.
                 // SAFETY: no pointers; a socket this entry owns.
-                unsafe { real::shutdown(control.as_fd().as_raw_fd(), libc::SHUT_RDWR) };
+                unsafe { real::shutdown(control.fd, libc::SHUT_RDWR) };
             }
         }
         drop(entry);
@@ -1528,6 +1550,15 @@ pub(crate) fn name(fd: RawFd, peer: bool) -> Option<Res<SockAddr>> {
     };
     drop(stale);
     result
+}
+
+/// The peer of `fd` if it is a connected datagram flow of ours: the
+/// sender of all it receives, as `recvfrom` and `recvmsg` name it.
+pub(crate) fn datagram_peer(fd: RawFd) -> Option<SockAddr> {
+    with_entry(fd, |entry| match (entry.kind, &entry.state) {
+        (Kind::Dgram, State::Connected) => entry.peer,
+        _ => None,
+    })
 }
 
 /// What `getsockopt` answers for one of our sockets.
@@ -1781,7 +1812,7 @@ pub(crate) fn recvfrom<I: Incoming>(
     if found.stage != Stage::DgramOpen {
         let n = plain(buf)?;
         let peer = if found.kind == Kind::Dgram {
-            name(fd, true).and_then(Result::ok)
+            datagram_peer(fd)
         } else {
             if n == 0 && buf.room() != 0 && reset_at_end(fd) {
                 return Err(libc::ECONNRESET);
@@ -1922,6 +1953,18 @@ pub(crate) fn reset_at_end(fd: RawFd) -> bool {
 pub(crate) fn write_shut(fd: RawFd) {
     if let Some(watch) = flow_reset_watch(fd) {
         watch.write_shut();
+    }
+}
+
+/// A receive in a batch (`recvmmsg`) that had already received a message
+/// failed with `errno`, which ended the batch: as Linux keeps such an
+/// error for the socket's next call, a reset, which the shim reports
+/// once, is reported again by the next read.
+pub(crate) fn report_again(fd: RawFd, errno: Errno) {
+    if errno == libc::ECONNRESET {
+        if let Some(watch) = flow_reset_watch(fd) {
+            watch.report_again();
+        }
     }
 }
 

@@ -127,6 +127,8 @@ real_fns! {
     fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t;
     fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> ssize_t;
     fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int) -> ssize_t;
+    fn sendmmsg(fd: c_int, msgvec: *mut libc::mmsghdr, vlen: libc::c_uint, flags: c_int) -> c_int;
+    fn recvmmsg(fd: c_int, msgvec: *mut libc::mmsghdr, vlen: libc::c_uint, flags: c_int, timeout: *mut libc::timespec) -> c_int;
     fn readv(fd: c_int, iov: *const libc::iovec, count: c_int) -> ssize_t;
     fn writev(fd: c_int, iov: *const libc::iovec, count: c_int) -> ssize_t;
     fn shutdown(fd: c_int, how: c_int) -> c_int;

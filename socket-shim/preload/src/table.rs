@@ -18,7 +18,7 @@
 //! while dropping a Rust-owned descriptor (that would re-enter `close`).
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Once};
 
@@ -91,10 +91,9 @@ pub(crate) enum State {
     Failed,
     /// The descriptor is the application end of the listener's accept queue.
     Listening {
-        /// The connection that owns the listener in sald (and feeds the
-        /// queue): closing it unbinds the service. Shared by the numbers
-        /// `dup` made of the listener: the last one closed unbinds.
-        control: Arc<ControlClient>,
+        /// The connection that owns the listener in sald. Shared by the
+        /// numbers `dup` made of the listener: the last one closed unbinds.
+        control: Arc<ListenerControl>,
     },
     /// Inet mode: the program's own TCP socket, neither connected nor bound
     /// yet. Every call on it goes to the kernel; the entry only remembers
@@ -111,6 +110,29 @@ pub(crate) enum State {
     DgramOpen {
         bound: Option<(ControlClient, ListenerId)>,
     },
+}
+
+/// A listener's control connection to sald: closing it unbinds the
+/// service; a second `listen` sends its backlog through it.
+#[derive(Debug)]
+pub(crate) struct ListenerControl {
+    /// The listener, as sald names it.
+    pub listener: ListenerId,
+    /// The connection, one request at a time.
+    pub connection: Mutex<ControlClient>,
+    /// The connection's descriptor, for a close to shut it down without
+    /// waiting for a `listen` that is using it.
+    pub fd: RawFd,
+}
+
+impl ListenerControl {
+    pub(crate) fn new(listener: ListenerId, connection: ControlClient) -> ListenerControl {
+        ListenerControl {
+            listener,
+            fd: connection.as_fd().as_raw_fd(),
+            connection: Mutex::new(connection),
+        }
+    }
 }
 
 /// What the application's descriptor number means.
@@ -390,7 +412,7 @@ impl Table {
 
     /// Whether an entry still in the table holds `control` (a listener's
     /// control connection shared by `dup` copies).
-    pub(crate) fn holds_listener(&self, control: &Arc<ControlClient>) -> bool {
+    pub(crate) fn holds_listener(&self, control: &Arc<ListenerControl>) -> bool {
         self.guard.values().any(|entry| match &entry.state {
             State::Listening { control: other } => Arc::ptr_eq(other, control),
             _ => false,

@@ -70,6 +70,22 @@ fn datagrams_with_sendmsg_and_recvmsg() {
     srv.success(T);
 }
 
+/// Unconnected datagrams in batches, as on a UDP socket: `sendmmsg` sends
+/// each message to its `msg_name`, `recvmmsg` receives each with its
+/// sender (`MSG_WAITFORONE`, `MSG_DONTWAIT`), both return how many
+/// messages and set each one's `msg_len`; a message that fails ends the
+/// batch, whose error it is only if it was the first; the timeout is
+/// looked at after each message, as Linux does.
+#[test]
+fn datagrams_in_batches_with_sendmmsg_and_recvmmsg() {
+    let sald = Sald::start();
+    let mut srv = server(&sald, &["dgram-mmsg-server", "d09", "6"]);
+    client(&sald, &["dgram-mmsg-client", "d09"]).success(T);
+    srv.success(T);
+}
+
+/// Connected datagram flows: `recvmsg` and `recvmmsg` name the peer in
+/// `msg_name` as `recvfrom` does; `sendmmsg` sends on the flow.
 #[test]
 fn datagram_flows_listen_accept_and_half_close() {
     let sald = Sald::start();
@@ -251,6 +267,22 @@ fn copies_of_a_listener_and_a_flow_mean_the_same() {
     client(&sald, &["dup", "d0d0"]).success(T);
 }
 
+/// How many flows a listener on `service` that nobody accepts from takes
+/// before it refuses one (`serval_test backlog`), `backlogs` being those
+/// of its `listen` calls, in turn.
+fn flows_taken(sald: &Sald, service: &str, backlogs: &[usize]) -> usize {
+    let mut args = vec!["backlog".to_string(), service.to_string()];
+    args.extend(backlogs.iter().map(usize::to_string));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cmd = sald.run(&[], c_program(), &args);
+    cmd.stdout(Stdio::piped());
+    let mut run = Proc::spawn(&format!("serval_test {}", args.join(" ")), &mut cmd);
+    let stdout = run.child.stdout.take().expect("stdout");
+    let printed = std::io::read_to_string(stdout).expect("its count");
+    run.success(T);
+    printed.trim().parse().expect("a count")
+}
+
 /// `listen`'s backlog reaches sald (the shim binds at `bind`, with a
 /// backlog of 128, and used to leave it at that). A listener nobody
 /// accepts from takes flows until its accept queue's socket is full (a
@@ -259,21 +291,8 @@ fn copies_of_a_listener_and_a_flow_mean_the_same() {
 #[test]
 fn listen_s_backlog_bounds_the_flows_waiting_to_be_accepted() {
     let sald = Sald::start();
-    let taken = |service: &str, backlog: usize| -> usize {
-        let mut cmd = sald.run(
-            &[],
-            c_program(),
-            &["backlog", service, &backlog.to_string()],
-        );
-        cmd.stdout(Stdio::piped());
-        let mut run = Proc::spawn(&format!("serval_test backlog {backlog}"), &mut cmd);
-        let stdout = run.child.stdout.take().expect("stdout");
-        let printed = std::io::read_to_string(stdout).expect("its count");
-        run.success(T);
-        printed.trim().parse().expect("a count")
-    };
-    let small = taken("ba0c01", 1);
-    let large = taken("ba0c02", 1500);
+    let small = flows_taken(&sald, "ba0c01", &[1]);
+    let large = flows_taken(&sald, "ba0c02", &[1500]);
     assert!(large >= 1500, "backlog 1,500 took {large}");
     assert!(
         large - small >= 1400,
@@ -283,15 +302,21 @@ fn listen_s_backlog_bounds_the_flows_waiting_to_be_accepted() {
 
 /// A flow the server closes with the client's request unread is reset
 /// (by sald, as TCP resets it): the client reads the reply, then
-/// `ECONNRESET` once (through `read`, `recv`, `recvfrom`, `recvmsg` and
-/// `readv`), then end of file. A flow the server closes after reading the request ends with end
+/// `ECONNRESET` once (through `read`, `recv`, `recvfrom`, `recvmsg`,
+/// `readv` and `recvmmsg`), then end of file; a `recvmmsg` batch that
+/// takes the reply and meets the reset leaves the reset to the next read.
+/// A flow the server closes after reading the request ends with end
 /// of file only, also when the client shut its writing down (directly or
 /// through a copy), after which sald hangs the flow up too.
 #[test]
 fn a_reset_flow_reads_econnreset_once_a_finished_one_end_of_file() {
     let sald = Sald::start();
-    let mut srv = server(&sald, &["reset-server", "5e7", "reset", "5"]);
-    for how in ["read", "recv", "recvfrom", "recvmsg", "readv"] {
+    let hows = [
+        "read", "recv", "recvfrom", "recvmsg", "readv", "recvmmsg", "batch",
+    ];
+    let count = hows.len().to_string();
+    let mut srv = server(&sald, &["reset-server", "5e7", "reset", &count]);
+    for how in hows {
         client(&sald, &["reset-client", "5e7", "reset", how]).success(T);
     }
     srv.success(T);
@@ -305,6 +330,38 @@ fn a_reset_flow_reads_econnreset_once_a_finished_one_end_of_file() {
         ("clean-dup-shut", "recvfrom"),
     ] {
         client(&sald, &["reset-client", "5e8", mode, how]).success(T);
+    }
+    srv.success(T);
+}
+
+/// A second `listen` changes the backlog, as Linux's does (it used to
+/// keep the first one's): up from 1 to 1,500, and down from 1,500 to 1.
+#[test]
+fn a_second_listen_changes_the_backlog() {
+    let sald = Sald::start();
+    let raised = flows_taken(&sald, "ba0c03", &[1, 1500]);
+    let lowered = flows_taken(&sald, "ba0c04", &[1500, 1]);
+    assert!(
+        raised >= 1500,
+        "listen(1), then listen(1500): {raised} taken"
+    );
+    assert!(
+        raised >= lowered + 1400,
+        "listen(1500), then listen(1): {lowered} taken, against {raised}"
+    );
+}
+
+/// A reset that comes after the peer's FIN, which the client read as end
+/// of file, reads as end of file, as from TCP (whose reads return 0 once
+/// its FIN came); a write then fails with `EPIPE`.
+#[test]
+fn a_reset_after_the_fin_reads_as_end_of_file() {
+    let sald = Sald::start();
+    let hows = ["read", "recvmsg", "recvmmsg"];
+    let count = hows.len().to_string();
+    let mut srv = server(&sald, &["reset-server", "5e9", "fin-reset", &count]);
+    for how in hows {
+        client(&sald, &["reset-client", "5e9", "fin-reset", how]).success(T);
     }
     srv.success(T);
 }

@@ -34,8 +34,15 @@
  *   dgram-flow-server SID [COUNT]             bind, listen, accept COUNT datagram flows, echo
  *                                             each upper-cased until its end (the
  *                                             reference's udp_server_user)
- *   dgram-flow-client SID [bind|sendto]       connect a datagram flow, check the echo; first
+ *   dgram-flow-client SID [bind|sendto]       connect a datagram flow, check the echo (sent
+ *                                             with send, then sendmmsg; received with recvmsg,
+ *                                             then recvmmsg, each naming the peer); first
  *                                             bind the socket or send a datagram from it
+ *   dgram-mmsg-server SID COUNT               echo COUNT datagrams in batches (recvmmsg with
+ *                                             MSG_WAITFORONE, sendmmsg to the senders)
+ *   dgram-mmsg-client SID                     unconnected datagrams in batches (against
+ *                                             dgram-mmsg-server, COUNT 6): counts, msg_len,
+ *                                             senders; a batch cut by an error; timeouts
  *   retry DEAD LIVE                           non-blocking connect to DEAD fails; the same
  *                                             socket then connects to LIVE and echoes
  *   inet-client PORT SIZE                     inet mode (PORT mapped to a live service):
@@ -48,15 +55,22 @@
  *   dup SID                                   copies (dup, dup2, fcntl F_DUPFD) of a
  *                                             listener and of a flow mean what the
  *                                             original means; the last close unbinds
- *   backlog SID BACKLOG                       listen(BACKLOG), never accept; connect until
- *                                             refused, print how many were not
- *   reset-server SID reset|clean COUNT        accept COUNT flows one by one; reset: reply,
+ *   backlog SID BACKLOG [AGAIN]               listen(BACKLOG) (then listen(AGAIN)), never
+ *                                             accept; connect until refused, print how many
+ *                                             were not
+ *   reset-server SID MODE COUNT               accept COUNT flows one by one; reset: reply,
  *                                             close with the request unread (a reset);
- *                                             clean: read the request, reply, close
- *   reset-client SID MODE HOW                 HOW: read|recv|recvfrom|recvmsg|readv; request, reply; MODE reset: ECONNRESET once,
- *                                             then end of file; clean, clean-shut (after
- *                                             shutdown(SHUT_WR)), clean-dup-shut (through a
- *                                             copy): end of file
+ *                                             clean: read the request, reply, close;
+ *                                             fin-reset: reply, close (the request comes
+ *                                             after: a reset after the FIN)
+ *   reset-client SID MODE HOW                 HOW: read|recv|recvfrom|recvmsg|readv|recvmmsg;
+ *                                             request, reply; MODE reset: ECONNRESET once,
+ *                                             then end of file (HOW batch: reply and reset in
+ *                                             one recvmmsg, the reset from the next read);
+ *                                             clean, clean-shut (after shutdown(SHUT_WR)),
+ *                                             clean-dup-shut (through a copy): end of file;
+ *                                             fin-reset: reply, end of file, request, then
+ *                                             end of file and EPIPE
  *   connect-eintr S1 PORT S3 HOLE             blocking connects that wait as TCP's do
  *                                             (each service unreachable until the test
  *                                             starts a host for it: S1 after "connecting",
@@ -700,6 +714,30 @@ static int dgram_flow_server(const char *sid, int count) {
     return failures ? 1 : 0;
 }
 
+/* One datagram on a connected flow and its echo: with send and recvmsg,
+ * or (`batched`) sendmmsg and recvmmsg of one message; either receive
+ * names the sender, the service connected to, as recvfrom does. Returns
+ * the echo's length. */
+static ssize_t flow_exchange(int fd, const struct sockaddr_sv *peer, const char *msg, char *back,
+                             size_t room, int batched) {
+    struct iovec out = {(void *)msg, strlen(msg)};
+    struct mmsghdr sm = {.msg_hdr = {.msg_iov = &out, .msg_iovlen = 1}};
+    ssize_t sent = batched ? (sendmmsg(fd, &sm, 1, 0) == 1 ? (ssize_t)sm.msg_len : -1)
+                           : send(fd, msg, strlen(msg), 0);
+    if (sent != (ssize_t)strlen(msg)) die("send");
+    struct sv_from from;
+    memset(&from, 0, sizeof from);
+    struct iovec in = {back, room};
+    struct mmsghdr rm = {.msg_hdr = {.msg_name = &from, .msg_namelen = sizeof from, .msg_iov = &in, .msg_iovlen = 1}};
+    ssize_t n = batched ? (recvmmsg(fd, &rm, 1, 0, NULL) == 1 ? (ssize_t)rm.msg_len : -1)
+                        : recvmsg(fd, &rm.msg_hdr, 0);
+    CHECK(rm.msg_hdr.msg_namelen == sizeof from.sv && from.sv.sv_family == AF_SERVAL &&
+              !memcmp(&from.sv.sv_srvid, &peer->sv_srvid, SERVICE_ID_LEN),
+          "the flow's peer named by %s (namelen %u)", batched ? "recvmmsg" : "recvmsg",
+          (unsigned)rm.msg_hdr.msg_namelen);
+    return n;
+}
+
 static int dgram_flow_client(const char *sid, const char *before) {
     int fd = socket(AF_SERVAL, SOCK_DGRAM, 0);
     if (fd < 0) die("socket");
@@ -720,8 +758,7 @@ static int dgram_flow_client(const char *sid, const char *before) {
     const char *want[] = {"HELLO SERVAL", "QUIT"};
     for (int i = 0; i < 2; i++) {
         char back[64] = {0};
-        if (send(fd, msgs[i], strlen(msgs[i]), 0) != (ssize_t)strlen(msgs[i])) die("send");
-        ssize_t n = recv(fd, back, sizeof back, 0);
+        ssize_t n = flow_exchange(fd, &sa, msgs[i], back, sizeof back, i);
         CHECK(n == (ssize_t)strlen(want[i]) && memcmp(back, want[i], (size_t)n) == 0, "echo %d", i);
     }
     /* Our FIN; the server's comes back as the end of the flow. */
@@ -885,6 +922,151 @@ static int dgram_msg_client(const char *sid) {
     n = readv(fd, list, 2);
     CHECK(n == (ssize_t)sizeof payload && !memcmp(second, "tail", 4) && elsewhere[0] == 0,
           "scattered by the iovecs as they were: %zd bytes, second \"%.4s\"", n, second);
+    close(fd);
+    return failures ? 1 : 0;
+}
+
+#define BATCH 4
+
+/* A batch of BATCH messages, one iovec of `room` bytes each from `bufs`,
+ * and room for each sender's address in `from` (NULL: none). */
+static void batch_init(struct mmsghdr *v, struct iovec *iov, char (*bufs)[2048], size_t room,
+                       struct sv_from *from) {
+    memset(v, 0, BATCH * sizeof *v);
+    for (int i = 0; i < BATCH; i++) {
+        iov[i] = (struct iovec){bufs[i], room};
+        v[i].msg_hdr.msg_iov = &iov[i];
+        v[i].msg_hdr.msg_iovlen = 1;
+        if (from) {
+            v[i].msg_hdr.msg_name = &from[i];
+            v[i].msg_hdr.msg_namelen = sizeof from[i];
+        }
+    }
+}
+
+/* Echoes COUNT datagrams in batches: recvmmsg takes one or more
+ * (MSG_WAITFORONE: at least one, then what is queued), sendmmsg sends
+ * each back to its sender. */
+static int dgram_mmsg_server(const char *sid, int count) {
+    int fd = bound_dgram(sid, 0);
+    for (int echoed = 0; echoed < count;) {
+        char bufs[BATCH][2048];
+        struct sv_from from[BATCH];
+        struct iovec iov[BATCH];
+        struct mmsghdr v[BATCH];
+        batch_init(v, iov, bufs, sizeof bufs[0], from);
+        int n = recvmmsg(fd, v, BATCH, MSG_WAITFORONE, NULL);
+        if (n <= 0) die("recvmmsg");
+        for (int i = 0; i < n; i++) {
+            CHECK(v[i].msg_hdr.msg_namelen == sizeof from[i] && from[i].sv.sv_family == AF_SERVAL &&
+                      from[i].in.sin_family == AF_INET,
+                  "sender of message %d (namelen %u)", i, (unsigned)v[i].msg_hdr.msg_namelen);
+            iov[i].iov_len = v[i].msg_len;
+        }
+        int sent = sendmmsg(fd, v, (unsigned)n, 0);
+        CHECK(sent == n, "sendmmsg sent %d of %d", sent, n);
+        for (int i = 0; i < sent; i++)
+            CHECK(v[i].msg_len == iov[i].iov_len, "echo %d: %u of %zu bytes", i, v[i].msg_len, iov[i].iov_len);
+        echoed += n;
+    }
+    close(fd);
+    return failures ? 1 : 0;
+}
+
+/* Receives the echoes of the datagrams whose lengths `sizes` gives (each
+ * filled with its index, see mmsg_send), in batches, checking each
+ * one's length, bytes and sender; returns how many came. */
+static int mmsg_collect(int fd, const struct sockaddr_sv *sa, const size_t *sizes, int count) {
+    int seen = 0;
+    while (seen < count) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        if (poll(&p, 1, 10000) != 1) break;
+        char bufs[BATCH][2048];
+        struct sv_from from[BATCH];
+        struct iovec iov[BATCH];
+        struct mmsghdr v[BATCH];
+        batch_init(v, iov, bufs, sizeof bufs[0], from);
+        int n = recvmmsg(fd, v, BATCH, MSG_WAITFORONE, NULL);
+        CHECK(n >= 1, "recvmmsg: %d", n);
+        if (n < 1) break;
+        for (int i = 0; i < n; i++) {
+            int tag = bufs[i][0];
+            CHECK(tag >= 0 && tag < count && v[i].msg_len == sizes[tag] &&
+                      bufs[i][v[i].msg_len - 1] == tag,
+                  "echo %d: tag %d, %u bytes", i, tag, v[i].msg_len);
+            CHECK(v[i].msg_hdr.msg_namelen == sizeof from[i] &&
+                      !memcmp(&from[i].sv.sv_srvid, &sa->sv_srvid, SERVICE_ID_LEN),
+                  "echo %d's sender (namelen %u)", i, (unsigned)v[i].msg_hdr.msg_namelen);
+        }
+        seen += n;
+    }
+    return seen;
+}
+
+/* Sends, with one sendmmsg, `count` datagrams of the lengths `sizes`
+ * gives, each filled with its index, to `sa` (the one at `unnamed` without
+ * an address, if it is below `count`); returns what sendmmsg did, each
+ * message's msg_len checked. */
+static int mmsg_send(int fd, const struct sockaddr_sv *sa, const size_t *sizes, int count, int unnamed) {
+    static char bufs[BATCH][2048];
+    struct iovec iov[BATCH];
+    struct mmsghdr v[BATCH];
+    batch_init(v, iov, bufs, 0, NULL);
+    for (int i = 0; i < count; i++) {
+        memset(bufs[i], i, sizes[i]);
+        iov[i].iov_len = sizes[i];
+        if (i != unnamed) {
+            v[i].msg_hdr.msg_name = (void *)sa;
+            v[i].msg_hdr.msg_namelen = sizeof *sa;
+        }
+    }
+    int sent = sendmmsg(fd, v, (unsigned)count, 0);
+    for (int i = 0; i < sent; i++)
+        CHECK(v[i].msg_len == sizes[i], "sendmmsg: message %d's msg_len %u", i, v[i].msg_len);
+    return sent;
+}
+
+/* Unconnected datagrams in batches, against dgram-mmsg-server (COUNT 6):
+ * sendmmsg sends each message to its msg_name; recvmmsg receives each
+ * echo with its sender; a message that fails ends the batch (the error is
+ * the batch's only if it was the first); MSG_DONTWAIT; the timeout, as
+ * Linux's, is looked at after each message and gets the time left. */
+static int dgram_mmsg_client(const char *sid) {
+    int fd = socket(AF_SERVAL, SOCK_DGRAM, 0);
+    if (fd < 0) die("socket");
+    struct sockaddr_sv sa = sv_addr(sid);
+    const size_t sizes[BATCH] = {100, 1, 1360, 7};
+    CHECK(mmsg_send(fd, &sa, sizes, 3, -1) == 3, "three datagrams in one sendmmsg");
+    CHECK(mmsg_collect(fd, &sa, sizes, 3) == 3, "their three echoes");
+    /* The second message has no address: the batch ends after the first. */
+    CHECK(mmsg_send(fd, &sa, sizes, 3, 1) == 1, "a batch cut by its second message");
+    CHECK(mmsg_collect(fd, &sa, sizes, 1) == 1, "the echo of its first");
+    errno = 0;
+    CHECK(mmsg_send(fd, &sa, sizes, 2, 0) == -1 && errno == EDESTADDRREQ,
+          "a batch whose first message fails fails (errno %d)", errno);
+    char bufs[BATCH][2048];
+    struct iovec iov[BATCH];
+    struct mmsghdr v[BATCH];
+    batch_init(v, iov, bufs, sizeof bufs[0], NULL);
+    EXPECT_ERR(recvmmsg(fd, v, BATCH, MSG_DONTWAIT, NULL), EAGAIN);
+    CHECK(recvmmsg(fd, v, 0, 0, NULL) == 0, "a batch of none");
+    struct timespec bad = {0, 1000000000};
+    EXPECT_ERR(recvmmsg(fd, v, BATCH, 0, &bad), EINVAL);
+    /* Two echoes queued, a timeout of a nanosecond: one message (the
+     * timeout is over after it), and no time left. */
+    CHECK(mmsg_send(fd, &sa, sizes, 2, -1) == 2, "two more datagrams");
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    CHECK(poll(&p, 1, 10000) == 1, "an echo");
+    usleep(300000);
+    struct timespec brief = {0, 1};
+    batch_init(v, iov, bufs, sizeof bufs[0], NULL);
+    CHECK(recvmmsg(fd, v, BATCH, 0, &brief) == 1 && brief.tv_sec == 0 && brief.tv_nsec == 0,
+          "one message within the timeout, none left (%ld.%09ld)", (long)brief.tv_sec, brief.tv_nsec);
+    int first = bufs[0][0];
+    batch_init(v, iov, bufs, sizeof bufs[0], NULL);
+    CHECK(recvmmsg(fd, v, BATCH, MSG_DONTWAIT, NULL) == 1 && (first == 0 || first == 1) &&
+              first + bufs[0][0] == 1 && v[0].msg_len == sizes[(int)bufs[0][0]],
+          "the other echo (tag %d, %u bytes)", bufs[0][0], v[0].msg_len);
     close(fd);
     return failures ? 1 : 0;
 }
@@ -1214,9 +1396,10 @@ static int dup_copies(const char *sid) {
 /* Accepts COUNT connections one after the other. "reset": replies, waits
  * until the client's request is in, and closes without reading it (sald
  * then resets the flow, as TCP does). "clean": reads the request,
- * replies, closes. */
+ * replies, closes. "fin-reset": replies and closes (a FIN); the request
+ * comes after, to a flow nobody reads, and sald resets it. */
 static int reset_server(const char *sid, const char *mode, int count) {
-    int reset = !strcmp(mode, "reset");
+    int reset = !strcmp(mode, "reset"), fin_reset = !strcmp(mode, "fin-reset");
     int fd = socket(AF_SERVAL, SOCK_STREAM, 0);
     if (fd < 0) die("socket");
     struct sockaddr_sv sa = sv_addr(sid);
@@ -1233,6 +1416,8 @@ static int reset_server(const char *sid, const char *mode, int count) {
             CHECK(poll(&p, 1, 20000) == 1 && (p.revents & POLLIN), "the request arrives");
             /* The reply leaves before the reset does. */
             usleep(200000);
+        } else if (fin_reset) {
+            CHECK(write_all(c, (const unsigned char *)REPLY, strlen(REPLY)) == 0, "reply");
         } else {
             char req[sizeof REQUEST - 1];
             size_t got = 0;
@@ -1251,8 +1436,8 @@ static int reset_server(const char *sid, const char *mode, int count) {
     return failures ? 1 : 0;
 }
 
-/* A read of `fd` with `how`: read, recv, recvfrom, recvmsg or readv (the
- * last two into two iovecs). */
+/* A read of `fd` with `how`: read, recv, recvfrom, recvmsg, readv or
+ * recvmmsg of one message (the last three into two iovecs). */
 static ssize_t read_with(const char *how, int fd, char *buf, size_t len) {
     if (!strcmp(how, "recv")) return recv(fd, buf, len, 0);
     if (!strcmp(how, "recvfrom")) return recvfrom(fd, buf, len, 0, NULL, NULL);
@@ -1263,20 +1448,94 @@ static ssize_t read_with(const char *how, int fd, char *buf, size_t len) {
         struct msghdr m = {.msg_name = &from, .msg_namelen = sizeof from, .msg_iov = iov, .msg_iovlen = 2};
         return recvmsg(fd, &m, 0);
     }
+    if (!strcmp(how, "recvmmsg")) {
+        struct mmsghdr m = {.msg_hdr = {.msg_iov = iov, .msg_iovlen = 2}};
+        int got = recvmmsg(fd, &m, 1, 0, NULL);
+        return got == 1 ? (ssize_t)m.msg_len : -1;
+    }
     return read(fd, buf, len);
+}
+
+/* A blocking stream connected to `sid`. */
+static int stream_to(const char *sid) {
+    int fd = socket(AF_SERVAL, SOCK_STREAM, 0);
+    if (fd < 0) die("socket");
+    struct sockaddr_sv sa = sv_addr(sid);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) die("connect");
+    return fd;
+}
+
+/* Reads REPLY from `fd` with `how`, checking it came whole. */
+static void read_reply(const char *how, int fd) {
+    char buf[64];
+    size_t got = 0;
+    while (got < strlen(REPLY)) {
+        ssize_t n = read_with(how, fd, buf + got, sizeof buf - got);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        got += (size_t)n;
+    }
+    CHECK(got == strlen(REPLY) && !memcmp(buf, REPLY, got), "the reply (%zu bytes)", got);
+}
+
+/* Waits `ms` milliseconds at most for `fd` to hang up; returns whether it
+ * did. */
+static int hung_up(int fd, int ms) {
+    struct pollfd p = {.fd = fd, .events = 0};
+    return poll(&p, 1, ms) == 1 && (p.revents & POLLHUP);
+}
+
+/* Against a fin-reset server: the server's FIN, read as end of file, then
+ * a reset (the request, sent after it, reaches a flow nobody reads). As
+ * from TCP, whose reads give 0 once its FIN came, reads go on giving end
+ * of file, and a write fails with EPIPE. */
+static int fin_reset_client(const char *sid, const char *how) {
+    int fd = stream_to(sid);
+    read_reply(how, fd);
+    char buf[64];
+    CHECK(read_with(how, fd, buf, sizeof buf) == 0, "the server's FIN");
+    CHECK(!hung_up(fd, 0), "no reset before the request");
+    CHECK(write_all(fd, (const unsigned char *)REQUEST, strlen(REQUEST)) == 0, "request");
+    CHECK(hung_up(fd, 20000), "the reset's hang-up");
+    CHECK(read_with(how, fd, buf, sizeof buf) == 0, "end of file after the FIN and the reset");
+    CHECK(read_with(how, fd, buf, sizeof buf) == 0, "end of file again");
+    EXPECT_ERR(send(fd, "x", 1, MSG_NOSIGNAL), EPIPE);
+    CHECK(close(fd) == 0, "close");
+    return failures ? 1 : 0;
+}
+
+/* Against a reset server: the reply and the reset taken in one recvmmsg
+ * batch of two. The batch ends with the reply; the reset that ended it
+ * comes from the next read, as Linux keeps a batch's later error for the
+ * socket's next call. */
+static int reset_batch_client(const char *sid) {
+    int fd = stream_to(sid);
+    CHECK(write_all(fd, (const unsigned char *)REQUEST, strlen(REQUEST)) == 0, "request");
+    CHECK(hung_up(fd, 20000), "hang-up");
+    char bufs[2][64];
+    struct iovec iov[2] = {{bufs[0], sizeof bufs[0]}, {bufs[1], sizeof bufs[1]}};
+    struct mmsghdr m[2] = {{.msg_hdr = {.msg_iov = &iov[0], .msg_iovlen = 1}},
+                           {.msg_hdr = {.msg_iov = &iov[1], .msg_iovlen = 1}}};
+    CHECK(recvmmsg(fd, m, 2, 0, NULL) == 1 && m[0].msg_len == strlen(REPLY) &&
+              !memcmp(bufs[0], REPLY, strlen(REPLY)),
+          "the reply alone (%u bytes)", m[0].msg_len);
+    EXPECT_ERR(read(fd, bufs[0], sizeof bufs[0]), ECONNRESET);
+    CHECK(read(fd, bufs[0], sizeof bufs[0]) == 0, "end of file after the reset");
+    CHECK(close(fd) == 0, "close");
+    return failures ? 1 : 0;
 }
 
 /* Sends the request and reads the reply with `how`, then, as from TCP:
  * "reset" (a reset-server reset): ECONNRESET once, then end of file (in a
  * copy too); "clean": end of file; "clean-shut": the same after
  * shutdown(SHUT_WR) following the request ("clean-dup-shut": shut down
- * through a copy, since closed). */
+ * through a copy, since closed). "fin-reset", and "reset" with HOW
+ * "batch": see fin_reset_client and reset_batch_client. */
 static int reset_client(const char *sid, const char *mode, const char *how) {
+    if (!strcmp(mode, "fin-reset")) return fin_reset_client(sid, how);
+    if (!strcmp(how, "batch")) return reset_batch_client(sid);
     int reset = !strcmp(mode, "reset");
-    int fd = socket(AF_SERVAL, SOCK_STREAM, 0);
-    if (fd < 0) die("socket");
-    struct sockaddr_sv sa = sv_addr(sid);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) die("connect");
+    int fd = stream_to(sid);
     CHECK(write_all(fd, (const unsigned char *)REQUEST, strlen(REQUEST)) == 0, "request");
     int shut = 0;
     if (!strcmp(mode, "clean-shut")) {
@@ -1290,20 +1549,10 @@ static int reset_client(const char *sid, const char *mode, const char *how) {
     }
     int copy = reset ? dup(fd) : -1;
     char buf[64];
-    size_t got = 0;
-    while (got < strlen(REPLY)) {
-        ssize_t n = read_with(how, fd, buf + got, sizeof buf - got);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) break;
-        got += (size_t)n;
-    }
-    CHECK(got == strlen(REPLY) && !memcmp(buf, REPLY, got), "the reply (%zu bytes)", got);
-    if (reset || shut) {
-        /* A reset, and a flow finished after this end shut its writing
-         * down, both look like a hang-up to poll. */
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        CHECK(poll(&p, 1, 20000) == 1 && (p.revents & POLLHUP), "hang-up (revents %#x)", p.revents);
-    }
+    read_reply(how, fd);
+    /* A reset, and a flow finished after this end shut its writing down,
+     * both look like a hang-up to poll. */
+    if (reset || shut) CHECK(hung_up(fd, 20000), "hang-up");
     if (reset) {
         CHECK(read_with(how, fd, buf, 0) == 0, "a read of nothing reports nothing");
         EXPECT_ERR(read_with(how, fd, buf, sizeof buf), ECONNRESET);
@@ -1573,11 +1822,11 @@ static int connect_eintr(const char *s1, int port, const char *s3, const char *h
     return failures ? 1 : 0;
 }
 
-/* Binds, listens with BACKLOG and never accepts; connects (blocking, from
- * this process, keeping every flow) until one is refused, and prints how
- * many were not: the accept queue's socket holds some, the listener's
- * backlog in sald the rest. */
-static int backlog_fill(const char *sid, int backlog) {
+/* Binds, listens with BACKLOG (then again with AGAIN, if not negative)
+ * and never accepts; connects (blocking, from this process, keeping every
+ * flow) until one is refused, and prints how many were not: the accept
+ * queue's socket holds some, the listener's backlog in sald the rest. */
+static int backlog_fill(const char *sid, int backlog, int again) {
     struct rlimit most;
     if (getrlimit(RLIMIT_NOFILE, &most) == 0) {
         most.rlim_cur = most.rlim_max;
@@ -1585,7 +1834,8 @@ static int backlog_fill(const char *sid, int backlog) {
     }
     struct sockaddr_sv sa = sv_addr(sid);
     int l = socket(AF_SERVAL, SOCK_STREAM, 0);
-    CHECK(bind(l, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(l, backlog) == 0,
+    CHECK(bind(l, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(l, backlog) == 0 &&
+              (again < 0 || listen(l, again) == 0),
           "bind and listen");
     int opened = 0;
     for (; opened < 5000; opened++) {
@@ -1624,12 +1874,14 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "dgram-msg-server")) return dgram_msg_server(sid, (int)n);
     if (!strcmp(cmd, "dgram-msg-client")) return dgram_msg_client(sid);
     if (!strcmp(cmd, "dgram-flow-server")) return dgram_flow_server(sid, (int)n);
+    if (!strcmp(cmd, "dgram-mmsg-server")) return dgram_mmsg_server(sid, (int)n);
+    if (!strcmp(cmd, "dgram-mmsg-client")) return dgram_mmsg_client(sid);
     if (!strcmp(cmd, "dgram-flow-client")) return dgram_flow_client(sid, argc > 3 ? argv[3] : NULL);
     if (!strcmp(cmd, "retry") && argc > 3) return retry(sid, argv[3]);
     if (!strcmp(cmd, "inet-client")) return inet_client(atoi(sid), argc > 3 ? (size_t)n : 1000);
     if (!strcmp(cmd, "inet-retry") && argc > 3) return inet_retry(atoi(sid), atoi(argv[3]));
     if (!strcmp(cmd, "dup")) return dup_copies(sid);
-    if (!strcmp(cmd, "backlog")) return backlog_fill(sid, (int)n);
+    if (!strcmp(cmd, "backlog")) return backlog_fill(sid, (int)n, argc > 4 ? atoi(argv[4]) : -1);
     if (!strcmp(cmd, "reset-server") && argc > 4) return reset_server(sid, argv[3], atoi(argv[4]));
     if (!strcmp(cmd, "reset-client") && argc > 4) return reset_client(sid, argv[3], argv[4]);
     if (!strcmp(cmd, "connect-eintr") && argc > 5) return connect_eintr(sid, atoi(argv[3]), argv[4], argv[5]);
