@@ -29,7 +29,7 @@ use super::flow::Endpoint;
 use super::{Event, Host, HostConfig, HostError, SynCookies};
 use crate::id::{FlowId, ServiceId, ServicePrefix};
 use crate::locator::Locator;
-use crate::table::{ListenerId, Target, TargetKey};
+use crate::table::{ListenerId, PrefixTrie, Target, TargetKey};
 use crate::wire::{SalRepr, TransportProtocol};
 
 /// A half-open flow's client: its locator and its flow ID. The whole
@@ -99,6 +99,11 @@ pub(super) struct Listeners {
     next_id: u64,
     /// Half-open server flows by client, across all listeners.
     by_client: HashMap<ClientKey, FlowId>,
+    /// The prefixes of drained listeners, each with how many are drained
+    /// on it (a prefix drained, then bound and drained again, has two):
+    /// whether a SYN is for a drained listener is one lookup, however
+    /// many listeners there are (every unbound datagram socket is one).
+    drained: PrefixTrie<usize>,
 }
 
 impl Default for Listeners {
@@ -107,6 +112,7 @@ impl Default for Listeners {
             by_id: HashMap::new(),
             next_id: 1,
             by_client: HashMap::new(),
+            drained: PrefixTrie::new(),
         }
     }
 }
@@ -195,6 +201,15 @@ impl Listeners {
         for (client, _) in &listener.half_open {
             self.by_client.remove(client);
         }
+        if listener.draining {
+            let left = (self.drained.get_mut(&listener.prefix)).map(|count| {
+                *count = count.saturating_sub(1);
+                *count
+            });
+            if left == Some(0) {
+                self.drained.remove(&listener.prefix);
+            }
+        }
         Some(Removed {
             prefix: listener.prefix,
             ephemeral: listener.ephemeral,
@@ -210,7 +225,16 @@ impl Listeners {
     /// it is an unbound datagram socket's own service ID (no service).
     pub fn drain(&mut self, id: ListenerId) -> Option<bool> {
         let listener = self.by_id.get_mut(&id).filter(|l| !l.ephemeral)?;
-        Some(!std::mem::replace(&mut listener.draining, true))
+        let newly = !std::mem::replace(&mut listener.draining, true);
+        if newly {
+            match self.drained.get_mut(&listener.prefix) {
+                Some(count) => *count += 1,
+                None => {
+                    self.drained.insert(&listener.prefix, 1);
+                }
+            }
+        }
+        Some(newly)
     }
 
     /// Whether listener `id` is drained.
@@ -221,9 +245,7 @@ impl Listeners {
     /// Whether a drained listener's prefix covers `service`: a SYN for it is
     /// one the routers sent before they learned of the drain.
     pub fn draining_covers(&self, service: &ServiceId) -> bool {
-        self.by_id
-            .values()
-            .any(|l| l.draining && l.prefix.contains(service))
+        self.drained.longest_match(service).is_some()
     }
 
     /// Flows listener `id` admitted that the application has not taken
@@ -625,6 +647,31 @@ mod tests {
         assert_eq!(l.half_open_flow(CLIENT, flow(102)), None);
         assert_eq!(l.len(), 0);
         assert!(!l.established(id, flow(3)), "the listener is gone");
+    }
+
+    #[test]
+    fn a_prefix_stays_drained_while_a_drained_listener_on_it_remains() {
+        let (mut l, first) = listeners(8);
+        let service: ServiceId = "beef01".parse().unwrap();
+        assert!(!l.draining_covers(&service));
+        assert_eq!(l.drain(first), Some(true));
+        assert_eq!(l.drain(first), Some(false), "counted once");
+        assert!(l.draining_covers(&service));
+        assert!(!l.draining_covers(&"cafe".parse().unwrap()));
+        // Bound again on the same prefix, and drained again.
+        let second = l.allocate_id();
+        l.insert(
+            second,
+            "beef/16".parse().unwrap(),
+            TransportProtocol::Stream,
+            8,
+            None,
+        );
+        assert_eq!(l.drain(second), Some(true));
+        l.remove(first);
+        assert!(l.draining_covers(&service), "the second is still drained");
+        l.remove(second);
+        assert!(!l.draining_covers(&service));
     }
 
     #[test]

@@ -471,8 +471,12 @@ impl Host {
         let Ok(flow) = self.flow_mut(id) else {
             return;
         };
+        // A locator the peer advertised and left: its answer would not be
+        // followed (see `Host::peer_rebound`), and spending the flow's
+        // challenges on it would cancel the one its RSYN drew.
         if flow.state != FlowState::Established
             || flow.path.remote == Some(src)
+            || flow.path.left_behind(src)
             || !flow.nat.may_challenge(now, for_peer)
         {
             return;
@@ -645,10 +649,10 @@ impl Host {
         let Ok(flow) = self.flow_mut(id) else {
             return false;
         };
-        let named = sought || flow.path.moving_to == Some(src);
-        if !named && flow.path.advertises(src) {
+        if !sought && flow.path.left_behind(src) {
             return false;
         }
+        let named = sought || flow.path.moving_to == Some(src);
         if flow.state != FlowState::Established || !flow.path.follow_peer(src) {
             return false;
         }

@@ -116,6 +116,14 @@ impl Path {
         self.peer_locators.contains(&locator)
     }
 
+    /// Whether `locator` is one the peer advertised that its latest RSYN
+    /// did not name: packets from there are late ones from a locator it
+    /// left (or forged), and only a silence of ours makes it worth a
+    /// challenge (see `nat.rs`).
+    pub fn left_behind(&self, locator: Locator) -> bool {
+        self.moving_to != Some(locator) && self.advertises(locator)
+    }
+
     /// The entry of `locator` among those the peer advertised, if there.
     fn advertised_slot(&mut self, locator: Locator) -> Option<&mut Locator> {
         self.peer_locators.iter_mut().find(|l| **l == locator)
