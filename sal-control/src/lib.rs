@@ -649,6 +649,16 @@ pub struct StatsReport {
     /// until it completes, fails, times out or is given up on).
     #[serde(default)]
     pub connects_pending: u64,
+    /// Drained listeners that waiting drains watch now, for the flows
+    /// pending on them to be taken (an entry each, kept only while a drain
+    /// waits on it).
+    #[serde(default)]
+    pub drains_watching: u64,
+    /// Listeners whose pending flows drains counted, one per listener per
+    /// look: a waiting drain looks again only when a listener it waits on
+    /// has none left.
+    #[serde(default)]
+    pub drain_looks: u64,
 }
 
 /// Puts a long list answer back together from its parts (see the module

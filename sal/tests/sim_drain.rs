@@ -185,6 +185,40 @@ fn a_drained_listener_keeps_what_it_admitted_and_new_connections_go_elsewhere() 
     }
 }
 
+fn settled(net: &mut Network, host: HostId, listener: ListenerId) -> usize {
+    let said = Event::Settled(listener);
+    net.sim_host(host)
+        .events
+        .iter()
+        .filter(|e| **e == said)
+        .count()
+}
+
+/// A drained listener says when it holds nothing more for the application
+/// (`Event::Settled`), so that whoever waits to close it need not keep
+/// looking: once, when its last flow is accepted, and not before; a
+/// serving listener never says so.
+#[test]
+fn a_drained_listener_says_when_its_last_flow_is_accepted() {
+    let (mut net, client, _router, [s1, s2], [l1, l2]) = replicated();
+    queue_flows_on(&mut net, client, s1, l1);
+    net.host(s1).drain_listener(l1).unwrap();
+    // Every flow s1 admitted completes its handshake and waits in its
+    // queue; the ones the router sent to s2 are accepted there.
+    net.run_for(secs(2));
+    while net.host(s2).accept(l2).is_ok() {}
+    let queued = net.host(s1).listener_pending(l1).unwrap();
+    assert!(queued >= 2, "{queued} pending");
+    for left in (0..queued).rev() {
+        net.host(s1).accept(l1).unwrap();
+        net.settle();
+        assert_eq!(net.host(s1).listener_pending(l1), Some(left));
+        let expected = usize::from(left == 0);
+        assert_eq!(settled(&mut net, s1, l1), expected, "{left} left");
+    }
+    assert_eq!(settled(&mut net, s2, l2), 0, "s2 serves");
+}
+
 #[test]
 fn closing_a_drained_listener_leaves_a_new_binding_of_the_prefix_alone() {
     let (mut net, _client, _router, [s1, _], [l1, _]) = replicated();
@@ -284,6 +318,11 @@ fn a_late_server_of_a_retransmitted_syn_is_reset_and_forgets_its_half_open_flow(
         net.now() - start < secs(2),
         "s1 forgot it only after {}",
         net.now() - start
+    );
+    assert_eq!(
+        settled(&mut net, s1, l1),
+        1,
+        "s1 said its last half-open flow died"
     );
     assert!(net.host(s1).flows().is_empty());
     assert_eq!(

@@ -1,9 +1,9 @@
 //! The daemon's shared state: the sans-IO [`Host`] behind a mutex, the links
 //! it transmits on, and the bookkeeping that connects host events to the
-//! tasks waiting on them (app flows, pending accepts and connects,
-//! subscribers), with who owns what ([`Owners`]) and who installed which
-//! rule ([`Origins`]). Everything here belongs to one daemon: two daemons in
-//! one process share nothing.
+//! tasks waiting on them (app flows, pending accepts and connects, waiting
+//! drains, subscribers), with who owns what ([`Owners`]) and who installed
+//! which rule ([`Origins`]). Everything here belongs to one daemon: two
+//! daemons in one process share nothing.
 //!
 //! Every task that touches the host does so in a short critical section and
 //! ends it with [`Core::run`], which advances the host, writes its transmits
@@ -24,8 +24,9 @@ use sal::time::Instant;
 use sal::wire::{Ipv4Carriage, IPV4_HEADER_LEN};
 use sal::{FlowId, Locator};
 use sal_control::{ControlEvent, StatsReport};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 
+use crate::drains::DrainWatches;
 use crate::events::{Audience, EventBus, Subscription};
 use crate::link::{tun_egress_ttl, TunLink};
 use crate::origins::Origins;
@@ -94,6 +95,11 @@ pub struct Core {
     in_hand: HashMap<ListenerId, usize>,
     /// Listeners whose flows a `Deliver` feeder is handing out: one each.
     delivering: HashSet<ListenerId>,
+    /// Drained listeners that waiting drains watch until nothing is
+    /// pending on them (see [`Core::pending`]).
+    drain_watches: DrainWatches,
+    /// Listeners drains looked at (see [`Core::drain_look`]).
+    drain_looks: u64,
     pending_connects: HashMap<FlowId, oneshot::Sender<Result<FlowInfo, ConnectError>>>,
     events: EventBus,
     /// Who installed which rule target.
@@ -143,6 +149,8 @@ impl Shared {
                 pending_accepts: HashMap::new(),
                 in_hand: HashMap::new(),
                 delivering: HashSet::new(),
+                drain_watches: DrainWatches::default(),
+                drain_looks: 0,
                 pending_connects: HashMap::new(),
                 events: EventBus::new(event_queue),
                 origins: Origins::default(),
@@ -386,6 +394,7 @@ impl Core {
                     let owner = self.owners.listener_owner(listener);
                     self.publish(ControlEvent::Unregistered { prefix }, owner);
                 }
+                Event::Settled(listener) => self.pending_fell(listener),
                 Event::Migrated(flow, locator) => {
                     tracing::info!(%flow, %locator, "flow migrated");
                     if let Some(signal) = self.flows.get(&flow) {
@@ -441,6 +450,7 @@ impl Core {
         self.flows.shrink_to_fit();
         self.pending_accepts.shrink_to_fit();
         self.in_hand.shrink_to_fit();
+        self.drain_watches.shrink_to_fit();
         self.pending_connects.shrink_to_fit();
         self.owners.shrink_to_fit();
     }
@@ -493,6 +503,54 @@ impl Core {
                 self.in_hand.remove(&listener);
             }
         }
+        self.pending_fell(listener);
+    }
+
+    /// Flows `listener` admitted that are not the application's yet: those
+    /// the host still holds (half-open or queued) and those on their way
+    /// to the application ([`Core::in_hand`]); none once it is closed.
+    /// What a drain waits to see at 0: on a drained listener, which admits
+    /// no new flow, it only ever falls.
+    pub fn pending(&self, listener: ListenerId) -> usize {
+        self.host
+            .listener_pending(listener)
+            .map_or(0, |queued| queued + self.in_hand(listener))
+    }
+
+    /// [`Core::pending`], looked at on a drain's behalf: counted, for
+    /// `servalctl stats` (`drain_looks`) and the tests that check that a
+    /// waiting drain does not poll.
+    pub fn drain_look(&mut self, listener: ListenerId) -> usize {
+        self.drain_looks += 1;
+        self.pending(listener)
+    }
+
+    /// A waiting drain's look: the first of `listeners` that has flows
+    /// pending, with its index, watched from now on (see
+    /// [`crate::drains`]), so that its settling wakes the drain even if it
+    /// comes before the drain sleeps; `None` if none has any. Give the
+    /// watch back with [`Core::unwatch_drained`].
+    pub fn watch_first_pending(
+        &mut self,
+        listeners: &[ListenerId],
+    ) -> Option<(usize, ListenerId, watch::Receiver<()>)> {
+        let (at, &listener) =
+            (listeners.iter().enumerate()).find(|&(_, &l)| self.drain_look(l) > 0)?;
+        Some((at, listener, self.drain_watches.watch(listener)))
+    }
+
+    /// Gives back a watch of [`Core::watch_first_pending`].
+    pub fn unwatch_drained(&mut self, listener: ListenerId, watch: watch::Receiver<()>) {
+        self.drain_watches.unwatch(listener, watch);
+    }
+
+    /// `listener`'s pending flows fell (the host let one go, the
+    /// application took one, or the listener closed): the drains watching
+    /// it wake if none are left. One lookup for a listener nobody watches.
+    fn pending_fell(&mut self, listener: ListenerId) {
+        if self.drain_watches.is_watched(listener) && self.pending(listener) == 0 {
+            self.drain_watches.settled(listener);
+        }
     }
 
     /// Withdraws a wait for `listener`'s next flow: a flow that reached
@@ -510,8 +568,8 @@ impl Core {
     }
 
     /// Closes a listener (see [`Host::close_listener`]); whoever waits for
-    /// its flows (an `Accept`, a `Deliver` queue's feeder) learns it is
-    /// gone.
+    /// its flows (an `Accept`, a `Deliver` queue's feeder) or for them to
+    /// be taken (a waiting drain) learns it is gone.
     pub fn close_listener(&mut self, listener: ListenerId) -> Result<(), HostError> {
         self.pending_accepts.remove(&listener);
         let socket = self.host.listener_socket(listener);
@@ -522,6 +580,8 @@ impl Core {
         if let Some(signal) = socket.and_then(|socket| self.flows.get(&socket)) {
             signal.wake();
         }
+        // Nothing is pending on it any more: drains waiting on it answer.
+        self.pending_fell(listener);
         closed
     }
 
@@ -609,6 +669,8 @@ impl Core {
             buffer_limit: self.host.config().buffer_memory_limit.unwrap_or(0) as u64,
             buffer_limit_per_uid: self.host.config().buffer_memory_group_limit.unwrap_or(0) as u64,
             connects_pending: self.pending_connects.len() as u64,
+            drains_watching: self.drain_watches.len() as u64,
+            drain_looks: self.drain_looks,
         }
     }
 

@@ -8,6 +8,7 @@
 //! | [`config`] | flags and the TOML file |
 //! | [`daemon`] | the shared state: the host behind a lock, dispatching its events |
 //! | [`control`] | the control socket: accept loop, clients, one function per request |
+//! | [`drains`] | the listeners waiting drains watch, woken when nothing is pending on them |
 //! | [`pump`] | bytes between applications' sockets and flows |
 //! | [`app_socket`] | our end of an application's socketpair, woken only for what it waits for |
 //! | [`memory`] | giving memory back to the system after flows close |
@@ -27,6 +28,7 @@ pub mod app_socket;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod drains;
 pub mod events;
 pub mod link;
 pub mod memory;

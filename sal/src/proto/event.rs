@@ -47,6 +47,13 @@ pub enum Event {
     Registered(ListenerId, ServicePrefix),
     /// A local listener stopped serving this prefix (drained or closed).
     Unregistered(ListenerId, ServicePrefix),
+    /// A drained listener holds no flow for the application any more: the
+    /// last one it had admitted was accepted, or died half-open or queued.
+    /// It can close now without resetting anyone. Only drained listeners
+    /// say so (a serving one empties its queue at every accept), each time
+    /// their count falls to 0; as a drained listener admits no new flow,
+    /// that is once.
+    Settled(ListenerId),
     /// This end moved the flow to the locator of another interface.
     Migrated(FlowId, Locator),
     /// The peer moved the flow to a new locator.

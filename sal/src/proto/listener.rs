@@ -15,7 +15,9 @@
 //! for its prefix that still arrive meanwhile (sent before the withdrawal
 //! reached the routers) are dropped without a reset, so that their clients
 //! retransmit and reach another instance instead of failing. Closing a
-//! drained listener once it has nothing pending costs no connection.
+//! drained listener once it has nothing pending costs no connection; the
+//! host says when that is ([`Event::Settled`]), so that a driver waiting
+//! for it need not keep looking.
 //!
 //! Half-open flows are bounded twice more, per listener and host-wide (see
 //! [`HostConfig::half_open_limit`](super::HostConfig)): past those bounds a
@@ -333,16 +335,21 @@ impl Listeners {
         true
     }
 
-    /// Forgets a flow that is going away, half-open or waiting for accept.
-    pub fn forget(&mut self, id: ListenerId, flow: FlowId) {
+    /// Forgets a flow that is going away, half-open or waiting for accept;
+    /// whether it was either (false: accepted already, or its listener is
+    /// gone).
+    pub fn forget(&mut self, id: ListenerId, flow: FlowId) -> bool {
         let Some(listener) = self.by_id.get_mut(&id) else {
-            return;
+            return false;
         };
         if let Some(at) = listener.half_open.iter().position(|&(_, f)| f == flow) {
             let (client, _) = listener.half_open.swap_remove(at);
             self.by_client.remove(&client);
+            return true;
         }
+        let queued = listener.accept_queue.len();
         listener.accept_queue.retain(|&queued| queued != flow);
+        listener.accept_queue.len() < queued
     }
 
     /// Takes the next established flow from a listener's accept queue.
@@ -553,7 +560,16 @@ impl Host {
             accepted.unaccepted = false;
             self.mark_dirty(flow);
         }
+        self.pending_fell(id);
         Ok(flow)
+    }
+
+    /// A flow left `listener`'s pending ones (accepted, or gone before):
+    /// a drained listener left with none says so ([`Event::Settled`]).
+    pub(super) fn pending_fell(&mut self, listener: ListenerId) {
+        if self.listeners.is_draining(listener) && self.listeners.pending(listener) == Some(0) {
+            self.events.push_back(Event::Settled(listener));
+        }
     }
 }
 
@@ -638,7 +654,8 @@ mod tests {
     fn forgetting_and_removing_undo_the_accounting() {
         let (mut l, id) = listeners(1);
         l.syn_received(id, CLIENT, flow(100), flow(1));
-        l.forget(id, flow(1));
+        assert!(l.forget(id, flow(1)), "it was half-open");
+        assert!(!l.forget(id, flow(1)), "forgotten already");
         assert!(l.admits(id, TransportProtocol::Stream));
         assert_eq!(l.half_open_flow(CLIENT, flow(100)), None);
         l.syn_received(id, CLIENT, flow(102), flow(3));

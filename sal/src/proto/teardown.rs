@@ -133,8 +133,8 @@ impl Host {
         if let Some(socket) = flow.stream().and_then(|s| s.socket.as_ref()) {
             self.account_buffers(flow.group, socket.buffer_memory(), 0);
         }
-        if let Some(listener) = flow.listener {
-            self.listeners.forget(listener, id);
+        if let Some(listener) = flow.listener.filter(|&l| self.listeners.forget(l, id)) {
+            self.pending_fell(listener);
         }
         self.events.push_back(Event::Closed(id));
     }

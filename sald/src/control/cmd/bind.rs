@@ -154,7 +154,15 @@ pub(super) async fn accept(client: &mut Client, listener: ListenerId, nonblockin
     }
     let shared = client.context.shared.clone();
     let flow = if nonblocking {
-        match shared.lock().host.accept(listener) {
+        let accepted = {
+            let mut core = shared.lock();
+            let accepted = core.host.accept(listener);
+            // What the host says of it goes out now: a drained listener's
+            // last flow wakes the drains waiting on it (`Event::Settled`).
+            core.run();
+            accepted
+        };
+        match accepted {
             Ok(flow) => flow,
             Err(error) => return host_error(error),
         }
