@@ -20,6 +20,9 @@
 //! socket was not hung up yet (sald had shut it down for writing only):
 //! when the reset came before any read saw the end of file, the socket
 //! looks as after a reset alone, and the end of file is `ECONNRESET`.
+//! Once this end has shut its own reading down, its reads give end of
+//! file with no end of stream from the peer, so they tell nothing of it:
+//! a reset after them is `ECONNRESET`, as from TCP after `SHUT_RD`.
 
 use std::io;
 use std::os::fd::BorrowedFd;
@@ -43,6 +46,9 @@ pub fn hung_up(fd: BorrowedFd<'_>) -> bool {
 pub struct ResetWatch {
     /// This end shut its writing down: a hang-up proves nothing then.
     write_shut: AtomicBool,
+    /// This end shut its reading down: an end of file proves no end of
+    /// stream then.
+    read_shut: AtomicBool,
     /// An end of file was read before any hang-up: the peer's end of
     /// stream came first, and a reset after it is no news.
     finished: AtomicBool,
@@ -57,8 +63,14 @@ impl ResetWatch {
         self.write_shut.store(true, Ordering::Release);
     }
 
+    /// This end is about to shut its reading down (call before the
+    /// shutdown itself).
+    pub fn read_shut(&self) {
+        self.read_shut.store(true, Ordering::Release);
+    }
+
     /// A read of `fd` returned end of file: `ECONNRESET` if the flow was
-    /// reset, no end of file was read before the reset, and this is the
+    /// reset, no end of stream was read before the reset, and this is the
     /// first time it shows.
     ///
     /// The hang-up is looked at before the record of this end's own
@@ -70,7 +82,11 @@ impl ResetWatch {
             return Ok(());
         }
         if !hung_up(fd) {
-            self.finished.store(true, Ordering::Relaxed);
+            // The peer's end of stream, unless this end's own `SHUT_RD`
+            // (looked at after the hang-up, as the shutdown below).
+            if !self.read_shut.load(Ordering::Acquire) {
+                self.finished.store(true, Ordering::Relaxed);
+            }
             return Ok(());
         }
         if self.write_shut.load(Ordering::Acquire) || self.reported.swap(true, Ordering::Relaxed) {

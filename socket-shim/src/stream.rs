@@ -184,6 +184,8 @@ impl ServiceStream {
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         if how != Shutdown::Read {
             self.reset.write_shut();
+        } else {
+            self.reset.read_shut();
         }
         self.socket.shutdown(how)
     }

@@ -915,7 +915,9 @@ fn reset_read(fd: c_int) -> ssize_t {
 
 /// Records a shutdown of a flow's writing (`SHUT_WR`, `SHUT_RDWR`) before
 /// it happens, so that the flow's end of file, which then comes with a
-/// hang-up, is not taken for a reset (`ops::write_shut`).
+/// hang-up, is not taken for a reset (`ops::write_shut`); and one of its
+/// reading (`SHUT_RD`), so that the end of file it makes is not taken for
+/// the peer's end of stream (`ops::read_shut`).
 ///
 /// # Safety
 /// As `shutdown(2)`.
@@ -927,6 +929,10 @@ pub unsafe extern "C" fn shutdown(fd: c_int, how: c_int) -> c_int {
     // interrupted may hold.
     if matches!(how, libc::SHUT_WR | libc::SHUT_RDWR) && table::maybe_flow(fd) {
         let _ = catch_unwind(|| ops::write_shut(fd));
+    } else if how == libc::SHUT_RD && table::maybe_flow(fd) {
+        // Its reads' end of file is no peer's end of stream: a reset
+        // after it is still one (`socket_shim::reset`).
+        let _ = catch_unwind(|| ops::read_shut(fd));
     }
     // SAFETY: forwarding the caller's arguments unchanged.
     unsafe { real::shutdown(fd, how) }

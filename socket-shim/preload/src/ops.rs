@@ -1276,13 +1276,19 @@ fn backlog_asked(backlog: c_int) -> u32 {
 }
 
 /// `listen` on a socket that listens already: as Linux's, it changes the
-/// backlog, sent on the listener's control connection.
+/// backlog, sent on the listener's control connection, in the process
+/// that listened. A forked child's `listen` on a listener it inherited
+/// leaves the backlog as it is: the connection and its lock are the
+/// parent's (see [`ListenerControl::connection`]).
 fn listen_again(fd: RawFd, backlog: c_int) -> Res<()> {
     let control = with_entry(fd, |entry| match &entry.state {
         State::Listening { control } => Some(std::sync::Arc::clone(control)),
         _ => None,
     })
     .ok_or(libc::EINVAL)?;
+    if control.owner != std::process::id() {
+        return Ok(());
+    }
     let mut connection = control
         .connection
         .lock()
@@ -1953,6 +1959,16 @@ pub(crate) fn reset_at_end(fd: RawFd) -> bool {
 pub(crate) fn write_shut(fd: RawFd) {
     if let Some(watch) = flow_reset_watch(fd) {
         watch.write_shut();
+    }
+}
+
+/// The program is about to shut down `fd`'s reading (`shutdown` with
+/// `SHUT_RD`): if it is a connected stream flow, its reads' end of file
+/// is no longer the peer's end of stream, and a reset after it is still
+/// reported.
+pub(crate) fn read_shut(fd: RawFd) {
+    if let Some(watch) = flow_reset_watch(fd) {
+        watch.read_shut();
     }
 }
 

@@ -118,8 +118,14 @@ pub(crate) enum State {
 pub(crate) struct ListenerControl {
     /// The listener, as sald names it.
     pub listener: ListenerId,
-    /// The connection, one request at a time.
+    /// The connection, one request at a time, in the process that
+    /// listened ([`ListenerControl::owner`]) only: a forked child's copy
+    /// of this lock may have been taken by a thread the child does not
+    /// have, and its requests would mix with the parent's on the one
+    /// socket they share (either could read the other's answer).
     pub connection: Mutex<ControlClient>,
+    /// The process that listened, whose requests the connection carries.
+    pub owner: u32,
     /// The connection's descriptor, for a close to shut it down without
     /// waiting for a `listen` that is using it.
     pub fd: RawFd,
@@ -131,6 +137,7 @@ impl ListenerControl {
             listener,
             fd: connection.as_fd().as_raw_fd(),
             connection: Mutex::new(connection),
+            owner: std::process::id(),
         }
     }
 }

@@ -366,6 +366,30 @@ fn a_reset_after_the_fin_reads_as_end_of_file() {
     srv.success(T);
 }
 
+/// A reset after the program shut its reading down (its reads then gave
+/// end of file at once, no FIN having come) is `ECONNRESET` once, as
+/// from TCP: that end of file was not the peer's end of stream.
+#[test]
+fn a_reset_after_shut_rd_reads_econnreset() {
+    let sald = Sald::start();
+    let hows = ["read", "recvmsg"];
+    let count = hows.len().to_string();
+    let mut srv = server(&sald, &["reset-server", "5ea", "reset", &count]);
+    for how in hows {
+        client(&sald, &["reset-client", "5ea", "shut-rd-reset", how]).success(T);
+    }
+    srv.success(T);
+}
+
+/// Forks while a thread keeps calling `listen` on a listener (each sends
+/// its backlog to sald): a child's `listen` on the listener it inherited
+/// returns, and the parent's keep being answered.
+#[test]
+fn forks_while_a_listener_listens_again() {
+    let sald = Sald::start();
+    client(&sald, &["listen-fork", "1f0c", "50"]).success(T);
+}
+
 #[test]
 fn misuse_gets_the_right_errno() {
     let sald = Sald::start();

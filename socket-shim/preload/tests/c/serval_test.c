@@ -58,6 +58,9 @@
  *   backlog SID BACKLOG [AGAIN]               listen(BACKLOG) (then listen(AGAIN)), never
  *                                             accept; connect until refused, print how many
  *                                             were not
+ *   listen-fork SID FORKS                     FORKS forks while a thread keeps calling
+ *                                             listen() on a listener; each child calls
+ *                                             listen() on it too; then one accept
  *   reset-server SID MODE COUNT               accept COUNT flows one by one; reset: reply,
  *                                             close with the request unread (a reset);
  *                                             clean: read the request, reply, close;
@@ -70,7 +73,9 @@
  *                                             clean, clean-shut (after shutdown(SHUT_WR)),
  *                                             clean-dup-shut (through a copy): end of file;
  *                                             fin-reset: reply, end of file, request, then
- *                                             end of file and EPIPE
+ *                                             end of file and EPIPE; shut-rd-reset (against
+ *                                             reset): shutdown(SHUT_RD) after the reply, end
+ *                                             of file, then ECONNRESET once at the reset
  *   connect-eintr S1 PORT S3 HOLE             blocking connects that wait as TCP's do
  *                                             (each service unreachable until the test
  *                                             starts a host for it: S1 after "connecting",
@@ -1531,8 +1536,28 @@ static int reset_batch_client(const char *sid) {
  * shutdown(SHUT_WR) following the request ("clean-dup-shut": shut down
  * through a copy, since closed). "fin-reset", and "reset" with HOW
  * "batch": see fin_reset_client and reset_batch_client. */
+/* Against a reset server: the client shuts its reading down after the
+ * reply, so its reads give end of file at once (as TCP's after
+ * shutdown(SHUT_RD)); the reset that comes after is still ECONNRESET
+ * once, as from TCP, where no FIN came: that end of file was no peer's
+ * end of stream. */
+static int shut_rd_reset_client(const char *sid, const char *how) {
+    int fd = stream_to(sid);
+    CHECK(write_all(fd, (const unsigned char *)REQUEST, strlen(REQUEST)) == 0, "request");
+    read_reply(how, fd);
+    CHECK(shutdown(fd, SHUT_RD) == 0, "shutdown(SHUT_RD)");
+    char buf[64];
+    CHECK(read_with(how, fd, buf, sizeof buf) == 0, "end of file after SHUT_RD");
+    CHECK(hung_up(fd, 20000), "the reset's hang-up");
+    EXPECT_ERR(read_with(how, fd, buf, sizeof buf), ECONNRESET);
+    CHECK(read_with(how, fd, buf, sizeof buf) == 0, "end of file after the reset");
+    CHECK(close(fd) == 0, "close");
+    return failures ? 1 : 0;
+}
+
 static int reset_client(const char *sid, const char *mode, const char *how) {
     if (!strcmp(mode, "fin-reset")) return fin_reset_client(sid, how);
+    if (!strcmp(mode, "shut-rd-reset")) return shut_rd_reset_client(sid, how);
     if (!strcmp(how, "batch")) return reset_batch_client(sid);
     int reset = !strcmp(mode, "reset");
     int fd = stream_to(sid);
@@ -1852,6 +1877,59 @@ static int backlog_fill(const char *sid, int backlog, int again) {
     return failures ? 1 : 0;
 }
 
+struct relisten_arg { int fd; int stop; int listens; int bad; };
+
+/* listen() on a listener, again and again (each sends the new backlog to
+ * sald on the listener's control connection). */
+static void *relisten_thread(void *arg) {
+    struct relisten_arg *r = arg;
+    while (!__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE)) {
+        int n = __atomic_load_n(&r->listens, __ATOMIC_RELAXED);
+        if (listen(r->fd, 8 + n % 2) != 0) r->bad++;
+        __atomic_store_n(&r->listens, n + 1, __ATOMIC_RELEASE);
+    }
+    return NULL;
+}
+
+/* Forks while a thread keeps calling listen() on a listener: a child's own
+ * listen() on the listener it inherited returns (it must not wait on a
+ * lock the thread held at the fork, nor read the parent's answers), and
+ * the parent's go on answering; the listener still accepts. */
+static int listen_fork(const char *sid, int forks) {
+    alarm(25); /* a thread that lost its answer ends the test */
+    struct sockaddr_sv sa = sv_addr(sid);
+    int l = socket(AF_SERVAL, SOCK_STREAM, 0);
+    if (l < 0) die("socket");
+    if (bind(l, (struct sockaddr *)&sa, sizeof sa) < 0) die("bind");
+    if (listen(l, 8) < 0) die("listen");
+    struct relisten_arg r = {l, 0, 0, 0};
+    pthread_t t;
+    pthread_create(&t, NULL, relisten_thread, &r);
+    while (__atomic_load_n(&r.listens, __ATOMIC_ACQUIRE) < 16) usleep(1000);
+    for (int i = 0; i < forks; i++) {
+        pid_t pid = fork();
+        if (pid < 0) die("fork");
+        if (pid == 0) {
+            alarm(5); /* a child stuck on an inherited lock dies */
+            _exit(listen(l, 9) == 0 && listen(l, 10) == 0 ? 0 : 1);
+        }
+        int status = 0;
+        CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+              "fork %d: child status %x", i, status);
+    }
+    __atomic_store_n(&r.stop, 1, __ATOMIC_RELEASE);
+    pthread_join(t, NULL);
+    CHECK(r.bad == 0, "%d of %d listens failed", r.bad, r.listens);
+    int c = stream_to(sid);
+    int a = accept(l, NULL, NULL);
+    CHECK(a >= 0, "the listener accepts");
+    close(a);
+    close(c);
+    close(l);
+    printf("%d forks during %d listens\n", forks, r.listens);
+    return failures ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     if (argc < 3) {
@@ -1881,6 +1959,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "inet-client")) return inet_client(atoi(sid), argc > 3 ? (size_t)n : 1000);
     if (!strcmp(cmd, "inet-retry") && argc > 3) return inet_retry(atoi(sid), atoi(argv[3]));
     if (!strcmp(cmd, "dup")) return dup_copies(sid);
+    if (!strcmp(cmd, "listen-fork")) return listen_fork(sid, (int)n);
     if (!strcmp(cmd, "backlog")) return backlog_fill(sid, (int)n, argc > 4 ? atoi(argv[4]) : -1);
     if (!strcmp(cmd, "reset-server") && argc > 4) return reset_server(sid, argv[3], atoi(argv[4]));
     if (!strcmp(cmd, "reset-client") && argc > 4) return reset_client(sid, argv[3], argv[4]);
