@@ -392,6 +392,7 @@ fn help_documents_every_subcommand() {
         "flows",
         "ifaces",
         "stats",
+        "migrate",
         "--control",
         "SERVAL_CONTROL",
     ] {

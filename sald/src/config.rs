@@ -1,4 +1,8 @@
-//! sald's configuration: command-line flags, or a TOML file with the same keys.
+//! sald's configuration: command-line flags, or a TOML file with the keys
+//! below. The file has keys for `--iface`, `--udp`, `--forward`,
+//! `--no-broadcast` (`broadcast = false`), `--control` and `--tun`, and
+//! settings no flag has; `--no-auto-migrate`, `--trust-peer-moves` and the
+//! `--*-ms` timers are flags only.
 //!
 //! ```toml
 //! ifaces = ["eth0", "wlan0"]
@@ -7,6 +11,8 @@
 //! broadcast = true           # broadcast discovery (native mode; see --no-broadcast)
 //! control = "/run/serval/sald.sock"
 //! tun = "sal0"
+//! min_bind_prefix = 16       # shortest prefix an ordinary user may bind
+//!                            # (top-level keys go before the first table)
 //!
 //! [[rules]]                  # static rules installed at start
 //! prefix = "beef/16"
@@ -17,8 +23,6 @@
 //! [[allow]]                  # who may bind what (root may bind anything);
 //! uid = 1000                 # see "Binding" below
 //! prefix = "c0ffee/24"
-//!
-//! min_bind_prefix = 16       # shortest prefix an ordinary user may bind
 //!
 //! [limits]                   # the control socket (defaults shown)
 //! clients = 1024             # connections at once, everyone together
@@ -137,10 +141,13 @@ pub struct Flags {
     /// sald needs one in a directory it may write).
     #[arg(long, value_name = "PATH", env = "SERVAL_CONTROL")]
     pub control: Option<PathBuf>,
-    /// TOML configuration file with the same keys as these flags.
+    /// TOML configuration file: static rules, bind permissions, limits,
+    /// and the keys of --iface, --udp, --forward, --no-broadcast
+    /// (broadcast = false), --control and --tun (see sald/src/config.rs);
+    /// flags on the command line override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Name of the TUN device (native mode).
+    /// Name of the TUN device (native mode; default sal0).
     #[arg(long, value_name = "NAME")]
     pub tun: Option<String>,
     /// Do not move flows by themselves when an interface goes down, loses its
@@ -263,8 +270,8 @@ pub struct Limits {
     /// (it is then sent a `lagged` event).
     pub subscriber_queue: usize,
     /// Flows and datagram sockets at once, all users together: a bound on
-    /// memory (about 2 KiB per idle flow), not on speed. Applications get
-    /// `ENOBUFS` beyond it.
+    /// memory (about 3.5 KiB per idle flow, see `memory`), not on speed.
+    /// Applications get `ENOBUFS` beyond it.
     pub flows: usize,
     /// Flows and datagram sockets one ordinary user may hold at once
     /// (connected, accepted, still connecting, or opened): a connect or
@@ -796,6 +803,46 @@ mod tests {
         }
         assert!(toml::from_str::<FileConfig>("[syn]\ncookies = \"sometimes\"").is_err());
         assert!(toml::from_str::<FileConfig>("[syn]\nbacklog = 1").is_err());
+    }
+
+    /// The example at the top of this file, as an operator would copy it.
+    fn documented_sample() -> String {
+        let source = include_str!("config.rs");
+        let start = source.find("//! ```toml\n").expect("the sample") + "//! ```toml\n".len();
+        let end = start + source[start..].find("//! ```\n").expect("its end");
+        source[start..end]
+            .lines()
+            .map(|line| line.strip_prefix("//!").unwrap_or(line))
+            .map(|line| line.strip_prefix(' ').unwrap_or(line))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn documented_sample_loads_and_shows_the_defaults() {
+        let text = documented_sample();
+        let file: FileConfig = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        file.limits.validate().unwrap();
+        file.tcp.validate().unwrap();
+        file.syn.validate().unwrap();
+        assert_eq!(
+            file.rules[0].target().unwrap(),
+            Target::Forward {
+                locator: "10.0.0.2".parse().unwrap(),
+                weight: 1,
+            }
+        );
+        assert_eq!((file.allow[0].uid, file.min_bind_prefix), (1000, 16));
+        // "defaults shown": the sample's values are the real defaults (the
+        // buffer budgets depend on the machine's memory).
+        assert_eq!(file.limits, Limits::default());
+        assert_eq!(file.syn, SynConfig::default());
+        let tcp = TcpBuffers {
+            buffer_memory: None,
+            buffer_memory_per_uid: None,
+            ..file.tcp
+        };
+        assert_eq!(tcp, TcpBuffers::default());
     }
 
     #[test]

@@ -61,7 +61,9 @@ pub enum Command {
     Flows(Listing),
     /// List the SAL interfaces and their locators
     Ifaces(Listing),
-    /// Show host, service table and link counters
+    /// Show sald's counters: sald-wide ones (links, descriptors, buffer
+    /// budgets, drains), then the host's (host.*) and the service table's
+    /// (table.*)
     Stats(Listing),
     /// Move a flow to another interface (RSYN), or with --all every flow of
     /// one interface to another
@@ -137,16 +139,18 @@ pub enum ServiceCommand {
     /// The service is unregistered (its DEMUX rule goes; servd withdraws it
     /// from the routers, so new connections go to other instances) while the
     /// listener stays open: connections it already admitted complete and the
-    /// application still accepts them. Prints how many are not accepted yet;
-    /// once that is 0 the application can close the listener (e.g. nginx
-    /// SIGQUIT) without resetting anyone. Exit status 1 if some are still
-    /// pending after --wait.
+    /// application still accepts them. Prints how many admitted connections
+    /// sald still holds for it; once that is 0 the application can close the
+    /// listener (e.g. nginx SIGQUIT) as soon as it has taken what is already
+    /// in its accept queue, which only the application can count (the Rust
+    /// shim's ServiceListener::drain adds it). Exit status 1 if some are
+    /// still held after --wait.
     Drain {
         /// Service prefix a local application bound (exactly as bound)
         #[arg(value_name = "PREFIX")]
         prefix: ServicePrefix,
-        /// Wait up to SECS (e.g. 30 or 2.5) for every admitted connection to
-        /// be accepted
+        /// Wait up to SECS (e.g. 30 or 2.5, at most 600) until sald holds no
+        /// admitted connection for the listener
         #[arg(long = "wait", value_name = "SECS", value_parser = parse_wait)]
         wait_ms: Option<u64>,
     },

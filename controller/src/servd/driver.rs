@@ -49,14 +49,15 @@ pub struct Args {
     /// UDP address to receive controller messages on (host network).
     #[arg(long, value_name = "ADDR:PORT", default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)))]
     pub listen: SocketAddr,
-    /// sald's control socket.
+    /// sald's control socket (default /run/serval/sald.sock).
     #[arg(long, value_name = "PATH", env = "SERVAL_CONTROL")]
     pub control: Option<PathBuf>,
     /// Act as a service router: install FORWARD rules from announcements
     /// (run sald with --forward on this host).
     #[arg(long)]
     pub router: bool,
-    /// Name in messages and rule origins (default: the host name).
+    /// Name in messages and rule origins (default: the host name; cut to
+    /// 64 bytes).
     #[arg(long)]
     pub name: Option<String>,
     /// Lease of our announcements (e.g. 30s, 2s, 500ms).
