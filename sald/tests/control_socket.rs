@@ -1544,3 +1544,120 @@ fn a_drain_that_stops_waiting_leaves_no_watch_behind() {
     }
     assert_eq!(drain_counters(&sald).1, 0);
 }
+
+/// A request sent while a drain waits stays whole: the drain watches for
+/// its client hanging up without reading, and the request is answered
+/// after the drain.
+#[test]
+fn a_request_sent_while_a_drain_waits_is_answered_after_it() {
+    let dir = Scratch::new("drain-pipelined");
+    let sald = daemon(&dir, "sald", |_| {});
+    let mut owner = ControlClient::connect_to(&sald.control).unwrap();
+    let (listener, _flow) = listen_with_a_flow(&sald, &mut owner, "d1b1/16", "d1b10001");
+    let mut waiting = raw_connection(&sald);
+    let mut bytes = frame(&drain_request("d1b1/16", Some(60_000)));
+    bytes.extend(frame(&Request::Stats));
+    waiting.write_all(&bytes).unwrap();
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(response_sent(&mut waiting), None, "it answered early");
+    let accept = Request::Accept {
+        listener,
+        nonblocking: false,
+    };
+    let accepted = owner.request(&accept).unwrap();
+    assert!(matches!(accepted.response, Response::Accepted { .. }));
+    assert_eq!(
+        next_response(&mut waiting),
+        Response::Drained { pending: 0 }
+    );
+    let stats = next_response(&mut waiting);
+    assert!(matches!(stats, Response::Stats { .. }), "{stats:?}");
+}
+
+/// A drain whose client sent its next request and then hung up stops
+/// waiting, and gives its watch back. It looked only for a request or
+/// the end of the connection, and saw the request: it waited until its
+/// time ran out (up to 10 minutes), holding its watch and its user's
+/// connection for a client long gone.
+#[test]
+fn a_drain_whose_client_sent_a_request_and_hung_up_stops_waiting() {
+    let dir = Scratch::new("drain-pipelined-gone");
+    let sald = daemon(&dir, "sald", |_| {});
+    let mut owner = ControlClient::connect_to(&sald.control).unwrap();
+    let (_listener, _flow) = listen_with_a_flow(&sald, &mut owner, "d1b2/16", "d1b20001");
+    let mut waiting = raw_connection(&sald);
+    let mut bytes = frame(&drain_request("d1b2/16", Some(60_000)));
+    bytes.extend(frame(&Request::Stats));
+    waiting.write_all(&bytes).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || drain_counters(&sald)
+        .1
+        == 1));
+    drop(waiting);
+    assert!(
+        wait_until(Duration::from_secs(3), || drain_counters(&sald).1 == 0),
+        "the watch of a drain whose client left"
+    );
+}
+
+/// A client that shut its end of the connection for sending only (as
+/// `socat` or `nc -N` do once their request is sent) still reads: its
+/// drain waits as asked and answers. It was taken for a client gone, and
+/// answered at once with the flows still pending, as if the wait had run
+/// out. A request sent before the shutdown changes nothing (and the
+/// shutdown, which leaves the connection readable for good, keeps no
+/// drain looking at it).
+#[test]
+fn a_drain_whose_client_only_stopped_sending_waits_and_answers() {
+    let dir = Scratch::new("drain-half-closed");
+    let sald = daemon(&dir, "sald", |_| {});
+    let mut owner = ControlClient::connect_to(&sald.control).unwrap();
+    let (listener, _flow) = listen_with_a_flow(&sald, &mut owner, "d1b4/16", "d1b40001");
+    let mut quiet = raw_connection(&sald);
+    quiet
+        .write_all(&frame(&drain_request("d1b4/16", Some(60_000))))
+        .unwrap();
+    let mut asking = raw_connection(&sald);
+    let mut bytes = frame(&drain_request("d1b4/16", Some(60_000)));
+    bytes.extend(frame(&Request::Stats));
+    asking.write_all(&bytes).unwrap();
+    for stream in [&quiet, &asking] {
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(response_sent(&mut quiet), None, "answered early");
+    assert_eq!(response_sent(&mut asking), None, "answered early");
+    assert_serves(&mut owner);
+    let accept = Request::Accept {
+        listener,
+        nonblocking: false,
+    };
+    let accepted = owner.request(&accept).unwrap();
+    assert!(matches!(accepted.response, Response::Accepted { .. }));
+    assert_eq!(next_response(&mut quiet), Response::Drained { pending: 0 });
+    assert_eq!(next_response(&mut asking), Response::Drained { pending: 0 });
+    let stats = next_response(&mut asking);
+    assert!(matches!(stats, Response::Stats { .. }), "{stats:?}");
+}
+
+/// A drain from another connection answers when the owner's connection
+/// goes (its listeners close, nothing is pending on them any more).
+#[test]
+fn a_drain_answers_when_its_listeners_owner_leaves() {
+    let dir = Scratch::new("drain-owner-gone");
+    let sald = daemon(&dir, "sald", |_| {});
+    let mut owner = ControlClient::connect_to(&sald.control).unwrap();
+    let (_listener, _flow) = listen_with_a_flow(&sald, &mut owner, "d1b3/16", "d1b30001");
+    let mut waiting = raw_connection(&sald);
+    waiting
+        .write_all(&frame(&drain_request("d1b3/16", Some(60_000))))
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(5), || drain_counters(&sald)
+        .1
+        == 1));
+    drop(owner);
+    assert_eq!(
+        next_response(&mut waiting),
+        Response::Drained { pending: 0 }
+    );
+    assert_eq!(drain_counters(&sald).1, 0);
+}
