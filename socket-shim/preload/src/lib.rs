@@ -35,7 +35,9 @@
 //! - `read`/`write`/`send`/`recv` on a stream that is not connected (never
 //!   connected, failed, listening) answer as TCP: the pending error of a
 //!   failed connect once, then `ENOTCONN` and `EPIPE` (with `SIGPIPE`);
-//!   the placeholder would block instead;
+//!   the placeholder would block instead, the accept queue give up an
+//!   accept notice. On a listening datagram socket both are `ENOTCONN`
+//!   (see `ops::refusal`);
 //! - a connected stream is the flow's socket itself, which sald shuts
 //!   down both ways after a reset, only for writing at a finished flow's
 //!   end: a `read`/`recv`/`recvfrom`/`recvmsg`/`readv`/`recvmmsg` that
@@ -54,7 +56,8 @@
 //!   that address, with the `sockaddr_sv` alone it resolves the service. A
 //!   reset refusing one of the socket's datagrams is `ECONNREFUSED` from the
 //!   next receive. A bound datagram socket may `listen` and `accept`
-//!   connected datagram flows (the reference's `udp_server_user`), and
+//!   connected datagram flows (the reference's `udp_server_user`; it then
+//!   reads and sends no datagrams of its own), and
 //!   an open one (bound, or sent from) may still `connect`
 //!   (`ops::connect_open_datagram`).
 //!
@@ -596,7 +599,8 @@ pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssiz
 }
 
 /// As `write`: a socket of ours with no destination (a datagram socket
-/// that is not connected) or that is not connected (a stream) refuses it.
+/// that is not connected) or that is not connected (a stream, or a
+/// listener of either kind) refuses it.
 ///
 /// # Safety
 /// As `writev(2)`.
@@ -609,13 +613,14 @@ pub unsafe extern "C" fn writev(fd: c_int, iov: *const libc::iovec, count: c_int
     unsafe { real::writev(fd, iov, count) }
 }
 
-/// On a datagram socket of ours that is not connected, the iovecs
-/// gathered into one datagram sent as `sendto` sends it, to `msg_name`
-/// (`EDESTADDRREQ` without one), with `sendto`'s flags; `msg_control` is
-/// ignored (no ancillary data crosses sald). On a stream that is not
-/// connected, the error `send` gives; a destination given to a connected
-/// socket of ours is treated as `sendto` treats it. Anything else (a
-/// flow's message without a destination) is libc's.
+/// On a datagram socket of ours that is neither connected nor listening,
+/// the iovecs gathered into one datagram sent as `sendto` sends it, to
+/// `msg_name` (`EDESTADDRREQ` without one), with `sendto`'s flags;
+/// `msg_control` is ignored (no ancillary data crosses sald). On a stream
+/// that is not connected, and on a listener of either kind, the error
+/// `send` gives; a destination given to a connected socket of ours is
+/// treated as `sendto` treats it. Anything else (a flow's message without
+/// a destination) is libc's.
 ///
 /// # Safety
 /// As `sendmsg(2)`.
@@ -685,16 +690,18 @@ pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t
     read_done(fd, || n, unsafe { real::read(fd, buf, n) })
 }
 
-/// On a datagram socket of ours that is not connected, a datagram as
-/// `recvfrom` receives it, scattered into the iovecs: the sender's
-/// address in `msg_name` (as `recvfrom` gives it) and `msg_flags` as the
-/// kernel sets them for a datagram (`MSG_TRUNC` when it was longer than
-/// the iovecs hold; no ancillary data, `msg_controllen` 0). On a stream
-/// that is not connected, the error `recv` gives. On a connected stream
+/// On a datagram socket of ours that is neither connected nor listening,
+/// a datagram as `recvfrom` receives it, scattered into the iovecs: the
+/// sender's address in `msg_name` (as `recvfrom` gives it) and
+/// `msg_flags` as the kernel sets them for a datagram (`MSG_TRUNC` when
+/// it was longer than the iovecs hold; no ancillary data,
+/// `msg_controllen` 0). On a stream that is not connected, and on a
+/// listener of either kind, the error `recv` gives. On a connected stream
 /// flow, libc's `recvmsg`, whose end of file after a reset is
-/// `ECONNRESET` once, as from `recv` (`read_done`); on a connected
-/// datagram flow, libc's, with the peer in `msg_name` as `recvfrom` gives
-/// it. Anything else is libc's.
+/// `ECONNRESET` once, as from `recv` (`read_done`), and whose
+/// `msg_namelen` is the kernel's 0, as TCP's; on a connected datagram
+/// flow, libc's, with the peer in `msg_name` as `recvfrom` gives it.
+/// Anything else is libc's.
 ///
 /// # Safety
 /// As `recvmsg(2)`.
@@ -711,7 +718,9 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int
         // forwards the caller's arguments unchanged.
         return unsafe { receive(fd, flags, into, || real::recvmsg(fd, msg, flags)) };
     }
-    let room = table::maybe_tracked(fd)
+    // Only a datagram flow's peer is named: a connected stream's `recvmsg`
+    // is libc's alone, with the name's length the kernel's 0, as TCP's.
+    let room = table::maybe_datagram_flow(fd)
         // SAFETY: the caller's message is null or valid for the call.
         .then(|| unsafe { msg::name_room(msg) })
         .flatten();
@@ -734,7 +743,8 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int
 /// Names a connected datagram flow's peer in the message libc's
 /// `recvmsg` just received on `fd`, as `recvfrom` names it: the flow's
 /// socket (one end of a socket pair) has no name to give. Costs a look at
-/// the table, for a message that asks for a name on a socket of ours.
+/// the table, for a message that asks for a name on a socket that may be
+/// such a flow (`table::maybe_datagram_flow`: never a connected stream).
 ///
 /// # Safety
 /// `msg` is a valid message whose `msg_name` has `room` bytes.

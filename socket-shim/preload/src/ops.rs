@@ -1756,6 +1756,13 @@ pub(crate) fn sendto(
             Some(errno) => Err(errno),
             None => plain(fd),
         },
+        // A listener sends nothing, to the address given or any (its
+        // accept queue is at the number); once it is gone, the number is
+        // the program's call's.
+        (Kind::Dgram, Stage::Listening) => match refusal(fd, true, flags) {
+            Some(errno) => Err(errno),
+            None => Ok(None),
+        },
         (Kind::Dgram, Stage::Connected) if addr.is_none() => plain(fd),
         (Kind::Dgram, Stage::Connected) => Err(libc::EISCONN),
         (Kind::Dgram, _) => {
@@ -1810,7 +1817,9 @@ pub(crate) fn recvfrom<I: Incoming>(
             Ok(n)
         }
     };
-    if found.kind == Kind::Stream {
+    // A stream that is not connected and a listener of either kind are
+    // refused (see [`refusal`]); an open datagram socket reads its frames.
+    if found.kind == Kind::Stream || found.stage == Stage::Listening {
         if let Some(errno) = refusal(fd, false, flags) {
             return Err(errno);
         }
@@ -1855,9 +1864,8 @@ pub(crate) fn recvfrom<I: Incoming>(
 }
 
 /// The error a write (`send`, `write`: `write` true, with its `flags`) or
-/// a read on `fd` gets without reaching the descriptor, if any. An
-/// unconnected datagram socket has no destination for a write
-/// (`EDESTADDRREQ`; its reads are frames, see [`recvfrom`]). A stream that
+/// a read on `fd` gets without reaching the descriptor, if any: for a
+/// datagram socket see [`datagram_refusal`]. A stream that
 /// is not connected answers as TCP: the error of a failed non-blocking
 /// connect once, then `ENOTCONN` for a read and `EPIPE` for a write, with
 /// `SIGPIPE` unless `MSG_NOSIGNAL`. (The placeholder or accept queue at
@@ -1877,7 +1885,7 @@ pub(crate) fn refusal(fd: RawFd, write: bool, flags: c_int) -> Option<Errno> {
                 return refusal_parked(fd, write, flags);
             }
             Some(entry) if entry.intercepted() => match entry.kind {
-                Kind::Dgram => write.then_some(libc::EDESTADDRREQ),
+                Kind::Dgram => datagram_refusal(&entry.state, write),
                 Kind::Stream => Some(match std::mem::take(&mut entry.so_error) {
                     0 if write => libc::EPIPE,
                     0 => libc::ENOTCONN,
@@ -1894,6 +1902,22 @@ pub(crate) fn refusal(fd: RawFd, write: bool, flags: c_int) -> Option<Errno> {
         unsafe { libc::raise(libc::SIGPIPE) };
     }
     errno
+}
+
+/// [`refusal`] for a datagram socket that is not connected. A listener is
+/// a connection-mode socket that is not connected: its reads and writes
+/// (a destination given or not) are `ENOTCONN`, as Linux answers on a
+/// listening `SOCK_SEQPACKET` socket (UDP cannot listen) and as a stream
+/// listener's reads are. None reaches the number, where the accept queue
+/// holds `accept`'s notices in place of sald's datagram socket (there is
+/// none left to send from). Any other has no destination for a write
+/// that names none (`EDESTADDRREQ`) and reads its frames (see
+/// [`recvfrom`]).
+fn datagram_refusal(state: &State, write: bool) -> Option<Errno> {
+    match state {
+        State::Listening { .. } => Some(libc::ENOTCONN),
+        _ => write.then_some(libc::EDESTADDRREQ),
+    }
 }
 
 /// [`refusal`] for a stream whose interrupted connect is in flight

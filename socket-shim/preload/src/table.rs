@@ -6,12 +6,15 @@
 //! per descriptor number, what that number *means* to the application:
 //! family, type, addresses, and where in its life the socket is.
 //!
-//! Two bitsets let the hot paths (`read`, `write`, `send`, `recv` of every
+//! Three bitsets let the hot paths (`read`, `write`, `send`, `recv` of every
 //! descriptor in the process) decide without a lock that a number is not
-//! ours: `TRACKED` (in the table at all) and `INTERCEPTED` (data calls need
+//! ours: `TRACKED` (in the table at all), `INTERCEPTED` (data calls need
 //! the shim: a datagram socket whose messages must be wrapped in
-//! `DatagramFrame`s, or a stream that is not connected, whose placeholder
-//! would block where TCP answers `ENOTCONN` or `EPIPE`).
+//! `DatagramFrame`s, or a listener or a stream that is not connected,
+//! whose accept queue or placeholder would give up an accept notice or
+//! block where `ENOTCONN` or `EPIPE` is the answer) and `DGRAM_FLOWS` (a
+//! connected datagram flow, whose `recvmsg` must name the peer: a
+//! connected stream's never needs the table).
 //!
 //! Locking rule: the table lock is held only for bookkeeping and for the
 //! `dup3` that swaps a descriptor in; never across a blocking call and never
@@ -37,6 +40,7 @@ const WORDS: usize = FAST_FDS / 64;
 const ZERO: AtomicU64 = AtomicU64::new(0);
 static TRACKED: [AtomicU64; WORDS] = [ZERO; WORDS];
 static INTERCEPTED: [AtomicU64; WORDS] = [ZERO; WORDS];
+static DGRAM_FLOWS: [AtomicU64; WORDS] = [ZERO; WORDS];
 /// Whether any descriptor at or above `FAST_FDS` is tracked.
 static HIGH: AtomicBool = AtomicBool::new(false);
 
@@ -205,8 +209,10 @@ impl Entry {
 
 impl Entry {
     /// Whether data calls (`send`, `recv`, `read`, `write`) need the shim:
-    /// a datagram socket that is neither connected nor listening (frames,
-    /// or no destination), or a stream that was never connected, whose
+    /// a datagram socket that is not connected (frames, or no
+    /// destination; a listener's are all `ENOTCONN`, where its accept
+    /// queue would give up an accept notice or take the program's bytes
+    /// for sald), or a stream that was never connected, whose
     /// connect failed or that listens (TCP answers `ENOTCONN` and `EPIPE`,
     /// where the placeholder at the number would block or read end of
     /// file, and the accept queue would give up an accept notice), or one
@@ -215,7 +221,7 @@ impl Entry {
     /// with a hang-up, `EPIPE` and `SIGPIPE`).
     pub(crate) fn intercepted(&self) -> bool {
         match self.kind {
-            Kind::Dgram => !matches!(self.state, State::Connected | State::Listening { .. }),
+            Kind::Dgram => !matches!(self.state, State::Connected),
             Kind::Stream => match self.state {
                 State::Fresh { .. } | State::Bound { .. } | State::Failed => true,
                 State::Listening { .. } => true,
@@ -271,6 +277,12 @@ impl Entry {
     /// learns from a hang-up (see `socket_shim::reset`).
     pub(crate) fn stream_flow(&self) -> bool {
         self.kind == Kind::Stream && matches!(self.state, State::Connected)
+    }
+
+    /// Whether this is a connected datagram flow, whose peer its
+    /// `recvmsg` names (the flow's socket has no name to give).
+    pub(crate) fn datagram_flow(&self) -> bool {
+        self.kind == Kind::Dgram && matches!(self.state, State::Connected)
     }
 }
 
@@ -346,6 +358,26 @@ pub(crate) fn maybe_flow(fd: RawFd) -> bool {
     }
 }
 
+/// Whether `fd` may be a connected datagram flow (lock-free hint; see
+/// [`Entry::datagram_flow`]): false for every connected stream, so its
+/// `recvmsg` never looks at the table for a peer to name.
+pub(crate) fn maybe_datagram_flow(fd: RawFd) -> bool {
+    match bit(fd) {
+        Some((word, mask)) => DGRAM_FLOWS[word].load(Ordering::Acquire) & mask != 0,
+        None => fd >= 0 && HIGH.load(Ordering::Acquire),
+    }
+}
+
+/// Sets `fd`'s hints of what its data calls need to what `entry` means
+/// (all off for no entry). `TRACKED` is the caller's. A datagram socket
+/// that becomes a flow is marked one before its calls stop being
+/// intercepted, so that a `recvmsg` racing with its connect names the
+/// peer either way.
+fn set_hints(fd: RawFd, entry: Option<&Entry>) {
+    set_bit(&DGRAM_FLOWS, fd, entry.is_some_and(Entry::datagram_flow));
+    set_bit(&INTERCEPTED, fd, entry.is_some_and(Entry::intercepted));
+}
+
 fn set_bit(set: &[AtomicU64; WORDS], fd: RawFd, on: bool) {
     match bit(fd) {
         Some((word, mask)) if on => {
@@ -406,14 +438,14 @@ impl Table {
     }
 
     pub(crate) fn insert(&mut self, fd: RawFd, entry: Entry) -> Option<Entry> {
-        set_bit(&INTERCEPTED, fd, entry.intercepted());
+        set_hints(fd, Some(&entry));
         set_bit(&TRACKED, fd, true);
         self.guard.insert(fd, entry)
     }
 
     pub(crate) fn remove(&mut self, fd: RawFd) -> Option<Entry> {
         set_bit(&TRACKED, fd, false);
-        set_bit(&INTERCEPTED, fd, false);
+        set_hints(fd, None);
         self.guard.remove(&fd)
     }
 
@@ -426,10 +458,10 @@ impl Table {
         })
     }
 
-    /// Updates the intercepted bit after a state change of `fd`.
+    /// Updates `fd`'s hint bits after a state change of its entry.
     pub(crate) fn refresh(&mut self, fd: RawFd) {
         if let Some(entry) = self.guard.get(&fd) {
-            set_bit(&INTERCEPTED, fd, entry.intercepted());
+            set_hints(fd, Some(entry));
         }
     }
 }

@@ -97,6 +97,19 @@ fn datagram_flows_listen_accept_and_half_close() {
     srv.success(T);
 }
 
+/// A listening datagram socket has no data of its own, as a listening
+/// `SOCK_SEQPACKET` socket of Linux's: a non-blocking `recv` fails with
+/// `ENOTCONN` (it used to read the accept queue: `EAGAIN` with no flow
+/// waiting, an accept notice's bytes with one, which `accept` then
+/// missed), as do its other reads and its writes (`sendto`'s address
+/// notwithstanding); `poll`, `select` and `epoll` still show the waiting
+/// flow, and `accept` takes it.
+#[test]
+fn a_listening_datagram_socket_reads_and_writes_nothing() {
+    let sald = Sald::start();
+    client(&sald, &["dgram-listener", "d0a"]).success(T);
+}
+
 #[test]
 fn fork_after_accept() {
     let sald = Sald::start();

@@ -38,6 +38,12 @@
  *                                             with send, then sendmmsg; received with recvmsg,
  *                                             then recvmmsg, each naming the peer); first
  *                                             bind the socket or send a datagram from it
+ *   dgram-listener SID                        a listening datagram socket's reads and
+ *                                             writes fail (ENOTCONN), before and while a
+ *                                             flow (from a thread) waits, which poll,
+ *                                             select and epoll still show; accept takes
+ *                                             it, a datagram each way (recvmsg names
+ *                                             the peer)
  *   dgram-mmsg-server SID COUNT               echo COUNT datagrams in batches (recvmmsg with
  *                                             MSG_WAITFORONE, sendmmsg to the senders)
  *   dgram-mmsg-client SID                     unconnected datagrams in batches (against
@@ -104,6 +110,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
+#include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
@@ -771,6 +778,113 @@ static int dgram_flow_client(const char *sid, const char *before) {
     char rest[16];
     CHECK(recv(fd, rest, sizeof rest, 0) == 0, "the server's FIN");
     close(fd);
+    return failures ? 1 : 0;
+}
+
+/* The client of dgram_listener: a datagram flow to `arg` (a SID) that
+ * sends "ping" and expects "PING" back (giving up after 10 s). */
+static void *dgram_ping_thread(void *arg) {
+    struct sockaddr_sv sa = sv_addr((const char *)arg);
+    int fd = socket(AF_SERVAL, SOCK_DGRAM, 0);
+    struct timeval wait = {.tv_sec = 10};
+    char back[8] = {0};
+    long ok = fd >= 0 && setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait) == 0 &&
+              connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0 && send(fd, "ping", 4, 0) == 4 &&
+              recv(fd, back, sizeof back, 0) == 4 && !memcmp(back, "PING", 4);
+    close(fd);
+    return (void *)ok;
+}
+
+/* Every data call on a listening datagram socket `l` is refused, as on a
+ * listening SOCK_SEQPACKET socket of Linux's (ENOTCONN; a destination
+ * given changes nothing), without taking anything off its accept queue.
+ * `l` is non-blocking: a read that reached the queue would not wait. */
+static void dgram_listener_refuses(int l, const struct sockaddr_sv *to) {
+    char buf[64];
+    struct sv_from from;
+    socklen_t flen = sizeof from;
+    struct iovec iov = {buf, sizeof buf};
+    struct msghdr m = {.msg_name = &from, .msg_namelen = sizeof from, .msg_iov = &iov, .msg_iovlen = 1};
+    struct mmsghdr mm = {.msg_hdr = m};
+    EXPECT_ERR(read(l, buf, sizeof buf), ENOTCONN);
+    EXPECT_ERR(recv(l, buf, sizeof buf, 0), ENOTCONN);
+    EXPECT_ERR(recvfrom(l, buf, sizeof buf, MSG_DONTWAIT, (struct sockaddr *)&from, &flen), ENOTCONN);
+    EXPECT_ERR(recvmsg(l, &m, MSG_DONTWAIT), ENOTCONN);
+    EXPECT_ERR(readv(l, &iov, 1), ENOTCONN);
+    EXPECT_ERR(recvmmsg(l, &mm, 1, MSG_DONTWAIT, NULL), ENOTCONN);
+    EXPECT_ERR(write(l, "x", 1), ENOTCONN);
+    EXPECT_ERR(send(l, "x", 1, 0), ENOTCONN);
+    EXPECT_ERR(writev(l, &iov, 1), ENOTCONN);
+    EXPECT_ERR(sendto(l, "x", 1, 0, (const struct sockaddr *)to, sizeof *to), ENOTCONN);
+    m.msg_name = (void *)to;
+    m.msg_namelen = sizeof *to;
+    EXPECT_ERR(sendmsg(l, &m, 0), ENOTCONN);
+    m.msg_name = NULL;
+    m.msg_namelen = 0;
+    EXPECT_ERR(sendmsg(l, &m, 0), ENOTCONN);
+    mm.msg_hdr = m;
+    EXPECT_ERR(sendmmsg(l, &mm, 1, 0), ENOTCONN);
+}
+
+/* Whether `l` polls readable (a flow waits to be accepted) through poll,
+ * select and epoll (`ep`, where `l` is registered), within `ms`. */
+static int pending(int l, int ep, int ms) {
+    struct pollfd p = {.fd = l, .events = POLLIN};
+    if (poll(&p, 1, ms) != 1 || !(p.revents & POLLIN)) return 0;
+    fd_set in;
+    FD_ZERO(&in);
+    FD_SET(l, &in);
+    struct timeval now = {0, 0};
+    struct epoll_event out;
+    return select(l + 1, &in, NULL, NULL, &now) == 1 && FD_ISSET(l, &in) &&
+           epoll_wait(ep, &out, 1, 0) == 1 && out.data.fd == l && (out.events & EPOLLIN);
+}
+
+/* A listening datagram socket has no data of its own: a non-blocking
+ * recv fails (ENOTCONN) before a client connects and while its flow
+ * waits, and so does every other read and write; none takes the flow,
+ * which poll, select and epoll still show, and accept then takes (its
+ * recvmsg naming the peer accept named). */
+static int dgram_listener(const char *sid) {
+    struct sockaddr_sv sa = sv_addr(sid);
+    int l = socket(AF_SERVAL, SOCK_DGRAM, 0);
+    if (l < 0) die("socket");
+    if (bind(l, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(l, 5) < 0) die("bind and listen");
+    char c;
+    EXPECT_ERR(recv(l, &c, 1, MSG_DONTWAIT), ENOTCONN);
+    int ep = epoll_create1(0);
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = l};
+    if (ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, l, &ev) < 0) die("epoll");
+    pthread_t t;
+    pthread_create(&t, NULL, dgram_ping_thread, (void *)sid);
+    CHECK(pending(l, ep, 10000), "the client's flow is pending");
+    EXPECT_ERR(recv(l, &c, 1, MSG_DONTWAIT), ENOTCONN);
+    if (fcntl(l, F_SETFL, fcntl(l, F_GETFL) | O_NONBLOCK) < 0) die("O_NONBLOCK");
+    dgram_listener_refuses(l, &sa);
+    CHECK(pending(l, ep, 0), "the flow is still pending after the refused calls");
+    struct sockaddr_sv peer;
+    socklen_t plen = sizeof peer;
+    int f = accept(l, (struct sockaddr *)&peer, &plen);
+    CHECK(f >= 0 && plen == sizeof peer && peer.sv_family == AF_SERVAL, "accept the flow");
+    if (f >= 0) {
+        /* The accepted flow's recvmsg names its peer, as accept did. */
+        char buf[8] = {0};
+        struct sockaddr_sv from;
+        memset(&from, 0, sizeof from);
+        struct iovec iov = {buf, sizeof buf};
+        struct msghdr m = {.msg_name = &from, .msg_namelen = sizeof from, .msg_iov = &iov, .msg_iovlen = 1};
+        CHECK(recvmsg(f, &m, 0) == 4 && !memcmp(buf, "ping", 4), "the client's datagram");
+        CHECK(m.msg_namelen == sizeof from && !memcmp(&from, &peer, sizeof peer),
+              "recvmsg names the flow's peer (namelen %u)", (unsigned)m.msg_namelen);
+        CHECK(send(f, "PING", 4, 0) == 4, "the reply");
+        close(f);
+    }
+    void *ok = NULL;
+    pthread_join(t, &ok);
+    CHECK(ok, "the client got the reply");
+    EXPECT_ERR(recv(l, &c, 1, MSG_DONTWAIT), ENOTCONN);
+    close(ep);
+    close(l);
     return failures ? 1 : 0;
 }
 
@@ -1451,7 +1565,10 @@ static ssize_t read_with(const char *how, int fd, char *buf, size_t len) {
     if (!strcmp(how, "recvmsg")) {
         struct sockaddr_storage from;
         struct msghdr m = {.msg_name = &from, .msg_namelen = sizeof from, .msg_iov = iov, .msg_iovlen = 2};
-        return recvmsg(fd, &m, 0);
+        ssize_t n = recvmsg(fd, &m, 0);
+        /* A stream names no sender, as TCP's recvmsg does not. */
+        CHECK(n < 0 || m.msg_namelen == 0, "recvmsg on a stream left namelen %u", (unsigned)m.msg_namelen);
+        return n;
     }
     if (!strcmp(how, "recvmmsg")) {
         struct mmsghdr m = {.msg_hdr = {.msg_iov = iov, .msg_iovlen = 2}};
@@ -1955,6 +2072,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "dgram-mmsg-server")) return dgram_mmsg_server(sid, (int)n);
     if (!strcmp(cmd, "dgram-mmsg-client")) return dgram_mmsg_client(sid);
     if (!strcmp(cmd, "dgram-flow-client")) return dgram_flow_client(sid, argc > 3 ? argv[3] : NULL);
+    if (!strcmp(cmd, "dgram-listener")) return dgram_listener(sid);
     if (!strcmp(cmd, "retry") && argc > 3) return retry(sid, argv[3]);
     if (!strcmp(cmd, "inet-client")) return inet_client(atoi(sid), argc > 3 ? (size_t)n : 1000);
     if (!strcmp(cmd, "inet-retry") && argc > 3) return inet_retry(atoi(sid), atoi(argv[3]));
