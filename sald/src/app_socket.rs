@@ -1,5 +1,6 @@
 //! sald's end of a socketpair shared with an application, watched for
-//! readability only, and for room to write only while a write waits.
+//! readability (and, on the same registration, the other end's hang-up)
+//! only, and for room to write only while a write waits.
 //!
 //! Why not a tokio `UnixStream`: tokio registers every socket for both
 //! directions (`EPOLLIN | EPOLLOUT`, edge-triggered). On a unix socket,
@@ -66,6 +67,25 @@ impl AppSocket {
     pub async fn readable(&self) -> io::Result<()> {
         self.read.readable().await?.clear_ready();
         Ok(())
+    }
+
+    /// Waits until the other end has hung up: closed (every copy of it),
+    /// or shut down both ways. A hang-up is final: once it came, this
+    /// returns at once.
+    ///
+    /// Readability cannot tell: once the other end shut its writing down,
+    /// its end of file keeps ours readable for good, and the runtime keeps
+    /// that readiness (a closed direction is final to it). The hang-up
+    /// comes on the read registration all the same (epoll reports hang-ups
+    /// and errors whatever the interest): the runtime files a hang-up as
+    /// "write closed", and the error that a close with bytes unread leaves
+    /// as "error". This registration never hears write space, so "write
+    /// closed" is all its write readiness can be.
+    pub async fn hung_up(&self) -> io::Result<()> {
+        self.read
+            .ready(Interest::WRITABLE | Interest::ERROR)
+            .await
+            .map(drop)
     }
 
     /// Waits until the socket may have room to write, and forgets that
@@ -298,5 +318,23 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(n, 0, "end of file once the application closed");
+    }
+
+    #[tokio::test]
+    async fn a_hang_up_is_heard_where_an_end_of_file_is_not() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let socket = AppSocket::new(OwnedFd::from(ours)).unwrap();
+        theirs.shutdown(std::net::Shutdown::Write).unwrap();
+        socket.readable().await.unwrap();
+        let while_open = std::time::Duration::from_millis(100);
+        let heard = tokio::time::timeout(while_open, socket.hung_up()).await;
+        assert!(heard.is_err(), "an end of file is no hang-up");
+
+        drop(theirs);
+        let within = std::time::Duration::from_secs(5);
+        let heard = tokio::time::timeout(within, socket.hung_up()).await;
+        heard.expect("the close hangs up").unwrap();
+        let again = tokio::time::timeout(within, socket.hung_up()).await;
+        again.expect("a hang-up is final").unwrap();
     }
 }

@@ -9,12 +9,18 @@
 //! of the task's own: the bytes are copied once in each direction, by the
 //! kernel, between the socketpair and the flow's buffers. Then the task
 //! waits for whatever can let it go on: the socket readable (up waits for
-//! the application), writable (down waits for it), or the flow's signal
-//! (data arrived, send room opened, the flow ended). An idle flow's task is
-//! a few hundred bytes waiting on three wakers.
+//! the application), writable (down waits for it), hung up (the
+//! application, done sending, may close it while down goes on), or the
+//! flow's signal (data arrived, send room opened, the flow ended). An idle
+//! flow's task is a few hundred bytes waiting on three wakers.
 //!
 //! End of file on the socketpair is a half-close of the flow and vice
-//! versa; the flow is closed when both directions are done. A flow that is
+//! versa; the flow is closed when both directions are done, or when the
+//! application closed its end. An application that closes its end with
+//! bytes of ours unread in it resets the flow at once, as Linux resets a
+//! TCP socket closed with data unread, also after it shut its sending
+//! down: up reads no more then, so the close is heard as the hang-up it
+//! makes, which comes once, at the close. A flow that is
 //! reset (or whose peer is given up on) delivers what had arrived, then its
 //! socket is shut down both ways: the application's end hangs up, which the
 //! shims report as `ECONNRESET`. When the daemon stops, every pump drops
@@ -62,6 +68,9 @@ struct Turn {
     read: bool,
     /// Down waits for the application to read (the socket to be writable).
     write: bool,
+    /// Down goes on after the application shut its sending down: its
+    /// close (the socket hung up) is awaited.
+    hang_up: bool,
     /// A direction stopped at its call limit, not for want of bytes.
     again: bool,
 }
@@ -74,6 +83,12 @@ struct StreamPump {
     up: bool,
     /// Flow to application: still open.
     down: bool,
+    /// The application shut its sending down (up read its end of file):
+    /// while down goes on, its close is awaited
+    /// ([`StreamPump::application_closed`]).
+    shut: bool,
+    /// The socket was seen hung up: the application closed its end.
+    hung_up: bool,
     /// The socket was seen readable and not read dry since: only then does
     /// up read, because reading into the send buffer makes the buffer
     /// allocate its memory, and an idle flow should hold none.
@@ -102,12 +117,17 @@ impl StreamPump {
             // goes up, and the pump must not wait for the application.
             self.up = false;
             turn.moved = true;
+        } else if self.hung_up && self.down {
+            // A hang-up is a close (or both ways shut) for good.
+            let unread = application_end(socket) == ApplicationEnd::ClosedUnread;
+            self.application_closed(unread, host, &mut turn);
         }
         if self.down {
             self.pump_down(host, socket, &mut turn);
         }
         turn.read = self.up && !self.readable;
         turn.write = self.down && !self.writable;
+        turn.hang_up = self.shut && self.down;
         turn
     }
 
@@ -124,30 +144,24 @@ impl StreamPump {
                     return;
                 }
                 // The application closed its socket with bytes of ours
-                // unread in it: as a TCP socket closed with data unread,
-                // the flow is reset, so that the peer learns nobody read
-                // what it sent (RFC 1122, 4.2.2.13).
+                // unread in it.
                 Ok(Err(error)) if error.kind() == io::ErrorKind::ConnectionReset => {
-                    let _ = host.abort(self.flow);
-                    self.up = false;
-                    self.down = false;
-                    turn.moved = true;
+                    self.reset(host, turn);
                     return;
                 }
-                // End of file: half-close. If the application closed its
-                // socket rather than only shut its sending down, nobody
-                // will read what comes down either: the flow is closed
-                // (its end then bounded by the orphan timeout, as a closed
-                // TCP socket's FIN-WAIT-2), not left waiting for a peer
-                // that may never send a byte, which only a write could
-                // have noticed.
+                // End of file: half-close. The application may have
+                // closed its socket rather than only shut its sending
+                // down; if not, its close is awaited.
                 Ok(Ok(_)) | Ok(Err(_)) => {
                     let _ = host.shutdown(self.flow);
                     self.up = false;
-                    if application_gone(socket) {
-                        self.down = false;
-                    }
+                    self.shut = true;
                     turn.moved = true;
+                    let end = application_end(socket);
+                    if end != ApplicationEnd::Open {
+                        let unread = end == ApplicationEnd::ClosedUnread;
+                        self.application_closed(unread, host, turn);
+                    }
                     return;
                 }
                 // No room: the flow's signal comes when its peer acknowledges.
@@ -160,6 +174,34 @@ impl StreamPump {
             }
         }
         turn.again = true;
+    }
+
+    /// The application closed its socket (or shut it down both ways)
+    /// after it shut its sending down: nobody will read what comes down.
+    /// If bytes of ours were left `unread` in it, the flow is reset at once
+    /// ([`StreamPump::reset`]). Otherwise down is over, and the flow is
+    /// closed as the pump ends, not left waiting for a peer that may never
+    /// send a byte, which only a write could have noticed: that close
+    /// resets the flow too if received bytes wait in its buffer or more
+    /// come later ([`Host::close`]), and bounds the wait for the peer's end
+    /// by the orphan timeout, as a closed TCP socket's FIN-WAIT-2.
+    fn application_closed(&mut self, unread: bool, host: &mut Host, turn: &mut Turn) {
+        if unread {
+            self.reset(host, turn);
+        } else {
+            self.down = false;
+            turn.moved = true;
+        }
+    }
+
+    /// The application closed its socket with bytes of ours unread in it:
+    /// as a TCP socket closed with data unread, the flow is reset, so that
+    /// the peer learns nobody read what it sent (RFC 1122, 4.2.2.13).
+    fn reset(&mut self, host: &mut Host, turn: &mut Turn) {
+        let _ = host.abort(self.flow);
+        self.up = false;
+        self.down = false;
+        turn.moved = true;
     }
 
     /// Flow to application: the receive buffer written to the socket.
@@ -230,6 +272,8 @@ pub async fn stream(
         flow,
         up: true,
         down: true,
+        shut: false,
+        hung_up: false,
         readable: false,
         writable: true,
     };
@@ -255,6 +299,7 @@ pub async fn stream(
             () = signal.notified() => {}
             _ = socket.readable(), if turn.read => pump.readable = true,
             _ = socket.writable(), if turn.write => pump.writable = true,
+            _ = socket.hung_up(), if turn.hang_up => pump.hung_up = true,
         }
     }
     let mut core = shared.lock();
@@ -262,14 +307,35 @@ pub async fn stream(
     core.run();
 }
 
-/// Whether the application's end of `socket` is closed (every copy of
-/// it), not only shut down for sending: our end then reads as hung up.
-fn application_gone(socket: &AppSocket) -> bool {
+/// How the application's end of a stream flow's socket stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ApplicationEnd {
+    /// Open, for reading at least.
+    Open,
+    /// Closed (every copy of it) with everything written to it read, or
+    /// shut down both ways.
+    Closed,
+    /// Closed with bytes written to it unread: they are lost.
+    ClosedUnread,
+}
+
+/// How the application's end of `socket` stands, seen from ours: ours
+/// hangs up when the application's is closed (or shut down both ways),
+/// and also shows an error (`ECONNRESET`, which looking does not take)
+/// when what was closed held bytes unread.
+fn application_end(socket: &AppSocket) -> ApplicationEnd {
     let mut polled = [PollFd::new(socket.fd(), PollFlags::empty())];
-    matches!(poll(&mut polled, PollTimeout::ZERO), Ok(1))
-        && polled[0]
-            .revents()
-            .is_some_and(|events| events.intersects(PollFlags::POLLHUP | PollFlags::POLLERR))
+    let events = match poll(&mut polled, PollTimeout::ZERO) {
+        Ok(1) => polled[0].revents().unwrap_or(PollFlags::empty()),
+        _ => PollFlags::empty(),
+    };
+    if events.contains(PollFlags::POLLERR) {
+        ApplicationEnd::ClosedUnread
+    } else if events.contains(PollFlags::POLLHUP) {
+        ApplicationEnd::Closed
+    } else {
+        ApplicationEnd::Open
+    }
 }
 
 /// A SOCK_SEQPACKET socket registered with the runtime.

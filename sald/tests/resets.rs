@@ -4,14 +4,19 @@
 //! then `ECONNRESET`, then end of file. A socketpair carries no error, so
 //! sald shuts a reset flow's socket down both ways and the shim reads the
 //! hang-up that makes (`socket_shim::reset`). Both used to be an orderly
-//! end: a cut transfer read like a whole one.
+//! end: a cut transfer read like a whole one. An application that shut
+//! its sending down before such a close resets the flow at the close too.
 //!
 //! Two daemons in this process (UDP mode on loopback), no root needed.
 
 use std::io::{ErrorKind, Read, Write};
+use std::os::fd::AsFd;
+use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use sal::proto::FlowState;
 use sal::ServicePrefix;
 use socket_shim::{ServiceListener, ServiceStream};
 
@@ -76,4 +81,91 @@ fn a_flow_closed_after_reading_everything_ends_cleanly() {
     let (got, end, after) = exchange("reset-clean", true);
     assert_eq!(end.unwrap(), got.len());
     assert_eq!(after, 0);
+}
+
+/// Whether `stream`'s socket becomes ready for `events` (a hang-up is
+/// always reported) within `wait`.
+fn ready(stream: &ServiceStream, events: PollFlags, wait: Duration) -> Option<PollFlags> {
+    let mut polled = [PollFd::new(stream.as_fd(), events)];
+    let millis = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
+    let ready = poll(&mut polled, PollTimeout::from(millis)).expect("poll") == 1;
+    polled[0].revents().filter(|_| ready)
+}
+
+/// Whether `stream`'s socket hangs up within `wait`: sald hangs a flow's
+/// socket up when the flow is reset (or once it is over both ways).
+fn hangs_up(stream: &ServiceStream, wait: Duration) -> bool {
+    ready(stream, PollFlags::empty(), wait).is_some_and(|e| e.contains(PollFlags::POLLHUP))
+}
+
+/// A server that answers, shuts its sending down, and closes once the
+/// client has read the answer and its end of stream, having read the
+/// client's request first or not (`server_reads_request`). Returns the
+/// daemons and the client's stream, the server gone.
+fn half_closed_exchange(label: &str, server_reads_request: bool) -> (InProcessPair, ServiceStream) {
+    let daemons = InProcessPair::new(label);
+    let prefix: ServicePrefix = "4e5f/16".parse().unwrap();
+    let listener = ServiceListener::bind_via(daemons.server.client(), prefix, 8).unwrap();
+    let (read_all, go) = mpsc::channel::<()>();
+    let server = thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream.write_all(b"the answer").unwrap();
+        stream.shutdown_write().unwrap();
+        if server_reads_request {
+            stream.read_exact(&mut [0u8; 10]).unwrap();
+        } else {
+            let request = ready(&stream, PollFlags::POLLIN, Duration::from_secs(10));
+            assert!(request.is_some(), "the request arrives");
+        }
+        go.recv().unwrap();
+    });
+    let mut client = ServiceStream::connect_via(
+        daemons.client.client(),
+        "4e5f01".parse().unwrap(),
+        Some(Duration::from_secs(5)),
+    )
+    .unwrap();
+    client.write_all(b"0123456789").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = Vec::new();
+    client.read_to_end(&mut answer).unwrap();
+    assert_eq!(answer, b"the answer");
+    read_all.send(()).unwrap();
+    server.join().unwrap();
+    (daemons, client)
+}
+
+/// A server that shut its sending down, then closed with the request
+/// unread, resets the flow at its close, as Linux's TCP does: the
+/// client's socket hangs up, its reads stay end of file (the FIN came
+/// first), its writes fail. sald used to stop watching the server's socket
+/// at its end of file, and learned of the close only when the client sent
+/// more.
+#[test]
+fn a_flow_closed_after_its_half_close_with_the_request_unread_is_reset_at_once() {
+    let (_daemons, mut client) = half_closed_exchange("reset-half-closed", false);
+    assert!(
+        hangs_up(&client, Duration::from_secs(5)),
+        "the reset reaches the client"
+    );
+    assert_eq!(client.read(&mut [0u8; 8]).unwrap(), 0, "end of file");
+    let write = client.write(b"more");
+    assert_eq!(write.map_err(|e| e.kind()), Err(ErrorKind::BrokenPipe));
+}
+
+/// The same close after reading the request is no reset: the client's
+/// flow goes on, half-closed, until the client finishes it.
+#[test]
+fn a_flow_closed_after_its_half_close_with_everything_read_is_not_reset() {
+    let (daemons, client) = half_closed_exchange("clean-half-closed", true);
+    assert!(!hangs_up(&client, Duration::from_millis(500)), "no reset");
+    let state = daemons.client.flow(client.flow_id()).map(|f| f.state);
+    assert_eq!(state, Some(FlowState::Established));
+    client.shutdown_write().unwrap();
+    assert!(
+        hangs_up(&client, Duration::from_secs(5)),
+        "over both ways once the client finished"
+    );
 }
