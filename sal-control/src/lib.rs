@@ -659,6 +659,12 @@ pub struct StatsReport {
     /// has none left.
     #[serde(default)]
     pub drain_looks: u64,
+    /// Times an ordinary user's work waited for its ration of sald's thread
+    /// (a request, a listing's next part, a drain's next look, a datagram
+    /// pump's next batch of the user's messages): each user may keep the
+    /// thread busy for about a quarter of the time.
+    #[serde(default)]
+    pub ration_waits: u64,
 }
 
 /// Puts a long list answer back together from its parts (see the module

@@ -671,6 +671,8 @@ impl Core {
             connects_pending: self.pending_connects.len() as u64,
             drains_watching: self.drain_watches.len() as u64,
             drain_looks: self.drain_looks,
+            // The control server's: see `control::cmd::inspect::stats`.
+            ration_waits: 0,
         }
     }
 

@@ -26,6 +26,15 @@
 //! shims report as `ECONNRESET`. When the daemon stops, every pump drops
 //! its end of the socketpair (a hang-up too) and closes its flow, which
 //! tells the peer.
+//!
+//! A datagram socket or flow gets one task too, which turns each message
+//! the application writes into a packet, and each datagram received into
+//! a message. What the application writes is its user's work on sald's
+//! one thread: the task takes it in steps of [`MESSAGES_PER_STEP`], each
+//! charged to the socket's owner, and waits for the owner's ration before
+//! the next (see `control::ration`). A user that floods its sockets gets
+//! its share of the thread; on Linux a UDP flood costs the sender's own
+//! CPU, and it must not cost everyone's daemon here.
 
 use std::cell::RefCell;
 use std::io;
@@ -41,6 +50,7 @@ use sal_control::DatagramFrame;
 use tokio::sync::Notify;
 
 use crate::app_socket::AppSocket;
+use crate::control::ration::Ration;
 use crate::daemon::{FlowSignal, Shared};
 use crate::shutdown::Shutdown;
 
@@ -54,6 +64,12 @@ thread_local! {
     /// (10,000 idle sockets took sald from 33 to 693 MiB).
     static MESSAGE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
+
+/// Messages a datagram pump takes from its application per step: the
+/// step is charged to the socket's owner, who waits for its ration before
+/// the next, and other tasks get their turn in between. A step is one
+/// look at the ration and one charge, not one per message.
+const MESSAGES_PER_STEP: usize = 16;
 
 /// System calls one direction makes per turn at most, so that one busy
 /// flow does not keep the others (and the packet path) waiting.
@@ -389,16 +405,15 @@ impl Packets {
             .map(drop)
     }
 
-    /// Returns once the other end is closed (every copy of it). Anything
-    /// the other end sends meanwhile is read and dropped.
+    /// Returns once the other end is closed (every copy of it), or sends
+    /// anything. For an accept queue, whose other end only reads (the
+    /// shims never write into it): a program that writes into it is taken
+    /// as gone from it, after one read. Reading and dropping its messages
+    /// instead cost sald a read per message, unrationed, for as long as it
+    /// wrote.
     pub(crate) async fn closed(&self) {
-        let mut scratch = [0u8; 64];
-        loop {
-            match self.recv(&mut scratch).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => continue,
-            }
-        }
+        let mut scratch = [0u8; 1];
+        let _ = self.recv(&mut scratch).await;
     }
 
     /// Sends one message, waiting for room.
@@ -410,16 +425,39 @@ impl Packets {
     }
 }
 
+/// Hands each message the application writes to `send`, until end of file
+/// or an error, in steps of [`MESSAGES_PER_STEP`] charged to `ration`'s
+/// user, who waits for its ration before each (see the module docs).
+async fn send_up(packets: &Packets, ration: &Ration, mut send: impl FnMut(&[u8])) {
+    while ration.step(up_step(packets, &mut send)).await {
+        // The others' turn, whoever floods (a privileged user's too).
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Up to [`MESSAGES_PER_STEP`] of the application's messages, each handed
+/// to `send`: whether more may come (false at end of file or an error).
+async fn up_step(packets: &Packets, send: &mut impl FnMut(&[u8])) -> bool {
+    for _ in 0..MESSAGES_PER_STEP {
+        if !matches!(packets.recv_with(&mut *send).await, Ok(Some(()))) {
+            return false;
+        }
+    }
+    true
+}
+
 /// Serves an unconnected datagram socket: frames from the app are sent to
 /// services or peers, datagrams from the host go to the app as frames.
 /// `owned` sockets (opened with OpenDatagram) are closed when the app closes
-/// its end; a listener's socket lives as long as the listener.
+/// its end; a listener's socket lives as long as the listener. What the app
+/// sends is charged to its owner's `ration` (see [`send_up`]).
 pub async fn datagram_socket(
     shared: Arc<Shared>,
     socket: FlowId,
     signal: Arc<FlowSignal>,
     fd: OwnedFd,
     owned: bool,
+    ration: Ration,
     mut shutdown: Shutdown,
 ) {
     let Ok(packets) = Packets::new(fd) else {
@@ -449,7 +487,7 @@ pub async fn datagram_socket(
         }
         core.run();
     };
-    let up = async { while let Ok(Some(())) = packets.recv_with(send).await {} };
+    let up = send_up(&packets, &ration, send);
     let down = async {
         loop {
             let received = shared.lock().host.recv_from(socket);
@@ -491,12 +529,14 @@ pub async fn datagram_socket(
 /// our FIN, and datagrams still come down until the peer's FIN, which is
 /// end of file for the application (its end of the socketpair is shut down
 /// for reading); it may go on sending after that. The pump ends when both
-/// directions are done, or the flow is gone.
+/// directions are done, or the flow is gone. What the application sends is
+/// charged to its owner's `ration` (see [`send_up`]).
 pub async fn datagram_flow(
     shared: Arc<Shared>,
     flow: FlowId,
     signal: Arc<FlowSignal>,
     fd: OwnedFd,
+    ration: Ration,
     mut shutdown: Shutdown,
 ) {
     let Ok(packets) = Packets::new(fd) else {
@@ -512,7 +552,7 @@ pub async fn datagram_flow(
         core.run();
     };
     let up = async {
-        while let Ok(Some(())) = packets.recv_with(send).await {}
+        send_up(&packets, &ration, send).await;
         // Nothing more to send: our FIN.
         let mut core = shared.lock();
         let _ = core.host.shutdown(flow);

@@ -10,6 +10,7 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -18,7 +19,8 @@ use sal::table::{ListenerId, Target};
 use sal::wire::TransportProtocol;
 use sal::{Locator, ServicePrefix};
 use sal_control::{
-    encode_frame, ControlEvent, ErrorKind, Request, Response, RuleChange, PROTOCOL_VERSION,
+    encode_frame, ControlEvent, DatagramFrame, ErrorKind, Request, Response, RuleChange,
+    PROTOCOL_VERSION,
 };
 use socket_shim::{ControlClient, Error, ServiceListener, ServiceStream};
 use testnet::{require_root, wait_until};
@@ -469,6 +471,55 @@ fn an_idle_datagram_socket_costs_sald_a_few_kib() {
     eprintln!("{each} bytes of sald's memory per idle datagram socket");
     assert!(each < 16 << 10, "{each} bytes per idle datagram socket");
     drop(sockets);
+}
+
+/// What an ordinary user's datagram sockets send is its work on sald's
+/// thread, rationed as its requests are: a user flooding them waits for
+/// its ration between batches of messages (`ration_waits`). The pumps
+/// used to send each message as fast as the program wrote: 8 sockets
+/// flooded took 85% of sald's thread and another user's bulk flow from
+/// 1,170 to 2 MiB/s (`benches/control_isolation.rs`).
+#[test]
+fn a_user_flooding_its_datagram_sockets_waits_for_its_ration() {
+    require_root!();
+    const SOCKETS: usize = 4;
+    let dir = Scratch::new("dgram-flood");
+    let sald = daemon(&dir, "sald", |_| {});
+    let mut flooder = client_as(&sald.control, NOBODY).unwrap();
+    let sockets: Vec<UnixStream> = (0..SOCKETS)
+        .map(|_| {
+            let reply = flooder.request(&Request::OpenDatagram).unwrap();
+            UnixStream::from(reply.fd.expect("a datagram socket"))
+        })
+        .collect();
+    // To a service no rule routes: each message is sald's work all the same.
+    let frame = DatagramFrame::SendTo {
+        service: "dead0001".parse().unwrap(),
+        via: None,
+        data: vec![0x5a; 64],
+    }
+    .encode();
+    let waits_before = sald.stats().ration_waits;
+    let stop = AtomicBool::new(false);
+    let waited = thread::scope(|scope| {
+        for mut socket in sockets {
+            let (frame, stop) = (&frame, &stop);
+            socket
+                .set_write_timeout(Some(Duration::from_millis(100)))
+                .unwrap();
+            scope.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = socket.write_all(frame);
+                }
+            });
+        }
+        let waited = wait_until(Duration::from_secs(10), || {
+            sald.stats().ration_waits > waits_before
+        });
+        stop.store(true, Ordering::Relaxed);
+        waited
+    });
+    assert!(waited, "the flooding user never waited for its ration");
 }
 
 #[test]

@@ -16,10 +16,20 @@
 //! (servd, operators) are not metered, nor are connects: each is a flow
 //! within the user's share (`flows_per_uid`), and a client's connection
 //! rate must be sald's, not a quarter of it.
+//!
+//! What a user's datagram sockets and flows send is its work on the thread
+//! too: each message its program writes is a packet sald makes. Their
+//! pumps (`pump`) take the messages in steps, each timed and charged to
+//! the socket's owner through a [`Ration`], and wait for its ration before
+//! the next: a user flooding its sockets gets its quarter of the thread,
+//! not the thread (`benches/control_isolation.rs`, "datagram flood").
+//! `servalctl stats` counts the times a user's work waited
+//! (`ration_waits`).
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -37,6 +47,8 @@ pub struct Rations {
     paid_at: Mutex<HashMap<u32, Instant>>,
     /// Each indebted user's waiting tasks, in line (see [`Rations::wait`]).
     lines: Mutex<HashMap<u32, Arc<tokio::sync::Mutex<()>>>>,
+    /// The times a task found its user in debt and waited.
+    waits: AtomicU64,
 }
 
 impl Rations {
@@ -58,6 +70,7 @@ impl Rations {
         if privileged || self.ready_at(uid).is_none() {
             return;
         }
+        self.waits.fetch_add(1, Ordering::Relaxed);
         let line = {
             let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
             if lines.len() >= TIDY_AT {
@@ -104,6 +117,47 @@ impl Rations {
             work: Box::pin(work),
             charged: (!privileged).then(|| (self.clone(), uid)),
         }
+    }
+
+    /// `uid`'s ration, for a task that works on its behalf in steps (see
+    /// [`Ration::step`]).
+    pub fn ration(self: &Arc<Self>, uid: u32, privileged: bool) -> Ration {
+        Ration {
+            rations: self.clone(),
+            uid,
+            privileged,
+        }
+    }
+
+    /// The times a task found its user in debt and waited (see
+    /// [`Rations::wait`]), for `servalctl stats` (`ration_waits`).
+    pub fn waits(&self) -> u64 {
+        self.waits.load(Ordering::Relaxed)
+    }
+}
+
+/// One user's share of the thread, held by a task that works on its
+/// behalf outside its requests: a datagram pump, which sends what the
+/// user's program writes (see `pump`).
+#[derive(Debug, Clone)]
+pub struct Ration {
+    rations: Arc<Rations>,
+    uid: u32,
+    privileged: bool,
+}
+
+impl Ration {
+    /// Runs `work` (one step of the user's, a batch of its messages) once
+    /// the user may have the thread, and charges it the time its polls
+    /// took: one look at the ration and one charge per step, whatever the
+    /// step's length (nothing for a privileged user). A step that waits
+    /// midway (for the program to write more) is charged when it ends:
+    /// until then what it did runs on credit, a batch at most.
+    pub async fn step<F: Future>(&self, work: F) -> F::Output {
+        self.rations.wait(self.uid, self.privileged).await;
+        let (output, worked) = Timed::new(work).await;
+        self.rations.charge_for(self.uid, self.privileged, worked);
+        output
     }
 }
 
@@ -226,6 +280,23 @@ mod tests {
         assert!(rations.lock().is_empty());
         rations.charge_for(1000, false, busy);
         assert!(rations.lock().contains_key(&1000));
+    }
+
+    #[tokio::test]
+    async fn a_ration_s_steps_are_charged_and_wait_only_when_ordinary() {
+        let rations = Arc::new(Rations::default());
+        let busy = || async { std::thread::sleep(Duration::from_millis(30)) };
+        rations.ration(0, true).step(busy()).await;
+        assert!(rations.lock().is_empty(), "root is not charged");
+        // 30 ms of work owes 120 ms: the next step waits about 100 ms.
+        let ration = rations.ration(1000, false);
+        ration.step(busy()).await;
+        assert_eq!(rations.waits(), 0);
+        let started = Instant::now();
+        ration.step(async {}).await;
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(50), "{waited:?}");
+        assert_eq!(rations.waits(), 1);
     }
 
     #[tokio::test]

@@ -66,8 +66,9 @@ pub(super) fn listen(
             Ok((ours, theirs)) => {
                 let signal = core.adopt(socket);
                 let shared = shared.clone();
+                let ration = context.rations.ration(client.uid, client.privileged);
                 context.tasks.spawn(move |shutdown| {
-                    pump::datagram_socket(shared, socket, signal, ours, false, shutdown)
+                    pump::datagram_socket(shared, socket, signal, ours, false, ration, shutdown)
                 });
                 Some(theirs)
             }

@@ -92,7 +92,9 @@ impl Drop for Delivering {
 
 /// Hands each established flow of `listener` to `uid` through `queue`
 /// until the listener closes, the application closes every copy of its
-/// end, or the daemon stops.
+/// end (or writes into it, which only a misbehaving program does: see
+/// [`Packets::closed`]), or the daemon stops. The flows not handed over
+/// stay in the listener's backlog, for an `Accept` or a new queue.
 async fn feed(
     context: Arc<ControlContext>,
     uid: u32,

@@ -81,8 +81,9 @@ pub(super) fn open_datagram(client: &mut Client) -> Reply {
             core.owners.adopt(socket, client.uid);
             let signal = core.adopt(socket);
             let shared = context.shared.clone();
+            let ration = context.rations.ration(client.uid, client.privileged);
             context.tasks.spawn(move |shutdown| {
-                pump::datagram_socket(shared, socket, signal, ours, true, shutdown)
+                pump::datagram_socket(shared, socket, signal, ours, true, ration, shutdown)
             });
             (Response::DatagramOpened { socket }, Some(theirs))
         }
@@ -270,9 +271,12 @@ pub(super) fn hand_over_flow(
                 return Err(HandOverError::Pair(error));
             }
         },
-        TransportProtocol::Datagram => context
-            .tasks
-            .spawn(move |shutdown| pump::datagram_flow(shared, flow, signal, ours, shutdown)),
+        TransportProtocol::Datagram => {
+            let ration = context.rations.ration(uid, context.policy.privileged(uid));
+            context.tasks.spawn(move |shutdown| {
+                pump::datagram_flow(shared, flow, signal, ours, ration, shutdown)
+            })
+        }
     }
     Ok((info, theirs))
 }

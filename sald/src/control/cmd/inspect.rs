@@ -39,6 +39,7 @@ pub(super) fn stats(client: &mut Client) -> Reply {
     let uptime = client.context.started.elapsed();
     let mut stats = client.context.shared.lock().stats(uptime);
     crate::daemon::count_descriptors(&mut stats);
+    stats.ration_waits = client.context.rations.waits();
     (
         Response::Stats {
             stats: Box::new(stats),
