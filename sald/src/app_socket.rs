@@ -27,6 +27,18 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::sync::OnceCell;
 
+/// What became of the application's end of a socket (see
+/// [`AppSocket::peer_end`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerEnd {
+    /// Open both ways.
+    Open,
+    /// Shut for sending (`shutdown(SHUT_WR)`): it may still read.
+    Shut,
+    /// Closed (every copy of it), shut both ways, or broken.
+    Closed,
+}
+
 /// A non-blocking socket of ours registered with the runtime for reading,
 /// and for writing on demand.
 #[derive(Debug)]
@@ -67,6 +79,30 @@ impl AppSocket {
     pub async fn readable(&self) -> io::Result<()> {
         self.read.readable().await?.clear_ready();
         Ok(())
+    }
+
+    /// What became of the other end, without waiting (see [`PeerEnd`]).
+    pub fn peer_end(&self) -> PeerEnd {
+        use nix::libc::{poll, pollfd, POLLERR, POLLHUP, POLLRDHUP};
+        // `poll` itself: nix's flags know no `POLLRDHUP`, and drop the
+        // answer when it is set.
+        let mut polled = pollfd {
+            fd: self.raw(),
+            events: POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: one `pollfd`, a local that outlives the call; `self`
+        // keeps the descriptor open.
+        let ready = unsafe { poll(&mut polled, 1, 0) };
+        if ready != 1 {
+            PeerEnd::Open
+        } else if polled.revents & (POLLHUP | POLLERR) != 0 {
+            PeerEnd::Closed
+        } else if polled.revents & POLLRDHUP != 0 {
+            PeerEnd::Shut
+        } else {
+            PeerEnd::Open
+        }
     }
 
     /// Waits until the other end has hung up: closed (every copy of it),

@@ -49,7 +49,7 @@ use sal::FlowId;
 use sal_control::DatagramFrame;
 use tokio::sync::Notify;
 
-use crate::app_socket::AppSocket;
+use crate::app_socket::{AppSocket, PeerEnd};
 use crate::control::ration::Ration;
 use crate::daemon::{FlowSignal, Shared};
 use crate::shutdown::Shutdown;
@@ -365,14 +365,19 @@ impl Packets {
 
     /// Receives one message and hands it to `handle` (in a buffer the
     /// thread's datagram pumps share, see [`MESSAGE`]); `Ok(None)` is end
-    /// of file.
+    /// of file. A socket pair of messages reads 0 bytes both for an empty
+    /// message (a UDP program may send one) and at its end: it is a message
+    /// while the other end is still open for sending. (An empty message
+    /// the program sent right before it shut its sending down reads as the
+    /// end.)
     async fn recv_with<R>(&self, mut handle: impl FnMut(&[u8]) -> R) -> io::Result<Option<R>> {
         self.0
             .read_with(|fd| {
                 MESSAGE.with_borrow_mut(|buf| {
                     buf.resize(CHUNK, 0);
                     let n = recv(fd, buf, MsgFlags::empty())?;
-                    Ok((n > 0).then(|| handle(&buf[..n])))
+                    let message = n > 0 || self.0.peer_end() == PeerEnd::Open;
+                    Ok(message.then(|| handle(&buf[..n])))
                 })
             })
             .await

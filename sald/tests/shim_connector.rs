@@ -328,3 +328,33 @@ fn datagram_flows_connect_through_the_connector() {
     flow.send(b"pong").unwrap();
     assert_eq!(client.join().unwrap(), b"pong");
 }
+
+/// An empty datagram is a datagram, not the end of the flow: the pump reads
+/// 0 bytes for both, and tells them apart by whether the program's end is
+/// still open for sending. (It took the empty one for the end, sent our FIN
+/// and dropped what came after.)
+#[test]
+fn an_empty_datagram_is_delivered_and_the_flow_goes_on() {
+    require_root!();
+    let dir = Scratch::new("shim-connector-empty");
+    let sald = InProcess::start(common::udp_config(&dir, "sald", [127, 0, 0, 1].into()));
+    let _turn = use_control(&sald.control);
+    let bound = ServiceDatagram::bind_via(sald.client(), prefix("c6/8")).unwrap();
+    let client = std::thread::spawn(|| {
+        let flow = ServiceDatagramFlow::connect(svc("c60001")).unwrap();
+        flow.send(b"").unwrap();
+        flow.send(b"after").unwrap();
+        flow.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut buf = [0u8; 16];
+        let n = flow.recv(&mut buf).unwrap();
+        buf[..n].to_vec()
+    });
+    let flow = bound.accept().unwrap();
+    flow.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(flow.recv(&mut buf).unwrap(), 0, "the empty datagram");
+    let n = flow.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"after", "the flow went on after it");
+    flow.send(b"done").unwrap();
+    assert_eq!(client.join().unwrap(), b"done");
+}

@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{denied, error_reply, host_error, Reply};
-use crate::app_socket::AppSocket;
+use crate::app_socket::{AppSocket, PeerEnd};
 use crate::control::client::Client;
 use crate::control::ration::Rations;
 use crate::daemon::Shared;
@@ -125,48 +125,15 @@ fn pending(shared: &Shared, listeners: &[ListenerId]) -> usize {
 /// ends (it is not watched any further: its end reads as ready for good).
 async fn gone(stream: &AppSocket) {
     loop {
-        match client_end(stream) {
-            ClientEnd::Closed => return,
-            ClientEnd::Shut => std::future::pending::<()>().await,
-            ClientEnd::Open => {}
+        match stream.peer_end() {
+            PeerEnd::Closed => return,
+            PeerEnd::Shut => std::future::pending::<()>().await,
+            PeerEnd::Open => {}
         }
         // The next edge: bytes of a request, the end shut or closed.
         if stream.readable().await.is_err() {
             return;
         }
-    }
-}
-
-/// What became of the client's end of a control connection.
-enum ClientEnd {
-    Open,
-    /// Shut for sending (`shutdown(SHUT_WR)`): it may still read.
-    Shut,
-    /// Closed (every copy of it), or broken.
-    Closed,
-}
-
-/// What became of the client's end of `stream`, without waiting.
-fn client_end(stream: &AppSocket) -> ClientEnd {
-    use nix::libc::{poll, pollfd, POLLERR, POLLHUP, POLLRDHUP};
-    // `poll` itself: nix's flags know no `POLLRDHUP`, and drop the answer
-    // when it is set.
-    let mut polled = pollfd {
-        fd: stream.raw(),
-        events: POLLRDHUP,
-        revents: 0,
-    };
-    // SAFETY: one `pollfd`, a local that outlives the call; `stream`
-    // keeps the descriptor open.
-    let ready = unsafe { poll(&mut polled, 1, 0) };
-    if ready != 1 {
-        ClientEnd::Open
-    } else if polled.revents & (POLLHUP | POLLERR) != 0 {
-        ClientEnd::Closed
-    } else if polled.revents & POLLRDHUP != 0 {
-        ClientEnd::Shut
-    } else {
-        ClientEnd::Open
     }
 }
 
