@@ -19,12 +19,11 @@ use std::net::Ipv4Addr;
 use std::rc::Rc;
 
 use sal::proto::{Event, HostConfig, TransmitKind};
-use sal::table::Target;
 use sal::wire::{
     AddressRepr, ControlFlags, ControlRepr, SalPacket, SalRepr, TransportProtocol::Stream,
     BASE_HEADER_LEN, CONTROL_LEN,
 };
-use sal::{Locator, ServicePrefix};
+use sal::Locator;
 use sal_sim::{LinkConditions, Network, Packet};
 use smoltcp::time::Duration;
 
@@ -301,14 +300,7 @@ fn late_packets_from_a_locator_the_peer_left_do_not_take_the_flow_back() {
     };
     net.set_path(CLIENT, FIRST, slow.path());
     net.set_path(FIRST, CLIENT, slow.path());
-    net.host(client).add_rule(
-        ServicePrefix::DEFAULT,
-        Target::Forward {
-            locator: Locator::Ipv4(FIRST),
-            weight: 1,
-        },
-        0,
-    );
+    default_route(&mut net, client, "10.0.0.2");
     let listener = net
         .host(server)
         .listen("ab/8".parse().unwrap(), Stream, 8)

@@ -35,8 +35,12 @@ pub enum PeerEnd {
     Open,
     /// Shut for sending (`shutdown(SHUT_WR)`): it may still read.
     Shut,
-    /// Closed (every copy of it), shut both ways, or broken.
+    /// Closed (every copy of it) with everything written to it read, or
+    /// shut down both ways: ours hangs up.
     Closed,
+    /// Closed with bytes written to it unread, which are lost: ours hangs
+    /// up and shows an error (`ECONNRESET`, which looking does not take).
+    ClosedUnread,
 }
 
 /// A non-blocking socket of ours registered with the runtime for reading,
@@ -94,11 +98,12 @@ impl AppSocket {
         // SAFETY: one `pollfd`, a local that outlives the call; `self`
         // keeps the descriptor open.
         let ready = unsafe { poll(&mut polled, 1, 0) };
-        if ready != 1 {
-            PeerEnd::Open
-        } else if polled.revents & (POLLHUP | POLLERR) != 0 {
+        let revents = if ready == 1 { polled.revents } else { 0 };
+        if revents & POLLERR != 0 {
+            PeerEnd::ClosedUnread
+        } else if revents & POLLHUP != 0 {
             PeerEnd::Closed
-        } else if polled.revents & POLLRDHUP != 0 {
+        } else if revents & POLLRDHUP != 0 {
             PeerEnd::Shut
         } else {
             PeerEnd::Open

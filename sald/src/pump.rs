@@ -42,7 +42,6 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{recv, send, sendmsg, ControlMessage, MsgFlags, Shutdown as ShutdownHow};
 use sal::proto::{ConnectError, Host, HostError};
 use sal::FlowId;
@@ -135,7 +134,7 @@ impl StreamPump {
             turn.moved = true;
         } else if self.hung_up && self.down {
             // A hang-up is a close (or both ways shut) for good.
-            let unread = application_end(socket) == ApplicationEnd::ClosedUnread;
+            let unread = socket.peer_end() == PeerEnd::ClosedUnread;
             self.application_closed(unread, host, &mut turn);
         }
         if self.down {
@@ -173,9 +172,9 @@ impl StreamPump {
                     self.up = false;
                     self.shut = true;
                     turn.moved = true;
-                    let end = application_end(socket);
-                    if end != ApplicationEnd::Open {
-                        let unread = end == ApplicationEnd::ClosedUnread;
+                    let end = socket.peer_end();
+                    if matches!(end, PeerEnd::Closed | PeerEnd::ClosedUnread) {
+                        let unread = end == PeerEnd::ClosedUnread;
                         self.application_closed(unread, host, turn);
                     }
                     return;
@@ -321,37 +320,6 @@ pub async fn stream(
     let mut core = shared.lock();
     let _ = core.host.close(flow);
     core.run();
-}
-
-/// How the application's end of a stream flow's socket stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ApplicationEnd {
-    /// Open, for reading at least.
-    Open,
-    /// Closed (every copy of it) with everything written to it read, or
-    /// shut down both ways.
-    Closed,
-    /// Closed with bytes written to it unread: they are lost.
-    ClosedUnread,
-}
-
-/// How the application's end of `socket` stands, seen from ours: ours
-/// hangs up when the application's is closed (or shut down both ways),
-/// and also shows an error (`ECONNRESET`, which looking does not take)
-/// when what was closed held bytes unread.
-fn application_end(socket: &AppSocket) -> ApplicationEnd {
-    let mut polled = [PollFd::new(socket.fd(), PollFlags::empty())];
-    let events = match poll(&mut polled, PollTimeout::ZERO) {
-        Ok(1) => polled[0].revents().unwrap_or(PollFlags::empty()),
-        _ => PollFlags::empty(),
-    };
-    if events.contains(PollFlags::POLLERR) {
-        ApplicationEnd::ClosedUnread
-    } else if events.contains(PollFlags::POLLHUP) {
-        ApplicationEnd::Closed
-    } else {
-        ApplicationEnd::Open
-    }
 }
 
 /// A SOCK_SEQPACKET socket registered with the runtime.

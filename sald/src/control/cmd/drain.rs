@@ -126,7 +126,7 @@ fn pending(shared: &Shared, listeners: &[ListenerId]) -> usize {
 async fn gone(stream: &AppSocket) {
     loop {
         match stream.peer_end() {
-            PeerEnd::Closed => return,
+            PeerEnd::Closed | PeerEnd::ClosedUnread => return,
             PeerEnd::Shut => std::future::pending::<()>().await,
             PeerEnd::Open => {}
         }
