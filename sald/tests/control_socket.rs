@@ -707,6 +707,70 @@ fn a_request_that_withdraws_a_waiting_accept_is_answered_whole() {
     assert!(is_error(&again, ErrorKind::WouldBlock), "{again:?}");
 }
 
+/// A blocking `Accept` from a client that only shut its end for sending
+/// (its request written, as `nc -N` leaves a connection) waits for a flow
+/// and answers: the client still reads. It was taken for a client gone
+/// and refused at once. Once the client closes, the accept is given up.
+#[test]
+fn a_blocking_accept_from_a_client_that_stopped_sending_waits_for_its_flow() {
+    let dir = Scratch::new("accept-half-closed");
+    let sald = daemon(&dir, "sald", |_| {});
+    let listen = |stream: &mut UnixStream, p: &str| {
+        stream
+            .write_all(&frame(&Request::Listen {
+                prefix: prefix(p),
+                protocol: TransportProtocol::Stream,
+                backlog: 4,
+            }))
+            .unwrap();
+        match next_response(stream) {
+            Response::Listening { listener, .. } => listener,
+            other => panic!("{other:?}"),
+        }
+    };
+    let accept = |listener| {
+        frame(&Request::Accept {
+            listener,
+            nonblocking: false,
+        })
+    };
+    let mut waiting = raw_connection(&sald);
+    let listener = listen(&mut waiting, "ac1e/16");
+    waiting.write_all(&accept(listener)).unwrap();
+    waiting.shutdown(std::net::Shutdown::Write).unwrap();
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(response_sent(&mut waiting), None, "answered early");
+    let _flow = ServiceStream::connect_via(
+        ControlClient::connect_to(&sald.control).unwrap(),
+        "ac1e0001".parse().unwrap(),
+        Some(Duration::from_secs(5)),
+    )
+    .unwrap();
+    let accepted = next_response(&mut waiting);
+    assert!(
+        matches!(accepted, Response::Accepted { .. }),
+        "{accepted:?}"
+    );
+
+    // A client that stopped sending and then closed: its accept is given
+    // up, its listener closed, and a flow for the service finds nobody.
+    let mut leaving = raw_connection(&sald);
+    let listener = listen(&mut leaving, "ac1f/16");
+    leaving.write_all(&accept(listener)).unwrap();
+    leaving.shutdown(std::net::Shutdown::Write).unwrap();
+    thread::sleep(Duration::from_millis(100));
+    drop(leaving);
+    assert!(
+        wait_until(Duration::from_secs(5), || ServiceStream::connect_via(
+            ControlClient::connect_to(&sald.control).unwrap(),
+            "ac1f0001".parse().unwrap(),
+            Some(Duration::from_secs(2)),
+        )
+        .is_err()),
+        "the listener of a client gone still takes flows"
+    );
+}
+
 /// Reads one response from a raw connection.
 fn next_response(stream: &mut UnixStream) -> Response {
     let mut len = [0u8; 4];
@@ -1688,6 +1752,36 @@ fn a_drain_whose_client_only_stopped_sending_waits_and_answers() {
     assert_eq!(next_response(&mut asking), Response::Drained { pending: 0 });
     let stats = next_response(&mut asking);
     assert!(matches!(stats, Response::Stats { .. }), "{stats:?}");
+}
+
+/// A drain whose client stopped sending and later closed stops waiting
+/// and gives its watch back: the end of file its client left keeps the
+/// connection readable for good, and the drain no longer watched it, so
+/// it held its watch and connection until its time ran out.
+#[test]
+fn a_drain_whose_client_stopped_sending_and_then_closed_stops_waiting() {
+    let dir = Scratch::new("drain-half-closed-gone");
+    let sald = daemon(&dir, "sald", |_| {});
+    let mut owner = ControlClient::connect_to(&sald.control).unwrap();
+    let (_listener, _flow) = listen_with_a_flow(&sald, &mut owner, "d1b5/16", "d1b50001");
+    let waiting = {
+        let mut waiting = raw_connection(&sald);
+        waiting
+            .write_all(&frame(&drain_request("d1b5/16", Some(60_000))))
+            .unwrap();
+        waiting
+    };
+    waiting.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || drain_counters(&sald)
+        .1
+        == 1));
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(drain_counters(&sald).1, 1, "it stopped waiting early");
+    drop(waiting);
+    assert!(
+        wait_until(Duration::from_secs(3), || drain_counters(&sald).1 == 0),
+        "the watch of a drain whose client left"
+    );
 }
 
 /// A drain from another connection answers when the owner's connection

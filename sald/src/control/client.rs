@@ -18,7 +18,7 @@ use super::frame::{write_response, Payer, ReadError};
 use super::limits::Admitted;
 use super::ration::Timed;
 use super::{cmd, connector, subscribe, ControlContext};
-use crate::app_socket::AppSocket;
+use crate::app_socket::{AppSocket, PeerEnd};
 use crate::shutdown::Shutdown;
 
 /// A connected client and what it holds.
@@ -222,6 +222,21 @@ pub(super) async fn request_arrives(stream: &AppSocket) -> io::Result<bool> {
         .read_with(|fd| Ok(recv(fd, &mut byte, MsgFlags::MSG_PEEK)?))
         .await
         .map(|peeked| peeked > 0)
+}
+
+/// Like [`request_arrives`], for a wait on the client's behalf that
+/// stops when the client leaves: true once a request is there, false
+/// once the client hung up. A client that only shut its end for sending
+/// (its last request written) is still there to read the answer, so its
+/// end of file alone ends nothing.
+pub(super) async fn request_or_hang_up(stream: &AppSocket) -> io::Result<bool> {
+    if request_arrives(stream).await? {
+        return Ok(true);
+    }
+    if stream.peer_end() == PeerEnd::Shut {
+        stream.hung_up().await?;
+    }
+    Ok(false)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use sal_control::{ErrorKind, Response};
 
 use super::flows::{budget_group, hand_over, pair, pair_error};
 use super::{error_reply, host_error, Reply};
-use crate::control::client::{request_arrives, Client};
+use crate::control::client::{request_or_hang_up, Client};
 use crate::owners::{Binding, Owners};
 use crate::pump;
 
@@ -174,7 +174,7 @@ pub(super) async fn accept(client: &mut Client, listener: ListenerId, nonblockin
                 Ok(flow) => flow,
                 Err(_) => return error_reply(ErrorKind::NotFound, "listener closed"),
             },
-            arrived = request_arrives(&client.stream) => {
+            arrived = request_or_hang_up(&client.stream) => {
                 shared.lock().give_up_accept(listener, waiter);
                 return withdrawn(arrived);
             }

@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{denied, error_reply, host_error, Reply};
-use crate::app_socket::{AppSocket, PeerEnd};
+use crate::app_socket::AppSocket;
 use crate::control::client::Client;
 use crate::control::ration::Rations;
 use crate::daemon::Shared;
@@ -121,20 +121,10 @@ fn pending(shared: &Shared, listeners: &[ListenerId]) -> usize {
 /// answer, and a client that sent one and then hung up is still seen to
 /// go (watching for a request alone, such a drain waited, its watch and
 /// connection held, until its time ran out). A client that only shut its
-/// end for sending may still read the answer, and gets it when the wait
-/// ends (it is not watched any further: its end reads as ready for good).
+/// end for sending may still read the answer: it is waited for until it
+/// closes.
 async fn gone(stream: &AppSocket) {
-    loop {
-        match stream.peer_end() {
-            PeerEnd::Closed | PeerEnd::ClosedUnread => return,
-            PeerEnd::Shut => std::future::pending::<()>().await,
-            PeerEnd::Open => {}
-        }
-        // The next edge: bytes of a request, the end shut or closed.
-        if stream.readable().await.is_err() {
-            return;
-        }
-    }
+    let _ = stream.hung_up().await;
 }
 
 /// A drain waiting for its listeners to settle, on its user's behalf.
