@@ -452,11 +452,13 @@ pub unsafe extern "C" fn sendto(
     addr: *const sockaddr,
     len: socklen_t,
 ) -> ssize_t {
+    // Not ours, or a connected flow sent to with no address (as `send`):
+    // libc's, lock-free.
+    if !table::maybe_tracked(fd) || (addr.is_null() && !table::maybe_intercepted(fd)) {
+        // SAFETY: forwarding the caller's arguments unchanged.
+        return unsafe { real::sendto(fd, buf, n, flags, addr, len) };
+    }
     guard(-1, || {
-        if !table::maybe_tracked(fd) {
-            // SAFETY: forwarding the caller's arguments unchanged.
-            return Ok(unsafe { real::sendto(fd, buf, n, flags, addr, len) });
-        }
         if buf.is_null() && n > 0 {
             return Err(libc::EFAULT);
         }
@@ -491,16 +493,32 @@ pub unsafe extern "C" fn recvfrom(
     addr: *mut sockaddr,
     len: *mut socklen_t,
 ) -> ssize_t {
-    // SAFETY: the caller's arguments as `recvfrom(2)` takes them; the
-    // fallback forwards them unchanged.
-    unsafe {
-        receive(
-            fd,
-            flags,
-            || Ok((buffer(buf, n)?, addr, len)),
-            || real::recvfrom(fd, buf, n, flags, addr, len),
-        )
+    if table::maybe_intercepted(fd) {
+        // SAFETY: the caller's arguments as `recvfrom(2)` takes them; the
+        // fallback forwards them unchanged.
+        return unsafe {
+            receive(
+                fd,
+                flags,
+                || Ok((buffer(buf, n)?, addr, len)),
+                || real::recvfrom(fd, buf, n, flags, addr, len),
+            )
+        };
     }
+    // A connected flow (or not ours): libc's, lock-free but for a datagram
+    // flow's peer, named as `recvmsg` names it. A connected stream's name
+    // is the kernel's length 0, as TCP's.
+    let room = (!addr.is_null() && !len.is_null() && table::maybe_datagram_flow(fd))
+        // SAFETY: `len` is non-null and, as `recvfrom(2)` requires,
+        // readable when `addr` is given.
+        .then(|| unsafe { *len });
+    // SAFETY: forwarding the caller's arguments unchanged.
+    let got = unsafe { real::recvfrom(fd, buf, n, flags, addr, len) };
+    if let (Some(room), true) = (room, got >= 0) {
+        // SAFETY: the caller's address buffers: `room` bytes at `addr`.
+        unsafe { name_flow_peer(fd, addr, len, room) };
+    }
+    read_done(fd, || n, got)
 }
 
 /// The program's buffer of `n` bytes at `buf`, as [`receive`] fills it
@@ -729,7 +747,14 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int
     if let (Some(room), true) = (room, got >= 0) {
         // SAFETY: the message the kernel just filled; `room` is what its
         // name had before.
-        unsafe { name_flow_peer(fd, msg, room) };
+        unsafe {
+            name_flow_peer(
+                fd,
+                (*msg).msg_name.cast::<sockaddr>(),
+                std::ptr::addr_of_mut!((*msg).msg_namelen),
+                room,
+            )
+        };
     }
     // SAFETY: asked only after the kernel read the message and its iovecs
     // for a call that succeeded.
@@ -740,27 +765,24 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int
     )
 }
 
-/// Names a connected datagram flow's peer in the message libc's
-/// `recvmsg` just received on `fd`, as `recvfrom` names it: the flow's
-/// socket (one end of a socket pair) has no name to give. Costs a look at
-/// the table, for a message that asks for a name on a socket that may be
-/// such a flow (`table::maybe_datagram_flow`: never a connected stream).
+/// Names a connected datagram flow's peer where libc's `recvmsg` or
+/// `recvfrom` just received a message on `fd` (`addr`, its length at
+/// `len`), as `recvfrom` of ours names it: the flow's socket (one end of
+/// a socket pair) has no name to give. Costs a look at the table, for a
+/// call that asks for a name on a socket that may be such a flow
+/// (`table::maybe_datagram_flow`: never a connected stream).
 ///
 /// # Safety
-/// `msg` is a valid message whose `msg_name` has `room` bytes.
-unsafe fn name_flow_peer(fd: c_int, msg: *mut libc::msghdr, room: socklen_t) {
+/// `addr` has `room` writable bytes and `len` is writable.
+unsafe fn name_flow_peer(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, room: socklen_t) {
     let Some(peer) = ops::datagram_peer(fd) else {
         return;
     };
-    // SAFETY: as the caller guarantees; the name's length is set back to
-    // its room for `write_addr`, which sets it to the address's length.
+    // SAFETY: as the caller guarantees; the length is set back to the
+    // room for `write_addr`, which sets it to the address's length.
     unsafe {
-        (*msg).msg_namelen = room;
-        let _ = write_addr(
-            &peer,
-            (*msg).msg_name.cast::<sockaddr>(),
-            std::ptr::addr_of_mut!((*msg).msg_namelen),
-        );
+        *len = room;
+        let _ = write_addr(&peer, addr, len);
     }
 }
 

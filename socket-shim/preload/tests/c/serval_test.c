@@ -715,7 +715,7 @@ static void dgram_flow_echo(int fd) {
         echoed++;
     }
     CHECK(n == 0, "end of the flow");
-    CHECK(echoed == 2, "%d datagrams echoed", echoed);
+    CHECK(echoed == 3, "%d datagrams echoed", echoed);
     close(c);
 }
 
@@ -726,27 +726,29 @@ static int dgram_flow_server(const char *sid, int count) {
     return failures ? 1 : 0;
 }
 
-/* One datagram on a connected flow and its echo: with send and recvmsg,
- * or (`batched`) sendmmsg and recvmmsg of one message; either receive
- * names the sender, the service connected to, as recvfrom does. Returns
- * the echo's length. */
+/* One datagram on a connected flow and its echo: with send and recvmsg
+ * (`how` 0), sendmmsg and recvmmsg of one message (1), or sendto with no
+ * address and recvfrom (2); each receive names the sender, the service
+ * connected to. Returns the echo's length. */
 static ssize_t flow_exchange(int fd, const struct sockaddr_sv *peer, const char *msg, char *back,
-                             size_t room, int batched) {
+                             size_t room, int how) {
+    static const char *const calls[] = {"recvmsg", "recvmmsg", "recvfrom"};
     struct iovec out = {(void *)msg, strlen(msg)};
     struct mmsghdr sm = {.msg_hdr = {.msg_iov = &out, .msg_iovlen = 1}};
-    ssize_t sent = batched ? (sendmmsg(fd, &sm, 1, 0) == 1 ? (ssize_t)sm.msg_len : -1)
-                           : send(fd, msg, strlen(msg), 0);
+    ssize_t sent = how == 1   ? (sendmmsg(fd, &sm, 1, 0) == 1 ? (ssize_t)sm.msg_len : -1)
+                   : how == 2 ? sendto(fd, msg, strlen(msg), 0, NULL, 0)
+                              : send(fd, msg, strlen(msg), 0);
     if (sent != (ssize_t)strlen(msg)) die("send");
     struct sv_from from;
     memset(&from, 0, sizeof from);
     struct iovec in = {back, room};
     struct mmsghdr rm = {.msg_hdr = {.msg_name = &from, .msg_namelen = sizeof from, .msg_iov = &in, .msg_iovlen = 1}};
-    ssize_t n = batched ? (recvmmsg(fd, &rm, 1, 0, NULL) == 1 ? (ssize_t)rm.msg_len : -1)
-                        : recvmsg(fd, &rm.msg_hdr, 0);
+    ssize_t n = how == 1   ? (recvmmsg(fd, &rm, 1, 0, NULL) == 1 ? (ssize_t)rm.msg_len : -1)
+                : how == 2 ? recvfrom(fd, back, room, 0, (struct sockaddr *)&from, &rm.msg_hdr.msg_namelen)
+                           : recvmsg(fd, &rm.msg_hdr, 0);
     CHECK(rm.msg_hdr.msg_namelen == sizeof from.sv && from.sv.sv_family == AF_SERVAL &&
               !memcmp(&from.sv.sv_srvid, &peer->sv_srvid, SERVICE_ID_LEN),
-          "the flow's peer named by %s (namelen %u)", batched ? "recvmmsg" : "recvmsg",
-          (unsigned)rm.msg_hdr.msg_namelen);
+          "the flow's peer named by %s (namelen %u)", calls[how], (unsigned)rm.msg_hdr.msg_namelen);
     return n;
 }
 
@@ -766,9 +768,9 @@ static int dgram_flow_client(const char *sid, const char *before) {
     CHECK(getsockname(fd, (struct sockaddr *)&me, &melen) == 0 &&
               (!bound || !memcmp(&me.sv_srvid, &mine.sv_srvid, SERVICE_ID_LEN)),
           "getsockname after connect");
-    const char *msgs[] = {"hello serval", "quit"};
-    const char *want[] = {"HELLO SERVAL", "QUIT"};
-    for (int i = 0; i < 2; i++) {
+    const char *msgs[] = {"hello serval", "again", "quit"};
+    const char *want[] = {"HELLO SERVAL", "AGAIN", "QUIT"};
+    for (int i = 0; i < 3; i++) {
         char back[64] = {0};
         ssize_t n = flow_exchange(fd, &sa, msgs[i], back, sizeof back, i);
         CHECK(n == (ssize_t)strlen(want[i]) && memcmp(back, want[i], (size_t)n) == 0, "echo %d", i);
