@@ -13,7 +13,8 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use sal::proto::{HostConfig, HostError};
+use sal::proto::{HostConfig, HostError, UNACCEPTED_BUFFER, UNACCEPTED_LISTENER_BUFFER};
+use sal::table::ListenerId;
 use sal::wire::{SalPacket, TransportProtocol::Stream};
 use sal::FlowId;
 use sal_sim::{HostId, LinkConditions, Network, Packet};
@@ -379,7 +380,6 @@ fn one_group_s_unread_flows_leave_the_others_room_to_grow() {
 /// they grow as any flow and every byte arrives.
 #[test]
 fn flows_nobody_accepted_hold_little_until_accepted() {
-    use sal::proto::UNACCEPTED_BUFFER;
     let (mut net, [client, server], listener) = setup_with(34, HostConfig::default());
     let service = "ab".parse().unwrap();
     let clients: Vec<FlowId> = (0..FLOWS)
@@ -436,5 +436,324 @@ fn flows_nobody_accepted_hold_little_until_accepted() {
     assert!(done, "stalled");
     for flow in &parked {
         assert!(flow.received == flow.data, "delivered bytes differ");
+    }
+}
+
+/// The group budget of the attack below: 2 MiB.
+const ATTACK_GROUP_BUDGET: usize = 2 << 20;
+
+/// A remote peer's flows to a user's listener that nobody accepts: 96,
+/// each of which may park `UNACCEPTED_BUFFER` (64 KiB): 6 MiB, three times
+/// the group's budget.
+const ATTACKERS: usize = 96;
+
+/// What [`bulk_beside_unaccepted_flows`] saw.
+struct AttackRun {
+    /// How long the user's bulk transfer took (virtual time).
+    bulk_time: Duration,
+    /// Times the user's group came under pressure.
+    group_pressures: u64,
+    /// Times the listener's flows nobody accepted came under pressure.
+    listener_pressures: u64,
+    /// Whether the host came under pressure.
+    host_pressure: bool,
+    /// The most the flows nobody accepted held together.
+    unaccepted_peak: u64,
+}
+
+/// How far past [`UNACCEPTED_LISTENER_BUFFER`] a listener's `flows`
+/// nobody accepted may go: the drive that crosses the bound may complete
+/// one growth step, of a flow below `UNACCEPTED_BUFFER`, and under
+/// pressure each flow direction that held nothing may take its first
+/// allocation.
+fn unaccepted_slack(flows: usize) -> u64 {
+    let config = HostConfig::default().stream;
+    (UNACCEPTED_BUFFER + flows * 2 * config.min_buffer) as u64
+}
+
+/// A user's listener (group 1, group budget [`ATTACK_GROUP_BUDGET`]) with
+/// one flow its application accepted, and `attackers` flows another host
+/// opened to it and keeps filling, which nobody accepts; once they are
+/// full, the accepted flow carries 4 MiB, read as they come.
+fn bulk_beside_unaccepted_flows(seed: u64, attackers: usize) -> AttackRun {
+    let server_config = HostConfig {
+        buffer_memory_limit: Some(64 << 20),
+        buffer_memory_group_limit: Some(ATTACK_GROUP_BUDGET),
+        ..HostConfig::default()
+    };
+    let (mut net, [client, server]) = hosts(seed, server_config);
+    let attacker = net.add_host(
+        "attacker",
+        HostConfig::default(),
+        &[("eth0", "10.0.0.3/24")],
+    );
+    default_route(&mut net, attacker, "10.0.0.2");
+    let service = "ab".parse().unwrap();
+    let listener = {
+        let host = net.host(server);
+        let listener = host.listen("ab/8".parse().unwrap(), Stream, 256).unwrap();
+        host.set_listener_group(listener, 1).unwrap();
+        listener
+    };
+    let (c, s) = establish(&mut net, client, server, listener, service);
+    let flows: Vec<FlowId> = (0..attackers)
+        .map(|_| net.host(attacker).connect(service, Stream).unwrap())
+        .collect();
+    let opened = net.run_until(Duration::from_secs(10), |net| {
+        let events = &net.sim_host(attacker).events;
+        flows
+            .iter()
+            .all(|&f| events.contains(&sal::proto::Event::Connected(f)))
+    });
+    assert!(opened, "the attacker's handshakes");
+    let mut parked: Vec<Parked> = (flows.iter().enumerate())
+        .map(|(i, &f)| Parked {
+            ends: (f, f),
+            data: pattern(256 << 10, 400 + i as u64),
+            sent: 0,
+            received: Vec::new(),
+        })
+        .collect();
+    let mut unaccepted_peak = 0;
+    let mut look = |net: &mut Network, parked: &mut [Parked]| {
+        for flow in parked.iter_mut() {
+            flow.push(net, attacker);
+        }
+        let host = net.host(server);
+        let unaccepted = host.stats().buffer_bytes - host.group_buffer_bytes(1);
+        unaccepted_peak = unaccepted_peak.max(unaccepted);
+    };
+    net.run_until(Duration::from_secs(5), |net| {
+        look(net, &mut parked);
+        false
+    });
+    let bulk = pattern(4 << 20, 11);
+    let start = net.now();
+    let got = stream(
+        &mut net,
+        (client, c),
+        (server, s),
+        &bulk,
+        Duration::from_secs(120),
+        |net, _| look(net, &mut parked),
+    );
+    let bulk_time = net.now() - start;
+    assert!(got == bulk, "bulk: delivered bytes differ");
+    let stats = net.host(server).stats();
+    AttackRun {
+        bulk_time,
+        group_pressures: stats.group_buffer_pressures,
+        listener_pressures: stats.unaccepted_buffer_pressures,
+        host_pressure: stats.buffer_pressures > 0,
+        unaccepted_peak,
+    }
+}
+
+/// Flows nobody accepted cannot put their user's accepted flows under
+/// pressure: a remote peer that opens as many flows to a user's listener
+/// as its backlog admits and fills each to `UNACCEPTED_BUFFER` held the
+/// user's whole group budget with them (4096 x 64 KiB is 256 MiB, sald's
+/// default per user), and the user's real clients' transfers ran on
+/// `min_buffer`-sized windows. Their memory counts against their
+/// listener's own bound instead, and moves to the group on accept.
+#[test]
+fn flows_nobody_accepted_do_not_press_their_user_s_accepted_flows() {
+    let alone = bulk_beside_unaccepted_flows(35, 0);
+    let attacked = bulk_beside_unaccepted_flows(35, ATTACKERS);
+    eprintln!(
+        "bulk alone {:?}, beside {ATTACKERS} flows nobody accepted {:?} (they held {} bytes at most); \
+         group pressure entered {} times",
+        alone.bulk_time, attacked.bulk_time, attacked.unaccepted_peak, attacked.group_pressures
+    );
+    assert_eq!(attacked.group_pressures, 0, "the user's group was pressed");
+    assert!(
+        attacked.bulk_time.total_millis() * 4 <= alone.bulk_time.total_millis() * 5,
+        "the user's bulk took {:?} beside the attack, {:?} alone",
+        attacked.bulk_time,
+        alone.bulk_time
+    );
+    assert!(
+        !attacked.host_pressure,
+        "the host's budget is not the point"
+    );
+    // They held more than the group's budget, within their listener's.
+    assert!(
+        attacked.unaccepted_peak > ATTACK_GROUP_BUDGET as u64,
+        "{} bytes held by flows nobody accepted",
+        attacked.unaccepted_peak
+    );
+    assert!(attacked.listener_pressures >= 1, "they reached their bound");
+    let slack = unaccepted_slack(ATTACKERS);
+    assert!(
+        attacked.unaccepted_peak <= UNACCEPTED_LISTENER_BUFFER as u64 + slack,
+        "{} bytes held by one listener's flows nobody accepted (slack {slack})",
+        attacked.unaccepted_peak
+    );
+}
+
+/// A stream listener for `prefix` on `server`, its flows in group 1.
+fn listen_in_group_1(net: &mut Network, server: HostId, prefix: &str) -> sal::table::ListenerId {
+    let host = net.host(server);
+    let listener = host.listen(prefix.parse().unwrap(), Stream, 512).unwrap();
+    host.set_listener_group(listener, 1).unwrap();
+    listener
+}
+
+/// `count` flows from `client` to `service`, each of which writes its
+/// request (a pattern `len(i)` bytes long, from `seed + i`) and ends its
+/// sending; runs until all are written. Nobody on the server accepts them.
+fn requests(
+    net: &mut Network,
+    client: HostId,
+    service: &str,
+    count: usize,
+    (len, seed): (impl Fn(usize) -> usize, u64),
+) -> Vec<Parked> {
+    let service = service.parse().unwrap();
+    let mut requests: Vec<Parked> = (0..count)
+        .map(|i| Parked {
+            ends: {
+                let flow = net.host(client).connect(service, Stream).unwrap();
+                (flow, flow) // the server's end is known once accepted
+            },
+            data: pattern(len(i), seed + i as u64),
+            sent: 0,
+            received: Vec::new(),
+        })
+        .collect();
+    let mut shut = vec![false; count];
+    let written = net.run_until(Duration::from_secs(20), |net| {
+        for (flow, shut) in requests.iter_mut().zip(&mut shut) {
+            flow.push(net, client);
+            if flow.sent == flow.data.len() && !*shut {
+                net.host(client).shutdown(flow.ends.0).unwrap();
+                *shut = true;
+            }
+        }
+        shut.iter().all(|&s| s)
+    });
+    assert!(written, "the requests were written");
+    requests
+}
+
+/// Accepts as many flows from `listener` as there are `requests`, pairing
+/// each server end with its client by the peer's flow ID.
+fn accept_all(net: &mut Network, server: HostId, listener: ListenerId, requests: &mut [Parked]) {
+    for _ in 0..requests.len() {
+        let accepted = net.host(server).accept(listener).unwrap();
+        let peer = net.host(server).flow(accepted).unwrap().peer_flow.unwrap();
+        let flow = (requests.iter_mut()).find(|f| f.ends.0 == peer).unwrap();
+        flow.ends.1 = accepted;
+    }
+}
+
+/// A burst of clients to a server slow to accept, each sending its first
+/// request right after the handshake: flows that already fill their
+/// listener's bound for flows nobody accepted do not keep the requests of
+/// those that come next out. Each newcomer's request (a few KiB, as most
+/// are) waits whole in its first allocation, each larger one has at
+/// least that much of it waiting, and once accepted every byte of every
+/// request arrives. What they hold counts against the listener until
+/// accepted, then against the group, and all of it is given back once
+/// they close.
+#[test]
+fn a_burst_s_first_requests_wait_for_the_accept_and_arrive_whole() {
+    let min_buffer = HostConfig::default().stream.min_buffer;
+    let (mut net, [client, server]) = hosts(36, HostConfig::default());
+    let listener = listen_in_group_1(&mut net, server, "ab/8");
+    // First, large requests that fill the listener's bound (72 of
+    // 100 KiB: 4.5 MiB wanted, at most 64 KiB each held).
+    let mut burst = requests(&mut net, client, "ab", 72, (|_| 100 << 10, 600));
+    net.run_for(Duration::from_secs(2));
+    let host = net.host(server);
+    let held = host.unaccepted_buffer_bytes(listener);
+    assert!(held >= UNACCEPTED_LISTENER_BUFFER as u64, "{held} held");
+    assert!(host.stats().unaccepted_buffer_pressures >= 1);
+    // Then a burst of small ones (300 bytes to 4 KiB), and some more
+    // large ones, while the bound is held.
+    let len = |i: usize| match i % 4 {
+        0 => 100 << 10,
+        _ => 300 + (i * 397) % (min_buffer - 300),
+    };
+    burst.extend(requests(&mut net, client, "ab", 128, (len, 700)));
+    net.run_for(Duration::from_secs(2));
+    let host = net.host(server);
+    let held = host.unaccepted_buffer_bytes(listener);
+    let slack = unaccepted_slack(burst.len());
+    eprintln!("{} requests nobody accepted hold {held} bytes", burst.len());
+    assert!(
+        held <= UNACCEPTED_LISTENER_BUFFER as u64 + slack,
+        "{held} held"
+    );
+    assert_eq!(host.stats().buffer_bytes, held, "no other flow holds any");
+    assert_eq!(host.group_buffer_bytes(1), 0, "nothing accepted yet");
+
+    // Accepted, their memory moves to the group, all of it.
+    accept_all(&mut net, server, listener, &mut burst);
+    let host = net.host(server);
+    assert_eq!(host.unaccepted_buffer_bytes(listener), 0);
+    assert_eq!(host.group_buffer_bytes(1), held);
+    // What waited before the accept: the whole of each small request, at
+    // least a first allocation of each large one.
+    for flow in &mut burst {
+        flow.pull(&mut net, server);
+        let waited = flow.received.len();
+        let whole = flow.data.len();
+        assert!(
+            waited >= whole.min(min_buffer),
+            "{waited} of a {whole}-byte request waited for the accept"
+        );
+    }
+    // And then every byte.
+    let done = net.run_until(Duration::from_secs(60), |net| {
+        for flow in &mut burst {
+            flow.pull(net, server);
+        }
+        burst.iter().all(|f| f.received.len() == f.data.len())
+    });
+    assert!(done, "stalled");
+    for flow in &burst {
+        assert!(flow.received == flow.data, "delivered bytes differ");
+    }
+
+    // Closed, they give everything back.
+    for flow in &burst {
+        net.host(server).close(flow.ends.1).unwrap();
+        net.host(client).close(flow.ends.0).unwrap();
+    }
+    net.run_for(Duration::from_secs(5));
+    let host = net.host(server);
+    assert_eq!(host.stats().buffer_bytes, 0);
+    assert_eq!(host.group_buffer_bytes(1), 0);
+    assert_eq!(host.unaccepted_buffer_bytes(listener), 0);
+}
+
+/// A listener closed with flows nobody accepted, holding what their
+/// clients sent, resets them; what they held is given back, to the host
+/// and to the listener's total, though the listener is gone.
+#[test]
+fn a_listener_closed_with_flows_nobody_accepted_leaves_nothing_held() {
+    let (mut net, [client, server]) = hosts(37, HostConfig::default());
+    let listener = listen_in_group_1(&mut net, server, "ab/8");
+    let parked = requests(&mut net, client, "ab", 80, (|_| 100 << 10, 800));
+    net.run_for(Duration::from_secs(2));
+    let host = net.host(server);
+    let held = host.unaccepted_buffer_bytes(listener);
+    assert!(held >= UNACCEPTED_LISTENER_BUFFER as u64, "{held} held");
+    assert_eq!(host.stats().buffer_bytes, held);
+    host.close_listener(listener).unwrap();
+    net.run_for(Duration::from_secs(1));
+    let host = net.host(server);
+    assert_eq!(host.stats().buffer_bytes, 0);
+    assert_eq!(host.unaccepted_buffer_bytes(listener), 0);
+    assert_eq!(host.group_buffer_bytes(1), 0);
+    assert_eq!(host.flow_count(), 0, "they were reset and forgotten");
+    // Their clients heard the reset.
+    let mut buf = [0; 16];
+    for flow in &parked {
+        assert_eq!(
+            net.host(client).recv(flow.ends.0, &mut buf),
+            Err(HostError::Reset)
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! Buffer memory budgets: the host's, and one for each group of flows.
+//! Buffer memory budgets: the host's, one for each group of flows, and one
+//! for each listener's flows nobody has accepted yet.
 //!
 //! The host-wide budget ([`HostConfig::buffer_memory_limit`], Linux's
 //! `tcp_mem`) keeps all flows' TCP buffers together within memory. It
@@ -16,8 +17,32 @@
 //! flows grow as before. Group [`NO_GROUP`] (the default) is bounded by
 //! the host's budget only.
 //!
+//! # Flows nobody accepted
+//!
+//! A server flow its application has not accepted yet counts against its
+//! listener instead of its group: each listener has a total of its own for
+//! them, bounded by [`UNACCEPTED_LISTENER_BUFFER`] (each such flow's
+//! buffers stop growing at [`UNACCEPTED_BUFFER`] anyway). Once a listener's
+//! flows hold that much, they are under pressure: those holding nothing
+//! still take their first allocation (a client's first request, sent right
+//! after the handshake, is buffered), none grows beyond what it holds,
+//! until some are accepted or die. On [`Host::accept`] what the flow holds
+//! moves to its group, as [`Host::set_flow_group`] moves it between
+//! groups. Anyone who can complete handshakes can open flows to a
+//! listener, as many as its backlog admits (thousands), and fill them;
+//! charged to the group, they put the user's accepted flows under pressure
+//! at the attacker's choice (4096 flows of 64 KiB are 256 MiB, sald's
+//! default budget per user). Charged to the listener, they cost the user
+//! nothing but that listener's flows' growth, and the host, for each
+//! listener, at most the bound plus a first allocation per flow direction
+//! (and one growth step); the host's budget counts them as every other
+//! flow. A flow may outlive its
+//! listener (closing it resets the flows it holds, which die at the next
+//! poll): the listener's total lives here, not in the listener, and goes
+//! when its last flow gives back what it holds.
+//!
 //! Every change of a socket's buffer memory passes through
-//! [`Host::account_buffers`] with the flow's group, which keeps both
+//! [`Host::account_buffers`] with the flow's [`Charge`], which keeps both
 //! totals; nothing walks the flows.
 //!
 //! [`HostConfig::buffer_memory_limit`]: super::HostConfig::buffer_memory_limit
@@ -25,7 +50,7 @@
 
 use std::collections::HashMap;
 
-use super::flow::Endpoint;
+use super::flow::{Endpoint, Flow};
 use super::{Host, HostError};
 use crate::id::FlowId;
 use crate::table::ListenerId;
@@ -43,45 +68,75 @@ pub const NO_GROUP: u32 = 0;
 /// pressure at a quarter of the memory (found by a review).
 pub const UNACCEPTED_BUFFER: usize = 64 << 10;
 
-/// What each group's flows hold, for the groups that hold anything.
-#[derive(Debug, Default)]
-pub(super) struct GroupBudgets {
-    held: HashMap<u32, GroupUse>,
+/// What the buffers of the flows one listener opened and nobody has
+/// accepted yet may hold together before they are under pressure (see the
+/// module docs): 64 flows' [`UNACCEPTED_BUFFER`]. A first request of a few
+/// KiB fits the first allocation that every flow may take under pressure,
+/// so a burst of clients that send theirs right after the handshake, to a
+/// server slow to accept, still has them all buffered; only larger ones
+/// wait for the accept beyond this.
+pub const UNACCEPTED_LISTENER_BUFFER: usize = 4 << 20;
+
+/// Whose budget a flow's buffer memory counts against, besides the host's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum Charge {
+    /// Its group's ([`NO_GROUP`]: none).
+    Group(u32),
+    /// Not accepted yet: its listener's total of such flows.
+    Unaccepted(ListenerId),
 }
 
-/// One group's buffer memory and pressure state.
+impl Flow {
+    /// Whose budget the flow's buffers count against (see the module docs).
+    pub(super) fn charge(&self) -> Charge {
+        match self.listener {
+            Some(listener) if self.unaccepted => Charge::Unaccepted(listener),
+            _ => Charge::Group(self.group),
+        }
+    }
+}
+
+/// What the flows of each group, and each listener's flows nobody has
+/// accepted, hold, for those that hold anything.
+#[derive(Debug, Default)]
+pub(super) struct Budgets {
+    held: HashMap<Charge, Use>,
+}
+
+/// The buffer memory and pressure state of one group, or of one
+/// listener's flows nobody has accepted.
 #[derive(Debug, Default, Clone, Copy)]
-struct GroupUse {
+struct Use {
     bytes: u64,
     pressure: bool,
 }
 
-impl GroupBudgets {
-    /// Whether `group` is under pressure of its own.
-    pub(super) fn pressure(&self, group: u32) -> bool {
+impl Budgets {
+    /// Whether the flows of `charge` are under pressure of their own.
+    pub(super) fn pressure(&self, charge: Charge) -> bool {
         // Asked for every segment: no hashing for flows in no group.
-        group != NO_GROUP && self.held.get(&group).is_some_and(|u| u.pressure)
+        charge != Charge::Group(NO_GROUP) && self.held.get(&charge).is_some_and(|u| u.pressure)
     }
 
-    /// Bytes `group`'s flows hold.
-    fn bytes(&self, group: u32) -> u64 {
-        self.held.get(&group).map_or(0, |u| u.bytes)
+    /// Bytes the flows of `charge` hold.
+    fn bytes(&self, charge: Charge) -> u64 {
+        self.held.get(&charge).map_or(0, |u| u.bytes)
     }
 
-    /// Moves `group`'s total from `before` to `after` more bytes and its
-    /// pressure state with it (`limit`: the group budget); returns whether
-    /// the group came under pressure now.
-    fn account(&mut self, group: u32, before: u64, after: u64, limit: Option<u64>) -> bool {
-        if group == NO_GROUP || before == after {
+    /// Moves the total of `charge` from `before` to `after` more bytes and
+    /// its pressure state with it (`limit`: its budget); returns whether
+    /// it came under pressure now.
+    fn account(&mut self, charge: Charge, before: u64, after: u64, limit: Option<u64>) -> bool {
+        if charge == Charge::Group(NO_GROUP) || before == after {
             return false;
         }
-        let used = self.held.entry(group).or_default();
+        let used = self.held.entry(charge).or_default();
         used.bytes = (used.bytes + after).saturating_sub(before);
         let was = used.pressure;
         used.pressure = limit.is_some_and(|limit| under_pressure(was, used.bytes, limit));
         let entered = used.pressure && !was;
         if used.bytes == 0 && !used.pressure {
-            self.held.remove(&group);
+            self.held.remove(&charge);
         }
         entered
     }
@@ -106,9 +161,10 @@ fn under_pressure(pressure: bool, bytes: u64, limit: u64) -> bool {
 
 impl Host {
     /// Accounts for a change in one socket's buffer memory, `before` to
-    /// `after` bytes, of a flow in `group`: the host's total and pressure
-    /// state, and the group's (see the module docs).
-    pub(super) fn account_buffers(&mut self, group: u32, before: usize, after: usize) {
+    /// `after` bytes, of a flow whose memory counts against `charge`: the
+    /// host's total and pressure state, and those of `charge` (see the
+    /// module docs).
+    pub(super) fn account_buffers(&mut self, charge: Charge, before: usize, after: usize) {
         let (before, after) = (before as u64, after as u64);
         let stats = &mut self.stats;
         stats.buffer_bytes = (stats.buffer_bytes + after).saturating_sub(before);
@@ -119,16 +175,31 @@ impl Host {
                 stats.buffer_pressures += 1;
             }
         }
-        let limit = self.config.buffer_memory_group_limit.map(|l| l as u64);
-        if self.budgets.account(group, before, after, limit) {
-            self.stats.group_buffer_pressures += 1;
+        self.account_charge(charge, before, after);
+    }
+
+    /// Moves the total of `charge` alone (not the host's) from `before` to
+    /// `after` bytes, and counts its coming under pressure.
+    fn account_charge(&mut self, charge: Charge, before: u64, after: u64) {
+        let limit = match charge {
+            Charge::Group(_) => self.config.buffer_memory_group_limit,
+            Charge::Unaccepted(_) => Some(UNACCEPTED_LISTENER_BUFFER),
+        };
+        if self
+            .budgets
+            .account(charge, before, after, limit.map(|l| l as u64))
+        {
+            match charge {
+                Charge::Group(_) => self.stats.group_buffer_pressures += 1,
+                Charge::Unaccepted(_) => self.stats.unaccepted_buffer_pressures += 1,
+            }
         }
     }
 
-    /// Whether a socket of a flow in `group` is under memory pressure: the
-    /// host's, or its group's own.
-    pub(super) fn buffer_pressure(&self, group: u32) -> bool {
-        self.stats.buffer_pressure || self.budgets.pressure(group)
+    /// Whether a socket of a flow whose memory counts against `charge` is
+    /// under memory pressure: the host's, or that of `charge`.
+    pub(super) fn buffer_pressure(&self, charge: Charge) -> bool {
+        self.stats.buffer_pressure || self.budgets.pressure(charge)
     }
 
     /// Whether a flow's socket holding `memory` bytes may not grow: under
@@ -138,32 +209,46 @@ impl Host {
         pressure || (unaccepted && memory >= UNACCEPTED_BUFFER)
     }
 
-    /// The group of flow `id` ([`NO_GROUP`] if there is no such flow).
-    pub(super) fn flow_group(&self, id: FlowId) -> u32 {
+    /// Whose budget flow `id`'s memory counts against (no group's if there
+    /// is no such flow).
+    pub(super) fn flow_charge(&self, id: FlowId) -> Charge {
         match self.endpoints.get(id) {
-            Some(Endpoint::Flow(flow)) => flow.group,
-            _ => NO_GROUP,
+            Some(Endpoint::Flow(flow)) => flow.charge(),
+            _ => Charge::Group(NO_GROUP),
         }
     }
 
-    /// Puts a flow into `group` (see the module docs): what its buffers
-    /// hold moves to that group's total, and from now on the flow is under
-    /// pressure whenever the group is. `NO_GROUP` takes it out of any.
-    pub fn set_flow_group(&mut self, id: FlowId, group: u32) -> Result<(), HostError> {
+    /// Changes flow `id` with `change`, and moves what its buffers hold to
+    /// whatever its charge is then.
+    fn recharge(&mut self, id: FlowId, change: impl FnOnce(&mut Flow)) -> Result<(), HostError> {
         let flow = self.flow_mut(id)?;
-        let old = std::mem::replace(&mut flow.group, group);
+        let old = flow.charge();
+        change(flow);
+        let new = flow.charge();
         let memory = flow
             .stream()
             .and_then(|s| s.socket.as_ref())
             .map_or(0, sal_tcp::Socket::buffer_memory) as u64;
-        if old != group && memory > 0 {
-            let limit = self.config.buffer_memory_group_limit.map(|l| l as u64);
-            self.budgets.account(old, memory, 0, limit);
-            if self.budgets.account(group, 0, memory, limit) {
-                self.stats.group_buffer_pressures += 1;
-            }
+        if old != new && memory > 0 {
+            self.account_charge(old, memory, 0);
+            self.account_charge(new, 0, memory);
         }
         Ok(())
+    }
+
+    /// Puts a flow into `group` (see the module docs): what its buffers
+    /// hold moves to that group's total, and from now on the flow is under
+    /// pressure whenever the group is. `NO_GROUP` takes it out of any. A
+    /// flow nobody has accepted yet counts against its listener until it
+    /// is, then against this group.
+    pub fn set_flow_group(&mut self, id: FlowId, group: u32) -> Result<(), HostError> {
+        self.recharge(id, |flow| flow.group = group)
+    }
+
+    /// Flow `id` is accepted: its buffers may grow from now on, and what
+    /// they hold counts against its group instead of its listener.
+    pub(super) fn set_accepted(&mut self, id: FlowId) {
+        let _ = self.recharge(id, |flow| flow.unaccepted = false);
     }
 
     /// Puts the server flows `listener` opens from now on into `group`
@@ -180,9 +265,18 @@ impl Host {
         }
     }
 
-    /// Bytes of TCP buffer memory the flows of `group` hold now.
+    /// Bytes of TCP buffer memory the flows of `group` hold now (those
+    /// nobody has accepted yet are their listener's:
+    /// [`Host::unaccepted_buffer_bytes`]).
     pub fn group_buffer_bytes(&self, group: u32) -> u64 {
-        self.budgets.bytes(group)
+        self.budgets.bytes(Charge::Group(group))
+    }
+
+    /// Bytes of TCP buffer memory the flows `listener` opened and nobody
+    /// has accepted yet hold now (also after the listener closed, until
+    /// they are gone).
+    pub fn unaccepted_buffer_bytes(&self, listener: ListenerId) -> u64 {
+        self.budgets.bytes(Charge::Unaccepted(listener))
     }
 }
 
@@ -190,29 +284,45 @@ impl Host {
 mod tests {
     use super::*;
 
+    const SEVEN: Charge = Charge::Group(7);
+
     #[test]
     fn a_group_enters_pressure_at_its_limit_and_leaves_below_seven_eighths() {
-        let mut budgets = GroupBudgets::default();
+        let mut budgets = Budgets::default();
         let limit = Some(800);
-        assert!(!budgets.account(7, 0, 799, limit));
-        assert!(!budgets.pressure(7));
-        assert!(budgets.account(7, 0, 1, limit), "entered at the limit");
-        assert!(budgets.pressure(7));
-        assert!(!budgets.pressure(8), "other groups are not");
-        assert!(!budgets.account(7, 100, 0, limit));
-        assert!(budgets.pressure(7), "700 is not below 7/8 of 800");
-        budgets.account(7, 1, 0, limit);
-        assert!(!budgets.pressure(7));
-        budgets.account(7, 699, 0, limit);
-        assert_eq!(budgets.bytes(7), 0);
+        assert!(!budgets.account(SEVEN, 0, 799, limit));
+        assert!(!budgets.pressure(SEVEN));
+        assert!(budgets.account(SEVEN, 0, 1, limit), "entered at the limit");
+        assert!(budgets.pressure(SEVEN));
+        assert!(!budgets.pressure(Charge::Group(8)), "other groups are not");
+        assert!(!budgets.account(SEVEN, 100, 0, limit));
+        assert!(budgets.pressure(SEVEN), "700 is not below 7/8 of 800");
+        budgets.account(SEVEN, 1, 0, limit);
+        assert!(!budgets.pressure(SEVEN));
+        budgets.account(SEVEN, 699, 0, limit);
+        assert_eq!(budgets.bytes(SEVEN), 0);
         assert!(budgets.held.is_empty(), "an empty group leaves no entry");
     }
 
     #[test]
     fn no_group_is_never_counted() {
-        let mut budgets = GroupBudgets::default();
-        assert!(!budgets.account(NO_GROUP, 0, 10_000, Some(1)));
-        assert!(!budgets.pressure(NO_GROUP));
+        let mut budgets = Budgets::default();
+        let none = Charge::Group(NO_GROUP);
+        assert!(!budgets.account(none, 0, 10_000, Some(1)));
+        assert!(!budgets.pressure(none));
+        assert!(budgets.held.is_empty());
+    }
+
+    #[test]
+    fn a_listener_s_flows_nobody_accepted_are_not_its_group_s() {
+        let mut budgets = Budgets::default();
+        let listener = Charge::Unaccepted(ListenerId(7));
+        assert!(budgets.account(listener, 0, 800, Some(800)));
+        assert!(budgets.pressure(listener));
+        assert!(!budgets.pressure(SEVEN), "group 7 is another total");
+        assert_eq!(budgets.bytes(SEVEN), 0);
+        budgets.account(listener, 800, 0, Some(800));
+        assert!(!budgets.pressure(listener));
         assert!(budgets.held.is_empty());
     }
 }

@@ -64,10 +64,11 @@ pub(super) struct Flow {
     /// Already in the host's list of flows to look at after this poll.
     pub dirty: bool,
     /// Whose buffer budget the flow's TCP buffers count against, besides
-    /// the host's (see `budget.rs`).
+    /// the host's, once accepted (see `budget.rs` and [`Flow::charge`]).
     pub group: u32,
     /// A server flow its application has not accepted yet: its buffers
-    /// grow only to [`UNACCEPTED_BUFFER`](super::budget::UNACCEPTED_BUFFER).
+    /// grow only to [`UNACCEPTED_BUFFER`](super::budget::UNACCEPTED_BUFFER),
+    /// and count against its listener's bound rather than its group.
     pub unaccepted: bool,
 }
 

@@ -520,7 +520,7 @@ impl Host {
         flow.id = id;
         flow.state = FlowState::Established;
         let memory = socket.as_ref().map_or(0, sal_tcp::Socket::buffer_memory);
-        let group = flow.group;
+        let charge = flow.charge();
         if let Some(stream) = flow.stream_mut() {
             stream.socket = socket;
         }
@@ -533,7 +533,7 @@ impl Host {
             return true;
         }
         self.flow_count += 1;
-        self.account_buffers(group, 0, memory);
+        self.account_buffers(charge, 0, memory);
         self.stats.cookies_accepted += 1;
         self.events.push_back(Event::PeerConnected(id));
         if self.listeners.established(listener, id) {

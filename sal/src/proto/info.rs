@@ -193,6 +193,11 @@ pub struct HostStats {
     /// (its `HostConfig::buffer_memory_group_limit`).
     #[serde(default)]
     pub group_buffer_pressures: u64,
+    /// Times the flows a listener opened and nobody had accepted yet came
+    /// under buffer memory pressure of their own (their listener's bound,
+    /// `UNACCEPTED_LISTENER_BUFFER`): a burst, or someone filling them.
+    #[serde(default)]
+    pub unaccepted_buffer_pressures: u64,
     /// Segments (or their tails) stream flows dropped because their receive
     /// buffer could not grow under memory pressure, and out-of-order ranges
     /// given up because of it; each costs the peer a retransmission

@@ -555,9 +555,10 @@ impl Host {
     /// Takes the next established flow from a listener's accept queue.
     pub fn accept(&mut self, id: ListenerId) -> Result<FlowId, HostError> {
         let flow = self.listeners.accept(id)?;
-        if let Ok(accepted) = self.flow_mut(flow) {
-            // Its buffers may grow from now on (see `budget.rs`).
-            accepted.unaccepted = false;
+        if self.flow_mut(flow).is_ok() {
+            // Its buffers may grow from now on, and count against its
+            // group (see `budget.rs`).
+            self.set_accepted(flow);
             self.mark_dirty(flow);
         }
         self.pending_fell(id);

@@ -76,7 +76,7 @@ use crate::flow::FlowTable;
 use crate::id::{FlowId, ServiceId};
 use crate::table::ServiceTable;
 
-pub use budget::{NO_GROUP, UNACCEPTED_BUFFER};
+pub use budget::{NO_GROUP, UNACCEPTED_BUFFER, UNACCEPTED_LISTENER_BUFFER};
 pub use config::{default_stream_config, HostConfig, SynCookies};
 pub use datagram::{DatagramPeer, ReceivedDatagram, MAX_DATAGRAM};
 pub use error::{ConnectError, HostError};
@@ -133,8 +133,9 @@ pub struct Host {
     dirty: Vec<FlowId>,
     dirty_spare: Vec<FlowId>,
     stats: HostStats,
-    /// Buffer memory by group of flows (see `budget.rs`).
-    budgets: budget::GroupBudgets,
+    /// Buffer memory by group of flows, and by listener for flows nobody
+    /// has accepted yet (see `budget.rs`).
+    budgets: budget::Budgets,
     now: Instant,
 }
 
@@ -173,7 +174,7 @@ impl Host {
             dirty: Vec::new(),
             dirty_spare: Vec::new(),
             stats: HostStats::default(),
-            budgets: budget::GroupBudgets::default(),
+            budgets: budget::Budgets::default(),
             now,
         }
     }

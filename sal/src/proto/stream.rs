@@ -28,8 +28,9 @@
 //! the pressure state: on once the total reaches the budget, off again
 //! once it falls below 7/8 of it, so that a host at its budget does not
 //! flip at every segment. The same holds for each group of flows and its
-//! own budget, and a socket is under pressure when its host or its group
-//! is. The state is handed to a socket each time it is
+//! own budget, and for each listener's flows nobody has accepted yet and
+//! theirs (see `budget.rs`): a socket is under pressure when its host is,
+//! or whoever its memory counts against. The state is handed to a socket each time it is
 //! driven ([`Socket::set_memory_pressure`], a store), never by walking the
 //! flows when it changes: a flow that is not driven does not grow anyway.
 //! Under pressure no buffer grows beyond what it holds (one holding
@@ -164,8 +165,8 @@ impl Host {
         id: FlowId,
         fill: impl FnOnce(&mut [u8]) -> (usize, R),
     ) -> Result<R, HostError> {
-        let group = self.flow_group(id);
-        let pressure = self.buffer_pressure(group);
+        let charge = self.flow_charge(id);
+        let pressure = self.buffer_pressure(charge);
         let result = match self.app_socket(id)? {
             (FlowState::Dead, _) => return Err(HostError::Reset),
             (FlowState::Established, Some(socket)) => {
@@ -185,7 +186,7 @@ impl Host {
                 let before = socket.buffer_memory();
                 let result = socket.send(fill).map_err(|_| HostError::SendClosed)?;
                 let after = socket.buffer_memory();
-                self.account_buffers(group, before, after);
+                self.account_buffers(charge, before, after);
                 result
             }
             _ => return Err(HostError::WouldBlock),
@@ -286,7 +287,7 @@ impl Host {
 
     /// Bytes a [`Host::send`] would take now.
     pub fn send_room(&mut self, id: FlowId) -> Result<usize, HostError> {
-        let pressure = self.buffer_pressure(self.flow_group(id));
+        let pressure = self.buffer_pressure(self.flow_charge(id));
         match self.app_socket(id)? {
             (FlowState::Dead, _) => Err(HostError::Reset),
             (FlowState::Established, Some(socket)) if socket.may_send() => {
@@ -344,7 +345,7 @@ impl Host {
         if !opened {
             return false;
         }
-        self.account_buffers(self.flow_group(id), 0, socket.buffer_memory());
+        self.account_buffers(self.flow_charge(id), 0, socket.buffer_memory());
         let Some(stream) = self.flow_mut(id).ok().and_then(|f| f.stream_mut()) else {
             return false;
         };
@@ -366,10 +367,10 @@ impl Host {
         let Some(Endpoint::Flow(flow)) = self.endpoints.get_mut(id) else {
             return false;
         };
-        let (group, unaccepted) = (flow.group, flow.unaccepted);
+        let (charge, unaccepted) = (flow.charge(), flow.unaccepted);
         // Field by field: `flow` borrows the endpoints (one lookup per
-        // segment, not one for the group and another for the socket).
-        let pressure = self.stats.buffer_pressure || self.budgets.pressure(group);
+        // segment, not one for the charge and another for the socket).
+        let pressure = self.stats.buffer_pressure || self.budgets.pressure(charge);
         let Some(stream) = flow.stream_mut() else {
             return false;
         };
@@ -385,7 +386,7 @@ impl Host {
         let progress =
             socket.send_queue() < was.0 || socket.recv_queue() > was.1 || socket.state() != was.2;
         let evidence = handled.is_ok() && stream.peer_ack(segment, progress);
-        self.account_buffers(group, before, after);
+        self.account_buffers(charge, before, after);
         self.account_drops(drops_before, drops_after);
         if handled.is_err() {
             self.stats.malformed += 1;
@@ -397,14 +398,14 @@ impl Host {
 
     /// Drops the flow's socket, if it has one, without a word to the peer.
     pub(super) fn release_stream(&mut self, id: FlowId) {
-        let group = self.flow_group(id);
+        let charge = self.flow_charge(id);
         let socket = self
             .flow_mut(id)
             .ok()
             .and_then(|f| f.stream_mut())
             .and_then(|s| s.socket.take());
         if let Some(socket) = socket {
-            self.account_buffers(group, socket.buffer_memory(), 0);
+            self.account_buffers(charge, socket.buffer_memory(), 0);
         }
     }
 
@@ -418,7 +419,7 @@ impl Host {
             return;
         };
         let reader = !flow.teardown.app_closed;
-        let group = flow.group;
+        let charge = flow.charge();
         let Some(socket) = flow.stream_mut().and_then(|s| s.socket.as_mut()) else {
             return;
         };
@@ -426,7 +427,7 @@ impl Host {
         // `forget_peer` frees what it does not keep, whatever it returns.
         let kept = reader && socket.forget_peer();
         let after = socket.buffer_memory();
-        self.account_buffers(group, before, after);
+        self.account_buffers(charge, before, after);
         if !kept {
             self.release_stream(id);
         }
@@ -546,9 +547,9 @@ impl Host {
         let Some(Endpoint::Flow(flow)) = self.endpoints.get_mut(id) else {
             return StreamOutput::Idle;
         };
-        let (group, unaccepted) = (flow.group, flow.unaccepted);
+        let (charge, unaccepted) = (flow.charge(), flow.unaccepted);
         // Field by field: `flow` borrows the endpoints.
-        let pressure = self.stats.buffer_pressure || self.budgets.pressure(group);
+        let pressure = self.stats.buffer_pressure || self.budgets.pressure(charge);
         let state = flow.state;
         let Some(dst) = flow.path.transport_destination(state) else {
             return StreamOutput::Idle;
@@ -586,7 +587,7 @@ impl Host {
             stream.ack_owed = false;
         }
         self.stats.sockets_driven += 1;
-        self.account_buffers(group, memory_before, memory_after);
+        self.account_buffers(charge, memory_before, memory_after);
         self.account_drops(drops_before, drops_after);
         if changed {
             // A timer closed or reset the connection: the flow must see it.

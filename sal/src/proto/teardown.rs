@@ -131,7 +131,7 @@ impl Host {
         };
         self.flow_count -= 1;
         if let Some(socket) = flow.stream().and_then(|s| s.socket.as_ref()) {
-            self.account_buffers(flow.group, socket.buffer_memory(), 0);
+            self.account_buffers(flow.charge(), socket.buffer_memory(), 0);
         }
         if let Some(listener) = flow.listener.filter(|&l| self.listeners.forget(l, id)) {
             self.pending_fell(listener);
