@@ -20,10 +20,13 @@
 //! per-packet work is measured beside them, but no pump or socket is
 //! spent on them, and the client daemon has only the bulk flow.
 //!
-//! For each count: run the bulk flow alone (the row's baseline); open the
-//! idle flows; wait 4 s (buffers trimmed, sald's heap trimmed); read both
-//! daemons' resident memory; run the bulk flow beside them; close the idle
-//! flows; 10 s later read the memory again. The server's
+//! For each count: run the bulk flow alone; open the idle flows; wait 4 s
+//! (buffers trimmed, sald's heap trimmed); read both daemons' resident
+//! memory; run the bulk flow beside them; close the idle flows; run the
+//! bulk flow alone again; 10 s later read the memory again. The row's
+//! baseline is the mean of its two "alone" runs, one on each side of the
+//! "beside" run, so that the machine's drift during the row cancels (its
+//! ratio to the first alone is printed too). The server's
 //! socket work per packet (`sockets_driven` over packets in and out during
 //! the bulk run) shows that work follows the active flow, not the count.
 //!
@@ -97,8 +100,9 @@ enum Held {
 struct Row {
     flows: usize,
     held: Held,
-    /// The bulk flow alone, measured right before the idle flows opened.
-    alone: f64,
+    /// The bulk flow alone, measured right before the idle flows opened
+    /// and right after they all closed.
+    alone: [f64; 2],
     gbps: f64,
     work: f64,
     /// Resident memory of the client and server daemons: before the idle
@@ -213,12 +217,19 @@ fn measure(
     wait_no_flows([client, server], Duration::from_secs(60));
     let setup_after = bench.setup(&format!("setup-{count}-after"));
     wait_no_flows([client, server], Duration::from_secs(30));
+    // The other side of the "alone" bracket: this machine's throughput
+    // drifts by 20-30% within a run, and one "alone" run on one side of
+    // the "beside" run made its ratio move with that drift (0.75-1.19 at
+    // 100,000 flows for the same build). Like the one before, it comes
+    // after a setup run and before a memory read.
+    let (alone_after, _) = bulk(client, server, seconds);
+    wait_no_flows([client, server], Duration::from_secs(30));
     thread::sleep(Duration::from_secs(10));
     let closed = pids.map(common::rss);
     Row {
         flows: count,
         held,
-        alone,
+        alone: [alone, alone_after],
         gbps,
         work,
         rss: [0, 1].map(|i| [before[i], idle[i], closed[i]]),
@@ -365,20 +376,27 @@ fn main() {
 
     println!();
     println!("one bulk flow beside N idle established flows (application to application)");
-    println!("(each row's \"alone\" is the bulk flow measured right before that row's idle flows opened)");
-    println!("  idle flows   held by        alone Gbit/s   beside Gbit/s   / alone   socket work per packet (server)");
-    println!("  0            -                 {alone:7.2}                               {alone_work:.3}");
+    println!(
+        "(each row's \"alone\" is the bulk flow measured right before that row's idle flows opened and right \
+         after they all closed; \"/ alone\" is \"beside\" over their mean, \"/ before\" over the first)"
+    );
+    println!(
+        "  idle flows   held by        alone Gbit/s (before, after)   beside Gbit/s   / alone   / before   \
+         socket work per packet (server)"
+    );
+    println!("  0            -                 {alone:7.2}                                                         {alone_work:.3}");
     for row in &rows {
         let held = match row.held {
             Held::Applications => "applications",
             Held::Generator => "generator (*)",
         };
+        let [before, after] = row.alone;
         println!(
-            "  {:<10}   {held:<13}     {:7.2}         {:7.2}   {:7.3}   {:.3}",
+            "  {:<10}   {held:<13}     {before:7.2}  {after:7.2}                {:7.2}   {:7.3}    {:7.3}   {:.3}",
             row.flows,
-            row.alone,
             row.gbps,
-            row.gbps / row.alone,
+            row.gbps / ((before + after) / 2.0),
+            row.gbps / before,
             row.work
         );
     }
