@@ -112,6 +112,39 @@ impl Parked {
     }
 }
 
+/// Runs until every flow's bytes arrived (the client writing, the server
+/// reading), within `within`, and checks each arrived exactly.
+fn deliver_all(
+    net: &mut Network,
+    flows: &mut [Parked],
+    [client, server]: [HostId; 2],
+    within: Duration,
+) {
+    let done = net.run_until(within, |net| {
+        for flow in flows.iter_mut() {
+            flow.push(net, client);
+            flow.pull(net, server);
+        }
+        flows.iter().all(|f| f.received.len() == f.data.len())
+    });
+    assert!(
+        done,
+        "stalled: {:?} read",
+        flows.iter().map(|f| f.received.len()).collect::<Vec<_>>()
+    );
+    for flow in flows.iter() {
+        assert!(flow.received == flow.data, "delivered bytes differ");
+    }
+}
+
+/// Both ends of every flow close.
+fn close_all(net: &mut Network, flows: &[Parked], [client, server]: [HostId; 2]) {
+    for flow in flows {
+        net.host(client).close(flow.ends.0).unwrap();
+        net.host(server).close(flow.ends.1).unwrap();
+    }
+}
+
 #[test]
 fn unread_flows_stay_within_the_budget_and_deliver_every_byte_once_read() {
     let (mut net, [client, server], listener) = setup(31);
@@ -352,21 +385,13 @@ fn one_group_s_unread_flows_leave_the_others_room_to_grow() {
     assert_eq!(net.host(server).group_buffer_bytes(greedy), before - taken);
 
     // Every byte still arrives, exactly, once read; the groups empty.
-    let done = net.run_until(Duration::from_secs(300), |net| {
-        for flow in &mut parked {
-            flow.push(net, client);
-            flow.pull(net, server);
-        }
-        parked.iter().all(|f| f.received.len() == PER_FLOW)
-    });
-    assert!(done, "stalled");
-    for flow in &parked {
-        assert!(flow.received == flow.data, "delivered bytes differ");
-    }
-    for flow in &parked {
-        net.host(client).close(flow.ends.0).unwrap();
-        net.host(server).close(flow.ends.1).unwrap();
-    }
+    deliver_all(
+        &mut net,
+        &mut parked,
+        [client, server],
+        Duration::from_secs(300),
+    );
+    close_all(&mut net, &parked, [client, server]);
     net.run_for(Duration::from_secs(5));
     let host = net.host(server);
     assert!(host.group_buffer_bytes(greedy) <= (FLOWS * 2 * 4096) as u64);
@@ -426,17 +451,12 @@ fn flows_nobody_accepted_hold_little_until_accepted() {
         let flow = parked.iter_mut().find(|f| f.ends.0 == peer).unwrap();
         flow.ends.1 = accepted;
     }
-    let done = net.run_until(Duration::from_secs(300), |net| {
-        for flow in &mut parked {
-            flow.push(net, client);
-            flow.pull(net, server);
-        }
-        parked.iter().all(|f| f.received.len() == PER_FLOW)
-    });
-    assert!(done, "stalled");
-    for flow in &parked {
-        assert!(flow.received == flow.data, "delivered bytes differ");
-    }
+    deliver_all(
+        &mut net,
+        &mut parked,
+        [client, server],
+        Duration::from_secs(300),
+    );
 }
 
 /// The group budget of the attack below: 2 MiB.
@@ -705,22 +725,15 @@ fn a_burst_s_first_requests_wait_for_the_accept_and_arrive_whole() {
         );
     }
     // And then every byte.
-    let done = net.run_until(Duration::from_secs(60), |net| {
-        for flow in &mut burst {
-            flow.pull(net, server);
-        }
-        burst.iter().all(|f| f.received.len() == f.data.len())
-    });
-    assert!(done, "stalled");
-    for flow in &burst {
-        assert!(flow.received == flow.data, "delivered bytes differ");
-    }
+    deliver_all(
+        &mut net,
+        &mut burst,
+        [client, server],
+        Duration::from_secs(60),
+    );
 
     // Closed, they give everything back.
-    for flow in &burst {
-        net.host(server).close(flow.ends.1).unwrap();
-        net.host(client).close(flow.ends.0).unwrap();
-    }
+    close_all(&mut net, &burst, [client, server]);
     net.run_for(Duration::from_secs(5));
     let host = net.host(server);
     assert_eq!(host.stats().buffer_bytes, 0);
