@@ -34,9 +34,10 @@ pub enum ControlKind {
     /// Our answer to the peer's RSYN.
     RsynAck,
     /// A liveness probe on an idle flow: an RSYN from the locator the flow
-    /// already uses, which the peer must answer and which moves nothing.
-    /// If the flow then moves, this same RSYN, sent from the new locator,
-    /// becomes the move.
+    /// already uses, which the peer must answer and which moves nothing
+    /// of ours. If the flow then moves, this same RSYN, sent from the new
+    /// locator, becomes the move. Also what tells the peer that this end
+    /// now reaches it at a locator it sought (see `Host::peer_rebound`).
     Probe,
     Fin,
     /// The client's handshake ACK (the third packet), repeated until the

@@ -474,7 +474,7 @@ impl Host {
             self.establish_server(id);
         }
         if flags.contains(ControlFlags::RSYN) {
-            self.rsyn_input(id, src, control);
+            self.rsyn_input(id, src, dst, control);
         }
         if flags.contains(ControlFlags::FIN) {
             self.fin_input(id, control);

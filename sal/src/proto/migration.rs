@@ -17,7 +17,11 @@
 //! else challenges the next locator the peer advertised. The flow follows
 //! the peer to a new address, the source of its RSYN or a locator it
 //! advertised, only once that address answered a path challenge
-//! (`nat.rs`).
+//! (`nat.rs`). An RSYN names both ends of the path: where the peer is (its
+//! source), and where it reaches us (its destination). So a peer that
+//! sought us at another of our locators, and moved there, sends an RSYN
+//! there, and our end follows it (`Host::meet_peer_at`): else we would
+//! go on sending from a locator whose way to the peer may be what failed.
 
 use super::control::{ControlKind, Sequence};
 use super::liveness::{on_tick, Verdict};
@@ -100,10 +104,18 @@ impl Host {
         }
     }
 
-    /// An RSYN from the peer (or its RSYN-ACK answering ours). The nonce was
-    /// checked by the caller; the `verno` decides whether it is news.
-    pub(super) fn rsyn_input(&mut self, id: FlowId, src: Locator, control: &ControlRepr) {
+    /// An RSYN from the peer (or its RSYN-ACK answering ours) that reached
+    /// us at `dst`. The nonce was checked by the caller; the `verno`
+    /// decides whether it is news.
+    pub(super) fn rsyn_input(
+        &mut self,
+        id: FlowId,
+        src: Locator,
+        dst: Locator,
+        control: &ControlRepr,
+    ) {
         let trusted = !self.config.validate_peer_moves;
+        let dst_up = self.interfaces.owns_up(&dst);
         let Ok(flow) = self.flow_mut(id) else {
             return;
         };
@@ -112,6 +124,21 @@ impl Host {
             self.stats.stale += 1;
             return;
         }
+        // The peer sought us at `dst`, and now its new RSYN comes there:
+        // it moved its end of the path there (see `Host::meet_peer_at`).
+        // Not on an RSYN-ACK, which answers our own RSYN, nor while a move
+        // of ours is unanswered: the latest move wins.
+        let met_there = sequence == Sequence::New
+            && !control.flags.contains(ControlFlags::ACK)
+            && dst_up
+            && flow.path.sought_here == Some(dst)
+            && !flow.control.in_flight(ControlKind::Rsyn);
+        if met_there {
+            self.meet_peer_at(id, dst);
+        }
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
         // The peer says it is now at `src`. The nonce shows the RSYN is the
         // peer's, not that the peer is at `src`: a peer may spoof a victim's
         // address to have its download sent there. So the answer goes to
@@ -178,6 +205,41 @@ impl Host {
         if new_target {
             self.repeat_challenges(id);
         }
+    }
+
+    /// The peer sought us at `dst`, one of our locators that is up (it
+    /// challenged us there and got our answer from there), and then its
+    /// new RSYN reached us there: its path to where we send from went
+    /// silent, and it moved its end of the flow to `dst` (see
+    /// `Host::peer_rebound`). Our end moves there too. The way back from
+    /// the locator we leave may be what failed: a peer that only sends,
+    /// while we only acknowledge, would hear nothing of us until a probe
+    /// of ours went unanswered; and if our packets still reached it from
+    /// there, it would not take them, from a locator it left, as us
+    /// speaking, and would give up on the flow at its peer timeout. No
+    /// RSYN of ours is needed: the peer's challenge proved the way from
+    /// `dst` to it, its RSYN the way back, and our answer to the RSYN goes
+    /// out from `dst`. Our flight is resent from there at once.
+    ///
+    /// Only the peer moves our end so: anyone may challenge us anywhere,
+    /// but the RSYN carries the peer's nonce and a `verno` not seen before
+    /// (a replayed one is not news), and all it moves is our end, to
+    /// another locator of our own; the flow still goes only to the peer's
+    /// proven address.
+    fn meet_peer_at(&mut self, id: FlowId, dst: Locator) {
+        let now = self.now;
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
+        if flow.state != FlowState::Established || !flow.path.move_local(dst, now) {
+            return;
+        }
+        flow.liveness.restart(now);
+        self.stats.migrations += 1;
+        self.events.push_back(Event::Migrated(id, dst));
+        self.rewind_stream(id);
+        self.retransmit_now(id);
+        self.mark_dirty(id);
     }
 
     /// This end sent something on the flow that expects an answer: if that

@@ -72,8 +72,12 @@
 //!   through them); the flow moves there, as for a rebinding, only once
 //!   the answer came back from there. The peer sends its answer from the
 //!   locator the challenge reached, which proves it is there; such a move
-//!   is no rebinding in [`HostStats`](super::HostStats). An advertised
-//!   locator this end did not seek (nor the peer's RSYN name) is never
+//!   is no rebinding in [`HostStats`](super::HostStats). The peer did not
+//!   choose that locator, and still sends from the one the flow left,
+//!   whose way back may be what failed; so an RSYN from where this end is
+//!   goes there at once, and the peer, sought there, moves its end of the
+//!   flow there too (see `Host::meet_peer_at`). An advertised locator this
+//!   end did not seek (nor the peer's RSYN name) is never
 //!   followed: the challenge came from a late packet from a locator the
 //!   peer left, and its answer from there would undo the peer's move.
 //!
@@ -107,6 +111,7 @@
 
 use smoltcp::time::{Duration, Instant};
 
+use super::control::ControlKind;
 use super::flow::Endpoint;
 use super::timer::Timer;
 use super::{Event, FlowState, Host, Role};
@@ -599,6 +604,11 @@ impl Host {
         if flow.state != FlowState::Established {
             return;
         }
+        if let Some(at) = arrived_at.filter(|at| *at != flow.path.local) {
+            // The peer seeks us there: its RSYN may follow (see
+            // `Host::meet_peer_at`).
+            flow.path.sought_here = Some(at);
+        }
         let mut repr = SalRepr::data(flow.id, flow.peer_flow, flow.protocol().number());
         repr.control = Some(ControlRepr {
             flags: answer_flags(),
@@ -645,6 +655,12 @@ impl Host {
     /// reached, so a late packet from a locator it left (and still has)
     /// draws a challenge answered from there, and following that would
     /// undo its move.
+    ///
+    /// A locator this end sought is one the peer did not choose: it still
+    /// sends from the one we left, which may be the way that failed (or,
+    /// if its packets still get here, one they would not count from). So
+    /// an RSYN from where this end already is goes there, and the peer
+    /// moves its end to the locator it reached (see `Host::meet_peer_at`).
     fn peer_rebound(&mut self, id: FlowId, src: Locator, sought: bool) -> bool {
         let Ok(flow) = self.flow_mut(id) else {
             return false;
@@ -662,6 +678,11 @@ impl Host {
         self.events.push_back(Event::PeerMoved(id, src));
         self.rewind_stream(id);
         self.retransmit_now(id);
+        if sought {
+            // A fresh RSYN: a copy of one in flight might be a duplicate
+            // there, which moves nothing.
+            self.send_new_control(id, ControlKind::Probe, ControlFlags::RSYN, false, &[]);
+        }
         true
     }
 }

@@ -48,6 +48,11 @@ pub(super) struct Path {
     /// Other locators the peer advertised (ADDRESS extension): candidates
     /// to challenge, never where the flow goes unproven.
     peer_locators: Vec<Locator>,
+    /// The locator of ours, not `local`, where a path challenge on the flow
+    /// last reached us since this end last moved: the peer seeks us there
+    /// (or someone forged it: challenges carry no nonce), and may move its
+    /// end of the path there with an RSYN (see `Host::meet_peer_at`).
+    pub sought_here: Option<Locator>,
     /// Times this end moved to another locator.
     pub migrations: u32,
     /// Times the flow followed its peer to another locator.
@@ -67,18 +72,21 @@ impl Path {
             syn_source: None,
             moving_to: None,
             peer_locators: Vec::new(),
+            sought_here: None,
             migrations: 0,
             peer_moves: 0,
             last_migration: None,
         }
     }
 
-    /// Moves this end to `to`; returns false if it is there already.
+    /// Moves this end to `to`; returns false if it is there already. Where
+    /// the peer sought us before is forgotten: the latest move wins.
     pub fn move_local(&mut self, to: Locator, now: Instant) -> bool {
         if self.local == to {
             return false;
         }
         self.local = to;
+        self.sought_here = None;
         self.migrations += 1;
         self.last_migration = Some(now);
         true
@@ -206,6 +214,16 @@ mod tests {
         assert!(path.follow_peer(loc("10.0.0.2")));
         assert!(!path.follow_peer(loc("10.0.0.2")));
         assert_eq!(path.peer_moves, 1);
+    }
+
+    #[test]
+    fn a_move_of_ours_forgets_where_the_peer_sought_us() {
+        let mut path = Path::new(loc("10.0.0.1"));
+        path.sought_here = Some(loc("10.2.0.1"));
+        assert!(!path.move_local(loc("10.0.0.1"), Instant::from_millis(5)));
+        assert_eq!(path.sought_here, Some(loc("10.2.0.1")), "no move");
+        assert!(path.move_local(loc("10.3.0.1"), Instant::from_millis(7)));
+        assert_eq!(path.sought_here, None, "the latest move wins");
     }
 
     #[test]
