@@ -770,3 +770,64 @@ fn a_listener_closed_with_flows_nobody_accepted_leaves_nothing_held() {
         );
     }
 }
+
+/// Every path by which a flow's charge changes or its memory goes (SYN
+/// cookies, a group set before the accept, a flow reset by its client
+/// before the accept, one accepted after it was reset) gives everything
+/// back.
+#[test]
+fn every_charge_path_gives_its_memory_back() {
+    let config = HostConfig {
+        syn_cookies: sal::proto::SynCookies::Always,
+        ..HostConfig::default()
+    };
+    let (mut net, [client, server]) = hosts(41, config);
+    let listener = listen_in_group_1(&mut net, server, "ab/8");
+    let parked = requests(&mut net, client, "ab", 80, (|_| 100 << 10, 900));
+    net.run_for(Duration::from_secs(2));
+    let host = net.host(server);
+    assert!(
+        host.stats().cookies_accepted >= 80,
+        "{:?}",
+        host.stats().cookies_accepted
+    );
+    let held = host.unaccepted_buffer_bytes(listener);
+    assert!(held >= UNACCEPTED_LISTENER_BUFFER as u64, "{held}");
+    assert_eq!(host.stats().buffer_bytes, held);
+    // A group set before the accept: still the listener's.
+    let ids: Vec<FlowId> = host.flow_ids().collect();
+    for id in ids.iter().take(20) {
+        host.set_flow_group(*id, 2).unwrap();
+    }
+    assert_eq!(host.unaccepted_buffer_bytes(listener), held);
+    assert_eq!(host.group_buffer_bytes(2), 0);
+    // Ten clients reset their flows before the accept.
+    for flow in parked.iter().take(10) {
+        net.host(client).abort(flow.ends.0).unwrap();
+        net.host(client).close(flow.ends.0).unwrap();
+    }
+    net.run_for(Duration::from_millis(50));
+    // Accept all (the reset ones still queued are accepted too).
+    let mut accepted = Vec::new();
+    while let Ok(id) = net.host(server).accept(listener) {
+        accepted.push(id);
+    }
+    let host = net.host(server);
+    assert_eq!(host.unaccepted_buffer_bytes(listener), 0);
+    assert_eq!(
+        host.group_buffer_bytes(1) + host.group_buffer_bytes(2),
+        host.stats().buffer_bytes
+    );
+    for id in &accepted {
+        let _ = net.host(server).close(*id);
+    }
+    for flow in parked.iter().skip(10) {
+        let _ = net.host(client).close(flow.ends.0);
+    }
+    net.run_for(Duration::from_secs(90));
+    let host = net.host(server);
+    assert_eq!(host.stats().buffer_bytes, 0);
+    assert_eq!(host.unaccepted_buffer_bytes(listener), 0);
+    assert_eq!(host.group_buffer_bytes(1), 0);
+    assert_eq!(host.group_buffer_bytes(2), 0);
+}
