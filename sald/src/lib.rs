@@ -4,7 +4,7 @@
 //!
 //! | module | what |
 //! | --- | --- |
-//! | [`server`] | [`run`]: set-up, the packet path, graceful shutdown |
+//! | [`server`] | [`run`]: set-up, the packet path, graceful shutdown; the [`runtime`] it runs on |
 //! | [`config`] | flags and the TOML file |
 //! | [`daemon`] | the shared state: the host behind a lock, dispatching its events |
 //! | [`control`] | the control socket: accept loop, clients, one function per request |
@@ -43,4 +43,4 @@ pub mod shutdown;
 pub mod udp;
 pub mod watch;
 
-pub use server::run;
+pub use server::{run, runtime};

@@ -24,10 +24,7 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     raise_fd_limit();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("cannot start the tokio runtime");
+    let runtime = sald::runtime().expect("cannot start the tokio runtime");
     let result =
         Config::load(flags).and_then(|config| runtime.block_on(sald::run(config, signal())));
     if let Err(error) = result {

@@ -33,8 +33,9 @@
 //! one thread: the task takes it in steps of [`MESSAGES_PER_STEP`], each
 //! charged to the socket's owner, and waits for the owner's ration before
 //! the next (see `control::ration`). A user that floods its sockets gets
-//! its share of the thread; on Linux a UDP flood costs the sender's own
-//! CPU, and it must not cost everyone's daemon here.
+//! its share of the thread while others want it, and the thread when no
+//! one does; on Linux a UDP flood costs the sender's own CPU, and it must
+//! not cost everyone's daemon here.
 
 use std::cell::RefCell;
 use std::io;
@@ -67,7 +68,9 @@ thread_local! {
 /// Messages a datagram pump takes from its application per step: the
 /// step is charged to the socket's owner, who waits for its ration before
 /// the next, and other tasks get their turn in between. A step is one
-/// look at the ration and one charge, not one per message.
+/// look at the ration and one charge, not one per message; and what
+/// others' work waits for when an indebted owner's step runs on an idle
+/// turn of the thread (`control::ration`).
 const MESSAGES_PER_STEP: usize = 16;
 
 /// System calls one direction makes per turn at most, so that one busy

@@ -46,11 +46,23 @@ const TUN_MTU: u32 = 1500;
 /// Bytes a UDP header adds to every packet in UDP mode.
 const UDP_HEADER_LEN: u16 = 8;
 
+/// The runtime to [`run`] a daemon on: one thread for everything, whose
+/// idle moments go to ordinary users held back by their ration
+/// (`control::ration`: without them, a user alone on sald would get a
+/// quarter of its thread while the rest sat idle).
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .on_thread_park(control::ration::thread_idle)
+        .build()
+}
+
 /// Runs a daemon with `config` until `shutdown` completes, then stops it
 /// gracefully (see the module documentation). Must be called inside a tokio
-/// runtime with I/O and time enabled; in native mode, from a thread in the
-/// network namespace the daemon is for (the daemon's threads are started
-/// from it).
+/// runtime with I/O and time enabled, [`runtime`]'s (on another, ordinary
+/// users held back by their ration wait even while the thread is idle);
+/// in native mode, from a thread in the network namespace the daemon is
+/// for (the daemon's threads are started from it).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
     let privileges = Privileges::current();
     if config.udp.is_none() {

@@ -127,8 +127,8 @@ impl Sald for Daemon {
     }
 }
 
-/// A sald run in this process by [`sald::run`], on a thread of its own,
-/// stopped through its shutdown future.
+/// A sald run in this process by [`sald::run`] on [`sald::runtime`], on a
+/// thread of its own, stopped through its shutdown future.
 pub struct InProcess {
     pub control: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -148,9 +148,7 @@ impl InProcess {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             on_thread();
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
+            let runtime = sald::runtime()?;
             runtime.block_on(sald::run(config, async {
                 let _ = stopped.await;
             }))
