@@ -162,7 +162,8 @@ pub struct Flags {
     #[arg(long)]
     pub trust_peer_moves: bool,
     /// A flow with data in flight that hears nothing for this long moves to
-    /// another interface (milliseconds).
+    /// another interface, if a probe it sent halfway through went
+    /// unanswered too (milliseconds; more than twice the round trip).
     #[arg(long, value_name = "MS", default_value_t = 1500)]
     pub liveness_ms: u64,
     /// An idle flow that hears nothing for this long probes its path (one

@@ -104,7 +104,11 @@ pub struct HostConfig {
     /// flows' data sent to an address of its choosing.
     pub validate_peer_moves: bool,
     /// A flow with data in flight that hears nothing from its peer for this
-    /// long is moved to another interface (with `auto_migrate`).
+    /// long is moved to another interface (with `auto_migrate`). Halfway
+    /// through, a flow with somewhere else to go probes its path, and moves
+    /// only if the probe goes unanswered too: after a loss, TCP may stay
+    /// silent for longer than this (its retransmission timeout, backed
+    /// off), and that moves nothing. More than twice the path's round trip.
     pub liveness_timeout: Duration,
     /// An idle flow (nothing in flight) that has heard nothing for this long
     /// probes its path, so that a dead path is found before the application

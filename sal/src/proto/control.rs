@@ -33,8 +33,9 @@ pub enum ControlKind {
     Rsyn,
     /// Our answer to the peer's RSYN.
     RsynAck,
-    /// A liveness probe on an idle flow: an RSYN from the locator the flow
-    /// already uses, which the peer must answer and which moves nothing
+    /// A liveness probe, on an idle flow or on one whose peer has been
+    /// silent for half the liveness timeout: an RSYN from the locator the
+    /// flow already uses, which the peer must answer and which moves nothing
     /// of ours. If the flow then moves, this same RSYN, sent from the new
     /// locator, becomes the move. Also what tells the peer that this end
     /// now reaches it at a locator it sought (see `Host::peer_rebound`).

@@ -152,7 +152,8 @@ pub struct HostStats {
     /// Times a stream flow resent what it had in flight right after a
     /// migration (of either end), instead of waiting for its timeout.
     pub replayed: u64,
-    /// Liveness probes sent on idle flows.
+    /// Liveness probes sent: on idle flows, and on flows that waited half
+    /// the liveness timeout for a silent peer (see `liveness.rs`).
     #[serde(default)]
     pub probes: u64,
     /// Keepalives sent on idle client flows carried over UDP.

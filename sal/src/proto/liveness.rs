@@ -12,7 +12,26 @@
 //! when this end first asked something after that: a flow that sends after a
 //! long quiet spell gives its peer a full timeout to answer.
 //!
-//! This type only keeps the two instants and gives verdicts; the host arms
+//! A flow that waits may also have given its peer nothing to answer: on a
+//! lossy path the segment it waits on may be lost, and TCP then stays
+//! silent until its retransmission timeout, which is at least a second and
+//! doubles with each timeout in a row (a second copy lost, or a timeout not
+//! yet undone by a fresh round-trip sample), well past `liveness_timeout`.
+//! Taken for a dead path, such a wait moved flows back and forth on paths
+//! that worked. So where a verdict could move the flow (somewhere else to
+//! go), a flow silent for half the timeout asks itself ([`Verdict::Doubt`]:
+//! a probe, an RSYN from where it is, which the peer answers at once and
+//! which is sent again after the control timeout; an RSYN already in
+//! flight, a move or an idle probe, serves), and the path is dead only if
+//! that went unanswered for the rest of the timeout too. The probe is part
+//! of the wait it doubts: it gives the peer no new timeout. A
+//! dead path is found as fast as before (the probe is sent within the
+//! timeout, not after it); a live one is taken for dead only if its probe
+//! and the probe's retransmission, or their answers, are lost as well. The
+//! probe must be answerable in half the timeout: `liveness_timeout` must be
+//! more than twice the path's round trip (queues included).
+//!
+//! This type only keeps the instants and gives verdicts; the host arms
 //! one [`Timer::Liveness`](super::timer::Timer) per flow from
 //! [`Liveness::next_check`] and acts on [`Liveness::check`] when it fires.
 //! Those deadlines are coalesced onto a coarse grid ([`on_tick`]): a
@@ -34,8 +53,12 @@ pub(super) fn on_tick(at: Instant) -> Instant {
 /// What the silence of the peer means now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Verdict {
-    /// Waiting for an answer that has not come for the whole timeout.
+    /// Waiting for an answer that has not come for the whole timeout (and,
+    /// where the flow probes, for a probe sent half a timeout before).
     Silent,
+    /// Waiting for half the timeout, and not yet asked again: probe the
+    /// path, so that its silence then means the path and not a lost packet.
+    Doubt,
     /// Nothing in flight, and nothing heard for the idle-probe period.
     Idle,
     /// Nothing to do yet.
@@ -53,6 +76,9 @@ pub(super) struct Liveness {
     /// unlike `asked`, moves and probes do not restart it, so that a peer
     /// that is gone for good is given up on (see [`Liveness::gone`]).
     waiting_since: Option<Instant>,
+    /// When this end probed its path in the present silence (see
+    /// [`Verdict::Doubt`]).
+    probed: Option<Instant>,
 }
 
 impl Liveness {
@@ -62,6 +88,7 @@ impl Liveness {
             heard: now,
             asked: None,
             waiting_since: None,
+            probed: None,
         }
     }
 
@@ -75,18 +102,33 @@ impl Liveness {
         self.heard = now;
         self.asked = None;
         self.waiting_since = None;
+        self.probed = None;
     }
 
-    /// This end sent something that expects an answer. Returns when the
-    /// peer's silence would count, if this starts a wait (the liveness
-    /// timer must fire by then); `None` if a wait was already counting.
-    pub fn asked(&mut self, now: Instant, timeout: Duration) -> Option<Instant> {
+    /// This end sent something that expects an answer. Returns whether this
+    /// starts a wait (the liveness timer must then be armed from
+    /// [`Liveness::next_check`]); `false` if a wait was already counting.
+    /// A probe sent on a [`Verdict::Doubt`] is part of the wait it doubts,
+    /// which counts from when the peer was last heard: it gives the peer no
+    /// new timeout.
+    pub fn asked(&mut self, now: Instant) -> bool {
         if self.asked.is_some() {
-            return None;
+            return false;
         }
-        self.asked = Some(now);
-        self.waiting_since.get_or_insert(now);
-        Some(now + timeout)
+        let since = if self.probed.is_some() {
+            self.heard
+        } else {
+            now
+        };
+        self.asked = Some(since);
+        self.waiting_since.get_or_insert(since);
+        true
+    }
+
+    /// This end probes its path on a [`Verdict::Doubt`] (or has a probe or
+    /// move in flight, which asks as well): call before sending the probe.
+    pub fn probed(&mut self, now: Instant) {
+        self.probed = Some(now);
     }
 
     /// Whether a peer that has not answered for `peer_timeout` while this
@@ -104,11 +146,12 @@ impl Liveness {
         self.waiting_since.map(|since| since + peer_timeout)
     }
 
-    /// Counts silence afresh from `now` (the flow just moved or probed:
-    /// hearing nothing before is not yet a reason to act again).
+    /// Counts silence afresh from `now` (the flow just moved, or probed its
+    /// idle path: hearing nothing before is not yet a reason to act again).
     pub fn restart(&mut self, now: Instant) {
         self.heard = self.heard.max(now);
         self.asked = None;
+        self.probed = None;
     }
 
     /// Since when the peer has failed to answer.
@@ -116,18 +159,40 @@ impl Liveness {
         self.asked.map_or(self.heard, |asked| asked.max(self.heard))
     }
 
+    /// When a waiting flow's verdict next changes: the doubt halfway
+    /// through the timeout if it `probes` and has not probed yet, else the
+    /// end of the timeout. A probe sent on the doubt's tick (when the timer
+    /// fires) leaves the verdict at the end of the timeout; one sent later
+    /// (somewhere else to go appeared only then, say) gets half a timeout
+    /// from when it went.
+    fn wait_ends(&self, timeout: Duration, probes: bool) -> Instant {
+        let since = self.silent_since();
+        let half = timeout / 2;
+        match (probes, self.probed) {
+            (true, None) => since + half,
+            (true, Some(probed)) if probed > on_tick(since + half) => probed + half,
+            _ => since + timeout,
+        }
+    }
+
     /// The verdict at `now`, given whether this end is `waiting` for an
-    /// answer (control messages or transport data in flight).
+    /// answer (control messages or transport data in flight) and whether it
+    /// `probes` a silent path before it gives up on it (it has somewhere
+    /// else to go).
     pub fn check(
         &self,
         now: Instant,
         waiting: bool,
         timeout: Duration,
         idle_probe: Option<Duration>,
+        probes: bool,
     ) -> Verdict {
         if waiting {
-            if now >= self.silent_since() + timeout {
-                return Verdict::Silent;
+            if now >= self.wait_ends(timeout, probes) {
+                return match (probes, self.probed) {
+                    (true, None) => Verdict::Doubt,
+                    _ => Verdict::Silent,
+                };
             }
         } else if idle_probe.is_some_and(|after| now >= self.heard + after) {
             return Verdict::Idle;
@@ -135,23 +200,25 @@ impl Liveness {
         Verdict::Alive
     }
 
-    /// When the verdict may next change, absent news: the timeout of a wait,
-    /// or the end of an idle period (never at or before `now`: a verdict
-    /// acted on without effect is looked at again a period later). `None`
-    /// if only a new wait ([`Liveness::asked`]) could change it.
+    /// When the verdict may next change, absent news: the doubt or the
+    /// timeout of a wait, or the end of an idle period (never at or before
+    /// `now`: a verdict acted on without effect is looked at again a period
+    /// later). `None` if only a new wait ([`Liveness::asked`]) could change
+    /// it.
     pub fn next_check(
         &self,
         now: Instant,
         waiting: bool,
         timeout: Duration,
         idle_probe: Option<Duration>,
+        probes: bool,
     ) -> Option<Instant> {
-        let (from, period) = if waiting {
-            (self.silent_since(), timeout)
+        let (at, period) = if waiting {
+            (self.wait_ends(timeout, probes), timeout)
         } else {
-            (self.heard, idle_probe?)
+            let period = idle_probe?;
+            (self.heard + period, period)
         };
-        let at = from + period;
         Some(if at > now { at } else { now + period })
     }
 }
@@ -171,22 +238,32 @@ mod tests {
     const TIMEOUT: u64 = 1500;
     const IDLE: Option<Duration> = Some(Duration::from_secs(10));
 
+    /// The verdict of a flow with nowhere else to go (it does not probe).
     fn check(l: &Liveness, now: u64, waiting: bool) -> Verdict {
-        l.check(at(now), waiting, ms(TIMEOUT), IDLE)
+        l.check(at(now), waiting, ms(TIMEOUT), IDLE, false)
+    }
+
+    /// The verdict of a flow with somewhere else to go (it probes).
+    fn check_probing(l: &Liveness, now: u64) -> Verdict {
+        l.check(at(now), true, ms(TIMEOUT), IDLE, true)
     }
 
     #[test]
     fn a_wait_unanswered_for_the_timeout_is_silence() {
         let mut l = Liveness::new(at(0));
-        assert_eq!(l.asked(at(100), ms(TIMEOUT)), Some(at(1600)));
-        assert_eq!(l.asked(at(200), ms(TIMEOUT)), None, "already counting");
+        assert!(l.asked(at(100)));
+        assert!(!l.asked(at(200)), "already counting");
+        assert_eq!(
+            l.next_check(at(100), true, ms(TIMEOUT), IDLE, false),
+            Some(at(1600))
+        );
         assert_eq!(check(&l, 1599, true), Verdict::Alive);
         assert_eq!(check(&l, 1600, true), Verdict::Silent);
         // Each answer pushes the verdict back.
         l.heard(at(1000));
         assert_eq!(check(&l, 1600, true), Verdict::Alive);
         assert_eq!(
-            l.next_check(at(1600), true, ms(TIMEOUT), IDLE),
+            l.next_check(at(1600), true, ms(TIMEOUT), IDLE, false),
             Some(at(2500))
         );
     }
@@ -195,9 +272,78 @@ mod tests {
     fn sending_after_a_quiet_spell_gives_the_peer_a_full_timeout() {
         let mut l = Liveness::new(at(0));
         // Heard at 0, quiet until 5 s, then data goes out.
-        assert_eq!(l.asked(at(5000), ms(TIMEOUT)), Some(at(6500)));
+        assert!(l.asked(at(5000)));
         assert_eq!(check(&l, 5100, true), Verdict::Alive);
         assert_eq!(check(&l, 6500, true), Verdict::Silent);
+    }
+
+    #[test]
+    fn a_flow_with_somewhere_to_go_probes_halfway_and_gives_up_only_on_the_probe() {
+        let mut l = Liveness::new(at(0));
+        l.asked(at(100));
+        // Halfway through the timeout: doubt, and the next look then.
+        assert_eq!(check_probing(&l, 849), Verdict::Alive);
+        assert_eq!(
+            l.next_check(at(100), true, ms(TIMEOUT), IDLE, true),
+            Some(at(850))
+        );
+        assert_eq!(check_probing(&l, 850), Verdict::Doubt);
+        // The timeout alone is no verdict: the path was not asked again.
+        assert_eq!(check_probing(&l, 5000), Verdict::Doubt);
+        // Probed on the doubt's tick: the verdict stays where the timeout
+        // puts it.
+        l.probed(at(900));
+        assert_eq!(
+            l.next_check(at(900), true, ms(TIMEOUT), IDLE, true),
+            Some(at(1600))
+        );
+        assert_eq!(check_probing(&l, 1599), Verdict::Alive);
+        assert_eq!(check_probing(&l, 1600), Verdict::Silent);
+    }
+
+    #[test]
+    fn a_probe_gives_the_peer_no_new_timeout() {
+        // Data went out before the peer was last heard, at 100; nothing
+        // since: the wait counts from 100, and the probe does not move it.
+        let mut l = Liveness::new(at(100));
+        assert_eq!(check_probing(&l, 850), Verdict::Doubt);
+        l.probed(at(900));
+        assert!(l.asked(at(900)), "the probe starts the wait");
+        assert_eq!(check_probing(&l, 1599), Verdict::Alive);
+        assert_eq!(check_probing(&l, 1600), Verdict::Silent);
+        // The peer timeout counts from then too.
+        assert_eq!(l.gone_at(Duration::from_secs(30)), Some(at(30_100)));
+    }
+
+    #[test]
+    fn an_answered_probe_starts_the_count_again() {
+        let mut l = Liveness::new(at(0));
+        l.asked(at(0));
+        l.probed(at(800));
+        // The probe's answer: the peer is there, whatever TCP waits for.
+        l.heard(at(850));
+        assert_eq!(check_probing(&l, 1500), Verdict::Alive);
+        assert_eq!(check_probing(&l, 1600), Verdict::Doubt, "a new doubt");
+        // A move (or an idle probe) restarts the count, and the doubt.
+        l.probed(at(1600));
+        l.restart(at(2000));
+        assert_eq!(check_probing(&l, 2749), Verdict::Alive);
+        assert_eq!(check_probing(&l, 2750), Verdict::Doubt);
+    }
+
+    #[test]
+    fn a_late_probe_gets_half_a_timeout() {
+        let mut l = Liveness::new(at(0));
+        l.asked(at(0));
+        // Somewhere else to go appeared only at 3 s: the probe goes then.
+        assert_eq!(check_probing(&l, 3000), Verdict::Doubt);
+        l.probed(at(3000));
+        assert_eq!(check_probing(&l, 3749), Verdict::Alive);
+        assert_eq!(check_probing(&l, 3750), Verdict::Silent);
+        assert_eq!(
+            l.next_check(at(3000), true, ms(TIMEOUT), IDLE, true),
+            Some(at(3750))
+        );
     }
 
     #[test]
@@ -206,18 +352,18 @@ mod tests {
         assert_eq!(check(&l, 9999, false), Verdict::Alive);
         assert_eq!(check(&l, 10_000, false), Verdict::Idle);
         assert_eq!(
-            l.check(at(60_000), false, ms(TIMEOUT), None),
+            l.check(at(60_000), false, ms(TIMEOUT), None, true),
             Verdict::Alive,
             "probing off"
         );
-        assert_eq!(l.next_check(at(0), false, ms(TIMEOUT), None), None);
+        assert_eq!(l.next_check(at(0), false, ms(TIMEOUT), None, true), None);
         assert_eq!(
-            l.next_check(at(300), false, ms(TIMEOUT), IDLE),
+            l.next_check(at(300), false, ms(TIMEOUT), IDLE, true),
             Some(at(10_000))
         );
         // A probe is a question: from then on it is a wait.
         l.restart(at(10_000));
-        l.asked(at(10_000), ms(TIMEOUT));
+        l.asked(at(10_000));
         assert_eq!(check(&l, 11_499, true), Verdict::Alive);
         assert_eq!(check(&l, 11_500, true), Verdict::Silent);
     }
@@ -228,7 +374,7 @@ mod tests {
         // Idle for 30 s with nowhere to probe: next look in one period,
         // not at once.
         assert_eq!(
-            l.next_check(at(30_000), false, ms(TIMEOUT), IDLE),
+            l.next_check(at(30_000), false, ms(TIMEOUT), IDLE, true),
             Some(at(40_000))
         );
     }
@@ -247,10 +393,10 @@ mod tests {
         let peer_timeout = Duration::from_secs(30);
         let mut l = Liveness::new(at(0));
         assert!(!l.gone(at(100_000), true, peer_timeout), "never asked");
-        l.asked(at(1000), ms(TIMEOUT));
+        l.asked(at(1000));
         // Moves restart the silence the path verdict counts, not this.
         l.restart(at(5000));
-        l.asked(at(5000), ms(TIMEOUT));
+        l.asked(at(5000));
         assert_eq!(l.gone_at(peer_timeout), Some(at(31_000)));
         assert!(!l.gone(at(30_999), true, peer_timeout));
         assert!(l.gone(at(31_000), true, peer_timeout));

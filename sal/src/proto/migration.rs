@@ -243,26 +243,38 @@ impl Host {
     }
 
     /// This end sent something on the flow that expects an answer: if that
-    /// starts a wait, the liveness timer must fire when the wait times out
-    /// (and a client flow over UDP nudges its peer sooner, see `nat.rs`).
+    /// starts a wait, the liveness timer must fire when the wait is first
+    /// looked at (and a client flow over UDP nudges its peer sooner, see
+    /// `nat.rs`).
     pub(super) fn note_asked(&mut self, id: FlowId) {
         let (now, timeout) = (self.now, self.config.liveness_timeout);
         let (auto_migrate, peer_timeout) = (self.config.auto_migrate, self.config.peer_timeout);
+        let interfaces_up = self.interfaces.up_count();
         let Ok(flow) = self.flow_mut(id) else {
             return;
         };
-        if flow.state != FlowState::Established {
+        if flow.state != FlowState::Established || !flow.liveness.asked(now) {
             return;
         }
-        let Some(at) = flow.liveness.asked(now, timeout) else {
-            return;
-        };
+        // Looked at only once a wait starts: this runs for every segment.
+        let probes = interfaces_up > 1 || flow.path.peer_has_alternatives();
         if auto_migrate {
-            self.arm_timer(id, Timer::Liveness, on_tick(at));
+            if let Some(at) = flow.liveness.next_check(now, true, timeout, None, probes) {
+                self.arm_timer(id, Timer::Liveness, on_tick(at));
+            }
         } else if let Some(gone) = flow.liveness.gone_at(peer_timeout) {
             self.arm_timer(id, Timer::Liveness, on_tick(gone));
         }
         self.arm_nudge(id);
+    }
+
+    /// Whether the flow has somewhere else to go: another interface up, or
+    /// a peer that advertised other locators. Only then is an idle path
+    /// worth probing, or a silent one worth probing before it is left.
+    fn somewhere_else(&mut self, id: FlowId) -> bool {
+        let interfaces_up = self.interfaces.up_count();
+        self.flow_mut(id)
+            .is_ok_and(|flow| interfaces_up > 1 || flow.path.peer_has_alternatives())
     }
 
     /// Arms the flow's liveness timer for when its verdict may next change.
@@ -285,19 +297,18 @@ impl Host {
             return;
         }
         let (now, timeout) = (self.now, self.config.liveness_timeout);
-        let interfaces_up = self.interfaces.up_count();
+        let somewhere_else = self.somewhere_else(id);
+        let idle = self.config.idle_probe.filter(|_| somewhere_else);
         let Ok(flow) = self.flow_mut(id) else {
             return;
         };
         if flow.state != FlowState::Established {
             return;
         }
-        let somewhere_else = interfaces_up > 1 || flow.path.peer_has_alternatives();
-        let idle = self.config.idle_probe.filter(|_| somewhere_else);
-        let Ok(flow) = self.flow_mut(id) else {
-            return;
-        };
-        if let Some(at) = flow.liveness.next_check(now, waiting, timeout, idle) {
+        if let Some(at) = flow
+            .liveness
+            .next_check(now, waiting, timeout, idle, somewhere_else)
+        {
             self.arm_timer(id, Timer::Liveness, on_tick(at));
         }
     }
@@ -322,8 +333,9 @@ impl Host {
         }
     }
 
-    /// The liveness timer fired: a flow waiting on a silent peer tries
-    /// another path; an idle flow with somewhere else to go probes its own.
+    /// The liveness timer fired: a flow waiting on a silent peer probes its
+    /// path, then tries another if the probe goes unanswered too; an idle
+    /// flow with somewhere else to go probes its own.
     pub(super) fn liveness_due(&mut self, id: FlowId) {
         let waiting = self.awaits_peer(id);
         let (now, timeout, idle) = (
@@ -332,7 +344,7 @@ impl Host {
             self.config.idle_probe,
         );
         let (auto_migrate, peer_timeout) = (self.config.auto_migrate, self.config.peer_timeout);
-        let interfaces_up = self.interfaces.up_count();
+        let somewhere_else = self.somewhere_else(id);
         let Ok(flow) = self.flow_mut(id) else {
             return;
         };
@@ -347,9 +359,25 @@ impl Host {
         if !auto_migrate {
             return self.arm_liveness(id);
         }
-        match flow.liveness.check(now, waiting, timeout, idle) {
+        match flow
+            .liveness
+            .check(now, waiting, timeout, idle, somewhere_else)
+        {
             Verdict::Silent => self.abandon_path(id),
-            Verdict::Idle if interfaces_up > 1 || flow.path.peer_has_alternatives() => {
+            Verdict::Doubt => {
+                // The peer may be silent only because what it would answer
+                // was lost, and TCP waits out its backed-off timeout: ask
+                // it now. An RSYN in flight (a move, or a probe) asks
+                // already, and is resent on its own timer.
+                flow.liveness.probed(now);
+                let asking = flow.control.in_flight(ControlKind::Rsyn)
+                    || flow.control.in_flight(ControlKind::Probe);
+                if !asking {
+                    self.stats.probes += 1;
+                    self.send_new_control(id, ControlKind::Probe, ControlFlags::RSYN, false, &[]);
+                }
+            }
+            Verdict::Idle if somewhere_else => {
                 // The silence that matters from now on is the probe's.
                 flow.liveness.restart(now);
                 self.stats.probes += 1;

@@ -1,0 +1,239 @@
+//! Lossy but working paths must not make flows move, on the deterministic
+//! simulator.
+//!
+//! Host A (10.0.0.1, one interface) talks to B, which has two locators:
+//! B1 (10.0.0.2), where the flow starts, and B2 (10.2.0.2), which it
+//! advertises (the setting of `sim_asymmetric.rs`). Every link loses 1 %
+//! or 3 % of its packets at random, behind a bottleneck whose queue holds
+//! 0.4 s of traffic; nothing ever fails. A bulk transfer each way must
+//! arrive byte for byte without either end moving: in a download B could
+//! move to B2 (an RSYN), in an upload A could seek B2 (a path challenge)
+//! and follow it there.
+//!
+//! The peer's silence is all the liveness check has to go on, and after a
+//! loss TCP may be silent for longer than the liveness timeout (1.5 s): a
+//! retransmission timeout still backed off from an earlier one (2 s), or
+//! a retransmission lost in turn. Before, such waits moved the flow in 12
+//! of these 16 runs, up to five times back and forth between B1 and B2.
+//! Now a flow that has waited half the timeout probes its path, and only
+//! a probe unanswered for the other half counts as a dead path. A last
+//! test checks that a path that does fail is still found dead as fast.
+
+use std::net::Ipv4Addr;
+
+use sal::proto::HostConfig;
+use sal::wire::TransportProtocol::Stream;
+use sal::Locator;
+use sal_sim::{Delay, Loss, Network, Path, RateLimit};
+use smoltcp::time::{Duration, Instant};
+
+mod common;
+use common::sim::{default_route, establish, pattern, stream};
+
+/// Bytes carried each way.
+const LEN: usize = 2 << 20;
+/// Bytes per second each link carries (IPv4 bytes).
+const RATE: u64 = 100_000;
+/// Bytes each link queues: 0.4 s at [`RATE`].
+const QUEUE: usize = 40_000;
+
+/// B's first locator, where the flow starts.
+const B1: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+/// Its second locator, which it advertises.
+const B2: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 2);
+
+/// What a run showed.
+struct Outcome {
+    /// Whether the receiver read the whole stream, byte for byte.
+    exact: bool,
+    /// Times either end moved the flow, or followed the other.
+    moves: u32,
+    /// Flows reset for a silent peer, on either host.
+    peer_timeouts: u64,
+    /// Probes either host sent.
+    probes: u64,
+    /// How long the transfer took.
+    took: Duration,
+    /// From the failure, if any, to when the waiting end found the path
+    /// dead (B moved, or A sought B2).
+    detected: Option<Duration>,
+    /// How long the receiver got no new bytes across that.
+    stall: Option<Duration>,
+    /// Where B's end of the flow is at the end.
+    b_local: Locator,
+}
+
+/// Runs a transfer of [`LEN`] bytes (A to B if `upload`, else B to A)
+/// over links that lose `loss` of their packets; if `fail`, B1 stops
+/// delivering anything (both ways) a quarter into the transfer.
+fn run(upload: bool, loss: f64, fail: bool, seed: u64) -> Outcome {
+    let mut net = Network::with_default_path(seed, move || {
+        Path::new()
+            .then(Loss::new(loss))
+            .then(RateLimit::new(RATE, QUEUE))
+            .then(Delay::new(Duration::from_millis(5)))
+    });
+    let a = net.add_host("a", HostConfig::default(), &[("eth0", "10.0.0.1/24")]);
+    let b = net.add_host(
+        "b",
+        HostConfig::default(),
+        &[("eth0", "10.0.0.2/24"), ("eth1", "10.2.0.2/24")],
+    );
+    default_route(&mut net, a, "10.0.0.2");
+    let listener = net
+        .host(b)
+        .listen("ab/8".parse().unwrap(), Stream, 8)
+        .unwrap();
+    let (aflow, bflow) = establish(&mut net, a, b, listener, "ab".parse().unwrap());
+    let (from, to) = match upload {
+        true => ((a, aflow), (b, bflow)),
+        false => ((b, bflow), (a, aflow)),
+    };
+    let data = pattern(LEN, seed);
+    let start = net.now();
+    let (mut failed_at, mut found_at) = (None::<Instant>, None::<Instant>);
+    let (mut last_progress, mut so_far, mut stall) = (start, 0, None);
+    let received = stream(
+        &mut net,
+        from,
+        to,
+        &data,
+        Duration::from_secs(600),
+        |net, received| {
+            if fail && failed_at.is_none() && received >= LEN / 4 {
+                net.link_down(B1);
+                failed_at = Some(net.now());
+            }
+            if failed_at.is_some() && found_at.is_none() {
+                // B moves, or A seeks B2 (a path challenge): either way
+                // the waiting end found the path dead.
+                let seeking = net.host(a).stats().path_challenges > 0;
+                let b = net.host(b).flow(bflow).unwrap();
+                if seeking || b.migrations > 0 {
+                    found_at = Some(net.now());
+                }
+            }
+            if received > so_far {
+                if found_at.is_some() && stall.is_none() {
+                    stall = Some(net.now() - last_progress);
+                }
+                (last_progress, so_far) = (net.now(), received);
+            }
+        },
+    );
+    let took = net.now() - start;
+    let (astats, bstats) = (net.host(a).stats(), net.host(b).stats());
+    let aflow = net.host(a).flow(aflow).unwrap();
+    let bflow = net.host(b).flow(bflow).unwrap();
+    Outcome {
+        exact: received == data,
+        moves: aflow.migrations + aflow.peer_moves + bflow.migrations + bflow.peer_moves,
+        peer_timeouts: astats.peer_timeouts + bstats.peer_timeouts,
+        probes: astats.probes + bstats.probes,
+        took,
+        detected: found_at
+            .zip(failed_at)
+            .map(|(found, failed)| found - failed),
+        stall,
+        b_local: bflow.local,
+    }
+}
+
+/// Prints what a run showed.
+fn report(what: &str, seed: u64, outcome: &Outcome) {
+    let or_none = |d: Option<Duration>| d.map_or("-".to_string(), |d| d.to_string());
+    eprintln!(
+        "{what}, seed {seed}: {} moves, {} probes, took {}, found dead after {}, \
+         stalled {}{}",
+        outcome.moves,
+        outcome.probes,
+        outcome.took,
+        or_none(outcome.detected),
+        or_none(outcome.stall),
+        if outcome.exact { "" } else { ", bytes differ" },
+    );
+}
+
+/// Runs four seeds of a transfer, then checks each: the bytes, no reset,
+/// and no move, though the path went silent for long enough to be probed.
+fn check(upload: bool, loss: f64) {
+    let direction = ["download", "upload"][usize::from(upload)];
+    let outcomes: Vec<Outcome> = (1..=4).map(|seed| run(upload, loss, false, seed)).collect();
+    for (seed, outcome) in (1..).zip(&outcomes) {
+        report(&format!("{direction}, loss {loss}"), seed, outcome);
+    }
+    for (seed, outcome) in (1..).zip(&outcomes) {
+        assert!(outcome.exact, "seed {seed}: bytes differ");
+        assert_eq!(outcome.peer_timeouts, 0, "seed {seed}: flow given up on");
+        assert_eq!(outcome.moves, 0, "seed {seed}: the flow moved");
+    }
+    for (seed, outcome) in (1..).zip(&outcomes) {
+        assert!(outcome.probes > 0, "seed {seed}: never silent for long");
+    }
+}
+
+/// B sends to A through 1 % loss: B, which has another interface, must
+/// stay on B1.
+#[test]
+fn a_download_through_one_percent_loss_does_not_move() {
+    check(false, 0.01);
+}
+
+/// As above, 3 % loss.
+#[test]
+fn a_download_through_three_percent_loss_does_not_move() {
+    check(false, 0.03);
+}
+
+/// A sends to B through 1 % loss: A, which could seek B2, must stay with
+/// B1.
+#[test]
+fn an_upload_through_one_percent_loss_does_not_move() {
+    check(true, 0.01);
+}
+
+/// As above, 3 % loss.
+#[test]
+fn an_upload_through_three_percent_loss_does_not_move() {
+    check(true, 0.03);
+}
+
+/// A path that does fail is found dead as fast as before (the probe goes
+/// out within the liveness timeout, not after it): B1 stops delivering a
+/// quarter into a transfer through 1 % loss; within the timeout and two
+/// ticks (1.7 s) B moves to B2, or A seeks it there, and the flow ends up
+/// there after one move, stalled for less than 4 s (as in
+/// `sim_asymmetric.rs`; a challenge to B2 may be lost too).
+#[test]
+fn a_path_that_fails_is_still_left_at_the_liveness_timeout_through_loss() {
+    for upload in [false, true] {
+        let direction = ["download", "upload"][usize::from(upload)];
+        let outcomes: Vec<Outcome> = (1..=4).map(|seed| run(upload, 0.01, true, seed)).collect();
+        for (seed, outcome) in (1..).zip(&outcomes) {
+            report(&format!("{direction} across a failure"), seed, outcome);
+        }
+        for (seed, outcome) in (1..).zip(&outcomes) {
+            assert!(outcome.exact, "{direction}, seed {seed}: bytes differ");
+            assert_eq!(outcome.peer_timeouts, 0, "{direction}, seed {seed}");
+            assert_eq!(
+                outcome.b_local,
+                Locator::Ipv4(B2),
+                "{direction}, seed {seed}"
+            );
+            assert_eq!(
+                outcome.moves, 2,
+                "{direction}, seed {seed}: B moved (or A followed) once"
+            );
+            let detected = outcome.detected.expect("the path was found dead");
+            assert!(
+                detected <= Duration::from_millis(1700),
+                "{direction}, seed {seed}: found dead {detected} after the failure"
+            );
+            let stall = outcome.stall.expect("the flow went on");
+            assert!(
+                stall < Duration::from_secs(4),
+                "{direction}, seed {seed}: stalled for {stall} across the failure"
+            );
+        }
+    }
+}
