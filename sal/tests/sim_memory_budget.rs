@@ -831,3 +831,71 @@ fn every_charge_path_gives_its_memory_back() {
     assert_eq!(host.group_buffer_bytes(1), 0);
     assert_eq!(host.group_buffer_bytes(2), 0);
 }
+
+/// A flow taken from its listener to be handed on through a queue of the
+/// driver's (sald's `Deliver`) is still nobody's until the driver says the
+/// application has it (`Host::accepted`): it grows no further than one
+/// still in the backlog and counts against its listener, not its group;
+/// then it grows as any accepted flow, its memory moves to the group, and
+/// every byte arrives.
+#[test]
+fn a_flow_taken_to_be_handed_on_is_nobody_s_until_accepted() {
+    let (mut net, [client, server]) = hosts(38, HostConfig::default());
+    let listener = listen_in_group_1(&mut net, server, "ab/8");
+    let service = "ab".parse().unwrap();
+    let c = net.host(client).connect(service, Stream).unwrap();
+    let mut taken = None;
+    net.run_until(Duration::from_secs(10), |net| {
+        taken = net.host(server).take(listener).ok();
+        taken.is_some()
+    });
+    let s = taken.expect("the handshake");
+    assert_eq!(net.host(server).listener_pending(listener), Some(0));
+    let mut flow = Parked {
+        ends: (c, s),
+        data: pattern(4 << 20, 900),
+        sent: 0,
+        received: Vec::new(),
+    };
+    let mut peak = 0;
+    net.run_until(Duration::from_secs(5), |net| {
+        flow.push(net, client);
+        peak = peak.max(net.host(server).stats().buffer_bytes);
+        false
+    });
+    let host = net.host(server);
+    let held = host.unaccepted_buffer_bytes(listener);
+    assert!(held > 0, "it holds what its client sent");
+    assert_eq!(host.stats().unaccepted_buffer_bytes, held);
+    assert_eq!(host.group_buffer_bytes(1), 0, "not its group's yet");
+    assert!(
+        peak <= 2 * UNACCEPTED_BUFFER as u64 + 8192,
+        "{peak} bytes held by a flow nobody accepted"
+    );
+
+    net.host(server).accepted(s).unwrap();
+    let host = net.host(server);
+    assert_eq!(host.unaccepted_buffer_bytes(listener), 0);
+    assert_eq!(host.stats().unaccepted_buffer_bytes, 0);
+    assert_eq!(host.group_buffer_bytes(1), held, "moved to its group");
+    // Said again, nothing changes.
+    host.accepted(s).unwrap();
+    assert_eq!(host.group_buffer_bytes(1), held);
+    // It grows now while its application does not read yet.
+    net.run_until(Duration::from_secs(5), |net| {
+        flow.push(net, client);
+        peak = peak.max(net.host(server).stats().buffer_bytes);
+        false
+    });
+    assert!(
+        peak > 4 * UNACCEPTED_BUFFER as u64,
+        "{peak} bytes at most once accepted"
+    );
+    let done = net.run_until(Duration::from_secs(60), |net| {
+        flow.push(net, client);
+        flow.pull(net, server);
+        flow.received.len() == flow.data.len()
+    });
+    assert!(done, "stalled");
+    assert!(flow.received == flow.data, "delivered bytes differ");
+}

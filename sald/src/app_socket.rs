@@ -110,6 +110,25 @@ impl AppSocket {
         }
     }
 
+    /// Memory that what was written into this socket holds until the
+    /// application has read it (`SIOCOUTQ`, a unix socket's send memory in
+    /// use): the kernel gives each write's buffer back once the other end
+    /// has read the whole of it, so this falls only when the application
+    /// reads (or its end is closed, which throws what was unread away). 0
+    /// if it cannot be told.
+    pub fn unread_memory(&self) -> u32 {
+        let mut bytes: nix::libc::c_int = 0;
+        // SAFETY: `SIOCOUTQ` (`TIOCOUTQ`) writes one c_int through the
+        // pointer, which points at a local that outlives the call; `self`
+        // keeps the descriptor open.
+        let rc = unsafe { nix::libc::ioctl(self.raw(), nix::libc::TIOCOUTQ, &mut bytes) };
+        if rc == 0 {
+            u32::try_from(bytes).unwrap_or(0)
+        } else {
+            0
+        }
+    }
+
     /// Waits until the other end has hung up: closed (every copy of it),
     /// or shut down both ways. A hang-up is final: once it came, this
     /// returns at once.

@@ -421,7 +421,7 @@ impl Core {
             return;
         };
         while !waiters.is_empty() {
-            let Ok(flow) = self.host.accept(listener) else {
+            let Ok(flow) = self.host.take(listener) else {
                 break;
             };
             // A waiter whose client went away is skipped; the flow goes to the next.
@@ -470,10 +470,11 @@ impl Core {
     /// Waits for the next flow of `listener`: at once if one is queued; the
     /// receiver fails when the listener is (or already was) closed. A flow
     /// received is in hand (see [`Core::in_hand`]) until [`Core::released`],
-    /// or [`Core::give_up_accept`] if none was received.
+    /// or [`Core::give_up_accept`] if none was received. The host counts it
+    /// as accepted only once handed over, as that says ([`Host::take`]).
     pub fn wait_accept(&mut self, listener: ListenerId) -> oneshot::Receiver<FlowId> {
         let (tx, rx) = oneshot::channel();
-        match self.host.accept(listener) {
+        match self.host.take(listener) {
             Ok(flow) => {
                 let _ = tx.send(flow);
                 *self.in_hand.entry(listener).or_default() += 1;

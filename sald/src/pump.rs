@@ -27,6 +27,22 @@
 //! its end of the socketpair (a hang-up too) and closes its flow, which
 //! tells the peer.
 //!
+//! A stream flow delivered into an application's accept queue (`Deliver`)
+//! may wait there, while the peer sends, for as long as the application
+//! does not take it; the host counts it as nobody's meanwhile (its
+//! buffers stay small and count against its listener: see `sal::proto`'s
+//! `budget.rs`), or a remote peer that opened flows to a program slow to
+//! accept could put the program's user under pressure. sald cannot see
+//! the queue's reader take it, but it sees what only a program that did
+//! can do: write into its end (up reads data or an end of file), or read
+//! from it, which gives back the memory of what down wrote
+//! ([`AppSocket::unread_memory`], looked at around down's writes only
+//! while the flow is unconfirmed). On the first sign the pump tells the
+//! host the flow is accepted ([`Host::accepted`]), and looks no more. A
+//! program that takes a flow and then neither reads nor writes leaves it
+//! counted as nobody's: its window stays small, which matters only once
+//! it reads, and then it is seen.
+//!
 //! A datagram socket or flow gets one task too, which turns each message
 //! the application writes into a packet, and each datagram received into
 //! a message. What the application writes is its user's work on sald's
@@ -116,6 +132,13 @@ struct StreamPump {
     /// segment, and a reader that lags would otherwise cost a failing
     /// write per segment).
     writable: bool,
+    /// A flow delivered into an accept queue that the application has not
+    /// been seen to take from there yet: the host counts it as nobody's
+    /// until then (see the module docs and [`StreamPump::taken`]).
+    unconfirmed: bool,
+    /// While `unconfirmed`: what the socket held unread
+    /// ([`AppSocket::unread_memory`]) after down last wrote into it.
+    unread_after_write: u32,
 }
 
 impl StreamPump {
@@ -141,7 +164,11 @@ impl StreamPump {
             self.application_closed(unread, host, &mut turn);
         }
         if self.down {
-            self.pump_down(host, socket, &mut turn);
+            if self.unconfirmed {
+                self.unconfirmed_down(host, socket, &mut turn);
+            } else {
+                self.pump_down(host, socket, &mut turn);
+            }
         }
         turn.read = self.up && !self.readable;
         turn.write = self.down && !self.writable;
@@ -156,7 +183,13 @@ impl StreamPump {
                 moved(recv(socket.raw(), free, MsgFlags::empty()).map_err(io::Error::from))
             });
             match read {
-                Ok(Ok(n)) if n > 0 => turn.moved = true,
+                Ok(Ok(n)) if n > 0 => {
+                    turn.moved = true;
+                    // Only a program that took the flow writes into it.
+                    if self.unconfirmed {
+                        self.taken(host, socket, turn);
+                    }
+                }
                 Ok(Err(error)) if error.kind() == io::ErrorKind::WouldBlock => {
                     self.readable = false;
                     return;
@@ -179,6 +212,11 @@ impl StreamPump {
                     if matches!(end, PeerEnd::Closed | PeerEnd::ClosedUnread) {
                         let unread = end == PeerEnd::ClosedUnread;
                         self.application_closed(unread, host, turn);
+                    } else if self.unconfirmed {
+                        // Shut for sending by a program that took it
+                        // (closing every copy of an end nobody took, with
+                        // its queue, makes no end of file alone).
+                        self.taken(host, socket, turn);
                     }
                     return;
                 }
@@ -222,8 +260,47 @@ impl StreamPump {
         turn.moved = true;
     }
 
-    /// Flow to application: the receive buffer written to the socket.
-    fn pump_down(&mut self, host: &mut Host, socket: &AppSocket, turn: &mut Turn) {
+    /// Down for a flow the application has not been seen to take yet
+    /// ([`StreamPump::pump_down`] between two looks at what the socket
+    /// holds unread): what down wrote before falling since is the
+    /// application reading, and so is nothing left unread of what it
+    /// writes now. While the socket is known full no look is taken: its
+    /// room opening, which the application's reading alone brings, comes
+    /// first. One system call per turn that writes, and another before
+    /// the next write, until the application is seen; none for a flow
+    /// nobody reads, nor for one handed over otherwise.
+    fn unconfirmed_down(&mut self, host: &mut Host, socket: &AppSocket, turn: &mut Turn) {
+        let before = self.unread_after_write;
+        if self.writable && before > 0 && socket.unread_memory() < before {
+            self.taken(host, socket, turn);
+        }
+        let wrote = self.pump_down(host, socket, turn);
+        if self.unconfirmed && wrote {
+            self.unread_after_write = socket.unread_memory();
+            if self.unread_after_write == 0 {
+                self.taken(host, socket, turn);
+            }
+        }
+    }
+
+    /// The application was seen to use the flow delivered into its accept
+    /// queue, so it took it from there: the host counts the flow as
+    /// accepted from now on (its buffers may grow, and count against its
+    /// user), unless the application's end is gone, which is what threw
+    /// away what it held unread.
+    fn taken(&mut self, host: &mut Host, socket: &AppSocket, turn: &mut Turn) {
+        self.unread_after_write = 0;
+        if matches!(socket.peer_end(), PeerEnd::Open | PeerEnd::Shut) {
+            self.unconfirmed = false;
+            let _ = host.accepted(self.flow);
+            turn.moved = true;
+        }
+    }
+
+    /// Flow to application: the receive buffer written to the socket;
+    /// whether anything was.
+    fn pump_down(&mut self, host: &mut Host, socket: &AppSocket, turn: &mut Turn) -> bool {
+        let mut wrote = false;
         for _ in 0..CALLS_PER_TURN {
             let writable = self.writable;
             let written = host.recv_with(self.flow, |data| {
@@ -235,18 +312,21 @@ impl StreamPump {
                 moved(send(socket.raw(), data, MsgFlags::MSG_NOSIGNAL).map_err(io::Error::from))
             });
             match written {
-                Ok(Some(Ok(_))) => turn.moved = true,
+                Ok(Some(Ok(_))) => {
+                    turn.moved = true;
+                    wrote = true;
+                }
                 Ok(Some(Err(error))) if error.kind() == io::ErrorKind::WouldBlock => {
                     self.writable = false;
-                    return;
+                    return wrote;
                 }
                 // Nothing yet: the flow's signal comes when data arrives.
-                Err(HostError::WouldBlock) => return,
+                Err(HostError::WouldBlock) => return wrote,
                 // End of stream, or an application that went away: the
                 // application reads end of file.
                 Ok(None) | Ok(Some(Err(_))) => {
                     self.end_down(socket, ShutdownHow::Write, turn);
-                    return;
+                    return wrote;
                 }
                 // A reset, or a peer given up on, once what had arrived
                 // is through: a socketpair carries no error, so the socket
@@ -255,11 +335,12 @@ impl StreamPump {
                 // into `ECONNRESET`, see `socket_shim::reset`).
                 Err(_) => {
                     self.end_down(socket, ShutdownHow::Both, turn);
-                    return;
+                    return wrote;
                 }
             }
         }
         turn.again = true;
+        wrote
     }
 
     /// Down is over: the socket is shut down `how`.
@@ -278,12 +359,15 @@ fn moved(result: io::Result<usize>) -> (usize, io::Result<usize>) {
 }
 
 /// Serves one stream flow until both directions are finished (or the daemon
-/// stops), then closes it.
+/// stops), then closes it. `unconfirmed`: the flow was delivered into an
+/// accept queue, and the host counts it as accepted only once the
+/// application is seen to have taken it (see the module docs).
 pub async fn stream(
     shared: Arc<Shared>,
     flow: FlowId,
     signal: Arc<FlowSignal>,
     socket: AppSocket,
+    unconfirmed: bool,
     mut shutdown: Shutdown,
 ) {
     let mut pump = StreamPump {
@@ -294,6 +378,8 @@ pub async fn stream(
         hung_up: false,
         readable: false,
         writable: true,
+        unconfirmed,
+        unread_after_write: 0,
     };
     loop {
         let turn = {

@@ -418,14 +418,22 @@ fn one_user_s_unread_flows_hold_no_more_than_its_share_of_the_buffer_budget() {
     let listener = bind_as(&sald, NOBODY, "b0f0/16").unwrap();
     let service: sal::ServiceId = "b0f001".parse().unwrap();
     // Root's clients (no group of their own) write 64 KiB each into
-    // flows nobody accepts and never reads.
+    // flows their user never reads. It takes them, and says a word on
+    // each: else they would count as still waiting in its accept queue,
+    // its listener's rather than its own.
     let mut clients: Vec<ServiceStream> = (0..16)
         .map(|_| {
             ServiceStream::connect_via(sald.client(), service, Some(Duration::from_secs(3)))
                 .unwrap()
         })
         .collect();
-    let _held: Vec<_> = (0..16).map(|_| listener.accept().unwrap()).collect();
+    let _held: Vec<_> = (0..16)
+        .map(|_| {
+            let (mut flow, info) = listener.accept().unwrap();
+            flow.write_all(b"hi").unwrap();
+            (flow, info)
+        })
+        .collect();
     for client in &mut clients {
         client.write_all(&vec![7u8; 64 << 10]).unwrap();
     }

@@ -41,6 +41,13 @@
 //! poll): the listener's total lives here, not in the listener, and goes
 //! when its last flow gives back what it holds.
 //!
+//! A driver that hands flows on through a queue of its own, from which the
+//! application takes them when it will (sald's `Deliver`), takes them from
+//! the listener with [`Host::take`] instead, and says when the application
+//! has one ([`Host::accepted`]): until then it is as much the listener's
+//! as one still in its backlog, though out of the backlog (and of the
+//! listener's reach: closing the listener does not reset it).
+//!
 //! Every change of a socket's buffer memory passes through
 //! [`Host::account_buffers`] with the flow's [`Charge`], which keeps both
 //! totals; nothing walks the flows.
@@ -183,7 +190,11 @@ impl Host {
     fn account_charge(&mut self, charge: Charge, before: u64, after: u64) {
         let limit = match charge {
             Charge::Group(_) => self.config.buffer_memory_group_limit,
-            Charge::Unaccepted(_) => Some(UNACCEPTED_LISTENER_BUFFER),
+            Charge::Unaccepted(_) => {
+                let held = &mut self.stats.unaccepted_buffer_bytes;
+                *held = (*held + after).saturating_sub(before);
+                Some(UNACCEPTED_LISTENER_BUFFER)
+            }
         };
         if self
             .budgets
@@ -245,10 +256,19 @@ impl Host {
         self.recharge(id, |flow| flow.group = group)
     }
 
-    /// Flow `id` is accepted: its buffers may grow from now on, and what
-    /// they hold counts against its group instead of its listener.
-    pub(super) fn set_accepted(&mut self, id: FlowId) {
-        let _ = self.recharge(id, |flow| flow.unaccepted = false);
+    /// The application has flow `id` now (see the module docs): its
+    /// buffers may grow from now on, and what they hold counts against
+    /// its group instead of its listener. [`Host::accept`] says so itself;
+    /// a flow taken with [`Host::take`] waits for this. Nothing changes
+    /// for a flow accepted already, or one no listener opened.
+    pub fn accepted(&mut self, id: FlowId) -> Result<(), HostError> {
+        if !self.flow_mut(id)?.unaccepted {
+            return Ok(());
+        }
+        self.recharge(id, |flow| flow.unaccepted = false)?;
+        // Driven at the end of this poll: its window may open.
+        self.mark_dirty(id);
+        Ok(())
     }
 
     /// Puts the server flows `listener` opens from now on into `group`

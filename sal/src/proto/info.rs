@@ -199,6 +199,11 @@ pub struct HostStats {
     /// `UNACCEPTED_LISTENER_BUFFER`): a burst, or someone filling them.
     #[serde(default)]
     pub unaccepted_buffer_pressures: u64,
+    /// Bytes of TCP buffer memory the flows nobody has accepted yet hold
+    /// now, all listeners' together (each listener's are bounded by
+    /// `UNACCEPTED_LISTENER_BUFFER`; see `Host::unaccepted_buffer_bytes`).
+    #[serde(default)]
+    pub unaccepted_buffer_bytes: u64,
     /// Segments (or their tails) stream flows dropped because their receive
     /// buffer could not grow under memory pressure, and out-of-order ranges
     /// given up because of it; each costs the peer a retransmission

@@ -552,15 +552,23 @@ impl Host {
         Ok(())
     }
 
-    /// Takes the next established flow from a listener's accept queue.
+    /// Takes the next established flow from a listener's accept queue: the
+    /// application has it ([`Host::take`], then [`Host::accepted`]).
     pub fn accept(&mut self, id: ListenerId) -> Result<FlowId, HostError> {
+        let flow = self.take(id)?;
+        let _ = self.accepted(flow);
+        Ok(flow)
+    }
+
+    /// Takes the next established flow from a listener's accept queue, as
+    /// [`Host::accept`] does, for a driver that hands it on through a
+    /// queue of its own (sald's `Deliver`): the flow no longer counts
+    /// against the listener's backlog nor among its pending flows (a
+    /// drained listener left with none says so), but it still counts as
+    /// not accepted (see `budget.rs`) until the driver learns that the
+    /// application took it from there and says so ([`Host::accepted`]).
+    pub fn take(&mut self, id: ListenerId) -> Result<FlowId, HostError> {
         let flow = self.listeners.accept(id)?;
-        if self.flow_mut(flow).is_ok() {
-            // Its buffers may grow from now on, and count against its
-            // group (see `budget.rs`).
-            self.set_accepted(flow);
-            self.mark_dirty(flow);
-        }
         self.pending_fell(id);
         Ok(flow)
     }

@@ -13,6 +13,18 @@
 //! when it is full the task waits for room and the remaining flows stay in
 //! the listener's backlog, where the SAL's own limits apply to them.
 //!
+//! A flow in the queue is no more the application's than one in the
+//! backlog: the application may take it late, or never, while its peer
+//! sends. So it leaves the backlog ([`sal::proto::Host::take`]: it no
+//! longer counts against the backlog, nor as pending for a drain) but the
+//! host still counts it as not accepted, its buffers small and charged to
+//! its listener, until its pump sees the application use it (see
+//! [`crate::pump`]). Counted as accepted once queued, a few hundred
+//! queued flows that a peer filled, each growing to its 1 MiB window,
+//! held the user's whole buffer share (260 MiB at the default budgets)
+//! and put its other flows under pressure. A datagram flow, which has no
+//! buffers to count, is accepted as it is queued.
+//!
 //! A cost this has on Linux before 6.19 (net-next's "af_unix: Don't trigger
 //! GC from close() if unnecessary", November 2025): a descriptor waiting in
 //! the queue is a unix socket in flight, and while any unix socket is in
@@ -36,7 +48,7 @@ use sal::table::ListenerId;
 use sal::FlowId;
 use sal_control::{AcceptNotice, ErrorKind, FlowNotice, Response, ACCEPT_EXHAUSTED};
 
-use super::flows::{hand_over_flow, pair, pair_error, HandOverError};
+use super::flows::{hand_over_flow, pair, pair_error, HandOverError, Handing};
 use super::{error_reply, not_ours, Reply};
 use crate::control::client::Client;
 use crate::control::ControlContext;
@@ -143,7 +155,7 @@ async fn feed_one(
     queue: &Packets,
     shutdown: &mut Shutdown,
 ) -> bool {
-    let (info, fd) = match hand_over_flow(context, uid, flow) {
+    let (info, fd) = match hand_over_flow(context, uid, flow, Handing::AcceptQueue) {
         Ok(handed) => handed,
         Err(HandOverError::Gone) => return true,
         Err(refused @ (HandOverError::OverShare(_) | HandOverError::Pair(_))) => {

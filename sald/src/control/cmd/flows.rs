@@ -194,7 +194,7 @@ pub(super) fn hand_over(
     flow: FlowId,
     respond: impl FnOnce(FlowInfo) -> Response,
 ) -> Reply {
-    match hand_over_flow(context, uid, flow) {
+    match hand_over_flow(context, uid, flow, Handing::Reply) {
         Ok((info, theirs)) => (respond(info), Some(theirs)),
         Err(HandOverError::Gone) => error_reply(
             ErrorKind::Refused,
@@ -215,12 +215,29 @@ pub(super) enum HandOverError {
     Pair(io::Error),
 }
 
+/// How a flow reaches its application, which says when the application
+/// has it: when the host may count a server flow as accepted (see
+/// `sal::proto`'s `budget.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Handing {
+    /// In the reply to a request (`Connect`, `Accept`): the application
+    /// has it at once.
+    Reply,
+    /// Into the application's accept queue (`Deliver`), from which it
+    /// takes the flow when it will, if ever: a stream flow counts as
+    /// accepted once its pump sees the application use it (see
+    /// [`pump`]); a datagram flow, which has no buffers to count, at once.
+    AcceptQueue,
+}
+
 /// Makes an established flow `uid`'s: a socketpair whose other end a pump
-/// task serves. The application's end and the flow's description.
+/// task serves, reaching the application as `handing` says. The
+/// application's end and the flow's description.
 pub(super) fn hand_over_flow(
     context: &Arc<ControlContext>,
     uid: u32,
     flow: FlowId,
+    handing: Handing,
 ) -> Result<(FlowInfo, OwnedFd), HandOverError> {
     let shared = &context.shared;
     let mut core = shared.lock();
@@ -256,13 +273,22 @@ pub(super) fn hand_over_flow(
     core.owners.adopt(flow, uid);
     // Its listener's group already, unless that was someone else's.
     let _ = core.host.set_flow_group(flow, budget_group(context, uid));
+    let unconfirmed = match (handing, info.protocol) {
+        (Handing::AcceptQueue, TransportProtocol::Stream) => true,
+        (Handing::Reply, _) | (Handing::AcceptQueue, TransportProtocol::Datagram) => false,
+    };
+    if !unconfirmed {
+        // The application has it now (nothing changes for a connected
+        // flow, which no listener opened).
+        let _ = core.host.accepted(flow);
+    }
     let signal = core.adopt(flow);
     let shared = shared.clone();
     match info.protocol {
         TransportProtocol::Stream => match AppSocket::new(ours) {
-            Ok(socket) => context
-                .tasks
-                .spawn(move |shutdown| pump::stream(shared, flow, signal, socket, shutdown)),
+            Ok(socket) => context.tasks.spawn(move |shutdown| {
+                pump::stream(shared, flow, signal, socket, unconfirmed, shutdown)
+            }),
             Err(error) => {
                 core.disown(flow);
                 let _ = core.host.abort(flow);
