@@ -185,9 +185,11 @@ impl StreamPump {
             match read {
                 Ok(Ok(n)) if n > 0 => {
                     turn.moved = true;
-                    // Only a program that took the flow writes into it.
+                    // Only a program that took the flow writes into it,
+                    // whether or not it has closed its end since (an
+                    // answer written and closed before we looked).
                     if self.unconfirmed {
-                        self.taken(host, socket, turn);
+                        self.confirmed(host, turn);
                     }
                 }
                 Ok(Err(error)) if error.kind() == io::ErrorKind::WouldBlock => {
@@ -216,7 +218,7 @@ impl StreamPump {
                         // Shut for sending by a program that took it
                         // (closing every copy of an end nobody took, with
                         // its queue, makes no end of file alone).
-                        self.taken(host, socket, turn);
+                        self.confirmed(host, turn);
                     }
                     return;
                 }
@@ -291,10 +293,16 @@ impl StreamPump {
     fn taken(&mut self, host: &mut Host, socket: &AppSocket, turn: &mut Turn) {
         self.unread_after_write = 0;
         if matches!(socket.peer_end(), PeerEnd::Open | PeerEnd::Shut) {
-            self.unconfirmed = false;
-            let _ = host.accepted(self.flow);
-            turn.moved = true;
+            self.confirmed(host, turn);
         }
+    }
+
+    /// The application has the flow: the host counts it as accepted.
+    fn confirmed(&mut self, host: &mut Host, turn: &mut Turn) {
+        self.unconfirmed = false;
+        self.unread_after_write = 0;
+        let _ = host.accepted(self.flow);
+        turn.moved = true;
     }
 
     /// Flow to application: the receive buffer written to the socket;

@@ -696,3 +696,69 @@ fn a_delivered_flow_its_program_only_reads_counts_as_accepted() {
 fn a_delivered_flow_its_program_writes_into_counts_as_accepted() {
     upload_to_a_delivered_flow("deliver-greet", true);
 }
+
+/// Stops (`true`) or resumes process `pid`.
+fn pause(pid: u32, stop: bool) {
+    let signal = if stop {
+        nix::sys::signal::Signal::SIGSTOP
+    } else {
+        nix::sys::signal::Signal::SIGCONT
+    };
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
+    nix::sys::signal::kill(pid, signal).expect("kill");
+}
+
+/// A program that takes a delivered flow, writes its answer and closes
+/// it (as an HTTP/1.0 server does), before sald's pump reads a byte of
+/// it: only a program that took the flow can have written, so it counts
+/// as accepted, though the program's end is closed by the time sald
+/// looks. (sald is stopped while the program writes, so that it looks
+/// late; the client's sald, so that the answer stays in the server
+/// flow's send buffer, where the charge shows.)
+#[test]
+fn a_delivered_flow_its_program_answers_and_closes_counts_as_accepted() {
+    let dir = Scratch::new("deliver-answer-close");
+    let server = SaldProcess::start(&dir, "server", "127.0.0.3:0", |_| {});
+    let client = SaldProcess::start(&dir, "client", "127.0.0.4:0", |_| {});
+    client.forward_to("0/0", server.locator(), 1);
+    let mut owner = ControlClient::connect_to(&server.control).expect("control");
+    let reply = owner
+        .request(&Request::Listen {
+            prefix: "de19/16".parse().unwrap(),
+            protocol: TransportProtocol::Stream,
+            backlog: 16,
+        })
+        .expect("listen");
+    let Response::Listening { listener, .. } = reply.response else {
+        panic!("not listening: {:?}", reply.response);
+    };
+    let queue = deliver(&mut owner, listener);
+    let service: ServiceId = "de1901".parse().unwrap();
+    let mut stream = ServiceStream::connect_via(client.client(), service, Some(WITHIN)).unwrap();
+    let Taken::Flow(_, mut flow) = take(&queue) else {
+        panic!("the accept queue ended");
+    };
+    let answer = common::pattern(96 << 10, 19);
+    pause(server.id(), true);
+    flow.write_all(&answer).unwrap();
+    drop(flow);
+    pause(client.id(), true);
+    pause(server.id(), false);
+    let host = || server.stats().host;
+    assert!(
+        testnet::wait_until(WITHIN, || host().buffer_bytes > 0),
+        "{:?}",
+        host()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let seen = host();
+    pause(client.id(), false);
+    assert_eq!(
+        seen.unaccepted_buffer_bytes, 0,
+        "the answer's flow counts as nobody's: {seen:?}"
+    );
+    stream.set_read_timeout(Some(WITHIN)).unwrap();
+    let mut got = Vec::new();
+    stream.read_to_end(&mut got).unwrap();
+    assert!(got == answer, "the answer arrived changed");
+}
