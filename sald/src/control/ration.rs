@@ -111,11 +111,20 @@ struct Idle {
 impl Idle {
     /// Waits for this thread's next idle turn.
     async fn turn(&self) {
-        let notified = self.turns.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let _counted = Waiting::new(&self.waiting);
-        notified.await;
+        loop {
+            let notified = self.turns.notified();
+            tokio::pin!(notified);
+            // A permit found here is a turn given to a task dropped before
+            // it took it, with no one else waiting (`Notified`'s drop keeps
+            // it): that idle moment is gone, and the thread may be busy
+            // now. Not a turn; wait for the next.
+            if notified.as_mut().enable() {
+                continue;
+            }
+            let _counted = Waiting::new(&self.waiting);
+            notified.await;
+            return;
+        }
     }
 }
 
@@ -470,6 +479,48 @@ mod tests {
                 );
             }
             assert!(steps.len() >= 4, "{steps:?}");
+        });
+    }
+
+    #[test]
+    fn a_turn_given_to_a_task_dropped_before_it_ran_is_not_kept_for_a_busy_moment() {
+        crate::runtime().unwrap().block_on(async {
+            let rations = Arc::new(Rations::default());
+            rations.charge(1000, Duration::from_secs(10));
+            rations.charge(1001, Duration::from_secs(10));
+            let waiter = rations.clone();
+            let a = tokio::spawn(async move { waiter.wait(1000, false).await });
+            // Let `a` wait for a turn.
+            tokio::task::yield_now().await;
+            // A timer that the runtime finds due right after the hook gave
+            // `a` its turn: this future runs first and drops `a` (as a
+            // pump's select! drops its `up` when `down` or shutdown ends).
+            let due = tokio::time::sleep(Duration::from_millis(1));
+            tokio::pin!(due);
+            std::thread::sleep(Duration::from_millis(3));
+            due.await;
+            a.abort();
+            let _ = a.await;
+            // The thread is busy from now on for 300 ms.
+            let started = Instant::now();
+            let busy = tokio::spawn(async move {
+                while started.elapsed() < Duration::from_millis(300) {
+                    std::thread::sleep(Duration::from_millis(1));
+                    tokio::task::yield_now().await;
+                }
+            });
+            let waiter = rations.clone();
+            let waited = tokio::spawn(async move {
+                waiter.wait(1001, false).await;
+                started.elapsed()
+            })
+            .await
+            .unwrap();
+            busy.await.unwrap();
+            assert!(
+                waited >= Duration::from_millis(250),
+                "another debtor passed at {waited:?} on a busy thread"
+            );
         });
     }
 
