@@ -228,21 +228,21 @@ impl Host {
             }
             if nat::is_answer(&control) {
                 if self.answer_input(id, src, &control) {
-                    self.peer_heard(id, false, false);
+                    self.peer_heard(id, false, false, false);
                 }
                 return;
             }
             // Heard before the message acts, as the message may ask
             // something of the peer (an RSYN-ACK) whose wait starts then.
             if self.authentic_from_peer(id, src, &control) {
-                self.peer_heard(id, syn, data);
+                self.peer_heard(id, syn, data, false);
                 heard = true;
             }
             let go_on = self.control_input(id, src, dst, repr, &control);
             // A message that opened the flow (the SYN-ACK) or moved it
             // (an RSYN) shows the peer only once it acted.
             if !heard && self.authentic_from_peer(id, src, &control) {
-                self.peer_heard(id, syn, data);
+                self.peer_heard(id, syn, data, false);
                 heard = true;
             }
             if !go_on {
@@ -289,8 +289,17 @@ impl Host {
             // having taken the segment all the same.
             self.challenge_path(id, src, false);
         }
-        if taken == Some(true) && !heard && self.peer_at(id, src) {
-            self.peer_heard(id, syn, data);
+        if taken == Some(true) && self.peer_at(id, src) {
+            if !heard {
+                self.peer_heard(id, syn, data, true);
+            } else {
+                // Transport evidence with a control message: the flow's
+                // own traffic gets through, not only the control.
+                let now = self.now;
+                if let Ok(flow) = self.flow_mut(id) {
+                    flow.liveness.heard(now);
+                }
+            }
         }
     }
 
@@ -326,7 +335,7 @@ impl Host {
                         )
                     });
                 if open && evidence == Some(true) {
-                    self.peer_heard(id, false, carries_data(protocol, segment));
+                    self.peer_heard(id, false, carries_data(protocol, segment), true);
                 }
                 open
             }
@@ -368,12 +377,19 @@ impl Host {
     /// packet that was a SYN (`syn`) or not and that carried data or not:
     /// its silence counts from now, it got our handshake ACK, and it may be
     /// streaming to us.
-    fn peer_heard(&mut self, id: FlowId, syn: bool, data: bool) {
+    fn peer_heard(&mut self, id: FlowId, syn: bool, data: bool, transport: bool) {
         let now = self.now;
+        // Control alone, while the transport waits: the path is up, what
+        // the transport waits on is not answered (`Liveness::answered`).
+        let transport = transport || !self.transport_waits(id);
         let Ok(flow) = self.flow_mut(id) else {
             return;
         };
-        flow.liveness.heard(now);
+        if transport {
+            flow.liveness.heard(now);
+        } else {
+            flow.liveness.answered(now);
+        }
         if flow.state == FlowState::Established && !syn {
             // The server speaks on the flow: our handshake ACK got there.
             flow.control.retire_handshake_ack();
@@ -467,7 +483,14 @@ impl Host {
         if acked.iter().any(|p| p.kind == ControlKind::Fin) {
             flow.teardown.fin_acked = true;
         }
-        if acked.iter().any(|p| p.kind == ControlKind::Rsyn) {
+        // An answered probe of a doubt proves the path: what the
+        // transport waits on goes again now, not after its backed-off
+        // timeout (see `Liveness::answered`).
+        let doubting = flow.liveness.doubting();
+        if acked
+            .iter()
+            .any(|p| p.kind == ControlKind::Rsyn || (p.kind == ControlKind::Probe && doubting))
+        {
             self.rewind_stream(id);
         }
         if acked.iter().any(|p| p.kind == ControlKind::SynAck) {

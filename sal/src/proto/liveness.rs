@@ -79,6 +79,12 @@ pub(super) struct Liveness {
     /// When this end probed its path in the present silence (see
     /// [`Verdict::Doubt`]).
     probed: Option<Instant>,
+    /// The peer answered that probe (a control message), and the transport
+    /// still waits: the path carries small packets, and its transport gets
+    /// half a timeout from the answer to show that it carries its own (a
+    /// path-MTU black hole, or a policer dropping bulk data, answers
+    /// probes and nothing else).
+    answered: bool,
 }
 
 impl Liveness {
@@ -89,6 +95,7 @@ impl Liveness {
             asked: None,
             waiting_since: None,
             probed: None,
+            answered: false,
         }
     }
 
@@ -103,6 +110,27 @@ impl Liveness {
         self.asked = None;
         self.waiting_since = None;
         self.probed = None;
+        self.answered = false;
+    }
+
+    /// The peer spoke with a control message only (no transport evidence).
+    /// Outside a doubt, as [`Liveness::heard`]. In one, the answer to the
+    /// probe: the path is up, but what the transport waits on is still
+    /// unanswered; no new probe, and the path is dead if the transport
+    /// stays silent for half a timeout more (see `answered`). The peer
+    /// timeout keeps counting.
+    pub fn answered(&mut self, now: Instant) {
+        if self.probed.is_none() {
+            return self.heard(now);
+        }
+        self.heard = now;
+        self.asked = None;
+        self.answered = true;
+    }
+
+    /// Whether a probe of the present silence is out or was answered.
+    pub fn doubting(&self) -> bool {
+        self.probed.is_some()
     }
 
     /// This end sent something that expects an answer. Returns whether this
@@ -152,6 +180,7 @@ impl Liveness {
         self.heard = self.heard.max(now);
         self.asked = None;
         self.probed = None;
+        self.answered = false;
     }
 
     /// Since when the peer has failed to answer.
@@ -168,6 +197,9 @@ impl Liveness {
     fn wait_ends(&self, timeout: Duration, probes: bool) -> Instant {
         let since = self.silent_since();
         let half = timeout / 2;
+        if probes && self.answered {
+            return since + half;
+        }
         match (probes, self.probed) {
             (true, None) => since + half,
             (true, Some(probed)) if probed > on_tick(since + half) => probed + half,
@@ -329,6 +361,25 @@ mod tests {
         l.restart(at(2000));
         assert_eq!(check_probing(&l, 2749), Verdict::Alive);
         assert_eq!(check_probing(&l, 2750), Verdict::Doubt);
+    }
+
+    #[test]
+    fn an_answered_probe_without_transport_progress_does_not_keep_a_path() {
+        // Data out at 0; the probe at 750 is answered at 760, and nothing
+        // of the transport's comes: dead at 760 + 750, no second probe.
+        let mut l = Liveness::new(at(0));
+        l.asked(at(0));
+        assert_eq!(check_probing(&l, 750), Verdict::Doubt);
+        l.probed(at(800));
+        l.answered(at(810));
+        assert_eq!(check_probing(&l, 1559), Verdict::Alive);
+        assert_eq!(check_probing(&l, 1560), Verdict::Silent);
+        // The peer timeout still counts from the data.
+        assert_eq!(l.gone_at(Duration::from_secs(30)), Some(at(30_000)));
+        // Transport evidence clears the doubt.
+        l.heard(at(1000));
+        assert_eq!(check_probing(&l, 1749), Verdict::Alive);
+        assert_eq!(check_probing(&l, 1750), Verdict::Doubt);
     }
 
     #[test]

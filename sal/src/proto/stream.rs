@@ -43,7 +43,7 @@ use sal_tcp::{RecvError, Socket, State, TcpSeqNumber};
 use smoltcp::time::{Duration, Instant};
 
 use super::control::ControlKind;
-use super::flow::{Endpoint, FlowTransport};
+use super::flow::{Endpoint, Flow, FlowTransport};
 use super::output::{Transmit, TransmitKind};
 use super::timer::Timer;
 use super::{FlowState, Host, HostError, Role};
@@ -469,17 +469,14 @@ impl Host {
     /// Whether the flow waits for an answer from its peer: a control
     /// message, or stream data (or a FIN) not yet acknowledged.
     pub(super) fn awaits_peer(&mut self, id: FlowId) -> bool {
-        let Ok(flow) = self.flow_mut(id) else {
-            return false;
-        };
-        let unacked = flow
-            .stream()
-            .and_then(|s| s.socket.as_ref())
-            .is_some_and(|s| {
-                s.send_queue() > 0
-                    || matches!(s.state(), State::FinWait1 | State::Closing | State::LastAck)
-            });
-        flow.control.awaiting_answer() || unacked
+        self.flow_mut(id)
+            .is_ok_and(|flow| flow.control.awaiting_answer() || transport_waits(flow))
+    }
+
+    /// Whether the flow's transport waits for the peer: a stream's data or
+    /// FIN unacknowledged.
+    pub(super) fn transport_waits(&mut self, id: FlowId) -> bool {
+        self.flow_mut(id).is_ok_and(|flow| transport_waits(flow))
     }
 
     /// Puts a stream flow whose socket may have something to send (or a
@@ -660,4 +657,15 @@ impl Host {
             FlowState::Resolving | FlowState::Dead => StreamOutput::Again,
         }
     }
+}
+
+/// Whether `flow`'s transport waits for the peer (see
+/// [`Host::transport_waits`]).
+fn transport_waits(flow: &Flow) -> bool {
+    flow.stream()
+        .and_then(|s| s.socket.as_ref())
+        .is_some_and(|s| {
+            s.send_queue() > 0
+                || matches!(s.state(), State::FinWait1 | State::Closing | State::LastAck)
+        })
 }
