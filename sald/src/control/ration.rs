@@ -11,9 +11,8 @@
 //! writing the answer) is charged to its user at [`PACE`] + 1 times its length, against
 //! a clock that pays it back in real time, and a user whose debt is more
 //! than [`CREDIT`] ahead waits before its next request (or a listing's
-//! next part) is served, while the thread has other work. A user who keeps
-//! the thread busy gets at least a quarter of it, and the rest when no one
-//! else wants it; one who asks now and then never waits. Root and sald's
+//! next part) is served. A user who keeps the thread busy with requests
+//! gets a quarter of it; one who asks now and then never waits. Root and sald's
 //! own user (servd, operators) are not metered, nor are connects: each is
 //! a flow within the user's share (`flows_per_uid`), and a client's
 //! connection rate must be sald's, not a quarter of it.
@@ -27,11 +26,11 @@
 //! "datagram flood"). `servalctl stats` counts the times a user's work
 //! waited (`ration_waits`), idle turns included.
 //!
-//! The ration is work-conserving: a user in debt waits only while the
-//! thread has other work. When it would go idle, the runtime's park hook
-//! ([`thread_idle`], installed by `sald::runtime`) gives the first waiting
-//! debtor a turn: one step, one request or one listing part, then the
-//! next debtor's turn at the next idle moment, in the order they came
+//! For those steps the ration is work-conserving: a user in debt waits
+//! only while the thread has other work. When it would go idle, the
+//! runtime's park hook ([`thread_idle`], installed by `sald::runtime`)
+//! gives the first waiting debtor a turn: one step of 16 messages, then
+//! the next debtor's turn at the next idle moment, in the order they came
 //! (one task per user, as in [`Rations::wait`]). Before it runs, a task
 //! given a turn lets through whatever the runtime found ready meanwhile
 //! (tokio looks at its timers and sockets right after the hook): others'
@@ -53,6 +52,14 @@
 //! not, keeps a flooder's own turns behind others' work where the thread
 //! idles now and then: its debt stays up, and the turns it takes are the
 //! idle ones.
+//!
+//! Requests get no idle turns: they wait out their debt. A turn cannot be
+//! taken back once given, and one request or listing part may hold the
+//! thread for milliseconds (a part of `ListRules` at 100,000 rules): given
+//! every idle moment, a looping `ListRules` took 99% of the thread and
+//! left another user's bulk flow 0.44x and its connects' p99 6.4x of
+//! their baseline, where its quarter left 0.66-1.00x. A pump's step is
+//! 16 short messages, tens of microseconds.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -161,8 +168,8 @@ impl Rations {
 
     /// Waits until `uid` may have the thread again: at once for a user not
     /// in debt beyond [`CREDIT`], and for privileged ones; for an indebted
-    /// one, until its debt is paid or the thread would go idle, whichever
-    /// comes first (see the module docs).
+    /// one, until its debt is paid (a request's wait; see [`Ration::step`]
+    /// for work that may take idle turns too).
     ///
     /// An indebted user's tasks wait in line: only the first waits, and
     /// the next one looks once the one before it has run (its work is
@@ -172,6 +179,13 @@ impl Rations {
     /// listeners held the thread at once, and connects' p99 went to
     /// 14-25 ms (`benches/control_isolation.rs`).
     pub async fn wait(&self, uid: u32, privileged: bool) {
+        self.wait_for(uid, privileged, false).await;
+    }
+
+    /// [`Rations::wait`], for work that may also take the thread's idle
+    /// turns (`idle_turns`): only work in short steps, a pump's batch of
+    /// messages (see the module docs).
+    async fn wait_for(&self, uid: u32, privileged: bool, idle_turns: bool) {
         if privileged || self.ready_at(uid).is_none() {
             return;
         }
@@ -187,6 +201,10 @@ impl Rations {
         // (A thread being torn down has no turns to give.)
         let idle = IDLE.try_with(Arc::clone).unwrap_or_default();
         while let Some(start) = self.ready_at(uid) {
+            if !idle_turns {
+                tokio::time::sleep_until(start.into()).await;
+                continue;
+            }
             tokio::select! {
                 // An idle turn taken is not given up for the sleep.
                 biased;
@@ -282,7 +300,7 @@ impl Ration {
     /// midway (for the program to write more) is charged when it ends:
     /// until then what it did runs on credit, a batch at most.
     pub async fn step<F: Future>(&self, work: F) -> F::Output {
-        self.rations.wait(self.uid, self.privileged).await;
+        self.rations.wait_for(self.uid, self.privileged, true).await;
         let (output, worked) = Timed::new(work).await;
         self.rations.charge_for(self.uid, self.privileged, worked);
         output
@@ -379,7 +397,7 @@ mod tests {
             rations.charge(1000, Duration::from_secs(1));
             let started = Instant::now();
             let waiter = rations.clone();
-            tokio::spawn(async move { waiter.wait(1000, false).await })
+            tokio::spawn(async move { waiter.wait_for(1000, false, true).await })
                 .await
                 .unwrap();
             let waited = started.elapsed();
@@ -392,13 +410,31 @@ mod tests {
     }
 
     #[test]
+    fn a_request_waits_out_its_debt_even_on_an_idle_thread() {
+        crate::runtime().unwrap().block_on(async {
+            let rations = Arc::new(Rations::default());
+            // 400 ms owed, 380 beyond the credit: a request waits them
+            // out, idle thread or not (a listing part may hold the
+            // thread for milliseconds: only short steps take idle turns).
+            rations.charge(1000, Duration::from_millis(100));
+            let started = Instant::now();
+            let waiter = rations.clone();
+            tokio::spawn(async move { waiter.wait(1000, false).await })
+                .await
+                .unwrap();
+            let waited = started.elapsed();
+            assert!(waited >= Duration::from_millis(300), "{waited:?}");
+        });
+    }
+
+    #[test]
     fn while_the_thread_is_busy_a_debtor_waits_for_its_ration() {
         crate::runtime().unwrap().block_on(async {
             let rations = Arc::new(Rations::default());
             // 40 s owed, most of it forgotten at the first idle turn.
             rations.charge(1000, Duration::from_secs(10));
             let waiter = rations.clone();
-            tokio::spawn(async move { waiter.wait(1000, false).await })
+            tokio::spawn(async move { waiter.wait_for(1000, false, true).await })
                 .await
                 .unwrap();
             // Another user's work, ready all along for half a second.
@@ -411,7 +447,7 @@ mod tests {
             });
             let waiter = rations.clone();
             let waited = tokio::spawn(async move {
-                waiter.wait(1000, false).await;
+                waiter.wait_for(1000, false, true).await;
                 started.elapsed()
             });
             let waited = waited.await.unwrap();
@@ -441,7 +477,7 @@ mod tests {
                     let (rations, steps) = (rations.clone(), steps.clone());
                     tokio::spawn(async move {
                         loop {
-                            rations.wait(uid, false).await;
+                            rations.wait_for(uid, false, true).await;
                             steps.lock().unwrap().push(started.elapsed());
                             std::thread::sleep(STEP);
                             rations.charge(uid, STEP);
@@ -489,7 +525,7 @@ mod tests {
             rations.charge(1000, Duration::from_secs(10));
             rations.charge(1001, Duration::from_secs(10));
             let waiter = rations.clone();
-            let a = tokio::spawn(async move { waiter.wait(1000, false).await });
+            let a = tokio::spawn(async move { waiter.wait_for(1000, false, true).await });
             // Let `a` wait for a turn.
             tokio::task::yield_now().await;
             // A timer that the runtime finds due right after the hook gave
@@ -511,7 +547,7 @@ mod tests {
             });
             let waiter = rations.clone();
             let waited = tokio::spawn(async move {
-                waiter.wait(1001, false).await;
+                waiter.wait_for(1001, false, true).await;
                 started.elapsed()
             })
             .await
