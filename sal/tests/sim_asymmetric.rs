@@ -30,7 +30,6 @@ use std::cell::{Cell, RefCell};
 use std::net::Ipv4Addr;
 use std::rc::Rc;
 
-use sal::proto::HostConfig;
 use sal::wire::{
     ControlFlags, ControlRepr, SalPacket, SalRepr, TransportProtocol::Stream, BASE_HEADER_LEN,
     CONTROL_LEN,
@@ -40,7 +39,7 @@ use sal_sim::{Delay, LinkConditions, Network, Packet, Path, RateLimit};
 use smoltcp::time::Duration;
 
 mod common;
-use common::sim::{default_route, establish, pattern, stream};
+use common::sim::{establish, multi_homed_pair, pattern, stream};
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
@@ -131,17 +130,7 @@ fn run(cut: Cut, upload: bool, seed: u64) -> Outcome {
             .then(RateLimit::new(RATE, QUEUE))
             .then(Delay::new(Duration::from_millis(5)))
     });
-    let a = net.add_host("a", HostConfig::default(), &[("eth0", "10.0.0.1/24")]);
-    let b = net.add_host(
-        "b",
-        HostConfig::default(),
-        &[("eth0", "10.0.0.2/24"), ("eth1", "10.2.0.2/24")],
-    );
-    default_route(&mut net, a, "10.0.0.2");
-    let listener = net
-        .host(b)
-        .listen("ab/8".parse().unwrap(), Stream, 8)
-        .unwrap();
+    let (a, b, listener) = multi_homed_pair(&mut net);
     let failed = Rc::new(Cell::new(false));
     let unproven = Rc::new(Cell::new(0u32));
     {
@@ -279,17 +268,7 @@ fn a_download_survives_losing_the_way_back_from_the_peers_first_locator() {
 #[test]
 fn a_replayed_rsyn_does_not_move_our_end_where_someone_challenged_us() {
     let mut net = Network::new(31, LinkConditions::default());
-    let a = net.add_host("a", HostConfig::default(), &[("eth0", "10.0.0.1/24")]);
-    let b = net.add_host(
-        "b",
-        HostConfig::default(),
-        &[("eth0", "10.0.0.2/24"), ("eth1", "10.2.0.2/24")],
-    );
-    default_route(&mut net, a, "10.0.0.2");
-    let listener = net
-        .host(b)
-        .listen("ab/8".parse().unwrap(), Stream, 8)
-        .unwrap();
+    let (a, b, listener) = multi_homed_pair(&mut net);
     let rsyns = Rc::new(RefCell::new(Vec::<Vec<u8>>::new()));
     let answered_from_b2 = Rc::new(Cell::new(0u32));
     {

@@ -21,14 +21,12 @@
 
 use std::net::Ipv4Addr;
 
-use sal::proto::HostConfig;
-use sal::wire::TransportProtocol::Stream;
 use sal::Locator;
 use sal_sim::{Delay, Loss, Network, Path, RateLimit};
 use smoltcp::time::{Duration, Instant};
 
 mod common;
-use common::sim::{default_route, establish, pattern, stream};
+use common::sim::{establish, multi_homed_pair, pattern, stream};
 
 /// Bytes carried each way.
 const LEN: usize = 2 << 20;
@@ -73,17 +71,7 @@ fn run(upload: bool, loss: f64, fail: bool, seed: u64) -> Outcome {
             .then(RateLimit::new(RATE, QUEUE))
             .then(Delay::new(Duration::from_millis(5)))
     });
-    let a = net.add_host("a", HostConfig::default(), &[("eth0", "10.0.0.1/24")]);
-    let b = net.add_host(
-        "b",
-        HostConfig::default(),
-        &[("eth0", "10.0.0.2/24"), ("eth1", "10.2.0.2/24")],
-    );
-    default_route(&mut net, a, "10.0.0.2");
-    let listener = net
-        .host(b)
-        .listen("ab/8".parse().unwrap(), Stream, 8)
-        .unwrap();
+    let (a, b, listener) = multi_homed_pair(&mut net);
     let (aflow, bflow) = establish(&mut net, a, b, listener, "ab".parse().unwrap());
     let (from, to) = match upload {
         true => ((a, aflow), (b, bflow)),

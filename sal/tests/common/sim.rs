@@ -116,6 +116,25 @@ pub fn client_server(
     }
 }
 
+/// A single-homed host `a` (10.0.0.1, routed to `b`'s first address)
+/// and a multi-homed `b` (10.0.0.2 on eth0, 10.2.0.2 on eth1) listening
+/// for streams on `ab/8`: the layout of the migration tests where the
+/// peer has a second locator. Returns (a, b, b's listener).
+pub fn multi_homed_pair(net: &mut Network) -> (HostId, HostId, ListenerId) {
+    let a = net.add_host("a", HostConfig::default(), &[("eth0", "10.0.0.1/24")]);
+    let b = net.add_host(
+        "b",
+        HostConfig::default(),
+        &[("eth0", "10.0.0.2/24"), ("eth1", "10.2.0.2/24")],
+    );
+    default_route(net, a, "10.0.0.2");
+    let listener = net
+        .host(b)
+        .listen(prefix("ab/8"), TransportProtocol::Stream, 8)
+        .expect("a fresh host listens");
+    (a, b, listener)
+}
+
 /// Connects a stream flow from `client` to `service` and accepts it on
 /// `server`'s `listener`; returns (client flow, server flow). Panics if the
 /// handshake does not complete within 30 s (virtual time).
