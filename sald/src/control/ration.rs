@@ -155,8 +155,11 @@ impl Drop for Waiting<'_> {
 #[derive(Debug, Default)]
 pub struct Rations {
     paid_at: Mutex<HashMap<u32, Instant>>,
-    /// Each indebted user's waiting tasks, in line (see [`Rations::wait`]).
-    lines: Mutex<HashMap<u32, Arc<tokio::sync::Mutex<()>>>>,
+    /// Each indebted user's waiting tasks, in line (see [`Rations::wait`]):
+    /// its requests in one, its steps that may take idle turns in another,
+    /// so that a request waiting out the debt does not hold the user's
+    /// steps back from the thread's idle turns.
+    lines: Mutex<HashMap<(u32, bool), Arc<tokio::sync::Mutex<()>>>>,
     /// The times a task found its user in debt and waited.
     waits: AtomicU64,
 }
@@ -195,7 +198,7 @@ impl Rations {
             if lines.len() >= TIDY_AT {
                 lines.retain(|_, line| Arc::strong_count(line) > 1);
             }
-            lines.entry(uid).or_default().clone()
+            lines.entry((uid, idle_turns)).or_default().clone()
         };
         let _turn = line.lock().await;
         // (A thread being torn down has no turns to give.)
@@ -406,6 +409,30 @@ mod tests {
             // What it owed beyond its credit and AHEAD is forgotten.
             let owed = rations.lock()[&1000].saturating_duration_since(Instant::now());
             assert!(owed > CREDIT && owed <= CREDIT + AHEAD, "{owed:?}");
+        });
+    }
+
+    #[test]
+    fn a_step_takes_an_idle_turn_while_its_user_s_request_waits_out_its_debt() {
+        crate::runtime().unwrap().block_on(async {
+            let rations = Arc::new(Rations::default());
+            // 400 ms owed. A request (servalctl stats, say) waits them out;
+            // the same user's pump step, on an idle thread, need not.
+            rations.charge(1000, Duration::from_millis(100));
+            let waiter = rations.clone();
+            let request = tokio::spawn(async move { waiter.wait(1000, false).await });
+            tokio::task::yield_now().await;
+            let started = Instant::now();
+            let waiter = rations.clone();
+            tokio::spawn(async move { waiter.wait_for(1000, false, true).await })
+                .await
+                .unwrap();
+            let waited = started.elapsed();
+            request.await.unwrap();
+            assert!(
+                waited < Duration::from_millis(100),
+                "the step waited {waited:?}"
+            );
         });
     }
 
