@@ -1063,6 +1063,12 @@ impl Socket {
         self.tx_buffer.len()
     }
 
+    /// The window the peer last advertised, in octets (0: it asked us to
+    /// stop sending; only zero-window probes go until it opens).
+    pub fn remote_window(&self) -> usize {
+        self.remote_win_len
+    }
+
     /// Number of octets transmitted but not yet ACKed.
     fn flight_size(&self) -> usize {
         self.remote_last_seq - self.local_seq_no

@@ -473,10 +473,20 @@ impl Host {
             .is_ok_and(|flow| flow.control.awaiting_answer() || transport_waits(flow))
     }
 
-    /// Whether the flow's transport waits for the peer: a stream's data or
-    /// FIN unacknowledged.
+    /// Whether the flow's transport waits for the path to carry its own
+    /// packets: a stream's data or FIN unacknowledged, and not only held
+    /// back by a zero window (then it waits for the peer's application,
+    /// and its zero-window probes back off from the RTO, past half the
+    /// liveness timeout: an answered probe must count as the peer heard,
+    /// or a receiver that stops reading makes the flow move).
     pub(super) fn transport_waits(&mut self, id: FlowId) -> bool {
-        self.flow_mut(id).is_ok_and(|flow| transport_waits(flow))
+        self.flow_mut(id).is_ok_and(|flow| {
+            transport_waits(flow)
+                && flow
+                    .stream()
+                    .and_then(|s| s.socket.as_ref())
+                    .is_some_and(|s| s.remote_window() > 0 || s.send_queue() == 0)
+        })
     }
 
     /// Puts a stream flow whose socket may have something to send (or a
