@@ -151,6 +151,9 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// One line of a user's waiting tasks (see [`Rations::wait`]).
+type Line = Arc<tokio::sync::Mutex<()>>;
+
 /// The users' debts: when each has paid for the work charged to it.
 #[derive(Debug, Default)]
 pub struct Rations {
@@ -159,7 +162,7 @@ pub struct Rations {
     /// its requests in one, its steps that may take idle turns in another,
     /// so that a request waiting out the debt does not hold the user's
     /// steps back from the thread's idle turns.
-    lines: Mutex<HashMap<(u32, bool), Arc<tokio::sync::Mutex<()>>>>,
+    lines: Mutex<HashMap<(u32, bool), Line>>,
     /// The times a task found its user in debt and waited.
     waits: AtomicU64,
 }
