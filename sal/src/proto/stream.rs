@@ -124,6 +124,15 @@ impl StreamPart {
     }
 }
 
+/// Whether a TCP segment carries data (past its header, whose length its
+/// data offset gives).
+fn carries_payload(segment: &[u8]) -> bool {
+    let header = segment
+        .get(12)
+        .map_or(20, |offset| usize::from(offset >> 4) * 4);
+    segment.len() > header
+}
+
 /// What [`Host::stream_transmit`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum StreamOutput {
@@ -383,9 +392,21 @@ impl Host {
         let was = (socket.send_queue(), socket.recv_queue(), socket.state());
         let handled = socket.handle_segment(now, segment);
         let (after, drops_after) = (socket.buffer_memory(), socket_drops(socket));
-        let progress =
-            socket.send_queue() < was.0 || socket.recv_queue() > was.1 || socket.state() != was.2;
-        let evidence = handled.is_ok() && stream.peer_ack(segment, progress);
+        let sent_on = socket.send_queue() < was.0 || socket.state() != was.2;
+        // While our data waits on the path (the peer's window open), only
+        // what proves it got through counts: an acknowledgement that moved
+        // on, a change of state, or a bare duplicate ACK. The peer's own
+        // data proves the way back only: a path that drops what we send
+        // and carries what the peer sends (a black hole one way) must be
+        // left, not kept alive by the download beside the stalled upload.
+        let waiting = was.0 > 0 && socket.remote_window() > 0;
+        let evidence = handled.is_ok()
+            && if waiting {
+                stream.peer_ack(segment, sent_on) && (sent_on || !carries_payload(segment))
+            } else {
+                let progress = sent_on || socket.recv_queue() > was.1;
+                stream.peer_ack(segment, progress)
+            };
         self.account_buffers(charge, before, after);
         self.account_drops(drops_before, drops_after);
         if handled.is_err() {
