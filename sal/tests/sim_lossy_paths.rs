@@ -225,3 +225,63 @@ fn a_path_that_fails_is_still_left_at_the_liveness_timeout_through_loss() {
         }
     }
 }
+
+/// Both ways at once through loss, seeds 1-4: each side's data waits on
+/// the path while the other's streams back, so only what acknowledges a
+/// side's own data is evidence of the peer for it (see `sim_blackhole`);
+/// the flow still never moves, and both transfers arrive whole.
+#[test]
+fn both_ways_at_once_through_loss_do_not_move() {
+    use sal::proto::HostError;
+    const BOTH: usize = 512 << 10;
+    for loss in [0.01, 0.03] {
+        for seed in 1..=4 {
+            let mut net = Network::with_default_path(seed, move || {
+                Path::new()
+                    .then(Loss::new(loss))
+                    .then(RateLimit::new(RATE, QUEUE))
+                    .then(Delay::new(Duration::from_millis(5)))
+            });
+            let (a, b, listener) = multi_homed_pair(&mut net);
+            let (aflow, bflow) = establish(&mut net, a, b, listener, "ab".parse().unwrap());
+            let (up, down) = (pattern(BOTH, seed), pattern(BOTH, seed + 100));
+            let mut sent = [0usize; 2];
+            let mut got = [Vec::new(), Vec::new()];
+            let mut buf = vec![0u8; 65536];
+            let done = net.run_until(Duration::from_secs(120), |net| {
+                for (i, (host, flow, data)) in
+                    [(a, aflow, &up), (b, bflow, &down)].into_iter().enumerate()
+                {
+                    while sent[i] < data.len() {
+                        match net.host(host).send(flow, &data[sent[i]..]) {
+                            Ok(n) => sent[i] += n,
+                            Err(HostError::WouldBlock) => break,
+                            Err(e) => panic!("send: {e}"),
+                        }
+                    }
+                }
+                for (i, (host, flow)) in [(b, bflow), (a, aflow)].into_iter().enumerate() {
+                    while let Ok(n) = net.host(host).recv(flow, &mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        got[i].extend_from_slice(&buf[..n]);
+                    }
+                }
+                got[0].len() == BOTH && got[1].len() == BOTH
+            });
+            assert!(done, "loss {loss}, seed {seed}: stalled");
+            assert!(
+                got[0] == up && got[1] == down,
+                "loss {loss}, seed {seed}: bytes"
+            );
+            let (fa, fb) = (
+                net.host(a).flow(aflow).unwrap(),
+                net.host(b).flow(bflow).unwrap(),
+            );
+            let moves = fa.migrations + fa.peer_moves + fb.migrations + fb.peer_moves;
+            eprintln!("both ways, loss {loss}, seed {seed}: {moves} moves");
+            assert_eq!(moves, 0, "loss {loss}, seed {seed}");
+        }
+    }
+}
