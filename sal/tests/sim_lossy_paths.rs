@@ -21,8 +21,8 @@
 
 use std::net::Ipv4Addr;
 
-use sal::Locator;
-use sal_sim::{Delay, Loss, Network, Path, RateLimit};
+use sal::{FlowId, Locator};
+use sal_sim::{Delay, HostId, Loss, Network, Path, RateLimit};
 use smoltcp::time::{Duration, Instant};
 
 mod common;
@@ -61,10 +61,10 @@ struct Outcome {
     b_local: Locator,
 }
 
-/// Runs a transfer of [`LEN`] bytes (A to B if `upload`, else B to A)
-/// over links that lose `loss` of their packets; if `fail`, B1 stops
-/// delivering anything (both ways) a quarter into the transfer.
-fn run(upload: bool, loss: f64, fail: bool, seed: u64) -> Outcome {
+/// A stream flow between a single-homed A and a multi-homed B
+/// (`multi_homed_pair`) over links that lose `loss` of their packets, each
+/// a [`RATE`] bottleneck: the network, and each host with its end.
+fn lossy_flow(loss: f64, seed: u64) -> (Network, [(HostId, FlowId); 2]) {
     let mut net = Network::with_default_path(seed, move || {
         Path::new()
             .then(Loss::new(loss))
@@ -73,6 +73,14 @@ fn run(upload: bool, loss: f64, fail: bool, seed: u64) -> Outcome {
     });
     let (a, b, listener) = multi_homed_pair(&mut net);
     let (aflow, bflow) = establish(&mut net, a, b, listener, "ab".parse().unwrap());
+    (net, [(a, aflow), (b, bflow)])
+}
+
+/// Runs a transfer of [`LEN`] bytes (A to B if `upload`, else B to A)
+/// over links that lose `loss` of their packets; if `fail`, B1 stops
+/// delivering anything (both ways) a quarter into the transfer.
+fn run(upload: bool, loss: f64, fail: bool, seed: u64) -> Outcome {
+    let (mut net, [(a, aflow), (b, bflow)]) = lossy_flow(loss, seed);
     let (from, to) = match upload {
         true => ((a, aflow), (b, bflow)),
         false => ((b, bflow), (a, aflow)),
@@ -236,14 +244,7 @@ fn both_ways_at_once_through_loss_do_not_move() {
     const BOTH: usize = 512 << 10;
     for loss in [0.01, 0.03] {
         for seed in 1..=4 {
-            let mut net = Network::with_default_path(seed, move || {
-                Path::new()
-                    .then(Loss::new(loss))
-                    .then(RateLimit::new(RATE, QUEUE))
-                    .then(Delay::new(Duration::from_millis(5)))
-            });
-            let (a, b, listener) = multi_homed_pair(&mut net);
-            let (aflow, bflow) = establish(&mut net, a, b, listener, "ab".parse().unwrap());
+            let (mut net, [(a, aflow), (b, bflow)]) = lossy_flow(loss, seed);
             let (up, down) = (pattern(BOTH, seed), pattern(BOTH, seed + 100));
             let mut sent = [0usize; 2];
             let mut got = [Vec::new(), Vec::new()];

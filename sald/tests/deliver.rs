@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+use sal::proto::FlowInfo;
 use sal::proto::{UNACCEPTED_BUFFER, UNACCEPTED_LISTENER_BUFFER};
 use sal::table::ListenerId;
 use sal::wire::TransportProtocol;
@@ -133,6 +134,21 @@ fn fds_open(sald: &InProcess) -> u64 {
     }
 }
 
+/// A blocking `Accept` on `listener` (a flow waiting in its backlog):
+/// the flow's description and the application's end of it.
+fn accept_from_backlog(owner: &mut ControlClient, listener: ListenerId) -> (FlowInfo, UnixStream) {
+    let reply = owner
+        .request(&Request::Accept {
+            listener,
+            nonblocking: false,
+        })
+        .expect("accept");
+    let Response::Accepted { flow } = reply.response else {
+        panic!("not accepted: {:?}", reply.response);
+    };
+    (flow, UnixStream::from(reply.fd.expect("fd")))
+}
+
 /// A client's message arrives on the delivered flow and the answer makes
 /// it back, byte for byte.
 fn echo_once(mut stream: ServiceStream, mut flow: UnixStream, tag: u8) {
@@ -228,17 +244,9 @@ fn a_closed_queue_leaves_flows_in_the_backlog() {
     // listener's backlog instead of being lost on the way.
     let service: ServiceId = "de1301".parse().unwrap();
     let stream = connect(&net.client, service);
-    let reply = owner
-        .request(&Request::Accept {
-            listener,
-            nonblocking: false,
-        })
-        .expect("accept");
-    let Response::Accepted { flow } = reply.response else {
-        panic!("not accepted: {:?}", reply.response);
-    };
+    let (flow, theirs) = accept_from_backlog(&mut owner, listener);
     assert_eq!(flow.service, service);
-    echo_once(stream, UnixStream::from(reply.fd.expect("fd")), 7);
+    echo_once(stream, theirs, 7);
 }
 
 #[test]
@@ -374,17 +382,9 @@ fn junk_in_an_accept_queue_ends_it_after_one_read() {
     // A flow that comes now waits in the backlog, for an `Accept`.
     let service: ServiceId = "de1601".parse().unwrap();
     let stream = connect(&net.client, service);
-    let reply = owner
-        .request(&Request::Accept {
-            listener,
-            nonblocking: false,
-        })
-        .expect("accept");
-    let Response::Accepted { flow } = reply.response else {
-        panic!("not accepted: {:?}", reply.response);
-    };
+    let (flow, theirs) = accept_from_backlog(&mut owner, listener);
     assert_eq!(flow.service, service);
-    echo_once(stream, UnixStream::from(reply.fd.expect("fd")), 1);
+    echo_once(stream, theirs, 1);
     // And the listener may have a queue again.
     let queue = deliver(&mut owner, listener);
     let (stream, _, flow) = connect_and_take(&net.client, &queue, "de1602".parse().unwrap());

@@ -365,6 +365,15 @@ impl<F: Future> Future for Metered<F> {
 mod tests {
     use super::*;
 
+    /// Another user's work, ready all along from `started` for `time`:
+    /// the thread never goes idle meanwhile.
+    async fn busy_for(started: Instant, time: Duration) {
+        while started.elapsed() < time {
+            std::thread::sleep(Duration::from_millis(1));
+            tokio::task::yield_now().await;
+        }
+    }
+
     // `#[tokio::test]` runtimes have no park hook: a debtor there waits
     // out its debt, as on a thread that is never idle. The tests of idle
     // turns run on sald's own runtime (`crate::runtime`).
@@ -469,12 +478,7 @@ mod tests {
                 .unwrap();
             // Another user's work, ready all along for half a second.
             let started = Instant::now();
-            let busy = tokio::spawn(async move {
-                while started.elapsed() < Duration::from_millis(500) {
-                    std::thread::sleep(Duration::from_millis(1));
-                    tokio::task::yield_now().await;
-                }
-            });
+            let busy = tokio::spawn(busy_for(started, Duration::from_millis(500)));
             let waiter = rations.clone();
             let waited = tokio::spawn(async move {
                 waiter.wait_for(1000, false, true).await;
@@ -569,12 +573,7 @@ mod tests {
             let _ = a.await;
             // The thread is busy from now on for 300 ms.
             let started = Instant::now();
-            let busy = tokio::spawn(async move {
-                while started.elapsed() < Duration::from_millis(300) {
-                    std::thread::sleep(Duration::from_millis(1));
-                    tokio::task::yield_now().await;
-                }
-            });
+            let busy = tokio::spawn(busy_for(started, Duration::from_millis(300)));
             let waiter = rations.clone();
             let waited = tokio::spawn(async move {
                 waiter.wait_for(1001, false, true).await;
