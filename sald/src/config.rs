@@ -36,6 +36,8 @@
 //! flows_per_uid = 262144     # of those, what one ordinary user may hold (ENOBUFS beyond),
 //!                            # and what its listeners' backlogs may queue together
 //! bindings_per_uid = 4096    # listeners one ordinary user may hold (ENOBUFS beyond)
+//! idle_turns = true          # a user's datagrams may use sald's thread beyond its ration
+//!                            # while no one else wants it (false: a hard quarter)
 //!
 //! [tcp]                      # each stream flow's TCP buffers (defaults shown)
 //! min_buffer = 4096          # first allocation of a buffer; it doubles as needed
@@ -289,6 +291,13 @@ pub struct Limits {
     /// table and, with servd, a route announced to the routers: one user
     /// must not fill them. Root and sald's own user are not bounded by it.
     pub bindings_per_uid: usize,
+    /// Whether an ordinary user's datagram sockets may have sald's thread
+    /// beyond their user's ration while no one else wants it (the idle
+    /// turns of `control::ration`). With `false` the ration is a hard cap,
+    /// a quarter of the thread busy or not: the CPU an idle thread would
+    /// give a flooder is then left to the machine's other programs, at
+    /// the cost of a lone user's datagram rate.
+    pub idle_turns: bool,
 }
 
 impl Default for Limits {
@@ -304,6 +313,7 @@ impl Default for Limits {
             flows: sal::proto::HostConfig::default().max_flows,
             flows_per_uid: 1 << 18,
             bindings_per_uid: 4096,
+            idle_turns: true,
         }
     }
 }
@@ -688,6 +698,9 @@ mod tests {
             toml::from_str("[limits]\nflows_per_uid = 64\nbindings_per_uid = 8").unwrap();
         assert_eq!(file.limits.flows_per_uid, 64);
         assert_eq!(file.limits.bindings_per_uid, 8);
+        assert!(file.limits.idle_turns);
+        let file: FileConfig = toml::from_str("[limits]\nidle_turns = false").unwrap();
+        assert!(!file.limits.idle_turns);
         let none = Limits {
             flows_per_uid: 0,
             ..Limits::default()

@@ -568,6 +568,28 @@ fn a_user_flooding_alone_gets_the_whole_thread_and_yields_it_to_others() {
     assert!(sald.stats().ration_waits > waits_before);
 }
 
+/// With idle turns off (`[limits] idle_turns = false`), the ration is a
+/// hard cap: a user flooding alone keeps to about a quarter of the thread
+/// (0.22-0.24 of root's rate measured when that was the only way), and the
+/// rest of the CPU is left to the machine.
+#[test]
+fn with_idle_turns_off_a_user_flooding_alone_keeps_to_its_ration() {
+    require_root!();
+    const SOCKETS: usize = 4;
+    let dir = Scratch::new("dgram-capped");
+    let sald = daemon(&dir, "sald", |config| config.limits.idle_turns = false);
+    let (mut root, mut nobody) = (0.0f64, 0.0f64);
+    for _ in 0..2 {
+        root = root.max(flood(&sald, &[(0, SOCKETS)])[0]);
+        nobody = nobody.max(flood(&sald, &[(NOBODY, SOCKETS)])[0]);
+    }
+    eprintln!("alone, idle turns off: root {root:.0}/s, nobody {nobody:.0}/s");
+    assert!(
+        nobody < root * 0.35,
+        "alone, nobody got {nobody:.0} messages/s through, root {root:.0}"
+    );
+}
+
 /// Floods `sald` with 64-byte datagrams to a service no rule routes, from
 /// `sockets` datagram sockets of each `(uid, sockets)` of `floods`, a
 /// writing thread each: the messages each user got through a second,

@@ -100,7 +100,7 @@ impl ControlContext {
             limits,
             started: Instant::now(),
             listings: Arc::default(),
-            rations: Arc::default(),
+            rations: Arc::new(Rations::new(limits.idle_turns)),
             reader: FrameReader::new(
                 FrameBudget::new(limits.frame_memory),
                 Duration::from_millis(limits.frame_timeout_ms),

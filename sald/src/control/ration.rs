@@ -60,6 +60,11 @@
 //! left another user's bulk flow 0.44x and its connects' p99 6.4x of
 //! their baseline, where its quarter left 0.66-1.00x. A pump's step is
 //! 16 short messages, tens of microseconds.
+//!
+//! An operator who would rather give an idle thread's CPU to the machine's
+//! other programs than to a flooder turns idle turns off (`[limits]
+//! idle_turns = false`): every debtor then waits out its debt, a hard
+//! quarter of the thread, at the cost of a lone user's datagram rate.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -155,8 +160,11 @@ impl Drop for Waiting<'_> {
 type Line = Arc<tokio::sync::Mutex<()>>;
 
 /// The users' debts: when each has paid for the work charged to it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Rations {
+    /// Whether steps may take the thread's idle turns (`[limits]
+    /// idle_turns`); without, every debtor waits out its debt.
+    idle_turns: bool,
     paid_at: Mutex<HashMap<u32, Instant>>,
     /// Each indebted user's waiting tasks, in line (see [`Rations::wait`]):
     /// its requests in one, its steps that may take idle turns in another,
@@ -167,7 +175,25 @@ pub struct Rations {
     waits: AtomicU64,
 }
 
+impl Default for Rations {
+    fn default() -> Self {
+        Rations::new(true)
+    }
+}
+
 impl Rations {
+    /// No one in debt yet; `idle_turns` says whether a pump's steps may
+    /// take the thread's idle turns (the default) or wait out their debt
+    /// as requests do, a hard cap (`[limits] idle_turns = false`).
+    pub fn new(idle_turns: bool) -> Rations {
+        Rations {
+            idle_turns,
+            paid_at: Mutex::default(),
+            lines: Mutex::default(),
+            waits: AtomicU64::default(),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Instant>> {
         self.paid_at.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -192,6 +218,7 @@ impl Rations {
     /// turns (`idle_turns`): only work in short steps, a pump's batch of
     /// messages (see the module docs).
     async fn wait_for(&self, uid: u32, privileged: bool, idle_turns: bool) {
+        let idle_turns = idle_turns && self.idle_turns;
         if privileged || self.ready_at(uid).is_none() {
             return;
         }
@@ -421,6 +448,23 @@ mod tests {
             // What it owed beyond its credit and AHEAD is forgotten.
             let owed = rations.lock()[&1000].saturating_duration_since(Instant::now());
             assert!(owed > CREDIT && owed <= CREDIT + AHEAD, "{owed:?}");
+        });
+    }
+
+    #[test]
+    fn without_idle_turns_a_step_waits_out_its_debt_even_on_an_idle_thread() {
+        crate::runtime().unwrap().block_on(async {
+            let rations = Arc::new(Rations::new(false));
+            // 400 ms owed, 380 beyond the credit: with idle turns, a step
+            // on this idle thread would go at once (the test above).
+            rations.charge(1000, Duration::from_millis(100));
+            let started = Instant::now();
+            let waiter = rations.clone();
+            tokio::spawn(async move { waiter.wait_for(1000, false, true).await })
+                .await
+                .unwrap();
+            let waited = started.elapsed();
+            assert!(waited >= Duration::from_millis(300), "{waited:?}");
         });
     }
 
