@@ -43,7 +43,8 @@
 //! # Callers that interpose libc (the LD_PRELOAD shim)
 //!
 //! The same connector completes the non-blocking connects of the C shim
-//! (`libserval_shim.so`): its waiter is a function that the reader thread
+//! (`libserval_shim.so`), and its blocking ones on sockets with a send
+//! timeout (which may return before the outcome): its waiter is a function that the reader thread
 //! runs ([`connect_then`]), holding no lock of this module, to install the
 //! flow on the program's descriptor. There, this module's own socket calls
 //! (`socket`, `connect`, `write`, `close`) re-enter the shim's interposed

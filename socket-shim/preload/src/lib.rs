@@ -25,7 +25,12 @@
 //!   for the new file. A blocking connect waits for sald's answer in the
 //!   calling thread, in one plain blocking `recvmsg` that a signal
 //!   interrupts as it does TCP's connect; an interrupted one returns
-//!   `EINTR` and is completed by a one-shot thread (`ops::park`);
+//!   `EINTR` and is completed by a one-shot thread (`ops::park`). One on
+//!   a socket with a send timeout (`SO_SNDTIMEO`) goes through the
+//!   connector as a non-blocking one, and waits for the outcome that long
+//!   at most, as TCP's: then it returns `EINPROGRESS` and the connect goes
+//!   on (`ops::connect_timed`). As TCP's, the first `connect` after one
+//!   that completed in the background returns 0, later ones `EISCONN`;
 //! - `bind` registers the prefix with sald at once (so `EADDRINUSE` comes from
 //!   `bind`); `listen` puts at the number the `SOCK_SEQPACKET` accept queue
 //!   into which sald delivers each flow with its description (no thread of

@@ -24,6 +24,7 @@ use crate::pool;
 use crate::real;
 use crate::table::{self, ident, lock, Domain, Entry, Kind, ListenerControl, State};
 use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
 
 /// An errno value.
 pub(crate) type Errno = i32;
@@ -393,6 +394,9 @@ pub(crate) fn connect(fd: RawFd, addr: Option<&[u8]>, pass: impl FnOnce() -> c_i
         Domain::Serval => {
             let sa = parse_serval(addr.ok_or(libc::EFAULT)?)?;
             let service = sa.service_id().ok_or(libc::EINVAL)?;
+            if found.stage == Stage::Connected && found.kind == Kind::Stream {
+                return connect_connected(fd);
+            }
             if found.stage == Stage::DgramOpen {
                 return connect_open_datagram(
                     fd,
@@ -415,7 +419,7 @@ pub(crate) fn connect(fd: RawFd, addr: Option<&[u8]>, pass: impl FnOnce() -> c_i
             )
         }
         Domain::Inet(family) => match found.stage {
-            Stage::Connected => Err(libc::EISCONN),
+            Stage::Connected => connect_connected(fd),
             Stage::Connecting => Err(libc::EALREADY),
             // As TCP after a failed connect: the pending error once, then
             // a connect anywhere, through the SAL or the kernel.
@@ -439,6 +443,40 @@ pub(crate) fn connect(fd: RawFd, addr: Option<&[u8]>, pass: impl FnOnce() -> c_i
             },
             _ => Err(libc::EINVAL),
         },
+    }
+}
+
+/// `connect` on a connected stream: as TCP's, `0` from the first call
+/// after a connect that completed outside a `connect` call (a
+/// non-blocking one, or one that was interrupted or timed out: see
+/// [`Entry::untold`]), `EISCONN` otherwise.
+fn connect_connected(fd: RawFd) -> Res<c_int> {
+    match with_entry(fd, |entry| Some(std::mem::take(&mut entry.untold))) {
+        Some(true) => Ok(0),
+        _ => Err(libc::EISCONN),
+    }
+}
+
+/// How long a blocking call on the socket of `entry` may wait, as the
+/// program set it with option `name` (`SO_SNDTIMEO` or `SO_RCVTIMEO`, from
+/// the record of its options, see [`Entry::options`]): `None` for no
+/// limit (not set, or set to zero), zero for a negative timeout (which
+/// Linux takes as no wait at all, though it reads back as 0).
+fn timeout_option(entry: &Entry, name: c_int) -> Option<Duration> {
+    let (_, value) = entry.options.iter().find(|(n, _)| *n == name)?;
+    if value.len() < std::mem::size_of::<libc::timeval>() {
+        return None;
+    }
+    // SAFETY: `value` holds at least one `timeval`'s bytes (the kernel
+    // accepted them as one), read without regard to alignment.
+    let tv = unsafe { std::ptr::read_unaligned(value.as_ptr().cast::<libc::timeval>()) };
+    match (tv.tv_sec, tv.tv_usec) {
+        (sec, _) if sec < 0 => Some(Duration::ZERO),
+        (0, 0) => None,
+        (sec, usec) => Some(
+            Duration::from_secs(sec.unsigned_abs())
+                + Duration::from_micros(usec.clamp(0, 999_999).unsigned_abs()),
+        ),
     }
 }
 
@@ -491,7 +529,8 @@ fn restore_tcp(fd: RawFd, family: c_int) -> Res<()> {
 /// Inet mode: the program's TCP socket becomes a Serval stream. A blocking
 /// connect completes within this call, so the program's own (unconnected)
 /// TCP socket stays at the number until the flow replaces it (unless a
-/// signal interrupts the call: see [`park`]); a non-blocking one puts a
+/// signal interrupts the call: see [`park`]); a non-blocking one, or a
+/// blocking one with a send timeout (which may return first), puts a
 /// placeholder there first (something that polls as not ready until the
 /// flow is in).
 fn inet_connect(fd: RawFd, sa: SocketAddr, service: ServiceId) -> Res<c_int> {
@@ -502,7 +541,8 @@ fn inet_connect(fd: RawFd, sa: SocketAddr, service: ServiceId) -> Res<c_int> {
     } else {
         libc::AF_INET6
     };
-    if !nonblock {
+    let timed = !nonblock && with_entry(fd, |e| timeout_option(e, libc::SO_SNDTIMEO)).is_some();
+    if !nonblock && !timed {
         let mut entry = Entry::new(
             Kind::Stream,
             Domain::Inet(family),
@@ -570,8 +610,10 @@ fn unspecified(family: c_int) -> SockAddr {
 /// a blocking socket (and for datagram connects), unless a signal
 /// interrupts a stream's ([`park`]); for a non-blocking one this returns
 /// `EINPROGRESS` and the process's connector completes it
-/// ([`submit_connect`]). `stage` is the socket's as the caller found it;
-/// `flags` are the descriptor's `(O_NONBLOCK, FD_CLOEXEC)`.
+/// ([`submit_connect`]), and so it does a blocking stream's with a send
+/// timeout, whose caller waits that long at most ([`connect_timed`]).
+/// `stage` is the socket's as the caller found it; `flags` are the
+/// descriptor's `(O_NONBLOCK, FD_CLOEXEC)`.
 fn start_connect(
     fd: RawFd,
     stage: Stage,
@@ -581,18 +623,24 @@ fn start_connect(
     flags: (bool, bool),
 ) -> Res<c_int> {
     let (nonblock, cloexec) = flags;
-    let nonblock = nonblock && protocol == TransportProtocol::Stream;
-    // A failed connect hung up its placeholder; a non-blocking one that
-    // starts over needs one that polls as not ready again, or the program
-    // would see the hang-up and take the connect for done.
+    let stream = protocol == TransportProtocol::Stream;
+    let nonblock = nonblock && stream;
+    let limit = match stream && !nonblock {
+        true => with_entry(fd, |entry| timeout_option(entry, libc::SO_SNDTIMEO)),
+        false => None,
+    };
+    // A failed connect hung up its placeholder; one that starts over and
+    // may return before the outcome needs one that polls as not ready
+    // again, or the program would see the hang-up and take the connect for
+    // done.
     let mut fresh = match stage {
-        Stage::Failed if nonblock => Some(placeholder(nonblock, cloexec)?),
+        Stage::Failed if nonblock || limit.is_some() => Some(placeholder(nonblock, cloexec)?),
         _ => None,
     };
     let mut spare = Vec::new();
     let mut stale = Vec::new();
     let mut dropped = None;
-    let gen = {
+    let (gen, timed) = {
         let mut table = lock();
         let entry = table.get(fd, &mut stale).ok_or(libc::EBADF)?;
         // A non-blocking connect that failed and whose error nobody read
@@ -638,20 +686,40 @@ fn start_connect(
         entry.gen = table::next_gen();
         entry.so_error = 0;
         entry.parked = 0;
+        entry.untold = false;
+        // The caller's wait, on a copy of the placeholder (taken before the
+        // flow can replace it), and its limit. Without a placeholder (none
+        // could be made, or no descriptor for the copy) the connect waits
+        // in this thread as an untimed one.
+        let timed = match (limit, entry.wake().is_some()) {
+            (Some(limit), true) => {
+                // SAFETY: no pointers; the copy is ours alone.
+                let copy = unsafe { real::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+                (copy >= 0).then(|| {
+                    mark_parked(entry, fd);
+                    // SAFETY: the kernel just made `copy` for us.
+                    (unsafe { OwnedFd::from_raw_fd(copy) }, limit)
+                })
+            }
+            _ => None,
+        };
         let gen = entry.gen;
         table.refresh(fd);
-        gen
+        (gen, timed)
     };
     drop(stale);
     drop(dropped);
     drop(fresh);
     drop(spare);
-    if nonblock {
+    if nonblock || timed.is_some() {
         if let Err(errno) = submit_connect(fd, gen, peer, service) {
             let _ = finish_connect(fd, gen, Err(errno), peer, Some(flags));
             return Err(errno);
         }
-        return Err(libc::EINPROGRESS);
+        return match timed {
+            Some((waiter, limit)) => connect_timed(fd, gen, waiter, limit),
+            None => Err(libc::EINPROGRESS),
+        };
     }
     let result = match protocol {
         // As TCP's, a blocking stream connect is interrupted by a signal
@@ -677,6 +745,61 @@ fn start_connect(
         TransportProtocol::Datagram => open_flow(service, protocol),
     };
     finish_connect(fd, gen, result, peer, Some(flags)).map(|()| 0)
+}
+
+/// The wait of a blocking stream connect with a send timeout (`limit`),
+/// as TCP's: its `Connect` went out through the connector (connect
+/// generation `gen` of `fd`), which completes it as a non-blocking one
+/// ([`finish_connect`], which hangs up the placeholder that `waiter`
+/// copies). If the outcome comes within `limit`, `connect` reports it (0,
+/// or the error); otherwise it returns `EINPROGRESS` (`EINTR` if a signal
+/// comes first: TCP's waits with a timeout are interrupted by any signal,
+/// `SA_RESTART` or not) and the connect goes on, [`Entry::parked`] as one
+/// a signal interrupted: a later blocking `connect` or data call waits for
+/// it (for the socket's timeout at most), `poll` shows the outcome.
+///
+/// Why the connector, not the control connection this thread would read
+/// (as [`park`] does for an interrupted connect): a connect that timed out
+/// goes on until sald answers, up to its 31.5 s of retries, and a program
+/// that connects with a timeout may leave many such behind (a health
+/// check of hosts that are down): one control connection and one thread
+/// for the process serve them all, where a connection and a thread each
+/// would soon run into sald's limit of connections per user.
+fn connect_timed(fd: RawFd, gen: u64, waiter: OwnedFd, limit: Duration) -> Res<c_int> {
+    await_parked(waiter, Some(limit)).map_err(|errno| match errno {
+        libc::EAGAIN => libc::EINPROGRESS,
+        errno => errno,
+    })?;
+    connect_outcome(fd, gen)
+}
+
+/// Marks the connect in flight on `entry` (at `fd`) as going on without
+/// its caller ([`Entry::parked`]), so that blocking calls wait for its
+/// outcome ([`await_parked`]). Reads are the shim's then (they wait for
+/// the outcome there): a receive timeout the program set on the
+/// placeholder would only cut the wait of a later untimed `connect`
+/// short, so it is turned off; the option record still gives it to the
+/// flow, and to the waits of reads.
+fn mark_parked(entry: &mut Entry, fd: RawFd) {
+    entry.parked = std::process::id();
+    if entry.wake().is_some()
+        && entry
+            .options
+            .iter()
+            .any(|(name, _)| *name == libc::SO_RCVTIMEO)
+    {
+        let off = [0u8; std::mem::size_of::<libc::timeval>()];
+        // SAFETY: `off` is a valid (zero) timeval for its length.
+        unsafe {
+            real::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                off.as_ptr().cast(),
+                off.len() as libc::socklen_t,
+            )
+        };
+    }
 }
 
 /// A blocking stream connect that a signal interrupted (connect
@@ -737,30 +860,7 @@ fn park(fd: RawFd, gen: u64, peer: SockAddr, control: ControlClient, flags: (boo
                         spare.push(app);
                     }
                 }
-                entry.parked = std::process::id();
-                // Reads are the shim's while parked (they wait for the
-                // outcome here): a receive timeout the program set on the
-                // placeholder would only cut the wait of a later `connect`
-                // short (`await_parked`). Its option record still gives it
-                // to the flow.
-                if entry.wake().is_some()
-                    && entry
-                        .options
-                        .iter()
-                        .any(|(name, _)| *name == libc::SO_RCVTIMEO)
-                {
-                    let off = [0u8; std::mem::size_of::<libc::timeval>()];
-                    // SAFETY: `off` is a valid (zero) timeval for its length.
-                    unsafe {
-                        real::setsockopt(
-                            fd,
-                            libc::SOL_SOCKET,
-                            libc::SO_RCVTIMEO,
-                            off.as_ptr().cast(),
-                            off.len() as libc::socklen_t,
-                        )
-                    };
-                }
+                mark_parked(entry, fd);
                 table.refresh(fd);
             }
         }
@@ -802,12 +902,14 @@ fn park(fd: RawFd, gen: u64, peer: SockAddr, control: ControlClient, flags: (boo
     }
 }
 
-/// A copy of the placeholder of the interrupted connect in flight on `fd`
-/// ([`Entry::parked`]), taken under the table lock before the flow can
-/// replace it at the number; `None` when there is no such connect (any
-/// more). With it, the connect's generation: whoever waited checks that
-/// the number still means that socket.
-fn parked_waiter(fd: RawFd) -> Res<Option<(OwnedFd, u64)>> {
+/// A copy of the placeholder of the interrupted (or timed) connect in
+/// flight on `fd` ([`Entry::parked`]), taken under the table lock before
+/// the flow can replace it at the number; `None` when there is no such connect (any
+/// more). With it, the connect's generation (whoever waited checks that
+/// the number still means that socket), and how long the caller may wait
+/// for it, as the program set that with the option `timeout`
+/// (`SO_SNDTIMEO` or `SO_RCVTIMEO`, see [`timeout_option`]).
+fn parked_waiter(fd: RawFd, timeout: c_int) -> Res<Option<(OwnedFd, u64, Option<Duration>)>> {
     let mut stale = Vec::new();
     let waiter = {
         let mut table = lock();
@@ -823,7 +925,8 @@ fn parked_waiter(fd: RawFd) -> Res<Option<(OwnedFd, u64)>> {
                     Err(last_errno())
                 } else {
                     // SAFETY: the kernel just made `copy` for us.
-                    Ok(Some((unsafe { OwnedFd::from_raw_fd(copy) }, entry.gen)))
+                    let copy = unsafe { OwnedFd::from_raw_fd(copy) };
+                    Ok(Some((copy, entry.gen, timeout_option(entry, timeout))))
                 }
             }
             _ => Ok(None),
@@ -833,51 +936,85 @@ fn parked_waiter(fd: RawFd) -> Res<Option<(OwnedFd, u64)>> {
     waiter
 }
 
-/// Waits until the placeholder copy `waiter` hangs up (the interrupted
-/// connect is over, or the socket was closed), in a blocking `recv`
-/// (`MSG_PEEK`; nothing is ever readable there) that the kernel interrupts
-/// as it does TCP's wait for a connect: `EINTR` after a handler without
-/// `SA_RESTART`, restarted after one with it. A receive timeout the program
-/// set on the socket, or `O_NONBLOCK` set meanwhile, makes the `recv` end
-/// early: the wait goes on in `poll` then (which any signal interrupts).
-fn await_parked(waiter: OwnedFd) -> Res<()> {
+/// Waits until the placeholder copy `waiter` hangs up (the connect is
+/// over, or the socket was closed), for `limit` at most
+/// (`EAGAIN` then, at once for a zero limit).
+///
+/// Without a limit, the wait is a blocking `recv` (`MSG_PEEK`; nothing is
+/// ever readable there) that the kernel interrupts as it does TCP's wait
+/// for a connect: `EINTR` after a handler without `SA_RESTART`, restarted
+/// after one with it. A receive timeout the program set on the socket
+/// while the connect was in flight (`park` turns off the one it had), or
+/// `O_NONBLOCK` set meanwhile, makes the `recv` end early: the wait goes
+/// on in `poll` then (which any signal interrupts). With a limit, it is a
+/// `poll` from the start: TCP's waits with a timeout are interrupted by
+/// any signal, `SA_RESTART` or not.
+fn await_parked(waiter: OwnedFd, limit: Option<Duration>) -> Res<()> {
     let at = waiter.as_raw_fd();
+    let deadline = limit.map(|limit| Instant::now() + limit);
     loop {
-        let mut byte = 0u8;
-        // SAFETY: `byte` is valid for one byte.
-        let n = unsafe { real::recv(at, (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK) };
-        if n >= 0 {
-            return Ok(());
-        }
-        match last_errno() {
-            libc::EINTR => return Err(libc::EINTR),
-            libc::EAGAIN => {
-                let mut ready = libc::pollfd {
-                    fd: at,
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: `ready` is one valid pollfd.
-                if unsafe { libc::poll(&mut ready, 1, -1) } < 0 && last_errno() == libc::EINTR {
-                    return Err(libc::EINTR);
-                }
+        if deadline.is_none() {
+            let mut byte = 0u8;
+            // SAFETY: `byte` is valid for one byte.
+            let n = unsafe { real::recv(at, (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK) };
+            if n >= 0 {
+                return Ok(());
             }
-            // The hang-up (`ECONNRESET` when the peer end was closed with
-            // the junk that fills the placeholder unread).
-            _ => return Ok(()),
+            match last_errno() {
+                libc::EINTR => return Err(libc::EINTR),
+                libc::EAGAIN => {}
+                // The hang-up (`ECONNRESET` when the peer end was closed
+                // with the junk that fills the placeholder unread).
+                _ => return Ok(()),
+            }
+        }
+        let wait = match deadline {
+            None => -1,
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                // Rounded up: a wait cut short by rounding would end in a
+                // timeout that has not passed.
+                left.as_micros().div_ceil(1000).min(i32::MAX as u128) as c_int
+            }
+        };
+        let mut ready = libc::pollfd {
+            fd: at,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: `ready` is one valid pollfd.
+        match unsafe { libc::poll(&mut ready, 1, wait) } {
+            n if n > 0 => return Ok(()),
+            0 if deadline.is_some_and(|deadline| Instant::now() >= deadline) => {
+                return Err(libc::EAGAIN)
+            }
+            0 => {}
+            // `EINTR`, or no memory for the wait.
+            _ => return Err(last_errno()),
         }
     }
 }
 
-/// A blocking `connect` on a socket whose interrupted connect is in
-/// flight: as TCP's, it waits for that connect's outcome and reports it
-/// (`0`, or the error, taken from `SO_ERROR`; `ECONNABORTED` if another
-/// call took that first). `None` when there is no such connect (any more).
+/// A blocking `connect` on a socket whose interrupted (or timed out)
+/// connect is in flight: as TCP's, it waits for that connect's outcome and
+/// reports it ([`connect_outcome`]), for the send timeout at most
+/// (`EALREADY` then). `None` when there is no such connect (any more).
 fn connect_parked(fd: RawFd) -> Res<Option<c_int>> {
-    let Some((waiter, gen)) = parked_waiter(fd)? else {
+    let Some((waiter, gen, limit)) = parked_waiter(fd, libc::SO_SNDTIMEO)? else {
         return Ok(None);
     };
-    await_parked(waiter)?;
+    await_parked(waiter, limit).map_err(|errno| match errno {
+        libc::EAGAIN => libc::EALREADY,
+        errno => errno,
+    })?;
+    connect_outcome(fd, gen).map(Some)
+}
+
+/// What a `connect` that waited for connect generation `gen` of `fd` to
+/// end reports: `0` (and no later `connect` will, see [`Entry::untold`]),
+/// or the error, taken from `SO_ERROR` (`ECONNABORTED` if another call
+/// took that first).
+fn connect_outcome(fd: RawFd, gen: u64) -> Res<c_int> {
     let mut stale = Vec::new();
     let outcome = {
         let mut table = lock();
@@ -885,7 +1022,10 @@ fn connect_parked(fd: RawFd) -> Res<Option<c_int>> {
             // The socket was closed meanwhile (and the number reused).
             Some(entry) if entry.gen != gen => Err(libc::EBADF),
             Some(entry) => match entry.state {
-                State::Connected => Ok(0),
+                State::Connected => {
+                    entry.untold = false;
+                    Ok(0)
+                }
                 State::Connecting { .. } => Err(libc::EALREADY),
                 _ => match std::mem::take(&mut entry.so_error) {
                     0 => Err(libc::ECONNABORTED),
@@ -896,7 +1036,7 @@ fn connect_parked(fd: RawFd) -> Res<Option<c_int>> {
         }
     };
     drop(stale);
-    outcome.map(Some)
+    outcome
 }
 
 /// `connect` on a datagram socket that is open already (after `bind` or
@@ -1005,6 +1145,7 @@ fn finish_connect(
                 match installed {
                     Ok(()) => {
                         entry.state = State::Connected;
+                        entry.untold = async_;
                         entry.ident = ident(fd);
                         entry.peer = Some(peer);
                         if entry.local.is_none() {
@@ -1920,20 +2061,25 @@ fn datagram_refusal(state: &State, write: bool) -> Option<Errno> {
     }
 }
 
-/// [`refusal`] for a stream whose interrupted connect is in flight
-/// ([`Entry::parked`]): as TCP's, a data call waits for the connect to end
-/// (`EAGAIN` at once on a non-blocking socket or with `MSG_DONTWAIT`,
-/// `EINTR` if a signal interrupts the wait), then goes on on the flow or
-/// fails as on a failed connect. (The placeholder at the number would
-/// block until the outcome, then end the wait with end of file or `EPIPE`
-/// and `SIGPIPE`.)
+/// [`refusal`] for a stream whose interrupted (or timed out) connect is
+/// in flight ([`Entry::parked`]): as TCP's, a data call waits for the
+/// connect to end (`EAGAIN` at once on a non-blocking socket or with
+/// `MSG_DONTWAIT`, and once the socket's send timeout for a write, its
+/// receive timeout for a read, has passed; `EINTR` if a signal interrupts
+/// the wait), then goes on on the flow or fails as on a failed connect.
+/// (The placeholder at the number would block until the outcome, then end
+/// the wait with end of file or `EPIPE` and `SIGPIPE`.)
 fn refusal_parked(fd: RawFd, write: bool, flags: c_int) -> Option<Errno> {
     if flags & libc::MSG_DONTWAIT != 0 || fd_flags(fd).0 {
         return Some(libc::EAGAIN);
     }
-    match parked_waiter(fd) {
-        Ok(Some((waiter, _))) => {
-            if let Err(errno) = await_parked(waiter) {
+    let timeout = match write {
+        true => libc::SO_SNDTIMEO,
+        false => libc::SO_RCVTIMEO,
+    };
+    match parked_waiter(fd, timeout) {
+        Ok(Some((waiter, _, limit))) => {
+            if let Err(errno) = await_parked(waiter, limit) {
                 return Some(errno);
             }
         }

@@ -86,8 +86,9 @@ pub(crate) enum State {
         wake: Option<OwnedFd>,
     },
     /// A connect is in flight (in the caller's thread, for a non-blocking
-    /// one in the connector's, for one a signal interrupted in a one-shot
-    /// thread's: see [`Entry::parked`]).
+    /// one or a blocking one with a send timeout in the connector's, for
+    /// one a signal interrupted in a one-shot thread's: see
+    /// [`Entry::parked`]).
     Connecting { wake: Option<OwnedFd> },
     /// A stream flow (or a connected datagram flow) is at the descriptor.
     Connected,
@@ -163,15 +164,24 @@ pub(crate) struct Entry {
     pub state: State,
     /// The pending `SO_ERROR`.
     pub so_error: i32,
-    /// A signal interrupted the blocking connect in flight (`EINTR`), which
-    /// goes on in a thread of the shim's (`ops::park`) in the process with
-    /// this id (0: none): a placeholder is at the number, a later blocking
+    /// The blocking connect in flight goes on without its caller (a
+    /// signal interrupted it, `EINTR`), or may (it has a send timeout:
+    /// marked as it starts, `EINPROGRESS` once the timeout passed), in a
+    /// thread of the shim's (`ops::park`, or the connector's for one with
+    /// a timeout) in the process with this id (0: none): a placeholder is
+    /// at the number, a later blocking
     /// `connect` and blocking data calls there wait for the outcome, and
     /// its completion or a `close` shuts the placeholder's peer end down
     /// (which a forked child's copy of that end cannot hold off). A forked
     /// child's copy is never completed, so it does not wait. Cleared when
     /// a connect starts or ends.
     pub parked: u32,
+    /// The stream's connect completed outside a `connect` call (one that
+    /// was non-blocking, interrupted or timed out), and no `connect` has
+    /// said so yet: the next returns 0, the ones after it `EISCONN`, as
+    /// TCP's (whose socket stays `SS_CONNECTING` until a `connect` call
+    /// sees it connected). Cleared when a connect starts.
+    pub untold: bool,
     /// epoll registrations of this descriptor, re-added after a swap.
     pub epoll: Vec<(RawFd, libc::epoll_event)>,
     /// Socket-level options the program set (name, value), set again on
@@ -199,6 +209,7 @@ impl Entry {
             state,
             so_error: 0,
             parked: 0,
+            untold: false,
             epoll: Vec::new(),
             options: Vec::new(),
             owner: std::process::id() as libc::pid_t,
@@ -216,7 +227,7 @@ impl Entry {
     /// connect failed or that listens (TCP answers `ENOTCONN` and `EPIPE`,
     /// where the placeholder at the number would block or read end of
     /// file, and the accept queue would give up an accept notice), or one
-    /// whose interrupted connect is in flight ([`Entry::parked`]: TCP
+    /// whose interrupted or timed connect is in flight ([`Entry::parked`]: TCP
     /// waits for the outcome, where the placeholder would end the wait
     /// with a hang-up, `EPIPE` and `SIGPIPE`).
     pub(crate) fn intercepted(&self) -> bool {
@@ -305,7 +316,7 @@ pub(crate) fn ident(fd: RawFd) -> (u64, u64) {
 }
 
 impl Drop for Entry {
-    /// An entry that goes while its interrupted connect is in flight
+    /// An entry that goes while its interrupted or timed connect is in flight
     /// (closed, replaced by a `dup2` over its number, found stale): whoever
     /// waits for that connect (on a copy of the placeholder, see
     /// `ops::await_parked`) must see a hang-up, even while a forked child

@@ -239,6 +239,64 @@ fn a_signal_interrupts_a_blocking_connect_as_tcp() {
     }
 }
 
+/// A blocking connect on a socket with `SO_SNDTIMEO` gives up as TCP's
+/// does when that time has passed: `EINPROGRESS`, and the connect goes on
+/// as a non-blocking one (`poll` shows it writable once connected,
+/// `SO_ERROR` 0, the next `connect` 0, then `EISCONN`); meanwhile a
+/// non-blocking connect is `EALREADY`, a blocking one waits the timeout
+/// again (`EALREADY`), a write or read waits its timeout (`EAGAIN`), and any
+/// signal interrupts the wait (`EINTR`, with `SA_RESTART` too, as TCP's
+/// with a timeout); a negative timeout gives up at once; in inet mode
+/// too. Nobody answers for the service until a host comes up for it,
+/// after the program says so. Connects left in flight so take one thread
+/// and one control connection for the process, not one each.
+#[test]
+fn a_blocking_connect_gives_up_after_so_sndtimeo_as_tcp() {
+    let sald = Sald::start();
+    let mut control = ControlClient::connect_to(&sald.control).expect("control");
+    let far = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 5), support::free_udp_port());
+    for (prefix, locator) in [
+        ("c7c7/16", far),
+        ("c0c0/16", "127.0.0.9:9".parse().unwrap()),
+    ] {
+        control
+            .request_ok(&Request::AddRule {
+                prefix: prefix.parse().unwrap(),
+                target: Target::Forward {
+                    locator: Locator::Udp(locator),
+                    weight: 1,
+                },
+                priority: 0,
+            })
+            .expect("rule");
+    }
+    let args = ["connect-timeout", "c7c701", "7203", "c0c001"];
+    let mut cmd = sald.run(&["--map", "7203=c7c701"], c_program(), &args);
+    cmd.stdout(Stdio::piped());
+    let mut connecting = Proc::spawn("serval_test connect-timeout", &mut cmd);
+    connecting.wait_ready("connecting");
+    let far = Sald::start_on(far);
+    let mut srv = server(&far, &["stream-server", "c7c701", "3"]);
+    connecting.success(T);
+    srv.success(T);
+    // Connects that timed out go on through the process's connector: one
+    // thread and one control connection however many are in flight.
+    client(&sald, &["connect-timeout-many", "c0c002", "64"]).success(T);
+}
+
+/// `accept` on a listener with `SO_RCVTIMEO` (set before `listen` or
+/// after, in inet mode too) fails with `EAGAIN` once that time has passed
+/// without a flow, as TCP's, and any signal interrupts it (`EINTR`, with
+/// `SA_RESTART` too); reads of a flow with `SO_RCVTIMEO` give up with
+/// `EAGAIN`.
+#[test]
+fn accept_and_reads_give_up_after_so_rcvtimeo() {
+    let sald = Sald::start();
+    let args = ["accept-timeout", "acc1", "7204", "acc2"];
+    let mut cmd = sald.run(&["--map", "7204=acc2"], c_program(), &args);
+    Proc::spawn("serval_test accept-timeout", &mut cmd).success(T);
+}
+
 /// Forks while two threads keep non-blocking connects in flight (their
 /// requests being written on the connector connection, their answers
 /// installed by the connector's thread): no fork deadlocks on the shim's

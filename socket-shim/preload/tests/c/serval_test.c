@@ -94,6 +94,24 @@
  *                                             for the outcome, a write waits for the
  *                                             connect, a fresh connect rides out signals;
  *                                             then echoes on each
+ *   connect-timeout S1 PORT HOLE              blocking connects on sockets with SO_SNDTIMEO
+ *                                             (S1, and the PORT inet mode maps to it,
+ *                                             unreachable until the test starts a host for
+ *                                             it after "connecting"; HOLE never answers):
+ *                                             EINPROGRESS after that long and the connect
+ *                                             goes on (EALREADY, a blocking connect, write
+ *                                             or read waits the timeout, then EALREADY or
+ *                                             EAGAIN); EINTR from any signal, SA_RESTART
+ *                                             or not; a negative timeout gives up at once;
+ *                                             once connected, connect 0 then EISCONN;
+ *                                             then echoes on each
+ *   connect-timeout-many HOLE N               N blocking connects with SO_SNDTIMEO left in
+ *                                             flight after EINPROGRESS: one connector
+ *                                             thread and connection for them all
+ *   accept-timeout SID PORT SID2              accept with SO_RCVTIMEO (set before or after
+ *                                             listen; inet mode, PORT mapped to SID2): EAGAIN
+ *                                             after that long, EINTR from any signal; reads
+ *                                             of a flow with SO_RCVTIMEO: EAGAIN
  *   misuse SID                                error paths (SID is not bound)
  *   nodaemon SID                              sald not running
  */
@@ -353,6 +371,9 @@ static int nonblock_client(const char *sid, size_t size) {
     int err = -1;
     socklen_t len = sizeof err;
     CHECK(getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0, "SO_ERROR %d", err);
+    /* As TCP's: the first connect after it connected says so, the next
+     * one is EISCONN. */
+    CHECK(connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0, "connect once connected");
     EXPECT_ERR(connect(fd, (struct sockaddr *)&sa, sizeof sa), EISCONN);
     CHECK(fcntl(fd, F_GETFL) & O_NONBLOCK, "still non-blocking after connect");
     char c;
@@ -1966,6 +1987,206 @@ static int connect_eintr(const char *s1, int port, const char *s3, const char *h
     return failures ? 1 : 0;
 }
 
+/* Sets `opt` (SO_SNDTIMEO or SO_RCVTIMEO) of `fd` to `usec` microseconds
+ * (0: no timeout). */
+static void set_timeout(int fd, int opt, long usec) {
+    struct timeval tv = {.tv_sec = usec / 1000000, .tv_usec = usec % 1000000};
+    CHECK(setsockopt(fd, SOL_SOCKET, opt, &tv, sizeof tv) == 0, "setsockopt %d", opt);
+}
+
+/* Whether `call` took between `low` and `high` seconds (`start` being
+ * when it began), saying so if not. */
+static int took(const char *call, double start, double low, double high) {
+    double t = seconds() - start;
+    CHECK(t >= low && t < high, "%s took %.2f s, not %.2f to %.2f", call, t, low, high);
+    return t >= low && t < high;
+}
+
+/* A connect that completed in the background (poll shows it writable,
+ * SO_ERROR 0): as TCP's, the next connect returns 0, the one after
+ * EISCONN. */
+static void connected_in_background(int fd, const struct sockaddr *sa, socklen_t len, const char *what) {
+    struct pollfd p = {.fd = fd, .events = POLLOUT};
+    CHECK(poll(&p, 1, 20000) == 1 && (p.revents & POLLOUT) && !(p.revents & POLLHUP),
+          "%s connects (revents %#x)", what, p.revents);
+    int err = -1;
+    socklen_t elen = sizeof err;
+    CHECK(getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) == 0 && err == 0, "%s: SO_ERROR %d", what, err);
+    CHECK(connect(fd, sa, len) == 0, "%s: the first connect after it connected", what);
+    EXPECT_ERR(connect(fd, sa, len), EISCONN);
+}
+
+/* As a blocking TCP connect on a socket with SO_SNDTIMEO: it waits that
+ * long, then fails with EINPROGRESS and the connect goes on, as a
+ * non-blocking one (see the top of the file for the services). */
+static int connect_timeout(const char *s1, int port, const char *hole) {
+    struct sockaddr_sv sa1 = sv_addr(s1), sah = sv_addr(hole);
+    int a = socket(AF_SERVAL, SOCK_STREAM, 0);
+    if (a < 0) die("socket");
+    set_timeout(a, SO_SNDTIMEO, 300000);
+    double start = seconds();
+    EXPECT_ERR(connect(a, (struct sockaddr *)&sa1, sizeof sa1), EINPROGRESS);
+    took("connect with SO_SNDTIMEO 0.3 s", start, 0.25, 3);
+    /* It goes on: not writable; a non-blocking connect is EALREADY, a
+     * blocking one waits SO_SNDTIMEO for the outcome, then is EALREADY;
+     * a write waits SO_SNDTIMEO, a read SO_RCVTIMEO, then EAGAIN. */
+    struct pollfd p = {.fd = a, .events = POLLOUT};
+    CHECK(poll(&p, 1, 0) == 0, "in progress, not writable (revents %#x)", p.revents);
+    fcntl(a, F_SETFL, fcntl(a, F_GETFL) | O_NONBLOCK);
+    EXPECT_ERR(connect(a, (struct sockaddr *)&sa1, sizeof sa1), EALREADY);
+    fcntl(a, F_SETFL, fcntl(a, F_GETFL) & ~O_NONBLOCK);
+    start = seconds();
+    EXPECT_ERR(connect(a, (struct sockaddr *)&sa1, sizeof sa1), EALREADY);
+    took("a second blocking connect", start, 0.25, 3);
+    start = seconds();
+    EXPECT_ERR(write(a, "x", 1), EAGAIN);
+    took("a write while it connects", start, 0.25, 3);
+    set_timeout(a, SO_RCVTIMEO, 200000);
+    char c;
+    start = seconds();
+    EXPECT_ERR(read(a, &c, 1), EAGAIN);
+    took("a read while it connects (SO_RCVTIMEO 0.2 s)", start, 0.15, 3);
+    set_timeout(a, SO_RCVTIMEO, 0);
+    /* With a timeout, any signal interrupts the wait, SA_RESTART or not
+     * (TCP's connect is restarted only when it has no timeout). */
+    set_timeout(a, SO_SNDTIMEO, 5000000);
+    alarms = 0;
+    alarm_in(SA_RESTART, 200000, 1);
+    start = seconds();
+    EXPECT_ERR(connect(a, (struct sockaddr *)&sa1, sizeof sa1), EINTR);
+    CHECK(alarms == 1, "a signal came (%d)", (int)alarms);
+    took("a blocking connect a SA_RESTART signal interrupts", start, 0.1, 3);
+    int b = socket(AF_SERVAL, SOCK_STREAM, 0);
+    if (b < 0) die("socket");
+    set_timeout(b, SO_SNDTIMEO, 5000000);
+    alarms = 0;
+    alarm_in(SA_RESTART, 200000, 1);
+    start = seconds();
+    EXPECT_ERR(connect(b, (struct sockaddr *)&sa1, sizeof sa1), EINTR);
+    CHECK(alarms == 1, "a signal came (%d)", (int)alarms);
+    took("a fresh connect a SA_RESTART signal interrupts", start, 0.1, 3);
+    /* A negative timeout reads back as none, but gives up at once. */
+    int h = socket(AF_SERVAL, SOCK_STREAM, 0);
+    if (h < 0) die("socket");
+    struct timeval negative = {.tv_sec = -1};
+    CHECK(setsockopt(h, SOL_SOCKET, SO_SNDTIMEO, &negative, sizeof negative) == 0, "SO_SNDTIMEO -1 s");
+    start = seconds();
+    EXPECT_ERR(connect(h, (struct sockaddr *)&sah, sizeof sah), EINPROGRESS);
+    took("a connect with a negative SO_SNDTIMEO", start, 0, 0.2);
+    close(h);
+    /* Inet mode (PORT maps to S1 too): the program's TCP socket. */
+    struct sockaddr_in sin = inet_addr_port(0x0a090909, port);
+    int d = socket(AF_INET, SOCK_STREAM, 0);
+    if (d < 0) die("socket");
+    set_timeout(d, SO_SNDTIMEO, 300000);
+    start = seconds();
+    EXPECT_ERR(connect(d, (struct sockaddr *)&sin, sizeof sin), EINPROGRESS);
+    took("TCP connect with SO_SNDTIMEO 0.3 s", start, 0.25, 3);
+    p.fd = d;
+    p.revents = 0;
+    CHECK(poll(&p, 1, 0) == 0, "TCP connect in progress, not writable (revents %#x)", p.revents);
+
+    say("connecting");
+    connected_in_background(a, (struct sockaddr *)&sa1, sizeof sa1, "the timed-out connect");
+    connected_in_background(b, (struct sockaddr *)&sa1, sizeof sa1, "the interrupted connect");
+    connected_in_background(d, (struct sockaddr *)&sin, sizeof sin, "the timed-out TCP connect");
+    int fds[3] = {a, b, d};
+    for (int i = 0; i < 3; i++) {
+        /* The flow has the timeout too; the echo's writes may wait longer. */
+        struct timeval tv = {0, 1};
+        socklen_t len = sizeof tv;
+        CHECK(getsockopt(fds[i], SOL_SOCKET, SO_SNDTIMEO, &tv, &len) == 0 && (tv.tv_sec || tv.tv_usec > 1),
+              "the flow's SO_SNDTIMEO (%ld.%06ld)", (long)tv.tv_sec, (long)tv.tv_usec);
+        set_timeout(fds[i], SO_SNDTIMEO, 0);
+        CHECK(echo_check(fds[i], 100000) == 0, "echo on connect %d", i);
+        close(fds[i]);
+    }
+    return failures ? 1 : 0;
+}
+
+/* N blocking connects with a send timeout (20 ms) to HOLE, each left in
+ * flight after EINPROGRESS: they go on as non-blocking ones do, through
+ * the process's one connector (one thread and one control connection),
+ * not a thread and a connection each. */
+static int connect_timeout_many(const char *hole, int n) {
+    int *fds = calloc((size_t)n, sizeof *fds);
+    struct sockaddr_sv sa = sv_addr(hole);
+    int before = fd_count();
+    for (int i = 0; i < n; i++) {
+        fds[i] = socket(AF_SERVAL, SOCK_STREAM, 0);
+        if (fds[i] < 0) die("socket");
+        set_timeout(fds[i], SO_SNDTIMEO, 20000);
+        EXPECT_ERR(connect(fds[i], (struct sockaddr *)&sa, sizeof sa), EINPROGRESS);
+    }
+    int threads = thread_count();
+    CHECK(threads >= 1 && threads <= 2, "%d threads with %d timed-out connects in flight", threads, n);
+    /* Each socket and its placeholder's peer end, the connector's
+     * connection (two descriptors), slack for a pooled connection. */
+    int opened = fd_count() - before;
+    CHECK(opened <= 2 * n + 2 + 4, "%d descriptors for %d timed-out connects in flight", opened, n);
+    for (int i = 0; i < n; i++) close(fds[i]);
+    free(fds);
+    return failures ? 1 : 0;
+}
+
+/* As accept on a TCP listener with SO_RCVTIMEO: EAGAIN once that long has
+ * passed without a connection (set before listen or after it, and in inet
+ * mode, PORT mapped to SID2), EINTR from any signal meanwhile; a flow that
+ * comes is accepted. And a flow's reads give up after SO_RCVTIMEO. */
+static int accept_timeout(const char *sid, int port, const char *sid2) {
+    struct sockaddr_sv sa = sv_addr(sid);
+    int l = socket(AF_SERVAL, SOCK_STREAM, 0);
+    if (l < 0) die("socket");
+    set_timeout(l, SO_RCVTIMEO, 300000);
+    CHECK(bind(l, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(l, 8) == 0, "bind and listen");
+    double start = seconds();
+    EXPECT_ERR(accept(l, NULL, NULL), EAGAIN);
+    took("accept with SO_RCVTIMEO 0.3 s set before listen", start, 0.25, 3);
+    set_timeout(l, SO_RCVTIMEO, 200000);
+    start = seconds();
+    EXPECT_ERR(accept4(l, NULL, NULL, SOCK_CLOEXEC), EAGAIN);
+    took("accept4 with SO_RCVTIMEO 0.2 s set after listen", start, 0.15, 3);
+    set_timeout(l, SO_RCVTIMEO, 5000000);
+    alarms = 0;
+    alarm_in(SA_RESTART, 200000, 1);
+    start = seconds();
+    EXPECT_ERR(accept(l, NULL, NULL), EINTR);
+    took("accept a SA_RESTART signal interrupts", start, 0.1, 3);
+    int c = stream_to(sid);
+    int a = accept(l, NULL, NULL);
+    CHECK(a >= 0, "accept takes the flow that came");
+    /* A read on either end waits SO_RCVTIMEO, set before connect (see
+     * stream-client) or after. */
+    set_timeout(c, SO_RCVTIMEO, 200000);
+    char byte;
+    start = seconds();
+    EXPECT_ERR(read(c, &byte, 1), EAGAIN);
+    took("read with SO_RCVTIMEO 0.2 s", start, 0.15, 3);
+    set_timeout(a, SO_RCVTIMEO, 200000);
+    start = seconds();
+    EXPECT_ERR(recv(a, &byte, 1, 0), EAGAIN);
+    took("recv on the accepted flow with SO_RCVTIMEO 0.2 s", start, 0.15, 3);
+    close(a);
+    close(c);
+    close(l);
+
+    struct sockaddr_in sin = inet_addr_port(0, port);
+    int t = socket(AF_INET, SOCK_STREAM, 0);
+    if (t < 0) die("socket");
+    set_timeout(t, SO_RCVTIMEO, 300000);
+    CHECK(bind(t, (struct sockaddr *)&sin, sizeof sin) == 0 && listen(t, 8) == 0, "inet bind and listen");
+    start = seconds();
+    EXPECT_ERR(accept(t, NULL, NULL), EAGAIN);
+    took("inet-mode accept with SO_RCVTIMEO 0.3 s", start, 0.25, 3);
+    c = stream_to(sid2);
+    a = accept(t, NULL, NULL);
+    CHECK(a >= 0, "inet-mode accept takes the flow that came");
+    close(a);
+    close(c);
+    close(t);
+    return failures ? 1 : 0;
+}
+
 /* Binds, listens with BACKLOG (then again with AGAIN, if not negative)
  * and never accepts; connects (blocking, from this process, keeping every
  * flow) until one is refused, and prints how many were not: the accept
@@ -2084,6 +2305,9 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "reset-server") && argc > 4) return reset_server(sid, argv[3], atoi(argv[4]));
     if (!strcmp(cmd, "reset-client") && argc > 4) return reset_client(sid, argv[3], argv[4]);
     if (!strcmp(cmd, "connect-eintr") && argc > 5) return connect_eintr(sid, atoi(argv[3]), argv[4], argv[5]);
+    if (!strcmp(cmd, "connect-timeout") && argc > 4) return connect_timeout(sid, atoi(argv[3]), argv[4]);
+    if (!strcmp(cmd, "connect-timeout-many")) return connect_timeout_many(sid, (int)n);
+    if (!strcmp(cmd, "accept-timeout") && argc > 4) return accept_timeout(sid, atoi(argv[3]), argv[4]);
     if (!strcmp(cmd, "misuse")) return misuse(sid);
     if (!strcmp(cmd, "nodaemon")) return nodaemon(sid);
     fprintf(stderr, "unknown subcommand %s\n", cmd);
