@@ -22,7 +22,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use nix::sys::socket::{recv, send, MsgFlags};
+use nix::sys::socket::{getsockopt, recv, send, setsockopt, sockopt, MsgFlags};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::sync::OnceCell;
@@ -127,6 +127,26 @@ impl AppSocket {
         } else {
             0
         }
+    }
+
+    /// The most memory what is written into this socket may hold until
+    /// the application reads it (`SO_SNDBUF` as the kernel keeps it, which
+    /// is twice what was asked for: room for each write's bookkeeping). A
+    /// write goes on while less than this is held, so the memory held may
+    /// pass it by the last write's.
+    pub fn send_buffer(&self) -> io::Result<usize> {
+        Ok(getsockopt(self.read.get_ref(), sockopt::SndBuf)?)
+    }
+
+    /// Makes [`AppSocket::send_buffer`] `bytes` (an even number, at most
+    /// twice `net.core.wmem_max`): asks for half of it, which the kernel
+    /// doubles. A larger buffer wakes a write that waits for room.
+    pub fn set_send_buffer(&self, bytes: usize) -> io::Result<()> {
+        Ok(setsockopt(
+            self.read.get_ref(),
+            sockopt::SndBuf,
+            &(bytes / 2),
+        )?)
     }
 
     /// Waits until the other end has hung up: closed (every copy of it),
@@ -378,6 +398,25 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(n, 0, "end of file once the application closed");
+    }
+
+    /// The send buffer reads back as it was set (the kernel doubles what
+    /// it is asked for, and `set_send_buffer` asks for half), so what is
+    /// read may be given back; and it bounds what the socket holds.
+    #[tokio::test]
+    async fn a_send_buffer_set_is_the_one_read_back() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let socket = AppSocket::new(OwnedFd::from(ours)).unwrap();
+        let normal = socket.send_buffer().unwrap();
+        socket.set_send_buffer(32 << 10).unwrap();
+        assert_eq!(socket.send_buffer().unwrap(), 32 << 10);
+        let chunk = [7u8; 64 << 10];
+        while nix::sys::socket::send(socket.raw(), &chunk, MsgFlags::MSG_NOSIGNAL).is_ok() {}
+        let held = socket.unread_memory();
+        assert!((16 << 10..=48 << 10).contains(&held), "{held} held");
+        socket.set_send_buffer(normal).unwrap();
+        assert_eq!(socket.send_buffer().unwrap(), normal);
+        drop(theirs);
     }
 
     #[tokio::test]

@@ -37,11 +37,14 @@
 //! can do: write into its end (up reads data or an end of file), or read
 //! from it, which gives back the memory of what down wrote
 //! ([`AppSocket::unread_memory`], looked at around down's writes only
-//! while the flow is unconfirmed). On the first sign the pump tells the
-//! host the flow is accepted ([`Host::accepted`]), and looks no more. A
-//! program that takes a flow and then neither reads nor writes leaves it
-//! counted as nobody's: its window stays small, which matters only once
-//! it reads, and then it is seen.
+//! while the flow is unconfirmed). Until then the socket's send buffer is
+//! small too ([`UNCONFIRMED_SEND_BUFFER`]): what down writes into it is
+//! kernel memory that no budget counts, in as many flows as the peer
+//! opened. On the first sign the pump tells the host the flow is accepted
+//! ([`Host::accepted`]), gives the socket its send buffer back, and looks
+//! no more. A program that takes a flow and then neither reads nor writes
+//! leaves it counted as nobody's: its window and its socket stay small,
+//! which matters only once it reads, and then it is seen.
 //!
 //! A datagram socket or flow gets one task too, which turns each message
 //! the application writes into a packet, and each datagram received into
@@ -88,6 +91,24 @@ thread_local! {
 /// others' work waits for when an indebted owner's step runs on an idle
 /// turn of the thread (`control::ration`).
 const MESSAGES_PER_STEP: usize = 16;
+
+/// The send buffer of sald's end of a flow delivered into an accept queue
+/// ([`AppSocket::send_buffer`]: the kernel memory what down writes into it
+/// may hold unread) while the application has not been seen to take it;
+/// the socket gets back the one it had once it is (see the module docs).
+///
+/// The kernel memory of a socketpair counts against no budget of ours, and
+/// a remote peer chooses what flows it opens and fills: at Linux's default
+/// (`net.core.wmem_default`, 208 KiB), the 278 flows one listener's queue
+/// held, filled by their peer, took 57 MiB of kernel memory (36 MB of
+/// data), besides the flow buffers the host counts (4 MiB); 9 MiB (5 MB)
+/// now (`flows_parked_in_an_accept_queue_at_the_default_budgets`). 32 KiB
+/// (asked for as 16 KiB, which the kernel doubles) still takes a first
+/// request of up to 32 KiB written at once, or 20 KiB written segment by
+/// segment (a write of 1,400 bytes holds 2.25 KiB, its bookkeeping
+/// included); the rest of a larger one waits in the flow's receive buffer,
+/// which the host counts, until the application reads (and is then seen).
+const UNCONFIRMED_SEND_BUFFER: usize = 32 << 10;
 
 /// System calls one direction makes per turn at most, so that one busy
 /// flow does not keep the others (and the packet path) waiting.
@@ -139,6 +160,10 @@ struct StreamPump {
     /// While `unconfirmed`: what the socket held unread
     /// ([`AppSocket::unread_memory`]) after down last wrote into it.
     unread_after_write: u32,
+    /// While `unconfirmed`: the send buffer the socket had before it was
+    /// made [`UNCONFIRMED_SEND_BUFFER`], given back once the application
+    /// is seen (none if it was no larger, or could not be made smaller).
+    send_buffer: Option<usize>,
 }
 
 impl StreamPump {
@@ -189,7 +214,7 @@ impl StreamPump {
                     // whether or not it has closed its end since (an
                     // answer written and closed before we looked).
                     if self.unconfirmed {
-                        self.confirmed(host, turn);
+                        self.confirmed(host, socket, turn);
                     }
                 }
                 Ok(Err(error)) if error.kind() == io::ErrorKind::WouldBlock => {
@@ -218,7 +243,7 @@ impl StreamPump {
                         // Shut for sending by a program that took it
                         // (closing every copy of an end nobody took, with
                         // its queue, makes no end of file alone).
-                        self.confirmed(host, turn);
+                        self.confirmed(host, socket, turn);
                     }
                     return;
                 }
@@ -293,14 +318,21 @@ impl StreamPump {
     fn taken(&mut self, host: &mut Host, socket: &AppSocket, turn: &mut Turn) {
         self.unread_after_write = 0;
         if matches!(socket.peer_end(), PeerEnd::Open | PeerEnd::Shut) {
-            self.confirmed(host, turn);
+            self.confirmed(host, socket, turn);
         }
     }
 
-    /// The application has the flow: the host counts it as accepted.
-    fn confirmed(&mut self, host: &mut Host, turn: &mut Turn) {
+    /// The application has the flow: the host counts it as accepted, and
+    /// the socket gets its send buffer back, whose room down may fill at
+    /// once.
+    fn confirmed(&mut self, host: &mut Host, socket: &AppSocket, turn: &mut Turn) {
         self.unconfirmed = false;
         self.unread_after_write = 0;
+        if let Some(bytes) = self.send_buffer.take() {
+            if socket.set_send_buffer(bytes).is_ok() {
+                self.writable = true;
+            }
+        }
         let _ = host.accepted(self.flow);
         turn.moved = true;
     }
@@ -378,6 +410,11 @@ pub async fn stream(
     unconfirmed: bool,
     mut shutdown: Shutdown,
 ) {
+    let send_buffer = if unconfirmed {
+        small_send_buffer(&socket)
+    } else {
+        None
+    };
     let mut pump = StreamPump {
         flow,
         up: true,
@@ -388,6 +425,7 @@ pub async fn stream(
         writable: true,
         unconfirmed,
         unread_after_write: 0,
+        send_buffer,
     };
     loop {
         let turn = {
@@ -417,6 +455,15 @@ pub async fn stream(
     let mut core = shared.lock();
     let _ = core.host.close(flow);
     core.run();
+}
+
+/// Makes `socket`'s send buffer [`UNCONFIRMED_SEND_BUFFER`], before down
+/// writes into it, if it was larger: the one it had, to give back.
+fn small_send_buffer(socket: &AppSocket) -> Option<usize> {
+    let normal = socket.send_buffer().ok()?;
+    let smaller =
+        normal > UNCONFIRMED_SEND_BUFFER && socket.set_send_buffer(UNCONFIRMED_SEND_BUFFER).is_ok();
+    smaller.then_some(normal)
 }
 
 /// A SOCK_SEQPACKET socket registered with the runtime.

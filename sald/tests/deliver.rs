@@ -455,6 +455,61 @@ fn queued(queue: &OwnedFd) -> usize {
     usize::try_from(bytes).unwrap_or(0) / AcceptNotice::LEN
 }
 
+/// Bytes waiting for the program in its end of a flow (`FIONREAD`).
+fn unread(flow: &UnixStream) -> usize {
+    let mut bytes: nix::libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer, which points
+    // at a local that outlives the call; `flow` is open.
+    let rc = unsafe { nix::libc::ioctl(flow.as_raw_fd(), nix::libc::FIONREAD, &mut bytes) };
+    assert_eq!(rc, 0, "FIONREAD: {}", std::io::Error::last_os_error());
+    usize::try_from(bytes).unwrap_or(0)
+}
+
+/// Most of what sald's end of a delivered flow nobody has been seen to
+/// take may hold: what the remote peer sent into it, in kernel memory no
+/// budget counts (twice as much memory at most, room for each write's
+/// bookkeeping). Far less than the 208 KiB a unix socket holds at
+/// Linux's default (`net.core.wmem_default`).
+const UNTAKEN_SOCKET_BYTES: usize = 48 << 10;
+
+/// The kernel memory that what was written into the other ends of
+/// `flows` (sald's) holds: the sum of their send memory in use (`ss`'s
+/// `skmem` `t`, what `SIOCOUTQ` reads), which `ss -x -m` shows by the
+/// peer's inode; `None` without `ss`.
+fn memory_toward(flows: &[UnixStream]) -> Option<u64> {
+    let inodes: std::collections::HashSet<String> = flows
+        .iter()
+        .map(|flow| {
+            nix::sys::stat::fstat(flow.as_raw_fd())
+                .unwrap()
+                .st_ino
+                .to_string()
+        })
+        .collect();
+    let out = std::process::Command::new("ss")
+        .args(["-x", "-m", "-H"])
+        .output()
+        .ok()?;
+    let mut sum = 0;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let Some(at) = words.iter().position(|w| w.starts_with("skmem:(")) else {
+            continue;
+        };
+        if at == 0 || !inodes.contains(words[at - 1]) {
+            continue;
+        }
+        let fields = words[at]
+            .trim_start_matches("skmem:(")
+            .trim_end_matches(')');
+        sum += fields
+            .split(',')
+            .find_map(|f| f.strip_prefix('t')?.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Some(sum)
+}
+
 /// What [`flows_parked_in_an_accept_queue`] saw on the server.
 #[derive(Debug)]
 struct Parked {
@@ -472,6 +527,11 @@ struct Parked {
     listener_pressures: u64,
     /// Whether the server as a whole did.
     host_pressure: bool,
+    /// Bytes of what the peer sent that the delivered flows' sockets held
+    /// for the program (beyond the TCP buffers, in kernel memory).
+    socket_bytes: usize,
+    /// The kernel memory those bytes held ([`memory_toward`]).
+    socket_memory: Option<u64>,
 }
 
 /// A remote peer opens `flows` flows to an ordinary user's listener whose
@@ -549,8 +609,18 @@ fn flows_parked_in_an_accept_queue(
     // What the flows hold once it all came to rest.
     std::thread::sleep(Duration::from_millis(500));
     let stats = server.stats();
+    let delivered = queued(&queue);
+    // Taking them tells sald nothing: it sees only what is done with them.
+    let taken: Vec<UnixStream> = (0..delivered)
+        .map(|_| match take(&queue) {
+            Taken::Flow(_, flow) => flow,
+            _ => panic!("a delivered flow is missing"),
+        })
+        .collect();
     Parked {
-        delivered: queued(&queue),
+        delivered,
+        socket_bytes: taken.iter().map(unread).sum(),
+        socket_memory: memory_toward(&taken),
         written: written.iter().sum(),
         peak: peak.max(stats.host.buffer_bytes),
         group_pressures: stats.host.group_buffer_pressures,
@@ -593,6 +663,20 @@ fn flows_in_an_accept_queue_nobody_took_do_not_press_their_user_s_flows() {
     let slack = UNACCEPTED_BUFFER + FLOWS * 2 * min_buffer;
     assert!(
         parked.peak <= (UNACCEPTED_LISTENER_BUFFER + slack) as u64,
+        "{parked:?}"
+    );
+    // Nor did their sockets hold much more of what the peer sent, in
+    // kernel memory no budget counts (at a unix socket's default 208 KiB,
+    // 31 MB of data in 41 MB of memory here, before).
+    assert!(
+        parked.socket_bytes <= parked.delivered * UNTAKEN_SOCKET_BYTES,
+        "{parked:?}"
+    );
+    let memory_bound = (parked.delivered * 2 * UNTAKEN_SOCKET_BYTES) as u64;
+    assert!(
+        parked
+            .socket_memory
+            .is_none_or(|memory| memory <= memory_bound),
         "{parked:?}"
     );
 }
@@ -761,4 +845,113 @@ fn a_delivered_flow_its_program_answers_and_closes_counts_as_accepted() {
     let mut got = Vec::new();
     stream.read_to_end(&mut got).unwrap();
     assert!(got == answer, "the answer arrived changed");
+}
+
+/// [`unread`] once it stopped changing (the same for 300 ms) with
+/// something in it, which must happen within [`WITHIN`].
+fn unread_at_rest(flow: &UnixStream) -> usize {
+    let deadline = Instant::now() + WITHIN;
+    let mut last = unread(flow);
+    let mut still = 0;
+    while still < 3 {
+        assert!(Instant::now() < deadline, "still moving: {last} bytes");
+        std::thread::sleep(Duration::from_millis(100));
+        let now = unread(flow);
+        still = if now == last && now > 0 { still + 1 } else { 0 };
+        last = now;
+    }
+    last
+}
+
+/// An upload into a delivered flow (see [`upload_unread`]).
+struct Upload {
+    /// The listener's control connection, which keeps it.
+    _owner: ControlClient,
+    /// The client's writer: its stream once all is written.
+    writer: std::thread::JoinHandle<ServiceStream>,
+    /// The program's end of the flow.
+    flow: UnixStream,
+    /// What the client sends.
+    data: Vec<u8>,
+}
+
+/// A client uploads a mebibyte on a flow that waits in the accept queue
+/// of `net`'s server program, which then takes it but reads nothing yet.
+fn upload_unread(net: &InProcessPair, prefix: &str) -> Upload {
+    let (mut owner, listener) = listen(&net.server, &format!("{prefix}/16"));
+    let queue = deliver(&mut owner, listener);
+    let upload = common::pattern(1 << 20, 26);
+    let mut stream = connect(&net.client, format!("{prefix}01").parse().unwrap());
+    let writer = {
+        let upload = upload.clone();
+        std::thread::spawn(move || {
+            stream.write_all(&upload).unwrap();
+            stream.shutdown_write().unwrap();
+            stream
+        })
+    };
+    let host = || net.server.stats().host;
+    assert!(
+        testnet::wait_until(WITHIN, || host().unaccepted_buffer_bytes > 0),
+        "{:?}",
+        host()
+    );
+    let Taken::Flow(_, flow) = take(&queue) else {
+        panic!("the accept queue ended");
+    };
+    Upload {
+        _owner: owner,
+        writer,
+        flow,
+        data: upload,
+    }
+}
+
+/// Reads the rest of `flow` (after `got`), which must be `upload` whole.
+fn read_whole(mut flow: UnixStream, mut got: Vec<u8>, upload: &[u8]) {
+    flow.set_read_timeout(Some(WITHIN)).unwrap();
+    flow.read_to_end(&mut got).unwrap();
+    assert_eq!(got.len(), upload.len());
+    assert!(got == upload, "the upload arrived changed");
+}
+
+/// What a remote peer sends into a flow delivered into a program's accept
+/// queue, before the program is seen to take it, waits in the flow's
+/// receive buffer, which the host counts against the listener, all but a
+/// first request's worth in sald's end of the flow's socket. That end
+/// held 208 KiB of it (the default send buffer of a unix socket), in
+/// kernel memory no budget counts, in each of the few hundred flows a
+/// queue holds. All of it arrives once the program reads.
+#[test]
+fn a_delivered_flow_nobody_reads_holds_little_in_its_socket() {
+    let net = InProcessPair::new("deliver-small-socket");
+    let upload = upload_unread(&net, "de1a");
+    let held = unread_at_rest(&upload.flow);
+    assert!(held <= UNTAKEN_SOCKET_BYTES, "{held} bytes in the socket");
+    assert!(held >= 16 << 10, "a first request waits: {held} bytes");
+    read_whole(upload.flow, Vec::new(), &upload.data);
+    drop(upload.writer.join().unwrap());
+}
+
+/// Once the program is seen to take a delivered flow (here by reading
+/// from it), sald's end gets its usual send buffer back: a bulk flow does
+/// not run through a socket sized for flows nobody took.
+#[test]
+fn a_delivered_flow_its_program_reads_gets_its_socket_buffer_back() {
+    let net = InProcessPair::new("deliver-socket-back");
+    let Upload {
+        _owner,
+        writer,
+        mut flow,
+        data,
+    } = upload_unread(&net, "de1b");
+    let small = unread_at_rest(&flow);
+    let mut got = vec![0u8; 64 << 10];
+    flow.set_read_timeout(Some(WITHIN)).unwrap();
+    flow.read_exact(&mut got).unwrap();
+    // The client's retransmissions fill it, past what it held before.
+    let grown = testnet::wait_until(WITHIN, || unread(&flow) > 2 * UNTAKEN_SOCKET_BYTES);
+    assert!(grown, "{small} bytes in the socket, then {}", unread(&flow));
+    read_whole(flow, got, &data);
+    drop(writer.join().unwrap());
 }
