@@ -217,7 +217,16 @@
 //!   data at trim points, for a host-wide budget. Off, nothing changes.
 //!   Tested by the `test_memory_pressure_*` unit tests,
 //!   `transfers_byte_exact_while_memory_pressure_comes_and_goes` and the
-//!   SAL's `sim_memory_budget`.
+//!   SAL's `sim_memory_budget`. The edge kept is the one advertised: a
+//!   SYN's window is unscaled, and an ACK's window is chosen before its
+//!   acknowledgement is recorded (both used to inflate the promise, so
+//!   that such a window never closed).
+//! - **Receive cap**: [`Socket::set_recv_cap`] bounds the window offered to
+//!   what the cap leaves, as for a receive buffer that grows only as the
+//!   application reads (Linux's): the SAL caps server flows nobody has
+//!   accepted yet. The window is then the room, truncated to the scale's
+//!   unit (a retraction of less than a unit, as smoltcp's windows have),
+//!   rather than a promise rounded up at every ACK, which crept right.
 //! - **ACK sequence numbers**: pure ACKs carry the highest sequence number
 //!   sent, clipped to the peer's window (Linux's `tcp_acceptable_seq`), not
 //!   the retransmission point: with smoltcp, data both ways plus losses both

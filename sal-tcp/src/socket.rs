@@ -270,6 +270,16 @@ pub struct Socket {
     /// sal-tcp: segments (or their tails) dropped because the receive
     /// buffer could not grow under memory pressure.
     pressure_dropped: u64,
+    /// sal-tcp: the most received data the socket offers to hold (see
+    /// `set_recv_cap`); `usize::MAX` for its buffer's maximum.
+    recv_cap: usize,
+    /// sal-tcp: `remote_last_win` came in a SYN, unscaled (RFC 7323 2.2).
+    /// Read as scaled, the 65,535 bytes of a SYN-ACK were a promise of
+    /// 2 MiB at a 1 MiB buffer's scale, which no memory pressure or receive
+    /// cap could cut (`promised_window`). (`last_scaled_window` still reads
+    /// it as scaled, which keeps the window the handshake ends with from
+    /// taking a window update of its own: the first ACK carries it.)
+    remote_last_win_unscaled: bool,
 }
 
 /// A segment with no flags, options or payload, numbered 0: the base of
@@ -369,6 +379,8 @@ impl Socket {
             ooo_dropped: 0,
             memory_pressure: false,
             pressure_dropped: 0,
+            recv_cap: usize::MAX,
+            remote_last_win_unscaled: false,
         }
     }
 
@@ -459,28 +471,50 @@ impl Socket {
     /// move left (RFC 9293 3.8.6.2.2, SHLD-14; RFC 7323 2.4). Data the
     /// storage cannot take within that edge is dropped, and the peer
     /// resends it (see `pressure_clip`).
+    ///
+    /// The same bound applies to a socket with a receive cap (see
+    /// `set_recv_cap`): it offers only what the cap leaves.
     fn rx_window(&self) -> usize {
         let window = self.rx_buffer.window();
-        if !self.memory_pressure {
+        let held = self.rx_buffer.len();
+        let mut free = self.recv_cap.saturating_sub(held);
+        if self.memory_pressure {
+            free = free.min(self.rx_buffer.pressure_capacity().saturating_sub(held));
+        }
+        if free >= window {
             return window;
         }
-        let free = self
-            .rx_buffer
-            .pressure_capacity()
-            .saturating_sub(self.rx_buffer.len());
+        // Room for what was promised: the window is the room (which the
+        // scale truncates to its unit, a retraction of less than a unit
+        // that RFC 7323 2.4 allows for). Only a promise beyond the room is
+        // kept whole, rounded up to the unit: rounded up every time, even
+        // when the room just met it, the edge crept right by up to a unit
+        // per segment, past the room.
+        let promised = self.promised_window();
+        if free >= promised {
+            return free;
+        }
         let unit = (1usize << self.remote_win_shift) - 1;
-        let promised = self.promised_window().saturating_add(unit) & !unit;
-        window.min(free.max(promised))
+        window.min(promised.saturating_add(unit) & !unit)
+    }
+
+    /// sal-tcp: the right edge of the last window advertised, if any.
+    fn advertised_edge(&self) -> Option<TcpSeqNumber> {
+        let last_ack = self.remote_last_ack?;
+        let shift = match self.remote_last_win_unscaled {
+            true => 0,
+            false => self.remote_win_shift,
+        };
+        Some(last_ack + ((self.remote_last_win as usize) << shift))
     }
 
     /// sal-tcp: bytes between the next byte expected and the right edge of
     /// the last window advertised (0 if none, or if data reached it).
     fn promised_window(&self) -> usize {
-        let Some(last_ack) = self.remote_last_ack else {
+        let Some(edge) = self.advertised_edge() else {
             return 0;
         };
         let next_ack = self.remote_seq_no + self.rx_buffer.len();
-        let edge = last_ack + ((self.remote_last_win as usize) << self.remote_win_shift);
         if edge > next_ack {
             edge - next_ack
         } else {
@@ -620,6 +654,7 @@ impl Socket {
         self.remote_max_seq = TcpSeqNumber::default();
         self.remote_last_ack = None;
         self.remote_last_win = 0;
+        self.remote_last_win_unscaled = false;
         self.remote_win_len = 0;
         self.remote_win_scale = None;
         self.remote_win_shift = window_shift(self.rx_buffer.capacity());
@@ -1110,13 +1145,20 @@ impl Socket {
         // to be received.
         reply_repr.seq_number = self.ack_seq();
         reply_repr.ack_number = Some(self.remote_seq_no + self.rx_buffer.len());
-        self.remote_last_ack = reply_repr.ack_number;
 
         // From RFC 1323:
         // The window field [...] of every outgoing segment, with the exception of SYN
         // segments, is right-shifted by [advertised scale value] bits[...]
+        // sal-tcp: the window is chosen before the acknowledgement it goes with
+        // is recorded: `rx_window` keeps the right edge of the window last
+        // advertised, which is the last acknowledgement plus the last window;
+        // recorded first, the new acknowledgement with the old window moved
+        // that edge right at every reply, and a window under memory pressure
+        // never closed (the peer kept sending what was then dropped).
         reply_repr.window_len = self.scaled_window();
+        self.remote_last_ack = reply_repr.ack_number;
         self.remote_last_win = reply_repr.window_len;
+        self.remote_last_win_unscaled = false;
 
         // If the remote supports selective acknowledgement, add the option to the outgoing
         // segment.
@@ -1366,11 +1408,7 @@ impl Socket {
         }
 
         let window_start = self.remote_seq_no + self.rx_buffer.len();
-        let window_end = if let Some(last_ack) = self.remote_last_ack {
-            last_ack + ((self.remote_last_win as usize) << self.remote_win_shift)
-        } else {
-            window_start
-        };
+        let window_end = self.advertised_edge().unwrap_or(window_start);
         let segment_start = repr.seq_number;
         let segment_end = repr.seq_number + repr.payload.len();
 
@@ -2316,7 +2354,7 @@ impl Socket {
                 repr.control = TcpControl::Syn;
                 repr.seq_number = self.local_seq_no;
                 // window len must NOT be scaled in SYNs.
-                repr.window_len = u16::try_from(self.rx_buffer.window()).unwrap_or(u16::MAX);
+                repr.window_len = u16::try_from(self.rx_window()).unwrap_or(u16::MAX);
                 if self.state == State::SynSent {
                     repr.ack_number = None;
                     repr.window_scale = Some(self.remote_win_shift);
@@ -2517,6 +2555,7 @@ impl Socket {
         self.remote_max_seq = self.remote_max_seq.max(self.remote_last_seq);
         self.remote_last_ack = repr.ack_number;
         self.remote_last_win = repr.window_len;
+        self.remote_last_win_unscaled = repr.control == TcpControl::Syn;
 
         if segment_len > 0 {
             self.rtte.on_send(now, repr.seq_number + segment_len);
@@ -2689,6 +2728,19 @@ impl Socket {
     /// Off (the default), the socket behaves as if this did not exist.
     pub fn set_memory_pressure(&mut self, pressure: bool) {
         self.memory_pressure = pressure;
+    }
+
+    /// sal-tcp: the most received data the socket offers to hold before
+    /// the application reads (`None`: its buffer's maximum, the default).
+    /// The window offered stops there, as Linux's does at a receive buffer
+    /// that grows only as the application reads: a server flow nobody has
+    /// accepted yet may hold a little (its driver bounds its memory), and a
+    /// window as large as its maximum would have the peer send what it then
+    /// drops. The right edge of a window already advertised never moves
+    /// left (as under memory pressure); a cap raised or lifted opens the
+    /// window at the next segment sent.
+    pub fn set_recv_cap(&mut self, cap: Option<usize>) {
+        self.recv_cap = cap.unwrap_or(usize::MAX);
     }
 
     /// Whether the socket was last told the host is under memory pressure.

@@ -621,7 +621,10 @@ fn listen_in_group_1(net: &mut Network, server: HostId, prefix: &str) -> sal::ta
 
 /// `count` flows from `client` to `service`, each of which writes its
 /// request (a pattern `len(i)` bytes long, from `seed + i`) and ends its
-/// sending; runs until all are written. Nobody on the server accepts them.
+/// sending once all of it is written; runs until all are written, or for
+/// 2 s: a flow nobody accepted offers a window of [`UNACCEPTED_BUFFER`],
+/// so the rest of a larger request waits in its client, for
+/// [`deliver_all`] to write. Nobody on the server accepts them.
 fn requests(
     net: &mut Network,
     client: HostId,
@@ -642,7 +645,7 @@ fn requests(
         })
         .collect();
     let mut shut = vec![false; count];
-    let written = net.run_until(Duration::from_secs(20), |net| {
+    net.run_until(Duration::from_secs(2), |net| {
         for (flow, shut) in requests.iter_mut().zip(&mut shut) {
             flow.push(net, client);
             if flow.sent == flow.data.len() && !*shut {
@@ -652,7 +655,6 @@ fn requests(
         }
         shut.iter().all(|&s| s)
     });
-    assert!(written, "the requests were written");
     requests
 }
 
@@ -898,4 +900,48 @@ fn a_flow_taken_to_be_handed_on_is_nobody_s_until_accepted() {
     });
     assert!(done, "stalled");
     assert!(flow.received == flow.data, "delivered bytes differ");
+}
+
+/// A flow nobody has accepted offers its peer no more window than it may
+/// hold ([`UNACCEPTED_BUFFER`]): the peer sends that much ahead of the
+/// accept and waits, instead of sending its whole upload for most of it to
+/// be dropped (and sent again once a retransmission timeout passed).
+#[test]
+fn a_flow_nobody_accepted_offers_only_the_window_it_may_hold() {
+    let (mut net, [client, server]) = hosts(37, HostConfig::default());
+    let listener = listen_in_group_1(&mut net, server, "ab/8");
+    let flow = net
+        .host(client)
+        .connect("ab".parse().unwrap(), Stream)
+        .unwrap();
+    let mut upload = [Parked {
+        ends: (flow, flow),
+        data: pattern(1 << 20, 800),
+        sent: 0,
+        received: Vec::new(),
+    }];
+    let _ = net.run_until(Duration::from_secs(3), |net| {
+        upload[0].push(net, client);
+        false
+    });
+    let stats = net.host(server).stats();
+    eprintln!(
+        "before the accept: {} pressure drops, {} out of order, {} bytes held",
+        stats.pressure_dropped,
+        stats.ooo_dropped,
+        net.host(server).unaccepted_buffer_bytes(listener)
+    );
+    assert_eq!(stats.pressure_dropped, 0, "data sent past what it may hold");
+    assert_eq!(stats.ooo_dropped, 0);
+    accept_all(&mut net, server, listener, &mut upload);
+    let started = net.now();
+    deliver_all(
+        &mut net,
+        &mut upload,
+        [client, server],
+        Duration::from_secs(30),
+    );
+    let took = net.now() - started;
+    eprintln!("the rest arrived {took} after the accept");
+    assert!(took < Duration::from_millis(500), "{took}");
 }

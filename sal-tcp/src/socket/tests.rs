@@ -7255,6 +7255,127 @@ fn test_memory_pressure_window_falls_to_the_storage_held_once_the_promise_is_use
 }
 
 #[test]
+fn test_memory_pressure_an_ack_sent_at_once_keeps_the_window_edge() {
+    let mut s = socket_elastic();
+    let stream = pressure_stream(20_000);
+    let ack = data_and_ack(&mut s, 0, 0, &stream[..1000]);
+    let edge = right_edge(&s, &ack);
+    let unit = 1usize << s.remote_win_shift;
+    let mut got = read_all(&mut s);
+    s.set_memory_pressure(true);
+    // More than the 4 KiB held, in one segment: its head is taken and
+    // the ACK comes at once (the rest is dropped). That ACK keeps the
+    // edge: it used to offer the last window again from its new
+    // acknowledgement, and moved the edge right by what was taken.
+    let mut offset = 1000;
+    for _ in 0..3 {
+        let ack = data_and_ack(&mut s, 1, offset, &stream[offset..offset + 6000]);
+        offset = ack.ack_number.unwrap() - (REMOTE_SEQ + 1);
+        assert!(s.pressure_dropped() > 0);
+        let new = right_edge(&s, &ack);
+        assert!(
+            new >= edge && new - edge < unit,
+            "the edge moved by {}",
+            new - edge
+        );
+        got.extend(read_all(&mut s));
+    }
+    assert!(got[..] == stream[..offset], "delivered bytes differ");
+}
+
+// sal-tcp: a receive cap (`Socket::set_recv_cap`)
+
+#[test]
+fn test_recv_cap_bounds_the_window_and_every_reply_keeps_its_edge() {
+    let mut s = socket_elastic();
+    // Established, the socket offered its whole 1 MiB; a cap set then
+    // keeps that promise, and offers no more.
+    let cap = 8192;
+    s.set_recv_cap(Some(cap));
+    let unit = 1usize << s.remote_win_shift;
+    let stream = pressure_stream((1 << 20) + 20_000);
+    let ack = data_and_ack(&mut s, 0, 0, &stream[..3000]);
+    let mut edge = right_edge(&s, &ack);
+    assert!(edge > REMOTE_SEQ + 1 + (1 << 19), "the promise is kept");
+    // The peer uses the promise up; the application reads nothing. No
+    // ACK moves the edge right (but for the scale's rounding): each used
+    // to offer the last window again from its new acknowledgement.
+    let mut offset = 3000;
+    loop {
+        let next = REMOTE_SEQ + 1 + offset;
+        let size = OOO_MSS.min(edge - next).min(stream.len() - offset);
+        if size == 0 {
+            break;
+        }
+        let ack = data_and_ack(&mut s, 1, offset, &stream[offset..offset + size]);
+        offset += size;
+        let new_edge = right_edge(&s, &ack);
+        assert!(new_edge < edge + unit, "the edge moved right at {offset}");
+        edge = new_edge;
+    }
+    assert!(offset < (1 << 20) + unit, "{offset} taken");
+    // Read, the window is what the cap leaves, not the buffer's 1 MiB.
+    let mut got = Vec::new();
+    while got.len() < offset {
+        let more = read_all(&mut s);
+        assert!(!more.is_empty());
+        got.extend(more);
+    }
+    assert!(got[..] == stream[..offset], "delivered bytes differ");
+    let ack = data_and_ack(&mut s, 2, offset, &stream[offset..offset + 100]);
+    let window = (ack.window_len as usize) << s.remote_win_shift;
+    assert!(
+        window <= cap && window + unit > cap - 100,
+        "{window} offered"
+    );
+    // The cap lifted, the whole window is offered again.
+    s.set_recv_cap(None);
+    let ack = data_and_ack(&mut s, 3, offset + 100, &stream[offset + 100..offset + 200]);
+    assert!((ack.window_len as usize) << s.remote_win_shift > 1 << 19);
+}
+
+#[test]
+fn test_recv_cap_window_after_data_ends_at_the_cap() {
+    let mut s = socket_elastic();
+    let cap = 8192;
+    let unit = 1usize << s.remote_win_shift;
+    // Capped from the first ACK on (the handshake offered the cap: a
+    // server flow nobody has accepted yet), each ACK's edge stays at the
+    // cap, however many there are: it used to creep right by up to a unit
+    // with every ACK, past the room, and the peer's last segments were
+    // dropped. The peer sends 700 bytes from each acknowledgement, the
+    // last ones past the edge: their heads are taken and answered at once,
+    // and the answers keep the edge too (they used to offer the last
+    // window again from their new acknowledgement, moving the edge right
+    // by what was taken).
+    s.set_recv_cap(Some(cap));
+    s.remote_last_ack = Some(REMOTE_SEQ + 1);
+    s.remote_last_win = u16::try_from(cap / unit).unwrap();
+    let stream = pressure_stream(cap + 700);
+    let mut offset = 0;
+    for acks in 1.. {
+        let ack = data_and_ack(&mut s, 0, offset, &stream[offset..offset + 700]);
+        let edge = right_edge(&s, &ack);
+        assert!(
+            edge <= REMOTE_SEQ + 1 + cap,
+            "edge {} past the cap after {acks} ACKs",
+            edge - (REMOTE_SEQ + 1)
+        );
+        let acked = ack.ack_number.unwrap() - (REMOTE_SEQ + 1);
+        if acked == offset {
+            break;
+        }
+        offset = acked;
+    }
+    // Closed within a unit of the cap (the scale truncates).
+    assert!(offset <= cap && offset + unit > cap, "closed at {offset}");
+    assert_eq!(s.pressure_dropped(), 0);
+    let mut got = read_all(&mut s);
+    got.extend(read_all(&mut s));
+    assert!(got[..] == stream[..offset], "delivered bytes differ");
+}
+
+#[test]
 fn test_memory_pressure_send_queue_takes_only_the_storage_held() {
     let mut s = socket_established_with_buffer_sizes(1 << 20, 64);
     s.tx_buffer = ElasticBuffer::new(4096, 1 << 20);

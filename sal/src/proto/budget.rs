@@ -72,7 +72,11 @@ pub const NO_GROUP: u32 = 0;
 /// application reads), but flows nobody has taken must not hold their
 /// maxima. Without it, a remote peer that opened flows to a user's
 /// listener and filled each (1 MiB) put that user's whole group under
-/// pressure at a quarter of the memory (found by a review).
+/// pressure at a quarter of the memory (found by a review). It is also the
+/// most such a flow offers its peer to send (`sal_tcp::Socket::set_recv_cap`):
+/// offered its whole window, a peer sent a large first request at once,
+/// most of which was dropped at this bound and sent again after a
+/// retransmission timeout.
 pub const UNACCEPTED_BUFFER: usize = 64 << 10;
 
 /// What the buffers of the flows one listener opened and nobody has

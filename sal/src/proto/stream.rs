@@ -42,6 +42,7 @@
 use sal_tcp::{RecvError, Socket, State, TcpSeqNumber};
 use smoltcp::time::{Duration, Instant};
 
+use super::budget::UNACCEPTED_BUFFER;
 use super::control::ControlKind;
 use super::flow::{Endpoint, Flow, FlowTransport};
 use super::output::{Transmit, TransmitKind};
@@ -388,6 +389,7 @@ impl Host {
         };
         let memory = socket.buffer_memory();
         socket.set_memory_pressure(Host::socket_pressure(pressure, unaccepted, memory));
+        socket.set_recv_cap(unaccepted.then_some(UNACCEPTED_BUFFER));
         let (before, drops_before) = (socket.buffer_memory(), socket_drops(socket));
         let was = (socket.send_queue(), socket.recv_queue(), socket.state());
         let handled = socket.handle_segment(now, segment);
@@ -605,6 +607,7 @@ impl Host {
         let room = if bare { BASE_HEADER_LEN } else { 0 };
         let memory = socket.buffer_memory();
         socket.set_memory_pressure(Host::socket_pressure(pressure, unaccepted, memory));
+        socket.set_recv_cap(unaccepted.then_some(UNACCEPTED_BUFFER));
         let (state_before, memory_before) = (socket.state(), socket.buffer_memory());
         let drops_before = socket_drops(socket);
         let segment = out.get_mut(room..).unwrap_or_default();
