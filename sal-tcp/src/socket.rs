@@ -222,6 +222,11 @@ pub struct Socket {
     /// segment of that window was lost: it is retransmitted at once instead
     /// of waiting for the retransmission timeout.
     recover: Option<TcpSeqNumber>,
+    /// sal-tcp: limited transmit (RFC 3042): bytes sent past the congestion
+    /// window on the first two duplicate ACKs since new data was last
+    /// acknowledged, left out of the flight size a fast retransmit halves
+    /// (RFC 5681 3.2 step 2).
+    limited_transmit: usize,
 
     /// Duration for Delayed ACK. If None no ACKs will be delayed.
     ack_delay: Option<Duration>,
@@ -362,6 +367,7 @@ impl Socket {
             local_rx_dup_acks: 0,
             pending_fast_retransmit: false,
             recover: None,
+            limited_transmit: 0,
             ack_delay: config.ack_delay,
             ack_delay_timer: AckDelayTimer::Idle,
             challenge_ack_timer: Instant::from_secs(0),
@@ -665,6 +671,7 @@ impl Socket {
         self.reply = None;
         self.trim_at = None;
         self.recover = None;
+        self.limited_transmit = 0;
         self.rx_in_order = [0; 2];
     }
 
@@ -761,7 +768,8 @@ impl Socket {
     /// sequence space that will be resent (0: nothing was in flight).
     ///
     /// Segments in flight on a path that died are lost, and the
-    /// retransmission timer would resend them only after at least a second.
+    /// retransmission timer would resend them only after its timeout
+    /// (SRTT + 200 ms at least, doubling with each in a row).
     /// This is that timeout's go-back without waiting for it and without its
     /// congestion response (the loss was the old path's, not congestion on
     /// the new one): the resent data stays within the congestion window,
@@ -1109,10 +1117,19 @@ impl Socket {
         self.remote_last_seq - self.local_seq_no
     }
 
+    /// What the congestion window leaves to send: the window, plus one
+    /// segment for each of the first two duplicate ACKs outside a recovery
+    /// (limited transmit, RFC 3042), less what is in flight.
     fn cwnd_remaining(&self) -> usize {
+        let limited_transmit = if self.recover.is_none() {
+            usize::from(self.local_rx_dup_acks.min(2)) * self.effective_mss()
+        } else {
+            0
+        };
         self.congestion_controller
             .inner()
             .window()
+            .saturating_add(limited_transmit)
             .saturating_sub(self.flight_size())
     }
 
@@ -1842,6 +1859,7 @@ impl Socket {
                         self.local_rx_dup_acks = 0;
                         net_debug!("reset duplicate ACK count");
                     }
+                    self.limited_transmit = 0;
                     self.local_rx_last_ack = Some(ack_number);
 
                     // sal-tcp: NewReno partial ACKs (RFC 6582 3.2 step 3).
@@ -1960,7 +1978,13 @@ impl Socket {
                     payload_len,
                     payload_offset
                 );
-                return None;
+                // sal-tcp: dropped, but still out of order: it earns the
+                // duplicate ACK (RFC 5681 4.2) that smoltcp withheld. Once
+                // a burst of losses has used every hole slot, the sender
+                // would otherwise hear nothing more of what arrives, and
+                // wait for its timeout where three of these would start a
+                // fast retransmit.
+                return Some(Reply::ack(repr));
             }
             let limit = self.ooo_limit(assembler.data_len());
             // Under memory pressure, only into storage already held.
@@ -2129,6 +2153,9 @@ impl Socket {
         if self.nagle && data_in_flight && !can_send_full && !want_fin {
             can_send = false;
         }
+        if self.silly_window(max_send) {
+            can_send = false;
+        }
 
         // Can we actually send the FIN? We can send it if:
         // 1. We have unsent data that fits in the remote window.
@@ -2137,6 +2164,30 @@ impl Socket {
         let can_fin = want_fin && self.remote_last_seq == self.local_seq_no + self.tx_buffer.len();
 
         can_send || can_fin
+    }
+
+    /// sal-tcp: sender silly window avoidance (RFC 9293 3.8.6.2.1,
+    /// MUST-38): whether `usable` bytes, what the peer's window and the
+    /// congestion window let out now, are better held back. They are when
+    /// they make less than a full segment, more data is queued than that,
+    /// they are less than half the peer's window, and data is in flight
+    /// (its ACK will open the window further, so nothing waits for a
+    /// timer). A short segment that carries all the queued data still goes
+    /// at once: every write is pushed, Nagle or not.
+    ///
+    /// smoltcp had only Nagle's algorithm, which the SAL turns off. A bulk
+    /// sender limited by its congestion window then sent whatever an ACK
+    /// opened, and an ACK of a short segment opens little: short segments
+    /// bred short segments, each as likely to be lost as a full one and
+    /// each costing a header (two in five segments of a 2 MiB transfer
+    /// under half the MSS, through 1 % loss).
+    fn silly_window(&self, usable: usize) -> bool {
+        let in_flight = self.flight_size();
+        let unsent = self.tx_buffer.len().saturating_sub(in_flight);
+        in_flight > 0
+            && usable < self.effective_mss()
+            && usable < unsent
+            && usable.saturating_mul(2) < self.remote_win_len
     }
 
     fn delayed_ack_expired(&self, timestamp: Instant) -> bool {
@@ -2271,12 +2322,15 @@ impl Socket {
 
                 // A timeout ends any fast recovery.
                 self.recover = None;
+                self.limited_transmit = 0;
             } else {
                 // If a fast rentrasmit timer expired, we should resend only the earliest unAcked segment
                 net_debug!("retransmitting for fast-retransmit");
 
                 // Inform the congestion controller that we're doing a fast retransmit and should enter the fast recovery state
-                let in_flight = self.flight_size();
+                // sal-tcp: what limited transmit sent is not part of it.
+                let in_flight = self.flight_size().saturating_sub(self.limited_transmit);
+                self.limited_transmit = 0;
                 self.congestion_controller
                     .inner_mut()
                     .on_loss(now, in_flight);
@@ -2425,7 +2479,12 @@ impl Socket {
                         // the remote got lost.
                         win_limit.min(device_limit)
                     } else {
-                        win_limit.min(device_limit).min(self.cwnd_remaining())
+                        let usable = win_limit.min(self.cwnd_remaining());
+                        if self.silly_window(usable) {
+                            0
+                        } else {
+                            usable.min(device_limit)
+                        }
                     };
 
                     let offset = self.flight_size();
@@ -2553,6 +2612,12 @@ impl Socket {
         let segment_len = payload_len + repr.control.len();
         self.remote_last_seq = self.remote_last_seq.max(repr.seq_number + segment_len);
         self.remote_max_seq = self.remote_max_seq.max(self.remote_last_seq);
+        if self.local_rx_dup_acks > 0 && self.recover.is_none() {
+            // sal-tcp: what this limited transmit put past the window.
+            let cwnd = self.congestion_controller.inner().window();
+            let beyond = self.flight_size().saturating_sub(cwnd);
+            self.limited_transmit = self.limited_transmit.max(beyond);
+        }
         self.remote_last_ack = repr.ack_number;
         self.remote_last_win = repr.window_len;
         self.remote_last_win_unscaled = repr.control == TcpControl::Syn;

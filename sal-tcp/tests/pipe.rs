@@ -45,8 +45,10 @@ fn transfers_byte_exact_on_a_perfect_network() {
 
 #[test]
 fn transfers_byte_exact_through_loss_and_reordering() {
+    // sal-tcp: seed 7, not 1, for 1 %: with silly window avoidance the
+    // transfer takes fewer segments, and seed 1 loses none of them.
     for (seed, loss, congestion_control) in [
-        (1, 0.01, CongestionControl::Cubic),
+        (7, 0.01, CongestionControl::Cubic),
         (2, 0.05, CongestionControl::Cubic),
         (3, 0.05, CongestionControl::Reno),
         (4, 0.10, CongestionControl::Cubic),
@@ -200,9 +202,10 @@ fn two_losses_in_one_window_recover_without_a_timeout() {
             assert_exchanged(&net, &up, &[]);
             assert_eq!(net.lost, 2);
             // Without recovery of the second loss, the retransmission timer
-            // (at least 1 s) would fire.
+            // (at least 200 ms after the last ACK) would fire: 0.49 s
+            // instead of 0.26 s.
             assert!(
-                net.now - start < Duration::from_millis(500),
+                net.now - start < Duration::from_millis(350),
                 "{congestion_control:?}, receiver closes first: {receiver_closes_first}: took {}",
                 net.now - start
             );
@@ -212,7 +215,7 @@ fn two_losses_in_one_window_recover_without_a_timeout() {
 
 /// A path that swallows everything for 50 ms mid-transfer, then works
 /// again (a SAL migration to another interface). Without `rewind`, what was
-/// in flight waits for the retransmission timeout (at least a second); with
+/// in flight waits for the retransmission timeout (at least 200 ms); with
 /// it, the transfer resumes at once.
 #[test]
 fn rewind_after_a_path_change_resends_at_once() {
@@ -238,9 +241,11 @@ fn rewind_after_a_path_change_resends_at_once() {
         assert!(net.run_until(MINUTE, |net| net.ends[1].received.len() > before + 100_000));
         let stall = net.now - outage_end;
         if rewind {
-            assert!(stall < Duration::from_millis(100), "rewound: {stall}");
+            assert!(stall < Duration::from_millis(20), "rewound: {stall}");
         } else {
-            assert!(stall > Duration::from_millis(900), "timeout: {stall}");
+            // The retransmission timeout: at least 200 ms after the last
+            // ACK, which came just before the outage.
+            assert!(stall > Duration::from_millis(140), "timeout: {stall}");
         }
         assert!(net.run_until(MINUTE, |net| net.ends[1].received.len() == up.len()));
         assert_eq!(net.ends[1].received, up);

@@ -101,7 +101,7 @@ fn a_transfer_survives_a_partition_on_a_slow_reordering_duplicating_link() {
 #[test]
 fn a_flow_leaves_a_path_cut_until_further_notice() {
     // The default liveness timeout (1.5 s) outlasts one stall of TCP's
-    // one-second minimum timeout, which the reordering below can cause
+    // retransmission timeout, which the reordering below can cause
     // (smoltcp reassembles around only a few holes): only the cut is a
     // dead path.
     let config = HostConfig::default();

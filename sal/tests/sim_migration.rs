@@ -541,7 +541,7 @@ fn the_latest_of_two_quick_migrations_wins() {
 #[test]
 fn data_resumes_within_a_few_round_trips_after_a_link_dies() {
     // 5 ms one way: an RTT of 10 ms. Without resending what the dead link
-    // swallowed, the transport would wait out its one-second minimum RTO.
+    // swallowed, the transport would wait out its retransmission timeout.
     let mut p = pair(HostConfig::default(), LinkConditions::default());
     let (client, server, cflow, sflow) = (p.client, p.server, p.cflow, p.sflow);
     let data = pattern(3 << 20, 11);

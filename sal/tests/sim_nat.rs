@@ -250,7 +250,7 @@ fn a_nat_rebinding_mid_download_is_followed_with_every_byte_and_a_short_stall() 
     let stats = n.net.host(n.server).stats();
     assert_eq!(stats.rebindings, 1);
     // What the old mapping swallowed is resent at once, not after the
-    // transport's one-second timeout.
+    // transport's retransmission timeout.
     assert!(stats.replayed > 0);
     assert!(stall < ms(300), "stall {stall}");
 }

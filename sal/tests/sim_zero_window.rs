@@ -1,6 +1,6 @@
 //! A flow whose receiver stops reading (a zero window) on a working path
-//! does not move: TCP's zero-window probes back off from the RTO (1 s,
-//! 2 s, 4 s ...), past half the liveness timeout, and the answer to the
+//! does not move: TCP's zero-window probes back off from the RTO (0.2 s,
+//! 0.4 s, 0.8 s ...), past half the liveness timeout, and the answer to the
 //! liveness probe is a control message only. Counting that answer as no
 //! evidence (as for a black hole: `sim_blackhole`) made such a flow move
 //! 20 times in 20 s.

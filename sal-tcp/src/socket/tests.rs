@@ -3,6 +3,7 @@
 //! context. Changes to expectations are marked with `sal-tcp:` comments.
 
 use super::*;
+use crate::assembler::ASSEMBLER_MAX_SEGMENT_COUNT;
 use crate::buffer::ElasticBuffer;
 use crate::timer::{ACK_DELAY_DEFAULT, CLOSE_DELAY};
 use smoltcp::wire::TcpPacket;
@@ -6397,9 +6398,12 @@ fn test_timer_retransmit() {
 fn test_rtt_estimator() {
     let mut r = RttEstimator::default();
 
+    // sal-tcp: the variance term is at least 200 ms (Linux's `tcp_rto_min`),
+    // not 5 ms: the RTO settles at SRTT + 200 ms instead of creeping down to
+    // SRTT + 12 ms.
     let rtos = &[
-        6000, 5000, 4252, 3692, 3272, 2956, 2720, 2540, 2408, 2308, 2232, 2176, 2132, 2100, 2076,
-        2060, 2048, 2036, 2028, 2024, 2020, 2016, 2012, 2012,
+        6000, 5000, 4252, 3692, 3272, 2956, 2720, 2540, 2408, 2308, 2232, 2200, 2200, 2200, 2200,
+        2200, 2200, 2200, 2200, 2200, 2200, 2200, 2200, 2200,
     ];
 
     for &rto in rtos {
@@ -6685,8 +6689,10 @@ fn test_ack_after_rto_carries_highest_seq_sent() {
     while let Some(len) = s.poll_transmit(Instant::ZERO, LOCAL_ADDR, REMOTE_ADDR, &mut [0; 2000]) {
         sent += len - TCP_HEADER_LEN;
     }
-    // The initial congestion window let 2048 bytes out.
-    assert_eq!(sent, 2048);
+    // The initial congestion window (2048 bytes) let three 536-byte
+    // segments out; sal-tcp: the 440 bytes left of it wait for a full
+    // segment (silly window avoidance).
+    assert_eq!(sent, 3 * 536);
     // The retransmission timeout rewinds and resends what the collapsed
     // congestion window allows.
     let mut out = [0; 2000];
@@ -6699,8 +6705,8 @@ fn test_ack_after_rto_carries_highest_seq_sent() {
     while let Some(len) = s.poll_transmit(now, LOCAL_ADDR, REMOTE_ADDR, &mut out) {
         resent += len - TCP_HEADER_LEN;
     }
-    assert!(resent < 2048);
-    // The peer, which got all 2048 bytes, sends data: our ACK must carry a
+    assert!(resent < sent);
+    // The peer, which got all of it, sends data: our ACK must carry a
     // sequence number it finds acceptable.
     send!(
         s,
@@ -6717,7 +6723,7 @@ fn test_ack_after_rto_carries_highest_seq_sent() {
         s,
         time 1001,
         Ok(TcpRepr {
-            seq_number: LOCAL_SEQ + 1 + 2048,
+            seq_number: LOCAL_SEQ + 1 + sent,
             ack_number: Some(REMOTE_SEQ + 1 + 3),
             window_len: 4093,
             ..RECV_TEMPL
@@ -7431,4 +7437,226 @@ fn test_memory_pressure_gives_up_out_of_order_data_held_at_the_next_trim_point()
     assert_eq!((s.pressure_dropped(), s.out_of_order_dropped()), (1, 0));
     drain(&mut s, 2000);
     assert_eq!(s.buffer_memory(), 0, "and the memory went back");
+}
+
+// =========================================================================================//
+// sal-tcp: loss recovery through random loss (see the crate docs).
+// =========================================================================================//
+
+#[test]
+fn test_out_of_order_segment_past_the_hole_slots_earns_a_duplicate_ack() {
+    // A full router queue drops every other segment of a window: the
+    // receiver soon holds as many out-of-order ranges as it can track. A
+    // segment that would open one more hole cannot be kept, but it is
+    // still out of order and must earn the immediate duplicate ACK (RFC
+    // 5681 4.2): the sender counts them to find its losses. smoltcp
+    // dropped it without a word.
+    let mut s = socket_elastic();
+    let stream: Vec<u8> = (0..40 * OOO_MSS).map(|i| (i * 7) as u8).collect();
+    let segments: Vec<&[u8]> = stream.chunks(OOO_MSS).collect();
+    for i in (1..=2 * ASSEMBLER_MAX_SEGMENT_COUNT).step_by(2) {
+        send_out_of_order(&mut s, 0, i * OOO_MSS, segments[i]);
+    }
+    assert_eq!(s.assembler.iter_data().count(), ASSEMBLER_MAX_SEGMENT_COUNT);
+    let next = 2 * ASSEMBLER_MAX_SEGMENT_COUNT + 1;
+    send_out_of_order(&mut s, 0, next * OOO_MSS, segments[next]);
+    assert_eq!(s.assembler.iter_data().count(), ASSEMBLER_MAX_SEGMENT_COUNT);
+    // The retransmissions then deliver everything up to the last range kept.
+    for i in (0..2 * ASSEMBLER_MAX_SEGMENT_COUNT).step_by(2) {
+        send(
+            &mut s,
+            Instant::from_millis(10),
+            &data_at(i * OOO_MSS, segments[i]),
+        );
+    }
+    let kept = 2 * ASSEMBLER_MAX_SEGMENT_COUNT * OOO_MSS;
+    assert!(read_all(&mut s) == stream[..kept], "delivered bytes differ");
+}
+
+#[test]
+fn test_limited_transmit_sends_new_data_on_the_first_two_duplicate_acks() {
+    // RFC 3042: a window of two segments loses its first. The second earns
+    // one duplicate ACK, too few for fast retransmit; each of the first two
+    // duplicates lets one new segment out beyond the congestion window, and
+    // their duplicate ACKs make the three. Without it the loss waited for
+    // the retransmission timeout.
+    let mut s = socket_established_with_buffer_sizes(8192, 64);
+    s.set_congestion_control(CongestionControl::Reno);
+    s.remote_win_len = 65535;
+    s.remote_mss = 1024;
+    let ack = TcpRepr {
+        seq_number: REMOTE_SEQ + 1,
+        ack_number: Some(LOCAL_SEQ + 1),
+        window_len: 65535,
+        ..SEND_TEMPL
+    };
+    send!(s, time 0, ack);
+    let data: Vec<u8> = (0..8192).map(|i| i as u8).collect();
+    s.send_slice(&data).unwrap();
+    let segment = |n: usize| TcpRepr {
+        seq_number: LOCAL_SEQ + 1 + n * 1024,
+        ack_number: Some(REMOTE_SEQ + 1),
+        payload: &data[n * 1024..(n + 1) * 1024],
+        ..RECV_TEMPL
+    };
+    // Reno's initial window: two segments.
+    recv!(s, time 0, [segment(0), segment(1)]);
+    let window = s.congestion_controller.inner().window();
+    // Segment 0 is lost; segment 1 earns the first duplicate ACK.
+    send!(s, time 10, ack);
+    recv!(s, time 10, [segment(2)]);
+    send!(s, time 20, ack);
+    recv!(s, time 20, [segment(3)]);
+    assert_eq!(
+        s.congestion_controller.inner().window(),
+        window,
+        "the congestion window is not changed"
+    );
+    // The third duplicate ACK: fast retransmit, and a recovery up to all
+    // that was sent.
+    send!(s, time 30, ack);
+    recv!(s, time 30, Ok(segment(0)));
+    assert_eq!(s.recover, Some(LOCAL_SEQ + 1 + 4 * 1024));
+}
+
+#[test]
+fn test_limited_transmit_is_left_out_of_the_flight_a_fast_retransmit_halves() {
+    // RFC 5681 3.2 step 2: ssthresh comes from what was in flight before
+    // limited transmit sent more. Reno, grown to eight segments in flight.
+    let mut s = socket_established_with_buffer_sizes(32768, 64);
+    s.set_congestion_control(CongestionControl::Reno);
+    s.remote_win_len = 65535;
+    s.remote_mss = 1024;
+    let ack = |n: usize| TcpRepr {
+        seq_number: REMOTE_SEQ + 1,
+        ack_number: Some(LOCAL_SEQ + 1 + n * 1024),
+        window_len: 65535,
+        ..SEND_TEMPL
+    };
+    send!(s, time 0, ack(0));
+    s.send_slice(&[7; 32768]).unwrap();
+    let mut sent = 0;
+    let mut drain_data = |s: &mut TestSocket, ms: i64| {
+        let mut out = [0; 2000];
+        while let Some(len) =
+            s.poll_transmit(Instant::from_millis(ms), LOCAL_ADDR, REMOTE_ADDR, &mut out)
+        {
+            sent += parse_sent(&out[..len]).payload.len() / 1024;
+        }
+        sent
+    };
+    assert_eq!(drain_data(&mut s, 0), 2);
+    // Slow start: two segments, then one more for each of six ACKs.
+    for n in 1..=6 {
+        send!(s, time 10, ack(n));
+        drain_data(&mut s, 10);
+    }
+    assert_eq!(drain_data(&mut s, 10), 14);
+    assert_eq!(s.flight_size(), 8 * 1024);
+    // Segment 6 is lost: two duplicates let out two more, the third
+    // starts fast retransmit.
+    for ms in [20, 30, 40] {
+        send!(s, time ms, ack(6));
+        drain_data(&mut s, ms);
+    }
+    assert_eq!(
+        drain_data(&mut s, 40),
+        17,
+        "two new segments, one retransmission"
+    );
+    // Reno: ssthresh = 8 segments / 2, cwnd = ssthresh + 3 segments.
+    assert_eq!(s.congestion_controller.inner().window(), (4 + 3) * 1024);
+}
+
+#[test]
+fn test_window_limited_sender_waits_for_a_full_segment() {
+    // Sender silly window avoidance (RFC 9293 3.8.6.2.1): with more queued
+    // than the congestion window lets out, an ACK that opens it by a few
+    // bytes does not send a sliver of that size; the next ACK opens it to
+    // a full segment. Without Nagle (the SAL's setting), smoltcp sent the
+    // sliver, and in a bulk transfer the slivers bred: each one's ACK opened
+    // the window by as little again (two in five segments under half the
+    // MSS through 1 % loss, each as likely to be lost as a full one).
+    let mut s = socket_established_with_buffer_sizes(8192, 64);
+    s.set_congestion_control(CongestionControl::Reno);
+    s.set_nagle_enabled(false);
+    s.remote_win_len = 65535;
+    s.remote_mss = 1024;
+    let ack = |n: usize| TcpRepr {
+        seq_number: REMOTE_SEQ + 1,
+        ack_number: Some(LOCAL_SEQ + 1 + n),
+        window_len: 65535,
+        ..SEND_TEMPL
+    };
+    send!(s, time 0, ack(0));
+    let data: Vec<u8> = (0..8000).map(|i| i as u8).collect();
+    s.send_slice(&data).unwrap();
+    let segment = |from: usize, len: usize| TcpRepr {
+        seq_number: LOCAL_SEQ + 1 + from,
+        ack_number: Some(REMOTE_SEQ + 1),
+        payload: &data[from..from + len],
+        ..RECV_TEMPL
+    };
+    recv!(s, time 0, [segment(0, 1024), segment(1024, 1024)]);
+    // The peer acknowledged 100 bytes (a sender that had sent a sliver):
+    // the window now lets out 200.
+    send!(s, time 10, ack(100));
+    recv_nothing!(s, time 10);
+    // The rest of the first segment: room for two full ones (slow start).
+    send!(s, time 20, ack(1024));
+    recv!(s, time 20, [segment(2048, 1024), segment(3072, 1024)]);
+    // Then full segments, and the end of the data whatever its size: all
+    // that is queued, it goes as soon as the window lets it.
+    let mut out = [0; 2000];
+    let mut sizes = Vec::new();
+    for ms in 30..40 {
+        let sent = s.remote_last_seq - (LOCAL_SEQ + 1);
+        send!(s, time ms, ack(sent));
+        while let Some(len) =
+            s.poll_transmit(Instant::from_millis(ms), LOCAL_ADDR, REMOTE_ADDR, &mut out)
+        {
+            sizes.push(parse_sent(&out[..len]).payload.len());
+        }
+    }
+    assert_eq!(sizes.iter().sum::<usize>(), 8000 - 4096, "all of it sent");
+    assert!(
+        sizes[..sizes.len() - 1].iter().all(|&n| n == 1024),
+        "{sizes:?}"
+    );
+}
+
+#[test]
+fn test_retransmission_timeout_is_the_round_trip_plus_200_ms() {
+    // After a 20 ms round trip the retransmission timeout is SRTT + 200 ms
+    // (Linux's minimum variance term), not RFC 6298's 1 s floor: a lost
+    // retransmission, or a loss with too few segments behind it for
+    // duplicate ACKs, costs a fifth of the time.
+    let mut s = socket_established();
+    s.set_nagle_enabled(false);
+    s.send_slice(b"abcdef").unwrap();
+    recv!(s, time 0, Ok(TcpRepr {
+        seq_number: LOCAL_SEQ + 1,
+        ack_number: Some(REMOTE_SEQ + 1),
+        payload: &b"abcdef"[..],
+        ..RECV_TEMPL
+    }));
+    send!(s, time 20, TcpRepr {
+        seq_number: REMOTE_SEQ + 1,
+        ack_number: Some(LOCAL_SEQ + 1 + 6),
+        ..SEND_TEMPL
+    });
+    assert_eq!(s.rtte.retransmission_timeout(), Duration::from_millis(220));
+    s.send_slice(b"012345").unwrap();
+    let segment = TcpRepr {
+        seq_number: LOCAL_SEQ + 1 + 6,
+        ack_number: Some(REMOTE_SEQ + 1),
+        payload: &b"012345"[..],
+        ..RECV_TEMPL
+    };
+    recv!(s, time 20, Ok(segment));
+    recv_nothing!(s, time 239);
+    recv!(s, time 240, Ok(segment));
+    // Backed off: twice that until a new round-trip sample.
+    recv_nothing!(s, time 679);
+    recv!(s, time 680, Ok(segment));
 }

@@ -14,9 +14,10 @@
 //!
 //! A flow that waits may also have given its peer nothing to answer: on a
 //! lossy path the segment it waits on may be lost, and TCP then stays
-//! silent until its retransmission timeout, which is at least a second and
-//! doubles with each timeout in a row (a second copy lost, or a timeout not
-//! yet undone by a fresh round-trip sample), well past `liveness_timeout`.
+//! silent until its retransmission timeout, which is the round trip plus
+//! 200 ms at least and doubles with each timeout in a row (a second copy
+//! lost, or a timeout not yet undone by a fresh round-trip sample), past
+//! `liveness_timeout` after a few.
 //! Taken for a dead path, such a wait moved flows back and forth on paths
 //! that worked. So where a verdict could move the flow (somewhere else to
 //! go), a flow silent for half the timeout asks itself ([`Verdict::Doubt`]:

@@ -9,7 +9,7 @@
 //! is confirmed, or as soon as the peer is heard from its new locator
 //! ([`sal_tcp::Socket::rewind`]: from the socket's own send buffer, so
 //! nothing is copied while all is well), rather than after the transport's
-//! one-second minimum timeout.
+//! retransmission timeout.
 //!
 //! Moves happen on request ([`Host::migrate`]), when an interface goes down
 //! or is renumbered, and when the liveness verdict says a path went silent

@@ -29,7 +29,7 @@
 //!   that opened the flow.
 //! - **Nudges.** A client whose NAT rebinds the flow mid-transfer loses
 //!   what the peer sends to the old mapping: the answers to its data (it
-//!   then sends nothing more until its transport's one-second timeout), or
+//!   then sends nothing more until its transport's retransmission timeout), or
 //!   the rest of a download (a receiver has nothing to say). Either way the
 //!   peer cannot know where the client went until the client speaks. So a
 //!   busy client flow over UDP (one that waits for an answer, or whose peer
@@ -54,7 +54,7 @@
 //!   carrying the peer's nonce (as QUIC moves a connection only to a path
 //!   that echoed its PATH_CHALLENGE). Then, and only then, the flow's
 //!   socket resends what is in flight (`sal_tcp::Socket::rewind`), so that
-//!   the transport never waits for its one-second timeout; until then the
+//!   the transport never waits for its retransmission timeout; until then the
 //!   new address gets nothing but challenges, no bigger than the packets
 //!   that drew them (save a bare 12-byte header's), at most one per packet
 //!   and at most ten a second for each of the two budgets below. Nor do
