@@ -24,6 +24,7 @@ use crate::pool;
 use crate::real;
 use crate::table::{self, ident, lock, Domain, Entry, Kind, ListenerControl, State};
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// An errno value.
@@ -451,7 +452,9 @@ pub(crate) fn connect(fd: RawFd, addr: Option<&[u8]>, pass: impl FnOnce() -> c_i
 /// non-blocking one, or one that was interrupted or timed out: see
 /// [`Entry::untold`]), `EISCONN` otherwise.
 fn connect_connected(fd: RawFd) -> Res<c_int> {
-    match with_entry(fd, |entry| Some(std::mem::take(&mut entry.untold))) {
+    match with_entry(fd, |entry| {
+        Some(entry.untold.swap(false, Ordering::Relaxed))
+    }) {
         Some(true) => Ok(0),
         _ => Err(libc::EISCONN),
     }
@@ -686,7 +689,7 @@ fn start_connect(
         entry.gen = table::next_gen();
         entry.so_error = 0;
         entry.parked = 0;
-        entry.untold = false;
+        entry.untold.store(false, Ordering::Relaxed);
         // The caller's wait, on a copy of the placeholder (taken before the
         // flow can replace it), and its limit. Without a placeholder (none
         // could be made, or no descriptor for the copy) the connect waits
@@ -779,7 +782,8 @@ fn connect_timed(fd: RawFd, gen: u64, waiter: OwnedFd, limit: Duration) -> Res<c
 /// the outcome there): a receive timeout the program set on the
 /// placeholder would only cut the wait of a later untimed `connect`
 /// short, so it is turned off; the option record still gives it to the
-/// flow, and to the waits of reads.
+/// flow, and to the waits of reads (and to the placeholder again, should
+/// the connect fail: [`restore_receive_timeout`]).
 fn mark_parked(entry: &mut Entry, fd: RawFd) {
     entry.parked = std::process::id();
     if entry.wake().is_some()
@@ -797,6 +801,29 @@ fn mark_parked(entry: &mut Entry, fd: RawFd) {
                 libc::SO_RCVTIMEO,
                 off.as_ptr().cast(),
                 off.len() as libc::socklen_t,
+            )
+        };
+    }
+}
+
+/// Sets the receive timeout the program gave the socket of `entry` (from
+/// the record of its options) on the placeholder at `fd` again, which
+/// [`mark_parked`] turned off, once the connect failed and the
+/// placeholder stays.
+fn restore_receive_timeout(entry: &Entry, fd: RawFd) {
+    if let Some((_, value)) = entry
+        .options
+        .iter()
+        .find(|(name, _)| *name == libc::SO_RCVTIMEO)
+    {
+        // SAFETY: `value` is valid for its length (the kernel took it once).
+        unsafe {
+            real::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                value.as_ptr().cast(),
+                value.len() as libc::socklen_t,
             )
         };
     }
@@ -938,7 +965,9 @@ fn parked_waiter(fd: RawFd, timeout: c_int) -> Res<Option<(OwnedFd, u64, Option<
 
 /// Waits until the placeholder copy `waiter` hangs up (the connect is
 /// over, or the socket was closed), for `limit` at most
-/// (`EAGAIN` then, at once for a zero limit).
+/// (`EAGAIN` then, at once for a zero limit). A limit too far off for a
+/// deadline (a timeout of `LONG_MAX` s, which Linux takes as none) is
+/// none.
 ///
 /// Without a limit, the wait is a blocking `recv` (`MSG_PEEK`; nothing is
 /// ever readable there) that the kernel interrupts as it does TCP's wait
@@ -951,7 +980,7 @@ fn parked_waiter(fd: RawFd, timeout: c_int) -> Res<Option<(OwnedFd, u64, Option<
 /// any signal, `SA_RESTART` or not.
 fn await_parked(waiter: OwnedFd, limit: Option<Duration>) -> Res<()> {
     let at = waiter.as_raw_fd();
-    let deadline = limit.map(|limit| Instant::now() + limit);
+    let deadline = limit.and_then(|limit| Instant::now().checked_add(limit));
     loop {
         if deadline.is_none() {
             let mut byte = 0u8;
@@ -1023,7 +1052,7 @@ fn connect_outcome(fd: RawFd, gen: u64) -> Res<c_int> {
             Some(entry) if entry.gen != gen => Err(libc::EBADF),
             Some(entry) => match entry.state {
                 State::Connected => {
-                    entry.untold = false;
+                    entry.untold.store(false, Ordering::Relaxed);
                     Ok(0)
                 }
                 State::Connecting { .. } => Err(libc::EALREADY),
@@ -1145,7 +1174,7 @@ fn finish_connect(
                 match installed {
                     Ok(()) => {
                         entry.state = State::Connected;
-                        entry.untold = async_;
+                        entry.untold.store(async_, Ordering::Relaxed);
                         entry.ident = ident(fd);
                         entry.peer = Some(peer);
                         if entry.local.is_none() {
@@ -1162,6 +1191,11 @@ fn finish_connect(
                         // non-blocking one through SO_ERROR, as TCP does.
                         if async_ {
                             entry.so_error = errno;
+                        }
+                        // The placeholder stays: the receive timeout that
+                        // `mark_parked` turned off is the program's again.
+                        if shut && wake.is_some() {
+                            restore_receive_timeout(entry, fd);
                         }
                     }
                 }

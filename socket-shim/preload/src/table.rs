@@ -180,8 +180,11 @@ pub(crate) struct Entry {
     /// was non-blocking, interrupted or timed out), and no `connect` has
     /// said so yet: the next returns 0, the ones after it `EISCONN`, as
     /// TCP's (whose socket stays `SS_CONNECTING` until a `connect` call
-    /// sees it connected). Cleared when a connect starts.
-    pub untold: bool,
+    /// sees it connected). Shared by the copies `dup` made of the flow, as
+    /// that state is the socket's: the first `connect` on any of them is
+    /// the one. Cleared when a connect starts. Read and written under the
+    /// table lock.
+    pub untold: Arc<AtomicBool>,
     /// epoll registrations of this descriptor, re-added after a swap.
     pub epoll: Vec<(RawFd, libc::epoll_event)>,
     /// Socket-level options the program set (name, value), set again on
@@ -209,7 +212,7 @@ impl Entry {
             state,
             so_error: 0,
             parked: 0,
-            untold: false,
+            untold: Arc::default(),
             epoll: Vec::new(),
             options: Vec::new(),
             owner: std::process::id() as libc::pid_t,
@@ -275,6 +278,7 @@ impl Entry {
         // forked child's last copy must not unbind it.
         copy.owner = self.owner;
         copy.reset = Arc::clone(&self.reset);
+        copy.untold = Arc::clone(&self.untold);
         Some(copy)
     }
 

@@ -242,14 +242,18 @@ fn a_signal_interrupts_a_blocking_connect_as_tcp() {
 /// A blocking connect on a socket with `SO_SNDTIMEO` gives up as TCP's
 /// does when that time has passed: `EINPROGRESS`, and the connect goes on
 /// as a non-blocking one (`poll` shows it writable once connected,
-/// `SO_ERROR` 0, the next `connect` 0, then `EISCONN`); meanwhile a
+/// `SO_ERROR` 0, the next `connect` 0, then `EISCONN`, on a `dup` of the
+/// descriptor too, whose first `connect` is the one); meanwhile a
 /// non-blocking connect is `EALREADY`, a blocking one waits the timeout
 /// again (`EALREADY`), a write or read waits its timeout (`EAGAIN`), and any
 /// signal interrupts the wait (`EINTR`, with `SA_RESTART` too, as TCP's
-/// with a timeout); a negative timeout gives up at once; in inet mode
-/// too. Nobody answers for the service until a host comes up for it,
-/// after the program says so. Connects left in flight so take one thread
-/// and one control connection for the process, not one each.
+/// with a timeout); a negative timeout gives up at once, one too long to
+/// matter (`LONG_MAX` s) waits for the outcome; a connect that fails
+/// within the wait reports it, the receive timeout as the program set it
+/// after; in inet mode too. Nobody answers for the service until a host
+/// comes up for it, after the program says so. Connects left in flight
+/// so take one thread and one control connection for the process, not
+/// one each.
 #[test]
 fn a_blocking_connect_gives_up_after_so_sndtimeo_as_tcp() {
     let sald = Sald::start();
@@ -270,13 +274,13 @@ fn a_blocking_connect_gives_up_after_so_sndtimeo_as_tcp() {
             })
             .expect("rule");
     }
-    let args = ["connect-timeout", "c7c701", "7203", "c0c001"];
+    let args = ["connect-timeout", "c7c701", "7203", "c0c001", "dead07"];
     let mut cmd = sald.run(&["--map", "7203=c7c701"], c_program(), &args);
     cmd.stdout(Stdio::piped());
     let mut connecting = Proc::spawn("serval_test connect-timeout", &mut cmd);
     connecting.wait_ready("connecting");
     let far = Sald::start_on(far);
-    let mut srv = server(&far, &["stream-server", "c7c701", "3"]);
+    let mut srv = server(&far, &["stream-server", "c7c701", "4"]);
     connecting.success(T);
     srv.success(T);
     // Connects that timed out go on through the process's connector: one

@@ -94,17 +94,20 @@
  *                                             for the outcome, a write waits for the
  *                                             connect, a fresh connect rides out signals;
  *                                             then echoes on each
- *   connect-timeout S1 PORT HOLE              blocking connects on sockets with SO_SNDTIMEO
+ *   connect-timeout S1 PORT HOLE DEAD         blocking connects on sockets with SO_SNDTIMEO
  *                                             (S1, and the PORT inet mode maps to it,
  *                                             unreachable until the test starts a host for
- *                                             it after "connecting"; HOLE never answers):
+ *                                             it after "connecting"; HOLE never answers;
+ *                                             DEAD has no route: the error, and SO_RCVTIMEO
+ *                                             reads as set):
  *                                             EINPROGRESS after that long and the connect
  *                                             goes on (EALREADY, a blocking connect, write
  *                                             or read waits the timeout, then EALREADY or
  *                                             EAGAIN); EINTR from any signal, SA_RESTART
  *                                             or not; a negative timeout gives up at once;
- *                                             once connected, connect 0 then EISCONN;
- *                                             then echoes on each
+ *                                             once connected, connect 0 then EISCONN (the
+ *                                             first on a dup for one); then echoes on each;
+ *                                             a connect with SO_SNDTIMEO LONG_MAX s echoes
  *   connect-timeout-many HOLE N               N blocking connects with SO_SNDTIMEO left in
  *                                             flight after EINPROGRESS: one connector
  *                                             thread and connection for them all
@@ -119,6 +122,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
@@ -2004,22 +2008,28 @@ static int took(const char *call, double start, double low, double high) {
 
 /* A connect that completed in the background (poll shows it writable,
  * SO_ERROR 0): as TCP's, the next connect returns 0, the one after
- * EISCONN. */
-static void connected_in_background(int fd, const struct sockaddr *sa, socklen_t len, const char *what) {
+ * EISCONN; with `copy`, the first goes on a dup of the descriptor (the
+ * state is the socket's, shared by its copies), the later ones on both. */
+static void connected_in_background(int fd, const struct sockaddr *sa, socklen_t len, const char *what, int copy) {
     struct pollfd p = {.fd = fd, .events = POLLOUT};
     CHECK(poll(&p, 1, 20000) == 1 && (p.revents & POLLOUT) && !(p.revents & POLLHUP),
           "%s connects (revents %#x)", what, p.revents);
     int err = -1;
     socklen_t elen = sizeof err;
     CHECK(getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &elen) == 0 && err == 0, "%s: SO_ERROR %d", what, err);
-    CHECK(connect(fd, sa, len) == 0, "%s: the first connect after it connected", what);
+    int first = copy ? dup(fd) : fd;
+    CHECK(connect(first, sa, len) == 0, "%s: the first connect after it connected", what);
     EXPECT_ERR(connect(fd, sa, len), EISCONN);
+    if (copy) {
+        EXPECT_ERR(connect(first, sa, len), EISCONN);
+        close(first);
+    }
 }
 
 /* As a blocking TCP connect on a socket with SO_SNDTIMEO: it waits that
  * long, then fails with EINPROGRESS and the connect goes on, as a
  * non-blocking one (see the top of the file for the services). */
-static int connect_timeout(const char *s1, int port, const char *hole) {
+static int connect_timeout(const char *s1, int port, const char *hole, const char *dead) {
     struct sockaddr_sv sa1 = sv_addr(s1), sah = sv_addr(hole);
     int a = socket(AF_SERVAL, SOCK_STREAM, 0);
     if (a < 0) die("socket");
@@ -2074,6 +2084,20 @@ static int connect_timeout(const char *s1, int port, const char *hole) {
     EXPECT_ERR(connect(h, (struct sockaddr *)&sah, sizeof sah), EINPROGRESS);
     took("a connect with a negative SO_SNDTIMEO", start, 0, 0.2);
     close(h);
+    /* One that fails within its wait reports the error, and leaves the
+     * receive timeout as the program set it. */
+    struct sockaddr_sv sad = sv_addr(dead);
+    int f = socket(AF_SERVAL, SOCK_STREAM, 0);
+    if (f < 0) die("socket");
+    set_timeout(f, SO_SNDTIMEO, 5000000);
+    set_timeout(f, SO_RCVTIMEO, 200000);
+    EXPECT_ERR(connect(f, (struct sockaddr *)&sad, sizeof sad), EHOSTUNREACH);
+    struct timeval rt = {0, 0};
+    socklen_t rlen = sizeof rt;
+    CHECK(getsockopt(f, SOL_SOCKET, SO_RCVTIMEO, &rt, &rlen) == 0 && rt.tv_sec == 0 && rt.tv_usec > 150000 &&
+              rt.tv_usec < 250000,
+          "SO_RCVTIMEO after a failed timed connect (%ld.%06ld)", (long)rt.tv_sec, (long)rt.tv_usec);
+    close(f);
     /* Inet mode (PORT maps to S1 too): the program's TCP socket. */
     struct sockaddr_in sin = inet_addr_port(0x0a090909, port);
     int d = socket(AF_INET, SOCK_STREAM, 0);
@@ -2087,9 +2111,18 @@ static int connect_timeout(const char *s1, int port, const char *hole) {
     CHECK(poll(&p, 1, 0) == 0, "TCP connect in progress, not writable (revents %#x)", p.revents);
 
     say("connecting");
-    connected_in_background(a, (struct sockaddr *)&sa1, sizeof sa1, "the timed-out connect");
-    connected_in_background(b, (struct sockaddr *)&sa1, sizeof sa1, "the interrupted connect");
-    connected_in_background(d, (struct sockaddr *)&sin, sizeof sin, "the timed-out TCP connect");
+    connected_in_background(a, (struct sockaddr *)&sa1, sizeof sa1, "the timed-out connect", 0);
+    connected_in_background(b, (struct sockaddr *)&sa1, sizeof sa1, "the interrupted connect, seen by a dup", 1);
+    connected_in_background(d, (struct sockaddr *)&sin, sizeof sin, "the timed-out TCP connect", 0);
+    /* A send timeout too long to matter (Linux takes one this long as
+     * none, and reads it back as 0) lets the connect finish. */
+    int e = socket(AF_SERVAL, SOCK_STREAM, 0);
+    if (e < 0) die("socket");
+    struct timeval forever = {.tv_sec = LONG_MAX};
+    CHECK(setsockopt(e, SOL_SOCKET, SO_SNDTIMEO, &forever, sizeof forever) == 0, "SO_SNDTIMEO LONG_MAX s");
+    CHECK(connect(e, (struct sockaddr *)&sa1, sizeof sa1) == 0, "connect with SO_SNDTIMEO LONG_MAX s");
+    CHECK(echo_check(e, 1000) == 0, "echo on the connect with SO_SNDTIMEO LONG_MAX s");
+    close(e);
     int fds[3] = {a, b, d};
     for (int i = 0; i < 3; i++) {
         /* The flow has the timeout too; the echo's writes may wait longer. */
@@ -2305,7 +2338,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "reset-server") && argc > 4) return reset_server(sid, argv[3], atoi(argv[4]));
     if (!strcmp(cmd, "reset-client") && argc > 4) return reset_client(sid, argv[3], argv[4]);
     if (!strcmp(cmd, "connect-eintr") && argc > 5) return connect_eintr(sid, atoi(argv[3]), argv[4], argv[5]);
-    if (!strcmp(cmd, "connect-timeout") && argc > 4) return connect_timeout(sid, atoi(argv[3]), argv[4]);
+    if (!strcmp(cmd, "connect-timeout") && argc > 5) return connect_timeout(sid, atoi(argv[3]), argv[4], argv[5]);
     if (!strcmp(cmd, "connect-timeout-many")) return connect_timeout_many(sid, (int)n);
     if (!strcmp(cmd, "accept-timeout") && argc > 4) return accept_timeout(sid, atoi(argv[3]), argv[4]);
     if (!strcmp(cmd, "misuse")) return misuse(sid);
