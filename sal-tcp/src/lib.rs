@@ -212,7 +212,8 @@
 //!   SAL's `sim_hostile_memory`.
 //! - **Memory pressure**: [`Socket::set_memory_pressure`] freezes buffer
 //!   growth (but for a first allocation), limits the offered window to the
-//!   storage held without moving its right edge left, drops data past it
+//!   storage held without moving its right edge left (but by less than the
+//!   window scale's unit, see the receive cap below), drops data past it
 //!   (counted by [`Socket::pressure_dropped`]) and gives up out-of-order
 //!   data at trim points, for a host-wide budget. Off, nothing changes.
 //!   Tested by the `test_memory_pressure_*` unit tests,
@@ -249,9 +250,14 @@
 //!   outside a recovery lets one new segment out beyond the congestion
 //!   window, so that a window too small to earn three duplicate ACKs for
 //!   a loss still reaches fast retransmit; the fast retransmit halves the
-//!   flight without them (RFC 5681 3.2). Tested by
-//!   `test_limited_transmit_sends_new_data_on_the_first_two_duplicate_acks`
-//!   and `test_limited_transmit_is_left_out_of_the_flight_a_fast_retransmit_halves`.
+//!   flight without them (RFC 5681 3.2). A retransmission timeout or a
+//!   [`Socket::rewind`] forgets the duplicate ACKs counted (smoltcp kept
+//!   them): they let no more out beyond the window left, nor count towards
+//!   a fast retransmit after it. Tested by
+//!   `test_limited_transmit_sends_new_data_on_the_first_two_duplicate_acks`,
+//!   `test_limited_transmit_is_left_out_of_the_flight_a_fast_retransmit_halves`,
+//!   `test_limited_transmit_ends_at_a_retransmission_timeout` and
+//!   `test_limited_transmit_ends_at_a_rewind`.
 //! - **Duplicate ACK of a segment past the hole slots**: an out-of-order
 //!   segment the receiver cannot record (every one of its four hole slots
 //!   in use) is still dropped, but now earns the immediate duplicate ACK
@@ -284,6 +290,17 @@
 //!   `test_retransmission_timeout_is_the_round_trip_plus_200_ms` and the
 //!   SAL's `sim_lossy_paths`, which bounds how long a receiver waits through
 //!   1-3 % loss (up to 1.3 s before these changes, under 0.5 s now).
+//! - **A window closed over data in flight**: a peer's right edge may move
+//!   left past data already sent (a scaled window may, by less than its
+//!   unit; the peer then cuts the segment there), and the window may then
+//!   close (a receive cap reached, nobody reading). The zero-window-probe
+//!   timer then takes the retransmission timer's place; when the window
+//!   opened again smoltcp left no timer at all, and what was cut was never
+//!   resent (with nothing new to send, the connection hung for good: a
+//!   request whose last bytes were cut at a receive cap waited forever).
+//!   The retransmission timer now takes over. Tested by
+//!   `test_window_reopened_over_data_cut_at_a_zero_window_resends_it` and
+//!   `a_capped_request_cut_at_the_edge_still_arrives`.
 //! - **Delayed ACK of a FIN**: the peer's FIN that moves an established
 //!   socket to CLOSE-WAIT starts the delayed-ACK timer instead of being
 //!   acknowledged at once (Linux's pingpong mode): an application that

@@ -472,9 +472,11 @@ impl Socket {
     /// buffer may grow to hold (its capacity minus what is queued). Under
     /// memory pressure, only what the storage already held can take (see
     /// `ElasticBuffer::pressure_capacity`), but never less than what is
-    /// left of the window already advertised
-    /// (rounded up to the window scale's unit): the right edge does not
-    /// move left (RFC 9293 3.8.6.2.2, SHLD-14; RFC 7323 2.4). Data the
+    /// left of the window already advertised: the right edge does not
+    /// move left (RFC 9293 3.8.6.2.2, SHLD-14; RFC 7323 2.4), but for
+    /// less than the window scale's unit when that storage covers what is
+    /// left (the scale truncates it; a promise beyond the storage is kept
+    /// whole, rounded up to the unit). Data the
     /// storage cannot take within that edge is dropped, and the peer
     /// resends it (see `pressure_clip`).
     ///
@@ -796,6 +798,10 @@ impl Socket {
             self.remote_last_seq = self.local_seq_no;
             self.pending_fast_retransmit = false;
             self.recover = None;
+            // The old path's duplicate ACKs: neither limited transmit nor
+            // a fast retransmit on the new one.
+            self.local_rx_dup_acks = 0;
+            self.limited_transmit = 0;
             self.rtte.on_retransmit();
         }
         if self.reply.is_none() {
@@ -1938,7 +1944,17 @@ impl Socket {
         }
         if self.remote_win_len != 0 && self.timer.is_zero_window_probe() {
             tcp_trace!("stopping zero-window-probe timer");
-            self.timer.set_for_idle(now, self.keep_alive);
+            if self.flight_size() > 0 {
+                // sal-tcp: data still in flight went past a window that
+                // closed (a right edge moved left, as a scaled window's may
+                // by less than a unit, and the peer cut the segment there):
+                // the probe timer had taken the retransmission timer's
+                // place, and idle, nothing would ever resend it.
+                let rto = self.rtte.retransmission_timeout();
+                self.timer.set_for_retransmit(now, rto);
+            } else {
+                self.timer.set_for_idle(now, self.keep_alive);
+            }
         }
 
         let payload_len = payload.len();
@@ -2320,8 +2336,14 @@ impl Socket {
                 // Inform RTTE, so that it can can handle RTO backoff
                 self.rtte.on_rto();
 
-                // A timeout ends any fast recovery.
+                // A timeout ends any fast recovery. sal-tcp: and the count of
+                // duplicate ACKs, which the window given up on earned: left
+                // standing, it let one segment per duplicate out beyond the
+                // timeout's window of one segment (limited transmit), and
+                // one more duplicate started a fast retransmit (Linux also
+                // forgets them, `tcp_enter_loss`).
                 self.recover = None;
+                self.local_rx_dup_acks = 0;
                 self.limited_transmit = 0;
             } else {
                 // If a fast rentrasmit timer expired, we should resend only the earliest unAcked segment
@@ -2781,7 +2803,8 @@ impl Socket {
     ///
     /// - the receive window offered is what that storage can still take,
     ///   but never less than what is left of the window already
-    ///   advertised (its right edge never moves left);
+    ///   advertised (its right edge moves left by less than the window
+    ///   scale's unit at most);
     /// - in-order data past that storage is dropped (the segment's head is
     ///   kept if it fits), as is out-of-order data that would need more;
     ///   the peer resends it. What is taken is taken exactly;
@@ -2801,8 +2824,9 @@ impl Socket {
     /// that grows only as the application reads: a server flow nobody has
     /// accepted yet may hold a little (its driver bounds its memory), and a
     /// window as large as its maximum would have the peer send what it then
-    /// drops. The right edge of a window already advertised never moves
-    /// left (as under memory pressure); a cap raised or lifted opens the
+    /// drops. The right edge of a window already advertised moves left by
+    /// less than the window scale's unit at most (as under memory
+    /// pressure); a cap raised or lifted opens the
     /// window at the next segment sent.
     pub fn set_recv_cap(&mut self, cap: Option<usize>) {
         self.recv_cap = cap.unwrap_or(usize::MAX);

@@ -335,3 +335,54 @@ fn transfers_byte_exact_while_memory_pressure_comes_and_goes() {
         );
     }
 }
+
+#[test]
+fn a_capped_request_cut_at_the_edge_still_arrives() {
+    // A server flow nobody has accepted yet (`set_recv_cap`, 64 KiB) gets
+    // a request of nearly that size over a path that reorders a little.
+    // Its window closes on the cap, its right edge moving left by less
+    // than a scale unit as the room is truncated, and a retransmission
+    // sent within an earlier edge is cut at the last one: the client's
+    // last bytes stay in flight past a zero window. Once the flow is
+    // accepted the window opens again and they must be resent. (They
+    // never were: the zero-window-probe timer had replaced the
+    // retransmission timer, and the window update left none.)
+    // (MSS, one-way delay and jitter in ms, seed): found by a sweep of
+    // request sizes and paths, these cut the request's tail.
+    for (mss, delay, jitter, seed) in [(1200, 5, 2, 1), (536, 5, 2, 0), (536, 2, 1, 0)] {
+        let config = Config {
+            timestamps: true,
+            mss,
+            ..Config::default()
+        };
+        let up = pattern(65_533, 3);
+        let conditions = Conditions {
+            delay: Duration::from_millis(delay),
+            jitter: Duration::from_millis(jitter),
+            loss: 0.0,
+        };
+        let mut net = Net::connected(&config, [up.clone(), vec![]], conditions, seed);
+        net.ends[0].close_when_sent = false;
+        net.ends[1].close_when_sent = false;
+        net.ends[1].socket.set_recv_cap(Some(64 << 10));
+        net.ends[1].read_rate = Some(0);
+        net.run_until(Duration::from_secs(3), |_| false);
+        // Accepted: the cap goes, the application reads.
+        net.ends[1].socket.set_recv_cap(None);
+        net.ends[1].read_rate = None;
+        let accepted = net.now;
+        assert!(
+            net.run_until(MINUTE, |net| net.ends[1].received.len() == up.len()),
+            "mss {mss}: {} of {} bytes",
+            net.ends[1].received.len(),
+            up.len()
+        );
+        assert_exchanged(&net, &up, &[]);
+        // A retransmission timeout at most.
+        assert!(
+            net.now - accepted < Duration::from_millis(500),
+            "{}",
+            net.now - accepted
+        );
+    }
+}

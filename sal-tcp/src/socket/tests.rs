@@ -7660,3 +7660,152 @@ fn test_retransmission_timeout_is_the_round_trip_plus_200_ms() {
     recv_nothing!(s, time 679);
     recv!(s, time 680, Ok(segment));
 }
+
+/// A Reno socket, MSS 1024, that queued `data` and sent its initial
+/// window (two segments) at 0 ms, for the limited transmit tests below.
+fn socket_sent_two_segments(data: &[u8]) -> TestSocket {
+    let mut s = socket_established_with_buffer_sizes(8192, 64);
+    s.set_congestion_control(CongestionControl::Reno);
+    s.remote_win_len = 65535;
+    s.remote_mss = 1024;
+    send!(s, time 0, TcpRepr {
+        seq_number: REMOTE_SEQ + 1,
+        ack_number: Some(LOCAL_SEQ + 1),
+        window_len: 65535,
+        ..SEND_TEMPL
+    });
+    s.send_slice(data).unwrap();
+    let mut out = [0; 2000];
+    let mut sent = 0;
+    while s
+        .poll_transmit(Instant::ZERO, LOCAL_ADDR, REMOTE_ADDR, &mut out)
+        .is_some()
+    {
+        sent += 1;
+    }
+    assert_eq!(sent, 2);
+    s
+}
+
+/// The segments a socket sends at `ms`, as (offset from the first byte of
+/// the data, payload length).
+fn segments_sent(s: &mut TestSocket, ms: i64) -> Vec<(usize, usize)> {
+    let mut out = [0; 2000];
+    let mut sent = Vec::new();
+    while let Some(len) =
+        s.poll_transmit(Instant::from_millis(ms), LOCAL_ADDR, REMOTE_ADDR, &mut out)
+    {
+        let repr = parse_sent(&out[..len]);
+        if !repr.payload.is_empty() {
+            sent.push((repr.seq_number - (LOCAL_SEQ + 1), repr.payload.len()));
+        }
+    }
+    sent
+}
+
+#[test]
+fn test_limited_transmit_ends_at_a_retransmission_timeout() {
+    // The first segment of the initial window is lost, the second earns
+    // a duplicate ACK, limited transmit sends a third, lost too, and
+    // nothing more comes back. The retransmission
+    // timeout leaves a congestion window of one segment (RFC 5681 3.1):
+    // one segment goes, not one more for each duplicate ACK heard before
+    // the timeout (limited transmit sends new data on the duplicate ACKs
+    // of a window still in flight, which the timeout gave up on).
+    let data: Vec<u8> = (0..8192).map(|i| i as u8).collect();
+    let mut s = socket_sent_two_segments(&data);
+    send!(s, time 10, TcpRepr {
+        seq_number: REMOTE_SEQ + 1,
+        ack_number: Some(LOCAL_SEQ + 1),
+        window_len: 65535,
+        ..SEND_TEMPL
+    });
+    assert_eq!(
+        segments_sent(&mut s, 10),
+        [(2048, 1024)],
+        "limited transmit"
+    );
+    assert_eq!(segments_sent(&mut s, 999), []);
+    assert_eq!(s.congestion_controller.inner().window(), 2048);
+    assert_eq!(segments_sent(&mut s, 1000), [(0, 1024)], "one segment");
+    assert_eq!(s.congestion_controller.inner().window(), 1024);
+}
+
+#[test]
+fn test_limited_transmit_ends_at_a_rewind() {
+    // A path change (`rewind`) resends what was in flight within the
+    // congestion window; duplicate ACKs heard on the old path let no more
+    // out, nor count towards a fast retransmit on the new one.
+    let data: Vec<u8> = (0..8192).map(|i| i as u8).collect();
+    let mut s = socket_sent_two_segments(&data);
+    let dup_ack = TcpRepr {
+        seq_number: REMOTE_SEQ + 1,
+        ack_number: Some(LOCAL_SEQ + 1),
+        window_len: 65535,
+        ..SEND_TEMPL
+    };
+    send!(s, time 10, dup_ack);
+    send!(s, time 10, dup_ack);
+    assert_eq!(
+        segments_sent(&mut s, 10),
+        [(2048, 1024), (3072, 1024)],
+        "limited transmit"
+    );
+    assert_eq!(s.rewind(), 4096);
+    assert_eq!(
+        segments_sent(&mut s, 20),
+        [(0, 1024), (1024, 1024)],
+        "the congestion window's two segments"
+    );
+    // The next duplicate ACK is the first since the rewind.
+    send!(s, time 30, dup_ack);
+    assert!(!s.timer.should_retransmit(Instant::from_millis(30)));
+}
+
+#[test]
+fn test_window_reopened_over_data_cut_at_a_zero_window_resends_it() {
+    // The peer took all but the last 4 bytes of a segment sent inside its
+    // window, its right edge having since moved left by less than a scale
+    // unit (its ACKs truncate the room: `rx_window`), and then had no room
+    // (a receive cap reached, nobody reading). The 4 bytes are still
+    // counted in flight, but the zero-window-probe timer took the
+    // retransmission timer's place. When the window opens again, what
+    // was cut must be resent: with no timer left, nothing was ever sent
+    // again (the peer has no reason to speak either).
+    let mut s = socket_established_with_buffer_sizes(64, 64);
+    send!(s, time 0, TcpRepr {
+        seq_number: REMOTE_SEQ + 1,
+        ack_number: Some(LOCAL_SEQ + 1),
+        window_len: 20,
+        ..SEND_TEMPL
+    });
+    s.send_slice(b"abcdefghijklmnopqrst").unwrap();
+    recv!(s, time 0, [TcpRepr {
+        seq_number: LOCAL_SEQ + 1,
+        ack_number: Some(REMOTE_SEQ + 1),
+        payload: &b"abcdefghijklmnopqrst"[..],
+        ..RECV_TEMPL
+    }]);
+    send!(s, time 10, TcpRepr {
+        seq_number: REMOTE_SEQ + 1,
+        ack_number: Some(LOCAL_SEQ + 1 + 16),
+        window_len: 0,
+        ..SEND_TEMPL
+    });
+    assert!(s.timer.is_zero_window_probe());
+    // The peer's application reads: a window update.
+    send!(s, time 20, TcpRepr {
+        seq_number: REMOTE_SEQ + 1,
+        ack_number: Some(LOCAL_SEQ + 1 + 16),
+        window_len: 64,
+        ..SEND_TEMPL
+    });
+    let rto = s.rtte.retransmission_timeout().total_millis() as i64;
+    recv_nothing!(s, time 20 + rto - 1);
+    recv!(s, time 20 + rto, [TcpRepr {
+        seq_number: LOCAL_SEQ + 1 + 16,
+        ack_number: Some(REMOTE_SEQ + 1),
+        payload: &b"qrst"[..],
+        ..RECV_TEMPL
+    }]);
+}
