@@ -228,6 +228,10 @@
 //!   accepted yet. The window is then the room, truncated to the scale's
 //!   unit (a retraction of less than a unit, as smoltcp's windows have),
 //!   rather than a promise rounded up at every ACK, which crept right.
+//!   Data up to the furthest edge ever advertised is taken, not only up to
+//!   the last one (`advertised_max_edge`): a peer may have sent up to an
+//!   earlier edge, and what was cut there waited for a timeout (the pipe
+//!   test `a_capped_request_cut_at_the_edge_still_arrives`).
 //! - **ACK sequence numbers**: pure ACKs carry the highest sequence number
 //!   sent, clipped to the peer's window (Linux's `tcp_acceptable_seq`), not
 //!   the retransmission point: with smoltcp, data both ways plus losses both

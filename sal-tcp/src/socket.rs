@@ -285,6 +285,10 @@ pub struct Socket {
     /// it as scaled, which keeps the window the handshake ends with from
     /// taking a window update of its own: the first ACK carries it.)
     remote_last_win_unscaled: bool,
+    /// sal-tcp: the furthest right edge any window we advertised reached
+    /// (see `advertised_edge`): data up to it is taken, as promised, though
+    /// a later window ended short of it (truncated to the scale's unit).
+    advertised_max_edge: Option<TcpSeqNumber>,
 }
 
 /// A segment with no flags, options or payload, numbered 0: the base of
@@ -387,6 +391,7 @@ impl Socket {
             pressure_dropped: 0,
             recv_cap: usize::MAX,
             remote_last_win_unscaled: false,
+            advertised_max_edge: None,
         }
     }
 
@@ -516,6 +521,16 @@ impl Socket {
         Some(last_ack + ((self.remote_last_win as usize) << shift))
     }
 
+    /// sal-tcp: records the edge of the window just advertised, if it is
+    /// the furthest yet (`advertised_max_edge`).
+    fn note_advertised_edge(&mut self) {
+        if let Some(edge) = self.advertised_edge() {
+            if self.advertised_max_edge.is_none_or(|max| edge > max) {
+                self.advertised_max_edge = Some(edge);
+            }
+        }
+    }
+
     /// sal-tcp: bytes between the next byte expected and the right edge of
     /// the last window advertised (0 if none, or if data reached it).
     fn promised_window(&self) -> usize {
@@ -544,7 +559,14 @@ impl Socket {
         let next_ack = self.remote_seq_no + self.rx_buffer.len();
 
         let last_win = (self.remote_last_win as usize) << self.remote_win_shift;
-        let last_win_adjusted = last_ack + last_win - next_ack;
+        // sal-tcp: data up to an earlier, further edge may have been taken
+        // (see `advertised_max_edge`): nothing is left of this window then.
+        let last_edge = last_ack + last_win;
+        let last_win_adjusted = if last_edge > next_ack {
+            last_edge - next_ack
+        } else {
+            0
+        };
 
         Some(u16::try_from(last_win_adjusted >> self.remote_win_shift).unwrap_or(u16::MAX))
     }
@@ -663,6 +685,7 @@ impl Socket {
         self.remote_last_ack = None;
         self.remote_last_win = 0;
         self.remote_last_win_unscaled = false;
+        self.advertised_max_edge = None;
         self.remote_win_len = 0;
         self.remote_win_scale = None;
         self.remote_win_shift = window_shift(self.rx_buffer.capacity());
@@ -1182,6 +1205,7 @@ impl Socket {
         self.remote_last_ack = reply_repr.ack_number;
         self.remote_last_win = reply_repr.window_len;
         self.remote_last_win_unscaled = false;
+        self.note_advertised_edge();
 
         // If the remote supports selective acknowledgement, add the option to the outgoing
         // segment.
@@ -1431,7 +1455,15 @@ impl Socket {
         }
 
         let window_start = self.remote_seq_no + self.rx_buffer.len();
-        let window_end = self.advertised_edge().unwrap_or(window_start);
+        // sal-tcp: up to the furthest edge advertised, not only the last:
+        // a window truncated to the scale's unit (`rx_window`) may end up
+        // to a unit short of an earlier one, which the peer may have sent
+        // up to already. Cut there, its last bytes waited for a timeout.
+        let window_end = match (self.advertised_edge(), self.advertised_max_edge) {
+            (Some(last), Some(max)) if max > last => max,
+            (Some(last), _) => last,
+            (None, _) => window_start,
+        };
         let segment_start = repr.seq_number;
         let segment_end = repr.seq_number + repr.payload.len();
 
@@ -2643,6 +2675,7 @@ impl Socket {
         self.remote_last_ack = repr.ack_number;
         self.remote_last_win = repr.window_len;
         self.remote_last_win_unscaled = repr.control == TcpControl::Syn;
+        self.note_advertised_edge();
 
         if segment_len > 0 {
             self.rtte.on_send(now, repr.seq_number + segment_len);

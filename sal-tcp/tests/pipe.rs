@@ -367,6 +367,14 @@ fn a_capped_request_cut_at_the_edge_still_arrives() {
         net.ends[1].socket.set_recv_cap(Some(64 << 10));
         net.ends[1].read_rate = Some(0);
         net.run_until(Duration::from_secs(3), |_| false);
+        // All of it waits for the accept: what was sent within an earlier,
+        // further edge is taken (it was cut at the last one, and waited
+        // for a timeout after the accept).
+        assert_eq!(
+            net.ends[1].socket.recv_queue(),
+            up.len(),
+            "mss {mss}: not all of the request waited for the accept"
+        );
         // Accepted: the cap goes, the application reads.
         net.ends[1].socket.set_recv_cap(None);
         net.ends[1].read_rate = None;
