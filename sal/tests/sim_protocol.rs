@@ -696,7 +696,9 @@ fn a_short_request_takes_twelve_packets() {
 /// The same, with the server's flow handed on as sald's `Deliver` does
 /// ([`Host::take`], then [`Host::accepted`] once its program reads): the
 /// cap on the window of a flow nobody has accepted is lifted then, which
-/// must not cost a window update of its own (it did: 13 packets).
+/// must not cost a window update of its own (a guard: the lifted cap
+/// offers a window more than twice the last, which a pure ACK could
+/// announce).
 #[test]
 fn a_short_request_handed_on_takes_twelve_packets_too() {
     short_request_packets(true);
