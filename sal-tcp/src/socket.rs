@@ -1627,7 +1627,10 @@ impl Socket {
 
         // If a FIN is received at the end of the current segment, but
         // we have a hole in the assembler before the current segment, disregard this FIN.
-        if control == TcpControl::Fin && (window_start < segment_start || clipped) {
+        // sal-tcp: so too if the segment was cut at the window's right
+        // edge: the FIN follows the bytes cut off.
+        let cut_at_edge = !repr.payload.is_empty() && window_end < segment_end;
+        if control == TcpControl::Fin && (window_start < segment_start || clipped || cut_at_edge) {
             tcp_trace!(
                 "ignoring FIN because we don't have full data yet. window_start={} segment_start={}",
                 window_start,
@@ -1676,6 +1679,11 @@ impl Socket {
                 self.has_peer = true;
                 self.local_seq_no = self.isn;
                 self.remote_seq_no = repr.seq_number + 1;
+                // sal-tcp: the edge advertised to a peer that a RST in
+                // SYN-RECEIVED sent away (back to LISTEN, which keeps the
+                // rest) would widen this one's window, in sequence numbers
+                // unrelated to it.
+                self.advertised_max_edge = None;
                 self.remote_last_seq = self.local_seq_no;
                 self.remote_max_seq = self.local_seq_no;
                 self.remote_has_sack = repr.sack_permitted;

@@ -761,6 +761,62 @@ fn test_syn_received_rst() {
     assert!(!s.has_peer);
 }
 
+/// sal-tcp: back in LISTEN after a RST, the furthest edge advertised to the
+/// peer that went (`advertised_max_edge`) is forgotten: kept, it widened
+/// the next peer's window to it, and a segment longer than the window,
+/// taken whole as if within it, did not fit the buffer and was dropped
+/// rather than taken up to the window's edge.
+#[test]
+fn test_syn_received_rst_forgets_the_edge_advertised() {
+    let mut s = socket_listen();
+    let syn = |seq| TcpRepr {
+        control: TcpControl::Syn,
+        seq_number: seq,
+        ack_number: None,
+        ..SEND_TEMPL
+    };
+    send!(s, syn(REMOTE_SEQ));
+    recv(&mut s, Instant::from_millis(0), |_| ());
+    send!(
+        s,
+        TcpRepr {
+            control: TcpControl::Rst,
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ),
+            ..SEND_TEMPL
+        }
+    );
+    assert_eq!(s.state, State::Listen);
+
+    // Another peer, whose sequence numbers lie behind the first one's.
+    let other = REMOTE_SEQ - 1000;
+    send!(s, syn(other));
+    recv(&mut s, Instant::from_millis(0), |_| ());
+    send!(
+        s,
+        TcpRepr {
+            seq_number: other + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            ..SEND_TEMPL
+        }
+    );
+    assert_eq!(s.state, State::Established);
+
+    // 100 bytes into a 64-byte window: the 64 within it are taken.
+    let data = [7u8; 100];
+    let _ = send(
+        &mut s,
+        Instant::from_millis(0),
+        &TcpRepr {
+            seq_number: other + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            payload: &data,
+            ..SEND_TEMPL
+        },
+    );
+    assert_eq!(s.recv_queue(), 64);
+}
+
 #[test]
 fn test_syn_received_no_window_scaling() {
     let mut s = socket_listen();
@@ -7808,4 +7864,27 @@ fn test_window_reopened_over_data_cut_at_a_zero_window_resends_it() {
         payload: &b"qrst"[..],
         ..RECV_TEMPL
     }]);
+}
+
+/// sal-tcp: a FIN on a segment cut at the window's right edge is not
+/// taken (smoltcp took it): the bytes cut off came before it, and the
+/// application read the end of the stream without them.
+#[test]
+fn test_fin_behind_bytes_beyond_the_window_is_ignored() {
+    let mut s = socket_established();
+    let data = [7u8; 100];
+    let _ = send(
+        &mut s,
+        Instant::from_millis(0),
+        &TcpRepr {
+            control: TcpControl::Fin,
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            payload: &data,
+            ..SEND_TEMPL
+        },
+    );
+    assert_eq!(s.recv_queue(), 64);
+    assert!(!s.rx_fin_received);
+    assert_eq!(s.state, State::Established);
 }
