@@ -217,11 +217,15 @@ impl Host {
         self.stats.buffer_pressure || self.budgets.pressure(charge)
     }
 
-    /// Whether a flow's socket holding `memory` bytes may not grow: under
-    /// pressure (`pressure`, see [`Host::buffer_pressure`]), or not
-    /// accepted yet and at [`UNACCEPTED_BUFFER`].
-    pub(super) fn socket_pressure(pressure: bool, unaccepted: bool, memory: usize) -> bool {
-        pressure || (unaccepted && memory >= UNACCEPTED_BUFFER)
+    /// Tells a flow's socket its bounds before it takes or sends a
+    /// segment: it may not grow under pressure (`pressure`, see
+    /// [`Host::buffer_pressure`]), nor past [`UNACCEPTED_BUFFER`] while
+    /// nobody has accepted its flow (`unaccepted`), whose window that caps
+    /// too.
+    pub(super) fn bound_socket(socket: &mut sal_tcp::Socket, pressure: bool, unaccepted: bool) {
+        let memory = socket.buffer_memory();
+        socket.set_memory_pressure(pressure || (unaccepted && memory >= UNACCEPTED_BUFFER));
+        socket.set_recv_cap(unaccepted.then_some(UNACCEPTED_BUFFER));
     }
 
     /// Whose budget flow `id`'s memory counts against (no group's if there

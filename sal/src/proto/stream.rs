@@ -42,7 +42,6 @@
 use sal_tcp::{RecvError, Socket, State, TcpSeqNumber};
 use smoltcp::time::{Duration, Instant};
 
-use super::budget::UNACCEPTED_BUFFER;
 use super::control::ControlKind;
 use super::flow::{Endpoint, Flow, FlowTransport};
 use super::output::{Transmit, TransmitKind};
@@ -387,9 +386,7 @@ impl Host {
         let Some(socket) = stream.socket.as_mut() else {
             return false;
         };
-        let memory = socket.buffer_memory();
-        socket.set_memory_pressure(Host::socket_pressure(pressure, unaccepted, memory));
-        socket.set_recv_cap(unaccepted.then_some(UNACCEPTED_BUFFER));
+        Host::bound_socket(socket, pressure, unaccepted);
         let (before, drops_before) = (socket.buffer_memory(), socket_drops(socket));
         let was = (socket.send_queue(), socket.recv_queue(), socket.state());
         let handled = socket.handle_segment(now, segment);
@@ -605,9 +602,7 @@ impl Host {
         let ack_owed = stream.ack_owed;
         let bare = state == FlowState::Established && !ack_owed;
         let room = if bare { BASE_HEADER_LEN } else { 0 };
-        let memory = socket.buffer_memory();
-        socket.set_memory_pressure(Host::socket_pressure(pressure, unaccepted, memory));
-        socket.set_recv_cap(unaccepted.then_some(UNACCEPTED_BUFFER));
+        Host::bound_socket(socket, pressure, unaccepted);
         let (state_before, memory_before) = (socket.state(), socket.buffer_memory());
         let drops_before = socket_drops(socket);
         let segment = out.get_mut(room..).unwrap_or_default();

@@ -453,19 +453,24 @@ mod tests {
 
     #[test]
     fn without_idle_turns_a_step_waits_out_its_debt_even_on_an_idle_thread() {
+        // With idle turns, a step on this idle thread would go at once
+        // (the test above).
+        let waited = idle_thread_wait(Rations::new(false), true);
+        assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    }
+
+    /// How long a task of a user owing 400 ms (380 beyond the credit)
+    /// waits on sald's idle runtime: a pump's `step`, or a request.
+    fn idle_thread_wait(rations: Rations, step: bool) -> Duration {
         crate::runtime().unwrap().block_on(async {
-            let rations = Arc::new(Rations::new(false));
-            // 400 ms owed, 380 beyond the credit: with idle turns, a step
-            // on this idle thread would go at once (the test above).
+            let rations = Arc::new(rations);
             rations.charge(1000, Duration::from_millis(100));
             let started = Instant::now();
-            let waiter = rations.clone();
-            tokio::spawn(async move { waiter.wait_for(1000, false, true).await })
+            tokio::spawn(async move { rations.wait_for(1000, false, step).await })
                 .await
                 .unwrap();
-            let waited = started.elapsed();
-            assert!(waited >= Duration::from_millis(300), "{waited:?}");
-        });
+            started.elapsed()
+        })
     }
 
     #[test]
@@ -494,20 +499,11 @@ mod tests {
 
     #[test]
     fn a_request_waits_out_its_debt_even_on_an_idle_thread() {
-        crate::runtime().unwrap().block_on(async {
-            let rations = Arc::new(Rations::default());
-            // 400 ms owed, 380 beyond the credit: a request waits them
-            // out, idle thread or not (a listing part may hold the
-            // thread for milliseconds: only short steps take idle turns).
-            rations.charge(1000, Duration::from_millis(100));
-            let started = Instant::now();
-            let waiter = rations.clone();
-            tokio::spawn(async move { waiter.wait(1000, false).await })
-                .await
-                .unwrap();
-            let waited = started.elapsed();
-            assert!(waited >= Duration::from_millis(300), "{waited:?}");
-        });
+        // A request waits its debt out, idle thread or not (a listing part
+        // may hold the thread for milliseconds: only short steps take idle
+        // turns).
+        let waited = idle_thread_wait(Rations::default(), false);
+        assert!(waited >= Duration::from_millis(300), "{waited:?}");
     }
 
     #[test]

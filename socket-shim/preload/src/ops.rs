@@ -145,22 +145,37 @@ fn swap_in(src: &OwnedFd, fd: RawFd, flags: Option<(bool, bool)>) -> Res<()> {
     Ok(())
 }
 
+/// Sets the socket-level option `name` of `fd` to the bytes of `value`
+/// (one the program set, from the record of its options, or one of the
+/// shim's own); a failure is ignored.
+fn set_socket_option(fd: RawFd, name: c_int, value: &[u8]) {
+    // SAFETY: `value` is valid for its length.
+    unsafe {
+        real::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            name,
+            value.as_ptr().cast(),
+            value.len() as libc::socklen_t,
+        );
+    }
+}
+
+/// The value the program last set for the socket-level option `name` of
+/// the socket of `entry`, from the record of its options.
+fn recorded_option(entry: &Entry, name: c_int) -> Option<&[u8]> {
+    let (_, value) = entry.options.iter().find(|(n, _)| *n == name)?;
+    Some(value)
+}
+
 /// Re-adds the program's epoll registrations of `fd` after a swap (epoll
 /// registers the open file, which the swap replaced), and sets again the
 /// socket-level options it set on the file the swap replaced.
 fn re_epoll(entry: &Entry, fd: RawFd) {
     for (name, value) in &entry.options {
-        // SAFETY: `value` is valid for its length; a failure leaves the
-        // option as the new socket has it, as nothing better can be done.
-        unsafe {
-            real::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                *name,
-                value.as_ptr().cast(),
-                value.len() as libc::socklen_t,
-            );
-        }
+        // A failure leaves the option as the new socket has it, as nothing
+        // better can be done.
+        set_socket_option(fd, *name, value);
     }
     for (epfd, event) in &entry.epoll {
         let mut event = *event;
@@ -466,7 +481,7 @@ fn connect_connected(fd: RawFd) -> Res<c_int> {
 /// limit (not set, or set to zero), zero for a negative timeout (which
 /// Linux takes as no wait at all, though it reads back as 0).
 fn timeout_option(entry: &Entry, name: c_int) -> Option<Duration> {
-    let (_, value) = entry.options.iter().find(|(n, _)| *n == name)?;
+    let value = recorded_option(entry, name)?;
     if value.len() < std::mem::size_of::<libc::timeval>() {
         return None;
     }
@@ -786,23 +801,10 @@ fn connect_timed(fd: RawFd, gen: u64, waiter: OwnedFd, limit: Duration) -> Res<c
 /// the connect fail: [`restore_receive_timeout`]).
 fn mark_parked(entry: &mut Entry, fd: RawFd) {
     entry.parked = std::process::id();
-    if entry.wake().is_some()
-        && entry
-            .options
-            .iter()
-            .any(|(name, _)| *name == libc::SO_RCVTIMEO)
-    {
+    if entry.wake().is_some() && recorded_option(entry, libc::SO_RCVTIMEO).is_some() {
+        // A zero timeval: none.
         let off = [0u8; std::mem::size_of::<libc::timeval>()];
-        // SAFETY: `off` is a valid (zero) timeval for its length.
-        unsafe {
-            real::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                off.as_ptr().cast(),
-                off.len() as libc::socklen_t,
-            )
-        };
+        set_socket_option(fd, libc::SO_RCVTIMEO, &off);
     }
 }
 
@@ -811,21 +813,8 @@ fn mark_parked(entry: &mut Entry, fd: RawFd) {
 /// [`mark_parked`] turned off, once the connect failed and the
 /// placeholder stays.
 fn restore_receive_timeout(entry: &Entry, fd: RawFd) {
-    if let Some((_, value)) = entry
-        .options
-        .iter()
-        .find(|(name, _)| *name == libc::SO_RCVTIMEO)
-    {
-        // SAFETY: `value` is valid for its length (the kernel took it once).
-        unsafe {
-            real::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                value.as_ptr().cast(),
-                value.len() as libc::socklen_t,
-            )
-        };
+    if let Some(value) = recorded_option(entry, libc::SO_RCVTIMEO) {
+        set_socket_option(fd, libc::SO_RCVTIMEO, value);
     }
 }
 
