@@ -29,8 +29,12 @@
 //!   a socket with a send timeout (`SO_SNDTIMEO`) goes through the
 //!   connector as a non-blocking one, and waits for the outcome that long
 //!   at most, as TCP's: then it returns `EINPROGRESS` and the connect goes
-//!   on (`ops::connect_timed`). As TCP's, the first `connect` after one
-//!   that completed in the background returns 0, later ones `EISCONN`;
+//!   on (`ops::connect_timed`). A blocking `connect` on a socket whose
+//!   non-blocking, interrupted or timed-out connect is in flight waits for
+//!   its outcome, for the send timeout at most (`ops::connect_parked`).
+//!   Timeouts count as the kernel counts them (the `timeout` module). As
+//!   TCP's, the first `connect` after one that completed in the
+//!   background returns 0, later ones `EISCONN`;
 //! - `bind` registers the prefix with sald at once (so `EADDRINUSE` comes from
 //!   `bind`); `listen` puts at the number the `SOCK_SEQPACKET` accept queue
 //!   into which sald delivers each flow with its description (no thread of
@@ -101,9 +105,10 @@ mod pool;
 mod real;
 mod signals;
 mod table;
+mod timeout;
 
 use addr::SockAddr;
-use ops::{OptAnswer, Res};
+use ops::Res;
 
 /// Runs when the library is loaded, before the program's `main`: takes
 /// what the shim needs from the environment while it is still the one
@@ -352,21 +357,26 @@ pub unsafe extern "C" fn getsockopt(
     guard(-1, || {
         // SAFETY: forwarding the caller's arguments unchanged.
         let pass = || unsafe { real::getsockopt(fd, level, name, value, len) };
-        match ops::getsockopt(fd, level, name) {
-            None | Some(Ok(OptAnswer::Pass)) => Ok(pass()),
-            Some(Err(errno)) => Err(errno),
-            Some(Ok(OptAnswer::Int(answer))) => {
+        let answer = match ops::getsockopt(fd, level, name) {
+            None => return Ok(pass()),
+            Some(Err(errno)) => return Err(errno),
+            Some(Ok(answer)) => answer,
+        };
+        match answer.value() {
+            None => Ok(pass()),
+            Some((bytes, size)) => {
                 if value.is_null() || len.is_null() {
                     return Err(libc::EFAULT);
                 }
                 // SAFETY: `len` is non-null; the caller makes it readable.
                 let room = unsafe { *len };
-                // As Linux: a negative length is refused, and an int
-                // option writes at most an int, never the rest of `*len`.
+                // As Linux: a negative length is refused, and an option
+                // writes at most its value (an int, a timeval), never the
+                // rest of `*len`.
                 if (room as i32) < 0 {
                     return Err(libc::EINVAL);
                 }
-                let bytes = answer.to_ne_bytes();
+                let bytes = &bytes[..size];
                 let n = bytes.len().min(room as usize);
                 // SAFETY: the caller guarantees `*len` >= n writable bytes
                 // at `value`.

@@ -23,6 +23,7 @@ use crate::addr::{self, parse_inet, parse_serval, PortMap, SockAddr, AF_SERVAL};
 use crate::pool;
 use crate::real;
 use crate::table::{self, ident, lock, Domain, Entry, Kind, ListenerControl, State};
+use crate::timeout::{self, Timeout};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -435,8 +436,7 @@ pub(crate) fn connect(fd: RawFd, addr: Option<&[u8]>, pass: impl FnOnce() -> c_i
             )
         }
         Domain::Inet(family) => match found.stage {
-            Stage::Connected => connect_connected(fd),
-            Stage::Connecting => Err(libc::EALREADY),
+            Stage::Connected | Stage::Connecting => connect_connected(fd),
             // As TCP after a failed connect: the pending error once, then
             // a connect anywhere, through the SAL or the kernel.
             Stage::Failed => match addr.and_then(parse_inet) {
@@ -465,37 +465,32 @@ pub(crate) fn connect(fd: RawFd, addr: Option<&[u8]>, pass: impl FnOnce() -> c_i
 /// `connect` on a connected stream: as TCP's, `0` from the first call
 /// after a connect that completed outside a `connect` call (a
 /// non-blocking one, or one that was interrupted or timed out: see
-/// [`Entry::untold`]), `EISCONN` otherwise.
+/// [`Entry::untold`]), `EISCONN` otherwise. Also for one the caller saw
+/// connecting: `EALREADY` while it still is, the same as a connected one's
+/// once it completed.
 fn connect_connected(fd: RawFd) -> Res<c_int> {
-    match with_entry(fd, |entry| {
-        Some(entry.untold.swap(false, Ordering::Relaxed))
-    }) {
-        Some(true) => Ok(0),
+    with_entry(fd, |entry| Some(connect_answer(entry))).unwrap_or(Err(libc::EISCONN))
+}
+
+/// What `connect` answers on the stream of `entry`, connected or
+/// connecting (see [`connect_connected`]); `EISCONN` for anything else.
+fn connect_answer(entry: &Entry) -> Res<c_int> {
+    match entry.state {
+        State::Connected if entry.untold.swap(false, Ordering::Relaxed) => Ok(0),
+        State::Connecting { .. } => Err(libc::EALREADY),
         _ => Err(libc::EISCONN),
     }
 }
 
 /// How long a blocking call on the socket of `entry` may wait, as the
 /// program set it with option `name` (`SO_SNDTIMEO` or `SO_RCVTIMEO`, from
-/// the record of its options, see [`Entry::options`]): `None` for no
-/// limit (not set, or set to zero), zero for a negative timeout (which
-/// Linux takes as no wait at all, though it reads back as 0).
+/// the record of its options, see [`Entry::options`]), as Linux takes it
+/// (see [`timeout`]): `None` for no limit (not set, set to zero, or too
+/// long to count in jiffies), zero for a negative timeout (no wait at
+/// all, though it reads back as 0), else rounded up to whole jiffies.
 fn timeout_option(entry: &Entry, name: c_int) -> Option<Duration> {
-    let value = recorded_option(entry, name)?;
-    if value.len() < std::mem::size_of::<libc::timeval>() {
-        return None;
-    }
-    // SAFETY: `value` holds at least one `timeval`'s bytes (the kernel
-    // accepted them as one), read without regard to alignment.
-    let tv = unsafe { std::ptr::read_unaligned(value.as_ptr().cast::<libc::timeval>()) };
-    match (tv.tv_sec, tv.tv_usec) {
-        (sec, _) if sec < 0 => Some(Duration::ZERO),
-        (0, 0) => None,
-        (sec, usec) => Some(
-            Duration::from_secs(sec.unsigned_abs())
-                + Duration::from_micros(usec.clamp(0, 999_999).unsigned_abs()),
-        ),
-    }
+    let hz = timeout::kernel_hz();
+    Timeout::from_option(recorded_option(entry, name)?, hz)?.limit(hz)
 }
 
 /// The error a failed non-blocking connect left in `SO_ERROR`, reported
@@ -628,8 +623,12 @@ fn unspecified(family: c_int) -> SockAddr {
 /// a blocking socket (and for datagram connects), unless a signal
 /// interrupts a stream's ([`park`]); for a non-blocking one this returns
 /// `EINPROGRESS` and the process's connector completes it
-/// ([`submit_connect`]), and so it does a blocking stream's with a send
-/// timeout, whose caller waits that long at most ([`connect_timed`]).
+/// ([`submit_connect`]; it is [`Entry::parked`] from the start, so that a
+/// blocking `connect` or data call meanwhile waits for it), and so it does
+/// a blocking stream's with a send timeout, whose caller waits that long
+/// at most ([`connect_timed`]). On a socket that is connecting or
+/// connected it answers as [`connect_connected`] (the caller may have
+/// seen it connecting before a connect in the background completed).
 /// `stage` is the socket's as the caller found it; `flags` are the
 /// descriptor's `(O_NONBLOCK, FD_CLOEXEC)`.
 fn start_connect(
@@ -690,14 +689,16 @@ fn start_connect(
                 wake
             }
             other => {
-                let errno = match other {
-                    State::Connecting { .. } => libc::EALREADY,
-                    // A listener, as TCP: not in the closed state.
-                    State::Connected | State::Listening { .. } => libc::EISCONN,
-                    _ => libc::EINVAL,
-                };
                 entry.state = other;
-                return Err(errno);
+                return match entry.state {
+                    // A connect that completed in the background since
+                    // the caller looked: this call may be the first to
+                    // say so.
+                    State::Connecting { .. } | State::Connected => connect_answer(entry),
+                    // A listener, as TCP: not in the closed state.
+                    State::Listening { .. } => Err(libc::EISCONN),
+                    _ => Err(libc::EINVAL),
+                };
             }
         };
         entry.state = State::Connecting { wake };
@@ -721,6 +722,11 @@ fn start_connect(
             }
             _ => None,
         };
+        // A non-blocking one goes on without its caller from the start:
+        // a blocking `connect` or data call meanwhile waits for it.
+        if nonblock && entry.wake().is_some() {
+            mark_parked(entry, fd);
+        }
         let gen = entry.gen;
         table.refresh(fd);
         (gen, timed)
@@ -772,9 +778,10 @@ fn start_connect(
 /// copies). If the outcome comes within `limit`, `connect` reports it (0,
 /// or the error); otherwise it returns `EINPROGRESS` (`EINTR` if a signal
 /// comes first: TCP's waits with a timeout are interrupted by any signal,
-/// `SA_RESTART` or not) and the connect goes on, [`Entry::parked`] as one
-/// a signal interrupted: a later blocking `connect` or data call waits for
-/// it (for the socket's timeout at most), `poll` shows the outcome.
+/// `SA_RESTART` or not, and by a stop and continue) and the connect goes
+/// on, [`Entry::parked`] as one a signal interrupted: a later blocking
+/// `connect` or data call waits for it (for the socket's timeout at
+/// most), `poll` shows the outcome.
 ///
 /// Why the connector, not the control connection this thread would read
 /// (as [`park`] does for an interrupted connect): a connect that timed out
@@ -797,8 +804,9 @@ fn connect_timed(fd: RawFd, gen: u64, waiter: OwnedFd, limit: Duration) -> Res<c
 /// the outcome there): a receive timeout the program set on the
 /// placeholder would only cut the wait of a later untimed `connect`
 /// short, so it is turned off; the option record still gives it to the
-/// flow, and to the waits of reads (and to the placeholder again, should
-/// the connect fail: [`restore_receive_timeout`]).
+/// flow, to the waits of reads and to `getsockopt`
+/// ([`hidden_receive_timeout`]), and to the placeholder again, should the
+/// connect fail ([`restore_receive_timeout`]).
 fn mark_parked(entry: &mut Entry, fd: RawFd) {
     entry.parked = std::process::id();
     if entry.wake().is_some() && recorded_option(entry, libc::SO_RCVTIMEO).is_some() {
@@ -955,57 +963,83 @@ fn parked_waiter(fd: RawFd, timeout: c_int) -> Res<Option<(OwnedFd, u64, Option<
 /// Waits until the placeholder copy `waiter` hangs up (the connect is
 /// over, or the socket was closed), for `limit` at most
 /// (`EAGAIN` then, at once for a zero limit). A limit too far off for a
-/// deadline (a timeout of `LONG_MAX` s, which Linux takes as none) is
-/// none.
+/// deadline is none.
 ///
 /// Without a limit, the wait is a blocking `recv` (`MSG_PEEK`; nothing is
 /// ever readable there) that the kernel interrupts as it does TCP's wait
 /// for a connect: `EINTR` after a handler without `SA_RESTART`, restarted
-/// after one with it. A receive timeout the program set on the socket
-/// while the connect was in flight (`park` turns off the one it had), or
-/// `O_NONBLOCK` set meanwhile, makes the `recv` end early: the wait goes
-/// on in `poll` then (which any signal interrupts). With a limit, it is a
-/// `poll` from the start: TCP's waits with a timeout are interrupted by
-/// any signal, `SA_RESTART` or not.
+/// after one with it (and after a stop and continue). A receive timeout
+/// the program set on the socket while the connect was in flight
+/// (`mark_parked` turns off the one it had), or `O_NONBLOCK` set
+/// meanwhile, makes the `recv` end early: the wait goes on in `poll` then
+/// (which any signal interrupts). With a limit, it is an `epoll_wait`
+/// from the start ([`await_hang_up`]).
 fn await_parked(waiter: OwnedFd, limit: Option<Duration>) -> Res<()> {
     let at = waiter.as_raw_fd();
-    let deadline = limit.and_then(|limit| Instant::now().checked_add(limit));
+    if let Some(deadline) = limit.and_then(|limit| Instant::now().checked_add(limit)) {
+        return await_hang_up(at, deadline);
+    }
     loop {
-        if deadline.is_none() {
-            let mut byte = 0u8;
-            // SAFETY: `byte` is valid for one byte.
-            let n = unsafe { real::recv(at, (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK) };
-            if n >= 0 {
-                return Ok(());
-            }
-            match last_errno() {
-                libc::EINTR => return Err(libc::EINTR),
-                libc::EAGAIN => {}
-                // The hang-up (`ECONNRESET` when the peer end was closed
-                // with the junk that fills the placeholder unread).
-                _ => return Ok(()),
-            }
+        let mut byte = 0u8;
+        // SAFETY: `byte` is valid for one byte.
+        let n = unsafe { real::recv(at, (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK) };
+        if n >= 0 {
+            return Ok(());
         }
-        let wait = match deadline {
-            None => -1,
-            Some(deadline) => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                // Rounded up: a wait cut short by rounding would end in a
-                // timeout that has not passed.
-                left.as_micros().div_ceil(1000).min(i32::MAX as u128) as c_int
-            }
-        };
+        match last_errno() {
+            libc::EINTR => return Err(libc::EINTR),
+            libc::EAGAIN => {}
+            // The hang-up (`ECONNRESET` when the peer end was closed
+            // with the junk that fills the placeholder unread).
+            _ => return Ok(()),
+        }
         let mut ready = libc::pollfd {
             fd: at,
             events: libc::POLLIN,
             revents: 0,
         };
         // SAFETY: `ready` is one valid pollfd.
-        match unsafe { libc::poll(&mut ready, 1, wait) } {
+        match unsafe { libc::poll(&mut ready, 1, -1) } {
             n if n > 0 => return Ok(()),
-            0 if deadline.is_some_and(|deadline| Instant::now() >= deadline) => {
-                return Err(libc::EAGAIN)
-            }
+            // `EINTR`, or no memory for the wait.
+            n if n < 0 => return Err(last_errno()),
+            _ => {}
+        }
+    }
+}
+
+/// Waits until the placeholder copy at `at` hangs up, until `deadline` at
+/// most (`EAGAIN` then). As TCP's waits with a timeout, it ends with
+/// `EINTR` when any signal handler runs, `SA_RESTART` or not, and also
+/// after the process was stopped and continued (`SIGSTOP`, `SIGCONT`),
+/// with no handler at all: so does `epoll_wait`, which the kernel never
+/// restarts, where `poll` with a timeout would be restarted after a stop.
+fn await_hang_up(at: RawFd, deadline: Instant) -> Res<()> {
+    // SAFETY: no pointers.
+    let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if epoll < 0 {
+        return Err(last_errno());
+    }
+    // SAFETY: the kernel just made `epoll` for us.
+    let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
+    let mut event = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: 0,
+    };
+    // SAFETY: `event` is a valid epoll_event for the call's duration;
+    // libc's own `epoll_ctl` (the shim records only the program's).
+    if unsafe { real::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, at, &mut event) } < 0 {
+        return Err(last_errno());
+    }
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // Rounded up: a wait cut short by rounding would end in a timeout
+        // that has not passed.
+        let wait = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as c_int;
+        // SAFETY: `event` is room for one event.
+        match unsafe { libc::epoll_wait(epoll.as_raw_fd(), &mut event, 1, wait) } {
+            n if n > 0 => return Ok(()),
+            0 if Instant::now() >= deadline => return Err(libc::EAGAIN),
             0 => {}
             // `EINTR`, or no memory for the wait.
             _ => return Err(last_errno()),
@@ -1013,8 +1047,8 @@ fn await_parked(waiter: OwnedFd, limit: Option<Duration>) -> Res<()> {
     }
 }
 
-/// A blocking `connect` on a socket whose interrupted (or timed out)
-/// connect is in flight: as TCP's, it waits for that connect's outcome and
+/// A blocking `connect` on a socket whose non-blocking, interrupted or
+/// timed out connect is in flight: as TCP's, it waits for that connect's outcome and
 /// reports it ([`connect_outcome`]), for the send timeout at most
 /// (`EALREADY` then). `None` when there is no such connect (any more).
 fn connect_parked(fd: RawFd) -> Res<Option<c_int>> {
@@ -1735,8 +1769,36 @@ pub(crate) fn datagram_peer(fd: RawFd) -> Option<SockAddr> {
 pub(crate) enum OptAnswer {
     /// An int value.
     Int(c_int),
+    /// A timeout.
+    Timeval(libc::timeval),
     /// Let libc answer (the option is about the underlying Unix socket).
     Pass,
+}
+
+/// Room for the largest value [`OptAnswer`] gives.
+const ANSWER_MAX: usize = std::mem::size_of::<libc::timeval>();
+
+impl OptAnswer {
+    /// The bytes of the value `getsockopt` writes (and how many of them);
+    /// `None` to let libc answer.
+    pub(crate) fn value(&self) -> Option<([u8; ANSWER_MAX], usize)> {
+        let mut bytes = [0u8; ANSWER_MAX];
+        let size = match self {
+            OptAnswer::Pass => return None,
+            OptAnswer::Int(int) => {
+                let int = int.to_ne_bytes();
+                bytes[..int.len()].copy_from_slice(&int);
+                int.len()
+            }
+            OptAnswer::Timeval(tv) => {
+                let (sec, usec) = (tv.tv_sec.to_ne_bytes(), tv.tv_usec.to_ne_bytes());
+                bytes[..sec.len()].copy_from_slice(&sec);
+                bytes[sec.len()..sec.len() + usec.len()].copy_from_slice(&usec);
+                ANSWER_MAX
+            }
+        };
+        Some((bytes, size))
+    }
 }
 
 pub(crate) fn getsockopt(fd: RawFd, level: c_int, opt: c_int) -> Option<Res<OptAnswer>> {
@@ -1767,6 +1829,10 @@ pub(crate) fn getsockopt(fd: RawFd, level: c_int, opt: c_int) -> Option<Res<OptA
                     (libc::SOL_SOCKET, libc::SO_ACCEPTCONN) => {
                         OptAnswer::Int(c_int::from(matches!(entry.state, State::Listening { .. })))
                     }
+                    (libc::SOL_SOCKET, libc::SO_RCVTIMEO) => match hidden_receive_timeout(entry) {
+                        Some(timeout) => OptAnswer::Timeval(timeout),
+                        None => OptAnswer::Pass,
+                    },
                     (libc::SOL_SOCKET, _) => OptAnswer::Pass,
                     (libc::IPPROTO_TCP, libc::TCP_NODELAY) => OptAnswer::Int(1),
                     _ if option_level_known(entry.kind, level) => OptAnswer::Int(0),
@@ -1776,6 +1842,20 @@ pub(crate) fn getsockopt(fd: RawFd, level: c_int, opt: c_int) -> Option<Res<OptA
     };
     drop(stale);
     result
+}
+
+/// The receive timeout the program set on the socket of `entry`, as
+/// `getsockopt` reads it back, while [`mark_parked`] has the
+/// placeholder's turned off (or the program set it again meanwhile, on
+/// the placeholder: the same value); `None` when the socket's own is the
+/// program's.
+fn hidden_receive_timeout(entry: &Entry) -> Option<libc::timeval> {
+    if entry.parked == 0 || entry.wake().is_none() {
+        return None;
+    }
+    let hz = timeout::kernel_hz();
+    let value = recorded_option(entry, libc::SO_RCVTIMEO)?;
+    Some(Timeout::from_option(value, hz)?.read_back(hz))
 }
 
 /// Whether the shim answers for `fd` (not a kernel socket, nor one it only
@@ -2084,8 +2164,8 @@ fn datagram_refusal(state: &State, write: bool) -> Option<Errno> {
     }
 }
 
-/// [`refusal`] for a stream whose interrupted (or timed out) connect is
-/// in flight ([`Entry::parked`]): as TCP's, a data call waits for the
+/// [`refusal`] for a stream whose non-blocking, interrupted or timed out
+/// connect is in flight ([`Entry::parked`]): as TCP's, a data call waits for the
 /// connect to end (`EAGAIN` at once on a non-blocking socket or with
 /// `MSG_DONTWAIT`, and once the socket's send timeout for a write, its
 /// receive timeout for a read, has passed; `EINTR` if a signal interrupts

@@ -164,12 +164,13 @@ pub(crate) struct Entry {
     pub state: State,
     /// The pending `SO_ERROR`.
     pub so_error: i32,
-    /// The blocking connect in flight goes on without its caller (a
-    /// signal interrupted it, `EINTR`), or may (it has a send timeout:
-    /// marked as it starts, `EINPROGRESS` once the timeout passed), in a
-    /// thread of the shim's (`ops::park`, or the connector's for one with
-    /// a timeout) in the process with this id (0: none): a placeholder is
-    /// at the number, a later blocking
+    /// The connect in flight goes on without its caller (a non-blocking
+    /// one, marked as it starts; a blocking one a signal interrupted,
+    /// `EINTR`), or may (a blocking one with a send timeout: marked as it
+    /// starts, `EINPROGRESS` once the timeout passed), in a thread of the
+    /// shim's (the connector's, or `ops::park`'s for an interrupted one)
+    /// in the process with this id (0: none): a placeholder is at the
+    /// number, a later blocking
     /// `connect` and blocking data calls there wait for the outcome, and
     /// its completion or a `close` shuts the placeholder's peer end down
     /// (which a forked child's copy of that end cannot hold off). A forked
@@ -230,9 +231,9 @@ impl Entry {
     /// connect failed or that listens (TCP answers `ENOTCONN` and `EPIPE`,
     /// where the placeholder at the number would block or read end of
     /// file, and the accept queue would give up an accept notice), or one
-    /// whose interrupted or timed connect is in flight ([`Entry::parked`]: TCP
-    /// waits for the outcome, where the placeholder would end the wait
-    /// with a hang-up, `EPIPE` and `SIGPIPE`).
+    /// whose non-blocking, interrupted or timed connect is in flight
+    /// ([`Entry::parked`]: TCP waits for the outcome, where the placeholder
+    /// would end the wait with a hang-up, `EPIPE` and `SIGPIPE`).
     pub(crate) fn intercepted(&self) -> bool {
         match self.kind {
             Kind::Dgram => !matches!(self.state, State::Connected),

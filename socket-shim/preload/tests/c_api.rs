@@ -288,6 +288,82 @@ fn a_blocking_connect_gives_up_after_so_sndtimeo_as_tcp() {
     client(&sald, &["connect-timeout-many", "c0c002", "64"]).success(T);
 }
 
+/// Waits for a connect in flight as TCP's (each checked against Linux's
+/// TCP, its SYNs dropped): a blocking `connect` on a socket whose
+/// non-blocking connect is in flight waits for its outcome (it was
+/// `EALREADY` at once), for `SO_SNDTIMEO` at most (`EALREADY` then), in
+/// inet mode too; a stop and continue (`SIGSTOP`, `SIGCONT`, no handler)
+/// ends a wait with a timeout with `EINTR` (it was restarted: `connect`,
+/// `write` and `read` waiting for a connect, and a fresh connect with a
+/// send timeout) and not one without; a send timeout of 1e15 s is one (a
+/// `SA_RESTART` signal interrupts its wait), one of 1e17 s none, as Linux
+/// takes a timeout too long to count in jiffies (it was a timeout, and
+/// the signals interrupted it). Nobody answers for the service until a
+/// host comes up for it, after the program says so.
+#[test]
+fn connects_wait_for_a_connect_in_flight_as_tcp() {
+    let sald = Sald::start();
+    let mut control = ControlClient::connect_to(&sald.control).expect("control");
+    let far = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 6), support::free_udp_port());
+    for (prefix, locator) in [
+        ("c8c8/16", far),
+        ("c9c9/16", "127.0.0.9:9".parse().unwrap()),
+    ] {
+        control
+            .request_ok(&Request::AddRule {
+                prefix: prefix.parse().unwrap(),
+                target: Target::Forward {
+                    locator: Locator::Udp(locator),
+                    weight: 1,
+                },
+                priority: 0,
+            })
+            .expect("rule");
+    }
+    let args = ["connect-waits", "c8c801", "7205", "c9c901"];
+    let mut cmd = sald.run(&["--map", "7205=c8c801"], c_program(), &args);
+    cmd.stdout(Stdio::piped());
+    let mut connecting = Proc::spawn("serval_test connect-waits", &mut cmd);
+    connecting.wait_ready("connecting");
+    // The stop (0.3 s after, for 0.2 s) and the signals come first.
+    std::thread::sleep(Duration::from_secs(1));
+    let far = Sald::start_on(far);
+    let mut srv = server(&far, &["stream-server", "c8c801", "3"]);
+    connecting.success(T);
+    srv.success(T);
+}
+
+/// `SO_RCVTIMEO` reads as the program set it (as Linux rounds it) while a
+/// connect is in flight: timed out, interrupted or non-blocking (it read
+/// 0: the placeholder's is turned off for the shim's waits).
+#[test]
+fn so_rcvtimeo_reads_as_set_while_a_connect_is_in_flight() {
+    let sald = Sald::start();
+    let mut control = ControlClient::connect_to(&sald.control).expect("control");
+    control
+        .request_ok(&Request::AddRule {
+            prefix: "cacb/16".parse().unwrap(),
+            target: Target::Forward {
+                locator: Locator::Udp("127.0.0.9:9".parse().unwrap()),
+                weight: 1,
+            },
+            priority: 0,
+        })
+        .expect("rule");
+    client(&sald, &["rcvtimeo-connecting", "cacb01"]).success(T);
+}
+
+/// A connect that completes while a `connect` call looks at the socket
+/// returns 0, as TCP's, not `EISCONN` (the call saw the socket connecting,
+/// then connected, and took it for one that had said so).
+#[test]
+fn the_first_connect_after_a_background_connect_returns_0() {
+    let sald = Sald::start();
+    let mut srv = server(&sald, &["stream-server", "ccc1", "300"]);
+    client(&sald, &["connect-race", "ccc1", "300"]).success(T);
+    srv.success(T);
+}
+
 /// `accept` on a listener with `SO_RCVTIMEO` (set before `listen` or
 /// after, in inet mode too) fails with `EAGAIN` once that time has passed
 /// without a flow, as TCP's, and any signal interrupts it (`EINTR`, with

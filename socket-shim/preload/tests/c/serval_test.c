@@ -111,6 +111,21 @@
  *   connect-timeout-many HOLE N               N blocking connects with SO_SNDTIMEO left in
  *                                             flight after EINPROGRESS: one connector
  *                                             thread and connection for them all
+ *   connect-waits S1 PORT HOLE                a blocking connect on a socket whose
+ *                                             non-blocking connect is in flight waits
+ *                                             for it (SO_SNDTIMEO at most: EALREADY);
+ *                                             SIGSTOP and SIGCONT end a wait with a
+ *                                             timeout (connect, write, read: EINTR);
+ *                                             SO_SNDTIMEO 1e15 s is a timeout, 1e17 s
+ *                                             none; S1 (and the PORT inet mode maps to
+ *                                             it) unreachable until the test starts a
+ *                                             host for it after "connecting"
+ *   rcvtimeo-connecting HOLE                  SO_RCVTIMEO reads as set (as a kernel TCP
+ *                                             socket reads the same value) while a timed,
+ *                                             interrupted or non-blocking connect is in
+ *                                             flight
+ *   connect-race SID N                        N non-blocking connects, each then connected
+ *                                             again until not EALREADY: 0, then EISCONN
  *   accept-timeout SID PORT SID2              accept with SO_RCVTIMEO (set before or after
  *                                             listen; inet mode, PORT mapped to SID2): EAGAIN
  *                                             after that long, EINTR from any signal; reads
@@ -2303,6 +2318,223 @@ static int listen_fork(const char *sid, int forks) {
     return failures ? 1 : 0;
 }
 
+/* Stops this process for 0.2 s, `delay` microseconds from now: a child
+ * sends SIGSTOP, then SIGCONT (no handler for either). Returns the child,
+ * for the caller to reap. */
+static pid_t stop_and_continue(long delay) {
+    pid_t me = getpid();
+    pid_t child = fork();
+    if (child < 0) die("fork");
+    if (child == 0) {
+        usleep((useconds_t)delay);
+        kill(me, SIGSTOP);
+        usleep(200000);
+        kill(me, SIGCONT);
+        _exit(0);
+    }
+    return child;
+}
+
+static void blocking_mode(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK); }
+
+struct blocking {
+    int fd;
+    const struct sockaddr *sa;
+    socklen_t len;
+    int rc, err;
+};
+
+static void *blocking_connect(void *arg) {
+    struct blocking *b = arg;
+    b->rc = connect(b->fd, b->sa, b->len);
+    b->err = errno;
+    return NULL;
+}
+
+/* As TCP's: a blocking connect on a socket whose non-blocking connect is
+ * in flight waits for its outcome (SO_SNDTIMEO at most, then EALREADY);
+ * a stop and continue (SIGSTOP, SIGCONT, no handler) ends a wait with a
+ * timeout (connect, write, read) with EINTR, and one without a timeout
+ * goes on; a send timeout of 1e15 s is one (a SA_RESTART signal
+ * interrupts it), one of 1e17 s none (Linux takes any over LONG_MAX / HZ
+ * s as none). See the top of the file for the services. */
+static int connect_waits(const char *s1, int port, const char *hole) {
+    struct sockaddr_sv sa1 = sv_addr(s1), sah = sv_addr(hole);
+    int a = socket(AF_SERVAL, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (a < 0) die("socket");
+    EXPECT_ERR(connect(a, (struct sockaddr *)&sah, sizeof sah), EINPROGRESS);
+    blocking_mode(a);
+    set_timeout(a, SO_SNDTIMEO, 300000);
+    double start = seconds();
+    EXPECT_ERR(connect(a, (struct sockaddr *)&sah, sizeof sah), EALREADY);
+    took("a blocking connect while a non-blocking one is in flight", start, 0.25, 3);
+    /* Stopped and continued: TCP's waits with a timeout end (EINTR). */
+    set_timeout(a, SO_SNDTIMEO, 5000000);
+    set_timeout(a, SO_RCVTIMEO, 5000000);
+    pid_t child = stop_and_continue(300000);
+    start = seconds();
+    EXPECT_ERR(connect(a, (struct sockaddr *)&sah, sizeof sah), EINTR);
+    took("a blocking connect waiting for a non-blocking one, stopped", start, 0.3, 3);
+    waitpid(child, NULL, 0);
+    child = stop_and_continue(300000);
+    start = seconds();
+    EXPECT_ERR(write(a, "x", 1), EINTR);
+    took("a write waiting for the connect, stopped", start, 0.3, 3);
+    waitpid(child, NULL, 0);
+    char byte;
+    child = stop_and_continue(300000);
+    start = seconds();
+    EXPECT_ERR(read(a, &byte, 1), EINTR);
+    took("a read waiting for the connect, stopped", start, 0.3, 3);
+    waitpid(child, NULL, 0);
+    close(a);
+    int t = socket(AF_SERVAL, SOCK_STREAM, 0);
+    if (t < 0) die("socket");
+    set_timeout(t, SO_SNDTIMEO, 5000000);
+    child = stop_and_continue(300000);
+    start = seconds();
+    EXPECT_ERR(connect(t, (struct sockaddr *)&sah, sizeof sah), EINTR);
+    took("a connect with SO_SNDTIMEO, stopped", start, 0.3, 3);
+    waitpid(child, NULL, 0);
+    close(t);
+    /* 1e15 s is a timeout: a SA_RESTART signal interrupts its wait. */
+    int h = socket(AF_SERVAL, SOCK_STREAM, 0);
+    if (h < 0) die("socket");
+    struct timeval long_one = {.tv_sec = 1000000000000000L};
+    CHECK(setsockopt(h, SOL_SOCKET, SO_SNDTIMEO, &long_one, sizeof long_one) == 0, "SO_SNDTIMEO 1e15 s");
+    alarms = 0;
+    alarm_in(SA_RESTART, 200000, 1);
+    EXPECT_ERR(connect(h, (struct sockaddr *)&sah, sizeof sah), EINTR);
+    CHECK(alarms == 1, "a signal came (%d)", (int)alarms);
+    close(h);
+
+    /* Waits for connects that complete once the host comes up: blocking
+     * connects (in threads) on sockets whose non-blocking connects are in
+     * flight, one inet mode maps (PORT), and a fresh one with a send
+     * timeout of 1e17 s, through SA_RESTART signals and a stop. */
+    int b = socket(AF_SERVAL, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (b < 0) die("socket");
+    EXPECT_ERR(connect(b, (struct sockaddr *)&sa1, sizeof sa1), EINPROGRESS);
+    blocking_mode(b);
+    struct sockaddr_in sin = inet_addr_port(0x0a090909, port);
+    int c = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (c < 0) die("socket");
+    EXPECT_ERR(connect(c, (struct sockaddr *)&sin, sizeof sin), EINPROGRESS);
+    blocking_mode(c);
+    int e = socket(AF_SERVAL, SOCK_STREAM, 0);
+    if (e < 0) die("socket");
+    struct timeval none = {.tv_sec = 100000000000000000L};
+    CHECK(setsockopt(e, SOL_SOCKET, SO_SNDTIMEO, &none, sizeof none) == 0, "SO_SNDTIMEO 1e17 s");
+    struct blocking wb = {b, (struct sockaddr *)&sa1, sizeof sa1, -2, 0};
+    struct blocking wc = {c, (struct sockaddr *)&sin, sizeof sin, -2, 0};
+    pthread_t tb, tc;
+    pthread_create(&tb, NULL, blocking_connect, &wb);
+    pthread_create(&tc, NULL, blocking_connect, &wc);
+    alarms = 0;
+    alarm_in(SA_RESTART, 100000, 0);
+    say("connecting");
+    child = stop_and_continue(300000);
+    CHECK(connect(e, (struct sockaddr *)&sa1, sizeof sa1) == 0, "a connect with SO_SNDTIMEO 1e17 s (none)");
+    pthread_join(tb, NULL);
+    pthread_join(tc, NULL);
+    alarm_in(0, 0, 1);
+    waitpid(child, NULL, 0);
+    CHECK(alarms >= 2, "%d signals while they waited", (int)alarms);
+    errno = wb.err;
+    CHECK(wb.rc == 0, "a blocking connect waits for the non-blocking one in flight (rc %d)", wb.rc);
+    errno = wc.err;
+    CHECK(wc.rc == 0, "the same on a TCP socket inet mode maps (rc %d)", wc.rc);
+    EXPECT_ERR(connect(b, (struct sockaddr *)&sa1, sizeof sa1), EISCONN);
+    EXPECT_ERR(connect(c, (struct sockaddr *)&sin, sizeof sin), EISCONN);
+    int fds[3] = {b, c, e};
+    for (int i = 0; i < 3; i++) {
+        CHECK(echo_check(fds[i], 10000) == 0, "echo on connect %d", i);
+        close(fds[i]);
+    }
+    return failures ? 1 : 0;
+}
+
+/* SO_RCVTIMEO of `fd`, in microseconds. */
+static long receive_timeout(int fd) {
+    struct timeval tv = {-1, -1};
+    socklen_t len = sizeof tv;
+    if (getsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, &len) != 0) return -1;
+    return (long)tv.tv_sec * 1000000 + (long)tv.tv_usec;
+}
+
+/* SO_RCVTIMEO reads as the program set it (as the kernel rounds it, read
+ * from a TCP socket of the kernel's given the same value) while a
+ * connect is in flight: timed out, interrupted, or non-blocking. HOLE
+ * never answers. */
+static int rcvtimeo_connecting(const char *hole) {
+    struct sockaddr_sv sa = sv_addr(hole);
+    int k = socket(AF_INET, SOCK_STREAM, 0);
+    if (k < 0) die("socket");
+    long values[] = {200000, 1, 1234567};
+    for (int i = 0; i < 3; i++) {
+        set_timeout(k, SO_RCVTIMEO, values[i]);
+        long kernel = receive_timeout(k);
+        CHECK(kernel > 0, "the kernel's reading of %ld us: %ld", values[i], kernel);
+        int a = socket(AF_SERVAL, SOCK_STREAM, 0);
+        if (a < 0) die("socket");
+        set_timeout(a, SO_RCVTIMEO, values[i]);
+        set_timeout(a, SO_SNDTIMEO, 100000);
+        EXPECT_ERR(connect(a, (struct sockaddr *)&sa, sizeof sa), EINPROGRESS);
+        long got = receive_timeout(a);
+        CHECK(got == kernel, "SO_RCVTIMEO %ld us while a timed connect is in flight: %ld, not %ld", values[i], got,
+              kernel);
+        int b = socket(AF_SERVAL, SOCK_STREAM, 0);
+        if (b < 0) die("socket");
+        set_timeout(b, SO_RCVTIMEO, values[i]);
+        alarms = 0;
+        alarm_in(0, 200000, 1);
+        EXPECT_ERR(connect(b, (struct sockaddr *)&sa, sizeof sa), EINTR);
+        got = receive_timeout(b);
+        CHECK(got == kernel, "SO_RCVTIMEO %ld us while an interrupted connect is in flight: %ld, not %ld", values[i],
+              got, kernel);
+        int c = socket(AF_SERVAL, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        if (c < 0) die("socket");
+        set_timeout(c, SO_RCVTIMEO, values[i]);
+        EXPECT_ERR(connect(c, (struct sockaddr *)&sa, sizeof sa), EINPROGRESS);
+        got = receive_timeout(c);
+        CHECK(got == kernel, "SO_RCVTIMEO %ld us while a non-blocking connect is in flight: %ld, not %ld",
+              values[i], got, kernel);
+        if (i == 0) {
+            /* It still bounds a read that waits for the connect. */
+            blocking_mode(c);
+            char byte;
+            double start = seconds();
+            EXPECT_ERR(read(c, &byte, 1), EAGAIN);
+            took("a read waiting for a non-blocking connect (SO_RCVTIMEO 0.2 s)", start, 0.15, 3);
+        }
+        close(a);
+        close(b);
+        close(c);
+    }
+    close(k);
+    return failures ? 1 : 0;
+}
+
+/* N non-blocking connects to SID (a stream-server for N), each followed
+ * by connects until one is not EALREADY: as TCP's, that one returns 0
+ * (it used to be EISCONN when the connect completed within the call),
+ * the next EISCONN. */
+static int connect_race(const char *sid, int n) {
+    struct sockaddr_sv sa = sv_addr(sid);
+    for (int i = 0; i < n; i++) {
+        int fd = socket(AF_SERVAL, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        if (fd < 0) die("socket");
+        EXPECT_ERR(connect(fd, (struct sockaddr *)&sa, sizeof sa), EINPROGRESS);
+        int rc;
+        while ((rc = connect(fd, (struct sockaddr *)&sa, sizeof sa)) == -1 && errno == EALREADY) {
+        }
+        CHECK(rc == 0, "connect %d: the first connect once connected returned %d", i, rc);
+        EXPECT_ERR(connect(fd, (struct sockaddr *)&sa, sizeof sa), EISCONN);
+        close(fd);
+    }
+    return failures ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     if (argc < 3) {
@@ -2340,6 +2572,9 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "connect-eintr") && argc > 5) return connect_eintr(sid, atoi(argv[3]), argv[4], argv[5]);
     if (!strcmp(cmd, "connect-timeout") && argc > 5) return connect_timeout(sid, atoi(argv[3]), argv[4], argv[5]);
     if (!strcmp(cmd, "connect-timeout-many")) return connect_timeout_many(sid, (int)n);
+    if (!strcmp(cmd, "connect-waits") && argc > 4) return connect_waits(sid, atoi(argv[3]), argv[4]);
+    if (!strcmp(cmd, "rcvtimeo-connecting")) return rcvtimeo_connecting(sid);
+    if (!strcmp(cmd, "connect-race")) return connect_race(sid, (int)n);
     if (!strcmp(cmd, "accept-timeout") && argc > 4) return accept_timeout(sid, atoi(argv[3]), argv[4]);
     if (!strcmp(cmd, "misuse")) return misuse(sid);
     if (!strcmp(cmd, "nodaemon")) return nodaemon(sid);
