@@ -9,6 +9,22 @@ use smoltcp::time::Instant;
 
 use crate::rtt::RttEstimator;
 
+/// sal-tcp: the window a rewind restarts from at most: RFC 5681's
+/// initial window for segments of `mss` bytes (3.1: RFC 3390's
+/// min(4 MSS, max(2 MSS, 4380)), three segments of the SAL's 1448 bytes),
+/// from which RFC 9000 9.4 also restarts a new path.
+pub(crate) fn restart_window(mss: usize) -> usize {
+    (4 * mss).min((2 * mss).max(4380))
+}
+
+/// sal-tcp: the slow start threshold a rewind leaves: at least 3/4 of the
+/// window given up, so that slow start regrows most of the way to what
+/// the path carried before (Linux's `tcp_current_ssthresh`, which its
+/// restart after an idle period, `tcp_cwnd_restart`, keeps).
+pub(crate) fn restart_ssthresh(ssthresh: usize, cwnd: usize) -> usize {
+    ssthresh.max(cwnd / 4 * 3)
+}
+
 pub(crate) mod cubic;
 pub(crate) mod no_control;
 pub(crate) mod reno;
@@ -43,6 +59,14 @@ pub(crate) trait Controller {
 
     /// Fired after an inferred loss via three duplicate acks.
     fn on_loss(&mut self, now: Instant, in_flight: usize) {}
+
+    /// sal-tcp: fired when the socket rewinds (`Socket::rewind`): the
+    /// path went silent and answered again, or it is a new one. Not a
+    /// congestion loss: the window restarts at no more than the initial
+    /// window ([`restart_window`]), from which slow start regrows
+    /// towards what the path carried (ssthresh is kept at least 3/4 of
+    /// the window given up).
+    fn on_rewind(&mut self) {}
 
     fn pre_transmit(&mut self, now: Instant) {}
 

@@ -249,6 +249,21 @@
 //!   smoltcp's 1 s timeout floor),
 //!   `test_partial_ack_retransmits_the_next_hole_at_once` and
 //!   `test_last_ack_duplicate_acks_with_data_in_flight_fast_retransmit`.
+//!   After a [`Socket::rewind`], duplicate ACKs of the segment it resends
+//!   first (the old path's data still arriving) start no fast retransmit
+//!   until an ACK moves past it. After a retransmission timeout they may,
+//!   as in smoltcp, though RFC 6582 section 4 suggests otherwise: through
+//!   random loss the timeout's copy is often lost too, and they repair it
+//!   at once (held off, the SAL's `sim_tcp_loss` had 3 stalls of 1 s or
+//!   more in 64 runs at 3 % loss against none, and `sim_lossy_paths`
+//!   waited 1.1 s against its 0.75 s bound). Tested by
+//!   `test_duplicate_acks_after_a_timeout_resend_the_segment_again` and
+//!   `test_rewind_resends_within_a_restarted_congestion_window`.
+//!   A fast retransmission fits the peer's window, as any segment does
+//!   (smoltcp sent a whole segment past a window that had shrunk), and
+//!   waits for a closed one to open, the zero-window probe asking for it
+//!   meanwhile: `test_fast_retransmit_stays_within_the_peer_window`,
+//!   `test_fast_retransmit_waits_for_a_closed_window_to_open`.
 //!   Received SACK blocks are still not used by the sender.
 //! - **Limited transmit** (RFC 3042): each of the first two duplicate ACKs
 //!   outside a recovery lets one new segment out beyond the congestion
@@ -312,11 +327,18 @@
 //!   three segments, not four. Tested by `test_delayed_ack_of_fin`,
 //!   `test_delayed_ack_of_fin_rides_on_our_fin` and the SAL's
 //!   `a_short_request_takes_twelve_packets`.
-//! - **Path changes**: [`Socket::rewind`] resends everything in flight at
-//!   once (after a pure ACK of what we hold), for a SAL migration: what the
-//!   old path swallowed need not wait for the retransmission timeout, and
-//!   the SAL keeps no copies of sent segments. Tested by
-//!   `rewind_after_a_path_change_resends_at_once`.
+//! - **Path changes**: [`Socket::rewind`] resends everything in flight
+//!   from the oldest unacknowledged byte (after a pure ACK of what we
+//!   hold), for a SAL migration or a path that went silent and answered a
+//!   probe: what the old path swallowed need not wait for the
+//!   retransmission timeout, and the SAL keeps no copies of sent segments.
+//!   The congestion window restarts from the initial window at most (RFC
+//!   9000 9.4 restarts a new path there; RFC 5681 4.1 and Linux restart a
+//!   flow that was silent), with ssthresh kept at least 3/4 of the window
+//!   given up, and slow start regrows it from the ACKs: the whole flight
+//!   used to go out at once (44 segments in one trace). Tested by
+//!   `rewind_after_a_path_change_resends_at_once` and
+//!   `test_rewind_resends_within_a_restarted_congestion_window`.
 //! - **Timestamps**: generated from `now` plus the ISN instead of a `fn()`
 //!   generator; enabled by `Config::timestamps`.
 //! - **Congestion control**: Reno and Cubic always compiled (no cargo

@@ -245,6 +245,18 @@ impl Controller for Cubic {
         self.idle_start = None;
     }
 
+    fn on_rewind(&mut self) {
+        self.ssthresh = super::restart_ssthresh(self.ssthresh, self.cwnd);
+        self.cwnd = self.cwnd.min(super::restart_window(self.mss));
+        self.w_est = self.cwnd as f64;
+        self.growth_credit = 0;
+        // As after a timeout: W_max and K are set at the start of the next
+        // congestion avoidance stage (RFC 9438 4.8).
+        self.recovery_start = None;
+        self.in_fast_recovery = false;
+        self.idle_start = None;
+    }
+
     fn set_mss(&mut self, mss: usize) {
         self.mss = mss;
         self.recompute_k();

@@ -100,6 +100,12 @@ impl Controller for Reno {
         self.in_fast_recovery = false
     }
 
+    fn on_rewind(&mut self) {
+        self.ssthresh = super::restart_ssthresh(self.ssthresh, self.cwnd);
+        self.cwnd = self.cwnd.min(super::restart_window(self.mss));
+        self.in_fast_recovery = false;
+    }
+
     fn set_mss(&mut self, mss: usize) {
         self.mss = mss;
     }

@@ -7888,3 +7888,132 @@ fn test_fin_behind_bytes_beyond_the_window_is_ignored() {
     assert!(!s.rx_fin_received);
     assert_eq!(s.state, State::Established);
 }
+
+/// A Reno socket, MSS 1024, peer window 65,535, that queued `len` bytes
+/// and, by slow start, has segments 2 to 5 of them in flight at 10 ms (0
+/// and 1 acknowledged), for the loss recovery tests below.
+fn socket_four_segments_in_flight(len: usize) -> TestSocket {
+    let mut s = socket_established_with_buffer_sizes(len, 64);
+    s.set_congestion_control(CongestionControl::Reno);
+    s.remote_win_len = 65535;
+    s.remote_mss = 1024;
+    send!(s, time 0, ack_of_segments(0));
+    s.send_slice(&vec![7; len]).unwrap();
+    assert_eq!(segments_sent(&mut s, 0), [(0, 1024), (1024, 1024)]);
+    send!(s, time 10, ack_of_segments(1));
+    send!(s, time 10, ack_of_segments(2));
+    assert_eq!(
+        segments_sent(&mut s, 10),
+        [(2048, 1024), (3072, 1024), (4096, 1024), (5120, 1024)]
+    );
+    s
+}
+
+/// The peer's ACK of the first `n` segments of 1024 bytes, window 65,535.
+fn ack_of_segments(n: usize) -> TcpRepr<'static> {
+    TcpRepr {
+        seq_number: REMOTE_SEQ + 1,
+        ack_number: Some(LOCAL_SEQ + 1 + n * 1024),
+        window_len: 65535,
+        ..SEND_TEMPL
+    }
+}
+
+#[test]
+fn test_duplicate_acks_after_a_timeout_resend_the_segment_again() {
+    // Segment 2 of a flight of four is lost, and the timeout resends it.
+    // Three duplicate ACKs after that (the timeout's copy may be lost in
+    // turn) start a fast retransmit of it at once: `recover` stays unset
+    // after a timeout (see `poll_transmit`), where RFC 6582 section 4
+    // would hold them off and leave a lost copy to the backed-off timeout.
+    let mut s = socket_four_segments_in_flight(16384);
+    let rto = s.rtte.retransmission_timeout().total_millis() as i64;
+    assert_eq!(segments_sent(&mut s, 10 + rto), [(2048, 1024)], "timeout");
+    assert_eq!(s.recover, None);
+    for _ in 0..3 {
+        send!(s, time 20 + rto, ack_of_segments(2));
+    }
+    assert_eq!(
+        segments_sent(&mut s, 20 + rto).first(),
+        Some(&(2048, 1024)),
+        "fast retransmit"
+    );
+}
+
+#[test]
+fn test_fast_retransmit_stays_within_the_peer_window() {
+    // The peer's window shrank to 500 bytes past its ACK (a receive cap,
+    // memory pressure), and then it reports a loss. The retransmission
+    // must fit that window, as any segment: smoltcp sent a whole segment
+    // past it (a trace showed 193 bytes into a window of 192), which the
+    // peer cuts or drops.
+    let mut s = socket_four_segments_in_flight(16384);
+    let shrunk = TcpRepr {
+        window_len: 500,
+        ..ack_of_segments(2)
+    };
+    send!(s, time 20, shrunk);
+    assert_eq!(s.remote_window(), 500);
+    for _ in 0..3 {
+        send!(s, time 20, shrunk);
+    }
+    assert_eq!(segments_sent(&mut s, 20), [(2048, 500)]);
+}
+
+#[test]
+fn test_fast_retransmit_waits_for_a_closed_window_to_open() {
+    // The same with no window at all: nothing goes until it opens, and
+    // then the retransmission does.
+    let mut s = socket_four_segments_in_flight(16384);
+    let closed = TcpRepr {
+        window_len: 0,
+        ..ack_of_segments(2)
+    };
+    send!(s, time 20, closed);
+    for _ in 0..3 {
+        send!(s, time 20, closed);
+    }
+    assert_eq!(segments_sent(&mut s, 20), []);
+    assert!(s.timer.is_zero_window_probe(), "the window is asked for");
+    send!(s, time 30, ack_of_segments(2));
+    assert_eq!(segments_sent(&mut s, 30).first(), Some(&(2048, 1024)));
+}
+
+#[test]
+fn test_rewind_resends_within_a_restarted_congestion_window() {
+    // A path change with eight segments in flight on a window of eight
+    // (Reno, grown by slow start): the rewind resends them from the
+    // initial window (RFC 5681: four segments of 1024 bytes), not all at
+    // once onto a path nothing has measured, and each ACK lets more out
+    // (slow start).
+    let mut s = socket_established_with_buffer_sizes(32768, 64);
+    s.set_congestion_control(CongestionControl::Reno);
+    s.remote_win_len = 65535;
+    s.remote_mss = 1024;
+    send!(s, time 0, ack_of_segments(0));
+    s.send_slice(&[7; 32768]).unwrap();
+    segments_sent(&mut s, 0);
+    for n in 1..=6 {
+        send!(s, time 10, ack_of_segments(n));
+        segments_sent(&mut s, 10);
+    }
+    assert_eq!(s.flight_size(), 8 * 1024);
+    assert_eq!(s.congestion_controller.inner().window(), 8 * 1024);
+    assert_eq!(s.rewind(), 8 * 1024);
+    let segments = |from: usize, to: usize| -> Vec<(usize, usize)> {
+        (from..to).map(|n| (n * 1024, 1024)).collect()
+    };
+    assert_eq!(segments_sent(&mut s, 20), segments(6, 10), "initial window");
+    // Segment 6 was lost on the old path, and its successors, still on
+    // their way there, earn duplicate ACKs: they report the loss the rewind
+    // repairs, and start no fast retransmit of it (nor limited transmit).
+    for _ in 0..3 {
+        send!(s, time 30, ack_of_segments(6));
+    }
+    assert_eq!(segments_sent(&mut s, 30), []);
+    // The peer had segments 7 to 10: the ACK of the copy of 6 covers them,
+    // and slow start goes on from there.
+    send!(s, time 40, ack_of_segments(11));
+    assert_eq!(s.recover, None);
+    assert_eq!(segments_sent(&mut s, 40), segments(11, 16), "slow start");
+}
