@@ -489,8 +489,11 @@ fn connect_answer(entry: &Entry) -> Res<c_int> {
 /// long to count in jiffies), zero for a negative timeout (no wait at
 /// all, though it reads back as 0), else rounded up to whole jiffies.
 fn timeout_option(entry: &Entry, name: c_int) -> Option<Duration> {
+    // The record first: a program that sets no timeout never has `HZ`
+    // measured (a socket of the shim's, once).
+    let value = recorded_option(entry, name)?;
     let hz = timeout::kernel_hz();
-    Timeout::from_option(recorded_option(entry, name)?, hz)?.limit(hz)
+    Timeout::from_option(value, hz)?.limit(hz)
 }
 
 /// The error a failed non-blocking connect left in `SO_ERROR`, reported
@@ -1009,12 +1012,19 @@ fn await_parked(waiter: OwnedFd, limit: Option<Duration>) -> Res<()> {
 }
 
 /// Waits until the placeholder copy at `at` hangs up, until `deadline` at
-/// most (`EAGAIN` then). As TCP's waits with a timeout, it ends with
-/// `EINTR` when any signal handler runs, `SA_RESTART` or not, and also
-/// after the process was stopped and continued (`SIGSTOP`, `SIGCONT`),
-/// with no handler at all: so does `epoll_wait`, which the kernel never
-/// restarts, where `poll` with a timeout would be restarted after a stop.
+/// most (`EAGAIN` then); see [`await_events`].
 fn await_hang_up(at: RawFd, deadline: Instant) -> Res<()> {
+    await_events(at, libc::EPOLLIN as u32, deadline)
+}
+
+/// Waits until `at` is ready for one of `events` (or hangs up, or has an
+/// error), until `deadline` at most (`EAGAIN` then). As TCP's waits with
+/// a timeout, it ends with `EINTR` when any signal handler runs,
+/// `SA_RESTART` or not, and also after the process was stopped and
+/// continued (`SIGSTOP`, `SIGCONT`), with no handler at all: so does
+/// `epoll_wait`, which the kernel never restarts, where `poll` with a
+/// timeout would be restarted after a stop.
+fn await_events(at: RawFd, events: u32, deadline: Instant) -> Res<()> {
     // SAFETY: no pointers.
     let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
     if epoll < 0 {
@@ -1022,10 +1032,7 @@ fn await_hang_up(at: RawFd, deadline: Instant) -> Res<()> {
     }
     // SAFETY: the kernel just made `epoll` for us.
     let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
-    let mut event = libc::epoll_event {
-        events: libc::EPOLLIN as u32,
-        u64: 0,
-    };
+    let mut event = libc::epoll_event { events, u64: 0 };
     // SAFETY: `event` is a valid epoll_event for the call's duration;
     // libc's own `epoll_ctl` (the shim records only the program's).
     if unsafe { real::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, at, &mut event) } < 0 {
@@ -1853,8 +1860,8 @@ fn hidden_receive_timeout(entry: &Entry) -> Option<libc::timeval> {
     if entry.parked == 0 || entry.wake().is_none() {
         return None;
     }
-    let hz = timeout::kernel_hz();
     let value = recorded_option(entry, libc::SO_RCVTIMEO)?;
+    let hz = timeout::kernel_hz();
     Some(Timeout::from_option(value, hz)?.read_back(hz))
 }
 
@@ -2171,7 +2178,10 @@ fn datagram_refusal(state: &State, write: bool) -> Option<Errno> {
 /// receive timeout for a read, has passed; `EINTR` if a signal interrupts
 /// the wait), then goes on on the flow or fails as on a failed connect.
 /// (The placeholder at the number would block until the outcome, then end
-/// the wait with end of file or `EPIPE` and `SIGPIPE`.)
+/// the wait with end of file or `EPIPE` and `SIGPIPE`.) As TCP's, the
+/// call's timeout counts down across both waits: once connected, it waits
+/// on the flow for what is left of it ([`await_events`]; the flow's own
+/// timeout would start afresh), then goes on there.
 fn refusal_parked(fd: RawFd, write: bool, flags: c_int) -> Option<Errno> {
     if flags & libc::MSG_DONTWAIT != 0 || fd_flags(fd).0 {
         return Some(libc::EAGAIN);
@@ -2180,8 +2190,10 @@ fn refusal_parked(fd: RawFd, write: bool, flags: c_int) -> Option<Errno> {
         true => libc::SO_SNDTIMEO,
         false => libc::SO_RCVTIMEO,
     };
+    let mut deadline = None;
     match parked_waiter(fd, timeout) {
         Ok(Some((waiter, _, limit))) => {
+            deadline = limit.and_then(|limit| Instant::now().checked_add(limit));
             if let Err(errno) = await_parked(waiter, limit) {
                 return Some(errno);
             }
@@ -2204,7 +2216,16 @@ fn refusal_parked(fd: RawFd, write: bool, flags: c_int) -> Option<Errno> {
         // No placeholder to wait on (none could be made), or a forked
         // child's copy, which nothing completes: never connected.
         true => Some(libc::ENOTCONN),
-        false => refusal(fd, write, flags),
+        false => match (refusal(fd, write, flags), deadline) {
+            (None, Some(deadline)) => {
+                let ready = match write {
+                    true => libc::EPOLLOUT,
+                    false => libc::EPOLLIN,
+                };
+                await_events(fd, ready as u32, deadline).err()
+            }
+            (refused, _) => refused,
+        },
     }
 }
 

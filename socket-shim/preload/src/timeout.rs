@@ -92,16 +92,21 @@ impl Timeout {
 static HZ: AtomicU64 = AtomicU64::new(0);
 
 /// The kernel's `HZ`: what a receive timeout of 1 us reads back as, on a
-/// socket made for the purpose, is one jiffy. 1000 if that cannot be
-/// measured. Makes and closes a descriptor with libc's own calls the first
-/// time (never this shim's `close`, so it may run under the table lock).
+/// socket made for the purpose, is one jiffy. Makes and closes a
+/// descriptor with libc's own calls the first time (never this shim's
+/// `close`, so it may run under the table lock). 1000 if that cannot be
+/// measured (no descriptor free, `EMFILE`), and then measured again next
+/// time: kept, a guess would round every timeout of the process wrongly
+/// for good.
 pub(crate) fn kernel_hz() -> u64 {
     match HZ.load(Ordering::Relaxed) {
-        0 => {
-            let hz = measure_hz().unwrap_or(1000);
-            HZ.store(hz, Ordering::Relaxed);
-            hz
-        }
+        0 => match measure_hz() {
+            Some(hz) => {
+                HZ.store(hz, Ordering::Relaxed);
+                hz
+            }
+            None => 1000,
+        },
         hz => hz,
     }
 }

@@ -333,6 +333,42 @@ fn connects_wait_for_a_connect_in_flight_as_tcp() {
     srv.success(T);
 }
 
+/// A blocking read with `SO_RCVTIMEO` on a socket whose non-blocking
+/// connect is in flight waits that long in all, as TCP's (checked against
+/// Linux's TCP, its first SYN dropped: `EAGAIN` after 2.5 s of 2.5): the
+/// connect completes at a SYN retransmission, 1.5 s or 3.5 s in, and the
+/// read then waits for data only for what is left of its timeout (it
+/// waited the whole timeout again on the flow: 5.5 s or more). Nobody
+/// answers for the service until a host comes up for it, a second after
+/// the program says so.
+#[test]
+fn a_read_waiting_for_a_connect_waits_its_timeout_in_all() {
+    let sald = Sald::start();
+    let mut control = ControlClient::connect_to(&sald.control).expect("control");
+    let far = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 7), support::free_udp_port());
+    control
+        .request_ok(&Request::AddRule {
+            prefix: "cdcd/16".parse().unwrap(),
+            target: Target::Forward {
+                locator: Locator::Udp(far),
+                weight: 1,
+            },
+            priority: 0,
+        })
+        .expect("rule");
+    let mut cmd = sald.run(&[], c_program(), &["read-timeout-connecting", "cdcd01"]);
+    cmd.stdout(Stdio::piped());
+    let mut connecting = Proc::spawn("serval_test read-timeout-connecting", &mut cmd);
+    connecting.wait_ready("connecting");
+    // The connect completes at a later SYN retransmission (1.5 s or 3.5 s
+    // in): what the read waited on the flow is then plain to see.
+    std::thread::sleep(Duration::from_secs(1));
+    let far = Sald::start_on(far);
+    let mut srv = server(&far, &["stream-server", "cdcd01", "1"]);
+    connecting.success(T);
+    srv.success(T);
+}
+
 /// `SO_RCVTIMEO` reads as the program set it (as Linux rounds it) while a
 /// connect is in flight: timed out, interrupted or non-blocking (it read
 /// 0: the placeholder's is turned off for the shim's waits).
@@ -351,6 +387,27 @@ fn so_rcvtimeo_reads_as_set_while_a_connect_is_in_flight() {
         })
         .expect("rule");
     client(&sald, &["rcvtimeo-connecting", "cacb01"]).success(T);
+}
+
+/// The kernel's clock rate, which the shim measures with a socket of its
+/// own the first time it needs it, is measured again later when that
+/// first time found no descriptor free (`EMFILE`): `SO_RCVTIMEO` then
+/// reads as the kernel rounds it (it read as at 1000 Hz for good).
+#[test]
+fn the_clock_rate_is_measured_again_after_emfile() {
+    let sald = Sald::start();
+    let mut control = ControlClient::connect_to(&sald.control).expect("control");
+    control
+        .request_ok(&Request::AddRule {
+            prefix: "cece/16".parse().unwrap(),
+            target: Target::Forward {
+                locator: Locator::Udp("127.0.0.9:9".parse().unwrap()),
+                weight: 1,
+            },
+            priority: 0,
+        })
+        .expect("rule");
+    client(&sald, &["hz-emfile", "cece01"]).success(T);
 }
 
 /// A connect that completes while a `connect` call looks at the socket

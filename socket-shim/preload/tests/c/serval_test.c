@@ -126,6 +126,14 @@
  *                                             flight
  *   connect-race SID N                        N non-blocking connects, each then connected
  *                                             again until not EALREADY: 0, then EISCONN
+ *   read-timeout-connecting SID               a blocking read with SO_RCVTIMEO on a socket
+ *                                             whose non-blocking connect is in flight
+ *                                             waits that long in all (SID unreachable
+ *                                             until the test starts a host after
+ *                                             "connecting")
+ *   hz-emfile HOLE                            SO_RCVTIMEO reads as the kernel rounds it
+ *                                             while a connect is in flight, after the
+ *                                             shim first needed HZ with no descriptor free
  *   accept-timeout SID PORT SID2              accept with SO_RCVTIMEO (set before or after
  *                                             listen; inet mode, PORT mapped to SID2): EAGAIN
  *                                             after that long, EINTR from any signal; reads
@@ -2535,6 +2543,64 @@ static int connect_race(const char *sid, int n) {
     return failures ? 1 : 0;
 }
 
+/* A blocking read on a socket whose non-blocking connect is in flight
+ * waits SO_RCVTIMEO in all, as TCP's (whose read counts one timeout down
+ * across the connect and the wait for data): SID is unreachable until the
+ * test starts a host for it a second after "connecting", the connect
+ * completes at a SYN retransmission (1.5 s or 3.5 s in), the server sends
+ * nothing, and the read fails with EAGAIN 4 s after it began (it waited
+ * 4 s more for data once connected). Then the socket is connected: a
+ * byte echoes. */
+static int read_timeout_connecting(const char *sid) {
+    struct sockaddr_sv sa = sv_addr(sid);
+    int fd = socket(AF_SERVAL, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (fd < 0) die("socket");
+    set_timeout(fd, SO_RCVTIMEO, 4000000);
+    EXPECT_ERR(connect(fd, (struct sockaddr *)&sa, sizeof sa), EINPROGRESS);
+    blocking_mode(fd);
+    say("connecting");
+    double start = seconds();
+    char byte;
+    EXPECT_ERR(read(fd, &byte, 1), EAGAIN);
+    took("a read waiting for a connect, then for data (SO_RCVTIMEO 4 s)", start, 3.8, 4.7);
+    CHECK(write(fd, "x", 1) == 1, "a write once connected");
+    CHECK(read(fd, &byte, 1) == 1 && byte == 'x', "the echo");
+    close(fd);
+    return failures ? 1 : 0;
+}
+
+/* SO_RCVTIMEO of a socket whose non-blocking connect to HOLE is in flight
+ * reads as the kernel rounds it even when the shim's first look at the
+ * kernel's clock rate came while the process had no descriptor to spare
+ * (EMFILE): once one is free again, it reads as a TCP socket's. */
+static int hz_emfile(const char *hole) {
+    struct sockaddr_sv sa = sv_addr(hole);
+    int k = socket(AF_INET, SOCK_STREAM, 0);
+    if (k < 0) die("socket");
+    set_timeout(k, SO_RCVTIMEO, 1);
+    long kernel = receive_timeout(k);
+    close(k);
+    int a = socket(AF_SERVAL, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (a < 0) die("socket");
+    set_timeout(a, SO_RCVTIMEO, 1);
+    EXPECT_ERR(connect(a, (struct sockaddr *)&sa, sizeof sa), EINPROGRESS);
+    struct rlimit was, low;
+    if (getrlimit(RLIMIT_NOFILE, &was) != 0) die("getrlimit");
+    low = was;
+    low.rlim_cur = 256;
+    if (setrlimit(RLIMIT_NOFILE, &low) != 0) die("setrlimit");
+    int fds[256], n = 0;
+    while (n < 256 && (fds[n] = dup(0)) >= 0) n++;
+    CHECK(n < 256 && errno == EMFILE, "no descriptor left (%d dups)", n);
+    long busy = receive_timeout(a);
+    while (n > 0) close(fds[--n]);
+    setrlimit(RLIMIT_NOFILE, &was);
+    long got = receive_timeout(a);
+    CHECK(got == kernel, "SO_RCVTIMEO 1 us reads %ld us (%ld with no descriptor free), not %ld", got, busy, kernel);
+    close(a);
+    return failures ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     if (argc < 3) {
@@ -2575,6 +2641,8 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "connect-waits") && argc > 4) return connect_waits(sid, atoi(argv[3]), argv[4]);
     if (!strcmp(cmd, "rcvtimeo-connecting")) return rcvtimeo_connecting(sid);
     if (!strcmp(cmd, "connect-race")) return connect_race(sid, (int)n);
+    if (!strcmp(cmd, "read-timeout-connecting")) return read_timeout_connecting(sid);
+    if (!strcmp(cmd, "hz-emfile")) return hz_emfile(sid);
     if (!strcmp(cmd, "accept-timeout") && argc > 4) return accept_timeout(sid, atoi(argv[3]), argv[4]);
     if (!strcmp(cmd, "misuse")) return misuse(sid);
     if (!strcmp(cmd, "nodaemon")) return nodaemon(sid);
