@@ -2184,7 +2184,13 @@ fn datagram_refusal(state: &State, write: bool) -> Option<Errno> {
 /// timeout would start afresh), then goes on there.
 fn refusal_parked(fd: RawFd, write: bool, flags: c_int) -> Option<Errno> {
     if flags & libc::MSG_DONTWAIT != 0 || fd_flags(fd).0 {
-        return Some(libc::EAGAIN);
+        // A forked child's copy never connects (nothing completes it
+        // here) and polls as hung up: `EAGAIN` would keep an event loop
+        // spinning on it.
+        return Some(match parked_elsewhere(fd) {
+            true => libc::ENOTCONN,
+            false => libc::EAGAIN,
+        });
     }
     let timeout = match write {
         true => libc::SO_SNDTIMEO,
@@ -2227,6 +2233,22 @@ fn refusal_parked(fd: RawFd, write: bool, flags: c_int) -> Option<Errno> {
             (refused, _) => refused,
         },
     }
+}
+
+/// Whether the connect in flight on `fd` is another process's: this is a
+/// forked child's copy of the socket, which nothing here completes.
+fn parked_elsewhere(fd: RawFd) -> bool {
+    let mut stale = Vec::new();
+    let mut table = lock();
+    let elsewhere = matches!(
+        table.get(fd, &mut stale),
+        Some(entry) if entry.parked != 0
+            && entry.parked != std::process::id()
+            && matches!(entry.state, State::Connecting { .. })
+    );
+    drop(table);
+    drop(stale);
+    elsewhere
 }
 
 // --- resets ---------------------------------------------------------------

@@ -410,6 +410,27 @@ fn the_clock_rate_is_measured_again_after_emfile() {
     client(&sald, &["hz-emfile", "cece01"]).success(T);
 }
 
+/// A forked child's copy of a socket whose non-blocking connect is in
+/// flight never connects (README, "Known gaps") and polls as hung up: its
+/// reads and writes fail with `ENOTCONN`, non-blocking ones too (they gave
+/// `EAGAIN` for good, on which an event loop spins).
+#[test]
+fn a_forked_child_s_copy_of_a_connecting_socket_is_not_connected() {
+    let sald = Sald::start();
+    let mut control = ControlClient::connect_to(&sald.control).expect("control");
+    control
+        .request_ok(&Request::AddRule {
+            prefix: "cfcf/16".parse().unwrap(),
+            target: Target::Forward {
+                locator: Locator::Udp("127.0.0.9:9".parse().unwrap()),
+                weight: 1,
+            },
+            priority: 0,
+        })
+        .expect("rule");
+    client(&sald, &["fork-connecting", "cfcf01"]).success(T);
+}
+
 /// A connect that completes while a `connect` call looks at the socket
 /// returns 0, as TCP's, not `EISCONN` (the call saw the socket connecting,
 /// then connected, and took it for one that had said so).

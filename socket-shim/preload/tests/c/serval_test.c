@@ -131,6 +131,11 @@
  *                                             waits that long in all (SID unreachable
  *                                             until the test starts a host after
  *                                             "connecting")
+ *   fork-connecting HOLE                      a forked child's copy of a socket whose
+ *                                             non-blocking connect is in flight (which
+ *                                             nothing completes in the child): its reads
+ *                                             and writes fail with ENOTCONN, blocking or
+ *                                             not, rather than EAGAIN for good
  *   hz-emfile HOLE                            SO_RCVTIMEO reads as the kernel rounds it
  *                                             while a connect is in flight, after the
  *                                             shim first needed HZ with no descriptor free
@@ -2601,6 +2606,41 @@ static int hz_emfile(const char *hole) {
     return failures ? 1 : 0;
 }
 
+/* A forked child's copy of a socket whose non-blocking connect to HOLE
+ * is in flight polls as hung up and never connects (the parent's
+ * connector completes the parent's copy only): its reads and writes must
+ * fail, non-blocking ones too, or an event loop spins on EAGAIN. */
+static int fork_connecting(const char *hole) {
+    struct sockaddr_sv sa = sv_addr(hole);
+    int a = socket(AF_SERVAL, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (a < 0) die("socket");
+    EXPECT_ERR(connect(a, (struct sockaddr *)&sa, sizeof sa), EINPROGRESS);
+    pid_t child = fork();
+    if (child < 0) die("fork");
+    if (child == 0) {
+        alarm(10);
+        char buf[8];
+        failures = 0;
+        EXPECT_ERR(read(a, buf, sizeof buf), ENOTCONN);
+        EXPECT_ERR(recv(a, buf, sizeof buf, MSG_DONTWAIT), ENOTCONN);
+        EXPECT_ERR(send(a, "x", 1, MSG_DONTWAIT), ENOTCONN);
+        EXPECT_ERR(write(a, "x", 1), ENOTCONN);
+        fcntl(a, F_SETFL, fcntl(a, F_GETFL) & ~O_NONBLOCK);
+        EXPECT_ERR(read(a, buf, sizeof buf), ENOTCONN);
+        _exit(failures ? 1 : 0);
+    }
+    int status = 0;
+    CHECK(waitpid(child, &status, 0) == child && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+          "the child's copy: status %x", status);
+    /* The parent's own is still connecting (non-blocking again: the
+     * child's fcntl changed the description both share). */
+    fcntl(a, F_SETFL, fcntl(a, F_GETFL) | O_NONBLOCK);
+    char buf[8];
+    EXPECT_ERR(read(a, buf, sizeof buf), EAGAIN);
+    close(a);
+    return failures ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     if (argc < 3) {
@@ -2643,6 +2683,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "connect-race")) return connect_race(sid, (int)n);
     if (!strcmp(cmd, "read-timeout-connecting")) return read_timeout_connecting(sid);
     if (!strcmp(cmd, "hz-emfile")) return hz_emfile(sid);
+    if (!strcmp(cmd, "fork-connecting")) return fork_connecting(sid);
     if (!strcmp(cmd, "accept-timeout") && argc > 4) return accept_timeout(sid, atoi(argv[3]), argv[4]);
     if (!strcmp(cmd, "misuse")) return misuse(sid);
     if (!strcmp(cmd, "nodaemon")) return nodaemon(sid);
