@@ -466,6 +466,22 @@ impl ControlClient {
         Ok(control)
     }
 
+    /// A connection past its `Hello` that this process got from elsewhere:
+    /// the preload shim's listener connections cross `exec` with their
+    /// listener (sald unbinds a listener when its connection closes), and
+    /// the new program image takes them up with this. Nothing may be
+    /// buffered or due on `fd` (no request waiting for its answer);
+    /// `path` is what [`ControlClient::path`] says.
+    pub fn inherited(fd: OwnedFd, path: PathBuf) -> ControlClient {
+        ControlClient {
+            stream: UnixStream::from(fd),
+            path,
+            server: String::new(),
+            inbox: Inbox::default(),
+            hello_due: false,
+        }
+    }
+
     /// A connection to `path` that has not said `Hello` yet.
     fn open(path: &Path) -> Result<ControlClient> {
         let path = path.to_path_buf();

@@ -70,7 +70,9 @@
 //!   an open one (bound, or sent from) may still `connect`
 //!   (`ops::connect_open_datagram`).
 //!
-//! The `table` module remembers what each number means; `ops` does the work.
+//! The `table` module remembers what each number means; `ops` does the work;
+//! `inherit` carries listeners and unconnected datagram sockets (and the
+//! control connections that keep them bound) across `exec`.
 //!
 //! # Inet mode
 //!
@@ -98,6 +100,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use libc::{epoll_event, size_t, sockaddr, socklen_t, ssize_t};
 
 mod addr;
+mod inherit;
 mod mmsg;
 mod msg;
 mod ops;
@@ -117,12 +120,15 @@ use ops::Res;
 /// the shim must still find sald and the port map.
 extern "C" fn on_load() {
     let _ = catch_unwind(|| {
+        let errno = std::io::Error::last_os_error().raw_os_error();
         socket_shim::pin_control_path();
         let _ = addr::PortMap::get();
+        // Listeners and datagram sockets the program image before this
+        // one left at their numbers.
+        inherit::restore();
         // libc's `sigaction` is looked up now, not at the program's first
         // call, which may come from a signal handler (`dlsym` is not
         // async-signal-safe). Signal 0 is refused without effect.
-        let errno = std::io::Error::last_os_error().raw_os_error();
         // SAFETY: null pointers ask nothing and install nothing.
         unsafe { real::sigaction(0, std::ptr::null(), std::ptr::null_mut()) };
         if let Some(errno) = errno {
@@ -1125,6 +1131,25 @@ pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     copied(old, unsafe { real::dup3(old, new, flags) })
 }
 
+/// `ioctl`, variadic in C as [`fcntl`] is, and taken the same way. Only
+/// `FIOCLEX` and `FIONCLEX` concern the shim: whether a listener or a
+/// datagram socket crosses `exec` changed (Python's `os.set_inheritable`
+/// clears close-on-exec this way); any other request costs a comparison.
+///
+/// # Safety
+/// As `ioctl(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn ioctl(fd: c_int, request: libc::c_ulong, arg: libc::c_ulong) -> c_int {
+    // SAFETY: forwarding the caller's arguments unchanged.
+    let result = unsafe { real::ioctl(fd, request, arg) };
+    if result == 0
+        && (request == libc::FIOCLEX as libc::c_ulong || request == libc::FIONCLEX as libc::c_ulong)
+    {
+        let _ = catch_unwind(|| ops::cloexec_set(fd));
+    }
+    result
+}
+
 /// `fcntl`, a variadic function in C: its one optional argument is an int
 /// or a pointer, which the C calling conventions of Linux's 64-bit ABIs
 /// pass where a third fixed argument goes, so it is taken and passed on as
@@ -1154,6 +1179,10 @@ pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c
 fn fcntl_done(fd: c_int, cmd: c_int, result: c_int) -> c_int {
     match cmd {
         libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => copied(fd, result),
+        libc::F_SETFD if result == 0 => {
+            let _ = catch_unwind(|| ops::cloexec_set(fd));
+            result
+        }
         _ => result,
     }
 }

@@ -20,6 +20,7 @@ use sal_control::{AcceptNotice, DatagramFrame, Request, Response, ACCEPT_EXHAUST
 use socket_shim::{ControlClient, Error as ShimError, Reply, MAX_DATAGRAM};
 
 use crate::addr::{self, parse_inet, parse_serval, PortMap, SockAddr, AF_SERVAL};
+use crate::inherit;
 use crate::pool;
 use crate::real;
 use crate::table::{self, ident, lock, Domain, Entry, Kind, ListenerControl, State};
@@ -1124,6 +1125,7 @@ fn connect_open_datagram(
         }
         let open = std::mem::replace(&mut entry.state, State::Connecting { wake: None });
         entry.gen = table::next_gen();
+        inherit::changed();
         (entry.gen, open)
     };
     drop(stale);
@@ -1439,6 +1441,15 @@ pub(crate) fn listen(fd: RawFd, backlog: c_int, pass: impl FnOnce() -> c_int) ->
         let mut table = lock();
         match table.get(fd, &mut stale) {
             Some(entry) => match std::mem::replace(&mut entry.state, State::Failed) {
+                // An open datagram socket the record may carry: it is not
+                // one while it listens (the listener will be).
+                State::DgramOpen {
+                    bound: Some((control, listener)),
+                } => {
+                    entry.gen = table::next_gen();
+                    inherit::changed();
+                    Some((control, listener, None, entry.gen))
+                }
                 State::Bound {
                     control,
                     listener,
@@ -1446,12 +1457,6 @@ pub(crate) fn listen(fd: RawFd, backlog: c_int, pass: impl FnOnce() -> c_int) ->
                 } => {
                     entry.gen = table::next_gen();
                     Some((control, listener, wake, entry.gen))
-                }
-                State::DgramOpen {
-                    bound: Some((control, listener)),
-                } => {
-                    entry.gen = table::next_gen();
-                    Some((control, listener, None, entry.gen))
                 }
                 other => {
                     // An unbound datagram socket: nothing to listen on.
@@ -1863,6 +1868,26 @@ fn hidden_receive_timeout(entry: &Entry) -> Option<libc::timeval> {
     let value = recorded_option(entry, libc::SO_RCVTIMEO)?;
     let hz = timeout::kernel_hz();
     Some(Timeout::from_option(value, hz)?.read_back(hz))
+}
+
+/// The program set or cleared close-on-exec on `fd` (`fcntl(F_SETFD)`):
+/// whether a listener or datagram socket crosses `exec` changed (see
+/// `inherit`).
+pub(crate) fn cloexec_set(fd: RawFd) {
+    if !table::maybe_tracked(fd) {
+        return;
+    }
+    let mut stale = Vec::new();
+    {
+        let mut table = lock();
+        if table
+            .get(fd, &mut stale)
+            .is_some_and(|entry| inherit::carried(&entry.state))
+        {
+            inherit::changed();
+        }
+    }
+    drop(stale);
 }
 
 /// Whether the shim answers for `fd` (not a kernel socket, nor one it only

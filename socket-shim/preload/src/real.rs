@@ -76,6 +76,30 @@ pub(crate) unsafe fn fcntl64(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int
     unsafe { variadic_fcntl(&PTR, "fcntl64\0", fd, cmd, arg) }
 }
 
+/// libc's `ioctl`, whose third argument (an int or a pointer, when the
+/// request takes one) is passed on as the caller gave it.
+///
+/// # Safety
+/// As `ioctl(2)`: `arg` is what `request` expects.
+pub(crate) unsafe fn ioctl(fd: c_int, request: libc::c_ulong, arg: libc::c_ulong) -> c_int {
+    static PTR: AtomicPtr<c_void> = AtomicPtr::new(null_mut());
+    let mut p = PTR.load(Ordering::Relaxed);
+    if p.is_null() {
+        p = lookup("ioctl\0");
+        if p.is_null() {
+            set_errno(libc::ENOSYS);
+            return -1;
+        }
+        PTR.store(p, Ordering::Relaxed);
+    }
+    // SAFETY: `p` is libc's ioctl, declared variadic as in C; the caller
+    // passes what `request` expects.
+    unsafe {
+        let f: unsafe extern "C" fn(c_int, libc::c_ulong, ...) -> c_int = std::mem::transmute(p);
+        f(fd, request, arg)
+    }
+}
+
 /// Calls the variadic `name` (an `fcntl`), found once and kept in `slot`.
 ///
 /// # Safety

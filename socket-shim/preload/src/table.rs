@@ -19,6 +19,10 @@
 //! Locking rule: the table lock is held only for bookkeeping and for the
 //! `dup3` that swaps a descriptor in; never across a blocking call and never
 //! while dropping a Rust-owned descriptor (that would re-enter `close`).
+//! When an entry that crosses `exec` (a listener, an unconnected datagram
+//! socket) came, went or changed, the record of those is written again
+//! as the lock is released (`inherit`: a few system calls, none of which
+//! re-enter the shim); other changes cost one atomic load there.
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -30,6 +34,7 @@ use socket_shim::reset::ResetWatch;
 use socket_shim::ControlClient;
 
 use crate::addr::SockAddr;
+use crate::inherit;
 
 /// Descriptors below this are tracked in the lock-free bitsets; above it
 /// every lookup takes the lock (only when some such descriptor is tracked).
@@ -138,11 +143,22 @@ pub(crate) struct ListenerControl {
 
 impl ListenerControl {
     pub(crate) fn new(listener: ListenerId, connection: ControlClient) -> ListenerControl {
+        ListenerControl::inherited(listener, connection, std::process::id())
+    }
+
+    /// The control connection of a listener that `owner` listened on
+    /// (this process, or another that this one inherited it from: see
+    /// `inherit`).
+    pub(crate) fn inherited(
+        listener: ListenerId,
+        connection: ControlClient,
+        owner: u32,
+    ) -> ListenerControl {
         ListenerControl {
             listener,
             fd: connection.as_fd().as_raw_fd(),
             connection: Mutex::new(connection),
-            owner: std::process::id(),
+            owner,
         }
     }
 }
@@ -456,13 +472,22 @@ impl Table {
     pub(crate) fn insert(&mut self, fd: RawFd, entry: Entry) -> Option<Entry> {
         set_hints(fd, Some(&entry));
         set_bit(&TRACKED, fd, true);
-        self.guard.insert(fd, entry)
+        let carried = inherit::carried(&entry.state);
+        let old = self.guard.insert(fd, entry);
+        if carried || old.as_ref().is_some_and(|old| inherit::carried(&old.state)) {
+            inherit::changed();
+        }
+        old
     }
 
     pub(crate) fn remove(&mut self, fd: RawFd) -> Option<Entry> {
         set_bit(&TRACKED, fd, false);
         set_hints(fd, None);
-        self.guard.remove(&fd)
+        let old = self.guard.remove(&fd);
+        if old.as_ref().is_some_and(|old| inherit::carried(&old.state)) {
+            inherit::changed();
+        }
+        old
     }
 
     /// Whether an entry still in the table holds `control` (a listener's
@@ -478,6 +503,19 @@ impl Table {
     pub(crate) fn refresh(&mut self, fd: RawFd) {
         if let Some(entry) = self.guard.get(&fd) {
             set_hints(fd, Some(entry));
+            if inherit::carried(&entry.state) {
+                inherit::changed();
+            }
+        }
+    }
+}
+
+impl Drop for Table {
+    /// Writes the record of what crosses `exec` again, if the table
+    /// changed for it (see `inherit`), before the lock is released.
+    fn drop(&mut self) {
+        if inherit::take_changed() {
+            inherit::write(&self.guard);
         }
     }
 }

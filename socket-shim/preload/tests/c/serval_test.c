@@ -143,6 +143,27 @@
  *                                             listen; inet mode, PORT mapped to SID2): EAGAIN
  *                                             after that long, EINTR from any signal; reads
  *                                             of a flow with SO_RCVTIMEO: EAGAIN
+ *   exec-listener SID COUNT MODE              bind, listen, exec this program as
+ *                                             exec-accept: MODE plain (the listener crosses
+ *                                             exec), fork (a close-on-exec listener; a forked
+ *                                             child clears close-on-exec and execs;
+ *                                             fork-ioctl: with ioctl FIONCLEX),
+ *                                             fork-dup2 (the child dup2s it to 40 and
+ *                                             execs), cloexec (closed at exec:
+ *                                             exec-rebind binds SID again)
+ *   exec-accept SID COUNT FD                  the listener at FD, from the image before:
+ *                                             named, listening, echo COUNT connections
+ *   exec-rebind SID COUNT FD                  FD is closed; SID binds again
+ *   exec-dgram SID COUNT                      a bound datagram socket, and an unbound one
+ *                                             that sent it a datagram; exec this program as
+ *                                             exec-dgram-echo
+ *   exec-dgram-echo SID COUNT FD U            both from the image before: the datagram
+ *                                             arrives, a reply reaches U; echo COUNT
+ *   exec-garbage -                            records of the shim's (memfds) that do not
+ *                                             check out (noise, cut short, not sealed,
+ *                                             another socket's inode), then exec
+ *   exec-garbage-check FD LAST                the socket FD they named is plain, no record
+ *                                             is left open, a socket can be made
  *   misuse SID                                error paths (SID is not bound)
  *   nodaemon SID                              sald not running
  */
@@ -159,6 +180,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/resource.h>
 #include <sys/select.h>
 #include <sys/socket.h>
@@ -1246,6 +1270,235 @@ static int dgram_mmsg_client(const char *sid) {
 }
 
 static void unconnected(void);
+
+/* Replaces this program with itself running `cmd` (the shim comes again
+ * through the environment, as for any exec'd program). */
+static void exec_self(const char *cmd, const char *sid, const char *n, int fd, int fd2) {
+    char fdarg[16], fd2arg[16];
+    snprintf(fdarg, sizeof fdarg, "%d", fd);
+    snprintf(fd2arg, sizeof fd2arg, "%d", fd2);
+    execl("/proc/self/exe", "serval_test", cmd, sid, n, fdarg, fd2arg, (char *)NULL);
+    die("exec");
+}
+
+/* A listener made by the previous program image: named, listening, its
+ * data calls refused, COUNT connections accepted and echoed. */
+static int exec_accept(const char *sid, int count, int fd) {
+    struct sockaddr_sv sa = sv_addr(sid), me;
+    socklen_t melen = sizeof me;
+    CHECK(getsockname(fd, (struct sockaddr *)&me, &melen) == 0 && melen == sizeof me &&
+              me.sv_family == AF_SERVAL && memcmp(&me.sv_srvid, &sa.sv_srvid, SERVICE_ID_LEN) == 0,
+          "getsockname of the inherited listener");
+    int on = 0;
+    socklen_t len = sizeof on;
+    CHECK(getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &on, &len) == 0 && on == 1,
+          "SO_ACCEPTCONN of the inherited listener");
+    char b;
+    EXPECT_ERR(recv(fd, &b, 1, MSG_DONTWAIT), ENOTCONN);
+    printf("ready\n");
+    fflush(stdout);
+    for (int i = 0; i < count; i++) {
+        struct sockaddr_sv peer;
+        socklen_t plen = sizeof peer;
+        int c = accept(fd, (struct sockaddr *)&peer, &plen);
+        if (c < 0) die("accept on the inherited listener");
+        CHECK(plen == sizeof peer && peer.sv_family == AF_SERVAL, "accept address");
+        echo_stream(c);
+    }
+    CHECK(close(fd) == 0, "close the inherited listener");
+    return failures ? 1 : 0;
+}
+
+/* Binds an exec'd program's service again: the close-on-exec listener of
+ * the image before was unbound when its control connection closed. */
+static int exec_rebind(const char *sid, int fd) {
+    CHECK(fcntl(fd, F_GETFD) == -1 && errno == EBADF, "close-on-exec listener closed");
+    int s = socket(AF_SERVAL, SOCK_STREAM, 0);
+    if (s < 0) die("socket");
+    struct sockaddr_sv sa = sv_addr(sid);
+    int rc = -1;
+    for (int i = 0; i < 250 && rc < 0; i++) {
+        rc = bind(s, (struct sockaddr *)&sa, sizeof sa);
+        if (rc < 0 && errno != EADDRINUSE) die("bind");
+        if (rc < 0) usleep(20000);
+    }
+    CHECK(rc == 0, "bind again after exec");
+    close(s);
+    return failures ? 1 : 0;
+}
+
+/* bind, listen, exec: plain (the listener crosses exec), fork (inetd: a
+ * close-on-exec listener; a forked child clears close-on-exec with fcntl
+ * and execs, the parent keeps its copy until the child is done),
+ * fork-ioctl (the same with ioctl(FIONCLEX), as Python's
+ * os.set_inheritable), fork-dup2 (the child copies it with dup2 to 40
+ * instead, which crosses exec while the original does not), cloexec (the
+ * listener is closed at exec, and the service unbound). */
+static int exec_listener(const char *sid, const char *count, const char *mode) {
+    int cloexec = strcmp(mode, "plain") ? SOCK_CLOEXEC : 0;
+    int fd = socket(AF_SERVAL, SOCK_STREAM | cloexec, 0);
+    if (fd < 0) die("socket");
+    struct sockaddr_sv sa = sv_addr(sid);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) die("bind");
+    if (listen(fd, 16) < 0) die("listen");
+    if (!strcmp(mode, "plain")) exec_self("exec-accept", sid, count, fd, -1);
+    if (!strcmp(mode, "cloexec")) exec_self("exec-rebind", sid, count, fd, -1);
+    pid_t pid = fork();
+    if (pid < 0) die("fork");
+    if (pid == 0) {
+        if (!strcmp(mode, "fork-dup2")) {
+            if (dup2(fd, 40) != 40) die("dup2");
+            exec_self("exec-accept", sid, count, 40, -1);
+        }
+        if (!strcmp(mode, "fork-ioctl")) {
+            if (ioctl(fd, FIONCLEX) < 0) die("FIONCLEX");
+        } else if (fcntl(fd, F_SETFD, 0) < 0) {
+            die("F_SETFD");
+        }
+        exec_self("exec-accept", sid, count, fd, -1);
+    }
+    int status;
+    if (waitpid(pid, &status, 0) != pid) die("waitpid");
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "exec'd child status");
+    CHECK(close(fd) == 0, "close listener");
+    return failures ? 1 : 0;
+}
+
+/* A bound and an unbound (sent from) datagram socket made by the previous
+ * image: what the unbound one sent before the exec reaches the bound one
+ * after it, the reply comes back framed as before; then COUNT datagrams
+ * echoed. */
+static int exec_dgram_echo(const char *sid, int count, int fd, int u) {
+    struct sockaddr_sv sa = sv_addr(sid), me;
+    socklen_t melen = sizeof me;
+    CHECK(getsockname(fd, (struct sockaddr *)&me, &melen) == 0 && melen == sizeof me &&
+              me.sv_family == AF_SERVAL && memcmp(&me.sv_srvid, &sa.sv_srvid, SERVICE_ID_LEN) == 0,
+          "getsockname of the inherited datagram socket");
+    int type = 0;
+    socklen_t tl = sizeof type;
+    CHECK(getsockopt(u, SOL_SOCKET, SO_TYPE, &type, &tl) == 0 && type == SOCK_DGRAM,
+          "SOCK_DGRAM of the inherited unbound socket");
+    char buf[2048];
+    struct sv_from from;
+    socklen_t len = sizeof from.sv;
+    ssize_t n = recvfrom(fd, buf, sizeof buf, 0, (struct sockaddr *)&from, &len);
+    CHECK(n == 4 && !memcmp(buf, "ping", 4), "the datagram sent before exec (%zd bytes)", n);
+    CHECK(len == sizeof from.sv && from.sv.sv_family == AF_SERVAL, "its sender");
+    if (sendto(fd, "pong", 4, 0, (struct sockaddr *)&from, len) != 4) die("sendto");
+    struct timeval tv = {.tv_sec = 10};
+    CHECK(setsockopt(u, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) == 0, "SO_RCVTIMEO");
+    len = sizeof from.sv;
+    n = recvfrom(u, buf, sizeof buf, 0, (struct sockaddr *)&from, &len);
+    CHECK(n == 4 && !memcmp(buf, "pong", 4), "the reply on the unbound socket (%zd bytes)", n);
+    CHECK(len == sizeof from.sv && from.sv.sv_family == AF_SERVAL &&
+              memcmp(&from.sv.sv_srvid, &sa.sv_srvid, SERVICE_ID_LEN) == 0,
+          "the reply's sender");
+    printf("ready\n");
+    fflush(stdout);
+    for (int i = 0; i < count; i++) {
+        len = sizeof from.sv;
+        n = recvfrom(fd, buf, sizeof buf, 0, (struct sockaddr *)&from, &len);
+        if (n < 0) die("recvfrom");
+        if (sendto(fd, buf, (size_t)n, 0, (struct sockaddr *)&from, len) != n) die("sendto");
+    }
+    close(u);
+    close(fd);
+    return failures ? 1 : 0;
+}
+
+static int exec_dgram(const char *sid, const char *count) {
+    int fd = socket(AF_SERVAL, SOCK_DGRAM, 0);
+    if (fd < 0) die("socket");
+    struct sockaddr_sv sa = sv_addr(sid);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) die("bind");
+    int u = socket(AF_SERVAL, SOCK_DGRAM, 0);
+    if (u < 0) die("socket");
+    if (sendto(u, "ping", 4, 0, (struct sockaddr *)&sa, sizeof sa) != 4) die("sendto");
+    exec_self("exec-dgram-echo", sid, count, fd, u);
+    return 1;
+}
+
+/* A record (see the shim's `inherit` module) naming `fd` a listener whose
+ * control connection is `cfd`, with their real device and inode (or `bad`
+ * ones). */
+static size_t listener_record(unsigned char *out, int fd, int cfd, int bad) {
+    struct stat st, cst;
+    if (fstat(fd, &st) < 0 || fstat(cfd, &cst) < 0) die("fstat");
+    uint64_t v64;
+    uint32_t v32;
+    size_t at = 0;
+#define PUT(v) (memcpy(out + at, &(v), sizeof(v)), at += sizeof(v))
+    memcpy(out, "SVSHEX01", 8);
+    at = 8;
+    v32 = 1, PUT(v32);
+    v32 = (uint32_t)fd, PUT(v32);
+    v64 = st.st_dev, PUT(v64);
+    v64 = st.st_ino + (uint64_t)bad, PUT(v64);
+    out[at++] = 1;                              /* stream */
+    v32 = AF_SERVAL, PUT(v32);
+    out[at++] = 1;                              /* listening */
+    v32 = (uint32_t)getpid(), PUT(v32);
+    v32 = (uint32_t)cfd, PUT(v32);
+    v64 = cst.st_dev, PUT(v64);
+    v64 = cst.st_ino, PUT(v64);
+    v64 = 1, PUT(v64);                          /* listener id */
+    out[at++] = 0;                              /* no address */
+    out[at++] = 0;                              /* no options */
+#undef PUT
+    return at;
+}
+
+/* A memfd named as the shim's record, holding `len` bytes, sealed or not. */
+static int fake_record(const unsigned char *bytes, size_t len, int sealed) {
+    int fd = memfd_create("serval-shim-exec", MFD_ALLOW_SEALING);
+    if (fd < 0) die("memfd_create");
+    if (write(fd, bytes, len) != (ssize_t)len) die("write");
+    if (sealed && fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) < 0)
+        die("F_ADD_SEALS");
+    return fd;
+}
+
+/* Records that do not check out, across exec: exec-garbage-check finds
+ * them closed and the sockets they name plain. */
+static int exec_garbage(void) {
+    int sp[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sp) < 0) die("socketpair");
+    unsigned char buf[4096];
+    for (size_t i = 0; i < sizeof buf; i++) buf[i] = (unsigned char)(i * 7919 + 13);
+    fake_record(buf, sizeof buf, 1);                        /* noise */
+    memcpy(buf, "SVSHEX01\xff\xff\xff\xff", 12);
+    fake_record(buf, 40, 1);                                /* a count past the end */
+    size_t n = listener_record(buf, sp[0], sp[1], 0);
+    fake_record(buf, n - 1, 1);                             /* cut short */
+    fake_record(buf, n, 0);                                 /* not sealed */
+    n = listener_record(buf, sp[0], sp[1], 1);
+    int last = fake_record(buf, n, 1);                      /* another socket's inode */
+    char a[16], b[16];
+    snprintf(a, sizeof a, "%d", sp[0]);
+    snprintf(b, sizeof b, "%d", last);
+    execl("/proc/self/exe", "serval_test", "exec-garbage-check", a, b, (char *)NULL);
+    die("exec");
+    return 1;
+}
+
+static int exec_garbage_check(int s, int last) {
+    int on = -1;
+    socklen_t len = sizeof on;
+    CHECK(getsockopt(s, SOL_SOCKET, SO_ACCEPTCONN, &on, &len) == 0 && on == 0,
+          "a socket a bad record names stays plain");
+    for (int fd = 0; fd <= last; fd++) {
+        char path[64], link[256];
+        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+        ssize_t n = readlink(path, link, sizeof link - 1);
+        if (n < 0) continue;
+        link[n] = 0;
+        CHECK(strstr(link, "serval-shim-exec") == NULL, "record %d left open: %s", fd, link);
+    }
+    int t = socket(AF_SERVAL, SOCK_STREAM, 0);
+    CHECK(t >= 0, "a socket after bad records");
+    close(t);
+    return failures ? 1 : 0;
+}
 
 static int misuse(const char *sid) {
     struct sockaddr_sv sa = sv_addr(sid);
@@ -2685,6 +2938,14 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "hz-emfile")) return hz_emfile(sid);
     if (!strcmp(cmd, "fork-connecting")) return fork_connecting(sid);
     if (!strcmp(cmd, "accept-timeout") && argc > 4) return accept_timeout(sid, atoi(argv[3]), argv[4]);
+    if (!strcmp(cmd, "exec-listener") && argc > 4) return exec_listener(sid, argv[3], argv[4]);
+    if (!strcmp(cmd, "exec-accept") && argc > 4) return exec_accept(sid, (int)n, atoi(argv[4]));
+    if (!strcmp(cmd, "exec-rebind") && argc > 4) return exec_rebind(sid, atoi(argv[4]));
+    if (!strcmp(cmd, "exec-dgram")) return exec_dgram(sid, argc > 3 ? argv[3] : "1");
+    if (!strcmp(cmd, "exec-dgram-echo") && argc > 5)
+        return exec_dgram_echo(sid, (int)n, atoi(argv[4]), atoi(argv[5]));
+    if (!strcmp(cmd, "exec-garbage")) return exec_garbage();
+    if (!strcmp(cmd, "exec-garbage-check")) return exec_garbage_check(atoi(sid), atoi(argv[3]));
     if (!strcmp(cmd, "misuse")) return misuse(sid);
     if (!strcmp(cmd, "nodaemon")) return nodaemon(sid);
     fprintf(stderr, "unknown subcommand %s\n", cmd);

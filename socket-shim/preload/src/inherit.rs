@@ -1,0 +1,574 @@
+//! What the shim knows of listeners and datagram sockets, carried across
+//! `exec`.
+//!
+//! The table of what each descriptor number means lives in memory and is
+//! gone when the program execs, while the descriptors themselves stay
+//! (those that are not close-on-exec). A connected stream is a plain
+//! socket and needs no table, but a listener's number holds the accept
+//! queue (whose reads, untranslated, give up accept notices) and an
+//! unconnected datagram socket's holds sald's framed socket; and a
+//! listener, or a bound datagram socket, stays bound only while its
+//! control connection to sald is open (sald unbinds when it closes), and
+//! that connection was close-on-exec. Inetd-style servers and supervisors
+//! that bind and exec a worker, shell wrappers (`exec prog` with an
+//! inherited listener) and binary upgrades that pass their listeners on
+//! all need both.
+//!
+//! So the shim keeps a *record*: a sealed memfd named
+//! `serval-shim-exec`, not close-on-exec, listing each listener and open
+//! datagram socket whose number crosses exec (is not close-on-exec), with
+//! the device and inode of its socket, what it means (family, type,
+//! address, socket options, the process that listened) and its control
+//! connection's number, device and inode. The control connection of such
+//! a socket is made to cross exec with it, and only then: it is
+//! close-on-exec exactly when every number of its socket is, so a
+//! close-on-exec listener is unbound at exec as before, like a TCP
+//! listener that no process holds any more. When the library is loaded in
+//! the new image, it finds records among its descriptors (by the memfd's
+//! name in `/proc/self/fd`), keeps the entries whose number and control
+//! connection still refer to the same open sockets (device and inode), and
+//! closes the records; then writes its own.
+//!
+//! The record is written again, under the table lock, only when the table
+//! changes for these kinds (a socket becomes or stops being one, a `dup`
+//! of a listener, `fcntl(F_SETFD)` on one): `bind`, `listen`, the first
+//! `sendto` of a datagram socket and their `close`, all of which already
+//! cost a round trip to sald or a lock; never on a `read`, `write`,
+//! `accept` or `connect`. Each write is a new memfd, sealed against
+//! changes, that replaces the old one (closed): a file that crossed into
+//! a child (forked, or spawned by `posix_spawn` or `vfork`, which run no
+//! fork handlers) is never written again, so a child's record is the
+//! table it was given, and no two processes write one file.
+//!
+//! Why not interpose `execve`: the exec family (`execl`, `execvp`,
+//! `posix_spawn`, `system`, `popen`) reaches the system call through
+//! glibc's internal `__execve`, which a preloaded library cannot
+//! interpose, so a hook there would see some execs and miss others. The
+//! record needs no hook: it is up to date whenever an exec happens.
+//!
+//! The record is written by the process itself, but read as untrusted
+//! input: it is parsed without panics, bounded in size, and an entry is
+//! taken only if its descriptors check out. What does not cross: connected
+//! streams (plain sockets: they keep working, but the new image does not
+//! know them, so a reset reads as end of file), a stream bound but not
+//! listening (its control connection stays close-on-exec: unbound at
+//! exec), unconnected datagram sockets' `dup` copies (the shim does not
+//! track those at all), epoll registrations of a datagram socket (re-added
+//! only after a swap, so one made before exec does not follow a later
+//! `connect`), and a change of close-on-exec made with `ioctl(FIOCLEX)`
+//! rather than `fcntl`. Without `/proc` nothing is carried.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use sal::table::ListenerId;
+use socket_shim::ControlClient;
+
+use crate::addr::{parse_inet, parse_serval, SockAddr, AF_SERVAL};
+use crate::real;
+use crate::table::{self, ident, Domain, Entry, Kind, ListenerControl, State};
+
+/// The memfd's name (`/proc/self/fd` shows `/memfd:serval-shim-exec`).
+const NAME: &std::ffi::CStr = c"serval-shim-exec";
+/// What `/proc/self/fd/N` links to for a record.
+const LINK_PREFIX: &[u8] = b"/memfd:serval-shim-exec";
+/// The first bytes of a record, naming its format.
+const MAGIC: [u8; 8] = *b"SVSHEX01";
+/// The most bytes of a record read (a few hundred a socket).
+const MAX_BYTES: usize = 1 << 20;
+/// The most records looked at in one image.
+const MAX_RECORDS: usize = 8;
+/// The most bytes of an address kept (a `sockaddr_sv` with its
+/// `sockaddr_in` is 52, a `sockaddr_in6` 28).
+const MAX_ADDR: usize = 64;
+/// The seals a record has once written: it can no longer change.
+const SEALS: libc::c_int =
+    libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+
+/// The table changed for a kind that crosses exec since the record was
+/// last written: the next unlock writes it. Set and cleared under the
+/// table lock.
+static DIRTY: AtomicBool = AtomicBool::new(false);
+
+/// This process's record: its number and the device and inode of its
+/// memfd (a number the program closed and reused is not closed again).
+/// Used under the table lock.
+static RECORD: Mutex<Option<(RawFd, (u64, u64))>> = Mutex::new(None);
+
+/// Whether `state` is one the record carries.
+pub(crate) fn carried(state: &State) -> bool {
+    matches!(state, State::Listening { .. } | State::DgramOpen { .. })
+}
+
+/// The table changed for an entry the record carries (or did): the record
+/// is written again when the table is unlocked.
+pub(crate) fn changed() {
+    DIRTY.store(true, Ordering::Relaxed);
+}
+
+/// Whether the record is to be written again (and no longer, after this).
+pub(crate) fn take_changed() -> bool {
+    DIRTY.load(Ordering::Relaxed) && DIRTY.swap(false, Ordering::Relaxed)
+}
+
+/// One socket as the record has it.
+#[derive(Debug, Clone, PartialEq)]
+struct Recorded {
+    fd: RawFd,
+    ident: (u64, u64),
+    kind: Kind,
+    domain: Domain,
+    /// A listener (else an unconnected datagram socket).
+    listening: bool,
+    /// The process that listened (a listener's, see `ListenerControl`).
+    owner: u32,
+    /// The control connection that keeps it bound: number, device and inode.
+    control: Option<(RawFd, (u64, u64))>,
+    listener: u64,
+    local: Option<SockAddr>,
+    options: Vec<(libc::c_int, Vec<u8>)>,
+}
+
+/// Whether `fd` is close-on-exec (a number that is not open counts as
+/// one: nothing of it crosses).
+fn cloexec(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD takes no pointer; libc's own fcntl.
+    let flags = unsafe { real::fcntl(fd, libc::F_GETFD, 0) };
+    flags < 0 || flags & libc::FD_CLOEXEC != 0
+}
+
+fn set_cloexec(fd: RawFd, on: bool) {
+    if cloexec(fd) != on {
+        let flags = if on { libc::FD_CLOEXEC } else { 0 };
+        // SAFETY: F_SETFD takes an int; libc's own fcntl.
+        unsafe { real::fcntl(fd, libc::F_SETFD, flags as libc::c_ulong) };
+    }
+}
+
+/// Writes the record of `map` again (under the table lock): the sockets
+/// whose numbers cross exec, their control connections made to cross with
+/// them (and only those). Best effort: on a failure the old record stays,
+/// whose entries the next image checks all the same.
+pub(crate) fn write(map: &BTreeMap<RawFd, Entry>) {
+    let mut records = Vec::new();
+    // Per listener control connection: whether a number of it crosses.
+    let mut listeners: Vec<(&Arc<ListenerControl>, bool)> = Vec::new();
+    for (&fd, entry) in map {
+        if !carried(&entry.state) || entry.ident != ident(fd) {
+            continue;
+        }
+        let crosses = !cloexec(fd);
+        let (control, listener, owner) = match &entry.state {
+            State::Listening { control } => {
+                match listeners.iter_mut().find(|(c, _)| Arc::ptr_eq(c, control)) {
+                    Some((_, any)) => *any |= crosses,
+                    None => listeners.push((control, crosses)),
+                }
+                (Some(control.fd), control.listener.0, control.owner)
+            }
+            State::DgramOpen {
+                bound: Some((connection, listener)),
+            } => {
+                let control = connection.as_fd().as_raw_fd();
+                set_cloexec(control, !crosses);
+                (Some(control), listener.0, std::process::id())
+            }
+            _ => (None, 0, std::process::id()),
+        };
+        if crosses {
+            records.push(Recorded {
+                fd,
+                ident: entry.ident,
+                kind: entry.kind,
+                domain: entry.domain,
+                listening: matches!(entry.state, State::Listening { .. }),
+                owner,
+                control: control.map(|c| (c, ident(c))),
+                listener,
+                local: entry.local,
+                options: entry.options.clone(),
+            });
+        }
+    }
+    for (control, crosses) in listeners {
+        set_cloexec(control.fd, !crosses);
+    }
+    let mut record = RECORD.lock().unwrap_or_else(|e| e.into_inner());
+    let new = if records.is_empty() {
+        None
+    } else {
+        match create(&encode(&records)) {
+            Some(new) => Some(new),
+            None => return,
+        }
+    };
+    if let Some((old, old_ident)) = record.take() {
+        if ident(old) == old_ident {
+            // SAFETY: no pointers; the record this process made.
+            unsafe { real::close(old) };
+        }
+    }
+    *record = new;
+}
+
+/// A new sealed record holding `bytes`, not close-on-exec.
+fn create(bytes: &[u8]) -> Option<(RawFd, (u64, u64))> {
+    // SAFETY: NAME is NUL-terminated; memfd_create is not interposed.
+    let fd =
+        unsafe { libc::memfd_create(NAME.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return None;
+    }
+    let mut at = 0;
+    while at < bytes.len() {
+        let rest = &bytes[at..];
+        // SAFETY: `rest` is valid for its length; pwrite is not interposed.
+        let n = unsafe { libc::pwrite(fd, rest.as_ptr().cast(), rest.len(), at as libc::off_t) };
+        if n <= 0 {
+            if n < 0 && crate::ops::last_errno() == libc::EINTR {
+                continue;
+            }
+            // SAFETY: no pointers; the memfd just made.
+            unsafe { real::close(fd) };
+            return None;
+        }
+        at += n as usize;
+    }
+    // SAFETY: F_ADD_SEALS and F_SETFD take an int.
+    let sealed = unsafe { real::fcntl(fd, libc::F_ADD_SEALS, SEALS as libc::c_ulong) } == 0
+        && unsafe { real::fcntl(fd, libc::F_SETFD, 0) } == 0;
+    if !sealed {
+        // SAFETY: no pointers; the memfd just made.
+        unsafe { real::close(fd) };
+        return None;
+    }
+    Some((fd, ident(fd)))
+}
+
+fn put_u32(out: &mut Vec<u8>, v: u32) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.push(bytes.len() as u8);
+    out.extend_from_slice(bytes);
+}
+
+/// The record's bytes: the magic, a count, then each socket.
+fn encode(records: &[Recorded]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + records.len() * 160);
+    out.extend_from_slice(&MAGIC);
+    put_u32(&mut out, records.len() as u32);
+    for r in records {
+        put_u32(&mut out, r.fd as u32);
+        put_u64(&mut out, r.ident.0);
+        put_u64(&mut out, r.ident.1);
+        out.push(match r.kind {
+            Kind::Stream => 1,
+            Kind::Dgram => 2,
+        });
+        put_u32(&mut out, r.domain.family() as u32);
+        out.push(u8::from(r.listening));
+        put_u32(&mut out, r.owner);
+        let (cfd, cident) = r.control.unwrap_or((-1, (0, 0)));
+        put_u32(&mut out, cfd as u32);
+        put_u64(&mut out, cident.0);
+        put_u64(&mut out, cident.1);
+        put_u64(&mut out, r.listener);
+        let local = r.local.map(|a| a.encode()).unwrap_or_default();
+        put_bytes(&mut out, &local[..local.len().min(MAX_ADDR)]);
+        let options: Vec<_> = r
+            .options
+            .iter()
+            .filter(|(_, v)| v.len() <= crate::ops::OPTION_MAX)
+            .collect();
+        out.push(options.len().min(u8::MAX as usize) as u8);
+        for (name, value) in options.into_iter().take(u8::MAX as usize) {
+            put_u32(&mut out, *name as u32);
+            put_bytes(&mut out, value);
+        }
+    }
+    out
+}
+
+/// A cursor over a record's bytes; every read is `None` past the end.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.bytes.len() < n {
+            return None;
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Some(head)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let n = usize::from(self.u8()?);
+        self.take(n)
+    }
+}
+
+/// The sockets a record lists, up to the first that does not parse.
+fn decode(bytes: &[u8]) -> Vec<Recorded> {
+    let mut out = Vec::new();
+    let mut r = Reader { bytes };
+    if r.take(MAGIC.len()) != Some(&MAGIC[..]) {
+        return out;
+    }
+    let Some(count) = r.u32() else {
+        return out;
+    };
+    for _ in 0..count {
+        match decode_one(&mut r) {
+            Some(rec) => out.push(rec),
+            None => break,
+        }
+    }
+    out
+}
+
+fn decode_one(r: &mut Reader<'_>) -> Option<Recorded> {
+    let fd = r.u32()? as i32;
+    let ident = (r.u64()?, r.u64()?);
+    let kind = match r.u8()? {
+        1 => Kind::Stream,
+        2 => Kind::Dgram,
+        _ => return None,
+    };
+    let family = r.u32()? as i32;
+    let domain = match family {
+        AF_SERVAL => Domain::Serval,
+        libc::AF_INET | libc::AF_INET6 => Domain::Inet(family),
+        _ => return None,
+    };
+    let listening = match r.u8()? {
+        0 => false,
+        1 => true,
+        _ => return None,
+    };
+    let owner = r.u32()?;
+    let cfd = r.u32()? as i32;
+    let cident = (r.u64()?, r.u64()?);
+    let listener = r.u64()?;
+    let local = r.bytes()?;
+    let local = if local.is_empty() {
+        None
+    } else if crate::addr::family(local).ok()? == AF_SERVAL {
+        Some(parse_serval(local).ok()?)
+    } else {
+        Some(SockAddr::Inet(parse_inet(local)?))
+    };
+    let count = r.u8()?;
+    let mut options = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        let name = r.u32()? as i32;
+        options.push((name, r.bytes()?.to_vec()));
+    }
+    if fd < 0 || (!listening && kind != Kind::Dgram) {
+        return None;
+    }
+    let control = (cfd >= 0).then_some((cfd, cident));
+    if listening && control.is_none() {
+        return None;
+    }
+    Some(Recorded {
+        fd,
+        ident,
+        kind,
+        domain,
+        listening,
+        owner,
+        control,
+        listener,
+        local,
+        options,
+    })
+}
+
+/// The records among this process's descriptors (`/proc/self/fd`), by the
+/// memfd's name.
+fn find_records() -> Vec<RawFd> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for item in dir.flatten() {
+        let Some(fd) = item
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<RawFd>().ok())
+        else {
+            continue;
+        };
+        let Ok(link) = std::fs::read_link(item.path()) else {
+            continue;
+        };
+        if std::os::unix::ffi::OsStrExt::as_bytes(link.as_os_str()).starts_with(LINK_PREFIX) {
+            found.push(fd);
+            if found.len() == MAX_RECORDS {
+                break;
+            }
+        }
+    }
+    found
+}
+
+/// The bytes of the record at `fd`, if it is sealed (whole, and no longer
+/// changed by anyone) and not too long.
+fn read_record(fd: RawFd) -> Option<Vec<u8>> {
+    // SAFETY: F_GET_SEALS takes no argument.
+    let seals = unsafe { real::fcntl(fd, libc::F_GET_SEALS, 0) };
+    if seals < 0 || seals & SEALS != SEALS {
+        return None;
+    }
+    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: fstat writes at most one `struct stat`.
+    if unsafe { libc::fstat(fd, st.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: fstat succeeded.
+    let size = usize::try_from(unsafe { st.assume_init() }.st_size).ok()?;
+    if size > MAX_BYTES {
+        return None;
+    }
+    let mut bytes = vec![0u8; size];
+    let mut at = 0;
+    while at < size {
+        let rest = &mut bytes[at..];
+        // SAFETY: `rest` is valid for writes of its length; pread is not
+        // interposed.
+        let n = unsafe { libc::pread(fd, rest.as_mut_ptr().cast(), rest.len(), at as libc::off_t) };
+        if n < 0 && crate::ops::last_errno() == libc::EINTR {
+            continue;
+        }
+        if n <= 0 {
+            return None;
+        }
+        at += n as usize;
+    }
+    Some(bytes)
+}
+
+/// Takes up what the image before this one recorded (called when the
+/// library is loaded, before the program's `main`): the listeners and
+/// datagram sockets whose descriptors still refer to the sockets recorded
+/// become entries again; the records are closed, and this image writes
+/// its own.
+pub(crate) fn restore() {
+    let found = find_records();
+    if found.is_empty() {
+        return;
+    }
+    let mut records = Vec::new();
+    for &fd in &found {
+        if let Some(bytes) = read_record(fd) {
+            records.extend(decode(&bytes));
+        }
+    }
+    for fd in found {
+        // SAFETY: no pointers; a record inherited, which nothing else uses.
+        unsafe { real::close(fd) };
+    }
+    if records.is_empty() {
+        return;
+    }
+    let path = socket_shim::control_path();
+    let mut taken: BTreeSet<RawFd> = BTreeSet::new();
+    let mut listeners: BTreeMap<RawFd, Arc<ListenerControl>> = BTreeMap::new();
+    let mut table = table::lock();
+    for rec in records {
+        if rec.ident == (0, 0) || ident(rec.fd) != rec.ident || taken.contains(&rec.fd) {
+            continue;
+        }
+        let mut stale = Vec::new();
+        if table.get(rec.fd, &mut stale).is_some() {
+            continue;
+        }
+        // Each control connection is adopted once: shared by the copies
+        // of one listener, never by two sockets that are not copies.
+        let control = match rec.control {
+            Some((cfd, cident)) => {
+                if cfd == rec.fd || cident == (0, 0) || ident(cfd) != cident {
+                    continue;
+                }
+                Some(cfd)
+            }
+            None => None,
+        };
+        let state = if rec.listening {
+            let Some(cfd) = control else { continue };
+            let control = match listeners.get(&cfd) {
+                Some(shared) if shared.listener.0 == rec.listener => Arc::clone(shared),
+                Some(_) => continue,
+                None if taken.contains(&cfd) => continue,
+                None => {
+                    // SAFETY: `cfd` is open and is the socket the record
+                    // names (device and inode), the connection the image
+                    // before held; nothing else in this image owns it.
+                    let fd = unsafe { OwnedFd::from_raw_fd(cfd) };
+                    let connection = ControlClient::inherited(fd, path.clone());
+                    let shared = Arc::new(ListenerControl::inherited(
+                        ListenerId(rec.listener),
+                        connection,
+                        rec.owner,
+                    ));
+                    listeners.insert(cfd, Arc::clone(&shared));
+                    shared
+                }
+            };
+            State::Listening { control }
+        } else {
+            let bound = match control {
+                Some(cfd) if taken.contains(&cfd) || listeners.contains_key(&cfd) => continue,
+                Some(cfd) => {
+                    // SAFETY: as above: the connection recorded, owned by
+                    // nothing else in this image.
+                    let fd = unsafe { OwnedFd::from_raw_fd(cfd) };
+                    Some((
+                        ControlClient::inherited(fd, path.clone()),
+                        ListenerId(rec.listener),
+                    ))
+                }
+                None => None,
+            };
+            State::DgramOpen { bound }
+        };
+        taken.insert(rec.fd);
+        if let Some(cfd) = control {
+            taken.insert(cfd);
+        }
+        let mut entry = Entry::new(rec.kind, rec.domain, rec.fd, state);
+        entry.local = rec.local;
+        entry.options = rec.options;
+        if rec.listening {
+            entry.owner = rec.owner as libc::pid_t;
+        }
+        table.insert(rec.fd, entry);
+    }
+    // This image's own record (and its control connections' close-on-exec
+    // flags) are written as the table is unlocked.
+    changed();
+    drop(table);
+}
