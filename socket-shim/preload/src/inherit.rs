@@ -27,7 +27,12 @@
 //! the new image, it finds records among its descriptors (by the memfd's
 //! name in `/proc/self/fd`), keeps the entries whose number and control
 //! connection still refer to the same open sockets (device and inode), and
-//! closes the records; then writes its own.
+//! closes the records, and the control connections recorded that no entry
+//! taken up holds (one that crossed without its socket, closed by
+//! `posix_spawn`'s file actions or by a program in between that is not
+//! under the shim, would keep the service bound for as long as this image
+//! lives); then writes its own. An image that gained privileges at exec
+//! (`AT_SECURE`) takes up nothing.
 //!
 //! The record is written again, under the table lock, only when the table
 //! changes for these kinds (a socket becomes or stops being one, a `dup`
@@ -55,8 +60,9 @@
 //! exec), unconnected datagram sockets' `dup` copies (the shim does not
 //! track those at all), epoll registrations of a datagram socket (re-added
 //! only after a swap, so one made before exec does not follow a later
-//! `connect`), and a change of close-on-exec made with `ioctl(FIOCLEX)`
-//! rather than `fcntl`. Without `/proc` nothing is carried.
+//! `connect`), and a change of close-on-exec made by a direct system call
+//! rather than `fcntl` or `ioctl` (what a rewrite found of each number is
+//! kept, see [`Seen`]). Without `/proc` nothing is carried.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -78,7 +84,7 @@ const LINK_PREFIX: &[u8] = b"/memfd:serval-shim-exec";
 const MAGIC: [u8; 8] = *b"SVSHEX01";
 /// The most bytes of a record read (a few hundred a socket).
 const MAX_BYTES: usize = 1 << 20;
-/// The most records looked at in one image.
+/// The most records read in one image (all are closed).
 const MAX_RECORDS: usize = 8;
 /// The most bytes of an address kept (a `sockaddr_sv` with its
 /// `sockaddr_in` is 52, a `sockaddr_in6` 28).
@@ -96,6 +102,21 @@ static DIRTY: AtomicBool = AtomicBool::new(false);
 /// memfd (a number the program closed and reused is not closed again).
 /// Used under the table lock.
 static RECORD: Mutex<Option<(RawFd, (u64, u64))>> = Mutex::new(None);
+
+/// What the record last found of an entry's descriptors, so that a
+/// rewrite looks again (`fcntl(F_GETFD)`, `fstat`) only at what is new:
+/// each rewrite costs a few system calls however many sockets it lists.
+/// A number's close-on-exec flag changes only by the program's
+/// `fcntl(F_SETFD)` or `ioctl(FIOCLEX)` (which clear this), or with the
+/// file at it (a new entry).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Seen {
+    /// Whether the number crosses `exec` (is not close-on-exec).
+    pub crosses: Option<bool>,
+    /// A datagram socket's control connection: its number, device and
+    /// inode, and whether it was left to cross.
+    pub control: Option<(RawFd, (u64, u64), bool)>,
+}
 
 /// Whether `state` is one the record carries.
 pub(crate) fn carried(state: &State) -> bool {
@@ -151,31 +172,46 @@ fn set_cloexec(fd: RawFd, on: bool) {
 /// whose numbers cross exec, their control connections made to cross with
 /// them (and only those). Best effort: on a failure the old record stays,
 /// whose entries the next image checks all the same.
-pub(crate) fn write(map: &BTreeMap<RawFd, Entry>) {
+pub(crate) fn write(map: &mut BTreeMap<RawFd, Entry>) {
     let mut records = Vec::new();
+    let pid = std::process::id();
     // Per listener control connection: whether a number of it crosses.
-    let mut listeners: Vec<(&Arc<ListenerControl>, bool)> = Vec::new();
-    for (&fd, entry) in map {
-        if !carried(&entry.state) || entry.ident != ident(fd) {
+    let mut listeners: Vec<(Arc<ListenerControl>, bool)> = Vec::new();
+    for (&fd, entry) in map.iter_mut() {
+        if !carried(&entry.state) {
             continue;
         }
-        let crosses = !cloexec(fd);
+        // An entry whose number the program closed or replaced behind the
+        // shim's back is recorded all the same: the next image checks
+        // device and inode.
+        let crosses = *entry.exec.crosses.get_or_insert_with(|| !cloexec(fd));
         let (control, listener, owner) = match &entry.state {
             State::Listening { control } => {
                 match listeners.iter_mut().find(|(c, _)| Arc::ptr_eq(c, control)) {
                     Some((_, any)) => *any |= crosses,
-                    None => listeners.push((control, crosses)),
+                    None => listeners.push((Arc::clone(control), crosses)),
                 }
-                (Some(control.fd), control.listener.0, control.owner)
+                (
+                    Some((control.fd, control.ident)),
+                    control.listener.0,
+                    control.owner,
+                )
             }
             State::DgramOpen {
                 bound: Some((connection, listener)),
             } => {
-                let control = connection.as_fd().as_raw_fd();
-                set_cloexec(control, !crosses);
-                (Some(control), listener.0, std::process::id())
+                let cfd = connection.as_fd().as_raw_fd();
+                let (cident, left) = match entry.exec.control {
+                    Some((seen, cident, left)) if seen == cfd => (cident, Some(left)),
+                    _ => (ident(cfd), None),
+                };
+                if left != Some(crosses) {
+                    set_cloexec(cfd, !crosses);
+                }
+                entry.exec.control = Some((cfd, cident, crosses));
+                (Some((cfd, cident)), listener.0, pid)
             }
-            _ => (None, 0, std::process::id()),
+            _ => (None, 0, pid),
         };
         if crosses {
             records.push(Recorded {
@@ -185,7 +221,7 @@ pub(crate) fn write(map: &BTreeMap<RawFd, Entry>) {
                 domain: entry.domain,
                 listening: matches!(entry.state, State::Listening { .. }),
                 owner,
-                control: control.map(|c| (c, ident(c))),
+                control,
                 listener,
                 local: entry.local,
                 options: entry.options.clone(),
@@ -193,7 +229,11 @@ pub(crate) fn write(map: &BTreeMap<RawFd, Entry>) {
         }
     }
     for (control, crosses) in listeners {
-        set_cloexec(control.fd, !crosses);
+        let mut left = control.crossing.lock().unwrap_or_else(|e| e.into_inner());
+        if *left != Some(crosses) {
+            set_cloexec(control.fd, !crosses);
+            *left = Some(crosses);
+        }
     }
     let mut record = RECORD.lock().unwrap_or_else(|e| e.into_inner());
     let new = if records.is_empty() {
@@ -427,9 +467,6 @@ fn find_records() -> Vec<RawFd> {
         };
         if std::os::unix::ffi::OsStrExt::as_bytes(link.as_os_str()).starts_with(LINK_PREFIX) {
             found.push(fd);
-            if found.len() == MAX_RECORDS {
-                break;
-            }
         }
     }
     found
@@ -481,8 +518,12 @@ pub(crate) fn restore() {
     if found.is_empty() {
         return;
     }
+    // An image that gained privileges at exec (set-user-ID, file
+    // capabilities) takes up nothing its less privileged parent recorded.
+    // SAFETY: getauxval reads the process's auxiliary vector.
+    let secure = unsafe { libc::getauxval(libc::AT_SECURE) } != 0;
     let mut records = Vec::new();
-    for &fd in &found {
+    for &fd in found.iter().take(if secure { 0 } else { MAX_RECORDS }) {
         if let Some(bytes) = read_record(fd) {
             records.extend(decode(&bytes));
         }
@@ -494,6 +535,9 @@ pub(crate) fn restore() {
     if records.is_empty() {
         return;
     }
+    // The control connections recorded: those no entry taken up holds
+    // are closed below.
+    let controls: Vec<(RawFd, (u64, u64))> = records.iter().filter_map(|r| r.control).collect();
     let path = socket_shim::control_path();
     let mut taken: BTreeSet<RawFd> = BTreeSet::new();
     let mut listeners: BTreeMap<RawFd, Arc<ListenerControl>> = BTreeMap::new();
@@ -571,4 +615,17 @@ pub(crate) fn restore() {
     // flags) are written as the table is unlocked.
     changed();
     drop(table);
+    // A control connection that crossed without its socket (closed by
+    // `posix_spawn`'s file actions, or by a program in between that is not
+    // under the shim) would keep the service bound as long as this image
+    // lives, after every holder of the socket is gone: closed, when it is
+    // still the connection recorded.
+    for (cfd, cident) in controls {
+        if !taken.contains(&cfd) && cident != (0, 0) && ident(cfd) == cident {
+            // SAFETY: no pointers; the recorded connection, which nothing
+            // in this image took up.
+            unsafe { real::close(cfd) };
+            taken.insert(cfd);
+        }
+    }
 }

@@ -1880,11 +1880,12 @@ pub(crate) fn cloexec_set(fd: RawFd) {
     let mut stale = Vec::new();
     {
         let mut table = lock();
-        if table
-            .get(fd, &mut stale)
-            .is_some_and(|entry| inherit::carried(&entry.state))
-        {
-            inherit::changed();
+        if let Some(entry) = table.get(fd, &mut stale) {
+            // Looked at again by the next write of the record.
+            entry.exec.crosses = None;
+            if inherit::carried(&entry.state) {
+                inherit::changed();
+            }
         }
     }
     drop(stale);

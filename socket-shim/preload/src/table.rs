@@ -139,6 +139,13 @@ pub(crate) struct ListenerControl {
     /// The connection's descriptor, for a close to shut it down without
     /// waiting for a `listen` that is using it.
     pub fd: RawFd,
+    /// The connection's device and inode, for the record of what crosses
+    /// `exec` (see `inherit`).
+    pub ident: (u64, u64),
+    /// Whether the record left the connection to cross `exec` (see
+    /// `inherit::Seen`), so that a rewrite changes its flag only when it
+    /// must.
+    pub crossing: Mutex<Option<bool>>,
 }
 
 impl ListenerControl {
@@ -157,8 +164,10 @@ impl ListenerControl {
         ListenerControl {
             listener,
             fd: connection.as_fd().as_raw_fd(),
+            ident: ident(connection.as_fd().as_raw_fd()),
             connection: Mutex::new(connection),
             owner,
+            crossing: Mutex::new(None),
         }
     }
 }
@@ -215,6 +224,9 @@ pub(crate) struct Entry {
     /// `socket_shim::reset`). Shared by the copies `dup` made of the flow,
     /// as they share the socket.
     pub reset: Arc<ResetWatch>,
+    /// What the record of what crosses `exec` last found of this entry's
+    /// descriptors (see `inherit`).
+    pub exec: inherit::Seen,
 }
 
 impl Entry {
@@ -234,6 +246,7 @@ impl Entry {
             options: Vec::new(),
             owner: std::process::id() as libc::pid_t,
             reset: Arc::default(),
+            exec: inherit::Seen::default(),
         }
     }
 }
@@ -515,7 +528,7 @@ impl Drop for Table {
     /// changed for it (see `inherit`), before the lock is released.
     fn drop(&mut self) {
         if inherit::take_changed() {
-            inherit::write(&self.guard);
+            inherit::write(&mut self.guard);
         }
     }
 }

@@ -156,6 +156,17 @@ fn records_that_do_not_check_out_are_ignored_across_exec() {
     client(&sald, &["exec-garbage", "-"]).success(T);
 }
 
+/// A listener's control connection that crosses `exec` without its
+/// listener (`posix_spawn` closing the listener in its file actions, which
+/// no fork handler or interposed `close` sees) does not keep the service
+/// bound: the spawned program's shim closes it, so once the process that
+/// listened exits, the service binds again.
+#[test]
+fn a_control_connection_without_its_listener_does_not_cross_exec() {
+    let sald = Sald::start();
+    client(&sald, &["exec-orphan", "e7ec6"]).success(T);
+}
+
 #[test]
 fn fork_after_accept() {
     let sald = Sald::start();

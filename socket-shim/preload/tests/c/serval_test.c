@@ -164,6 +164,11 @@
  *                                             another socket's inode), then exec
  *   exec-garbage-check FD LAST                the socket FD they named is plain, no record
  *                                             is left open, a socket can be made
+ *   exec-orphan SID                           a forked child binds and listens on SID,
+ *                                             posix_spawns exec-orphan-hold without its
+ *                                             listener (but with its control connection),
+ *                                             and exits: SID is unbound, and binds again
+ *   exec-orphan-hold FD                       holds what it got until FD (a pipe) ends
  *   misuse SID                                error paths (SID is not bound)
  *   nodaemon SID                              sald not running
  */
@@ -176,6 +181,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1498,6 +1504,60 @@ static int exec_garbage_check(int s, int last) {
     CHECK(t >= 0, "a socket after bad records");
     close(t);
     return failures ? 1 : 0;
+}
+
+/* A listener's control connection that crossed exec without the listener
+ * (posix_spawn with the listener closed in its file actions, which runs
+ * no fork handler and no interposed close): once the process that
+ * listened is gone, nothing holds the listener, and its service must be
+ * unbound, as a TCP port is once no process holds its listener. */
+static int exec_orphan(const char *sid) {
+    int p[2];
+    if (pipe(p) < 0 || fcntl(p[1], F_SETFD, FD_CLOEXEC) < 0) die("pipe");
+    struct sockaddr_sv sa = sv_addr(sid);
+    pid_t owner = fork();
+    if (owner < 0) die("fork");
+    if (owner == 0) {
+        int fd = socket(AF_SERVAL, SOCK_STREAM, 0);
+        if (fd < 0) die("socket");
+        if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) die("bind");
+        if (listen(fd, 16) < 0) die("listen");
+        posix_spawn_file_actions_t fa;
+        posix_spawn_file_actions_init(&fa);
+        posix_spawn_file_actions_addclose(&fa, fd);
+        char arg[16];
+        snprintf(arg, sizeof arg, "%d", p[0]);
+        char *argv[] = {"serval_test", "exec-orphan-hold", arg, NULL};
+        extern char **environ;
+        pid_t holder;
+        if (posix_spawn(&holder, "/proc/self/exe", &fa, NULL, argv, environ) != 0) die("posix_spawn");
+        _exit(0); /* without closing the listener */
+    }
+    close(p[0]);
+    int status;
+    if (waitpid(owner, &status, 0) != owner) die("waitpid");
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the listening child's status");
+    int s = socket(AF_SERVAL, SOCK_STREAM, 0);
+    if (s < 0) die("socket");
+    int rc = -1;
+    for (int i = 0; i < 150 && rc < 0; i++) {
+        rc = bind(s, (struct sockaddr *)&sa, sizeof sa);
+        if (rc < 0 && errno != EADDRINUSE) die("bind");
+        if (rc < 0) usleep(20000);
+    }
+    CHECK(rc == 0, "bind again once the process that listened is gone (its control "
+                   "connection is held by a child that has no listener)");
+    close(s);
+    close(p[1]);
+    return failures ? 1 : 0;
+}
+
+static int exec_orphan_hold(int fd) {
+    alarm(30);
+    char b;
+    while (read(fd, &b, 1) > 0) {
+    }
+    return 0;
 }
 
 static int misuse(const char *sid) {
@@ -2946,6 +3006,8 @@ int main(int argc, char **argv) {
         return exec_dgram_echo(sid, (int)n, atoi(argv[4]), atoi(argv[5]));
     if (!strcmp(cmd, "exec-garbage")) return exec_garbage();
     if (!strcmp(cmd, "exec-garbage-check")) return exec_garbage_check(atoi(sid), atoi(argv[3]));
+    if (!strcmp(cmd, "exec-orphan")) return exec_orphan(sid);
+    if (!strcmp(cmd, "exec-orphan-hold")) return exec_orphan_hold(atoi(sid));
     if (!strcmp(cmd, "misuse")) return misuse(sid);
     if (!strcmp(cmd, "nodaemon")) return nodaemon(sid);
     fprintf(stderr, "unknown subcommand %s\n", cmd);
