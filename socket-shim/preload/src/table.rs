@@ -487,7 +487,9 @@ impl Table {
         set_bit(&TRACKED, fd, true);
         let carried = inherit::carried(&entry.state);
         let old = self.guard.insert(fd, entry);
-        if carried || old.as_ref().is_some_and(|old| inherit::carried(&old.state)) {
+        if carried {
+            inherit::changed_at(fd);
+        } else if old.as_ref().is_some_and(|old| inherit::carried(&old.state)) {
             inherit::changed();
         }
         old
@@ -497,6 +499,7 @@ impl Table {
         set_bit(&TRACKED, fd, false);
         set_hints(fd, None);
         let old = self.guard.remove(&fd);
+        inherit::removed(fd);
         if old.as_ref().is_some_and(|old| inherit::carried(&old.state)) {
             inherit::changed();
         }
@@ -517,7 +520,7 @@ impl Table {
         if let Some(entry) = self.guard.get(&fd) {
             set_hints(fd, Some(entry));
             if inherit::carried(&entry.state) {
-                inherit::changed();
+                inherit::changed_at(fd);
             }
         }
     }

@@ -157,6 +157,12 @@
  *   exec-dgram SID COUNT                      a bound datagram socket, and an unbound one
  *                                             that sent it a datagram; exec this program as
  *                                             exec-dgram-echo
+ *   exec-many-dgram SID                       a bound datagram socket and 300 unbound ones
+ *                                             that sent it a datagram each; exec this
+ *                                             program as exec-many-dgram-check: the bound
+ *                                             one and the first unbound ones cross, the
+ *                                             last (made while the shim's record carried
+ *                                             its most, 256) is a plain socket after it
  *   exec-dgram-echo SID COUNT FD U            both from the image before: the datagram
  *                                             arrives, a reply reaches U; echo COUNT
  *   exec-garbage -                            records of the shim's (memfds) that do not
@@ -1410,6 +1416,51 @@ static int exec_dgram_echo(const char *sid, int count, int fd, int u) {
     close(u);
     close(fd);
     return failures ? 1 : 0;
+}
+
+/* A record carries at most 256 sockets (the shim's `inherit::MAX_CARRIED`):
+ * the bound datagram socket FD and the first unbound one FIRST, made
+ * before the others, crossed exec; LAST, made when 256 were open, did not
+ * (a plain socket: not SOCK_DGRAM to the program). */
+static int exec_many_dgram_check(const char *sid, int last, int fd, int first) {
+    struct sockaddr_sv sa = sv_addr(sid), me;
+    socklen_t melen = sizeof me;
+    CHECK(getsockname(fd, (struct sockaddr *)&me, &melen) == 0 && melen == sizeof me &&
+              me.sv_family == AF_SERVAL && memcmp(&me.sv_srvid, &sa.sv_srvid, SERVICE_ID_LEN) == 0,
+          "getsockname of the inherited bound datagram socket");
+    int type = 0;
+    socklen_t tl = sizeof type;
+    CHECK(getsockopt(first, SOL_SOCKET, SO_TYPE, &type, &tl) == 0 && type == SOCK_DGRAM,
+          "the first unbound socket crossed exec (SO_TYPE %d)", type);
+    type = 0;
+    tl = sizeof type;
+    CHECK(getsockopt(last, SOL_SOCKET, SO_TYPE, &type, &tl) == 0 && type != SOCK_DGRAM,
+          "the unbound socket past the record's most did not (SO_TYPE %d)", type);
+    char buf[64];
+    struct sv_from from;
+    socklen_t len = sizeof from.sv;
+    ssize_t n = recvfrom(fd, buf, sizeof buf, 0, (struct sockaddr *)&from, &len);
+    CHECK(n == 4 && !memcmp(buf, "ping", 4), "a datagram sent before exec (%zd bytes)", n);
+    return failures ? 1 : 0;
+}
+
+static int exec_many_dgram(const char *sid) {
+    int fd = socket(AF_SERVAL, SOCK_DGRAM, 0);
+    if (fd < 0) die("socket");
+    struct sockaddr_sv sa = sv_addr(sid);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) die("bind");
+    int first = -1, last = -1;
+    for (int i = 0; i < 300; i++) {
+        int u = socket(AF_SERVAL, SOCK_DGRAM, 0);
+        if (u < 0) die("socket");
+        if (sendto(u, "ping", 4, 0, (struct sockaddr *)&sa, sizeof sa) != 4) die("sendto");
+        if (first < 0) first = u;
+        last = u;
+    }
+    char lastarg[16];
+    snprintf(lastarg, sizeof lastarg, "%d", last);
+    exec_self("exec-many-dgram-check", sid, lastarg, fd, first);
+    return 1;
 }
 
 static int exec_dgram(const char *sid, const char *count) {
@@ -3002,6 +3053,9 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "exec-accept") && argc > 4) return exec_accept(sid, (int)n, atoi(argv[4]));
     if (!strcmp(cmd, "exec-rebind") && argc > 4) return exec_rebind(sid, atoi(argv[4]));
     if (!strcmp(cmd, "exec-dgram")) return exec_dgram(sid, argc > 3 ? argv[3] : "1");
+    if (!strcmp(cmd, "exec-many-dgram")) return exec_many_dgram(sid);
+    if (!strcmp(cmd, "exec-many-dgram-check") && argc > 5)
+        return exec_many_dgram_check(sid, atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
     if (!strcmp(cmd, "exec-dgram-echo") && argc > 5)
         return exec_dgram_echo(sid, (int)n, atoi(argv[4]), atoi(argv[5]));
     if (!strcmp(cmd, "exec-garbage")) return exec_garbage();
