@@ -46,6 +46,16 @@ pub(crate) trait Controller {
     /// Returns the number of bytes that can be sent.
     fn window(&self) -> usize;
 
+    /// sal-tcp: the window a SACK-based recovery (RFC 6675) measures its
+    /// `pipe` against. In fast recovery NewReno inflates `window` by a
+    /// segment for each of the three duplicate ACKs and each one after
+    /// (RFC 6582), standing for segments that left the network; the pipe
+    /// already leaves out what the peer SACKed, so it is measured against
+    /// the window without the inflation (RFC 6675 5: cwnd = ssthresh).
+    fn recovery_window(&self) -> usize {
+        self.window()
+    }
+
     /// Set the remote window size.
     fn set_remote_window(&mut self, remote_window: usize) {}
 

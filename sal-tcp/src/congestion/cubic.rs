@@ -83,6 +83,14 @@ impl Controller for Cubic {
         self.cwnd
     }
 
+    fn recovery_window(&self) -> usize {
+        if self.in_fast_recovery {
+            self.ssthresh.min(self.rwnd).max(self.mss)
+        } else {
+            self.cwnd
+        }
+    }
+
     fn on_ack(&mut self, now: Instant, len: usize, in_flight: usize, rtt: &RttEstimator) {
         let segment = len.min(self.mss);
 

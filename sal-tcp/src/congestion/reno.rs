@@ -38,6 +38,14 @@ impl Controller for Reno {
         self.cwnd
     }
 
+    fn recovery_window(&self) -> usize {
+        if self.in_fast_recovery {
+            self.ssthresh.min(self.rwnd).max(self.mss)
+        } else {
+            self.cwnd
+        }
+    }
+
     fn on_ack(&mut self, _now: Instant, len: usize, _in_flight: usize, _rtt: &RttEstimator) {
         // RFC 5681 only acts on ACKs of new data. The socket also notifies us
         // of accepted segments that acknowledge nothing (window updates, data

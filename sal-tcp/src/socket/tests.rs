@@ -6994,6 +6994,228 @@ fn test_partial_ack_retransmits_the_next_hole_at_once() {
     recv_nothing!(s, time 30);
 }
 
+/// sal-tcp: a window of eight 6-byte segments sent, for the SACK tests.
+fn socket_with_eight_segments_in_flight(sack: bool) -> TestSocket {
+    let mut s = socket_established_with_buffer_sizes(64, 64);
+    s.set_nagle_enabled(false);
+    s.remote_has_sack = sack;
+    s.remote_mss = 6;
+    s.send_slice(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUV")
+        .unwrap();
+    for _ in 0..8 {
+        recv(&mut s, Instant::ZERO, |r| {
+            assert_eq!(r.unwrap().payload.len(), 6)
+        });
+    }
+    s
+}
+
+/// sal-tcp: an ACK of `n` bytes from the peer with these SACK blocks (in
+/// bytes of our stream).
+fn sack_ack(n: usize, blocks: &[(usize, usize)]) -> TcpRepr<'static> {
+    let mut sack_ranges = [None; 3];
+    for (slot, &(left, right)) in sack_ranges.iter_mut().zip(blocks) {
+        let edge = |at: usize| (LOCAL_SEQ + 1 + at).0 as u32;
+        *slot = Some((edge(left), edge(right)));
+    }
+    TcpRepr {
+        seq_number: REMOTE_SEQ + 1,
+        ack_number: Some(LOCAL_SEQ + 1 + n),
+        sack_ranges,
+        ..SEND_TEMPL
+    }
+}
+
+/// sal-tcp: the segments (offset into our stream, payload) a socket sends now.
+fn sent_now(s: &mut TestSocket, ms: i64) -> Vec<(usize, Vec<u8>)> {
+    let mut sent = Vec::new();
+    let mut out = [0; 2000];
+    while let Some(len) =
+        s.poll_transmit(Instant::from_millis(ms), LOCAL_ADDR, REMOTE_ADDR, &mut out)
+    {
+        let repr = parse_sent(&out[..len]);
+        if !repr.payload.is_empty() {
+            sent.push((repr.seq_number - (LOCAL_SEQ + 1), repr.payload.to_vec()));
+        }
+    }
+    sent
+}
+
+/// Segments 1, 3 and 5 of eight are lost; the peer SACKs the others as
+/// they come: its duplicate ACKs.
+fn sack_three_losses(s: &mut TestSocket) {
+    send(s, Instant::from_millis(10), &sack_ack(0, &[]));
+    send(s, Instant::from_millis(10), &sack_ack(0, &[(6, 12)]));
+    send(
+        s,
+        Instant::from_millis(10),
+        &sack_ack(0, &[(18, 24), (6, 12)]),
+    );
+    send(
+        s,
+        Instant::from_millis(10),
+        &sack_ack(0, &[(30, 36), (18, 24), (6, 12)]),
+    );
+    send(
+        s,
+        Instant::from_millis(10),
+        &sack_ack(0, &[(30, 42), (18, 24), (6, 12)]),
+    );
+    send(
+        s,
+        Instant::from_millis(10),
+        &sack_ack(0, &[(30, 48), (18, 24), (6, 12)]),
+    );
+}
+
+#[test]
+fn test_sack_recovery_repairs_every_hole_of_a_window_in_one_round_trip() {
+    // sal-tcp: with the peer's SACK blocks the sender knows all three
+    // holes at once and resends them within the round trip (RFC 6675);
+    // NewReno resent one per round trip, each after a partial ACK.
+    let mut s = socket_with_eight_segments_in_flight(true);
+    sack_three_losses(&mut s);
+    assert_eq!(
+        sent_now(&mut s, 10),
+        [
+            (0, b"abcdef".to_vec()),
+            (12, b"mnopqr".to_vec()),
+            (24, b"yzABCD".to_vec())
+        ]
+    );
+    // The ACK of all three ends the recovery, nothing more to resend.
+    send!(s, time 20, sack_ack(48, &[]));
+    assert_eq!(s.recover, None);
+    assert!(!s.sack_recovery);
+    recv_nothing!(s, time 20);
+}
+
+#[test]
+fn test_no_sack_peer_still_repairs_one_hole_per_partial_ack() {
+    // sal-tcp: a peer that did not negotiate SACK: blocks are ignored and
+    // NewReno's partial ACKs repair the holes one at a time.
+    let mut s = socket_with_eight_segments_in_flight(false);
+    sack_three_losses(&mut s);
+    assert_eq!(sent_now(&mut s, 10), [(0, b"abcdef".to_vec())]);
+    assert!(s.scoreboard.is_empty());
+    send!(s, time 20, sack_ack(12, &[]));
+    assert_eq!(sent_now(&mut s, 20), [(12, b"mnopqr".to_vec())]);
+    send!(s, time 30, sack_ack(24, &[]));
+    assert_eq!(sent_now(&mut s, 30), [(24, b"yzABCD".to_vec())]);
+    send!(s, time 40, sack_ack(48, &[]));
+    assert_eq!(s.recover, None);
+    recv_nothing!(s, time 40);
+}
+
+#[test]
+fn test_sack_recovery_with_nothing_sacked_leaves_the_rest_to_the_timeout() {
+    // sal-tcp: the peer held segment 1 only, and dropped all it got after
+    // it (as ours does with its hole slots full). Once segment 0 is
+    // resent, nothing SACKed is left to go by, and partial ACKs resend one
+    // segment per round trip (NewReno). Only the first restarts the
+    // retransmission timer (RFC 6582's "Impatient" variant): when the
+    // rest of a large window is missing, the timeout resends it by slow
+    // start, where restarting the timer on each let the repair take a
+    // round trip per segment (the SAL's `sim_blackhole` upload took 23 s
+    // to finish instead of under 8).
+    let mut s = socket_with_eight_segments_in_flight(true);
+    send!(s, time 10, sack_ack(0, &[]));
+    for _ in 0..3 {
+        send!(s, time 10, sack_ack(0, &[(6, 12)]));
+    }
+    assert_eq!(sent_now(&mut s, 10), [(0, b"abcdef".to_vec())]);
+    assert!(s.sack_recovery);
+    send!(s, time 20, sack_ack(12, &[]));
+    assert_eq!(sent_now(&mut s, 20), [(12, b"mnopqr".to_vec())]);
+    let Timer::Retransmit { expires_at } = s.timer else {
+        panic!("{:?}", s.timer);
+    };
+    send!(s, time 30, sack_ack(18, &[]));
+    assert_eq!(sent_now(&mut s, 30), [(18, b"stuvwx".to_vec())]);
+    assert_eq!(s.timer, Timer::Retransmit { expires_at }, "not restarted");
+    // The timeout resends the rest from the oldest unacknowledged byte.
+    let at = expires_at.total_millis();
+    let sent = sent_now(&mut s, at);
+    assert_eq!(sent.first(), Some(&(18, b"stuvwx".to_vec())));
+    assert!(!s.sack_recovery);
+}
+
+#[test]
+fn test_sack_frees_nothing_and_a_timeout_resends_what_the_peer_reneged_on() {
+    // sal-tcp: RFC 2018 8: SACKed data may be reneged. It stays in the
+    // send buffer until cumulatively acknowledged, and the retransmission
+    // timeout forgets the scoreboard and resends it.
+    let mut s = socket_with_eight_segments_in_flight(true);
+    sack_three_losses(&mut s);
+    assert_eq!(sent_now(&mut s, 10).len(), 3);
+    assert_eq!(s.tx_buffer.len(), 48, "nothing freed on SACK");
+    // The first hole arrives, and the peer dropped everything it SACKed.
+    send!(s, time 20, sack_ack(6, &[]));
+    assert_eq!(s.tx_buffer.len(), 42);
+    // No hole below SACKed data is left to resend: the scoreboard still
+    // shows 6..12 arrived, so only the timeout resends it.
+    assert!(sent_now(&mut s, 20).is_empty());
+    let rto = s.rtte.retransmission_timeout();
+    let sent = sent_now(&mut s, 20 + rto.total_millis() as i64);
+    assert_eq!(sent.first(), Some(&(6, b"ghijkl".to_vec())));
+    assert!(s.scoreboard.is_empty());
+    assert!(!s.sack_recovery);
+}
+
+#[test]
+fn test_sack_blocks_lost_in_the_scoreboard_start_a_recovery() {
+    // sal-tcp: RFC 6675 IsLost: more than two segments SACKed above the
+    // oldest unacknowledged byte start a recovery, though only one
+    // duplicate ACK came (the others were lost).
+    let mut s = socket_with_eight_segments_in_flight(true);
+    send!(s, time 10, sack_ack(0, &[]));
+    send!(s, time 10, sack_ack(0, &[(6, 30)]));
+    assert_eq!(sent_now(&mut s, 10).first(), Some(&(0, b"abcdef".to_vec())));
+    assert!(s.sack_recovery);
+}
+
+#[test]
+fn test_sack_recovery_resends_a_retransmission_lost_in_turn() {
+    // sal-tcp: data sent after a retransmission is SACKed while the hole it
+    // filled is still missing: the retransmission was lost, and goes again
+    // without waiting for the timeout.
+    let mut s = socket_with_eight_segments_in_flight(true);
+    sack_three_losses(&mut s);
+    assert_eq!(sent_now(&mut s, 10).len(), 3);
+    // New data goes out after the retransmissions.
+    s.send_slice(b"WXYZ01").unwrap();
+    assert_eq!(sent_now(&mut s, 10), [(48, b"WXYZ01".to_vec())]);
+    // It arrives, with the second and third retransmissions; the first
+    // was lost.
+    send!(s, time 20, sack_ack(0, &[(6, 54)]));
+    assert_eq!(sent_now(&mut s, 20), [(0, b"abcdef".to_vec())]);
+    send!(s, time 30, sack_ack(54, &[]));
+    assert_eq!(s.recover, None);
+}
+
+#[test]
+fn test_sack_option_repeats_the_most_recent_blocks() {
+    // sal-tcp: RFC 2018 4: the first block holds the segment that
+    // triggered the ACK, the next ones repeat the blocks most recently
+    // reported; three blocks in all (smoltcp sent the first only).
+    let mut s = socket_established_with_buffer_sizes(64, 64);
+    s.remote_has_sack = true;
+    let edge = |at: usize| (REMOTE_SEQ + 1 + at).0 as u32;
+    let mut blocks = Vec::new();
+    for offset in [40, 10, 30, 20] {
+        let reply = send(&mut s, Instant::ZERO, &data_at(offset, b"abcd"))
+            .expect("out-of-order data is acknowledged at once");
+        blocks.push(reply.sack_ranges);
+    }
+    let block = |at: usize| Some((edge(at), edge(at + 4)));
+    assert_eq!(blocks[0], [block(40), None, None]);
+    assert_eq!(blocks[1], [block(10), block(40), None]);
+    assert_eq!(blocks[2], [block(30), block(10), block(40)]);
+    // The fourth block: the one before it, then the older ones most
+    // recent first (not the lowest ones).
+    assert_eq!(blocks[3], [block(20), block(30), block(10)]);
+}
+
 // =========================================================================================//
 // sal-tcp: memory for out-of-order data follows the bytes received, not their offset.
 // =========================================================================================//
@@ -8016,4 +8238,51 @@ fn test_rewind_resends_within_a_restarted_congestion_window() {
     send!(s, time 40, ack_of_segments(11));
     assert_eq!(s.recover, None);
     assert_eq!(segments_sent(&mut s, 40), segments(11, 16), "slow start");
+}
+
+#[test]
+fn test_an_ack_sent_while_resending_does_not_skip_the_rest() {
+    // A rewind resends the flight from the oldest unacknowledged byte
+    // while the peer's own data keeps coming (a download beside the
+    // upload). The pure ACKs of that data carry the highest sequence
+    // number sent (`ack_seq`), and that must not count as sent: the
+    // socket took the whole flight for resent, and only the next
+    // timeout resent more of it (the SAL's `sim_blackhole`, after moving
+    // the upload, got three segments through per timeout).
+    let mut s = socket_established_with_buffer_sizes(32768, 64);
+    s.set_congestion_control(CongestionControl::Reno);
+    s.remote_win_len = 65535;
+    s.remote_mss = 1024;
+    send!(s, time 0, ack_of_segments(0));
+    s.send_slice(&[7; 32768]).unwrap();
+    segments_sent(&mut s, 0);
+    for n in 1..=6 {
+        send!(s, time 10, ack_of_segments(n));
+        segments_sent(&mut s, 10);
+    }
+    assert_eq!(s.rewind(), 8 * 1024);
+    let segments = |from: usize, to: usize| -> Vec<(usize, usize)> {
+        (from..to).map(|n| (n * 1024, 1024)).collect()
+    };
+    assert_eq!(segments_sent(&mut s, 20), segments(6, 10), "initial window");
+    // The peer's data arrives, and is acknowledged by a pure ACK.
+    send!(s, time 25, TcpRepr {
+        payload: &b"abcdef"[..],
+        ..ack_of_segments(6)
+    });
+    let mut out = [0; 2000];
+    let len = s
+        .poll_transmit(Instant::from_millis(25), LOCAL_ADDR, REMOTE_ADDR, &mut out)
+        .expect("an ACK of the peer's data");
+    let ack = parse_sent(&out[..len]);
+    assert_eq!(ack.payload.len(), 0);
+    assert_eq!(ack.ack_number, Some(REMOTE_SEQ + 1 + 6));
+    assert_eq!(s.flight_size(), 4 * 1024, "only the resent segments");
+    // The copy of segment 6 is acknowledged: slow start sends the next
+    // two segments of the flight the rewind resends.
+    send!(s, time 30, TcpRepr {
+        seq_number: REMOTE_SEQ + 1 + 6,
+        ..ack_of_segments(7)
+    });
+    assert_eq!(segments_sent(&mut s, 30), segments(10, 12), "slow start");
 }
