@@ -1928,6 +1928,10 @@ pub(crate) fn note_option(fd: RawFd, name: c_int, value: &[u8]) {
         if let Some(entry) = table.get(fd, &mut stale) {
             entry.options.retain(|(n, _)| *n != name);
             entry.options.push((name, value.to_vec()));
+            // The record of what crosses `exec` has the options too.
+            if inherit::carried(&entry.state) {
+                inherit::changed();
+            }
         }
     }
     drop(stale);

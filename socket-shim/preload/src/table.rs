@@ -531,7 +531,11 @@ impl Drop for Table {
     /// changed for it (see `inherit`), before the lock is released.
     fn drop(&mut self) {
         if inherit::take_changed() {
+            // The call that changed the table may have succeeded: a
+            // failure of the record's own calls must not show in `errno`.
+            let errno = crate::ops::last_errno();
             inherit::write(&mut self.guard);
+            crate::set_errno(errno);
         }
     }
 }

@@ -155,8 +155,10 @@
  *                                             named, listening, echo COUNT connections
  *   exec-rebind SID COUNT FD                  FD is closed; SID binds again
  *   exec-dgram SID COUNT                      a bound datagram socket, and an unbound one
- *                                             that sent it a datagram; exec this program as
- *                                             exec-dgram-echo
+ *                                             that sent it a datagram, then had SO_SNDTIMEO
+ *                                             set; exec this program as exec-dgram-echo (which
+ *                                             ends with a connect of the unbound one: the
+ *                                             option crossed exec with it)
  *   exec-many-dgram SID                       a bound datagram socket and 300 unbound ones
  *                                             that sent it a datagram each; exec this
  *                                             program as exec-many-dgram-check: the bound
@@ -1413,6 +1415,13 @@ static int exec_dgram_echo(const char *sid, int count, int fd, int u) {
         if (n < 0) die("recvfrom");
         if (sendto(fd, buf, (size_t)n, 0, (struct sockaddr *)&from, len) != n) die("sendto");
     }
+    /* The send timeout the image before set on U after its first send
+     * crossed with it: a connect swaps a flow in, with the options. */
+    CHECK(connect(u, (struct sockaddr *)&sa, sizeof sa) == 0, "connect the inherited unbound socket");
+    struct timeval got = {0};
+    socklen_t gl = sizeof got;
+    CHECK(getsockopt(u, SOL_SOCKET, SO_SNDTIMEO, &got, &gl) == 0 && got.tv_sec == 7,
+          "SO_SNDTIMEO set before exec: %ld s", (long)got.tv_sec);
     close(u);
     close(fd);
     return failures ? 1 : 0;
@@ -1471,6 +1480,11 @@ static int exec_dgram(const char *sid, const char *count) {
     int u = socket(AF_SERVAL, SOCK_DGRAM, 0);
     if (u < 0) die("socket");
     if (sendto(u, "ping", 4, 0, (struct sockaddr *)&sa, sizeof sa) != 4) die("sendto");
+    /* Set after the record was written (at the first send): it must
+     * reach the new image too, which sets it again on the flow a connect
+     * swaps in. */
+    struct timeval seven = {.tv_sec = 7};
+    if (setsockopt(u, SOL_SOCKET, SO_SNDTIMEO, &seven, sizeof seven) < 0) die("SO_SNDTIMEO");
     exec_self("exec-dgram-echo", sid, count, fd, u);
     return 1;
 }
