@@ -25,6 +25,27 @@ fn server(sald: &Sald, args: &[&str]) -> Proc {
     proc
 }
 
+/// Where nobody answers: a connect to a service forwarded there waits
+/// (for sald's SYN retries, 31.5 s).
+fn hole() -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 9), 9)
+}
+
+/// Makes `sald` forward the services of `prefix` to `locator`.
+fn forward(sald: &Sald, prefix: &str, locator: SocketAddrV4) {
+    ControlClient::connect_to(&sald.control)
+        .expect("control")
+        .request_ok(&Request::AddRule {
+            prefix: prefix.parse().unwrap(),
+            target: Target::Forward {
+                locator: Locator::Udp(locator),
+                weight: 1,
+            },
+            priority: 0,
+        })
+        .expect("rule");
+}
+
 fn client(sald: &Sald, args: &[&str]) -> Proc {
     let mut cmd = sald.run(&[], c_program(), args);
     Proc::spawn(&format!("serval_test {}", args.join(" ")), &mut cmd)
@@ -225,23 +246,12 @@ fn many_nonblocking_connects_share_one_thread() {
 #[test]
 fn a_waiting_nonblocking_connect_fails_when_sald_goes() {
     let sald = Sald::start();
-    // Nobody answers at 127.0.0.9:9: a connect to b1ac.. waits.
-    let mut control = ControlClient::connect_to(&sald.control).expect("control");
-    control
-        .request_ok(&Request::AddRule {
-            prefix: "b1ac/16".parse().unwrap(),
-            target: Target::Forward {
-                locator: Locator::Udp("127.0.0.9:9".parse().unwrap()),
-                weight: 1,
-            },
-            priority: 0,
-        })
-        .expect("rule");
+    // Nobody answers at the hole: a connect to b1ac.. waits.
+    forward(&sald, "b1ac/16", hole());
     let mut cmd = sald.run(&[], c_program(), &["nonblock-orphan", "b1ac01"]);
     cmd.stdout(Stdio::piped());
     let mut orphan = Proc::spawn("serval_test nonblock-orphan", &mut cmd);
     orphan.wait_ready("pending");
-    drop(control);
     drop(sald);
     orphan.success(T);
 }
@@ -256,26 +266,14 @@ fn a_waiting_nonblocking_connect_fails_when_sald_goes() {
 #[test]
 fn a_signal_interrupts_a_blocking_connect_as_tcp() {
     let sald = Sald::start();
-    let mut control = ControlClient::connect_to(&sald.control).expect("control");
-    let mut rule = |prefix: &str, locator: SocketAddrV4| {
-        control
-            .request_ok(&Request::AddRule {
-                prefix: prefix.parse().unwrap(),
-                target: Target::Forward {
-                    locator: Locator::Udp(locator),
-                    weight: 1,
-                },
-                priority: 0,
-            })
-            .expect("rule");
-    };
+    let rule = |prefix: &str, locator: SocketAddrV4| forward(&sald, prefix, locator);
     let far: Vec<SocketAddrV4> = (2..5)
         .map(|host| SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, host), support::free_udp_port()))
         .collect();
     for (i, far) in far.iter().enumerate() {
         rule(&format!("e{0}e{0}/16", i + 1), *far);
     }
-    rule("e0e0/16", "127.0.0.9:9".parse().unwrap());
+    rule("e0e0/16", hole());
     // The second service is reached from a TCP socket, in inet mode.
     let args = ["connect-eintr", "e1e101", "7202", "e3e301", "e0e001"];
     let mut cmd = sald.run(&["--map", "7202=e2e201"], c_program(), &args);
@@ -325,23 +323,9 @@ fn a_signal_interrupts_a_blocking_connect_as_tcp() {
 #[test]
 fn a_blocking_connect_gives_up_after_so_sndtimeo_as_tcp() {
     let sald = Sald::start();
-    let mut control = ControlClient::connect_to(&sald.control).expect("control");
     let far = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 5), support::free_udp_port());
-    for (prefix, locator) in [
-        ("c7c7/16", far),
-        ("c0c0/16", "127.0.0.9:9".parse().unwrap()),
-    ] {
-        control
-            .request_ok(&Request::AddRule {
-                prefix: prefix.parse().unwrap(),
-                target: Target::Forward {
-                    locator: Locator::Udp(locator),
-                    weight: 1,
-                },
-                priority: 0,
-            })
-            .expect("rule");
-    }
+    forward(&sald, "c7c7/16", far);
+    forward(&sald, "c0c0/16", hole());
     let args = ["connect-timeout", "c7c701", "7203", "c0c001", "dead07"];
     let mut cmd = sald.run(&["--map", "7203=c7c701"], c_program(), &args);
     cmd.stdout(Stdio::piped());
@@ -371,23 +355,9 @@ fn a_blocking_connect_gives_up_after_so_sndtimeo_as_tcp() {
 #[test]
 fn connects_wait_for_a_connect_in_flight_as_tcp() {
     let sald = Sald::start();
-    let mut control = ControlClient::connect_to(&sald.control).expect("control");
     let far = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 6), support::free_udp_port());
-    for (prefix, locator) in [
-        ("c8c8/16", far),
-        ("c9c9/16", "127.0.0.9:9".parse().unwrap()),
-    ] {
-        control
-            .request_ok(&Request::AddRule {
-                prefix: prefix.parse().unwrap(),
-                target: Target::Forward {
-                    locator: Locator::Udp(locator),
-                    weight: 1,
-                },
-                priority: 0,
-            })
-            .expect("rule");
-    }
+    forward(&sald, "c8c8/16", far);
+    forward(&sald, "c9c9/16", hole());
     let args = ["connect-waits", "c8c801", "7205", "c9c901"];
     let mut cmd = sald.run(&["--map", "7205=c8c801"], c_program(), &args);
     cmd.stdout(Stdio::piped());
@@ -412,18 +382,8 @@ fn connects_wait_for_a_connect_in_flight_as_tcp() {
 #[test]
 fn a_read_waiting_for_a_connect_waits_its_timeout_in_all() {
     let sald = Sald::start();
-    let mut control = ControlClient::connect_to(&sald.control).expect("control");
     let far = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 7), support::free_udp_port());
-    control
-        .request_ok(&Request::AddRule {
-            prefix: "cdcd/16".parse().unwrap(),
-            target: Target::Forward {
-                locator: Locator::Udp(far),
-                weight: 1,
-            },
-            priority: 0,
-        })
-        .expect("rule");
+    forward(&sald, "cdcd/16", far);
     let mut cmd = sald.run(&[], c_program(), &["read-timeout-connecting", "cdcd01"]);
     cmd.stdout(Stdio::piped());
     let mut connecting = Proc::spawn("serval_test read-timeout-connecting", &mut cmd);
@@ -443,17 +403,7 @@ fn a_read_waiting_for_a_connect_waits_its_timeout_in_all() {
 #[test]
 fn so_rcvtimeo_reads_as_set_while_a_connect_is_in_flight() {
     let sald = Sald::start();
-    let mut control = ControlClient::connect_to(&sald.control).expect("control");
-    control
-        .request_ok(&Request::AddRule {
-            prefix: "cacb/16".parse().unwrap(),
-            target: Target::Forward {
-                locator: Locator::Udp("127.0.0.9:9".parse().unwrap()),
-                weight: 1,
-            },
-            priority: 0,
-        })
-        .expect("rule");
+    forward(&sald, "cacb/16", hole());
     client(&sald, &["rcvtimeo-connecting", "cacb01"]).success(T);
 }
 
@@ -464,17 +414,7 @@ fn so_rcvtimeo_reads_as_set_while_a_connect_is_in_flight() {
 #[test]
 fn the_clock_rate_is_measured_again_after_emfile() {
     let sald = Sald::start();
-    let mut control = ControlClient::connect_to(&sald.control).expect("control");
-    control
-        .request_ok(&Request::AddRule {
-            prefix: "cece/16".parse().unwrap(),
-            target: Target::Forward {
-                locator: Locator::Udp("127.0.0.9:9".parse().unwrap()),
-                weight: 1,
-            },
-            priority: 0,
-        })
-        .expect("rule");
+    forward(&sald, "cece/16", hole());
     client(&sald, &["hz-emfile", "cece01"]).success(T);
 }
 
@@ -485,17 +425,7 @@ fn the_clock_rate_is_measured_again_after_emfile() {
 #[test]
 fn a_forked_child_s_copy_of_a_connecting_socket_is_not_connected() {
     let sald = Sald::start();
-    let mut control = ControlClient::connect_to(&sald.control).expect("control");
-    control
-        .request_ok(&Request::AddRule {
-            prefix: "cfcf/16".parse().unwrap(),
-            target: Target::Forward {
-                locator: Locator::Udp("127.0.0.9:9".parse().unwrap()),
-                weight: 1,
-            },
-            priority: 0,
-        })
-        .expect("rule");
+    forward(&sald, "cfcf/16", hole());
     client(&sald, &["fork-connecting", "cfcf01"]).success(T);
 }
 
