@@ -19,6 +19,7 @@ use crate::assembler::Assembler;
 use crate::buffer::ElasticBuffer;
 use crate::config::{Config, MIN_MSS};
 use crate::congestion::{self, CongestionControl};
+use crate::hystart::HyStart;
 use crate::rtt::RttEstimator;
 use crate::sack::Scoreboard;
 use crate::segment::{self, SegmentError};
@@ -162,6 +163,9 @@ pub struct Socket {
     state: State,
     timer: Timer,
     rtte: RttEstimator,
+    /// sal-tcp: HyStart++ (RFC 9406), which ends slow start when the round
+    /// trip grows (see `crate::hystart`).
+    hystart: HyStart,
     assembler: Assembler,
     rx_buffer: ElasticBuffer,
     rx_fin_received: bool,
@@ -395,6 +399,7 @@ impl Socket {
             state: State::Closed,
             timer: Timer::new(),
             rtte: RttEstimator::default(),
+            hystart: HyStart::default(),
             assembler: Assembler::new(),
             tx_buffer,
             rx_buffer,
@@ -730,6 +735,7 @@ impl Socket {
         self.state = State::Closed;
         self.timer = Timer::new();
         self.rtte = RttEstimator::default();
+        self.hystart = HyStart::default();
         self.assembler = Assembler::new();
         self.tx_buffer.release();
         self.rx_buffer.release();
@@ -907,6 +913,7 @@ impl Socket {
             self.scoreboard.clear();
             self.sack_recovery = false;
             self.rtte.on_retransmit();
+            self.hystart.on_retransmit();
         }
         if self.reply.is_none() {
             let tsecr = self.timestamps.then_some(self.last_remote_tsval);
@@ -1468,6 +1475,7 @@ impl Socket {
     /// Drop the RTT sample in progress (see `Socket::from_cookie`).
     pub(crate) fn forget_rtt_sample(&mut self) {
         self.rtte.on_retransmit();
+        self.hystart.on_retransmit();
     }
 
     /// Remember a reply for the next `poll_transmit`. Consecutive ACKs add
@@ -1818,11 +1826,14 @@ impl Socket {
                     // Treat a zero MSS as if the option were absent, like Linux does.
                     if max_seg_size != 0 {
                         self.remote_mss = (max_seg_size as usize).max(MIN_REMOTE_MSS);
-                        self.congestion_controller
-                            .inner_mut()
-                            .set_mss(self.remote_mss);
                     }
                 }
+                // sal-tcp: the segment size is fixed, and no data was sent:
+                // the congestion window starts at RFC 6928's initial window
+                // for it (ten segments), not at smoltcp's 2048 bytes.
+                self.congestion_controller
+                    .inner_mut()
+                    .set_initial_window(self.remote_mss);
 
                 self.has_peer = true;
                 self.local_seq_no = self.isn;
@@ -1874,11 +1885,14 @@ impl Socket {
                     // Treat a zero MSS as if the option were absent, like Linux does.
                     if max_seg_size != 0 {
                         self.remote_mss = (max_seg_size as usize).max(MIN_REMOTE_MSS);
-                        self.congestion_controller
-                            .inner_mut()
-                            .set_mss(self.remote_mss);
                     }
                 }
+                // sal-tcp: the segment size is fixed, and no data was sent:
+                // the congestion window starts at RFC 6928's initial window
+                // for it (ten segments), not at smoltcp's 2048 bytes.
+                self.congestion_controller
+                    .inner_mut()
+                    .set_initial_window(self.remote_mss);
 
                 self.remote_seq_no = repr.seq_number + 1;
                 self.remote_last_seq = self.local_seq_no + 1;
@@ -2110,6 +2124,7 @@ impl Socket {
                             );
                             self.pending_fast_retransmit = true;
                             self.rtte.on_retransmit();
+                            self.hystart.on_retransmit();
                             keep_timer = self.partial_ack_restarted_timer;
                             self.partial_ack_restarted_timer = true;
                         }
@@ -2118,6 +2133,7 @@ impl Socket {
                             net_debug!("partial ACK, retransmitting the next hole");
                             self.pending_fast_retransmit = true;
                             self.rtte.on_retransmit();
+                            self.hystart.on_retransmit();
                         }
                         _ => {}
                     }
@@ -2131,6 +2147,14 @@ impl Socket {
                         new_flight_size,
                         &self.rtte,
                     );
+                    if ack_len > 0 {
+                        self.hystart.on_ack(
+                            now,
+                            ack_number,
+                            self.remote_max_seq,
+                            self.congestion_controller.inner_mut(),
+                        );
+                    }
                 }
             };
 
@@ -2672,6 +2696,7 @@ impl Socket {
 
             // Inform RTTE, so that it can avoid bogus measurements.
             self.rtte.on_retransmit();
+            self.hystart.on_retransmit();
         }
 
         // Decide whether we're sending a packet.
@@ -2798,6 +2823,7 @@ impl Socket {
                     self.high_rxt = seq + payload_len;
                     self.rxt_fence = self.remote_last_seq;
                     self.rtte.on_retransmit();
+                    self.hystart.on_retransmit();
                     offset
                 } else {
                     // Right edge of window, ie the max sequence number we're allowed to send.
@@ -2982,6 +3008,7 @@ impl Socket {
 
         if segment_len > 0 {
             self.rtte.on_send(now, repr.seq_number + segment_len);
+            self.hystart.on_send(now, repr.seq_number, segment_len);
             self.congestion_controller
                 .inner_mut()
                 .post_transmit(now, segment_len);

@@ -4,29 +4,23 @@
 //!
 //! The path has 20 ms of round trip (10 ms each way) and carries a
 //! gigabit a second (a segment takes 12 us). The client connects and
-//! sends its request once connected; the
-//! server reads it whole, answers and closes; the time is from the
-//! connect to the answer's last byte at the client. The SAL's handshake
-//! takes one round trip and the request and answer another: on Linux,
-//! whose initial congestion window is RFC 6928's (ten segments, 14,600
-//! bytes at most), a 14 KB answer arrives after two. sal-tcp starts at
-//! smoltcp's 2,048 bytes whatever the segment size (one of the SAL's
-//! 1,448-byte segments; the silly-window rule holds back the rest), and
-//! an answer or a request of 4, 16 and 64 KiB takes 3.05, 6.05 and 8.2
-//! round trips here, where ten segments take 2, 3 and 4.
+//! sends its request once connected; the server reads it whole, answers
+//! and closes; the time is from the connect to the answer's last byte at
+//! the client. The SAL's handshake
+//! takes one round trip and the request and answer another: with RFC
+//! 6928's initial congestion window (ten segments, 14,600 bytes at most),
+//! as Linux and now sal-tcp start, a 14 KB answer arrives after two. An
+//! answer or a request of 4, 16 and 64 KiB takes 2, 3 and 4 round trips
+//! here; from smoltcp's 2,048 bytes (one of the SAL's 1,448-byte
+//! segments; the silly-window rule holds back the rest) it took 3.05,
+//! 6.05 and 8.2.
 //!
-//! Ten segments are not sal-tcp's start yet: on the deep-queue lossy path
-//! of `sim_tcp_loss` (and `sim_lossy_paths`) any larger start made the
-//! rest of a transfer worse (256 seeds at 1 %: 26 rewinds against 9).
-//! Slow start overshoots that queue by twice what it holds either way;
-//! with the old start, a timeout that fired falsely early, then a second
-//! fast retransmit, left ssthresh at two segments, and the flow never
-//! overshot again; with ten segments the estimator is honest, the timeout
-//! comes late, and ssthresh, computed from a flight that still counts the
-//! segments the queue dropped, lets slow start overshoot a second time.
-//! What would let the start grow: leaving slow start as the round trip
-//! climbs (HyStart++, RFC 9406, as Linux's Cubic), a flight that leaves
-//! out what was lost (RFC 6675's pipe), or SACK-based recovery.
+//! The larger start waited for HyStart++ (RFC 9406, sal-tcp's `hystart`):
+//! on the deep-queue lossy path of `sim_tcp_loss` (and `sim_lossy_paths`)
+//! slow start overshot the queue by what it holds, and from ten segments
+//! the overshoot repeated after the first timeout, since ssthresh came
+//! from a flight that still counted the segments the queue dropped.
+//! Leaving slow start as the round trip climbs stops it there.
 //!
 //! `measure_short_exchanges` (ignored: it prints) gives the figures for
 //! answers and requests of 4, 16 and 64 KiB, on that path and on one
@@ -147,6 +141,30 @@ impl Side {
 
 fn round_trips(d: Duration) -> f64 {
     d.total_micros() as f64 / RTT.total_micros() as f64
+}
+
+/// A 14 KB answer fits the initial window: it arrives one round trip
+/// after the request, two after the connect (and the 1 ms of delayed
+/// ACK at most). It took five.
+#[test]
+fn a_fourteen_kilobyte_answer_takes_two_round_trips_from_the_connect() {
+    let took = exchange(Some(GIGABIT), SMALL, 14_000);
+    assert!(
+        took <= RTT * 2 + Duration::from_millis(2),
+        "took {took} ({:.1} round trips)",
+        round_trips(took)
+    );
+}
+
+/// So does a 14 KB request: the client's window is the same.
+#[test]
+fn a_fourteen_kilobyte_request_is_answered_in_two_round_trips() {
+    let took = exchange(Some(GIGABIT), 14_000, SMALL);
+    assert!(
+        took <= RTT * 2 + Duration::from_millis(2),
+        "took {took} ({:.1} round trips)",
+        round_trips(took)
+    );
 }
 
 /// Prints the time and round trips of exchanges with a request or an

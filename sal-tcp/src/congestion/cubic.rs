@@ -34,10 +34,14 @@ pub struct Cubic {
     // are retransmissions of the same segment and must not reduce ssthresh
     // again (RFC 5681 section 3.1).
     in_rto_recovery: bool,
+    // sal-tcp: HyStart++'s Conservative Slow Start (see `crate::hystart`).
+    conservative: bool,
     idle_start: Option<Instant>, // RFC 9438 §4.2: when in-flight last hit 0
 }
 
 impl Cubic {
+    /// smoltcp's start (2048 bytes), until the handshake fixes the segment
+    /// size and [`Controller::set_initial_window`] the initial window.
     pub fn new() -> Cubic {
         let mut cubic = Cubic {
             w_max: DEFAULT_MSS * 2,
@@ -53,6 +57,7 @@ impl Cubic {
             recovery_start: None,
             in_fast_recovery: false,
             in_rto_recovery: false,
+            conservative: false,
             idle_start: None,
         };
         cubic.recompute_k();
@@ -75,6 +80,16 @@ impl Cubic {
             }
         }
         self.idle_start = None;
+    }
+}
+
+#[cfg(test)]
+impl Cubic {
+    /// Sets the segment size alone, as smoltcp's `set_mss` did (the
+    /// tests' way to pick one without the initial window).
+    pub(crate) fn set_mss(&mut self, mss: usize) {
+        self.mss = mss;
+        self.recompute_k();
     }
 }
 
@@ -119,9 +134,16 @@ impl Controller for Cubic {
             return;
         } else if self.cwnd < self.ssthresh {
             // Slow start: increase `cwnd` by 1 MSS per ACK.
+            // sal-tcp: a quarter of that in HyStart++'s Conservative Slow
+            // Start (RFC 9406 4.2).
+            let growth = if self.conservative {
+                segment / crate::hystart::CSS_GROWTH_DIVISOR
+            } else {
+                segment
+            };
             self.cwnd = self
                 .cwnd
-                .saturating_add(segment)
+                .saturating_add(growth)
                 .min(self.rwnd)
                 .max(self.mss);
             return;
@@ -205,6 +227,7 @@ impl Controller for Cubic {
 
     fn on_loss(&mut self, now: Instant, in_flight: usize) {
         self.idle_start = None;
+        self.conservative = false;
         self.growth_credit = 0;
         // Only cut window size on first entrance to fast recovery.
         if !self.in_fast_recovery {
@@ -245,6 +268,7 @@ impl Controller for Cubic {
 
         self.cwnd = self.mss;
         self.cwnd_prior = in_flight;
+        self.conservative = false;
         self.growth_credit = 0;
 
         // RFC 9438 §4.8: defer W_max and K reset to the start of the next CA stage.
@@ -254,8 +278,9 @@ impl Controller for Cubic {
     }
 
     fn on_rewind(&mut self) {
+        self.conservative = false;
         self.ssthresh = super::restart_ssthresh(self.ssthresh, self.cwnd);
-        self.cwnd = self.cwnd.min(super::restart_window(self.mss));
+        self.cwnd = self.cwnd.min(super::initial_window(self.mss));
         self.w_est = self.cwnd as f64;
         self.growth_credit = 0;
         // As after a timeout: W_max and K are set at the start of the next
@@ -265,9 +290,31 @@ impl Controller for Cubic {
         self.idle_start = None;
     }
 
-    fn set_mss(&mut self, mss: usize) {
-        self.mss = mss;
+    fn set_initial_window(&mut self, mss: usize) {
+        let window = super::initial_window(mss);
+        *self = Cubic {
+            w_max: window,
+            cwnd: window,
+            mss,
+            rwnd: self.rwnd,
+            w_est: window as f64,
+            cwnd_prior: window,
+            ..Cubic::new()
+        };
         self.recompute_k();
+    }
+
+    fn in_slow_start(&self) -> bool {
+        !self.in_fast_recovery && self.cwnd < self.ssthresh
+    }
+
+    fn set_conservative(&mut self, on: bool) {
+        self.conservative = on;
+    }
+
+    fn end_slow_start(&mut self) {
+        self.ssthresh = self.cwnd;
+        self.conservative = false;
     }
 
     fn set_remote_window(&mut self, remote_window: usize) {
@@ -467,6 +514,45 @@ mod test {
         ack(&mut cubic, MSS, Instant::from_millis(10));
         assert_eq!(cubic.window(), cubic.ssthresh);
         assert!(!cubic.in_fast_recovery);
+    }
+
+    #[test]
+    fn initial_window_follows_the_handshakes_mss() {
+        // RFC 6928: ten segments up to 14,600 bytes, at least two.
+        for (mss, window) in [
+            (1448, 14480),
+            (536, 5360),
+            (1460, 14600),
+            (1500, 14600),
+            (9000, 18000),
+        ] {
+            let mut cubic = Cubic::new();
+            cubic.set_remote_window(1 << 20);
+            // A timeout during the handshake (a lost SYN) is forgotten.
+            cubic.on_rto(Instant::from_millis(0), 1);
+            cubic.set_initial_window(mss);
+            assert_eq!(cubic.window(), window, "MSS {mss}");
+            assert_eq!(cubic.ssthresh, usize::MAX, "slow start");
+            assert_eq!(cubic.rwnd, 1 << 20, "the peer's window is kept");
+            // Slow start grows from there.
+            cubic.on_ack(Instant::from_millis(10), mss, 0, &rtte());
+            assert_eq!(cubic.window(), window + mss);
+        }
+    }
+
+    #[test]
+    fn rewind_restarts_from_the_initial_window_at_most() {
+        let mut cubic = Cubic::new();
+        cubic.set_initial_window(1448);
+        cubic.cwnd = 40 * 1448;
+        cubic.ssthresh = 20 * 1448;
+        cubic.on_rewind();
+        assert_eq!(cubic.window(), 10 * 1448);
+        assert_eq!(cubic.ssthresh, 30 * 1448, "3/4 of the window given up");
+        // A window below the initial one is kept.
+        cubic.cwnd = 4 * 1448;
+        cubic.on_rewind();
+        assert_eq!(cubic.window(), 4 * 1448);
     }
 
     #[test]

@@ -18,9 +18,13 @@ pub struct Reno {
     // are retransmissions of the same segment and must not reduce ssthresh
     // again (RFC 5681 section 3.1).
     in_rto_recovery: bool,
+    // sal-tcp: HyStart++'s Conservative Slow Start (see `crate::hystart`).
+    conservative: bool,
 }
 
 impl Reno {
+    /// smoltcp's start (2048 bytes), until the handshake fixes the segment
+    /// size and [`Controller::set_initial_window`] the initial window.
     pub fn new() -> Self {
         Reno {
             cwnd: DEFAULT_MSS * 2,
@@ -29,7 +33,17 @@ impl Reno {
             rwnd: 64 * DEFAULT_MSS,
             in_fast_recovery: false,
             in_rto_recovery: false,
+            conservative: false,
         }
+    }
+}
+
+#[cfg(test)]
+impl Reno {
+    /// Sets the segment size alone, as smoltcp's `set_mss` did (the
+    /// tests' way to pick one without the initial window).
+    pub(crate) fn set_mss(&mut self, mss: usize) {
+        self.mss = mss;
     }
 }
 
@@ -67,7 +81,13 @@ impl Controller for Reno {
 
         let inc = if self.cwnd < self.ssthresh {
             // Slow start: increase `cwnd` by 1 MSS per ACK.
-            len.min(self.mss)
+            // sal-tcp: a quarter of that in HyStart++'s Conservative Slow
+            // Start (RFC 9406 4.2).
+            if self.conservative {
+                len.min(self.mss) / crate::hystart::CSS_GROWTH_DIVISOR
+            } else {
+                len.min(self.mss)
+            }
         } else {
             // Congestion avoidance: increase by ~1 MSS per RTT.
             (self.mss * self.mss / self.cwnd).max(1)
@@ -83,6 +103,7 @@ impl Controller for Reno {
     }
 
     fn on_loss(&mut self, _now: Instant, in_flight: usize) {
+        self.conservative = false;
         // Only cut window size on first entrance to fast recovery.
         if !self.in_fast_recovery {
             self.ssthresh = (in_flight >> 1).max(2 * self.mss);
@@ -103,19 +124,39 @@ impl Controller for Reno {
 
         // cwnd collapses to the loss window (1 MSS) and we re-enter slow start.
         self.cwnd = self.mss;
+        self.conservative = false;
 
         // Major loss has occurred, ensure we move from fast recovery (if in it) to slow start.
         self.in_fast_recovery = false
     }
 
     fn on_rewind(&mut self) {
+        self.conservative = false;
         self.ssthresh = super::restart_ssthresh(self.ssthresh, self.cwnd);
-        self.cwnd = self.cwnd.min(super::restart_window(self.mss));
+        self.cwnd = self.cwnd.min(super::initial_window(self.mss));
         self.in_fast_recovery = false;
     }
 
-    fn set_mss(&mut self, mss: usize) {
-        self.mss = mss;
+    fn set_initial_window(&mut self, mss: usize) {
+        *self = Reno {
+            cwnd: super::initial_window(mss),
+            mss,
+            rwnd: self.rwnd,
+            ..Reno::new()
+        };
+    }
+
+    fn in_slow_start(&self) -> bool {
+        !self.in_fast_recovery && self.cwnd < self.ssthresh
+    }
+
+    fn set_conservative(&mut self, on: bool) {
+        self.conservative = on;
+    }
+
+    fn end_slow_start(&mut self) {
+        self.ssthresh = self.cwnd;
+        self.conservative = false;
     }
 
     fn set_remote_window(&mut self, remote_window: usize) {
@@ -342,6 +383,45 @@ mod test {
         ack(&mut reno, MSS, Instant::from_millis(time));
         assert!(reno.window() > initial_cwnd);
         assert!(reno.window() < initial_cwnd + MSS);
+    }
+
+    #[test]
+    fn initial_window_follows_the_handshakes_mss() {
+        // RFC 6928: ten segments up to 14,600 bytes, at least two.
+        for (mss, window) in [
+            (1448, 14480),
+            (536, 5360),
+            (1460, 14600),
+            (1500, 14600),
+            (9000, 18000),
+        ] {
+            let mut reno = Reno::new();
+            reno.set_remote_window(1 << 20);
+            // A timeout during the handshake (a lost SYN) is forgotten.
+            reno.on_rto(Instant::from_millis(0), 1);
+            reno.set_initial_window(mss);
+            assert_eq!(reno.window(), window, "MSS {mss}");
+            assert_eq!(reno.ssthresh, usize::MAX, "slow start");
+            assert_eq!(reno.rwnd, 1 << 20, "the peer's window is kept");
+            // Slow start grows from there.
+            reno.on_ack(Instant::from_millis(10), mss, 0, &rtte());
+            assert_eq!(reno.window(), window + mss);
+        }
+    }
+
+    #[test]
+    fn rewind_restarts_from_the_initial_window_at_most() {
+        let mut reno = Reno::new();
+        reno.set_initial_window(1448);
+        reno.cwnd = 40 * 1448;
+        reno.ssthresh = 20 * 1448;
+        reno.on_rewind();
+        assert_eq!(reno.window(), 10 * 1448);
+        assert_eq!(reno.ssthresh, 30 * 1448, "3/4 of the window given up");
+        // A window below the initial one is kept.
+        reno.cwnd = 4 * 1448;
+        reno.on_rewind();
+        assert_eq!(reno.window(), 4 * 1448);
     }
 
     #[test]

@@ -8203,41 +8203,146 @@ fn test_fast_retransmit_waits_for_a_closed_window_to_open() {
 
 #[test]
 fn test_rewind_resends_within_a_restarted_congestion_window() {
-    // A path change with eight segments in flight on a window of eight
-    // (Reno, grown by slow start): the rewind resends them from the
-    // initial window (RFC 5681: four segments of 1024 bytes), not all at
-    // once onto a path nothing has measured, and each ACK lets more out
+    // A path change with sixteen segments in flight on a window of
+    // sixteen (Reno, grown by slow start): the rewind resends them from
+    // the initial window (RFC 6928: ten segments of 1024 bytes), not all
+    // at once onto a path nothing has measured, and each ACK lets more out
     // (slow start).
-    let mut s = socket_established_with_buffer_sizes(32768, 64);
+    let mut s = socket_established_with_buffer_sizes(65536, 64);
     s.set_congestion_control(CongestionControl::Reno);
     s.remote_win_len = 65535;
     s.remote_mss = 1024;
     send!(s, time 0, ack_of_segments(0));
-    s.send_slice(&[7; 32768]).unwrap();
+    s.send_slice(&[7; 65536]).unwrap();
     segments_sent(&mut s, 0);
-    for n in 1..=6 {
+    for n in 1..=14 {
         send!(s, time 10, ack_of_segments(n));
         segments_sent(&mut s, 10);
     }
-    assert_eq!(s.flight_size(), 8 * 1024);
-    assert_eq!(s.congestion_controller.inner().window(), 8 * 1024);
-    assert_eq!(s.rewind(), 8 * 1024);
+    assert_eq!(s.flight_size(), 16 * 1024);
+    assert_eq!(s.congestion_controller.inner().window(), 16 * 1024);
+    assert_eq!(s.rewind(), 16 * 1024);
     let segments = |from: usize, to: usize| -> Vec<(usize, usize)> {
         (from..to).map(|n| (n * 1024, 1024)).collect()
     };
-    assert_eq!(segments_sent(&mut s, 20), segments(6, 10), "initial window");
-    // Segment 6 was lost on the old path, and its successors, still on
+    assert_eq!(
+        segments_sent(&mut s, 20),
+        segments(14, 24),
+        "initial window"
+    );
+    // Segment 14 was lost on the old path, and its successors, still on
     // their way there, earn duplicate ACKs: they report the loss the rewind
     // repairs, and start no fast retransmit of it (nor limited transmit).
     for _ in 0..3 {
-        send!(s, time 30, ack_of_segments(6));
+        send!(s, time 30, ack_of_segments(14));
     }
     assert_eq!(segments_sent(&mut s, 30), []);
-    // The peer had segments 7 to 10: the ACK of the copy of 6 covers them,
-    // and slow start goes on from there.
-    send!(s, time 40, ack_of_segments(11));
+    // The peer had segments 15 to 26: the ACK of the copy of 14 covers
+    // them, and slow start goes on from there (eleven segments).
+    send!(s, time 40, ack_of_segments(27));
     assert_eq!(s.recover, None);
-    assert_eq!(segments_sent(&mut s, 40), segments(11, 16), "slow start");
+    assert_eq!(segments_sent(&mut s, 40), segments(27, 38), "slow start");
+}
+
+/// A socket, 64 KiB to send, that opened with a handshake in which the
+/// peer offered `mss` (`None`: no MSS option), actively or passively, and
+/// a peer window of 65,535 bytes.
+fn socket_opened_by_handshake(active: bool, mss: Option<u16>) -> TestSocket {
+    let mut s = socket_with_buffer_sizes(65536, 64);
+    s.set_congestion_control(CongestionControl::Reno);
+    let mut out = [0; 2000];
+    if active {
+        s.connect(LOCAL_SEQ).unwrap();
+        assert!(s
+            .poll_transmit(Instant::ZERO, LOCAL_ADDR, REMOTE_ADDR, &mut out)
+            .is_some());
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Syn,
+                seq_number: REMOTE_SEQ,
+                ack_number: Some(LOCAL_SEQ + 1),
+                window_len: 65535,
+                max_seg_size: mss,
+                ..SEND_TEMPL
+            }
+        );
+    } else {
+        s.listen(LOCAL_SEQ).unwrap();
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Syn,
+                seq_number: REMOTE_SEQ,
+                ack_number: None,
+                max_seg_size: mss,
+                ..SEND_TEMPL
+            }
+        );
+        assert!(s
+            .poll_transmit(Instant::ZERO, LOCAL_ADDR, REMOTE_ADDR, &mut out)
+            .is_some());
+        send!(
+            s,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                window_len: 65535,
+                ..SEND_TEMPL
+            }
+        );
+    }
+    assert_eq!(s.state, State::Established);
+    s.send_slice(&[7; 65536]).unwrap();
+    s
+}
+
+#[test]
+fn test_handshake_sets_the_initial_window_for_the_peers_mss() {
+    // sal-tcp: the first flight is RFC 6928's initial window, ten
+    // segments of the size the handshake agreed (14,480 bytes of 1448),
+    // on either side. It was smoltcp's 2048 bytes whatever the size: one
+    // segment of 1448 (silly window avoidance holds back the rest).
+    for active in [true, false] {
+        let mut s = socket_opened_by_handshake(active, Some(1448));
+        let sent = segments_sent(&mut s, 0);
+        let expected: Vec<_> = (0..10).map(|n| (n * 1448, 1448)).collect();
+        assert_eq!(sent, expected, "active open: {active}");
+        assert_eq!(s.congestion_controller.inner().window(), 10 * 1448);
+    }
+}
+
+#[test]
+fn test_handshake_without_mss_sets_the_initial_window_for_536_bytes() {
+    // sal-tcp: without the option the peer's MSS is 536 (RFC 9293), and the
+    // initial window is ten of those.
+    let mut s = socket_opened_by_handshake(true, None);
+    let sent = segments_sent(&mut s, 0);
+    let expected: Vec<_> = (0..10).map(|n| (n * 536, 536)).collect();
+    assert_eq!(sent, expected);
+}
+
+#[test]
+fn test_initial_window_of_large_segments_is_capped_at_14600_bytes() {
+    // sal-tcp: RFC 6928 caps the initial window at max(2 MSS, 14600):
+    // segments of 8000 bytes (a jumbo path) start two at a time.
+    let mut s = socket_with_buffer_sizes(65536, 64);
+    s.connect(LOCAL_SEQ).unwrap();
+    let mut out = [0; 2000];
+    s.poll_transmit(Instant::ZERO, LOCAL_ADDR, REMOTE_ADDR, &mut out)
+        .unwrap();
+    send!(
+        s,
+        TcpRepr {
+            control: TcpControl::Syn,
+            seq_number: REMOTE_SEQ,
+            ack_number: Some(LOCAL_SEQ + 1),
+            window_len: 65535,
+            max_seg_size: Some(8000),
+            ..SEND_TEMPL
+        }
+    );
+    assert_eq!(s.congestion_controller.inner().window(), 16000);
 }
 
 #[test]
@@ -8248,27 +8353,33 @@ fn test_an_ack_sent_while_resending_does_not_skip_the_rest() {
     // number sent (`ack_seq`), and that must not count as sent: the
     // socket took the whole flight for resent, and only the next
     // timeout resent more of it (the SAL's `sim_blackhole`, after moving
-    // the upload, got three segments through per timeout).
-    let mut s = socket_established_with_buffer_sizes(32768, 64);
+    // the upload, got three segments through per timeout). sal-tcp: 16
+    // segments in flight, more than the initial window of ten the rewind
+    // restarts from.
+    let mut s = socket_established_with_buffer_sizes(65536, 64);
     s.set_congestion_control(CongestionControl::Reno);
     s.remote_win_len = 65535;
     s.remote_mss = 1024;
     send!(s, time 0, ack_of_segments(0));
-    s.send_slice(&[7; 32768]).unwrap();
+    s.send_slice(&[7; 65536]).unwrap();
     segments_sent(&mut s, 0);
-    for n in 1..=6 {
+    for n in 1..=14 {
         send!(s, time 10, ack_of_segments(n));
         segments_sent(&mut s, 10);
     }
-    assert_eq!(s.rewind(), 8 * 1024);
+    assert_eq!(s.rewind(), 16 * 1024);
     let segments = |from: usize, to: usize| -> Vec<(usize, usize)> {
         (from..to).map(|n| (n * 1024, 1024)).collect()
     };
-    assert_eq!(segments_sent(&mut s, 20), segments(6, 10), "initial window");
+    assert_eq!(
+        segments_sent(&mut s, 20),
+        segments(14, 24),
+        "initial window"
+    );
     // The peer's data arrives, and is acknowledged by a pure ACK.
     send!(s, time 25, TcpRepr {
         payload: &b"abcdef"[..],
-        ..ack_of_segments(6)
+        ..ack_of_segments(14)
     });
     let mut out = [0; 2000];
     let len = s
@@ -8277,12 +8388,12 @@ fn test_an_ack_sent_while_resending_does_not_skip_the_rest() {
     let ack = parse_sent(&out[..len]);
     assert_eq!(ack.payload.len(), 0);
     assert_eq!(ack.ack_number, Some(REMOTE_SEQ + 1 + 6));
-    assert_eq!(s.flight_size(), 4 * 1024, "only the resent segments");
-    // The copy of segment 6 is acknowledged: slow start sends the next
+    assert_eq!(s.flight_size(), 10 * 1024, "only the resent segments");
+    // The copy of segment 14 is acknowledged: slow start sends the next
     // two segments of the flight the rewind resends.
     send!(s, time 30, TcpRepr {
         seq_number: REMOTE_SEQ + 1 + 6,
-        ..ack_of_segments(7)
+        ..ack_of_segments(15)
     });
-    assert_eq!(segments_sent(&mut s, 30), segments(10, 12), "slow start");
+    assert_eq!(segments_sent(&mut s, 30), segments(24, 26), "slow start");
 }
