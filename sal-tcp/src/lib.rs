@@ -267,8 +267,11 @@
 //!   A fast retransmission fits the peer's window, as any segment does
 //!   (smoltcp sent a whole segment past a window that had shrunk), and
 //!   waits for a closed one to open, the zero-window probe asking for it
-//!   meanwhile: `test_fast_retransmit_stays_within_the_peer_window`,
-//!   `test_fast_retransmit_waits_for_a_closed_window_to_open`.
+//!   meanwhile; a segment sent while it waits (the ACK of the peer's data,
+//!   the probe) leaves it pending (it took its place, and the timeout
+//!   resent the hole): `test_fast_retransmit_stays_within_the_peer_window`,
+//!   `test_fast_retransmit_waits_for_a_closed_window_to_open`,
+//!   `test_fast_retransmit_waiting_for_a_closed_window_outlives_an_ack`.
 //! - **SACK-based loss recovery** (RFC 6675, lean), when the peer SACKs
 //!   (smoltcp's sender ignored SACK blocks): a scoreboard of up to eight
 //!   SACKed ranges above the cumulative ACK (`sack.rs`, a fixed array,
@@ -300,8 +303,13 @@
 //!   `test_sack_recovery_resends_a_retransmission_lost_in_turn`,
 //!   `test_sack_frees_nothing_and_a_timeout_resends_what_the_peer_reneged_on`,
 //!   `test_sack_recovery_with_nothing_sacked_leaves_the_rest_to_the_timeout`,
-//!   `test_no_sack_peer_still_repairs_one_hole_per_partial_ack` and
-//!   `sack.rs`'s own tests.
+//!   `test_no_sack_peer_still_repairs_one_hole_per_partial_ack`,
+//!   `sack.rs`'s own tests, the property test
+//!   `hostile_acks::any_acks_leave_the_sender_sound` (any ACKs and SACK
+//!   blocks: no panic, only our bytes within the peer's window, a timer
+//!   while data is outstanding, all delivered once the peer behaves) and
+//!   `tests/sack_fuzz.rs` (random transfers through random and burst
+//!   loss, reordering, small windows and wrapping sequence numbers).
 //! - **SACK blocks sent**: up to three (smoltcp sent one): the block of
 //!   the segment that triggered the ACK, then those of the last
 //!   out-of-order segments, most recent first, then the others (RFC 2018

@@ -2791,7 +2791,11 @@ impl Socket {
                     .saturating_sub(options_len);
                 let device_limit = effective_mss.min(out.len().saturating_sub(repr.header_len()));
 
-                let offset = if self.pending_fast_retransmit {
+                // sal-tcp: a fast retransmission waits for a closed window
+                // to open: a segment sent meanwhile (the ACK of the peer's
+                // data, a zero-window probe) leaves it pending, where it
+                // took its place and left the hole to the timeout.
+                let offset = if self.pending_fast_retransmit && self.remote_win_len > 0 {
                     // sal-tcp: within the peer's window, as any segment
                     // (smoltcp sent a whole segment past a window that had
                     // shrunk, which the peer cuts or drops).

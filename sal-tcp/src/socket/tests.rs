@@ -8202,6 +8202,47 @@ fn test_fast_retransmit_waits_for_a_closed_window_to_open() {
 }
 
 #[test]
+fn test_fast_retransmit_waiting_for_a_closed_window_outlives_an_ack() {
+    // The same, while the peer's data keeps coming: the ACK owed for it
+    // goes out while the window is closed, and the fast retransmission
+    // still waits for the window, not for the timeout.
+    let mut s = socket_four_segments_in_flight(16384);
+    let closed = TcpRepr {
+        window_len: 0,
+        ..ack_of_segments(2)
+    };
+    for _ in 0..4 {
+        send!(s, time 20, closed);
+    }
+    assert_eq!(segments_sent(&mut s, 20), []);
+    send!(s, time 21, TcpRepr {
+        payload: &b"abcdef"[..],
+        ..closed
+    });
+    let mut out = [0; 2000];
+    let len = s
+        .poll_transmit(Instant::from_millis(40), LOCAL_ADDR, REMOTE_ADDR, &mut out)
+        .expect("the ACK of the peer's data");
+    let ack = parse_sent(&out[..len]);
+    assert_eq!(ack.ack_number, Some(REMOTE_SEQ + 1 + 6));
+    assert!(ack.payload.is_empty());
+    // The zero-window probe still asks for the window, once a timeout.
+    let probe_at = s.poll_at().expect("the probe timer");
+    assert!(probe_at > Instant::from_millis(40));
+    let probe_ms = probe_at.total_millis();
+    assert_eq!(segments_sent(&mut s, probe_ms).len(), 1, "the probe");
+    assert!(s.poll_at().is_some_and(|t| t > probe_at));
+    send!(s, time probe_ms + 10, TcpRepr {
+        seq_number: REMOTE_SEQ + 1 + 6,
+        ..ack_of_segments(2)
+    });
+    assert_eq!(
+        segments_sent(&mut s, probe_ms + 10).first(),
+        Some(&(2048, 1024))
+    );
+}
+
+#[test]
 fn test_rewind_resends_within_a_restarted_congestion_window() {
     // A path change with sixteen segments in flight on a window of
     // sixteen (Reno, grown by slow start): the rewind resends them from
@@ -8396,4 +8437,133 @@ fn test_an_ack_sent_while_resending_does_not_skip_the_rest() {
         ..ack_of_segments(15)
     });
     assert_eq!(segments_sent(&mut s, 30), segments(24, 26), "slow start");
+}
+
+// sal-tcp: whatever ACKs and SACK blocks a peer sends (outside what was
+// sent, below the cumulative ACK, overlapping, wrapping, with windows that
+// close and shrink), the sender neither panics nor sends anything but its
+// own bytes within the peer's window, keeps a timer while data is
+// outstanding, and once the peer behaves, delivers the rest.
+mod hostile_acks {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    struct Step {
+        ack: usize,
+        window: u16,
+        blocks: Vec<(u32, u32)>,
+        arbitrary: bool,
+        advance_ms: i64,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        (
+            0usize..=52,
+            prop_oneof![Just(0u16), Just(3), Just(6), Just(20), Just(65535)],
+            proptest::collection::vec((0u32..=60, 0u32..=60), 0..=3),
+            any::<bool>(),
+            proptest::collection::vec(any::<(u32, u32)>(), 0..=3),
+            0i64..400,
+        )
+            .prop_map(|(ack, window, near, arbitrary, far, advance_ms)| Step {
+                ack,
+                window,
+                blocks: if arbitrary { far } else { near },
+                arbitrary,
+                advance_ms,
+            })
+    }
+
+    const DATA: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUV";
+
+    /// Poll everything out at `ms`, checking each segment.
+    fn drain(s: &mut TestSocket, ms: i64) -> usize {
+        let mut out = [0; 2000];
+        let mut n = 0;
+        while let Some(len) =
+            s.poll_transmit(Instant::from_millis(ms), LOCAL_ADDR, REMOTE_ADDR, &mut out)
+        {
+            n += 1;
+            assert!(n < 100, "a socket that never stops sending");
+            let repr = parse_sent(&out[..len]);
+            if repr.payload.is_empty() {
+                continue;
+            }
+            let offset = repr.seq_number - (LOCAL_SEQ + 1);
+            let end = offset + repr.payload.len();
+            assert_eq!(repr.payload, &DATA[offset..end], "our own bytes");
+            let una = s.local_seq_no - (LOCAL_SEQ + 1);
+            assert!(offset >= una, "below the cumulative ACK");
+            // A zero-window probe asks for one byte past a closed window.
+            if s.remote_win_len == 0 {
+                assert_eq!(repr.payload.len(), 1, "more than a probe");
+                continue;
+            }
+            assert!(
+                end <= una + s.remote_win_len,
+                "{offset}..{end} past the window {una}+{}",
+                s.remote_win_len
+            );
+        }
+        n
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn any_acks_leave_the_sender_sound(
+            sack in any::<bool>(),
+            steps in proptest::collection::vec(step(), 1..40),
+        ) {
+            let mut s = socket_with_eight_segments_in_flight(sack);
+            let mut ms = 0;
+            for step in &steps {
+                ms += step.advance_ms;
+                let mut sack_ranges = [None; 3];
+                for (slot, &(l, r)) in sack_ranges.iter_mut().zip(&step.blocks) {
+                    *slot = Some(if step.arbitrary {
+                        (l, r)
+                    } else {
+                        let edge = |at: u32| (LOCAL_SEQ + 1 + at as usize).0 as u32;
+                        (edge(l), edge(r))
+                    });
+                }
+                let repr = TcpRepr {
+                    seq_number: REMOTE_SEQ + 1,
+                    ack_number: Some(LOCAL_SEQ + 1 + step.ack),
+                    window_len: step.window,
+                    sack_ranges,
+                    ..SEND_TEMPL
+                };
+                let _ = s.socket.process(Instant::from_millis(ms), &repr);
+                drain(&mut s, ms);
+                let outstanding = s.local_seq_no != LOCAL_SEQ + 1 + DATA.len();
+                prop_assert!(
+                    !outstanding || s.poll_at().is_some(),
+                    "data outstanding and no timer"
+                );
+            }
+            // The peer now behaves: it ACKs what arrives, window open.
+            for _ in 0..200 {
+                if s.local_seq_no == LOCAL_SEQ + 1 + DATA.len() {
+                    break;
+                }
+                let at = s.poll_at().expect("a timer while data is outstanding");
+                let at = at.total_millis().max(ms);
+                ms = at;
+                drain(&mut s, ms);
+                let sent_to = s.remote_last_seq;
+                ms += 10;
+                let repr = TcpRepr {
+                    seq_number: REMOTE_SEQ + 1,
+                    ack_number: Some(sent_to),
+                    window_len: 65535,
+                    ..SEND_TEMPL
+                };
+                let _ = s.socket.process(Instant::from_millis(ms), &repr);
+            }
+            prop_assert_eq!(s.local_seq_no, LOCAL_SEQ + 1 + DATA.len(), "all delivered");
+        }
+    }
 }
