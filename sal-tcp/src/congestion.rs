@@ -92,12 +92,13 @@ pub(crate) trait Controller {
 
     /// sal-tcp: the handshake fixed the segment size (`mss`) and no data
     /// has been sent: the connection starts afresh from the initial window
-    /// for it ([`initial_window`]) in slow start, whatever the
-    /// handshake's own timeouts did (a lost SYN or SYN-ACK says nothing of
-    /// the path's capacity; Linux too keeps its initial window after one,
-    /// where RFC 5681 3.1 would start from one segment). The peer's
-    /// window seen so far is kept.
-    fn set_initial_window(&mut self, mss: usize) {}
+    /// for it ([`initial_window`]) in slow start, or from one segment if
+    /// the handshake was `resent` more than once (RFC 5681 3.1 starts from
+    /// one segment after any lost SYN or SYN-ACK; Linux only after more
+    /// than one copy, `tcp_init_transfer`, since the first timeout is 1 s,
+    /// RFC 6298 5). The handshake's timeouts take no other part (ssthresh
+    /// stays unbounded). The peer's window seen so far is kept.
+    fn set_initial_window(&mut self, mss: usize, resent: bool) {}
 
     /// sal-tcp: whether the window grows by slow start now (HyStart++
     /// watches only then, see `crate::hystart`).

@@ -12,7 +12,7 @@
 //! (ssthresh = cwnd). If the round trip falls back during those rounds,
 //! the rise was jitter and slow start resumes. Linux's Cubic does the same
 //! with its own HyStart; it applies to every slow start, after a timeout
-//! too, as here.
+//! too, as here. A loss, a timeout or a rewind starts the rounds afresh.
 //!
 //! It needs several round-trip samples a round, where the RTO estimator
 //! takes one a flight (no timestamps on the SAL's paths). [`Sampler`] times
@@ -186,9 +186,19 @@ impl HyStart {
         self.sampler.on_send(now, seq, len);
     }
 
-    /// Something was resent (Karn: see [`Sampler`]).
+    /// Something was resent (a loss, a timeout, a rewind): forget what is
+    /// timed (Karn: see [`Sampler`]), and the rounds. The controller left
+    /// Conservative Slow Start, and the slow start that follows a timeout
+    /// or a rewind begins its rounds afresh: left counting, the rounds of
+    /// before ended it a few rounds in (ssthresh = cwnd), far below the
+    /// ssthresh the timeout set, before its rounds had the samples to
+    /// resume slow start.
     pub(crate) fn on_retransmit(&mut self) {
         self.sampler.on_retransmit();
+        *self = HyStart {
+            sampler: self.sampler,
+            ..HyStart::default()
+        };
     }
 
     /// An ACK of new data up to `ack` came at `now`, after `controller`
@@ -254,6 +264,14 @@ impl HyStart {
             self.css_rounds = 0;
             controller.set_conservative(false);
         }
+    }
+}
+
+#[cfg(test)]
+impl HyStart {
+    /// Rounds started in Conservative Slow Start, if in it.
+    pub(crate) fn css_rounds(&self) -> Option<u8> {
+        (self.css_baseline != NONE).then_some(self.css_rounds)
     }
 }
 
@@ -376,6 +394,67 @@ mod test {
         cc.set_remote_window(1 << 30);
         let rounds = run(&mut cc, 14, |round| 50 + 20 * (round as i64 - 3).max(0));
         assert!(rounds.iter().any(|&(_, ss)| !ss), "{rounds:?}");
+    }
+
+    #[test]
+    fn a_timeout_in_conservative_slow_start_starts_afresh() {
+        // As `run`, the round trip rising after 128 segments, with a
+        // timeout in the first conservative round: the first segment of
+        // that round's flight is lost (too few duplicate ACKs follow for
+        // a fast retransmit), and resending it brings the ACK of all; the
+        // round trip is flat again.
+        let mut cc = cubic();
+        let mut hystart = HyStart::default();
+        let mut now = 0;
+        let mut next = TcpSeqNumber(0);
+        let mut flight = Vec::new();
+        let rtt = |round: usize| 50 + 20 * (round as i64 - 5).max(0);
+        for _ in 0..cc.window() / MSS {
+            hystart.on_send(at(now), next, MSS);
+            flight.push((next + MSS, now));
+            next += MSS;
+        }
+        let mut timeout = None;
+        for round in 0..40 {
+            let mut sent = Vec::new();
+            for (end, sent_at) in &flight {
+                now = now.max(sent_at + if timeout.is_some() { 50 } else { rtt(round) });
+                let acked = *end;
+                cc.on_ack(at(now), MSS, 0, &Default::default());
+                hystart.on_ack(at(now), acked, next, &mut cc);
+                while (next - acked) + MSS <= cc.window() {
+                    hystart.on_send(at(now), next, MSS);
+                    sent.push((next + MSS, now));
+                    next += MSS;
+                }
+            }
+            if timeout.is_none() && hystart.css_baseline != NONE {
+                // What the socket does on the timeout.
+                let first = sent[0].0 - MSS;
+                let in_flight = next - first;
+                now += 1000;
+                cc.on_rto(at(now), in_flight);
+                hystart.on_retransmit();
+                hystart.on_send(at(now), first, MSS);
+                sent = vec![(next, now)];
+                timeout = Some(in_flight);
+            }
+            flight = sent;
+            if timeout.is_some() && !cc.in_slow_start() {
+                break;
+            }
+        }
+        let in_flight = timeout.expect("conservative slow start began");
+        // Slow start from one segment regrows to the timeout's ssthresh
+        // (0.7 of the flight): the conservative rounds before the timeout
+        // do not end it a few rounds in, far below.
+        assert!(!cc.in_slow_start());
+        assert!(
+            cc.window() >= in_flight * 7 / 10,
+            "window {} at the end of slow start, {} in flight at the timeout",
+            cc.window(),
+            in_flight
+        );
     }
 
     #[test]

@@ -166,6 +166,10 @@ pub struct Socket {
     /// sal-tcp: HyStart++ (RFC 9406), which ends slow start when the round
     /// trip grows (see `crate::hystart`).
     hystart: HyStart,
+    /// sal-tcp: copies of our SYN or SYN-ACK resent at a timeout: more than
+    /// one, and the connection starts from one segment
+    /// (`Socket::set_initial_window`).
+    handshake_timeouts: u8,
     assembler: Assembler,
     rx_buffer: ElasticBuffer,
     rx_fin_received: bool,
@@ -400,6 +404,7 @@ impl Socket {
             timer: Timer::new(),
             rtte: RttEstimator::default(),
             hystart: HyStart::default(),
+            handshake_timeouts: 0,
             assembler: Assembler::new(),
             tx_buffer,
             rx_buffer,
@@ -736,6 +741,7 @@ impl Socket {
         self.timer = Timer::new();
         self.rtte = RttEstimator::default();
         self.hystart = HyStart::default();
+        self.handshake_timeouts = 0;
         self.assembler = Assembler::new();
         self.tx_buffer.release();
         self.rx_buffer.release();
@@ -913,8 +919,10 @@ impl Socket {
             self.scoreboard.clear();
             self.sack_recovery = false;
             self.rtte.on_retransmit();
-            self.hystart.on_retransmit();
         }
+        // sal-tcp: and HyStart++ begins its rounds afresh, even with
+        // nothing to resend (the controller left Conservative Slow Start).
+        self.hystart.on_retransmit();
         if self.reply.is_none() {
             let tsecr = self.timestamps.then_some(self.last_remote_tsval);
             self.reply = Some(Reply::Ack { count: 1, tsecr });
@@ -1472,6 +1480,17 @@ impl Socket {
             .max(self.remote_last_seq)
     }
 
+    /// sal-tcp: the handshake fixed the segment size: the congestion window
+    /// starts at the initial window for it, or at one segment if more than
+    /// one copy of our SYN or SYN-ACK was resent
+    /// (`Controller::set_initial_window`).
+    fn set_initial_window(&mut self) {
+        let resent = self.handshake_timeouts > 1;
+        self.congestion_controller
+            .inner_mut()
+            .set_initial_window(self.remote_mss, resent);
+    }
+
     /// Drop the RTT sample in progress (see `Socket::from_cookie`).
     pub(crate) fn forget_rtt_sample(&mut self) {
         self.rtte.on_retransmit();
@@ -1830,10 +1849,11 @@ impl Socket {
                 }
                 // sal-tcp: the segment size is fixed, and no data was sent:
                 // the congestion window starts at RFC 6928's initial window
-                // for it (ten segments), not at smoltcp's 2048 bytes.
-                self.congestion_controller
-                    .inner_mut()
-                    .set_initial_window(self.remote_mss);
+                // for it (ten segments), not at smoltcp's 2048 bytes. No
+                // SYN-ACK was resent yet (a RST in SYN-RECEIVED may have
+                // brought the listener back after some).
+                self.handshake_timeouts = 0;
+                self.set_initial_window();
 
                 self.has_peer = true;
                 self.local_seq_no = self.isn;
@@ -1860,7 +1880,12 @@ impl Socket {
             }
 
             // ACK packets in the SYN-RECEIVED state change it to ESTABLISHED.
+            // sal-tcp: the SYN-ACK's timeouts came after the SYN set the
+            // initial window (see `set_initial_window`).
             (State::SynReceived, TcpControl::None) => {
+                if self.handshake_timeouts > 1 {
+                    self.set_initial_window();
+                }
                 self.set_state(State::Established);
             }
 
@@ -1868,6 +1893,9 @@ impl Socket {
             // It's not obvious from RFC 793 that this is permitted, but
             // 7th and 8th steps in the "SEGMENT ARRIVES" event describe this behavior.
             (State::SynReceived, TcpControl::Fin) => {
+                if self.handshake_timeouts > 1 {
+                    self.set_initial_window();
+                }
                 self.remote_seq_no += 1;
                 self.rx_fin_received = true;
                 self.set_state(State::CloseWait);
@@ -1890,9 +1918,7 @@ impl Socket {
                 // sal-tcp: the segment size is fixed, and no data was sent:
                 // the congestion window starts at RFC 6928's initial window
                 // for it (ten segments), not at smoltcp's 2048 bytes.
-                self.congestion_controller
-                    .inner_mut()
-                    .set_initial_window(self.remote_mss);
+                self.set_initial_window();
 
                 self.remote_seq_no = repr.seq_number + 1;
                 self.remote_last_seq = self.local_seq_no + 1;
@@ -2618,10 +2644,19 @@ impl Socket {
                 net_debug!("retransmitting after rto");
 
                 // Inform the congestion controller that we're retransmitting and should enter the slow start state
-                let in_flight = self.flight_size();
-                self.congestion_controller
-                    .inner_mut()
-                    .on_rto(now, in_flight);
+                // sal-tcp: unless it is the SYN or SYN-ACK: the connection
+                // starts from the initial window when the handshake ends,
+                // or from one segment after two such timeouts
+                // (`set_initial_window`). The SYN-ACK's timeout left a
+                // listener one segment and an ssthresh of two.
+                if matches!(self.state, State::SynSent | State::SynReceived) {
+                    self.handshake_timeouts = self.handshake_timeouts.saturating_add(1);
+                } else {
+                    let in_flight = self.flight_size();
+                    self.congestion_controller
+                        .inner_mut()
+                        .on_rto(now, in_flight);
+                }
 
                 // Rewind "last sequence number sent", as if we never
                 // had sent them. This will cause all data in the queue

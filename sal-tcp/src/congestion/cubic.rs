@@ -290,8 +290,12 @@ impl Controller for Cubic {
         self.idle_start = None;
     }
 
-    fn set_initial_window(&mut self, mss: usize) {
-        let window = super::initial_window(mss);
+    fn set_initial_window(&mut self, mss: usize, resent: bool) {
+        let window = if resent {
+            mss
+        } else {
+            super::initial_window(mss)
+        };
         *self = Cubic {
             w_max: window,
             cwnd: window,
@@ -530,7 +534,7 @@ mod test {
             cubic.set_remote_window(1 << 20);
             // A timeout during the handshake (a lost SYN) is forgotten.
             cubic.on_rto(Instant::from_millis(0), 1);
-            cubic.set_initial_window(mss);
+            cubic.set_initial_window(mss, false);
             assert_eq!(cubic.window(), window, "MSS {mss}");
             assert_eq!(cubic.ssthresh, usize::MAX, "slow start");
             assert_eq!(cubic.rwnd, 1 << 20, "the peer's window is kept");
@@ -543,7 +547,7 @@ mod test {
     #[test]
     fn rewind_restarts_from_the_initial_window_at_most() {
         let mut cubic = Cubic::new();
-        cubic.set_initial_window(1448);
+        cubic.set_initial_window(1448, false);
         cubic.cwnd = 40 * 1448;
         cubic.ssthresh = 20 * 1448;
         cubic.on_rewind();

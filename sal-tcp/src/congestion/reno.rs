@@ -137,9 +137,13 @@ impl Controller for Reno {
         self.in_fast_recovery = false;
     }
 
-    fn set_initial_window(&mut self, mss: usize) {
+    fn set_initial_window(&mut self, mss: usize, resent: bool) {
         *self = Reno {
-            cwnd: super::initial_window(mss),
+            cwnd: if resent {
+                mss
+            } else {
+                super::initial_window(mss)
+            },
             mss,
             rwnd: self.rwnd,
             ..Reno::new()
@@ -399,7 +403,7 @@ mod test {
             reno.set_remote_window(1 << 20);
             // A timeout during the handshake (a lost SYN) is forgotten.
             reno.on_rto(Instant::from_millis(0), 1);
-            reno.set_initial_window(mss);
+            reno.set_initial_window(mss, false);
             assert_eq!(reno.window(), window, "MSS {mss}");
             assert_eq!(reno.ssthresh, usize::MAX, "slow start");
             assert_eq!(reno.rwnd, 1 << 20, "the peer's window is kept");
@@ -412,7 +416,7 @@ mod test {
     #[test]
     fn rewind_restarts_from_the_initial_window_at_most() {
         let mut reno = Reno::new();
-        reno.set_initial_window(1448);
+        reno.set_initial_window(1448, false);
         reno.cwnd = 40 * 1448;
         reno.ssthresh = 20 * 1448;
         reno.on_rewind();

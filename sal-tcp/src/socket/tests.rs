@@ -8567,3 +8567,182 @@ mod hostile_acks {
         }
     }
 }
+
+#[test]
+fn test_a_rewind_with_nothing_in_flight_restarts_hystarts_rounds() {
+    // sal-tcp: slow start on a round trip that rises from 50 to 70 ms (a
+    // queue forming) enters HyStart++'s Conservative Slow Start; all is
+    // acknowledged, and the flow moves to a path of 70 ms (a rewind with
+    // nothing in flight), where the round trip no longer rises. Slow start
+    // restarts from ten segments and regrows to the ssthresh the rewind
+    // keeps (at least 3/4 of the window given up): the conservative
+    // rounds counted on the old path do not end it a round or two in.
+    let mut s = socket_established_with_buffer_sizes(1 << 21, 64);
+    s.set_congestion_control(CongestionControl::Reno);
+    s.remote_mss = 1024;
+    s.remote_win_scale = Some(5);
+    s.remote_win_len = 65535;
+    s.congestion_controller
+        .inner_mut()
+        .set_initial_window(1024, false);
+    s.send_slice(&vec![7; 1 << 21]).unwrap();
+    let ack = |n: usize| TcpRepr {
+        seq_number: REMOTE_SEQ + 1,
+        ack_number: Some(LOCAL_SEQ + 1 + n),
+        window_len: 65535,
+        ..SEND_TEMPL
+    };
+    let mut now = 0;
+    let mut flight: Vec<(usize, i64)> = segments_sent(&mut s, 0)
+        .into_iter()
+        .map(|(at, len)| (at + len, 0))
+        .collect();
+    assert_eq!(flight.len(), 10);
+    // Rounds of slow start: each segment acknowledged one round trip
+    // after it left, and what the window lets out sent at once.
+    let round = |s: &mut TestSocket, now: &mut i64, flight: &[(usize, i64)], rtt: i64| {
+        let mut sent = Vec::new();
+        for &(end, at) in flight {
+            *now = (*now).max(at + rtt);
+            assert_eq!(send(s, Instant::from_millis(*now), &ack(end)), None);
+            for (at, len) in segments_sent(s, *now) {
+                sent.push((at + len, *now));
+            }
+        }
+        sent
+    };
+    let mut rounds = 0;
+    while s.hystart.css_rounds() < Some(2) {
+        let rtt = if rounds < 4 { 50 } else { 70 };
+        flight = round(&mut s, &mut now, &flight, rtt);
+        rounds += 1;
+        assert!(rounds < 10, "conservative slow start begins");
+    }
+    // All is acknowledged; nothing more goes on the old path.
+    let end = flight.last().unwrap().0;
+    send!(s, time now + 70, ack(end));
+    assert_eq!(s.flight_size(), 0);
+    let given_up = s.congestion_controller.inner().window();
+    assert_eq!(s.rewind(), 0);
+    now += 1000;
+    flight = segments_sent(&mut s, now)
+        .into_iter()
+        .map(|(at, len)| (at + len, now))
+        .collect();
+    assert_eq!(flight.len(), 10, "the initial window");
+    let mut rounds = 0;
+    while s.congestion_controller.inner().window() < given_up * 3 / 4 {
+        flight = round(&mut s, &mut now, &flight, 70);
+        rounds += 1;
+        assert!(
+            s.congestion_controller.inner().in_slow_start(),
+            "slow start ended at {} bytes after {rounds} rounds, {given_up} given up",
+            s.congestion_controller.inner().window()
+        );
+    }
+}
+
+/// As `socket_opened_by_handshake` (an MSS of 1448), after `timeouts`
+/// retransmissions of our SYN (`active`) or SYN-ACK; returns the socket
+/// and the time the handshake ended, in milliseconds.
+fn socket_opened_after_handshake_timeouts(active: bool, timeouts: usize) -> (TestSocket, i64) {
+    let mut s = socket_with_buffer_sizes(65536, 64);
+    s.set_congestion_control(CongestionControl::Reno);
+    let mut out = [0; 2000];
+    if active {
+        s.connect(LOCAL_SEQ).unwrap();
+    } else {
+        s.listen(LOCAL_SEQ).unwrap();
+        send!(
+            s,
+            TcpRepr {
+                control: TcpControl::Syn,
+                seq_number: REMOTE_SEQ,
+                ack_number: None,
+                max_seg_size: Some(1448),
+                ..SEND_TEMPL
+            }
+        );
+    }
+    // The first, then one copy at each timeout (well after it).
+    for n in 0..=timeouts {
+        let at = Instant::from_millis(n as i64 * 10_000);
+        assert!(s
+            .poll_transmit(at, LOCAL_ADDR, REMOTE_ADDR, &mut out)
+            .is_some());
+    }
+    let now = timeouts as i64 * 10_000 + 100;
+    if active {
+        send!(
+            s,
+            time now,
+            TcpRepr {
+                control: TcpControl::Syn,
+                seq_number: REMOTE_SEQ,
+                ack_number: Some(LOCAL_SEQ + 1),
+                window_len: 65535,
+                max_seg_size: Some(1448),
+                ..SEND_TEMPL
+            }
+        );
+    } else {
+        send!(
+            s,
+            time now,
+            TcpRepr {
+                seq_number: REMOTE_SEQ + 1,
+                ack_number: Some(LOCAL_SEQ + 1),
+                window_len: 65535,
+                ..SEND_TEMPL
+            }
+        );
+    }
+    assert_eq!(s.state, State::Established);
+    s.send_slice(&[7; 65536]).unwrap();
+    (s, now)
+}
+
+#[test]
+fn test_one_handshake_timeout_leaves_the_initial_window() {
+    // sal-tcp: one copy of the SYN or SYN-ACK resent at the timeout says
+    // little of the path (the first timeout is 1 s, RFC 6298 5), and the
+    // connection starts from the initial window in slow start, as Linux
+    // does (`tcp_init_transfer`). The listener's SYN-ACK timeout used to
+    // leave one segment and an ssthresh of two: congestion avoidance
+    // from the start.
+    for active in [true, false] {
+        let (mut s, now) = socket_opened_after_handshake_timeouts(active, 1);
+        let sent = segments_sent(&mut s, now);
+        assert_eq!(sent.len(), 10, "active open: {active}");
+        assert!(s.congestion_controller.inner().in_slow_start());
+    }
+}
+
+#[test]
+fn test_two_handshake_timeouts_start_from_one_segment() {
+    // sal-tcp: more than one copy resent: RFC 5681 (3.1) starts from one
+    // segment, as Linux does then, in slow start (which doubles it).
+    for active in [true, false] {
+        let (mut s, mut now) = socket_opened_after_handshake_timeouts(active, 2);
+        let mut acked = 0;
+        for expected in [1, 2, 4, 8] {
+            let sent = segments_sent(&mut s, now);
+            assert_eq!(sent.len(), expected, "active open: {active}");
+            now += 100;
+            // An ACK of each segment.
+            for _ in 0..expected {
+                acked += 1;
+                send!(
+                    s,
+                    time now,
+                    TcpRepr {
+                        seq_number: REMOTE_SEQ + 1,
+                        ack_number: Some(LOCAL_SEQ + 1 + acked * 1448),
+                        window_len: 65535,
+                        ..SEND_TEMPL
+                    }
+                );
+            }
+        }
+    }
+}
