@@ -113,7 +113,10 @@ static CANDIDATES: Mutex<BTreeSet<RawFd>> = Mutex::new(BTreeSet::new());
 /// The first this many listeners and unconnected datagram sockets open
 /// at once are carried; one made while that many are is not, for its
 /// life (an entry never leaves the record while it is one, so its control
-/// connection's close-on-exec flag always says whether the record has it).
+/// connection's close-on-exec flag always says whether the record has it;
+/// a `dup` copy of a carried listener made then is not carried either,
+/// and its connection crosses only while a number the record carries
+/// does: see [`left`]).
 pub(crate) const MAX_CARRIED: usize = 256;
 
 /// This process's record: its number and the device and inode of its
@@ -164,6 +167,25 @@ pub(crate) fn removed(fd: RawFd) {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&fd);
+}
+
+/// The entry whose state was `state` left the table (closed, replaced,
+/// found stale): a listener's control connection that the record left to
+/// cross `exec` is made close-on-exec again, and the next rewrite leaves
+/// it to cross only if another number of the listener that the record
+/// carries crosses. A rewrite looks only at the numbers it carries, and a
+/// copy of the listener made while the record carried its most is not
+/// one: without this the connection would cross with that copy, which
+/// the record does not name, and keep the service bound in an image that
+/// does not know the listener. Under the table lock.
+pub(crate) fn left(state: &State) {
+    if let State::Listening { control } = state {
+        let mut crossing = control.crossing.lock().unwrap_or_else(|e| e.into_inner());
+        if *crossing == Some(true) {
+            set_cloexec(control.fd, true);
+            *crossing = Some(false);
+        }
+    }
 }
 
 /// Whether the record is to be written again (and no longer, after this).

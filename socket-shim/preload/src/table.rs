@@ -487,6 +487,9 @@ impl Table {
         set_bit(&TRACKED, fd, true);
         let carried = inherit::carried(&entry.state);
         let old = self.guard.insert(fd, entry);
+        if let Some(old) = &old {
+            inherit::left(&old.state);
+        }
         if carried {
             inherit::changed_at(fd);
         } else if old.as_ref().is_some_and(|old| inherit::carried(&old.state)) {
@@ -500,6 +503,9 @@ impl Table {
         set_hints(fd, None);
         let old = self.guard.remove(&fd);
         inherit::removed(fd);
+        if let Some(old) = &old {
+            inherit::left(&old.state);
+        }
         if old.as_ref().is_some_and(|old| inherit::carried(&old.state)) {
             inherit::changed();
         }

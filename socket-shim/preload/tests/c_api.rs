@@ -157,6 +157,32 @@ fn a_listener_crosses_exec() {
     client(&sald, &["exec-listener", "e7ec4", "0", "cloexec"]).success(T);
 }
 
+/// A listener crosses two `exec`s in a row: the image it crossed into
+/// records it again (at its number, or at the one a `dup2` there moved
+/// it to), and the third image accepts from it.
+#[test]
+fn a_listener_crosses_exec_twice() {
+    let sald = Sald::start();
+    for (sid, mode) in [("e7ec7", "twice"), ("e7ec8", "twice-dup2")] {
+        let mut srv = server(&sald, &["exec-listener", sid, "2", mode]);
+        for _ in 0..2 {
+            client(&sald, &["stream-client", sid, "100000"]).success(T);
+        }
+        srv.success(T);
+    }
+}
+
+/// A copy of a listener made while the record of what crosses `exec`
+/// carries its most is not carried; once the original is closed, the
+/// listener's control connection does not cross `exec` either (it would
+/// keep the service bound in an image that does not know the listener):
+/// the new image binds the service again.
+#[test]
+fn a_listener_copy_past_the_records_most_is_unbound_at_exec() {
+    let sald = Sald::start();
+    client(&sald, &["exec-full-dup", "e7ec9"]).success(T);
+}
+
 /// A bound and an unbound (sent from) datagram socket cross `exec`: the
 /// datagram sent before it is received after it, the reply reaches the
 /// unbound socket unframed, the bound one echoes a client's datagrams.

@@ -151,6 +151,18 @@
  *                                             fork-dup2 (the child dup2s it to 40 and
  *                                             execs), cloexec (closed at exec:
  *                                             exec-rebind binds SID again)
+ *                                             twice (plain, and the exec'd image execs
+ *                                             again: exec-again), twice-dup2 (the same,
+ *                                             the middle image moving it to 41 with dup2)
+ *   exec-again SID COUNT FD DUP               the listener at FD, from the image before, is
+ *                                             known; (DUP 1: dup2 it to 41, close FD) exec
+ *                                             this program again as exec-accept
+ *   exec-full-dup SID                         a listener, then 255 unbound datagram sockets
+ *                                             (the record full), a dup of the listener (not
+ *                                             carried), the listener closed; exec this
+ *                                             program as exec-full-dup-check
+ *   exec-full-dup-check SID D                 the copy D is a plain socket, and SID binds
+ *                                             again (its control connection did not cross)
  *   exec-accept SID COUNT FD                  the listener at FD, from the image before:
  *                                             named, listening, echo COUNT connections
  *   exec-rebind SID COUNT FD                  FD is closed; SID binds again
@@ -1323,6 +1335,62 @@ static int exec_accept(const char *sid, int count, int fd) {
     return failures ? 1 : 0;
 }
 
+static int exec_rebind(const char *sid, int fd);
+
+/* The middle image of three: the listener at FD, from the image before,
+ * is one to the shim here too; it crosses the next exec as well (at FD,
+ * or moved to 41 with dup2 when DUP is 1). */
+static int exec_again(const char *sid, const char *count, int fd, int dup) {
+    int on = 0;
+    socklen_t len = sizeof on;
+    CHECK(getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &on, &len) == 0 && on == 1,
+          "SO_ACCEPTCONN of the listener in the middle image");
+    if (failures) return 1;
+    if (dup) {
+        if (dup2(fd, 41) != 41) die("dup2");
+        CHECK(close(fd) == 0, "close the original");
+        fd = 41;
+    }
+    exec_self("exec-accept", sid, count, fd, -1);
+    return 1;
+}
+
+/* A listener copied while the record carried its most (255 unbound
+ * datagram sockets and the listener): the copy is not carried, and once
+ * the original is closed nothing the record carries holds the listener's
+ * control connection, which must not cross exec then (the service would
+ * stay bound in an image that does not know it). */
+static int exec_full_dup(const char *sid) {
+    int fd = socket(AF_SERVAL, SOCK_STREAM, 0);
+    if (fd < 0) die("socket");
+    struct sockaddr_sv sa = sv_addr(sid), dsa = sv_addr("d2e");
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) die("bind");
+    if (listen(fd, 16) < 0) die("listen");
+    int sink = socket(AF_SERVAL, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (sink < 0) die("socket");
+    if (bind(sink, (struct sockaddr *)&dsa, sizeof dsa) < 0) die("bind datagram");
+    for (int i = 0; i < 254; i++) {
+        int u = socket(AF_SERVAL, SOCK_DGRAM, 0);
+        if (u < 0) die("socket");
+        if (sendto(u, "ping", 4, 0, (struct sockaddr *)&dsa, sizeof dsa) != 4) die("sendto");
+    }
+    int d = dup(fd);
+    if (d < 0) die("dup");
+    CHECK(close(fd) == 0, "close the original listener");
+    char darg[16];
+    snprintf(darg, sizeof darg, "%d", d);
+    exec_self("exec-full-dup-check", sid, darg, -1, -1);
+    return 1;
+}
+
+static int exec_full_dup_check(const char *sid, int d) {
+    int on = -1;
+    socklen_t len = sizeof on;
+    CHECK(getsockopt(d, SOL_SOCKET, SO_ACCEPTCONN, &on, &len) == 0 && on == 0,
+          "the copy made past the record's most is a plain socket (SO_ACCEPTCONN %d)", on);
+    return exec_rebind(sid, -1);
+}
+
 /* Binds an exec'd program's service again: the close-on-exec listener of
  * the image before was unbound when its control connection closed. */
 static int exec_rebind(const char *sid, int fd) {
@@ -1349,13 +1417,15 @@ static int exec_rebind(const char *sid, int fd) {
  * instead, which crosses exec while the original does not), cloexec (the
  * listener is closed at exec, and the service unbound). */
 static int exec_listener(const char *sid, const char *count, const char *mode) {
-    int cloexec = strcmp(mode, "plain") ? SOCK_CLOEXEC : 0;
+    int cloexec = strcmp(mode, "plain") && strncmp(mode, "twice", 5) ? SOCK_CLOEXEC : 0;
     int fd = socket(AF_SERVAL, SOCK_STREAM | cloexec, 0);
     if (fd < 0) die("socket");
     struct sockaddr_sv sa = sv_addr(sid);
     if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) die("bind");
     if (listen(fd, 16) < 0) die("listen");
     if (!strcmp(mode, "plain")) exec_self("exec-accept", sid, count, fd, -1);
+    if (!strcmp(mode, "twice")) exec_self("exec-again", sid, count, fd, 0);
+    if (!strcmp(mode, "twice-dup2")) exec_self("exec-again", sid, count, fd, 1);
     if (!strcmp(mode, "cloexec")) exec_self("exec-rebind", sid, count, fd, -1);
     pid_t pid = fork();
     if (pid < 0) die("fork");
@@ -3066,6 +3136,9 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "exec-listener") && argc > 4) return exec_listener(sid, argv[3], argv[4]);
     if (!strcmp(cmd, "exec-accept") && argc > 4) return exec_accept(sid, (int)n, atoi(argv[4]));
     if (!strcmp(cmd, "exec-rebind") && argc > 4) return exec_rebind(sid, atoi(argv[4]));
+    if (!strcmp(cmd, "exec-again") && argc > 5) return exec_again(sid, argv[3], atoi(argv[4]), atoi(argv[5]));
+    if (!strcmp(cmd, "exec-full-dup")) return exec_full_dup(sid);
+    if (!strcmp(cmd, "exec-full-dup-check") && argc > 3) return exec_full_dup_check(sid, atoi(argv[3]));
     if (!strcmp(cmd, "exec-dgram")) return exec_dgram(sid, argc > 3 ? argv[3] : "1");
     if (!strcmp(cmd, "exec-many-dgram")) return exec_many_dgram(sid);
     if (!strcmp(cmd, "exec-many-dgram-check") && argc > 5)
