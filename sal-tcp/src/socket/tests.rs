@@ -7965,6 +7965,11 @@ fn socket_sent_two_segments(data: &[u8]) -> TestSocket {
     s
 }
 
+/// Segments `from..to` of 1024 bytes, as [`segments_sent`] lists them.
+fn segments(from: usize, to: usize) -> Vec<(usize, usize)> {
+    (from..to).map(|n| (n * 1024, 1024)).collect()
+}
+
 /// The segments a socket sends at `ms`, as (offset from the first byte of
 /// the data, payload length).
 fn segments_sent(s: &mut TestSocket, ms: i64) -> Vec<(usize, usize)> {
@@ -8242,13 +8247,10 @@ fn test_fast_retransmit_waiting_for_a_closed_window_outlives_an_ack() {
     );
 }
 
-#[test]
-fn test_rewind_resends_within_a_restarted_congestion_window() {
-    // A path change with sixteen segments in flight on a window of
-    // sixteen (Reno, grown by slow start): the rewind resends them from
-    // the initial window (RFC 6928: ten segments of 1024 bytes), not all
-    // at once onto a path nothing has measured, and each ACK lets more out
-    // (slow start).
+/// A socket (Reno, segments of 1024 bytes) whose slow start has grown its
+/// window to sixteen segments, all in flight (from segment 14), with 64
+/// KiB to send.
+fn socket_sixteen_segments_in_flight() -> TestSocket {
     let mut s = socket_established_with_buffer_sizes(65536, 64);
     s.set_congestion_control(CongestionControl::Reno);
     s.remote_win_len = 65535;
@@ -8260,12 +8262,20 @@ fn test_rewind_resends_within_a_restarted_congestion_window() {
         send!(s, time 10, ack_of_segments(n));
         segments_sent(&mut s, 10);
     }
+    s
+}
+
+#[test]
+fn test_rewind_resends_within_a_restarted_congestion_window() {
+    // A path change with sixteen segments in flight on a window of
+    // sixteen (Reno, grown by slow start): the rewind resends them from
+    // the initial window (RFC 6928: ten segments of 1024 bytes), not all
+    // at once onto a path nothing has measured, and each ACK lets more out
+    // (slow start).
+    let mut s = socket_sixteen_segments_in_flight();
     assert_eq!(s.flight_size(), 16 * 1024);
     assert_eq!(s.congestion_controller.inner().window(), 16 * 1024);
     assert_eq!(s.rewind(), 16 * 1024);
-    let segments = |from: usize, to: usize| -> Vec<(usize, usize)> {
-        (from..to).map(|n| (n * 1024, 1024)).collect()
-    };
     assert_eq!(
         segments_sent(&mut s, 20),
         segments(14, 24),
@@ -8289,53 +8299,7 @@ fn test_rewind_resends_within_a_restarted_congestion_window() {
 /// peer offered `mss` (`None`: no MSS option), actively or passively, and
 /// a peer window of 65,535 bytes.
 fn socket_opened_by_handshake(active: bool, mss: Option<u16>) -> TestSocket {
-    let mut s = socket_with_buffer_sizes(65536, 64);
-    s.set_congestion_control(CongestionControl::Reno);
-    let mut out = [0; 2000];
-    if active {
-        s.connect(LOCAL_SEQ).unwrap();
-        assert!(s
-            .poll_transmit(Instant::ZERO, LOCAL_ADDR, REMOTE_ADDR, &mut out)
-            .is_some());
-        send!(
-            s,
-            TcpRepr {
-                control: TcpControl::Syn,
-                seq_number: REMOTE_SEQ,
-                ack_number: Some(LOCAL_SEQ + 1),
-                window_len: 65535,
-                max_seg_size: mss,
-                ..SEND_TEMPL
-            }
-        );
-    } else {
-        s.listen(LOCAL_SEQ).unwrap();
-        send!(
-            s,
-            TcpRepr {
-                control: TcpControl::Syn,
-                seq_number: REMOTE_SEQ,
-                ack_number: None,
-                max_seg_size: mss,
-                ..SEND_TEMPL
-            }
-        );
-        assert!(s
-            .poll_transmit(Instant::ZERO, LOCAL_ADDR, REMOTE_ADDR, &mut out)
-            .is_some());
-        send!(
-            s,
-            TcpRepr {
-                seq_number: REMOTE_SEQ + 1,
-                ack_number: Some(LOCAL_SEQ + 1),
-                window_len: 65535,
-                ..SEND_TEMPL
-            }
-        );
-    }
-    assert_eq!(s.state, State::Established);
-    s.send_slice(&[7; 65536]).unwrap();
-    s
+    socket_opened_after_handshake_timeouts(active, mss, 0).0
 }
 
 #[test]
@@ -8397,21 +8361,8 @@ fn test_an_ack_sent_while_resending_does_not_skip_the_rest() {
     // the upload, got three segments through per timeout). sal-tcp: 16
     // segments in flight, more than the initial window of ten the rewind
     // restarts from.
-    let mut s = socket_established_with_buffer_sizes(65536, 64);
-    s.set_congestion_control(CongestionControl::Reno);
-    s.remote_win_len = 65535;
-    s.remote_mss = 1024;
-    send!(s, time 0, ack_of_segments(0));
-    s.send_slice(&[7; 65536]).unwrap();
-    segments_sent(&mut s, 0);
-    for n in 1..=14 {
-        send!(s, time 10, ack_of_segments(n));
-        segments_sent(&mut s, 10);
-    }
+    let mut s = socket_sixteen_segments_in_flight();
     assert_eq!(s.rewind(), 16 * 1024);
-    let segments = |from: usize, to: usize| -> Vec<(usize, usize)> {
-        (from..to).map(|n| (n * 1024, 1024)).collect()
-    };
     assert_eq!(
         segments_sent(&mut s, 20),
         segments(14, 24),
@@ -8642,10 +8593,14 @@ fn test_a_rewind_with_nothing_in_flight_restarts_hystarts_rounds() {
     }
 }
 
-/// As `socket_opened_by_handshake` (an MSS of 1448), after `timeouts`
-/// retransmissions of our SYN (`active`) or SYN-ACK; returns the socket
-/// and the time the handshake ended, in milliseconds.
-fn socket_opened_after_handshake_timeouts(active: bool, timeouts: usize) -> (TestSocket, i64) {
+/// As `socket_opened_by_handshake`, after `timeouts` retransmissions of
+/// our SYN (`active`) or SYN-ACK; returns the socket and the time the
+/// handshake ended, in milliseconds (0 without a timeout).
+fn socket_opened_after_handshake_timeouts(
+    active: bool,
+    mss: Option<u16>,
+    timeouts: usize,
+) -> (TestSocket, i64) {
     let mut s = socket_with_buffer_sizes(65536, 64);
     s.set_congestion_control(CongestionControl::Reno);
     let mut out = [0; 2000];
@@ -8659,7 +8614,7 @@ fn socket_opened_after_handshake_timeouts(active: bool, timeouts: usize) -> (Tes
                 control: TcpControl::Syn,
                 seq_number: REMOTE_SEQ,
                 ack_number: None,
-                max_seg_size: Some(1448),
+                max_seg_size: mss,
                 ..SEND_TEMPL
             }
         );
@@ -8671,7 +8626,10 @@ fn socket_opened_after_handshake_timeouts(active: bool, timeouts: usize) -> (Tes
             .poll_transmit(at, LOCAL_ADDR, REMOTE_ADDR, &mut out)
             .is_some());
     }
-    let now = timeouts as i64 * 10_000 + 100;
+    let now = match timeouts {
+        0 => 0,
+        _ => timeouts as i64 * 10_000 + 100,
+    };
     if active {
         send!(
             s,
@@ -8681,7 +8639,7 @@ fn socket_opened_after_handshake_timeouts(active: bool, timeouts: usize) -> (Tes
                 seq_number: REMOTE_SEQ,
                 ack_number: Some(LOCAL_SEQ + 1),
                 window_len: 65535,
-                max_seg_size: Some(1448),
+                max_seg_size: mss,
                 ..SEND_TEMPL
             }
         );
@@ -8711,7 +8669,7 @@ fn test_one_handshake_timeout_leaves_the_initial_window() {
     // leave one segment and an ssthresh of two: congestion avoidance
     // from the start.
     for active in [true, false] {
-        let (mut s, now) = socket_opened_after_handshake_timeouts(active, 1);
+        let (mut s, now) = socket_opened_after_handshake_timeouts(active, Some(1448), 1);
         let sent = segments_sent(&mut s, now);
         assert_eq!(sent.len(), 10, "active open: {active}");
         assert!(s.congestion_controller.inner().in_slow_start());
@@ -8723,7 +8681,7 @@ fn test_two_handshake_timeouts_start_from_one_segment() {
     // sal-tcp: more than one copy resent: RFC 5681 (3.1) starts from one
     // segment, as Linux does then, in slow start (which doubles it).
     for active in [true, false] {
-        let (mut s, mut now) = socket_opened_after_handshake_timeouts(active, 2);
+        let (mut s, mut now) = socket_opened_after_handshake_timeouts(active, Some(1448), 2);
         let mut acked = 0;
         for expected in [1, 2, 4, 8] {
             let sent = segments_sent(&mut s, now);
