@@ -691,9 +691,10 @@ fn a_drained_instance_leaves_under_load_without_a_failed_request() {
     );
 
     // Four clients, one request after another each, until told to stop.
+    const CLIENTS: usize = 4;
     let done = Arc::new(AtomicBool::new(false));
     let control = client.control.clone();
-    let clients: Vec<_> = (0..4)
+    let clients: Vec<_> = (0..CLIENTS)
         .map(|_| {
             let done = done.clone();
             let control = control.clone();
@@ -782,7 +783,17 @@ fn a_drained_instance_leaves_under_load_without_a_failed_request() {
         .iter()
         .filter(|t| **t > idle_at)
         .count();
-    assert_eq!(late, 0, "s1 accepted connections after it was idle");
+    // The drain answers once every flow s1 admitted is in its accept
+    // queue (`Core::pending` counts those the host holds and those on
+    // their way to the application), not once the program took it: a
+    // flow delivered just before may be taken just after (seen once in a
+    // CI run, 1 late). A drained listener admits nothing new, so at most
+    // one connect in flight per client can be late; flows still reaching
+    // s1 after the drain would be many more (four clients for 1.5 s).
+    assert!(
+        late <= CLIENTS,
+        "s1 accepted {late} connections after it was idle"
+    );
     assert!(ok[1] > 0 && ok[2] > 0, "both instances served: {ok:?}");
     assert!(after_drain > 0, "s2 took the load after the drain");
     let text = s1.logs();
