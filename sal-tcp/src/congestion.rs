@@ -16,21 +16,74 @@ use crate::rtt::RttEstimator;
 /// trips more than on Linux. Each connection starts there once the
 /// handshake has fixed the segment size
 /// ([`Controller::set_initial_window`]), and a rewind restarts there at
-/// most: RFC 9000 (9.4) restarts a new path from QUIC's initial window,
-/// which is the same ten segments (RFC 9002 7.2), and Linux restarts a
-/// flow that was silent from it (`tcp_cwnd_restart`). The rewind used
-/// RFC 3390's three segments before; RFC 5681 (4.1) restarts from the
-/// initial window, whichever that is.
+/// most, as a send after an idle period does in steps
+/// ([`restart_window`]): RFC 9000 (9.4) restarts a new path from QUIC's
+/// initial window, which is the same ten segments (RFC 9002 7.2), and
+/// Linux restarts a flow that was silent from it (`tcp_cwnd_restart`).
+/// The rewind used RFC 3390's three segments before; RFC 5681 (4.1)
+/// restarts from the initial window, whichever that is.
 pub(crate) fn initial_window(mss: usize) -> usize {
     (10 * mss).min((2 * mss).max(14600))
 }
 
-/// sal-tcp: the slow start threshold a rewind leaves: at least 3/4 of the
+/// sal-tcp: the slow start threshold a restart leaves (a rewind, or a
+/// send after an idle period): at least 3/4 of the
 /// window given up, so that slow start regrows most of the way to what
 /// the path carried before (Linux's `tcp_current_ssthresh`, which its
 /// restart after an idle period, `tcp_cwnd_restart`, keeps).
 pub(crate) fn restart_ssthresh(ssthresh: usize, cwnd: usize) -> usize {
     ssthresh.max(cwnd / 4 * 3)
+}
+
+/// sal-tcp: the window a restart leaves ([`Controller::on_restart`]):
+/// `cwnd` halved `halvings` times, but not below the restart window,
+/// min(initial window, cwnd) (RFC 5681 4.1). Linux's `tcp_cwnd_restart`,
+/// which halves once for each retransmission timeout the flow sent
+/// nothing, down to that window.
+pub(crate) fn restart_window(cwnd: usize, mss: usize, halvings: u32) -> usize {
+    let restart = initial_window(mss).min(cwnd);
+    cwnd.checked_shr(halvings).unwrap_or(0).max(restart)
+}
+
+/// sal-tcp: RFC 9406's L for a sender that does not pace: an ACK grows
+/// the window in slow start by the bytes it newly acknowledges, up to
+/// this many segments.
+///
+/// smoltcp grew it by one segment an ACK at most (RFC 5681 3.1's
+/// min(N, SMSS)), so a receiver that acknowledges a whole flight with
+/// one ACK (its segments arrive together: a fast path, receive batching,
+/// stretch ACKs) let the window grow by a segment a round trip, and even
+/// delayed ACKs by half the flight: a 64 KiB answer took five round
+/// trips from the connect where Linux takes four
+/// (`sal/tests/sim_short_responses.rs`). Linux adds all the segments an
+/// ACK acknowledges (`tcp_slow_start`); RFC 3465's two segments (L = 2)
+/// still grow the window by only two segments a flight there. RFC 9406's
+/// eight, for a sender without pacing as sal-tcp is, bounds what one ACK
+/// adds to the burst it lets out, and an ACK of up to eight segments
+/// grows the window as much as on Linux. The cost on a deep queue is in
+/// the crate docs (Changes: slow start by bytes acknowledged).
+pub(crate) const SLOW_START_ACK_LIMIT: usize = 8;
+
+/// sal-tcp: slow start's new window after an ACK of `acked` new bytes
+/// (RFC 3465 byte counting, up to [`SLOW_START_ACK_LIMIT`] segments of
+/// `mss`): a [`CSS_GROWTH_DIVISOR`](crate::hystart::CSS_GROWTH_DIVISOR)th
+/// of that in HyStart++'s Conservative Slow Start (RFC 9406 4.2), and no
+/// further than `ssthresh`, where congestion avoidance takes over (as
+/// Linux's `tcp_slow_start`).
+pub(crate) fn slow_start(
+    cwnd: usize,
+    ssthresh: usize,
+    mss: usize,
+    acked: usize,
+    conservative: bool,
+) -> usize {
+    let growth = acked.min(SLOW_START_ACK_LIMIT.saturating_mul(mss));
+    let growth = if conservative {
+        growth / crate::hystart::CSS_GROWTH_DIVISOR
+    } else {
+        growth
+    };
+    cwnd.saturating_add(growth).min(ssthresh.max(cwnd))
 }
 
 pub(crate) mod cubic;
@@ -78,13 +131,17 @@ pub(crate) trait Controller {
     /// Fired after an inferred loss via three duplicate acks.
     fn on_loss(&mut self, now: Instant, in_flight: usize) {}
 
-    /// sal-tcp: fired when the socket rewinds (`Socket::rewind`): the
-    /// path went silent and answered again, or it is a new one. Not a
-    /// congestion loss: the window restarts at no more than the initial
-    /// window ([`initial_window`]), from which slow start regrows
+    /// sal-tcp: the window restarts, halved `halvings` times down to the
+    /// restart window at most ([`restart_window`]): slow start regrows it
     /// towards what the path carried (ssthresh is kept at least 3/4 of
-    /// the window given up).
-    fn on_rewind(&mut self) {}
+    /// the window given up, [`restart_ssthresh`]), and Conservative Slow
+    /// Start and any fast recovery end. Not a congestion loss. The socket
+    /// restarts when it rewinds (`Socket::rewind`: the path went silent
+    /// and answered again, or it is a new one), with `u32::MAX`: from the
+    /// restart window; and when it sends after sending nothing for more
+    /// than a retransmission timeout with nothing in flight (RFC 5681
+    /// 4.1), once for each timeout of that time, as Linux.
+    fn on_restart(&mut self, halvings: u32) {}
 
     fn pre_transmit(&mut self, now: Instant) {}
 

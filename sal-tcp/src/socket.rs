@@ -217,6 +217,10 @@ pub struct Socket {
     remote_mss: usize,
     /// The timestamp of the last packet received.
     remote_last_ts: Option<Instant>,
+    /// sal-tcp: when a segment occupying sequence space last went out
+    /// (Linux's `lsndtime`), or the congestion window last restarted
+    /// after an idle period (`Socket::restart_after_idle`).
+    last_sent: Instant,
     /// The sequence number of the last packet received, used for sACK
     local_rx_last_seq: Option<TcpSeqNumber>,
     /// sal-tcp: the sequence numbers of the last out-of-order segments
@@ -426,6 +430,7 @@ impl Socket {
             remote_has_sack: false,
             remote_mss: DEFAULT_MSS,
             remote_last_ts: None,
+            last_sent: Instant::ZERO,
             local_rx_last_ack: None,
             local_rx_last_seq: None,
             local_rx_recent_seq: [None; 3],
@@ -761,6 +766,7 @@ impl Socket {
         self.remote_win_shift = window_shift(self.rx_buffer.capacity());
         self.remote_mss = DEFAULT_MSS;
         self.remote_last_ts = None;
+        self.last_sent = Instant::ZERO;
         self.ack_delay_timer = AckDelayTimer::Idle;
         self.challenge_ack_timer = Instant::from_secs(0);
         self.reply = None;
@@ -902,7 +908,7 @@ impl Socket {
             return 0;
         }
         let in_flight = self.flight_size();
-        self.congestion_controller.inner_mut().on_rewind();
+        self.congestion_controller.inner_mut().on_restart(u32::MAX);
         if in_flight > 0 {
             self.remote_last_seq = self.local_seq_no;
             self.pending_fast_retransmit = false;
@@ -2734,6 +2740,8 @@ impl Socket {
             self.hystart.on_retransmit();
         }
 
+        self.restart_after_idle(now);
+
         // Decide whether we're sending a packet.
         if self.seq_to_transmit() {
             // If we have data to transmit and it fits into partner's window, do it.
@@ -3046,6 +3054,7 @@ impl Socket {
         self.note_advertised_edge();
 
         if segment_len > 0 {
+            self.last_sent = now;
             self.rtte.on_send(now, repr.seq_number + segment_len);
             self.hystart.on_send(now, repr.seq_number, segment_len);
             self.congestion_controller
@@ -3067,6 +3076,45 @@ impl Socket {
         }
 
         Some(len)
+    }
+
+    /// sal-tcp: slow start after an idle period (RFC 5681 4.1, Linux's
+    /// `tcp_slow_start_after_idle`, on by default): data waits to go out,
+    /// nothing is in flight, and nothing went out for longer than the
+    /// retransmission timeout. The congestion window is halved once for
+    /// each timeout of that time, down to the restart window (min(initial
+    /// window, cwnd)), and ssthresh kept at least 3/4 of the window given
+    /// up, as Linux's `tcp_cwnd_restart` (`Controller::on_restart`);
+    /// HyStart++ begins its rounds afresh, as after a rewind. The window
+    /// measured what the path carried then: a flow silent for seconds
+    /// sent all of it at once, into queues that may since have filled.
+    /// Idle is counted from the last segment sent, as Linux, and the
+    /// restart counts as a send, so a poll that cannot send (a closed
+    /// window) does not halve it again.
+    fn restart_after_idle(&mut self, now: Instant) {
+        if !matches!(
+            self.state,
+            State::Established
+                | State::FinWait1
+                | State::Closing
+                | State::CloseWait
+                | State::LastAck
+        ) || self.local_seq_no != self.remote_max_seq
+            || self.tx_buffer.is_empty()
+            || now <= self.last_sent
+        {
+            return;
+        }
+        let idle = (now - self.last_sent).total_micros();
+        let rto = self.rtte.retransmission_timeout().total_micros().max(1);
+        if idle <= rto {
+            return;
+        }
+        let halvings = u32::try_from((idle - 1) / rto).unwrap_or(u32::MAX);
+        net_debug!("idle for {} us, restarting the congestion window", idle);
+        self.congestion_controller.inner_mut().on_restart(halvings);
+        self.hystart.on_retransmit();
+        self.last_sent = now;
     }
 
     /// Send the reply owed to a received segment (see `Reply`).

@@ -25,10 +25,12 @@
 //! `measure_short_exchanges` (ignored: it prints) gives the figures for
 //! answers and requests of 4, 16 and 64 KiB, on that path and on one
 //! without a rate limit, where the segments of a flight all arrive at
-//! once and the receiver acknowledges them with one ACK: slow start
-//! grows the window by one segment an ACK (RFC 5681 3.1), not by the
-//! segments acknowledged as Linux does, so a flight grows by a segment a
-//! round trip there.
+//! once and the receiver acknowledges them with one ACK. There slow
+//! start grew the window by a segment a round trip while it grew by one
+//! segment an ACK (RFC 5681 3.1), and 64 KiB took five round trips; it
+//! now grows by the segments acknowledged, up to eight an ACK (RFC
+//! 9406's L, sal-tcp's `congestion::slow_start`), and takes four, as on
+//! Linux, which counts them all.
 
 use sal::proto::{Event, HostConfig, HostError};
 use sal::wire::TransportProtocol;

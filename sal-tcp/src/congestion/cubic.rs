@@ -133,19 +133,12 @@ impl Controller for Cubic {
             self.w_est = self.cwnd as f64;
             return;
         } else if self.cwnd < self.ssthresh {
-            // Slow start: increase `cwnd` by 1 MSS per ACK.
-            // sal-tcp: a quarter of that in HyStart++'s Conservative Slow
-            // Start (RFC 9406 4.2).
-            let growth = if self.conservative {
-                segment / crate::hystart::CSS_GROWTH_DIVISOR
-            } else {
-                segment
-            };
-            self.cwnd = self
-                .cwnd
-                .saturating_add(growth)
-                .min(self.rwnd)
-                .max(self.mss);
+            // Slow start. sal-tcp: by the bytes acknowledged, not one
+            // MSS per ACK at most (see `super::slow_start`).
+            self.cwnd =
+                super::slow_start(self.cwnd, self.ssthresh, self.mss, len, self.conservative)
+                    .min(self.rwnd)
+                    .max(self.mss);
             return;
         }
 
@@ -277,10 +270,10 @@ impl Controller for Cubic {
         self.idle_start = None;
     }
 
-    fn on_rewind(&mut self) {
+    fn on_restart(&mut self, halvings: u32) {
         self.conservative = false;
         self.ssthresh = super::restart_ssthresh(self.ssthresh, self.cwnd);
-        self.cwnd = self.cwnd.min(super::initial_window(self.mss));
+        self.cwnd = super::restart_window(self.cwnd, self.mss, halvings);
         self.w_est = self.cwnd as f64;
         self.growth_credit = 0;
         // As after a timeout: W_max and K are set at the start of the next
@@ -550,12 +543,12 @@ mod test {
         cubic.set_initial_window(1448, false);
         cubic.cwnd = 40 * 1448;
         cubic.ssthresh = 20 * 1448;
-        cubic.on_rewind();
+        cubic.on_restart(u32::MAX);
         assert_eq!(cubic.window(), 10 * 1448);
         assert_eq!(cubic.ssthresh, 30 * 1448, "3/4 of the window given up");
         // A window below the initial one is kept.
         cubic.cwnd = 4 * 1448;
-        cubic.on_rewind();
+        cubic.on_restart(u32::MAX);
         assert_eq!(cubic.window(), 4 * 1448);
     }
 
@@ -629,15 +622,16 @@ mod test {
         assert_eq!(cubic.recovery_start, None);
         assert_eq!(cubic.w_max, w_max_before_rto);
 
-        // slow start grows by at most the MSS per ack
+        // sal-tcp: slow start grows by the bytes acknowledged (RFC 3465),
+        // up to eight segments an ACK (RFC 9406's L).
         let initial_cwnd = cubic.window();
-        for i in 0..10 {
+        for i in 0..3 {
             let initial_cwnd = cubic.window();
             let now = Instant::from_millis(i);
             ack(&mut cubic, MSS * 2, now);
-            assert_eq!(cubic.window(), initial_cwnd + MSS);
+            assert_eq!(cubic.window(), initial_cwnd + 2 * MSS);
         }
-        assert_eq!(cubic.window(), initial_cwnd + MSS * 10);
+        assert_eq!(cubic.window(), initial_cwnd + MSS * 6);
 
         // slow start uses the number of ACKed bytes if they're less than the MSS
         let initial_cwnd = cubic.window();
@@ -655,6 +649,27 @@ mod test {
         ack(&mut cubic, MSS, Instant::from_millis(30));
         assert_eq!(cubic.window(), initial_cwnd + MSS);
         assert_eq!(cubic.ssthresh, initial_cwnd + MSS);
+    }
+
+    #[test]
+    fn slow_start_counts_the_bytes_acknowledged_up_to_eight_segments() {
+        // sal-tcp: an ACK of twenty segments grows the window by eight
+        // (RFC 9406's L for a sender that does not pace), a quarter of
+        // that in Conservative Slow Start, and no further than ssthresh.
+        let mut cubic = Cubic::new();
+        cubic.set_mss(MSS);
+        cubic.set_remote_window(1 << 30);
+        cubic.set_initial_window(MSS, false);
+        ack(&mut cubic, MSS * 20, Instant::from_millis(1));
+        assert_eq!(cubic.window(), 18 * MSS);
+        cubic.set_conservative(true);
+        ack(&mut cubic, MSS * 20, Instant::from_millis(2));
+        assert_eq!(cubic.window(), 20 * MSS);
+        cubic.set_conservative(false);
+        cubic.ssthresh = 23 * MSS;
+        ack(&mut cubic, MSS * 20, Instant::from_millis(3));
+        assert_eq!(cubic.window(), 23 * MSS);
+        assert!(!cubic.in_slow_start());
     }
 
     #[test]
@@ -684,10 +699,10 @@ mod test {
             time += 1;
             let initial_cwnd = cubic.window();
             ack(&mut cubic, MSS, Instant::from_millis(time));
-            assert_eq!(cubic.window(), initial_cwnd + MSS);
+            // sal-tcp: no further than ssthresh.
+            assert_eq!(cubic.window(), (initial_cwnd + MSS).min(cubic.ssthresh));
         }
-        assert!(cubic.window() >= cubic.ssthresh);
-        assert!(cubic.window() < cubic.ssthresh + MSS);
+        assert_eq!(cubic.window(), cubic.ssthresh);
 
         // ca: first CA ACK starts a fresh epoch with W_max = cwnd and K = 0.
         time += 1;

@@ -79,21 +79,17 @@ impl Controller for Reno {
             return;
         }
 
-        let inc = if self.cwnd < self.ssthresh {
-            // Slow start: increase `cwnd` by 1 MSS per ACK.
-            // sal-tcp: a quarter of that in HyStart++'s Conservative Slow
-            // Start (RFC 9406 4.2).
-            if self.conservative {
-                len.min(self.mss) / crate::hystart::CSS_GROWTH_DIVISOR
-            } else {
-                len.min(self.mss)
-            }
+        let cwnd = if self.cwnd < self.ssthresh {
+            // Slow start. sal-tcp: by the bytes acknowledged, not one
+            // MSS per ACK at most (see `super::slow_start`).
+            super::slow_start(self.cwnd, self.ssthresh, self.mss, len, self.conservative)
         } else {
             // Congestion avoidance: increase by ~1 MSS per RTT.
-            (self.mss * self.mss / self.cwnd).max(1)
+            self.cwnd
+                .saturating_add((self.mss * self.mss / self.cwnd).max(1))
         };
 
-        self.cwnd = self.cwnd.saturating_add(inc).min(self.rwnd).max(self.mss);
+        self.cwnd = cwnd.min(self.rwnd).max(self.mss);
     }
 
     fn on_dup_ack(&mut self, _now: Instant, len: usize, _in_flight: usize) {
@@ -130,10 +126,10 @@ impl Controller for Reno {
         self.in_fast_recovery = false
     }
 
-    fn on_rewind(&mut self) {
+    fn on_restart(&mut self, halvings: u32) {
         self.conservative = false;
         self.ssthresh = super::restart_ssthresh(self.ssthresh, self.cwnd);
-        self.cwnd = self.cwnd.min(super::initial_window(self.mss));
+        self.cwnd = super::restart_window(self.cwnd, self.mss, halvings);
         self.in_fast_recovery = false;
     }
 
@@ -269,15 +265,16 @@ mod test {
         assert_eq!(reno.ssthresh, inflight / 2);
         assert_eq!(reno.window(), MSS);
 
-        // slow start grows by at most the MSS per ack
+        // sal-tcp: slow start grows by the bytes acknowledged (RFC 3465),
+        // up to eight segments an ACK (RFC 9406's L).
         let initial_cwnd = reno.window();
-        for i in 0..10 {
+        for i in 0..3 {
             let initial_cwnd = reno.window();
             let now = Instant::from_millis(i);
             ack(&mut reno, MSS * 2, now);
-            assert_eq!(reno.window(), initial_cwnd + MSS);
+            assert_eq!(reno.window(), initial_cwnd + 2 * MSS);
         }
-        assert_eq!(reno.window(), initial_cwnd + MSS * 10);
+        assert_eq!(reno.window(), initial_cwnd + MSS * 6);
 
         // slow start uses the number of ACKed bytes if they're less than the MSS
         let initial_cwnd = reno.window();
@@ -301,6 +298,27 @@ mod test {
         let initial_cwnd = reno.window();
         ack(&mut reno, MSS, Instant::from_millis(30));
         assert!(reno.window() < initial_cwnd + MSS);
+    }
+
+    #[test]
+    fn slow_start_counts_the_bytes_acknowledged_up_to_eight_segments() {
+        // sal-tcp: an ACK of twenty segments grows the window by eight
+        // (RFC 9406's L for a sender that does not pace), a quarter of
+        // that in Conservative Slow Start, and no further than ssthresh.
+        let mut reno = Reno::new();
+        reno.set_mss(MSS);
+        reno.set_remote_window(1 << 30);
+        reno.set_initial_window(MSS, false);
+        ack(&mut reno, MSS * 20, Instant::from_millis(1));
+        assert_eq!(reno.window(), 18 * MSS);
+        reno.set_conservative(true);
+        ack(&mut reno, MSS * 20, Instant::from_millis(2));
+        assert_eq!(reno.window(), 20 * MSS);
+        reno.set_conservative(false);
+        reno.ssthresh = 23 * MSS;
+        ack(&mut reno, MSS * 20, Instant::from_millis(3));
+        assert_eq!(reno.window(), 23 * MSS);
+        assert!(!reno.in_slow_start());
     }
 
     #[test]
@@ -419,12 +437,12 @@ mod test {
         reno.set_initial_window(1448, false);
         reno.cwnd = 40 * 1448;
         reno.ssthresh = 20 * 1448;
-        reno.on_rewind();
+        reno.on_restart(u32::MAX);
         assert_eq!(reno.window(), 10 * 1448);
         assert_eq!(reno.ssthresh, 30 * 1448, "3/4 of the window given up");
         // A window below the initial one is kept.
         reno.cwnd = 4 * 1448;
-        reno.on_rewind();
+        reno.on_restart(u32::MAX);
         assert_eq!(reno.window(), 4 * 1448);
     }
 

@@ -8289,10 +8289,11 @@ fn test_rewind_resends_within_a_restarted_congestion_window() {
     }
     assert_eq!(segments_sent(&mut s, 30), []);
     // The peer had segments 15 to 26: the ACK of the copy of 14 covers
-    // them, and slow start goes on from there (eleven segments).
+    // them, and slow start goes on from there (eighteen segments: the
+    // ACK of thirteen grows the window by eight, RFC 9406's L).
     send!(s, time 40, ack_of_segments(27));
     assert_eq!(s.recover, None);
-    assert_eq!(segments_sent(&mut s, 40), segments(27, 38), "slow start");
+    assert_eq!(segments_sent(&mut s, 40), segments(27, 45), "slow start");
 }
 
 /// A socket, 64 KiB to send, that opened with a handshake in which the
@@ -8703,4 +8704,95 @@ fn test_two_handshake_timeouts_start_from_one_segment() {
             }
         }
     }
+}
+
+/// An established socket running `kind`, segments of 1024 bytes, a peer
+/// window of 2 MiB, started from the initial window (ten segments).
+fn socket_in_slow_start(kind: CongestionControl) -> TestSocket {
+    let mut s = socket_established_with_buffer_sizes(1 << 21, 64);
+    s.set_congestion_control(kind);
+    s.remote_mss = 1024;
+    s.remote_win_scale = Some(5);
+    s.remote_win_len = 65535 << 5;
+    s.congestion_controller
+        .inner_mut()
+        .set_initial_window(1024, false);
+    s
+}
+
+#[test]
+fn test_slow_start_counts_the_segments_a_stretch_ack_acknowledges() {
+    // sal-tcp: the peer acknowledges the initial window's ten segments
+    // with one ACK (they arrived together). Slow start grows the window
+    // by the segments acknowledged, up to eight an ACK (RFC 9406's L for
+    // a sender that does not pace): eighteen segments go out, where one
+    // segment an ACK let eleven out. An ACK of two (a delayed ACK) grows
+    // it by two.
+    for kind in [CongestionControl::Reno, CongestionControl::Cubic] {
+        let mut s = socket_in_slow_start(kind);
+        s.send_slice(&[7; 64 * 1024]).unwrap();
+        assert_eq!(segments_sent(&mut s, 0), segments(0, 10), "{kind:?}");
+        send!(s, time 20, ack_of_segments(10));
+        assert_eq!(s.congestion_controller.inner().window(), 18 * 1024);
+        assert_eq!(segments_sent(&mut s, 20), segments(10, 28), "{kind:?}");
+        send!(s, time 40, ack_of_segments(12));
+        assert_eq!(segments_sent(&mut s, 40), segments(28, 32), "{kind:?}");
+    }
+}
+
+#[test]
+fn test_a_send_after_an_idle_period_restarts_the_congestion_window() {
+    // sal-tcp: slow start grows the window to forty segments, all
+    // acknowledged; the flow sends nothing for a while, then forty
+    // segments. Idle for longer than the retransmission timeout, the
+    // window is halved once for each timeout of idle time, down to the
+    // initial window (RFC 5681 4.1, Linux's `tcp_cwnd_restart`): the
+    // forty went out at once after ten seconds.
+    for kind in [CongestionControl::Reno, CongestionControl::Cubic] {
+        let grown = || {
+            let mut s = socket_in_slow_start(kind);
+            s.send_slice(&[7; 30 * 1024]).unwrap();
+            assert_eq!(segments_sent(&mut s, 0), segments(0, 10));
+            for n in 1..=30 {
+                send!(s, time 10, ack_of_segments(n));
+                segments_sent(&mut s, 10);
+            }
+            assert_eq!(s.flight_size(), 0);
+            assert_eq!(s.congestion_controller.inner().window(), 40 * 1024);
+            s.send_slice(&[7; 40 * 1024]).unwrap();
+            let rto = s.rtte.retransmission_timeout().total_millis() as i64;
+            (s, rto)
+        };
+        // Ten seconds: from the initial window, in slow start.
+        let (mut s, _) = grown();
+        assert_eq!(segments_sent(&mut s, 10_010), segments(30, 40), "{kind:?}");
+        assert!(s.congestion_controller.inner().in_slow_start());
+        // One and a half timeouts: halved once.
+        let (mut s, rto) = grown();
+        let at = 10 + rto * 3 / 2;
+        assert_eq!(segments_sent(&mut s, at), segments(30, 50), "{kind:?}");
+        // Less than a timeout: the whole window.
+        let (mut s, rto) = grown();
+        assert_eq!(segments_sent(&mut s, rto), segments(30, 70), "{kind:?}");
+    }
+}
+
+#[test]
+fn test_no_restart_while_data_is_in_flight() {
+    // sal-tcp: a flow with data in flight is not idle, however long its
+    // ACKs take: the restart waits for nothing to be in flight. A window
+    // of forty segments with one still in flight sends what its ACK
+    // opens after two seconds, at the window it had (slow start adds
+    // one).
+    let mut s = socket_in_slow_start(CongestionControl::Reno);
+    s.send_slice(&[7; 31 * 1024]).unwrap();
+    segments_sent(&mut s, 0);
+    for n in 1..=30 {
+        send!(s, time 10, ack_of_segments(n));
+        segments_sent(&mut s, 10);
+    }
+    assert_eq!(s.flight_size(), 1024);
+    s.send_slice(&[7; 40 * 1024]).unwrap();
+    send!(s, time 2000, ack_of_segments(31));
+    assert_eq!(segments_sent(&mut s, 2000), segments(31, 71));
 }
