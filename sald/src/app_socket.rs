@@ -22,7 +22,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use nix::sys::socket::{getsockopt, recv, send, setsockopt, sockopt, MsgFlags};
+use nix::sys::socket::{getsockopt, recv, send, setsockopt, sockopt, MsgFlags, UnixAddr};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::sync::OnceCell;
@@ -127,6 +127,18 @@ impl AppSocket {
         } else {
             0
         }
+    }
+
+    /// Marks this socket as one that delivered its peer's end of stream
+    /// before it hangs up, for the application's shim to tell the hang-up
+    /// from a reset alone (`socket_shim::reset`): a socketpair carries no
+    /// error, and both ways shut down look the same whatever came first.
+    /// The mark is an address: the socket is bound to an abstract name the
+    /// kernel picks (autobind), which the other end's `getpeername` shows
+    /// from then on, after this end is closed too. Best effort: a socket
+    /// left unmarked reads as reset.
+    pub fn mark_ended(&self) {
+        let _ = nix::sys::socket::bind(self.raw(), &UnixAddr::new_unnamed());
     }
 
     /// The most memory what is written into this socket may hold until

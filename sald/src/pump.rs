@@ -25,7 +25,10 @@
 //! socket is shut down both ways: the application's end hangs up, which the
 //! shims report as `ECONNRESET`. When the daemon stops, every pump drops
 //! its end of the socketpair (a hang-up too) and closes its flow, which
-//! tells the peer.
+//! tells the peer. A hang-up after the peer's end of stream was delivered
+//! is no reset to the application's reads, as a TCP socket's give 0 once
+//! its FIN came: the pump marks such a socket before it goes (see the end
+//! of [`stream`]).
 //!
 //! A stream flow delivered into an application's accept queue (`Deliver`)
 //! may wait there, while the peer sends, for as long as the application
@@ -154,6 +157,11 @@ struct StreamPump {
     shut: bool,
     /// The socket was seen hung up: the application closed its end.
     hung_up: bool,
+    /// Down delivered the peer's end of stream (shut the socket for
+    /// writing): whatever ends the flow after it, the application's reads
+    /// have ended, as a TCP socket's do once its FIN came (see the end of
+    /// [`stream`]).
+    ended: bool,
     /// The socket was seen readable and not read dry since: only then does
     /// up read, because reading into the send buffer makes the buffer
     /// allocate its memory, and an idle flow should hold none.
@@ -385,9 +393,14 @@ impl StreamPump {
                 }
                 // Nothing yet: the flow's signal comes when data arrives.
                 Err(HostError::WouldBlock) => return wrote,
-                // End of stream, or an application that went away: the
-                // application reads end of file.
-                Ok(None) | Ok(Some(Err(_))) => {
+                // End of stream: the application reads end of file.
+                Ok(None) => {
+                    self.ended = true;
+                    self.end_down(socket, ShutdownHow::Write, turn);
+                    return wrote;
+                }
+                // An application that went away: end of file too.
+                Ok(Some(Err(_))) => {
                     self.end_down(socket, ShutdownHow::Write, turn);
                     return wrote;
                 }
@@ -439,6 +452,7 @@ pub async fn stream(
         down: true,
         shut: false,
         hung_up: false,
+        ended: false,
         readable: false,
         writable: true,
         unconfirmed,
@@ -470,6 +484,19 @@ pub async fn stream(
             _ = socket.writable(), if turn.write => pump.writable = true,
             _ = socket.hung_up(), if turn.hang_up => pump.hung_up = true,
         }
+    }
+    // The socket hangs up as it goes. After the peer's end of stream, that
+    // is a reset (or a peer given up on, or the daemon stopping) that came
+    // after it, which a TCP socket's reads never report: they give what
+    // had arrived and then 0 once the FIN came, and only a write learns
+    // (`EPIPE`, which the hang-up gives). So the socket is marked for the
+    // application's shim to read the hang-up as end of file
+    // (`socket_shim::reset`), not as a reset alone. Not once up read the
+    // application's end of file: it shut its sending down (its shim knows
+    // then) or closed its end, and every flow finished so would pay the
+    // system call.
+    if pump.ended && !pump.shut {
+        socket.mark_ended();
     }
     let mut core = shared.lock();
     let _ = core.host.close(flow);

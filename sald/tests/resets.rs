@@ -10,7 +10,7 @@
 //! Two daemons in this process (UDP mode on loopback), no root needed.
 
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
@@ -168,4 +168,89 @@ fn a_flow_closed_after_its_half_close_with_everything_read_is_not_reset() {
         hangs_up(&client, Duration::from_secs(5)),
         "over both ways once the client finished"
     );
+}
+
+/// Whether the peer's end of stream reaches `stream` within `wait`: sald
+/// shuts the socket for writing then (`POLLRDHUP`, which nix's poll flags
+/// do not know).
+fn end_of_stream_in(stream: &ServiceStream, wait: Duration) -> bool {
+    use nix::libc::{poll, pollfd, POLLRDHUP};
+    let mut polled = pollfd {
+        fd: stream.as_raw_fd(),
+        events: POLLRDHUP,
+        revents: 0,
+    };
+    let millis = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: one `pollfd`, a local that outlives the call; `stream` keeps
+    // the descriptor open.
+    let ready = unsafe { poll(&mut polled, 1, millis) };
+    ready == 1 && polled.revents & POLLRDHUP != 0
+}
+
+/// A server that answers and closes (a FIN), and a client whose socket
+/// has the answer and the FIN in, unread. Returns the daemons and the
+/// client's stream, the server gone.
+fn answered_and_finished(label: &str, service: &str) -> (InProcessPair, ServiceStream) {
+    let daemons = InProcessPair::new(label);
+    let prefix: ServicePrefix = format!("{service}/16").parse().unwrap();
+    let listener = ServiceListener::bind_via(daemons.server.client(), prefix, 8).unwrap();
+    let server = thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream.write_all(b"the answer").unwrap();
+        // Closed with nothing unread: a FIN.
+    });
+    let client = ServiceStream::connect_via(
+        daemons.client.client(),
+        format!("{service}01").parse().unwrap(),
+        Some(Duration::from_secs(5)),
+    )
+    .unwrap();
+    server.join().unwrap();
+    assert!(
+        end_of_stream_in(&client, Duration::from_secs(10)),
+        "the server's FIN"
+    );
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    (daemons, client)
+}
+
+/// Reads `client` to its end, as from a TCP socket whose FIN came before
+/// whatever hung it up (its reset in `CLOSE_WAIT` leaves what was received
+/// and the FIN to be read): the answer, then end of file (not
+/// `ECONNRESET`), for good; a write then fails with `EPIPE`.
+fn reads_the_answer_then_end_of_file(client: &mut ServiceStream) {
+    assert!(
+        hangs_up(client, Duration::from_secs(10)),
+        "the hang-up reaches the client"
+    );
+    let mut answer = Vec::new();
+    let end = client.read_to_end(&mut answer);
+    assert_eq!(answer, b"the answer");
+    assert_eq!(end.map_err(|e| e.kind()), Ok(answer.len()), "end of file");
+    assert_eq!(client.read(&mut [0u8; 8]).unwrap(), 0, "end of file again");
+    let write = client.write(b"more");
+    assert_eq!(write.map_err(|e| e.kind()), Err(ErrorKind::BrokenPipe));
+}
+
+/// The peer's FIN and then a reset, both in before the client reads
+/// anything, read as from TCP: the answer, then end of file. Such a reset
+/// used to look like one alone to the client (`socket_shim::reset`).
+#[test]
+fn a_fin_and_a_reset_both_unread_read_as_the_answer_then_end_of_file() {
+    let (_daemons, mut client) = answered_and_finished("fin-reset-unread", "4e60");
+    // To a flow nobody reads any more: its sald resets it.
+    client.write_all(b"0123456789").unwrap();
+    reads_the_answer_then_end_of_file(&mut client);
+}
+
+/// The same after the FIN when the client's daemon stops (which hangs
+/// every flow's socket up), as from a TCP socket whose FIN came before its
+/// connection was lost.
+#[test]
+fn a_fin_unread_when_the_daemon_stops_reads_as_the_answer_then_end_of_file() {
+    let (mut daemons, mut client) = answered_and_finished("fin-stop-unread", "4e61");
+    daemons.client.stop().unwrap();
+    reads_the_answer_then_end_of_file(&mut client);
 }

@@ -528,13 +528,18 @@ pub unsafe extern "C" fn recvfrom(
     }
     // A connected flow (or not ours): libc's, lock-free but for a datagram
     // flow's peer, named as `recvmsg` names it. A connected stream's name
-    // is the kernel's length 0, as TCP's.
+    // is of length 0, as TCP's: the kernel's, or made so
+    // (`unname_stream_flow`).
     let room = (!addr.is_null() && !len.is_null() && table::maybe_datagram_flow(fd))
         // SAFETY: `len` is non-null and, as `recvfrom(2)` requires,
         // readable when `addr` is given.
         .then(|| unsafe { *len });
     // SAFETY: forwarding the caller's arguments unchanged.
     let got = unsafe { real::recvfrom(fd, buf, n, flags, addr, len) };
+    if got >= 0 && !addr.is_null() && !len.is_null() {
+        // SAFETY: `len` is non-null, and the kernel just wrote it.
+        unsafe { unname_stream_flow(fd, len) };
+    }
     if let (Some(room), true) = (room, got >= 0) {
         // SAFETY: the caller's address buffers: `room` bytes at `addr`.
         unsafe { name_flow_peer(fd, addr, len, room) };
@@ -738,7 +743,7 @@ pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t
 /// listener of either kind, the error `recv` gives. On a connected stream
 /// flow, libc's `recvmsg`, whose end of file after a reset is
 /// `ECONNRESET` once, as from `recv` (`read_done`), and whose
-/// `msg_namelen` is the kernel's 0, as TCP's; on a connected datagram
+/// `msg_namelen` is 0, as TCP's; on a connected datagram
 /// flow, libc's, with the peer in `msg_name` as `recvfrom` gives it.
 /// Anything else is libc's.
 ///
@@ -758,13 +763,19 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int
         return unsafe { receive(fd, flags, into, || real::recvmsg(fd, msg, flags)) };
     }
     // Only a datagram flow's peer is named: a connected stream's `recvmsg`
-    // is libc's alone, with the name's length the kernel's 0, as TCP's.
+    // is libc's, with the name's length 0, as TCP's (the kernel's, or made
+    // so: `unname_stream_flow`).
     let room = table::maybe_datagram_flow(fd)
         // SAFETY: the caller's message is null or valid for the call.
         .then(|| unsafe { msg::name_room(msg) })
         .flatten();
     // SAFETY: forwarding the caller's arguments unchanged.
     let got = unsafe { real::recvmsg(fd, msg, flags) };
+    // SAFETY: a message the kernel just filled, for a call that succeeded.
+    if got >= 0 && unsafe { !(*msg).msg_name.is_null() } {
+        // SAFETY: as above; its name's length is the kernel's.
+        unsafe { unname_stream_flow(fd, std::ptr::addr_of_mut!((*msg).msg_namelen)) };
+    }
     if let (Some(room), true) = (room, got >= 0) {
         // SAFETY: the message the kernel just filled; `room` is what its
         // name had before.
@@ -784,6 +795,25 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int
         || unsafe { msg::asked((*msg).msg_iov, (*msg).msg_iovlen) },
         got,
     )
+}
+
+/// Takes back the name the kernel gave (its length at `len`) where libc's
+/// `recvfrom` or `recvmsg` just received bytes on `fd`, if `fd` is a
+/// connected stream flow: a stream names no sender, as TCP's does not.
+/// The kernel names the sender of the bytes read when it has a name, as
+/// sald's end of a flow has once it marked the flow's end of stream ahead
+/// of a reset (`socket_shim::reset::ended_first`), with bytes perhaps
+/// still unread. Lock-free unless the kernel gave a name on a socket that
+/// may be a flow.
+///
+/// # Safety
+/// `len` is valid for reads and writes.
+unsafe fn unname_stream_flow(fd: c_int, len: *mut socklen_t) {
+    // SAFETY: as the caller guarantees.
+    if unsafe { *len } > 0 && table::maybe_flow(fd) && ops::stream_flow(fd) {
+        // SAFETY: as the caller guarantees.
+        unsafe { *len = 0 };
+    }
 }
 
 /// Names a connected datagram flow's peer where libc's `recvmsg` or

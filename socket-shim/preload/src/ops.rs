@@ -2330,6 +2330,11 @@ pub(crate) fn report_again(fd: RawFd, errno: Errno) {
     }
 }
 
+/// Whether `fd` is a connected stream flow of ours (a look at the table).
+pub(crate) fn stream_flow(fd: RawFd) -> bool {
+    with_entry(fd, |entry| entry.stream_flow().then_some(())).is_some()
+}
+
 /// The reset record of `fd`, if it is a connected stream flow (shared by
 /// its `dup` copies).
 fn flow_reset_watch(fd: RawFd) -> Option<std::sync::Arc<socket_shim::reset::ResetWatch>> {

@@ -619,6 +619,24 @@ fn a_reset_after_the_fin_reads_as_end_of_file() {
     srv.success(T);
 }
 
+/// A FIN and then a reset, both in before the client reads anything,
+/// read as from TCP, whose reset in CLOSE_WAIT leaves what was received
+/// and the FIN to be read: the reply, then end of file (not
+/// `ECONNRESET`), for good; a write then fails with `EPIPE`, and raises
+/// `SIGPIPE` unless `MSG_NOSIGNAL`. `recvfrom` and `recvmsg` name no
+/// sender, as TCP's do not (sald's mark is a name: `socket_shim::reset`).
+#[test]
+fn a_fin_and_a_reset_both_unread_read_as_end_of_file() {
+    let sald = Sald::start();
+    let hows = ["read", "recv", "recvfrom", "recvmsg", "readv", "recvmmsg"];
+    let count = hows.len().to_string();
+    let mut srv = server(&sald, &["reset-server", "5eb", "fin-reset", &count]);
+    for how in hows {
+        client(&sald, &["reset-client", "5eb", "fin-reset-unread", how]).success(T);
+    }
+    srv.success(T);
+}
+
 /// A reset after the program shut its reading down (its reads then gave
 /// end of file at once, no FIN having come) is `ECONNRESET` once, as
 /// from TCP: that end of file was not the peer's end of stream.

@@ -151,7 +151,10 @@ fn finish(result: &io::Result<u64>, to_write_side: impl FnOnce(), both: impl FnO
 /// caller closes it, once what the flow delivered is through, rather than
 /// finishing it as if that were all. A reset also makes our writes into
 /// the flow fail: that direction then just stops, leaving the other to
-/// deliver the rest and reset the client.
+/// deliver the rest and reset the client. A reset after the flow's end of
+/// stream (which sald marks: `socket_shim::reset::ended_first`) finishes
+/// the TCP connection with a FIN instead, as a TCP socket's reads give 0
+/// once its FIN came, whatever follows.
 pub fn relay(tcp: &TcpStream, flow: &UnixStream, pipes: &PipePool) -> io::Result<()> {
     let shut_both = || {
         let _ = tcp.shutdown(Shutdown::Both);
@@ -169,7 +172,8 @@ pub fn relay(tcp: &TcpStream, flow: &UnixStream, pipes: &PipePool) -> io::Result
                 // (see `socket_shim::reset` for why in this order).
                 let reset = result.is_ok()
                     && socket_shim::reset::hung_up(flow.as_fd())
-                    && !forward_done.load(Ordering::SeqCst);
+                    && !forward_done.load(Ordering::SeqCst)
+                    && !socket_shim::reset::ended_first(flow.as_fd());
                 if reset {
                     reset_on_close(tcp);
                     // Ends the other direction without a FIN.
@@ -314,6 +318,51 @@ mod tests {
                 false => assert_eq!(end.unwrap(), 0, "a clean end of file"),
             }
         }
+    }
+
+    /// A reset after the flow's end of stream, which sald marks before it
+    /// hangs the flow's socket up (it binds its end to an address), ends
+    /// the TCP connection with a FIN, as the reset reads from a TCP socket
+    /// whose FIN came first: the client reads the bytes, then end of file.
+    #[test]
+    fn a_reset_after_the_flows_end_finishes_the_tcp_connection() {
+        let pipes = PipePool::new(4);
+        let ((tcp, mut client), (flow, service)) = sockets();
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        std::thread::scope(|scope| {
+            // The relay's caller closes the TCP socket once it is done.
+            let relay = scope.spawn(|| {
+                let result = relay(&tcp, &flow, &pipes);
+                drop(tcp);
+                result
+            });
+            // sald: the answer and its end, the mark, then the reset.
+            (&service).write_all(b"partial answer").unwrap();
+            service.shutdown(Shutdown::Write).unwrap();
+            let unnamed = libc::sockaddr_un {
+                sun_family: libc::AF_UNIX as libc::sa_family_t,
+                sun_path: [0; 108],
+            };
+            // SAFETY: the address's family alone (an autobind), from a
+            // local that outlives the call.
+            let bound = unsafe {
+                libc::bind(
+                    service.as_raw_fd(),
+                    std::ptr::addr_of!(unnamed).cast(),
+                    std::mem::size_of::<libc::sa_family_t>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(bound, 0, "the mark");
+            service.shutdown(Shutdown::Both).unwrap();
+            let mut got = Vec::new();
+            let end = client.read_to_end(&mut got);
+            assert_eq!(got, b"partial answer");
+            assert_eq!(end.map_err(|e| e.kind()), Ok(got.len()), "a FIN");
+            client.shutdown(Shutdown::Write).unwrap();
+            relay.join().unwrap().unwrap();
+        });
     }
 
     /// A reset while the client is still sending: our writes into the flow

@@ -79,7 +79,9 @@
  *                                             clean, clean-shut (after shutdown(SHUT_WR)),
  *                                             clean-dup-shut (through a copy): end of file;
  *                                             fin-reset: reply, end of file, request, then
- *                                             end of file and EPIPE; shut-rd-reset (against
+ *                                             end of file and EPIPE; fin-reset-unread (against
+ *                                             fin-reset): FIN and reset in before any read:
+ *                                             reply, end of file, EPIPE; shut-rd-reset (against
  *                                             reset): shutdown(SHUT_RD) after the reply, end
  *                                             of file, then ECONNRESET once at the reset
  *   connect-eintr S1 PORT S3 HOLE             blocking connects that wait as TCP's do
@@ -2129,6 +2131,44 @@ static int fin_reset_client(const char *sid, const char *how) {
     return failures ? 1 : 0;
 }
 
+static volatile sig_atomic_t sigpipes;
+static void count_sigpipe(int sig) {
+    (void)sig;
+    sigpipes++;
+}
+
+/* Against a fin-reset server, reading nothing until both the server's FIN
+ * and the reset (the request, sent after the FIN, reaches a flow nobody
+ * reads) are in. As from TCP, whose reset in CLOSE_WAIT leaves what was
+ * received and the FIN to be read: the reply, then end of file for good;
+ * a write then fails with EPIPE (and SIGPIPE, unless MSG_NOSIGNAL). */
+static int fin_reset_unread_client(const char *sid, const char *how) {
+    signal(SIGPIPE, count_sigpipe);
+    int fd = stream_to(sid);
+    /* The FIN is in (sald shut the socket for writing) when the request
+     * leaves: the reset comes after it. */
+    struct pollfd p = {.fd = fd, .events = POLLRDHUP};
+    CHECK(poll(&p, 1, 20000) == 1 && (p.revents & POLLRDHUP), "the server's FIN");
+    CHECK(write_all(fd, (const unsigned char *)REQUEST, strlen(REQUEST)) == 0, "request");
+    CHECK(hung_up(fd, 20000), "the reset's hang-up");
+    /* A stream names no sender, as TCP's recvfrom does not. */
+    char buf[64];
+    struct sockaddr_storage from;
+    socklen_t fromlen = sizeof from;
+    CHECK(recvfrom(fd, buf, 1, MSG_PEEK, (struct sockaddr *)&from, &fromlen) == 1 && fromlen == 0,
+          "recvfrom on a stream named a sender (length %u)", (unsigned)fromlen);
+    read_reply(how, fd);
+    CHECK(read_with(how, fd, buf, sizeof buf) == 0, "end of file after the reply, FIN and reset");
+    CHECK(read_with(how, fd, buf, sizeof buf) == 0, "end of file again");
+    EXPECT_ERR(send(fd, "x", 1, MSG_NOSIGNAL), EPIPE);
+    CHECK(sigpipes == 0, "MSG_NOSIGNAL raised none (%d)", (int)sigpipes);
+    EXPECT_ERR(write(fd, "x", 1), EPIPE);
+    CHECK(sigpipes == 1, "write raised SIGPIPE (%d)", (int)sigpipes);
+    CHECK(read_with(how, fd, buf, sizeof buf) == 0, "end of file after the write");
+    CHECK(close(fd) == 0, "close");
+    return failures ? 1 : 0;
+}
+
 /* Against a reset server: the reply and the reset taken in one recvmmsg
  * batch of two. The batch ends with the reply; the reset that ended it
  * comes from the next read, as Linux keeps a batch's later error for the
@@ -2177,6 +2217,7 @@ static int shut_rd_reset_client(const char *sid, const char *how) {
 
 static int reset_client(const char *sid, const char *mode, const char *how) {
     if (!strcmp(mode, "fin-reset")) return fin_reset_client(sid, how);
+    if (!strcmp(mode, "fin-reset-unread")) return fin_reset_unread_client(sid, how);
     if (!strcmp(mode, "shut-rd-reset")) return shut_rd_reset_client(sid, how);
     if (!strcmp(how, "batch")) return reset_batch_client(sid);
     int reset = !strcmp(mode, "reset");
@@ -2210,12 +2251,6 @@ static int reset_client(const char *sid, const char *mode, const char *how) {
     }
     CHECK(close(fd) == 0, "close");
     return failures ? 1 : 0;
-}
-
-static volatile sig_atomic_t sigpipes;
-static void count_sigpipe(int sig) {
-    (void)sig;
-    sigpipes++;
 }
 
 /* Data calls on a stream that is not connected answer as TCP's do. */
