@@ -177,16 +177,15 @@ pub enum Request {
     /// Allowed to the binding's owner, root and sald's own user; draining a
     /// drained listener only reports on it. Answered with `Drained`: at
     /// once, or with `wait_ms` once nothing is pending any more (or the
-    /// wait ran out).
+    /// wait ran out, or the listener closed).
     ///
-    /// For a listener whose flows are delivered ([`Request::Deliver`]),
-    /// sald counts only the flows it still holds (half-open, or
-    /// established and waiting for room in the accept queue): flows
-    /// already in the application's accept queue are the application's
-    /// and only it can see them. An operator's drain (`servalctl service drain`)
-    /// of such a listener therefore reports 0 while the queue may still
-    /// hold flows; the application's own drain adds them (the Rust
-    /// library's `ServiceListener::drain` does).
+    /// Pending are the flows the listener admitted that the application
+    /// has not taken yet: half-open, established and held by sald, and,
+    /// for a listener whose flows are delivered ([`Request::Deliver`]),
+    /// waiting in the application's accept queue until a `recvmsg` has
+    /// taken them out of it (sald tells from the memory they hold in its
+    /// end of the queue). So 0 means the application has taken every
+    /// flow, whoever asks (an operator's `servalctl service drain` too).
     Drain {
         /// The prefix exactly as bound; every listener bound to it is drained.
         prefix: ServicePrefix,
@@ -371,10 +370,9 @@ pub enum Response {
         response: Box<Response>,
     },
     /// The answer to [`Request::Drain`]: how many flows the drained
-    /// listener admitted that its application has not accepted yet (0: it
-    /// can close without resetting anyone). For a listener whose flows are
-    /// delivered, the ones sald still holds, not those already waiting in
-    /// the application's accept queue (see [`Request::Drain`]).
+    /// listener admitted that its application has not taken yet, those
+    /// waiting in its accept queue included (0: it can close without
+    /// resetting anyone; see [`Request::Drain`]).
     Drained {
         /// Admitted flows not accepted yet, over every listener of the prefix.
         pending: u32,

@@ -13,8 +13,10 @@
 //! matters only after a write found the socket full, which on a short flow
 //! never happens, so the write direction is watched through a duplicate of
 //! the descriptor registered for `EPOLLOUT` alone, made the first time a
-//! write has to wait and kept for the socket's life (a bulk flow's socket
-//! fills often; an idle or short one never gets one).
+//! write has to wait (or a drain waits for an accept queue to empty, which
+//! it hears as that write space: see [`crate::accept_queue`]) and kept for
+//! the socket's life (a bulk flow's socket fills often; an idle or short
+//! one never gets one).
 
 use std::future::Future;
 use std::io;
@@ -117,16 +119,7 @@ impl AppSocket {
     /// reads (or its end is closed, which throws what was unread away). 0
     /// if it cannot be told.
     pub fn unread_memory(&self) -> u32 {
-        let mut bytes: nix::libc::c_int = 0;
-        // SAFETY: `SIOCOUTQ` (`TIOCOUTQ`) writes one c_int through the
-        // pointer, which points at a local that outlives the call; `self`
-        // keeps the descriptor open.
-        let rc = unsafe { nix::libc::ioctl(self.raw(), nix::libc::TIOCOUTQ, &mut bytes) };
-        if rc == 0 {
-            u32::try_from(bytes).unwrap_or(0)
-        } else {
-            0
-        }
+        unread_memory(self.fd())
     }
 
     /// Marks this socket as one that delivered its peer's end of stream
@@ -278,6 +271,20 @@ impl AsyncWrite for AppSocket {
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         let shut = nix::sys::socket::shutdown(self.raw(), nix::sys::socket::Shutdown::Write);
         Poll::Ready(shut.map_err(io::Error::from))
+    }
+}
+
+/// [`AppSocket::unread_memory`] of any unix socket.
+pub fn unread_memory(socket: BorrowedFd<'_>) -> u32 {
+    let mut bytes: nix::libc::c_int = 0;
+    // SAFETY: `SIOCOUTQ` (`TIOCOUTQ`) writes one c_int through the
+    // pointer, which points at a local that outlives the call; `socket`
+    // is an open descriptor for as long as it is borrowed.
+    let rc = unsafe { nix::libc::ioctl(socket.as_raw_fd(), nix::libc::TIOCOUTQ, &mut bytes) };
+    if rc == 0 {
+        u32::try_from(bytes).unwrap_or(0)
+    } else {
+        0
     }
 }
 

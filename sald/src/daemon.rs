@@ -14,7 +14,8 @@
 //! to the TUN device (or, without it, to the UDP socket): no allocation and
 //! no copy per packet on the way out.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddrV4;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -26,6 +27,7 @@ use sal::{FlowId, Locator};
 use sal_control::{ControlEvent, StatsReport};
 use tokio::sync::{oneshot, watch, Notify};
 
+use crate::accept_queue::AcceptQueue;
 use crate::drains::DrainWatches;
 use crate::events::{Audience, EventBus, Subscription};
 use crate::link::{tun_egress_ttl, TunLink};
@@ -93,8 +95,10 @@ pub struct Core {
     /// Flows the host has let go of (accepted) that a waiter got but has
     /// not handed to the application yet, by listener: drains count them.
     in_hand: HashMap<ListenerId, usize>,
-    /// Listeners whose flows a `Deliver` feeder is handing out: one each.
-    delivering: HashSet<ListenerId>,
+    /// Listeners whose flows a `Deliver` feeder is handing out: one each,
+    /// with the accept queue it feeds once it has one (drains count what
+    /// the program has not taken from it).
+    delivering: HashMap<ListenerId, Option<Arc<AcceptQueue>>>,
     /// Drained listeners that waiting drains watch until nothing is
     /// pending on them (see [`Core::pending`]).
     drain_watches: DrainWatches,
@@ -148,7 +152,7 @@ impl Shared {
                 flows: HashMap::new(),
                 pending_accepts: HashMap::new(),
                 in_hand: HashMap::new(),
-                delivering: HashSet::new(),
+                delivering: HashMap::new(),
                 drain_watches: DrainWatches::default(),
                 drain_looks: 0,
                 pending_connects: HashMap::new(),
@@ -508,14 +512,32 @@ impl Core {
     }
 
     /// Flows `listener` admitted that are not the application's yet: those
-    /// the host still holds (half-open or queued) and those on their way
-    /// to the application ([`Core::in_hand`]); none once it is closed.
-    /// What a drain waits to see at 0: on a drained listener, which admits
-    /// no new flow, it only ever falls.
+    /// sald holds (`Core::held`) and those in the application's accept
+    /// queue that it has not taken out ([`AcceptQueue::untaken`], one
+    /// system call); none once it is closed. What a drain waits to see at
+    /// 0: on a drained listener, which admits no new flow, it only ever
+    /// falls.
     pub fn pending(&self, listener: ListenerId) -> usize {
-        self.host
-            .listener_pending(listener)
-            .map_or(0, |queued| queued + self.in_hand(listener))
+        self.held(listener).map_or(0, |held| {
+            held + self
+                .accept_queue(listener)
+                .map_or(0, |queue| queue.untaken())
+        })
+    }
+
+    /// Flows `listener` admitted that sald holds: those the host still
+    /// holds (half-open or queued) and those on their way to the
+    /// application ([`Core::in_hand`]); `None` once it is closed. On a
+    /// drained listener it only ever falls, and once it is 0 nothing more
+    /// goes into its accept queue.
+    fn held(&self, listener: ListenerId) -> Option<usize> {
+        let queued = self.host.listener_pending(listener)?;
+        Some(queued + self.in_hand(listener))
+    }
+
+    /// The accept queue `listener`'s flows are delivered into, if any.
+    fn accept_queue(&self, listener: ListenerId) -> Option<&Arc<AcceptQueue>> {
+        self.delivering.get(&listener)?.as_ref()
     }
 
     /// [`Core::pending`], looked at on a drain's behalf: counted, for
@@ -528,16 +550,25 @@ impl Core {
 
     /// A waiting drain's look: the first of `listeners` that has flows
     /// pending, with its index, watched from now on (see
-    /// [`crate::drains`]), so that its settling wakes the drain even if it
-    /// comes before the drain sleeps; `None` if none has any. Give the
-    /// watch back with [`Core::unwatch_drained`].
-    pub fn watch_first_pending(
-        &mut self,
-        listeners: &[ListenerId],
-    ) -> Option<(usize, ListenerId, watch::Receiver<()>)> {
+    /// [`crate::drains`]), so that sald letting go of its last one wakes
+    /// the drain even if it comes before the drain sleeps; `None` if none
+    /// has any. With it, once sald holds none of them, the accept queue
+    /// that still holds the rest, for the drain to wait until it is
+    /// emptied ([`AcceptQueue::emptied`]). Give the watch back with
+    /// [`Core::unwatch_drained`].
+    pub fn watch_first_pending(&mut self, listeners: &[ListenerId]) -> Option<DrainWatch> {
         let (at, &listener) =
             (listeners.iter().enumerate()).find(|&(_, &l)| self.drain_look(l) > 0)?;
-        Some((at, listener, self.drain_watches.watch(listener)))
+        let queue = match self.held(listener) {
+            Some(0) => self.accept_queue(listener).cloned(),
+            _ => None,
+        };
+        Some(DrainWatch {
+            at,
+            listener,
+            receiver: self.drain_watches.watch(listener),
+            queue,
+        })
     }
 
     /// Gives back a watch of [`Core::watch_first_pending`].
@@ -545,11 +576,14 @@ impl Core {
         self.drain_watches.unwatch(listener, watch);
     }
 
-    /// `listener`'s pending flows fell (the host let one go, the
-    /// application took one, or the listener closed): the drains watching
-    /// it wake if none are left. One lookup for a listener nobody watches.
+    /// The flows sald holds for `listener` fell (the host let one go, one
+    /// on its way reached the application or its accept queue, the
+    /// listener closed, or its accept queue went): the drains watching it
+    /// wake if none are left, to look again (what the queue still holds
+    /// they wait for themselves, see [`Core::watch_first_pending`]). One
+    /// lookup for a listener nobody watches.
     fn pending_fell(&mut self, listener: ListenerId) {
-        if self.drain_watches.is_watched(listener) && self.pending(listener) == 0 {
+        if self.drain_watches.is_watched(listener) && self.held(listener).unwrap_or(0) == 0 {
             self.drain_watches.settled(listener);
         }
     }
@@ -598,12 +632,30 @@ impl Core {
 
     /// Claims `listener` for a `Deliver` feeder; false if one has it.
     pub fn start_delivering(&mut self, listener: ListenerId) -> bool {
-        self.delivering.insert(listener)
+        match self.delivering.entry(listener) {
+            Entry::Occupied(_) => false,
+            Entry::Vacant(entry) => {
+                entry.insert(None);
+                true
+            }
+        }
     }
 
-    /// Gives up the claim of [`Core::start_delivering`].
+    /// The feeder that claimed `listener` delivers into `queue`: what the
+    /// program has not taken from it counts as pending (see
+    /// [`Core::pending`]).
+    pub fn delivering_into(&mut self, listener: ListenerId, queue: Arc<AcceptQueue>) {
+        if let Some(slot) = self.delivering.get_mut(&listener) {
+            *slot = Some(queue);
+        }
+    }
+
+    /// Gives up the claim of [`Core::start_delivering`]: its queue no
+    /// longer counts, and the drains waiting on it look again.
     pub fn stop_delivering(&mut self, listener: ListenerId) {
-        self.delivering.remove(&listener);
+        if self.delivering.remove(&listener).flatten().is_some() {
+            self.pending_fell(listener);
+        }
     }
 
     /// Waits for a connect to complete.
@@ -683,6 +735,21 @@ impl Core {
         let now = self.now();
         self.host.handle_packet(now, src, dst, ttl, payload);
     }
+}
+
+/// What a waiting drain watches (see [`Core::watch_first_pending`]).
+#[derive(Debug)]
+pub struct DrainWatch {
+    /// The listener's index among those looked at.
+    pub at: usize,
+    /// The first listener found with flows pending.
+    pub listener: ListenerId,
+    /// Its watch: changed when sald lets go of the last flow it holds
+    /// for it (or it closes, or its accept queue goes).
+    pub receiver: watch::Receiver<()>,
+    /// Its accept queue, once sald holds none of its flows and the rest
+    /// wait there for the program to take them.
+    pub queue: Option<Arc<AcceptQueue>>,
 }
 
 /// Adds sald's descriptor limit and use to `report`. Counting walks

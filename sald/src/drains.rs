@@ -3,9 +3,11 @@
 //!
 //! A waiting drain watches one listener at a time: having found flows
 //! pending on it, it subscribes to the listener's entry here under the
-//! core's lock, and sleeps until [`DrainWatches::settled`] says that the
-//! listener may hold none any more (which the core says under the same
-//! lock, so nothing said after the look is missed). An entry exists only
+//! core's lock, and sleeps until [`DrainWatches::settled`] says that sald
+//! may hold none of its flows any more (which the core says under the same
+//! lock, so nothing said after the look is missed), or, once it holds
+//! none, until the program has taken the rest out of its accept queue
+//! (which the queue's memory says, see [`crate::accept_queue`]). An entry exists only
 //! while some drain watches its listener: the last watcher to leave
 //! removes it ([`DrainWatches::unwatch`]), whether it was woken, ran out of
 //! time or lost its client. So there are never more entries than waiting

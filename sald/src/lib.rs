@@ -11,6 +11,7 @@
 //! | [`drains`] | the listeners waiting drains watch, woken when nothing is pending on them |
 //! | [`pump`] | bytes between applications' sockets and flows |
 //! | [`app_socket`] | our end of an application's socketpair, woken only for what it waits for |
+//! | [`accept_queue`] | our end of a listener's accept queue: what the program has not taken from it |
 //! | [`memory`] | giving memory back to the system after flows close |
 //! | [`events`] | the bounded event queue for subscribers |
 //! | [`owners`], [`origins`] | who owns which binding and flow; who installed which rule |
@@ -24,6 +25,7 @@
 
 #![warn(missing_docs)]
 
+pub mod accept_queue;
 pub mod app_socket;
 pub mod config;
 pub mod control;

@@ -62,11 +62,11 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use nix::sys::socket::{recv, send, sendmsg, ControlMessage, MsgFlags, Shutdown as ShutdownHow};
+use nix::sys::socket::{recv, send, MsgFlags, Shutdown as ShutdownHow};
 use sal::proto::{ConnectError, Host, HostError};
 use sal::FlowId;
 use sal_control::DatagramFrame;
@@ -512,12 +512,12 @@ fn small_send_buffer(socket: &AppSocket) -> Option<usize> {
     smaller.then_some(normal)
 }
 
-/// A SOCK_SEQPACKET socket registered with the runtime.
-pub(crate) struct Packets(AppSocket);
+/// A datagram pump's SOCK_SEQPACKET socket, registered with the runtime.
+struct Packets(AppSocket);
 
 impl Packets {
     /// Registers `fd` (made non-blocking) with the runtime.
-    pub(crate) fn new(fd: OwnedFd) -> io::Result<Packets> {
+    fn new(fd: OwnedFd) -> io::Result<Packets> {
         Ok(Packets(AppSocket::new(fd)?))
     }
 
@@ -541,46 +541,8 @@ impl Packets {
             .await
     }
 
-    /// Receives one message; `Ok(0)` is end of file.
-    async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0
-            .read_with(|fd| Ok(recv(fd, buf, MsgFlags::empty())?))
-            .await
-    }
-
-    /// Sends one message with `fd` attached (`SCM_RIGHTS`), waiting for
-    /// room. The descriptor is ours to close afterwards either way.
-    pub(crate) async fn send_with_fd(&self, message: &[u8], fd: &OwnedFd) -> io::Result<()> {
-        let fds = [fd.as_raw_fd()];
-        let rights = [ControlMessage::ScmRights(&fds)];
-        let iov = [io::IoSlice::new(message)];
-        self.0
-            .write_with(|socket| {
-                Ok(sendmsg::<()>(
-                    socket,
-                    &iov,
-                    &rights,
-                    MsgFlags::MSG_NOSIGNAL,
-                    None,
-                )?)
-            })
-            .await
-            .map(drop)
-    }
-
-    /// Returns once the other end is closed (every copy of it), or sends
-    /// anything. For an accept queue, whose other end only reads (the
-    /// shims never write into it): a program that writes into it is taken
-    /// as gone from it, after one read. Reading and dropping its messages
-    /// instead cost sald a read per message, unrationed, for as long as it
-    /// wrote.
-    pub(crate) async fn closed(&self) {
-        let mut scratch = [0u8; 1];
-        let _ = self.recv(&mut scratch).await;
-    }
-
     /// Sends one message, waiting for room.
-    pub(crate) async fn send(&self, message: &[u8]) -> io::Result<()> {
+    async fn send(&self, message: &[u8]) -> io::Result<()> {
         self.0
             .write_with(|fd| Ok(send(fd, message, MsgFlags::MSG_NOSIGNAL)?))
             .await

@@ -1,7 +1,8 @@
 //! The client library's listeners take their flows from sald's `Deliver`
 //! accept queue: threads accept at once without queueing on the control
 //! connection, `drain` answers while a thread waits in `accept` and counts
-//! the flows waiting in the queue (the async listener's too), a given-up
+//! the flows waiting in the queue (the async listener's too), sald's
+//! waiting drain answers only once the program took them all out, a given-up
 //! async accept loses nothing, and what `accept` returns is what sald
 //! lists for the flow; a flow sald handed to an `Accept` request whose
 //! client had just left ends rather than stays. Two daemons in this
@@ -362,12 +363,38 @@ fn drain_counts_the_flow_on_its_way_into_a_full_accept_queue() {
     // Settled: every flow counted once.
     thread::sleep(Duration::from_millis(200));
     assert_eq!(listener.drain().expect("drain"), FLOWS as u32);
+    // A waiting drain sleeps while sald holds flows, then while the queue
+    // holds the rest, and answers once the program took the last one: a
+    // few looks, not one per flow.
+    let looks = net.server.stats().drain_looks;
+    let mut operator = ControlClient::connect_to(&net.server.control).expect("control");
+    let (answered, answer) = mpsc::channel();
+    thread::spawn(move || {
+        let reply = operator.request(&sal_control::Request::Drain {
+            prefix: "ac08/16".parse().unwrap(),
+            wait_ms: Some(2 * WITHIN.as_millis() as u64),
+        });
+        let _ = answered.send(reply.map(|reply| reply.response));
+    });
+    thread::sleep(Duration::from_millis(100));
     let mut accepted = 0;
     while accepted < FLOWS {
         let (stream, _) = listener.accept().expect("accept");
         drop(stream);
         accepted += 1;
+        if accepted == FLOWS - 1 {
+            thread::sleep(Duration::from_millis(100));
+            let early = answer.try_recv();
+            assert!(early.is_err(), "answered with a flow queued: {early:?}");
+        }
     }
+    let drained = answer
+        .recv_timeout(WITHIN)
+        .expect("answered")
+        .expect("drain");
+    assert_eq!(drained, sal_control::Response::Drained { pending: 0 });
+    let looked = net.server.stats().drain_looks - looks;
+    assert!(looked <= 4, "{looked} looks for {FLOWS} flows taken");
     assert!(listener.try_accept().expect("try_accept").is_none());
     assert_eq!(listener.drain().expect("drain"), 0);
     drop(clients);
@@ -420,5 +447,86 @@ fn a_flow_handed_to_an_accept_whose_client_left_is_ended_not_kept() {
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
             other => panic!("flow {round} still open after its accept's client left: {other:?}"),
         }
+    }
+}
+
+/// sald's drain (as `servalctl service drain --wait` asks it) waits until
+/// the program has taken every flow sald delivered into its accept
+/// queue, and one that does not wait counts those flows: a program that
+/// closes its listener as the drain answers resets nobody. It used to
+/// count a flow only until sald had put it into the queue, and answered 0
+/// while the queue still held every one of them.
+#[test]
+fn a_drain_waits_for_the_program_to_take_what_its_queue_holds() {
+    const FLOWS: usize = 3;
+    let net = InProcessPair::new("shim-accept-drain-taken");
+    let listener = bind(&net.server, "ac09/16");
+    let mut clients: Vec<_> = (0..FLOWS)
+        .map(|n| connect(&net.client, service("ac09", n)))
+        .collect();
+    for client in &mut clients {
+        client.write_all(b"request").unwrap();
+    }
+    let drain = |wait_ms| sal_control::Request::Drain {
+        prefix: "ac09/16".parse().unwrap(),
+        wait_ms,
+    };
+    let drained = |reply: socket_shim::Reply| match reply.response {
+        sal_control::Response::Drained { pending } => pending,
+        other => panic!("drain: {other:?}"),
+    };
+    // Every flow established and delivered: the program has taken none.
+    let mut operator = ControlClient::connect_to(&net.server.control).expect("control");
+    let deadline = Instant::now() + WITHIN;
+    while drained(operator.request(&drain(None)).expect("drain")) != FLOWS as u32 {
+        assert!(Instant::now() < deadline, "the flows were never counted");
+        thread::sleep(Duration::from_millis(20));
+    }
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        drained(operator.request(&drain(None)).expect("drain")),
+        FLOWS as u32,
+        "flows in the accept queue are not taken yet"
+    );
+
+    // A waiting drain answers only once the program took the last one.
+    let (answered, answer) = mpsc::channel();
+    thread::spawn(move || {
+        let reply = operator.request(&drain(Some(WITHIN.as_millis() as u64 * 2)));
+        let _ = answered.send(reply.map(drained));
+    });
+    let mut servers = Vec::new();
+    for _ in 0..FLOWS {
+        let early = answer.recv_timeout(Duration::from_millis(300));
+        assert!(
+            early.is_err(),
+            "answered with flows in the queue: {early:?}"
+        );
+        let (server, _) = listener
+            .try_accept()
+            .expect("try_accept")
+            .expect("a queued flow");
+        servers.push(server);
+    }
+    let pending = answer
+        .recv_timeout(WITHIN)
+        .expect("answered once all were taken");
+    assert_eq!(pending.expect("drain"), 0);
+
+    // The program closes its listener at once: every client gets its answer.
+    listener.close().expect("close");
+    for mut server in servers {
+        server.set_read_timeout(Some(WITHIN)).unwrap();
+        let mut request = [0u8; 7];
+        server.read_exact(&mut request).unwrap();
+        assert_eq!(&request, b"request");
+        server.write_all(b"answer").unwrap();
+    }
+    for mut client in clients {
+        let mut answer = [0u8; 6];
+        client
+            .read_exact(&mut answer)
+            .expect("the answer, no reset");
+        assert_eq!(&answer, b"answer");
     }
 }

@@ -16,7 +16,7 @@
 //! closed, or sald is gone. Flows sent before that are still taken first.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::sys::socket::MsgFlags;
@@ -54,18 +54,16 @@ pub(crate) fn drain_request(prefix: ServicePrefix) -> Request {
     }
 }
 
-/// How many flows a drained listener has not accepted yet: those sald
-/// still holds (its `Drained` answer) plus those already waiting in
-/// `queue`, which only the listener's process sees. sald is asked first,
-/// so a flow that moves into the queue meanwhile is counted twice rather
-/// than not at all.
-pub(crate) fn not_accepted(reply: Reply, queue: BorrowedFd<'_>) -> Result<u32> {
-    let pending = match reply.response {
-        Response::Drained { pending } => pending,
-        Response::Error { kind, message } => return Err(Error::from_daemon(kind, message)),
-        other => return Err(Error::unexpected("drain", &other)),
-    };
-    Ok(pending.saturating_add(queued(queue)?))
+/// How many flows a drained listener has not accepted yet, out of sald's
+/// `Drained` answer: those it still holds and those waiting in the
+/// listener's accept queue, which sald counts too (from the memory they
+/// hold in its end of the queue).
+pub(crate) fn not_accepted(reply: Reply) -> Result<u32> {
+    match reply.response {
+        Response::Drained { pending } => Ok(pending),
+        Response::Error { kind, message } => Err(Error::from_daemon(kind, message)),
+        other => Err(Error::unexpected("drain", &other)),
+    }
 }
 
 /// Takes the next flow off `queue` if one waits, without waiting.
@@ -120,32 +118,10 @@ pub(crate) fn take(
     })
 }
 
-nix::ioctl_read_bad!(
-    /// `SIOCINQ` (`FIONREAD`): on a unix `SOCK_SEQPACKET` socket, the sum
-    /// of the lengths of all queued messages.
-    inq,
-    nix::libc::FIONREAD,
-    nix::libc::c_int
-);
-
-/// How many flows wait in `queue`, from the bytes queued on it: every
-/// notice has [`FlowNotice::LEN`] bytes. The one-byte messages that stand
-/// for flows sald could not hand over add nothing unless there are
-/// `FlowNotice::LEN` of them, so the count is never below the truth and is
-/// 0 only when no flow waits.
-pub(crate) fn queued(queue: BorrowedFd<'_>) -> Result<u32> {
-    let mut bytes: nix::libc::c_int = 0;
-    // SAFETY: FIONREAD writes one c_int through the pointer, which points
-    // at a local that outlives the call; `queue` is an open descriptor.
-    unsafe { inq(queue.as_raw_fd(), &mut bytes) }?;
-    let flows = usize::try_from(bytes).unwrap_or(0) / FlowNotice::LEN;
-    Ok(u32::try_from(flows).unwrap_or(u32::MAX))
-}
-
 #[cfg(test)]
 mod tests {
     use std::io::IoSlice;
-    use std::os::fd::AsFd;
+    use std::os::fd::{AsFd, AsRawFd};
 
     use nix::sys::socket::{sendmsg, ControlMessage};
 
@@ -166,35 +142,6 @@ mod tests {
             None,
         )
         .unwrap();
-    }
-
-    /// What the count rests on: the kernel's `SIOCINQ` on a seqpacket
-    /// socket is every queued message's length summed (not just the first
-    /// message's, as on a datagram socket), descriptors or not.
-    #[test]
-    fn siocinq_sums_every_queued_message_of_a_seqpacket_socket() {
-        let (sald, app) = pair();
-        let (flow, _peer) = pair();
-        let notice = [7u8; FlowNotice::LEN];
-        assert_eq!(queued(app.as_fd()).unwrap(), 0);
-        for n in 1..=3u32 {
-            send(&sald, &notice, Some(&flow));
-            assert_eq!(queued(app.as_fd()).unwrap(), n);
-        }
-        let mut bytes: nix::libc::c_int = 0;
-        // SAFETY: as in `queued`.
-        unsafe { inq(app.as_raw_fd(), &mut bytes) }.unwrap();
-        assert_eq!(bytes as usize, 3 * FlowNotice::LEN);
-        // An exhausted marker is no flow.
-        send(&sald, &ACCEPT_EXHAUSTED, None);
-        assert_eq!(queued(app.as_fd()).unwrap(), 3);
-        // Taking one leaves the others counted.
-        let taken = take(app.as_fd(), MsgFlags::MSG_DONTWAIT).unwrap();
-        assert!(
-            matches!(taken, Err(Error::Protocol(_))),
-            "not a real notice"
-        );
-        assert_eq!(queued(app.as_fd()).unwrap(), 2);
     }
 
     #[test]

@@ -384,15 +384,13 @@ impl ServiceListener {
     /// accepted. Returns how many are not accepted yet; once that is 0,
     /// [`ServiceListener::close`] resets nobody.
     ///
-    /// That is the flows sald still holds plus those already waiting in
-    /// this listener's accept queue, which only this process sees; a flow
-    /// moving from one to the other meanwhile may count twice, never zero
-    /// times.
+    /// That is sald's count: the flows it still holds plus those waiting
+    /// in this listener's accept queue that no thread has taken yet.
     pub fn drain(&self) -> Result<u32> {
         let reply = self
             .control()
             .request(&accept_queue::drain_request(self.prefix))?;
-        accept_queue::not_accepted(reply, self.queue.as_fd())
+        accept_queue::not_accepted(reply)
     }
 
     /// Unbinds the prefix now (dropping the listener does the same).

@@ -452,7 +452,7 @@ impl AsyncServiceListener {
             .await
             .request(&accept_queue::drain_request(self.prefix))
             .await?;
-        accept_queue::not_accepted(reply, self.queue.get_ref().as_fd())
+        accept_queue::not_accepted(reply)
     }
 
     /// Unbinds the prefix now (dropping the listener does the same);

@@ -140,17 +140,16 @@ pub enum ServiceCommand {
     /// from the routers, so new connections go to other instances) while the
     /// listener stays open: connections it already admitted complete and the
     /// application still accepts them. Prints how many admitted connections
-    /// sald still holds for it; once that is 0 the application can close the
-    /// listener (e.g. nginx SIGQUIT) as soon as it has taken what is already
-    /// in its accept queue, which only the application can count (the Rust
-    /// shim's ServiceListener::drain adds it). Exit status 1 if some are
-    /// still held after --wait.
+    /// the application has not accepted yet (held by sald, or waiting in its
+    /// accept queue); once that is 0 the application has taken every one and
+    /// can close the listener (e.g. nginx SIGQUIT) without resetting anyone.
+    /// Exit status 1 if some are still not accepted after --wait.
     Drain {
         /// Service prefix a local application bound (exactly as bound)
         #[arg(value_name = "PREFIX")]
         prefix: ServicePrefix,
-        /// Wait up to SECS (e.g. 30 or 2.5, at most 600) until sald holds no
-        /// admitted connection for the listener
+        /// Wait up to SECS (e.g. 30 or 2.5, at most 600) until the
+        /// application has accepted every connection the listener admitted
         #[arg(long = "wait", value_name = "SECS", value_parser = parse_wait)]
         wait_ms: Option<u64>,
     },

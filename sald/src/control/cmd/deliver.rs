@@ -16,17 +16,19 @@
 //! A flow in the queue is no more the application's than one in the
 //! backlog: the application may take it late, or never, while its peer
 //! sends. So it leaves the backlog ([`sal::proto::Host::take`]: it no
-//! longer counts against the backlog, nor as pending for a drain) but the
-//! host still counts it as not accepted, its buffers small and charged to
-//! its listener, until its pump sees the application use it (see
-//! [`crate::pump`]); sald's end of its socket holds little of what the
-//! peer sent meanwhile, as that is kernel memory no budget counts (57 MiB
-//! for a full queue's 278 flows at Linux's default socket buffer, 9 MiB
-//! now). Counted as accepted once queued, a few hundred
-//! queued flows that a peer filled, each growing to its 1 MiB window,
-//! held the user's whole buffer share (260 MiB at the default budgets)
-//! and put its other flows under pressure. A datagram flow, which has no
-//! buffers to count, is accepted as it is queued.
+//! longer counts against the backlog, nor among the host's pending flows)
+//! but the host still counts it as not accepted, its buffers small and
+//! charged to its listener, until its pump sees the application use it
+//! (see [`crate::pump`]); and a drain counts it as pending until the
+//! application has taken it out of the queue, which sald tells from the
+//! queue's own memory (see [`crate::accept_queue`]). sald's end of its
+//! socket holds little of what the peer sent meanwhile, as that is kernel
+//! memory no budget counts (57 MiB for a full queue's 278 flows at
+//! Linux's default socket buffer, 9 MiB now). Counted as accepted once
+//! queued, a few hundred queued flows that a peer filled, each growing to
+//! its 1 MiB window, held the user's whole buffer share (260 MiB at the
+//! default budgets) and put its other flows under pressure. A datagram
+//! flow, which has no buffers to count, is accepted as it is queued.
 //!
 //! A cost this has on Linux before 6.19 (net-next's "af_unix: Don't trigger
 //! GC from close() if unnecessary", November 2025): a descriptor waiting in
@@ -53,9 +55,9 @@ use sal_control::{AcceptNotice, ErrorKind, FlowNotice, Response, ACCEPT_EXHAUSTE
 
 use super::flows::{hand_over_flow, pair, pair_error, HandOverError, Handing};
 use super::{error_reply, not_ours, Reply};
+use crate::accept_queue::AcceptQueue;
 use crate::control::client::Client;
 use crate::control::ControlContext;
-use crate::pump::Packets;
 use crate::shutdown::Shutdown;
 
 /// Starts feeding `listener`'s flows into a new accept queue and answers
@@ -108,7 +110,7 @@ impl Drop for Delivering {
 /// Hands each established flow of `listener` to `uid` through `queue`
 /// until the listener closes, the application closes every copy of its
 /// end (or writes into it, which only a misbehaving program does: see
-/// [`Packets::closed`]), or the daemon stops. The flows not handed over
+/// [`AcceptQueue::closed`]), or the daemon stops. The flows not handed over
 /// stay in the listener's backlog, for an `Accept` or a new queue.
 async fn feed(
     context: Arc<ControlContext>,
@@ -118,9 +120,19 @@ async fn feed(
     queue: OwnedFd,
     mut shutdown: Shutdown,
 ) {
-    let Ok(queue) = Packets::new(queue) else {
+    let notice_len = if flow_info {
+        FlowNotice::LEN
+    } else {
+        AcceptNotice::LEN
+    };
+    let Ok(queue) = AcceptQueue::new(queue, notice_len).map(Arc::new) else {
         return;
     };
+    // Drains count what the program has not taken from it.
+    context
+        .shared
+        .lock()
+        .delivering_into(listener, queue.clone());
     // One watch for the whole life of the queue: a new one per flow would
     // start with a read, a wasted system call per flow.
     let closed = queue.closed();
@@ -155,7 +167,7 @@ async fn feed_one(
     uid: u32,
     flow: FlowId,
     flow_info: bool,
-    queue: &Packets,
+    queue: &AcceptQueue,
     shutdown: &mut Shutdown,
 ) -> bool {
     let (info, fd) = match hand_over_flow(context, uid, flow, Handing::AcceptQueue) {

@@ -8,12 +8,24 @@
 //! the listener stays, the flows it admitted complete and are accepted as
 //! usual, and the caller closes it once nothing is pending.
 //!
+//! Pending are the flows the listener admitted that the application has
+//! not taken yet (`Core::pending`): half-open or established in the
+//! host's backlog, on their way to the application, or in its accept
+//! queue (`Deliver`) and not taken out of it, which sald tells from the
+//! memory the queue holds (see [`crate::accept_queue`]). So an answer of
+//! 0 means that the application has taken every flow the listener
+//! admitted, and may close it at once without resetting anyone.
+//!
 //! A drain asked to wait (`wait_ms`) does not poll: it looks at its
 //! listeners in turn and sleeps on the first one with flows pending until
 //! that one has none left (see [`crate::drains`]): the host says when a
 //! drained listener's last admitted flow was taken or died
 //! (`Event::Settled`), and sald when the last one on its way to the
-//! application got there or the listener closed. Then it looks on from
+//! application got there or the listener closed. Once sald holds none of
+//! a listener's flows, the rest wait in its accept queue, where nothing
+//! new comes any more: the drain sleeps until the program has taken them
+//! all out (each take wakes it for one system call, without the core's
+//! lock), the listener closes, or the queue goes. Then it looks on from
 //! there, and answers 0 once one pass over all of them finds nothing
 //! pending: at once after the event, and with work that grows with its
 //! listeners and their events, not with the time it waits. Each look after
@@ -31,6 +43,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{denied, error_reply, host_error, Reply};
+use crate::accept_queue::AcceptQueue;
 use crate::app_socket::AppSocket;
 use crate::control::client::Client;
 use crate::control::ration::Rations;
@@ -163,13 +176,14 @@ impl Waiting<'_> {
     /// pending, by its offset from `from`, and a watch on it.
     fn watch_first_pending(&self, from: usize) -> Option<(usize, Watching)> {
         let listeners = self.listeners.get(from..).unwrap_or_default();
-        let (at, listener, receiver) = self.shared.lock().watch_first_pending(listeners)?;
+        let watch = self.shared.lock().watch_first_pending(listeners)?;
         let watching = Watching {
             shared: self.shared.clone(),
-            listener,
-            receiver: Some(receiver),
+            listener: watch.listener,
+            receiver: Some(watch.receiver),
+            queue: watch.queue,
         };
-        Some((at, watching))
+        Some((watch.at, watching))
     }
 }
 
@@ -180,15 +194,29 @@ struct Watching {
     shared: Arc<Shared>,
     listener: ListenerId,
     receiver: Option<watch::Receiver<()>>,
+    /// The listener's accept queue, when sald holds none of its flows and
+    /// the rest wait there for the program.
+    queue: Option<Arc<AcceptQueue>>,
 }
 
 impl Watching {
-    /// Waits until the listener may have nothing pending any more.
+    /// Waits until the listener may have nothing pending any more: sald
+    /// let go of the last flow it held, or (once it held none) the
+    /// program took the last one out of its accept queue.
     async fn settled(&mut self) {
-        if let Some(receiver) = self.receiver.as_mut() {
-            // An error: the entry is gone, which only its last watcher
-            // does; look again either way.
-            let _ = receiver.changed().await;
+        let Some(receiver) = self.receiver.as_mut() else {
+            return;
+        };
+        // An error: the entry is gone, which only its last watcher does;
+        // look again either way.
+        match &self.queue {
+            Some(queue) => tokio::select! {
+                _ = receiver.changed() => {}
+                () = queue.emptied() => {}
+            },
+            None => {
+                let _ = receiver.changed().await;
+            }
         }
     }
 }
