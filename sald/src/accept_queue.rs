@@ -26,6 +26,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use nix::sys::socket::{
@@ -43,6 +44,10 @@ pub struct AcceptQueue {
     /// The memory one notice holds until it is read (see the module
     /// docs); `None` if it could not be measured.
     notice_memory: OnceLock<Option<u32>>,
+    /// Notices sent into it so far: the queue is first in, first out, so
+    /// with [`AcceptQueue::untaken`] it tells which the program took (see
+    /// [`AcceptQueue::took`]).
+    sent: AtomicU64,
 }
 
 impl AcceptQueue {
@@ -53,6 +58,7 @@ impl AcceptQueue {
             socket: AppSocket::new(fd)?,
             notice_len,
             notice_memory: OnceLock::new(),
+            sent: AtomicU64::new(0),
         })
     }
 
@@ -73,7 +79,7 @@ impl AcceptQueue {
                 )?)
             })
             .await
-            .map(drop)
+            .map(|_| self.count_sent())
     }
 
     /// Sends one message without a descriptor, waiting for room.
@@ -81,7 +87,42 @@ impl AcceptQueue {
         self.socket
             .write_with(|fd| Ok(send(fd, message, MsgFlags::MSG_NOSIGNAL)?))
             .await
-            .map(drop)
+            .map(|_| self.count_sent())
+    }
+
+    fn count_sent(&self) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The place in the queue of the next notice sent: its feeder's
+    /// notices go one at a time, so a flow handed over now has its notice
+    /// sent as this one, unless the program closes the queue first.
+    pub fn next_place(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Whether the program has taken the notice sent at `place`
+    /// ([`AcceptQueue::next_place`]) out of the queue: every notice before
+    /// it was taken too, as the queue is first in, first out. One system
+    /// call. Also true once the program closed its end (which threw the
+    /// rest away, with the flows' sockets).
+    pub fn took(&self, place: u64) -> bool {
+        let sent = self.sent.load(Ordering::Relaxed);
+        sent.saturating_sub(self.untaken() as u64) > place
+    }
+
+    /// Waits until [`AcceptQueue::took`] `place`: a look now, then one at
+    /// each take (an `EPOLLOUT` edge, as for [`AcceptQueue::emptied`]).
+    /// Never returns if the queue's write space cannot be watched.
+    pub async fn taken(&self, place: u64) {
+        loop {
+            if self.took(place) {
+                return;
+            }
+            if self.socket.writable().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 
     /// Returns once the other end is closed (every copy of it), or sends
@@ -192,6 +233,43 @@ mod tests {
                 assert_eq!(queue.untaken(), n);
             }
         }
+    }
+
+    /// A notice's place is taken once the program read it, and every
+    /// notice before it: the queue is first in, first out. A wait for a
+    /// place ends with its take, not an earlier one's.
+    #[tokio::test]
+    async fn a_place_is_taken_when_the_program_reads_its_notice() {
+        let (queue, theirs) = notice_pair(sal_control::AcceptNotice::LEN);
+        let queue = std::sync::Arc::new(queue);
+        let mut places = Vec::new();
+        for _ in 0..3 {
+            places.push(queue.next_place());
+            queue
+                .send(&[3u8; sal_control::AcceptNotice::LEN])
+                .await
+                .unwrap();
+        }
+        assert_eq!(places, [0, 1, 2]);
+        assert!(!queue.took(0));
+        take(&theirs);
+        assert!(queue.took(0));
+        assert!(!queue.took(1));
+        assert!(!queue.took(queue.next_place()), "nothing sent there yet");
+        let waiting = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.taken(2).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        take(&theirs);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "ended with an earlier take");
+        take(&theirs);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("ended with its own take")
+            .unwrap();
+        assert!(queue.took(2));
     }
 
     /// A wait for the queue to empty ends with the last take, not before,

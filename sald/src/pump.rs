@@ -35,20 +35,30 @@
 //! does not take it; the host counts it as nobody's meanwhile (its
 //! buffers stay small and count against its listener: see `sal::proto`'s
 //! `budget.rs`), or a remote peer that opened flows to a program slow to
-//! accept could put the program's user under pressure. sald cannot see
-//! the queue's reader take it, but it sees what only a program that did
-//! can do: write into its end (up reads data or an end of file), or read
-//! from it, which gives back the memory of what down wrote
-//! ([`AppSocket::unread_memory`], looked at around down's writes only
-//! while the flow is unconfirmed). Until then the socket's send buffer is
-//! made small too ([`UNCONFIRMED_SEND_BUFFER`]) once down has written more
-//! than a first request ([`SHRINK_PAST`]): what down writes into it is
-//! kernel memory that no budget counts, in as many flows as the peer
-//! opened. On the first sign the pump tells the host the flow is accepted
-//! ([`Host::accepted`]), gives the socket its send buffer back, and looks
-//! no more. A program that takes a flow and then neither reads nor writes
-//! leaves it counted as nobody's: its window and its socket stay small,
-//! which matters only once it reads, and then it is seen.
+//! accept could put the program's user under pressure. The pump watches
+//! for what only a program that took it can do: write into its end (up
+//! reads data or an end of file), or read from it, which gives back the
+//! memory of what down wrote ([`AppSocket::unread_memory`], looked at
+//! around down's writes only while the flow is unconfirmed). Until then
+//! the socket's send buffer is made small too ([`UNCONFIRMED_SEND_BUFFER`])
+//! once down has written more than a first request ([`SHRINK_PAST`]):
+//! what down writes into it is kernel memory that no budget counts, in as
+//! many flows as the peer opened. On the first sign the pump tells the
+//! host the flow is accepted ([`Host::accepted`]), gives the socket its
+//! send buffer back, and looks no more.
+//!
+//! A program may take a flow and then only look at what came, without
+//! reading it (`MSG_PEEK`, waiting for a whole request), which gives no
+//! such sign: down would fill the small buffer, and the program wait for
+//! good for a request larger than it (Linux's TCP shows it 64 KiB or more).
+//! So once down finds the small socket full, the pump also waits for the
+//! program to take the flow's notice out of the accept queue, which sald
+//! tells from the queue's memory ([`AcceptQueue::took`], one system call
+//! a look: when the socket is found full, and at each take from the
+//! queue while it waits). A program that takes a flow and then neither
+//! reads, writes, nor lets down fill its socket leaves it counted as
+//! nobody's: its window and its socket stay small, which matters only
+//! once it reads, and then it is seen.
 //!
 //! A datagram socket or flow gets one task too, which turns each message
 //! the application writes into a packet, and each datagram received into
@@ -72,6 +82,7 @@ use sal::FlowId;
 use sal_control::DatagramFrame;
 use tokio::sync::Notify;
 
+use crate::accept_queue::AcceptQueue;
 use crate::app_socket::{AppSocket, PeerEnd};
 use crate::control::ration::Ration;
 use crate::daemon::{FlowSignal, Shared};
@@ -185,6 +196,22 @@ struct StreamPump {
     /// While `unconfirmed`, until the socket's send buffer is made small:
     /// the bytes down wrote into it (see [`SHRINK_PAST`]).
     down_unconfirmed: Option<usize>,
+    /// While `unconfirmed`: the accept queue the flow's notice went into,
+    /// and its place there.
+    queued: Option<Queued>,
+    /// While `unconfirmed`: the program was seen to take the flow's notice
+    /// out of its accept queue ([`AcceptQueue::took`]).
+    taken_from_queue: bool,
+}
+
+/// Where the notice of a flow delivered into an accept queue went: the
+/// queue, and the notice's place in it ([`AcceptQueue::next_place`]).
+#[derive(Debug, Clone)]
+pub struct Queued {
+    /// The listener's accept queue.
+    pub queue: Arc<AcceptQueue>,
+    /// The place of the flow's notice in it.
+    pub place: u64,
 }
 
 impl StreamPump {
@@ -208,6 +235,9 @@ impl StreamPump {
             // A hang-up is a close (or both ways shut) for good.
             let unread = socket.peer_end() == PeerEnd::ClosedUnread;
             self.application_closed(unread, host, &mut turn);
+        }
+        if self.unconfirmed && self.taken_from_queue {
+            self.taken(host, socket, &mut turn);
         }
         if self.down {
             if self.unconfirmed {
@@ -338,6 +368,7 @@ impl StreamPump {
     /// away what it held unread.
     fn taken(&mut self, host: &mut Host, socket: &AppSocket, turn: &mut Turn) {
         self.unread_after_write = 0;
+        self.taken_from_queue = false;
         if matches!(socket.peer_end(), PeerEnd::Open | PeerEnd::Shut) {
             self.confirmed(host, socket, turn);
         }
@@ -348,6 +379,8 @@ impl StreamPump {
     /// once.
     fn confirmed(&mut self, host: &mut Host, socket: &AppSocket, turn: &mut Turn) {
         self.unconfirmed = false;
+        self.queued = None;
+        self.taken_from_queue = false;
         self.unread_after_write = 0;
         self.down_unconfirmed = None;
         if let Some(bytes) = self.send_buffer.take() {
@@ -435,7 +468,7 @@ fn moved(result: io::Result<usize>) -> (usize, io::Result<usize>) {
 }
 
 /// Serves one stream flow until both directions are finished (or the daemon
-/// stops), then closes it. `unconfirmed`: the flow was delivered into an
+/// stops), then closes it. `queued`: the flow was delivered into an
 /// accept queue, and the host counts it as accepted only once the
 /// application is seen to have taken it (see the module docs).
 pub async fn stream(
@@ -443,9 +476,10 @@ pub async fn stream(
     flow: FlowId,
     signal: Arc<FlowSignal>,
     socket: AppSocket,
-    unconfirmed: bool,
+    queued: Option<Queued>,
     mut shutdown: Shutdown,
 ) {
+    let unconfirmed = queued.is_some();
     let mut pump = StreamPump {
         flow,
         up: true,
@@ -459,6 +493,8 @@ pub async fn stream(
         unread_after_write: 0,
         send_buffer: None,
         down_unconfirmed: unconfirmed.then_some(0),
+        queued,
+        taken_from_queue: false,
     };
     loop {
         let turn = {
@@ -476,6 +512,12 @@ pub async fn stream(
             tokio::task::yield_now().await;
             continue;
         }
+        // An unconfirmed flow's socket found full: the program may be
+        // looking at what came without reading (see the module docs).
+        let queued = match (&pump.queued, turn.write) {
+            (Some(queued), true) => Some(queued.clone()),
+            _ => None,
+        };
         tokio::select! {
             biased;
             () = shutdown.recv() => break,
@@ -483,6 +525,7 @@ pub async fn stream(
             _ = socket.readable(), if turn.read => pump.readable = true,
             _ = socket.writable(), if turn.write => pump.writable = true,
             _ = socket.hung_up(), if turn.hang_up => pump.hung_up = true,
+            () = taken_from(queued.as_ref()), if queued.is_some() => pump.taken_from_queue = true,
         }
     }
     // The socket hangs up as it goes. After the peer's end of stream, that
@@ -501,6 +544,15 @@ pub async fn stream(
     let mut core = shared.lock();
     let _ = core.host.close(flow);
     core.run();
+}
+
+/// Returns once the program took the notice of `queued` out of its accept
+/// queue; never without one.
+async fn taken_from(queued: Option<&Queued>) {
+    match queued {
+        Some(queued) => queued.queue.taken(queued.place).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Makes `socket`'s send buffer [`UNCONFIRMED_SEND_BUFFER`], if it was

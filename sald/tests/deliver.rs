@@ -472,18 +472,24 @@ fn unread(flow: &UnixStream) -> usize {
 /// Linux's default (`net.core.wmem_default`).
 const UNTAKEN_SOCKET_BYTES: usize = 48 << 10;
 
-/// The kernel memory that what was written into the other ends of
-/// `flows` (sald's) holds: the sum of their send memory in use (`ss`'s
-/// `skmem` `t`, what `SIOCOUTQ` reads), which `ss -x -m` shows by the
-/// peer's inode; `None` without `ss`.
-fn memory_toward(flows: &[UnixStream]) -> Option<u64> {
-    let inodes: std::collections::HashSet<String> = flows
-        .iter()
-        .map(|flow| {
-            nix::sys::stat::fstat(flow.as_raw_fd())
-                .unwrap()
-                .st_ino
-                .to_string()
+/// The kernel memory that what sald wrote into the flows waiting in
+/// accept queues holds: the send memory in use (`ss -x -m`'s `skmem` `t`,
+/// what `SIOCOUTQ` reads) of every unix socket whose peer is in no
+/// descriptor of this process, as the program's ends of flows in an
+/// accept queue are not (sald runs in this process too, and every other
+/// socket of these tests is held here); `None` without `ss`.
+fn memory_toward_queued() -> Option<u64> {
+    let held: std::collections::HashSet<String> = std::fs::read_dir("/proc/self/fd")
+        .ok()?
+        .filter_map(|entry| {
+            let target = std::fs::read_link(entry.ok()?.path()).ok()?;
+            let target = target.to_str()?;
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_owned(),
+            )
         })
         .collect();
     let out = std::process::Command::new("ss")
@@ -496,7 +502,8 @@ fn memory_toward(flows: &[UnixStream]) -> Option<u64> {
         let Some(at) = words.iter().position(|w| w.starts_with("skmem:(")) else {
             continue;
         };
-        if at == 0 || !inodes.contains(words[at - 1]) {
+        let peer = if at == 0 { "0" } else { words[at - 1] };
+        if matches!(peer, "0" | "*") || held.contains(peer) {
             continue;
         }
         let fields = words[at]
@@ -530,7 +537,7 @@ struct Parked {
     /// Bytes of what the peer sent that the delivered flows' sockets held
     /// for the program (beyond the TCP buffers, in kernel memory).
     socket_bytes: usize,
-    /// The kernel memory those bytes held ([`memory_toward`]).
+    /// The kernel memory those bytes held ([`memory_toward_queued`]).
     socket_memory: Option<u64>,
 }
 
@@ -549,7 +556,7 @@ fn flows_parked_in_an_accept_queue(
     let dir = Scratch::new(label);
     let mut config = common::udp_config(&dir, "server", [127, 0, 0, 2].into());
     tune(&mut config);
-    let server = InProcess::start(config);
+    let mut server = InProcess::start(config);
     let client = InProcess::start(common::udp_config(&dir, "client", [127, 0, 0, 1].into()));
     client.forward_to("0/0", server.locator(), 1);
     let mut owner = common::client_as(&server.control, NOBODY).expect("nobody's control");
@@ -610,7 +617,12 @@ fn flows_parked_in_an_accept_queue(
     std::thread::sleep(Duration::from_millis(500));
     let stats = server.stats();
     let delivered = queued(&queue);
-    // Taking them tells sald nothing: it sees only what is done with them.
+    let socket_memory = memory_toward_queued();
+    // Taken from the queue, a flow whose socket is full counts as the
+    // program's (a program that peeks waits for more, see `sald::pump`):
+    // what they held untaken is read once the server's sald is gone, when
+    // nothing more comes into them.
+    server.stop().expect("the server's sald stops");
     let taken: Vec<UnixStream> = (0..delivered)
         .map(|_| match take(&queue) {
             Taken::Flow(_, flow) => flow,
@@ -620,7 +632,7 @@ fn flows_parked_in_an_accept_queue(
     Parked {
         delivered,
         socket_bytes: taken.iter().map(unread).sum(),
-        socket_memory: memory_toward(&taken),
+        socket_memory,
         written: written.iter().sum(),
         peak: peak.max(stats.host.buffer_bytes),
         group_pressures: stats.host.group_buffer_pressures,
@@ -878,6 +890,30 @@ struct Upload {
 /// A client uploads a mebibyte on a flow that waits in the accept queue
 /// of `net`'s server program, which then takes it but reads nothing yet.
 fn upload_unread(net: &InProcessPair, prefix: &str) -> Upload {
+    let (owner, queue, writer, data) = upload_queued(net, prefix);
+    let Taken::Flow(_, flow) = take(&queue) else {
+        panic!("the accept queue ended");
+    };
+    Upload {
+        _owner: owner,
+        writer,
+        flow,
+        data,
+    }
+}
+
+/// A client uploads a mebibyte on a flow that waits in the accept queue
+/// of `net`'s server program: the listener's control connection, its
+/// accept queue, the client's writer and what it sends.
+fn upload_queued(
+    net: &InProcessPair,
+    prefix: &str,
+) -> (
+    ControlClient,
+    OwnedFd,
+    std::thread::JoinHandle<ServiceStream>,
+    Vec<u8>,
+) {
     let (mut owner, listener) = listen(&net.server, &format!("{prefix}/16"));
     let queue = deliver(&mut owner, listener);
     let upload = common::pattern(1 << 20, 26);
@@ -896,15 +932,7 @@ fn upload_unread(net: &InProcessPair, prefix: &str) -> Upload {
         "{:?}",
         host()
     );
-    let Taken::Flow(_, flow) = take(&queue) else {
-        panic!("the accept queue ended");
-    };
-    Upload {
-        _owner: owner,
-        writer,
-        flow,
-        data: upload,
-    }
+    (owner, queue, writer, upload)
 }
 
 /// Reads the rest of `flow` (after `got`), which must be `upload` whole.
@@ -916,21 +944,73 @@ fn read_whole(mut flow: UnixStream, mut got: Vec<u8>, upload: &[u8]) {
 }
 
 /// What a remote peer sends into a flow delivered into a program's accept
-/// queue, before the program is seen to take it, waits in the flow's
-/// receive buffer, which the host counts against the listener, all but a
-/// first request's worth in sald's end of the flow's socket. That end
-/// held 208 KiB of it (the default send buffer of a unix socket), in
-/// kernel memory no budget counts, in each of the few hundred flows a
-/// queue holds. All of it arrives once the program reads.
+/// queue, before the program takes it, waits in the flow's receive
+/// buffer, which the host counts against the listener, all but a first
+/// request's worth in sald's end of the flow's socket. That end held
+/// 208 KiB of it (the default send buffer of a unix socket), in kernel
+/// memory no budget counts, in each of the few hundred flows a queue
+/// holds. (What arrives once the program reads: the other tests here.)
 #[test]
-fn a_delivered_flow_nobody_reads_holds_little_in_its_socket() {
-    let net = InProcessPair::new("deliver-small-socket");
-    let upload = upload_unread(&net, "de1a");
-    let held = unread_at_rest(&upload.flow);
+fn a_delivered_flow_nobody_takes_holds_little_in_its_socket() {
+    let mut net = InProcessPair::new("deliver-small-socket");
+    let (_owner, queue, _writer, _) = upload_queued(&net, "de1a");
+    // At rest: what sald wrote into the queued flow's socket stops
+    // growing (a second without `ss`).
+    let mut memory = memory_toward_queued();
+    if memory.is_some() {
+        let mut still = 0;
+        let deadline = Instant::now() + WITHIN;
+        while still < 3 {
+            assert!(Instant::now() < deadline, "still moving: {memory:?}");
+            std::thread::sleep(Duration::from_millis(100));
+            let now = memory_toward_queued();
+            still = if now == memory && now > Some(0) {
+                still + 1
+            } else {
+                0
+            };
+            memory = now;
+        }
+    } else {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    // Taken, a full socket is the program's (see `sald::pump`): it is
+    // taken once nothing more can come into it.
+    net.server.stop().expect("the server's sald stops");
+    let Taken::Flow(_, flow) = take(&queue) else {
+        panic!("the accept queue ended");
+    };
+    let held = unread(&flow);
     assert!(held <= UNTAKEN_SOCKET_BYTES, "{held} bytes in the socket");
     assert!(held >= 16 << 10, "a first request waits: {held} bytes");
-    read_whole(upload.flow, Vec::new(), &upload.data);
-    drop(upload.writer.join().unwrap());
+    let bound = 2 * UNTAKEN_SOCKET_BYTES as u64;
+    assert!(memory.is_none_or(|memory| memory <= bound), "{memory:?}");
+}
+
+/// A program that takes a delivered flow and lets its socket fill without
+/// reading (it waits with `MSG_PEEK` for a whole request, say) gets it
+/// all, as from TCP: sald counts a taken flow whose socket is full as the
+/// program's, and gives the socket its send buffer back. It got about
+/// 29 KB, and the program waited for good.
+#[test]
+fn a_taken_flow_whose_socket_fills_gets_its_socket_buffer_back() {
+    let net = InProcessPair::new("deliver-taken-full");
+    let Upload {
+        _owner,
+        writer,
+        flow,
+        data,
+    } = upload_unread(&net, "de1c");
+    let grown = testnet::wait_until(WITHIN, || unread(&flow) > 2 * UNTAKEN_SOCKET_BYTES);
+    assert!(grown, "{} bytes in the socket", unread(&flow));
+    assert!(
+        testnet::wait_until(WITHIN, || net.server.stats().host.unaccepted_buffer_bytes
+            == 0),
+        "still counted as nobody's: {:?}",
+        net.server.stats().host
+    );
+    read_whole(flow, Vec::new(), &data);
+    drop(writer.join().unwrap());
 }
 
 /// Once the program is seen to take a delivered flow (here by reading

@@ -530,3 +530,54 @@ fn a_drain_waits_for_the_program_to_take_what_its_queue_holds() {
         assert_eq!(&answer, b"answer");
     }
 }
+
+/// A program that takes a flow and then waits, with `MSG_PEEK`, for a
+/// whole request before it reads any of it sees the whole request, as
+/// with TCP (whose receive buffer shows 64 KiB or more): sald's socket of
+/// a flow nobody is seen to take stays small, so the pump watches the
+/// accept queue for the flow's notice to be taken once that socket fills.
+/// It used to show about 29 KB, and the program waited for good.
+#[test]
+fn a_program_that_peeks_for_a_whole_request_sees_all_of_it() {
+    use std::os::fd::AsRawFd;
+
+    use nix::sys::socket::{recv, MsgFlags};
+
+    const REQUEST: usize = 64 * 1024;
+    let net = InProcessPair::new("shim-accept-peek");
+    let listener = bind(&net.server, "ac07/16");
+    let request = common::pattern(REQUEST, 7);
+    let server = thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("accept");
+        let mut seen = vec![0u8; REQUEST];
+        let deadline = Instant::now() + WITHIN;
+        let mut most = 0;
+        while Instant::now() < deadline {
+            let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+            match recv(stream.as_raw_fd(), &mut seen, flags) {
+                Ok(n) if n == REQUEST => break,
+                Ok(n) => most = most.max(n),
+                Err(nix::errno::Errno::EAGAIN) => {}
+                Err(error) => panic!("peek: {error}"),
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        let mut request = vec![0u8; REQUEST];
+        stream.set_read_timeout(Some(WITHIN)).unwrap();
+        let whole = recv(stream.as_raw_fd(), &mut seen, MsgFlags::MSG_PEEK).ok() == Some(REQUEST);
+        stream.read_exact(&mut request).unwrap();
+        stream.write_all(b"done").unwrap();
+        (whole, most, request)
+    });
+    let mut client = connect(&net.client, service("ac07", 1));
+    client.write_all(&request).unwrap();
+    let (whole, most, received) = server.join().expect("server");
+    assert!(
+        whole,
+        "the whole request seen with MSG_PEEK (at most {most} bytes)"
+    );
+    assert_eq!(received, request, "bytes intact");
+    let mut done = [0u8; 4];
+    client.read_exact(&mut done).unwrap();
+    assert_eq!(&done, b"done");
+}

@@ -167,10 +167,10 @@ async fn feed_one(
     uid: u32,
     flow: FlowId,
     flow_info: bool,
-    queue: &AcceptQueue,
+    queue: &Arc<AcceptQueue>,
     shutdown: &mut Shutdown,
 ) -> bool {
-    let (info, fd) = match hand_over_flow(context, uid, flow, Handing::AcceptQueue) {
+    let (info, fd) = match hand_over_flow(context, uid, flow, Handing::AcceptQueue(queue)) {
         Ok(handed) => handed,
         Err(HandOverError::Gone) => return true,
         Err(refused @ (HandOverError::OverShare(_) | HandOverError::Pair(_))) => {

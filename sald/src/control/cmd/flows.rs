@@ -13,6 +13,7 @@ use sal::{FlowId, ServiceId};
 use sal_control::{ErrorKind, Response};
 
 use super::{connect_error, error_reply, host_error, Reply};
+use crate::accept_queue::AcceptQueue;
 use crate::app_socket::AppSocket;
 use crate::control::client::Client;
 use crate::control::ControlContext;
@@ -218,16 +219,17 @@ pub(super) enum HandOverError {
 /// How a flow reaches its application, which says when the application
 /// has it: when the host may count a server flow as accepted (see
 /// `sal::proto`'s `budget.rs`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Handing {
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Handing<'a> {
     /// In the reply to a request (`Connect`, `Accept`): the application
     /// has it at once.
     Reply,
     /// Into the application's accept queue (`Deliver`), from which it
     /// takes the flow when it will, if ever: a stream flow counts as
-    /// accepted once its pump sees the application use it (see
-    /// [`pump`]); a datagram flow, which has no buffers to count, at once.
-    AcceptQueue,
+    /// accepted once its pump sees the application use it or take it
+    /// from this queue (see [`pump`]); a datagram flow, which has no
+    /// buffers to count, at once.
+    AcceptQueue(&'a Arc<AcceptQueue>),
 }
 
 /// Makes an established flow `uid`'s: a socketpair whose other end a pump
@@ -237,7 +239,7 @@ pub(super) fn hand_over_flow(
     context: &Arc<ControlContext>,
     uid: u32,
     flow: FlowId,
-    handing: Handing,
+    handing: Handing<'_>,
 ) -> Result<(FlowInfo, OwnedFd), HandOverError> {
     let shared = &context.shared;
     let mut core = shared.lock();
@@ -273,11 +275,15 @@ pub(super) fn hand_over_flow(
     core.owners.adopt(flow, uid);
     // Its listener's group already, unless that was someone else's.
     let _ = core.host.set_flow_group(flow, budget_group(context, uid));
-    let unconfirmed = match (handing, info.protocol) {
-        (Handing::AcceptQueue, TransportProtocol::Stream) => true,
-        (Handing::Reply, _) | (Handing::AcceptQueue, TransportProtocol::Datagram) => false,
+    // Its notice goes into the queue next (the feeder sends one at a time).
+    let queued = match (handing, info.protocol) {
+        (Handing::AcceptQueue(queue), TransportProtocol::Stream) => Some(pump::Queued {
+            queue: queue.clone(),
+            place: queue.next_place(),
+        }),
+        (Handing::Reply, _) | (Handing::AcceptQueue(_), TransportProtocol::Datagram) => None,
     };
-    if !unconfirmed {
+    if queued.is_none() {
         // The application has it now (nothing changes for a connected
         // flow, which no listener opened).
         let _ = core.host.accepted(flow);
@@ -287,7 +293,7 @@ pub(super) fn hand_over_flow(
     match info.protocol {
         TransportProtocol::Stream => match AppSocket::new(ours) {
             Ok(socket) => context.tasks.spawn(move |shutdown| {
-                pump::stream(shared, flow, signal, socket, unconfirmed, shutdown)
+                pump::stream(shared, flow, signal, socket, queued, shutdown)
             }),
             Err(error) => {
                 core.disown(flow);
