@@ -30,11 +30,15 @@
 //!   connector as a non-blocking one, and waits for the outcome that long
 //!   at most, as TCP's: then it returns `EINPROGRESS` and the connect goes
 //!   on (`ops::connect_timed`). A blocking `connect` on a socket whose
-//!   non-blocking, interrupted or timed-out connect is in flight waits for
-//!   its outcome, for the send timeout at most (`ops::connect_parked`).
+//!   connect is in flight (non-blocking, interrupted, timed out, or
+//!   blocking in another thread) waits for its outcome, for the send
+//!   timeout at most (`ops::connect_parked`).
 //!   Timeouts count as the kernel counts them (the `timeout` module). As
 //!   TCP's, the first `connect` after one that completed in the
-//!   background returns 0, later ones `EISCONN`;
+//!   background returns 0, later ones `EISCONN`; `connect` checks in
+//!   Linux's order (the address's pointer and length, `AF_UNSPEC`, which
+//!   disconnects a connect in flight, the socket's state, the address:
+//!   `ops::connect`);
 //! - `bind` registers the prefix with sald at once (so `EADDRINUSE` comes from
 //!   `bind`); `listen` puts at the number the `SOCK_SEQPACKET` accept queue
 //!   into which sald delivers each flow with its description (no thread of
@@ -220,7 +224,7 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
         // SAFETY: the caller's address is valid for `len` bytes.
         let bytes = unsafe { addr_bytes(addr, len) };
         // SAFETY: forwarding the caller's arguments unchanged.
-        ops::connect(fd, bytes, || unsafe { real::connect(fd, addr, len) })
+        ops::connect(fd, bytes, len, || unsafe { real::connect(fd, addr, len) })
     })
 }
 

@@ -388,7 +388,24 @@ type Watched = (Vec<(RawFd, libc::epoll_event)>, Vec<(c_int, Vec<u8>)>);
 
 // --- connect ------------------------------------------------------------
 
-pub(crate) fn connect(fd: RawFd, addr: Option<&[u8]>, pass: impl FnOnce() -> c_int) -> Res<c_int> {
+/// `connect(2)` of `fd` to `addr` (`len` bytes as the program gave them,
+/// `None` for a NULL address). On a socket of ours it answers in Linux's
+/// order (`__sys_connect`, `__inet_stream_connect`, `tcp_v4_connect`):
+/// first what needs no socket ([`address_given`]: `EFAULT`, `EINVAL`),
+/// then an `AF_UNSPEC` address disconnects a stream ([`disconnect`]), then
+/// a stream's state answers (a connect in flight is `EALREADY`, or waited
+/// for by a blocking call; a connected or listening socket is `EISCONN`),
+/// and only then, on a socket that may connect, is the address looked at
+/// (`EINVAL` for a short one, `EAFNOSUPPORT` for another family). So a
+/// blocking `connect` to a NULL address fails at once, while one to
+/// another family on a socket whose connect is in flight waits for it, as
+/// TCP's does.
+pub(crate) fn connect(
+    fd: RawFd,
+    addr: Option<&[u8]>,
+    len: libc::socklen_t,
+    pass: impl FnOnce() -> c_int,
+) -> Res<c_int> {
     let Some(found) = look(fd) else {
         if let Some(sa) = addr.and_then(parse_inet) {
             let map = PortMap::get();
@@ -403,18 +420,35 @@ pub(crate) fn connect(fd: RawFd, addr: Option<&[u8]>, pass: impl FnOnce() -> c_i
         unwatch(fd);
         return Ok(pass());
     };
-    if found.stage == Stage::Connecting && found.kind == Kind::Stream && !fd_flags(fd).0 {
+    let addr = address_given(addr, len)?;
+    let stream = found.kind == Kind::Stream;
+    if stream && addr::family(addr) == Ok(libc::AF_UNSPEC) {
+        if let Some(done) = disconnect(fd) {
+            return Ok(done);
+        }
+    }
+    if found.stage == Stage::Connecting && stream && !fd_flags(fd).0 {
         if let Some(done) = connect_parked(fd)? {
             return Ok(done);
         }
     }
+    // As TCP's, a stream that is connecting, connected or listening
+    // answers so whatever the address (unless its connect failed since
+    // `look`: then it may connect).
+    if stream
+        && matches!(
+            found.stage,
+            Stage::Connecting | Stage::Connected | Stage::Listening
+        )
+    {
+        if let Some(answer) = with_entry(fd, stream_state_answer) {
+            return answer;
+        }
+    }
     match found.domain {
         Domain::Serval => {
-            let sa = parse_serval(addr.ok_or(libc::EFAULT)?)?;
+            let sa = parse_serval(addr)?;
             let service = sa.service_id().ok_or(libc::EINVAL)?;
-            if found.stage == Stage::Connected && found.kind == Kind::Stream {
-                return connect_connected(fd);
-            }
             if found.stage == Stage::DgramOpen {
                 return connect_open_datagram(
                     fd,
@@ -437,10 +471,9 @@ pub(crate) fn connect(fd: RawFd, addr: Option<&[u8]>, pass: impl FnOnce() -> c_i
             )
         }
         Domain::Inet(family) => match found.stage {
-            Stage::Connected | Stage::Connecting => connect_connected(fd),
             // As TCP after a failed connect: the pending error once, then
             // a connect anywhere, through the SAL or the kernel.
-            Stage::Failed => match addr.and_then(parse_inet) {
+            Stage::Failed => match parse_inet(addr) {
                 Some(sa) => match PortMap::get().for_connect(&sa) {
                     Some(service) => start_connect(
                         fd,
@@ -463,18 +496,104 @@ pub(crate) fn connect(fd: RawFd, addr: Option<&[u8]>, pass: impl FnOnce() -> c_i
     }
 }
 
-/// `connect` on a connected stream: as TCP's, `0` from the first call
-/// after a connect that completed outside a `connect` call (a
-/// non-blocking one, or one that was interrupted or timed out: see
-/// [`Entry::untold`]), `EISCONN` otherwise. Also for one the caller saw
-/// connecting: `EALREADY` while it still is, the same as a connected one's
-/// once it completed.
-fn connect_connected(fd: RawFd) -> Res<c_int> {
-    with_entry(fd, |entry| Some(connect_answer(entry))).unwrap_or(Err(libc::EISCONN))
+/// The address of a `connect` (`len` bytes at `addr`, `None` for a NULL
+/// pointer) as far as Linux checks it before it looks at the socket:
+/// `move_addr_to_kernel` refuses a length above `sockaddr_storage` (or
+/// negative, as an `int`) with `EINVAL` and a NULL address of any length
+/// with `EFAULT`, then `__inet_stream_connect` (and UDP's
+/// `inet_dgram_connect`) a length too short for the family with `EINVAL`.
+fn address_given(addr: Option<&[u8]>, len: libc::socklen_t) -> Res<&[u8]> {
+    if len as usize > std::mem::size_of::<libc::sockaddr_storage>() {
+        return Err(libc::EINVAL);
+    }
+    match addr {
+        None if len > 0 => Err(libc::EFAULT),
+        Some(bytes) if bytes.len() >= std::mem::size_of::<libc::sa_family_t>() => Ok(bytes),
+        _ => Err(libc::EINVAL),
+    }
+}
+
+/// `connect` to an `AF_UNSPEC` address on a stream of ours, as TCP's
+/// (`tcp_disconnect`): it returns 0 and leaves the socket unconnected. A
+/// connect in flight ends: its socket is as after a failed connect, with
+/// `ECONNRESET` pending (for reads and `SO_ERROR`, once), its placeholder
+/// hangs up, and whoever waits for it in a `connect` gets `EPIPE`
+/// ([`connect_outcome`]; its completion, when sald answers, installs
+/// nothing). As with TCP, the error left behind does not stop a new
+/// connect, which clears it ([`Entry::disconnected`]), and neither does
+/// that of a failed connect once disconnected. A fresh or bound stream
+/// stays as it is. `None` for a connected or listening stream, which the
+/// shim cannot disconnect (its flow or accept queue is all it has): the
+/// caller answers as before.
+fn disconnect(fd: RawFd) -> Option<c_int> {
+    let mut stale = Vec::new();
+    let mut wake = None;
+    let mut shut = false;
+    let done = {
+        let mut table = lock();
+        let entry = table.get(fd, &mut stale)?;
+        match entry.state {
+            State::Connecting { .. } => {
+                if let State::Connecting { wake: w } =
+                    std::mem::replace(&mut entry.state, State::Failed)
+                {
+                    wake = w;
+                }
+                let parked = std::mem::take(&mut entry.parked);
+                // The placeholder stays, hung up: the receive timeout that
+                // `mark_parked` turned off is the program's again.
+                if parked != 0 && wake.is_some() {
+                    restore_receive_timeout(entry, fd);
+                }
+                // Waiters are this process's; a forked child's copy of
+                // the peer end is closed, not shut down (the parent's
+                // connect goes on with the same placeholder).
+                shut = parked == std::process::id();
+                entry.so_error = libc::ECONNRESET;
+                entry.disconnected = entry.gen;
+                table.refresh(fd);
+                Some(0)
+            }
+            State::Failed => {
+                entry.disconnected = entry.gen;
+                Some(0)
+            }
+            State::Fresh { .. } | State::Bound { .. } => Some(0),
+            _ => None,
+        }
+    };
+    drop(stale);
+    if let (true, Some(wake)) = (shut, &wake) {
+        // Waiters on copies of the placeholder see the hang-up, even while
+        // a forked child holds a copy of this end.
+        // SAFETY: no pointers; a socket this function owns.
+        unsafe { real::shutdown(wake.as_raw_fd(), libc::SHUT_RDWR) };
+    }
+    drop(wake);
+    done
+}
+
+/// What `connect` answers on the stream of `entry` for its state alone,
+/// before it looks at the address, as TCP's (`__inet_stream_connect`):
+/// on a connected stream `0` from the first call after a connect that
+/// completed outside a `connect` call (a non-blocking one, or one that
+/// was interrupted or timed out: see [`Entry::untold`]), `EISCONN`
+/// otherwise; `EALREADY` on one still connecting (also for one the
+/// caller saw connecting: the same as a connected one's once it
+/// completed); `EISCONN` on a listener. `None` for a stream that may
+/// connect (fresh, bound, or whose last connect failed, perhaps since
+/// the caller looked).
+fn stream_state_answer(entry: &mut Entry) -> Option<Res<c_int>> {
+    match entry.state {
+        State::Connecting { .. } | State::Connected | State::Listening { .. } => {
+            Some(connect_answer(entry))
+        }
+        _ => None,
+    }
 }
 
 /// What `connect` answers on the stream of `entry`, connected or
-/// connecting (see [`connect_connected`]); `EISCONN` for anything else.
+/// connecting (see [`stream_state_answer`]); `EISCONN` for anything else.
 fn connect_answer(entry: &Entry) -> Res<c_int> {
     match entry.state {
         State::Connected if entry.untold.swap(false, Ordering::Relaxed) => Ok(0),
@@ -498,15 +617,20 @@ fn timeout_option(entry: &Entry, name: c_int) -> Option<Duration> {
 }
 
 /// The error a failed non-blocking connect left in `SO_ERROR`, reported
-/// once by the next call that asks (`connect` again, `read`, `write`), as
-/// TCP does; `Ok` when there is none.
+/// once by the next `connect`, as TCP does (the caller is one); `Ok` when
+/// there is none, or when the socket was disconnected since
+/// ([`Entry::disconnected`]: the connect clears it, as TCP's).
 fn take_pending_error(fd: RawFd) -> Res<()> {
     let mut stale = Vec::new();
     let pending = {
         let mut table = lock();
-        table
-            .get(fd, &mut stale)
-            .map_or(0, |entry| std::mem::take(&mut entry.so_error))
+        table.get(fd, &mut stale).map_or(0, |entry| {
+            let errno = std::mem::take(&mut entry.so_error);
+            match entry.disconnected == entry.gen {
+                true => 0,
+                false => errno,
+            }
+        })
     };
     drop(stale);
     match pending {
@@ -631,7 +755,7 @@ fn unspecified(family: c_int) -> SockAddr {
 /// blocking `connect` or data call meanwhile waits for it), and so it does
 /// a blocking stream's with a send timeout, whose caller waits that long
 /// at most ([`connect_timed`]). On a socket that is connecting or
-/// connected it answers as [`connect_connected`] (the caller may have
+/// connected it answers as [`connect_answer`] (the caller may have
 /// seen it connecting before a connect in the background completed).
 /// `stage` is the socket's as the caller found it; `flags` are the
 /// descriptor's `(O_NONBLOCK, FD_CLOEXEC)`.
@@ -668,7 +792,10 @@ fn start_connect(
         // (`SO_ERROR`): as TCP does, the next `connect` reports it, once,
         // rather than start again (programs retry `connect` to learn how
         // the last one ended).
-        if matches!(entry.state, State::Failed) && entry.so_error != 0 {
+        if matches!(entry.state, State::Failed)
+            && entry.so_error != 0
+            && entry.disconnected != entry.gen
+        {
             return Err(std::mem::take(&mut entry.so_error));
         }
         let wake = match std::mem::replace(&mut entry.state, State::Failed) {
@@ -852,50 +979,7 @@ fn restore_receive_timeout(entry: &Entry, fd: RawFd) {
 /// be started, the connect fails (`SO_ERROR`), its request abandoned with
 /// the control connection.
 fn park(fd: RawFd, gen: u64, peer: SockAddr, control: ControlClient, flags: (bool, bool)) {
-    let needs_placeholder = {
-        let mut stale = Vec::new();
-        let mut table = lock();
-        let needs = matches!(
-            table.get(fd, &mut stale),
-            Some(entry) if entry.gen == gen && entry.wake().is_none()
-        );
-        drop(table);
-        drop(stale);
-        needs
-    };
-    let mut fresh = if needs_placeholder {
-        placeholder(false, flags.1).ok()
-    } else {
-        None
-    };
-    let mut spare = Vec::new();
-    let mut stale = Vec::new();
-    {
-        let mut table = lock();
-        if let Some(entry) = table.get(fd, &mut stale) {
-            if entry.gen == gen {
-                if let State::Connecting { wake: wake @ None } = &mut entry.state {
-                    if let Some((app, peer_end)) = fresh.take() {
-                        // A blocking socket: the placeholder blocks, as `fd`.
-                        if swap_in(&app, fd, Some(flags)).is_ok() {
-                            *wake = Some(peer_end);
-                            entry.ident = ident(fd);
-                            re_epoll(entry, fd);
-                        } else {
-                            spare.push(peer_end);
-                        }
-                        // Closed after unlocking, as anything unused.
-                        spare.push(app);
-                    }
-                }
-                mark_parked(entry, fd);
-                table.refresh(fd);
-            }
-        }
-    }
-    drop(stale);
-    drop(spare);
-    drop(fresh);
+    mark_parked_at(fd, gen, flags);
     let complete = move || {
         // A panic on the way must still end the connect, or its waiters
         // would wait for ever.
@@ -927,6 +1011,88 @@ fn park(fd: RawFd, gen: u64, peer: SockAddr, control: ControlClient, flags: (boo
     };
     if spawned.is_err() {
         let _ = finish_connect(fd, gen, Err(libc::EAGAIN), peer, None);
+    }
+}
+
+/// Marks connect generation `gen` of `fd`, if it is still in flight, as
+/// going on without a caller ([`mark_parked`]), for [`park`] and
+/// [`join_connect`]: first a placeholder takes the number if the socket
+/// has none (inet mode, whose own TCP socket is there, or a socket whose
+/// last connect failed), so that `poll` shows it not ready until the
+/// outcome and waiters have something to wait on. `flags` are the
+/// descriptor's, as a blocking call read them: the placeholder blocks, as
+/// `fd`. Without a placeholder (none could be made) the connect is still
+/// marked; its waiters then answer as they would without one.
+fn mark_parked_at(fd: RawFd, gen: u64, flags: (bool, bool)) {
+    let in_flight =
+        |entry: &Entry| entry.gen == gen && matches!(entry.state, State::Connecting { .. });
+    let needs_placeholder = {
+        let mut stale = Vec::new();
+        let mut table = lock();
+        let needs = matches!(
+            table.get(fd, &mut stale),
+            Some(entry) if in_flight(entry) && entry.wake().is_none()
+        );
+        drop(table);
+        drop(stale);
+        needs
+    };
+    let mut fresh = if needs_placeholder {
+        placeholder(false, flags.1).ok()
+    } else {
+        None
+    };
+    let mut spare = Vec::new();
+    let mut stale = Vec::new();
+    {
+        let mut table = lock();
+        if let Some(entry) = table.get(fd, &mut stale) {
+            if in_flight(entry) {
+                if let State::Connecting { wake: wake @ None } = &mut entry.state {
+                    if let Some((app, peer_end)) = fresh.take() {
+                        if swap_in(&app, fd, Some(flags)).is_ok() {
+                            *wake = Some(peer_end);
+                            entry.ident = ident(fd);
+                            re_epoll(entry, fd);
+                        } else {
+                            spare.push(peer_end);
+                        }
+                        // Closed after unlocking, as anything unused.
+                        spare.push(app);
+                    }
+                }
+                mark_parked(entry, fd);
+                table.refresh(fd);
+            }
+        }
+    }
+    drop(stale);
+    drop(spare);
+    drop(fresh);
+}
+
+/// A blocking `connect` on a socket whose blocking connect is in flight
+/// in another thread of this process (waiting there for sald's answer,
+/// neither interrupted nor timed): as TCP's, it is to wait for that
+/// connect's outcome too. So the connect in flight is marked parked
+/// ([`mark_parked_at`]), as an interrupted one: its completion hangs the
+/// placeholder up for waiters ([`parked_waiter`]), and blocking data
+/// calls wait for it from then on. Only in the process that made the
+/// socket ([`Entry::owner`]): a forked child's copy of a socket whose
+/// connect was in flight in its parent is never completed, so it does
+/// not wait (nor does a child's second connect on a socket its parent
+/// made: `EALREADY`, as before).
+fn join_connect(fd: RawFd) {
+    let pid = std::process::id() as libc::pid_t;
+    let in_call = with_entry(fd, |entry| {
+        let alone = entry.kind == Kind::Stream
+            && entry.parked == 0
+            && entry.owner == pid
+            && matches!(entry.state, State::Connecting { .. });
+        alone.then_some(entry.gen)
+    });
+    if let Some(gen) = in_call {
+        mark_parked_at(fd, gen, fd_flags(fd));
     }
 }
 
@@ -1055,11 +1221,13 @@ fn await_events(at: RawFd, events: u32, deadline: Instant) -> Res<()> {
     }
 }
 
-/// A blocking `connect` on a socket whose non-blocking, interrupted or
-/// timed out connect is in flight: as TCP's, it waits for that connect's outcome and
-/// reports it ([`connect_outcome`]), for the send timeout at most
+/// A blocking `connect` on a socket whose connect is in flight
+/// (non-blocking, interrupted, timed out, or blocking in another thread:
+/// see [`join_connect`]): as TCP's, it waits for that connect's outcome
+/// and reports it ([`connect_outcome`]), for the send timeout at most
 /// (`EALREADY` then). `None` when there is no such connect (any more).
 fn connect_parked(fd: RawFd) -> Res<Option<c_int>> {
+    join_connect(fd);
     let Some((waiter, gen, limit)) = parked_waiter(fd, libc::SO_SNDTIMEO)? else {
         return Ok(None);
     };
@@ -1071,14 +1239,20 @@ fn connect_parked(fd: RawFd) -> Res<Option<c_int>> {
 }
 
 /// What a `connect` that waited for connect generation `gen` of `fd` to
-/// end reports: `0` (and no later `connect` will, see [`Entry::untold`]),
-/// or the error, taken from `SO_ERROR` (`ECONNABORTED` if another call
-/// took that first).
+/// end reports, as TCP's: `0` (and no later `connect` will, see
+/// [`Entry::untold`]), or the error, taken from `SO_ERROR`
+/// (`ECONNABORTED` if a call other than `connect` took that first, such
+/// as `getsockopt`), or `EPIPE` if the connect was disconnected
+/// ([`Entry::disconnected`]: by `AF_UNSPEC`, or by another `connect`
+/// that reported its failure, as Linux's 6.6 and later).
 fn connect_outcome(fd: RawFd, gen: u64) -> Res<c_int> {
     let mut stale = Vec::new();
     let outcome = {
         let mut table = lock();
         match table.get(fd, &mut stale) {
+            // `AF_UNSPEC` ended the connect, as TCP's `sk_disconnects`
+            // tells its waiters.
+            Some(entry) if entry.disconnected == gen => Err(libc::EPIPE),
             // The socket was closed meanwhile (and the number reused).
             Some(entry) if entry.gen != gen => Err(libc::EBADF),
             Some(entry) => match entry.state {
@@ -1089,7 +1263,13 @@ fn connect_outcome(fd: RawFd, gen: u64) -> Res<c_int> {
                 State::Connecting { .. } => Err(libc::EALREADY),
                 _ => match std::mem::take(&mut entry.so_error) {
                     0 => Err(libc::ECONNABORTED),
-                    errno => Err(errno),
+                    errno => {
+                        // As TCP's: the connect that reports the failure
+                        // disconnects the socket, and whoever else waited
+                        // for it gets `EPIPE`.
+                        entry.disconnected = gen;
+                        Err(errno)
+                    }
                 },
             },
             None => Err(libc::EBADF),
@@ -1192,7 +1372,7 @@ fn finish_connect(
     let outcome = {
         let mut table = lock();
         match table.get(fd, &mut stale) {
-            Some(entry) if entry.gen == gen => {
+            Some(entry) if entry.gen == gen && entry.disconnected != gen => {
                 if let State::Connecting { wake: w } =
                     std::mem::replace(&mut entry.state, State::Failed)
                 {
@@ -1219,10 +1399,13 @@ fn finish_connect(
                         re_epoll(entry, fd);
                     }
                     Err(errno) => {
-                        // A blocking connect reports its error directly; a
+                        // A blocking connect reports its error directly
+                        // (and, as TCP's, disconnects the socket: another
+                        // `connect` waiting for it gets `EPIPE`); a
                         // non-blocking one through SO_ERROR, as TCP does.
-                        if async_ {
-                            entry.so_error = errno;
+                        match async_ {
+                            true => entry.so_error = errno,
+                            false => entry.disconnected = gen,
                         }
                         // The placeholder stays: the receive timeout that
                         // `mark_parked` turned off is the program's again.
@@ -1234,6 +1417,8 @@ fn finish_connect(
                 table.refresh(fd);
                 installed
             }
+            // `AF_UNSPEC` ended the connect ([`disconnect`]).
+            Some(entry) if entry.disconnected == gen => Err(libc::EPIPE),
             _ => Err(libc::EBADF),
         }
     };
@@ -1928,6 +2113,23 @@ pub(crate) fn note_option(fd: RawFd, name: c_int, value: &[u8]) {
         if let Some(entry) = table.get(fd, &mut stale) {
             entry.options.retain(|(n, _)| *n != name);
             entry.options.push((name, value.to_vec()));
+            // A receive timeout set while a parked connect is in flight
+            // went onto the placeholder, whose own [`mark_parked`] turned
+            // off: it would cut the untimed waits there short (a `connect`
+            // or `write` waiting for the outcome, which then waited in
+            // `poll`, where a `SA_RESTART` signal gave `EINTR`). The record
+            // holds it for the flow, the waits of reads and `getsockopt`.
+            if name == libc::SO_RCVTIMEO
+                && entry.parked != 0
+                && entry.wake().is_some()
+                && matches!(entry.state, State::Connecting { .. })
+            {
+                set_socket_option(
+                    fd,
+                    libc::SO_RCVTIMEO,
+                    &[0; std::mem::size_of::<libc::timeval>()],
+                );
+            }
             // The record of what crosses `exec` has the options too.
             if inherit::carried(&entry.state) {
                 inherit::changed();

@@ -93,7 +93,8 @@ pub(crate) enum State {
     /// A connect is in flight (in the caller's thread, for a non-blocking
     /// one or a blocking one with a send timeout in the connector's, for
     /// one a signal interrupted in a one-shot thread's: see
-    /// [`Entry::parked`]).
+    /// [`Entry::parked`]). A `connect` to an `AF_UNSPEC` address ends it
+    /// (see [`Entry::disconnected`]).
     Connecting { wake: Option<OwnedFd> },
     /// A stream flow (or a connected datagram flow) is at the descriptor.
     Connected,
@@ -193,7 +194,10 @@ pub(crate) struct Entry {
     /// one, marked as it starts; a blocking one a signal interrupted,
     /// `EINTR`), or may (a blocking one with a send timeout: marked as it
     /// starts, `EINPROGRESS` once the timeout passed), in a thread of the
-    /// shim's (the connector's, or `ops::park`'s for an interrupted one)
+    /// shim's (the connector's, or `ops::park`'s for an interrupted one),
+    /// or has another caller waiting for it (a blocking one in the
+    /// calling thread, marked when a second blocking `connect` comes:
+    /// `ops::join_connect`),
     /// in the process with this id (0: none): a placeholder is at the
     /// number, a later blocking
     /// `connect` and blocking data calls there wait for the outcome, and
@@ -211,6 +215,17 @@ pub(crate) struct Entry {
     /// the one. Cleared when a connect starts. Read and written under the
     /// table lock.
     pub untold: Arc<AtomicBool>,
+    /// The connect generation that ended disconnected (0: none), as TCP's
+    /// `sk_disconnects` counts: by an `AF_UNSPEC` `connect`
+    /// (`ops::disconnect`, also one after a failed connect), or by the
+    /// `connect` call that reported the connect's failure. Any other
+    /// `connect` that waited for it gets `EPIPE`, and a completion that
+    /// comes after an `AF_UNSPEC` installs nothing. While it is the
+    /// socket's generation the socket is unconnected, as TCP's after
+    /// `tcp_disconnect`: its pending error (`so_error`, `ECONNRESET`
+    /// after an `AF_UNSPEC`) is for reads and `SO_ERROR` only, and a new
+    /// connect clears it rather than report it.
+    pub disconnected: u64,
     /// epoll registrations of this descriptor, re-added after a swap.
     pub epoll: Vec<(RawFd, libc::epoll_event)>,
     /// Socket-level options the program set (name, value), set again on
@@ -241,6 +256,7 @@ impl Entry {
             state,
             so_error: 0,
             parked: 0,
+            disconnected: 0,
             untold: Arc::default(),
             epoll: Vec::new(),
             options: Vec::new(),

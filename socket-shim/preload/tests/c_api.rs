@@ -397,6 +397,52 @@ fn connects_wait_for_a_connect_in_flight_as_tcp() {
     srv.success(T);
 }
 
+/// `connect` checks in Linux's order (each checked against Linux's TCP,
+/// its SYNs dropped): what needs no socket first, at once (a NULL address
+/// `EFAULT`, a length below 2 or above `sockaddr_storage` `EINVAL`; a
+/// blocking connect waited for the connect in flight first, and a length
+/// of 129 was cut to 128), then an `AF_UNSPEC` address disconnects (0; it
+/// was `EAFNOSUPPORT`: a connect in flight ends, a thread waiting for it
+/// gets `EPIPE`, reads `ECONNRESET` once, and the socket connects again),
+/// then the socket's state (`EALREADY`, or a wait, and `EISCONN`, where a
+/// short address or another family was `EINVAL` or `EAFNOSUPPORT`), then
+/// the address. A receive timeout set while a connect is in flight leaves
+/// an untimed wait for it restartable (a `SA_RESTART` signal made it
+/// `EINTR`).
+#[test]
+fn connect_checks_in_linux_s_order() {
+    let sald = Sald::start();
+    forward(&sald, "cbcb/16", hole());
+    let mut srv = server(&sald, &["stream-server", "c1c101", "2"]);
+    client(&sald, &["connect-checks", "c1c101", "cbcb01"]).success(T);
+    srv.success(T);
+}
+
+/// Two threads' blocking connects on one socket, neither with a send
+/// timeout: the second waits for the first's outcome and both return 0, as
+/// TCP's (checked against it; the second was `EALREADY` at once), in inet
+/// mode too (where the program's own TCP socket is at the number); of two
+/// that fail (the host has no such service), one reports the error and
+/// the other gets `EPIPE`, as Linux's (6.18), also of two waiting for a
+/// non-blocking connect (it was `ECONNABORTED`).
+/// Nobody answers for the services until a
+/// host comes up for one of them, after the program says so.
+#[test]
+fn a_second_blocking_connect_waits_for_the_first() {
+    let sald = Sald::start();
+    let far = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 8), support::free_udp_port());
+    forward(&sald, "c2c2/16", far);
+    let args = ["connect-twice", "c2c201", "7206", "c2c2ff"];
+    let mut cmd = sald.run(&["--map", "7206=c2c201"], c_program(), &args);
+    cmd.stdout(Stdio::piped());
+    let mut connecting = Proc::spawn("serval_test connect-twice", &mut cmd);
+    connecting.wait_ready("connecting");
+    let far = Sald::start_on(far);
+    let mut srv = server(&far, &["stream-server", "c2c201", "2"]);
+    connecting.success(T);
+    srv.success(T);
+}
+
 /// A blocking read with `SO_RCVTIMEO` on a socket whose non-blocking
 /// connect is in flight waits that long in all, as TCP's (checked against
 /// Linux's TCP, its first SYN dropped: `EAGAIN` after 2.5 s of 2.5): the

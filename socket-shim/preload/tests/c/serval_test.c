@@ -122,6 +122,20 @@
  *                                             none; S1 (and the PORT inet mode maps to
  *                                             it) unreachable until the test starts a
  *                                             host for it after "connecting"
+ *   connect-checks LIVE HOLE                  connect's checks in Linux's order: EFAULT and
+ *                                             EINVAL at once (on a socket whose connect is in
+ *                                             flight too), AF_UNSPEC disconnects (a waiting
+ *                                             connect gets EPIPE, the socket connects again
+ *                                             to LIVE), then EALREADY (or a wait) and EISCONN,
+ *                                             then the address; SO_RCVTIMEO set during a
+ *                                             connect leaves untimed waits restartable
+ *   connect-twice S1 PORT S2                  two threads' blocking connects on one socket
+ *                                             (and on one TCP socket inet mode maps PORT of):
+ *                                             the second waits for the first, both return 0;
+ *                                             to S2, which the host lacks: EHOSTUNREACH,
+ *                                             then EPIPE (S1
+ *                                             and S2 unreachable until the test starts a host
+ *                                             for S1 after "connecting")
  *   rcvtimeo-connecting HOLE                  SO_RCVTIMEO reads as set (as a kernel TCP
  *                                             socket reads the same value) while a timed,
  *                                             interrupted or non-blocking connect is in
@@ -3124,6 +3138,250 @@ static int fork_connecting(const char *hole) {
     return failures ? 1 : 0;
 }
 
+/* Whether `call` returned at once (within 0.15 s), saying so if not. */
+static void at_once(const char *call, double start) {
+    double t = seconds() - start;
+    CHECK(t < 0.15, "%s took %.2f s, not at once", call, t);
+}
+
+/* Closes `fd` from a thread `usec` microseconds from now. */
+struct late_close { int fd; long usec; };
+static void *late_close_thread(void *arg) {
+    struct late_close *c = arg;
+    sigset_t alrm;
+    sigemptyset(&alrm);
+    sigaddset(&alrm, SIGALRM);
+    pthread_sigmask(SIG_BLOCK, &alrm, NULL);
+    usleep((useconds_t)c->usec);
+    close(c->fd);
+    return NULL;
+}
+
+/* As Linux's TCP (checked against it, its SYNs dropped): connect checks
+ * what it can without the socket first (a NULL address is EFAULT, a
+ * length below 2 or above sizeof(struct sockaddr_storage) EINVAL), at
+ * once, also on a socket whose connect is in flight, where a blocking
+ * one would wait; an AF_UNSPEC address disconnects; then the socket's
+ * state (EALREADY, waiting for the connect in flight, EISCONN), and only
+ * a socket that may connect has its address looked at (EINVAL for a
+ * short one, EAFNOSUPPORT for another family). AF_UNSPEC on a socket
+ * whose connect is in flight ends it: 0, reads ECONNRESET once (SO_ERROR
+ * the same), then ENOTCONN, writes EPIPE; another thread waiting for the
+ * connect gets EPIPE; the socket connects again (LIVE), with no error left
+ * over. A receive timeout set while a connect is in flight does not make
+ * a later untimed wait for it interruptible by a SA_RESTART signal. HOLE
+ * never answers. */
+static int connect_checks(const char *live, const char *hole) {
+    struct sockaddr_sv sa = sv_addr(live), sah = sv_addr(hole);
+    struct sockaddr_in in = {.sin_family = AF_INET, .sin_port = htons(80)};
+    struct sockaddr unspec = {.sa_family = AF_UNSPEC};
+    int f = socket(AF_SERVAL, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (f < 0) die("socket");
+    EXPECT_ERR(connect(f, NULL, sizeof sa), EFAULT);
+    EXPECT_ERR(connect(f, NULL, 0), EINVAL);
+    EXPECT_ERR(connect(f, (struct sockaddr *)&sa, 1), EINVAL);
+    EXPECT_ERR(connect(f, (struct sockaddr *)&sah, sizeof(struct sockaddr_storage) + 1), EINVAL);
+    EXPECT_ERR(connect(f, (struct sockaddr *)&sah, (socklen_t)-1), EINVAL);
+    EXPECT_ERR(connect(f, (struct sockaddr *)&sa, 10), EINVAL);
+    EXPECT_ERR(connect(f, (struct sockaddr *)&in, sizeof in), EAFNOSUPPORT);
+    CHECK(connect(f, &unspec, sizeof unspec) == 0, "AF_UNSPEC on a fresh socket");
+    CHECK(connect(f, &unspec, 2) == 0, "AF_UNSPEC, the family alone");
+    EXPECT_ERR(connect(f, &unspec, 1), EINVAL);
+
+    /* A non-blocking connect in flight. */
+    int c = socket(AF_SERVAL, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (c < 0) die("socket");
+    EXPECT_ERR(connect(c, (struct sockaddr *)&sah, sizeof sah), EINPROGRESS);
+    EXPECT_ERR(connect(c, NULL, sizeof sa), EFAULT);
+    EXPECT_ERR(connect(c, NULL, 0), EINVAL);
+    EXPECT_ERR(connect(c, (struct sockaddr *)&sah, 1), EINVAL);
+    EXPECT_ERR(connect(c, (struct sockaddr *)&sah, sizeof(struct sockaddr_storage) + 1), EINVAL);
+    EXPECT_ERR(connect(c, (struct sockaddr *)&sah, 10), EALREADY);
+    EXPECT_ERR(connect(c, (struct sockaddr *)&in, sizeof in), EALREADY);
+    /* Blocking now: what fails without the socket fails at once; the
+     * rest waits for the connect in flight (its send timeout here). */
+    blocking_mode(c);
+    set_timeout(c, SO_SNDTIMEO, 300000);
+    double start = seconds();
+    EXPECT_ERR(connect(c, NULL, sizeof sa), EFAULT);
+    at_once("a blocking connect to NULL", start);
+    start = seconds();
+    EXPECT_ERR(connect(c, NULL, 0), EINVAL);
+    at_once("a blocking connect to NULL, length 0", start);
+    start = seconds();
+    EXPECT_ERR(connect(c, (struct sockaddr *)&sah, 1), EINVAL);
+    at_once("a blocking connect, length 1", start);
+    start = seconds();
+    EXPECT_ERR(connect(c, (struct sockaddr *)&sah, sizeof(struct sockaddr_storage) + 1), EINVAL);
+    at_once("a blocking connect, length 129", start);
+    start = seconds();
+    EXPECT_ERR(connect(c, (struct sockaddr *)&in, sizeof in), EALREADY);
+    took("a blocking connect to another family, waiting", start, 0.25, 3);
+    start = seconds();
+    EXPECT_ERR(connect(c, (struct sockaddr *)&sah, 10), EALREADY);
+    took("a blocking connect, length 10, waiting", start, 0.25, 3);
+
+    /* A receive timeout set meanwhile: an untimed blocking connect and
+     * write still ride out SA_RESTART signals (they wait until a close
+     * ends them). */
+    set_timeout(c, SO_SNDTIMEO, 0);
+    set_timeout(c, SO_RCVTIMEO, 100000);
+    for (int i = 0; i < 2; i++) {
+        int w = socket(AF_SERVAL, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        if (w < 0) die("socket");
+        EXPECT_ERR(connect(w, (struct sockaddr *)&sah, sizeof sah), EINPROGRESS);
+        blocking_mode(w);
+        set_timeout(w, SO_RCVTIMEO, 100000);
+        struct late_close lc = {w, 800000};
+        pthread_t t;
+        pthread_create(&t, NULL, late_close_thread, &lc);
+        alarms = 0;
+        alarm_in(SA_RESTART, 150000, 0);
+        start = seconds();
+        errno = 0;
+        long rc = i == 0 ? connect(w, (struct sockaddr *)&sah, sizeof sah) : write(w, "x", 1);
+        int e = errno;
+        double waited = seconds() - start;
+        alarm_in(0, 0, 1);
+        pthread_join(t, NULL);
+        CHECK(rc == -1 && e != EINTR && waited > 0.7,
+              "%s waiting for a connect with SO_RCVTIMEO set meanwhile: rc %ld errno %s after %.2f s (%d signals)",
+              i == 0 ? "a blocking connect" : "a write", rc, strerror(e), waited, (int)alarms);
+    }
+    set_timeout(c, SO_RCVTIMEO, 0);
+
+    /* AF_UNSPEC ends the connect in flight; a thread waiting for it
+     * gets EPIPE. */
+    struct blocking b = {c, (struct sockaddr *)&sah, sizeof sah, -2, 0};
+    pthread_t t;
+    pthread_create(&t, NULL, blocking_connect, &b);
+    usleep(200000);
+    CHECK(b.rc == -2, "a blocking connect waits for the one in flight (rc %d)", b.rc);
+    CHECK(connect(c, &unspec, sizeof unspec) == 0, "AF_UNSPEC on a socket whose connect is in flight");
+    for (int i = 0; i < 100 && b.rc == -2; i++) usleep(10000);
+    errno = b.err;
+    CHECK(b.rc == -1 && b.err == EPIPE, "the waiting connect ends with EPIPE (rc %d)", b.rc);
+    if (b.rc != -2) pthread_join(t, NULL);
+    struct pollfd p = {.fd = c, .events = POLLOUT};
+    CHECK(poll(&p, 1, 0) == 1 && (p.revents & POLLHUP), "disconnected: hung up (revents %#x)", p.revents);
+    char byte;
+    EXPECT_ERR(read(c, &byte, 1), ECONNRESET);
+    EXPECT_ERR(read(c, &byte, 1), ENOTCONN);
+    EXPECT_ERR(write(c, "x", 1), EPIPE);
+    CHECK(connect(c, &unspec, sizeof unspec) == 0, "AF_UNSPEC again");
+    /* It connects again, with no error left over. */
+    CHECK(connect(c, (struct sockaddr *)&sa, sizeof sa) == 0, "a connect after AF_UNSPEC");
+    int err = -1;
+    socklen_t len = sizeof err;
+    CHECK(getsockopt(c, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0, "SO_ERROR %d", err);
+    CHECK(echo_check(c, 1000) == 0, "echo after AF_UNSPEC and a connect");
+    /* Connected: the state answers first. */
+    EXPECT_ERR(connect(c, (struct sockaddr *)&in, sizeof in), EISCONN);
+    EXPECT_ERR(connect(c, (struct sockaddr *)&sa, 10), EISCONN);
+    EXPECT_ERR(connect(c, NULL, sizeof sa), EFAULT);
+    EXPECT_ERR(connect(c, (struct sockaddr *)&sa, 1), EINVAL);
+    close(c);
+
+    /* A non-blocking connect that AF_UNSPEC ended: its SO_ERROR is
+     * ECONNRESET, and the socket connects again (non-blocking). */
+    int d = socket(AF_SERVAL, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (d < 0) die("socket");
+    EXPECT_ERR(connect(d, (struct sockaddr *)&sah, sizeof sah), EINPROGRESS);
+    CHECK(connect(d, &unspec, sizeof unspec) == 0, "AF_UNSPEC on a non-blocking connect in flight");
+    EXPECT_ERR(connect(d, (struct sockaddr *)&sa, sizeof sa), EINPROGRESS);
+    connected_in_background(d, (struct sockaddr *)&sa, sizeof sa, "a connect after AF_UNSPEC", 0);
+    close(d);
+
+    /* A listener: EISCONN, whatever the address. */
+    struct sockaddr_sv mine = sv_addr("c4ec4e");
+    int l = socket(AF_SERVAL, SOCK_STREAM, 0);
+    CHECK(bind(l, (struct sockaddr *)&mine, sizeof mine) == 0 && listen(l, 4) == 0, "bind and listen");
+    EXPECT_ERR(connect(l, (struct sockaddr *)&in, sizeof in), EISCONN);
+    EXPECT_ERR(connect(l, (struct sockaddr *)&sa, sizeof sa), EISCONN);
+    close(l);
+    return failures ? 1 : 0;
+}
+
+struct counted { struct blocking b; double t; };
+static void *timed_connect(void *arg) {
+    struct counted *c = arg;
+    double start = seconds();
+    blocking_connect(&c->b);
+    c->t = seconds() - start;
+    return NULL;
+}
+
+/* Two threads' blocking connects on one socket, neither with a timeout
+ * (the first waits in its own thread for sald's answer): the second waits
+ * for the first's outcome, as TCP's (checked against it), through
+ * SA_RESTART signals; both return 0 once connected; also on a TCP socket
+ * inet mode maps (PORT), which has no placeholder. Two to S2, which the
+ * host does not have (and two waiting for a non-blocking connect to it):
+ * one gets the error, the other EPIPE, as Linux's (checked against it,
+ * with a reset for the SYN). S1 (and
+ * the service PORT maps to) and S2 are unreachable until the test starts
+ * a host for S1 after "connecting". */
+static int connect_twice(const char *s1, int port, const char *s2) {
+    struct sockaddr_sv sa1 = sv_addr(s1), sar = sv_addr(s2);
+    struct sockaddr_in sin = inet_addr_port(0x0a090909, port);
+    int a = socket(AF_SERVAL, SOCK_STREAM, 0), c = socket(AF_INET, SOCK_STREAM, 0);
+    int r = socket(AF_SERVAL, SOCK_STREAM, 0), q = socket(AF_SERVAL, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (a < 0 || c < 0 || r < 0 || q < 0) die("socket");
+    EXPECT_ERR(connect(q, (struct sockaddr *)&sar, sizeof sar), EINPROGRESS);
+    blocking_mode(q);
+    struct counted w[8] = {
+        {{a, (struct sockaddr *)&sa1, sizeof sa1, -2, 0}, 0},
+        {{a, (struct sockaddr *)&sa1, sizeof sa1, -2, 0}, 0},
+        {{c, (struct sockaddr *)&sin, sizeof sin, -2, 0}, 0},
+        {{c, (struct sockaddr *)&sin, sizeof sin, -2, 0}, 0},
+        {{r, (struct sockaddr *)&sar, sizeof sar, -2, 0}, 0},
+        {{r, (struct sockaddr *)&sar, sizeof sar, -2, 0}, 0},
+        {{q, (struct sockaddr *)&sar, sizeof sar, -2, 0}, 0},
+        {{q, (struct sockaddr *)&sar, sizeof sar, -2, 0}, 0},
+    };
+    pthread_t t[8];
+    alarms = 0;
+    alarm_in(SA_RESTART, 100000, 0);
+    for (int i = 0; i < 8; i += 2) {
+        pthread_create(&t[i], NULL, timed_connect, &w[i]);
+        usleep(200000);
+        pthread_create(&t[i + 1], NULL, timed_connect, &w[i + 1]);
+    }
+    usleep(300000);
+    for (int i = 0; i < 8; i++)
+        CHECK(w[i].b.rc == -2, "connect %d waits (rc %d, errno %s)", i, w[i].b.rc, strerror(w[i].b.err));
+    say("connecting");
+    for (int i = 0; i < 8; i++) pthread_join(t[i], NULL);
+    alarm_in(0, 0, 1);
+    CHECK(alarms >= 2, "%d signals while they waited", (int)alarms);
+    for (int i = 0; i < 4; i++) {
+        errno = w[i].b.err;
+        CHECK(w[i].b.rc == 0, "connect %d returns 0 once connected (rc %d after %.2f s)", i, w[i].b.rc, w[i].t);
+    }
+    /* A connect that fails (the host has no such service): one of the
+     * two reports the error, the other gets EPIPE, as Linux's (which one
+     * is Linux's race; here the first). */
+    errno = w[4].b.err;
+    CHECK(w[4].b.rc == -1 && w[4].b.err == EHOSTUNREACH, "the first of two failed connects (rc %d)", w[4].b.rc);
+    errno = w[5].b.err;
+    CHECK(w[5].b.rc == -1 && w[5].b.err == EPIPE, "the second of two failed connects (rc %d)", w[5].b.rc);
+    close(r);
+    /* The same for two waiting for a non-blocking connect, in either
+     * order (it was ECONNABORTED for the second). */
+    int pipes = (w[6].b.err == EPIPE) + (w[7].b.err == EPIPE);
+    int unreach = (w[6].b.err == EHOSTUNREACH) + (w[7].b.err == EHOSTUNREACH);
+    CHECK(w[6].b.rc == -1 && w[7].b.rc == -1 && pipes == 1 && unreach == 1,
+          "two waiting for a failed non-blocking connect: %s and %s", strerror(w[6].b.err), strerror(w[7].b.err));
+    close(q);
+    EXPECT_ERR(connect(a, (struct sockaddr *)&sa1, sizeof sa1), EISCONN);
+    EXPECT_ERR(connect(c, (struct sockaddr *)&sin, sizeof sin), EISCONN);
+    CHECK(echo_check(a, 10000) == 0, "echo on the Serval socket");
+    CHECK(echo_check(c, 10000) == 0, "echo on the TCP socket");
+    close(a);
+    close(c);
+    return failures ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     if (argc < 3) {
@@ -3161,6 +3419,8 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "connect-eintr") && argc > 5) return connect_eintr(sid, atoi(argv[3]), argv[4], argv[5]);
     if (!strcmp(cmd, "connect-timeout") && argc > 5) return connect_timeout(sid, atoi(argv[3]), argv[4], argv[5]);
     if (!strcmp(cmd, "connect-timeout-many")) return connect_timeout_many(sid, (int)n);
+    if (!strcmp(cmd, "connect-checks") && argc > 3) return connect_checks(sid, argv[3]);
+    if (!strcmp(cmd, "connect-twice") && argc > 4) return connect_twice(sid, atoi(argv[3]), argv[4]);
     if (!strcmp(cmd, "connect-waits") && argc > 4) return connect_waits(sid, atoi(argv[3]), argv[4]);
     if (!strcmp(cmd, "rcvtimeo-connecting")) return rcvtimeo_connecting(sid);
     if (!strcmp(cmd, "connect-race")) return connect_race(sid, (int)n);
