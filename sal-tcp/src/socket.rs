@@ -218,8 +218,9 @@ pub struct Socket {
     /// The timestamp of the last packet received.
     remote_last_ts: Option<Instant>,
     /// sal-tcp: when a segment occupying sequence space last went out
-    /// (Linux's `lsndtime`), or the congestion window last restarted
-    /// after an idle period (`Socket::restart_after_idle`).
+    /// (Linux's `lsndtime`), the flight last emptied, or the congestion
+    /// window last restarted after an idle period
+    /// (`Socket::restart_after_idle`).
     last_sent: Instant,
     /// The sequence number of the last packet received, used for sACK
     local_rx_last_seq: Option<TcpSeqNumber>,
@@ -1316,12 +1317,33 @@ impl Socket {
     /// must lie above the cumulative ACK and within what was sent; others
     /// (a D-SACK of data already acknowledged, RFC 2883, or nonsense) are
     /// ignored.
-    fn note_sack_blocks(&mut self, ack: TcpSeqNumber, blocks: &[Option<(u32, u32)>; 3]) {
+    /// A block is also a round-trip sample if it holds the segment timed
+    /// (see [`RttEstimator`]).
+    fn note_sack_blocks(
+        &mut self,
+        now: Instant,
+        ack: TcpSeqNumber,
+        blocks: &[Option<(u32, u32)>; 3],
+    ) {
         for &(left, right) in blocks.iter().flatten() {
             let (left, right) = (TcpSeqNumber(left as i32), TcpSeqNumber(right as i32));
             if ack <= left && left < right && right <= self.remote_max_seq {
                 self.scoreboard.add(left, right);
+                self.rtte.on_sack(now, left, right);
             }
+        }
+    }
+
+    /// sal-tcp: `[start, end)` was resent to repair a loss the peer
+    /// reported. With SACK, the segment being timed may still give a
+    /// sample (see [`RttEstimator`]); without, nothing could tell its ACK
+    /// from the retransmission's, and the timing ends, for the next new
+    /// segment sent to be timed (smoltcp's way).
+    fn note_resent(&mut self, start: TcpSeqNumber, end: TcpSeqNumber) {
+        if self.remote_has_sack {
+            self.rtte.on_resend(start, end);
+        } else {
+            self.rtte.on_retransmit();
         }
     }
 
@@ -2057,7 +2079,7 @@ impl Socket {
             self.scoreboard.trim(ack_number);
             let sacked_before = self.scoreboard.sacked_bytes();
             if self.remote_has_sack {
-                self.note_sack_blocks(ack_number, &repr.sack_ranges);
+                self.note_sack_blocks(now, ack_number, &repr.sack_ranges);
             }
             let sack_news = self.scoreboard.sacked_bytes() != sacked_before;
             if self.sack_recovery
@@ -2155,7 +2177,6 @@ impl Socket {
                                 "partial ACK and nothing SACKed, retransmitting the next hole"
                             );
                             self.pending_fast_retransmit = true;
-                            self.rtte.on_retransmit();
                             self.hystart.on_retransmit();
                             keep_timer = self.partial_ack_restarted_timer;
                             self.partial_ack_restarted_timer = true;
@@ -2164,7 +2185,6 @@ impl Socket {
                         Some(_) if ack_len > 0 && self.fast_recovery => {
                             net_debug!("partial ACK, retransmitting the next hole");
                             self.pending_fast_retransmit = true;
-                            self.rtte.on_retransmit();
                             self.hystart.on_retransmit();
                         }
                         _ => {}
@@ -2203,6 +2223,11 @@ impl Socket {
                 self.remote_last_seq = self.local_seq_no
             }
             self.remote_max_seq = self.remote_max_seq.max(self.local_seq_no);
+            if self.local_seq_no == self.remote_max_seq {
+                // sal-tcp: the flight emptied; idle starts now at the
+                // earliest (see `Socket::restart_after_idle`).
+                self.last_sent = self.last_sent.max(now);
+            }
         }
 
         // update last remote tsval
@@ -2671,6 +2696,8 @@ impl Socket {
 
                 // Inform RTTE, so that it can can handle RTO backoff
                 self.rtte.on_rto();
+                // And avoid bogus measurements: all is resent.
+                self.rtte.on_retransmit();
 
                 // A timeout ends any fast recovery. sal-tcp: and the count of
                 // duplicate ACKs, which the window given up on earned: left
@@ -2735,8 +2762,8 @@ impl Socket {
                 self.timer.set_for_zero_window_probe(now, delay);
             }
 
-            // Inform RTTE, so that it can avoid bogus measurements.
-            self.rtte.on_retransmit();
+            // sal-tcp: the RTT estimator hears of a fast retransmission
+            // when it is sent (`note_resent`).
             self.hystart.on_retransmit();
         }
 
@@ -2784,6 +2811,8 @@ impl Socket {
         let mut payload_len = 0;
 
         let mut is_zero_window_probe = false;
+        // sal-tcp: a fast retransmission or a SACK hole (`note_resent`).
+        let mut resent = false;
 
         match self.state {
             // We transmit an RST in the CLOSED state. If we ended up in the CLOSED state
@@ -2854,6 +2883,7 @@ impl Socket {
                     payload_len = size;
 
                     self.pending_fast_retransmit = false;
+                    resent = true;
                     if self.sack_recovery {
                         self.high_rxt = self.high_rxt.max(self.local_seq_no + size);
                         self.rxt_fence = self.remote_last_seq;
@@ -2869,7 +2899,7 @@ impl Socket {
                     payload_len = len.min(device_limit);
                     self.high_rxt = seq + payload_len;
                     self.rxt_fence = self.remote_last_seq;
-                    self.rtte.on_retransmit();
+                    resent = true;
                     self.hystart.on_retransmit();
                     offset
                 } else {
@@ -3055,6 +3085,9 @@ impl Socket {
 
         if segment_len > 0 {
             self.last_sent = now;
+            if resent {
+                self.note_resent(repr.seq_number, repr.seq_number + segment_len);
+            }
             self.rtte.on_send(now, repr.seq_number + segment_len);
             self.hystart.on_send(now, repr.seq_number, segment_len);
             self.congestion_controller
@@ -3088,9 +3121,12 @@ impl Socket {
     /// HyStart++ begins its rounds afresh, as after a rewind. The window
     /// measured what the path carried then: a flow silent for seconds
     /// sent all of it at once, into queues that may since have filled.
-    /// Idle is counted from the last segment sent, as Linux, and the
-    /// restart counts as a send, so a poll that cannot send (a closed
-    /// window) does not halve it again.
+    /// Idle is counted from the last segment sent, as Linux, or from the
+    /// ACK that emptied the flight if that came later (a flight whose ACK
+    /// took longer than the timeout, which sent no retransmission as no
+    /// poll came between, was not idle), and the restart counts as a send,
+    /// so a poll that cannot send (a closed window) does not halve it
+    /// again.
     fn restart_after_idle(&mut self, now: Instant) {
         if !matches!(
             self.state,

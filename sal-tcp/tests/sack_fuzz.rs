@@ -90,7 +90,7 @@ fn draw(seed: u64) -> Case {
         } else {
             0
         }),
-        loss: [0.0, 0.01, 0.03, 0.05, 0.1][rng.random_range(0..5)],
+        loss: [0.0, 0.01, 0.03, 0.05, 0.1, 0.15][rng.random_range(0..6)],
     };
     Case {
         config,

@@ -19,6 +19,8 @@
 //! transfer alone and prints each timeout and rewind, and the segments and
 //! ACKs of each stall of a second or more; `STALL_WINDOW=<from>:<to>`
 //! (seconds from the first data segment) prints that stretch instead.
+//! `STALL_LOSS=<loss>,<loss>...` measures those loss rates in place of
+//! 1 % and 3 % (heavy loss, 10 % and 20 %, for the timeout's backoff).
 //! `sim_lossy_paths.rs` bounds the receiver's waits on the same path.
 
 use std::cell::RefCell;
@@ -387,7 +389,14 @@ fn spread(mut v: Vec<Duration>) -> (f64, f64, f64) {
 #[ignore = "a measurement: prints figures, takes a minute"]
 fn measure_stalls_through_random_loss() {
     let traced = std::env::var("STALL_TRACE").ok();
-    for loss in [0.01, 0.03] {
+    let losses: Vec<f64> = match std::env::var("STALL_LOSS") {
+        Ok(l) => l
+            .split(',')
+            .map(|l| l.parse().expect("STALL_LOSS=<loss>,<loss>..."))
+            .collect(),
+        Err(_) => vec![0.01, 0.03],
+    };
+    for loss in losses {
         let seeds = match traced.as_deref().and_then(|t| t.split_once(':')) {
             Some((l, seed)) if l == loss.to_string() => {
                 let seed = seed.parse().expect("STALL_TRACE=<loss>:<seed>");

@@ -7193,6 +7193,110 @@ fn test_sack_recovery_resends_a_retransmission_lost_in_turn() {
     assert_eq!(s.recover, None);
 }
 
+/// sal-tcp: a SACK peer's socket whose retransmission timeout three
+/// timeouts of its first segment backed off to 8 s; the resent segment's
+/// ACK gave no sample (Karn). Returns it and the time, in milliseconds.
+fn socket_with_a_backed_off_timeout() -> (TestSocket, i64) {
+    let mut s = socket_established_with_buffer_sizes(256, 64);
+    s.set_nagle_enabled(false);
+    s.remote_has_sack = true;
+    s.remote_mss = 6;
+    s.send_slice(b"abcdef").unwrap();
+    assert_eq!(sent_now(&mut s, 0), [(0, b"abcdef".to_vec())]);
+    for at in [1000, 3000, 7000] {
+        assert_eq!(sent_now(&mut s, at), [(0, b"abcdef".to_vec())]);
+    }
+    send!(s, time 7050, sack_ack(6, &[]));
+    assert_eq!(s.rtte.retransmission_timeout(), Duration::from_secs(8));
+    (s, 7050)
+}
+
+#[test]
+fn test_sack_samples_bring_the_timeout_back_from_backoff_under_repeated_loss() {
+    // sal-tcp: every round trip loses a segment, and its retransmission
+    // too; the data sent meanwhile arrives and is SACKed. The SACK of a
+    // segment sent once is a clean round-trip sample (Linux takes it,
+    // `tcp_ack_update_rtt`'s `sack_rtt_us`), and a sample ends the
+    // backoff: the timeout is the round trip (50 ms) plus 200 ms from the
+    // first round on. Before, any retransmission dropped the segment
+    // being timed, no sample came, and the timeout stayed at 8 s (under
+    // heavy loss it doubled to 60 s and stayed there).
+    let (mut s, mut now) = socket_with_a_backed_off_timeout();
+    let mut base = 6;
+    for round in 0..3 {
+        // Five segments; the first is lost.
+        s.send_slice(&[b'g' + round; 30]).unwrap();
+        let sent = sent_now(&mut s, now);
+        assert_eq!(sent.len(), 5, "round {round}: {sent:?}");
+        now += 50;
+        for sacked in [12, 18, 30] {
+            send(
+                &mut s,
+                Instant::from_millis(now),
+                &sack_ack(base, &[(base + 6, base + sacked)]),
+            );
+        }
+        // It is resent, and new data follows.
+        s.send_slice(&[b'G' + round; 6]).unwrap();
+        let offsets: Vec<usize> = sent_now(&mut s, now).iter().map(|p| p.0).collect();
+        assert_eq!(offsets, [base, base + 30], "round {round}");
+        // The new data arrives; the retransmission was lost: it goes again.
+        now += 50;
+        send(
+            &mut s,
+            Instant::from_millis(now),
+            &sack_ack(base, &[(base + 30, base + 36), (base + 6, base + 30)]),
+        );
+        let offsets: Vec<usize> = sent_now(&mut s, now).iter().map(|p| p.0).collect();
+        assert_eq!(offsets, [base], "round {round}");
+        // It arrives.
+        now += 50;
+        send!(s, time now, sack_ack(base + 36, &[]));
+        assert_eq!(
+            s.rtte.retransmission_timeout(),
+            Duration::from_millis(250),
+            "round {round}"
+        );
+        base += 36;
+    }
+}
+
+#[test]
+fn test_a_second_segment_is_timed_while_the_timeout_is_backed_off() {
+    // sal-tcp: backed off, the first segment of a flight is lost and the
+    // second arrives: timed too, its SACK ends the backoff (before, only
+    // the first was timed, and the timeout stayed at 8 s).
+    let (mut s, now) = socket_with_a_backed_off_timeout();
+    s.send_slice(b"ghijklmnopqr").unwrap();
+    assert_eq!(sent_now(&mut s, now).len(), 2);
+    send!(s, time now + 50, sack_ack(6, &[(12, 18)]));
+    assert_eq!(s.rtte.retransmission_timeout(), Duration::from_millis(250));
+    // The first was late, not lost: its ACK is a sample too (60 ms).
+    send!(s, time now + 60, sack_ack(18, &[]));
+    assert_eq!(s.rtte.retransmission_timeout(), Duration::from_millis(252));
+    // Not backed off, one segment a flight is timed, as before: the
+    // second one's SACK, 100 ms on, is no sample.
+    s.send_slice(b"stuvwxyzABCD").unwrap();
+    assert_eq!(sent_now(&mut s, now + 60).len(), 2);
+    send!(s, time now + 160, sack_ack(18, &[(24, 30)]));
+    assert_eq!(s.rtte.retransmission_timeout(), Duration::from_millis(252));
+}
+
+#[test]
+fn test_an_ack_a_retransmission_may_have_brought_is_no_sample() {
+    // sal-tcp: Karn. Segments 0 and 1 are timed (no sample yet); 0 is
+    // resent on duplicate ACKs that carried no SACK blocks. The ACK of
+    // all, a second later, may have waited for that copy: no sample from
+    // segment 1 (1 s would make the timeout 3 s).
+    let mut s = socket_with_eight_segments_in_flight(true);
+    for _ in 0..4 {
+        send!(s, time 10, sack_ack(0, &[]));
+    }
+    assert_eq!(sent_now(&mut s, 10), [(0, b"abcdef".to_vec())]);
+    send!(s, time 1000, sack_ack(48, &[]));
+    assert_eq!(s.rtte.retransmission_timeout(), Duration::from_secs(1));
+}
+
 #[test]
 fn test_sack_option_repeats_the_most_recent_blocks() {
     // sal-tcp: RFC 2018 4: the first block holds the segment that
