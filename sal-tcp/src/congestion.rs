@@ -30,8 +30,15 @@ pub(crate) fn initial_window(mss: usize) -> usize {
 /// send after an idle period): at least 3/4 of the
 /// window given up, so that slow start regrows most of the way to what
 /// the path carried before (Linux's `tcp_current_ssthresh`, which its
-/// restart after an idle period, `tcp_cwnd_restart`, keeps).
-pub(crate) fn restart_ssthresh(ssthresh: usize, cwnd: usize) -> usize {
+/// restart after an idle period, `tcp_cwnd_restart`, keeps). In fast
+/// recovery, `ssthresh` as it is, as there: the window is inflated by the
+/// duplicate ACKs, and 3/4 of it undid the loss response (a rewind in
+/// fast recovery raised ssthresh from half the flight to 3/4 of the
+/// flight and its duplicates).
+pub(crate) fn restart_ssthresh(ssthresh: usize, cwnd: usize, in_fast_recovery: bool) -> usize {
+    if in_fast_recovery {
+        return ssthresh;
+    }
     ssthresh.max(cwnd / 4 * 3)
 }
 
@@ -134,7 +141,8 @@ pub(crate) trait Controller {
     /// sal-tcp: the window restarts, halved `halvings` times down to the
     /// restart window at most ([`restart_window`]): slow start regrows it
     /// towards what the path carried (ssthresh is kept at least 3/4 of
-    /// the window given up, [`restart_ssthresh`]), and Conservative Slow
+    /// the window given up, or as it is in fast recovery,
+    /// [`restart_ssthresh`]), and Conservative Slow
     /// Start and any fast recovery end. Not a congestion loss. The socket
     /// restarts when it rewinds (`Socket::rewind`: the path went silent
     /// and answered again, or it is a new one), with `u32::MAX`: from the

@@ -404,10 +404,13 @@
 //!   The congestion window restarts from the initial window at most (see
 //!   below; RFC 9000 9.4 restarts a new path there; RFC 5681 4.1 and Linux
 //!   restart a flow that was silent), with ssthresh kept at least 3/4 of the window
-//!   given up, and slow start regrows it from the ACKs: the whole flight
+//!   given up (in fast recovery, as it is: the window is inflated by the
+//!   duplicate ACKs there, as Linux's `tcp_current_ssthresh`), and slow
+//!   start regrows it from the ACKs: the whole flight
 //!   used to go out at once (44 segments in one trace). Tested by
-//!   `rewind_after_a_path_change_resends_at_once` and
-//!   `test_rewind_resends_within_a_restarted_congestion_window`.
+//!   `rewind_after_a_path_change_resends_at_once`,
+//!   `test_rewind_resends_within_a_restarted_congestion_window` and the
+//!   controllers' `a_restart_in_fast_recovery_keeps_the_loss_responses_ssthresh`.
 //! - **Timestamps**: generated from `now` plus the ISN instead of a `fn()`
 //!   generator; enabled by `Config::timestamps`.
 //! - **Congestion control**: Reno and Cubic always compiled (no cargo

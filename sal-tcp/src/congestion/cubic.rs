@@ -272,7 +272,7 @@ impl Controller for Cubic {
 
     fn on_restart(&mut self, halvings: u32) {
         self.conservative = false;
-        self.ssthresh = super::restart_ssthresh(self.ssthresh, self.cwnd);
+        self.ssthresh = super::restart_ssthresh(self.ssthresh, self.cwnd, self.in_fast_recovery);
         self.cwnd = super::restart_window(self.cwnd, self.mss, halvings);
         self.w_est = self.cwnd as f64;
         self.growth_credit = 0;
@@ -550,6 +550,27 @@ mod test {
         cubic.cwnd = 4 * 1448;
         cubic.on_restart(u32::MAX);
         assert_eq!(cubic.window(), 4 * 1448);
+    }
+
+    #[test]
+    fn a_restart_in_fast_recovery_keeps_the_loss_responses_ssthresh() {
+        // sal-tcp: a rewind in fast recovery (a path that answered again,
+        // or a new one) restarts the window, but the window given up is
+        // inflated by the duplicate ACKs, and 3/4 of it undid the loss
+        // response. Linux's `tcp_current_ssthresh` keeps ssthresh while
+        // the window is being reduced.
+        let mut cubic = Cubic::new();
+        cubic.set_initial_window(1448, false);
+        cubic.set_remote_window(1 << 30);
+        cubic.cwnd = 40 * 1448;
+        cubic.on_loss(Instant::from_millis(1), 40 * 1448);
+        assert_eq!(cubic.ssthresh, 28 * 1448);
+        for _ in 0..20 {
+            cubic.on_dup_ack(Instant::from_millis(2), 1448, 40 * 1448);
+        }
+        cubic.on_restart(u32::MAX);
+        assert_eq!(cubic.window(), 10 * 1448);
+        assert_eq!(cubic.ssthresh, 28 * 1448, "the loss response's");
     }
 
     #[test]

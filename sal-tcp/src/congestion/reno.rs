@@ -128,7 +128,7 @@ impl Controller for Reno {
 
     fn on_restart(&mut self, halvings: u32) {
         self.conservative = false;
-        self.ssthresh = super::restart_ssthresh(self.ssthresh, self.cwnd);
+        self.ssthresh = super::restart_ssthresh(self.ssthresh, self.cwnd, self.in_fast_recovery);
         self.cwnd = super::restart_window(self.cwnd, self.mss, halvings);
         self.in_fast_recovery = false;
     }
@@ -444,6 +444,27 @@ mod test {
         reno.cwnd = 4 * 1448;
         reno.on_restart(u32::MAX);
         assert_eq!(reno.window(), 4 * 1448);
+    }
+
+    #[test]
+    fn a_restart_in_fast_recovery_keeps_the_loss_responses_ssthresh() {
+        // sal-tcp: a rewind in fast recovery (a path that answered again,
+        // or a new one) restarts the window, but the window given up is
+        // inflated by the duplicate ACKs, and 3/4 of it undid the loss
+        // response. Linux's `tcp_current_ssthresh` keeps ssthresh while
+        // the window is being reduced.
+        let mut reno = Reno::new();
+        reno.set_initial_window(1448, false);
+        reno.set_remote_window(1 << 30);
+        reno.cwnd = 40 * 1448;
+        reno.on_loss(Instant::from_millis(1), 40 * 1448);
+        assert_eq!(reno.ssthresh, 20 * 1448);
+        for _ in 0..20 {
+            reno.on_dup_ack(Instant::from_millis(2), 1448, 40 * 1448);
+        }
+        reno.on_restart(u32::MAX);
+        assert_eq!(reno.window(), 10 * 1448);
+        assert_eq!(reno.ssthresh, 20 * 1448, "the loss response's");
     }
 
     #[test]
