@@ -466,6 +466,13 @@
 //!   rule. Tested by
 //!   `test_slow_start_counts_the_segments_a_stretch_ack_acknowledges` and
 //!   the controllers' `slow_start_counts_the_bytes_acknowledged_up_to_eight_segments`.
+//! - **ACKs of bytes never sent are unacceptable** (RFC 9293 3.10.7.4:
+//!   SEG.ACK =< SND.NXT; RFC 5961 5.2: answered with a challenge ACK).
+//!   smoltcp accepted an ACK up to the end of the send buffer, so a peer,
+//!   or a blind injector with a target as wide as the buffer, made us
+//!   drop queued bytes that were never sent, and the receiver never got
+//!   them. A zero-window probe's byte counts as sent. Tested by
+//!   `test_an_ack_of_bytes_never_sent_is_unacceptable`.
 //! - **Slow start after idle** (RFC 5681 4.1, Linux's
 //!   `tcp_slow_start_after_idle`): a send after nothing went out for
 //!   longer than the retransmission timeout, with nothing in flight,

@@ -1623,9 +1623,13 @@ impl Socket {
             (_, _, Some(ack_number)) => {
                 let unacknowledged = self.tx_buffer.len() + control_len;
 
-                // Acceptable ACK range (both inclusive)
+                // Acceptable ACK range (both inclusive). sal-tcp: up to
+                // the highest byte sent (SND.NXT, RFC 9293 3.10.7.4), not
+                // the end of the send buffer, whose unsent bytes an ACK
+                // would have thrown away (RFC 5961 5.2: a challenge ACK).
                 let mut ack_min = self.local_seq_no;
-                let ack_max = self.local_seq_no + unacknowledged;
+                let ack_max = (self.local_seq_no + unacknowledged)
+                    .min(self.remote_max_seq.max(self.local_seq_no));
 
                 // If we have sent a SYN, it MUST be acknowledged.
                 if sent_syn {
@@ -3050,6 +3054,9 @@ impl Socket {
         // Leave the rest of the state intact if sending a zero-window probe.
         if is_zero_window_probe {
             self.timer.rewind_zero_window_probe(now);
+            // sal-tcp: its byte was sent, and may be acknowledged (the
+            // acceptable ACK range ends at the highest byte sent).
+            self.remote_max_seq = self.remote_max_seq.max(repr.seq_number + payload_len);
             return Some(len);
         }
 

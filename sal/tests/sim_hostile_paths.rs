@@ -174,7 +174,7 @@ impl VictimWatch {
 fn rsyns_from_a_victims_address_move_nothing_until_it_answers() {
     let mut w = VictimWatch::new(7);
     let (server, client, cflow, sflow, ack) = (w.server, w.client, w.cflow, w.sflow, w.ack);
-    let data = pattern(24 << 20, 5);
+    let data = pattern(64 << 20, 5);
     let from_victim = Rc::new(Cell::new(0u64));
     let (mut sent, mut next) = (0u32, None::<Instant>);
     let from = from_victim.clone();
@@ -225,12 +225,12 @@ fn rsyns_from_a_victims_address_move_nothing_until_it_answers() {
 fn control_messages_from_a_victims_address_reflect_no_more_than_they_carry() {
     let mut w = VictimWatch::new(5);
     let (server, client, cflow, sflow, ack) = (w.server, w.client, w.cflow, w.sflow, w.ack);
-    // While 24 MB go from the server to the client, once 4 MB arrived:
+    // While 64 MB go from the server to the client, once 4 MB arrived:
     // every 200 ms the "client" speaks from the victim's address, then 30
     // ms later from its own (as a client that wants its download sent to
     // the victim would), 20 times: a replay of its handshake ACK, and, as
     // only the client itself could, ACKs numbered afresh.
-    let data = pattern(24 << 20, 3);
+    let data = pattern(64 << 20, 3);
     let from_victim = Rc::new(Cell::new(0u64));
     let (mut toggles, mut next, mut away) = (0u32, None::<Instant>, false);
     let from = from_victim.clone();

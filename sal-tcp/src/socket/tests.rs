@@ -1847,6 +1847,68 @@ fn test_established_send_no_ack_send() {
 }
 
 #[test]
+fn test_an_ack_of_bytes_never_sent_is_unacceptable() {
+    // sal-tcp: an ACK may acknowledge what was sent, not what waits in the
+    // send buffer unsent (RFC 9293 3.10.7.4: SND.UNA < SEG.ACK =< SND.NXT;
+    // RFC 5961 5.2: a challenge ACK). smoltcp accepted anything up to the
+    // buffer's end, so a peer (or a blind injector, with a target as wide
+    // as the buffer) made us drop bytes nobody had received.
+    let mut data = [0; 32];
+    for (i, elem) in data.iter_mut().enumerate() {
+        *elem = i as u8
+    }
+    let mut s = socket_established();
+    s.remote_win_len = 16;
+    s.send_slice(&data[..]).unwrap();
+    recv!(
+        s,
+        [TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &data[0..16],
+            ..RECV_TEMPL
+        }]
+    );
+    // Acknowledges all 32, of which 16 were sent: a challenge ACK, and
+    // nothing leaves the buffer.
+    send!(
+        s,
+        TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 32),
+            window_len: 64,
+            ..SEND_TEMPL
+        },
+        Some(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 16,
+            ack_number: Some(REMOTE_SEQ + 1),
+            ..RECV_TEMPL
+        })
+    );
+    assert_eq!(s.tx_buffer.len(), 32);
+    // The 16 sent are acknowledged as usual, and the rest goes out.
+    send!(
+        s,
+        TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 16),
+            window_len: 64,
+            ..SEND_TEMPL
+        }
+    );
+    assert_eq!(s.tx_buffer.len(), 16);
+    recv!(
+        s,
+        [TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 16,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &data[16..32],
+            ..RECV_TEMPL
+        }]
+    );
+}
+
+#[test]
 fn test_established_send_buf_gt_win() {
     let mut data = [0; 32];
     for (i, elem) in data.iter_mut().enumerate() {
@@ -2998,6 +3060,7 @@ fn test_last_ack_partial_ack_no_challenge_ack() {
     let _ = s.tx_buffer.enqueue_slice(b"x");
     // Mark it as already sent (remote_last_seq is past the data byte and the FIN).
     s.remote_last_seq = LOCAL_SEQ + 1 + 1 + 1; // data(1) + FIN(1)
+    s.remote_max_seq = s.remote_last_seq;
 
     // Remote ACKs just the data byte, not the FIN (partial ACK).
     // ack_number = local_seq_no + 1  =>  ack_len = 1, ack_of_fin = false.
