@@ -25,9 +25,12 @@
 //! close-on-exec listener is unbound at exec as before, like a TCP
 //! listener that no process holds any more. When the library is loaded in
 //! the new image, it finds records among its descriptors (by the memfd's
-//! name in `/proc/self/fd`), keeps the entries whose number and control
-//! connection still refer to the same open sockets (device and inode), and
-//! closes the records, and the control connections recorded that no entry
+//! name in `/proc/self/fd`, at whatever number), keeps the entries whose
+//! number and control connection still refer to the same open sockets
+//! (device and inode; a socket no longer at its number is looked for at
+//! the others, as a program in between may have moved it where the shim
+//! does not see: `posix_spawn`'s file actions, a direct system call, a
+//! program not under the shim), and closes the records, and the control connections recorded that no entry
 //! taken up holds (one that crossed without its socket, closed by
 //! `posix_spawn`'s file actions or by a program in between that is not
 //! under the shim, would keep the service bound for as long as this image
@@ -44,6 +47,12 @@
 //! a child (forked, or spawned by `posix_spawn` or `vfork`, which run no
 //! fork handlers) is never written again, so a child's record is the
 //! table it was given, and no two processes write one file.
+//!
+//! A record is never at 0-2: a program that closed its standard streams
+//! takes them again with `open` or `dup2`, which would close the record
+//! (and leave the control connections crossing without it), or give a
+//! child the record as its input; it is moved above them, as other
+//! libraries keep their own descriptors there.
 //!
 //! Why not interpose `execve`: the exec family (`execl`, `execvp`,
 //! `posix_spawn`, `system`, `popen`) reaches the system call through
@@ -169,23 +178,43 @@ pub(crate) fn removed(fd: RawFd) {
         .remove(&fd);
 }
 
-/// The entry whose state was `state` left the table (closed, replaced,
-/// found stale): a listener's control connection that the record left to
-/// cross `exec` is made close-on-exec again, and the next rewrite leaves
-/// it to cross only if another number of the listener that the record
-/// carries crosses. A rewrite looks only at the numbers it carries, and a
-/// copy of the listener made while the record carried its most is not
-/// one: without this the connection would cross with that copy, which
-/// the record does not name, and keep the service bound in an image that
-/// does not know the listener. Under the table lock.
-pub(crate) fn left(state: &State) {
-    if let State::Listening { control } = state {
-        let mut crossing = control.crossing.lock().unwrap_or_else(|e| e.into_inner());
-        if *crossing == Some(true) {
-            set_cloexec(control.fd, true);
-            *crossing = Some(false);
+/// The entry whose state was `state` (with what the record found of it,
+/// `seen`) left the table (closed, replaced, found stale) or that state
+/// (a datagram socket that listens or connects): a control connection
+/// that the record left to cross `exec` is made close-on-exec again. A
+/// listener's crosses again at the next rewrite only if another number
+/// of the listener that the record carries crosses. A rewrite looks only
+/// at the numbers it carries, and a copy of the listener made while the
+/// record carried its most is not one, nor is a datagram socket that
+/// listens once another socket took its place meanwhile: without this
+/// the connection would cross with a number the record does not name,
+/// and keep the service bound in an image that does not know it. Under
+/// the table lock.
+pub(crate) fn left(state: &State, seen: &mut Seen) {
+    match state {
+        State::Listening { control } => {
+            let mut crossing = control.crossing.lock().unwrap_or_else(|e| e.into_inner());
+            if *crossing == Some(true) {
+                set_cloexec(control.fd, true);
+                *crossing = Some(false);
+            }
+        }
+        State::DgramOpen {
+            bound: Some((connection, _)),
+        } => left_datagram(connection, seen),
+        _ => {}
+    }
+}
+
+/// As [`left`], for a datagram socket's control connection `connection`
+/// (taken out of its state).
+pub(crate) fn left_datagram(connection: &ControlClient, seen: &mut Seen) {
+    if let Some((cfd, _, true)) = seen.control {
+        if cfd == connection.as_fd().as_raw_fd() {
+            set_cloexec(cfd, true);
         }
     }
+    seen.control = None;
 }
 
 /// Whether the record is to be written again (and no longer, after this).
@@ -342,6 +371,22 @@ fn create(bytes: &[u8]) -> Option<(RawFd, (u64, u64))> {
         }
         at += n as usize;
     }
+    // Never one of the standard streams (a program that closed them takes
+    // 0-2 again with `open` or `dup2`, which would close the record, or
+    // give a child the record as its input): moved above them, as other
+    // libraries' own descriptors are (still close-on-exec until written).
+    let fd = if fd < 3 {
+        // SAFETY: F_DUPFD_CLOEXEC takes an int; the memfd just made.
+        let moved = unsafe { real::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+        // SAFETY: no pointers; the memfd just made (or its copy above).
+        unsafe { real::close(fd) };
+        if moved < 0 {
+            return None;
+        }
+        moved
+    } else {
+        fd
+    };
     // SAFETY: F_ADD_SEALS and F_SETFD take an int.
     let sealed = unsafe { real::fcntl(fd, libc::F_ADD_SEALS, SEALS as libc::c_ulong) } == 0
         && unsafe { real::fcntl(fd, libc::F_SETFD, 0) } == 0;
@@ -513,13 +558,21 @@ fn decode_one(r: &mut Reader<'_>) -> Option<Recorded> {
     })
 }
 
-/// The records among this process's descriptors (`/proc/self/fd`), by the
-/// memfd's name.
-fn find_records() -> Vec<RawFd> {
+/// This process's descriptors as `/proc/self/fd` shows them: the records
+/// (by the memfd's name), and the sockets with their inodes (where a
+/// socket the record names is looked for when it is no longer at its
+/// number).
+#[derive(Default)]
+struct Found {
+    records: Vec<RawFd>,
+    sockets: Vec<(RawFd, u64)>,
+}
+
+fn find_descriptors() -> Found {
+    let mut found = Found::default();
     let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return Vec::new();
+        return found;
     };
-    let mut found = Vec::new();
     for item in dir.flatten() {
         let Some(fd) = item
             .file_name()
@@ -531,11 +584,42 @@ fn find_records() -> Vec<RawFd> {
         let Ok(link) = std::fs::read_link(item.path()) else {
             continue;
         };
-        if std::os::unix::ffi::OsStrExt::as_bytes(link.as_os_str()).starts_with(LINK_PREFIX) {
-            found.push(fd);
+        let link = std::os::unix::ffi::OsStrExt::as_bytes(link.as_os_str());
+        if link.starts_with(LINK_PREFIX) {
+            found.records.push(fd);
+        } else if let Some(inode) = socket_inode(link) {
+            found.sockets.push((fd, inode));
         }
     }
     found
+}
+
+/// The inode of a socket's `/proc/self/fd` link, `socket:[INODE]`.
+fn socket_inode(link: &[u8]) -> Option<u64> {
+    let digits = link.strip_prefix(b"socket:[")?.strip_suffix(b"]")?;
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// The numbers at which the socket `rec` names is taken up: its own, if
+/// it is still there; else wherever this image has it (device and inode),
+/// for a program in between may have moved it with what the shim does not
+/// see (`posix_spawn`'s file actions, a direct system call, a program not
+/// under the shim): each such number for a listener (copies share it), the
+/// lowest for a datagram socket (whose copies the shim does not track).
+fn numbers(rec: &Recorded, sockets: &[(RawFd, u64)]) -> Vec<RawFd> {
+    if ident(rec.fd) == rec.ident {
+        return vec![rec.fd];
+    }
+    let mut at: Vec<RawFd> = sockets
+        .iter()
+        .filter(|&&(fd, inode)| inode == rec.ident.1 && ident(fd) == rec.ident)
+        .map(|&(fd, _)| fd)
+        .collect();
+    at.sort_unstable();
+    if !rec.listening {
+        at.truncate(1);
+    }
+    at
 }
 
 /// The bytes of the record at `fd`, if it is sealed (whole, and no longer
@@ -580,7 +664,10 @@ fn read_record(fd: RawFd) -> Option<Vec<u8>> {
 /// become entries again; the records are closed, and this image writes
 /// its own.
 pub(crate) fn restore() {
-    let found = find_records();
+    let Found {
+        records: found,
+        sockets,
+    } = find_descriptors();
     if found.is_empty() {
         return;
     }
@@ -609,73 +696,12 @@ pub(crate) fn restore() {
     let mut listeners: BTreeMap<RawFd, Arc<ListenerControl>> = BTreeMap::new();
     let mut table = table::lock();
     for rec in records {
-        if rec.ident == (0, 0) || ident(rec.fd) != rec.ident || taken.contains(&rec.fd) {
+        if rec.ident == (0, 0) {
             continue;
         }
-        let mut stale = Vec::new();
-        if table.get(rec.fd, &mut stale).is_some() {
-            continue;
+        for fd in numbers(&rec, &sockets) {
+            adopt(&mut table, &rec, fd, &path, &mut taken, &mut listeners);
         }
-        // Each control connection is adopted once: shared by the copies
-        // of one listener, never by two sockets that are not copies.
-        let control = match rec.control {
-            Some((cfd, cident)) => {
-                if cfd == rec.fd || cident == (0, 0) || ident(cfd) != cident {
-                    continue;
-                }
-                Some(cfd)
-            }
-            None => None,
-        };
-        let state = if rec.listening {
-            let Some(cfd) = control else { continue };
-            let control = match listeners.get(&cfd) {
-                Some(shared) if shared.listener.0 == rec.listener => Arc::clone(shared),
-                Some(_) => continue,
-                None if taken.contains(&cfd) => continue,
-                None => {
-                    // SAFETY: `cfd` is open and is the socket the record
-                    // names (device and inode), the connection the image
-                    // before held; nothing else in this image owns it.
-                    let fd = unsafe { OwnedFd::from_raw_fd(cfd) };
-                    let connection = ControlClient::inherited(fd, path.clone());
-                    let shared = Arc::new(ListenerControl::inherited(
-                        ListenerId(rec.listener),
-                        connection,
-                        rec.owner,
-                    ));
-                    listeners.insert(cfd, Arc::clone(&shared));
-                    shared
-                }
-            };
-            State::Listening { control }
-        } else {
-            let bound = match control {
-                Some(cfd) if taken.contains(&cfd) || listeners.contains_key(&cfd) => continue,
-                Some(cfd) => {
-                    // SAFETY: as above: the connection recorded, owned by
-                    // nothing else in this image.
-                    let fd = unsafe { OwnedFd::from_raw_fd(cfd) };
-                    Some((
-                        ControlClient::inherited(fd, path.clone()),
-                        ListenerId(rec.listener),
-                    ))
-                }
-                None => None,
-            };
-            State::DgramOpen { bound }
-        };
-        taken.insert(rec.fd);
-        if let Some(cfd) = control {
-            taken.insert(cfd);
-        }
-        let mut entry = Entry::new(rec.kind, rec.domain, rec.fd, state);
-        entry.local = rec.local;
-        entry.options = rec.options;
-        if rec.listening {
-            entry.owner = rec.owner as libc::pid_t;
-        }
-        table.insert(rec.fd, entry);
     }
     // This image's own record (and its control connections' close-on-exec
     // flags) are written as the table is unlocked.
@@ -693,5 +719,100 @@ pub(crate) fn restore() {
             unsafe { real::close(cfd) };
             taken.insert(cfd);
         }
+    }
+}
+
+/// Takes up the socket `rec` names at `fd` (see [`restore`]), unless the
+/// number or the control connection is one taken up already, or does not
+/// check out.
+fn adopt(
+    table: &mut table::Table,
+    rec: &Recorded,
+    fd: RawFd,
+    path: &std::path::Path,
+    taken: &mut BTreeSet<RawFd>,
+    listeners: &mut BTreeMap<RawFd, Arc<ListenerControl>>,
+) {
+    if taken.contains(&fd) {
+        return;
+    }
+    let mut stale = Vec::new();
+    if table.get(fd, &mut stale).is_some() {
+        return;
+    }
+    // Each control connection is adopted once: shared by the copies
+    // of one listener, never by two sockets that are not copies.
+    let control = match rec.control {
+        Some((cfd, cident)) => {
+            if cfd == fd || cident == (0, 0) || ident(cfd) != cident {
+                return;
+            }
+            Some(cfd)
+        }
+        None => None,
+    };
+    let state = if rec.listening {
+        let Some(cfd) = control else { return };
+        let control = match listeners.get(&cfd) {
+            Some(shared) if shared.listener.0 == rec.listener => Arc::clone(shared),
+            Some(_) => return,
+            None if taken.contains(&cfd) => return,
+            None => {
+                // SAFETY: `cfd` is open and is the socket the record
+                // names (device and inode), the connection the image
+                // before held; nothing else in this image owns it.
+                let owned = unsafe { OwnedFd::from_raw_fd(cfd) };
+                let connection = ControlClient::inherited(owned, path.to_path_buf());
+                let shared = Arc::new(ListenerControl::inherited(
+                    ListenerId(rec.listener),
+                    connection,
+                    rec.owner,
+                ));
+                listeners.insert(cfd, Arc::clone(&shared));
+                shared
+            }
+        };
+        State::Listening { control }
+    } else {
+        let bound = match control {
+            Some(cfd) if taken.contains(&cfd) || listeners.contains_key(&cfd) => return,
+            Some(cfd) => {
+                // SAFETY: as above: the connection recorded, owned by
+                // nothing else in this image.
+                let owned = unsafe { OwnedFd::from_raw_fd(cfd) };
+                Some((
+                    ControlClient::inherited(owned, path.to_path_buf()),
+                    ListenerId(rec.listener),
+                ))
+            }
+            None => None,
+        };
+        State::DgramOpen { bound }
+    };
+    taken.insert(fd);
+    if let Some(cfd) = control {
+        taken.insert(cfd);
+    }
+    let mut entry = Entry::new(rec.kind, rec.domain, fd, state);
+    entry.local = rec.local;
+    entry.options = rec.options.clone();
+    if rec.listening {
+        entry.owner = rec.owner as libc::pid_t;
+    }
+    table.insert(fd, entry);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_s_inode_is_read_from_its_link_only() {
+        assert_eq!(socket_inode(b"socket:[112446021]"), Some(112446021));
+        assert_eq!(socket_inode(b"socket:[]"), None);
+        assert_eq!(socket_inode(b"socket:[12"), None);
+        assert_eq!(socket_inode(b"pipe:[12]"), None);
+        assert_eq!(socket_inode(b"/memfd:serval-shim-exec (deleted)"), None);
+        assert_eq!(socket_inode(b"socket:[99999999999999999999999]"), None);
     }
 }

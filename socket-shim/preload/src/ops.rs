@@ -1304,6 +1304,8 @@ fn connect_open_datagram(
             return Err(libc::EINVAL);
         }
         let open = std::mem::replace(&mut entry.state, State::Connecting { wake: None });
+        // Its control connection, closed below, no longer crosses `exec`.
+        inherit::left(&open, &mut entry.exec);
         entry.gen = table::next_gen();
         inherit::changed();
         (entry.gen, open)
@@ -1627,10 +1629,15 @@ pub(crate) fn listen(fd: RawFd, backlog: c_int, pass: impl FnOnce() -> c_int) ->
         match table.get(fd, &mut stale) {
             Some(entry) => match std::mem::replace(&mut entry.state, State::Failed) {
                 // An open datagram socket the record may carry: it is not
-                // one while it listens (the listener will be).
+                // one while it listens (the listener will be, if there is
+                // room for it then), so its control connection no longer
+                // crosses `exec` (until a rewrite finds the listener in
+                // the record): another thread may fill the record's last
+                // place before the listener is in the table, or exec.
                 State::DgramOpen {
                     bound: Some((control, listener)),
                 } => {
+                    inherit::left_datagram(&control, &mut entry.exec);
                     entry.gen = table::next_gen();
                     inherit::changed();
                     Some((control, listener, None, entry.gen))

@@ -502,9 +502,9 @@ impl Table {
         set_hints(fd, Some(&entry));
         set_bit(&TRACKED, fd, true);
         let carried = inherit::carried(&entry.state);
-        let old = self.guard.insert(fd, entry);
-        if let Some(old) = &old {
-            inherit::left(&old.state);
+        let mut old = self.guard.insert(fd, entry);
+        if let Some(old) = &mut old {
+            inherit::left(&old.state, &mut old.exec);
         }
         if carried {
             inherit::changed_at(fd);
@@ -517,10 +517,10 @@ impl Table {
     pub(crate) fn remove(&mut self, fd: RawFd) -> Option<Entry> {
         set_bit(&TRACKED, fd, false);
         set_hints(fd, None);
-        let old = self.guard.remove(&fd);
+        let mut old = self.guard.remove(&fd);
         inherit::removed(fd);
-        if let Some(old) = &old {
-            inherit::left(&old.state);
+        if let Some(old) = &mut old {
+            inherit::left(&old.state, &mut old.exec);
         }
         if old.as_ref().is_some_and(|old| inherit::carried(&old.state)) {
             inherit::changed();

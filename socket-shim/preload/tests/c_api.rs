@@ -225,6 +225,52 @@ fn a_control_connection_without_its_listener_does_not_cross_exec() {
     client(&sald, &["exec-orphan", "e7ec6"]).success(T);
 }
 
+/// A program that closed its standard input and opens it again finds it
+/// at 0, whatever the shim wrote meanwhile: the record of what crosses
+/// `exec` is never at 0-2 (where the program's `open`, or a `dup2` onto
+/// 0, would close it and the listener would not cross), and the listener
+/// crosses `exec`.
+#[test]
+fn the_record_of_what_crosses_exec_is_never_a_standard_stream() {
+    let sald = Sald::start();
+    let mut srv = server(&sald, &["exec-stdio", "e7eca", "1"]);
+    client(&sald, &["stream-client", "e7eca", "100000"]).success(T);
+    srv.success(T);
+}
+
+/// `listen` on a bound datagram socket while another thread fills the
+/// record's last place between its two steps (sald stopped, so that the
+/// listen waits there): the listener is not in the record, and its
+/// control connection does not cross `exec` (the new image binds the
+/// service again).
+#[test]
+fn a_listener_left_out_of_the_record_does_not_stay_bound_across_exec() {
+    let sald = Sald::start();
+    client(&sald, &["exec-listen-race", "e7ecb"]).success(T);
+}
+
+/// A listener moved where the shim does not see it (`posix_spawn`'s file
+/// actions `dup2` it to 3, or to 0, and close the original) is taken up
+/// by the spawned program at its new number, found by device and inode;
+/// so are a bound and an unbound datagram socket moved so.
+/// A `dup2` over a listener's number (which closes it) leaves it out of
+/// the record: a plain file there after `exec`, the service unbound.
+#[test]
+fn a_moved_listener_crosses_exec_at_its_new_number() {
+    let sald = Sald::start();
+    for (sid, target) in [("e7ecc", "3"), ("e7ecd", "0")] {
+        let mut srv = server(&sald, &["exec-spawn-moved", sid, "2", target]);
+        for _ in 0..2 {
+            client(&sald, &["stream-client", sid, "100000"]).success(T);
+        }
+        srv.success(T);
+    }
+    let mut srv = server(&sald, &["exec-spawn-moved-dgram", "d3e", "4"]);
+    client(&sald, &["dgram-client", "d3e", "4"]).success(T);
+    srv.success(T);
+    client(&sald, &["exec-dup2-over", "e7ece"]).success(T);
+}
+
 #[test]
 fn fork_after_accept() {
     let sald = Sald::start();

@@ -205,6 +205,19 @@
  *                                             listener (but with its control connection),
  *                                             and exits: SID is unbound, and binds again
  *   exec-orphan-hold FD                       holds what it got until FD (a pipe) ends
+ *   exec-stdio SID COUNT                      bind, listen, close stdin, clear close-on-exec
+ *                                             (the record is written again): stdin opens at
+ *                                             0 again; exec this program as exec-accept
+ *   exec-listen-race SID                      listen on a bound datagram socket while the
+ *                                             record's last place is filled between its two
+ *                                             steps (sald stopped); exec as exec-rebind
+ *   exec-spawn-moved SID COUNT TARGET         bind, listen, posix_spawn exec-accept with the
+ *                                             listener moved to TARGET (file actions)
+ *   exec-spawn-moved-dgram SID COUNT          the same for exec-dgram-echo, its two datagram
+ *                                             sockets moved to 20 and 21
+ *   exec-dup2-over SID                        bind, listen, dup2 /dev/null over the listener;
+ *                                             exec as exec-dup2-over-check (a plain file
+ *                                             there, SID binds again)
  *   misuse SID                                error paths (SID is not bound)
  *   nodaemon SID                              sald not running
  */
@@ -231,6 +244,7 @@
 #include <sys/syscall.h>
 #include <sys/time.h>
 #include <sys/uio.h>
+#include <sys/un.h>
 #include <time.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -1709,6 +1723,206 @@ static int exec_orphan_hold(int fd) {
     while (read(fd, &b, 1) > 0) {
     }
     return 0;
+}
+
+/* A daemon that closed its standard input and opens it again: the record
+ * of what crosses exec, written again meanwhile (close-on-exec cleared
+ * once more), must not take descriptor 0, where the program's open (and
+ * a dup2 onto 0 that makes sure of it) would put /dev/null over it; the
+ * listener then crosses exec as before. */
+static int exec_stdio(const char *sid, const char *count) {
+    int fd = socket(AF_SERVAL, SOCK_STREAM, 0);
+    if (fd < 0) die("socket");
+    struct sockaddr_sv sa = sv_addr(sid);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) die("bind");
+    if (listen(fd, 16) < 0) die("listen");
+    if (close(0) < 0) die("close stdin");
+    if (fcntl(fd, F_SETFD, 0) < 0) die("F_SETFD");
+    for (int i = 0; i < 3; i++) {
+        char path[64], link[256];
+        snprintf(path, sizeof path, "/proc/self/fd/%d", i);
+        ssize_t n = readlink(path, link, sizeof link - 1);
+        if (n < 0) continue;
+        link[n] = 0;
+        CHECK(strstr(link, "serval-shim-exec") == NULL, "the record at descriptor %d", i);
+    }
+    int null = open("/dev/null", O_RDONLY);
+    CHECK(null == 0, "stdin opened again at 0 (got %d)", null);
+    if (null > 0) {
+        if (dup2(null, 0) != 0) die("dup2");
+        close(null);
+    }
+    exec_self("exec-accept", sid, count, fd, -1);
+    return 1;
+}
+
+/* The pid of sald, which answers at $SERVAL_CONTROL (SO_PEERCRED). */
+static pid_t sald_pid(void) {
+    const char *path = getenv("SERVAL_CONTROL");
+    if (!path) die("SERVAL_CONTROL");
+    int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un un = {.sun_family = AF_UNIX};
+    snprintf(un.sun_path, sizeof un.sun_path, "%s", path);
+    if (s < 0 || connect(s, (struct sockaddr *)&un, sizeof un) < 0) die("connect to sald");
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    if (getsockopt(s, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) die("SO_PEERCRED");
+    close(s);
+    return cred.pid;
+}
+
+/* The inode of the shim's record among this process's descriptors (0:
+ * none). */
+static ino_t record_inode(void) {
+    for (int fd = 0; fd < 1024; fd++) {
+        char path[64], link[256];
+        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+        ssize_t n = readlink(path, link, sizeof link - 1);
+        if (n < 0) continue;
+        link[n] = 0;
+        struct stat st;
+        if (strstr(link, "serval-shim-exec") && fstat(fd, &st) == 0) return st.st_ino;
+    }
+    return 0;
+}
+
+static void *listen_thread(void *arg) {
+    int fd = *(int *)arg;
+    *(int *)arg = listen(fd, 16);
+    return NULL;
+}
+
+/* listen on a bound datagram socket whose control connection crosses
+ * exec, while another thread fills the record's last place between the
+ * two steps of that listen (sald stopped meanwhile, so that the listen
+ * waits there): the listener is not in the record then, so its control
+ * connection must not cross exec (the service would stay bound in an
+ * image that does not know it). */
+static int exec_listen_race(const char *sid) {
+    struct sockaddr_sv sa = sv_addr(sid), other = sv_addr("e7ecf");
+    int d = socket(AF_SERVAL, SOCK_DGRAM, 0);
+    if (d < 0) die("socket");
+    if (bind(d, (struct sockaddr *)&sa, sizeof sa) < 0) die("bind datagram");
+    int l = socket(AF_SERVAL, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (l < 0) die("socket");
+    if (bind(l, (struct sockaddr *)&other, sizeof other) < 0) die("bind");
+    if (listen(l, 16) < 0) die("listen");
+    /* 254 more: the record carries its most, 256. */
+    for (int i = 0; i < 254; i++) {
+        int u = socket(AF_SERVAL, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        if (u < 0) die("socket");
+        if (sendto(u, "ping", 4, 0, (struct sockaddr *)&sa, sizeof sa) != 4) die("sendto");
+    }
+    pid_t sald = sald_pid();
+    ino_t before = record_inode();
+    CHECK(before != 0, "a record");
+    if (kill(sald, SIGSTOP) < 0) die("SIGSTOP sald");
+    pthread_t t;
+    int arg = d;
+    if (pthread_create(&t, NULL, listen_thread, &arg) != 0) die("pthread_create");
+    /* The listen's first step wrote the record again without the
+     * datagram socket (the only socket that crosses: no record then); it
+     * then waits for sald. */
+    ino_t now = before;
+    for (int i = 0; i < 500 && now == before; i++) {
+        usleep(10000);
+        now = record_inode();
+    }
+    CHECK(now != before, "the record written again by listen");
+    int copy = dup(l); /* the record's last place */
+    kill(sald, SIGCONT);
+    if (copy < 0) die("dup");
+    if (pthread_join(t, NULL) != 0) die("pthread_join");
+    CHECK(arg == 0, "listen on the bound datagram socket");
+    if (failures) return 1;
+    exec_self("exec-rebind", sid, "0", -1, -1);
+    return 1;
+}
+
+/* A listener moved by what the shim does not see: posix_spawn's file
+ * actions (glibc's own dup2 and close) put it at TARGET and close the
+ * original, whose number the record names; the spawned program finds it
+ * at TARGET by its device and inode and accepts COUNT connections. */
+static int exec_spawn_moved(const char *sid, const char *count, int target) {
+    int hold = open("/dev/null", O_RDONLY); /* the listener is not at 3 */
+    int fd = socket(AF_SERVAL, SOCK_STREAM, 0);
+    if (fd < 0) die("socket");
+    struct sockaddr_sv sa = sv_addr(sid);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) die("bind");
+    if (listen(fd, 16) < 0) die("listen");
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, fd, target);
+    posix_spawn_file_actions_addclose(&fa, fd);
+    char arg[16];
+    snprintf(arg, sizeof arg, "%d", target);
+    char *argv[] = {"serval_test", "exec-accept", (char *)sid, (char *)count, arg, NULL};
+    extern char **environ;
+    pid_t pid;
+    if (posix_spawn(&pid, "/proc/self/exe", &fa, NULL, argv, environ) != 0) die("posix_spawn");
+    posix_spawn_file_actions_destroy(&fa);
+    /* The spawned program takes the connections (this process's close,
+     * the one that listened, unbinds the service: after it is done). */
+    int status;
+    if (waitpid(pid, &status, 0) != pid) die("waitpid");
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the spawned program's status");
+    CHECK(close(fd) == 0, "close the listener");
+    if (hold >= 0) close(hold);
+    return failures ? 1 : 0;
+}
+
+/* The same for a bound and an unbound (sent from) datagram socket, moved
+ * to 20 and 21: the spawned program echoes as exec-dgram-echo. */
+static int exec_spawn_moved_dgram(const char *sid, const char *count) {
+    int fd = socket(AF_SERVAL, SOCK_DGRAM, 0);
+    if (fd < 0) die("socket");
+    struct sockaddr_sv sa = sv_addr(sid);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) die("bind");
+    int u = socket(AF_SERVAL, SOCK_DGRAM, 0);
+    if (u < 0) die("socket");
+    if (sendto(u, "ping", 4, 0, (struct sockaddr *)&sa, sizeof sa) != 4) die("sendto");
+    struct timeval seven = {.tv_sec = 7};
+    if (setsockopt(u, SOL_SOCKET, SO_SNDTIMEO, &seven, sizeof seven) < 0) die("SO_SNDTIMEO");
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, fd, 20);
+    posix_spawn_file_actions_adddup2(&fa, u, 21);
+    posix_spawn_file_actions_addclose(&fa, fd);
+    posix_spawn_file_actions_addclose(&fa, u);
+    char *argv[] = {"serval_test", "exec-dgram-echo", (char *)sid, (char *)count, "20", "21", NULL};
+    extern char **environ;
+    pid_t pid;
+    if (posix_spawn(&pid, "/proc/self/exe", &fa, NULL, argv, environ) != 0) die("posix_spawn");
+    posix_spawn_file_actions_destroy(&fa);
+    int status;
+    if (waitpid(pid, &status, 0) != pid) die("waitpid");
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the spawned program's status");
+    close(u);
+    close(fd);
+    return failures ? 1 : 0;
+}
+
+/* A dup2 over a listener's number closes it: the record no longer names
+ * it, the new image finds a plain file there, and the service binds
+ * again. */
+static int exec_dup2_over(const char *sid) {
+    int fd = socket(AF_SERVAL, SOCK_STREAM, 0);
+    if (fd < 0) die("socket");
+    struct sockaddr_sv sa = sv_addr(sid);
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) die("bind");
+    if (listen(fd, 16) < 0) die("listen");
+    int null = open("/dev/null", O_RDONLY);
+    if (null < 0 || dup2(null, fd) != fd) die("dup2");
+    close(null);
+    exec_self("exec-dup2-over-check", sid, "0", fd, -1);
+    return 1;
+}
+
+static int exec_dup2_over_check(const char *sid, int fd) {
+    int on = 0;
+    socklen_t len = sizeof on;
+    EXPECT_ERR(getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &on, &len), ENOTSOCK);
+    return exec_rebind(sid, -1);
 }
 
 static int misuse(const char *sid) {
@@ -3444,6 +3658,12 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "exec-garbage-check")) return exec_garbage_check(atoi(sid), atoi(argv[3]));
     if (!strcmp(cmd, "exec-orphan")) return exec_orphan(sid);
     if (!strcmp(cmd, "exec-orphan-hold")) return exec_orphan_hold(atoi(sid));
+    if (!strcmp(cmd, "exec-stdio")) return exec_stdio(sid, argc > 3 ? argv[3] : "1");
+    if (!strcmp(cmd, "exec-listen-race")) return exec_listen_race(sid);
+    if (!strcmp(cmd, "exec-spawn-moved") && argc > 4) return exec_spawn_moved(sid, argv[3], atoi(argv[4]));
+    if (!strcmp(cmd, "exec-spawn-moved-dgram") && argc > 3) return exec_spawn_moved_dgram(sid, argv[3]);
+    if (!strcmp(cmd, "exec-dup2-over")) return exec_dup2_over(sid);
+    if (!strcmp(cmd, "exec-dup2-over-check") && argc > 4) return exec_dup2_over_check(sid, atoi(argv[4]));
     if (!strcmp(cmd, "misuse")) return misuse(sid);
     if (!strcmp(cmd, "nodaemon")) return nodaemon(sid);
     fprintf(stderr, "unknown subcommand %s\n", cmd);
