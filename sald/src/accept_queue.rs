@@ -16,11 +16,21 @@
 //! watch of [`AppSocket`], which exists only once a write had to wait or a
 //! drain waited), one wake-up per flow taken while it waits.
 //!
+//! The kernel announces write space only while what the queue holds is at
+//! most a quarter of its send buffer (`unix_writable`): a take that leaves
+//! more is silent. So the feeder keeps no more notices in the queue than
+//! that ([`AcceptQueue::send`] waits first: about 70 at Linux's default
+//! buffer, the flows past them waiting in the host's backlog), and every
+//! take is heard; a wait for one flow's take could otherwise last for as
+//! long as the program took nothing more. It looks at the queue only when
+//! as many notices as that were sent since it last looked, once per that
+//! many flows while the program keeps up.
+//!
 //! The memory a message holds is not its length but the kernel's buffer
 //! for it, the same for every message of one length (768 bytes for a
 //! notice of either kind, with or without a descriptor, on Linux 6.18):
-//! it is measured once per queue, on a socket pair of its own, the first
-//! time a drain finds the queue holding anything. Counted in it, a notice
+//! it is measured once per queue, on a socket pair of its own, before the
+//! first notice is sent. Counted in it, a notice
 //! that sald had no socket for a flow ([`sal_control::ACCEPT_EXHAUSTED`],
 //! which the program's accept reads as an error) counts as one flow.
 
@@ -48,6 +58,12 @@ pub struct AcceptQueue {
     /// with [`AcceptQueue::untaken`] it tells which the program took (see
     /// [`AcceptQueue::took`]).
     sent: AtomicU64,
+    /// [`AcceptQueue::sent`] less [`AcceptQueue::untaken`] when the feeder
+    /// last looked: the program has taken at least this many.
+    seen_taken: AtomicU64,
+    /// The most notices the queue may hold for every take to be heard
+    /// (see the module docs), worked out on first use.
+    most_heard: OnceLock<u64>,
 }
 
 impl AcceptQueue {
@@ -59,12 +75,52 @@ impl AcceptQueue {
             notice_len,
             notice_memory: OnceLock::new(),
             sent: AtomicU64::new(0),
+            seen_taken: AtomicU64::new(0),
+            most_heard: OnceLock::new(),
         })
     }
 
-    /// Sends one message with `fd` attached (`SCM_RIGHTS`), waiting for
-    /// room. The descriptor is ours to close afterwards either way.
+    /// Waits until the queue holds fewer notices than
+    /// [`AcceptQueue::most_heard`] allows: at once, without a system call,
+    /// while fewer than that were sent since the last look. Returns at
+    /// once if the program's end hung up, for the send to fail.
+    async fn within_hearing(&self) -> io::Result<()> {
+        let most = *self.most_heard.get_or_init(|| self.most_heard());
+        loop {
+            let sent = self.sent.load(Ordering::Relaxed);
+            if sent - self.seen_taken.load(Ordering::Relaxed) < most {
+                return Ok(());
+            }
+            let taken = sent.saturating_sub(self.untaken() as u64);
+            self.seen_taken.store(taken, Ordering::Relaxed);
+            if sent - taken < most || !self.socket.write_space().await? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The most notices the queue may hold with a take out of it still
+    /// heard: the kernel wakes a writer when the memory in use (counted
+    /// one more than `SIOCOUTQ`) is at most a quarter of the send buffer.
+    /// No limit if that cannot be told.
+    fn most_heard(&self) -> u64 {
+        let each = self
+            .notice_memory
+            .get_or_init(|| message_memory(self.notice_len));
+        match (each, self.socket.send_buffer()) {
+            (Some(each), Ok(buffer)) => {
+                let quarter = (buffer as u64 / 4).saturating_sub(1);
+                quarter / u64::from(*each) + 1
+            }
+            _ => u64::MAX,
+        }
+    }
+
+    /// Sends one message with `fd` attached (`SCM_RIGHTS`), waiting until
+    /// the queue holds few enough for its takes to be heard (see the
+    /// module docs), and for room. The descriptor is ours to close afterwards either way.
     pub async fn send_with_fd(&self, message: &[u8], fd: &OwnedFd) -> io::Result<()> {
+        self.within_hearing().await?;
         let fds = [fd.as_raw_fd()];
         let rights = [ControlMessage::ScmRights(&fds)];
         let iov = [io::IoSlice::new(message)];
@@ -82,8 +138,10 @@ impl AcceptQueue {
             .map(|_| self.count_sent())
     }
 
-    /// Sends one message without a descriptor, waiting for room.
+    /// Sends one message without a descriptor, waiting as
+    /// [`AcceptQueue::send_with_fd`] does.
     pub async fn send(&self, message: &[u8]) -> io::Result<()> {
+        self.within_hearing().await?;
         self.socket
             .write_with(|fd| Ok(send(fd, message, MsgFlags::MSG_NOSIGNAL)?))
             .await
@@ -113,13 +171,15 @@ impl AcceptQueue {
 
     /// Waits until [`AcceptQueue::took`] `place`: a look now, then one at
     /// each take (an `EPOLLOUT` edge, as for [`AcceptQueue::emptied`]).
-    /// Never returns if the queue's write space cannot be watched.
+    /// Never returns if the queue's write space cannot be watched, or
+    /// once the program's end hung up (shut down both ways, its notices
+    /// unread), whose write space is for good and tells no take.
     pub async fn taken(&self, place: u64) {
         loop {
             if self.took(place) {
                 return;
             }
-            if self.socket.writable().await.is_err() {
+            if !matches!(self.socket.write_space().await, Ok(true)) {
                 return std::future::pending().await;
             }
         }

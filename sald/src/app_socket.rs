@@ -180,6 +180,18 @@ impl AppSocket {
         Ok(())
     }
 
+    /// [`AppSocket::writable`], telling also whether the wait may end
+    /// again: false once the other end has hung up, after which the
+    /// runtime keeps the write watch ready for good (a closed direction
+    /// is final to it), so a caller that waits again returns at once, for
+    /// ever.
+    pub async fn write_space(&self) -> io::Result<bool> {
+        let mut ready = self.write_watch()?.writable().await?;
+        let hung_up = ready.ready().is_write_closed();
+        ready.clear_ready();
+        Ok(!hung_up)
+    }
+
     /// `op` (a non-blocking read of this socket) until it does not find the
     /// socket empty.
     pub async fn read_with<R>(&self, op: impl FnMut(RawFd) -> io::Result<R>) -> io::Result<R> {

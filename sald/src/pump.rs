@@ -369,6 +369,10 @@ impl StreamPump {
     fn taken(&mut self, host: &mut Host, socket: &AppSocket, turn: &mut Turn) {
         self.unread_after_write = 0;
         self.taken_from_queue = false;
+        // Taken or thrown away with the queue: it has no more to say (a
+        // notice thrown away stays taken, and the wait would end at once
+        // for as long as the socket stays full).
+        self.queued = None;
         if matches!(socket.peer_end(), PeerEnd::Open | PeerEnd::Shut) {
             self.confirmed(host, socket, turn);
         }

@@ -658,7 +658,9 @@ fn flows_in_an_accept_queue_nobody_took_do_not_press_their_user_s_flows() {
         config.tcp.buffer_memory_per_uid = Some(BUDGET);
     });
     eprintln!("{FLOWS} flows parked, budget {BUDGET}: {parked:?}");
-    assert!(parked.delivered >= FLOWS / 2, "{parked:?}");
+    // A queue holds about 70 (a quarter of its socket buffer: see
+    // `sald::accept_queue`); the rest wait in the listener's backlog.
+    assert!(parked.delivered >= 64, "{parked:?}");
     assert!(
         parked.written > 2 * BUDGET,
         "the peer got little in: {parked:?}"

@@ -581,3 +581,135 @@ fn a_program_that_peeks_for_a_whole_request_sees_all_of_it() {
     client.read_exact(&mut done).unwrap();
     assert_eq!(&done, b"done");
 }
+
+/// The same with many flows queued behind the one the program takes: a
+/// take from an accept queue is heard (as the write space it frees) only
+/// once the queue holds less than a quarter of its socket buffer (Linux's
+/// `unix_writable`), about 69 notices at the default buffer. A take with
+/// more behind it was never heard, and a program that serves one flow at
+/// a time, peeking for the whole request, waited for good.
+#[test]
+fn a_program_that_peeks_sees_all_of_a_request_with_many_flows_behind() {
+    use std::os::fd::AsRawFd;
+
+    use nix::sys::socket::{recv, MsgFlags};
+
+    const REQUEST: usize = 64 * 1024;
+    const BEHIND: usize = 150;
+    common::raise_fd_limit(8 * BEHIND as u64 + 1024);
+    let net = InProcessPair::new("shim-accept-peek-behind");
+    let control = ControlClient::connect_to(&net.server.control).expect("control");
+    let listener = ServiceListener::bind_via(
+        control,
+        "ac0a/16".parse::<sal::ServicePrefix>().unwrap(),
+        1024,
+    )
+    .expect("bind");
+    let request = common::pattern(REQUEST, 9);
+    let mut client = connect(&net.client, service("ac0a", 1));
+    client.write_all(&request).unwrap();
+    // The first flow's notice is first in the queue; more wait behind it
+    // (a drain would stop the listener admitting them: it comes last).
+    thread::sleep(Duration::from_millis(200));
+    let behind = common::open_flows(&net.client.control, service("ac0a", 2), BEHIND, 8);
+    let deadline = Instant::now() + WITHIN;
+    while listener.drain().expect("drain") != 1 + BEHIND as u32 {
+        assert!(Instant::now() < deadline, "some flows were never queued");
+        thread::sleep(Duration::from_millis(20));
+    }
+    let (stream, _) = listener.accept().expect("accept");
+    let mut seen = vec![0u8; REQUEST];
+    let mut most = 0;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+        match recv(stream.as_raw_fd(), &mut seen, flags) {
+            Ok(n) => most = most.max(n),
+            Err(nix::errno::Errno::EAGAIN) => {}
+            Err(error) => panic!("peek: {error}"),
+        }
+        if most == REQUEST {
+            break;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        most, REQUEST,
+        "the whole request seen with MSG_PEEK, {BEHIND} flows behind it"
+    );
+    assert_eq!(seen, request, "bytes intact");
+    drop(behind);
+}
+
+/// A program that shuts its accept queue down (`shutdown(SHUT_RDWR)` of
+/// its listening descriptor under the preload shim: the usual way to wake
+/// an accept loop) while a flow it has not taken waits there with its
+/// socket full leaves sald serving everyone else. The hang-up makes the
+/// queue's write watch ready for good, and the flow's pump, waiting for
+/// the notice to be taken, looked again and again without yielding: sald
+/// stopped for as long as the program kept the descriptor open.
+#[test]
+fn a_queue_shut_down_with_a_full_flow_in_it_stops_nothing() {
+    use std::os::fd::AsRawFd;
+
+    const REQUEST: usize = 64 * 1024;
+    let net = InProcessPair::new("shim-accept-shut");
+    let mut control = ControlClient::connect_to(&net.server.control).expect("control");
+    let reply = control
+        .request(&sal_control::Request::Listen {
+            prefix: "ac0b/16".parse().unwrap(),
+            protocol: sal::wire::TransportProtocol::Stream,
+            backlog: 16,
+        })
+        .expect("listen");
+    let sal_control::Response::Listening { listener, .. } = reply.response else {
+        panic!("listen: {:?}", reply.response);
+    };
+    let reply = control
+        .request(&sal_control::Request::Deliver {
+            listener,
+            flow_info: false,
+        })
+        .expect("deliver");
+    let queue = reply.fd.expect("the accept queue");
+    let mut client = connect(&net.client, service("ac0b", 1));
+    client.write_all(&common::pattern(REQUEST, 3)).unwrap();
+    // The flow's small socket fills: its pump waits for the notice's take.
+    thread::sleep(Duration::from_millis(500));
+    nix::sys::socket::shutdown(queue.as_raw_fd(), nix::sys::socket::Shutdown::Both).unwrap();
+    let server = net.server.control.clone();
+    let answered = within(Duration::from_secs(5), move || {
+        let mut other = ControlClient::connect_to(&server).expect("control");
+        other
+            .request(&sal_control::Request::Listen {
+                prefix: "ac0c/16".parse().unwrap(),
+                protocol: sal::wire::TransportProtocol::Stream,
+                backlog: 16,
+            })
+            .map(|reply| reply.response)
+    });
+    // Closing the queue throws the notice away, which ends any wait.
+    drop(queue);
+    let answered = answered.expect("sald answers while the queue is shut");
+    assert!(
+        matches!(answered, Ok(sal_control::Response::Listening { .. })),
+        "{answered:?}"
+    );
+    // And once it is closed, the flow's socket with it.
+    let server = net.server.control.clone();
+    let answered = within(Duration::from_secs(5), move || {
+        let mut other = ControlClient::connect_to(&server).expect("control");
+        other
+            .request(&sal_control::Request::Listen {
+                prefix: "ac0d/16".parse().unwrap(),
+                protocol: sal::wire::TransportProtocol::Stream,
+                backlog: 16,
+            })
+            .map(|reply| reply.response)
+    });
+    let answered = answered.expect("sald answers once the queue is closed");
+    assert!(
+        matches!(answered, Ok(sal_control::Response::Listening { .. })),
+        "{answered:?}"
+    );
+}

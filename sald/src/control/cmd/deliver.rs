@@ -9,9 +9,12 @@
 //! other end the application accepts from. That is one wake-up and one
 //! hand-over per flow instead of three, and no thread in the application.
 //!
-//! The queue's socket buffer is the only bound on what sald pushes ahead:
-//! when it is full the task waits for room and the remaining flows stay in
-//! the listener's backlog, where the SAL's own limits apply to them.
+//! What sald pushes ahead is bounded by a quarter of the queue's socket
+//! buffer (about 70 flows at Linux's default; a fuller queue's takes make
+//! no sound, see [`crate::accept_queue`]): past it the task waits for the
+//! program's takes and the remaining flows stay in the listener's
+//! backlog, where the SAL's own limits apply to them. (Bounded by the
+//! whole buffer, a queue held 278 flows, the figures below.)
 //!
 //! A flow in the queue is no more the application's than one in the
 //! backlog: the application may take it late, or never, while its peer
