@@ -24,6 +24,7 @@ use crate::rtt::RttEstimator;
 use crate::sack::Scoreboard;
 use crate::segment::{self, SegmentError};
 use crate::timer::{AckDelayTimer, PollAt, Timer};
+use crate::tlp::{self, LossProbe};
 
 /// Error returned by [`Socket::listen`].
 #[derive(Debug, PartialEq, Eq, Clone, Copy, thiserror::Error)]
@@ -290,6 +291,8 @@ pub struct Socket {
     /// upload, a window of 170 segments lost, finished 23 s after the cut
     /// instead of under 8 s).
     partial_ack_restarted_timer: bool,
+    /// sal-tcp: the tail loss probe (`crate::tlp`).
+    tlp: LossProbe,
 
     /// Duration for Delayed ACK. If None no ACKs will be delayed.
     ack_delay: Option<Duration>,
@@ -446,6 +449,7 @@ impl Socket {
             sack_dup_credit: 0,
             rxt_fence: TcpSeqNumber::default(),
             partial_ack_restarted_timer: false,
+            tlp: LossProbe::default(),
             ack_delay: config.ack_delay,
             ack_delay_timer: AckDelayTimer::Idle,
             challenge_ack_timer: Instant::from_secs(0),
@@ -777,6 +781,7 @@ impl Socket {
         self.limited_transmit = 0;
         self.scoreboard.clear();
         self.sack_recovery = false;
+        self.tlp.end();
         self.local_rx_last_seq = None;
         self.local_rx_recent_seq = [None; 3];
         self.rx_in_order = [0; 2];
@@ -927,6 +932,8 @@ impl Socket {
             self.sack_recovery = false;
             self.rtte.on_retransmit();
         }
+        // sal-tcp: the rewind resends the tail too (`crate::tlp`).
+        self.tlp.end();
         // sal-tcp: and HyStart++ begins its rounds afresh, even with
         // nothing to resend (the controller left Conservative Slow Start).
         self.hystart.on_retransmit();
@@ -1344,6 +1351,62 @@ impl Socket {
             self.rtte.on_resend(start, end);
         } else {
             self.rtte.on_retransmit();
+        }
+    }
+
+    /// sal-tcp: whether the tail loss probe may stand in for the
+    /// retransmission timer (`crate::tlp`): data in flight in a
+    /// synchronized state, a peer that SACKs, a window open, no recovery,
+    /// no timeout's or rewind's resending under way, no fast retransmit
+    /// due, and no probe in flight (one probe a flight).
+    fn may_probe(&self) -> bool {
+        matches!(
+            self.state,
+            State::Established
+                | State::FinWait1
+                | State::Closing
+                | State::CloseWait
+                | State::LastAck
+        ) && self.remote_has_sack
+            && self.flight_size() > 0
+            && self.remote_win_len > 0
+            && self.recover.is_none()
+            && !self.pending_fast_retransmit
+            && self.remote_last_seq == self.remote_max_seq
+            && !matches!(self.timer, Timer::FastRetransmit)
+            && !self.tlp.in_flight(self.local_seq_no)
+    }
+
+    /// sal-tcp: arm the tail loss probe if it may go (`crate::tlp`), no
+    /// later than the retransmission timer running (or one started now).
+    fn arm_loss_probe(&mut self, now: Instant) {
+        if !self.may_probe() {
+            return;
+        }
+        let one_segment = self.flight_size() <= self.effective_mss();
+        let ack_delay = self.ack_delay.unwrap_or(Duration::ZERO);
+        if let Some(pto) = tlp::probe_timeout(self.rtte.smoothed_rtt(), one_segment, ack_delay) {
+            let rto = self.rtte.retransmission_timeout();
+            self.timer.set_for_loss_probe(now, pto, rto);
+        }
+    }
+
+    /// sal-tcp: the tail loss probe's timer fired (`crate::tlp`). The
+    /// retransmission timer runs from now; SACKed data above the oldest
+    /// unacknowledged byte, sent more than two round trips ago, marks it
+    /// lost (a fast retransmit); else the probe is due.
+    fn loss_probe_due(&mut self, now: Instant) {
+        let rto = self.rtte.retransmission_timeout();
+        self.timer.set_for_retransmit(now, rto);
+        if !self.may_probe() {
+            return;
+        }
+        if self.scoreboard.sacked_bytes() > 0 {
+            net_debug!("loss probe timeout with data SACKed, starting fast retransmit");
+            self.timer.set_for_fast_retransmit();
+        } else {
+            net_debug!("sending a tail loss probe");
+            self.tlp.set_due();
         }
     }
 
@@ -2086,6 +2149,20 @@ impl Socket {
                 self.note_sack_blocks(now, ack_number, &repr.sack_ranges);
             }
             let sack_news = self.scoreboard.sacked_bytes() != sacked_before;
+            // sal-tcp: the end of a tail loss probe's episode (`crate::tlp`):
+            // a probe that filled a hole reduces the window once, as a loss.
+            let pure_dup = repr.payload.is_empty()
+                && ack_len == 0
+                && self.local_rx_last_ack == Some(ack_number)
+                && !is_window_update
+                && !sack_news;
+            if self.tlp.on_ack(ack_number, &repr.sack_ranges, pure_dup) {
+                net_debug!("a tail loss probe repaired a loss, reducing the window");
+                let in_flight = self.flight_size();
+                self.congestion_controller
+                    .inner_mut()
+                    .on_loss(now, in_flight);
+            }
             if self.sack_recovery
                 && self
                     .scoreboard
@@ -2241,7 +2318,7 @@ impl Socket {
 
         // update timers.
         match self.timer {
-            Timer::Retransmit { .. } | Timer::FastRetransmit => {
+            Timer::Retransmit { .. } | Timer::FastRetransmit | Timer::LossProbe { .. } => {
                 if ack_all {
                     // RFC 6298: (5.2) ACK of all outstanding data turn off the retransmit timer.
                     self.timer.set_for_idle(now, self.keep_alive);
@@ -2249,6 +2326,8 @@ impl Socket {
                     // (5.3) ACK of new data in ESTABLISHED state restart the retransmit timer.
                     let rto = self.rtte.retransmission_timeout();
                     self.timer.set_for_retransmit(now, rto);
+                    // sal-tcp: or the tail loss probe's, before it.
+                    self.arm_loss_probe(now);
                 }
             }
             Timer::Idle { .. } => {
@@ -2269,7 +2348,9 @@ impl Socket {
             && self.remote_last_seq == self.remote_max_seq
             && self.flight_size() > 0
             && self.timer.is_retransmit()
-            && self.scoreboard.sacked_bytes() > 2 * self.effective_mss()
+            && (self.scoreboard.sacked_bytes() > 2 * self.effective_mss()
+                // sal-tcp: or any, once a tail loss probe went (`crate::tlp`).
+                || (self.tlp.in_flight(self.local_seq_no) && self.scoreboard.sacked_bytes() > 0))
         {
             net_debug!("SACKed data marks the oldest segment lost, starting fast retransmit");
             self.timer.set_for_fast_retransmit();
@@ -2481,6 +2562,10 @@ impl Socket {
         if self.sack_retransmission().is_some() {
             return true;
         }
+        // sal-tcp: and a tail loss probe, past the congestion window.
+        if self.tlp.due() && self.remote_win_len > 0 && self.flight_size() > 0 {
+            return true;
+        }
 
         let effective_mss = self.effective_mss();
 
@@ -2668,6 +2753,11 @@ impl Socket {
 
         self.congestion_controller.inner_mut().pre_transmit(now);
 
+        // sal-tcp: the tail loss probe's timer (`crate::tlp`).
+        if !self.timed_out(now) && self.timer.should_probe(now) {
+            self.loss_probe_due(now);
+        }
+
         // Check if any state needs to be changed because of a timer.
         if self.timed_out(now) {
             // If a timeout expires, we should abort the connection.
@@ -2729,6 +2819,7 @@ impl Socket {
                 // have reneged; what it holds will be SACKed again).
                 self.scoreboard.clear();
                 self.sack_recovery = false;
+                self.tlp.end();
             } else {
                 // If a fast rentrasmit timer expired, we should resend only the earliest unAcked segment
                 net_debug!("retransmitting for fast-retransmit");
@@ -2751,6 +2842,7 @@ impl Socket {
                 self.high_rxt = self.local_seq_no;
                 self.sack_dup_credit = 0;
                 self.partial_ack_restarted_timer = false;
+                self.tlp.end();
             }
 
             // Clear the `should_retransmit` state. If we can't retransmit right
@@ -2817,6 +2909,8 @@ impl Socket {
         let mut is_zero_window_probe = false;
         // sal-tcp: a fast retransmission or a SACK hole (`note_resent`).
         let mut resent = false;
+        // sal-tcp: this segment is the tail loss probe (`crate::tlp`).
+        let mut probe = false;
 
         match self.state {
             // We transmit an RST in the CLOSED state. If we ended up in the CLOSED state
@@ -2906,6 +3000,34 @@ impl Socket {
                     resent = true;
                     self.hystart.on_retransmit();
                     offset
+                } else if self.tlp.due() && self.remote_win_len > 0 && self.flight_size() > 0 {
+                    // sal-tcp: the tail loss probe: a new segment if the
+                    // peer's window and the data allow, past the congestion
+                    // window, else the last segment sent again.
+                    probe = true;
+                    let in_flight = self.flight_size();
+                    let win_right_edge = self.local_seq_no + self.remote_win_len;
+                    let win_limit = if win_right_edge >= self.remote_last_seq {
+                        win_right_edge - self.remote_last_seq
+                    } else {
+                        0
+                    };
+                    let unsent = self.tx_buffer.len().saturating_sub(in_flight);
+                    let new = unsent.min(win_limit).min(device_limit);
+                    if new > 0 {
+                        payload_offset = in_flight;
+                        payload_len = new;
+                        in_flight
+                    } else {
+                        // Within the peer's window, as any segment.
+                        let data_end = in_flight.min(self.tx_buffer.len()).min(self.remote_win_len);
+                        let start = data_end.saturating_sub(device_limit);
+                        repr.seq_number = self.local_seq_no + start;
+                        payload_offset = start;
+                        payload_len = data_end - start;
+                        resent = true;
+                        start
+                    }
                 } else {
                     // Right edge of window, ie the max sequence number we're allowed to send.
                     let win_right_edge = self.local_seq_no + self.remote_win_len;
@@ -3075,6 +3197,7 @@ impl Socket {
         // and the rest of the flight waited for the next timeout (the pure
         // ACKs of the peer's data, while both directions carry data).
         let segment_len = payload_len + repr.control.len();
+        let max_before = self.remote_max_seq;
         if segment_len > 0 {
             self.remote_last_seq = self.remote_last_seq.max(repr.seq_number + segment_len);
         }
@@ -3108,6 +3231,15 @@ impl Socket {
             // so that it will expire after RTO seconds.
             let rto = self.rtte.retransmission_timeout();
             self.timer.set_for_retransmit(now, rto);
+        }
+        // sal-tcp: the tail loss probe (`crate::tlp`): once sent, its
+        // episode is open and the retransmission timer runs; new data
+        // pushes the probe back, to 2 SRTT after the last segment.
+        if probe {
+            let retrans = repr.seq_number + segment_len <= max_before;
+            self.tlp.sent(self.remote_max_seq, retrans);
+        } else if segment_len > 0 && self.remote_max_seq > max_before {
+            self.arm_loss_probe(now);
         }
 
         if self.state == State::Closed {

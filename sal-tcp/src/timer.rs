@@ -3,7 +3,8 @@
 //!
 //! Forked from smoltcp 0.14.0 `src/socket/tcp.rs` (0BSD, see the crate docs).
 //! Changed: `poll_at` answers with this crate's [`PollAt`] (smoltcp's is
-//! crate-private).
+//! crate-private); the tail loss probe's timer (`crate::tlp`) stands in
+//! for the retransmission timer.
 
 use smoltcp::time::{Duration, Instant};
 
@@ -29,6 +30,14 @@ pub(crate) enum Timer {
         expires_at: Instant,
     },
     FastRetransmit,
+    /// sal-tcp: the tail loss probe's timer (`crate::tlp`), in place of
+    /// the retransmission timer: data is in flight, and the probe goes at
+    /// `expires_at`, no later than the retransmission timeout would
+    /// have fired (`rto_at`). Same size as the other variants.
+    LossProbe {
+        expires_at: Instant,
+        rto_at: Instant,
+    },
     ZeroWindowProbe {
         expires_at: Instant,
         delay: Duration,
@@ -62,6 +71,11 @@ impl Timer {
         }
     }
 
+    /// sal-tcp: whether the tail loss probe is due.
+    pub(crate) fn should_probe(&self, timestamp: Instant) -> bool {
+        matches!(*self, Timer::LossProbe { expires_at, .. } if timestamp >= expires_at)
+    }
+
     pub(crate) fn should_close(&self, timestamp: Instant) -> bool {
         matches!(*self, Timer::Close { expires_at } if timestamp >= expires_at)
     }
@@ -80,6 +94,7 @@ impl Timer {
             } => PollAt::Ingress,
             Timer::ZeroWindowProbe { expires_at, .. } => PollAt::Time(expires_at),
             Timer::Retransmit { expires_at, .. } => PollAt::Time(expires_at),
+            Timer::LossProbe { expires_at, .. } => PollAt::Time(expires_at),
             Timer::FastRetransmit => PollAt::Now,
             Timer::Close { expires_at } => PollAt::Time(expires_at),
         }
@@ -111,12 +126,29 @@ impl Timer {
             Timer::Idle { .. }
             | Timer::FastRetransmit
             | Timer::Retransmit { .. }
+            | Timer::LossProbe { .. }
             | Timer::ZeroWindowProbe { .. } => {
                 *self = Timer::Retransmit {
                     expires_at: timestamp + delay,
                 }
             }
             Timer::Close { .. } => (),
+        }
+    }
+
+    /// sal-tcp: arm the tail loss probe `pto` from now, but no later than
+    /// the retransmission timeout: the one running, else one restarted
+    /// now with `rto`. Not from the TIME-WAIT timer.
+    pub(crate) fn set_for_loss_probe(&mut self, timestamp: Instant, pto: Duration, rto: Duration) {
+        let rto_at = match *self {
+            Timer::Retransmit { expires_at } => expires_at,
+            Timer::LossProbe { rto_at, .. } => rto_at,
+            Timer::Close { .. } => return,
+            _ => timestamp + rto,
+        };
+        *self = Timer::LossProbe {
+            expires_at: (timestamp + pto).min(rto_at),
+            rto_at,
         }
     }
 
@@ -156,7 +188,10 @@ impl Timer {
     }
 
     pub(crate) fn is_retransmit(&self) -> bool {
-        matches!(self, Timer::Retransmit { .. } | Timer::FastRetransmit)
+        matches!(
+            self,
+            Timer::Retransmit { .. } | Timer::FastRetransmit | Timer::LossProbe { .. }
+        )
     }
 }
 

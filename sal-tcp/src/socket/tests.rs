@@ -8963,3 +8963,236 @@ fn test_no_restart_while_data_is_in_flight() {
     send!(s, time 2000, ack_of_segments(31));
     assert_eq!(segments_sent(&mut s, 2000), segments(31, 71));
 }
+
+// =========================================================================================//
+// sal-tcp: tail loss probe (`crate::tlp`)
+// =========================================================================================//
+
+/// sal-tcp: a SACK peer's socket with 6-byte segments, whose first segment
+/// (offset 0) took 50 ms to be acknowledged: SRTT 50 ms, a timeout of
+/// 250 ms, a probe timeout of 100 ms.
+fn socket_with_a_round_trip_of_50_ms() -> TestSocket {
+    let mut s = socket_established_with_buffer_sizes(256, 64);
+    s.set_nagle_enabled(false);
+    s.remote_has_sack = true;
+    s.remote_mss = 6;
+    s.send_slice(b"012345").unwrap();
+    assert_eq!(sent_now(&mut s, 0).len(), 1);
+    send!(s, time 50, sack_ack(6, &[]));
+    assert_eq!(s.rtte.retransmission_timeout(), Duration::from_millis(250));
+    s
+}
+
+/// sal-tcp: three segments (offsets 6, 12, 18) sent at 50 ms; the first
+/// two are acknowledged at 100 ms, the last is lost.
+fn socket_with_a_lost_last_segment() -> TestSocket {
+    let mut s = socket_with_a_round_trip_of_50_ms();
+    s.send_slice(b"abcdefghijklmnopqr").unwrap();
+    assert_eq!(sent_now(&mut s, 50).len(), 3);
+    send!(s, time 100, sack_ack(18, &[]));
+    s
+}
+
+#[test]
+fn test_a_lost_last_segment_is_repaired_by_a_probe_at_two_round_trips() {
+    // sal-tcp: with too few segments after it for duplicate ACKs, the loss
+    // of a flight's last segment waited for the retransmission timeout
+    // (at 350 ms, 250 ms after the last ACK). The probe timeout is 2 SRTT
+    // after that ACK: the segment goes again at 200 ms.
+    let mut s = socket_with_a_lost_last_segment();
+    assert_eq!(s.poll_at(), Some(Instant::from_millis(200)));
+    assert_eq!(sent_now(&mut s, 199), []);
+    assert_eq!(sent_now(&mut s, 200), [(18, b"mnopqr".to_vec())]);
+    // Then the retransmission timer runs from the probe.
+    assert_eq!(s.poll_at(), Some(Instant::from_millis(450)));
+    // Its ACK, 30 ms on, is no round-trip sample (Karn).
+    send!(s, time 230, sack_ack(24, &[]));
+    assert_eq!(s.rtte.retransmission_timeout(), Duration::from_millis(250));
+    // Nothing in flight: no timer at all.
+    assert!(s.timer.is_idle());
+    // The next segment sent arms the probe again, 2 SRTT on (plus the
+    // ACK delay for a single segment: none here).
+    s.send_slice(b"stuvwx").unwrap();
+    assert_eq!(sent_now(&mut s, 240).len(), 1);
+    assert_eq!(s.poll_at(), Some(Instant::from_millis(340)));
+}
+
+#[test]
+fn test_a_probe_timeout_is_never_later_than_the_retransmission_timeout() {
+    // sal-tcp: a segment sent at 50 ms starts the timeout (at 300 ms);
+    // another, sent at 260 ms with no ACK between, would push the probe
+    // to 360 ms, after the timeout: the probe goes at 300 ms instead, in
+    // the timeout's place.
+    let mut s = socket_with_a_round_trip_of_50_ms();
+    s.send_slice(b"abcdef").unwrap();
+    assert_eq!(sent_now(&mut s, 50).len(), 1);
+    assert_eq!(s.poll_at(), Some(Instant::from_millis(150)));
+    assert_eq!(sent_now(&mut s, 150), [(6, b"abcdef".to_vec())]);
+    send!(s, time 200, sack_ack(12, &[]));
+    s.send_slice(b"ghijkl").unwrap();
+    assert_eq!(sent_now(&mut s, 200).len(), 1);
+    // Armed at 200 ms: 2 SRTT, before the timeout (450 ms).
+    assert_eq!(s.poll_at(), Some(Instant::from_millis(300)));
+    s.send_slice(b"mnopqr").unwrap();
+    assert_eq!(sent_now(&mut s, 290).len(), 1);
+    // Pushed back by the new segment, to 390 ms, no later than the
+    // timeout started at 200 ms.
+    assert_eq!(s.poll_at(), Some(Instant::from_millis(390)));
+    s.send_slice(b"stuvwx").unwrap();
+    assert_eq!(sent_now(&mut s, 380).len(), 1);
+    assert_eq!(s.poll_at(), Some(Instant::from_millis(450)));
+    assert_eq!(sent_now(&mut s, 450), [(24, b"stuvwx".to_vec())]);
+}
+
+#[test]
+fn test_a_probe_sends_new_data_past_the_congestion_window() {
+    // sal-tcp: the congestion window holds one segment; the next waits for
+    // its ACK, which is lost. The probe is that next segment, not a copy
+    // of the first.
+    let mut s = socket_with_a_round_trip_of_50_ms();
+    s.congestion_controller
+        .inner_mut()
+        .set_initial_window(6, true);
+    s.send_slice(b"abcdefghijkl").unwrap();
+    assert_eq!(sent_now(&mut s, 50), [(6, b"abcdef".to_vec())]);
+    assert_eq!(sent_now(&mut s, 149), []);
+    assert_eq!(sent_now(&mut s, 150), [(12, b"ghijkl".to_vec())]);
+    // One probe a flight: the timeout comes next.
+    assert_eq!(s.poll_at(), Some(Instant::from_millis(400)));
+}
+
+#[test]
+fn test_a_probe_carries_the_fin_of_the_last_segment() {
+    // sal-tcp: the answer's last segment and its FIN are lost; the probe
+    // resends both.
+    let mut s = socket_with_a_round_trip_of_50_ms();
+    s.send_slice(b"abcdefghijkl").unwrap();
+    s.close();
+    assert_eq!(s.state, State::FinWait1);
+    assert_eq!(sent_now(&mut s, 50).len(), 2);
+    send!(s, time 100, sack_ack(12, &[]));
+    let mut out = [0; 2000];
+    assert_eq!(
+        s.poll_transmit(Instant::from_millis(199), LOCAL_ADDR, REMOTE_ADDR, &mut out),
+        None
+    );
+    let len = s
+        .poll_transmit(Instant::from_millis(200), LOCAL_ADDR, REMOTE_ADDR, &mut out)
+        .expect("the probe");
+    let repr = parse_sent(&out[..len]);
+    assert_eq!(repr.seq_number, LOCAL_SEQ + 1 + 12);
+    assert_eq!(repr.payload, b"ghijkl");
+    assert_eq!(repr.control, TcpControl::Fin);
+    // Its ACK, FIN included, ends FIN-WAIT-1.
+    send!(s, time 230, sack_ack(19, &[]));
+    assert_eq!(s.state, State::FinWait2);
+}
+
+#[test]
+fn test_a_probe_that_repaired_a_loss_reduces_the_window_once() {
+    // sal-tcp: RFC 8985 7.4. The probe resent the last segment and nothing
+    // said the original had arrived (no duplicate ACK of the probe): when
+    // an ACK goes past what was sent then, the probe repaired a loss, and
+    // the congestion window is reduced, once.
+    let mut s = socket_with_a_lost_last_segment();
+    assert_eq!(sent_now(&mut s, 200).len(), 1);
+    send!(s, time 250, sack_ack(24, &[]));
+    let before = s.congestion_controller.inner().window();
+    s.send_slice(b"stuvwx").unwrap();
+    assert_eq!(sent_now(&mut s, 250).len(), 1);
+    send!(s, time 300, sack_ack(30, &[]));
+    let after = s.congestion_controller.inner().window();
+    assert!(after < before, "{before} -> {after}");
+    s.send_slice(b"yzABCD").unwrap();
+    assert_eq!(sent_now(&mut s, 300).len(), 1);
+    send!(s, time 350, sack_ack(36, &[]));
+    assert!(s.congestion_controller.inner().window() >= after);
+}
+
+#[test]
+fn test_a_probe_whose_original_arrived_leaves_the_window_alone() {
+    // sal-tcp: the last segment's ACK was late, not lost: it comes after
+    // the probe, and the probe's own duplicate ACK follows. Both copies
+    // arrived, and the window keeps growing.
+    let mut s = socket_with_a_lost_last_segment();
+    assert_eq!(sent_now(&mut s, 200).len(), 1);
+    send!(s, time 210, sack_ack(24, &[]));
+    send!(s, time 250, sack_ack(24, &[]));
+    let before = s.congestion_controller.inner().window();
+    s.send_slice(b"stuvwx").unwrap();
+    assert_eq!(sent_now(&mut s, 250).len(), 1);
+    send!(s, time 300, sack_ack(30, &[]));
+    assert!(s.congestion_controller.inner().window() >= before);
+}
+
+#[test]
+fn test_the_probes_sack_starts_a_fast_retransmit_of_the_hole() {
+    // sal-tcp: both segments of a flight are lost. The probe resends the
+    // last; its SACK shows the first still missing, sent before it more
+    // than two round trips ago: lost (RACK's reasoning; one duplicate ACK
+    // is far from three). It goes at once, not at the timeout.
+    let mut s = socket_with_a_round_trip_of_50_ms();
+    s.send_slice(b"abcdefghijkl").unwrap();
+    assert_eq!(sent_now(&mut s, 50).len(), 2);
+    assert_eq!(sent_now(&mut s, 150), [(12, b"ghijkl".to_vec())]);
+    send!(s, time 200, sack_ack(6, &[(12, 18)]));
+    assert_eq!(sent_now(&mut s, 200), [(6, b"abcdef".to_vec())]);
+    assert!(s.recover.is_some());
+}
+
+#[test]
+fn test_a_probe_timeout_with_data_sacked_resends_the_hole() {
+    // sal-tcp: the first of three segments is lost; two duplicate ACKs
+    // SACK the others, too few for a recovery. At the probe timeout the
+    // hole, older than two round trips with data after it delivered, is
+    // resent rather than probed for.
+    let mut s = socket_with_a_round_trip_of_50_ms();
+    s.send_slice(b"abcdefghijklmnopqr").unwrap();
+    assert_eq!(sent_now(&mut s, 50).len(), 3);
+    send!(s, time 100, sack_ack(6, &[(12, 18)]));
+    send!(s, time 100, sack_ack(6, &[(12, 24)]));
+    assert_eq!(sent_now(&mut s, 100), []);
+    assert_eq!(sent_now(&mut s, 150), [(6, b"abcdef".to_vec())]);
+}
+
+#[test]
+fn test_no_probe_during_a_recovery() {
+    // sal-tcp: in a recovery the retransmission timer runs, as before;
+    // once it ends, the next segment arms the probe.
+    let mut s = socket_with_a_round_trip_of_50_ms();
+    s.send_slice(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJ")
+        .unwrap();
+    assert_eq!(sent_now(&mut s, 50).len(), 6);
+    for sacked in [12, 18, 24] {
+        send!(s, time 100, sack_ack(6, &[(12, sacked)]));
+    }
+    assert_eq!(sent_now(&mut s, 100), [(6, b"abcdef".to_vec())]);
+    assert!(s.recover.is_some());
+    assert!(matches!(s.timer, Timer::Retransmit { .. }));
+    assert_eq!(s.poll_at(), Some(Instant::from_millis(350)));
+    // Partial ACKs within it: still no probe.
+    send!(s, time 150, sack_ack(30, &[]));
+    assert!(s.recover.is_some());
+    assert!(matches!(s.timer, Timer::Retransmit { .. }));
+    send!(s, time 160, sack_ack(42, &[]));
+    assert_eq!(s.recover, None);
+    s.send_slice(b"GHIJKLMNOPQR").unwrap();
+    assert_eq!(sent_now(&mut s, 160).len(), 2);
+    assert_eq!(s.poll_at(), Some(Instant::from_millis(260)));
+}
+
+#[test]
+fn test_no_probe_without_sack_or_a_round_trip_sample() {
+    // sal-tcp: a peer that does not SACK could not show the probe's
+    // news; before any sample, the first timeout (1 s) is as early.
+    let mut s = socket_with_a_round_trip_of_50_ms();
+    s.remote_has_sack = false;
+    s.send_slice(b"abcdef").unwrap();
+    assert_eq!(sent_now(&mut s, 50).len(), 1);
+    assert_eq!(s.poll_at(), Some(Instant::from_millis(300)));
+    let mut s = socket_established_with_buffer_sizes(256, 64);
+    s.remote_has_sack = true;
+    s.send_slice(b"abcdef").unwrap();
+    assert_eq!(sent_now(&mut s, 0).len(), 1);
+    assert_eq!(s.poll_at(), Some(Instant::from_millis(1000)));
+}
