@@ -25,7 +25,9 @@
 //! close-on-exec listener is unbound at exec as before, like a TCP
 //! listener that no process holds any more. When the library is loaded in
 //! the new image, it finds records among its descriptors (by the memfd's
-//! name in `/proc/self/fd`, at whatever number), keeps the entries whose
+//! name in `/proc/self/fd`, at whatever number; not the one this process
+//! wrote already, when a library's constructor that ran before the shim's
+//! made a listener), keeps the entries whose
 //! number and control connection still refer to the same open sockets
 //! (device and inode; a socket no longer at its number is looked for at
 //! the others, as a program in between may have moved it where the shim
@@ -61,7 +63,8 @@
 //! record needs no hook: it is up to date whenever an exec happens.
 //!
 //! The record is written by the process itself, but read as untrusted
-//! input: it is parsed without panics, bounded in size, and an entry is
+//! input: it is parsed without panics, bounded in size (and in sockets:
+//! [`MAX_CARRIED`], as written), and an entry is
 //! taken only if its descriptors check out. What does not cross: connected
 //! streams (plain sockets: they keep working, but the new image does not
 //! know them, so a reset reads as end of file), a stream bound but not
@@ -481,7 +484,8 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The sockets a record lists, up to the first that does not parse.
+/// The sockets a record lists, up to the first that does not parse, and
+/// [`MAX_CARRIED`] at most.
 fn decode(bytes: &[u8]) -> Vec<Recorded> {
     let mut out = Vec::new();
     let mut r = Reader { bytes };
@@ -491,7 +495,9 @@ fn decode(bytes: &[u8]) -> Vec<Recorded> {
     let Some(count) = r.u32() else {
         return out;
     };
-    for _ in 0..count {
+    // No record this library writes lists more: a longer one is not
+    // looked at past that many (each costs system calls to check).
+    for _ in 0..count.min(MAX_CARRIED as u32) {
         match decode_one(&mut r) {
             Some(rec) => out.push(rec),
             None => break,
@@ -564,7 +570,8 @@ fn decode_one(r: &mut Reader<'_>) -> Option<Recorded> {
 /// number).
 #[derive(Default)]
 struct Found {
-    records: Vec<RawFd>,
+    /// Each record's number, with its device and inode as found.
+    records: Vec<(RawFd, (u64, u64))>,
     sockets: Vec<(RawFd, u64)>,
 }
 
@@ -586,7 +593,7 @@ fn find_descriptors() -> Found {
         };
         let link = std::os::unix::ffi::OsStrExt::as_bytes(link.as_os_str());
         if link.starts_with(LINK_PREFIX) {
-            found.records.push(fd);
+            found.records.push((fd, ident(fd)));
         } else if let Some(inode) = socket_inode(link) {
             found.sockets.push((fd, inode));
         }
@@ -606,16 +613,19 @@ fn socket_inode(link: &[u8]) -> Option<u64> {
 /// see (`posix_spawn`'s file actions, a direct system call, a program not
 /// under the shim): each such number for a listener (copies share it), the
 /// lowest for a datagram socket (whose copies the shim does not track).
+/// `sockets` is sorted by inode, then number: each socket recorded costs
+/// a search, not a pass over every socket the process has.
 fn numbers(rec: &Recorded, sockets: &[(RawFd, u64)]) -> Vec<RawFd> {
     if ident(rec.fd) == rec.ident {
         return vec![rec.fd];
     }
-    let mut at: Vec<RawFd> = sockets
+    let first = sockets.partition_point(|&(_, inode)| inode < rec.ident.1);
+    let mut at: Vec<RawFd> = sockets[first..]
         .iter()
-        .filter(|&&(fd, inode)| inode == rec.ident.1 && ident(fd) == rec.ident)
+        .take_while(|&&(_, inode)| inode == rec.ident.1)
+        .filter(|&&(fd, _)| ident(fd) == rec.ident)
         .map(|&(fd, _)| fd)
         .collect();
-    at.sort_unstable();
     if !rec.listening {
         at.truncate(1);
     }
@@ -666,11 +676,29 @@ fn read_record(fd: RawFd) -> Option<Vec<u8>> {
 pub(crate) fn restore() {
     let Found {
         records: found,
-        sockets,
+        mut sockets,
     } = find_descriptors();
     if found.is_empty() {
         return;
     }
+    sockets.sort_unstable_by_key(|&(fd, inode)| (inode, fd));
+    // A library's constructor that ran before this one (or a thread it
+    // started) may have made a listener or a datagram socket already, and
+    // this process's own record with it: that one is not an image
+    // before's (its control connections are held, and closing them would
+    // unbind the services under the program). Under the table lock, so
+    // that no record is written meanwhile; one replaced since it was
+    // found (closed, its number taken again) is left alone.
+    let mut table = table::lock();
+    let own = RECORD
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .map(|(_, own)| own);
+    let found: Vec<RawFd> = found
+        .into_iter()
+        .filter(|&(fd, found)| found != (0, 0) && ident(fd) == found && Some(found) != own)
+        .map(|(fd, _)| fd)
+        .collect();
     // An image that gained privileges at exec (set-user-ID, file
     // capabilities) takes up nothing its less privileged parent recorded.
     // SAFETY: getauxval reads the process's auxiliary vector.
@@ -694,7 +722,6 @@ pub(crate) fn restore() {
     let path = socket_shim::control_path();
     let mut taken: BTreeSet<RawFd> = BTreeSet::new();
     let mut listeners: BTreeMap<RawFd, Arc<ListenerControl>> = BTreeMap::new();
-    let mut table = table::lock();
     for rec in records {
         if rec.ident == (0, 0) {
             continue;
@@ -814,5 +841,69 @@ mod tests {
         assert_eq!(socket_inode(b"pipe:[12]"), None);
         assert_eq!(socket_inode(b"/memfd:serval-shim-exec (deleted)"), None);
         assert_eq!(socket_inode(b"socket:[99999999999999999999999]"), None);
+    }
+
+    fn datagram(fd: RawFd, ident: (u64, u64), listening: bool) -> Recorded {
+        Recorded {
+            fd,
+            ident,
+            kind: if listening { Kind::Stream } else { Kind::Dgram },
+            domain: Domain::Serval,
+            listening,
+            owner: 1,
+            control: Some((fd + 1, (1, 2))),
+            listener: 7,
+            local: None,
+            options: Vec::new(),
+        }
+    }
+
+    /// A record is untrusted input: one longer than any this library
+    /// writes is read no further than that (each socket listed costs
+    /// system calls at every start of a program).
+    #[test]
+    fn a_record_is_read_no_further_than_the_most_it_carries() {
+        let records: Vec<Recorded> = (0..MAX_CARRIED as RawFd + 100)
+            .map(|fd| datagram(fd + 3, (1, fd as u64 + 10), false))
+            .collect();
+        let decoded = decode(&encode(&records));
+        assert_eq!(decoded.len(), MAX_CARRIED);
+        assert_eq!(decoded[..], records[..MAX_CARRIED]);
+    }
+
+    /// A socket no longer at its number is found at the numbers that hold
+    /// it (by device and inode, in the sorted list of sockets): all of
+    /// them for a listener, the lowest for a datagram socket.
+    #[test]
+    fn a_moved_socket_is_found_at_its_numbers() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let copy = a.try_clone().unwrap();
+        let at = |s: &std::os::unix::net::UnixStream| s.as_raw_fd();
+        let inode = |fd| ident(fd).1;
+        let mut sockets = vec![
+            (at(&b), inode(at(&b))),
+            (at(&copy), inode(at(&copy))),
+            (at(&a), inode(at(&a))),
+        ];
+        sockets.sort_unstable_by_key(|&(fd, inode)| (inode, fd));
+        let gone = at(&b) + 1000;
+        let mut both = vec![at(&a), at(&copy)];
+        both.sort_unstable();
+        assert_eq!(
+            numbers(&datagram(gone, ident(at(&a)), true), &sockets),
+            both
+        );
+        assert_eq!(
+            numbers(&datagram(gone, ident(at(&a)), false), &sockets),
+            both[..1]
+        );
+        assert_eq!(
+            numbers(&datagram(at(&a), ident(at(&a)), true), &sockets),
+            [at(&a)]
+        );
+        assert_eq!(
+            numbers(&datagram(gone, (ident(at(&a)).0, 1), true), &sockets),
+            Vec::<RawFd>::new()
+        );
     }
 }

@@ -271,6 +271,38 @@ fn a_moved_listener_crosses_exec_at_its_new_number() {
     client(&sald, &["exec-dup2-over", "e7ece"]).success(T);
 }
 
+/// A listener made before the shim's own constructor ran (by a library's
+/// constructor: one preloaded after the shim, as a linked library's runs
+/// before it too) is in this process's record when the shim looks for
+/// the records that the image before left: the shim must not take its
+/// own record for one, and close the listener's control connection as
+/// one that crossed without its socket (the service would be unbound
+/// under the program).
+#[test]
+fn a_listener_made_before_the_shim_is_loaded_stays_bound() {
+    let sald = Sald::start();
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let include = manifest.join("../include");
+    let lib = support::compile_c(
+        &manifest.join("tests/c/ctor_listener.c"),
+        "libctor_listener.so",
+        &[
+            "-shared".as_ref(),
+            "-fPIC".as_ref(),
+            "-I".as_ref(),
+            include.as_os_str(),
+        ],
+    );
+    let mut cmd = sald.run(&[], c_program(), &["exec-accept", "e7ed0", "1", "50"]);
+    cmd.env("LD_PRELOAD", &lib)
+        .env("SERVAL_TEST_CTOR_SID", "e7ed0")
+        .stdout(Stdio::piped());
+    let mut srv = Proc::spawn("serval_test exec-accept e7ed0 (listening early)", &mut cmd);
+    srv.wait_ready("ready");
+    client(&sald, &["stream-client", "e7ed0", "100000"]).success(T);
+    srv.success(T);
+}
+
 #[test]
 fn fork_after_accept() {
     let sald = Sald::start();
