@@ -518,8 +518,10 @@ pub async fn stream(
         }
         // An unconfirmed flow's socket found full: the program may be
         // looking at what came without reading (see the module docs).
-        let queued = match (&pump.queued, turn.write) {
-            (Some(queued), true) => Some(queued.clone()),
+        // Boxed: inline, the wait's state would be in every flow's task,
+        // idle or not.
+        let mut taken = match (&pump.queued, turn.write) {
+            (Some(queued), true) => Some(Box::pin(taken_from(queued.clone()))),
             _ => None,
         };
         tokio::select! {
@@ -529,7 +531,14 @@ pub async fn stream(
             _ = socket.readable(), if turn.read => pump.readable = true,
             _ = socket.writable(), if turn.write => pump.writable = true,
             _ = socket.hung_up(), if turn.hang_up => pump.hung_up = true,
-            () = taken_from(queued.as_ref()), if queued.is_some() => pump.taken_from_queue = true,
+            () = async {
+                match taken.as_mut() {
+                    Some(taken) => taken.await,
+                    None => std::future::pending().await,
+                }
+            }, if taken.is_some() => {
+                pump.taken_from_queue = true;
+            }
         }
     }
     // The socket hangs up as it goes. After the peer's end of stream, that
@@ -551,12 +560,9 @@ pub async fn stream(
 }
 
 /// Returns once the program took the notice of `queued` out of its accept
-/// queue; never without one.
-async fn taken_from(queued: Option<&Queued>) {
-    match queued {
-        Some(queued) => queued.queue.taken(queued.place).await,
-        None => std::future::pending().await,
-    }
+/// queue.
+async fn taken_from(queued: Queued) {
+    queued.queue.taken(queued.place).await
 }
 
 /// Makes `socket`'s send buffer [`UNCONFIRMED_SEND_BUFFER`], if it was
