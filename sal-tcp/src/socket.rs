@@ -1360,14 +1360,8 @@ impl Socket {
     /// no timeout's or rewind's resending under way, no fast retransmit
     /// due, and no probe in flight (one probe a flight).
     fn may_probe(&self) -> bool {
-        matches!(
-            self.state,
-            State::Established
-                | State::FinWait1
-                | State::Closing
-                | State::CloseWait
-                | State::LastAck
-        ) && self.remote_has_sack
+        self.synchronized_sending()
+            && self.remote_has_sack
             && self.flight_size() > 0
             && self.remote_win_len > 0
             && self.recover.is_none()
@@ -3250,6 +3244,19 @@ impl Socket {
         Some(len)
     }
 
+    /// sal-tcp: a state in which the connection is synchronized and may
+    /// still have data of ours in flight or to send.
+    fn synchronized_sending(&self) -> bool {
+        matches!(
+            self.state,
+            State::Established
+                | State::FinWait1
+                | State::Closing
+                | State::CloseWait
+                | State::LastAck
+        )
+    }
+
     /// sal-tcp: slow start after an idle period (RFC 5681 4.1, Linux's
     /// `tcp_slow_start_after_idle`, on by default): data waits to go out,
     /// nothing is in flight, and nothing went out for longer than the
@@ -3267,14 +3274,8 @@ impl Socket {
     /// so a poll that cannot send (a closed window) does not halve it
     /// again.
     fn restart_after_idle(&mut self, now: Instant) {
-        if !matches!(
-            self.state,
-            State::Established
-                | State::FinWait1
-                | State::Closing
-                | State::CloseWait
-                | State::LastAck
-        ) || self.local_seq_no != self.remote_max_seq
+        if !self.synchronized_sending()
+            || self.local_seq_no != self.remote_max_seq
             || self.tx_buffer.is_empty()
             || now <= self.last_sent
         {

@@ -32,14 +32,14 @@
 //! 9406's L, sal-tcp's `congestion::slow_start`), and takes four, as on
 //! Linux, which counts them all.
 
-use sal::proto::{Event, HostConfig, HostError};
+use sal::proto::{Event, HostConfig};
 use sal::wire::TransportProtocol;
 use sal::FlowId;
-use sal_sim::{Delay, HostId, Network, Path, RateLimit};
+use sal_sim::{Delay, Network, Path, RateLimit};
 use smoltcp::time::Duration;
 
 mod common;
-use common::sim::{default_route, pattern, prefix, svc};
+use common::sim::{default_route, pattern, prefix, svc, Side};
 
 /// The path's round trip time.
 const RTT: Duration = Duration::from_millis(20);
@@ -109,36 +109,6 @@ fn exchange(rate: Option<u64>, request: usize, answer: usize) -> Duration {
     assert_eq!(server_side.received, question);
     assert_eq!(got, reply);
     net.now() - start
-}
-
-/// One end's application: what it has sent and received.
-#[derive(Default)]
-struct Side {
-    sent: usize,
-    received: Vec<u8>,
-}
-
-impl Side {
-    fn send(&mut self, net: &mut Network, host: HostId, flow: FlowId, data: &[u8]) {
-        while self.sent < data.len() {
-            match net.host(host).send(flow, &data[self.sent..]) {
-                Ok(n) => self.sent += n,
-                Err(HostError::WouldBlock) => break,
-                Err(e) => panic!("send failed: {e}"),
-            }
-        }
-    }
-
-    fn recv(&mut self, net: &mut Network, host: HostId, flow: FlowId) {
-        let mut buf = [0u8; 16384];
-        loop {
-            match net.host(host).recv(flow, &mut buf) {
-                Ok(0) | Err(HostError::WouldBlock) => return,
-                Ok(n) => self.received.extend_from_slice(&buf[..n]),
-                Err(e) => panic!("recv failed: {e}"),
-            }
-        }
-    }
 }
 
 fn round_trips(d: Duration) -> f64 {

@@ -38,15 +38,15 @@ use std::rc::Rc;
 
 use rand::rngs::SmallRng;
 use rand::Rng;
-use sal::proto::{Event, HostConfig, HostError};
+use sal::proto::{Event, HostConfig};
 use sal::wire::{SalPacket, TransportProtocol, BASE_HEADER_LEN};
 use sal::{FlowId, Locator};
-use sal_sim::{Delay, DropReason, HostId, Network, Node, Packet, Path, RateLimit, Verdict};
+use sal_sim::{Delay, DropReason, Network, Node, Packet, Path, RateLimit, Verdict};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::TcpPacket;
 
 mod common;
-use common::sim::{default_route, pattern, prefix, svc};
+use common::sim::{default_route, pattern, prefix, svc, Side};
 
 /// The path's round trip time.
 const RTT: Duration = Duration::from_millis(20);
@@ -248,36 +248,6 @@ fn timer_sends(log: &[Seen], server: bool) -> (usize, usize) {
         last_send = Some(s.at);
     }
     (timeouts, probes)
-}
-
-/// One end's application: what it has sent and received.
-#[derive(Default)]
-struct Side {
-    sent: usize,
-    received: Vec<u8>,
-}
-
-impl Side {
-    fn send(&mut self, net: &mut Network, host: HostId, flow: FlowId, data: &[u8]) {
-        while self.sent < data.len() {
-            match net.host(host).send(flow, &data[self.sent..]) {
-                Ok(n) => self.sent += n,
-                Err(HostError::WouldBlock) => break,
-                Err(e) => panic!("send failed: {e}"),
-            }
-        }
-    }
-
-    fn recv(&mut self, net: &mut Network, host: HostId, flow: FlowId) {
-        let mut buf = [0u8; 16384];
-        loop {
-            match net.host(host).recv(flow, &mut buf) {
-                Ok(0) | Err(HostError::WouldBlock) => return,
-                Ok(n) => self.received.extend_from_slice(&buf[..n]),
-                Err(e) => panic!("recv failed: {e}"),
-            }
-        }
-    }
 }
 
 fn ms(d: Duration) -> f64 {

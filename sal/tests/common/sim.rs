@@ -224,3 +224,36 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// One end's application in a simulated exchange: what it has sent and
+/// received.
+#[derive(Default)]
+pub struct Side {
+    pub sent: usize,
+    pub received: Vec<u8>,
+}
+
+impl Side {
+    /// Sends what of `data` the flow takes now.
+    pub fn send(&mut self, net: &mut Network, host: HostId, flow: FlowId, data: &[u8]) {
+        while self.sent < data.len() {
+            match net.host(host).send(flow, &data[self.sent..]) {
+                Ok(n) => self.sent += n,
+                Err(HostError::WouldBlock) => break,
+                Err(e) => panic!("send failed: {e}"),
+            }
+        }
+    }
+
+    /// Receives everything the flow has now.
+    pub fn recv(&mut self, net: &mut Network, host: HostId, flow: FlowId) {
+        let mut buf = [0u8; 16384];
+        loop {
+            match net.host(host).recv(flow, &mut buf) {
+                Ok(0) | Err(HostError::WouldBlock) => return,
+                Ok(n) => self.received.extend_from_slice(&buf[..n]),
+                Err(e) => panic!("recv failed: {e}"),
+            }
+        }
+    }
+}
