@@ -381,9 +381,10 @@
 //! - **Tail loss probe** (RFC 8985 7, Linux's default; module `tlp`):
 //!   with data in flight, a SACK peer, a round-trip sample and no
 //!   recovery, the retransmission timer's slot holds a probe timeout of
-//!   2 SRTT (plus the ACK delay for a lone segment, at least 10 ms, never
-//!   later than the retransmission timeout), pushed back by each new
-//!   segment. When it fires, SACKed data above the oldest byte starts a
+//!   2 SRTT (at least 10 ms, a path under a millisecond included, plus the
+//!   ACK delay for a lone segment, never later than the retransmission
+//!   timeout, which a probe that may not go leaves alone), pushed back by
+//!   each new segment. When it fires, SACKed data above the oldest byte starts a
 //!   fast retransmit (the hole is older than two round trips: RACK's
 //!   reasoning); else one probe goes, a new segment past the congestion
 //!   window if the peer's window and the data allow, else the last
@@ -420,8 +421,12 @@
 //!   `test_the_probes_sack_starts_a_fast_retransmit_of_the_hole`,
 //!   `test_a_probe_timeout_with_data_sacked_resends_the_hole`,
 //!   `test_no_probe_during_a_recovery`,
-//!   `test_no_probe_without_sack_or_a_round_trip_sample` and the module's
-//!   tests.
+//!   `test_no_probe_without_sack_or_a_round_trip_sample`,
+//!   `test_a_probe_goes_on_a_path_of_less_than_a_millisecond`,
+//!   `test_a_lone_segment_on_a_path_of_less_than_a_millisecond_waits_for_the_delayed_ack`,
+//!   `test_a_probe_that_may_not_go_leaves_the_retransmission_timeout_alone`,
+//!   `test_a_probe_at_the_timeout_that_may_not_go_is_the_timeout` and the
+//!   module's tests.
 //! - **A window closed over data in flight**: a peer's right edge may move
 //!   left past data already sent (a scaled window may, by less than its
 //!   unit; the peer then cuts the segment there), and the window may then

@@ -148,6 +148,14 @@ impl RttEstimator {
         }
     }
 
+    /// sal-tcp: the smoothed round trip once a sample came, `None`
+    /// before. Unlike [`smoothed_rtt`](Self::smoothed_rtt), a path of less
+    /// than a millisecond, SRTT 0, is told from one not measured yet (the
+    /// tail loss probe goes on the first, not on the second).
+    pub(crate) fn srtt_sample(&self) -> Option<u32> {
+        self.have_measurement.then_some(self.srtt)
+    }
+
     pub(crate) fn sample(&mut self, new_rtt: u32) {
         if self.have_measurement {
             // RFC 6298 (2.3) When a subsequent RTT measurement R' is made, a host MUST set (...)

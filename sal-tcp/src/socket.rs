@@ -1379,22 +1379,27 @@ impl Socket {
         }
         let one_segment = self.flight_size() <= self.effective_mss();
         let ack_delay = self.ack_delay.unwrap_or(Duration::ZERO);
-        if let Some(pto) = tlp::probe_timeout(self.rtte.smoothed_rtt(), one_segment, ack_delay) {
+        if let Some(pto) = tlp::probe_timeout(self.rtte.srtt_sample(), one_segment, ack_delay) {
             let rto = self.rtte.retransmission_timeout();
             self.timer.set_for_loss_probe(now, pto, rto);
         }
     }
 
-    /// sal-tcp: the tail loss probe's timer fired (`crate::tlp`). The
-    /// retransmission timer runs from now; SACKed data above the oldest
-    /// unacknowledged byte, sent more than two round trips ago, marks it
-    /// lost (a fast retransmit); else the probe is due.
+    /// sal-tcp: the tail loss probe's timer fired (`crate::tlp`). If no
+    /// probe may go (a rewind's resending, a window closed meanwhile), the
+    /// retransmission timeout stays where it was: restarted from now, a
+    /// probe capped at the timeout put it off by a whole timeout, and a
+    /// rewind's by up to one. Else the retransmission timer runs from now;
+    /// SACKed data above the oldest unacknowledged byte, sent more than two
+    /// round trips ago, marks it lost (a fast retransmit); else the probe
+    /// is due.
     fn loss_probe_due(&mut self, now: Instant) {
-        let rto = self.rtte.retransmission_timeout();
-        self.timer.set_for_retransmit(now, rto);
         if !self.may_probe() {
+            self.timer.set_for_retransmit_instead_of_probe();
             return;
         }
+        let rto = self.rtte.retransmission_timeout();
+        self.timer.set_for_retransmit(now, rto);
         if self.scoreboard.sacked_bytes() > 0 {
             net_debug!("loss probe timeout with data SACKed, starting fast retransmit");
             self.timer.set_for_fast_retransmit();

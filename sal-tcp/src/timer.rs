@@ -152,6 +152,15 @@ impl Timer {
         }
     }
 
+    /// sal-tcp: the tail loss probe's timer fired but no probe may go:
+    /// the retransmission timeout stands where it was (`rto_at`, now at
+    /// the latest), not a whole timeout from now.
+    pub(crate) fn set_for_retransmit_instead_of_probe(&mut self) {
+        if let Timer::LossProbe { rto_at, .. } = *self {
+            *self = Timer::Retransmit { expires_at: rto_at }
+        }
+    }
+
     pub(crate) fn set_for_fast_retransmit(&mut self) {
         *self = Timer::FastRetransmit
     }

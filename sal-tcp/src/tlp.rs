@@ -8,11 +8,13 @@
 //! the retransmission timeout, SRTT + 200 ms at least, which then halves
 //! the flow to one segment. With data in flight and no recovery under
 //! way, the socket arms a probe timeout instead ([`probe_timeout`]):
-//! 2 SRTT, plus the peer's delayed ACK when a single segment is in flight
-//! (the SAL runs the same TCP at both ends, so the socket's own ACK delay
-//! stands for the peer's), at least 10 ms, and never later than the
-//! retransmission timeout would have fired (`Timer::LossProbe` keeps that
-//! instant). Each segment of new data sent pushes it back, so it fires
+//! 2 SRTT, at least 10 ms (SRTT 0, a path of less than a millisecond,
+//! included), plus the peer's delayed ACK when a single segment is in
+//! flight (the SAL runs the same TCP at both ends, so the socket's own ACK
+//! delay stands for the peer's), and never later than the retransmission
+//! timeout would have fired (`Timer::LossProbe` keeps that instant; a
+//! probe that may not go when its timer fires leaves that timeout where it
+//! was). Each segment of new data sent pushes it back, so it fires
 //! 2 SRTT after the last one. When it fires:
 //!
 //! - if the peer has SACKed data above the oldest unacknowledged byte,
@@ -55,23 +57,28 @@ use smoltcp::wire::TcpSeqNumber;
 /// `TCP_TIMEOUT_MIN`, two jiffies, to 2 SRTT).
 pub(crate) const MIN_PROBE_TIMEOUT: Duration = Duration::from_millis(10);
 
-/// The probe timeout for a smoothed round trip of `srtt_ms` (0: no sample
-/// yet, and no probe: the first timeout, 1 s, is no later than one would
-/// be), `one_segment` when at most one segment is in flight (the peer may
-/// delay its ACK by up to `ack_delay`).
+/// The probe timeout for a smoothed round trip of `srtt_ms` (`None`: no
+/// sample yet, and no probe: the first timeout, 1 s, is no later than one
+/// would be), `one_segment` when at most one segment is in flight (the
+/// peer may delay its ACK by up to `ack_delay`).
+///
+/// SRTT 0 is a sample: a path of less than a millisecond (one host, one
+/// LAN), where a lost tail waited for the timeout, at least 200 ms, when
+/// 0 was taken for no sample. The floor applies to 2 SRTT, before the ACK
+/// delay is added: SRTT counts whole milliseconds, and with the floor
+/// after, a lone segment's probe on such a path went at the ACK delay,
+/// with the peer's delayed ACK still on its way (up to a millisecond).
 pub(crate) fn probe_timeout(
-    srtt_ms: u32,
+    srtt_ms: Option<u32>,
     one_segment: bool,
     ack_delay: Duration,
 ) -> Option<Duration> {
-    if srtt_ms == 0 {
-        return None;
-    }
-    let mut pto = Duration::from_millis(2 * u64::from(srtt_ms));
+    let srtt_ms = srtt_ms?;
+    let mut pto = Duration::from_millis(2 * u64::from(srtt_ms)).max(MIN_PROBE_TIMEOUT);
     if one_segment {
         pto += ack_delay;
     }
-    Some(pto.max(MIN_PROBE_TIMEOUT))
+    Some(pto)
 }
 
 /// A socket's tail loss probe: whether one is due, and the episode of the
@@ -176,16 +183,33 @@ mod tests {
     #[test]
     fn probe_timeout_is_two_round_trips_plus_the_ack_delay_for_one_segment() {
         let delay = Duration::from_millis(10);
-        assert_eq!(probe_timeout(0, false, delay), None);
+        assert_eq!(probe_timeout(None, false, delay), None);
         assert_eq!(
-            probe_timeout(20, false, delay),
+            probe_timeout(Some(20), false, delay),
             Some(Duration::from_millis(40))
         );
         assert_eq!(
-            probe_timeout(20, true, delay),
+            probe_timeout(Some(20), true, delay),
             Some(Duration::from_millis(50))
         );
-        assert_eq!(probe_timeout(1, false, delay), Some(MIN_PROBE_TIMEOUT));
+        assert_eq!(
+            probe_timeout(Some(1), false, delay),
+            Some(MIN_PROBE_TIMEOUT)
+        );
+        // A path of less than a millisecond: the least timeout, and the
+        // ACK delay on top of it for a lone segment.
+        assert_eq!(
+            probe_timeout(Some(0), false, delay),
+            Some(MIN_PROBE_TIMEOUT)
+        );
+        assert_eq!(
+            probe_timeout(Some(0), true, delay),
+            Some(Duration::from_millis(20))
+        );
+        assert_eq!(
+            probe_timeout(Some(2), true, delay),
+            Some(Duration::from_millis(20))
+        );
     }
 
     #[test]

@@ -9196,3 +9196,108 @@ fn test_no_probe_without_sack_or_a_round_trip_sample() {
     assert_eq!(sent_now(&mut s, 0).len(), 1);
     assert_eq!(s.poll_at(), Some(Instant::from_millis(1000)));
 }
+
+#[test]
+fn test_a_probe_goes_on_a_path_of_less_than_a_millisecond() {
+    // sal-tcp: a round trip under a millisecond (hosts on one LAN, or one
+    // host) is a sample of 0 ms, and SRTT 0: the probe timeout is then
+    // its floor (10 ms, plus the ACK delay for a lone segment), not
+    // "no sample yet, no probe", which left a lost tail to the timeout.
+    let mut s = socket_established_with_buffer_sizes(256, 64);
+    s.set_nagle_enabled(false);
+    s.remote_has_sack = true;
+    s.remote_mss = 6;
+    s.send_slice(b"012345").unwrap();
+    assert_eq!(sent_now(&mut s, 1000).len(), 1);
+    send!(s, time 1000, sack_ack(6, &[]));
+    assert_eq!(s.rtte.smoothed_rtt(), 0);
+    let rto = s.rtte.retransmission_timeout();
+    // Three segments; the first two are acknowledged at once, the last
+    // is lost.
+    s.send_slice(b"abcdefghijklmnopqr").unwrap();
+    assert_eq!(sent_now(&mut s, 1000).len(), 3);
+    send!(s, time 1000, sack_ack(18, &[]));
+    let pto = tlp::MIN_PROBE_TIMEOUT + s.ack_delay.unwrap_or(Duration::ZERO);
+    assert!(pto < rto);
+    let at = Instant::from_millis(1000) + pto;
+    assert_eq!(s.poll_at(), Some(at));
+    assert_eq!(
+        sent_now(&mut s, at.total_millis()),
+        [(18, b"mnopqr".to_vec())]
+    );
+}
+
+#[test]
+fn test_a_probe_that_may_not_go_leaves_the_retransmission_timeout_alone() {
+    // sal-tcp: three segments sent at 50 ms: the probe is due at 150 ms,
+    // the timeout at 300 ms. The flow moves at 60 ms (a rewind resends
+    // all, and no probe goes until that is acknowledged): the probe's
+    // timer firing at 150 ms must not push the timeout to 150 + 250 ms.
+    let mut s = socket_with_a_round_trip_of_50_ms();
+    s.send_slice(b"abcdefghijklmnopqr").unwrap();
+    assert_eq!(sent_now(&mut s, 50).len(), 3);
+    assert_eq!(s.poll_at(), Some(Instant::from_millis(150)));
+    assert_eq!(s.rewind(), 18);
+    assert_eq!(sent_now(&mut s, 60).len(), 3);
+    assert_eq!(sent_now(&mut s, 150), []);
+    assert_eq!(s.poll_at(), Some(Instant::from_millis(300)));
+    assert_eq!(
+        sent_now(&mut s, 300).first(),
+        Some(&(6, b"abcdef".to_vec()))
+    );
+}
+
+#[test]
+fn test_a_probe_at_the_timeout_that_may_not_go_is_the_timeout() {
+    // sal-tcp: a probe capped at the timeout (450 ms, as in
+    // `test_a_probe_timeout_is_never_later_than_the_retransmission_timeout`)
+    // that may not go (the peer's window closed meanwhile, an update with
+    // no new ACK) leaves the timeout where it was: it fires at 450 ms, not
+    // a whole timeout later.
+    let mut s = socket_with_a_round_trip_of_50_ms();
+    s.send_slice(b"abcdef").unwrap();
+    assert_eq!(sent_now(&mut s, 50).len(), 1);
+    assert_eq!(sent_now(&mut s, 150), [(6, b"abcdef".to_vec())]);
+    send!(s, time 200, sack_ack(12, &[]));
+    s.send_slice(b"ghijkl").unwrap();
+    assert_eq!(sent_now(&mut s, 200).len(), 1);
+    s.send_slice(b"mnopqr").unwrap();
+    assert_eq!(sent_now(&mut s, 290).len(), 1);
+    s.send_slice(b"stuvwx").unwrap();
+    assert_eq!(sent_now(&mut s, 380).len(), 1);
+    assert_eq!(s.poll_at(), Some(Instant::from_millis(450)));
+    send!(s, time 400, TcpRepr {
+        window_len: 0,
+        ..sack_ack(12, &[])
+    });
+    assert_eq!(s.remote_win_len, 0);
+    let _ = sent_now(&mut s, 450);
+    // The timeout fired (and backed off).
+    assert_eq!(s.rtte.retransmission_timeout(), Duration::from_millis(500));
+}
+
+#[test]
+fn test_a_lone_segment_on_a_path_of_less_than_a_millisecond_waits_for_the_delayed_ack() {
+    // sal-tcp: SRTT 0 ms is a round trip of up to a millisecond, and the
+    // peer delays the ACK of a lone segment by its ACK delay: a probe
+    // timeout of 2 SRTT plus that delay, with its 10 ms floor applied
+    // after, fired with the ACK under way, a spurious probe of each short
+    // request. The floor is on 2 SRTT, and the ACK delay comes on top.
+    let mut s = socket_established_with_buffer_sizes(256, 64);
+    s.set_nagle_enabled(false);
+    s.remote_has_sack = true;
+    s.remote_mss = 6;
+    s.ack_delay = Some(ACK_DELAY_DEFAULT);
+    s.send_slice(b"012345").unwrap();
+    assert_eq!(sent_now(&mut s, 1000).len(), 1);
+    send!(s, time 1000, sack_ack(6, &[]));
+    assert_eq!(s.rtte.smoothed_rtt(), 0);
+    s.send_slice(b"abcdef").unwrap();
+    assert_eq!(sent_now(&mut s, 1000).len(), 1);
+    let at = Instant::from_millis(1000) + tlp::MIN_PROBE_TIMEOUT + ACK_DELAY_DEFAULT;
+    assert_eq!(s.poll_at(), Some(at));
+    // The peer's delayed ACK, a round trip of 0.9 ms after its delay.
+    assert_eq!(sent_now(&mut s, 1010), []);
+    send!(s, time 1011, sack_ack(12, &[]));
+    assert!(s.timer.is_idle());
+}
