@@ -2849,10 +2849,12 @@ impl Socket {
             // infinite polling loop where `poll_at` returns `Now` but `dispatch`
             // can't actually do anything.
             self.timer.set_for_idle(now, self.keep_alive);
-            // sal-tcp: a fast retransmit waits for a closed window to open,
-            // and the zero-window probe asks for that meanwhile (when it
-            // opens, the retransmission timer takes over).
-            if self.pending_fast_retransmit && self.remote_win_len == 0 {
+            // sal-tcp: a fast retransmit, or a timeout's resending, waits
+            // for a closed window to open, and the zero-window probe asks
+            // for that meanwhile (when it opens, the retransmission timer
+            // takes over). Left idle after a timeout, a lost window update
+            // stalled the flow for good.
+            if self.remote_win_len == 0 && !self.tx_buffer.is_empty() {
                 let delay = self.rtte.retransmission_timeout();
                 self.timer.set_for_zero_window_probe(now, delay);
             }

@@ -5220,6 +5220,58 @@ fn test_zero_window_probe_enter_on_win_update() {
 }
 
 #[test]
+fn test_a_timeout_while_the_window_is_closed_leaves_a_zero_window_probe() {
+    // sal-tcp: data in flight, then the peer closes its window without
+    // acknowledging anything (a window update): the retransmission timer
+    // stays, and when it fires nothing may go. It left the socket idle,
+    // with no zero-window probe, so a lost window update stalled the flow
+    // for good; now the probe asks.
+    let mut s = socket_established();
+    s.send_slice(b"abcdef").unwrap();
+    recv!(
+        s,
+        time 0,
+        [TcpRepr {
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"abcdef"[..],
+            ..RECV_TEMPL
+        }]
+    );
+    send!(
+        s,
+        time 10,
+        TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            window_len: 0,
+            ..SEND_TEMPL
+        }
+    );
+    // The timeout (and any probe before it) finds the window closed.
+    recv_nothing!(s, time 5_000);
+    assert!(
+        s.timer.is_zero_window_probe(),
+        "after the timeout: {:?}",
+        s.timer
+    );
+    // The zero-window probe goes, at the latest after its backed-off delay.
+    let mut probed = false;
+    let mut out = [0; 2000];
+    for t in (5_000..=80_000).step_by(1_000) {
+        let sent =
+            s.socket
+                .poll_transmit(Instant::from_millis(t), LOCAL_ADDR, REMOTE_ADDR, &mut out);
+        if let Some(len) = sent {
+            let repr = parse_sent(&out[..len]);
+            probed = repr.payload.len() == 1 && repr.seq_number == LOCAL_SEQ + 1;
+            break;
+        }
+    }
+    assert!(probed, "no zero-window probe");
+}
+
+#[test]
 fn test_zero_window_probe_enter_on_send() {
     let mut s = socket_established();
 
