@@ -32,14 +32,12 @@
 //! 9406's L, sal-tcp's `congestion::slow_start`), and takes four, as on
 //! Linux, which counts them all.
 
-use sal::proto::{Event, HostConfig};
-use sal::wire::TransportProtocol;
-use sal::FlowId;
+use sal::proto::HostConfig;
 use sal_sim::{Delay, Network, Path, RateLimit};
 use smoltcp::time::Duration;
 
 mod common;
-use common::sim::{default_route, pattern, prefix, svc, Side};
+use common::sim::{client_server_on, pattern, request_answer};
 
 /// The path's round trip time.
 const RTT: Duration = Duration::from_millis(20);
@@ -55,7 +53,7 @@ const SMALL: usize = 100;
 /// (`None`: no limit); returns the time from the connect to the answer's
 /// last byte at the client.
 fn exchange(rate: Option<u64>, request: usize, answer: usize) -> Duration {
-    let mut net = Network::with_default_path(1, move || {
+    let net = Network::with_default_path(1, move || {
         let path = Path::new();
         let path = match rate {
             Some(rate) => path.then(RateLimit::new(rate, 1 << 20)),
@@ -63,52 +61,16 @@ fn exchange(rate: Option<u64>, request: usize, answer: usize) -> Duration {
         };
         path.then(Delay::new(RTT / 2))
     });
-    let client = net.add_host("client", HostConfig::default(), &[("eth0", "10.0.0.1/24")]);
-    let server = net.add_host("server", HostConfig::default(), &[("eth0", "10.0.0.2/24")]);
-    default_route(&mut net, client, "10.0.0.2");
-    let listener = net
-        .host(server)
-        .listen(prefix("ab/8"), TransportProtocol::Stream, 8)
-        .expect("a fresh host listens");
-    net.settle();
-    let start = net.now();
-    let cflow = net
-        .host(client)
-        .connect(svc("ab01"), TransportProtocol::Stream)
-        .unwrap();
-    let question = pattern(request, 1);
-    let reply = pattern(answer, 2);
-    let mut client_side = Side::default();
-    let mut server_side = Side::default();
-    let mut sflow: Option<FlowId> = None;
-    let mut got = Vec::new();
-    let done = net.run_until(Duration::from_secs(30), |net| {
-        if net
-            .sim_host(client)
-            .events
-            .contains(&Event::Connected(cflow))
-        {
-            client_side.send(net, client, cflow, &question);
-        }
-        if sflow.is_none() {
-            sflow = net.host(server).accept(listener).ok();
-        }
-        if let Some(s) = sflow {
-            if server_side.received.len() < request {
-                server_side.recv(net, server, s);
-            }
-            if server_side.received.len() == request {
-                server_side.send(net, server, s, &reply);
-            }
-        }
-        client_side.recv(net, client, cflow);
-        got = client_side.received.clone();
-        got.len() == answer
-    });
-    assert!(done, "the answer stalled at {} bytes", got.len());
-    assert_eq!(server_side.received, question);
-    assert_eq!(got, reply);
-    net.now() - start
+    let mut cs = client_server_on(net, HostConfig::default());
+    cs.net.settle();
+    request_answer(
+        &mut cs,
+        &pattern(request, 1),
+        &pattern(answer, 2),
+        false,
+        Duration::from_secs(30),
+        "the exchange",
+    )
 }
 
 fn round_trips(d: Duration) -> f64 {

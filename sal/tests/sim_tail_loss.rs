@@ -34,21 +34,19 @@
 //! round trip of `us` microseconds instead of 20 ms (one under a
 //! millisecond, a LAN's, is an SRTT of 0 ms).
 
-use std::cell::RefCell;
 use std::net::Ipv4Addr;
 use std::rc::Rc;
 
 use rand::rngs::SmallRng;
 use rand::Rng;
-use sal::proto::{Event, HostConfig};
-use sal::wire::{SalPacket, TransportProtocol, BASE_HEADER_LEN};
-use sal::{FlowId, Locator};
+use sal::proto::HostConfig;
+use sal::Locator;
 use sal_sim::{Delay, DropReason, Network, Node, Packet, Path, RateLimit, Verdict};
 use smoltcp::time::{Duration, Instant};
-use smoltcp::wire::TcpPacket;
 
 mod common;
-use common::sim::{default_route, pattern, prefix, svc, Side};
+use common::sim::{client_server_on, pattern, request_answer};
+use common::tap::{parse, Log, Seen, Tap};
 
 /// The path's round trip time (`TAIL_RTT_US` for the measurement).
 const RTT: Duration = Duration::from_millis(20);
@@ -69,51 +67,10 @@ const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 /// retransmission timeout, not a probe.
 const TIMEOUT_GAP: Duration = Duration::from_millis(150);
 
-/// A TCP segment seen by a tap.
-#[derive(Debug, Clone, Copy)]
-struct Seen {
-    at: Instant,
+impl Seen {
     /// Sent by the server, else by the client.
-    from_server: bool,
-    /// Recorded where it arrived, else where it was sent.
-    delivered: bool,
-    seq: u32,
-    /// Sequence space: payload, plus one for a SYN or a FIN.
-    len: u32,
-}
-
-type Log = Rc<RefCell<Vec<Seen>>>;
-
-/// The TCP segment a SAL packet carries outside a control message.
-fn segment(packet: &Packet) -> Option<(u32, u32, bool)> {
-    let sal = SalPacket::new_checked(&packet.payload[..]).ok()?;
-    if sal.protocol() != 6 || sal.header_len() > BASE_HEADER_LEN {
-        return None;
-    }
-    let tcp = TcpPacket::new_checked(&packet.payload[sal.header_len()..]).ok()?;
-    let len = tcp.payload().len() as u32 + u32::from(tcp.syn()) + u32::from(tcp.fin());
-    Some((tcp.seq_number().0 as u32, len, tcp.syn()))
-}
-
-/// Records the TCP segments crossing it.
-#[derive(Debug)]
-struct Tap {
-    log: Log,
-    delivered: bool,
-}
-
-impl Node for Tap {
-    fn process(&mut self, packet: &Packet, now: Instant, _: &mut SmallRng) -> Verdict {
-        if let Some((seq, len, _)) = segment(packet) {
-            self.log.borrow_mut().push(Seen {
-                at: now,
-                from_server: packet.src != Locator::Ipv4(CLIENT),
-                delivered: self.delivered,
-                seq,
-                len,
-            });
-        }
-        Verdict::Pass(now)
+    fn by_server(&self) -> bool {
+        self.src != Locator::Ipv4(CLIENT)
     }
 }
 
@@ -124,8 +81,10 @@ struct SegmentLoss(f64);
 
 impl Node for SegmentLoss {
     fn process(&mut self, packet: &Packet, now: Instant, rng: &mut SmallRng) -> Verdict {
-        match segment(packet) {
-            Some((_, _, false)) if rng.random::<f64>() < self.0 => Verdict::Drop(DropReason::Loss),
+        match parse(packet, now, false) {
+            Some(s) if s.is_data_segment() && !s.syn && rng.random::<f64>() < self.0 => {
+                Verdict::Drop(DropReason::Loss)
+            }
             _ => Verdict::Pass(now),
         }
     }
@@ -143,7 +102,7 @@ struct Run {
 fn exchange(seed: u64, loss: f64, answer: usize) -> Run {
     let log: Log = Rc::default();
     let taps = log.clone();
-    let mut net = Network::with_default_path(seed, move || {
+    let net = Network::with_default_path(seed, move || {
         Path::new()
             .then(Tap {
                 log: taps.clone(),
@@ -157,59 +116,16 @@ fn exchange(seed: u64, loss: f64, answer: usize) -> Run {
                 delivered: true,
             })
     });
-    let client = net.add_host("client", HostConfig::default(), &[("eth0", "10.0.0.1/24")]);
-    let server = net.add_host("server", HostConfig::default(), &[("eth0", "10.0.0.2/24")]);
-    default_route(&mut net, client, "10.0.0.2");
-    let listener = net
-        .host(server)
-        .listen(prefix("ab/8"), TransportProtocol::Stream, 8)
-        .expect("a fresh host listens");
-    net.settle();
-    let start = net.now();
-    let cflow = net
-        .host(client)
-        .connect(svc("ab01"), TransportProtocol::Stream)
-        .unwrap();
-    let question = pattern(REQUEST, seed);
-    let reply = pattern(answer, seed + 1);
-    let (mut client_side, mut server_side) = (Side::default(), Side::default());
-    let mut sflow: Option<FlowId> = None;
-    let mut shut = false;
-    let mut got = Vec::new();
-    let done = net.run_until(Duration::from_secs(60), |net| {
-        if net
-            .sim_host(client)
-            .events
-            .contains(&Event::Connected(cflow))
-        {
-            client_side.send(net, client, cflow, &question);
-        }
-        if sflow.is_none() {
-            sflow = net.host(server).accept(listener).ok();
-        }
-        if let Some(s) = sflow {
-            if server_side.received.len() < REQUEST {
-                server_side.recv(net, server, s);
-            }
-            if server_side.received.len() == REQUEST {
-                server_side.send(net, server, s, &reply);
-                if server_side.sent == reply.len() && !shut {
-                    net.host(server).shutdown(s).expect("the server's FIN");
-                    shut = true;
-                }
-            }
-        }
-        client_side.recv(net, client, cflow);
-        got = client_side.received.clone();
-        got.len() == answer
-    });
-    assert!(
-        done,
-        "seed {seed}: the answer stalled at {} bytes",
-        got.len()
+    let mut cs = client_server_on(net, HostConfig::default());
+    cs.net.settle();
+    let took = request_answer(
+        &mut cs,
+        &pattern(REQUEST, seed),
+        &pattern(answer, seed + 1),
+        true,
+        Duration::from_secs(60),
+        &format!("seed {seed}"),
     );
-    assert_eq!(got, reply);
-    let took = net.now() - start;
     let log = log.borrow().clone();
     let (timeouts, probes) = timer_sends(&log, true);
     let (t, p) = timer_sends(&log, false);
@@ -227,15 +143,15 @@ fn timer_sends(log: &[Seen], server: bool) -> (usize, usize) {
     let mut last_arrival: Option<Instant> = None;
     let mut last_send: Option<Instant> = None;
     let (mut timeouts, mut probes) = (0, 0);
-    for s in log {
-        if s.delivered && s.from_server != server {
+    for s in log.iter().filter(|s| s.is_data_segment()) {
+        if s.delivered && s.by_server() != server {
             last_arrival = Some(s.at);
             continue;
         }
-        if s.delivered || s.from_server != server || s.len == 0 {
+        if s.delivered || s.by_server() != server || s.seq_len() == 0 {
             continue;
         }
-        let end = s.seq.wrapping_add(s.len);
+        let end = s.seq.wrapping_add(s.seq_len());
         let Some(max) = max_sent else {
             (max_sent, last_send) = (Some(end), Some(s.at));
             continue;

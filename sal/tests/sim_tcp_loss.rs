@@ -26,20 +26,17 @@
 //! 1 % and 3 % (heavy loss, 10 % and 20 %, for the timeout's backoff).
 //! `sim_lossy_paths.rs` bounds the receiver's waits on the same path.
 
-use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::rc::Rc;
 
-use rand::rngs::SmallRng;
-use sal::wire::{SalPacket, BASE_HEADER_LEN};
 use sal::Locator;
-use sal_sim::{Delay, Loss, Network, Node, Packet, Path, RateLimit, Verdict};
+use sal_sim::{Delay, Loss, Network, Path, RateLimit};
 use smoltcp::time::{Duration, Instant};
-use smoltcp::wire::TcpPacket;
 
 mod common;
 use common::sim::{establish, multi_homed_pair, pattern, stream};
+use common::tap::{Log, Seen, Tap};
 
 /// Bytes carried.
 const LEN: usize = 2 << 20;
@@ -53,82 +50,11 @@ const A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const MSS: u32 = 1448;
 
 /// A SAL packet seen by a tap: its TCP segment, or a control message.
-#[derive(Debug, Clone, Copy)]
-struct Seen {
-    at: Instant,
+impl Seen {
     /// Sent by B (the data sender), else by A.
-    from_sender: bool,
-    /// Recorded where the packet arrived, else where it was sent.
-    delivered: bool,
-    /// The segment's numbers (0 without a segment, `ack` 0 without ACK).
-    seq: u32,
-    ack: u32,
-    len: u32,
-    syn: bool,
-    fin: bool,
-    /// A SAL control message (a packet with extensions).
-    control: bool,
-    /// The packet carries a TCP segment.
-    tcp: bool,
-}
-
-type Log = Rc<RefCell<Vec<Seen>>>;
-
-/// A node that records the TCP segments crossing it and passes everything.
-#[derive(Debug)]
-struct Tap {
-    log: Log,
-    delivered: bool,
-}
-
-impl Node for Tap {
-    fn process(&mut self, packet: &Packet, now: Instant, _: &mut SmallRng) -> Verdict {
-        if let Some(seen) = parse(packet, now, self.delivered) {
-            self.log.borrow_mut().push(seen);
-        }
-        Verdict::Pass(now)
+    fn by_sender(&self) -> bool {
+        self.src != Locator::Ipv4(A)
     }
-}
-
-/// What a tap records of a SAL packet: its TCP segment or its control
-/// message, if it has either.
-fn parse(packet: &Packet, at: Instant, delivered: bool) -> Option<Seen> {
-    let sal = SalPacket::new_checked(&packet.payload[..]).ok()?;
-    let control = sal.header_len() > BASE_HEADER_LEN;
-    let from_sender = packet.src != Locator::Ipv4(A);
-    let Some(tcp) = (sal.protocol() == 6)
-        .then(|| TcpPacket::new_checked(&packet.payload[sal.header_len()..]).ok())
-        .flatten()
-    else {
-        return control.then_some(Seen {
-            at,
-            from_sender,
-            delivered,
-            seq: 0,
-            ack: 0,
-            len: 0,
-            syn: false,
-            fin: false,
-            control,
-            tcp: false,
-        });
-    };
-    Some(Seen {
-        at,
-        from_sender,
-        delivered,
-        seq: tcp.seq_number().0 as u32,
-        ack: if tcp.ack() {
-            tcp.ack_number().0 as u32
-        } else {
-            0
-        },
-        len: tcp.payload().len() as u32,
-        syn: tcp.syn(),
-        fin: tcp.fin(),
-        control,
-        tcp: true,
-    })
 }
 
 /// What one transfer showed, from the sender's side.
@@ -209,13 +135,13 @@ fn run(loss: f64, seed: u64) -> Run {
 fn analyse(log: Vec<Seen>, exact: bool) -> Run {
     let isn = log
         .iter()
-        .find(|s| s.from_sender && s.syn)
+        .find(|s| s.by_sender() && s.syn)
         .expect("B sent a SYN-ACK")
         .seq;
     let rel = |seq: u32| seq.wrapping_sub(isn);
     let start = log
         .iter()
-        .find(|s| s.from_sender && !s.delivered && s.len > 0)
+        .find(|s| s.by_sender() && !s.delivered && s.len > 0)
         .expect("B sent data")
         .at;
     let (mut una, mut last_move, mut end) = (1u32, start, start);
@@ -224,11 +150,11 @@ fn analyse(log: Vec<Seen>, exact: bool) -> Run {
     let (mut causes, mut rewinds, mut probes) = (Vec::new(), Vec::new(), Vec::new());
     let fate = fates(&log);
     for (i, s) in log.iter().enumerate() {
-        if s.from_sender && s.delivered {
+        if s.by_sender() && s.delivered {
             continue;
         }
         let acked = rel(s.ack);
-        if !s.from_sender && s.delivered && s.tcp && !s.syn && acked > una && acked < 1 << 31 {
+        if !s.by_sender() && s.delivered && s.tcp && !s.syn && acked > una && acked < 1 << 31 {
             let gap = s.at - last_move;
             if gap >= Duration::from_secs(1) {
                 long_stalls.push((last_move - start, gap));
@@ -238,14 +164,14 @@ fn analyse(log: Vec<Seen>, exact: bool) -> Run {
             }
             (una, last_move, end, una_at) = (acked, s.at, s.at, i);
         }
-        if s.from_sender && !s.delivered && (s.len > 0 || s.fin) && !s.syn {
+        if s.by_sender() && !s.delivered && (s.len > 0 || s.fin) && !s.syn {
             let seg_end = rel(s.seq) + s.len + u32::from(s.fin);
             let arrived = || {
                 log[..i]
                     .iter()
                     .rev()
                     .take_while(|o| o.at == s.at)
-                    .filter(|o| !o.from_sender && o.delivered)
+                    .filter(|o| !o.by_sender() && o.delivered)
             };
             if arrived().next().is_none() && rel(s.seq) != una && max_sent > una {
                 // Sent on a timer, not the timeout's resend: a probe.
@@ -298,7 +224,7 @@ fn fates(log: &[Seen]) -> Vec<Option<Instant>> {
     let mut fate = vec![None; log.len()];
     let mut pending = std::collections::VecDeque::new();
     for (i, s) in log.iter().enumerate() {
-        if !s.from_sender || !s.tcp {
+        if !s.by_sender() || !s.tcp {
             continue;
         }
         if !s.delivered {
@@ -321,11 +247,11 @@ fn fates(log: &[Seen]) -> Vec<Option<Instant>> {
 /// the oldest (`log[una_at]`).
 fn cause(log: &[Seen], fate: &[Option<Instant>], at: usize, una_at: usize) -> &'static str {
     let rto = &log[at];
-    let same = |s: &Seen| s.from_sender && !s.delivered && s.seq == rto.seq && s.len > 0;
+    let same = |s: &Seen| s.by_sender() && !s.delivered && s.seq == rto.seq && s.len > 0;
     let sends: Vec<usize> = (0..at).filter(|&j| same(&log[j])).collect();
     let dup_acks = log[una_at..at]
         .iter()
-        .filter(|s| !s.from_sender && s.delivered && s.tcp && s.ack == rto.seq)
+        .filter(|s| !s.by_sender() && s.delivered && s.tcp && s.ack == rto.seq)
         .count()
         .saturating_sub(1);
     let Some(&last) = sends.last() else {
@@ -345,11 +271,11 @@ fn cause(log: &[Seen], fate: &[Option<Instant>], at: usize, una_at: usize) -> &'
 /// The segments and ACKs of a run from `from` to `to` (since the first
 /// data segment), one a line, sequence numbers relative to B's ISN.
 fn trace(run: &Run, from: Duration, to: Duration) -> String {
-    let isn = run.log.iter().find(|s| s.from_sender && s.syn).unwrap().seq;
+    let isn = run.log.iter().find(|s| s.by_sender() && s.syn).unwrap().seq;
     let start = run
         .log
         .iter()
-        .find(|s| s.from_sender && s.len > 0)
+        .find(|s| s.by_sender() && s.len > 0)
         .unwrap()
         .at;
     let mut out = String::new();
@@ -369,11 +295,11 @@ fn trace(run: &Run, from: Duration, to: Duration) -> String {
                 out,
                 "{:>10.3} {}",
                 secs(t),
-                what[usize::from(s.from_sender) * 2 + usize::from(s.delivered)]
+                what[usize::from(s.by_sender()) * 2 + usize::from(s.delivered)]
             );
             continue;
         }
-        let what = match (s.from_sender, s.delivered) {
+        let what = match (s.by_sender(), s.delivered) {
             (true, false) => "B sends  ",
             (true, true) => "  A gets ",
             (false, false) => "A acks   ",
@@ -483,7 +409,7 @@ fn measure_stalls_through_random_loss() {
         let sent: Vec<&Seen> = runs
             .iter()
             .flat_map(|r| r.log.iter())
-            .filter(|s| s.from_sender && !s.delivered && s.len > 0)
+            .filter(|s| s.by_sender() && !s.delivered && s.len > 0)
             .collect();
         let small = sent.iter().filter(|s| s.len < MSS / 2).count();
         eprintln!(

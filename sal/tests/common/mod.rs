@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test file uses its own subset
 
 pub mod sim;
+pub mod tap;
 
 use std::path::PathBuf;
 

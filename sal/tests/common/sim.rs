@@ -100,7 +100,11 @@ pub fn client_server(
     conditions: LinkConditions,
     server_config: HostConfig,
 ) -> ClientServer {
-    let mut net = Network::new(seed, conditions);
+    client_server_on(Network::new(seed, conditions), server_config)
+}
+
+/// Builds a [`ClientServer`] on `net` (a network with paths of its own).
+pub fn client_server_on(mut net: Network, server_config: HostConfig) -> ClientServer {
     let client = net.add_host("client", HostConfig::default(), &[("eth0", "10.0.0.1/24")]);
     let server = net.add_host("server", server_config, &[("eth0", "10.0.0.2/24")]);
     default_route(&mut net, client, "10.0.0.2");
@@ -256,4 +260,75 @@ impl Side {
             }
         }
     }
+}
+
+/// One short exchange on a fresh flow: the client connects to `ab01`
+/// and sends `request` once connected; the server takes the flow, reads
+/// the request whole and answers with `answer`, then half-closes if
+/// `fin_after_answer`. Returns the time from the connect to the answer's
+/// last byte at the client; panics, naming `label`, if that takes longer
+/// than `limit` (virtual time) or a byte differs.
+pub fn request_answer(
+    cs: &mut ClientServer,
+    request: &[u8],
+    answer: &[u8],
+    fin_after_answer: bool,
+    limit: Duration,
+    label: &str,
+) -> Duration {
+    let ClientServer {
+        net,
+        client,
+        server,
+        listener,
+    } = cs;
+    let (client, server, listener) = (*client, *server, *listener);
+    let start = net.now();
+    let cflow = net
+        .host(client)
+        .connect(svc("ab01"), TransportProtocol::Stream)
+        .unwrap();
+    let (mut client_side, mut server_side) = (Side::default(), Side::default());
+    let mut sflow: Option<FlowId> = None;
+    let mut shut = false;
+    let done = net.run_until(limit, |net| {
+        if net
+            .sim_host(client)
+            .events
+            .contains(&Event::Connected(cflow))
+        {
+            client_side.send(net, client, cflow, request);
+        }
+        if sflow.is_none() {
+            sflow = net.host(server).accept(listener).ok();
+        }
+        if let Some(s) = sflow {
+            if server_side.received.len() < request.len() {
+                server_side.recv(net, server, s);
+            }
+            if server_side.received.len() == request.len() {
+                server_side.send(net, server, s, answer);
+                if fin_after_answer && server_side.sent == answer.len() && !shut {
+                    net.host(server).shutdown(s).expect("the server's FIN");
+                    shut = true;
+                }
+            }
+        }
+        client_side.recv(net, client, cflow);
+        client_side.received.len() == answer.len()
+    });
+    assert!(
+        done,
+        "{label}: the answer stalled at {} bytes",
+        client_side.received.len()
+    );
+    assert!(
+        server_side.received == request,
+        "{label}: the request differs"
+    );
+    assert!(
+        client_side.received == answer,
+        "{label}: the answer differs"
+    );
+    net.now() - start
 }
