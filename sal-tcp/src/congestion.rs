@@ -8,6 +8,7 @@
 use smoltcp::time::Instant;
 
 use crate::rtt::RttEstimator;
+use crate::undo::Prior;
 
 /// sal-tcp: the initial window for segments of `mss` bytes: RFC 6928's
 /// min(10 MSS, max(2 MSS, 14600)), ten of the SAL's 1448-byte segments,
@@ -179,6 +180,23 @@ pub(crate) trait Controller {
     /// sal-tcp: HyStart++ ends slow start at the present window
     /// (ssthresh = cwnd): congestion avoidance follows.
     fn end_slow_start(&mut self) {}
+
+    /// sal-tcp: what undoing a loss response about to be made would
+    /// restore (`crate::undo`): the window, without fast recovery's
+    /// inflation, and the slow start threshold.
+    fn undo_point(&self) -> Prior {
+        Prior {
+            cwnd: self.recovery_window(),
+            ssthresh: usize::MAX,
+        }
+    }
+
+    /// sal-tcp: the loss response was needless (`crate::undo`): the window
+    /// and the slow start threshold go back to at least `prior` (the
+    /// larger of each and what it is now, as Linux's
+    /// `tcp_undo_cwnd_reduction`), fast recovery and the timeout's episode
+    /// end. Not the RTO backoff, which is the socket's.
+    fn undo(&mut self, prior: Prior) {}
 }
 
 #[derive(Debug)]

@@ -19,12 +19,14 @@ use crate::assembler::Assembler;
 use crate::buffer::ElasticBuffer;
 use crate::config::{Config, MIN_MSS};
 use crate::congestion::{self, CongestionControl};
+use crate::dsack::{self, DuplicateReport};
 use crate::hystart::HyStart;
 use crate::rtt::RttEstimator;
 use crate::sack::Scoreboard;
 use crate::segment::{self, SegmentError};
 use crate::timer::{AckDelayTimer, PollAt, Timer};
 use crate::tlp::{self, LossProbe};
+use crate::undo::{Prior, Undo};
 
 /// Error returned by [`Socket::listen`].
 #[derive(Debug, PartialEq, Eq, Clone, Copy, thiserror::Error)]
@@ -210,6 +212,10 @@ pub struct Socket {
     /// The remote window size, relative to local_seq_no
     /// I.e. we're allowed to send octets until local_seq_no+remote_win_len
     remote_win_len: usize,
+    /// sal-tcp: the largest window the peer ever advertised (RFC 5961's
+    /// MAX.SND.WND): how far below SND.UNA an ACK may be and still be
+    /// taken for an old one.
+    max_remote_win: u32,
     /// The receive window scaling factor for remotes which support RFC 1323, None if unsupported.
     remote_win_scale: Option<u8>,
     /// Whether or not the remote supports selective ACK as described in RFC 2018.
@@ -293,6 +299,12 @@ pub struct Socket {
     partial_ack_restarted_timer: bool,
     /// sal-tcp: the tail loss probe (`crate::tlp`).
     tlp: LossProbe,
+    /// sal-tcp: bytes just received twice, to report as a D-SACK block in
+    /// the next ACK (`crate::dsack`).
+    dsack: DuplicateReport,
+    /// sal-tcp: the last window reduction, to undo if the peer D-SACKs
+    /// every retransmission since (`crate::undo`).
+    undo: Undo,
 
     /// Duration for Delayed ACK. If None no ACKs will be delayed.
     ack_delay: Option<Duration>,
@@ -429,6 +441,7 @@ impl Socket {
             remote_last_ack: None,
             remote_last_win: 0,
             remote_win_len: 0,
+            max_remote_win: 0,
             remote_win_shift: config.window_shift(),
             remote_win_scale: None,
             remote_has_sack: false,
@@ -450,6 +463,8 @@ impl Socket {
             rxt_fence: TcpSeqNumber::default(),
             partial_ack_restarted_timer: false,
             tlp: LossProbe::default(),
+            dsack: DuplicateReport::default(),
+            undo: Undo::default(),
             ack_delay: config.ack_delay,
             ack_delay_timer: AckDelayTimer::Idle,
             challenge_ack_timer: Instant::from_secs(0),
@@ -767,6 +782,7 @@ impl Socket {
         self.remote_last_win_unscaled = false;
         self.advertised_max_edge = None;
         self.remote_win_len = 0;
+        self.max_remote_win = 0;
         self.remote_win_scale = None;
         self.remote_win_shift = window_shift(self.rx_buffer.capacity());
         self.remote_mss = DEFAULT_MSS;
@@ -782,6 +798,8 @@ impl Socket {
         self.scoreboard.clear();
         self.sack_recovery = false;
         self.tlp.end();
+        self.dsack = DuplicateReport::default();
+        self.undo = Undo::default();
         self.local_rx_last_seq = None;
         self.local_rx_recent_seq = [None; 3];
         self.rx_in_order = [0; 2];
@@ -932,8 +950,10 @@ impl Socket {
             self.sack_recovery = false;
             self.rtte.on_retransmit();
         }
-        // sal-tcp: the rewind resends the tail too (`crate::tlp`).
+        // sal-tcp: the rewind resends the tail too (`crate::tlp`), and
+        // restarts the window: no reduction left to undo (`crate::undo`).
         self.tlp.end();
+        self.undo.end();
         // sal-tcp: and HyStart++ begins its rounds afresh, even with
         // nothing to resend (the controller left Conservative Slow Start).
         self.hystart.on_retransmit();
@@ -1341,6 +1361,46 @@ impl Socket {
         }
     }
 
+    /// sal-tcp: `[left, right)` arrived a second time: a peer that SACKs
+    /// hears of it in the next ACK (`crate::dsack`), which is owed at
+    /// once: whether it is.
+    fn note_duplicate(&mut self, left: TcpSeqNumber, right: TcpSeqNumber) -> bool {
+        if self.remote_has_sack {
+            self.dsack.note(left, right);
+        }
+        self.remote_has_sack
+    }
+
+    /// sal-tcp: a window reduction (`reduced`), or a probe that may bring
+    /// one, begins: the window now is what undoing it restores
+    /// (`crate::undo`). Only a peer that SACKs tells of duplicates.
+    fn begin_undo(&mut self, reduced: bool) {
+        if self.remote_has_sack {
+            let prior = self.congestion_controller.inner().undo_point();
+            self.undo.begin(self.local_seq_no, prior, reduced);
+        }
+    }
+
+    /// sal-tcp: the ACK of `ack` leads with a D-SACK block (`crate::dsack`):
+    /// if it names the last byte retransmitted since the window was cut,
+    /// all were needless, and the window goes back (`crate::undo`).
+    fn note_dsack(&mut self, ack: TcpSeqNumber, blocks: &[Option<(u32, u32)>; 3]) {
+        let Some((left, right)) = dsack::duplicate_block(ack, blocks) else {
+            return;
+        };
+        if let Some(prior) = self.undo.on_dsack(left, right, self.remote_max_seq) {
+            self.undo_reduction(prior);
+        }
+    }
+
+    /// sal-tcp: undo a needless window reduction (`crate::undo`): back to
+    /// `prior`. The RTO backoff is kept, and a timeout's resending goes on
+    /// (see `crate::undo`).
+    fn undo_reduction(&mut self, prior: Prior) {
+        net_debug!("all retransmissions were needless, undoing the window reduction");
+        self.congestion_controller.inner_mut().undo(prior);
+    }
+
     /// sal-tcp: `[start, end)` was resent to repair a loss the peer
     /// reported. With SACK, the segment being timed may still give a
     /// sample (see [`RttEstimator`]); without, nothing could tell its ACK
@@ -1456,47 +1516,69 @@ impl Socket {
 
         // If the remote supports selective acknowledgement, add the option to the outgoing
         // segment.
-        if self.remote_has_sack {
-            net_debug!("sending sACK option with current assembler ranges");
-
-            // RFC 2018: The first SACK block (i.e., the one immediately following the kind and
-            // length fields in the option) MUST specify the contiguous block of data containing
-            // the segment which triggered this ACK, unless that segment advanced the
-            // Acknowledgment Number field in the header.
-            // sal-tcp: then (section 4) the blocks most recently reported,
-            // as far as they are still held: those holding the last
-            // out-of-order segments, most recent first; then the others,
-            // lowest first, up to the three the option holds with a
-            // timestamp. smoltcp sent the first block only.
-            let ack = reply_repr.ack_number.unwrap_or(TcpSeqNumber(0));
-            let assembler = &self.assembler;
-            let block_of = |seq: TcpSeqNumber| {
-                assembler
-                    .iter_data()
-                    .map(|(left, right)| (ack + left, ack + right))
-                    .find(|&(left, right)| left <= seq && seq < right)
-            };
-            let recent = core::iter::once(self.local_rx_last_seq)
-                .chain(self.local_rx_recent_seq)
-                .flatten()
-                .filter_map(block_of);
-            let others = assembler
-                .iter_data()
-                .map(|(left, right)| (ack + left, ack + right));
-            let mut count = 0;
-            for (left, right) in recent.chain(others) {
-                let block = Some((left.0 as u32, right.0 as u32));
-                if !reply_repr.sack_ranges[..count].contains(&block) {
-                    reply_repr.sack_ranges[count] = block;
-                    count += 1;
-                    if count == reply_repr.sack_ranges.len() {
-                        break;
-                    }
-                }
-            }
+        if let Some(ack) = reply_repr.ack_number {
+            reply_repr.sack_ranges = self.sack_option(ack);
         }
 
         reply_repr
+    }
+
+    /// The SACK option of an ACK of `ack` (RFC 2018), for a peer that
+    /// SACKs (none otherwise): a pending D-SACK block first (RFC 2883,
+    /// reported once: `crate::dsack`), then the blocks held.
+    fn sack_option(&mut self, ack: TcpSeqNumber) -> [Option<(u32, u32)>; 3] {
+        let mut ranges = [None; 3];
+        if !self.remote_has_sack {
+            return ranges;
+        }
+        net_debug!("sending sACK option with current assembler ranges");
+
+        // sal-tcp: the D-SACK block, if any, leads (RFC 2883 section 4);
+        // the block holding it, if out of order, follows, as the segment
+        // it came in is the last received (below).
+        let mut count = 0;
+        if let Some(block) = self.dsack.take() {
+            ranges[0] = Some(block);
+            count = 1;
+        }
+        let duplicates = count;
+
+        // RFC 2018: The first SACK block (i.e., the one immediately following the kind and
+        // length fields in the option) MUST specify the contiguous block of data containing
+        // the segment which triggered this ACK, unless that segment advanced the
+        // Acknowledgment Number field in the header.
+        // sal-tcp: then (section 4) the blocks most recently reported,
+        // as far as they are still held: those holding the last
+        // out-of-order segments, most recent first; then the others,
+        // lowest first, up to the three the option holds with a
+        // timestamp. smoltcp sent the first block only.
+        let assembler = &self.assembler;
+        let block_of = |seq: TcpSeqNumber| {
+            assembler
+                .iter_data()
+                .map(|(left, right)| (ack + left, ack + right))
+                .find(|&(left, right)| left <= seq && seq < right)
+        };
+        let recent = core::iter::once(self.local_rx_last_seq)
+            .chain(self.local_rx_recent_seq)
+            .flatten()
+            .filter_map(block_of);
+        let others = assembler
+            .iter_data()
+            .map(|(left, right)| (ack + left, ack + right));
+        for (left, right) in recent.chain(others) {
+            if count == ranges.len() {
+                break;
+            }
+            let block = Some((left.0 as u32, right.0 as u32));
+            // A block equal to the D-SACK block is still sent: it is how
+            // the peer tells a duplicate of a whole block held.
+            if !ranges[duplicates..count].contains(&block) {
+                ranges[count] = block;
+                count += 1;
+            }
+        }
+        ranges
     }
 
     fn challenge_ack_reply(&mut self, now: Instant, repr: &TcpRepr) -> Option<Reply> {
@@ -1615,6 +1697,10 @@ impl Socket {
         };
         let control_len = (sent_syn as usize) + (sent_fin as usize);
 
+        // sal-tcp: an acceptable ACK below SND.UNA (RFC 5961 5.2): the
+        // segment's ACK field and window are ignored.
+        let mut old_ack = false;
+
         // Reject unacceptable acknowledgements.
         match (self.state, repr.control, repr.ack_number) {
             // An RST received in response to initial SYN is acceptable if it acknowledges
@@ -1698,14 +1784,29 @@ impl Socket {
                     ack_min += 1;
                 }
 
+                // sal-tcp: RFC 5961 5.2: an ACK up to the largest window
+                // the peer ever advertised below SND.UNA is an old one (a
+                // segment overtaken by later ones): its ACK field is
+                // ignored, its data taken. smoltcp dropped the segment,
+                // data and all. Older still, it is dropped, and answered
+                // with a challenge ACK.
                 if ack_number < ack_min {
+                    if ack_number < ack_min - self.max_remote_win as usize {
+                        net_debug!(
+                            "unacceptable old ACK ({} not in {}...{})",
+                            ack_number,
+                            ack_min,
+                            ack_max
+                        );
+                        return self.challenge_ack_reply(now, repr);
+                    }
                     net_debug!(
-                        "duplicate ACK ({} not in {}...{})",
+                        "old ACK ({} not in {}...{}), taking the data only",
                         ack_number,
                         ack_min,
                         ack_max
                     );
-                    return None;
+                    old_ack = true;
                 }
 
                 if ack_number > ack_max {
@@ -1733,6 +1834,8 @@ impl Socket {
         let segment_start = repr.seq_number;
         let segment_end = repr.seq_number + repr.payload.len();
 
+        // sal-tcp: the segment brought bytes already received (`crate::dsack`).
+        let mut duplicate = false;
         let (payload, payload_offset) = match self.state {
             // In LISTEN and SYN-SENT states, we have not yet synchronized with the remote end.
             State::Listen | State::SynSent => (&[][..], 0),
@@ -1798,6 +1901,11 @@ impl Socket {
                     debug_assert!(overlap_start <= overlap_end);
 
                     self.local_rx_last_seq = Some(repr.seq_number);
+                    // sal-tcp: bytes below RCV.NXT came again (RFC 2883
+                    // 4.1.2): a D-SACK block for them.
+                    if !repr.payload.is_empty() && segment_start < overlap_start {
+                        duplicate = self.note_duplicate(segment_start, overlap_start);
+                    }
 
                     (
                         &repr.payload[overlap_start - segment_start..overlap_end - segment_start],
@@ -1845,6 +1953,13 @@ impl Socket {
                             TcpControl::None | TcpControl::Psh | TcpControl::Fin
                         )
                     {
+                        // sal-tcp: all of it received before (RFC 2883
+                        // 4.1.1): reported as a D-SACK block, its FIN too
+                        // (`crate::dsack`).
+                        if segment_end <= window_start {
+                            let end = segment_start + repr.segment_len();
+                            self.note_duplicate(segment_start, end.min(window_start));
+                        }
                         return Some(Reply::ack(repr));
                     }
 
@@ -1869,7 +1984,9 @@ impl Socket {
         let mut keep_timer = false;
         let mut ack_of_fin = false;
         let mut ack_all = false;
-        if let (false, Some(ack_number)) = (repr.control == TcpControl::Rst, repr.ack_number) {
+        // sal-tcp: an old ACK's field is ignored (RFC 5961 5.2).
+        let ack_field = repr.ack_number.filter(|_| !old_ack);
+        if let (false, Some(ack_number)) = (repr.control == TcpControl::Rst, ack_field) {
             // Sequence number corresponding to the first byte in `tx_buffer`.
             // This normally equals `local_seq_no`, but is 1 higher if we have sent a SYN,
             // as the SYN occupies 1 sequence number "before" the data.
@@ -2120,13 +2237,19 @@ impl Socket {
             TcpControl::Syn => 0,
             _ => self.remote_win_scale.unwrap_or(0),
         };
+        // sal-tcp: not an old ACK's window (RFC 5961 5.2), which is
+        // relative to that ACK: taken from SND.UNA, its edge moved right.
         let new_remote_win_len = (repr.window_len as usize) << (scale as usize);
-        let is_window_update = new_remote_win_len != self.remote_win_len;
-        self.remote_win_len = new_remote_win_len;
-
-        self.congestion_controller
-            .inner_mut()
-            .set_remote_window(new_remote_win_len);
+        let is_window_update = !old_ack && new_remote_win_len != self.remote_win_len;
+        if !old_ack {
+            self.remote_win_len = new_remote_win_len;
+            self.max_remote_win = self
+                .max_remote_win
+                .max(u32::try_from(new_remote_win_len).unwrap_or(u32::MAX));
+            self.congestion_controller
+                .inner_mut()
+                .set_remote_window(new_remote_win_len);
+        }
 
         if ack_len > 0 {
             // Dequeue acknowledged octets.
@@ -2139,7 +2262,7 @@ impl Socket {
             self.tx_buffer.dequeue_allocated(ack_len);
         }
 
-        if let Some(ack_number) = repr.ack_number {
+        if let Some(ack_number) = ack_field {
             // sal-tcp: what the peer holds above the cumulative ACK, to
             // choose what to resend (see `crate::sack`).
             self.scoreboard.trim(ack_number);
@@ -2161,6 +2284,7 @@ impl Socket {
                 self.congestion_controller
                     .inner_mut()
                     .on_loss(now, in_flight);
+                self.undo.reduced();
             }
             if self.sack_recovery
                 && self
@@ -2290,6 +2414,12 @@ impl Socket {
                 }
             };
 
+            // sal-tcp: after the ACK's own effect on the window, so that
+            // an undo restores it as it was (`crate::undo`).
+            if self.remote_has_sack {
+                self.note_dsack(ack_number, &repr.sack_ranges);
+            }
+
             // We've processed everything in the incoming segment, so advance the local
             // sequence number past it.
             self.local_seq_no = ack_number;
@@ -2390,6 +2520,20 @@ impl Socket {
                 self.schedule_delayed_ack(now);
             }
             return clipped.then(|| Reply::ack(repr));
+        }
+
+        // sal-tcp: bytes inside a range held out of order came again (RFC
+        // 2883 4.1.3): a D-SACK block for them, the first such overlap.
+        if !duplicate {
+            let (from, to) = (payload_offset, payload_offset + payload_len);
+            let held = self
+                .assembler
+                .iter_data()
+                .map(|(left, right)| (left.max(from), right.min(to)))
+                .find(|&(left, right)| left < right);
+            if let Some((left, right)) = held {
+                duplicate = self.note_duplicate(window_start + left, window_start + right);
+            }
         }
 
         let assembler_was_empty = self.assembler.is_empty();
@@ -2497,7 +2641,8 @@ impl Socket {
         // Per RFC 5681, we should send an immediate ACK when either:
         //  1) an out-of-order segment is received, or
         //  2) a segment arrives that fills in all or part of a gap in sequence space.
-        if !self.assembler.is_empty() || !assembler_was_empty || clipped {
+        // sal-tcp: and a duplicate, for its D-SACK block (RFC 2883).
+        if !self.assembler.is_empty() || !assembler_was_empty || clipped || duplicate {
             // Note that we change the transmitter state here.
             // This is fine because smoltcp assumes that it can always transmit zero or one
             // packets for every packet it receives.
@@ -2776,6 +2921,15 @@ impl Socket {
                 if matches!(self.state, State::SynSent | State::SynReceived) {
                     self.handshake_timeouts = self.handshake_timeouts.saturating_add(1);
                 } else {
+                    // sal-tcp: a new episode to undo (`crate::undo`),
+                    // unless the timeout fired in a recovery, or in a
+                    // timeout's resending: that episode carries on, its
+                    // window before it all (Linux's `tcp_enter_loss`).
+                    let carry_on =
+                        self.recover.is_some() || self.remote_last_seq < self.remote_max_seq;
+                    if !(self.undo.is_open() && carry_on) {
+                        self.begin_undo(true);
+                    }
                     let in_flight = self.flight_size();
                     self.congestion_controller
                         .inner_mut()
@@ -2827,6 +2981,12 @@ impl Socket {
                 // sal-tcp: what limited transmit sent is not part of it.
                 let in_flight = self.flight_size().saturating_sub(self.limited_transmit);
                 self.limited_transmit = 0;
+                // sal-tcp: a new episode to undo (`crate::undo`), unless
+                // a timeout's resending is under way: duplicate ACKs of
+                // what it resends carry its episode on.
+                if !(self.undo.is_open() && self.remote_last_seq < self.remote_max_seq) {
+                    self.begin_undo(true);
+                }
                 self.congestion_controller
                     .inner_mut()
                     .on_loss(now, in_flight);
@@ -3112,6 +3272,17 @@ impl Socket {
             is_keep_alive = false;
         }
 
+        // sal-tcp: a pure ACK carries the SACK option, as a reply does (a
+        // delayed ACK, a window update, the ACK of a FIN): it went without
+        // any, and an ACK that did not answer a segment at once told a
+        // peer nothing of what was held above a hole.
+        let dsack_before = self.dsack;
+        if let (0, TcpControl::None | TcpControl::Psh, Some(ack)) =
+            (payload_len, repr.control, repr.ack_number)
+        {
+            repr.sack_ranges = self.sack_option(ack);
+        }
+
         // Trace a summary of what will be sent.
         if is_keep_alive {
             tcp_trace!("sending a keep-alive");
@@ -3156,7 +3327,11 @@ impl Socket {
             src,
             dst,
             out,
-        )?;
+        );
+        let Some(len) = len else {
+            self.dsack = dsack_before;
+            return None;
+        };
 
         // We've sent something, whether useful data or a keep-alive packet, so rewind
         // the keep-alive timer.
@@ -3216,6 +3391,15 @@ impl Socket {
 
         if segment_len > 0 {
             self.last_sent = now;
+            // sal-tcp: any segment sent again (`crate::undo`); a probe
+            // that resends opens an episode of its own first.
+            if probe && repr.seq_number < max_before {
+                self.begin_undo(false);
+            }
+            if repr.seq_number < max_before {
+                let end = (repr.seq_number + segment_len).min(max_before);
+                self.undo.resent(repr.seq_number, end);
+            }
             if resent {
                 self.note_resent(repr.seq_number, repr.seq_number + segment_len);
             }

@@ -3,6 +3,9 @@
 //! recovery at work: every byte must arrive once and in order, the transfer
 //! must finish, and every segment must hold to what the peer allowed.
 //!
+//! A D-SACK block (RFC 2883: the first block, below the acknowledgement
+//! or within the second) must name bytes the end really received twice.
+//!
 //! Each case is drawn from a seed; a failing seed is reported so that it
 //! can be replayed alone (`SACK_FUZZ_SEED=n`). `SACK_FUZZ_CASES` runs more.
 
@@ -28,6 +31,11 @@ struct Seen {
     data_bytes: [u64; 2],
     /// Segments with SACK blocks.
     sack_segments: u64,
+    /// D-SACK blocks sent.
+    dsack_blocks: u64,
+    /// How many times each byte of each end's data (and its FIN, last)
+    /// reached the other end.
+    arrivals: [Vec<u8>; 2],
 }
 
 fn later(a: Option<TcpSeqNumber>, b: TcpSeqNumber) -> Option<TcpSeqNumber> {
@@ -103,7 +111,8 @@ fn draw(seed: u64) -> Case {
     }
 }
 
-fn run(seed: u64) {
+/// Runs one case; returns how many D-SACK blocks were sent.
+fn run(seed: u64) -> u64 {
     let case = draw(seed);
     let shift = case.config.window_shift();
     let data = [
@@ -124,8 +133,31 @@ fn run(seed: u64) {
     );
     net.ends[1].read_rate = case.read_rate;
 
-    let seen = Rc::new(RefCell::new(Seen::default()));
+    let seen = Rc::new(RefCell::new(Seen {
+        arrivals: [vec![0; case.sizes[0] + 1], vec![0; case.sizes[1] + 1]],
+        ..Seen::default()
+    }));
     let isn = case.isn;
+    // The offset of `seq` in end `i`'s data (its FIN at the data's length).
+    let offset_of = move |i: usize, seq: TcpSeqNumber| {
+        let first = TcpSeqNumber(isn[i]) + 1;
+        (seq.0.wrapping_sub(first.0)) as u32 as usize
+    };
+    let s = seen.clone();
+    net.arrive = Some(Box::new(move |i, _socket: &Socket, segment: &[u8]| {
+        // End `i` receives the other's bytes.
+        let repr = sal_tcp::parse_segment(segment).unwrap();
+        if repr.control == TcpControl::Syn {
+            return;
+        }
+        let mut seen = s.borrow_mut();
+        let start = offset_of(1 - i, repr.seq_number);
+        let len = repr.payload.len() + usize::from(repr.control == TcpControl::Fin);
+        let got = &mut seen.arrivals[1 - i];
+        for n in got.iter_mut().skip(start).take(len) {
+            *n = n.saturating_add(1);
+        }
+    }));
     let sent_data = data.clone();
     let s = seen.clone();
     let trace = std::env::var("SACK_FUZZ_TRACE").is_ok();
@@ -153,13 +185,35 @@ fn run(seed: u64) {
                 (repr.window_len as usize) << shift
             };
             seen.edge[i] = later(seen.edge[i], ack + window);
+            // A D-SACK block (RFC 2883 4): the first, below the
+            // acknowledgement or within the second block. Its bytes
+            // reached this end twice.
+            let block = |b: Option<(u32, u32)>| {
+                b.map(|(l, r)| (TcpSeqNumber(l as i32), TcpSeqNumber(r as i32)))
+            };
+            let dsack = block(repr.sack_ranges[0]).filter(|&(left, right)| {
+                left < ack
+                    || block(repr.sack_ranges[1]).is_some_and(|(l, r)| l <= left && right <= r)
+            });
+            if let Some((left, right)) = dsack {
+                seen.dsack_blocks += 1;
+                assert!(left < right, "seed {seed}: end {i} D-SACKs {left}..{right}");
+                let from = offset_of(1 - i, left);
+                let got = &seen.arrivals[1 - i];
+                assert!(
+                    from + (right - left) <= got.len()
+                        && got[from..from + (right - left)].iter().all(|&n| n >= 2),
+                    "seed {seed}: end {i} D-SACKs {left}..{right} (ACK {ack}), \
+                     not all received twice"
+                );
+            }
             // SACK blocks: above the acknowledgement, never touching it
             // (such a block should have moved it), within what was sent.
-            for &(left, right) in repr.sack_ranges.iter().flatten() {
+            for (n, &(left, right)) in repr.sack_ranges.iter().flatten().enumerate() {
                 let (left, right) = (TcpSeqNumber(left as i32), TcpSeqNumber(right as i32));
                 seen.sack_segments += 1;
                 assert!(
-                    ack < left && left < right,
+                    (n == 0 && dsack.is_some()) || (ack < left && left < right),
                     "seed {seed}: end {i} SACKs {left}..{right} with ACK {ack}"
                 );
                 let sent_to = seen.sent_to[1 - i].expect("SACK before data");
@@ -170,6 +224,10 @@ fn run(seed: u64) {
             }
         }
         let len = repr.payload.len();
+        // A FIN's sequence number may be D-SACKed too.
+        if repr.control == TcpControl::Fin {
+            seen.sent_to[i] = later(seen.sent_to[i], seq + len + 1);
+        }
         if len == 0 {
             return;
         }
@@ -256,6 +314,9 @@ fn run(seed: u64) {
     let seen = seen.borrow();
     if !done {
         eprintln!("seed {seed}: {case:?}");
+        if std::env::var("SACK_FUZZ_TRACE").is_ok() {
+            eprintln!("{:#?}", net.ends[0].socket);
+        }
     }
     assert!(
         done,
@@ -279,6 +340,7 @@ fn run(seed: u64) {
         net.ends[0].received == data[1],
         "seed {seed}: b -> a differs"
     );
+    seen.dsack_blocks
 }
 
 fn complete(net: &Net) -> bool {
@@ -306,7 +368,9 @@ fn cases() -> Vec<u64> {
 
 #[test]
 fn random_lossy_transfers_arrive_byte_exact_and_finish() {
-    for seed in cases() {
-        run(seed);
-    }
+    let cases = cases();
+    let dsack_blocks: u64 = cases.iter().map(|&seed| run(seed)).sum();
+    eprintln!("{} cases, {dsack_blocks} D-SACK blocks", cases.len());
+    // The check above was put to work.
+    assert!(cases.len() < 48 || dsack_blocks > 0);
 }

@@ -3,6 +3,7 @@ use smoltcp::time::Instant;
 use crate::rtt::RttEstimator;
 
 use super::Controller;
+use crate::undo::Prior;
 
 // Constants for the Cubic congestion control algorithm.
 // See RFC 9438.
@@ -312,6 +313,27 @@ impl Controller for Cubic {
     fn end_slow_start(&mut self) {
         self.ssthresh = self.cwnd;
         self.conservative = false;
+    }
+
+    fn undo_point(&self) -> Prior {
+        Prior {
+            cwnd: self.recovery_window(),
+            ssthresh: self.ssthresh,
+        }
+    }
+
+    /// A new epoch starts from the restored window (Linux's Cubic keeps
+    /// the reset its loss response made): W_max and K are set at the next
+    /// ACK in congestion avoidance (RFC 9438 4.8).
+    fn undo(&mut self, prior: Prior) {
+        let cwnd = self.recovery_window();
+        self.cwnd = cwnd.max(prior.cwnd).min(self.rwnd).max(self.mss);
+        self.ssthresh = self.ssthresh.max(prior.ssthresh);
+        self.w_est = self.cwnd as f64;
+        self.growth_credit = 0;
+        self.recovery_start = None;
+        self.in_fast_recovery = false;
+        self.in_rto_recovery = false;
     }
 
     fn set_remote_window(&mut self, remote_window: usize) {

@@ -3,6 +3,7 @@ use smoltcp::time::Instant;
 use crate::rtt::RttEstimator;
 
 use super::Controller;
+use crate::undo::Prior;
 
 const DEFAULT_MSS: usize = 1024;
 
@@ -157,6 +158,21 @@ impl Controller for Reno {
     fn end_slow_start(&mut self) {
         self.ssthresh = self.cwnd;
         self.conservative = false;
+    }
+
+    fn undo_point(&self) -> Prior {
+        Prior {
+            cwnd: self.recovery_window(),
+            ssthresh: self.ssthresh,
+        }
+    }
+
+    fn undo(&mut self, prior: Prior) {
+        let cwnd = self.recovery_window();
+        self.cwnd = cwnd.max(prior.cwnd).min(self.rwnd).max(self.mss);
+        self.ssthresh = self.ssthresh.max(prior.ssthresh);
+        self.in_fast_recovery = false;
+        self.in_rto_recovery = false;
     }
 
     fn set_remote_window(&mut self, remote_window: usize) {

@@ -244,6 +244,7 @@ fn socket_syn_received_with_buffer_sizes(tx_len: usize, rx_len: usize) -> TestSo
     s.remote_last_seq = LOCAL_SEQ;
     s.remote_max_seq = LOCAL_SEQ;
     s.remote_win_len = 256;
+    s.max_remote_win = 256;
     s
 }
 
@@ -9352,4 +9353,253 @@ fn test_a_lone_segment_on_a_path_of_less_than_a_millisecond_waits_for_the_delaye
     assert_eq!(sent_now(&mut s, 1010), []);
     send!(s, time 1011, sack_ack(12, &[]));
     assert!(s.timer.is_idle());
+}
+
+// =========================================================================================//
+// sal-tcp: D-SACK (`crate::dsack`), undoing needless reductions (`crate::undo`), and old
+// ACKs (RFC 5961 5.2)
+// =========================================================================================//
+
+/// sal-tcp: a segment of the peer's at `offset` in its stream, ACKing
+/// nothing new of ours.
+fn peer_data(offset: usize, payload: &'static [u8]) -> TcpRepr<'static> {
+    TcpRepr {
+        seq_number: REMOTE_SEQ + 1 + offset,
+        ack_number: Some(LOCAL_SEQ + 1),
+        payload,
+        ..SEND_TEMPL
+    }
+}
+
+/// sal-tcp: a SACK block of the peer's stream, from `from` to `to`.
+fn peer_block(from: usize, to: usize) -> Option<(u32, u32)> {
+    Some((
+        (REMOTE_SEQ + 1 + from).0 as u32,
+        (REMOTE_SEQ + 1 + to).0 as u32,
+    ))
+}
+
+/// sal-tcp: a SACK option as sent.
+type SackOption = [Option<(u32, u32)>; 3];
+
+/// sal-tcp: the reply `repr` draws at once: its ACK number (in the peer's
+/// stream) and SACK blocks.
+#[track_caller]
+fn reply_to(s: &mut TestSocket, repr: &TcpRepr) -> Option<(usize, SackOption)> {
+    let reply = send(s, Instant::ZERO, repr)?;
+    let ack = reply.ack_number.unwrap() - (REMOTE_SEQ + 1);
+    Some((ack, reply.sack_ranges))
+}
+
+#[test]
+fn test_a_segment_received_twice_is_reported_in_a_dsack_block() {
+    // sal-tcp: RFC 2883 4.1.1: the whole segment came before (its ACK was
+    // lost, or the copy was needless). Its ACK leads with a D-SACK block
+    // for it, below the cumulative ACK, once. smoltcp's ACK said nothing,
+    // and the sender could not tell a needless retransmission.
+    let mut s = socket_established();
+    s.remote_has_sack = true;
+    assert_eq!(reply_to(&mut s, &peer_data(0, b"abcdef")), None);
+    sent_now(&mut s, 0);
+    assert_eq!(
+        reply_to(&mut s, &peer_data(0, b"abcdef")),
+        Some((6, [peer_block(0, 6), None, None]))
+    );
+    // Reported once: the next ACK has none.
+    assert_eq!(reply_to(&mut s, &peer_data(6, b"ghijkl")), None);
+    let mut out = [0; 2000];
+    let len = s
+        .poll_transmit(Instant::ZERO, LOCAL_ADDR, REMOTE_ADDR, &mut out)
+        .expect("the ACK");
+    assert_eq!(parse_sent(&out[..len]).sack_ranges, [None; 3]);
+    // RFC 2883 4.1.2: part of it came before: that part is D-SACKed, at
+    // once, and the rest taken.
+    assert_eq!(
+        reply_to(&mut s, &peer_data(9, b"jklmno")),
+        Some((15, [peer_block(9, 12), None, None]))
+    );
+    let mut got = [0; 15];
+    assert_eq!(s.recv_slice(&mut got), Ok(15));
+    assert_eq!(&got, b"abcdefghijklmno");
+}
+
+#[test]
+fn test_a_duplicate_of_data_held_out_of_order_is_dsacked_within_its_block() {
+    // sal-tcp: RFC 2883 4.1.3: the D-SACK block of bytes held above a
+    // hole comes first, the block holding them second (the sender tells
+    // a D-SACK above the cumulative ACK by that).
+    let mut s = socket_established();
+    s.remote_has_sack = true;
+    assert_eq!(
+        reply_to(&mut s, &peer_data(6, b"ghijkl")),
+        Some((0, [peer_block(6, 12), None, None]))
+    );
+    assert_eq!(
+        reply_to(&mut s, &peer_data(6, b"ghijkl")),
+        Some((0, [peer_block(6, 12), peer_block(6, 12), None]))
+    );
+    assert_eq!(
+        reply_to(&mut s, &peer_data(8, b"ij")),
+        Some((0, [peer_block(8, 10), peer_block(6, 12), None]))
+    );
+    // New bytes beside held ones: no D-SACK.
+    assert_eq!(
+        reply_to(&mut s, &peer_data(12, b"mn")),
+        Some((0, [peer_block(6, 14), None, None]))
+    );
+}
+
+#[test]
+fn test_no_dsack_to_a_peer_without_sack() {
+    // sal-tcp: a duplicate still draws its ACK, with no SACK option; a
+    // partial one no ACK at once.
+    let mut s = socket_established();
+    assert_eq!(reply_to(&mut s, &peer_data(0, b"abcdef")), None);
+    sent_now(&mut s, 0);
+    assert_eq!(
+        reply_to(&mut s, &peer_data(0, b"abcdef")),
+        Some((6, [None; 3]))
+    );
+    assert_eq!(reply_to(&mut s, &peer_data(3, b"defghi")), None);
+}
+
+#[test]
+fn test_a_window_update_carries_the_sack_blocks() {
+    // sal-tcp: a pure ACK built by `poll_transmit` (here the window update
+    // of the application's read) carries the blocks held, as a reply
+    // does. It went without any.
+    let mut s = socket_established();
+    s.remote_has_sack = true;
+    assert_eq!(reply_to(&mut s, &peer_data(0, &[b'x'; 48])), None);
+    sent_now(&mut s, 0);
+    assert_eq!(
+        reply_to(&mut s, &peer_data(56, b"xyz")),
+        Some((48, [peer_block(56, 59), None, None]))
+    );
+    let mut got = [0; 48];
+    assert_eq!(s.recv_slice(&mut got), Ok(48));
+    let mut out = [0; 2000];
+    let len = s
+        .poll_transmit(Instant::ZERO, LOCAL_ADDR, REMOTE_ADDR, &mut out)
+        .expect("the window update");
+    let repr = parse_sent(&out[..len]);
+    assert_eq!(repr.window_len, 64);
+    assert_eq!(repr.sack_ranges, [peer_block(56, 59), None, None]);
+}
+
+#[test]
+fn test_a_recovery_whose_retransmissions_were_all_dsacked_is_undone() {
+    // sal-tcp: RFC 3708, Linux's `tcp_try_undo_dsack`. Three holes were
+    // resent, and the peer D-SACKs each (the originals were delayed, not
+    // lost): the congestion window goes back to what it was before the
+    // fast retransmit. While one is not D-SACKed, it stays reduced.
+    for all in [true, false] {
+        let mut s = socket_with_eight_segments_in_flight(true);
+        // The window of 6-byte segments: ten of them.
+        s.congestion_controller
+            .inner_mut()
+            .set_initial_window(6, false);
+        let before = s.congestion_controller.inner().window();
+        sack_three_losses(&mut s);
+        assert_eq!(sent_now(&mut s, 10).len(), 3);
+        send!(s, time 20, sack_ack(48, &[(0, 6)]));
+        send!(s, time 20, sack_ack(48, &[(12, 18)]));
+        assert!(s.congestion_controller.inner().window() < before);
+        if all {
+            send!(s, time 20, sack_ack(48, &[(24, 30)]));
+            assert_eq!(s.congestion_controller.inner().window(), before);
+        } else {
+            // The third was needed: no D-SACK of it, and the window stays
+            // reduced (growing from there).
+            send!(s, time 20, sack_ack(48, &[]));
+            assert!(s.congestion_controller.inner().window() < before);
+        }
+    }
+}
+
+#[test]
+fn test_a_probe_whose_original_arrived_has_its_reduction_undone() {
+    // sal-tcp: the probe resent the last segment; the ACKs of the original
+    // and of the probe were lost, so an ACK past it found the probe had
+    // repaired a loss, and cut the window (RFC 8985 7.4). The probe's
+    // D-SACK, late, shows both copies arrived: the cut is undone.
+    let mut s = socket_with_a_lost_last_segment();
+    assert_eq!(sent_now(&mut s, 200).len(), 1);
+    let before = s.congestion_controller.inner().window();
+    send!(s, time 250, sack_ack(24, &[]));
+    s.send_slice(b"stuvwx").unwrap();
+    assert_eq!(sent_now(&mut s, 250).len(), 1);
+    send!(s, time 300, sack_ack(30, &[]));
+    assert!(s.congestion_controller.inner().window() < before);
+    send!(s, time 310, sack_ack(30, &[(18, 24)]));
+    assert!(s.congestion_controller.inner().window() >= before);
+}
+
+/// sal-tcp: an established socket that sent "abcdef" and had it
+/// acknowledged: SND.UNA is 6 bytes past the ISN's, and the peer's window
+/// never exceeded 256 bytes.
+fn socket_with_data_acknowledged() -> TestSocket {
+    let mut s = socket_established();
+    s.send_slice(b"abcdef").unwrap();
+    assert_eq!(sent_now(&mut s, 0).len(), 1);
+    send!(
+        s,
+        TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 6),
+            ..SEND_TEMPL
+        }
+    );
+    assert_eq!(s.local_seq_no, LOCAL_SEQ + 1 + 6);
+    s
+}
+
+#[test]
+fn test_data_with_an_old_ack_is_taken() {
+    // sal-tcp: RFC 5961 5.2: an ACK below SND.UNA, by no more than the
+    // largest window the peer advertised, is an old one (the segment was
+    // overtaken). Its data is taken; its ACK and window are ignored.
+    // smoltcp dropped the segment, data and all.
+    let mut s = socket_with_data_acknowledged();
+    let win = s.remote_win_len;
+    send!(
+        s,
+        TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1),
+            window_len: 100,
+            payload: &b"xyz"[..],
+            ..SEND_TEMPL
+        }
+    );
+    assert_eq!(s.local_seq_no, LOCAL_SEQ + 1 + 6);
+    assert_eq!(s.remote_win_len, win);
+    let mut got = [0; 3];
+    assert_eq!(s.recv_slice(&mut got), Ok(3));
+    assert_eq!(&got, b"xyz");
+}
+
+#[test]
+fn test_an_ack_older_than_the_largest_window_draws_a_challenge_ack() {
+    // sal-tcp: RFC 5961 5.2: below SND.UNA - MAX.SND.WND, the segment is
+    // dropped and answered with a (rate-limited) challenge ACK.
+    let mut s = socket_with_data_acknowledged();
+    let old = TcpRepr {
+        seq_number: REMOTE_SEQ + 1,
+        ack_number: Some(LOCAL_SEQ + 1 + 6 - 257),
+        payload: &b"xyz"[..],
+        ..SEND_TEMPL
+    };
+    send!(
+        s,
+        old,
+        Some(TcpRepr {
+            seq_number: LOCAL_SEQ + 1 + 6,
+            ack_number: Some(REMOTE_SEQ + 1),
+            ..RECV_TEMPL
+        })
+    );
+    assert_eq!(s.recv_queue(), 0);
+    // Rate-limited: the next one within the second draws nothing.
+    send!(s, old);
 }

@@ -151,6 +151,9 @@ pub struct Net {
     /// Called on every segment an end emits, with the end's index, before
     /// the network sees it.
     pub inspect: Option<Inspector>,
+    /// Called on every segment the network delivers, with the receiving
+    /// end's index and socket, before that end handles it.
+    pub arrive: Option<Inspector>,
     /// Decides, for every segment an end emits (its index, the segment),
     /// whether the network drops it, on top of random loss.
     pub dropper: Option<Dropper>,
@@ -167,6 +170,7 @@ impl Net {
             order: 0,
             lost: 0,
             inspect: None,
+            arrive: None,
             dropper: None,
         }
     }
@@ -250,6 +254,9 @@ impl Net {
                     "bad checksum"
                 );
                 let receiver = &mut self.ends[1 - i];
+                if let Some(arrive) = &mut self.arrive {
+                    arrive(1 - i, &receiver.socket, &p.bytes);
+                }
                 receiver.socket.handle_segment(self.now, &p.bytes).unwrap();
                 // Answer at once, as the SAL will.
                 self.transmit();
