@@ -27,8 +27,15 @@
 //! its end of the socketpair (a hang-up too) and closes its flow, which
 //! tells the peer. A hang-up after the peer's end of stream was delivered
 //! is no reset to the application's reads, as a TCP socket's give 0 once
-//! its FIN came: the pump marks such a socket before it goes (see the end
-//! of [`stream`]).
+//! its FIN came: the pump marks the socket as it delivers the end of
+//! stream (see [`StreamPump::pump_down`]).
+//!
+//! A write of down into the socket that fails is not always the
+//! application gone ([`WriteFailure`]): want of kernel memory is retried
+//! after a pause, and an application that shut its reading down
+//! (`SHUT_RD`) but keeps its end has what comes thrown away, so that the
+//! peer's end of stream or reset still reaches it (and the flow's window
+//! does not shut for good).
 //!
 //! A stream flow delivered into an application's accept queue (`Deliver`)
 //! may wait there, while the peer sends, for as long as the application
@@ -138,6 +145,13 @@ const SHRINK_PAST: usize = 16 << 10;
 /// flow does not keep the others (and the packet path) waiting.
 const CALLS_PER_TURN: usize = 16;
 
+/// How long down waits before it writes again after a write into the
+/// socket failed for want of kernel memory (`ENOBUFS`, `ENOMEM`): the
+/// application is still there, and memory comes back as others free it;
+/// the socket's own readiness says nothing of it (it may have room), so
+/// waiting for that would spin.
+const TRANSIENT_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// What a turn of [`StreamPump::turn`] found.
 #[derive(Debug, Default, Clone, Copy)]
 struct Turn {
@@ -152,6 +166,9 @@ struct Turn {
     hang_up: bool,
     /// A direction stopped at its call limit, not for want of bytes.
     again: bool,
+    /// Down's write failed for want of kernel memory: it tries again after
+    /// [`TRANSIENT_PAUSE`].
+    pause: bool,
 }
 
 /// The two directions of a stream flow's pump.
@@ -168,11 +185,14 @@ struct StreamPump {
     shut: bool,
     /// The socket was seen hung up: the application closed its end.
     hung_up: bool,
-    /// Down delivered the peer's end of stream (shut the socket for
-    /// writing): whatever ends the flow after it, the application's reads
-    /// have ended, as a TCP socket's do once its FIN came (see the end of
-    /// [`stream`]).
-    ended: bool,
+    /// The application shut its reading down (`SHUT_RD`) while open: the
+    /// socket takes no more, so down throws away what arrives, until the
+    /// peer's end of stream or a reset, which it still tells the
+    /// application as it would have (see [`StreamPump::pump_down`]).
+    discard: bool,
+    /// A write into the socket failed for want of kernel memory: down
+    /// writes again once [`TRANSIENT_PAUSE`] has passed.
+    paused: bool,
     /// The socket was seen readable and not read dry since: only then does
     /// up read, because reading into the send buffer makes the buffer
     /// allocate its memory, and an idle flow should hold none.
@@ -239,7 +259,7 @@ impl StreamPump {
         if self.unconfirmed && self.taken_from_queue {
             self.taken(host, socket, &mut turn);
         }
-        if self.down {
+        if self.down && !self.paused {
             if self.unconfirmed {
                 self.unconfirmed_down(host, socket, &mut turn);
             } else {
@@ -247,7 +267,8 @@ impl StreamPump {
             }
         }
         turn.read = self.up && !self.readable;
-        turn.write = self.down && !self.writable;
+        turn.write = self.down && !self.writable && !self.paused && !self.discard;
+        turn.pause = self.down && self.paused;
         turn.hang_up = self.shut && self.down;
         turn
     }
@@ -401,10 +422,13 @@ impl StreamPump {
     fn pump_down(&mut self, host: &mut Host, socket: &AppSocket, turn: &mut Turn) -> bool {
         let mut wrote = false;
         for _ in 0..CALLS_PER_TURN {
-            let writable = self.writable;
+            let (writable, discard) = (self.writable, self.discard);
             let (down_unconfirmed, send_buffer) =
                 (&mut self.down_unconfirmed, &mut self.send_buffer);
             let written = host.recv_with(self.flow, |data| {
+                if discard {
+                    return (data.len(), Ok(data.len()));
+                }
                 if !writable {
                     // Known full: no failing write; the flow's end or reset
                     // still comes through.
@@ -432,15 +456,37 @@ impl StreamPump {
                 Err(HostError::WouldBlock) => return wrote,
                 // End of stream: the application reads end of file.
                 Ok(None) => {
-                    self.ended = true;
+                    // Whatever hangs the socket up after this (the flow's
+                    // close, a reset, a peer given up on, the daemon
+                    // stopping) comes after the peer's end of stream, which
+                    // a TCP socket's reads never report as a reset: they
+                    // give what had arrived and then 0 once the FIN came,
+                    // and only a write learns (`EPIPE`, which the hang-up
+                    // gives). So the socket is marked for the application's
+                    // shim to read a hang-up as end of file
+                    // (`socket_shim::reset`), and before the shutdown: once
+                    // the application has shut its sending down (in any
+                    // process that shares the socket; its shim knows only
+                    // in its own), the shutdown alone hangs it up.
+                    socket.mark_ended();
                     self.end_down(socket, ShutdownHow::Write, turn);
                     return wrote;
                 }
-                // An application that went away: end of file too.
-                Ok(Some(Err(_))) => {
-                    self.end_down(socket, ShutdownHow::Write, turn);
-                    return wrote;
-                }
+                Ok(Some(Err(error))) => match write_failure(&error, || socket.peer_end()) {
+                    WriteFailure::Transient => {
+                        self.paused = true;
+                        return wrote;
+                    }
+                    WriteFailure::ReadingShut => {
+                        self.discard = true;
+                        turn.moved = true;
+                    }
+                    // An application that went away: end of file too.
+                    WriteFailure::Gone => {
+                        self.end_down(socket, ShutdownHow::Write, turn);
+                        return wrote;
+                    }
+                },
                 // A reset, or a peer given up on, once what had arrived
                 // is through: a socketpair carries no error, so the socket
                 // is shut down both ways, which the application's end sees
@@ -461,6 +507,40 @@ impl StreamPump {
         let _ = nix::sys::socket::shutdown(socket.raw(), how);
         self.down = false;
         turn.moved = true;
+    }
+}
+
+/// What a failed write of down into an application's stream socket means
+/// (other than `EAGAIN`, for which down waits for room).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteFailure {
+    /// No kernel memory for it (`ENOBUFS`, `ENOMEM`): the application is
+    /// still there, and the write is tried again in a moment
+    /// ([`TRANSIENT_PAUSE`]).
+    Transient,
+    /// The application shut its reading down (`SHUT_RD`) and keeps its
+    /// end: the socket takes no more, so what comes is thrown away, but
+    /// down goes on to the peer's end of stream or a reset. Told to the
+    /// application by how the socket is left, as ever, they decide what its
+    /// reads give after what it had received, as TCP's after `SHUT_RD`: end
+    /// of file once the peer's FIN came (the socket is then marked,
+    /// whatever follows), `ECONNRESET` for a reset without one. Ending down
+    /// here instead left the end of stream undelivered, so that a FIN and a
+    /// reset after it read as a reset, and the flow's window shut for good.
+    ReadingShut,
+    /// The application closed its end: nobody reads any more.
+    Gone,
+}
+
+/// Classifies a failed write of down into the application's socket;
+/// `peer` tells what became of the application's end (one system call,
+/// made only for an error that may be a `SHUT_RD`).
+fn write_failure(error: &io::Error, peer: impl FnOnce() -> PeerEnd) -> WriteFailure {
+    use nix::libc::{ENOBUFS, ENOMEM, EPIPE};
+    match error.raw_os_error() {
+        Some(ENOBUFS | ENOMEM) => WriteFailure::Transient,
+        Some(EPIPE) if matches!(peer(), PeerEnd::Open | PeerEnd::Shut) => WriteFailure::ReadingShut,
+        _ => WriteFailure::Gone,
     }
 }
 
@@ -490,7 +570,8 @@ pub async fn stream(
         down: true,
         shut: false,
         hung_up: false,
-        ended: false,
+        discard: false,
+        paused: false,
         readable: false,
         writable: true,
         unconfirmed,
@@ -524,6 +605,11 @@ pub async fn stream(
             (Some(queued), true) => Some(Box::pin(taken_from(queued.clone()))),
             _ => None,
         };
+        // Boxed for the same reason: only a flow whose write failed for
+        // want of memory waits for it.
+        let mut pause = turn
+            .pause
+            .then(|| Box::pin(tokio::time::sleep(TRANSIENT_PAUSE)));
         tokio::select! {
             biased;
             () = shutdown.recv() => break,
@@ -539,20 +625,15 @@ pub async fn stream(
             }, if taken.is_some() => {
                 pump.taken_from_queue = true;
             }
+            () = async {
+                match pause.as_mut() {
+                    Some(pause) => pause.await,
+                    None => std::future::pending().await,
+                }
+            }, if pause.is_some() => {
+                pump.paused = false;
+            }
         }
-    }
-    // The socket hangs up as it goes. After the peer's end of stream, that
-    // is a reset (or a peer given up on, or the daemon stopping) that came
-    // after it, which a TCP socket's reads never report: they give what
-    // had arrived and then 0 once the FIN came, and only a write learns
-    // (`EPIPE`, which the hang-up gives). So the socket is marked for the
-    // application's shim to read the hang-up as end of file
-    // (`socket_shim::reset`), not as a reset alone. Not once up read the
-    // application's end of file: it shut its sending down (its shim knows
-    // then) or closed its end, and every flow finished so would pay the
-    // system call.
-    if pump.ended && !pump.shut {
-        socket.mark_ended();
     }
     let mut core = shared.lock();
     let _ = core.host.close(flow);
@@ -779,4 +860,52 @@ pub async fn datagram_flow(
     let mut core = shared.lock();
     let _ = core.host.close(flow);
     core.run();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(errno: i32, peer: PeerEnd) -> WriteFailure {
+        write_failure(&io::Error::from_raw_os_error(errno), || peer)
+    }
+
+    /// Want of kernel memory is no end of the application: the write is
+    /// tried again (it used to end the flow's way down, as a closed
+    /// application's socket does).
+    #[test]
+    fn a_write_without_memory_is_tried_again() {
+        for errno in [nix::libc::ENOBUFS, nix::libc::ENOMEM] {
+            for peer in [PeerEnd::Open, PeerEnd::Closed] {
+                assert_eq!(failure(errno, peer), WriteFailure::Transient, "{errno}");
+            }
+        }
+    }
+
+    /// `EPIPE` into a socket whose application end is open is its
+    /// `SHUT_RD`; into a closed one, the application is gone, and so is it
+    /// for any other error.
+    #[test]
+    fn a_broken_pipe_is_a_shut_rd_while_the_application_is_there() {
+        assert_eq!(
+            failure(nix::libc::EPIPE, PeerEnd::Open),
+            WriteFailure::ReadingShut
+        );
+        assert_eq!(
+            failure(nix::libc::EPIPE, PeerEnd::Shut),
+            WriteFailure::ReadingShut
+        );
+        assert_eq!(
+            failure(nix::libc::EPIPE, PeerEnd::Closed),
+            WriteFailure::Gone
+        );
+        assert_eq!(
+            failure(nix::libc::EPIPE, PeerEnd::ClosedUnread),
+            WriteFailure::Gone
+        );
+        assert_eq!(
+            failure(nix::libc::ECONNRESET, PeerEnd::Open),
+            WriteFailure::Gone
+        );
+    }
 }

@@ -203,6 +203,9 @@ fn recv_with_fds_as(
         // table by the kernel as SCM_RIGHTS data of this recvmsg; nothing
         // else knows about it, so this is its only owner.
         .map(|raw| unsafe { OwnedFd::from_raw_fd(raw) })
+        // The library's own until the program gets it (the preload shim
+        // puts it at the program's number): never at 0-2 meanwhile.
+        .map(crate::fd::above_standard_streams)
         .collect();
     // The kernel drops descriptors it cannot install: either this process
     // has no free descriptor, or sald sent more than fit.
@@ -223,7 +226,10 @@ fn recv_with_fds_as(
 /// Whether this process's descriptor table is full: duplicating `fd` fails
 /// with `EMFILE`.
 fn table_full(fd: BorrowedFd<'_>) -> bool {
-    match nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(0)) {
+    match nix::fcntl::fcntl(
+        fd.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(crate::fd::LOWEST_OWN),
+    ) {
         Ok(dup) => {
             // SAFETY: `dup` was just returned by fcntl and is owned by no one.
             drop(unsafe { OwnedFd::from_raw_fd(dup) });
@@ -487,6 +493,8 @@ impl ControlClient {
         let path = path.to_path_buf();
         let stream =
             UnixStream::connect(&path).map_err(|e| Error::from_connect(e, path.clone()))?;
+        // Kept for as long as the connection lives: never at 0-2.
+        let stream = UnixStream::from(crate::fd::above_standard_streams(stream.into()));
         Ok(ControlClient {
             stream,
             path,

@@ -35,6 +35,7 @@
 //! - [`datagram`]: unconnected datagram sockets, [`ServiceDatagram`].
 //! - [`datagram_flow`]: connected datagram flows, [`ServiceDatagramFlow`].
 //! - [`error`]: the typed [`Error`] and its errno mapping.
+//! - [`fd`]: keeping the library's own descriptors off the standard streams.
 //! - [`reset`]: telling a reset flow from a finished one at end of file.
 //! - [`tokio`](mod@crate::tokio) (feature `tokio`): async equivalents.
 
@@ -46,6 +47,7 @@ pub mod connector;
 pub mod datagram;
 pub mod datagram_flow;
 pub mod error;
+pub mod fd;
 pub mod reset;
 pub mod stream;
 #[cfg(feature = "tokio")]

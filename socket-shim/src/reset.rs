@@ -12,7 +12,9 @@
 //!
 //! Once this end has shut its own writing down, sald closes its end when
 //! it is done with a finished flow too, and the two look alike: that end
-//! of file stays an end of file.
+//! of file stays an end of file. Another process that shares the socket
+//! (after `fork`) does not know of that shutdown; sald's mark (below)
+//! tells it the flow finished.
 //!
 //! A reset after the peer's end of stream reads as end of file too, as
 //! from TCP, whose reads return 0 once its FIN came, whatever follows
@@ -21,10 +23,11 @@
 //! This end knows it if it read the end of file while its socket was not
 //! hung up yet (sald had shut it down for writing only). When both came
 //! before any read, the socket looks as after a reset alone, so sald
-//! marks it before it hangs up a flow whose end of stream it delivered:
-//! it binds its end to an address, which this end's `getpeername` shows
-//! ([`ended_first`]; one more system call, only at the end of file of a
-//! hung-up socket). Once this end has shut its own reading down, its
+//! marks it as it delivers the end of stream, before the shutdown that
+//! delivers it (which alone hangs the socket up once this end shut its
+//! writing down): it binds its end to an address, which this end's
+//! `getpeername` shows ([`ended_first`]; one more system call, only at
+//! the end of file of a hung-up socket). Once this end has shut its own reading down, its
 //! reads give end of file with no end of stream from the peer, so they
 //! tell nothing of it: a reset after them is `ECONNRESET`, as from TCP
 //! after `SHUT_RD`, unless sald's mark shows the peer's end of stream

@@ -77,7 +77,7 @@
 //! kept, see [`Seen`]). Without `/proc` nothing is carried.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -378,18 +378,12 @@ fn create(bytes: &[u8]) -> Option<(RawFd, (u64, u64))> {
     // 0-2 again with `open` or `dup2`, which would close the record, or
     // give a child the record as its input): moved above them, as other
     // libraries' own descriptors are (still close-on-exec until written).
-    let fd = if fd < 3 {
-        // SAFETY: F_DUPFD_CLOEXEC takes an int; the memfd just made.
-        let moved = unsafe { real::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
-        // SAFETY: no pointers; the memfd just made (or its copy above).
-        unsafe { real::close(fd) };
-        if moved < 0 {
-            return None;
-        }
-        moved
-    } else {
-        fd
-    };
+    // SAFETY: the memfd just made, ours alone.
+    let owned = socket_shim::fd::above_standard_streams(unsafe { OwnedFd::from_raw_fd(fd) });
+    if owned.as_raw_fd() < socket_shim::fd::LOWEST_OWN {
+        return None;
+    }
+    let fd = owned.into_raw_fd();
     // SAFETY: F_ADD_SEALS and F_SETFD take an int.
     let sealed = unsafe { real::fcntl(fd, libc::F_ADD_SEALS, SEALS as libc::c_ulong) } == 0
         && unsafe { real::fcntl(fd, libc::F_SETFD, 0) } == 0;

@@ -37,8 +37,8 @@
 //!   TCP's, the first `connect` after one that completed in the
 //!   background returns 0, later ones `EISCONN`; `connect` checks in
 //!   Linux's order (the address's pointer and length, `AF_UNSPEC`, which
-//!   disconnects a connect in flight, the socket's state, the address:
-//!   `ops::connect`);
+//!   disconnects a connect in flight or a connected stream, the socket's
+//!   state, the address: `ops::connect`);
 //! - `bind` registers the prefix with sald at once (so `EADDRINUSE` comes from
 //!   `bind`); `listen` puts at the number the `SOCK_SEQPACKET` accept queue
 //!   into which sald delivers each flow with its description (no thread of
@@ -1133,7 +1133,8 @@ pub unsafe extern "C" fn epoll_ctl(
 }
 
 /// After a successful copy of `old` to `result`, the copy means what
-/// `old` means (see `ops::copy`); a failed one changes nothing, as in Linux.
+/// `old` means, and what `result` meant is let go of as by `close` (see
+/// `ops::copy`); a failed one changes nothing, as in Linux.
 fn copied(old: c_int, result: c_int) -> c_int {
     if result >= 0 {
         let _ = catch_unwind(|| ops::copy(old, result));

@@ -17,13 +17,14 @@ use sal::table::ListenerId;
 use sal::wire::TransportProtocol;
 use sal::{ServiceId, ServicePrefix};
 use sal_control::{AcceptNotice, DatagramFrame, Request, Response, ACCEPT_EXHAUSTED};
+use socket_shim::fd::LOWEST_OWN;
 use socket_shim::{ControlClient, Error as ShimError, Reply, MAX_DATAGRAM};
 
 use crate::addr::{self, parse_inet, parse_serval, PortMap, SockAddr, AF_SERVAL};
 use crate::inherit;
 use crate::pool;
 use crate::real;
-use crate::table::{self, ident, lock, Domain, Entry, Kind, ListenerControl, State};
+use crate::table::{self, ident, lock, Domain, Entry, Kind, ListenerControl, State, Table};
 use crate::timeout::{self, Timeout};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
@@ -99,8 +100,12 @@ fn socketpair(ty: c_int) -> Res<(OwnedFd, OwnedFd)> {
 /// readable nor writable. Its peer end (`wake`) is kept; closing it makes
 /// the placeholder hang up, which wakes any `poll`/`select`/`epoll` sleeping
 /// on it once the real flow has been swapped in (or the connect failed).
+/// The peer end is the shim's own, and never one of the standard streams
+/// ([`socket_shim::fd`]); the program's end takes the lowest free number,
+/// as the kernel's socket would.
 fn placeholder(nonblock: bool, cloexec: bool) -> Res<(OwnedFd, OwnedFd)> {
     let (app, wake) = socketpair(libc::SOCK_STREAM)?;
+    let wake = socket_shim::fd::above_standard_streams(wake);
     let small: c_int = 1;
     // SAFETY: the option value is one int, as SO_SNDBUF expects.
     unsafe {
@@ -423,7 +428,7 @@ pub(crate) fn connect(
     let addr = address_given(addr, len)?;
     let stream = found.kind == Kind::Stream;
     if stream && addr::family(addr) == Ok(libc::AF_UNSPEC) {
-        if let Some(done) = disconnect(fd) {
+        if let Some(done) = disconnect(fd, found.stage) {
             return Ok(done);
         }
     }
@@ -522,10 +527,36 @@ fn address_given(addr: Option<&[u8]>, len: libc::socklen_t) -> Res<&[u8]> {
 /// nothing). As with TCP, the error left behind does not stop a new
 /// connect, which clears it ([`Entry::disconnected`]), and neither does
 /// that of a failed connect once disconnected. A fresh or bound stream
-/// stays as it is. `None` for a connected or listening stream, which the
-/// shim cannot disconnect (its flow or accept queue is all it has): the
-/// caller answers as before.
-fn disconnect(fd: RawFd) -> Option<c_int> {
+/// stays as it is.
+///
+/// A connected stream is disconnected too (`stage`, as the caller found
+/// it, says whether a placeholder is needed for that; one made before the
+/// lock). Linux's `tcp_disconnect` aborts the connection, and the socket is
+/// left unconnected, with `ECONNRESET` pending for its next read (then
+/// `ENOTCONN`; a write is `EPIPE`), and may connect again. Here the flow's
+/// socket is shut down both ways, which every copy of it sees (other
+/// numbers, a forked child's: they share the socket, as copies of a TCP
+/// socket do; their reads get `ECONNRESET` once, as after a reset) and
+/// which ends the flow in sald (with a FIN where TCP sends a reset: the
+/// flow's socket has no way to tell sald the difference), and a
+/// placeholder, hung up as after a failed connect, takes the number, with
+/// the program's flags, options and epoll registrations.
+///
+/// `None` for a listening stream, and when no placeholder could be made:
+/// the caller answers as before (`EISCONN`). Linux's listener stops
+/// listening and stays bound (connects to it are refused until a new
+/// `listen`). The shim's listener is a registration sald made at `bind`
+/// (a bound socket already takes flows into its backlog), fed through an
+/// accept queue that `dup` copies and forked children share; stopping it
+/// while it stays bound would need sald to stop admitting and delivering
+/// flows to a listener and to start again, which it has no request for
+/// (`CloseListener` unbinds).
+fn disconnect(fd: RawFd, stage: Stage) -> Option<c_int> {
+    let flags = fd_flags(fd);
+    let mut fresh = match stage {
+        Stage::Connected => Some(placeholder(flags.0, flags.1).ok()?),
+        _ => None,
+    };
     let mut stale = Vec::new();
     let mut wake = None;
     let mut shut = false;
@@ -533,6 +564,29 @@ fn disconnect(fd: RawFd) -> Option<c_int> {
         let mut table = lock();
         let entry = table.get(fd, &mut stale)?;
         match entry.state {
+            State::Connected => {
+                let (app, peer_end) = fresh.take()?;
+                // SAFETY: no pointers; the flow at the program's number,
+                // which the table says is ours.
+                unsafe { real::shutdown(fd, libc::SHUT_RDWR) };
+                let swapped = swap_in(&app, fd, Some(flags)).is_ok();
+                // Closed after unlocking: the placeholder's peer end
+                // hangs it up.
+                fresh = Some((app, peer_end));
+                if !swapped {
+                    // The flow is over all the same (reads see its
+                    // hang-up as a reset, writes `EPIPE`).
+                    return Some(0);
+                }
+                entry.ident = ident(fd);
+                re_epoll(entry, fd);
+                entry.state = State::Failed;
+                entry.peer = None;
+                entry.so_error = libc::ECONNRESET;
+                entry.disconnected = entry.gen;
+                table.refresh(fd);
+                Some(0)
+            }
             State::Connecting { .. } => {
                 if let State::Connecting { wake: w } =
                     std::mem::replace(&mut entry.state, State::Failed)
@@ -563,6 +617,7 @@ fn disconnect(fd: RawFd) -> Option<c_int> {
         }
     };
     drop(stale);
+    drop(fresh);
     if let (true, Some(wake)) = (shut, &wake) {
         // Waiters on copies of the placeholder see the hang-up, even while
         // a forked child holds a copy of this end.
@@ -844,7 +899,8 @@ fn start_connect(
         let timed = match (limit, entry.wake().is_some()) {
             (Some(limit), true) => {
                 // SAFETY: no pointers; the copy is ours alone.
-                let copy = unsafe { real::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+                let copy =
+                    unsafe { real::fcntl(fd, libc::F_DUPFD_CLOEXEC, LOWEST_OWN as libc::c_ulong) };
                 (copy >= 0).then(|| {
                     mark_parked(entry, fd);
                     // SAFETY: the kernel just made `copy` for us.
@@ -1114,7 +1170,8 @@ fn parked_waiter(fd: RawFd, timeout: c_int) -> Res<Option<(OwnedFd, u64, Option<
                     && matches!(entry.state, State::Connecting { .. }) =>
             {
                 // SAFETY: no pointers; the copy is ours alone.
-                let copy = unsafe { real::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+                let copy =
+                    unsafe { real::fcntl(fd, libc::F_DUPFD_CLOEXEC, LOWEST_OWN as libc::c_ulong) };
                 if copy < 0 {
                     Err(last_errno())
                 } else {
@@ -1879,49 +1936,65 @@ pub(crate) fn close(fd: RawFd) {
     let (entry, last) = {
         let mut table = lock();
         let entry = table.remove(fd);
-        // Whether another number of this process (a `dup`) still holds the
-        // listener, decided under the lock: two copies closed at once must
-        // not each see the other and leave the service bound.
-        let last = match entry.as_ref().map(|e| &e.state) {
-            Some(State::Listening { control }) => !table.holds_listener(control),
-            _ => false,
-        };
+        let last = last_of_listener(&table, entry.as_ref());
         (entry, last)
     };
     if let Some(entry) = entry {
-        // A parked connect's waiters see the hang-up when `entry` drops
-        // (see `Entry`'s `Drop`).
-        if let State::Listening { control } = &entry.state {
-            if last && entry.owner == std::process::id() as libc::pid_t {
-                // sald unbinds when the control connection closes; forked
-                // children's copies of it must not keep the service bound
-                // after the process that listened closed the listener.
-                // SAFETY: no pointers; a socket this entry owns.
-                unsafe { real::shutdown(control.fd, libc::SHUT_RDWR) };
-            }
-        }
-        drop(entry);
+        let_go(entry, last);
     }
+}
+
+/// Whether `entry`, just taken out of `table`, is a listener no other
+/// number of this process (a `dup`) still holds, decided under the lock:
+/// two copies closed at once must not each see the other and leave the
+/// service bound.
+fn last_of_listener(table: &Table, entry: Option<&Entry>) -> bool {
+    match entry.map(|e| &e.state) {
+        Some(State::Listening { control }) => !table.holds_listener(control),
+        _ => false,
+    }
+}
+
+/// What a number's meaning going (`close`, or a `dup2`/`dup3` over it)
+/// does, once its `entry` is out of the table (`last`: see
+/// [`last_of_listener`]). A parked connect's waiters see the hang-up when
+/// `entry` drops (see `Entry`'s `Drop`).
+fn let_go(entry: Entry, last: bool) {
+    if let State::Listening { control } = &entry.state {
+        if last && entry.owner == std::process::id() as libc::pid_t {
+            // sald unbinds when the control connection closes; forked
+            // children's copies of it must not keep the service bound
+            // after the process that listened closed the listener.
+            // SAFETY: no pointers; a socket this entry owns.
+            unsafe { real::shutdown(control.fd, libc::SHUT_RDWR) };
+        }
+    }
+    drop(entry);
 }
 
 /// `new` is now a copy of `old` (a successful `dup`, `dup2`, `dup3` or
 /// `fcntl(F_DUPFD)`): it means what `old` means, when that can be copied
-/// ([`Entry::copy`]); whatever `new` meant before is gone.
+/// ([`Entry::copy`]); whatever `new` meant before is gone, as by `close`
+/// (the kernel closed it): a listener's last number lets the service go.
 pub(crate) fn copy(old: RawFd, new: RawFd) {
     if old == new || !(table::maybe_tracked(old) || table::maybe_tracked(new)) {
         return;
     }
     let mut stale = Vec::new();
-    let replaced = {
+    let (replaced, last) = {
         let mut table = lock();
         let copy = table.get(old, &mut stale).and_then(|entry| entry.copy(new));
-        match copy {
+        let replaced = match copy {
             Some(copy) => table.insert(new, copy),
             None => table.remove(new),
-        }
+        };
+        let last = last_of_listener(&table, replaced.as_ref());
+        (replaced, last)
     };
     drop(stale);
-    drop(replaced);
+    if let Some(replaced) = replaced {
+        let_go(replaced, last);
+    }
 }
 
 // --- names and options --------------------------------------------------

@@ -683,8 +683,14 @@ fn listen_s_backlog_bounds_the_flows_waiting_to_be_accepted() {
 /// `readv` and `recvmmsg`), then end of file; a `recvmmsg` batch that
 /// takes the reply and meets the reset leaves the reset to the next read.
 /// A flow the server closes after reading the request ends with end
-/// of file only, also when the client shut its writing down (directly or
-/// through a copy), after which sald hangs the flow up too.
+/// of file only, also when the client shut its writing down (directly,
+/// through a copy, or in a forked child that shares the socket), after
+/// which sald hangs the flow up too. Linux, measured over loopback: a
+/// forked child's `shutdown(SHUT_WR)`, then the peer's FIN, and the
+/// parent reads the reply, then 0 for good. The parent's shim, which does
+/// not hear of the child's shutdown, used to read `ECONNRESET` once: sald
+/// did not mark the hang-up as coming after the peer's end of stream once
+/// the application had shut its sending down.
 #[test]
 fn a_reset_flow_reads_econnreset_once_a_finished_one_end_of_file() {
     let sald = Sald::start();
@@ -697,7 +703,7 @@ fn a_reset_flow_reads_econnreset_once_a_finished_one_end_of_file() {
         client(&sald, &["reset-client", "5e7", "reset", how]).success(T);
     }
     srv.success(T);
-    let mut srv = server(&sald, &["reset-server", "5e8", "clean", "6"]);
+    let mut srv = server(&sald, &["reset-server", "5e8", "clean", "7"]);
     for (mode, how) in [
         ("clean", "read"),
         ("clean", "recv"),
@@ -705,6 +711,7 @@ fn a_reset_flow_reads_econnreset_once_a_finished_one_end_of_file() {
         ("clean-shut", "readv"),
         ("clean-shut", "read"),
         ("clean-dup-shut", "recvfrom"),
+        ("clean-fork-shut", "read"),
     ] {
         client(&sald, &["reset-client", "5e8", mode, how]).success(T);
     }
@@ -774,6 +781,64 @@ fn a_reset_after_shut_rd_reads_econnreset() {
         client(&sald, &["reset-client", "5ea", "shut-rd-reset", how]).success(T);
     }
     srv.success(T);
+}
+
+/// `shutdown(SHUT_RD)` while sald still has bytes of the reply to write
+/// into the socket, then the peer's FIN (after the rest of the reply) and
+/// a reset: the client reads what its socket held, then end of file for
+/// good, as from TCP (measured over loopback: SHUT_RD with data coming,
+/// FIN, RST, and reads give the data, then 0: the FIN came first). sald
+/// took the failed write for the application gone and stopped reading the
+/// flow, so the FIN was never delivered (and the flow's window stayed
+/// shut): the server's reply stalled, and a reset read as `ECONNRESET`.
+#[test]
+fn a_reset_after_shut_rd_and_the_fin_reads_as_end_of_file() {
+    let sald = Sald::start();
+    let hows = ["read", "recvmsg"];
+    let count = hows.len().to_string();
+    let mut srv = server(&sald, &["reset-server", "5ec", "shut-rd-fin", &count]);
+    for how in hows {
+        client(&sald, &["reset-client", "5ec", "shut-rd-fin", how]).success(T);
+    }
+    srv.success(T);
+}
+
+/// A program that closed its standard streams gets 0-2 back from its own
+/// calls, as from the kernel's (measured: with 0 and 1 closed, `socket`
+/// is 0 and the next `open` 1), and the shim's own descriptors never take
+/// them: a placeholder's peer end, the control connections of `bind`, of
+/// a blocking `connect` (kept for the next) and of the connector of
+/// non-blocking ones. Each used to take the lowest free number.
+#[test]
+fn the_shim_s_own_descriptors_are_never_standard_streams() {
+    let sald = Sald::start();
+    client(&sald, &["low-fds", "10f0"]).success(T);
+}
+
+/// `dup2` or `dup3` over the last number of a listener does what `close`
+/// does: the service is unbound at once, also while a forked child holds
+/// copies of the listener and of its control connection (the listener's
+/// process let it go). It used to forget the listener without the
+/// shutdown of its control connection that `close` makes, so the child's
+/// copy kept the service bound.
+#[test]
+fn a_copy_over_a_listener_s_last_number_unbinds_it() {
+    let sald = Sald::start();
+    client(&sald, &["dup2-listener", "d2a", "dup2"]).success(T);
+    client(&sald, &["dup2-listener", "d2b", "dup3"]).success(T);
+}
+
+/// `connect` to an `AF_UNSPEC` address on a connected stream disconnects
+/// it, as TCP's (measured over loopback): 0, then `ECONNRESET` from the
+/// next read and `ENOTCONN` after, `EPIPE` from a write, `SO_ERROR` 0,
+/// `getpeername` `ENOTCONN`, hung up to `poll`, the peer's flow ended, and
+/// the socket connects again. It used to answer `EISCONN` and leave the
+/// flow as it was. (A listener still answers `EISCONN`, where Linux stops
+/// listening and stays bound: see `ops::disconnect`.)
+#[test]
+fn connect_af_unspec_disconnects_a_connected_stream() {
+    let sald = Sald::start();
+    client(&sald, &["unspec", "a0f5"]).success(T);
 }
 
 /// Forks while a thread keeps calling `listen` on a listener (each sends

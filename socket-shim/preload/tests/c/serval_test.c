@@ -71,19 +71,25 @@
  *                                             close with the request unread (a reset);
  *                                             clean: read the request, reply, close;
  *                                             fin-reset: reply, close (the request comes
- *                                             after: a reset after the FIN)
+ *                                             after: a reset after the FIN); shut-rd-fin:
+ *                                             as fin-reset with 512 KiB, then accept a
+ *                                             second flow and close it
  *   reset-client SID MODE HOW                 HOW: read|recv|recvfrom|recvmsg|readv|recvmmsg;
  *                                             request, reply; MODE reset: ECONNRESET once,
  *                                             then end of file (HOW batch: reply and reset in
  *                                             one recvmmsg, the reset from the next read);
  *                                             clean, clean-shut (after shutdown(SHUT_WR)),
- *                                             clean-dup-shut (through a copy): end of file;
+ *                                             clean-dup-shut (through a copy), clean-fork-shut
+ *                                             (in a forked child): end of file;
  *                                             fin-reset: reply, end of file, request, then
  *                                             end of file and EPIPE; fin-reset-unread (against
  *                                             fin-reset): FIN and reset in before any read:
  *                                             reply, end of file, EPIPE; shut-rd-reset (against
  *                                             reset): shutdown(SHUT_RD) after the reply, end
- *                                             of file, then ECONNRESET once at the reset
+ *                                             of file, then ECONNRESET once at the reset;
+ *                                             shut-rd-fin (against shut-rd-fin):
+ *                                             shutdown(SHUT_RD) while sald has more to
+ *                                             write, FIN, reset: end of file
  *   connect-eintr S1 PORT S3 HOLE             blocking connects that wait as TCP's do
  *                                             (each service unreachable until the test
  *                                             starts a host for it: S1 after "connecting",
@@ -219,6 +225,12 @@
  *                                             exec as exec-dup2-over-check (a plain file
  *                                             there, SID binds again)
  *   misuse SID                                error paths (SID is not bound)
+ *   low-fds SID                               with 0-2 closed: the program's sockets take
+ *                                             the lowest numbers, the shim's own never 0-2
+ *   dup2-listener SID dup2|dup3               a copy over a listener's last number unbinds
+ *                                             it, while a forked child holds copies
+ *   unspec SID                                connect(AF_UNSPEC) disconnects a connected
+ *                                             stream, which may connect again
  *   nodaemon SID                              sald not running
  */
 #define _GNU_SOURCE
@@ -2245,13 +2257,21 @@ static int dup_copies(const char *sid) {
 #define REQUEST "the request"
 #define REPLY "the reply"
 
+/* What a shut-rd-fin server writes on each flow: more than the client's
+ * socket takes, and more than the flow's window. */
+#define BIG_REPLY (512 * 1024)
+
 /* Accepts COUNT connections one after the other. "reset": replies, waits
  * until the client's request is in, and closes without reading it (sald
  * then resets the flow, as TCP does). "clean": reads the request,
  * replies, closes. "fin-reset": replies and closes (a FIN); the request
- * comes after, to a flow nobody reads, and sald resets it. */
+ * comes after, to a flow nobody reads, and sald resets it. "shut-rd-fin":
+ * as fin-reset with a BIG_REPLY, then accepts a second connection from
+ * the same client and closes it, which tells the client the first is
+ * closed (its FIN on its way). */
 static int reset_server(const char *sid, const char *mode, int count) {
     int reset = !strcmp(mode, "reset"), fin_reset = !strcmp(mode, "fin-reset");
+    int shut_rd_fin = !strcmp(mode, "shut-rd-fin");
     int fd = socket(AF_SERVAL, SOCK_STREAM, 0);
     if (fd < 0) die("socket");
     struct sockaddr_sv sa = sv_addr(sid);
@@ -2270,6 +2290,12 @@ static int reset_server(const char *sid, const char *mode, int count) {
             usleep(200000);
         } else if (fin_reset) {
             CHECK(write_all(c, (const unsigned char *)REPLY, strlen(REPLY)) == 0, "reply");
+        } else if (shut_rd_fin) {
+            static unsigned char big[BIG_REPLY];
+            CHECK(write_all(c, big, sizeof big) == 0, "the big reply");
+            CHECK(close(c) == 0, "close the flow");
+            c = accept(fd, NULL, NULL);
+            if (c < 0) die("accept the second flow");
         } else {
             char req[sizeof REQUEST - 1];
             size_t got = 0;
@@ -2422,7 +2448,8 @@ static int reset_batch_client(const char *sid) {
  * "reset" (a reset-server reset): ECONNRESET once, then end of file (in a
  * copy too); "clean": end of file; "clean-shut": the same after
  * shutdown(SHUT_WR) following the request ("clean-dup-shut": shut down
- * through a copy, since closed). "fin-reset", and "reset" with HOW
+ * through a copy, since closed; "clean-fork-shut": by a forked child,
+ * which Linux measured gives the same: the reply, then 0). "fin-reset", and "reset" with HOW
  * "batch": see fin_reset_client and reset_batch_client. */
 /* Against a reset server: the client shuts its reading down after the
  * reply, so its reads give end of file at once (as TCP's after
@@ -2443,8 +2470,44 @@ static int shut_rd_reset_client(const char *sid, const char *how) {
     return failures ? 1 : 0;
 }
 
+/* Against a shut-rd-fin server: the client shuts its reading down while
+ * sald still has bytes of the reply to write into its socket, reads what
+ * the socket held, then, once the server closed the flow (its FIN after
+ * the rest of the reply), sends the request, which reaches a flow nobody
+ * reads: a reset after the FIN. As from TCP, which measured over
+ * loopback gives what it received and then 0 (SHUT_RD, FIN, RST: the
+ * FIN came first): end of file, for good, not ECONNRESET. (TCP's reads
+ * also give the bytes that come after SHUT_RD; the socket here takes no
+ * more, and sald throws them away to reach the FIN.) sald used to end
+ * its writing at the failed write, so the FIN was never delivered, the
+ * flow's window stayed shut, and the reset read as ECONNRESET. */
+static int shut_rd_fin_client(const char *sid, const char *how) {
+    int fd = stream_to(sid);
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    CHECK(poll(&p, 1, 20000) == 1, "the reply starts");
+    /* The socket fills; the rest waits in sald. */
+    usleep(300000);
+    CHECK(shutdown(fd, SHUT_RD) == 0, "shutdown(SHUT_RD)");
+    static char buf[64 * 1024];
+    size_t got = 0;
+    ssize_t n;
+    while ((n = read_with(how, fd, buf, sizeof buf)) > 0) got += (size_t)n;
+    CHECK(n == 0 && got > 0 && got < BIG_REPLY, "what the socket held (%zu bytes), then end of file (%zd)", got, n);
+    /* The server closed the first flow before it took this one. */
+    int side = stream_to(sid);
+    CHECK(read(side, buf, 1) == 0, "the second flow's end");
+    close(side);
+    CHECK(write_all(fd, (const unsigned char *)REQUEST, strlen(REQUEST)) == 0, "request");
+    CHECK(hung_up(fd, 20000), "the reset's hang-up");
+    CHECK(read_with(how, fd, buf, sizeof buf) == 0, "end of file after SHUT_RD, the FIN and the reset (errno %d)", errno);
+    CHECK(read_with(how, fd, buf, sizeof buf) == 0, "end of file again");
+    CHECK(close(fd) == 0, "close");
+    return failures ? 1 : 0;
+}
+
 static int reset_client(const char *sid, const char *mode, const char *how) {
     if (!strcmp(mode, "fin-reset")) return fin_reset_client(sid, how);
+    if (!strcmp(mode, "shut-rd-fin")) return shut_rd_fin_client(sid, how);
     if (!strcmp(mode, "fin-reset-unread")) return fin_reset_unread_client(sid, how);
     if (!strcmp(mode, "shut-rd-reset")) return shut_rd_reset_client(sid, how);
     if (!strcmp(how, "batch")) return reset_batch_client(sid);
@@ -2459,6 +2522,16 @@ static int reset_client(const char *sid, const char *mode, const char *how) {
         int d = dup(fd);
         CHECK(d >= 0 && shutdown(d, SHUT_WR) == 0, "shutdown through a copy");
         close(d);
+        shut = 1;
+    } else if (!strcmp(mode, "clean-fork-shut")) {
+        /* Shut down in another process that shares the socket, whose shim
+         * this one's does not hear from. */
+        pid_t child = fork();
+        if (child == 0) _exit(shutdown(fd, SHUT_WR) == 0 ? 0 : 1);
+        int status = -1;
+        CHECK(child > 0 && waitpid(child, &status, 0) == child && WIFEXITED(status) &&
+                  WEXITSTATUS(status) == 0,
+              "shutdown in a forked child");
         shut = 1;
     }
     int copy = reset ? dup(fd) : -1;
@@ -3596,6 +3669,151 @@ static int connect_twice(const char *s1, int port, const char *s2) {
     return failures ? 1 : 0;
 }
 
+/* The lowest free descriptor number. */
+static int lowest_free(void) {
+    int fd = open("/dev/null", O_RDONLY);
+    if (fd >= 0) close(fd);
+    return fd;
+}
+
+/* A program that closed its standard streams gets them back from its own
+ * calls, as from the kernel's (measured: with 0 and 1 closed, socket()
+ * is 0 and the next open() 1); the shim's own descriptors (a
+ * placeholder's peer end, control connections for bind, a blocking
+ * connect and the connector of non-blocking ones) never take 0-2. What
+ * the checks find is kept until stderr is back. */
+static int low_fds(const char *sid) {
+    int err = fcntl(2, F_DUPFD_CLOEXEC, 100);
+    if (err < 0) die("save stderr");
+    struct sockaddr_sv sa = sv_addr(sid);
+    close(0);
+    close(1);
+    close(2);
+    int l = socket(AF_SERVAL, SOCK_STREAM, 0);
+    int after_socket = lowest_free();
+    int listening = bind(l, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(l, 4) == 0;
+    int after_listen = lowest_free();
+    int c = socket(AF_SERVAL, SOCK_STREAM, 0);
+    int connected = connect(c, (struct sockaddr *)&sa, sizeof sa) == 0;
+    int after_connect = lowest_free();
+    int s = accept(l, NULL, NULL);
+    char ch = 0;
+    int moved = write(c, "x", 1) == 1 && read(s, &ch, 1) == 1 && ch == 'x';
+    /* Two numbers free below 3 again: one for the socket, one the
+     * connector's connection would take. */
+    close(c);
+    close(s);
+    int d = socket(AF_SERVAL, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    int started = connect(d, (struct sockaddr *)&sa, sizeof sa) < 0 && errno == EINPROGRESS;
+    int after_nonblock = lowest_free();
+    struct pollfd p = {.fd = d, .events = POLLOUT};
+    int done = poll(&p, 1, 20000) == 1;
+    int e = -1;
+    socklen_t el = sizeof e;
+    getsockopt(d, SOL_SOCKET, SO_ERROR, &e, &el);
+    if (dup2(err, 2) != 2) _exit(3);
+    CHECK(l == 0, "socket takes the lowest number (%d)", l);
+    CHECK(after_socket == 1, "socket left 1 free (the lowest is %d)", after_socket);
+    CHECK(listening, "bind and listen");
+    CHECK(after_listen == 1, "bind and listen left 1 free (the lowest is %d)", after_listen);
+    CHECK(c == 1 && connected, "the client at 1 connected (%d)", c);
+    CHECK(after_connect == 2, "connect left 2 free (the lowest is %d)", after_connect);
+    CHECK(s == 2 && moved, "the accepted flow at 2 carries a byte (%d)", s);
+    CHECK(d == 1 && started, "a non-blocking connect at 1 started (%d)", d);
+    CHECK(after_nonblock == 2, "the connector left 2 free (the lowest is %d)", after_nonblock);
+    CHECK(done && e == 0, "the non-blocking connect completed (SO_ERROR %d)", e);
+    close(d);
+    close(l);
+    return failures ? 1 : 0;
+}
+
+/* dup2 (or dup3) over the last number of a listener does what close
+ * does: the service is unbound at once, though a forked child still holds
+ * copies of what the listener's number held (the shim's close shuts the
+ * listener's control connection down for that: the process that listened
+ * closed it). dup2 used to close the number's file and forget it, so the
+ * child's copy of the control connection kept the service bound. */
+static int dup2_listener(const char *sid, const char *how) {
+    struct sockaddr_sv sa = sv_addr(sid);
+    int l = socket(AF_SERVAL, SOCK_STREAM, 0);
+    CHECK(bind(l, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(l, 4) == 0, "listen");
+    pid_t child = fork();
+    if (child == 0) {
+        pause();
+        _exit(0);
+    }
+    int other = open("/dev/null", O_RDONLY);
+    int over = !strcmp(how, "dup3") ? dup3(other, l, O_CLOEXEC) : dup2(other, l);
+    CHECK(over == l, "%s over the listener", how);
+    close(other);
+    int unbound = 0;
+    for (int i = 0; i < 50 && !unbound; i++) {
+        int fd = socket(AF_SERVAL, SOCK_STREAM, 0);
+        unbound = connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0 && errno == EHOSTUNREACH;
+        close(fd);
+        if (!unbound) usleep(20000);
+    }
+    CHECK(unbound, "the service is unbound after %s over the listener's last number", how);
+    close(l);
+    kill(child, SIGKILL);
+    waitpid(child, NULL, 0);
+    return failures ? 1 : 0;
+}
+
+/* connect(AF_UNSPEC) on a connected stream disconnects it, as TCP's
+ * (measured over loopback): it returns 0; the next read is ECONNRESET,
+ * then ENOTCONN; a write is EPIPE (MSG_NOSIGNAL); SO_ERROR is then 0;
+ * getpeername is ENOTCONN; poll shows it hung up; the peer's flow ends
+ * (TCP's peer reads ECONNRESET, here end of file: see ops::disconnect);
+ * a second AF_UNSPEC returns 0; and the socket connects again. It used to
+ * be EISCONN, the flow left as it was. */
+static int unspec(const char *sid) {
+    struct sockaddr_sv sa = sv_addr(sid);
+    int l = socket(AF_SERVAL, SOCK_STREAM, 0);
+    CHECK(bind(l, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(l, 4) == 0, "listen");
+    int c = stream_to(sid);
+    int s = accept(l, NULL, NULL);
+    CHECK(s >= 0, "accept");
+    CHECK(write_all(s, (const unsigned char *)REPLY, strlen(REPLY)) == 0, "reply");
+    struct pollfd p = {.fd = c, .events = POLLIN};
+    CHECK(poll(&p, 1, 20000) == 1, "the reply arrives");
+    struct sockaddr un = {.sa_family = AF_UNSPEC};
+    CHECK(connect(c, &un, sizeof un) == 0, "connect(AF_UNSPEC) on a connected stream (errno %d)", errno);
+    p.events = POLLIN | POLLOUT;
+    CHECK(poll(&p, 1, 0) == 1 && (p.revents & POLLHUP), "hung up (revents %#x)", p.revents);
+    char buf[64];
+    EXPECT_ERR(read(c, buf, sizeof buf), ECONNRESET);
+    EXPECT_ERR(read(c, buf, sizeof buf), ENOTCONN);
+    EXPECT_ERR(send(c, "x", 1, MSG_NOSIGNAL), EPIPE);
+    int e = -1;
+    socklen_t el = sizeof e;
+    CHECK(getsockopt(c, SOL_SOCKET, SO_ERROR, &e, &el) == 0 && e == 0, "SO_ERROR %d", e);
+    struct sockaddr_sv peer;
+    socklen_t pl = sizeof peer;
+    EXPECT_ERR(getpeername(c, (struct sockaddr *)&peer, &pl), ENOTCONN);
+    p.fd = s;
+    p.events = POLLIN;
+    CHECK(poll(&p, 1, 20000) == 1, "the peer's flow ends");
+    CHECK(read(s, buf, sizeof buf) <= 0, "the peer reads the end");
+    close(s);
+    CHECK(connect(c, &un, sizeof un) == 0, "a second connect(AF_UNSPEC)");
+    CHECK(connect(c, (struct sockaddr *)&sa, sizeof sa) == 0, "connect again (errno %d)", errno);
+    int s2 = accept(l, NULL, NULL);
+    CHECK(s2 >= 0, "accept the new flow");
+    CHECK(write_all(c, (const unsigned char *)REQUEST, strlen(REQUEST)) == 0, "request");
+    size_t got = 0;
+    while (got < strlen(REQUEST)) {
+        ssize_t n = read(s2, buf + got, sizeof buf - got);
+        if (n <= 0) break;
+        got += (size_t)n;
+    }
+    CHECK(got == strlen(REQUEST) && !memcmp(buf, REQUEST, got), "the new flow carries the request");
+    close(s2);
+    close(c);
+    close(l);
+    return failures ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     if (argc < 3) {
@@ -3665,6 +3883,9 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "exec-dup2-over")) return exec_dup2_over(sid);
     if (!strcmp(cmd, "exec-dup2-over-check") && argc > 4) return exec_dup2_over_check(sid, atoi(argv[4]));
     if (!strcmp(cmd, "misuse")) return misuse(sid);
+    if (!strcmp(cmd, "low-fds")) return low_fds(sid);
+    if (!strcmp(cmd, "dup2-listener") && argc > 3) return dup2_listener(sid, argv[3]);
+    if (!strcmp(cmd, "unspec")) return unspec(sid);
     if (!strcmp(cmd, "nodaemon")) return nodaemon(sid);
     fprintf(stderr, "unknown subcommand %s\n", cmd);
     return 2;

@@ -1,0 +1,39 @@
+//! Where the library's own descriptors go in the program's table.
+//!
+//! A program that closed its standard streams (a daemon that closed 0-2,
+//! or a test harness that closed stdin) gets them back from its next
+//! `open`, `socket` or `dup`, and then relies on what it finds there: a
+//! shell's child reads 0, a logger writes 2, `dup2(file, 1)` closes
+//! whatever 1 was. A descriptor the library keeps for itself (a control
+//! connection to sald, the peer end of a placeholder, a record for the next
+//! program image) must therefore never be one of them, or the program
+//! would take it for a standard stream, close it behind the library's back,
+//! or hand it to a child as its input. Such descriptors are moved above
+//! them, as other libraries' own descriptors are (glibc's `nscd` socket,
+//! for one); descriptors the program gets back from a call of its own
+//! (the socket `socket` returns) take the lowest free number, as the
+//! kernel's.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// The lowest descriptor number the library keeps for itself: above
+/// standard input, output and error.
+pub const LOWEST_OWN: i32 = 3;
+
+/// `fd`, moved to [`LOWEST_OWN`] or above if it is one of the standard
+/// streams (the copy is close-on-exec; `fd` itself is closed). Left where
+/// it is if no number above them is free (`EMFILE`): better kept there
+/// than lost, for a process that is out of descriptors anyway.
+pub fn above_standard_streams(fd: OwnedFd) -> OwnedFd {
+    if fd.as_raw_fd() >= LOWEST_OWN {
+        return fd;
+    }
+    // SAFETY: no pointers; `fd` is open while borrowed, and the copy the
+    // kernel makes is nobody else's.
+    let moved = unsafe { nix::libc::fcntl(fd.as_raw_fd(), nix::libc::F_DUPFD_CLOEXEC, LOWEST_OWN) };
+    if moved < 0 {
+        return fd;
+    }
+    // SAFETY: the kernel just made `moved` for us alone.
+    unsafe { OwnedFd::from_raw_fd(moved) }
+}
