@@ -570,6 +570,69 @@ fn a_lost_last_ack_is_repeated_by_the_lingering_side() {
     assert!(net.host(server).flows().is_empty(), "and then lets go");
 }
 
+/// Whether `payload` is a bare SAL ACK: CONTROL(ACK) alone, no segment.
+fn is_bare_ack(payload: &[u8]) -> bool {
+    sal::wire::SalPacket::new_checked(payload)
+        .ok()
+        .and_then(|packet| {
+            sal::wire::SalRepr::parse(&packet)
+                .ok()
+                .map(|r| (r, packet.payload().is_empty()))
+        })
+        .is_some_and(|(repr, empty)| {
+            empty
+                && repr
+                    .control
+                    .is_some_and(|c| c.flags == sal::wire::ControlFlags::ACK)
+        })
+}
+
+/// The client finishes first, and every acknowledgement of its FIN is
+/// lost (a daemon too busy to read its packets drops them). The server
+/// finishes later: once the client acknowledged its FIN, it has nothing
+/// left to wait for and lets the flow go. The client's next repeat of its
+/// FIN finds no flow there; it is answered with a RST echoing the
+/// client's nonce, and the client lets go then, not once its FIN runs out
+/// of retries half a minute after it was sent.
+#[test]
+fn a_fin_repeated_to_a_host_that_let_the_flow_go_is_answered() {
+    let (mut net, client, server) = pair(LinkConditions::default(), HostConfig::default());
+    let listener = net.host(server).listen(prefix("1b/8"), Stream, 4).unwrap();
+    let (cflow, sflow) = establish(&mut net, client, server, listener, svc("1b"));
+    let lossy = std::rc::Rc::new(std::cell::Cell::new(true));
+    let dropped = std::rc::Rc::new(std::cell::Cell::new(0));
+    let (on, count) = (lossy.clone(), dropped.clone());
+    net.set_filter(Some(Box::new(move |p| {
+        let drop = on.get() && p.src == loc("10.0.0.2") && is_bare_ack(&p.payload);
+        if drop {
+            count.set(count.get() + 1);
+        }
+        drop
+    })));
+    net.host(client).close(cflow).unwrap();
+    // The FIN and its repeats at 0.5 and 1.5 s go unacknowledged.
+    net.run_for(secs(2));
+    assert!(
+        dropped.get() >= 3,
+        "{} acknowledgements lost",
+        dropped.get()
+    );
+    assert_eq!(net.host(server).recv(sflow, &mut [0; 8]), Ok(0));
+    net.host(server).close(sflow).unwrap();
+    let sclosed = Event::Closed(sflow);
+    assert!(net.run_until(secs(1), |net| has_event(net, server, &sclosed)));
+    assert!(net.host(client).flow(cflow).is_some(), "its FIN unanswered");
+    lossy.set(false);
+    // The next repeat, 3.5 s after the FIN, is answered.
+    let closed = Event::Closed(cflow);
+    assert!(
+        net.run_until(secs(2), |net| has_event(net, client, &closed)),
+        "the client still holds its flow"
+    );
+    assert_eq!(net.host(client).stats().peer_timeouts, 0, "not given up on");
+    assert!(net.host(server).flows().is_empty());
+}
+
 #[test]
 fn garbage_and_spoofed_packets_are_counted_and_change_nothing() {
     let (mut net, client, server) = pair(LinkConditions::default(), HostConfig::default());

@@ -589,15 +589,7 @@ impl Host {
         if !control.flags.contains(ControlFlags::ACK) {
             return;
         }
-        let local = self.interfaces.arrival_locator(&src, &dst);
-        let mut reply = SalRepr::data(our_flow, Some(server_flow), syn_ack.protocol);
-        reply.control = Some(ControlRepr {
-            flags: ControlFlags::RST,
-            verno: 0,
-            ackno: control.verno.wrapping_add(1),
-            nonce: control.nonce,
-        });
-        self.send_packet(local, src, super::output::build(&reply, &[]));
+        self.echo_reset(src, dst, (our_flow, server_flow), syn_ack.protocol, control);
     }
 
     /// The client's flow gets its SYN-ACK: the peer is where it spoke from,

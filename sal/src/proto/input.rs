@@ -166,6 +166,7 @@ impl Host {
             None => {
                 if !self.cookie_ack_input(id, src, dst, repr, segment) {
                     self.stats.unknown_flow += 1;
+                    self.forgotten_fin_input(src, dst, repr, id);
                 }
             }
             Some(Endpoint::Datagram(_)) => match repr.control {

@@ -10,10 +10,22 @@
 //!
 //! The side that acknowledges the last FIN does not forget the flow at
 //! once: if that acknowledgement is lost, the peer resends its FIN, and a
-//! host that no longer knows the flow cannot answer it (the peer would
-//! retry for half a minute). It lingers, without its socket, for a few
-//! control timeouts after the peer's FIN, answering repeats (TCP's
-//! TIME-WAIT, shorter).
+//! host that no longer knows the flow can answer it only with a reset
+//! (below), which an application still reading would see. It lingers,
+//! without its socket, for a few control timeouts after the peer's FIN,
+//! answering repeats (TCP's TIME-WAIT, shorter).
+//!
+//! Lingering covers a lost acknowledgement only while the peer's repeats
+//! get through within it; and a host whose own FIN is acknowledged well
+//! after the peer's came (the usual order: one end closes first) lets the
+//! flow go at once. If its acknowledgement of the peer's FIN was lost
+//! meanwhile (a daemon too busy to read its packets drops them), the
+//! peer's next repeat finds no flow. Such a FIN is answered with a RST
+//! echoing its nonce, as TCP answers a segment for a connection it no
+//! longer has, and as the reference stack answers a packet for a socket it
+//! closed (see [`Host::rst_input`]): the peer, whose end is done too, lets
+//! its flow go then, instead of repeating into silence until its FIN runs
+//! out of retries, half a minute after it was sent.
 //!
 //! A flow the application closed may also wait on the peer: once our FIN
 //! is acknowledged (everything we sent arrived), only the peer's FIN is
@@ -29,6 +41,7 @@ use super::flow::Endpoint;
 use super::timer::Timer;
 use super::{ConnectError, Event, FlowState, Host, HostError};
 use crate::id::FlowId;
+use crate::locator::Locator;
 use crate::wire::{ControlFlags, ControlRepr, SalRepr};
 
 /// How far a flow's ending has come.
@@ -193,6 +206,53 @@ impl Host {
             Sequence::Duplicate => self.send_ack(id, false, &[]),
             Sequence::Stale => self.stats.stale += 1,
         }
+    }
+
+    /// A packet for flow ID `ours`, which this host no longer has: if it
+    /// is a SAL FIN, it is answered with a RST echoing its nonce (see the
+    /// module docs), which only the flow's own end can take; anyone else
+    /// gets one small packet per FIN it sends, to where the FIN came from,
+    /// telling nothing the FIN did not carry.
+    pub(super) fn forgotten_fin_input(
+        &mut self,
+        src: Locator,
+        dst: Locator,
+        repr: &SalRepr,
+        ours: FlowId,
+    ) {
+        let (Some(control), Some(peer)) = (repr.control, repr.src_flow) else {
+            return;
+        };
+        let flags = control.flags;
+        let fin = flags.contains(ControlFlags::FIN)
+            && ![ControlFlags::RST, ControlFlags::SYN, ControlFlags::RSYN]
+                .into_iter()
+                .any(|other| flags.contains(other));
+        if fin {
+            self.echo_reset(src, dst, (ours, peer), repr.protocol, &control);
+        }
+    }
+
+    /// Sends a SAL-only RST on flow `ours` (this end's ID) to `peer` at
+    /// `src`, from where `dst` arrived, echoing the nonce of `control`
+    /// (the peer's own: see [`Host::rst_input`]) and acknowledging it.
+    pub(super) fn echo_reset(
+        &mut self,
+        src: Locator,
+        dst: Locator,
+        (ours, peer): (FlowId, FlowId),
+        protocol: u8,
+        control: &ControlRepr,
+    ) {
+        let local = self.interfaces.arrival_locator(&src, &dst);
+        let mut reply = SalRepr::data(ours, Some(peer), protocol);
+        reply.control = Some(ControlRepr {
+            flags: ControlFlags::RST,
+            verno: 0,
+            ackno: control.verno.wrapping_add(1),
+            nonce: control.nonce,
+        });
+        self.send_packet(local, src, super::output::build(&reply, &[]));
     }
 
     /// A closed flow waited its time for the peer's FIN (see the module

@@ -558,9 +558,12 @@ pub fn hold_flows_if_asked() -> bool {
 }
 
 /// Closes flows (any sockets) a hundred at a time, 50 ms apart (2,000 a
-/// second, which even a debug build of sald keeps up with): ten thousand
-/// flows closed at once make a burst of packets far larger than the TUN
-/// device's queue, and what it drops costs retransmission timeouts.
+/// second, which even a debug build of sald keeps up with on an idle
+/// machine): ten thousand flows closed at once make a burst of packets far
+/// larger than the TUN device's queue, and what it drops costs
+/// retransmission timeouts. A starved sald (a loaded machine) falls behind
+/// even at this pace and drops too: callers that wait for the flows to go
+/// must allow for a close under loss.
 pub fn close_gradually<T>(flows: Vec<T>) {
     let mut flows = flows.into_iter().peekable();
     while flows.peek().is_some() {
