@@ -118,6 +118,10 @@ pub(crate) struct RttEstimator {
     timing: u8,
     max_seq_sent: Option<TcpSeqNumber>,
     rto_count: u8,
+    /// sal-tcp: the least sample, for RACK's reordering window
+    /// (`crate::rack`); `u32::MAX` before one. Kept for the connection's
+    /// life (Linux keeps a 5-minute windowed minimum).
+    min_rtt: u32,
 }
 
 impl Default for RttEstimator {
@@ -131,6 +135,7 @@ impl Default for RttEstimator {
             timing: 0,
             max_seq_sent: None,
             rto_count: 0,
+            min_rtt: u32::MAX,
         }
     }
 }
@@ -156,7 +161,13 @@ impl RttEstimator {
         self.have_measurement.then_some(self.srtt)
     }
 
+    /// sal-tcp: the least round trip sampled, `None` before a sample.
+    pub(crate) fn min_rtt(&self) -> Option<u32> {
+        (self.min_rtt != u32::MAX).then_some(self.min_rtt)
+    }
+
     pub(crate) fn sample(&mut self, new_rtt: u32) {
+        self.min_rtt = self.min_rtt.min(new_rtt);
         if self.have_measurement {
             // RFC 6298 (2.3) When a subsequent RTT measurement R' is made, a host MUST set (...)
             let diff = (self.srtt as i32 - new_rtt as i32).unsigned_abs();

@@ -21,6 +21,7 @@ use crate::config::{Config, MIN_MSS};
 use crate::congestion::{self, CongestionControl};
 use crate::dsack::{self, DuplicateReport};
 use crate::hystart::HyStart;
+use crate::rack::{self, Rack};
 use crate::rtt::RttEstimator;
 use crate::sack::Scoreboard;
 use crate::segment::{self, SegmentError};
@@ -282,11 +283,10 @@ pub struct Socket {
     /// (counted for it too, `sim_tcp_loss` at 1 % took 26.2 s at p90
     /// instead of 23.8 s).
     sack_dup_credit: usize,
-    /// sal-tcp: in a SACK-based recovery, the highest sequence number sent
-    /// when the last retransmission went: once the peer SACKs data past
-    /// it, retransmissions it still lacks were lost in turn, and are sent
-    /// again (`high_rxt` goes back) rather than left to the timeout.
-    rxt_fence: TcpSeqNumber,
+    /// sal-tcp: RACK loss detection (`crate::rack`): retransmissions lost
+    /// in turn, and losses with too little SACKed above them for a fast
+    /// retransmit, found by the send order and a reordering window.
+    rack: Rack,
     /// sal-tcp: in a SACK-based recovery, a partial ACK with nothing
     /// SACKed restarted the retransmission timer: later ones do not (RFC
     /// 6582's "Impatient" variant). With nothing SACKed, each resends one
@@ -460,7 +460,7 @@ impl Socket {
             sack_recovery: false,
             high_rxt: TcpSeqNumber::default(),
             sack_dup_credit: 0,
-            rxt_fence: TcpSeqNumber::default(),
+            rack: Rack::default(),
             partial_ack_restarted_timer: false,
             tlp: LossProbe::default(),
             dsack: DuplicateReport::default(),
@@ -797,6 +797,7 @@ impl Socket {
         self.limited_transmit = 0;
         self.scoreboard.clear();
         self.sack_recovery = false;
+        self.rack = Rack::default();
         self.tlp.end();
         self.dsack = DuplicateReport::default();
         self.undo = Undo::default();
@@ -948,6 +949,7 @@ impl Socket {
             // reneged, RFC 2018 8).
             self.scoreboard.clear();
             self.sack_recovery = false;
+            self.rack.forget_flight();
             self.rtte.on_retransmit();
         }
         // sal-tcp: the rewind resends the tail too (`crate::tlp`), and
@@ -1287,7 +1289,9 @@ impl Socket {
                 .recovery_window()
                 .saturating_sub(self.pipe());
         }
-        let limited_transmit = if self.recover.is_none() {
+        // sal-tcp: none while RACK's timer waits to mark the hole of a
+        // large flight lost (`crate::rack`).
+        let limited_transmit = if self.recover.is_none() && !self.rack_waits() {
             usize::from(self.local_rx_dup_acks.min(2)) * self.effective_mss()
         } else {
             0
@@ -1305,7 +1309,9 @@ impl Socket {
     /// byte is taken for lost (this lean form does not wait for three
     /// segments above it, RFC 6675's IsLost: the recovery itself only
     /// starts on that evidence, and the SAL's paths do not reorder), so
-    /// it counts again only once retransmitted (below `high_rxt`).
+    /// it counts again only once retransmitted (below `high_rxt`), and
+    /// not while a retransmission found lost waits to be sent again
+    /// (`crate::rack`).
     fn pipe(&self) -> usize {
         let una = self.local_seq_no;
         let nxt = self.remote_last_seq.max(una);
@@ -1315,15 +1321,16 @@ impl Socket {
             .map_or(una, |h| h.max(una).min(nxt));
         let retransmitted_end = self.high_rxt.max(una).min(highest);
         let retransmitted = (retransmitted_end - una)
-            .saturating_sub(self.scoreboard.sacked_in(una, retransmitted_end));
+            .saturating_sub(self.scoreboard.sacked_in(una, retransmitted_end))
+            .saturating_sub(self.rack.lost_bytes(una, &self.scoreboard, self.high_rxt));
         (nxt - highest) + retransmitted
     }
 
     /// sal-tcp: in a SACK-based recovery, the hole to retransmit next, if
     /// the congestion window has a segment's room beyond the pipe (RFC
-    /// 6675 5 step C): the first one not yet retransmitted in this
-    /// recovery that lies below SACKed data, cut to a segment and to the
-    /// peer's window.
+    /// 6675 5 step C): a retransmission found lost (`crate::rack`), else
+    /// the first hole not yet retransmitted in this recovery that lies
+    /// below SACKed data, cut to a segment and to the peer's window.
     fn sack_retransmission(&self) -> Option<(TcpSeqNumber, usize)> {
         if !self.sack_recovery || self.remote_win_len == 0 {
             return None;
@@ -1335,7 +1342,10 @@ impl Socket {
             return None;
         }
         let from = self.high_rxt.max(self.local_seq_no);
-        let (start, end) = self.scoreboard.next_hole(from)?;
+        let (start, end) = self
+            .rack
+            .next_lost(self.local_seq_no, &self.scoreboard, self.high_rxt)
+            .or_else(|| self.scoreboard.next_hole(from))?;
         let end = end.min(self.local_seq_no + self.remote_win_len.min(self.tx_buffer.len()));
         (start < end).then(|| (start, (end - start).min(mss)))
     }
@@ -1437,6 +1447,12 @@ impl Socket {
         if !self.may_probe() {
             return;
         }
+        // sal-tcp: with data SACKed, the probe's timer is RACK's too, and
+        // a fast retransmit when it fires (`crate::rack`): new data sent
+        // does not put it off.
+        if !self.scoreboard.is_empty() && matches!(self.timer, Timer::LossProbe { .. }) {
+            return;
+        }
         let one_segment = self.flight_size() <= self.effective_mss();
         let ack_delay = self.ack_delay.unwrap_or(Duration::ZERO);
         if let Some(pto) = tlp::probe_timeout(self.rtte.srtt_sample(), one_segment, ack_delay) {
@@ -1456,6 +1472,10 @@ impl Socket {
     fn loss_probe_due(&mut self, now: Instant) {
         if !self.may_probe() {
             self.timer.set_for_retransmit_instead_of_probe();
+            // sal-tcp: in a recovery, the timer was RACK's (`crate::rack`).
+            if self.sack_recovery {
+                self.rack_detect(now);
+            }
             return;
         }
         let rto = self.rtte.retransmission_timeout();
@@ -1467,6 +1487,53 @@ impl Socket {
             net_debug!("sending a tail loss probe");
             self.tlp.set_due();
         }
+    }
+
+    /// sal-tcp: RACK (`crate::rack`), after an ACK (or at its timer). In a
+    /// SACK-based recovery, retransmissions sent before data the peer
+    /// holds are lost once the reordering window has passed, and are sent
+    /// again; the timer waits for the rest. Outside one, SACKed data above
+    /// the oldest unacknowledged byte (sent after it) marks it lost after
+    /// the reordering window: the probe's timer is armed for then, and
+    /// starts a fast retransmit (`loss_probe_due`). Not before a round-trip
+    /// sample, nor while a timeout's or a rewind's resending is under way.
+    fn rack_detect(&mut self, now: Instant) {
+        if !self.remote_has_sack || self.remote_last_seq != self.remote_max_seq {
+            return;
+        }
+        let dup_thresh = self.scoreboard.sacked_bytes() > 2 * self.effective_mss();
+        let reo_wnd = self.rack.reo_wnd(
+            self.rtte.min_rtt(),
+            self.rtte.srtt_sample(),
+            self.sack_recovery,
+            dup_thresh,
+        );
+        if self.sack_recovery {
+            if let Some(at) = self
+                .rack
+                .detect(now, self.local_seq_no, &self.scoreboard, reo_wnd)
+            {
+                self.timer.set_for_rack(at);
+            }
+        } else if self.recover.is_none()
+            && !self.scoreboard.is_empty()
+            && self.rtte.srtt_sample().is_some()
+            && self.may_probe()
+        {
+            self.timer.set_for_rack(now + reo_wnd);
+        }
+    }
+
+    /// sal-tcp: whether RACK's timer (`crate::rack`) runs to mark the
+    /// oldest segment of a flight of [`rack::LARGE_FLIGHT`] segments or
+    /// more lost outside a recovery, in the reordering window of a path
+    /// not known to reorder: limited transmit waits (see there).
+    fn rack_waits(&self) -> bool {
+        self.flight_size() >= rack::LARGE_FLIGHT * self.effective_mss()
+            && self.recover.is_none()
+            && !self.scoreboard.is_empty()
+            && !self.rack.reord_seen()
+            && matches!(self.timer, Timer::LossProbe { .. })
     }
 
     /// Return the amount of octets queued in the receive buffer. This value can be larger than
@@ -2264,13 +2331,31 @@ impl Socket {
 
         if let Some(ack_number) = ack_field {
             // sal-tcp: what the peer holds above the cumulative ACK, to
-            // choose what to resend (see `crate::sack`).
+            // choose what to resend (see `crate::sack`); and, before it
+            // moves, the holes below the highest SACKed byte: one filled by
+            // a segment sent once shows reordering (`crate::rack`).
+            let prior = self
+                .scoreboard
+                .highest()
+                .map(|h| (h, rack::holes(&self.scoreboard, self.local_seq_no, h)));
             self.scoreboard.trim(ack_number);
             let sacked_before = self.scoreboard.sacked_bytes();
             if self.remote_has_sack {
                 self.note_sack_blocks(now, ack_number, &repr.sack_ranges);
+                if rack::is_dsack(ack_number, &repr.sack_ranges) {
+                    self.rack.on_dsack(ack_number, self.remote_max_seq);
+                }
             }
             let sack_news = self.scoreboard.sacked_bytes() != sacked_before;
+            if let Some((highest, holes)) = prior {
+                // Not while anything resent may be what arrived.
+                if self.recover.is_none()
+                    && self.remote_last_seq == self.remote_max_seq
+                    && rack::holes(&self.scoreboard, ack_number, highest) < holes
+                {
+                    self.rack.on_reordering();
+                }
+            }
             // sal-tcp: the end of a tail loss probe's episode (`crate::tlp`):
             // a probe that filled a hole reduces the window once, as a loss.
             let pure_dup = repr.payload.is_empty()
@@ -2286,20 +2371,6 @@ impl Socket {
                     .on_loss(now, in_flight);
                 self.undo.reduced();
             }
-            if self.sack_recovery
-                && self
-                    .scoreboard
-                    .highest()
-                    .is_some_and(|h| h > self.rxt_fence)
-                && self
-                    .scoreboard
-                    .next_hole(ack_number)
-                    .is_some_and(|(start, _)| start < self.high_rxt)
-            {
-                net_debug!("a retransmission was lost, sending the holes again");
-                self.high_rxt = ack_number;
-            }
-
             match self.local_rx_last_ack {
                 // Duplicate ACK if payload empty and ACK doesn't move send window ->
                 // Increment duplicate ACK count, notify congestion controller and
@@ -2364,6 +2435,7 @@ impl Socket {
                             self.recover = None;
                             self.fast_recovery = false;
                             self.sack_recovery = false;
+                            self.rack.forget_flight();
                         }
                         // sal-tcp: in a SACK-based recovery the scoreboard
                         // shows the holes left (`sack_retransmission`); with
@@ -2484,6 +2556,8 @@ impl Socket {
             net_debug!("SACKed data marks the oldest segment lost, starting fast retransmit");
             self.timer.set_for_fast_retransmit();
         }
+        // sal-tcp: RACK (`crate::rack`), with the timers up to date.
+        self.rack_detect(now);
 
         // start/stop the Zero Window Probe timer.
         if self.remote_win_len == 0
@@ -2972,6 +3046,7 @@ impl Socket {
                 // have reneged; what it holds will be SACKed again).
                 self.scoreboard.clear();
                 self.sack_recovery = false;
+                self.rack.forget_flight();
                 self.tlp.end();
             } else {
                 // If a fast rentrasmit timer expired, we should resend only the earliest unAcked segment
@@ -3001,6 +3076,8 @@ impl Socket {
                 self.high_rxt = self.local_seq_no;
                 self.sack_dup_credit = 0;
                 self.partial_ack_restarted_timer = false;
+                self.rack.forget_flight();
+                self.rack.on_recovery();
                 self.tlp.end();
             }
 
@@ -3072,6 +3149,9 @@ impl Socket {
         let mut resent = false;
         // sal-tcp: this segment is the tail loss probe (`crate::tlp`).
         let mut probe = false;
+        // sal-tcp: this segment resends the oldest byte, whose last
+        // retransmission was lost (`crate::rack`).
+        let mut resent_lost_head = false;
 
         match self.state {
             // We transmit an RST in the CLOSED state. If we ended up in the CLOSED state
@@ -3145,7 +3225,11 @@ impl Socket {
                     resent = true;
                     if self.sack_recovery {
                         self.high_rxt = self.high_rxt.max(self.local_seq_no + size);
-                        self.rxt_fence = self.remote_last_seq;
+                        self.rack.on_resent(
+                            self.local_seq_no,
+                            self.local_seq_no + size,
+                            self.remote_max_seq,
+                        );
                     }
 
                     0
@@ -3156,8 +3240,11 @@ impl Socket {
                     repr.seq_number = seq;
                     payload_offset = offset;
                     payload_len = len.min(device_limit);
-                    self.high_rxt = seq + payload_len;
-                    self.rxt_fence = self.remote_last_seq;
+                    resent_lost_head = seq == self.local_seq_no && self.rack.has_lost();
+                    // Not back, for a retransmission found lost.
+                    self.high_rxt = self.high_rxt.max(seq + payload_len);
+                    self.rack
+                        .on_resent(seq, seq + payload_len, self.remote_max_seq);
                     resent = true;
                     self.hystart.on_retransmit();
                     offset
@@ -3410,10 +3497,13 @@ impl Socket {
                 .post_transmit(now, segment_len);
         }
 
-        if segment_len > 0 && !self.timer.is_retransmit() {
+        if segment_len > 0 && (!self.timer.is_retransmit() || resent_lost_head) {
             // RFC 6298 (5.1) Every time a packet containing data is sent (including a
             // retransmission), if the timer is not running, start it running
             // so that it will expire after RTO seconds.
+            // sal-tcp: and the oldest byte sent again, its last copy lost,
+            // restarts it (Linux's `tcp_xmit_retransmit_queue`): run from
+            // the lost copy, it fired with the new one still on its way.
             let rto = self.rtte.retransmission_timeout();
             self.timer.set_for_retransmit(now, rto);
         }

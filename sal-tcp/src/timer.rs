@@ -33,7 +33,8 @@ pub(crate) enum Timer {
     /// sal-tcp: the tail loss probe's timer (`crate::tlp`), in place of
     /// the retransmission timer: data is in flight, and the probe goes at
     /// `expires_at`, no later than the retransmission timeout would
-    /// have fired (`rto_at`). Same size as the other variants.
+    /// have fired (`rto_at`). Same size as the other variants. Also RACK's
+    /// reordering timer (`crate::rack`).
     LossProbe {
         expires_at: Instant,
         rto_at: Instant,
@@ -148,6 +149,23 @@ impl Timer {
         };
         *self = Timer::LossProbe {
             expires_at: (timestamp + pto).min(rto_at),
+            rto_at,
+        }
+    }
+
+    /// sal-tcp: RACK's timer (`crate::rack`): look for losses again at
+    /// `at`, in the tail loss probe's slot, and no later than the probe or
+    /// the retransmission timeout already running. Only while one of them
+    /// runs: a fast retransmit due, a zero-window probe or the TIME-WAIT
+    /// timer stays.
+    pub(crate) fn set_for_rack(&mut self, at: Instant) {
+        let (expires_at, rto_at) = match *self {
+            Timer::Retransmit { expires_at } => (at, expires_at),
+            Timer::LossProbe { expires_at, rto_at } => (expires_at.min(at), rto_at),
+            _ => return,
+        };
+        *self = Timer::LossProbe {
+            expires_at: expires_at.min(rto_at),
             rto_at,
         }
     }

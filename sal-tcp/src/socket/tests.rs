@@ -7309,6 +7309,138 @@ fn test_sack_recovery_resends_a_retransmission_lost_in_turn() {
     assert_eq!(s.recover, None);
 }
 
+#[test]
+fn test_sack_recovery_resends_a_retransmission_lost_with_nothing_new_sent_after_it() {
+    // sal-tcp: RACK (`crate::rack`): the three holes are resent and
+    // nothing new follows. The second and third retransmissions arrive,
+    // the first does not: sent before them, it was lost, and goes again
+    // at once. Nothing above the highest sequence number sent when it
+    // went is SACKed, so before it waited for the timeout.
+    let mut s = socket_with_eight_segments_in_flight(true);
+    sack_three_losses(&mut s);
+    assert_eq!(sent_now(&mut s, 10).len(), 3);
+    send!(s, time 20, sack_ack(0, &[(6, 48)]));
+    assert_eq!(sent_now(&mut s, 20), [(0, b"abcdef".to_vec())]);
+    // Sent again, it is in flight: not resent on the next ACK.
+    send!(s, time 25, sack_ack(0, &[(6, 48)]));
+    assert!(sent_now(&mut s, 25).is_empty());
+    send!(s, time 30, sack_ack(48, &[]));
+    assert_eq!(s.recover, None);
+}
+
+#[test]
+fn test_a_retransmission_still_in_flight_is_not_taken_for_lost() {
+    // sal-tcp: RACK: the first retransmission arrives, the later ones are
+    // not in yet: nothing sent after them was delivered, so nothing is
+    // resent (sequence order would have called the later holes lost).
+    let mut s = socket_with_eight_segments_in_flight(true);
+    sack_three_losses(&mut s);
+    assert_eq!(sent_now(&mut s, 10).len(), 3);
+    send!(s, time 20, sack_ack(12, &[(18, 24), (30, 48)]));
+    assert!(sent_now(&mut s, 20).is_empty());
+}
+
+#[test]
+fn test_after_reordering_a_lost_retransmission_waits_for_the_reordering_window() {
+    // sal-tcp: RACK: once reordering was seen, a retransmission overtaken
+    // is lost only when the reordering window has passed, and the RACK
+    // timer resends it then.
+    let mut s = socket_with_eight_segments_in_flight(true);
+    s.rack.on_reordering();
+    sack_three_losses(&mut s);
+    assert_eq!(sent_now(&mut s, 10).len(), 3);
+    send!(s, time 20, sack_ack(0, &[(6, 48)]));
+    assert!(sent_now(&mut s, 20).is_empty());
+    let Some(at) = s.poll_at() else {
+        panic!("no timer");
+    };
+    assert!(
+        at > Instant::from_millis(20) && at < Instant::from_millis(30),
+        "{at}"
+    );
+    assert!(sent_now(&mut s, at.total_millis() - 1).is_empty());
+    let at = at.total_millis() + i64::from(at.micros() % 1000 != 0);
+    assert_eq!(sent_now(&mut s, at), [(0, b"abcdef".to_vec())]);
+}
+
+#[test]
+fn test_a_short_flight_loss_is_found_after_the_reordering_window() {
+    // sal-tcp: RACK: segment 3 of the flight 2..5 is SACKed, one segment,
+    // too little for a fast retransmit (three duplicate ACKs, or three
+    // segments SACKed). Segment 2, sent before it, is lost once a quarter
+    // of the least round trip (10 ms) has passed: at 22.5 ms, where the
+    // tail loss probe's timer found it at 30 ms (2 SRTT after the flight).
+    let mut s = socket_four_segments_in_flight(16384);
+    s.remote_has_sack = true;
+    send!(s, time 20, TcpRepr {
+        sack_ranges: [Some(((LOCAL_SEQ + 1 + 3072).0 as u32, (LOCAL_SEQ + 1 + 4096).0 as u32)), None, None],
+        ..ack_of_segments(2)
+    });
+    // Limited transmit (RFC 3042) lets a new segment out meanwhile.
+    assert_eq!(segments_sent(&mut s, 20), [(6144, 1024)]);
+    assert!(segments_sent(&mut s, 22).is_empty());
+    assert_eq!(segments_sent(&mut s, 23), [(2048, 1024)]);
+    assert!(s.sack_recovery);
+}
+
+#[test]
+fn test_a_large_flight_sends_no_limited_transmit_while_rack_waits() {
+    // sal-tcp: RACK (`crate::rack::LARGE_FLIGHT`): slow start brings the
+    // flight to 16 segments; the oldest is lost and the next SACKed. The
+    // duplicate ACK lets nothing out: the fast retransmit, 2.5 ms later (a
+    // quarter of the 10 ms round trip), takes its place.
+    let mut s = socket_four_segments_in_flight(65536);
+    s.remote_has_sack = true;
+    let (mut acked, mut sent, mut now) = (2, 6, 10);
+    while sent - acked < 16 {
+        now += 10;
+        for n in acked + 1..=sent {
+            send!(s, time now, ack_of_segments(n));
+        }
+        acked = sent;
+        sent += segments_sent(&mut s, now).len();
+    }
+    let sack = |from: usize, to: usize| {
+        let edge = |n: usize| (LOCAL_SEQ + 1 + n * 1024).0 as u32;
+        [Some((edge(from), edge(to))), None, None]
+    };
+    now += 10;
+    send!(s, time now, TcpRepr {
+        sack_ranges: sack(acked + 1, acked + 2),
+        ..ack_of_segments(acked)
+    });
+    assert!(segments_sent(&mut s, now).is_empty(), "no limited transmit");
+    assert!(segments_sent(&mut s, now + 2).is_empty());
+    assert_eq!(segments_sent(&mut s, now + 3), [(acked * 1024, 1024)]);
+}
+
+#[test]
+fn test_reordering_within_the_window_is_not_taken_for_loss() {
+    // sal-tcp: RACK: segment 3 is SACKed, then segment 2 arrives within
+    // the reordering window (2.5 ms): nothing is resent, and the
+    // reordering is noted (the window then applies in a recovery too).
+    let mut s = socket_four_segments_in_flight(16384);
+    s.remote_has_sack = true;
+    send!(s, time 20, TcpRepr {
+        sack_ranges: [Some(((LOCAL_SEQ + 1 + 3072).0 as u32, (LOCAL_SEQ + 1 + 4096).0 as u32)), None, None],
+        ..ack_of_segments(2)
+    });
+    assert_eq!(
+        segments_sent(&mut s, 20),
+        [(6144, 1024)],
+        "limited transmit"
+    );
+    assert!(!s.rack.reord_seen());
+    send!(s, time 22, ack_of_segments(4));
+    assert!(s.rack.reord_seen());
+    // New data only (the window opened), nothing resent.
+    for at in [23, 30] {
+        let sent = segments_sent(&mut s, at);
+        assert!(sent.iter().all(|&(offset, _)| offset >= 7168), "{sent:?}");
+    }
+    assert_eq!(s.recover, None);
+}
+
 /// sal-tcp: a SACK peer's socket whose retransmission timeout three
 /// timeouts of its first segment backed off to 8 s; the resent segment's
 /// ACK gave no sample (Karn). Returns it and the time, in milliseconds.
