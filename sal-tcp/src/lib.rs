@@ -601,6 +601,7 @@ pub mod buffer;
 mod config;
 mod congestion;
 mod cookie;
+mod counters;
 mod dsack;
 mod hystart;
 mod rack;
@@ -615,6 +616,7 @@ mod undo;
 pub use config::{Config, ConfigError, MAX_BUFFER, MIN_MSS};
 pub use congestion::CongestionControl;
 pub use cookie::{write_syn_ack, CookieError, CookieParams};
+pub use counters::LossCounters;
 pub use segment::{parse as parse_segment, SegmentError, MAX_HEADER_LEN};
 pub use socket::{ConnectError, ListenError, RecvError, SendError, Socket, State};
 

@@ -102,20 +102,6 @@ const REO_WND_PERSIST: u8 = 16;
 /// millisecond, not none.
 const MIN_REO_WND: Duration = Duration::from_millis(1);
 
-/// Whether an ACK of `ack` opens with a D-SACK (RFC 2883 section 4): a
-/// first SACK block below the cumulative ACK, or within the second block.
-pub(crate) fn is_dsack(ack: TcpSeqNumber, blocks: &[Option<(u32, u32)>; 3]) -> bool {
-    let seq = |(l, r): (u32, u32)| (TcpSeqNumber(l as i32), TcpSeqNumber(r as i32));
-    let Some((left, right)) = blocks[0].map(seq) else {
-        return false;
-    };
-    left < right
-        && (right <= ack
-            || blocks[1]
-                .map(seq)
-                .is_some_and(|(l, r)| l <= left && right <= r))
-}
-
 /// The bytes of `[from, to)` the peer has not SACKed (none if empty).
 pub(crate) fn holes(board: &Scoreboard, from: TcpSeqNumber, to: TcpSeqNumber) -> usize {
     if from < to {
@@ -612,17 +598,6 @@ mod tests {
             Some((s(100), s(200)))
         );
         assert_eq!(rack.lost_bytes(s(100), &b, s(10_000)), 100 * RESENT_SLOTS);
-    }
-
-    #[test]
-    fn a_dsack_is_a_first_block_below_the_ack_or_within_the_second() {
-        let ack = s(1000);
-        let b = |l: i32, r: i32| Some((l as u32, r as u32));
-        assert!(is_dsack(ack, &[b(900, 1000), None, None]));
-        assert!(is_dsack(ack, &[b(1200, 1300), b(1100, 1400), None]));
-        assert!(!is_dsack(ack, &[b(1200, 1300), None, None]));
-        assert!(!is_dsack(ack, &[b(1200, 1300), b(1500, 1600), None]));
-        assert!(!is_dsack(ack, &[None, None, None]));
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::assembler::Assembler;
 use crate::buffer::ElasticBuffer;
 use crate::config::{Config, MIN_MSS};
 use crate::congestion::{self, CongestionControl};
+use crate::counters::LossCounters;
 use crate::dsack::{self, DuplicateReport};
 use crate::hystart::HyStart;
 use crate::rack::{self, Rack};
@@ -353,6 +354,8 @@ pub struct Socket {
     /// sal-tcp: segments (or their tails) dropped because the receive
     /// buffer could not grow under memory pressure.
     pressure_dropped: u64,
+    /// sal-tcp: what loss recovery did (`crate::counters`).
+    loss_counters: LossCounters,
     /// sal-tcp: the most received data the socket offers to hold (see
     /// `set_recv_cap`); `usize::MAX` for its buffer's maximum.
     recv_cap: usize,
@@ -482,6 +485,7 @@ impl Socket {
             ooo_dropped: 0,
             memory_pressure: false,
             pressure_dropped: 0,
+            loss_counters: LossCounters::default(),
             recv_cap: usize::MAX,
             remote_last_win_unscaled: false,
             advertised_max_edge: None,
@@ -1408,6 +1412,7 @@ impl Socket {
     /// (see `crate::undo`).
     fn undo_reduction(&mut self, prior: Prior) {
         net_debug!("all retransmissions were needless, undoing the window reduction");
+        self.loss_counters.undos = self.loss_counters.undos.wrapping_add(1);
         self.congestion_controller.inner_mut().undo(prior);
     }
 
@@ -2342,7 +2347,7 @@ impl Socket {
             let sacked_before = self.scoreboard.sacked_bytes();
             if self.remote_has_sack {
                 self.note_sack_blocks(now, ack_number, &repr.sack_ranges);
-                if rack::is_dsack(ack_number, &repr.sack_ranges) {
+                if dsack::duplicate_block(ack_number, &repr.sack_ranges).is_some() {
                     self.rack.on_dsack(ack_number, self.remote_max_seq);
                 }
             }
@@ -2999,6 +3004,7 @@ impl Socket {
                     // unless the timeout fired in a recovery, or in a
                     // timeout's resending: that episode carries on, its
                     // window before it all (Linux's `tcp_enter_loss`).
+                    self.loss_counters.timeouts = self.loss_counters.timeouts.wrapping_add(1);
                     let carry_on =
                         self.recover.is_some() || self.remote_last_seq < self.remote_max_seq;
                     if !(self.undo.is_open() && carry_on) {
@@ -3069,6 +3075,8 @@ impl Socket {
                 self.pending_fast_retransmit = true;
                 self.recover = Some(self.remote_max_seq);
                 self.fast_recovery = true;
+                self.loss_counters.fast_retransmits =
+                    self.loss_counters.fast_retransmits.wrapping_add(1);
                 // sal-tcp: SACK-based if the peer SACKs, and no timeout's
                 // resending is under way (the scoreboard was forgotten).
                 self.sack_recovery =
@@ -3483,6 +3491,9 @@ impl Socket {
             if probe && repr.seq_number < max_before {
                 self.begin_undo(false);
             }
+            if probe {
+                self.loss_counters.loss_probes = self.loss_counters.loss_probes.wrapping_add(1);
+            }
             if repr.seq_number < max_before {
                 let end = (repr.seq_number + segment_len).min(max_before);
                 self.undo.resent(repr.seq_number, end);
@@ -3750,6 +3761,12 @@ impl Socket {
     /// was created). Each costs the peer a retransmission.
     pub fn pressure_dropped(&self) -> u64 {
         self.pressure_dropped
+    }
+
+    /// What this socket's loss recovery did since it was created
+    /// (`crate::counters`).
+    pub fn loss_counters(&self) -> LossCounters {
+        self.loss_counters
     }
 
     /// sal-tcp: the part of a received payload at `payload_offset` past the

@@ -18,7 +18,11 @@
 //! the timeouts and rewinds, and sal-tcp's tail loss probes (data sent on
 //! a timer that is not the timeout's resend of the oldest segment; a
 //! probe or a fast retransmit at the probe timeout that resends that one
-//! counts as a timeout). `STALL_TRACE=<loss>:<seed>` runs that
+//! counts as a timeout). Seen from the outside, a fast retransmit on
+//! RACK's timer (sal-tcp's `rack`) is a resend on a timer too, and so
+//! counts as a timeout there: the sender's own counters (the host's
+//! `tcp_timeouts`, `tcp_fast_retransmits`, `tcp_loss_probes`, `tcp_undos`)
+//! tell them apart, and are printed beside. `STALL_TRACE=<loss>:<seed>` runs that
 //! transfer alone and prints each timeout and rewind, and the segments and
 //! ACKs of each stall of a second or more; `STALL_WINDOW=<from>:<to>`
 //! (seconds from the first data segment) prints that stretch instead.
@@ -73,6 +77,9 @@ struct Run {
     timeouts: usize,
     /// Why each timeout came (see [`cause`]).
     causes: Vec<(Duration, &'static str)>,
+    /// The sender's own count of its retransmission timeouts, fast
+    /// retransmits, tail loss probes and undone window reductions.
+    counted: [u64; 4],
     /// Tail loss probes: segments sent on a timer that are not a resend
     /// of the oldest unacknowledged byte (new data, or the last segment
     /// again). A probe that resends the oldest segment (one in flight)
@@ -125,8 +132,15 @@ fn run(loss: f64, seed: u64) -> Run {
         net.host(b).flow(bflow).unwrap(),
     );
     let log = log.borrow().clone();
+    let stats = net.host(b).stats();
     Run {
         moves: fa.migrations + fa.peer_moves + fb.migrations + fb.peer_moves,
+        counted: [
+            stats.tcp_timeouts,
+            stats.tcp_fast_retransmits,
+            stats.tcp_loss_probes,
+            stats.tcp_undos,
+        ],
         ..analyse(log, received == data)
     }
 }
@@ -208,6 +222,7 @@ fn analyse(log: Vec<Seen>, exact: bool) -> Run {
         long_stalls,
         timeouts,
         causes,
+        counted: [0; 4],
         probes,
         rewinds,
         exact,
@@ -400,11 +415,20 @@ fn measure_stalls_through_random_loss() {
         eprintln!(
             "loss {loss}, {} seeds: took median {took50:.2} s, p90 {took90:.2} s, max {took_max:.2} s; \
              longest stall median {stall50:.2} s, p90 {stall90:.2} s, max {stall_max:.2} s; \
-             {long} stalls >= 1 s; timeouts {} in all, at most {} in a run; {} rewinds",
+             {long} stalls >= 1 s; resends on a timer (timeouts, RACK) {} in all, at most {} in a run; {} rewinds",
             runs.len(),
             timeouts.iter().sum::<usize>(),
             timeouts.iter().max().unwrap(),
             runs.iter().map(|r| r.rewinds.len()).sum::<usize>()
+        );
+        let counted = |i: usize| runs.iter().map(|r| r.counted[i]).sum::<u64>();
+        eprintln!(
+            "    the sender counted: {} retransmission timeouts, {} fast retransmits, \
+             {} tail loss probes, {} window reductions undone",
+            counted(0),
+            counted(1),
+            counted(2),
+            counted(3)
         );
         let sent: Vec<&Seen> = runs
             .iter()

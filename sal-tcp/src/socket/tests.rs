@@ -9735,3 +9735,29 @@ fn test_an_ack_older_than_the_largest_window_draws_a_challenge_ack() {
     // Rate-limited: the next one within the second draws nothing.
     send!(s, old);
 }
+
+#[test]
+fn test_loss_recovery_is_counted_as_it_is_decided() {
+    // sal-tcp: a tail loss probe, then a retransmission timeout, each
+    // counted once where the socket decides it (`crate::counters`).
+    let mut s = socket_established_with_buffer_sizes(256, 64);
+    s.set_nagle_enabled(false);
+    s.remote_has_sack = true;
+    s.remote_mss = 6;
+    s.send_slice(b"012345").unwrap();
+    assert_eq!(sent_now(&mut s, 1000).len(), 1);
+    send!(s, time 1000, sack_ack(6, &[]));
+    assert_eq!(s.loss_counters(), LossCounters::default());
+    s.send_slice(b"abcdefghijklmnopqr").unwrap();
+    assert_eq!(sent_now(&mut s, 1000).len(), 3);
+    // Nothing acknowledged: the probe goes first, then the timeout.
+    let probe_at = s.poll_at().expect("a probe timer");
+    assert_eq!(sent_now(&mut s, probe_at.total_millis()).len(), 1);
+    assert_eq!(s.loss_counters().loss_probes, 1);
+    assert_eq!(s.loss_counters().timeouts, 0);
+    let rto_at = s.poll_at().expect("the retransmission timer");
+    assert!(!sent_now(&mut s, rto_at.total_millis()).is_empty());
+    let counted = s.loss_counters();
+    assert_eq!((counted.loss_probes, counted.timeouts), (1, 1));
+    assert_eq!((counted.fast_retransmits, counted.undos), (0, 0));
+}

@@ -216,6 +216,24 @@ pub struct HostStats {
     /// rare for a legitimate sender, the trace of a peer parking far bytes.
     #[serde(default)]
     pub ooo_dropped: u64,
+    /// Retransmission timeouts of stream flows' data (Linux's
+    /// `TCPTimeouts`): losses nothing else repaired in time, each a stall
+    /// of at least 200 ms plus a round trip.
+    #[serde(default)]
+    pub tcp_timeouts: u64,
+    /// Fast retransmits of stream flows: losses found by duplicate ACKs,
+    /// SACKed data or RACK's reordering window, and repaired within a
+    /// round trip or so.
+    #[serde(default)]
+    pub tcp_fast_retransmits: u64,
+    /// Tail loss probes stream flows sent (Linux's `TCPLossProbes`).
+    #[serde(default)]
+    pub tcp_loss_probes: u64,
+    /// Window reductions stream flows undid because the peer reported
+    /// every retransmission since as a duplicate (Linux's `TCPDSACKUndo`):
+    /// losses that were not.
+    #[serde(default)]
+    pub tcp_undos: u64,
     /// Half-open server flows freed because their client never
     /// completed the handshake.
     #[serde(default)]

@@ -39,7 +39,7 @@
 //! step, at most its maximum) plus a first allocation (`min_buffer`) per
 //! direction per flow that held none.
 
-use sal_tcp::{RecvError, Socket, State, TcpSeqNumber};
+use sal_tcp::{LossCounters, RecvError, Socket, State, TcpSeqNumber};
 use smoltcp::time::{Duration, Instant};
 
 use super::control::ControlKind;
@@ -75,10 +75,24 @@ fn segment_kind(segment: &[u8]) -> (u8, bool) {
     (flags, asks)
 }
 
-/// A socket's counters of data it dropped for memory: out-of-order data
-/// beyond what received data justifies, and data refused under pressure.
-fn socket_drops(socket: &Socket) -> (u64, u64) {
-    (socket.out_of_order_dropped(), socket.pressure_dropped())
+/// A socket's counters the host adds up: data it dropped for memory
+/// (out-of-order data beyond what received data justifies, data refused
+/// under pressure), and what its loss recovery did.
+#[derive(Debug, Clone, Copy)]
+struct SocketCounters {
+    ooo_dropped: u64,
+    pressure_dropped: u64,
+    loss: LossCounters,
+}
+
+impl SocketCounters {
+    fn of(socket: &Socket) -> SocketCounters {
+        SocketCounters {
+            ooo_dropped: socket.out_of_order_dropped(),
+            pressure_dropped: socket.pressure_dropped(),
+            loss: socket.loss_counters(),
+        }
+    }
 }
 
 /// The stream-specific part of a flow.
@@ -146,11 +160,19 @@ pub(super) enum StreamOutput {
 }
 
 impl Host {
-    /// Adds to the host's drop counters what a socket's moved by since
-    /// `before` (its [`socket_drops`] then).
-    fn account_drops(&mut self, before: (u64, u64), after: (u64, u64)) {
-        self.stats.ooo_dropped += after.0.saturating_sub(before.0);
-        self.stats.pressure_dropped += after.1.saturating_sub(before.1);
+    /// Adds to the host's counters what a socket's moved by since
+    /// `before` (its [`SocketCounters`] then).
+    fn account_counters(&mut self, before: SocketCounters, after: SocketCounters) {
+        let stats = &mut self.stats;
+        stats.ooo_dropped += after.ooo_dropped.saturating_sub(before.ooo_dropped);
+        stats.pressure_dropped += after
+            .pressure_dropped
+            .saturating_sub(before.pressure_dropped);
+        let loss = after.loss.since(before.loss);
+        stats.tcp_timeouts += u64::from(loss.timeouts);
+        stats.tcp_fast_retransmits += u64::from(loss.fast_retransmits);
+        stats.tcp_loss_probes += u64::from(loss.loss_probes);
+        stats.tcp_undos += u64::from(loss.undos);
     }
 
     /// The socket of an established stream flow (or of a dead one, whose
@@ -387,10 +409,10 @@ impl Host {
             return false;
         };
         Host::bound_socket(socket, pressure, unaccepted);
-        let (before, drops_before) = (socket.buffer_memory(), socket_drops(socket));
+        let (before, drops_before) = (socket.buffer_memory(), SocketCounters::of(socket));
         let was = (socket.send_queue(), socket.recv_queue(), socket.state());
         let handled = socket.handle_segment(now, segment);
-        let (after, drops_after) = (socket.buffer_memory(), socket_drops(socket));
+        let (after, drops_after) = (socket.buffer_memory(), SocketCounters::of(socket));
         let sent_on = socket.send_queue() < was.0 || socket.state() != was.2;
         // While our data waits on the path (the peer's window open), only
         // what proves it got through counts: an acknowledgement that moved
@@ -407,7 +429,7 @@ impl Host {
                 stream.peer_ack(segment, progress)
             };
         self.account_buffers(charge, before, after);
-        self.account_drops(drops_before, drops_after);
+        self.account_counters(drops_before, drops_after);
         if handled.is_err() {
             self.stats.malformed += 1;
             return false;
@@ -604,17 +626,17 @@ impl Host {
         let room = if bare { BASE_HEADER_LEN } else { 0 };
         Host::bound_socket(socket, pressure, unaccepted);
         let (state_before, memory_before) = (socket.state(), socket.buffer_memory());
-        let drops_before = socket_drops(socket);
+        let drops_before = SocketCounters::of(socket);
         let segment = out.get_mut(room..).unwrap_or_default();
         let written = socket.poll_transmit(now, src.ip(), dst.ip(), segment);
         let changed = socket.state() != state_before;
-        let (memory_after, drops_after) = (socket.buffer_memory(), socket_drops(socket));
+        let (memory_after, drops_after) = (socket.buffer_memory(), SocketCounters::of(socket));
         if written.is_some() {
             stream.ack_owed = false;
         }
         self.stats.sockets_driven += 1;
         self.account_buffers(charge, memory_before, memory_after);
-        self.account_drops(drops_before, drops_after);
+        self.account_counters(drops_before, drops_after);
         if changed {
             // A timer closed or reset the connection: the flow must see it.
             self.mark_dirty(id);
