@@ -1948,8 +1948,17 @@ impl Socket {
                         false
                     }
                     (false, false) => {
+                        // sal-tcp: a FIN occupies a sequence number (RFC
+                        // 9293 3.10.7.4 counts it in SEG.LEN): data all
+                        // received before, followed by a FIN at RCV.NXT,
+                        // is a new FIN (a retransmission that took the FIN
+                        // along). smoltcp dropped it, and the peer waited
+                        // for a timeout to send it alone.
+                        let fin_at_edge =
+                            repr.control == TcpControl::Fin && segment_end == window_start;
                         if (window_start <= segment_start && segment_start < window_end)
                             || (window_start < segment_end && segment_end <= window_end)
+                            || fin_at_edge
                         {
                             true
                         } else {

@@ -36,13 +36,45 @@
 //! resent, and real losses were taken for spurious timeouts (`heavy_loss`
 //! at 20 %, MSS 200: median 68 -> 81 s).
 //!
-//! An episode counts bytes, not segments: a D-SACK of part of a
-//! retransmission (the peer held part of it, and lacked the rest) leaves
-//! the rest counted, and no undo follows. A D-SACK that never comes (its
+//! An episode keeps the ranges it retransmitted, and a D-SACK takes out
+//! of them the bytes it names: the reduction is undone when none is left.
+//! Bytes, not segments: a D-SACK of part of a retransmission (the peer
+//! held part of it, and lacked the rest) leaves the rest, and no undo
+//! follows. Bytes never retransmitted (an original the network
+//! duplicated) take nothing out, and neither does a D-SACK counted
+//! already (its ACK duplicated): counting D-SACKed bytes, whichever, let
+//! either undo a recovery that repaired a real loss. A byte retransmitted
+//! twice in an episode, or more ranges than are kept, and the episode is
+//! not undone (one D-SACK cannot tell which copy was needless; Linux
+//! counts each retransmission, and would want two). Retransmissions
+//! still outstanding at a new episode carry over to it (Linux's
+//! `tcp_init_undo` counts `retrans_out`). A D-SACK that never comes (its
 //! ACK lost) only leaves the reduction in place, as without this module.
-//! The state is 17 bytes a socket, no allocation.
+//! The state is 48 bytes a socket, no allocation.
 
 use smoltcp::wire::TcpSeqNumber;
+
+/// How many retransmitted ranges an episode keeps: SACK recovery resends
+/// holes, a timeout resends from SND.UNA on (one range growing), a probe
+/// one segment. More, and the episode is not undone.
+const RANGES: usize = 4;
+
+/// `[start, end)` of the sequence space; empty when `start == end`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Range {
+    start: TcpSeqNumber,
+    end: TcpSeqNumber,
+}
+
+impl Range {
+    fn is_empty(&self) -> bool {
+        self.start >= self.end
+    }
+
+    fn overlaps(&self, start: TcpSeqNumber, end: TcpSeqNumber) -> bool {
+        !self.is_empty() && start < self.end && self.start < end
+    }
+}
 
 /// The window reduction that may be undone, and the retransmissions since
 /// it began.
@@ -51,9 +83,12 @@ pub(crate) struct Undo {
     /// The oldest unacknowledged byte when the episode began (Linux's
     /// `undo_marker`): only D-SACKs of bytes from there count.
     marker: TcpSeqNumber,
-    /// Bytes retransmitted in the episode and not yet D-SACKed (Linux's
-    /// `undo_retrans`, in bytes).
-    retrans: u32,
+    /// The ranges retransmitted in the episode and not yet D-SACKed
+    /// (Linux's `undo_retrans`, as ranges of bytes).
+    resent: [Range; RANGES],
+    /// A byte was retransmitted twice, or more ranges than `resent` holds:
+    /// the D-SACKs cannot show every retransmission needless.
+    untracked: bool,
     /// The congestion window before the episode's reduction (without fast
     /// recovery's inflation).
     prior_cwnd: u32,
@@ -99,10 +134,24 @@ impl Undo {
     /// A reduction, or a retransmission that may bring one (a tail loss
     /// probe), begins a new episode at `una`, the window having been
     /// `prior` until now. `reduced` says whether the window is cut now.
+    /// The retransmissions of an open episode at or above `una` carry
+    /// over: they were not shown needless.
     pub(crate) fn begin(&mut self, una: TcpSeqNumber, prior: Prior, reduced: bool) {
+        let mut resent = [Range::default(); RANGES];
+        if self.is_open() {
+            for (new, old) in resent.iter_mut().zip(self.resent) {
+                if old.overlaps(una, old.end) {
+                    *new = Range {
+                        start: old.start.max(una),
+                        end: old.end,
+                    };
+                }
+            }
+        }
         *self = Undo {
             marker: una,
-            retrans: 0,
+            resent,
+            untracked: false,
             prior_cwnd: clamp(prior.cwnd),
             prior_ssthresh: clamp(prior.ssthresh),
             stage: if reduced { Stage::Reduced } else { Stage::Open },
@@ -130,15 +179,35 @@ impl Undo {
 
     /// `[start, end)` was retransmitted.
     pub(crate) fn resent(&mut self, start: TcpSeqNumber, end: TcpSeqNumber) {
-        if self.is_open() && start >= self.marker && start < end {
-            self.retrans = self.retrans.saturating_add(clamp(end - start));
+        if !self.is_open() || start < self.marker || start >= end {
+            return;
+        }
+        if self.resent.iter().any(|r| r.overlaps(start, end)) {
+            self.untracked = true;
+            return;
+        }
+        // Joined to a range it continues (a timeout's resending, segment
+        // after segment), or a range of its own.
+        let mut new = Range { start, end };
+        for r in self.resent.iter_mut() {
+            if !r.is_empty() && (r.end == new.start || new.end == r.start) {
+                new = Range {
+                    start: r.start.min(new.start),
+                    end: r.end.max(new.end),
+                };
+                *r = Range::default();
+            }
+        }
+        match self.resent.iter_mut().find(|r| r.is_empty()) {
+            Some(free) => *free = new,
+            None => self.untracked = true,
         }
     }
 
     /// The peer D-SACKed `[left, right)`, within what was sent (`max`,
     /// the highest sequence number sent): the window to restore if that
-    /// was the last retransmitted byte of an episode whose window was cut
-    /// (the episode then ends).
+    /// named the last retransmitted bytes of an episode whose window was
+    /// cut (the episode then ends).
     pub(crate) fn on_dsack(
         &mut self,
         left: TcpSeqNumber,
@@ -148,12 +217,43 @@ impl Undo {
         if !self.is_open() || left < self.marker || right > max || left >= right {
             return None;
         }
-        if self.retrans == 0 {
-            // Not one of ours (the network duplicated a segment).
-            return None;
+        // Take [left, right) out of every range it meets; a range cut in
+        // two needs a free slot for its right part, or stays whole.
+        let mut taken = false;
+        for i in 0..RANGES {
+            let r = self.resent[i];
+            if !r.overlaps(left, right) {
+                continue;
+            }
+            let below = Range {
+                start: r.start,
+                end: left,
+            };
+            let above = Range {
+                start: right,
+                end: r.end,
+            };
+            match (below.is_empty(), above.is_empty()) {
+                (true, true) => self.resent[i] = Range::default(),
+                (false, true) => self.resent[i] = below,
+                (true, false) => self.resent[i] = above,
+                (false, false) => {
+                    let Some(free) = self.resent.iter().position(|r| r.is_empty()) else {
+                        continue;
+                    };
+                    self.resent[i] = below;
+                    self.resent[free] = above;
+                }
+            }
+            taken = true;
         }
-        self.retrans = self.retrans.saturating_sub(clamp(right - left));
-        if self.retrans > 0 || self.stage != Stage::Reduced {
+        // Nothing of ours (the network duplicated a segment, or an ACK),
+        // or retransmissions left, or none that could be counted.
+        if !taken
+            || self.untracked
+            || self.stage != Stage::Reduced
+            || self.resent.iter().any(|r| !r.is_empty())
+        {
             return None;
         }
         self.stage = Stage::Closed;
@@ -218,5 +318,67 @@ mod tests {
         u.resent(s(1000), s(1100));
         u.reduced();
         assert_eq!(u.on_dsack(s(1000), s(1100), s(9000)), Some(PRIOR));
+    }
+
+    #[test]
+    fn only_dsacks_of_bytes_resent_count_and_each_once() {
+        let mut u = Undo::default();
+        u.begin(s(1000), PRIOR, true);
+        u.resent(s(1000), s(1100));
+        u.resent(s(1100), s(1200));
+        u.resent(s(2000), s(2100));
+        // An original the network duplicated, and a D-SACK counted twice.
+        assert_eq!(u.on_dsack(s(3000), s(3100), s(9000)), None);
+        assert_eq!(u.on_dsack(s(1000), s(1200), s(9000)), None);
+        assert_eq!(u.on_dsack(s(1000), s(1200), s(9000)), None);
+        assert!(u.is_open());
+        // A block wider than the retransmission counts its bytes resent.
+        assert_eq!(u.on_dsack(s(1900), s(2200), s(9000)), Some(PRIOR));
+    }
+
+    #[test]
+    fn a_dsack_inside_a_retransmission_leaves_both_ends() {
+        let mut u = Undo::default();
+        u.begin(s(1000), PRIOR, true);
+        u.resent(s(1000), s(1300));
+        assert_eq!(u.on_dsack(s(1100), s(1200), s(9000)), None);
+        assert_eq!(u.on_dsack(s(1000), s(1100), s(9000)), None);
+        assert_eq!(u.on_dsack(s(1200), s(1300), s(9000)), Some(PRIOR));
+    }
+
+    #[test]
+    fn bytes_resent_twice_or_too_many_ranges_are_not_undone() {
+        let mut u = Undo::default();
+        u.begin(s(1000), PRIOR, true);
+        u.resent(s(1000), s(1100));
+        u.resent(s(1000), s(1100));
+        assert_eq!(u.on_dsack(s(1000), s(1100), s(9000)), None);
+        u.begin(s(0), PRIOR, true);
+        for i in 0..=RANGES as i32 {
+            u.resent(s(i * 200), s(i * 200 + 100));
+        }
+        for i in 0..=RANGES as i32 {
+            assert_eq!(u.on_dsack(s(i * 200), s(i * 200 + 100), s(9000)), None);
+        }
+    }
+
+    #[test]
+    fn retransmissions_outstanding_carry_over_to_a_new_episode() {
+        let mut u = Undo::default();
+        u.begin(s(1000), PRIOR, false);
+        u.resent(s(1000), s(1100));
+        u.resent(s(5000), s(5100));
+        // A fast retransmit at 2000: the probe's 5000.. is not shown
+        // needless; 1000.. is below the episode.
+        u.begin(s(2000), PRIOR, true);
+        u.resent(s(2000), s(2100));
+        assert_eq!(u.on_dsack(s(2000), s(2100), s(9000)), None);
+        assert_eq!(u.on_dsack(s(1000), s(1100), s(9000)), None);
+        assert_eq!(u.on_dsack(s(5000), s(5100), s(9000)), Some(PRIOR));
+    }
+
+    #[test]
+    fn the_state_stays_small() {
+        assert!(core::mem::size_of::<Undo>() <= 48);
     }
 }

@@ -9650,6 +9650,49 @@ fn test_a_recovery_whose_retransmissions_were_all_dsacked_is_undone() {
 }
 
 #[test]
+fn test_a_dsack_of_bytes_never_resent_undoes_nothing() {
+    // sal-tcp, from the review of the undo: the peer D-SACKs two of the
+    // three holes resent; the third was lost for real. The network then
+    // duplicates an original segment never resent (36..42), which the
+    // peer D-SACKs too. That D-SACK says nothing of the retransmissions:
+    // the window stays reduced (the undo counted bytes, whichever).
+    let mut s = socket_with_eight_segments_in_flight(true);
+    s.congestion_controller
+        .inner_mut()
+        .set_initial_window(6, false);
+    let before = s.congestion_controller.inner().window();
+    sack_three_losses(&mut s);
+    assert_eq!(sent_now(&mut s, 10).len(), 3);
+    send!(s, time 20, sack_ack(48, &[(0, 6)]));
+    send!(s, time 20, sack_ack(48, &[(12, 18)]));
+    send!(s, time 20, sack_ack(48, &[(36, 42)]));
+    assert!(s.congestion_controller.inner().window() < before);
+}
+
+#[test]
+fn test_a_duplicated_dsack_counts_once() {
+    // sal-tcp, from the review of the undo: the ACK that D-SACKs the first
+    // resent hole is duplicated by the network. Two D-SACKs of the same
+    // six bytes are not the D-SACKs of two retransmissions: the third
+    // hole was lost for real, and the window stays reduced.
+    let mut s = socket_with_eight_segments_in_flight(true);
+    s.congestion_controller
+        .inner_mut()
+        .set_initial_window(6, false);
+    let before = s.congestion_controller.inner().window();
+    sack_three_losses(&mut s);
+    assert_eq!(sent_now(&mut s, 10).len(), 3);
+    send!(s, time 20, sack_ack(48, &[(0, 6)]));
+    send!(s, time 20, sack_ack(48, &[(0, 6)]));
+    send!(s, time 20, sack_ack(48, &[(12, 18)]));
+    assert!(s.congestion_controller.inner().window() < before);
+    // A D-SACK spanning bytes resent and bytes never resent counts only
+    // the bytes resent: the third hole's D-SACK still undoes it.
+    send!(s, time 20, sack_ack(48, &[(24, 36)]));
+    assert_eq!(s.congestion_controller.inner().window(), before);
+}
+
+#[test]
 fn test_a_probe_whose_original_arrived_has_its_reduction_undone() {
     // sal-tcp: the probe resent the last segment; the ACKs of the original
     // and of the probe were lost, so an ACK past it found the probe had
@@ -9760,4 +9803,38 @@ fn test_loss_recovery_is_counted_as_it_is_decided() {
     let counted = s.loss_counters();
     assert_eq!((counted.loss_probes, counted.timeouts), (1, 1));
     assert_eq!((counted.fast_retransmits, counted.undos), (0, 0));
+}
+
+#[test]
+fn test_a_fin_behind_data_received_before_is_taken() {
+    // sal-tcp, from the review of D-SACK: the peer resends "abc", which
+    // arrived, with a FIN that did not (a retransmission that took the FIN
+    // along). The FIN is new: taken, and the bytes D-SACKed. smoltcp took
+    // the whole segment for an old one and dropped the FIN.
+    let mut s = socket_established();
+    s.remote_has_sack = true;
+    let data = TcpRepr {
+        seq_number: REMOTE_SEQ + 1,
+        ack_number: Some(LOCAL_SEQ + 1),
+        payload: &b"abc"[..],
+        ..SEND_TEMPL
+    };
+    send(&mut s, Instant::ZERO, &data);
+    let reply = send(
+        &mut s,
+        Instant::ZERO,
+        &TcpRepr {
+            control: TcpControl::Fin,
+            ..data
+        },
+    );
+    assert_eq!(reply, None);
+    assert_eq!(s.state, State::CloseWait);
+    // Its ACK, the D-SACK block leading.
+    let dsack = |at: usize| (REMOTE_SEQ + 1 + at).0 as u32;
+    recv(&mut s, Instant::ZERO, |r| {
+        let r = r.unwrap();
+        assert_eq!(r.ack_number, Some(REMOTE_SEQ + 1 + 3 + 1));
+        assert_eq!(r.sack_ranges[0], Some((dsack(0), dsack(3))));
+    });
 }
