@@ -22,6 +22,7 @@ use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{ready, Context, Poll};
 
 use nix::sys::socket::{getsockopt, recv, send, setsockopt, sockopt, MsgFlags, UnixAddr};
@@ -126,12 +127,24 @@ impl AppSocket {
     /// before it hangs up, for the application's shim to tell the hang-up
     /// from a reset alone (`socket_shim::reset`): a socketpair carries no
     /// error, and both ways shut down look the same whatever came first.
-    /// The mark is an address: the socket is bound to an abstract name the
-    /// kernel picks (autobind), which the other end's `getpeername` shows
-    /// from then on, after this end is closed too. Best effort: a socket
-    /// left unmarked reads as reset.
+    /// The mark is an address, any address: the socket is bound to an
+    /// abstract name, which the other end's `getpeername` shows from then
+    /// on, after this end is closed too. The name is this daemon's own
+    /// (its process ID and a count), taken in one lookup; the kernel's
+    /// autobind, which the first version used, searches its 2^20 names
+    /// from a random start, on sald's one thread, and would walk them all
+    /// once they were nearly taken (by a local user holding a million
+    /// autobound sockets, say). Autobind is left for a name someone else
+    /// holds. Best effort: a socket left unmarked reads as reset.
     pub fn mark_ended(&self) {
-        let _ = nix::sys::socket::bind(self.raw(), &UnixAddr::new_unnamed());
+        static MARKS: AtomicU64 = AtomicU64::new(0);
+        let n = MARKS.fetch_add(1, Ordering::Relaxed);
+        let name = format!("sald-ended-{}-{n:x}", std::process::id());
+        let bound = UnixAddr::new_abstract(name.as_bytes())
+            .and_then(|addr| nix::sys::socket::bind(self.raw(), &addr));
+        if bound.is_err() {
+            let _ = nix::sys::socket::bind(self.raw(), &UnixAddr::new_unnamed());
+        }
     }
 
     /// The most memory what is written into this socket may hold until

@@ -35,7 +35,8 @@
 //! after a pause, and an application that shut its reading down
 //! (`SHUT_RD`) but keeps its end has what comes thrown away, so that the
 //! peer's end of stream or reset still reaches it (and the flow's window
-//! does not shut for good).
+//! does not shut for good); its close then resets the flow, as a TCP
+//! socket's close with bytes unread does.
 //!
 //! A stream flow delivered into an application's accept queue (`Deliver`)
 //! may wait there, while the peer sends, for as long as the application
@@ -88,6 +89,7 @@ use sal::proto::{ConnectError, Host, HostError};
 use sal::FlowId;
 use sal_control::DatagramFrame;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use crate::accept_queue::AcceptQueue;
 use crate::app_socket::{AppSocket, PeerEnd};
@@ -152,6 +154,33 @@ const CALLS_PER_TURN: usize = 16;
 /// waiting for that would spin.
 const TRANSIENT_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
 
+/// Down's wait after a write into the socket failed for want of kernel
+/// memory: the moment it writes again. A deadline, not a wait started
+/// afresh at each turn of the pump: whatever else wakes the pump (the
+/// application writing, the peer's acknowledgements) would put it off
+/// each time, and down would stay stopped for as long as up is busy.
+#[derive(Debug, Default, Clone, Copy)]
+struct Pause(Option<Instant>);
+
+impl Pause {
+    /// A write failed for want of memory at `now`: down waits
+    /// [`TRANSIENT_PAUSE`].
+    fn start(&mut self, now: Instant) {
+        self.0 = Some(now + TRANSIENT_PAUSE);
+    }
+
+    /// When down may write again, if it is paused still (a pause that is
+    /// over is forgotten). `now` is called only while paused: the clock is
+    /// not read on every turn of every flow.
+    fn until(&mut self, now: impl FnOnce() -> Instant) -> Option<Instant> {
+        let until = self.0?;
+        if until <= now() {
+            self.0 = None;
+        }
+        self.0
+    }
+}
+
 /// What a turn of [`StreamPump::turn`] found.
 #[derive(Debug, Default, Clone, Copy)]
 struct Turn {
@@ -166,9 +195,9 @@ struct Turn {
     hang_up: bool,
     /// A direction stopped at its call limit, not for want of bytes.
     again: bool,
-    /// Down's write failed for want of kernel memory: it tries again after
-    /// [`TRANSIENT_PAUSE`].
-    pause: bool,
+    /// Down's write failed for want of kernel memory: it tries again at
+    /// this moment ([`Pause`]).
+    pause: Option<Instant>,
 }
 
 /// The two directions of a stream flow's pump.
@@ -190,9 +219,14 @@ struct StreamPump {
     /// peer's end of stream or a reset, which it still tells the
     /// application as it would have (see [`StreamPump::pump_down`]).
     discard: bool,
+    /// Down threw bytes away (`discard`): the application never read
+    /// them, so its close resets the flow, as Linux resets a TCP socket
+    /// closed with data unread, which after `SHUT_RD` is whatever arrived
+    /// since and was not read (see [`StreamPump::application_closed`]).
+    discarded: bool,
     /// A write into the socket failed for want of kernel memory: down
-    /// writes again once [`TRANSIENT_PAUSE`] has passed.
-    paused: bool,
+    /// writes again once [`TRANSIENT_PAUSE`] has passed since.
+    pause: Pause,
     /// The socket was seen readable and not read dry since: only then does
     /// up read, because reading into the send buffer makes the buffer
     /// allocate its memory, and an idle flow should hold none.
@@ -259,7 +293,8 @@ impl StreamPump {
         if self.unconfirmed && self.taken_from_queue {
             self.taken(host, socket, &mut turn);
         }
-        if self.down && !self.paused {
+        let paused = self.pause.until(Instant::now).is_some();
+        if self.down && !paused {
             if self.unconfirmed {
                 self.unconfirmed_down(host, socket, &mut turn);
             } else {
@@ -267,8 +302,8 @@ impl StreamPump {
             }
         }
         turn.read = self.up && !self.readable;
-        turn.write = self.down && !self.writable && !self.paused && !self.discard;
-        turn.pause = self.down && self.paused;
+        turn.pause = self.down.then(|| self.pause.until(Instant::now)).flatten();
+        turn.write = self.down && !self.writable && turn.pause.is_none() && !self.discard;
         turn.hang_up = self.shut && self.down;
         turn
     }
@@ -333,7 +368,9 @@ impl StreamPump {
 
     /// The application closed its socket (or shut it down both ways)
     /// after it shut its sending down: nobody will read what comes down.
-    /// If bytes of ours were left `unread` in it, the flow is reset at once
+    /// If bytes of ours were left `unread` in it, or thrown away after it
+    /// shut its reading down (`discarded`: the peer would otherwise take
+    /// them for read, where TCP's close resets), the flow is reset at once
     /// ([`StreamPump::reset`]). Otherwise down is over, and the flow is
     /// closed as the pump ends, not left waiting for a peer that may never
     /// send a byte, which only a write could have noticed: that close
@@ -341,7 +378,7 @@ impl StreamPump {
     /// come later ([`Host::close`]), and bounds the wait for the peer's end
     /// by the orphan timeout, as a closed TCP socket's FIN-WAIT-2.
     fn application_closed(&mut self, unread: bool, host: &mut Host, turn: &mut Turn) {
-        if unread {
+        if unread || self.discarded {
             self.reset(host, turn);
         } else {
             self.down = false;
@@ -444,9 +481,10 @@ impl StreamPump {
                 moved(send(socket.raw(), data, MsgFlags::MSG_NOSIGNAL).map_err(io::Error::from))
             });
             match written {
-                Ok(Some(Ok(_))) => {
+                Ok(Some(Ok(n))) => {
                     turn.moved = true;
                     wrote = true;
+                    self.discarded |= discard && n > 0;
                 }
                 Ok(Some(Err(error))) if error.kind() == io::ErrorKind::WouldBlock => {
                     self.writable = false;
@@ -474,7 +512,7 @@ impl StreamPump {
                 }
                 Ok(Some(Err(error))) => match write_failure(&error, || socket.peer_end()) {
                     WriteFailure::Transient => {
-                        self.paused = true;
+                        self.pause.start(Instant::now());
                         return wrote;
                     }
                     WriteFailure::ReadingShut => {
@@ -571,7 +609,8 @@ pub async fn stream(
         shut: false,
         hung_up: false,
         discard: false,
-        paused: false,
+        discarded: false,
+        pause: Pause::default(),
         readable: false,
         writable: true,
         unconfirmed,
@@ -609,7 +648,7 @@ pub async fn stream(
         // want of memory waits for it.
         let mut pause = turn
             .pause
-            .then(|| Box::pin(tokio::time::sleep(TRANSIENT_PAUSE)));
+            .map(|until| Box::pin(tokio::time::sleep_until(until)));
         tokio::select! {
             biased;
             () = shutdown.recv() => break,
@@ -630,9 +669,7 @@ pub async fn stream(
                     Some(pause) => pause.await,
                     None => std::future::pending().await,
                 }
-            }, if pause.is_some() => {
-                pump.paused = false;
-            }
+            }, if pause.is_some() => {}
         }
     }
     let mut core = shared.lock();
@@ -880,6 +917,26 @@ mod tests {
                 assert_eq!(failure(errno, peer), WriteFailure::Transient, "{errno}");
             }
         }
+    }
+
+    /// A pause after a write without memory ends at its deadline, however
+    /// often the pump turns meanwhile (the application writing, the peer's
+    /// acknowledgements). It used to be a wait started afresh at each
+    /// turn, which each of those put off: down stayed stopped for as long
+    /// as up was busy.
+    #[test]
+    fn a_pause_ends_at_its_deadline_however_often_the_pump_turns() {
+        let start = Instant::now();
+        let mut pause = Pause::default();
+        assert_eq!(pause.until(|| start), None);
+        pause.start(start);
+        let deadline = start + TRANSIENT_PAUSE;
+        for ms in 0..10 {
+            let now = start + std::time::Duration::from_millis(ms);
+            assert_eq!(pause.until(|| now), Some(deadline), "{ms} ms");
+        }
+        assert_eq!(pause.until(|| deadline), None);
+        assert_eq!(pause.until(|| start), None, "forgotten once over");
     }
 
     /// `EPIPE` into a socket whose application end is open is its

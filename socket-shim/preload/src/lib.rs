@@ -57,7 +57,7 @@
 //!   gets end of file on a hung-up flow whose writing the program did not
 //!   shut down (`shutdown` is interposed to know), and that read no end of
 //!   file before the hang-up, returns `ECONNRESET` once, as TCP's
-//!   (`ops::reset_at_end`, [`socket_shim::reset`]);
+//!   (`ops::error_at_end`, [`socket_shim::reset`]);
 //! - datagram sockets are sald's `SOCK_SEQPACKET` sockets; `sendto`/`recvfrom`
 //!   (and `send`/`recv`/`read`/`write`, `sendmsg`/`recvmsg`/`readv`/`writev`,
 //!   whose iovecs the `msg` module gathers and scatters, and
@@ -970,7 +970,8 @@ pub unsafe extern "C" fn readv(fd: c_int, iov: *const libc::iovec, count: c_int)
 /// What a read of `fd` that asked for `asked()` bytes (counted only when
 /// needed) and that the kernel answered (`got`) returns: on a connected
 /// stream flow, an end of file that is a reset is `ECONNRESET`, once
-/// (`ops::reset_at_end`). Every other read costs a comparison, an end of
+/// (`ops::error_at_end`, which also fails a read that waited on a flow
+/// disconnected meanwhile). Every other read costs a comparison, an end of
 /// file on another descriptor one atomic load more.
 #[inline]
 fn read_done(fd: c_int, asked: impl FnOnce() -> size_t, got: ssize_t) -> ssize_t {
@@ -986,9 +987,9 @@ fn read_done(fd: c_int, asked: impl FnOnce() -> size_t, got: ssize_t) -> ssize_t
 #[cold]
 fn reset_read(fd: c_int) -> ssize_t {
     let errno = std::io::Error::last_os_error().raw_os_error();
-    match catch_unwind(|| ops::reset_at_end(fd)) {
-        Ok(true) => {
-            set_errno(libc::ECONNRESET);
+    match catch_unwind(|| ops::error_at_end(fd)) {
+        Ok(Some(error)) => {
+            set_errno(error);
             -1
         }
         _ => {

@@ -197,6 +197,19 @@ fn re_epoll(entry: &Entry, fd: RawFd) {
     }
 }
 
+/// Removes the program's epoll registrations of `fd` (of the file now at
+/// the number), for a swap that leaves that file open elsewhere: epoll
+/// keeps a registration until the last copy of its file closes, and one
+/// left beside [`re_epoll`]'s would report the number twice, with no
+/// `EPOLL_CTL_DEL` on it able to remove it. The record of them stays, for
+/// [`re_epoll`].
+fn un_epoll(entry: &Entry, fd: RawFd) {
+    for (epfd, _) in &entry.epoll {
+        // SAFETY: no pointers (`EPOLL_CTL_DEL` ignores the event).
+        unsafe { real::epoll_ctl(*epfd, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) };
+    }
+}
+
 /// A summary of an entry, copied out under the lock.
 #[derive(Debug, Clone, Copy)]
 struct Look {
@@ -566,10 +579,15 @@ fn disconnect(fd: RawFd, stage: Stage) -> Option<c_int> {
         match entry.state {
             State::Connected => {
                 let (app, peer_end) = fresh.take()?;
+                // A copy of the flow (a `dup`, a forked child's) keeps it
+                // open, and with it its epoll registrations: they go, and
+                // come back on what is at the number after the swap.
+                un_epoll(entry, fd);
                 // SAFETY: no pointers; the flow at the program's number,
                 // which the table says is ours.
                 unsafe { real::shutdown(fd, libc::SHUT_RDWR) };
                 let swapped = swap_in(&app, fd, Some(flags)).is_ok();
+                re_epoll(entry, fd);
                 // Closed after unlocking: the placeholder's peer end
                 // hangs it up.
                 fresh = Some((app, peer_end));
@@ -579,7 +597,6 @@ fn disconnect(fd: RawFd, stage: Stage) -> Option<c_int> {
                     return Some(0);
                 }
                 entry.ident = ident(fd);
-                re_epoll(entry, fd);
                 entry.state = State::Failed;
                 entry.peer = None;
                 entry.so_error = libc::ECONNRESET;
@@ -2392,8 +2409,10 @@ pub(crate) fn recvfrom<I: Incoming>(
         let peer = if found.kind == Kind::Dgram {
             datagram_peer(fd)
         } else {
-            if n == 0 && buf.room() != 0 && reset_at_end(fd) {
-                return Err(libc::ECONNRESET);
+            if n == 0 && buf.room() != 0 {
+                if let Some(errno) = error_at_end(fd) {
+                    return Err(errno);
+                }
             }
             None
         };
@@ -2565,19 +2584,37 @@ fn parked_elsewhere(fd: RawFd) -> bool {
 
 // --- resets ---------------------------------------------------------------
 
-/// A read of `fd` that asked for bytes got end of file: whether that is a
-/// reset to report (`ECONNRESET`), once, as from a TCP socket. Only for a
-/// connected stream flow whose writing the program has not shut down (see
-/// `socket_shim::reset`): sald shuts a reset flow's socket down both ways
-/// once the bytes that had arrived are through, a finished one only for
-/// writing, and this end then sees a hang-up only after a reset.
-pub(crate) fn reset_at_end(fd: RawFd) -> bool {
-    let watch = flow_reset_watch(fd);
+/// A read of `fd` that asked for bytes got end of file: the error to
+/// report instead, if any, as from a TCP socket.
+///
+/// `ECONNRESET`, once, for a reset. Only for a connected stream flow
+/// whose writing the program has not shut down (see `socket_shim::reset`):
+/// sald shuts a reset flow's socket down both ways once the bytes that
+/// had arrived are through, a finished one only for writing, and this end
+/// then sees a hang-up only after a reset.
+///
+/// `EPIPE` for a read that waited on a flow that another thread
+/// disconnected meanwhile (`connect` to `AF_UNSPEC`, [`disconnect`], which
+/// shut the flow down and left the stream failed): as Linux's (since 6.6,
+/// `sk_wait_data` after `tcp_disconnect`), the reset stays pending for
+/// the next read. Reads of a failed stream are otherwise answered without
+/// reaching the descriptor ([`refusal`]), so only such a read gets here.
+pub(crate) fn error_at_end(fd: RawFd) -> Option<Errno> {
+    let Some(watch) = flow_reset_watch(fd) else {
+        let disconnected = with_entry(fd, |entry| {
+            (entry.kind == Kind::Stream
+                && matches!(entry.state, State::Failed)
+                && entry.disconnected == entry.gen
+                && entry.so_error != 0)
+                .then_some(())
+        });
+        return disconnected.map(|()| libc::EPIPE);
+    };
     // SAFETY: the program's read of `fd` just returned; should another
     // thread close the number meanwhile, `poll` reports it invalid
     // (`POLLNVAL`, not a hang-up), which reads as no reset.
     let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    watch.is_some_and(|watch| watch.end_of_file(fd).is_err())
+    watch.end_of_file(fd).is_err().then_some(libc::ECONNRESET)
 }
 
 /// The program is about to shut down `fd`'s writing (`shutdown` with

@@ -841,6 +841,42 @@ fn connect_af_unspec_disconnects_a_connected_stream() {
     client(&sald, &["unspec", "a0f5"]).success(T);
 }
 
+/// `connect(AF_UNSPEC)` on a connected stream registered with epoll, while
+/// a copy (`dup`, or a forked child's) keeps its flow open: epoll reports
+/// the number once, and `EPOLL_CTL_DEL` on it leaves nothing registered, as
+/// for TCP's socket, which the disconnect keeps. The swap to a placeholder
+/// left the flow's registration in the set (epoll keeps one until the last
+/// copy of its file closes): a second event for the number, hung up and
+/// level-triggered for good, that no `EPOLL_CTL_DEL` could remove.
+#[test]
+fn connect_af_unspec_leaves_one_epoll_registration() {
+    let sald = Sald::start();
+    client(&sald, &["unspec-epoll", "a0f6"]).success(T);
+}
+
+/// `connect(AF_UNSPEC)` on a connected stream while another thread waits
+/// in `read` on it: that read fails with `EPIPE`, the next is `ECONNRESET`,
+/// then `ENOTCONN`, as TCP's (measured over loopback, Linux 6.18: a wait
+/// that `tcp_disconnect` interrupted fails, and the reset stays for the
+/// next read). The waiting read used to return 0, as at the peer's end of
+/// stream, which a reader thread takes for a finished flow.
+#[test]
+fn connect_af_unspec_fails_a_waiting_read() {
+    let sald = Sald::start();
+    client(&sald, &["unspec-reader", "a0f7"]).success(T);
+}
+
+/// A close after `shutdown(SHUT_RD)`, with bytes come since, resets the
+/// flow, as TCP's (measured over loopback: the peer's next read is
+/// `ECONNRESET`), whose close finds them unread. sald threw them away (the
+/// socket takes no more after `SHUT_RD`) and then closed the flow with a
+/// FIN: the peer read end of file, as if they had been read.
+#[test]
+fn a_close_after_shut_rd_with_bytes_come_since_resets_the_flow() {
+    let sald = Sald::start();
+    client(&sald, &["shut-rd-close", "5ed"]).success(T);
+}
+
 /// Forks while a thread keeps calling `listen` on a listener (each sends
 /// its backlog to sald): a child's `listen` on the listener it inherited
 /// returns, and the parent's keep being answered.

@@ -231,6 +231,12 @@
  *                                             it, while a forked child holds copies
  *   unspec SID                                connect(AF_UNSPEC) disconnects a connected
  *                                             stream, which may connect again
+ *   unspec-epoll SID                          connect(AF_UNSPEC) on a connected stream that
+ *                                             has a copy leaves one epoll registration
+ *   unspec-reader SID                         connect(AF_UNSPEC) while another thread waits
+ *                                             in read: EPIPE there, then ECONNRESET
+ *   shut-rd-close SID                         a close after SHUT_RD with bytes come since
+ *                                             resets the flow
  *   nodaemon SID                              sald not running
  */
 #define _GNU_SOURCE
@@ -3814,6 +3820,114 @@ static int unspec(const char *sid) {
     return failures ? 1 : 0;
 }
 
+/* connect(AF_UNSPEC) on a connected stream registered with epoll while a
+ * copy of it (dup here; a forked child's does the same) keeps its flow
+ * open: epoll reports the number once, and EPOLL_CTL_DEL leaves nothing,
+ * as for TCP's, whose socket the disconnect keeps. The swap that puts the
+ * placeholder at the number re-added the registration for the placeholder
+ * but left the flow's, which epoll keeps while a copy holds the flow: a
+ * second event for the number, hung up for good, with the program's data,
+ * which no EPOLL_CTL_DEL on the number could remove. */
+static int unspec_epoll(const char *sid) {
+    struct sockaddr_sv sa = sv_addr(sid);
+    int l = socket(AF_SERVAL, SOCK_STREAM, 0);
+    CHECK(bind(l, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(l, 4) == 0, "listen");
+    int c = stream_to(sid);
+    int s = accept(l, NULL, NULL);
+    CHECK(s >= 0, "accept");
+    int copy = dup(c);
+    CHECK(copy >= 0, "dup");
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 0x5eed};
+    CHECK(epoll_ctl(ep, EPOLL_CTL_ADD, c, &ev) == 0, "EPOLL_CTL_ADD");
+    CHECK(write_all(s, (const unsigned char *)REPLY, strlen(REPLY)) == 0, "reply");
+    struct epoll_event got[8];
+    CHECK(epoll_wait(ep, got, 8, 20000) == 1, "the reply arrives");
+    struct sockaddr un = {.sa_family = AF_UNSPEC};
+    CHECK(connect(c, &un, sizeof un) == 0, "connect(AF_UNSPEC) (errno %d)", errno);
+    int n = epoll_wait(ep, got, 8, 0);
+    CHECK(n == 1 && got[0].data.u64 == 0x5eed, "one event for the number (%d)", n);
+    CHECK(epoll_ctl(ep, EPOLL_CTL_DEL, c, NULL) == 0, "EPOLL_CTL_DEL (errno %d)", errno);
+    n = epoll_wait(ep, got, 8, 0);
+    CHECK(n == 0, "nothing registered after EPOLL_CTL_DEL (%d)", n);
+    close(ep);
+    close(copy);
+    close(s);
+    close(c);
+    close(l);
+    return failures ? 1 : 0;
+}
+
+static int unspec_reader_fd;
+static ssize_t unspec_reader_got;
+static int unspec_reader_errno;
+
+static void *unspec_reader_thread(void *arg) {
+    (void)arg;
+    char buf[64];
+    unspec_reader_got = read(unspec_reader_fd, buf, sizeof buf);
+    unspec_reader_errno = errno;
+    return NULL;
+}
+
+/* connect(AF_UNSPEC) on a connected stream while another thread waits in
+ * read on it: that read fails with EPIPE, the next is ECONNRESET, then
+ * ENOTCONN, as TCP's (measured over loopback, Linux 6.18: sk_wait_data
+ * fails a wait that a tcp_disconnect interrupted, and sk_err stays for
+ * the next read). The waiting read used to return 0, as at the peer's end
+ * of stream. (A reader that had not reached its read yet reads
+ * ECONNRESET, then ENOTCONN, which the checks below allow.) */
+static int unspec_reader(const char *sid) {
+    struct sockaddr_sv sa = sv_addr(sid);
+    int l = socket(AF_SERVAL, SOCK_STREAM, 0);
+    CHECK(bind(l, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(l, 4) == 0, "listen");
+    int c = stream_to(sid);
+    int s = accept(l, NULL, NULL);
+    CHECK(s >= 0, "accept");
+    unspec_reader_fd = c;
+    pthread_t t;
+    pthread_create(&t, NULL, unspec_reader_thread, NULL);
+    usleep(200 * 1000);
+    struct sockaddr un = {.sa_family = AF_UNSPEC};
+    CHECK(connect(c, &un, sizeof un) == 0, "connect(AF_UNSPEC) (errno %d)", errno);
+    pthread_join(t, NULL);
+    CHECK(unspec_reader_got == -1 && (unspec_reader_errno == EPIPE || unspec_reader_errno == ECONNRESET),
+          "the waiting read: %zd, errno %d", unspec_reader_got, unspec_reader_errno);
+    char buf[64];
+    if (unspec_reader_errno == EPIPE) EXPECT_ERR(read(c, buf, sizeof buf), ECONNRESET);
+    EXPECT_ERR(read(c, buf, sizeof buf), ENOTCONN);
+    close(s);
+    close(c);
+    close(l);
+    return failures ? 1 : 0;
+}
+
+/* shutdown(SHUT_RD), then the peer sends, then close: the flow is reset,
+ * as TCP's (measured over loopback: the peer's next read is ECONNRESET),
+ * whose close finds the bytes unread. sald threw them away (the socket
+ * takes no more after SHUT_RD) and closed the flow with a FIN, so the
+ * peer read end of file, as if they had been read. */
+static int shut_rd_close(const char *sid) {
+    struct sockaddr_sv sa = sv_addr(sid);
+    int l = socket(AF_SERVAL, SOCK_STREAM, 0);
+    CHECK(bind(l, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(l, 4) == 0, "listen");
+    int c = stream_to(sid);
+    int s = accept(l, NULL, NULL);
+    CHECK(s >= 0, "accept");
+    CHECK(shutdown(c, SHUT_RD) == 0, "SHUT_RD");
+    CHECK(write_all(s, (const unsigned char *)REPLY, strlen(REPLY)) == 0, "reply");
+    /* The reply reaches the client's socket, which takes no more. */
+    usleep(200 * 1000);
+    CHECK(close(c) == 0, "close");
+    struct pollfd p = {.fd = s, .events = POLLIN};
+    CHECK(poll(&p, 1, 20000) == 1, "the flow ends");
+    char buf[64];
+    EXPECT_ERR(read(s, buf, sizeof buf), ECONNRESET);
+    close(s);
+    close(l);
+    return failures ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     if (argc < 3) {
@@ -3886,6 +4000,9 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "low-fds")) return low_fds(sid);
     if (!strcmp(cmd, "dup2-listener") && argc > 3) return dup2_listener(sid, argv[3]);
     if (!strcmp(cmd, "unspec")) return unspec(sid);
+    if (!strcmp(cmd, "unspec-epoll")) return unspec_epoll(sid);
+    if (!strcmp(cmd, "unspec-reader")) return unspec_reader(sid);
+    if (!strcmp(cmd, "shut-rd-close")) return shut_rd_close(sid);
     if (!strcmp(cmd, "nodaemon")) return nodaemon(sid);
     fprintf(stderr, "unknown subcommand %s\n", cmd);
     return 2;
