@@ -466,18 +466,7 @@ impl Rack {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn s(n: i32) -> TcpSeqNumber {
-        TcpSeqNumber(n)
-    }
-
-    fn board(ranges: &[(i32, i32)]) -> Scoreboard {
-        let mut b = Scoreboard::default();
-        for &(l, r) in ranges {
-            b.add(s(l), s(r));
-        }
-        b
-    }
+    use crate::sack::tests::{board, s};
 
     fn at(ms: u64) -> Instant {
         Instant::from_millis(ms as i64)

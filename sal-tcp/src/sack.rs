@@ -140,14 +140,16 @@ impl Scoreboard {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn s(n: i32) -> TcpSeqNumber {
+    /// Sequence number `n`.
+    pub(crate) fn s(n: i32) -> TcpSeqNumber {
         TcpSeqNumber(n)
     }
 
-    fn board(ranges: &[(i32, i32)]) -> Scoreboard {
+    /// A scoreboard holding `ranges`, added in order.
+    pub(crate) fn board(ranges: &[(i32, i32)]) -> Scoreboard {
         let mut b = Scoreboard::default();
         for &(l, r) in ranges {
             b.add(s(l), s(r));
