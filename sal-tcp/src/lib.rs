@@ -105,7 +105,7 @@
 //! trim points (every `trim_interval` while the socket holds memory: an
 //! empty buffer that got no data for a whole interval is freed, an oversized
 //! one shrinks to the power of two above the interval's high-water mark).
-//! The socket's own struct is 984 bytes (`size_of::<Socket>()`,
+//! The socket's own struct is 992 bytes (`size_of::<Socket>()`,
 //! printed by the benchmark), so an idle established flow costs that and no
 //! heap.
 //!
@@ -585,7 +585,7 @@
 //!   segments or more (the extra segment overflowed a full queue, and the
 //!   retransmission was lost in turn). `sal/tests/sim_tcp_loss.rs`, seeds
 //!   65-320, the sender's own timeouts: 147 -> 110 (1 %), 229 -> 190
-//!   (3 %), stalls of 1 s or more 2 -> 0 at 1 %. 72 bytes a socket.
+//!   (3 %), stalls of 1 s or more 2 -> 0 at 1 %. 76 bytes a socket.
 //!   Tested by the socket tests named `*retransmission_lost_with_nothing_new_sent_after_it`,
 //!   `*reordering_within_the_window_is_not_taken_for_loss`,
 //!   `*short_flight_loss_is_found_after_the_reordering_window` and the

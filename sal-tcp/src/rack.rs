@@ -33,7 +33,7 @@
 //! is taken for delivered only once all of it is, and for lost only on
 //! evidence of data sent after both halves, so merging can only make a
 //! loss found later (or by the timeout), never a loss found that was not
-//! one. The state is 72 bytes a socket (`size_of::<Socket>()` 840 -> 912),
+//! one. The state is 76 bytes a socket (`size_of::<Socket>()` 840 -> 912),
 //! none of it allocated. Send times for every segment in flight (Linux
 //! keeps them in each `sk_buff`) would take kilobytes a busy flow, for the
 //! same answers on paths that keep order.
@@ -46,8 +46,10 @@
 //! retransmissions: the window was too short) and that comes back to one
 //! after 16 recoveries without one, at most SRTT; none in a recovery, nor
 //! with three segments SACKed, until reordering was seen (a hole below
-//! SACKed data filled by a segment sent once). Without send times, the
-//! wait runs from the ACK that first showed the later segment delivered:
+//! SACKed data filled by a segment sent once: not one a timeout's, a
+//! rewind's or a probe's resending may have filled,
+//! [`Rack::sent_once_from`]). Without send times, the wait runs from the
+//! ACK that first showed the later segment delivered:
 //! RACK's deadline (the hole's send time, plus the later segment's round
 //! trip, plus `reo_wnd`) is no later than that, and equal for segments
 //! sent back to back, so the window is never cut short.
@@ -144,8 +146,18 @@ pub(crate) struct Rack {
     /// window.
     waiting_since: u32,
     waiting: u8,
+    /// The first `overtaken` records (`waiting` or more) were found sent
+    /// before data the peer holds; those past `waiting` wait next. What
+    /// overtook them may be gone from the records by then.
+    overtaken: u8,
     /// RACK.reord: reordering was seen.
     reord: bool,
+    /// Bytes below `resent_to` may have been sent more than once (a
+    /// timeout's, a rewind's or a recovery's resending, a probe), until
+    /// the cumulative ACK reaches it (valid while `resent_open`): a hole
+    /// there filled is no sign of reordering.
+    resent_to: TcpSeqNumber,
+    resent_open: bool,
     /// RACK.reo_wnd_mult and the recoveries it is kept for.
     reo_wnd_mult: u8,
     reo_wnd_persist: u8,
@@ -164,7 +176,10 @@ impl Default for Rack {
             lost_to: TcpSeqNumber::default(),
             waiting_since: 0,
             waiting: 0,
+            overtaken: 0,
             reord: false,
+            resent_to: TcpSeqNumber::default(),
+            resent_open: false,
             reo_wnd_mult: 1,
             reo_wnd_persist: 0,
             dsack_round_open: false,
@@ -207,8 +222,10 @@ impl Rack {
             };
             self.resent.copy_within(2.., 1);
             self.len -= 1;
-            // A merged record waits only if both halves did.
+            // A merged record waits, or is overtaken, only if both
+            // halves were.
             self.waiting = self.waiting.saturating_sub(1);
+            self.overtaken = self.overtaken.saturating_sub(1);
         }
         self.resent[usize::from(self.len)] = Resent { start, end, fence };
         self.len += 1;
@@ -219,6 +236,7 @@ impl Rack {
     pub(crate) fn forget_flight(&mut self) {
         self.len = 0;
         self.waiting = 0;
+        self.overtaken = 0;
         self.lost_to = self.lost_from;
     }
 
@@ -240,6 +258,41 @@ impl Rack {
             net_debug!("RACK: reordering seen, losses wait for the reordering window");
         }
         self.reord = true;
+    }
+
+    /// Bytes up to `end` were sent again (any retransmission: see
+    /// [`sent_once_from`](Self::sent_once_from)).
+    pub(crate) fn on_sent_again(&mut self, end: TcpSeqNumber) {
+        if !self.resent_open || end > self.resent_to {
+            self.resent_to = end;
+        }
+        self.resent_open = true;
+    }
+
+    /// Where the data sent only once begins, at or above the cumulative
+    /// ACK `una`: only a hole filled there shows reordering (RFC 8985 6.2
+    /// step 2, Linux's `tcp_check_sack_reordering` looks at segments never
+    /// retransmitted). A timeout's resending fills the holes it finds, and
+    /// its copies arrive after data sent once before them.
+    pub(crate) fn sent_once_from(&self, una: TcpSeqNumber) -> TcpSeqNumber {
+        if self.resent_open && self.resent_to > una {
+            self.resent_to
+        } else {
+            una
+        }
+    }
+
+    /// The cumulative ACK reached `una`: bytes resent below it are done
+    /// with, and so is the D-SACK round trip it passed (each mark, once
+    /// passed, is dropped: compared later, one more than 2 GiB behind
+    /// would pass for ahead, sequence numbers wrapping).
+    pub(crate) fn on_ack(&mut self, una: TcpSeqNumber) {
+        if self.resent_open && self.resent_to <= una {
+            self.resent_open = false;
+        }
+        if self.dsack_round_open && self.dsack_round <= una {
+            self.dsack_round_open = false;
+        }
     }
 
     /// Whether reordering was seen (RACK.reord).
@@ -306,9 +359,9 @@ impl Rack {
         // How many of the oldest records were sent before something
         // delivered: all before the newest one delivered, and those
         // whose fence the peer's SACKed data passes (fences only grow).
-        // Those already waiting stay overtaken (what overtook them may be
-        // gone from the records).
-        let mut overtaken_to = usize::from(self.waiting);
+        // Those found so before stay so (what overtook them may be gone
+        // from the records).
+        let mut overtaken_to = usize::from(self.overtaken.max(self.waiting));
         for (i, r) in self.records().iter().enumerate() {
             if r.delivered(una, board) || highest.is_some_and(|h| h > r.fence) {
                 overtaken_to = i + 1;
@@ -353,6 +406,7 @@ impl Rack {
         self.resent.copy_within(lost..kept, 0);
         self.len -= lost as u8;
         let left = overtaken - lost;
+        self.overtaken = left as u8;
         if left == 0 {
             self.waiting = 0;
             return None;
@@ -565,6 +619,44 @@ mod tests {
             rack.next_lost(s(100), &b, s(10_000)),
             Some((s(100), s(200)))
         );
+    }
+
+    #[test]
+    fn a_retransmission_overtaken_while_another_waits_is_not_forgotten() {
+        let mut rack = Rack::default();
+        // Four holes resent, nothing new sent after them.
+        for i in 0..4 {
+            rack.on_resent(s(100 + 200 * i), s(200 + 200 * i), s(1000));
+        }
+        let wnd = Duration::from_millis(5);
+        // The second arrives: the first waits from 10.
+        let b = board(&[(200, 500), (600, 700), (800, 1000)]);
+        assert_eq!(rack.detect(at(10), s(100), &b, wnd), Some(at(15)));
+        // The fourth arrives: the third, sent before it, is overtaken too
+        // (and waits once the first's wait is over).
+        let b = board(&[(200, 500), (600, 1000)]);
+        assert_eq!(rack.detect(at(12), s(100), &b, wnd), Some(at(15)));
+        assert_eq!(rack.detect(at(15), s(100), &b, wnd), Some(at(20)));
+        assert_eq!(rack.next_lost(s(100), &b, s(1000)), Some((s(100), s(200))));
+        rack.on_resent(s(100), s(200), s(1000));
+        // No news, and the third is lost at its own deadline.
+        assert_eq!(rack.detect(at(20), s(100), &b, wnd), None);
+        assert_eq!(rack.next_lost(s(100), &b, s(1000)), Some((s(500), s(600))));
+    }
+
+    #[test]
+    fn a_dsack_after_more_than_2_gib_raises_the_window_again() {
+        let mut rack = Rack::default();
+        rack.on_dsack(s(0), s(1000));
+        assert_eq!(rack.reo_wnd_mult, 2);
+        // The cumulative ACK moves on, 1 GiB an ACK, past 2 GiB.
+        let mut una = s(0);
+        for _ in 0..3 {
+            una += 1 << 30;
+            rack.on_ack(una);
+        }
+        rack.on_dsack(una, una + 1000);
+        assert_eq!(rack.reo_wnd_mult, 3);
     }
 
     #[test]

@@ -1477,8 +1477,11 @@ impl Socket {
     fn loss_probe_due(&mut self, now: Instant) {
         if !self.may_probe() {
             self.timer.set_for_retransmit_instead_of_probe();
-            // sal-tcp: in a recovery, the timer was RACK's (`crate::rack`).
-            if self.sack_recovery {
+            // sal-tcp: in a recovery, the timer was RACK's (`crate::rack`),
+            // unless it fired for the retransmission timeout: that goes
+            // now (RACK's again would put it off while its wait lasts, the
+            // timer due and nothing sent: a host polling it spins).
+            if self.sack_recovery && !self.timer.should_retransmit(now) {
                 self.rack_detect(now);
             }
             return;
@@ -2348,10 +2351,10 @@ impl Socket {
             // choose what to resend (see `crate::sack`); and, before it
             // moves, the holes below the highest SACKed byte: one filled by
             // a segment sent once shows reordering (`crate::rack`).
-            let prior = self
-                .scoreboard
-                .highest()
-                .map(|h| (h, rack::holes(&self.scoreboard, self.local_seq_no, h)));
+            let prior = self.scoreboard.highest().map(|h| {
+                let from = self.rack.sent_once_from(self.local_seq_no);
+                (h, rack::holes(&self.scoreboard, from, h))
+            });
             self.scoreboard.trim(ack_number);
             let sacked_before = self.scoreboard.sacked_bytes();
             if self.remote_has_sack {
@@ -2363,13 +2366,15 @@ impl Socket {
             let sack_news = self.scoreboard.sacked_bytes() != sacked_before;
             if let Some((highest, holes)) = prior {
                 // Not while anything resent may be what arrived.
+                let from = self.rack.sent_once_from(ack_number);
                 if self.recover.is_none()
                     && self.remote_last_seq == self.remote_max_seq
-                    && rack::holes(&self.scoreboard, ack_number, highest) < holes
+                    && rack::holes(&self.scoreboard, from, highest) < holes
                 {
                     self.rack.on_reordering();
                 }
             }
+            self.rack.on_ack(ack_number);
             // sal-tcp: the end of a tail loss probe's episode (`crate::tlp`):
             // a probe that filled a hole reduces the window once, as a loss.
             let pure_dup = repr.payload.is_empty()
@@ -3506,6 +3511,7 @@ impl Socket {
             if repr.seq_number < max_before {
                 let end = (repr.seq_number + segment_len).min(max_before);
                 self.undo.resent(repr.seq_number, end);
+                self.rack.on_sent_again(end);
             }
             if resent {
                 self.note_resent(repr.seq_number, repr.seq_number + segment_len);
@@ -3526,6 +3532,11 @@ impl Socket {
             // the lost copy, it fired with the new one still on its way.
             let rto = self.rtte.retransmission_timeout();
             self.timer.set_for_retransmit(now, rto);
+            // sal-tcp: which leaves RACK's timer running for the other
+            // retransmissions that wait out the reordering window.
+            if resent_lost_head {
+                self.rack_detect(now);
+            }
         }
         // sal-tcp: the tail loss probe (`crate::tlp`): once sent, its
         // episode is open and the retransmission timer runs; new data

@@ -283,9 +283,12 @@ fn idle_flows_cost_little_and_only_busy_flows_are_driven() {
     // 1,945 bytes before sal-tcp's SACK scoreboard and the receiver's
     // record of its recent blocks (112 bytes a socket) and HyStart++'s
     // sampler (about 100): kept inline, so that neither loss recovery nor
-    // slow start allocates (2,161 with both).
+    // slow start allocates (2,161 with both). 2,329 with RACK's records
+    // (76), D-SACK, undo and RFC 5961's largest window (60) and the loss
+    // counters (16), all inline for the same reason; sald's whole cost per
+    // idle flow stays near 5.5 KiB of the 8.
     assert!(
-        per_flow < 2304,
+        per_flow < 2432,
         "{per_flow} bytes of heap per idle flow end"
     );
 

@@ -7415,6 +7415,97 @@ fn test_a_large_flight_sends_no_limited_transmit_while_rack_waits() {
 }
 
 #[test]
+fn test_a_hole_filled_by_a_timeouts_resending_is_not_taken_for_reordering() {
+    // sal-tcp: RACK (`crate::rack`): segments 2 and 4 of the flight 2..5
+    // are lost, and the ACKs that SACKed 3 and 5 too. The timeout resends
+    // segment 2; its ACK (of 2 and 3) SACKs 5, and the resending goes on
+    // from 4, past all that was sent. Segment 4's copy then fills the hole
+    // below 5: it was sent again, which is no sign that the path reorders
+    // (taken for one, every later recovery waited out a reordering window).
+    let mut s = socket_four_segments_in_flight(16384);
+    s.remote_has_sack = true;
+    let rto = s.rtte.retransmission_timeout().total_millis() as i64;
+    let t = 10 + rto;
+    assert_eq!(segments_sent(&mut s, t), [(2048, 1024)], "timeout");
+    let sack = |from: usize, to: usize| {
+        let edge = |n: usize| (LOCAL_SEQ + 1 + n).0 as u32;
+        [Some((edge(from), edge(to))), None, None]
+    };
+    send!(s, time t + 20, TcpRepr {
+        sack_ranges: sack(5120, 6144),
+        ..ack_of_segments(4)
+    });
+    let resent = segments_sent(&mut s, t + 20);
+    assert!(resent.contains(&(4096, 1024)), "{resent:?}");
+    assert_eq!(s.remote_last_seq, s.remote_max_seq, "{resent:?}");
+    send!(s, time t + 40, ack_of_segments(6));
+    assert!(
+        !s.rack.reord_seen(),
+        "reordering seen on a path that keeps order"
+    );
+}
+
+#[test]
+fn test_a_lost_retransmission_resent_keeps_the_rack_timer_of_the_others() {
+    // sal-tcp: RACK (`crate::rack`) on a path seen to reorder: the four
+    // holes of a flight of eight are resent, and nothing new follows. The
+    // second retransmission arrives (the first waits out the reordering
+    // window), then the fourth (the third waits next). The first is lost
+    // at its deadline and resent, which restarts the retransmission timer;
+    // the RACK timer still resends the third at its own deadline, not the
+    // timeout.
+    let mut s = socket_with_eight_segments_in_flight(true);
+    s.rack.on_reordering();
+    send!(s, time 10, sack_ack(0, &[]));
+    send!(s, time 10, sack_ack(0, &[(6, 12)]));
+    send!(s, time 10, sack_ack(0, &[(18, 24), (6, 12)]));
+    send!(s, time 10, sack_ack(0, &[(30, 36), (18, 24), (6, 12)]));
+    send!(s, time 10, sack_ack(0, &[(42, 48), (30, 36), (18, 24)]));
+    let resent: Vec<usize> = sent_now(&mut s, 10).iter().map(|(at, _)| *at).collect();
+    assert_eq!(resent, [0, 12, 24, 36]);
+    send!(s, time 20, sack_ack(0, &[(6, 24), (30, 36), (42, 48)]));
+    assert!(sent_now(&mut s, 20).is_empty());
+    let first = s.poll_at().expect("the RACK timer").total_millis() + 1;
+    assert!(first < 30, "{first}");
+    send!(s, time 21, sack_ack(0, &[(30, 48), (6, 24)]));
+    assert!(sent_now(&mut s, 21).is_empty());
+    assert_eq!(sent_now(&mut s, first), [(0, b"abcdef".to_vec())]);
+    let third = s.poll_at().expect("a timer").total_millis() + 1;
+    assert!(
+        third < first + 10,
+        "the third waits for the timeout: {third}"
+    );
+    assert_eq!(sent_now(&mut s, third), [(24, b"yzABCD".to_vec())]);
+}
+
+#[test]
+fn test_the_retransmission_timeout_fires_while_rack_waits() {
+    // sal-tcp: RACK (`crate::rack`) on a path seen to reorder, in a
+    // recovery: a retransmission is found overtaken just before the
+    // retransmission timeout, and waits out the reordering window past
+    // it. The timeout fires when due: it neither waits for RACK nor
+    // leaves a timer due that sends nothing (a host polling it spins).
+    let mut s = socket_with_eight_segments_in_flight(true);
+    s.rtte.sample(40);
+    s.rack.on_reordering();
+    sack_three_losses(&mut s);
+    assert_eq!(sent_now(&mut s, 10).len(), 3);
+    let Timer::Retransmit { expires_at } = s.timer else {
+        panic!("{:?}", s.timer);
+    };
+    let rto_at = expires_at.total_millis();
+    send!(s, time rto_at - 1, sack_ack(0, &[(6, 24), (30, 48)]));
+    assert!(sent_now(&mut s, rto_at - 1).is_empty());
+    assert_eq!(s.poll_at(), Some(expires_at));
+    let sent = sent_now(&mut s, rto_at);
+    assert_eq!(sent.first(), Some(&(0, b"abcdef".to_vec())), "the timeout");
+    assert!(
+        s.poll_at().is_none_or(|at| at > expires_at),
+        "a timer due that sends nothing"
+    );
+}
+
+#[test]
 fn test_reordering_within_the_window_is_not_taken_for_loss() {
     // sal-tcp: RACK: segment 3 is SACKed, then segment 2 arrives within
     // the reordering window (2.5 ms): nothing is resent, and the
@@ -8818,9 +8909,15 @@ mod hostile_acks {
         #[test]
         fn any_acks_leave_the_sender_sound(
             sack in any::<bool>(),
+            rtt in prop_oneof![Just(None), (0u32..50).prop_map(Some)],
             steps in proptest::collection::vec(step(), 1..40),
         ) {
             let mut s = socket_with_eight_segments_in_flight(sack);
+            // A round trip sampled arms RACK's timer (`crate::rack`) and
+            // the tail loss probe.
+            if let Some(rtt) = rtt {
+                s.rtte.sample(rtt);
+            }
             let mut ms = 0;
             for step in &steps {
                 ms += step.advance_ms;
