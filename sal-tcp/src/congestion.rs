@@ -10,6 +10,14 @@ use smoltcp::time::Instant;
 use crate::rtt::RttEstimator;
 use crate::undo::Prior;
 
+/// sal-tcp: the congestion window an undo restores (`crate::undo`): the
+/// larger of the window now (without fast recovery's inflation) and the
+/// one before the reduction, within the peer's window `rwnd`, and at least
+/// a segment.
+pub(crate) fn undone_window(now: usize, prior: usize, rwnd: usize, mss: usize) -> usize {
+    now.max(prior).min(rwnd).max(mss)
+}
+
 /// sal-tcp: the initial window for segments of `mss` bytes: RFC 6928's
 /// min(10 MSS, max(2 MSS, 14600)), ten of the SAL's 1448-byte segments,
 /// as Linux starts. smoltcp started at 2048 bytes whatever the segment

@@ -326,8 +326,7 @@ impl Controller for Cubic {
     /// the reset its loss response made): W_max and K are set at the next
     /// ACK in congestion avoidance (RFC 9438 4.8).
     fn undo(&mut self, prior: Prior) {
-        let cwnd = self.recovery_window();
-        self.cwnd = cwnd.max(prior.cwnd).min(self.rwnd).max(self.mss);
+        self.cwnd = super::undone_window(self.recovery_window(), prior.cwnd, self.rwnd, self.mss);
         self.ssthresh = self.ssthresh.max(prior.ssthresh);
         self.w_est = self.cwnd as f64;
         self.growth_credit = 0;

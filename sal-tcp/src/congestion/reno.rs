@@ -168,8 +168,7 @@ impl Controller for Reno {
     }
 
     fn undo(&mut self, prior: Prior) {
-        let cwnd = self.recovery_window();
-        self.cwnd = cwnd.max(prior.cwnd).min(self.rwnd).max(self.mss);
+        self.cwnd = super::undone_window(self.recovery_window(), prior.cwnd, self.rwnd, self.mss);
         self.ssthresh = self.ssthresh.max(prior.ssthresh);
         self.in_fast_recovery = false;
         self.in_rto_recovery = false;
