@@ -570,21 +570,18 @@ fn a_lost_last_ack_is_repeated_by_the_lingering_side() {
     assert!(net.host(server).flows().is_empty(), "and then lets go");
 }
 
+/// The control flags of `payload` if it is a SAL-only control packet (no
+/// segment behind the SAL header).
+fn sal_only_control(payload: &[u8]) -> Option<sal::wire::ControlFlags> {
+    let packet = sal::wire::SalPacket::new_checked(payload).ok()?;
+    let repr = sal::wire::SalRepr::parse(&packet).ok()?;
+    let control = repr.control.filter(|_| packet.payload().is_empty())?;
+    Some(control.flags)
+}
+
 /// Whether `payload` is a bare SAL ACK: CONTROL(ACK) alone, no segment.
 fn is_bare_ack(payload: &[u8]) -> bool {
-    sal::wire::SalPacket::new_checked(payload)
-        .ok()
-        .and_then(|packet| {
-            sal::wire::SalRepr::parse(&packet)
-                .ok()
-                .map(|r| (r, packet.payload().is_empty()))
-        })
-        .is_some_and(|(repr, empty)| {
-            empty
-                && repr
-                    .control
-                    .is_some_and(|c| c.flags == sal::wire::ControlFlags::ACK)
-        })
+    sal_only_control(payload) == Some(sal::wire::ControlFlags::ACK)
 }
 
 /// The client finishes first, and every acknowledgement of its FIN is
@@ -630,6 +627,44 @@ fn a_fin_repeated_to_a_host_that_let_the_flow_go_is_answered() {
         "the client still holds its flow"
     );
     assert_eq!(net.host(client).stats().peer_timeouts, 0, "not given up on");
+    assert!(net.host(server).flows().is_empty());
+}
+
+/// A host that gives up on its SAL FIN (unacknowledged through all its
+/// repeats) resets the flow. The peer may only have lost the FINs (a
+/// daemon too busy to read its packets drops them): a peer that closed
+/// first and waits for that FIN (orphaned) lets its flow go on the RST,
+/// not after its orphan timeout.
+#[test]
+fn a_fin_given_up_on_resets_the_flow_for_the_peer() {
+    let (mut net, client, server) = pair(LinkConditions::default(), HostConfig::default());
+    let listener = net.host(server).listen(prefix("1c/8"), Stream, 4).unwrap();
+    let (cflow, sflow) = establish(&mut net, client, server, listener, svc("1c"));
+    net.host(server).close(sflow).unwrap();
+    net.run_for(secs(1));
+    assert_eq!(net.host(client).recv(cflow, &mut [0; 8]), Ok(0));
+    let lost = std::rc::Rc::new(std::cell::Cell::new(0));
+    let count = lost.clone();
+    net.set_filter(Some(Box::new(move |p| {
+        let fin = p.src == loc("10.0.0.1")
+            && sal_only_control(&p.payload)
+                .is_some_and(|flags| flags.contains(sal::wire::ControlFlags::FIN));
+        count.set(count.get() + usize::from(fin));
+        fin
+    })));
+    net.host(client).close(cflow).unwrap();
+    let closed = Event::Closed(sflow);
+    let orphan_timeout = HostConfig::default().orphan_timeout;
+    assert!(
+        net.run_until(orphan_timeout - secs(10), |net| has_event(
+            net, server, &closed
+        )),
+        "the server waited out its orphan timeout"
+    );
+    assert!(lost.get() > 3, "{} FINs lost", lost.get());
+    assert_eq!(net.host(client).stats().peer_timeouts, 1, "FIN given up on");
+    assert_eq!(net.host(server).stats().orphans_reset, 0);
+    assert!(net.host(client).flows().is_empty());
     assert!(net.host(server).flows().is_empty());
 }
 

@@ -353,8 +353,7 @@ impl Host {
         }
         if flow.liveness.gone(now, waiting, peer_timeout) {
             // Nothing heard for the whole peer timeout, on any path tried.
-            self.stats.peer_timeouts += 1;
-            return self.kill(id);
+            return self.give_up_on_peer(id);
         }
         if !auto_migrate {
             return self.arm_liveness(id);

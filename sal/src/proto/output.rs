@@ -531,23 +531,16 @@ impl Host {
                 // Nobody answers on any path we tried: the flow is lost.
                 ControlKind::Rsyn => {
                     self.stats.migrations_failed += 1;
-                    self.stats.peer_timeouts += 1;
-                    return self.kill(id);
+                    return self.give_up_on_peer(id);
                 }
-                ControlKind::Probe => {
-                    self.stats.peer_timeouts += 1;
-                    return self.kill(id);
-                }
+                ControlKind::Probe => return self.give_up_on_peer(id),
                 ControlKind::RsynAck | ControlKind::HandshakeAck => {}
                 ControlKind::Fin => {
-                    // The peer is gone: nothing more will come from it.
-                    // The flow ends, the application (if it still holds
-                    // it) sees a reset, and its close releases it.
-                    self.stats.peer_timeouts += 1;
+                    // Nothing more will come from the peer.
                     if let Ok(flow) = self.flow_mut(id) {
                         flow.teardown.peer_gone();
                     }
-                    return self.kill(id);
+                    return self.give_up_on_peer(id);
                 }
             }
         }

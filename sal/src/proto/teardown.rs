@@ -33,6 +33,11 @@
 //! bounded ([`HostConfig::orphan_timeout`](super::HostConfig), TCP's
 //! orphaned `FIN-WAIT-2`): after it the flow is reset, which tells the peer
 //! that nobody listens any more, and forgotten.
+//!
+//! A host that gives up on its peer (its FIN or another control message
+//! ran out of retries, or nothing came for the whole peer timeout) resets
+//! the flow too ([`Host::give_up_on_peer`]): the peer may be unheard
+//! rather than gone, and would otherwise wait out its own timeouts.
 
 use smoltcp::time::Instant;
 
@@ -119,6 +124,21 @@ impl Host {
         }
         self.kill(id);
         Ok(())
+    }
+
+    /// The peer stopped answering (our control messages ran out of
+    /// retries, or nothing came for the whole peer timeout): the flow ends
+    /// with a reset, and the application (if it still holds it) sees one.
+    /// The peer may only be unheard, not gone: our packets may still reach
+    /// it where its own are lost (one direction of a path broken, or a
+    /// daemon too busy to read its packets dropping them). The RST then
+    /// spares it its own wait: a peer that closed first waits for our FIN
+    /// up to its orphan timeout. One packet for a flow given up on; the
+    /// kernel's TCP sends none when it gives up, but its peer has no
+    /// orphan wait of a minute behind it.
+    pub(super) fn give_up_on_peer(&mut self, id: FlowId) {
+        self.stats.peer_timeouts += 1;
+        let _ = self.abort(id);
     }
 
     /// The flow is over without a goodbye (reset by the peer, or given up
