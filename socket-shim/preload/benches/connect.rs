@@ -190,7 +190,8 @@
 //!
 //! So the design change §3 needs is the second kind: descriptors that are
 //! the shim's own, not the kernel's, for every call a program may make on
-//! a socket. That is a socket layer, not a change to sald.
+//! a socket. That is a socket layer, not a change to sald;
+//! `docs/in-process-sal.md` is the plan for it, in stages.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
