@@ -638,7 +638,7 @@ pub struct StatsReport {
     /// `host.buffer_pressures`/`host.pressure_dropped` how often it bit.
     #[serde(default)]
     pub buffer_limit: u64,
-    /// The budget of one ordinary user's flows' buffers (`[tcp]
+    /// The budget of one user's flows' buffers (`[tcp]
     /// buffer_memory_per_uid`; 0: none); `host.group_buffer_pressures`
     /// counts the times a user's flows reached it.
     #[serde(default)]

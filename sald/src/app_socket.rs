@@ -22,10 +22,9 @@ use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{ready, Context, Poll};
 
-use nix::sys::socket::{getsockopt, recv, send, setsockopt, sockopt, MsgFlags, UnixAddr};
+use nix::sys::socket::{getsockopt, recv, send, sockopt, MsgFlags, UnixAddr};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::sync::OnceCell;
@@ -129,22 +128,42 @@ impl AppSocket {
     /// error, and both ways shut down look the same whatever came first.
     /// The mark is an address, any address: the socket is bound to an
     /// abstract name, which the other end's `getpeername` shows from then
-    /// on, after this end is closed too. The name is this daemon's own
-    /// (its process ID and a count), taken in one lookup; the kernel's
-    /// autobind, which the first version used, searches its 2^20 names
-    /// from a random start, on sald's one thread, and would walk them all
-    /// once they were nearly taken (by a local user holding a million
-    /// autobound sockets, say). Autobind is left for a name someone else
-    /// holds. Best effort: a socket left unmarked reads as reset.
+    /// on, after this end is closed too. Best effort: a socket left
+    /// unmarked reads as reset.
+    ///
+    /// The name is random ([`mark_name`]), so that nobody can take it
+    /// first. The first version used the kernel's autobind, which searches
+    /// its 2^20 names from a random start on sald's one thread and would
+    /// walk them all once a local user held most of them (a million
+    /// autobound sockets); the next, a name of sald's own (its process ID
+    /// and a count), falling back to autobind when that was taken, which
+    /// a local user could do in advance for as many names as it liked. A
+    /// name is tried [`MARK_TRIES`] times: only a name someone holds
+    /// (`EADDRINUSE`) is worth another, and no one holds a random one but
+    /// by a chance of 2^-128; anything else (no memory for the address)
+    /// would fail again. After that the socket is left unmarked, in one
+    /// or two `bind` calls whatever other users hold.
     pub fn mark_ended(&self) {
-        static MARKS: AtomicU64 = AtomicU64::new(0);
-        let n = MARKS.fetch_add(1, Ordering::Relaxed);
-        let name = format!("sald-ended-{}-{n:x}", std::process::id());
-        let bound = UnixAddr::new_abstract(name.as_bytes())
-            .and_then(|addr| nix::sys::socket::bind(self.raw(), &addr));
-        if bound.is_err() {
-            let _ = nix::sys::socket::bind(self.raw(), &UnixAddr::new_unnamed());
+        self.mark_ended_as(mark_name);
+    }
+
+    /// [`AppSocket::mark_ended`] with the names `name` gives: whether the
+    /// socket is marked.
+    fn mark_ended_as(&self, mut name: impl FnMut() -> String) -> bool {
+        for _ in 0..MARK_TRIES {
+            let bound = UnixAddr::new_abstract(name().as_bytes())
+                .and_then(|addr| nix::sys::socket::bind(self.raw(), &addr));
+            match bound {
+                Ok(()) => return true,
+                Err(nix::errno::Errno::EADDRINUSE) => continue,
+                Err(errno) => {
+                    tracing::debug!(%errno, "a flow's socket left unmarked at its end of stream");
+                    return false;
+                }
+            }
         }
+        tracing::debug!("a flow's socket left unmarked: its names were taken");
+        false
     }
 
     /// The most memory what is written into this socket may hold until
@@ -156,15 +175,18 @@ impl AppSocket {
         Ok(getsockopt(self.read.get_ref(), sockopt::SndBuf)?)
     }
 
-    /// Makes [`AppSocket::send_buffer`] `bytes` (an even number, at most
-    /// twice `net.core.wmem_max`): asks for half of it, which the kernel
-    /// doubles. A larger buffer wakes a write that waits for room.
+    /// Makes [`AppSocket::send_buffer`] `bytes` (an even number): asks for
+    /// half of it, which the kernel doubles. A larger buffer wakes a write
+    /// that waits for room.
+    ///
+    /// Past twice `net.core.wmem_max` where sald may (`CAP_NET_ADMIN`:
+    /// `SO_SNDBUFFORCE`), else as near as that maximum lets any program
+    /// ask: a socket starts with `net.core.wmem_default`, which may be set
+    /// larger, and a buffer read with [`AppSocket::send_buffer`] and made
+    /// smaller for a while must come back whole (`SO_SNDBUF` alone gave
+    /// back twice the maximum).
     pub fn set_send_buffer(&self, bytes: usize) -> io::Result<()> {
-        Ok(setsockopt(
-            self.read.get_ref(),
-            sockopt::SndBuf,
-            &(bytes / 2),
-        )?)
+        crate::udp::set_buffer(self.raw(), crate::udp::Buffer::Send, bytes / 2).map(drop)
     }
 
     /// Waits until the other end has hung up: closed (every copy of it),
@@ -297,6 +319,17 @@ impl AsyncWrite for AppSocket {
         let shut = nix::sys::socket::shutdown(self.raw(), nix::sys::socket::Shutdown::Write);
         Poll::Ready(shut.map_err(io::Error::from))
     }
+}
+
+/// Names [`AppSocket::mark_ended`] tries before it leaves a socket
+/// unmarked.
+const MARK_TRIES: usize = 2;
+
+/// A name for [`AppSocket::mark_ended`]: 128 bits from the thread's
+/// generator, which the operating system seeds (a cryptographic one, so
+/// no name tells the next).
+fn mark_name() -> String {
+    format!("sald-ended-{:032x}", rand::random::<u128>())
 }
 
 /// [`AppSocket::unread_memory`] of any unix socket.
@@ -463,6 +496,51 @@ mod tests {
         drop(theirs);
     }
 
+    /// A send buffer larger than twice `net.core.wmem_max`, as every
+    /// socket's is while `net.core.wmem_default` is set above that (made
+    /// so here on one socket, the sysctls untouched), comes back whole
+    /// after it was made small, where sald may (`CAP_NET_ADMIN`): it came
+    /// back at twice the maximum. Without the capability, as near as the
+    /// maximum allows.
+    #[tokio::test]
+    async fn a_send_buffer_past_twice_wmem_max_comes_back_whole() {
+        let wmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let forced = wmem_max <= (i32::MAX / 8) as usize
+            && nix::sys::socket::setsockopt(&ours, sockopt::SndBufForce, &(3 * wmem_max)).is_ok();
+        if !forced {
+            eprintln!("skipped: needs CAP_NET_ADMIN and a wmem_max below 256 MiB");
+            return;
+        }
+        let socket = AppSocket::new(OwnedFd::from(ours)).unwrap();
+        let born = socket.send_buffer().unwrap();
+        assert_eq!(born, 6 * wmem_max);
+        socket.set_send_buffer(32 << 10).unwrap();
+        assert_eq!(socket.send_buffer().unwrap(), 32 << 10);
+        socket.set_send_buffer(born).unwrap();
+        assert_eq!(socket.send_buffer().unwrap(), born);
+
+        socket.set_send_buffer(32 << 10).unwrap();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                // Another user in this thread alone (the raw system call),
+                // whose effective capabilities are gone.
+                let (keep, nobody) = (-1 as nix::libc::c_long, 65534 as nix::libc::c_long);
+                // SAFETY: setresuid takes three integers and touches no memory.
+                let rc =
+                    unsafe { nix::libc::syscall(nix::libc::SYS_setresuid, keep, nobody, keep) };
+                assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+                socket.set_send_buffer(born).unwrap();
+            });
+        });
+        assert_eq!(socket.send_buffer().unwrap(), 2 * wmem_max);
+        drop(theirs);
+    }
+
     #[tokio::test]
     async fn a_hang_up_is_heard_where_an_end_of_file_is_not() {
         let (ours, theirs) = UnixStream::pair().unwrap();
@@ -479,5 +557,73 @@ mod tests {
         heard.expect("the close hangs up").unwrap();
         let again = tokio::time::timeout(within, socket.hung_up()).await;
         again.expect("a hang-up is final").unwrap();
+    }
+
+    /// The name `theirs`' peer is bound to (`None`: unnamed), as the
+    /// application's shim sees it.
+    fn peer_name(theirs: &UnixStream) -> Option<Vec<u8>> {
+        let addr: UnixAddr = nix::sys::socket::getpeername(theirs.as_raw_fd()).unwrap();
+        addr.as_abstract().map(<[u8]>::to_vec)
+    }
+
+    /// A socket bound to abstract `name`, held by a squatter.
+    fn squat(name: &[u8]) -> OwnedFd {
+        let fd = nix::sys::socket::socket(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Stream,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        let addr = UnixAddr::new_abstract(name).unwrap();
+        nix::sys::socket::bind(fd.as_raw_fd(), &addr).unwrap();
+        fd
+    }
+
+    /// A local user who holds the names sald's marks would take (its
+    /// process ID and a count, as they were) neither leaves a socket
+    /// unmarked nor sends the mark into the kernel's autobind, which
+    /// searches 2^20 names on sald's thread (its names are five hex
+    /// digits); marks are unlike each other.
+    #[tokio::test]
+    async fn names_held_in_advance_neither_block_a_mark_nor_send_it_to_autobind() {
+        let pid = std::process::id();
+        let _squatted: Vec<OwnedFd> = (0..256u64)
+            .map(|n| squat(format!("sald-ended-{pid}-{n:x}").as_bytes()))
+            .collect();
+        let mut names = Vec::new();
+        for _ in 0..2 {
+            let (ours, theirs) = UnixStream::pair().unwrap();
+            let socket = AppSocket::new(OwnedFd::from(ours)).unwrap();
+            socket.mark_ended();
+            let name = peer_name(&theirs).expect("marked");
+            assert!(
+                name.len() > 5,
+                "autobound: {:?}",
+                String::from_utf8_lossy(&name)
+            );
+            assert!(name.starts_with(b"sald-ended-"));
+            names.push(name);
+        }
+        assert_ne!(names[0], names[1]);
+    }
+
+    /// A mark whose names are all taken gives up after [`MARK_TRIES`] of
+    /// them, the socket unmarked, rather than search further on sald's
+    /// thread.
+    #[tokio::test]
+    async fn a_mark_whose_names_are_taken_gives_up() {
+        let name = format!("sald-ended-squatted-{}", std::process::id());
+        let _squatter = squat(name.as_bytes());
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let socket = AppSocket::new(OwnedFd::from(ours)).unwrap();
+        let mut tried = 0;
+        let marked = socket.mark_ended_as(|| {
+            tried += 1;
+            name.clone()
+        });
+        assert!(!marked);
+        assert_eq!(tried, MARK_TRIES);
+        assert_eq!(peer_name(&theirs), None, "no other name either");
     }
 }

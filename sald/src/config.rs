@@ -44,7 +44,7 @@
 //! max_send_buffer = 1048576  # most bytes a flow may have queued to send
 //! max_recv_buffer = 1048576  # most bytes it may hold received: the window it offers
 //! buffer_memory = 1073741824 # all flows' buffers together (default: 1/8 of RAM; 0: none)
-//! buffer_memory_per_uid = 268435456 # one ordinary user's flows (default: 1/4 of that; 0: none)
+//! buffer_memory_per_uid = 268435456 # one user's flows, root's too (default: 1/4 of that; 0: none)
 //!
 //! [syn]                      # opening handshakes (defaults shown)
 //! cookies = "under-pressure" # SYN cookies past the half-open bounds ("never", "always")
@@ -74,11 +74,10 @@
 //! offer only what is held, data past it is dropped for the peer to resend,
 //! and applications' writes wait, until use falls below 7/8 of it. The
 //! default is an eighth of physical memory, at least 64 MiB.
-//! `buffer_memory_per_uid` is the same bound for the flows of one ordinary
-//! user (root's and sald's own user's are bounded by `buffer_memory`
-//! only): past it that user's flows, and no one else's, are under
-//! pressure, so that one user whose flows leave what peers send unread
-//! cannot hold the whole budget.
+//! `buffer_memory_per_uid` is the same bound for the flows of one user,
+//! root and sald's own user included: past it that user's flows, and no
+//! one else's, are under pressure, so that one user whose flows leave
+//! what peers send unread cannot hold the whole budget.
 //!
 //! ## Binding
 //!
@@ -361,7 +360,7 @@ pub struct TcpBuffers {
     /// Bytes all flows' buffers may hold together before none may grow
     /// (see "Memory"). Absent: [`default_buffer_memory`]; 0: no budget.
     pub buffer_memory: Option<usize>,
-    /// Bytes the buffers of one ordinary user's flows may hold together
+    /// Bytes the buffers of one user's flows (root's too) may hold together
     /// before that user's flows (only) may not grow (see "Memory").
     /// Absent: a quarter of `buffer_memory`; 0: no such bound.
     pub buffer_memory_per_uid: Option<usize>,
@@ -425,7 +424,7 @@ impl TcpBuffers {
         }
     }
 
-    /// One ordinary user's share of the buffer budget (`None`: no
+    /// One user's share of the buffer budget (`None`: no
     /// bound of its own; see `buffer_memory_per_uid`). The default, a
     /// quarter of the budget, is at least one flow's maxima (as a share
     /// set by hand must be).

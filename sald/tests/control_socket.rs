@@ -417,8 +417,8 @@ fn one_user_s_unread_flows_hold_no_more_than_its_share_of_the_buffer_budget() {
     });
     let listener = bind_as(&sald, NOBODY, "b0f0/16").unwrap();
     let service: sal::ServiceId = "b0f001".parse().unwrap();
-    // Root's clients (no group of their own) write 64 KiB each into
-    // flows their user never reads. It takes them, and says a word on
+    // Root's clients write 64 KiB each into flows their user never
+    // reads. It takes them, and says a word on
     // each: else they would count as still waiting in its accept queue,
     // its listener's rather than its own.
     let mut clients: Vec<ServiceStream> = (0..16)
@@ -452,6 +452,67 @@ fn one_user_s_unread_flows_hold_no_more_than_its_share_of_the_buffer_budget() {
     let now = stats();
     assert_eq!(now.buffer_limit_per_uid, 256 << 10);
     assert!(!now.host.buffer_pressure, "the host is not under pressure");
+}
+
+/// Root's flows have a buffer budget of their own too (as sald's own
+/// user's): a root service whose peers send what it never reads puts
+/// root's flows under pressure, not the host's budget, whose pressure
+/// stops every user's flows from growing. In no group, root's flows held
+/// the whole budget.
+#[test]
+fn root_s_unread_flows_put_no_other_user_under_pressure() {
+    require_root!();
+    const FLOWS: usize = 12;
+    let dir = Scratch::new("buffer-share-root");
+    let sald = daemon(&dir, "sald", |config| {
+        config.tcp.max_send_buffer = 256 << 10;
+        config.tcp.max_recv_buffer = 256 << 10;
+        // Less than root's flows' receive buffers together (3 MiB), more
+        // than two users' shares with what each may overshoot by.
+        config.tcp.buffer_memory = Some(2 << 20);
+        config.tcp.buffer_memory_per_uid = Some(512 << 10);
+    });
+    let listener = ServiceListener::bind_via(sald.client(), prefix("b0f1/16"), 32).unwrap();
+    let service: sal::ServiceId = "b0f101".parse().unwrap();
+    let clients: Vec<ServiceStream> = (0..FLOWS)
+        .map(|_| {
+            let control = client_as(&sald.control, OTHER).unwrap();
+            ServiceStream::connect_via(control, service, Some(Duration::from_secs(3))).unwrap()
+        })
+        .collect();
+    // Taken, and a word said on each: accepted, root's (see above).
+    let _held: Vec<_> = (0..FLOWS)
+        .map(|_| {
+            let (mut flow, info) = listener.accept().unwrap();
+            flow.write_all(b"hi").unwrap();
+            (flow, info)
+        })
+        .collect();
+    // More than the flows' sockets take, so that their receive buffers
+    // fill behind them. The writers end when the daemon goes.
+    for mut client in clients {
+        thread::spawn(move || {
+            let _ = client.write_all(&vec![7u8; 1 << 20]);
+        });
+    }
+    let stats = || match sald.client().request(&Request::Stats).unwrap().response {
+        Response::Stats { stats } => *stats,
+        other => panic!("{other:?}"),
+    };
+    let pressed =
+        |host: &sal::proto::HostStats| host.group_buffer_pressures > 0 || host.buffer_pressures > 0;
+    assert!(
+        wait_until(Duration::from_secs(20), || pressed(&stats().host)),
+        "no flows reached a share: {:?}",
+        stats().host
+    );
+    // Root's flows fill on: within this they took the host's budget.
+    let host_pressed = wait_until(Duration::from_secs(3), || stats().host.buffer_pressures > 0);
+    assert!(
+        !host_pressed,
+        "the host came under pressure: {:?}",
+        stats().host
+    );
 }
 
 /// An idle datagram socket costs sald a few KiB: each used to keep a

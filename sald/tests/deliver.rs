@@ -1015,6 +1015,38 @@ fn a_taken_flow_whose_socket_fills_gets_its_socket_buffer_back() {
     drop(writer.join().unwrap());
 }
 
+/// A program that takes a delivered flow and then leaves it alone (reads
+/// nothing, writes nothing, its socket not full) leaves it counted as
+/// not accepted, but charging its listener nothing: what the peer sent
+/// went down into the flow's socket, and the flow's buffers, empty, are
+/// given back at the next trim. Only what does not fit the socket would
+/// stay in them, and a full socket has the pump look at the accept queue
+/// and count the flow as the program's (the test above).
+#[test]
+fn a_taken_flow_left_alone_charges_its_listener_nothing() {
+    let net = InProcessPair::new("deliver-taken-idle");
+    let (mut owner, listener) = listen(&net.server, "de1e/16");
+    let queue = deliver(&mut owner, listener);
+    let mut stream = connect(&net.client, "de1e01".parse().unwrap());
+    stream.write_all(&common::pattern(8 << 10, 5)).unwrap();
+    let host = || net.server.stats().host;
+    assert!(
+        testnet::wait_until(WITHIN, || host().unaccepted_buffer_bytes > 0),
+        "the request was never held: {:?}",
+        host()
+    );
+    let Taken::Flow(_, flow) = take(&queue) else {
+        panic!("the accept queue ended");
+    };
+    assert!(
+        testnet::wait_until(WITHIN, || host().unaccepted_buffer_bytes == 0),
+        "still charged to the listener: {:?}",
+        host()
+    );
+    assert_eq!(host().buffer_bytes, 0, "the flow holds nothing");
+    assert_eq!(unread(&flow), 8 << 10, "the request waits in the socket");
+}
+
 /// Once the program is seen to take a delivered flow (here by reading
 /// from it), sald's end gets its usual send buffer back: a bulk flow does
 /// not run through a socket sized for flows nobody took.

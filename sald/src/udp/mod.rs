@@ -26,6 +26,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 pub use batch::{ReceivedDatagram, RxBatch, TxBatch};
+/// Socket buffers past the system's maximum, for sald's other sockets too.
+pub(crate) use sys::{set_buffer, Buffer};
 pub use sys::{MAX_PAYLOAD, MAX_SEGMENTS, RECV_BATCH, SEND_BATCH};
 
 use crate::link::LinkError;

@@ -58,7 +58,7 @@ pub(super) fn listen(
     core.owners.bind(listener, binding);
     let _ = core
         .host
-        .set_listener_group(listener, budget_group(&context, client.uid));
+        .set_listener_group(listener, budget_group(client.uid));
     client.listeners.push(listener);
     let socket = core.host.listener_socket(listener);
     let fd = match socket {

@@ -41,7 +41,7 @@ pub(in crate::control) async fn connect(
             Err(error) => return host_error(error),
         };
         core.owners.adopt(flow, uid);
-        let _ = core.host.set_flow_group(flow, budget_group(context, uid));
+        let _ = core.host.set_flow_group(flow, budget_group(uid));
         let waiter = core.wait_connect(flow);
         core.run();
         (flow, waiter)
@@ -136,15 +136,24 @@ fn share_refusal(context: &ControlContext, core: &Core, uid: u32) -> Option<Stri
 }
 
 /// The buffer budget group of `uid`'s flows (see `sal::proto`'s
-/// `budget.rs`, `[tcp] buffer_memory_per_uid`): the user's own, but none
-/// for root and sald's own user, whom the host's budget alone bounds.
-pub(super) fn budget_group(context: &ControlContext, uid: u32) -> u32 {
-    if context.policy.privileged(uid) {
-        sal::proto::NO_GROUP
+/// `budget.rs`, `[tcp] buffer_memory_per_uid`): the user's own, root's
+/// and sald's own user's too. In no group, bounded by the host's budget
+/// alone, their flows could hold all of it, and the host's pressure then
+/// stops every flow's growth, everyone else's with them: a remote peer
+/// needed only a service of theirs that reads slowly (or a flood of
+/// flows to one) to put all other users' flows under pressure. In a
+/// group, past their share only their own flows are.
+pub(super) fn budget_group(uid: u32) -> u32 {
+    if uid == sal::proto::NO_GROUP {
+        ROOT_GROUP
     } else {
         uid
     }
 }
+
+/// Root's buffer budget group: its user ID, 0, is the host's "no group"
+/// ([`sal::proto::NO_GROUP`]), and `(uid_t)-1` names no user.
+const ROOT_GROUP: u32 = u32::MAX;
 
 /// Of `fd_limit` descriptors, those ordinary users' flows may not take:
 /// a sixteenth, at least 64.
@@ -274,7 +283,7 @@ pub(super) fn hand_over_flow(
     };
     core.owners.adopt(flow, uid);
     // Its listener's group already, unless that was someone else's.
-    let _ = core.host.set_flow_group(flow, budget_group(context, uid));
+    let _ = core.host.set_flow_group(flow, budget_group(uid));
     // Its notice goes into the queue next (the feeder sends one at a time).
     let queued = match (handing, info.protocol) {
         (Handing::AcceptQueue(queue), TransportProtocol::Stream) => Some(pump::Queued {
