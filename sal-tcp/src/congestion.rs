@@ -180,6 +180,14 @@ pub(crate) trait Controller {
         false
     }
 
+    /// sal-tcp: whether this is the connection's initial slow start:
+    /// slow start with ssthresh still unbounded (no congestion seen since
+    /// the handshake, or the response to it undone). HyStart++ watches only
+    /// then (RFC 9406 4.3, see `crate::hystart`).
+    fn in_initial_slow_start(&self) -> bool {
+        false
+    }
+
     /// sal-tcp: HyStart++'s Conservative Slow Start (RFC 9406 4.2): while
     /// on, slow start grows the window by a quarter of what it would.
     /// Loss, a timeout or a rewind turn it off.

@@ -10,9 +10,20 @@
 //! is forming, and the window grows a quarter as fast (Conservative Slow
 //! Start) for [`CSS_ROUNDS`] rounds, then slow start ends where it is
 //! (ssthresh = cwnd). If the round trip falls back during those rounds,
-//! the rise was jitter and slow start resumes. Linux's Cubic does the same
-//! with its own HyStart; it applies to every slow start, after a timeout
-//! too, as here. A loss, a timeout or a rewind starts the rounds afresh.
+//! the rise was jitter and slow start resumes. A loss, a timeout or a
+//! rewind starts the rounds afresh.
+//!
+//! Only in the initial slow start, while ssthresh is unbounded (RFC 9406
+//! 4.3): a later one ends at the ssthresh a loss set, near where the queue
+//! overflowed. Linux's Cubic runs its own HyStart in every slow start of
+//! 16 segments or more, as this did: after a timeout with 300 segments in
+//! flight (ssthresh 210) and a rising round trip, it ended slow start at
+//! 64 segments (`a_slow_start_with_a_known_ssthresh_is_left_to_it`); in
+//! `sal/tests/sim_tcp_loss.rs` and `tests/heavy_loss.rs` it never acted
+//! after a loss (the same figures either way). A restart after idle or a
+//! rewind keeps an unbounded ssthresh unbounded, so HyStart++ watches the
+//! slow start of a flow that never saw a loss there too (RFC 9406 allows
+//! it for the restart window), and again after a loss response undone.
 //!
 //! It needs several round-trip samples a round, where the RTO estimator
 //! takes one a flight (no timestamps on the SAL's paths). [`Sampler`] times
@@ -25,6 +36,10 @@ use smoltcp::time::Instant;
 use smoltcp::wire::TcpSeqNumber;
 
 use crate::congestion::Controller;
+use crate::rtt::RTTE_MAX_RTO;
+
+// What keeps a run's wrapping send time unambiguous (see `Slot::sent`).
+const _: () = assert!(RTTE_MAX_RTO < u16::MAX as u32);
 
 /// RFC 9406's N_RTT_SAMPLE: round-trip samples a round must have before
 /// its minimum is compared with the last round's.
@@ -55,8 +70,12 @@ const NONE: u32 = u32::MAX;
 struct Slot {
     start: TcpSeqNumber,
     len: u16,
-    /// The clock's milliseconds when sent, wrapping (samples are far
-    /// below the 65 s a wrap takes).
+    /// The clock's milliseconds when sent, wrapping every 65.5 s. No run
+    /// is timed that long: it leaves the slots when acknowledged, and all
+    /// do when anything is resent, which the retransmission timeout (at
+    /// most 60 s, [`RTTE_MAX_RTO`]) does before an ACK that late. A flow
+    /// that slow-starts again after an idle period or a timeout starts
+    /// from empty slots and fresh rounds (`on_retransmit`).
     sent: u16,
 }
 
@@ -72,8 +91,11 @@ pub(crate) struct Sampler {
     first: u8,
     /// Runs being timed.
     timing: u8,
-    /// The end of the highest data sent: what starts there is new.
-    sent_end: Option<TcpSeqNumber>,
+    /// The end of the highest data sent, once something was
+    /// (`has_sent`): what starts there is new. Not an `Option`, which
+    /// takes 4 bytes more.
+    sent_end: TcpSeqNumber,
+    has_sent: bool,
 }
 
 impl Sampler {
@@ -83,9 +105,10 @@ impl Sampler {
             return;
         }
         let end = seq + len;
-        let new = self.sent_end.is_none_or(|sent| seq >= sent);
-        if self.sent_end.is_none_or(|sent| end > sent) {
-            self.sent_end = Some(end);
+        let new = !self.has_sent || seq >= self.sent_end;
+        if !self.has_sent || end > self.sent_end {
+            self.sent_end = end;
+            self.has_sent = true;
         }
         if !new {
             return;
@@ -150,9 +173,11 @@ impl Sampler {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct HyStart {
     sampler: Sampler,
-    /// The round ends when this is acknowledged (RFC 9406's windowEnd);
-    /// `None`: no round started (not in slow start).
-    window_end: Option<TcpSeqNumber>,
+    /// The round ends when this is acknowledged (RFC 9406's windowEnd),
+    /// if one started (`in_round`: not outside slow start; not an
+    /// `Option`, which takes 4 bytes more).
+    window_end: TcpSeqNumber,
+    in_round: bool,
     /// The least round trip of the last round and of this one, in
     /// milliseconds ([`NONE`]: no sample).
     last_round_min: u32,
@@ -170,7 +195,8 @@ impl Default for HyStart {
     fn default() -> Self {
         HyStart {
             sampler: Sampler::default(),
-            window_end: None,
+            window_end: TcpSeqNumber::default(),
+            in_round: false,
             last_round_min: NONE,
             round_min: NONE,
             samples: 0,
@@ -203,8 +229,8 @@ impl HyStart {
 
     /// An ACK of new data up to `ack` came at `now`, after `controller`
     /// acted on it; `snd_nxt` is the end of the highest data sent. Outside
-    /// slow start this only keeps the sampler going; a slow start begins
-    /// its rounds afresh (after a timeout the path is not what it was).
+    /// the initial slow start (see the module docs) this only keeps the
+    /// sampler going, and a slow start begins its rounds afresh.
     pub(crate) fn on_ack(
         &mut self,
         now: Instant,
@@ -213,16 +239,17 @@ impl HyStart {
         controller: &mut dyn Controller,
     ) {
         let sample = self.sampler.on_ack(now, ack);
-        if !controller.in_slow_start() {
+        if !controller.in_initial_slow_start() {
             *self = HyStart {
                 sampler: self.sampler,
                 ..HyStart::default()
             };
             return;
         }
-        if self.window_end.is_none_or(|end| ack >= end) {
+        if !self.in_round || ack >= self.window_end {
             // A round starts.
-            self.window_end = Some(snd_nxt);
+            self.window_end = snd_nxt;
+            self.in_round = true;
             self.last_round_min = self.round_min;
             self.round_min = NONE;
             self.samples = 0;
@@ -455,6 +482,30 @@ mod test {
             cc.window(),
             in_flight
         );
+    }
+
+    #[test]
+    fn a_slow_start_with_a_known_ssthresh_is_left_to_it() {
+        // RFC 9406 4.3: HyStart++ only in the initial slow start, while
+        // ssthresh is unbounded; later ones end at the ssthresh the loss
+        // response set. A timeout with 300 segments in flight sets it at
+        // 210, and the round trip of the slow start that follows rises as
+        // in `a_rising_round_trip_ends_slow_start_after_conservative_rounds`:
+        // watched by HyStart++, that slow start ended at 64 segments.
+        let mut cc = cubic();
+        cc.on_rto(at(0), 300 * MSS);
+        let rounds = run(&mut cc, 14, |round| 50 + 20 * (round as i64 - 3).max(0));
+        let ended = rounds
+            .iter()
+            .position(|&(_, ss)| !ss)
+            .expect("slow start ends");
+        assert!(rounds[ended].0 >= 210 * MSS, "{rounds:?}");
+        // Undone, the timeout leaves ssthresh unbounded: HyStart++ again.
+        let mut cc = cubic();
+        let prior = cc.undo_point();
+        cc.on_rto(at(0), 300 * MSS);
+        cc.undo(prior);
+        assert!(cc.in_initial_slow_start());
     }
 
     #[test]

@@ -10,6 +10,8 @@
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::TcpSeqNumber;
 
+use crate::windowed_min::WindowedMin;
+
 /// RFC 6298: (2.1) Until a round-trip time (RTT) measurement has been made for a
 /// segment sent between the sender and receiver, the sender SHOULD
 /// set RTO <- 1 second,
@@ -118,10 +120,9 @@ pub(crate) struct RttEstimator {
     timing: u8,
     max_seq_sent: Option<TcpSeqNumber>,
     rto_count: u8,
-    /// sal-tcp: the least sample, for RACK's reordering window
-    /// (`crate::rack`); `u32::MAX` before one. Kept for the connection's
-    /// life (Linux keeps a 5-minute windowed minimum).
-    min_rtt: u32,
+    /// sal-tcp: the least sample of the last five minutes, for RACK's
+    /// reordering window (`crate::rack`), as Linux's `tcp_min_rtt`.
+    min_rtt: WindowedMin,
 }
 
 impl Default for RttEstimator {
@@ -135,7 +136,7 @@ impl Default for RttEstimator {
             timing: 0,
             max_seq_sent: None,
             rto_count: 0,
-            min_rtt: u32::MAX,
+            min_rtt: WindowedMin::default(),
         }
     }
 }
@@ -161,13 +162,15 @@ impl RttEstimator {
         self.have_measurement.then_some(self.srtt)
     }
 
-    /// sal-tcp: the least round trip sampled, `None` before a sample.
+    /// sal-tcp: the least round trip sampled in the last five minutes
+    /// (`crate::windowed_min`), `None` before a sample.
     pub(crate) fn min_rtt(&self) -> Option<u32> {
-        (self.min_rtt != u32::MAX).then_some(self.min_rtt)
+        self.min_rtt.get()
     }
 
-    pub(crate) fn sample(&mut self, new_rtt: u32) {
-        self.min_rtt = self.min_rtt.min(new_rtt);
+    /// A round trip of `new_rtt` milliseconds, measured at `now`.
+    pub(crate) fn sample(&mut self, now: Instant, new_rtt: u32) {
+        self.min_rtt.update(now, new_rtt);
         if self.have_measurement {
             // RFC 6298 (2.3) When a subsequent RTT measurement R' is made, a host MUST set (...)
             let diff = (self.srtt as i32 - new_rtt as i32).unsigned_abs();
@@ -219,7 +222,10 @@ impl RttEstimator {
 
     pub(crate) fn on_ack(&mut self, timestamp: Instant, seq: TcpSeqNumber) {
         if let Some(sent) = self.finish(|t| seq >= t.end, |t| !t.resent_since) {
-            self.sample((timestamp.total_millis() as u32).wrapping_sub(sent));
+            self.sample(
+                timestamp,
+                (timestamp.total_millis() as u32).wrapping_sub(sent),
+            );
         }
     }
 
@@ -231,7 +237,10 @@ impl RttEstimator {
             return;
         }
         if let Some(sent) = self.finish(|t| left < t.end && t.end <= right, |_| true) {
-            self.sample((timestamp.total_millis() as u32).wrapping_sub(sent));
+            self.sample(
+                timestamp,
+                (timestamp.total_millis() as u32).wrapping_sub(sent),
+            );
         }
     }
 
@@ -302,6 +311,19 @@ impl RttEstimator {
         }
     }
 
+    /// sal-tcp: the flow moved to another path (`Socket::new_path`): all
+    /// that was measured is forgotten, as RFC 9000 (9.4) resets a new
+    /// path's estimator: no sample, the initial timeout (1 s, RFC 6298
+    /// 2.1), no backoff, no least round trip. The highest byte sent is
+    /// kept: only data sent after it is timed, not the old path's flight
+    /// resent (Karn).
+    pub(crate) fn new_path(&mut self) {
+        *self = RttEstimator {
+            max_seq_sent: self.max_seq_sent,
+            ..RttEstimator::default()
+        };
+    }
+
     /// The timing ends: everything in flight is resent (a timeout, a
     /// rewind), or when the segment timed left is unknown.
     pub(crate) fn on_retransmit(&mut self) {
@@ -309,5 +331,28 @@ impl RttEstimator {
             tcp_trace!("rtte: abort sampling due to retransmit");
         }
         self.timing = 0;
+    }
+}
+
+#[cfg(test)]
+mod test {
+    use super::*;
+    use crate::rack::Rack;
+
+    #[test]
+    fn the_least_round_trip_follows_a_path_whose_round_trip_rose() {
+        // 10 ms for a minute, then 100 ms for good (a queue that stays):
+        // five minutes on, RACK's reordering window is a quarter of the
+        // 100 ms, no longer of the 10 ms (it was for the connection's
+        // life).
+        let mut r = RttEstimator::default();
+        let mut now = Instant::ZERO;
+        for rtt in [10; 60].into_iter().chain([100; 400]) {
+            r.sample(now, rtt);
+            now += Duration::from_secs(1);
+        }
+        assert_eq!(r.min_rtt(), Some(100));
+        let reo_wnd = Rack::default().reo_wnd(r.min_rtt(), r.srtt_sample(), false, false);
+        assert_eq!(reo_wnd, Duration::from_millis(25));
     }
 }

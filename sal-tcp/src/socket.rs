@@ -970,6 +970,36 @@ impl Socket {
         in_flight
     }
 
+    /// sal-tcp: the flow moved to another path at `now` (a SAL migration:
+    /// either end's locator changed): forget the old path's round trip,
+    /// then [`rewind`](Socket::rewind). Returns what `rewind` returns.
+    ///
+    /// The round-trip estimator starts again as a new connection's (no
+    /// sample, a timeout of 1 s, RFC 6298 2.1, no backoff), and so does
+    /// RACK's least round trip (`crate::rack`): RFC 9000 (9.4) resets
+    /// both for a new path. A retransmission timer running for the old
+    /// path's flight restarts from now with that timeout, for the flight
+    /// resent. Kept, the old path's figures were wrong both ways: moved
+    /// from a 10 ms path to a 300 ms one, the timer of the old flight,
+    /// held back during the move, fired 38 ms after the flight was resent
+    /// on the new path, and the window restarted from one segment resent
+    /// what was on its way (`sal/tests/sim_path_change.rs`); RACK's
+    /// reordering window stayed a quarter of the old least round trip
+    /// for five minutes. The congestion window restarts as `rewind`
+    /// restarts it, ssthresh kept: reset as well, as RFC 9000 resets the
+    /// whole controller, slow start overshot the short queues of that
+    /// test (moved to the longer path without loss, 356 segments resent
+    /// against 184, the transfer 16.1 s against 11.3 s). A path that went
+    /// silent and answered a probe is the same path: `rewind` alone.
+    pub fn new_path(&mut self, now: Instant) -> usize {
+        self.rtte.new_path();
+        if self.timer.is_retransmit() {
+            let rto = self.rtte.retransmission_timeout();
+            self.timer.set_for_retransmit(now, rto);
+        }
+        self.rewind()
+    }
+
     /// Return whether the socket is passively listening for incoming connections.
     ///
     /// In terms of the TCP state machine, the socket must be in the `LISTEN` state.
@@ -2401,7 +2431,21 @@ impl Socket {
                         && !is_window_update =>
                 {
                     // Increment duplicate ACK count
-                    self.local_rx_dup_acks = self.local_rx_dup_acks.saturating_add(1);
+                    // sal-tcp: unless all it reports is a segment that
+                    // arrived twice below the cumulative ACK (a D-SACK of
+                    // data delivered in order, nothing newly SACKed): that
+                    // shows no loss. Counted, three started a fast
+                    // retransmit of data on its way, whose copies drew
+                    // three more, for the rest of a transfer (about half of
+                    // what was sent went twice). A copy of data held past
+                    // the hole still counts: it arrived past the hole.
+                    let only_duplicate = self.remote_has_sack
+                        && !sack_news
+                        && dsack::duplicate_block(ack_number, &repr.sack_ranges)
+                            .is_some_and(|(_, right)| right <= ack_number);
+                    if !only_duplicate {
+                        self.local_rx_dup_acks = self.local_rx_dup_acks.saturating_add(1);
+                    }
 
                     net_debug!(
                         "received duplicate ACK for seq {} (duplicate nr {}{})",

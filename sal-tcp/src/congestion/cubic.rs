@@ -306,6 +306,10 @@ impl Controller for Cubic {
         !self.in_fast_recovery && self.cwnd < self.ssthresh
     }
 
+    fn in_initial_slow_start(&self) -> bool {
+        self.in_slow_start() && self.ssthresh == usize::MAX
+    }
+
     fn set_conservative(&mut self, on: bool) {
         self.conservative = on;
     }

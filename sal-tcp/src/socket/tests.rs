@@ -6579,7 +6579,7 @@ fn test_rtt_estimator() {
     ];
 
     for &rto in rtos {
-        r.sample(2000);
+        r.sample(Instant::ZERO, 2000);
         assert_eq!(r.retransmission_timeout(), Duration::from_millis(rto));
     }
 }
@@ -7486,7 +7486,7 @@ fn test_the_retransmission_timeout_fires_while_rack_waits() {
     // it. The timeout fires when due: it neither waits for RACK nor
     // leaves a timer due that sends nothing (a host polling it spins).
     let mut s = socket_with_eight_segments_in_flight(true);
-    s.rtte.sample(40);
+    s.rtte.sample(Instant::ZERO, 40);
     s.rack.on_reordering();
     sack_three_losses(&mut s);
     assert_eq!(sent_now(&mut s, 10).len(), 3);
@@ -8916,7 +8916,7 @@ mod hostile_acks {
             // A round trip sampled arms RACK's timer (`crate::rack`) and
             // the tail loss probe.
             if let Some(rtt) = rtt {
-                s.rtte.sample(rtt);
+                s.rtte.sample(Instant::ZERO, rtt);
             }
             let mut ms = 0;
             for step in &steps {
@@ -9041,6 +9041,78 @@ fn test_a_rewind_with_nothing_in_flight_restarts_hystarts_rounds() {
             s.congestion_controller.inner().window()
         );
     }
+}
+
+#[test]
+fn test_a_new_path_forgets_the_old_paths_round_trip() {
+    // sal-tcp: eight segments in flight on a path of 10 ms (one sampled),
+    // then, 100 ms on, a SAL migration (`Socket::new_path`): what was
+    // measured of the old path goes (RFC 9000 9.4). No round trip, no
+    // least one for RACK, the initial timeout of 1 s, run from the move
+    // for the flight resent. A path that went silent and answered a probe
+    // (`rewind` alone) keeps them, and its timer.
+    for moved in [false, true] {
+        let mut s = socket_with_eight_segments_in_flight(true);
+        send!(s, time 10, sack_ack(6, &[]));
+        assert_eq!(s.rtte.srtt_sample(), Some(10));
+        let timer = s.timer;
+        let now = Instant::from_millis(100);
+        let resent = if moved { s.new_path(now) } else { s.rewind() };
+        assert_eq!(resent, 42);
+        if moved {
+            assert_eq!(s.rtte.srtt_sample(), None);
+            assert_eq!(s.rtte.min_rtt(), None);
+            assert_eq!(s.rtte.retransmission_timeout(), Duration::from_secs(1));
+            assert_eq!(
+                s.timer,
+                Timer::Retransmit {
+                    expires_at: now + Duration::from_secs(1)
+                }
+            );
+        } else {
+            assert_eq!(s.rtte.srtt_sample(), Some(10));
+            assert_eq!(s.rtte.min_rtt(), Some(10));
+            assert_eq!(s.timer, timer);
+        }
+        // The flight goes again from the oldest byte either way.
+        assert_eq!(sent_now(&mut s, 100)[0].0, 6);
+    }
+}
+
+#[test]
+fn test_duplicate_acks_of_duplicates_start_no_fast_retransmit() {
+    // sal-tcp: a peer that SACKs tells of a segment that arrived twice
+    // with a D-SACK block (RFC 2883) in a duplicate ACK. A copy of data
+    // below the cumulative ACK tells of no loss (RFC 6675 counts only
+    // duplicate ACKs that SACK new data). Counted, three started a fast
+    // retransmit of data still on its way, whose copies drew more
+    // D-SACKs: a sender that once resent a few segments needlessly resent
+    // about half of what it sent for the rest of the transfer
+    // (`sal/tests/sim_path_change.rs`: 4 MiB in 226 s, not 11).
+    let mut s = socket_with_eight_segments_in_flight(true);
+    send!(s, time 10, sack_ack(12, &[]));
+    for _ in 0..3 {
+        send!(s, time 10, sack_ack(12, &[(0, 6)]));
+    }
+    assert_eq!(s.local_rx_dup_acks, 0);
+    assert!(sent_now(&mut s, 10).is_empty());
+    // A copy of data held past the hole (a D-SACK within the SACK block
+    // that follows it) arrived past the hole, and counts, as do duplicate
+    // ACKs that SACK new data: the third starts a fast retransmit.
+    send!(s, time 11, sack_ack(12, &[(18, 24)]));
+    for _ in 0..2 {
+        send!(s, time 11, sack_ack(12, &[(18, 24), (18, 24)]));
+    }
+    assert_eq!(s.local_rx_dup_acks, 3);
+    assert_eq!(sent_now(&mut s, 11)[0].0, 12);
+    // So do duplicate ACKs without SACK blocks: our receiver sends one for
+    // data it had no room to hold.
+    let mut s = socket_with_eight_segments_in_flight(true);
+    send!(s, time 10, sack_ack(12, &[]));
+    for _ in 0..3 {
+        send!(s, time 10, sack_ack(12, &[]));
+    }
+    assert_eq!(sent_now(&mut s, 10)[0].0, 12);
 }
 
 /// As `socket_opened_by_handshake`, after `timeouts` retransmissions of

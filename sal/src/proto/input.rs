@@ -13,7 +13,7 @@ use super::control::ControlKind;
 use super::flow::Endpoint;
 use super::nat;
 use super::path::advertised;
-use super::stream::tcp_header_len;
+use super::stream::{tcp_header_len, Rewind};
 use super::timer::Timer;
 use super::{FlowState, Host};
 use crate::id::FlowId;
@@ -486,13 +486,16 @@ impl Host {
         }
         // An answered probe of a doubt proves the path: what the
         // transport waits on goes again now, not after its backed-off
-        // timeout (see `Liveness::answered`).
+        // timeout (see `Liveness::answered`). So does the answer to our
+        // move, on the new path.
         let doubting = flow.liveness.doubting();
-        if acked
+        if acked.iter().any(|p| p.kind == ControlKind::Rsyn) {
+            self.rewind_stream(id, Rewind::NewPath);
+        } else if acked
             .iter()
-            .any(|p| p.kind == ControlKind::Rsyn || (p.kind == ControlKind::Probe && doubting))
+            .any(|p| p.kind == ControlKind::Probe && doubting)
         {
-            self.rewind_stream(id);
+            self.rewind_stream(id, Rewind::SamePath);
         }
         if acked.iter().any(|p| p.kind == ControlKind::SynAck) {
             self.establish_server(id);

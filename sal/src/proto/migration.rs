@@ -25,6 +25,7 @@
 
 use super::control::{ControlKind, Sequence};
 use super::liveness::{on_tick, Verdict};
+use super::stream::Rewind;
 use super::timer::Timer;
 use super::{Event, FlowState, Host, HostError};
 use crate::id::FlowId;
@@ -152,7 +153,7 @@ impl Host {
             // Trusted: follow at once (WIRE.md's exchange as written).
             flow.path.follow_peer(src);
             self.events.push_back(Event::PeerMoved(id, src));
-            self.rewind_stream(id);
+            self.rewind_stream(id, Rewind::NewPath);
             elsewhere = false;
         }
         let Ok(flow) = self.flow_mut(id) else {
@@ -237,7 +238,7 @@ impl Host {
         flow.liveness.restart(now);
         self.stats.migrations += 1;
         self.events.push_back(Event::Migrated(id, dst));
-        self.rewind_stream(id);
+        self.rewind_stream(id, Rewind::NewPath);
         self.retransmit_now(id);
         self.mark_dirty(id);
     }

@@ -113,6 +113,7 @@ use smoltcp::time::{Duration, Instant};
 
 use super::control::ControlKind;
 use super::flow::Endpoint;
+use super::stream::Rewind;
 use super::timer::Timer;
 use super::{Event, FlowState, Host, Role};
 use crate::id::FlowId;
@@ -669,6 +670,12 @@ impl Host {
             return false;
         }
         let named = sought || flow.path.moving_to == Some(src);
+        // A new path, unless only the UDP port changed (a NAT rebinding
+        // that kept its address, RFC 9000 9.4).
+        let why = match flow.path.remote {
+            Some(left) if left.ip() == src.ip() => Rewind::SamePath,
+            _ => Rewind::NewPath,
+        };
         if flow.state != FlowState::Established || !flow.path.follow_peer(src) {
             return false;
         }
@@ -676,7 +683,7 @@ impl Host {
             self.stats.rebindings += 1;
         }
         self.events.push_back(Event::PeerMoved(id, src));
-        self.rewind_stream(id);
+        self.rewind_stream(id, why);
         self.retransmit_now(id);
         if sought {
             // A fresh RSYN: a copy of one in flight might be a duplicate

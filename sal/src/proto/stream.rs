@@ -64,6 +64,20 @@ pub(super) fn tcp_header_len(segment: &[u8]) -> usize {
 /// at again, whatever its deadline says (a guard against a busy loop).
 const MIN_REARM: Duration = Duration::from_millis(1);
 
+/// Why a flow's stream resends its flight at once
+/// ([`Host::rewind_stream`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Rewind {
+    /// The flow moved to another path: this end's locator changed, or the
+    /// peer's address did (beyond its UDP port, as RFC 9000 9.4 tells a
+    /// new path from a NAT rebinding). What TCP measured of the old path
+    /// goes ([`Socket::new_path`]).
+    NewPath,
+    /// The path went silent and answered a probe: the same path, whose
+    /// measurements stand ([`Socket::rewind`]).
+    SamePath,
+}
+
 /// TCP header flags and whether the segment occupies sequence space (carries
 /// data, SYN or FIN): such a segment asks the peer for an answer.
 fn segment_kind(segment: &[u8]) -> (u8, bool) {
@@ -475,9 +489,12 @@ impl Host {
         }
     }
 
-    /// The flow moved, or its peer did: resend at once, on the new path,
-    /// what the old one may have swallowed (see [`Socket::rewind`]).
-    pub(super) fn rewind_stream(&mut self, id: FlowId) {
+    /// The flow moved, or its peer did, or its path answered a probe
+    /// after a silence: resend at once what the path may have swallowed
+    /// (see [`Socket::rewind`]); on a new path, after forgetting what was
+    /// measured of the old one ([`Socket::new_path`]).
+    pub(super) fn rewind_stream(&mut self, id: FlowId, why: Rewind) {
+        let now = self.now;
         let Some(socket) = self
             .flow_mut(id)
             .ok()
@@ -486,7 +503,11 @@ impl Host {
         else {
             return;
         };
-        if socket.rewind() > 0 {
+        let resent = match why {
+            Rewind::NewPath => socket.new_path(now),
+            Rewind::SamePath => socket.rewind(),
+        };
+        if resent > 0 {
             self.stats.replayed += 1;
         }
         self.queue_output(id);
