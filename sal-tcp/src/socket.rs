@@ -1000,6 +1000,30 @@ impl Socket {
         self.rewind()
     }
 
+    /// sal-tcp: a round trip the SAL measured on the flow's path at
+    /// `now` (the answer to a migration's RSYN, sent once): the first
+    /// sample of a path that has none, as Linux seeds a connection's
+    /// estimator from its handshake. Without it a new path
+    /// ([`new_path`](Socket::new_path)) has the initial timeout of 1 s
+    /// until data sent after the move is acknowledged, and a segment of
+    /// the resent flight lost on the new path waited that second
+    /// (after a rewind only the timeout repairs the head: `recover` holds
+    /// duplicate ACKs off, as after a timeout), where the old estimate
+    /// would have resent it after about 200 ms. A running retransmission
+    /// timer restarts from now with the timeout the sample gives. Ignored
+    /// once the path has a sample of its own.
+    pub fn seed_round_trip(&mut self, now: Instant, round_trip: Duration) {
+        if self.rtte.srtt_sample().is_some() {
+            return;
+        }
+        let millis = u32::try_from(round_trip.total_millis()).unwrap_or(u32::MAX);
+        self.rtte.sample(now, millis);
+        if self.timer.is_retransmit() {
+            let rto = self.rtte.retransmission_timeout();
+            self.timer.set_for_retransmit(now, rto);
+        }
+    }
+
     /// Return whether the socket is passively listening for incoming connections.
     ///
     /// In terms of the TCP state machine, the socket must be in the `LISTEN` state.

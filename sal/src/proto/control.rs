@@ -61,6 +61,18 @@ pub struct Pending {
     pub retries: u32,
     pub rto: Duration,
     pub deadline: Instant,
+    /// When it was sent, while it has been sent only once: its answer then
+    /// measures the path's round trip (Karn: an answer to a message sent
+    /// twice may be to either copy).
+    pub sent_once_at: Option<Instant>,
+}
+
+impl Pending {
+    /// The round trip its answer, arriving `now`, measures, if it was sent
+    /// only once.
+    pub fn round_trip(&self, now: Instant) -> Option<Duration> {
+        self.sent_once_at.map(|sent| now - sent)
+    }
 }
 
 /// How a received control message relates to what we have seen from the peer.
@@ -174,6 +186,7 @@ impl ControlState {
             retries: 0,
             rto,
             deadline,
+            sent_once_at: Some(now),
         });
         deadline
     }
@@ -203,6 +216,7 @@ impl ControlState {
             pending.retries += 1;
             pending.rto *= 2;
             pending.deadline = now + pending.rto;
+            pending.sent_once_at = None;
             resend(pending);
             true
         });
@@ -229,6 +243,7 @@ impl ControlState {
         rsyn.retries = 0;
         rsyn.rto = rto;
         rsyn.deadline = now + rto;
+        rsyn.sent_once_at = None;
         Some(rsyn.deadline)
     }
 
@@ -300,6 +315,7 @@ mod tests {
             retries: 0,
             rto: Duration::from_millis(100),
             deadline: Instant::from_millis(0),
+            sent_once_at: None,
         }
     }
 

@@ -497,6 +497,13 @@ impl Host {
         {
             self.rewind_stream(id, Rewind::SamePath);
         }
+        // The answer to a move's RSYN, or to the RSYN-ACK that took the
+        // peer's move, times the new path: TCP's first sample of it.
+        let moves = [ControlKind::Rsyn, ControlKind::RsynAck];
+        let timed = acked.iter().filter(|p| moves.contains(&p.kind));
+        if let Some(round_trip) = timed.filter_map(|p| p.round_trip(self.now)).min() {
+            self.seed_stream_round_trip(id, round_trip);
+        }
         if acked.iter().any(|p| p.kind == ControlKind::SynAck) {
             self.establish_server(id);
         }

@@ -513,6 +513,21 @@ impl Host {
         self.queue_output(id);
     }
 
+    /// A round trip the flow's control exchange measured on its current
+    /// path: the stream's first sample of a new path
+    /// ([`Socket::seed_round_trip`]).
+    pub(super) fn seed_stream_round_trip(&mut self, id: FlowId, round_trip: Duration) {
+        let now = self.now;
+        if let Some(socket) = self
+            .flow_mut(id)
+            .ok()
+            .and_then(|f| f.stream_mut())
+            .and_then(|s| s.socket.as_mut())
+        {
+            socket.seed_round_trip(now, round_trip);
+        }
+    }
+
     /// Whether the flow has finished sending: for a stream, its socket's
     /// FIN is acknowledged (when the reference stack sends the SAL FIN); a
     /// datagram flow finishes when the application closes it or shuts its
