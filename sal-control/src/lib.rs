@@ -43,9 +43,19 @@
 //!
 //! Stream flows are handed over as one end of an `AF_UNIX` `SOCK_STREAM`
 //! socketpair: bytes written to it go to the peer, end of file is the peer's
-//! half-close. Datagram sockets are `SOCK_SEQPACKET` socketpairs whose
-//! messages are [`DatagramFrame`]s (unconnected sockets) or bare payloads
-//! (connected datagram flows).
+//! half-close. A socketpair carries no error, so each end tells the other
+//! what a bare end of file or hang-up cannot with a *mark*: an abstract
+//! name it binds, which the other end's `getpeername` shows from then on
+//! (also once the marking end is closed). sald marks its end before it
+//! hangs the application's end up: [`ENDED_MARK`] once the peer's end of
+//! stream was delivered (whatever ends the flow after it), [`RESET_MARK`]
+//! for a reset with none before it. The application marks its end
+//! ([`ABORT_MARK`]) before it shuts it down both ways to abort the flow
+//! (a socket shim's `connect(AF_UNSPEC)`, as TCP's `tcp_disconnect`):
+//! sald then resets the flow where a bare end of file would finish it.
+//! Datagram sockets are `SOCK_SEQPACKET` socketpairs whose messages are
+//! [`DatagramFrame`]s (unconnected sockets) or bare payloads (connected
+//! datagram flows).
 //!
 //! sald bounds its clients: a connection beyond a user's share is answered
 //! with an `Exhausted` error (in place of the `Hello`) and closed; hello,
@@ -80,6 +90,25 @@ pub const DEFAULT_CONTROL_PATH: &str = "/run/serval/sald.sock";
 pub const CONTROL_PATH_ENV: &str = "SERVAL_CONTROL";
 /// Largest frame either side accepts; larger ones close the connection.
 pub const MAX_FRAME: usize = 1 << 20;
+
+/// How sald's end of a stream flow's socketpair is named (after the
+/// abstract name's leading NUL) once it delivered the peer's end of stream
+/// (see the module docs); the rest of the name, 128 random bits, makes it
+/// sald's own (nobody can take it first). Any name but a [`RESET_MARK`]
+/// reads as this one.
+pub const ENDED_MARK: &[u8] = b"sald-ended-";
+/// How sald's end of a stream flow's socketpair is named once the flow was
+/// reset, or its peer given up on, with no end of stream delivered before
+/// (see the module docs). An end left unnamed as it hangs up (sald
+/// stopped, or an older sald) reads as reset while the application still
+/// sends, as before these marks.
+pub const RESET_MARK: &[u8] = b"sald-reset-";
+/// How an application's end of a stream flow's socketpair is named before
+/// the application shuts it down both ways to abort the flow (see the
+/// module docs): sald resets the flow at that end of file. sald takes any
+/// name there for this one (the application falls back to a name the
+/// kernel picks when its own is taken).
+pub const ABORT_MARK: &[u8] = b"serval-abort-";
 
 /// The control socket path a client should use: `SERVAL_CONTROL` or the default.
 pub fn control_path() -> std::path::PathBuf {
@@ -155,8 +184,9 @@ pub enum Request {
     /// Change how many flows a listener may hold half-open or waiting to be
     /// accepted, as a second `listen(2)` does (the socket shim binds at
     /// `bind` and learns the program's backlog only at `listen`). Clamped as
-    /// `Listen`'s; flows already queued beyond a smaller backlog stay.
-    /// Answered with `Ok`.
+    /// `Listen`'s; flows already queued beyond a smaller backlog stay. As
+    /// `listen(2)` on a bound socket, it makes a listener that stopped
+    /// ([`Request::StopListening`]) listen again. Answered with `Ok`.
     SetBacklog {
         /// The listener, which must be one this connection created.
         listener: ListenerId,
@@ -166,6 +196,23 @@ pub enum Request {
     /// Unbind a listener (unregisters the service). Closing the control
     /// connection does the same for every listener it created.
     CloseListener {
+        /// The listener, which must be one this connection created.
+        listener: ListenerId,
+    },
+    /// Stop a stream listener listening while it stays bound, as
+    /// `connect(AF_UNSPEC)` stops a TCP listener (`tcp_disconnect`): its
+    /// service stays registered (another `Listen` of its prefix is still
+    /// `AddressInUse`), but SYNs to it are refused, as by a bound socket
+    /// that does not listen; the flows it held half-open or established
+    /// and not handed over are reset; a blocking `Accept` waiting on it
+    /// fails (`NotFound`); and its `Deliver` queue is fed no more and ends
+    /// (the application's end hangs up once it took what was in it, which
+    /// a socket shim resets as TCP resets the flows of its accept queue).
+    /// [`Request::SetBacklog`] makes it listen again, and a new `Deliver`
+    /// gives it a new queue. Stopping a stopped listener changes nothing.
+    /// Answered with `Ok`; a sald older than this request answers
+    /// `InvalidRequest`, with which a client keeps the listener as it was.
+    StopListening {
         /// The listener, which must be one this connection created.
         listener: ListenerId,
     },
@@ -320,7 +367,7 @@ pub enum Response {
         server: String,
     },
     /// Done, nothing to report: rule changes, migrations, `SetBacklog`,
-    /// `CloseListener`,
+    /// `CloseListener`, `StopListening`,
     /// and the switch into `Subscribe` or `Connector` mode.
     Ok,
     /// The request failed. Also sent, just before sald closes the
@@ -1385,6 +1432,9 @@ mod tests {
             Request::SetBacklog {
                 listener: ListenerId(3),
                 backlog: 511,
+            },
+            Request::StopListening {
+                listener: ListenerId(3),
             },
             Request::AddRule {
                 prefix: "be/8".parse().unwrap(),

@@ -36,12 +36,13 @@
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use nix::sys::socket::{
     recv, send, sendmsg, socketpair, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType,
 };
+use tokio::sync::Notify;
 
 use crate::app_socket::{unread_memory, AppSocket, PeerEnd};
 
@@ -64,6 +65,11 @@ pub struct AcceptQueue {
     /// The most notices the queue may hold for every take to be heard
     /// (see the module docs), worked out on first use.
     most_heard: OnceLock<u64>,
+    /// Its listener stopped listening ([`AcceptQueue::stop`]).
+    stopped: AtomicBool,
+    /// Wakes the feeder waiting in [`AcceptQueue::stopped`] (one waiter:
+    /// the queue's one feeder; a permit if it is not waiting yet).
+    stop: Notify,
 }
 
 impl AcceptQueue {
@@ -77,7 +83,25 @@ impl AcceptQueue {
             sent: AtomicU64::new(0),
             seen_taken: AtomicU64::new(0),
             most_heard: OnceLock::new(),
+            stopped: AtomicBool::new(false),
+            stop: Notify::new(),
         })
+    }
+
+    /// The queue's listener stopped listening (`StopListening`): its
+    /// feeder sends nothing more (a flow it holds is reset rather than
+    /// sent) and ends, which closes this end; the program's end then
+    /// hangs up once what is in it was taken.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Relaxed);
+        self.stop.notify_one();
+    }
+
+    /// Returns once [`AcceptQueue::stop`] was called (at once if it was).
+    pub async fn stopped(&self) {
+        if !self.stopped.load(Ordering::Relaxed) {
+            self.stop.notified().await;
+        }
     }
 
     /// Waits until the queue holds fewer notices than

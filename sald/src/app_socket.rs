@@ -126,10 +126,10 @@ impl AppSocket {
     /// before it hangs up, for the application's shim to tell the hang-up
     /// from a reset alone (`socket_shim::reset`): a socketpair carries no
     /// error, and both ways shut down look the same whatever came first.
-    /// The mark is an address, any address: the socket is bound to an
-    /// abstract name, which the other end's `getpeername` shows from then
-    /// on, after this end is closed too. Best effort: a socket left
-    /// unmarked reads as reset.
+    /// The mark is an address ([`sal_control::ENDED_MARK`] and a random
+    /// part): the socket is bound to an abstract name, which the other
+    /// end's `getpeername` shows from then on, after this end is closed
+    /// too. Best effort: a socket left unmarked reads as reset.
     ///
     /// The name is random ([`mark_name`]), so that nobody can take it
     /// first. The first version used the kernel's autobind, which searches
@@ -144,14 +144,14 @@ impl AppSocket {
     /// would fail again. After that the socket is left unmarked, in one
     /// or two `bind` calls whatever other users hold.
     pub fn mark_ended(&self) {
-        self.mark_ended_as(mark_name);
+        self.mark_as(|| mark_name(sal_control::ENDED_MARK));
     }
 
-    /// [`AppSocket::mark_ended`] with the names `name` gives: whether the
-    /// socket is marked.
-    fn mark_ended_as(&self, mut name: impl FnMut() -> String) -> bool {
+    /// Marks the socket with the names `name` gives ([`MARK_TRIES`] at
+    /// most; see [`AppSocket::mark_ended`]): whether it is marked.
+    fn mark_as(&self, mut name: impl FnMut() -> Vec<u8>) -> bool {
         for _ in 0..MARK_TRIES {
-            let bound = UnixAddr::new_abstract(name().as_bytes())
+            let bound = UnixAddr::new_abstract(&name())
                 .and_then(|addr| nix::sys::socket::bind(self.raw(), &addr));
             match bound {
                 Ok(()) => return true,
@@ -164,6 +164,30 @@ impl AppSocket {
         }
         tracing::debug!("a flow's socket left unmarked: its names were taken");
         false
+    }
+
+    /// Marks this socket as one whose flow was reset (or its peer given
+    /// up on) with no end of stream delivered before, as it is about to
+    /// hang up ([`sal_control::RESET_MARK`]; see [`AppSocket::mark_ended`]):
+    /// the application's shim reports the reset even where the hang-up
+    /// alone tells nothing (the application shut its own writing down, so
+    /// that a finished flow hangs up too). No autobind when the name is
+    /// taken: that would read as the end of stream, and an unmarked
+    /// hang-up still reads as reset while the application sends. Random
+    /// names as [`AppSocket::mark_ended`]'s.
+    pub fn mark_reset(&self) {
+        self.mark_as(|| mark_name(sal_control::RESET_MARK));
+    }
+
+    /// Whether the application named its end to abort the flow
+    /// ([`sal_control::ABORT_MARK`]: a socket shim's `connect(AF_UNSPEC)`,
+    /// which then shuts its end down both ways): the flow is to be reset,
+    /// as TCP's `tcp_disconnect` resets it, not finished. Any name counts
+    /// (the application falls back to a name the kernel picks). One system
+    /// call; asked only once the application's end is closed or shut down
+    /// both ways.
+    pub fn aborted(&self) -> bool {
+        nix::sys::socket::getpeername::<UnixAddr>(self.raw()).is_ok_and(|addr| addr.path_len() > 0)
     }
 
     /// The most memory what is written into this socket may hold until
@@ -321,15 +345,17 @@ impl AsyncWrite for AppSocket {
     }
 }
 
-/// Names [`AppSocket::mark_ended`] tries before it leaves a socket
+/// Names [`AppSocket::mark_ended`] and [`AppSocket::mark_reset`] try before they leave a socket
 /// unmarked.
 const MARK_TRIES: usize = 2;
 
-/// A name for [`AppSocket::mark_ended`]: 128 bits from the thread's
+/// A name for a mark: `mark`, then 128 bits from the thread's
 /// generator, which the operating system seeds (a cryptographic one, so
 /// no name tells the next).
-fn mark_name() -> String {
-    format!("sald-ended-{:032x}", rand::random::<u128>())
+fn mark_name(mark: &[u8]) -> Vec<u8> {
+    let mut name = mark.to_vec();
+    name.extend_from_slice(format!("{:032x}", rand::random::<u128>()).as_bytes());
+    name
 }
 
 /// [`AppSocket::unread_memory`] of any unix socket.
@@ -618,9 +644,9 @@ mod tests {
         let (ours, theirs) = UnixStream::pair().unwrap();
         let socket = AppSocket::new(OwnedFd::from(ours)).unwrap();
         let mut tried = 0;
-        let marked = socket.mark_ended_as(|| {
+        let marked = socket.mark_as(|| {
             tried += 1;
-            name.clone()
+            name.clone().into_bytes()
         });
         assert!(!marked);
         assert_eq!(tried, MARK_TRIES);

@@ -77,6 +77,21 @@ pub struct LinkStats {
     pub errors: u64,
 }
 
+/// A `Deliver` feeder's claim on a listener ([`Core::start_delivering`]):
+/// the listener's one feeder, until it ends or the listener stops
+/// listening, when a new `Deliver` may claim it while the old feeder has
+/// yet to learn it lost the claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim(u64);
+
+/// A listener's `Deliver` feeder: its claim, and the accept queue it feeds
+/// once it has one.
+#[derive(Debug)]
+struct Delivery {
+    claim: Claim,
+    queue: Option<Arc<AcceptQueue>>,
+}
+
 /// Everything behind the daemon's one lock.
 pub struct Core {
     /// The sans-IO protocol core: service table, flows and listeners.
@@ -98,7 +113,9 @@ pub struct Core {
     /// Listeners whose flows a `Deliver` feeder is handing out: one each,
     /// with the accept queue it feeds once it has one (drains count what
     /// the program has not taken from it).
-    delivering: HashMap<ListenerId, Option<Arc<AcceptQueue>>>,
+    delivering: HashMap<ListenerId, Delivery>,
+    /// The claim the next `Deliver` feeder gets ([`Core::start_delivering`]).
+    next_claim: u64,
     /// Drained listeners that waiting drains watch until nothing is
     /// pending on them (see [`Core::pending`]).
     drain_watches: DrainWatches,
@@ -153,6 +170,7 @@ impl Shared {
                 pending_accepts: HashMap::new(),
                 in_hand: HashMap::new(),
                 delivering: HashMap::new(),
+                next_claim: 0,
                 drain_watches: DrainWatches::default(),
                 drain_looks: 0,
                 pending_connects: HashMap::new(),
@@ -537,7 +555,7 @@ impl Core {
 
     /// The accept queue `listener`'s flows are delivered into, if any.
     fn accept_queue(&self, listener: ListenerId) -> Option<&Arc<AcceptQueue>> {
-        self.delivering.get(&listener)?.as_ref()
+        self.delivering.get(&listener)?.queue.as_ref()
     }
 
     /// [`Core::pending`], looked at on a drain's behalf: counted, for
@@ -620,6 +638,28 @@ impl Core {
         closed
     }
 
+    /// Stops a stream listener listening, bound still (see
+    /// [`Host::stop_listening`]): whoever waits for its flows learns it,
+    /// a blocking `Accept` as a closed listener's, and a `Deliver` queue's
+    /// feeder, which sends nothing more and ends its queue (see
+    /// [`AcceptQueue::stop`]).
+    pub fn stop_listening(&mut self, listener: ListenerId) -> Result<(), HostError> {
+        self.host.stop_listening(listener)?;
+        self.pending_accepts.remove(&listener);
+        // The feeder's claim goes now, whether or not the feeder has run
+        // yet (it looks at its claim before it waits for a flow): a new
+        // `Deliver` may come as soon as the answer has gone out.
+        if let Some(Delivery {
+            queue: Some(queue), ..
+        }) = self.delivering.remove(&listener)
+        {
+            queue.stop();
+        }
+        // Nothing is pending on it any more: drains waiting on it answer.
+        self.pending_fell(listener);
+        Ok(())
+    }
+
     /// Drops accept waiters whose clients are gone.
     pub fn prune_accepts(&mut self, listener: ListenerId) {
         if let Some(waiters) = self.pending_accepts.get_mut(&listener) {
@@ -630,30 +670,54 @@ impl Core {
         }
     }
 
-    /// Claims `listener` for a `Deliver` feeder; false if one has it.
-    pub fn start_delivering(&mut self, listener: ListenerId) -> bool {
+    /// Claims `listener` for a `Deliver` feeder; `None` if one has it.
+    pub fn start_delivering(&mut self, listener: ListenerId) -> Option<Claim> {
         match self.delivering.entry(listener) {
-            Entry::Occupied(_) => false,
+            Entry::Occupied(_) => None,
             Entry::Vacant(entry) => {
-                entry.insert(None);
-                true
+                let claim = Claim(self.next_claim);
+                self.next_claim += 1;
+                entry.insert(Delivery { claim, queue: None });
+                Some(claim)
             }
         }
     }
 
     /// The feeder that claimed `listener` delivers into `queue`: what the
     /// program has not taken from it counts as pending (see
-    /// [`Core::pending`]).
-    pub fn delivering_into(&mut self, listener: ListenerId, queue: Arc<AcceptQueue>) {
-        if let Some(slot) = self.delivering.get_mut(&listener) {
-            *slot = Some(queue);
+    /// [`Core::pending`]). False if the claim is gone (the listener
+    /// stopped listening since: the feeder ends).
+    pub fn delivering_into(
+        &mut self,
+        listener: ListenerId,
+        claim: Claim,
+        queue: Arc<AcceptQueue>,
+    ) -> bool {
+        match self.delivering.get_mut(&listener) {
+            Some(delivery) if delivery.claim == claim => {
+                delivery.queue = Some(queue);
+                true
+            }
+            _ => false,
         }
     }
 
-    /// Gives up the claim of [`Core::start_delivering`]: its queue no
-    /// longer counts, and the drains waiting on it look again.
-    pub fn stop_delivering(&mut self, listener: ListenerId) {
-        if self.delivering.remove(&listener).flatten().is_some() {
+    /// Whether the feeder that claimed `listener` with `claim` still has
+    /// it (the listener did not stop listening since).
+    pub fn still_delivering(&self, listener: ListenerId, claim: Claim) -> bool {
+        self.delivering
+            .get(&listener)
+            .is_some_and(|delivery| delivery.claim == claim)
+    }
+
+    /// Gives up the claim of [`Core::start_delivering`], if the feeder
+    /// still has it: its queue no longer counts, and the drains waiting on
+    /// it look again.
+    pub fn stop_delivering(&mut self, listener: ListenerId, claim: Claim) {
+        if !self.still_delivering(listener, claim) {
+            return;
+        }
+        if let Some(Delivery { queue: Some(_), .. }) = self.delivering.remove(&listener) {
             self.pending_fell(listener);
         }
     }

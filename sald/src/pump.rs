@@ -20,7 +20,10 @@
 //! bytes of ours unread in it resets the flow at once, as Linux resets a
 //! TCP socket closed with data unread, also after it shut its sending
 //! down: up reads no more then, so the close is heard as the hang-up it
-//! makes, which comes once, at the close. A flow that is
+//! makes, which comes once, at the close. So does an application that
+//! marked its end to abort the flow before it shut it down both ways (a
+//! socket shim's `connect(AF_UNSPEC)`, as TCP's `tcp_disconnect`: see
+//! [`AppSocket::aborted`]). A flow that is
 //! reset (or whose peer is given up on) delivers what had arrived, then its
 //! socket is shut down both ways: the application's end hangs up, which the
 //! shims report as `ECONNRESET`. When the daemon stops, every pump drops
@@ -28,15 +31,18 @@
 //! tells the peer. A hang-up after the peer's end of stream was delivered
 //! is no reset to the application's reads, as a TCP socket's give 0 once
 //! its FIN came: the pump marks the socket as it delivers the end of
-//! stream (see [`StreamPump::pump_down`]).
+//! stream (see [`StreamPump::pump_down`]), and as it hangs it up for a
+//! reset with none before, which the hang-up alone cannot tell from a
+//! finished flow once the application shut its own writing down
+//! (`sal_control::RESET_MARK`).
 //!
 //! A write of down into the socket that fails is not always the
 //! application gone ([`WriteFailure`]): want of kernel memory is retried
-//! after a pause, and an application that shut its reading down
-//! (`SHUT_RD`) but keeps its end has what comes thrown away, so that the
-//! peer's end of stream or reset still reaches it (and the flow's window
-//! does not shut for good); its close then resets the flow, as a TCP
-//! socket's close with bytes unread does.
+//! after a pause (backing off while it lasts), and an application that
+//! shut its reading down (`SHUT_RD`) but keeps its end has what comes
+//! thrown away, so that the peer's end of stream or reset still reaches it
+//! (and the flow's window does not shut for good); its close then resets
+//! the flow, as a TCP socket's close with bytes unread does.
 //!
 //! A stream flow delivered into an application's accept queue (`Deliver`)
 //! may wait there, while the peer sends, for as long as the application
@@ -147,37 +153,67 @@ const SHRINK_PAST: usize = 16 << 10;
 /// flow does not keep the others (and the packet path) waiting.
 const CALLS_PER_TURN: usize = 16;
 
-/// How long down waits before it writes again after a write into the
-/// socket failed for want of kernel memory (`ENOBUFS`, `ENOMEM`): the
+/// How long down first waits before it writes again after a write into
+/// the socket failed for want of kernel memory (`ENOBUFS`, `ENOMEM`): the
 /// application is still there, and memory comes back as others free it;
 /// the socket's own readiness says nothing of it (it may have room), so
 /// waiting for that would spin.
 const TRANSIENT_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The longest down waits after writes that keep failing for want of
+/// memory ([`Pause`]): each failure in a row doubles the pause, from
+/// [`TRANSIENT_PAUSE`] up to this. Memory that stays short (a host whose
+/// kernel memory is taken for good) then costs each flow a failing write
+/// a second, not a hundred; and what comes back is noticed within a
+/// second.
+const LONGEST_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Doublings of [`TRANSIENT_PAUSE`] past which the pause is
+/// [`LONGEST_PAUSE`] (10 ms times 2^7 is over a second).
+const MOST_DOUBLINGS: u8 = 7;
 
 /// Down's wait after a write into the socket failed for want of kernel
 /// memory: the moment it writes again. A deadline, not a wait started
 /// afresh at each turn of the pump: whatever else wakes the pump (the
 /// application writing, the peer's acknowledgements) would put it off
 /// each time, and down would stay stopped for as long as up is busy.
+/// Failures in a row back off, doubling the pause up to
+/// [`LONGEST_PAUSE`]; a write that goes through starts it over (every
+/// flow retried each 10 ms, for as long as memory stayed short, with no
+/// backoff).
 #[derive(Debug, Default, Clone, Copy)]
-struct Pause(Option<Instant>);
+struct Pause {
+    until: Option<Instant>,
+    /// Writes that failed in a row since the last that went through,
+    /// counted up to [`MOST_DOUBLINGS`].
+    failed: u8,
+}
 
 impl Pause {
     /// A write failed for want of memory at `now`: down waits
-    /// [`TRANSIENT_PAUSE`].
+    /// [`TRANSIENT_PAUSE`], doubled for each failure in a row before this
+    /// one, [`LONGEST_PAUSE`] at most.
     fn start(&mut self, now: Instant) {
-        self.0 = Some(now + TRANSIENT_PAUSE);
+        let wait = TRANSIENT_PAUSE.saturating_mul(1 << self.failed);
+        self.until = Some(now + wait.min(LONGEST_PAUSE));
+        self.failed = (self.failed + 1).min(MOST_DOUBLINGS);
+    }
+
+    /// A write went through: the next failure pauses for
+    /// [`TRANSIENT_PAUSE`] again.
+    fn wrote(&mut self) {
+        self.failed = 0;
     }
 
     /// When down may write again, if it is paused still (a pause that is
     /// over is forgotten). `now` is called only while paused: the clock is
     /// not read on every turn of every flow.
     fn until(&mut self, now: impl FnOnce() -> Instant) -> Option<Instant> {
-        let until = self.0?;
+        let until = self.until?;
         if until <= now() {
-            self.0 = None;
+            self.until = None;
         }
-        self.0
+        self.until
     }
 }
 
@@ -225,7 +261,7 @@ struct StreamPump {
     /// since and was not read (see [`StreamPump::application_closed`]).
     discarded: bool,
     /// A write into the socket failed for want of kernel memory: down
-    /// writes again once [`TRANSIENT_PAUSE`] has passed since.
+    /// writes again once the pause is over (see [`Pause`]).
     pause: Pause,
     /// The socket was seen readable and not read dry since: only then does
     /// up read, because reading into the send buffer makes the buffer
@@ -287,8 +323,7 @@ impl StreamPump {
             turn.moved = true;
         } else if self.hung_up && self.down {
             // A hang-up is a close (or both ways shut) for good.
-            let unread = socket.peer_end() == PeerEnd::ClosedUnread;
-            self.application_closed(unread, host, &mut turn);
+            self.application_closed(socket.peer_end(), socket, host, &mut turn);
         }
         if self.unconfirmed && self.taken_from_queue {
             self.taken(host, socket, &mut turn);
@@ -335,18 +370,20 @@ impl StreamPump {
                     return;
                 }
                 // End of file: half-close. The application may have
-                // closed its socket rather than only shut its sending
-                // down; if not, its close is awaited.
+                // closed its socket (or shut it down both ways) rather
+                // than only shut its sending down; if not, its close is
+                // awaited.
                 Ok(Ok(_)) | Ok(Err(_)) => {
+                    let end = socket.peer_end();
+                    if matches!(end, PeerEnd::Closed | PeerEnd::ClosedUnread) {
+                        self.application_closed(end, socket, host, turn);
+                        return;
+                    }
                     let _ = host.shutdown(self.flow);
                     self.up = false;
                     self.shut = true;
                     turn.moved = true;
-                    let end = socket.peer_end();
-                    if matches!(end, PeerEnd::Closed | PeerEnd::ClosedUnread) {
-                        let unread = end == PeerEnd::ClosedUnread;
-                        self.application_closed(unread, host, turn);
-                    } else if self.unconfirmed {
+                    if self.unconfirmed {
                         // Shut for sending by a program that took it
                         // (closing every copy of an end nobody took, with
                         // its queue, makes no end of file alone).
@@ -366,24 +403,39 @@ impl StreamPump {
         turn.again = true;
     }
 
-    /// The application closed its socket (or shut it down both ways)
-    /// after it shut its sending down: nobody will read what comes down.
-    /// If bytes of ours were left `unread` in it, or thrown away after it
-    /// shut its reading down (`discarded`: the peer would otherwise take
-    /// them for read, where TCP's close resets), the flow is reset at once
-    /// ([`StreamPump::reset`]). Otherwise down is over, and the flow is
-    /// closed as the pump ends, not left waiting for a peer that may never
-    /// send a byte, which only a write could have noticed: that close
-    /// resets the flow too if received bytes wait in its buffer or more
-    /// come later ([`Host::close`]), and bounds the wait for the peer's end
-    /// by the orphan timeout, as a closed TCP socket's FIN-WAIT-2.
-    fn application_closed(&mut self, unread: bool, host: &mut Host, turn: &mut Turn) {
-        if unread || self.discarded {
+    /// The application closed its socket (or shut it down both ways), as
+    /// `end` found it: nobody will read what comes down. If bytes of ours
+    /// were left unread in it ([`PeerEnd::ClosedUnread`]), or thrown away
+    /// after it shut its reading down (`discarded`: the peer would
+    /// otherwise take them for read, where TCP's close resets), or it
+    /// marked its end to abort the flow ([`AppSocket::aborted`]: a socket
+    /// shim's `connect(AF_UNSPEC)`, as TCP's `tcp_disconnect`), the flow
+    /// is reset at once ([`StreamPump::reset`]), with no FIN before.
+    /// Otherwise up sends its end of stream if it had not, down is over,
+    /// and the flow is closed as the pump ends, not left waiting for a
+    /// peer that may never send a byte, which only a write could have
+    /// noticed: that close resets the flow too if received bytes wait in
+    /// its buffer or more come later ([`Host::close`]), and bounds the wait
+    /// for the peer's end by the orphan timeout, as a closed TCP socket's
+    /// FIN-WAIT-2.
+    fn application_closed(
+        &mut self,
+        end: PeerEnd,
+        socket: &AppSocket,
+        host: &mut Host,
+        turn: &mut Turn,
+    ) {
+        if end == PeerEnd::ClosedUnread || self.discarded || socket.aborted() {
             self.reset(host, turn);
-        } else {
-            self.down = false;
-            turn.moved = true;
+            return;
         }
+        if self.up {
+            let _ = host.shutdown(self.flow);
+            self.up = false;
+            self.shut = true;
+        }
+        self.down = false;
+        turn.moved = true;
     }
 
     /// The application closed its socket with bytes of ours unread in it:
@@ -484,6 +536,7 @@ impl StreamPump {
                 Ok(Some(Ok(n))) => {
                     turn.moved = true;
                     wrote = true;
+                    self.pause.wrote();
                     self.discarded |= discard && n > 0;
                 }
                 Ok(Some(Err(error))) if error.kind() == io::ErrorKind::WouldBlock => {
@@ -531,6 +584,9 @@ impl StreamPump {
                 // as a hang-up with its end of file (the shims turn that
                 // into `ECONNRESET`, see `socket_shim::reset`).
                 Err(_) => {
+                    // Marked first, for a hang-up that tells nothing alone
+                    // (the application shut its own writing down).
+                    socket.mark_reset();
                     self.end_down(socket, ShutdownHow::Both, turn);
                     return wrote;
                 }
@@ -553,8 +609,8 @@ impl StreamPump {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum WriteFailure {
     /// No kernel memory for it (`ENOBUFS`, `ENOMEM`): the application is
-    /// still there, and the write is tried again in a moment
-    /// ([`TRANSIENT_PAUSE`]).
+    /// still there, and the write is tried again in a moment (a
+    /// [`Pause`], longer for each failure in a row).
     Transient,
     /// The application shut its reading down (`SHUT_RD`) and keeps its
     /// end: the socket takes no more, so what comes is thrown away, but
@@ -937,6 +993,28 @@ mod tests {
         }
         assert_eq!(pause.until(|| deadline), None);
         assert_eq!(pause.until(|| start), None, "forgotten once over");
+    }
+
+    /// Writes that keep failing for want of memory back off: each pause
+    /// doubles the one before, from 10 ms up to a second, and a write that
+    /// goes through starts over at 10 ms. Every flow used to try again
+    /// each 10 ms for as long as memory stayed short.
+    #[test]
+    fn pauses_double_up_to_a_second_and_start_over_after_a_write() {
+        let mut now = Instant::now();
+        let mut pause = Pause::default();
+        let mut waits = Vec::new();
+        for _ in 0..10 {
+            pause.start(now);
+            let until = pause.until(|| now).expect("paused");
+            waits.push((until - now).as_millis());
+            now = until;
+            assert_eq!(pause.until(|| now), None, "over at its deadline");
+        }
+        assert_eq!(waits, [10, 20, 40, 80, 160, 320, 640, 1000, 1000, 1000]);
+        pause.wrote();
+        pause.start(now);
+        assert_eq!(pause.until(|| now), Some(now + TRANSIENT_PAUSE));
     }
 
     /// `EPIPE` into a socket whose application end is open is its

@@ -19,6 +19,14 @@
 //! host says when that is ([`Event::Settled`]), so that a driver waiting
 //! for it need not keep looking.
 //!
+//! A listener can also *stop* listening and stay bound, as a TCP listener
+//! that `connect(AF_UNSPEC)` disconnects (`tcp_disconnect`): its DEMUX rule
+//! stays (the service is still bound here, and a second bind of it still
+//! fails), but it refuses every SYN, as a bound socket that does not
+//! listen, and the flows it held half-open or waiting for `accept` are
+//! reset. A new backlog ([`Host::set_backlog`], a second `listen(2)`)
+//! makes it listen again.
+//!
 //! Half-open flows are bounded twice more, per listener and host-wide (see
 //! [`HostConfig::half_open_limit`](super::HostConfig)): past those bounds a
 //! SYN is answered with a cookie (see `cookie.rs`), which keeps nothing, so
@@ -59,6 +67,9 @@ pub(super) struct Listener {
     pub ephemeral: bool,
     /// Drained: no DEMUX rule any more, no new flows; those admitted stay.
     draining: bool,
+    /// Stopped listening: bound still, every SYN refused (see the module
+    /// docs).
+    stopped: bool,
     /// The buffer budget group of the server flows it opens (see
     /// `budget.rs`).
     pub group: u32,
@@ -145,6 +156,7 @@ impl Listeners {
             datagram_socket,
             ephemeral: false,
             draining: false,
+            stopped: false,
             group: super::NO_GROUP,
         };
         self.by_id.insert(id, listener);
@@ -162,15 +174,40 @@ impl Listeners {
         }
     }
 
-    /// Sets how many flows `id` may queue; whether there is such a listener.
+    /// Sets how many flows `id` may queue, and makes it listen again if it
+    /// stopped; whether there is such a listener.
     pub fn set_backlog(&mut self, id: ListenerId, backlog: usize) -> bool {
         match self.by_id.get_mut(&id) {
             Some(listener) => {
                 listener.backlog = backlog.max(1);
+                listener.stopped = false;
                 true
             }
             None => false,
         }
+    }
+
+    /// Stops `id` listening (see the module docs): the flows it held
+    /// half-open and waiting for `accept`, now the caller's to end. `None`
+    /// if there is no such stream listener (an unbound datagram socket's
+    /// own service ID, or a datagram listener, which does not listen as a
+    /// stream does).
+    pub fn stop(&mut self, id: ListenerId) -> Option<(Vec<FlowId>, VecDeque<FlowId>)> {
+        let listener = self
+            .by_id
+            .get_mut(&id)
+            .filter(|l| !l.ephemeral && l.protocol == TransportProtocol::Stream)?;
+        listener.stopped = true;
+        for (client, _) in &listener.half_open {
+            self.by_client.remove(client);
+        }
+        let half_open = listener.half_open.drain(..).map(|(_, flow)| flow).collect();
+        Some((half_open, std::mem::take(&mut listener.accept_queue)))
+    }
+
+    /// Whether listener `id` stopped listening.
+    pub fn is_stopped(&self, id: ListenerId) -> bool {
+        self.get(id).is_some_and(|l| l.stopped)
     }
 
     /// Whether `id` is an unbound datagram socket's own service ID.
@@ -266,7 +303,7 @@ impl Listeners {
     #[cfg(test)]
     pub fn admits(&self, id: ListenerId, protocol: TransportProtocol) -> bool {
         self.get(id)
-            .is_some_and(|l| l.protocol == protocol && l.has_room())
+            .is_some_and(|l| l.protocol == protocol && !l.stopped && l.has_room())
     }
 
     /// How listener `id` takes a new SYN of `protocol` now, given the
@@ -277,7 +314,10 @@ impl Listeners {
         protocol: TransportProtocol,
         config: &HostConfig,
     ) -> Admission {
-        let Some(listener) = self.get(id).filter(|l| l.protocol == protocol) else {
+        let Some(listener) = self
+            .get(id)
+            .filter(|l| l.protocol == protocol && !l.stopped)
+        else {
             return Admission::Refuse;
         };
         if listener.accept_queue.len() >= listener.backlog {
@@ -298,7 +338,7 @@ impl Listeners {
     /// handshake completed from a cookie).
     pub fn has_accept_room(&self, id: ListenerId) -> bool {
         self.get(id)
-            .is_some_and(|l| l.accept_queue.len() < l.backlog)
+            .is_some_and(|l| !l.stopped && l.accept_queue.len() < l.backlog)
     }
 
     /// Half-open flows, all listeners together.
@@ -382,13 +422,42 @@ impl Host {
 
     /// Changes how many flows `listener` may hold half-open or waiting to be
     /// accepted, as a second `listen(2)` does: flows it holds beyond a
-    /// smaller backlog stay, new ones wait for room.
+    /// smaller backlog stay, new ones wait for room. As `listen(2)` on a
+    /// bound socket, it makes a listener that stopped
+    /// ([`Host::stop_listening`]) listen again.
     pub fn set_backlog(&mut self, listener: ListenerId, backlog: usize) -> Result<(), HostError> {
         if self.listeners.set_backlog(listener, backlog) {
             Ok(())
         } else {
             Err(HostError::NoSuchListener(listener))
         }
+    }
+
+    /// Stops a stream listener listening while it stays bound (see the
+    /// module docs): its DEMUX rule stays, new SYNs are refused, and the
+    /// flows it held are reset, established ones with a reset to their
+    /// client, half-open ones forgotten (as [`Host::close_listener`] ends
+    /// them). [`Host::set_backlog`] makes it listen again. Stopping a
+    /// stopped listener changes nothing.
+    pub fn stop_listening(&mut self, id: ListenerId) -> Result<(), HostError> {
+        let (half_open, accept_queue) = self
+            .listeners
+            .stop(id)
+            .ok_or(HostError::NoSuchListener(id))?;
+        for flow in accept_queue {
+            self.abort(flow).ok();
+            self.close(flow).ok();
+        }
+        for flow in half_open {
+            self.free_flow(flow);
+        }
+        self.pending_fell(id);
+        Ok(())
+    }
+
+    /// Whether `listener` stopped listening ([`Host::stop_listening`]).
+    pub fn is_stopped(&self, listener: ListenerId) -> bool {
+        self.listeners.is_stopped(listener)
     }
 
     /// Installs a listener and its DEMUX rule; a datagram listener gets its
@@ -698,6 +767,43 @@ mod tests {
         assert!(l.draining_covers(&service), "the second is still drained");
         l.remove(second);
         assert!(!l.draining_covers(&service));
+    }
+
+    /// A listener that stops listening (`connect(AF_UNSPEC)`, as TCP's)
+    /// gives up its half-open and queued flows, refuses every SYN, cookie
+    /// or not, and listens again at its next backlog.
+    #[test]
+    fn a_stopped_listener_admits_nothing_until_a_new_backlog() {
+        let (mut l, id) = listeners(4);
+        l.syn_received(id, CLIENT, flow(100), flow(1));
+        l.syn_received(id, CLIENT, flow(101), flow(2));
+        assert!(l.established(id, flow(2)));
+        let (half_open, queued) = l.stop(id).expect("a stream listener");
+        assert_eq!(half_open, [flow(1)]);
+        assert_eq!(queued, [flow(2)]);
+        assert_eq!(l.half_open_flow(CLIENT, flow(100)), None);
+        assert_eq!(l.pending(id), Some(0));
+        assert!(l.is_stopped(id));
+        assert!(!l.admits(id, TransportProtocol::Stream));
+        assert!(!l.has_accept_room(id));
+        let config = HostConfig::default();
+        assert_eq!(
+            l.admission(id, TransportProtocol::Stream, &config),
+            Admission::Refuse
+        );
+        assert!(l.set_backlog(id, 4));
+        assert!(!l.is_stopped(id));
+        assert!(l.admits(id, TransportProtocol::Stream));
+
+        let datagrams = l.allocate_id();
+        l.insert(
+            datagrams,
+            "d0/8".parse().unwrap(),
+            TransportProtocol::Datagram,
+            4,
+            None,
+        );
+        assert!(l.stop(datagrams).is_none(), "a datagram listener");
     }
 
     #[test]

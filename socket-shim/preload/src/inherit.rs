@@ -793,6 +793,14 @@ fn adopt(
                 shared
             }
         };
+        // A listener that stopped listening (`ops::stop_listening`)
+        // crosses with its accept queue hung up, and stays stopped.
+        // SAFETY: `fd` is the open socket the record names.
+        if socket_shim::reset::hung_up(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }) {
+            control
+                .stopped
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         State::Listening { control }
     } else {
         let bound = match control {

@@ -37,7 +37,8 @@
 //!   TCP's, the first `connect` after one that completed in the
 //!   background returns 0, later ones `EISCONN`; `connect` checks in
 //!   Linux's order (the address's pointer and length, `AF_UNSPEC`, which
-//!   disconnects a connect in flight or a connected stream, the socket's
+//!   disconnects a connect in flight or a connected stream, whose flow it
+//!   resets, and stops a listener listening, bound still, the socket's
 //!   state, the address: `ops::connect`);
 //! - `bind` registers the prefix with sald at once (so `EADDRINUSE` comes from
 //!   `bind`); `listen` puts at the number the `SOCK_SEQPACKET` accept queue
@@ -53,11 +54,14 @@
 //!   (see `ops::refusal`);
 //! - a connected stream is the flow's socket itself, which sald shuts
 //!   down both ways after a reset, only for writing at a finished flow's
-//!   end: a `read`/`recv`/`recvfrom`/`recvmsg`/`readv`/`recvmmsg` that
-//!   gets end of file on a hung-up flow whose writing the program did not
-//!   shut down (`shutdown` is interposed to know), and that read no end of
-//!   file before the hang-up, returns `ECONNRESET` once, as TCP's
-//!   (`ops::error_at_end`, [`socket_shim::reset`]);
+//!   end, and marks with a name that says which: a
+//!   `read`/`recv`/`recvfrom`/`recvmsg`/`readv`/`recvmmsg` that gets end
+//!   of file on a hung-up flow that sald marked reset (or left unmarked
+//!   while the program still sends: `shutdown` is interposed to know), and
+//!   that read no end of file before the hang-up, returns `ECONNRESET`
+//!   once, as TCP's, and `SO_ERROR` holds it until then (`EPIPE` for a
+//!   reset after the peer's end of stream) (`ops::error_at_end`,
+//!   [`socket_shim::reset`]);
 //! - datagram sockets are sald's `SOCK_SEQPACKET` sockets; `sendto`/`recvfrom`
 //!   (and `send`/`recv`/`read`/`write`, `sendmsg`/`recvmsg`/`readv`/`writev`,
 //!   whose iovecs the `msg` module gathers and scatters, and
@@ -805,8 +809,8 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int
 /// `recvfrom` or `recvmsg` just received bytes on `fd`, if `fd` is a
 /// connected stream flow: a stream names no sender, as TCP's does not.
 /// The kernel names the sender of the bytes read when it has a name, as
-/// sald's end of a flow has once it marked the flow's end of stream ahead
-/// of a reset (`socket_shim::reset::ended_first`), with bytes perhaps
+/// sald's end of a flow has once it marked the flow's end of stream, or a
+/// reset as it hung up (`socket_shim::reset::mark`), with bytes perhaps
 /// still unread. Lock-free unless the kernel gave a name on a socket that
 /// may be a flow.
 ///

@@ -227,6 +227,9 @@ enum Stage {
     Connected,
     Failed,
     Listening,
+    /// A listener that stopped listening and stays bound
+    /// ([`stop_listening`]).
+    Stopped,
     DgramIdle,
     DgramOpen,
 }
@@ -241,6 +244,7 @@ fn stage(state: &State) -> Option<Stage> {
         State::Connecting { .. } => Stage::Connecting,
         State::Connected => Stage::Connected,
         State::Failed => Stage::Failed,
+        State::Listening { control } if control.stopped.load(Ordering::Relaxed) => Stage::Stopped,
         State::Listening { .. } => Stage::Listening,
         State::DgramIdle { .. } => Stage::DgramIdle,
         State::DgramOpen { .. } => Stage::DgramOpen,
@@ -466,6 +470,12 @@ pub(crate) fn connect(
     match found.domain {
         Domain::Serval => {
             let sa = parse_serval(addr)?;
+            if found.stage == Stage::Stopped {
+                // As TCP's listener that `tcp_disconnect` stopped
+                // (measured, Linux 6.18): the address is looked at, then
+                // `EINVAL`.
+                return Err(libc::EINVAL);
+            }
             let service = sa.service_id().ok_or(libc::EINVAL)?;
             if found.stage == Stage::DgramOpen {
                 return connect_open_datagram(
@@ -544,47 +554,87 @@ fn address_given(addr: Option<&[u8]>, len: libc::socklen_t) -> Res<&[u8]> {
 ///
 /// A connected stream is disconnected too (`stage`, as the caller found
 /// it, says whether a placeholder is needed for that; one made before the
-/// lock). Linux's `tcp_disconnect` aborts the connection, and the socket is
-/// left unconnected, with `ECONNRESET` pending for its next read (then
-/// `ENOTCONN`; a write is `EPIPE`), and may connect again. Here the flow's
-/// socket is shut down both ways, which every copy of it sees (other
-/// numbers, a forked child's: they share the socket, as copies of a TCP
-/// socket do; their reads get `ECONNRESET` once, as after a reset) and
-/// which ends the flow in sald (with a FIN where TCP sends a reset: the
-/// flow's socket has no way to tell sald the difference), and a
-/// placeholder, hung up as after a failed connect, takes the number, with
-/// the program's flags, options and epoll registrations.
+/// lock, and again should the connect have completed since the caller
+/// looked: that stream is connected, and it used to answer `EISCONN`).
+/// Linux's `tcp_disconnect` aborts the connection with a reset, and the
+/// socket is left unconnected, with `ECONNRESET` pending for its next read
+/// (then `ENOTCONN`; a write is `EPIPE`), and may connect again. Here the
+/// flow's socket is marked for sald to reset the flow
+/// (`socket_shim::reset::mark_abort`) and shut down both ways, which every
+/// copy of it sees (other numbers, a forked child's: they share the
+/// socket, as copies of a TCP socket do; their reads get `ECONNRESET`
+/// once, as after a reset), and a placeholder, hung up as after a failed
+/// connect, takes the number, with the program's flags, options and epoll
+/// registrations.
 ///
-/// `None` for a listening stream, and when no placeholder could be made:
-/// the caller answers as before (`EISCONN`). Linux's listener stops
-/// listening and stays bound (connects to it are refused until a new
-/// `listen`). The shim's listener is a registration sald made at `bind`
-/// (a bound socket already takes flows into its backlog), fed through an
-/// accept queue that `dup` copies and forked children share; stopping it
-/// while it stays bound would need sald to stop admitting and delivering
-/// flows to a listener and to start again, which it has no request for
-/// (`CloseListener` unbinds).
+/// A listener stops listening and stays bound ([`stop_listening`]).
+///
+/// `None` when the caller answers as before (`EISCONN`): when no
+/// placeholder could be made, and for a listener that cannot stop (see
+/// [`stop_listening`]).
 fn disconnect(fd: RawFd, stage: Stage) -> Option<c_int> {
+    match stage {
+        Stage::Listening => return stop_listening(fd),
+        // Stopped already: nothing to do, as for TCP's closed socket.
+        Stage::Stopped => return Some(0),
+        _ => {}
+    }
+    match disconnect_stream(fd, stage == Stage::Connected) {
+        Disconnected::Answer(answer) => answer,
+        // Connected since the caller looked: again, with a placeholder,
+        // which the stream needs whatever it became meanwhile.
+        Disconnected::Connected => match disconnect_stream(fd, true) {
+            Disconnected::Answer(answer) => answer,
+            Disconnected::Connected => None,
+        },
+    }
+}
+
+/// What [`disconnect_stream`] did.
+enum Disconnected {
+    /// Done: what `connect` answers (`None`: as before, see
+    /// [`disconnect`]).
+    Answer(Option<c_int>),
+    /// Nothing: the stream is connected, and no placeholder was made for
+    /// it.
+    Connected,
+}
+
+/// [`disconnect`] of a stream that is not listening, with a placeholder
+/// made beforehand if `connected` (the stream was when the caller looked).
+fn disconnect_stream(fd: RawFd, connected: bool) -> Disconnected {
     let flags = fd_flags(fd);
-    let mut fresh = match stage {
-        Stage::Connected => Some(placeholder(flags.0, flags.1).ok()?),
-        _ => None,
+    let mut fresh = match connected {
+        true => match placeholder(flags.0, flags.1) {
+            Ok(made) => Some(made),
+            Err(_) => return Disconnected::Answer(None),
+        },
+        false => None,
     };
     let mut stale = Vec::new();
     let mut wake = None;
     let mut shut = false;
     let done = {
         let mut table = lock();
-        let entry = table.get(fd, &mut stale)?;
+        let Some(entry) = table.get(fd, &mut stale) else {
+            return Disconnected::Answer(None);
+        };
         match entry.state {
             State::Connected => {
-                let (app, peer_end) = fresh.take()?;
+                let Some((app, peer_end)) = fresh.take() else {
+                    return Disconnected::Connected;
+                };
                 // A copy of the flow (a `dup`, a forked child's) keeps it
                 // open, and with it its epoll registrations: they go, and
                 // come back on what is at the number after the swap.
                 un_epoll(entry, fd);
-                // SAFETY: no pointers; the flow at the program's number,
-                // which the table says is ours.
+                // SAFETY: the flow at the program's number, which the
+                // table says is ours, is open while the lock is held.
+                let flow = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                // A reset, as TCP's, not a FIN: sald reads the mark at the
+                // end of file the shutdown makes.
+                socket_shim::reset::mark_abort(flow);
+                // SAFETY: no pointers; the flow, as above.
                 unsafe { real::shutdown(fd, libc::SHUT_RDWR) };
                 let swapped = swap_in(&app, fd, Some(flags)).is_ok();
                 re_epoll(entry, fd);
@@ -594,7 +644,7 @@ fn disconnect(fd: RawFd, stage: Stage) -> Option<c_int> {
                 if !swapped {
                     // The flow is over all the same (reads see its
                     // hang-up as a reset, writes `EPIPE`).
-                    return Some(0);
+                    return Disconnected::Answer(Some(0));
                 }
                 entry.ident = ident(fd);
                 entry.state = State::Failed;
@@ -642,7 +692,71 @@ fn disconnect(fd: RawFd, stage: Stage) -> Option<c_int> {
         unsafe { real::shutdown(wake.as_raw_fd(), libc::SHUT_RDWR) };
     }
     drop(wake);
-    done
+    Disconnected::Answer(done)
+}
+
+/// `connect` to an `AF_UNSPEC` address on a listener, as TCP's
+/// (`tcp_disconnect`, measured over loopback, Linux 6.18): it returns 0;
+/// the listener stops listening and stays bound (another `bind` of its
+/// service is `EADDRINUSE`, connects to it are refused), the flows it held
+/// established but not accepted are reset, `accept` (also one waiting in
+/// another thread) is `EINVAL`, `SO_ACCEPTCONN` 0, `connect` to an address
+/// `EINVAL`, and a `listen` makes it listen again ([`listen_stopped`]).
+///
+/// sald stops the listener (`StopListening`): it refuses flows, resets
+/// those in its backlog and ends the accept queue, whose end here then
+/// hangs up (`poll` shows the hang-up, as TCP's closed socket). The flows
+/// already in the queue are taken out of it and reset here (marked, as
+/// [`disconnect`] marks a flow, and closed). The numbers `dup` made of the
+/// listener share its stop ([`ListenerControl::stopped`]).
+///
+/// `None` (the caller answers `EISCONN`, as before) in a forked child,
+/// which may not use the connection of the process that listened (see
+/// [`ListenerControl::connection`]), and with a sald that does not know
+/// the request or cannot be asked.
+fn stop_listening(fd: RawFd) -> Option<c_int> {
+    let control = with_entry(fd, |entry| entry.listener_control().cloned())?;
+    if control.owner != std::process::id() {
+        return None;
+    }
+    {
+        // Held until the stop is recorded: a `listen` in another thread
+        // comes before or after, not in between.
+        let mut connection = control
+            .connection
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let listener = control.listener;
+        match connection.request(&Request::StopListening { listener }) {
+            Ok(reply) if reply.response == Response::Ok => {}
+            _ => return None,
+        }
+        let _table = lock();
+        control.stopped.store(true, Ordering::Relaxed);
+    }
+    reset_queued(fd);
+    Some(0)
+}
+
+/// Takes every flow out of the accept queue at `fd` (a listener that
+/// stopped, whose queue sald no longer feeds) and resets it: marked for
+/// sald to reset (`socket_shim::reset::mark_abort`), then closed, which
+/// sald hears as the application's end of file. Until the queue is empty
+/// or hung up; a program's `accept` in another thread may take one first,
+/// as from TCP's listener in the same race.
+fn reset_queued(fd: RawFd) {
+    loop {
+        let mut notice = [0u8; 64];
+        let flags = libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC;
+        let flows = match receive_notice(fd, flags, &mut notice) {
+            Ok((n, flows, _)) if n > 0 => flows,
+            _ => return,
+        };
+        for flow in flows {
+            socket_shim::reset::mark_abort(std::os::fd::AsFd::as_fd(&flow));
+            drop(flow);
+        }
+    }
 }
 
 /// What `connect` answers on the stream of `entry` for its state alone,
@@ -1685,6 +1799,7 @@ pub(crate) fn listen(fd: RawFd, backlog: c_int, pass: impl FnOnce() -> c_int) ->
     };
     match (found.kind, found.stage) {
         (_, Stage::Listening) => return listen_again(fd, backlog).map(|()| 0),
+        (_, Stage::Stopped) => return listen_stopped(fd, backlog).map(|()| 0),
         // A bound datagram socket listens for connected datagram flows (as
         // the reference's udp_server_user does); it reads no unconnected
         // datagrams from then on.
@@ -1772,6 +1887,54 @@ fn listen_again(fd: RawFd, backlog: c_int) -> Res<()> {
     set_backlog(&mut connection, control.listener, backlog_asked(backlog))
 }
 
+/// `listen` on a listener that stopped listening ([`stop_listening`]):
+/// it listens again, as TCP's, with `backlog`. sald's `SetBacklog` makes
+/// the listener admit flows again, and a new accept queue (`Deliver`)
+/// takes the place of the hung-up one at the listener's numbers (the ones
+/// `dup` made too), with their epoll registrations and options. A forked
+/// child's copy cannot (the connection is the parent's, see
+/// [`ListenerControl::connection`]): `EINVAL`.
+fn listen_stopped(fd: RawFd, backlog: c_int) -> Res<()> {
+    let control = with_entry(fd, |entry| entry.listener_control().cloned()).ok_or(libc::EINVAL)?;
+    if control.owner != std::process::id() {
+        return Err(libc::EINVAL);
+    }
+    // Held until the new queue is in: an `AF_UNSPEC` in another thread
+    // comes before or after, not in between.
+    let mut connection = control
+        .connection
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    set_backlog(&mut connection, control.listener, backlog_asked(backlog))?;
+    let queue = deliver(&mut connection, control.listener)?;
+    let mut table = lock();
+    let mut result = Err(libc::EBADF);
+    let numbers: Vec<RawFd> = table.listener_numbers(&control).map(|(n, _)| n).collect();
+    for (number, entry) in table.listener_numbers(&control) {
+        // The hung-up queue may stay open elsewhere (a forked child's
+        // copy), with the registrations made on it.
+        un_epoll(entry, number);
+        let swapped = swap_in(&queue, number, None);
+        if swapped.is_ok() {
+            entry.ident = ident(number);
+        }
+        re_epoll(entry, number);
+        if number == fd {
+            result = swapped;
+        }
+    }
+    for number in numbers {
+        table.refresh(number);
+    }
+    if result.is_ok() {
+        control.stopped.store(false, Ordering::Relaxed);
+    }
+    drop(table);
+    drop(connection);
+    drop(queue);
+    result
+}
+
 /// Asks sald to hold `backlog` flows of `listener` (`SetBacklog`). A sald
 /// that does not know the request (older than this shim, though not older
 /// than the request's refusal) leaves the listener's backlog as it was.
@@ -1803,16 +1966,7 @@ fn start_listener(
     if backlog != BIND_BACKLOG {
         set_backlog(&mut control, listener, backlog)?;
     }
-    let reply = control
-        .request(&Request::Deliver {
-            listener,
-            flow_info: false,
-        })
-        .map_err(shim_errno)?;
-    let app = match (reply.response, reply.fd) {
-        (Response::Delivering { .. }, Some(app)) => app,
-        _ => return Err(libc::EPROTO),
-    };
+    let app = deliver(&mut control, listener)?;
     let mut stale = Vec::new();
     let mut table = lock();
     let result = match table.get(fd, &mut stale) {
@@ -1836,6 +1990,21 @@ fn start_listener(
     result
 }
 
+/// Asks sald to deliver `listener`'s flows (`Deliver`): the program's end
+/// of its new accept queue.
+fn deliver(control: &mut ControlClient, listener: ListenerId) -> Res<OwnedFd> {
+    let reply = control
+        .request(&Request::Deliver {
+            listener,
+            flow_info: false,
+        })
+        .map_err(shim_errno)?;
+    match (reply.response, reply.fd) {
+        (Response::Delivering { .. }, Some(app)) => Ok(app),
+        _ => Err(libc::EPROTO),
+    }
+}
+
 // --- accept -------------------------------------------------------------
 
 /// What `accept` found. `fd` is the new descriptor.
@@ -1855,53 +2024,16 @@ pub(crate) fn accept(
     if found.stage != Stage::Listening || flags & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) != 0 {
         return Err(libc::EINVAL);
     }
-    let mut msg = [0u8; 64];
-    let mut iov = libc::iovec {
-        iov_base: msg.as_mut_ptr().cast(),
-        iov_len: msg.len(),
-    };
-    let mut cmsg_buf = [0u64; 16];
-    let mut received: Vec<OwnedFd> = Vec::new();
-    let truncated;
     let recv_flags = if flags & libc::SOCK_CLOEXEC != 0 {
         libc::MSG_CMSG_CLOEXEC
     } else {
         0
     };
-    // SAFETY: as in `send_with_fd`: every pointer refers to a local that
-    // outlives the call; descriptors found in the control data were just
-    // installed by the kernel and are owned by nobody else. libc's own
-    // `recvmsg`: the interposed one answers `ENOTCONN` on a listener.
-    let n = unsafe {
-        let mut hdr: libc::msghdr = std::mem::zeroed();
-        hdr.msg_iov = &mut iov;
-        hdr.msg_iovlen = 1;
-        hdr.msg_control = cmsg_buf.as_mut_ptr().cast();
-        hdr.msg_controllen = std::mem::size_of_val(&cmsg_buf);
-        let n = real::recvmsg(fd, &mut hdr, recv_flags);
-        truncated = hdr.msg_flags & libc::MSG_CTRUNC != 0;
-        if n >= 0 {
-            let mut cmsg = libc::CMSG_FIRSTHDR(&hdr);
-            while !cmsg.is_null() {
-                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                    let data = libc::CMSG_DATA(cmsg).cast::<c_int>();
-                    let count = ((*cmsg).cmsg_len - libc::CMSG_LEN(0) as usize)
-                        / std::mem::size_of::<c_int>();
-                    for i in 0..count {
-                        received.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
-                    }
-                }
-                cmsg = libc::CMSG_NXTHDR(&hdr, cmsg);
-            }
-        }
-        n
-    };
-    if n < 0 {
-        return Err(last_errno());
-    }
-    let n = n as usize;
+    let mut msg = [0u8; 64];
+    let (n, mut received, truncated) = receive_notice(fd, recv_flags, &mut msg)?;
     if n == 0 {
-        // sald closed its end: the listener is gone.
+        // sald closed its end: the listener is gone, or stopped
+        // ([`stop_listening`]: TCP's waiting `accept` is `EINVAL` then).
         return Err(libc::EINVAL);
     }
     if received.is_empty() && truncated {
@@ -1942,6 +2074,50 @@ pub(crate) fn accept(
     let old = lock().insert(new_fd, entry);
     drop(old);
     Ok(Ok(Accepted { fd: new_fd, peer }))
+}
+
+/// Receives one message of the accept queue at `fd` into `msg` (`flags`
+/// for `recvmsg`): its length, the descriptors that came with it, and
+/// whether the kernel had nowhere to put them (`MSG_CTRUNC`). libc's own
+/// `recvmsg`: the interposed one answers `ENOTCONN` on a listener.
+fn receive_notice(fd: RawFd, flags: c_int, msg: &mut [u8]) -> Res<(usize, Vec<OwnedFd>, bool)> {
+    let mut iov = libc::iovec {
+        iov_base: msg.as_mut_ptr().cast(),
+        iov_len: msg.len(),
+    };
+    let mut cmsg_buf = [0u64; 16];
+    let mut received: Vec<OwnedFd> = Vec::new();
+    let truncated;
+    // SAFETY: as in `send_with_fd`: every pointer refers to a local (or
+    // `msg`, borrowed) that outlives the call; descriptors found in the
+    // control data were just installed by the kernel and are owned by
+    // nobody else.
+    let n = unsafe {
+        let mut hdr: libc::msghdr = std::mem::zeroed();
+        hdr.msg_iov = &mut iov;
+        hdr.msg_iovlen = 1;
+        hdr.msg_control = cmsg_buf.as_mut_ptr().cast();
+        hdr.msg_controllen = std::mem::size_of_val(&cmsg_buf);
+        let n = real::recvmsg(fd, &mut hdr, flags);
+        truncated = hdr.msg_flags & libc::MSG_CTRUNC != 0;
+        if n >= 0 {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&hdr);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                    let data = libc::CMSG_DATA(cmsg).cast::<c_int>();
+                    let count = ((*cmsg).cmsg_len - libc::CMSG_LEN(0) as usize)
+                        / std::mem::size_of::<c_int>();
+                    for i in 0..count {
+                        received.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
+                    }
+                }
+                cmsg = libc::CMSG_NXTHDR(&hdr, cmsg);
+            }
+        }
+        n
+    };
+    let n = usize::try_from(n).map_err(|_| last_errno())?;
+    Ok((n, received, truncated))
 }
 
 // --- close, dup ---------------------------------------------------------
@@ -2099,6 +2275,15 @@ pub(crate) fn getsockopt(fd: RawFd, level: c_int, opt: c_int) -> Option<Res<OptA
     if !table::maybe_tracked(fd) {
         return None;
     }
+    if (level, opt) == (libc::SOL_SOCKET, libc::SO_ERROR) {
+        if let Some(watch) = flow_reset_watch(fd) {
+            // SAFETY: a look at the program's descriptor; should another
+            // thread close the number meanwhile, `poll` reports it invalid
+            // (`POLLNVAL`, not a hang-up), which reads as no error.
+            let flow = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            return Some(Ok(OptAnswer::Int(watch.take_error(flow))));
+        }
+    }
     let mut stale = Vec::new();
     let result = {
         let mut table = lock();
@@ -2121,7 +2306,7 @@ pub(crate) fn getsockopt(fd: RawFd, level: c_int, opt: c_int) -> Option<Res<OptA
                     (libc::SOL_SOCKET, libc::SO_DOMAIN) => OptAnswer::Int(entry.domain.family()),
                     (libc::SOL_SOCKET, libc::SO_PROTOCOL) => OptAnswer::Int(protocol),
                     (libc::SOL_SOCKET, libc::SO_ACCEPTCONN) => {
-                        OptAnswer::Int(c_int::from(matches!(entry.state, State::Listening { .. })))
+                        OptAnswer::Int(c_int::from(stage(&entry.state) == Some(Stage::Listening)))
                     }
                     (libc::SOL_SOCKET, libc::SO_RCVTIMEO) => match hidden_receive_timeout(entry) {
                         Some(timeout) => OptAnswer::Timeval(timeout),

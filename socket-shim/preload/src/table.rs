@@ -147,6 +147,13 @@ pub(crate) struct ListenerControl {
     /// `inherit::Seen`), so that a rewrite changes its flag only when it
     /// must.
     pub crossing: Mutex<Option<bool>>,
+    /// The listener stopped listening (`connect` to an `AF_UNSPEC`
+    /// address, as TCP's `tcp_disconnect`: see `ops::stop_listening`) and
+    /// stays bound: sald refuses its flows, and its accept queue is hung
+    /// up, until a `listen` makes it listen again with a new one. Shared by
+    /// the numbers `dup` made of it, as their socket is one. Written under
+    /// the table lock.
+    pub stopped: AtomicBool,
 }
 
 impl ListenerControl {
@@ -169,6 +176,7 @@ impl ListenerControl {
             connection: Mutex::new(connection),
             owner,
             crossing: Mutex::new(None),
+            stopped: AtomicBool::new(false),
         }
     }
 }
@@ -332,6 +340,14 @@ impl Entry {
     /// [`State::Watched`]): every call on it is the kernel's.
     pub(crate) fn watched(&self) -> bool {
         matches!(self.state, State::Watched)
+    }
+
+    /// The control connection of a listener's entry.
+    pub(crate) fn listener_control(&self) -> Option<&Arc<ListenerControl>> {
+        match &self.state {
+            State::Listening { control } => Some(control),
+            _ => None,
+        }
     }
 
     /// Whether this is a connected stream flow, whose reset its reader
@@ -531,9 +547,25 @@ impl Table {
     /// Whether an entry still in the table holds `control` (a listener's
     /// control connection shared by `dup` copies).
     pub(crate) fn holds_listener(&self, control: &Arc<ListenerControl>) -> bool {
-        self.guard.values().any(|entry| match &entry.state {
-            State::Listening { control: other } => Arc::ptr_eq(other, control),
-            _ => false,
+        self.guard.values().any(|entry| {
+            entry
+                .listener_control()
+                .is_some_and(|c| Arc::ptr_eq(c, control))
+        })
+    }
+
+    /// The numbers whose entries hold `control` (a listener and its `dup`
+    /// copies), with their entries. Entries found stale on the way are
+    /// left for the next lookup.
+    pub(crate) fn listener_numbers<'a>(
+        &'a mut self,
+        control: &'a Arc<ListenerControl>,
+    ) -> impl Iterator<Item = (RawFd, &'a mut Entry)> {
+        self.guard.iter_mut().filter_map(move |(fd, entry)| {
+            let holds = entry
+                .listener_control()
+                .is_some_and(|c| Arc::ptr_eq(c, control));
+            (holds && entry.ident == ident(*fd)).then_some((*fd, entry))
         })
     }
 

@@ -833,8 +833,7 @@ fn a_copy_over_a_listener_s_last_number_unbinds_it() {
 /// next read and `ENOTCONN` after, `EPIPE` from a write, `SO_ERROR` 0,
 /// `getpeername` `ENOTCONN`, hung up to `poll`, the peer's flow ended, and
 /// the socket connects again. It used to answer `EISCONN` and leave the
-/// flow as it was. (A listener still answers `EISCONN`, where Linux stops
-/// listening and stays bound: see `ops::disconnect`.)
+/// flow as it was.
 #[test]
 fn connect_af_unspec_disconnects_a_connected_stream() {
     let sald = Sald::start();
@@ -864,6 +863,76 @@ fn connect_af_unspec_leaves_one_epoll_registration() {
 fn connect_af_unspec_fails_a_waiting_read() {
     let sald = Sald::start();
     client(&sald, &["unspec-reader", "a0f7"]).success(T);
+}
+
+/// `connect(AF_UNSPEC)` on a connected stream resets its flow, as TCP's
+/// `tcp_disconnect` does (measured over loopback, Linux 6.18: the peer's
+/// read is `ECONNRESET`, then 0, a write `EPIPE`), also when the peer had
+/// shut its writing down first (the client in `CLOSE_WAIT`). sald finished
+/// the flow with a FIN (the flow's socket, shut down both ways, could not
+/// say more): the peer read end of file.
+#[test]
+fn connect_af_unspec_resets_the_peer() {
+    let sald = Sald::start();
+    client(&sald, &["unspec-peer", "a0f8"]).success(T);
+}
+
+/// `connect(AF_UNSPEC)` on a listener stops it listening while it stays
+/// bound, as TCP's (measured over loopback, Linux 6.18): 0; an `accept`
+/// waiting in another thread, and any after, `EINVAL`; the flows it held
+/// established and not accepted reset; `SO_ACCEPTCONN` 0; its service
+/// still bound (`EADDRINUSE` elsewhere) but refusing connects
+/// (`ECONNREFUSED`); a connect from it `EINVAL`; hung up to `poll`; and
+/// `listen` makes it listen again, its `dup` copy too. It used to answer
+/// `EISCONN` and go on listening (sald had no request to stop a listener
+/// that stays bound: `StopListening` now).
+#[test]
+fn connect_af_unspec_stops_a_listener_bound_still() {
+    let sald = Sald::start();
+    client(&sald, &["unspec-listener", "a0f9"]).success(T);
+}
+
+/// `connect(AF_UNSPEC)` on a socket whose non-blocking connect completes
+/// meanwhile (3,000 times, at delays spread over a connect's time) always
+/// disconnects it, as TCP's. A connect that completed between the shim's
+/// look at the socket and its lock was taken for a connected socket's
+/// `connect` (0 from the first after a background connect, `EISCONN`
+/// after), the socket left connected.
+#[test]
+fn connect_af_unspec_disconnects_a_connect_completing_meanwhile() {
+    let sald = Sald::start();
+    client(&sald, &["unspec-race", "a0fa", "400"]).success(T);
+}
+
+/// A reset after the program shut its writing down (`SHUT_WR`) is
+/// `ECONNRESET` once, after what came, as from TCP (measured over
+/// loopback, Linux 6.18), in the process that shut it down. Its reads gave
+/// end of file: the hang-up a reset makes is also a finished flow's once
+/// the program shut its writing down, and sald did not mark which.
+#[test]
+fn a_reset_after_shut_wr_reads_econnreset() {
+    let sald = Sald::start();
+    let hows = ["read", "recvmsg"];
+    let count = hows.len().to_string();
+    let mut srv = server(&sald, &["reset-server", "5ee", "reset", &count]);
+    for how in hows {
+        client(&sald, &["reset-client", "5ee", "shut-wr-reset", how]).success(T);
+    }
+    srv.success(T);
+}
+
+/// `SO_ERROR` holds a reset once, as TCP's (measured over loopback, Linux
+/// 6.18): `ECONNRESET` for a reset, after which reads give what came and
+/// end of file; `EPIPE` for a reset after the peer's FIN. It was 0.
+#[test]
+fn so_error_holds_a_reset_once() {
+    let sald = Sald::start();
+    let mut srv = server(&sald, &["reset-server", "5ef", "reset", "1"]);
+    client(&sald, &["reset-client", "5ef", "so-error", "read"]).success(T);
+    srv.success(T);
+    let mut srv = server(&sald, &["reset-server", "5f0", "fin-reset", "1"]);
+    client(&sald, &["reset-client", "5f0", "so-error", "fin"]).success(T);
+    srv.success(T);
 }
 
 /// A close after `shutdown(SHUT_RD)`, with bytes come since, resets the

@@ -13,6 +13,8 @@ use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use socket_shim::reset::Mark;
+
 use crate::pipes::{PipePool, CHUNK};
 
 /// Bytes copied at a time when no pipe is free.
@@ -152,9 +154,11 @@ fn finish(result: &io::Result<u64>, to_write_side: impl FnOnce(), both: impl FnO
 /// finishing it as if that were all. A reset also makes our writes into
 /// the flow fail: that direction then just stops, leaving the other to
 /// deliver the rest and reset the client. A reset after the flow's end of
-/// stream (which sald marks: `socket_shim::reset::ended_first`) finishes
+/// stream (which sald marks: `socket_shim::reset::mark`) finishes
 /// the TCP connection with a FIN instead, as a TCP socket's reads give 0
-/// once its FIN came, whatever follows.
+/// once its FIN came, whatever follows; sald's reset mark tells a reset
+/// also after this side shut the flow's writing down (a finished flow
+/// hangs up then too).
 pub fn relay(tcp: &TcpStream, flow: &UnixStream, pipes: &PipePool) -> io::Result<()> {
     let shut_both = || {
         let _ = tcp.shutdown(Shutdown::Both);
@@ -168,12 +172,16 @@ pub fn relay(tcp: &TcpStream, flow: &UnixStream, pipes: &PipePool) -> io::Result
             .name("relay".into())
             .spawn_scoped(scope, || {
                 let result = pump(flow.as_raw_fd(), tcp.as_raw_fd(), pipes);
-                // The hang-up first, then whether it may be our own doing
-                // (see `socket_shim::reset` for why in this order).
+                // The hang-up first, then sald's mark and whether it may be
+                // our own doing (see `socket_shim::reset` for why in this
+                // order).
                 let reset = result.is_ok()
                     && socket_shim::reset::hung_up(flow.as_fd())
-                    && !forward_done.load(Ordering::SeqCst)
-                    && !socket_shim::reset::ended_first(flow.as_fd());
+                    && match socket_shim::reset::mark(flow.as_fd()) {
+                        Mark::Ended => false,
+                        Mark::Reset => true,
+                        Mark::None => !forward_done.load(Ordering::SeqCst),
+                    };
                 if reset {
                     reset_on_close(tcp);
                     // Ends the other direction without a FIN.

@@ -1,5 +1,5 @@
-//! `Listen`, `Accept`, `CloseListener`: a connection's listeners, which live
-//! as long as the connection.
+//! `Listen`, `Accept`, `SetBacklog`, `StopListening`, `CloseListener`: a
+//! connection's listeners, which live as long as the connection.
 
 use nix::sys::socket::SockType;
 use sal::table::ListenerId;
@@ -214,6 +214,21 @@ pub(super) fn close_listener(client: &mut Client, listener: ListenerId) -> Reply
     // After the `Unregistered` event went out, which needs the owner.
     core.run();
     core.owners.unbind(listener);
+    match result {
+        Ok(()) => (Response::Ok, None),
+        Err(error) => host_error(error),
+    }
+}
+
+/// Stops one of this connection's stream listeners listening, bound
+/// still (see [`sal_control::Request::StopListening`]).
+pub(super) fn stop_listening(client: &mut Client, listener: ListenerId) -> Reply {
+    if !client.listeners.contains(&listener) {
+        return not_ours(listener);
+    }
+    let mut core = client.context.shared.lock();
+    let result = core.stop_listening(listener);
+    core.run();
     match result {
         Ok(()) => (Response::Ok, None),
         Err(error) => host_error(error),

@@ -61,6 +61,7 @@ use super::{error_reply, not_ours, Reply};
 use crate::accept_queue::AcceptQueue;
 use crate::control::client::Client;
 use crate::control::ControlContext;
+use crate::daemon::Claim;
 use crate::shutdown::Shutdown;
 
 /// Starts feeding `listener`'s flows into a new accept queue and answers
@@ -74,15 +75,16 @@ pub(super) fn deliver(client: &mut Client, listener: ListenerId, flow_info: bool
     let context = client.context.clone();
     // One queue per listener: each holds a descriptor and a task in sald
     // that no limit counts, so more would let a user spend them at will.
-    if !context.shared.lock().start_delivering(listener) {
+    let Some(claim) = context.shared.lock().start_delivering(listener) else {
         return error_reply(
             ErrorKind::InvalidRequest,
             format!("listener {} already delivers its flows", listener.0),
         );
-    }
+    };
     let delivering = Delivering {
         context: context.clone(),
         listener,
+        claim,
     };
     let (ours, theirs) = match pair(SockType::SeqPacket) {
         Ok(pair) => pair,
@@ -91,7 +93,7 @@ pub(super) fn deliver(client: &mut Client, listener: ListenerId, flow_info: bool
     let uid = client.uid;
     let tasks = context.tasks.clone();
     tasks.spawn(move |shutdown| async move {
-        feed(context, uid, listener, flow_info, ours, shutdown).await;
+        feed(context, uid, (listener, claim), flow_info, ours, shutdown).await;
         drop(delivering);
     });
     (Response::Delivering { listener }, Some(theirs))
@@ -102,23 +104,28 @@ pub(super) fn deliver(client: &mut Client, listener: ListenerId, flow_info: bool
 struct Delivering {
     context: Arc<ControlContext>,
     listener: ListenerId,
+    claim: Claim,
 }
 
 impl Drop for Delivering {
     fn drop(&mut self) {
-        self.context.shared.lock().stop_delivering(self.listener);
+        self.context
+            .shared
+            .lock()
+            .stop_delivering(self.listener, self.claim);
     }
 }
 
 /// Hands each established flow of `listener` to `uid` through `queue`
-/// until the listener closes, the application closes every copy of its
-/// end (or writes into it, which only a misbehaving program does: see
-/// [`AcceptQueue::closed`]), or the daemon stops. The flows not handed over
-/// stay in the listener's backlog, for an `Accept` or a new queue.
+/// until the listener closes or stops listening ([`AcceptQueue::stop`]),
+/// the application closes every copy of its end (or writes into it, which
+/// only a misbehaving program does: see [`AcceptQueue::closed`]), or the
+/// daemon stops. The flows not handed over stay in the listener's
+/// backlog, for an `Accept` or a new queue.
 async fn feed(
     context: Arc<ControlContext>,
     uid: u32,
-    listener: ListenerId,
+    (listener, claim): (ListenerId, Claim),
     flow_info: bool,
     queue: OwnedFd,
     mut shutdown: Shutdown,
@@ -132,20 +139,32 @@ async fn feed(
         return;
     };
     // Drains count what the program has not taken from it.
-    context
+    if !context
         .shared
         .lock()
-        .delivering_into(listener, queue.clone());
+        .delivering_into(listener, claim, queue.clone())
+    {
+        // The listener stopped listening before this feeder ran.
+        return;
+    }
     // One watch for the whole life of the queue: a new one per flow would
     // start with a read, a wasted system call per flow.
     let closed = queue.closed();
     tokio::pin!(closed);
     loop {
-        let mut waiter = context.shared.lock().wait_accept(listener);
+        let mut waiter = {
+            let mut core = context.shared.lock();
+            if !core.still_delivering(listener, claim) {
+                // The listener stopped listening while a flow was handed
+                // over.
+                return;
+            }
+            core.wait_accept(listener)
+        };
         let flow = tokio::select! {
             flow = &mut waiter => match flow {
                 Ok(flow) => Some(flow),
-                // The listener closed.
+                // The listener closed, or stopped listening.
                 Err(_) => return,
             },
             () = &mut closed => None,
@@ -164,7 +183,10 @@ async fn feed(
 }
 
 /// Hands one flow of the listener to the application through `queue`;
-/// whether to go on with the next.
+/// whether to go on with the next. A flow held while the listener stops
+/// listening ([`AcceptQueue::stop`], while the queue had no room for it)
+/// is reset rather than sent, as the flows of a TCP listener's accept
+/// queue are when it stops, and the feeder ends.
 async fn feed_one(
     context: &Arc<ControlContext>,
     uid: u32,
@@ -203,6 +225,13 @@ async fn feed_one(
         &short
     };
     tokio::select! {
+        biased;
+        () = queue.stopped() => {
+            let mut core = context.shared.lock();
+            let _ = core.host.abort(flow);
+            core.run();
+            false
+        }
         // An error: the application closed its end, and the flow's socket
         // goes with `fd` (its pump ends the flow).
         sent = queue.send_with_fd(notice, &fd) => sent.is_ok(),

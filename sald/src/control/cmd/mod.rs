@@ -48,6 +48,7 @@ pub(super) async fn handle(client: &mut Client, request: Request) -> Reply {
         } => deliver::deliver(client, listener, flow_info),
         Request::SetBacklog { listener, backlog } => bind::set_backlog(client, listener, backlog),
         Request::CloseListener { listener } => bind::close_listener(client, listener),
+        Request::StopListening { listener } => bind::stop_listening(client, listener),
         Request::Drain { prefix, wait_ms } => drain::drain(client, prefix, wait_ms).await,
         Request::Connect {
             service,

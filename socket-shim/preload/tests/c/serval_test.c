@@ -89,7 +89,12 @@
  *                                             of file, then ECONNRESET once at the reset;
  *                                             shut-rd-fin (against shut-rd-fin):
  *                                             shutdown(SHUT_RD) while sald has more to
- *                                             write, FIN, reset: end of file
+ *                                             write, FIN, reset: end of file;
+ *                                             shut-wr-reset (against reset): SHUT_WR after
+ *                                             the request: the reply, ECONNRESET once;
+ *                                             so-error (against reset, HOW read; against
+ *                                             fin-reset, HOW fin): SO_ERROR ECONNRESET
+ *                                             (EPIPE after the FIN) once
  *   connect-eintr S1 PORT S3 HOLE             blocking connects that wait as TCP's do
  *                                             (each service unreachable until the test
  *                                             starts a host for it: S1 after "connecting",
@@ -235,6 +240,13 @@
  *                                             has a copy leaves one epoll registration
  *   unspec-reader SID                         connect(AF_UNSPEC) while another thread waits
  *                                             in read: EPIPE there, then ECONNRESET
+ *   unspec-peer SID                           connect(AF_UNSPEC) on a connected stream resets
+ *                                             its flow: the peer reads ECONNRESET (also after
+ *                                             its own SHUT_WR)
+ *   unspec-listener SID                       connect(AF_UNSPEC) on a listener stops it
+ *                                             listening, bound still; listen again
+ *   unspec-race SID N                         connect(AF_UNSPEC) N times while a non-blocking
+ *                                             connect completes: always disconnected
  *   shut-rd-close SID                         a close after SHUT_RD with bytes come since
  *                                             resets the flow
  *   nodaemon SID                              sald not running
@@ -2511,7 +2523,62 @@ static int shut_rd_fin_client(const char *sid, const char *how) {
     return failures ? 1 : 0;
 }
 
+/* Against a reset server: the client shuts its writing down after the
+ * request (the server's close then finds the request unread and resets
+ * the flow). As from TCP (measured over loopback, Linux 6.18: SHUT_WR,
+ * the peer's RST, and reads give what came, then ECONNRESET, then 0): the
+ * reply, ECONNRESET once, then end of file. Here the reset's hang-up
+ * looks as a finished flow's once this end shut its writing down, and
+ * read as end of file: sald's mark tells them apart. */
+static int shut_wr_reset_client(const char *sid, const char *how) {
+    int fd = stream_to(sid);
+    CHECK(write_all(fd, (const unsigned char *)REQUEST, strlen(REQUEST)) == 0, "request");
+    CHECK(shutdown(fd, SHUT_WR) == 0, "shutdown(SHUT_WR)");
+    read_reply(how, fd);
+    CHECK(hung_up(fd, 20000), "the reset's hang-up");
+    char buf[64];
+    EXPECT_ERR(read_with(how, fd, buf, sizeof buf), ECONNRESET);
+    CHECK(read_with(how, fd, buf, sizeof buf) == 0, "end of file after the reset");
+    CHECK(close(fd) == 0, "close");
+    return failures ? 1 : 0;
+}
+
+/* SO_ERROR of `fd`. */
+static int so_error(int fd) {
+    int e = -1;
+    socklen_t len = sizeof e;
+    CHECK(getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &len) == 0, "SO_ERROR");
+    return e;
+}
+
+/* SO_ERROR after a reset, as TCP's (measured over loopback, Linux 6.18):
+ * against a reset server, ECONNRESET once, taken as a read takes it (the
+ * reads then give the reply and end of file); against a fin-reset server
+ * (the server's FIN, then a reset), EPIPE once, the reads the reply and
+ * end of file, a write EPIPE. SO_ERROR used to be 0 in both. */
+static int so_error_client(const char *sid, int after_fin) {
+    int fd = stream_to(sid);
+    CHECK(so_error(fd) == 0, "SO_ERROR of an open flow");
+    if (after_fin) {
+        struct pollfd p = {.fd = fd, .events = POLLRDHUP};
+        CHECK(poll(&p, 1, 20000) == 1 && (p.revents & POLLRDHUP), "the server's FIN");
+    }
+    CHECK(write_all(fd, (const unsigned char *)REQUEST, strlen(REQUEST)) == 0, "request");
+    CHECK(hung_up(fd, 20000), "the reset's hang-up");
+    int first = so_error(fd);
+    CHECK(first == (after_fin ? EPIPE : ECONNRESET), "SO_ERROR after the reset: %d", first);
+    CHECK(so_error(fd) == 0, "SO_ERROR once");
+    read_reply("read", fd);
+    char buf[64];
+    CHECK(read(fd, buf, sizeof buf) == 0, "end of file: SO_ERROR took the reset");
+    EXPECT_ERR(send(fd, "x", 1, MSG_NOSIGNAL), EPIPE);
+    CHECK(close(fd) == 0, "close");
+    return failures ? 1 : 0;
+}
+
 static int reset_client(const char *sid, const char *mode, const char *how) {
+    if (!strcmp(mode, "shut-wr-reset")) return shut_wr_reset_client(sid, how);
+    if (!strcmp(mode, "so-error")) return so_error_client(sid, !strcmp(how, "fin"));
     if (!strcmp(mode, "fin-reset")) return fin_reset_client(sid, how);
     if (!strcmp(mode, "shut-rd-fin")) return shut_rd_fin_client(sid, how);
     if (!strcmp(mode, "fin-reset-unread")) return fin_reset_unread_client(sid, how);
@@ -3770,9 +3837,9 @@ static int dup2_listener(const char *sid, const char *how) {
  * (measured over loopback): it returns 0; the next read is ECONNRESET,
  * then ENOTCONN; a write is EPIPE (MSG_NOSIGNAL); SO_ERROR is then 0;
  * getpeername is ENOTCONN; poll shows it hung up; the peer's flow ends
- * (TCP's peer reads ECONNRESET, here end of file: see ops::disconnect);
- * a second AF_UNSPEC returns 0; and the socket connects again. It used to
- * be EISCONN, the flow left as it was. */
+ * (with a reset, as TCP's: see unspec_peer); a second AF_UNSPEC returns 0;
+ * and the socket connects again. It used to be EISCONN, the flow left as
+ * it was. */
 static int unspec(const char *sid) {
     struct sockaddr_sv sa = sv_addr(sid);
     int l = socket(AF_SERVAL, SOCK_STREAM, 0);
@@ -3902,6 +3969,216 @@ static int unspec_reader(const char *sid) {
     return failures ? 1 : 0;
 }
 
+/* connect(AF_UNSPEC) on a connected stream resets the flow, as TCP's
+ * (measured over loopback, Linux 6.18: the peer's poll shows POLLERR, its
+ * read is ECONNRESET, then 0, a write EPIPE), also when the peer shut its
+ * writing down first (its FIN read: the client in CLOSE_WAIT). The peer
+ * used to read end of file (sald finished the flow with a FIN), and after
+ * its own shutdown could not have read a reset either. */
+static int unspec_peer(const char *sid) {
+    struct sockaddr_sv sa = sv_addr(sid);
+    int l = socket(AF_SERVAL, SOCK_STREAM, 0);
+    CHECK(bind(l, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(l, 4) == 0, "listen");
+    for (int closing = 0; closing < 2; closing++) {
+        int c = stream_to(sid);
+        int s = accept(l, NULL, NULL);
+        CHECK(s >= 0, "accept");
+        char buf[64];
+        if (closing) {
+            CHECK(shutdown(s, SHUT_WR) == 0, "the peer's shutdown(SHUT_WR)");
+            CHECK(read(c, buf, sizeof buf) == 0, "the peer's FIN");
+        }
+        struct sockaddr un = {.sa_family = AF_UNSPEC};
+        CHECK(connect(c, &un, sizeof un) == 0, "connect(AF_UNSPEC) (errno %d)", errno);
+        CHECK(hung_up(s, 20000), "the peer's flow ends");
+        EXPECT_ERR(read(s, buf, sizeof buf), ECONNRESET);
+        CHECK(read(s, buf, sizeof buf) == 0, "then end of file");
+        EXPECT_ERR(send(s, "x", 1, MSG_NOSIGNAL), EPIPE);
+        close(s);
+        close(c);
+    }
+    close(l);
+    return failures ? 1 : 0;
+}
+
+static int unspec_acceptor_fd;
+static int unspec_acceptor_got;
+static int unspec_acceptor_errno;
+
+static void *unspec_acceptor(void *arg) {
+    (void)arg;
+    unspec_acceptor_got = accept(unspec_acceptor_fd, NULL, NULL);
+    unspec_acceptor_errno = errno;
+    return NULL;
+}
+
+/* connect(AF_UNSPEC) on a listener, as TCP's (measured over loopback,
+ * Linux 6.18): 0, and the listener stops listening and stays bound: an
+ * accept waiting in another thread fails with EINVAL, and so does any
+ * accept after; the flows it held established but not accepted are reset
+ * (their reads: ECONNRESET), whether they sent anything or not;
+ * SO_ACCEPTCONN is 0; the name stays; a read is ENOTCONN, a write EPIPE;
+ * poll shows it hung up; another bind of its service is EADDRINUSE; a
+ * connect to it is refused (ECONNREFUSED); a connect from it is EINVAL, a
+ * second AF_UNSPEC 0; and listen makes it listen again, also for its
+ * copy (dup). It used to be EISCONN, the listener left listening. */
+static int unspec_listener(const char *sid) {
+    struct sockaddr_sv sa = sv_addr(sid);
+    int l = socket(AF_SERVAL, SOCK_STREAM, 0);
+    CHECK(bind(l, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(l, 8) == 0, "listen");
+    struct sockaddr un = {.sa_family = AF_UNSPEC};
+    /* At once after listen, and listen at once after, before sald's
+     * feeder of the accept queue may have run. */
+    for (int i = 0; i < 3; i++) {
+        CHECK(connect(l, &un, sizeof un) == 0, "connect(AF_UNSPEC) at once (%d, errno %d)", i, errno);
+        CHECK(hung_up(l, 5000), "the accept queue hangs up (%d)", i);
+        CHECK(listen(l, 8) == 0, "listen again at once (%d, errno %d)", i, errno);
+    }
+    unspec_acceptor_fd = l;
+    pthread_t t;
+    pthread_create(&t, NULL, unspec_acceptor, NULL);
+    usleep(200 * 1000);
+    CHECK(connect(l, &un, sizeof un) == 0, "connect(AF_UNSPEC) on a listener (errno %d)", errno);
+    pthread_join(t, NULL);
+    CHECK(unspec_acceptor_got == -1 && unspec_acceptor_errno == EINVAL,
+          "the waiting accept: %d, errno %d", unspec_acceptor_got, unspec_acceptor_errno);
+    CHECK(listen(l, 8) == 0, "listen again (errno %d)", errno);
+    int copy = dup(l);
+    int talker = stream_to(sid);
+    CHECK(write_all(talker, (const unsigned char *)REQUEST, strlen(REQUEST)) == 0, "request");
+    int silent = stream_to(sid);
+    struct pollfd p = {.fd = l, .events = POLLIN};
+    CHECK(poll(&p, 1, 20000) == 1, "flows wait to be accepted");
+    usleep(100 * 1000);
+    CHECK(connect(l, &un, sizeof un) == 0, "connect(AF_UNSPEC) with flows queued (errno %d)", errno);
+    char buf[64];
+    CHECK(hung_up(talker, 20000), "the queued flow that sent is reset");
+    EXPECT_ERR(read(talker, buf, sizeof buf), ECONNRESET);
+    CHECK(hung_up(silent, 20000), "the silent queued flow is reset");
+    EXPECT_ERR(read(silent, buf, sizeof buf), ECONNRESET);
+    close(talker);
+    close(silent);
+    int on = -1;
+    socklen_t len = sizeof on;
+    CHECK(getsockopt(l, SOL_SOCKET, SO_ACCEPTCONN, &on, &len) == 0 && on == 0, "SO_ACCEPTCONN %d", on);
+    struct sockaddr_sv name;
+    len = sizeof name;
+    CHECK(getsockname(l, (struct sockaddr *)&name, &len) == 0 && !memcmp(&name.sv_srvid, &sa.sv_srvid, sizeof sa.sv_srvid),
+          "the name stays");
+    EXPECT_ERR(accept(l, NULL, NULL), EINVAL);
+    EXPECT_ERR(accept(copy, NULL, NULL), EINVAL);
+    EXPECT_ERR(read(l, buf, sizeof buf), ENOTCONN);
+    EXPECT_ERR(send(l, "x", 1, MSG_NOSIGNAL), EPIPE);
+    CHECK(hung_up(l, 20000), "poll shows the listener hung up");
+    int other = socket(AF_SERVAL, SOCK_STREAM, 0);
+    EXPECT_ERR(bind(other, (struct sockaddr *)&sa, sizeof sa), EADDRINUSE);
+    close(other);
+    int refused = socket(AF_SERVAL, SOCK_STREAM, 0);
+    EXPECT_ERR(connect(refused, (struct sockaddr *)&sa, sizeof sa), ECONNREFUSED);
+    close(refused);
+    EXPECT_ERR(connect(l, (struct sockaddr *)&sa, sizeof sa), EINVAL);
+    CHECK(connect(l, &un, sizeof un) == 0, "a second connect(AF_UNSPEC)");
+    CHECK(listen(l, 8) == 0, "listen again (errno %d)", errno);
+    on = -1;
+    len = sizeof on;
+    CHECK(getsockopt(l, SOL_SOCKET, SO_ACCEPTCONN, &on, &len) == 0 && on == 1, "SO_ACCEPTCONN %d", on);
+    for (int i = 0; i < 2; i++) {
+        int c = stream_to(sid);
+        int s = accept(i ? copy : l, NULL, NULL);
+        CHECK(s >= 0, "accept once listening again (%s)", i ? "the copy" : "the listener");
+        char ch = 0;
+        CHECK(write(c, "x", 1) == 1 && read(s, &ch, 1) == 1 && ch == 'x', "the new flow carries a byte");
+        close(s);
+        close(c);
+    }
+    close(copy);
+    close(l);
+    return failures ? 1 : 0;
+}
+
+static int unspec_race_listener;
+
+static void *unspec_race_acceptor(void *arg) {
+    (void)arg;
+    for (;;) {
+        int s = accept(unspec_race_listener, NULL, NULL);
+        if (s < 0) {
+            if (errno == EINTR || errno == ECONNABORTED) continue;
+            return NULL;
+        }
+        close(s);
+    }
+}
+
+/* While set, a SIGALRM stalls the main thread where it lands (10 ms), for
+ * a connect in flight to complete there. */
+static volatile sig_atomic_t stretching;
+static volatile sig_atomic_t stretched;
+
+static void stretch(int sig) {
+    (void)sig;
+    if (!stretching) return;
+    stretched++;
+    struct timespec ts = {0, 10 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+}
+
+/* connect(AF_UNSPEC) on a socket whose non-blocking connect is in flight,
+ * N times, each stalled (a signal handler that sleeps 10 ms, long enough
+ * for the connect to complete meanwhile) at a point that moves through
+ * the call, 0 to 40 us in: it disconnects the socket whatever it found
+ * (0, then getpeername is ENOTCONN), as TCP's. A connect that completed
+ * between the shim's look at the socket and its lock found no placeholder
+ * made for a connected socket, and the call was answered as a connected
+ * socket's connect (0 from the first after a background connect, EISCONN
+ * after), the socket left connected. */
+static int unspec_race(const char *sid, int n) {
+    struct sockaddr_sv sa = sv_addr(sid);
+    int l = socket(AF_SERVAL, SOCK_STREAM, 0);
+    CHECK(bind(l, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(l, 64) == 0, "listen");
+    /* The signal is for this thread alone: the others (the acceptor, and
+     * the shim's connector, started by the first connect below) block it. */
+    sigset_t alarm_set;
+    sigemptyset(&alarm_set);
+    sigaddset(&alarm_set, SIGALRM);
+    pthread_sigmask(SIG_BLOCK, &alarm_set, NULL);
+    unspec_race_listener = l;
+    pthread_t t;
+    pthread_create(&t, NULL, unspec_race_acceptor, NULL);
+    int first = socket(AF_SERVAL, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    EXPECT_ERR(connect(first, (struct sockaddr *)&sa, sizeof sa), EINPROGRESS);
+    struct pollfd p = {.fd = first, .events = POLLOUT};
+    CHECK(poll(&p, 1, 20000) == 1, "the first connect completes");
+    close(first);
+    struct sigaction act = {.sa_handler = stretch, .sa_flags = SA_RESTART};
+    sigaction(SIGALRM, &act, NULL);
+    pthread_sigmask(SIG_UNBLOCK, &alarm_set, NULL);
+    for (int i = 0; i < n; i++) {
+        int fd = socket(AF_SERVAL, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        if (fd < 0) die("socket");
+        EXPECT_ERR(connect(fd, (struct sockaddr *)&sa, sizeof sa), EINPROGRESS);
+        struct sockaddr un = {.sa_family = AF_UNSPEC};
+        struct itimerval at = {.it_value = {0, 1 + i % 40}};
+        stretching = 1;
+        setitimer(ITIMER_REAL, &at, NULL);
+        errno = 0;
+        int rc = connect(fd, &un, sizeof un);
+        stretching = 0;
+        CHECK(rc == 0, "connect(AF_UNSPEC) %d: %d (errno %d)", i, rc, errno);
+        struct sockaddr_sv peer;
+        socklen_t pl = sizeof peer;
+        int named = getpeername(fd, (struct sockaddr *)&peer, &pl) == 0;
+        CHECK(!named, "connect(AF_UNSPEC) %d left the socket connected", i);
+        close(fd);
+        if (failures > 5) break;
+    }
+    printf("%d of %d calls stalled\n", (int)stretched, n);
+    /* The accept waiting in the thread ends with the listener. */
+    close(l);
+    pthread_join(t, NULL);
+    return failures ? 1 : 0;
+}
+
 /* shutdown(SHUT_RD), then the peer sends, then close: the flow is reset,
  * as TCP's (measured over loopback: the peer's next read is ECONNRESET),
  * whose close finds the bytes unread. sald threw them away (the socket
@@ -4002,6 +4279,9 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "unspec")) return unspec(sid);
     if (!strcmp(cmd, "unspec-epoll")) return unspec_epoll(sid);
     if (!strcmp(cmd, "unspec-reader")) return unspec_reader(sid);
+    if (!strcmp(cmd, "unspec-peer")) return unspec_peer(sid);
+    if (!strcmp(cmd, "unspec-listener")) return unspec_listener(sid);
+    if (!strcmp(cmd, "unspec-race")) return unspec_race(sid, (int)n);
     if (!strcmp(cmd, "shut-rd-close")) return shut_rd_close(sid);
     if (!strcmp(cmd, "nodaemon")) return nodaemon(sid);
     fprintf(stderr, "unknown subcommand %s\n", cmd);
