@@ -87,6 +87,41 @@ fn bulk(client: &Daemon, server: &Daemon, seconds: u64) -> (f64, f64) {
     (gbps, driven as f64 / packets.max(1) as f64)
 }
 
+/// Buffer memory pressure on one daemon (see `servalctl stats`): times
+/// the host's budget, a group's (one user's flows), or a listener's flows
+/// nobody accepted came under pressure, and segments dropped because of
+/// it. The bench runs everything as root, whose flows have a group of
+/// their own: a bulk flow beside idle ones must not reach it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Pressure {
+    host: u64,
+    group: u64,
+    unaccepted: u64,
+    dropped: u64,
+}
+
+impl Pressure {
+    fn of(daemon: &Daemon) -> Pressure {
+        let host = stats(daemon).host;
+        Pressure {
+            host: host.buffer_pressures,
+            group: host.group_buffer_pressures,
+            unaccepted: host.unaccepted_buffer_pressures,
+            dropped: host.pressure_dropped,
+        }
+    }
+
+    /// What came since `before`.
+    fn since(self, before: Pressure) -> Pressure {
+        Pressure {
+            host: self.host - before.host,
+            group: self.group - before.group,
+            unaccepted: self.unaccepted - before.unaccepted,
+            dropped: self.dropped - before.dropped,
+        }
+    }
+}
+
 /// How the idle flows of one run were held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Held {
@@ -112,6 +147,9 @@ struct Row {
     /// Connection setup: alone, beside the idle flows, right after they
     /// closed.
     setup: [Setup; 3],
+    /// Buffer pressure on the client and server daemons from the row's
+    /// first run to the end of the bulk run beside the idle flows.
+    pressure: [Pressure; 2],
 }
 
 /// What a row needs besides the daemons.
@@ -196,6 +234,7 @@ fn measure(
         ..
     } = *bench;
     let pids = [client.child.id(), server.child.id()];
+    let pressed = [client, server].map(Pressure::of);
     // Setup first: the bulk run gives sald time to trim what the short
     // flows left before the memory is read.
     let setup_alone = bench.setup(&format!("setup-{count}-alone"));
@@ -213,6 +252,8 @@ fn measure(
     // 10,000 flows; before it, 0.96-1.03).
     let setup_beside = bench.setup(&format!("setup-{count}-beside"));
     let (gbps, work) = bulk(client, server, seconds);
+    let pressure = [client, server].map(Pressure::of);
+    let pressure = [0, 1].map(|i| pressure[i].since(pressed[i]));
     close();
     wait_no_flows([client, server], Duration::from_secs(60));
     let setup_after = bench.setup(&format!("setup-{count}-after"));
@@ -235,6 +276,7 @@ fn measure(
         rss: [0, 1].map(|i| [before[i], idle[i], closed[i]]),
         open_secs,
         setup: [setup_alone, setup_beside, setup_after],
+        pressure,
     }
 }
 
@@ -401,6 +443,21 @@ fn main() {
         );
     }
     println!("  0 (at the end)                 {again:7.2}");
+    println!();
+    println!(
+        "buffer memory pressure from a row's first run to the end of its bulk run beside the idle flows \
+         (times the host's budget / root's group's / a listener's unaccepted flows' came under it; segments dropped)"
+    );
+    println!("  idle flows   daemon     host    group   unaccepted   dropped");
+    for row in &rows {
+        for (i, name) in ["client", "server"].iter().enumerate() {
+            let p = row.pressure[i];
+            println!(
+                "  {:<10}   {name:<6} {:8} {:8} {:12} {:9}",
+                row.flows, p.host, p.group, p.unaccepted, p.dropped
+            );
+        }
+    }
     println!();
     println!(
         "sald resident memory (KiB): before opening / with N idle flows / 10 s after all closed"

@@ -526,8 +526,8 @@ mod tests {
     /// socket's is while `net.core.wmem_default` is set above that (made
     /// so here on one socket, the sysctls untouched), comes back whole
     /// after it was made small, where sald may (`CAP_NET_ADMIN`): it came
-    /// back at twice the maximum. Without the capability, as near as the
-    /// maximum allows.
+    /// back at twice the maximum. Without the capability (dropped in one
+    /// thread), as near as the maximum allows.
     #[tokio::test]
     async fn a_send_buffer_past_twice_wmem_max_comes_back_whole() {
         let wmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/wmem_max")
@@ -551,20 +551,84 @@ mod tests {
         assert_eq!(socket.send_buffer().unwrap(), born);
 
         socket.set_send_buffer(32 << 10).unwrap();
+        let dumpable = this_process_dumpable();
         std::thread::scope(|scope| {
             scope.spawn(|| {
-                // Another user in this thread alone (the raw system call),
-                // whose effective capabilities are gone.
-                let (keep, nobody) = (-1 as nix::libc::c_long, 65534 as nix::libc::c_long);
-                // SAFETY: setresuid takes three integers and touches no memory.
-                let rc =
-                    unsafe { nix::libc::syscall(nix::libc::SYS_setresuid, keep, nobody, keep) };
-                assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+                drop_net_admin_in_this_thread().unwrap();
                 socket.set_send_buffer(born).unwrap();
             });
         });
         assert_eq!(socket.send_buffer().unwrap(), 2 * wmem_max);
+        assert_eq!(
+            this_process_dumpable(),
+            dumpable,
+            "nothing moved outside the thread"
+        );
         drop(theirs);
+    }
+
+    /// Takes `CAP_NET_ADMIN` out of the calling thread's effective
+    /// capabilities (the raw system call: other threads keep theirs), its
+    /// user IDs and permitted capabilities unchanged. Another effective
+    /// user ID in the thread (`setresuid`, as this test first did) took
+    /// the capabilities too, but reset the dumpable flag of the whole
+    /// process, which outlives the thread.
+    fn drop_net_admin_in_this_thread() -> io::Result<()> {
+        /// `struct __user_cap_header_struct`.
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: nix::libc::c_int,
+        }
+        /// `struct __user_cap_data_struct`.
+        #[repr(C)]
+        #[derive(Clone, Copy, Default)]
+        struct Data {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        /// `_LINUX_CAPABILITY_VERSION_3`: capabilities 0-31 in the first
+        /// `Data`, 32-63 in the second. Process ID 0 is the caller.
+        const VERSION_3: u32 = 0x2008_0522;
+        let mut header = Header {
+            version: VERSION_3,
+            pid: 0,
+        };
+        let mut data = [Data::default(); 2];
+        // SAFETY: capget reads `header` and writes two `Data` into `data`,
+        // locals that outlive the call.
+        let rc = unsafe {
+            nix::libc::syscall(
+                nix::libc::SYS_capget,
+                &mut header as *mut Header,
+                data.as_mut_ptr(),
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        data[0].effective &= !(1 << crate::privileges::CAP_NET_ADMIN);
+        // SAFETY: capset reads `header` and two `Data` from `data`, locals
+        // that outlive the call.
+        let rc = unsafe {
+            nix::libc::syscall(
+                nix::libc::SYS_capset,
+                &mut header as *mut Header,
+                data.as_ptr(),
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// `prctl(PR_GET_DUMPABLE)`: a flag of the whole process (its memory),
+    /// which a change of any thread's credentials may reset.
+    fn this_process_dumpable() -> i32 {
+        // SAFETY: PR_GET_DUMPABLE takes no pointer and only reads a flag.
+        unsafe { nix::libc::prctl(nix::libc::PR_GET_DUMPABLE) }
     }
 
     #[tokio::test]

@@ -11,7 +11,7 @@
 use std::path::Path;
 
 /// `CAP_NET_ADMIN`, the capability behind everything root-only here.
-const CAP_NET_ADMIN: u32 = 12;
+pub(crate) const CAP_NET_ADMIN: u32 = 12;
 
 /// The process's user and whether it holds `CAP_NET_ADMIN`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
