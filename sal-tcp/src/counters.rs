@@ -1,13 +1,12 @@
 //! What a socket's loss recovery did, counted: how an operator (and a
 //! simulation) tells a path that loses from one that does not, and how
-//! the sender found its losses and what they cost it, as Linux's
-//! `netstat -s` counters (`TCPTimeouts`, `TCPLossProbes`, `TCPDSACKUndo`,
-//! `RetransSegs`...) do.
+//! the sender found its losses, as Linux's `netstat -s` counters
+//! (`TCPTimeouts`, `TCPLossProbes`, `TCPDSACKUndo`...) do.
 //!
 //! Counted from outside the sender, by the segments it sent, these are
 //! guesses: a fast retransmit on RACK's timer and a retransmission
 //! timeout are both a resend on a timer. Counted here, where each is
-//! decided, they are exact. 24 bytes a socket; the host adds each
+//! decided, they are exact. Sixteen bytes a socket; the host adds each
 //! socket's increments into its own counters as it drives the socket.
 
 /// Loss recovery events of one socket since it was created (each wraps
@@ -24,16 +23,6 @@ pub struct LossCounters {
     /// Window reductions undone because the peer reported every
     /// retransmission since as a duplicate (`crate::undo`).
     pub undos: u32,
-    /// Segments sent again, whatever sent them (Linux's `RetransSegs`):
-    /// a timeout's resending, fast retransmits, SACK holes, probes that
-    /// resend, copies of the SYN or the FIN. What losses cost in segments,
-    /// where the counts above say how they were found.
-    pub retransmits: u32,
-    /// Retransmission timeouts found spurious by F-RTO (`crate::frto`,
-    /// Linux's `TCPSpuriousRTOs`): new data acknowledged before what the
-    /// timeout resent showed the flight was on its way. Each also counts
-    /// among the timeouts, and among the undos if it undid a reduction.
-    pub spurious_timeouts: u32,
 }
 
 impl LossCounters {
@@ -45,10 +34,6 @@ impl LossCounters {
             fast_retransmits: self.fast_retransmits.wrapping_sub(before.fast_retransmits),
             loss_probes: self.loss_probes.wrapping_sub(before.loss_probes),
             undos: self.undos.wrapping_sub(before.undos),
-            retransmits: self.retransmits.wrapping_sub(before.retransmits),
-            spurious_timeouts: self
-                .spurious_timeouts
-                .wrapping_sub(before.spurious_timeouts),
         }
     }
 }
@@ -64,16 +49,12 @@ mod tests {
             fast_retransmits: 3,
             loss_probes: 0,
             undos: 7,
-            retransmits: u32::MAX - 1,
-            spurious_timeouts: 2,
         };
         let after = LossCounters {
             timeouts: 1,
             fast_retransmits: 5,
             loss_probes: 1,
             undos: 7,
-            retransmits: 40,
-            spurious_timeouts: 3,
         };
         assert_eq!(
             after.since(before),
@@ -81,9 +62,7 @@ mod tests {
                 timeouts: 2,
                 fast_retransmits: 2,
                 loss_probes: 1,
-                undos: 0,
-                retransmits: 42,
-                spurious_timeouts: 1,
+                undos: 0
             }
         );
     }

@@ -275,8 +275,8 @@
 //! - **SACK-based loss recovery** (RFC 6675, lean), when the peer SACKs
 //!   (smoltcp's sender ignored SACK blocks): a scoreboard of up to eight
 //!   SACKed ranges above the cumulative ACK (`sack.rs`, a fixed array,
-//!   trimmed as the ACK moves, kept across a retransmission timeout or a
-//!   rewind, see below; nothing is freed on SACK, as a peer may renege). A recovery
+//!   trimmed as the ACK moves, forgotten at a retransmission timeout or a
+//!   rewind; nothing is freed on SACK, as a peer may renege). A recovery
 //!   starts on three duplicate ACKs or on more than two segments SACKed
 //!   above the oldest unacknowledged byte (IsLost); in it, each ACK lets
 //!   out retransmissions of the holes below the highest SACKed byte, then
@@ -333,7 +333,7 @@
 //!   to what they were (the larger of each and the present ones; the RTO
 //!   backoff and a timeout's resending are kept). A probe whose original
 //!   arrived thus keeps no cut even when the ACKs that showed it came late.
-//!   F-RTO undoes a timeout it finds spurious (see below).
+//!   F-RTO (RFC 5682) was measured and left out (see the module).
 //!   `tests/heavy_loss.rs` at 20 %: MSS 200 p90 123.8 -> 110.1 s, timeouts
 //!   7294 -> 7122, longest stall p90 47.1 -> 29.5 s; MSS 1448 p90 19.4 ->
 //!   17.5 s; medians and 1-10 % unchanged within noise. `sim_tcp_loss`:
@@ -504,48 +504,6 @@
 //!   three segments, not four. Tested by `test_delayed_ack_of_fin`,
 //!   `test_delayed_ack_of_fin_rides_on_our_fin` and the SAL's
 //!   `a_short_request_takes_twelve_packets`.
-//! - **A timeout keeps the scoreboard** (Linux's `tcp_timeout_mark_lost`,
-//!   RFC 6675 5.1; module `loss`): its resending skips what the peer
-//!   SACKed (holes only, in sequence order, within the timeout's window of
-//!   one segment growing by slow start, SACKed bytes not counted in
-//!   flight), where it resent everything from the oldest byte (RFC 2018 8
-//!   let the peer renege). A rewind keeps it too (the same receiver holds
-//!   the data). Until the cumulative ACK reaches what was sent before the
-//!   timeout, the ranges SACKed before it are no evidence that what it
-//!   resent since was lost: only holes below a block SACKed since are
-//!   lost, and only what was SACKed since the cumulative ACK last moved
-//!   starts a fast retransmit. Reneging (an ACK that stops at the start of
-//!   a SACKed range) fires the timer after max(SRTT/2, 10 ms) (Linux's
-//!   `tcp_check_sack_reneging`), and a timeout that finds the oldest byte
-//!   SACKed forgets the scoreboard and resends everything. The timer stops
-//!   only once all that was sent is acknowledged (smoltcp: all that was
-//!   resent so far). `tests/heavy_loss.rs`, 5000 seeds at 20 %: MSS 200
-//!   median 70.6 -> 67.6 s, p90 190 -> 184 s, segments resent 1,548,370
-//!   -> 1,497,107; MSS 1448 p90 17.6 -> 16.8 s. 16 bytes a socket. Tested
-//!   by `test_a_timeout_resends_only_what_the_peer_did_not_sack`,
-//!   `test_sack_blocks_from_before_a_timeout_start_no_recovery`,
-//!   `test_a_rewind_resends_only_what_the_peer_did_not_sack`,
-//!   `test_sack_frees_nothing_and_a_timeout_resends_what_the_peer_reneged_on`,
-//!   `test_a_peer_that_keeps_reneging_cannot_stall_the_flow`,
-//!   `test_an_ack_of_all_a_timeout_resent_leaves_the_timer_running` and
-//!   `hostile_acks::any_acks_leave_the_sender_sound` (peers that renege,
-//!   and lie).
-//! - **F-RTO** (RFC 5682 3, SACK-enhanced; module `frto`): after a
-//!   timeout outside a fast recovery, the first ACK that moves the
-//!   cumulative ACK lets out two new segments before more resending; the
-//!   next ACK decides: original data (sent before, never resent) newly
-//!   acknowledged or SACKed means the timeout was spurious, and its window
-//!   reduction is undone and nothing more resent; SACKed new data or a
-//!   duplicate ACK means the loss was real, and the resending goes on.
-//!   Only from that second ACK on, as RFC 5682 (Linux checks the first one
-//!   too: through heavy loss, where ACKs are lost, it took real losses for
-//!   spurious timeouts). `tests/heavy_loss.rs`, 2000 seeds at 20 %: MSS 200
-//!   median 66.9 -> 55.6 s, p90 178 -> 112 s (the new segments give round
-//!   trip samples that end the timeout's backoff); MSS 1448 p90 16.4 ->
-//!   13.2 s; 1-10 % and `sim_tcp_loss` unchanged. 12 bytes a socket.
-//!   Tested by `test_frto_undoes_a_spurious_timeout`,
-//!   `test_frto_does_not_undo_a_real_timeout`,
-//!   `test_frtos_new_data_is_not_held_back_by_nagle` and the module's.
 //! - **Path changes**: [`Socket::rewind`] resends everything in flight
 //!   from the oldest unacknowledged byte (after a pure ACK of what we
 //!   hold), for a SAL migration or a path that went silent and answered a
@@ -672,12 +630,11 @@
 //!   `*short_flight_loss_is_found_after_the_reordering_window` and the
 //!   module's own.
 //! - **Loss recovery counted** (module `counters`, Linux's `netstat -s`
-//!   `TCPTimeouts`, `TCPLossProbes`, `TCPDSACKUndo`, `TCPSpuriousRTOs`,
-//!   `RetransSegs`): timeouts, fast retransmits, probes, undos, timeouts
-//!   F-RTO found spurious and segments sent again, counted where each is
-//!   decided ([`Socket::loss_counters`]); the SAL host adds them up for
-//!   `servalctl stats`. From the outside a fast retransmit on RACK's timer
-//!   and a timeout are both a resend on a timer. 24 bytes a socket.
+//!   `TCPTimeouts`, `TCPLossProbes`, `TCPDSACKUndo`): timeouts, fast
+//!   retransmits, probes and undos, counted where each is decided
+//!   ([`Socket::loss_counters`]); the SAL host adds them up for `servalctl
+//!   stats`. From the outside a fast retransmit on RACK's timer and a
+//!   timeout are both a resend on a timer. 16 bytes a socket.
 //! - **Slow start after idle** (RFC 5681 4.1, Linux's
 //!   `tcp_slow_start_after_idle`): a send after nothing went out for
 //!   longer than the retransmission timeout, with nothing in flight,
@@ -724,9 +681,7 @@ mod congestion;
 mod cookie;
 mod counters;
 mod dsack;
-mod frto;
 mod hystart;
-mod loss;
 mod rack;
 mod rtt;
 mod sack;

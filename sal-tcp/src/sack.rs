@@ -8,12 +8,8 @@
 //! (no allocation per segment), sorted, disjoint and merged as blocks come
 //! in. It is only ever a guide to what to resend: a receiver may renege
 //! (RFC 2018 section 8, it may drop data it SACKed), so nothing is freed
-//! from the send buffer on its account. A retransmission timeout keeps it,
-//! as Linux does (`tcp_timeout_mark_lost`), and resends only what it does
-//! not show (`crate::loss`), unless the peer reneged: a cumulative ACK
-//! that stops at the start of a SACKed range ([`Scoreboard::reneged`]),
-//! which the peer would have acknowledged had it still held it. Then the
-//! timeout forgets it all, as RFC 2018 asks, and resends everything.
+//! from the send buffer on its account, and a retransmission timeout
+//! forgets it all.
 //!
 //! Ranges beyond the array's capacity are dropped from the top: forgetting
 //! a range only makes the sender take its bytes for missing (it resends
@@ -128,33 +124,6 @@ impl Scoreboard {
             .sum()
     }
 
-    /// The end of the SACKed range holding `seq`, if one does: where
-    /// resending after a timeout goes on from (`crate::loss`).
-    pub(crate) fn sacked_end(&self, seq: TcpSeqNumber) -> Option<TcpSeqNumber> {
-        self.ranges()
-            .iter()
-            .find(|&&(l, r)| l <= seq && seq < r)
-            .map(|&(_, r)| r)
-    }
-
-    /// The left edge of the first SACKed range above `seq`: where a
-    /// segment resent from `seq` after a timeout ends at the latest.
-    pub(crate) fn next_sacked(&self, seq: TcpSeqNumber) -> Option<TcpSeqNumber> {
-        self.ranges()
-            .iter()
-            .find(|&&(l, _)| l > seq)
-            .map(|&(l, _)| l)
-    }
-
-    /// Whether the peer reneged (RFC 2018 section 8): with the cumulative
-    /// ACK at `una` (the scoreboard trimmed to it), the lowest SACKed range
-    /// starts there. A peer that still held those bytes would have
-    /// acknowledged them with the rest (Linux's `FLAG_SACK_RENEGING`: the
-    /// ACK lands on SACKed data).
-    pub(crate) fn reneged(&self, una: TcpSeqNumber) -> bool {
-        self.ranges().first().is_some_and(|&(l, _)| l <= una)
-    }
-
     /// The first hole at or above `from` that lies below some SACKed
     /// range, as `[start, end)` (`end` the left edge of the range above
     /// it): bytes the peer lacks while it holds later ones.
@@ -244,31 +213,6 @@ pub(crate) mod tests {
         assert_eq!(b.next_hole(s(200)), Some((s(300), s(400))));
         assert_eq!(b.next_hole(s(350)), Some((s(350), s(400))));
         assert_eq!(b.next_hole(s(450)), None);
-    }
-
-    #[test]
-    fn ranges_around_a_sequence_number() {
-        let b = board(&[(200, 300), (400, 450)]);
-        assert_eq!(b.sacked_end(s(199)), None);
-        assert_eq!(b.sacked_end(s(200)), Some(s(300)));
-        assert_eq!(b.sacked_end(s(299)), Some(s(300)));
-        assert_eq!(b.sacked_end(s(300)), None);
-        assert_eq!(b.next_sacked(s(100)), Some(s(200)));
-        assert_eq!(b.next_sacked(s(200)), Some(s(400)));
-        assert_eq!(b.next_sacked(s(400)), None);
-    }
-
-    #[test]
-    fn an_ack_that_stops_at_sacked_data_is_reneging() {
-        let mut b = board(&[(200, 300), (400, 450)]);
-        assert!(!b.reneged(s(100)));
-        b.trim(s(200));
-        assert!(b.reneged(s(200)));
-        b.trim(s(250));
-        assert!(b.reneged(s(250)), "inside the range");
-        b.trim(s(300));
-        assert!(!b.reneged(s(300)));
-        assert!(!Scoreboard::default().reneged(s(0)));
     }
 
     #[test]

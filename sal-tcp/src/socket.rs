@@ -21,9 +21,7 @@ use crate::config::{Config, MIN_MSS};
 use crate::congestion::{self, CongestionControl};
 use crate::counters::LossCounters;
 use crate::dsack::{self, DuplicateReport};
-use crate::frto::{self, Frto};
 use crate::hystart::HyStart;
-use crate::loss::{self, TimeoutRecovery};
 use crate::rack::{self, Rack};
 use crate::rtt::RttEstimator;
 use crate::sack::Scoreboard;
@@ -265,17 +263,9 @@ pub struct Socket {
     /// (RFC 5681 3.2 step 2).
     limited_transmit: usize,
     /// sal-tcp: what the peer SACKed above the cumulative ACK (see
-    /// `crate::sack`), kept while it does SACK, across a retransmission
-    /// timeout or a rewind too; forgotten at a timeout if the peer
-    /// reneged (`crate::loss`).
+    /// `crate::sack`), kept while it does SACK; forgotten at a
+    /// retransmission timeout or a rewind.
     scoreboard: Scoreboard,
-    /// sal-tcp: the episode of a retransmission timeout or a rewind,
-    /// which resends only what the scoreboard does not show
-    /// (`crate::loss`).
-    loss: TimeoutRecovery,
-    /// sal-tcp: F-RTO (`crate::frto`): whether a retransmission timeout
-    /// was spurious.
-    frto: Frto,
     /// sal-tcp: the fast recovery in progress is SACK-based (RFC 6675):
     /// each ACK lets out retransmissions of the holes the scoreboard shows,
     /// then new data, as far as the congestion window exceeds the `pipe`.
@@ -470,8 +460,6 @@ impl Socket {
             fast_recovery: false,
             limited_transmit: 0,
             scoreboard: Scoreboard::default(),
-            loss: TimeoutRecovery::default(),
-            frto: Frto::default(),
             sack_recovery: false,
             high_rxt: TcpSeqNumber::default(),
             sack_dup_credit: 0,
@@ -812,8 +800,6 @@ impl Socket {
         self.fast_recovery = false;
         self.limited_transmit = 0;
         self.scoreboard.clear();
-        self.loss.end();
-        self.frto.end();
         self.sack_recovery = false;
         self.rack = Rack::default();
         self.tlp.end();
@@ -963,16 +949,13 @@ impl Socket {
             // a fast retransmit on the new one.
             self.local_rx_dup_acks = 0;
             self.limited_transmit = 0;
-            // sal-tcp: all is resent but what the peer SACKed: the same
-            // receiver holds it (`crate::loss`), unless it reneged.
-            self.forget_scoreboard_if_reneged();
-            self.loss.begin(self.local_seq_no, self.remote_max_seq);
+            // sal-tcp: all is resent, SACKed or not (the peer may have
+            // reneged, RFC 2018 8).
+            self.scoreboard.clear();
             self.sack_recovery = false;
             self.rack.forget_flight();
             self.rtte.on_retransmit();
         }
-        // sal-tcp: no congestion response to find needless (`crate::frto`).
-        self.frto.end();
         // sal-tcp: the rewind resends the tail too (`crate::tlp`), and
         // restarts the window: no reduction left to undo (`crate::undo`).
         self.tlp.end();
@@ -1371,25 +1354,11 @@ impl Socket {
         } else {
             0
         };
-        // sal-tcp: in a timeout's episode, what the peer SACKed is not in
-        // flight (`crate::loss`), nor what F-RTO left unsent for new data,
-        // of which two segments go (`crate::frto`).
-        let not_in_flight = if self.loss.is_open() {
-            self.scoreboard
-                .sacked_in(self.local_seq_no, self.remote_last_seq)
-                + self.frto.unsent(self.local_seq_no, &self.scoreboard)
-        } else {
-            0
-        };
-        let room = self
-            .congestion_controller
+        self.congestion_controller
             .inner()
             .window()
             .saturating_add(limited_transmit)
-            .saturating_sub(self.flight_size().saturating_sub(not_in_flight));
-        self.frto
-            .new_data_room(self.remote_max_seq, self.effective_mss())
-            .map_or(room, |new| room.min(new))
+            .saturating_sub(self.flight_size())
     }
 
     /// sal-tcp: RFC 6675's `pipe` in a SACK-based recovery: the bytes
@@ -1404,22 +1373,15 @@ impl Socket {
     fn pipe(&self) -> usize {
         let una = self.local_seq_no;
         let nxt = self.remote_last_seq.max(una);
-        let edge = self.lost_edge().map_or(una, |h| h.max(una).min(nxt));
-        let retransmitted_end = self.high_rxt.max(una).min(edge);
+        let highest = self
+            .scoreboard
+            .highest()
+            .map_or(una, |h| h.max(una).min(nxt));
+        let retransmitted_end = self.high_rxt.max(una).min(highest);
         let retransmitted = (retransmitted_end - una)
             .saturating_sub(self.scoreboard.sacked_in(una, retransmitted_end))
             .saturating_sub(self.rack.lost_bytes(una, &self.scoreboard, self.high_rxt));
-        // sal-tcp: above the edge, what is not SACKed (in a timeout's
-        // episode, ranges SACKed before it may lie there).
-        (nxt - edge).saturating_sub(self.scoreboard.sacked_in(edge, nxt)) + retransmitted
-    }
-
-    /// sal-tcp: in a SACK-based recovery, the holes below this are lost:
-    /// those below the highest SACKed byte (RFC 6675), or in a timeout's
-    /// episode, below the highest block SACKed since (`crate::loss`).
-    fn lost_edge(&self) -> Option<TcpSeqNumber> {
-        self.loss
-            .lost_edge(self.local_seq_no, self.scoreboard.highest())
+        (nxt - highest) + retransmitted
     }
 
     /// sal-tcp: in a SACK-based recovery, the hole to retransmit next, if
@@ -1438,11 +1400,10 @@ impl Socket {
             return None;
         }
         let from = self.high_rxt.max(self.local_seq_no);
-        let edge = self.lost_edge()?;
         let (start, end) = self
             .rack
             .next_lost(self.local_seq_no, &self.scoreboard, self.high_rxt)
-            .or_else(|| self.scoreboard.next_hole(from).filter(|&(s, _)| s < edge))?;
+            .or_else(|| self.scoreboard.next_hole(from))?;
         let end = end.min(self.local_seq_no + self.remote_win_len.min(self.tx_buffer.len()));
         (start < end).then(|| (start, (end - start).min(mss)))
     }
@@ -1453,58 +1414,19 @@ impl Socket {
     /// ignored.
     /// A block is also a round-trip sample if it holds the segment timed
     /// (see [`RttEstimator`]).
-    /// Returns the end of the highest block that SACKed bytes not SACKed
-    /// before, if one did.
     fn note_sack_blocks(
         &mut self,
         now: Instant,
         ack: TcpSeqNumber,
         blocks: &[Option<(u32, u32)>; 3],
-    ) -> Option<TcpSeqNumber> {
-        let mut news_high: Option<TcpSeqNumber> = None;
+    ) {
         for &(left, right) in blocks.iter().flatten() {
             let (left, right) = (TcpSeqNumber(left as i32), TcpSeqNumber(right as i32));
             if ack <= left && left < right && right <= self.remote_max_seq {
-                let before = self.scoreboard.sacked_bytes();
                 self.scoreboard.add(left, right);
-                if self.scoreboard.sacked_bytes() > before {
-                    news_high = Some(news_high.map_or(right, |h| h.max(right)));
-                }
                 self.rtte.on_sack(now, left, right);
             }
         }
-        news_high
-    }
-
-    /// sal-tcp: at a timeout or a rewind: the scoreboard is kept, unless
-    /// the peer reneged, its oldest unacknowledged byte SACKed
-    /// (`crate::loss`, Linux's `tcp_timeout_mark_lost`): then it is
-    /// forgotten, and everything resent (RFC 2018 8). Returns whether it
-    /// was.
-    fn forget_scoreboard_if_reneged(&mut self) -> bool {
-        let reneged = self.scoreboard.reneged(self.local_seq_no);
-        if reneged {
-            net_debug!("the peer reneged on data it SACKed, forgetting the scoreboard");
-            self.scoreboard.clear();
-        }
-        reneged
-    }
-
-    /// sal-tcp: a timeout's or a rewind's resending goes on past what the
-    /// peer SACKed (`crate::loss`), up to the FIN at most.
-    fn skip_sacked(&mut self) {
-        if self.remote_last_seq < self.remote_max_seq {
-            let end = self.local_seq_no + self.tx_buffer.len();
-            self.remote_last_seq = loss::resend_from(&self.scoreboard, self.remote_last_seq, end)
-                .min(self.remote_max_seq);
-        }
-    }
-
-    /// sal-tcp: the SACKed bytes that tell of a loss at the oldest
-    /// unacknowledged byte: in a timeout's episode, only those SACKed since
-    /// the cumulative ACK last moved (`crate::loss`).
-    fn sack_evidence(&self) -> usize {
-        self.loss.evidence(self.scoreboard.sacked_bytes())
     }
 
     /// sal-tcp: `[left, right)` arrived a second time: a peer that SACKs
@@ -1548,32 +1470,6 @@ impl Socket {
         self.congestion_controller.inner_mut().undo(prior);
     }
 
-    /// sal-tcp: act on F-RTO's verdict on an ACK (`crate::frto`).
-    fn on_frto(&mut self, verdict: frto::Verdict) {
-        match verdict {
-            frto::Verdict::Wait => {}
-            frto::Verdict::SendNew => {
-                net_debug!("F-RTO: sending new data before resending more");
-                self.remote_last_seq = self.remote_max_seq;
-            }
-            frto::Verdict::Resume => {
-                net_debug!("F-RTO: resending again");
-                self.remote_last_seq = self.frto.resume().max(self.local_seq_no);
-            }
-            frto::Verdict::Spurious => {
-                net_debug!("F-RTO: the retransmission timeout was spurious");
-                self.loss_counters.spurious_timeouts =
-                    self.loss_counters.spurious_timeouts.wrapping_add(1);
-                if let Some(prior) = self.undo.on_spurious_timeout() {
-                    self.undo_reduction(prior);
-                }
-                // What the timeout would still resend is on its way.
-                self.remote_last_seq = self.remote_max_seq;
-                self.loss.end();
-            }
-        }
-    }
-
     /// sal-tcp: `[start, end)` was resent to repair a loss the peer
     /// reported. With SACK, the segment being timed may still give a
     /// sample (see [`RttEstimator`]); without, nothing could tell its ACK
@@ -1613,7 +1509,7 @@ impl Socket {
         // sal-tcp: with data SACKed, the probe's timer is RACK's too, and
         // a fast retransmit when it fires (`crate::rack`): new data sent
         // does not put it off.
-        if self.sack_evidence() > 0 && matches!(self.timer, Timer::LossProbe { .. }) {
+        if !self.scoreboard.is_empty() && matches!(self.timer, Timer::LossProbe { .. }) {
             return;
         }
         let one_segment = self.flight_size() <= self.effective_mss();
@@ -1646,7 +1542,7 @@ impl Socket {
         }
         let rto = self.rtte.retransmission_timeout();
         self.timer.set_for_retransmit(now, rto);
-        if self.sack_evidence() > 0 {
+        if self.scoreboard.sacked_bytes() > 0 {
             net_debug!("loss probe timeout with data SACKed, starting fast retransmit");
             self.timer.set_for_fast_retransmit();
         } else {
@@ -1667,7 +1563,7 @@ impl Socket {
         if !self.remote_has_sack || self.remote_last_seq != self.remote_max_seq {
             return;
         }
-        let dup_thresh = self.sack_evidence() > 2 * self.effective_mss();
+        let dup_thresh = self.scoreboard.sacked_bytes() > 2 * self.effective_mss();
         let reo_wnd = self.rack.reo_wnd(
             self.rtte.min_rtt(),
             self.rtte.srtt_sample(),
@@ -1682,7 +1578,7 @@ impl Socket {
                 self.timer.set_for_rack(at);
             }
         } else if self.recover.is_none()
-            && self.sack_evidence() > 0
+            && !self.scoreboard.is_empty()
             && self.rtte.srtt_sample().is_some()
             && self.may_probe()
         {
@@ -1697,7 +1593,7 @@ impl Socket {
     fn rack_waits(&self) -> bool {
         self.flight_size() >= rack::LARGE_FLIGHT * self.effective_mss()
             && self.recover.is_none()
-            && self.sack_evidence() > 0
+            && !self.scoreboard.is_empty()
             && !self.rack.reord_seen()
             && matches!(self.timer, Timer::LossProbe { .. })
     }
@@ -2224,8 +2120,6 @@ impl Socket {
         // sal-tcp: an ACK of new data that leaves the retransmission timer
         // alone (see `partial_ack_restarted_timer`).
         let mut keep_timer = false;
-        // sal-tcp: the ACK landed on data the peer SACKed (`crate::loss`).
-        let mut reneged = false;
         let mut ack_of_fin = false;
         let mut ack_all = false;
         // sal-tcp: an old ACK's field is ignored (RFC 5961 5.2).
@@ -2247,12 +2141,7 @@ impl Socket {
                     ack_of_fin = true;
                 }
 
-                // sal-tcp: all that was sent: after a timeout, or with
-                // F-RTO's new data (`crate::frto`), the data resent so far
-                // may all be acknowledged with the rest outstanding (the
-                // timer stopped, and a window too small for a segment left
-                // it stopped for good).
-                ack_all = self.remote_max_seq <= ack_number;
+                ack_all = self.remote_last_seq <= ack_number;
             }
         }
 
@@ -2520,42 +2409,15 @@ impl Socket {
                 let from = self.rack.sent_once_from(self.local_seq_no);
                 (h, rack::holes(&self.scoreboard, from, h))
             });
-            // sal-tcp: F-RTO's question (`crate::frto`), before the
-            // scoreboard takes this ACK in.
-            let original = self.frto.is_on()
-                && self.remote_has_sack
-                && frto::delivered_original(
-                    &self.scoreboard,
-                    self.local_seq_no,
-                    ack_number,
-                    repr.sack_ranges
-                        .iter()
-                        .flatten()
-                        .map(|&(l, r)| (TcpSeqNumber(l as i32), TcpSeqNumber(r as i32)))
-                        .filter(|&(_, r)| r <= self.remote_max_seq),
-                    self.rack.sent_once_from(self.local_seq_no),
-                    self.frto.high(),
-                );
             self.scoreboard.trim(ack_number);
             let sacked_before = self.scoreboard.sacked_bytes();
-            let mut news_high = None;
             if self.remote_has_sack {
-                news_high = self.note_sack_blocks(now, ack_number, &repr.sack_ranges);
+                self.note_sack_blocks(now, ack_number, &repr.sack_ranges);
                 if dsack::duplicate_block(ack_number, &repr.sack_ranges).is_some() {
                     self.rack.on_dsack(ack_number, self.remote_max_seq);
                 }
             }
             let sack_news = self.scoreboard.sacked_bytes() != sacked_before;
-            // sal-tcp: a timeout's episode: what this ACK tells of a loss,
-            // and whether the peer reneged (`crate::loss`).
-            let advanced = ack_number > self.local_seq_no;
-            self.loss.on_ack(
-                ack_number,
-                advanced,
-                self.scoreboard.sacked_bytes().saturating_sub(sacked_before),
-                news_high,
-            );
-            reneged = advanced && self.scoreboard.reneged(ack_number);
             if let Some((highest, holes)) = prior {
                 // Not while anything resent may be what arrived.
                 let from = self.rack.sent_once_from(ack_number);
@@ -2730,28 +2592,6 @@ impl Socket {
                 self.remote_last_seq = self.local_seq_no
             }
             self.remote_max_seq = self.remote_max_seq.max(self.local_seq_no);
-            // sal-tcp: and what the peer SACKed after it (`crate::loss`).
-            self.skip_sacked();
-            // sal-tcp: F-RTO (`crate::frto`), with the ACK taken in.
-            if self.frto.is_on() {
-                let unsent = self
-                    .tx_buffer
-                    .len()
-                    .saturating_sub(self.remote_max_seq - self.local_seq_no);
-                let verdict = self.frto.on_ack(frto::Ack {
-                    una: ack_number,
-                    advanced,
-                    original,
-                    dup_or_sacked: sack_news
-                        || (!advanced && repr.payload.is_empty() && !is_window_update),
-                    can_send_new: unsent > 0
-                        && self.local_seq_no + self.remote_win_len
-                            >= self.remote_max_seq + unsent.min(self.effective_mss()),
-                    resend_at: self.remote_last_seq,
-                    max: self.remote_max_seq,
-                });
-                self.on_frto(verdict);
-            }
             if self.local_seq_no == self.remote_max_seq {
                 // sal-tcp: the flight emptied; idle starts now at the
                 // earliest (see `Socket::restart_after_idle`).
@@ -2791,23 +2631,20 @@ impl Socket {
         // ACKs of new data carried the blocks). Not while a timeout's or a
         // rewind's resending is under way.
         if self.remote_has_sack
-            && !reneged
             && self.recover.is_none()
             && self.remote_win_len > 0
             && self.remote_last_seq == self.remote_max_seq
             && self.flight_size() > 0
             && self.timer.is_retransmit()
-            && (self.sack_evidence() > 2 * self.effective_mss()
+            && (self.scoreboard.sacked_bytes() > 2 * self.effective_mss()
                 // sal-tcp: or any, once a tail loss probe went (`crate::tlp`).
-                || (self.tlp.in_flight(self.local_seq_no) && self.sack_evidence() > 0))
+                || (self.tlp.in_flight(self.local_seq_no) && self.scoreboard.sacked_bytes() > 0))
         {
             net_debug!("SACKed data marks the oldest segment lost, starting fast retransmit");
             self.timer.set_for_fast_retransmit();
         }
         // sal-tcp: RACK (`crate::rack`), with the timers up to date.
-        if !reneged {
-            self.rack_detect(now);
-        }
+        self.rack_detect(now);
 
         // start/stop the Zero Window Probe timer.
         if self.remote_win_len == 0
@@ -2820,11 +2657,7 @@ impl Socket {
         }
         if self.remote_win_len != 0 && self.timer.is_zero_window_probe() {
             tcp_trace!("stopping zero-window-probe timer");
-            // sal-tcp: anything sent and not acknowledged, not only what is
-            // in flight: after a timeout that is what was resent so far,
-            // and a scoreboard kept across it may leave nothing to resend
-            // until the timer fires (`crate::loss`).
-            if self.remote_max_seq > self.local_seq_no {
+            if self.flight_size() > 0 {
                 // sal-tcp: data still in flight went past a window that
                 // closed (a right edge moved left, as a scaled window's may
                 // by less than a unit, and the peer cut the segment there):
@@ -2835,16 +2668,6 @@ impl Socket {
             } else {
                 self.timer.set_for_idle(now, self.keep_alive);
             }
-        }
-
-        // sal-tcp: the peer reneged (`crate::loss`): the timeout comes
-        // soon, and forgets the scoreboard unless ACKs on their way show
-        // the range arrived after all; nothing else is decided on this ACK
-        // (Linux's `tcp_check_sack_reneging`).
-        if reneged {
-            net_debug!("the ACK stops at data the peer SACKed: it may have reneged");
-            let delay = loss::reneging_delay(self.rtte.srtt_sample());
-            self.timer.set_for_retransmit_by(now + delay);
         }
 
         let payload_len = payload.len();
@@ -3089,10 +2912,7 @@ impl Socket {
         // * There's no data in flight
         // * We can send a full packet
         // * We have all the data we'll ever send (we're closing send)
-        // sal-tcp: not for F-RTO's new data (`crate::frto`), as Linux's
-        // (`tcp_xmit_recovery`): held back, nothing would go until the
-        // timeout.
-        if self.nagle && data_in_flight && !can_send_full && !want_fin && !self.frto.probing() {
+        if self.nagle && data_in_flight && !can_send_full && !want_fin {
             can_send = false;
         }
         if self.silly_window(max_send) {
@@ -3259,15 +3079,9 @@ impl Socket {
                 // or from one segment after two such timeouts
                 // (`set_initial_window`). The SYN-ACK's timeout left a
                 // listener one segment and an ssthresh of two.
-                // sal-tcp: F-RTO (`crate::frto`), outside a fast recovery.
-                let frto = self.remote_has_sack && self.recover.is_none();
-                self.frto.end();
                 if matches!(self.state, State::SynSent | State::SynReceived) {
                     self.handshake_timeouts = self.handshake_timeouts.saturating_add(1);
                 } else {
-                    if frto {
-                        self.frto.begin(self.remote_max_seq);
-                    }
                     // sal-tcp: a new episode to undo (`crate::undo`),
                     // unless the timeout fired in a recovery, or in a
                     // timeout's resending: that episode carries on, its
@@ -3316,13 +3130,9 @@ impl Socket {
                 self.fast_recovery = false;
                 self.local_rx_dup_acks = 0;
                 self.limited_transmit = 0;
-                // sal-tcp: the scoreboard is kept, and what it shows is not
-                // resent (`crate::loss`), unless the peer reneged on it:
-                // then its SACKs are no evidence for F-RTO either.
-                if self.forget_scoreboard_if_reneged() {
-                    self.frto.end();
-                }
-                self.loss.begin(self.local_seq_no, self.remote_max_seq);
+                // sal-tcp: and the scoreboard (RFC 2018 8: the peer may
+                // have reneged; what it holds will be SACKed again).
+                self.scoreboard.clear();
                 self.sack_recovery = false;
                 self.rack.forget_flight();
                 self.tlp.end();
@@ -3350,7 +3160,7 @@ impl Socket {
                 self.loss_counters.fast_retransmits =
                     self.loss_counters.fast_retransmits.wrapping_add(1);
                 // sal-tcp: SACK-based if the peer SACKs, and no timeout's
-                // resending is under way (it goes on in sequence order).
+                // resending is under way (the scoreboard was forgotten).
                 self.sack_recovery =
                     self.remote_has_sack && self.remote_last_seq == self.remote_max_seq;
                 self.high_rxt = self.local_seq_no;
@@ -3359,7 +3169,6 @@ impl Socket {
                 self.rack.forget_flight();
                 self.rack.on_recovery();
                 self.tlp.end();
-                self.frto.end();
             }
 
             // Clear the `should_retransmit` state. If we can't retransmit right
@@ -3383,7 +3192,6 @@ impl Socket {
         }
 
         self.restart_after_idle(now);
-        self.skip_sacked();
 
         // Decide whether we're sending a packet.
         if self.seq_to_transmit() {
@@ -3495,12 +3303,9 @@ impl Socket {
                     let size = device_limit
                         .min(self.tx_buffer.len())
                         .min(self.remote_win_len);
-                    // sal-tcp: in a SACK-based recovery or a timeout's
-                    // episode, the hole only.
+                    // sal-tcp: in a SACK-based recovery, the hole only.
                     let size = match self.scoreboard.next_hole(self.local_seq_no) {
-                        Some((_, end)) if self.sack_recovery || self.loss.is_open() => {
-                            size.min(end - self.local_seq_no)
-                        }
+                        Some((_, end)) if self.sack_recovery => size.min(end - self.local_seq_no),
                         _ => size,
                     };
                     repr.seq_number = self.local_seq_no;
@@ -3602,12 +3407,6 @@ impl Socket {
                     let offset = self.flight_size();
                     payload_offset = offset;
                     payload_len = size.min(self.tx_buffer.len().saturating_sub(offset));
-                    // sal-tcp: a timeout's resending stops short of what
-                    // the peer SACKed (`crate::loss`).
-                    if self.remote_last_seq < self.remote_max_seq {
-                        payload_len =
-                            loss::resend_len(&self.scoreboard, self.remote_last_seq, payload_len);
-                    }
 
                     offset
                 };
@@ -3778,7 +3577,6 @@ impl Socket {
                 self.loss_counters.loss_probes = self.loss_counters.loss_probes.wrapping_add(1);
             }
             if repr.seq_number < max_before {
-                self.loss_counters.retransmits = self.loss_counters.retransmits.wrapping_add(1);
                 let end = (repr.seq_number + segment_len).min(max_before);
                 self.undo.resent(repr.seq_number, end);
                 self.rack.on_sent_again(end);

@@ -170,19 +170,6 @@ impl Timer {
         }
     }
 
-    /// sal-tcp: the retransmission timeout fires at `at` at the latest
-    /// (the peer reneged, `crate::loss`), in place of a tail loss probe or
-    /// RACK's timer; a fast retransmit due, a zero-window probe or the
-    /// TIME-WAIT timer stays.
-    pub(crate) fn set_for_retransmit_by(&mut self, at: Instant) {
-        let expires_at = match *self {
-            Timer::Retransmit { expires_at } => expires_at.min(at),
-            Timer::LossProbe { rto_at, .. } => rto_at.min(at),
-            _ => return,
-        };
-        *self = Timer::Retransmit { expires_at }
-    }
-
     /// sal-tcp: the tail loss probe's timer fired but no probe may go:
     /// the retransmission timeout stands where it was (`rto_at`, now at
     /// the latest), not a whole timeout from now.

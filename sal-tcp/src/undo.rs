@@ -30,13 +30,11 @@
 //! undo, the rest of the flight taken for delivered, `heavy_loss` at 20 %
 //! loss and MSS 200 waited for more timeouts: p90 110 -> 155 s).
 //!
-//! F-RTO (`crate::frto`) undoes a timeout's reduction on other evidence
-//! ([`Undo::on_spurious_timeout`]): new data acknowledged before what the
-//! timeout resent. An earlier attempt, with the scoreboard forgotten at a
-//! timeout, took an ACK that jumped over data the peer held out of order
-//! for the arrival of data never resent, and real losses for spurious
-//! timeouts (`heavy_loss` at 20 %, MSS 200: median 68 -> 81 s); the
-//! scoreboard is now kept across a timeout (`crate::loss`).
+//! F-RTO (RFC 5682) was tried and left out: the scoreboard is forgotten
+//! at a timeout (`Socket::poll_transmit`), so an ACK that jumps over data
+//! the peer held out of order looked like the arrival of data never
+//! resent, and real losses were taken for spurious timeouts (`heavy_loss`
+//! at 20 %, MSS 200: median 68 -> 81 s).
 //!
 //! An episode keeps the ranges it retransmitted, and a D-SACK takes out
 //! of them the bytes it names: the reduction is undone when none is left.
@@ -177,21 +175,6 @@ impl Undo {
     /// restarts).
     pub(crate) fn end(&mut self) {
         self.stage = Stage::Closed;
-    }
-
-    /// F-RTO found the timeout spurious (`crate::frto`): the window to
-    /// restore if the episode cut it (the episode then ends), whatever was
-    /// retransmitted: new data acknowledged before the copies arrived
-    /// shows the originals were on their way.
-    pub(crate) fn on_spurious_timeout(&mut self) -> Option<Prior> {
-        if self.stage != Stage::Reduced {
-            return None;
-        }
-        self.stage = Stage::Closed;
-        Some(Prior {
-            cwnd: widen(self.prior_cwnd),
-            ssthresh: widen(self.prior_ssthresh),
-        })
     }
 
     /// `[start, end)` was retransmitted.
@@ -392,19 +375,6 @@ mod tests {
         assert_eq!(u.on_dsack(s(2000), s(2100), s(9000)), None);
         assert_eq!(u.on_dsack(s(1000), s(1100), s(9000)), None);
         assert_eq!(u.on_dsack(s(5000), s(5100), s(9000)), Some(PRIOR));
-    }
-
-    #[test]
-    fn a_spurious_timeout_undoes_the_reduction_once() {
-        let mut u = Undo::default();
-        assert_eq!(u.on_spurious_timeout(), None);
-        u.begin(s(1000), PRIOR, false);
-        assert_eq!(u.on_spurious_timeout(), None, "nothing cut");
-        u.begin(s(1000), PRIOR, true);
-        u.resent(s(1000), s(1100));
-        assert_eq!(u.on_spurious_timeout(), Some(PRIOR));
-        assert!(!u.is_open());
-        assert_eq!(u.on_spurious_timeout(), None);
     }
 
     #[test]

@@ -22,9 +22,7 @@
 //! RACK's timer (sal-tcp's `rack`) is a resend on a timer too, and so
 //! counts as a timeout there: the sender's own counters (the host's
 //! `tcp_timeouts`, `tcp_fast_retransmits`, `tcp_loss_probes`, `tcp_undos`)
-//! tell them apart, and are printed beside, with the timeouts F-RTO found
-//! spurious (`tcp_spurious_timeouts`) and the segments it sent again
-//! (`tcp_retransmits`). `STALL_TRACE=<loss>:<seed>` runs that
+//! tell them apart, and are printed beside. `STALL_TRACE=<loss>:<seed>` runs that
 //! transfer alone and prints each timeout and rewind, and the segments and
 //! ACKs of each stall of a second or more; `STALL_WINDOW=<from>:<to>`
 //! (seconds from the first data segment) prints that stretch instead.
@@ -80,9 +78,8 @@ struct Run {
     /// Why each timeout came (see [`cause`]).
     causes: Vec<(Duration, &'static str)>,
     /// The sender's own count of its retransmission timeouts, fast
-    /// retransmits, tail loss probes, undone window reductions, segments
-    /// sent again and timeouts found spurious.
-    counted: [u64; 6],
+    /// retransmits, tail loss probes and undone window reductions.
+    counted: [u64; 4],
     /// Tail loss probes: segments sent on a timer that are not a resend
     /// of the oldest unacknowledged byte (new data, or the last segment
     /// again). A probe that resends the oldest segment (one in flight)
@@ -143,8 +140,6 @@ fn run(loss: f64, seed: u64) -> Run {
             stats.tcp_fast_retransmits,
             stats.tcp_loss_probes,
             stats.tcp_undos,
-            stats.tcp_retransmits,
-            stats.tcp_spurious_timeouts,
         ],
         ..analyse(log, received == data)
     }
@@ -227,7 +222,7 @@ fn analyse(log: Vec<Seen>, exact: bool) -> Run {
         long_stalls,
         timeouts,
         causes,
-        counted: [0; 6],
+        counted: [0; 4],
         probes,
         rewinds,
         exact,
@@ -428,14 +423,12 @@ fn measure_stalls_through_random_loss() {
         );
         let counted = |i: usize| runs.iter().map(|r| r.counted[i]).sum::<u64>();
         eprintln!(
-            "    the sender counted: {} retransmission timeouts ({} spurious), {} fast retransmits, \
-             {} tail loss probes, {} window reductions undone; {} segments sent again",
+            "    the sender counted: {} retransmission timeouts, {} fast retransmits, \
+             {} tail loss probes, {} window reductions undone",
             counted(0),
-            counted(5),
             counted(1),
             counted(2),
-            counted(3),
-            counted(4)
+            counted(3)
         );
         let sent: Vec<&Seen> = runs
             .iter()

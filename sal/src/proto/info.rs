@@ -234,17 +234,6 @@ pub struct HostStats {
     /// losses that were not.
     #[serde(default)]
     pub tcp_undos: u64,
-    /// Segments stream flows sent again, whatever sent them (Linux's
-    /// `RetransSegs`): what losses cost, where the counts above say how
-    /// they were found.
-    #[serde(default)]
-    pub tcp_retransmits: u64,
-    /// Retransmission timeouts of stream flows that F-RTO found spurious
-    /// (Linux's `TCPSpuriousRTOs`): new data acknowledged before what the
-    /// timeout resent showed the flight was on its way, and the window
-    /// went back. Counted among `tcp_timeouts` too.
-    #[serde(default)]
-    pub tcp_spurious_timeouts: u64,
     /// Half-open server flows freed because their client never
     /// completed the handshake.
     #[serde(default)]

@@ -187,8 +187,6 @@ impl Host {
         stats.tcp_fast_retransmits += u64::from(loss.fast_retransmits);
         stats.tcp_loss_probes += u64::from(loss.loss_probes);
         stats.tcp_undos += u64::from(loss.undos);
-        stats.tcp_retransmits += u64::from(loss.retransmits);
-        stats.tcp_spurious_timeouts += u64::from(loss.spurious_timeouts);
     }
 
     /// The socket of an established stream flow (or of a dead one, whose
