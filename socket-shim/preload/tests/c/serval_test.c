@@ -2364,6 +2364,14 @@ static int stream_to(const char *sid) {
     return fd;
 }
 
+/* A stream socket listening for `sid` (backlog 4). */
+static int stream_listener(const char *sid) {
+    struct sockaddr_sv sa = sv_addr(sid);
+    int l = socket(AF_SERVAL, SOCK_STREAM, 0);
+    CHECK(bind(l, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(l, 4) == 0, "listen");
+    return l;
+}
+
 /* Reads REPLY from `fd` with `how`, checking it came whole. */
 static void read_reply(const char *how, int fd) {
     char buf[64];
@@ -3896,9 +3904,7 @@ static int unspec(const char *sid) {
  * second event for the number, hung up for good, with the program's data,
  * which no EPOLL_CTL_DEL on the number could remove. */
 static int unspec_epoll(const char *sid) {
-    struct sockaddr_sv sa = sv_addr(sid);
-    int l = socket(AF_SERVAL, SOCK_STREAM, 0);
-    CHECK(bind(l, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(l, 4) == 0, "listen");
+    int l = stream_listener(sid);
     int c = stream_to(sid);
     int s = accept(l, NULL, NULL);
     CHECK(s >= 0, "accept");
@@ -3945,9 +3951,7 @@ static void *unspec_reader_thread(void *arg) {
  * of stream. (A reader that had not reached its read yet reads
  * ECONNRESET, then ENOTCONN, which the checks below allow.) */
 static int unspec_reader(const char *sid) {
-    struct sockaddr_sv sa = sv_addr(sid);
-    int l = socket(AF_SERVAL, SOCK_STREAM, 0);
-    CHECK(bind(l, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(l, 4) == 0, "listen");
+    int l = stream_listener(sid);
     int c = stream_to(sid);
     int s = accept(l, NULL, NULL);
     CHECK(s >= 0, "accept");
@@ -3976,9 +3980,7 @@ static int unspec_reader(const char *sid) {
  * used to read end of file (sald finished the flow with a FIN), and after
  * its own shutdown could not have read a reset either. */
 static int unspec_peer(const char *sid) {
-    struct sockaddr_sv sa = sv_addr(sid);
-    int l = socket(AF_SERVAL, SOCK_STREAM, 0);
-    CHECK(bind(l, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(l, 4) == 0, "listen");
+    int l = stream_listener(sid);
     for (int closing = 0; closing < 2; closing++) {
         int c = stream_to(sid);
         int s = accept(l, NULL, NULL);
@@ -4185,9 +4187,7 @@ static int unspec_race(const char *sid, int n) {
  * takes no more after SHUT_RD) and closed the flow with a FIN, so the
  * peer read end of file, as if they had been read. */
 static int shut_rd_close(const char *sid) {
-    struct sockaddr_sv sa = sv_addr(sid);
-    int l = socket(AF_SERVAL, SOCK_STREAM, 0);
-    CHECK(bind(l, (struct sockaddr *)&sa, sizeof sa) == 0 && listen(l, 4) == 0, "listen");
+    int l = stream_listener(sid);
     int c = stream_to(sid);
     int s = accept(l, NULL, NULL);
     CHECK(s >= 0, "accept");
