@@ -339,3 +339,59 @@ fn a_late_server_of_a_retransmitted_syn_is_reset_and_forgets_its_half_open_flow(
         "the client's flow with s2 is untouched"
     );
 }
+
+#[test]
+fn a_drained_listener_that_closed_drops_late_syns_for_a_while() {
+    // On a loaded network the withdrawal may reach the router after the
+    // drained (and idle) listener closed: the SYNs the router still sends
+    // to s1 are dropped quietly, as while it drained, and retransmitted to
+    // s2 once the router knows; none fails with "no route".
+    let (mut net, client, router, [s1, _], [l1, _]) = replicated();
+    net.host(s1).drain_listener(l1).unwrap();
+    net.host(s1).close_listener(l1).unwrap();
+    let connect_all = |net: &mut Network, service| -> Vec<FlowId> {
+        (0..20)
+            .map(|_| net.host(client).connect(svc(service), Stream).unwrap())
+            .collect()
+    };
+    let late = connect_all(&mut net, "5e03");
+    net.run_for(Duration::from_millis(100));
+    assert!(
+        net.host(s1).stats().drained_syns > 0,
+        "some SYNs went to s1"
+    );
+    assert_eq!(net.host(s1).stats().refused, 0);
+    let s1_route = Target::Forward {
+        locator: loc("10.0.0.11"),
+        weight: 1,
+    };
+    net.host(router)
+        .remove_rule_target(&prefix(SERVICE), &s1_route.key())
+        .unwrap();
+    let connected = |net: &mut Network, flows: &[FlowId]| {
+        let events = &net.sim_host(client).events;
+        flows
+            .iter()
+            .filter(|f| events.contains(&Event::Connected(**f)))
+            .count()
+    };
+    assert!(net.run_until(secs(5), |net| connected(net, &late) == late.len()));
+    let failed = |net: &mut Network| {
+        net.sim_host(client)
+            .events
+            .iter()
+            .filter(|e| matches!(e, Event::ConnectFailed(_, ConnectError::NoRoute)))
+            .count()
+    };
+    assert_eq!(failed(&mut net), 0);
+
+    // The linger ends: a route to s1 that outlived it (no refresh will
+    // renew it) meets the refusal any host that lacks a service gives.
+    net.run_for(HostConfig::default().drained_linger);
+    net.host(router).add_rule(prefix(SERVICE), s1_route, 0);
+    let stale = connect_all(&mut net, "5e04");
+    net.run_for(Duration::from_millis(300));
+    let refused = failed(&mut net);
+    assert!(refused > 0, "s1 refuses again");
+    assert_eq!(refused + connected(&mut net, &stale), stale.len());
+}

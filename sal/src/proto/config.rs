@@ -59,6 +59,13 @@ pub struct HostConfig {
     /// for ever, though nobody here can read from it any more. Linux's
     /// `tcp_fin_timeout` for orphaned sockets, same default.
     pub orphan_timeout: Duration,
+    /// How long the prefix of a drained listener that closed stays
+    /// drained: SYNs for it that routers sent before the withdrawal reached
+    /// them (on a loaded network, after the listener closed) are still
+    /// dropped quietly, so that their clients retransmit to another
+    /// instance, instead of refused with "no route". Past it, such a SYN
+    /// is refused as for any service the host lacks.
+    pub drained_linger: Duration,
     /// How long a DELAY rule may hold a packet.
     pub delay_timeout: Duration,
     /// Packets a DELAY rule may hold at once (host-wide).
@@ -146,6 +153,9 @@ impl Default for HostConfig {
             syn_cookies: SynCookies::UnderPressure,
             peer_timeout: Duration::from_secs(30),
             orphan_timeout: Duration::from_secs(60),
+            // Routers hear of a drain within milliseconds (servd withdraws
+            // at once); this covers loaded daemons between them.
+            drained_linger: Duration::from_secs(5),
             delay_timeout: Duration::from_secs(5),
             delay_queue_limit: 1024,
             max_flows: 1 << 22,

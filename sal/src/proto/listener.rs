@@ -35,6 +35,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use smoltcp::time::Instant;
+
 use super::flow::Endpoint;
 use super::{Event, Host, HostConfig, HostError, SynCookies};
 use crate::id::{FlowId, ServiceId, ServicePrefix};
@@ -117,6 +119,9 @@ pub(super) struct Listeners {
     /// whether a SYN is for a drained listener is one lookup, however
     /// many listeners there are (every unbound datagram socket is one).
     drained: PrefixTrie<usize>,
+    /// Drained listeners that closed, with when their count in `drained`
+    /// lapses (see [`HostConfig::drained_linger`]), oldest first.
+    lingering: VecDeque<(Instant, ServicePrefix)>,
 }
 
 impl Default for Listeners {
@@ -126,6 +131,7 @@ impl Default for Listeners {
             next_id: 1,
             by_client: HashMap::new(),
             drained: PrefixTrie::new(),
+            lingering: VecDeque::new(),
         }
     }
 }
@@ -234,20 +240,15 @@ impl Listeners {
         }
     }
 
-    /// Removes a listener; its flows are the caller's to end.
-    pub fn remove(&mut self, id: ListenerId) -> Option<Removed> {
+    /// Removes a listener; its flows are the caller's to end. A drained
+    /// one leaves its prefix drained until `linger_until`.
+    pub fn remove(&mut self, id: ListenerId, linger_until: Instant) -> Option<Removed> {
         let listener = self.by_id.remove(&id)?;
         for (client, _) in &listener.half_open {
             self.by_client.remove(client);
         }
         if listener.draining {
-            let left = (self.drained.get_mut(&listener.prefix)).map(|count| {
-                *count = count.saturating_sub(1);
-                *count
-            });
-            if left == Some(0) {
-                self.drained.remove(&listener.prefix);
-            }
+            self.lingering.push_back((linger_until, listener.prefix));
         }
         Some(Removed {
             prefix: listener.prefix,
@@ -281,10 +282,29 @@ impl Listeners {
         self.get(id).is_some_and(|l| l.draining)
     }
 
-    /// Whether a drained listener's prefix covers `service`: a SYN for it is
+    /// Whether a drained listener's prefix covers `service` (the listener
+    /// open still, or closed less than its linger ago): a SYN for it is
     /// one the routers sent before they learned of the drain.
-    pub fn draining_covers(&self, service: &ServiceId) -> bool {
+    pub fn draining_covers(&mut self, service: &ServiceId, now: Instant) -> bool {
+        self.forget_lingering(now);
         self.drained.longest_match(service).is_some()
+    }
+
+    /// Forgets the drained prefixes of closed listeners whose linger ended.
+    fn forget_lingering(&mut self, now: Instant) {
+        while let Some(&(until, prefix)) = self.lingering.front() {
+            if until > now {
+                break;
+            }
+            self.lingering.pop_front();
+            let left = (self.drained.get_mut(&prefix)).map(|count| {
+                *count = count.saturating_sub(1);
+                *count
+            });
+            if left == Some(0) {
+                self.drained.remove(&prefix);
+            }
+        }
     }
 
     /// Flows listener `id` admitted that the application has not taken
@@ -583,7 +603,7 @@ impl Host {
         let (Some(service), Some(client_flow)) = (repr.service, repr.src_flow) else {
             return false;
         };
-        if !self.listeners.draining_covers(&service) {
+        if !self.listeners.draining_covers(&service, self.now) {
             return false;
         }
         match self.listeners.half_open_flow(client, client_flow) {
@@ -599,7 +619,7 @@ impl Host {
     pub fn close_listener(&mut self, id: ListenerId) -> Result<(), HostError> {
         let removed = self
             .listeners
-            .remove(id)
+            .remove(id, self.now + self.config.drained_linger)
             .ok_or(HostError::NoSuchListener(id))?;
         let _ = self
             .table
@@ -737,7 +757,7 @@ mod tests {
         assert!(l.admits(id, TransportProtocol::Stream));
         assert_eq!(l.half_open_flow(CLIENT, flow(100)), None);
         l.syn_received(id, CLIENT, flow(102), flow(3));
-        let removed = l.remove(id).unwrap();
+        let removed = l.remove(id, Instant::ZERO).unwrap();
         assert_eq!(removed.half_open, [flow(3)]);
         assert_eq!(l.half_open_flow(CLIENT, flow(102)), None);
         assert_eq!(l.len(), 0);
@@ -748,11 +768,12 @@ mod tests {
     fn a_prefix_stays_drained_while_a_drained_listener_on_it_remains() {
         let (mut l, first) = listeners(8);
         let service: ServiceId = "beef01".parse().unwrap();
-        assert!(!l.draining_covers(&service));
+        let t = |ms| Instant::from_millis(ms);
+        assert!(!l.draining_covers(&service, t(0)));
         assert_eq!(l.drain(first), Some(true));
         assert_eq!(l.drain(first), Some(false), "counted once");
-        assert!(l.draining_covers(&service));
-        assert!(!l.draining_covers(&"cafe".parse().unwrap()));
+        assert!(l.draining_covers(&service, t(0)));
+        assert!(!l.draining_covers(&"cafe".parse().unwrap(), t(0)));
         // Bound again on the same prefix, and drained again.
         let second = l.allocate_id();
         l.insert(
@@ -763,10 +784,23 @@ mod tests {
             None,
         );
         assert_eq!(l.drain(second), Some(true));
-        l.remove(first);
-        assert!(l.draining_covers(&service), "the second is still drained");
-        l.remove(second);
-        assert!(!l.draining_covers(&service));
+        l.remove(first, t(1000));
+        l.remove(second, t(3000));
+        assert!(l.draining_covers(&service, t(2000)), "the second lingers");
+        assert!(!l.draining_covers(&service, t(3000)));
+        assert!(l.lingering.is_empty() && l.drained.is_empty());
+        // A listener that was never drained leaves nothing behind.
+        let third = l.allocate_id();
+        l.insert(
+            third,
+            "beef/16".parse().unwrap(),
+            TransportProtocol::Stream,
+            8,
+            None,
+        );
+        l.remove(third, t(9000));
+        assert!(!l.draining_covers(&service, t(4000)));
+        assert!(l.lingering.is_empty());
     }
 
     /// A listener that stops listening (`connect(AF_UNSPEC)`, as TCP's)
