@@ -410,9 +410,8 @@ mod tests {
         let rations = Arc::new(Rations::default());
         // Within the credit: no wait.
         rations.charge(1000, Duration::from_millis(4));
-        let started = Instant::now();
         rations.wait(1000, false).await;
-        assert!(started.elapsed() < Duration::from_millis(10));
+        assert_eq!(rations.waits(), 0);
         // 40 ms of work owes 160 ms: served again about 140 ms on (the
         // credit being 20).
         rations.charge(1000, Duration::from_millis(36));
@@ -420,15 +419,15 @@ mod tests {
         rations.wait(1000, false).await;
         let waited = started.elapsed();
         assert!(
-            waited >= Duration::from_millis(120) && waited <= Duration::from_millis(400),
+            waited >= Duration::from_millis(120) && waited <= Duration::from_secs(1),
             "{waited:?}"
         );
+        assert_eq!(rations.waits(), 1);
         // Others, and root, are not held up by that user's debt.
         rations.charge(1000, Duration::from_secs(1));
-        let started = Instant::now();
         rations.wait(1001, false).await;
         rations.wait(1000, true).await;
-        assert!(started.elapsed() < Duration::from_millis(10));
+        assert_eq!(rations.waits(), 1);
     }
 
     #[test]
@@ -443,7 +442,7 @@ mod tests {
                 .await
                 .unwrap();
             let waited = started.elapsed();
-            assert!(waited < Duration::from_millis(500), "{waited:?}");
+            assert!(waited < Duration::from_secs(2), "{waited:?}");
             assert_eq!(rations.waits(), 1);
             // What it owed beyond its credit and AHEAD is forgotten.
             let owed = rations.lock()[&1000].saturating_duration_since(Instant::now());
@@ -491,7 +490,7 @@ mod tests {
             let waited = started.elapsed();
             request.await.unwrap();
             assert!(
-                waited < Duration::from_millis(100),
+                waited < Duration::from_millis(250),
                 "the step waited {waited:?}"
             );
         });
@@ -528,7 +527,7 @@ mod tests {
             // No idle turn: it waited for its debt, about AHEAD (from
             // CREDIT + AHEAD ahead down to CREDIT), not the 40 s.
             assert!(
-                waited >= AHEAD - Duration::from_millis(30) && waited < Duration::from_millis(400),
+                waited >= AHEAD - Duration::from_millis(30) && waited < Duration::from_secs(2),
                 "{waited:?}"
             );
             busy.await.unwrap();
