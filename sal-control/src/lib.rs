@@ -10,7 +10,11 @@
 //! `Listening` for datagrams, `DatagramOpened`) carry exactly one file
 //! descriptor as `SCM_RIGHTS` ancillary data on the first byte of the frame.
 //! [`Request::Subscribe`] is answered with `Ok`, after which the connection
-//! only carries [`Response::Event`]s. [`Request::Connector`] is answered
+//! only carries [`Response::Event`]s. One request carries a descriptor
+//! the other way: [`Request::Relay`] hands sald the program's UDP socket,
+//! as `SCM_RIGHTS` on the first byte of its frame (sald takes a descriptor
+//! there on any request and closes it unless the request wants one).
+//! [`Request::Connector`] is answered
 //! with `Ok`, after which the connection carries only `Connect` requests,
 //! any number at once, each answered as soon as its handshake ends, in
 //! whatever order, by a [`Response::Completed`] that names the request.
@@ -147,6 +151,43 @@ pub enum Request {
         /// it to 1..=65535, and an ordinary user's listeners' backlogs to add
         /// up to at most its `flows_per_uid` (each keeps at least one).
         backlog: u32,
+    },
+    /// Bind a service prefix for a program that drives its own SAL host
+    /// over UDP (`docs/in-process-sal.md`): its SYNs and unconnected
+    /// datagrams are forwarded to the program's host at `locator`, as a
+    /// service router forwards them, instead of served by sald; the
+    /// program's host answers its clients directly from there. The
+    /// program's UDP socket, bound to that locator's port, rides on the
+    /// frame's first byte as `SCM_RIGHTS` (what proves the port is the
+    /// caller's: another user's socket cannot be passed), and sald keeps
+    /// it while the binding lasts (nobody else can bind the port
+    /// meanwhile). Otherwise a bind like `Listen`'s: the same bind policy
+    /// and per-user limits, announced (`Registered`, `Unregistered`), shown
+    /// by `ListRules` (its DEMUX target's origin is
+    /// [`RuleOrigin::Relay`]), ended by `CloseListener`, `Drain` or the
+    /// connection's end. It has no accept queue: `Accept`, `Deliver`,
+    /// `SetBacklog` and `StopListening` refuse it. Answered with
+    /// `Relaying`; a sald older than this request answers
+    /// `InvalidRequest`.
+    ///
+    /// Errors: `InvalidRequest` when no descriptor came, when it is no
+    /// bound IPv4 UDP socket, when `locator` is not a UDP locator or is
+    /// sald's own, or when sald does not carry the SAL over UDP;
+    /// `PermissionDenied` when `locator` is not where that socket
+    /// receives (another port or address, or an address not of this host)
+    /// or the bind policy refuses the prefix; `AddressInUse` and
+    /// `Exhausted` as for `Listen`.
+    Relay {
+        /// The service prefix to claim, held to the bind policy as for
+        /// `Listen`.
+        prefix: ServicePrefix,
+        /// Where sald forwards the prefix's first packets: a `udp:` locator
+        /// on one of this host's addresses at the socket's port. `None`:
+        /// the socket's own address, or, for a socket bound to any
+        /// address, sald's own address (the first of its interfaces) at
+        /// the socket's port.
+        #[serde(default)]
+        locator: Option<Locator>,
     },
     /// Take the next established flow of a listener; waits for one unless
     /// `nonblocking`. Answered with `Accepted` and the flow's fd.
@@ -387,6 +428,14 @@ pub enum Response {
         /// listener.
         #[serde(default)]
         socket: Option<FlowId>,
+    },
+    /// The answer to [`Request::Relay`]: the prefix is bound, and its first
+    /// packets go to `locator`.
+    Relaying {
+        /// Handle for `CloseListener`, valid on this connection only.
+        listener: ListenerId,
+        /// Where sald forwards the prefix's SYNs and unconnected datagrams.
+        locator: Locator,
     },
     /// The answer to [`Request::Deliver`]: the application's end of the
     /// listener's accept queue (fd attached).
@@ -1436,6 +1485,14 @@ mod tests {
             Request::StopListening {
                 listener: ListenerId(3),
             },
+            Request::Relay {
+                prefix: "c0ec70/24".parse().unwrap(),
+                locator: Some("udp:10.0.0.2:40000".parse().unwrap()),
+            },
+            Request::Relay {
+                prefix: "c0ec70/24".parse().unwrap(),
+                locator: None,
+            },
             Request::AddRule {
                 prefix: "be/8".parse().unwrap(),
                 target: Target::Forward {
@@ -1499,6 +1556,31 @@ mod tests {
         };
         let frame = encode_frame(&applied).unwrap();
         assert_eq!(decode_body::<Response>(&frame[4..]).unwrap(), applied);
+    }
+
+    #[test]
+    fn a_relay_names_its_locator_or_leaves_it_to_sald() {
+        let bare: Request = decode_body(br#"{"op":"relay","prefix":"c0ec70/24"}"#).unwrap();
+        assert_eq!(
+            bare,
+            Request::Relay {
+                prefix: "c0ec70/24".parse().unwrap(),
+                locator: None,
+            }
+        );
+        let relaying = Response::Relaying {
+            listener: ListenerId(9),
+            locator: "udp:10.0.0.2:40000".parse().unwrap(),
+        };
+        let frame = encode_frame(&relaying).unwrap();
+        assert_eq!(decode_body::<Response>(&frame[4..]).unwrap(), relaying);
+        assert!(!relaying.carries_fd(), "sald keeps the socket");
+        let origin = RuleOrigin::Relay {
+            locator: "udp:10.0.0.2:40000".parse().unwrap(),
+        };
+        let json = serde_json::to_string(&origin).unwrap();
+        assert_eq!(json, r#"{"kind":"relay","locator":"udp:10.0.0.2:40000"}"#);
+        assert_eq!(origin.label(), "relay udp:10.0.0.2:40000");
     }
 
     #[test]

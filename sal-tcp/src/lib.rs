@@ -697,7 +697,10 @@ pub use congestion::CongestionControl;
 pub use cookie::{write_syn_ack, CookieError, CookieParams};
 pub use counters::LossCounters;
 pub use segment::{parse as parse_segment, SegmentError, MAX_HEADER_LEN};
-pub use socket::{ConnectError, ListenError, RecvError, SendError, Socket, State};
+pub use socket::{
+    ConnectError, ExportError, ImportError, ListenError, RecvError, SendError, Socket,
+    SocketExport, State,
+};
 
 pub use smoltcp::time::{Duration, Instant};
 pub use smoltcp::wire::{Ipv4Address, TcpSeqNumber};

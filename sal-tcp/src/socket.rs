@@ -3969,5 +3969,9 @@ impl fmt::Write for Socket {
     }
 }
 
+mod export;
+
+pub use export::{ExportError, ImportError, SocketExport};
+
 #[cfg(test)]
 mod tests;

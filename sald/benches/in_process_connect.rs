@@ -27,7 +27,8 @@
 //!   received, closes a flow once its client half-closed and the echo is
 //!   written, sends what the host produced (`sendmmsg`, one call per
 //!   32 datagrams), and polls again while that made events (see
-//!   `in_process/sal_app.rs`, `node.rs`, `udp.rs`);
+//!   `in_process/sal_app.rs`, and `tests/common/program/`, which the
+//!   tests of sald's relays to such programs share);
 //! - the client (`client sal ...`): N threads, each with its own host and
 //!   UDP socket (N single-threaded programs, each with its own SAL), a
 //!   static FORWARD rule (`0/0` to the server's `udp:ADDR:7077`). Each
@@ -143,12 +144,11 @@
 mod cpu;
 #[path = "in_process/kernel.rs"]
 mod kernel;
-#[path = "in_process/node.rs"]
+#[allow(dead_code)] // shared with the tests, which use more of it
+#[path = "../tests/common/program/mod.rs"]
 mod node;
 #[path = "in_process/sal_app.rs"]
 mod sal_app;
-#[path = "in_process/udp.rs"]
-mod udp;
 
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddrV4};

@@ -251,6 +251,14 @@ impl AppSocket {
         Ok(!hung_up)
     }
 
+    /// Reads bytes into `buf`, waiting for some, with the descriptor that
+    /// rode on the first of them (`SCM_RIGHTS`), if one did: a request
+    /// frame's first read (see `control::frame`). Room for one descriptor:
+    /// the kernel closes any more that came with it.
+    pub async fn recv_with_fd(&self, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+        self.read_with(|fd| recv_with_fd(fd, buf)).await
+    }
+
     /// `op` (a non-blocking read of this socket) until it does not find the
     /// socket empty.
     pub async fn read_with<R>(&self, op: impl FnMut(RawFd) -> io::Result<R>) -> io::Result<R> {
@@ -292,6 +300,33 @@ impl AppSocket {
         let _ = self.write.set(register(duplicate, Interest::WRITABLE)?);
         Ok(self.write.get().expect("set just now"))
     }
+}
+
+/// One non-blocking `recvmsg` into `buf` with room for one descriptor,
+/// taken close-on-exec (see [`AppSocket::recv_with_fd`]).
+fn recv_with_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned};
+    use std::os::fd::FromRawFd;
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let message = recvmsg::<()>(
+        fd,
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+    )?;
+    let mut received = None;
+    for cmsg in message.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            for raw in fds {
+                // SAFETY: the kernel installed `raw` in our table for this
+                // message just now; nothing else owns it.
+                let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                received.get_or_insert(owned);
+            }
+        }
+    }
+    Ok((message.bytes, received))
 }
 
 /// Bytes, for the control connection's framing. Like every operation

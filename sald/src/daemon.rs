@@ -17,6 +17,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddrV4;
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use sal::proto::{ConnectError, Event, FlowInfo, Host, HostError, Transmit, TransmitKind};
@@ -127,6 +128,10 @@ pub struct Core {
     pub origins: Origins,
     /// Who owns which binding and flow.
     pub owners: Owners,
+    /// The UDP socket of each relay's program (`Relay`), kept while the
+    /// relay is bound: it proved the port is the program's, and holding
+    /// it keeps anybody else from binding the port meanwhile.
+    pub relay_sockets: HashMap<ListenerId, OwnedFd>,
     /// Control connections being served now, kept by the client tasks.
     pub control_clients: usize,
     /// Tells the timer task that the host's next deadline may have moved.
@@ -177,6 +182,7 @@ impl Shared {
                 events: EventBus::new(event_queue),
                 origins: Origins::default(),
                 owners: Owners::default(),
+                relay_sockets: HashMap::new(),
                 control_clients: 0,
                 timer: timer.clone(),
                 udp_tx,
@@ -625,6 +631,7 @@ impl Core {
     /// be taken (a waiting drain) learns it is gone.
     pub fn close_listener(&mut self, listener: ListenerId) -> Result<(), HostError> {
         self.pending_accepts.remove(&listener);
+        self.relay_sockets.remove(&listener);
         let socket = self.host.listener_socket(listener);
         let closed = self.host.close_listener(listener);
         // A datagram listener's socket went with it: its pump, waiting for

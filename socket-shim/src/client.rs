@@ -246,6 +246,7 @@ pub(crate) fn response_name(response: &Response) -> &'static str {
         Response::Ok => "ok",
         Response::Error { .. } => "error",
         Response::Listening { .. } => "listening",
+        Response::Relaying { .. } => "relaying",
         Response::Delivering { .. } => "delivering",
         Response::Accepted { .. } => "accepted",
         Response::Connected { .. } => "connected",
@@ -632,6 +633,33 @@ impl ControlClient {
             Response::Error { kind, message } => Err(Error::from_daemon(kind, message)),
             _ => Ok(reply),
         }
+    }
+
+    /// Sends `request` with `fd` riding on its first byte (`SCM_RIGHTS`)
+    /// and waits for its answer, as [`ControlClient::request`]: for a
+    /// request that hands sald a socket ([`Request::Relay`], with the
+    /// program's UDP socket). sald gets a duplicate; `fd` stays ours.
+    pub fn request_with_fd(&mut self, request: &Request, fd: BorrowedFd<'_>) -> Result<Reply> {
+        use nix::sys::socket::{sendmsg, ControlMessage};
+        let frame = request_frame(request)?;
+        let fds = [fd.as_raw_fd()];
+        let sent = loop {
+            let sent = sendmsg::<()>(
+                self.stream.as_raw_fd(),
+                &[io::IoSlice::new(&frame)],
+                &[ControlMessage::ScmRights(&fds)],
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            );
+            match sent {
+                Err(Errno::EINTR) => continue,
+                Err(Errno::EPIPE | Errno::ECONNRESET) => return Err(Error::Closed),
+                Err(errno) => return Err(Error::Io(errno.into())),
+                Ok(sent) => break sent,
+            }
+        };
+        self.write_frames(&frame[sent..])?;
+        self.answer()
     }
 
     /// Sends `request` and expects a plain `Ok`.

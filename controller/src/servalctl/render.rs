@@ -99,7 +99,9 @@ pub fn discovery(on: bool) -> String {
     }
 }
 
-/// [`services`] as seen at `now_ms` (Unix time, ms): ORIGIN says who put
+/// [`services`] as seen at `now_ms` (Unix time, ms): TARGET is `relay
+/// LOCATOR` for a service bound here whose program drives its own SAL host
+/// at LOCATOR; ORIGIN says who put
 /// the target there (`static`, `local` for a bound service, `announced
 /// HOST`, `resolved HOST`, `default ROUTER`, `ephemeral` for an unbound
 /// datagram socket's own ID), EXPIRES when servd will take it away unless
@@ -117,15 +119,19 @@ pub fn services_at(rules: &[Rule], now_ms: u64) -> String {
     ]);
     for rule in rules {
         for entry in rule.targets() {
-            let (target, weight) = match entry.target {
-                Target::Forward { locator, weight } => {
+            let (target, weight) = match (entry.target, &entry.origin) {
+                (Target::Forward { locator, weight }, _) => {
                     (format!("forward {locator}"), weight.to_string())
                 }
-                Target::Demux { listener } => {
+                // Bound here, served by the program's own SAL host there.
+                (Target::Demux { .. }, RuleOrigin::Relay { locator }) => {
+                    (format!("relay {locator}"), "-".into())
+                }
+                (Target::Demux { listener }, _) => {
                     (format!("demux listener {}", listener.0), "-".into())
                 }
-                Target::Delay => ("delay".into(), "-".into()),
-                Target::Drop => ("drop".into(), "-".into()),
+                (Target::Delay, _) => ("delay".into(), "-".into()),
+                (Target::Drop, _) => ("drop".into(), "-".into()),
             };
             table.row(vec![
                 rule.prefix.to_string(),
@@ -135,7 +141,9 @@ pub fn services_at(rules: &[Rule], now_ms: u64) -> String {
                 entry.counters.packets.to_string(),
                 entry.counters.bytes.to_string(),
                 match (&entry.target, &entry.origin) {
-                    (Target::Demux { .. }, RuleOrigin::Static) => "local".into(),
+                    (Target::Demux { .. }, RuleOrigin::Static | RuleOrigin::Relay { .. }) => {
+                        "local".into()
+                    }
                     (_, origin) => origin.label(),
                 },
                 match entry.origin.expires_unix_ms() {
@@ -303,6 +311,26 @@ mod tests {
                 "beef/16  forward udp:10.0.0.2:54325       3         2        0      0  announced s1 (10.0.0.2)  in 1.5s",
                 "beef/16  drop                             -         0        0      0  static                   -",
             ]
+        );
+    }
+
+    #[test]
+    fn a_relayed_service_shows_where_its_program_is() {
+        let mut table = ServiceTable::new();
+        let prefix = "c0ec70/24".parse().unwrap();
+        let listener = sal::table::ListenerId(4);
+        table.add(prefix, Target::Demux { listener }, 0);
+        let mut rules: Vec<Rule> = table.rules().cloned().collect();
+        let locator = "udp:10.0.0.2:40000".parse().unwrap();
+        rules[0].set_origin(
+            &Target::Demux { listener }.key(),
+            RuleOrigin::Relay { locator },
+        );
+        let text = services_at(&rules, 0);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[1],
+            "c0ec7/24  relay udp:10.0.0.2:40000       -         0        0      0  local   -"
         );
     }
 

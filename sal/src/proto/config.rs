@@ -11,6 +11,14 @@ use smoltcp::time::Duration;
 pub struct HostConfig {
     /// Service-router mode: forward SYNs and unconnected datagrams by FORWARD rules.
     pub forward: bool,
+    /// Service routing for the host's own programs, whether or not it is a
+    /// router (`forward`): a SYN or unconnected datagram that came from a
+    /// UDP locator on one of this host's addresses, not one of its own
+    /// locators (a program that drives its own SAL host over UDP and sends
+    /// its first packets here, by a FORWARD rule of its own), is forwarded
+    /// by this host's FORWARD rules as a router forwards it. Off by default:
+    /// a program's own host routes nothing; sald in UDP mode sets it.
+    pub relay_local: bool,
     /// Seed of the host's random numbers (flow IDs, nonces, verno, TCP ISNs)
     /// when there is no `entropy`: repeatable and predictable, for
     /// simulations.
@@ -142,6 +150,7 @@ impl Default for HostConfig {
     fn default() -> Self {
         HostConfig {
             forward: false,
+            relay_local: false,
             seed: 0,
             entropy: None,
             control_rto: Duration::from_millis(500),

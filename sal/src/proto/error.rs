@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::export::{ImportError, NotExportable};
 use crate::id::{FlowId, ServicePrefix};
 use crate::table::ListenerId;
 
@@ -68,4 +69,15 @@ pub enum HostError {
     /// The named interface is down, so no flow can move to it.
     #[error("interface {0} is down")]
     InterfaceDown(String),
+    /// [`Host::export_flow`](super::Host::export_flow) cannot take this
+    /// flow out (now): see the reason.
+    #[error("flow cannot be exported: {0}")]
+    NotExportable(#[from] NotExportable),
+    /// [`Host::import_flow`](super::Host::import_flow) refused the export:
+    /// see the reason.
+    #[error("flow import refused: {0}")]
+    BadImport(#[from] ImportError),
+    /// An imported flow's ID names a flow or socket this host has already.
+    #[error("flow ID {0} is in use on this host")]
+    FlowIdInUse(FlowId),
 }

@@ -248,6 +248,16 @@ pub struct HostStats {
     /// or older than two time slots).
     #[serde(default)]
     pub cookies_rejected: u64,
+    /// Flows handed out by [`Host::export_flow`](super::Host::export_flow).
+    #[serde(default)]
+    pub flows_exported: u64,
+    /// Flows taken up by [`Host::import_flow`](super::Host::import_flow).
+    #[serde(default)]
+    pub flows_imported: u64,
+    /// Packets for flows exported lately, dropped without an answer (see
+    /// `export.rs`); also counted in `unknown_flow`.
+    #[serde(default)]
+    pub exported_flow_packets: u64,
     /// First packets dropped because their transport segment was not a
     /// valid opening segment (a TCP segment that is not a lone SYN).
     #[serde(default)]

@@ -116,6 +116,19 @@ impl Host {
             return;
         }
         let resolution = self.table.resolve(&service, len, &mut self.rng);
+        let relay = match resolution {
+            Resolution::Demux(listener) => self.listeners.relay(listener),
+            _ => None,
+        };
+        if let Some(program) = relay {
+            // A relay's first packets go on to its program (see
+            // `route.rs`); as a router's, never one that came as a broadcast.
+            match broadcast {
+                true => self.stats.broadcast_dropped += 1,
+                false => self.forward(program, src, dst, ttl, repr, segment),
+            }
+            return;
+        }
         match resolution {
             Resolution::Demux(listener) if is_syn => {
                 self.accept_syn(listener, client, src, dst, repr, segment)
@@ -126,9 +139,7 @@ impl Host {
             Resolution::Forward(_) | Resolution::Delay if broadcast => {
                 self.stats.broadcast_dropped += 1;
             }
-            Resolution::Forward(next)
-                if self.config.forward && !self.interfaces.is_local(next.ip()) =>
-            {
+            Resolution::Forward(next) if self.forwards(&src, &next) => {
                 self.forward(next, src, dst, ttl, repr, segment)
             }
             Resolution::Delay if is_syn && !super::handshake::may_open(repr.protocol, segment) => {
@@ -163,6 +174,12 @@ impl Host {
         id: FlowId,
     ) {
         match self.endpoints.get(id) {
+            None if self.exported_lately(id) => {
+                // Its peer has not followed it to its new host yet: an
+                // answer (a RST to its FIN) would end the flow there.
+                self.stats.unknown_flow += 1;
+                self.stats.exported_flow_packets += 1;
+            }
             None => {
                 if !self.cookie_ack_input(id, src, dst, repr, segment) {
                     self.stats.unknown_flow += 1;
@@ -498,11 +515,19 @@ impl Host {
             self.rewind_stream(id, Rewind::SamePath);
         }
         // The answer to a move's RSYN, or to the RSYN-ACK that took the
-        // peer's move, times the new path: TCP's first sample of it.
+        // peer's move, times the new path: TCP's first sample of it. An
+        // answer from where the peer moved, which the flow follows only
+        // once its path challenge is answered (`nat.rs`), is kept until
+        // then: the move forgets what the estimator holds now.
         let moves = [ControlKind::Rsyn, ControlKind::RsynAck];
         let timed = acked.iter().filter(|p| moves.contains(&p.kind));
         if let Some(round_trip) = timed.filter_map(|p| p.round_trip(self.now)).min() {
-            self.seed_stream_round_trip(id, round_trip);
+            match self.flow_mut(id) {
+                Ok(flow) if flow.path.moving_to == Some(src) => {
+                    flow.path.timed_ahead(src, round_trip);
+                }
+                _ => self.seed_stream_round_trip(id, round_trip),
+            }
         }
         if acked.iter().any(|p| p.kind == ControlKind::SynAck) {
             self.establish_server(id);

@@ -75,6 +75,10 @@ pub(super) struct Listener {
     /// The buffer budget group of the server flows it opens (see
     /// `budget.rs`).
     pub group: u32,
+    /// A relay: the first packets of its prefix go on to this locator (a
+    /// program that drives its own SAL host there) instead of being served
+    /// here (see `route.rs`).
+    relay: Option<Locator>,
 }
 
 impl Listener {
@@ -164,8 +168,26 @@ impl Listeners {
             draining: false,
             stopped: false,
             group: super::NO_GROUP,
+            relay: None,
         };
         self.by_id.insert(id, listener);
+    }
+
+    /// Makes `id` a relay to `locator`; whether there is such a listener.
+    pub fn set_relay(&mut self, id: ListenerId, locator: Locator) -> bool {
+        match self.by_id.get_mut(&id) {
+            Some(listener) => {
+                listener.relay = Some(locator);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Where listener `id` relays its prefix's first packets, if it is a
+    /// relay.
+    pub fn relay(&self, id: ListenerId) -> Option<Locator> {
+        self.get(id)?.relay
     }
 
     /// Sets the budget group of the flows `id` opens; whether there is

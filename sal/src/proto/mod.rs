@@ -41,7 +41,8 @@
 //! `handshake` (connect, SYN, SYN-ACK, ACK, refusals), `route` (table edits,
 //! forwarding), `teardown` (FIN, RST, close), `migration` (RSYN, liveness),
 //! `datagram`, `stream` (the application's streams and the only calls into
-//! their sockets), and `output` (the transmit path, control retransmission).
+//! their sockets), `output` (the transmit path, control retransmission),
+//! and `export` (handing a flow to another host and taking one up).
 
 mod budget;
 mod config;
@@ -51,6 +52,7 @@ mod datagram;
 mod delay;
 mod error;
 mod event;
+mod export;
 mod flow;
 mod handshake;
 mod info;
@@ -81,6 +83,7 @@ pub use config::{default_stream_config, HostConfig, SynCookies};
 pub use datagram::{DatagramPeer, ReceivedDatagram, MAX_DATAGRAM};
 pub use error::{ConnectError, HostError};
 pub use event::Event;
+pub use export::{FlowExport, ImportError, NotExportable, FLOW_EXPORT_VERSION};
 pub use info::{FlowCounters, FlowInfo, FlowState, HostStats, Role};
 pub use interface::LocalInterface;
 pub use output::{Transmit, TransmitKind};
@@ -136,6 +139,9 @@ pub struct Host {
     /// Buffer memory by group of flows, and by listener for flows nobody
     /// has accepted yet (see `budget.rs`).
     budgets: budget::Budgets,
+    /// Flows exported lately, whose packets are dropped without an answer
+    /// (see `export.rs`).
+    exported: export::Tombstones,
     now: Instant,
 }
 
@@ -175,6 +181,7 @@ impl Host {
             dirty_spare: Vec::new(),
             stats: HostStats::default(),
             budgets: budget::Budgets::default(),
+            exported: export::Tombstones::default(),
             now,
         }
     }

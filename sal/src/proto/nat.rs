@@ -213,11 +213,16 @@ pub(super) fn client_locator(src: &Locator, source: Option<&SourceRepr>) -> Loca
     let Some(&client) = source.addrs.first() else {
         return *src;
     };
+    // The hop that relayed the packet last appended the address it was
+    // reached at, and sent from it.
+    let from_last_hop = source.addrs.last() == Some(&src.ip());
     match src {
         // A router that kept the client's own addressing (the reference
         // kernel module re-sends the client's UDP header): the packet's
-        // source is the client's.
-        _ if src.ip() == client => *src,
+        // source is the client's. Not when the client's address is also
+        // the last hop's: a program's SYN that the sald of its own host
+        // relayed to a program beside it comes from that sald.
+        _ if src.ip() == client && !from_last_hop => *src,
         Locator::Ipv4(_) => Locator::Ipv4(client),
         Locator::Udp(via) => {
             let port = match source.client_port {
@@ -651,6 +656,19 @@ impl Host {
     /// silent), or its NAT rebound the flow. Follow it, and resend at once
     /// what the old path may have swallowed. Returns whether it did.
     ///
+    /// A peer that moved with an RSYN: TCP's first sample of the new path
+    /// is the answer to our RSYN-ACK, sent to `src` beside the challenge.
+    /// It comes back first, while the flow still runs on the old path,
+    /// and was kept for now (`Path::take_timed`): seeded then, it was
+    /// ignored (the old path's estimate was there) and the move's reset of
+    /// the estimator forgot it. Unseeded, a segment of the resent flight
+    /// lost on the new path waited the initial timeout of 1 s, in
+    /// `sal/tests/sim_path_change.rs` cut short by the rewind after the
+    /// liveness probe, 0.8 s after the move; seeded, 0.2 s. (The
+    /// challenge times the path too, but the peer's packets from `src`
+    /// before its answer draw copies of it, which leave its answer no
+    /// sample, Karn.)
+    ///
     /// A locator the peer advertised but neither moved to nor was sought
     /// at is not followed: the peer answers from the address a challenge
     /// reached, so a late packet from a locator it left (and still has)
@@ -679,11 +697,15 @@ impl Host {
         if flow.state != FlowState::Established || !flow.path.follow_peer(src) {
             return false;
         }
+        let round_trip = flow.path.take_timed(src);
         if !named {
             self.stats.rebindings += 1;
         }
         self.events.push_back(Event::PeerMoved(id, src));
         self.rewind_stream(id, why);
+        if let (Rewind::NewPath, Some(round_trip)) = (why, round_trip) {
+            self.seed_stream_round_trip(id, round_trip);
+        }
         self.retransmit_now(id);
         if sought {
             // A fresh RSYN: a copy of one in flight might be a duplicate
@@ -739,6 +761,14 @@ mod tests {
         assert_eq!(
             client_locator(&loc("10.0.0.254"), Some(&relayed)),
             loc("10.9.0.1")
+        );
+        // A program's SYN relayed by its own host's sald to a program on
+        // the same host: the client shares the relaying hop's address, and
+        // is at the port the hop recorded, not at the hop's.
+        let beside = source(&["10.0.0.1", "10.0.0.1"], 40123);
+        assert_eq!(
+            client_locator(&loc("udp:10.0.0.1:7077"), Some(&beside)),
+            loc("udp:10.0.0.1:40123")
         );
     }
 

@@ -15,7 +15,7 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use smoltcp::time::Instant;
+use smoltcp::time::{Duration, Instant};
 
 use super::control::ControlKind;
 use super::interface::Interfaces;
@@ -45,6 +45,12 @@ pub(super) struct Path {
     /// go there, everything else still goes to `remote` until a path
     /// challenge is answered from there.
     pub moving_to: Option<Locator>,
+    /// A round trip timed to a locator of the peer's before the flow
+    /// follows it there: the answer to our RSYN-ACK, sent to
+    /// [`moving_to`](Path::moving_to), comes back before the answer to
+    /// its path challenge moves the flow (see `Host::peer_rebound`), and
+    /// is the new path's first sample then.
+    timed_ahead: Option<(Locator, Duration)>,
     /// Other locators the peer advertised (ADDRESS extension): candidates
     /// to challenge, never where the flow goes unproven.
     peer_locators: Vec<Locator>,
@@ -71,6 +77,7 @@ impl Path {
             discovery: false,
             syn_source: None,
             moving_to: None,
+            timed_ahead: None,
             peer_locators: Vec::new(),
             sought_here: None,
             migrations: 0,
@@ -109,9 +116,30 @@ impl Path {
         true
     }
 
+    /// A round trip of `round_trip` was timed to `to`, where the peer
+    /// moved and the flow does not run yet: kept for when it follows
+    /// ([`take_timed`](Path::take_timed)). The latest wins: one to
+    /// another locator is for a move the peer left behind.
+    pub fn timed_ahead(&mut self, to: Locator, round_trip: Duration) {
+        self.timed_ahead = Some((to, round_trip));
+    }
+
+    /// The round trip timed to `to` before the flow followed the peer
+    /// there, if any; forgets whatever was kept.
+    pub fn take_timed(&mut self, to: Locator) -> Option<Duration> {
+        self.timed_ahead
+            .take()
+            .and_then(|(at, round_trip)| (at == to).then_some(round_trip))
+    }
+
     /// Replaces what the peer advertised.
     pub fn set_peer_locators(&mut self, locators: Vec<Locator>) {
         self.peer_locators = locators;
+    }
+
+    /// What the peer advertised.
+    pub fn peer_locators(&self) -> &[Locator] {
+        &self.peer_locators
     }
 
     /// Whether the peer advertised somewhere other than where it is.
@@ -214,6 +242,21 @@ mod tests {
         assert!(path.follow_peer(loc("10.0.0.2")));
         assert!(!path.follow_peer(loc("10.0.0.2")));
         assert_eq!(path.peer_moves, 1);
+    }
+
+    #[test]
+    fn a_round_trip_timed_ahead_is_for_the_locator_it_was_timed_to() {
+        let mut path = Path::new(loc("10.0.0.2"));
+        let ms = Duration::from_millis;
+        path.timed_ahead(loc("10.1.0.1"), ms(10));
+        // The peer moved on again: what was timed to its last locator is
+        // not the path the flow follows it on.
+        assert_eq!(path.take_timed(loc("10.2.0.1")), None);
+        assert_eq!(path.take_timed(loc("10.1.0.1")), None, "forgotten");
+        path.timed_ahead(loc("10.1.0.1"), ms(10));
+        path.timed_ahead(loc("10.2.0.1"), ms(30));
+        assert_eq!(path.take_timed(loc("10.2.0.1")), Some(ms(30)));
+        assert_eq!(path.take_timed(loc("10.2.0.1")), None, "taken once");
     }
 
     #[test]

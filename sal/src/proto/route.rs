@@ -9,12 +9,21 @@
 //! answer the client directly), and spends one unit of TTL; a loop is
 //! caught by finding this hop in SOURCE already, or ends with the TTL. A
 //! router never forwards a packet that reached it as a broadcast.
+//!
+//! A host that is no router still routes for programs that drive SAL hosts
+//! of their own over UDP (`docs/in-process-sal.md`), so that resolution
+//! stays with it: it forwards their SYNs by its rules
+//! ([`HostConfig::relay_local`](super::HostConfig)), and a listener of its
+//! can be a *relay* ([`Host::relay`]): the first packets of its prefix go
+//! on, as a router sends them, to the program that serves it, instead of
+//! being served here. Either way only the SYN passes this host; the two
+//! programs' hosts answer each other directly.
 
-use super::Host;
+use super::{Event, Host, HostError};
 use crate::id::ServicePrefix;
 use crate::locator::Locator;
-use crate::table::{Target, TargetKey};
-use crate::wire::{SalRepr, SourceRepr};
+use crate::table::{ListenerId, Target, TargetKey};
+use crate::wire::{SalRepr, SourceRepr, TransportProtocol};
 
 impl Host {
     /// Adds or modifies a rule target and re-examines packets held by DELAY rules.
@@ -40,6 +49,45 @@ impl Host {
         self.table.remove(prefix).map(drop)?;
         self.rematch_delayed();
         Ok(())
+    }
+
+    /// Binds `prefix` as a relay to `locator` (a program's own SAL host):
+    /// a listener like [`Host::listen`]'s, registered alike (its DEMUX
+    /// rule, [`Event::Registered`]), whose SYNs and unconnected datagrams
+    /// are forwarded to `locator` as a router forwards them, whether or not
+    /// this host is one. No flow of it is ever held here: it has nothing
+    /// to accept. Closed as any listener ([`Host::close_listener`]).
+    pub fn relay(
+        &mut self,
+        prefix: ServicePrefix,
+        locator: Locator,
+    ) -> Result<ListenerId, HostError> {
+        let id = self.bind_listener(prefix, TransportProtocol::Stream, 1, false)?;
+        self.listeners.set_relay(id, locator);
+        self.events.push_back(Event::Registered(id, prefix));
+        Ok(id)
+    }
+
+    /// Where `listener` relays its prefix's first packets, if it is a relay
+    /// ([`Host::relay`]).
+    pub fn listener_relay(&self, listener: ListenerId) -> Option<Locator> {
+        self.listeners.relay(listener)
+    }
+
+    /// Whether a first packet from `src` that resolved to FORWARD toward
+    /// `next` goes there: on a service router, unless `next` is this host;
+    /// on any host with `relay_local`, when it came from a program on this
+    /// host (a UDP locator on one of our addresses that is not ours) and
+    /// `next` is not this host itself.
+    pub(super) fn forwards(&self, src: &Locator, next: &Locator) -> bool {
+        if self.config.forward && !self.interfaces.is_local(next.ip()) {
+            return true;
+        }
+        self.config.relay_local
+            && matches!(src, Locator::Udp(_))
+            && self.interfaces.is_local(src.ip())
+            && !self.interfaces.owns(src)
+            && !self.interfaces.owns(next)
     }
 
     /// Service-router forwarding, as the reference router does it: the

@@ -575,10 +575,13 @@ impl Host {
         let Some(Endpoint::Flow(flow)) = self.endpoints.get_mut(id) else {
             return;
         };
+        // Ours to the port in UDP carriage, as `queue_transmit` decides:
+        // another host may share our address (a program's own SAL host
+        // beside sald, or beside another program).
         let local = flow
             .path
             .transport_destination(flow.state)
-            .is_some_and(|dst| self.interfaces.is_local(dst.ip()));
+            .is_some_and(|dst| self.interfaces.owns(&dst));
         let Some(stream) = flow.stream_mut() else {
             return;
         };
@@ -599,7 +602,7 @@ impl Host {
             Some(Endpoint::Flow(flow)) => flow
                 .path
                 .transport_destination(flow.state)
-                .is_some_and(|dst| self.interfaces.is_local(dst.ip())),
+                .is_some_and(|dst| self.interfaces.owns(&dst)),
             _ => false,
         }
     }

@@ -165,11 +165,19 @@ pub enum RuleOrigin {
     /// it arrive): no service of this host, never announced, hidden by
     /// `servalctl services` unless `--all`.
     Ephemeral,
+    /// A local program's binding whose first packets go on to the SAL host
+    /// the program drives itself (sald's `Relay` request; the target is a
+    /// DEMUX of a listener that relays): a service of this host, announced
+    /// as any bound one.
+    Relay {
+        /// Where the program's host is.
+        locator: Locator,
+    },
 }
 
 impl RuleOrigin {
     /// Short label: `static`, `announced HOST`, `resolved HOST`, `default
-    /// HOST`, `ephemeral`.
+    /// HOST`, `ephemeral`, `relay LOCATOR`.
     pub fn label(&self) -> String {
         match self {
             RuleOrigin::Static => "static".into(),
@@ -177,6 +185,7 @@ impl RuleOrigin {
             RuleOrigin::Resolved { by, .. } => format!("resolved {by}"),
             RuleOrigin::DefaultRoute { by } => format!("default {by}"),
             RuleOrigin::Ephemeral => "ephemeral".into(),
+            RuleOrigin::Relay { locator } => format!("relay {locator}"),
         }
     }
 

@@ -6,6 +6,7 @@
 //! listeners it created.
 
 use std::io;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +32,10 @@ pub(super) struct Client {
     pub(super) privileged: bool,
     /// The listeners it bound; unbound when it goes.
     pub(super) listeners: Vec<ListenerId>,
+    /// The descriptor that came with the request being handled, if any
+    /// (`SCM_RIGHTS` on its frame's first byte): a request that expects
+    /// one takes it; any other is closed when the next request is read.
+    pub(super) attached: Option<OwnedFd>,
 }
 
 /// What a client holds from the accept loop: a place among the connections
@@ -49,6 +54,7 @@ impl Client {
             uid,
             privileged,
             listeners: Vec::new(),
+            attached: None,
         }
     }
 
@@ -87,8 +93,17 @@ impl Client {
             uid: self.uid,
             privileged: self.privileged,
         };
-        match context.reader.read(&mut self.stream, payer, idle).await {
-            Ok(request) => Ok(request),
+        self.attached = None;
+        match context
+            .reader
+            .read_attached(&mut self.stream, payer, idle)
+            .await
+        {
+            Ok(Some((request, attached))) => {
+                self.attached = attached;
+                Ok(Some(request))
+            }
+            Ok(None) => Ok(None),
             Err(error) => {
                 let kind = match &error {
                     ReadError::Idle(_) | ReadError::Partial(_) => ErrorKind::TimedOut,

@@ -224,11 +224,27 @@ impl FrameReader {
         payer: Payer,
         idle: Option<Duration>,
     ) -> Result<Option<Request>, ReadError> {
+        Ok(self
+            .read_attached(stream, payer, idle)
+            .await?
+            .map(|(request, _)| request))
+    }
+
+    /// [`FrameReader::read`], with the descriptor that rode on the frame's
+    /// first byte (`SCM_RIGHTS`), if one did: a request that hands sald a
+    /// socket (`Relay`) sends it so. A descriptor anywhere else in a frame
+    /// is closed by the kernel as the bytes are read.
+    pub async fn read_attached(
+        &self,
+        stream: &mut AppSocket,
+        payer: Payer,
+        idle: Option<Duration>,
+    ) -> Result<Option<(Request, Option<OwnedFd>)>, ReadError> {
         let mut prefix = [0u8; 4];
         // Usually the whole prefix in one read; a frame has started once
         // any of it is here.
-        let first = stream.read(&mut prefix);
-        let n = match idle {
+        let first = stream.recv_with_fd(&mut prefix);
+        let (n, attached) = match idle {
             Some(idle) => tokio::time::timeout(idle, first)
                 .await
                 .map_err(|_| ReadError::Idle(idle))??,
@@ -264,7 +280,7 @@ impl FrameReader {
         tokio::time::timeout(self.timeout, rest)
             .await
             .map_err(|_| ReadError::Partial(self.timeout))?
-            .map(Some)
+            .map(|request| Some((request, attached)))
     }
 }
 
@@ -367,6 +383,43 @@ mod tests {
         assert_eq!(budget.used(), 0);
         drop(ours);
         drop(writer.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_descriptor_on_a_frames_first_byte_comes_with_its_request() {
+        let (reader, _) = reader(1 << 20);
+        let (mut ours, theirs) = pair();
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let frames = [Request::ListRules, Request::Stats].map(|r| encode_frame(&r).unwrap());
+        let fds = [udp.as_raw_fd()];
+        let rights = [ControlMessage::ScmRights(&fds)];
+        let client = theirs.into_std().unwrap();
+        client.set_nonblocking(false).unwrap();
+        sendmsg::<()>(
+            client.as_raw_fd(),
+            &[IoSlice::new(&frames[0])],
+            &rights,
+            MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
+        let (request, attached) = reader
+            .read_attached(&mut ours, ROOT, None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(request, Request::ListRules);
+        let attached = std::net::UdpSocket::from(attached.expect("the descriptor came"));
+        assert_eq!(attached.local_addr().unwrap(), udp.local_addr().unwrap());
+        // The next frame came bare: nothing rides on it.
+        std::io::Write::write_all(&mut &client, &frames[1]).unwrap();
+        let (request, attached) = reader
+            .read_attached(&mut ours, ROOT, None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(request, Request::Stats);
+        assert!(attached.is_none());
     }
 
     #[tokio::test]

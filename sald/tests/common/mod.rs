@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod flood;
+pub mod program;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};

@@ -10,6 +10,7 @@ use sal_control::{ErrorKind, Response};
 use super::flows::{budget_group, hand_over, pair, pair_error};
 use super::{error_reply, host_error, Reply};
 use crate::control::client::{request_or_hang_up, Client};
+use crate::daemon::Core;
 use crate::owners::{Binding, Owners};
 use crate::pump;
 
@@ -24,26 +25,8 @@ pub(super) fn listen(
     let shared = &context.shared;
     let mut core = shared.lock();
     let core = &mut *core;
-    let verdict = context.policy.check_bind(
-        client.uid,
-        &prefix,
-        &core.owners,
-        core.host.table(),
-        &core.origins,
-    );
-    if let Err(refusal) = verdict {
-        // Per request of an admitted client: not worth more than a debug line.
-        tracing::debug!(uid = client.uid, %prefix, %refusal, "bind refused");
-        return error_reply(refusal.kind(), refusal.to_string());
-    }
-    let held = core.owners.bindings_of(client.uid);
-    if held >= context.limits.bindings_per_uid && !client.privileged {
-        let message = format!(
-            "uid {} holds {held} bindings, the most one user may (bindings_per_uid)",
-            client.uid
-        );
-        context.log_share_refusal(&message);
-        return error_reply(ErrorKind::Exhausted, message);
+    if let Some(refused) = bind_refusal(client, core, &prefix) {
+        return refused;
     }
     let backlog = granted_backlog(client, &core.owners, backlog, 0);
     let listener = match core.host.listen(prefix, protocol, backlog) {
@@ -85,6 +68,34 @@ pub(super) fn listen(
     core.run();
     tracing::info!(%prefix, ?protocol, uid = client.uid, "service registered");
     (Response::Listening { listener, socket }, fd)
+}
+
+/// The refusal to answer if `client` may not bind `prefix` now (the bind
+/// policy, and its user's `bindings_per_uid`); `None` if it may.
+pub(super) fn bind_refusal(client: &Client, core: &Core, prefix: &ServicePrefix) -> Option<Reply> {
+    let context = &client.context;
+    let verdict = context.policy.check_bind(
+        client.uid,
+        prefix,
+        &core.owners,
+        core.host.table(),
+        &core.origins,
+    );
+    if let Err(refusal) = verdict {
+        // Per request of an admitted client: not worth more than a debug line.
+        tracing::debug!(uid = client.uid, %prefix, %refusal, "bind refused");
+        return Some(error_reply(refusal.kind(), refusal.to_string()));
+    }
+    let held = core.owners.bindings_of(client.uid);
+    if held >= context.limits.bindings_per_uid && !client.privileged {
+        let message = format!(
+            "uid {} holds {held} bindings, the most one user may (bindings_per_uid)",
+            client.uid
+        );
+        context.log_share_refusal(&message);
+        return Some(error_reply(ErrorKind::Exhausted, message));
+    }
+    None
 }
 
 /// The most flows one listener may queue (half-open or waiting to be
@@ -134,6 +145,9 @@ pub(super) fn set_backlog(client: &mut Client, listener: ListenerId, asked: u32)
     if !client.listeners.contains(&listener) {
         return not_ours(listener);
     }
+    if let Some(refused) = super::relay::without_queue(client, listener) {
+        return refused;
+    }
     let mut core = client.context.shared.lock();
     let core = &mut *core;
     let held = core.owners.binding(listener).map_or(0, |b| b.backlog);
@@ -152,6 +166,9 @@ pub(super) fn set_backlog(client: &mut Client, listener: ListenerId, asked: u32)
 pub(super) async fn accept(client: &mut Client, listener: ListenerId, nonblocking: bool) -> Reply {
     if !client.listeners.contains(&listener) {
         return not_ours(listener);
+    }
+    if let Some(refused) = super::relay::without_queue(client, listener) {
+        return refused;
     }
     let shared = client.context.shared.clone();
     let flow = if nonblocking {
@@ -225,6 +242,9 @@ pub(super) fn close_listener(client: &mut Client, listener: ListenerId) -> Reply
 pub(super) fn stop_listening(client: &mut Client, listener: ListenerId) -> Reply {
     if !client.listeners.contains(&listener) {
         return not_ours(listener);
+    }
+    if let Some(refused) = super::relay::without_queue(client, listener) {
+        return refused;
     }
     let mut core = client.context.shared.lock();
     let result = core.stop_listening(listener);

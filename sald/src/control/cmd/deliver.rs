@@ -72,6 +72,9 @@ pub(super) fn deliver(client: &mut Client, listener: ListenerId, flow_info: bool
     if !client.listeners.contains(&listener) {
         return not_ours(listener);
     }
+    if let Some(refused) = super::relay::without_queue(client, listener) {
+        return refused;
+    }
     let context = client.context.clone();
     // One queue per listener: each holds a descriptor and a task in sald
     // that no limit counts, so more would let a user spend them at will.

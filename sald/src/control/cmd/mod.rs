@@ -1,6 +1,7 @@
 //! One function per request, grouped by what they act on (as mini-redis's
 //! `cmd/`): [`bind`] (listeners), [`drain`] (graceful leaves), [`flows`] (connects, datagram sockets and
-//! handing flows over), [`rules`], [`inspect`] (listings, stats, with
+//! handing flows over), [`relay`] (binds served by a program's own SAL
+//! host), [`rules`], [`inspect`] (listings, stats, with
 //! [`parts`] for long lists) and [`migrate`]. `Hello`, `Subscribe` and `Connector` change what the
 //! connection is and are handled by the client loop.
 
@@ -11,6 +12,7 @@ mod flows;
 mod inspect;
 mod migrate;
 mod parts;
+mod relay;
 mod rules;
 
 use std::os::fd::OwnedFd;
@@ -38,6 +40,7 @@ pub(super) async fn handle(client: &mut Client, request: Request) -> Reply {
             protocol,
             backlog,
         } => bind::listen(client, prefix, protocol, backlog),
+        Request::Relay { prefix, locator } => relay::relay(client, prefix, locator),
         Request::Accept {
             listener,
             nonblocking,

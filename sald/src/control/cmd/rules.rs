@@ -111,20 +111,26 @@ pub(super) async fn list(client: &mut Client) -> Reply {
     parts::answer_list(client, &turn, &prefixes, build, part, whole).await
 }
 
-/// Marks who installed each target of `rules`.
+/// Marks who installed each target of `rules` (a relay's DEMUX with its
+/// program's locator).
 fn annotate(core: &Core, rules: &mut [Rule]) {
     core.origins.annotate(rules);
     for rule in rules {
-        let ephemeral: Vec<TargetKey> = (rule.targets().iter())
+        let marked: Vec<(TargetKey, RuleOrigin)> = (rule.targets().iter())
             .filter_map(|entry| match entry.target {
                 Target::Demux { listener } if core.host.is_ephemeral(listener) => {
-                    Some(entry.target.key())
+                    Some((entry.target.key(), RuleOrigin::Ephemeral))
                 }
+                // A program's own host serves it: say where.
+                Target::Demux { listener } => core
+                    .host
+                    .listener_relay(listener)
+                    .map(|locator| (entry.target.key(), RuleOrigin::Relay { locator })),
                 _ => None,
             })
             .collect();
-        for key in ephemeral {
-            rule.set_origin(&key, RuleOrigin::Ephemeral);
+        for (key, origin) in marked {
+            rule.set_origin(&key, origin);
         }
     }
 }

@@ -1,10 +1,15 @@
 //! One application's in-process SAL: a [`Host`] driven from its own UDP
 //! socket on the caller's thread, with no daemon, no control socket and no
 //! other thread. This is the whole "driver" a program embedding the SAL
-//! would need for streams over UDP carriage.
+//! would need for streams over UDP carriage. Shared by the in-process
+//! connect bench (`benches/in_process_connect.rs`) and the tests of sald's
+//! relays to such programs (`tests/netns_relay.rs`).
+
+mod udp;
 
 use std::io;
 use std::net::SocketAddrV4;
+use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
 use nix::poll::{ppoll, PollFd, PollFlags};
@@ -12,7 +17,7 @@ use nix::sys::time::TimeSpec;
 use sal::proto::{Event, Host, HostConfig, LocalInterface};
 use sal::Locator;
 
-use super::udp::{UdpLink, BATCH};
+use udp::{UdpLink, BATCH};
 
 /// Bytes of UDP header: full-size segments must still fit the MTU (sald
 /// makes the same cut in UDP mode).
@@ -60,6 +65,17 @@ impl Node {
             events: Vec::new(),
             unsendable: 0,
         })
+    }
+
+    /// The socket's address: the host's locator.
+    pub fn local(&self) -> Locator {
+        self.local
+    }
+
+    /// The UDP socket (a program hands it to its sald to prove the port
+    /// is its own: `Request::Relay`).
+    pub fn socket(&self) -> BorrowedFd<'_> {
+        self.link.fd()
     }
 
     /// The host's clock: microseconds since the node was made.

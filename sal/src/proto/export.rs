@@ -1,0 +1,363 @@
+//! Moving an established stream flow to another host: [`Host::export_flow`]
+//! takes its whole state out as a [`FlowExport`], and [`Host::import_flow`]
+//! sets it up on another host (or on the same one, later), which takes the
+//! flow as its own.
+//!
+//! The export holds the flow's identity (both flow IDs, its service, this
+//! end's role), what the SAL's control exchange needs to go on (both
+//! nonces, the next `verno` and the expected `ackno`), where the peer is
+//! (its locator and the others it advertised), and its TCP socket's state
+//! and bytes ([`sal_tcp::SocketExport`]: what was sent and not
+//! acknowledged, what was not sent yet, what arrived and was not read).
+//! Neither the path's measurements nor out-of-order data cross (see
+//! `sal_tcp`'s `export` module): the flow changes path anyway.
+//!
+//! The exporting host forgets the flow without a word to the peer: no RST,
+//! no FIN. Packets of the flow keep coming to it until the peer follows the
+//! flow to its new host, and a host that does not know a flow answers its
+//! FIN with a RST (see `teardown.rs`), which the peer would take: so the
+//! exporting host keeps a tombstone of the flow ID for the peer timeout,
+//! and drops everything addressed to it without an answer.
+//!
+//! The importing host moves the flow to its own locator at once, with the
+//! RSYN of an ordinary migration (WIRE.md "Exchanges", `migration.rs`):
+//! the peer checks the nonce, answers, and follows once the new address is
+//! proven; data waits for the answer and then resends what the old path
+//! may have swallowed, so both directions go on byte-exact.
+//!
+//! Only an established stream flow, open both ways, with no control
+//! exchange of its own pending beyond one message, can be exported (see
+//! [`NotExportable`]). An export is hostile input: it may come from an
+//! unprivileged program. [`Host::import_flow`] checks every field against
+//! the host's config and the others, and refuses with [`ImportError`]
+//! rather than panic or hold memory beyond its limits.
+
+use std::collections::VecDeque;
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use smoltcp::time::Instant;
+
+use super::budget::Charge;
+use super::control::{ControlKind, ControlState};
+use super::flow::{Endpoint, Flow};
+use super::{Event, FlowState, Host, HostError, Role, NO_GROUP};
+use crate::id::{FlowId, ServiceId};
+use crate::locator::Locator;
+use crate::wire::{ControlFlags, TransportProtocol, MAX_ADDRESS_ADDRS};
+
+/// The version of [`FlowExport`]'s form this build writes, and the only one
+/// it reads.
+pub const FLOW_EXPORT_VERSION: u32 = 1;
+
+/// An established stream flow's whole state, taken out of one host by
+/// [`Host::export_flow`] to be taken up by another with
+/// [`Host::import_flow`]. Plain data, serializable, so that it can cross
+/// a socket between processes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowExport {
+    /// The form's version ([`FLOW_EXPORT_VERSION`]); any other is refused.
+    pub version: u32,
+    /// This end's flow ID, which the peer's packets carry as destination.
+    pub flow: FlowId,
+    /// The peer's flow ID.
+    pub peer_flow: FlowId,
+    /// The service the flow was opened to.
+    pub service: ServiceId,
+    /// Whether this end opened the flow.
+    pub role: Role,
+    /// Where the peer is.
+    pub peer: Locator,
+    /// Other locators the peer advertised (candidates only, see `path.rs`).
+    pub peer_locators: Vec<Locator>,
+    /// Our nonce, which the peer checks on our control messages.
+    pub local_nonce: [u8; 8],
+    /// The peer's nonce, which we check on its.
+    pub peer_nonce: [u8; 8],
+    /// The `verno` our next control message takes.
+    pub next_verno: u32,
+    /// The `ackno` we send: the peer's next `verno`.
+    pub peer_next: u32,
+    /// The flow's TCP socket.
+    pub socket: sal_tcp::SocketExport,
+}
+
+/// Why a flow cannot be exported (now).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotExportable {
+    /// A datagram flow or socket: only stream flows are exported.
+    #[error("only stream flows can be exported")]
+    Datagram,
+    /// Still opening (half-open, resolving, held by DELAY) or dead.
+    #[error("the flow is not established")]
+    NotEstablished,
+    /// Closing: either end has finished sending or the application closed
+    /// it. Its teardown exchange is not carried.
+    #[error("the flow is closing")]
+    Closing,
+    /// A server flow still in its listener's accept queue: the listener's.
+    #[error("the flow has not been accepted")]
+    Unaccepted,
+    /// The handshake is not confirmed yet (the client's ACK is still
+    /// repeated), or more than one control message of ours is in flight
+    /// (a move and an answer): retry once they are answered.
+    #[error("a control exchange of the flow is in progress; retry")]
+    Busy,
+}
+
+/// Why [`Host::import_flow`] refused an export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ImportError {
+    /// A version of the form this build does not read.
+    #[error("unknown flow export version {0} (this build reads {FLOW_EXPORT_VERSION})")]
+    Version(u32),
+    /// The TCP state does not hold together or does not fit this host.
+    #[error(transparent)]
+    Socket(#[from] sal_tcp::ImportError),
+    /// The peer's locator, or one it advertised, is no address a peer can
+    /// have (unspecified, multicast, broadcast, one of this host's own
+    /// locators), or is carried otherwise than the interface the flow is
+    /// to use (native against UDP).
+    #[error("unusable peer locator {0}")]
+    PeerLocator(Locator),
+    /// More advertised locators than a packet can carry.
+    #[error("{0} advertised peer locators, more than a packet carries")]
+    TooManyLocators(usize),
+    /// The flow's buffers would take the host past its buffer budget.
+    #[error("the flow's {0} buffered bytes do not fit the host's buffer budget")]
+    OverBudget(usize),
+}
+
+/// Flow IDs exported lately, dropped without an answer when packets of
+/// theirs arrive (see the module docs), each until its deadline. All
+/// deadlines are one fixed time after the export, so the oldest is first.
+#[derive(Debug, Default)]
+pub(super) struct Tombstones {
+    until: FxHashMap<FlowId, Instant>,
+    order: VecDeque<(Instant, FlowId)>,
+}
+
+impl Tombstones {
+    /// Keeps `id` until `until`, at most `limit` IDs in all (the oldest
+    /// go first).
+    fn bury(&mut self, id: FlowId, now: Instant, until: Instant, limit: usize) {
+        while self.order.front().is_some_and(|&(at, _)| at <= now) {
+            self.pop_oldest();
+        }
+        while self.order.len() >= limit.max(1) {
+            self.pop_oldest();
+        }
+        self.until.insert(id, until);
+        self.order.push_back((until, id));
+    }
+
+    fn pop_oldest(&mut self) {
+        if let Some((at, id)) = self.order.pop_front() {
+            // Only if not buried again since, with a later deadline.
+            if self.until.get(&id) == Some(&at) {
+                self.until.remove(&id);
+            }
+        }
+    }
+
+    /// Whether `id` was exported and its tombstone stands at `now`.
+    pub(super) fn holds(&self, id: FlowId, now: Instant) -> bool {
+        self.until.get(&id).is_some_and(|&until| until > now)
+    }
+
+    /// Forgets `id`'s tombstone: the flow is back.
+    fn raise(&mut self, id: FlowId) {
+        self.until.remove(&id);
+    }
+}
+
+impl Host {
+    /// Takes an established stream flow out of this host: returns its
+    /// whole state (see the module docs), and forgets it without a word to
+    /// the peer. No [`Event::Closed`] is queued for it: the caller knows.
+    /// Packets of the flow that still arrive are dropped without an answer
+    /// for [`HostConfig::peer_timeout`](super::HostConfig::peer_timeout).
+    pub fn export_flow(&mut self, id: FlowId) -> Result<FlowExport, HostError> {
+        let now = self.now;
+        let flow = match self.endpoints.get(id) {
+            Some(Endpoint::Flow(flow)) => flow,
+            Some(Endpoint::Datagram(_)) => return Err(NotExportable::Datagram.into()),
+            None => return Err(HostError::NoSuchFlow(id)),
+        };
+        let export = flow_export(flow, now)?;
+        let charge = flow.charge();
+        let memory = flow
+            .stream()
+            .and_then(|s| s.socket.as_ref())
+            .map_or(0, sal_tcp::Socket::buffer_memory);
+        self.endpoints.remove(id);
+        self.flow_count -= 1;
+        self.account_buffers(charge, memory, 0);
+        let until = now + self.config.peer_timeout;
+        let limit = self.config.max_flows;
+        self.exported.bury(id, now, until, limit);
+        self.stats.flows_exported += 1;
+        Ok(export)
+    }
+
+    /// Takes up a flow another host (or this one) exported, on interface
+    /// `interface`, and moves it there at once with an RSYN (see the
+    /// module docs). Returns its flow ID, the export's. The flow is in no
+    /// group ([`Host::set_flow_group`] puts it in one).
+    ///
+    /// Refused: an export that does not hold together or does not fit
+    /// this host ([`HostError::BadImport`]), a flow ID in use here
+    /// ([`HostError::FlowIdInUse`]), a full flow table, an interface that
+    /// is unknown or down.
+    pub fn import_flow(
+        &mut self,
+        export: FlowExport,
+        interface: &str,
+    ) -> Result<FlowId, HostError> {
+        if export.version != FLOW_EXPORT_VERSION {
+            return Err(ImportError::Version(export.version).into());
+        }
+        let iface = self
+            .interfaces
+            .get(interface)
+            .ok_or_else(|| HostError::NoSuchInterface(interface.to_string()))?;
+        if !iface.up {
+            return Err(HostError::InterfaceDown(interface.to_string()));
+        }
+        let local = iface.locator;
+        if export.peer_locators.len() > MAX_ADDRESS_ADDRS {
+            return Err(ImportError::TooManyLocators(export.peer_locators.len()).into());
+        }
+        let usable = |peer: &Locator| {
+            self.interfaces.may_be_peer(peer.ip())
+                && !self.interfaces.owns(peer)
+                && matches!(
+                    (peer, local),
+                    (Locator::Ipv4(_), Locator::Ipv4(_)) | (Locator::Udp(_), Locator::Udp(_))
+                )
+        };
+        let unusable = std::iter::once(&export.peer)
+            .chain(&export.peer_locators)
+            .find(|peer| !usable(peer));
+        if let Some(&peer) = unusable {
+            return Err(ImportError::PeerLocator(peer).into());
+        }
+        let id = export.flow;
+        if self.endpoints.get(id).is_some() {
+            return Err(HostError::FlowIdInUse(id));
+        }
+        if self.endpoints.len() >= self.endpoints.capacity() {
+            return Err(HostError::TooManyFlows(self.endpoints.capacity()));
+        }
+        let now = self.now;
+        let socket = sal_tcp::Socket::import(&self.config.stream, &export.socket, now)
+            .map_err(ImportError::from)?;
+        let memory = socket.buffer_memory();
+        if let Some(limit) = self.config.buffer_memory_limit {
+            if self.stats.buffer_bytes.saturating_add(memory as u64) > limit as u64 {
+                return Err(ImportError::OverBudget(memory).into());
+            }
+        }
+
+        let mut control = ControlState::new(export.local_nonce, export.next_verno);
+        control.peer_nonce = Some(export.peer_nonce);
+        control.peer_next = export.peer_next;
+        let mut flow = Flow::new(
+            export.service,
+            TransportProtocol::Stream,
+            export.role,
+            local,
+            control,
+            now,
+        );
+        flow.id = id;
+        flow.peer_flow = Some(export.peer_flow);
+        flow.state = FlowState::Established;
+        flow.path.remote = Some(export.peer);
+        flow.path.set_peer_locators(export.peer_locators);
+        // Taken from elsewhere: a move, as far as the counters go.
+        flow.path.migrations = 1;
+        flow.path.last_migration = Some(now);
+        if let Some(stream) = flow.stream_mut() {
+            stream.socket = Some(socket);
+        }
+        self.endpoints
+            .insert(id, Endpoint::Flow(Box::new(flow)))
+            .map_err(|_| HostError::FlowIdInUse(id))?;
+        self.flow_count += 1;
+        self.account_buffers(Charge::Group(NO_GROUP), 0, memory);
+        self.exported.raise(id);
+        self.stats.flows_imported += 1;
+        self.stats.migrations += 1;
+        self.events.push_back(Event::Migrated(id, local));
+        // The move: our RSYN from here. Data waits for its answer, then
+        // resends what the old path may have swallowed (`migration.rs`).
+        self.send_new_control(id, ControlKind::Rsyn, ControlFlags::RSYN, false, &[]);
+        self.arm_liveness(id);
+        self.arm_keepalive(id);
+        self.queue_output(id);
+        self.mark_dirty(id);
+        Ok(id)
+    }
+
+    /// Whether packets for flow `id`, which this host does not have, are
+    /// to be dropped without an answer: it was exported lately.
+    pub(super) fn exported_lately(&self, id: FlowId) -> bool {
+        self.exported.holds(id, self.now)
+    }
+}
+
+/// The export of `flow` at `now`, if it can be exported.
+fn flow_export(flow: &Flow, now: Instant) -> Result<FlowExport, NotExportable> {
+    let Some(stream) = flow.stream() else {
+        return Err(NotExportable::Datagram);
+    };
+    if flow.state != FlowState::Established {
+        return Err(NotExportable::NotEstablished);
+    }
+    let teardown = &flow.teardown;
+    if teardown.app_closed || teardown.send_shut || teardown.fin_sent || teardown.peer_fin {
+        return Err(NotExportable::Closing);
+    }
+    if flow.unaccepted {
+        return Err(NotExportable::Unaccepted);
+    }
+    let (Some(peer_flow), Some(peer), Some(peer_nonce)) =
+        (flow.peer_flow, flow.path.remote, flow.control.peer_nonce)
+    else {
+        return Err(NotExportable::NotEstablished);
+    };
+    let Some(socket) = stream.socket.as_ref() else {
+        return Err(NotExportable::NotEstablished);
+    };
+    let socket = socket.export(now).map_err(|_| match socket.state() {
+        sal_tcp::State::SynSent | sal_tcp::State::SynReceived | sal_tcp::State::Listen => {
+            NotExportable::NotEstablished
+        }
+        _ => NotExportable::Closing,
+    })?;
+    // A message of ours in flight (a move, a probe, the answer to the
+    // peer's move) gives its `verno` to the importer's RSYN: if the peer
+    // never got it, the RSYN is the news it expects; if it did, the RSYN
+    // repeats it from a new locator, which moves the flow all the same
+    // (`Host::rsyn_input`). Two in flight would leave the RSYN stale.
+    let pending = &flow.control.pending;
+    if pending.iter().any(|p| p.kind == ControlKind::HandshakeAck) || pending.len() > 1 {
+        return Err(NotExportable::Busy);
+    }
+    let next_verno = pending.front().map_or(flow.control.next_verno, |p| p.verno);
+    Ok(FlowExport {
+        version: FLOW_EXPORT_VERSION,
+        flow: flow.id,
+        peer_flow,
+        service: flow.service,
+        role: flow.role,
+        peer,
+        peer_locators: flow.path.peer_locators().to_vec(),
+        local_nonce: flow.control.local_nonce,
+        peer_nonce,
+        next_verno,
+        peer_next: flow.control.peer_next,
+        socket,
+    })
+}

@@ -1,0 +1,318 @@
+//! `Relay`: a prefix bound for a program that drives its own SAL host over
+//! UDP (`docs/in-process-sal.md`). sald forwards the prefix's SYNs and
+//! unconnected datagrams to the program's locator instead of serving them
+//! (a relay listener of `sal::proto`), and the program's host answers its
+//! clients directly; otherwise it is a bind like `Listen`'s.
+//!
+//! Whose port: on a host with many users, one must not point a service at
+//! a UDP port that is not theirs (another user's program would be sent
+//! its clients' first packets). So the program passes its socket itself,
+//! as `SCM_RIGHTS` on the request: no process can pass a descriptor it
+//! does not hold, and `getsockname` on it says where it receives. That is
+//! proof outright, where matching `/proc/net/udp` inodes against
+//! `/proc/PID/fd` of the control socket's peer would race with the port
+//! changing hands and would need to read other users' `/proc` entries,
+//! which a sald run by an ordinary user (UDP mode needs no privilege)
+//! cannot. sald keeps the socket while the relay is bound, so that the
+//! port cannot change hands meanwhile either: it stays bound, and only its
+//! owner's user could share it (`SO_REUSEPORT` takes the same user).
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::OwnedFd;
+
+use nix::sys::socket::{getsockopt, sockopt, SockType};
+use sal::table::ListenerId;
+use sal::{Locator, ServicePrefix};
+use sal_control::{ErrorKind, Response};
+use socket2::{Protocol, SockRef};
+
+use super::bind::bind_refusal;
+use super::{error_reply, host_error, Reply};
+use crate::control::client::Client;
+use crate::owners::Binding;
+
+/// Why a relay was refused; each maps to one error class.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RelayRefusal {
+    /// The request came without a descriptor.
+    #[error(
+        "relay: attach the program's UDP socket to the request (SCM_RIGHTS on its first byte)"
+    )]
+    NoSocket,
+    /// The descriptor is not an IPv4 UDP socket.
+    #[error("relay: the descriptor passed is no IPv4 UDP socket")]
+    NotUdp,
+    /// The socket is not bound to a port yet.
+    #[error("relay: the UDP socket passed is bound to no port")]
+    Unbound,
+    /// The locator asked for is a native one.
+    #[error("relay: {0} is no UDP locator (a program's host is reached over UDP)")]
+    NotUdpLocator(Locator),
+    /// sald has no UDP locator to forward from.
+    #[error("relay: this sald carries the SAL natively; relays need UDP mode (--udp)")]
+    NativeMode,
+    /// The locator is sald's own.
+    #[error("relay: {0} is sald's own locator")]
+    Own(Locator),
+    /// The locator is not where the socket passed receives.
+    #[error("relay: {asked} is not where the socket passed receives ({bound})")]
+    NotTheSocket {
+        /// The locator asked for.
+        asked: Locator,
+        /// The socket's own address.
+        bound: SocketAddrV4,
+    },
+    /// The locator's address is none of this host's.
+    #[error("relay: {0} is no address of this host")]
+    NotLocal(Ipv4Addr),
+}
+
+impl RelayRefusal {
+    /// The control protocol's error class: the caller's mistake
+    /// (`InvalidRequest`), or a port or address that is not the caller's
+    /// to name (`PermissionDenied`).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            RelayRefusal::NotTheSocket { .. } | RelayRefusal::NotLocal(_) => {
+                ErrorKind::PermissionDenied
+            }
+            _ => ErrorKind::InvalidRequest,
+        }
+    }
+
+    fn reply(&self) -> Reply {
+        error_reply(self.kind(), self.to_string())
+    }
+}
+
+/// Binds `prefix` for this connection as a relay to the program whose UDP
+/// socket came with the request (see the module docs).
+pub(super) fn relay(client: &mut Client, prefix: ServicePrefix, asked: Option<Locator>) -> Reply {
+    let Some(socket) = client.attached.take() else {
+        return RelayRefusal::NoSocket.reply();
+    };
+    let bound = match udp_address(&socket) {
+        Ok(bound) => bound,
+        Err(refusal) => return refusal.reply(),
+    };
+    let context = client.context.clone();
+    let mut core = context.shared.lock();
+    let core = &mut *core;
+    let own: Vec<Locator> = (core.host.interfaces().iter()).map(|i| i.locator).collect();
+    let locator = match choose_locator(bound, asked, &own, &local_addresses()) {
+        Ok(locator) => locator,
+        Err(refusal) => return refusal.reply(),
+    };
+    if let Some(refused) = bind_refusal(client, core, &prefix) {
+        return refused;
+    }
+    let listener = match core.host.relay(prefix, locator) {
+        Ok(listener) => listener,
+        Err(error) => return host_error(error),
+    };
+    // It queues no flow: nothing of its user's room is taken.
+    let binding = Binding {
+        prefix,
+        uid: client.uid,
+        backlog: 0,
+    };
+    core.owners.bind(listener, binding);
+    core.relay_sockets.insert(listener, socket);
+    client.listeners.push(listener);
+    core.run();
+    tracing::info!(%prefix, %locator, uid = client.uid, "service registered, relayed to a program");
+    (Response::Relaying { listener, locator }, None)
+}
+
+/// The refusal of a request that works on a listener's accept queue, for a
+/// relay (which has none: its flows are its program's); `None` for any
+/// other listener.
+pub(super) fn without_queue(client: &Client, listener: ListenerId) -> Option<Reply> {
+    let locator = client.context.shared.lock().host.listener_relay(listener)?;
+    Some(error_reply(
+        ErrorKind::InvalidRequest,
+        format!(
+            "listener {} relays to {locator}: it has no accept queue",
+            listener.0
+        ),
+    ))
+}
+
+/// Where `socket` receives, if it is a bound IPv4 UDP socket.
+fn udp_address(socket: &OwnedFd) -> Result<SocketAddrV4, RelayRefusal> {
+    // Fails (`ENOTSOCK`) on anything but a socket, before `SockRef`
+    // takes it for one.
+    let kind = getsockopt(socket, sockopt::SockType).map_err(|_| RelayRefusal::NotUdp)?;
+    if kind != SockType::Datagram {
+        return Err(RelayRefusal::NotUdp);
+    }
+    let socket = SockRef::from(socket);
+    // A datagram socket of another protocol (an ICMP "ping" socket) has a
+    // port of sorts too.
+    if socket.protocol().ok().flatten() != Some(Protocol::UDP) {
+        return Err(RelayRefusal::NotUdp);
+    }
+    let bound = (socket.local_addr().ok())
+        .and_then(|addr| addr.as_socket_ipv4())
+        .ok_or(RelayRefusal::NotUdp)?;
+    if bound.port() == 0 {
+        return Err(RelayRefusal::Unbound);
+    }
+    Ok(bound)
+}
+
+/// The locator a relay forwards to, for a socket bound at `bound` and the
+/// locator `asked` for (see `Request::Relay`), given sald's own locators
+/// `own` and the host's addresses `local`.
+fn choose_locator(
+    bound: SocketAddrV4,
+    asked: Option<Locator>,
+    own: &[Locator],
+    local: &[Ipv4Addr],
+) -> Result<Locator, RelayRefusal> {
+    let Some(sald) = own.iter().find_map(|l| match l {
+        Locator::Udp(addr) => Some(*addr.ip()),
+        Locator::Ipv4(_) => None,
+    }) else {
+        return Err(RelayRefusal::NativeMode);
+    };
+    let chosen = match asked {
+        None if bound.ip().is_unspecified() => SocketAddrV4::new(sald, bound.port()),
+        None => bound,
+        Some(native @ Locator::Ipv4(_)) => return Err(RelayRefusal::NotUdpLocator(native)),
+        Some(Locator::Udp(addr)) => {
+            let receives = addr.port() == bound.port()
+                && (bound.ip().is_unspecified() || addr.ip() == bound.ip());
+            if !receives {
+                return Err(RelayRefusal::NotTheSocket {
+                    asked: Locator::Udp(addr),
+                    bound,
+                });
+            }
+            addr
+        }
+    };
+    // A socket may be bound to an address that is not the host's
+    // (`IP_FREEBIND`): sald would then forward somewhere else entirely.
+    if !chosen.ip().is_loopback() && !local.contains(chosen.ip()) {
+        return Err(RelayRefusal::NotLocal(*chosen.ip()));
+    }
+    let chosen = Locator::Udp(chosen);
+    if own.contains(&chosen) {
+        return Err(RelayRefusal::Own(chosen));
+    }
+    Ok(chosen)
+}
+
+/// The IPv4 addresses of this host's interfaces (in sald's network
+/// namespace); none if they cannot be listed.
+fn local_addresses() -> Vec<Ipv4Addr> {
+    let Ok(addresses) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    addresses
+        .filter_map(|interface| interface.address)
+        .filter_map(|address| address.as_sockaddr_in().map(|a| a.ip()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{TcpListener, UdpSocket};
+
+    use socket2::{Domain, Socket, Type};
+
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddrV4 {
+        s.parse().unwrap()
+    }
+
+    fn loc(s: &str) -> Locator {
+        s.parse().unwrap()
+    }
+
+    const SALD: &str = "udp:10.0.0.1:7077";
+
+    fn choose(bound: &str, asked: Option<&str>) -> Result<Locator, RelayRefusal> {
+        let local = [Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 1, 1)];
+        choose_locator(addr(bound), asked.map(loc), &[loc(SALD)], &local)
+    }
+
+    #[test]
+    fn a_relay_goes_where_the_socket_receives() {
+        assert_eq!(choose("10.0.1.1:4000", None), Ok(loc("udp:10.0.1.1:4000")));
+        assert_eq!(
+            choose("0.0.0.0:4000", None),
+            Ok(loc("udp:10.0.0.1:4000")),
+            "any address: sald's own, at the socket's port"
+        );
+        assert_eq!(
+            choose("0.0.0.0:4000", Some("udp:10.0.1.1:4000")),
+            Ok(loc("udp:10.0.1.1:4000"))
+        );
+        assert_eq!(
+            choose("0.0.0.0:4000", Some("udp:127.0.0.1:4000")),
+            Ok(loc("udp:127.0.0.1:4000"))
+        );
+        assert_eq!(
+            choose("10.0.0.1:4000", Some("udp:10.0.0.1:4000")),
+            Ok(loc("udp:10.0.0.1:4000"))
+        );
+    }
+
+    #[test]
+    fn a_relay_to_anywhere_the_socket_does_not_receive_is_refused() {
+        let other_port = choose("10.0.0.1:4000", Some("udp:10.0.0.1:4001"));
+        assert!(matches!(other_port, Err(RelayRefusal::NotTheSocket { .. })));
+        assert_eq!(other_port.unwrap_err().kind(), ErrorKind::PermissionDenied);
+        let other_address = choose("10.0.0.1:4000", Some("udp:10.0.1.1:4000"));
+        assert!(matches!(
+            other_address,
+            Err(RelayRefusal::NotTheSocket { .. })
+        ));
+        let elsewhere = choose("0.0.0.0:4000", Some("udp:192.0.2.7:4000"));
+        assert_eq!(
+            elsewhere,
+            Err(RelayRefusal::NotLocal(Ipv4Addr::new(192, 0, 2, 7)))
+        );
+        assert_eq!(elsewhere.unwrap_err().kind(), ErrorKind::PermissionDenied);
+        // Bound with IP_FREEBIND to an address the host does not have.
+        assert_eq!(
+            choose("192.0.2.7:4000", None),
+            Err(RelayRefusal::NotLocal(Ipv4Addr::new(192, 0, 2, 7)))
+        );
+        assert_eq!(
+            choose("0.0.0.0:4000", Some("10.0.0.1")),
+            Err(RelayRefusal::NotUdpLocator(loc("10.0.0.1")))
+        );
+        assert_eq!(
+            choose("0.0.0.0:7077", None),
+            Err(RelayRefusal::Own(loc(SALD)))
+        );
+        let native = choose_locator(addr("10.0.0.1:4000"), None, &[loc("10.0.0.1")], &[]);
+        assert_eq!(native, Err(RelayRefusal::NativeMode));
+    }
+
+    #[test]
+    fn only_a_bound_ipv4_udp_socket_is_taken() {
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        assert_eq!(
+            udp_address(&OwnedFd::from(udp)),
+            Ok(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
+        );
+        let unbound = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
+        assert_eq!(
+            udp_address(&OwnedFd::from(unbound)),
+            Err(RelayRefusal::Unbound)
+        );
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        assert_eq!(udp_address(&OwnedFd::from(tcp)), Err(RelayRefusal::NotUdp));
+        let v6 = Socket::new(Domain::IPV6, Type::DGRAM, None).unwrap();
+        let _ = v6.bind(&"[::1]:0".parse::<std::net::SocketAddr>().unwrap().into());
+        assert_eq!(udp_address(&OwnedFd::from(v6)), Err(RelayRefusal::NotUdp));
+        let file = std::fs::File::open("/proc/self/status").unwrap();
+        assert_eq!(udp_address(&OwnedFd::from(file)), Err(RelayRefusal::NotUdp));
+    }
+}
