@@ -157,15 +157,17 @@ fn finish(
     assert!(peer.received == mover.data, "the mover's bytes differ");
 }
 
+/// Imports `export` into `to` on `eth0`, at the network's time.
+fn import_into(net: &mut Network, to: HostId, export: FlowExport) -> Result<FlowId, HostError> {
+    let now = net.now();
+    net.host(to).advance_clock(now);
+    net.host(to).import_flow(export, "eth0")
+}
+
 /// Exports `flow` from `from` and imports it into `to` on `eth0`.
 fn hand_over(net: &mut Network, from: HostId, to: HostId, flow: FlowId) -> FlowExport {
     let export = net.host(from).export_flow(flow).expect("the flow exports");
-    let now = net.now();
-    net.host(to).advance_clock(now);
-    let id = net
-        .host(to)
-        .import_flow(export.clone(), "eth0")
-        .expect("the flow imports");
+    let id = import_into(net, to, export.clone()).expect("the flow imports");
     assert_eq!(id, flow, "the flow keeps its ID");
     export
 }
@@ -264,9 +266,7 @@ fn a_serialized_export_reads_back_equal_and_imports() {
     let json = serde_json::to_string(&export).unwrap();
     let back: FlowExport = serde_json::from_str(&json).unwrap();
     assert_eq!(back, export);
-    let now = l.net.now();
-    l.net.host(l.b).advance_clock(now);
-    l.net.host(l.b).import_flow(back, "eth0").unwrap();
+    import_into(&mut l.net, l.b, back).unwrap();
     mover.host = l.b;
     finish(
         &mut l.net,
@@ -449,9 +449,7 @@ fn the_old_host_stays_silent_about_the_flow_it_gave_away() {
         "the peer was not disturbed"
     );
     // The flow then goes on from b, whole.
-    let now = l.net.now();
-    l.net.host(l.b).advance_clock(now);
-    l.net.host(l.b).import_flow(export, "eth0").unwrap();
+    import_into(&mut l.net, l.b, export).unwrap();
     mover.host = l.b;
     finish(
         &mut l.net,
@@ -763,9 +761,7 @@ fn a_mutated_but_coherent_export_still_works_or_is_ignored_by_the_peer() {
     // but nothing panics and the peer is not reset by it.
     let (mut l, mut export, cflow) = valid_export(29);
     export.local_nonce = [0xee; 8];
-    let now = l.net.now();
-    l.net.host(l.b).advance_clock(now);
-    l.net.host(l.b).import_flow(export, "eth0").unwrap();
+    import_into(&mut l.net, l.b, export).unwrap();
     l.net.run_for(Duration::from_secs(2));
     let state = l.net.host(l.c).flow(cflow).map(|f| f.state);
     assert_eq!(state, Some(FlowState::Established));

@@ -217,14 +217,7 @@ impl Host {
         if export.version != FLOW_EXPORT_VERSION {
             return Err(ImportError::Version(export.version).into());
         }
-        let iface = self
-            .interfaces
-            .get(interface)
-            .ok_or_else(|| HostError::NoSuchInterface(interface.to_string()))?;
-        if !iface.up {
-            return Err(HostError::InterfaceDown(interface.to_string()));
-        }
-        let local = iface.locator;
+        let local = self.up_interface_locator(interface)?;
         if export.peer_locators.len() > MAX_ADDRESS_ADDRS {
             return Err(ImportError::TooManyLocators(export.peer_locators.len()).into());
         }

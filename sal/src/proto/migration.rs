@@ -36,15 +36,21 @@ impl Host {
     /// Moves a flow to another of this host's interfaces (the RSYN exchange of
     /// WIRE.md). The transport above never notices.
     pub fn migrate(&mut self, flow: FlowId, interface: &str) -> Result<(), HostError> {
+        let locator = self.up_interface_locator(interface)?;
+        self.migrate_to(flow, locator)
+    }
+
+    /// The locator of our interface `name`, which a flow may move to only
+    /// while it is up.
+    pub(super) fn up_interface_locator(&self, name: &str) -> Result<Locator, HostError> {
         let iface = self
             .interfaces
-            .get(interface)
-            .ok_or_else(|| HostError::NoSuchInterface(interface.to_string()))?;
+            .get(name)
+            .ok_or_else(|| HostError::NoSuchInterface(name.to_string()))?;
         if !iface.up {
-            return Err(HostError::InterfaceDown(interface.to_string()));
+            return Err(HostError::InterfaceDown(name.to_string()));
         }
-        let locator = iface.locator;
-        self.migrate_to(flow, locator)
+        Ok(iface.locator)
     }
 
     /// Moves a flow to `locator` (one of ours) with an RSYN. A migration
