@@ -307,7 +307,11 @@ impl AppSocket {
 fn recv_with_fd(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned};
     use std::os::fd::FromRawFd;
-    let mut space = nix::cmsg_space!([RawFd; 1]);
+    // Room for as many descriptors as one message can carry (the kernel's
+    // SCM_MAX_FD): with less, a sender of more gets the message truncated,
+    // and the descriptors the kernel did install would be lost to sald,
+    // open for ever. Those beyond the first are closed here.
+    let mut space = nix::cmsg_space!([RawFd; 253]);
     let mut iov = [io::IoSliceMut::new(buf)];
     let message = recvmsg::<()>(
         fd,

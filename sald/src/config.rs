@@ -9,6 +9,7 @@
 //! udp = "10.0.0.1:54325"     # UDP encapsulation instead of the TUN
 //! forward = true             # service-router mode
 //! broadcast = true           # broadcast discovery (native mode; see --no-broadcast)
+//! relays = false             # programs' relays (UDP mode; see --relays)
 //! control = "/run/serval/sald.sock"
 //! tun = "sal0"
 //! min_bind_prefix = 16       # shortest prefix an ordinary user may bind
@@ -138,6 +139,14 @@ pub struct Flags {
     /// broadcasts.
     #[arg(long)]
     pub no_broadcast: bool,
+    /// Relays (UDP mode): local programs that drive their own SAL host may
+    /// bind services relayed to their UDP socket (`relay` request), and
+    /// sald forwards the first packets such programs send by its rules, as
+    /// a service router would. Off unless given: with it, any process that
+    /// can send UDP from one of this host's addresses (a local UDP proxy,
+    /// NAT hairpinning) gets sald's forwarding.
+    #[arg(long)]
+    pub relays: bool,
     /// Control socket path (default /run/serval/sald.sock; an unprivileged
     /// sald needs one in a directory it may write).
     #[arg(long, value_name = "PATH", env = "SERVAL_CONTROL")]
@@ -522,6 +531,9 @@ pub struct FileConfig {
     pub forward: bool,
     /// Broadcast discovery (`--no-broadcast` turns it off); on unless false.
     pub broadcast: Option<bool>,
+    /// As `--relays`: programs' relays (UDP mode).
+    #[serde(default)]
+    pub relays: bool,
     /// As `--control`: the control socket's path.
     pub control: Option<PathBuf>,
     /// As `--tun`: the TUN device's name (native mode).
@@ -558,6 +570,8 @@ pub struct Config {
     pub forward: bool,
     /// Broadcast discovery for services no rule matches (native mode only).
     pub broadcast_discovery: bool,
+    /// Relays for programs with their own SAL host (UDP mode only).
+    pub relays: bool,
     /// The control socket's path (default `/run/serval/sald.sock`).
     pub control: PathBuf,
     /// The TUN device's name in native mode (default `sal0`).
@@ -629,6 +643,7 @@ impl Config {
             broadcast_discovery: !flags.no_broadcast
                 && file.broadcast.unwrap_or(true)
                 && udp.is_none(),
+            relays: (flags.relays || file.relays) && udp.is_some(),
             control: flags
                 .control
                 .or(file.control)

@@ -271,7 +271,7 @@ fn build_host(config: &Config, interfaces: &[LocalInterface]) -> Result<Host> {
         forward: config.forward,
         // Programs that drive their own SAL hosts reach sald over UDP: it
         // routes their SYNs (see `sal::proto`'s `route.rs`).
-        relay_local: config.udp.is_some(),
+        relay_local: config.relays,
         broadcast_discovery: config.broadcast_discovery,
         seed: config.seed.unwrap_or_else(rand::random),
         // A `--seed` replays a run (tests); otherwise flow secrets come

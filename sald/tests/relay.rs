@@ -18,7 +18,7 @@
 //! control connections as other users; skips loudly otherwise.
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread;
@@ -245,7 +245,7 @@ fn programs_on_two_hosts_talk_directly_after_a_syn_both_salds_relayed() {
     let server_ip = server_host.addr().expect("address");
     let start = |ns: &Netns, name: &str, ip: Ipv4Addr| {
         let bind = format!("{ip}:{PORT}");
-        common::start_sald(ns, &[], &dir, name, &["--udp", bind.as_str()])
+        common::start_sald(ns, &[], &dir, name, &["--udp", bind.as_str(), "--relays"])
     };
     let client_sald = start(&client_host.ns, "client", client_ip);
     let server_sald = start(&server_host.ns, "server", server_ip);
@@ -327,6 +327,7 @@ fn programs_on_two_hosts_talk_directly_after_a_syn_both_salds_relayed() {
 fn in_process(dir: &Path, name: &str, ip: Ipv4Addr) -> (InProcess, PathBuf) {
     let mut config = common::udp_config(dir, name, ip);
     config.udp = Some(SocketAddrV4::new(ip, 0));
+    config.relays = true;
     let daemon = InProcess::start(config);
     let control = daemon.control.clone();
     (daemon, control)
@@ -412,6 +413,36 @@ fn a_relay_to_a_port_that_is_not_the_callers_is_refused() {
     assert_eq!(
         kind_of(user.request_with_fd(&elsewhere, any.as_fd())),
         ErrorKind::PermissionDenied
+    );
+    // The victim's address and port, bound in a network namespace of
+    // one's own (as an unprivileged user namespace allows): the socket's
+    // name passes every check but the namespace's.
+    let Locator::Udp(victim_addr) = victim_at else {
+        unreachable!()
+    };
+    let foreign = std::thread::spawn(move || {
+        use nix::sys::socket::{bind, setsockopt, socket, sockopt, AddressFamily, SockFlag};
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("a namespace");
+        let udp = socket(
+            AddressFamily::Inet,
+            nix::sys::socket::SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .expect("a socket");
+        setsockopt(&udp, sockopt::IpFreebind, &true).expect("IP_FREEBIND");
+        bind(
+            udp.as_raw_fd(),
+            &nix::sys::socket::SockaddrIn::from(victim_addr),
+        )
+        .expect("bind");
+        udp
+    })
+    .join()
+    .unwrap();
+    assert_eq!(
+        kind_of(user.request_with_fd(&relay(Some(victim_at)), foreign.as_fd())),
+        ErrorKind::InvalidRequest
     );
     // Something that is no UDP socket.
     let file = std::fs::File::open("/proc/self/status").unwrap();

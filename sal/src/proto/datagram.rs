@@ -187,7 +187,7 @@ impl Host {
         for _ in 0..SERVICE_ID_DRAWS {
             let service = ServiceId::from_bytes(self.rng.random());
             let prefix = ServicePrefix::exact(service);
-            match self.bind_listener(prefix, TransportProtocol::Datagram, 1, true) {
+            match self.bind_listener(prefix, TransportProtocol::Datagram, 1, true, None) {
                 Ok(listener) => {
                     return self
                         .listener_socket(listener)

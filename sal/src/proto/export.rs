@@ -99,8 +99,9 @@ pub enum NotExportable {
     #[error("the flow has not been accepted")]
     Unaccepted,
     /// The handshake is not confirmed yet (the client's ACK is still
-    /// repeated), or more than one control message of ours is in flight
-    /// (a move and an answer): retry once they are answered.
+    /// repeated), more than one control message of ours is in flight
+    /// (a move and an answer), or the peer moved and is not followed yet:
+    /// retry once they are answered.
     #[error("a control exchange of the flow is in progress; retry")]
     Busy,
 }
@@ -335,7 +336,13 @@ fn flow_export(flow: &Flow, now: Instant) -> Result<FlowExport, NotExportable> {
     // repeats it from a new locator, which moves the flow all the same
     // (`Host::rsyn_input`). Two in flight would leave the RSYN stale.
     let pending = &flow.control.pending;
-    if pending.iter().any(|p| p.kind == ControlKind::HandshakeAck) || pending.len() > 1 {
+    // A peer that moved and that we have not followed yet (its path
+    // challenge unanswered) would be sought at its old locator, perhaps
+    // dead, while its own RSYNs reach only the exporter's tombstone.
+    if pending.iter().any(|p| p.kind == ControlKind::HandshakeAck)
+        || pending.len() > 1
+        || flow.path.moving_to.is_some()
+    {
         return Err(NotExportable::Busy);
     }
     let next_verno = pending.front().map_or(flow.control.next_verno, |p| p.verno);

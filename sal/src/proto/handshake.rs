@@ -437,7 +437,13 @@ impl Host {
             return false;
         };
         let listener = match self.table.resolve(&service, 0, &mut self.rng) {
-            Resolution::Demux(listener) if !self.listeners.is_ephemeral(listener) => listener,
+            // A relay's flows are its program's: none is ever opened here.
+            Resolution::Demux(listener)
+                if !self.listeners.is_ephemeral(listener)
+                    && self.listeners.relay(listener).is_none() =>
+            {
+                listener
+            }
             _ => {
                 self.stats.cookies_rejected += 1;
                 return true;

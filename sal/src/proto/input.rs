@@ -139,7 +139,7 @@ impl Host {
             Resolution::Forward(_) | Resolution::Delay if broadcast => {
                 self.stats.broadcast_dropped += 1;
             }
-            Resolution::Forward(next) if self.forwards(&src, &next) => {
+            Resolution::Forward(next) if self.forwards(&src, &next, repr) => {
                 self.forward(next, src, dst, ttl, repr, segment)
             }
             Resolution::Delay if is_syn && !super::handshake::may_open(repr.protocol, segment) => {

@@ -457,7 +457,7 @@ impl Host {
         protocol: TransportProtocol,
         backlog: usize,
     ) -> Result<ListenerId, HostError> {
-        let id = self.bind_listener(prefix, protocol, backlog, false)?;
+        let id = self.bind_listener(prefix, protocol, backlog, false, None)?;
         self.events.push_back(Event::Registered(id, prefix));
         Ok(id)
     }
@@ -510,6 +510,7 @@ impl Host {
         protocol: TransportProtocol,
         backlog: usize,
         ephemeral: bool,
+        relay: Option<Locator>,
     ) -> Result<ListenerId, HostError> {
         let taken = self.table.get(&prefix).is_some_and(|rule| {
             rule.targets()
@@ -530,6 +531,11 @@ impl Host {
             .insert(id, prefix, protocol, backlog, datagram_socket);
         if let Some(listener) = self.listeners.by_id.get_mut(&id) {
             listener.ephemeral = ephemeral;
+        }
+        // Before its rule: adding it looks again at packets a DELAY rule
+        // holds, and a relay's must go on to its program.
+        if let Some(locator) = relay {
+            self.listeners.set_relay(id, locator);
         }
         self.add_rule(prefix, Target::Demux { listener: id }, 0);
         Ok(id)

@@ -62,8 +62,7 @@ impl Host {
         prefix: ServicePrefix,
         locator: Locator,
     ) -> Result<ListenerId, HostError> {
-        let id = self.bind_listener(prefix, TransportProtocol::Stream, 1, false)?;
-        self.listeners.set_relay(id, locator);
+        let id = self.bind_listener(prefix, TransportProtocol::Stream, 1, false, Some(locator))?;
         self.events.push_back(Event::Registered(id, prefix));
         Ok(id)
     }
@@ -79,11 +78,14 @@ impl Host {
     /// on any host with `relay_local`, when it came from a program on this
     /// host (a UDP locator on one of our addresses that is not ours) and
     /// `next` is not this host itself.
-    pub(super) fn forwards(&self, src: &Locator, next: &Locator) -> bool {
+    pub(super) fn forwards(&self, src: &Locator, next: &Locator, repr: &SalRepr) -> bool {
         if self.config.forward && !self.interfaces.is_local(next.ip()) {
             return true;
         }
+        // A program's own first packet has no SOURCE: one that has came
+        // through some forwarder, whoever sent it.
         self.config.relay_local
+            && repr.source.is_none()
             && matches!(src, Locator::Udp(_))
             && self.interfaces.is_local(src.ip())
             && !self.interfaces.owns(src)
@@ -143,5 +145,47 @@ impl Host {
         super::output::readdress_sal_segment(&mut packet, (src, dst), (from, next));
         self.stats.forwarded += 1;
         self.queue_transmit(from, next, ttl - 1, packet);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use smoltcp::time::Instant;
+
+    use super::*;
+    use crate::id::FlowId;
+    use crate::proto::{HostConfig, LocalInterface};
+
+    /// A daemon routes for its programs (UDP locators on its own address)
+    /// only their own first packets: one that carries SOURCE came through
+    /// some forwarder (a local UDP proxy, a NAT's hairpin), whoever sent
+    /// it, and a daemon that is no router must not route it.
+    #[test]
+    fn a_daemon_routes_only_its_own_programs_first_packets() {
+        let config = HostConfig {
+            relay_local: true,
+            ..HostConfig::default()
+        };
+        let mut host = Host::new(config, Instant::ZERO);
+        host.add_interface(LocalInterface {
+            name: "udp".into(),
+            locator: "udp:10.0.0.1:7077".parse().unwrap(),
+            prefix_len: 24,
+            up: true,
+        });
+        let program: Locator = "udp:10.0.0.1:6000".parse().unwrap();
+        let elsewhere: Locator = "udp:10.0.0.9:6000".parse().unwrap();
+        let next: Locator = "udp:10.0.0.2:7077".parse().unwrap();
+        let flow = FlowId::new(7).unwrap();
+        let mut syn = SalRepr::data(flow, None, TransportProtocol::Stream.number());
+        assert!(host.forwards(&program, &next, &syn));
+        assert!(
+            !host.forwards(&elsewhere, &next, &syn),
+            "not a program here"
+        );
+        let own = host.interfaces().first().unwrap().locator;
+        assert!(!host.forwards(&own, &next, &syn), "sald itself");
+        syn.source = Some(SourceRepr::default());
+        assert!(!host.forwards(&program, &next, &syn), "it was forwarded");
     }
 }

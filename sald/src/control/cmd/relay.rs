@@ -14,11 +14,14 @@
 //! changing hands and would need to read other users' `/proc` entries,
 //! which a sald run by an ordinary user (UDP mode needs no privilege)
 //! cannot. sald keeps the socket while the relay is bound, so that the
-//! port cannot change hands meanwhile either: it stays bound, and only its
-//! owner's user could share it (`SO_REUSEPORT` takes the same user).
+//! port cannot change hands meanwhile either: it stays bound, and with
+//! `SO_REUSEPORT` only its owner's user could share it. Not so with
+//! `SO_REUSEADDR`, which Linux lets any user share for UDP: a program
+//! that relays should not set it (README). The socket must also be in
+//! sald's network namespace (see `in_our_namespace`).
 
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::sys::socket::{getsockopt, sockopt, SockType};
 use sal::table::ListenerId;
@@ -51,6 +54,12 @@ pub enum RelayRefusal {
     /// sald has no UDP locator to forward from.
     #[error("relay: this sald carries the SAL natively; relays need UDP mode (--udp)")]
     NativeMode,
+    /// sald was not started with `--relays`.
+    #[error("relay: relays are off in this sald (start it with --relays, or relays = true)")]
+    Off,
+    /// The socket is in another network namespace than sald's.
+    #[error("relay: the UDP socket passed is in another network namespace")]
+    OtherNamespace,
     /// The locator is sald's own.
     #[error("relay: {0} is sald's own locator")]
     Own(Locator),
@@ -91,7 +100,13 @@ pub(super) fn relay(client: &mut Client, prefix: ServicePrefix, asked: Option<Lo
     let Some(socket) = client.attached.take() else {
         return RelayRefusal::NoSocket.reply();
     };
-    let bound = match udp_address(&socket) {
+    if !client.context.shared.lock().host.config().relay_local {
+        return RelayRefusal::Off.reply();
+    }
+    let bound = match udp_address(&socket).and_then(|bound| {
+        in_our_namespace(&socket)?;
+        Ok(bound)
+    }) {
         Ok(bound) => bound,
         Err(refusal) => return refusal.reply(),
     };
@@ -136,6 +151,42 @@ pub(super) fn without_queue(client: &Client, listener: ListenerId) -> Option<Rep
             listener.0
         ),
     ))
+}
+
+/// Checks that `socket` lives in sald's network namespace: an address
+/// and port name a socket only within one. Without this, a user could
+/// make a namespace of their own (unprivileged user namespaces), give it
+/// this host's address, bind there the port of another user's program
+/// here, and pass that socket: its address would pass every other check.
+/// Compared by the namespaces' cookies (`SO_NETNS_COOKIE`, Linux 5.14);
+/// a kernel without them is refused, since nothing else proves it.
+fn in_our_namespace(socket: &OwnedFd) -> Result<(), RelayRefusal> {
+    let ours = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+        .map_err(|_| RelayRefusal::OtherNamespace)?;
+    match (netns_cookie(socket.as_fd()), netns_cookie(ours.as_fd())) {
+        (Some(theirs), Some(ours)) if theirs == ours => Ok(()),
+        _ => Err(RelayRefusal::OtherNamespace),
+    }
+}
+
+/// The cookie of the network namespace `socket` belongs to.
+fn netns_cookie(socket: BorrowedFd<'_>) -> Option<u64> {
+    /// `SO_NETNS_COOKIE` (asm-generic/socket.h); not in every libc crate.
+    const SO_NETNS_COOKIE: nix::libc::c_int = 71;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as nix::libc::socklen_t;
+    // SAFETY: `socket` is a live descriptor for the call, and `cookie`
+    // and `len` are valid for writes of the size `len` says.
+    let done = unsafe {
+        nix::libc::getsockopt(
+            socket.as_raw_fd(),
+            nix::libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    (done == 0 && len as usize == std::mem::size_of::<u64>()).then_some(cookie)
 }
 
 /// Where `socket` receives, if it is a bound IPv4 UDP socket.
