@@ -805,3 +805,24 @@ fn an_old_ack_against_a_hostile_window_is_harmless() {
         drive_both(&mut l, id, cflow);
     }
 }
+
+/// An exported flow's ID stays its own while its tombstone stands: a
+/// made-up export naming it (flow IDs travel in clear) is refused on the
+/// exporting host, which would otherwise hand it the flow's late packets
+/// and, once it went, leave the peer's FIN to be reset; the real export
+/// comes back.
+#[test]
+fn an_exported_flow_s_id_comes_back_only_with_its_own_nonce() {
+    let (mut l, export, cflow) = valid_export(41);
+    let a = l.a;
+    let mut forged = export.clone();
+    forged.local_nonce[0] ^= 1;
+    assert_eq!(
+        import_into(&mut l.net, a, forged),
+        Err(HostError::FlowIdInUse(export.flow))
+    );
+    assert_eq!(import_into(&mut l.net, a, export.clone()), Ok(export.flow));
+    l.net.run_for(Duration::from_secs(1));
+    let state = l.net.host(l.c).flow(cflow).map(|f| f.state);
+    assert_eq!(state, Some(FlowState::Established));
+}

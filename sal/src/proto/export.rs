@@ -129,33 +129,48 @@ pub enum ImportError {
     OverBudget(usize),
 }
 
+/// Tombstones kept at most: a bound on their memory (about 40 bytes
+/// each) that one user's exports cannot reach by churning one flow, since
+/// a flow buried again takes its own place.
+const MAX_TOMBSTONES: usize = 1 << 16;
+
 /// Flow IDs exported lately, dropped without an answer when packets of
-/// theirs arrive (see the module docs), each until its deadline. All
-/// deadlines are one fixed time after the export, so the oldest is first.
+/// theirs arrive (see the module docs), each until its deadline, with the
+/// flow's own nonce: only the flow itself (an export carrying that nonce)
+/// may take the ID back meanwhile. All deadlines are one fixed time after
+/// the export, so the oldest is first.
 #[derive(Debug, Default)]
 pub(super) struct Tombstones {
-    until: FxHashMap<FlowId, Instant>,
+    until: FxHashMap<FlowId, (Instant, [u8; 8])>,
     order: VecDeque<(Instant, FlowId)>,
 }
 
 impl Tombstones {
-    /// Keeps `id` until `until`, at most `limit` IDs in all (the oldest
-    /// go first).
-    fn bury(&mut self, id: FlowId, now: Instant, until: Instant, limit: usize) {
+    /// Keeps `id` (whose local nonce is `nonce`) until `until`, at most
+    /// `limit` IDs in all (the oldest go first).
+    fn bury(&mut self, id: FlowId, nonce: [u8; 8], now: Instant, until: Instant, limit: usize) {
         while self.order.front().is_some_and(|&(at, _)| at <= now) {
             self.pop_oldest();
         }
-        while self.order.len() >= limit.max(1) {
+        let fresh = !self.until.contains_key(&id);
+        while fresh && self.until.len() >= limit.max(1) && !self.order.is_empty() {
             self.pop_oldest();
         }
-        self.until.insert(id, until);
+        self.until.insert(id, (until, nonce));
         self.order.push_back((until, id));
+        // Entries of IDs buried again or raised: dropped once they are
+        // half the queue, so that churn cannot grow it.
+        if self.order.len() > 2 * self.until.len() + 16 {
+            let until = &self.until;
+            self.order
+                .retain(|(at, id)| until.get(id).is_some_and(|(live, _)| live == at));
+        }
     }
 
     fn pop_oldest(&mut self) {
         if let Some((at, id)) = self.order.pop_front() {
             // Only if not buried again since, with a later deadline.
-            if self.until.get(&id) == Some(&at) {
+            if self.until.get(&id).is_some_and(|(live, _)| *live == at) {
                 self.until.remove(&id);
             }
         }
@@ -163,7 +178,16 @@ impl Tombstones {
 
     /// Whether `id` was exported and its tombstone stands at `now`.
     pub(super) fn holds(&self, id: FlowId, now: Instant) -> bool {
-        self.until.get(&id).is_some_and(|&until| until > now)
+        self.until.get(&id).is_some_and(|&(until, _)| until > now)
+    }
+
+    /// Whether an export of `id` carrying `nonce` may take the ID at
+    /// `now`: no tombstone stands for it, or it is the flow's own.
+    fn admits(&self, id: FlowId, nonce: [u8; 8], now: Instant) -> bool {
+        match self.until.get(&id) {
+            Some(&(until, own)) if until > now => own == nonce,
+            _ => true,
+        }
     }
 
     /// Forgets `id`'s tombstone: the flow is back.
@@ -195,8 +219,9 @@ impl Host {
         self.flow_count -= 1;
         self.account_buffers(charge, memory, 0);
         let until = now + self.config.peer_timeout;
-        let limit = self.config.max_flows;
-        self.exported.bury(id, now, until, limit);
+        let limit = self.config.max_flows.min(MAX_TOMBSTONES);
+        self.exported
+            .bury(id, export.local_nonce, now, until, limit);
         self.stats.flows_exported += 1;
         Ok(export)
     }
@@ -237,7 +262,12 @@ impl Host {
             return Err(ImportError::PeerLocator(peer).into());
         }
         let id = export.flow;
-        if self.endpoints.get(id).is_some() {
+        // An ID in use, or exported lately by another flow: a made-up
+        // export of someone's exported flow would take its late packets
+        // and, once gone, leave its peer's FIN to be reset.
+        if self.endpoints.get(id).is_some()
+            || !self.exported.admits(id, export.local_nonce, self.now)
+        {
             return Err(HostError::FlowIdInUse(id));
         }
         if self.endpoints.len() >= self.endpoints.capacity() {
@@ -360,4 +390,35 @@ fn flow_export(flow: &Flow, now: Instant) -> Result<FlowExport, NotExportable> {
         peer_next: flow.control.peer_next,
         socket,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smoltcp::time::Duration;
+
+    /// Tombstones hold at most their limit, and one flow exported again
+    /// and again (churn) neither grows them nor pushes others out.
+    #[test]
+    fn tombstones_are_bounded_and_churn_pushes_nobody_out() {
+        let mut stones = Tombstones::default();
+        let id = |n| FlowId::new(n).unwrap();
+        let (now, until) = (Instant::ZERO, Instant::from_secs(30));
+        for n in 1..=8 {
+            stones.bury(id(n), [n as u8; 8], now, until, 8);
+        }
+        for round in 0..10_000 {
+            let at = Instant::from_millis(round);
+            stones.bury(id(100), [1; 8], at, at + Duration::from_secs(30), 9);
+        }
+        assert!((1..=8).all(|n| stones.holds(id(n), now)), "churn evicted");
+        assert!(stones.order.len() <= 2 * stones.until.len() + 17);
+        for n in 200..300 {
+            stones.bury(id(n), [0; 8], now, until, 9);
+        }
+        assert_eq!(stones.until.len(), 9);
+        assert!(stones.admits(id(299), [0; 8], now));
+        assert!(!stones.admits(id(299), [1; 8], now));
+        assert!(stones.admits(id(299), [1; 8], until), "it lapsed");
+    }
 }
