@@ -164,6 +164,11 @@ fn import_into(net: &mut Network, to: HostId, export: FlowExport) -> Result<Flow
     net.host(to).import_flow(export, "eth0")
 }
 
+/// [`finish`] within a minute, with nothing done on the way.
+fn finish_within_a_minute(net: &mut Network, mover: &mut End, peer: &mut End) {
+    finish(net, mover, peer, Duration::from_secs(60), |_, _| {});
+}
+
 /// Exports `flow` from `from` and imports it into `to` on `eth0`.
 fn hand_over(net: &mut Network, from: HostId, to: HostId, flow: FlowId) -> FlowExport {
     let export = net.host(from).export_flow(flow).expect("the flow exports");
@@ -244,13 +249,7 @@ fn data_in_flight_and_unread_survive_the_move() {
     );
     assert_eq!(sent_before, mover.sent);
     mover.host = l.b;
-    finish(
-        &mut l.net,
-        &mut mover,
-        &mut peer,
-        Duration::from_secs(60),
-        |_, _| {},
-    );
+    finish_within_a_minute(&mut l.net, &mut mover, &mut peer);
 }
 
 #[test]
@@ -268,13 +267,7 @@ fn a_serialized_export_reads_back_equal_and_imports() {
     assert_eq!(back, export);
     import_into(&mut l.net, l.b, back).unwrap();
     mover.host = l.b;
-    finish(
-        &mut l.net,
-        &mut mover,
-        &mut peer,
-        Duration::from_secs(60),
-        |_, _| {},
-    );
+    finish_within_a_minute(&mut l.net, &mut mover, &mut peer);
 }
 
 /// The serialized size of exports, for the record (`--nocapture`).
@@ -451,13 +444,7 @@ fn the_old_host_stays_silent_about_the_flow_it_gave_away() {
     // The flow then goes on from b, whole.
     import_into(&mut l.net, l.b, export).unwrap();
     mover.host = l.b;
-    finish(
-        &mut l.net,
-        &mut mover,
-        &mut peer,
-        Duration::from_secs(60),
-        |_, _| {},
-    );
+    finish_within_a_minute(&mut l.net, &mut mover, &mut peer);
 }
 
 /// A flow exported while its own move (an RSYN of a's) is unanswered:
@@ -506,13 +493,7 @@ fn an_export_during_a_move_still_moves() {
         l.net.host(b).advance_clock(now);
         l.net.host(b).import_flow(export, "eth0").unwrap();
         mover.host = b;
-        finish(
-            &mut l.net,
-            &mut mover,
-            &mut peer,
-            Duration::from_secs(60),
-            |_, _| {},
-        );
+        finish_within_a_minute(&mut l.net, &mut mover, &mut peer);
         let remote = l.net.host(c).flow(cflow).and_then(|f| f.remote);
         assert_eq!(remote, Some(loc("10.0.0.3")), "heard {heard}: c follows b");
     }
