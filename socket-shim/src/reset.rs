@@ -305,10 +305,14 @@ mod tests {
         }
     }
 
-    /// sald's end of a flow named as sald names it.
+    /// sald's end of a flow named as sald names it: the mark, then a name
+    /// of its own (tests run in parallel, each naming ends with the same
+    /// marks).
     fn named(sald: &UnixStream, mark: &[u8]) {
+        static NAMED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NAMED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut name = mark.to_vec();
-        name.extend_from_slice(format!("test-{}", std::process::id()).as_bytes());
+        name.extend_from_slice(format!("test-{}-{n}", std::process::id()).as_bytes());
         let addr = UnixAddr::new_abstract(&name).unwrap();
         bind(sald.as_raw_fd(), &addr).unwrap();
     }
