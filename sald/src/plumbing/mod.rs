@@ -127,6 +127,7 @@ mod installed;
 mod lock;
 mod messages;
 mod netns;
+pub(crate) use netns::netns_cookie;
 mod nft;
 mod rtnl;
 mod state;

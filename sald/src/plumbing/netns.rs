@@ -3,7 +3,7 @@
 
 use std::fs::{self, File};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::MetadataExt as _;
 
 #[cfg(not(any(target_arch = "sparc", target_arch = "sparc64")))]
@@ -19,6 +19,26 @@ pub(crate) struct NetnsHandle {
     pub(crate) file: File,
 }
 
+/// The cookie of the network namespace `socket` belongs to
+/// (`SO_NETNS_COOKIE`, Linux 5.14); `None` on older kernels.
+pub(crate) fn netns_cookie(socket: BorrowedFd<'_>) -> Option<u64> {
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as nix::libc::socklen_t;
+    // SAFETY: `socket` is an open socket for the duration of the call; the
+    // option value pointer and length describe `cookie`, a live u64 that the
+    // kernel writes at most `len` bytes into.
+    let rc = unsafe {
+        nix::libc::getsockopt(
+            socket.as_raw_fd(),
+            nix::libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    (rc == 0 && len as usize == std::mem::size_of::<u64>()).then_some(cookie)
+}
+
 pub(crate) fn current_netns_id() -> io::Result<String> {
     use nix::sys::socket::{socket, AddressFamily as SockFamily, SockFlag, SockType};
     let sock = socket(
@@ -28,21 +48,7 @@ pub(crate) fn current_netns_id() -> io::Result<String> {
         None,
     )
     .map_err(io::Error::from)?;
-    let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as nix::libc::socklen_t;
-    // SAFETY: `sock` is an open socket for the duration of the call; the
-    // option value pointer and length describe `cookie`, a live u64 that the
-    // kernel writes at most `len` bytes into.
-    let rc = unsafe {
-        nix::libc::getsockopt(
-            sock.as_raw_fd(),
-            nix::libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            (&mut cookie as *mut u64).cast(),
-            &mut len,
-        )
-    };
-    if rc == 0 && len as usize == std::mem::size_of::<u64>() {
+    if let Some(cookie) = netns_cookie(sock.as_fd()) {
         return Ok(format!("netns-c{cookie}"));
     }
     // Kernels before 5.14: fall back to the nsfs inode (may be reused after

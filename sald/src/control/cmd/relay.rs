@@ -21,7 +21,7 @@
 //! sald's network namespace (see `in_our_namespace`).
 
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 
 use nix::sys::socket::{getsockopt, sockopt, SockType};
 use sal::table::ListenerId;
@@ -33,6 +33,7 @@ use super::bind::bind_refusal;
 use super::{error_reply, host_error, Reply};
 use crate::control::client::Client;
 use crate::owners::Binding;
+use crate::plumbing::netns_cookie;
 
 /// Why a relay was refused; each maps to one error class.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -167,26 +168,6 @@ fn in_our_namespace(socket: &OwnedFd) -> Result<(), RelayRefusal> {
         (Some(theirs), Some(ours)) if theirs == ours => Ok(()),
         _ => Err(RelayRefusal::OtherNamespace),
     }
-}
-
-/// The cookie of the network namespace `socket` belongs to.
-fn netns_cookie(socket: BorrowedFd<'_>) -> Option<u64> {
-    /// `SO_NETNS_COOKIE` (asm-generic/socket.h); not in every libc crate.
-    const SO_NETNS_COOKIE: nix::libc::c_int = 71;
-    let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as nix::libc::socklen_t;
-    // SAFETY: `socket` is a live descriptor for the call, and `cookie`
-    // and `len` are valid for writes of the size `len` says.
-    let done = unsafe {
-        nix::libc::getsockopt(
-            socket.as_raw_fd(),
-            nix::libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            (&mut cookie as *mut u64).cast(),
-            &mut len,
-        )
-    };
-    (done == 0 && len as usize == std::mem::size_of::<u64>()).then_some(cookie)
 }
 
 /// Where `socket` receives, if it is a bound IPv4 UDP socket.
