@@ -10,10 +10,11 @@
 //! `Listening` for datagrams, `DatagramOpened`) carry exactly one file
 //! descriptor as `SCM_RIGHTS` ancillary data on the first byte of the frame.
 //! [`Request::Subscribe`] is answered with `Ok`, after which the connection
-//! only carries [`Response::Event`]s. One request carries a descriptor
-//! the other way: [`Request::Relay`] hands sald the program's UDP socket,
-//! as `SCM_RIGHTS` on the first byte of its frame (sald takes a descriptor
-//! there on any request and closes it unless the request wants one).
+//! only carries [`Response::Event`]s. Two requests carry a descriptor
+//! the other way: [`Request::Relay`] and [`Request::Adopt`] hand sald the
+//! program's UDP socket, as `SCM_RIGHTS` on the first byte of their frame
+//! (sald takes a descriptor there on any request and closes it unless the
+//! request wants one).
 //! [`Request::Connector`] is answered
 //! with `Ok`, after which the connection carries only `Connect` requests,
 //! any number at once, each answered as soon as its handshake ends, in
@@ -80,7 +81,7 @@ use serde::{Deserialize, Serialize};
 use sal::id::{FlowId, ServiceId, ServicePrefix};
 use sal::locator::Locator;
 use sal::proto::{
-    DatagramPeer, FlowCounters, FlowInfo, FlowState, HostStats, LocalInterface, Role,
+    DatagramPeer, FlowCounters, FlowExport, FlowInfo, FlowState, HostStats, LocalInterface, Role,
 };
 use sal::table::{ListenerId, Rule, RuleOrigin, TableStats, Target, TargetKey};
 use sal::wire::TransportProtocol;
@@ -94,6 +95,13 @@ pub const DEFAULT_CONTROL_PATH: &str = "/run/serval/sald.sock";
 pub const CONTROL_PATH_ENV: &str = "SERVAL_CONTROL";
 /// Largest frame either side accepts; larger ones close the connection.
 pub const MAX_FRAME: usize = 1 << 20;
+/// The most bytes a flow export's buffers (unsent and unread together)
+/// may hold for a [`Request::Adopt`] to fit a frame whatever they hold:
+/// each byte takes at most 4 bytes of JSON (`255,`), and 16 KiB are left
+/// for the rest of the export (its other fields and 63 advertised
+/// locators take under 4 KiB). 258,048 bytes; a flow with sald's default
+/// buffers (1 MiB each way) full does not fit.
+pub const MAX_ADOPT_BUFFERED: usize = (MAX_FRAME - (16 << 10)) / 4;
 
 /// How sald's end of a stream flow's socketpair is named (after the
 /// abstract name's leading NUL) once it delivered the peer's end of stream
@@ -161,7 +169,8 @@ pub enum Request {
     /// frame's first byte as `SCM_RIGHTS` (what proves the port is the
     /// caller's: another user's socket cannot be passed), and sald keeps
     /// it while the binding lasts (nobody else can bind the port
-    /// meanwhile). Otherwise a bind like `Listen`'s: the same bind policy
+    /// meanwhile: the socket must not have `SO_REUSEADDR` set, with which
+    /// Linux lets any user bind a UDP port too). Otherwise a bind like `Listen`'s: the same bind policy
     /// and per-user limits, announced (`Registered`, `Unregistered`), shown
     /// by `ListRules` (its DEMUX target's origin is
     /// [`RuleOrigin::Relay`]), ended by `CloseListener`, `Drain` or the
@@ -171,12 +180,14 @@ pub enum Request {
     /// `InvalidRequest`.
     ///
     /// Errors: `InvalidRequest` when no descriptor came, when it is no
-    /// bound IPv4 UDP socket, when `locator` is not a UDP locator or is
-    /// sald's own, or when sald does not carry the SAL over UDP;
-    /// `PermissionDenied` when `locator` is not where that socket
-    /// receives (another port or address, or an address not of this host)
-    /// or the bind policy refuses the prefix; `AddressInUse` and
-    /// `Exhausted` as for `Listen`.
+    /// bound IPv4 UDP socket or has `SO_REUSEADDR` set, when `locator` is
+    /// not a UDP locator or is sald's own, or when sald does not carry the
+    /// SAL over UDP; `PermissionDenied` when `locator` is not where that
+    /// socket receives (another port or address, or an address not of
+    /// this host), when another user's socket also receives on its port
+    /// (co-bound through `SO_REUSEADDR`), or the bind policy refuses the
+    /// prefix; `Internal` when sald cannot list the host's UDP sockets;
+    /// `AddressInUse` and `Exhausted` as for `Listen`.
     Relay {
         /// The service prefix to claim, held to the bind policy as for
         /// `Listen`.
@@ -188,6 +199,50 @@ pub enum Request {
         /// the socket's port.
         #[serde(default)]
         locator: Option<Locator>,
+    },
+    /// Take over an established stream flow that a program drove in its
+    /// own SAL host over UDP (`docs/in-process-sal.md`: what a program
+    /// under the in-process mode does before `fork` or `exec`): sald
+    /// imports the flow's state (`sal::proto::Host::import_flow`), moves
+    /// it to its own locator with an RSYN, and serves it from then on as
+    /// a flow the caller had connected or accepted through sald: answered
+    /// with `Adopted` and the application's end of a socketpair (as for
+    /// `Connected`), on which the bytes the export held unread come
+    /// first; the bytes it held unsent go out first, in order. The
+    /// program must have exported the flow from its host
+    /// (`Host::export_flow`) and must not drive it any longer.
+    ///
+    /// Who may: the flow's owner. The program's UDP socket, bound where
+    /// the export's `local` locator says, rides on the frame's first byte
+    /// as `SCM_RIGHTS`, as for `Relay` (another user's socket cannot be
+    /// passed), and must be in sald's network namespace. The flow counts
+    /// as one of the caller's (`flows_per_uid`) and its buffers against
+    /// the caller's buffer budget group, as a `Connect`'s would. Only
+    /// with relays on (`--relays`), since only programs that relay have
+    /// hosts of their own.
+    ///
+    /// Size: the export travels inside the JSON frame, its buffers as
+    /// arrays of numbers (up to 4 bytes of JSON per buffered byte), and a
+    /// frame is at most [`MAX_FRAME`] bytes: an export whose buffers hold
+    /// together at most [`MAX_ADOPT_BUFFERED`] bytes always fits, a
+    /// larger one may not (`encode_frame` refuses it with
+    /// [`FrameError::TooLarge`]; sald closes a connection that announces
+    /// a longer frame). A program drains or shrinks its buffers first.
+    ///
+    /// Errors: `PermissionDenied` when no descriptor came, when it is no
+    /// bound IPv4 UDP socket in sald's namespace, or when it is not bound
+    /// where the export's `local` says; `InvalidRequest` for relays off,
+    /// sald in native mode, or an export that does not hold together or
+    /// does not fit sald's limits (version, buffers beyond sald's maxima,
+    /// sequence numbers, windows, unusable locators); `AddressInUse` when
+    /// sald has a flow of that ID (flow IDs are per host: the program
+    /// picked one sald uses) or exported one of that ID lately;
+    /// `Exhausted` when the caller holds `flows_per_uid` flows already,
+    /// sald's flow table is full, or the buffers do not fit sald's buffer
+    /// budget or the caller's group's (or either is under pressure).
+    Adopt {
+        /// The flow's state, as `Host::export_flow` gave it.
+        export: Box<FlowExport>,
     },
     /// Take the next established flow of a listener; waits for one unless
     /// `nonblocking`. Answered with `Accepted` and the flow's fd.
@@ -454,6 +509,13 @@ pub enum Response {
         /// completed.
         flow: FlowInfo,
     },
+    /// The answer to [`Request::Adopt`]: the flow, sald's now (fd
+    /// attached).
+    Adopted {
+        /// The flow as sald saw it at hand-over, on sald's locator (the
+        /// move may still be under way).
+        flow: FlowInfo,
+    },
     /// On a connector connection ([`Request::Connector`]): the answer to
     /// request number `request` (`Connected` with the flow's fd, or an
     /// error).
@@ -587,6 +649,7 @@ impl Response {
         matches!(
             self,
             Response::Accepted { .. }
+                | Response::Adopted { .. }
                 | Response::Delivering { .. }
                 | Response::Connected { .. }
                 | Response::DatagramOpened { .. }
@@ -1581,6 +1644,84 @@ mod tests {
         let json = serde_json::to_string(&origin).unwrap();
         assert_eq!(json, r#"{"kind":"relay","locator":"udp:10.0.0.2:40000"}"#);
         assert_eq!(origin.label(), "relay udp:10.0.0.2:40000");
+    }
+
+    /// An export of a flow whose buffers hold `send` and `recv` bytes of
+    /// 0xff (the longest in JSON), with the most advertised locators.
+    fn export(send: usize, recv: usize) -> FlowExport {
+        use sal::wire::MAX_ADDRESS_ADDRS;
+        FlowExport {
+            version: sal::proto::FLOW_EXPORT_VERSION,
+            flow: FlowId::new(u32::MAX).unwrap(),
+            peer_flow: FlowId::new(u32::MAX - 1).unwrap(),
+            service: "ffffffff".parse().unwrap(),
+            role: Role::Server,
+            local: "udp:255.255.255.254:65535".parse().unwrap(),
+            peer: "udp:255.255.255.253:65535".parse().unwrap(),
+            peer_locators: (0..MAX_ADDRESS_ADDRS)
+                .map(|_| "udp:255.255.255.252:65535".parse().unwrap())
+                .collect(),
+            local_nonce: [255; 8],
+            peer_nonce: [255; 8],
+            next_verno: u32::MAX,
+            peer_next: u32::MAX,
+            socket: sal::tcp::SocketExport {
+                send_unacked: u32::MAX,
+                send_max: u32::MAX,
+                send_buffer: vec![0xff; send],
+                recv_start: u32::MAX,
+                recv_buffer: vec![0xff; recv],
+                peer_window: u32::MAX,
+                max_peer_window: u32::MAX,
+                peer_window_scale: Some(255),
+                local_window_shift: 255,
+                sack: true,
+                peer_mss: u16::MAX,
+                timestamps: true,
+                tsval: u32::MAX,
+                ts_recent: u32::MAX,
+                nagle: false,
+            },
+        }
+    }
+
+    #[test]
+    fn an_adopt_round_trips_and_its_answer_carries_the_flow() {
+        let adopt = Request::Adopt {
+            export: Box::new(export(100, 200)),
+        };
+        let frame = encode_frame(&adopt).unwrap();
+        assert_eq!(decode_body::<Request>(&frame[4..]).unwrap(), adopt);
+        let adopted = Response::Adopted {
+            flow: flow_info(None),
+        };
+        let frame = encode_frame(&adopted).unwrap();
+        assert_eq!(decode_body::<Response>(&frame[4..]).unwrap(), adopted);
+        assert!(adopted.carries_fd());
+    }
+
+    /// The figure `MAX_ADOPT_BUFFERED` promises: an export of that many
+    /// buffered bytes fits a frame at its longest, and a full flow with
+    /// sald's default buffers (1 MiB each way) is refused, clearly, before
+    /// it is sent.
+    #[test]
+    fn an_adopt_fits_a_frame_up_to_its_bound_and_is_refused_clearly_beyond() {
+        let half = MAX_ADOPT_BUFFERED / 2;
+        let longest = Request::Adopt {
+            export: Box::new(export(half, MAX_ADOPT_BUFFERED - half)),
+        };
+        let frame = encode_frame(&longest).expect("fits");
+        assert!(frame.len() <= MAX_FRAME + 4);
+        let full = Request::Adopt {
+            export: Box::new(export(1 << 20, 1 << 20)),
+        };
+        match encode_frame(&full) {
+            Err(FrameError::TooLarge(len)) => assert!(len > MAX_FRAME),
+            other => panic!("not refused: {:?}", other.map(|f| f.len())),
+        }
+        // And the reader refuses its announced length before any body.
+        let announced = (8u32 << 20).to_be_bytes();
+        assert!(matches!(frame_len(announced), Err(FrameError::TooLarge(_))));
     }
 
     #[test]

@@ -10,12 +10,12 @@ use std::rc::Rc;
 
 use proptest::prelude::*;
 use sal::proto::{
-    Event, FlowExport, FlowState, Host, HostConfig, HostError, ImportError, LocalInterface,
-    NotExportable, FLOW_EXPORT_VERSION,
+    import_memory, Event, FlowExport, FlowState, Host, HostConfig, HostError, ImportError,
+    LocalInterface, NotExportable, Role, FLOW_EXPORT_VERSION,
 };
 use sal::table::ListenerId;
 use sal::wire::{ControlFlags, ControlRepr, SalRepr, TransportProtocol};
-use sal::{FlowId, Locator};
+use sal::{FlowId, Locator, ServiceId};
 use sal_sim::{HostId, LinkConditions, Network, Packet};
 use smoltcp::time::{Duration, Instant};
 
@@ -536,6 +536,26 @@ enum Mutation {
     Peer(u32),
     Locators(usize),
     Nonce([u8; 8]),
+    /// Flow IDs as a forger would pick them: any value but 0 (which no
+    /// `FlowId` holds; see the serde test).
+    Flow(u32),
+    PeerFlow(u32),
+    Role(bool),
+    Service([u8; 32]),
+    PeerNonce([u8; 8]),
+    Sack(bool),
+    Timestamps(bool),
+    TsRecent(u32),
+    Nagle(bool),
+    /// The peer at a UDP locator: carried otherwise than the interface.
+    PeerUdp(u32, u16),
+    /// The peer on one of the importing host's own addresses, or its
+    /// subnet's broadcast.
+    PeerOwn(u8),
+    /// An advertised locator of any kind.
+    AdvertisedAny(u32, Option<u16>),
+    /// Where the flow says it lived: anything (the host does not check it).
+    Local(u32, Option<u16>),
 }
 
 /// A `u32`, often one of the values that break arithmetic.
@@ -571,7 +591,35 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         edgy().prop_map(Mutation::Peer),
         (0usize..300).prop_map(Mutation::Locators),
         any::<[u8; 8]>().prop_map(Mutation::Nonce),
+        forgeries(),
     ]
+}
+
+/// Forged identity, options and locators (see [`Mutation`]).
+fn forgeries() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        edgy().prop_map(Mutation::Flow),
+        edgy().prop_map(Mutation::PeerFlow),
+        any::<bool>().prop_map(Mutation::Role),
+        any::<[u8; 32]>().prop_map(Mutation::Service),
+        any::<[u8; 8]>().prop_map(Mutation::PeerNonce),
+        any::<bool>().prop_map(Mutation::Sack),
+        any::<bool>().prop_map(Mutation::Timestamps),
+        edgy().prop_map(Mutation::TsRecent),
+        any::<bool>().prop_map(Mutation::Nagle),
+        (edgy(), any::<u16>()).prop_map(|(ip, port)| Mutation::PeerUdp(ip, port)),
+        any::<u8>().prop_map(Mutation::PeerOwn),
+        (edgy(), any::<Option<u16>>()).prop_map(|(ip, port)| Mutation::AdvertisedAny(ip, port)),
+        (edgy(), any::<Option<u16>>()).prop_map(|(ip, port)| Mutation::Local(ip, port)),
+    ]
+}
+
+/// A locator of `ip`, native or at UDP `port`.
+fn any_locator(ip: u32, port: Option<u16>) -> Locator {
+    match port {
+        None => Locator::Ipv4(ip.into()),
+        Some(port) => Locator::Udp(std::net::SocketAddrV4::new(ip.into(), port)),
+    }
 }
 
 fn apply(export: &mut FlowExport, m: &Mutation) {
@@ -602,6 +650,19 @@ fn apply(export: &mut FlowExport, m: &Mutation) {
                 .collect()
         }
         Mutation::Nonce(n) => export.local_nonce = n,
+        Mutation::Flow(id) => export.flow = FlowId::new(id).unwrap_or(export.flow),
+        Mutation::PeerFlow(id) => export.peer_flow = FlowId::new(id).unwrap_or(export.peer_flow),
+        Mutation::Role(client) => export.role = if client { Role::Client } else { Role::Server },
+        Mutation::Service(bytes) => export.service = ServiceId::from_bytes(bytes),
+        Mutation::PeerNonce(n) => export.peer_nonce = n,
+        Mutation::Sack(v) => s.sack = v,
+        Mutation::Timestamps(v) => s.timestamps = v,
+        Mutation::TsRecent(v) => s.ts_recent = v,
+        Mutation::Nagle(v) => s.nagle = v,
+        Mutation::PeerUdp(ip, port) => export.peer = any_locator(ip, Some(port)),
+        Mutation::PeerOwn(last) => export.peer = Locator::Ipv4([10, 0, 0, last].into()),
+        Mutation::AdvertisedAny(ip, port) => export.peer_locators.push(any_locator(ip, port)),
+        Mutation::Local(ip, port) => export.local = any_locator(ip, port),
     }
 }
 
@@ -680,7 +741,7 @@ proptest! {
                 prop_assert_eq!(id, flow);
                 drive_both(&mut l, id, cflow);
             }
-            Err(HostError::BadImport(_)) => {}
+            Err(HostError::BadImport(_) | HostError::FlowIdInUse(_)) => {}
             Err(e) => prop_assert!(false, "unexpected error {e} for {mutations:?}"),
         }
         // And alone, where nothing answers.
@@ -710,6 +771,35 @@ fn coherent_mutation() -> impl Strategy<Value = Mutation> {
         (0usize..=63).prop_map(Mutation::Locators),
         any::<[u8; 8]>().prop_map(Mutation::Nonce),
     ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Forged fields alone (see [`forgeries`]), many at once: refused, or
+    /// a flow that runs against the real peer, without a panic on either
+    /// host (the peer ignores what does not carry its flow's nonce).
+    #[test]
+    fn forged_identities_and_options_are_refused_or_harmless(
+        mutations in proptest::collection::vec(forgeries(), 1..8)
+    ) {
+        let (mut l, base, cflow) = valid_export(43);
+        let mut export = base;
+        for m in &mutations {
+            apply(&mut export, m);
+        }
+        let now = l.net.now();
+        l.net.host(l.b).advance_clock(now);
+        match l.net.host(l.b).import_flow(export.clone(), "eth0") {
+            Ok(id) => drive_both(&mut l, id, cflow),
+            Err(HostError::BadImport(_) | HostError::FlowIdInUse(_)) => {}
+            Err(e) => prop_assert!(false, "unexpected error {e} for {mutations:?}"),
+        }
+        let mut host = lone_host();
+        if let Ok(id) = host.import_flow(export, "eth0") {
+            drive(&mut host, id);
+        }
+    }
 }
 
 proptest! {
@@ -806,4 +896,164 @@ fn an_exported_flow_s_id_comes_back_only_with_its_own_nonce() {
     l.net.run_for(Duration::from_secs(1));
     let state = l.net.host(l.c).flow(cflow).map(|f| f.state);
     assert_eq!(state, Some(FlowState::Established));
+}
+
+/// Forged serialized forms: values no field can hold are refused by the
+/// decoder itself (a flow ID 0, a byte above 255, a nonce of the wrong
+/// length, an unknown role or locator), never by a panic.
+#[test]
+fn forged_serialized_exports_fail_to_decode() {
+    let (_, export, _) = valid_export(47);
+    let json = serde_json::to_value(&export).unwrap();
+    let forge = |field: &[&str], value: serde_json::Value| {
+        let mut forged = json.clone();
+        let mut at = &mut forged;
+        for key in &field[..field.len() - 1] {
+            at = &mut at[*key];
+        }
+        at[field[field.len() - 1]] = value;
+        serde_json::from_value::<FlowExport>(forged)
+    };
+    use serde_json::json;
+    for (field, value) in [
+        (&["flow"][..], json!("0")),
+        (&["peer_flow"], json!("-1")),
+        (&["flow"], json!("100000000")),
+        (&["flow"], json!(7)),
+        (&["role"], json!("bystander")),
+        (&["service"], json!("not hex")),
+        (&["local_nonce"], json!([1, 2, 3])),
+        (&["peer_nonce"], json!([1, 2, 3, 4, 5, 6, 7, 8, 9])),
+        (&["peer"], json!("udp:10.0.0.1")),
+        (&["local"], json!(null)),
+        (&["socket", "send_buffer"], json!([256])),
+        (&["socket", "recv_buffer"], json!([-1])),
+        (&["socket", "peer_mss"], json!(70_000)),
+        (&["socket", "peer_window_scale"], json!(256)),
+        (&["socket", "sack"], json!(1)),
+    ] {
+        assert!(
+            forge(field, value.clone()).is_err(),
+            "{field:?} = {value} decoded"
+        );
+    }
+    assert_eq!(
+        forge(&["flow"], json!("7")).unwrap().flow,
+        FlowId::new(7).unwrap()
+    );
+}
+
+proptest! {
+    /// What `import_memory` reckons from an export's lengths is what the
+    /// import then takes: the budget check before the import is exact.
+    #[test]
+    fn import_memory_is_what_an_import_takes(
+        send in 0usize..300_000,
+        recv in 0usize..300_000,
+        min_buffer in prop_oneof![Just(4096usize), 1usize..70_000],
+    ) {
+        let (_, mut export, _) = valid_export(53);
+        export.socket.send_buffer = vec![7; send];
+        export.socket.send_max = export.socket.send_unacked;
+        export.socket.recv_buffer = vec![9; recv];
+        let mut config = HostConfig::default();
+        config.stream.min_buffer = min_buffer.min(config.stream.max_send_buffer);
+        let reckoned = import_memory(&config.stream, &export.socket);
+        let socket = sal::tcp::Socket::import(&config.stream, &export.socket, Instant::ZERO)
+            .expect("a coherent export");
+        prop_assert_eq!(reckoned, socket.buffer_memory());
+    }
+}
+
+/// A host whose flows of group 7 may hold `group_limit` bytes of buffers.
+fn grouped_host(group_limit: usize) -> Host {
+    let mut host = lone_host();
+    let mut config = host.config().clone();
+    config.buffer_memory_group_limit = Some(group_limit);
+    let mut fresh = Host::new(config, Instant::from_millis(1000));
+    for interface in host.interfaces().to_vec() {
+        fresh.add_interface(interface);
+    }
+    host = fresh;
+    host
+}
+
+/// An import into a group is charged to it, and refused before anything
+/// is allocated when its buffers do not fit the group's budget, or the
+/// group is under pressure; another group, or none, is not held back.
+#[test]
+fn an_import_into_a_group_is_charged_to_it_and_held_to_its_budget() {
+    let (_, mut export, _) = valid_export(59);
+    export.socket.send_buffer = pattern(100_000, 1);
+    export.socket.send_max = export.socket.send_unacked;
+    export.socket.recv_buffer = pattern(50_000, 2);
+    let mut host = grouped_host(300_000);
+    let needed = import_memory(&host.config().stream, &export.socket);
+    assert!(needed > 150_000 && needed < 300_000, "{needed}");
+    let id = host
+        .import_flow_in_group(export.clone(), "eth0", 7)
+        .expect("fits the group");
+    assert_eq!(host.group_buffer_bytes(7), needed as u64);
+    // A second one would take the group past its budget.
+    let mut second = export.clone();
+    second.flow = FlowId::new(export.flow.get() ^ 0x55).unwrap();
+    assert_eq!(
+        host.import_flow_in_group(second.clone(), "eth0", 7),
+        Err(HostError::BadImport(ImportError::GroupOverBudget {
+            bytes: needed,
+            group: 7
+        }))
+    );
+    assert_eq!(host.flow_count(), 1, "nothing taken");
+    assert_eq!(host.group_buffer_bytes(7), needed as u64);
+    // Another group has room.
+    let other = host.import_flow_in_group(second, "eth0", 8);
+    assert!(other.is_ok(), "{other:?}");
+    assert_eq!(host.group_buffer_bytes(8), needed as u64);
+    // An empty flow takes nothing, and is admitted even so.
+    let mut empty = export.clone();
+    empty.flow = FlowId::new(export.flow.get() ^ 0xaa).unwrap();
+    empty.socket.send_buffer.clear();
+    empty.socket.recv_buffer.clear();
+    assert!(host.import_flow_in_group(empty, "eth0", 7).is_ok());
+    let _ = host.close(id);
+}
+
+/// The host's own budget holds for an import as well (checked, as the
+/// group's, from the lengths before anything is allocated).
+#[test]
+fn an_import_beyond_the_host_budget_is_refused() {
+    let (_, mut export, _) = valid_export(61);
+    export.socket.recv_buffer = pattern(200_000, 3);
+    let mut config = lone_host().config().clone();
+    config.buffer_memory_limit = Some(100_000);
+    let mut host = Host::new(config, Instant::from_millis(1000));
+    host.add_interface(lone_host().interfaces()[0].clone());
+    assert!(matches!(
+        host.import_flow(export, "eth0"),
+        Err(HostError::BadImport(ImportError::OverBudget(_)))
+    ));
+    assert_eq!(host.stats().buffer_bytes, 0);
+}
+
+/// Buffers longer than the host's sockets may hold are the export's
+/// fault, whatever the budget: refused as such (`InvalidRequest` at
+/// sald, not `Exhausted`, which a client might retry for ever).
+#[test]
+fn buffers_longer_than_the_host_holds_are_refused_before_the_budget() {
+    let (_, mut export, _) = valid_export(63);
+    let mut config = lone_host().config().clone();
+    config.buffer_memory_limit = Some(100_000);
+    export.socket.recv_buffer = pattern(config.stream.max_recv_buffer + 1, 4);
+    let mut host = Host::new(config, Instant::from_millis(1000));
+    host.add_interface(lone_host().interfaces()[0].clone());
+    let refused = host.import_flow(export, "eth0");
+    assert!(
+        matches!(
+            refused,
+            Err(HostError::BadImport(ref bad)) if !bad.is_exhaustion()
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(host.stats().buffer_bytes, 0);
 }

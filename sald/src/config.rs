@@ -9,7 +9,7 @@
 //! udp = "10.0.0.1:54325"     # UDP encapsulation instead of the TUN
 //! forward = true             # service-router mode
 //! broadcast = true           # broadcast discovery (native mode; see --no-broadcast)
-//! relays = false             # programs' relays (UDP mode; see --relays)
+//! relays = false             # programs' relays (needs udp; see --relays)
 //! control = "/run/serval/sald.sock"
 //! tun = "sal0"
 //! min_bind_prefix = 16       # shortest prefix an ordinary user may bind
@@ -144,7 +144,8 @@ pub struct Flags {
     /// sald forwards the first packets such programs send by its rules, as
     /// a service router would. Off unless given: with it, any process that
     /// can send UDP from one of this host's addresses (a local UDP proxy,
-    /// NAT hairpinning) gets sald's forwarding.
+    /// NAT hairpinning) gets sald's forwarding. Without --udp (or `udp` in
+    /// the file) sald refuses to start.
     #[arg(long)]
     pub relays: bool,
     /// Control socket path (default /run/serval/sald.sock; an unprivileged
@@ -636,6 +637,12 @@ impl Config {
         if ifaces.is_empty() && udp.is_none_or(|a| a.ip().is_unspecified()) {
             bail!("no interface given: use --iface IFACE (repeatable), or --udp ADDR:PORT with a specific address");
         }
+        let relays = flags.relays || file.relays;
+        if relays && udp.is_none() {
+            // Silently off would leave an operator who asked for relays
+            // with programs refused and no word why.
+            bail!("--relays needs --udp (relays = true needs udp = \"ADDR:PORT\"): programs' relays exist only in UDP mode");
+        }
         Ok(Config {
             ifaces,
             udp,
@@ -643,7 +650,7 @@ impl Config {
             broadcast_discovery: !flags.no_broadcast
                 && file.broadcast.unwrap_or(true)
                 && udp.is_none(),
-            relays: (flags.relays || file.relays) && udp.is_some(),
+            relays,
             control: flags
                 .control
                 .or(file.control)
@@ -720,6 +727,36 @@ mod tests {
             ..Limits::default()
         };
         assert!(none.validate().is_err(), "a user must be allowed one flow");
+    }
+
+    #[test]
+    fn relays_need_udp_mode() {
+        let load = |args: &[&str]| {
+            let flags = Flags::try_parse_from(["sald", "--iface", "eth0"].iter().chain(args));
+            Config::load(flags.unwrap())
+        };
+        let refused = load(&["--relays"]).unwrap_err().to_string();
+        assert!(refused.starts_with("--relays needs --udp"), "{refused}");
+        assert!(
+            load(&["--relays", "--udp", "10.0.0.1:54325"])
+                .unwrap()
+                .relays
+        );
+        assert!(!load(&["--udp", "10.0.0.1:54325"]).unwrap().relays);
+        assert!(!load(&[]).unwrap().relays);
+        // The file's key alike.
+        let dir = std::env::temp_dir().join(format!("sald-relays-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("sald.toml");
+        std::fs::write(&file, "relays = true\n").unwrap();
+        let file_arg = file.to_str().unwrap();
+        assert!(load(&["--config", file_arg]).is_err());
+        assert!(
+            load(&["--config", file_arg, "--udp", "10.0.0.1:54325"])
+                .unwrap()
+                .relays
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

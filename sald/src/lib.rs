@@ -19,6 +19,7 @@
 //! | [`link`] | packet I/O: the TUN device |
 //! | [`raw`] | native mode's raw sockets: relayed packets and broadcasts |
 //! | [`udp`] | packet I/O: the UDP socket, batched (sendmmsg/recvmmsg, GSO/GRO) |
+//! | [`udp_ports`] | who else receives on a UDP port (a relay's socket's port) |
 //! | [`plumbing`] | host-address mode kernel plumbing, on a thread of its own |
 //! | [`privileges`] | what needs root, checked and said at start |
 //! | [`watch`] | the kernel's link, address and route events |
@@ -43,6 +44,7 @@ pub mod raw;
 pub mod server;
 pub mod shutdown;
 pub mod udp;
+pub mod udp_ports;
 pub mod watch;
 
 pub use server::{run, runtime};

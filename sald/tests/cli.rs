@@ -39,3 +39,16 @@ fn help_goes_to_stdout_with_status_0() {
         "{text}"
     );
 }
+
+/// Relays exist only in UDP mode: asked for without it, sald does not
+/// start (it used to start with them silently off). The interface named
+/// does not exist, so that a sald that went on would fail at once too,
+/// before it touched anything, but with another message.
+#[test]
+fn relays_without_udp_are_an_error_at_start() {
+    let output = sald(&["--iface", "nosuchif-rlyfx", "--relays"]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(text.starts_with("sald: --relays needs --udp"), "{text}");
+    assert_eq!(text.lines().count(), 1, "{text}");
+}

@@ -492,3 +492,149 @@ fn close(client: &mut ControlClient, listener: ListenerId) {
     let closed = client.request(&Request::CloseListener { listener });
     assert!(matches!(closed.map(|r| r.response), Ok(Response::Ok)));
 }
+
+/// A UDP socket created as user `uid` (its owner: `setfsuid` on a thread
+/// of its own, which changes no other thread's), with `SO_REUSEADDR` and
+/// `SO_REUSEPORT` as asked, bound to `at`; the bind's error if it failed.
+fn udp_as(
+    uid: u32,
+    at: SocketAddrV4,
+    reuse_address: bool,
+    reuse_port: bool,
+) -> std::io::Result<UdpSocket> {
+    thread::spawn(move || {
+        use socket2::{Domain, Socket, Type};
+        let before = nix::unistd::setfsuid(nix::unistd::Uid::from_raw(uid));
+        let socket = Socket::new(Domain::IPV4, Type::DGRAM, None);
+        nix::unistd::setfsuid(before);
+        let socket = socket?;
+        socket.set_reuse_address(reuse_address)?;
+        socket.set_reuse_port(reuse_port)?;
+        socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+        socket.bind(&at.into())?;
+        Ok(socket.into())
+    })
+    .join()
+    .expect("socket thread")
+}
+
+fn port_of(socket: &UdpSocket) -> u16 {
+    socket.local_addr().expect("bound").port()
+}
+
+/// Which of `sockets` got a datagram sent to `to` (the index).
+fn receiver(sockets: &[&UdpSocket], to: SocketAddrV4) -> Option<usize> {
+    let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sender.send_to(b"which", to).unwrap();
+    let mut buf = [0u8; 8];
+    (sockets.iter()).position(|s| s.recv(&mut buf).is_ok_and(|n| &buf[..n] == b"which"))
+}
+
+/// What Linux allows across users on one UDP port (the relay's "whose
+/// port" rests on it; `sald::udp_ports` documents it): another user may
+/// bind a port in use only if both sockets set `SO_REUSEADDR` (checked on
+/// the socket already bound at the moment of the bind), never through
+/// `SO_REUSEPORT` (same user only); once co-bound, the more specific and
+/// then the newer socket takes the port's datagrams.
+#[test]
+fn linux_lets_any_user_share_a_udp_port_only_through_so_reuseaddr() {
+    require_root!();
+    let (victim, other) = (65_530, 65_531);
+    let ip = Ipv4Addr::new(127, 0, 0, 10);
+    let at = |port| SocketAddrV4::new(ip, port);
+    let any = |port| SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
+    let in_use = |result: std::io::Result<UdpSocket>| {
+        result.is_err_and(|e| e.kind() == std::io::ErrorKind::AddrInUse)
+    };
+    // No flags: nobody shares.
+    let plain = udp_as(victim, at(0), false, false).unwrap();
+    assert!(in_use(udp_as(other, at(port_of(&plain)), true, false)));
+    // SO_REUSEPORT: the same user only.
+    let grouped = udp_as(victim, at(0), false, true).unwrap();
+    let port = port_of(&grouped);
+    assert!(in_use(udp_as(other, at(port), false, true)));
+    assert!(udp_as(victim, at(port), false, true).is_ok());
+    // SO_REUSEADDR on both: any user, at the same address or a more
+    // specific one, and the newcomer takes the datagrams.
+    let shared = udp_as(victim, any(0), true, false).unwrap();
+    let port = port_of(&shared);
+    let thief = udp_as(other, at(port), true, false).expect("co-bound");
+    assert_eq!(receiver(&[&shared, &thief], at(port)), Some(1));
+    let same = udp_as(victim, at(0), true, false).unwrap();
+    let port = port_of(&same);
+    let thief = udp_as(other, at(port), true, false).expect("co-bound");
+    assert_eq!(receiver(&[&same, &thief], at(port)), Some(1));
+    // Only when both set it, at the time of the later bind.
+    let only_victim = udp_as(victim, at(0), true, false).unwrap();
+    assert!(in_use(udp_as(
+        other,
+        at(port_of(&only_victim)),
+        false,
+        false
+    )));
+    let cleared = udp_as(victim, at(0), true, false).unwrap();
+    nix::sys::socket::setsockopt(&cleared, nix::sys::socket::sockopt::ReuseAddr, &false).unwrap();
+    assert!(in_use(udp_as(other, at(port_of(&cleared)), true, false)));
+    // Clearing it after the co-bind undoes nothing.
+    let early = udp_as(victim, at(0), true, false).unwrap();
+    let port = port_of(&early);
+    let thief = udp_as(other, at(port), true, false).expect("co-bound");
+    nix::sys::socket::setsockopt(&thief, nix::sys::socket::sockopt::ReuseAddr, &false).unwrap();
+    nix::sys::socket::setsockopt(&early, nix::sys::socket::sockopt::ReuseAddr, &false).unwrap();
+    assert_eq!(receiver(&[&early, &thief], at(port)), Some(1));
+}
+
+/// The relay's answer to the above: a socket with `SO_REUSEADDR` set is
+/// refused (any user could share its port later), and so is one whose
+/// port another user's socket already shares, whichever of the two users
+/// asks: the one whose port the other co-bound (its relayed SYNs would go
+/// to the other), or the one that co-bound (it would point its service at
+/// the other's program). Once the port is its owner's alone, the relay
+/// is taken, and nobody else can bind the port while sald keeps it.
+#[test]
+fn a_relay_to_a_port_another_user_shares_is_refused() {
+    require_root!();
+    let dir = Scratch::new("relayshare");
+    let ip = Ipv4Addr::new(127, 0, 0, 9);
+    let (_sald, control) = in_process(&dir, "sald", ip);
+    let (owner, other) = (65_528u32, 65_529u32);
+    let at = |port| SocketAddrV4::new(ip, port);
+    let relay = Request::Relay {
+        prefix: prefix(),
+        locator: None,
+    };
+    let mut owner_client = common::client_as(&control, owner).expect("control socket");
+    let mut other_client = common::client_as(&control, other).expect("control socket");
+    let clear = |socket: &UdpSocket| {
+        let option = nix::sys::socket::sockopt::ReuseAddr;
+        nix::sys::socket::setsockopt(socket, option, &false).unwrap();
+    };
+    // SO_REUSEADDR set: refused, whoever else is there.
+    let reusable = udp_as(owner, at(0), true, false).unwrap();
+    assert_eq!(
+        kind_of(owner_client.request_with_fd(&relay, reusable.as_fd())),
+        ErrorKind::InvalidRequest
+    );
+    // Co-bound by another user, both flags cleared since: refused to
+    // either of them.
+    let port = port_of(&reusable);
+    let thief = udp_as(other, at(port), true, false).expect("co-bound");
+    clear(&reusable);
+    clear(&thief);
+    assert_eq!(
+        kind_of(owner_client.request_with_fd(&relay, reusable.as_fd())),
+        ErrorKind::PermissionDenied
+    );
+    assert_eq!(
+        kind_of(other_client.request_with_fd(&relay, thief.as_fd())),
+        ErrorKind::PermissionDenied
+    );
+    // Its owner's alone once the other's socket is gone; taken then.
+    drop(thief);
+    let reply = owner_client
+        .request_with_fd(&relay, reusable.as_fd())
+        .expect("relay");
+    assert!(matches!(reply.response, Response::Relaying { .. }));
+    let kept_out = udp_as(other, at(port), true, false);
+    assert!(kept_out.is_err_and(|e| e.kind() == std::io::ErrorKind::AddrInUse));
+}

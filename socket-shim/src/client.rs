@@ -250,6 +250,7 @@ pub(crate) fn response_name(response: &Response) -> &'static str {
         Response::Delivering { .. } => "delivering",
         Response::Accepted { .. } => "accepted",
         Response::Connected { .. } => "connected",
+        Response::Adopted { .. } => "adopted",
         Response::DatagramOpened { .. } => "datagram_opened",
         Response::Rules { .. } => "rules",
         Response::Flows { .. } => "flows",

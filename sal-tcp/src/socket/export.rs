@@ -110,6 +110,31 @@ pub enum ImportError {
     BadMss(u16),
 }
 
+impl SocketExport {
+    /// Refuses buffers longer than `config` lets a socket hold: an export
+    /// that can never be imported here, whatever memory is free (a caller
+    /// that checks its budget first tells the two apart this way).
+    pub fn check_buffer_lengths(&self, config: &Config) -> Result<(), ImportError> {
+        let send_limit = config.max_send_buffer.clamp(1, MAX_BUFFER);
+        let recv_limit = config.max_recv_buffer.clamp(1, MAX_BUFFER);
+        if self.send_buffer.len() > send_limit {
+            return Err(ImportError::BufferTooLarge {
+                which: "send",
+                len: self.send_buffer.len(),
+                limit: send_limit,
+            });
+        }
+        if self.recv_buffer.len() > recv_limit {
+            return Err(ImportError::BufferTooLarge {
+                which: "receive",
+                len: self.recv_buffer.len(),
+                limit: recv_limit,
+            });
+        }
+        Ok(())
+    }
+}
+
 impl Socket {
     /// The connection's state at `now`, to be set up in another socket by
     /// [`Socket::import`]; this socket is left as it was (its owner drops
@@ -149,22 +174,7 @@ impl Socket {
         export: &SocketExport,
         now: Instant,
     ) -> Result<Socket, ImportError> {
-        let send_limit = config.max_send_buffer.clamp(1, MAX_BUFFER);
-        let recv_limit = config.max_recv_buffer.clamp(1, MAX_BUFFER);
-        if export.send_buffer.len() > send_limit {
-            return Err(ImportError::BufferTooLarge {
-                which: "send",
-                len: export.send_buffer.len(),
-                limit: send_limit,
-            });
-        }
-        if export.recv_buffer.len() > recv_limit {
-            return Err(ImportError::BufferTooLarge {
-                which: "receive",
-                len: export.recv_buffer.len(),
-                limit: recv_limit,
-            });
-        }
+        export.check_buffer_lengths(config)?;
         // Both lengths are below 2^30 here, so the sums and differences
         // below cannot wrap past what a sequence number compares.
         let sent = export.send_max.wrapping_sub(export.send_unacked);
@@ -201,7 +211,7 @@ impl Socket {
             return Err(ImportError::BufferTooLarge {
                 which: "send or receive",
                 len: export.send_buffer.len().max(export.recv_buffer.len()),
-                limit: send_limit.min(recv_limit),
+                limit: config.max_send_buffer.min(config.max_recv_buffer),
             });
         }
         socket.tx_buffer = tx_buffer;

@@ -48,7 +48,8 @@ use crate::wire::{ControlFlags, TransportProtocol, MAX_ADDRESS_ADDRS};
 
 /// The version of [`FlowExport`]'s form this build writes, and the only one
 /// it reads.
-pub const FLOW_EXPORT_VERSION: u32 = 1;
+/// Version 2 added [`FlowExport::local`].
+pub const FLOW_EXPORT_VERSION: u32 = 2;
 
 /// An established stream flow's whole state, taken out of one host by
 /// [`Host::export_flow`] to be taken up by another with
@@ -66,6 +67,12 @@ pub struct FlowExport {
     pub service: ServiceId,
     /// Whether this end opened the flow.
     pub role: Role,
+    /// Where the flow was on the exporting host: the locator it used.
+    /// [`Host::import_flow`] moves the flow to its own locator whatever
+    /// this says; a driver that takes exports from others checks it
+    /// against the exporter (sald's `Adopt` wants the UDP socket bound
+    /// there, which proves the exporter held the flow's locator).
+    pub local: Locator,
     /// Where the peer is.
     pub peer: Locator,
     /// Other locators the peer advertised (candidates only, see `path.rs`).
@@ -124,9 +131,54 @@ pub enum ImportError {
     /// More advertised locators than a packet can carry.
     #[error("{0} advertised peer locators, more than a packet carries")]
     TooManyLocators(usize),
-    /// The flow's buffers would take the host past its buffer budget.
-    #[error("the flow's {0} buffered bytes do not fit the host's buffer budget")]
+    /// The flow's buffers would take the host past its buffer budget, or
+    /// the host is under memory pressure.
+    #[error("the flow's {0} bytes of buffers do not fit the host's buffer budget")]
     OverBudget(usize),
+    /// The flow's buffers would take its group past the group's budget,
+    /// or the group is under memory pressure (see `budget.rs`).
+    #[error("the flow's {bytes} bytes of buffers do not fit group {group}'s buffer budget")]
+    GroupOverBudget {
+        /// The buffer memory the import would take.
+        bytes: usize,
+        /// The group it was to be charged to.
+        group: u32,
+    },
+}
+
+impl ImportError {
+    /// Whether the export was refused for want of memory (the host's or
+    /// its group's), not because it is malformed: a caller may try again
+    /// once memory is free.
+    pub fn is_exhaustion(&self) -> bool {
+        matches!(
+            self,
+            ImportError::OverBudget(_) | ImportError::GroupOverBudget { .. }
+        )
+    }
+}
+
+/// The buffer memory [`sal_tcp::Socket::import`] takes for `export` under
+/// `config`: each buffer that holds bytes allocates `min_buffer` first and
+/// doubles up to its maximum until the bytes fit, as `sal_tcp`'s
+/// `ElasticBuffer` grows (a test checks that the two agree). Reckoned from
+/// the lengths alone, before anything is allocated, so that an import can
+/// be refused for want of memory first. Lengths beyond the maximum (which
+/// the import refuses anyway) count as the maximum.
+pub fn import_memory(config: &sal_tcp::Config, export: &sal_tcp::SocketExport) -> usize {
+    let allocation = |len: usize, max: usize| {
+        let max = max.clamp(1, sal_tcp::MAX_BUFFER);
+        if len == 0 {
+            return 0;
+        }
+        let mut cap = config.min_buffer.clamp(1, max);
+        while cap < len.min(max) {
+            cap = cap.saturating_mul(2);
+        }
+        cap.min(max)
+    };
+    allocation(export.send_buffer.len(), config.max_send_buffer)
+        + allocation(export.recv_buffer.len(), config.max_recv_buffer)
 }
 
 /// Tombstones kept at most: a bound on their memory (about 40 bytes
@@ -229,7 +281,7 @@ impl Host {
     /// Takes up a flow another host (or this one) exported, on interface
     /// `interface`, and moves it there at once with an RSYN (see the
     /// module docs). Returns its flow ID, the export's. The flow is in no
-    /// group ([`Host::set_flow_group`] puts it in one).
+    /// group ([`Host::import_flow_in_group`] puts it in one).
     ///
     /// Refused: an export that does not hold together or does not fit
     /// this host ([`HostError::BadImport`]), a flow ID in use here
@@ -239,6 +291,26 @@ impl Host {
         &mut self,
         export: FlowExport,
         interface: &str,
+    ) -> Result<FlowId, HostError> {
+        self.import_flow_in_group(export, interface, NO_GROUP)
+    }
+
+    /// [`Host::import_flow`], the flow going into buffer budget group
+    /// `group` (see `budget.rs`; [`NO_GROUP`]: none) as
+    /// [`Host::set_flow_group`] would put it, except that the group's
+    /// budget is checked first:
+    /// the buffers the export needs ([`import_memory`]) must fit both the
+    /// host's budget and the group's, and neither may be under memory
+    /// pressure if they need any, or the import is refused
+    /// ([`ImportError::OverBudget`], [`ImportError::GroupOverBudget`])
+    /// before anything is allocated. A flow opened here would start with
+    /// empty buffers that grow only while there is no pressure; an
+    /// imported one arrives with its bytes, so it must fit at once.
+    pub fn import_flow_in_group(
+        &mut self,
+        export: FlowExport,
+        interface: &str,
+        group: u32,
     ) -> Result<FlowId, HostError> {
         if export.version != FLOW_EXPORT_VERSION {
             return Err(ImportError::Version(export.version).into());
@@ -273,14 +345,22 @@ impl Host {
         if self.endpoints.len() >= self.endpoints.capacity() {
             return Err(HostError::TooManyFlows(self.endpoints.capacity()));
         }
+        // Memory first, from the lengths alone: nothing is allocated for
+        // an export that does not fit. Buffers longer than this host's
+        // sockets hold are the export's fault, not a want of memory.
+        (export.socket)
+            .check_buffer_lengths(&self.config.stream)
+            .map_err(ImportError::from)?;
+        let needed = import_memory(&self.config.stream, &export.socket);
+        self.check_import_budget(needed, group)?;
         let now = self.now;
         let socket = sal_tcp::Socket::import(&self.config.stream, &export.socket, now)
             .map_err(ImportError::from)?;
         let memory = socket.buffer_memory();
-        if let Some(limit) = self.config.buffer_memory_limit {
-            if self.stats.buffer_bytes.saturating_add(memory as u64) > limit as u64 {
-                return Err(ImportError::OverBudget(memory).into());
-            }
+        // `import_memory` reckons what the import takes; should the two
+        // ever disagree, what was taken is what counts.
+        if memory > needed {
+            self.check_import_budget(memory, group)?;
         }
 
         let mut control = ControlState::new(export.local_nonce, export.next_verno);
@@ -295,6 +375,7 @@ impl Host {
             now,
         );
         flow.id = id;
+        flow.group = group;
         flow.peer_flow = Some(export.peer_flow);
         flow.state = FlowState::Established;
         flow.path.remote = Some(export.peer);
@@ -309,7 +390,7 @@ impl Host {
             .insert(id, Endpoint::Flow(Box::new(flow)))
             .map_err(|_| HostError::FlowIdInUse(id))?;
         self.flow_count += 1;
-        self.account_buffers(Charge::Group(NO_GROUP), 0, memory);
+        self.account_buffers(Charge::Group(group), 0, memory);
         self.exported.raise(id);
         self.stats.flows_imported += 1;
         self.stats.migrations += 1;
@@ -322,6 +403,34 @@ impl Host {
         self.queue_output(id);
         self.mark_dirty(id);
         Ok(id)
+    }
+
+    /// Refuses an import whose buffers take `bytes` (none: always
+    /// admitted) when they do not fit the host's budget or `group`'s, or
+    /// either is under memory pressure (see [`Host::import_flow_in_group`]).
+    fn check_import_budget(&self, bytes: usize, group: u32) -> Result<(), ImportError> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        let fits = |held: u64, limit: Option<usize>| {
+            limit.is_none_or(|limit| held.saturating_add(bytes as u64) <= limit as u64)
+        };
+        if self.stats.buffer_pressure
+            || !fits(self.stats.buffer_bytes, self.config.buffer_memory_limit)
+        {
+            return Err(ImportError::OverBudget(bytes));
+        }
+        let charge = Charge::Group(group);
+        if group != NO_GROUP
+            && (self.buffer_pressure(charge)
+                || !fits(
+                    self.group_buffer_bytes(group),
+                    self.config.buffer_memory_group_limit,
+                ))
+        {
+            return Err(ImportError::GroupOverBudget { bytes, group });
+        }
+        Ok(())
     }
 
     /// Whether packets for flow `id`, which this host does not have, are
@@ -382,6 +491,7 @@ fn flow_export(flow: &Flow, now: Instant) -> Result<FlowExport, NotExportable> {
         peer_flow,
         service: flow.service,
         role: flow.role,
+        local: flow.path.local,
         peer,
         peer_locators: flow.path.peer_locators().to_vec(),
         local_nonce: flow.control.local_nonce,

@@ -124,7 +124,8 @@ pub struct HostStats {
     #[serde(default)]
     pub broadcast_dropped: u64,
     /// Packets from a source no peer can have (broadcast, multicast,
-    /// unspecified), as IP source or as the client in SOURCE.
+    /// unspecified), as IP source or as the client in SOURCE, and first
+    /// packets from off this host whose SOURCE names a loopback client.
     #[serde(default)]
     pub bad_source: u64,
     /// Resets that reported a datagram refused by the host it was sent to.

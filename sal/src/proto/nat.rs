@@ -206,6 +206,14 @@ struct Challenge {
 /// service router, the client's address from SOURCE with the port the
 /// router recorded (else the router's own port, as when one port served a
 /// whole deployment).
+///
+/// SOURCE `[L, L]` from `L` (a hop that shares its client's address: a
+/// program's SYN relayed by the sald beside it) is answered at the port
+/// recorded, so a sender at `L` can steer the answer to any port of its
+/// own address; no further than a sender anywhere else (`S`) can with
+/// `[L, S]`: SOURCE names where to answer by design (WIRE.md), and earns
+/// that address one answer per first packet. A loopback address is never
+/// taken from off the host ([`loopback_from_afar`]).
 pub(super) fn client_locator(src: &Locator, source: Option<&SourceRepr>) -> Locator {
     let Some(source) = source else {
         return *src;
@@ -232,6 +240,25 @@ pub(super) fn client_locator(src: &Locator, source: Option<&SourceRepr>) -> Loca
             Locator::Udp(std::net::SocketAddrV4::new(client, port))
         }
     }
+}
+
+/// Whether a first packet from `src` with SOURCE `source` names a
+/// loopback address as its client though it did not come over loopback
+/// itself. A loopback address names a host only to itself: a packet that
+/// came from elsewhere cannot have come from there, and answering it (at
+/// [`client_locator`]) would send this host's SYN-ACK or datagram answer
+/// to a port on its own loopback, to whichever program listens there, at
+/// a remote sender's word. Over loopback (a program's SYN that the daemon
+/// beside it relayed to a program beside both, all on 127.0.0.1) such a
+/// SOURCE is the true path: the kernel never delivers a loopback source
+/// from a link. A hop's address is only a record of the path (nothing is
+/// sent there), and a daemon reached at 127.0.0.1 by a program on the
+/// host's address records that one truly.
+pub(super) fn loopback_from_afar(src: &Locator, source: Option<&SourceRepr>) -> bool {
+    !src.ip().is_loopback()
+        && source
+            .and_then(|source| source.addrs.first())
+            .is_some_and(|client| client.is_loopback())
 }
 
 /// Whether the transport segment of a packet from `src` to `dst` passes its
@@ -770,6 +797,35 @@ mod tests {
             client_locator(&loc("udp:10.0.0.1:7077"), Some(&beside)),
             loc("udp:10.0.0.1:40123")
         );
+        // That steers no further than SOURCE lets any sender elsewhere.
+        let elsewhere = source(&["10.0.0.1", "10.9.9.9"], 40123);
+        assert_eq!(
+            client_locator(&loc("udp:10.9.9.9:5555"), Some(&elsewhere)),
+            loc("udp:10.0.0.1:40123")
+        );
+    }
+
+    #[test]
+    fn loopback_on_the_path_is_taken_only_over_loopback() {
+        let afar = loc("udp:10.0.0.9:6666");
+        let forged = source(&["127.0.0.1", "10.0.0.9"], 53);
+        assert!(loopback_from_afar(&afar, Some(&forged)));
+        // A daemon reached at 127.0.0.1 by a program on a real address.
+        let hop = source(&["10.0.0.9", "127.0.0.1"], 6666);
+        assert!(!loopback_from_afar(&afar, Some(&hop)));
+        assert!(loopback_from_afar(&loc("10.0.0.9"), Some(&forged)));
+        assert!(!loopback_from_afar(&afar, None));
+        assert!(!loopback_from_afar(
+            &afar,
+            Some(&source(&["10.0.0.9", "10.0.0.1"], 0))
+        ));
+        // All on one machine's loopback: a program's SYN relayed by the
+        // daemon beside it.
+        let beside = source(&["127.0.0.7", "127.0.0.7"], 40123);
+        assert!(!loopback_from_afar(
+            &loc("udp:127.0.0.7:7077"),
+            Some(&beside)
+        ));
     }
 
     #[test]

@@ -98,7 +98,7 @@ pub(super) fn open_datagram(client: &mut Client) -> Reply {
 /// The refusal of a new flow or datagram socket to an ordinary user
 /// (`ENOBUFS`, as when sald is out of flows; logged at a bounded rate, like
 /// refused clients): see [`share_refusal`].
-fn over_share(context: &ControlContext, core: &Core, uid: u32) -> Option<Reply> {
+pub(super) fn over_share(context: &ControlContext, core: &Core, uid: u32) -> Option<Reply> {
     let message = share_refusal(context, core, uid)?;
     context.log_share_refusal(&message);
     Some(error_reply(ErrorKind::Exhausted, message))

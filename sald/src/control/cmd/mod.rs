@@ -1,10 +1,12 @@
 //! One function per request, grouped by what they act on (as mini-redis's
 //! `cmd/`): [`bind`] (listeners), [`drain`] (graceful leaves), [`flows`] (connects, datagram sockets and
 //! handing flows over), [`relay`] (binds served by a program's own SAL
-//! host), [`rules`], [`inspect`] (listings, stats, with
+//! host), [`adopt`] (flows a program's own host hands over, checked with
+//! [`program_socket`] as relays are), [`rules`], [`inspect`] (listings, stats, with
 //! [`parts`] for long lists) and [`migrate`]. `Hello`, `Subscribe` and `Connector` change what the
 //! connection is and are handled by the client loop.
 
+mod adopt;
 mod bind;
 mod deliver;
 mod drain;
@@ -12,6 +14,7 @@ mod flows;
 mod inspect;
 mod migrate;
 mod parts;
+mod program_socket;
 mod relay;
 mod rules;
 
@@ -41,6 +44,7 @@ pub(super) async fn handle(client: &mut Client, request: Request) -> Reply {
             backlog,
         } => bind::listen(client, prefix, protocol, backlog),
         Request::Relay { prefix, locator } => relay::relay(client, prefix, locator),
+        Request::Adopt { export } => adopt::adopt(client, *export),
         Request::Accept {
             listener,
             nonblocking,

@@ -16,24 +16,24 @@
 //! cannot. sald keeps the socket while the relay is bound, so that the
 //! port cannot change hands meanwhile either: it stays bound, and with
 //! `SO_REUSEPORT` only its owner's user could share it. Not so with
-//! `SO_REUSEADDR`, which Linux lets any user share for UDP: a program
-//! that relays should not set it (README). The socket must also be in
-//! sald's network namespace (see `in_our_namespace`).
+//! `SO_REUSEADDR`, which Linux lets any user share for UDP (the newest,
+//! most specific socket then takes the port's datagrams: see
+//! `crate::udp_ports`), so a socket is taken only without it and only if
+//! no other user's socket already shares its port. The socket must also
+//! be in sald's network namespace. These checks are `program_socket`'s,
+//! which `Adopt` shares.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::{AsFd, OwnedFd};
 
-use nix::sys::socket::{getsockopt, sockopt, SockType};
 use sal::table::ListenerId;
 use sal::{Locator, ServicePrefix};
 use sal_control::{ErrorKind, Response};
-use socket2::{Protocol, SockRef};
 
 use super::bind::bind_refusal;
+use super::program_socket::{program_socket_address, receives_at, SocketRefusal};
 use super::{error_reply, host_error, Reply};
 use crate::control::client::Client;
 use crate::owners::Binding;
-use crate::plumbing::netns_cookie;
 
 /// Why a relay was refused; each maps to one error class.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -75,17 +75,48 @@ pub enum RelayRefusal {
     /// The locator's address is none of this host's.
     #[error("relay: {0} is no address of this host")]
     NotLocal(Ipv4Addr),
+    /// The socket has `SO_REUSEADDR` set: any user could bind its port
+    /// too, and take what sald relays there.
+    #[error("relay: the UDP socket passed has SO_REUSEADDR set, with which any user may bind its port too: clear it")]
+    ReuseAddr,
+    /// Another user's socket already shares the socket's port (both set
+    /// `SO_REUSEADDR` when the later one was bound).
+    #[error("relay: a socket of another user (uid {uid}) also receives on port {port}")]
+    Shared {
+        /// The port.
+        port: u16,
+        /// The other socket's owner.
+        uid: u32,
+    },
+    /// The port's sockets could not be listed.
+    #[error("relay: cannot list the UDP sockets of this host")]
+    Unchecked,
+}
+
+impl From<SocketRefusal> for RelayRefusal {
+    fn from(refusal: SocketRefusal) -> RelayRefusal {
+        match refusal {
+            SocketRefusal::NotUdp => RelayRefusal::NotUdp,
+            SocketRefusal::Unbound => RelayRefusal::Unbound,
+            SocketRefusal::OtherNamespace => RelayRefusal::OtherNamespace,
+            SocketRefusal::ReuseAddr => RelayRefusal::ReuseAddr,
+            SocketRefusal::Shared { port, uid } => RelayRefusal::Shared { port, uid },
+            SocketRefusal::Unchecked => RelayRefusal::Unchecked,
+        }
+    }
 }
 
 impl RelayRefusal {
     /// The control protocol's error class: the caller's mistake
-    /// (`InvalidRequest`), or a port or address that is not the caller's
-    /// to name (`PermissionDenied`).
+    /// (`InvalidRequest`), a port or address that is not the caller's
+    /// to name (`PermissionDenied`), or sald's own failure to check
+    /// (`Internal`).
     pub fn kind(&self) -> ErrorKind {
         match self {
-            RelayRefusal::NotTheSocket { .. } | RelayRefusal::NotLocal(_) => {
-                ErrorKind::PermissionDenied
-            }
+            RelayRefusal::NotTheSocket { .. }
+            | RelayRefusal::NotLocal(_)
+            | RelayRefusal::Shared { .. } => ErrorKind::PermissionDenied,
+            RelayRefusal::Unchecked => ErrorKind::Internal,
             _ => ErrorKind::InvalidRequest,
         }
     }
@@ -104,12 +135,9 @@ pub(super) fn relay(client: &mut Client, prefix: ServicePrefix, asked: Option<Lo
     if !client.context.shared.lock().host.config().relay_local {
         return RelayRefusal::Off.reply();
     }
-    let bound = match udp_address(&socket).and_then(|bound| {
-        in_our_namespace(&socket)?;
-        Ok(bound)
-    }) {
+    let bound = match program_socket_address(&socket) {
         Ok(bound) => bound,
-        Err(refusal) => return refusal.reply(),
+        Err(refusal) => return RelayRefusal::from(refusal).reply(),
     };
     let context = client.context.clone();
     let mut core = context.shared.lock();
@@ -154,45 +182,6 @@ pub(super) fn without_queue(client: &Client, listener: ListenerId) -> Option<Rep
     ))
 }
 
-/// Checks that `socket` lives in sald's network namespace: an address
-/// and port name a socket only within one. Without this, a user could
-/// make a namespace of their own (unprivileged user namespaces), give it
-/// this host's address, bind there the port of another user's program
-/// here, and pass that socket: its address would pass every other check.
-/// Compared by the namespaces' cookies (`SO_NETNS_COOKIE`, Linux 5.14);
-/// a kernel without them is refused, since nothing else proves it.
-fn in_our_namespace(socket: &OwnedFd) -> Result<(), RelayRefusal> {
-    let ours = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
-        .map_err(|_| RelayRefusal::OtherNamespace)?;
-    match (netns_cookie(socket.as_fd()), netns_cookie(ours.as_fd())) {
-        (Some(theirs), Some(ours)) if theirs == ours => Ok(()),
-        _ => Err(RelayRefusal::OtherNamespace),
-    }
-}
-
-/// Where `socket` receives, if it is a bound IPv4 UDP socket.
-fn udp_address(socket: &OwnedFd) -> Result<SocketAddrV4, RelayRefusal> {
-    // Fails (`ENOTSOCK`) on anything but a socket, before `SockRef`
-    // takes it for one.
-    let kind = getsockopt(socket, sockopt::SockType).map_err(|_| RelayRefusal::NotUdp)?;
-    if kind != SockType::Datagram {
-        return Err(RelayRefusal::NotUdp);
-    }
-    let socket = SockRef::from(socket);
-    // A datagram socket of another protocol (an ICMP "ping" socket) has a
-    // port of sorts too.
-    if socket.protocol().ok().flatten() != Some(Protocol::UDP) {
-        return Err(RelayRefusal::NotUdp);
-    }
-    let bound = (socket.local_addr().ok())
-        .and_then(|addr| addr.as_socket_ipv4())
-        .ok_or(RelayRefusal::NotUdp)?;
-    if bound.port() == 0 {
-        return Err(RelayRefusal::Unbound);
-    }
-    Ok(bound)
-}
-
 /// The locator a relay forwards to, for a socket bound at `bound` and the
 /// locator `asked` for (see `Request::Relay`), given sald's own locators
 /// `own` and the host's addresses `local`.
@@ -213,9 +202,7 @@ fn choose_locator(
         None => bound,
         Some(native @ Locator::Ipv4(_)) => return Err(RelayRefusal::NotUdpLocator(native)),
         Some(Locator::Udp(addr)) => {
-            let receives = addr.port() == bound.port()
-                && (bound.ip().is_unspecified() || addr.ip() == bound.ip());
-            if !receives {
+            if !receives_at(bound, addr) {
                 return Err(RelayRefusal::NotTheSocket {
                     asked: Locator::Udp(addr),
                     bound,
@@ -250,10 +237,6 @@ fn local_addresses() -> Vec<Ipv4Addr> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{TcpListener, UdpSocket};
-
-    use socket2::{Domain, Socket, Type};
-
     use super::*;
 
     fn addr(s: &str) -> SocketAddrV4 {
@@ -324,27 +307,5 @@ mod tests {
         );
         let native = choose_locator(addr("10.0.0.1:4000"), None, &[loc("10.0.0.1")], &[]);
         assert_eq!(native, Err(RelayRefusal::NativeMode));
-    }
-
-    #[test]
-    fn only_a_bound_ipv4_udp_socket_is_taken() {
-        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        assert_eq!(
-            udp_address(&OwnedFd::from(udp)),
-            Ok(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
-        );
-        let unbound = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
-        assert_eq!(
-            udp_address(&OwnedFd::from(unbound)),
-            Err(RelayRefusal::Unbound)
-        );
-        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
-        assert_eq!(udp_address(&OwnedFd::from(tcp)), Err(RelayRefusal::NotUdp));
-        let v6 = Socket::new(Domain::IPV6, Type::DGRAM, None).unwrap();
-        let _ = v6.bind(&"[::1]:0".parse::<std::net::SocketAddr>().unwrap().into());
-        assert_eq!(udp_address(&OwnedFd::from(v6)), Err(RelayRefusal::NotUdp));
-        let file = std::fs::File::open("/proc/self/status").unwrap();
-        assert_eq!(udp_address(&OwnedFd::from(file)), Err(RelayRefusal::NotUdp));
     }
 }
