@@ -3,14 +3,17 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sal::proto::{Event, HostError};
 use sal::table::Target;
 use sal::wire::TransportProtocol;
 use sal::{FlowId, Locator, ServiceId, ServicePrefix};
+use sal_control::{Request, Response};
+use socket_shim::ControlClient;
 
-use super::node::Node;
+use super::common::program::Node;
 use super::{Tally, MESSAGE};
 
 /// How long one connection may take before it counts as failed.
@@ -32,18 +35,39 @@ struct Echo {
 }
 
 /// Listens for `service` on a host bound at `addr`, and echoes every flow
-/// until its client half-closes, then closes it. Never returns; `ready`
-/// is called once listening.
-pub fn serve(addr: SocketAddrV4, service: ServiceId, ready: impl FnOnce()) -> ! {
+/// until its client half-closes, then closes it. With `relay`, binds the
+/// service with the sald of that control socket too, which then relays
+/// its SYNs here (`Request::Relay`). Never returns; `ready` is called once
+/// listening.
+pub fn serve(
+    addr: SocketAddrV4,
+    service: ServiceId,
+    relay: Option<&Path>,
+    ready: impl FnOnce(),
+) -> ! {
     let mut node = Node::bind(addr).expect("UDP bind");
+    let prefix = ServicePrefix::exact(service);
     let listener = node
         .host
-        .listen(
-            ServicePrefix::exact(service),
-            TransportProtocol::Stream,
-            1024,
-        )
+        .listen(prefix, TransportProtocol::Stream, 1024)
         .expect("listen");
+    // Kept: the relay lasts as long as its control connection.
+    let _sald = relay.map(|control| {
+        let mut sald = ControlClient::connect_to(control).expect("sald's control socket");
+        let request = Request::Relay {
+            prefix,
+            locator: None,
+        };
+        let reply = sald
+            .request_with_fd(&request, node.socket())
+            .expect("relay");
+        assert!(
+            matches!(reply.response, Response::Relaying { .. }),
+            "sald did not relay: {:?}",
+            reply.response
+        );
+        sald
+    });
     ready();
     let mut flows: HashMap<FlowId, Echo> = HashMap::new();
     let mut buf = [0u8; 4096];
