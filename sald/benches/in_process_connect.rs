@@ -161,6 +161,8 @@
 mod common;
 #[path = "in_process/cpu.rs"]
 mod cpu;
+#[path = "in_process/engine_app.rs"]
+mod engine_app;
 #[path = "in_process/kernel.rs"]
 mod kernel;
 #[path = "in_process/sal_app.rs"]
@@ -187,6 +189,8 @@ const UDP_PORT: u16 = 7077;
 const RELAY_PORT: u16 = 7078;
 /// Each sald's UDP port (the `relay` rows).
 const SALD_PORT: u16 = 7079;
+/// The engine server's UDP port (the `engine` rows).
+const ENGINE_PORT: u16 = 7080;
 /// The service the SAL server listens on.
 const SERVICE: &str = "c0ec70";
 
@@ -248,6 +252,10 @@ enum Stack {
     /// forwards to its sald, which forwards to the server's, which relays
     /// to the server program (`Request::Relay`).
     Relay,
+    /// The SAL in the programs on the in-process engine (`sal-inproc`):
+    /// blocking calls from the programs' threads, as a C program under the
+    /// preload's future in-process mode would make, direct as `Sal`.
+    Engine,
 }
 
 impl Stack {
@@ -256,11 +264,12 @@ impl Stack {
             Stack::Kernel => "kernel",
             Stack::Sal => "sal",
             Stack::Relay => "relay",
+            Stack::Engine => "engine",
         }
     }
 
     fn parse(name: &str) -> Option<Stack> {
-        [Stack::Kernel, Stack::Sal, Stack::Relay]
+        [Stack::Kernel, Stack::Sal, Stack::Relay, Stack::Engine]
             .into_iter()
             .find(|s| s.name() == name)
     }
@@ -289,6 +298,7 @@ fn server_role(stack: Stack, addr: Ipv4Addr, control: &Path) -> ! {
             Some(control),
             ready,
         ),
+        Stack::Engine => engine_app::serve(SocketAddrV4::new(addr, ENGINE_PORT), service(), ready),
     }
 }
 
@@ -317,6 +327,15 @@ fn client_role(
                     measured.wait();
                     tally
                 }
+                Stack::Engine => engine_app::client(
+                    SocketAddrV4::new(server, ENGINE_PORT),
+                    local,
+                    service(),
+                    until,
+                    || {
+                        measured.wait();
+                    },
+                ),
                 Stack::Sal | Stack::Relay => sal_app::client(
                     match stack {
                         Stack::Relay => SocketAddrV4::new(local, SALD_PORT),
@@ -571,9 +590,10 @@ fn main() {
     let kernel_server = start_server(server_ns, Stack::Kernel, addrs.0, &server_sald.control);
     let sal_server = start_server(server_ns, Stack::Sal, addrs.0, &server_sald.control);
     let relay_server = start_server(server_ns, Stack::Relay, addrs.0, &server_sald.control);
+    let engine_server = start_server(server_ns, Stack::Engine, addrs.0, &server_sald.control);
     // Kernel and SAL alternate, count by count, so that a change in the
     // machine's load (it is shared) falls on both alike.
-    let rows: Vec<(usize, Run, Run, Run)> = std::iter::once(1)
+    let rows: Vec<(usize, Run, Run, Run, Run)> = std::iter::once(1)
         .chain(parallel.iter().copied())
         .map(|p| {
             let k = run_client(
@@ -586,16 +606,24 @@ fn main() {
             );
             let s = run_client(client_ns, Stack::Sal, addrs, p, millis, sal_server.id());
             let r = run_client(client_ns, Stack::Relay, addrs, p, millis, relay_server.id());
-            (p, k, s, r)
+            let e = run_client(
+                client_ns,
+                Stack::Engine,
+                addrs,
+                p,
+                millis,
+                engine_server.id(),
+            );
+            (p, k, s, r, e)
         })
         .collect();
-    drop((kernel_server, sal_server, relay_server));
+    drop((kernel_server, sal_server, relay_server, engine_server));
     drop((client_sald, server_sald));
     drop(pair);
     report(&rows);
 }
 
-fn report(rows: &[(usize, Run, Run, Run)]) {
+fn report(rows: &[(usize, Run, Run, Run, Run)]) {
     let verdict = |met: bool| if met { "met" } else { "NOT met" };
     let line = |name: &str, r: &Run, ratio: f64| {
         println!(
@@ -635,7 +663,7 @@ fn report(rows: &[(usize, Run, Run, Run)]) {
     println!("CPU columns: microseconds per connection (machine: all CPUs, busy, /proc/stat).");
     println!("ratio: p50 / kernel's (sequential), conn/s / kernel's (parallel).");
     println!("t/e/l: timeouts / wrong echoes / SAL flows left after the final drain.");
-    for (p, k, s, r) in rows {
+    for (p, k, s, r, e) in rows {
         println!();
         let title = if *p == 1 {
             "sequential".to_string()
@@ -667,19 +695,23 @@ fn report(rows: &[(usize, Run, Run, Run)]) {
                 r,
                 r.p50_us as f64 / k.p50_us.max(1) as f64,
             );
+            line("SAL engine", e, e.p50_us as f64 / k.p50_us.max(1) as f64);
             println!(
-                "  target: SAL p50 <= 3x kernel's: in-process {}, via relays {}",
+                "  target: SAL p50 <= 3x kernel's: in-process {}, via relays {}, engine {}",
                 verdict(s.p50_us <= 3 * k.p50_us),
-                verdict(r.p50_us <= 3 * k.p50_us)
+                verdict(r.p50_us <= 3 * k.p50_us),
+                verdict(e.p50_us <= 3 * k.p50_us)
             );
         } else {
             line("kernel TCP", k, 1.0);
             line("SAL in-process", s, s.rate / k.rate);
             line("SAL via relays", r, r.rate / k.rate);
+            line("SAL engine", e, e.rate / k.rate);
             println!(
-                "  target: SAL >= 0.5x kernel's rate: in-process {}, via relays {}",
+                "  target: SAL >= 0.5x kernel's rate: in-process {}, via relays {}, engine {}",
                 verdict(s.rate >= 0.5 * k.rate),
-                verdict(r.rate >= 0.5 * k.rate)
+                verdict(r.rate >= 0.5 * k.rate),
+                verdict(e.rate >= 0.5 * k.rate)
             );
         }
     }

@@ -3,9 +3,9 @@
 //! other thread. This is the whole "driver" a program embedding the SAL
 //! would need for streams over UDP carriage. Shared by the in-process
 //! connect bench (`benches/in_process_connect.rs`) and the tests of sald's
-//! relays to such programs (`tests/netns_relay.rs`).
-
-mod udp;
+//! relays to such programs (`tests/relay.rs`). The batched UDP link is
+//! `sal_inproc::udp`, the in-process engine's; that crate's `Runtime` is
+//! the multi-threaded engine built from this loop.
 
 use std::io;
 use std::net::SocketAddrV4;
@@ -17,7 +17,7 @@ use nix::sys::time::TimeSpec;
 use sal::proto::{Event, Host, HostConfig, LocalInterface};
 use sal::Locator;
 
-use udp::{UdpLink, BATCH};
+use sal_inproc::udp::{UdpLink, BATCH};
 
 /// Bytes of UDP header: full-size segments must still fit the MTU (sald
 /// makes the same cut in UDP mode).

@@ -1,7 +1,9 @@
-//! The in-process SAL's UDP socket, batched: each wake reads what waits
-//! with `recvmmsg` (up to [`BATCH`] datagrams a call) and each flush writes
-//! what the host produced with one `sendmmsg`, as sald's UDP link does
-//! (without GSO/GRO, which connection setup's one-packet bursts never use).
+//! The engine's UDP socket, batched: each wake reads what waits with
+//! `recvmmsg` (up to [`BATCH`] datagrams a call) and each flush writes what
+//! the host produced with one `sendmmsg`, as sald's UDP link does (without
+//! GSO/GRO, which connection setup's one-packet bursts never use). Public so
+//! that sald's tests and in-process bench, which drive a host of their own
+//! on the caller's thread, use the same link.
 //!
 //! The socket stays blocking, so that a send batch always goes out whole;
 //! receives ask `MSG_DONTWAIT`, and the event loop waits in `ppoll`.
@@ -30,6 +32,15 @@ pub struct UdpLink {
     /// Destination and length of each datagram waiting in `tx`.
     queued: Vec<(SockaddrIn, usize)>,
 }
+
+// SAFETY: `MultiHeaders` is not `Send` only because its `mmsghdr`s hold raw
+// pointers: to its own heap buffers (the address slots it owns and moves
+// with it) and to the iovecs of the last call (set afresh by every
+// `recvmmsg`/`sendmmsg` before the kernel reads them, never dereferenced
+// otherwise). Nothing is shared with another thread, so moving the link to
+// one (the engine's host moves between the threads that drive it, one at a
+// time under a mutex) is sound.
+unsafe impl Send for UdpLink {}
 
 impl UdpLink {
     /// Binds `addr`.

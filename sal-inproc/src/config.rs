@@ -1,0 +1,64 @@
+//! What a [`Runtime`](crate::Runtime) is made from.
+
+use std::net::SocketAddrV4;
+
+use sal::proto::{default_stream_config, HostConfig};
+use sal::Locator;
+
+/// Bytes of UDP header: full-size segments must still fit the MTU (sald
+/// makes the same cut in UDP mode).
+const UDP_HEADER_LEN: u16 = 8;
+
+/// A runtime's socket, route and buffers.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the UDP socket binds (port 0: the kernel picks one); the host's
+    /// one interface and locator is `udp:ADDR:PORT`.
+    pub addr: SocketAddrV4,
+    /// Where every SYN goes (the host's one rule, FORWARD `0/0`): the local
+    /// sald's `udp:` locator in production, or a peer engine's locator.
+    pub route: Locator,
+    /// First allocation of a flow's buffers, bytes.
+    pub min_buffer: usize,
+    /// Most bytes a flow's send buffer holds (queued plus unacknowledged).
+    pub max_send_buffer: usize,
+    /// Most bytes a flow's receive buffer holds: the window it offers.
+    pub max_recv_buffer: usize,
+    /// Run the driver thread, which drives the host while no application
+    /// thread waits inside the engine. Off only for tests that show what
+    /// it covers, and for callers that drive through
+    /// [`Runtime::wait_fds`](crate::Runtime::wait_fds) themselves.
+    pub driver_thread: bool,
+}
+
+impl Config {
+    /// A socket at `addr` routing every SYN to `route`, with the SAL's
+    /// default buffers, and the driver thread on.
+    pub fn new(addr: SocketAddrV4, route: Locator) -> Config {
+        let stream = default_stream_config();
+        Config {
+            addr,
+            route,
+            min_buffer: stream.min_buffer,
+            max_send_buffer: stream.max_send_buffer,
+            max_recv_buffer: stream.max_recv_buffer,
+            driver_thread: true,
+        }
+    }
+
+    /// The host's configuration: fresh randomness from the operating
+    /// system (flow IDs, nonces, ISNs, cookies), segments cut for UDP
+    /// carriage as sald's are, and this config's buffers.
+    pub(crate) fn host_config(&self) -> HostConfig {
+        let mut config = HostConfig {
+            seed: rand::random(),
+            entropy: Some(rand::random()),
+            ..HostConfig::default()
+        };
+        config.stream.mss -= UDP_HEADER_LEN;
+        config.stream.min_buffer = self.min_buffer;
+        config.stream.max_send_buffer = self.max_send_buffer;
+        config.stream.max_recv_buffer = self.max_recv_buffer;
+        config
+    }
+}

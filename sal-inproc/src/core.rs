@@ -1,0 +1,418 @@
+//! What the engine's mutex guards: the host, its UDP link and timerfd, and
+//! the state of each flow and listener the application holds. Whoever holds
+//! the lock drives: every locked section reads what waits on the socket
+//! before its work and sends what the host produced after it, so that a
+//! thread that finds the lock taken can count on the holder to drain the
+//! socket.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
+use sal::proto::{ConnectError, Event, Host, HostError, LocalInterface};
+use sal::table::{ListenerId, Target};
+use sal::{FlowId, Locator, ServicePrefix};
+
+use crate::clock::Clock;
+use crate::mirror::{Mirror, Signal};
+use crate::udp::{UdpLink, BATCH};
+use crate::{Config, Error};
+
+/// Where a flow's opening is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Opening {
+    /// The SYN is out, no answer yet.
+    Pending,
+    /// Established (or accepted).
+    Done,
+    /// The connect failed; the host forgot the flow.
+    Failed(ConnectError),
+}
+
+/// The engine's name for a stream the application holds: unlike its flow
+/// ID, which the host releases when a connect fails (and may then give to
+/// another flow), never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Key(u64);
+
+/// The engine's state of one flow the application holds.
+#[derive(Debug)]
+pub(crate) struct FlowEntry {
+    /// The host's flow; `None` once the host forgot it (a failed connect).
+    pub(crate) flow: Option<FlowId>,
+    pub(crate) opening: Opening,
+    /// The application shut its sending direction down.
+    pub(crate) write_shut: bool,
+    readable: Mirror,
+    writable: Mirror,
+}
+
+/// The engine's state of one listener the application holds.
+#[derive(Debug)]
+struct ListenerEntry {
+    /// Established flows waiting in the accept queue, as counted from the
+    /// host's events (an overcount, for a flow that died queued, is
+    /// corrected by the accept that finds none).
+    queued: usize,
+    readable: Mirror,
+}
+
+/// The eventfds of a new stream.
+pub(crate) struct StreamSignals {
+    pub(crate) readable: Arc<Signal>,
+    pub(crate) writable: Arc<Signal>,
+}
+
+/// The host and everything driven with it.
+pub(crate) struct Core {
+    pub(crate) host: Host,
+    link: UdpLink,
+    local: Locator,
+    clock: Clock,
+    timer: TimerFd,
+    /// The deadline the timer is armed for.
+    armed: Option<sal::time::Instant>,
+    streams: HashMap<Key, FlowEntry>,
+    /// The stream of each flow the host still has.
+    by_flow: HashMap<FlowId, Key>,
+    next_key: u64,
+    listeners: HashMap<ListenerId, ListenerEntry>,
+    /// Datagrams the host asked to send to a non-UDP locator: counted, not sent.
+    unsendable: u64,
+}
+
+impl Core {
+    /// The UDP socket at `config.addr`, the host with its one interface and
+    /// its one rule, and a disarmed timerfd.
+    pub(crate) fn new(config: &Config) -> Result<Core, Error> {
+        let link = UdpLink::bind(config.addr)?;
+        let addr = link.local_addr()?;
+        let local = Locator::Udp(addr);
+        let clock = Clock::new();
+        let mut host = Host::new(config.host_config(), clock.now());
+        host.add_interface(LocalInterface {
+            name: "udp".into(),
+            locator: local,
+            prefix_len: 24,
+            up: true,
+        });
+        host.add_rule(
+            ServicePrefix::DEFAULT,
+            Target::Forward {
+                locator: config.route,
+                weight: 1,
+            },
+            0,
+        );
+        let timer = TimerFd::new(
+            ClockId::CLOCK_MONOTONIC,
+            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+        )?;
+        Ok(Core {
+            host,
+            link,
+            local,
+            clock,
+            timer,
+            armed: None,
+            streams: HashMap::new(),
+            by_flow: HashMap::new(),
+            next_key: 0,
+            listeners: HashMap::new(),
+            unsendable: 0,
+        })
+    }
+
+    /// The host's locator.
+    pub(crate) fn local(&self) -> Locator {
+        self.local
+    }
+
+    /// The UDP socket and the timerfd: what the engine waits on.
+    pub(crate) fn wait_fds(&self) -> [std::os::fd::BorrowedFd<'_>; 2] {
+        use std::os::fd::AsFd;
+        [self.link.fd(), self.timer.as_fd()]
+    }
+
+    /// Before a call's work: the host's clock to now, and what waits on
+    /// the socket handled.
+    pub(crate) fn before(&mut self) -> Result<(), Error> {
+        self.host.advance_clock(self.clock.now());
+        self.receive()?;
+        self.poll();
+        Ok(())
+    }
+
+    /// After a call's work: the host polled, its output sent, the timer
+    /// armed at its next deadline.
+    pub(crate) fn after(&mut self) -> Result<(), Error> {
+        self.poll();
+        self.flush()?;
+        self.rearm()
+    }
+
+    /// One full turn: read, poll, mirror, send, rearm.
+    pub(crate) fn drive(&mut self) -> Result<(), Error> {
+        self.before()?;
+        self.after()
+    }
+
+    /// Hands every datagram waiting on the socket to the host.
+    fn receive(&mut self) -> Result<(), Error> {
+        loop {
+            let count = self.link.recv_batch()?;
+            let now = self.clock.now();
+            for i in 0..count {
+                let (from, payload) = self.link.datagram(i);
+                (self.host).handle_packet(now, Locator::Udp(from), self.local, 64, payload);
+            }
+            if count < BATCH {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Advances the host to now and mirrors its events.
+    fn poll(&mut self) {
+        self.host.poll(self.clock.now());
+        while let Some(event) = self.host.poll_event() {
+            self.on_event(event);
+        }
+    }
+
+    /// Sends everything the host has to send, in batches.
+    fn flush(&mut self) -> Result<(), Error> {
+        let now = self.clock.now();
+        loop {
+            let Some(slot) = self.link.slot() else {
+                self.link.send_batch()?;
+                continue;
+            };
+            let Some(transmit) = self.host.poll_transmit(now, slot) else {
+                break;
+            };
+            match transmit.dst {
+                Locator::Udp(to) => self.link.queue(to, transmit.len),
+                Locator::Ipv4(_) => {
+                    self.unsendable += 1;
+                    tracing::debug!(
+                        unsendable = self.unsendable,
+                        "datagram for a native locator dropped"
+                    );
+                }
+            }
+        }
+        self.link.send_batch()?;
+        Ok(())
+    }
+
+    /// Arms the timerfd at the host's next deadline (absolute, so that the
+    /// host's clock has reached it when it fires), or disarms it. Setting
+    /// it also clears an expiry that was read by nobody.
+    fn rearm(&mut self) -> Result<(), Error> {
+        let at = self.host.poll_timeout();
+        let due = at.is_some_and(|at| at <= self.clock.now());
+        if at == self.armed && !due {
+            return Ok(());
+        }
+        match at {
+            Some(at) => self.timer.set(
+                Expiration::OneShot(self.clock.absolute(at)),
+                TimerSetTimeFlags::TFD_TIMER_ABSTIME,
+            )?,
+            None => self.timer.unset()?,
+        }
+        self.armed = at;
+        Ok(())
+    }
+
+    /// Mirrors one event on the object it concerns: cost per event, never
+    /// per flow held.
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Connected(id) => {
+                let Some(&key) = self.by_flow.get(&id) else {
+                    return;
+                };
+                if let Some(entry) = self.streams.get_mut(&key) {
+                    entry.opening = Opening::Done;
+                }
+                self.refresh(key);
+            }
+            Event::ConnectFailed(id, error) => self.forget(id, Some(error)),
+            Event::Closed(id) => self.forget(id, None),
+            Event::Activity(id) => {
+                if let Some(&key) = self.by_flow.get(&id) {
+                    self.refresh(key);
+                }
+            }
+            Event::PeerConnected(id) => {
+                let listener = self.host.flow_listener(id);
+                if let Some(entry) = listener.and_then(|l| self.listeners.get_mut(&l)) {
+                    entry.queued += 1;
+                    entry.readable.set(true);
+                }
+            }
+            Event::Incoming(listener) => {
+                if let Some(entry) = self.listeners.get_mut(&listener) {
+                    entry.queued = entry.queued.max(1);
+                    entry.readable.set(true);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The host forgot a flow (and may give its ID to another): its stream,
+    /// if the application holds it, has only its error (or a reset) left.
+    fn forget(&mut self, id: FlowId, error: Option<ConnectError>) {
+        let Some(key) = self.by_flow.remove(&id) else {
+            return;
+        };
+        if let Some(entry) = self.streams.get_mut(&key) {
+            entry.flow = None;
+            if let Some(error) = error {
+                entry.opening = Opening::Failed(error);
+            }
+            entry.readable.set(true);
+            entry.writable.set(true);
+        }
+    }
+
+    /// Sets a flow's mirrors from the host's view of it: readable while it
+    /// has bytes, its end, or an error to read; writable while its send
+    /// buffer has room, or writing would fail at once.
+    pub(crate) fn refresh(&mut self, key: Key) {
+        let Some(entry) = self.streams.get_mut(&key) else {
+            return;
+        };
+        let (readable, writable) = match (entry.opening, entry.flow) {
+            (Opening::Failed(_), _) | (_, None) => (true, true),
+            (Opening::Pending, Some(_)) => (false, false),
+            (Opening::Done, Some(id)) => {
+                // A read of nothing: tells bytes or end (Ok) from nothing
+                // yet (WouldBlock) from an error, and consumes nothing.
+                let readable = !matches!(
+                    self.host.recv_with(id, |_| (0, ())),
+                    Err(HostError::WouldBlock)
+                );
+                let writable = match self.host.send_room(id) {
+                    Ok(room) => room > 0 || entry.write_shut,
+                    Err(_) => true,
+                };
+                (readable, writable)
+            }
+        };
+        entry.readable.set(readable);
+        entry.writable.set(writable);
+    }
+
+    /// Starts a connect: the flow's entry, its SYN queued.
+    pub(crate) fn connect(
+        &mut self,
+        service: sal::ServiceId,
+    ) -> Result<(Key, FlowId, StreamSignals), Error> {
+        let id = self
+            .host
+            .connect(service, sal::wire::TransportProtocol::Stream)?;
+        match self.add_flow(id, Opening::Pending) {
+            Ok((key, signals)) => Ok((key, id, signals)),
+            Err(error) => {
+                let _ = self.host.abort(id);
+                let _ = self.host.close(id);
+                Err(error)
+            }
+        }
+    }
+
+    /// Takes an established flow from a listener's queue.
+    pub(crate) fn accept(
+        &mut self,
+        listener: ListenerId,
+    ) -> Result<(Key, FlowId, StreamSignals), Error> {
+        let taken = self.host.accept(listener);
+        if let Some(entry) = self.listeners.get_mut(&listener) {
+            match taken {
+                Ok(_) => entry.queued = entry.queued.saturating_sub(1),
+                Err(_) => entry.queued = 0,
+            }
+            entry.readable.set(entry.queued > 0);
+        }
+        let id = taken?;
+        match self.add_flow(id, Opening::Done) {
+            Ok((key, signals)) => {
+                self.refresh(key);
+                Ok((key, id, signals))
+            }
+            Err(error) => {
+                let _ = self.host.abort(id);
+                let _ = self.host.close(id);
+                Err(error)
+            }
+        }
+    }
+
+    fn add_flow(&mut self, id: FlowId, opening: Opening) -> Result<(Key, StreamSignals), Error> {
+        let readable = Mirror::new()?;
+        let writable = Mirror::new()?;
+        let signals = StreamSignals {
+            readable: readable.signal(),
+            writable: writable.signal(),
+        };
+        let key = Key(self.next_key);
+        self.next_key += 1;
+        self.by_flow.insert(id, key);
+        self.streams.insert(
+            key,
+            FlowEntry {
+                flow: Some(id),
+                opening,
+                write_shut: false,
+                readable,
+                writable,
+            },
+        );
+        Ok((key, signals))
+    }
+
+    /// A flow's entry.
+    pub(crate) fn stream(&mut self, key: Key) -> Option<&mut FlowEntry> {
+        self.streams.get_mut(&key)
+    }
+
+    /// The application is done with a flow: the host closes it (and
+    /// forgets it once the teardown is over); the engine forgets it now.
+    pub(crate) fn close_stream(&mut self, key: Key) {
+        let Some(id) = self.streams.remove(&key).and_then(|entry| entry.flow) else {
+            return;
+        };
+        self.by_flow.remove(&id);
+        let _ = self.host.close(id);
+    }
+
+    /// Binds a listener.
+    pub(crate) fn listen(
+        &mut self,
+        prefix: ServicePrefix,
+        backlog: usize,
+    ) -> Result<(ListenerId, Arc<Signal>), Error> {
+        let readable = Mirror::new()?;
+        let signal = readable.signal();
+        let id = (self.host).listen(prefix, sal::wire::TransportProtocol::Stream, backlog)?;
+        self.listeners.insert(
+            id,
+            ListenerEntry {
+                queued: 0,
+                readable,
+            },
+        );
+        Ok((id, signal))
+    }
+
+    /// Unbinds a listener (its queued flows are reset).
+    pub(crate) fn close_listener(&mut self, id: ListenerId) {
+        if self.listeners.remove(&id).is_some() {
+            let _ = self.host.close_listener(id);
+        }
+    }
+}

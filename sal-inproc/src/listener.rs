@@ -1,0 +1,55 @@
+//! A listener the application holds, with the eventfd that mirrors its
+//! accept queue.
+
+use std::os::fd::BorrowedFd;
+use std::sync::Arc;
+
+use sal::table::ListenerId;
+
+use crate::mirror::Signal;
+use crate::{Error, Mode, Runtime, Stream};
+
+/// A bound prefix (a listening socket's counterpart). Dropping it unbinds
+/// the prefix and resets the flows not yet accepted.
+pub struct Listener {
+    runtime: Runtime,
+    id: ListenerId,
+    readable: Arc<Signal>,
+}
+
+impl Listener {
+    pub(crate) fn new(runtime: Runtime, id: ListenerId, readable: Arc<Signal>) -> Listener {
+        Listener {
+            runtime,
+            id,
+            readable,
+        }
+    }
+
+    /// Readable exactly while an established flow waits to be accepted.
+    pub fn readable_fd(&self) -> BorrowedFd<'_> {
+        self.readable.fd()
+    }
+
+    /// Takes the next established flow, waiting as `mode` allows.
+    pub fn accept(&self, mode: Mode) -> Result<Stream, Error> {
+        let id = self.id;
+        let (key, flow, signals) = self
+            .runtime
+            .call(mode, Some(&self.readable), |core| core.accept(id))?;
+        Ok(Stream::new(self.runtime.clone(), key, flow, signals))
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let id = self.id;
+        let closed = self.runtime.call(Mode::NonBlocking, None, |core| {
+            core.close_listener(id);
+            Ok(())
+        });
+        if let Err(error) = closed {
+            tracing::debug!(%error, "closing a dropped listener");
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! The engine's lock: a mutex around the [`Core`] whose release wakes the
+//! threads that found it taken.
+//!
+//! A thread that wakes up for input and finds the lock taken lets the
+//! holder drive (every locked section reads the socket first), and sleeps
+//! on its own object's eventfd and on a per-thread eventfd that the holder
+//! raises when it lets go: the thread then goes back to watching the socket,
+//! for what arrived after the holder's read. It never blocks on the mutex
+//! itself from a wait, which a signal handler that interrupted the holder
+//! could not afford (`docs/in-process-sal.md`, "Risks").
+
+use std::ops::{Deref, DerefMut};
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::{fence, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
+
+use nix::errno::Errno;
+use nix::poll::{ppoll, PollFd, PollFlags};
+use nix::sys::time::TimeSpec;
+
+use crate::core::Core;
+use crate::mirror::Signal;
+use crate::Error;
+
+thread_local! {
+    /// This thread's "the lock was let go" eventfd (made at its first lost
+    /// race; `None` if it could not be).
+    static RELEASED: Option<Arc<Signal>> = Signal::new().ok();
+}
+
+/// The core behind its mutex, and the threads waiting for its release.
+pub(crate) struct EngineLock {
+    core: Mutex<Core>,
+    /// Threads registered in `waiting` (read without the list's lock at
+    /// every release: the uncontended path costs one atomic load).
+    losers: AtomicUsize,
+    waiting: Mutex<Vec<Arc<Signal>>>,
+}
+
+/// The core, held; letting go wakes the threads that waited for it.
+pub(crate) struct Held<'a> {
+    guard: Option<MutexGuard<'a, Core>>,
+    lock: &'a EngineLock,
+}
+
+impl EngineLock {
+    pub(crate) fn new(core: Core) -> EngineLock {
+        EngineLock {
+            core: Mutex::new(core),
+            losers: AtomicUsize::new(0),
+            waiting: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn held<'a>(&'a self, guard: MutexGuard<'a, Core>) -> Held<'a> {
+        Held {
+            guard: Some(guard),
+            lock: self,
+        }
+    }
+
+    /// The core, waiting for it if need be (even if a thread panicked
+    /// holding it: the host's state is consistent between its calls).
+    pub(crate) fn lock(&self) -> Held<'_> {
+        self.held(self.core.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The core if it is free now.
+    pub(crate) fn try_lock(&self) -> Option<Held<'_>> {
+        match self.core.try_lock() {
+            Ok(guard) => Some(self.held(guard)),
+            Err(TryLockError::Poisoned(poisoned)) => Some(self.held(poisoned.into_inner())),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// After a lost `try_lock`: sleeps until `own` is raised, the holder
+    /// lets go, or `timeout`. Returns the core if it turned out free.
+    pub(crate) fn wait_release(
+        &self,
+        own: BorrowedFd<'_>,
+        timeout: Option<TimeSpec>,
+    ) -> Result<Option<Held<'_>>, Error> {
+        let Some(me) = RELEASED.with(Clone::clone) else {
+            // No eventfd for this thread: wait for the mutex itself.
+            return Ok(Some(self.lock()));
+        };
+        // Listed before counted, counted before the second look: a holder
+        // that lets go after the look sees the count and finds us listed.
+        self.list().push(Arc::clone(&me));
+        self.losers.fetch_add(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        let result = match self.try_lock() {
+            Some(held) => Ok(Some(held)),
+            None => {
+                let mut fds = [
+                    PollFd::new(own, PollFlags::POLLIN),
+                    PollFd::new(me.fd(), PollFlags::POLLIN),
+                ];
+                match ppoll(&mut fds, timeout, None) {
+                    Ok(_) | Err(Errno::EINTR) => Ok(None),
+                    Err(errno) => Err(errno.into()),
+                }
+            }
+        };
+        {
+            let mut list = self.list();
+            if let Some(i) = list.iter().position(|s| Arc::ptr_eq(s, &me)) {
+                list.swap_remove(i);
+            }
+        }
+        self.losers.fetch_sub(1, Ordering::SeqCst);
+        me.lower();
+        result
+    }
+
+    fn list(&self) -> MutexGuard<'_, Vec<Arc<Signal>>> {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Deref for Held<'_> {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        // Some until dropped.
+        self.guard.as_deref().expect("held")
+    }
+}
+
+impl DerefMut for Held<'_> {
+    fn deref_mut(&mut self) -> &mut Core {
+        self.guard.as_deref_mut().expect("held")
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        fence(Ordering::SeqCst);
+        if self.lock.losers.load(Ordering::SeqCst) > 0 {
+            for waiter in self.lock.list().drain(..) {
+                waiter.raise();
+            }
+        }
+    }
+}

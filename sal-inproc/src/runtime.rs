@@ -1,0 +1,271 @@
+//! The engine: one host per process behind one mutex, driven by whichever
+//! application thread is inside a call, and by the driver thread while none
+//! is.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use nix::errno::Errno;
+use nix::poll::{ppoll, PollFd, PollFlags};
+use nix::sys::time::TimeSpec;
+use sal::{Locator, ServiceId, ServicePrefix};
+
+use crate::core::Core;
+use crate::gate::{self, Gate, Inside};
+use crate::lock::{EngineLock, Held};
+use crate::mirror::Signal;
+use crate::{Config, Error, Listener, Stream};
+
+/// How a call waits when it cannot complete at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Until it completes (a socket without `O_NONBLOCK`).
+    Blocking,
+    /// Not at all: [`Error::WouldBlock`] (a socket with `O_NONBLOCK`).
+    NonBlocking,
+    /// Until it completes or this instant passes, then
+    /// [`Error::WouldBlock`] (`SO_RCVTIMEO`, `SO_SNDTIMEO`).
+    Until(Instant),
+}
+
+/// What the runtime's handles share.
+pub(crate) struct Inner {
+    core: EngineLock,
+    gate: Arc<Gate>,
+    /// Duplicates of the UDP socket and the timerfd, to wait on without
+    /// the lock.
+    udp: OwnedFd,
+    timer: OwnedFd,
+    local: Locator,
+    driver: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Inner {
+    /// The core, waiting for it if need be.
+    fn lock(&self) -> Held<'_> {
+        self.core.lock()
+    }
+
+    /// One full turn of the host under the lock, waiting for it if need be.
+    pub(crate) fn drive(&self) -> Result<(), Error> {
+        self.lock().drive()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.gate.stop();
+        let driver = self
+            .driver
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(handle) = driver.take() {
+            // The driver thread may hold the last handle itself: it ends
+            // on its own then.
+            if handle.thread().id() != std::thread::current().id() {
+                let _ = handle.join();
+            }
+        }
+    }
+}
+
+/// One process's SAL engine: a host on its own UDP socket, shared by all
+/// its threads (clone it freely).
+#[derive(Clone)]
+pub struct Runtime {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// The driver thread's cost (see [`Runtime::driver_stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DriverStats {
+    /// Times it woke up (input while nobody was inside, a thread leaving
+    /// last, a thread coming back).
+    pub wakeups: u64,
+    /// Times it drove the host.
+    pub turns: u64,
+}
+
+/// A thread's presence in the engine (see [`Runtime::enter`]).
+#[derive(Debug)]
+pub struct EnterGuard(#[allow(dead_code)] Inside);
+
+impl Runtime {
+    /// Binds the UDP socket at `config.addr`, makes the host (one interface
+    /// `udp:ADDR:PORT`, one rule: everything to `config.route`) and starts
+    /// the driver thread (unless `config.driver_thread` is off).
+    pub fn bind(config: Config) -> Result<Runtime, Error> {
+        let core = Core::new(&config)?;
+        let [udp, timer] = core.wait_fds();
+        let (udp, timer) = (udp.try_clone_to_owned()?, timer.try_clone_to_owned()?);
+        let local = core.local();
+        let gate = Gate::new()?;
+        let inner = Arc::new(Inner {
+            core: EngineLock::new(core),
+            gate: Arc::clone(&gate),
+            udp,
+            timer,
+            local,
+            driver: Mutex::new(None),
+        });
+        if config.driver_thread {
+            let (udp, timer) = (inner.udp.try_clone()?, inner.timer.try_clone()?);
+            let weak = Arc::downgrade(&inner);
+            let handle = std::thread::Builder::new()
+                .name("sal-inproc-driver".into())
+                .spawn(move || gate::drive_while_away(gate, weak, udp, timer))?;
+            *inner.driver.lock().unwrap_or_else(PoisonError::into_inner) = Some(handle);
+        }
+        Ok(Runtime { inner })
+    }
+
+    /// The host's locator, `udp:ADDR:PORT`: where peers and sald reach it.
+    pub fn local(&self) -> Locator {
+        self.inner.local
+    }
+
+    /// Opens a stream flow to `service`. The SYN is out when this returns.
+    /// Blocking: returns once the flow is established, or its error.
+    /// Non-blocking: returns the stream at once, connecting (as `connect`
+    /// gives `EINPROGRESS`); [`Stream::finish_connect`] tells the outcome,
+    /// and the stream's writable descriptor shows when there is one. With
+    /// a deadline that passes first: [`Error::WouldBlock`], and the flow is
+    /// closed.
+    pub fn connect(&self, service: ServiceId, mode: Mode) -> Result<Stream, Error> {
+        let (key, id, signals) =
+            self.call(Mode::NonBlocking, None, |core| core.connect(service))?;
+        let stream = Stream::new(self.clone(), key, id, signals);
+        if mode != Mode::NonBlocking {
+            stream.finish_connect(mode)?;
+        }
+        Ok(stream)
+    }
+
+    /// Binds a listener to `prefix`; at most `backlog` flows may be
+    /// half-open or waiting to be accepted. Registering the prefix with
+    /// sald (`Relay`) is the caller's business.
+    pub fn listen(&self, prefix: ServicePrefix, backlog: usize) -> Result<Listener, Error> {
+        let (id, signal) =
+            self.call(Mode::NonBlocking, None, |core| core.listen(prefix, backlog))?;
+        Ok(Listener::new(self.clone(), id, signal))
+    }
+
+    /// Counts the calling thread as inside the engine until the guard is
+    /// dropped: the driver thread then leaves the socket alone. For a
+    /// future `poll`/`epoll` interposer that waits on [`Runtime::wait_fds`]
+    /// itself and calls [`Runtime::drive`] when they are readable.
+    pub fn enter(&self) -> EnterGuard {
+        EnterGuard(self.inner.gate.enter())
+    }
+
+    /// The UDP socket and the timerfd: when either is readable, the host
+    /// has work ([`Runtime::drive`]). The socket is also what a listening
+    /// program hands its sald in a `Relay` request, to prove the port is
+    /// its own.
+    pub fn wait_fds(&self) -> [BorrowedFd<'_>; 2] {
+        [self.inner.udp.as_fd(), self.inner.timer.as_fd()]
+    }
+
+    /// One turn of the host on the calling thread: read what waits on the
+    /// socket, run the timers, mirror readiness, send. Waits for the lock
+    /// if another thread holds it.
+    pub fn drive(&self) -> Result<(), Error> {
+        self.inner.drive()
+    }
+
+    /// What the driver thread cost so far: its wake-ups, and the turns of
+    /// the host it drove (0 and 0 without one).
+    pub fn driver_stats(&self) -> DriverStats {
+        let (wakeups, turns) = self.inner.gate.counts();
+        DriverStats { wakeups, turns }
+    }
+
+    /// Flows and datagram sockets the host holds (closing ones included).
+    pub fn flow_count(&self) -> usize {
+        self.inner.lock().host.flow_count()
+    }
+
+    /// Runs `attempt` under the lock between a turn's input and output,
+    /// and again after each wake-up until it stops saying `WouldBlock`, as
+    /// `mode` allows; waits on `own` (the object's readiness) meanwhile.
+    pub(crate) fn call<T>(
+        &self,
+        mode: Mode,
+        own: Option<&Signal>,
+        mut attempt: impl FnMut(&mut Core) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        // Counted as inside from the first wait to the return, wake-ups and
+        // retries included: a thread blocked here for long never lets the
+        // driver thread think the engine empty.
+        let mut inside: Option<Inside> = None;
+        // The core, when a wait won it for input: the input and the retry
+        // are then one locked section.
+        let mut won: Option<Held<'_>> = None;
+        loop {
+            let result = {
+                let mut core = match won.take() {
+                    Some(core) => core,
+                    None => self.inner.lock(),
+                };
+                core.before()?;
+                let result = attempt(&mut core);
+                match core.after() {
+                    Ok(()) => result,
+                    // What the call did stands (an accepted flow must
+                    // reach its caller); the timer retries the output.
+                    Err(error) if result.is_ok() => {
+                        tracing::warn!(%error, "sending the host's output failed");
+                        result
+                    }
+                    Err(error) => Err(error),
+                }
+            };
+            let deadline = match (result, mode) {
+                (Err(Error::WouldBlock), Mode::Blocking) => None,
+                (Err(Error::WouldBlock), Mode::Until(at)) if at > Instant::now() => Some(at),
+                (result, _) => return result,
+            };
+            match own {
+                Some(own) => {
+                    inside.get_or_insert_with(|| self.inner.gate.enter());
+                    won = self.wait(own, deadline)?;
+                }
+                None => return Err(Error::WouldBlock),
+            }
+        }
+    }
+
+    /// Sleeps (counted as inside) until `own` is raised, the socket or the
+    /// timer has input, or `deadline`; on input, returns the core to drive
+    /// if the lock is free. If another thread holds it, that thread drives:
+    /// this one waits for its own object or the holder's release (see
+    /// `lock.rs`).
+    fn wait(&self, own: &Signal, deadline: Option<Instant>) -> Result<Option<Held<'_>>, Error> {
+        let timeout = deadline
+            .map(|at| TimeSpec::from_duration(at.saturating_duration_since(Instant::now())));
+        let fds: [BorrowedFd<'_>; 3] = [self.inner.udp.as_fd(), self.inner.timer.as_fd(), own.fd()];
+        let mut polled = fds.map(|fd| PollFd::new(fd, PollFlags::POLLIN));
+        sleep(&mut polled, timeout)?;
+        let input = polled[..2]
+            .iter()
+            .any(|fd| fd.revents().is_some_and(|r| !r.is_empty()));
+        if !input {
+            return Ok(None);
+        }
+        match self.inner.core.try_lock() {
+            Some(core) => Ok(Some(core)),
+            // None: the holder drove; the caller looks again.
+            None => self.inner.core.wait_release(own.fd(), timeout),
+        }
+    }
+}
+
+/// `ppoll`; EINTR is a wake-up like any other.
+fn sleep(fds: &mut [PollFd<'_>], timeout: Option<TimeSpec>) -> Result<(), Error> {
+    match ppoll(fds, timeout, None) {
+        Ok(_) | Err(Errno::EINTR) => Ok(()),
+        Err(errno) => Err(errno.into()),
+    }
+}

@@ -1,0 +1,158 @@
+//! A stream flow the application holds: a socket's calls, and the two
+//! eventfds that mirror its readiness.
+
+use std::os::fd::BorrowedFd;
+use std::sync::Arc;
+
+use sal::FlowId;
+
+use crate::core::{Core, Key, Opening, StreamSignals};
+use crate::mirror::Signal;
+use crate::{Error, Mode, Runtime};
+
+/// One stream flow (a connected TCP socket's counterpart). Reads and writes
+/// may come from different threads at once. Dropping it closes the flow.
+pub struct Stream {
+    runtime: Runtime,
+    key: Key,
+    id: FlowId,
+    readable: Arc<Signal>,
+    writable: Arc<Signal>,
+    /// [`Stream::close`] closed the flow: dropping does nothing more.
+    closed: bool,
+}
+
+/// The host's flow of a stream whose opening is done, or why there is none.
+fn opened(core: &mut Core, key: Key) -> Result<FlowId, Error> {
+    match core.stream(key).map(|entry| (entry.opening, entry.flow)) {
+        Some((Opening::Failed(error), _)) => Err(error.into()),
+        Some((Opening::Pending, Some(_))) => Err(Error::WouldBlock),
+        Some((Opening::Done, Some(id))) => Ok(id),
+        // Forgotten by the host (Closed while held): only a reset does that.
+        Some((_, None)) | None => Err(Error::Reset),
+    }
+}
+
+impl Stream {
+    pub(crate) fn new(runtime: Runtime, key: Key, id: FlowId, signals: StreamSignals) -> Stream {
+        Stream {
+            runtime,
+            key,
+            id,
+            readable: signals.readable,
+            writable: signals.writable,
+            closed: false,
+        }
+    }
+
+    /// The flow's local ID (after a failed connect, the host may have given
+    /// it to another flow).
+    pub fn id(&self) -> FlowId {
+        self.id
+    }
+
+    /// Readable exactly while a read would not block: bytes, end of stream,
+    /// or an error (a failed connect included).
+    pub fn readable_fd(&self) -> BorrowedFd<'_> {
+        self.readable.fd()
+    }
+
+    /// Readable exactly while a write would not block: room in the send
+    /// buffer, or an error (a failed connect, a flow shut for sending).
+    /// Not before the flow is established.
+    pub fn writable_fd(&self) -> BorrowedFd<'_> {
+        self.writable.fd()
+    }
+
+    /// Waits (as `mode` allows) for the connect's outcome: `Ok` once
+    /// established, its error if it failed, [`Error::WouldBlock`] while the
+    /// SYN is unanswered.
+    pub fn finish_connect(&self, mode: Mode) -> Result<(), Error> {
+        let key = self.key;
+        self.runtime.call(mode, Some(&self.writable), |core| {
+            opened(core, key).map(drop)
+        })
+    }
+
+    /// Reads into `buf`: how many bytes, 0 at end of stream (or for an
+    /// empty `buf`). Blocking: waits for at least one byte, the end, or an
+    /// error. Reading opens the window: the update goes out before this
+    /// returns.
+    pub fn read(&self, buf: &mut [u8], mode: Mode) -> Result<usize, Error> {
+        let key = self.key;
+        self.runtime.call(mode, Some(&self.readable), |core| {
+            let id = opened(core, key)?;
+            let read = core.host.recv(id, buf).map_err(Error::from);
+            core.refresh(key);
+            read
+        })
+    }
+
+    /// Writes `buf`, and sends what the window allows before returning.
+    /// Blocking: all of it. Non-blocking, or past a deadline: as much as
+    /// the send buffer takes, [`Error::WouldBlock`] if none.
+    pub fn write(&self, buf: &[u8], mode: Mode) -> Result<usize, Error> {
+        let key = self.key;
+        let mut written = 0;
+        let result = self.runtime.call(mode, Some(&self.writable), |core| {
+            let id = opened(core, key)?;
+            let result = loop {
+                if written == buf.len() {
+                    break Ok(());
+                }
+                match core.host.send(id, &buf[written..]) {
+                    Ok(n) => written += n,
+                    Err(error) => break Err(Error::from(error)),
+                }
+            };
+            core.refresh(key);
+            result
+        });
+        match result {
+            Ok(()) => Ok(written),
+            Err(Error::WouldBlock) if written > 0 => Ok(written),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Ends the sending direction: the peer reads end of stream once it
+    /// has read everything before.
+    pub fn shutdown_write(&self) -> Result<(), Error> {
+        let key = self.key;
+        self.runtime.call(Mode::NonBlocking, None, |core| {
+            let id = opened(core, key)?;
+            core.host.shutdown(id)?;
+            if let Some(entry) = core.stream(key) {
+                entry.write_shut = true;
+            }
+            core.refresh(key);
+            Ok(())
+        })
+    }
+
+    /// Closes the flow (as dropping it does), reporting an I/O error of
+    /// the socket if sending the close failed.
+    pub fn close(mut self) -> Result<(), Error> {
+        self.closed = true;
+        self.close_flow()
+    }
+
+    fn close_flow(&self) -> Result<(), Error> {
+        let key = self.key;
+        self.runtime.call(Mode::NonBlocking, None, |core| {
+            core.close_stream(key);
+            Ok(())
+        })
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        if self.closed {
+            return;
+        }
+        if let Err(error) = self.close_flow() {
+            tracing::debug!(%error, flow = %self.id, "closing a dropped stream");
+        }
+    }
+}

@@ -1,0 +1,550 @@
+//! Two engines on 127.0.0.1 (each its own UDP port: the host sends a flow
+//! to another port of its own address out, as stage 2 made it), the client
+//! routing its SYNs straight to the server's locator: no sald, no root.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use sal::{Locator, ServiceId, ServicePrefix};
+use sal_inproc::{Config, Error, Listener, Mode, Runtime, Stream};
+
+fn service() -> ServiceId {
+    "c0ec7001".parse().unwrap()
+}
+
+fn loopback() -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)
+}
+
+/// A server engine listening on [`service`] (its own SYNs would go to the
+/// discard port: it makes none).
+fn server(tune: impl FnOnce(&mut Config)) -> (Runtime, Listener) {
+    let mut config = Config::new(
+        loopback(),
+        Locator::Udp(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9)),
+    );
+    tune(&mut config);
+    let runtime = Runtime::bind(config).expect("server bind");
+    let listener = (runtime.listen(ServicePrefix::exact(service()), 1024)).expect("listen");
+    (runtime, listener)
+}
+
+/// A client engine whose SYNs go to `server`.
+fn client(server: &Runtime, tune: impl FnOnce(&mut Config)) -> Runtime {
+    let mut config = Config::new(loopback(), server.local());
+    tune(&mut config);
+    Runtime::bind(config).expect("client bind")
+}
+
+/// `len` bytes that differ with `seed` and position.
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// Whether `fd` is readable within `ms` milliseconds.
+fn ready(fd: BorrowedFd<'_>, ms: u16) -> bool {
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    poll(&mut fds, PollTimeout::from(ms)).expect("poll") == 1
+}
+
+/// Reads until end of stream.
+fn read_to_end(stream: &Stream, mode: Mode) -> Result<Vec<u8>, Error> {
+    let mut got = Vec::new();
+    let mut buf = vec![0; 64 * 1024];
+    loop {
+        let n = stream.read(&mut buf, mode)?;
+        if n == 0 {
+            return Ok(got);
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[test]
+fn the_runtime_and_its_objects_are_shared_between_threads() {
+    fn shared<T: Send + Sync>() {}
+    shared::<Runtime>();
+    shared::<Stream>();
+    shared::<Listener>();
+}
+
+#[test]
+fn a_mebibyte_each_way_arrives_byte_exact_with_blocking_threads() {
+    const LEN: usize = 1 << 20;
+    let (server, listener) = server(|_| {});
+    let client = client(&server, |_| {});
+    let served = thread::spawn(move || {
+        let stream = Arc::new(listener.accept(Mode::Blocking).expect("accept"));
+        let writer = {
+            let stream = Arc::clone(&stream);
+            thread::spawn(move || {
+                let sent = stream
+                    .write(&pattern(LEN, 2), Mode::Blocking)
+                    .expect("server write");
+                stream.shutdown_write().expect("server shutdown");
+                sent
+            })
+        };
+        let got = read_to_end(&stream, Mode::Blocking).expect("server read");
+        (got, writer.join().unwrap())
+    });
+    let stream = Arc::new(client.connect(service(), Mode::Blocking).expect("connect"));
+    let writer = {
+        let stream = Arc::clone(&stream);
+        thread::spawn(move || {
+            let sent = stream
+                .write(&pattern(LEN, 1), Mode::Blocking)
+                .expect("client write");
+            stream.shutdown_write().expect("client shutdown");
+            sent
+        })
+    };
+    let got = read_to_end(&stream, Mode::Blocking).expect("client read");
+    assert_eq!(writer.join().unwrap(), LEN);
+    let (server_got, server_sent) = served.join().unwrap();
+    assert_eq!(server_sent, LEN);
+    assert!(
+        got == pattern(LEN, 2),
+        "client got {} bytes, not the server's",
+        got.len()
+    );
+    assert!(
+        server_got == pattern(LEN, 1),
+        "server got {} bytes, not the client's",
+        server_got.len()
+    );
+}
+
+#[test]
+fn readiness_descriptors_tell_the_truth() {
+    const BUFFER: usize = 64 * 1024;
+    let (server, listener) = server(|c| c.max_recv_buffer = BUFFER);
+    let client = client(&server, |c| c.max_send_buffer = BUFFER);
+    assert!(!ready(listener.readable_fd(), 50), "no flow to accept yet");
+    let stream = client.connect(service(), Mode::Blocking).expect("connect");
+    assert!(ready(listener.readable_fd(), 2000), "a flow to accept");
+    let accepted = listener.accept(Mode::Blocking).expect("accept");
+    assert!(
+        !ready(listener.readable_fd(), 0),
+        "the queue is empty again"
+    );
+
+    assert!(
+        !ready(accepted.readable_fd(), 100),
+        "nothing to read before data"
+    );
+    assert!(ready(stream.writable_fd(), 0), "a fresh flow is writable");
+    assert_eq!(stream.write(b"hello", Mode::Blocking).unwrap(), 5);
+    assert!(
+        ready(accepted.readable_fd(), 2000),
+        "readable once data came"
+    );
+    let mut buf = [0u8; 16];
+    assert_eq!(accepted.read(&mut buf, Mode::NonBlocking).unwrap(), 5);
+    assert_eq!(&buf[..5], b"hello");
+    assert!(
+        !ready(accepted.readable_fd(), 0),
+        "not readable once drained"
+    );
+
+    // Fill the client's send buffer and the server's window: then the
+    // client is not writable, until the server reads.
+    let chunk = pattern(16 * 1024, 3);
+    let mut written = 0;
+    let limit = Instant::now() + Duration::from_secs(5);
+    loop {
+        match stream.write(&chunk, Mode::NonBlocking) {
+            Ok(n) => written += n,
+            Err(Error::WouldBlock) if !ready(stream.writable_fd(), 200) => break,
+            Err(Error::WouldBlock) => {}
+            Err(error) => panic!("write: {error}"),
+        }
+        assert!(Instant::now() < limit, "the send buffer never filled");
+    }
+    assert!(written >= BUFFER, "{written} bytes fit");
+    assert!(!ready(stream.writable_fd(), 300), "not writable while full");
+    let mut sink = vec![0u8; 256 * 1024];
+    let mut drained = 0;
+    while drained < written {
+        drained += accepted.read(&mut sink, Mode::Blocking).expect("drain");
+    }
+    assert!(
+        ready(stream.writable_fd(), 2000),
+        "writable once the peer read"
+    );
+
+    stream.shutdown_write().unwrap();
+    assert!(
+        ready(accepted.readable_fd(), 2000),
+        "readable at end of stream"
+    );
+    assert_eq!(accepted.read(&mut buf, Mode::NonBlocking).unwrap(), 0);
+    assert!(
+        ready(stream.writable_fd(), 0),
+        "shut for writing: writes fail at once"
+    );
+    assert!(matches!(
+        stream.write(b"x", Mode::NonBlocking),
+        Err(Error::SendClosed)
+    ));
+}
+
+/// The client writes 4 send buffers' worth, well under the server's window,
+/// while the server's only application thread sleeps outside the engine:
+/// the write completes only if the server's host acknowledges meanwhile.
+/// Returns how much the write took before its deadline and whether the
+/// bytes then arrived whole.
+fn write_while_the_reader_sleeps(driver_thread: bool) -> (usize, bool) {
+    const SEND_BUFFER: usize = 64 * 1024;
+    const LEN: usize = 4 * SEND_BUFFER;
+    let (server, listener) = server(|c| {
+        c.driver_thread = driver_thread;
+        c.min_buffer = 1 << 20;
+    });
+    let client = client(&server, |c| c.max_send_buffer = SEND_BUFFER);
+    let barrier = Arc::new(Barrier::new(2));
+    let served = {
+        let barrier = Arc::clone(&barrier);
+        thread::spawn(move || {
+            let stream = listener.accept(Mode::Blocking).expect("accept");
+            barrier.wait();
+            thread::sleep(Duration::from_secs(1));
+            read_to_end(&stream, Mode::Blocking).expect("read")
+        })
+    };
+    let stream = client.connect(service(), Mode::Blocking).expect("connect");
+    barrier.wait();
+    let deadline = Instant::now() + Duration::from_millis(800);
+    let written = match stream.write(&pattern(LEN, 4), Mode::Until(deadline)) {
+        Ok(n) => n,
+        Err(Error::WouldBlock) => 0,
+        Err(error) => panic!("write: {error}"),
+    };
+    if written < LEN {
+        let rest = stream.write(&pattern(LEN, 4)[written..], Mode::Blocking);
+        assert_eq!(rest.expect("rest"), LEN - written);
+    }
+    stream.shutdown_write().unwrap();
+    let got = served.join().unwrap();
+    (written, got == pattern(LEN, 4))
+}
+
+#[test]
+fn the_driver_thread_acknowledges_while_the_application_is_away() {
+    let (written, whole) = write_while_the_reader_sleeps(true);
+    assert_eq!(
+        written,
+        4 * 64 * 1024,
+        "the sender's write completed meanwhile"
+    );
+    assert!(whole);
+}
+
+#[test]
+fn without_the_driver_thread_nobody_acknowledges_while_the_application_is_away() {
+    // The control for the test above: the same exchange stalls.
+    let (written, whole) = write_while_the_reader_sleeps(false);
+    assert!(
+        written < 2 * 64 * 1024,
+        "{written} bytes taken with nobody driving the receiver"
+    );
+    assert!(whole);
+}
+
+#[test]
+fn eight_threads_share_a_runtime_for_many_short_connections() {
+    const THREADS: usize = 8;
+    const CONNECTIONS: usize = 200;
+    const WORKERS: usize = 4;
+    let (server, listener) = server(|_| {});
+    let listener = Arc::new(listener);
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|_| {
+            let (listener, stop) = (Arc::clone(&listener), Arc::clone(&stop));
+            thread::spawn(move || {
+                let mut served = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let until = Mode::Until(Instant::now() + Duration::from_millis(100));
+                    let stream = match listener.accept(until) {
+                        Ok(stream) => stream,
+                        Err(Error::WouldBlock) => continue,
+                        Err(error) => panic!("accept: {error}"),
+                    };
+                    let got = read_to_end(&stream, Mode::Blocking).expect("server read");
+                    stream.write(&got, Mode::Blocking).expect("echo");
+                    stream.close().expect("server close");
+                    served += 1;
+                }
+                served
+            })
+        })
+        .collect();
+    let client = client(&server, |_| {});
+    let clients: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let client = client.clone();
+            thread::spawn(move || {
+                for i in 0..CONNECTIONS {
+                    let message = pattern(100 + i, (t * CONNECTIONS + i) as u32);
+                    let stream = client.connect(service(), Mode::Blocking).expect("connect");
+                    assert_eq!(
+                        stream.write(&message, Mode::Blocking).unwrap(),
+                        message.len()
+                    );
+                    stream.shutdown_write().unwrap();
+                    let got = read_to_end(&stream, Mode::Blocking).expect("client read");
+                    assert!(got == message, "thread {t} connection {i}: echo differs");
+                }
+            })
+        })
+        .collect();
+    for handle in clients {
+        handle.join().expect("client thread");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let served: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    assert_eq!(served, THREADS * CONNECTIONS);
+    let limit = Instant::now() + Duration::from_secs(10);
+    while server.flow_count() > 0 && Instant::now() < limit {
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        server.flow_count(),
+        0,
+        "the server holds flows after every close"
+    );
+}
+
+#[test]
+fn non_blocking_calls_would_block_then_complete_after_driving() {
+    // Nobody drives the server but this test's calls.
+    let (server, listener) = server(|c| c.driver_thread = false);
+    let client = client(&server, |_| {});
+    assert!(matches!(
+        listener.accept(Mode::NonBlocking),
+        Err(Error::WouldBlock)
+    ));
+    let stream = client
+        .connect(service(), Mode::NonBlocking)
+        .expect("connect");
+    assert!(matches!(
+        stream.finish_connect(Mode::NonBlocking),
+        Err(Error::WouldBlock)
+    ));
+    assert!(
+        !ready(stream.writable_fd(), 50),
+        "not writable while connecting"
+    );
+    // The server answers the SYN (on this call's drive); its flow is not
+    // established until the client's ACK.
+    assert!(matches!(
+        listener.accept(Mode::NonBlocking),
+        Err(Error::WouldBlock)
+    ));
+    assert!(ready(stream.writable_fd(), 2000), "writable once connected");
+    stream.finish_connect(Mode::NonBlocking).expect("connected");
+    let mut buf = [0u8; 8];
+    assert!(matches!(
+        stream.read(&mut buf, Mode::NonBlocking),
+        Err(Error::WouldBlock)
+    ));
+
+    let limit = Instant::now() + Duration::from_secs(2);
+    while !ready(listener.readable_fd(), 10) {
+        assert!(
+            Instant::now() < limit,
+            "the ACK never made the flow acceptable"
+        );
+        server.drive().unwrap();
+    }
+    let accepted = listener.accept(Mode::NonBlocking).expect("accept");
+    assert!(matches!(
+        accepted.read(&mut buf, Mode::NonBlocking),
+        Err(Error::WouldBlock)
+    ));
+    assert_eq!(stream.write(b"ping", Mode::NonBlocking).unwrap(), 4);
+    while !ready(accepted.readable_fd(), 10) {
+        assert!(
+            Instant::now() < limit,
+            "the data never made the flow readable"
+        );
+        server.drive().unwrap();
+    }
+    assert_eq!(accepted.read(&mut buf, Mode::NonBlocking).unwrap(), 4);
+    assert_eq!(&buf[..4], b"ping");
+}
+
+#[test]
+fn a_connect_to_a_service_nobody_serves_is_unreachable() {
+    let (server, listener) = server(|_| {});
+    drop(listener);
+    let client = client(&server, |_| {});
+    let refused = client.connect(service(), Mode::Blocking).map(|_| ());
+    let errno = refused.as_ref().map_err(Error::errno);
+    // The server's host answers RST|NACK: no route to the service there.
+    assert_eq!(errno, Err(libc::ENETUNREACH), "{refused:?}");
+}
+
+#[test]
+fn dropping_the_runtime_and_its_objects_releases_the_socket() {
+    let (server, listener) = server(|_| {});
+    let client = client(&server, |_| {});
+    let stream = client.connect(service(), Mode::Blocking).expect("connect");
+    let accepted = listener.accept(Mode::Blocking).expect("accept");
+    let Locator::Udp(addr) = client.local() else {
+        panic!("a UDP locator");
+    };
+    stream.close().expect("close");
+    drop(accepted);
+    drop(client);
+    // The last handle gone, the driver thread ends and the socket (and
+    // every duplicate of it) is closed: the port is free again. (If the
+    // driver thread was in a turn, holding the runtime, the runtime goes
+    // when the turn ends.)
+    let limit = Instant::now() + Duration::from_secs(1);
+    while let Err(error) = std::net::UdpSocket::bind(addr) {
+        assert!(
+            Instant::now() < limit,
+            "the client's port is still bound: {error}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn the_driver_thread_sleeps_while_a_thread_waits_inside() {
+    const ROUND_TRIPS: usize = 200;
+    let (server, listener) = server(|_| {});
+    let listener = Arc::new(listener);
+    let client = client(&server, |_| {});
+    let stream = client.connect(service(), Mode::Blocking).expect("connect");
+    let accepted = listener.accept(Mode::Blocking).expect("accept");
+    // A thread parked in accept for the whole exchange: inside the engine.
+    let parked = {
+        let listener = Arc::clone(&listener);
+        thread::spawn(move || {
+            let until = Mode::Until(Instant::now() + Duration::from_secs(3));
+            matches!(listener.accept(until), Err(Error::WouldBlock))
+        })
+    };
+    let echo = thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        let mut echoed = 0;
+        loop {
+            let n = accepted
+                .read(&mut buf, Mode::Blocking)
+                .expect("server read");
+            if n == 0 {
+                return echoed;
+            }
+            accepted.write(&buf[..n], Mode::Blocking).expect("echo");
+            echoed += n;
+        }
+    });
+    let mut buf = [0u8; 8];
+    let mut round_trip = |i: usize| {
+        let message = (i as u64).to_be_bytes();
+        stream.write(&message, Mode::Blocking).expect("write");
+        let mut got = 0;
+        while got < 8 {
+            got += stream.read(&mut buf[got..], Mode::Blocking).expect("read");
+        }
+        assert_eq!(buf, message);
+    };
+    // Warm-up: the driver thread learns that a thread is inside (at its
+    // first wake-up after the parked thread came in).
+    thread::sleep(Duration::from_millis(50));
+    for i in 0..5 {
+        round_trip(i);
+    }
+    let before = server.driver_stats();
+    for i in 0..ROUND_TRIPS {
+        round_trip(i);
+    }
+    let after = server.driver_stats();
+    stream.shutdown_write().unwrap();
+    assert_eq!(echo.join().unwrap(), 8 * (ROUND_TRIPS + 5));
+    assert!(parked.join().unwrap(), "nothing to accept");
+    assert_eq!(
+        after.wakeups - before.wakeups,
+        0,
+        "the server's driver thread woke during {ROUND_TRIPS} round trips ({before:?} -> {after:?})"
+    );
+}
+
+#[test]
+fn a_failed_connect_shows_on_both_descriptors_and_leaves_other_flows_alone() {
+    let (server, listener) = server(|_| {});
+    let client = client(&server, |_| {});
+    let nobody: ServiceId = "c0ec7002".parse().unwrap();
+    let failed = client.connect(nobody, Mode::NonBlocking).expect("connect");
+    assert!(ready(failed.readable_fd(), 2000), "the error is readable");
+    // (Raised one after the other, in one turn.)
+    assert!(ready(failed.writable_fd(), 2000), "and writable");
+    let error = failed.finish_connect(Mode::NonBlocking).unwrap_err();
+    assert_eq!(error.errno(), libc::ENETUNREACH, "{error:?}");
+    assert_eq!(
+        failed
+            .read(&mut [0; 4], Mode::Blocking)
+            .unwrap_err()
+            .errno(),
+        libc::ENETUNREACH
+    );
+    // The host forgot the failed flow's ID and may reuse it: closing the
+    // failed stream afterwards must not touch the new flows.
+    let streams: Vec<_> = (0..8)
+        .map(|_| client.connect(service(), Mode::Blocking).expect("connect"))
+        .collect();
+    let accepted: Vec<_> = (0..8)
+        .map(|_| listener.accept(Mode::Blocking).expect("accept"))
+        .collect();
+    drop(failed);
+    for (i, stream) in streams.iter().enumerate() {
+        assert_eq!(stream.write(&[i as u8], Mode::Blocking).unwrap(), 1);
+    }
+    let mut seen: Vec<u8> = accepted
+        .iter()
+        .map(|stream| {
+            let mut byte = [0u8; 1];
+            assert_eq!(stream.read(&mut byte, Mode::Blocking).unwrap(), 1);
+            byte[0]
+        })
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..8).collect::<Vec<u8>>());
+}
+
+#[test]
+fn a_reset_shows_on_the_readable_descriptor_as_econnreset() {
+    let (server, listener) = server(|_| {});
+    let client = client(&server, |_| {});
+    let stream = client.connect(service(), Mode::Blocking).expect("connect");
+    let accepted = listener.accept(Mode::Blocking).expect("accept");
+    assert_eq!(stream.write(b"unread", Mode::Blocking).unwrap(), 6);
+    assert!(ready(accepted.readable_fd(), 2000));
+    // Closed with unread bytes: the flow is reset, as a kernel socket's.
+    accepted.close().expect("close");
+    assert!(ready(stream.readable_fd(), 2000), "the reset is readable");
+    let error = stream.read(&mut [0; 8], Mode::NonBlocking).unwrap_err();
+    assert_eq!(error.errno(), libc::ECONNRESET, "{error:?}");
+    assert!(
+        ready(stream.writable_fd(), 0),
+        "and writable: writes fail at once"
+    );
+    let error = stream.write(b"more", Mode::Blocking).unwrap_err();
+    assert_eq!(error.errno(), libc::ECONNRESET, "{error:?}");
+}
