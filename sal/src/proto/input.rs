@@ -112,7 +112,11 @@ impl Host {
         // The client is where the packet really came from (see `nat.rs`).
         let client = nat::client_locator(&src, repr.source.as_ref());
         if !self.interfaces.may_be_peer(client.ip())
-            || nat::loopback_from_afar(&src, repr.source.as_ref())
+            || nat::loopback_from_afar(
+                &src,
+                self.interfaces.is_local(src.ip()),
+                repr.source.as_ref(),
+            )
         {
             self.stats.bad_source += 1;
             return;

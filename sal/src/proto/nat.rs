@@ -251,11 +251,20 @@ pub(super) fn client_locator(src: &Locator, source: Option<&SourceRepr>) -> Loca
 /// a remote sender's word. Over loopback (a program's SYN that the daemon
 /// beside it relayed to a program beside both, all on 127.0.0.1) such a
 /// SOURCE is the true path: the kernel never delivers a loopback source
-/// from a link. A hop's address is only a record of the path (nothing is
-/// sent there), and a daemon reached at 127.0.0.1 by a program on the
-/// host's address records that one truly.
-pub(super) fn loopback_from_afar(src: &Locator, source: Option<&SourceRepr>) -> bool {
+/// from a link. Nor does it deliver one of the host's own addresses from
+/// a link (Linux drops such packets unless `accept_local` is set), so a
+/// source that is one of ours (`src_is_ours`: a daemon on the host's
+/// address relaying a client of its own on 127.0.0.1) is on the host too.
+/// A hop's address is only a record of the path (nothing is sent there),
+/// and a daemon reached at 127.0.0.1 by a program on the host's address
+/// records that one truly.
+pub(super) fn loopback_from_afar(
+    src: &Locator,
+    src_is_ours: bool,
+    source: Option<&SourceRepr>,
+) -> bool {
     !src.ip().is_loopback()
+        && !src_is_ours
         && source
             .and_then(|source| source.addrs.first())
             .is_some_and(|client| client.is_loopback())
@@ -809,14 +818,15 @@ mod tests {
     fn loopback_on_the_path_is_taken_only_over_loopback() {
         let afar = loc("udp:10.0.0.9:6666");
         let forged = source(&["127.0.0.1", "10.0.0.9"], 53);
-        assert!(loopback_from_afar(&afar, Some(&forged)));
+        assert!(loopback_from_afar(&afar, false, Some(&forged)));
         // A daemon reached at 127.0.0.1 by a program on a real address.
         let hop = source(&["10.0.0.9", "127.0.0.1"], 6666);
-        assert!(!loopback_from_afar(&afar, Some(&hop)));
-        assert!(loopback_from_afar(&loc("10.0.0.9"), Some(&forged)));
-        assert!(!loopback_from_afar(&afar, None));
+        assert!(!loopback_from_afar(&afar, false, Some(&hop)));
+        assert!(loopback_from_afar(&loc("10.0.0.9"), false, Some(&forged)));
+        assert!(!loopback_from_afar(&afar, false, None));
         assert!(!loopback_from_afar(
             &afar,
+            false,
             Some(&source(&["10.0.0.9", "10.0.0.1"], 0))
         ));
         // All on one machine's loopback: a program's SYN relayed by the
@@ -824,7 +834,22 @@ mod tests {
         let beside = source(&["127.0.0.7", "127.0.0.7"], 40123);
         assert!(!loopback_from_afar(
             &loc("udp:127.0.0.7:7077"),
+            false,
             Some(&beside)
+        ));
+        // A daemon on this host's own address relaying a client of its
+        // own on 127.0.0.1: the kernel never delivers our own address from
+        // a link, so this came from the host.
+        let local_client = source(&["127.0.0.1", "10.0.0.1"], 40123);
+        assert!(!loopback_from_afar(
+            &loc("udp:10.0.0.1:7077"),
+            true,
+            Some(&local_client)
+        ));
+        assert!(loopback_from_afar(
+            &loc("udp:10.0.0.1:7077"),
+            false,
+            Some(&local_client)
         ));
     }
 

@@ -45,7 +45,16 @@ pub enum SocketRefusal {
     /// The port's sockets could not be listed.
     #[error("cannot list the UDP sockets of this host")]
     Unchecked,
+    /// The socket is bound to a device (`SO_BINDTODEVICE`): another
+    /// user's socket on another device may share its port without any
+    /// option.
+    #[error("the UDP socket passed is bound to a device (SO_BINDTODEVICE): unbind it")]
+    BoundToDevice,
 }
+
+/// The uid the kernel shows for an owner a user namespace does not map
+/// (`/proc/sys/kernel/overflowuid`, 65534 by default).
+const OVERFLOW_UID: u32 = 65534;
 
 /// Where `socket` receives, if it is a bound IPv4 UDP socket in sald's
 /// network namespace (see [`in_our_namespace`]) whose port no other user
@@ -81,8 +90,13 @@ fn in_our_namespace(socket: &OwnedFd) -> Result<(), SocketRefusal> {
 
 /// Checks that no other user can take what sald would relay to the port
 /// of `socket`, bound at `bound`: `socket` must not have `SO_REUSEADDR`
-/// set (kept by sald without it, its port admits no other user's socket
-/// for as long as the relay lasts), and no socket of another user than
+/// set (without it, its port admits no other user's socket; this holds
+/// only while its program does not set the option again on its own copy
+/// of the descriptor, which would let a later socket of another user that
+/// also sets it take the port's datagrams: README), nor be bound to a
+/// device (sockets on different devices share a port without any
+/// option, and which one receives depends on the arriving interface),
+/// and no socket of another user than
 /// its owner's may already receive there (co-bound while both set
 /// `SO_REUSEADDR`, one of them cleared since). Either way, that user's
 /// program would be sent the relayed service's first packets: another's
@@ -93,6 +107,11 @@ fn unshared(socket: &OwnedFd, bound: SocketAddrV4) -> Result<(), SocketRefusal> 
     if getsockopt(socket, sockopt::ReuseAddr).unwrap_or(true) {
         return Err(SocketRefusal::ReuseAddr);
     }
+    match SockRef::from(socket).device() {
+        Ok(None) => {}
+        Ok(Some(_)) => return Err(SocketRefusal::BoundToDevice),
+        Err(_) => return Err(SocketRefusal::Unchecked),
+    }
     let inode = (nix::sys::stat::fstat(socket.as_raw_fd()))
         .map_err(|_| SocketRefusal::Unchecked)?
         .st_ino;
@@ -100,8 +119,13 @@ fn unshared(socket: &OwnedFd, bound: SocketAddrV4) -> Result<(), SocketRefusal> 
     let owner = (sockets.iter().find(|s| s.inode == inode))
         .ok_or(SocketRefusal::Unchecked)?
         .uid;
+    // Inside a user namespace, every owner it does not map shows as the
+    // overflow uid: those may be anyone, so never the same user.
+    let same_user = |uid: u32| uid == owner && uid != OVERFLOW_UID;
     let shares = |other: &&UdpSocketEntry| {
-        other.uid != owner && (bound.ip().is_unspecified() || other.may_receive(*bound.ip()))
+        other.inode != inode
+            && !same_user(other.uid)
+            && (bound.ip().is_unspecified() || other.may_receive(*bound.ip()))
     };
     match sockets.iter().find(shares) {
         Some(other) => Err(SocketRefusal::Shared {
@@ -165,6 +189,27 @@ mod tests {
         assert_eq!(
             udp_address(&OwnedFd::from(file)),
             Err(SocketRefusal::NotUdp)
+        );
+    }
+
+    #[test]
+    fn a_socket_bound_to_a_device_is_refused() {
+        let socket = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
+        if socket.bind_device(Some(b"lo")).is_err() {
+            eprintln!("SKIPPED: SO_BINDTODEVICE not allowed here");
+            return;
+        }
+        socket
+            .bind(
+                &"127.0.0.1:0"
+                    .parse::<std::net::SocketAddr>()
+                    .unwrap()
+                    .into(),
+            )
+            .unwrap();
+        assert_eq!(
+            program_socket_address(&OwnedFd::from(socket)),
+            Err(SocketRefusal::BoundToDevice)
         );
     }
 

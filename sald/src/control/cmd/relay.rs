@@ -91,6 +91,9 @@ pub enum RelayRefusal {
     /// The port's sockets could not be listed.
     #[error("relay: cannot list the UDP sockets of this host")]
     Unchecked,
+    /// The socket is bound to a device (`SO_BINDTODEVICE`).
+    #[error("relay: the UDP socket passed is bound to a device (SO_BINDTODEVICE): unbind it")]
+    BoundToDevice,
 }
 
 impl From<SocketRefusal> for RelayRefusal {
@@ -102,6 +105,7 @@ impl From<SocketRefusal> for RelayRefusal {
             SocketRefusal::ReuseAddr => RelayRefusal::ReuseAddr,
             SocketRefusal::Shared { port, uid } => RelayRefusal::Shared { port, uid },
             SocketRefusal::Unchecked => RelayRefusal::Unchecked,
+            SocketRefusal::BoundToDevice => RelayRefusal::BoundToDevice,
         }
     }
 }
