@@ -33,7 +33,7 @@ use sal::Locator;
 use sal_control::{ErrorKind, Response};
 
 use super::flows::{budget_group, hand_over, over_share};
-use super::program_socket::{program_socket_address, receives_at, SocketRefusal};
+use super::program_socket::{checked_program_socket, receives_at, SocketRefusal};
 use super::{error_reply, host_error, Reply};
 use crate::control::client::Client;
 
@@ -85,15 +85,15 @@ impl AdoptRefusal {
 
 /// Takes over the flow `export` describes for the caller, whose UDP socket
 /// came with the request (see the module docs).
-pub(super) fn adopt(client: &mut Client, export: FlowExport) -> Reply {
+pub(super) async fn adopt(client: &mut Client, export: FlowExport) -> Reply {
     let Some(socket) = client.attached.take() else {
         return AdoptRefusal::NoSocket.reply();
     };
     if !client.context.shared.lock().host.config().relay_local {
         return AdoptRefusal::Off.reply();
     }
-    let bound = match program_socket_address(&socket) {
-        Ok(bound) => bound,
+    let (socket, bound) = match checked_program_socket(socket).await {
+        Ok(checked) => checked,
         Err(refusal) => return AdoptRefusal::from(refusal).reply(),
     };
     let owned = matches!(export.local, Locator::Udp(local) if receives_at(bound, local));

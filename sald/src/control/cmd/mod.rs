@@ -43,8 +43,8 @@ pub(super) async fn handle(client: &mut Client, request: Request) -> Reply {
             protocol,
             backlog,
         } => bind::listen(client, prefix, protocol, backlog),
-        Request::Relay { prefix, locator } => relay::relay(client, prefix, locator),
-        Request::Adopt { export } => adopt::adopt(client, *export),
+        Request::Relay { prefix, locator } => relay::relay(client, prefix, locator).await,
+        Request::Adopt { export } => adopt::adopt(client, *export).await,
         Request::Accept {
             listener,
             nonblocking,

@@ -66,6 +66,21 @@ pub(super) fn program_socket_address(socket: &OwnedFd) -> Result<SocketAddrV4, S
     Ok(bound)
 }
 
+/// [`program_socket_address`] on a blocking thread, handing the socket
+/// back with its address: listing the port's sockets reads
+/// `/proc/net/udp`, whose cost grows with every UDP socket of the host (in
+/// 4 KiB reads, each walking the table from its start), and must not hold
+/// up sald's thread, which also moves every packet.
+pub(super) async fn checked_program_socket(
+    socket: OwnedFd,
+) -> Result<(OwnedFd, SocketAddrV4), SocketRefusal> {
+    let check = move || {
+        let bound = program_socket_address(&socket)?;
+        Ok((socket, bound))
+    };
+    (tokio::task::spawn_blocking(check).await).unwrap_or(Err(SocketRefusal::Unchecked))
+}
+
 /// Whether a socket bound at `bound` receives what is sent to `addr`: the
 /// same port, and the same address unless it is bound to any.
 pub(super) fn receives_at(bound: SocketAddrV4, addr: SocketAddrV4) -> bool {

@@ -30,7 +30,7 @@ use sal::{Locator, ServicePrefix};
 use sal_control::{ErrorKind, Response};
 
 use super::bind::bind_refusal;
-use super::program_socket::{program_socket_address, receives_at, SocketRefusal};
+use super::program_socket::{checked_program_socket, receives_at, SocketRefusal};
 use super::{error_reply, host_error, Reply};
 use crate::control::client::Client;
 use crate::owners::Binding;
@@ -132,15 +132,19 @@ impl RelayRefusal {
 
 /// Binds `prefix` for this connection as a relay to the program whose UDP
 /// socket came with the request (see the module docs).
-pub(super) fn relay(client: &mut Client, prefix: ServicePrefix, asked: Option<Locator>) -> Reply {
+pub(super) async fn relay(
+    client: &mut Client,
+    prefix: ServicePrefix,
+    asked: Option<Locator>,
+) -> Reply {
     let Some(socket) = client.attached.take() else {
         return RelayRefusal::NoSocket.reply();
     };
     if !client.context.shared.lock().host.config().relay_local {
         return RelayRefusal::Off.reply();
     }
-    let bound = match program_socket_address(&socket) {
-        Ok(bound) => bound,
+    let (socket, bound) = match checked_program_socket(socket).await {
+        Ok(checked) => checked,
         Err(refusal) => return RelayRefusal::from(refusal).reply(),
     };
     let context = client.context.clone();
