@@ -25,8 +25,8 @@ pub struct UdpLink {
     socket: UdpSocket,
     rx: Vec<Vec<u8>>,
     rx_headers: MultiHeaders<SockaddrIn>,
-    /// Sender and length of each datagram of the last receive batch.
-    received: Vec<(SocketAddrV4, usize)>,
+    /// Sender, slot and length of each datagram of the last receive batch.
+    received: Vec<(SocketAddrV4, usize, usize)>,
     tx: Vec<Vec<u8>>,
     tx_headers: MultiHeaders<SockaddrIn>,
     /// Destination and length of each datagram waiting in `tx`.
@@ -88,9 +88,12 @@ impl UdpLink {
         );
         match results {
             Ok(results) => {
-                for message in results {
-                    if let Some(from) = message.address {
-                        self.received.push((from.into(), message.bytes));
+                for (slot, message) in results.enumerate() {
+                    // A datagram longer than a slot arrives cut: no SAL
+                    // packet is (the MTU bounds them), so it is dropped.
+                    let cut = message.flags.contains(MsgFlags::MSG_TRUNC);
+                    if let (Some(from), false) = (message.address, cut) {
+                        self.received.push((from.into(), slot, message.bytes));
                     }
                 }
             }
@@ -104,8 +107,8 @@ impl UdpLink {
 
     /// Datagram `i` of the last receive batch: its sender and payload.
     pub fn datagram(&self, i: usize) -> (SocketAddrV4, &[u8]) {
-        let (from, len) = self.received[i];
-        (from, &self.rx[i][..len])
+        let (from, slot, len) = self.received[i];
+        (from, &self.rx[slot][..len])
     }
 
     /// The next free send slot, if the batch is not full: write a datagram
@@ -120,30 +123,94 @@ impl UdpLink {
         self.queued.push((to.into(), len));
     }
 
-    /// Sends every queued datagram with one `sendmmsg`; returns how many
-    /// went out (a datagram the kernel refuses is dropped, as a full
-    /// device queue would drop it).
+    /// Sends every queued datagram, in as few `sendmmsg` calls as the
+    /// kernel takes them; returns how many went out. A datagram the kernel
+    /// refuses (an unreachable or filtered destination, no buffer) is
+    /// dropped, as a full device queue would drop it, and the rest still
+    /// go: `sendmmsg` stops at the first refusal. Only a socket that can
+    /// send nothing at all (closed, not a socket) is an error.
     pub fn send_batch(&mut self) -> io::Result<usize> {
-        if self.queued.is_empty() {
-            return Ok(0);
-        }
-        let slices: Vec<[IoSlice<'_>; 1]> = (self.tx.iter().zip(&self.queued))
-            .map(|(slot, (_, len))| [IoSlice::new(&slot[..*len])])
-            .collect();
-        let addrs: Vec<Option<SockaddrIn>> = self.queued.iter().map(|(to, _)| Some(*to)).collect();
-        let sent = sendmmsg(
-            self.socket.as_raw_fd(),
-            &mut self.tx_headers,
-            &slices,
-            &addrs,
-            [] as [ControlMessage<'_>; 0],
-            MsgFlags::empty(),
-        );
+        let mut start = 0;
+        let mut sent = 0;
+        let result = loop {
+            if start >= self.queued.len() {
+                break Ok(sent);
+            }
+            let pending = &self.queued[start..];
+            let slices: Vec<[IoSlice<'_>; 1]> = (self.tx[start..].iter().zip(pending))
+                .map(|(slot, (_, len))| [IoSlice::new(&slot[..*len])])
+                .collect();
+            let addrs: Vec<Option<SockaddrIn>> = pending.iter().map(|(to, _)| Some(*to)).collect();
+            let outcome = sendmmsg(
+                self.socket.as_raw_fd(),
+                &mut self.tx_headers,
+                &slices,
+                &addrs,
+                [] as [ControlMessage<'_>; 0],
+                MsgFlags::empty(),
+            )
+            .map(Iterator::count);
+            match outcome {
+                Ok(0) => start += 1,
+                Ok(count) => {
+                    sent += count;
+                    start += count;
+                }
+                Err(Errno::EINTR) => {}
+                Err(errno @ (Errno::EBADF | Errno::ENOTSOCK | Errno::EFAULT)) => {
+                    break Err(errno.into())
+                }
+                // This datagram is refused; the next may not be.
+                Err(_) => start += 1,
+            }
+        };
         self.queued.clear();
-        match sent {
-            Ok(results) => Ok(results.count()),
-            Err(Errno::ECONNREFUSED) => Ok(0),
-            Err(errno) => Err(errno.into()),
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn queue(link: &mut UdpLink, to: SocketAddrV4, payload: &[u8]) {
+        let slot = link.slot().expect("room in the batch");
+        slot[..payload.len()].copy_from_slice(payload);
+        link.queue(to, payload.len());
+    }
+
+    /// `sendmmsg` stops at the first datagram the kernel refuses (here one
+    /// to the limited broadcast address, without `SO_BROADCAST`): that one
+    /// is dropped, those after it still go.
+    #[test]
+    fn a_refused_datagram_does_not_take_the_rest_of_the_batch_with_it() {
+        let receiver = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        receiver
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let to = match receiver.local_addr().unwrap() {
+            std::net::SocketAddr::V4(addr) => addr,
+            std::net::SocketAddr::V6(_) => unreachable!("bound to IPv4"),
+        };
+        let mut link = UdpLink::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).unwrap();
+        queue(&mut link, to, b"first");
+        queue(
+            &mut link,
+            SocketAddrV4::new(Ipv4Addr::BROADCAST, 9),
+            b"refused",
+        );
+        queue(&mut link, to, b"third");
+        assert_eq!(link.send_batch().unwrap(), 2);
+        let mut buf = [0u8; 64];
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            let n = receiver.recv(&mut buf).unwrap();
+            got.push(buf[..n].to_vec());
         }
+        assert_eq!(got, [b"first".to_vec(), b"third".to_vec()]);
+        assert_eq!(link.send_batch().unwrap(), 0, "the batch is empty after");
     }
 }
