@@ -14,7 +14,7 @@ use sal::table::{ListenerId, Target};
 use sal::{FlowId, Locator, ServicePrefix};
 
 use crate::clock::Clock;
-use crate::mirror::{Mirror, Signal};
+use crate::mirror::{Mirror, Signal, Spares};
 use crate::udp::{UdpLink, BATCH};
 use crate::{Config, Error};
 
@@ -79,6 +79,25 @@ pub(crate) struct Core {
     listeners: HashMap<ListenerId, ListenerEntry>,
     /// Datagrams the host asked to send to a non-UDP locator: counted, not sent.
     unsendable: u64,
+    /// Mirrors changed in this locked section, published at its end.
+    pending: Vec<Arc<Signal>>,
+    /// Eventfds of closed streams, for new ones.
+    spares: Spares,
+    /// Bytes of room a stream's send buffer needs to show writable (see
+    /// [`write_low_water`]).
+    low_water: usize,
+}
+
+/// The room a send buffer needs before its stream shows writable: a
+/// quarter of the largest buffer, at most half the smallest (which memory
+/// pressure never takes a buffer below, so the mark is always reachable
+/// once the peer acknowledges). As Linux's `sk_stream_min_wspace`, it keeps
+/// a program that waits for `POLLOUT` from waking for every few bytes the
+/// peer acknowledges (a window probe's one byte above all).
+fn write_low_water(config: &Config) -> usize {
+    (config.max_send_buffer / 4)
+        .min(config.min_buffer / 2)
+        .max(1)
 }
 
 impl Core {
@@ -120,6 +139,9 @@ impl Core {
             next_key: 0,
             listeners: HashMap::new(),
             unsendable: 0,
+            pending: Vec::new(),
+            spares: Spares::default(),
+            low_water: write_low_water(config),
         })
     }
 
@@ -134,26 +156,42 @@ impl Core {
         [self.link.fd(), self.timer.as_fd()]
     }
 
-    /// Before a call's work: the host's clock to now, and what waits on
-    /// the socket handled.
-    pub(crate) fn before(&mut self) -> Result<(), Error> {
+    /// Before a call's work: the host's clock to now, and (if `drain`)
+    /// what waits on the socket handled. A caller that did not see the
+    /// socket readable and will wait on it anyway if its call cannot
+    /// complete, or that leaves the socket to the thread watching it, skips
+    /// the `recvmmsg` that would mostly find nothing.
+    pub(crate) fn before(&mut self, drain: bool) -> Result<(), Error> {
         self.host.advance_clock(self.clock.now());
-        self.receive()?;
+        if drain {
+            self.receive()?;
+        }
         self.poll();
         Ok(())
+    }
+
+    /// The mirrors changed since the last call, to publish
+    /// ([`Signal::publish`]) once the core is let go: a raise undone
+    /// meanwhile costs nothing.
+    pub(crate) fn take_pending(&mut self) -> Vec<Arc<Signal>> {
+        std::mem::take(&mut self.pending)
     }
 
     /// After a call's work: the host polled, its output sent, the timer
     /// armed at its next deadline.
     pub(crate) fn after(&mut self) -> Result<(), Error> {
         self.poll();
-        self.flush()?;
-        self.rearm()
+        // The timer is set whatever the send did: a deadline left unarmed
+        // (a SYN's retransmission) would stall its flow for good, and one
+        // left expired would keep every waiter spinning.
+        let flushed = self.flush();
+        self.rearm()?;
+        flushed
     }
 
     /// One full turn: read, poll, mirror, send, rearm.
     pub(crate) fn drive(&mut self) -> Result<(), Error> {
-        self.before()?;
+        self.before(true)?;
         self.after()
     }
 
@@ -250,13 +288,13 @@ impl Core {
                 let listener = self.host.flow_listener(id);
                 if let Some(entry) = listener.and_then(|l| self.listeners.get_mut(&l)) {
                     entry.queued += 1;
-                    entry.readable.set(true);
+                    entry.readable.set(true, &mut self.pending);
                 }
             }
             Event::Incoming(listener) => {
                 if let Some(entry) = self.listeners.get_mut(&listener) {
                     entry.queued = entry.queued.max(1);
-                    entry.readable.set(true);
+                    entry.readable.set(true, &mut self.pending);
                 }
             }
             _ => {}
@@ -274,14 +312,14 @@ impl Core {
             if let Some(error) = error {
                 entry.opening = Opening::Failed(error);
             }
-            entry.readable.set(true);
-            entry.writable.set(true);
+            entry.readable.set(true, &mut self.pending);
+            entry.writable.set(true, &mut self.pending);
         }
     }
 
     /// Sets a flow's mirrors from the host's view of it: readable while it
     /// has bytes, its end, or an error to read; writable while its send
-    /// buffer has room, or writing would fail at once.
+    /// buffer has room to the low-water mark, or writing would fail at once.
     pub(crate) fn refresh(&mut self, key: Key) {
         let Some(entry) = self.streams.get_mut(&key) else {
             return;
@@ -297,14 +335,14 @@ impl Core {
                     Err(HostError::WouldBlock)
                 );
                 let writable = match self.host.send_room(id) {
-                    Ok(room) => room > 0 || entry.write_shut,
+                    Ok(room) => room >= self.low_water || entry.write_shut,
                     Err(_) => true,
                 };
                 (readable, writable)
             }
         };
-        entry.readable.set(readable);
-        entry.writable.set(writable);
+        entry.readable.set(readable, &mut self.pending);
+        entry.writable.set(writable, &mut self.pending);
     }
 
     /// Starts a connect: the flow's entry, its SYN queued.
@@ -336,7 +374,7 @@ impl Core {
                 Ok(_) => entry.queued = entry.queued.saturating_sub(1),
                 Err(_) => entry.queued = 0,
             }
-            entry.readable.set(entry.queued > 0);
+            entry.readable.set(entry.queued > 0, &mut self.pending);
         }
         let id = taken?;
         match self.add_flow(id, Opening::Done) {
@@ -353,8 +391,8 @@ impl Core {
     }
 
     fn add_flow(&mut self, id: FlowId, opening: Opening) -> Result<(Key, StreamSignals), Error> {
-        let readable = Mirror::new()?;
-        let writable = Mirror::new()?;
+        let readable = Mirror::new(&mut self.spares, false, &mut self.pending)?;
+        let writable = Mirror::new(&mut self.spares, false, &mut self.pending)?;
         let signals = StreamSignals {
             readable: readable.signal(),
             writable: writable.signal(),
@@ -383,7 +421,12 @@ impl Core {
     /// The application is done with a flow: the host closes it (and
     /// forgets it once the teardown is over); the engine forgets it now.
     pub(crate) fn close_stream(&mut self, key: Key) {
-        let Some(id) = self.streams.remove(&key).and_then(|entry| entry.flow) else {
+        let Some(entry) = self.streams.remove(&key) else {
+            return;
+        };
+        self.spares.give(entry.readable.into_signal());
+        self.spares.give(entry.writable.into_signal());
+        let Some(id) = entry.flow else {
             return;
         };
         self.by_flow.remove(&id);
@@ -396,7 +439,7 @@ impl Core {
         prefix: ServicePrefix,
         backlog: usize,
     ) -> Result<(ListenerId, Arc<Signal>), Error> {
-        let readable = Mirror::new()?;
+        let readable = Mirror::new(&mut self.spares, false, &mut self.pending)?;
         let signal = readable.signal();
         let id = (self.host).listen(prefix, sal::wire::TransportProtocol::Stream, backlog)?;
         self.listeners.insert(

@@ -13,21 +13,28 @@
 //!   installs one rule, FORWARD `0/0` to [`Config::route`]: the local
 //!   sald, which relays the SYN (stage 2), or a peer engine directly. After
 //!   the SYN the two hosts talk to each other straight.
-//! - **The caller drives.** Every call takes the lock, hands the datagrams
-//!   waiting on the socket to the host (`recvmmsg`), does its work, polls
+//! - **The caller drives.** Every call takes the lock, does its work, polls
 //!   the host and sends its output (`sendmmsg`) before returning: a connect,
 //!   a write, a read that opens the window or a close costs no wake-up of
-//!   another thread or process. Whoever holds the lock has drained the
-//!   socket, so a thread that finds the lock taken may leave the socket to
-//!   the holder.
-//! - **Blocking calls wait in `ppoll`** on the UDP socket, a timerfd armed
-//!   (absolutely, on `CLOCK_MONOTONIC`) at the host's `poll_timeout`, and
-//!   their own object's eventfd; on input they drive the host if
-//!   `try_lock` succeeds; otherwise the holder drives, and they wait on
-//!   their own eventfd and a per-thread eventfd the holder raises when it
-//!   lets go, then watch the socket again (they never block on the mutex
-//!   from a wait). A blocking call counts as inside from its first wait to
-//!   its return. [`Mode`] gives blocking,
+//!   another thread or process. Only a non-blocking call on an object (which
+//!   must see what arrived) first hands the datagrams waiting on the socket
+//!   to the host (`recvmmsg`), unless a poller watches it; a call that may
+//!   wait does so only when its wait saw the socket readable.
+//! - **Blocking calls wait in `ppoll`, one of them on the socket**
+//!   (leader/follower, `gate.rs`). The first waiting thread takes the
+//!   poller role: it watches the UDP socket, a timerfd armed (absolutely,
+//!   on `CLOCK_MONOTONIC`) at the host's `poll_timeout`, and its own
+//!   object's eventfd, and drives on input if `try_lock` succeeds
+//!   (otherwise the holder drives, and it waits on its own eventfd and its
+//!   thread's wake-up eventfd, which the holder raises when it lets go;
+//!   it never blocks on the mutex from a wait). The other waiting threads
+//!   wait on their object's eventfd and their wake-up eventfd only, and of
+//!   several threads waiting for one object (a listener) only one watches
+//!   it, so that a datagram or a new connection wakes one thread, not all.
+//!   A poller whose call ends hands the role to a waiting thread (raising
+//!   its wake-up eventfd), or, if none waits, leaves it to the next thread
+//!   to wait and, meanwhile, to the driver thread. A blocking call counts
+//!   as inside from its first wait to its return. [`Mode`] gives blocking,
 //!   non-blocking and deadline (`SO_RCVTIMEO`) behaviour; errors carry the
 //!   `errno` a socket would give ([`Error::errno`]).
 //! - **Readiness on eventfds** (`EFD_NONBLOCK | EFD_CLOEXEC`): a stream's
@@ -37,26 +44,40 @@
 //!   They change only on the host's events for that object (`Activity`,
 //!   `Connected`, `ConnectFailed`, `Closed`, `PeerConnected`, `Incoming`)
 //!   and on the object's own calls: never by scanning flows, so a turn costs
-//!   the same with any number of flows held.
+//!   the same with any number of flows held. A locked section only notes
+//!   the changes; they reach the eventfds as the lock is let go (lowerings
+//!   before, raisings after, in order with the other holders'), so that a
+//!   readiness raised and consumed in one section costs nothing and a
+//!   thread woken finds the lock free. A closed stream's eventfds are
+//!   reused for the next one.
 //! - **The driver thread** covers the gaps when no application thread is
 //!   inside a wait (all busy elsewhere), so that peers still get their ACKs
-//!   and timers still run. It watches the socket and the timer only while an
-//!   atomic count of threads inside is 0, and otherwise sleeps on a private
-//!   eventfd that the last thread leaving signals: with a thread waiting
-//!   inside it costs nothing. [`Runtime::enter`], [`Runtime::wait_fds`] and
-//!   [`Runtime::drive`] let a future `poll`/`epoll` interposer wait on the
-//!   engine's descriptors itself.
+//!   and timers still run. It watches the socket and the timer only once
+//!   no thread has been inside for a grace period (2 ms), wakes at the end
+//!   of each such period while threads come and go, and sleeps for good
+//!   (parked) while a thread stays inside, until the last one leaves (who
+//!   signals it only then): a request/response loop that leaves the engine
+//!   between its calls costs it at most one wake-up per grace period, not
+//!   one per call, and a thread waiting inside costs it nothing.
+//!   [`Runtime::enter`], [`Runtime::wait_fds`] and [`Runtime::drive`] let a
+//!   future `poll`/`epoll` interposer wait on the engine's descriptors
+//!   itself. [`Runtime::driver_stats`] and [`Runtime::wait_stats`] count
+//!   the wake-ups.
 //!
 //! # Not done here
 //!
 //! No interposition of a C program's calls (stage 3b, in the preload); no
 //! hand-over of flows to sald at `fork` or `exec` (flow export exists in
-//! `sal`, the `Adopt` request does not); no datagram sockets; no
-//! registration of a listener's prefix with sald (`Relay`): the caller's.
-//! The writable eventfd has no low-water mark (one free byte raises it).
-//! A thread that is not inside a call (a single-threaded request/response
-//! loop between its read and its write) leaves the socket to the driver
-//! thread, which costs that thread a wake-up each time the last one leaves.
+//! `sal`, and sald takes flows with `Adopt`, but nothing here calls it);
+//! no datagram sockets; no registration of a listener's prefix with sald
+//! (`Relay`): the caller's. The writable eventfd has a low-water mark (a
+//! quarter of the largest send buffer, at most half the smallest), as
+//! Linux's `POLLOUT` has.
+//! While every thread is outside the engine, a peer's packet waits for the
+//! driver thread up to the grace period (2 ms) plus its wake-up. The host's
+//! timers still re-arm the timerfd (`timerfd_settime`, about 2 per
+//! connection on each side): a poller could wait with `ppoll`'s timeout
+//! instead, as single-threaded event loops do.
 
 mod clock;
 mod config;
@@ -69,9 +90,10 @@ mod mirror;
 mod runtime;
 mod stream;
 pub mod udp;
+mod waker;
 
 pub use config::Config;
 pub use error::Error;
 pub use listener::Listener;
-pub use runtime::{DriverStats, EnterGuard, Mode, Runtime};
+pub use runtime::{DriverStats, EnterGuard, Mode, Runtime, WaitStats};
 pub use stream::Stream;

@@ -20,13 +20,7 @@ use nix::sys::time::TimeSpec;
 
 use crate::core::Core;
 use crate::mirror::Signal;
-use crate::Error;
-
-thread_local! {
-    /// This thread's "the lock was let go" eventfd (made at its first lost
-    /// race; `None` if it could not be).
-    static RELEASED: Option<Arc<Signal>> = Signal::new().ok();
-}
+use crate::{waker, Error};
 
 /// The core behind its mutex, and the threads waiting for its release.
 pub(crate) struct EngineLock {
@@ -35,6 +29,9 @@ pub(crate) struct EngineLock {
     /// every release: the uncontended path costs one atomic load).
     losers: AtomicUsize,
     waiting: Mutex<Vec<Arc<Signal>>>,
+    /// Held while a holder that let the core go publishes its readiness
+    /// changes (taken before letting go).
+    publishing: Mutex<()>,
 }
 
 /// The core, held; letting go wakes the threads that waited for it.
@@ -49,6 +46,7 @@ impl EngineLock {
             core: Mutex::new(core),
             losers: AtomicUsize::new(0),
             waiting: Mutex::new(Vec::new()),
+            publishing: Mutex::new(()),
         }
     }
 
@@ -81,7 +79,7 @@ impl EngineLock {
         own: BorrowedFd<'_>,
         timeout: Option<TimeSpec>,
     ) -> Result<Option<Held<'_>>, Error> {
-        let Some(me) = RELEASED.with(Clone::clone) else {
+        let Some(me) = waker::current().map(|waker| waker.signal) else {
             // No eventfd for this thread: wait for the mutex itself.
             return Ok(Some(self.lock()));
         };
@@ -97,7 +95,11 @@ impl EngineLock {
                     PollFd::new(own, PollFlags::POLLIN),
                     PollFd::new(me.fd(), PollFlags::POLLIN),
                 ];
-                match ppoll(&mut fds, timeout, None) {
+                let polled = ppoll(&mut fds, timeout, None);
+                if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+                    me.lower();
+                }
+                match polled {
                     Ok(_) | Err(Errno::EINTR) => Ok(None),
                     Err(errno) => Err(errno.into()),
                 }
@@ -110,7 +112,8 @@ impl EngineLock {
             }
         }
         self.losers.fetch_sub(1, Ordering::SeqCst);
-        me.lower();
+        // A raise not seen here stays: the next wait on `me` returns at
+        // once and looks again, which is what a raise asks.
         result
     }
 
@@ -135,7 +138,31 @@ impl DerefMut for Held<'_> {
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        drop(self.guard.take());
+        let pending = self.guard.as_mut().map(|core| core.take_pending());
+        match pending {
+            Some(pending) if !pending.is_empty() => {
+                // The readiness changes of this locked section reach the
+                // eventfds in order with every other holder's (under
+                // `publishing`): the lowerings before the core is let go
+                // (a thread that takes it next and finds nothing to do must
+                // not find its eventfd still up, and spin), the raisings
+                // after (a thread they wake finds the core free).
+                let order = self
+                    .lock
+                    .publishing
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                for signal in pending.iter().filter(|signal| !signal.wanted()) {
+                    signal.publish();
+                }
+                drop(self.guard.take());
+                for signal in pending {
+                    signal.publish();
+                }
+                drop(order);
+            }
+            _ => drop(self.guard.take()),
+        }
         fence(Ordering::SeqCst);
         if self.lock.losers.load(Ordering::SeqCst) > 0 {
             for waiter in self.lock.list().drain(..) {

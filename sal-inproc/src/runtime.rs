@@ -13,7 +13,7 @@ use nix::sys::time::TimeSpec;
 use sal::{Locator, ServiceId, ServicePrefix};
 
 use crate::core::Core;
-use crate::gate::{self, Gate, Inside};
+use crate::gate::{self, Gate, Inside, Role};
 use crate::lock::{EngineLock, Held};
 use crate::mirror::Signal;
 use crate::{Config, Error, Listener, Stream};
@@ -81,11 +81,23 @@ pub struct Runtime {
 /// The driver thread's cost (see [`Runtime::driver_stats`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct DriverStats {
-    /// Times it woke up (input while nobody was inside, a thread leaving
-    /// last, a thread coming back).
+    /// Times it woke up (its grace period's end, the last thread leaving
+    /// while it was parked, input while nobody was inside).
     pub wakeups: u64,
     /// Times it drove the host.
     pub turns: u64,
+}
+
+/// What the application threads' waits cost (see [`Runtime::wait_stats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WaitStats {
+    /// Times an application thread woke up in one of the engine's waits
+    /// (for input as the poller, for its own object, for the poller role,
+    /// a lock's release or its deadline).
+    pub wakeups: u64,
+    /// Times the poller role (watching the socket and the timer for the
+    /// threads waiting inside) passed from a leaving thread to a waiting one.
+    pub handoffs: u64,
 }
 
 /// A thread's presence in the engine (see [`Runtime::enter`]).
@@ -182,6 +194,14 @@ impl Runtime {
         DriverStats { wakeups, turns }
     }
 
+    /// What the application threads' waits cost so far: with one poller
+    /// among them, a datagram wakes one waiting thread (and the one whose
+    /// object it makes ready), not all of them.
+    pub fn wait_stats(&self) -> WaitStats {
+        let (wakeups, handoffs) = self.inner.gate.wait_counts();
+        WaitStats { wakeups, handoffs }
+    }
+
     /// Flows and datagram sockets the host holds (closing ones included).
     pub fn flow_count(&self) -> usize {
         self.inner.lock().host.flow_count()
@@ -198,18 +218,27 @@ impl Runtime {
     ) -> Result<T, Error> {
         // Counted as inside from the first wait to the return, wake-ups and
         // retries included: a thread blocked here for long never lets the
-        // driver thread think the engine empty.
+        // driver thread think the engine empty, and a poller keeps its role.
         let mut inside: Option<Inside> = None;
         // The core, when a wait won it for input: the input and the retry
         // are then one locked section.
         let mut won: Option<Held<'_>> = None;
+        // The socket is read first only by a non-blocking call on an
+        // object, which must see what arrived, and only if no poller reads
+        // it anyway: a call that can wait watches it if it must; a connect
+        // or a close has no use for what waits there (the next wait, or
+        // the driver thread, hands it to the host).
+        let mut drain = mode == Mode::NonBlocking && own.is_some() && !self.inner.gate.polled();
         loop {
             let result = {
                 let mut core = match won.take() {
-                    Some(core) => core,
+                    Some(core) => {
+                        drain = true;
+                        core
+                    }
                     None => self.inner.lock(),
                 };
-                core.before()?;
+                core.before(drain)?;
                 let result = attempt(&mut core);
                 match core.after() {
                     Ok(()) => result,
@@ -229,43 +258,73 @@ impl Runtime {
             };
             match own {
                 Some(own) => {
-                    inside.get_or_insert_with(|| self.inner.gate.enter());
-                    won = self.wait(own, deadline)?;
+                    let inside = inside.get_or_insert_with(|| self.inner.gate.enter());
+                    won = self.wait(own, deadline, inside)?;
+                    drain = false;
                 }
                 None => return Err(Error::WouldBlock),
             }
         }
     }
 
-    /// Sleeps (counted as inside) until `own` is raised, the socket or the
-    /// timer has input, or `deadline`; on input, returns the core to drive
-    /// if the lock is free. If another thread holds it, that thread drives:
-    /// this one waits for its own object or the holder's release (see
-    /// `lock.rs`).
-    fn wait(&self, own: &Signal, deadline: Option<Instant>) -> Result<Option<Held<'_>>, Error> {
-        let timeout = deadline
-            .map(|at| TimeSpec::from_duration(at.saturating_duration_since(Instant::now())));
-        let fds: [BorrowedFd<'_>; 3] = [self.inner.udp.as_fd(), self.inner.timer.as_fd(), own.fd()];
-        let mut polled = fds.map(|fd| PollFd::new(fd, PollFlags::POLLIN));
-        sleep(&mut polled, timeout)?;
-        let input = polled[..2]
-            .iter()
-            .any(|fd| fd.revents().is_some_and(|r| !r.is_empty()));
-        if !input {
-            return Ok(None);
-        }
-        match self.inner.core.try_lock() {
-            Some(core) => Ok(Some(core)),
-            // None: the holder drove; the caller looks again.
-            None => self.inner.core.wait_release(own.fd(), timeout),
+    /// Sleeps (counted as inside) until `own` is raised, or `deadline`, or
+    /// (as the poller, see `gate.rs`) the socket or the timer has input; on
+    /// input, returns the core to drive if the lock is free. If another
+    /// thread holds it, that thread drives: this one waits for its own
+    /// object or the holder's release (see `lock.rs`). A follower woken to
+    /// take the poller role, or by a readiness already consumed, sleeps
+    /// again without the lock.
+    fn wait(
+        &self,
+        own: &Signal,
+        deadline: Option<Instant>,
+        inside: &mut Inside,
+    ) -> Result<Option<Held<'_>>, Error> {
+        loop {
+            let timeout = deadline
+                .map(|at| TimeSpec::from_duration(at.saturating_duration_since(Instant::now())));
+            let role = inside.claim(own);
+            let follower = inside.wake_signal().filter(|_| role != Role::Poller);
+            let Some(me) = follower else {
+                let fds: [BorrowedFd<'_>; 3] =
+                    [self.inner.udp.as_fd(), self.inner.timer.as_fd(), own.fd()];
+                let mut polled = fds.map(|fd| PollFd::new(fd, PollFlags::POLLIN));
+                sleep(&mut polled, timeout)?;
+                inside.gate().woke();
+                let input = polled[..2]
+                    .iter()
+                    .any(|fd| fd.revents().is_some_and(|r| !r.is_empty()));
+                if !input {
+                    return Ok(None);
+                }
+                return match self.inner.core.try_lock() {
+                    Some(core) => Ok(Some(core)),
+                    // None: the holder drove; the caller looks again.
+                    None => self.inner.core.wait_release(own.fd(), timeout),
+                };
+            };
+            let mut polled = [me.fd(), own.fd()].map(|fd| PollFd::new(fd, PollFlags::POLLIN));
+            let watched = if role == Role::Watcher { 2 } else { 1 };
+            let woken = sleep(&mut polled[..watched], timeout)?;
+            inside.gate().woke();
+            let seen = polled.map(|fd| fd.revents().is_some_and(|r| !r.is_empty()));
+            if seen[0] {
+                me.lower();
+            }
+            let expired = deadline.is_some_and(|at| at <= Instant::now());
+            if (seen[1] && own.is_raised()) || woken == 0 || expired {
+                return Ok(None);
+            }
         }
     }
 }
 
-/// `ppoll`; EINTR is a wake-up like any other.
-fn sleep(fds: &mut [PollFd<'_>], timeout: Option<TimeSpec>) -> Result<(), Error> {
+/// `ppoll`: how many descriptors are ready (0: the timeout passed). EINTR
+/// is a wake-up like any other (counted as one).
+fn sleep(fds: &mut [PollFd<'_>], timeout: Option<TimeSpec>) -> Result<i32, Error> {
     match ppoll(fds, timeout, None) {
-        Ok(_) | Err(Errno::EINTR) => Ok(()),
+        Ok(ready) => Ok(ready),
+        Err(Errno::EINTR) => Ok(1),
         Err(errno) => Err(errno.into()),
     }
 }

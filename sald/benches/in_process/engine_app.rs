@@ -13,8 +13,9 @@ use sal_inproc::{Config, Mode, Runtime, Stream};
 use super::{Tally, MESSAGE};
 
 /// Server threads, each accepting and serving one flow at a time (the
-/// kernel TCP server has 32; the engine's waiting threads all watch its
-/// one socket, so fewer serve it better).
+/// kernel TCP server has 32; on 2 CPUs, more threads mean more context
+/// switches between them, though only one of the waiting threads watches
+/// the engine's socket and only one each object).
 const SERVER_THREADS: usize = 8;
 /// How long one connection may take before it counts as failed.
 const CONNECTION_LIMIT: Duration = Duration::from_secs(2);
