@@ -1,9 +1,8 @@
 //! What the engine's mutex guards: the host, its UDP link and timerfd, and
 //! the state of each flow and listener the application holds. Whoever holds
-//! the lock drives: every locked section reads what waits on the socket
-//! before its work and sends what the host produced after it, so that a
-//! thread that finds the lock taken can count on the holder to drain the
-//! socket.
+//! the lock drives: a locked section reads what waits on the socket before
+//! its work when its thread saw input there (or nobody watches it), and
+//! sends what the host produced after it.
 
 use std::collections::HashMap;
 use std::sync::Arc;

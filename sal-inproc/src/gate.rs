@@ -376,6 +376,11 @@ pub(crate) fn drive_while_away(
             if !sleep(&gate, &mut polled, None) || gate.stop.load(Ordering::Acquire) {
                 return;
             }
+            if polled[2].revents().is_some_and(|r| !r.is_empty()) {
+                // A late signal of a thread that left while this one was
+                // parking: cleared, or every sleep here returns at once.
+                let _ = gate.wake.read();
+            }
             let input = polled[..2]
                 .iter()
                 .any(|fd| fd.revents().is_some_and(|r| !r.is_empty()));

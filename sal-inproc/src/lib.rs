@@ -72,7 +72,11 @@
 //! no datagram sockets; no registration of a listener's prefix with sald
 //! (`Relay`): the caller's. The writable eventfd has a low-water mark (a
 //! quarter of the largest send buffer, at most half the smallest), as
-//! Linux's `POLLOUT` has.
+//! Linux's `POLLOUT` has. A closed stream's eventfds are kept for the next
+//! stream (up to 64): a caller that registered one with `epoll` must
+//! remove it before the stream goes, or it would report the next stream's
+//! readiness; stage 3b, which hands the descriptors to programs as their
+//! sockets, must give out duplicates or turn the reuse off.
 //! While every thread is outside the engine, a peer's packet waits for the
 //! driver thread up to the grace period (2 ms) plus its wake-up. The host's
 //! timers still re-arm the timerfd (`timerfd_settime`, about 2 per

@@ -1,11 +1,11 @@
 //! The engine's lock: a mutex around the [`Core`] whose release wakes the
 //! threads that found it taken.
 //!
-//! A thread that wakes up for input and finds the lock taken lets the
-//! holder drive (every locked section reads the socket first), and sleeps
-//! on its own object's eventfd and on a per-thread eventfd that the holder
-//! raises when it lets go: the thread then goes back to watching the socket,
-//! for what arrived after the holder's read. It never blocks on the mutex
+//! A thread that wakes up for input and finds the lock taken sleeps on its
+//! own object's eventfd and on a per-thread eventfd that the holder raises
+//! when it lets go; it then takes the lock and reads the socket itself
+//! (the holder reads it only when it saw input too), and goes back to
+//! watching it. It never blocks on the mutex
 //! itself from a wait, which a signal handler that interrupted the holder
 //! could not afford (`docs/in-process-sal.md`, "Risks").
 

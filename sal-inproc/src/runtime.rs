@@ -259,8 +259,11 @@ impl Runtime {
             match own {
                 Some(own) => {
                     let inside = inside.get_or_insert_with(|| self.inner.gate.enter());
-                    won = self.wait(own, deadline, inside)?;
-                    drain = false;
+                    let (core, input) = self.wait(own, deadline, inside)?;
+                    won = core;
+                    // Input this thread saw but another holder may not
+                    // have read (it drains only when it saw some too).
+                    drain = input;
                 }
                 None => return Err(Error::WouldBlock),
             }
@@ -273,13 +276,14 @@ impl Runtime {
     /// thread holds it, that thread drives: this one waits for its own
     /// object or the holder's release (see `lock.rs`). A follower woken to
     /// take the poller role, or by a readiness already consumed, sleeps
-    /// again without the lock.
+    /// again without the lock. Also says whether it saw input on the
+    /// socket or the timer (the next attempt then reads the socket).
     fn wait(
         &self,
         own: &Signal,
         deadline: Option<Instant>,
         inside: &mut Inside,
-    ) -> Result<Option<Held<'_>>, Error> {
+    ) -> Result<(Option<Held<'_>>, bool), Error> {
         loop {
             let timeout = deadline
                 .map(|at| TimeSpec::from_duration(at.saturating_duration_since(Instant::now())));
@@ -295,12 +299,19 @@ impl Runtime {
                     .iter()
                     .any(|fd| fd.revents().is_some_and(|r| !r.is_empty()));
                 if !input {
-                    return Ok(None);
+                    return Ok((None, false));
                 }
                 return match self.inner.core.try_lock() {
-                    Some(core) => Ok(Some(core)),
-                    // None: the holder drove; the caller looks again.
-                    None => self.inner.core.wait_release(own.fd(), timeout),
+                    Some(core) => Ok((Some(core), true)),
+                    // None: the holder drives; the caller looks again
+                    // once it lets go (what is left of the deadline).
+                    None => {
+                        let left = deadline.map(|at| {
+                            TimeSpec::from_duration(at.saturating_duration_since(Instant::now()))
+                        });
+                        let core = self.inner.core.wait_release(own.fd(), left)?;
+                        Ok((core, true))
+                    }
                 };
             };
             let mut polled = [me.fd(), own.fd()].map(|fd| PollFd::new(fd, PollFlags::POLLIN));
@@ -313,7 +324,7 @@ impl Runtime {
             }
             let expired = deadline.is_some_and(|at| at <= Instant::now());
             if (seen[1] && own.is_raised()) || woken == 0 || expired {
-                return Ok(None);
+                return Ok((None, false));
             }
         }
     }
