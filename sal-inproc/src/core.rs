@@ -220,26 +220,14 @@ impl Core {
     /// Sends everything the host has to send, in batches.
     fn flush(&mut self) -> Result<(), Error> {
         let now = self.clock.now();
-        loop {
-            let Some(slot) = self.link.slot() else {
-                self.link.send_batch()?;
-                continue;
-            };
-            let Some(transmit) = self.host.poll_transmit(now, slot) else {
-                break;
-            };
-            match transmit.dst {
-                Locator::Udp(to) => self.link.queue(to, transmit.len),
-                Locator::Ipv4(_) => {
-                    self.unsendable += 1;
-                    tracing::debug!(
-                        unsendable = self.unsendable,
-                        "datagram for a native locator dropped"
-                    );
-                }
-            }
+        let unsendable = self.link.send_from(&mut self.host, now)?;
+        if unsendable > 0 {
+            self.unsendable += unsendable;
+            tracing::debug!(
+                unsendable = self.unsendable,
+                "datagram for a native locator dropped"
+            );
         }
-        self.link.send_batch()?;
         Ok(())
     }
 

@@ -14,6 +14,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use nix::errno::Errno;
 use nix::sys::socket::{recvmmsg, sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrIn};
+use sal::proto::Host;
+use sal::Locator;
 
 /// Datagrams per `recvmmsg` or `sendmmsg` at most.
 pub const BATCH: usize = 32;
@@ -121,6 +123,28 @@ impl UdpLink {
     /// Queues the datagram written in the slot last given, `len` bytes, to `to`.
     pub fn queue(&mut self, to: SocketAddrV4, len: usize) {
         self.queued.push((to.into(), len));
+    }
+
+    /// Sends everything `host` has to send at `now`, in batches, written
+    /// straight into the send slots. Returns how many datagrams were for a
+    /// native locator, which a UDP link cannot carry (dropped).
+    pub fn send_from(&mut self, host: &mut Host, now: sal::time::Instant) -> io::Result<u64> {
+        let mut unsendable = 0;
+        loop {
+            let Some(slot) = self.slot() else {
+                self.send_batch()?;
+                continue;
+            };
+            let Some(transmit) = host.poll_transmit(now, slot) else {
+                break;
+            };
+            match transmit.dst {
+                Locator::Udp(to) => self.queue(to, transmit.len),
+                Locator::Ipv4(_) => unsendable += 1,
+            }
+        }
+        self.send_batch()?;
+        Ok(unsendable)
     }
 
     /// Sends every queued datagram, in as few `sendmmsg` calls as the

@@ -137,20 +137,7 @@ impl Node {
     /// Sends everything the host has to send, in batches.
     pub fn flush(&mut self) -> io::Result<()> {
         let now = self.now();
-        loop {
-            let Some(slot) = self.link.slot() else {
-                self.link.send_batch()?;
-                continue;
-            };
-            let Some(transmit) = self.host.poll_transmit(now, slot) else {
-                break;
-            };
-            match transmit.dst {
-                Locator::Udp(to) => self.link.queue(to, transmit.len),
-                Locator::Ipv4(_) => self.unsendable += 1,
-            }
-        }
-        self.link.send_batch()?;
+        self.unsendable += self.link.send_from(&mut self.host, now)?;
         Ok(())
     }
 
