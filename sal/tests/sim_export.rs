@@ -1057,3 +1057,49 @@ fn buffers_longer_than_the_host_holds_are_refused_before_the_budget() {
     );
     assert_eq!(host.stats().buffer_bytes, 0);
 }
+
+/// A group under memory pressure takes no import, even one its budget
+/// would hold by bytes: pressure comes on at the limit and goes off only
+/// below 7/8 of it, and an import then would push the group back at once.
+#[test]
+fn an_import_into_a_group_under_pressure_is_refused_though_it_would_fit() {
+    let (_, mut big, _) = valid_export(65);
+    big.socket.send_buffer.clear();
+    big.socket.send_max = big.socket.send_unacked;
+    big.socket.recv_buffer = pattern(28_000, 5);
+    let mut small = big.clone();
+    small.flow = FlowId::new(big.flow.get() ^ 0x33).unwrap();
+    small.socket.recv_buffer = pattern(1_000, 6);
+    let stream = lone_host().config().stream;
+    let (a, b) = (
+        import_memory(&stream, &big.socket),
+        import_memory(&stream, &small.socket),
+    );
+    let limit = a + b;
+    assert!(
+        a >= limit - limit / 8,
+        "{a} of {limit}: pressure must outlast b's close"
+    );
+    let mut host = grouped_host(limit);
+    host.import_flow_in_group(big, "eth0", 7).expect("fits");
+    let second = host
+        .import_flow_in_group(small.clone(), "eth0", 7)
+        .expect("fits exactly");
+    // At its limit: under pressure. Freeing the small flow leaves the
+    // group above 7/8 of it, still under pressure.
+    host.abort(second).unwrap();
+    host.close(second).unwrap();
+    host.poll(Instant::from_millis(1001));
+    assert_eq!(host.group_buffer_bytes(7), a as u64);
+    let mut third = small;
+    third.flow = FlowId::new(third.flow.get() ^ 0x0f00).unwrap();
+    assert_eq!(
+        host.import_flow_in_group(third.clone(), "eth0", 7),
+        Err(HostError::BadImport(ImportError::GroupOverBudget {
+            bytes: b,
+            group: 7
+        }))
+    );
+    // Another group is not held back by this one's pressure.
+    assert!(host.import_flow_in_group(third, "eth0", 8).is_ok());
+}
