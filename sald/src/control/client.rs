@@ -15,7 +15,7 @@ use sal::table::ListenerId;
 use sal_control::{ErrorKind, Request, Response, PROTOCOL_VERSION};
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::frame::{write_response, Payer, ReadError};
+use super::frame::{write_response, FrameCharge, Payer, ReadError};
 use super::limits::Admitted;
 use super::ration::Timed;
 use super::{cmd, connector, subscribe, ControlContext};
@@ -36,6 +36,10 @@ pub(super) struct Client {
     /// (`SCM_RIGHTS` on its frame's first byte): a request that expects
     /// one takes it; any other is closed when the next request is read.
     pub(super) attached: Option<OwnedFd>,
+    /// The memory of the request being handled, charged to the control
+    /// socket's frame budget until its answer is written
+    /// ([`FrameCharge`]).
+    charge: Option<FrameCharge>,
 }
 
 /// What a client holds from the accept loop: a place among the connections
@@ -55,6 +59,7 @@ impl Client {
             privileged,
             listeners: Vec::new(),
             attached: None,
+            charge: None,
         }
     }
 
@@ -94,14 +99,16 @@ impl Client {
             privileged: self.privileged,
         };
         self.attached = None;
+        self.charge = None;
         match context
             .reader
             .read_attached(&mut self.stream, payer, idle)
             .await
         {
-            Ok(Some((request, attached))) => {
-                self.attached = attached;
-                Ok(Some(request))
+            Ok(Some(received)) => {
+                self.attached = received.attached;
+                self.charge = Some(received.charge);
+                Ok(Some(received.request))
             }
             Ok(None) => Ok(None),
             Err(error) => {
@@ -197,9 +204,11 @@ impl Client {
                 Err(error) => return Err(error),
             };
             if request == Request::Subscribe {
+                self.charge = None;
                 return subscribe::stream_events(self).await;
             }
             if request == Request::Connector {
+                self.charge = None;
                 return connector::serve(self).await;
             }
             // Metered (see `control::ration`), except connects: each is a
@@ -212,6 +221,7 @@ impl Client {
             rations
                 .meter(uid, exempt, self.respond(&response, fd))
                 .await?;
+            self.charge = None;
         }
     }
 }

@@ -190,10 +190,51 @@ impl Body {
     }
 }
 
+impl Body {
+    /// The frame read: its bytes go, its charge stays (see [`FrameCharge`]).
+    fn into_charge(mut self) -> FrameCharge {
+        FrameCharge {
+            charged: std::mem::take(&mut self.charged),
+            budget: Arc::clone(&self.budget),
+            payer: self.payer,
+        }
+    }
+}
+
 impl Drop for Body {
     fn drop(&mut self) {
         self.budget.release(self.payer, self.charged);
     }
+}
+
+/// A whole frame's memory, still charged to the budget after its bytes
+/// were decoded, until its request has been handled: what the request
+/// decoded into (an `Adopt`'s buffers, up to a quarter of a frame) is
+/// then bounded by the budget too, however many connections hand sald
+/// large requests at once. Released when dropped.
+#[derive(Debug)]
+pub struct FrameCharge {
+    charged: usize,
+    budget: Arc<FrameBudget>,
+    payer: Payer,
+}
+
+impl Drop for FrameCharge {
+    fn drop(&mut self) {
+        self.budget.release(self.payer, self.charged);
+    }
+}
+
+/// A request as read: the request, the descriptor that rode on its
+/// frame's first byte (`SCM_RIGHTS`) if one did, and its frame's charge.
+#[derive(Debug)]
+pub struct Received {
+    /// The request.
+    pub request: Request,
+    /// The descriptor attached to the frame, if any.
+    pub attached: Option<OwnedFd>,
+    /// The frame's memory, charged until this is dropped.
+    pub charge: FrameCharge,
 }
 
 /// Reads requests with the daemon's bounds.
@@ -227,19 +268,20 @@ impl FrameReader {
         Ok(self
             .read_attached(stream, payer, idle)
             .await?
-            .map(|(request, _)| request))
+            .map(|received| received.request))
     }
 
     /// [`FrameReader::read`], with the descriptor that rode on the frame's
-    /// first byte (`SCM_RIGHTS`), if one did: a request that hands sald a
-    /// socket (`Relay`) sends it so. A descriptor anywhere else in a frame
-    /// is closed by the kernel as the bytes are read.
+    /// first byte (`SCM_RIGHTS`), if one did (a request that hands sald a
+    /// socket, `Relay` or `Adopt`, sends it so; a descriptor anywhere else
+    /// in a frame is closed by the kernel as the bytes are read), and the
+    /// frame's charge, for the caller to keep until the request is handled.
     pub async fn read_attached(
         &self,
         stream: &mut AppSocket,
         payer: Payer,
         idle: Option<Duration>,
-    ) -> Result<Option<(Request, Option<OwnedFd>)>, ReadError> {
+    ) -> Result<Option<Received>, ReadError> {
         let mut prefix = [0u8; 4];
         // Usually the whole prefix in one read; a frame has started once
         // any of it is here.
@@ -275,12 +317,17 @@ impl FrameReader {
                     return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
                 }
             }
-            decode_body(&body.bytes).map_err(ReadError::Unknown)
+            let request = decode_body(&body.bytes).map_err(ReadError::Unknown)?;
+            Ok::<_, ReadError>((request, body.into_charge()))
         };
-        tokio::time::timeout(self.timeout, rest)
+        let (request, charge) = tokio::time::timeout(self.timeout, rest)
             .await
-            .map_err(|_| ReadError::Partial(self.timeout))?
-            .map(|request| Some((request, attached)))
+            .map_err(|_| ReadError::Partial(self.timeout))??;
+        Ok(Some(Received {
+            request,
+            attached,
+            charge,
+        }))
     }
 }
 
@@ -357,6 +404,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_request_stays_charged_until_it_is_handled() {
+        // One ordinary user's share is an eighth of the budget: 64 KiB.
+        let (reader, budget) = reader(512 * 1024);
+        let (mut ours, mut theirs) = pair();
+        let user = Payer {
+            uid: 1000,
+            privileged: false,
+        };
+        let request = Request::Hello {
+            version: 1,
+            client: "ab".repeat(20_000),
+        };
+        let frame = encode_frame(&request).unwrap();
+        theirs.write_all(&frame).await.unwrap();
+        let received = reader.read_attached(&mut ours, user, None).await.unwrap();
+        let received = received.unwrap();
+        assert_eq!(received.request, request);
+        // Read and decoded, not yet handled: the frame's bytes still count.
+        assert!(
+            budget.used() >= frame.len() - 4,
+            "charged {}",
+            budget.used()
+        );
+        // So the user's next large frame, read meanwhile on another
+        // connection, is over the share.
+        let (mut ours2, mut theirs2) = pair();
+        theirs2.write_all(&frame).await.unwrap();
+        let second = reader.read_attached(&mut ours2, user, None).await;
+        assert!(
+            matches!(second, Err(ReadError::OverShare { .. })),
+            "{second:?}"
+        );
+        drop(received);
+        assert_eq!(budget.used(), 0);
+        drop((theirs, theirs2));
+    }
+
+    #[tokio::test]
     async fn frames_beyond_the_budget_are_refused_and_requests_still_parse() {
         let (reader, budget) = reader(64 * 1024);
         let (mut ours, mut theirs) = pair();
@@ -403,7 +488,9 @@ mod tests {
             None,
         )
         .unwrap();
-        let (request, attached) = reader
+        let Received {
+            request, attached, ..
+        } = reader
             .read_attached(&mut ours, ROOT, None)
             .await
             .unwrap()
@@ -413,7 +500,9 @@ mod tests {
         assert_eq!(attached.local_addr().unwrap(), udp.local_addr().unwrap());
         // The next frame came bare: nothing rides on it.
         std::io::Write::write_all(&mut &client, &frames[1]).unwrap();
-        let (request, attached) = reader
+        let Received {
+            request, attached, ..
+        } = reader
             .read_attached(&mut ours, ROOT, None)
             .await
             .unwrap()
