@@ -244,6 +244,29 @@ pub enum Request {
         /// The flow's state, as `Host::export_flow` gave it.
         export: Box<FlowExport>,
     },
+    /// How sald would route a first packet (a SYN) to `service`, for a
+    /// program that drives its own SAL host over UDP and would otherwise
+    /// send every SYN to sald (`docs/in-process-sal.md`, stage 2,
+    /// "cached resolution"): the program installs the answer in its
+    /// host, as a FORWARD rule of the answer's prefix, and sends its next
+    /// SYNs to that service straight to the next hops until the answer's
+    /// lifetime runs out, as a resolver caches a DNS answer. Answered
+    /// with [`Response::Resolved`]; a sald older than this request
+    /// answers `InvalidRequest` (and goes on serving the connection), with
+    /// which a program keeps sending its SYNs to sald.
+    ///
+    /// Not a boundary: a program with its own UDP socket can send any
+    /// packet anywhere already; the answer only saves it sald's hop. It
+    /// tells no more than the program learns from the flow's SYN-ACK (the
+    /// server's locator), plus the weights of the next hops and the prefix
+    /// of the rule that matched. Cost: one longest-prefix match and a
+    /// look at the matched rule (never a walk of the table), metered as
+    /// any request of an ordinary user (see the module docs: the control
+    /// connection's limits).
+    Resolve {
+        /// The service a program connects to.
+        service: ServiceId,
+    },
     /// Take the next established flow of a listener; waits for one unless
     /// `nonblocking`. Answered with `Accepted` and the flow's fd.
     Accept {
@@ -492,6 +515,21 @@ pub enum Response {
         /// Where sald forwards the prefix's SYNs and unconnected datagrams.
         locator: Locator,
     },
+    /// The answer to [`Request::Resolve`].
+    Resolved {
+        /// Where the program's host may send the service's SYNs itself:
+        /// sald's rule for it forwards (or sald relays the service to a
+        /// program beside it). `None`: ask me each time, that is, send the
+        /// SYNs to sald (its rule serves the service here, holds it for
+        /// the controller, drops it, or none matches; or sald answers
+        /// no resolutions).
+        #[serde(default)]
+        route: Option<ResolvedRoute>,
+        /// How long the answer holds, milliseconds: the program uses
+        /// `route` that long, or (no route) sends the service's SYNs to
+        /// sald that long before it asks again.
+        lifetime_ms: u64,
+    },
     /// The answer to [`Request::Deliver`]: the application's end of the
     /// listener's accept queue (fd attached).
     Delivering {
@@ -590,6 +628,34 @@ pub enum Response {
         /// The failed changes, in batch order.
         failures: Vec<RuleFailure>,
     },
+}
+
+/// A route a program's host may use on its own for a while (see
+/// [`Request::Resolve`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolvedRoute {
+    /// The prefix of sald's rule that matched (for display: it may be
+    /// shorter than `prefix`).
+    pub matched: ServicePrefix,
+    /// What the answer holds for, and what the program installs its rule
+    /// for: the service ID asked, whole. Not `matched`: sald may hold
+    /// longer rules inside it (a local listener under a default route)
+    /// that a rule of `matched` in the program would hide, and finding
+    /// them costs what the table holds under `matched`.
+    pub prefix: ServicePrefix,
+    /// The next hops of the matched rule's active group, with their
+    /// weights as the table holds them (weight 0: a standby, used only
+    /// when every weight is 0); at least one.
+    pub next_hops: Vec<NextHop>,
+}
+
+/// One next hop of a [`ResolvedRoute`]: a FORWARD target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NextHop {
+    /// Where the SYN goes: a server, a service router, or a program's host.
+    pub locator: Locator,
+    /// Its share among the hops, as a FORWARD target's weight.
+    pub weight: u32,
 }
 
 /// One change of a [`Request::ApplyRules`] batch.
@@ -1619,6 +1685,47 @@ mod tests {
         };
         let frame = encode_frame(&applied).unwrap();
         assert_eq!(decode_body::<Response>(&frame[4..]).unwrap(), applied);
+    }
+
+    #[test]
+    fn a_resolution_round_trips_with_or_without_a_route() {
+        let asked = Request::Resolve {
+            service: "c0ec7001".parse().unwrap(),
+        };
+        let frame = encode_frame(&asked).unwrap();
+        assert_eq!(decode_body::<Request>(&frame[4..]).unwrap(), asked);
+        let json = serde_json::to_value(&asked).unwrap();
+        assert_eq!(json["op"], "resolve");
+        let route = Response::Resolved {
+            route: Some(ResolvedRoute {
+                matched: "0/0".parse().unwrap(),
+                prefix: ServicePrefix::exact("c0ec7001".parse().unwrap()),
+                next_hops: vec![
+                    NextHop {
+                        locator: "udp:10.0.0.2:7077".parse().unwrap(),
+                        weight: 3,
+                    },
+                    NextHop {
+                        locator: "udp:10.0.0.3:7077".parse().unwrap(),
+                        weight: 0,
+                    },
+                ],
+            }),
+            lifetime_ms: 5000,
+        };
+        let frame = encode_frame(&route).unwrap();
+        assert_eq!(decode_body::<Response>(&frame[4..]).unwrap(), route);
+        assert!(!route.carries_fd());
+        // "Ask me each time" may leave the route out.
+        let each_time: Response =
+            decode_body(br#"{"type":"resolved","lifetime_ms":60000}"#).unwrap();
+        assert_eq!(
+            each_time,
+            Response::Resolved {
+                route: None,
+                lifetime_ms: 60_000
+            }
+        );
     }
 
     #[test]

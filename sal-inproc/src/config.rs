@@ -1,9 +1,12 @@
 //! What a [`Runtime`](crate::Runtime) is made from.
 
 use std::net::SocketAddrV4;
+use std::sync::Arc;
 
 use sal::proto::{default_stream_config, HostConfig};
 use sal::Locator;
+
+use crate::resolve::{Resolve, SaldResolver};
 
 /// Bytes of UDP header: full-size segments must still fit the MTU (sald
 /// makes the same cut in UDP mode).
@@ -29,6 +32,11 @@ pub struct Config {
     /// it covers, and for callers that drive through
     /// [`Runtime::wait_fds`](crate::Runtime::wait_fds) themselves.
     pub driver_thread: bool,
+    /// Where to ask how to route a service's SYNs without sald's hop
+    /// (cached resolution, see [`crate::resolve`]): sald
+    /// ([`Config::with_sald_resolver`]) or any [`Resolve`]. `None` (the
+    /// default): every SYN follows [`Config::route`].
+    pub resolver: Option<Arc<dyn Resolve>>,
 }
 
 impl Config {
@@ -43,7 +51,18 @@ impl Config {
             max_send_buffer: stream.max_send_buffer,
             max_recv_buffer: stream.max_recv_buffer,
             driver_thread: true,
+            resolver: None,
         }
+    }
+
+    /// This config with its connects resolved by the sald whose control
+    /// socket is at `control` (`Request::Resolve`), cached for the
+    /// lifetime sald gives: the first SYN to a service follows
+    /// [`Config::route`] (sald), the next ones go straight to where sald
+    /// would forward them while the answer lasts.
+    pub fn with_sald_resolver(mut self, control: impl Into<std::path::PathBuf>) -> Config {
+        self.resolver = Some(Arc::new(SaldResolver::new(control)));
+        self
     }
 
     /// The host's configuration: fresh randomness from the operating

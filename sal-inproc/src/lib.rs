@@ -63,6 +63,13 @@
 //!   future `poll`/`epoll` interposer wait on the engine's descriptors
 //!   itself. [`Runtime::driver_stats`] and [`Runtime::wait_stats`] count
 //!   the wake-ups.
+//! - **Cached resolution** (optional, [`Config::resolver`], see
+//!   [`resolve`]): the first connect to a service goes by the default
+//!   route (sald relays its SYN), and while its SYN is out the runtime
+//!   asks sald (`Request::Resolve`) how it routes the service; the answer
+//!   goes into the host as a FORWARD rule of the service's ID, used by the
+//!   next connects until its lifetime runs out (then taken out, and asked
+//!   again). No answer, or none to be had, leaves the default route.
 //!
 //! # Not done here
 //!
@@ -91,6 +98,7 @@ mod gate;
 mod listener;
 mod lock;
 mod mirror;
+pub mod resolve;
 mod runtime;
 mod stream;
 pub mod udp;

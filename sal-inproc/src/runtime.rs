@@ -16,6 +16,7 @@ use crate::core::Core;
 use crate::gate::{self, Gate, Inside, Role};
 use crate::lock::{EngineLock, Held};
 use crate::mirror::Signal;
+use crate::resolve::{ResolutionCache, Resolve};
 use crate::{Config, Error, Listener, Stream};
 
 /// How a call waits when it cannot complete at once.
@@ -40,6 +41,22 @@ pub(crate) struct Inner {
     timer: OwnedFd,
     local: Locator,
     driver: Mutex<Option<JoinHandle<()>>>,
+    /// Cached resolution, with a resolver configured.
+    resolution: Option<Resolution>,
+}
+
+/// A runtime's resolver and what it answered (see [`crate::resolve`]).
+struct Resolution {
+    resolver: Arc<dyn Resolve>,
+    /// Taken under the engine's lock only (which holds the host its
+    /// routes are in), so never contended.
+    cache: Mutex<ResolutionCache>,
+}
+
+impl Resolution {
+    fn cache(&self) -> std::sync::MutexGuard<'_, ResolutionCache> {
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl Inner {
@@ -121,6 +138,10 @@ impl Runtime {
             timer,
             local,
             driver: Mutex::new(None),
+            resolution: config.resolver.clone().map(|resolver| Resolution {
+                resolver,
+                cache: Mutex::new(ResolutionCache::default()),
+            }),
         });
         if config.driver_thread {
             let (udp, timer) = (inner.udp.try_clone()?, inner.timer.try_clone()?);
@@ -145,14 +166,53 @@ impl Runtime {
     /// and the stream's writable descriptor shows when there is one. With
     /// a deadline that passes first: [`Error::WouldBlock`], and the flow is
     /// closed.
+    ///
+    /// With a resolver ([`Config::resolver`]): the SYN goes by the route
+    /// cached for `service`, if any; if none, by the default route, and
+    /// the resolver is asked (once per answer's lifetime, with the SYN
+    /// out) how the next SYNs may go. A blocking connect that fails by a
+    /// cached route forgets it.
     pub fn connect(&self, service: ServiceId, mode: Mode) -> Result<Stream, Error> {
-        let (key, id, signals) =
-            self.call(Mode::NonBlocking, None, |core| core.connect(service))?;
+        let resolution = self.inner.resolution.as_ref();
+        let mut ask = false;
+        let (key, id, signals) = self.call(Mode::NonBlocking, None, |core| {
+            if let Some(resolution) = resolution {
+                ask = (resolution.cache()).before_connect(&mut core.host, service, Instant::now());
+            }
+            core.connect(service)
+        })?;
         let stream = Stream::new(self.clone(), key, id, signals);
+        if let Some(resolution) = resolution.filter(|_| ask) {
+            // Without the engine's lock: the host goes on meanwhile.
+            let answer = resolution.resolver.resolve(service);
+            let mut core = self.inner.lock();
+            (resolution.cache()).answer(&mut core.host, service, answer, Instant::now());
+        }
         if mode != Mode::NonBlocking {
-            stream.finish_connect(mode)?;
+            let connected = stream.finish_connect(mode);
+            if let (Err(error), Some(resolution)) = (&connected, resolution) {
+                if !matches!(error, Error::WouldBlock) && !ask {
+                    let mut core = self.inner.lock();
+                    let mut cache = resolution.cache();
+                    if cache.is_routed(&service, Instant::now()) {
+                        cache.forget(&mut core.host, service);
+                    }
+                }
+            }
+            connected?;
         }
         Ok(stream)
+    }
+
+    /// Whether connects to `service` take a route the resolver gave
+    /// (see [`Config::resolver`]) rather than the default one now.
+    pub fn is_resolved(&self, service: &ServiceId) -> bool {
+        let Some(resolution) = self.inner.resolution.as_ref() else {
+            return false;
+        };
+        let _core = self.inner.lock();
+        let routed = resolution.cache().is_routed(service, Instant::now());
+        routed
     }
 
     /// Binds a listener to `prefix`; at most `backlog` flows may be

@@ -10,6 +10,8 @@
 //! forward = true             # service-router mode
 //! broadcast = true           # broadcast discovery (native mode; see --no-broadcast)
 //! relays = false             # programs' relays (needs udp; see --relays)
+//! resolution_lifetime_ms = 5000 # how long a relaying program may cache a
+//!                            # route sald resolved for it (0: never; see `Resolve`)
 //! control = "/run/serval/sald.sock"
 //! tun = "sal0"
 //! min_bind_prefix = 16       # shortest prefix an ordinary user may bind
@@ -518,6 +520,13 @@ fn default_min_bind_prefix() -> u16 {
     16
 }
 
+/// A few seconds: a program asks again for a service it connects to at
+/// most that often, and a rule changed at sald reaches it at most that
+/// late.
+fn default_resolution_lifetime_ms() -> u64 {
+    5000
+}
+
 /// The config file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -537,6 +546,11 @@ pub struct FileConfig {
     pub relays: bool,
     /// As `--control`: the control socket's path.
     pub control: Option<PathBuf>,
+    /// How long a program with its own SAL host may use a route sald
+    /// resolved for it (`Request::Resolve`), milliseconds; 0: sald
+    /// answers no routes, every SYN comes through it.
+    #[serde(default = "default_resolution_lifetime_ms")]
+    pub resolution_lifetime_ms: u64,
     /// As `--tun`: the TUN device's name (native mode).
     pub tun: Option<String>,
     /// Static rules installed at start (`[[rules]]`).
@@ -575,6 +589,9 @@ pub struct Config {
     pub relays: bool,
     /// The control socket's path (default `/run/serval/sald.sock`).
     pub control: PathBuf,
+    /// How long a program may use a route sald resolved for it
+    /// (`Request::Resolve`), milliseconds; 0: none is answered.
+    pub resolution_lifetime_ms: u64,
     /// The TUN device's name in native mode (default `sal0`).
     pub tun: String,
     /// Seed for flow IDs and nonces, for reproducible tests; `None`: random.
@@ -619,6 +636,7 @@ impl Config {
             }
             None => FileConfig {
                 min_bind_prefix: default_min_bind_prefix(),
+                resolution_lifetime_ms: default_resolution_lifetime_ms(),
                 ..FileConfig::default()
             },
         };
@@ -655,6 +673,7 @@ impl Config {
                 .control
                 .or(file.control)
                 .unwrap_or_else(|| sal_control::DEFAULT_CONTROL_PATH.into()),
+            resolution_lifetime_ms: file.resolution_lifetime_ms,
             tun: flags.tun.or(file.tun).unwrap_or_else(|| "sal0".into()),
             seed: flags.seed,
             udp_offload: !flags.no_udp_offload,
@@ -756,6 +775,23 @@ mod tests {
                 .unwrap()
                 .relays
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn resolution_lifetime_defaults_to_a_few_seconds_and_reads_from_the_file() {
+        let load = |args: &[&str]| {
+            let flags = Flags::try_parse_from(["sald", "--iface", "eth0"].iter().chain(args));
+            Config::load(flags.unwrap()).unwrap().resolution_lifetime_ms
+        };
+        assert_eq!(load(&[]), 5000);
+        let dir = std::env::temp_dir().join(format!("sald-resolve-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("sald.toml");
+        std::fs::write(&file, "min_bind_prefix = 24\n").unwrap();
+        assert_eq!(load(&["--config", file.to_str().unwrap()]), 5000);
+        std::fs::write(&file, "resolution_lifetime_ms = 0\n").unwrap();
+        assert_eq!(load(&["--config", file.to_str().unwrap()]), 0);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

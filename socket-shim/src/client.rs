@@ -247,6 +247,7 @@ pub(crate) fn response_name(response: &Response) -> &'static str {
         Response::Error { .. } => "error",
         Response::Listening { .. } => "listening",
         Response::Relaying { .. } => "relaying",
+        Response::Resolved { .. } => "resolved",
         Response::Delivering { .. } => "delivering",
         Response::Accepted { .. } => "accepted",
         Response::Connected { .. } => "connected",

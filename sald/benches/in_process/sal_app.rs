@@ -11,6 +11,7 @@ use sal::table::Target;
 use sal::wire::TransportProtocol;
 use sal::{FlowId, Locator, ServiceId, ServicePrefix};
 use sal_control::{Request, Response};
+use sal_inproc::resolve::{ResolutionCache, Resolve, SaldResolver};
 use socket_shim::ControlClient;
 
 use super::common::program::Node;
@@ -146,16 +147,32 @@ enum Failure {
     Echo,
 }
 
+/// A client's cached resolution (`sal_inproc::resolve`): what it asks
+/// the sald of its host, and what that answered.
+struct Resolution {
+    resolver: SaldResolver,
+    cache: ResolutionCache,
+}
+
 /// One client thread: its own host on its own UDP socket at `local`,
 /// connecting to `service` at `server` until `until`, then (after
-/// `measured`) waiting for the teardown of its flows.
+/// `measured`) waiting for the teardown of its flows. With `resolver`
+/// (the control socket of the sald at `server`), it asks that sald how it
+/// routes `service` while its first SYN is out, and sends the next SYNs
+/// straight where sald said for as long as sald said
+/// (`Request::Resolve`).
 pub fn client(
     server: SocketAddrV4,
     local: Ipv4Addr,
     service: ServiceId,
+    resolver: Option<&Path>,
     until: Instant,
     measured: impl FnOnce(),
 ) -> Tally {
+    let mut resolution = resolver.map(|path| Resolution {
+        resolver: SaldResolver::new(path),
+        cache: ResolutionCache::default(),
+    });
     let mut tally = Tally::default();
     let Ok(mut node) = Node::bind(SocketAddrV4::new(local, 0)) else {
         tally.errors += 1;
@@ -172,7 +189,12 @@ pub fn client(
     );
     while Instant::now() < until {
         let start = Instant::now();
-        let result = connection(&mut node, service, start + CONNECTION_LIMIT);
+        let result = connection(
+            &mut node,
+            service,
+            resolution.as_mut(),
+            start + CONNECTION_LIMIT,
+        );
         tally.record(result.is_ok(), start);
         if let Err(failure) = result {
             tally.note(failure);
@@ -198,14 +220,30 @@ pub fn client(
 /// [`MESSAGE`], read the echo, close. Returns once the close is handed to
 /// the host and what it sent for it (the TCP FIN) is on the socket: like
 /// kernel TCP's `close()`, it does not wait for the FIN exchange, which
-/// goes on in later turns of this thread's event loop.
-fn connection(node: &mut Node, service: ServiceId, limit: Instant) -> Result<(), Failure> {
+/// goes on in later turns of this thread's event loop. With a
+/// resolution, a connect that finds no route cached asks for one once its
+/// SYN is out (by the default route, through sald).
+fn connection(
+    node: &mut Node,
+    service: ServiceId,
+    mut resolution: Option<&mut Resolution>,
+    limit: Instant,
+) -> Result<(), Failure> {
     let now = node.now();
     node.host.advance_clock(now);
+    let ask = match resolution.as_deref_mut() {
+        Some(r) => (r.cache).before_connect(&mut node.host, service, Instant::now()),
+        None => false,
+    };
     let id = node
         .host
         .connect(service, TransportProtocol::Stream)
         .map_err(|_| Failure::Host)?;
+    if let Some(resolution) = resolution.filter(|_| ask) {
+        node.flush().map_err(|_| Failure::Host)?;
+        let answer = resolution.resolver.resolve(service);
+        (resolution.cache).answer(&mut node.host, service, answer, Instant::now());
+    }
     let result = exchange(node, id, limit);
     match result {
         Ok(()) => {

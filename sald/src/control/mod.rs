@@ -65,6 +65,9 @@ pub struct ControlContext {
     /// What ordinary users' requests may take from the thread (see
     /// [`ration`]).
     pub rations: Arc<Rations>,
+    /// How long a program may use a `Resolve` answer, milliseconds (the
+    /// config file's `resolution_lifetime_ms`; 0: sald answers none).
+    pub resolution_lifetime_ms: u64,
     reader: FrameReader,
     admission: Arc<Admission>,
     refusing: Arc<Semaphore>,
@@ -101,6 +104,7 @@ impl ControlContext {
             started: Instant::now(),
             listings: Arc::default(),
             rations: Arc::new(Rations::new(limits.idle_turns)),
+            resolution_lifetime_ms: config.resolution_lifetime_ms,
             reader: FrameReader::new(
                 FrameBudget::new(limits.frame_memory),
                 Duration::from_millis(limits.frame_timeout_ms),

@@ -2,7 +2,8 @@
 //! `cmd/`): [`bind`] (listeners), [`drain`] (graceful leaves), [`flows`] (connects, datagram sockets and
 //! handing flows over), [`relay`] (binds served by a program's own SAL
 //! host), [`adopt`] (flows a program's own host hands over, checked with
-//! [`program_socket`] as relays are), [`rules`], [`inspect`] (listings, stats, with
+//! [`program_socket`] as relays are), [`resolve`] (routes such programs
+//! cache), [`rules`], [`inspect`] (listings, stats, with
 //! [`parts`] for long lists) and [`migrate`]. `Hello`, `Subscribe` and `Connector` change what the
 //! connection is and are handled by the client loop.
 
@@ -16,6 +17,7 @@ mod migrate;
 mod parts;
 mod program_socket;
 mod relay;
+mod resolve;
 mod rules;
 
 use std::os::fd::OwnedFd;
@@ -45,6 +47,7 @@ pub(super) async fn handle(client: &mut Client, request: Request) -> Reply {
         } => bind::listen(client, prefix, protocol, backlog),
         Request::Relay { prefix, locator } => relay::relay(client, prefix, locator).await,
         Request::Adopt { export } => adopt::adopt(client, *export).await,
+        Request::Resolve { service } => resolve::resolve(client, service),
         Request::Accept {
             listener,
             nonblocking,

@@ -1,0 +1,351 @@
+//! Cached resolution (`Request::Resolve`, `docs/in-process-sal.md`): a
+//! program that drives its own SAL host sends its first SYN to a service
+//! through sald, asks sald how it routes the service, and sends the next
+//! SYNs straight there until the answer's lifetime runs out.
+//!
+//! ```text
+//!  client program ──first SYN──> sald ──relay──> server program
+//!        │  (Resolve: "udp:server, for 60 s")          ^
+//!        └──────────── next SYNs, direct ──────────────┘
+//! ```
+//!
+//! The programs are `sal-inproc` runtimes in this test's threads; sald runs
+//! in this process too, in UDP mode on a loopback address, with relays on.
+//! sald's `forwarded` counter tells how many SYNs it relayed. No root
+//! needed.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use sal::table::Target;
+use sal::{ServiceId, ServicePrefix};
+use sal_control::{NextHop, Request, ResolvedRoute, Response};
+use sal_inproc::{Config, Error, Mode, Runtime};
+use socket_shim::ControlClient;
+
+mod common;
+use common::{InProcess, Sald, Scratch};
+
+/// How long one connection may take.
+const LIMIT: Duration = Duration::from_secs(10);
+
+fn prefix() -> ServicePrefix {
+    "c0ec70/24".parse().unwrap()
+}
+
+fn service() -> ServiceId {
+    "c0ec7001".parse().unwrap()
+}
+
+/// A sald in UDP mode in this process on `ip` (any port), relays on,
+/// answers lasting `lifetime_ms`.
+fn sald(dir: &Path, ip: Ipv4Addr, lifetime_ms: u64) -> InProcess {
+    let mut config = common::udp_config(dir, "sald", ip);
+    config.relays = true;
+    config.resolution_lifetime_ms = lifetime_ms;
+    InProcess::start(config)
+}
+
+/// How many SYNs sald forwarded (relayed to a program) so far.
+fn forwarded(sald: &InProcess) -> u64 {
+    sald.stats().host.forwarded
+}
+
+/// A serving program: its own runtime on `ip`, listening for [`prefix`],
+/// registered with sald as a relay; echoes every flow in a thread of its
+/// own and counts them.
+struct Server {
+    runtime: Runtime,
+    /// The relay lasts as long as this connection.
+    relay: Option<ControlClient>,
+    accepted: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    fn start(ip: Ipv4Addr, sald: &InProcess) -> Server {
+        let config = Config::new(SocketAddrV4::new(ip, 0), sald.locator());
+        let runtime = Runtime::bind(config).expect("server bind");
+        let listener = runtime.listen(prefix(), 64).expect("listen");
+        let (accepted, stop) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let thread = {
+            let (accepted, stop) = (Arc::clone(&accepted), Arc::clone(&stop));
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let wait = Mode::Until(Instant::now() + Duration::from_millis(50));
+                    match listener.accept(wait) {
+                        Ok(stream) => {
+                            accepted.fetch_add(1, Ordering::Relaxed);
+                            let got = read_to_end(&stream);
+                            let _ = stream.write(&got, until());
+                            let _ = stream.close();
+                        }
+                        Err(Error::WouldBlock) => {}
+                        Err(error) => panic!("accept: {error}"),
+                    }
+                }
+            })
+        };
+        let mut server = Server {
+            runtime,
+            relay: None,
+            accepted,
+            stop,
+            thread: Some(thread),
+        };
+        server.relay(&sald.control);
+        server
+    }
+
+    /// Registers the prefix with sald (again), retrying while another
+    /// program's binding of it is still being taken down.
+    fn relay(&mut self, control: &Path) {
+        let request = Request::Relay {
+            prefix: prefix(),
+            locator: None,
+        };
+        let limit = Instant::now() + LIMIT;
+        loop {
+            let mut client = ControlClient::connect_to(control).expect("control socket");
+            let udp = self.runtime.wait_fds()[0];
+            match client.request_with_fd(&request, udp) {
+                Ok(reply) if matches!(reply.response, Response::Relaying { .. }) => {
+                    self.relay = Some(client);
+                    return;
+                }
+                other if Instant::now() > limit => panic!("relay refused: {other:?}"),
+                _ => thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn until() -> Mode {
+    Mode::Until(Instant::now() + LIMIT)
+}
+
+fn read_to_end(stream: &sal_inproc::Stream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    loop {
+        match stream.read(&mut buf, until()) {
+            Ok(0) | Err(_) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// A client program's runtime on `ip`, its one route to `sald`, asking
+/// the sald at `resolver` (if any) for routes.
+fn client(ip: Ipv4Addr, sald: &InProcess, resolver: Option<PathBuf>) -> Runtime {
+    let mut config = Config::new(SocketAddrV4::new(ip, 0), sald.locator());
+    if let Some(control) = resolver {
+        config = config.with_sald_resolver(control);
+    }
+    Runtime::bind(config).expect("client bind")
+}
+
+/// One connection to [`service`]: connect, send, read the echo, close.
+fn echo(client: &Runtime) {
+    let stream = client.connect(service(), until()).expect("connect");
+    stream.write(b"ping", until()).expect("write");
+    stream.shutdown_write().expect("shutdown");
+    assert_eq!(read_to_end(&stream), b"ping");
+    stream.close().expect("close");
+}
+
+#[test]
+fn after_the_first_syn_a_program_connects_straight_to_the_service_sald_resolved() {
+    let dir = Scratch::new("resolve1");
+    let ip = Ipv4Addr::new(127, 0, 0, 21);
+    let sald = sald(&dir, ip, 60_000);
+    let server = Server::start(ip, &sald);
+    let cached = client(ip, &sald, Some(sald.control.clone()));
+    for _ in 0..10 {
+        echo(&cached);
+    }
+    assert_eq!(server.accepted(), 10);
+    assert_eq!(forwarded(&sald), 1, "sald relayed more than the first SYN");
+    assert!(cached.is_resolved(&service()));
+    // Without a resolver, every SYN goes through sald.
+    let uncached = client(ip, &sald, None);
+    for _ in 0..3 {
+        echo(&uncached);
+    }
+    assert_eq!(forwarded(&sald), 4);
+    assert!(!uncached.is_resolved(&service()));
+    drop((cached, uncached, server, sald));
+}
+
+#[test]
+fn a_rule_changed_at_sald_reaches_the_program_once_the_answer_ran_out() {
+    let dir = Scratch::new("resolve2");
+    let ip = Ipv4Addr::new(127, 0, 0, 22);
+    let lifetime = Duration::from_millis(1500);
+    let sald = sald(&dir, ip, lifetime.as_millis() as u64);
+    let old = Server::start(ip, &sald);
+    let cached = client(ip, &sald, Some(sald.control.clone()));
+    echo(&cached);
+    let answered = Instant::now();
+    echo(&cached);
+    assert_eq!((old.accepted(), forwarded(&sald)), (2, 1));
+    // The service moves at sald: the old program's relay goes, a new one
+    // takes the prefix (the old program's host still listens).
+    let mut old = old;
+    old.relay = None;
+    let new = Server::start(ip, &sald);
+    echo(&cached);
+    assert!(
+        answered.elapsed() < lifetime,
+        "too slow to test the answer's lifetime"
+    );
+    assert_eq!(
+        (old.accepted(), new.accepted(), forwarded(&sald)),
+        (3, 0, 1),
+        "within its lifetime the answer stands"
+    );
+    thread::sleep(lifetime.saturating_sub(answered.elapsed()) + Duration::from_millis(100));
+    echo(&cached);
+    echo(&cached);
+    assert_eq!(
+        (old.accepted(), new.accepted(), forwarded(&sald)),
+        (3, 2, 2),
+        "once it ran out: through sald to the new program once, then straight to it"
+    );
+    drop((cached, new, old, sald));
+}
+
+#[test]
+fn without_answers_every_syn_goes_through_sald_and_connects_still_work() {
+    let dir = Scratch::new("resolve3");
+    let ip = Ipv4Addr::new(127, 0, 0, 23);
+    // Lifetime 0: sald answers no routes.
+    let sald = sald(&dir, ip, 0);
+    let server = Server::start(ip, &sald);
+    let cached = client(ip, &sald, Some(sald.control.clone()));
+    for _ in 0..4 {
+        echo(&cached);
+    }
+    assert!(!cached.is_resolved(&service()));
+    assert_eq!(forwarded(&sald), 4);
+    let answer = sald.request(Request::Resolve { service: service() });
+    assert_eq!(
+        answer,
+        Response::Resolved {
+            route: None,
+            lifetime_ms: 60_000
+        }
+    );
+    // A resolver that cannot be reached (or a sald that does not know
+    // the request) leaves the default route too.
+    let nowhere = client(ip, &sald, Some(dir.join("no-sald.sock")));
+    for _ in 0..2 {
+        echo(&nowhere);
+    }
+    assert_eq!(forwarded(&sald), 6);
+    assert_eq!(server.accepted(), 6);
+    drop((cached, nowhere, server, sald));
+}
+
+#[test]
+fn sald_answers_forward_rules_and_relays_and_asks_to_be_asked_for_the_rest() {
+    let dir = Scratch::new("resolve4");
+    let ip = Ipv4Addr::new(127, 0, 0, 24);
+    let sald = sald(&dir, ip, 5000);
+    let resolve = |service: &str| {
+        sald.request(Request::Resolve {
+            service: service.parse().unwrap(),
+        })
+    };
+    let each_time = Response::Resolved {
+        route: None,
+        lifetime_ms: 5000,
+    };
+    assert_eq!(resolve("abcd"), each_time, "no rule");
+    // FORWARD: the active group's hops with their weights.
+    let hop = |s: &str, weight| NextHop {
+        locator: s.parse().unwrap(),
+        weight,
+    };
+    sald.forward_to("be/8", "udp:127.0.0.99:5000".parse().unwrap(), 3);
+    sald.forward_to("be/8", "udp:127.0.0.98:5000".parse().unwrap(), 0);
+    let Response::Resolved {
+        route: Some(route),
+        lifetime_ms: 5000,
+    } = resolve("be01")
+    else {
+        panic!("no route for a FORWARD rule");
+    };
+    let mut hops = route.next_hops.clone();
+    hops.sort_by_key(|h| h.weight);
+    assert_eq!(
+        hops,
+        [hop("udp:127.0.0.98:5000", 0), hop("udp:127.0.0.99:5000", 3)]
+    );
+    assert_eq!(route.matched, "be/8".parse().unwrap());
+    assert_eq!(route.prefix, ServicePrefix::exact("be01".parse().unwrap()));
+    // A higher-priority DROP, a native next hop, sald's own locator: no.
+    let add = |prefix: &str, target, priority| {
+        let request = Request::AddRule {
+            prefix: prefix.parse().unwrap(),
+            target,
+            priority,
+        };
+        assert_eq!(sald.request(request), Response::Ok);
+    };
+    add("be/8", Target::Drop, 1);
+    assert_eq!(resolve("be01"), each_time, "DROP");
+    add("ce/8", Target::Delay, 0);
+    assert_eq!(resolve("ce01"), each_time, "DELAY");
+    sald.forward("de/8", Ipv4Addr::new(10, 0, 0, 1), 1);
+    assert_eq!(resolve("de01"), each_time, "native next hop");
+    sald.forward_to("df/8", sald.locator(), 1);
+    assert_eq!(resolve("df01"), each_time, "sald itself");
+    // A listener sald serves: ask each time; a relay: its program.
+    let mut listening = sald.client();
+    let listen = Request::Listen {
+        prefix: "ee/8".parse().unwrap(),
+        protocol: sal::wire::TransportProtocol::Stream,
+        backlog: 4,
+    };
+    let reply = listening.request(&listen).expect("listen");
+    assert!(matches!(reply.response, Response::Listening { .. }));
+    assert_eq!(resolve("ee01"), each_time, "served by sald");
+    let server = Server::start(ip, &sald);
+    let Response::Resolved {
+        route: Some(ResolvedRoute { next_hops, .. }),
+        ..
+    } = resolve("c0ec7001")
+    else {
+        panic!("no route to a relay");
+    };
+    assert_eq!(
+        next_hops,
+        [NextHop {
+            locator: server.runtime.local(),
+            weight: 1
+        }]
+    );
+    drop((listening, server, sald));
+}
