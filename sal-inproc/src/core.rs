@@ -350,11 +350,15 @@ impl Core {
         }
     }
 
-    /// Takes an established flow from a listener's queue.
+    /// Takes an established flow from a listener's queue. The stream's
+    /// eventfds are made first: a process out of descriptors gets `EMFILE`
+    /// and the flow stays queued for a later accept (as Linux's `accept`
+    /// leaves the connection queued), rather than being reset.
     pub(crate) fn accept(
         &mut self,
         listener: ListenerId,
     ) -> Result<(Key, FlowId, StreamSignals), Error> {
+        let mirrors = self.mirrors()?;
         let taken = self.host.accept(listener);
         if let Some(entry) = self.listeners.get_mut(&listener) {
             match taken {
@@ -363,23 +367,42 @@ impl Core {
             }
             entry.readable.set(entry.queued > 0, &mut self.pending);
         }
-        let id = taken?;
-        match self.add_flow(id, Opening::Done) {
-            Ok((key, signals)) => {
-                self.refresh(key);
-                Ok((key, id, signals))
-            }
+        let id = match taken {
+            Ok(id) => id,
             Err(error) => {
-                let _ = self.host.abort(id);
-                let _ = self.host.close(id);
+                self.spares.give(mirrors.0.into_signal());
+                self.spares.give(mirrors.1.into_signal());
+                return Err(error.into());
+            }
+        };
+        let (key, signals) = self.insert_flow(id, Opening::Done, mirrors);
+        self.refresh(key);
+        Ok((key, id, signals))
+    }
+
+    /// A new stream's readable and writable mirrors.
+    fn mirrors(&mut self) -> Result<(Mirror, Mirror), Error> {
+        let readable = Mirror::new(&mut self.spares, false, &mut self.pending)?;
+        match Mirror::new(&mut self.spares, false, &mut self.pending) {
+            Ok(writable) => Ok((readable, writable)),
+            Err(error) => {
+                self.spares.give(readable.into_signal());
                 Err(error)
             }
         }
     }
 
     fn add_flow(&mut self, id: FlowId, opening: Opening) -> Result<(Key, StreamSignals), Error> {
-        let readable = Mirror::new(&mut self.spares, false, &mut self.pending)?;
-        let writable = Mirror::new(&mut self.spares, false, &mut self.pending)?;
+        let mirrors = self.mirrors()?;
+        Ok(self.insert_flow(id, opening, mirrors))
+    }
+
+    fn insert_flow(
+        &mut self,
+        id: FlowId,
+        opening: Opening,
+        (readable, writable): (Mirror, Mirror),
+    ) -> (Key, StreamSignals) {
         let signals = StreamSignals {
             readable: readable.signal(),
             writable: writable.signal(),
@@ -397,7 +420,7 @@ impl Core {
                 writable,
             },
         );
-        Ok((key, signals))
+        (key, signals)
     }
 
     /// A flow's entry.

@@ -70,6 +70,11 @@
 //!   goes into the host as a FORWARD rule of the service's ID, used by the
 //!   next connects until its lifetime runs out (then taken out, and asked
 //!   again). No answer, or none to be had, leaves the default route.
+//! - **Hostile input** is the host's to judge (`sal::proto`, nonces, SYN
+//!   cookies, half-open limits): the engine hands it every datagram and
+//!   keeps nothing per packet. [`Runtime::host_stats`],
+//!   [`Runtime::half_open_count`] and [`Runtime::flow_count`] show what it
+//!   dropped and what it kept (`tests/hostile.rs`).
 //!
 //! # Not done here
 //!

@@ -267,6 +267,22 @@ impl Runtime {
         self.inner.lock().host.flow_count()
     }
 
+    /// The host's counters (packets in and out, what was dropped and why:
+    /// malformed, bad checksum, unknown flow, bad nonce, SYN cookies sent
+    /// and accepted, ...) and its buffer memory gauge: what a hostile
+    /// sender cost the engine, and what it kept of it. Takes the lock.
+    pub fn host_stats(&self) -> sal::proto::HostStats {
+        self.inner.lock().host.stats()
+    }
+
+    /// Half-open server flows (SYN answered, ACK awaited), all listeners
+    /// together: bounded by the listeners' backlogs and the host's
+    /// half-open limits whatever arrives (past them, SYNs are answered
+    /// with cookies, which keep nothing). Takes the lock.
+    pub fn half_open_count(&self) -> usize {
+        self.inner.lock().host.half_open_count()
+    }
+
     /// Runs `attempt` under the lock between a turn's input and output,
     /// and again after each wake-up until it stops saying `WouldBlock`, as
     /// `mode` allows; waits on `own` (the object's readiness) meanwhile.
