@@ -13,7 +13,9 @@ use std::net::{SocketAddrV4, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use nix::errno::Errno;
-use nix::sys::socket::{recvmmsg, sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrIn};
+use nix::sys::socket::{
+    recvmmsg, sendmmsg, setsockopt, sockopt, ControlMessage, MsgFlags, MultiHeaders, SockaddrIn,
+};
 use sal::proto::Host;
 use sal::Locator;
 
@@ -21,6 +23,12 @@ use sal::Locator;
 pub const BATCH: usize = 32;
 /// Bytes of one datagram slot: a 1500-byte MTU's UDP payload fits.
 const SLOT: usize = 2048;
+/// Receive buffer asked for: room for a burst of connection setups (or a
+/// flood of forged SYNs, which the host answers with cookies) without the
+/// kernel dropping real packets while the engine's threads are busy.
+/// Granted past `net.core.rmem_max` only to a process with
+/// `CAP_NET_ADMIN`; otherwise as far as that maximum allows.
+const RECEIVE_BUFFER: usize = 4 << 20;
 
 /// A bound UDP socket with its receive and send batches.
 pub struct UdpLink {
@@ -48,6 +56,10 @@ impl UdpLink {
     /// Binds `addr`.
     pub fn bind(addr: SocketAddrV4) -> io::Result<UdpLink> {
         let socket = UdpSocket::bind(addr)?;
+        // Best effort: a smaller buffer only drops more under bursts.
+        if setsockopt(&socket, sockopt::RcvBufForce, &RECEIVE_BUFFER).is_err() {
+            let _ = setsockopt(&socket, sockopt::RcvBuf, &RECEIVE_BUFFER);
+        }
         Ok(UdpLink {
             socket,
             rx: vec![vec![0; SLOT]; BATCH],
@@ -236,5 +248,29 @@ mod tests {
         }
         assert_eq!(got, [b"first".to_vec(), b"third".to_vec()]);
         assert_eq!(link.send_batch().unwrap(), 0, "the batch is empty after");
+    }
+
+    #[test]
+    fn the_receive_buffer_is_as_large_as_allowed() {
+        let link = UdpLink::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let got = nix::sys::socket::getsockopt(&link.socket, sockopt::RcvBuf).unwrap();
+        let system_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        // The kernel reports twice what it was given (its bookkeeping).
+        // CAP_NET_ADMIN (bit 12 of the effective set) lets it past the maximum.
+        let net_admin = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| {
+                let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
+                u64::from_str_radix(line["CapEff:".len()..].trim(), 16).ok()
+            })
+            .is_some_and(|caps| caps & (1 << 12) != 0);
+        let expected = match net_admin {
+            true => RECEIVE_BUFFER,
+            false => RECEIVE_BUFFER.min(system_max),
+        };
+        assert!(got >= 2 * expected, "{got} bytes, expected 2 x {expected}");
     }
 }
