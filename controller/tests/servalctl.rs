@@ -11,8 +11,8 @@ use std::thread;
 use sal::proto::LocalInterface;
 use sal::table::{ListenerId, Rule, RuleOrigin, ServiceTable, Target, TargetKey};
 use sal_control::{
-    decode_body, encode_frame, frame_len, ErrorKind, Request, Response, StatsReport,
-    PROTOCOL_VERSION,
+    decode_body, encode_frame, frame_len, ErrorKind, NextHop, Request, ResolvedRoute, Response,
+    StatsReport, PROTOCOL_VERSION,
 };
 
 /// A fake sald answering `Hello` itself and everything else with `answer`.
@@ -284,6 +284,60 @@ fn other_listings_print_their_payload() {
 }
 
 #[test]
+fn resolve_shows_what_a_program_would_cache() {
+    let routed: sal::ServiceId = "c0ec7001".parse().unwrap();
+    let sald = FakeSald::start(move |request| match request {
+        Request::Resolve { service } if *service == routed => Response::Resolved {
+            route: Some(ResolvedRoute {
+                matched: "c0ec/16".parse().unwrap(),
+                prefix: sal::ServicePrefix::exact(routed),
+                next_hops: vec![
+                    NextHop {
+                        locator: "udp:10.0.0.2:7077".parse().unwrap(),
+                        weight: 3,
+                    },
+                    NextHop {
+                        locator: "10.0.0.3".parse().unwrap(),
+                        weight: 0,
+                    },
+                ],
+            }),
+            lifetime_ms: 5000,
+        },
+        Request::Resolve { .. } => Response::Resolved {
+            route: None,
+            lifetime_ms: 60_000,
+        },
+        _ => Response::Ok,
+    });
+    let output = servalctl(&sald.path, &["resolve", "c0ec7001"]);
+    assert!(output.status.success(), "{output:?}");
+    let text = stdout(&output);
+    assert!(
+        text.contains("forward (sald's rule c0ec/16), cacheable for 5000 ms"),
+        "{text}"
+    );
+    let rows: Vec<Vec<&str>> = (text.lines().skip(2))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [vec!["udp:10.0.0.2:7077", "3"], vec!["10.0.0.3", "0"]],
+        "{text}"
+    );
+    let output = servalctl(&sald.path, &["resolve", "beef", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["route"], serde_json::Value::Null);
+    assert_eq!(json["lifetime_ms"], 60_000);
+    let output = servalctl(&sald.path, &["resolve", "beef"]);
+    assert!(stdout(&output).contains("no route to cache"), "{output:?}");
+    assert!(
+        (sald.requests()).contains(&Request::Resolve { service: routed }),
+        "the service asked is the one given"
+    );
+}
+
+#[test]
 fn daemon_errors_are_one_line_and_exit_1() {
     let sald = FakeSald::start(|request| match request {
         Request::DelRule { prefix, .. } => {
@@ -393,12 +447,13 @@ fn help_documents_every_subcommand() {
         "ifaces",
         "stats",
         "migrate",
+        "resolve",
         "--control",
         "SERVAL_CONTROL",
     ] {
         assert!(help.contains(word), "--help lacks {word}");
     }
-    for sub in ["services", "flows", "ifaces", "stats"] {
+    for sub in ["services", "flows", "ifaces", "stats", "resolve"] {
         let output = Command::new(env!("CARGO_BIN_EXE_servalctl"))
             .args([sub, "--help"])
             .output()

@@ -28,6 +28,7 @@ Examples:
   servalctl service add 0/0 delay
   servalctl service del beef/16 10.0.0.2
   servalctl service drain beef/16 --wait 30
+  servalctl resolve beef0102
   servalctl flows --json";
 
 /// Operate a running sald: service rules, flows, interfaces, counters.
@@ -71,6 +72,21 @@ pub enum Command {
         override_usage = "servalctl migrate FLOWID IFACE\n       servalctl migrate --all FROM_IFACE TO_IFACE"
     )]
     Migrate(MigrateArgs),
+    /// Show what sald answers a program with its own SAL host that asks
+    /// how to reach SERVICE (the route it may use on its own, and for how
+    /// long), as `sal-inproc` asks before caching a route
+    Resolve(ResolveArgs),
+}
+
+/// `resolve SERVICE [--json]`.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct ResolveArgs {
+    /// The service ID (hex digits, left-aligned)
+    #[arg(value_name = "SERVICE")]
+    pub service: sal::ServiceId,
+    /// The options every listing has.
+    #[command(flatten)]
+    pub listing: Listing,
 }
 
 /// `migrate FLOWID IFACE` / `migrate --all FROM_IFACE TO_IFACE`.
@@ -294,6 +310,9 @@ impl Command {
             Command::Flows(_) => Request::ListFlows,
             Command::Ifaces(_) => Request::ListInterfaces,
             Command::Stats(_) => Request::Stats,
+            Command::Resolve(args) => Request::Resolve {
+                service: args.service,
+            },
             Command::Migrate(args) => match (&args.all, args.flow, &args.iface) {
                 (Some(all), _, _) => Request::MigrateAll {
                     from: all[0].clone(),
@@ -341,7 +360,8 @@ impl Command {
             Command::Services(ServicesArgs { listing: l, .. })
             | Command::Flows(l)
             | Command::Ifaces(l)
-            | Command::Stats(l) => l.json,
+            | Command::Stats(l)
+            | Command::Resolve(ResolveArgs { listing: l, .. }) => l.json,
             Command::Service(_) | Command::Migrate(_) => false,
         }
     }

@@ -100,6 +100,13 @@ pub fn run(cli: &Cli, out: &mut impl Write) -> anyhow::Result<()> {
                 render::stats(&stats)
             }
         }
+        (Command::Resolve(args), Response::Resolved { route, lifetime_ms }) => {
+            if json {
+                to_json(&serde_json::json!({ "route": route, "lifetime_ms": lifetime_ms }))?
+            } else {
+                render::resolution(&args.service, route.as_ref(), lifetime_ms)
+            }
+        }
         (_, other) => {
             return Err(anyhow!(
                 "sald gave an unexpected answer: {}",

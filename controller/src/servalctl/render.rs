@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use sal::proto::{FlowInfo, FlowState, LocalInterface, Role};
 use sal::table::{Rule, RuleOrigin, Target};
 use sal::wire::TransportProtocol;
-use sal_control::StatsReport;
+use sal_control::{ResolvedRoute, StatsReport};
 
 /// How a column is aligned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,6 +237,31 @@ pub fn interfaces(interfaces: &[LocalInterface]) -> String {
         ]);
     }
     table.render()
+}
+
+/// `servalctl resolve`: the route sald lets a program use on its own for
+/// `service`, and for how long; or that the program must send that
+/// service's connections to sald for that long.
+pub fn resolution(
+    service: &sal::ServiceId,
+    route: Option<&ResolvedRoute>,
+    lifetime_ms: u64,
+) -> String {
+    let Some(route) = route else {
+        return format!(
+            "{service}: no route to cache; programs send its connections through sald (ask again in {lifetime_ms} ms)\n"
+        );
+    };
+    let mut out = format!(
+        "{service}: forward (sald's rule {}), cacheable for {lifetime_ms} ms\n",
+        route.matched
+    );
+    let mut table = Table::new(&[("NEXT HOP", Align::Left), ("WEIGHT", Align::Right)]);
+    for hop in &route.next_hops {
+        table.row(vec![hop.locator.to_string(), hop.weight.to_string()]);
+    }
+    out += &table.render();
+    out
 }
 
 /// Flattens a JSON value into `(dotted.key, value)` pairs.
