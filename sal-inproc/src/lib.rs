@@ -75,6 +75,13 @@
 //!   keeps nothing per packet. [`Runtime::host_stats`],
 //!   [`Runtime::half_open_count`] and [`Runtime::flow_count`] show what it
 //!   dropped and what it kept (`tests/hostile.rs`).
+//! - **Out of descriptors**: each stream takes two eventfds, made before
+//!   the flow is taken, so a connect or accept at `RLIMIT_NOFILE` fails
+//!   with `EMFILE` and changes nothing: an accept leaves its flow queued
+//!   and the listener readable, as Linux's does (a level-triggered poller
+//!   retries until descriptors are free). Eventfds made for an accept
+//!   that found the queue empty wait among the spares for the next stream
+//!   (`tests/fd_limit.rs`).
 //!
 //! # Not done here
 //!

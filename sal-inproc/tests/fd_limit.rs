@@ -30,6 +30,45 @@ fn set_soft_limit(soft: u64) -> u64 {
     old
 }
 
+/// Puts the soft descriptor limit back when dropped, even if the test
+/// panics.
+struct RestoreLimit(u64);
+
+impl Drop for RestoreLimit {
+    fn drop(&mut self) {
+        set_soft_limit(self.0);
+    }
+}
+
+/// The soft limit that leaves exactly `free` descriptor numbers unused
+/// below it: `RLIMIT_NOFILE` bounds numbers, not a count, and a new
+/// descriptor takes the lowest free number.
+fn limit_leaving(free: u64) -> u64 {
+    let dir = std::fs::read_dir("/proc/self/fd").expect("/proc/self/fd must be readable");
+    let open: std::collections::BTreeSet<u64> = (dir)
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let mut left = free;
+    (0..)
+        .find(|n| {
+            if !open.contains(n) {
+                if left == 0 {
+                    return true;
+                }
+                left -= 1;
+            }
+            false
+        })
+        .expect("a number")
+}
+
+/// Whether `fd` polls readable now.
+fn readable(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    poll(&mut fds, PollTimeout::ZERO).expect("poll") == 1
+}
+
 /// A message each way on an established pair, byte-exact.
 fn exchange(a: &Stream, b: &Stream, seed: u32) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -57,8 +96,8 @@ fn running_out_of_descriptors_is_emfile_and_the_engine_keeps_serving() {
     let served = listener.accept(Mode::Blocking).expect("accept");
     exchange(&open, &served, 1);
 
-    // Room for three more streams' eventfds, no more.
-    let old = set_soft_limit(fd_count() as u64 + 6);
+    // Six free descriptor numbers: three more streams' eventfds, no more.
+    let _restore = RestoreLimit(set_soft_limit(limit_leaving(6)));
     let mut streams = Vec::new();
     let refused = loop {
         match connect(&client) {
@@ -70,19 +109,32 @@ fn running_out_of_descriptors_is_emfile_and_the_engine_keeps_serving() {
     assert_eq!(
         refused.errno(),
         libc::EMFILE,
-        "a connect past the limit: {refused}"
+        "a connect past the limit (after {} made): {refused}",
+        streams.len()
     );
     assert!(matches!(refused, Error::Io(_)), "{refused:?}");
     let made = streams.len();
+    assert!(made >= 1, "no connect fit under the limit");
     // The host forgot the refused connect's flow: the established ones,
     // and the first.
     assert_eq!(client.flow_count(), made + 1, "client flows");
 
     // The flows the client made wait in the server's queue; accepting one
     // needs eventfds too.
-    let accept = listener.accept(Mode::Until(Instant::now() + Duration::from_secs(5)));
+    let started = Instant::now();
+    let accept = listener.accept(Mode::Until(started + Duration::from_secs(5)));
     let accept_error = accept.err().expect("an accept at the limit succeeded");
     assert_eq!(accept_error.errno(), libc::EMFILE, "{accept_error}");
+    // At once, not at the deadline; and the flow stays queued, the
+    // listener readable, as Linux's accept leaves both (a poller retries).
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "EMFILE only at the deadline"
+    );
+    assert!(
+        readable(listener.readable_fd()),
+        "the listener no longer polls readable"
+    );
 
     // What was open keeps working, both ways, with the engine at the limit.
     exchange(&open, &served, 3);
@@ -97,17 +149,21 @@ fn running_out_of_descriptors_is_emfile_and_the_engine_keeps_serving() {
     // failed accept left its flow queued, as Linux's does), in the order
     // they were opened, and each works end to end; the one the client
     // closed meanwhile reads as ended.
-    set_soft_limit(old);
-    let mut accepted = Vec::new();
-    while let Ok(stream) = listener.accept(Mode::Until(Instant::now() + Duration::from_millis(500)))
-    {
-        accepted.push(stream);
-    }
-    eprintln!(
-        "{made} connects fit under the limit; {} flows accepted after it was lifted",
-        accepted.len()
+    drop(_restore);
+    eprintln!("{made} connects fit under the limit");
+    let accepted: Vec<Stream> = (0..=made)
+        .map(|i| {
+            let until = Instant::now() + Duration::from_secs(10);
+            (listener.accept(Mode::Until(until)))
+                .unwrap_or_else(|e| panic!("flow {i} of {} lost at the limit: {e}", made + 1))
+        })
+        .collect();
+    let mut accepted = accepted;
+    let more = listener.accept(Mode::NonBlocking).map(|s| s.id());
+    assert!(
+        matches!(more, Err(Error::WouldBlock)),
+        "a flow too many: {more:?}"
     );
-    assert_eq!(accepted.len(), made + 1, "flows lost at the limit");
     let closed = accepted.remove(made - 1);
     let end = read_to_end(&closed, Instant::now() + Duration::from_secs(10));
     assert_eq!(end.map_err(|e| e.to_string()), Ok(Vec::new()));

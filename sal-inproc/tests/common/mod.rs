@@ -157,7 +157,10 @@ impl EchoServer {
                         Ok(stream) => stream,
                         Err(Error::WouldBlock) => continue,
                         Err(error) => {
+                            // Recorded once a pause (EMFILE would repeat
+                            // at once, and fill the list).
                             errors.lock().unwrap().push(format!("accept: {error}"));
+                            thread::sleep(Duration::from_millis(50));
                             continue;
                         }
                     };
@@ -193,6 +196,24 @@ impl EchoServer {
             echo.join().expect("echo thread");
         }
         self.errors.lock().unwrap().clone()
+    }
+}
+
+impl Drop for EchoServer {
+    /// A test that panics before [`EchoServer::stop`] leaves no accept
+    /// thread running into the binary's other tests.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Sets a flag when dropped: a test's worker threads stop even if the test
+/// panics before it tells them to.
+pub struct StopOnDrop(pub Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
@@ -350,7 +371,12 @@ impl Spoofer {
 
 /// The process's resident memory, bytes.
 pub fn rss() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    rss_of("self")
+}
+
+/// A process's resident memory (`pid`, or `self`), bytes.
+pub fn rss_of(pid: &str) -> usize {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap_or_default();
     let pages: usize = (statm.split_whitespace().nth(1))
         .and_then(|p| p.parse().ok())
         .unwrap_or(0);
