@@ -13,12 +13,12 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use sal::{Locator, ServiceId, ServicePrefix};
 use sal_inproc::{Config, Error, Listener, Mode, Runtime, Stream};
 
+mod common;
+
+use common::{loopback, pattern};
+
 fn service() -> ServiceId {
     "c0ec7001".parse().unwrap()
-}
-
-fn loopback() -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)
 }
 
 /// A server engine listening on [`service`] (its own SYNs would go to the
@@ -39,19 +39,6 @@ fn client(server: &Runtime, tune: impl FnOnce(&mut Config)) -> Runtime {
     let mut config = Config::new(loopback(), server.local());
     tune(&mut config);
     Runtime::bind(config).expect("client bind")
-}
-
-/// `len` bytes that differ with `seed` and position.
-fn pattern(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
 }
 
 /// Whether `fd` is readable within `ms` milliseconds.

@@ -1,4 +1,4 @@
-//! What the hostile-input and many-flow tests share: two engines on
+//! What the engine, hostile-input and many-flow tests share: two engines on
 //! 127.0.0.1 (the client routing its SYNs straight to the server), an echo
 //! server, forged SAL packets, and the process's resident memory and
 //! descriptor count.
