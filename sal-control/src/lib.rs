@@ -257,9 +257,11 @@ pub enum Request {
     ///
     /// Not a boundary: a program with its own UDP socket can send any
     /// packet anywhere already; the answer only saves it sald's hop. It
-    /// tells no more than the program learns from the flow's SYN-ACK (the
-    /// server's locator), plus the weights of the next hops and the prefix
-    /// of the rule that matched. Cost: one longest-prefix match and a
+    /// tells the matched rule's prefix and every next hop of its active
+    /// group (standbys included) with its weight, more than one flow's
+    /// SYN-ACK would (one server's locator), and no more than an ordinary
+    /// user may list (`ListRules`). A relay's answer lasts a second at
+    /// most (its port may change hands once the relay is dropped). Cost: one longest-prefix match and a
     /// look at the matched rule (never a walk of the table), metered as
     /// any request of an ordinary user (see the module docs: the control
     /// connection's limits).

@@ -34,8 +34,10 @@ pub struct Config {
     pub driver_thread: bool,
     /// Where to ask how to route a service's SYNs without sald's hop
     /// (cached resolution, see [`crate::resolve`]): sald
-    /// ([`Config::with_sald_resolver`]) or any [`Resolve`]. `None` (the
-    /// default): every SYN follows [`Config::route`].
+    /// ([`Config::with_sald_resolver`]) or any [`Resolve`], asked by a
+    /// thread of the runtime (`sal-inproc-resolver`), never on a
+    /// connect's path. `None` (the default): every SYN follows
+    /// [`Config::route`].
     pub resolver: Option<Arc<dyn Resolve>>,
 }
 
@@ -57,9 +59,9 @@ impl Config {
 
     /// This config with its connects resolved by the sald whose control
     /// socket is at `control` (`Request::Resolve`), cached for the
-    /// lifetime sald gives: the first SYN to a service follows
-    /// [`Config::route`] (sald), the next ones go straight to where sald
-    /// would forward them while the answer lasts.
+    /// lifetime sald gives: the SYNs to a service follow
+    /// [`Config::route`] (sald) until the answer is in, the next ones go
+    /// straight to where sald would forward them while it lasts.
     pub fn with_sald_resolver(mut self, control: impl Into<std::path::PathBuf>) -> Config {
         self.resolver = Some(Arc::new(SaldResolver::new(control)));
         self

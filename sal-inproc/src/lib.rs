@@ -64,12 +64,13 @@
 //!   itself. [`Runtime::driver_stats`] and [`Runtime::wait_stats`] count
 //!   the wake-ups.
 //! - **Cached resolution** (optional, [`Config::resolver`], see
-//!   [`resolve`]): the first connect to a service goes by the default
-//!   route (sald relays its SYN), and while its SYN is out the runtime
-//!   asks sald (`Request::Resolve`) how it routes the service; the answer
-//!   goes into the host as a FORWARD rule of the service's ID, used by the
-//!   next connects until its lifetime runs out (then taken out, and asked
-//!   again). No answer, or none to be had, leaves the default route.
+//!   [`resolve`]): a connect to a service the host sends by its default
+//!   route goes that way (sald relays its SYN), and a resolver thread
+//!   asks sald (`Request::Resolve`) how it routes the service, off the
+//!   connect's path; the answer goes into the host as a FORWARD rule of
+//!   the service's ID, used by the next connects until its lifetime runs
+//!   out (the next connect then takes it out and asks again) or a connect
+//!   by it fails. No answer, or none to be had, leaves the default route.
 //! - **Hostile input** is the host's to judge (`sal::proto`, nonces, SYN
 //!   cookies, half-open limits): the engine hands it every datagram and
 //!   keeps nothing per packet. [`Runtime::host_stats`],

@@ -4,19 +4,32 @@
 //!
 //! A program's host has one rule of its own, FORWARD `0/0` to its sald,
 //! which resolves each SYN by its table and forwards it. With a
-//! [`Resolve`]r, the first connect to a service still goes that way, and
-//! while its SYN is out the runtime asks the resolver (sald's `Resolve`
-//! request, [`SaldResolver`]) how sald routes the service. A route is
-//! installed in the host as a FORWARD rule of the service's whole ID (a
-//! longer prefix than `0/0`, so it wins) with its next hops and weights,
-//! and the next connects to the service go straight there until the
-//! answer's lifetime runs out; then the rule is taken out, and the next
-//! connect goes through sald and asks again. An answer without a route
-//! ("ask me each time": sald serves the service itself, holds it for the
+//! [`Resolve`]r, a connect to a service the host sends by that default
+//! route (and by no rule of its own, such as a listener's) still goes
+//! that way, and the runtime asks the resolver (sald's `Resolve` request,
+//! [`SaldResolver`]) how sald routes the service. The question is asked
+//! off the caller's path, by a resolver thread of the runtime fed by a
+//! bounded queue (a connect never waits for sald, whatever its mode; a
+//! full queue leaves the question unasked). A route is installed in the
+//! host as a FORWARD rule of the service's whole ID (a longer prefix
+//! than `0/0`, so it wins) with its next hops and weights, and the next
+//! connects to the service go straight there. The rule stays until the
+//! next connect to the service, or a purge, finds its lifetime run out
+//! (hosts' rules do not expire on their own): that connect goes through
+//! sald and asks again. A connect by a cached route that fails to be
+//! established (refused, reset, timed out, its deadline passed, given up
+//! before the answer) forgets the route. An answer without a route ("ask
+//! me each time": sald serves the service itself, holds it for the
 //! controller, drops it, or answers no routes), a resolver that fails,
 //! and a sald without the request all leave the service on the default
 //! route, without asking again for the answer's lifetime (or
 //! [`UNANSWERED_LIFETIME`]).
+//!
+//! A route is never installed where it would hide one of the host's own
+//! rules (the exact ID beats any shorter prefix): only for a service whose
+//! longest match in the host is the default route when the answer comes,
+//! never with a next hop that is the host itself, and a listener bound
+//! later takes out the routes it covers.
 //!
 //! [`ResolutionCache`] is the bookkeeping, over any `sal::proto::Host`:
 //! [`Runtime`](crate::Runtime) keeps one when its
@@ -25,12 +38,20 @@
 
 use std::collections::HashMap;
 use std::fmt::Debug;
-use std::io::{Read, Write};
+use std::io::Read;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::{Mutex, PoisonError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+use nix::sys::socket::{
+    connect, send, setsockopt, socket, sockopt, AddressFamily, MsgFlags, SockFlag, SockType,
+    UnixAddr,
+};
+use nix::sys::time::TimeVal;
 use sal::proto::Host;
 use sal::table::{Target, TargetKey};
 use sal::{Locator, ServiceId, ServicePrefix};
@@ -45,13 +66,27 @@ use sal_control::{
 pub const UNANSWERED_LIFETIME: Duration = Duration::from_secs(10);
 /// The longest an answer is used, whatever its lifetime says.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(3600);
-/// How long one thread's question keeps the others from asking the same.
-const PENDING_LIFETIME: Duration = Duration::from_secs(2);
+/// How long one question keeps the other connects from asking the same:
+/// longer than [`SaldResolver`] may take (its connect, hello and
+/// question, [`SALD_TIMEOUT`] each).
+const PENDING_LIFETIME: Duration = Duration::from_secs(5);
 /// Services a cache holds at most unless told otherwise: one host rule
 /// each while their answers last.
 pub const DEFAULT_CAPACITY: usize = 4096;
-/// How long [`SaldResolver`] waits for sald's answer.
-const SALD_TIMEOUT: Duration = Duration::from_secs(2);
+/// The most next hops a route may have: an answer with more is not used
+/// (its SYNs go through sald). sald's FORWARD groups are a few hops.
+pub const MAX_HOPS: usize = 16;
+/// How long [`SaldResolver`] waits for each step with sald: connecting
+/// (a full accept backlog), writing a question, reading its answer.
+pub const SALD_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the resolver thread keeps its resolver's connection after
+/// the last question ([`Resolve::idle`]): sald counts every control
+/// connection against the user's `clients_per_uid`, which the program's
+/// relays need too, so none is held while the program is not resolving.
+pub const RESOLVER_IDLE: Duration = Duration::from_secs(1);
+/// Questions waiting for the resolver thread at most; past it, a connect
+/// does not ask (a later one will).
+const QUEUE_LEN: usize = 64;
 
 /// A resolver's answer for one service.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +101,7 @@ pub struct Answer {
 /// Why a resolver gave no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
-    /// Reaching the resolver failed.
+    /// Reaching the resolver failed (or timed out).
     #[error("resolver unreachable: {0}")]
     Io(#[from] std::io::Error),
     /// sald's answer could not be read.
@@ -90,13 +125,20 @@ pub enum ResolveError {
 /// ([`SaldResolver`]), or a function in tests.
 pub trait Resolve: Send + Sync + Debug {
     /// How the host may route its SYNs to `service`, and for how long.
-    /// Called without the engine's lock, once per service per lifetime.
+    /// Called by the runtime's resolver thread (never on a connect's
+    /// path, never with the engine's lock), once per service per
+    /// lifetime; it may take its time, delaying only later answers.
     fn resolve(&self, service: ServiceId) -> Result<Answer, ResolveError>;
+
+    /// No question came for [`RESOLVER_IDLE`]: let go of what is kept
+    /// for the next one (a connection). Does nothing unless overridden.
+    fn idle(&self) {}
 }
 
-/// Asks the sald of a control socket (`Request::Resolve`), over one
-/// control connection kept open (made again when sald closed it, as it
-/// closes an ordinary user's idle ones).
+/// Asks the sald of a control socket (`Request::Resolve`), over a control
+/// connection kept between questions until [`Resolve::idle`] (made again
+/// when sald closed it, as it closes an ordinary user's idle ones). Each
+/// step is bounded by [`SALD_TIMEOUT`], and writes never raise `SIGPIPE`.
 #[derive(Debug)]
 pub struct SaldResolver {
     path: PathBuf,
@@ -114,9 +156,30 @@ impl SaldResolver {
     }
 
     fn connect(&self) -> Result<UnixStream, ResolveError> {
-        let mut stream = UnixStream::connect(&self.path)?;
-        stream.set_read_timeout(Some(SALD_TIMEOUT))?;
-        stream.set_write_timeout(Some(SALD_TIMEOUT))?;
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(io_error)?;
+        let timeout = TimeVal::new(
+            SALD_TIMEOUT.as_secs() as _,
+            SALD_TIMEOUT.subsec_micros() as _,
+        );
+        // The send timeout bounds the connect too: Linux waits for room in
+        // a full accept backlog that long.
+        setsockopt(&fd, sockopt::SendTimeout, &timeout).map_err(io_error)?;
+        setsockopt(&fd, sockopt::ReceiveTimeout, &timeout).map_err(io_error)?;
+        let addr = UnixAddr::new(&self.path).map_err(io_error)?;
+        loop {
+            match connect(fd.as_raw_fd(), &addr) {
+                Ok(()) => break,
+                Err(Errno::EINTR) => continue,
+                Err(errno) => return Err(io_error(errno)),
+            }
+        }
+        let mut stream = UnixStream::from(fd);
         let hello = Request::Hello {
             version: PROTOCOL_VERSION,
             client: "sal-inproc".into(),
@@ -126,14 +189,17 @@ impl SaldResolver {
             other => Err(refusal(other)),
         }
     }
+
+    fn held(&self) -> MutexGuard<'_, Option<UnixStream>> {
+        self.connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl Resolve for SaldResolver {
     fn resolve(&self, service: ServiceId) -> Result<Answer, ResolveError> {
-        let mut held = self
-            .connection
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut held = self.held();
         let request = Request::Resolve { service };
         // A connection kept from before may have been closed by sald
         // (idle): one more try on a fresh one.
@@ -159,11 +225,29 @@ impl Resolve for SaldResolver {
             other => Err(refusal(other)),
         }
     }
+
+    fn idle(&self) {
+        self.held().take();
+    }
 }
 
-/// One request and its answer on a control connection.
+fn io_error(errno: Errno) -> ResolveError {
+    ResolveError::Io(std::io::Error::from(errno))
+}
+
+/// One request and its answer on a control connection. Written with
+/// `MSG_NOSIGNAL`: a connection sald closed gives `EPIPE`, not a signal
+/// that would end a host program that does not ignore it.
 fn exchange(stream: &mut UnixStream, request: &Request) -> Result<Response, ResolveError> {
-    stream.write_all(&encode_frame(request)?)?;
+    let frame = encode_frame(request)?;
+    let mut sent = 0;
+    while sent < frame.len() {
+        match send(stream.as_raw_fd(), &frame[sent..], MsgFlags::MSG_NOSIGNAL) {
+            Ok(n) => sent += n,
+            Err(Errno::EINTR) => {}
+            Err(errno) => return Err(io_error(errno)),
+        }
+    }
     let mut prefix = [0u8; 4];
     stream.read_exact(&mut prefix)?;
     let mut body = vec![0u8; frame_len(prefix)?];
@@ -178,10 +262,31 @@ fn refusal(response: Response) -> ResolveError {
     }
 }
 
+/// A connect that went by a cached route (see
+/// [`ResolutionCache::before_connect`]): handed back to
+/// [`ResolutionCache::failed`] if the flow is never established.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CachedRoute {
+    service: ServiceId,
+    /// Which answer's route: a failure forgets that one only, not a fresh
+    /// answer installed since.
+    generation: u64,
+}
+
+/// What [`ResolutionCache::before_connect`] tells the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Plan {
+    /// Ask the resolver now (then hand [`ResolutionCache::answer`] what
+    /// it said, or [`ResolutionCache::withdraw`] if it cannot be asked).
+    pub ask: bool,
+    /// The connect goes by this cached route.
+    pub route: Option<CachedRoute>,
+}
+
 /// What the cache knows of one service.
 #[derive(Debug)]
 enum Entry {
-    /// A thread is asking; the others use the default route meanwhile.
+    /// A question is out; the connects use the default route meanwhile.
     Pending { until: Instant },
     /// Use the default route until then.
     Default { until: Instant },
@@ -191,6 +296,7 @@ enum Entry {
         until: Instant,
         prefix: ServicePrefix,
         hops: Vec<Locator>,
+        generation: u64,
     },
 }
 
@@ -199,6 +305,15 @@ impl Entry {
         match *self {
             Entry::Pending { until } | Entry::Default { until } | Entry::Routed { until, .. } => {
                 until
+            }
+        }
+    }
+
+    /// Takes the entry's rule (if any) out of `host`.
+    fn remove_rule(self, host: &mut Host) {
+        if let Entry::Routed { prefix, hops, .. } = self {
+            for locator in hops {
+                let _ = host.remove_rule_target(&prefix, &TargetKey::Forward { locator });
             }
         }
     }
@@ -211,12 +326,22 @@ impl Entry {
 pub struct ResolutionCache {
     entries: HashMap<ServiceId, Entry>,
     capacity: usize,
+    generation: u64,
+    /// No entry runs out before then (as of the last purge): a full cache
+    /// of live entries is not scanned again until something can go.
+    next_expiry: Option<Instant>,
 }
 
 impl Default for ResolutionCache {
     fn default() -> ResolutionCache {
         ResolutionCache::new(DEFAULT_CAPACITY)
     }
+}
+
+/// Whether `host` sends `service` by its default route (a `0/0` rule),
+/// that is, by none of its own more specific rules (a listener's).
+fn by_default_route(host: &Host, service: &ServiceId) -> bool {
+    (host.table().longest_match(service)).is_some_and(|rule| rule.prefix.len() == 0)
 }
 
 impl ResolutionCache {
@@ -226,29 +351,59 @@ impl ResolutionCache {
         ResolutionCache {
             entries: HashMap::new(),
             capacity,
+            generation: 0,
+            next_expiry: None,
         }
     }
 
     /// Before a connect to `service`: takes a route out of `host` whose
     /// answer ran out, and says whether the caller should ask the
-    /// resolver now (then call [`ResolutionCache::answer`] with what it
-    /// said). The connect itself goes ahead at once either way, routed
-    /// by what the host holds: the cached route, or the default one.
-    pub fn before_connect(&mut self, host: &mut Host, service: ServiceId, now: Instant) -> bool {
+    /// resolver now and whether the connect goes by a cached route. The
+    /// connect itself goes ahead at once either way, routed by what the
+    /// host holds. A service the host routes by a rule of its own (longer
+    /// than the default route) is never asked for.
+    pub fn before_connect(&mut self, host: &mut Host, service: ServiceId, now: Instant) -> Plan {
         match self.entries.get(&service) {
-            Some(entry) if entry.until() > now => return false,
+            Some(Entry::Routed {
+                until, generation, ..
+            }) if *until > now => {
+                let route = CachedRoute {
+                    service,
+                    generation: *generation,
+                };
+                return Plan {
+                    ask: false,
+                    route: Some(route),
+                };
+            }
+            Some(entry) if entry.until() > now => return Plan::default(),
             Some(_) => self.forget(host, service),
             None => {}
+        }
+        if !by_default_route(host, &service) {
+            return Plan::default();
         }
         if self.entries.len() >= self.capacity {
             self.purge(host, now);
             if self.entries.len() >= self.capacity {
-                return false;
+                return Plan::default();
             }
         }
         let until = now + PENDING_LIFETIME;
         self.entries.insert(service, Entry::Pending { until });
-        true
+        self.next_expiry = Some(self.next_expiry.map_or(until, |next| next.min(until)));
+        Plan {
+            ask: true,
+            route: None,
+        }
+    }
+
+    /// The question [`ResolutionCache::before_connect`] said to ask was
+    /// not asked (the resolver's queue was full): a later connect asks.
+    pub fn withdraw(&mut self, service: ServiceId) {
+        if let Some(Entry::Pending { .. }) = self.entries.get(&service) {
+            self.entries.remove(&service);
+        }
     }
 
     /// Takes the resolver's answer for `service` (after
@@ -256,7 +411,13 @@ impl ResolutionCache {
     /// route in `host` until its lifetime runs out, or keeps the service
     /// on the default route that long (for [`UNANSWERED_LIFETIME`] after
     /// a failure). A route is used only if it holds for exactly the
-    /// service's ID (what sald answers) and leads over UDP.
+    /// service's ID (what sald answers), leads over UDP to at most
+    /// [`MAX_HOPS`] hops none of which is the host itself, and the host
+    /// still sends the service by its default route (no rule of its own,
+    /// a listener bound meanwhile, would be hidden).
+    ///
+    /// Racing answers (a question asked again after the first ran past
+    /// its pending time): the last one wins, which is as good as any.
     pub fn answer(
         &mut self,
         host: &mut Host,
@@ -275,40 +436,78 @@ impl ResolutionCache {
             }
         };
         let until = now + lifetime;
+        let own = |locator: &Locator| host.interfaces().iter().any(|i| i.locator == *locator);
         let usable = route.filter(|route| {
             route.prefix == ServicePrefix::exact(service)
                 && !route.next_hops.is_empty()
+                && route.next_hops.len() <= MAX_HOPS
                 && (route.next_hops.iter()).all(|hop| matches!(hop.locator, Locator::Udp(_)))
+                && !(route.next_hops.iter()).any(|hop| own(&hop.locator))
         });
         let entry = match usable {
-            Some(route) if !lifetime.is_zero() => {
+            Some(route) if !lifetime.is_zero() && by_default_route(host, &service) => {
+                let mut hops: Vec<Locator> = Vec::with_capacity(route.next_hops.len());
                 for hop in &route.next_hops {
+                    // A locator named twice is one target: the first wins.
+                    if hops.contains(&hop.locator) {
+                        continue;
+                    }
                     let target = Target::Forward {
                         locator: hop.locator,
                         weight: hop.weight,
                     };
                     host.add_rule(route.prefix, target, 0);
+                    hops.push(hop.locator);
                 }
+                self.generation += 1;
                 Entry::Routed {
                     until,
                     prefix: route.prefix,
-                    hops: route.next_hops.iter().map(|hop| hop.locator).collect(),
+                    hops,
+                    generation: self.generation,
                 }
             }
             _ => Entry::Default { until },
         };
         self.entries.insert(service, entry);
+        self.next_expiry = Some(self.next_expiry.map_or(until, |next| next.min(until)));
     }
 
     /// Drops what the cache holds for `service` (its rule too): the next
-    /// connect asks again. For a connect through the cached route that
-    /// failed (its next hop gone, say).
+    /// connect asks again.
     pub fn forget(&mut self, host: &mut Host, service: ServiceId) {
-        if let Some(Entry::Routed { prefix, hops, .. }) = self.entries.remove(&service) {
-            for locator in hops {
-                let _ = host.remove_rule_target(&prefix, &TargetKey::Forward { locator });
+        if let Some(entry) = self.entries.remove(&service) {
+            entry.remove_rule(host);
+        }
+    }
+
+    /// A connect by `route` failed to be established (its next hop gone,
+    /// say): forgets that route, unless another answer replaced it since.
+    pub fn failed(&mut self, host: &mut Host, route: CachedRoute) {
+        if let Some(Entry::Routed { generation, .. }) = self.entries.get(&route.service) {
+            if *generation == route.generation {
+                tracing::debug!(service = %route.service, "cached route failed: forgotten");
+                self.forget(host, route.service);
             }
         }
+    }
+
+    /// The host now holds a rule of its own for `prefix` (a listener):
+    /// forgets every route it covers, which would hide it.
+    pub fn forget_within(&mut self, host: &mut Host, prefix: &ServicePrefix) {
+        self.entries.retain(|service, entry| {
+            if !prefix.contains(service) {
+                return true;
+            }
+            std::mem::replace(
+                entry,
+                Entry::Default {
+                    until: Instant::now(),
+                },
+            )
+            .remove_rule(host);
+            false
+        });
     }
 
     /// Whether connects to `service` use a cached route now.
@@ -326,15 +525,113 @@ impl ResolutionCache {
         self.entries.is_empty()
     }
 
-    /// Drops every entry that ran out, with its rule.
+    /// Drops every entry that ran out, with its rule. Cheap when nothing
+    /// can have run out since the last purge (no scan), and never
+    /// allocates.
     pub fn purge(&mut self, host: &mut Host, now: Instant) {
-        let expired: Vec<ServiceId> = (self.entries.iter())
-            .filter(|(_, entry)| entry.until() <= now)
-            .map(|(service, _)| *service)
-            .collect();
-        for service in expired {
-            self.forget(host, service);
+        if self.next_expiry.is_some_and(|next| next > now) {
+            return;
         }
+        let mut next: Option<Instant> = None;
+        self.entries.retain(|_, entry| {
+            let until = entry.until();
+            if until > now {
+                next = Some(next.map_or(until, |next| next.min(until)));
+                return true;
+            }
+            std::mem::replace(entry, Entry::Default { until }).remove_rule(host);
+            false
+        });
+        self.next_expiry = next;
+    }
+}
+
+/// A runtime's cached resolution: the cache (taken under the engine's
+/// lock only, which holds the host its routes are in, so never
+/// contended) and the queue of questions for its resolver thread.
+#[derive(Debug)]
+pub(crate) struct Resolution {
+    cache: Mutex<ResolutionCache>,
+    questions: SyncSender<ServiceId>,
+}
+
+/// The resolver thread's end of a [`Resolution`]'s queue.
+pub(crate) struct Questions {
+    resolver: Arc<dyn Resolve>,
+    receiver: Receiver<ServiceId>,
+}
+
+impl Resolution {
+    /// A cache and its queue; [`Questions::spawn`] starts the thread that
+    /// answers it.
+    pub(crate) fn new(resolver: Arc<dyn Resolve>) -> (Resolution, Questions) {
+        let (questions, receiver) = mpsc::sync_channel(QUEUE_LEN);
+        let resolution = Resolution {
+            cache: Mutex::new(ResolutionCache::default()),
+            questions,
+        };
+        (resolution, Questions { resolver, receiver })
+    }
+
+    /// The cache (under the engine's lock).
+    pub(crate) fn cache(&self) -> MutexGuard<'_, ResolutionCache> {
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Before a connect (under the engine's lock, with the host): what
+    /// the cache says, and the question queued if one is to be asked
+    /// (never waiting: a full queue leaves it for a later connect).
+    pub(crate) fn before_connect(
+        &self,
+        host: &mut Host,
+        service: ServiceId,
+    ) -> Option<CachedRoute> {
+        let mut cache = self.cache();
+        let plan = cache.before_connect(host, service, Instant::now());
+        if plan.ask {
+            match self.questions.try_send(service) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                    cache.withdraw(service)
+                }
+            }
+        }
+        plan.route
+    }
+}
+
+impl Questions {
+    /// Starts the resolver thread: it asks each queued question and hands
+    /// the answer to `apply` (which takes the engine's lock), until
+    /// `apply` says the runtime is gone or the queue's sender is dropped
+    /// with it. After [`RESOLVER_IDLE`] without a question it tells the
+    /// resolver ([`Resolve::idle`]) and waits for the next one. The
+    /// runtime does not wait for it when dropped: a question in progress
+    /// ends within the resolver's timeouts, and the thread with it.
+    pub(crate) fn spawn(
+        self,
+        mut apply: impl FnMut(ServiceId, Result<Answer, ResolveError>) -> bool + Send + 'static,
+    ) -> std::io::Result<()> {
+        let Questions { resolver, receiver } = self;
+        std::thread::Builder::new()
+            .name("sal-inproc-resolver".into())
+            .spawn(move || loop {
+                let service = match receiver.recv_timeout(RESOLVER_IDLE) {
+                    Ok(service) => service,
+                    Err(RecvTimeoutError::Timeout) => {
+                        resolver.idle();
+                        match receiver.recv() {
+                            Ok(service) => service,
+                            Err(_) => return,
+                        }
+                    }
+                    Err(RecvTimeoutError::Disconnected) => return,
+                };
+                if !apply(service, resolver.resolve(service)) {
+                    return;
+                }
+            })
+            .map(drop)
     }
 }
 
@@ -343,6 +640,7 @@ mod tests {
     use super::*;
     use sal::proto::HostConfig;
     use sal_control::NextHop;
+    use std::net::SocketAddrV4;
 
     fn service() -> ServiceId {
         "c0ec7001".parse().unwrap()
@@ -393,20 +691,20 @@ mod tests {
     #[test]
     fn a_route_is_used_until_its_lifetime_runs_out() {
         let (mut host, mut cache, now) = (host(), ResolutionCache::default(), Instant::now());
-        assert!(cache.before_connect(&mut host, service(), now));
+        assert!(cache.before_connect(&mut host, service(), now).ask);
         assert_eq!(next_hop(&host), sald());
         // Another connect while the question is out goes through sald and
         // does not ask again.
-        assert!(!cache.before_connect(&mut host, service(), now));
+        assert!(!cache.before_connect(&mut host, service(), now).ask);
         cache.answer(&mut host, service(), routed(Duration::from_secs(5)), now);
         assert!(cache.is_routed(&service(), now));
         assert_eq!(next_hop(&host), server());
         let later = now + Duration::from_secs(4);
-        assert!(!cache.before_connect(&mut host, service(), later));
+        assert!(!cache.before_connect(&mut host, service(), later).ask);
         assert_eq!(next_hop(&host), server());
         // Run out: the rule goes, the connect goes through sald and asks.
         let expired = now + Duration::from_secs(5);
-        assert!(cache.before_connect(&mut host, service(), expired));
+        assert!(cache.before_connect(&mut host, service(), expired).ask);
         assert_eq!(next_hop(&host), sald());
         assert_eq!(host.table().len(), 1, "only the default rule is left");
     }
@@ -414,22 +712,38 @@ mod tests {
     #[test]
     fn no_route_and_failures_keep_the_default_route_for_a_while() {
         let (mut host, mut cache, now) = (host(), ResolutionCache::default(), Instant::now());
-        assert!(cache.before_connect(&mut host, service(), now));
+        assert!(cache.before_connect(&mut host, service(), now).ask);
         let each_time = Ok(Answer {
             route: None,
             lifetime: Duration::from_secs(3),
         });
         cache.answer(&mut host, service(), each_time, now);
         assert_eq!(next_hop(&host), sald());
-        assert!(!cache.before_connect(&mut host, service(), now + Duration::from_secs(2)));
-        assert!(cache.before_connect(&mut host, service(), now + Duration::from_secs(3)));
+        assert!(
+            !cache
+                .before_connect(&mut host, service(), now + Duration::from_secs(2))
+                .ask
+        );
+        assert!(
+            cache
+                .before_connect(&mut host, service(), now + Duration::from_secs(3))
+                .ask
+        );
         let old_sald = Err(ResolveError::Refused {
             kind: ErrorKind::InvalidRequest,
             message: "unknown request".into(),
         });
         cache.answer(&mut host, service(), old_sald, now);
-        assert!(!cache.before_connect(&mut host, service(), now + UNANSWERED_LIFETIME / 2));
-        assert!(cache.before_connect(&mut host, service(), now + UNANSWERED_LIFETIME));
+        assert!(
+            !cache
+                .before_connect(&mut host, service(), now + UNANSWERED_LIFETIME / 2)
+                .ask
+        );
+        assert!(
+            cache
+                .before_connect(&mut host, service(), now + UNANSWERED_LIFETIME)
+                .ask
+        );
         assert_eq!(host.table().len(), 1);
     }
 
@@ -452,12 +766,160 @@ mod tests {
     #[test]
     fn a_forgotten_route_and_a_full_cache_fall_back_to_sald() {
         let (mut host, mut cache, now) = (host(), ResolutionCache::new(1), Instant::now());
-        assert!(cache.before_connect(&mut host, service(), now));
+        assert!(cache.before_connect(&mut host, service(), now).ask);
         cache.answer(&mut host, service(), routed(Duration::from_secs(5)), now);
         let other: ServiceId = "c0ec7002".parse().unwrap();
-        assert!(!cache.before_connect(&mut host, other, now), "full");
+        assert!(!cache.before_connect(&mut host, other, now).ask, "full");
         cache.forget(&mut host, service());
         assert_eq!(next_hop(&host), sald());
-        assert!(cache.before_connect(&mut host, other, now));
+        assert!(cache.before_connect(&mut host, other, now).ask);
+    }
+
+    fn own() -> Locator {
+        "udp:127.0.0.3:5000".parse().unwrap()
+    }
+
+    /// [`host`] with its own interface at [`own`].
+    fn host_with_interface() -> Host {
+        let mut host = host();
+        host.add_interface(sal::proto::LocalInterface {
+            name: "udp".into(),
+            locator: own(),
+            prefix_len: 24,
+            up: true,
+        });
+        host
+    }
+
+    fn with_hops(hops: &[(Locator, u32)]) -> Result<Answer, ResolveError> {
+        let mut answer = routed(Duration::from_secs(5)).unwrap();
+        answer.route.as_mut().unwrap().next_hops = (hops.iter())
+            .map(|&(locator, weight)| NextHop { locator, weight })
+            .collect();
+        Ok(answer)
+    }
+
+    #[test]
+    fn a_service_the_host_routes_by_a_rule_of_its_own_is_left_alone() {
+        let (mut host, mut cache, now) = (host(), ResolutionCache::default(), Instant::now());
+        let local = Target::Forward {
+            locator: own(),
+            weight: 1,
+        };
+        host.add_rule("c0ec70/24".parse().unwrap(), local, 0);
+        assert_eq!(
+            cache.before_connect(&mut host, service(), now),
+            Plan::default()
+        );
+        assert!(cache.is_empty());
+        // A rule of its own that came while the question was out: the
+        // answer is not installed over it.
+        let (mut host, now) = (self::host(), Instant::now());
+        assert!(cache.before_connect(&mut host, service(), now).ask);
+        host.add_rule("c0ec70/24".parse().unwrap(), local, 0);
+        cache.answer(&mut host, service(), routed(Duration::from_secs(5)), now);
+        assert!(!cache.is_routed(&service(), now));
+        assert_eq!(next_hop(&host), own());
+        // Or bound after it: the routes it covers go.
+        let (mut host, now) = (self::host(), Instant::now());
+        assert!(
+            cache
+                .before_connect(&mut host, service(), now + UNANSWERED_LIFETIME)
+                .ask
+        );
+        cache.answer(&mut host, service(), routed(Duration::from_secs(5)), now);
+        assert!(cache.is_routed(&service(), now));
+        cache.forget_within(&mut host, &"c0/8".parse().unwrap());
+        assert!(!cache.is_routed(&service(), now));
+        assert_eq!(host.table().len(), 1);
+    }
+
+    #[test]
+    fn a_route_through_the_host_itself_or_of_too_many_hops_is_not_installed() {
+        let (mut host, mut cache, now) = (
+            host_with_interface(),
+            ResolutionCache::default(),
+            Instant::now(),
+        );
+        let many: Vec<(Locator, u32)> = (0..=MAX_HOPS as u16)
+            .map(|i| {
+                (
+                    Locator::Udp(SocketAddrV4::new([127, 0, 1, 1].into(), 1000 + i)),
+                    1,
+                )
+            })
+            .collect();
+        for answer in [with_hops(&[(server(), 1), (own(), 1)]), with_hops(&many)] {
+            cache.before_connect(&mut host, service(), now);
+            cache.answer(&mut host, service(), answer, now);
+            assert!(!cache.is_routed(&service(), now));
+            assert_eq!(host.table().len(), 1);
+            cache.forget(&mut host, service());
+        }
+        // MAX_HOPS, one named twice: installed once each.
+        let mut hops = many[..MAX_HOPS - 1].to_vec();
+        hops.push(many[0]);
+        cache.before_connect(&mut host, service(), now);
+        cache.answer(&mut host, service(), with_hops(&hops), now);
+        assert!(cache.is_routed(&service(), now));
+        let rule = host.table().longest_match(&service()).unwrap();
+        assert_eq!(rule.targets().len(), MAX_HOPS - 1);
+        cache.forget(&mut host, service());
+        assert_eq!(host.table().len(), 1);
+    }
+
+    #[test]
+    fn a_failure_forgets_only_the_route_it_went_by() {
+        let (mut host, mut cache, now) = (host(), ResolutionCache::default(), Instant::now());
+        assert!(cache.before_connect(&mut host, service(), now).ask);
+        cache.answer(&mut host, service(), routed(Duration::from_secs(5)), now);
+        let old = cache
+            .before_connect(&mut host, service(), now)
+            .route
+            .unwrap();
+        // A newer answer (a raced question): an old flow's failure leaves it.
+        cache.answer(&mut host, service(), routed(Duration::from_secs(5)), now);
+        cache.failed(&mut host, old);
+        assert!(cache.is_routed(&service(), now));
+        let new = cache
+            .before_connect(&mut host, service(), now)
+            .route
+            .unwrap();
+        assert_ne!(old, new);
+        cache.failed(&mut host, new);
+        assert!(!cache.is_routed(&service(), now));
+        assert_eq!(next_hop(&host), sald());
+    }
+
+    #[test]
+    fn a_full_cache_purges_what_ran_out_and_only_then() {
+        let (mut host, mut cache, now) = (host(), ResolutionCache::new(2), Instant::now());
+        let services: Vec<ServiceId> = ["c0ec7001", "c0ec7002", "c0ec7003"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        for (i, &service) in services[..2].iter().enumerate() {
+            assert!(cache.before_connect(&mut host, service, now).ask);
+            let lifetime = Duration::from_secs(1 + i as u64);
+            let answer = Ok(Answer {
+                route: None,
+                lifetime,
+            });
+            cache.answer(&mut host, service, answer, now);
+        }
+        assert!(
+            !cache.before_connect(&mut host, services[2], now).ask,
+            "full"
+        );
+        assert_eq!(cache.len(), 2);
+        let later = now + Duration::from_secs(1);
+        assert!(
+            cache.before_connect(&mut host, services[2], later).ask,
+            "one ran out"
+        );
+        assert_eq!(cache.len(), 2);
+        // A withdrawn question leaves room for the next connect's.
+        cache.withdraw(services[2]);
+        assert_eq!(cache.len(), 1);
     }
 }

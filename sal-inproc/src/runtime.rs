@@ -16,7 +16,7 @@ use crate::core::Core;
 use crate::gate::{self, Gate, Inside, Role};
 use crate::lock::{EngineLock, Held};
 use crate::mirror::Signal;
-use crate::resolve::{ResolutionCache, Resolve};
+use crate::resolve::{CachedRoute, Resolution};
 use crate::{Config, Error, Listener, Stream};
 
 /// How a call waits when it cannot complete at once.
@@ -43,20 +43,6 @@ pub(crate) struct Inner {
     driver: Mutex<Option<JoinHandle<()>>>,
     /// Cached resolution, with a resolver configured.
     resolution: Option<Resolution>,
-}
-
-/// A runtime's resolver and what it answered (see [`crate::resolve`]).
-struct Resolution {
-    resolver: Arc<dyn Resolve>,
-    /// Taken under the engine's lock only (which holds the host its
-    /// routes are in), so never contended.
-    cache: Mutex<ResolutionCache>,
-}
-
-impl Resolution {
-    fn cache(&self) -> std::sync::MutexGuard<'_, ResolutionCache> {
-        self.cache.lock().unwrap_or_else(PoisonError::into_inner)
-    }
 }
 
 impl Inner {
@@ -131,6 +117,13 @@ impl Runtime {
         let (udp, timer) = (udp.try_clone_to_owned()?, timer.try_clone_to_owned()?);
         let local = core.local();
         let gate = Gate::new()?;
+        let (resolution, questions) = match config.resolver.clone() {
+            Some(resolver) => {
+                let (resolution, questions) = Resolution::new(resolver);
+                (Some(resolution), Some(questions))
+            }
+            None => (None, None),
+        };
         let inner = Arc::new(Inner {
             core: EngineLock::new(core),
             gate: Arc::clone(&gate),
@@ -138,11 +131,21 @@ impl Runtime {
             timer,
             local,
             driver: Mutex::new(None),
-            resolution: config.resolver.clone().map(|resolver| Resolution {
-                resolver,
-                cache: Mutex::new(ResolutionCache::default()),
-            }),
+            resolution,
         });
+        if let Some(questions) = questions {
+            let weak = Arc::downgrade(&inner);
+            questions.spawn(move |service, answer| {
+                let Some(inner) = weak.upgrade() else {
+                    return false;
+                };
+                if let Some(resolution) = &inner.resolution {
+                    let mut core = inner.lock();
+                    (resolution.cache()).answer(&mut core.host, service, answer, Instant::now());
+                }
+                true
+            })?;
+        }
         if config.driver_thread {
             let (udp, timer) = (inner.udp.try_clone()?, inner.timer.try_clone()?);
             let weak = Arc::downgrade(&inner);
@@ -168,40 +171,37 @@ impl Runtime {
     /// closed.
     ///
     /// With a resolver ([`Config::resolver`]): the SYN goes by the route
-    /// cached for `service`, if any; if none, by the default route, and
-    /// the resolver is asked (once per answer's lifetime, with the SYN
-    /// out) how the next SYNs may go. A blocking connect that fails by a
-    /// cached route forgets it.
+    /// cached for `service`, if any; if none, by the host's own rules
+    /// (the default route, sald), and if that is the default route the
+    /// resolver thread is asked (once per answer's lifetime) how the next
+    /// SYNs may go: the connect never waits for the answer. A connect by
+    /// a cached route that is not established (refused, timed out, its
+    /// deadline passed, the stream dropped first) forgets the route.
     pub fn connect(&self, service: ServiceId, mode: Mode) -> Result<Stream, Error> {
         let resolution = self.inner.resolution.as_ref();
-        let mut ask = false;
+        let mut route = None;
         let (key, id, signals) = self.call(Mode::NonBlocking, None, |core| {
             if let Some(resolution) = resolution {
-                ask = (resolution.cache()).before_connect(&mut core.host, service, Instant::now());
+                route = resolution.before_connect(&mut core.host, service);
             }
             core.connect(service)
         })?;
-        let stream = Stream::new(self.clone(), key, id, signals);
-        if let Some(resolution) = resolution.filter(|_| ask) {
-            // Without the engine's lock: the host goes on meanwhile.
-            let answer = resolution.resolver.resolve(service);
-            let mut core = self.inner.lock();
-            (resolution.cache()).answer(&mut core.host, service, answer, Instant::now());
-        }
+        let mut stream = Stream::new(self.clone(), key, id, signals);
+        stream.set_route(route);
         if mode != Mode::NonBlocking {
-            let connected = stream.finish_connect(mode);
-            if let (Err(error), Some(resolution)) = (&connected, resolution) {
-                if !matches!(error, Error::WouldBlock) && !ask {
-                    let mut core = self.inner.lock();
-                    let mut cache = resolution.cache();
-                    if cache.is_routed(&service, Instant::now()) {
-                        cache.forget(&mut core.host, service);
-                    }
-                }
-            }
-            connected?;
+            // A failure (a passed deadline too: the stream is dropped)
+            // forgets the route it took.
+            stream.finish_connect(mode)?;
         }
         Ok(stream)
+    }
+
+    /// A connect by `route` was not established: the cache forgets it
+    /// (under the engine's lock, `core` being what it holds).
+    pub(crate) fn route_failed(&self, core: &mut Core, route: CachedRoute) {
+        if let Some(resolution) = &self.inner.resolution {
+            resolution.cache().failed(&mut core.host, route);
+        }
     }
 
     /// Whether connects to `service` take a route the resolver gave
@@ -219,8 +219,15 @@ impl Runtime {
     /// half-open or waiting to be accepted. Registering the prefix with
     /// sald (`Relay`) is the caller's business.
     pub fn listen(&self, prefix: ServicePrefix, backlog: usize) -> Result<Listener, Error> {
-        let (id, signal) =
-            self.call(Mode::NonBlocking, None, |core| core.listen(prefix, backlog))?;
+        let resolution = self.inner.resolution.as_ref();
+        let (id, signal) = self.call(Mode::NonBlocking, None, |core| {
+            let listening = core.listen(prefix, backlog)?;
+            if let Some(resolution) = resolution {
+                // Cached routes inside the prefix would hide it.
+                resolution.cache().forget_within(&mut core.host, &prefix);
+            }
+            Ok(listening)
+        })?;
         Ok(Listener::new(self.clone(), id, signal))
     }
 

@@ -2,12 +2,14 @@
 //! eventfds that mirror its readiness.
 
 use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use sal::FlowId;
 
 use crate::core::{Core, Key, Opening, StreamSignals};
 use crate::mirror::Signal;
+use crate::resolve::CachedRoute;
 use crate::{Error, Mode, Runtime};
 
 /// One stream flow (a connected TCP socket's counterpart). Reads and writes
@@ -20,6 +22,11 @@ pub struct Stream {
     writable: Arc<Signal>,
     /// [`Stream::close`] closed the flow: dropping does nothing more.
     closed: bool,
+    /// The cached route the connect went by (see [`crate::resolve`]),
+    /// until the flow's opening is seen settled.
+    route: Option<CachedRoute>,
+    /// The opening was seen done or failed (a failure told the cache).
+    settled: AtomicBool,
 }
 
 /// The host's flow of a stream whose opening is done, or why there is none.
@@ -42,7 +49,33 @@ impl Stream {
             readable: signals.readable,
             writable: signals.writable,
             closed: false,
+            route: None,
+            settled: AtomicBool::new(false),
         }
+    }
+
+    /// The connect went by `route`: if the flow is never established,
+    /// the resolution cache forgets it.
+    pub(crate) fn set_route(&mut self, route: Option<CachedRoute>) {
+        self.route = route;
+    }
+
+    /// [`opened`], telling the resolution cache when a connect by a cached
+    /// route failed (under the engine's lock).
+    fn opened(&self, core: &mut Core) -> Result<FlowId, Error> {
+        let result = opened(core, self.key);
+        if let Some(route) = self.route {
+            match &result {
+                Err(Error::WouldBlock) => {}
+                Ok(_) => self.settled.store(true, Ordering::Relaxed),
+                Err(_) => {
+                    if !self.settled.swap(true, Ordering::Relaxed) {
+                        self.runtime.route_failed(core, route);
+                    }
+                }
+            }
+        }
+        result
     }
 
     /// The flow's local ID (after a failed connect, the host may have given
@@ -68,9 +101,8 @@ impl Stream {
     /// established, its error if it failed, [`Error::WouldBlock`] while the
     /// SYN is unanswered.
     pub fn finish_connect(&self, mode: Mode) -> Result<(), Error> {
-        let key = self.key;
         self.runtime.call(mode, Some(&self.writable), |core| {
-            opened(core, key).map(drop)
+            self.opened(core).map(drop)
         })
     }
 
@@ -81,7 +113,7 @@ impl Stream {
     pub fn read(&self, buf: &mut [u8], mode: Mode) -> Result<usize, Error> {
         let key = self.key;
         self.runtime.call(mode, Some(&self.readable), |core| {
-            let id = opened(core, key)?;
+            let id = self.opened(core)?;
             let read = core.host.recv(id, buf).map_err(Error::from);
             core.refresh(key);
             read
@@ -95,7 +127,7 @@ impl Stream {
         let key = self.key;
         let mut written = 0;
         let result = self.runtime.call(mode, Some(&self.writable), |core| {
-            let id = opened(core, key)?;
+            let id = self.opened(core)?;
             let result = loop {
                 if written == buf.len() {
                     break Ok(());
@@ -140,6 +172,14 @@ impl Stream {
     fn close_flow(&self) -> Result<(), Error> {
         let key = self.key;
         self.runtime.call(Mode::NonBlocking, None, |core| {
+            // Given up before it was established (a connect's deadline
+            // passed): as a failure for the route it took.
+            if let Some(route) = self.route {
+                let pending = matches!(self.opened(core), Err(Error::WouldBlock));
+                if pending && !self.settled.swap(true, Ordering::Relaxed) {
+                    self.runtime.route_failed(core, route);
+                }
+            }
             core.close_stream(key);
             Ok(())
         })

@@ -232,7 +232,11 @@ fn connection(
     let now = node.now();
     node.host.advance_clock(now);
     let ask = match resolution.as_deref_mut() {
-        Some(r) => (r.cache).before_connect(&mut node.host, service, Instant::now()),
+        Some(r) => {
+            (r.cache)
+                .before_connect(&mut node.host, service, Instant::now())
+                .ask
+        }
         None => false,
     };
     let id = node
