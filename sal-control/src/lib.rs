@@ -632,6 +632,12 @@ pub enum Response {
     },
 }
 
+/// The most next hops a [`ResolvedRoute`] has: sald answers a FORWARD
+/// group of more with no route, and a program uses no route of more
+/// (sald's groups are a few hops; this bounds what an answer makes a
+/// program install).
+pub const MAX_RESOLVED_HOPS: usize = 16;
+
 /// A route a program's host may use on its own for a while (see
 /// [`Request::Resolve`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

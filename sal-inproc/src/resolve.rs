@@ -74,8 +74,8 @@ const PENDING_LIFETIME: Duration = Duration::from_secs(5);
 /// each while their answers last.
 pub const DEFAULT_CAPACITY: usize = 4096;
 /// The most next hops a route may have: an answer with more is not used
-/// (its SYNs go through sald). sald's FORWARD groups are a few hops.
-pub const MAX_HOPS: usize = 16;
+/// (its SYNs go through sald).
+pub use sal_control::MAX_RESOLVED_HOPS as MAX_HOPS;
 /// How long [`SaldResolver`] waits for each step with sald: connecting
 /// (a full accept backlog), writing a question, reading its answer.
 pub const SALD_TIMEOUT: Duration = Duration::from_secs(1);

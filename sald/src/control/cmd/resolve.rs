@@ -82,7 +82,7 @@ pub const RELAY_LIFETIME_MS: u64 = 1000;
 
 /// The most next hops answered; a group of more is answered no route
 /// (the client takes no more either).
-pub const MAX_HOPS: usize = 16;
+pub use sal_control::MAX_RESOLVED_HOPS as MAX_HOPS;
 
 /// Answers how sald would route a first packet to `service` (see the
 /// module docs).
