@@ -3185,6 +3185,18 @@ impl Socket {
                 let delay = self.rtte.retransmission_timeout();
                 self.timer.set_for_zero_window_probe(now, delay);
             }
+            // sal-tcp: a fast retransmit with no data left to resend, only
+            // the FIN in flight (the peer's duplicate ACKs acknowledged all
+            // our data): the FIN goes again now, and its retransmission
+            // timer with it. A fast retransmit resends data only, so it sent
+            // nothing here, and idle, the lost FIN was never sent again: the
+            // connection stalled for good (both ends in FIN-WAIT-1 or
+            // CLOSING after a simultaneous close, each waiting for the
+            // other's FIN).
+            if self.tx_buffer.is_empty() && self.flight_size() > 0 {
+                self.pending_fast_retransmit = false;
+                self.remote_last_seq = self.local_seq_no;
+            }
 
             // sal-tcp: the RTT estimator hears of a fast retransmission
             // when it is sent (`note_resent`).

@@ -2657,6 +2657,28 @@ fn test_fin_wait_1_fin_ack() {
 }
 
 #[test]
+fn test_fin_wait_1_fast_retransmit_of_a_lost_fin_resends_it() {
+    // Only the FIN is in flight, and lost, when a fast retransmit is due
+    // (set here directly; in the engine's test a recovery of the data
+    // ended that way). With no data to resend, the
+    // FIN goes again, its retransmission timer running: a fast retransmit
+    // that sent nothing left the timer idle, and the FIN was never sent
+    // again (both ends of a simultaneous close stalled in FIN-WAIT-1).
+    let mut s = socket_fin_wait_1();
+    let fin = TcpRepr {
+        control: TcpControl::Fin,
+        seq_number: LOCAL_SEQ + 1,
+        ack_number: Some(REMOTE_SEQ + 1),
+        ..RECV_TEMPL
+    };
+    recv!(s, [fin]);
+    s.timer.set_for_fast_retransmit();
+    recv!(s, time 10, Ok(fin));
+    assert!(s.timer.is_retransmit(), "{:?}", s.timer);
+    assert!(s.poll_at().is_some(), "a timer for the FIN in flight");
+}
+
+#[test]
 fn test_fin_wait_1_fin_fin() {
     let mut s = socket_fin_wait_1();
     recv!(
