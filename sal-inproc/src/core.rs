@@ -2,7 +2,9 @@
 //! the state of each flow and listener the application holds. Whoever holds
 //! the lock drives: a locked section reads what waits on the socket before
 //! its work when its thread saw input there (or nobody watches it), and
-//! sends what the host produced after it.
+//! sends what the host produced after it; as it lets the lock go, it
+//! publishes the host's next deadline to the threads sleeping until it
+//! ([`Core::settle`], `deadline.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use sal::table::{ListenerId, Target};
 use sal::{FlowId, Locator, ServicePrefix};
 
 use crate::clock::Clock;
+use crate::deadline::Deadlines;
 use crate::mirror::{Mirror, Signal, Spares};
 use crate::udp::{UdpLink, BATCH};
 use crate::{Config, Error};
@@ -69,8 +72,12 @@ pub(crate) struct Core {
     local: Locator,
     clock: Clock,
     timer: TimerFd,
-    /// The deadline the timer is armed for.
+    /// The deadline the timer is armed for (it may have passed: the timer
+    /// then stays readable until it is set again).
     armed: Option<sal::time::Instant>,
+    /// The host's next deadline as published at each release, and the
+    /// threads sleeping until it.
+    deadlines: Arc<Deadlines>,
     streams: HashMap<Key, FlowEntry>,
     /// The stream of each flow the host still has.
     by_flow: HashMap<FlowId, Key>,
@@ -101,7 +108,7 @@ fn write_low_water(config: &Config) -> usize {
 
 impl Core {
     /// The UDP socket at `config.addr`, the host with its one interface and
-    /// its one rule, and a disarmed timerfd.
+    /// its one rule, a disarmed timerfd, and its deadline published.
     pub(crate) fn new(config: &Config) -> Result<Core, Error> {
         let link = UdpLink::bind(config.addr)?;
         let addr = link.local_addr()?;
@@ -122,6 +129,7 @@ impl Core {
             },
             0,
         );
+        let deadlines = Arc::new(Deadlines::new(clock, host.poll_timeout()));
         let timer = TimerFd::new(
             ClockId::CLOCK_MONOTONIC,
             TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
@@ -133,6 +141,7 @@ impl Core {
             clock,
             timer,
             armed: None,
+            deadlines,
             streams: HashMap::new(),
             by_flow: HashMap::new(),
             next_key: 0,
@@ -147,6 +156,12 @@ impl Core {
     /// The host's locator.
     pub(crate) fn local(&self) -> Locator {
         self.local
+    }
+
+    /// The published deadline and its sleepers, shared with the threads
+    /// that sleep until it without the lock.
+    pub(crate) fn deadlines(&self) -> Arc<Deadlines> {
+        Arc::clone(&self.deadlines)
     }
 
     /// The UDP socket and the timerfd: what the engine waits on.
@@ -176,19 +191,35 @@ impl Core {
         std::mem::take(&mut self.pending)
     }
 
-    /// After a call's work: the host polled, its output sent, the timer
-    /// armed at its next deadline.
+    /// After a call's work: the host polled, its output sent. (Its next
+    /// deadline is published as the lock is let go: [`Core::settle`].)
     pub(crate) fn after(&mut self) -> Result<(), Error> {
         self.poll();
-        // The timer is set whatever the send did: a deadline left unarmed
-        // (a SYN's retransmission) would stall its flow for good, and one
-        // left expired would keep every waiter spinning.
-        let flushed = self.flush();
-        self.rearm()?;
-        flushed
+        self.flush()
     }
 
-    /// One full turn: read, poll, mirror, send, rearm.
+    /// As the lock is let go, whatever the locked section did (every
+    /// release passes here, `Held`'s drop in `lock.rs`, error paths and
+    /// panics included): publishes the host's next deadline for the
+    /// threads that sleep until it (`ppoll`'s timeout), and arms the
+    /// timerfd at it only if one of them recorded a later one and would
+    /// sleep past it. Once the timerfd is lent out ([`Deadlines::lend`]),
+    /// every deadline is armed. Never fails: a timerfd that cannot be set
+    /// (which Linux does not do for a valid one) is logged.
+    pub(crate) fn settle(&mut self) {
+        let at = self.host.poll_timeout();
+        let wake = self.deadlines.publish(at);
+        let armed = if self.deadlines.lent() {
+            self.rearm(at)
+        } else {
+            self.arm_for_sleepers(at, wake)
+        };
+        if let Err(error) = armed {
+            tracing::warn!(%error, "arming the engine's timerfd failed");
+        }
+    }
+
+    /// One full turn: read, poll, mirror, send.
     pub(crate) fn drive(&mut self) -> Result<(), Error> {
         self.before(true)?;
         self.after()
@@ -231,15 +262,47 @@ impl Core {
         Ok(())
     }
 
-    /// Arms the timerfd at the host's next deadline (absolute, so that the
-    /// host's clock has reached it when it fires), or disarms it. Setting
-    /// it also clears an expiry that was read by nobody.
-    fn rearm(&mut self) -> Result<(), Error> {
-        let at = self.host.poll_timeout();
+    /// Arms the timerfd at the host's next deadline `at` (absolute, so
+    /// that the host's clock has reached it when it fires), or disarms it,
+    /// for whoever waits on the timerfd alone (the lent descriptors).
+    /// Setting it also clears an expiry that was read by nobody (nobody
+    /// reads it): a deadline left unarmed (a SYN's retransmission) would
+    /// stall its flow for good, and one left expired would keep every
+    /// waiter spinning.
+    fn rearm(&mut self, at: Option<sal::time::Instant>) -> Result<(), Error> {
         let due = at.is_some_and(|at| at <= self.clock.now());
         if at == self.armed && !due {
             return Ok(());
         }
+        self.set_timer(at)
+    }
+
+    /// Arms the timerfd at `at` if a sleeper would sleep past it (`wake`,
+    /// from [`Deadlines::publish`]); it is left alone if it is armed there
+    /// already (it fires, or fired and stays readable until set again).
+    /// Otherwise every sleeper wakes by `at` on its own, and a timer that
+    /// fired is disarmed (it would keep the sleepers, who watch it,
+    /// spinning); one armed for later is left to fire (a turn for
+    /// nothing, cheaper than a system call at each release).
+    fn arm_for_sleepers(
+        &mut self,
+        at: Option<sal::time::Instant>,
+        wake: bool,
+    ) -> Result<(), Error> {
+        if wake {
+            if at != self.armed {
+                self.set_timer(at)?;
+            }
+            return Ok(());
+        }
+        match self.armed {
+            Some(armed) if armed <= self.clock.now() => self.set_timer(None),
+            _ => Ok(()),
+        }
+    }
+
+    /// Sets the timerfd to fire at the host's time `at` (or never).
+    fn set_timer(&mut self, at: Option<sal::time::Instant>) -> Result<(), Error> {
         match at {
             Some(at) => self.timer.set(
                 Expiration::OneShot(self.clock.absolute(at)),

@@ -3,7 +3,11 @@
 //! gaps when no application thread is inside.
 //!
 //! **The poller role.** At most one waiting application thread, the poller,
-//! watches the UDP socket and the timerfd (and its own object's eventfd);
+//! watches the UDP socket and the host's deadline (and its own object's
+//! eventfd): it sleeps until the deadline published as the lock was last
+//! let go (`ppoll`'s timeout), and on the timerfd, which a release arms
+//! only when it moves the deadline before the one the poller sleeps until
+//! (`deadline.rs`);
 //! the others, followers, wait on their own object's eventfd and their
 //! thread's wake-up eventfd only, so that a datagram wakes one thread,
 //! not every thread blocked in the engine. The poller keeps the role from
@@ -31,6 +35,7 @@ use nix::poll::{ppoll, PollFd, PollFlags};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::time::TimeSpec;
 
+use crate::deadline::Deadlines;
 use crate::mirror::Signal;
 use crate::runtime::Inner;
 use crate::waker::{self, Waker};
@@ -322,12 +327,15 @@ impl Drop for Inside {
 /// and went during it and one is inside, another grace period; if a thread
 /// stayed inside throughout, sleep until the last one leaves; if one came
 /// and went but none is inside, another grace period; otherwise watch the UDP socket,
-/// the timerfd and the private eventfd, and drive on input, for as long as
-/// nobody comes in. `udp` and `timer` are its own duplicates of the
-/// runtime's descriptors.
+/// the host's deadline (`ppoll`'s timeout, and the timerfd, armed if a
+/// release moves the deadline before the one it sleeps until: see
+/// `deadline.rs`) and the private eventfd, and drive on input or at the
+/// deadline, for as long as nobody comes in. `udp` and `timer` are its own
+/// duplicates of the runtime's descriptors.
 pub(crate) fn drive_while_away(
     gate: Arc<Gate>,
     runtime: Weak<Inner>,
+    deadlines: Arc<Deadlines>,
     udp: OwnedFd,
     timer: OwnedFd,
 ) {
@@ -373,18 +381,23 @@ pub(crate) fn drive_while_away(
         while gate.inside() == 0 {
             let fds: [BorrowedFd<'_>; 3] = [udp.as_fd(), timer.as_fd(), gate.wake.as_fd()];
             let mut polled = fds.map(|fd| PollFd::new(fd, PollFlags::POLLIN));
-            if !sleep(&gate, &mut polled, None) || gate.stop.load(Ordering::Acquire) {
+            let sleeper = deadlines.sleep();
+            if !sleep(&gate, &mut polled, sleeper.timeout(None))
+                || gate.stop.load(Ordering::Acquire)
+            {
                 return;
             }
+            let due = sleeper.due();
+            drop(sleeper);
             if polled[2].revents().is_some_and(|r| !r.is_empty()) {
                 // A late signal of a thread that left while this one was
                 // parking: cleared, or every sleep here returns at once.
                 let _ = gate.wake.read();
             }
-            let input = polled[..2]
-                .iter()
-                .any(|fd| fd.revents().is_some_and(|r| !r.is_empty()));
-            // A thread that came in meanwhile drives for itself.
+            let input =
+                due || (polled[..2].iter()).any(|fd| fd.revents().is_some_and(|r| !r.is_empty()));
+            // A thread that came in meanwhile drives for itself (as the
+            // poller, it sleeps until the deadline published now).
             if !input || gate.inside() > 0 {
                 continue;
             }

@@ -22,9 +22,9 @@
 //!   wait does so only when its wait saw the socket readable.
 //! - **Blocking calls wait in `ppoll`, one of them on the socket**
 //!   (leader/follower, `gate.rs`). The first waiting thread takes the
-//!   poller role: it watches the UDP socket, a timerfd armed (absolutely,
-//!   on `CLOCK_MONOTONIC`) at the host's `poll_timeout`, and its own
-//!   object's eventfd, and drives on input if `try_lock` succeeds
+//!   poller role: it watches the UDP socket and its own object's eventfd
+//!   until the host's next deadline, and drives on input or at the
+//!   deadline if `try_lock` succeeds
 //!   (otherwise the holder drives, and it waits on its own eventfd and its
 //!   thread's wake-up eventfd, which the holder raises when it lets go;
 //!   it never blocks on the mutex from a wait). The other waiting threads
@@ -37,6 +37,18 @@
 //!   as inside from its first wait to its return. [`Mode`] gives blocking,
 //!   non-blocking and deadline (`SO_RCVTIMEO`) behaviour; errors carry the
 //!   `errno` a socket would give ([`Error::errno`]).
+//! - **The host's deadline is `ppoll`'s timeout** (`deadline.rs`), as in a
+//!   single-threaded event loop, not a timerfd re-armed after every call.
+//!   Every release of the lock (one place, `lock.rs`: whatever the locked
+//!   section did, error paths included) publishes the host's
+//!   `poll_timeout`; a thread that sleeps until it (the poller, the driver
+//!   thread) records the deadline it read, reads it again, and sleeps for
+//!   the time left. The timerfd (absolute, on `CLOCK_MONOTONIC`), which
+//!   they also watch, is armed only by a release that moves the deadline
+//!   before one a sleeper recorded (a call on another thread that starts
+//!   the first timer while the poller sleeps without one), and disarmed
+//!   once it fired. Once [`Runtime::wait_fds`] lent it to a caller that
+//!   waits on it itself, every deadline is armed there.
 //! - **Readiness on eventfds** (`EFD_NONBLOCK | EFD_CLOEXEC`): a stream's
 //!   readable descriptor is readable exactly while a read would not block
 //!   (bytes, end of stream, error), its writable one while a write would
@@ -98,14 +110,12 @@
 //! readiness; stage 3b, which hands the descriptors to programs as their
 //! sockets, must give out duplicates or turn the reuse off.
 //! While every thread is outside the engine, a peer's packet waits for the
-//! driver thread up to the grace period (2 ms) plus its wake-up. The host's
-//! timers still re-arm the timerfd (`timerfd_settime`, about 2 per
-//! connection on each side): a poller could wait with `ppoll`'s timeout
-//! instead, as single-threaded event loops do.
+//! driver thread up to the grace period (2 ms) plus its wake-up.
 
 mod clock;
 mod config;
 mod core;
+mod deadline;
 mod error;
 mod gate;
 mod listener;

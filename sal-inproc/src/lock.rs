@@ -1,5 +1,9 @@
-//! The engine's lock: a mutex around the [`Core`] whose release wakes the
-//! threads that found it taken.
+//! The engine's lock: a mutex around the [`Core`] whose release publishes
+//! the host's next deadline ([`Core::settle`]) and wakes the threads that
+//! found it taken. Every locked section ends in [`Held`]'s drop, whatever
+//! it did and however it ended: the one place where the host's deadline is
+//! published, so that no path that changes the host's timers can leave a
+//! sleeper sleeping past them.
 //!
 //! A thread that wakes up for input and finds the lock taken sleeps on its
 //! own object's eventfd and on a per-thread eventfd that the holder raises
@@ -34,7 +38,8 @@ pub(crate) struct EngineLock {
     publishing: Mutex<()>,
 }
 
-/// The core, held; letting go wakes the threads that waited for it.
+/// The core, held; letting go publishes the host's deadline and wakes the
+/// threads that waited for it.
 pub(crate) struct Held<'a> {
     guard: Option<MutexGuard<'a, Core>>,
     lock: &'a EngineLock,
@@ -138,7 +143,13 @@ impl DerefMut for Held<'_> {
 
 impl Drop for Held<'_> {
     fn drop(&mut self) {
-        let pending = self.guard.as_mut().map(|core| core.take_pending());
+        // Under the lock, before anything else: the deadline this section
+        // left is published (and the timerfd armed if a sleeper needs it)
+        // before another holder can change it.
+        let pending = self.guard.as_mut().map(|core| {
+            core.settle();
+            core.take_pending()
+        });
         match pending {
             Some(pending) if !pending.is_empty() => {
                 // The readiness changes of this locked section reach the

@@ -13,6 +13,7 @@ use nix::sys::time::TimeSpec;
 use sal::{Locator, ServiceId, ServicePrefix};
 
 use crate::core::Core;
+use crate::deadline::Deadlines;
 use crate::gate::{self, Gate, Inside, Role};
 use crate::lock::{EngineLock, Held};
 use crate::mirror::Signal;
@@ -35,6 +36,9 @@ pub enum Mode {
 pub(crate) struct Inner {
     core: EngineLock,
     gate: Arc<Gate>,
+    /// The host's deadline as the lock was last let go: the poller's
+    /// timeout.
+    deadlines: Arc<Deadlines>,
     /// Duplicates of the UDP socket and the timerfd, to wait on without
     /// the lock.
     udp: OwnedFd,
@@ -116,6 +120,7 @@ impl Runtime {
         let [udp, timer] = core.wait_fds();
         let (udp, timer) = (udp.try_clone_to_owned()?, timer.try_clone_to_owned()?);
         let local = core.local();
+        let deadlines = core.deadlines();
         let gate = Gate::new()?;
         let (resolution, questions) = match config.resolver.clone() {
             Some(resolver) => {
@@ -127,6 +132,7 @@ impl Runtime {
         let inner = Arc::new(Inner {
             core: EngineLock::new(core),
             gate: Arc::clone(&gate),
+            deadlines: Arc::clone(&deadlines),
             udp,
             timer,
             local,
@@ -151,7 +157,7 @@ impl Runtime {
             let weak = Arc::downgrade(&inner);
             let handle = std::thread::Builder::new()
                 .name("sal-inproc-driver".into())
-                .spawn(move || gate::drive_while_away(gate, weak, udp, timer))?;
+                .spawn(move || gate::drive_while_away(gate, weak, deadlines, udp, timer))?;
             *inner.driver.lock().unwrap_or_else(PoisonError::into_inner) = Some(handle);
         }
         Ok(Runtime { inner })
@@ -242,8 +248,17 @@ impl Runtime {
     /// The UDP socket and the timerfd: when either is readable, the host
     /// has work ([`Runtime::drive`]). The socket is also what a listening
     /// program hands its sald in a `Relay` request, to prove the port is
-    /// its own.
+    /// its own. The engine's own waits sleep until the host's deadline
+    /// with `ppoll`'s timeout and arm the timerfd only when one of them
+    /// must wake earlier; from the first call of this one on, every
+    /// deadline is armed on the timerfd, as its caller expects (that first
+    /// call takes the lock, waiting for it if need be, to arm the
+    /// deadline of now).
     pub fn wait_fds(&self) -> [BorrowedFd<'_>; 2] {
+        if self.inner.deadlines.lend() {
+            // The release arms the timerfd at the host's deadline.
+            drop(self.inner.lock());
+        }
         [self.inner.udp.as_fd(), self.inner.timer.as_fd()]
     }
 
@@ -354,13 +369,16 @@ impl Runtime {
     }
 
     /// Sleeps (counted as inside) until `own` is raised, or `deadline`, or
-    /// (as the poller, see `gate.rs`) the socket or the timer has input; on
-    /// input, returns the core to drive if the lock is free. If another
-    /// thread holds it, that thread drives: this one waits for its own
-    /// object or the holder's release (see `lock.rs`). A follower woken to
-    /// take the poller role, or by a readiness already consumed, sleeps
-    /// again without the lock. Also says whether it saw input on the
-    /// socket or the timer (the next attempt then reads the socket).
+    /// (as the poller, see `gate.rs`) the socket has input or the host's
+    /// deadline comes (`ppoll`'s timeout, or the timerfd, which a release
+    /// arms if it moved the deadline before the one this thread sleeps
+    /// until: `deadline.rs`); on input, returns the core to drive if the
+    /// lock is free. If another thread holds it, that thread drives: this
+    /// one waits for its own object or the holder's release (see
+    /// `lock.rs`). A follower woken to take the poller role, or by a
+    /// readiness already consumed, sleeps again without the lock. Also
+    /// says whether it saw input on the socket or the timer, or the host's
+    /// deadline passed (the next attempt then reads the socket).
     fn wait(
         &self,
         own: &Signal,
@@ -376,11 +394,14 @@ impl Runtime {
                 let fds: [BorrowedFd<'_>; 3] =
                     [self.inner.udp.as_fd(), self.inner.timer.as_fd(), own.fd()];
                 let mut polled = fds.map(|fd| PollFd::new(fd, PollFlags::POLLIN));
-                sleep(&mut polled, timeout)?;
+                let sleeper = self.inner.deadlines.sleep();
+                let left = deadline.map(|at| at.saturating_duration_since(Instant::now()));
+                sleep(&mut polled, sleeper.timeout(left))?;
+                let due = sleeper.due();
+                drop(sleeper);
                 inside.gate().woke();
-                let input = polled[..2]
-                    .iter()
-                    .any(|fd| fd.revents().is_some_and(|r| !r.is_empty()));
+                let input = due
+                    || (polled[..2].iter()).any(|fd| fd.revents().is_some_and(|r| !r.is_empty()));
                 if !input {
                     return Ok((None, false));
                 }

@@ -655,3 +655,125 @@ fn a_request_response_loop_costs_the_driver_thread_little() {
         "the server's driver thread woke {wakeups} times in {ROUND_TRIPS} round trips ({elapsed:?})"
     );
 }
+
+/// A UDP socket that takes the SYNs of an engine routed to it and answers
+/// none: the engine retransmits each on its timer (the host's control RTO,
+/// 500 ms), and only on its timer.
+fn black_hole() -> (std::net::UdpSocket, Config) {
+    let hole = std::net::UdpSocket::bind(loopback()).expect("bind the black hole");
+    let std::net::SocketAddr::V4(addr) = hole.local_addr().expect("its address") else {
+        panic!("an IPv4 address");
+    };
+    (hole, Config::new(loopback(), Locator::Udp(addr)))
+}
+
+/// How long after the first datagram `hole` has had `count`, if it has by
+/// `limit` after the first (which must come within a second).
+fn datagrams_within(hole: &std::net::UdpSocket, count: usize, limit: Duration) -> Option<Duration> {
+    let mut buf = [0u8; 2048];
+    hole.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    hole.recv(&mut buf).expect("the first SYN");
+    let first = Instant::now();
+    for _ in 1..count {
+        let left = limit.checked_sub(first.elapsed())?;
+        hole.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        hole.recv(&mut buf).ok()?;
+    }
+    Some(first.elapsed())
+}
+
+/// A service nobody serves (its SYNs go to a black hole).
+fn unserved() -> ServiceId {
+    "c0ec7003".parse().unwrap()
+}
+
+#[test]
+fn a_deadline_another_thread_sets_wakes_the_poller_sleeping_without_one() {
+    // The poller (a thread blocked in accept, the host without a timer
+    // running: it sleeps with no timeout) must wake for a deadline a
+    // non-blocking call on another thread sets: the SYN's retransmission.
+    // Nobody else can run it: the driver thread is parked while a thread
+    // stays inside, and the connecting thread leaves at once.
+    let (hole, config) = black_hole();
+    let runtime = Runtime::bind(config).expect("bind");
+    let listener = Arc::new(runtime.listen(ServicePrefix::exact(service()), 16).unwrap());
+    let accepting = {
+        let listener = Arc::clone(&listener);
+        thread::spawn(move || {
+            let until = Instant::now() + Duration::from_secs(10);
+            listener.accept(Mode::Until(until)).map(drop)
+        })
+    };
+    // The accepting thread sleeps as the poller, the driver thread parks.
+    thread::sleep(Duration::from_millis(100));
+    let before = runtime.driver_stats();
+    let stream = runtime
+        .connect(unserved(), Mode::NonBlocking)
+        .expect("connect");
+    let took = datagrams_within(&hole, 3, Duration::from_secs(4));
+    let after = runtime.driver_stats();
+    assert!(
+        took.is_some(),
+        "the SYN was not retransmitted twice within 4 s: the poller slept past the host's deadline"
+    );
+    assert_eq!(
+        after.turns, before.turns,
+        "the poller drove, not the driver thread"
+    );
+    // A peer's connection ends the accept.
+    let peer = client(&runtime, |_| {});
+    let _flow = peer
+        .connect(service(), Mode::Blocking)
+        .expect("peer connect");
+    accepting.join().unwrap().expect("accept");
+    drop(stream);
+}
+
+#[test]
+fn a_deadline_a_passing_call_sets_wakes_the_driver_thread_sleeping_without_one() {
+    // Nobody inside: the driver thread watches, with no timeout (the host
+    // has no timer running) until a non-blocking call sets a deadline.
+    let (hole, config) = black_hole();
+    let runtime = Runtime::bind(config).expect("bind");
+    thread::sleep(Duration::from_millis(50));
+    let before = runtime.driver_stats();
+    let stream = runtime
+        .connect(unserved(), Mode::NonBlocking)
+        .expect("connect");
+    let took = datagrams_within(&hole, 3, Duration::from_secs(4));
+    let after = runtime.driver_stats();
+    assert!(
+        took.is_some(),
+        "the SYN was not retransmitted twice within 4 s: the driver thread slept past the host's deadline"
+    );
+    assert!(after.turns > before.turns, "the driver thread drove");
+    drop(stream);
+}
+
+#[test]
+fn once_lent_the_timerfd_fires_at_the_hosts_deadline() {
+    // A caller that waits on `wait_fds` itself (a `poll` interposer) finds
+    // every deadline armed there, the one set before it asked included.
+    let (hole, mut config) = black_hole();
+    config.driver_thread = false;
+    let runtime = Runtime::bind(config).expect("bind");
+    let stream = runtime
+        .connect(unserved(), Mode::NonBlocking)
+        .expect("connect");
+    let [_, timer] = runtime.wait_fds();
+    let mut syns = 1;
+    let started = Instant::now();
+    while syns < 3 && started.elapsed() < Duration::from_secs(4) {
+        if ready(timer, 2000) {
+            runtime.drive().unwrap();
+        }
+        let mut buf = [0u8; 2048];
+        hole.set_nonblocking(true).unwrap();
+        while hole.recv(&mut buf).is_ok() {
+            syns += 1;
+        }
+    }
+    assert!(syns >= 3, "{syns} SYNs in 4 s: the timerfd was not armed");
+    drop(stream);
+}
