@@ -207,7 +207,14 @@ impl Core {
     /// every deadline is armed. Never fails: a timerfd that cannot be set
     /// (which Linux does not do for a valid one) is logged.
     pub(crate) fn settle(&mut self) {
-        let at = self.host.poll_timeout();
+        // Released while a panic unwinds: the host is not run again (a
+        // second panic would abort the process); every sleeper is told the
+        // deadline is now, and the first to take the lock publishes the
+        // real one.
+        let at = match std::thread::panicking() {
+            true => Some(self.clock.now()),
+            false => self.host.poll_timeout(),
+        };
         let wake = self.deadlines.publish(at);
         let armed = if self.deadlines.lent() {
             self.rearm(at)

@@ -47,8 +47,14 @@
 //!   they also watch, is armed only by a release that moves the deadline
 //!   before one a sleeper recorded (a call on another thread that starts
 //!   the first timer while the poller sleeps without one), and disarmed
-//!   once it fired. Once [`Runtime::wait_fds`] lent it to a caller that
-//!   waits on it itself, every deadline is armed there.
+//!   by a later release that finds no sleeper needing it. So a connection
+//!   whose timers only move later costs no `timerfd_settime`; one whose
+//!   call on another thread moves the deadline earlier than a sleeper's
+//!   costs an arm (and a disarm later). Once [`Runtime::wait_fds`] lent it
+//!   to a caller that waits on it itself, every deadline is armed there;
+//!   [`Runtime::udp_fd`] (the socket for sald's `Relay` proof) lends
+//!   nothing. A release while a panic unwinds does not run the host: it
+//!   tells every sleeper the deadline is now.
 //! - **Readiness on eventfds** (`EFD_NONBLOCK | EFD_CLOEXEC`): a stream's
 //!   readable descriptor is readable exactly while a read would not block
 //!   (bytes, end of stream, error), its writable one while a write would

@@ -245,10 +245,15 @@ impl Runtime {
         EnterGuard(self.inner.gate.enter())
     }
 
+    /// The engine's UDP socket, to hand sald in a `Relay` or `Adopt`
+    /// request as proof that the port is the program's own. Not to wait
+    /// on: that is [`Runtime::wait_fds`].
+    pub fn udp_fd(&self) -> BorrowedFd<'_> {
+        self.inner.udp.as_fd()
+    }
+
     /// The UDP socket and the timerfd: when either is readable, the host
-    /// has work ([`Runtime::drive`]). The socket is also what a listening
-    /// program hands its sald in a `Relay` request, to prove the port is
-    /// its own. The engine's own waits sleep until the host's deadline
+    /// has work ([`Runtime::drive`]). The engine's own waits sleep until the host's deadline
     /// with `ppoll`'s timeout and arm the timerfd only when one of them
     /// must wake earlier; from the first call of this one on, every
     /// deadline is armed on the timerfd, as its caller expects (that first

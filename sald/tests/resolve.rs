@@ -121,7 +121,7 @@ impl Server {
         let limit = Instant::now() + LIMIT;
         loop {
             let mut client = ControlClient::connect_to(control).expect("control socket");
-            let udp = self.runtime.wait_fds()[0];
+            let udp = self.runtime.udp_fd();
             match client.request_with_fd(&request, udp) {
                 Ok(reply) if matches!(reply.response, Response::Relaying { .. }) => {
                     self.relay = Some(client);
