@@ -407,17 +407,20 @@ impl Core {
         &mut self,
         service: sal::ServiceId,
     ) -> Result<(Key, FlowId, StreamSignals), Error> {
-        let id = self
-            .host
-            .connect(service, sal::wire::TransportProtocol::Stream)?;
-        match self.add_flow(id, Opening::Pending) {
-            Ok((key, signals)) => Ok((key, id, signals)),
+        // The eventfds first, as for accept: a process out of descriptors
+        // gets `EMFILE` before the host makes a flow (and a SYN) for it.
+        let mirrors = self.mirrors()?;
+        let connected = (self.host).connect(service, sal::wire::TransportProtocol::Stream);
+        let id = match connected {
+            Ok(id) => id,
             Err(error) => {
-                let _ = self.host.abort(id);
-                let _ = self.host.close(id);
-                Err(error)
+                self.spares.give(mirrors.0.into_signal());
+                self.spares.give(mirrors.1.into_signal());
+                return Err(error.into());
             }
-        }
+        };
+        let (key, signals) = self.insert_flow(id, Opening::Pending, mirrors);
+        Ok((key, id, signals))
     }
 
     /// Takes an established flow from a listener's queue. The stream's
@@ -460,11 +463,6 @@ impl Core {
                 Err(error)
             }
         }
-    }
-
-    fn add_flow(&mut self, id: FlowId, opening: Opening) -> Result<(Key, StreamSignals), Error> {
-        let mirrors = self.mirrors()?;
-        Ok(self.insert_flow(id, opening, mirrors))
     }
 
     fn insert_flow(

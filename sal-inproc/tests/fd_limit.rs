@@ -99,13 +99,21 @@ fn running_out_of_descriptors_is_emfile_and_the_engine_keeps_serving() {
     // Six free descriptor numbers: three more streams' eventfds, no more.
     let _restore = RestoreLimit(set_soft_limit(limit_leaving(6)));
     let mut streams = Vec::new();
-    let refused = loop {
+    let (refused, sent_before) = loop {
+        let sent_before = client.host_stats().packets_out;
         match connect(&client) {
             Ok(stream) => streams.push(stream),
-            Err(error) => break error,
+            Err(error) => break (error, sent_before),
         }
         assert!(streams.len() < 100, "the descriptor limit never bit");
     };
+    // Refused before the host made a flow: no SYN went out for it.
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        client.host_stats().packets_out,
+        sent_before,
+        "the refused connect sent packets"
+    );
     assert_eq!(
         refused.errno(),
         libc::EMFILE,
