@@ -409,7 +409,7 @@ impl Core {
     ) -> Result<(Key, FlowId, StreamSignals), Error> {
         // The eventfds first, as for accept: a process out of descriptors
         // gets `EMFILE` before the host makes a flow (and a SYN) for it.
-        let mirrors = self.mirrors()?;
+        let mirrors = self.mirrors(false)?;
         let connected = (self.host).connect(service, sal::wire::TransportProtocol::Stream);
         let id = match connected {
             Ok(id) => id,
@@ -431,7 +431,9 @@ impl Core {
         &mut self,
         listener: ListenerId,
     ) -> Result<(Key, FlowId, StreamSignals), Error> {
-        let mirrors = self.mirrors()?;
+        // Set as an accepted flow mostly is (established, its first bytes
+        // in): a spare at those levels costs no system call.
+        let mirrors = self.mirrors(true)?;
         let taken = self.host.accept(listener);
         if let Some(entry) = self.listeners.get_mut(&listener) {
             match taken {
@@ -453,10 +455,11 @@ impl Core {
         Ok((key, id, signals))
     }
 
-    /// A new stream's readable and writable mirrors.
-    fn mirrors(&mut self) -> Result<(Mirror, Mirror), Error> {
-        let readable = Mirror::new(&mut self.spares, false, &mut self.pending)?;
-        match Mirror::new(&mut self.spares, false, &mut self.pending) {
+    /// A new stream's readable and writable mirrors, at `ready` (until
+    /// the caller sets them; spares at that level are taken first).
+    fn mirrors(&mut self, ready: bool) -> Result<(Mirror, Mirror), Error> {
+        let readable = Mirror::new(&mut self.spares, ready, &mut self.pending)?;
+        match Mirror::new(&mut self.spares, ready, &mut self.pending) {
             Ok(writable) => Ok((readable, writable)),
             Err(error) => {
                 self.spares.give(readable.into_signal());

@@ -64,10 +64,17 @@
 //!   and on the object's own calls: never by scanning flows, so a turn costs
 //!   the same with any number of flows held. A locked section only notes
 //!   the changes; they reach the eventfds as the lock is let go (lowerings
-//!   before, raisings after, in order with the other holders'), so that a
-//!   readiness raised and consumed in one section costs nothing and a
-//!   thread woken finds the lock free. A closed stream's eventfds are
-//!   reused for the next one.
+//!   before, raisings after), so that a readiness raised and consumed in
+//!   one section costs nothing and a thread woken finds the lock free.
+//!   Each eventfd is published by one thread at a time, reading the level
+//!   wanted as it applies it (a raise published late after a later
+//!   section's lowering does nothing), with no lock across eventfds: two
+//!   holders letting go one after the other never wait for each other's
+//!   system calls. A closed stream's eventfds are reused for the next one
+//!   at the level they have (a new stream takes spares at the level it
+//!   starts at first: an accepted stream's raised ones, a connect's
+//!   lowered ones), and given back untouched by an accept that found the
+//!   queue empty: neither costs a system call.
 //! - **The driver thread** covers the gaps when no application thread is
 //!   inside a wait (all busy elsewhere), so that peers still get their ACKs
 //!   and timers still run. It watches the socket and the timer only once

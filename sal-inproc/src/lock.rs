@@ -33,9 +33,6 @@ pub(crate) struct EngineLock {
     /// every release: the uncontended path costs one atomic load).
     losers: AtomicUsize,
     waiting: Mutex<Vec<Arc<Signal>>>,
-    /// Held while a holder that let the core go publishes its readiness
-    /// changes (taken before letting go).
-    publishing: Mutex<()>,
 }
 
 /// The core, held; letting go publishes the host's deadline and wakes the
@@ -51,7 +48,6 @@ impl EngineLock {
             core: Mutex::new(core),
             losers: AtomicUsize::new(0),
             waiting: Mutex::new(Vec::new()),
-            publishing: Mutex::new(()),
         }
     }
 
@@ -153,16 +149,14 @@ impl Drop for Held<'_> {
         match pending {
             Some(pending) if !pending.is_empty() => {
                 // The readiness changes of this locked section reach the
-                // eventfds in order with every other holder's (under
-                // `publishing`): the lowerings before the core is let go
-                // (a thread that takes it next and finds nothing to do must
-                // not find its eventfd still up, and spin), the raisings
-                // after (a thread they wake finds the core free).
-                let order = self
-                    .lock
-                    .publishing
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
+                // eventfds, each in order with every other holder's (one
+                // publication of an eventfd at a time, each applying the
+                // level wanted last: `Signal::publish`): the lowerings
+                // before the core is let go (a thread that takes it next
+                // and finds nothing to do must not find its eventfd still
+                // up, and spin), the raisings after (a thread they wake
+                // finds the core free). No lock across objects: a holder
+                // letting go while another publishes does not wait for it.
                 for signal in pending.iter().filter(|signal| !signal.wanted()) {
                     signal.publish();
                 }
@@ -170,7 +164,6 @@ impl Drop for Held<'_> {
                 for signal in pending {
                     signal.publish();
                 }
-                drop(order);
             }
             _ => drop(self.guard.take()),
         }

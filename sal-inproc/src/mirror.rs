@@ -10,7 +10,7 @@
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
@@ -26,6 +26,13 @@ pub(crate) struct Signal {
     level: AtomicBool,
     /// The level the core's lock holder wants, published at its release.
     want: AtomicBool,
+    /// Held while the level is brought to `want` ([`Signal::publish`]):
+    /// publications of one eventfd happen one at a time, each reading
+    /// `want` as it applies it, so the last one leaves the level the core
+    /// wants last, whichever thread's release came first. Per eventfd, so
+    /// that two holders letting go one after the other, publishing other
+    /// objects' readiness, never wait for each other.
+    order: Mutex<()>,
 }
 
 impl Signal {
@@ -36,6 +43,7 @@ impl Signal {
             fd,
             level: AtomicBool::new(false),
             want: AtomicBool::new(false),
+            order: Mutex::new(()),
         }))
     }
 
@@ -73,8 +81,13 @@ impl Signal {
     }
 
     /// Brings the eventfd to the level the core wants, if it is not there
-    /// yet (under the core's lock, before letting it go).
+    /// yet (lowerings under the core's lock, before letting it go; raisings
+    /// just after). One publication of this eventfd at a time: the level
+    /// wanted is read under `order`, after the previous publication's, so
+    /// a raise published late by a holder that let go earlier reads the
+    /// lowering a later holder wanted, and does nothing.
     pub(crate) fn publish(&self) {
+        let _order = self.order.lock().unwrap_or_else(PoisonError::into_inner);
         if self.want.load(Ordering::Relaxed) {
             self.raise();
         } else if self.level.load(Ordering::Relaxed) {
@@ -105,7 +118,7 @@ impl Mirror {
         ready: bool,
         pending: &mut Vec<Arc<Signal>>,
     ) -> Result<Mirror, Error> {
-        let signal = spares.take()?;
+        let signal = spares.take(ready)?;
         let level = signal.is_raised();
         signal.want.store(level, Ordering::Relaxed);
         let mut mirror = Mirror {
@@ -147,20 +160,117 @@ impl Spares {
     const KEEP: usize = 64;
 
     /// Keeps the eventfd of an object the application let go (it is
-    /// reused once nobody else holds it).
+    /// reused once nobody else holds it), at the level it has: a change
+    /// this locked section noted for it is dropped (its next object sets
+    /// the level it needs, so an accept that found the queue empty and
+    /// gives back the eventfds it took costs no system call).
     pub(crate) fn give(&mut self, signal: Arc<Signal>) {
+        signal
+            .want
+            .store(signal.level.load(Ordering::Acquire), Ordering::Relaxed);
         if self.0.len() < Self::KEEP {
             self.0.push(signal);
         }
     }
 
-    /// An eventfd that nobody else holds: a spare (at its last level), or
-    /// a new one.
-    fn take(&mut self) -> Result<Arc<Signal>, Error> {
-        let free = self.0.iter().rposition(|s| Arc::strong_count(s) == 1);
+    /// An eventfd that nobody else holds: a spare, at its last level (one
+    /// at `ready` if there is one, which its object then costs no system
+    /// call to set), or a new, lowered one.
+    fn take(&mut self, ready: bool) -> Result<Arc<Signal>, Error> {
+        let free = |s: &Arc<Signal>| Arc::strong_count(s) == 1;
+        let free = (self.0.iter())
+            .rposition(|s| free(s) && s.is_raised() == ready)
+            .or_else(|| self.0.iter().rposition(free));
         match free {
             Some(i) => Ok(self.0.swap_remove(i)),
             None => Signal::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+    use super::*;
+
+    /// Whether the eventfd itself is readable now (not the cached level).
+    fn readable(signal: &Signal) -> bool {
+        let mut fds = [PollFd::new(signal.fd(), PollFlags::POLLIN)];
+        poll(&mut fds, PollTimeout::ZERO).expect("poll") == 1
+    }
+
+    /// A holder that let go first but publishes its raise last (the thread
+    /// was descheduled between its release and its publication) after a
+    /// later holder lowered the object: the eventfd stays lowered, as the
+    /// core wants last.
+    #[test]
+    fn a_raise_published_after_a_later_lowering_does_nothing() {
+        let mut spares = Spares::default();
+        let mut pending = Vec::new();
+        let mut mirror = Mirror::new(&mut spares, false, &mut pending).unwrap();
+        assert!(pending.is_empty(), "a new eventfd starts lowered");
+        // Section 1 raises; section 2 lowers and publishes first.
+        mirror.set(true, &mut pending);
+        let first = std::mem::take(&mut pending);
+        mirror.set(false, &mut pending);
+        for signal in std::mem::take(&mut pending) {
+            signal.publish();
+        }
+        for signal in first {
+            signal.publish();
+        }
+        let signal = mirror.signal();
+        assert!(!signal.is_raised() && !readable(&signal));
+        // And in order: raised, then lowered.
+        mirror.set(true, &mut pending);
+        for signal in std::mem::take(&mut pending) {
+            signal.publish();
+        }
+        assert!(signal.is_raised() && readable(&signal));
+        mirror.set(false, &mut pending);
+        for signal in std::mem::take(&mut pending) {
+            signal.publish();
+        }
+        assert!(!signal.is_raised() && !readable(&signal));
+    }
+
+    /// Eventfds go back to the spares at their level, changes noted for
+    /// them dropped (an accept that found the queue empty costs no system
+    /// call); a new object takes one at the level it starts at if there is
+    /// one, and then notes no change.
+    #[test]
+    fn spares_keep_their_level_and_are_taken_at_the_level_wanted() {
+        let mut spares = Spares::default();
+        let mut pending = Vec::new();
+        let mut up = Mirror::new(&mut spares, false, &mut pending).unwrap();
+        let down = Mirror::new(&mut spares, false, &mut pending).unwrap();
+        up.set(true, &mut pending);
+        for signal in std::mem::take(&mut pending) {
+            signal.publish();
+        }
+        spares.give(up.into_signal());
+        spares.give(down.into_signal());
+        // An accept that found the queue empty: both taken as for an
+        // accepted flow (raised), given back.
+        let a = Mirror::new(&mut spares, true, &mut pending).unwrap();
+        assert!(pending.is_empty(), "the raised spare first: no change");
+        let b = Mirror::new(&mut spares, true, &mut pending).unwrap();
+        assert_eq!(pending.len(), 1, "the lowered one, to raise");
+        let (a, b) = (a.into_signal(), b.into_signal());
+        spares.give(Arc::clone(&a));
+        spares.give(Arc::clone(&b));
+        for signal in std::mem::take(&mut pending) {
+            signal.publish();
+        }
+        assert!(a.is_raised() && readable(&a), "left raised");
+        assert!(!b.is_raised() && !readable(&b), "left lowered");
+        drop((a, b));
+        let raised = Mirror::new(&mut spares, true, &mut pending).unwrap();
+        assert!(pending.is_empty(), "a raised spare for a raised start");
+        assert!(raised.signal().is_raised());
+        let lowered = Mirror::new(&mut spares, false, &mut pending).unwrap();
+        assert!(pending.is_empty(), "a lowered spare for a lowered start");
+        assert!(!lowered.signal().is_raised());
     }
 }
