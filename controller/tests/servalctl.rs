@@ -255,6 +255,7 @@ fn other_listings_print_their_payload() {
                 prefix_len: 24,
                 up: true,
             }],
+            relays: false,
         },
         Request::ListFlows => Response::Flows { flows: vec![] },
         Request::Stats => Response::Stats {

@@ -169,6 +169,7 @@ fn serve_connection(mut stream: UnixStream, state: Arc<Mutex<State>>) {
                 }
                 Request::ListInterfaces => Response::Interfaces {
                     interfaces: vec![interface()],
+                    relays: false,
                 },
                 Request::ListRules => Response::Rules {
                     rules: state.rules(),

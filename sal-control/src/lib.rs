@@ -613,6 +613,12 @@ pub enum Response {
         /// sald's SAL interfaces: name, locator, on-link prefix length, and
         /// whether the link is up.
         interfaces: Vec<LocalInterface>,
+        /// Whether sald relays for programs that drive their own SAL host
+        /// (`--relays`): it routes their SYNs by its rules and takes their
+        /// `Relay` binds. A program's in-process mode needs it (false from
+        /// a sald before this field: the program stays on the daemon path).
+        #[serde(default)]
+        relays: bool,
     },
     /// The answer to `Stats`.
     Stats {

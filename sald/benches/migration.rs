@@ -243,7 +243,7 @@ fn run_one(
 /// Whether sald counts `wifi` as up (the kernel reports a link coming back
 /// up up to a second late; a flow opened before that starts on `cell`).
 fn wifi_up(phone: &common::Daemon) -> bool {
-    matches!(phone.request(Request::ListInterfaces), Response::Interfaces { interfaces } if interfaces.iter().any(|i| i.name == "wifi" && i.up))
+    matches!(phone.request(Request::ListInterfaces), Response::Interfaces { interfaces, .. } if interfaces.iter().any(|i| i.name == "wifi" && i.up))
 }
 
 /// Median round trip of a 64-byte message over a SAL stream, application to

@@ -339,6 +339,16 @@ fn a_program_reaches_one_beside_it_through_their_sald() {
     let ip = Ipv4Addr::new(127, 0, 0, 7);
     let (sald, control) = in_process(&dir, "sald", ip);
     let sald_at = sald.locator();
+    // What a program asks before it drives its own host (the preload's
+    // in-process mode): where sald is, and whether it relays.
+    let reply = ControlClient::connect_to(&control)
+        .and_then(|mut c| c.request(&Request::ListInterfaces))
+        .expect("interfaces");
+    let Response::Interfaces { interfaces, relays } = reply.response else {
+        panic!("no interface list: {:?}", reply.response);
+    };
+    assert!(relays, "started with --relays");
+    assert_eq!(interfaces[0].locator, sald_at);
     let (to_server, to_client) = (pattern(BYTES, 3), pattern(BYTES, 4));
     let (ready, server_at) = mpsc::channel();
     let (server_got, client_result, server_locator) = thread::scope(|s| {

@@ -86,7 +86,7 @@ pub fn run(cli: &Cli, out: &mut impl Write) -> anyhow::Result<()> {
                 render::flows(&flows)
             }
         }
-        (Command::Ifaces(_), Response::Interfaces { interfaces }) => {
+        (Command::Ifaces(_), Response::Interfaces { interfaces, .. }) => {
             if json {
                 to_json(&interfaces)?
             } else {

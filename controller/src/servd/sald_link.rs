@@ -279,7 +279,7 @@ impl Link {
                 _ = interfaces.tick() => {
                     match session.control.request(&Request::ListInterfaces).await {
                         Ok(reply) => match reply.response {
-                            Response::Interfaces { interfaces } => {
+                            Response::Interfaces { interfaces, .. } => {
                                 let _ = self.events.send(LinkEvent::Interfaces(interfaces));
                             }
                             other => return End::Lost(format!("sald answered ListInterfaces with {other:?}")),
@@ -456,7 +456,7 @@ async fn list_state(
 ) -> Result<(Vec<LocalInterface>, Vec<Rule>), String> {
     let interfaces = match control.request(&Request::ListInterfaces).await {
         Ok(reply) => match reply.response {
-            Response::Interfaces { interfaces } => interfaces,
+            Response::Interfaces { interfaces, .. } => interfaces,
             other => return Err(format!("sald answered ListInterfaces with {other:?}")),
         },
         Err(error) => return Err(error.to_string()),

@@ -116,7 +116,7 @@ pub trait Sald {
     /// The locator of its first interface.
     fn locator(&self) -> Locator {
         match self.request(Request::ListInterfaces) {
-            Response::Interfaces { interfaces } => interfaces[0].locator,
+            Response::Interfaces { interfaces, .. } => interfaces[0].locator,
             other => panic!("no interface listing: {other:?}"),
         }
     }

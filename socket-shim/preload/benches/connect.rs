@@ -21,7 +21,11 @@
 //!
 //! Rows: sequential (one client thread: its p50/p99 of connect + echo),
 //! then each parallel count (connections per second), for kernel TCP, the
-//! SAL direct (client sald to server sald, on the veth pair), then, on a
+//! SAL direct (client sald to server sald, on the veth pair), the SAL
+//! in-process (both programs under `serval-run --in-process`, each with
+//! its own SAL host on a UDP socket; both daemons on UDP with `--relays`,
+//! which relay the SYNs: the server's to its program's listener, the
+//! client's until the program's cached resolution holds), then, on a
 //! LAN of three namespaces (a bridge), the SAL "LAN direct" (the client's
 //! SYN straight to the server) and the SAL through a service router
 //! (`sald --forward` in the third namespace), these two with the same
@@ -408,14 +412,26 @@ fn connrate() -> PathBuf {
 #[derive(Clone, Copy)]
 enum Via<'a> {
     Kernel,
-    Serval { control: &'a Path, shim: &'a Path },
+    Serval {
+        control: &'a Path,
+        shim: &'a Path,
+        /// Under `serval-run --in-process`: the SAL in the program.
+        in_process: bool,
+    },
 }
 
 fn command(ns: &Netns, via: Via<'_>, program: &Path) -> Command {
     match via {
         Via::Kernel => ns.command(program),
-        Via::Serval { control, shim } => {
+        Via::Serval {
+            control,
+            shim,
+            in_process,
+        } => {
             let mut cmd = ns.command(binary("serval-run"));
+            if in_process {
+                cmd.arg("--in-process");
+            }
             cmd.arg("--map")
                 .arg(format!("{PORT}={SERVICE}"))
                 .arg("--")
@@ -557,7 +573,7 @@ fn udp_link() -> bool {
 fn sald_from(program: &Path, host: &Host, dir: &Path, name: &str, extra: &[&str]) -> Daemon {
     let control = dir.join(format!("{name}.sock"));
     let mut cmd = host.ns.command(program);
-    if udp_link() {
+    if udp_link() || extra.contains(&"--relays") {
         let addr = host.addr().expect("address");
         cmd.arg("--udp").arg(format!("{addr}:{UDP_PORT}"));
     } else {
@@ -572,12 +588,17 @@ fn sald_from(program: &Path, host: &Host, dir: &Path, name: &str, extra: &[&str]
 }
 
 fn forward(daemon: &Daemon, to: Ipv4Addr) {
+    forward_over(daemon, to, udp_link());
+}
+
+/// [`forward`], over UDP encapsulation or not.
+fn forward_over(daemon: &Daemon, to: Ipv4Addr, udp: bool) {
     let reply = ControlClient::connect_to(&daemon.control)
         .and_then(|mut c| {
             c.request(&Request::AddRule {
                 prefix: "0/0".parse().expect("prefix"),
                 target: Target::Forward {
-                    locator: if udp_link() {
+                    locator: if udp {
                         Locator::Udp(SocketAddrV4::new(to, UDP_PORT))
                     } else {
                         Locator::Ipv4(to)
@@ -656,11 +677,13 @@ fn main() {
         let serving = Via::Serval {
             control: &server_sald.control,
             shim,
+            in_process: false,
         };
         let _server = server(ns1, serving, &program);
         let client = Via::Serval {
             control: &client_sald.control,
             shim,
+            in_process: false,
         };
         let daemons = [client_sald.child.id(), server_sald.child.id()];
         runs(
@@ -674,6 +697,36 @@ fn main() {
         )
     };
     let direct = direct_with(&binary("sald"), &shim, "direct");
+    // The SAL in each program (`serval-run --in-process`): both daemons on
+    // UDP with programs' relays, the server program's listener relayed by
+    // its sald, the client programs' SYNs by theirs (then cached).
+    let in_process = {
+        let relays = ["--relays"];
+        let client_sald = sald(pair.host(0), &dir, "inprocc", &relays);
+        let server_sald = sald(pair.host(1), &dir, "inprocs", &relays);
+        forward_over(&client_sald, server_addr, true);
+        let serving = Via::Serval {
+            control: &server_sald.control,
+            shim: &shim,
+            in_process: true,
+        };
+        let _server = server(ns1, serving, &program);
+        let client = Via::Serval {
+            control: &client_sald.control,
+            shim: &shim,
+            in_process: true,
+        };
+        let daemons = [client_sald.child.id(), server_sald.child.id()];
+        runs(
+            ns0,
+            client,
+            &program,
+            server_addr,
+            &parallel,
+            millis,
+            &daemons,
+        )
+    };
     let baseline = (baseline_shim.is_some() || baseline_sald.is_some()).then(|| {
         direct_with(
             baseline_sald.as_deref().unwrap_or(&binary("sald")),
@@ -702,11 +755,13 @@ fn main() {
         let serving = Via::Serval {
             control: &server_sald.control,
             shim: &shim,
+            in_process: false,
         };
         let _server = server(&lan.host(2).ns, serving, &program);
         let via = Via::Serval {
             control: &client_sald.control,
             shim: &shim,
+            in_process: false,
         };
         let daemons = [
             client_sald.child.id(),
@@ -762,6 +817,7 @@ fn main() {
         &parallel,
         &kernel,
         &direct,
+        &in_process,
         &lan_direct,
         &routed,
         baseline.as_deref(),
@@ -786,6 +842,7 @@ fn report(
     parallel: &[usize],
     kernel: &[Run],
     direct: &[Run],
+    in_process: &[Run],
     lan_direct: &[Run],
     routed: &[Run],
     baseline: Option<&[Run]>,
@@ -803,6 +860,7 @@ fn report(
         ("kernel TCP", Some(kernel[0])),
         ("SAL direct", Some(direct[0])),
         ("SAL direct, baseline", baseline.map(|b| b[0])),
+        ("SAL in-process", Some(in_process[0])),
         ("SAL LAN direct", Some(lan_direct[0])),
         ("SAL via router", Some(routed[0])),
     ];
@@ -819,13 +877,14 @@ fn report(
         );
     }
     println!(
-        "  target: SAL p50 <= 3x kernel's: {}",
-        verdict(direct[0].p50_us <= 3 * kernel[0].p50_us)
+        "  target: SAL p50 <= 3x kernel's: direct {}, in-process {}",
+        verdict(direct[0].p50_us <= 3 * kernel[0].p50_us),
+        verdict(in_process[0].p50_us <= 3 * kernel[0].p50_us)
     );
     router_line(&lan_direct[0], &routed[0]);
     for (i, p) in parallel.iter().enumerate() {
         let (k, d, r) = (kernel[i + 1], direct[i + 1], routed[i + 1]);
-        let l = lan_direct[i + 1];
+        let (l, n) = (lan_direct[i + 1], in_process[i + 1]);
         println!();
         println!("{p} parallel                   conn/s   p50 us   p99 us   errors   / kernel   / direct  sald us/c   all us/c   sleeps/c");
         println!(
@@ -859,6 +918,16 @@ fn report(
             );
         }
         println!(
+            "  SAL in-process           {:8.0} {:8} {:8} {:8}   {:8.2}   {:8.2} {}",
+            n.rate,
+            n.p50_us,
+            n.p99_us,
+            n.errors,
+            n.rate / k.rate,
+            n.rate / d.rate,
+            cpu_columns(&n)
+        );
+        println!(
             "  SAL LAN direct           {:8.0} {:8} {:8} {:8}   {:8.2}   {:8.2} {}",
             l.rate,
             l.p50_us,
@@ -879,8 +948,9 @@ fn report(
             cpu_columns(&r)
         );
         println!(
-            "  targets: direct >= 0.5x kernel: {}; router >= 0.8x direct: {}",
+            "  targets: direct >= 0.5x kernel: {}; in-process >= 0.5x kernel: {}; router >= 0.8x direct: {}",
             verdict(d.rate >= 0.5 * k.rate),
+            verdict(n.rate >= 0.5 * k.rate),
             verdict(r.rate >= 0.8 * d.rate)
         );
         router_line(&l, &r);

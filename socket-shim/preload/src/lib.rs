@@ -97,6 +97,17 @@
 //! the kernel's. After a failed connect to a mapped port, the socket may
 //! connect again, to a mapped port or (as a fresh kernel socket) anywhere.
 //!
+//! # In-process mode
+//!
+//! With `SERVAL_SHIM_INPROC=1` (set by `serval-run --in-process`, read
+//! when the library loads), stream sockets run on a SAL host inside the
+//! program instead of on flows sald carries: `connect`, and `bind` plus
+//! `listen` (through sald's relay), put the engine's stream or listener
+//! at the number, as a copy of its readable eventfd, and the calls on
+//! such numbers, `poll`, `select` and `epoll` included, are the `inproc`
+//! module's. Without the variable, or when sald has no UDP locator or no
+//! relays, nothing changes.
+//!
 //! # Safety at the boundary
 //!
 //! Every exported function catches panics (`EIO`), and `unsafe` is confined
@@ -109,6 +120,7 @@ use libc::{epoll_event, size_t, sockaddr, socklen_t, ssize_t};
 
 mod addr;
 mod inherit;
+mod inproc;
 mod mmsg;
 mod msg;
 mod ops;
@@ -131,6 +143,7 @@ extern "C" fn on_load() {
         let errno = std::io::Error::last_os_error().raw_os_error();
         socket_shim::pin_control_path();
         let _ = addr::PortMap::get();
+        inproc::on_load();
         // Listeners and datagram sockets the program image before this
         // one left at their numbers.
         inherit::restore();
@@ -224,6 +237,9 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_
 /// As `connect(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    if inproc::is(fd) {
+        return guard(-1, || inproc::calls::connect(fd));
+    }
     guard(-1, || {
         // SAFETY: the caller's address is valid for `len` bytes.
         let bytes = unsafe { addr_bytes(addr, len) };
@@ -236,6 +252,10 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
 /// As `bind(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    if inproc::is(fd) {
+        // Bound already (a listener) or connected: as TCP's.
+        return guard(-1, || Err(libc::EINVAL));
+    }
     guard(-1, || {
         // SAFETY: the caller's address is valid for `len` bytes.
         let bytes = unsafe { addr_bytes(addr, len) };
@@ -248,6 +268,9 @@ pub unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) 
 /// As `listen(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
+    if inproc::is(fd) {
+        return guard(-1, || inproc::calls::listen(fd));
+    }
     // SAFETY: forwarding the caller's arguments unchanged.
     guard(-1, || {
         ops::listen(fd, backlog, || unsafe { real::listen(fd, backlog) })
@@ -264,8 +287,14 @@ unsafe fn accept_common(
     guard(-1, || {
         // Where the peer's address would go has no length: Linux fails the
         // call (EFAULT) before a connection is taken off the queue.
-        if !addr.is_null() && len.is_null() && ops::is_ours(fd) {
+        if !addr.is_null() && len.is_null() && (ops::is_ours(fd) || inproc::is(fd)) {
             return Err(libc::EFAULT);
+        }
+        if inproc::is(fd) {
+            let (accepted, peer) = inproc::calls::accept(fd, if four { flags } else { 0 })?;
+            // SAFETY: the caller's buffers are valid as for accept(2).
+            unsafe { write_addr(&peer, addr, len)? };
+            return Ok(accepted);
         }
         let pass = || {
             // SAFETY: forwarding the caller's arguments unchanged.
@@ -313,13 +342,27 @@ pub unsafe extern "C" fn accept4(
 /// As `close(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    if inproc::is(fd) {
+        let socket = catch_unwind(|| inproc::calls::close(fd)).ok().flatten();
+        // SAFETY: forwarding the caller's argument unchanged.
+        let closed = unsafe { real::close(fd) };
+        let errno = ops::last_errno();
+        // The last number's socket closes its flow (an engine call).
+        let _ = catch_unwind(AssertUnwindSafe(|| drop(socket)));
+        set_errno(errno);
+        return closed;
+    }
     let _ = catch_unwind(|| ops::close(fd));
     // SAFETY: forwarding the caller's argument unchanged.
     unsafe { real::close(fd) }
 }
 
 unsafe fn name_common(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, peer: bool) -> c_int {
-    guard(-1, || match ops::name(fd, peer) {
+    let ours = || match inproc::is(fd) {
+        true => Some(inproc::calls::name(fd, peer)),
+        false => ops::name(fd, peer),
+    };
+    guard(-1, || match ours() {
         None => {
             // SAFETY: forwarding the caller's arguments unchanged.
             Ok(unsafe {
@@ -371,6 +414,11 @@ pub unsafe extern "C" fn getsockopt(
     guard(-1, || {
         // SAFETY: forwarding the caller's arguments unchanged.
         let pass = || unsafe { real::getsockopt(fd, level, name, value, len) };
+        if inproc::is(fd) {
+            let bytes = inproc::calls::getsockopt(fd, level, name)?;
+            // SAFETY: the caller's buffers, as for getsockopt(2).
+            return unsafe { write_option(&bytes, value, len) };
+        }
         let answer = match ops::getsockopt(fd, level, name) {
             None => return Ok(pass()),
             Some(Err(errno)) => return Err(errno),
@@ -423,6 +471,14 @@ pub unsafe extern "C" fn setsockopt(
     guard(-1, || {
         // SAFETY: forwarding the caller's arguments unchanged.
         let pass = || unsafe { real::setsockopt(fd, level, name, value, len) };
+        if inproc::is(fd) {
+            if value.is_null() && len > 0 {
+                return Err(libc::EFAULT);
+            }
+            // SAFETY: the caller guarantees `len` readable bytes at `value`.
+            let bytes = unsafe { option_bytes(value, len) }.ok_or(libc::EINVAL)?;
+            return inproc::calls::setsockopt(fd, level, name, bytes);
+        }
         let Some(kind) = ops::setsockopt_kind(fd) else {
             let set = pass();
             if set == 0 && level == libc::SOL_SOCKET && table::maybe_tracked(fd) {
@@ -481,6 +537,12 @@ pub unsafe extern "C" fn sendto(
     addr: *const sockaddr,
     len: socklen_t,
 ) -> ssize_t {
+    if inproc::is(fd) {
+        // SAFETY: the caller's buffer, valid for `n` bytes.
+        return guard(-1, || {
+            inproc::calls::write(fd, unsafe { data_out(buf, n)? }, flags).map(|n| n as ssize_t)
+        });
+    }
     // Not ours, or a connected flow sent to with no address (as `send`):
     // libc's, lock-free.
     if !table::maybe_tracked(fd) || (addr.is_null() && !table::maybe_intercepted(fd)) {
@@ -522,6 +584,18 @@ pub unsafe extern "C" fn recvfrom(
     addr: *mut sockaddr,
     len: *mut socklen_t,
 ) -> ssize_t {
+    if inproc::is(fd) {
+        return guard(-1, || {
+            // SAFETY: the caller's buffer, valid for `n` bytes.
+            let got = inproc::calls::read(fd, unsafe { buffer(buf, n)? }, flags)?;
+            if !addr.is_null() && !len.is_null() {
+                // A stream names no sender, as TCP's.
+                // SAFETY: `len` is non-null and writable, as recvfrom(2) asks.
+                unsafe { *len = 0 };
+            }
+            Ok(got as ssize_t)
+        });
+    }
     if table::maybe_intercepted(fd) {
         // SAFETY: the caller's arguments as `recvfrom(2)` takes them; the
         // fallback forwards them unchanged.
@@ -632,6 +706,12 @@ fn refused_write(fd: c_int, flags: c_int) -> bool {
 /// As `send(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t {
+    if inproc::is(fd) {
+        // SAFETY: the caller's buffer, valid for `n` bytes.
+        return guard(-1, || {
+            inproc::calls::write(fd, unsafe { data_out(buf, n)? }, flags).map(|n| n as ssize_t)
+        });
+    }
     if refused_write(fd, flags) {
         return -1;
     }
@@ -643,6 +723,12 @@ pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c
 /// As `write(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t {
+    if inproc::is(fd) {
+        // SAFETY: the caller's buffer, valid for `n` bytes.
+        return guard(-1, || {
+            inproc::calls::write(fd, unsafe { data_out(buf, n)? }, 0).map(|n| n as ssize_t)
+        });
+    }
     if refused_write(fd, 0) {
         return -1;
     }
@@ -658,6 +744,13 @@ pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssiz
 /// As `writev(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn writev(fd: c_int, iov: *const libc::iovec, count: c_int) -> ssize_t {
+    if inproc::is(fd) {
+        let count = usize::try_from(count).unwrap_or(usize::MAX);
+        // SAFETY: the caller's iovecs, valid as writev(2) requires.
+        return guard(-1, || {
+            unsafe { inproc::calls::writev(fd, iov, count, 0) }.map(|n| n as ssize_t)
+        });
+    }
     if refused_write(fd, 0) {
         return -1;
     }
@@ -678,6 +771,15 @@ pub unsafe extern "C" fn writev(fd: c_int, iov: *const libc::iovec, count: c_int
 /// As `sendmsg(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> ssize_t {
+    if inproc::is(fd) {
+        return guard(-1, || {
+            // SAFETY: the caller's message, null or valid for the call.
+            let msg = unsafe { msg.as_ref() }.ok_or(libc::EFAULT)?;
+            // SAFETY: its iovecs, valid as sendmsg(2) requires.
+            unsafe { inproc::calls::writev(fd, msg.msg_iov, msg.msg_iovlen, flags) }
+                .map(|n| n as ssize_t)
+        });
+    }
     if !table::maybe_tracked(fd) {
         // SAFETY: forwarding the caller's arguments unchanged.
         return unsafe { real::sendmsg(fd, msg, flags) };
@@ -703,6 +805,12 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_i
 /// As `recv(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t {
+    if inproc::is(fd) {
+        // SAFETY: the caller's buffer, valid for `n` bytes.
+        return guard(-1, || {
+            inproc::calls::read(fd, unsafe { buffer(buf, n)? }, flags).map(|n| n as ssize_t)
+        });
+    }
     if table::maybe_intercepted(fd) {
         let (addr, len) = (std::ptr::null_mut(), std::ptr::null_mut());
         // SAFETY: same contract as `recvfrom`, without an address.
@@ -723,6 +831,12 @@ pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_i
 /// As `read(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t {
+    if inproc::is(fd) {
+        // SAFETY: the caller's buffer, valid for `n` bytes.
+        return guard(-1, || {
+            inproc::calls::read(fd, unsafe { buffer(buf, n)? }, 0).map(|n| n as ssize_t)
+        });
+    }
     // A read of nothing reads nothing from a socket (a datagram stays
     // queued; `recv` of nothing takes it): the kernel's answer, 0 or an
     // error for a bad descriptor, is the one.
@@ -759,6 +873,19 @@ pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t
 /// As `recvmsg(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int) -> ssize_t {
+    if inproc::is(fd) {
+        return guard(-1, || {
+            // SAFETY: the caller's message, null or valid for the call.
+            let msg = unsafe { msg.as_mut() }.ok_or(libc::EFAULT)?;
+            // SAFETY: its iovecs, valid as recvmsg(2) requires.
+            let got = unsafe { inproc::calls::readv(fd, msg.msg_iov, msg.msg_iovlen, flags)? };
+            // A stream names no sender and carries no ancillary data.
+            msg.msg_namelen = 0;
+            msg.msg_controllen = 0;
+            msg.msg_flags = 0;
+            Ok(got as ssize_t)
+        });
+    }
     if table::maybe_intercepted(fd) {
         let into = || {
             // SAFETY: the caller's message is null or valid for the call.
@@ -865,7 +992,7 @@ pub unsafe extern "C" fn sendmmsg(
     vlen: c_uint,
     flags: c_int,
 ) -> c_int {
-    if !table::maybe_tracked(fd) {
+    if !table::maybe_tracked(fd) && !inproc::is(fd) {
         // SAFETY: forwarding the caller's arguments unchanged.
         return unsafe { real::sendmmsg(fd, msgvec, vlen, flags) };
     }
@@ -904,7 +1031,7 @@ pub unsafe extern "C" fn recvmmsg(
     flags: c_int,
     timeout: *mut libc::timespec,
 ) -> c_int {
-    if !table::maybe_tracked(fd) {
+    if !table::maybe_tracked(fd) && !inproc::is(fd) {
         // SAFETY: forwarding the caller's arguments unchanged.
         return unsafe { real::recvmmsg(fd, msgvec, vlen, flags, timeout) };
     }
@@ -940,6 +1067,13 @@ pub unsafe extern "C" fn recvmmsg(
 /// As `readv(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn readv(fd: c_int, iov: *const libc::iovec, count: c_int) -> ssize_t {
+    if inproc::is(fd) {
+        let count = usize::try_from(count).unwrap_or(usize::MAX);
+        // SAFETY: the caller's iovecs, valid as readv(2) requires.
+        return guard(-1, || {
+            unsafe { inproc::calls::readv(fd, iov, count, 0) }.map(|n| n as ssize_t)
+        });
+    }
     // As `read`: nothing asked, nothing read.
     let nothing = || {
         usize::try_from(count).is_ok_and(|count| count <= msg::UIO_MAXIOV)
@@ -1015,6 +1149,9 @@ fn reset_read(fd: c_int) -> ssize_t {
 /// As `shutdown(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn shutdown(fd: c_int, how: c_int) -> c_int {
+    if inproc::is(fd) {
+        return guard(-1, || inproc::calls::shutdown(fd, how));
+    }
     // Only connected flows (tracked, their data calls not intercepted)
     // take the table lock: a signal handler that shuts a listener down to
     // wake an accept loop must not wait on a lock the thread it
@@ -1114,6 +1251,11 @@ pub unsafe extern "C" fn epoll_ctl(
     fd: c_int,
     event: *mut epoll_event,
 ) -> c_int {
+    if inproc::is(fd) {
+        // SAFETY: `event` is null or points to a valid epoll_event.
+        let copy = unsafe { event.as_ref().copied() };
+        return guard(-1, || inproc::epoll::ctl(epfd, op, fd, copy));
+    }
     if !table::maybe_tracked(fd) {
         // SAFETY: forwarding the caller's arguments unchanged.
         return unsafe { real::epoll_ctl(epfd, op, fd, event) };
@@ -1142,6 +1284,7 @@ pub unsafe extern "C" fn epoll_ctl(
 /// `ops::copy`); a failed one changes nothing, as in Linux.
 fn copied(old: c_int, result: c_int) -> c_int {
     if result >= 0 {
+        let _ = catch_unwind(|| inproc::calls::copied(old, result));
         let _ = catch_unwind(|| ops::copy(old, result));
     }
     result
@@ -1180,6 +1323,14 @@ pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
 /// As `ioctl(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn ioctl(fd: c_int, request: libc::c_ulong, arg: libc::c_ulong) -> c_int {
+    if request == libc::FIONBIO as libc::c_ulong && inproc::is(fd) {
+        return guard(-1, || {
+            let on = arg as *const c_int;
+            // SAFETY: FIONBIO's argument is a pointer to an int.
+            let on = unsafe { on.as_ref() }.ok_or(libc::EFAULT)?;
+            inproc::calls::set_nonblock(fd, *on != 0)
+        });
+    }
     // SAFETY: forwarding the caller's arguments unchanged.
     let result = unsafe { real::ioctl(fd, request, arg) };
     if result == 0
@@ -1200,6 +1351,9 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: libc::c_ulong, arg: libc::c_u
 /// As `fcntl(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
+    if let Some(done) = inproc_fcntl(fd, cmd, arg) {
+        return done;
+    }
     // SAFETY: forwarding the caller's arguments unchanged.
     fcntl_done(fd, cmd, unsafe { real::fcntl(fd, cmd, arg) })
 }
@@ -1210,6 +1364,9 @@ pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_i
 /// As `fcntl(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
+    if let Some(done) = inproc_fcntl(fd, cmd, arg) {
+        return done;
+    }
     // SAFETY: forwarding the caller's arguments unchanged.
     fcntl_done(fd, cmd, unsafe { real::fcntl64(fd, cmd, arg) })
 }
@@ -1225,4 +1382,329 @@ fn fcntl_done(fd: c_int, cmd: c_int, result: c_int) -> c_int {
         }
         _ => result,
     }
+}
+
+/// `fcntl`'s `F_GETFL` and `F_SETFL` on an in-process number: the
+/// socket's `O_NONBLOCK` is the shim's (the eventfd's flags are the
+/// engine's, see `inproc`). `None`: any other call, libc's.
+fn inproc_fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> Option<c_int> {
+    if !matches!(cmd, libc::F_GETFL | libc::F_SETFL) || !inproc::is(fd) {
+        return None;
+    }
+    Some(guard(-1, || match cmd {
+        libc::F_GETFL => {
+            // SAFETY: no pointers.
+            let flags = unsafe { real::fcntl(fd, libc::F_GETFL, 0) };
+            if flags < 0 {
+                return Err(ops::last_errno());
+            }
+            inproc::calls::get_flags(fd, flags)
+        }
+        _ => inproc::calls::set_nonblock(fd, arg as c_int & libc::O_NONBLOCK != 0),
+    }))
+}
+
+/// The program's buffer of `n` bytes at `buf` to send (`n` clamped as
+/// the kernel does).
+///
+/// # Safety
+/// `buf` is valid for reads of `n` bytes (or null, which is `EFAULT`
+/// unless `n` is 0), for as long as the result is used.
+unsafe fn data_out<'a>(buf: *const c_void, n: size_t) -> Res<&'a [u8]> {
+    if n == 0 {
+        return Ok(&[]);
+    }
+    if buf.is_null() {
+        return Err(libc::EFAULT);
+    }
+    // SAFETY: the caller guarantees `n` readable bytes at `buf`.
+    Ok(unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), n.min(MAX_RW_COUNT)) })
+}
+
+/// Writes an option's value into `getsockopt`'s buffers: at most
+/// `*len` bytes, and the length written.
+///
+/// # Safety
+/// `value`/`len` are null or valid as for `getsockopt(2)`.
+unsafe fn write_option(bytes: &[u8], value: *mut c_void, len: *mut socklen_t) -> Res<c_int> {
+    if value.is_null() || len.is_null() {
+        return Err(libc::EFAULT);
+    }
+    // SAFETY: `len` is non-null; the caller makes it readable.
+    let room = unsafe { *len };
+    if (room as i32) < 0 {
+        return Err(libc::EINVAL);
+    }
+    let n = bytes.len().min(room as usize);
+    // SAFETY: the caller guarantees `*len >= n` writable bytes at `value`.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), value.cast::<u8>(), n);
+        *len = n as socklen_t;
+    }
+    Ok(0)
+}
+
+/// The milliseconds of `poll`'s timeout as a deadline (`None`: no limit,
+/// for a negative one).
+fn poll_deadline(timeout: c_int) -> Option<std::time::Instant> {
+    let millis = u64::try_from(timeout).ok()?;
+    Some(std::time::Instant::now() + std::time::Duration::from_millis(millis))
+}
+
+/// The program's `nfds` entries at `fds`, if any is an in-process number
+/// (and the mode is on): `None` sends the call to libc untouched.
+///
+/// # Safety
+/// `fds` is null or valid for reads and writes of `nfds` entries.
+unsafe fn inproc_set<'a>(
+    fds: *mut libc::pollfd,
+    nfds: libc::nfds_t,
+) -> Option<&'a mut [libc::pollfd]> {
+    if !inproc::enabled() || fds.is_null() || nfds == 0 {
+        return None;
+    }
+    let nfds = usize::try_from(nfds).ok()?;
+    // SAFETY: as the caller guarantees.
+    let set = unsafe { std::slice::from_raw_parts_mut(fds, nfds) };
+    inproc::concerns(set).then_some(set)
+}
+
+/// `poll`: libc's unless an in-process number is in the set (see
+/// `inproc::poll`).
+///
+/// # Safety
+/// As `poll(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn poll(fds: *mut libc::pollfd, nfds: libc::nfds_t, timeout: c_int) -> c_int {
+    // SAFETY: the caller's set, valid as poll(2) requires.
+    match unsafe { inproc_set(fds, nfds) } {
+        Some(set) => guard(-1, || {
+            inproc::poll(set, poll_deadline(timeout), std::ptr::null())
+        }),
+        // SAFETY: forwarding the caller's arguments unchanged.
+        None => unsafe { real::poll(fds, nfds, timeout) },
+    }
+}
+
+/// `poll` as glibc's `_FORTIFY_SOURCE` calls it, with the set's size.
+///
+/// # Safety
+/// As `poll(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn __poll_chk(
+    fds: *mut libc::pollfd,
+    nfds: libc::nfds_t,
+    timeout: c_int,
+    _fdslen: size_t,
+) -> c_int {
+    // SAFETY: same contract as ours.
+    unsafe { poll(fds, nfds, timeout) }
+}
+
+/// `ppoll`: libc's unless an in-process number is in the set (see
+/// `inproc::poll`).
+///
+/// # Safety
+/// As `ppoll(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn ppoll(
+    fds: *mut libc::pollfd,
+    nfds: libc::nfds_t,
+    timeout: *const libc::timespec,
+    sigmask: *const libc::sigset_t,
+) -> c_int {
+    // SAFETY: the caller's set, valid as ppoll(2) requires.
+    let Some(set) = (unsafe { inproc_set(fds, nfds) }) else {
+        // SAFETY: forwarding the caller's arguments unchanged.
+        return unsafe { real::ppoll(fds, nfds, timeout, sigmask) };
+    };
+    guard(-1, || {
+        // SAFETY: the caller's timeout, null or valid for the call.
+        let deadline = unsafe { timespec_deadline(timeout)? };
+        inproc::poll(set, deadline, sigmask)
+    })
+}
+
+/// `ppoll` as glibc's `_FORTIFY_SOURCE` calls it, with the set's size.
+///
+/// # Safety
+/// As `ppoll(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn __ppoll_chk(
+    fds: *mut libc::pollfd,
+    nfds: libc::nfds_t,
+    timeout: *const libc::timespec,
+    sigmask: *const libc::sigset_t,
+    _fdslen: size_t,
+) -> c_int {
+    // SAFETY: same contract as ours.
+    unsafe { ppoll(fds, nfds, timeout, sigmask) }
+}
+
+/// What an `epoll_wait` family call returned (`n` events at `events`):
+/// tagged events of in-process numbers' output turned back into the
+/// program's (see `inproc::epoll`).
+///
+/// # Safety
+/// `events` is valid for `n` events when `n > 0`.
+unsafe fn epoll_done(events: *mut epoll_event, n: c_int) -> c_int {
+    let Ok(count) = usize::try_from(n) else {
+        return n;
+    };
+    if count == 0 {
+        return n;
+    }
+    // SAFETY: the kernel just wrote `count` events there.
+    let set = unsafe { std::slice::from_raw_parts_mut(events, count) };
+    match catch_unwind(AssertUnwindSafe(|| inproc::epoll::translate(set, count))) {
+        Ok(kept) => kept as c_int,
+        Err(_) => n,
+    }
+}
+
+/// # Safety
+/// As `epoll_wait(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn epoll_wait(
+    epfd: c_int,
+    events: *mut epoll_event,
+    max: c_int,
+    timeout: c_int,
+) -> c_int {
+    // SAFETY: forwarding the caller's arguments unchanged; then its
+    // events, as the kernel filled them.
+    unsafe { epoll_done(events, real::epoll_wait(epfd, events, max, timeout)) }
+}
+
+/// # Safety
+/// As `epoll_pwait(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn epoll_pwait(
+    epfd: c_int,
+    events: *mut epoll_event,
+    max: c_int,
+    timeout: c_int,
+    sigmask: *const libc::sigset_t,
+) -> c_int {
+    // SAFETY: as `epoll_wait`.
+    unsafe {
+        epoll_done(
+            events,
+            real::epoll_pwait(epfd, events, max, timeout, sigmask),
+        )
+    }
+}
+
+/// # Safety
+/// As `epoll_pwait2(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn epoll_pwait2(
+    epfd: c_int,
+    events: *mut epoll_event,
+    max: c_int,
+    timeout: *const libc::timespec,
+    sigmask: *const libc::sigset_t,
+) -> c_int {
+    // SAFETY: as `epoll_wait`.
+    unsafe {
+        epoll_done(
+            events,
+            real::epoll_pwait2(epfd, events, max, timeout, sigmask),
+        )
+    }
+}
+
+/// `select`: libc's unless a set holds an in-process number (see
+/// `inproc::select`); then, as Linux's, the timeout is left holding the
+/// time not slept.
+///
+/// # Safety
+/// As `select(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn select(
+    nfds: c_int,
+    read: *mut libc::fd_set,
+    write: *mut libc::fd_set,
+    except: *mut libc::fd_set,
+    timeout: *mut libc::timeval,
+) -> c_int {
+    // SAFETY: the caller's sets, null or valid as select(2) requires.
+    let sets = unsafe { inproc::select::Sets::new(read, write, except) };
+    if !inproc::enabled() || !sets.concern(nfds) {
+        // SAFETY: forwarding the caller's arguments unchanged.
+        return unsafe { real::select(nfds, read, write, except, timeout) };
+    }
+    guard(-1, || {
+        // SAFETY: the caller's timeout, null or valid for the call.
+        let deadline = match unsafe { timeout.as_ref() } {
+            None => None,
+            Some(tv) => {
+                let secs = u64::try_from(tv.tv_sec).map_err(|_| libc::EINVAL)?;
+                let micros = u32::try_from(tv.tv_usec)
+                    .ok()
+                    .filter(|&us| us < 1_000_000)
+                    .ok_or(libc::EINVAL)?;
+                let limit = std::time::Duration::new(secs, micros * 1000);
+                let now = std::time::Instant::now();
+                Some(now.checked_add(limit).ok_or(libc::EINVAL)?)
+            }
+        };
+        let result = inproc::select::select(nfds, &sets, deadline, std::ptr::null());
+        // SAFETY: as above.
+        if let (Some(tv), Some(at)) = (unsafe { timeout.as_mut() }, deadline) {
+            let left = at.saturating_duration_since(std::time::Instant::now());
+            tv.tv_sec = left.as_secs() as libc::time_t;
+            tv.tv_usec = left.subsec_micros() as libc::suseconds_t;
+        }
+        result
+    })
+}
+
+/// `pselect`: as [`select`], with a timespec and a signal mask (the
+/// timeout is not updated, as glibc's).
+///
+/// # Safety
+/// As `pselect(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn pselect(
+    nfds: c_int,
+    read: *mut libc::fd_set,
+    write: *mut libc::fd_set,
+    except: *mut libc::fd_set,
+    timeout: *const libc::timespec,
+    sigmask: *const libc::sigset_t,
+) -> c_int {
+    // SAFETY: the caller's sets, null or valid as pselect(2) requires.
+    let sets = unsafe { inproc::select::Sets::new(read, write, except) };
+    if !inproc::enabled() || !sets.concern(nfds) {
+        // SAFETY: forwarding the caller's arguments unchanged.
+        return unsafe { real::pselect(nfds, read, write, except, timeout, sigmask) };
+    }
+    guard(-1, || {
+        // SAFETY: the caller's timeout, null or valid for the call.
+        let deadline = unsafe { timespec_deadline(timeout)? };
+        inproc::select::select(nfds, &sets, deadline, sigmask)
+    })
+}
+
+/// A `timespec` timeout (null: none) as a deadline; `EINVAL` for one
+/// the kernel refuses.
+///
+/// # Safety
+/// `timeout` is null or valid for reads.
+unsafe fn timespec_deadline(timeout: *const libc::timespec) -> Res<Option<std::time::Instant>> {
+    // SAFETY: as the caller guarantees.
+    let Some(ts) = (unsafe { timeout.as_ref() }) else {
+        return Ok(None);
+    };
+    let secs = u64::try_from(ts.tv_sec).map_err(|_| libc::EINVAL)?;
+    let nanos = u32::try_from(ts.tv_nsec)
+        .ok()
+        .filter(|&n| n < 1_000_000_000)
+        .ok_or(libc::EINVAL)?;
+    let left = std::time::Duration::new(secs, nanos);
+    std::time::Instant::now()
+        .checked_add(left)
+        .map(Some)
+        .ok_or(libc::EINVAL)
 }

@@ -22,6 +22,7 @@ use socket_shim::{ControlClient, Error as ShimError, Reply, MAX_DATAGRAM};
 
 use crate::addr::{self, parse_inet, parse_serval, PortMap, SockAddr, AF_SERVAL};
 use crate::inherit;
+use crate::inproc;
 use crate::pool;
 use crate::real;
 use crate::table::{self, ident, lock, Domain, Entry, Kind, ListenerControl, State, Table};
@@ -434,6 +435,11 @@ pub(crate) fn connect(
             if !map.is_empty() {
                 if let Some(service) = map.for_connect(&sa) {
                     if is_tcp(fd) {
+                        let family = inet_family(&sa);
+                        let (local, peer) = (unspecified(family), SockAddr::Inet(sa));
+                        if let Some(done) = inproc_connect(fd, family, local, peer, service) {
+                            return done;
+                        }
                         return inet_connect(fd, sa, service);
                     }
                 }
@@ -485,6 +491,17 @@ pub(crate) fn connect(
                     fd_flags(fd),
                 );
             }
+            if found.kind == Kind::Stream && found.stage == Stage::Fresh {
+                let local = found.local.unwrap_or(SockAddr::Serval {
+                    flags: 0,
+                    bits: 0,
+                    id: [0; 32],
+                });
+                let peer = SockAddr::service(service);
+                if let Some(done) = inproc_connect(fd, AF_SERVAL, local, peer, service) {
+                    return done;
+                }
+            }
             let protocol = match found.kind {
                 Kind::Stream => TransportProtocol::Stream,
                 Kind::Dgram => TransportProtocol::Datagram,
@@ -522,6 +539,57 @@ pub(crate) fn connect(
             _ => Err(libc::EINVAL),
         },
     }
+}
+
+/// The family of an inet-mode socket that connects or binds to `sa`.
+fn inet_family(sa: &SocketAddr) -> c_int {
+    match sa.is_ipv4() {
+        true => libc::AF_INET,
+        false => libc::AF_INET6,
+    }
+}
+
+/// What the program set on `fd` before it goes in-process: its
+/// `O_NONBLOCK`, the socket-level options and epoll registrations its
+/// entry recorded (a placeholder's, or an inet-mode socket's the shim
+/// watched).
+fn inproc_before(fd: RawFd) -> inproc::Before {
+    let (options, epoll) =
+        with_entry(fd, |e| Some((e.options.clone(), e.epoll.clone()))).unwrap_or_default();
+    inproc::Before {
+        nonblock: fd_flags(fd).0,
+        options,
+        epoll,
+    }
+}
+
+/// A stream `connect` in process, when the mode is on and the engine is
+/// there (see `inproc`); `None`: the daemon path's.
+fn inproc_connect(
+    fd: RawFd,
+    family: c_int,
+    local: SockAddr,
+    peer: SockAddr,
+    service: ServiceId,
+) -> Option<Res<c_int>> {
+    if !inproc::enabled() {
+        return None;
+    }
+    inproc::connect(fd, family, local, peer, service, inproc_before(fd))
+}
+
+/// Registers a stream socket's `prefix` at `bind`: with sald's relay to
+/// the engine in the in-process mode (the prefix comes back, for
+/// `listen`), else as a daemon listener (see [`listen_on`]).
+fn bind_stream(prefix: ServicePrefix) -> Res<(ControlClient, ListenerId, Option<ServicePrefix>)> {
+    if inproc::enabled() {
+        if let Some(relayed) = inproc::relay(prefix) {
+            let (control, listener) = relayed?;
+            return Ok((control, listener, Some(prefix)));
+        }
+    }
+    let (control, listener, _) = listen_on(prefix, TransportProtocol::Stream)?;
+    Ok((control, listener, None))
 }
 
 /// The address of a `connect` (`len` bytes at `addr`, `None` for a NULL
@@ -1670,7 +1738,7 @@ pub(crate) fn bind(fd: RawFd, addr: Option<&[u8]>, pass: impl FnOnce() -> c_int)
     let prefix = sa.prefix().ok_or(libc::EINVAL)?;
     match (found.kind, found.stage) {
         (Kind::Stream, Stage::Fresh | Stage::Failed) => {
-            let (control, listener, _) = listen_on(prefix, TransportProtocol::Stream)?;
+            let (control, listener, relayed) = bind_stream(prefix)?;
             let mut stale = Vec::new();
             let mut spare = None;
             let result = {
@@ -1688,6 +1756,7 @@ pub(crate) fn bind(fd: RawFd, addr: Option<&[u8]>, pass: impl FnOnce() -> c_int)
                                 wake,
                             };
                             entry.local = Some(sa);
+                            entry.relayed = relayed;
                             Ok(0)
                         }
                         other => {
@@ -1769,8 +1838,7 @@ fn install_datagram(
 }
 
 fn inet_bind(fd: RawFd, sa: SocketAddr, service: ServiceId) -> Res<c_int> {
-    let (control, listener, _) =
-        listen_on(ServicePrefix::exact(service), TransportProtocol::Stream)?;
+    let (control, listener, relayed) = bind_stream(ServicePrefix::exact(service))?;
     let family = if sa.is_ipv4() {
         libc::AF_INET
     } else {
@@ -1787,6 +1855,7 @@ fn inet_bind(fd: RawFd, sa: SocketAddr, service: ServiceId) -> Res<c_int> {
         },
     );
     entry.local = Some(SockAddr::Inet(sa));
+    entry.relayed = relayed;
     let old = adopt(&mut lock(), fd, entry);
     drop(old);
     Ok(0)
@@ -1813,6 +1882,7 @@ pub(crate) fn listen(fd: RawFd, backlog: c_int, pass: impl FnOnce() -> c_int) ->
     // Take the bound control connection out of the entry.
     let mut stale = Vec::new();
     let mut unbound = None;
+    let mut relayed = None;
     let taken = {
         let mut table = lock();
         match table.get(fd, &mut stale) {
@@ -1837,6 +1907,7 @@ pub(crate) fn listen(fd: RawFd, backlog: c_int, pass: impl FnOnce() -> c_int) ->
                     wake,
                 } => {
                     entry.gen = table::next_gen();
+                    relayed = entry.relayed.take();
                     Some((control, listener, wake, entry.gen))
                 }
                 other => {
@@ -1855,6 +1926,19 @@ pub(crate) fn listen(fd: RawFd, backlog: c_int, pass: impl FnOnce() -> c_int) ->
     }
     drop(stale);
     let (control, listener, wake, gen) = taken.ok_or(libc::EINVAL)?;
+    if let Some(prefix) = relayed {
+        // Bound through sald's relay: the engine listens (see `inproc`).
+        let family = found.domain.family();
+        let local = found.local.unwrap_or(SockAddr::Serval {
+            flags: 0,
+            bits: 0,
+            id: [0; 32],
+        });
+        let before = inproc_before(fd);
+        let listened = inproc::listen(fd, family, local, prefix, control, backlog, before);
+        drop(wake);
+        return listened.map(|()| 0);
+    }
     let started = start_listener(fd, gen, control, listener, backlog_asked(backlog));
     drop(wake);
     started.map(|()| 0)

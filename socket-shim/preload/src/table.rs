@@ -250,6 +250,9 @@ pub(crate) struct Entry {
     /// What the record of what crosses `exec` last found of this entry's
     /// descriptors (see `inherit`).
     pub exec: inherit::Seen,
+    /// A stream socket bound in-process (`State::Bound` through sald's
+    /// relay, see `inproc`): the prefix its `listen` gives the engine.
+    pub relayed: Option<sal::ServicePrefix>,
 }
 
 impl Entry {
@@ -271,6 +274,7 @@ impl Entry {
             owner: std::process::id() as libc::pid_t,
             reset: Arc::default(),
             exec: inherit::Seen::default(),
+            relayed: None,
         }
     }
 }

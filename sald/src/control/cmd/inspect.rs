@@ -28,10 +28,12 @@ pub(super) async fn flows(client: &mut Client) -> Reply {
     parts::answer_list(client, &turn, &ids, build, part, whole).await
 }
 
-/// The host's SAL interfaces.
+/// The host's SAL interfaces, and whether sald relays for programs.
 pub(super) fn interfaces(client: &mut Client) -> Reply {
-    let interfaces = client.context.shared.lock().host.interfaces().to_vec();
-    (Response::Interfaces { interfaces }, None)
+    let shared = client.context.shared.lock();
+    let interfaces = shared.host.interfaces().to_vec();
+    let relays = shared.host.config().relay_local;
+    (Response::Interfaces { interfaces, relays }, None)
 }
 
 /// The daemon's counters.

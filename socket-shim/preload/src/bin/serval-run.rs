@@ -1,7 +1,7 @@
 //! `serval-run`: runs an unmodified program with the socket shim preloaded.
 //!
 //! ```text
-//! serval-run [--map PORT=SERVICEID ...] [--net CIDR ...] -- PROGRAM ARGS
+//! serval-run [--in-process] [--map PORT=SERVICEID ...] [--net CIDR ...] -- PROGRAM ARGS
 //! ```
 //!
 //! The program's `AF_SERVAL` sockets go through sald; with `--map`, TCP
@@ -9,6 +9,10 @@
 //! mode), optionally only for connects into the `--net` ranges. Everything
 //! is passed through the environment (`LD_PRELOAD`, `SERVAL_SHIM_MAP`,
 //! `SERVAL_SHIM_NET`), so children the program forks or execs inherit it.
+//! With `--in-process` (`SERVAL_SHIM_INPROC=1`), the program's stream
+//! sockets run on a SAL host inside the program, on its own UDP socket
+//! beside sald's (which must run with `--udp ADDR --relays` for
+//! listeners; otherwise they fall back to sald's flows).
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -29,7 +33,8 @@ const SHIM: &str = "libserval_shim.so";
     about = "Run an unmodified program over Serval service IDs",
     long_about = "Runs PROGRAM with libserval_shim.so preloaded: its AF_SERVAL sockets reach \
                   services through sald (control socket: SERVAL_CONTROL or /run/serval/sald.sock). \
-                  With --map, TCP ports become service IDs (inet mode)."
+                  With --map, TCP ports become service IDs (inet mode). With --in-process, stream \
+                  sockets run on a SAL host inside the program (sald with --udp and --relays)."
 )]
 struct Args {
     /// Map a TCP port to a service ID: binding it registers the service,
@@ -40,6 +45,16 @@ struct Args {
     /// default: any address).
     #[arg(long = "net", value_name = "CIDR")]
     nets: Vec<String>,
+    /// Run the program's stream sockets on a SAL host inside the program
+    /// (its own UDP socket beside sald's), not on flows sald carries:
+    /// connects, accepts, reads and writes cost no wake-up of another
+    /// process. sald routes the SYNs (it must carry the SAL over UDP) and
+    /// relays a listener's (`--relays`); a sald without either serves the
+    /// sockets as without this option. Sets SERVAL_SHIM_INPROC=1.
+    /// In-process sockets do not survive exec, and are reset in a forked
+    /// child.
+    #[arg(long = "in-process")]
+    in_process: bool,
     /// The shim library (default: SERVAL_SHIM_LIB, or next to this program).
     #[arg(long, value_name = "PATH", env = "SERVAL_SHIM_LIB")]
     shim: Option<PathBuf>,
@@ -124,6 +139,9 @@ fn run() -> Result<()> {
     }
     if !args.nets.is_empty() {
         cmd.env("SERVAL_SHIM_NET", args.nets.join(","));
+    }
+    if args.in_process {
+        cmd.env("SERVAL_SHIM_INPROC", "1");
     }
     let error = cmd.exec();
     bail!("cannot run {}: {error}", program.to_string_lossy())

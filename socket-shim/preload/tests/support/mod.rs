@@ -110,8 +110,20 @@ impl Sald {
         Sald::start_on(SocketAddrV4::new(Ipv4Addr::LOCALHOST, free_udp_port()))
     }
 
+    /// A sald on loopback UDP that relays programs' prefixes to their own
+    /// SAL hosts (`--relays`: the in-process mode's listeners).
+    pub fn start_relaying() -> Sald {
+        let udp = SocketAddrV4::new(Ipv4Addr::LOCALHOST, free_udp_port());
+        Sald::start_with(udp, &["--relays"])
+    }
+
     /// A sald whose UDP link is `udp`.
     pub fn start_on(udp: SocketAddrV4) -> Sald {
+        Sald::start_with(udp, &[])
+    }
+
+    /// A sald whose UDP link is `udp`, with `extra` arguments.
+    pub fn start_with(udp: SocketAddrV4, extra: &[&str]) -> Sald {
         let dir = tempfile::tempdir().expect("tempdir");
         let control = dir.path().join("sald.sock");
         let log = std::fs::File::create(dir.path().join("sald.log")).expect("log");
@@ -120,6 +132,8 @@ impl Sald {
             .arg(udp.to_string())
             .arg("--control")
             .arg(&control)
+            .args(extra)
+            .args(relays_asked(extra))
             .env_remove("SERVAL_CONTROL")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -158,6 +172,15 @@ impl Drop for Sald {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// `--relays` when the environment asks every sald to relay
+/// (`SERVAL_TEST_SALD_RELAYS=1`, with `SERVAL_SHIM_INPROC=1` the way to
+/// run a suite's programs in the in-process mode) and `extra` does not
+/// say so already.
+fn relays_asked(extra: &[&str]) -> Option<&'static str> {
+    let asked = std::env::var_os("SERVAL_TEST_SALD_RELAYS").is_some_and(|v| v == "1");
+    (asked && !extra.contains(&"--relays")).then_some("--relays")
 }
 
 /// A free UDP port on 127.0.0.1: bound to port 0, noted, released.

@@ -1,0 +1,132 @@
+//! The interposed calls on an in-process number, by number: each finds
+//! the [`Socket`] (`EBADF` if the number stopped being in-process
+//! meanwhile) and asks it. `lib.rs` calls these once [`super::is`] said
+//! the number is in-process.
+
+use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use libc::{c_int, iovec};
+
+use super::{epoll, iov, registry, setup, Socket};
+use crate::addr::SockAddr;
+use crate::ops::Res;
+
+/// The socket at `fd`.
+fn socket(fd: RawFd) -> Res<Arc<Socket>> {
+    registry::get(fd).ok_or(libc::EBADF)
+}
+
+/// `read`, `recv`, `recvfrom` (no address is given: a stream's sender
+/// has none).
+pub(crate) fn read(fd: RawFd, buf: &mut [u8], flags: c_int) -> Res<usize> {
+    socket(fd)?.read(buf, flags)
+}
+
+/// `write`, `send`, `sendto` (an address is ignored, as TCP's).
+pub(crate) fn write(fd: RawFd, buf: &[u8], flags: c_int) -> Res<usize> {
+    socket(fd)?.write(buf, flags)
+}
+
+/// `readv`, `recvmsg`: a read scattered into the iovecs.
+///
+/// # Safety
+/// `iov` is null or valid for `count` iovecs, each valid for writes of
+/// its length.
+pub(crate) unsafe fn readv(fd: RawFd, iov: *const iovec, count: usize, flags: c_int) -> Res<usize> {
+    let socket = socket(fd)?;
+    // SAFETY: as the caller guarantees.
+    let room = unsafe { iov::room(iov, count)? };
+    let mut buf = vec![0u8; room];
+    let got = socket.read(&mut buf, flags)?;
+    // SAFETY: as the caller guarantees.
+    unsafe { iov::scatter(iov, count, &buf[..got])? };
+    Ok(got)
+}
+
+/// `writev`, `sendmsg`: the iovecs gathered into one write.
+///
+/// # Safety
+/// `iov` is null or valid for `count` iovecs, each valid for reads of its
+/// length.
+pub(crate) unsafe fn writev(
+    fd: RawFd,
+    iov: *const iovec,
+    count: usize,
+    flags: c_int,
+) -> Res<usize> {
+    let socket = socket(fd)?;
+    // SAFETY: as the caller guarantees.
+    let data = unsafe { iov::gather(iov, count)? };
+    socket.write(&data, flags)
+}
+
+/// `accept`, `accept4`: the new number and the peer's address.
+pub(crate) fn accept(fd: RawFd, flags: c_int) -> Res<(RawFd, SockAddr)> {
+    setup::accept(&*socket(fd)?, flags)
+}
+
+/// `connect` on a socket in-process already.
+pub(crate) fn connect(fd: RawFd) -> Res<c_int> {
+    socket(fd)?.connect_again()
+}
+
+/// `listen` on a socket in-process already: a listener listens (its
+/// backlog stays), a stream cannot.
+pub(crate) fn listen(fd: RawFd) -> Res<c_int> {
+    match socket(fd)?.listens() {
+        true => Ok(0),
+        false => Err(libc::EINVAL),
+    }
+}
+
+/// `shutdown`.
+pub(crate) fn shutdown(fd: RawFd, how: c_int) -> Res<c_int> {
+    socket(fd)?.shutdown(how).map(|()| 0)
+}
+
+/// `getsockname` (`peer` false), `getpeername` (`peer` true).
+pub(crate) fn name(fd: RawFd, peer: bool) -> Res<SockAddr> {
+    socket(fd)?.name(peer)
+}
+
+/// `getsockopt`: the value's bytes.
+pub(crate) fn getsockopt(fd: RawFd, level: c_int, name: c_int) -> Res<Vec<u8>> {
+    socket(fd)?.getsockopt(level, name)
+}
+
+/// `setsockopt`.
+pub(crate) fn setsockopt(fd: RawFd, level: c_int, name: c_int, value: &[u8]) -> Res<c_int> {
+    socket(fd)?.setsockopt(level, name, value).map(|()| 0)
+}
+
+/// `fcntl(F_GETFL)`: the file's flags (`flags`, as the kernel gave them
+/// for the eventfd) with the socket's own `O_NONBLOCK`.
+pub(crate) fn get_flags(fd: RawFd, flags: c_int) -> Res<c_int> {
+    let nonblock = socket(fd)?.nonblock();
+    Ok((flags & !libc::O_NONBLOCK) | if nonblock { libc::O_NONBLOCK } else { 0 })
+}
+
+/// `fcntl(F_SETFL)`, `ioctl(FIONBIO)`: the socket's `O_NONBLOCK` (the
+/// other flags a socket takes, `O_ASYNC` and the like, are not kept).
+pub(crate) fn set_nonblock(fd: RawFd, on: bool) -> Res<c_int> {
+    socket(fd)?.set_nonblock(on);
+    Ok(0)
+}
+
+/// `close`: the number no longer means the socket; what it meant is
+/// returned, to be dropped once the number is closed (the last number's
+/// drop closes the flow).
+pub(crate) fn close(fd: RawFd) -> Option<Arc<Socket>> {
+    epoll::closing(fd);
+    registry::remove(fd)
+}
+
+/// After a successful copy of `old` to `new`: see [`registry::copy`]
+/// (`new`'s epoll registrations, made on what it was, go).
+pub(crate) fn copied(old: RawFd, new: RawFd) {
+    if old != new && registry::is(new) {
+        epoll::closing(new);
+    }
+    drop(registry::copy(old, new));
+}

@@ -1,0 +1,216 @@
+//! The process's one engine: made at the first in-process `connect` or
+//! `bind`, remembered when it could not be made (every later socket takes
+//! the daemon path at once), and forgotten, never dropped, in a forked
+//! child.
+
+use std::net::SocketAddrV4;
+use std::sync::{Mutex, MutexGuard, Once, PoisonError};
+use std::time::{Duration, Instant};
+
+use sal::Locator;
+use sal_control::{Request, Response};
+use sal_inproc::{Config, Runtime};
+use socket_shim::ControlClient;
+
+/// What the process has: nothing tried yet, an engine, or a failure.
+enum State {
+    Untried,
+    Ready(Runtime),
+    Failed,
+}
+
+/// The engine, and the process it belongs to (a forked child finds its
+/// parent's here and must not touch it).
+struct Slot {
+    pid: u32,
+    state: State,
+}
+
+static SLOT: Mutex<Slot> = Mutex::new(Slot {
+    pid: 0,
+    state: State::Untried,
+});
+
+/// The slot, locked, with a parent's engine forgotten if this is a forked
+/// child (see [`forget_inherited`]).
+fn slot() -> MutexGuard<'static, Slot> {
+    let mut slot = SLOT.lock().unwrap_or_else(PoisonError::into_inner);
+    forget_inherited(&mut slot);
+    slot
+}
+
+/// In a forked child, the parent's engine is leaked: its lock may be
+/// held by a thread the child does not have, and dropping it would close
+/// descriptors and join threads that are not the child's. Its UDP socket
+/// is closed (the child must not hold the port; the engine's other copies
+/// of it and its timerfd are left, unread).
+fn forget_inherited(slot: &mut Slot) {
+    let pid = std::process::id();
+    if slot.pid == pid {
+        return;
+    }
+    if let State::Ready(runtime) = std::mem::replace(&mut slot.state, State::Untried) {
+        let udp = std::os::fd::AsRawFd::as_raw_fd(&runtime.udp_fd());
+        std::mem::forget(runtime);
+        // SAFETY: no pointers; the child's copy of a socket nothing in
+        // the child will use again (the runtime holding it is leaked).
+        unsafe { crate::real::close(udp) };
+    }
+    slot.pid = pid;
+}
+
+/// The process's engine, made now if this is the first call (and the
+/// last one did not fail); `None` when there is none to be had: the
+/// caller takes the daemon path.
+pub(crate) fn runtime() -> Option<Runtime> {
+    let mut slot = slot();
+    match &slot.state {
+        State::Ready(runtime) => return Some(runtime.clone()),
+        State::Failed => return None,
+        State::Untried => {}
+    }
+    register_fork_handlers();
+    register_exit_handler();
+    match make() {
+        Some(runtime) => {
+            slot.state = State::Ready(runtime.clone());
+            Some(runtime)
+        }
+        None => {
+            slot.state = State::Failed;
+            None
+        }
+    }
+}
+
+/// The engine if this process has one already (for `poll`, which drives
+/// it but never makes one).
+pub(crate) fn existing() -> Option<Runtime> {
+    match &slot().state {
+        State::Ready(runtime) => Some(runtime.clone()),
+        _ => None,
+    }
+}
+
+/// Asks sald for its UDP locator and binds an engine beside it, if sald
+/// relays for programs (`--relays`: without it, sald neither routes a
+/// program's SYNs nor relays its listeners, so a connect to a service it
+/// forwards would fail with no route where the daemon path reaches it).
+/// A sald that does not say (one from before the `relays` field) counts
+/// as one that does not relay.
+fn make() -> Option<Runtime> {
+    let path = socket_shim::control_path();
+    let mut control = ControlClient::connect_to(&path).ok()?;
+    let reply = control.request(&Request::ListInterfaces).ok()?;
+    drop(control);
+    let Response::Interfaces {
+        interfaces,
+        relays: true,
+    } = reply.response
+    else {
+        return None;
+    };
+    let sald = interfaces
+        .iter()
+        .find_map(|interface| match interface.locator {
+            Locator::Udp(addr) if interface.up => Some(addr),
+            _ => None,
+        })?;
+    let config =
+        Config::new(SocketAddrV4::new(*sald.ip(), 0), Locator::Udp(sald)).with_sald_resolver(&path);
+    Runtime::bind(config).ok()
+}
+
+/// How long the process's exit waits for its flows to end at most (their
+/// queued bytes and end of stream delivered), as the kernel goes on
+/// sending a closed socket's bytes after its process is gone.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// How long the host must have sent and received nothing for the exit to
+/// take its flows for done (the engine does not tell whether a closing
+/// flow's bytes are all acknowledged; closed flows stay in the host for a
+/// while after that).
+const QUIET: Duration = Duration::from_millis(200);
+
+/// Registers [`on_exit`] once.
+fn register_exit_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: a plain `extern "C" fn()` that lives as long as the
+        // process.
+        unsafe { libc::atexit(on_exit) };
+    });
+}
+
+/// At `exit`: closes every in-process socket (as the kernel closes a
+/// dying process's descriptors: a stream's queued bytes and end of
+/// stream still go, a listener's unaccepted flows are reset), then
+/// drives the host until it holds no flow, or has been [`QUIET`], for
+/// [`LINGER`] at most. Without it, bytes a server wrote just before it
+/// exits would never reach its client.
+extern "C" fn on_exit() {
+    let _ = std::panic::catch_unwind(|| {
+        let Some(runtime) = existing() else {
+            return;
+        };
+        drop(super::registry::drain());
+        let deadline = Instant::now() + LINGER;
+        let _inside = runtime.enter();
+        let traffic = |runtime: &Runtime| {
+            let stats = runtime.host_stats();
+            stats.packets_in + stats.packets_out
+        };
+        let (mut seen, mut since) = (traffic(&runtime), Instant::now());
+        while runtime.flow_count() > 0 && Instant::now() < deadline {
+            let mut set = runtime.wait_fds().map(|fd| libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            // SAFETY: `set` is a valid array of its length.
+            unsafe { crate::real::poll(set.as_mut_ptr(), set.len() as libc::nfds_t, 10) };
+            let _ = runtime.drive();
+            let now = traffic(&runtime);
+            if now != seen {
+                (seen, since) = (now, Instant::now());
+            } else if since.elapsed() >= QUIET {
+                break;
+            }
+        }
+    });
+}
+
+thread_local! {
+    static FORK_GUARD: std::cell::RefCell<Option<MutexGuard<'static, Slot>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Registers [`fork_prepare`] and [`fork_release`] once. Registered after
+/// the table's handlers (which every socket call registers first), so
+/// that `fork` takes this lock first and the registry's next: the
+/// engine's making may take the table's lock, never the other way round.
+fn register_fork_handlers() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: plain `extern "C" fn()`s that live as long as the
+        // process.
+        unsafe {
+            libc::pthread_atfork(Some(fork_prepare), Some(fork_release), Some(fork_release));
+        }
+    });
+}
+
+/// Holds the slot's and the registry's locks across `fork`, so that the
+/// child never inherits them held by a thread it does not have.
+extern "C" fn fork_prepare() {
+    let guard = SLOT.lock().unwrap_or_else(PoisonError::into_inner);
+    let _ = FORK_GUARD.try_with(|held| *held.borrow_mut() = Some(guard));
+    super::registry::fork_prepare();
+}
+
+/// Lets both locks go (in the parent and in the child: the child's
+/// engine is forgotten at its next use, see [`forget_inherited`]).
+extern "C" fn fork_release() {
+    super::registry::fork_release();
+    let _ = FORK_GUARD.try_with(|held| held.borrow_mut().take());
+}

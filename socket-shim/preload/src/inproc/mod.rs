@@ -1,0 +1,110 @@
+//! The in-process mode (`serval-run --in-process`, `SERVAL_SHIM_INPROC=1`;
+//! `docs/in-process-sal.md`, stage 3b, first slice): the program's stream
+//! sockets run on a SAL host inside the program ([`sal_inproc::Runtime`],
+//! on its own UDP socket), so that `connect`, `accept`, `read` and `write`
+//! cost no wake-up of sald or of a thread in another process. Off unless
+//! the environment asks for it when the library is loaded: without it,
+//! nothing here runs and every socket takes the daemon path.
+//!
+//! # What goes in-process
+//!
+//! A stream socket (`AF_SERVAL` `SOCK_STREAM`, or an inet-mode TCP socket
+//! to or on a mapped port) keeps the daemon design's placeholder until it
+//! connects or listens:
+//!
+//! - `connect` opens the flow with [`sal_inproc::Runtime::connect`]
+//!   (blocking, non-blocking with `EINPROGRESS`, or until `SO_SNDTIMEO`);
+//! - `bind` registers the prefix with sald as a relay (`Request::Relay`,
+//!   the engine's UDP socket as proof), so that `EADDRINUSE` still comes
+//!   from `bind`, and keeps that control connection open for as long as
+//!   the socket lives (its end ends the relay); `listen` then makes the
+//!   engine's listener. A refusal other than `EADDRINUSE` gets a daemon
+//!   listener instead, as without this mode.
+//!
+//! The engine is made at the first such call ([`runtime`]): it asks sald
+//! for its UDP locator (`ListInterfaces`), binds its socket on that
+//! address (port 0), routes every SYN there and resolves through sald
+//! (cached resolution), if sald says it relays (the `relays` field of
+//! its `Interfaces` answer): without `--relays`, sald neither routes a
+//! program's SYNs nor relays its listeners. If there is no such locator,
+//! no relaying, or anything fails, the process remembers it and every
+//! socket takes the daemon path.
+//!
+//! # Descriptors
+//!
+//! The program's number becomes a duplicate of the object's readable
+//! eventfd (never the engine's own, which it reuses after a close), so
+//! `poll`, `select` and `epoll` see `POLLIN` natively. Which numbers are
+//! in-process, and what each means, is the [`registry`]'s: copies made
+//! with `dup`, `dup2`, `dup3` and `fcntl(F_DUPFD)` share one [`Socket`],
+//! whose flow closes when the last number closes. The socket's
+//! `O_NONBLOCK` is the shim's (the eventfd's file status flags are the
+//! engine's and must stay non-blocking): `fcntl(F_GETFL/F_SETFL)` and
+//! `ioctl(FIONBIO)` answer from it. Numbers are close-on-exec: after
+//! `exec`, in-process sockets are gone (no hand-over to sald yet).
+//!
+//! # Waiting
+//!
+//! Calls that block wait inside the engine, which drives the host.
+//! `poll` and `ppoll` ([`poll`]) watch the object's writable eventfd for
+//! `POLLOUT` and drive the host themselves while they wait (the engine's
+//! UDP socket and timerfd join the set). epoll registrations of
+//! in-process numbers are recorded and removed when the number closes
+//! (the eventfd's file outlives it), and `EPOLLOUT` interest is carried
+//! by the writable eventfd under a tag that `epoll_wait` turns back
+//! ([`epoll`]); `epoll_wait` does not drive the host (the engine's driver
+//! thread does, after its 2 ms grace period). `select` and `pselect`
+//! go through the same `poll` when their sets hold an in-process number
+//! ([`select`]).
+//!
+//! # exit
+//!
+//! At `exit` (an `atexit` handler, see `engine`), every in-process socket
+//! is closed and the host driven until it holds no flow or has been
+//! quiet for 200 ms (2 s at most), as the kernel goes on sending a dying
+//! process's last bytes; a killed process's flows are simply gone (their
+//! peers time out).
+//!
+//! # fork
+//!
+//! A forked child never touches its parent's engine (its lock may be
+//! held by a thread that does not exist in the child): the runtime is
+//! forgotten (leaked, never dropped), every inherited in-process number
+//! fails with `ECONNRESET` (`close` works), and the child makes a fresh
+//! runtime for the sockets it makes. Handing the flows to sald at `fork`
+//! or `exec` (`Adopt`) is not done.
+
+pub(crate) mod calls;
+mod engine;
+pub(crate) mod epoll;
+mod iov;
+mod poll;
+mod registry;
+pub(crate) mod select;
+mod setup;
+mod socket;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+pub(crate) use engine::runtime;
+pub(crate) use poll::{concerns, poll};
+pub(crate) use registry::is;
+pub(crate) use setup::{connect, listen, relay, Before};
+pub(crate) use socket::Socket;
+
+/// The environment variable that turns the in-process mode on (`1`).
+pub(crate) const ENV: &str = "SERVAL_SHIM_INPROC";
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Reads [`ENV`] (at load time, while the environment is still the one
+/// `serval-run` set).
+pub(crate) fn on_load() {
+    let on = std::env::var_os(ENV).is_some_and(|value| value == "1");
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Whether the in-process mode is on for this process.
+pub(crate) fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}

@@ -1,0 +1,146 @@
+//! `poll` and `ppoll` over a set that holds in-process numbers. `POLLIN`
+//! watches the number itself (the object's readable eventfd); `POLLOUT`
+//! watches the stream's writable eventfd in its place, in a copy of the
+//! set, and is mapped back. While it waits the calling thread counts as
+//! inside the engine and watches its UDP socket and timerfd too, driving
+//! the host when they are readable, then looks again, until a descriptor
+//! of the program's is ready or the timeout passes. A signal ends the
+//! wait with `EINTR`, as the kernel's `poll` (never restarted).
+//!
+//! Not reported: `POLLHUP` and `POLLERR` of a reset or failed stream (it
+//! is readable and writable then, and the call that follows gets the
+//! error), but for a socket inherited across `fork` (reset: everything).
+
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libc::{c_int, c_short, pollfd};
+
+use super::engine;
+use super::{registry, Socket};
+use crate::ops::{last_errno, Res};
+use crate::real;
+
+/// What an entry of the copied set stands for.
+#[derive(Clone, Copy)]
+enum Role {
+    /// The program's own descriptor, as it gave it.
+    Direct(usize),
+    /// The readable eventfd of the program's entry: its `POLLIN`.
+    Readable(usize),
+    /// The writable eventfd of the program's entry: its `POLLOUT`.
+    Writable(usize),
+    /// The engine's UDP socket or timerfd: the host has work.
+    Engine,
+}
+
+const IN: c_short = libc::POLLIN | libc::POLLRDNORM;
+const OUT: c_short = libc::POLLOUT | libc::POLLWRNORM;
+
+/// Whether any of `fds` is an in-process number (lock-free).
+pub(crate) fn concerns(fds: &[pollfd]) -> bool {
+    fds.iter().any(|p| registry::is(p.fd))
+}
+
+/// `ppoll` of `fds` until `deadline` (`None`: no limit) with `sigmask`
+/// (null: the thread's own), for a set that holds in-process numbers:
+/// how many entries have events, as the kernel's.
+pub(crate) fn poll(
+    fds: &mut [pollfd],
+    deadline: Option<Instant>,
+    sigmask: *const libc::sigset_t,
+) -> Res<c_int> {
+    let mut set = Vec::with_capacity(fds.len() + 4);
+    let mut roles = Vec::with_capacity(fds.len() + 4);
+    // Held for the call: the eventfds in the set stay theirs meanwhile.
+    let mut held: Vec<Arc<Socket>> = Vec::new();
+    // Events known without looking (an inherited socket: reset).
+    let mut known: Vec<c_short> = vec![0; fds.len()];
+    let entry = |fd, events| pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
+    for (i, p) in fds.iter().enumerate() {
+        let Some(socket) = registry::get(p.fd) else {
+            set.push(entry(p.fd, p.events));
+            roles.push(Role::Direct(i));
+            continue;
+        };
+        if socket.inherited() {
+            known[i] = (p.events & (IN | OUT)) | libc::POLLERR | libc::POLLHUP;
+            continue;
+        }
+        if p.events & IN != 0 {
+            set.push(entry(p.fd, libc::POLLIN));
+            roles.push(Role::Readable(i));
+        }
+        if p.events & OUT != 0 {
+            if let Some(writable) = socket.writable_fd() {
+                set.push(entry(writable, libc::POLLIN));
+                roles.push(Role::Writable(i));
+            }
+        }
+        held.push(socket);
+    }
+    let runtime = (!held.is_empty()).then(engine::existing).flatten();
+    let _inside = runtime.as_ref().map(|runtime| runtime.enter());
+    if let Some(runtime) = &runtime {
+        for fd in runtime.wait_fds() {
+            set.push(entry(fd.as_raw_fd(), libc::POLLIN));
+            roles.push(Role::Engine);
+        }
+    }
+    // A last look without waiting once the deadline passed right after
+    // the host was driven.
+    let mut last_look = false;
+    loop {
+        let now = Instant::now();
+        let left = match known.iter().any(|&r| r != 0) {
+            true => Some(Duration::ZERO),
+            false => deadline.map(|at| at.saturating_duration_since(now)),
+        };
+        let timeout = left.map(|left| libc::timespec {
+            tv_sec: left.as_secs().min(i64::MAX as u64) as libc::time_t,
+            tv_nsec: left.subsec_nanos() as libc::c_long,
+        });
+        let at = timeout.as_ref().map_or(std::ptr::null(), |t| t as *const _);
+        // SAFETY: `set` is a valid array of its length, `at` null or a
+        // timespec that outlives the call, `sigmask` the caller's.
+        let n = unsafe { real::ppoll(set.as_mut_ptr(), set.len() as libc::nfds_t, at, sigmask) };
+        if n < 0 {
+            return Err(last_errno());
+        }
+        let mut revents = known.clone();
+        let mut engine_ready = false;
+        for (p, role) in set.iter_mut().zip(&roles) {
+            let got = std::mem::take(&mut p.revents);
+            if got == 0 {
+                continue;
+            }
+            match *role {
+                Role::Direct(i) => revents[i] |= got,
+                Role::Readable(i) => revents[i] |= fds[i].events & IN,
+                Role::Writable(i) => revents[i] |= fds[i].events & OUT,
+                Role::Engine => engine_ready = true,
+            }
+        }
+        let ready = revents.iter().filter(|&&r| r != 0).count();
+        if engine_ready {
+            if let Some(runtime) = &runtime {
+                // A failure here is the socket's, and the next call on
+                // the stream that needs the host reports it.
+                let _ = runtime.drive();
+            }
+        }
+        let expired = deadline.is_some_and(|at| at <= Instant::now());
+        if ready > 0 || (expired && (!engine_ready || last_look)) {
+            for (p, r) in fds.iter_mut().zip(revents) {
+                p.revents = r;
+            }
+            return Ok(ready as c_int);
+        }
+        last_look = expired;
+    }
+}

@@ -1,0 +1,226 @@
+//! Where a socket becomes in-process: `connect`, `bind` (the relay) and
+//! `listen` put the engine's object at the program's number; `accept`
+//! makes a number for each flow. Each says `None` when the daemon path
+//! must take the call instead (no engine, sald without relays).
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::time::Instant;
+
+use libc::c_int;
+use sal::table::ListenerId;
+use sal::{ServiceId, ServicePrefix};
+use sal_control::{Request, Response};
+use sal_inproc::{Error, Mode};
+use socket_shim::ControlClient;
+
+use super::socket::{errno, Object};
+use super::{enabled, registry, runtime, Socket};
+use crate::addr::SockAddr;
+use crate::ops::{last_errno, Res};
+use crate::real;
+use crate::timeout::{self, Timeout};
+
+/// What the program set on a socket before it became in-process (on the
+/// placeholder, or the kernel's TCP socket inet mode watched).
+#[derive(Default)]
+pub(crate) struct Before {
+    /// Its `O_NONBLOCK`.
+    pub nonblock: bool,
+    /// Socket-level options (name, value).
+    pub options: Vec<(c_int, Vec<u8>)>,
+    /// Its epoll registrations, added again for the new file.
+    pub epoll: Vec<(RawFd, libc::epoll_event)>,
+}
+
+impl Before {
+    /// The socket-level option `name`, as the program set it.
+    fn option(&self, name: c_int) -> Option<&[u8]> {
+        let (_, value) = self.options.iter().find(|(n, _)| *n == name)?;
+        Some(value)
+    }
+
+    /// The options as a [`Socket`] keeps them.
+    fn leveled(&self) -> Vec<(c_int, c_int, Vec<u8>)> {
+        let options = self.options.iter();
+        options
+            .map(|(name, value)| (libc::SOL_SOCKET, *name, value.clone()))
+            .collect()
+    }
+}
+
+/// `connect` of the stream socket `fd` (made with `family`, appearing at
+/// `local`) to `service` (the program's address for it: `peer`), in
+/// process; `None`: the daemon path's. Blocking: waits for the outcome
+/// (up to `SO_SNDTIMEO`, then `EINPROGRESS` as TCP's), and a failure
+/// leaves the socket as it was. Non-blocking: `EINPROGRESS`, the outcome
+/// shows in `poll`'s `POLLOUT` and `SO_ERROR`.
+pub(crate) fn connect(
+    fd: RawFd,
+    family: c_int,
+    local: SockAddr,
+    peer: SockAddr,
+    service: ServiceId,
+    before: Before,
+) -> Option<Res<c_int>> {
+    if !enabled() || !registry::fits(fd) {
+        return None;
+    }
+    let runtime = runtime()?;
+    let stream = match runtime.connect(service, Mode::NonBlocking) {
+        Ok(stream) => stream,
+        Err(error) => return Some(Err(errno(&error))),
+    };
+    let hz = timeout::kernel_hz();
+    let limit = (before.option(libc::SO_SNDTIMEO))
+        .and_then(|value| Timeout::from_option(value, hz)?.limit(hz));
+    let pending = match (before.nonblock, limit) {
+        (true, _) => true,
+        (false, limit) => {
+            let mode = limit.map_or(Mode::Blocking, |limit| Mode::Until(Instant::now() + limit));
+            match stream.finish_connect(mode) {
+                Ok(()) => false,
+                Err(Error::WouldBlock) => true,
+                Err(error) => return Some(Err(errno(&error))),
+            }
+        }
+    };
+    let options = before.leveled();
+    let socket = Socket::new(
+        Object::Stream(stream),
+        family,
+        local,
+        Some(peer),
+        before.nonblock,
+        options,
+    );
+    if pending {
+        socket.set_untold();
+    }
+    if let Err(errno) = install(fd, Arc::new(socket), &before.epoll) {
+        return Some(Err(errno));
+    }
+    Some(match pending {
+        true => Err(libc::EINPROGRESS),
+        false => Ok(0),
+    })
+}
+
+/// `bind` of a stream socket to `prefix`, in process: sald relays the
+/// prefix's SYNs to the engine (`Request::Relay`, the engine's UDP socket
+/// as proof), on the control connection returned, which must live as long
+/// as the socket. `EADDRINUSE` when sald says so; `None` when it refuses
+/// for any other reason (relays off, no UDP): the daemon path binds.
+pub(crate) fn relay(prefix: ServicePrefix) -> Option<Res<(ControlClient, ListenerId)>> {
+    if !enabled() {
+        return None;
+    }
+    let runtime = runtime()?;
+    let mut control = ControlClient::connect().ok()?;
+    let request = Request::Relay {
+        prefix,
+        locator: None,
+    };
+    match control.request_with_fd(&request, runtime.udp_fd()) {
+        Ok(reply) => match reply.response {
+            Response::Relaying { listener, .. } => Some(Ok((control, listener))),
+            _ => None,
+        },
+        Err(error) if error.errno() == libc::EADDRINUSE => Some(Err(libc::EADDRINUSE)),
+        Err(_) => None,
+    }
+}
+
+/// `listen` of the socket `fd`, bound to `prefix` through `relay` (see
+/// [`relay`]): the engine's listener takes the number.
+pub(crate) fn listen(
+    fd: RawFd,
+    family: c_int,
+    local: SockAddr,
+    prefix: ServicePrefix,
+    relay: ControlClient,
+    backlog: c_int,
+    before: Before,
+) -> Res<()> {
+    if !registry::fits(fd) {
+        return Err(libc::EMFILE);
+    }
+    let runtime = runtime().ok_or(libc::EINVAL)?;
+    // As Linux: a negative backlog (or one past it) is `somaxconn`.
+    let backlog = usize::try_from(backlog).map_or(4096, |b| b.clamp(1, 4096));
+    let listener = runtime.listen(prefix, backlog).map_err(|e| errno(&e))?;
+    let object = Object::Listener {
+        listener,
+        _relay: relay,
+    };
+    let options = before.leveled();
+    let socket = Socket::new(object, family, local, None, before.nonblock, options);
+    install(fd, Arc::new(socket), &before.epoll)
+}
+
+/// `accept` (`flags`: `SOCK_NONBLOCK`, `SOCK_CLOEXEC`) on the in-process
+/// listener `listener`: the new number (the lowest free, as the kernel's)
+/// and the peer's address.
+pub(crate) fn accept(listener: &Socket, flags: c_int) -> Res<(RawFd, SockAddr)> {
+    if flags & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) != 0 {
+        return Err(libc::EINVAL);
+    }
+    let stream = listener.accept()?;
+    let readable = stream.readable_fd().as_raw_fd();
+    // SAFETY: no pointers; a copy of the stream's eventfd for the program.
+    let fd = unsafe { real::fcntl(readable, libc::F_DUPFD_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(last_errno());
+    }
+    let peer = listener.accepted_peer();
+    let nonblock = flags & libc::SOCK_NONBLOCK != 0;
+    let object = Object::Stream(stream);
+    let socket = Socket::new(
+        object,
+        listener.family(),
+        listener.name(false)?,
+        Some(peer),
+        nonblock,
+        Vec::new(),
+    );
+    match registry::insert(fd, Arc::new(socket)) {
+        Ok(old) => {
+            drop(old);
+            Ok((fd, peer))
+        }
+        Err(socket) => {
+            // SAFETY: no pointers; the copy just made, nobody else's.
+            unsafe { real::close(fd) };
+            drop(socket);
+            Err(libc::EMFILE)
+        }
+    }
+}
+
+/// Puts `socket` at the program's number `fd`: registered first (so that
+/// calls on `fd` reach it from now on), then its readable eventfd's copy
+/// replaces the placeholder (or the kernel's socket) and the number's
+/// daemon-path entry goes. The program's epoll registrations of the old
+/// file are made again on the new one.
+fn install(fd: RawFd, socket: Arc<Socket>, epoll: &[(RawFd, libc::epoll_event)]) -> Res<()> {
+    let readable = socket.readable_fd().ok_or(libc::EIO)?;
+    let replaced = registry::insert(fd, Arc::clone(&socket)).map_err(|_| libc::EMFILE)?;
+    drop(replaced);
+    let mut table = crate::table::lock();
+    // SAFETY: no pointers; `fd` is the program's socket the table says is
+    // ours to replace, `readable` the socket's eventfd, held by `socket`.
+    if unsafe { real::dup3(readable, fd, libc::O_CLOEXEC) } < 0 {
+        let errno = last_errno();
+        drop(table);
+        drop(registry::remove(fd));
+        return Err(errno);
+    }
+    let old = table.remove(fd);
+    drop(table);
+    drop(old);
+    for (epfd, event) in epoll {
+        // A set the program closed meanwhile refuses it: nothing to add.
+        let _ = super::epoll::ctl(*epfd, libc::EPOLL_CTL_ADD, fd, Some(*event));
+    }
+    Ok(())
+}

@@ -1,0 +1,396 @@
+//! One in-process socket as the program sees it: the engine's stream or
+//! listener, and what the socket layer keeps beside it (`O_NONBLOCK`,
+//! timeouts, options, names, whether a background connect's success was
+//! told). Every socket call on an in-process number lands here.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use libc::c_int;
+use sal_inproc::{Error, Listener, Mode, Stream};
+use socket_shim::ControlClient;
+
+use crate::addr::{self, SockAddr};
+use crate::ops::Res;
+use crate::timeout::{self, Timeout};
+
+/// The engine's object behind a socket.
+pub(crate) enum Object {
+    /// A connected (or connecting) stream.
+    Stream(Stream),
+    /// A listener, with the control connection that keeps sald relaying
+    /// its prefix here (closing it ends the relay).
+    Listener {
+        /// The engine's listener.
+        listener: Listener,
+        /// sald's relay of the prefix, ended when this closes (only held).
+        _relay: ControlClient,
+    },
+}
+
+/// An in-process socket, shared by the numbers that copy it.
+pub(crate) struct Socket {
+    /// Always there until dropped; leaked, not dropped, in a forked child
+    /// (see [`Socket::owner`]).
+    object: Option<Object>,
+    /// The process whose engine holds the object: in any other (a forked
+    /// child) the socket is reset and the object never touched.
+    owner: u32,
+    /// The family the program made the socket with.
+    family: c_int,
+    /// `getsockname`'s answer.
+    local: SockAddr,
+    /// `getpeername`'s answer (none for a listener).
+    peer: Option<SockAddr>,
+    /// The socket's `O_NONBLOCK`, kept here: the eventfd's own flag is
+    /// the engine's.
+    nonblock: AtomicBool,
+    /// Options the program set, by level and name, for `getsockopt`.
+    options: Mutex<Vec<(c_int, c_int, Vec<u8>)>>,
+    /// A non-blocking connect returned `EINPROGRESS` and no `connect`
+    /// has said it completed: the next one returns 0, as TCP's.
+    untold: AtomicBool,
+    /// The connect's error was reported (`SO_ERROR`, `connect`): once.
+    error_told: AtomicBool,
+    /// `shutdown(SHUT_RD)`: reads find end of file.
+    read_shut: AtomicBool,
+}
+
+/// The errno of an engine error, as the daemon path reports the same
+/// failure: no route to a service is `EHOSTUNREACH` there (the engine
+/// says `ENETUNREACH`).
+pub(crate) fn errno(error: &Error) -> c_int {
+    match error {
+        Error::NoRoute => libc::EHOSTUNREACH,
+        error => error.errno(),
+    }
+}
+
+impl Socket {
+    /// A socket over `object`, made by this process.
+    pub(crate) fn new(
+        object: Object,
+        family: c_int,
+        local: SockAddr,
+        peer: Option<SockAddr>,
+        nonblock: bool,
+        options: Vec<(c_int, c_int, Vec<u8>)>,
+    ) -> Socket {
+        Socket {
+            object: Some(object),
+            owner: std::process::id(),
+            family,
+            local,
+            peer,
+            nonblock: AtomicBool::new(nonblock),
+            options: Mutex::new(options),
+            untold: AtomicBool::new(false),
+            error_told: AtomicBool::new(false),
+            read_shut: AtomicBool::new(false),
+        }
+    }
+
+    /// The object, unless this process is not the one that made it (a
+    /// forked child: `ECONNRESET`).
+    fn object(&self) -> Res<&Object> {
+        match &self.object {
+            Some(object) if self.owner == std::process::id() => Ok(object),
+            _ => Err(libc::ECONNRESET),
+        }
+    }
+
+    /// The stream (`ENOTCONN` on a listener).
+    fn stream(&self) -> Res<&Stream> {
+        match self.object()? {
+            Object::Stream(stream) => Ok(stream),
+            Object::Listener { .. } => Err(libc::ENOTCONN),
+        }
+    }
+
+    /// Whether the socket is the listener of a process that is not this
+    /// one, or a stream there: reset either way.
+    pub(crate) fn inherited(&self) -> bool {
+        self.owner != std::process::id()
+    }
+
+    /// Whether the socket listens.
+    pub(crate) fn listens(&self) -> bool {
+        matches!(self.object, Some(Object::Listener { .. }))
+    }
+
+    /// The engine's writable eventfd of a stream of this process (for
+    /// `poll`'s `POLLOUT`): valid while the socket is held.
+    pub(crate) fn writable_fd(&self) -> Option<RawFd> {
+        match self.object().ok()? {
+            Object::Stream(stream) => Some(stream.writable_fd().as_raw_fd()),
+            Object::Listener { .. } => None,
+        }
+    }
+
+    /// The engine's readable eventfd of this process's object, to
+    /// duplicate at the program's number.
+    pub(crate) fn readable_fd(&self) -> Option<RawFd> {
+        Some(match self.object().ok()? {
+            Object::Stream(stream) => stream.readable_fd().as_raw_fd(),
+            Object::Listener { listener, .. } => listener.readable_fd().as_raw_fd(),
+        })
+    }
+
+    /// Marks a non-blocking connect that returned `EINPROGRESS`.
+    pub(crate) fn set_untold(&self) {
+        self.untold.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the socket is non-blocking.
+    pub(crate) fn nonblock(&self) -> bool {
+        self.nonblock.load(Ordering::Relaxed)
+    }
+
+    /// Sets `O_NONBLOCK` (`fcntl(F_SETFL)`, `ioctl(FIONBIO)`).
+    pub(crate) fn set_nonblock(&self, on: bool) {
+        self.nonblock.store(on, Ordering::Relaxed);
+    }
+
+    /// The family the program made the socket with.
+    pub(crate) fn family(&self) -> c_int {
+        self.family
+    }
+
+    /// `getsockname` (`peer` false) or `getpeername` (`peer` true).
+    pub(crate) fn name(&self, peer: bool) -> Res<SockAddr> {
+        match peer {
+            false => Ok(self.local),
+            true => self.peer.ok_or(libc::ENOTCONN),
+        }
+    }
+
+    /// How a call with `flags` waits: `O_NONBLOCK` or `MSG_DONTWAIT` not
+    /// at all, else up to the timeout option `name` (`SO_RCVTIMEO`,
+    /// `SO_SNDTIMEO`), else until done.
+    fn mode(&self, flags: c_int, name: c_int) -> Mode {
+        if self.nonblock() || flags & libc::MSG_DONTWAIT != 0 {
+            return Mode::NonBlocking;
+        }
+        match self.timeout(name) {
+            Some(limit) => Mode::Until(Instant::now() + limit),
+            None => Mode::Blocking,
+        }
+    }
+
+    /// The timeout option `name` as the kernel counts it, if one is set.
+    fn timeout(&self, name: c_int) -> Option<Duration> {
+        let options = self.options.lock().unwrap_or_else(PoisonError::into_inner);
+        let (_, _, value) = options
+            .iter()
+            .find(|(level, n, _)| *level == libc::SOL_SOCKET && *n == name)?;
+        let hz = timeout::kernel_hz();
+        Timeout::from_option(value, hz)?.limit(hz)
+    }
+
+    /// `read`, `recv`, `recvfrom`, `recvmsg`, `readv` into `buf`.
+    pub(crate) fn read(&self, buf: &mut [u8], flags: c_int) -> Res<usize> {
+        if flags & libc::MSG_PEEK != 0 || flags & libc::MSG_OOB != 0 {
+            return Err(libc::EOPNOTSUPP);
+        }
+        let stream = self.stream()?;
+        if buf.is_empty() || self.read_shut.load(Ordering::Relaxed) {
+            return Ok(0);
+        }
+        let mode = self.mode(flags, libc::SO_RCVTIMEO);
+        let mut got = stream.read(buf, mode).map_err(|e| errno(&e))?;
+        if flags & libc::MSG_WAITALL != 0 && mode == Mode::Blocking {
+            while got > 0 && got < buf.len() {
+                match stream.read(&mut buf[got..], mode) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got += n,
+                }
+            }
+        }
+        Ok(got)
+    }
+
+    /// `write`, `send`, `sendto`, `sendmsg`, `writev` of `buf`; `EPIPE`
+    /// raises `SIGPIPE` unless `MSG_NOSIGNAL`, as TCP's.
+    pub(crate) fn write(&self, buf: &[u8], flags: c_int) -> Res<usize> {
+        if flags & libc::MSG_OOB != 0 {
+            return Err(libc::EOPNOTSUPP);
+        }
+        let result = match self.object() {
+            Ok(Object::Stream(stream)) => {
+                if buf.is_empty() {
+                    return Ok(0);
+                }
+                let mode = self.mode(flags, libc::SO_SNDTIMEO);
+                stream.write(buf, mode).map_err(|e| errno(&e))
+            }
+            Ok(Object::Listener { .. }) => Err(libc::EPIPE),
+            Err(errno) => Err(errno),
+        };
+        if result == Err(libc::EPIPE) && flags & libc::MSG_NOSIGNAL == 0 {
+            // SAFETY: no pointers; the calling thread signals itself, as
+            // the kernel does on a write to a closed stream.
+            unsafe { libc::pthread_kill(libc::pthread_self(), libc::SIGPIPE) };
+        }
+        result
+    }
+
+    /// `accept`: the next flow, as an engine stream.
+    pub(crate) fn accept(&self) -> Res<Stream> {
+        match self.object()? {
+            Object::Listener { listener, .. } => listener
+                .accept(self.mode(0, libc::SO_RCVTIMEO))
+                .map_err(|e| errno(&e)),
+            Object::Stream(_) => Err(libc::EINVAL),
+        }
+    }
+
+    /// The peer address an accepted flow shows (the service for
+    /// `AF_SERVAL`, an unspecified address for inet mode: the engine does
+    /// not tell the peer's locator).
+    pub(crate) fn accepted_peer(&self) -> SockAddr {
+        match self.family {
+            addr::AF_SERVAL => self.local,
+            family => addr::inet_peer(None, 0, family),
+        }
+    }
+
+    /// `shutdown`.
+    pub(crate) fn shutdown(&self, how: c_int) -> Res<()> {
+        if !matches!(how, libc::SHUT_RD | libc::SHUT_WR | libc::SHUT_RDWR) {
+            return Err(libc::EINVAL);
+        }
+        let stream = match self.object()? {
+            Object::Stream(stream) => stream,
+            Object::Listener { .. } if how == libc::SHUT_WR => return Err(libc::ENOTCONN),
+            Object::Listener { .. } => return Ok(()),
+        };
+        if how != libc::SHUT_WR {
+            self.read_shut.store(true, Ordering::Relaxed);
+        }
+        if how != libc::SHUT_RD {
+            match stream.shutdown_write() {
+                Ok(()) | Err(Error::SendClosed) => {}
+                Err(error) => return Err(errno(&error)),
+            }
+        }
+        Ok(())
+    }
+
+    /// `connect` on a socket that is in-process already: as TCP's, a
+    /// connect completed in the background is told once (0), then
+    /// `EISCONN`; one still in flight is `EALREADY`, or waited for by a
+    /// blocking call; a failed one's error is reported once.
+    pub(crate) fn connect_again(&self) -> Res<c_int> {
+        let stream = match self.object()? {
+            Object::Stream(stream) => stream,
+            Object::Listener { .. } => return Err(libc::EISCONN),
+        };
+        let mode = match self.nonblock() {
+            true => Mode::NonBlocking,
+            false => self.mode(0, libc::SO_SNDTIMEO),
+        };
+        match stream.finish_connect(mode) {
+            Ok(()) if self.untold.swap(false, Ordering::Relaxed) => Ok(0),
+            Ok(()) => Err(libc::EISCONN),
+            Err(Error::WouldBlock) if mode == Mode::NonBlocking => Err(libc::EALREADY),
+            Err(Error::WouldBlock) => Err(libc::EINPROGRESS),
+            Err(error) => Err(self.tell(&error)),
+        }
+    }
+
+    /// The error of a failed connect, reported once; later calls get
+    /// `ECONNRESET` (TCP's socket would be unconnected again and could
+    /// connect anew: not in this slice).
+    fn tell(&self, error: &Error) -> c_int {
+        match self.error_told.swap(true, Ordering::Relaxed) {
+            false => errno(error),
+            true => libc::ECONNRESET,
+        }
+    }
+
+    /// `SO_ERROR`: the connect's error, once; 0 while it is in flight or
+    /// done.
+    fn so_error(&self) -> c_int {
+        let stream = match self.object() {
+            Ok(Object::Stream(stream)) => stream,
+            Ok(Object::Listener { .. }) => return 0,
+            Err(errno) => return errno,
+        };
+        match stream.finish_connect(Mode::NonBlocking) {
+            Ok(()) | Err(Error::WouldBlock) => 0,
+            Err(error) if !self.error_told.swap(true, Ordering::Relaxed) => errno(&error),
+            Err(_) => 0,
+        }
+    }
+
+    /// `getsockopt`: the value's bytes (an int unless the option is a
+    /// timeout).
+    pub(crate) fn getsockopt(&self, level: c_int, name: c_int) -> Res<Vec<u8>> {
+        let int = |value: c_int| Ok(value.to_ne_bytes().to_vec());
+        if level == libc::SOL_SOCKET {
+            match name {
+                libc::SO_ERROR => return int(self.so_error()),
+                libc::SO_TYPE => return int(libc::SOCK_STREAM),
+                libc::SO_DOMAIN => return int(self.family),
+                libc::SO_PROTOCOL => {
+                    return int(match self.family {
+                        addr::AF_SERVAL => 0,
+                        _ => libc::IPPROTO_TCP,
+                    })
+                }
+                libc::SO_ACCEPTCONN => return int(c_int::from(self.listens())),
+                _ => {}
+            }
+        } else if !known_level(level) {
+            return Err(libc::ENOPROTOOPT);
+        }
+        let options = self.options.lock().unwrap_or_else(PoisonError::into_inner);
+        match options.iter().find(|(l, n, _)| *l == level && *n == name) {
+            Some((_, _, value)) => Ok(value.clone()),
+            None if matches!(name, libc::SO_RCVTIMEO | libc::SO_SNDTIMEO)
+                && level == libc::SOL_SOCKET =>
+            {
+                Ok(vec![0; std::mem::size_of::<libc::timeval>()])
+            }
+            None => int(0),
+        }
+    }
+
+    /// `setsockopt`: remembered (timeouts act on the calls that wait);
+    /// every option of a known level is accepted, as the daemon path does.
+    pub(crate) fn setsockopt(&self, level: c_int, name: c_int, value: &[u8]) -> Res<()> {
+        if level != libc::SOL_SOCKET && !known_level(level) {
+            return Err(libc::ENOPROTOOPT);
+        }
+        if level == libc::SOL_SOCKET
+            && matches!(name, libc::SO_RCVTIMEO | libc::SO_SNDTIMEO)
+            && Timeout::from_option(value, timeout::kernel_hz()).is_none()
+        {
+            return Err(libc::EINVAL);
+        }
+        let mut options = self.options.lock().unwrap_or_else(PoisonError::into_inner);
+        options.retain(|(l, n, _)| !(*l == level && *n == name));
+        options.push((level, name, value.to_vec()));
+        Ok(())
+    }
+}
+
+/// Levels whose options a stream socket accepts.
+fn known_level(level: c_int) -> bool {
+    matches!(
+        level,
+        libc::IPPROTO_TCP | libc::IPPROTO_IP | libc::IPPROTO_IPV6 | libc::SOL_SOCKET
+    )
+}
+
+impl Drop for Socket {
+    /// Closes the flow or the listener in the process that made it; in a
+    /// forked child, leaks it (its engine is the parent's).
+    fn drop(&mut self) {
+        if self.owner != std::process::id() {
+            std::mem::forget(self.object.take());
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! The in-process mode (`serval-run --in-process`): unmodified C programs
+//! whose stream sockets run on a SAL host inside the program, against a
+//! real sald on loopback. sald's counters tell which path the flows took:
+//! an in-process listener's SYNs are relayed by sald (`forwarded`), an
+//! in-process client's arrive at sald over UDP (`link_rx`); the daemon
+//! path does neither with client and server on one sald.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use sal_control::{Request, Response, StatsReport};
+use socket_shim::ControlClient;
+use support::{c_program, Proc, Sald};
+
+const T: Duration = Duration::from_secs(30);
+
+/// `benches/c/connrate.c`, compiled once.
+fn connrate() -> &'static Path {
+    static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
+    PROGRAM.get_or_init(|| {
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/c/connrate.c");
+        support::compile_c(&source, "connrate-inproc", &[])
+    })
+}
+
+/// `tests/c/inproc_fork.c`, compiled once.
+fn fork_program() -> &'static Path {
+    static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
+    PROGRAM.get_or_init(|| {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let include = manifest.join("../include");
+        support::compile_c(
+            &manifest.join("tests/c/inproc_fork.c"),
+            "inproc_fork",
+            &["-I".as_ref(), include.as_os_str()],
+        )
+    })
+}
+
+/// sald's counters now.
+fn stats(sald: &Sald) -> StatsReport {
+    let reply = ControlClient::connect_to(&sald.control)
+        .expect("control")
+        .request(&Request::Stats)
+        .expect("stats");
+    match reply.response {
+        Response::Stats { stats } => *stats,
+        other => panic!("not stats: {other:?}"),
+    }
+}
+
+/// `connrate server PORT 4` under `serval-run ARGS --map PORT=SERVICE`.
+fn connrate_server(sald: &Sald, args: &[&str], map: &str, port: &str) -> Proc {
+    let run_args: Vec<&str> = args.iter().copied().chain(["--map", map]).collect();
+    let mut cmd = sald.run(&run_args, connrate(), &["server", port, "4"]);
+    cmd.stdout(Stdio::piped());
+    let mut proc = Proc::spawn("connrate server", &mut cmd);
+    proc.wait_ready("listening");
+    proc
+}
+
+/// Runs `connrate client` for a second (`extra`: `nonblock`) and returns
+/// (done, errors).
+fn connrate_client(
+    sald: &Sald,
+    args: &[&str],
+    map: &str,
+    port: &str,
+    extra: &[&str],
+) -> (u64, u64) {
+    let run_args: Vec<&str> = args.iter().copied().chain(["--map", map]).collect();
+    let client_args: Vec<&str> = ["client", "127.0.0.1", port, "2", "1000"]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    let mut cmd = sald.run(&run_args, connrate(), &client_args);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().expect("connrate client");
+    let pid = child.id();
+    // Killed if it hangs (the test's bound).
+    let watchdog = std::thread::spawn(move || {
+        std::thread::sleep(T);
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    });
+    let output = child.wait_with_output().expect("connrate client output");
+    drop(watchdog);
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "connrate client failed: {}\n{out}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let words: Vec<&str> = out.split_whitespace().collect();
+    let field = |name: &str| -> u64 {
+        let at = words.iter().position(|w| *w == name).expect(name);
+        words[at + 1].parse().expect(name)
+    };
+    (field("done"), field("errors"))
+}
+
+/// An unmodified multi-threaded TCP program (the connect bench's) under
+/// `--in-process --map`: blocking and non-blocking connects (`poll` for
+/// `POLLOUT`, `SO_ERROR`, `fcntl(O_NONBLOCK)`), accept, echo, close, from
+/// two client threads against four server threads; and its flows really
+/// ran in-process: sald relayed the listener's SYNs to the server's own
+/// host, and the clients' SYNs came to it over UDP.
+#[test]
+fn connrate_in_process() {
+    let sald = Sald::start_relaying();
+    let map = "9101=beef01";
+    let _server = connrate_server(&sald, &["--in-process"], map, "9101");
+    let before = stats(&sald);
+    let (done, errors) = connrate_client(&sald, &["--in-process"], map, "9101", &[]);
+    assert!(
+        done > 0 && errors == 0,
+        "blocking: done {done} errors {errors}"
+    );
+    let (done_nb, errors_nb) =
+        connrate_client(&sald, &["--in-process"], map, "9101", &["nonblock"]);
+    assert!(
+        done_nb > 0 && errors_nb == 0,
+        "non-blocking: done {done_nb} errors {errors_nb}"
+    );
+    let after = stats(&sald);
+    let relayed = after.host.forwarded - before.host.forwarded;
+    assert!(
+        relayed > 0,
+        "sald relayed no SYN to the in-process listener: the daemon path was taken"
+    );
+    assert!(
+        after.link_rx > before.link_rx,
+        "no SYN came to sald over UDP"
+    );
+    // Whatever sald holds now is not these connections' (all closed): no
+    // flow of sald's carried them.
+    assert!(
+        after.flows <= 1,
+        "sald holds {} flows: the daemon path was taken",
+        after.flows
+    );
+}
+
+/// The C suite's stream modes over `AF_SERVAL` in-process: blocking
+/// connect, `SO_RCVTIMEO` before connect holding for the flow,
+/// `getpeername`, `SO_TYPE`, options, a 1 MB echo from two threads on one
+/// socket with `shutdown(SHUT_WR)`; the non-blocking client; the
+/// listener's `getsockname` and accepted addresses.
+#[test]
+fn serval_stream_modes_in_process() {
+    let sald = Sald::start_relaying();
+    let mut cmd = sald.run(
+        &["--in-process"],
+        c_program(),
+        &["stream-server", "beef02", "3"],
+    );
+    cmd.stdout(Stdio::piped());
+    let mut server = Proc::spawn("serval_test stream-server", &mut cmd);
+    server.wait_ready("ready");
+    let before = stats(&sald);
+    for _ in 0..2 {
+        let mut cmd = sald.run(
+            &["--in-process"],
+            c_program(),
+            &["stream-client", "beef02", "1000000"],
+        );
+        Proc::spawn("serval_test stream-client", &mut cmd).success(T);
+    }
+    // Non-blocking: epoll (a registration made before the connect, one
+    // while it is in flight) and poll for `POLLOUT`, `SO_ERROR`, connect
+    // again (0, then `EISCONN`), `O_NONBLOCK` kept, `EAGAIN`.
+    let args = ["nonblock-client", "beef02", "1000000"];
+    let mut cmd = sald.run(&["--in-process"], c_program(), &args);
+    Proc::spawn("serval_test nonblock-client", &mut cmd).success(T);
+    server.success(T);
+    let after = stats(&sald);
+    assert!(after.host.forwarded > before.host.forwarded, "not relayed");
+}
+
+/// A sald without relays (which routes a program's SYNs, and relays its
+/// listeners, only with `--relays`): the process makes no engine, and
+/// every socket takes the daemon path (nothing relayed, no SYN over
+/// UDP), so that the program cannot tell.
+#[test]
+fn fallback_without_relays() {
+    let sald = Sald::start();
+    let map = "9103=beef03";
+    let _server = connrate_server(&sald, &["--in-process"], map, "9103");
+    let before = stats(&sald);
+    let (done, errors) = connrate_client(&sald, &["--in-process"], map, "9103", &["nonblock"]);
+    assert!(done > 0 && errors == 0, "done {done} errors {errors}");
+    let after = stats(&sald);
+    assert_eq!(after.host.forwarded, before.host.forwarded, "relayed");
+    assert_eq!(after.link_rx, before.link_rx, "a SYN came over UDP");
+}
+
+/// A stream connected in-process, then `fork`: the child's copy is reset
+/// (`ECONNRESET`, and `close` works), a socket the child makes works (a
+/// fresh engine), and the parent's stream goes on (`select` for
+/// writability, then readability, then the echo).
+#[test]
+fn forked_child_sees_reset() {
+    let sald = Sald::start_relaying();
+    let mut cmd = sald.run(
+        &["--in-process"],
+        c_program(),
+        &["stream-server", "beef04", "2"],
+    );
+    cmd.stdout(Stdio::piped());
+    let mut server = Proc::spawn("serval_test stream-server", &mut cmd);
+    server.wait_ready("ready");
+    let mut cmd = sald.run(&["--in-process"], fork_program(), &["beef04"]);
+    Proc::spawn("inproc_fork", &mut cmd).success(T);
+    server.success(T);
+}
+
+/// Eight clients echo 64 KiB each at once through a server that exits
+/// as soon as it has echoed them: its last bytes and ends of stream
+/// still reach every client (the exit drives the host until it is
+/// quiet, as the kernel goes on sending a dead process's bytes).
+#[test]
+fn a_server_s_last_bytes_outlive_its_exit() {
+    let sald = Sald::start_relaying();
+    let args = ["stream-server", "beef05", "8"];
+    let mut cmd = sald.run(&["--in-process"], c_program(), &args);
+    cmd.stdout(Stdio::piped());
+    let mut server = Proc::spawn("serval_test stream-server", &mut cmd);
+    server.wait_ready("ready");
+    let args = ["many", "beef05", "8", "65536"];
+    let mut cmd = sald.run(&["--in-process"], c_program(), &args);
+    Proc::spawn("serval_test many", &mut cmd).success(T);
+    server.success(T);
+}
