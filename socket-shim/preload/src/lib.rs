@@ -1541,25 +1541,27 @@ pub unsafe extern "C" fn __ppoll_chk(
     unsafe { ppoll(fds, nfds, timeout, sigmask) }
 }
 
-/// What an `epoll_wait` family call returned (`n` events at `events`):
-/// tagged events of in-process numbers' output turned back into the
-/// program's (see `inproc::epoll`).
+/// An `epoll_wait` family call: `call` makes the kernel's with the time
+/// left, and its events are translated (`inproc::epoll::wait`: tagged
+/// events of in-process numbers turned back into the program's, and the
+/// call made again for the time left when that left none).
 ///
 /// # Safety
-/// `events` is valid for `n` events when `n > 0`.
-unsafe fn epoll_done(events: *mut epoll_event, n: c_int) -> c_int {
-    let Ok(count) = usize::try_from(n) else {
-        return n;
-    };
-    if count == 0 {
-        return n;
-    }
-    // SAFETY: the kernel just wrote `count` events there.
-    let set = unsafe { std::slice::from_raw_parts_mut(events, count) };
-    match catch_unwind(AssertUnwindSafe(|| inproc::epoll::translate(set, count))) {
-        Ok(kept) => kept as c_int,
-        Err(_) => n,
-    }
+/// Every result `n > 0` of `call` has `n` events written at `events`.
+unsafe fn epoll_done(
+    events: *mut epoll_event,
+    timeout: Option<std::time::Duration>,
+    call: impl FnMut(Option<std::time::Duration>) -> c_int,
+) -> c_int {
+    // SAFETY: as ours.
+    unsafe { inproc::epoll::wait(events, timeout, call) }
+}
+
+/// An `epoll_wait` timeout in milliseconds as a limit (`None`: none).
+fn epoll_limit(timeout: c_int) -> Option<std::time::Duration> {
+    u64::try_from(timeout)
+        .ok()
+        .map(std::time::Duration::from_millis)
 }
 
 /// # Safety
@@ -1571,9 +1573,13 @@ pub unsafe extern "C" fn epoll_wait(
     max: c_int,
     timeout: c_int,
 ) -> c_int {
-    // SAFETY: forwarding the caller's arguments unchanged; then its
-    // events, as the kernel filled them.
-    unsafe { epoll_done(events, real::epoll_wait(epfd, events, max, timeout)) }
+    // SAFETY: forwarding the caller's arguments, the timeout shortened
+    // to the time left; then its events, as the kernel filled them.
+    unsafe {
+        epoll_done(events, epoll_limit(timeout), |left| {
+            real::epoll_wait(epfd, events, max, inproc::epoll::millis(left))
+        })
+    }
 }
 
 /// # Safety
@@ -1588,10 +1594,9 @@ pub unsafe extern "C" fn epoll_pwait(
 ) -> c_int {
     // SAFETY: as `epoll_wait`.
     unsafe {
-        epoll_done(
-            events,
-            real::epoll_pwait(epfd, events, max, timeout, sigmask),
-        )
+        epoll_done(events, epoll_limit(timeout), |left| {
+            real::epoll_pwait(epfd, events, max, inproc::epoll::millis(left), sigmask)
+        })
     }
 }
 
@@ -1605,12 +1610,28 @@ pub unsafe extern "C" fn epoll_pwait2(
     timeout: *const libc::timespec,
     sigmask: *const libc::sigset_t,
 ) -> c_int {
-    // SAFETY: as `epoll_wait`.
+    // SAFETY: `timeout` is null or valid, as the caller promised.
+    let given = unsafe { timeout.as_ref() }.copied();
+    // A negative timeout is the kernel's to refuse: passed on as given.
+    let limit = given.and_then(|t| {
+        Some(std::time::Duration::new(
+            u64::try_from(t.tv_sec).ok()?,
+            u32::try_from(t.tv_nsec).ok()?,
+        ))
+    });
+    // SAFETY: as `epoll_wait`; the time left as a timespec of ours.
     unsafe {
-        epoll_done(
-            events,
-            real::epoll_pwait2(epfd, events, max, timeout, sigmask),
-        )
+        epoll_done(events, limit, |left| {
+            let spec = left.map(|left| libc::timespec {
+                tv_sec: left.as_secs().try_into().unwrap_or(libc::time_t::MAX),
+                tv_nsec: left.subsec_nanos().into(),
+            });
+            let at = match (limit, &spec) {
+                (Some(_), Some(spec)) => spec as *const libc::timespec,
+                _ => timeout,
+            };
+            real::epoll_pwait2(epfd, events, max, at, sigmask)
+        })
     }
 }
 

@@ -206,11 +206,13 @@ extern "C" fn fork_prepare() {
     let guard = SLOT.lock().unwrap_or_else(PoisonError::into_inner);
     let _ = FORK_GUARD.try_with(|held| *held.borrow_mut() = Some(guard));
     super::registry::fork_prepare();
+    super::epoll::fork_prepare();
 }
 
 /// Lets both locks go (in the parent and in the child: the child's
 /// engine is forgotten at its next use, see [`forget_inherited`]).
 extern "C" fn fork_release() {
+    super::epoll::fork_release();
     super::registry::fork_release();
     let _ = FORK_GUARD.try_with(|held| held.borrow_mut().take());
 }
