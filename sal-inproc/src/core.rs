@@ -45,6 +45,9 @@ pub(crate) struct FlowEntry {
     pub(crate) opening: Opening,
     /// The application shut its sending direction down.
     pub(crate) write_shut: bool,
+    /// The application shut its receiving direction down: reads give what
+    /// is queued, then end of stream.
+    pub(crate) read_shut: bool,
     readable: Mirror,
     writable: Mirror,
 }
@@ -56,6 +59,9 @@ struct ListenerEntry {
     /// host's events (an overcount, for a flow that died queued, is
     /// corrected by the accept that finds none).
     queued: usize,
+    /// Stopped by the application (`shutdown` of a listening socket): the
+    /// host's listener is gone, accepts fail at once.
+    stopped: bool,
     readable: Mirror,
 }
 
@@ -387,10 +393,11 @@ impl Core {
             (Opening::Done, Some(id)) => {
                 // A read of nothing: tells bytes or end (Ok) from nothing
                 // yet (WouldBlock) from an error, and consumes nothing.
-                let readable = !matches!(
-                    self.host.recv_with(id, |_| (0, ())),
-                    Err(HostError::WouldBlock)
-                );
+                let readable = entry.read_shut
+                    || !matches!(
+                        self.host.recv_with(id, |_| (0, ())),
+                        Err(HostError::WouldBlock)
+                    );
                 let writable = match self.host.send_room(id) {
                     Ok(room) => room >= self.low_water || entry.write_shut,
                     Err(_) => true,
@@ -433,6 +440,13 @@ impl Core {
     ) -> Result<(Key, FlowId, StreamSignals), Error> {
         // Set as an accepted flow mostly is (established, its first bytes
         // in): a spare at those levels costs no system call.
+        if self
+            .listeners
+            .get(&listener)
+            .is_some_and(|entry| entry.stopped)
+        {
+            return Err(Error::NotListening);
+        }
         let mirrors = self.mirrors(true)?;
         let taken = self.host.accept(listener);
         if let Some(entry) = self.listeners.get_mut(&listener) {
@@ -487,6 +501,7 @@ impl Core {
                 flow: Some(id),
                 opening,
                 write_shut: false,
+                read_shut: false,
                 readable,
                 writable,
             },
@@ -527,16 +542,34 @@ impl Core {
             id,
             ListenerEntry {
                 queued: 0,
+                stopped: false,
                 readable,
             },
         );
         Ok((id, signal))
     }
 
+    /// Stops a listener without forgetting it (`shutdown` of a listening
+    /// socket, as Linux's): the host unbinds it (its queued flows are
+    /// reset), and it stays readable so that every accept, waiting or
+    /// to come, fails at once ([`Error::NotListening`]).
+    pub(crate) fn stop_listener(&mut self, id: ListenerId) {
+        if let Some(entry) = self.listeners.get_mut(&id) {
+            if !entry.stopped {
+                entry.stopped = true;
+                entry.queued = 0;
+                entry.readable.set(true, &mut self.pending);
+                let _ = self.host.close_listener(id);
+            }
+        }
+    }
+
     /// Unbinds a listener (its queued flows are reset).
     pub(crate) fn close_listener(&mut self, id: ListenerId) {
-        if self.listeners.remove(&id).is_some() {
-            let _ = self.host.close_listener(id);
+        if let Some(entry) = self.listeners.remove(&id) {
+            if !entry.stopped {
+                let _ = self.host.close_listener(id);
+            }
         }
     }
 }

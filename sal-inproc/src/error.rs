@@ -34,6 +34,9 @@ pub enum Error {
     /// `EADDRINUSE`.
     #[error("service prefix already bound")]
     AddressInUse,
+    /// The listener was stopped (`shutdown` of a listening socket).
+    #[error("the listener was stopped")]
+    NotListening,
     /// A host error the socket calls have no better name for: `EINVAL`.
     #[error(transparent)]
     Host(HostError),
@@ -56,6 +59,7 @@ impl Error {
             Error::NotConnected => libc::ENOTCONN,
             Error::TooManyFlows(_) => libc::ENOBUFS,
             Error::AddressInUse => libc::EADDRINUSE,
+            Error::NotListening => libc::EINVAL,
             Error::Host(_) => libc::EINVAL,
             Error::Io(error) => error.raw_os_error().unwrap_or(libc::EIO),
         }

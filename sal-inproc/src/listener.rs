@@ -31,6 +31,21 @@ impl Listener {
         self.readable.fd()
     }
 
+    /// Stops listening, as `shutdown` of a listening socket does on Linux:
+    /// the prefix is unbound at once (flows not yet accepted are reset),
+    /// and every accept, those waiting now included, fails with
+    /// [`Error::NotListening`] (`EINVAL`); the listener stays readable.
+    pub fn stop(&self) {
+        let id = self.id;
+        let stopped = self.runtime.call(Mode::NonBlocking, None, |core| {
+            core.stop_listener(id);
+            Ok(())
+        });
+        if let Err(error) = stopped {
+            tracing::debug!(%error, "stopping a listener");
+        }
+    }
+
     /// Takes the next established flow, waiting as `mode` allows.
     pub fn accept(&self, mode: Mode) -> Result<Stream, Error> {
         let id = self.id;

@@ -5,6 +5,7 @@ use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use sal::proto::HostError;
 use sal::FlowId;
 
 use crate::core::{Core, Key, Opening, StreamSignals};
@@ -114,9 +115,28 @@ impl Stream {
         let key = self.key;
         self.runtime.call(mode, Some(&self.readable), |core| {
             let id = self.opened(core)?;
-            let read = core.host.recv(id, buf).map_err(Error::from);
+            let read = match core.host.recv(id, buf) {
+                Err(HostError::WouldBlock) if core.stream(key).is_some_and(|e| e.read_shut) => {
+                    Ok(0)
+                }
+                read => read.map_err(Error::from),
+            };
             core.refresh(key);
             read
+        })
+    }
+
+    /// Ends the receiving direction, as `shutdown(SHUT_RD)` on Linux: reads
+    /// give what is queued, then end of stream at once (a thread waiting
+    /// in a read wakes with it); the peer is told nothing.
+    pub fn shutdown_read(&self) -> Result<(), Error> {
+        let key = self.key;
+        self.runtime.call(Mode::NonBlocking, None, |core| {
+            if let Some(entry) = core.stream(key) {
+                entry.read_shut = true;
+            }
+            core.refresh(key);
+            Ok(())
         })
     }
 

@@ -777,3 +777,85 @@ fn once_lent_the_timerfd_fires_at_the_hosts_deadline() {
     assert!(syns >= 3, "{syns} SYNs in 4 s: the timerfd was not armed");
     drop(stream);
 }
+
+/// `shutdown(SHUT_RD)`: bytes already queued are still read, then end of
+/// stream at once; a thread blocked in a read wakes with it, as Linux's.
+#[test]
+fn shutting_the_read_side_wakes_a_blocked_reader_with_end_of_stream() {
+    let (server, listener) = server(|_| {});
+    let client = client(&server, |_| {});
+    let stream = client.connect(service(), Mode::Blocking).expect("connect");
+    let accepted = listener.accept(Mode::Blocking).expect("accept");
+    assert_eq!(stream.write(b"queued", Mode::Blocking).unwrap(), 6);
+    assert!(ready(accepted.readable_fd(), 2000));
+    accepted.shutdown_read().expect("shutdown");
+    let mut buf = [0; 16];
+    let n = accepted
+        .read(&mut buf, Mode::Blocking)
+        .expect("queued bytes");
+    assert_eq!(&buf[..n], b"queued", "what was queued comes first");
+    assert_eq!(accepted.read(&mut buf, Mode::Blocking).unwrap(), 0);
+    // A reader blocked on a flow with nothing to read.
+    let stream2 = client.connect(service(), Mode::Blocking).expect("connect");
+    let accepted2 = listener.accept(Mode::Blocking).expect("accept");
+    let shut = AtomicBool::new(false);
+    thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let n = accepted2.read(&mut [0; 8], Mode::Blocking);
+            (n, shut.load(Ordering::SeqCst))
+        });
+        thread::sleep(Duration::from_millis(100));
+        shut.store(true, Ordering::SeqCst);
+        accepted2.shutdown_read().expect("shutdown");
+        let (n, after) = reader.join().expect("reader");
+        assert_eq!(n.expect("end of stream"), 0);
+        assert!(after, "the read returned before the shutdown");
+    });
+    assert!(
+        ready(accepted2.readable_fd(), 0),
+        "readable: reads end at once"
+    );
+    // The other direction still works.
+    assert_eq!(accepted2.write(b"still", Mode::Blocking).unwrap(), 5);
+    let mut got = [0; 5];
+    let mut have = 0;
+    while have < got.len() {
+        have += stream2.read(&mut got[have..], Mode::Blocking).unwrap();
+    }
+    assert_eq!(&got, b"still");
+    drop(stream);
+}
+
+/// `shutdown` of a listening socket: a thread blocked in accept wakes with
+/// `EINVAL`, later accepts fail at once, and the prefix is unbound (a
+/// connect to it finds nobody serving it, as for any unserved service).
+#[test]
+fn stopping_a_listener_wakes_a_blocked_accept_and_unbinds_it() {
+    let (server, listener) = server(|_| {});
+    let client = client(&server, |_| {});
+    let stopped = AtomicBool::new(false);
+    thread::scope(|s| {
+        let accepter = s.spawn(|| {
+            let accepted = listener.accept(Mode::Blocking).map(drop);
+            (accepted, stopped.load(Ordering::SeqCst))
+        });
+        thread::sleep(Duration::from_millis(100));
+        stopped.store(true, Ordering::SeqCst);
+        listener.stop();
+        let (accepted, after) = accepter.join().expect("accepter");
+        let error = accepted.expect_err("stopped");
+        assert_eq!(error.errno(), libc::EINVAL, "{error:?}");
+        assert!(after, "the accept returned before the stop");
+    });
+    assert!(
+        ready(listener.readable_fd(), 0),
+        "readable: accepts fail at once"
+    );
+    let error = listener.accept(Mode::Blocking).map(drop).unwrap_err();
+    assert_eq!(error.errno(), libc::EINVAL, "{error:?}");
+    let error = client
+        .connect(service(), Mode::Blocking)
+        .map(drop)
+        .unwrap_err();
+    assert_eq!(error.errno(), libc::ENETUNREACH, "{error:?}");
+}
