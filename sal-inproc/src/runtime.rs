@@ -2,7 +2,7 @@
 //! application thread is inside a call, and by the driver thread while none
 //! is.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -45,6 +45,9 @@ pub(crate) struct Inner {
     timer: OwnedFd,
     local: Locator,
     driver: Mutex<Option<JoinHandle<()>>>,
+    /// The long-lived descriptors the engine holds (see
+    /// [`Runtime::descriptors`]), set once at [`Runtime::bind`].
+    descriptors: std::sync::OnceLock<Vec<RawFd>>,
     /// Cached resolution, with a resolver configured.
     resolution: Option<Resolution>,
 }
@@ -137,8 +140,15 @@ impl Runtime {
             timer,
             local,
             driver: Mutex::new(None),
+            descriptors: std::sync::OnceLock::new(),
             resolution,
         });
+        let mut descriptors = {
+            let core = inner.lock();
+            let [udp, timer] = core.wait_fds();
+            vec![udp.as_raw_fd(), timer.as_raw_fd()]
+        };
+        descriptors.extend([inner.udp.as_raw_fd(), inner.timer.as_raw_fd()]);
         if let Some(questions) = questions {
             let weak = Arc::downgrade(&inner);
             questions.spawn(move |service, answer| {
@@ -154,12 +164,14 @@ impl Runtime {
         }
         if config.driver_thread {
             let (udp, timer) = (inner.udp.try_clone()?, inner.timer.try_clone()?);
+            descriptors.extend([udp.as_raw_fd(), timer.as_raw_fd()]);
             let weak = Arc::downgrade(&inner);
             let handle = std::thread::Builder::new()
                 .name("sal-inproc-driver".into())
                 .spawn(move || gate::drive_while_away(gate, weak, deadlines, udp, timer))?;
             *inner.driver.lock().unwrap_or_else(PoisonError::into_inner) = Some(handle);
         }
+        let _ = inner.descriptors.set(descriptors);
         Ok(Runtime { inner })
     }
 
@@ -252,6 +264,19 @@ impl Runtime {
         self.inner.udp.as_fd()
     }
 
+    /// The engine's long-lived descriptors: its UDP socket and timerfd,
+    /// and the copies of them it waits on (the driver thread's among
+    /// them). For a forked child that forgets its parent's runtime
+    /// without dropping it (its lock may be held by a thread the child
+    /// does not have): closing these in the child lets go of the port
+    /// there, without touching the runtime's state. Not included: the
+    /// per-object eventfds (the streams' and listeners' own, closed with
+    /// them), the threads' wake-up eventfds, and the resolver's
+    /// connection. Takes no lock.
+    pub fn descriptors(&self) -> &[RawFd] {
+        self.inner.descriptors.get().map_or(&[], Vec::as_slice)
+    }
+
     /// The UDP socket and the timerfd: when either is readable, the host
     /// has work ([`Runtime::drive`]). The engine's own waits sleep until the host's deadline
     /// with `ppoll`'s timeout and arm the timerfd only when one of them
@@ -292,6 +317,16 @@ impl Runtime {
     /// Flows and datagram sockets the host holds (closing ones included).
     pub fn flow_count(&self) -> usize {
         self.inner.lock().host.flow_count()
+    }
+
+    /// Stream flows not finished yet: bytes or an end of stream not yet
+    /// acknowledged by their peers (sent or still queued), or the peer's
+    /// end of stream not received yet. 0 when every flow is done both
+    /// ways (closed, or in `TIME-WAIT`). See
+    /// [`Host::unfinished_streams`](sal::proto::Host::unfinished_streams).
+    /// Takes the lock.
+    pub fn unfinished_streams(&self) -> usize {
+        self.inner.lock().host.unfinished_streams()
     }
 
     /// The host's counters (packets in and out, what was dropped and why:

@@ -2,7 +2,18 @@
 //! to look at the engine's state again (the core's lock was let go, or the
 //! poller role was handed to it), and a number that names the thread in the
 //! engine's lists.
+//!
+//! A waker belongs to the process that made it: after `fork`, the forking
+//! thread's thread-local waker is the child's copy of the parent's
+//! eventfd, which both processes would then read and raise (a child's
+//! read could consume a raise meant for the parent's thread, which would
+//! sleep until its timeout). So each waker records its process, and
+//! [`current`] makes a fresh one when the process changed. That costs one
+//! `getpid` per [`current`] call, which the engine makes once per wait
+//! (`Inside::claim` keeps the waker for the wait, `EngineLock::wait_release`
+//! asks once per lost `try_lock`), never on a call that does not wait.
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -12,22 +23,83 @@ use crate::mirror::Signal;
 static NEXT: AtomicU64 = AtomicU64::new(1);
 
 thread_local! {
-    /// This thread's waker (`None` if its eventfd could not be made).
-    static WAKER: Option<Waker> = Signal::new().ok().map(|signal| Waker {
-        id: NEXT.fetch_add(1, Ordering::Relaxed),
-        signal,
-    });
+    /// This thread's waker (`None` until its first use, or while its
+    /// eventfd could not be made).
+    static WAKER: RefCell<Option<Waker>> = const { RefCell::new(None) };
 }
 
-/// A thread's number and wake-up eventfd.
+/// A thread's number and wake-up eventfd, and the process they belong to.
 #[derive(Debug, Clone)]
 pub(crate) struct Waker {
     pub(crate) id: u64,
     pub(crate) signal: Arc<Signal>,
+    /// The process that made the eventfd.
+    pid: u32,
 }
 
-/// The calling thread's waker (made at its first use; `None` while the
-/// thread's locals are being destroyed).
+/// The calling thread's waker: made at its first use, and again in a
+/// forked child (see the module's doc); `None` while the thread's locals
+/// are being destroyed or if no eventfd can be made.
 pub(crate) fn current() -> Option<Waker> {
-    WAKER.try_with(Clone::clone).ok().flatten()
+    let pid = std::process::id();
+    WAKER
+        .try_with(|slot| {
+            let mut slot = slot.try_borrow_mut().ok()?;
+            if let Some(waker) = slot.as_ref().filter(|waker| waker.pid == pid) {
+                return Some(waker.clone());
+            }
+            let fresh = Signal::new().ok().map(|signal| Waker {
+                id: NEXT.fetch_add(1, Ordering::Relaxed),
+                signal,
+                pid,
+            });
+            // An inherited waker goes: its eventfd is closed in this
+            // process only (the parent's stays).
+            drop(std::mem::replace(&mut *slot, fresh));
+            slot.clone()
+        })
+        .ok()
+        .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    /// A forked child's waker is its own: another eventfd (and number)
+    /// than the one the forking thread had, made for the child's pid.
+    #[test]
+    fn a_forked_child_gets_its_own_waker() {
+        let parent = current().expect("waker");
+        let again = current().expect("waker");
+        assert!(Arc::ptr_eq(&parent.signal, &again.signal), "not kept");
+        let parent_fd = parent.signal.fd().as_raw_fd();
+        // SAFETY: no pointers; the child only checks and `_exit`s.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            let ok = current().is_some_and(|child| {
+                !Arc::ptr_eq(&child.signal, &parent.signal)
+                    && child.signal.fd().as_raw_fd() != parent_fd
+                    && child.pid == std::process::id()
+                    && child.id != parent.id
+            });
+            // SAFETY: no pointers; ends the child without unwinding.
+            unsafe { libc::_exit(i32::from(!ok)) };
+        }
+        let mut status = 0;
+        // SAFETY: `status` is a valid int for the call.
+        let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(waited, pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the child kept its parent's waker"
+        );
+        let after = current().expect("waker");
+        assert!(
+            Arc::ptr_eq(&parent.signal, &after.signal),
+            "parent's changed"
+        );
+    }
 }

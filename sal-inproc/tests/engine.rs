@@ -859,3 +859,44 @@ fn stopping_a_listener_wakes_a_blocked_accept_and_unbinds_it() {
         .unwrap_err();
     assert_eq!(error.errno(), libc::ENETUNREACH, "{error:?}");
 }
+
+/// `Runtime::unfinished_streams` counts a flow until both ends are done
+/// with it: while it is open, and on the closing side until the peer's
+/// end of stream has come too; 0 once both sides closed. And
+/// `Runtime::descriptors` names open descriptors of the engine's (the
+/// UDP socket it hands sald among them).
+#[test]
+fn unfinished_streams_and_the_engine_s_descriptors() {
+    let (server, listener) = server(|_| {});
+    let client = client(&server, |_| {});
+    assert_eq!(client.unfinished_streams(), 0, "nothing open yet");
+    let stream = client.connect(service(), Mode::Blocking).expect("connect");
+    let accepted = listener.accept(Mode::Blocking).expect("accept");
+    assert_eq!(client.unfinished_streams(), 1, "an open flow");
+    stream.write(b"last words", Mode::Blocking).expect("write");
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let got = read_to_end(&accepted, Mode::Until(deadline)).expect("read");
+    assert_eq!(got, b"last words");
+    // The peer's end is still open: the closed side is not finished.
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(client.unfinished_streams(), 1, "the peer's end is open");
+    drop(accepted);
+    while client.unfinished_streams() > 0 || server.unfinished_streams() > 0 {
+        assert!(Instant::now() < deadline, "never finished");
+        thread::sleep(Duration::from_millis(10));
+    }
+    for runtime in [&server, &client] {
+        let owned = runtime.descriptors();
+        assert!(owned.len() >= 4, "{owned:?}");
+        for &fd in owned {
+            // SAFETY: no pointers; whether the descriptor is open.
+            assert!(
+                unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0,
+                "{fd} not open"
+            );
+        }
+        let udp = std::os::fd::AsRawFd::as_raw_fd(&runtime.udp_fd());
+        assert!(owned.contains(&udp), "the UDP socket's copy is not listed");
+    }
+}

@@ -189,6 +189,34 @@ impl Host {
         stats.tcp_undos += u64::from(loss.undos);
     }
 
+    /// Stream flows not finished yet: bytes queued, or sent and not
+    /// acknowledged yet, or either direction still open (any state but
+    /// `TIME-WAIT` and `CLOSED`: our end of stream unacknowledged, or the
+    /// peer's not received). What a process that exits with closing flows
+    /// waits for, as the kernel keeps a dead process's closing sockets
+    /// (sending their bytes, and taking the peer's last segments without
+    /// a reset). Looks at every flow.
+    pub fn unfinished_streams(&self) -> usize {
+        self.endpoints
+            .iter()
+            .filter(|(_, endpoint)| match endpoint {
+                Endpoint::Flow(flow) => {
+                    transport_waits(flow)
+                        || flow
+                            .stream()
+                            .and_then(|s| s.socket.as_ref())
+                            .is_some_and(|s| {
+                                !matches!(
+                                    s.state(),
+                                    State::TimeWait | State::Closed | State::Listen
+                                )
+                            })
+                }
+                Endpoint::Datagram(_) => false,
+            })
+            .count()
+    }
+
     /// The socket of an established stream flow (or of a dead one, whose
     /// socket is gone), as the application calls see it.
     fn app_socket(&mut self, id: FlowId) -> Result<(FlowState, Option<&mut Socket>), HostError> {

@@ -347,8 +347,12 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
         // SAFETY: forwarding the caller's argument unchanged.
         let closed = unsafe { real::close(fd) };
         let errno = ops::last_errno();
-        // The last number's socket closes its flow (an engine call).
-        let _ = catch_unwind(AssertUnwindSafe(|| drop(socket)));
+        // The last number's socket closes its flow (an engine call), and
+        // so may those of numbers found closed behind the shim's back.
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            drop(socket);
+            inproc::reap();
+        }));
         set_errno(errno);
         return closed;
     }
@@ -1298,12 +1302,34 @@ pub unsafe extern "C" fn dup(old: c_int) -> c_int {
     copied(old, unsafe { real::dup(old) })
 }
 
+/// `dup2` or `dup3` (`copy`) of `old` onto `new`: an in-process `new`
+/// stops being one before the kernel replaces its file (its epoll
+/// registrations, on the eventfd that is still there, go; after the
+/// call they could no longer be found), unless the copy is a no-op
+/// (`old == new`) or bound to fail (`old` not open). Its socket is let go
+/// of after the call.
+fn replace(old: c_int, new: c_int, copy: impl FnOnce() -> c_int) -> c_int {
+    let replaced = match inproc::enabled() && old != new && inproc::is(new) {
+        true => catch_unwind(|| inproc::calls::replacing(old, new))
+            .ok()
+            .flatten(),
+        false => None,
+    };
+    let result = copied(old, copy());
+    if replaced.is_some() {
+        let errno = ops::last_errno();
+        let _ = catch_unwind(AssertUnwindSafe(|| drop(replaced)));
+        set_errno(errno);
+    }
+    result
+}
+
 /// # Safety
 /// As `dup2(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
     // SAFETY: forwarding the caller's arguments unchanged.
-    copied(old, unsafe { real::dup2(old, new) })
+    replace(old, new, || unsafe { real::dup2(old, new) })
 }
 
 /// # Safety
@@ -1311,7 +1337,7 @@ pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     // SAFETY: forwarding the caller's arguments unchanged.
-    copied(old, unsafe { real::dup3(old, new, flags) })
+    replace(old, new, || unsafe { real::dup3(old, new, flags) })
 }
 
 /// `ioctl`, variadic in C as [`fcntl`] is, and taken the same way. Only

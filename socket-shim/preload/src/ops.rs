@@ -554,12 +554,16 @@ fn inet_family(sa: &SocketAddr) -> c_int {
 /// entry recorded (a placeholder's, or an inet-mode socket's the shim
 /// watched).
 fn inproc_before(fd: RawFd) -> inproc::Before {
-    let (options, epoll) =
-        with_entry(fd, |e| Some((e.options.clone(), e.epoll.clone()))).unwrap_or_default();
+    let (options, epoll, gen) = with_entry(fd, |e| {
+        Some((e.options.clone(), e.epoll.clone(), Some(e.gen)))
+    })
+    .unwrap_or_default();
     inproc::Before {
         nonblock: fd_flags(fd).0,
         options,
         epoll,
+        ident: table::ident(fd),
+        gen,
     }
 }
 

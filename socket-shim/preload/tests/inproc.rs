@@ -41,6 +41,20 @@ fn fork_program() -> &'static Path {
     })
 }
 
+/// `tests/c/inproc_fds.c`, compiled once.
+fn fds_program() -> &'static Path {
+    static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
+    PROGRAM.get_or_init(|| {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let include = manifest.join("../include");
+        support::compile_c(
+            &manifest.join("tests/c/inproc_fds.c"),
+            "inproc_fds",
+            &["-I".as_ref(), include.as_os_str()],
+        )
+    })
+}
+
 /// sald's counters now.
 fn stats(sald: &Sald) -> StatsReport {
     let reply = ControlClient::connect_to(&sald.control)
@@ -235,4 +249,48 @@ fn a_server_s_last_bytes_outlive_its_exit() {
     let mut cmd = sald.run(&["--in-process"], c_program(), &args);
     Proc::spawn("serval_test many", &mut cmd).success(T);
     server.success(T);
+}
+
+/// In-process numbers changed behind the shim's back: closed by
+/// `syscall(SYS_close)` and by `close_range`, then reused by a pipe,
+/// whose reads and writes must be the pipe's (the registry's identity
+/// check); a pipe `dup2`ed onto a number registered in epoll, whose
+/// registration must go with it (no event of the stream, still open
+/// through a `dup`, reaches the set); a `dup` is close-on-exec.
+#[test]
+fn numbers_changed_behind_the_shim_s_back() {
+    let sald = Sald::start_relaying();
+    let mut cmd = sald.run(
+        &["--in-process"],
+        c_program(),
+        &["stream-server", "beef06", "3"],
+    );
+    cmd.stdout(Stdio::piped());
+    let mut server = Proc::spawn("serval_test stream-server", &mut cmd);
+    server.wait_ready("ready");
+    let mut cmd = sald.run(&["--in-process"], fds_program(), &["beef06"]);
+    Proc::spawn("inproc_fds", &mut cmd).success(T);
+    server.success(T);
+}
+
+/// An in-process listener at `EMFILE`: `accept` fails and the flow stays
+/// queued (the next `accept` gets it, and it carries bytes); in a forked
+/// child, the inherited listener is one that stopped listening: `accept`
+/// fails at once with `EINVAL`, `poll` never reports it ready.
+#[test]
+fn a_listener_at_emfile_and_in_a_forked_child() {
+    let sald = Sald::start_relaying();
+    let mut cmd = sald.run(&["--in-process"], fds_program(), &["beef07", "listener"]);
+    Proc::spawn("inproc_fds listener", &mut cmd).success(T);
+}
+
+/// `shutdown` wakes whoever waits, as Linux's: `SHUT_RD` of a stream
+/// gives the bytes already queued, then end of file, also to a thread
+/// blocked in `read`; a listener's wakes a thread blocked in `accept`
+/// with `EINVAL`, and later accepts fail at once.
+#[test]
+fn shutdown_wakes_blocked_readers_and_accepters() {
+    let sald = Sald::start_relaying();
+    let mut cmd = sald.run(&["--in-process"], fds_program(), &["beef08", "shutdown"]);
+    Proc::spawn("inproc_fds shutdown", &mut cmd).success(T);
 }

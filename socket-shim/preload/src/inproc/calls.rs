@@ -11,6 +11,7 @@ use libc::{c_int, iovec};
 use super::{epoll, iov, registry, setup, Socket};
 use crate::addr::SockAddr;
 use crate::ops::Res;
+use crate::real;
 
 /// The socket at `fd`.
 fn socket(fd: RawFd) -> Res<Arc<Socket>> {
@@ -28,7 +29,8 @@ pub(crate) fn write(fd: RawFd, buf: &[u8], flags: c_int) -> Res<usize> {
     socket(fd)?.write(buf, flags)
 }
 
-/// `readv`, `recvmsg`: a read scattered into the iovecs.
+/// `readv`, `recvmsg`: a read scattered into the iovecs (see
+/// [`iov::read`]).
 ///
 /// # Safety
 /// `iov` is null or valid for `count` iovecs, each valid for writes of
@@ -36,15 +38,11 @@ pub(crate) fn write(fd: RawFd, buf: &[u8], flags: c_int) -> Res<usize> {
 pub(crate) unsafe fn readv(fd: RawFd, iov: *const iovec, count: usize, flags: c_int) -> Res<usize> {
     let socket = socket(fd)?;
     // SAFETY: as the caller guarantees.
-    let room = unsafe { iov::room(iov, count)? };
-    let mut buf = vec![0u8; room];
-    let got = socket.read(&mut buf, flags)?;
-    // SAFETY: as the caller guarantees.
-    unsafe { iov::scatter(iov, count, &buf[..got])? };
-    Ok(got)
+    unsafe { iov::read(&socket, iov, count, flags) }
 }
 
-/// `writev`, `sendmsg`: the iovecs gathered into one write.
+/// `writev`, `sendmsg`: the iovecs written in order (see
+/// [`iov::write`]).
 ///
 /// # Safety
 /// `iov` is null or valid for `count` iovecs, each valid for reads of its
@@ -57,8 +55,7 @@ pub(crate) unsafe fn writev(
 ) -> Res<usize> {
     let socket = socket(fd)?;
     // SAFETY: as the caller guarantees.
-    let data = unsafe { iov::gather(iov, count)? };
-    socket.write(&data, flags)
+    unsafe { iov::write(&socket, iov, count, flags) }
 }
 
 /// `accept`, `accept4`: the new number and the peer's address.
@@ -122,11 +119,35 @@ pub(crate) fn close(fd: RawFd) -> Option<Arc<Socket>> {
     registry::remove(fd)
 }
 
+/// Before `dup2`/`dup3` of `old` onto the in-process number `new`: if
+/// `old` is open (the copy will be made), `new` stops being in-process
+/// now, while its epoll registrations can still be found on its file;
+/// what it meant is returned, to be dropped after the copy.
+pub(crate) fn replacing(old: RawFd, new: RawFd) -> Option<Arc<Socket>> {
+    // SAFETY: no pointers; whether `old` is open.
+    if old == new || unsafe { real::fcntl(old, libc::F_GETFD, 0) } < 0 {
+        return None;
+    }
+    epoll::closing(new);
+    registry::remove(new)
+}
+
 /// After a successful copy of `old` to `new`: see [`registry::copy`]
-/// (`new`'s epoll registrations, made on what it was, go).
+/// (`new`'s epoll registrations, made on what it was, go). A copy of an
+/// in-process number is close-on-exec, as every such number (after
+/// `exec` it would be a bare eventfd): `dup`, `dup2` and `F_DUPFD` make
+/// it so here, where the kernel would not.
 pub(crate) fn copied(old: RawFd, new: RawFd) {
-    if old != new && registry::is(new) {
+    if old == new {
+        return;
+    }
+    if registry::is(new) {
         epoll::closing(new);
     }
-    drop(registry::copy(old, new));
+    let replaced = registry::copy(old, new);
+    if registry::is(new) {
+        // SAFETY: no pointers; `new` is the copy just made.
+        unsafe { real::fcntl(new, libc::F_SETFD, libc::FD_CLOEXEC as libc::c_ulong) };
+    }
+    drop(replaced);
 }

@@ -41,20 +41,17 @@ fn slot() -> MutexGuard<'static, Slot> {
 
 /// In a forked child, the parent's engine is leaked: its lock may be
 /// held by a thread the child does not have, and dropping it would close
-/// descriptors and join threads that are not the child's. Its UDP socket
-/// is closed (the child must not hold the port; the engine's other copies
-/// of it and its timerfd are left, unread).
+/// descriptors and join threads that are not the child's. A child made
+/// by `fork` has closed its long-lived descriptors already (see
+/// [`fork_child`]); one made otherwise (a raw `clone`) keeps them, as the
+/// numbers may be other files by now.
 fn forget_inherited(slot: &mut Slot) {
     let pid = std::process::id();
     if slot.pid == pid {
         return;
     }
     if let State::Ready(runtime) = std::mem::replace(&mut slot.state, State::Untried) {
-        let udp = std::os::fd::AsRawFd::as_raw_fd(&runtime.udp_fd());
         std::mem::forget(runtime);
-        // SAFETY: no pointers; the child's copy of a socket nothing in
-        // the child will use again (the runtime holding it is leaked).
-        unsafe { crate::real::close(udp) };
     }
     slot.pid = pid;
 }
@@ -70,7 +67,6 @@ pub(crate) fn runtime() -> Option<Runtime> {
         State::Untried => {}
     }
     register_fork_handlers();
-    register_exit_handler();
     match make() {
         Some(runtime) => {
             slot.state = State::Ready(runtime.clone());
@@ -121,34 +117,42 @@ fn make() -> Option<Runtime> {
     Runtime::bind(config).ok()
 }
 
-/// How long the process's exit waits for its flows to end at most (their
-/// queued bytes and end of stream delivered), as the kernel goes on
-/// sending a closed socket's bytes after its process is gone.
+/// How long the process's exit waits for its flows' bytes and ends of
+/// stream to be acknowledged at most, as the kernel goes on sending a
+/// closed socket's bytes after its process is gone.
 const LINGER: Duration = Duration::from_secs(2);
 
-/// How long the host must have sent and received nothing for the exit to
-/// take its flows for done (the engine does not tell whether a closing
-/// flow's bytes are all acknowledged; closed flows stay in the host for a
-/// while after that).
-const QUIET: Duration = Duration::from_millis(200);
+/// [`on_exit`], as a destructor of the shim's (`.fini_array`): the
+/// dynamic loader runs it at `exit` after every `atexit` handler (the
+/// program's, whenever registered) and every C++ static destructor
+/// (`__cxa_atexit`), since its own handler, which runs the objects'
+/// destructors, was registered first, and after the executable's own
+/// destructors (objects are finalised in the reverse of their
+/// initialisation, the executable's last). So the program's exit-time
+/// code still sees its in-process sockets. `_exit` and a fatal signal
+/// skip it, as they skip the kernel's linger of nothing: the flows are
+/// simply gone.
+#[used]
+#[link_section = ".fini_array"]
+static ON_EXIT: extern "C" fn() = on_exit;
 
-/// Registers [`on_exit`] once.
-fn register_exit_handler() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: a plain `extern "C" fn()` that lives as long as the
-        // process.
-        unsafe { libc::atexit(on_exit) };
-    });
-}
-
-/// At `exit`: closes every in-process socket (as the kernel closes a
-/// dying process's descriptors: a stream's queued bytes and end of
-/// stream still go, a listener's unaccepted flows are reset), then
-/// drives the host until it holds no flow, or has been [`QUIET`], for
-/// [`LINGER`] at most. Without it, bytes a server wrote just before it
-/// exits would never reach its client.
+/// At `exit` (see [`ON_EXIT`]): closes every in-process socket (as the
+/// kernel closes a dying process's descriptors: a stream's queued bytes
+/// and end of stream still go, a listener's unaccepted flows are reset),
+/// then drives the host until every stream flow is finished both ways
+/// ([`Runtime::unfinished_streams`]: its bytes and end of stream
+/// acknowledged, the peer's end of stream received), for [`LINGER`] at
+/// most (a peer that keeps its end open, or stopped answering). Waiting
+/// for the peer's end too, as the kernel keeps a dead process's closing
+/// socket: a peer still reading what we sent sends window updates, which
+/// a host that is gone would answer with an unreachable port, and the
+/// peer's engine would drop what it had not read yet. Without it, bytes a server wrote just before
+/// it exits would never reach its client. An exit with nothing on its
+/// way costs one look.
 extern "C" fn on_exit() {
+    if !super::enabled() {
+        return;
+    }
     let _ = std::panic::catch_unwind(|| {
         let Some(runtime) = existing() else {
             return;
@@ -156,12 +160,8 @@ extern "C" fn on_exit() {
         drop(super::registry::drain());
         let deadline = Instant::now() + LINGER;
         let _inside = runtime.enter();
-        let traffic = |runtime: &Runtime| {
-            let stats = runtime.host_stats();
-            stats.packets_in + stats.packets_out
-        };
-        let (mut seen, mut since) = (traffic(&runtime), Instant::now());
-        while runtime.flow_count() > 0 && Instant::now() < deadline {
+        let _ = runtime.drive();
+        while runtime.unfinished_streams() > 0 && Instant::now() < deadline {
             let mut set = runtime.wait_fds().map(|fd| libc::pollfd {
                 fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
                 events: libc::POLLIN,
@@ -170,12 +170,6 @@ extern "C" fn on_exit() {
             // SAFETY: `set` is a valid array of its length.
             unsafe { crate::real::poll(set.as_mut_ptr(), set.len() as libc::nfds_t, 10) };
             let _ = runtime.drive();
-            let now = traffic(&runtime);
-            if now != seen {
-                (seen, since) = (now, Instant::now());
-            } else if since.elapsed() >= QUIET {
-                break;
-            }
         }
     });
 }
@@ -195,7 +189,7 @@ fn register_fork_handlers() {
         // SAFETY: plain `extern "C" fn()`s that live as long as the
         // process.
         unsafe {
-            libc::pthread_atfork(Some(fork_prepare), Some(fork_release), Some(fork_release));
+            libc::pthread_atfork(Some(fork_prepare), Some(fork_release), Some(fork_child));
         }
     });
 }
@@ -207,6 +201,34 @@ extern "C" fn fork_prepare() {
     let _ = FORK_GUARD.try_with(|held| *held.borrow_mut() = Some(guard));
     super::registry::fork_prepare();
     super::epoll::fork_prepare();
+}
+
+/// In the child, right after `fork` (the numbers are still exactly the
+/// parent's): the parent's engine is forgotten ([`forget_inherited`])
+/// and its long-lived descriptors ([`Runtime::descriptors`]: the UDP
+/// socket, the timerfd and every copy of them the engine keeps) closed,
+/// so that the child holds neither the port nor anything it would wait
+/// on; the registry learns the new process id and closes the child's
+/// copies of its listeners' relay connections (see
+/// `registry::forked`); then the locks go. The child's copies of the
+/// objects' eventfds stay until the numbers that were the program's
+/// close; the threads' wake-up eventfds and the resolver's connection
+/// stay (leaked, unread).
+extern "C" fn fork_child() {
+    let _ = FORK_GUARD.try_with(|held| {
+        if let Some(slot) = held.borrow_mut().as_mut() {
+            if let State::Ready(runtime) = &slot.state {
+                for &fd in runtime.descriptors() {
+                    // SAFETY: no pointers; the child's copy of one of the
+                    // engine's descriptors, forgotten below.
+                    unsafe { crate::real::close(fd) };
+                }
+            }
+            forget_inherited(slot);
+        }
+    });
+    super::registry::forked();
+    fork_release();
 }
 
 /// Lets both locks go (in the parent and in the child: the child's

@@ -40,8 +40,22 @@
 //! whose flow closes when the last number closes. The socket's
 //! `O_NONBLOCK` is the shim's (the eventfd's file status flags are the
 //! engine's and must stay non-blocking): `fcntl(F_GETFL/F_SETFL)` and
-//! `ioctl(FIONBIO)` answer from it. Numbers are close-on-exec: after
-//! `exec`, in-process sockets are gone (no hand-over to sald yet).
+//! `ioctl(FIONBIO)` answer from it. Numbers are close-on-exec, copies
+//! made by `dup`, `dup2` and `F_DUPFD` included (the shim sets it where
+//! the kernel would not): after `exec`, in-process sockets are gone (no
+//! hand-over to sald yet).
+//!
+//! Each number is checked against the eventfd it was made a copy of
+//! (`kcmp`, one system call per call on an in-process number; `fstat`,
+//! weaker, where `kcmp` is refused: see [`registry`]), so that a number
+//! closed behind the shim's back (`syscall(SYS_close)`, `close_range`,
+//! `fclose` of an `fdopen`ed socket) and reused by another file is that
+//! file's. `dup2`/`dup3` onto an in-process number let go of it (its
+//! epoll registrations included) before the kernel replaces its file.
+//! `connect` and `listen` put the object at the number only if it still
+//! holds the file the call began with (`EBADF` if the program closed it
+//! meanwhile); `accept` takes a number before it takes the flow, so that
+//! `EMFILE` leaves the flow queued.
 //!
 //! # Waiting
 //!
@@ -59,20 +73,43 @@
 //!
 //! # exit
 //!
-//! At `exit` (an `atexit` handler, see `engine`), every in-process socket
-//! is closed and the host driven until it holds no flow or has been
-//! quiet for 200 ms (2 s at most), as the kernel goes on sending a dying
-//! process's last bytes; a killed process's flows are simply gone (their
-//! peers time out).
+//! At `exit` (a destructor of the shim's, `.fini_array`, which runs after
+//! the program's `atexit` handlers and static destructors: see `engine`),
+//! every in-process socket is closed and the host driven until every
+//! stream is finished both ways (its bytes and end of stream
+//! acknowledged, the peer's end received; 2 s at most), as the kernel
+//! goes on sending a dying process's last bytes; a
+//! killed process's flows are simply gone (their peers time out).
 //!
 //! # fork
 //!
 //! A forked child never touches its parent's engine (its lock may be
 //! held by a thread that does not exist in the child): the runtime is
-//! forgotten (leaked, never dropped), every inherited in-process number
-//! fails with `ECONNRESET` (`close` works), and the child makes a fresh
-//! runtime for the sockets it makes. Handing the flows to sald at `fork`
-//! or `exec` (`Adopt`) is not done.
+//! forgotten (leaked, never dropped; its UDP socket, timerfd and their
+//! copies closed in the child), every inherited in-process stream fails
+//! with `ECONNRESET` (`close` works), an inherited listener is one that
+//! stopped listening (`accept`: `EINVAL`; `poll` and `select` never
+//! report it ready; closing it closes the child's copy of sald's relay
+//! connection), and the child makes a fresh runtime for the sockets it
+//! makes. Handing the flows to sald at `fork` or `exec` (`Adopt`) is not
+//! done.
+//!
+//! # Not done
+//!
+//! - glibc's stdio on an in-process number (`fdopen`, `fgets`, `fclose`)
+//!   bypasses the interposed calls: it reads the eventfd's counter.
+//! - An inherited listener registered in epoll in a forked child can
+//!   still be reported ready (the eventfd is the parent's file).
+//! - The threads' wake-up eventfds and the resolver's connection of a
+//!   forgotten parent's engine stay open (leaked) in a forked child.
+//! - Where `kcmp` is refused, a number reused by another eventfd (the
+//!   engine's own among them) is not noticed.
+//! - `dup2`/`dup3` onto an in-process number that fails after the number
+//!   was let go of (`EINTR`, `EBUSY`) leaves a bare eventfd there.
+//! - A number found closed behind the shim's back lets go of its socket
+//!   (closing the flow) only at the next `close` of an in-process
+//!   number, `connect`, `listen`, `accept`, `poll` or the exit: the
+//!   look-up that found it may run inside the engine.
 
 pub(crate) mod calls;
 mod engine;
@@ -88,7 +125,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 pub(crate) use engine::runtime;
 pub(crate) use poll::{concerns, poll};
-pub(crate) use registry::is;
+pub(crate) use registry::live as is;
+pub(crate) use registry::reap;
 pub(crate) use setup::{connect, listen, relay, Before};
 pub(crate) use socket::Socket;
 

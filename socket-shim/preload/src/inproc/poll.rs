@@ -9,7 +9,8 @@
 //!
 //! Not reported: `POLLHUP` and `POLLERR` of a reset or failed stream (it
 //! is readable and writable then, and the call that follows gets the
-//! error), but for a socket inherited across `fork` (reset: everything).
+//! error), but for a stream inherited across `fork` (reset: everything;
+//! an inherited listener: nothing, ever).
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -51,6 +52,7 @@ pub(crate) fn poll(
     deadline: Option<Instant>,
     sigmask: *const libc::sigset_t,
 ) -> Res<c_int> {
+    registry::reap();
     let mut set = Vec::with_capacity(fds.len() + 4);
     let mut roles = Vec::with_capacity(fds.len() + 4);
     // Held for the call: the eventfds in the set stay theirs meanwhile.
@@ -63,13 +65,18 @@ pub(crate) fn poll(
         revents: 0,
     };
     for (i, p) in fds.iter().enumerate() {
-        let Some(socket) = registry::get(p.fd) else {
+        let Some(socket) = registry::checked(p.fd) else {
             set.push(entry(p.fd, p.events));
             roles.push(Role::Direct(i));
             continue;
         };
         if socket.inherited() {
-            known[i] = (p.events & (IN | OUT)) | libc::POLLERR | libc::POLLHUP;
+            // A stream: reset, every call fails at once. A listener: it
+            // stopped listening here, and is never ready (Linux would say
+            // POLLHUP of a closed listener: an accept loop would spin).
+            if !socket.listens() {
+                known[i] = (p.events & (IN | OUT)) | libc::POLLERR | libc::POLLHUP;
+            }
             continue;
         }
         if p.events & IN != 0 {

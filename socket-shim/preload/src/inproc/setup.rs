@@ -31,6 +31,14 @@ pub(crate) struct Before {
     pub options: Vec<(c_int, Vec<u8>)>,
     /// Its epoll registrations, added again for the new file.
     pub epoll: Vec<(RawFd, libc::epoll_event)>,
+    /// Device and inode of the file at the number (the placeholder, or
+    /// the kernel's socket): still there when the engine's object takes
+    /// the number, or the program closed it meanwhile (and the number may
+    /// be another file's now).
+    pub ident: (u64, u64),
+    /// The generation of the number's daemon-table entry, if it has one
+    /// (see `table::Entry::gen`): the same when the object takes it.
+    pub gen: Option<u64>,
 }
 
 impl Before {
@@ -66,6 +74,7 @@ pub(crate) fn connect(
     if !enabled() || !registry::fits(fd) {
         return None;
     }
+    registry::reap();
     let runtime = runtime()?;
     let stream = match runtime.connect(service, Mode::NonBlocking) {
         Ok(stream) => stream,
@@ -97,7 +106,7 @@ pub(crate) fn connect(
     if pending {
         socket.set_untold();
     }
-    if let Err(errno) = install(fd, Arc::new(socket), &before.epoll) {
+    if let Err(errno) = install(fd, Arc::new(socket), &before) {
         return Some(Err(errno));
     }
     Some(match pending {
@@ -145,6 +154,7 @@ pub(crate) fn listen(
     if !registry::fits(fd) {
         return Err(libc::EMFILE);
     }
+    registry::reap();
     let runtime = runtime().ok_or(libc::EINVAL)?;
     // As Linux: a negative backlog (or one past it) is `somaxconn`.
     let backlog = usize::try_from(backlog).map_or(4096, |b| b.clamp(1, 4096));
@@ -155,22 +165,52 @@ pub(crate) fn listen(
     };
     let options = before.leveled();
     let socket = Socket::new(object, family, local, None, before.nonblock, options);
-    install(fd, Arc::new(socket), &before.epoll)
+    install(fd, Arc::new(socket), &before)
 }
 
 /// `accept` (`flags`: `SOCK_NONBLOCK`, `SOCK_CLOEXEC`) on the in-process
 /// listener `listener`: the new number (the lowest free, as the kernel's)
-/// and the peer's address.
+/// and the peer's address. The number is taken (a copy of the
+/// listener's eventfd) before the flow is: at `EMFILE` the flow stays
+/// queued, as the kernel's `accept` leaves a connection it cannot give a
+/// descriptor.
 pub(crate) fn accept(listener: &Socket, flags: c_int) -> Res<(RawFd, SockAddr)> {
     if flags & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) != 0 {
         return Err(libc::EINVAL);
     }
-    let stream = listener.accept()?;
-    let readable = stream.readable_fd().as_raw_fd();
-    // SAFETY: no pointers; a copy of the stream's eventfd for the program.
-    let fd = unsafe { real::fcntl(readable, libc::F_DUPFD_CLOEXEC, 0) };
+    registry::reap();
+    if listener.inherited() {
+        // Nothing to take (see `Socket::accept`): no number either.
+        return Err(listener.accept().err().unwrap_or(libc::EINVAL));
+    }
+    let reserve = listener.readable_fd().ok_or(libc::ECONNRESET)?;
+    // SAFETY: no pointers; a copy of the listener's eventfd, holding the
+    // number the flow will get.
+    let fd = unsafe { real::fcntl(reserve, libc::F_DUPFD_CLOEXEC, 0) };
     if fd < 0 {
         return Err(last_errno());
+    }
+    // SAFETY: no pointers; the number just reserved, nobody else's.
+    let unreserve = || unsafe { real::close(fd) };
+    if !registry::fits(fd) {
+        unreserve();
+        return Err(libc::EMFILE);
+    }
+    let stream = match listener.accept() {
+        Ok(stream) => stream,
+        Err(errno) => {
+            unreserve();
+            return Err(errno);
+        }
+    };
+    let readable = stream.readable_fd().as_raw_fd();
+    // SAFETY: no pointers; the reserved number becomes a copy of the
+    // stream's eventfd.
+    if unsafe { real::dup3(readable, fd, libc::O_CLOEXEC) } < 0 {
+        let errno = last_errno();
+        unreserve();
+        drop(stream);
+        return Err(errno);
     }
     let peer = listener.accepted_peer();
     let nonblock = flags & libc::SOCK_NONBLOCK != 0;
@@ -189,36 +229,65 @@ pub(crate) fn accept(listener: &Socket, flags: c_int) -> Res<(RawFd, SockAddr)> 
             Ok((fd, peer))
         }
         Err(socket) => {
-            // SAFETY: no pointers; the copy just made, nobody else's.
-            unsafe { real::close(fd) };
+            unreserve();
             drop(socket);
             Err(libc::EMFILE)
         }
     }
 }
 
-/// Puts `socket` at the program's number `fd`: registered first (so that
-/// calls on `fd` reach it from now on), then its readable eventfd's copy
-/// replaces the placeholder (or the kernel's socket) and the number's
-/// daemon-path entry goes. The program's epoll registrations of the old
-/// file are made again on the new one.
-fn install(fd: RawFd, socket: Arc<Socket>, epoll: &[(RawFd, libc::epoll_event)]) -> Res<()> {
+/// Puts `socket` at the program's number `fd`: under the daemon table's
+/// lock, the number must still hold the file it held when the call began
+/// (`before`'s identity, and its table entry's generation): a number the
+/// program closed during a blocking connect, and the kernel gave to
+/// another file, is not replaced (`EBADF`, the flow closes). Then the
+/// object's readable eventfd's copy replaces the placeholder (or the
+/// kernel's socket), the number's daemon-path entry goes, and, the table
+/// let go of, the registry learns the number (a `close` racing with that
+/// leaves a number the registry's identity check forgets). The program's
+/// epoll registrations of the old file are made again on the new one.
+fn install(fd: RawFd, socket: Arc<Socket>, before: &Before) -> Res<()> {
     let readable = socket.readable_fd().ok_or(libc::EIO)?;
-    let replaced = registry::insert(fd, Arc::clone(&socket)).map_err(|_| libc::EMFILE)?;
-    drop(replaced);
+    let mut stale = Vec::new();
     let mut table = crate::table::lock();
-    // SAFETY: no pointers; `fd` is the program's socket the table says is
-    // ours to replace, `readable` the socket's eventfd, held by `socket`.
+    let same_gen = match before.gen {
+        Some(gen) => table
+            .get(fd, &mut stale)
+            .is_some_and(|entry| entry.gen == gen),
+        None => true,
+    };
+    if !same_gen || crate::table::ident(fd) != before.ident {
+        drop(table);
+        drop(stale);
+        drop(socket);
+        return Err(libc::EBADF);
+    }
+    // SAFETY: no pointers; `fd` is the program's socket, checked above to
+    // be the one this call began with, `readable` the socket's eventfd,
+    // held by `socket`.
     if unsafe { real::dup3(readable, fd, libc::O_CLOEXEC) } < 0 {
         let errno = last_errno();
         drop(table);
-        drop(registry::remove(fd));
+        drop(stale);
+        drop(socket);
         return Err(errno);
     }
     let old = table.remove(fd);
     drop(table);
+    drop(stale);
     drop(old);
-    for (epfd, event) in epoll {
+    match registry::insert(fd, socket) {
+        Ok(replaced) => drop(replaced),
+        Err(socket) => {
+            // Out of range (checked by the callers first): the number is
+            // a bare eventfd now; closed, as the socket is.
+            // SAFETY: no pointers; the copy just made.
+            unsafe { real::close(fd) };
+            drop(socket);
+            return Err(libc::EMFILE);
+        }
+    }
+    for (epfd, event) in &before.epoll {
         // A set the program closed meanwhile refuses it: nothing to add.
         let _ = super::epoll::ctl(*epfd, libc::EPOLL_CTL_ADD, fd, Some(*event));
     }

@@ -3,7 +3,7 @@
 //! timeouts, options, names, whether a background connect's success was
 //! told). Every socket call on an in-process number lands here.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -54,8 +54,9 @@ pub(crate) struct Socket {
     untold: AtomicBool,
     /// The connect's error was reported (`SO_ERROR`, `connect`): once.
     error_told: AtomicBool,
-    /// `shutdown(SHUT_RD)`: reads find end of file.
-    read_shut: AtomicBool,
+    /// A forked child closed its copy of the listener's relay connection
+    /// ([`Socket::forked`]).
+    relay_closed: AtomicBool,
 }
 
 /// The errno of an engine error, as the daemon path reports the same
@@ -88,7 +89,7 @@ impl Socket {
             options: Mutex::new(options),
             untold: AtomicBool::new(false),
             error_told: AtomicBool::new(false),
-            read_shut: AtomicBool::new(false),
+            relay_closed: AtomicBool::new(false),
         }
     }
 
@@ -136,6 +137,31 @@ impl Socket {
             Object::Stream(stream) => stream.readable_fd().as_raw_fd(),
             Object::Listener { listener, .. } => listener.readable_fd().as_raw_fd(),
         })
+    }
+
+    /// The engine's readable eventfd of the object whoever made it (a
+    /// forked child's copy of it included): what the program's numbers
+    /// for this socket are copies of (see `registry`), valid while the
+    /// socket is held.
+    pub(crate) fn identity_fd(&self) -> Option<RawFd> {
+        Some(match self.object.as_ref()? {
+            Object::Stream(stream) => stream.readable_fd().as_raw_fd(),
+            Object::Listener { listener, .. } => listener.readable_fd().as_raw_fd(),
+        })
+    }
+
+    /// In a forked child, right after `fork`: a listener's copy of its
+    /// relay connection is closed (once, whatever the later forks), so
+    /// that sald stops relaying once the parent's closes too (the
+    /// connection itself is leaked with the object).
+    pub(crate) fn forked(&self) {
+        if let Some(Object::Listener { _relay, .. }) = &self.object {
+            if !self.relay_closed.swap(true, Ordering::Relaxed) {
+                // SAFETY: no pointers; the child's copy of the relay's
+                // descriptor, which nothing in the child uses again.
+                unsafe { crate::real::close(_relay.as_fd().as_raw_fd()) };
+            }
+        }
     }
 
     /// Marks a non-blocking connect that returned `EINPROGRESS`.
@@ -195,7 +221,7 @@ impl Socket {
             return Err(libc::EOPNOTSUPP);
         }
         let stream = self.stream()?;
-        if buf.is_empty() || self.read_shut.load(Ordering::Relaxed) {
+        if buf.is_empty() {
             return Ok(0);
         }
         let mode = self.mode(flags, libc::SO_RCVTIMEO);
@@ -236,8 +262,14 @@ impl Socket {
         result
     }
 
-    /// `accept`: the next flow, as an engine stream.
+    /// `accept`: the next flow, as an engine stream. A listener inherited
+    /// across `fork` is one that stopped listening in this process:
+    /// `EINVAL`, as Linux's after `shutdown` (and `poll` never reports it
+    /// ready, so that an accept loop does not spin).
     pub(crate) fn accept(&self) -> Res<Stream> {
+        if self.inherited() && self.listens() {
+            return Err(libc::EINVAL);
+        }
         match self.object()? {
             Object::Listener { listener, .. } => listener
                 .accept(self.mode(0, libc::SO_RCVTIMEO))
@@ -264,10 +296,17 @@ impl Socket {
         let stream = match self.object()? {
             Object::Stream(stream) => stream,
             Object::Listener { .. } if how == libc::SHUT_WR => return Err(libc::ENOTCONN),
-            Object::Listener { .. } => return Ok(()),
+            // As Linux's: the listener stops (its queue reset), and every
+            // accept, those blocked now included, fails with `EINVAL`.
+            Object::Listener { listener, .. } => {
+                listener.stop();
+                return Ok(());
+            }
         };
         if how != libc::SHUT_WR {
-            self.read_shut.store(true, Ordering::Relaxed);
+            // Queued bytes still read, then end of file; a reader blocked
+            // now wakes with it.
+            stream.shutdown_read().map_err(|error| errno(&error))?;
         }
         if how != libc::SHUT_RD {
             match stream.shutdown_write() {

@@ -1,0 +1,326 @@
+/*
+ * inproc_fds: in-process numbers changed behind the shim's back or
+ * replaced, under serval-run --in-process.
+ *
+ *   inproc_fds SID [stale|replaced]   (a stream-server for SID, for 3
+ *                                      connections, 2 or 1, must be
+ *                                      listening)
+ *   inproc_fds SID listener           (nothing listens on SID)
+ *   inproc_fds SID shutdown           (nothing listens on SID)
+ *
+ * 1. A connected number closed by syscall(SYS_close), then by
+ *    close_range: a pipe opened next gets the number, and read and write
+ *    on it are the pipe's, not the stream's.
+ * 2. dup2 of a pipe onto a connected number registered in epoll: the
+ *    registration goes with the number (the stream, still open through a
+ *    dup, gets its echo, and epoll_wait reports nothing of it); dup2 of
+ *    a number onto itself changes nothing; a dup of an in-process number
+ *    is close-on-exec.
+ *
+ * 3. (listener) accept at EMFILE leaves the flow queued: the next accept,
+ *    with a descriptor free, gets it and it echoes; in a forked child,
+ *    the inherited listener fails accept with EINVAL at once and poll
+ *    never reports it ready.
+ * 4. (shutdown) shutdown(SHUT_RD) of a stream, from another thread,
+ *    wakes a thread blocked in read with end of file, after the bytes
+ *    already queued; shutdown of a listener wakes a thread blocked in
+ *    accept with EINVAL, and later accepts fail at once.
+ *
+ * Exits 0 when all held.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "serval.h"
+
+static struct sockaddr_sv sv_addr(const char *hex) {
+    struct sockaddr_sv sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sv_family = AF_SERVAL;
+    for (size_t i = 0; hex[i] && i < 64; i++) {
+        char c = hex[i];
+        int v = c >= '0' && c <= '9' ? c - '0' : (c | 32) - 'a' + 10;
+        sa.sv_srvid.s_sid[i / 2] |= (uint8_t)(i % 2 ? v : v << 4);
+    }
+    return sa;
+}
+
+static int connected(const struct sockaddr_sv *sa) {
+    int fd = socket(AF_SERVAL, SOCK_STREAM, 0);
+    if (fd < 0) { perror("socket"); exit(2); }
+    if (connect(fd, (const struct sockaddr *)sa, sizeof *sa) < 0) { perror("connect"); exit(2); }
+    return fd;
+}
+
+/* Closes the connected number FD behind the shim's back (HOW: "syscall"
+ * or "close_range"), opens a pipe on it and checks the pipe's ends. */
+static int stale(const struct sockaddr_sv *sa, const char *how) {
+    int fd = connected(sa);
+    /* One echo first: the number really is the stream. */
+    char buf[16];
+    if (write(fd, "ping", 4) != 4 || read(fd, buf, sizeof buf) != 4) {
+        fprintf(stderr, "%s: no echo before\n", how);
+        return 1;
+    }
+    if (strcmp(how, "syscall") == 0) {
+        if (syscall(SYS_close, fd) != 0) { perror("SYS_close"); return 1; }
+    } else if (syscall(SYS_close_range, (unsigned)fd, (unsigned)fd, 0) != 0) {
+        perror("close_range");
+        return 1;
+    }
+    int p[2];
+    if (pipe(p) != 0) { perror("pipe"); return 1; }
+    if (p[0] != fd && p[1] != fd) {
+        fprintf(stderr, "%s: the pipe did not get number %d (%d %d)\n", how, fd, p[0], p[1]);
+        return 1;
+    }
+    alarm(10);
+    if (write(p[1], "pipe!", 5) != 5) {
+        fprintf(stderr, "%s: write on the pipe's number: %s\n", how, strerror(errno));
+        return 1;
+    }
+    memset(buf, 0, sizeof buf);
+    ssize_t n = read(p[0], buf, sizeof buf);
+    if (n != 5 || memcmp(buf, "pipe!", 5) != 0) {
+        fprintf(stderr, "%s: read on the pipe's number got %zd (%s)\n", how, n,
+                n < 0 ? strerror(errno) : "wrong bytes");
+        return 1;
+    }
+    alarm(0);
+    close(p[0]);
+    close(p[1]);
+    return 0;
+}
+
+static int replaced(const struct sockaddr_sv *sa) {
+    int fd = connected(sa);
+    int keep = dup(fd);
+    if (keep < 0) { perror("dup"); return 1; }
+    int bad = 0;
+    int flags = fcntl(keep, F_GETFD);
+    if (flags < 0 || !(flags & FD_CLOEXEC)) {
+        fprintf(stderr, "dup of an in-process number is not close-on-exec\n");
+        bad = 1;
+    }
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 77};
+    if (ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) != 0) { perror("epoll"); return 1; }
+    int p[2];
+    if (pipe(p) != 0) { perror("pipe"); return 1; }
+    if (dup2(p[0], fd) != fd) { perror("dup2"); return 1; }
+    if (dup2(keep, keep) != keep) { perror("dup2 onto itself"); return 1; }
+    if (write(keep, "after", 5) != 5) { perror("write"); return 1; }
+    struct epoll_event got[4];
+    int n = epoll_wait(ep, got, 4, 1500);
+    for (int i = 0; i < n; i++) {
+        fprintf(stderr, "epoll_wait: event %#x data %llu of a replaced number\n", got[i].events,
+                (unsigned long long)got[i].data.u64);
+    }
+    if (n != 0) return 1;
+    char buf[16];
+    alarm(10);
+    size_t have = 0;
+    while (have < 5) {
+        ssize_t r = read(keep, buf + have, sizeof buf - have);
+        if (r <= 0) { perror("read of the echo"); return 1; }
+        have += (size_t)r;
+    }
+    alarm(0);
+    if (memcmp(buf, "after", 5) != 0) { fprintf(stderr, "echo differs\n"); return 1; }
+    close(fd);
+    close(p[1]);
+    close(keep);
+    close(ep);
+    return bad;
+}
+
+static int listener(const struct sockaddr_sv *sa) {
+    int l = socket(AF_SERVAL, SOCK_STREAM, 0);
+    if (l < 0 || bind(l, (const struct sockaddr *)sa, sizeof *sa) != 0 || listen(l, 8) != 0) {
+        perror("listener");
+        return 1;
+    }
+    /* At the limit, first with room for the engine's descriptors of the
+     * first flow (4 as the engine is now, with no spare eventfds yet) but
+     * not for the program's number, then with no room at all: accept
+     * fails with EMFILE, and the flow must stay queued. */
+    static const int rooms[] = {4, 0};
+    int a = -1, c = -1;
+    for (size_t r = 0; r < sizeof rooms / sizeof rooms[0]; r++) {
+        if (a >= 0) close(a);
+        if (c >= 0) close(c);
+        c = connected(sa);
+        struct rlimit was, tight;
+        int probe = dup(0);
+        close(probe);
+        getrlimit(RLIMIT_NOFILE, &was);
+        tight = was;
+        tight.rlim_cur = (rlim_t)probe + (rlim_t)rooms[r];
+        if (setrlimit(RLIMIT_NOFILE, &tight) != 0) { perror("setrlimit"); return 1; }
+        a = accept(l, NULL, NULL);
+        int e = errno;
+        setrlimit(RLIMIT_NOFILE, &was);
+        if (a != -1 || e != EMFILE) {
+            fprintf(stderr, "accept at the limit (room %d): %d (%s), not EMFILE\n", rooms[r], a,
+                    strerror(e));
+            return 1;
+        }
+        alarm(10);
+        a = accept(l, NULL, NULL);
+        if (a < 0) { perror("accept after EMFILE: the flow was lost"); return 1; }
+        char buf[8];
+        if (write(c, "queued", 6) != 6 || read(a, buf, sizeof buf) != 6 || memcmp(buf, "queued", 6)) {
+            fprintf(stderr, "the flow accepted after EMFILE does not carry bytes\n");
+            return 1;
+        }
+        alarm(0);
+    }
+    pid_t pid = fork();
+    if (pid < 0) { perror("fork"); return 1; }
+    if (pid == 0) {
+        int bad = 0;
+        alarm(10);
+        if (accept(l, NULL, NULL) != -1 || errno != EINVAL) {
+            fprintf(stderr, "child: accept on the inherited listener: errno %d, not EINVAL\n", errno);
+            bad = 1;
+        }
+        struct pollfd p = {.fd = l, .events = POLLIN};
+        int n = poll(&p, 1, 200);
+        if (n != 0) {
+            fprintf(stderr, "child: the inherited listener polls ready (%d, %#x)\n", n, p.revents);
+            bad = 1;
+        }
+        if (close(l) != 0) { perror("child: close"); bad = 1; }
+        _exit(bad);
+    }
+    int status;
+    if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        fprintf(stderr, "child failed: status %#x\n", status);
+        return 1;
+    }
+    close(a);
+    close(c);
+    close(l);
+    return 0;
+}
+
+struct blocked {
+    int fd;
+    int listening;
+    ssize_t result;
+    int error;
+    char buf[16];
+};
+
+/* A thread blocked in accept (listening) or read on FD. */
+static void *block(void *arg) {
+    struct blocked *b = arg;
+    if (b->listening) {
+        b->result = accept(b->fd, NULL, NULL);
+    } else {
+        b->result = read(b->fd, b->buf, sizeof b->buf);
+    }
+    b->error = errno;
+    return NULL;
+}
+
+/* Runs block() on FD, waits 100 ms, shuts FD down with HOW and returns
+ * what the blocked call returned (errno in *error). */
+static ssize_t woken(int fd, int listening, int how, int *error) {
+    struct blocked b = {.fd = fd, .listening = listening};
+    pthread_t tid;
+    pthread_create(&tid, NULL, block, &b);
+    usleep(100 * 1000);
+    if (shutdown(fd, how) != 0) { perror("shutdown"); exit(1); }
+    pthread_join(tid, NULL);
+    *error = b.error;
+    return b.result;
+}
+
+static int shut(const struct sockaddr_sv *sa) {
+    int l = socket(AF_SERVAL, SOCK_STREAM, 0);
+    if (l < 0 || bind(l, (const struct sockaddr *)sa, sizeof *sa) != 0 || listen(l, 8) != 0) {
+        perror("listener");
+        return 1;
+    }
+    alarm(10);
+    int c = connected(sa);
+    int a = accept(l, NULL, NULL);
+    if (a < 0) { perror("accept"); return 1; }
+    /* Bytes queued before SHUT_RD are read first, then end of file. */
+    if (write(c, "queued", 6) != 6) { perror("write"); return 1; }
+    struct pollfd p = {.fd = a, .events = POLLIN};
+    if (poll(&p, 1, 2000) != 1) { fprintf(stderr, "nothing came\n"); return 1; }
+    if (shutdown(a, SHUT_RD) != 0) { perror("shutdown(SHUT_RD)"); return 1; }
+    char buf[16];
+    ssize_t n = read(a, buf, sizeof buf);
+    if (n != 6 || memcmp(buf, "queued", 6) != 0) {
+        fprintf(stderr, "after SHUT_RD: read %zd, not the queued bytes\n", n);
+        return 1;
+    }
+    if ((n = read(a, buf, sizeof buf)) != 0) {
+        fprintf(stderr, "after SHUT_RD and the queued bytes: read %zd, not end of file\n", n);
+        return 1;
+    }
+    close(a);
+    close(c);
+    /* A blocked reader, woken by SHUT_RD from another thread. */
+    c = connected(sa);
+    a = accept(l, NULL, NULL);
+    if (a < 0) { perror("accept"); return 1; }
+    int e = 0;
+    if ((n = woken(a, 0, SHUT_RD, &e)) != 0) {
+        fprintf(stderr, "a read blocked at SHUT_RD: %zd (%s), not end of file\n", n, strerror(e));
+        return 1;
+    }
+    close(a);
+    close(c);
+    /* A blocked accept, woken by the listener's shutdown. */
+    if ((n = woken(l, 1, SHUT_RDWR, &e)) != -1 || e != EINVAL) {
+        fprintf(stderr, "an accept blocked at shutdown: %zd (%s), not EINVAL\n", n, strerror(e));
+        return 1;
+    }
+    if (accept(l, NULL, NULL) != -1 || errno != EINVAL) {
+        fprintf(stderr, "accept after shutdown: errno %d, not EINVAL\n", errno);
+        return 1;
+    }
+    alarm(0);
+    close(l);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 2 && argc != 3) {
+        fprintf(stderr, "usage: inproc_fds SID [stale|replaced|listener|shutdown]\n");
+        return 2;
+    }
+    struct sockaddr_sv sa = sv_addr(argv[1]);
+    const char *only = argc == 3 ? argv[2] : "";
+    if (strcmp(only, "listener") == 0 || strcmp(only, "shutdown") == 0) {
+        int bad = strcmp(only, "listener") == 0 ? listener(&sa) : shut(&sa);
+        if (!bad) printf("ok\n");
+        return bad;
+    }
+    int bad = 0;
+    if (strcmp(only, "replaced") != 0) {
+        bad |= stale(&sa, "syscall");
+        bad |= stale(&sa, "close_range");
+    }
+    if (strcmp(only, "stale") != 0) bad |= replaced(&sa);
+    if (!bad) printf("ok\n");
+    return bad;
+}
