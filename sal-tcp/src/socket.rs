@@ -1607,6 +1607,26 @@ impl Socket {
         self.rx_buffer.len()
     }
 
+    /// Whether `segment` (a whole TCP segment) carries data past what this
+    /// socket has received in order: new data, not a retransmission of
+    /// bytes it already has (nor a bare FIN or ACK). A closed application's
+    /// socket is reset only for new data, as Linux resets an orphaned
+    /// socket.
+    pub fn carries_new_data(&self, segment: &[u8]) -> bool {
+        let Some(header) = segment.get(12).map(|b| usize::from(b >> 4) * 4) else {
+            return false;
+        };
+        let Some(seq) = segment.get(4..8) else {
+            return false;
+        };
+        let len = segment.len().saturating_sub(header);
+        if len == 0 {
+            return false;
+        }
+        let seq = TcpSeqNumber(i32::from_be_bytes([seq[0], seq[1], seq[2], seq[3]]));
+        seq + len > self.remote_seq_no
+    }
+
     fn set_state(&mut self, state: State) {
         if self.state != state {
             tcp_trace!("state={}=>{}", self.state, state);

@@ -220,3 +220,53 @@ fn resets_give_back_the_buffer_memory_they_count() {
     );
     assert_eq!(net.host(client).stats().buffer_bytes, 0);
 }
+
+/// A flow whose client sent data while the server's acknowledgements were
+/// lost, so that it resends bytes the server already has after the
+/// server's application read them, answered and closed. What the client
+/// then reads to the end.
+fn retransmitted_after_the_server_closed(seed: u64) -> (Vec<u8>, Result<usize, HostError>) {
+    let data = pattern(4000, 5);
+    let ClientServer {
+        mut net,
+        client,
+        server,
+        listener,
+    } = client_server(seed, LinkConditions::default(), HostConfig::default());
+    let (cflow, sflow) = establish(&mut net, client, server, listener, "ab".parse().unwrap());
+    // Everything the server sends is lost for a while.
+    let deaf = Rc::new(Cell::new(true));
+    let lost = deaf.clone();
+    net.set_filter(Some(Box::new(move |p: &Packet| {
+        lost.get() && p.src.ip() == Ipv4Addr::new(10, 0, 0, 2)
+    })));
+    assert_eq!(net.host(client).send(cflow, &data), Ok(data.len()));
+    net.run_for(Duration::from_millis(50));
+    let (got, _) = read_to_end(&mut net, server, sflow);
+    assert_eq!(got.len(), data.len(), "the server read everything");
+    assert_eq!(net.host(server).send(sflow, b"last words"), Ok(10));
+    net.host(server).close(sflow).expect("close");
+    // The client's retransmission timeout runs out: it resends.
+    let resent = net.host(client).stats().retransmits;
+    net.run_for(Duration::from_millis(1500));
+    assert!(
+        net.host(client).stats().tcp_timeouts > 0 || net.host(client).stats().retransmits > resent,
+        "the client resent nothing"
+    );
+    deaf.set(false);
+    net.run_for(Duration::from_secs(5));
+    read_to_end(&mut net, client, cflow)
+}
+
+/// A closed application's flow is reset for new data only, as Linux resets
+/// an orphaned socket: a retransmission of bytes it already has (its ACK
+/// lost, a spurious timeout on the peer's side) is acknowledged, and the
+/// flow ends with its last bytes and end of stream. (Every data segment
+/// reset it: a client whose retransmission crossed the server's close
+/// lost the server's last bytes.)
+#[test]
+fn a_closed_flow_is_not_reset_for_a_retransmission_of_bytes_it_has() {
+    let (got, end) = retransmitted_after_the_server_closed(25);
+    assert_eq!(got, b"last words");
+    assert_eq!(end, Ok(0), "a retransmission reset the closed flow");
+}

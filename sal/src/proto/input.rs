@@ -439,8 +439,11 @@ impl Host {
         }
         let flow = self.flow_mut(id).ok()?;
         let header = tcp_header_len(segment);
-        if flow.teardown.app_closed && segment.len() > header {
-            // Data for an application that closed: nobody will read it.
+        if flow.teardown.app_closed && segment.len() > header && self.carries_new_data(id, segment)
+        {
+            // Data for an application that closed: nobody will read it. A
+            // retransmission of bytes the socket has (an ACK of ours lost,
+            // a spurious timeout) is no such data: TCP acknowledges it.
             let _ = self.abort(id);
             return Some(false);
         }

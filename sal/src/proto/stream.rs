@@ -389,6 +389,15 @@ impl Host {
     }
 
     /// Whether received bytes of an established stream flow wait unread.
+    /// Whether `segment` brings the flow's socket data it has not had (see
+    /// [`Socket::carries_new_data`]); true without a socket to ask.
+    pub(super) fn carries_new_data(&mut self, id: FlowId, segment: &[u8]) -> bool {
+        match self.app_socket(id) {
+            Ok((_, Some(socket))) => socket.carries_new_data(segment),
+            _ => true,
+        }
+    }
+
     pub(super) fn stream_has_unread(&mut self, id: FlowId) -> bool {
         match self.app_socket(id) {
             Ok((FlowState::Established, Some(socket))) => socket.recv_queue() > 0,
