@@ -8,14 +8,13 @@
 //! eventfd, which both processes would then read and raise (a child's
 //! read could consume a raise meant for the parent's thread, which would
 //! sleep until its timeout). So each waker records its process, and
-//! [`current`] makes a fresh one when the process changed. That costs one
-//! `getpid` per [`current`] call, which the engine makes once per wait
-//! (`Inside::claim` keeps the waker for the wait, `EngineLock::wait_release`
-//! asks once per lost `try_lock`), never on a call that does not wait.
+//! [`current`] makes a fresh one when the process changed. The process id
+//! is kept ([`process_id`]: glibc's `getpid` is a system call), and
+//! forgotten in a forked child by a `pthread_atfork` handler.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Once};
 
 use crate::mirror::Signal;
 
@@ -37,11 +36,39 @@ pub(crate) struct Waker {
     pid: u32,
 }
 
+/// This process's id as last read (0: to be read again).
+static PID: AtomicU32 = AtomicU32::new(0);
+
+/// In a forked child: the id is the child's own, to be read again.
+extern "C" fn forget_pid() {
+    PID.store(0, Ordering::Relaxed);
+}
+
+/// This process's id without a system call once known: a `fork` handler
+/// forgets it in the child. (A child of a raw `clone` that skips the
+/// handlers keeps its parent's.)
+pub(crate) fn process_id() -> u32 {
+    static HANDLER: Once = Once::new();
+    HANDLER.call_once(|| {
+        // SAFETY: a plain `extern "C" fn()` that lives as long as the
+        // process, for the child only.
+        unsafe { libc::pthread_atfork(None, None, Some(forget_pid)) };
+    });
+    match PID.load(Ordering::Relaxed) {
+        0 => {
+            let pid = std::process::id();
+            PID.store(pid, Ordering::Relaxed);
+            pid
+        }
+        pid => pid,
+    }
+}
+
 /// The calling thread's waker: made at its first use, and again in a
 /// forked child (see the module's doc); `None` while the thread's locals
 /// are being destroyed or if no eventfd can be made.
 pub(crate) fn current() -> Option<Waker> {
-    let pid = std::process::id();
+    let pid = process_id();
     WAKER
         .try_with(|slot| {
             let mut slot = slot.try_borrow_mut().ok()?;

@@ -46,7 +46,7 @@ fn slot() -> MutexGuard<'static, Slot> {
 /// [`fork_child`]); one made otherwise (a raw `clone`) keeps them, as the
 /// numbers may be other files by now.
 fn forget_inherited(slot: &mut Slot) {
-    let pid = std::process::id();
+    let pid = super::registry::pid() as u32;
     if slot.pid == pid {
         return;
     }

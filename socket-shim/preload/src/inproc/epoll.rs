@@ -143,7 +143,7 @@ impl Locked {
     /// The record (made now if there was none).
     fn record(&mut self) -> &mut Record {
         self.guard
-            .get_or_insert_with(|| Record::new(std::process::id()))
+            .get_or_insert_with(|| Record::new(super::registry::pid() as u32))
     }
 }
 
@@ -153,7 +153,7 @@ impl Locked {
 fn lock() -> Locked {
     let mut guard = RECORD.lock().unwrap_or_else(PoisonError::into_inner);
     let mut trash = Vec::new();
-    let pid = std::process::id();
+    let pid = super::registry::pid() as u32;
     if guard.as_ref().is_some_and(|record| record.pid != pid) {
         if let Some(inherited) = guard.take() {
             trash.extend(

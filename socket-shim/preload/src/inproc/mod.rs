@@ -64,10 +64,16 @@
 //! `POLLOUT` and drive the host themselves while they wait (the engine's
 //! UDP socket and timerfd join the set). epoll registrations of
 //! in-process numbers are recorded and removed when the number closes
-//! (the eventfd's file outlives it), and `EPOLLOUT` interest is carried
-//! by the writable eventfd under a tag that `epoll_wait` turns back
-//! ([`epoll`]); `epoll_wait` does not drive the host (the engine's driver
-//! thread does, after its 2 ms grace period). `select` and `pselect`
+//! (the eventfd's file outlives it); both parts of one (the number for
+//! input, a private copy of the writable eventfd for `EPOLLOUT`) go under
+//! tags of the shim's that `epoll_wait` turns back into the program's
+//! `data`, merging the two parts' events into one, holding
+//! `EPOLLONESHOT` for both, and dropping events of tags retired
+//! meanwhile ([`epoll`]); `epoll_wait` does not drive the host (the
+//! engine's driver thread does, after its 2 ms grace period).
+//! `shutdown(SHUT_RD)` gives the queued bytes, then end of file, and
+//! wakes a blocked reader; a listener's `shutdown` stops it (blocked
+//! and later `accept`s fail with `EINVAL`). `select` and `pselect`
 //! go through the same `poll` when their sets hold an in-process number
 //! ([`select`]).
 //!
@@ -106,6 +112,20 @@
 //!   engine's own among them) is not noticed.
 //! - `dup2`/`dup3` onto an in-process number that fails after the number
 //!   was let go of (`EINTR`, `EBUSY`) leaves a bare eventfd there.
+//! - Signals do not interrupt the engine's blocking calls (`EINTR`,
+//!   `SA_RESTART`), and a signal handler that calls into a socket while
+//!   its thread holds the engine's lock deadlocks.
+//! - `MSG_PEEK`, `MSG_OOB`, `ioctl(FIONREAD)`, `sendfile`, `splice`;
+//!   `connect` to `AF_UNSPEC`; `listen` again after a listener's
+//!   `shutdown`; `POLLHUP`/`POLLERR` for a reset stream (it polls
+//!   readable and writable, and the next call reports the error).
+//! - `getsockopt` answers options the program did not set with 0
+//!   (`SO_SNDBUF`, `SO_RCVBUF`); `select` refuses `nfds` above
+//!   `FD_SETSIZE` (Linux clamps it); `MSG_WAITALL` is ignored with
+//!   `SO_RCVTIMEO`; a blocking `write` that fails midway reports the
+//!   error, not the count written.
+//! - `fstat` of a number says eventfd, not socket (`S_ISSOCK` is false).
+//! - Handing flows and listeners to sald at `fork` and `exec` (`Adopt`).
 //! - A number found closed behind the shim's back lets go of its socket
 //!   (closing the flow) only at the next `close` of an in-process
 //!   number, `connect`, `listen`, `accept`, `poll` or the exit: the

@@ -156,13 +156,24 @@ const KCMP_UNTRIED: u8 = 0;
 const KCMP_WORKS: u8 = 1;
 const KCMP_REFUSED: u8 = 2;
 
-/// This process's id, kept (glibc's `getpid` is a system call): updated
-/// in a forked child by [`forked`]. A child made by a raw `clone` that
+/// This process's id, kept (glibc's `getpid` is a system call): read
+/// again in a forked child ([`pid`]'s `fork` handler, and [`forked`]). A child made by a raw `clone` that
 /// skips the `fork` handlers keeps its parent's, and `kcmp` then answers
 /// for the parent (`ESRCH` once it is gone: the `fstat` check then).
 static PID: AtomicI32 = AtomicI32::new(0);
 
-fn pid() -> libc::pid_t {
+pub(crate) fn pid() -> libc::pid_t {
+    static HANDLER: std::sync::Once = std::sync::Once::new();
+    HANDLER.call_once(|| {
+        // Read again in a forked child, even one of a process that has
+        // no engine (whose own `fork` handlers are not in yet).
+        extern "C" fn forget() {
+            PID.store(0, Ordering::Relaxed);
+        }
+        // SAFETY: a plain `extern "C" fn()` that lives as long as the
+        // process, for the child only.
+        unsafe { libc::pthread_atfork(None, None, Some(forget)) };
+    });
     match PID.load(Ordering::Relaxed) {
         0 => {
             // SAFETY: no pointers.

@@ -81,7 +81,7 @@ impl Socket {
     ) -> Socket {
         Socket {
             object: Some(object),
-            owner: std::process::id(),
+            owner: super::registry::pid() as u32,
             family,
             local,
             peer,
@@ -97,7 +97,7 @@ impl Socket {
     /// forked child: `ECONNRESET`).
     fn object(&self) -> Res<&Object> {
         match &self.object {
-            Some(object) if self.owner == std::process::id() => Ok(object),
+            Some(object) if self.owner == super::registry::pid() as u32 => Ok(object),
             _ => Err(libc::ECONNRESET),
         }
     }
@@ -113,7 +113,7 @@ impl Socket {
     /// Whether the socket is the listener of a process that is not this
     /// one, or a stream there: reset either way.
     pub(crate) fn inherited(&self) -> bool {
-        self.owner != std::process::id()
+        self.owner != super::registry::pid() as u32
     }
 
     /// Whether the socket listens.
@@ -428,7 +428,7 @@ impl Drop for Socket {
     /// Closes the flow or the listener in the process that made it; in a
     /// forked child, leaks it (its engine is the parent's).
     fn drop(&mut self) {
-        if self.owner != std::process::id() {
+        if self.owner != super::registry::pid() as u32 {
             std::mem::forget(self.object.take());
         }
     }
