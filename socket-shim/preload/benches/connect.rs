@@ -669,21 +669,25 @@ fn main() {
         )
     };
     // The direct runs: with this build's sald and shim, then (if asked)
-    // with the baseline's, each on fresh daemons.
-    let direct_with = |sald_program: &Path, shim: &Path, name: &str| {
-        let client_sald = sald_from(sald_program, pair.host(0), &dir, &format!("{name}c"), &[]);
-        let server_sald = sald_from(sald_program, pair.host(1), &dir, &format!("{name}s"), &[]);
-        forward(&client_sald, server_addr);
+    // with the baseline's, each on fresh daemons. In-process: the SAL in
+    // each program (`serval-run --in-process`), both daemons on UDP with
+    // programs' relays, the server program's listener relayed by its
+    // sald, the client programs' SYNs by theirs (then cached).
+    let pair_runs = |sald_program: &Path, shim: &Path, name: &str, in_process: bool| {
+        let extra: &[&str] = if in_process { &["--relays"] } else { &[] };
+        let client_sald = sald_from(sald_program, pair.host(0), &dir, &format!("{name}c"), extra);
+        let server_sald = sald_from(sald_program, pair.host(1), &dir, &format!("{name}s"), extra);
+        forward_over(&client_sald, server_addr, udp_link() || in_process);
         let serving = Via::Serval {
             control: &server_sald.control,
             shim,
-            in_process: false,
+            in_process,
         };
         let _server = server(ns1, serving, &program);
         let client = Via::Serval {
             control: &client_sald.control,
             shim,
-            in_process: false,
+            in_process,
         };
         let daemons = [client_sald.child.id(), server_sald.child.id()];
         runs(
@@ -696,37 +700,10 @@ fn main() {
             &daemons,
         )
     };
+    let direct_with =
+        |sald_program: &Path, shim: &Path, name: &str| pair_runs(sald_program, shim, name, false);
     let direct = direct_with(&binary("sald"), &shim, "direct");
-    // The SAL in each program (`serval-run --in-process`): both daemons on
-    // UDP with programs' relays, the server program's listener relayed by
-    // its sald, the client programs' SYNs by theirs (then cached).
-    let in_process = {
-        let relays = ["--relays"];
-        let client_sald = sald(pair.host(0), &dir, "inprocc", &relays);
-        let server_sald = sald(pair.host(1), &dir, "inprocs", &relays);
-        forward_over(&client_sald, server_addr, true);
-        let serving = Via::Serval {
-            control: &server_sald.control,
-            shim: &shim,
-            in_process: true,
-        };
-        let _server = server(ns1, serving, &program);
-        let client = Via::Serval {
-            control: &client_sald.control,
-            shim: &shim,
-            in_process: true,
-        };
-        let daemons = [client_sald.child.id(), server_sald.child.id()];
-        runs(
-            ns0,
-            client,
-            &program,
-            server_addr,
-            &parallel,
-            millis,
-            &daemons,
-        )
-    };
+    let in_process = pair_runs(&binary("sald"), &shim, "inproc", true);
     let baseline = (baseline_shim.is_some() || baseline_sald.is_some()).then(|| {
         direct_with(
             baseline_sald.as_deref().unwrap_or(&binary("sald")),

@@ -110,6 +110,20 @@ struct Registration {
     fired: bool,
 }
 
+impl Registration {
+    /// A registration just made or modified: armed, not fired.
+    fn armed(epfd: RawFd, data: u64, interest: u32, tag: u64, copy: Option<OwnedFd>) -> Self {
+        Registration {
+            epfd,
+            data,
+            interest,
+            tag,
+            copy,
+            fired: false,
+        }
+    }
+}
+
 /// What the process registered.
 struct Record {
     /// The process whose registrations these are.
@@ -344,14 +358,7 @@ impl Locked {
         };
         self.put(
             number,
-            Registration {
-                epfd,
-                data: event.u64,
-                interest,
-                tag,
-                copy,
-                fired: false,
-            },
+            Registration::armed(epfd, event.u64, interest, tag, copy),
         );
         Ok(())
     }
@@ -434,14 +441,7 @@ impl Locked {
         }
         self.put(
             number,
-            Registration {
-                epfd,
-                data: event.u64,
-                interest,
-                tag,
-                copy,
-                fired: false,
-            },
+            Registration::armed(epfd, event.u64, interest, tag, copy),
         );
         Ok(())
     }

@@ -10,20 +10,14 @@
 #include <unistd.h>
 
 #include "serval.h"
+#include "sv_addr.h"
 
 __attribute__((constructor)) static void listen_early(void) {
     const char *hex = getenv("SERVAL_TEST_CTOR_SID");
     const char *preload = getenv("LD_PRELOAD");
     /* Not in serval-run itself, which is not under the shim. */
     if (!hex || !preload || !strstr(preload, "serval_shim")) return;
-    struct sockaddr_sv sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sv_family = AF_SERVAL;
-    for (size_t i = 0; hex[i] && i < 64; i++) {
-        char c = hex[i];
-        int v = c >= '0' && c <= '9' ? c - '0' : (c | 32) - 'a' + 10;
-        sa.sv_srvid.s_sid[i / 2] |= (unsigned char)(i % 2 ? v : v << 4);
-    }
+    struct sockaddr_sv sa = sv_addr(hex);
     int fd = socket(AF_SERVAL, SOCK_STREAM, 0);
     if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(fd, 16) < 0) _exit(3);
     if (dup2(fd, 50) != 50 || close(fd) < 0) _exit(3);

@@ -280,6 +280,7 @@
 #include <unistd.h>
 
 #include "serval.h"
+#include "sv_addr.h"
 
 static int failures;
 
@@ -311,18 +312,6 @@ static void die(const char *what) {
     exit(2);
 }
 
-/* Parses hex into a left-aligned service ID (as the text form in WIRE.md). */
-static struct sockaddr_sv sv_addr(const char *hex) {
-    struct sockaddr_sv sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sv_family = AF_SERVAL;
-    for (size_t i = 0; hex[i] && i < 64; i++) {
-        char c = hex[i];
-        int v = c >= '0' && c <= '9' ? c - '0' : (c | 32) - 'a' + 10;
-        sa.sv_srvid.s_sid[i / 2] |= (uint8_t)(i % 2 ? v : v << 4);
-    }
-    return sa;
-}
 
 static unsigned char pattern(size_t i) { return (unsigned char)(i * 131 + 7); }
 
