@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use sal::{Locator, ServiceId, ServicePrefix};
-use sal_inproc::{Config, Error, Listener, Mode, Runtime, Stream};
+use sal_inproc::{Config, DriverStats, Error, Listener, Mode, Runtime, Stream};
 
 mod common;
 
@@ -688,6 +688,21 @@ fn unserved() -> ServiceId {
     "c0ec7003".parse().unwrap()
 }
 
+/// A non-blocking connect on `runtime` to [`unserved`], whose SYN goes to
+/// `hole`: the stream, how long `hole` took to get the SYN twice more
+/// (within 4 s), and the driver thread's counts before and after.
+fn connect_into(
+    hole: &std::net::UdpSocket,
+    runtime: &Runtime,
+) -> (Stream, Option<Duration>, DriverStats, DriverStats) {
+    let before = runtime.driver_stats();
+    let stream = runtime
+        .connect(unserved(), Mode::NonBlocking)
+        .expect("connect");
+    let took = datagrams_within(hole, 3, Duration::from_secs(4));
+    (stream, took, before, runtime.driver_stats())
+}
+
 #[test]
 fn a_deadline_another_thread_sets_wakes_the_poller_sleeping_without_one() {
     // The poller (a thread blocked in accept, the host without a timer
@@ -707,12 +722,7 @@ fn a_deadline_another_thread_sets_wakes_the_poller_sleeping_without_one() {
     };
     // The accepting thread sleeps as the poller, the driver thread parks.
     thread::sleep(Duration::from_millis(100));
-    let before = runtime.driver_stats();
-    let stream = runtime
-        .connect(unserved(), Mode::NonBlocking)
-        .expect("connect");
-    let took = datagrams_within(&hole, 3, Duration::from_secs(4));
-    let after = runtime.driver_stats();
+    let (stream, took, before, after) = connect_into(&hole, &runtime);
     assert!(
         took.is_some(),
         "the SYN was not retransmitted twice within 4 s: the poller slept past the host's deadline"
@@ -737,12 +747,7 @@ fn a_deadline_a_passing_call_sets_wakes_the_driver_thread_sleeping_without_one()
     let (hole, config) = black_hole();
     let runtime = Runtime::bind(config).expect("bind");
     thread::sleep(Duration::from_millis(50));
-    let before = runtime.driver_stats();
-    let stream = runtime
-        .connect(unserved(), Mode::NonBlocking)
-        .expect("connect");
-    let took = datagrams_within(&hole, 3, Duration::from_secs(4));
-    let after = runtime.driver_stats();
+    let (stream, took, before, after) = connect_into(&hole, &runtime);
     assert!(
         took.is_some(),
         "the SYN was not retransmitted twice within 4 s: the driver thread slept past the host's deadline"
