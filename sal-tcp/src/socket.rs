@@ -1609,9 +1609,9 @@ impl Socket {
 
     /// Whether `segment` (a whole TCP segment) carries data past what this
     /// socket has received in order: new data, not a retransmission of
-    /// bytes it already has (nor a bare FIN or ACK). A closed application's
-    /// socket is reset only for new data, as Linux resets an orphaned
-    /// socket.
+    /// bytes it already has (nor a bare FIN or ACK), and inside its
+    /// receive window. A closed application's socket is reset only for
+    /// new data, as Linux resets an orphaned socket.
     pub fn carries_new_data(&self, segment: &[u8]) -> bool {
         let Some(header) = segment.get(12).map(|b| usize::from(b >> 4) * 4) else {
             return false;
@@ -1624,7 +1624,11 @@ impl Socket {
             return false;
         }
         let seq = TcpSeqNumber(i32::from_be_bytes([seq[0], seq[1], seq[2], seq[3]]));
-        seq + len > self.remote_seq_no
+        // Within the receive window, as Linux validates a segment before
+        // anything else: a forged segment far ahead is dropped, not a
+        // reason to reset.
+        let window = self.rx_buffer.window().max(1);
+        seq + len > self.remote_seq_no && seq < self.remote_seq_no + window
     }
 
     fn set_state(&mut self, state: State) {

@@ -10029,3 +10029,35 @@ fn test_a_fin_behind_data_received_before_is_taken() {
         assert_eq!(r.sack_ranges[0], Some((dsack(0), dsack(3))));
     });
 }
+
+/// New data is data past what the socket received in order and inside
+/// its receive window: not a retransmission, not a bare ACK, not a
+/// segment far ahead (a forger's guess).
+#[test]
+fn test_carries_new_data_only_past_what_was_received_and_in_the_window() {
+    let s = socket_established();
+    let at = |seq: TcpSeqNumber, payload: &'static [u8]| {
+        segment_bytes(&TcpRepr {
+            seq_number: seq,
+            ack_number: Some(LOCAL_SEQ + 1),
+            payload,
+            ..SEND_TEMPL
+        })
+    };
+    let next = REMOTE_SEQ + 1;
+    assert!(s.carries_new_data(&at(next, b"abc")), "the next bytes");
+    assert!(
+        s.carries_new_data(&at(next - 2, b"abc")),
+        "overlapping the next"
+    );
+    assert!(
+        !s.carries_new_data(&at(next - 3, b"abc")),
+        "a retransmission"
+    );
+    assert!(!s.carries_new_data(&at(next, b"")), "a bare ACK");
+    assert!(
+        !s.carries_new_data(&at(next + 64, b"abc")),
+        "past the 64-byte window"
+    );
+    assert!(s.carries_new_data(&at(next + 63, b"abc")), "at its edge");
+}
