@@ -80,6 +80,12 @@ impl Config {
         config.stream.min_buffer = self.min_buffer;
         config.stream.max_send_buffer = self.max_send_buffer;
         config.stream.max_recv_buffer = self.max_recv_buffer;
+        // A connect returns to its caller, which usually writes next: the
+        // handshake's ACK waits for that write, and the first bytes reach
+        // the server with it (one packet, and one wake-up of the server,
+        // less). A thread about to wait instead sends it first
+        // (`Core::release_held_acks`).
+        config.stream.hold_handshake_ack = true;
         config
     }
 }

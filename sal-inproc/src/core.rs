@@ -232,10 +232,23 @@ impl Core {
         }
     }
 
-    /// One full turn: read, poll, mirror, send.
+    /// One full turn: read, poll, mirror, send. Its caller is about to
+    /// wait, or woke up to drive: the handshake ACKs held before it go
+    /// ([`Core::release_held_acks`]); those of this turn's SYN-ACKs wait
+    /// for their connects' callers.
     pub(crate) fn drive(&mut self) -> Result<(), Error> {
+        self.release_held_acks();
         self.before(true)?;
         self.after()
+    }
+
+    /// Sends the handshake ACKs that connected streams hold for their
+    /// application's first write (see `Config::host_config`): for a caller
+    /// about to wait for the network, who will not write meanwhile. A
+    /// server that speaks first then sees its client at once, not at the
+    /// delayed-ACK timer.
+    pub(crate) fn release_held_acks(&mut self) {
+        self.host.release_held_acks();
     }
 
     /// Hands every datagram waiting on the socket to the host.

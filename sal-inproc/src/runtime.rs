@@ -378,6 +378,11 @@ impl Runtime {
                 };
                 core.before(drain)?;
                 let result = attempt(&mut core);
+                if matches!(result, Err(Error::WouldBlock)) && mode != Mode::NonBlocking {
+                    // This thread waits next: what it or others hold for
+                    // a first write goes first.
+                    core.release_held_acks();
+                }
                 match core.after() {
                     Ok(()) => result,
                     // What the call did stands (an accepted flow must

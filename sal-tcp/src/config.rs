@@ -49,6 +49,14 @@ pub struct Config {
     pub nagle: bool,
     /// Delayed-ACK timeout (`None`: acknowledge every segment at once).
     pub ack_delay: Option<Duration>,
+    /// A client holds the ACK that completes its handshake for up to
+    /// [`ack_delay`](Config::ack_delay), so that the application's first
+    /// write carries it: one packet less, and the server's accept finds the
+    /// request already there. Linux delays that ACK when data is about to
+    /// go; a caller that knows when its application will wait for the
+    /// server rather than write ends the hold then
+    /// ([`Socket::release_ack`](crate::Socket::release_ack)). Off by default.
+    pub hold_handshake_ack: bool,
     /// Abort the connection after this long without hearing from the peer
     /// while we have something outstanding (see [`Socket::set_timeout`]).
     ///
@@ -75,6 +83,7 @@ impl Default for Config {
             timestamps: false,
             nagle: true,
             ack_delay: Some(crate::timer::ACK_DELAY_DEFAULT),
+            hold_handshake_ack: false,
             timeout: None,
             keep_alive: None,
         }

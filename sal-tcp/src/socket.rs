@@ -312,6 +312,9 @@ pub struct Socket {
     /// Delayed ack timer. If set, packets containing exclusively
     /// ACK or window updates (ie, no data) won't be sent until expiry.
     ack_delay_timer: AckDelayTimer,
+    /// sal-tcp: the ACK of a SYN-ACK waits on the delayed-ACK timer
+    /// (`Config::hold_handshake_ack`).
+    hold_handshake_ack: bool,
 
     /// Used for rate-limiting: No more challenge ACKs will be sent until this instant.
     challenge_ack_timer: Instant,
@@ -470,6 +473,7 @@ impl Socket {
             undo: Undo::default(),
             ack_delay: config.ack_delay,
             ack_delay_timer: AckDelayTimer::Idle,
+            hold_handshake_ack: config.hold_handshake_ack,
             challenge_ack_timer: Instant::from_secs(0),
             nagle: config.nagle,
             timestamps: config.timestamps,
@@ -688,6 +692,16 @@ impl Socket {
     /// By default, the ACK delay is set to 10ms.
     pub fn set_ack_delay(&mut self, duration: Option<Duration>) {
         self.ack_delay = duration
+    }
+
+    /// sal-tcp: sends what acknowledgement the delayed-ACK timer holds at
+    /// the next transmit, as if the timer ran out now: for a caller whose
+    /// application will wait for the peer rather than write (see
+    /// `Config::hold_handshake_ack`). Nothing held, nothing sent.
+    pub fn release_ack(&mut self) {
+        if matches!(self.ack_delay_timer, AckDelayTimer::Waiting(_)) {
+            self.ack_delay_timer = AckDelayTimer::Immediate;
+        }
     }
 
     /// Enable or disable Nagle's Algorithm.
@@ -2310,6 +2324,11 @@ impl Socket {
 
                 if repr.ack_number.is_some() {
                     self.set_state(State::Established);
+                    if self.hold_handshake_ack {
+                        // sal-tcp: the ACK waits for the first write (or
+                        // the timer, or `release_ack`).
+                        self.schedule_delayed_ack(now);
+                    }
                 } else {
                     self.set_state(State::SynReceived);
                 }

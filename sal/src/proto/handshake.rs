@@ -640,6 +640,9 @@ impl Host {
             }
             None => false,
         };
+        if is_stream && self.config.stream.hold_handshake_ack {
+            self.hold_ack(id);
+        }
         self.events.push_back(Event::Connected(id));
         if !is_stream {
             let segment = udp_segment(&[], local, src.ip());

@@ -130,6 +130,10 @@ pub struct Host {
     local_output: VecDeque<FlowId>,
     /// Where loopback segments are written.
     scratch: Vec<u8>,
+    /// Client flows whose socket holds the ACK of its handshake for the
+    /// application's first write (`stream.hold_handshake_ack`), until
+    /// [`Host::release_held_acks`].
+    held_acks: Vec<FlowId>,
     events: VecDeque<Event>,
     /// Flows touched since the last poll (see `Host::review_dirty_flows`),
     /// and the list that takes their place while they are looked at.
@@ -176,6 +180,7 @@ impl Host {
             output: VecDeque::new(),
             local_output: VecDeque::new(),
             scratch: vec![0; LOOPBACK_BUFFER],
+            held_acks: Vec::new(),
             events: VecDeque::new(),
             dirty: Vec::new(),
             dirty_spare: Vec::new(),

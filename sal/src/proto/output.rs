@@ -431,41 +431,53 @@ impl Host {
         (!address.addrs.is_empty()).then_some(address)
     }
 
-    /// Sends a bare ACK (with SERVICE when it completes a client handshake:
-    /// that one is kept and repeated until the server is heard, see
-    /// [`ControlKind::HandshakeAck`]).
-    pub(super) fn send_ack(&mut self, id: FlowId, with_service: bool, segment: &[u8]) {
-        let now = self.now;
-        let Ok(flow) = self.flow_mut(id) else {
-            return;
+    /// The SAL header of an ACK of `id`'s (see [`Host::send_ack`]), and
+    /// where it goes from and to; `None` for a flow without a peer yet.
+    pub(super) fn ack_repr(
+        &self,
+        id: FlowId,
+        with_service: bool,
+    ) -> Option<(SalRepr, Locator, Locator)> {
+        let Some(Endpoint::Flow(flow)) = self.endpoints.get(id) else {
+            return None;
         };
-        let Some(dst) = flow.path.remote else {
-            return;
-        };
+        let dst = flow.path.remote?;
         let mut repr = SalRepr::data(flow.id, flow.peer_flow, flow.protocol().number());
         let control = flow.control.ack();
         repr.control = Some(control);
-        flow.count_sent(now);
         let src = flow.path.local;
         if with_service {
             // The third packet of a handshake: also where else to find us.
             repr.service = Some(flow.service);
             repr.address = self.advertisement(src, &control);
         }
-        let payload = build(&repr, segment);
+        Some((repr, src, dst))
+    }
+
+    /// Sends a bare ACK (with SERVICE when it completes a client handshake:
+    /// that one is kept and repeated until the server is heard, see
+    /// [`ControlKind::HandshakeAck`]).
+    pub(super) fn send_ack(&mut self, id: FlowId, with_service: bool, segment: &[u8]) {
+        let now = self.now;
+        let Some((repr, src, dst)) = self.ack_repr(id, with_service) else {
+            return;
+        };
         let rto = self.config.control_rto;
-        if let Ok(flow) = self.flow_mut(id) {
-            let keep = with_service && flow.role == Role::Client;
-            if keep && !flow.control.in_flight(ControlKind::HandshakeAck) {
-                let deadline = (flow.control).keep(
-                    ControlKind::HandshakeAck,
-                    control.verno,
-                    payload.clone(),
-                    now,
-                    rto,
-                );
-                self.arm_timer(id, Timer::Control, deadline);
-            }
+        let (Some(control), Ok(flow)) = (repr.control, self.flow_mut(id)) else {
+            return;
+        };
+        flow.count_sent(now);
+        let payload = build(&repr, segment);
+        let keep = with_service && flow.role == Role::Client;
+        if keep && !flow.control.in_flight(ControlKind::HandshakeAck) {
+            let deadline = (flow.control).keep(
+                ControlKind::HandshakeAck,
+                control.verno,
+                payload.clone(),
+                now,
+                rto,
+            );
+            self.arm_timer(id, Timer::Control, deadline);
         }
         self.send_packet(src, dst, payload);
     }

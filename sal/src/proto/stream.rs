@@ -64,6 +64,10 @@ pub(super) fn tcp_header_len(segment: &[u8]) -> usize {
 /// at again, whatever its deadline says (a guard against a busy loop).
 const MIN_REARM: Duration = Duration::from_millis(1);
 
+/// Handshake ACKs held for a first write at most (see
+/// [`Host::release_held_acks`]): more release them all.
+const HELD_ACKS_MAX: usize = 64;
+
 /// Why a flow's stream resends its flight at once
 /// ([`Host::rewind_stream`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -604,6 +608,38 @@ impl Host {
         })
     }
 
+    /// Notes that `id`'s socket holds its handshake ACK for the first
+    /// write (see [`Host::release_held_acks`]).
+    pub(super) fn hold_ack(&mut self, id: FlowId) {
+        // A caller that never releases them still sees each go at its
+        // timer; the list only must not grow without bound.
+        if self.held_acks.len() >= HELD_ACKS_MAX {
+            self.release_held_acks();
+        }
+        self.held_acks.push(id);
+    }
+
+    /// Sends at once the handshake ACKs that client flows hold for their
+    /// application's first write (`stream.hold_handshake_ack` in the
+    /// host's config): for a caller about to wait for the network, whose
+    /// application will not write before a peer speaks (a server that
+    /// speaks first must not wait for the delayed-ACK timer to see its
+    /// client). An ACK held and not released goes with the first write, or
+    /// alone when the delayed-ACK timer runs out.
+    pub fn release_held_acks(&mut self) {
+        let mut held = std::mem::take(&mut self.held_acks);
+        for id in held.drain(..) {
+            if let Some(socket) = (self.flow_mut(id).ok())
+                .and_then(|flow| flow.stream_mut())
+                .and_then(|stream| stream.socket.as_mut())
+            {
+                socket.release_ack();
+                self.queue_output(id);
+            }
+        }
+        self.held_acks = held;
+    }
+
     /// Puts a stream flow whose socket may have something to send (or a
     /// deadline to act on) in the output queue: the one
     /// [`Host::poll_transmit`] drains for the link, or the one
@@ -669,6 +705,14 @@ impl Host {
         now: Instant,
         out: &mut [u8],
     ) -> StreamOutput {
+        // The first segment after the handshake goes under the SAL ACK's
+        // header (SERVICE and all), in one packet: it must leave that room.
+        let ack_header = match self.endpoints.get(id) {
+            Some(Endpoint::Flow(flow)) if flow.stream().is_some_and(|s| s.ack_owed) => {
+                self.ack_repr(id, true).map(|(repr, ..)| repr.header_len())
+            }
+            _ => None,
+        };
         let Some(Endpoint::Flow(flow)) = self.endpoints.get_mut(id) else {
             return StreamOutput::Idle;
         };
@@ -703,7 +747,8 @@ impl Host {
         Host::bound_socket(socket, pressure, unaccepted);
         let (state_before, memory_before) = (socket.state(), socket.buffer_memory());
         let drops_before = SocketCounters::of(socket);
-        let segment = out.get_mut(room..).unwrap_or_default();
+        let end = out.len().saturating_sub(ack_header.unwrap_or(0));
+        let segment = out.get_mut(room..end).unwrap_or_default();
         let written = socket.poll_transmit(now, src.ip(), dst.ip(), segment);
         let changed = socket.state() != state_before;
         let (memory_after, drops_after) = (socket.buffer_memory(), SocketCounters::of(socket));
@@ -739,17 +784,19 @@ impl Host {
             }
             FlowState::Established => {
                 if ack_owed {
-                    if !asks {
+                    // The SAL ACK carries the segment, data included (the
+                    // socket kept it short enough): the server's accept
+                    // finds the first bytes with the connection.
+                    if asks {
+                        self.note_asked(id);
+                    }
+                    if asks && moving {
+                        // Kept for the rewind, as below.
+                        self.send_ack(id, true, &[]);
+                    } else {
                         self.send_ack(id, true, &out[..len]);
-                        return StreamOutput::Again;
                     }
-                    // Data rides in its own packet: a full segment after the
-                    // 68-byte handshake header would not fit the MTU.
-                    self.send_ack(id, true, &[]);
-                    if out.len() < BASE_HEADER_LEN + len {
-                        return StreamOutput::Again;
-                    }
-                    out.copy_within(..len, BASE_HEADER_LEN);
+                    return StreamOutput::Again;
                 }
                 if asks {
                     self.note_asked(id);
