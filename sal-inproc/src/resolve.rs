@@ -25,6 +25,13 @@
 //! route, without asking again for the answer's lifetime (or
 //! [`UNANSWERED_LIFETIME`]).
 //!
+//! When the route's one next hop is a sald that relayed the SYN to a
+//! program beside it (the SYN-ACK comes from the hop's address, another
+//! port), the next connects go to that program itself, for at most
+//! [`LEARNED_LIFETIME`] ([`ResolutionCache::established`]): neither the
+//! client's sald nor the server's sees them. A service router's answer
+//! (from another address) is never learned: it picks a server per SYN.
+//!
 //! A route is never installed where it would hide one of the host's own
 //! rules (the exact ID beats any shorter prefix): only for a service whose
 //! longest match in the host is the default route when the answer comes,
@@ -66,6 +73,11 @@ use sal_control::{
 pub const UNANSWERED_LIFETIME: Duration = Duration::from_secs(10);
 /// The longest an answer is used, whatever its lifetime says.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(3600);
+/// The longest a route learned from the program that answered a connect
+/// is used ([`ResolutionCache::established`]): as long as sald's answer
+/// naming one of its relays' programs lasts, for the same reason (the
+/// program's port may change hands once it stopped serving).
+pub const LEARNED_LIFETIME: Duration = Duration::from_secs(1);
 /// How long one question keeps the other connects from asking the same:
 /// longer than [`SaldResolver`] may take (its connect, hello and
 /// question, [`SALD_TIMEOUT`] each).
@@ -297,6 +309,9 @@ enum Entry {
         prefix: ServicePrefix,
         hops: Vec<Locator>,
         generation: u64,
+        /// The hop is a program learned from its answer, not the
+        /// resolver's ([`ResolutionCache::established`]).
+        learned: bool,
     },
 }
 
@@ -465,6 +480,7 @@ impl ResolutionCache {
                     prefix: route.prefix,
                     hops,
                     generation: self.generation,
+                    learned: false,
                 }
             }
             _ => Entry::Default { until },
@@ -490,6 +506,63 @@ impl ResolutionCache {
                 self.forget(host, route.service);
             }
         }
+    }
+
+    /// A connect by `route` was established, its SYN-ACK from `answerer`.
+    /// If the route's one next hop handed the SYN to a program beside it
+    /// (the answerer is at the hop's address, on another port: a sald
+    /// relaying to one of its programs), the next connects go to that
+    /// program straight, for at most [`LEARNED_LIFETIME`] and never past
+    /// the answer's own lifetime; the hop's sald is then asked again
+    /// through the default route. This skips the hop's per-SYN decision
+    /// meanwhile, as sald's own answer naming a relay's program does. A
+    /// hop on another address than the answerer (a service router, which
+    /// picks a server for each SYN), a route of several hops, and a route
+    /// learned already change nothing.
+    pub fn established(
+        &mut self,
+        host: &mut Host,
+        route: CachedRoute,
+        answerer: Locator,
+        now: Instant,
+    ) {
+        let Some(Entry::Routed {
+            until,
+            prefix,
+            hops,
+            generation,
+            learned: false,
+        }) = self.entries.get(&route.service)
+        else {
+            return;
+        };
+        let (&[hop], Locator::Udp(to)) = (hops.as_slice(), answerer) else {
+            return;
+        };
+        let beside =
+            matches!(hop, Locator::Udp(hop) if hop.ip() == to.ip() && hop.port() != to.port());
+        let own = host.interfaces().iter().any(|i| i.locator == answerer);
+        if *generation != route.generation || !beside || own {
+            return;
+        }
+        let (prefix, until) = (*prefix, (*until).min(now + LEARNED_LIFETIME));
+        let _ = host.remove_rule_target(&prefix, &TargetKey::Forward { locator: hop });
+        let target = Target::Forward {
+            locator: answerer,
+            weight: 1,
+        };
+        host.add_rule(prefix, target, 0);
+        self.generation += 1;
+        let entry = Entry::Routed {
+            until,
+            prefix,
+            hops: vec![answerer],
+            generation: self.generation,
+            learned: true,
+        };
+        tracing::debug!(service = %route.service, %answerer, "route learned from the answering program");
+        self.entries.insert(route.service, entry);
+        self.next_expiry = Some(self.next_expiry.map_or(until, |next| next.min(until)));
     }
 
     /// The host now holds a rule of its own for `prefix` (a listener):
@@ -707,6 +780,91 @@ mod tests {
         assert!(cache.before_connect(&mut host, service(), expired).ask);
         assert_eq!(next_hop(&host), sald());
         assert_eq!(host.table().len(), 1, "only the default rule is left");
+    }
+
+    /// A cache routing [`service`] to [`server`] for `lifetime` (as if
+    /// sald answered that), and the plan of the next connect by it.
+    fn routed_cache(lifetime: Duration) -> (Host, ResolutionCache, Instant, CachedRoute) {
+        let (mut host, mut cache, now) = (host(), ResolutionCache::default(), Instant::now());
+        cache.before_connect(&mut host, service(), now);
+        cache.answer(&mut host, service(), routed(lifetime), now);
+        let route = cache.before_connect(&mut host, service(), now).route;
+        (host, cache, now, route.expect("by the cached route"))
+    }
+
+    #[test]
+    fn a_program_answering_beside_the_hop_is_learned_for_a_second_at_most() {
+        let (mut host, mut cache, now, route) = routed_cache(Duration::from_secs(60));
+        let beside: Locator = "udp:127.0.0.2:39028".parse().unwrap();
+        cache.established(&mut host, route, beside, now);
+        assert_eq!(next_hop(&host), beside);
+        assert_eq!(host.table().len(), 2, "the learned rule replaced sald's");
+        // Learned once: a connect by the learned route changes nothing.
+        let learned = cache
+            .before_connect(&mut host, service(), now)
+            .route
+            .unwrap();
+        let again: Locator = "udp:127.0.0.2:40000".parse().unwrap();
+        cache.established(&mut host, learned, again, now);
+        assert_eq!(next_hop(&host), beside);
+        // Then sald is asked again, through the default route.
+        let later = now + LEARNED_LIFETIME;
+        assert!(cache.before_connect(&mut host, service(), later).ask);
+        assert_eq!(next_hop(&host), sald());
+    }
+
+    #[test]
+    fn a_learned_route_never_outlives_the_answer() {
+        let (mut host, mut cache, now, route) = routed_cache(LEARNED_LIFETIME / 2);
+        cache.established(
+            &mut host,
+            route,
+            "udp:127.0.0.2:39028".parse().unwrap(),
+            now,
+        );
+        assert!(
+            cache
+                .before_connect(&mut host, service(), now + LEARNED_LIFETIME / 2)
+                .ask
+        );
+    }
+
+    #[test]
+    fn an_answer_from_elsewhere_than_beside_the_one_hop_is_not_learned() {
+        let cases: [(&str, &str); 4] = [
+            // The hop itself answered (sald routed straight to a program).
+            ("udp:127.0.0.2:4000", "the hop"),
+            // Another address: the hop routed on (a service router).
+            ("udp:127.0.0.3:39028", "another address"),
+            // Not over UDP.
+            ("127.0.0.2", "native"),
+            // This host itself (on the hop's address).
+            ("udp:127.0.0.2:1234", "own"),
+        ];
+        for (answerer, case) in cases {
+            let (mut host, mut cache, now, route) = routed_cache(Duration::from_secs(60));
+            let answerer: Locator = answerer.parse().unwrap();
+            if case == "own" {
+                host.add_interface(sal::proto::LocalInterface {
+                    name: "udp".into(),
+                    locator: answerer,
+                    prefix_len: 24,
+                    up: true,
+                });
+            }
+            cache.established(&mut host, route, answerer, now);
+            assert_eq!(next_hop(&host), server(), "{case}");
+        }
+        // A route replaced since (its generation is gone).
+        let (mut host, mut cache, now, stale) = routed_cache(Duration::from_secs(60));
+        cache.answer(&mut host, service(), routed(Duration::from_secs(60)), now);
+        cache.established(
+            &mut host,
+            stale,
+            "udp:127.0.0.2:39028".parse().unwrap(),
+            now,
+        );
+        assert_eq!(next_hop(&host), server(), "stale route");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::Instant;
 use nix::errno::Errno;
 use nix::poll::{ppoll, PollFd, PollFlags};
 use nix::sys::time::TimeSpec;
-use sal::{Locator, ServiceId, ServicePrefix};
+use sal::{FlowId, Locator, ServiceId, ServicePrefix};
 
 use crate::core::Core;
 use crate::deadline::Deadlines;
@@ -219,6 +219,17 @@ impl Runtime {
     pub(crate) fn route_failed(&self, core: &mut Core, route: CachedRoute) {
         if let Some(resolution) = &self.inner.resolution {
             resolution.cache().failed(&mut core.host, route);
+        }
+    }
+
+    /// A connect by `route` was established as flow `id`: the cache may
+    /// learn a shorter route from where its SYN-ACK came from
+    /// ([`ResolutionCache::established`](crate::resolve::ResolutionCache::established)).
+    pub(crate) fn route_established(&self, core: &mut Core, route: CachedRoute, id: FlowId) {
+        if let (Some(resolution), Some(answerer)) =
+            (&self.inner.resolution, core.host.flow_remote(id))
+        {
+            (resolution.cache()).established(&mut core.host, route, answerer, Instant::now());
         }
     }
 

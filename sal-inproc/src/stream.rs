@@ -68,7 +68,11 @@ impl Stream {
         if let Some(route) = self.route {
             match &result {
                 Err(Error::WouldBlock) => {}
-                Ok(_) => self.settled.store(true, Ordering::Relaxed),
+                Ok(id) => {
+                    if !self.settled.swap(true, Ordering::Relaxed) {
+                        self.runtime.route_established(core, route, *id);
+                    }
+                }
                 Err(_) => {
                     if !self.settled.swap(true, Ordering::Relaxed) {
                         self.runtime.route_failed(core, route);

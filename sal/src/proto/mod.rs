@@ -344,6 +344,15 @@ impl Host {
         }
     }
 
+    /// Where a flow's peer is (for a client, where its SYN-ACK came
+    /// from), without building its [`FlowInfo`].
+    pub fn flow_remote(&self, id: FlowId) -> Option<crate::Locator> {
+        match self.endpoints.get(id)? {
+            Endpoint::Flow(flow) => flow.path.remote,
+            Endpoint::Datagram(_) => None,
+        }
+    }
+
     fn flow_info(&self, flow: &Flow) -> FlowInfo {
         let path = &flow.path;
         FlowInfo {
