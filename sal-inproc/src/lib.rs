@@ -20,6 +20,13 @@
 //!   must see what arrived) first hands the datagrams waiting on the socket
 //!   to the host (`recvmmsg`), unless a poller watches it; a call that may
 //!   wait does so only when its wait saw the socket readable.
+//! - **A connect's last handshake packet carries the first write.** The
+//!   host holds the ACK of a SYN-ACK (`hold_handshake_ack`) until the
+//!   connect's caller writes, so that the request reaches the server with
+//!   the connection; a call about to wait, or a turn of a poll
+//!   interposer or the driver thread, sends what is held first
+//!   (`Host::release_held_acks`), and the delayed-ACK timer (1 ms) ends
+//!   the hold otherwise.
 //! - **Blocking calls wait in `ppoll`, one of them on the socket**
 //!   (leader/follower, `gate.rs`). The first waiting thread takes the
 //!   poller role: it watches the UDP socket and its own object's eventfd
