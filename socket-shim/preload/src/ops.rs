@@ -253,16 +253,83 @@ fn stage(state: &State) -> Option<Stage> {
 }
 
 /// A summary of `fd`'s entry, if the shim answers for it (not for one it
-/// only watches).
+/// only watches). A watched entry answers `None` before its identity
+/// check: stale or not, the call is the kernel's (one `fstat` less for
+/// each `setsockopt` and the like on the program's TCP sockets).
 fn look(fd: RawFd) -> Option<Look> {
-    with_entry(fd, |e| {
-        Some(Look {
-            kind: e.kind,
-            domain: e.domain,
-            stage: stage(&e.state)?,
-            local: e.local,
-        })
+    if !table::maybe_tracked(fd) {
+        return None;
+    }
+    let mut stale = Vec::new();
+    let found = {
+        let mut table = lock();
+        if table.watched(fd) {
+            return None;
+        }
+        table.get(fd, &mut stale).and_then(summary)
+    };
+    drop(stale);
+    found
+}
+
+/// The [`Look`] of an entry the shim answers for.
+fn summary(e: &mut Entry) -> Option<Look> {
+    Some(Look {
+        kind: e.kind,
+        domain: e.domain,
+        stage: stage(&e.state)?,
+        local: e.local,
     })
+}
+
+/// What a socket's entry recorded that its `connect` in process carries
+/// over (see [`inproc_before`]), read with the entry's identity check.
+struct Recorded {
+    options: Vec<(c_int, Vec<u8>)>,
+    epoll: Vec<(RawFd, libc::epoll_event)>,
+    gen: u64,
+    /// The entry's device and inode, which the check just found at the
+    /// number.
+    ident: (u64, u64),
+}
+
+impl Recorded {
+    fn of(e: &Entry) -> Recorded {
+        Recorded {
+            options: e.options.clone(),
+            epoll: e.epoll.clone(),
+            gen: e.gen,
+            ident: e.ident,
+        }
+    }
+}
+
+/// `connect`'s look at `fd`'s entry, one identity check (one `fstat`)
+/// for all it needs: the [`Look`] of an entry the shim answers for, and,
+/// when the in-process mode is on, the [`Recorded`] of one that may go
+/// in process (a fresh stream, or a watched TCP socket: then the `Look`
+/// is `None` and the `Recorded` says the entry is there and fresh).
+fn survey(fd: RawFd) -> (Option<Look>, Option<Recorded>) {
+    if !table::maybe_tracked(fd) {
+        return (None, None);
+    }
+    let mut stale = Vec::new();
+    let found = {
+        let mut table = lock();
+        match table.get(fd, &mut stale) {
+            None => (None, None),
+            Some(e) => {
+                let found = summary(e);
+                let may = match found {
+                    None => true,
+                    Some(look) => look.kind == Kind::Stream && look.stage == Stage::Fresh,
+                };
+                (found, (may && inproc::enabled()).then(|| Recorded::of(e)))
+            }
+        }
+    };
+    drop(stale);
+    found
 }
 
 /// What `f` makes of `fd`'s entry, under the table lock (`None` when `fd`
@@ -429,15 +496,19 @@ pub(crate) fn connect(
     len: libc::socklen_t,
     pass: impl FnOnce() -> c_int,
 ) -> Res<c_int> {
-    let Some(found) = look(fd) else {
+    let (found, recorded) = survey(fd);
+    let Some(found) = found else {
         if let Some(sa) = addr.and_then(parse_inet) {
             let map = PortMap::get();
             if !map.is_empty() {
                 if let Some(service) = map.for_connect(&sa) {
-                    if is_tcp(fd) {
+                    // A watched socket (`recorded`: its entry is fresh) is
+                    // the TCP socket the program made (see `watches`).
+                    if recorded.is_some() || is_tcp(fd) {
                         let family = inet_family(&sa);
                         let (local, peer) = (unspecified(family), SockAddr::Inet(sa));
-                        if let Some(done) = inproc_connect(fd, family, local, peer, service) {
+                        let done = inproc_connect(fd, family, local, peer, service, recorded);
+                        if let Some(done) = done {
                             return done;
                         }
                         return inet_connect(fd, sa, service);
@@ -498,7 +569,8 @@ pub(crate) fn connect(
                     id: [0; 32],
                 });
                 let peer = SockAddr::service(service);
-                if let Some(done) = inproc_connect(fd, AF_SERVAL, local, peer, service) {
+                let done = inproc_connect(fd, AF_SERVAL, local, peer, service, recorded);
+                if let Some(done) = done {
                     return done;
                 }
             }
@@ -550,36 +622,53 @@ fn inet_family(sa: &SocketAddr) -> c_int {
 }
 
 /// What the program set on `fd` before it goes in-process: its
-/// `O_NONBLOCK`, the socket-level options and epoll registrations its
-/// entry recorded (a placeholder's, or an inet-mode socket's the shim
-/// watched).
-fn inproc_before(fd: RawFd) -> inproc::Before {
-    let (options, epoll, gen) = with_entry(fd, |e| {
-        Some((e.options.clone(), e.epoll.clone(), Some(e.gen)))
-    })
-    .unwrap_or_default();
-    inproc::Before {
-        nonblock: fd_flags(fd).0,
-        options,
-        epoll,
-        ident: table::ident(fd),
-        gen,
+/// `O_NONBLOCK` (one `fcntl`), the socket-level options and epoll
+/// registrations its entry recorded (a placeholder's, or an inet-mode
+/// socket's the shim watched: `recorded`, read by [`survey`] with the
+/// entry's identity check, whose device and inode are the file's at the
+/// number then; without an entry, those are read here).
+fn inproc_before(fd: RawFd, recorded: Option<Recorded>) -> inproc::Before {
+    // SAFETY: no pointers.
+    let flags = unsafe { real::fcntl(fd, libc::F_GETFL, 0) };
+    let nonblock = flags >= 0 && flags & libc::O_NONBLOCK != 0;
+    match recorded {
+        Some(recorded) => inproc::Before {
+            nonblock,
+            options: recorded.options,
+            epoll: recorded.epoll,
+            ident: recorded.ident,
+            gen: Some(recorded.gen),
+        },
+        None => inproc::Before {
+            nonblock,
+            ident: table::ident(fd),
+            ..Default::default()
+        },
     }
 }
 
 /// A stream `connect` in process, when the mode is on and the engine is
-/// there (see `inproc`); `None`: the daemon path's.
+/// there (see `inproc`); `None`: the daemon path's. `recorded`: see
+/// [`inproc_before`].
 fn inproc_connect(
     fd: RawFd,
     family: c_int,
     local: SockAddr,
     peer: SockAddr,
     service: ServiceId,
+    recorded: Option<Recorded>,
 ) -> Option<Res<c_int>> {
     if !inproc::enabled() {
         return None;
     }
-    inproc::connect(fd, family, local, peer, service, inproc_before(fd))
+    inproc::connect(
+        fd,
+        family,
+        local,
+        peer,
+        service,
+        inproc_before(fd, recorded),
+    )
 }
 
 /// Registers a stream socket's `prefix` at `bind`: with sald's relay to
@@ -1938,7 +2027,8 @@ pub(crate) fn listen(fd: RawFd, backlog: c_int, pass: impl FnOnce() -> c_int) ->
             bits: 0,
             id: [0; 32],
         });
-        let before = inproc_before(fd);
+        let recorded = with_entry(fd, |e| Some(Recorded::of(e)));
+        let before = inproc_before(fd, recorded);
         let listened = inproc::listen(fd, family, local, prefix, control, backlog, before);
         drop(wake);
         return listened.map(|()| 0);

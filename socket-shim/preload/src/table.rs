@@ -240,7 +240,8 @@ pub(crate) struct Entry {
     /// what replaces the descriptor's file in a swap: a receive timeout set
     /// before `connect` must hold for the flow.
     pub options: Vec<(libc::c_int, Vec<u8>)>,
-    /// The process that created the entry (a forked child has copies).
+    /// The process that created the entry (a forked child has copies); 0
+    /// for a watched socket's ([`State::Watched`]), which never asks.
     pub owner: libc::pid_t,
     /// A connected stream's reset watch: whether the program shut its
     /// writing down, and whether a reset was reported (see
@@ -257,6 +258,13 @@ pub(crate) struct Entry {
 
 impl Entry {
     pub(crate) fn new(kind: Kind, domain: Domain, fd: RawFd, state: State) -> Entry {
+        // A watched socket's entry never needs it (its connect or bind
+        // makes a new entry): no `getpid` for every TCP socket the
+        // program makes.
+        let owner = match state {
+            State::Watched => 0,
+            _ => std::process::id() as libc::pid_t,
+        };
         Entry {
             kind,
             domain,
@@ -271,7 +279,7 @@ impl Entry {
             untold: Arc::default(),
             epoll: Vec::new(),
             options: Vec::new(),
-            owner: std::process::id() as libc::pid_t,
+            owner,
             reset: Arc::default(),
             exec: inherit::Seen::default(),
             relayed: None,
@@ -393,7 +401,9 @@ impl Drop for Entry {
     /// holds a copy of the peer end. Only in the process that parked it: a
     /// child's placeholder may still be waited on for a connect of its own.
     fn drop(&mut self) {
-        if self.parked == std::process::id() {
+        // (`parked` first: most entries never parked, and `getpid` is a
+        // system call.)
+        if self.parked != 0 && self.parked == std::process::id() {
             if let Some(wake) = self.wake() {
                 // SAFETY: no pointers; a socket this entry owns.
                 unsafe { crate::real::shutdown(wake.as_raw_fd(), libc::SHUT_RDWR) };
@@ -502,12 +512,27 @@ impl Table {
     /// The entry of `fd`, unless it is stale (then it is removed and its
     /// state handed back in `stale` for the caller to drop after unlocking).
     pub(crate) fn get(&mut self, fd: RawFd, stale: &mut Vec<Entry>) -> Option<&mut Entry> {
+        if !maybe_tracked(fd) || !self.guard.contains_key(&fd) {
+            return None;
+        }
+        self.get_at(fd, ident(fd), stale)
+    }
+
+    /// [`Table::get`] for a caller that just read `fd`'s device and inode
+    /// (`now`, [`ident`]) under this lock, so that one `fstat` answers
+    /// both its own question and the entry's identity check.
+    pub(crate) fn get_at(
+        &mut self,
+        fd: RawFd,
+        now: (u64, u64),
+        stale: &mut Vec<Entry>,
+    ) -> Option<&mut Entry> {
         if !maybe_tracked(fd) {
             return None;
         }
         let fresh = match self.guard.get(&fd) {
             None => return None,
-            Some(entry) => entry.ident == ident(fd),
+            Some(entry) => entry.ident == now,
         };
         if !fresh {
             if let Some(old) = self.remove(fd) {
@@ -516,6 +541,14 @@ impl Table {
             return None;
         }
         self.guard.get_mut(&fd)
+    }
+
+    /// Whether `fd`'s entry is one the shim only watches
+    /// ([`State::Watched`]), with no identity check: for a caller whose
+    /// answer is the kernel's both for such an entry and for a stale one
+    /// (which the next [`Table::get`] removes).
+    pub(crate) fn watched(&self, fd: RawFd) -> bool {
+        maybe_tracked(fd) && self.guard.get(&fd).is_some_and(Entry::watched)
     }
 
     pub(crate) fn insert(&mut self, fd: RawFd, entry: Entry) -> Option<Entry> {

@@ -273,6 +273,28 @@ fn numbers_changed_behind_the_shim_s_back() {
     server.success(T);
 }
 
+/// An in-process number closed by `syscall(SYS_close)` and given to
+/// another file, which the program closes next with `close` (no call
+/// between that would check the number): the close is that file's, the
+/// stream is let go of (the server sees its end), and a socket the shim
+/// made on such a number leaves no socket behind once closed (its
+/// daemon-table entry goes too).
+#[test]
+fn a_number_reused_behind_the_shim_s_back_then_closed() {
+    let sald = Sald::start_relaying();
+    let mut cmd = sald.run(
+        &["--in-process"],
+        c_program(),
+        &["stream-server", "beef0a", "2"],
+    );
+    cmd.stdout(Stdio::piped());
+    let mut server = Proc::spawn("serval_test stream-server", &mut cmd);
+    server.wait_ready("ready");
+    let mut cmd = sald.run(&["--in-process"], fds_program(), &["beef0a", "closed"]);
+    Proc::spawn("inproc_fds closed", &mut cmd).success(T);
+    server.success(T);
+}
+
 /// An in-process listener at `EMFILE`: `accept` fails and the flow stays
 /// queued (the next `accept` gets it, and it carries bytes); in a forked
 /// child, the inherited listener is one that stopped listening: `accept`

@@ -15,17 +15,29 @@
 //! still is: `kcmp(KCMP_FILE)`, one system call per call on an in-process
 //! number (measured about 0.9 µs here, against 0.2 µs for `getppid` and
 //! 0.4 µs for `fstat`: every eventfd shares one anonymous inode, so
-//! `fstat` cannot tell two of them apart). Where `kcmp` is refused
+//! `fstat` cannot tell two of them apart). `close` checks too: a number
+//! that fails must not let go of its socket there (the close may be the
+//! engine's own, of an eventfd that landed on the number, under its
+//! lock), but at the next safe point, below. Where `kcmp` is refused
 //! (`ENOSYS` without `CONFIG_CHECKPOINT_RESTORE`, `EPERM` under a seccomp
-//! filter), the check falls back to `fstat`'s device and inode, which
-//! catches a number reused by anything but another eventfd (a pipe, a
-//! socket, a file), and misses one reused by an eventfd (the engine's or
-//! the program's). A number that fails the check is forgotten (not
+//! filter), the check falls back to `fstat`'s device and inode (the
+//! eventfd's, read at insert until `kcmp` is known to work), which
+//! catches a number reused by a pipe, a socket or a file, and misses one
+//! reused by another anonymous-inode file (an eventfd, epoll, timerfd or
+//! signalfd descriptor, the engine's or the program's). A number that
+//! fails the check is forgotten (not
 //! in-process from then on: the call takes the plain path), and its
 //! [`Socket`] is kept aside and dropped at the next safe point ([`reap`]):
 //! the look-up may run inside the engine (its own `read` of a new eventfd
 //! that landed on the number), where dropping the last reference, which
 //! closes the flow, would take the engine's lock again.
+//!
+//! The check cannot be skipped for a number checked "recently", say
+//! while no descriptor was closed since: what it guards against is
+//! exactly what the shim does not see (a raw `syscall(SYS_close)` or
+//! `close_range`, glibc's internal `close` in `fclose` and `closedir`,
+//! and the internal opens that may take the number next), so no counter
+//! of the shim's could tell that nothing happened.
 //!
 //! Locking rule: the registry's lock (read for a look-up, the data calls'
 //! path; written to insert or remove) is held only for that; never across
@@ -55,7 +67,9 @@ struct Entry {
     /// The engine's eventfd (the object's readable one) the number is a
     /// copy of: held open by `socket`.
     target: RawFd,
-    /// Device and inode of that eventfd, for the `fstat` fallback.
+    /// Device and inode of that eventfd, for the `fstat` fallback: read
+    /// at insert while `kcmp` is not known to work, else (0, 0), and read
+    /// from `target` should `kcmp` be refused later (see [`insert`]).
     ident: (u64, u64),
 }
 
@@ -227,6 +241,12 @@ fn same_file(fd: RawFd, target: RawFd, ident: (u64, u64)) -> bool {
             _ => {}
         }
     }
+    let ident = match ident {
+        // Not read at insert (`kcmp` worked then): `target` is still the
+        // eventfd, held open by the socket the caller holds.
+        (0, 0) => crate::table::ident(target),
+        ident => ident,
+    };
     ident != (0, 0) && crate::table::ident(fd) == ident
 }
 
@@ -240,7 +260,14 @@ pub(crate) fn insert(fd: RawFd, socket: Arc<Socket>) -> Result<Option<Arc<Socket
     let Some(target) = socket.identity_fd() else {
         return Err(socket);
     };
-    let ident = crate::table::ident(target);
+    // The fallback's reference, read only where the fallback may be
+    // needed: once `kcmp` worked, an `fstat` per socket would be wasted
+    // (`same_file` reads it then, should `kcmp` be refused later on, as
+    // under a seccomp filter installed meanwhile).
+    let ident = match KCMP.load(Ordering::Relaxed) {
+        KCMP_WORKS => (0, 0),
+        _ => crate::table::ident(target),
+    };
     let entry = Entry {
         socket,
         target,

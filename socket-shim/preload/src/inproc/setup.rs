@@ -250,13 +250,15 @@ fn install(fd: RawFd, socket: Arc<Socket>, before: &Before) -> Res<()> {
     let readable = socket.readable_fd().ok_or(libc::EIO)?;
     let mut stale = Vec::new();
     let mut table = crate::table::lock();
+    // One `fstat`, for both this check and the entry's own.
+    let now = crate::table::ident(fd);
     let same_gen = match before.gen {
         Some(gen) => table
-            .get(fd, &mut stale)
+            .get_at(fd, now, &mut stale)
             .is_some_and(|entry| entry.gen == gen),
         None => true,
     };
-    if !same_gen || crate::table::ident(fd) != before.ident {
+    if !same_gen || now != before.ident {
         drop(table);
         drop(stale);
         drop(socket);

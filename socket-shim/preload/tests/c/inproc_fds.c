@@ -5,6 +5,8 @@
  *   inproc_fds SID [stale|replaced]   (a stream-server for SID, for 3
  *                                      connections, 2 or 1, must be
  *                                      listening)
+ *   inproc_fds SID closed             (a stream-server for SID, for 2
+ *                                      connections)
  *   inproc_fds SID listener           (nothing listens on SID)
  *   inproc_fds SID shutdown           (nothing listens on SID)
  *
@@ -17,6 +19,13 @@
  *    a number onto itself changes nothing; a dup of an in-process number
  *    is close-on-exec.
  *
+ * 1b. (closed) A connected number closed by syscall(SYS_close) and
+ *    given to another file, which the program then closes with close(),
+ *    no other call on the number between: the close is that file's (a
+ *    pipe's read end: the number is free after it, and the write end
+ *    gets EPIPE), and the stream is let go of (the server sees its end).
+ *    Then a socket the shim makes on such a number (a placeholder, with
+ *    a peer end of the shim's): its close leaves no socket behind.
  * 3. (listener) accept at EMFILE leaves the flow queued: the next accept,
  *    with a descriptor free, gets it and it echoes; in a forked child,
  *    the inherited listener fails accept with EINVAL at once and poll
@@ -42,6 +51,7 @@
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -93,6 +103,74 @@ static int stale(const struct sockaddr_sv *sa, const char *how) {
     alarm(0);
     close(p[0]);
     close(p[1]);
+    return 0;
+}
+
+/* How many sockets the process has open (the engine's eventfds, which
+ * a stream's close may close or keep, are not counted). */
+static int sockets_open(void) {
+    int n = 0;
+    for (int fd = 0; fd < 1024; fd++) {
+        struct stat st;
+        if (fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode)) n++;
+    }
+    return n;
+}
+
+/* Closes a connected number behind the shim's back, lets another file
+ * take it, and closes that with close() at once (see 1b). */
+static int stale_close(const struct sockaddr_sv *sa) {
+    signal(SIGPIPE, SIG_IGN);
+    int fd = connected(sa);
+    char buf[16];
+    alarm(10);
+    if (write(fd, "ping", 4) != 4 || read(fd, buf, sizeof buf) != 4) {
+        fprintf(stderr, "closed: no echo before\n");
+        return 1;
+    }
+    if (syscall(SYS_close, fd) != 0) { perror("SYS_close"); return 1; }
+    int p[2];
+    if (pipe(p) != 0) { perror("pipe"); return 1; }
+    if (p[0] != fd) {
+        fprintf(stderr, "closed: the pipe's read end is %d, not %d\n", p[0], fd);
+        return 1;
+    }
+    if (close(fd) != 0) { perror("close of the pipe's read end"); return 1; }
+    if (fcntl(fd, F_GETFD) != -1 || errno != EBADF) {
+        fprintf(stderr, "closed: number %d still open after close\n", fd);
+        return 1;
+    }
+    if (write(p[1], "x", 1) != -1 || errno != EPIPE) {
+        fprintf(stderr, "closed: the pipe's read end is still open\n");
+        return 1;
+    }
+    close(p[1]);
+
+    int again = connected(sa);
+    if (syscall(SYS_close, again) != 0) { perror("SYS_close"); return 1; }
+    int before = sockets_open();
+    int s = socket(AF_SERVAL, SOCK_STREAM, 0);
+    if (s != again) {
+        fprintf(stderr, "closed: the socket is %d, not %d\n", s, again);
+        return 1;
+    }
+    if (close(s) != 0) { perror("close of the socket"); return 1; }
+    int after = sockets_open();
+    if (after != before) {
+        for (int i = 0; i < 1024; i++) {
+            struct stat st;
+            char path[64], link[256];
+            if (fstat(i, &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
+            snprintf(path, sizeof path, "/proc/self/fd/%d", i);
+            ssize_t n = readlink(path, link, sizeof link - 1);
+            link[n < 0 ? 0 : n] = 0;
+            fprintf(stderr, "closed: socket at %d: %s\n", i, link);
+        }
+        fprintf(stderr, "closed: %d sockets open after socket and close, %d before\n",
+                after, before);
+        return 1;
+    }
+    alarm(0);
     return 0;
 }
 
@@ -295,13 +373,18 @@ static int shut(const struct sockaddr_sv *sa) {
 
 int main(int argc, char **argv) {
     if (argc != 2 && argc != 3) {
-        fprintf(stderr, "usage: inproc_fds SID [stale|replaced|listener|shutdown]\n");
+        fprintf(stderr, "usage: inproc_fds SID [stale|replaced|closed|listener|shutdown]\n");
         return 2;
     }
     struct sockaddr_sv sa = sv_addr(argv[1]);
     const char *only = argc == 3 ? argv[2] : "";
     if (strcmp(only, "listener") == 0 || strcmp(only, "shutdown") == 0) {
         int bad = strcmp(only, "listener") == 0 ? listener(&sa) : shut(&sa);
+        if (!bad) printf("ok\n");
+        return bad;
+    }
+    if (strcmp(only, "closed") == 0) {
+        int bad = stale_close(&sa);
         if (!bad) printf("ok\n");
         return bad;
     }
