@@ -1057,15 +1057,16 @@ fn test_syn_sent_syn_ack() {
     sanity!(s, socket_established());
 }
 
-/// sal-tcp: a client holding its handshake ACK (`hold_handshake_ack`),
-/// with a 1 ms delayed ACK, after the SYN-ACK.
-fn socket_holding_its_handshake_ack() -> TestSocket {
+/// sal-tcp: a client with a 1 ms delayed ACK, holding its handshake ACK
+/// (`hold_handshake_ack`) or not, after the SYN-ACK.
+fn socket_after_a_syn_ack(hold: bool) -> TestSocket {
     let mut s = socket_syn_sent();
     s.ack_delay = Some(Duration::from_millis(1));
-    s.hold_handshake_ack = true;
+    s.hold_handshake_ack = hold;
     recv!(
         s,
-        [TcpRepr {
+        time 0,
+        Ok(TcpRepr {
             control: TcpControl::Syn,
             seq_number: LOCAL_SEQ,
             ack_number: None,
@@ -1073,7 +1074,7 @@ fn socket_holding_its_handshake_ack() -> TestSocket {
             window_scale: Some(0),
             sack_permitted: true,
             ..RECV_TEMPL
-        }]
+        })
     );
     send!(
         s,
@@ -1089,18 +1090,25 @@ fn socket_holding_its_handshake_ack() -> TestSocket {
     s
 }
 
+/// The ACK that completes the handshake, alone.
+fn handshake_ack() -> TcpRepr<'static> {
+    TcpRepr {
+        seq_number: LOCAL_SEQ + 1,
+        ack_number: Some(REMOTE_SEQ + 1),
+        ..RECV_TEMPL
+    }
+}
+
 #[test]
 fn test_a_held_handshake_ack_rides_on_the_first_write() {
-    let mut s = socket_holding_its_handshake_ack();
+    let mut s = socket_after_a_syn_ack(true);
     recv_nothing!(s, time 0);
     s.send_slice(b"abcdef").unwrap();
     recv!(
         s,
         [TcpRepr {
-            seq_number: LOCAL_SEQ + 1,
-            ack_number: Some(REMOTE_SEQ + 1),
             payload: &b"abcdef"[..],
-            ..RECV_TEMPL
+            ..handshake_ack()
         }]
     );
     // Acknowledged by the data: no bare ACK follows at the timer.
@@ -1109,33 +1117,18 @@ fn test_a_held_handshake_ack_rides_on_the_first_write() {
 
 #[test]
 fn test_a_held_handshake_ack_goes_alone_at_the_delayed_ack_timer() {
-    let mut s = socket_holding_its_handshake_ack();
+    let mut s = socket_after_a_syn_ack(true);
     recv_nothing!(s, time 0);
     assert_eq!(s.poll_at(), Some(Instant::from_millis(1)));
-    recv!(
-        s,
-        time 1,
-        [TcpRepr {
-            seq_number: LOCAL_SEQ + 1,
-            ack_number: Some(REMOTE_SEQ + 1),
-            ..RECV_TEMPL
-        }]
-    );
+    recv!(s, time 1, [handshake_ack()]);
 }
 
 #[test]
 fn test_a_released_handshake_ack_goes_at_once() {
-    let mut s = socket_holding_its_handshake_ack();
+    let mut s = socket_after_a_syn_ack(true);
     recv_nothing!(s, time 0);
     s.release_ack();
-    recv!(
-        s,
-        [TcpRepr {
-            seq_number: LOCAL_SEQ + 1,
-            ack_number: Some(REMOTE_SEQ + 1),
-            ..RECV_TEMPL
-        }]
-    );
+    recv!(s, [handshake_ack()]);
     // Nothing held: releasing again sends nothing.
     s.release_ack();
     recv_nothing!(s, time 0);
@@ -1143,35 +1136,8 @@ fn test_a_released_handshake_ack_goes_at_once() {
 
 #[test]
 fn test_without_the_hold_the_handshake_ack_goes_at_once_despite_a_delayed_ack() {
-    let mut s = socket_syn_sent();
-    s.ack_delay = Some(Duration::from_millis(1));
-    recv!(s, time 0, Ok(TcpRepr {
-        control: TcpControl::Syn,
-        seq_number: LOCAL_SEQ,
-        ack_number: None,
-        max_seg_size: Some(BASE_MSS),
-        window_scale: Some(0),
-        sack_permitted: true,
-        ..RECV_TEMPL
-    }));
-    send!(
-        s,
-        TcpRepr {
-            control: TcpControl::Syn,
-            seq_number: REMOTE_SEQ,
-            ack_number: Some(LOCAL_SEQ + 1),
-            window_scale: Some(0),
-            ..SEND_TEMPL
-        }
-    );
-    recv!(
-        s,
-        [TcpRepr {
-            seq_number: LOCAL_SEQ + 1,
-            ack_number: Some(REMOTE_SEQ + 1),
-            ..RECV_TEMPL
-        }]
-    );
+    let mut s = socket_after_a_syn_ack(false);
+    recv!(s, [handshake_ack()]);
 }
 
 #[test]
