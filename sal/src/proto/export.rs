@@ -267,7 +267,9 @@ impl Host {
             .stream()
             .and_then(|s| s.socket.as_ref())
             .map_or(0, sal_tcp::Socket::buffer_memory);
-        self.endpoints.remove(id);
+        if let Some(Endpoint::Flow(flow)) = self.endpoints.remove(id) {
+            self.timers.forget(&flow.timers);
+        }
         self.flow_count -= 1;
         self.account_buffers(charge, memory, 0);
         let until = now + self.config.peer_timeout;

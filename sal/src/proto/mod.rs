@@ -241,10 +241,10 @@ impl Host {
     /// Runs the flow timers that are due; stale entries are skipped.
     fn fire_timers(&mut self, now: Instant) {
         while let Some(due) = self.timers.pop_due(now) {
-            let Ok(flow) = self.flow_mut(due.flow) else {
-                continue;
-            };
-            if !flow.timers.fire(due.timer, due.at) {
+            let fired = (self.flow_mut(due.flow).ok())
+                .is_some_and(|flow| flow.timers.fire(due.timer, due.at));
+            if !fired {
+                self.timers.popped_stale();
                 continue;
             }
             match due.timer {
@@ -271,10 +271,12 @@ impl Host {
             return Some(self.now);
         }
         let endpoints = &self.endpoints;
-        while self.timers.pop_stale(|due| match endpoints.get(due.flow) {
+        let is_live = |due: timer::Due| match endpoints.get(due.flow) {
             Some(Endpoint::Flow(flow)) => flow.timers.is_live(due.timer, due.at),
             _ => false,
-        }) {}
+        };
+        self.timers.tidy(is_live);
+        while self.timers.pop_stale(is_live) {}
         let timer = self.timers.peek().map(|due| due.at);
         let delay = self.delayed.next_deadline();
         [timer, delay].into_iter().flatten().min()

@@ -162,6 +162,7 @@ impl Host {
         let Some(Endpoint::Flow(flow)) = self.endpoints.remove(id) else {
             return;
         };
+        self.timers.forget(&flow.timers);
         self.flow_count -= 1;
         if let Some(socket) = flow.stream().and_then(|s| s.socket.as_ref()) {
             self.account_buffers(flow.charge(), socket.buffer_memory(), 0);

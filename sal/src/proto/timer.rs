@@ -14,6 +14,17 @@
 //! than it is armed already does nothing: it fires at the earlier time, and
 //! its handler finds nothing due yet and arms it again for when something
 //! will be. Packets thus never touch the heap; only due timers do.
+//!
+//! A flow that goes away leaves its entries behind, each until its
+//! deadline: a keepalive 25 s ahead outlives a short connection by far,
+//! and at thousands of connections a second such entries would be most of
+//! the heap, every push and pop paying for their depth and cache misses.
+//! So the queue counts the entries it knows to be stale (replaced by an
+//! earlier deadline, or left by a flow that went away:
+//! [`TimerQueue::forget`]) and drops them all in one pass once they are
+//! more than half of it ([`TimerQueue::tidy`]): each pass costs what at
+//! least as many entries cost to push, so the work per entry stays
+//! constant.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -69,6 +80,11 @@ pub(super) struct FlowTimers {
 }
 
 impl FlowTimers {
+    /// How many timers are armed (each has a live entry in the queue).
+    fn armed(&self) -> usize {
+        self.armed.iter().flatten().count()
+    }
+
     /// When `timer` is armed to fire, if it is.
     #[cfg(test)]
     pub fn deadline(&self, timer: Timer) -> Option<Instant> {
@@ -108,7 +124,14 @@ pub(super) struct Due {
 #[derive(Debug, Default)]
 pub(super) struct TimerQueue {
     heap: BinaryHeap<Reverse<(Instant, Timer, FlowId)>>,
+    /// Entries known to be stale (a lower bound: a disarmed timer's entry
+    /// is not counted).
+    stale: usize,
 }
+
+/// The queue is tidied only from this many entries on: below it, a pass
+/// would cost more than the stale entries do.
+const TIDY_MIN: usize = 4096;
 
 impl TimerQueue {
     /// Arms `timer` of `flow` (whose timers are `timers`) to fire by `at`:
@@ -118,8 +141,35 @@ impl TimerQueue {
         if slot.is_some_and(|armed| armed <= at) {
             return;
         }
-        *slot = Some(at);
+        if slot.replace(at).is_some() {
+            // The later entry is stale now.
+            self.stale += 1;
+        }
         self.heap.push(Reverse((at, timer, flow)));
+    }
+
+    /// A flow whose timers were `timers` went away: their entries are
+    /// stale.
+    pub fn forget(&mut self, timers: &FlowTimers) {
+        self.stale += timers.armed();
+    }
+
+    /// An entry [`TimerQueue::pop_due`] gave was stale.
+    pub fn popped_stale(&mut self) {
+        self.stale = self.stale.saturating_sub(1);
+    }
+
+    /// Drops every stale entry (those `is_live` rejects) in one pass once
+    /// the entries known to be stale are more than half the queue (and it
+    /// holds [`TIDY_MIN`] at least); keeps the memory for the entries to
+    /// come. See the module docs.
+    pub fn tidy(&mut self, mut is_live: impl FnMut(Due) -> bool) {
+        if self.heap.len() < TIDY_MIN || self.stale <= self.heap.len() / 2 {
+            return;
+        }
+        self.heap
+            .retain(|&Reverse((at, timer, flow))| is_live(Due { at, flow, timer }));
+        self.stale = 0;
     }
 
     /// The earliest entry, which may be stale (see [`TimerQueue::pop_stale`]).
@@ -136,6 +186,7 @@ impl TimerQueue {
         match self.peek() {
             Some(due) if !is_live(due) => {
                 self.heap.pop();
+                self.popped_stale();
                 true
             }
             _ => false,
@@ -157,6 +208,7 @@ impl TimerQueue {
         self.heap
             .retain(|&Reverse((at, timer, flow))| is_live(Due { at, flow, timer }));
         self.heap.shrink_to_fit();
+        self.stale = 0;
     }
 
     /// Entries in the queue, stale ones included.
@@ -261,6 +313,68 @@ mod tests {
         assert!(queue.pop_stale(|d| live(&flows, d)));
         assert!(!queue.pop_stale(|d| live(&flows, d)), "the front is live");
         assert_eq!(queue.peek().map(|d| d.at), Some(at(200)));
+    }
+
+    #[test]
+    fn the_entries_of_flows_gone_are_dropped_once_they_are_most_of_the_queue() {
+        const FLOWS: usize = 3 * TIDY_MIN;
+        let mut queue = TimerQueue::default();
+        let mut flows = vec![FlowTimers::default(); FLOWS + 1];
+        for n in 1..=FLOWS {
+            let timers = &mut flows[n];
+            queue.arm(flow(n as u32), timers, Timer::Keepalive, at(25_000));
+            queue.arm(flow(n as u32), timers, Timer::Liveness, at(1_500));
+        }
+        let live = |flows: &[FlowTimers], due: Due| {
+            flows[due.flow.get() as usize].is_live(due.timer, due.at)
+        };
+        // Half the flows go away: their entries are half the queue, not
+        // more, and stay.
+        for timers in &mut flows[1..=FLOWS / 2] {
+            queue.forget(timers);
+            *timers = FlowTimers::default();
+        }
+        queue.tidy(|due| live(&flows, due));
+        assert_eq!(queue.len(), 2 * FLOWS);
+        // One more goes, and an earlier deadline replaces a live one's:
+        // more than half is stale, and one pass drops it all.
+        let last = FLOWS / 2 + 1;
+        queue.forget(&flows[last]);
+        flows[last] = FlowTimers::default();
+        queue.arm(
+            flow(FLOWS as u32),
+            &mut flows[FLOWS],
+            Timer::Liveness,
+            at(1_000),
+        );
+        queue.tidy(|due| live(&flows, due));
+        let left = FLOWS - last;
+        assert_eq!(queue.len(), 2 * left, "only the live entries are left");
+        // And they fire as before.
+        let fired = fire_all(&mut queue, &mut flows, at(1_500));
+        assert_eq!(fired.len(), left);
+        assert_eq!(fired[0].at, at(1_000));
+    }
+
+    #[test]
+    fn a_small_queue_is_not_tidied() {
+        let mut queue = TimerQueue::default();
+        let mut flows = vec![FlowTimers::default(); 11];
+        for n in 1..=10 {
+            queue.arm(
+                flow(n),
+                &mut flows[n as usize],
+                Timer::Keepalive,
+                at(25_000),
+            );
+            queue.forget(&flows[n as usize]);
+        }
+        queue.tidy(|_| false);
+        assert_eq!(
+            queue.len(),
+            10,
+            "below TIDY_MIN, stale entries wait for their time"
+        );
     }
 
     #[test]
