@@ -320,8 +320,7 @@ mod tests {
         const FLOWS: usize = 3 * TIDY_MIN;
         let mut queue = TimerQueue::default();
         let mut flows = vec![FlowTimers::default(); FLOWS + 1];
-        for n in 1..=FLOWS {
-            let timers = &mut flows[n];
+        for (n, timers) in flows.iter_mut().enumerate().skip(1) {
             queue.arm(flow(n as u32), timers, Timer::Keepalive, at(25_000));
             queue.arm(flow(n as u32), timers, Timer::Liveness, at(1_500));
         }
