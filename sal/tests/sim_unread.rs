@@ -37,9 +37,9 @@ fn read_to_end(net: &mut Network, host: HostId, id: FlowId) -> (Vec<u8>, Result<
     }
 }
 
-/// A client that sent `data` to the server, whose application has not
-/// read it yet: the network, the hosts and both ends of the flow.
-fn sent_unread(seed: u64, data: &[u8]) -> (Network, HostId, HostId, FlowId, FlowId) {
+/// A client and a server on a plain network, one flow established
+/// between them: the network, the hosts and both ends of the flow.
+fn established(seed: u64) -> (Network, HostId, HostId, FlowId, FlowId) {
     let ClientServer {
         mut net,
         client,
@@ -47,6 +47,13 @@ fn sent_unread(seed: u64, data: &[u8]) -> (Network, HostId, HostId, FlowId, Flow
         listener,
     } = client_server(seed, LinkConditions::default(), HostConfig::default());
     let (cflow, sflow) = establish(&mut net, client, server, listener, "ab".parse().unwrap());
+    (net, client, server, cflow, sflow)
+}
+
+/// A client that sent `data` to the server, whose application has not
+/// read it yet: the network, the hosts and both ends of the flow.
+fn sent_unread(seed: u64, data: &[u8]) -> (Network, HostId, HostId, FlowId, FlowId) {
+    let (mut net, client, server, cflow, sflow) = established(seed);
     assert_eq!(net.host(client).send(cflow, data), Ok(data.len()));
     net.run_for(Duration::from_millis(200));
     (net, client, server, cflow, sflow)
@@ -227,13 +234,7 @@ fn resets_give_back_the_buffer_memory_they_count() {
 /// then reads to the end.
 fn retransmitted_after_the_server_closed(seed: u64) -> (Vec<u8>, Result<usize, HostError>) {
     let data = pattern(4000, 5);
-    let ClientServer {
-        mut net,
-        client,
-        server,
-        listener,
-    } = client_server(seed, LinkConditions::default(), HostConfig::default());
-    let (cflow, sflow) = establish(&mut net, client, server, listener, "ab".parse().unwrap());
+    let (mut net, client, server, cflow, sflow) = established(seed);
     // Everything the server sends is lost for a while.
     let deaf = Rc::new(Cell::new(true));
     let lost = deaf.clone();

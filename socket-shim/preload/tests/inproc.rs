@@ -30,29 +30,13 @@ fn connrate() -> &'static Path {
 /// `tests/c/inproc_fork.c`, compiled once.
 fn fork_program() -> &'static Path {
     static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
-    PROGRAM.get_or_init(|| {
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let include = manifest.join("../include");
-        support::compile_c(
-            &manifest.join("tests/c/inproc_fork.c"),
-            "inproc_fork",
-            &["-I".as_ref(), include.as_os_str()],
-        )
-    })
+    PROGRAM.get_or_init(|| support::compile_test_c("inproc_fork"))
 }
 
 /// `tests/c/inproc_fds.c`, compiled once.
 fn fds_program() -> &'static Path {
     static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
-    PROGRAM.get_or_init(|| {
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let include = manifest.join("../include");
-        support::compile_c(
-            &manifest.join("tests/c/inproc_fds.c"),
-            "inproc_fds",
-            &["-I".as_ref(), include.as_os_str()],
-        )
-    })
+    PROGRAM.get_or_init(|| support::compile_test_c("inproc_fds"))
 }
 
 /// sald's counters now.

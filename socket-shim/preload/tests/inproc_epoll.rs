@@ -21,15 +21,7 @@ const T: Duration = Duration::from_secs(30);
 /// `tests/c/inproc_epoll.c`, compiled once.
 fn program() -> &'static Path {
     static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
-    PROGRAM.get_or_init(|| {
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let include = manifest.join("../include");
-        support::compile_c(
-            &manifest.join("tests/c/inproc_epoll.c"),
-            "inproc_epoll",
-            &["-I".as_ref(), include.as_os_str()],
-        )
-    })
+    PROGRAM.get_or_init(|| support::compile_test_c("inproc_epoll"))
 }
 
 /// Runs `inproc_epoll MODE SID` in-process against an in-process echo

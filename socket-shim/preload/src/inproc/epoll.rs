@@ -319,6 +319,21 @@ impl Locked {
         }
     }
 
+    /// A fresh copy of `fd` (a stream's writable eventfd) added to `epfd`
+    /// as the writable part of the arming `tag` for `interest`. A copy the
+    /// kernel refused is closed with the trash, once the lock is let go.
+    fn add_copy(&mut self, epfd: RawFd, fd: RawFd, interest: u32, tag: u64) -> Res<OwnedFd> {
+        let copy = duplicate(fd)?;
+        let event = Some(output(interest, tag));
+        match kernel(epfd, libc::EPOLL_CTL_ADD, copy.as_raw_fd(), event) {
+            Ok(()) => Ok(copy),
+            Err(errno) => {
+                self.trash.push(copy);
+                Err(errno)
+            }
+        }
+    }
+
     /// `EPOLL_CTL_ADD`: both parts, or neither.
     fn add(
         &mut self,
@@ -336,24 +351,13 @@ impl Locked {
             self.forget(number, stale, false);
         }
         let copy = match out.filter(|_| interest & OUT != 0) {
-            Some(fd) => {
-                let armed = duplicate(fd).and_then(|copy| {
-                    kernel(
-                        epfd,
-                        libc::EPOLL_CTL_ADD,
-                        copy.as_raw_fd(),
-                        Some(output(interest, tag)),
-                    )
-                    .map(|()| copy)
-                });
-                match armed {
-                    Ok(copy) => Some(copy),
-                    Err(errno) => {
-                        let _ = kernel(epfd, libc::EPOLL_CTL_DEL, number, None);
-                        return Err(errno);
-                    }
+            Some(fd) => match self.add_copy(epfd, fd, interest, tag) {
+                Ok(copy) => Some(copy),
+                Err(errno) => {
+                    let _ = kernel(epfd, libc::EPOLL_CTL_DEL, number, None);
+                    return Err(errno);
                 }
-            }
+            },
             None => None,
         };
         self.put(
@@ -388,19 +392,11 @@ impl Locked {
                     copy.as_raw_fd(),
                     Some(output(interest, tag)),
                 ),
-                None => duplicate(fd).and_then(|copy| {
-                    let added = kernel(
-                        epfd,
-                        libc::EPOLL_CTL_ADD,
-                        copy.as_raw_fd(),
-                        Some(output(interest, tag)),
-                    );
-                    fresh = Some(copy);
-                    added
-                }),
+                None => self
+                    .add_copy(epfd, fd, interest, tag)
+                    .map(|copy| fresh = Some(copy)),
             };
             if let Err(errno) = step {
-                self.trash.extend(fresh);
                 self.restore(number, old, kept);
                 return Err(errno);
             }

@@ -281,18 +281,8 @@
 
 #include "serval.h"
 #include "sv_addr.h"
+#include "check.h"
 
-static int failures;
-
-#define CHECK(cond, ...)                                                   \
-    do {                                                                   \
-        if (!(cond)) {                                                     \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);           \
-            fprintf(stderr, __VA_ARGS__);                                  \
-            fprintf(stderr, " (errno %d: %s)\n", errno, strerror(errno));  \
-            failures++;                                                    \
-        }                                                                  \
-    } while (0)
 
 #define EXPECT_ERR(call, err)                                              \
     do {                                                                   \

@@ -195,15 +195,19 @@ pub fn free_udp_port() -> u16 {
 /// binary.
 pub fn c_program() -> &'static Path {
     static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
-    PROGRAM.get_or_init(|| {
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let include = manifest.join("../include");
-        compile_c(
-            &manifest.join("tests/c/serval_test.c"),
-            "serval_test",
-            &["-I".as_ref(), include.as_os_str()],
-        )
-    })
+    PROGRAM.get_or_init(|| compile_test_c("serval_test"))
+}
+
+/// Compiles `tests/c/NAME.c` (against the shim's `serval.h`) into the
+/// target directory as `NAME`; returns its path.
+pub fn compile_test_c(name: &str) -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let include = manifest.join("../include");
+    compile_c(
+        &manifest.join(format!("tests/c/{name}.c")),
+        name,
+        &["-I".as_ref(), include.as_os_str()],
+    )
 }
 
 /// Compiles the C program `source` (with `-Wall -Wextra -Werror -pthread`
