@@ -168,6 +168,13 @@ impl Host {
         }
     }
 
+    /// Disarms every timer of flow `id` but those in `keep`.
+    pub(super) fn disarm_timers_except(&mut self, id: FlowId, keep: &[Timer]) {
+        if let Some(Endpoint::Flow(flow)) = self.endpoints.get_mut(id) {
+            self.timers.disarm_except(&mut flow.timers, keep);
+        }
+    }
+
     /// Notes that a flow changed, so that the end of this poll reports
     /// activity, sends its FIN if due, and releases it if finished.
     pub(super) fn mark_dirty(&mut self, id: FlowId) {

@@ -286,6 +286,22 @@ impl Host {
         with_service: bool,
         segment: &[u8],
     ) {
+        self.new_control(id, kind, flags, with_service, segment, true);
+    }
+
+    /// Numbers a new control message on a flow, keeps it for
+    /// retransmission until it is acknowledged, and sends it if `send`
+    /// (otherwise it rides on a stream segment: see
+    /// [`Host::stream_transmit`]). Returns its CONTROL extension.
+    pub(super) fn new_control(
+        &mut self,
+        id: FlowId,
+        kind: ControlKind,
+        flags: ControlFlags,
+        with_service: bool,
+        segment: &[u8],
+        send: bool,
+    ) -> Option<ControlRepr> {
         // A SYN-ACK is never resent on a timer (see `handshake.rs`): its
         // one deadline is the end of the half-open flow's life.
         let rto = match kind {
@@ -293,15 +309,11 @@ impl Host {
             _ => self.config.control_rto,
         };
         let now = self.now;
-        let Ok(flow) = self.flow_mut(id) else {
-            return;
-        };
+        let flow = self.flow_mut(id).ok()?;
         let control = flow.control.new_message(flags);
-        let Some(repr) = self.control_repr(id, kind, control, with_service) else {
-            return;
-        };
+        let repr = self.control_repr(id, kind, control, with_service)?;
         let Some(Endpoint::Flow(flow)) = self.endpoints.get_mut(id) else {
-            return;
+            return None;
         };
         let deadline = flow
             .control
@@ -310,19 +322,22 @@ impl Host {
         let mut packets = Vec::new();
         control_packets(&flow.path, &self.interfaces, sent, &mut packets);
         if packets.is_empty() {
-            return;
+            return None;
         }
         flow.count_sent(now);
         self.arm_timer(id, Timer::Control, deadline);
-        for packet in packets {
-            self.send_packet(packet.src, packet.dst, packet.payload);
+        if send {
+            for packet in packets {
+                self.send_packet(packet.src, packet.dst, packet.payload);
+            }
         }
         self.note_asked(id);
+        Some(control)
     }
 
     /// The SAL header of a numbered control message of `kind` on flow `id`
     /// carrying `control`.
-    fn control_repr(
+    pub(super) fn control_repr(
         &mut self,
         id: FlowId,
         kind: ControlKind,
@@ -395,6 +410,21 @@ impl Host {
         self.arm_timer(id, Timer::Control, deadline);
         self.resend(packets);
         true
+    }
+
+    /// Sends the flow's message in flight numbered `verno` (kept, not sent
+    /// yet: see [`Host::new_control`]).
+    pub(super) fn send_kept(&mut self, id: FlowId, verno: u32) {
+        let Some(Endpoint::Flow(flow)) = self.endpoints.get(id) else {
+            return;
+        };
+        let mut packets = Vec::new();
+        for pending in flow.control.pending.iter().filter(|p| p.verno == verno) {
+            control_packets(&flow.path, &self.interfaces, pending, &mut packets);
+        }
+        for packet in packets {
+            self.send_packet(packet.src, packet.dst, packet.payload);
+        }
     }
 
     /// Resends the flow's messages of `kind` in flight (a duplicate of what

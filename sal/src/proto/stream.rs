@@ -48,7 +48,7 @@ use super::output::{Transmit, TransmitKind};
 use super::timer::Timer;
 use super::{FlowState, Host, HostError, Role};
 use crate::id::FlowId;
-use crate::wire::{ControlFlags, SalRepr, TransportProtocol, BASE_HEADER_LEN};
+use crate::wire::{ControlFlags, ControlRepr, SalRepr, TransportProtocol, BASE_HEADER_LEN};
 
 /// TCP header flag bits, as seen in byte 13 of a segment.
 const TCP_FIN: u8 = 0x01;
@@ -124,6 +124,11 @@ pub(super) struct StreamPart {
     pub ack_owed: bool,
     /// In one of the host's output queues (see [`Host::queue_output`]).
     pub queued: bool,
+    /// Our SAL FIN, kept for retransmission and not sent yet: it goes in
+    /// the SAL header of the socket's next segment (the ACK of the peer's
+    /// TCP FIN, usually), or alone if the socket has nothing to send (see
+    /// [`Host::stream_transmit`]).
+    pub fin_rider: Option<ControlRepr>,
     /// The highest acknowledgement number of a segment from the peer that
     /// moved the socket on (see [`Host::stream_input`]).
     peer_ack: Option<u32>,
@@ -640,6 +645,18 @@ impl Host {
         self.held_acks = held;
     }
 
+    /// Sends alone the SAL FIN that was to ride on the flow's next
+    /// segment, if one waits (see [`StreamPart::fin_rider`]).
+    pub(super) fn send_fin_rider(&mut self, id: FlowId) {
+        let Some(fin) = (self.flow_mut(id).ok())
+            .and_then(|flow| flow.stream_mut())
+            .and_then(|stream| stream.fin_rider.take())
+        else {
+            return;
+        };
+        self.send_kept(id, fin.verno);
+    }
+
     /// Puts a stream flow whose socket may have something to send (or a
     /// deadline to act on) in the output queue: the one
     /// [`Host::poll_transmit`] drains for the link, or the one
@@ -706,12 +723,18 @@ impl Host {
         out: &mut [u8],
     ) -> StreamOutput {
         // The first segment after the handshake goes under the SAL ACK's
-        // header (SERVICE and all), in one packet: it must leave that room.
-        let ack_header = match self.endpoints.get(id) {
-            Some(Endpoint::Flow(flow)) if flow.stream().is_some_and(|s| s.ack_owed) => {
-                self.ack_repr(id, true).map(|(repr, ..)| repr.header_len())
-            }
-            _ => None,
+        // header (SERVICE and all), in one packet, and a segment with our
+        // SAL FIN riding under the FIN's: it must leave that room.
+        let (ack_owed, fin_rider) = match self.endpoints.get(id) {
+            Some(Endpoint::Flow(flow)) => flow
+                .stream()
+                .map_or((false, None), |s| (s.ack_owed, s.fin_rider)),
+            _ => (false, None),
+        };
+        let header = if ack_owed {
+            self.ack_repr(id, true).map(|(repr, ..)| repr)
+        } else {
+            fin_rider.and_then(|fin| self.control_repr(id, ControlKind::Fin, fin, false))
         };
         let Some(Endpoint::Flow(flow)) = self.endpoints.get_mut(id) else {
             return StreamOutput::Idle;
@@ -741,13 +764,14 @@ impl Host {
         // An established flow's segments go under a bare base header,
         // written in front of the segment; handshake packets are built
         // whole (and kept) by the control path.
-        let ack_owed = stream.ack_owed;
-        let bare = state == FlowState::Established && !ack_owed;
+        let bare = state == FlowState::Established && header.is_none();
         let room = if bare { BASE_HEADER_LEN } else { 0 };
         Host::bound_socket(socket, pressure, unaccepted);
         let (state_before, memory_before) = (socket.state(), socket.buffer_memory());
         let drops_before = SocketCounters::of(socket);
-        let end = out.len().saturating_sub(ack_header.unwrap_or(0));
+        let end = out
+            .len()
+            .saturating_sub(header.as_ref().map_or(0, SalRepr::header_len));
         let segment = out.get_mut(room..end).unwrap_or_default();
         let written = socket.poll_transmit(now, src.ip(), dst.ip(), segment);
         let changed = socket.state() != state_before;
@@ -763,6 +787,8 @@ impl Host {
             self.mark_dirty(id);
         }
         let Some(len) = written else {
+            // Nothing for the FIN to ride on.
+            self.send_fin_rider(id);
             return StreamOutput::Idle;
         };
         let (flags, asks) = segment_kind(&out[room..room + len]);
@@ -797,6 +823,22 @@ impl Host {
                         self.send_ack(id, true, &out[..len]);
                     }
                     return StreamOutput::Again;
+                }
+                if let Some(repr) = header.as_ref().filter(|_| !asks) {
+                    // Our FIN rides on the segment (an ACK: everything we
+                    // sent has arrived, or the FIN would not go).
+                    if let Some(stream) = self.flow_mut(id).ok().and_then(|f| f.stream_mut()) {
+                        stream.fin_rider = None;
+                    }
+                    self.send_packet(src, dst, super::output::build(repr, &out[..len]));
+                    return StreamOutput::Again;
+                }
+                if header.is_some() {
+                    // Not on a segment that asks for an answer (none
+                    // should): the FIN goes alone, the segment as any
+                    // other, behind a base header.
+                    self.send_fin_rider(id);
+                    out.copy_within(..len, BASE_HEADER_LEN);
                 }
                 if asks {
                     self.note_asked(id);

@@ -8,6 +8,15 @@
 //! (`CONTROL(RST)`, nonce-checked so that only the peer can send one) kills
 //! the flow at once; it then waits only for the application to close it.
 //!
+//! The exchange is the reference stack's, in fewer packets: a FIN that
+//! answers the peer's acknowledges it (`FIN|ACK`: the acknowledgement of a
+//! new FIN waits for the review of the flow in the same poll, which sends
+//! our FIN then if we are done too), and a stream's FIN rides in the SAL
+//! header of the segment its socket sends at that moment (the ACK of the
+//! peer's TCP FIN, as a rule). A short connection closes in five packets
+//! (TCP FIN, TCP FIN-ACK, SAL FIN on the TCP ACK, `FIN|ACK`, ACK) where
+//! sending each alone took seven. Retransmissions go alone.
+//!
 //! The side that acknowledges the last FIN does not forget the flow at
 //! once: if that acknowledgement is lost, the peer resends its FIN, and a
 //! host that no longer knows the flow can answer it only with a reset
@@ -63,6 +72,10 @@ pub(super) struct Teardown {
     pub fin_acked: bool,
     /// The peer's SAL FIN arrived.
     pub peer_fin: bool,
+    /// The peer's SAL FIN awaits our acknowledgement: it goes when the
+    /// flow is next reviewed (in the same poll), on our own FIN if that
+    /// goes then too (see [`Host::review_dirty_flows`]).
+    pub fin_ack_owed: bool,
     /// Until when the flow lingers once releasable (see the module docs):
     /// a few control timeouts after the peer's FIN.
     pub linger_until: Option<Instant>,
@@ -220,8 +233,8 @@ impl Host {
         match flow.control.accept_verno(control.verno) {
             Sequence::New => {
                 flow.teardown.peer_fin = true;
+                flow.teardown.fin_ack_owed = true;
                 flow.teardown.linger_until = Some(linger_until);
-                self.send_ack(id, false, &[]);
                 self.mark_dirty(id);
             }
             Sequence::Duplicate => self.send_ack(id, false, &[]),
@@ -295,6 +308,36 @@ impl Host {
         }
     }
 
+    /// Our SAL FIN: everything we sent arrived. It acknowledges the peer's
+    /// FIN too if that is owed (`FIN|ACK`, one packet where the reference
+    /// stack sends two; it takes either). On a stream whose socket is
+    /// about to send (the ACK of the peer's TCP FIN, usually), it rides in
+    /// that segment's SAL header instead of a packet of its own (see
+    /// [`Host::stream_transmit`]); kept for retransmission either way, and
+    /// retransmitted alone.
+    fn send_fin(&mut self, id: FlowId, ack_owed: bool) {
+        let flags = if ack_owed {
+            ControlFlags::FIN | ControlFlags::ACK
+        } else {
+            ControlFlags::FIN
+        };
+        let Ok(flow) = self.flow_mut(id) else {
+            return;
+        };
+        flow.teardown.fin_sent = true;
+        let moving = flow.control.in_flight(ControlKind::Rsyn);
+        let ride = !moving
+            && flow
+                .stream()
+                .is_some_and(|stream| stream.queued && stream.socket.is_some());
+        let sent = self.new_control(id, ControlKind::Fin, flags, false, &[], !ride);
+        if ride {
+            if let Some(stream) = self.flow_mut(id).ok().and_then(|f| f.stream_mut()) {
+                stream.fin_rider = sent;
+            }
+        }
+    }
+
     /// Looks at the flows touched since the last poll: sends SAL FINs whose
     /// time has come, releases finished flows, and reports activity on the
     /// others.
@@ -308,11 +351,11 @@ impl Host {
             };
             flow.dirty = false;
             let state = flow.state;
+            let ack_owed = std::mem::take(&mut flow.teardown.fin_ack_owed);
             if state == FlowState::Established && !flow.teardown.fin_sent && self.done_sending(id) {
-                if let Ok(flow) = self.flow_mut(id) {
-                    flow.teardown.fin_sent = true;
-                }
-                self.send_new_control(id, ControlKind::Fin, ControlFlags::FIN, false, &[]);
+                self.send_fin(id, ack_owed);
+            } else if ack_owed {
+                self.send_ack(id, false, &[]);
             }
             let Ok(flow) = self.flow_mut(id) else {
                 continue;
@@ -331,6 +374,12 @@ impl Host {
                 match flow.teardown.linger_until.filter(|&t| t > now && !dead) {
                     Some(until) if !flow.teardown.lingering => {
                         flow.teardown.lingering = true;
+                        // Nothing but repeats of the peer's FIN is answered
+                        // now: the flow's other deadlines (its liveness,
+                        // keepalive, socket) would only weigh on the timer
+                        // queue, tens of thousands of entries deep at a few
+                        // thousand short connections a second.
+                        self.disarm_timers_except(id, &[Timer::Linger, Timer::Control]);
                         self.release_stream(id);
                         self.arm_timer(id, Timer::Linger, until);
                     }

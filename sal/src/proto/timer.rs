@@ -154,6 +154,17 @@ impl TimerQueue {
         self.stale += timers.armed();
     }
 
+    /// Disarms every timer of a flow (whose timers are `timers`) but those
+    /// in `keep`: their entries are stale now.
+    pub fn disarm_except(&mut self, timers: &mut FlowTimers, keep: &[Timer]) {
+        for (index, slot) in timers.armed.iter_mut().enumerate() {
+            if slot.is_some() && !keep.iter().any(|timer| timer.index() == index) {
+                *slot = None;
+                self.stale += 1;
+            }
+        }
+    }
+
     /// An entry [`TimerQueue::pop_due`] gave was stale.
     pub fn popped_stale(&mut self) {
         self.stale = self.stale.saturating_sub(1);
@@ -285,6 +296,25 @@ mod tests {
         let fired = fire_all(&mut queue, &mut flows, at(10));
         let order: Vec<(u32, Timer)> = fired.iter().map(|d| (d.flow.get(), d.timer)).collect();
         assert_eq!(order, [(2, Timer::Control), (1, Timer::Liveness)]);
+    }
+
+    #[test]
+    fn a_flow_s_timers_disarmed_but_one_leave_stale_entries_that_never_fire() {
+        let mut queue = TimerQueue::default();
+        let mut flows = vec![FlowTimers::default(); 2];
+        for (timer, ms) in [
+            (Timer::Liveness, 10),
+            (Timer::Keepalive, 20),
+            (Timer::Linger, 30),
+        ] {
+            queue.arm(flow(1), &mut flows[1], timer, at(ms));
+        }
+        queue.disarm_except(&mut flows[1], &[Timer::Linger, Timer::Control]);
+        assert_eq!(flows[1].armed(), 1);
+        assert_eq!(queue.stale, 2, "both disarmed entries are counted stale");
+        let fired = fire_all(&mut queue, &mut flows, at(100));
+        let kinds: Vec<Timer> = fired.iter().map(|d| d.timer).collect();
+        assert_eq!(kinds, [Timer::Linger]);
     }
 
     #[test]

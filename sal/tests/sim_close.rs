@@ -1,0 +1,135 @@
+//! The close of a stream flow in few packets: the client's SAL FIN rides
+//! on its TCP ACK of the server's FIN, and the server's SAL FIN carries the
+//! acknowledgement of the client's (`FIN|ACK`). Each of those packets may
+//! be lost; the flow must still end cleanly on both sides: the server reads
+//! every byte and then end of stream (no reset), and both hosts forget the
+//! flow within a few control timeouts, without resetting or giving up on
+//! the peer.
+
+use std::cell::Cell;
+use std::net::Ipv4Addr;
+use std::rc::Rc;
+
+use sal::proto::HostConfig;
+use sal::wire::TransportProtocol::Stream;
+use sal::wire::{ControlFlags, SalPacket, SalRepr};
+use sal_sim::{LinkConditions, Network};
+use smoltcp::time::Duration;
+
+mod common;
+use common::sim::{default_route, establish, pattern, prefix, svc};
+
+/// Which packet of the close the network drops (its first copy only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lost {
+    Nothing,
+    /// The client's SAL FIN with its ACK of the server's TCP FIN.
+    ClientFinOnAck,
+    /// The server's `FIN|ACK`.
+    ServerFinAck,
+    /// The client's last ACK.
+    LastAck,
+}
+
+impl Lost {
+    /// Whether `packet` (from the client if `from_client`) is the one.
+    fn matches(self, from_client: bool, control: Option<ControlFlags>, segment: usize) -> bool {
+        let (fin, ack) = (ControlFlags::FIN, ControlFlags::ACK);
+        match self {
+            Lost::Nothing => false,
+            Lost::ClientFinOnAck => from_client && control == Some(fin) && segment > 0,
+            Lost::ServerFinAck => !from_client && control == Some(fin | ack),
+            Lost::LastAck => from_client && control == Some(ack) && segment == 0,
+        }
+    }
+}
+
+/// Runs a request and its answer, closes the client and then the server,
+/// dropping `lost` once; returns how many packets crossed.
+fn close_losing(lost: Lost) -> usize {
+    let mut net = Network::new(23, LinkConditions::default());
+    let mut config = HostConfig::default();
+    config.stream.hold_handshake_ack = true;
+    let client = net.add_host("client", config.clone(), &[("eth0", "10.0.0.1/24")]);
+    let server = net.add_host("server", config, &[("eth0", "10.0.0.2/24")]);
+    default_route(&mut net, client, "10.0.0.2");
+    let listener = net
+        .host(server)
+        .listen(prefix("beef/16"), Stream, 16)
+        .unwrap();
+    net.settle();
+    let (cflow, sflow) = establish(&mut net, client, server, listener, svc("beef01"));
+    let (packets, dropped) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(false)));
+    let (count, once) = (Rc::clone(&packets), Rc::clone(&dropped));
+    net.set_filter(Some(Box::new(move |packet| {
+        count.set(count.get() + 1);
+        let bytes = &packet.payload[..];
+        let Some((repr, header)) = SalPacket::new_checked(bytes)
+            .ok()
+            .and_then(|p| SalRepr::parse(&p).ok().map(|r| (r, p.header_len())))
+        else {
+            return false;
+        };
+        let from_client = packet.src.ip() == Ipv4Addr::new(10, 0, 0, 1);
+        let control = repr.control.map(|c| c.flags);
+        let drop = !once.get() && lost.matches(from_client, control, bytes.len() - header);
+        once.set(once.get() || drop);
+        drop
+    })));
+    let request = pattern(64, 3);
+    let mut buf = [0u8; 256];
+    net.host(client).send(cflow, &request).unwrap();
+    assert!(net.run_until(Duration::from_secs(1), |net| {
+        net.host(server).recv(sflow, &mut buf) == Ok(64)
+    }));
+    assert_eq!(&buf[..64], &request[..]);
+    net.host(server).send(sflow, &buf[..64]).unwrap();
+    assert!(net.run_until(Duration::from_secs(1), |net| {
+        net.host(client).recv(cflow, &mut buf) == Ok(64)
+    }));
+    net.host(client).close(cflow).unwrap();
+    assert!(
+        net.run_until(Duration::from_secs(1), |net| {
+            net.host(server).recv(sflow, &mut buf) == Ok(0)
+        }),
+        "the server reads end of stream"
+    );
+    net.host(server).close(sflow).unwrap();
+    // Control messages are resent after `control_rto` (250 ms), the
+    // server's TCP FIN after its RTO: the close is over well within 10 s.
+    let released = net.run_until(Duration::from_secs(10), |net| {
+        net.host(client).flow(cflow).is_none() && net.host(server).flow(sflow).is_none()
+    });
+    assert!(released, "both ends let the flow go (lost: {lost:?})");
+    assert_eq!(dropped.get(), lost != Lost::Nothing, "{lost:?} was seen");
+    for host in [client, server] {
+        let stats = net.host(host).stats();
+        assert_eq!(stats.peer_timeouts, 0, "{lost:?}: nobody gave up");
+        assert_eq!(stats.orphans_reset, 0, "{lost:?}: nobody was reset");
+    }
+    packets.get()
+}
+
+#[test]
+fn a_close_with_nothing_lost_takes_five_packets() {
+    // TCP FIN, TCP FIN-ACK, SAL FIN on the ACK, FIN|ACK, ACK.
+    assert_eq!(close_losing(Lost::Nothing), 5 + 2);
+}
+
+#[test]
+fn a_lost_fin_riding_on_an_ack_is_resent() {
+    let packets = close_losing(Lost::ClientFinOnAck);
+    assert!(packets > 7, "something was sent again: {packets}");
+}
+
+#[test]
+fn a_lost_fin_ack_is_resent() {
+    let packets = close_losing(Lost::ServerFinAck);
+    assert!(packets > 7, "something was sent again: {packets}");
+}
+
+#[test]
+fn a_lost_last_ack_is_answered_again() {
+    let packets = close_losing(Lost::LastAck);
+    assert!(packets > 7, "something was sent again: {packets}");
+}
