@@ -82,6 +82,12 @@ impl ElasticBuffer {
         self.max as usize
     }
 
+    /// The size of the buffer's first allocation (`min`).
+    #[inline]
+    pub fn first_allocation(&self) -> usize {
+        self.min as usize
+    }
+
     /// Bytes of storage held right now (0 when released).
     #[inline]
     pub fn allocated(&self) -> usize {
@@ -138,6 +144,36 @@ impl ElasticBuffer {
         self.storage = Box::default();
         self.high_water = 0;
         self.active = false;
+    }
+
+    /// Offers `storage` (another buffer's, from [`take_storage`]) as this
+    /// buffer's first allocation: taken, zeroed, if the buffer holds none
+    /// and it is exactly `min` bytes; otherwise handed back. A host that
+    /// opens and closes many short flows so reuses their first
+    /// allocations instead of asking the allocator, which grows and trims
+    /// its heap for each.
+    ///
+    /// [`take_storage`]: ElasticBuffer::take_storage
+    pub fn seed(&mut self, mut storage: Box<[u8]>) -> Option<Box<[u8]>> {
+        if !self.storage.is_empty() || storage.len() != self.min as usize {
+            return Some(storage);
+        }
+        // What another flow held is never visible to this one.
+        storage.fill(0);
+        self.storage = storage;
+        self.read_at = 0;
+        None
+    }
+
+    /// Takes the storage, for another buffer's [`seed`]; the buffer is
+    /// released ([`release`]).
+    ///
+    /// [`seed`]: ElasticBuffer::seed
+    /// [`release`]: ElasticBuffer::release
+    pub fn take_storage(&mut self) -> Box<[u8]> {
+        let storage = std::mem::take(&mut self.storage);
+        self.release();
+        storage
     }
 
     /// Index in `storage` of the byte `offset` bytes after the first queued one.
@@ -511,6 +547,29 @@ mod tests {
         assert_eq!(&out[..10], &[1; 10]);
         assert_eq!(&out[10..100], &[2; 90]);
         assert_eq!(&out[100..], b"ahead");
+    }
+
+    #[test]
+    fn seeded_storage_is_zeroed_and_taken_only_at_the_first_allocation_size() {
+        let mut used = ElasticBuffer::new(16, 64);
+        assert_eq!(used.enqueue_slice(&[7; 10]), 10);
+        let storage = used.take_storage();
+        assert_eq!((storage.len(), used.allocated(), used.len()), (16, 0, 0));
+        let mut other = ElasticBuffer::new(32, 64);
+        let storage = other
+            .seed(storage)
+            .expect("not its first allocation's size");
+        let mut fresh = ElasticBuffer::new(16, 64);
+        assert!(fresh.seed(storage).is_none(), "taken");
+        assert_eq!(fresh.allocated(), 16);
+        assert!(
+            fresh.seed(vec![0; 16].into_boxed_slice()).is_some(),
+            "holds one"
+        );
+        // Nothing of the old flow's bytes shows through.
+        assert_eq!(fresh.get_allocated(0, 16), &[] as &[u8]);
+        fresh.enqueue_unallocated(16);
+        assert_eq!(fresh.get_allocated(0, 16), &[0; 16]);
     }
 
     #[test]

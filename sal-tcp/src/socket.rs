@@ -3948,6 +3948,33 @@ impl Socket {
         self.tx_buffer.allocated() + self.rx_buffer.allocated()
     }
 
+    /// Gives the socket's buffers their first allocations from `spares`
+    /// (storage other sockets gave back: [`Socket::take_buffers`]), where
+    /// one of the right size is there ([`ElasticBuffer::seed`]).
+    pub fn seed_buffers(&mut self, spares: &mut Vec<Box<[u8]>>) {
+        for buffer in [&mut self.tx_buffer, &mut self.rx_buffer] {
+            if let Some(storage) = spares.pop() {
+                if let Some(refused) = buffer.seed(storage) {
+                    spares.push(refused);
+                }
+            }
+        }
+    }
+
+    /// Moves the storage of the socket's buffers into `spares`, up to
+    /// `max` entries there, for other sockets' [`Socket::seed_buffers`];
+    /// the buffers hold nothing afterwards. Only storage of the first
+    /// allocation's size is kept (the rest goes back to the allocator).
+    pub fn take_buffers(&mut self, spares: &mut Vec<Box<[u8]>>, max: usize) {
+        for buffer in [&mut self.tx_buffer, &mut self.rx_buffer] {
+            let min = buffer.first_allocation();
+            let storage = buffer.take_storage();
+            if storage.len() == min && spares.len() < max {
+                spares.push(storage);
+            }
+        }
+    }
+
     /// When [`poll_transmit`](Socket::poll_transmit) must next be called:
     /// `None` if only a received segment or an application action can give
     /// the socket something to do; `Some(t)` for a deadline, where a `t` in

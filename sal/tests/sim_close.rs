@@ -133,3 +133,63 @@ fn a_lost_last_ack_is_answered_again() {
     let packets = close_losing(Lost::LastAck);
     assert!(packets > 7, "something was sent again: {packets}");
 }
+
+/// A flow that closed leaves its buffers' storage to the next flows: the
+/// next client socket holds its first allocations from the start (the
+/// host's `buffer_bytes` counts them), where a socket with nothing to reuse
+/// holds none until its first byte.
+#[test]
+fn the_next_connection_reuses_the_buffers_of_one_closed() {
+    let mut net = Network::new(29, LinkConditions::default());
+    let config = HostConfig::default();
+    let first_allocation = config.stream.min_buffer as u64;
+    let client = net.add_host("client", config.clone(), &[("eth0", "10.0.0.1/24")]);
+    let server = net.add_host("server", config, &[("eth0", "10.0.0.2/24")]);
+    default_route(&mut net, client, "10.0.0.2");
+    let listener = net
+        .host(server)
+        .listen(prefix("beef/16"), Stream, 16)
+        .unwrap();
+    net.settle();
+    let cflow = net.host(client).connect(svc("beef01"), Stream).unwrap();
+    net.settle();
+    assert_eq!(
+        net.host(client).stats().buffer_bytes,
+        0,
+        "nothing to reuse yet"
+    );
+    let mut sflow = None;
+    assert!(net.run_until(Duration::from_secs(1), |net| {
+        sflow = sflow.or_else(|| net.host(server).accept(listener).ok());
+        sflow.is_some()
+    }));
+    let sflow = sflow.unwrap();
+    let mut buf = [0u8; 64];
+    // A request and its answer: each socket holds a send and a receive
+    // buffer.
+    net.host(client).send(cflow, &[1; 64]).unwrap();
+    assert!(net.run_until(Duration::from_secs(1), |net| {
+        net.host(server).recv(sflow, &mut buf) == Ok(64)
+    }));
+    net.host(server).send(sflow, &buf).unwrap();
+    assert!(net.run_until(Duration::from_secs(1), |net| {
+        net.host(client).recv(cflow, &mut buf) == Ok(64)
+    }));
+    net.host(client).close(cflow).unwrap();
+    assert!(net.run_until(Duration::from_secs(1), |net| {
+        net.host(server).recv(sflow, &mut buf) == Ok(0)
+    }));
+    net.host(server).close(sflow).unwrap();
+    assert!(net.run_until(Duration::from_secs(10), |net| {
+        net.host(client).flows().is_empty() && net.host(server).flows().is_empty()
+    }));
+    assert_eq!(net.host(client).stats().buffer_bytes, 0, "all given back");
+    let next = net.host(client).connect(svc("beef01"), Stream).unwrap();
+    net.settle();
+    assert_eq!(
+        net.host(client).stats().buffer_bytes,
+        2 * first_allocation,
+        "the closed flow's send and receive storage, reused"
+    );
+    net.host(client).close(next).unwrap();
+}

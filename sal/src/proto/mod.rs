@@ -134,6 +134,9 @@ pub struct Host {
     /// application's first write (`stream.hold_handshake_ack`), until
     /// [`Host::release_held_acks`].
     held_acks: Vec<FlowId>,
+    /// Buffer storage of sockets gone, for the next sockets' first
+    /// allocations (see [`SPARE_BUFFERS`]).
+    spare_buffers: Vec<Box<[u8]>>,
     events: VecDeque<Event>,
     /// Flows touched since the last poll (see `Host::review_dirty_flows`),
     /// and the list that takes their place while they are looked at.
@@ -181,6 +184,7 @@ impl Host {
             local_output: VecDeque::new(),
             scratch: vec![0; LOOPBACK_BUFFER],
             held_acks: Vec::new(),
+            spare_buffers: Vec::new(),
             events: VecDeque::new(),
             dirty: Vec::new(),
             dirty_spare: Vec::new(),
@@ -302,6 +306,7 @@ impl Host {
         self.events.shrink_to_fit();
         self.dirty.shrink_to_fit();
         self.dirty_spare.shrink_to_fit();
+        self.spare_buffers = Vec::new();
         self.budgets.shrink_to_fit();
     }
 

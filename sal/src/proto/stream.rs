@@ -113,6 +113,11 @@ impl SocketCounters {
     }
 }
 
+/// The most buffer storage blocks a host keeps from sockets gone for the
+/// next ones ([`Host::recycle_buffers`]): at the default first allocation of
+/// 4 KiB, 128 KiB.
+pub(super) const SPARE_BUFFERS: usize = 32;
+
 /// The stream-specific part of a flow.
 #[derive(Debug, Default)]
 pub(super) struct StreamPart {
@@ -436,6 +441,8 @@ impl Host {
         if !opened {
             return false;
         }
+        // After the opening, which starts the socket afresh.
+        socket.seed_buffers(&mut self.spare_buffers);
         self.account_buffers(self.flow_charge(id), 0, socket.buffer_memory());
         let Some(stream) = self.flow_mut(id).ok().and_then(|f| f.stream_mut()) else {
             return false;
@@ -508,7 +515,17 @@ impl Host {
             .and_then(|s| s.socket.take());
         if let Some(socket) = socket {
             self.account_buffers(charge, socket.buffer_memory(), 0);
+            self.recycle_buffers(socket);
         }
+    }
+
+    /// Keeps a socket's buffer storage for the next sockets, up to
+    /// [`SPARE_BUFFERS`] (16 short connections' worth): a host serving
+    /// thousands of them a second otherwise asks the allocator for two
+    /// buffers and gives them back for each, and the allocator grows and
+    /// trims its heap as often (a `mprotect` or `brk` each time).
+    pub(super) fn recycle_buffers(&mut self, mut socket: Socket) {
+        socket.take_buffers(&mut self.spare_buffers, SPARE_BUFFERS);
     }
 
     /// The flow's transport ends without a word to the peer (the flow was

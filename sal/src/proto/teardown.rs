@@ -172,13 +172,15 @@ impl Host {
         if !matches!(self.endpoints.get(id), Some(Endpoint::Flow(_))) {
             return;
         }
-        let Some(Endpoint::Flow(flow)) = self.endpoints.remove(id) else {
+        let Some(Endpoint::Flow(mut flow)) = self.endpoints.remove(id) else {
             return;
         };
         self.timers.forget(&flow.timers);
         self.flow_count -= 1;
-        if let Some(socket) = flow.stream().and_then(|s| s.socket.as_ref()) {
-            self.account_buffers(flow.charge(), socket.buffer_memory(), 0);
+        let charge = flow.charge();
+        if let Some(socket) = flow.stream_mut().and_then(|s| s.socket.take()) {
+            self.account_buffers(charge, socket.buffer_memory(), 0);
+            self.recycle_buffers(socket);
         }
         if let Some(listener) = flow.listener.filter(|&l| self.listeners.forget(l, id)) {
             self.pending_fell(listener);
