@@ -804,8 +804,10 @@ impl Host {
             self.mark_dirty(id);
         }
         let Some(len) = written else {
-            // Nothing for the FIN to ride on.
-            self.send_fin_rider(id);
+            if fin_rider.is_some() {
+                // Nothing for the FIN to ride on.
+                self.send_fin_rider(id);
+            }
             return StreamOutput::Idle;
         };
         let (flags, asks) = segment_kind(&out[room..room + len]);
