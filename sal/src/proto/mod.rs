@@ -135,7 +135,7 @@ pub struct Host {
     /// [`Host::release_held_acks`].
     held_acks: Vec<FlowId>,
     /// Buffer storage of sockets gone, for the next sockets' first
-    /// allocations (see [`SPARE_BUFFERS`]).
+    /// allocations (see `Host::recycle_buffers`).
     spare_buffers: Vec<Box<[u8]>>,
     events: VecDeque<Event>,
     /// Flows touched since the last poll (see `Host::review_dirty_flows`),

@@ -515,9 +515,13 @@ impl Host {
     /// Resends a flow's control messages in flight now (a duplicate arrived,
     /// or the flow moved).
     pub(super) fn retransmit_now(&mut self, id: FlowId) {
-        let Some(Endpoint::Flow(flow)) = self.endpoints.get(id) else {
+        let Some(Endpoint::Flow(flow)) = self.endpoints.get_mut(id) else {
             return;
         };
+        // A FIN waiting to ride on a segment goes with these instead.
+        if let Some(stream) = flow.stream_mut() {
+            stream.fin_rider = None;
+        }
         let mut packets = Vec::new();
         for pending in &flow.control.pending {
             control_packets(&flow.path, &self.interfaces, pending, &mut packets);

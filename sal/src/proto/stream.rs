@@ -113,10 +113,11 @@ impl SocketCounters {
     }
 }
 
-/// The most buffer storage blocks a host keeps from sockets gone for the
-/// next ones ([`Host::recycle_buffers`]): at the default first allocation of
-/// 4 KiB, 128 KiB.
-pub(super) const SPARE_BUFFERS: usize = 32;
+/// The most buffer storage a host keeps from sockets gone for the next
+/// ones ([`Host::recycle_buffers`]): 32 blocks at the default first
+/// allocation of 4 KiB. Kept outside the buffer accounting (it belongs to
+/// no flow); [`Host::compact`] lets it go.
+pub(super) const SPARE_BUFFER_BYTES: usize = 128 * 1024;
 
 /// The stream-specific part of a flow.
 #[derive(Debug, Default)]
@@ -520,12 +521,14 @@ impl Host {
     }
 
     /// Keeps a socket's buffer storage for the next sockets, up to
-    /// [`SPARE_BUFFERS`] (16 short connections' worth): a host serving
-    /// thousands of them a second otherwise asks the allocator for two
-    /// buffers and gives them back for each, and the allocator grows and
-    /// trims its heap as often (a `mprotect` or `brk` each time).
+    /// [`SPARE_BUFFER_BYTES`] (16 short connections' worth at the default
+    /// first allocation): a host serving thousands of them a second
+    /// otherwise asks the allocator for two buffers and gives them back
+    /// for each, and the allocator grows and trims its heap as often (a
+    /// `mprotect` or `brk` each time).
     pub(super) fn recycle_buffers(&mut self, mut socket: Socket) {
-        socket.take_buffers(&mut self.spare_buffers, SPARE_BUFFERS);
+        let blocks = SPARE_BUFFER_BYTES / self.config.stream.min_buffer.max(1);
+        socket.take_buffers(&mut self.spare_buffers, blocks);
     }
 
     /// The flow's transport ends without a word to the peer (the flow was

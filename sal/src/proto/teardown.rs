@@ -356,7 +356,8 @@ impl Host {
             let ack_owed = std::mem::take(&mut flow.teardown.fin_ack_owed);
             if state == FlowState::Established && !flow.teardown.fin_sent && self.done_sending(id) {
                 self.send_fin(id, ack_owed);
-            } else if ack_owed {
+            } else if ack_owed && state != FlowState::Dead {
+                // (A flow reset since has told the peer all it needs.)
                 self.send_ack(id, false, &[]);
             }
             let Ok(flow) = self.flow_mut(id) else {
@@ -378,9 +379,11 @@ impl Host {
                         flow.teardown.lingering = true;
                         // Nothing but repeats of the peer's FIN is answered
                         // now: the flow's other deadlines (its liveness,
-                        // keepalive, socket) would only weigh on the timer
-                        // queue, tens of thousands of entries deep at a few
-                        // thousand short connections a second.
+                        // keepalive, socket) are disarmed as it starts to
+                        // linger, or they would weigh on the timer queue,
+                        // tens of thousands of entries deep at a few
+                        // thousand short connections a second. (A repeat
+                        // may arm one again; it fires harmlessly.)
                         self.disarm_timers_except(id, &[Timer::Linger, Timer::Control]);
                         self.release_stream(id);
                         self.arm_timer(id, Timer::Linger, until);
