@@ -11,9 +11,10 @@ use std::net::Ipv4Addr;
 use std::rc::Rc;
 
 use sal::proto::HostConfig;
+use sal::table::ListenerId;
 use sal::wire::TransportProtocol::Stream;
 use sal::wire::{ControlFlags, SalPacket, SalRepr};
-use sal_sim::{LinkConditions, Network};
+use sal_sim::{HostId, LinkConditions, Network};
 use smoltcp::time::Duration;
 
 mod common;
@@ -44,12 +45,9 @@ impl Lost {
     }
 }
 
-/// Runs a request and its answer, closes the client and then the server,
-/// dropping `lost` once; returns how many packets crossed.
-fn close_losing(lost: Lost) -> usize {
-    let mut net = Network::new(23, LinkConditions::default());
-    let mut config = HostConfig::default();
-    config.stream.hold_handshake_ack = true;
+/// A client and a server listening on `beef/16`, configured as `config`.
+fn served(seed: u64, config: HostConfig) -> (Network, HostId, HostId, ListenerId) {
+    let mut net = Network::new(seed, LinkConditions::default());
     let client = net.add_host("client", config.clone(), &[("eth0", "10.0.0.1/24")]);
     let server = net.add_host("server", config, &[("eth0", "10.0.0.2/24")]);
     default_route(&mut net, client, "10.0.0.2");
@@ -58,6 +56,16 @@ fn close_losing(lost: Lost) -> usize {
         .listen(prefix("beef/16"), Stream, 16)
         .unwrap();
     net.settle();
+    (net, client, server, listener)
+}
+
+/// Runs a request and its answer, closes the client and then the server,
+/// dropping `lost` once; returns how many packets crossed. The hosts hold
+/// their handshake ACKs for the first write, as the in-process engine's do.
+fn close_losing(lost: Lost) -> usize {
+    let mut config = HostConfig::default();
+    config.stream.hold_handshake_ack = true;
+    let (mut net, client, server, listener) = served(23, config);
     let (cflow, sflow) = establish(&mut net, client, server, listener, svc("beef01"));
     let (packets, dropped) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(false)));
     let (count, once) = (Rc::clone(&packets), Rc::clone(&dropped));
@@ -140,17 +148,9 @@ fn a_lost_last_ack_is_answered_again() {
 /// holds none until its first byte.
 #[test]
 fn the_next_connection_reuses_the_buffers_of_one_closed() {
-    let mut net = Network::new(29, LinkConditions::default());
     let config = HostConfig::default();
     let first_allocation = config.stream.min_buffer as u64;
-    let client = net.add_host("client", config.clone(), &[("eth0", "10.0.0.1/24")]);
-    let server = net.add_host("server", config, &[("eth0", "10.0.0.2/24")]);
-    default_route(&mut net, client, "10.0.0.2");
-    let listener = net
-        .host(server)
-        .listen(prefix("beef/16"), Stream, 16)
-        .unwrap();
-    net.settle();
+    let (mut net, client, server, listener) = served(29, config);
     let cflow = net.host(client).connect(svc("beef01"), Stream).unwrap();
     net.settle();
     assert_eq!(

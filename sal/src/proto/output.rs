@@ -415,14 +415,7 @@ impl Host {
     /// Sends the flow's message in flight numbered `verno` (kept, not sent
     /// yet: see [`Host::new_control`]).
     pub(super) fn send_kept(&mut self, id: FlowId, verno: u32) {
-        let Some(Endpoint::Flow(flow)) = self.endpoints.get(id) else {
-            return;
-        };
-        let mut packets = Vec::new();
-        for pending in flow.control.pending.iter().filter(|p| p.verno == verno) {
-            control_packets(&flow.path, &self.interfaces, pending, &mut packets);
-        }
-        for packet in packets {
+        for packet in self.pending_packets(id, |p| p.verno == verno) {
             self.send_packet(packet.src, packet.dst, packet.payload);
         }
     }
@@ -430,14 +423,20 @@ impl Host {
     /// Resends the flow's messages of `kind` in flight (a duplicate of what
     /// they answer arrived), and nothing else: one packet per duplicate.
     pub(super) fn resend_kind(&mut self, id: FlowId, kind: ControlKind) {
-        let Some(Endpoint::Flow(flow)) = self.endpoints.get(id) else {
-            return;
-        };
-        let mut packets = Vec::new();
-        for pending in flow.control.pending.iter().filter(|p| p.kind == kind) {
-            control_packets(&flow.path, &self.interfaces, pending, &mut packets);
-        }
+        let packets = self.pending_packets(id, |p| p.kind == kind);
         self.resend(packets);
+    }
+
+    /// The packets of the flow's messages in flight that `which` picks,
+    /// addressed where the flow is now.
+    fn pending_packets(&self, id: FlowId, which: impl Fn(&Pending) -> bool) -> Vec<Outgoing> {
+        let mut packets = Vec::new();
+        if let Some(Endpoint::Flow(flow)) = self.endpoints.get(id) {
+            for pending in flow.control.pending.iter().filter(|p| which(p)) {
+                control_packets(&flow.path, &self.interfaces, pending, &mut packets);
+            }
+        }
+        packets
     }
 
     /// For a multi-homed host, an ADDRESS extension listing its other
@@ -522,10 +521,7 @@ impl Host {
         if let Some(stream) = flow.stream_mut() {
             stream.fin_rider = None;
         }
-        let mut packets = Vec::new();
-        for pending in &flow.control.pending {
-            control_packets(&flow.path, &self.interfaces, pending, &mut packets);
-        }
+        let packets = self.pending_packets(id, |_| true);
         self.resend(packets);
     }
 
