@@ -193,3 +193,42 @@ fn the_next_connection_reuses_the_buffers_of_one_closed() {
     );
     net.host(client).close(next).unwrap();
 }
+
+/// A listener that stops listening resets the flows it had not accepted,
+/// half-open ones too: a client whose SYN-ACK arrived counts its flow
+/// open while its ACK is still on the way, and that ACK would find no
+/// flow to answer it; without a reset the client would wait on a flow
+/// nobody holds.
+#[test]
+fn a_listener_that_stops_resets_a_client_whose_ack_is_still_on_the_way() {
+    let (mut net, client, server, listener) = served(31, HostConfig::default());
+    // The client's handshake ACK is lost: the server's flow stays half-open.
+    let dropped = Rc::new(Cell::new(false));
+    let once = Rc::clone(&dropped);
+    net.set_filter(Some(Box::new(move |packet| {
+        let from_client = packet.src.ip() == Ipv4Addr::new(10, 0, 0, 1);
+        let ack = SalPacket::new_checked(&packet.payload[..])
+            .ok()
+            .and_then(|p| SalRepr::parse(&p).ok())
+            .and_then(|r| r.control)
+            .is_some_and(|c| c.flags == ControlFlags::ACK);
+        let drop = from_client && ack && !once.get();
+        once.set(once.get() || drop);
+        drop
+    })));
+    let cflow = net.host(client).connect(svc("beef01"), Stream).unwrap();
+    assert!(net.run_until(Duration::from_secs(1), |net| {
+        net.sim_host(client)
+            .events
+            .contains(&sal::proto::Event::Connected(cflow))
+    }));
+    assert!(dropped.get(), "the handshake ACK was dropped");
+    assert_eq!(net.host(server).half_open_count(), 1);
+    net.host(server).stop_listening(listener).unwrap();
+    let mut buf = [0u8; 8];
+    let reset = net.run_until(Duration::from_secs(1), |net| {
+        net.host(client).recv(cflow, &mut buf) == Err(sal::proto::HostError::Reset)
+    });
+    assert!(reset, "the client hears that its flow is gone");
+    assert!(net.host(server).flows().is_empty());
+}

@@ -477,24 +477,38 @@ impl Host {
 
     /// Stops a stream listener listening while it stays bound (see the
     /// module docs): its DEMUX rule stays, new SYNs are refused, and the
-    /// flows it held are reset, established ones with a reset to their
-    /// client, half-open ones forgotten (as [`Host::close_listener`] ends
-    /// them). [`Host::set_backlog`] makes it listen again. Stopping a
+    /// flows it held are reset (half-open ones too, as
+    /// [`Host::close_listener`] ends them). [`Host::set_backlog`] makes it
+    /// listen again. Stopping a
     /// stopped listener changes nothing.
     pub fn stop_listening(&mut self, id: ListenerId) -> Result<(), HostError> {
         let (half_open, accept_queue) = self
             .listeners
             .stop(id)
             .ok_or(HostError::NoSuchListener(id))?;
+        self.reset_unaccepted(accept_queue, half_open);
+        self.pending_fell(id);
+        Ok(())
+    }
+
+    /// Ends the flows a listener had not handed out: established ones and
+    /// half-open ones alike are reset, then let go. Half-open ones too: a
+    /// client counts its flow open once the SYN-ACK arrived, while its
+    /// ACK may still be on the way, and nothing here would answer that
+    /// ACK; without the reset it would wait on a flow nobody holds.
+    fn reset_unaccepted(
+        &mut self,
+        accept_queue: impl IntoIterator<Item = FlowId>,
+        half_open: impl IntoIterator<Item = FlowId>,
+    ) {
         for flow in accept_queue {
             self.abort(flow).ok();
             self.close(flow).ok();
         }
         for flow in half_open {
+            self.abort(flow).ok();
             self.free_flow(flow);
         }
-        self.pending_fell(id);
-        Ok(())
     }
 
     /// Whether `listener` stopped listening ([`Host::stop_listening`]).
@@ -652,13 +666,7 @@ impl Host {
         let _ = self
             .table
             .remove_target(&removed.prefix, &TargetKey::Demux { listener: id });
-        for flow in removed.accept_queue {
-            self.abort(flow).ok();
-            self.close(flow).ok();
-        }
-        for flow in removed.half_open {
-            self.free_flow(flow);
-        }
+        self.reset_unaccepted(removed.accept_queue, removed.half_open);
         if let Some(socket) = removed.datagram_socket {
             self.endpoints.remove(socket);
         }
