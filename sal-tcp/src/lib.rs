@@ -503,7 +503,7 @@
 //!   closes within the delay sends one FIN|ACK, so a connection closes in
 //!   three segments, not four. Tested by `test_delayed_ack_of_fin`,
 //!   `test_delayed_ack_of_fin_rides_on_our_fin` and the SAL's
-//!   `a_short_request_takes_ten_packets`.
+//!   `a_short_request_takes_eight_packets`.
 //! - **Path changes**: [`Socket::rewind`] resends everything in flight
 //!   from the oldest unacknowledged byte (after a pure ACK of what we
 //!   hold), for a SAL migration or a path that went silent and answered a

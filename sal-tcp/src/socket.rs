@@ -704,6 +704,15 @@ impl Socket {
         }
     }
 
+    /// sal-tcp: whether the socket owes the peer an acknowledgement it has
+    /// not sent yet (held by the delayed-ACK timer, or due at the next
+    /// transmit): its next segment is then certain to come soon, for a
+    /// caller with something to put in front of it (the SAL's
+    /// acknowledgement of the peer's SAL FIN, which came with its TCP FIN).
+    pub fn owes_ack(&self) -> bool {
+        self.ack_to_transmit()
+    }
+
     /// Enable or disable Nagle's Algorithm.
     ///
     /// Also known as "tinygram prevention". By default, it is enabled.

@@ -1,12 +1,14 @@
-//! The close of a stream flow in few packets: the client's SAL FIN rides
-//! on its TCP ACK of the server's FIN, and the server's SAL FIN carries the
-//! acknowledgement of the client's (`FIN|ACK`). Each of those packets may
-//! be lost; the flow must still end cleanly on both sides: the server reads
-//! every byte and then end of stream (no reset), and both hosts forget the
-//! flow within a few control timeouts, without resetting or giving up on
-//! the peer.
+//! The close of a stream flow in few packets: each SAL message rides on a
+//! TCP segment (the client's SAL FIN on its TCP FIN, the server's `FIN|ACK`
+//! on its TCP FIN-ACK, the client's SAL ACK on its TCP ACK). Each of those
+//! packets may be lost; the flow must still end cleanly on both sides: the
+//! server reads every byte and then end of stream (no reset), and both
+//! hosts forget the flow within a few control timeouts, without resetting
+//! or giving up on the peer. A SAL FIN never travels alone while its TCP
+//! FIN is unacknowledged: the peer's acknowledgement of it must mean that
+//! its TCP has everything.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::Ipv4Addr;
 use std::rc::Rc;
 
@@ -20,27 +22,71 @@ use smoltcp::time::Duration;
 mod common;
 use common::sim::{default_route, establish, pattern, prefix, svc};
 
+/// TCP header flags, as in byte 13 of a segment.
+const TCP_FIN: u8 = 0x01;
+const TCP_ACK: u8 = 0x10;
+
+/// A packet as the tests' filter sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    from_client: bool,
+    /// The SAL CONTROL flags, if any.
+    control: Option<ControlFlags>,
+    /// The TCP segment's flags, if the packet carries one.
+    tcp: Option<u8>,
+    /// Bytes of TCP payload.
+    data: usize,
+    /// The window the TCP segment offers (unscaled).
+    window: Option<u16>,
+}
+
+impl Seen {
+    fn of(packet: &sal_sim::Packet) -> Option<Seen> {
+        let bytes = &packet.payload[..];
+        let sal = SalPacket::new_checked(bytes).ok()?;
+        let repr = SalRepr::parse(&sal).ok()?;
+        let segment = &bytes[sal.header_len()..];
+        let tcp_header = segment.get(12).map(|offset| usize::from(offset >> 4) * 4);
+        Some(Seen {
+            from_client: packet.src.ip() == Ipv4Addr::new(10, 0, 0, 1),
+            control: repr.control.map(|c| c.flags),
+            tcp: segment.get(13).copied(),
+            data: tcp_header.map_or(0, |h| segment.len().saturating_sub(h)),
+            window: segment
+                .get(14..16)
+                .map(|w| u16::from_be_bytes([w[0], w[1]])),
+        })
+    }
+
+    /// A SAL message `flags` on a bare TCP segment with flags `tcp`.
+    fn is(&self, from_client: bool, flags: ControlFlags, tcp: u8) -> bool {
+        self.from_client == from_client
+            && self.control == Some(flags)
+            && self.tcp == Some(tcp)
+            && self.data == 0
+    }
+}
+
 /// Which packet of the close the network drops (its first copy only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Lost {
     Nothing,
-    /// The client's SAL FIN with its ACK of the server's TCP FIN.
-    ClientFinOnAck,
-    /// The server's `FIN|ACK`.
+    /// The client's SAL FIN on its TCP FIN.
+    ClientFin,
+    /// The server's `FIN|ACK` on its TCP FIN-ACK.
     ServerFinAck,
-    /// The client's last ACK.
+    /// The client's SAL ACK on its TCP ACK.
     LastAck,
 }
 
 impl Lost {
-    /// Whether `packet` (from the client if `from_client`) is the one.
-    fn matches(self, from_client: bool, control: Option<ControlFlags>, segment: usize) -> bool {
+    fn matches(self, seen: &Seen) -> bool {
         let (fin, ack) = (ControlFlags::FIN, ControlFlags::ACK);
         match self {
             Lost::Nothing => false,
-            Lost::ClientFinOnAck => from_client && control == Some(fin) && segment > 0,
-            Lost::ServerFinAck => !from_client && control == Some(fin | ack),
-            Lost::LastAck => from_client && control == Some(ack) && segment == 0,
+            Lost::ClientFin => seen.is(true, fin, TCP_FIN | TCP_ACK),
+            Lost::ServerFinAck => seen.is(false, fin | ack, TCP_FIN | TCP_ACK),
+            Lost::LastAck => seen.is(true, ack, TCP_ACK),
         }
     }
 }
@@ -60,27 +106,26 @@ fn served(seed: u64, config: HostConfig) -> (Network, HostId, HostId, ListenerId
 }
 
 /// Runs a request and its answer, closes the client and then the server,
-/// dropping `lost` once; returns how many packets crossed. The hosts hold
-/// their handshake ACKs for the first write, as the in-process engine's do.
-fn close_losing(lost: Lost) -> usize {
-    let mut config = HostConfig::default();
+/// dropping `lost` once; returns the packets that crossed (the dropped one
+/// too). The hosts hold their handshake ACKs for the first write, as the
+/// in-process engine's do.
+fn close_losing(lost: Lost) -> Vec<Seen> {
+    close_losing_with(lost, HostConfig::default())
+}
+
+/// [`close_losing`] between hosts configured as `config`.
+fn close_losing_with(lost: Lost, mut config: HostConfig) -> Vec<Seen> {
     config.stream.hold_handshake_ack = true;
     let (mut net, client, server, listener) = served(23, config);
     let (cflow, sflow) = establish(&mut net, client, server, listener, svc("beef01"));
-    let (packets, dropped) = (Rc::new(Cell::new(0)), Rc::new(Cell::new(false)));
-    let (count, once) = (Rc::clone(&packets), Rc::clone(&dropped));
+    let (packets, dropped) = (Rc::new(RefCell::new(Vec::new())), Rc::new(Cell::new(false)));
+    let (log, once) = (Rc::clone(&packets), Rc::clone(&dropped));
     net.set_filter(Some(Box::new(move |packet| {
-        count.set(count.get() + 1);
-        let bytes = &packet.payload[..];
-        let Some((repr, header)) = SalPacket::new_checked(bytes)
-            .ok()
-            .and_then(|p| SalRepr::parse(&p).ok().map(|r| (r, p.header_len())))
-        else {
+        let Some(seen) = Seen::of(packet) else {
             return false;
         };
-        let from_client = packet.src.ip() == Ipv4Addr::new(10, 0, 0, 1);
-        let control = repr.control.map(|c| c.flags);
-        let drop = !once.get() && lost.matches(from_client, control, bytes.len() - header);
+        log.borrow_mut().push(seen);
+        let drop = !once.get() && lost.matches(&seen);
         once.set(once.get() || drop);
         drop
     })));
@@ -115,31 +160,83 @@ fn close_losing(lost: Lost) -> usize {
         assert_eq!(stats.peer_timeouts, 0, "{lost:?}: nobody gave up");
         assert_eq!(stats.orphans_reset, 0, "{lost:?}: nobody was reset");
     }
-    packets.get()
+    let seen = packets.borrow().clone();
+    seen
+}
+
+/// No SAL FIN of `seen` travels without a TCP FIN before the sender's TCP
+/// FIN was acknowledged (by a segment of the other side with ACK set,
+/// after a TCP FIN from the sender).
+fn no_fin_alone_before_its_tcp_fin_is_acknowledged(seen: &[Seen]) {
+    for from_client in [true, false] {
+        let mut tcp_fin_sent = false;
+        let mut tcp_fin_acked = false;
+        for packet in seen {
+            let tcp = packet.tcp.unwrap_or(0);
+            if packet.from_client == from_client {
+                tcp_fin_sent |= tcp & TCP_FIN != 0;
+                let sal_fin = packet
+                    .control
+                    .is_some_and(|c| c.contains(ControlFlags::FIN));
+                assert!(
+                    !sal_fin || tcp & TCP_FIN != 0 || tcp_fin_acked,
+                    "a SAL FIN alone before its TCP FIN was acknowledged: {seen:#?}"
+                );
+            } else if tcp_fin_sent && tcp & TCP_ACK != 0 {
+                tcp_fin_acked = true;
+            }
+        }
+    }
 }
 
 #[test]
-fn a_close_with_nothing_lost_takes_five_packets() {
-    // TCP FIN, TCP FIN-ACK, SAL FIN on the ACK, FIN|ACK, ACK.
-    assert_eq!(close_losing(Lost::Nothing), 5 + 2);
+fn a_close_with_nothing_lost_takes_three_packets() {
+    let seen = close_losing(Lost::Nothing);
+    let (fin, ack) = (ControlFlags::FIN, ControlFlags::ACK);
+    let close = &seen[2..];
+    assert_eq!(close.len(), 3, "{seen:#?}");
+    assert!(close[0].is(true, fin, TCP_FIN | TCP_ACK), "{seen:#?}");
+    assert!(
+        close[1].is(false, fin | ack, TCP_FIN | TCP_ACK),
+        "{seen:#?}"
+    );
+    assert!(close[2].is(true, ack, TCP_ACK), "{seen:#?}");
 }
 
 #[test]
-fn a_lost_fin_riding_on_an_ack_is_resent() {
-    let packets = close_losing(Lost::ClientFinOnAck);
-    assert!(packets > 7, "something was sent again: {packets}");
+fn a_lost_client_fin_is_resent_with_its_tcp_fin() {
+    let seen = close_losing(Lost::ClientFin);
+    assert!(seen.len() > 5, "something was sent again: {seen:#?}");
+    no_fin_alone_before_its_tcp_fin_is_acknowledged(&seen);
 }
 
 #[test]
-fn a_lost_fin_ack_is_resent() {
-    let packets = close_losing(Lost::ServerFinAck);
-    assert!(packets > 7, "something was sent again: {packets}");
+fn a_lost_fin_ack_is_resent_with_its_tcp_fin() {
+    let seen = close_losing(Lost::ServerFinAck);
+    assert!(seen.len() > 5, "something was sent again: {seen:#?}");
+    no_fin_alone_before_its_tcp_fin_is_acknowledged(&seen);
+}
+
+/// With the SAL's retransmission timer shorter than TCP's, the SAL FIN
+/// is resent first: it still goes with the TCP FIN (the socket resends
+/// it), never alone.
+#[test]
+fn a_fin_resent_on_the_sal_timer_goes_with_its_tcp_fin() {
+    for lost in [Lost::ClientFin, Lost::ServerFinAck] {
+        let config = HostConfig {
+            control_rto: Duration::from_millis(5),
+            ..HostConfig::default()
+        };
+        let seen = close_losing_with(lost, config);
+        no_fin_alone_before_its_tcp_fin_is_acknowledged(&seen);
+    }
 }
 
 #[test]
 fn a_lost_last_ack_is_answered_again() {
-    let packets = close_losing(Lost::LastAck);
-    assert!(packets > 7, "something was sent again: {packets}");
+    let seen = close_losing(Lost::LastAck);
+    assert!(seen.len() > 5, "something was sent again: {seen:#?}");
+    no_fin_alone_before_its_tcp_fin_is_acknowledged(&seen);
 }
 
 /// A flow that closed leaves its buffers' storage to the next flows: the
@@ -231,4 +328,107 @@ fn a_listener_that_stops_resets_a_client_whose_ack_is_still_on_the_way() {
     });
     assert!(reset, "the client hears that its flow is gone");
     assert!(net.host(server).flows().is_empty());
+}
+
+/// A server that writes its answer and closes at once sends its TCP FIN
+/// before the answer is acknowledged: its SAL FIN cannot ride on that FIN
+/// (the client's TCP might not take it in order) and goes once the TCP FIN
+/// is acknowledged, on the next segment or alone. The client reads the
+/// whole answer and then end of stream.
+#[test]
+fn a_fin_behind_unacknowledged_data_waits_for_its_acknowledgement() {
+    let (mut net, client, server, listener) = served(37, HostConfig::default());
+    let (cflow, sflow) = establish(&mut net, client, server, listener, svc("beef01"));
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let seen = Rc::clone(&log);
+    net.set_filter(Some(Box::new(move |packet| {
+        seen.borrow_mut().extend(Seen::of(packet));
+        false
+    })));
+    let answer = pattern(3000, 5);
+    net.host(server).send(sflow, &answer).unwrap();
+    net.host(server).close(sflow).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    assert!(net.run_until(Duration::from_secs(2), |net| {
+        match net.host(client).recv(cflow, &mut buf) {
+            Ok(0) => true,
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                false
+            }
+            Err(_) => false,
+        }
+    }));
+    assert_eq!(got, answer, "every byte, then end of stream");
+    net.host(client).close(cflow).unwrap();
+    assert!(net.run_until(Duration::from_secs(10), |net| {
+        net.host(client).flow(cflow).is_none() && net.host(server).flow(sflow).is_none()
+    }));
+    let seen = log.borrow().clone();
+    let server_fin = seen
+        .iter()
+        .find(|p| !p.from_client && p.control.is_some_and(|c| c.contains(ControlFlags::FIN)))
+        .expect("the server's SAL FIN");
+    assert_eq!(
+        server_fin.tcp.unwrap_or(0) & TCP_FIN,
+        0,
+        "not on the TCP FIN: {seen:#?}"
+    );
+    no_fin_alone_before_its_tcp_fin_is_acknowledged(&seen);
+}
+
+/// A receiver whose window is shut (its application does not read) cannot
+/// take a TCP FIN: the SAL FIN does not ride on one then, and the receiver
+/// reads every byte and end of stream once it reads again.
+#[test]
+fn a_fin_into_a_shut_window_does_not_ride() {
+    let mut config = HostConfig::default();
+    config.stream.max_recv_buffer = 4096;
+    let (mut net, client, server, listener) = served(41, config);
+    let (cflow, sflow) = establish(&mut net, client, server, listener, svc("beef01"));
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let seen = Rc::clone(&log);
+    net.set_filter(Some(Box::new(move |packet| {
+        seen.borrow_mut().extend(Seen::of(packet));
+        false
+    })));
+    let request = pattern(4096, 7);
+    assert_eq!(net.host(client).send(cflow, &request), Ok(4096));
+    // Everything is acknowledged, and the window is shut.
+    net.run_for(Duration::from_millis(200));
+    net.host(client).close(cflow).unwrap();
+    net.run_for(Duration::from_millis(200));
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    assert!(net.run_until(Duration::from_secs(5), |net| {
+        match net.host(server).recv(sflow, &mut buf) {
+            Ok(0) => true,
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                false
+            }
+            Err(_) => false,
+        }
+    }));
+    assert_eq!(got, request, "every byte, then end of stream");
+    net.host(server).close(sflow).unwrap();
+    assert!(net.run_until(Duration::from_secs(10), |net| {
+        net.host(client).flow(cflow).is_none() && net.host(server).flow(sflow).is_none()
+    }));
+    let seen = log.borrow().clone();
+    // The window the server last offered, at each client packet.
+    let mut window = None;
+    for packet in &seen {
+        if !packet.from_client {
+            window = packet.window.or(window);
+            continue;
+        }
+        let rides = packet.tcp.is_some_and(|t| t & TCP_FIN != 0)
+            && packet
+                .control
+                .is_some_and(|c| c.contains(ControlFlags::FIN));
+        assert!(!rides || window != Some(0), "{seen:#?}");
+    }
+    no_fin_alone_before_its_tcp_fin_is_acknowledged(&seen);
 }

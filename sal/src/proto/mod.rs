@@ -39,7 +39,8 @@
 //! [`Host`]'s behaviour is split by exchange, each file an `impl Host` with
 //! the public calls of its concern: `input` (parsing and dispatch),
 //! `handshake` (connect, SYN, SYN-ACK, ACK, refusals), `route` (table edits,
-//! forwarding), `teardown` (FIN, RST, close), `migration` (RSYN, liveness),
+//! forwarding), `teardown` (FIN, RST, close), `rider` (control messages
+//! that ride on stream segments), `migration` (RSYN, liveness),
 //! `datagram`, `stream` (the application's streams and the only calls into
 //! their sockets), `output` (the transmit path, control retransmission),
 //! and `export` (handing a flow to another host and taking one up).
@@ -64,6 +65,7 @@ mod migration;
 mod nat;
 mod output;
 mod path;
+mod rider;
 mod rng;
 mod route;
 mod stream;

@@ -517,12 +517,21 @@ impl Host {
         let Some(Endpoint::Flow(flow)) = self.endpoints.get_mut(id) else {
             return;
         };
-        // A FIN waiting to ride on a segment goes with these instead.
+        // A FIN waiting to ride on a segment goes with these instead; one
+        // that rides on our TCP FIN goes with that again (see `rider.rs`).
         if let Some(stream) = flow.stream_mut() {
-            stream.fin_rider = None;
+            stream.riders.fin_once = None;
         }
-        let packets = self.pending_packets(id, |_| true);
+        let on_fin = self.fin_rides_on_fin(id);
+        let packets = self.pending_packets(id, |p| !(on_fin && p.kind == ControlKind::Fin));
         self.resend(packets);
+        if on_fin
+            && self
+                .flow_mut(id)
+                .is_ok_and(|f| f.control.in_flight(ControlKind::Fin))
+        {
+            self.resend_riding_fin(id);
+        }
     }
 
     /// Sends retransmitted control packets.
@@ -553,16 +562,28 @@ impl Host {
             self.stats.half_open_expired += 1;
             return self.free_flow(id);
         }
-        let mut packets = Vec::new();
+        let on_fin = self.fin_rides_on_fin(id);
+        let Some(Endpoint::Flow(flow)) = self.endpoints.get_mut(id) else {
+            return;
+        };
+        let (mut packets, mut riding_fin_due) = (Vec::new(), false);
         let Flow { control, path, .. } = &mut **flow;
         let interfaces = &self.interfaces;
         let timeout = control.on_timeout(now, retries, |pending| {
-            control_packets(path, interfaces, pending, &mut packets);
+            if on_fin && pending.kind == ControlKind::Fin {
+                // Resent with our TCP FIN, below (see `rider.rs`).
+                riding_fin_due = true;
+            } else {
+                control_packets(path, interfaces, pending, &mut packets);
+            }
         });
         if let Some(next) = timeout.next {
             self.arm_timer(id, Timer::Control, next);
         }
         self.resend(packets);
+        if riding_fin_due {
+            self.resend_riding_fin(id);
+        }
         for kind in timeout.expired {
             match kind {
                 ControlKind::Syn => return self.fail_connect(id, ConnectError::TimedOut),

@@ -45,10 +45,11 @@ use smoltcp::time::{Duration, Instant};
 use super::control::ControlKind;
 use super::flow::{Endpoint, Flow, FlowTransport};
 use super::output::{Transmit, TransmitKind};
+use super::rider::Riders;
 use super::timer::Timer;
 use super::{FlowState, Host, HostError, Role};
 use crate::id::FlowId;
-use crate::wire::{ControlFlags, ControlRepr, SalRepr, TransportProtocol, BASE_HEADER_LEN};
+use crate::wire::{ControlFlags, SalRepr, TransportProtocol, BASE_HEADER_LEN};
 
 /// TCP header flag bits, as seen in byte 13 of a segment.
 const TCP_FIN: u8 = 0x01;
@@ -130,11 +131,9 @@ pub(super) struct StreamPart {
     pub ack_owed: bool,
     /// In one of the host's output queues (see [`Host::queue_output`]).
     pub queued: bool,
-    /// Our SAL FIN, kept for retransmission and not sent yet: it goes in
-    /// the SAL header of the socket's next segment (the ACK of the peer's
-    /// TCP FIN, usually), or alone if the socket has nothing to send (see
-    /// [`Host::stream_transmit`]).
-    pub fin_rider: Option<ControlRepr>,
+    /// SAL control messages that ride in the SAL header of the socket's
+    /// segments (see `rider.rs`).
+    pub riders: Riders,
     /// The highest acknowledgement number of a segment from the peer that
     /// moved the socket on (see [`Host::stream_input`]).
     peer_ack: Option<u32>,
@@ -666,11 +665,11 @@ impl Host {
     }
 
     /// Sends alone the SAL FIN that was to ride on the flow's next
-    /// segment, if one waits (see [`StreamPart::fin_rider`]).
+    /// segment, if one waits (see [`Riders::fin_once`]).
     pub(super) fn send_fin_rider(&mut self, id: FlowId) {
         let Some(fin) = (self.flow_mut(id).ok())
             .and_then(|flow| flow.stream_mut())
-            .and_then(|stream| stream.fin_rider.take())
+            .and_then(|stream| stream.riders.fin_once.take())
         else {
             return;
         };
@@ -743,18 +742,20 @@ impl Host {
         out: &mut [u8],
     ) -> StreamOutput {
         // The first segment after the handshake goes under the SAL ACK's
-        // header (SERVICE and all), in one packet, and a segment with our
-        // SAL FIN riding under the FIN's: it must leave that room.
-        let (ack_owed, fin_rider) = match self.endpoints.get(id) {
-            Some(Endpoint::Flow(flow)) => flow
-                .stream()
-                .map_or((false, None), |s| (s.ack_owed, s.fin_rider)),
-            _ => (false, None),
+        // header (SERVICE and all), in one packet, and a segment something
+        // may ride on under a header of that rider's (see `rider.rs`): it
+        // must leave that room.
+        let (ack_owed, rider) = match self.endpoints.get(id) {
+            Some(Endpoint::Flow(flow)) => (
+                flow.stream().is_some_and(|s| s.ack_owed),
+                super::rider::may_ride(flow),
+            ),
+            _ => (false, false),
         };
-        let header = if ack_owed {
-            self.ack_repr(id, true).map(|(repr, ..)| repr)
-        } else {
-            fin_rider.and_then(|fin| self.control_repr(id, ControlKind::Fin, fin, false))
+        let (header, rider_room) = match (ack_owed, rider) {
+            (true, _) => (self.ack_repr(id, true).map(|(repr, ..)| repr), 0),
+            (false, true) => (None, self.rider_room(id)),
+            (false, false) => (None, 0),
         };
         let Some(Endpoint::Flow(flow)) = self.endpoints.get_mut(id) else {
             return StreamOutput::Idle;
@@ -789,9 +790,11 @@ impl Host {
         Host::bound_socket(socket, pressure, unaccepted);
         let (state_before, memory_before) = (socket.state(), socket.buffer_memory());
         let drops_before = SocketCounters::of(socket);
-        let end = out
-            .len()
-            .saturating_sub(header.as_ref().map_or(0, SalRepr::header_len));
+        let reserved = match &header {
+            Some(header) => header.header_len(),
+            None => rider_room.saturating_sub(room),
+        };
+        let end = out.len().saturating_sub(reserved);
         let segment = out.get_mut(room..end).unwrap_or_default();
         let written = socket.poll_transmit(now, src.ip(), dst.ip(), segment);
         let changed = socket.state() != state_before;
@@ -799,6 +802,7 @@ impl Host {
         if written.is_some() {
             stream.ack_owed = false;
         }
+        let owes_ack = socket.owes_ack();
         self.stats.sockets_driven += 1;
         self.account_buffers(charge, memory_before, memory_after);
         self.account_counters(drops_before, drops_after);
@@ -807,9 +811,9 @@ impl Host {
             self.mark_dirty(id);
         }
         let Some(len) = written else {
-            if fin_rider.is_some() {
-                // Nothing for the FIN to ride on.
-                self.send_fin_rider(id);
+            if rider_room > 0 {
+                // Nothing to ride on now.
+                self.send_unridden(id, owes_ack);
             }
             return StreamOutput::Idle;
         };
@@ -846,22 +850,6 @@ impl Host {
                     }
                     return StreamOutput::Again;
                 }
-                if let Some(repr) = header.as_ref().filter(|_| !asks) {
-                    // Our FIN rides on the segment (an ACK: everything we
-                    // sent has arrived, or the FIN would not go).
-                    if let Some(stream) = self.flow_mut(id).ok().and_then(|f| f.stream_mut()) {
-                        stream.fin_rider = None;
-                    }
-                    self.send_packet(src, dst, super::output::build(repr, &out[..len]));
-                    return StreamOutput::Again;
-                }
-                if header.is_some() {
-                    // Not on a segment that asks for an answer (none
-                    // should): the FIN goes alone, the segment as any
-                    // other, behind a base header.
-                    self.send_fin_rider(id);
-                    out.copy_within(..len, BASE_HEADER_LEN);
-                }
                 if asks {
                     self.note_asked(id);
                     if moving {
@@ -871,9 +859,21 @@ impl Host {
                         // path lost. Sent now, it could not be delivered
                         // before the hole is filled, and every copy would
                         // draw a duplicate ACK that queues ahead of the
-                        // RSYN-ACK.
+                        // RSYN-ACK. Nothing rides on it then.
+                        if rider_room > 0 {
+                            self.send_unridden(id, false);
+                        }
                         return StreamOutput::Again;
                     }
+                }
+                let segment = &out[room..room + len];
+                let rider = match rider_room {
+                    0 => None,
+                    _ => self.pick_rider(id, flags & TCP_FIN != 0, asks),
+                };
+                if let Some(repr) = rider {
+                    self.send_packet(src, dst, super::output::build(&repr, segment));
+                    return StreamOutput::Again;
                 }
                 let repr = SalRepr::data(id, peer_flow, TransportProtocol::Stream.number());
                 if repr.emit(out).is_err() {

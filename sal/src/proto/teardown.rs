@@ -2,20 +2,26 @@
 //!
 //! The SAL has its own FIN, separate from the transport's, because the SAL
 //! must know when a flow ID may be reused: each side sends a SAL FIN once it
-//! has finished sending (for a stream, once its transport's FIN is
-//! acknowledged, as the reference stack does), and a flow is released when
-//! both FINs are acknowledged and the application has closed it. A reset
-//! (`CONTROL(RST)`, nonce-checked so that only the peer can send one) kills
-//! the flow at once; it then waits only for the application to close it.
+//! has finished sending, and a flow is released when both FINs are
+//! acknowledged and the application has closed it. For a stream, "finished"
+//! means that the peer's transport will have all we sent once the FIN
+//! arrives: the FIN goes after our TCP FIN is acknowledged (the reference
+//! stack's rule), or with our TCP FIN itself when everything before it is
+//! acknowledged and the peer's window is open, so that the peer's TCP takes
+//! both in the same packet (see `rider.rs`). Either way the peer's
+//! acknowledgement of our FIN means it has everything, and releasing the
+//! flow then loses nothing. A reset (`CONTROL(RST)`, nonce-checked so that
+//! only the peer can send one) kills the flow at once; it then waits only
+//! for the application to close it.
 //!
 //! The exchange is the reference stack's, in fewer packets: a FIN that
 //! answers the peer's acknowledges it (`FIN|ACK`: the acknowledgement of a
 //! new FIN waits for the review of the flow in the same poll, which sends
-//! our FIN then if we are done too), and a stream's FIN rides in the SAL
-//! header of the segment its socket sends at that moment (the ACK of the
-//! peer's TCP FIN, as a rule). A short connection closes in five packets
-//! (TCP FIN, TCP FIN-ACK, SAL FIN on the TCP ACK, `FIN|ACK`, ACK) where
-//! sending each alone took seven. Retransmissions go alone.
+//! our FIN then if we are done too), and a stream's FINs and their
+//! acknowledgements ride in the SAL header of the segments its socket sends
+//! (`rider.rs`). A short connection closes in three packets (the client's
+//! TCP FIN with its SAL FIN, the server's TCP FIN-ACK with `FIN|ACK`, the
+//! client's TCP ACK with the SAL ACK) where sending each alone took seven.
 //!
 //! The side that acknowledges the last FIN does not forget the flow at
 //! once: if that acknowledgement is lost, the peer resends its FIN, and a
@@ -74,7 +80,8 @@ pub(super) struct Teardown {
     pub peer_fin: bool,
     /// The peer's SAL FIN awaits our acknowledgement: it goes when the
     /// flow is next reviewed (in the same poll), on our own FIN if that
-    /// goes then too (see [`Host::review_dirty_flows`]).
+    /// goes then too, or on the socket's next segment (see
+    /// [`Host::review_dirty_flows`] and `rider.rs`).
     pub fin_ack_owed: bool,
     /// Until when the flow lingers once releasable (see the module docs):
     /// a few control timeouts after the peer's FIN.
@@ -310,13 +317,14 @@ impl Host {
         }
     }
 
-    /// Our SAL FIN: everything we sent arrived. It acknowledges the peer's
-    /// FIN too if that is owed (`FIN|ACK`, one packet where the reference
-    /// stack sends two; it takes either). On a stream whose socket is
-    /// about to send (the ACK of the peer's TCP FIN, usually), it rides in
-    /// that segment's SAL header instead of a packet of its own (see
-    /// [`Host::stream_transmit`]); kept for retransmission either way, and
-    /// retransmitted alone.
+    /// Our SAL FIN: everything we sent arrived (our TCP FIN, for a stream,
+    /// is acknowledged; a FIN that rides on the TCP FIN itself is numbered
+    /// in `rider.rs`). It acknowledges the peer's FIN too if that is owed
+    /// (`FIN|ACK`, one packet where the reference stack sends two; it takes
+    /// either). On a stream whose socket is about to send (the ACK of the
+    /// peer's TCP FIN, usually), it rides in that segment's SAL header
+    /// instead of a packet of its own; kept for retransmission either way,
+    /// and retransmitted alone.
     fn send_fin(&mut self, id: FlowId, ack_owed: bool) {
         let flags = if ack_owed {
             ControlFlags::FIN | ControlFlags::ACK
@@ -335,7 +343,7 @@ impl Host {
         let sent = self.new_control(id, ControlKind::Fin, flags, false, &[], !ride);
         if ride {
             if let Some(stream) = self.flow_mut(id).ok().and_then(|f| f.stream_mut()) {
-                stream.fin_rider = sent;
+                stream.riders.fin_once = sent;
             }
         }
     }
@@ -356,7 +364,7 @@ impl Host {
             let ack_owed = std::mem::take(&mut flow.teardown.fin_ack_owed);
             if state == FlowState::Established && !flow.teardown.fin_sent && self.done_sending(id) {
                 self.send_fin(id, ack_owed);
-            } else if ack_owed && state != FlowState::Dead {
+            } else if ack_owed && state != FlowState::Dead && !self.ack_fin_on_next_segment(id) {
                 // (A flow reset since has told the peer all it needs.)
                 self.send_ack(id, false, &[]);
             }
@@ -374,6 +382,12 @@ impl Host {
                 continue;
             };
             if flow.teardown.releasable(dead) {
+                if !dead {
+                    self.flush_before_release(id);
+                }
+                let Ok(flow) = self.flow_mut(id) else {
+                    continue;
+                };
                 match flow.teardown.linger_until.filter(|&t| t > now && !dead) {
                     Some(until) if !flow.teardown.lingering => {
                         flow.teardown.lingering = true;

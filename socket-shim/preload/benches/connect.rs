@@ -117,7 +117,10 @@
 //!   ACK) or 10: the SAL's FIN rides on the TCP segment its socket sends
 //!   at that moment, the ACK of the peer's TCP FIN, and a FIN answering
 //!   the peer's carries the ACK (`FIN|ACK`), so the close is 5 packets,
-//!   not 7 (`a_short_request_takes_ten_packets`, `sal/tests/sim_close.rs`).
+//!   not 7. Now 7 or 8: each SAL message of the close rides on a TCP
+//!   segment (the SAL FIN on the TCP FIN, `FIN|ACK` on the TCP FIN-ACK,
+//!   the SAL ACK on the TCP ACK), 3 packets
+//!   (`a_short_request_takes_eight_packets`, `sal/tests/sim_close.rs`).
 //!
 //! # Futile wake-ups
 //!
