@@ -713,6 +713,25 @@ impl Socket {
         self.ack_to_transmit()
     }
 
+    /// sal-tcp: sends the FIN again at the next transmit, if it is all
+    /// that is in flight (every byte before it acknowledged), and nothing
+    /// else: no ACK ahead of it (as [`rewind`](Socket::rewind) sends), no
+    /// restart of the window. For the SAL, whose own FIN rides on it and
+    /// whose retransmission timer resends both. Returns whether it will.
+    pub fn resend_fin(&mut self) -> bool {
+        let fin_only = matches!(
+            self.state,
+            State::FinWait1 | State::Closing | State::LastAck
+        ) && self.tx_buffer.is_empty()
+            && self.flight_size() > 0;
+        if fin_only {
+            self.remote_last_seq = self.local_seq_no;
+            // No round-trip sample from what is resent (Karn).
+            self.rtte.on_retransmit();
+        }
+        fin_only
+    }
+
     /// Enable or disable Nagle's Algorithm.
     ///
     /// Also known as "tinygram prevention". By default, it is enabled.

@@ -38,6 +38,9 @@ struct Seen {
     data: usize,
     /// The window the TCP segment offers (unscaled).
     window: Option<u16>,
+    /// The TCP segment's sequence and acknowledgement numbers.
+    seq: u32,
+    ack: u32,
 }
 
 impl Seen {
@@ -55,6 +58,12 @@ impl Seen {
             window: segment
                 .get(14..16)
                 .map(|w| u16::from_be_bytes([w[0], w[1]])),
+            seq: segment
+                .get(4..8)
+                .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])),
+            ack: segment
+                .get(8..12)
+                .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])),
         })
     }
 
@@ -165,16 +174,19 @@ fn close_losing_with(lost: Lost, mut config: HostConfig) -> Vec<Seen> {
 }
 
 /// No SAL FIN of `seen` travels without a TCP FIN before the sender's TCP
-/// FIN was acknowledged (by a segment of the other side with ACK set,
-/// after a TCP FIN from the sender).
+/// FIN was acknowledged (by a segment of the other side whose ACK number
+/// is past that FIN's sequence number).
 fn no_fin_alone_before_its_tcp_fin_is_acknowledged(seen: &[Seen]) {
     for from_client in [true, false] {
-        let mut tcp_fin_sent = false;
+        let mut tcp_fin: Option<u32> = None;
         let mut tcp_fin_acked = false;
         for packet in seen {
             let tcp = packet.tcp.unwrap_or(0);
             if packet.from_client == from_client {
-                tcp_fin_sent |= tcp & TCP_FIN != 0;
+                if tcp & TCP_FIN != 0 {
+                    // The FIN's own sequence number, past the data.
+                    tcp_fin = Some(packet.seq.wrapping_add(packet.data as u32));
+                }
                 let sal_fin = packet
                     .control
                     .is_some_and(|c| c.contains(ControlFlags::FIN));
@@ -182,8 +194,8 @@ fn no_fin_alone_before_its_tcp_fin_is_acknowledged(seen: &[Seen]) {
                     !sal_fin || tcp & TCP_FIN != 0 || tcp_fin_acked,
                     "a SAL FIN alone before its TCP FIN was acknowledged: {seen:#?}"
                 );
-            } else if tcp_fin_sent && tcp & TCP_ACK != 0 {
-                tcp_fin_acked = true;
+            } else if let Some(fin) = tcp_fin.filter(|_| tcp & TCP_ACK != 0) {
+                tcp_fin_acked |= packet.ack.wrapping_sub(fin) as i32 > 0;
             }
         }
     }
@@ -431,4 +443,112 @@ fn a_fin_into_a_shut_window_does_not_ride() {
         assert!(!rides || window != Some(0), "{seen:#?}");
     }
     no_fin_alone_before_its_tcp_fin_is_acknowledged(&seen);
+}
+
+/// A move while our FIN rides on a lost TCP FIN: the move resends what
+/// the flow has in flight (`retransmit_now`), and the FIN goes again with
+/// its TCP FIN once the move is confirmed, not alone before.
+#[test]
+fn a_move_resends_a_riding_fin_with_its_tcp_fin() {
+    let mut net = Network::new(43, LinkConditions::default());
+    let config = HostConfig::default();
+    let client = net.add_host(
+        "client",
+        config.clone(),
+        &[("eth0", "10.0.0.1/24"), ("cell", "10.1.0.1/24")],
+    );
+    let server = net.add_host("server", config, &[("eth0", "10.0.0.2/24")]);
+    default_route(&mut net, client, "10.0.0.2");
+    let listener = net
+        .host(server)
+        .listen(prefix("beef/16"), Stream, 16)
+        .unwrap();
+    net.settle();
+    let (cflow, sflow) = establish(&mut net, client, server, listener, svc("beef01"));
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let (seen, dropped) = (Rc::clone(&log), Rc::new(Cell::new(false)));
+    let once = Rc::clone(&dropped);
+    net.set_filter(Some(Box::new(move |packet| {
+        let Some(packet) = Seen::of(packet) else {
+            return false;
+        };
+        seen.borrow_mut().push(packet);
+        let drop = !once.get() && Lost::ClientFin.matches(&packet);
+        once.set(once.get() || drop);
+        drop
+    })));
+    net.host(client).close(cflow).unwrap();
+    net.run_for(Duration::from_millis(1));
+    assert!(dropped.get(), "the riding FIN was lost");
+    net.host(client).migrate(cflow, "cell").unwrap();
+    let mut buf = [0u8; 8];
+    // Resent with the move, not at a retransmission timer (TCP's, or the
+    // SAL's 500 ms).
+    let eof = net.run_until(Duration::from_millis(50), |net| {
+        net.host(server).recv(sflow, &mut buf) == Ok(0)
+    });
+    assert!(eof, "the server reads end of stream at once");
+    net.host(server).close(sflow).unwrap();
+    assert!(net.run_until(Duration::from_secs(10), |net| {
+        net.host(client).flow(cflow).is_none() && net.host(server).flow(sflow).is_none()
+    }));
+    let seen = log.borrow().clone();
+    no_fin_alone_before_its_tcp_fin_is_acknowledged(&seen);
+    for host in [client, server] {
+        assert_eq!(net.host(host).stats().peer_timeouts, 0);
+    }
+}
+
+/// A FIN riding on a segment that fails its checksum (corrupted on the
+/// way, where no UDP checksum guards the packet) is not taken: its
+/// acknowledgement would tell the sender that our transport has its TCP
+/// FIN, which it refused. The FIN is taken when it comes again, whole.
+#[test]
+fn a_fin_on_a_corrupted_segment_is_not_acknowledged() {
+    let (mut net, client, server, listener) = served(47, HostConfig::default());
+    let (cflow, sflow) = establish(&mut net, client, server, listener, svc("beef01"));
+    let captured = Rc::new(RefCell::new(None));
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let (keep, seen) = (Rc::clone(&captured), Rc::clone(&log));
+    net.set_filter(Some(Box::new(move |packet| {
+        let Some(parsed) = Seen::of(packet) else {
+            return false;
+        };
+        seen.borrow_mut().push(parsed);
+        let first = keep.borrow().is_none() && Lost::ClientFin.matches(&parsed);
+        if first {
+            *keep.borrow_mut() = Some(packet.clone());
+        }
+        first
+    })));
+    net.host(client).close(cflow).unwrap();
+    net.run_for(Duration::from_millis(1));
+    let mut corrupted = captured.borrow().clone().expect("the client's riding FIN");
+    // A bit of the segment's window field flips: its checksum fails.
+    let header = SalPacket::new_checked(&corrupted.payload[..])
+        .unwrap()
+        .header_len();
+    corrupted.payload[header + 15] ^= 0x01;
+    let bad_before = net.host(server).stats().bad_checksum;
+    log.borrow_mut().clear();
+    net.inject(corrupted);
+    net.run_for(Duration::from_millis(10));
+    assert_eq!(net.host(server).stats().bad_checksum, bad_before + 1);
+    assert!(
+        !log.borrow()
+            .iter()
+            .any(|p| !p.from_client && p.control.is_some()),
+        "no acknowledgement of the FIN: {:#?}",
+        log.borrow()
+    );
+    // The FIN comes again with its TCP FIN, and the close ends cleanly.
+    let mut buf = [0u8; 8];
+    assert!(net.run_until(Duration::from_secs(5), |net| {
+        net.host(server).recv(sflow, &mut buf) == Ok(0)
+    }));
+    net.host(server).close(sflow).unwrap();
+    assert!(net.run_until(Duration::from_secs(10), |net| {
+        net.host(client).flow(cflow).is_none() && net.host(server).flow(sflow).is_none()
+    }));
+    no_fin_alone_before_its_tcp_fin_is_acknowledged(&log.borrow());
 }

@@ -10144,3 +10144,54 @@ fn test_carries_new_data_only_past_what_was_received_and_in_the_window() {
     );
     assert!(s.carries_new_data(&at(next + 63, b"abc")), "at its edge");
 }
+
+#[test]
+fn test_resend_fin_sends_the_fin_alone_once_all_before_it_is_acknowledged() {
+    let mut s = socket_established();
+    s.send_slice(b"abc").unwrap();
+    s.close();
+    recv!(
+        s,
+        [TcpRepr {
+            control: TcpControl::Fin,
+            seq_number: LOCAL_SEQ + 1,
+            ack_number: Some(REMOTE_SEQ + 1),
+            payload: &b"abc"[..],
+            ..RECV_TEMPL
+        }]
+    );
+    // Data in flight before the FIN: nothing to resend alone.
+    assert!(!s.resend_fin());
+    send!(
+        s,
+        TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 3),
+            ..SEND_TEMPL
+        }
+    );
+    assert_eq!(s.state, State::FinWait1);
+    assert!(s.resend_fin());
+    // The FIN alone, no ACK ahead of it.
+    recv!(
+        s,
+        [TcpRepr {
+            control: TcpControl::Fin,
+            seq_number: LOCAL_SEQ + 1 + 3,
+            ack_number: Some(REMOTE_SEQ + 1),
+            ..RECV_TEMPL
+        }]
+    );
+    recv_nothing!(s);
+    // Acknowledged: nothing left to resend.
+    send!(
+        s,
+        TcpRepr {
+            seq_number: REMOTE_SEQ + 1,
+            ack_number: Some(LOCAL_SEQ + 1 + 3 + 1),
+            ..SEND_TEMPL
+        }
+    );
+    assert_eq!(s.state, State::FinWait2);
+    assert!(!s.resend_fin());
+}

@@ -256,6 +256,18 @@ impl Host {
                 }
                 return;
             }
+            if control.flags.contains(ControlFlags::FIN)
+                && !segment.is_empty()
+                && flow.protocol() == TransportProtocol::Stream
+                && !nat::transport_checksum_ok(TransportProtocol::Stream, &src, &dst, segment)
+            {
+                // A FIN riding on a segment its transport will refuse: its
+                // acknowledgement would tell the peer that our transport
+                // has all it sent (see `rider.rs`). Both go; the peer
+                // resends them together.
+                self.stats.bad_checksum += 1;
+                return;
+            }
             // Heard before the message acts, as the message may ask
             // something of the peer (an RSYN-ACK) whose wait starts then.
             if self.authentic_from_peer(id, src, &control) {

@@ -7,17 +7,21 @@
 //! Three ride (`teardown.rs` says what each means):
 //! - **Our FIN on our TCP FIN.** When the socket sends its TCP FIN with
 //!   everything before it acknowledged and the peer's window open, our SAL
-//!   FIN is numbered then and goes in that segment's header, and again in
-//!   the header of every segment that carries the TCP FIN while the SAL FIN
-//!   is unacknowledged. Its retransmission timer resends it by making the
-//!   socket resend its FIN ([`Host::resend_riding_fin`]), never alone. So
-//!   the peer gets our SAL FIN only together with a TCP FIN its TCP takes
-//!   (in order, as all before it arrived; inside its window, which is
-//!   open), and its acknowledgement means that the peer's transport has
-//!   all we sent, as when the FIN goes after our TCP FIN is acknowledged:
-//!   which is the reference stack's rule, and ours still where this one
-//!   does not apply (data unacknowledged when the TCP FIN went, or a move
-//!   under way).
+//!   FIN is numbered then and goes in that segment's header. Its
+//!   retransmission timer resends it by making the socket resend its FIN
+//!   ([`Host::resend_riding_fin`]), on which it rides again; never alone
+//!   while that TCP FIN is unacknowledged. So the peer gets our SAL FIN
+//!   only together with a TCP FIN its TCP takes (in order, as all before
+//!   it arrived; inside its window, which is open; its checksum checked
+//!   first, `input.rs`), and its acknowledgement means that the peer's
+//!   transport has all we sent, as when the FIN goes after our TCP FIN is
+//!   acknowledged: which is the reference stack's rule, and ours still
+//!   where this one does not apply (data unacknowledged when the TCP FIN
+//!   went, or a move under way). TCP's own retransmissions of its FIN go
+//!   without it: the reference stack drops a packet whose SAL FIN it has
+//!   seen before, transport segment and all, and a TCP FIN that always
+//!   carried the SAL FIN would never get through to it after its
+//!   acknowledgements were lost.
 //! - **Our FIN once, after our TCP FIN was acknowledged**, on the socket's
 //!   next segment (the ACK of the peer's TCP FIN, as a rule), or alone if
 //!   the socket sends nothing then.
@@ -52,18 +56,15 @@ pub(super) struct Riders {
     /// Our SAL FIN, numbered after our TCP FIN was acknowledged: on the
     /// socket's next segment.
     pub fin_once: Option<ControlRepr>,
-    /// Our SAL FIN, numbered on our TCP FIN: on every segment that carries
-    /// that TCP FIN while the SAL FIN is in flight.
+    /// Our SAL FIN, numbered on our TCP FIN: kept to ride again when its
+    /// timer resends it (`fin_resend`).
     pub fin_on_fin: Option<ControlRepr>,
+    /// The next segment that carries our TCP FIN carries `fin_on_fin`
+    /// again (its retransmission timer fired).
+    pub fin_resend: bool,
     /// The acknowledgement of the peer's SAL FIN: on the socket's next
     /// segment.
     pub fin_ack: bool,
-}
-
-impl Riders {
-    fn any(&self) -> bool {
-        self.fin_once.is_some() || self.fin_on_fin.is_some() || self.fin_ack
-    }
 }
 
 /// Whether a socket's TCP FIN may carry our SAL FIN: it is unacknowledged,
@@ -86,8 +87,11 @@ fn fin_unacknowledged(socket: &Socket) -> bool {
 /// per segment, on the flow the transmit path has in hand.
 pub(super) fn may_ride(flow: &Flow) -> bool {
     flow.stream().is_some_and(|stream| {
-        stream.riders.any()
-            || (!flow.teardown.fin_sent && stream.socket.as_ref().is_some_and(fin_may_ride))
+        let (riders, socket) = (&stream.riders, stream.socket.as_ref());
+        riders.fin_once.is_some()
+            || riders.fin_ack
+            || (riders.fin_resend && socket.is_some_and(fin_unacknowledged))
+            || (!flow.teardown.fin_sent && socket.is_some_and(fin_may_ride))
     })
 }
 
@@ -106,7 +110,10 @@ impl Host {
     /// if `tcp_fin`, one that asks for an answer if `asks`), if something
     /// rides on it; numbers our FIN if it may ride on this TCP FIN. A FIN
     /// that was to ride once on a segment that asks goes alone instead.
+    /// The packet counts as the flow's (a FIN numbered for it counted
+    /// already, as kept control messages are counted at their first send).
     pub(super) fn pick_rider(&mut self, id: FlowId, tcp_fin: bool, asks: bool) -> Option<SalRepr> {
+        let now = self.now;
         let flow = self.flow_mut(id).ok()?;
         let moving = flow.control.in_flight(ControlKind::Rsyn);
         let fin_in_flight = flow.control.in_flight(ControlKind::Fin);
@@ -114,13 +121,15 @@ impl Host {
         let stream = flow.stream()?;
         let riders = stream.riders;
         let may_number = may_number && stream.socket.as_ref().is_some_and(fin_may_ride);
-        if tcp_fin {
+        if tcp_fin && riders.fin_resend {
+            self.stream_riders(id)?.fin_resend = false;
             if let Some(fin) = riders.fin_on_fin.filter(|_| fin_in_flight) {
+                self.flow_mut(id).ok()?.count_sent(now);
                 return self.control_repr(id, ControlKind::Fin, fin, false);
             }
-            if may_number {
-                return self.number_fin_on_fin(id, riders.fin_ack);
-            }
+        }
+        if tcp_fin && may_number {
+            return self.number_fin_on_fin(id, riders.fin_ack);
         }
         if let Some(fin) = riders.fin_once {
             if !asks {
@@ -133,6 +142,7 @@ impl Host {
         }
         if riders.fin_ack {
             self.stream_riders(id)?.fin_ack = false;
+            self.flow_mut(id).ok()?.count_sent(now);
             return self.ack_repr(id, false).map(|(repr, ..)| repr);
         }
         None
@@ -146,8 +156,8 @@ impl Host {
             true => ControlFlags::FIN | ControlFlags::ACK,
             false => ControlFlags::FIN,
         };
-        self.flow_mut(id).ok()?.teardown.fin_sent = true;
         let fin = self.new_control(id, ControlKind::Fin, flags, false, &[], false)?;
+        self.flow_mut(id).ok()?.teardown.fin_sent = true;
         let riders = self.stream_riders(id)?;
         riders.fin_on_fin = Some(fin);
         riders.fin_ack &= !ack;
@@ -202,45 +212,69 @@ impl Host {
     }
 
     /// Resends our SAL FIN that rides on the socket's TCP FIN: the socket
-    /// resends its FIN now ([`Socket::rewind`]), which carries it.
+    /// resends its FIN ([`Socket::resend_fin`]), which carries it, at once
+    /// and in order with the control messages sent now (a move's RSYN,
+    /// numbered after the FIN, must not overtake it: the peer takes
+    /// control messages in order). If the socket has nothing to resend
+    /// (its FIN is not all that is in flight), nothing goes: the FIN's
+    /// timer tries again.
     pub(super) fn resend_riding_fin(&mut self, id: FlowId) {
-        let socket = (self.flow_mut(id).ok())
-            .and_then(|flow| flow.stream_mut())
-            .and_then(|stream| stream.socket.as_mut());
-        if let Some(socket) = socket {
-            socket.rewind();
+        let Some(stream) = (self.flow_mut(id).ok()).and_then(|flow| flow.stream_mut()) else {
+            return;
+        };
+        if stream.socket.as_mut().is_some_and(Socket::resend_fin) {
+            stream.riders.fin_resend = true;
             self.stats.retransmits += 1;
-            self.queue_output(id);
+            self.flush_stream(id);
         }
+    }
+
+    /// Whether a segment the socket wrote is the bare TCP FIN that our
+    /// SAL FIN rides on again: it goes during a move too, unlike the
+    /// segments that ask for an answer (see `Host::stream_transmit`), as
+    /// everything before it is acknowledged (no hole for it to wait
+    /// behind), and the move's RSYN may not be taken before the FIN.
+    pub(super) fn resends_riding_fin(&self, id: FlowId, tcp_fin: bool, payload: bool) -> bool {
+        let Some(Endpoint::Flow(flow)) = self.endpoints.get(id) else {
+            return false;
+        };
+        tcp_fin && !payload && flow.stream().is_some_and(|stream| stream.riders.fin_resend)
     }
 
     /// A finished flow's socket is about to go: it first sends what it
     /// owes the peer (the TCP ACK of the peer's FIN, which the
-    /// acknowledgement of its SAL FIN rides on), at once, into the host's
-    /// queue of packets; an acknowledgement still owed then goes alone.
+    /// acknowledgement of its SAL FIN rides on), at once; an
+    /// acknowledgement still owed then goes alone.
     pub(super) fn flush_before_release(&mut self, id: FlowId) {
-        let now = self.now;
         let socket = (self.flow_mut(id).ok())
             .and_then(|flow| flow.stream_mut())
             .and_then(|stream| stream.socket.as_mut())
             .filter(|socket| socket.owes_ack());
         if let Some(socket) = socket {
             socket.release_ack();
-            let mut buffer = [0u8; FLUSH_BUFFER_LEN];
-            // An ACK, the rider's packet queued by `stream_transmit`
-            // itself; a segment of its own at most once more.
-            for _ in 0..4 {
-                match self.stream_transmit(id, now, &mut buffer) {
-                    StreamOutput::Packet(transmit) => {
-                        let payload = buffer[..transmit.len].to_vec();
-                        self.queue_transmit(transmit.src, transmit.dst, transmit.ttl, payload);
-                    }
-                    StreamOutput::Again => {}
-                    StreamOutput::Idle => break,
-                }
-            }
+            self.flush_stream(id);
         }
         self.send_unridden(id, false);
+    }
+
+    /// Drives the flow's socket now, into the host's queue of packets,
+    /// behind what is queued already: for the few segments that must not
+    /// wait for the transmit path.
+    fn flush_stream(&mut self, id: FlowId) {
+        let now = self.now;
+        let mut buffer = [0u8; FLUSH_BUFFER_LEN];
+        // An ACK or a FIN, whose packet with its rider `stream_transmit`
+        // queues itself; a segment of its own at most once more.
+        for _ in 0..4 {
+            match self.stream_transmit(id, now, &mut buffer) {
+                StreamOutput::Packet(transmit) => {
+                    let payload = buffer[..transmit.len].to_vec();
+                    self.queue_transmit(transmit.src, transmit.dst, transmit.ttl, payload);
+                }
+                StreamOutput::Again => {}
+                StreamOutput::Idle => break,
+            }
+        }
     }
 
     /// The riders of a stream flow.

@@ -850,9 +850,10 @@ impl Host {
                     }
                     return StreamOutput::Again;
                 }
+                let payload = carries_payload(&out[room..room + len]);
                 if asks {
                     self.note_asked(id);
-                    if moving {
+                    if moving && !self.resends_riding_fin(id, flags & TCP_FIN != 0, payload) {
                         // A move is unconfirmed: the segment stays in the
                         // socket's send buffer, and the rewind once the move
                         // is confirmed sends it right behind what the old
@@ -873,6 +874,10 @@ impl Host {
                 };
                 if let Some(repr) = rider {
                     self.send_packet(src, dst, super::output::build(&repr, segment));
+                    // (Its packet was counted as the rider was picked.)
+                    if let Ok(flow) = self.flow_mut(id) {
+                        flow.counters.bytes_out += len as u64;
+                    }
                     return StreamOutput::Again;
                 }
                 let repr = SalRepr::data(id, peer_flow, TransportProtocol::Stream.number());
