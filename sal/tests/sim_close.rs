@@ -12,6 +12,7 @@ use std::cell::{Cell, RefCell};
 use std::net::Ipv4Addr;
 use std::rc::Rc;
 
+use sal::id::FlowId;
 use sal::proto::HostConfig;
 use sal::table::ListenerId;
 use sal::wire::TransportProtocol::Stream;
@@ -102,8 +103,17 @@ impl Lost {
 
 /// A client and a server listening on `beef/16`, configured as `config`.
 fn served(seed: u64, config: HostConfig) -> (Network, HostId, HostId, ListenerId) {
+    served_with(seed, config, &[("eth0", "10.0.0.1/24")])
+}
+
+/// [`served`], with the client's interfaces (10.0.0.1 first).
+fn served_with(
+    seed: u64,
+    config: HostConfig,
+    client_interfaces: &[(&str, &str)],
+) -> (Network, HostId, HostId, ListenerId) {
     let mut net = Network::new(seed, LinkConditions::default());
-    let client = net.add_host("client", config.clone(), &[("eth0", "10.0.0.1/24")]);
+    let client = net.add_host("client", config.clone(), client_interfaces);
     let server = net.add_host("server", config, &[("eth0", "10.0.0.2/24")]);
     default_route(&mut net, client, "10.0.0.2");
     let listener = net
@@ -112,6 +122,46 @@ fn served(seed: u64, config: HostConfig) -> (Network, HostId, HostId, ListenerId
         .unwrap();
     net.settle();
     (net, client, server, listener)
+}
+
+/// Logs every packet that crosses `net` from now on.
+fn log_packets(net: &mut Network) -> Rc<RefCell<Vec<Seen>>> {
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let seen = Rc::clone(&log);
+    net.set_filter(Some(Box::new(move |packet| {
+        seen.borrow_mut().extend(Seen::of(packet));
+        false
+    })));
+    log
+}
+
+/// What `host` reads on `flow` until end of stream (within 5 s).
+fn read_to_end(net: &mut Network, host: HostId, flow: FlowId) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let ended = net.run_until(Duration::from_secs(5), |net| {
+        match net.host(host).recv(flow, &mut buf) {
+            Ok(0) => true,
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                false
+            }
+            Err(_) => false,
+        }
+    });
+    assert!(ended, "end of stream");
+    got
+}
+
+/// Whether both ends let their flow go within 10 s.
+fn both_released(
+    net: &mut Network,
+    (client, cflow): (HostId, FlowId),
+    (server, sflow): (HostId, FlowId),
+) -> bool {
+    net.run_until(Duration::from_secs(10), |net| {
+        net.host(client).flow(cflow).is_none() && net.host(server).flow(sflow).is_none()
+    })
 }
 
 /// Runs a request and its answer, closes the client and then the server,
@@ -159,9 +209,7 @@ fn close_losing_with(lost: Lost, mut config: HostConfig) -> Vec<Seen> {
     net.host(server).close(sflow).unwrap();
     // Control messages are resent after `control_rto` (250 ms), the
     // server's TCP FIN after its RTO: the close is over well within 10 s.
-    let released = net.run_until(Duration::from_secs(10), |net| {
-        net.host(client).flow(cflow).is_none() && net.host(server).flow(sflow).is_none()
-    });
+    let released = both_released(&mut net, (client, cflow), (server, sflow));
     assert!(released, "both ends let the flow go (lost: {lost:?})");
     assert_eq!(dropped.get(), lost != Lost::Nothing, "{lost:?} was seen");
     for host in [client, server] {
@@ -215,18 +263,19 @@ fn a_close_with_nothing_lost_takes_three_packets() {
     assert!(close[2].is(true, ack, TCP_ACK), "{seen:#?}");
 }
 
+/// Each packet of the close lost once: the client's SAL FIN on its TCP
+/// FIN, the server's `FIN|ACK` on its TCP FIN-ACK (both resent with their
+/// TCP FIN), the last ACK (answered again by the lingering client).
 #[test]
-fn a_lost_client_fin_is_resent_with_its_tcp_fin() {
-    let seen = close_losing(Lost::ClientFin);
-    assert!(seen.len() > 5, "something was sent again: {seen:#?}");
-    no_fin_alone_before_its_tcp_fin_is_acknowledged(&seen);
-}
-
-#[test]
-fn a_lost_fin_ack_is_resent_with_its_tcp_fin() {
-    let seen = close_losing(Lost::ServerFinAck);
-    assert!(seen.len() > 5, "something was sent again: {seen:#?}");
-    no_fin_alone_before_its_tcp_fin_is_acknowledged(&seen);
+fn each_packet_of_the_close_lost_is_sent_again() {
+    for lost in [Lost::ClientFin, Lost::ServerFinAck, Lost::LastAck] {
+        let seen = close_losing(lost);
+        assert!(
+            seen.len() > 5,
+            "{lost:?}: something was sent again: {seen:#?}"
+        );
+        no_fin_alone_before_its_tcp_fin_is_acknowledged(&seen);
+    }
 }
 
 /// With the SAL's retransmission timer shorter than TCP's, the SAL FIN
@@ -242,13 +291,6 @@ fn a_fin_resent_on_the_sal_timer_goes_with_its_tcp_fin() {
         let seen = close_losing_with(lost, config);
         no_fin_alone_before_its_tcp_fin_is_acknowledged(&seen);
     }
-}
-
-#[test]
-fn a_lost_last_ack_is_answered_again() {
-    let seen = close_losing(Lost::LastAck);
-    assert!(seen.len() > 5, "something was sent again: {seen:#?}");
-    no_fin_alone_before_its_tcp_fin_is_acknowledged(&seen);
 }
 
 /// A flow that closed leaves its buffers' storage to the next flows: the
@@ -351,32 +393,14 @@ fn a_listener_that_stops_resets_a_client_whose_ack_is_still_on_the_way() {
 fn a_fin_behind_unacknowledged_data_waits_for_its_acknowledgement() {
     let (mut net, client, server, listener) = served(37, HostConfig::default());
     let (cflow, sflow) = establish(&mut net, client, server, listener, svc("beef01"));
-    let log = Rc::new(RefCell::new(Vec::new()));
-    let seen = Rc::clone(&log);
-    net.set_filter(Some(Box::new(move |packet| {
-        seen.borrow_mut().extend(Seen::of(packet));
-        false
-    })));
+    let log = log_packets(&mut net);
     let answer = pattern(3000, 5);
     net.host(server).send(sflow, &answer).unwrap();
     net.host(server).close(sflow).unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    assert!(net.run_until(Duration::from_secs(2), |net| {
-        match net.host(client).recv(cflow, &mut buf) {
-            Ok(0) => true,
-            Ok(n) => {
-                got.extend_from_slice(&buf[..n]);
-                false
-            }
-            Err(_) => false,
-        }
-    }));
+    let got = read_to_end(&mut net, client, cflow);
     assert_eq!(got, answer, "every byte, then end of stream");
     net.host(client).close(cflow).unwrap();
-    assert!(net.run_until(Duration::from_secs(10), |net| {
-        net.host(client).flow(cflow).is_none() && net.host(server).flow(sflow).is_none()
-    }));
+    assert!(both_released(&mut net, (client, cflow), (server, sflow)));
     let seen = log.borrow().clone();
     let server_fin = seen
         .iter()
@@ -399,35 +423,17 @@ fn a_fin_into_a_shut_window_does_not_ride() {
     config.stream.max_recv_buffer = 4096;
     let (mut net, client, server, listener) = served(41, config);
     let (cflow, sflow) = establish(&mut net, client, server, listener, svc("beef01"));
-    let log = Rc::new(RefCell::new(Vec::new()));
-    let seen = Rc::clone(&log);
-    net.set_filter(Some(Box::new(move |packet| {
-        seen.borrow_mut().extend(Seen::of(packet));
-        false
-    })));
+    let log = log_packets(&mut net);
     let request = pattern(4096, 7);
     assert_eq!(net.host(client).send(cflow, &request), Ok(4096));
     // Everything is acknowledged, and the window is shut.
     net.run_for(Duration::from_millis(200));
     net.host(client).close(cflow).unwrap();
     net.run_for(Duration::from_millis(200));
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    assert!(net.run_until(Duration::from_secs(5), |net| {
-        match net.host(server).recv(sflow, &mut buf) {
-            Ok(0) => true,
-            Ok(n) => {
-                got.extend_from_slice(&buf[..n]);
-                false
-            }
-            Err(_) => false,
-        }
-    }));
+    let got = read_to_end(&mut net, server, sflow);
     assert_eq!(got, request, "every byte, then end of stream");
     net.host(server).close(sflow).unwrap();
-    assert!(net.run_until(Duration::from_secs(10), |net| {
-        net.host(client).flow(cflow).is_none() && net.host(server).flow(sflow).is_none()
-    }));
+    assert!(both_released(&mut net, (client, cflow), (server, sflow)));
     let seen = log.borrow().clone();
     // The window the server last offered, at each client packet.
     let mut window = None;
@@ -450,20 +456,8 @@ fn a_fin_into_a_shut_window_does_not_ride() {
 /// its TCP FIN once the move is confirmed, not alone before.
 #[test]
 fn a_move_resends_a_riding_fin_with_its_tcp_fin() {
-    let mut net = Network::new(43, LinkConditions::default());
-    let config = HostConfig::default();
-    let client = net.add_host(
-        "client",
-        config.clone(),
-        &[("eth0", "10.0.0.1/24"), ("cell", "10.1.0.1/24")],
-    );
-    let server = net.add_host("server", config, &[("eth0", "10.0.0.2/24")]);
-    default_route(&mut net, client, "10.0.0.2");
-    let listener = net
-        .host(server)
-        .listen(prefix("beef/16"), Stream, 16)
-        .unwrap();
-    net.settle();
+    let interfaces = [("eth0", "10.0.0.1/24"), ("cell", "10.1.0.1/24")];
+    let (mut net, client, server, listener) = served_with(43, HostConfig::default(), &interfaces);
     let (cflow, sflow) = establish(&mut net, client, server, listener, svc("beef01"));
     let log = Rc::new(RefCell::new(Vec::new()));
     let (seen, dropped) = (Rc::clone(&log), Rc::new(Cell::new(false)));
@@ -489,9 +483,7 @@ fn a_move_resends_a_riding_fin_with_its_tcp_fin() {
     });
     assert!(eof, "the server reads end of stream at once");
     net.host(server).close(sflow).unwrap();
-    assert!(net.run_until(Duration::from_secs(10), |net| {
-        net.host(client).flow(cflow).is_none() && net.host(server).flow(sflow).is_none()
-    }));
+    assert!(both_released(&mut net, (client, cflow), (server, sflow)));
     let seen = log.borrow().clone();
     no_fin_alone_before_its_tcp_fin_is_acknowledged(&seen);
     for host in [client, server] {
@@ -547,8 +539,6 @@ fn a_fin_on_a_corrupted_segment_is_not_acknowledged() {
         net.host(server).recv(sflow, &mut buf) == Ok(0)
     }));
     net.host(server).close(sflow).unwrap();
-    assert!(net.run_until(Duration::from_secs(10), |net| {
-        net.host(client).flow(cflow).is_none() && net.host(server).flow(sflow).is_none()
-    }));
+    assert!(both_released(&mut net, (client, cflow), (server, sflow)));
     no_fin_alone_before_its_tcp_fin_is_acknowledged(&log.borrow());
 }
