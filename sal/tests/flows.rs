@@ -286,9 +286,11 @@ fn idle_flows_cost_little_and_only_busy_flows_are_driven() {
     // slow start allocates (2,161 with both). 2,329 with RACK's records
     // (76), D-SACK, undo and RFC 5961's largest window (60) and the loss
     // counters (16), all inline for the same reason; sald's whole cost per
-    // idle flow stays near 5.5 KiB of the 8.
+    // idle flow stays near 5.5 KiB of the 8. 2,274 since a flow's
+    // queue of control messages in flight lets its storage go once empty
+    // (it kept room for four messages of about 100 bytes each).
     assert!(
-        per_flow < 2432,
+        per_flow < 2320,
         "{per_flow} bytes of heap per idle flow end"
     );
 

@@ -583,3 +583,85 @@ fn data_resumes_within_a_few_round_trips_after_a_link_dies() {
     assert!(p.net.host(client).stats().replayed > 0);
     assert!(gap_after_cut < ms(100), "data stopped for {gap_after_cut}");
 }
+
+/// The client's handshake ACK (it names the service and carries the TCP
+/// ACK) is kept until the server is heard from. Lost, then resent from
+/// the interface the flow moved to, its TCP segment must be checksummed
+/// for the new addresses: the server takes it, not a checksum failure.
+#[test]
+fn a_handshake_ack_resent_after_a_move_is_checksummed_for_the_new_path() {
+    let mut net = Network::new(23, LinkConditions::default());
+    let config = HostConfig::default();
+    let client = net.add_host(
+        "client",
+        config.clone(),
+        &[("wlan", "10.0.0.1/24"), ("cell", "10.1.0.1/24")],
+    );
+    let server = net.add_host("server", config, &[("eth0", "10.0.0.2/24")]);
+    net.host(client).add_rule(
+        ServicePrefix::DEFAULT,
+        Target::Forward {
+            locator: loc("10.0.0.2"),
+            weight: 1,
+        },
+        0,
+    );
+    let listener = net
+        .host(server)
+        .listen("ab/8".parse().unwrap(), Stream, 8)
+        .unwrap();
+    // Drop the first handshake ACK: the client's packet naming the service
+    // with an ACK of the SYN-ACK.
+    let dropped = Rc::new(Cell::new(0u32));
+    let count = Rc::clone(&dropped);
+    net.set_filter(Some(Box::new(move |packet| {
+        let Ok(sal) = SalPacket::new_checked(&packet.payload[..]) else {
+            return false;
+        };
+        let Ok(repr) = SalRepr::parse(&sal) else {
+            return false;
+        };
+        let handshake_ack =
+            repr.service.is_some() && repr.control.is_some_and(|c| c.flags == ControlFlags::ACK);
+        let drop = handshake_ack && count.get() == 0;
+        count.set(count.get() + u32::from(drop));
+        drop
+    })));
+    let cflow = net
+        .host(client)
+        .connect("ab".parse().unwrap(), Stream)
+        .unwrap();
+    let connected = net.run_until(secs(5), |net| {
+        net.sim_host(client)
+            .events
+            .contains(&Event::Connected(cflow))
+    });
+    assert!(
+        connected && dropped.get() == 1,
+        "the handshake ACK was not lost"
+    );
+    net.host(client).migrate(cflow, "cell").unwrap();
+    let mut sflow = None;
+    let accepted = net.run_until(secs(5), |net| {
+        sflow = sflow.or_else(|| net.host(server).accept(listener).ok());
+        sflow.is_some()
+    });
+    assert!(accepted, "the server accepted nothing");
+    let sflow = sflow.unwrap();
+    net.run_for(ms(500));
+    assert_eq!(net.host(server).stats().bad_checksum, 0);
+    assert_eq!(
+        net.host(server).flow(sflow).unwrap().remote,
+        Some(loc("10.1.0.1"))
+    );
+    let mut p = Pair {
+        net,
+        client,
+        server,
+        cflow,
+        sflow,
+    };
+    let data = pattern(100_000, 12);
+    assert!(transfer(&mut p, &data, secs(30), |_, _| {}) == data);
+    assert_eq!(p.net.host(server).stats().bad_checksum, 0);
+}

@@ -23,6 +23,7 @@ use std::collections::VecDeque;
 use smoltcp::time::{Duration, Instant};
 
 use crate::wire::{ControlFlags, ControlRepr};
+use crate::Locator;
 
 /// What a control message in flight is, which decides what its ACK means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +59,11 @@ pub struct Pending {
     /// flow's current locator to the peer's current one (a SYN to the first
     /// hop), so a retransmission follows a migration.
     pub packet: Vec<u8>,
+    /// The locators (source, destination) its transport segment's
+    /// checksum covers, those it was first sent between: resent from or
+    /// to elsewhere after a move, the checksum is rewritten for the new
+    /// pair. `None` for a packet without a segment.
+    pub checksummed_for: Option<(Locator, Locator)>,
     pub retries: u32,
     pub rto: Duration,
     pub deadline: Instant,
@@ -156,16 +162,31 @@ impl ControlState {
         if !control.flags.contains(ControlFlags::ACK) {
             return Vec::new();
         }
-        let mut acked = Vec::new();
-        self.pending.retain(|p| {
+        let (mut acked, mut kept) = (Vec::new(), VecDeque::new());
+        for pending in self.pending.drain(..) {
             // Serial-number comparison: is `verno + 1 <= ackno`?
-            let covered = (control.ackno.wrapping_sub(p.verno.wrapping_add(1)) as i32) >= 0;
-            if covered {
-                acked.push(p.clone());
+            let covered = (control.ackno.wrapping_sub(pending.verno.wrapping_add(1)) as i32) >= 0;
+            match covered {
+                true => acked.push(pending),
+                false => kept.push_back(pending),
             }
-            !covered
-        });
+        }
+        // All answered (the common case), the queue's storage goes too:
+        // an idle flow holds none.
+        self.pending = kept;
         acked
+    }
+
+    /// Forgets every message in flight, and the queue's storage.
+    pub fn forget_in_flight(&mut self) {
+        self.pending = VecDeque::new();
+    }
+
+    /// Lets the queue's storage go once nothing is in flight.
+    fn release_if_empty(&mut self) {
+        if self.pending.is_empty() {
+            self.pending = VecDeque::new();
+        }
     }
 
     /// Keeps a message just sent until it is acknowledged; returns when it
@@ -175,6 +196,7 @@ impl ControlState {
         kind: ControlKind,
         verno: u32,
         packet: Vec<u8>,
+        checksummed_for: Option<(Locator, Locator)>,
         now: Instant,
         rto: Duration,
     ) -> Instant {
@@ -183,6 +205,7 @@ impl ControlState {
             kind,
             verno,
             packet,
+            checksummed_for,
             retries: 0,
             rto,
             deadline,
@@ -220,6 +243,7 @@ impl ControlState {
             resend(pending);
             true
         });
+        self.release_if_empty();
         Timeout {
             expired,
             next: self.next_deadline(),
@@ -261,6 +285,7 @@ impl ControlState {
     pub fn retire_handshake_ack(&mut self) -> bool {
         let before = self.pending.len();
         self.pending.retain(|p| p.kind != ControlKind::HandshakeAck);
+        self.release_if_empty();
         self.pending.len() != before
     }
 
@@ -312,6 +337,7 @@ mod tests {
             kind,
             verno,
             packet: Vec::new(),
+            checksummed_for: None,
             retries: 0,
             rto: Duration::from_millis(100),
             deadline: Instant::from_millis(0),
@@ -347,7 +373,14 @@ mod tests {
     fn timeouts_double_and_give_up_after_the_retries() {
         let rto = Duration::from_millis(100);
         let mut state = ControlState::new([0; 8], 7);
-        let first = state.keep(ControlKind::Fin, 7, vec![1], Instant::from_millis(0), rto);
+        let first = state.keep(
+            ControlKind::Fin,
+            7,
+            vec![1],
+            None,
+            Instant::from_millis(0),
+            rto,
+        );
         assert_eq!(first, Instant::from_millis(100));
         let mut sent = Vec::new();
         let mut now = first;
@@ -379,6 +412,7 @@ mod tests {
             ControlKind::Probe,
             1,
             Vec::new(),
+            None,
             Instant::from_millis(0),
             rto,
         );

@@ -387,7 +387,7 @@ impl Host {
             return false;
         }
         if let Ok(flow) = self.flow_mut(id) {
-            flow.control.pending.clear();
+            flow.control.forget_in_flight();
             flow.timers.disarm(Timer::Control);
         }
         self.establish_server(id);

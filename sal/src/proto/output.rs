@@ -114,17 +114,23 @@ fn control_packets(
     let Some(dst) = path.control_destination(pending.kind) else {
         return;
     };
+    let checksummed_for = pending.checksummed_for.unwrap_or((path.local, dst));
     if pending.kind != ControlKind::Syn || !path.discovery {
+        let mut payload = pending.packet.clone();
+        if checksummed_for != (path.local, dst) {
+            // The flow moved since the packet was first sent.
+            readdress_sal_segment(&mut payload, checksummed_for, (path.local, dst));
+        }
         out.push(Outgoing {
             src: path.local,
             dst,
-            payload: pending.packet.clone(),
+            payload,
         });
         return;
     }
     for (src, broadcast) in interfaces.broadcasts() {
         let mut payload = pending.packet.clone();
-        readdress_sal_segment(&mut payload, (path.local, dst), (src, broadcast));
+        readdress_sal_segment(&mut payload, checksummed_for, (src, broadcast));
         out.push(Outgoing {
             src,
             dst: broadcast,
@@ -315,9 +321,15 @@ impl Host {
         let Some(Endpoint::Flow(flow)) = self.endpoints.get_mut(id) else {
             return None;
         };
-        let deadline = flow
-            .control
-            .keep(kind, control.verno, build(&repr, segment), now, rto);
+        let checksummed_for = (!segment.is_empty())
+            .then(|| {
+                flow.path
+                    .control_destination(kind)
+                    .map(|dst| (flow.path.local, dst))
+            })
+            .flatten();
+        let packet = build(&repr, segment);
+        let deadline = (flow.control).keep(kind, control.verno, packet, checksummed_for, now, rto);
         let sent = flow.control.pending.back().expect("just kept");
         let mut packets = Vec::new();
         control_packets(&flow.path, &self.interfaces, sent, &mut packets);
@@ -503,6 +515,7 @@ impl Host {
                 ControlKind::HandshakeAck,
                 control.verno,
                 payload.clone(),
+                (!segment.is_empty()).then_some((src, dst)),
                 now,
                 rto,
             );

@@ -169,7 +169,7 @@ impl Host {
             return;
         };
         flow.state = FlowState::Dead;
-        flow.control.pending.clear();
+        flow.control.forget_in_flight();
         self.forget_stream_peer(id);
         self.mark_dirty(id);
     }
