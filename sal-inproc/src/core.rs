@@ -261,9 +261,21 @@ impl Core {
                 (self.host).handle_packet(now, Locator::Udp(from), self.local, 64, payload);
             }
             if count < BATCH {
+                self.report_unreachable();
                 return Ok(());
             }
         }
+    }
+
+    /// Tells the host of the datagrams that came back as port unreachable
+    /// (see `udp.rs`); true if there were any.
+    fn report_unreachable(&mut self) -> bool {
+        let unreachable = self.link.take_unreachable();
+        let now = self.clock.now();
+        for (to, start) in &unreachable {
+            (self.host).handle_unreachable(now, Locator::Udp(*to), start);
+        }
+        !unreachable.is_empty()
     }
 
     /// Advances the host to now and mirrors its events.
@@ -277,7 +289,13 @@ impl Core {
     /// Sends everything the host has to send, in batches.
     fn flush(&mut self) -> Result<(), Error> {
         let now = self.clock.now();
-        let unsendable = self.link.send_from(&mut self.host, now)?;
+        let mut unsendable = self.link.send_from(&mut self.host, now)?;
+        // A send read errors about earlier datagrams: the connects they
+        // fail are reported now, not at the next wake.
+        if self.report_unreachable() {
+            self.poll();
+            unsendable += self.link.send_from(&mut self.host, now)?;
+        }
         if unsendable > 0 {
             self.unsendable += unsendable;
             tracing::debug!(

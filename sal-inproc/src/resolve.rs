@@ -18,9 +18,11 @@
 //! (hosts' rules do not expire on their own): that connect goes through
 //! sald and asks again. A connect by a cached route that fails to be
 //! established (refused, reset, timed out, its deadline passed, given up
-//! before the answer) forgets the route. An answer without a route ("ask
-//! me each time": sald serves the service itself, holds it for the
-//! controller, drops it, or answers no routes), a resolver that fails,
+//! before the answer) forgets the route; a SYN to a program gone comes
+//! back at once as port unreachable (`udp.rs`), so such a connect is
+//! refused then, not after its SYN retransmissions. An answer without a
+//! route ("ask me each time": sald serves the service itself, holds it
+//! for the controller, drops it, or answers no routes), a resolver that fails,
 //! and a sald without the request all leave the service on the default
 //! route, without asking again for the answer's lifetime (or
 //! [`UNANSWERED_LIFETIME`]).

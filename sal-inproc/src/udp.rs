@@ -7,6 +7,15 @@
 //!
 //! The socket stays blocking, so that a send batch always goes out whole;
 //! receives ask `MSG_DONTWAIT`, and the event loop waits in `ppoll`.
+//!
+//! **Datagrams that come back.** The socket asks for ICMP errors
+//! (`IP_RECVERR`): a datagram sent to a port where nobody listens (a
+//! program gone) comes back as "port unreachable", quoting its start,
+//! which [`UdpLink::take_unreachable`] hands on (the host fails the
+//! connect whose SYN it was, see `Host::handle_unreachable`). The kernel
+//! reports such an error once, on the next send or receive, and queues it
+//! on the socket's error queue: the link reads the queue then, and repeats
+//! the call that reported it, so no datagram is lost to the report.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{SocketAddrV4, UdpSocket};
@@ -14,7 +23,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use nix::errno::Errno;
 use nix::sys::socket::{
-    recvmmsg, sendmmsg, setsockopt, sockopt, ControlMessage, MsgFlags, MultiHeaders, SockaddrIn,
+    recvmmsg, recvmsg, sendmmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned,
+    MsgFlags, MultiHeaders, SockaddrIn,
 };
 use sal::proto::Host;
 use sal::Locator;
@@ -41,7 +51,25 @@ pub struct UdpLink {
     tx_headers: MultiHeaders<SockaddrIn>,
     /// Destination and length of each datagram waiting in `tx`.
     queued: Vec<(SockaddrIn, usize)>,
+    /// Datagrams that came back as port unreachable, read from the error
+    /// queue and not taken yet: where each went, and its start.
+    unreachable: Vec<(SocketAddrV4, Vec<u8>)>,
 }
+
+/// Errors the kernel reports on the next call, for an ICMP error about an
+/// earlier datagram (or fails one datagram with): anything but a socket
+/// that cannot work at all.
+fn is_fatal(errno: Errno) -> bool {
+    matches!(
+        errno,
+        Errno::EBADF | Errno::ENOTSOCK | Errno::EFAULT | Errno::EINVAL
+    )
+}
+
+/// ICMP's "destination unreachable", code "port unreachable"
+/// (`SO_EE_ORIGIN_ICMP`, RFC 792).
+const ICMP_DEST_UNREACH: u8 = 3;
+const ICMP_PORT_UNREACH: u8 = 3;
 
 // SAFETY: `MultiHeaders` is not `Send` only because its `mmsghdr`s hold raw
 // pointers: to its own heap buffers (the address slots it owns and moves
@@ -60,6 +88,9 @@ impl UdpLink {
         if setsockopt(&socket, sockopt::RcvBufForce, &RECEIVE_BUFFER).is_err() {
             let _ = setsockopt(&socket, sockopt::RcvBuf, &RECEIVE_BUFFER);
         }
+        // Best effort too: without it, a SYN to a port gone waits out its
+        // retransmissions.
+        let _ = setsockopt(&socket, sockopt::Ipv4RecvErr, &true);
         Ok(UdpLink {
             socket,
             rx: vec![vec![0; SLOT]; BATCH],
@@ -68,6 +99,7 @@ impl UdpLink {
             tx: vec![vec![0; SLOT]; BATCH],
             tx_headers: MultiHeaders::preallocate(BATCH, None),
             queued: Vec::with_capacity(BATCH),
+            unreachable: Vec::new(),
         })
     }
 
@@ -88,35 +120,80 @@ impl UdpLink {
     /// how many (0 if none). Read them with [`UdpLink::datagram`].
     pub fn recv_batch(&mut self) -> io::Result<usize> {
         self.received.clear();
-        let mut slices: Vec<[IoSliceMut<'_>; 1]> = self
-            .rx
-            .iter_mut()
-            .map(|slot| [IoSliceMut::new(slot)])
-            .collect();
-        let results = recvmmsg(
-            self.socket.as_raw_fd(),
-            &mut self.rx_headers,
-            slices.iter_mut(),
-            MsgFlags::MSG_DONTWAIT,
-            None,
-        );
-        match results {
-            Ok(results) => {
-                for (slot, message) in results.enumerate() {
-                    // A datagram longer than a slot arrives cut: no SAL
-                    // packet is (the MTU bounds them), so it is dropped.
-                    let cut = message.flags.contains(MsgFlags::MSG_TRUNC);
-                    if let (Some(from), false) = (message.address, cut) {
-                        self.received.push((from.into(), slot, message.bytes));
+        // An error about an earlier datagram is reported once, instead of
+        // what waits: read it, then the datagrams.
+        for attempt in 0..2 {
+            let mut slices: Vec<[IoSliceMut<'_>; 1]> = self
+                .rx
+                .iter_mut()
+                .map(|slot| [IoSliceMut::new(slot)])
+                .collect();
+            let results = recvmmsg(
+                self.socket.as_raw_fd(),
+                &mut self.rx_headers,
+                slices.iter_mut(),
+                MsgFlags::MSG_DONTWAIT,
+                None,
+            );
+            match results {
+                Ok(results) => {
+                    for (slot, message) in results.enumerate() {
+                        // A datagram longer than a slot arrives cut: no SAL
+                        // packet is (the MTU bounds them), so it is dropped.
+                        let cut = message.flags.contains(MsgFlags::MSG_TRUNC);
+                        if let (Some(from), false) = (message.address, cut) {
+                            self.received.push((from.into(), slot, message.bytes));
+                        }
                     }
+                    break;
                 }
+                Err(Errno::EAGAIN | Errno::EINTR) => break,
+                Err(errno) if is_fatal(errno) => return Err(errno.into()),
+                Err(_) if attempt == 0 => self.read_errors(),
+                Err(_) => break,
             }
-            Err(Errno::EAGAIN) => {}
-            // Errors queued by ICMP about earlier sends end nothing.
-            Err(Errno::ECONNREFUSED) => {}
-            Err(errno) => return Err(errno.into()),
         }
         Ok(self.received.len())
+    }
+
+    /// Reads the socket's error queue (after the kernel reported an error
+    /// about an earlier datagram) to the end, since a queue left with
+    /// anything in it keeps the socket polling as ready (`POLLERR`): keeps
+    /// the datagrams that came back as port unreachable, at most a batch
+    /// of them until they are taken.
+    fn read_errors(&mut self) {
+        let mut start = [0u8; SLOT];
+        loop {
+            let mut space = nix::cmsg_space!(libc::sock_extended_err, libc::sockaddr_in);
+            let mut iov = [IoSliceMut::new(&mut start)];
+            let flags = MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT;
+            let Ok(message) =
+                recvmsg::<SockaddrIn>(self.socket.as_raw_fd(), &mut iov, Some(&mut space), flags)
+            else {
+                return;
+            };
+            let port_unreachable = message.cmsgs().is_ok_and(|mut cmsgs| {
+                cmsgs.any(|cmsg| {
+                    matches!(cmsg, ControlMessageOwned::Ipv4RecvErr(error, _)
+                        if error.ee_origin == libc::SO_EE_ORIGIN_ICMP
+                            && error.ee_type == ICMP_DEST_UNREACH
+                            && error.ee_code == ICMP_PORT_UNREACH)
+                })
+            });
+            let (to, len) = (message.address, message.bytes);
+            if let (true, Some(to)) = (port_unreachable, to) {
+                if self.unreachable.len() < BATCH {
+                    self.unreachable.push((to.into(), start[..len].to_vec()));
+                }
+            }
+        }
+    }
+
+    /// The datagrams that came back as port unreachable since the last
+    /// call: where each went, and its start (as much as the ICMP error
+    /// quoted). Empty, and no allocation, when none did.
+    pub fn take_unreachable(&mut self) -> Vec<(SocketAddrV4, Vec<u8>)> {
+        std::mem::take(&mut self.unreachable)
     }
 
     /// Datagram `i` of the last receive batch: its sender and payload.
@@ -168,6 +245,9 @@ impl UdpLink {
     pub fn send_batch(&mut self) -> io::Result<usize> {
         let mut start = 0;
         let mut sent = 0;
+        // The datagram at `start` failed once: perhaps only to report an
+        // error about an earlier one (read then), so it is tried again.
+        let mut failed_once = false;
         let result = loop {
             if start >= self.queued.len() {
                 break Ok(sent);
@@ -191,13 +271,21 @@ impl UdpLink {
                 Ok(count) => {
                     sent += count;
                     start += count;
+                    failed_once = false;
                 }
                 Err(Errno::EINTR) => {}
                 Err(errno @ (Errno::EBADF | Errno::ENOTSOCK | Errno::EFAULT)) => {
                     break Err(errno.into())
                 }
+                Err(_) if !failed_once => {
+                    failed_once = true;
+                    self.read_errors();
+                }
                 // This datagram is refused; the next may not be.
-                Err(_) => start += 1,
+                Err(_) => {
+                    start += 1;
+                    failed_once = false;
+                }
             }
         };
         self.queued.clear();
@@ -248,6 +336,62 @@ mod tests {
         }
         assert_eq!(got, [b"first".to_vec(), b"third".to_vec()]);
         assert_eq!(link.send_batch().unwrap(), 0, "the batch is empty after");
+    }
+
+    fn addr(socket: &UdpSocket) -> SocketAddrV4 {
+        match socket.local_addr().unwrap() {
+            std::net::SocketAddr::V4(addr) => addr,
+            std::net::SocketAddr::V6(_) => unreachable!("bound to IPv4"),
+        }
+    }
+
+    /// A datagram to a port nobody holds comes back (ICMP port
+    /// unreachable, at once on loopback) and is handed on with its start;
+    /// the send or receive that the kernel reports the error on still does
+    /// its own work.
+    #[test]
+    fn a_datagram_sent_back_unreachable_is_reported_and_costs_the_next_nothing() {
+        let receiver = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        receiver
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let closed = addr(&UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap());
+        let mut link = UdpLink::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let wait_for_icmp = || std::thread::sleep(Duration::from_millis(20));
+        // Reported on the next send.
+        queue(&mut link, closed, b"to nobody");
+        assert_eq!(link.send_batch().unwrap(), 1);
+        wait_for_icmp();
+        queue(&mut link, addr(&receiver), b"next");
+        assert_eq!(link.send_batch().unwrap(), 1, "the next datagram went");
+        let mut buf = [0u8; 64];
+        let n = receiver.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"next");
+        assert_eq!(link.take_unreachable(), [(closed, b"to nobody".to_vec())]);
+        assert!(link.take_unreachable().is_empty());
+        // Reported on the next receive.
+        queue(&mut link, closed, b"again");
+        assert_eq!(link.send_batch().unwrap(), 1);
+        wait_for_icmp();
+        receiver
+            .send_to(b"hello", link.local_addr().unwrap())
+            .unwrap();
+        assert_eq!(
+            link.recv_batch().unwrap(),
+            1,
+            "the datagram waiting was read"
+        );
+        assert_eq!(link.datagram(0).1, b"hello");
+        assert_eq!(link.take_unreachable(), [(closed, b"again".to_vec())]);
+        // Nothing is left to report: the socket is not ready.
+        let mut fds = [nix::poll::PollFd::new(
+            link.fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        assert_eq!(
+            nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).unwrap(),
+            0
+        );
     }
 
     #[test]

@@ -233,6 +233,41 @@ fn after_the_first_syn_a_program_connects_straight_to_the_service_sald_resolved(
 }
 
 #[test]
+fn a_connect_by_a_route_to_a_program_gone_is_refused_at_once_and_the_next_asks_sald() {
+    // The SYN to the program's closed port comes back as an ICMP port
+    // unreachable: the connect is refused then, as kernel TCP's to a
+    // closed port is, not after its SYN retransmissions (half a minute),
+    // and the route goes with it, so that the next connect asks sald,
+    // which knows where the service went.
+    let dir = Scratch::new("resolve6");
+    let ip = Ipv4Addr::new(127, 0, 0, 27);
+    let sald = sald(&dir, ip, 60_000);
+    let gone = Server::unregistered(ip, &sald);
+    route_to(&sald, &gone, None);
+    let cached = client(ip, &sald, Some(sald.control.clone()));
+    echo(&cached);
+    assert!(resolved(&cached), "no answer");
+    echo(&cached);
+    assert_eq!((gone.accepted(), forwarded(&sald)), (2, 1));
+    let next = Server::unregistered(ip, &sald);
+    route_to(&sald, &next, Some(&gone));
+    drop(gone);
+    let started = Instant::now();
+    let refused = cached.connect(service(), until());
+    let took = started.elapsed();
+    assert!(
+        matches!(refused, Err(Error::Refused)),
+        "{:?}",
+        refused.err()
+    );
+    assert!(took < Duration::from_secs(2), "refused after {took:?}");
+    assert_eq!(cached.host_stats().unreachable_hops, 1);
+    echo(&cached);
+    assert_eq!((next.accepted(), forwarded(&sald)), (1, 2));
+    drop((cached, next, sald));
+}
+
+#[test]
 fn behind_another_host_s_sald_the_relayed_program_is_learned_for_a_second() {
     // The client's sald forwards the service to the server's sald, which
     // relays it to its program: the client's answer names the server's

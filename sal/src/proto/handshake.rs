@@ -17,6 +17,7 @@
 //! the SYN cannot forge one. This is our choice; WIRE.md leaves refusals open.
 
 use rand::Rng;
+use smoltcp::time::Instant;
 use smoltcp::wire::TcpControl;
 
 use super::config::SynCookies;
@@ -31,7 +32,7 @@ use super::{ConnectError, Event, FlowState, Host, HostError, Role};
 use crate::id::{FlowId, ServiceId};
 use crate::locator::Locator;
 use crate::table::{ListenerId, Resolution};
-use crate::wire::{ControlFlags, ControlRepr, SalRepr, SourceRepr, TransportProtocol};
+use crate::wire::{ControlFlags, ControlRepr, SalPacket, SalRepr, SourceRepr, TransportProtocol};
 
 /// Where a server flow is being opened (half-open, or from a cookie): see
 /// [`Host::accept_syn`].
@@ -176,6 +177,46 @@ impl Host {
     pub(super) fn fail_connect(&mut self, id: FlowId, error: ConnectError) {
         self.events.push_back(Event::ConnectFailed(id, error));
         self.free_flow(id);
+    }
+
+    /// A packet this host sent to `hop` came back as undeliverable: nobody
+    /// receives at that locator (an ICMP port unreachable on a UDP link,
+    /// which quotes the start of `packet`). If it is the SYN of one of our
+    /// connects, that connect fails now as refused ([`Event::ConnectFailed`]),
+    /// as kernel TCP's does on a port nobody listens on, instead of waiting
+    /// out its retransmissions: a route a program learned to a service
+    /// whose program is gone would otherwise hold each connect for the
+    /// whole SYN timeout. Anything else is ignored: the SAL's own timers
+    /// and migration cover lost packets of established flows.
+    ///
+    /// Such reports are easy to forge, so only one naming a connect's own
+    /// flow ID and nonce, the SYN in flight and the locator it went to is
+    /// believed: an off-path host has seen none of them.
+    pub fn handle_unreachable(&mut self, now: Instant, hop: Locator, packet: &[u8]) {
+        self.now = now;
+        let Some(repr) = SalPacket::new_checked(packet)
+            .ok()
+            .and_then(|packet| SalRepr::parse(&packet).ok())
+        else {
+            return;
+        };
+        let (Some(id), Some(control)) = (repr.src_flow, repr.control) else {
+            return;
+        };
+        let Some(Endpoint::Flow(flow)) = self.endpoints.get(id) else {
+            return;
+        };
+        let our_syn = control.flags == ControlFlags::SYN
+            && flow.state == FlowState::SynSent
+            && !flow.path.discovery
+            && flow.path.next_hop == Some(hop)
+            && flow.control.local_nonce == control.nonce
+            && (flow.control.pending.iter())
+                .any(|p| p.kind == ControlKind::Syn && p.verno == control.verno);
+        if our_syn {
+            self.stats.unreachable_hops += 1;
+            self.fail_connect(id, ConnectError::Refused);
+        }
     }
 
     /// A SYN for a local listener: answer it with a half-open flow or a

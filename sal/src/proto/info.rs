@@ -131,6 +131,12 @@ pub struct HostStats {
     /// Resets that reported a datagram refused by the host it was sent to.
     #[serde(default)]
     pub datagram_refused: u64,
+    /// SYNs that their first hop's host sent back as unreachable (nobody
+    /// at that locator, say a program gone: see
+    /// [`Host::handle_unreachable`](super::Host::handle_unreachable)):
+    /// their connects failed as refused at once.
+    #[serde(default)]
+    pub unreachable_hops: u64,
     /// Packets held by DELAY rules, and those later dropped on timeout or overflow.
     pub delayed: u64,
     /// Held entries given up: packets refused by a full DELAY queue, and packets or
