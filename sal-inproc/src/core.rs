@@ -291,8 +291,12 @@ impl Core {
         let now = self.clock.now();
         let mut unsendable = self.link.send_from(&mut self.host, now)?;
         // A send read errors about earlier datagrams: the connects they
-        // fail are reported now, not at the next wake.
-        if self.report_unreachable() {
+        // fail are reported now, not at the next wake (a few rounds: what
+        // the host sends in answer may read more).
+        for _ in 0..3 {
+            if !self.report_unreachable() {
+                break;
+            }
             self.poll();
             unsendable += self.link.send_from(&mut self.host, now)?;
         }

@@ -15,7 +15,11 @@
 //! connect whose SYN it was, see `Host::handle_unreachable`). The kernel
 //! reports such an error once, on the next send or receive, and queues it
 //! on the socket's error queue: the link reads the queue then, and repeats
-//! the call that reported it, so no datagram is lost to the report.
+//! the call that reported it, so no datagram is lost to the report. A
+//! `sendmmsg` that stops short may have spent a report without saying so
+//! (Linux returns the count sent): the queue is read then too, since an
+//! entry left in it would keep the socket polling ready (`POLLERR`) with
+//! nothing to report, and the engine's waiters spinning.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{SocketAddrV4, UdpSocket};
@@ -65,6 +69,10 @@ fn is_fatal(errno: Errno) -> bool {
         Errno::EBADF | Errno::ENOTSOCK | Errno::EFAULT | Errno::EINVAL
     )
 }
+
+/// Times a send or receive is tried again after reading the errors
+/// reported instead of it (each try may meet a new one).
+const REPORT_RETRIES: usize = 3;
 
 /// ICMP's "destination unreachable", code "port unreachable"
 /// (`SO_EE_ORIGIN_ICMP`, RFC 792).
@@ -121,8 +129,9 @@ impl UdpLink {
     pub fn recv_batch(&mut self) -> io::Result<usize> {
         self.received.clear();
         // An error about an earlier datagram is reported once, instead of
-        // what waits: read it, then the datagrams.
-        for attempt in 0..2 {
+        // what waits: read the error queue, then the datagrams (again
+        // after another error, a few times at most).
+        for _ in 0..REPORT_RETRIES {
             let mut slices: Vec<[IoSliceMut<'_>; 1]> = self
                 .rx
                 .iter_mut()
@@ -149,29 +158,36 @@ impl UdpLink {
                 }
                 Err(Errno::EAGAIN | Errno::EINTR) => break,
                 Err(errno) if is_fatal(errno) => return Err(errno.into()),
-                Err(_) if attempt == 0 => self.read_errors(),
-                Err(_) => break,
+                Err(_) => {
+                    self.read_errors();
+                }
             }
         }
         Ok(self.received.len())
     }
 
-    /// Reads the socket's error queue (after the kernel reported an error
-    /// about an earlier datagram) to the end, since a queue left with
-    /// anything in it keeps the socket polling as ready (`POLLERR`): keeps
-    /// the datagrams that came back as port unreachable, at most a batch
-    /// of them until they are taken.
-    fn read_errors(&mut self) {
+    /// Reads the socket's error queue (after the kernel reported an error,
+    /// or may have: see [`UdpLink::send_batch`]) to the end, since a queue
+    /// left with anything in it keeps the socket polling as ready
+    /// (`POLLERR`) while no call reports anything more. Keeps the
+    /// datagrams that came back as port unreachable, at most a batch of
+    /// them until they are taken; returns how many errors it read.
+    fn read_errors(&mut self) -> usize {
         let mut start = [0u8; SLOT];
+        let mut read = 0;
         loop {
             let mut space = nix::cmsg_space!(libc::sock_extended_err, libc::sockaddr_in);
             let mut iov = [IoSliceMut::new(&mut start)];
             let flags = MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT;
-            let Ok(message) =
-                recvmsg::<SockaddrIn>(self.socket.as_raw_fd(), &mut iov, Some(&mut space), flags)
-            else {
-                return;
+            let message =
+                recvmsg::<SockaddrIn>(self.socket.as_raw_fd(), &mut iov, Some(&mut space), flags);
+            let message = match message {
+                Ok(message) => message,
+                Err(Errno::EINTR) => continue,
+                // EAGAIN: the queue is empty.
+                Err(_) => return read,
             };
+            read += 1;
             let port_unreachable = message.cmsgs().is_ok_and(|mut cmsgs| {
                 cmsgs.any(|cmsg| {
                     matches!(cmsg, ControlMessageOwned::Ipv4RecvErr(error, _)
@@ -245,9 +261,9 @@ impl UdpLink {
     pub fn send_batch(&mut self) -> io::Result<usize> {
         let mut start = 0;
         let mut sent = 0;
-        // The datagram at `start` failed once: perhaps only to report an
+        // Times the datagram at `start` failed: perhaps only to report an
         // error about an earlier one (read then), so it is tried again.
-        let mut failed_once = false;
+        let mut failures = 0;
         let result = loop {
             if start >= self.queued.len() {
                 break Ok(sent);
@@ -271,20 +287,27 @@ impl UdpLink {
                 Ok(count) => {
                     sent += count;
                     start += count;
-                    failed_once = false;
+                    failures = 0;
+                    // Stopped short: the next datagram failed, and Linux
+                    // keeps that error to itself once some went. If it was
+                    // the report of an earlier datagram's, the report is
+                    // spent and the error queue still holds it.
+                    if start < self.queued.len() {
+                        self.read_errors();
+                    }
                 }
                 Err(Errno::EINTR) => {}
                 Err(errno @ (Errno::EBADF | Errno::ENOTSOCK | Errno::EFAULT)) => {
                     break Err(errno.into())
                 }
-                Err(_) if !failed_once => {
-                    failed_once = true;
-                    self.read_errors();
-                }
-                // This datagram is refused; the next may not be.
                 Err(_) => {
-                    start += 1;
-                    failed_once = false;
+                    failures += 1;
+                    // Refused itself (nothing was reported instead), or
+                    // too often: this datagram is dropped; the next may go.
+                    if self.read_errors() == 0 || failures >= REPORT_RETRIES {
+                        start += 1;
+                        failures = 0;
+                    }
                 }
             }
         };
@@ -383,15 +406,26 @@ mod tests {
         );
         assert_eq!(link.datagram(0).1, b"hello");
         assert_eq!(link.take_unreachable(), [(closed, b"again".to_vec())]);
-        // Nothing is left to report: the socket is not ready.
+        assert!(!ready(&link), "nothing is left to report");
+        // In one batch: the ICMP error comes back within the `sendmmsg`
+        // (on loopback), fails the next datagram's send, and Linux returns
+        // the count sent so far, the error spent.
+        queue(&mut link, closed, b"in a batch");
+        queue(&mut link, addr(&receiver), b"after it");
+        assert_eq!(link.send_batch().unwrap(), 2);
+        let n = receiver.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"after it");
+        assert_eq!(link.take_unreachable(), [(closed, b"in a batch".to_vec())]);
+        assert!(!ready(&link), "nothing is left to report");
+    }
+
+    /// Whether the link's socket polls as ready (data, or an error queued).
+    fn ready(link: &UdpLink) -> bool {
         let mut fds = [nix::poll::PollFd::new(
             link.fd(),
             nix::poll::PollFlags::POLLIN,
         )];
-        assert_eq!(
-            nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).unwrap(),
-            0
-        );
+        nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).unwrap() > 0
     }
 
     #[test]

@@ -162,11 +162,16 @@ impl ControlState {
         if !control.flags.contains(ControlFlags::ACK) {
             return Vec::new();
         }
+        // Serial-number comparison: is `verno + 1 <= ackno`?
+        let covers = |pending: &Pending| {
+            (control.ackno.wrapping_sub(pending.verno.wrapping_add(1)) as i32) >= 0
+        };
+        if !self.pending.iter().any(covers) {
+            return Vec::new();
+        }
         let (mut acked, mut kept) = (Vec::new(), VecDeque::new());
         for pending in self.pending.drain(..) {
-            // Serial-number comparison: is `verno + 1 <= ackno`?
-            let covered = (control.ackno.wrapping_sub(pending.verno.wrapping_add(1)) as i32) >= 0;
-            match covered {
+            match covers(&pending) {
                 true => acked.push(pending),
                 false => kept.push_back(pending),
             }

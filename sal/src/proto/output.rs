@@ -414,6 +414,7 @@ impl Host {
             return false;
         };
         pending.packet = packet;
+        pending.checksummed_for = None;
         pending.deadline = now + pending.rto;
         let deadline = pending.deadline;
         let mut packets = Vec::new();
