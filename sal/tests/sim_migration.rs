@@ -8,14 +8,14 @@ use std::net::Ipv4Addr;
 use std::rc::Rc;
 
 use sal::proto::{Event, HostConfig, HostError};
-use sal::table::Target;
+use sal::table::ListenerId;
 use sal::wire::{ControlFlags, ControlRepr, SalPacket, SalRepr, TransportProtocol::Stream};
-use sal::{FlowId, Locator, ServicePrefix};
+use sal::{FlowId, Locator};
 use sal_sim::{HostId, LinkConditions, Network};
 use smoltcp::time::Duration;
 
 mod common;
-use common::sim::{establish, pattern};
+use common::sim::{default_route, establish, pattern};
 
 fn loc(s: &str) -> Locator {
     s.parse().unwrap()
@@ -60,21 +60,8 @@ fn pair_with(
     client_ifaces: &[(&str, &str)],
     server_ifaces: &[(&str, &str)],
 ) -> Pair {
-    let mut net = Network::new(21, conditions);
-    let client = net.add_host("client", config.clone(), client_ifaces);
-    let server = net.add_host("server", config, server_ifaces);
-    net.host(client).add_rule(
-        ServicePrefix::DEFAULT,
-        Target::Forward {
-            locator: loc("10.0.0.2"),
-            weight: 1,
-        },
-        0,
-    );
-    let listener = net
-        .host(server)
-        .listen("ab/8".parse().unwrap(), Stream, 8)
-        .unwrap();
+    let (mut net, client, server, listener) =
+        unconnected(config, conditions, client_ifaces, server_ifaces);
     let (cflow, sflow) = establish(&mut net, client, server, listener, "ab".parse().unwrap());
     Pair {
         net,
@@ -83,6 +70,24 @@ fn pair_with(
         cflow,
         sflow,
     }
+}
+
+/// The hosts of [`pair_with`], the server listening, nothing connected yet.
+fn unconnected(
+    config: HostConfig,
+    conditions: LinkConditions,
+    client_ifaces: &[(&str, &str)],
+    server_ifaces: &[(&str, &str)],
+) -> (Network, HostId, HostId, ListenerId) {
+    let mut net = Network::new(21, conditions);
+    let client = net.add_host("client", config.clone(), client_ifaces);
+    let server = net.add_host("server", config, server_ifaces);
+    default_route(&mut net, client, "10.0.0.2");
+    let listener = net
+        .host(server)
+        .listen("ab/8".parse().unwrap(), Stream, 8)
+        .unwrap();
+    (net, client, server, listener)
 }
 
 /// Moves `data` client -> server while `during` runs after every step (it may
@@ -590,26 +595,12 @@ fn data_resumes_within_a_few_round_trips_after_a_link_dies() {
 /// for the new addresses: the server takes it, not a checksum failure.
 #[test]
 fn a_handshake_ack_resent_after_a_move_is_checksummed_for_the_new_path() {
-    let mut net = Network::new(23, LinkConditions::default());
-    let config = HostConfig::default();
-    let client = net.add_host(
-        "client",
-        config.clone(),
+    let (mut net, client, server, listener) = unconnected(
+        HostConfig::default(),
+        LinkConditions::default(),
         &[("wlan", "10.0.0.1/24"), ("cell", "10.1.0.1/24")],
+        &[("eth0", "10.0.0.2/24")],
     );
-    let server = net.add_host("server", config, &[("eth0", "10.0.0.2/24")]);
-    net.host(client).add_rule(
-        ServicePrefix::DEFAULT,
-        Target::Forward {
-            locator: loc("10.0.0.2"),
-            weight: 1,
-        },
-        0,
-    );
-    let listener = net
-        .host(server)
-        .listen("ab/8".parse().unwrap(), Stream, 8)
-        .unwrap();
     // Drop the first handshake ACK: the client's packet naming the service
     // with an ACK of the SYN-ACK.
     let dropped = Rc::new(Cell::new(0u32));
