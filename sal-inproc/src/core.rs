@@ -17,7 +17,7 @@ use sal::{FlowId, Locator, ServicePrefix};
 use crate::clock::Clock;
 use crate::deadline::Deadlines;
 use crate::mirror::{Mirror, Signal, Spares};
-use crate::udp::{UdpLink, BATCH};
+use crate::udp::{Outbox, UdpLink, Unreachable, BATCH};
 use crate::{Config, Error};
 
 /// Where a flow's opening is.
@@ -197,8 +197,10 @@ impl Core {
         std::mem::take(&mut self.pending)
     }
 
-    /// After a call's work: the host polled, its output sent. (Its next
-    /// deadline is published as the lock is let go: [`Core::settle`].)
+    /// After a call's work: the host polled, its output sent but for the
+    /// last batch, which the thread sends once it let the lock go
+    /// ([`Core::take_outgoing`], `lock.rs`). (Its next deadline is
+    /// published as the lock is let go: [`Core::settle`].)
     pub(crate) fn after(&mut self) -> Result<(), Error> {
         self.poll();
         self.flush()
@@ -286,10 +288,11 @@ impl Core {
         }
     }
 
-    /// Sends everything the host has to send, in batches.
+    /// Sends everything the host has to send, in batches, but the last
+    /// one (not full), left queued for [`Core::take_outgoing`].
     fn flush(&mut self) -> Result<(), Error> {
         let now = self.clock.now();
-        let mut unsendable = self.link.send_from(&mut self.host, now)?;
+        let mut unsendable = self.link.fill_from(&mut self.host, now)?;
         // A send read errors about earlier datagrams: the connects they
         // fail are reported now, not at the next wake (a few rounds: what
         // the host sends in answer may read more).
@@ -298,7 +301,7 @@ impl Core {
                 break;
             }
             self.poll();
-            unsendable += self.link.send_from(&mut self.host, now)?;
+            unsendable += self.link.fill_from(&mut self.host, now)?;
         }
         if unsendable > 0 {
             self.unsendable += unsendable;
@@ -308,6 +311,35 @@ impl Core {
             );
         }
         Ok(())
+    }
+
+    /// Moves what this locked section left to send into `outbox`, which
+    /// the thread sends after letting the lock go (`lock.rs`).
+    pub(crate) fn take_outgoing(&mut self, outbox: &mut Outbox) {
+        self.link.take_queued(outbox);
+    }
+
+    /// Sends what this locked section left to send, under the lock: for
+    /// a thread that has no [`Outbox`] any more (it is exiting). Errors
+    /// reported on these sends wait for the next turn.
+    pub(crate) fn send_queued(&mut self) {
+        if let Err(error) = self.link.send_batch() {
+            tracing::warn!(%error, "sending the host's output failed");
+        }
+    }
+
+    /// Hands the host the datagrams that came back as port unreachable,
+    /// as reported on sends made after the lock was let go
+    /// ([`Outbox::send`]), and sends what it answers (queued, as
+    /// [`Core::after`] leaves it).
+    pub(crate) fn absorb_unreachable(&mut self, unreachable: Vec<Unreachable>) {
+        self.link.report(unreachable);
+        self.host.advance_clock(self.clock.now());
+        self.report_unreachable();
+        self.poll();
+        if let Err(error) = self.flush() {
+            tracing::warn!(%error, "sending the host's output failed");
+        }
     }
 
     /// Arms the timerfd at the host's next deadline `at` (absolute, so

@@ -5,6 +5,17 @@
 //! published, so that no path that changes the host's timers can leave a
 //! sleeper sleeping past them.
 //!
+//! A locked section's datagrams go out after the lock is let go, on the
+//! releasing thread ([`Outbox`], one per thread): over a veth pair or
+//! loopback, `sendmmsg` runs the receiver's side of each packet in the
+//! sender's context, and wakes the receiving thread, which may then run
+//! before the sender; holding the lock through that made the engine's
+//! threads sleep on it. Two holders in a row may thus send in the other
+//! order; only when both sent packets of one flow does a peer see them
+//! out of order, as any network may show them, and TCP and the SAL take
+//! that in their stride (the earlier try of stop 39 kept the order with
+//! a second lock, whose waits cost more than the send: `docs/in-process-sal.md`).
+//!
 //! A thread that wakes up for input and finds the lock taken sleeps on its
 //! own object's eventfd and on a per-thread eventfd that the holder raises
 //! when it lets go; it then takes the lock and reads the socket itself
@@ -13,8 +24,9 @@
 //! itself from a wait, which a signal handler that interrupted the holder
 //! could not afford (`docs/in-process-sal.md`, "Risks").
 
+use std::cell::Cell;
 use std::ops::{Deref, DerefMut};
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 
@@ -24,7 +36,18 @@ use nix::sys::time::TimeSpec;
 
 use crate::core::Core;
 use crate::mirror::Signal;
+use crate::udp::{Outbox, Unreachable};
 use crate::{waker, Error};
+
+thread_local! {
+    /// The datagrams this thread's locked section left, sent once it let
+    /// the lock go (taken out of the cell meanwhile).
+    static OUTBOX: Cell<Outbox> = Cell::new(Outbox::default());
+}
+
+/// Locked sections at most that hand the host what the sends after a
+/// release read (each may send, and read, more).
+const REPORT_ROUNDS: usize = 3;
 
 /// The core behind its mutex, and the threads waiting for its release.
 pub(crate) struct EngineLock {
@@ -33,6 +56,8 @@ pub(crate) struct EngineLock {
     /// every release: the uncontended path costs one atomic load).
     losers: AtomicUsize,
     waiting: Mutex<Vec<Arc<Signal>>>,
+    /// A duplicate of the core's UDP socket, to send on without the lock.
+    send: OwnedFd,
 }
 
 /// The core, held; letting go publishes the host's deadline and wakes the
@@ -43,12 +68,19 @@ pub(crate) struct Held<'a> {
 }
 
 impl EngineLock {
-    pub(crate) fn new(core: Core) -> EngineLock {
-        EngineLock {
+    pub(crate) fn new(core: Core) -> Result<EngineLock, Error> {
+        let send = core.wait_fds()[0].try_clone_to_owned()?;
+        Ok(EngineLock {
             core: Mutex::new(core),
             losers: AtomicUsize::new(0),
             waiting: Mutex::new(Vec::new()),
-        }
+            send,
+        })
+    }
+
+    /// The socket it sends on after a release (see [`Runtime::descriptors`](crate::Runtime::descriptors)).
+    pub(crate) fn send_fd(&self) -> RawFd {
+        self.send.as_raw_fd()
     }
 
     fn held<'a>(&'a self, guard: MutexGuard<'a, Core>) -> Held<'a> {
@@ -137,41 +169,80 @@ impl DerefMut for Held<'_> {
     }
 }
 
-impl Drop for Held<'_> {
-    fn drop(&mut self) {
+impl EngineLock {
+    /// Lets the core go: the deadline this section left is published,
+    /// the readiness changes it noted reach the eventfds, its datagrams
+    /// are sent, and the threads that waited for the release are woken.
+    /// Returns the datagrams that came back as port unreachable, which
+    /// the kernel reported on those sends.
+    fn release(&self, mut core: MutexGuard<'_, Core>) -> Vec<Unreachable> {
         // Under the lock, before anything else: the deadline this section
         // left is published (and the timerfd armed if a sleeper needs it)
         // before another holder can change it.
-        let pending = self.guard.as_mut().map(|core| {
-            core.settle();
-            core.take_pending()
-        });
-        match pending {
-            Some(pending) if !pending.is_empty() => {
-                // The readiness changes of this locked section reach the
-                // eventfds, each in order with every other holder's (one
-                // publication of an eventfd at a time, each applying the
-                // level wanted last: `Signal::publish`): the lowerings
-                // before the core is let go (a thread that takes it next
-                // and finds nothing to do must not find its eventfd still
-                // up, and spin), the raisings after (a thread they wake
-                // finds the core free). No lock across objects: a holder
-                // letting go while another publishes does not wait for it.
-                for signal in pending.iter().filter(|signal| !signal.wanted()) {
-                    signal.publish();
-                }
-                drop(self.guard.take());
-                for signal in pending {
-                    signal.publish();
-                }
+        core.settle();
+        let pending = core.take_pending();
+        // None: the thread is exiting (its outbox is gone), and sends
+        // under the lock.
+        let mut outbox = OUTBOX.try_with(Cell::take).ok();
+        match outbox.as_mut() {
+            Some(outbox) => core.take_outgoing(outbox),
+            None => core.send_queued(),
+        }
+        // The readiness changes of this locked section reach the
+        // eventfds, each in order with every other holder's (one
+        // publication of an eventfd at a time, each applying the level
+        // wanted last: `Signal::publish`): the lowerings before the core
+        // is let go (a thread that takes it next and finds nothing to do
+        // must not find its eventfd still up, and spin), the raisings
+        // after (a thread they wake finds the core free), and after the
+        // datagrams (which their peers wait for). No lock across objects:
+        // a holder letting go while another publishes does not wait for it.
+        for signal in pending.iter().filter(|signal| !signal.wanted()) {
+            signal.publish();
+        }
+        drop(core);
+        let unreachable = match outbox {
+            Some(mut outbox) if !outbox.is_empty() => {
+                let unreachable = outbox.send(self.send.as_fd());
+                let _ = OUTBOX.try_with(|cell| cell.set(outbox));
+                unreachable
             }
-            _ => drop(self.guard.take()),
+            Some(outbox) => {
+                let _ = OUTBOX.try_with(|cell| cell.set(outbox));
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
+        for signal in pending {
+            signal.publish();
         }
         fence(Ordering::SeqCst);
-        if self.lock.losers.load(Ordering::SeqCst) > 0 {
-            for waiter in self.lock.list().drain(..) {
+        if self.losers.load(Ordering::SeqCst) > 0 {
+            for waiter in self.list().drain(..) {
                 waiter.raise();
             }
+        }
+        unreachable
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let Some(core) = self.guard.take() else {
+            return;
+        };
+        let mut unreachable = self.lock.release(core);
+        // A send after the release read that an earlier datagram came
+        // back (a SYN to a program gone): the host hears of it now, not
+        // at the next turn, which may be the SYN's retransmission. Not
+        // while a panic unwinds (the host is not run again then).
+        for _ in 0..REPORT_ROUNDS {
+            if unreachable.is_empty() || std::thread::panicking() {
+                break;
+            }
+            let mut core = (self.lock.core.lock()).unwrap_or_else(PoisonError::into_inner);
+            core.absorb_unreachable(unreachable);
+            unreachable = self.lock.release(core);
         }
     }
 }

@@ -133,7 +133,7 @@ impl Runtime {
             None => (None, None),
         };
         let inner = Arc::new(Inner {
-            core: EngineLock::new(core),
+            core: EngineLock::new(core)?,
             gate: Arc::clone(&gate),
             deadlines: Arc::clone(&deadlines),
             udp,
@@ -148,7 +148,11 @@ impl Runtime {
             let [udp, timer] = core.wait_fds();
             vec![udp.as_raw_fd(), timer.as_raw_fd()]
         };
-        descriptors.extend([inner.udp.as_raw_fd(), inner.timer.as_raw_fd()]);
+        descriptors.extend([
+            inner.udp.as_raw_fd(),
+            inner.timer.as_raw_fd(),
+            inner.core.send_fd(),
+        ]);
         if let Some(questions) = questions {
             let weak = Arc::downgrade(&inner);
             questions.spawn(move |service, answer| {
@@ -277,7 +281,7 @@ impl Runtime {
 
     /// The engine's long-lived descriptors: its UDP socket and timerfd,
     /// and the copies of them it waits on (the driver thread's among
-    /// them). For a forked child that forgets its parent's runtime
+    /// them) and sends on. For a forked child that forgets its parent's runtime
     /// without dropping it (its lock may be held by a thread the child
     /// does not have): closing these in the child lets go of the port
     /// there, without touching the runtime's state. Not included: the

@@ -20,9 +20,17 @@
 //! (Linux returns the count sent): the queue is read then too, since an
 //! entry left in it would keep the socket polling ready (`POLLERR`) with
 //! nothing to report, and the engine's waiters spinning.
+//!
+//! **Sending after the lock.** The engine sends the last batch of a locked
+//! section after letting its lock go ([`UdpLink::fill_from`],
+//! [`UdpLink::take_queued`] into the thread's [`Outbox`], sent by
+//! [`Outbox::send`]): over a veth pair or loopback a `sendmmsg` runs the
+//! receiver's side of each packet too (its softirq, in the sender's
+//! context), which made it most of a locked section's time, and the
+//! threads that wanted the lock meanwhile slept on it.
 
 use std::io::{self, IoSlice, IoSliceMut};
-use std::net::{SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use nix::errno::Errno;
@@ -56,9 +64,13 @@ pub struct UdpLink {
     /// Destination and length of each datagram waiting in `tx`.
     queued: Vec<(SockaddrIn, usize)>,
     /// Datagrams that came back as port unreachable, read from the error
-    /// queue and not taken yet: where each went, and its start.
-    unreachable: Vec<(SocketAddrV4, Vec<u8>)>,
+    /// queue and not taken yet.
+    unreachable: Vec<Unreachable>,
 }
+
+/// A datagram that came back as port unreachable: where it went, and its
+/// start (as much as the ICMP error quoted).
+pub type Unreachable = (SocketAddrV4, Vec<u8>);
 
 /// Errors the kernel reports on the next call, for an ICMP error about an
 /// earlier datagram (or fails one datagram with): anything but a socket
@@ -132,11 +144,12 @@ impl UdpLink {
         // what waits: read the error queue, then the datagrams (again
         // after another error, a few times at most).
         for _ in 0..REPORT_RETRIES {
-            let mut slices: Vec<[IoSliceMut<'_>; 1]> = self
-                .rx
-                .iter_mut()
-                .map(|slot| [IoSliceMut::new(slot)])
-                .collect();
+            let mut slots = self.rx.iter_mut();
+            let mut slices: [[IoSliceMut<'_>; 1]; BATCH] = std::array::from_fn(|_| {
+                [IoSliceMut::new(
+                    slots.next().expect("a slot per datagram of a batch"),
+                )]
+            });
             let results = recvmmsg(
                 self.socket.as_raw_fd(),
                 &mut self.rx_headers,
@@ -166,50 +179,23 @@ impl UdpLink {
         Ok(self.received.len())
     }
 
-    /// Reads the socket's error queue (after the kernel reported an error,
-    /// or may have: see [`UdpLink::send_batch`]) to the end, since a queue
-    /// left with anything in it keeps the socket polling as ready
-    /// (`POLLERR`) while no call reports anything more. Keeps the
-    /// datagrams that came back as port unreachable, at most a batch of
-    /// them until they are taken; returns how many errors it read.
+    /// Reads the socket's error queue (see [`read_errors`]).
     fn read_errors(&mut self) -> usize {
-        let mut start = [0u8; SLOT];
-        let mut read = 0;
-        loop {
-            let mut space = nix::cmsg_space!(libc::sock_extended_err, libc::sockaddr_in);
-            let mut iov = [IoSliceMut::new(&mut start)];
-            let flags = MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT;
-            let message =
-                recvmsg::<SockaddrIn>(self.socket.as_raw_fd(), &mut iov, Some(&mut space), flags);
-            let message = match message {
-                Ok(message) => message,
-                Err(Errno::EINTR) => continue,
-                // EAGAIN: the queue is empty.
-                Err(_) => return read,
-            };
-            read += 1;
-            let port_unreachable = message.cmsgs().is_ok_and(|mut cmsgs| {
-                cmsgs.any(|cmsg| {
-                    matches!(cmsg, ControlMessageOwned::Ipv4RecvErr(error, _)
-                        if error.ee_origin == libc::SO_EE_ORIGIN_ICMP
-                            && error.ee_type == ICMP_DEST_UNREACH
-                            && error.ee_code == ICMP_PORT_UNREACH)
-                })
-            });
-            let (to, len) = (message.address, message.bytes);
-            if let (true, Some(to)) = (port_unreachable, to) {
-                if self.unreachable.len() < BATCH {
-                    self.unreachable.push((to.into(), start[..len].to_vec()));
-                }
-            }
-        }
+        read_errors(self.socket.as_fd(), &mut self.unreachable)
     }
 
     /// The datagrams that came back as port unreachable since the last
     /// call: where each went, and its start (as much as the ICMP error
     /// quoted). Empty, and no allocation, when none did.
-    pub fn take_unreachable(&mut self) -> Vec<(SocketAddrV4, Vec<u8>)> {
+    pub fn take_unreachable(&mut self) -> Vec<Unreachable> {
         std::mem::take(&mut self.unreachable)
+    }
+
+    /// Adds reports read elsewhere ([`Outbox::send`]) to those
+    /// [`UdpLink::take_unreachable`] hands on (at most a batch kept).
+    pub fn report(&mut self, unreachable: Vec<Unreachable>) {
+        let room = BATCH.saturating_sub(self.unreachable.len());
+        self.unreachable.extend(unreachable.into_iter().take(room));
     }
 
     /// Datagram `i` of the last receive batch: its sender and payload.
@@ -234,6 +220,14 @@ impl UdpLink {
     /// straight into the send slots. Returns how many datagrams were for a
     /// native locator, which a UDP link cannot carry (dropped).
     pub fn send_from(&mut self, host: &mut Host, now: sal::time::Instant) -> io::Result<u64> {
+        let unsendable = self.fill_from(host, now)?;
+        self.send_batch()?;
+        Ok(unsendable)
+    }
+
+    /// As [`UdpLink::send_from`], but the last batch (not full) stays
+    /// queued, for [`UdpLink::take_queued`] or [`UdpLink::send_batch`].
+    pub fn fill_from(&mut self, host: &mut Host, now: sal::time::Instant) -> io::Result<u64> {
         let mut unsendable = 0;
         loop {
             let Some(slot) = self.slot() else {
@@ -248,71 +242,209 @@ impl UdpLink {
                 Locator::Ipv4(_) => unsendable += 1,
             }
         }
-        self.send_batch()?;
         Ok(unsendable)
     }
 
-    /// Sends every queued datagram, in as few `sendmmsg` calls as the
-    /// kernel takes them; returns how many went out. A datagram the kernel
-    /// refuses (an unreachable or filtered destination, no buffer) is
-    /// dropped, as a full device queue would drop it, and the rest still
-    /// go: `sendmmsg` stops at the first refusal. Only a socket that can
-    /// send nothing at all (closed, not a socket) is an error.
+    /// Moves the queued datagrams into `outbox` (a copy of each), to be
+    /// sent there.
+    pub fn take_queued(&mut self, outbox: &mut Outbox) {
+        for ((to, len), slot) in self.queued.iter().zip(&self.tx) {
+            outbox.push(*to, &slot[..*len]);
+        }
+        self.queued.clear();
+    }
+
+    /// Sends every queued datagram (see [`send_each`]); returns how many
+    /// went out. Only a socket that can send nothing at all (closed, not
+    /// a socket) is an error.
     pub fn send_batch(&mut self) -> io::Result<usize> {
-        let mut start = 0;
-        let mut sent = 0;
-        // Times the datagram at `start` failed: perhaps only to report an
-        // error about an earlier one (read then), so it is tried again.
-        let mut failures = 0;
-        let result = loop {
-            if start >= self.queued.len() {
-                break Ok(sent);
-            }
-            let pending = &self.queued[start..];
-            let slices: Vec<[IoSlice<'_>; 1]> = (self.tx[start..].iter().zip(pending))
-                .map(|(slot, (_, len))| [IoSlice::new(&slot[..*len])])
-                .collect();
-            let addrs: Vec<Option<SockaddrIn>> = pending.iter().map(|(to, _)| Some(*to)).collect();
-            let outcome = sendmmsg(
-                self.socket.as_raw_fd(),
-                &mut self.tx_headers,
-                &slices,
-                &addrs,
-                [] as [ControlMessage<'_>; 0],
-                MsgFlags::empty(),
-            )
-            .map(Iterator::count);
-            match outcome {
-                Ok(0) => start += 1,
-                Ok(count) => {
-                    sent += count;
-                    start += count;
-                    failures = 0;
-                    // Stopped short: the next datagram failed, and Linux
-                    // keeps that error to itself once some went. If it was
-                    // the report of an earlier datagram's, the report is
-                    // spent and the error queue still holds it.
-                    if start < self.queued.len() {
-                        self.read_errors();
-                    }
-                }
-                Err(Errno::EINTR) => {}
-                Err(errno @ (Errno::EBADF | Errno::ENOTSOCK | Errno::EFAULT)) => {
-                    break Err(errno.into())
-                }
-                Err(_) => {
-                    failures += 1;
-                    // Refused itself (nothing was reported instead), or
-                    // too often: this datagram is dropped; the next may go.
-                    if self.read_errors() == 0 || failures >= REPORT_RETRIES {
-                        start += 1;
-                        failures = 0;
-                    }
-                }
-            }
-        };
+        let mut datagrams = [(
+            SockaddrIn::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
+            &[][..],
+        ); BATCH];
+        for (datagram, ((to, len), slot)) in
+            datagrams.iter_mut().zip(self.queued.iter().zip(&self.tx))
+        {
+            *datagram = (*to, &slot[..*len]);
+        }
+        let count = self.queued.len();
+        let result = send_each(
+            self.socket.as_fd(),
+            &mut self.tx_headers,
+            &datagrams[..count],
+            &mut self.unreachable,
+        );
         self.queued.clear();
         result
+    }
+}
+
+/// Sends each datagram (at most [`BATCH`]) to its destination, in as few
+/// `sendmmsg` calls as the kernel takes them; returns how many went out.
+/// A datagram the kernel refuses (an unreachable or filtered
+/// destination, no buffer) is dropped, as a full device queue would drop
+/// it, and the rest still go: `sendmmsg` stops at the first refusal. A
+/// refusal that only reports an error about an earlier datagram is read
+/// from the error queue (into `unreachable`) and the datagram tried again.
+/// Only a socket that can send nothing at all (closed, not a socket) is
+/// an error.
+fn send_each(
+    socket: BorrowedFd<'_>,
+    headers: &mut MultiHeaders<SockaddrIn>,
+    datagrams: &[(SockaddrIn, &[u8])],
+    unreachable: &mut Vec<Unreachable>,
+) -> io::Result<usize> {
+    let mut start = 0;
+    let mut sent = 0;
+    // Times the datagram at `start` failed: perhaps only to report an
+    // error about an earlier one (read then), so it is tried again.
+    let mut failures = 0;
+    while start < datagrams.len() {
+        let pending = &datagrams[start..];
+        let mut slices = [[IoSlice::new(&[])]; BATCH];
+        let mut addrs = [None; BATCH];
+        for (i, (to, bytes)) in pending.iter().enumerate() {
+            slices[i] = [IoSlice::new(bytes)];
+            addrs[i] = Some(*to);
+        }
+        let outcome = sendmmsg(
+            socket.as_raw_fd(),
+            headers,
+            &slices[..pending.len()],
+            &addrs[..pending.len()],
+            [] as [ControlMessage<'_>; 0],
+            MsgFlags::empty(),
+        )
+        .map(Iterator::count);
+        match outcome {
+            Ok(0) => start += 1,
+            Ok(count) => {
+                sent += count;
+                start += count;
+                failures = 0;
+                // Stopped short: the next datagram failed, and Linux
+                // keeps that error to itself once some went. If it was
+                // the report of an earlier datagram's, the report is
+                // spent and the error queue still holds it.
+                if start < datagrams.len() {
+                    read_errors(socket, unreachable);
+                }
+            }
+            Err(Errno::EINTR) => {}
+            Err(errno @ (Errno::EBADF | Errno::ENOTSOCK | Errno::EFAULT)) => {
+                return Err(errno.into())
+            }
+            Err(_) => {
+                failures += 1;
+                // Refused itself (nothing was reported instead), or
+                // too often: this datagram is dropped; the next may go.
+                if read_errors(socket, unreachable) == 0 || failures >= REPORT_RETRIES {
+                    start += 1;
+                    failures = 0;
+                }
+            }
+        }
+    }
+    Ok(sent)
+}
+
+/// Reads `socket`'s error queue (after the kernel reported an error, or
+/// may have: see [`send_each`]) to the end, since a queue left with
+/// anything in it keeps the socket polling as ready (`POLLERR`) while no
+/// call reports anything more. Keeps the datagrams that came back as port
+/// unreachable in `unreachable`, at most a batch of them until they are
+/// taken; returns how many errors it read.
+fn read_errors(socket: BorrowedFd<'_>, unreachable: &mut Vec<Unreachable>) -> usize {
+    let mut start = [0u8; SLOT];
+    let mut read = 0;
+    loop {
+        let mut space = nix::cmsg_space!(libc::sock_extended_err, libc::sockaddr_in);
+        let mut iov = [IoSliceMut::new(&mut start)];
+        let flags = MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT;
+        let message = recvmsg::<SockaddrIn>(socket.as_raw_fd(), &mut iov, Some(&mut space), flags);
+        let message = match message {
+            Ok(message) => message,
+            Err(Errno::EINTR) => continue,
+            // EAGAIN: the queue is empty.
+            Err(_) => return read,
+        };
+        read += 1;
+        let port_unreachable = message.cmsgs().is_ok_and(|mut cmsgs| {
+            cmsgs.any(|cmsg| {
+                matches!(cmsg, ControlMessageOwned::Ipv4RecvErr(error, _)
+                    if error.ee_origin == libc::SO_EE_ORIGIN_ICMP
+                        && error.ee_type == ICMP_DEST_UNREACH
+                        && error.ee_code == ICMP_PORT_UNREACH)
+            })
+        });
+        let (to, len) = (message.address, message.bytes);
+        if let (true, Some(to)) = (port_unreachable, to) {
+            if unreachable.len() < BATCH {
+                unreachable.push((to.into(), start[..len].to_vec()));
+            }
+        }
+    }
+}
+
+/// The datagrams of one locked section, taken out of the link
+/// ([`UdpLink::take_queued`]) so that the thread sends them after letting
+/// the engine's lock go. One per thread, reused: it keeps the room its
+/// largest batch needed, up to [`Outbox::KEEP`] bytes.
+#[derive(Default)]
+pub struct Outbox {
+    /// The datagrams, one after the other.
+    bytes: Vec<u8>,
+    /// Destination, start in `bytes` and length of each.
+    queued: Vec<(SockaddrIn, usize, usize)>,
+    /// Made at the first send (a thread that never sends allocates nothing).
+    headers: Option<MultiHeaders<SockaddrIn>>,
+}
+
+impl Outbox {
+    /// Bytes of room kept between sends.
+    const KEEP: usize = 16 << 10;
+
+    fn push(&mut self, to: SockaddrIn, datagram: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(datagram);
+        self.queued.push((to, start, datagram.len()));
+    }
+
+    /// Whether no datagram waits.
+    pub fn is_empty(&self) -> bool {
+        self.queued.is_empty()
+    }
+
+    /// Sends every datagram on `socket` (the link's, or a duplicate of
+    /// it) as [`UdpLink::send_batch`] does, and empties the outbox.
+    /// Returns the datagrams that came back as port unreachable, which the
+    /// kernel reported on these sends instead of at the link's next call:
+    /// for the host ([`UdpLink::report`]). Errors are not returned: the
+    /// datagrams of a socket that can send nothing are dropped, and the
+    /// link's next call on the same socket reports that.
+    pub fn send(&mut self, socket: BorrowedFd<'_>) -> Vec<Unreachable> {
+        let mut unreachable = Vec::new();
+        let headers = self
+            .headers
+            .get_or_insert_with(|| MultiHeaders::preallocate(BATCH, None));
+        for chunk in self.queued.chunks(BATCH) {
+            let mut datagrams = [(
+                SockaddrIn::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
+                &[][..],
+            ); BATCH];
+            for (datagram, (to, at, len)) in datagrams.iter_mut().zip(chunk) {
+                *datagram = (*to, &self.bytes[*at..*at + *len]);
+            }
+            let sent = send_each(socket, headers, &datagrams[..chunk.len()], &mut unreachable);
+            if let Err(error) = sent {
+                tracing::warn!(%error, "sending the engine's datagrams failed");
+                break;
+            }
+        }
+        self.queued.clear();
+        self.bytes.clear();
+        self.bytes.shrink_to(Self::KEEP);
+        unreachable
     }
 }
 
@@ -417,6 +549,47 @@ mod tests {
         assert_eq!(&buf[..n], b"after it");
         assert_eq!(link.take_unreachable(), [(closed, b"in a batch".to_vec())]);
         assert!(!ready(&link), "nothing is left to report");
+    }
+
+    /// Datagrams taken out of the link go out from the outbox, on a
+    /// duplicate of the socket; an error the kernel reports on those sends
+    /// is read and returned, and the datagram it was reported on still goes.
+    #[test]
+    fn an_outbox_sends_what_the_link_queued_and_returns_what_came_back() {
+        let receiver = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        receiver
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let closed = addr(&UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap());
+        let mut link = UdpLink::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let copy = link.fd().try_clone_to_owned().unwrap();
+        let mut outbox = Outbox::default();
+        // In one batch, the error comes back within the `sendmmsg` (on
+        // loopback) and is spent on the next datagram's send.
+        queue(&mut link, closed, b"in a batch");
+        queue(&mut link, addr(&receiver), b"first");
+        link.take_queued(&mut outbox);
+        assert_eq!(link.send_batch().unwrap(), 0, "the link's batch is empty");
+        let reported = outbox.send(copy.as_fd());
+        assert!(outbox.is_empty());
+        let mut buf = [0u8; 64];
+        let n = receiver.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"first");
+        assert_eq!(reported, [(closed, b"in a batch".to_vec())]);
+        // Alone, the error is reported on the next send.
+        queue(&mut link, closed, b"to nobody");
+        link.take_queued(&mut outbox);
+        assert!(outbox.send(copy.as_fd()).is_empty());
+        std::thread::sleep(Duration::from_millis(20));
+        queue(&mut link, addr(&receiver), b"second");
+        link.take_queued(&mut outbox);
+        let reported = outbox.send(copy.as_fd());
+        let n = receiver.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"second", "the datagram the report came on went");
+        assert_eq!(reported, [(closed, b"to nobody".to_vec())]);
+        assert!(!ready(&link), "nothing is left to report");
+        link.report(reported);
+        assert_eq!(link.take_unreachable().len(), 1, "handed to the link");
     }
 
     /// Whether the link's socket polls as ready (data, or an error queued).

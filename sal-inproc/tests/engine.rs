@@ -703,6 +703,44 @@ fn connect_into(
     (stream, took, before, runtime.driver_stats())
 }
 
+/// A locked section's datagrams go out after the lock is let go. An error
+/// the kernel reports on such a send (the ICMP "port unreachable" of an
+/// earlier SYN, which it reports on the socket's next call) still reaches
+/// the host at once: the first connect is refused by the time the second
+/// connect's call returns, with nobody reading the socket in between.
+#[test]
+fn a_report_read_by_a_send_after_the_lock_reaches_the_host_at_once() {
+    let gone = std::net::UdpSocket::bind(loopback()).expect("bind");
+    let std::net::SocketAddr::V4(gone_addr) = gone.local_addr().expect("its address") else {
+        panic!("an IPv4 address");
+    };
+    drop(gone);
+    let mut config = Config::new(loopback(), Locator::Udp(gone_addr));
+    config.driver_thread = false;
+    let runtime = Runtime::bind(config).expect("bind");
+    let first = (runtime.connect(unserved(), Mode::NonBlocking)).expect("connect");
+    // On loopback the ICMP error is back at once.
+    thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        runtime.host_stats().unreachable_hops,
+        0,
+        "nobody has read the socket yet"
+    );
+    let second = (runtime.connect(unserved(), Mode::NonBlocking)).expect("connect");
+    assert_eq!(
+        runtime.host_stats().unreachable_hops,
+        1,
+        "the second SYN's send read the report of the first"
+    );
+    let refused = first.finish_connect(Mode::NonBlocking);
+    assert_eq!(
+        refused.as_ref().map_err(Error::errno),
+        Err(libc::ECONNREFUSED),
+        "{refused:?}"
+    );
+    drop(second);
+}
+
 #[test]
 fn a_deadline_another_thread_sets_wakes_the_poller_sleeping_without_one() {
     // The poller (a thread blocked in accept, the host without a timer
