@@ -16,8 +16,9 @@ use sal::{FlowId, Locator, ServicePrefix};
 
 use crate::clock::Clock;
 use crate::deadline::Deadlines;
+use crate::lock::Parked;
 use crate::mirror::{Mirror, Signal, Spares};
-use crate::udp::{Outbox, UdpLink, Unreachable, BATCH};
+use crate::udp::{Outbox, UdpLink, BATCH};
 use crate::{Config, Error};
 
 /// Where a flow's opening is.
@@ -98,6 +99,8 @@ pub(crate) struct Core {
     /// Bytes of room a stream's send buffer needs to show writable (see
     /// [`write_low_water`]).
     low_water: usize,
+    /// What sends after a release read, for the next turn.
+    parked: Arc<Parked>,
 }
 
 /// The room a send buffer needs before its stream shows writable: a
@@ -156,7 +159,13 @@ impl Core {
             pending: Vec::new(),
             spares: Spares::default(),
             low_water: write_low_water(config),
+            parked: Arc::default(),
         })
+    }
+
+    /// Where releases park the reports their sends read.
+    pub(crate) fn parked(&self) -> Arc<Parked> {
+        Arc::clone(&self.parked)
     }
 
     /// The host's locator.
@@ -183,8 +192,11 @@ impl Core {
     /// the `recvmmsg` that would mostly find nothing.
     pub(crate) fn before(&mut self, drain: bool) -> Result<(), Error> {
         self.host.advance_clock(self.clock.now());
+        self.link.report(self.parked.take());
         if drain {
             self.receive()?;
+        } else {
+            self.report_unreachable();
         }
         self.poll();
         Ok(())
@@ -329,15 +341,10 @@ impl Core {
     }
 
     /// Hands the host the datagrams that came back as port unreachable,
-    /// as reported on sends made after the lock was let go
-    /// ([`Outbox::send`]), and sends what it answers (queued, as
-    /// [`Core::after`] leaves it).
-    pub(crate) fn absorb_unreachable(&mut self, unreachable: Vec<Unreachable>) {
-        self.link.report(unreachable);
-        self.host.advance_clock(self.clock.now());
-        self.report_unreachable();
-        self.poll();
-        if let Err(error) = self.flush() {
+    /// as reported on sends made after the lock was let go (parked), and
+    /// queues what it answers, as [`Core::after`] leaves it.
+    pub(crate) fn take_parked(&mut self) {
+        if let Err(error) = self.before(false).and_then(|()| self.after()) {
             tracing::warn!(%error, "sending the host's output failed");
         }
     }

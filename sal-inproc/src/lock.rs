@@ -27,7 +27,7 @@
 use std::cell::Cell;
 use std::ops::{Deref, DerefMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::atomic::{fence, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 
 use nix::errno::Errno;
@@ -36,7 +36,7 @@ use nix::sys::time::TimeSpec;
 
 use crate::core::Core;
 use crate::mirror::Signal;
-use crate::udp::{Outbox, Unreachable};
+use crate::udp::{Outbox, Unreachable, BATCH};
 use crate::{waker, Error};
 
 thread_local! {
@@ -58,6 +58,39 @@ pub(crate) struct EngineLock {
     waiting: Mutex<Vec<Arc<Signal>>>,
     /// A duplicate of the core's UDP socket, to send on without the lock.
     send: OwnedFd,
+    parked: Arc<Parked>,
+}
+
+/// Reports that sends after a release read and no locked section took
+/// in yet (see [`Held`]'s drop); shared with the core, whose every turn
+/// takes them ([`Core::before`]).
+#[derive(Debug, Default)]
+pub(crate) struct Parked {
+    any: AtomicBool,
+    reports: Mutex<Vec<Unreachable>>,
+}
+
+impl Parked {
+    /// Keeps `reports` (at most a batch waiting).
+    fn park(&self, reports: Vec<Unreachable>) {
+        let mut kept = self.reports.lock().unwrap_or_else(PoisonError::into_inner);
+        let room = BATCH.saturating_sub(kept.len());
+        kept.extend(reports.into_iter().take(room));
+        self.any.store(true, Ordering::Release);
+    }
+
+    /// Whether any wait.
+    fn any(&self) -> bool {
+        self.any.load(Ordering::Acquire)
+    }
+
+    /// The reports waiting (none, and no lock taken, most of the time).
+    pub(crate) fn take(&self) -> Vec<Unreachable> {
+        if !self.any.swap(false, Ordering::AcqRel) {
+            return Vec::new();
+        }
+        std::mem::take(&mut *self.reports.lock().unwrap_or_else(PoisonError::into_inner))
+    }
 }
 
 /// The core, held; letting go publishes the host's deadline and wakes the
@@ -70,12 +103,19 @@ pub(crate) struct Held<'a> {
 impl EngineLock {
     pub(crate) fn new(core: Core) -> Result<EngineLock, Error> {
         let send = core.wait_fds()[0].try_clone_to_owned()?;
+        let parked = core.parked();
         Ok(EngineLock {
+            parked,
             core: Mutex::new(core),
             losers: AtomicUsize::new(0),
             waiting: Mutex::new(Vec::new()),
             send,
         })
+    }
+
+    /// The reports parked for the core (the core's own handle).
+    fn parked(&self) -> &Parked {
+        &self.parked
     }
 
     /// The socket it sends on after a release (see [`Runtime::descriptors`](crate::Runtime::descriptors)).
@@ -171,8 +211,8 @@ impl DerefMut for Held<'_> {
 
 impl EngineLock {
     /// Lets the core go: the deadline this section left is published,
-    /// the readiness changes it noted reach the eventfds, its datagrams
-    /// are sent, and the threads that waited for the release are woken.
+    /// the readiness changes it noted reach the eventfds, the threads
+    /// that waited for the release are woken, and its datagrams are sent.
     /// Returns the datagrams that came back as port unreachable, which
     /// the kernel reported on those sends.
     fn release(&self, mut core: MutexGuard<'_, Core>) -> Vec<Unreachable> {
@@ -194,35 +234,59 @@ impl EngineLock {
         // wanted last: `Signal::publish`): the lowerings before the core
         // is let go (a thread that takes it next and finds nothing to do
         // must not find its eventfd still up, and spin), the raisings
-        // after (a thread they wake finds the core free), and after the
-        // datagrams (which their peers wait for). No lock across objects:
-        // a holder letting go while another publishes does not wait for it.
+        // after (a thread they wake finds the core free), once the
+        // datagrams are out (which their peers wait for). No lock across
+        // objects: a holder letting go while another publishes does not
+        // wait for it.
         for signal in pending.iter().filter(|signal| !signal.wanted()) {
             signal.publish();
         }
         drop(core);
-        let unreachable = match outbox {
-            Some(mut outbox) if !outbox.is_empty() => {
-                let unreachable = outbox.send(self.send.as_fd());
-                let _ = OUTBOX.try_with(|cell| cell.set(outbox));
-                unreachable
-            }
-            Some(outbox) => {
-                let _ = OUTBOX.try_with(|cell| cell.set(outbox));
-                Vec::new()
-            }
-            None => Vec::new(),
-        };
-        for signal in pending {
-            signal.publish();
-        }
+        // Those that lost the lock to this section may have it now,
+        // while this thread sends.
         fence(Ordering::SeqCst);
         if self.losers.load(Ordering::SeqCst) > 0 {
             for waiter in self.list().drain(..) {
                 waiter.raise();
             }
         }
+        let unreachable = match outbox {
+            Some(mut outbox) => {
+                let unreachable = outbox.send(self.send.as_fd());
+                let _ = OUTBOX.try_with(|cell| cell.set(outbox));
+                unreachable
+            }
+            None => Vec::new(),
+        };
+        for signal in pending {
+            signal.publish();
+        }
         unreachable
+    }
+}
+
+/// Set while a thread hands the host what its sends read
+/// ([`Held`]'s drop): the sections it runs for that park what theirs
+/// read, for its loop, rather than nest.
+struct Absorbing;
+
+thread_local! {
+    static ABSORBING: Cell<bool> = const { Cell::new(false) };
+}
+
+impl Absorbing {
+    /// Marks the thread, unless it is marked already (or exiting).
+    fn begin() -> Option<Absorbing> {
+        match ABSORBING.try_with(|absorbing| absorbing.replace(true)) {
+            Ok(false) => Some(Absorbing),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Absorbing {
+    fn drop(&mut self) {
+        let _ = ABSORBING.try_with(|absorbing| absorbing.set(false));
     }
 }
 
@@ -231,18 +295,59 @@ impl Drop for Held<'_> {
         let Some(core) = self.guard.take() else {
             return;
         };
-        let mut unreachable = self.lock.release(core);
+        let unreachable = self.lock.release(core);
+        if unreachable.is_empty() {
+            return;
+        }
         // A send after the release read that an earlier datagram came
         // back (a SYN to a program gone): the host hears of it now, not
-        // at the next turn, which may be the SYN's retransmission. Not
-        // while a panic unwinds (the host is not run again then).
+        // at the SYN's retransmission. Parked, then taken in by this
+        // thread if the core is free, else by its holder's next turn
+        // (`Core::before`): a release never blocks on the mutex (see
+        // "Risks" in `docs/in-process-sal.md`). Not while a panic unwinds
+        // (the host is not run again then; the next turn takes them).
+        let parked = self.lock.parked();
+        parked.park(unreachable);
+        if std::thread::panicking() {
+            return;
+        }
+        let Some(_absorbing) = Absorbing::begin() else {
+            return;
+        };
         for _ in 0..REPORT_ROUNDS {
-            if unreachable.is_empty() || std::thread::panicking() {
+            if !parked.any() {
                 break;
             }
-            let mut core = (self.lock.core.lock()).unwrap_or_else(PoisonError::into_inner);
-            core.absorb_unreachable(unreachable);
-            unreachable = self.lock.release(core);
+            let Some(mut core) = self.lock.try_lock() else {
+                break;
+            };
+            // Its release parks what its own sends read, for the next round.
+            core.take_parked();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    use super::*;
+
+    /// Reports parked for the core are taken once, whole, and at most a
+    /// batch of them waits (a flood of ICMP errors costs bounded memory).
+    #[test]
+    fn parked_reports_are_taken_once_and_bounded() {
+        let parked = Parked::default();
+        assert!(!parked.any() && parked.take().is_empty());
+        let report = |port| (SocketAddrV4::new(Ipv4Addr::LOCALHOST, port), vec![0x40]);
+        parked.park(vec![report(1), report(2)]);
+        assert!(parked.any());
+        assert_eq!(parked.take(), [report(1), report(2)]);
+        assert!(!parked.any() && parked.take().is_empty(), "taken once");
+        parked.park((0..2 * BATCH as u16).map(report).collect());
+        parked.park(vec![report(9999)]);
+        let taken = parked.take();
+        assert_eq!(taken.len(), BATCH);
+        assert_eq!(taken[0], report(0), "the first kept");
     }
 }

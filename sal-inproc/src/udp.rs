@@ -334,11 +334,17 @@ fn send_each(
             Err(errno @ (Errno::EBADF | Errno::ENOTSOCK | Errno::EFAULT)) => {
                 return Err(errno.into())
             }
-            Err(_) => {
+            Err(errno) => {
                 failures += 1;
-                // Refused itself (nothing was reported instead), or
-                // too often: this datagram is dropped; the next may go.
-                if read_errors(socket, unreachable) == 0 || failures >= REPORT_RETRIES {
+                // Refused itself (nothing was reported instead), or too
+                // often: this datagram is dropped; the next may go. A
+                // refused connection is never a datagram's own error on
+                // an unconnected socket, always a report, which another
+                // thread may have read from the queue meanwhile (the
+                // engine sends without its lock): tried again all the same.
+                let read = read_errors(socket, unreachable);
+                let reported = read > 0 || errno == Errno::ECONNREFUSED;
+                if !reported || failures >= REPORT_RETRIES {
                     start += 1;
                     failures = 0;
                 }
@@ -401,8 +407,9 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// Bytes of room kept between sends.
-    const KEEP: usize = 16 << 10;
+    /// Bytes of room kept between sends: a full batch's, so that a bulk
+    /// transfer does not allocate at each.
+    const KEEP: usize = BATCH * SLOT;
 
     fn push(&mut self, to: SockaddrIn, datagram: &[u8]) {
         let start = self.bytes.len();
