@@ -507,18 +507,25 @@ mod tests {
         }
     }
 
+    /// A receiver (reads time out after 2 s), the address of a port
+    /// nobody holds, and a link, all on loopback.
+    fn receiver_closed_and_link() -> (UdpSocket, SocketAddrV4, UdpLink) {
+        let receiver = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        receiver
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let closed = addr(&UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap());
+        let link = UdpLink::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).unwrap();
+        (receiver, closed, link)
+    }
+
     /// A datagram to a port nobody holds comes back (ICMP port
     /// unreachable, at once on loopback) and is handed on with its start;
     /// the send or receive that the kernel reports the error on still does
     /// its own work.
     #[test]
     fn a_datagram_sent_back_unreachable_is_reported_and_costs_the_next_nothing() {
-        let receiver = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        receiver
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .unwrap();
-        let closed = addr(&UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap());
-        let mut link = UdpLink::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let (receiver, closed, mut link) = receiver_closed_and_link();
         let wait_for_icmp = || std::thread::sleep(Duration::from_millis(20));
         // Reported on the next send.
         queue(&mut link, closed, b"to nobody");
@@ -563,12 +570,7 @@ mod tests {
     /// is read and returned, and the datagram it was reported on still goes.
     #[test]
     fn an_outbox_sends_what_the_link_queued_and_returns_what_came_back() {
-        let receiver = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        receiver
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .unwrap();
-        let closed = addr(&UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap());
-        let mut link = UdpLink::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let (receiver, closed, mut link) = receiver_closed_and_link();
         let copy = link.fd().try_clone_to_owned().unwrap();
         let mut outbox = Outbox::default();
         // In one batch, the error comes back within the `sendmmsg` (on
