@@ -25,6 +25,17 @@
 //! more than half of it ([`TimerQueue::tidy`]): each pass costs what at
 //! least as many entries cost to push, so the work per entry stays
 //! constant.
+//!
+//! The queue is a heap only near its front. An entry due within the
+//! current bucket (65 ms, [`BUCKET_WIDTH`]) goes into a small binary heap;
+//! one due later, within [`SPAN`] (about 67 s: linger, keepalive and
+//! liveness deadlines all fit), into an unsorted bucket of a wheel, at a
+//! constant cost; one due later still into a heap of its own. When the
+//! small heap is empty, the next bucket that holds entries (found in a
+//! bitmap) is moved into it. So a push costs the same whatever the number
+//! of flows, most entries never meet a heap larger than one bucket's, and
+//! entries leave in exactly the order one heap would give (deadline, kind,
+//! flow), which the deterministic simulations rely on.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -120,13 +131,61 @@ pub(super) struct Due {
     pub timer: Timer,
 }
 
+/// One queue entry: deadline, kind, flow (ordered so).
+type Entry = (Instant, Timer, FlowId);
+
+/// Microseconds one wheel bucket covers (a power of two, about 65 ms).
+const BUCKET_WIDTH: i64 = 1 << 16;
+/// Buckets of the wheel (a multiple of 64: one bitmap word each).
+const BUCKETS: usize = 1024;
+/// Microseconds the wheel covers from the front heap's end (about 67 s).
+const SPAN: i64 = BUCKET_WIDTH * BUCKETS as i64;
+
 /// Every flow's deadlines, earliest first. See the module docs.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct TimerQueue {
-    heap: BinaryHeap<Reverse<(Instant, Timer, FlowId)>>,
+    /// Entries due before `boundary`, earliest first.
+    front: BinaryHeap<Reverse<Entry>>,
+    /// Entries due in `[boundary, boundary + SPAN)`, unsorted, in the
+    /// bucket of their deadline (`(micros / BUCKET_WIDTH) % BUCKETS`).
+    wheel: Vec<Vec<Entry>>,
+    /// Which buckets hold entries, a bit each.
+    occupied: [u64; BUCKETS / 64],
+    /// Entries in the wheel.
+    in_wheel: usize,
+    /// Entries due at `boundary + SPAN` or later, earliest first.
+    beyond: BinaryHeap<Reverse<Entry>>,
+    /// Where the front heap ends and the wheel starts, microseconds (a
+    /// bucket's start); it only moves forward, to the end of the next
+    /// bucket that holds entries, when the front heap runs empty.
+    boundary: i64,
     /// Entries known to be stale (a lower bound: a disarmed timer's entry
     /// is not counted).
     stale: usize,
+}
+
+impl Default for TimerQueue {
+    fn default() -> TimerQueue {
+        TimerQueue {
+            front: BinaryHeap::new(),
+            wheel: (0..BUCKETS).map(|_| Vec::new()).collect(),
+            occupied: [0; BUCKETS / 64],
+            in_wheel: 0,
+            beyond: BinaryHeap::new(),
+            boundary: 0,
+            stale: 0,
+        }
+    }
+}
+
+/// The wheel bucket of a deadline, in microseconds.
+fn bucket(micros: i64) -> usize {
+    // The remainder of a division by a power of two below 2^63: in range.
+    (micros.div_euclid(BUCKET_WIDTH)).rem_euclid(BUCKETS as i64) as usize
+}
+
+fn due((at, timer, flow): Entry) -> Due {
+    Due { at, flow, timer }
 }
 
 /// The queue is tidied only from this many entries on: below it, a pass
@@ -145,7 +204,89 @@ impl TimerQueue {
             // The later entry is stale now.
             self.stale += 1;
         }
-        self.heap.push(Reverse((at, timer, flow)));
+        self.push((at, timer, flow));
+    }
+
+    /// Puts an entry where its deadline belongs (see the module docs).
+    fn push(&mut self, entry: Entry) {
+        let micros = entry.0.total_micros();
+        if micros < self.boundary {
+            self.front.push(Reverse(entry));
+        } else if micros - self.boundary < SPAN {
+            let index = bucket(micros);
+            self.wheel[index].push(entry);
+            self.occupied[index / 64] |= 1 << (index % 64);
+            self.in_wheel += 1;
+        } else {
+            self.beyond.push(Reverse(entry));
+        }
+    }
+
+    /// Entries in the queue, stale ones included.
+    fn entries(&self) -> usize {
+        self.front.len() + self.in_wheel + self.beyond.len()
+    }
+
+    /// Makes the front heap hold the earliest entry, if there is any: while
+    /// it is empty, moves the next bucket that holds entries into it (the
+    /// boundary to that bucket's end), and the entries beyond the wheel
+    /// that its new span reaches into the wheel.
+    fn settle(&mut self) {
+        while self.front.is_empty() {
+            if self.in_wheel == 0 {
+                let Some(Reverse(first)) = self.beyond.peek() else {
+                    return;
+                };
+                // The wheel starts over at the bucket of the earliest.
+                let micros = first.0.total_micros();
+                self.boundary = micros - micros.rem_euclid(BUCKET_WIDTH);
+                self.reach_beyond();
+                continue;
+            }
+            let start = bucket(self.boundary);
+            let Some(index) = self.next_occupied(start) else {
+                return;
+            };
+            let skipped = (index + BUCKETS - start) % BUCKETS;
+            self.boundary += (skipped as i64 + 1) * BUCKET_WIDTH;
+            self.occupied[index / 64] &= !(1 << (index % 64));
+            self.in_wheel -= self.wheel[index].len();
+            let front = &mut self.front;
+            front.extend(self.wheel[index].drain(..).map(Reverse));
+            self.reach_beyond();
+        }
+    }
+
+    /// Moves the entries beyond the wheel that its span now reaches into
+    /// it (or into the front heap, if the boundary passed them).
+    fn reach_beyond(&mut self) {
+        while let Some(&Reverse(entry)) = self.beyond.peek() {
+            if entry.0.total_micros() - self.boundary >= SPAN {
+                return;
+            }
+            self.beyond.pop();
+            self.push(entry);
+        }
+    }
+
+    /// The first bucket holding entries from `start` on (circularly).
+    fn next_occupied(&self, start: usize) -> Option<usize> {
+        let words = self.occupied.len();
+        let (first_word, first_bit) = (start / 64, start % 64);
+        for step in 0..=words {
+            let word = (first_word + step) % words;
+            let mut bits = self.occupied[word];
+            if step == 0 {
+                bits &= u64::MAX << first_bit;
+            } else if step == words {
+                // Back at the first word: the bits before `start`.
+                bits &= !(u64::MAX << first_bit);
+            }
+            if bits != 0 {
+                return Some(word * 64 + bits.trailing_zeros() as usize);
+            }
+        }
+        None
     }
 
     /// A flow whose timers were `timers` went away: their entries are
@@ -174,20 +315,36 @@ impl TimerQueue {
     /// the entries known to be stale are more than half the queue (and it
     /// holds [`TIDY_MIN`] at least); keeps the memory for the entries to
     /// come. See the module docs.
-    pub fn tidy(&mut self, mut is_live: impl FnMut(Due) -> bool) {
-        if self.heap.len() < TIDY_MIN || self.stale <= self.heap.len() / 2 {
+    pub fn tidy(&mut self, is_live: impl FnMut(Due) -> bool) {
+        let entries = self.entries();
+        if entries < TIDY_MIN || self.stale <= entries / 2 {
             return;
         }
-        self.heap
-            .retain(|&Reverse((at, timer, flow))| is_live(Due { at, flow, timer }));
+        self.retain(is_live);
+    }
+
+    /// Keeps only the entries `is_live` accepts; the stale count is 0 after.
+    fn retain(&mut self, mut is_live: impl FnMut(Due) -> bool) {
+        self.front.retain(|&Reverse(entry)| is_live(due(entry)));
+        self.beyond.retain(|&Reverse(entry)| is_live(due(entry)));
+        self.in_wheel = 0;
+        for (index, entries) in self.wheel.iter_mut().enumerate() {
+            if entries.is_empty() {
+                continue;
+            }
+            entries.retain(|&entry| is_live(due(entry)));
+            self.in_wheel += entries.len();
+            if entries.is_empty() {
+                self.occupied[index / 64] &= !(1 << (index % 64));
+            }
+        }
         self.stale = 0;
     }
 
     /// The earliest entry, which may be stale (see [`TimerQueue::pop_stale`]).
-    pub fn peek(&self) -> Option<Due> {
-        self.heap
-            .peek()
-            .map(|&Reverse((at, timer, flow))| Due { at, flow, timer })
+    pub fn peek(&mut self) -> Option<Due> {
+        self.settle();
+        self.front.peek().map(|&Reverse(entry)| due(entry))
     }
 
     /// Removes the earliest entry if `is_live` says it is stale; returns
@@ -196,7 +353,7 @@ impl TimerQueue {
     pub fn pop_stale(&mut self, is_live: impl FnOnce(Due) -> bool) -> bool {
         match self.peek() {
             Some(due) if !is_live(due) => {
-                self.heap.pop();
+                self.front.pop();
                 self.popped_stale();
                 true
             }
@@ -208,24 +365,33 @@ impl TimerQueue {
     /// the caller checks it with [`FlowTimers::fire`]).
     pub fn pop_due(&mut self, now: Instant) -> Option<Due> {
         let due = self.peek().filter(|due| due.at <= now)?;
-        self.heap.pop();
+        self.front.pop();
         Some(due)
     }
 
     /// Drops every stale entry (those `is_live` rejects) and the memory the
     /// queue holds beyond what is left: after many flows went away. Costs a
     /// pass over the whole queue, so it is for quiet moments.
-    pub fn compact(&mut self, mut is_live: impl FnMut(Due) -> bool) {
-        self.heap
-            .retain(|&Reverse((at, timer, flow))| is_live(Due { at, flow, timer }));
-        self.heap.shrink_to_fit();
-        self.stale = 0;
+    pub fn compact(&mut self, is_live: impl FnMut(Due) -> bool) {
+        self.retain(is_live);
+        self.front.shrink_to_fit();
+        self.beyond.shrink_to_fit();
+        for entries in &mut self.wheel {
+            entries.shrink_to_fit();
+        }
     }
 
     /// Entries in the queue, stale ones included.
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.heap.len()
+        self.entries()
+    }
+
+    /// Room the queue holds for entries (all its parts).
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        let wheel: usize = self.wheel.iter().map(Vec::capacity).sum();
+        self.front.capacity() + wheel + self.beyond.capacity()
     }
 }
 
@@ -419,7 +585,7 @@ mod tests {
         }
         queue.compact(|due| flows[due.flow.get() as usize].is_live(due.timer, due.at));
         assert_eq!(queue.len(), 1);
-        assert!(queue.heap.capacity() < 1000);
+        assert!(queue.capacity() < 1000);
         assert_eq!(queue.pop_due(at(10_000)).map(|d| d.flow), Some(flow(1)));
     }
 
@@ -440,5 +606,131 @@ mod tests {
         }
         assert_eq!(popped, 1);
         assert_eq!(queue.len(), 100_000);
+    }
+
+    /// What the queue is checked against: one binary heap of every entry,
+    /// the structure it replaced.
+    #[derive(Default)]
+    struct Reference(BinaryHeap<Reverse<Entry>>);
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Arm `timer` of flow `flow` at now + `delta` ms.
+        Arm(u8, u8, i64),
+        /// The flow went away.
+        Forget(u8),
+        /// Time passes (ms), and everything due is popped.
+        Advance(i64),
+        /// Every entry of flows whose number is even is dropped as stale.
+        Compact,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        // Deltas reach before the front heap's end, into the wheel, and
+        // beyond it (SPAN is about 67 s).
+        let delta = prop_oneof![-100i64..100, 0i64..70_000, 60_000i64..300_000];
+        prop_oneof![
+            5 => (1u8..20, 0u8..7, delta).prop_map(|(f, t, d)| Op::Arm(f, t, d)),
+            1 => (1u8..20).prop_map(Op::Forget),
+            3 => prop_oneof![0i64..100, 0i64..5_000, 0i64..200_000].prop_map(Op::Advance),
+            1 => Just(Op::Compact),
+        ]
+    }
+
+    const KINDS: [Timer; Timer::COUNT] = [
+        Timer::Control,
+        Timer::Liveness,
+        Timer::Keepalive,
+        Timer::Transport,
+        Timer::Linger,
+        Timer::Orphan,
+        Timer::Challenge,
+    ];
+
+    proptest::proptest! {
+        /// Whatever is armed, forgotten and compacted, as time passes, the
+        /// queue gives every entry in the order and at the time one heap
+        /// would, and peeks the same front.
+        #[test]
+        fn the_queue_pops_what_one_heap_would(
+            start in 0i64..1_000_000,
+            ops in proptest::collection::vec(op(), 1..200),
+        ) {
+            let mut queue = TimerQueue::default();
+            let mut reference = Reference::default();
+            let mut flows = vec![FlowTimers::default(); 20];
+            let mut now = start;
+            for op in ops {
+                match op {
+                    Op::Arm(f, t, delta) => {
+                        let (id, timer) = (flow(u32::from(f)), KINDS[usize::from(t)]);
+                        let at = at(now + delta);
+                        let before = queue.len();
+                        queue.arm(id, &mut flows[usize::from(f)], timer, at);
+                        if queue.len() > before {
+                            reference.0.push(Reverse((at, timer, id)));
+                        }
+                    }
+                    Op::Forget(f) => {
+                        queue.forget(&flows[usize::from(f)]);
+                        flows[usize::from(f)] = FlowTimers::default();
+                    }
+                    Op::Advance(ms) => {
+                        now += ms;
+                        let mut popped = Vec::new();
+                        while let Some(due) = queue.pop_due(at(now)) {
+                            popped.push(due);
+                        }
+                        let mut expected = Vec::new();
+                        while let Some(&Reverse(entry)) = reference.0.peek() {
+                            if entry.0 > at(now) {
+                                break;
+                            }
+                            reference.0.pop();
+                            expected.push(due(entry));
+                        }
+                        proptest::prop_assert_eq!(popped, expected);
+                        // Fired or stale alike, as the host would.
+                        for flow in &mut flows {
+                            for timer in KINDS {
+                                if flow.deadline(timer).is_some_and(|d| d <= at(now)) {
+                                    flow.disarm(timer);
+                                }
+                            }
+                        }
+                    }
+                    Op::Compact => {
+                        let keep = |due: Due| due.flow.get() % 2 == 1;
+                        queue.compact(keep);
+                        reference.0.retain(|&Reverse(entry)| keep(due(entry)));
+                    }
+                }
+                proptest::prop_assert_eq!(queue.len(), reference.0.len());
+                let front = reference.0.peek().map(|&Reverse(entry)| due(entry));
+                proptest::prop_assert_eq!(queue.peek(), front);
+            }
+        }
+    }
+
+    /// A deadline in the wheel, one beyond it and one before the front
+    /// heap's end come out in order, the one beyond only once the wheel
+    /// has moved on to reach it.
+    #[test]
+    fn deadlines_across_the_wheel_and_beyond_it_come_out_in_order() {
+        let mut queue = TimerQueue::default();
+        let mut flows = vec![FlowTimers::default(); 4];
+        let far = SPAN / 1000 * 3; // three spans, in ms
+        queue.arm(flow(1), &mut flows[1], Timer::Keepalive, at(far));
+        queue.arm(flow(2), &mut flows[2], Timer::Linger, at(5_000));
+        queue.arm(flow(3), &mut flows[3], Timer::Control, at(1));
+        assert_eq!(
+            (queue.front.len(), queue.in_wheel, queue.beyond.len()),
+            (0, 2, 1)
+        );
+        let fired = fire_all(&mut queue, &mut flows, at(far));
+        let order: Vec<u32> = fired.iter().map(|d| d.flow.get()).collect();
+        assert_eq!(order, [3, 2, 1]);
+        assert_eq!(queue.len(), 0);
     }
 }
