@@ -282,8 +282,8 @@ impl Host {
             _ => false,
         };
         self.timers.tidy(is_live);
-        while self.timers.pop_stale(is_live) {}
-        let timer = self.timers.peek().map(|due| due.at);
+        while self.timers.pop_stale(self.now, is_live) {}
+        let timer = self.timers.peek(self.now).map(|due| due.at);
         let delay = self.delayed.next_deadline();
         [timer, delay].into_iter().flatten().min()
     }

@@ -2,7 +2,7 @@
 //!
 //! A host may hold a million flows, most of them quiet, so nothing
 //! here ever looks at all of them: every deadline of every flow is one entry
-//! of a binary heap ordered by time, and [`Host::poll`](super::Host::poll)
+//! of a queue ordered by time (below), and [`Host::poll`](super::Host::poll)
 //! pops only the entries that are due. The work a timer costs is therefore
 //! proportional to the flows whose deadline came, not to the number of flows.
 //!
@@ -26,16 +26,18 @@
 //! least as many entries cost to push, so the work per entry stays
 //! constant.
 //!
-//! The queue is a heap only near its front. An entry due within the
-//! current bucket (65 ms, [`BUCKET_WIDTH`]) goes into a small binary heap;
-//! one due later, within [`SPAN`] (about 67 s: linger, keepalive and
-//! liveness deadlines all fit), into an unsorted bucket of a wheel, at a
-//! constant cost; one due later still into a heap of its own. When the
-//! small heap is empty, the next bucket that holds entries (found in a
-//! bitmap) is moved into it. So a push costs the same whatever the number
-//! of flows, most entries never meet a heap larger than one bucket's, and
-//! entries leave in exactly the order one heap would give (deadline, kind,
-//! flow), which the deterministic simulations rely on.
+//! The queue is a heap only near its front. An entry due before the
+//! current bucket's end (buckets of 65 ms, [`BUCKET_WIDTH`]) goes into a
+//! small binary heap; one due later, within [`SPAN`] (about 67 s: linger,
+//! keepalive and liveness deadlines all fit), into an unsorted bucket of a
+//! wheel, at a constant cost; one due later still into a heap of its own.
+//! As time passes, each bucket is moved into the small heap once its time
+//! starts (its start is found in a bitmap); the earliest entry of a bucket
+//! whose time has not come is found by a scan, kept until the wheel
+//! changes. So a push costs the same whatever the number of flows, the
+//! small heap holds about one bucket's entries, and entries leave in
+//! exactly the order one heap would give (deadline, kind, flow), which the
+//! deterministic simulations rely on.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -147,7 +149,8 @@ pub(super) struct TimerQueue {
     /// Entries due before `boundary`, earliest first.
     front: BinaryHeap<Reverse<Entry>>,
     /// Entries due in `[boundary, boundary + SPAN)`, unsorted, in the
-    /// bucket of their deadline (`(micros / BUCKET_WIDTH) % BUCKETS`).
+    /// bucket of their deadline ([`bucket`]); empty (no buckets) until the
+    /// first such entry.
     wheel: Vec<Vec<Entry>>,
     /// Which buckets hold entries, a bit each.
     occupied: [u64; BUCKETS / 64],
@@ -155,9 +158,17 @@ pub(super) struct TimerQueue {
     in_wheel: usize,
     /// Entries due at `boundary + SPAN` or later, earliest first.
     beyond: BinaryHeap<Reverse<Entry>>,
+    /// The earliest entry of the wheel, once looked for, until the wheel
+    /// loses entries.
+    wheel_first: Option<Entry>,
+    /// Storage of buckets moved into the front heap, for the next buckets
+    /// to fill: the wheel's memory follows the entries in it (not each
+    /// bucket's own peak), and a steady state allocates nothing.
+    spare: Vec<Vec<Entry>>,
     /// Where the front heap ends and the wheel starts, microseconds (a
-    /// bucket's start); it only moves forward, to the end of the next
-    /// bucket that holds entries, when the front heap runs empty.
+    /// bucket's start, never before 0); it only moves forward: past each
+    /// bucket moved into the front heap, and to the start of the bucket of
+    /// the time last seen ([`TimerQueue::settle`]).
     boundary: i64,
     /// Entries known to be stale (a lower bound: a disarmed timer's entry
     /// is not counted).
@@ -168,10 +179,12 @@ impl Default for TimerQueue {
     fn default() -> TimerQueue {
         TimerQueue {
             front: BinaryHeap::new(),
-            wheel: (0..BUCKETS).map(|_| Vec::new()).collect(),
+            wheel: Vec::new(),
             occupied: [0; BUCKETS / 64],
             in_wheel: 0,
             beyond: BinaryHeap::new(),
+            wheel_first: None,
+            spare: Vec::new(),
             boundary: 0,
             stale: 0,
         }
@@ -213,10 +226,20 @@ impl TimerQueue {
         if micros < self.boundary {
             self.front.push(Reverse(entry));
         } else if micros - self.boundary < SPAN {
+            if self.wheel.is_empty() {
+                self.wheel = (0..BUCKETS).map(|_| Vec::new()).collect();
+            }
             let index = bucket(micros);
-            self.wheel[index].push(entry);
+            let entries = &mut self.wheel[index];
+            if entries.capacity() == 0 {
+                *entries = self.spare.pop().unwrap_or_default();
+            }
+            entries.push(entry);
             self.occupied[index / 64] |= 1 << (index % 64);
             self.in_wheel += 1;
+            if self.wheel_first.is_some_and(|first| entry < first) {
+                self.wheel_first = Some(entry);
+            }
         } else {
             self.beyond.push(Reverse(entry));
         }
@@ -227,38 +250,53 @@ impl TimerQueue {
         self.front.len() + self.in_wheel + self.beyond.len()
     }
 
-    /// Makes the front heap hold the earliest entry, if there is any: while
-    /// it is empty, moves the next bucket that holds entries into it (the
-    /// boundary to that bucket's end), and the entries beyond the wheel
-    /// that its new span reaches into the wheel.
-    fn settle(&mut self) {
-        while self.front.is_empty() {
-            if self.in_wheel == 0 {
-                let Some(Reverse(first)) = self.beyond.peek() else {
-                    return;
-                };
-                // The wheel starts over at the bucket of the earliest.
-                let micros = first.0.total_micros();
-                self.boundary = micros - micros.rem_euclid(BUCKET_WIDTH);
-                self.reach_beyond();
-                continue;
-            }
+    /// Brings the queue to `now` (microseconds): every bucket whose time
+    /// has started moves into the front heap (so every entry due by `now`
+    /// is there), the boundary follows `now` over the empty buckets before
+    /// its own, and the wheel's span reaches the entries beyond it.
+    fn settle(&mut self, now: i64) {
+        while self.in_wheel > 0 {
             let start = bucket(self.boundary);
             let Some(index) = self.next_occupied(start) else {
-                return;
+                break;
             };
             let skipped = (index + BUCKETS - start) % BUCKETS;
-            self.boundary += (skipped as i64 + 1) * BUCKET_WIDTH;
+            let bucket_start = self.boundary + skipped as i64 * BUCKET_WIDTH;
+            if bucket_start > now {
+                break;
+            }
+            self.boundary = bucket_start.saturating_add(BUCKET_WIDTH);
             self.occupied[index / 64] &= !(1 << (index % 64));
-            self.in_wheel -= self.wheel[index].len();
-            let front = &mut self.front;
-            front.extend(self.wheel[index].drain(..).map(Reverse));
-            self.reach_beyond();
+            let mut entries = std::mem::take(&mut self.wheel[index]);
+            self.in_wheel -= entries.len();
+            self.wheel_first = None;
+            self.front.extend(entries.drain(..).map(Reverse));
+            self.spare.push(entries);
         }
+        // Every bucket before `now`'s is empty now.
+        let now_start = now - now.rem_euclid(BUCKET_WIDTH);
+        self.boundary = self.boundary.max(now_start);
+        self.reach_beyond();
+    }
+
+    /// The earliest entry, wherever it is (the wheel's found by a scan of
+    /// its first occupied bucket, kept until the wheel changes).
+    fn earliest(&mut self) -> Option<Entry> {
+        if let Some(&Reverse(entry)) = self.front.peek() {
+            return Some(entry);
+        }
+        if self.in_wheel > 0 {
+            if self.wheel_first.is_none() {
+                let index = self.next_occupied(bucket(self.boundary))?;
+                self.wheel_first = self.wheel[index].iter().min().copied();
+            }
+            return self.wheel_first;
+        }
+        self.beyond.peek().map(|&Reverse(entry)| entry)
     }
 
     /// Moves the entries beyond the wheel that its span now reaches into
-    /// it (or into the front heap, if the boundary passed them).
+    /// it.
     fn reach_beyond(&mut self) {
         while let Some(&Reverse(entry)) = self.beyond.peek() {
             if entry.0.total_micros() - self.boundary >= SPAN {
@@ -328,6 +366,7 @@ impl TimerQueue {
         self.front.retain(|&Reverse(entry)| is_live(due(entry)));
         self.beyond.retain(|&Reverse(entry)| is_live(due(entry)));
         self.in_wheel = 0;
+        self.wheel_first = None;
         for (index, entries) in self.wheel.iter_mut().enumerate() {
             if entries.is_empty() {
                 continue;
@@ -341,32 +380,53 @@ impl TimerQueue {
         self.stale = 0;
     }
 
-    /// The earliest entry, which may be stale (see [`TimerQueue::pop_stale`]).
-    pub fn peek(&mut self) -> Option<Due> {
-        self.settle();
-        self.front.peek().map(|&Reverse(entry)| due(entry))
+    /// The earliest entry, which may be stale (see [`TimerQueue::pop_stale`]),
+    /// with the queue brought to `now`.
+    pub fn peek(&mut self, now: Instant) -> Option<Due> {
+        self.settle(now.total_micros());
+        self.earliest().map(due)
     }
 
     /// Removes the earliest entry if `is_live` says it is stale; returns
     /// whether it did. Lets [`Host::poll_timeout`](super::Host::poll_timeout)
-    /// report a deadline that really counts.
-    pub fn pop_stale(&mut self, is_live: impl FnOnce(Due) -> bool) -> bool {
-        match self.peek() {
-            Some(due) if !is_live(due) => {
-                self.front.pop();
-                self.popped_stale();
-                true
-            }
-            _ => false,
+    /// report a deadline that really counts. The earliest entry of a
+    /// bucket whose time has not come goes with every stale entry of its
+    /// bucket, in one pass.
+    pub fn pop_stale(&mut self, now: Instant, mut is_live: impl FnMut(Due) -> bool) -> bool {
+        let Some(first) = self.peek(now) else {
+            return false;
+        };
+        if is_live(first) {
+            return false;
         }
+        if self.front.pop().is_some() {
+            self.popped_stale();
+        } else if self.in_wheel > 0 {
+            let index = bucket(first.at.total_micros());
+            let entries = &mut self.wheel[index];
+            let before = entries.len();
+            entries.retain(|&entry| is_live(due(entry)));
+            let removed = before - entries.len();
+            if entries.is_empty() {
+                self.occupied[index / 64] &= !(1 << (index % 64));
+            }
+            self.in_wheel -= removed;
+            self.stale = self.stale.saturating_sub(removed);
+            self.wheel_first = None;
+        } else {
+            self.beyond.pop();
+            self.popped_stale();
+        }
+        true
     }
 
     /// Removes and returns the earliest entry due at `now` (live or stale:
     /// the caller checks it with [`FlowTimers::fire`]).
     pub fn pop_due(&mut self, now: Instant) -> Option<Due> {
-        let due = self.peek().filter(|due| due.at <= now)?;
+        self.settle(now.total_micros());
+        let &Reverse(entry) = self.front.peek().filter(|Reverse(entry)| entry.0 <= now)?;
         self.front.pop();
-        Some(due)
+        Some(due(entry))
     }
 
     /// Drops every stale entry (those `is_live` rejects) and the memory the
@@ -376,6 +436,10 @@ impl TimerQueue {
         self.retain(is_live);
         self.front.shrink_to_fit();
         self.beyond.shrink_to_fit();
+        self.spare = Vec::new();
+        if self.in_wheel == 0 {
+            self.wheel = Vec::new();
+        }
         for entries in &mut self.wheel {
             entries.shrink_to_fit();
         }
@@ -426,7 +490,7 @@ mod tests {
         queue.arm(flow(1), &mut flows[1], Timer::Control, at(300));
         queue.arm(flow(2), &mut flows[2], Timer::Liveness, at(100));
         queue.arm(flow(3), &mut flows[3], Timer::Control, at(200));
-        assert_eq!(queue.peek().map(|d| d.at), Some(at(100)));
+        assert_eq!(queue.peek(at(0)).map(|d| d.at), Some(at(100)));
         assert!(fire_all(&mut queue, &mut flows, at(99)).is_empty());
         let fired = fire_all(&mut queue, &mut flows, at(250));
         let order: Vec<u32> = fired.iter().map(|d| d.flow.get()).collect();
@@ -506,9 +570,15 @@ mod tests {
         let live = |flows: &[FlowTimers], due: Due| {
             flows[due.flow.get() as usize].is_live(due.timer, due.at)
         };
-        assert!(queue.pop_stale(|d| live(&flows, d)));
-        assert!(!queue.pop_stale(|d| live(&flows, d)), "the front is live");
-        assert_eq!(queue.peek().map(|d| d.at), Some(at(200)));
+        for now in [at(0), at(150)] {
+            let mut queue = queue.clone_for_test();
+            assert!(queue.pop_stale(now, |d| live(&flows, d)));
+            assert!(
+                !queue.pop_stale(now, |d| live(&flows, d)),
+                "the front is live"
+            );
+            assert_eq!(queue.peek(now).map(|d| d.at), Some(at(200)));
+        }
     }
 
     #[test]
@@ -606,34 +676,108 @@ mod tests {
         }
         assert_eq!(popped, 1);
         assert_eq!(queue.len(), 100_000);
+        assert!(
+            queue.front.is_empty(),
+            "the far deadlines stay in the wheel"
+        );
+        assert_eq!(queue.peek(at(5)).map(|d| d.at), Some(at(10_000)));
+        assert!(queue.front.is_empty(), "found without moving them");
     }
 
-    /// What the queue is checked against: one binary heap of every entry,
-    /// the structure it replaced.
-    #[derive(Default)]
-    struct Reference(BinaryHeap<Reverse<Entry>>);
+    impl TimerQueue {
+        /// A copy (the queue is not `Clone` outside tests).
+        fn clone_for_test(&self) -> TimerQueue {
+            TimerQueue {
+                front: self.front.clone(),
+                wheel: self.wheel.clone(),
+                occupied: self.occupied,
+                in_wheel: self.in_wheel,
+                beyond: self.beyond.clone(),
+                wheel_first: self.wheel_first,
+                spare: Vec::new(),
+                boundary: self.boundary,
+                stale: self.stale,
+            }
+        }
+
+        /// Every entry, sorted.
+        fn contents(&self) -> Vec<Entry> {
+            let mut all: Vec<Entry> = (self.front.iter().chain(&self.beyond))
+                .map(|&Reverse(entry)| entry)
+                .chain(self.wheel.iter().flatten().copied())
+                .collect();
+            all.sort();
+            all
+        }
+
+        /// The layout the module docs describe.
+        fn check(&self) {
+            assert_eq!(self.boundary.rem_euclid(BUCKET_WIDTH), 0);
+            assert!(self.boundary >= 0);
+            for &Reverse(entry) in &self.front {
+                assert!(entry.0.total_micros() < self.boundary, "{entry:?} in front");
+            }
+            for &Reverse(entry) in &self.beyond {
+                assert!(
+                    entry.0.total_micros() - self.boundary >= SPAN,
+                    "{entry:?} beyond"
+                );
+            }
+            let mut count = 0;
+            for (index, entries) in self.wheel.iter().enumerate() {
+                let bit = self.occupied[index / 64] & (1 << (index % 64)) != 0;
+                assert_eq!(bit, !entries.is_empty(), "bucket {index}'s bit");
+                for entry in entries {
+                    let micros = entry.0.total_micros();
+                    assert!(
+                        (0..SPAN).contains(&(micros - self.boundary)),
+                        "{entry:?} in the wheel"
+                    );
+                    assert_eq!(bucket(micros), index);
+                }
+                count += entries.len();
+            }
+            assert_eq!(count, self.in_wheel);
+            if let Some(first) = self.wheel_first {
+                assert_eq!(Some(&first), self.wheel.iter().flatten().min());
+            }
+        }
+    }
 
     #[derive(Debug, Clone)]
     enum Op {
-        /// Arm `timer` of flow `flow` at now + `delta` ms.
+        /// Arm `timer` of flow `flow` at now + `delta` µs.
         Arm(u8, u8, i64),
+        /// Arm `timer` of flow `flow` at the start of the bucket `k` buckets
+        /// after now's, plus `e` µs (-1, 0 or 1): the edges of buckets.
+        ArmAtEdge(u8, u8, i64, i64),
         /// The flow went away.
         Forget(u8),
-        /// Time passes (ms), and everything due is popped.
+        /// Time passes (µs), and everything due is popped.
         Advance(i64),
+        /// The host drops the stale entries at the queue's front.
+        PopStale,
         /// Every entry of flows whose number is even is dropped as stale.
         Compact,
     }
 
     fn op() -> impl proptest::strategy::Strategy<Value = Op> {
         use proptest::prelude::*;
-        // Deltas reach before the front heap's end, into the wheel, and
-        // beyond it (SPAN is about 67 s).
-        let delta = prop_oneof![-100i64..100, 0i64..70_000, 60_000i64..300_000];
+        // Deltas reach before the current bucket's end, into the wheel,
+        // and beyond it (SPAN is about 67 s).
+        let delta = prop_oneof![
+            -100_000i64..100_000,
+            0i64..70_000_000,
+            60_000_000i64..300_000_000
+        ];
         prop_oneof![
-            5 => (1u8..20, 0u8..7, delta).prop_map(|(f, t, d)| Op::Arm(f, t, d)),
+            4 => (1u8..20, 0u8..7, delta).prop_map(|(f, t, d)| Op::Arm(f, t, d)),
+            2 => (1u8..20, 0u8..7, 0i64..1100, -1i64..=1)
+                .prop_map(|(f, t, k, e)| Op::ArmAtEdge(f, t, k, e)),
             1 => (1u8..20).prop_map(Op::Forget),
-            3 => prop_oneof![0i64..100, 0i64..5_000, 0i64..200_000].prop_map(Op::Advance),
+            3 => prop_oneof![0i64..100_000, 0i64..5_000_000, 0i64..200_000_000]
+                .prop_map(Op::Advance),
+            1 => Just(Op::PopStale),
             1 => Just(Op::Compact),
         ]
     }
@@ -649,66 +793,105 @@ mod tests {
     ];
 
     proptest::proptest! {
-        /// Whatever is armed, forgotten and compacted, as time passes, the
-        /// queue gives every entry in the order and at the time one heap
-        /// would, and peeks the same front.
+        /// Whatever is armed, forgotten, popped as stale and compacted, as
+        /// time passes, the queue holds what one heap would, gives every
+        /// due entry in the order and at the time one heap would, peeks
+        /// the same front, and keeps its layout.
         #[test]
         fn the_queue_pops_what_one_heap_would(
-            start in 0i64..1_000_000,
+            start in 0i64..1_000_000_000,
             ops in proptest::collection::vec(op(), 1..200),
         ) {
             let mut queue = TimerQueue::default();
-            let mut reference = Reference::default();
+            let mut reference: BinaryHeap<Reverse<Entry>> = BinaryHeap::new();
             let mut flows = vec![FlowTimers::default(); 20];
             let mut now = start;
+            let micros = Instant::from_micros;
             for op in ops {
                 match op {
-                    Op::Arm(f, t, delta) => {
+                    Op::Arm(f, t, _) | Op::ArmAtEdge(f, t, _, _) => {
+                        let deadline = match op {
+                            Op::ArmAtEdge(_, _, k, e) => {
+                                now - now.rem_euclid(BUCKET_WIDTH) + k * BUCKET_WIDTH + e
+                            }
+                            Op::Arm(_, _, delta) => now + delta,
+                            _ => unreachable!(),
+                        };
                         let (id, timer) = (flow(u32::from(f)), KINDS[usize::from(t)]);
-                        let at = at(now + delta);
-                        let before = queue.len();
-                        queue.arm(id, &mut flows[usize::from(f)], timer, at);
-                        if queue.len() > before {
-                            reference.0.push(Reverse((at, timer, id)));
+                        let at = micros(deadline.max(0));
+                        let timers = &mut flows[usize::from(f)];
+                        if timers.deadline(timer).is_none_or(|armed| at < armed) {
+                            reference.push(Reverse((at, timer, id)));
                         }
+                        queue.arm(id, timers, timer, at);
                     }
                     Op::Forget(f) => {
                         queue.forget(&flows[usize::from(f)]);
                         flows[usize::from(f)] = FlowTimers::default();
                     }
-                    Op::Advance(ms) => {
-                        now += ms;
+                    Op::Advance(by) => {
+                        now += by;
                         let mut popped = Vec::new();
-                        while let Some(due) = queue.pop_due(at(now)) {
+                        while let Some(due) = queue.pop_due(micros(now)) {
                             popped.push(due);
                         }
                         let mut expected = Vec::new();
-                        while let Some(&Reverse(entry)) = reference.0.peek() {
-                            if entry.0 > at(now) {
+                        while let Some(&Reverse(entry)) = reference.peek() {
+                            if entry.0 > micros(now) {
                                 break;
                             }
-                            reference.0.pop();
+                            reference.pop();
                             expected.push(due(entry));
                         }
                         proptest::prop_assert_eq!(popped, expected);
                         // Fired or stale alike, as the host would.
                         for flow in &mut flows {
                             for timer in KINDS {
-                                if flow.deadline(timer).is_some_and(|d| d <= at(now)) {
+                                if flow.deadline(timer).is_some_and(|d| d <= micros(now)) {
                                     flow.disarm(timer);
                                 }
                             }
                         }
                     }
+                    Op::PopStale => {
+                        let live = |due: Due| flows[due.flow.get() as usize].is_live(due.timer, due.at);
+                        let first = reference.peek().map(|&Reverse(entry)| due(entry));
+                        let popped = queue.pop_stale(micros(now), live);
+                        proptest::prop_assert_eq!(popped, first.is_some_and(|d| !live(d)));
+                        // It took the earliest entry, and stale ones only.
+                        let left = queue.contents();
+                        let before: Vec<Entry> = reference.clone().into_sorted_vec()
+                            .into_iter().rev().map(|Reverse(e)| e).collect();
+                        let mut taken = Vec::new();
+                        let mut rest = left.iter().peekable();
+                        for entry in &before {
+                            if rest.peek() == Some(&entry) {
+                                rest.next();
+                            } else {
+                                taken.push(*entry);
+                            }
+                        }
+                        proptest::prop_assert!(rest.next().is_none(), "nothing added");
+                        proptest::prop_assert!(taken.iter().all(|&e| !live(due(e))));
+                        if popped {
+                            proptest::prop_assert_eq!(taken.first().map(|&e| due(e)), first);
+                        }
+                        reference = left.into_iter().map(Reverse).collect();
+                    }
                     Op::Compact => {
                         let keep = |due: Due| due.flow.get() % 2 == 1;
                         queue.compact(keep);
-                        reference.0.retain(|&Reverse(entry)| keep(due(entry)));
+                        reference.retain(|&Reverse(entry)| keep(due(entry)));
                     }
                 }
-                proptest::prop_assert_eq!(queue.len(), reference.0.len());
-                let front = reference.0.peek().map(|&Reverse(entry)| due(entry));
-                proptest::prop_assert_eq!(queue.peek(), front);
+                queue.check();
+                proptest::prop_assert_eq!(queue.len(), reference.len());
+                let mut expected: Vec<Entry> = reference.iter().map(|&Reverse(e)| e).collect();
+                expected.sort();
+                proptest::prop_assert_eq!(queue.contents(), expected);
+                let front = reference.peek().map(|&Reverse(entry)| due(entry));
+                proptest::prop_assert_eq!(queue.peek(micros(now)), front);
+                queue.check();
             }
         }
     }
