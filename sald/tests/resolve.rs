@@ -206,16 +206,24 @@ fn route_to(sald: &InProcess, server: &Server, before: Option<&Server>) {
     sald.forward_to(&prefix().to_string(), server.runtime.local(), 1);
 }
 
-#[test]
-fn after_the_first_syn_a_program_connects_straight_to_the_service_sald_resolved() {
-    let dir = Scratch::new("resolve1");
-    let ip = Ipv4Addr::new(127, 0, 0, 21);
+/// sald at `ip` (answers living a minute), a program serving [`prefix`]
+/// that sald's rule points at, and a client whose resolver has its answer
+/// in after one echo through sald.
+fn resolved_at(name: &str, ip: Ipv4Addr) -> (Scratch, InProcess, Server, Runtime) {
+    let dir = Scratch::new(name);
     let sald = sald(&dir, ip, 60_000);
     let server = Server::unregistered(ip, &sald);
     route_to(&sald, &server, None);
     let cached = client(ip, &sald, Some(sald.control.clone()));
     echo(&cached);
     assert!(resolved(&cached), "no answer");
+    (dir, sald, server, cached)
+}
+
+#[test]
+fn after_the_first_syn_a_program_connects_straight_to_the_service_sald_resolved() {
+    let ip = Ipv4Addr::new(127, 0, 0, 21);
+    let (_dir, sald, server, cached) = resolved_at("resolve1", ip);
     for _ in 0..9 {
         echo(&cached);
     }
@@ -239,14 +247,8 @@ fn a_connect_by_a_route_to_a_program_gone_is_refused_at_once_and_the_next_asks_s
     // closed port is, not after its SYN retransmissions (half a minute),
     // and the route goes with it, so that the next connect asks sald,
     // which knows where the service went.
-    let dir = Scratch::new("resolve6");
     let ip = Ipv4Addr::new(127, 0, 0, 27);
-    let sald = sald(&dir, ip, 60_000);
-    let gone = Server::unregistered(ip, &sald);
-    route_to(&sald, &gone, None);
-    let cached = client(ip, &sald, Some(sald.control.clone()));
-    echo(&cached);
-    assert!(resolved(&cached), "no answer");
+    let (_dir, sald, gone, cached) = resolved_at("resolve6", ip);
     echo(&cached);
     assert_eq!((gone.accepted(), forwarded(&sald)), (2, 1));
     let next = Server::unregistered(ip, &sald);
