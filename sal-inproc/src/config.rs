@@ -2,11 +2,13 @@
 
 use std::net::SocketAddrV4;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sal::proto::{default_stream_config, HostConfig};
 use sal::Locator;
 
 use crate::resolve::{Resolve, SaldResolver};
+use crate::spin::DEFAULT_SPIN;
 
 /// Bytes of UDP header: full-size segments must still fit the MTU (sald
 /// makes the same cut in UDP mode).
@@ -39,11 +41,16 @@ pub struct Config {
     /// connect's path. `None` (the default): every SYN follows
     /// [`Config::route`].
     pub resolver: Option<Arc<dyn Resolve>>,
+    /// The longest a thread busy-polls before it sleeps in the engine
+    /// (its window adapts below this, see `spin.rs`); zero: never. Not
+    /// used on a machine with one CPU.
+    pub spin: Duration,
 }
 
 impl Config {
     /// A socket at `addr` routing every SYN to `route`, with the SAL's
-    /// default buffers, and the driver thread on.
+    /// default buffers, the driver thread on, and spins of
+    /// [`DEFAULT_SPIN`] at most.
     pub fn new(addr: SocketAddrV4, route: Locator) -> Config {
         let stream = default_stream_config();
         Config {
@@ -54,6 +61,7 @@ impl Config {
             max_recv_buffer: stream.max_recv_buffer,
             driver_thread: true,
             resolver: None,
+            spin: DEFAULT_SPIN,
         }
     }
 

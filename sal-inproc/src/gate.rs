@@ -38,6 +38,7 @@ use nix::sys::time::TimeSpec;
 use crate::deadline::Deadlines;
 use crate::mirror::Signal;
 use crate::runtime::Inner;
+use crate::spin::Spun;
 use crate::waker::{self, Waker};
 use crate::Error;
 
@@ -113,6 +114,8 @@ pub(crate) struct Gate {
     waits: AtomicU64,
     /// Times the poller role went to a waiting thread.
     handoffs: AtomicU64,
+    /// Waits that spun, and those whose spin caught what they waited for.
+    spins: [AtomicU64; 2],
 }
 
 impl Gate {
@@ -130,6 +133,7 @@ impl Gate {
             poller: AtomicU64::new(0),
             waits: AtomicU64::new(0),
             handoffs: AtomicU64::new(0),
+            spins: [AtomicU64::new(0), AtomicU64::new(0)],
         }))
     }
 
@@ -163,13 +167,25 @@ impl Gate {
         )
     }
 
-    /// The application threads' wake-ups in the engine's waits, and the
-    /// poller role's hand-overs, so far.
-    pub(crate) fn wait_counts(&self) -> (u64, u64) {
+    /// The application threads' wake-ups in the engine's waits, the
+    /// poller role's hand-overs, and the waits that spun and that a spin
+    /// ended, so far.
+    pub(crate) fn wait_counts(&self) -> (u64, u64, [u64; 2]) {
         (
             self.waits.load(Ordering::Relaxed),
             self.handoffs.load(Ordering::Relaxed),
+            self.spins.each_ref().map(|n| n.load(Ordering::Relaxed)),
         )
+    }
+
+    /// Counts a wait's spin.
+    pub(crate) fn spun(&self, spun: Spun) {
+        if spun != Spun::Not {
+            self.spins[0].fetch_add(1, Ordering::Relaxed);
+        }
+        if spun == Spun::Caught {
+            self.spins[1].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Counts an application thread's wake-up.

@@ -44,6 +44,11 @@
 //!   as inside from its first wait to its return. [`Mode`] gives blocking,
 //!   non-blocking and deadline (`SO_RCVTIMEO`) behaviour; errors carry the
 //!   `errno` a socket would give ([`Error::errno`]).
+//! - **A thread spins briefly before it sleeps** (`spin.rs`): up to
+//!   [`Config::spin`] it looks at what it would wait for, yielding the
+//!   CPU between looks, while the engine's spins catch often enough to
+//!   pay; an answer that comes within the window costs no sleep and no
+//!   wake-up.
 //! - **The host's deadline is `ppoll`'s timeout** (`deadline.rs`), as in a
 //!   single-threaded event loop, not a timerfd re-armed after every call.
 //!   Every release of the lock (one place, `lock.rs`: whatever the locked
@@ -143,6 +148,7 @@ mod lock;
 mod mirror;
 pub mod resolve;
 mod runtime;
+mod spin;
 mod stream;
 pub mod udp;
 mod waker;
@@ -151,4 +157,5 @@ pub use config::Config;
 pub use error::Error;
 pub use listener::Listener;
 pub use runtime::{DriverStats, EnterGuard, Mode, Runtime, WaitStats};
+pub use spin::DEFAULT_SPIN;
 pub use stream::Stream;

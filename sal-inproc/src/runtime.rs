@@ -5,7 +5,7 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{ppoll, PollFd, PollFlags};
@@ -18,6 +18,7 @@ use crate::gate::{self, Gate, Inside, Role};
 use crate::lock::{EngineLock, Held};
 use crate::mirror::Signal;
 use crate::resolve::{CachedRoute, Resolution};
+use crate::spin::{Spin, Spun};
 use crate::{Config, Error, Listener, Stream};
 
 /// How a call waits when it cannot complete at once.
@@ -50,6 +51,8 @@ pub(crate) struct Inner {
     descriptors: std::sync::OnceLock<Vec<RawFd>>,
     /// Cached resolution, with a resolver configured.
     resolution: Option<Resolution>,
+    /// How waiting threads spin before they sleep.
+    spin: Spin,
 }
 
 impl Inner {
@@ -108,6 +111,12 @@ pub struct WaitStats {
     /// Times the poller role (watching the socket and the timer for the
     /// threads waiting inside) passed from a leaving thread to a waiting one.
     pub handoffs: u64,
+    /// Waits that spun before sleeping (see
+    /// [`Config::spin`](crate::Config::spin)).
+    pub spins: u64,
+    /// Those of them whose spin caught what they waited for: they did not
+    /// sleep (counted in `wakeups` too).
+    pub caught: u64,
 }
 
 /// A thread's presence in the engine (see [`Runtime::enter`]).
@@ -142,6 +151,7 @@ impl Runtime {
             driver: Mutex::new(None),
             descriptors: std::sync::OnceLock::new(),
             resolution,
+            spin: Spin::new(config.spin),
         });
         let mut descriptors = {
             let core = inner.lock();
@@ -325,8 +335,13 @@ impl Runtime {
     /// among them, a datagram wakes one waiting thread (and the one whose
     /// object it makes ready), not all of them.
     pub fn wait_stats(&self) -> WaitStats {
-        let (wakeups, handoffs) = self.inner.gate.wait_counts();
-        WaitStats { wakeups, handoffs }
+        let (wakeups, handoffs, [spins, caught]) = self.inner.gate.wait_counts();
+        WaitStats {
+            wakeups,
+            handoffs,
+            spins,
+            caught,
+        }
     }
 
     /// Flows and datagram sockets the host holds (closing ones included).
@@ -455,8 +470,13 @@ impl Runtime {
                     [self.inner.udp.as_fd(), self.inner.timer.as_fd(), own.fd()];
                 let mut polled = fds.map(|fd| PollFd::new(fd, PollFlags::POLLIN));
                 let sleeper = self.inner.deadlines.sleep();
-                let left = deadline.map(|at| at.saturating_duration_since(Instant::now()));
-                sleep(&mut polled, sleeper.timeout(left))?;
+                let left = || deadline.map(|at| at.saturating_duration_since(Instant::now()));
+                let limit = sleeper.timeout(left()).map(Duration::from);
+                let spun = self.inner.spin.run(limit, || ready_now(&mut polled));
+                inside.gate().spun(spun);
+                if spun != Spun::Caught {
+                    sleep(&mut polled, sleeper.timeout(left()))?;
+                }
                 let due = sleeper.due();
                 drop(sleeper);
                 inside.gate().woke();
@@ -480,6 +500,18 @@ impl Runtime {
             };
             let mut polled = [me.fd(), own.fd()].map(|fd| PollFd::new(fd, PollFlags::POLLIN));
             let watched = if role == Role::Watcher { 2 } else { 1 };
+            let spun = self.inner.spin.run(timeout.map(Duration::from), || {
+                me.is_raised() || (role == Role::Watcher && own.is_raised())
+            });
+            inside.gate().spun(spun);
+            let timeout = if spun == Spun::Caught {
+                // Only to see which (a raise still on its way: none, and
+                // the caller looks again).
+                Some(TimeSpec::new(0, 0))
+            } else {
+                deadline
+                    .map(|at| TimeSpec::from_duration(at.saturating_duration_since(Instant::now())))
+            };
             let woken = sleep(&mut polled[..watched], timeout)?;
             inside.gate().woke();
             let seen = polled.map(|fd| fd.revents().is_some_and(|r| !r.is_empty()));
@@ -492,6 +524,12 @@ impl Runtime {
             }
         }
     }
+}
+
+/// Whether any of `fds` is ready now (a zero-timeout `ppoll`; a failure
+/// counts as not ready: the sleep that follows reports it).
+fn ready_now(fds: &mut [PollFd<'_>]) -> bool {
+    matches!(ppoll(fds, Some(TimeSpec::new(0, 0)), None), Ok(n) if n > 0)
 }
 
 /// `ppoll`: how many descriptors are ready (0: the timeout passed). EINTR

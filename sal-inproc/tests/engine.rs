@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use sal::{Locator, ServiceId, ServicePrefix};
-use sal_inproc::{Config, DriverStats, Error, Listener, Mode, Runtime, Stream};
+use sal_inproc::{Config, DriverStats, Error, Listener, Mode, Runtime, Stream, WaitStats};
 
 mod common;
 
@@ -613,40 +613,13 @@ fn a_request_response_loop_costs_the_driver_thread_little() {
     // period at most (bounded here with slack), not at every round trip
     // (which, at a fraction of a period each, is several times more).
     const ROUND_TRIPS: usize = 500;
-    let (server, listener) = server(|_| {});
-    let client = client(&server, |_| {});
-    let stream = client.connect(service(), Mode::Blocking).expect("connect");
-    let accepted = listener.accept(Mode::Blocking).expect("accept");
-    let echo = thread::spawn(move || {
-        let mut buf = [0u8; 64];
-        loop {
-            match accepted
-                .read(&mut buf, Mode::Blocking)
-                .expect("server read")
-            {
-                0 => return,
-                n => {
-                    accepted.write(&buf[..n], Mode::Blocking).expect("echo");
-                }
-            }
-        }
-    });
+    let (server, client, stream, echo) = echo_pair(|_| {});
     let before = server.driver_stats();
-    let start = Instant::now();
-    let mut buf = [0u8; 8];
-    for i in 0..ROUND_TRIPS {
-        let message = (i as u64).to_be_bytes();
-        stream.write(&message, Mode::Blocking).expect("write");
-        let mut got = 0;
-        while got < 8 {
-            got += stream.read(&mut buf[got..], Mode::Blocking).expect("read");
-        }
-        assert_eq!(buf, message);
-    }
-    let elapsed = start.elapsed();
+    let elapsed = round_trips(&stream, ROUND_TRIPS);
     let after = server.driver_stats();
     stream.shutdown_write().unwrap();
     echo.join().unwrap();
+    drop(client);
     let wakeups = after.wakeups - before.wakeups;
     let periods = (elapsed.as_micros() / 2_000) as u64 + 1;
     eprintln!("driver wake-ups: {wakeups} in {ROUND_TRIPS} round trips, {elapsed:?}");
@@ -980,5 +953,131 @@ fn the_first_write_after_a_connect_reaches_the_server_with_the_connection() {
     assert!(
         at_accept >= CONNECTIONS / 2,
         "the request was there at accept {at_accept} times in {CONNECTIONS}"
+    );
+}
+
+/// A client connected to a server whose thread echoes what it reads until
+/// end of stream, both engines tuned by `tune`: the server, the client,
+/// the client's stream and the echoing thread.
+fn echo_pair(tune: impl Fn(&mut Config)) -> (Runtime, Runtime, Stream, thread::JoinHandle<()>) {
+    let (server, listener) = server(&tune);
+    let client = client(&server, &tune);
+    let stream = client.connect(service(), Mode::Blocking).expect("connect");
+    let accepted = listener.accept(Mode::Blocking).expect("accept");
+    let echo = thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        loop {
+            match accepted
+                .read(&mut buf, Mode::Blocking)
+                .expect("server read")
+            {
+                0 => return,
+                n => {
+                    accepted.write(&buf[..n], Mode::Blocking).expect("echo");
+                }
+            }
+        }
+    });
+    (server, client, stream, echo)
+}
+
+/// `count` 8-byte round trips on `stream`, each answer checked: how long
+/// they took.
+fn round_trips(stream: &Stream, count: usize) -> Duration {
+    let start = Instant::now();
+    let mut buf = [0u8; 8];
+    for i in 0..count {
+        let message = (i as u64).to_be_bytes();
+        stream.write(&message, Mode::Blocking).expect("write");
+        let mut got = 0;
+        while got < 8 {
+            got += stream.read(&mut buf[got..], Mode::Blocking).expect("read");
+        }
+        assert_eq!(buf, message, "round trip {i}");
+    }
+    start.elapsed()
+}
+
+/// 300 round trips through [`echo_pair`], both engines spinning at most
+/// `spin`: the client's and the server's wait statistics over them.
+fn round_trip_waits(spin: Duration) -> (WaitStats, WaitStats) {
+    let (server, client, stream, echo) = echo_pair(|c| c.spin = spin);
+    let (client_before, server_before) = (client.wait_stats(), server.wait_stats());
+    round_trips(&stream, 300);
+    let (client_after, server_after) = (client.wait_stats(), server.wait_stats());
+    stream.shutdown_write().unwrap();
+    echo.join().unwrap();
+    let since = |after: WaitStats, before: WaitStats| WaitStats {
+        wakeups: after.wakeups - before.wakeups,
+        handoffs: after.handoffs - before.handoffs,
+        spins: after.spins - before.spins,
+        caught: after.caught - before.caught,
+    };
+    (
+        since(client_after, client_before),
+        since(server_after, server_before),
+    )
+}
+
+fn two_cpus() -> bool {
+    thread::available_parallelism().map_or(1, usize::from) >= 2
+}
+
+#[test]
+fn a_quick_answer_is_caught_spinning_and_without_spin_every_wait_sleeps() {
+    if !two_cpus() {
+        eprintln!("one CPU: the engine never spins");
+        return;
+    }
+    let (client, server) = round_trip_waits(Duration::from_micros(200));
+    eprintln!("spinning: client {client:?}, server {server:?}");
+    assert!(
+        client.caught + server.caught > 0,
+        "no wait was caught spinning: client {client:?}, server {server:?}"
+    );
+    assert!(client.caught <= client.spins && client.caught <= client.wakeups);
+    let (client, server) = round_trip_waits(Duration::ZERO);
+    assert_eq!(
+        (client.spins, server.spins),
+        (0, 0),
+        "spinning off: client {client:?}, server {server:?}"
+    );
+}
+
+#[test]
+fn a_reader_whose_bytes_come_slowly_stops_spinning() {
+    if !two_cpus() {
+        eprintln!("one CPU: the engine never spins");
+        return;
+    }
+    // 8 bytes every 2 ms, nothing back: the reader's spins miss, and once
+    // its engine's score has run out (48 misses at most) only one wait in
+    // 16 spins (about 48 + waits / 16 in all; a third of the waits leaves
+    // room for the catches a loaded machine's timing makes, and is still
+    // far below every wait, which is what spinning without a score does).
+    const MESSAGES: u64 = 300;
+    let (server, listener) = server(|c| c.spin = Duration::from_micros(50));
+    let client = client(&server, |_| {});
+    let stream = client.connect(service(), Mode::Blocking).expect("connect");
+    let accepted = listener.accept(Mode::Blocking).expect("accept");
+    let before = server.wait_stats();
+    let reader = thread::spawn(move || read_to_end(&accepted, Mode::Blocking).expect("read"));
+    for i in 0..MESSAGES {
+        thread::sleep(Duration::from_millis(2));
+        stream
+            .write(&i.to_be_bytes(), Mode::Blocking)
+            .expect("write");
+    }
+    stream.shutdown_write().unwrap();
+    let got = reader.join().unwrap();
+    let sent: Vec<u8> = (0..MESSAGES).flat_map(u64::to_be_bytes).collect();
+    assert!(got == sent, "the bytes differ");
+    let after = server.wait_stats();
+    let (spins, waits) = (after.spins - before.spins, after.wakeups - before.wakeups);
+    eprintln!("the reader's engine: {spins} spins in {waits} waits");
+    assert!(waits >= MESSAGES, "{waits} waits");
+    assert!(
+        spins <= waits / 3,
+        "the reader spun {spins} times in {waits} waits"
     );
 }

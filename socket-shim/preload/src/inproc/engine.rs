@@ -112,9 +112,20 @@ fn make() -> Option<Runtime> {
             Locator::Udp(addr) if interface.up => Some(addr),
             _ => None,
         })?;
-    let config =
+    let mut config =
         Config::new(SocketAddrV4::new(*sald.ip(), 0), Locator::Udp(sald)).with_sald_resolver(&path);
+    if let Some(spin) = spin_setting() {
+        config.spin = spin;
+    }
     Runtime::bind(config).ok()
+}
+
+/// `SERVAL_SPIN_US`: the longest a thread of this program busy-polls
+/// before it sleeps in the engine, in microseconds (0: never); unset or
+/// not a number: the engine's default ([`sal_inproc::DEFAULT_SPIN`]).
+fn spin_setting() -> Option<Duration> {
+    let micros = std::env::var("SERVAL_SPIN_US").ok()?.trim().parse().ok()?;
+    Some(Duration::from_micros(micros))
 }
 
 /// How long the process's exit waits for its flows' bytes and ends of

@@ -1,0 +1,207 @@
+//! A short busy-poll before a thread sleeps in the engine.
+//!
+//! **Why.** A blocking call waits for its peer's next packet: over a veth
+//! pair or loopback that is often tens of microseconds away, less than what
+//! sleeping and being woken cost (`ppoll`'s wait-queue set-up, a context
+//! switch each way, and in a virtual machine a halted CPU woken by an
+//! interrupt). Kernel TCP rarely pays it: it takes most packets in the
+//! sender's softirq. So before sleeping, a thread looks at what it would
+//! wait for (atomics, or the socket with a zero-timeout `ppoll`) until it
+//! is ready or a short window ([`crate::Config::spin`]) passes, yielding
+//! the CPU between looks to any other runnable thread (`sched_yield`): a
+//! spin that caught its event replaces a sleep and a wake-up with a few
+//! looks, and a CPU that would have gone idle between two packets of a
+//! conversation keeps working. The kernel's `busy_poll` and KVM's halt
+//! polling do the same for the same reason.
+//!
+//! **When it stops.** A spin that misses costs its whole window. The
+//! engine keeps a score of its spins (all threads' together: which thread
+//! waits for the socket changes from wait to wait): a catch adds
+//! [`CATCH`], a miss takes 1 away, so the score falls while fewer than one
+//! spin in `CATCH + 1` catches, the rate below which the misses cost more
+//! than the catches save (a sleep and a wake-up cost several windows' worth
+//! of the machine's time, counted on both CPUs: about three). At zero the
+//! threads stop spinning, but every [`PROBE`]th wait spins anyway, so
+//! that the score comes back when the traffic does. An idle program's
+//! threads, whose waits are long, so spin for at most one wait in
+//! [`PROBE`]. On a machine with one CPU nobody else could make the event
+//! happen while a thread spins: no spin there.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// What [`crate::Config::spin`] is unless set: a few times what a sleep and
+/// a wake-up cost, and about a round trip over a veth pair between two
+/// busy programs on the machines measured (`docs/in-process-sal.md`,
+/// stage 4).
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
+
+/// What a spin that caught its event adds to the score (a miss takes 1).
+const CATCH: u32 = 3;
+
+/// The highest score: after a burst of catches, spinning stops after this
+/// many misses in a row at most.
+const CEILING: u32 = 16 * CATCH;
+
+/// With the score at zero, one wait in this many spins (to see whether
+/// spinning pays again).
+const PROBE: u32 = 16;
+
+/// What a wait's spin came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Spun {
+    /// It did not spin (off, no time, or it does not pay now).
+    Not,
+    /// What it waited for came: no need to sleep.
+    Caught,
+    /// It spun its window in vain: it sleeps.
+    Missed,
+}
+
+/// The engine's spin setting and score.
+#[derive(Debug)]
+pub(crate) struct Spin {
+    /// The longest a spin lasts (zero: never spin).
+    window: Duration,
+    /// Catches and misses so far (see the module's doc).
+    score: AtomicU32,
+    /// Waits without a spin since the last probe.
+    unspun: AtomicU32,
+}
+
+impl Spin {
+    /// Spins of `window` at most (none on a machine with one CPU).
+    pub(crate) fn new(window: Duration) -> Spin {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        Spin {
+            window: if cpus > 1 { window } else { Duration::ZERO },
+            score: AtomicU32::new(CEILING),
+            unspun: AtomicU32::new(0),
+        }
+    }
+
+    /// Looks at `ready` until it says yes, the window passes, or `limit`
+    /// (the time the wait may last at all) does, yielding the CPU between
+    /// looks; or not at all, if spinning does not pay now.
+    pub(crate) fn run(&self, limit: Option<Duration>, mut ready: impl FnMut() -> bool) -> Spun {
+        let window = limit.map_or(self.window, |limit| limit.min(self.window));
+        if window.is_zero() || !self.pays() {
+            return Spun::Not;
+        }
+        let start = Instant::now();
+        loop {
+            if ready() {
+                self.scored(true);
+                return Spun::Caught;
+            }
+            if start.elapsed() >= window {
+                self.scored(false);
+                return Spun::Missed;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// Whether this wait spins: while the score is up, and every
+    /// [`PROBE`]th wait otherwise.
+    fn pays(&self) -> bool {
+        if self.score.load(Ordering::Relaxed) > 0 {
+            return true;
+        }
+        let unspun = self.unspun.fetch_add(1, Ordering::Relaxed) + 1;
+        if unspun >= PROBE {
+            self.unspun.store(0, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+
+    fn scored(&self, caught: bool) {
+        // Threads' updates may race and one be lost: the score is an
+        // estimate.
+        let score = self.score.load(Ordering::Relaxed);
+        let next = if caught {
+            (score + CATCH).min(CEILING)
+        } else {
+            score.saturating_sub(1)
+        };
+        self.score.store(next, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WINDOW: Duration = Duration::from_micros(50);
+
+    fn two_cpus() -> bool {
+        std::thread::available_parallelism().map_or(1, usize::from) >= 2
+    }
+
+    #[test]
+    fn a_spin_looks_until_ready_within_its_window() {
+        if !two_cpus() {
+            return;
+        }
+        let spin = Spin::new(WINDOW);
+        let mut looks = 0;
+        let spun = spin.run(None, || {
+            looks += 1;
+            looks == 3
+        });
+        assert_eq!(spun, Spun::Caught);
+        assert_eq!(looks, 3, "looked until ready");
+        let start = Instant::now();
+        assert_eq!(spin.run(None, || false), Spun::Missed, "never ready");
+        assert!(start.elapsed() >= WINDOW, "spun its window");
+        assert_eq!(
+            spin.run(Some(Duration::ZERO), || panic!("no time to look")),
+            Spun::Not,
+            "a wait with no time left does not spin"
+        );
+        let off = Spin::new(Duration::ZERO);
+        assert_eq!(off.run(None, || panic!("spinning is off")), Spun::Not);
+    }
+
+    #[test]
+    fn spinning_stops_while_few_spins_catch_and_probes_bring_it_back() {
+        if !two_cpus() {
+            return;
+        }
+        let spin = Spin::new(Duration::from_micros(1));
+        // One catch in five: the score falls (a probe's catch may still
+        // hold it a little above zero).
+        for i in 0..CEILING * 5 {
+            spin.run(None, || i % 5 == 0);
+        }
+        let score = spin.score.load(Ordering::Relaxed);
+        assert!(score < CEILING / 4, "below the rate: {score}");
+        // Misses alone take it to zero.
+        for _ in 0..score {
+            spin.run(None, || false);
+        }
+        assert_eq!(spin.score.load(Ordering::Relaxed), 0);
+        let mut spins = 0;
+        for _ in 0..PROBE * 4 {
+            spins += u32::from(spin.run(None, || false) == Spun::Missed);
+        }
+        assert!(
+            (4..=5).contains(&spins),
+            "only every {PROBE}th wait spins: {spins} in {}",
+            PROBE * 4
+        );
+        // A probe that catches puts spinning back.
+        let mut probes = 0;
+        while spin.run(None, || true) == Spun::Not {
+            probes += 1;
+            assert!(probes <= PROBE, "a probe came");
+        }
+        assert_eq!(spin.run(None, || true), Spun::Caught, "spinning again");
+        // One catch in three: it stays up.
+        for i in 0..CEILING * 5 {
+            spin.run(None, || i % 3 == 0);
+        }
+        assert!(spin.score.load(Ordering::Relaxed) > 0, "above the rate");
+    }
+}
