@@ -41,9 +41,9 @@ pub struct Config {
     /// connect's path. `None` (the default): every SYN follows
     /// [`Config::route`].
     pub resolver: Option<Arc<dyn Resolve>>,
-    /// The longest a thread busy-polls before it sleeps in the engine
-    /// (its window adapts below this, see `spin.rs`); zero: never. Not
-    /// used on a machine with one CPU.
+    /// The longest a thread busy-polls before it sleeps in the engine,
+    /// while the engine's spins pay (`spin.rs`); zero: never. Not used on
+    /// a machine with one CPU.
     pub spin: Duration,
 }
 

@@ -111,8 +111,8 @@ pub struct WaitStats {
     /// Times the poller role (watching the socket and the timer for the
     /// threads waiting inside) passed from a leaving thread to a waiting one.
     pub handoffs: u64,
-    /// Waits that spun before sleeping (see
-    /// [`Config::spin`](crate::Config::spin)).
+    /// Waits that spun, whether their spin caught what they waited for or
+    /// they slept after it (see [`Config::spin`](crate::Config::spin)).
     pub spins: u64,
     /// Those of them whose spin caught what they waited for: they did not
     /// sleep (counted in `wakeups` too).
@@ -443,8 +443,9 @@ impl Runtime {
         }
     }
 
-    /// Sleeps (counted as inside) until `own` is raised, or `deadline`, or
-    /// (as the poller, see `gate.rs`) the socket has input or the host's
+    /// Spins a little (`spin.rs`), then sleeps (counted as inside) until
+    /// `own` is raised, or `deadline`, or (as the poller, see `gate.rs`)
+    /// the socket has input or the host's
     /// deadline comes (`ppoll`'s timeout, or the timerfd, which a release
     /// arms if it moved the deadline before the one this thread sleeps
     /// until: `deadline.rs`); on input, returns the core to drive if the
@@ -460,9 +461,8 @@ impl Runtime {
         deadline: Option<Instant>,
         inside: &mut Inside,
     ) -> Result<(Option<Held<'_>>, bool), Error> {
+        let left = || deadline.map(|at| at.saturating_duration_since(Instant::now()));
         loop {
-            let timeout = deadline
-                .map(|at| TimeSpec::from_duration(at.saturating_duration_since(Instant::now())));
             let role = inside.claim(own);
             let follower = inside.wake_signal().filter(|_| role != Role::Poller);
             let Some(me) = follower else {
@@ -470,11 +470,10 @@ impl Runtime {
                     [self.inner.udp.as_fd(), self.inner.timer.as_fd(), own.fd()];
                 let mut polled = fds.map(|fd| PollFd::new(fd, PollFlags::POLLIN));
                 let sleeper = self.inner.deadlines.sleep();
-                let left = || deadline.map(|at| at.saturating_duration_since(Instant::now()));
                 let limit = sleeper.timeout(left()).map(Duration::from);
                 let spun = self.inner.spin.run(limit, || ready_now(&mut polled));
                 inside.gate().spun(spun);
-                if spun != Spun::Caught {
+                if !matches!(spun, Spun::Caught | Spun::Ready) {
                     sleep(&mut polled, sleeper.timeout(left()))?;
                 }
                 let due = sleeper.due();
@@ -490,9 +489,7 @@ impl Runtime {
                     // None: the holder drives; the caller looks again
                     // once it lets go (what is left of the deadline).
                     None => {
-                        let left = deadline.map(|at| {
-                            TimeSpec::from_duration(at.saturating_duration_since(Instant::now()))
-                        });
+                        let left = left().map(TimeSpec::from_duration);
                         let core = self.inner.core.wait_release(own.fd(), left)?;
                         Ok((core, true))
                     }
@@ -500,19 +497,14 @@ impl Runtime {
             };
             let mut polled = [me.fd(), own.fd()].map(|fd| PollFd::new(fd, PollFlags::POLLIN));
             let watched = if role == Role::Watcher { 2 } else { 1 };
-            let spun = self.inner.spin.run(timeout.map(Duration::from), || {
-                me.is_raised() || (role == Role::Watcher && own.is_raised())
-            });
+            // After a catch the eventfd is readable, or about to be (its
+            // level is set before its write): the sleep below returns at
+            // once, or as soon as it is.
+            let watching = role == Role::Watcher;
+            let spun =
+                (self.inner.spin).run(left(), || me.is_raised() || (watching && own.is_raised()));
             inside.gate().spun(spun);
-            let timeout = if spun == Spun::Caught {
-                // Only to see which (a raise still on its way: none, and
-                // the caller looks again).
-                Some(TimeSpec::new(0, 0))
-            } else {
-                deadline
-                    .map(|at| TimeSpec::from_duration(at.saturating_duration_since(Instant::now())))
-            };
-            let woken = sleep(&mut polled[..watched], timeout)?;
+            let woken = sleep(&mut polled[..watched], left().map(TimeSpec::from_duration))?;
             inside.gate().woke();
             let seen = polled.map(|fd| fd.revents().is_some_and(|r| !r.is_empty()));
             if seen[0] {

@@ -18,21 +18,31 @@
 //! engine keeps a score of its spins (all threads' together: which thread
 //! waits for the socket changes from wait to wait): a catch adds
 //! [`CATCH`], a miss takes 1 away, so the score falls while fewer than one
-//! spin in `CATCH + 1` catches, the rate below which the misses cost more
-//! than the catches save (a sleep and a wake-up cost several windows' worth
-//! of the machine's time, counted on both CPUs: about three). At zero the
+//! spin in `CATCH + 1` catches. That threshold is a judgment, not a
+//! measurement: a miss costs a window of CPU time that only threads with
+//! nothing better to do could have used (the spinner yields at every
+//! look), a catch saves a sleep and a wake-up on two CPUs. At zero the
 //! threads stop spinning, but every [`PROBE`]th wait spins anyway, so
-//! that the score comes back when the traffic does. An idle program's
-//! threads, whose waits are long, so spin for at most one wait in
-//! [`PROBE`]. On a machine with one CPU nobody else could make the event
-//! happen while a thread spins: no spin there.
+//! that the score comes back when the traffic does. So a program whose
+//! waits are long (an idle server's accept, a reader of a slow peer),
+//! after its first misses (the score starts at [`CEILING`]), spins in one
+//! wait in [`PROBE`], and a little more when a probe catches something.
+//! What is ready before the spin's first look (input that came while the
+//! thread was outside the engine) is not scored: it saves nothing. A spin
+//! cut short by the wait's own limit (the host's timer, the call's
+//! deadline) is not scored either. A thread queued behind another for its
+//! object (one of many in `accept`) spins too, for its wake-up eventfd:
+//! leaving it out did worse in the connect bench (4 parallel 0.41-0.49x
+//! kernel TCP's rate against 0.48-0.58x, same rounds). On a
+//! machine with one CPU nobody else could make the event happen while a
+//! thread spins: no spin there.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// What [`crate::Config::spin`] is unless set: a few times what a sleep and
-/// a wake-up cost, and about a round trip over a veth pair between two
-/// busy programs on the machines measured (`docs/in-process-sal.md`,
+/// What [`crate::Config::spin`] is unless set: about a round trip over a
+/// veth pair between two busy programs on the machines measured (25 and
+/// 100 µs did no better in the connect bench: `docs/in-process-sal.md`,
 /// stage 4).
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 
@@ -52,6 +62,9 @@ const PROBE: u32 = 16;
 pub(crate) enum Spun {
     /// It did not spin (off, no time, or it does not pay now).
     Not,
+    /// What it waits for was ready at the first look: no need to sleep,
+    /// and nothing saved (not scored).
+    Ready,
     /// What it waited for came: no need to sleep.
     Caught,
     /// It spun its window in vain: it sleeps.
@@ -88,17 +101,22 @@ impl Spin {
         if window.is_zero() || !self.pays() {
             return Spun::Not;
         }
+        if ready() {
+            return Spun::Ready;
+        }
         let start = Instant::now();
         loop {
+            std::thread::yield_now();
             if ready() {
                 self.scored(true);
                 return Spun::Caught;
             }
             if start.elapsed() >= window {
-                self.scored(false);
+                if window == self.window {
+                    self.scored(false);
+                }
                 return Spun::Missed;
             }
-            std::thread::yield_now();
         }
     }
 
@@ -117,15 +135,13 @@ impl Spin {
     }
 
     fn scored(&self, caught: bool) {
-        // Threads' updates may race and one be lost: the score is an
-        // estimate.
-        let score = self.score.load(Ordering::Relaxed);
-        let next = if caught {
-            (score + CATCH).min(CEILING)
-        } else {
-            score.saturating_sub(1)
-        };
-        self.score.store(next, Ordering::Relaxed);
+        let _ = (self.score).fetch_update(Ordering::Relaxed, Ordering::Relaxed, |score| {
+            Some(if caught {
+                (score + CATCH).min(CEILING)
+            } else {
+                score.saturating_sub(1)
+            })
+        });
     }
 }
 
@@ -134,6 +150,15 @@ mod tests {
     use super::*;
 
     const WINDOW: Duration = Duration::from_micros(50);
+
+    /// Not ready at a spin's first look; at the second, `catch`.
+    fn second_look(catch: bool) -> impl FnMut() -> bool {
+        let mut looks = 0;
+        move || {
+            looks += 1;
+            looks > 1 && catch
+        }
+    }
 
     fn two_cpus() -> bool {
         std::thread::available_parallelism().map_or(1, usize::from) >= 2
@@ -144,14 +169,19 @@ mod tests {
         if !two_cpus() {
             return;
         }
-        let spin = Spin::new(WINDOW);
+        // A window no preemption of this thread can outlast.
+        let long = Spin::new(Duration::from_secs(60));
         let mut looks = 0;
-        let spun = spin.run(None, || {
+        let spun = long.run(None, || {
             looks += 1;
             looks == 3
         });
         assert_eq!(spun, Spun::Caught);
         assert_eq!(looks, 3, "looked until ready");
+        let score = long.score.load(Ordering::Relaxed);
+        assert_eq!(long.run(None, || true), Spun::Ready, "ready at once");
+        assert_eq!(long.score.load(Ordering::Relaxed), score, "not scored");
+        let spin = Spin::new(WINDOW);
         let start = Instant::now();
         assert_eq!(spin.run(None, || false), Spun::Missed, "never ready");
         assert!(start.elapsed() >= WINDOW, "spun its window");
@@ -159,6 +189,14 @@ mod tests {
             spin.run(Some(Duration::ZERO), || panic!("no time to look")),
             Spun::Not,
             "a wait with no time left does not spin"
+        );
+        let score = spin.score.load(Ordering::Relaxed);
+        let short = Some(WINDOW / 5);
+        assert_eq!(spin.run(short, || false), Spun::Missed);
+        assert_eq!(
+            spin.score.load(Ordering::Relaxed),
+            score,
+            "a spin its wait's limit cut short is not scored"
         );
         let off = Spin::new(Duration::ZERO);
         assert_eq!(off.run(None, || panic!("spinning is off")), Spun::Not);
@@ -173,7 +211,7 @@ mod tests {
         // One catch in five: the score falls (a probe's catch may still
         // hold it a little above zero).
         for i in 0..CEILING * 5 {
-            spin.run(None, || i % 5 == 0);
+            spin.run(None, second_look(i % 5 == 0));
         }
         let score = spin.score.load(Ordering::Relaxed);
         assert!(score < CEILING / 4, "below the rate: {score}");
@@ -193,14 +231,18 @@ mod tests {
         );
         // A probe that catches puts spinning back.
         let mut probes = 0;
-        while spin.run(None, || true) == Spun::Not {
+        while spin.run(None, second_look(true)) == Spun::Not {
             probes += 1;
             assert!(probes <= PROBE, "a probe came");
         }
-        assert_eq!(spin.run(None, || true), Spun::Caught, "spinning again");
+        assert_eq!(
+            spin.run(None, second_look(true)),
+            Spun::Caught,
+            "spinning again"
+        );
         // One catch in three: it stays up.
         for i in 0..CEILING * 5 {
-            spin.run(None, || i % 3 == 0);
+            spin.run(None, second_look(i % 3 == 0));
         }
         assert!(spin.score.load(Ordering::Relaxed) > 0, "above the rate");
     }

@@ -121,12 +121,17 @@ fn make() -> Option<Runtime> {
 }
 
 /// `SERVAL_SPIN_US`: the longest a thread of this program busy-polls
-/// before it sleeps in the engine, in microseconds (0: never); unset or
-/// not a number: the engine's default ([`sal_inproc::DEFAULT_SPIN`]).
+/// before it sleeps in the engine, in microseconds (0: never; at most
+/// [`MAX_SPIN_US`]); unset or not a number: the engine's default
+/// ([`sal_inproc::DEFAULT_SPIN`]).
 fn spin_setting() -> Option<Duration> {
-    let micros = std::env::var("SERVAL_SPIN_US").ok()?.trim().parse().ok()?;
-    Some(Duration::from_micros(micros))
+    let micros: u64 = std::env::var("SERVAL_SPIN_US").ok()?.trim().parse().ok()?;
+    Some(Duration::from_micros(micros.min(MAX_SPIN_US)))
 }
+
+/// The most `SERVAL_SPIN_US` gives: past a millisecond a spin is a busy
+/// wait, not a short look before a sleep.
+const MAX_SPIN_US: u64 = 1_000;
 
 /// How long the process's exit waits for its flows' bytes and ends of
 /// stream to be acknowledged at most, as the kernel goes on sending a
