@@ -106,6 +106,9 @@ impl Spin {
         }
         let start = Instant::now();
         loop {
+            // At every look: yielding only every few looks, with pause
+            // loops between, halved the connect bench's rate (a runnable
+            // thread with work waited for the spinner's time slice).
             std::thread::yield_now();
             if ready() {
                 self.scored(true);
