@@ -957,15 +957,9 @@ fn the_first_write_after_a_connect_reaches_the_server_with_the_connection() {
     );
 }
 
-/// A client connected to a server whose thread echoes what it reads until
-/// end of stream, both engines tuned by `tune`: the server, the client,
-/// the client's stream and the echoing thread.
-fn echo_pair(tune: impl Fn(&mut Config)) -> (Runtime, Runtime, Stream, thread::JoinHandle<()>) {
-    let (server, listener) = server(&tune);
-    let client = client(&server, &tune);
-    let stream = client.connect(service(), Mode::Blocking).expect("connect");
-    let accepted = listener.accept(Mode::Blocking).expect("accept");
-    let echo = thread::spawn(move || {
+/// A thread that echoes what it reads on `accepted` until end of stream.
+fn echo_thread(accepted: Stream) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
         let mut buf = [0u8; 64];
         loop {
             match accepted
@@ -978,7 +972,18 @@ fn echo_pair(tune: impl Fn(&mut Config)) -> (Runtime, Runtime, Stream, thread::J
                 }
             }
         }
-    });
+    })
+}
+
+/// A client connected to a server whose thread echoes what it reads until
+/// end of stream, both engines tuned by `tune`: the server, the client,
+/// the client's stream and the echoing thread.
+fn echo_pair(tune: impl Fn(&mut Config)) -> (Runtime, Runtime, Stream, thread::JoinHandle<()>) {
+    let (server, listener) = server(&tune);
+    let client = client(&server, &tune);
+    let stream = client.connect(service(), Mode::Blocking).expect("connect");
+    let accepted = listener.accept(Mode::Blocking).expect("accept");
+    let echo = echo_thread(accepted);
     (server, client, stream, echo)
 }
 
@@ -1020,14 +1025,18 @@ fn round_trip_waits(spin: Duration) -> (WaitStats, WaitStats) {
     )
 }
 
-fn two_cpus() -> bool {
-    thread::available_parallelism().map_or(1, usize::from) >= 2
+/// Whether the engine spins here (not on one CPU).
+fn spins_here() -> bool {
+    let two = thread::available_parallelism().map_or(1, usize::from) >= 2;
+    if !two {
+        eprintln!("one CPU: the engine never spins");
+    }
+    two
 }
 
 #[test]
 fn a_quick_answer_is_caught_spinning_and_without_spin_every_wait_sleeps() {
-    if !two_cpus() {
-        eprintln!("one CPU: the engine never spins");
+    if !spins_here() {
         return;
     }
     let (client, server) = round_trip_waits(Duration::from_micros(200));
@@ -1047,8 +1056,7 @@ fn a_quick_answer_is_caught_spinning_and_without_spin_every_wait_sleeps() {
 
 #[test]
 fn a_thread_watching_its_stream_spins_on_its_level_and_misses_nothing() {
-    if !two_cpus() {
-        eprintln!("one CPU: the engine never spins");
+    if !spins_here() {
         return;
     }
     // A thread parked in accept holds the server's poller role: the echo
@@ -1068,20 +1076,7 @@ fn a_thread_watching_its_stream_spins_on_its_level_and_misses_nothing() {
     let client = client(&server, |_| {});
     let stream = client.connect(service(), Mode::Blocking).expect("connect");
     let accepted = listener.accept(Mode::Blocking).expect("accept");
-    let echo = thread::spawn(move || {
-        let mut buf = [0u8; 64];
-        loop {
-            match accepted
-                .read(&mut buf, Mode::Blocking)
-                .expect("server read")
-            {
-                0 => return,
-                n => {
-                    accepted.write(&buf[..n], Mode::Blocking).expect("echo");
-                }
-            }
-        }
-    });
+    let echo = echo_thread(accepted);
     let before = server.wait_stats();
     round_trips(&stream, ROUND_TRIPS);
     let after = server.wait_stats();
@@ -1098,8 +1093,7 @@ fn a_thread_watching_its_stream_spins_on_its_level_and_misses_nothing() {
 
 #[test]
 fn a_reader_whose_bytes_come_slowly_stops_spinning() {
-    if !two_cpus() {
-        eprintln!("one CPU: the engine never spins");
+    if !spins_here() {
         return;
     }
     // 8 bytes every 2 ms, nothing back: the reader's spins miss, and once

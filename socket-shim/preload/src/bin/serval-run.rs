@@ -52,7 +52,9 @@ struct Args {
     /// relays a listener's (`--relays`); a sald without either serves the
     /// sockets as without this option. Sets SERVAL_SHIM_INPROC=1.
     /// In-process sockets do not survive exec, and are reset in a forked
-    /// child.
+    /// child. A thread about to sleep in the engine first busy-polls for
+    /// up to 50 µs while that pays (SERVAL_SPIN_US=N sets the most, up to
+    /// 1000; 0 turns it off).
     #[arg(long = "in-process")]
     in_process: bool,
     /// The shim library (default: SERVAL_SHIM_LIB, or next to this program).

@@ -125,7 +125,12 @@ fn make() -> Option<Runtime> {
 /// [`MAX_SPIN_US`]); unset or not a number: the engine's default
 /// ([`sal_inproc::DEFAULT_SPIN`]).
 fn spin_setting() -> Option<Duration> {
-    let micros: u64 = std::env::var("SERVAL_SPIN_US").ok()?.trim().parse().ok()?;
+    parse_spin(&std::env::var("SERVAL_SPIN_US").ok()?)
+}
+
+/// A `SERVAL_SPIN_US` value as a spin (see [`spin_setting`]).
+fn parse_spin(value: &str) -> Option<Duration> {
+    let micros: u64 = value.trim().parse().ok()?;
     Some(Duration::from_micros(micros.min(MAX_SPIN_US)))
 }
 
@@ -253,4 +258,22 @@ extern "C" fn fork_release() {
     super::epoll::fork_release();
     super::registry::fork_release();
     let _ = FORK_GUARD.try_with(|held| held.borrow_mut().take());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spin_setting_is_microseconds_up_to_a_millisecond() {
+        assert_eq!(parse_spin("20"), Some(Duration::from_micros(20)));
+        assert_eq!(parse_spin(" 0\n"), Some(Duration::ZERO), "off");
+        assert_eq!(
+            parse_spin("5000000"),
+            Some(Duration::from_millis(1)),
+            "capped"
+        );
+        assert_eq!(parse_spin("fast"), None, "the default then");
+        assert_eq!(parse_spin("-3"), None);
+    }
 }
