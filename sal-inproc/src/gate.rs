@@ -114,8 +114,10 @@ pub(crate) struct Gate {
     waits: AtomicU64,
     /// Times the poller role went to a waiting thread.
     handoffs: AtomicU64,
-    /// Waits that spun, and those whose spin caught what they waited for.
-    spins: [AtomicU64; 2],
+    /// Waits that spun.
+    spins: AtomicU64,
+    /// Waits whose spin caught what they waited for.
+    caught: AtomicU64,
 }
 
 impl Gate {
@@ -133,7 +135,8 @@ impl Gate {
             poller: AtomicU64::new(0),
             waits: AtomicU64::new(0),
             handoffs: AtomicU64::new(0),
-            spins: [AtomicU64::new(0), AtomicU64::new(0)],
+            spins: AtomicU64::new(0),
+            caught: AtomicU64::new(0),
         }))
     }
 
@@ -170,21 +173,22 @@ impl Gate {
     /// The application threads' wake-ups in the engine's waits, the
     /// poller role's hand-overs, and the waits that spun and that a spin
     /// ended, so far.
-    pub(crate) fn wait_counts(&self) -> (u64, u64, [u64; 2]) {
+    pub(crate) fn wait_counts(&self) -> (u64, u64, u64, u64) {
         (
             self.waits.load(Ordering::Relaxed),
             self.handoffs.load(Ordering::Relaxed),
-            self.spins.each_ref().map(|n| n.load(Ordering::Relaxed)),
+            self.spins.load(Ordering::Relaxed),
+            self.caught.load(Ordering::Relaxed),
         )
     }
 
     /// Counts a wait's spin.
     pub(crate) fn spun(&self, spun: Spun) {
         if spun != Spun::Not {
-            self.spins[0].fetch_add(1, Ordering::Relaxed);
+            self.spins.fetch_add(1, Ordering::Relaxed);
         }
         if spun == Spun::Caught {
-            self.spins[1].fetch_add(1, Ordering::Relaxed);
+            self.caught.fetch_add(1, Ordering::Relaxed);
         }
     }
 

@@ -335,7 +335,7 @@ impl Runtime {
     /// among them, a datagram wakes one waiting thread (and the one whose
     /// object it makes ready), not all of them.
     pub fn wait_stats(&self) -> WaitStats {
-        let (wakeups, handoffs, [spins, caught]) = self.inner.gate.wait_counts();
+        let (wakeups, handoffs, spins, caught) = self.inner.gate.wait_counts();
         WaitStats {
             wakeups,
             handoffs,
@@ -445,16 +445,16 @@ impl Runtime {
 
     /// Spins a little (`spin.rs`), then sleeps (counted as inside) until
     /// `own` is raised, or `deadline`, or (as the poller, see `gate.rs`)
-    /// the socket has input or the host's
-    /// deadline comes (`ppoll`'s timeout, or the timerfd, which a release
-    /// arms if it moved the deadline before the one this thread sleeps
-    /// until: `deadline.rs`); on input, returns the core to drive if the
-    /// lock is free. If another thread holds it, that thread drives: this
-    /// one waits for its own object or the holder's release (see
-    /// `lock.rs`). A follower woken to take the poller role, or by a
-    /// readiness already consumed, sleeps again without the lock. Also
-    /// says whether it saw input on the socket or the timer, or the host's
-    /// deadline passed (the next attempt then reads the socket).
+    /// the socket has input or the host's deadline comes (`ppoll`'s
+    /// timeout, or the timerfd, which a release arms if it moved the
+    /// deadline before the one this thread sleeps until: `deadline.rs`);
+    /// on input, returns the core to drive if the lock is free. If another
+    /// thread holds it, that thread drives: this one waits for its own
+    /// object or the holder's release (see `lock.rs`). A follower woken to
+    /// take the poller role, or by a readiness already consumed, sleeps
+    /// again without the lock. Also says whether it saw input on the
+    /// socket or the timer, or the host's deadline passed (the next
+    /// attempt then reads the socket).
     fn wait(
         &self,
         own: &Signal,

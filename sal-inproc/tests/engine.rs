@@ -975,14 +975,26 @@ fn echo_thread(accepted: Stream) -> thread::JoinHandle<()> {
     })
 }
 
+/// A client engine whose SYNs go to `server` (tuned by `tune`), with one
+/// stream connected to `listener`: the client, its stream, and the
+/// server's end.
+fn connected(
+    server: &Runtime,
+    listener: &Listener,
+    tune: impl FnOnce(&mut Config),
+) -> (Runtime, Stream, Stream) {
+    let client = client(server, tune);
+    let stream = client.connect(service(), Mode::Blocking).expect("connect");
+    let accepted = listener.accept(Mode::Blocking).expect("accept");
+    (client, stream, accepted)
+}
+
 /// A client connected to a server whose thread echoes what it reads until
 /// end of stream, both engines tuned by `tune`: the server, the client,
 /// the client's stream and the echoing thread.
 fn echo_pair(tune: impl Fn(&mut Config)) -> (Runtime, Runtime, Stream, thread::JoinHandle<()>) {
     let (server, listener) = server(&tune);
-    let client = client(&server, &tune);
-    let stream = client.connect(service(), Mode::Blocking).expect("connect");
-    let accepted = listener.accept(Mode::Blocking).expect("accept");
+    let (client, stream, accepted) = connected(&server, &listener, &tune);
     let echo = echo_thread(accepted);
     (server, client, stream, echo)
 }
@@ -1073,9 +1085,7 @@ fn a_thread_watching_its_stream_spins_on_its_level_and_misses_nothing() {
         })
     };
     thread::sleep(Duration::from_millis(50));
-    let client = client(&server, |_| {});
-    let stream = client.connect(service(), Mode::Blocking).expect("connect");
-    let accepted = listener.accept(Mode::Blocking).expect("accept");
+    let (_client, stream, accepted) = connected(&server, &listener, |_| {});
     let echo = echo_thread(accepted);
     let before = server.wait_stats();
     round_trips(&stream, ROUND_TRIPS);
@@ -1103,9 +1113,7 @@ fn a_reader_whose_bytes_come_slowly_stops_spinning() {
     // far below every wait, which is what spinning without a score does).
     const MESSAGES: u64 = 300;
     let (server, listener) = server(|c| c.spin = Duration::from_micros(50));
-    let client = client(&server, |_| {});
-    let stream = client.connect(service(), Mode::Blocking).expect("connect");
-    let accepted = listener.accept(Mode::Blocking).expect("accept");
+    let (_client, stream, accepted) = connected(&server, &listener, |_| {});
     let before = server.wait_stats();
     let reader = thread::spawn(move || read_to_end(&accepted, Mode::Blocking).expect("read"));
     for i in 0..MESSAGES {
