@@ -16,6 +16,7 @@ use sal::{FlowId, Locator, ServicePrefix};
 
 use crate::clock::Clock;
 use crate::deadline::Deadlines;
+use crate::ends::{EndsCell, EndsSignal, Facts};
 use crate::lock::Parked;
 use crate::mirror::{Mirror, Signal, Spares};
 use crate::udp::{Outbox, UdpLink, BATCH};
@@ -51,6 +52,11 @@ pub(crate) struct FlowEntry {
     pub(crate) read_shut: bool,
     readable: Mirror,
     writable: Mirror,
+    /// The ends beyond the bytes, shared with the [`crate::Stream`].
+    ends: Arc<EndsCell>,
+    /// The eventfds that mirror some of the ends, made when a `poll`
+    /// first needs one (by [`EndsSignal::index`]).
+    ends_signals: [Option<Mirror>; 2],
 }
 
 /// The engine's state of one listener the application holds.
@@ -70,6 +76,7 @@ struct ListenerEntry {
 pub(crate) struct StreamSignals {
     pub(crate) readable: Arc<Signal>,
     pub(crate) writable: Arc<Signal>,
+    pub(crate) ends: Arc<EndsCell>,
 }
 
 /// The host and everything driven with it.
@@ -449,9 +456,8 @@ impl Core {
             if let Some(error) = error {
                 entry.opening = Opening::Failed(error);
             }
-            entry.readable.set(true, &mut self.pending);
-            entry.writable.set(true, &mut self.pending);
         }
+        self.refresh(key);
     }
 
     /// Sets a flow's mirrors from the host's view of it: readable while it
@@ -461,8 +467,16 @@ impl Core {
         let Some(entry) = self.streams.get_mut(&key) else {
             return;
         };
+        let mut facts = Facts {
+            read_shut: entry.read_shut,
+            write_shut: entry.write_shut,
+            ..Facts::default()
+        };
         let (readable, writable) = match (entry.opening, entry.flow) {
-            (Opening::Failed(_), _) | (_, None) => (true, true),
+            (Opening::Failed(_), _) | (_, None) => {
+                facts.reset = true;
+                (true, true)
+            }
             (Opening::Pending, Some(_)) => (false, false),
             (Opening::Done, Some(id)) => {
                 // A read of nothing: tells bytes or end (Ok) from nothing
@@ -476,11 +490,44 @@ impl Core {
                     Ok(room) => room >= self.low_water || entry.write_shut,
                     Err(_) => true,
                 };
+                // An end of stream or a reset makes the flow readable:
+                // no need to ask while it is not.
+                if readable {
+                    if let Ok(ends) = self.host.stream_ends(id) {
+                        facts.peer_finished = ends.peer_finished;
+                        facts.reset = ends.reset;
+                    }
+                }
                 (readable, writable)
             }
         };
         entry.readable.set(readable, &mut self.pending);
         entry.writable.set(writable, &mut self.pending);
+        entry.ends.note(facts);
+        let ends = entry.ends.ends();
+        for which in EndsSignal::ALL {
+            if let Some(mirror) = &mut entry.ends_signals[which.index()] {
+                mirror.set(which.raised_by(ends), &mut self.pending);
+            }
+        }
+    }
+
+    /// The eventfd that mirrors `which` of a stream's ends, made now if
+    /// no `poll` needed it before.
+    pub(crate) fn ends_signal(
+        &mut self,
+        key: Key,
+        which: EndsSignal,
+    ) -> Result<Arc<Signal>, Error> {
+        let entry = self.streams.get_mut(&key).ok_or(Error::Reset)?;
+        if let Some(mirror) = &entry.ends_signals[which.index()] {
+            return Ok(mirror.signal());
+        }
+        let raised = which.raised_by(entry.ends.ends());
+        let mirror = Mirror::new(&mut self.spares, raised, &mut self.pending)?;
+        let signal = mirror.signal();
+        entry.ends_signals[which.index()] = Some(mirror);
+        Ok(signal)
     }
 
     /// Starts a connect: the flow's entry, its SYN queued.
@@ -562,9 +609,11 @@ impl Core {
         opening: Opening,
         (readable, writable): (Mirror, Mirror),
     ) -> (Key, StreamSignals) {
+        let ends = Arc::new(EndsCell::default());
         let signals = StreamSignals {
             readable: readable.signal(),
             writable: writable.signal(),
+            ends: Arc::clone(&ends),
         };
         let key = Key(self.next_key);
         self.next_key += 1;
@@ -578,6 +627,8 @@ impl Core {
                 read_shut: false,
                 readable,
                 writable,
+                ends,
+                ends_signals: [None, None],
             },
         );
         (key, signals)
@@ -596,6 +647,9 @@ impl Core {
         };
         self.spares.give(entry.readable.into_signal());
         self.spares.give(entry.writable.into_signal());
+        for mirror in entry.ends_signals.into_iter().flatten() {
+            self.spares.give(mirror.into_signal());
+        }
         let Some(id) = entry.flow else {
             return;
         };

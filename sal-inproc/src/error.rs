@@ -34,6 +34,11 @@ pub enum Error {
     /// `EADDRINUSE`.
     #[error("service prefix already bound")]
     AddressInUse,
+    /// A signal's handler ran while the call waited, inside an
+    /// [`crate::Interruptible`]: `EINTR`. What the call did stands (a
+    /// write returns the count written first).
+    #[error("interrupted by a signal")]
+    Interrupted,
     /// The listener was stopped (`shutdown` of a listening socket).
     #[error("the listener was stopped")]
     NotListening,
@@ -59,6 +64,7 @@ impl Error {
             Error::NotConnected => libc::ENOTCONN,
             Error::TooManyFlows(_) => libc::ENOBUFS,
             Error::AddressInUse => libc::EADDRINUSE,
+            Error::Interrupted => libc::EINTR,
             Error::NotListening => libc::EINVAL,
             Error::Host(_) => libc::EINVAL,
             Error::Io(error) => error.raw_os_error().unwrap_or(libc::EIO),

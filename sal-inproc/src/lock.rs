@@ -37,7 +37,7 @@ use nix::sys::time::TimeSpec;
 use crate::core::Core;
 use crate::mirror::Signal;
 use crate::udp::{Outbox, Unreachable, BATCH};
-use crate::{waker, Error};
+use crate::{interrupt, waker, Error};
 
 thread_local! {
     /// The datagrams this thread's locked section left, sent once it let
@@ -168,11 +168,14 @@ impl EngineLock {
                     PollFd::new(own, PollFlags::POLLIN),
                     PollFd::new(me.fd(), PollFlags::POLLIN),
                 ];
-                let polled = ppoll(&mut fds, timeout, None);
+                let mask = interrupt::sleep_mask();
+                let polled = ppoll(&mut fds, timeout, mask);
                 if fds[1].revents().is_some_and(|r| !r.is_empty()) {
                     me.lower();
                 }
                 match polled {
+                    // See `interrupt`: the call ends.
+                    Err(Errno::EINTR) if mask.is_some() => Err(Error::Interrupted),
                     Ok(_) | Err(Errno::EINTR) => Ok(None),
                     Err(errno) => Err(errno.into()),
                 }

@@ -15,6 +15,7 @@ use sal::{FlowId, Locator, ServiceId, ServicePrefix};
 use crate::core::Core;
 use crate::deadline::Deadlines;
 use crate::gate::{self, Gate, Inside, Role};
+use crate::interrupt;
 use crate::lock::{EngineLock, Held};
 use crate::mirror::Signal;
 use crate::resolve::{CachedRoute, Resolution};
@@ -525,10 +526,13 @@ fn ready_now(fds: &mut [PollFd<'_>]) -> bool {
 }
 
 /// `ppoll`: how many descriptors are ready (0: the timeout passed). EINTR
-/// is a wake-up like any other (counted as one).
+/// ends an interruptible call ([`crate::interrupt`]), and is a wake-up
+/// like any other (counted as one) otherwise.
 fn sleep(fds: &mut [PollFd<'_>], timeout: Option<TimeSpec>) -> Result<i32, Error> {
-    match ppoll(fds, timeout, None) {
+    let mask = interrupt::sleep_mask();
+    match ppoll(fds, timeout, mask) {
         Ok(ready) => Ok(ready),
+        Err(Errno::EINTR) if mask.is_some() => Err(Error::Interrupted),
         Err(Errno::EINTR) => Ok(1),
         Err(errno) => Err(errno.into()),
     }

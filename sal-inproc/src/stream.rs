@@ -3,12 +3,13 @@
 
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use sal::proto::HostError;
 use sal::FlowId;
 
 use crate::core::{Core, Key, Opening, StreamSignals};
+use crate::ends::{Ends, EndsCell, EndsSignal};
 use crate::mirror::Signal;
 use crate::resolve::CachedRoute;
 use crate::{Error, Mode, Runtime};
@@ -21,6 +22,10 @@ pub struct Stream {
     id: FlowId,
     readable: Arc<Signal>,
     writable: Arc<Signal>,
+    /// The ends beyond the bytes, kept by the core.
+    ends: Arc<EndsCell>,
+    /// The eventfds of [`Stream::ends_fd`], once asked for.
+    ends_signals: [OnceLock<Arc<Signal>>; 2],
     /// [`Stream::close`] closed the flow: dropping does nothing more.
     closed: bool,
     /// The cached route the connect went by (see [`crate::resolve`]),
@@ -49,6 +54,8 @@ impl Stream {
             id,
             readable: signals.readable,
             writable: signals.writable,
+            ends: signals.ends,
+            ends_signals: [OnceLock::new(), OnceLock::new()],
             closed: false,
             route: None,
             settled: AtomicBool::new(false),
@@ -102,6 +109,42 @@ impl Stream {
         self.writable.fd()
     }
 
+    /// How the flow's directions stand beyond its bytes, as `poll` reports
+    /// them (no lock taken).
+    pub fn ends(&self) -> Ends {
+        self.ends.ends()
+    }
+
+    /// An eventfd readable exactly while `which` of [`Stream::ends`]
+    /// holds: what a `poll` that asks for neither input nor output waits
+    /// on (the readable and writable eventfds are raised by more). Made
+    /// at the first call, and kept until the stream closes.
+    pub fn ends_fd(&self, which: EndsSignal) -> Result<BorrowedFd<'_>, Error> {
+        let slot = &self.ends_signals[which.index()];
+        if let Some(signal) = slot.get() {
+            return Ok(signal.fd());
+        }
+        let key = self.key;
+        let signal =
+            (self.runtime).call(Mode::NonBlocking, None, |core| core.ends_signal(key, which))?;
+        Ok(slot.get_or_init(|| signal).fd())
+    }
+
+    /// The error a reset left, taken, as `SO_ERROR` takes a TCP socket's:
+    /// once, whichever call reports it first (see [`Stream::read`]).
+    /// `None` while the flow was not reset (or failed to connect), or once
+    /// taken.
+    pub fn take_error(&self) -> Option<Error> {
+        (self.ends.ends().error && self.ends.take_error()).then(|| self.ends.reset_error())
+    }
+
+    /// Leaves a reset's error taken by a read for the next call again: a
+    /// batch of reads (`recvmmsg`) that read something before the reset
+    /// returns what it read, as Linux's, which keeps the error.
+    pub fn report_again(&self) {
+        self.ends.untake_error();
+    }
+
     /// Waits (as `mode` allows) for the connect's outcome: `Ok` once
     /// established, its error if it failed, [`Error::WouldBlock`] while the
     /// SYN is unanswered.
@@ -114,12 +157,38 @@ impl Stream {
     /// Reads into `buf`: how many bytes, 0 at end of stream (or for an
     /// empty `buf`). Blocking: waits for at least one byte, the end, or an
     /// error. Reading opens the window: the update goes out before this
-    /// returns.
+    /// returns. As TCP's after a reset: the bytes that came before it,
+    /// then [`Error::Reset`] once (unless another call took it), then end
+    /// of stream; end of stream at once if the peer's end came first.
     pub fn read(&self, buf: &mut [u8], mode: Mode) -> Result<usize, Error> {
+        self.receive(buf, mode, false)
+    }
+
+    /// As [`Stream::read`], but the bytes stay to be read again
+    /// (`MSG_PEEK`); a reset's error is taken all the same, as TCP's.
+    pub fn peek(&self, buf: &mut [u8], mode: Mode) -> Result<usize, Error> {
+        self.receive(buf, mode, true)
+    }
+
+    fn receive(&self, buf: &mut [u8], mode: Mode, peek: bool) -> Result<usize, Error> {
+        match self.read_flow(buf, mode, peek) {
+            Err(Error::Reset) => match self.ends.take_error() {
+                true => Err(Error::Reset),
+                false => Ok(0),
+            },
+            read => read,
+        }
+    }
+
+    fn read_flow(&self, buf: &mut [u8], mode: Mode, peek: bool) -> Result<usize, Error> {
         let key = self.key;
         self.runtime.call(mode, Some(&self.readable), |core| {
             let id = self.opened(core)?;
-            let read = match core.host.recv(id, buf) {
+            let read = match peek {
+                true => core.host.peek(id, buf),
+                false => core.host.recv(id, buf),
+            };
+            let read = match read {
                 Err(HostError::WouldBlock) if core.stream(key).is_some_and(|e| e.read_shut) => {
                     Ok(0)
                 }
@@ -146,7 +215,10 @@ impl Stream {
 
     /// Writes `buf`, and sends what the window allows before returning.
     /// Blocking: all of it. Non-blocking, or past a deadline: as much as
-    /// the send buffer takes, [`Error::WouldBlock`] if none.
+    /// the send buffer takes, [`Error::WouldBlock`] if none. A call that
+    /// wrote something and then failed returns the count (the error stays
+    /// for the next). On a reset flow: its error if no call took it yet
+    /// (see [`Stream::take_error`]), else [`Error::SendClosed`] (`EPIPE`).
     pub fn write(&self, buf: &[u8], mode: Mode) -> Result<usize, Error> {
         let key = self.key;
         let mut written = 0;
@@ -166,7 +238,8 @@ impl Stream {
         });
         match result {
             Ok(()) => Ok(written),
-            Err(Error::WouldBlock) if written > 0 => Ok(written),
+            Err(_) if written > 0 => Ok(written),
+            Err(Error::Reset) => Err(self.take_error().unwrap_or(Error::SendClosed)),
             Err(error) => Err(error),
         }
     }

@@ -4,14 +4,18 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::BorrowedFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use sal::{Locator, ServiceId, ServicePrefix};
-use sal_inproc::{Config, DriverStats, Error, Listener, Mode, Runtime, Stream, WaitStats};
+use sal_inproc::{
+    Config, DriverStats, Ends, EndsSignal, Error, Interruptible, Listener, Mode, Runtime, Stream,
+    WaitStats,
+};
 
 mod common;
 
@@ -517,25 +521,175 @@ fn a_failed_connect_shows_on_both_descriptors_and_leaves_other_flows_alone() {
     assert_eq!(seen, (0..8).collect::<Vec<u8>>());
 }
 
-#[test]
-fn a_reset_shows_on_the_readable_descriptor_as_econnreset() {
+/// A flow the server resets (it closes with a request unread) after its
+/// reply, and the peer's end of stream before the reset if `fin_first`:
+/// the client's stream once the reset is in.
+fn reset_after_reply(fin_first: bool) -> (Runtime, Runtime, Stream) {
     let (server, listener) = server(|_| {});
-    let client = client(&server, |_| {});
-    let stream = client.connect(service(), Mode::Blocking).expect("connect");
-    let accepted = listener.accept(Mode::Blocking).expect("accept");
+    let (client, stream, accepted) = connected(&server, &listener, |_| {});
+    assert_eq!(accepted.write(b"reply", Mode::Blocking).unwrap(), 5);
+    if fin_first {
+        accepted.shutdown_write().expect("FIN");
+        let closed = stream.ends_fd(EndsSignal::ReadClosed).expect("fd");
+        assert!(ready(closed, 2000), "the FIN shows");
+        assert_eq!(
+            stream.ends(),
+            Ends {
+                read_closed: true,
+                ..Ends::default()
+            }
+        );
+    }
     assert_eq!(stream.write(b"unread", Mode::Blocking).unwrap(), 6);
     assert!(ready(accepted.readable_fd(), 2000));
     // Closed with unread bytes: the flow is reset, as a kernel socket's.
     accepted.close().expect("close");
-    assert!(ready(stream.readable_fd(), 2000), "the reset is readable");
-    let error = stream.read(&mut [0; 8], Mode::NonBlocking).unwrap_err();
+    let hung_up = stream.ends_fd(EndsSignal::HungUp).expect("fd");
+    assert!(ready(hung_up, 2000), "the reset hangs the stream up");
+    (server, client, stream)
+}
+
+/// After a reset, as TCP's (`tcp_poll`, `tcp_recvmsg`): hung up with an
+/// error; reads give the bytes that came before it (a peek leaves them),
+/// then `ECONNRESET` once, then end of stream; a write then `EPIPE`.
+#[test]
+fn a_reset_reads_its_bytes_then_econnreset_once_then_end_of_stream() {
+    let (_server, _client, stream) = reset_after_reply(false);
+    let all = Ends {
+        read_closed: true,
+        hung_up: true,
+        error: true,
+    };
+    assert_eq!(stream.ends(), all);
+    assert!(ready(stream.readable_fd(), 0) && ready(stream.writable_fd(), 0));
+    let mut buf = [0; 16];
+    for _ in 0..2 {
+        assert_eq!(stream.peek(&mut buf, Mode::NonBlocking).unwrap(), 5);
+        assert_eq!(&buf[..5], b"reply", "a peek leaves the bytes");
+    }
+    assert_eq!(stream.read(&mut buf, Mode::Blocking).unwrap(), 5);
+    let error = stream.read(&mut buf, Mode::Blocking).unwrap_err();
     assert_eq!(error.errno(), libc::ECONNRESET, "{error:?}");
-    assert!(
-        ready(stream.writable_fd(), 0),
-        "and writable: writes fail at once"
+    assert_eq!(
+        stream.ends(),
+        Ends {
+            error: false,
+            ..all
+        },
+        "told once"
     );
+    assert_eq!(stream.read(&mut buf, Mode::Blocking).unwrap(), 0);
     let error = stream.write(b"more", Mode::Blocking).unwrap_err();
-    assert_eq!(error.errno(), libc::ECONNRESET, "{error:?}");
+    assert_eq!(error.errno(), libc::EPIPE, "{error:?}");
+    assert!(stream.take_error().is_none());
+}
+
+/// `SO_ERROR` takes a reset's error as a read would (`ECONNRESET`; the
+/// reads then give the bytes and end of stream), `EPIPE` for a reset after
+/// the peer's end of stream (TCP's in `CLOSE_WAIT`), whose reads end at
+/// the FIN; a batch that met the error after reading leaves it.
+#[test]
+fn a_reset_s_error_is_taken_once_by_whichever_call_comes_first() {
+    let (_server, _client, stream) = reset_after_reply(false);
+    assert_eq!(
+        stream.take_error().map(|e| e.errno()),
+        Some(libc::ECONNRESET)
+    );
+    assert!(stream.take_error().is_none(), "once");
+    let mut buf = [0; 16];
+    assert_eq!(stream.read(&mut buf, Mode::Blocking).unwrap(), 5);
+    assert_eq!(stream.read(&mut buf, Mode::Blocking).unwrap(), 0, "taken");
+    stream.report_again();
+    let error = stream.read(&mut buf, Mode::Blocking).unwrap_err();
+    assert_eq!(error.errno(), libc::ECONNRESET, "left for the next call");
+
+    let (_server, _client, stream) = reset_after_reply(true);
+    assert!(stream.ends().hung_up && stream.ends().error);
+    assert_eq!(stream.read(&mut buf, Mode::Blocking).unwrap(), 5);
+    assert_eq!(stream.read(&mut buf, Mode::Blocking).unwrap(), 0, "the FIN");
+    assert_eq!(
+        stream.read(&mut buf, Mode::Blocking).unwrap(),
+        0,
+        "for good"
+    );
+    assert_eq!(stream.take_error().map(|e| e.errno()), Some(libc::EPIPE));
+    let error = stream.write(b"more", Mode::Blocking).unwrap_err();
+    assert_eq!(error.errno(), libc::EPIPE, "{error:?}");
+}
+
+/// The hang-up eventfd is readable only once both directions are over
+/// (unread bytes and the peer's end of stream raise the readable one, not
+/// it), as `poll` with no events asked reports `POLLHUP`.
+#[test]
+fn a_stream_hangs_up_once_both_directions_are_over() {
+    let (server, listener) = server(|_| {});
+    let (_client, stream, accepted) = connected(&server, &listener, |_| {});
+    let hung_up = stream.ends_fd(EndsSignal::HungUp).expect("fd");
+    assert_eq!(accepted.write(b"bytes", Mode::Blocking).unwrap(), 5);
+    accepted.shutdown_write().expect("FIN");
+    assert!(ready(stream.ends_fd(EndsSignal::ReadClosed).unwrap(), 2000));
+    assert!(ready(stream.readable_fd(), 0));
+    assert!(!ready(hung_up, 100), "half closed: no hang-up");
+    stream.shutdown_write().expect("our FIN");
+    assert!(ready(hung_up, 2000), "both directions over");
+    let ends = stream.ends();
+    assert!(ends.hung_up && ends.read_closed && !ends.error, "{ends:?}");
+    assert_eq!(read_to_end(&stream, Mode::Blocking).unwrap(), b"bytes");
+}
+
+static SIGNALS: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn count_signal(_: libc::c_int) {
+    SIGNALS.fetch_add(1, Ordering::SeqCst);
+}
+
+/// A blocking read ends with `EINTR` when a signal's handler runs while
+/// it waits inside an [`Interruptible`], its handler run before it
+/// returns; without one the read rides the signal out, as a restarted
+/// system call, and returns the bytes that come.
+#[test]
+fn a_signal_ends_a_blocking_read_only_inside_an_interruptible() {
+    let handler = SigAction::new(
+        SigHandler::Handler(count_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    // SAFETY: the handler only touches an atomic.
+    unsafe { sigaction(Signal::SIGUSR1, &handler) }.expect("sigaction");
+    let (server, listener) = server(|_| {});
+    let (_client, stream, accepted) = connected(&server, &listener, |_| {});
+    let stream = Arc::new(stream);
+    let read_in = |interruptible: bool| {
+        let stream = Arc::clone(&stream);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = thread::spawn(move || {
+            // SAFETY: no arguments.
+            tx.send(unsafe { libc::pthread_self() }).unwrap();
+            let _guard = interruptible.then(|| Interruptible::new().expect("block"));
+            let result = stream.read(&mut [0; 8], Mode::Blocking);
+            (result, SIGNALS.load(Ordering::SeqCst))
+        });
+        (rx.recv().unwrap(), reader)
+    };
+    let before = SIGNALS.load(Ordering::SeqCst);
+    // SAFETY: no pointers; the reader thread, alive until joined.
+    let signal = |thread| assert_eq!(unsafe { libc::pthread_kill(thread, libc::SIGUSR1) }, 0);
+    let (thread, reader) = read_in(true);
+    thread::sleep(Duration::from_millis(100));
+    signal(thread);
+    let (result, seen) = reader.join().unwrap();
+    assert!(matches!(result, Err(Error::Interrupted)), "{result:?}");
+    assert_eq!(seen, before + 1, "the handler ran before the read returned");
+
+    let (thread, reader) = read_in(false);
+    thread::sleep(Duration::from_millis(100));
+    signal(thread);
+    thread::sleep(Duration::from_millis(100));
+    assert!(!reader.is_finished(), "the read goes on");
+    assert_eq!(accepted.write(b"late", Mode::Blocking).unwrap(), 4);
+    let (result, seen) = reader.join().unwrap();
+    assert_eq!(result.unwrap(), 4);
+    assert_eq!(seen, before + 2);
 }
 
 /// Server threads in accept and serving, one client making `CONNECTIONS`

@@ -1145,6 +1145,14 @@ impl Socket {
         }
     }
 
+    /// Whether the peer's FIN arrived (in order): the receive half ends once
+    /// what came before it is read, whatever happens to the connection
+    /// after (a reset included).
+    #[inline]
+    pub fn peer_finished(&self) -> bool {
+        self.rx_fin_received
+    }
+
     /// Check whether the transmit half of the full-duplex connection is open
     /// (see [may_send](#method.may_send)), and the transmit buffer is not full.
     #[inline]

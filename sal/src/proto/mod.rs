@@ -89,6 +89,7 @@ pub use export::{import_memory, FlowExport, ImportError, NotExportable, FLOW_EXP
 pub use info::{FlowCounters, FlowInfo, FlowState, HostStats, Role};
 pub use interface::LocalInterface;
 pub use output::{Transmit, TransmitKind};
+pub use stream::StreamEnds;
 
 use cookie::CookieJar;
 use delay::DelayQueue;

@@ -69,6 +69,17 @@ const MIN_REARM: Duration = Duration::from_millis(1);
 /// [`Host::release_held_acks`]): more release them all.
 const HELD_ACKS_MAX: usize = 64;
 
+/// How a stream flow's ends stand beyond its bytes ([`Host::stream_ends`]):
+/// what a socket layer needs to report a hang-up and an error as TCP's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StreamEnds {
+    /// The peer's end of stream (its FIN) arrived: reads end once what
+    /// came before it is read, even after a reset.
+    pub peer_finished: bool,
+    /// The flow was reset, or given up on: nothing more goes either way.
+    pub reset: bool,
+}
+
 /// Why a flow's stream resends its flight at once
 /// ([`Host::rewind_stream`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -370,6 +381,32 @@ impl Host {
             }
         }
         Ok(read)
+    }
+
+    /// How a stream flow's ends stand beyond its bytes: what `poll` reports
+    /// as a hang-up, the peer's end of stream, or an error.
+    pub fn stream_ends(&mut self, id: FlowId) -> Result<StreamEnds, HostError> {
+        let (state, socket) = self.app_socket(id)?;
+        Ok(StreamEnds {
+            peer_finished: socket.is_some_and(|socket| socket.peer_finished()),
+            reset: state == FlowState::Dead,
+        })
+    }
+
+    /// Copies received bytes into `buf` without taking them (`MSG_PEEK`):
+    /// otherwise as [`Host::recv`], its end of stream and errors included.
+    pub fn peek(&mut self, id: FlowId, buf: &mut [u8]) -> Result<usize, HostError> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        // A drain that takes nothing: the states and errors of a read.
+        if self.recv_with(id, |_| (0, ()))?.is_none() {
+            return Ok(0);
+        }
+        match self.app_socket(id)? {
+            (_, Some(socket)) => Ok(socket.peek_slice(buf).unwrap_or(0)),
+            (_, None) => Ok(0),
+        }
     }
 
     /// Bytes a [`Host::send`] would take now.

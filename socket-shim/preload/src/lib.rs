@@ -1057,7 +1057,10 @@ pub unsafe extern "C" fn recvmmsg(
             })
         })?;
         if let Some(errno) = ran.stopped_by {
-            ops::report_again(fd, errno);
+            match inproc::is(fd) {
+                true => inproc::calls::report_again(fd, errno),
+                false => ops::report_again(fd, errno),
+            }
         }
         Ok(ran.done)
     })
@@ -1171,8 +1174,8 @@ pub unsafe extern "C" fn shutdown(fd: c_int, how: c_int) -> c_int {
     unsafe { real::shutdown(fd, how) }
 }
 
-/// Notes whether the program installs a handler that interrupts blocking
-/// calls (see `signals`), then installs it.
+/// Installs the handler, then notes whether it interrupts blocking calls
+/// (see `signals`).
 ///
 /// # Safety
 /// As `sigaction(2)`.
@@ -1182,11 +1185,14 @@ pub unsafe extern "C" fn sigaction(
     act: *const libc::sigaction,
     old: *mut libc::sigaction,
 ) -> c_int {
-    // SAFETY: `act` is null or points to a valid sigaction, as the caller
-    // promises.
-    signals::installing(signum, unsafe { act.as_ref() });
     // SAFETY: forwarding the caller's arguments unchanged.
-    unsafe { real::sigaction(signum, act, old) }
+    let result = unsafe { real::sigaction(signum, act, old) };
+    if result == 0 {
+        // SAFETY: `act` is null or points to a valid sigaction, as the
+        // caller promises.
+        signals::installed(signum, unsafe { act.as_ref() });
+    }
+    result
 }
 
 /// Notes that `signum`'s handler may now interrupt blocking calls (see
@@ -1196,12 +1202,15 @@ pub unsafe extern "C" fn sigaction(
 /// As `siginterrupt(3)`.
 #[no_mangle]
 pub unsafe extern "C" fn siginterrupt(signum: c_int, flag: c_int) -> c_int {
-    if flag != 0 {
-        // Whatever the handler is: a function, most likely.
-        signals::installing_without_restart(signum, 2);
-    }
     // SAFETY: forwarding the caller's arguments unchanged.
-    unsafe { real::siginterrupt(signum, flag) }
+    let result = unsafe { real::siginterrupt(signum, flag) };
+    match (result, flag) {
+        (0, 0) => signals::restarting(signum),
+        // Whatever the handler is: a function, most likely.
+        (0, _) => signals::installed_without_restart(signum, 2),
+        _ => {}
+    }
+    result
 }
 
 /// Notes a handler installed without `SA_RESTART` (see `signals`).
@@ -1213,9 +1222,12 @@ pub unsafe extern "C" fn sysv_signal(
     signum: c_int,
     handler: libc::sighandler_t,
 ) -> libc::sighandler_t {
-    signals::installing_without_restart(signum, handler);
     // SAFETY: forwarding the caller's arguments unchanged.
-    unsafe { real::sysv_signal(signum, handler) as libc::sighandler_t }
+    let old = unsafe { real::sysv_signal(signum, handler) as libc::sighandler_t };
+    if old != libc::SIG_ERR {
+        signals::installed_without_restart(signum, handler);
+    }
+    old
 }
 
 /// `signal` in a strict ISO C build: [`sysv_signal`].
@@ -1227,9 +1239,12 @@ pub unsafe extern "C" fn __sysv_signal(
     signum: c_int,
     handler: libc::sighandler_t,
 ) -> libc::sighandler_t {
-    signals::installing_without_restart(signum, handler);
     // SAFETY: forwarding the caller's arguments unchanged.
-    unsafe { real::__sysv_signal(signum, handler) as libc::sighandler_t }
+    let old = unsafe { real::__sysv_signal(signum, handler) as libc::sighandler_t };
+    if old != libc::SIG_ERR {
+        signals::installed_without_restart(signum, handler);
+    }
+    old
 }
 
 /// Notes a handler installed without `SA_RESTART` (see `signals`).
@@ -1238,9 +1253,12 @@ pub unsafe extern "C" fn __sysv_signal(
 /// As `sigset(3)`.
 #[no_mangle]
 pub unsafe extern "C" fn sigset(signum: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
-    signals::installing_without_restart(signum, handler);
     // SAFETY: forwarding the caller's arguments unchanged.
-    unsafe { real::sigset(signum, handler) as libc::sighandler_t }
+    let old = unsafe { real::sigset(signum, handler) as libc::sighandler_t };
+    if old != libc::SIG_ERR {
+        signals::installed_without_restart(signum, handler);
+    }
+    old
 }
 
 /// Remembers epoll registrations of our sockets, so they can be re-added

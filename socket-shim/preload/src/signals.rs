@@ -13,18 +13,29 @@
 //! `SA_RESTART`), `sysv_signal` (what `signal` is in a strict ISO C build)
 //! and `sigset`. glibc's BSD `signal`, the default, restarts. Until then no
 //! signal can interrupt a connect, and the filtered wait behaves the same.
+//! Each signal's last installation counts: a handler installed again with
+//! `SA_RESTART` (or the default action) no longer interrupts.
+//!
+//! The in-process mode asks the same of its blocking calls
+//! (`inproc::socket::interruptible`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Some handler without `SA_RESTART` was installed.
-static INTERRUPTING: AtomicBool = AtomicBool::new(false);
+/// The signals (bit `signum - 1`) whose handler, as last installed, does
+/// not restart system calls.
+static INTERRUPTING: AtomicU64 = AtomicU64::new(0);
 
-/// The program installs `act` for `signum` (from `sigaction`; null only
+/// The bit of `signum`, if it is a signal's number.
+fn bit(signum: libc::c_int) -> Option<u64> {
+    (1..=64).contains(&signum).then(|| 1 << (signum - 1))
+}
+
+/// The program installed `act` for `signum` (from `sigaction`; null only
 /// asks). Handlers of the signals a thread's own faults raise (Rust's
 /// runtime installs some for `SIGSEGV` and `SIGBUS`) do not count: they
 /// never arrive while the thread waits in a system call.
-pub(crate) fn installing(signum: libc::c_int, act: Option<&libc::sigaction>) {
-    let Some(act) = act else {
+pub(crate) fn installed(signum: libc::c_int, act: Option<&libc::sigaction>) {
+    let (Some(act), Some(bit)) = (act, bit(signum)) else {
         return;
     };
     let faults = [
@@ -36,23 +47,31 @@ pub(crate) fn installing(signum: libc::c_int, act: Option<&libc::sigaction>) {
     ];
     let handler = act.sa_sigaction;
     let catches = handler != libc::SIG_DFL && handler != libc::SIG_IGN;
-    if catches && act.sa_flags & libc::SA_RESTART == 0 && !faults.contains(&signum) {
-        INTERRUPTING.store(true, Ordering::Relaxed);
-    }
+    match catches && act.sa_flags & libc::SA_RESTART == 0 && !faults.contains(&signum) {
+        true => INTERRUPTING.fetch_or(bit, Ordering::Relaxed),
+        false => INTERRUPTING.fetch_and(!bit, Ordering::Relaxed),
+    };
 }
 
-/// The program installs `handler` for `signum` in a way that does not
-/// restart system calls (`sysv_signal`, `sigset`), or makes `signum`'s
+/// The program installed `handler` for `signum` in a way that does not
+/// restart system calls (`sysv_signal`, `sigset`), or made `signum`'s
 /// handler interrupt them (`siginterrupt`; `handler` is then not known
 /// and taken to be one).
-pub(crate) fn installing_without_restart(signum: libc::c_int, handler: libc::sighandler_t) {
+pub(crate) fn installed_without_restart(signum: libc::c_int, handler: libc::sighandler_t) {
     let act = libc::sigaction {
         sa_sigaction: handler,
         sa_mask: unsafe_zeroed_mask(),
         sa_flags: 0,
         sa_restorer: None,
     };
-    installing(signum, Some(&act));
+    installed(signum, Some(&act));
+}
+
+/// `siginterrupt(signum, 0)`: `signum`'s handler restarts system calls.
+pub(crate) fn restarting(signum: libc::c_int) {
+    if let Some(bit) = bit(signum) {
+        INTERRUPTING.fetch_and(!bit, Ordering::Relaxed);
+    }
 }
 
 /// An empty signal set.
@@ -61,8 +80,8 @@ fn unsafe_zeroed_mask() -> libc::sigset_t {
     unsafe { std::mem::zeroed() }
 }
 
-/// Whether a signal may interrupt a blocking call: some handler without
-/// `SA_RESTART` was installed at some point.
+/// Whether a signal may interrupt a blocking call: some handler installed
+/// now does not restart system calls.
 pub(crate) fn may_interrupt() -> bool {
-    INTERRUPTING.load(Ordering::Relaxed)
+    INTERRUPTING.load(Ordering::Relaxed) != 0
 }

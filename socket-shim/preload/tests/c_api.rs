@@ -5,15 +5,16 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::process::Stdio;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use sal::table::Target;
 use sal::Locator;
 use sal_control::Request;
 use socket_shim::ControlClient;
-use support::{c_program, Proc, Sald};
+use support::{c_program, Proc, Sald, Silent};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -26,9 +27,20 @@ fn server(sald: &Sald, args: &[&str]) -> Proc {
 }
 
 /// Where nobody answers: a connect to a service forwarded there waits
-/// (for sald's SYN retries, 31.5 s).
+/// (for sald's SYN retries, 31.5 s). Silent for the whole test binary
+/// (see [`Silent`]), unless another process holds the port.
 fn hole() -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 9), 9)
+    static SILENT: OnceLock<Option<UdpSocket>> = OnceLock::new();
+    let hole = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 9), 9);
+    SILENT.get_or_init(|| UdpSocket::bind(hole).ok());
+    hole
+}
+
+/// An address of loopback host `host` where nobody answers, silently,
+/// until the [`Silent`] is dropped (for a sald to come up there).
+fn far_host(host: u8) -> (SocketAddrV4, Silent) {
+    let far = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, host), support::free_udp_port());
+    (far, Silent::at(far))
 }
 
 /// Makes `sald` forward the services of `prefix` to `locator`.
@@ -371,9 +383,7 @@ fn a_waiting_nonblocking_connect_fails_when_sald_goes() {
 fn a_signal_interrupts_a_blocking_connect_as_tcp() {
     let sald = Sald::start();
     let rule = |prefix: &str, locator: SocketAddrV4| forward(&sald, prefix, locator);
-    let far: Vec<SocketAddrV4> = (2..5)
-        .map(|host| SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, host), support::free_udp_port()))
-        .collect();
+    let (far, mut silent): (Vec<SocketAddrV4>, Vec<Silent>) = (2..5).map(far_host).unzip();
     for (i, far) in far.iter().enumerate() {
         rule(&format!("e{0}e{0}/16", i + 1), *far);
     }
@@ -399,6 +409,7 @@ fn a_signal_interrupts_a_blocking_connect_as_tcp() {
         }
         // Signals keep coming while the SYNs go unanswered for a while.
         std::thread::sleep(Duration::from_millis(500));
+        drop(silent.remove(0));
         let far = Sald::start_on(far);
         let srv = server(&far, &["stream-server", sid, count]);
         hosts.push((far, srv));
@@ -427,7 +438,7 @@ fn a_signal_interrupts_a_blocking_connect_as_tcp() {
 #[test]
 fn a_blocking_connect_gives_up_after_so_sndtimeo_as_tcp() {
     let sald = Sald::start();
-    let far = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 5), support::free_udp_port());
+    let (far, silent) = far_host(5);
     forward(&sald, "c7c7/16", far);
     forward(&sald, "c0c0/16", hole());
     let args = ["connect-timeout", "c7c701", "7203", "c0c001", "dead07"];
@@ -435,6 +446,7 @@ fn a_blocking_connect_gives_up_after_so_sndtimeo_as_tcp() {
     cmd.stdout(Stdio::piped());
     let mut connecting = Proc::spawn("serval_test connect-timeout", &mut cmd);
     connecting.wait_ready("connecting");
+    drop(silent);
     let far = Sald::start_on(far);
     let mut srv = server(&far, &["stream-server", "c7c701", "4"]);
     connecting.success(T);
@@ -459,7 +471,7 @@ fn a_blocking_connect_gives_up_after_so_sndtimeo_as_tcp() {
 #[test]
 fn connects_wait_for_a_connect_in_flight_as_tcp() {
     let sald = Sald::start();
-    let far = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 6), support::free_udp_port());
+    let (far, silent) = far_host(6);
     forward(&sald, "c8c8/16", far);
     forward(&sald, "c9c9/16", hole());
     let args = ["connect-waits", "c8c801", "7205", "c9c901"];
@@ -469,6 +481,7 @@ fn connects_wait_for_a_connect_in_flight_as_tcp() {
     connecting.wait_ready("connecting");
     // The stop (0.3 s after, for 0.2 s) and the signals come first.
     std::thread::sleep(Duration::from_secs(1));
+    drop(silent);
     let far = Sald::start_on(far);
     let mut srv = server(&far, &["stream-server", "c8c801", "3"]);
     connecting.success(T);
@@ -508,13 +521,14 @@ fn connect_checks_in_linux_s_order() {
 #[test]
 fn a_second_blocking_connect_waits_for_the_first() {
     let sald = Sald::start();
-    let far = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 8), support::free_udp_port());
+    let (far, silent) = far_host(8);
     forward(&sald, "c2c2/16", far);
     let args = ["connect-twice", "c2c201", "7206", "c2c2ff"];
     let mut cmd = sald.run(&["--map", "7206=c2c201"], c_program(), &args);
     cmd.stdout(Stdio::piped());
     let mut connecting = Proc::spawn("serval_test connect-twice", &mut cmd);
     connecting.wait_ready("connecting");
+    drop(silent);
     let far = Sald::start_on(far);
     let mut srv = server(&far, &["stream-server", "c2c201", "2"]);
     connecting.success(T);
@@ -532,7 +546,7 @@ fn a_second_blocking_connect_waits_for_the_first() {
 #[test]
 fn a_read_waiting_for_a_connect_waits_its_timeout_in_all() {
     let sald = Sald::start();
-    let far = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 7), support::free_udp_port());
+    let (far, silent) = far_host(7);
     forward(&sald, "cdcd/16", far);
     let mut cmd = sald.run(&[], c_program(), &["read-timeout-connecting", "cdcd01"]);
     cmd.stdout(Stdio::piped());
@@ -541,6 +555,7 @@ fn a_read_waiting_for_a_connect_waits_its_timeout_in_all() {
     // The connect completes at a later SYN retransmission (1.5 s or 3.5 s
     // in): what the read waited on the flow is then plain to see.
     std::thread::sleep(Duration::from_secs(1));
+    drop(silent);
     let far = Sald::start_on(far);
     let mut srv = server(&far, &["stream-server", "cdcd01", "1"]);
     connecting.success(T);

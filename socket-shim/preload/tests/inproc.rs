@@ -300,3 +300,71 @@ fn shutdown_wakes_blocked_readers_and_accepters() {
     let mut cmd = sald.run(&["--in-process"], fds_program(), &["beef08", "shutdown"]);
     Proc::spawn("inproc_fds shutdown", &mut cmd).success(T);
 }
+
+/// `serval_test ARGS` in the in-process mode against `sald`; a server
+/// (`ready` awaited) if `serves`.
+fn in_process(sald: &Sald, args: &[&str], serves: bool) -> Proc {
+    let mut cmd = sald.run(&["--in-process"], c_program(), args);
+    if serves {
+        cmd.stdout(Stdio::piped());
+    }
+    let mut proc = Proc::spawn(&format!("serval_test {}", args.join(" ")), &mut cmd);
+    if serves {
+        proc.wait_ready("ready");
+    }
+    proc
+}
+
+/// A reset as TCP's, in the in-process mode (the C suite's reset
+/// clients): the bytes that came, then `ECONNRESET` once, whichever of a
+/// read, `recvmmsg`'s next call or `SO_ERROR` comes first, then end of
+/// file and `EPIPE`; after `SHUT_RD` or `SHUT_WR` too; after the peer's
+/// end of stream, end of file for good, `EPIPE` (and `SIGPIPE`) from a
+/// write and `SO_ERROR`; `POLLHUP` to a `poll` that asks for nothing,
+/// `POLLRDHUP`; `MSG_PEEK` leaves the bytes; a stream's `recvfrom` names
+/// no sender.
+#[test]
+fn resets_hang_ups_and_peeks_in_process() {
+    let sald = Sald::start_relaying();
+    let serve = |sid: &str, server_mode: &str, clients: &[(&str, &str)]| {
+        let count = clients.len().to_string();
+        let mut server = in_process(&sald, &["reset-server", sid, server_mode, &count], true);
+        for (mode, how) in clients {
+            in_process(&sald, &["reset-client", sid, mode, how], false).success(T);
+        }
+        server.success(T);
+    };
+    serve(
+        "5e1",
+        "reset",
+        &[
+            ("reset", "read"),
+            ("reset", "recvmmsg"),
+            ("reset", "batch"),
+            ("so-error", "read"),
+            ("shut-rd-reset", "recvmsg"),
+            ("shut-wr-reset", "read"),
+        ],
+    );
+    serve(
+        "5e2",
+        "fin-reset",
+        &[
+            ("fin-reset", "read"),
+            ("fin-reset-unread", "recvfrom"),
+            ("so-error", "fin"),
+        ],
+    );
+}
+
+/// Signals and timeouts as TCP's, in the in-process mode: `accept` and
+/// reads with `SO_RCVTIMEO` give up with `EAGAIN`, and any signal
+/// interrupts their wait (`EINTR`, with `SA_RESTART` too), in inet mode
+/// too (the C suite's `accept-timeout`).
+#[test]
+fn timeouts_and_signals_in_process() {
+    let sald = Sald::start_relaying();
+    let args = ["accept-timeout", "acc1", "7204", "acc2"];
+    let mut cmd = sald.run(&["--in-process", "--map", "7204=acc2"], c_program(), &args);
+    Proc::spawn("serval_test accept-timeout", &mut cmd).success(T);
+}

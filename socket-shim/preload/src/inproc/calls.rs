@@ -58,6 +58,16 @@ pub(crate) unsafe fn writev(
     unsafe { iov::write(&socket, iov, count, flags) }
 }
 
+/// A batch of reads (`recvmmsg`) that read something ended on `errno`: a
+/// reset's error stays for the next call, as Linux keeps it.
+pub(crate) fn report_again(fd: RawFd, errno: c_int) {
+    if errno == libc::ECONNRESET {
+        if let Ok(socket) = socket(fd) {
+            socket.report_again();
+        }
+    }
+}
+
 /// `accept`, `accept4`: the new number and the peer's address.
 pub(crate) fn accept(fd: RawFd, flags: c_int) -> Res<(RawFd, SockAddr)> {
     setup::accept(&*socket(fd)?, flags)

@@ -527,6 +527,9 @@ pub(crate) fn translate(events: &mut [epoll_event], n: usize) -> usize {
     let record = locked.record();
     // Where each arming's event is in the result, for its other part's.
     let mut delivered: HashMap<u64, usize> = HashMap::new();
+    // The numbers of the events delivered, with the program's interest,
+    // for their ends (looked at once the record is let go).
+    let mut numbers: Vec<(usize, RawFd, u32)> = Vec::new();
     let mut kept = 0;
     for i in 0..n {
         let event = events[i];
@@ -588,7 +591,14 @@ pub(crate) fn translate(events: &mut [epoll_event], n: usize) -> usize {
             u64: registration.data,
         };
         delivered.insert(tag, kept);
+        numbers.push((kept, number, registration.interest));
         kept += 1;
+    }
+    drop(locked);
+    for (at, number, interest) in numbers {
+        if let Some(socket) = registry::get(number) {
+            events[at].events |= socket.ends_events(interest);
+        }
     }
     kept
 }

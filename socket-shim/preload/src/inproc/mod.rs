@@ -112,18 +112,25 @@
 //!   engine's own among them) is not noticed.
 //! - `dup2`/`dup3` onto an in-process number that fails after the number
 //!   was let go of (`EINTR`, `EBUSY`) leaves a bare eventfd there.
-//! - Signals do not interrupt the engine's blocking calls (`EINTR`,
-//!   `SA_RESTART`), and a signal handler that calls into a socket while
-//!   its thread holds the engine's lock deadlocks.
-//! - `MSG_PEEK`, `MSG_OOB`, `ioctl(FIONREAD)`, `sendfile`, `splice`;
-//!   `connect` to `AF_UNSPEC`; `listen` again after a listener's
-//!   `shutdown`; `POLLHUP`/`POLLERR` for a reset stream (it polls
-//!   readable and writable, and the next call reports the error).
+//! - Signals: while some handler without `SA_RESTART` is installed, any
+//!   signal interrupts a blocking call without a timeout (`EINTR`), one
+//!   with `SA_RESTART` too (the engine cannot tell which came; see
+//!   `socket::interruptible`); a stop and continue (`SIGSTOP`,
+//!   `SIGCONT`) does not end a wait with a timeout, where TCP's gives
+//!   `EINTR`; a signal handler that calls into a socket while its thread
+//!   holds the engine's lock (a non-blocking call) deadlocks.
+//! - `MSG_OOB`, `ioctl(FIONREAD)`, `sendfile`, `splice`; `MSG_PEEK` with
+//!   `MSG_WAITALL` returns what is there; `connect` to `AF_UNSPEC`;
+//!   `listen` again after a listener's `shutdown`; epoll reports a
+//!   stream's `EPOLLHUP`, `EPOLLERR` and `EPOLLRDHUP` only with an input
+//!   or output event (a registration for neither never fires).
+//! - Two threads' first blocking `connect`s on one socket race (each
+//!   starts a flow); `close` of a socket does not end another thread's
+//!   wait in it (the daemon path's does).
 //! - `getsockopt` answers options the program did not set with 0
 //!   (`SO_SNDBUF`, `SO_RCVBUF`); `select` refuses `nfds` above
 //!   `FD_SETSIZE` (Linux clamps it); `MSG_WAITALL` is ignored with
-//!   `SO_RCVTIMEO`; a blocking `write` that fails midway reports the
-//!   error, not the count written.
+//!   `SO_RCVTIMEO`.
 //! - `fstat` of a number says eventfd, not socket (`S_ISSOCK` is false).
 //! - Handing flows and listeners to sald at `fork` and `exec` (`Adopt`).
 //! - A number found closed behind the shim's back lets go of its socket

@@ -7,16 +7,24 @@
 //! of the program's is ready or the timeout passes. A signal ends the
 //! wait with `EINTR`, as the kernel's `poll` (never restarted).
 //!
-//! Not reported: `POLLHUP` and `POLLERR` of a reset or failed stream (it
-//! is readable and writable then, and the call that follows gets the
-//! error), but for a stream inherited across `fork` (reset: everything;
-//! an inherited listener: nothing, ever).
+//! A stream's `POLLHUP`, `POLLERR` and `POLLRDHUP` are read from its
+//! [`Ends`](sal_inproc::Ends) at every look, as Linux's `tcp_poll` reports
+//! them: a reset is a hang-up with an error (until a call took it); the
+//! peer's end of stream, or this end's `SHUT_RD`, closes reading; both
+//! that and this end's `SHUT_WR` are a hang-up. Each of these also makes
+//! the stream readable, and a hang-up or an error writable, so a `POLLIN`
+//! or `POLLOUT` watch wakes for them; an entry that asks for neither (a
+//! hang-up watch, `events` 0 or `POLLRDHUP` alone) watches an eventfd of
+//! the stream's that mirrors just that ([`Socket::ends_fd`]). A stream
+//! inherited across `fork` is reset: everything; an inherited listener:
+//! nothing, ever.
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libc::{c_int, c_short, pollfd};
+use sal_inproc::EndsSignal;
 
 use super::engine;
 use super::{registry, Socket};
@@ -32,12 +40,16 @@ enum Role {
     Readable(usize),
     /// The writable eventfd of the program's entry: its `POLLOUT`.
     Writable(usize),
+    /// An eventfd of the program's entry that mirrors one of its ends:
+    /// its events are read from the stream.
+    Ends,
     /// The engine's UDP socket or timerfd: the host has work.
     Engine,
 }
 
 const IN: c_short = libc::POLLIN | libc::POLLRDNORM;
 const OUT: c_short = libc::POLLOUT | libc::POLLWRNORM;
+const RDHUP: c_short = libc::POLLRDHUP;
 
 /// Whether any of `fds` is an in-process number (lock-free).
 pub(crate) fn concerns(fds: &[pollfd]) -> bool {
@@ -59,6 +71,8 @@ pub(crate) fn poll(
     let mut held: Vec<Arc<Socket>> = Vec::new();
     // Events known without looking (an inherited socket: reset).
     let mut known: Vec<c_short> = vec![0; fds.len()];
+    // The streams' entries, whose ends are read at every look.
+    let mut streams: Vec<(usize, Arc<Socket>)> = Vec::new();
     let entry = |fd, events| pollfd {
         fd,
         events,
@@ -82,12 +96,24 @@ pub(crate) fn poll(
         if p.events & IN != 0 {
             set.push(entry(p.fd, libc::POLLIN));
             roles.push(Role::Readable(i));
+        } else if p.events & RDHUP != 0 || p.events & OUT == 0 {
+            let which = match p.events & RDHUP {
+                0 => EndsSignal::HungUp,
+                _ => EndsSignal::ReadClosed,
+            };
+            if let Some(fd) = socket.ends_fd(which) {
+                set.push(entry(fd, libc::POLLIN));
+                roles.push(Role::Ends);
+            }
         }
         if p.events & OUT != 0 {
             if let Some(writable) = socket.writable_fd() {
                 set.push(entry(writable, libc::POLLIN));
                 roles.push(Role::Writable(i));
             }
+        }
+        if !socket.listens() {
+            streams.push((i, Arc::clone(&socket)));
         }
         held.push(socket);
     }
@@ -130,8 +156,13 @@ pub(crate) fn poll(
                 Role::Direct(i) => revents[i] |= got,
                 Role::Readable(i) => revents[i] |= fds[i].events & IN,
                 Role::Writable(i) => revents[i] |= fds[i].events & OUT,
+                Role::Ends => {}
                 Role::Engine => engine_ready = true,
             }
+        }
+        for (i, socket) in &streams {
+            // The poll and epoll bits have the same values.
+            revents[*i] |= socket.ends_events(fds[*i].events as u16 as u32) as c_short;
         }
         let ready = revents.iter().filter(|&&r| r != 0).count();
         if engine_ready {

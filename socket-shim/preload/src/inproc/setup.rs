@@ -83,13 +83,20 @@ pub(crate) fn connect(
     let hz = timeout::kernel_hz();
     let limit = (before.option(libc::SO_SNDTIMEO))
         .and_then(|value| Timeout::from_option(value, hz)?.limit(hz));
+    // A blocking connect that a signal interrupted goes on, as TCP's.
+    let mut interrupted = false;
     let pending = match (before.nonblock, limit) {
         (true, _) => true,
         (false, limit) => {
             let mode = limit.map_or(Mode::Blocking, |limit| Mode::Until(Instant::now() + limit));
+            let _interruptible = super::socket::interruptible(mode);
             match stream.finish_connect(mode) {
                 Ok(()) => false,
                 Err(Error::WouldBlock) => true,
+                Err(Error::Interrupted) => {
+                    interrupted = true;
+                    true
+                }
                 Err(error) => return Some(Err(errno(&error))),
             }
         }
@@ -109,9 +116,10 @@ pub(crate) fn connect(
     if let Err(errno) = install(fd, Arc::new(socket), &before) {
         return Some(Err(errno));
     }
-    Some(match pending {
-        true => Err(libc::EINPROGRESS),
-        false => Ok(0),
+    Some(match (pending, interrupted) {
+        (true, true) => Err(libc::EINTR),
+        (true, false) => Err(libc::EINPROGRESS),
+        (false, _) => Ok(0),
     })
 }
 

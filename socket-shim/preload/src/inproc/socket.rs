@@ -9,7 +9,7 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use libc::c_int;
-use sal_inproc::{Error, Listener, Mode, Stream};
+use sal_inproc::{Ends, EndsSignal, Error, Interruptible, Listener, Mode, Stream};
 use socket_shim::ControlClient;
 
 use crate::addr::{self, SockAddr};
@@ -52,8 +52,6 @@ pub(crate) struct Socket {
     /// A non-blocking connect returned `EINPROGRESS` and no `connect`
     /// has said it completed: the next one returns 0, as TCP's.
     untold: AtomicBool,
-    /// The connect's error was reported (`SO_ERROR`, `connect`): once.
-    error_told: AtomicBool,
     /// A forked child closed its copy of the listener's relay connection
     /// ([`Socket::forked`]).
     relay_closed: AtomicBool,
@@ -67,6 +65,21 @@ pub(crate) fn errno(error: &Error) -> c_int {
         Error::NoRoute => libc::EHOSTUNREACH,
         error => error.errno(),
     }
+}
+
+/// Lets a signal interrupt a call that waits in `mode`, as it would
+/// TCP's: with a timeout, any handler's (`SA_RESTART` or not); without
+/// one, while some handler without `SA_RESTART` is installed (the engine
+/// cannot tell which signal came: a handler with it then interrupts too,
+/// where the kernel would restart the call). `None`: the call goes on
+/// through signals, as a restarted one.
+pub(crate) fn interruptible(mode: Mode) -> Option<Interruptible> {
+    let interrupts = match mode {
+        Mode::NonBlocking => false,
+        Mode::Until(_) => true,
+        Mode::Blocking => crate::signals::may_interrupt(),
+    };
+    interrupts.then(Interruptible::new).and_then(Result::ok)
 }
 
 impl Socket {
@@ -88,7 +101,6 @@ impl Socket {
             nonblock: AtomicBool::new(nonblock),
             options: Mutex::new(options),
             untold: AtomicBool::new(false),
-            error_told: AtomicBool::new(false),
             relay_closed: AtomicBool::new(false),
         }
     }
@@ -217,7 +229,7 @@ impl Socket {
 
     /// `read`, `recv`, `recvfrom`, `recvmsg`, `readv` into `buf`.
     pub(crate) fn read(&self, buf: &mut [u8], flags: c_int) -> Res<usize> {
-        if flags & libc::MSG_PEEK != 0 || flags & libc::MSG_OOB != 0 {
+        if flags & libc::MSG_OOB != 0 {
             return Err(libc::EOPNOTSUPP);
         }
         let stream = self.stream()?;
@@ -225,6 +237,12 @@ impl Socket {
             return Ok(0);
         }
         let mode = self.mode(flags, libc::SO_RCVTIMEO);
+        let _interruptible = interruptible(mode);
+        if flags & libc::MSG_PEEK != 0 {
+            // What is there once something is: with MSG_WAITALL too,
+            // where Linux's peek would wait for the whole length.
+            return stream.peek(buf, mode).map_err(|e| errno(&e));
+        }
         let mut got = stream.read(buf, mode).map_err(|e| errno(&e))?;
         if flags & libc::MSG_WAITALL != 0 && mode == Mode::Blocking {
             while got > 0 && got < buf.len() {
@@ -249,6 +267,7 @@ impl Socket {
                     return Ok(0);
                 }
                 let mode = self.mode(flags, libc::SO_SNDTIMEO);
+                let _interruptible = interruptible(mode);
                 stream.write(buf, mode).map_err(|e| errno(&e))
             }
             Ok(Object::Listener { .. }) => Err(libc::EPIPE),
@@ -271,9 +290,11 @@ impl Socket {
             return Err(libc::EINVAL);
         }
         match self.object()? {
-            Object::Listener { listener, .. } => listener
-                .accept(self.mode(0, libc::SO_RCVTIMEO))
-                .map_err(|e| errno(&e)),
+            Object::Listener { listener, .. } => {
+                let mode = self.mode(0, libc::SO_RCVTIMEO);
+                let _interruptible = interruptible(mode);
+                listener.accept(mode).map_err(|e| errno(&e))
+            }
             Object::Stream(_) => Err(libc::EINVAL),
         }
     }
@@ -330,37 +351,87 @@ impl Socket {
             true => Mode::NonBlocking,
             false => self.mode(0, libc::SO_SNDTIMEO),
         };
-        match stream.finish_connect(mode) {
+        let interruptible = interruptible(mode);
+        let outcome = stream.finish_connect(mode);
+        drop(interruptible);
+        match outcome {
             Ok(()) if self.untold.swap(false, Ordering::Relaxed) => Ok(0),
             Ok(()) => Err(libc::EISCONN),
-            Err(Error::WouldBlock) if mode == Mode::NonBlocking => Err(libc::EALREADY),
-            Err(Error::WouldBlock) => Err(libc::EINPROGRESS),
-            Err(error) => Err(self.tell(&error)),
+            // Still in flight: at once, or after the send timeout, as TCP's
+            // connect on a connecting socket.
+            Err(Error::WouldBlock) => Err(libc::EALREADY),
+            // The connect goes on.
+            Err(Error::Interrupted) => Err(libc::EINTR),
+            // The error of a failed connect, reported once; later calls
+            // get `ECONNRESET` (TCP's socket would be unconnected again
+            // and could connect anew: not in this slice).
+            Err(error) => Err(match stream.take_error() {
+                Some(_) => errno(&error),
+                None => libc::ECONNRESET,
+            }),
         }
     }
 
-    /// The error of a failed connect, reported once; later calls get
-    /// `ECONNRESET` (TCP's socket would be unconnected again and could
-    /// connect anew: not in this slice).
-    fn tell(&self, error: &Error) -> c_int {
-        match self.error_told.swap(true, Ordering::Relaxed) {
-            false => errno(error),
-            true => libc::ECONNRESET,
-        }
-    }
-
-    /// `SO_ERROR`: the connect's error, once; 0 while it is in flight or
-    /// done.
+    /// `SO_ERROR`: a failed connect's error, or a reset's (`ECONNRESET`,
+    /// `EPIPE` after the peer's end of stream, as TCP's), once, whichever
+    /// call reports it first; 0 while the connect is in flight or the
+    /// flow goes on.
     fn so_error(&self) -> c_int {
         let stream = match self.object() {
             Ok(Object::Stream(stream)) => stream,
             Ok(Object::Listener { .. }) => return 0,
             Err(errno) => return errno,
         };
+        let taken = stream.take_error();
         match stream.finish_connect(Mode::NonBlocking) {
-            Ok(()) | Err(Error::WouldBlock) => 0,
-            Err(error) if !self.error_told.swap(true, Ordering::Relaxed) => errno(&error),
-            Err(_) => 0,
+            Err(Error::WouldBlock) => 0,
+            Ok(()) | Err(Error::Reset) => taken.map_or(0, |error| errno(&error)),
+            Err(error) => taken.map_or(0, |_| errno(&error)),
+        }
+    }
+
+    /// How the stream's directions stand beyond its bytes, for `poll`
+    /// (`None` for a listener, or a socket inherited across `fork`).
+    pub(crate) fn ends(&self) -> Option<Ends> {
+        match self.object().ok()? {
+            Object::Stream(stream) => Some(stream.ends()),
+            Object::Listener { .. } => None,
+        }
+    }
+
+    /// A stream's `POLLHUP`, `POLLERR` and, if `asked` for it,
+    /// `POLLRDHUP`, as Linux's `tcp_poll` reports them with whatever else
+    /// is ready (the `EPOLL` bits have the same values).
+    pub(crate) fn ends_events(&self, asked: u32) -> u32 {
+        let Some(ends) = self.ends() else {
+            return 0;
+        };
+        let rdhup = libc::POLLRDHUP as u32;
+        [
+            (ends.hung_up, libc::POLLHUP as u32),
+            (ends.error, libc::POLLERR as u32),
+            (ends.read_closed, asked & rdhup),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .fold(0, |events, (_, bit)| events | bit)
+    }
+
+    /// The eventfd readable while `which` of [`Socket::ends`] holds, for a
+    /// `poll` that asks for neither input nor output: valid while the
+    /// socket is held.
+    pub(crate) fn ends_fd(&self, which: EndsSignal) -> Option<RawFd> {
+        match self.object().ok()? {
+            Object::Stream(stream) => stream.ends_fd(which).ok().map(|fd| fd.as_raw_fd()),
+            Object::Listener { .. } => None,
+        }
+    }
+
+    /// A batch of reads that read something and then met the reset leaves
+    /// its error for the next call, as Linux's `recvmmsg`.
+    pub(crate) fn report_again(&self) {
+        if let Ok(Object::Stream(stream)) = self.object() {
+            stream.report_again();
         }
     }
 
@@ -386,13 +457,23 @@ impl Socket {
             return Err(libc::ENOPROTOOPT);
         }
         let options = self.options.lock().unwrap_or_else(PoisonError::into_inner);
+        let timeout =
+            level == libc::SOL_SOCKET && matches!(name, libc::SO_RCVTIMEO | libc::SO_SNDTIMEO);
         match options.iter().find(|(l, n, _)| *l == level && *n == name) {
-            Some((_, _, value)) => Ok(value.clone()),
-            None if matches!(name, libc::SO_RCVTIMEO | libc::SO_SNDTIMEO)
-                && level == libc::SOL_SOCKET =>
-            {
-                Ok(vec![0; std::mem::size_of::<libc::timeval>()])
+            // As the kernel keeps it: in whole jiffies.
+            Some((_, _, value)) if timeout => {
+                let hz = timeout::kernel_hz();
+                let back = Timeout::from_option(value, hz).map_or(
+                    libc::timeval {
+                        tv_sec: 0,
+                        tv_usec: 0,
+                    },
+                    |timeout| timeout.read_back(hz),
+                );
+                Ok([back.tv_sec.to_ne_bytes(), back.tv_usec.to_ne_bytes()].concat())
             }
+            Some((_, _, value)) => Ok(value.clone()),
+            None if timeout => Ok(vec![0; std::mem::size_of::<libc::timeval>()]),
             None => int(0),
         }
     }

@@ -2497,7 +2497,11 @@ static int shut_rd_fin_client(const char *sid, const char *how) {
     size_t got = 0;
     ssize_t n;
     while ((n = read_with(how, fd, buf, sizeof buf)) > 0) got += (size_t)n;
-    CHECK(n == 0 && got > 0 && got < BIG_REPLY, "what the socket held (%zu bytes), then end of file (%zd)", got, n);
+    /* The in-process engine, as TCP, takes what comes after SHUT_RD: all
+     * of it then. */
+    const char *inproc = getenv("SERVAL_SHIM_INPROC");
+    size_t most = inproc && !strcmp(inproc, "1") ? BIG_REPLY : BIG_REPLY - 1;
+    CHECK(n == 0 && got > 0 && got <= most, "what the socket held (%zu bytes), then end of file (%zd)", got, n);
     /* The server closed the first flow before it took this one. */
     int side = stream_to(sid);
     CHECK(read(side, buf, 1) == 0, "the second flow's end");

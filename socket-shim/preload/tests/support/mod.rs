@@ -183,6 +183,20 @@ fn relays_asked(extra: &[&str]) -> Option<&'static str> {
     (asked && !extra.contains(&"--relays")).then_some("--relays")
 }
 
+/// Where nobody answers, silently: a UDP socket bound there that never
+/// reads. At a port with no socket the kernel answers with an ICMP port
+/// unreachable, which a program's own SAL host (the in-process mode), as
+/// kernel TCP, takes for a refusal; sald's UDP link ignores it. Dropping
+/// it frees the address for a host that comes up there.
+pub struct Silent(#[allow(dead_code)] UdpSocket);
+
+impl Silent {
+    /// Silence at `at` (panics if the address is taken).
+    pub fn at(at: SocketAddrV4) -> Silent {
+        Silent(UdpSocket::bind(at).expect("bind a silent UDP socket"))
+    }
+}
+
 /// A free UDP port on 127.0.0.1: bound to port 0, noted, released.
 pub fn free_udp_port() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
