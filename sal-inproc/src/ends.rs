@@ -22,6 +22,9 @@ const READ_SHUT: u8 = 4;
 const WRITE_SHUT: u8 = 8;
 /// A call reported the reset's error (or `SO_ERROR` took it).
 const ERROR_TAKEN: u8 = 16;
+/// The reset came after the peer's end of stream while this end still
+/// sent (TCP's `CLOSE_WAIT`): its error is `EPIPE`, fixed then.
+const RESET_AFTER_END: u8 = 32;
 
 /// What `poll` reports of a stream beyond readable and writable.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -92,9 +95,20 @@ impl EndsCell {
         .iter()
         .filter(|(on, _)| *on)
         .fold(0, |bits, (_, bit)| bits | bit);
-        if bits & !self.0.load(Ordering::Relaxed) != 0 {
-            self.0.fetch_or(bits, Ordering::AcqRel);
+        let known = self.0.load(Ordering::Relaxed);
+        if bits & !known == 0 {
+            return;
         }
+        // Which error a reset leaves is settled when it comes, as TCP's
+        // `tcp_reset` sets it: a later `SHUT_WR` does not change it.
+        let all = known | bits;
+        let new_reset = bits & RESET != 0 && known & RESET == 0;
+        let after_end = all & PEER_FINISHED != 0 && all & WRITE_SHUT == 0;
+        let bits = match new_reset && after_end {
+            true => bits | RESET_AFTER_END,
+            false => bits,
+        };
+        self.0.fetch_or(bits, Ordering::AcqRel);
     }
 
     /// What `poll` reports now.
@@ -112,9 +126,8 @@ impl EndsCell {
     /// stream came while this end still sent (a reset in `CLOSE_WAIT`),
     /// else `ECONNRESET`.
     pub(crate) fn reset_error(&self) -> Error {
-        let bits = self.0.load(Ordering::Acquire);
-        match bits & PEER_FINISHED != 0 && bits & WRITE_SHUT == 0 {
-            true => Error::SendClosed,
+        match self.0.load(Ordering::Acquire) & RESET_AFTER_END != 0 {
+            true => Error::ResetAfterEnd,
             false => Error::Reset,
         }
     }
@@ -177,6 +190,19 @@ mod tests {
         assert!(!reset.ends().error && reset.ends().hung_up);
         reset.untake_error();
         assert!(reset.ends().error, "left for the next call");
+        // The error a reset leaves is settled as it comes.
+        let after_end = EndsCell::default();
+        after_end.note(Facts {
+            peer_finished: true,
+            reset: true,
+            ..Facts::default()
+        });
+        after_end.note(Facts {
+            write_shut: true,
+            ..Facts::default()
+        });
+        assert!(matches!(after_end.reset_error(), Error::ResetAfterEnd));
+        assert!(matches!(reset.reset_error(), Error::Reset));
         let shut = EndsCell::default();
         shut.note(Facts {
             read_shut: true,

@@ -21,6 +21,10 @@ pub enum Error {
     /// The flow was reset by the peer or given up on: `ECONNRESET`.
     #[error("connection reset")]
     Reset,
+    /// The flow was reset after the peer's end of stream while this end
+    /// still sent (TCP's reset in `CLOSE_WAIT`), reported once: `EPIPE`.
+    #[error("broken pipe: the flow was reset after the peer's end of stream")]
+    ResetAfterEnd,
     /// This end shut its sending direction down: `EPIPE`.
     #[error("broken pipe: the flow is closed for sending")]
     SendClosed,
@@ -52,6 +56,17 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether this is the report of a reset (or of a failed connect),
+    /// which a call gives once ([`crate::Stream::take_error`]): a caller
+    /// that moved bytes before it in the same call gives it back
+    /// ([`crate::Stream::report_again`]) for the next call, as TCP's.
+    pub fn is_report(&self) -> bool {
+        matches!(
+            self,
+            Error::Reset | Error::ResetAfterEnd | Error::Refused | Error::NoRoute | Error::TimedOut
+        )
+    }
+
     /// The `errno` a socket call reports for this error.
     pub fn errno(&self) -> i32 {
         match self {
@@ -60,7 +75,7 @@ impl Error {
             Error::NoRoute => libc::ENETUNREACH,
             Error::TimedOut => libc::ETIMEDOUT,
             Error::Reset => libc::ECONNRESET,
-            Error::SendClosed => libc::EPIPE,
+            Error::ResetAfterEnd | Error::SendClosed => libc::EPIPE,
             Error::NotConnected => libc::ENOTCONN,
             Error::TooManyFlows(_) => libc::ENOBUFS,
             Error::AddressInUse => libc::EADDRINUSE,

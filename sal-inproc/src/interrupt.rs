@@ -57,14 +57,39 @@ impl Interruptible {
     /// dropped; the engine's sleeps meanwhile wait with the mask the
     /// thread had.
     pub fn new() -> Result<Interruptible, Error> {
-        let mut blocked = SigSet::all();
-        for fault in FAULTS {
-            blocked.remove(fault);
-        }
-        let mut mask = SigSet::empty();
-        pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&blocked), Some(&mut mask))?;
-        let outer = UNBLOCKED.with(|unblocked| unblocked.replace(Some(mask)));
+        let mask = block_signals()?;
+        // Within another, the sleeps wait with the mask the outermost
+        // found, not the blocked one this found.
+        let outer = UNBLOCKED.with(|unblocked| {
+            let outer = unblocked.get();
+            unblocked.set(outer.or(Some(mask)));
+            outer
+        });
         Ok(Interruptible { mask, outer })
+    }
+}
+
+/// Blocks the calling thread's signals but for those of faults; returns
+/// the mask it had.
+fn block_signals() -> Result<SigSet, Error> {
+    let mut blocked = SigSet::all();
+    for fault in FAULTS {
+        blocked.remove(fault);
+    }
+    let mut mask = SigSet::empty();
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&blocked), Some(&mut mask))?;
+    Ok(mask)
+}
+
+/// At the start of a thread of the engine's own (the driver, the
+/// resolver): it never takes a signal of the program's. A process-directed
+/// signal goes to a thread that does not block it; were the engine's
+/// threads such threads, a signal meant to interrupt a call (whose thread
+/// blocks it outside its sleeps) could be handled there, and the call
+/// would wait on.
+pub(crate) fn engine_thread() {
+    if let Err(error) = block_signals() {
+        tracing::warn!(%error, "an engine thread could not block signals");
     }
 }
 
@@ -124,6 +149,25 @@ mod tests {
             assert_eq!(slept, Err(nix::errno::Errno::EINTR));
             assert_eq!(HANDLED.load(Ordering::SeqCst), 1, "delivered in the sleep");
         }
+        assert_eq!(sleep_mask(), None);
+        assert_eq!(SigSet::thread_get_mask().expect("mask"), before);
+    }
+
+    /// One within another sleeps with the mask the outer one found, not
+    /// the blocked one it found itself; each drop puts back what it found.
+    #[test]
+    fn one_within_another_sleeps_with_the_thread_s_own_mask() {
+        let before = SigSet::thread_get_mask().expect("mask");
+        let outer = Interruptible::new().expect("block");
+        let blocked = SigSet::thread_get_mask().expect("mask");
+        assert_ne!(blocked, before);
+        {
+            let _inner = Interruptible::new().expect("block again");
+            assert_eq!(sleep_mask(), Some(before));
+        }
+        assert_eq!(sleep_mask(), Some(before));
+        assert_eq!(SigSet::thread_get_mask().expect("mask"), blocked);
+        drop(outer);
         assert_eq!(sleep_mask(), None);
         assert_eq!(SigSet::thread_get_mask().expect("mask"), before);
     }

@@ -690,20 +690,23 @@ impl Questions {
         let Questions { resolver, receiver } = self;
         std::thread::Builder::new()
             .name("sal-inproc-resolver".into())
-            .spawn(move || loop {
-                let service = match receiver.recv_timeout(RESOLVER_IDLE) {
-                    Ok(service) => service,
-                    Err(RecvTimeoutError::Timeout) => {
-                        resolver.idle();
-                        match receiver.recv() {
-                            Ok(service) => service,
-                            Err(_) => return,
+            .spawn(move || {
+                crate::interrupt::engine_thread();
+                loop {
+                    let service = match receiver.recv_timeout(RESOLVER_IDLE) {
+                        Ok(service) => service,
+                        Err(RecvTimeoutError::Timeout) => {
+                            resolver.idle();
+                            match receiver.recv() {
+                                Ok(service) => service,
+                                Err(_) => return,
+                            }
                         }
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    };
+                    if !apply(service, resolver.resolve(service)) {
+                        return;
                     }
-                    Err(RecvTimeoutError::Disconnected) => return,
-                };
-                if !apply(service, resolver.resolve(service)) {
-                    return;
                 }
             })
             .map(drop)

@@ -183,7 +183,10 @@ impl Runtime {
             let weak = Arc::downgrade(&inner);
             let handle = std::thread::Builder::new()
                 .name("sal-inproc-driver".into())
-                .spawn(move || gate::drive_while_away(gate, weak, deadlines, udp, timer))?;
+                .spawn(move || {
+                    interrupt::engine_thread();
+                    gate::drive_while_away(gate, weak, deadlines, udp, timer)
+                })?;
             *inner.driver.lock().unwrap_or_else(PoisonError::into_inner) = Some(handle);
         }
         let _ = inner.descriptors.set(descriptors);

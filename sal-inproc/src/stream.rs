@@ -131,9 +131,11 @@ impl Stream {
     }
 
     /// The error a reset left, taken, as `SO_ERROR` takes a TCP socket's:
-    /// once, whichever call reports it first (see [`Stream::read`]).
-    /// `None` while the flow was not reset (or failed to connect), or once
-    /// taken.
+    /// once, whichever call reports it first (see [`Stream::read`]):
+    /// [`Error::Reset`], or [`Error::ResetAfterEnd`]. A failed connect's
+    /// is taken so too, as [`Error::Reset`] (its own error is
+    /// [`Stream::finish_connect`]'s). `None` while the flow goes on, or
+    /// once taken.
     pub fn take_error(&self) -> Option<Error> {
         (self.ends.ends().error && self.ends.take_error()).then(|| self.ends.reset_error())
     }
@@ -160,6 +162,7 @@ impl Stream {
     /// returns. As TCP's after a reset: the bytes that came before it,
     /// then [`Error::Reset`] once (unless another call took it), then end
     /// of stream; end of stream at once if the peer's end came first.
+    /// After a failed connect: its error once, then end of stream.
     pub fn read(&self, buf: &mut [u8], mode: Mode) -> Result<usize, Error> {
         self.receive(buf, mode, false)
     }
@@ -172,8 +175,8 @@ impl Stream {
 
     fn receive(&self, buf: &mut [u8], mode: Mode, peek: bool) -> Result<usize, Error> {
         match self.read_flow(buf, mode, peek) {
-            Err(Error::Reset) => match self.ends.take_error() {
-                true => Err(Error::Reset),
+            Err(error) if error.is_report() => match self.ends.take_error() {
+                true => Err(error),
                 false => Ok(0),
             },
             read => read,
@@ -217,8 +220,9 @@ impl Stream {
     /// Blocking: all of it. Non-blocking, or past a deadline: as much as
     /// the send buffer takes, [`Error::WouldBlock`] if none. A call that
     /// wrote something and then failed returns the count (the error stays
-    /// for the next). On a reset flow: its error if no call took it yet
-    /// (see [`Stream::take_error`]), else [`Error::SendClosed`] (`EPIPE`).
+    /// for the next). On a reset flow (or one whose connect failed): its
+    /// error if no call took it yet (see [`Stream::take_error`]), else
+    /// [`Error::SendClosed`] (`EPIPE`).
     pub fn write(&self, buf: &[u8], mode: Mode) -> Result<usize, Error> {
         let key = self.key;
         let mut written = 0;
@@ -239,7 +243,11 @@ impl Stream {
         match result {
             Ok(()) => Ok(written),
             Err(_) if written > 0 => Ok(written),
-            Err(Error::Reset) => Err(self.take_error().unwrap_or(Error::SendClosed)),
+            Err(error) if error.is_report() => match self.ends.take_error() {
+                true if matches!(error, Error::Reset) => Err(self.ends.reset_error()),
+                true => Err(error),
+                false => Err(Error::SendClosed),
+            },
             Err(error) => Err(error),
         }
     }

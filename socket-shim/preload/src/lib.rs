@@ -1174,8 +1174,8 @@ pub unsafe extern "C" fn shutdown(fd: c_int, how: c_int) -> c_int {
     unsafe { real::shutdown(fd, how) }
 }
 
-/// Installs the handler, then notes whether it interrupts blocking calls
-/// (see `signals`).
+/// Installs the handler, noting whether it interrupts blocking calls (see
+/// `signals`).
 ///
 /// # Safety
 /// As `sigaction(2)`.
@@ -1185,13 +1185,15 @@ pub unsafe extern "C" fn sigaction(
     act: *const libc::sigaction,
     old: *mut libc::sigaction,
 ) -> c_int {
+    // SAFETY: `act` is null or points to a valid sigaction, as the caller
+    // promises; copied before the call, which may write `old` over it.
+    let new = unsafe { act.as_ref() }.copied();
+    // Noted first if it interrupts (a blocking connect of another thread
+    // then waits so before the handler can run), exactly after.
+    signals::installing(signum, new.as_ref());
     // SAFETY: forwarding the caller's arguments unchanged.
     let result = unsafe { real::sigaction(signum, act, old) };
-    if result == 0 {
-        // SAFETY: `act` is null or points to a valid sigaction, as the
-        // caller promises.
-        signals::installed(signum, unsafe { act.as_ref() });
-    }
+    signals::settled(signum, new.as_ref(), result == 0);
     result
 }
 

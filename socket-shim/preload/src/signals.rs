@@ -30,14 +30,11 @@ fn bit(signum: libc::c_int) -> Option<u64> {
     (1..=64).contains(&signum).then(|| 1 << (signum - 1))
 }
 
-/// The program installed `act` for `signum` (from `sigaction`; null only
-/// asks). Handlers of the signals a thread's own faults raise (Rust's
-/// runtime installs some for `SIGSEGV` and `SIGBUS`) do not count: they
-/// never arrive while the thread waits in a system call.
-pub(crate) fn installed(signum: libc::c_int, act: Option<&libc::sigaction>) {
-    let (Some(act), Some(bit)) = (act, bit(signum)) else {
-        return;
-    };
+/// Whether `act` for `signum` interrupts blocking calls. Handlers of the
+/// signals a thread's own faults raise (Rust's runtime installs some for
+/// `SIGSEGV` and `SIGBUS`) do not count: they never arrive while the
+/// thread waits in a system call.
+fn interrupts(signum: libc::c_int, act: &libc::sigaction) -> bool {
     let faults = [
         libc::SIGSEGV,
         libc::SIGBUS,
@@ -47,10 +44,41 @@ pub(crate) fn installed(signum: libc::c_int, act: Option<&libc::sigaction>) {
     ];
     let handler = act.sa_sigaction;
     let catches = handler != libc::SIG_DFL && handler != libc::SIG_IGN;
-    match catches && act.sa_flags & libc::SA_RESTART == 0 && !faults.contains(&signum) {
-        true => INTERRUPTING.fetch_or(bit, Ordering::Relaxed),
-        false => INTERRUPTING.fetch_and(!bit, Ordering::Relaxed),
+    catches && act.sa_flags & libc::SA_RESTART == 0 && !faults.contains(&signum)
+}
+
+/// The program is about to install `act` for `signum` (`sigaction`; null
+/// only asks): if it interrupts, noted now, before it can run.
+pub(crate) fn installing(signum: libc::c_int, act: Option<&libc::sigaction>) {
+    if let (Some(act), Some(bit)) = (act, bit(signum)) {
+        if interrupts(signum, act) {
+            INTERRUPTING.fetch_or(bit, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The installation of `act` for `signum` is over (`done`: it took):
+/// what is installed now is noted.
+pub(crate) fn settled(signum: libc::c_int, act: Option<&libc::sigaction>, done: bool) {
+    if act.is_none() {
+        return;
+    }
+    let now = match done {
+        true => act.copied(),
+        false => {
+            // SAFETY: all-zero is a valid `sigaction` to be written over.
+            let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
+            // SAFETY: asks only; `current` is valid for writes.
+            let asked = unsafe { crate::real::sigaction(signum, std::ptr::null(), &mut current) };
+            (asked == 0).then_some(current)
+        }
     };
+    if let (Some(now), Some(bit)) = (now, bit(signum)) {
+        match interrupts(signum, &now) {
+            true => INTERRUPTING.fetch_or(bit, Ordering::Relaxed),
+            false => INTERRUPTING.fetch_and(!bit, Ordering::Relaxed),
+        };
+    }
 }
 
 /// The program installed `handler` for `signum` in a way that does not
@@ -64,7 +92,7 @@ pub(crate) fn installed_without_restart(signum: libc::c_int, handler: libc::sigh
         sa_flags: 0,
         sa_restorer: None,
     };
-    installed(signum, Some(&act));
+    settled(signum, Some(&act), true);
 }
 
 /// `siginterrupt(signum, 0)`: `signum`'s handler restarts system calls.

@@ -27,13 +27,19 @@ fn server(sald: &Sald, args: &[&str]) -> Proc {
 }
 
 /// Where nobody answers: a connect to a service forwarded there waits
-/// (for sald's SYN retries, 31.5 s). Silent for the whole test binary
-/// (see [`Silent`]), unless another process holds the port.
+/// (for sald's SYN retries, 31.5 s). A socket of the test binary's, bound
+/// for its whole run, that never reads (see [`Silent`]).
 fn hole() -> SocketAddrV4 {
-    static SILENT: OnceLock<Option<UdpSocket>> = OnceLock::new();
-    let hole = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 9), 9);
-    SILENT.get_or_init(|| UdpSocket::bind(hole).ok());
-    hole
+    static HOLE: OnceLock<(UdpSocket, SocketAddrV4)> = OnceLock::new();
+    let (_, hole) = HOLE.get_or_init(|| {
+        let socket = UdpSocket::bind("127.0.0.9:0").expect("bind the hole");
+        let hole = match socket.local_addr().expect("the hole's address") {
+            std::net::SocketAddr::V4(hole) => hole,
+            other => panic!("not IPv4: {other}"),
+        };
+        (socket, hole)
+    });
+    *hole
 }
 
 /// An address of loopback host `host` where nobody answers, silently,

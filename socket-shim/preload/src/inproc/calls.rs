@@ -59,9 +59,16 @@ pub(crate) unsafe fn writev(
 }
 
 /// A batch of reads (`recvmmsg`) that read something ended on `errno`: a
-/// reset's error stays for the next call, as Linux keeps it.
+/// reset's (or failed connect's) error stays for the next call, as Linux
+/// keeps it. (A read reports no other error once it read.)
 pub(crate) fn report_again(fd: RawFd, errno: c_int) {
-    if errno == libc::ECONNRESET {
+    let reports = [
+        libc::ECONNRESET,
+        libc::ECONNREFUSED,
+        libc::EHOSTUNREACH,
+        libc::ETIMEDOUT,
+    ];
+    if reports.contains(&errno) {
         if let Ok(socket) = socket(fd) {
             socket.report_again();
         }

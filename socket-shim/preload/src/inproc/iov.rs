@@ -51,7 +51,8 @@ unsafe fn list<'a>(iov: *const iovec, count: usize) -> Res<impl Iterator<Item = 
 /// A read of `socket` into the iovecs (`flags` as `recv`'s): the first
 /// iovec waits as a read does, the next ones are filled with what is
 /// there already (or waited for too under `MSG_WAITALL`), as the kernel's
-/// `readv` of a stream. An error after some bytes is the next call's.
+/// `readv` of a stream. An error after some bytes is the next call's. A
+/// peek (`MSG_PEEK`) fills the first iovec only.
 ///
 /// # Safety
 /// As [`list`], the iovecs valid for writes.
@@ -76,7 +77,14 @@ pub(crate) unsafe fn read(
             true => flags | libc::MSG_DONTWAIT,
             false => flags,
         };
-        match socket.read(buf, flags) {
+        let read = match got {
+            0 => socket.read(buf, flags),
+            _ => socket.read_more(buf, flags),
+        };
+        match read {
+            // A peek fills the first iovec only: each peek starts at the
+            // first unread byte.
+            Ok(n) if flags & libc::MSG_PEEK != 0 => return Ok(n),
             Ok(n) => {
                 got += n;
                 if n < room {
@@ -146,7 +154,11 @@ pub(crate) unsafe fn write(
                 true => flags | libc::MSG_NOSIGNAL,
                 false => flags,
             };
-            match socket.write(chunk, flags) {
+            let written = match sent {
+                0 => socket.write(chunk, flags),
+                _ => socket.write_more(chunk, flags),
+            };
+            match written {
                 Ok(n) => {
                     sent += n;
                     if n < chunk.len() {

@@ -61,8 +61,10 @@ impl Before {
 /// `local`) to `service` (the program's address for it: `peer`), in
 /// process; `None`: the daemon path's. Blocking: waits for the outcome
 /// (up to `SO_SNDTIMEO`, then `EINPROGRESS` as TCP's), and a failure
-/// leaves the socket as it was. Non-blocking: `EINPROGRESS`, the outcome
-/// shows in `poll`'s `POLLOUT` and `SO_ERROR`.
+/// leaves the socket as it was; a signal that interrupts the wait (see
+/// `socket::interruptible`) gives `EINTR`, and the connect goes on.
+/// Non-blocking: `EINPROGRESS`, the outcome shows in `poll`'s `POLLOUT`
+/// and `SO_ERROR`.
 pub(crate) fn connect(
     fd: RawFd,
     family: c_int,
@@ -83,13 +85,15 @@ pub(crate) fn connect(
     let hz = timeout::kernel_hz();
     let limit = (before.option(libc::SO_SNDTIMEO))
         .and_then(|value| Timeout::from_option(value, hz)?.limit(hz));
-    // A blocking connect that a signal interrupted goes on, as TCP's.
+    // A blocking connect that a signal interrupted goes on, as TCP's. The
+    // signal's handler runs once the socket is in place (the guard's drop).
     let mut interrupted = false;
+    let mut _interruptible = None;
     let pending = match (before.nonblock, limit) {
         (true, _) => true,
         (false, limit) => {
             let mode = limit.map_or(Mode::Blocking, |limit| Mode::Until(Instant::now() + limit));
-            let _interruptible = super::socket::interruptible(mode);
+            _interruptible = super::socket::interruptible(mode);
             match stream.finish_connect(mode) {
                 Ok(()) => false,
                 Err(Error::WouldBlock) => true,

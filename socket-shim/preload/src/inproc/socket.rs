@@ -82,6 +82,15 @@ pub(crate) fn interruptible(mode: Mode) -> Option<Interruptible> {
     interrupts.then(Interruptible::new).and_then(Result::ok)
 }
 
+/// The errno of `error`, met by a call that moved bytes already if `more`:
+/// a reset's (or failed connect's) report then stays for the next call.
+fn keep(stream: &Stream, error: Error, more: bool) -> c_int {
+    if more && error.is_report() {
+        stream.report_again();
+    }
+    errno(&error)
+}
+
 impl Socket {
     /// A socket over `object`, made by this process.
     pub(crate) fn new(
@@ -229,6 +238,17 @@ impl Socket {
 
     /// `read`, `recv`, `recvfrom`, `recvmsg`, `readv` into `buf`.
     pub(crate) fn read(&self, buf: &mut [u8], flags: c_int) -> Res<usize> {
+        self.receive(buf, flags, false)
+    }
+
+    /// A read into the next iovec of a call that read bytes already: a
+    /// reset's (or failed connect's) error it meets stays for the next
+    /// call, as Linux reports one only when the call copied nothing.
+    pub(crate) fn read_more(&self, buf: &mut [u8], flags: c_int) -> Res<usize> {
+        self.receive(buf, flags, true)
+    }
+
+    fn receive(&self, buf: &mut [u8], flags: c_int, more: bool) -> Res<usize> {
         if flags & libc::MSG_OOB != 0 {
             return Err(libc::EOPNOTSUPP);
         }
@@ -241,14 +261,18 @@ impl Socket {
         if flags & libc::MSG_PEEK != 0 {
             // What is there once something is: with MSG_WAITALL too,
             // where Linux's peek would wait for the whole length.
-            return stream.peek(buf, mode).map_err(|e| errno(&e));
+            return stream.peek(buf, mode).map_err(|e| keep(stream, e, more));
         }
-        let mut got = stream.read(buf, mode).map_err(|e| errno(&e))?;
+        let mut got = stream.read(buf, mode).map_err(|e| keep(stream, e, more))?;
         if flags & libc::MSG_WAITALL != 0 && mode == Mode::Blocking {
             while got > 0 && got < buf.len() {
                 match stream.read(&mut buf[got..], mode) {
-                    Ok(0) | Err(_) => break,
+                    Ok(0) => break,
                     Ok(n) => got += n,
+                    Err(error) => {
+                        keep(stream, error, true);
+                        break;
+                    }
                 }
             }
         }
@@ -258,6 +282,16 @@ impl Socket {
     /// `write`, `send`, `sendto`, `sendmsg`, `writev` of `buf`; `EPIPE`
     /// raises `SIGPIPE` unless `MSG_NOSIGNAL`, as TCP's.
     pub(crate) fn write(&self, buf: &[u8], flags: c_int) -> Res<usize> {
+        self.send(buf, flags, false)
+    }
+
+    /// A write of the next chunk of a call that wrote bytes already: as
+    /// [`Socket::read_more`], the error stays for the next call.
+    pub(crate) fn write_more(&self, buf: &[u8], flags: c_int) -> Res<usize> {
+        self.send(buf, flags, true)
+    }
+
+    fn send(&self, buf: &[u8], flags: c_int, more: bool) -> Res<usize> {
         if flags & libc::MSG_OOB != 0 {
             return Err(libc::EOPNOTSUPP);
         }
@@ -268,7 +302,7 @@ impl Socket {
                 }
                 let mode = self.mode(flags, libc::SO_SNDTIMEO);
                 let _interruptible = interruptible(mode);
-                stream.write(buf, mode).map_err(|e| errno(&e))
+                stream.write(buf, mode).map_err(|e| keep(stream, e, more))
             }
             Ok(Object::Listener { .. }) => Err(libc::EPIPE),
             Err(errno) => Err(errno),
