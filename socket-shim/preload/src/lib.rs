@@ -237,12 +237,14 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_
 /// As `connect(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
-    if inproc::is(fd) {
-        return guard(-1, || inproc::calls::connect(fd));
-    }
     guard(-1, || {
         // SAFETY: the caller's address is valid for `len` bytes.
         let bytes = unsafe { addr_bytes(addr, len) };
+        if inproc::is(fd) {
+            // As Linux, the address is checked before the socket's state.
+            ops::address_given(bytes, len)?;
+            return inproc::calls::connect(fd);
+        }
         // SAFETY: forwarding the caller's arguments unchanged.
         ops::connect(fd, bytes, len, || unsafe { real::connect(fd, addr, len) })
     })

@@ -691,7 +691,7 @@ fn bind_stream(prefix: ServicePrefix) -> Res<(ControlClient, ListenerId, Option<
 /// negative, as an `int`) with `EINVAL` and a NULL address of any length
 /// with `EFAULT`, then `__inet_stream_connect` (and UDP's
 /// `inet_dgram_connect`) a length too short for the family with `EINVAL`.
-fn address_given(addr: Option<&[u8]>, len: libc::socklen_t) -> Res<&[u8]> {
+pub(crate) fn address_given(addr: Option<&[u8]>, len: libc::socklen_t) -> Res<&[u8]> {
     if len as usize > std::mem::size_of::<libc::sockaddr_storage>() {
         return Err(libc::EINVAL);
     }

@@ -125,8 +125,9 @@
 //!   stream's `EPOLLHUP`, `EPOLLERR` and `EPOLLRDHUP` only with an input
 //!   or output event (a registration for neither never fires).
 //! - Two threads' first blocking `connect`s on one socket race (each
-//!   starts a flow); `close` of a socket does not end another thread's
-//!   wait in it (the daemon path's does).
+//!   starts a flow). (`close` of a socket does not end another thread's
+//!   wait in it, as TCP's, measured on Linux 6.18; the daemon path's
+//!   does, and the C suite expects that.)
 //! - `getsockopt` answers options the program did not set with 0
 //!   (`SO_SNDBUF`, `SO_RCVBUF`); `select` refuses `nfds` above
 //!   `FD_SETSIZE` (Linux clamps it); `MSG_WAITALL` is ignored with
