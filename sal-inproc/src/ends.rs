@@ -202,6 +202,23 @@ mod tests {
             ..Facts::default()
         });
         assert!(matches!(after_end.reset_error(), Error::ResetAfterEnd));
+        // The same when the FIN and the reset come in separate refreshes;
+        // a reset after this end's SHUT_WR is ECONNRESET.
+        let apart = EndsCell::default();
+        let shut_first = EndsCell::default();
+        for (cell, write_shut) in [(&apart, false), (&shut_first, true)] {
+            cell.note(Facts {
+                peer_finished: true,
+                write_shut,
+                ..Facts::default()
+            });
+            cell.note(Facts {
+                reset: true,
+                ..Facts::default()
+            });
+        }
+        assert!(matches!(apart.reset_error(), Error::ResetAfterEnd));
+        assert!(matches!(shut_first.reset_error(), Error::Reset));
         assert!(matches!(reset.reset_error(), Error::Reset));
         let shut = EndsCell::default();
         shut.note(Facts {

@@ -58,39 +58,55 @@ impl Interruptible {
     /// thread had.
     pub fn new() -> Result<Interruptible, Error> {
         let mask = block_signals()?;
-        // Within another, the sleeps wait with the mask the outermost
-        // found, not the blocked one this found.
-        let outer = UNBLOCKED.with(|unblocked| {
-            let outer = unblocked.get();
-            unblocked.set(outer.or(Some(mask)));
-            outer
-        });
+        // Directly within another (the mask found is the blocked one),
+        // the sleeps wait with the mask the outer one found. In a signal
+        // handler that runs in the outer call's sleep, the mask found is
+        // the handler's (the signal and its `sa_mask` blocked): kept, as
+        // the kernel would.
+        let outer = UNBLOCKED.with(Cell::get);
+        let sleep = match outer {
+            Some(outer) if blocking().iter().all(|signal| mask.contains(signal)) => outer,
+            _ => mask,
+        };
+        UNBLOCKED.with(|unblocked| unblocked.set(Some(sleep)));
         Ok(Interruptible { mask, outer })
     }
+}
+
+/// Every signal but those of faults, and those the kernel never blocks
+/// (so that a mask found blocked contains all of it).
+fn blocking() -> SigSet {
+    let mut blocked = SigSet::all();
+    for never in FAULTS.iter().chain(&[Signal::SIGKILL, Signal::SIGSTOP]) {
+        blocked.remove(*never);
+    }
+    blocked
 }
 
 /// Blocks the calling thread's signals but for those of faults; returns
 /// the mask it had.
 fn block_signals() -> Result<SigSet, Error> {
-    let mut blocked = SigSet::all();
-    for fault in FAULTS {
-        blocked.remove(fault);
-    }
     let mut mask = SigSet::empty();
-    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&blocked), Some(&mut mask))?;
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&blocking()), Some(&mut mask))?;
     Ok(mask)
 }
 
-/// At the start of a thread of the engine's own (the driver, the
-/// resolver): it never takes a signal of the program's. A process-directed
-/// signal goes to a thread that does not block it; were the engine's
-/// threads such threads, a signal meant to interrupt a call (whose thread
-/// blocks it outside its sleeps) could be handled there, and the call
-/// would wait on.
-pub(crate) fn engine_thread() {
-    if let Err(error) = block_signals() {
-        tracing::warn!(%error, "an engine thread could not block signals");
-    }
+/// Starts a thread of the engine's own (the driver, the resolver) with
+/// every signal but those of faults blocked from its first instruction
+/// (the mask is inherited, so it is set around the spawn): it never takes
+/// a signal of the program's. A process-directed signal goes to a thread
+/// that does not block it; were the engine's threads such threads, a
+/// signal meant to interrupt a call (whose thread blocks it outside its
+/// sleeps) could be handled there, and the call would wait on.
+pub(crate) fn spawn_engine_thread<T: Send + 'static>(
+    builder: std::thread::Builder,
+    run: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<T>> {
+    let mask = block_signals().map_err(std::io::Error::other)?;
+    let spawned = builder.spawn(run);
+    // Fails only for a bad `how`.
+    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&mask), None);
+    spawned
 }
 
 impl Drop for Interruptible {
@@ -169,6 +185,26 @@ mod tests {
         assert_eq!(SigSet::thread_get_mask().expect("mask"), blocked);
         drop(outer);
         assert_eq!(sleep_mask(), None);
+        assert_eq!(SigSet::thread_get_mask().expect("mask"), before);
+    }
+
+    /// In a handler that runs in an outer call's sleep, the mask is the
+    /// handler's (its signal blocked): a call there sleeps with it, so the
+    /// handler is not entered again, as the kernel would not.
+    #[test]
+    fn within_a_handler_a_call_sleeps_with_the_handler_s_mask() {
+        let before = SigSet::thread_get_mask().expect("mask");
+        let outer = Interruptible::new().expect("block");
+        // What the kernel sets for a handler of SIGUSR1 run in the sleep.
+        let mut handler = before;
+        handler.add(Signal::SIGUSR1);
+        pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&handler), None).expect("mask");
+        {
+            let _inner = Interruptible::new().expect("block in the handler");
+            assert_eq!(sleep_mask(), Some(handler));
+        }
+        assert_eq!(SigSet::thread_get_mask().expect("mask"), handler);
+        drop(outer);
         assert_eq!(SigSet::thread_get_mask().expect("mask"), before);
     }
 }

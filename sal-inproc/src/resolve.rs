@@ -688,28 +688,24 @@ impl Questions {
         mut apply: impl FnMut(ServiceId, Result<Answer, ResolveError>) -> bool + Send + 'static,
     ) -> std::io::Result<()> {
         let Questions { resolver, receiver } = self;
-        std::thread::Builder::new()
-            .name("sal-inproc-resolver".into())
-            .spawn(move || {
-                crate::interrupt::engine_thread();
-                loop {
-                    let service = match receiver.recv_timeout(RESOLVER_IDLE) {
+        let builder = std::thread::Builder::new().name("sal-inproc-resolver".into());
+        crate::interrupt::spawn_engine_thread(builder, move || loop {
+            let service = match receiver.recv_timeout(RESOLVER_IDLE) {
+                Ok(service) => service,
+                Err(RecvTimeoutError::Timeout) => {
+                    resolver.idle();
+                    match receiver.recv() {
                         Ok(service) => service,
-                        Err(RecvTimeoutError::Timeout) => {
-                            resolver.idle();
-                            match receiver.recv() {
-                                Ok(service) => service,
-                                Err(_) => return,
-                            }
-                        }
-                        Err(RecvTimeoutError::Disconnected) => return,
-                    };
-                    if !apply(service, resolver.resolve(service)) {
-                        return;
+                        Err(_) => return,
                     }
                 }
-            })
-            .map(drop)
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
+            if !apply(service, resolver.resolve(service)) {
+                return;
+            }
+        })
+        .map(drop)
     }
 }
 

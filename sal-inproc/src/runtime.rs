@@ -181,12 +181,10 @@ impl Runtime {
             let (udp, timer) = (inner.udp.try_clone()?, inner.timer.try_clone()?);
             descriptors.extend([udp.as_raw_fd(), timer.as_raw_fd()]);
             let weak = Arc::downgrade(&inner);
-            let handle = std::thread::Builder::new()
-                .name("sal-inproc-driver".into())
-                .spawn(move || {
-                    interrupt::engine_thread();
-                    gate::drive_while_away(gate, weak, deadlines, udp, timer)
-                })?;
+            let builder = std::thread::Builder::new().name("sal-inproc-driver".into());
+            let handle = interrupt::spawn_engine_thread(builder, move || {
+                gate::drive_while_away(gate, weak, deadlines, udp, timer)
+            })?;
             *inner.driver.lock().unwrap_or_else(PoisonError::into_inner) = Some(handle);
         }
         let _ = inner.descriptors.set(descriptors);

@@ -35,6 +35,17 @@ pub struct Stream {
     settled: AtomicBool,
 }
 
+/// Which kind of read a [`Stream::receive`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Receive {
+    /// A read that takes the bytes.
+    Read,
+    /// `MSG_PEEK`: the bytes stay.
+    Peek,
+    /// A read within a call that read bytes already.
+    More,
+}
+
 /// The host's flow of a stream whose opening is done, or why there is none.
 fn opened(core: &mut Core, key: Key) -> Result<FlowId, Error> {
     match core.stream(key).map(|entry| (entry.opening, entry.flow)) {
@@ -141,8 +152,9 @@ impl Stream {
     }
 
     /// Leaves a reset's error taken by a read for the next call again: a
-    /// batch of reads (`recvmmsg`) that read something before the reset
-    /// returns what it read, as Linux's, which keeps the error.
+    /// batch of reads (`recvmmsg`, each message a call of its own) that
+    /// read something before the reset returns what it read, as Linux's,
+    /// which keeps the error.
     pub fn report_again(&self) {
         self.ends.untake_error();
     }
@@ -164,17 +176,26 @@ impl Stream {
     /// of stream; end of stream at once if the peer's end came first.
     /// After a failed connect: its error once, then end of stream.
     pub fn read(&self, buf: &mut [u8], mode: Mode) -> Result<usize, Error> {
-        self.receive(buf, mode, false)
+        self.receive(buf, mode, Receive::Read)
     }
 
     /// As [`Stream::read`], but the bytes stay to be read again
     /// (`MSG_PEEK`); a reset's error is taken all the same, as TCP's.
     pub fn peek(&self, buf: &mut [u8], mode: Mode) -> Result<usize, Error> {
-        self.receive(buf, mode, true)
+        self.receive(buf, mode, Receive::Peek)
     }
 
-    fn receive(&self, buf: &mut [u8], mode: Mode, peek: bool) -> Result<usize, Error> {
-        match self.read_flow(buf, mode, peek) {
+    /// As [`Stream::read`], within a call that read bytes already (the
+    /// next iovec, the rest of a `MSG_WAITALL`): a reset's or failed
+    /// connect's error is returned untaken, to stay for the program's
+    /// next call, as Linux reports one only when a call copied nothing.
+    pub fn read_more(&self, buf: &mut [u8], mode: Mode) -> Result<usize, Error> {
+        self.receive(buf, mode, Receive::More)
+    }
+
+    fn receive(&self, buf: &mut [u8], mode: Mode, how: Receive) -> Result<usize, Error> {
+        match self.read_flow(buf, mode, how == Receive::Peek) {
+            Err(error) if error.is_report() && how == Receive::More => Err(error),
             Err(error) if error.is_report() => match self.ends.take_error() {
                 true => Err(error),
                 false => Ok(0),
@@ -224,6 +245,16 @@ impl Stream {
     /// error if no call took it yet (see [`Stream::take_error`]), else
     /// [`Error::SendClosed`] (`EPIPE`).
     pub fn write(&self, buf: &[u8], mode: Mode) -> Result<usize, Error> {
+        self.send(buf, mode, false)
+    }
+
+    /// As [`Stream::write`], within a call that wrote bytes already: as
+    /// [`Stream::read_more`], an error is returned untaken.
+    pub fn write_more(&self, buf: &[u8], mode: Mode) -> Result<usize, Error> {
+        self.send(buf, mode, true)
+    }
+
+    fn send(&self, buf: &[u8], mode: Mode, more: bool) -> Result<usize, Error> {
         let key = self.key;
         let mut written = 0;
         let result = self.runtime.call(mode, Some(&self.writable), |core| {
@@ -243,6 +274,7 @@ impl Stream {
         match result {
             Ok(()) => Ok(written),
             Err(_) if written > 0 => Ok(written),
+            Err(error) if error.is_report() && more => Err(error),
             Err(error) if error.is_report() => match self.ends.take_error() {
                 true if matches!(error, Error::Reset) => Err(self.ends.reset_error()),
                 true => Err(error),

@@ -1195,7 +1195,9 @@ pub unsafe extern "C" fn sigaction(
     signals::installing(signum, new.as_ref());
     // SAFETY: forwarding the caller's arguments unchanged.
     let result = unsafe { real::sigaction(signum, act, old) };
-    signals::settled(signum, new.as_ref(), result == 0);
+    if new.is_some() {
+        signals::settled(signum);
+    }
     result
 }
 
@@ -1206,14 +1208,13 @@ pub unsafe extern "C" fn sigaction(
 /// As `siginterrupt(3)`.
 #[no_mangle]
 pub unsafe extern "C" fn siginterrupt(signum: c_int, flag: c_int) -> c_int {
+    if flag != 0 {
+        // Whatever the handler is: a function, most likely.
+        signals::installing_without_restart(signum, 2);
+    }
     // SAFETY: forwarding the caller's arguments unchanged.
     let result = unsafe { real::siginterrupt(signum, flag) };
-    match (result, flag) {
-        (0, 0) => signals::restarting(signum),
-        // Whatever the handler is: a function, most likely.
-        (0, _) => signals::installed_without_restart(signum, 2),
-        _ => {}
-    }
+    signals::settled(signum);
     result
 }
 
@@ -1226,11 +1227,10 @@ pub unsafe extern "C" fn sysv_signal(
     signum: c_int,
     handler: libc::sighandler_t,
 ) -> libc::sighandler_t {
+    signals::installing_without_restart(signum, handler);
     // SAFETY: forwarding the caller's arguments unchanged.
     let old = unsafe { real::sysv_signal(signum, handler) as libc::sighandler_t };
-    if old != libc::SIG_ERR {
-        signals::installed_without_restart(signum, handler);
-    }
+    signals::settled(signum);
     old
 }
 
@@ -1243,11 +1243,10 @@ pub unsafe extern "C" fn __sysv_signal(
     signum: c_int,
     handler: libc::sighandler_t,
 ) -> libc::sighandler_t {
+    signals::installing_without_restart(signum, handler);
     // SAFETY: forwarding the caller's arguments unchanged.
     let old = unsafe { real::__sysv_signal(signum, handler) as libc::sighandler_t };
-    if old != libc::SIG_ERR {
-        signals::installed_without_restart(signum, handler);
-    }
+    signals::settled(signum);
     old
 }
 
@@ -1257,11 +1256,10 @@ pub unsafe extern "C" fn __sysv_signal(
 /// As `sigset(3)`.
 #[no_mangle]
 pub unsafe extern "C" fn sigset(signum: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+    signals::installing_without_restart(signum, handler);
     // SAFETY: forwarding the caller's arguments unchanged.
     let old = unsafe { real::sigset(signum, handler) as libc::sighandler_t };
-    if old != libc::SIG_ERR {
-        signals::installed_without_restart(signum, handler);
-    }
+    signals::settled(signum);
     old
 }
 

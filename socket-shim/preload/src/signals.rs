@@ -48,7 +48,8 @@ fn interrupts(signum: libc::c_int, act: &libc::sigaction) -> bool {
 }
 
 /// The program is about to install `act` for `signum` (`sigaction`; null
-/// only asks): if it interrupts, noted now, before it can run.
+/// only asks): if it interrupts, noted now, before it can run (a blocking
+/// connect of another thread then waits so). [`settled`] follows.
 pub(crate) fn installing(signum: libc::c_int, act: Option<&libc::sigaction>) {
     if let (Some(act), Some(bit)) = (act, bit(signum)) {
         if interrupts(signum, act) {
@@ -57,49 +58,36 @@ pub(crate) fn installing(signum: libc::c_int, act: Option<&libc::sigaction>) {
     }
 }
 
-/// The installation of `act` for `signum` is over (`done`: it took):
-/// what is installed now is noted.
-pub(crate) fn settled(signum: libc::c_int, act: Option<&libc::sigaction>, done: bool) {
-    if act.is_none() {
-        return;
-    }
-    let now = match done {
-        true => act.copied(),
-        false => {
-            // SAFETY: all-zero is a valid `sigaction` to be written over.
-            let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
-            // SAFETY: asks only; `current` is valid for writes.
-            let asked = unsafe { crate::real::sigaction(signum, std::ptr::null(), &mut current) };
-            (asked == 0).then_some(current)
-        }
-    };
-    if let (Some(now), Some(bit)) = (now, bit(signum)) {
-        match interrupts(signum, &now) {
-            true => INTERRUPTING.fetch_or(bit, Ordering::Relaxed),
-            false => INTERRUPTING.fetch_and(!bit, Ordering::Relaxed),
-        };
-    }
-}
-
-/// The program installed `handler` for `signum` in a way that does not
-/// restart system calls (`sysv_signal`, `sigset`), or made `signum`'s
-/// handler interrupt them (`siginterrupt`; `handler` is then not known
-/// and taken to be one).
-pub(crate) fn installed_without_restart(signum: libc::c_int, handler: libc::sighandler_t) {
+/// As [`installing`], for a handler installed without `SA_RESTART`
+/// (`sysv_signal`, `sigset`), or made to interrupt (`siginterrupt`;
+/// `handler` is then not known and taken to be one).
+pub(crate) fn installing_without_restart(signum: libc::c_int, handler: libc::sighandler_t) {
     let act = libc::sigaction {
         sa_sigaction: handler,
         sa_mask: unsafe_zeroed_mask(),
         sa_flags: 0,
         sa_restorer: None,
     };
-    settled(signum, Some(&act), true);
+    installing(signum, Some(&act));
 }
 
-/// `siginterrupt(signum, 0)`: `signum`'s handler restarts system calls.
-pub(crate) fn restarting(signum: libc::c_int) {
-    if let Some(bit) = bit(signum) {
-        INTERRUPTING.fetch_and(!bit, Ordering::Relaxed);
+/// After a call that may have changed `signum`'s action: notes what is
+/// installed now, as the kernel says (whatever another thread's call in
+/// between did, and whether this one took).
+pub(crate) fn settled(signum: libc::c_int) {
+    let Some(bit) = bit(signum) else {
+        return;
+    };
+    // SAFETY: all-zero is a valid `sigaction` to be written over.
+    let mut now: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: asks only; `now` is valid for writes.
+    if unsafe { crate::real::sigaction(signum, std::ptr::null(), &mut now) } != 0 {
+        return;
     }
+    match interrupts(signum, &now) {
+        true => INTERRUPTING.fetch_or(bit, Ordering::Relaxed),
+        false => INTERRUPTING.fetch_and(!bit, Ordering::Relaxed),
+    };
 }
 
 /// An empty signal set.

@@ -52,7 +52,7 @@ unsafe fn list<'a>(iov: *const iovec, count: usize) -> Res<impl Iterator<Item = 
 /// iovec waits as a read does, the next ones are filled with what is
 /// there already (or waited for too under `MSG_WAITALL`), as the kernel's
 /// `readv` of a stream. An error after some bytes is the next call's. A
-/// peek (`MSG_PEEK`) fills the first iovec only.
+/// peek (`MSG_PEEK`) is one across the iovecs ([`peek`]).
 ///
 /// # Safety
 /// As [`list`], the iovecs valid for writes.
@@ -64,6 +64,9 @@ pub(crate) unsafe fn read(
 ) -> Res<usize> {
     // SAFETY: as the caller guarantees.
     let list = unsafe { list(iov, count)? };
+    if flags & libc::MSG_PEEK != 0 {
+        return peek(socket, list, flags);
+    }
     let mut got = 0usize;
     for v in list {
         let room = v.iov_len.min(MAX_RW_COUNT - got);
@@ -82,9 +85,6 @@ pub(crate) unsafe fn read(
             _ => socket.read_more(buf, flags),
         };
         match read {
-            // A peek fills the first iovec only: each peek starts at the
-            // first unread byte.
-            Ok(n) if flags & libc::MSG_PEEK != 0 => return Ok(n),
             Ok(n) => {
                 got += n;
                 if n < room {
@@ -100,6 +100,41 @@ pub(crate) unsafe fn read(
         return socket.read(&mut [], flags);
     }
     Ok(got)
+}
+
+/// The most one peek over several iovecs looks at (a short read, as a
+/// stream's may be).
+const PEEK_MAX: usize = 1 << 20;
+
+/// A peek into the iovecs (`MSG_PEEK` in `flags`): each peek starts at the
+/// first unread byte, so one peek of their whole length ([`PEEK_MAX`] at
+/// most), scattered, as Linux's `tcp_recvmsg` copies one across them.
+fn peek<'a>(socket: &Socket, list: impl Iterator<Item = &'a iovec>, flags: c_int) -> Res<usize> {
+    let list: Vec<&iovec> = list.collect();
+    if let [one] = list[..] {
+        // SAFETY: a non-null base valid for writes of `iov_len` bytes, the
+        // program's for the call.
+        let buf = unsafe { std::slice::from_raw_parts_mut(one.iov_base.cast::<u8>(), one.iov_len) };
+        return socket.read(&mut buf[..one.iov_len.min(PEEK_MAX)], flags);
+    }
+    let total = list
+        .iter()
+        .map(|v| v.iov_len)
+        .fold(0usize, usize::saturating_add);
+    let mut all = vec![0u8; total.min(PEEK_MAX)];
+    let n = socket.read(&mut all, flags)?;
+    let mut rest = &all[..n];
+    for v in list {
+        if rest.is_empty() {
+            break;
+        }
+        let take = v.iov_len.min(rest.len());
+        // SAFETY: a non-null base valid for writes of `iov_len >= take`
+        // bytes, the program's for the call; `rest` is ours.
+        unsafe { std::ptr::copy_nonoverlapping(rest.as_ptr(), v.iov_base.cast::<u8>(), take) };
+        rest = &rest[take..];
+    }
+    Ok(n)
 }
 
 /// A write of the iovecs to `socket` (`flags` as `send`'s), gathered a

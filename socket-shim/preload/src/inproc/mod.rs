@@ -120,7 +120,8 @@
 //!   `EINTR`; a signal handler that calls into a socket while its thread
 //!   holds the engine's lock (a non-blocking call) deadlocks.
 //! - `MSG_OOB`, `ioctl(FIONREAD)`, `sendfile`, `splice`; `MSG_PEEK` with
-//!   `MSG_WAITALL` returns what is there, and fills the first iovec only; `connect` to `AF_UNSPEC`;
+//!   `MSG_WAITALL` returns what is there (a peek over several iovecs, 1
+//!   MiB at most); `connect` to `AF_UNSPEC`;
 //!   `listen` again after a listener's `shutdown`; epoll reports a
 //!   stream's `EPOLLHUP`, `EPOLLERR` and `EPOLLRDHUP` only with an input
 //!   or output event (a registration for neither never fires).

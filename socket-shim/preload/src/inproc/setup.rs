@@ -85,8 +85,11 @@ pub(crate) fn connect(
     let hz = timeout::kernel_hz();
     let limit = (before.option(libc::SO_SNDTIMEO))
         .and_then(|value| Timeout::from_option(value, hz)?.limit(hz));
-    // A blocking connect that a signal interrupted goes on, as TCP's. The
-    // signal's handler runs once the socket is in place (the guard's drop).
+    // A blocking connect that a signal interrupted goes on, as TCP's. A
+    // signal that came while the call was not sleeping is handled once
+    // the socket is in place (the guard's drop); the one that interrupted
+    // the sleep was handled in it, before (its handler sees the number as
+    // it was).
     let mut interrupted = false;
     let mut _interruptible = None;
     let pending = match (before.nonblock, limit) {

@@ -82,15 +82,6 @@ pub(crate) fn interruptible(mode: Mode) -> Option<Interruptible> {
     interrupts.then(Interruptible::new).and_then(Result::ok)
 }
 
-/// The errno of `error`, met by a call that moved bytes already if `more`:
-/// a reset's (or failed connect's) report then stays for the next call.
-fn keep(stream: &Stream, error: Error, more: bool) -> c_int {
-    if more && error.is_report() {
-        stream.report_again();
-    }
-    errno(&error)
-}
-
 impl Socket {
     /// A socket over `object`, made by this process.
     pub(crate) fn new(
@@ -261,18 +252,18 @@ impl Socket {
         if flags & libc::MSG_PEEK != 0 {
             // What is there once something is: with MSG_WAITALL too,
             // where Linux's peek would wait for the whole length.
-            return stream.peek(buf, mode).map_err(|e| keep(stream, e, more));
+            return stream.peek(buf, mode).map_err(|e| errno(&e));
         }
-        let mut got = stream.read(buf, mode).map_err(|e| keep(stream, e, more))?;
+        let read = match more {
+            true => stream.read_more(buf, mode),
+            false => stream.read(buf, mode),
+        };
+        let mut got = read.map_err(|e| errno(&e))?;
         if flags & libc::MSG_WAITALL != 0 && mode == Mode::Blocking {
             while got > 0 && got < buf.len() {
-                match stream.read(&mut buf[got..], mode) {
-                    Ok(0) => break,
+                match stream.read_more(&mut buf[got..], mode) {
+                    Ok(0) | Err(_) => break,
                     Ok(n) => got += n,
-                    Err(error) => {
-                        keep(stream, error, true);
-                        break;
-                    }
                 }
             }
         }
@@ -302,7 +293,11 @@ impl Socket {
                 }
                 let mode = self.mode(flags, libc::SO_SNDTIMEO);
                 let _interruptible = interruptible(mode);
-                stream.write(buf, mode).map_err(|e| keep(stream, e, more))
+                let written = match more {
+                    true => stream.write_more(buf, mode),
+                    false => stream.write(buf, mode),
+                };
+                written.map_err(|e| errno(&e))
             }
             Ok(Object::Listener { .. }) => Err(libc::EPIPE),
             Err(errno) => Err(errno),

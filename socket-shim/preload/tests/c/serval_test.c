@@ -2416,6 +2416,14 @@ static int fin_reset_unread_client(const char *sid, const char *how) {
     socklen_t fromlen = sizeof from;
     CHECK(recvfrom(fd, buf, 1, MSG_PEEK, (struct sockaddr *)&from, &fromlen) == 1 && fromlen == 0,
           "recvfrom on a stream named a sender (length %u)", (unsigned)fromlen);
+    /* A peek over two iovecs fills both from the first unread byte. */
+    char head[4], body[60];
+    struct iovec two[2] = {{head, sizeof head}, {body, sizeof body}};
+    struct msghdr peek = {.msg_iov = two, .msg_iovlen = 2};
+    ssize_t peeked = recvmsg(fd, &peek, MSG_PEEK);
+    CHECK(peeked == (ssize_t)strlen(REPLY) && !memcmp(head, REPLY, sizeof head) &&
+              !memcmp(body, REPLY + sizeof head, strlen(REPLY) - sizeof head),
+          "a peek over two iovecs (%zd bytes)", peeked);
     read_reply(how, fd);
     CHECK(read_with(how, fd, buf, sizeof buf) == 0, "end of file after the reply, FIN and reset");
     CHECK(read_with(how, fd, buf, sizeof buf) == 0, "end of file again");
