@@ -2510,9 +2510,7 @@ fn hidden_receive_timeout(entry: &Entry) -> Option<libc::timeval> {
     if entry.parked == 0 || entry.wake().is_none() {
         return None;
     }
-    let value = recorded_option(entry, libc::SO_RCVTIMEO)?;
-    let hz = timeout::kernel_hz();
-    Some(Timeout::from_option(value, hz)?.read_back(hz))
+    timeout::read_back_option(recorded_option(entry, libc::SO_RCVTIMEO)?)
 }
 
 /// The program set or cleared close-on-exec on `fd` (`fcntl(F_SETFD)`):

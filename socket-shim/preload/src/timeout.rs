@@ -88,6 +88,13 @@ impl Timeout {
     }
 }
 
+/// A timeout option's value as `getsockopt` reads it back (in whole
+/// jiffies of the kernel's clock); `None` if it is not a timeout.
+pub(crate) fn read_back_option(value: &[u8]) -> Option<libc::timeval> {
+    let hz = kernel_hz();
+    Some(Timeout::from_option(value, hz)?.read_back(hz))
+}
+
 /// The kernel's clock tick rate, measured once (0 until then).
 static HZ: AtomicU64 = AtomicU64::new(0);
 

@@ -67,12 +67,11 @@ pub(crate) fn poll(
     registry::reap();
     let mut set = Vec::with_capacity(fds.len() + 4);
     let mut roles = Vec::with_capacity(fds.len() + 4);
-    // Held for the call: the eventfds in the set stay theirs meanwhile.
-    let mut held: Vec<Arc<Socket>> = Vec::new();
+    // Held for the call, with their entries: the eventfds in the set stay
+    // theirs meanwhile, and a stream's ends are read at every look.
+    let mut held: Vec<(usize, Arc<Socket>)> = Vec::new();
     // Events known without looking (an inherited socket: reset).
     let mut known: Vec<c_short> = vec![0; fds.len()];
-    // The streams' entries, whose ends are read at every look.
-    let mut streams: Vec<(usize, Arc<Socket>)> = Vec::new();
     let entry = |fd, events| pollfd {
         fd,
         events,
@@ -112,10 +111,7 @@ pub(crate) fn poll(
                 roles.push(Role::Writable(i));
             }
         }
-        if !socket.listens() {
-            streams.push((i, Arc::clone(&socket)));
-        }
-        held.push(socket);
+        held.push((i, socket));
     }
     let runtime = (!held.is_empty()).then(engine::existing).flatten();
     let _inside = runtime.as_ref().map(|runtime| runtime.enter());
@@ -160,7 +156,8 @@ pub(crate) fn poll(
                 Role::Engine => engine_ready = true,
             }
         }
-        for (i, socket) in &streams {
+        // (A listener has none.)
+        for (i, socket) in &held {
             // The poll and epoll bits have the same values.
             revents[*i] |= socket.ends_events(fds[*i].events as u16 as u32) as c_short;
         }

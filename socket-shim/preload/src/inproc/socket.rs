@@ -489,18 +489,12 @@ impl Socket {
         let timeout =
             level == libc::SOL_SOCKET && matches!(name, libc::SO_RCVTIMEO | libc::SO_SNDTIMEO);
         match options.iter().find(|(l, n, _)| *l == level && *n == name) {
-            // As the kernel keeps it: in whole jiffies.
-            Some((_, _, value)) if timeout => {
-                let hz = timeout::kernel_hz();
-                let back = Timeout::from_option(value, hz).map_or(
-                    libc::timeval {
-                        tv_sec: 0,
-                        tv_usec: 0,
-                    },
-                    |timeout| timeout.read_back(hz),
-                );
-                Ok([back.tv_sec.to_ne_bytes(), back.tv_usec.to_ne_bytes()].concat())
-            }
+            // As the kernel keeps it: in whole jiffies (`setsockopt` took
+            // only values that are timeouts).
+            Some((_, _, value)) if timeout => match timeout::read_back_option(value) {
+                Some(back) => Ok([back.tv_sec.to_ne_bytes(), back.tv_usec.to_ne_bytes()].concat()),
+                None => Ok(vec![0; std::mem::size_of::<libc::timeval>()]),
+            },
             Some((_, _, value)) => Ok(value.clone()),
             None if timeout => Ok(vec![0; std::mem::size_of::<libc::timeval>()]),
             None => int(0),
