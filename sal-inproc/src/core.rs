@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
-use sal::proto::{ConnectError, Event, Host, HostError, LocalInterface};
+use sal::proto::{ConnectError, Event, FlowExport, Host, HostError, LocalInterface};
 use sal::table::{ListenerId, Target};
 use sal::{FlowId, Locator, ServicePrefix};
 
@@ -637,6 +637,26 @@ impl Core {
     /// A flow's entry.
     pub(crate) fn stream(&mut self, key: Key) -> Option<&mut FlowEntry> {
         self.streams.get_mut(&key)
+    }
+
+    /// Takes an established stream's flow out of the host for another
+    /// host to go on with ([`sal::proto::Host::export_flow`]: the host
+    /// forgets it without a word to the peer), if its buffers hold `most`
+    /// bytes at most. The stream stays, with no
+    /// flow: it reads as reset from then on.
+    pub(crate) fn export_stream(
+        &mut self,
+        key: Key,
+        id: FlowId,
+        most: usize,
+    ) -> Result<FlowExport, Error> {
+        let export = self.host.export_flow_within(id, most)?;
+        self.by_flow.remove(&id);
+        if let Some(entry) = self.streams.get_mut(&key) {
+            entry.flow = None;
+        }
+        self.refresh(key);
+        Ok(export)
     }
 
     /// The application is done with a flow: the host closes it (and

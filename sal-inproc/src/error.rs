@@ -1,6 +1,6 @@
 //! The engine's errors, each with the `errno` a socket call would give.
 
-use sal::proto::{ConnectError, HostError};
+use sal::proto::{ConnectError, HostError, NotExportable};
 
 /// Why an engine call failed.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +109,12 @@ impl From<HostError> for Error {
             HostError::AddressInUse(_) => Error::AddressInUse,
             other => Error::Host(other),
         }
+    }
+}
+
+impl From<NotExportable> for Error {
+    fn from(error: NotExportable) -> Error {
+        Error::Host(error.into())
     }
 }
 

@@ -4,8 +4,9 @@
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
-use sal::proto::HostError;
+use sal::proto::{FlowExport, HostError, NotExportable};
 use sal::FlowId;
 
 use crate::core::{Core, Key, Opening, StreamSignals};
@@ -34,6 +35,11 @@ pub struct Stream {
     /// The opening was seen done or failed (a failure told the cache).
     settled: AtomicBool,
 }
+
+/// How long one wait of [`Stream::export`] for a busy flow lasts before
+/// it tries again (a wake-up for the stream's own readiness, which says
+/// nothing of the flow's control exchange, retries sooner).
+const EXPORT_RETRY: Duration = Duration::from_millis(5);
 
 /// Which kind of read a [`Stream::receive`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -297,6 +303,48 @@ impl Stream {
             core.refresh(key);
             Ok(())
         })
+    }
+
+    /// Takes the flow out of this engine for another host to go on with
+    /// (sald's `Adopt`, the hand-over before a program forks:
+    /// `docs/in-process-sal.md`): the host forgets it without a word to
+    /// the peer, and this stream reads as reset from then on. Only an
+    /// established flow open both ways is exported
+    /// ([`sal::proto::NotExportable`], as `Error::Host`); one whose
+    /// control exchange is in progress (`Busy`: the handshake's last ACK
+    /// not confirmed yet, a move unanswered) is retried, the host driven
+    /// meanwhile, for `patience` at most (a server that has not spoken
+    /// yet is asked to: [`sal::proto::Host::hurry_export`]); one whose buffers hold more than
+    /// `most` bytes (unsent and unread together) stays (`Buffered`).
+    pub fn export(&self, most: usize, patience: Duration) -> Result<FlowExport, Error> {
+        let key = self.key;
+        let give_up = Instant::now() + patience;
+        loop {
+            let at = (Instant::now() + EXPORT_RETRY).min(give_up);
+            let result = self
+                .runtime
+                .call(Mode::Until(at), Some(&self.readable), |core| {
+                    let id = match opened(core, key) {
+                        Err(Error::WouldBlock) => return Err(NotExportable::NotEstablished.into()),
+                        opened => opened?,
+                    };
+                    match core.export_stream(key, id, most) {
+                        Err(Error::Host(HostError::NotExportable(NotExportable::Busy))) => {
+                            // A client whose server has not spoken yet
+                            // asks it to (once): the answer confirms the
+                            // handshake.
+                            core.host.hurry_export(id);
+                            Err(Error::WouldBlock)
+                        }
+                        exported => exported,
+                    }
+                });
+            match result {
+                Err(Error::WouldBlock) if Instant::now() < give_up => {}
+                Err(Error::WouldBlock) => return Err(NotExportable::Busy.into()),
+                exported => return exported,
+            }
+        }
     }
 
     /// Closes the flow (as dropping it does), reporting an I/O error of

@@ -1315,3 +1315,59 @@ fn a_reader_whose_bytes_come_slowly_stops_spinning() {
         "the reader spun {spins} times in {waits} waits"
     );
 }
+
+/// An exported stream (the hand-over to sald before a `fork`) leaves the
+/// engine without a word to the peer: the export holds the bytes not read
+/// yet, the stream reads as reset from then on, and dropping it sends
+/// nothing (the peer's stream stays open). A client whose server has not
+/// spoken yet is exported once a probe confirmed its handshake. A flow
+/// that is closing is not exported, and stays usable.
+#[test]
+fn an_exported_stream_carries_its_unread_bytes_and_leaves_the_peer_alone() {
+    use sal::proto::{HostError, NotExportable};
+    let (server, listener) = server(|_| {});
+    let (_client, stream, accepted) = connected(&server, &listener, |_| {});
+    assert_eq!(accepted.write(b"reply", Mode::Blocking).unwrap(), 5);
+    assert!(ready(stream.readable_fd(), 2000));
+    match stream.export(4, Duration::from_secs(2)) {
+        Err(Error::Host(HostError::NotExportable(NotExportable::Buffered {
+            buffered: 5,
+            most: 4,
+        }))) => {}
+        other => panic!("more than asked for exported: {other:?}"),
+    }
+    let export = stream.export(5, Duration::from_secs(2)).expect("export");
+    assert_eq!(export.service, service());
+    assert_eq!(
+        export.socket.recv_buffer, b"reply",
+        "the unread bytes go along"
+    );
+    let error = stream.read(&mut [0; 8], Mode::NonBlocking).unwrap_err();
+    assert_eq!(error.errno(), libc::ECONNRESET, "{error:?}");
+    assert!(stream.export(5, Duration::ZERO).is_err(), "exported once");
+    drop(stream);
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(accepted.ends(), Ends::default(), "the peer heard nothing");
+    assert_eq!(accepted.write(b"more", Mode::NonBlocking).unwrap(), 4);
+
+    // A client whose server never spoke: its handshake is confirmed by a
+    // probe's answer, then it exports.
+    let (_client, stream, accepted) = connected(&server, &listener, |_| {});
+    let export = stream.export(usize::MAX, Duration::from_secs(2));
+    assert!(export.is_ok(), "hurried: {export:?}");
+    assert_eq!(accepted.ends(), Ends::default(), "the peer heard nothing");
+
+    let (_client, stream, accepted) = connected(&server, &listener, |_| {});
+    accepted.shutdown_write().expect("FIN");
+    assert!(ready(
+        stream.ends_fd(EndsSignal::ReadClosed).expect("fd"),
+        2000
+    ));
+    match stream.export(usize::MAX, Duration::from_millis(100)) {
+        Err(Error::Host(HostError::NotExportable(NotExportable::Closing))) => {}
+        other => panic!("a closing flow exported: {other:?}"),
+    }
+    assert_eq!(stream.write(b"still", Mode::Blocking).unwrap(), 5);
+    let mut buf = [0; 8];
+    assert_eq!(accepted.read(&mut buf, Mode::Blocking).unwrap(), 5);
+}

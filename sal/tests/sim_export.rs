@@ -316,6 +316,16 @@ fn flows_that_cannot_move_say_why() {
         l.net.host(l.a).export_flow(fresh),
         Err(HostError::NotExportable(NotExportable::Busy))
     );
+    // Hurried: a probe, whose answer confirms the handshake.
+    assert!(l.net.host(l.a).hurry_export(fresh), "a probe went");
+    assert!(!l.net.host(l.a).hurry_export(fresh), "one is enough");
+    let a = l.a;
+    assert!(
+        l.net.run_until(Duration::from_secs(2), |net| {
+            net.host(a).export_flow(fresh).is_ok()
+        }),
+        "exportable once the peer answered"
+    );
     // A flow that finished sending.
     let (aflow, _) = connect(&mut l, "ab03");
     l.net.host(l.a).shutdown(aflow).unwrap();

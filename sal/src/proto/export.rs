@@ -111,6 +111,15 @@ pub enum NotExportable {
     /// retry once they are answered.
     #[error("a control exchange of the flow is in progress; retry")]
     Busy,
+    /// The flow's buffers hold more than the caller can carry: drain
+    /// them first.
+    #[error("the flow's buffers hold {buffered} bytes, more than the {most} an export may carry")]
+    Buffered {
+        /// Unsent and unread bytes together.
+        buffered: usize,
+        /// The most the caller asked for.
+        most: usize,
+    },
 }
 
 /// Why [`Host::import_flow`] refused an export.
@@ -255,6 +264,14 @@ impl Host {
     /// Packets of the flow that still arrive are dropped without an answer
     /// for [`HostConfig::peer_timeout`](super::HostConfig::peer_timeout).
     pub fn export_flow(&mut self, id: FlowId) -> Result<FlowExport, HostError> {
+        self.export_flow_within(id, usize::MAX)
+    }
+
+    /// [`Host::export_flow`], unless the flow's buffers hold more than
+    /// `most` bytes together (unsent and unread): then the flow stays
+    /// ([`NotExportable::Buffered`]), as when the export must fit a frame
+    /// of a bounded size (sald's `Adopt`).
+    pub fn export_flow_within(&mut self, id: FlowId, most: usize) -> Result<FlowExport, HostError> {
         let now = self.now;
         let flow = match self.endpoints.get(id) {
             Some(Endpoint::Flow(flow)) => flow,
@@ -262,6 +279,10 @@ impl Host {
             None => return Err(HostError::NoSuchFlow(id)),
         };
         let export = flow_export(flow, now)?;
+        let buffered = export.socket.send_buffer.len() + export.socket.recv_buffer.len();
+        if buffered > most {
+            return Err(NotExportable::Buffered { buffered, most }.into());
+        }
         let charge = flow.charge();
         let memory = flow
             .stream()
@@ -278,6 +299,28 @@ impl Host {
             .bury(id, export.local_nonce, now, until, limit);
         self.stats.flows_exported += 1;
         Ok(export)
+    }
+
+    /// Hurries a flow that is [`NotExportable::Busy`] only because its
+    /// server has not spoken yet (the client's handshake ACK is still
+    /// repeated: a client that sent nothing yet, to a server that waits
+    /// for a request, may stay so for seconds): sends a probe, an RSYN
+    /// from where the flow is, which the peer answers at once, and
+    /// hearing the peer confirms the handshake. Returns whether a probe
+    /// went; the flow is exportable once its answer came.
+    pub fn hurry_export(&mut self, id: FlowId) -> bool {
+        let Ok(flow) = self.flow_mut(id) else {
+            return false;
+        };
+        let pending = &flow.control.pending;
+        let only_handshake_ack =
+            pending.len() == 1 && pending.iter().all(|p| p.kind == ControlKind::HandshakeAck);
+        if flow.state != FlowState::Established || !only_handshake_ack {
+            return false;
+        }
+        self.stats.probes += 1;
+        self.send_new_control(id, ControlKind::Probe, ControlFlags::RSYN, false, &[]);
+        true
     }
 
     /// Takes up a flow another host (or this one) exported, on interface

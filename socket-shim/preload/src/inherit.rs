@@ -245,7 +245,7 @@ struct Recorded {
 
 /// Whether `fd` is close-on-exec (a number that is not open counts as
 /// one: nothing of it crosses).
-fn cloexec(fd: RawFd) -> bool {
+pub(crate) fn cloexec(fd: RawFd) -> bool {
     // SAFETY: F_GETFD takes no pointer; libc's own fcntl.
     let flags = unsafe { real::fcntl(fd, libc::F_GETFD, 0) };
     flags < 0 || flags & libc::FD_CLOEXEC != 0

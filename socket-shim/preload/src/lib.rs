@@ -189,6 +189,23 @@ fn guard<T>(fail: T, f: impl FnOnce() -> Res<T>) -> T {
     }
 }
 
+/// [`guard`] for a data call on an in-process number; `None` when the
+/// stream's flow went to sald during the call
+/// (`inproc::calls::HANDED_OVER`, see `inproc::handover`): the caller
+/// makes the call again on the plain path, where sald's socketpair end
+/// is at the number by now.
+fn inproc_data<T>(fail: T, f: impl FnOnce() -> Res<T>) -> Option<T> {
+    let mut handed = false;
+    let value = guard(fail, || match f() {
+        Err(inproc::calls::HANDED_OVER) => {
+            handed = true;
+            Err(0)
+        }
+        result => result,
+    });
+    (!handed).then_some(value)
+}
+
 /// The program's address as bytes (at most `sockaddr_storage`).
 ///
 /// # Safety
@@ -293,10 +310,16 @@ unsafe fn accept_common(
             return Err(libc::EFAULT);
         }
         if inproc::is(fd) {
-            let (accepted, peer) = inproc::calls::accept(fd, if four { flags } else { 0 })?;
-            // SAFETY: the caller's buffers are valid as for accept(2).
-            unsafe { write_addr(&peer, addr, len)? };
-            return Ok(accepted);
+            match inproc::calls::accept(fd, if four { flags } else { 0 }) {
+                // The listener went to sald meanwhile: the daemon path's.
+                Err(inproc::calls::HANDED_OVER) => {}
+                accepted => {
+                    let (accepted, peer) = accepted?;
+                    // SAFETY: the caller's buffers are valid as for accept(2).
+                    unsafe { write_addr(&peer, addr, len)? };
+                    return Ok(accepted);
+                }
+            }
         }
         let pass = || {
             // SAFETY: forwarding the caller's arguments unchanged.
@@ -545,9 +568,11 @@ pub unsafe extern "C" fn sendto(
 ) -> ssize_t {
     if inproc::is(fd) {
         // SAFETY: the caller's buffer, valid for `n` bytes.
-        return guard(-1, || {
+        if let Some(done) = inproc_data(-1, || {
             inproc::calls::write(fd, unsafe { data_out(buf, n)? }, flags).map(|n| n as ssize_t)
-        });
+        }) {
+            return done;
+        }
     }
     // Not ours, or a connected flow sent to with no address (as `send`):
     // libc's, lock-free.
@@ -591,7 +616,7 @@ pub unsafe extern "C" fn recvfrom(
     len: *mut socklen_t,
 ) -> ssize_t {
     if inproc::is(fd) {
-        return guard(-1, || {
+        if let Some(done) = inproc_data(-1, || {
             // SAFETY: the caller's buffer, valid for `n` bytes.
             let got = inproc::calls::read(fd, unsafe { buffer(buf, n)? }, flags)?;
             if !addr.is_null() && !len.is_null() {
@@ -600,7 +625,9 @@ pub unsafe extern "C" fn recvfrom(
                 unsafe { *len = 0 };
             }
             Ok(got as ssize_t)
-        });
+        }) {
+            return done;
+        }
     }
     if table::maybe_intercepted(fd) {
         // SAFETY: the caller's arguments as `recvfrom(2)` takes them; the
@@ -714,9 +741,11 @@ fn refused_write(fd: c_int, flags: c_int) -> bool {
 pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t {
     if inproc::is(fd) {
         // SAFETY: the caller's buffer, valid for `n` bytes.
-        return guard(-1, || {
+        if let Some(done) = inproc_data(-1, || {
             inproc::calls::write(fd, unsafe { data_out(buf, n)? }, flags).map(|n| n as ssize_t)
-        });
+        }) {
+            return done;
+        }
     }
     if refused_write(fd, flags) {
         return -1;
@@ -731,9 +760,11 @@ pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c
 pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t {
     if inproc::is(fd) {
         // SAFETY: the caller's buffer, valid for `n` bytes.
-        return guard(-1, || {
+        if let Some(done) = inproc_data(-1, || {
             inproc::calls::write(fd, unsafe { data_out(buf, n)? }, 0).map(|n| n as ssize_t)
-        });
+        }) {
+            return done;
+        }
     }
     if refused_write(fd, 0) {
         return -1;
@@ -753,9 +784,11 @@ pub unsafe extern "C" fn writev(fd: c_int, iov: *const libc::iovec, count: c_int
     if inproc::is(fd) {
         let count = usize::try_from(count).unwrap_or(usize::MAX);
         // SAFETY: the caller's iovecs, valid as writev(2) requires.
-        return guard(-1, || {
+        if let Some(done) = inproc_data(-1, || {
             unsafe { inproc::calls::writev(fd, iov, count, 0) }.map(|n| n as ssize_t)
-        });
+        }) {
+            return done;
+        }
     }
     if refused_write(fd, 0) {
         return -1;
@@ -778,13 +811,15 @@ pub unsafe extern "C" fn writev(fd: c_int, iov: *const libc::iovec, count: c_int
 #[no_mangle]
 pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> ssize_t {
     if inproc::is(fd) {
-        return guard(-1, || {
+        if let Some(done) = inproc_data(-1, || {
             // SAFETY: the caller's message, null or valid for the call.
             let msg = unsafe { msg.as_ref() }.ok_or(libc::EFAULT)?;
             // SAFETY: its iovecs, valid as sendmsg(2) requires.
             unsafe { inproc::calls::writev(fd, msg.msg_iov, msg.msg_iovlen, flags) }
                 .map(|n| n as ssize_t)
-        });
+        }) {
+            return done;
+        }
     }
     if !table::maybe_tracked(fd) {
         // SAFETY: forwarding the caller's arguments unchanged.
@@ -813,9 +848,11 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_i
 pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_int) -> ssize_t {
     if inproc::is(fd) {
         // SAFETY: the caller's buffer, valid for `n` bytes.
-        return guard(-1, || {
+        if let Some(done) = inproc_data(-1, || {
             inproc::calls::read(fd, unsafe { buffer(buf, n)? }, flags).map(|n| n as ssize_t)
-        });
+        }) {
+            return done;
+        }
     }
     if table::maybe_intercepted(fd) {
         let (addr, len) = (std::ptr::null_mut(), std::ptr::null_mut());
@@ -839,9 +876,11 @@ pub unsafe extern "C" fn recv(fd: c_int, buf: *mut c_void, n: size_t, flags: c_i
 pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t {
     if inproc::is(fd) {
         // SAFETY: the caller's buffer, valid for `n` bytes.
-        return guard(-1, || {
+        if let Some(done) = inproc_data(-1, || {
             inproc::calls::read(fd, unsafe { buffer(buf, n)? }, 0).map(|n| n as ssize_t)
-        });
+        }) {
+            return done;
+        }
     }
     // A read of nothing reads nothing from a socket (a datagram stays
     // queued; `recv` of nothing takes it): the kernel's answer, 0 or an
@@ -880,7 +919,7 @@ pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, n: size_t) -> ssize_t
 #[no_mangle]
 pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int) -> ssize_t {
     if inproc::is(fd) {
-        return guard(-1, || {
+        if let Some(done) = inproc_data(-1, || {
             // SAFETY: the caller's message, null or valid for the call.
             let msg = unsafe { msg.as_mut() }.ok_or(libc::EFAULT)?;
             // SAFETY: its iovecs, valid as recvmsg(2) requires.
@@ -890,7 +929,9 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int
             msg.msg_controllen = 0;
             msg.msg_flags = 0;
             Ok(got as ssize_t)
-        });
+        }) {
+            return done;
+        }
     }
     if table::maybe_intercepted(fd) {
         let into = || {
@@ -1079,9 +1120,11 @@ pub unsafe extern "C" fn readv(fd: c_int, iov: *const libc::iovec, count: c_int)
     if inproc::is(fd) {
         let count = usize::try_from(count).unwrap_or(usize::MAX);
         // SAFETY: the caller's iovecs, valid as readv(2) requires.
-        return guard(-1, || {
+        if let Some(done) = inproc_data(-1, || {
             unsafe { inproc::calls::readv(fd, iov, count, 0) }.map(|n| n as ssize_t)
-        });
+        }) {
+            return done;
+        }
     }
     // As `read`: nothing asked, nothing read.
     let nothing = || {
@@ -1369,6 +1412,14 @@ pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
 /// As `ioctl(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn ioctl(fd: c_int, request: libc::c_ulong, arg: libc::c_ulong) -> c_int {
+    let cloexec_request =
+        request == libc::FIOCLEX as libc::c_ulong || request == libc::FIONCLEX as libc::c_ulong;
+    if cloexec_request && inproc::is(fd) {
+        let on = request == libc::FIOCLEX as libc::c_ulong;
+        if catch_unwind(|| inproc::calls::set_cloexec(fd, on)).unwrap_or(false) {
+            return 0;
+        }
+    }
     if request == libc::FIONBIO as libc::c_ulong && inproc::is(fd) {
         return guard(-1, || {
             let on = arg as *const c_int;
@@ -1379,9 +1430,7 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: libc::c_ulong, arg: libc::c_u
     }
     // SAFETY: forwarding the caller's arguments unchanged.
     let result = unsafe { real::ioctl(fd, request, arg) };
-    if result == 0
-        && (request == libc::FIOCLEX as libc::c_ulong || request == libc::FIONCLEX as libc::c_ulong)
-    {
+    if result == 0 && cloexec_request {
         let _ = catch_unwind(|| ops::cloexec_set(fd));
     }
     result
@@ -1432,10 +1481,25 @@ fn fcntl_done(fd: c_int, cmd: c_int, result: c_int) -> c_int {
 
 /// `fcntl`'s `F_GETFL` and `F_SETFL` on an in-process number: the
 /// socket's `O_NONBLOCK` is the shim's (the eventfd's flags are the
-/// engine's, see `inproc`). `None`: any other call, libc's.
+/// engine's, see `inproc`); `F_GETFD` and `F_SETFD`: the program's
+/// close-on-exec, kept by the shim (the kernel's flag stays set). `None`:
+/// any other call, libc's.
 fn inproc_fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> Option<c_int> {
-    if !matches!(cmd, libc::F_GETFL | libc::F_SETFL) || !inproc::is(fd) {
+    let cmds = [libc::F_GETFL, libc::F_SETFL, libc::F_GETFD, libc::F_SETFD];
+    if !cmds.contains(&cmd) || !inproc::is(fd) {
         return None;
+    }
+    match cmd {
+        libc::F_GETFD => {
+            let on = catch_unwind(|| inproc::calls::cloexec(fd)).ok().flatten()?;
+            return Some(if on { libc::FD_CLOEXEC } else { 0 });
+        }
+        libc::F_SETFD => {
+            let on = arg as c_int & libc::FD_CLOEXEC != 0;
+            let kept = catch_unwind(|| inproc::calls::set_cloexec(fd, on)).unwrap_or(false);
+            return kept.then_some(0);
+        }
+        _ => {}
     }
     Some(guard(-1, || match cmd {
         libc::F_GETFL => {

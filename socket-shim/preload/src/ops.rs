@@ -65,7 +65,7 @@ fn fd_flags(fd: RawFd) -> (bool, bool) {
     )
 }
 
-fn set_nonblock(fd: RawFd, on: bool) -> Res<()> {
+pub(crate) fn set_nonblock(fd: RawFd, on: bool) -> Res<()> {
     // SAFETY: as above, no pointers.
     unsafe {
         let fl = real::fcntl(fd, libc::F_GETFL, 0);
@@ -179,7 +179,7 @@ fn recorded_option(entry: &Entry, name: c_int) -> Option<&[u8]> {
 /// Re-adds the program's epoll registrations of `fd` after a swap (epoll
 /// registers the open file, which the swap replaced), and sets again the
 /// socket-level options it set on the file the swap replaced.
-fn re_epoll(entry: &Entry, fd: RawFd) {
+pub(crate) fn re_epoll(entry: &Entry, fd: RawFd) {
     for (name, value) in &entry.options {
         // A failure leaves the option as the new socket has it, as nothing
         // better can be done.
@@ -2166,6 +2166,22 @@ fn start_listener(
     drop(stale);
     drop(app);
     result
+}
+
+/// A daemon-path stream listener on `prefix` with `backlog` (`Listen`,
+/// then `Deliver`), for an in-process listener handed over to sald before
+/// `fork` (`inproc::handover`): the connection that owns it, and the
+/// program's end of its accept queue.
+pub(crate) fn daemon_listener(
+    prefix: ServicePrefix,
+    backlog: u32,
+) -> Res<(ListenerControl, OwnedFd)> {
+    let (mut control, listener, _) = listen_on(prefix, TransportProtocol::Stream)?;
+    if backlog != BIND_BACKLOG {
+        set_backlog(&mut control, listener, backlog)?;
+    }
+    let app = deliver(&mut control, listener)?;
+    Ok((ListenerControl::new(listener, control), app))
 }
 
 /// Asks sald to deliver `listener`'s flows (`Deliver`): the program's end

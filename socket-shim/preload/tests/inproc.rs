@@ -197,17 +197,20 @@ fn fallback_without_relays() {
     assert_eq!(after.link_rx, before.link_rx, "a SYN came over UDP");
 }
 
-/// A stream connected in-process, then `fork`: the child's copy is reset
-/// (`ECONNRESET`, and `close` works), a socket the child makes works (a
-/// fresh engine), and the parent's stream goes on (`select` for
-/// writability, then readability, then the echo).
+/// Two streams connected in-process, then `fork` while a thread waits in
+/// `read` on one and another in `poll` on the other: the fork hands both
+/// flows to sald first (`inproc/handover.rs`), so the child sends on
+/// both, the waits go on and get the echoes (no error, no spurious
+/// event), close-on-exec stays as the program set it, and the parent goes
+/// on with both streams; a socket the child makes works (a fresh
+/// engine). sald counts the two flows it adopted.
 #[test]
-fn forked_child_sees_reset() {
+fn a_fork_hands_the_streams_to_sald_under_waiting_threads() {
     let sald = Sald::start_relaying();
     let mut cmd = sald.run(
         &["--in-process"],
         c_program(),
-        &["stream-server", "beef04", "2"],
+        &["stream-server", "beef04", "3"],
     );
     cmd.stdout(Stdio::piped());
     let mut server = Proc::spawn("serval_test stream-server", &mut cmd);
@@ -215,6 +218,8 @@ fn forked_child_sees_reset() {
     let mut cmd = sald.run(&["--in-process"], fork_program(), &["beef04"]);
     Proc::spawn("inproc_fork", &mut cmd).success(T);
     server.success(T);
+    let adopted = stats(&sald).host.flows_imported;
+    assert_eq!(adopted, 2, "sald adopted both streams");
 }
 
 /// Eight clients echo 64 KiB each at once through a server that exits
@@ -240,7 +245,8 @@ fn a_server_s_last_bytes_outlive_its_exit() {
 /// whose reads and writes must be the pipe's (the registry's identity
 /// check); a pipe `dup2`ed onto a number registered in epoll, whose
 /// registration must go with it (no event of the stream, still open
-/// through a `dup`, reaches the set); a `dup` is close-on-exec.
+/// through a `dup`, reaches the set); a `dup` is close-on-exec in the
+/// kernel, not for `F_GETFD` (as `dup` asks).
 #[test]
 fn numbers_changed_behind_the_shim_s_back() {
     let sald = Sald::start_relaying();
@@ -280,11 +286,12 @@ fn a_number_reused_behind_the_shim_s_back_then_closed() {
 }
 
 /// An in-process listener at `EMFILE`: `accept` fails and the flow stays
-/// queued (the next `accept` gets it, and it carries bytes); in a forked
-/// child, the inherited listener is one that stopped listening: `accept`
-/// fails at once with `EINVAL`, `poll` never reports it ready.
+/// queued (the next `accept` gets it, and it carries bytes); a `fork`
+/// while a thread waits in `accept` hands the listener to sald first, and
+/// the parent's waiting thread and the child each accept one flow from
+/// it, as a prefork server's processes share a kernel listener.
 #[test]
-fn a_listener_at_emfile_and_in_a_forked_child() {
+fn a_listener_at_emfile_and_shared_with_a_forked_child() {
     let sald = Sald::start_relaying();
     let mut cmd = sald.run(&["--in-process"], fds_program(), &["beef07", "listener"]);
     Proc::spawn("inproc_fds listener", &mut cmd).success(T);

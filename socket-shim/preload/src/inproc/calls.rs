@@ -18,15 +18,31 @@ fn socket(fd: RawFd) -> Res<Arc<Socket>> {
     registry::get(fd).ok_or(libc::EBADF)
 }
 
+/// What a data call on an in-process number returns when the stream's
+/// flow went to sald during the call (`handover`): not an errno; the
+/// interposed call makes the call again on the plain path.
+pub(crate) const HANDED_OVER: c_int = -1;
+
+/// `call` on the socket at `fd`; a failure that was the flow going to
+/// sald meanwhile is [`HANDED_OVER`].
+fn data_call<T>(fd: RawFd, call: impl FnOnce(&Socket) -> Res<T>) -> Res<T> {
+    let socket = socket(fd)?;
+    let result = call(&socket);
+    match result {
+        Err(_) if socket.handed_over() => Err(HANDED_OVER),
+        result => result,
+    }
+}
+
 /// `read`, `recv`, `recvfrom` (no address is given: a stream's sender
 /// has none).
 pub(crate) fn read(fd: RawFd, buf: &mut [u8], flags: c_int) -> Res<usize> {
-    socket(fd)?.read(buf, flags)
+    data_call(fd, |socket| socket.read(buf, flags))
 }
 
 /// `write`, `send`, `sendto` (an address is ignored, as TCP's).
 pub(crate) fn write(fd: RawFd, buf: &[u8], flags: c_int) -> Res<usize> {
-    socket(fd)?.write(buf, flags)
+    data_call(fd, |socket| socket.write(buf, flags))
 }
 
 /// `readv`, `recvmsg`: a read scattered into the iovecs (see
@@ -36,9 +52,8 @@ pub(crate) fn write(fd: RawFd, buf: &[u8], flags: c_int) -> Res<usize> {
 /// `iov` is null or valid for `count` iovecs, each valid for writes of
 /// its length.
 pub(crate) unsafe fn readv(fd: RawFd, iov: *const iovec, count: usize, flags: c_int) -> Res<usize> {
-    let socket = socket(fd)?;
     // SAFETY: as the caller guarantees.
-    unsafe { iov::read(&socket, iov, count, flags) }
+    data_call(fd, |socket| unsafe { iov::read(socket, iov, count, flags) })
 }
 
 /// `writev`, `sendmsg`: the iovecs written in order (see
@@ -53,9 +68,10 @@ pub(crate) unsafe fn writev(
     count: usize,
     flags: c_int,
 ) -> Res<usize> {
-    let socket = socket(fd)?;
     // SAFETY: as the caller guarantees.
-    unsafe { iov::write(&socket, iov, count, flags) }
+    data_call(fd, |socket| unsafe {
+        iov::write(socket, iov, count, flags)
+    })
 }
 
 /// A batch of reads (`recvmmsg`) that read something ended on `errno`: a
@@ -77,7 +93,7 @@ pub(crate) fn report_again(fd: RawFd, errno: c_int) {
 
 /// `accept`, `accept4`: the new number and the peer's address.
 pub(crate) fn accept(fd: RawFd, flags: c_int) -> Res<(RawFd, SockAddr)> {
-    setup::accept(&*socket(fd)?, flags)
+    data_call(fd, |socket| setup::accept(socket, flags))
 }
 
 /// `connect` on a socket in-process already.
@@ -128,6 +144,21 @@ pub(crate) fn set_nonblock(fd: RawFd, on: bool) -> Res<c_int> {
     Ok(0)
 }
 
+/// `fcntl(F_GETFD)`: whether the program wants the in-process number
+/// closed at `exec` (the kernel's flag is always set on one, see
+/// `registry`); `None`: not an in-process number after all.
+pub(crate) fn cloexec(fd: RawFd) -> Option<bool> {
+    registry::checked(fd)?;
+    registry::cloexec(fd)
+}
+
+/// `fcntl(F_SETFD)`, `ioctl(FIOCLEX/FIONCLEX)`: the program's wish, kept
+/// for `F_GETFD` and the hand-over to sald; false: not an in-process
+/// number after all.
+pub(crate) fn set_cloexec(fd: RawFd, on: bool) -> bool {
+    registry::checked(fd).is_some() && registry::set_cloexec(fd, on)
+}
+
 /// `close`: the number no longer means the socket; what it meant is
 /// returned, to be dropped once the number is closed (the last number's
 /// drop closes the flow).
@@ -153,7 +184,9 @@ pub(crate) fn replacing(old: RawFd, new: RawFd) -> Option<Arc<Socket>> {
 /// (`new`'s epoll registrations, made on what it was, go). A copy of an
 /// in-process number is close-on-exec, as every such number (after
 /// `exec` it would be a bare eventfd): `dup`, `dup2` and `F_DUPFD` make
-/// it so here, where the kernel would not.
+/// it so here, where the kernel would not. What the program asked for
+/// (the kernel's flag as the copy made it) is kept for `F_GETFD` and
+/// the hand-over to sald.
 pub(crate) fn copied(old: RawFd, new: RawFd) {
     if old == new {
         return;
@@ -161,7 +194,11 @@ pub(crate) fn copied(old: RawFd, new: RawFd) {
     if registry::is(new) {
         epoll::closing(new);
     }
-    let replaced = registry::copy(old, new);
+    if !registry::is(old) && !registry::is(new) {
+        return;
+    }
+    let cloexec = crate::inherit::cloexec(new);
+    let replaced = registry::copy(old, new, cloexec);
     if registry::is(new) {
         // SAFETY: no pointers; `new` is the copy just made.
         unsafe { real::fcntl(new, libc::F_SETFD, libc::FD_CLOEXEC as libc::c_ulong) };

@@ -218,6 +218,7 @@ fn register_fork_handlers() {
 /// Holds the slot's and the registry's locks across `fork`, so that the
 /// child never inherits them held by a thread it does not have.
 extern "C" fn fork_prepare() {
+    super::handover::begin();
     let guard = SLOT.lock().unwrap_or_else(PoisonError::into_inner);
     let _ = FORK_GUARD.try_with(|held| *held.borrow_mut() = Some(guard));
     super::registry::fork_prepare();
@@ -258,6 +259,7 @@ extern "C" fn fork_release() {
     super::epoll::fork_release();
     super::registry::fork_release();
     let _ = FORK_GUARD.try_with(|held| held.borrow_mut().take());
+    super::handover::end();
 }
 
 #[cfg(test)]

@@ -514,6 +514,35 @@ pub(crate) fn closing(fd: RawFd) {
     }
 }
 
+/// The number `fd` is being handed over to sald (`handover`): its
+/// registrations go from their sets, as at [`closing`], and come back as
+/// the program made them (set, events, `data`), to be made again on the
+/// file that takes the number. An `EPOLLONESHOT` one that fired comes
+/// back disarmed (`EPOLLONESHOT` alone), as the kernel keeps it.
+pub(crate) fn handed_over(fd: RawFd) -> Vec<(RawFd, epoll_event)> {
+    let mut locked = lock();
+    let Some(record) = locked.guard.as_mut() else {
+        return Vec::new();
+    };
+    let Some(list) = record.by_number.remove(&fd) else {
+        return Vec::new();
+    };
+    let mut program = Vec::with_capacity(list.len());
+    for registration in list {
+        let events = match registration.fired {
+            true => libc::EPOLLONESHOT as u32,
+            false => registration.interest,
+        };
+        let event = epoll_event {
+            events,
+            u64: registration.data,
+        };
+        program.push((registration.epfd, event));
+        locked.forget(fd, registration, true);
+    }
+    program
+}
+
 /// Turns tagged events among the `n` first of `events` back into the
 /// program's (see the module's documentation: retired tags dropped, the
 /// two parts of one registration merged, `EPOLLONESHOT` armings

@@ -143,6 +143,7 @@
 pub(crate) mod calls;
 mod engine;
 pub(crate) mod epoll;
+mod handover;
 mod iov;
 mod poll;
 mod registry;

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use libc::{c_int, c_short, pollfd};
 use sal_inproc::EndsSignal;
 
+use super::calls::HANDED_OVER;
 use super::engine;
 use super::{registry, Socket};
 use crate::ops::{last_errno, Res};
@@ -60,6 +61,51 @@ pub(crate) fn concerns(fds: &[pollfd]) -> bool {
 /// (null: the thread's own), for a set that holds in-process numbers:
 /// how many entries have events, as the kernel's.
 pub(crate) fn poll(
+    fds: &mut [pollfd],
+    deadline: Option<Instant>,
+    sigmask: *const libc::sigset_t,
+) -> Res<c_int> {
+    loop {
+        match poll_once(fds, deadline, sigmask) {
+            // A stream of the set went to sald meanwhile (`handover`):
+            // its number is a plain socket once that is over. Again,
+            // from the start.
+            Err(HANDED_OVER) => {
+                super::handover::wait();
+                if !concerns(fds) {
+                    return plain(fds, deadline, sigmask);
+                }
+            }
+            result => return result,
+        }
+    }
+}
+
+/// libc's `ppoll` of `fds` until `deadline`, for a set with no
+/// in-process number left.
+fn plain(
+    fds: &mut [pollfd],
+    deadline: Option<Instant>,
+    sigmask: *const libc::sigset_t,
+) -> Res<c_int> {
+    let left = deadline.map(|at| at.saturating_duration_since(Instant::now()));
+    let timeout = left.map(|left| libc::timespec {
+        tv_sec: left.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: left.subsec_nanos() as libc::c_long,
+    });
+    let at = timeout.as_ref().map_or(std::ptr::null(), |t| t as *const _);
+    // SAFETY: `fds` is a valid array of its length, `at` null or a local
+    // that outlives the call, `sigmask` the caller's (null or valid).
+    let n = unsafe { real::ppoll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, at, sigmask) };
+    match n < 0 {
+        true => Err(last_errno()),
+        false => Ok(n),
+    }
+}
+
+/// One [`poll`], or [`HANDED_OVER`] once a stream of the set is on its
+/// way to sald.
+fn poll_once(
     fds: &mut [pollfd],
     deadline: Option<Instant>,
     sigmask: *const libc::sigset_t,
@@ -155,6 +201,9 @@ pub(crate) fn poll(
                 Role::Ends => {}
                 Role::Engine => engine_ready = true,
             }
+        }
+        if held.iter().any(|(_, socket)| socket.handover_started()) {
+            return Err(HANDED_OVER);
         }
         // (A listener has none.)
         for (i, socket) in &held {

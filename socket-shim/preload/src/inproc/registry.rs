@@ -71,6 +71,11 @@ struct Entry {
     /// at insert while `kcmp` is not known to work, else (0, 0), and read
     /// from `target` should `kcmp` be refused later (see [`insert`]).
     ident: (u64, u64),
+    /// Whether the program wants the number closed at `exec`. The kernel's
+    /// flag is always set on an in-process number (a bare eventfd would
+    /// cross); this is what `F_GETFD` answers and what the number gets
+    /// when its socket is handed over to sald (`handover`).
+    cloexec: bool,
 }
 
 struct Registry {
@@ -250,10 +255,15 @@ fn same_file(fd: RawFd, target: RawFd, ident: (u64, u64)) -> bool {
     ident != (0, 0) && crate::table::ident(fd) == ident
 }
 
-/// `fd` now means `socket`, a copy of its readable eventfd; what it meant
-/// before is returned, to be dropped by the caller after this returns.
-/// The socket is given back if `fd` is out of range.
-pub(crate) fn insert(fd: RawFd, socket: Arc<Socket>) -> Result<Option<Arc<Socket>>, Arc<Socket>> {
+/// `fd` now means `socket`, a copy of its readable eventfd, and the
+/// program wants it closed at `exec` if `cloexec`; what it meant before
+/// is returned, to be dropped by the caller after this returns. The
+/// socket is given back if `fd` is out of range.
+pub(crate) fn insert(
+    fd: RawFd,
+    socket: Arc<Socket>,
+    cloexec: bool,
+) -> Result<Option<Arc<Socket>>, Arc<Socket>> {
     let Some((word, mask)) = bit(fd) else {
         return Err(socket);
     };
@@ -272,6 +282,7 @@ pub(crate) fn insert(fd: RawFd, socket: Arc<Socket>) -> Result<Option<Arc<Socket
         socket,
         target,
         ident,
+        cloexec,
     };
     let old = lock().map.insert(fd, entry);
     NUMBERS[word].fetch_or(mask, Ordering::AcqRel);
@@ -291,20 +302,61 @@ pub(crate) fn remove(fd: RawFd) -> Option<Arc<Socket>> {
 }
 
 /// After a successful copy of `old` to `new` (`dup`, `dup2`, `dup3`,
-/// `fcntl(F_DUPFD)`): `new` means what `old` means, and what `new` meant
-/// is returned, to be dropped by the caller.
-pub(crate) fn copy(old: RawFd, new: RawFd) -> Option<Arc<Socket>> {
+/// `fcntl(F_DUPFD)`), which the program wants closed at `exec` if
+/// `cloexec`: `new` means what `old` means, and what `new` meant is
+/// returned, to be dropped by the caller.
+pub(crate) fn copy(old: RawFd, new: RawFd, cloexec: bool) -> Option<Arc<Socket>> {
     if old == new || !(is(old) || is(new)) {
         return None;
     }
     match checked(old) {
-        Some(socket) => match insert(new, socket) {
+        Some(socket) => match insert(new, socket, cloexec) {
             Ok(replaced) => replaced,
             // Out of range: the copy is a plain eventfd to the program.
             Err(_) => remove(new),
         },
         None => remove(new),
     }
+}
+
+/// Whether the program wants the in-process number `fd` closed at `exec`
+/// (`None`: not an in-process number).
+pub(crate) fn cloexec(fd: RawFd) -> Option<bool> {
+    let registry = REGISTRY.read().unwrap_or_else(PoisonError::into_inner);
+    registry.map.get(&fd).map(|entry| entry.cloexec)
+}
+
+/// The program now wants the in-process number `fd` closed at `exec` if
+/// `on` (`fcntl(F_SETFD)`, `ioctl(FIOCLEX)`); false if `fd` is none.
+pub(crate) fn set_cloexec(fd: RawFd, on: bool) -> bool {
+    let mut registry = lock();
+    match registry.map.get_mut(&fd) {
+        Some(entry) => {
+            entry.cloexec = on;
+            true
+        }
+        None => false,
+    }
+}
+
+/// A socket's numbers, each with whether the program wants it closed at
+/// `exec`.
+pub(crate) type Numbers = Vec<(RawFd, bool)>;
+
+/// Every socket this process holds, with its numbers, for the hand-over
+/// to sald.
+pub(crate) fn by_socket() -> Vec<(Arc<Socket>, Numbers)> {
+    let registry = REGISTRY.read().unwrap_or_else(PoisonError::into_inner);
+    let mut all: Vec<(Arc<Socket>, Numbers)> = Vec::new();
+    let mut index = std::collections::HashMap::new();
+    for (&fd, entry) in &registry.map {
+        let at = *index.entry(Arc::as_ptr(&entry.socket)).or_insert_with(|| {
+            all.push((Arc::clone(&entry.socket), Vec::new()));
+            all.len() - 1
+        });
+        all[at].1.push((fd, entry.cloexec));
+    }
+    all
 }
 
 /// Every socket, taken out (the numbers stay open, in-process no more),

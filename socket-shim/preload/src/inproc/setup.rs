@@ -176,7 +176,9 @@ pub(crate) fn listen(
     let listener = runtime.listen(prefix, backlog).map_err(|e| errno(&e))?;
     let object = Object::Listener {
         listener,
-        _relay: relay,
+        relay,
+        prefix,
+        backlog,
     };
     let options = before.leveled();
     let socket = Socket::new(object, family, local, None, before.nonblock, options);
@@ -238,7 +240,8 @@ pub(crate) fn accept(listener: &Socket, flags: c_int) -> Res<(RawFd, SockAddr)> 
         nonblock,
         Vec::new(),
     );
-    match registry::insert(fd, Arc::new(socket)) {
+    let cloexec = flags & libc::SOCK_CLOEXEC != 0;
+    match registry::insert(fd, Arc::new(socket), cloexec) {
         Ok(old) => {
             drop(old);
             Ok((fd, peer))
@@ -279,6 +282,7 @@ fn install(fd: RawFd, socket: Arc<Socket>, before: &Before) -> Res<()> {
         drop(socket);
         return Err(libc::EBADF);
     }
+    let cloexec = crate::inherit::cloexec(fd);
     // SAFETY: no pointers; `fd` is the program's socket, checked above to
     // be the one this call began with, `readable` the socket's eventfd,
     // held by `socket`.
@@ -293,7 +297,7 @@ fn install(fd: RawFd, socket: Arc<Socket>, before: &Before) -> Res<()> {
     drop(table);
     drop(stale);
     drop(old);
-    match registry::insert(fd, socket) {
+    match registry::insert(fd, socket, cloexec) {
         Ok(replaced) => drop(replaced),
         Err(socket) => {
             // Out of range (checked by the callers first): the number is

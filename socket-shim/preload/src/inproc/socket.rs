@@ -4,11 +4,13 @@
 //! told). Every socket call on an in-process number lands here.
 
 use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use libc::c_int;
+use sal::proto::{FlowExport, HostError, NotExportable};
+use sal::ServicePrefix;
 use sal_inproc::{Ends, EndsSignal, Error, Interruptible, Listener, Mode, Stream};
 use socket_shim::ControlClient;
 
@@ -25,8 +27,13 @@ pub(crate) enum Object {
     Listener {
         /// The engine's listener.
         listener: Listener,
-        /// sald's relay of the prefix, ended when this closes (only held).
-        _relay: ControlClient,
+        /// sald's relay of the prefix, ended when this closes (or shut
+        /// down at the hand-over to sald, see `handover`).
+        relay: ControlClient,
+        /// The prefix it listens on, and its backlog: what a daemon-path
+        /// listener that takes over takes.
+        prefix: ServicePrefix,
+        backlog: usize,
     },
 }
 
@@ -55,7 +62,22 @@ pub(crate) struct Socket {
     /// A forked child closed its copy of the listener's relay connection
     /// ([`Socket::forked`]).
     relay_closed: AtomicBool,
+    /// Where the stream is in the hand-over to sald (`handover`):
+    /// [`KEPT`], [`HANDING`] or [`HANDED`].
+    handover: AtomicU8,
+    /// The stream was still connecting at the last `fork` (so not handed
+    /// over): a forked child's copy is not connected (`ENOTCONN`) rather
+    /// than reset.
+    connecting_at_fork: AtomicBool,
 }
+
+/// The stream is the engine's ([`Socket::handover`]).
+const KEPT: u8 = 0;
+/// Its flow is being exported and handed to sald: a call that fails now
+/// waits for the outcome ([`Socket::handed_over`]).
+const HANDING: u8 = 1;
+/// Its flow went to sald: the program's numbers are sald's socketpair end.
+const HANDED: u8 = 2;
 
 /// The errno of an engine error, as the daemon path reports the same
 /// failure: no route to a service is `EHOSTUNREACH` there (the engine
@@ -102,14 +124,18 @@ impl Socket {
             options: Mutex::new(options),
             untold: AtomicBool::new(false),
             relay_closed: AtomicBool::new(false),
+            handover: AtomicU8::new(KEPT),
+            connecting_at_fork: AtomicBool::new(false),
         }
     }
 
     /// The object, unless this process is not the one that made it (a
-    /// forked child: `ECONNRESET`).
+    /// forked child: `ECONNRESET`, or `ENOTCONN` for a stream that was
+    /// still connecting at the `fork`).
     fn object(&self) -> Res<&Object> {
         match &self.object {
             Some(object) if self.owner == super::registry::pid() as u32 => Ok(object),
+            _ if self.connecting_at_fork.load(Ordering::Relaxed) => Err(libc::ENOTCONN),
             _ => Err(libc::ECONNRESET),
         }
     }
@@ -167,13 +193,107 @@ impl Socket {
     /// that sald stops relaying once the parent's closes too (the
     /// connection itself is leaked with the object).
     pub(crate) fn forked(&self) {
-        if let Some(Object::Listener { _relay, .. }) = &self.object {
+        if let Some(Object::Listener { relay, .. }) = &self.object {
             if !self.relay_closed.swap(true, Ordering::Relaxed) {
                 // SAFETY: no pointers; the child's copy of the relay's
                 // descriptor, which nothing in the child uses again.
-                unsafe { crate::real::close(_relay.as_fd().as_raw_fd()) };
+                unsafe { crate::real::close(relay.as_fd().as_raw_fd()) };
             }
         }
+    }
+
+    /// Takes the stream's flow out of the engine for sald (`handover`),
+    /// if it is this process's, established and open both ways, its
+    /// buffers hold `most` bytes at most, and its control exchange
+    /// settles within `patience`; `None` leaves it in-process. Calls that
+    /// fail meanwhile wait for the hand-over's end ([`Socket::handed_over`]).
+    pub(crate) fn export(&self, most: usize, patience: Duration) -> Option<FlowExport> {
+        let Ok(Object::Stream(stream)) = self.object() else {
+            return None;
+        };
+        self.handover.store(HANDING, Ordering::SeqCst);
+        let export = stream.export(most, patience);
+        let connecting = matches!(
+            export,
+            Err(Error::Host(HostError::NotExportable(
+                NotExportable::NotEstablished
+            )))
+        );
+        self.connecting_at_fork.store(connecting, Ordering::Relaxed);
+        match export {
+            Ok(export) => Some(export),
+            Err(_) => {
+                self.handover.store(KEPT, Ordering::SeqCst);
+                None
+            }
+        }
+    }
+
+    /// Stops the listener for its hand-over to sald (`handover`): the
+    /// engine's listener stops (flows still queued are reset; a thread in
+    /// `accept` wakes and, seeing the hand-over, goes to the daemon path),
+    /// and the relay's connection is shut down, so that sald stops
+    /// relaying the prefix here and lets a listener of its own have it.
+    /// The prefix and backlog to listen with; `None`: not a listener of
+    /// this process.
+    pub(crate) fn stop_for_handover(&self) -> Option<(ServicePrefix, usize)> {
+        let Ok(Object::Listener {
+            listener,
+            relay,
+            prefix,
+            backlog,
+        }) = self.object()
+        else {
+            return None;
+        };
+        self.handover.store(HANDING, Ordering::SeqCst);
+        listener.stop();
+        // SAFETY: no pointers; the relay's descriptor, which its
+        // connection keeps owning (and closes when dropped).
+        unsafe { libc::shutdown(relay.as_fd().as_raw_fd(), libc::SHUT_RDWR) };
+        Some((*prefix, *backlog))
+    }
+
+    /// The exported flow went to sald and the program's numbers are its
+    /// socketpair end (`handed`: the calls on them take the plain path
+    /// from now on), or sald refused it (the stream reads as reset).
+    pub(crate) fn handover_done(&self, handed: bool) {
+        let state = if handed { HANDED } else { KEPT };
+        self.handover.store(state, Ordering::SeqCst);
+    }
+
+    /// Whether the stream's flow is on its way to sald, or went (a
+    /// `poll` then starts again: see `handover`).
+    pub(crate) fn handover_started(&self) -> bool {
+        self.handover.load(Ordering::SeqCst) != KEPT
+    }
+
+    /// After a call on the stream failed: whether that was its flow
+    /// going to sald, which it then waits to see done (`true`: the caller
+    /// takes the plain path, on sald's socketpair end at the number by
+    /// now); `false`: the failure is the call's own.
+    pub(crate) fn handed_over(&self) -> bool {
+        if self.handover.load(Ordering::SeqCst) == KEPT {
+            return false;
+        }
+        super::handover::wait();
+        self.handover.load(Ordering::SeqCst) == HANDED
+    }
+
+    /// Whether a non-blocking `connect` returned `EINPROGRESS` and no
+    /// `connect` has said it completed yet.
+    pub(crate) fn untold(&self) -> bool {
+        self.untold.load(Ordering::Relaxed)
+    }
+
+    /// The socket-level options the program set (name, value).
+    pub(crate) fn socket_options(&self) -> Vec<(c_int, Vec<u8>)> {
+        let options = self.options.lock().unwrap_or_else(PoisonError::into_inner);
+        options
+            .iter()
+            .filter(|(level, _, _)| *level == libc::SOL_SOCKET)
+            .map(|(_, name, value)| (*name, value.clone()))
+            .collect()
     }
 
     /// Marks a non-blocking connect that returned `EINPROGRESS`.
