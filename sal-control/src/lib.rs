@@ -1802,6 +1802,7 @@ mod tests {
                 tsval: u32::MAX,
                 ts_recent: u32::MAX,
                 nagle: false,
+                peer_finished: true,
             },
         }
     }

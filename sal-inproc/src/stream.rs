@@ -347,6 +347,22 @@ impl Stream {
         }
     }
 
+    /// Resets the flow (RST to the peer, as TCP's `tcp_disconnect` for a
+    /// `connect` to `AF_UNSPEC`), whether it is open, opening or closing;
+    /// the stream reads as reset from then on. Nothing for a flow the
+    /// host forgot already.
+    pub fn abort(&self) -> Result<(), Error> {
+        let key = self.key;
+        self.runtime.call(Mode::NonBlocking, None, |core| {
+            let Some(id) = core.stream(key).and_then(|entry| entry.flow) else {
+                return Ok(());
+            };
+            core.host.abort(id)?;
+            core.refresh(key);
+            Ok(())
+        })
+    }
+
     /// Closes the flow (as dropping it does), reporting an I/O error of
     /// the socket if sending the close failed.
     pub fn close(mut self) -> Result<(), Error> {

@@ -252,6 +252,52 @@ fn data_in_flight_and_unread_survive_the_move() {
     finish_within_a_minute(&mut l.net, &mut mover, &mut peer);
 }
 
+/// A flow whose peer finished sending (its TCP and SAL FINs in: CLOSE-WAIT
+/// here) moves: the importer reads the bytes left unread, then end of
+/// stream, and goes on sending; both ends then close cleanly.
+#[test]
+fn a_flow_the_peer_finished_moves_and_ends_cleanly() {
+    let mut l = lan(17, LinkConditions::default());
+    let (aflow, cflow) = connect(&mut l, "ab07");
+    let mut mover = End::new(l.a, aflow, pattern(50_000, 7));
+    let mut peer = End::new(l.c, cflow, pattern(20_000, 8));
+    // The peer sends everything and finishes; the mover neither reads
+    // nor sends.
+    let c = l.c;
+    let a = l.a;
+    assert!(l.net.run_until(Duration::from_secs(5), |net| {
+        peer.pump(net);
+        peer.shut
+            && net
+                .host(a)
+                .stream_ends(aflow)
+                .is_ok_and(|ends| ends.peer_finished)
+            && net.host(c).flow(cflow).is_some()
+    }));
+    let export = loop {
+        match l.net.host(l.a).export_flow(aflow) {
+            Ok(export) => break export,
+            Err(HostError::NotExportable(NotExportable::Busy)) => l.net.run_for(ms(5)),
+            Err(error) => panic!("a flow its peer finished does not export: {error}"),
+        }
+    };
+    assert!(export.socket.peer_finished);
+    assert_eq!(export.socket.recv_buffer, peer.data, "all of it unread");
+    import_into(&mut l.net, l.b, export).expect("imports");
+    mover.host = l.b;
+    finish_within_a_minute(&mut l.net, &mut mover, &mut peer);
+    // Both ends let the flow go once the application closed it.
+    l.net.host(l.b).close(aflow).unwrap();
+    l.net.host(l.c).close(cflow).unwrap();
+    let (b, c) = (l.b, l.c);
+    assert!(
+        l.net.run_until(Duration::from_secs(30), |net| {
+            net.host(b).flow(aflow).is_none() && net.host(c).flow(cflow).is_none()
+        }),
+        "the flow was released at both ends"
+    );
+}
+
 #[test]
 fn a_serialized_export_reads_back_equal_and_imports() {
     let mut l = lan(11, LinkConditions::default());

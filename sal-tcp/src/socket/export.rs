@@ -71,14 +71,20 @@ pub struct SocketExport {
     pub ts_recent: u32,
     /// Nagle's algorithm is on (off: `TCP_NODELAY`).
     pub nagle: bool,
+    /// The peer's FIN arrived (CLOSE-WAIT): `recv_start` counts it, reads
+    /// end after `recv_buffer`, and this end may still send. Absent from
+    /// older forms: false.
+    #[serde(default)]
+    pub peer_finished: bool,
 }
 
 /// Why a socket's state cannot be exported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ExportError {
-    /// Only an established connection, open both ways, is exported: one
-    /// still opening or already closing is in an exchange with its peer
-    /// whose state is not carried.
+    /// Only an established connection is exported, open both ways or
+    /// with the peer's FIN received (CLOSE-WAIT): one still opening, or
+    /// whose own FIN went, is in an exchange with its peer whose state is
+    /// not carried.
     #[error("the connection is not established (state {0})")]
     NotEstablished(State),
 }
@@ -141,9 +147,11 @@ impl Socket {
     /// it, without a word to the peer, once the export is safe elsewhere).
     /// Out-of-order data is left out (see the [module docs](self)).
     pub fn export(&self, now: Instant) -> Result<SocketExport, ExportError> {
-        if self.state != State::Established {
-            return Err(ExportError::NotEstablished(self.state));
-        }
+        let peer_finished = match self.state {
+            State::Established => false,
+            State::CloseWait => true,
+            state => return Err(ExportError::NotEstablished(state)),
+        };
         Ok(SocketExport {
             send_unacked: self.local_seq_no.0 as u32,
             send_max: self.remote_max_seq.max(self.local_seq_no).0 as u32,
@@ -160,11 +168,13 @@ impl Socket {
             tsval: self.tsval(now),
             ts_recent: self.last_remote_tsval,
             nagle: self.nagle,
+            peer_finished,
         })
     }
 
     /// A socket with `config`'s settings that takes up the connection
-    /// `export` describes, at `now`, established. What was sent and not
+    /// `export` describes, at `now`, established (CLOSE-WAIT if the
+    /// peer's FIN had arrived). What was sent and not
     /// acknowledged counts as in flight: the owner moves the flow to its
     /// own path, whose [`Socket::new_path`] resends it. Refuses an export
     /// that does not hold together or does not fit `config` (see the
@@ -249,6 +259,12 @@ impl Socket {
         socket.last_sent = now;
         socket.set_initial_window();
         socket.set_state(State::Established);
+        if export.peer_finished {
+            // The FIN is in `recv_start` already: reads end after the
+            // buffer, and nothing more comes.
+            socket.rx_fin_received = true;
+            socket.set_state(State::CloseWait);
+        }
         socket.schedule_trim(now);
         if socket.flight_size() > 0 {
             let rto = socket.rtte.retransmission_timeout();
@@ -353,6 +369,37 @@ mod tests {
     }
 
     #[test]
+    fn a_socket_whose_peer_finished_imports_in_close_wait() {
+        let (mut a, mut b) = pair();
+        let mut now = Instant::from_millis(10);
+        b.send_slice(b"last words").unwrap();
+        b.close();
+        drain(&mut b, &mut a, now, false);
+        drain(&mut a, &mut b, now, false);
+        assert_eq!(a.state(), State::CloseWait);
+        let export = a.export(now).unwrap();
+        assert!(export.peer_finished);
+        assert_eq!(export.recv_buffer, b"last words");
+        drop(a);
+
+        let mut c = Socket::import(&config(), &export, now).unwrap();
+        assert_eq!(c.state(), State::CloseWait);
+        assert_eq!(read_all(&mut c), b"last words");
+        assert!(c.recv_slice(&mut [0; 8]).is_err(), "then the end of stream");
+        // Still sends, then closes: the peer reads it all, and both end.
+        c.new_path(now);
+        c.send_slice(b"answer").unwrap();
+        c.close();
+        for _ in 0..4 {
+            drain(&mut c, &mut b, now, false);
+            drain(&mut b, &mut c, now, false);
+            now += smoltcp::time::Duration::from_millis(10);
+        }
+        assert_eq!(read_all(&mut b), b"answer");
+        assert!(matches!(c.state(), State::LastAck | State::Closed));
+    }
+
+    #[test]
     fn timestamps_go_on_from_the_exporter_whatever_the_clock() {
         let (a, _) = pair();
         let export = a.export(Instant::from_millis(90_000)).unwrap();
@@ -372,7 +419,7 @@ mod tests {
         );
         let (mut a, _) = pair();
         a.close();
-        assert!(a.export(Instant::ZERO).is_err());
+        assert!(a.export(Instant::ZERO).is_err(), "its own FIN went");
     }
 
     #[test]

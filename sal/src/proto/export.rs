@@ -25,8 +25,10 @@
 //! proven; data waits for the answer and then resends what the old path
 //! may have swallowed, so both directions go on byte-exact.
 //!
-//! Only an established stream flow, open both ways, with no control
-//! exchange of its own pending beyond one message, can be exported (see
+//! Only an established stream flow, open both ways or finished by the peer
+//! alone (its TCP and SAL FINs in: the importer reads its end of stream
+//! after the bytes), with no control exchange of its own pending beyond
+//! one message, can be exported (see
 //! [`NotExportable`]). An export is hostile input: it may come from an
 //! unprivileged program. [`Host::import_flow`] checks every field against
 //! the host's config and the others, and refuses with [`ImportError`]
@@ -98,8 +100,9 @@ pub enum NotExportable {
     /// Still opening (half-open, resolving, held by DELAY) or dead.
     #[error("the flow is not established")]
     NotEstablished,
-    /// Closing: either end has finished sending or the application closed
-    /// it. Its teardown exchange is not carried.
+    /// Closing: this end has finished sending or the application closed
+    /// it. Its teardown exchange is not carried. (A flow whose peer
+    /// finished, and this end not, is exported.)
     #[error("the flow is closing")]
     Closing,
     /// A server flow still in its listener's accept queue: the listener's.
@@ -401,6 +404,7 @@ impl Host {
         let now = self.now;
         let socket = sal_tcp::Socket::import(&self.config.stream, &export.socket, now)
             .map_err(ImportError::from)?;
+        let peer_finished = export.socket.peer_finished;
         let memory = socket.buffer_memory();
         // `import_memory` reckons what the import takes; should the two
         // ever disagree, what was taken is what counts.
@@ -430,6 +434,12 @@ impl Host {
         flow.path.last_migration = Some(now);
         if let Some(stream) = flow.stream_mut() {
             stream.socket = Some(socket);
+        }
+        if peer_finished {
+            // Its SAL FIN came and was acknowledged at the exporter: the
+            // flow lingers as one whose FIN came now.
+            flow.teardown.peer_fin = true;
+            flow.teardown.linger_until = Some(now + self.config.control_rto * 4);
         }
         self.endpoints
             .insert(id, Endpoint::Flow(Box::new(flow)))
@@ -494,7 +504,7 @@ fn flow_export(flow: &Flow, now: Instant) -> Result<FlowExport, NotExportable> {
         return Err(NotExportable::NotEstablished);
     }
     let teardown = &flow.teardown;
-    if teardown.app_closed || teardown.send_shut || teardown.fin_sent || teardown.peer_fin {
+    if teardown.app_closed || teardown.send_shut || teardown.fin_sent {
         return Err(NotExportable::Closing);
     }
     if flow.unaccepted {
@@ -514,6 +524,12 @@ fn flow_export(flow: &Flow, now: Instant) -> Result<FlowExport, NotExportable> {
         }
         _ => NotExportable::Closing,
     })?;
+    // The peer finished: its TCP FIN and its SAL FIN both in, the latter
+    // acknowledged. One without the other, or an acknowledgement still
+    // owed, is an exchange under way (the two come within a round trip).
+    if socket.peer_finished != teardown.peer_fin || teardown.fin_ack_owed {
+        return Err(NotExportable::Busy);
+    }
     // A message of ours in flight (a move, a probe, the answer to the
     // peer's move) gives its `verno` to the importer's RSYN: if the peer
     // never got it, the RSYN is the news it expects; if it did, the RSYN

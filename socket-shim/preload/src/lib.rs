@@ -259,8 +259,15 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
         let bytes = unsafe { addr_bytes(addr, len) };
         if inproc::is(fd) {
             // As Linux, the address is checked before the socket's state.
-            ops::address_given(bytes, len)?;
-            return inproc::calls::connect(fd);
+            let given = ops::address_given(bytes, len)?;
+            // `AF_UNSPEC` disconnects: a stream is reset and left an
+            // unconnected daemon-path socket, a listener goes to sald
+            // (`inproc::handover`), and the daemon path's `connect` then
+            // answers (stopping the listener).
+            let unspec = given.len() >= 2 && u16::from_ne_bytes([given[0], given[1]]) == 0;
+            if !unspec || !inproc::disconnect(fd) {
+                return inproc::calls::connect(fd);
+            }
         }
         // SAFETY: forwarding the caller's arguments unchanged.
         ops::connect(fd, bytes, len, || unsafe { real::connect(fd, addr, len) })
@@ -1401,6 +1408,81 @@ pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
 pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     // SAFETY: forwarding the caller's arguments unchanged.
     replace(old, new, || unsafe { real::dup3(old, new, flags) })
+}
+
+/// Hands the in-process socket at each of `fds` to sald (see
+/// `inproc::handover`), for a call that reaches the descriptor through
+/// libc's internal calls, which the shim does not see: there its number
+/// is a kernel socket. Nothing for any other number.
+fn to_kernel_socket(fds: &[c_int]) {
+    for &fd in fds {
+        if inproc::enabled() && inproc::is(fd) {
+            let _ = catch_unwind(|| inproc::hand_over(fd));
+        }
+    }
+}
+
+/// `fdopen`: glibc's stdio reads and writes through its own internal
+/// calls, so an in-process socket goes to sald first.
+///
+/// # Safety
+/// As `fdopen(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn fdopen(fd: c_int, mode: *const libc::c_char) -> *mut libc::FILE {
+    to_kernel_socket(&[fd]);
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { real::fdopen(fd, mode) }
+}
+
+/// `sendfile`: the kernel copies into the socket itself, so an
+/// in-process socket goes to sald first.
+///
+/// # Safety
+/// As `sendfile(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn sendfile(
+    out_fd: c_int,
+    in_fd: c_int,
+    offset: *mut libc::off_t,
+    count: size_t,
+) -> ssize_t {
+    to_kernel_socket(&[out_fd, in_fd]);
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { real::sendfile(out_fd, in_fd, offset, count) }
+}
+
+/// `sendfile64`, as [`sendfile`].
+///
+/// # Safety
+/// As `sendfile(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn sendfile64(
+    out_fd: c_int,
+    in_fd: c_int,
+    offset: *mut libc::off64_t,
+    count: size_t,
+) -> ssize_t {
+    to_kernel_socket(&[out_fd, in_fd]);
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { real::sendfile64(out_fd, in_fd, offset, count) }
+}
+
+/// `splice`, as [`sendfile`].
+///
+/// # Safety
+/// As `splice(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn splice(
+    fd_in: c_int,
+    off_in: *mut libc::loff_t,
+    fd_out: c_int,
+    off_out: *mut libc::loff_t,
+    len: size_t,
+    flags: libc::c_uint,
+) -> ssize_t {
+    to_kernel_socket(&[fd_in, fd_out]);
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { real::splice(fd_in, off_in, fd_out, off_out, len, flags) }
 }
 
 /// `ioctl`, variadic in C as [`fcntl`] is, and taken the same way. Only

@@ -104,7 +104,7 @@ fn socketpair(ty: c_int) -> Res<(OwnedFd, OwnedFd)> {
 /// The peer end is the shim's own, and never one of the standard streams
 /// ([`socket_shim::fd`]); the program's end takes the lowest free number,
 /// as the kernel's socket would.
-fn placeholder(nonblock: bool, cloexec: bool) -> Res<(OwnedFd, OwnedFd)> {
+pub(crate) fn placeholder(nonblock: bool, cloexec: bool) -> Res<(OwnedFd, OwnedFd)> {
     let (app, wake) = socketpair(libc::SOCK_STREAM)?;
     let wake = socket_shim::fd::above_standard_streams(wake);
     let small: c_int = 1;

@@ -131,7 +131,34 @@ unsafe fn variadic_fcntl(
     }
 }
 
+/// libc's `fdopen`.
+///
+/// # Safety
+/// As `fdopen(3)`: `mode` is a NUL-terminated string.
+pub(crate) unsafe fn fdopen(fd: c_int, mode: *const c_char) -> *mut libc::FILE {
+    static PTR: AtomicPtr<c_void> = AtomicPtr::new(null_mut());
+    let mut p = PTR.load(Ordering::Relaxed);
+    if p.is_null() {
+        p = lookup("fdopen\0");
+        if p.is_null() {
+            set_errno(libc::ENOSYS);
+            return null_mut();
+        }
+        PTR.store(p, Ordering::Relaxed);
+    }
+    // SAFETY: `p` is libc's fdopen, with this C prototype; the caller
+    // upholds its contract.
+    unsafe {
+        let f: unsafe extern "C" fn(c_int, *const c_char) -> *mut libc::FILE =
+            std::mem::transmute(p);
+        f(fd, mode)
+    }
+}
+
 real_fns! {
+    fn sendfile(out_fd: c_int, in_fd: c_int, offset: *mut libc::off_t, count: size_t) -> ssize_t;
+    fn sendfile64(out_fd: c_int, in_fd: c_int, offset: *mut libc::off64_t, count: size_t) -> ssize_t;
+    fn splice(fd_in: c_int, off_in: *mut libc::loff_t, fd_out: c_int, off_out: *mut libc::loff_t, len: size_t, flags: libc::c_uint) -> ssize_t;
     fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int;
     fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int;
     fn listen(fd: c_int, backlog: c_int) -> c_int;

@@ -308,6 +308,27 @@ fn shutdown_wakes_blocked_readers_and_accepters() {
     Proc::spawn("inproc_fds shutdown", &mut cmd).success(T);
 }
 
+/// glibc's stdio and `sendfile` on in-process streams: `fdopen` and
+/// `sendfile` hand the stream to sald first (its number becomes a kernel
+/// socket, which stdio's internal calls and the kernel's copy can use),
+/// and the bytes echo intact; sald counts the two flows it adopted.
+#[test]
+fn stdio_and_sendfile_hand_the_stream_to_sald() {
+    let sald = Sald::start_relaying();
+    let mut cmd = sald.run(
+        &["--in-process"],
+        c_program(),
+        &["stream-server", "beef09", "2"],
+    );
+    cmd.stdout(Stdio::piped());
+    let mut server = Proc::spawn("serval_test stream-server", &mut cmd);
+    server.wait_ready("ready");
+    let mut cmd = sald.run(&["--in-process"], fds_program(), &["beef09", "stdio"]);
+    Proc::spawn("inproc_fds stdio", &mut cmd).success(T);
+    server.success(T);
+    assert_eq!(stats(&sald).host.flows_imported, 2, "sald adopted both");
+}
+
 /// `serval_test ARGS` in the in-process mode against `sald`; a server
 /// (`ready` awaited) if `serves`.
 fn in_process(sald: &Sald, args: &[&str], serves: bool) -> Proc {
@@ -374,4 +395,46 @@ fn timeouts_and_signals_in_process() {
     let args = ["accept-timeout", "acc1", "7204", "acc2"];
     let mut cmd = sald.run(&["--in-process", "--map", "7204=acc2"], c_program(), &args);
     Proc::spawn("serval_test accept-timeout", &mut cmd).success(T);
+}
+
+/// `connect` to `AF_UNSPEC` in the in-process mode, as TCP's (the C
+/// suite's clients): a connected stream is reset (the peer reads
+/// `ECONNRESET`, also after its own `SHUT_WR`) and left unconnected on the
+/// daemon path, a thread waiting in `read` gets `EPIPE`, the epoll
+/// registration stays one, and a listener goes to sald and stops there,
+/// bound still.
+#[test]
+fn connect_af_unspec_in_process() {
+    let sald = Sald::start_relaying();
+    for (mode, sid) in [
+        ("unspec", "a1f5"),
+        ("unspec-epoll", "a1f6"),
+        ("unspec-reader", "a1f7"),
+        ("unspec-peer", "a1f8"),
+        ("unspec-listener", "a1f9"),
+    ] {
+        in_process(&sald, &[mode, sid], false).success(T);
+    }
+}
+
+/// `fork` in the in-process mode (the C suite's): a server that forks
+/// per accepted connection echoes every client byte-exact (the accepted
+/// flows handed to sald at each `fork`, the listener at the first); a
+/// client whose server already replied and finished (CLOSE-WAIT) forks,
+/// and its child's `shutdown` reaches the server, the parent reading the
+/// reply and end of file.
+#[test]
+fn forking_in_process() {
+    let sald = Sald::start_relaying();
+    let mut server = in_process(&sald, &["stream-server", "f1c4", "3", "fork"], true);
+    for _ in 0..3 {
+        in_process(&sald, &["stream-client", "f1c4", "200000"], false).success(T);
+    }
+    server.success(T);
+    let mut server = in_process(&sald, &["reset-server", "5e9", "clean", "2"], true);
+    for _ in 0..2 {
+        let args = ["reset-client", "5e9", "clean-fork-shut", "read"];
+        in_process(&sald, &args, false).success(T);
+    }
+    server.success(T);
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use libc::{c_int, iovec};
 
-use super::{epoll, iov, registry, setup, Socket};
+use super::{epoll, iov, registry, setup, Moved, Socket};
 use crate::addr::SockAddr;
 use crate::ops::Res;
 use crate::real;
@@ -24,13 +24,18 @@ fn socket(fd: RawFd) -> Res<Arc<Socket>> {
 pub(crate) const HANDED_OVER: c_int = -1;
 
 /// `call` on the socket at `fd`; a failure that was the flow going to
-/// sald meanwhile is [`HANDED_OVER`].
+/// sald meanwhile is [`HANDED_OVER`], one that was a `connect` to
+/// `AF_UNSPEC` meanwhile `EPIPE` (see `Socket::moved`).
 fn data_call<T>(fd: RawFd, call: impl FnOnce(&Socket) -> Res<T>) -> Res<T> {
     let socket = socket(fd)?;
     let result = call(&socket);
-    match result {
-        Err(_) if socket.handed_over() => Err(HANDED_OVER),
-        result => result,
+    if result.is_ok() {
+        return result;
+    }
+    match socket.moved() {
+        Moved::Not => result,
+        Moved::ToSald => Err(HANDED_OVER),
+        Moved::Disconnected => Err(libc::EPIPE),
     }
 }
 

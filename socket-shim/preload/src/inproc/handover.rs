@@ -80,19 +80,89 @@ thread_local! {
 pub(crate) fn begin() {
     let guard = HANDING.lock().unwrap_or_else(PoisonError::into_inner);
     let _ = HELD.try_with(|held| *held.borrow_mut() = Some(guard));
-    let Some(runtime) = super::engine::existing() else {
-        return;
-    };
     let sockets: Vec<_> = registry::by_socket()
         .into_iter()
         .filter(|(socket, _)| !socket.inherited())
         .collect();
+    hand_over_all(sockets);
+}
+
+/// Hands the socket at `fd` (with all its numbers) to sald now, for a
+/// call the engine cannot serve: glibc's stdio (`fdopen`) and
+/// `sendfile`/`splice` reach the descriptor through libc's own internal
+/// calls, which the shim does not see, and would read the eventfd's
+/// counter. Whether the number is the daemon path's now (else it stays
+/// in-process: a stream still connecting or closing, or one sald
+/// refused).
+pub(crate) fn socket_at(fd: RawFd) -> bool {
+    let _handing = HANDING.lock().unwrap_or_else(PoisonError::into_inner);
+    let Some(socket) = registry::checked(fd) else {
+        return false;
+    };
+    if socket.inherited() {
+        return false;
+    }
+    let numbers = registry::numbers_of(&socket);
+    hand_over_all(vec![(socket, numbers)]);
+    !registry::is(fd)
+}
+
+/// `connect` to `AF_UNSPEC` on the in-process socket at `fd`. A listener
+/// goes to sald ([`socket_at`]), whose daemon path stops it as TCP's. A
+/// stream's flow is reset here, as TCP's `tcp_disconnect` resets it
+/// (whatever its state: open, opening or closing), and its numbers
+/// become an unconnected daemon-path socket (a hung-up placeholder, as
+/// the daemon path's own disconnect leaves), whose reads and `SO_ERROR`
+/// report the reset once and which may connect again; a call that waited
+/// on the stream fails with `EPIPE`. Whether the number is the daemon
+/// path's now (the caller then makes the `connect` there).
+pub(crate) fn disconnect_at(fd: RawFd) -> bool {
+    let Some(socket) = registry::checked(fd) else {
+        return false;
+    };
+    if socket.inherited() {
+        return false;
+    }
+    if socket.listens() {
+        drop(socket);
+        return socket_at(fd);
+    }
+    let _handing = HANDING.lock().unwrap_or_else(PoisonError::into_inner);
+    let Ok((placeholder, peer_end)) = ops::placeholder(socket.nonblock(), true) else {
+        return false;
+    };
+    if !socket.abort_for_disconnect() {
+        return false;
+    }
+    let numbers = registry::numbers_of(&socket);
+    install(&socket, &numbers, &placeholder, |entry| {
+        entry.state = State::Failed;
+        entry.so_error = libc::ECONNRESET;
+        entry.disconnected = entry.gen;
+    });
+    let let_go: Vec<_> = numbers
+        .iter()
+        .filter_map(|&(fd, _)| registry::remove(fd))
+        .collect();
+    socket.set_disconnected();
+    // Closed: the placeholder hangs up, as after the daemon path's.
+    drop(peer_end);
+    drop(let_go);
+    true
+}
+
+/// Hands each of `sockets` to sald (see the module's doc), under
+/// [`HANDING`].
+fn hand_over_all(sockets: Vec<(Arc<Socket>, registry::Numbers)>) {
     if sockets.is_empty() {
         return;
     }
+    let Some(runtime) = super::engine::existing() else {
+        return;
+    };
     let path = socket_shim::control_path();
     let Ok(mut control) = ControlClient::connect_to(&path) else {
-        // sald is gone: everything stays in the parent.
+        // sald is gone: everything stays in-process.
         return;
     };
     let mut let_go = Vec::new();

@@ -40,10 +40,12 @@
 //! whose flow closes when the last number closes. The socket's
 //! `O_NONBLOCK` is the shim's (the eventfd's file status flags are the
 //! engine's and must stay non-blocking): `fcntl(F_GETFL/F_SETFL)` and
-//! `ioctl(FIONBIO)` answer from it. Numbers are close-on-exec, copies
-//! made by `dup`, `dup2` and `F_DUPFD` included (the shim sets it where
-//! the kernel would not): after `exec`, in-process sockets are gone (no
-//! hand-over to sald yet).
+//! `ioctl(FIONBIO)` answer from it. Numbers are close-on-exec in the
+//! kernel, copies made by `dup`, `dup2` and `F_DUPFD` included (the shim
+//! sets it where the kernel would not): after `exec`, in-process sockets
+//! are gone. What the program asked for is kept beside
+//! ([`registry`]): `fcntl(F_GETFD)` answers it, `F_SETFD`, `FIOCLEX` and
+//! `FIONCLEX` set it, and a number handed over to sald at `fork` gets it.
 //!
 //! Each number is checked against the eventfd it was made a copy of
 //! (`kcmp`, one system call per call on an in-process number; `fstat`,
@@ -89,21 +91,39 @@
 //!
 //! # fork
 //!
-//! A forked child never touches its parent's engine (its lock may be
-//! held by a thread that does not exist in the child): the runtime is
-//! forgotten (leaked, never dropped; its UDP socket, timerfd and their
-//! copies closed in the child), every inherited in-process stream fails
-//! with `ECONNRESET` (`close` works), an inherited listener is one that
-//! stopped listening (`accept`: `EINVAL`; `poll` and `select` never
+//! Before a `fork`, every in-process socket is handed to sald
+//! ([`handover`]): established streams are exported and adopted,
+//! listeners listen through sald, and the numbers become the daemon
+//! path's sockets, which parent and child share as they would TCP's.
+//! What is left in-process (a stream still connecting or already
+//! closing, one sald refused) stays the parent's: a forked child never
+//! touches its parent's engine (its lock may be held by a thread that
+//! does not exist in the child). The runtime is forgotten there (leaked,
+//! never dropped; its UDP socket, timerfd and their copies closed in the
+//! child), such an inherited stream fails with `ECONNRESET` (`ENOTCONN`
+//! if it was connecting; `close` works), an inherited listener is one
+//! that stopped listening (`accept`: `EINVAL`; `poll` and `select` never
 //! report it ready; closing it closes the child's copy of sald's relay
 //! connection), and the child makes a fresh runtime for the sockets it
-//! makes. Handing the flows to sald at `fork` or `exec` (`Adopt`) is not
-//! done.
+//! makes.
+//!
+//! # connect to AF_UNSPEC
+//!
+//! A `connect` to `AF_UNSPEC` on an in-process stream resets its flow
+//! (RST, as TCP's `tcp_disconnect`), whatever its state, and leaves its
+//! numbers an unconnected daemon-path socket that reports the reset once
+//! and may connect again (`handover::disconnect_at`); a call that waited
+//! on the stream fails with `EPIPE`. A listener goes to sald, whose daemon
+//! path stops it, bound still.
 //!
 //! # Not done
 //!
-//! - glibc's stdio on an in-process number (`fdopen`, `fgets`, `fclose`)
-//!   bypasses the interposed calls: it reads the eventfd's counter.
+//! - glibc's stdio and `sendfile`/`splice` reach a descriptor through
+//!   libc's internal calls: `fdopen`, `sendfile` and `splice` of an
+//!   in-process number hand its socket to sald first ([`handover`]),
+//!   where it is a kernel socket. A `FILE` made otherwise on one (a
+//!   number opened as a stream before it became a socket) would read the
+//!   eventfd's counter.
 //! - An inherited listener registered in epoll in a forked child can
 //!   still be reported ready (the eventfd is the parent's file).
 //! - The threads' wake-up eventfds and the resolver's connection of a
@@ -119,9 +139,9 @@
 //!   `SIGCONT`) does not end a wait with a timeout, where TCP's gives
 //!   `EINTR`; a signal handler that calls into a socket while its thread
 //!   holds the engine's lock (a non-blocking call) deadlocks.
-//! - `MSG_OOB`, `ioctl(FIONREAD)`, `sendfile`, `splice`; `MSG_PEEK` with
+//! - `MSG_OOB`, `ioctl(FIONREAD)`; `MSG_PEEK` with
 //!   `MSG_WAITALL` returns what is there (a peek over several iovecs, 1
-//!   MiB at most); `connect` to `AF_UNSPEC`;
+//!   MiB at most);
 //!   `listen` again after a listener's `shutdown`; epoll reports a
 //!   stream's `EPOLLHUP`, `EPOLLERR` and `EPOLLRDHUP` only with an input
 //!   or output event (a registration for neither never fires).
@@ -134,7 +154,10 @@
 //!   `FD_SETSIZE` (Linux clamps it); `MSG_WAITALL` is ignored with
 //!   `SO_RCVTIMEO`.
 //! - `fstat` of a number says eventfd, not socket (`S_ISSOCK` is false).
-//! - Handing flows and listeners to sald at `fork` and `exec` (`Adopt`).
+//! - Handing sockets to sald at `exec` without a `fork` first (an
+//!   in-process listener does not cross `exec`; see `handover`), and at
+//!   `fork` a stream that is closing (the export does not carry the
+//!   teardown) or a listener's queued flows (reset).
 //! - A number found closed behind the shim's back lets go of its socket
 //!   (closing the flow) only at the next `close` of an in-process
 //!   number, `connect`, `listen`, `accept`, `poll` or the exit: the
@@ -154,10 +177,12 @@ mod socket;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 pub(crate) use engine::runtime;
+pub(crate) use handover::{disconnect_at as disconnect, socket_at as hand_over};
 pub(crate) use poll::{concerns, poll};
 pub(crate) use registry::live as is;
 pub(crate) use registry::reap;
 pub(crate) use setup::{connect, listen, relay, Before};
+pub(crate) use socket::Moved;
 pub(crate) use socket::Socket;
 
 /// The environment variable that turns the in-process mode on (`1`).

@@ -359,6 +359,16 @@ pub(crate) fn by_socket() -> Vec<(Arc<Socket>, Numbers)> {
     all
 }
 
+/// The numbers of `socket`, for its hand-over to sald.
+pub(crate) fn numbers_of(socket: &Arc<Socket>) -> Numbers {
+    let registry = REGISTRY.read().unwrap_or_else(PoisonError::into_inner);
+    let numbers = registry.map.iter();
+    numbers
+        .filter(|(_, entry)| Arc::ptr_eq(&entry.socket, socket))
+        .map(|(&fd, entry)| (fd, entry.cloexec))
+        .collect()
+}
+
 /// Every socket, taken out (the numbers stay open, in-process no more),
 /// those kept aside included: for the process's exit, which closes them
 /// all.

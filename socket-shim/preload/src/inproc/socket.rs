@@ -63,7 +63,7 @@ pub(crate) struct Socket {
     /// ([`Socket::forked`]).
     relay_closed: AtomicBool,
     /// Where the stream is in the hand-over to sald (`handover`):
-    /// [`KEPT`], [`HANDING`] or [`HANDED`].
+    /// [`KEPT`], [`HANDING`], [`HANDED`] or [`DISCONNECTED`].
     handover: AtomicU8,
     /// The stream was still connecting at the last `fork` (so not handed
     /// over): a forked child's copy is not connected (`ENOTCONN`) rather
@@ -78,6 +78,20 @@ const KEPT: u8 = 0;
 const HANDING: u8 = 1;
 /// Its flow went to sald: the program's numbers are sald's socketpair end.
 const HANDED: u8 = 2;
+/// Reset by a `connect` to `AF_UNSPEC`: the program's numbers are an
+/// unconnected daemon-path socket.
+const DISCONNECTED: u8 = 3;
+
+/// Where a socket that a failed call met went (see [`Socket::moved`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Moved {
+    /// Nowhere: the failure is the call's own.
+    Not,
+    /// To sald: the call is made again on the plain path.
+    ToSald,
+    /// Disconnected by `AF_UNSPEC` while the call waited: `EPIPE`.
+    Disconnected,
+}
 
 /// The errno of an engine error, as the daemon path reports the same
 /// failure: no route to a service is `EHOSTUNREACH` there (the engine
@@ -254,6 +268,19 @@ impl Socket {
         Some((*prefix, *backlog))
     }
 
+    /// Resets the stream's flow for a `connect` to `AF_UNSPEC` that could
+    /// not hand it to sald (still connecting, or closing): calls that fail
+    /// meanwhile wait for the numbers to become the daemon path's
+    /// (`handover::disconnect_at`). False: not a stream of this process.
+    pub(crate) fn abort_for_disconnect(&self) -> bool {
+        let Ok(Object::Stream(stream)) = self.object() else {
+            return false;
+        };
+        self.handover.store(HANDING, Ordering::SeqCst);
+        let _ = stream.abort();
+        true
+    }
+
     /// The exported flow went to sald and the program's numbers are its
     /// socketpair end (`handed`: the calls on them take the plain path
     /// from now on), or sald refused it (the stream reads as reset).
@@ -268,16 +295,29 @@ impl Socket {
         self.handover.load(Ordering::SeqCst) != KEPT
     }
 
-    /// After a call on the stream failed: whether that was its flow
-    /// going to sald, which it then waits to see done (`true`: the caller
-    /// takes the plain path, on sald's socketpair end at the number by
-    /// now); `false`: the failure is the call's own.
-    pub(crate) fn handed_over(&self) -> bool {
+    /// After a call on the socket failed: whether that was the socket
+    /// leaving the engine, which it then waits to see done: for sald
+    /// ([`Moved::ToSald`]: the caller takes the plain path, on sald's
+    /// socketpair end at the number by now) or disconnected by a
+    /// `connect` to `AF_UNSPEC` ([`Moved::Disconnected`]: a call that
+    /// waited then fails with `EPIPE`, as one `tcp_disconnect`
+    /// interrupted); [`Moved::Not`]: the failure is the call's own.
+    pub(crate) fn moved(&self) -> Moved {
         if self.handover.load(Ordering::SeqCst) == KEPT {
-            return false;
+            return Moved::Not;
         }
         super::handover::wait();
-        self.handover.load(Ordering::SeqCst) == HANDED
+        match self.handover.load(Ordering::SeqCst) {
+            HANDED => Moved::ToSald,
+            DISCONNECTED => Moved::Disconnected,
+            _ => Moved::Not,
+        }
+    }
+
+    /// The stream was reset for a `connect` to `AF_UNSPEC` and its
+    /// numbers are an unconnected daemon-path socket now.
+    pub(crate) fn set_disconnected(&self) {
+        self.handover.store(DISCONNECTED, Ordering::SeqCst);
     }
 
     /// Whether a non-blocking `connect` returned `EINPROGRESS` and no

@@ -9,6 +9,8 @@
  *                                      connections)
  *   inproc_fds SID listener           (nothing listens on SID)
  *   inproc_fds SID shutdown           (nothing listens on SID)
+ *   inproc_fds SID stdio              (a stream-server for SID, for 2
+ *                                      connections)
  *
  * 1. A connected number closed by syscall(SYS_close), then by
  *    close_range: a pipe opened next gets the number, and read and write
@@ -35,6 +37,8 @@
  *    wakes a thread blocked in read with end of file, after the bytes
  *    already queued; shutdown of a listener wakes a thread blocked in
  *    accept with EINVAL, and later accepts fail at once.
+ * 5. (stdio) fdopen and sendfile hand an in-process stream to sald
+ *    first: stdio's lines and a file's bytes echo intact.
  *
  * Exits 0 when all held.
  */
@@ -51,6 +55,7 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -409,15 +414,64 @@ static int shut(const struct sockaddr_sv *sa) {
     return 0;
 }
 
+/* 5. (stdio) glibc's stdio and sendfile on in-process streams: fdopen
+ * hands the stream to sald first (its number becomes a kernel socket), so
+ * fprintf and fgets carry the bytes, where stdio's internal reads would
+ * have read the eventfd's counter; sendfile from a file, on a second
+ * stream, likewise. */
+static int stdio_and_sendfile(const struct sockaddr_sv *sa) {
+    alarm(10);
+    int fd = connected(sa);
+    FILE *f = fdopen(fd, "r+");
+    if (!f) { perror("fdopen"); return 1; }
+    char line[64] = "";
+    if (fprintf(f, "line one\n") < 0 || fflush(f) != 0 || !fgets(line, sizeof line, f) ||
+        strcmp(line, "line one\n") != 0) {
+        fprintf(stderr, "stdio: the echo came back as \"%s\"\n", line);
+        return 1;
+    }
+    fclose(f);
+    int s = connected(sa);
+    char path[] = "/tmp/inproc_fds_XXXXXX";
+    int file = mkstemp(path);
+    if (file < 0) { perror("mkstemp"); return 1; }
+    unlink(path);
+    if (write(file, "from a file", 11) != 11) { perror("write"); return 1; }
+    off_t off = 0;
+    if (sendfile(s, file, &off, 11) != 11) { perror("sendfile"); return 1; }
+    close(file);
+    char back[16];
+    size_t got = 0;
+    while (got < 11) {
+        ssize_t n = read(s, back + got, 11 - got);
+        if (n <= 0) break;
+        got += (size_t)n;
+    }
+    if (got != 11 || memcmp(back, "from a file", 11) != 0) {
+        fprintf(stderr, "sendfile: %zu bytes came back\n", got);
+        return 1;
+    }
+    shutdown(s, SHUT_WR);
+    if (read(s, back, sizeof back) != 0) { fprintf(stderr, "no end of file\n"); return 1; }
+    close(s);
+    alarm(0);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc != 2 && argc != 3) {
-        fprintf(stderr, "usage: inproc_fds SID [stale|replaced|closed|listener|shutdown]\n");
+        fprintf(stderr, "usage: inproc_fds SID [stale|replaced|closed|listener|shutdown|stdio]\n");
         return 2;
     }
     struct sockaddr_sv sa = sv_addr(argv[1]);
     const char *only = argc == 3 ? argv[2] : "";
     if (strcmp(only, "listener") == 0 || strcmp(only, "shutdown") == 0) {
         int bad = strcmp(only, "listener") == 0 ? listener(&sa) : shut(&sa);
+        if (!bad) printf("ok\n");
+        return bad;
+    }
+    if (strcmp(only, "stdio") == 0) {
+        int bad = stdio_and_sendfile(&sa);
         if (!bad) printf("ok\n");
         return bad;
     }
