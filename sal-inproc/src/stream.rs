@@ -41,6 +41,10 @@ pub struct Stream {
 /// nothing of the flow's control exchange, retries sooner).
 const EXPORT_RETRY: Duration = Duration::from_millis(5);
 
+/// How long [`Stream::export`] pauses when a wait for a busy flow ended
+/// early.
+const EXPORT_PAUSE: Duration = Duration::from_micros(500);
+
 /// Which kind of read a [`Stream::receive`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Receive {
@@ -340,7 +344,14 @@ impl Stream {
                     }
                 });
             match result {
-                Err(Error::WouldBlock) if Instant::now() < give_up => {}
+                Err(Error::WouldBlock) if Instant::now() < give_up => {
+                    // Woken early by the stream's own readiness (bytes
+                    // unread), which says nothing of the exchange: a
+                    // pause, not a spin, while the driver thread drives.
+                    if Instant::now() < at {
+                        std::thread::sleep(EXPORT_PAUSE);
+                    }
+                }
                 Err(Error::WouldBlock) => return Err(NotExportable::Busy.into()),
                 exported => return exported,
             }

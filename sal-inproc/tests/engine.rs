@@ -1320,8 +1320,9 @@ fn a_reader_whose_bytes_come_slowly_stops_spinning() {
 /// engine without a word to the peer: the export holds the bytes not read
 /// yet, the stream reads as reset from then on, and dropping it sends
 /// nothing (the peer's stream stays open). A client whose server has not
-/// spoken yet is exported once a probe confirmed its handshake. A flow
-/// that is closing is not exported, and stays usable.
+/// spoken yet is exported once a probe confirmed its handshake; one the
+/// peer finished is exported too. A flow whose own end finished is not
+/// exported, and stays usable.
 #[test]
 fn an_exported_stream_carries_its_unread_bytes_and_leaves_the_peer_alone() {
     use sal::proto::{HostError, NotExportable};
@@ -1357,17 +1358,24 @@ fn an_exported_stream_carries_its_unread_bytes_and_leaves_the_peer_alone() {
     assert!(export.is_ok(), "hurried: {export:?}");
     assert_eq!(accepted.ends(), Ends::default(), "the peer heard nothing");
 
+    // One the peer finished (CLOSE-WAIT) exports, saying so.
     let (_client, stream, accepted) = connected(&server, &listener, |_| {});
     accepted.shutdown_write().expect("FIN");
     assert!(ready(
         stream.ends_fd(EndsSignal::ReadClosed).expect("fd"),
         2000
     ));
+    let export = stream.export(usize::MAX, Duration::from_secs(2));
+    assert!(export.is_ok_and(|export| export.socket.peer_finished));
+
+    // One this end finished does not, and stays usable.
+    let (_client, stream, accepted) = connected(&server, &listener, |_| {});
+    stream.shutdown_write().expect("FIN");
     match stream.export(usize::MAX, Duration::from_millis(100)) {
         Err(Error::Host(HostError::NotExportable(NotExportable::Closing))) => {}
         other => panic!("a closing flow exported: {other:?}"),
     }
-    assert_eq!(stream.write(b"still", Mode::Blocking).unwrap(), 5);
+    assert_eq!(accepted.write(b"still", Mode::Blocking).unwrap(), 5);
     let mut buf = [0; 8];
-    assert_eq!(accepted.read(&mut buf, Mode::Blocking).unwrap(), 5);
+    assert_eq!(stream.read(&mut buf, Mode::Blocking).unwrap(), 5);
 }

@@ -195,11 +195,12 @@ fn guard<T>(fail: T, f: impl FnOnce() -> Res<T>) -> T {
 /// makes the call again on the plain path, where sald's socketpair end
 /// is at the number by now.
 fn inproc_data<T>(fail: T, f: impl FnOnce() -> Res<T>) -> Option<T> {
+    let errno = ops::last_errno();
     let mut handed = false;
     let value = guard(fail, || match f() {
         Err(inproc::calls::HANDED_OVER) => {
             handed = true;
-            Err(0)
+            Err(errno)
         }
         result => result,
     });

@@ -197,20 +197,21 @@ fn fallback_without_relays() {
     assert_eq!(after.link_rx, before.link_rx, "a SYN came over UDP");
 }
 
-/// Two streams connected in-process, then `fork` while a thread waits in
-/// `read` on one and another in `poll` on the other: the fork hands both
-/// flows to sald first (`inproc/handover.rs`), so the child sends on
-/// both, the waits go on and get the echoes (no error, no spurious
-/// event), close-on-exec stays as the program set it, and the parent goes
-/// on with both streams; a socket the child makes works (a fresh
-/// engine). sald counts the two flows it adopted.
+/// Three streams connected in-process, then `fork` while a thread waits in
+/// `read` on one, another in `poll` on the second and a third in
+/// `epoll_wait` on a set that holds the third: the fork hands the flows
+/// to sald first (`inproc/handover.rs`), so the child sends on each, the
+/// waits go on and get the echoes (no error, no spurious event, the
+/// program's epoll data), close-on-exec stays as the program set it, and
+/// the parent goes on with every stream; a socket the child makes works
+/// (a fresh engine). sald counts the three flows it adopted.
 #[test]
 fn a_fork_hands_the_streams_to_sald_under_waiting_threads() {
     let sald = Sald::start_relaying();
     let mut cmd = sald.run(
         &["--in-process"],
         c_program(),
-        &["stream-server", "beef04", "3"],
+        &["stream-server", "beef04", "4"],
     );
     cmd.stdout(Stdio::piped());
     let mut server = Proc::spawn("serval_test stream-server", &mut cmd);
@@ -219,7 +220,7 @@ fn a_fork_hands_the_streams_to_sald_under_waiting_threads() {
     Proc::spawn("inproc_fork", &mut cmd).success(T);
     server.success(T);
     let adopted = stats(&sald).host.flows_imported;
-    assert_eq!(adopted, 2, "sald adopted both streams");
+    assert_eq!(adopted, 3, "sald adopted the three streams");
 }
 
 /// Eight clients echo 64 KiB each at once through a server that exits
@@ -422,7 +423,8 @@ fn connect_af_unspec_in_process() {
 /// flows handed to sald at each `fork`, the listener at the first); a
 /// client whose server already replied and finished (CLOSE-WAIT) forks,
 /// and its child's `shutdown` reaches the server, the parent reading the
-/// reply and end of file.
+/// reply and end of file; forks among failing non-blocking connects
+/// neither deadlock nor lose an outcome.
 #[test]
 fn forking_in_process() {
     let sald = Sald::start_relaying();
@@ -437,4 +439,8 @@ fn forking_in_process() {
         in_process(&sald, &args, false).success(T);
     }
     server.success(T);
+    // 100 forks while two threads keep non-blocking connects failing
+    // (no route): no deadlock, every outcome told (none lost to a
+    // hand-over look), every child's own connects complete.
+    in_process(&sald, &["fork-storm", "dead05", "100"], false).success(T);
 }

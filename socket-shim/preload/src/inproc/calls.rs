@@ -18,22 +18,27 @@ fn socket(fd: RawFd) -> Res<Arc<Socket>> {
     registry::get(fd).ok_or(libc::EBADF)
 }
 
-/// What a data call on an in-process number returns when the stream's
-/// flow went to sald during the call (`handover`): not an errno; the
-/// interposed call makes the call again on the plain path.
+/// What a data call or `accept` on an in-process number returns when its
+/// socket went to sald during the call, or before it found the socket
+/// (`handover`): not an errno; the interposed call makes the call again
+/// on the plain path.
 pub(crate) const HANDED_OVER: c_int = -1;
 
 /// `call` on the socket at `fd`; a failure that was the flow going to
 /// sald meanwhile is [`HANDED_OVER`], one that was a `connect` to
 /// `AF_UNSPEC` meanwhile `EPIPE` (see `Socket::moved`).
 fn data_call<T>(fd: RawFd, call: impl FnOnce(&Socket) -> Res<T>) -> Res<T> {
-    let socket = socket(fd)?;
+    // Gone from the registry since the caller looked: the plain path's
+    // (sald's socket at the number now, or nothing: `EBADF` there).
+    let socket = registry::get(fd).ok_or(HANDED_OVER)?;
     let result = call(&socket);
     if result.is_ok() {
         return result;
     }
     match socket.moved() {
         Moved::Not => result,
+        // A number that did not take sald's file stays a reset stream.
+        _ if registry::is(fd) => Err(libc::ECONNRESET),
         Moved::ToSald => Err(HANDED_OVER),
         Moved::Disconnected => Err(libc::EPIPE),
     }

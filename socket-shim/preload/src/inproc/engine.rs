@@ -215,8 +215,10 @@ fn register_fork_handlers() {
     });
 }
 
-/// Holds the slot's and the registry's locks across `fork`, so that the
-/// child never inherits them held by a thread it does not have.
+/// Hands every in-process socket to sald (`handover::begin`, before any
+/// lock is taken), then holds the slot's and the registry's locks across
+/// `fork`, so that the child never inherits them held by a thread it does
+/// not have.
 extern "C" fn fork_prepare() {
     super::handover::begin();
     let guard = SLOT.lock().unwrap_or_else(PoisonError::into_inner);
@@ -254,7 +256,8 @@ extern "C" fn fork_child() {
 }
 
 /// Lets both locks go (in the parent and in the child: the child's
-/// engine is forgotten at its next use, see [`forget_inherited`]).
+/// engine is forgotten at its next use, see [`forget_inherited`]), and
+/// the calls that waited for the hand-over (`handover::end`).
 extern "C" fn fork_release() {
     super::epoll::fork_release();
     super::registry::fork_release();

@@ -7,14 +7,15 @@
 //! the engine to sald first, and parent and child then share one kernel
 //! socket each, as they would TCP's, served by the daemon path:
 //!
-//! - **an established stream**: the engine exports the flow
-//!   (`Stream::export`: its TCP and SAL state and buffered bytes,
-//!   forgotten without a word to the peer; a client whose server has not
-//!   spoken yet asks it to first), sald adopts it (`Request::Adopt`, with
-//!   the engine's UDP socket as proof the flow is the caller's) and moves
-//!   it to its own locator with an RSYN, and its socketpair end takes
-//!   each of the program's numbers for the stream, as a daemon-path
-//!   `connect` installs a flow;
+//! - **an established stream** (open both ways, or finished by the peer
+//!   alone: CLOSE-WAIT): the engine exports the flow (`Stream::export`:
+//!   its TCP and SAL state and buffered bytes, forgotten without a word
+//!   to the peer; a client whose server has not spoken yet asks it to
+//!   first), sald adopts it (`Request::Adopt`, with the engine's UDP
+//!   socket as proof the flow is the caller's) and moves it to its own
+//!   locator with an RSYN, and its socketpair end takes each of the
+//!   program's numbers for the stream, as a daemon-path `connect`
+//!   installs a flow;
 //! - **a listener**: the engine's listener stops and sald's relay of its
 //!   prefix ends, then sald listens on the prefix itself
 //!   (`ops::daemon_listener`) and the accept queue takes the numbers.
@@ -22,29 +23,40 @@
 //!   their clients see a reset connect.
 //!
 //! Each number keeps the close-on-exec the program asked for, its epoll
-//! registrations and socket-level options. A listener on the daemon path
-//! is in the record of what crosses `exec` (`inherit`) from then on.
+//! registrations (taken out of their sets for the way, so that none
+//! reports the engine's side of the move, and made again on the new
+//! file) and socket-level options. Each is checked against its eventfd
+//! before it is replaced, so a number the program closed and reused
+//! meanwhile is left alone; copies a `dup` made meanwhile are found and
+//! replaced too. A listener on the daemon path is in the record of what
+//! crosses `exec` (`inherit`) from then on.
 //!
 //! Left in-process (the child's copies reset, as before): streams still
-//! connecting or already closing (either end shut its sending down, which
-//! an export does not carry), streams whose buffers hold more than an
-//! `Adopt` frame carries ([`MAX_ADOPT_BUFFERED`]), or whose control
-//! exchange does not settle within [`PATIENCE`]. A flow sald refuses after
-//! the engine exported it is lost (reset for the program), and so is a
-//! listener whose prefix sald does not give back within [`PATIENCE`]
-//! (stopped, as after `shutdown`).
+//! connecting or whose own end finished sending (the export does not
+//! carry that teardown), streams whose buffers hold more than an `Adopt`
+//! frame carries ([`MAX_ADOPT_BUFFERED`]), or whose control exchange does
+//! not settle within [`PATIENCE`], and every socket after the control
+//! connection to sald failed. A flow sald refuses after the engine
+//! exported it is lost (reset for the program), and so is a listener
+//! whose prefix sald does not give back within [`PATIENCE`] (stopped, as
+//! after `shutdown`).
 //!
-//! A call that fails while its socket is on its way (another thread
-//! reads, accepts or polls while this one forks) waits for the hand-over
-//! to end and is then made again on the plain path
-//! (`inproc::calls::HANDED_OVER`): the program sees no error.
+//! A read, write, `accept` or `poll` that fails while its socket is on
+//! its way (another thread's while this one forks) waits for the
+//! hand-over to end and is then made again on the plain path
+//! (`inproc::calls::HANDED_OVER`): it sees no error. Not so other calls
+//! made in that window on the socket (`shutdown`, `setsockopt`,
+//! `fcntl`): they reach the engine's socket, whose flow is on its way,
+//! and are lost or fail with `ECONNRESET`. A non-blocking call that meets
+//! the window waits for the whole hand-over (every socket's, up to
+//! [`PATIENCE`] each for a busy one).
 //!
 //! Cost: one `Adopt` round trip to sald per stream and a `Listen` and
 //! `Deliver` per listener, at each `fork` of a process that has
 //! in-process sockets; nothing for one that has none. `posix_spawn`,
 //! `vfork` and glibc's `system` run no fork handlers and hand nothing
 //! over (their children exec at once; in-process numbers are
-//! close-on-exec in the kernel).
+//! close-on-exec in the kernel, whatever `F_GETFD` answers).
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::AtomicBool;
@@ -57,17 +69,21 @@ use socket_shim::ControlClient;
 
 use super::{epoll, registry, Socket};
 use crate::ops;
-use crate::table::{self, Domain, Entry, Kind, State};
+use crate::table::{self, Domain, Entry, Kind, ListenerControl, State};
 
 /// How long a flow whose control exchange is in progress (its
 /// handshake's last ACK unconfirmed, a move unanswered) is waited for
-/// before it is left in-process.
-const PATIENCE: Duration = Duration::from_millis(200);
+/// before it is left in-process, and how long sald is given to let go of
+/// a relayed prefix (it reads the relay connection's end on its own
+/// time). Generous: each is a round trip or less on a live host, and
+/// missing it costs the socket.
+const PATIENCE: Duration = Duration::from_secs(1);
 
-/// Held by the thread that hands flows over, from the prepare handler to
-/// the release after `fork` ([`begin`], [`end`]): calls that met a flow on
-/// its way wait on it ([`wait`]).
-static HANDING: Mutex<()> = Mutex::new(());
+/// Held while a hand-over is under way: by the thread that hands sockets
+/// over at `fork` from the prepare handler to the release after it
+/// ([`begin`], [`end`]), and by [`socket_at`] and [`disconnect_at`] for
+/// their call. Calls that met a socket on its way wait on it ([`wait`]).
+static UNDER_WAY: Mutex<()> = Mutex::new(());
 
 thread_local! {
     static HELD: std::cell::RefCell<Option<MutexGuard<'static, ()>>> =
@@ -76,15 +92,17 @@ thread_local! {
 
 /// Before `fork` (the engine's prepare handler, before any of the shim's
 /// locks is taken): hands every listener and established stream of this
-/// process to sald. Holds [`HANDING`] until [`end`].
+/// process to sald. Holds [`UNDER_WAY`] until [`end`].
 pub(crate) fn begin() {
-    let guard = HANDING.lock().unwrap_or_else(PoisonError::into_inner);
+    let guard = UNDER_WAY.lock().unwrap_or_else(PoisonError::into_inner);
     let _ = HELD.try_with(|held| *held.borrow_mut() = Some(guard));
-    let sockets: Vec<_> = registry::by_socket()
-        .into_iter()
-        .filter(|(socket, _)| !socket.inherited())
-        .collect();
-    hand_over_all(sockets);
+    let _ = std::panic::catch_unwind(|| {
+        let sockets: Vec<_> = registry::by_socket()
+            .into_iter()
+            .filter(|(socket, _)| !socket.inherited())
+            .collect();
+        hand_over_all(sockets);
+    });
 }
 
 /// Hands the socket at `fd` (with all its numbers) to sald now, for a
@@ -92,10 +110,9 @@ pub(crate) fn begin() {
 /// `sendfile`/`splice` reach the descriptor through libc's own internal
 /// calls, which the shim does not see, and would read the eventfd's
 /// counter. Whether the number is the daemon path's now (else it stays
-/// in-process: a stream still connecting or closing, or one sald
-/// refused).
+/// in-process: a stream still connecting, or one sald refused).
 pub(crate) fn socket_at(fd: RawFd) -> bool {
-    let _handing = HANDING.lock().unwrap_or_else(PoisonError::into_inner);
+    let _under_way = UNDER_WAY.lock().unwrap_or_else(PoisonError::into_inner);
     let Some(socket) = registry::checked(fd) else {
         return false;
     };
@@ -127,32 +144,72 @@ pub(crate) fn disconnect_at(fd: RawFd) -> bool {
         drop(socket);
         return socket_at(fd);
     }
-    let _handing = HANDING.lock().unwrap_or_else(PoisonError::into_inner);
+    let _under_way = UNDER_WAY.lock().unwrap_or_else(PoisonError::into_inner);
     let Ok((placeholder, peer_end)) = ops::placeholder(socket.nonblock(), true) else {
         return false;
     };
+    let numbers = unwatch(&registry::numbers_of(&socket));
     if !socket.abort_for_disconnect() {
+        rewatch(numbers);
         return false;
     }
-    let numbers = registry::numbers_of(&socket);
-    install(&socket, &numbers, &placeholder, |entry| {
-        entry.state = State::Failed;
-        entry.so_error = libc::ECONNRESET;
-        entry.disconnected = entry.gen;
-    });
-    let let_go: Vec<_> = numbers
-        .iter()
-        .filter_map(|&(fd, _)| registry::remove(fd))
-        .collect();
-    socket.set_disconnected();
+    let taken = Taken::Disconnected { placeholder };
+    let installed = install(&socket, numbers, &taken);
+    socket.handover_done(installed, true);
     // Closed: the placeholder hangs up, as after the daemon path's.
     drop(peer_end);
-    drop(let_go);
-    true
+    installed
+}
+
+/// What takes a socket's numbers when it leaves the engine.
+enum Taken {
+    /// sald's socketpair end of an adopted flow.
+    Stream { end: OwnedFd, untold: bool },
+    /// The accept queue of sald's listener on the prefix.
+    Listener {
+        queue: OwnedFd,
+        control: Arc<ListenerControl>,
+    },
+    /// A hung-up placeholder: the flow was reset (`AF_UNSPEC`).
+    Disconnected { placeholder: OwnedFd },
+}
+
+impl Taken {
+    /// The descriptor that takes the numbers.
+    fn descriptor(&self) -> &OwnedFd {
+        match self {
+            Taken::Stream { end, .. } => end,
+            Taken::Listener { queue, .. } => queue,
+            Taken::Disconnected { placeholder } => placeholder,
+        }
+    }
+
+    /// The state of each number's daemon-table entry, and what goes with
+    /// it (`untold` is shared by the numbers, as `dup` copies share it).
+    fn set(&self, entry: &mut Entry, socket: &Socket, untold: &Arc<AtomicBool>) {
+        match self {
+            Taken::Stream { .. } => {
+                entry.state = State::Connected;
+                entry.peer = socket.name(true).ok();
+                entry.untold = Arc::clone(untold);
+            }
+            Taken::Listener { control, .. } => {
+                entry.state = State::Listening {
+                    control: Arc::clone(control),
+                };
+            }
+            Taken::Disconnected { .. } => {
+                entry.state = State::Failed;
+                entry.so_error = libc::ECONNRESET;
+                entry.disconnected = entry.gen;
+            }
+        }
+    }
 }
 
 /// Hands each of `sockets` to sald (see the module's doc), under
-/// [`HANDING`].
+/// [`UNDER_WAY`]. After a failure of the control connection itself (sald
+/// gone, or not answering), the sockets left stay in-process.
 fn hand_over_all(sockets: Vec<(Arc<Socket>, registry::Numbers)>) {
     if sockets.is_empty() {
         return;
@@ -165,82 +222,81 @@ fn hand_over_all(sockets: Vec<(Arc<Socket>, registry::Numbers)>) {
         // sald is gone: everything stays in-process.
         return;
     };
-    let mut let_go = Vec::new();
+    let mut broken = false;
     for (socket, numbers) in sockets {
-        let handed = match socket.listens() {
-            true => hand_over_listener(&socket, &numbers),
-            false => hand_over_stream(&runtime, &mut control, &socket, &numbers),
-        };
-        if handed {
-            let_go.extend(numbers.iter().filter_map(|&(fd, _)| registry::remove(fd)));
+        if broken {
+            break;
         }
-        socket.handover_done(handed);
+        let numbers = unwatch(&numbers);
+        let taken = match socket.listens() {
+            true => listener_taken(&socket),
+            false => stream_taken(&runtime, &mut control, &socket, &mut broken),
+        };
+        let Some(taken) = taken else {
+            rewatch(numbers);
+            socket.handover_done(false, false);
+            continue;
+        };
+        let installed = install(&socket, numbers, &taken);
+        socket.handover_done(installed, false);
     }
-    drop(let_go);
 }
 
-/// Exports the stream's flow and has sald adopt it; whether its numbers
-/// are sald's socketpair end now. A refusal (sald's limits, a flow ID it
-/// holds already) leaves the stream without its flow: reset for the
-/// program.
-fn hand_over_stream(
+/// Exports the stream's flow and has sald adopt it: sald's socketpair end
+/// for it. `None` leaves the stream in-process: not exportable (its flow
+/// stays), or refused by sald after the export (its flow is lost: reset
+/// for the program); `broken` is set when the control connection itself
+/// failed.
+fn stream_taken(
     runtime: &Runtime,
     control: &mut ControlClient,
     socket: &Socket,
-    numbers: &[(RawFd, bool)],
-) -> bool {
-    let Some(export) = socket.export(MAX_ADOPT_BUFFERED, PATIENCE) else {
-        return false;
-    };
+    broken: &mut bool,
+) -> Option<Taken> {
+    let export = socket.export(MAX_ADOPT_BUFFERED, PATIENCE)?;
     let request = Request::Adopt {
         export: Box::new(export),
     };
-    let end = match control.request_with_fd(&request, runtime.udp_fd()) {
+    match control.request_with_fd(&request, runtime.udp_fd()) {
         Ok(reply) => match (reply.response, reply.fd) {
-            (Response::Adopted { .. }, Some(end)) => end,
-            _ => return false,
+            (Response::Adopted { .. }, Some(end)) => Some(Taken::Stream {
+                end,
+                untold: socket.untold(),
+            }),
+            _ => None,
         },
-        Err(_) => return false,
-    };
-    let untold = Arc::new(AtomicBool::new(socket.untold()));
-    install(socket, numbers, &end, |entry| {
-        entry.state = State::Connected;
-        entry.peer = socket.name(true).ok();
-        entry.untold = Arc::clone(&untold);
-    });
-    true
+        Err(error) => {
+            // Refused (an error sald answered) or the connection failed.
+            *broken = error.kind().is_none();
+            None
+        }
+    }
 }
 
 /// Stops the listener in the engine and ends sald's relay of its prefix,
-/// then listens on the prefix through sald (`ops::daemon_listener`) and
-/// puts the accept queue at its numbers; whether that worked. Flows the
-/// engine had queued are reset (the kernel would keep them): a client
-/// retries its connect.
-fn hand_over_listener(socket: &Socket, numbers: &[(RawFd, bool)]) -> bool {
-    let Some((prefix, backlog)) = socket.stop_for_handover() else {
-        return false;
-    };
+/// then listens on the prefix through sald (`ops::daemon_listener`): its
+/// accept queue. Flows the engine had queued are reset (the kernel would
+/// keep them): their clients see a reset connect. `None`: not a listener
+/// of this process, or sald did not give the prefix back within
+/// [`PATIENCE`] (the listener is lost: stopped, as after `shutdown`).
+fn listener_taken(socket: &Socket) -> Option<Taken> {
+    let (prefix, backlog) = socket.stop_for_handover()?;
     let backlog = u32::try_from(backlog).unwrap_or(u32::MAX);
-    // sald lets go of the relay's prefix once it read the relay
-    // connection's end, which may come after the `Listen`.
     let give_up = Instant::now() + PATIENCE;
-    let (listener, queue) = loop {
+    loop {
         match ops::daemon_listener(prefix, backlog) {
-            Ok(listening) => break listening,
+            Ok((control, queue)) => {
+                return Some(Taken::Listener {
+                    queue,
+                    control: Arc::new(control),
+                })
+            }
             Err(libc::EADDRINUSE) if Instant::now() < give_up => {
                 std::thread::sleep(Duration::from_millis(1));
             }
-            // The listener is lost: stopped, as after `shutdown`.
-            Err(_) => return false,
+            Err(_) => return None,
         }
-    };
-    let listener = Arc::new(listener);
-    install(socket, numbers, &queue, |entry| {
-        entry.state = State::Listening {
-            control: Arc::clone(&listener),
-        };
-    });
-    true
+    }
 }
 
 /// After `fork`, in the parent and in the child: calls that waited for
@@ -251,42 +307,115 @@ pub(crate) fn end() {
 
 /// Waits until no hand-over is under way (see the module's doc).
 pub(crate) fn wait() {
-    drop(HANDING.lock().unwrap_or_else(PoisonError::into_inner));
+    drop(UNDER_WAY.lock().unwrap_or_else(PoisonError::into_inner));
 }
 
-/// Puts `end` (sald's socketpair end of a flow, or a listener's accept
-/// queue) at each of the socket's numbers, with the socket's `O_NONBLOCK`
-/// and each number's close-on-exec as the program wants it, as a
-/// daemon-path socket: a table entry (names, socket-level options, and
-/// what `state` sets) and the program's epoll registrations, made again
-/// on the new file. A number that fails to take it (`dup3`) is left a
-/// bare eventfd; the socket goes on at the others.
-fn install(socket: &Socket, numbers: &[(RawFd, bool)], end: &OwnedFd, state: impl Fn(&mut Entry)) {
+/// One of a socket's numbers on its way out of the engine: whether the
+/// program wants it closed at `exec`, and its epoll registrations as the
+/// program made them, taken out of their sets for the way.
+struct Number {
+    fd: RawFd,
+    cloexec: bool,
+    epoll: Vec<(RawFd, libc::epoll_event)>,
+}
+
+/// Takes `numbers` out of their epoll sets before the socket leaves the
+/// engine, so that no set reports what the engine does to the flow on
+/// the way (an exported flow reads as reset there).
+fn unwatch(numbers: &[(RawFd, bool)]) -> Vec<Number> {
+    let numbers = numbers.iter();
+    numbers
+        .map(|&(fd, cloexec)| Number {
+            fd,
+            cloexec,
+            epoll: epoll::handed_over(fd),
+        })
+        .collect()
+}
+
+/// Puts the epoll registrations of numbers that stay in-process back.
+fn rewatch(numbers: Vec<Number>) {
+    for number in numbers {
+        for (epfd, event) in number.epoll {
+            // A set the program closed meanwhile refuses it: nothing to add.
+            let _ = epoll::ctl(epfd, libc::EPOLL_CTL_ADD, number.fd, Some(event));
+        }
+    }
+}
+
+/// Puts `taken`'s descriptor at each of the socket's numbers that is
+/// still the socket's (checked against its eventfd: a number the program
+/// closed meanwhile, and perhaps reused, is left alone), with the
+/// socket's `O_NONBLOCK` and each number's close-on-exec as the program
+/// wants it, as a daemon-path socket: a table entry (names, socket-level
+/// options, `taken`'s state) and the program's epoll registrations made
+/// again on the new file; those numbers leave the registry. A copy the
+/// program made meanwhile (`dup` of a number not yet replaced) is found
+/// and replaced too. Whether any number took it; the others stay
+/// in-process (their epoll registrations back), reading as reset.
+fn install(socket: &Arc<Socket>, numbers: Vec<Number>, taken: &Taken) -> bool {
+    let end = taken.descriptor();
     if socket.nonblock() && ops::set_nonblock(end.as_raw_fd(), true).is_err() {
-        return;
+        rewatch(numbers);
+        return false;
     }
     let domain = match socket.family() {
         family @ (libc::AF_INET | libc::AF_INET6) => Domain::Inet(family),
         _ => Domain::Serval,
     };
-    for &(fd, cloexec) in numbers {
-        let registrations = epoll::handed_over(fd);
-        let flags = if cloexec { libc::O_CLOEXEC } else { 0 };
-        // SAFETY: no pointers; `fd` is the program's number for this
-        // socket (a copy of its eventfd), which `end` replaces.
-        if unsafe { crate::real::dup3(end.as_raw_fd(), fd, flags) } < 0 {
-            continue;
+    let untold = Arc::new(AtomicBool::new(matches!(
+        taken,
+        Taken::Stream { untold: true, .. }
+    )));
+    let mut installed = Vec::new();
+    let mut failed = Vec::new();
+    let mut gone = Vec::new();
+    let mut numbers = numbers;
+    // Three rounds at most: each takes the copies made during the last.
+    for _ in 0..3 {
+        for number in numbers {
+            let ours = registry::checked(number.fd).is_some_and(|s| Arc::ptr_eq(&s, socket));
+            if !ours {
+                // Closed meanwhile: its registrations went with it.
+                gone.push(number.fd);
+                continue;
+            }
+            let flags = if number.cloexec { libc::O_CLOEXEC } else { 0 };
+            // SAFETY: no pointers; `number.fd` is the program's number for
+            // this socket (checked just above), which `end` replaces.
+            if unsafe { crate::real::dup3(end.as_raw_fd(), number.fd, flags) } < 0 {
+                failed.push(number);
+                continue;
+            }
+            let mut entry = Entry::new(Kind::Stream, domain, number.fd, State::Failed);
+            entry.local = socket.name(false).ok();
+            entry.options = socket.socket_options();
+            entry.epoll = number.epoll;
+            taken.set(&mut entry, socket, &untold);
+            ops::re_epoll(&entry, number.fd);
+            let mut table = table::lock();
+            let old = table.insert(number.fd, entry);
+            drop(table);
+            drop(old);
+            installed.push(number.fd);
         }
-        let mut entry = Entry::new(Kind::Stream, domain, fd, State::Failed);
-        entry.local = socket.name(false).ok();
-        entry.options = socket.socket_options();
-        entry.epoll = registrations;
-        state(&mut entry);
-        ops::re_epoll(&entry, fd);
-        let mut table = table::lock();
-        let old = table.insert(fd, entry);
-        table.refresh(fd);
-        drop(table);
-        drop(old);
+        let seen = |fd: &RawFd| {
+            installed.contains(fd) || gone.contains(fd) || failed.iter().any(|n| n.fd == *fd)
+        };
+        let late: Vec<_> = registry::numbers_of(socket)
+            .into_iter()
+            .filter(|(fd, _)| !seen(fd))
+            .collect();
+        if late.is_empty() {
+            break;
+        }
+        numbers = unwatch(&late);
     }
+    let let_go: Vec<_> = installed
+        .iter()
+        .filter_map(|&fd| registry::remove(fd))
+        .collect();
+    drop(let_go);
+    rewatch(failed);
+    !installed.is_empty()
 }

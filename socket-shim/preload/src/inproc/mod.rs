@@ -156,8 +156,13 @@
 //! - `fstat` of a number says eventfd, not socket (`S_ISSOCK` is false).
 //! - Handing sockets to sald at `exec` without a `fork` first (an
 //!   in-process listener does not cross `exec`; see `handover`), and at
-//!   `fork` a stream that is closing (the export does not carry the
-//!   teardown) or a listener's queued flows (reset).
+//!   `fork` a stream whose own end finished sending (the export does not
+//!   carry that teardown) or a listener's queued flows (reset);
+//!   `shutdown`, `setsockopt` and `fcntl` made by another thread while
+//!   the socket is on its way are lost or fail. `F_GETFD` answers the
+//!   program's close-on-exec, but an `exec` that runs no fork handler
+//!   (`posix_spawn`, `vfork`, a self-`execve`) closes an in-process number
+//!   whatever it says.
 //! - A number found closed behind the shim's back lets go of its socket
 //!   (closing the flow) only at the next `close` of an in-process
 //!   number, `connect`, `listen`, `accept`, `poll` or the exit: the

@@ -129,10 +129,15 @@ fn poll_once(
             roles.push(Role::Direct(i));
             continue;
         };
-        if socket.inherited() {
-            // A stream: reset, every call fails at once. A listener: it
-            // stopped listening here, and is never ready (Linux would say
-            // POLLHUP of a closed listener: an accept loop would spin).
+        if socket.in_transit() {
+            return Err(HANDED_OVER);
+        }
+        if socket.inherited() || socket.leaving() {
+            // A stream: reset, every call fails at once (a forked child's
+            // copy, or a number that did not take sald's file when its
+            // socket left the engine). A listener: it stopped listening
+            // here, and is never ready (Linux would say POLLHUP of a
+            // closed listener: an accept loop would spin).
             if !socket.listens() {
                 known[i] = (p.events & (IN | OUT)) | libc::POLLERR | libc::POLLHUP;
             }
@@ -202,7 +207,7 @@ fn poll_once(
                 Role::Engine => engine_ready = true,
             }
         }
-        if held.iter().any(|(_, socket)| socket.handover_started()) {
+        if held.iter().any(|(_, socket)| socket.in_transit()) {
             return Err(HANDED_OVER);
         }
         // (A listener has none.)

@@ -264,7 +264,7 @@ impl Socket {
         listener.stop();
         // SAFETY: no pointers; the relay's descriptor, which its
         // connection keeps owning (and closes when dropped).
-        unsafe { libc::shutdown(relay.as_fd().as_raw_fd(), libc::SHUT_RDWR) };
+        unsafe { crate::real::shutdown(relay.as_fd().as_raw_fd(), libc::SHUT_RDWR) };
         Some((*prefix, *backlog))
     }
 
@@ -281,17 +281,29 @@ impl Socket {
         true
     }
 
-    /// The exported flow went to sald and the program's numbers are its
-    /// socketpair end (`handed`: the calls on them take the plain path
-    /// from now on), or sald refused it (the stream reads as reset).
-    pub(crate) fn handover_done(&self, handed: bool) {
-        let state = if handed { HANDED } else { KEPT };
+    /// The socket left the engine (`left`: its numbers are the daemon
+    /// path's, and calls on them take the plain path from now on; after a
+    /// `connect` to `AF_UNSPEC` if `disconnected`), or stays (a stream
+    /// not exported, or whose flow sald refused: it reads as reset then).
+    pub(crate) fn handover_done(&self, left: bool, disconnected: bool) {
+        let state = match (left, disconnected) {
+            (false, _) => KEPT,
+            (true, false) => HANDED,
+            (true, true) => DISCONNECTED,
+        };
         self.handover.store(state, Ordering::SeqCst);
     }
 
-    /// Whether the stream's flow is on its way to sald, or went (a
-    /// `poll` then starts again: see `handover`).
-    pub(crate) fn handover_started(&self) -> bool {
+    /// Whether the socket is on its way out of the engine now (a `poll`
+    /// then waits for it and starts again).
+    pub(crate) fn in_transit(&self) -> bool {
+        self.handover.load(Ordering::SeqCst) == HANDING
+    }
+
+    /// Whether the socket left the engine, or is leaving it: a number of
+    /// it still in the registry then is one that did not take the new
+    /// file (it reads as reset).
+    pub(crate) fn leaving(&self) -> bool {
         self.handover.load(Ordering::SeqCst) != KEPT
     }
 
@@ -312,12 +324,6 @@ impl Socket {
             DISCONNECTED => Moved::Disconnected,
             _ => Moved::Not,
         }
-    }
-
-    /// The stream was reset for a `connect` to `AF_UNSPEC` and its
-    /// numbers are an unconnected daemon-path socket now.
-    pub(crate) fn set_disconnected(&self) {
-        self.handover.store(DISCONNECTED, Ordering::SeqCst);
     }
 
     /// Whether a non-blocking `connect` returned `EINPROGRESS` and no
@@ -566,6 +572,15 @@ impl Socket {
     /// call reports it first; 0 while the connect is in flight or the
     /// flow goes on.
     fn so_error(&self) -> c_int {
+        if self.in_transit() {
+            // On its way out of the engine, where an exported flow reads
+            // as reset: the outcome decides.
+            super::handover::wait();
+        }
+        if self.handover.load(Ordering::SeqCst) == HANDED {
+            // sald has the flow, healthy: this is a stale look-up.
+            return 0;
+        }
         let stream = match self.object() {
             Ok(Object::Stream(stream)) => stream,
             Ok(Object::Listener { .. }) => return 0,

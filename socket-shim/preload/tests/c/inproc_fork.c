@@ -7,12 +7,16 @@
  *     own works (a fresh engine);
  *   - the waiting read and poll go on across the hand-over: each gets the
  *     echo of what the child sent, no error, no spurious event;
- *   - close-on-exec stays as the program set it (F_GETFD), set on the
- *     first stream, clear on the second and on a dup of it;
+ *   - close-on-exec stays as the program set it (F_GETFD, F_SETFD, FIOCLEX,
+ *     FIONCLEX), set on the first stream, clear on the second and on a
+ *     dup of it;
+ *   - a third stream's epoll registration follows it: a thread waiting in
+ *     epoll_wait across the fork gets its input, once, with the program's
+ *     data and no error, and EPOLL_CTL_DEL then finds one registration;
  *   - the parent goes on with both: select for writability, then
  *     readability, then an echo, then end of file after its shutdown.
  *
- *   inproc_fork SID     (a stream-server for SID serving 3 must be listening)
+ *   inproc_fork SID     (a stream-server for SID serving 4 must be listening)
  *
  * Exits 0 when everything behaved.
  */
@@ -25,6 +29,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/ioctl.h>
 #include <sys/select.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -52,6 +58,19 @@ struct waiter {
     int err;
     char got[4];
 };
+
+struct epoll_waiter {
+    int ep;
+    int n;
+    struct epoll_event events[4];
+};
+
+/* Waits in epoll_wait on w->ep (20 s at most). */
+static void *epoll_thread(void *arg) {
+    struct epoll_waiter *w = arg;
+    w->n = epoll_wait(w->ep, w->events, 4, 20000);
+    return NULL;
+}
 
 /* Waits for 4 bytes on w->fd: in read, or in poll first. */
 static void *wait_thread(void *arg) {
@@ -120,10 +139,19 @@ int main(int argc, char **argv) {
         return 2;
     }
     struct sockaddr_sv sa = sv_addr(argv[1]);
-    int a = connect_to(&sa), b = connect_to(&sa);
+    int a = connect_to(&sa), b = connect_to(&sa), e = connect_to(&sa);
     CHECK(fcntl(a, F_SETFD, FD_CLOEXEC) == 0, "F_SETFD");
     CHECK(fcntl(a, F_GETFD) == FD_CLOEXEC, "close-on-exec set");
     CHECK(fcntl(b, F_GETFD) == 0, "close-on-exec clear");
+    CHECK(ioctl(b, FIOCLEX) == 0 && fcntl(b, F_GETFD) == FD_CLOEXEC, "FIOCLEX");
+    CHECK(ioctl(b, FIONCLEX) == 0 && fcntl(b, F_GETFD) == 0, "FIONCLEX");
+    /* A third stream in an epoll set, with a thread waiting on the set. */
+    int ep = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 42};
+    CHECK(ep >= 0 && epoll_ctl(ep, EPOLL_CTL_ADD, e, &ev) == 0, "epoll_ctl");
+    struct epoll_waiter we = {.ep = ep};
+    pthread_t te;
+    pthread_create(&te, NULL, epoll_thread, &we);
     int early = dup(b); /* a second number of the stream, handed over with it */
     CHECK(early >= 0 && fcntl(early, F_GETFD) == 0, "an in-process dup is not close-on-exec");
 
@@ -136,7 +164,8 @@ int main(int argc, char **argv) {
     pid_t pid = fork();
     if (pid < 0) { perror("fork"); return 2; }
     if (pid == 0) {
-        int bad = send(a, "ping", 4, MSG_NOSIGNAL) != 4 || send(b, "pong", 4, MSG_NOSIGNAL) != 4;
+        int bad = send(a, "ping", 4, MSG_NOSIGNAL) != 4 || send(b, "pong", 4, MSG_NOSIGNAL) != 4 ||
+                  send(e, "epol", 4, MSG_NOSIGNAL) != 4;
         if (bad) perror("child: send");
         /* A socket of its own works in the child: made fresh. */
         int mine = socket(AF_SERVAL, SOCK_STREAM, 0);
@@ -153,6 +182,16 @@ int main(int argc, char **argv) {
           "the child sends on both streams");
     pthread_join(ta, NULL);
     pthread_join(tb, NULL);
+    pthread_join(te, NULL);
+    CHECK(we.n == 1 && we.events[0].data.u64 == 42 && we.events[0].events == EPOLLIN,
+          "an epoll_wait waiting across the fork reports the stream's input alone");
+    if (we.n != 1) fprintf(stderr, "epoll_wait: %d events\n", we.n);
+    char four[4];
+    CHECK(read(e, four, 4) == 4 && memcmp(four, "epol", 4) == 0, "the epoll stream's echo");
+    /* The registration is the program's still: once more, with nothing. */
+    CHECK(epoll_wait(ep, we.events, 4, 100) == 0, "nothing more on the set");
+    CHECK(epoll_ctl(ep, EPOLL_CTL_DEL, e, NULL) == 0, "one registration to delete");
+    close(ep);
     CHECK(wa.n == 4 && memcmp(wa.got, "ping", 4) == 0, "a read waiting across the fork gets its echo");
     if (wa.n != 4) fprintf(stderr, "read: %zd, errno %d\n", wa.n, wa.err);
     CHECK(wb.revents == POLLIN, "a poll waiting across the fork reports input alone");
@@ -172,6 +211,7 @@ int main(int argc, char **argv) {
 
     echo_after_select(a, "still mine");
     echo_after_select(b, "mine too");
+    echo_after_select(e, "and this");
     if (failures) return 1;
     printf("ok\n");
     return 0;
