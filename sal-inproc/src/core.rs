@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
-use sal::proto::{ConnectError, Event, FlowExport, Host, HostError, LocalInterface};
+use sal::proto::{ConnectError, Event, FlowExport, Host, HostError, LocalInterface, NotExportable};
 use sal::table::{ListenerId, Target};
 use sal::{FlowId, Locator, ServicePrefix};
 
@@ -642,7 +642,7 @@ impl Core {
     /// Takes an established stream's flow out of the host for another
     /// host to go on with ([`sal::proto::Host::export_flow`]: the host
     /// forgets it without a word to the peer), if its buffers hold `most`
-    /// bytes at most. The stream stays, with no
+    /// bytes at most and the application did not shut its reading down. The stream stays, with no
     /// flow: it reads as reset from then on.
     pub(crate) fn export_stream(
         &mut self,
@@ -650,6 +650,10 @@ impl Core {
         id: FlowId,
         most: usize,
     ) -> Result<FlowExport, Error> {
+        if self.streams.get(&key).is_some_and(|entry| entry.read_shut) {
+            // Shut for reading here, which the export does not carry.
+            return Err(NotExportable::Closing.into());
+        }
         let export = self.host.export_flow_within(id, most)?;
         self.by_flow.remove(&id);
         if let Some(entry) = self.streams.get_mut(&key) {

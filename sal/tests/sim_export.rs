@@ -11,7 +11,7 @@ use std::rc::Rc;
 use proptest::prelude::*;
 use sal::proto::{
     import_memory, Event, FlowExport, FlowState, Host, HostConfig, HostError, ImportError,
-    LocalInterface, NotExportable, Role, FLOW_EXPORT_VERSION,
+    LocalInterface, NotExportable, Role, FLOW_EXPORT_OLDEST, FLOW_EXPORT_VERSION,
 };
 use sal::table::ListenerId;
 use sal::wire::{ControlFlags, ControlRepr, SalRepr, TransportProtocol};
@@ -282,7 +282,20 @@ fn a_flow_the_peer_finished_moves_and_ends_cleanly() {
         }
     };
     assert!(export.socket.peer_finished);
+    assert_eq!(
+        export.version, FLOW_EXPORT_VERSION,
+        "a form an older importer refuses"
+    );
     assert_eq!(export.socket.recv_buffer, peer.data, "all of it unread");
+    let mut old = export.clone();
+    old.version = FLOW_EXPORT_OLDEST;
+    assert_eq!(
+        import_into(&mut l.net, l.b, old),
+        Err(HostError::BadImport(ImportError::Version(
+            FLOW_EXPORT_OLDEST
+        ))),
+        "a version 2 form that says the peer finished"
+    );
     import_into(&mut l.net, l.b, export).expect("imports");
     mover.host = l.b;
     finish_within_a_minute(&mut l.net, &mut mover, &mut peer);
@@ -787,7 +800,8 @@ proptest! {
         let limits = l.net.host(l.b).config().stream;
         let too_big = export.socket.send_buffer.len() > limits.max_send_buffer
             || export.socket.recv_buffer.len() > limits.max_recv_buffer;
-        let wrong_version = export.version != FLOW_EXPORT_VERSION;
+        let wrong_version = !(FLOW_EXPORT_OLDEST..=FLOW_EXPORT_VERSION).contains(&export.version)
+            || (export.socket.peer_finished && export.version < FLOW_EXPORT_VERSION);
         let flow = export.flow;
         let now = l.net.now();
         l.net.host(l.b).advance_clock(now);

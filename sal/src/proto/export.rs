@@ -48,10 +48,17 @@ use crate::id::{FlowId, ServiceId};
 use crate::locator::Locator;
 use crate::wire::{ControlFlags, TransportProtocol, MAX_ADDRESS_ADDRS};
 
-/// The version of [`FlowExport`]'s form this build writes, and the only one
-/// it reads.
-/// Version 2 added [`FlowExport::local`].
-pub const FLOW_EXPORT_VERSION: u32 = 2;
+/// The newest version of [`FlowExport`]'s form, which this build writes for
+/// a flow whose peer finished; it reads this one and
+/// [`FLOW_EXPORT_OLDEST`].
+/// Version 2 added [`FlowExport::local`]; version 3, a flow whose peer
+/// finished (`SocketExport::peer_finished`), which a reader of version 2
+/// would take for one open both ways, its end of stream never read.
+pub const FLOW_EXPORT_VERSION: u32 = 3;
+
+/// The oldest version of the form this build reads, and the one it writes
+/// for a flow open both ways (so that an older importer takes it).
+pub const FLOW_EXPORT_OLDEST: u32 = 2;
 
 /// An established stream flow's whole state, taken out of one host by
 /// [`Host::export_flow`] to be taken up by another with
@@ -59,7 +66,9 @@ pub const FLOW_EXPORT_VERSION: u32 = 2;
 /// a socket between processes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FlowExport {
-    /// The form's version ([`FLOW_EXPORT_VERSION`]); any other is refused.
+    /// The form's version ([`FLOW_EXPORT_OLDEST`] to
+    /// [`FLOW_EXPORT_VERSION`]); any other is refused, and so is a
+    /// version 2 form that says the peer finished.
     pub version: u32,
     /// This end's flow ID, which the peer's packets carry as destination.
     pub flow: FlowId,
@@ -129,7 +138,7 @@ pub enum NotExportable {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ImportError {
     /// A version of the form this build does not read.
-    #[error("unknown flow export version {0} (this build reads {FLOW_EXPORT_VERSION})")]
+    #[error("unknown flow export version {0} (this build reads {FLOW_EXPORT_OLDEST} to {FLOW_EXPORT_VERSION})")]
     Version(u32),
     /// The TCP state does not hold together or does not fit this host.
     #[error(transparent)]
@@ -360,7 +369,10 @@ impl Host {
         interface: &str,
         group: u32,
     ) -> Result<FlowId, HostError> {
-        if export.version != FLOW_EXPORT_VERSION {
+        let readable = FLOW_EXPORT_OLDEST..=FLOW_EXPORT_VERSION;
+        if !readable.contains(&export.version)
+            || (export.socket.peer_finished && export.version < FLOW_EXPORT_VERSION)
+        {
             return Err(ImportError::Version(export.version).into());
         }
         let local = self.up_interface_locator(interface)?;
@@ -526,8 +538,9 @@ fn flow_export(flow: &Flow, now: Instant) -> Result<FlowExport, NotExportable> {
     })?;
     // The peer finished: its TCP FIN and its SAL FIN both in, the latter
     // acknowledged. One without the other, or an acknowledgement still
-    // owed, is an exchange under way (the two come within a round trip).
-    if socket.peer_finished != teardown.peer_fin || teardown.fin_ack_owed {
+    // owed (or waiting to ride the socket's next segment), is an exchange
+    // under way (the two come within a round trip).
+    if socket.peer_finished != teardown.peer_fin || teardown.fin_ack_owed || stream.riders.fin_ack {
         return Err(NotExportable::Busy);
     }
     // A message of ours in flight (a move, a probe, the answer to the
@@ -547,7 +560,10 @@ fn flow_export(flow: &Flow, now: Instant) -> Result<FlowExport, NotExportable> {
     }
     let next_verno = pending.front().map_or(flow.control.next_verno, |p| p.verno);
     Ok(FlowExport {
-        version: FLOW_EXPORT_VERSION,
+        version: match socket.peer_finished {
+            true => FLOW_EXPORT_VERSION,
+            false => FLOW_EXPORT_OLDEST,
+        },
         flow: flow.id,
         peer_flow,
         service: flow.service,

@@ -85,7 +85,9 @@ pub use config::{default_stream_config, HostConfig, SynCookies};
 pub use datagram::{DatagramPeer, ReceivedDatagram, MAX_DATAGRAM};
 pub use error::{ConnectError, HostError};
 pub use event::Event;
-pub use export::{import_memory, FlowExport, ImportError, NotExportable, FLOW_EXPORT_VERSION};
+pub use export::{
+    import_memory, FlowExport, ImportError, NotExportable, FLOW_EXPORT_OLDEST, FLOW_EXPORT_VERSION,
+};
 pub use info::{FlowCounters, FlowInfo, FlowState, HostStats, Role};
 pub use interface::LocalInterface;
 pub use output::{Transmit, TransmitKind};

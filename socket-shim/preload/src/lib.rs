@@ -258,7 +258,7 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
     guard(-1, || {
         // SAFETY: the caller's address is valid for `len` bytes.
         let bytes = unsafe { addr_bytes(addr, len) };
-        if inproc::is(fd) {
+        if inproc::is_settled(fd) {
             // As Linux, the address is checked before the socket's state.
             let given = ops::address_given(bytes, len)?;
             // `AF_UNSPEC` disconnects: a stream is reset and left an
@@ -279,7 +279,7 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
 /// As `bind(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
-    if inproc::is(fd) {
+    if inproc::is_settled(fd) {
         // Bound already (a listener) or connected: as TCP's.
         return guard(-1, || Err(libc::EINVAL));
     }
@@ -295,7 +295,7 @@ pub unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) 
 /// As `listen(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
-    if inproc::is(fd) {
+    if inproc::is_settled(fd) {
         return guard(-1, || inproc::calls::listen(fd));
     }
     // SAFETY: forwarding the caller's arguments unchanged.
@@ -395,7 +395,7 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
 }
 
 unsafe fn name_common(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t, peer: bool) -> c_int {
-    let ours = || match inproc::is(fd) {
+    let ours = || match inproc::is_settled(fd) {
         true => Some(inproc::calls::name(fd, peer)),
         false => ops::name(fd, peer),
     };
@@ -451,7 +451,7 @@ pub unsafe extern "C" fn getsockopt(
     guard(-1, || {
         // SAFETY: forwarding the caller's arguments unchanged.
         let pass = || unsafe { real::getsockopt(fd, level, name, value, len) };
-        if inproc::is(fd) {
+        if inproc::is_settled(fd) {
             let bytes = inproc::calls::getsockopt(fd, level, name)?;
             // SAFETY: the caller's buffers, as for getsockopt(2).
             return unsafe { write_option(&bytes, value, len) };
@@ -508,7 +508,7 @@ pub unsafe extern "C" fn setsockopt(
     guard(-1, || {
         // SAFETY: forwarding the caller's arguments unchanged.
         let pass = || unsafe { real::setsockopt(fd, level, name, value, len) };
-        if inproc::is(fd) {
+        if inproc::is_settled(fd) {
             if value.is_null() && len > 0 {
                 return Err(libc::EFAULT);
             }
@@ -1209,7 +1209,7 @@ fn reset_read(fd: c_int) -> ssize_t {
 /// As `shutdown(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn shutdown(fd: c_int, how: c_int) -> c_int {
-    if inproc::is(fd) {
+    if inproc::is_settled(fd) {
         return guard(-1, || inproc::calls::shutdown(fd, how));
     }
     // Only connected flows (tracked, their data calls not intercepted)
@@ -1326,7 +1326,7 @@ pub unsafe extern "C" fn epoll_ctl(
     fd: c_int,
     event: *mut epoll_event,
 ) -> c_int {
-    if inproc::is(fd) {
+    if inproc::is_settled(fd) {
         // SAFETY: `event` is null or points to a valid epoll_event.
         let copy = unsafe { event.as_ref().copied() };
         return guard(-1, || inproc::epoll::ctl(epfd, op, fd, copy));
@@ -1418,7 +1418,9 @@ pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
 fn to_kernel_socket(fds: &[c_int]) {
     for &fd in fds {
         if inproc::enabled() && inproc::is(fd) {
+            let errno = ops::last_errno();
             let _ = catch_unwind(|| inproc::hand_over(fd));
+            set_errno(errno);
         }
     }
 }
@@ -1497,13 +1499,13 @@ pub unsafe extern "C" fn splice(
 pub unsafe extern "C" fn ioctl(fd: c_int, request: libc::c_ulong, arg: libc::c_ulong) -> c_int {
     let cloexec_request =
         request == libc::FIOCLEX as libc::c_ulong || request == libc::FIONCLEX as libc::c_ulong;
-    if cloexec_request && inproc::is(fd) {
+    if cloexec_request && inproc::is_settled(fd) {
         let on = request == libc::FIOCLEX as libc::c_ulong;
         if catch_unwind(|| inproc::calls::set_cloexec(fd, on)).unwrap_or(false) {
             return 0;
         }
     }
-    if request == libc::FIONBIO as libc::c_ulong && inproc::is(fd) {
+    if request == libc::FIONBIO as libc::c_ulong && inproc::is_settled(fd) {
         return guard(-1, || {
             let on = arg as *const c_int;
             // SAFETY: FIONBIO's argument is a pointer to an int.
@@ -1569,7 +1571,7 @@ fn fcntl_done(fd: c_int, cmd: c_int, result: c_int) -> c_int {
 /// any other call, libc's.
 fn inproc_fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> Option<c_int> {
     let cmds = [libc::F_GETFL, libc::F_SETFL, libc::F_GETFD, libc::F_SETFD];
-    if !cmds.contains(&cmd) || !inproc::is(fd) {
+    if !cmds.contains(&cmd) || !inproc::is_settled(fd) {
         return None;
     }
     match cmd {

@@ -301,7 +301,8 @@ fn a_listener_at_emfile_and_shared_with_a_forked_child() {
 /// `shutdown` wakes whoever waits, as Linux's: `SHUT_RD` of a stream
 /// gives the bytes already queued, then end of file, also to a thread
 /// blocked in `read`; a listener's wakes a thread blocked in `accept`
-/// with `EINVAL`, and later accepts fail at once.
+/// with `EINVAL`, and later accepts fail at once, also after a `fork`
+/// and in the child (the hand-over leaves a stopped listener alone).
 #[test]
 fn shutdown_wakes_blocked_readers_and_accepters() {
     let sald = Sald::start_relaying();

@@ -70,6 +70,7 @@ use socket_shim::ControlClient;
 use super::{epoll, registry, Socket};
 use crate::ops;
 use crate::table::{self, Domain, Entry, Kind, ListenerControl, State};
+use socket_shim::reset::ResetWatch;
 
 /// How long a flow whose control exchange is in progress (its
 /// handshake's last ACK unconfirmed, a move unanswered) is waited for
@@ -134,17 +135,17 @@ pub(crate) fn socket_at(fd: RawFd) -> bool {
 /// on the stream fails with `EPIPE`. Whether the number is the daemon
 /// path's now (the caller then makes the `connect` there).
 pub(crate) fn disconnect_at(fd: RawFd) -> bool {
-    let Some(socket) = registry::checked(fd) else {
-        return false;
-    };
-    if socket.inherited() {
-        return false;
-    }
-    if socket.listens() {
-        drop(socket);
+    let listens = registry::checked(fd).is_some_and(|socket| socket.listens());
+    if listens {
         return socket_at(fd);
     }
     let _under_way = UNDER_WAY.lock().unwrap_or_else(PoisonError::into_inner);
+    let Some(socket) = registry::checked(fd) else {
+        return false;
+    };
+    if socket.inherited() || socket.listens() {
+        return false;
+    }
     let Ok((placeholder, peer_end)) = ops::placeholder(socket.nonblock(), true) else {
         return false;
     };
@@ -227,18 +228,24 @@ fn hand_over_all(sockets: Vec<(Arc<Socket>, registry::Numbers)>) {
         if broken {
             break;
         }
-        let numbers = unwatch(&numbers);
-        let taken = match socket.listens() {
-            true => listener_taken(&socket),
-            false => stream_taken(&runtime, &mut control, &socket, &mut broken),
-        };
-        let Some(taken) = taken else {
-            rewatch(numbers);
-            socket.handover_done(false, false);
+        if socket.stopped() {
+            // A listener the program shut down stays so, in the engine.
             continue;
-        };
-        let installed = install(&socket, numbers, &taken);
-        socket.handover_done(installed, false);
+        }
+        let moved = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let numbers = unwatch(&numbers);
+            let taken = match socket.listens() {
+                true => listener_taken(&socket),
+                false => stream_taken(&runtime, &mut control, &socket, &mut broken),
+            };
+            let Some(taken) = taken else {
+                rewatch(numbers);
+                return false;
+            };
+            install(&socket, numbers, &taken)
+        }));
+        // A panic on the way leaves the socket in the engine, not waited for.
+        socket.handover_done(moved.unwrap_or(false), false);
     }
 }
 
@@ -370,27 +377,36 @@ fn install(socket: &Arc<Socket>, numbers: Vec<Number>, taken: &Taken) -> bool {
     let mut installed = Vec::new();
     let mut failed = Vec::new();
     let mut gone = Vec::new();
+    let mut let_go = Vec::new();
+    let reset = Arc::new(ResetWatch::default());
     let mut numbers = numbers;
     // Three rounds at most: each takes the copies made during the last.
     for _ in 0..3 {
         for number in numbers {
-            let ours = registry::checked(number.fd).is_some_and(|s| Arc::ptr_eq(&s, socket));
-            if !ours {
-                // Closed meanwhile: its registrations went with it.
-                gone.push(number.fd);
-                continue;
-            }
             let flags = if number.cloexec { libc::O_CLOEXEC } else { 0 };
-            // SAFETY: no pointers; `number.fd` is the program's number for
-            // this socket (checked just above), which `end` replaces.
-            if unsafe { crate::real::dup3(end.as_raw_fd(), number.fd, flags) } < 0 {
-                failed.push(number);
+            let mut dup_failed = false;
+            let swap = || {
+                // SAFETY: no pointers; `number.fd` is the program's number
+                // for this socket (`registry::replace` checks that under
+                // its lock), which `end` replaces.
+                let dup = unsafe { crate::real::dup3(end.as_raw_fd(), number.fd, flags) };
+                dup_failed = dup < 0;
+                !dup_failed
+            };
+            if !registry::replace(number.fd, socket, swap, &mut let_go) {
+                match dup_failed {
+                    true => failed.push(number),
+                    // Closed meanwhile: its registrations went with it.
+                    false => gone.push(number.fd),
+                }
                 continue;
             }
             let mut entry = Entry::new(Kind::Stream, domain, number.fd, State::Failed);
             entry.local = socket.name(false).ok();
             entry.options = socket.socket_options();
             entry.epoll = number.epoll;
+            // Shared by the numbers, as `dup` copies share it.
+            entry.reset = Arc::clone(&reset);
             taken.set(&mut entry, socket, &untold);
             ops::re_epoll(&entry, number.fd);
             let mut table = table::lock();
@@ -411,10 +427,6 @@ fn install(socket: &Arc<Socket>, numbers: Vec<Number>, taken: &Taken) -> bool {
         }
         numbers = unwatch(&late);
     }
-    let let_go: Vec<_> = installed
-        .iter()
-        .filter_map(|&fd| registry::remove(fd))
-        .collect();
     drop(let_go);
     rewatch(failed);
     !installed.is_empty()

@@ -202,6 +202,23 @@ pub(crate) fn on_load() {
     ENABLED.store(on, Ordering::Relaxed);
 }
 
+/// [`is`] for a call other than a read, a write, `accept` or `poll`
+/// (which, should their socket leave the engine under them, are made
+/// again on the plain path: [`handover`]): waits first for a hand-over of
+/// the number's socket under way, so that the call reaches the socket
+/// where it is once that is over, not the engine's copy on its way out.
+/// Costs a look-up more than [`is`] for an in-process number, nothing for
+/// others.
+pub(crate) fn is_settled(fd: std::os::fd::RawFd) -> bool {
+    if !registry::is(fd) {
+        return false;
+    }
+    if registry::get(fd).is_some_and(|socket| socket.in_transit()) {
+        handover::wait();
+    }
+    registry::live(fd)
+}
+
 /// Whether the in-process mode is on for this process.
 pub(crate) fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)

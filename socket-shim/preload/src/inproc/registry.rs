@@ -369,6 +369,34 @@ pub(crate) fn numbers_of(socket: &Arc<Socket>) -> Numbers {
         .collect()
 }
 
+/// Replaces the number `fd` of `socket` with another file (`swap`, a
+/// `dup3` onto it that says whether it worked) under the registry's
+/// lock, so that no `close` or copy of the number comes between the check
+/// that it is still the socket's (its entry, and the kernel's word that
+/// it is still a copy of the socket's eventfd) and the swap; the number
+/// then leaves the registry. Whether it was swapped. What it meant is
+/// returned through `let_go`, to be dropped once the lock is released.
+pub(crate) fn replace(
+    fd: RawFd,
+    socket: &Arc<Socket>,
+    swap: impl FnOnce() -> bool,
+    let_go: &mut Vec<Arc<Socket>>,
+) -> bool {
+    let Some((word, mask)) = bit(fd) else {
+        return false;
+    };
+    let mut registry = lock();
+    let ours = registry.map.get(&fd).is_some_and(|entry| {
+        Arc::ptr_eq(&entry.socket, socket) && same_file(fd, entry.target, entry.ident)
+    });
+    if !ours || !swap() {
+        return false;
+    }
+    NUMBERS[word].fetch_and(!mask, Ordering::AcqRel);
+    let_go.extend(registry.map.remove(&fd).map(|entry| entry.socket));
+    true
+}
+
 /// Every socket, taken out (the numbers stay open, in-process no more),
 /// those kept aside included: for the process's exit, which closes them
 /// all.

@@ -69,6 +69,9 @@ pub(crate) struct Socket {
     /// over): a forked child's copy is not connected (`ENOTCONN`) rather
     /// than reset.
     connecting_at_fork: AtomicBool,
+    /// The listener was shut down (`shutdown`): stopped for good, it is
+    /// not handed over to sald, which would listen again.
+    stopped: AtomicBool,
 }
 
 /// The stream is the engine's ([`Socket::handover`]).
@@ -140,6 +143,7 @@ impl Socket {
             relay_closed: AtomicBool::new(false),
             handover: AtomicU8::new(KEPT),
             connecting_at_fork: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
         }
     }
 
@@ -292,6 +296,11 @@ impl Socket {
             (true, true) => DISCONNECTED,
         };
         self.handover.store(state, Ordering::SeqCst);
+    }
+
+    /// Whether the socket is a listener the program shut down.
+    pub(crate) fn stopped(&self) -> bool {
+        self.stopped.load(Ordering::Relaxed)
     }
 
     /// Whether the socket is on its way out of the engine now (a `poll`
@@ -515,6 +524,7 @@ impl Socket {
             // As Linux's: the listener stops (its queue reset), and every
             // accept, those blocked now included, fails with `EINVAL`.
             Object::Listener { listener, .. } => {
+                self.stopped.store(true, Ordering::Relaxed);
                 listener.stop();
                 return Ok(());
             }

@@ -36,7 +36,8 @@
  * 4. (shutdown) shutdown(SHUT_RD) of a stream, from another thread,
  *    wakes a thread blocked in read with end of file, after the bytes
  *    already queued; shutdown of a listener wakes a thread blocked in
- *    accept with EINVAL, and later accepts fail at once.
+ *    accept with EINVAL, and later accepts fail at once, in a forked
+ *    child too and after the fork.
  * 5. (stdio) fdopen and sendfile hand an in-process stream to sald
  *    first: stdio's lines and a file's bytes echo intact.
  *
@@ -407,6 +408,17 @@ static int shut(const struct sockaddr_sv *sa) {
     }
     if (accept(l, NULL, NULL) != -1 || errno != EINVAL) {
         fprintf(stderr, "accept after shutdown: errno %d, not EINVAL\n", errno);
+        return 1;
+    }
+    /* A fork does not bring it back (the hand-over to sald leaves a
+     * stopped listener alone): accept still fails, in both processes. */
+    pid_t pid = fork();
+    if (pid < 0) { perror("fork"); return 1; }
+    if (pid == 0) _exit(accept(l, NULL, NULL) == -1 && errno == EINVAL ? 0 : 1);
+    int status = -1;
+    if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0 ||
+        accept(l, NULL, NULL) != -1 || errno != EINVAL) {
+        fprintf(stderr, "a stopped listener listens again after fork (status %#x)\n", status);
         return 1;
     }
     alarm(0);
