@@ -39,6 +39,9 @@ pub(crate) enum Opening {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Key(u64);
 
+/// The name of the host's one interface.
+const INTERFACE: &str = "udp";
+
 /// The engine's state of one flow the application holds.
 #[derive(Debug)]
 pub(crate) struct FlowEntry {
@@ -132,7 +135,7 @@ impl Core {
         let clock = Clock::new();
         let mut host = Host::new(config.host_config(), clock.now());
         host.add_interface(LocalInterface {
-            name: "udp".into(),
+            name: INTERFACE.into(),
             locator: local,
             prefix_len: 24,
             up: true,
@@ -663,6 +666,27 @@ impl Core {
         Ok(export)
     }
 
+    /// Takes back a flow [`Core::export_stream`] exported from the stream
+    /// at `key`, which nobody else took (sald refused it): the host
+    /// imports it again and tells the peer with an RSYN, and the stream
+    /// has its flow again.
+    pub(crate) fn restore_stream(&mut self, key: Key, export: FlowExport) -> Result<(), Error> {
+        if self
+            .streams
+            .get(&key)
+            .is_none_or(|entry| entry.flow.is_some())
+        {
+            return Err(Error::NotConnected);
+        }
+        let id = self.host.import_flow(export, INTERFACE)?;
+        self.by_flow.insert(id, key);
+        if let Some(entry) = self.streams.get_mut(&key) {
+            entry.flow = Some(id);
+        }
+        self.refresh(key);
+        Ok(())
+    }
+
     /// The application is done with a flow: the host closes it (and
     /// forgets it once the teardown is over); the engine forgets it now.
     pub(crate) fn close_stream(&mut self, key: Key) {
@@ -679,6 +703,12 @@ impl Core {
         };
         self.by_flow.remove(&id);
         let _ = self.host.close(id);
+    }
+
+    /// Whether the application stopped the listener (`shutdown`); an
+    /// unknown one counts as stopped.
+    pub(crate) fn listener_stopped(&self, id: ListenerId) -> bool {
+        self.listeners.get(&id).is_none_or(|entry| entry.stopped)
     }
 
     /// Binds a listener.

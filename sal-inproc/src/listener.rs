@@ -46,6 +46,21 @@ impl Listener {
         }
     }
 
+    /// Changes how many flows the listener may hold half-open or waiting
+    /// to be accepted, as a second `listen(2)` does: flows it holds beyond
+    /// a smaller backlog stay, new ones wait for room. A stopped listener
+    /// stays stopped ([`Error::NotListening`]).
+    pub fn set_backlog(&self, backlog: usize) -> Result<(), Error> {
+        let id = self.id;
+        self.runtime.call(Mode::NonBlocking, None, |core| {
+            if core.listener_stopped(id) {
+                return Err(Error::NotListening);
+            }
+            core.host.set_backlog(id, backlog)?;
+            Ok(())
+        })
+    }
+
     /// Takes the next established flow, waiting as `mode` allows.
     pub fn accept(&self, mode: Mode) -> Result<Stream, Error> {
         let id = self.id;

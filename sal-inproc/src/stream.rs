@@ -358,6 +358,19 @@ impl Stream {
         }
     }
 
+    /// Takes back the flow [`Stream::export`] took out, when nobody else
+    /// took it (sald refused it): the host imports it again and tells the
+    /// peer with an RSYN, as a move, and the stream goes on as before.
+    pub fn restore(&self, export: FlowExport) -> Result<(), Error> {
+        let key = self.key;
+        let mut export = Some(export);
+        self.runtime
+            .call(Mode::NonBlocking, None, |core| match export.take() {
+                Some(export) => core.restore_stream(key, export),
+                None => Err(Error::NotConnected),
+            })
+    }
+
     /// Resets the flow (RST to the peer, as TCP's `tcp_disconnect` for a
     /// `connect` to `AF_UNSPEC`), whether it is open, opening or closing;
     /// the stream reads as reset from then on. Nothing for a flow the

@@ -1358,6 +1358,22 @@ fn an_exported_stream_carries_its_unread_bytes_and_leaves_the_peer_alone() {
     assert!(export.is_ok(), "hurried: {export:?}");
     assert_eq!(accepted.ends(), Ends::default(), "the peer heard nothing");
 
+    // An export nobody took comes back: the stream goes on, both ways.
+    let (_client, stream, accepted) = connected(&server, &listener, |_| {});
+    assert_eq!(accepted.write(b"before", Mode::Blocking).unwrap(), 6);
+    assert!(ready(stream.readable_fd(), 2000));
+    let export = stream
+        .export(usize::MAX, Duration::from_secs(2))
+        .expect("export");
+    stream.restore(export).expect("restored");
+    let mut buf = [0; 16];
+    assert_eq!(stream.read(&mut buf, Mode::Blocking).unwrap(), 6);
+    assert_eq!(&buf[..6], b"before");
+    assert_eq!(stream.write(b"after", Mode::Blocking).unwrap(), 5);
+    assert_eq!(accepted.read(&mut buf, Mode::Blocking).unwrap(), 5);
+    assert_eq!(accepted.write(b"again", Mode::Blocking).unwrap(), 5);
+    assert_eq!(stream.read(&mut buf, Mode::Blocking).unwrap(), 5);
+
     // One the peer finished (CLOSE-WAIT) exports, saying so.
     let (_client, stream, accepted) = connected(&server, &listener, |_| {});
     accepted.shutdown_write().expect("FIN");

@@ -296,7 +296,7 @@ pub unsafe extern "C" fn bind(fd: c_int, addr: *const sockaddr, len: socklen_t) 
 #[no_mangle]
 pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
     if inproc::is_settled(fd) {
-        return guard(-1, || inproc::calls::listen(fd));
+        return guard(-1, || inproc::calls::listen(fd, backlog));
     }
     // SAFETY: forwarding the caller's arguments unchanged.
     guard(-1, || {

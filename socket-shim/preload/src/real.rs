@@ -83,15 +83,9 @@ pub(crate) unsafe fn fcntl64(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int
 /// As `ioctl(2)`: `arg` is what `request` expects.
 pub(crate) unsafe fn ioctl(fd: c_int, request: libc::c_ulong, arg: libc::c_ulong) -> c_int {
     static PTR: AtomicPtr<c_void> = AtomicPtr::new(null_mut());
-    let mut p = PTR.load(Ordering::Relaxed);
-    if p.is_null() {
-        p = lookup("ioctl\0");
-        if p.is_null() {
-            set_errno(libc::ENOSYS);
-            return -1;
-        }
-        PTR.store(p, Ordering::Relaxed);
-    }
+    let Some(p) = found(&PTR, "ioctl\0") else {
+        return -1;
+    };
     // SAFETY: `p` is libc's ioctl, declared variadic as in C; the caller
     // passes what `request` expects.
     unsafe {
@@ -131,21 +125,30 @@ unsafe fn variadic_fcntl(
     }
 }
 
+/// The next definition of `name` (NUL-terminated), found once and kept in
+/// `slot`; `None` (and `ENOSYS`) where there is none.
+fn found(slot: &AtomicPtr<c_void>, name: &'static str) -> Option<*mut c_void> {
+    let mut p = slot.load(Ordering::Relaxed);
+    if p.is_null() {
+        p = lookup(name);
+        if p.is_null() {
+            set_errno(libc::ENOSYS);
+            return None;
+        }
+        slot.store(p, Ordering::Relaxed);
+    }
+    Some(p)
+}
+
 /// libc's `fdopen`.
 ///
 /// # Safety
 /// As `fdopen(3)`: `mode` is a NUL-terminated string.
 pub(crate) unsafe fn fdopen(fd: c_int, mode: *const c_char) -> *mut libc::FILE {
     static PTR: AtomicPtr<c_void> = AtomicPtr::new(null_mut());
-    let mut p = PTR.load(Ordering::Relaxed);
-    if p.is_null() {
-        p = lookup("fdopen\0");
-        if p.is_null() {
-            set_errno(libc::ENOSYS);
-            return null_mut();
-        }
-        PTR.store(p, Ordering::Relaxed);
-    }
+    let Some(p) = found(&PTR, "fdopen\0") else {
+        return null_mut();
+    };
     // SAFETY: `p` is libc's fdopen, with this C prototype; the caller
     // upholds its contract.
     unsafe {

@@ -331,6 +331,34 @@ fn stdio_and_sendfile_hand_the_stream_to_sald() {
     assert_eq!(stats(&sald).host.flows_imported, 2, "sald adopted both");
 }
 
+/// A flow sald refuses to adopt at a `fork` (its unread bytes exceed the
+/// buffers sald's config allows) comes back to the engine
+/// (`Stream::restore`): the parent reads every byte and the flow goes on.
+#[test]
+fn a_flow_sald_refuses_at_fork_stays_in_process() {
+    let config = tempfile::NamedTempFile::new().expect("config");
+    std::fs::write(
+        config.path(),
+        "[tcp]\nmin_buffer = 4096\nmax_send_buffer = 8192\nmax_recv_buffer = 8192\n",
+    )
+    .expect("write config");
+    let path = config.path().to_str().expect("utf-8 path");
+    let udp = std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, support::free_udp_port());
+    let sald = Sald::start_with(udp, &["--relays", "--config", path]);
+    let mut cmd = sald.run(
+        &["--in-process"],
+        c_program(),
+        &["stream-server", "beef0b", "1"],
+    );
+    cmd.stdout(Stdio::piped());
+    let mut server = Proc::spawn("serval_test stream-server", &mut cmd);
+    server.wait_ready("ready");
+    let mut cmd = sald.run(&["--in-process"], fds_program(), &["beef0b", "refused"]);
+    Proc::spawn("inproc_fds refused", &mut cmd).success(T);
+    server.success(T);
+    assert_eq!(stats(&sald).host.flows_imported, 0, "sald adopted nothing");
+}
+
 /// `serval_test ARGS` in the in-process mode against `sald`; a server
 /// (`ready` awaited) if `serves`.
 fn in_process(sald: &Sald, args: &[&str], serves: bool) -> Proc {
@@ -444,4 +472,36 @@ fn forking_in_process() {
     // (no route): no deadlock, every outcome told (none lost to a
     // hand-over look), every child's own connects complete.
     in_process(&sald, &["fork-storm", "dead05", "100"], false).success(T);
+}
+
+/// The flows a listener with `backlogs` (a `listen` each, in order) took
+/// before it refused, in the in-process mode (the C suite's `backlog`).
+fn flows_taken_in_process(sald: &Sald, service: &str, backlogs: &[usize]) -> usize {
+    let mut args = vec!["backlog".to_string(), service.to_string()];
+    args.extend(backlogs.iter().map(usize::to_string));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cmd = sald.run(&["--in-process"], c_program(), &args);
+    cmd.stdout(Stdio::piped());
+    let mut run = Proc::spawn(&format!("serval_test {}", args.join(" ")), &mut cmd);
+    let stdout = run.child.stdout.take().expect("stdout");
+    let printed = std::io::read_to_string(stdout).expect("its count");
+    run.success(T);
+    printed.trim().parse().expect("a count")
+}
+
+/// A second `listen` on an in-process listener changes its backlog, as
+/// Linux's: up from 1 to 1,500, and down from 1,500 to 1.
+#[test]
+fn a_second_listen_changes_the_backlog_in_process() {
+    let sald = Sald::start_relaying();
+    let raised = flows_taken_in_process(&sald, "ba1c03", &[1, 1500]);
+    let lowered = flows_taken_in_process(&sald, "ba1c04", &[1500, 1]);
+    assert!(
+        raised >= 1500,
+        "listen(1), then listen(1500): {raised} taken"
+    );
+    assert!(
+        raised >= lowered + 1400,
+        "listen(1500), then listen(1): {lowered} taken, against {raised}"
+    );
 }

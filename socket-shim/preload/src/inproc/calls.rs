@@ -27,20 +27,24 @@ pub(crate) const HANDED_OVER: c_int = -1;
 /// `call` on the socket at `fd`; a failure that was the flow going to
 /// sald meanwhile is [`HANDED_OVER`], one that was a `connect` to
 /// `AF_UNSPEC` meanwhile `EPIPE` (see `Socket::moved`).
-fn data_call<T>(fd: RawFd, call: impl FnOnce(&Socket) -> Res<T>) -> Res<T> {
+fn data_call<T>(fd: RawFd, mut call: impl FnMut(&Socket) -> Res<T>) -> Res<T> {
     // Gone from the registry since the caller looked: the plain path's
     // (sald's socket at the number now, or nothing: `EBADF` there).
     let socket = registry::get(fd).ok_or(HANDED_OVER)?;
-    let result = call(&socket);
-    if result.is_ok() {
-        return result;
-    }
-    match socket.moved() {
-        Moved::Not => result,
-        // A number that did not take sald's file stays a reset stream.
-        _ if registry::is(fd) => Err(libc::ECONNRESET),
-        Moved::ToSald => Err(HANDED_OVER),
-        Moved::Disconnected => Err(libc::EPIPE),
+    loop {
+        let result = call(&socket);
+        if result.is_ok() {
+            return result;
+        }
+        return match socket.moved() {
+            Moved::Not => result,
+            // The flow came back to the engine: again.
+            Moved::Back => continue,
+            // A number that did not take sald's file stays a reset stream.
+            _ if registry::is(fd) => Err(libc::ECONNRESET),
+            Moved::ToSald => Err(HANDED_OVER),
+            Moved::Disconnected => Err(libc::EPIPE),
+        };
     }
 }
 
@@ -111,13 +115,10 @@ pub(crate) fn connect(fd: RawFd) -> Res<c_int> {
     socket(fd)?.connect_again()
 }
 
-/// `listen` on a socket in-process already: a listener listens (its
-/// backlog stays), a stream cannot.
-pub(crate) fn listen(fd: RawFd) -> Res<c_int> {
-    match socket(fd)?.listens() {
-        true => Ok(0),
-        false => Err(libc::EINVAL),
-    }
+/// `listen` on a socket in-process already: a listener takes the new
+/// backlog, a stream cannot listen.
+pub(crate) fn listen(fd: RawFd, backlog: c_int) -> Res<c_int> {
+    socket(fd)?.listen_again(backlog)
 }
 
 /// `shutdown`.

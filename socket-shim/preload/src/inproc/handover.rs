@@ -36,10 +36,12 @@
 //! carry that teardown), streams whose buffers hold more than an `Adopt`
 //! frame carries ([`MAX_ADOPT_BUFFERED`]), or whose control exchange does
 //! not settle within [`PATIENCE`], and every socket after the control
-//! connection to sald failed. A flow sald refuses after the engine
-//! exported it is lost (reset for the program), and so is a listener
-//! whose prefix sald does not give back within [`PATIENCE`] (stopped, as
-//! after `shutdown`).
+//! connection to sald failed. A flow sald refuses (its limits, its
+//! buffers smaller than the flow's bytes) after the engine exported it
+//! comes back to the engine (`Stream::restore`: imported again, moved
+//! back with an RSYN) and stays in-process. A listener whose prefix sald
+//! does not give back within [`PATIENCE`] is lost (stopped, as after
+//! `shutdown`).
 //!
 //! A read, write, `accept` or `poll` that fails while its socket is on
 //! its way (another thread's while this one forks) waits for the
@@ -251,9 +253,9 @@ fn hand_over_all(sockets: Vec<(Arc<Socket>, registry::Numbers)>) {
 
 /// Exports the stream's flow and has sald adopt it: sald's socketpair end
 /// for it. `None` leaves the stream in-process: not exportable (its flow
-/// stays), or refused by sald after the export (its flow is lost: reset
-/// for the program); `broken` is set when the control connection itself
-/// failed.
+/// stays), or refused by sald after the export (the engine takes the
+/// flow back, `Stream::restore`); `broken` is set when the control
+/// connection itself failed.
 fn stream_taken(
     runtime: &Runtime,
     control: &mut ControlClient,
@@ -264,20 +266,25 @@ fn stream_taken(
     let request = Request::Adopt {
         export: Box::new(export),
     };
-    match control.request_with_fd(&request, runtime.udp_fd()) {
+    // Refused (an error sald answered, or an answer of another kind), or
+    // the connection failed (`broken`): the flow comes back to the engine.
+    *broken = match control.request_with_fd(&request, runtime.udp_fd()) {
         Ok(reply) => match (reply.response, reply.fd) {
-            (Response::Adopted { .. }, Some(end)) => Some(Taken::Stream {
-                end,
-                untold: socket.untold(),
-            }),
-            _ => None,
+            (Response::Adopted { .. }, Some(end)) => {
+                return Some(Taken::Stream {
+                    end,
+                    untold: socket.untold(),
+                })
+            }
+            _ => false,
         },
-        Err(error) => {
-            // Refused (an error sald answered) or the connection failed.
-            *broken = error.kind().is_none();
-            None
-        }
-    }
+        Err(error) => error.kind().is_none(),
+    };
+    let Request::Adopt { export } = request else {
+        return None;
+    };
+    socket.restore(*export);
+    None
 }
 
 /// Stops the listener in the engine and ends sald's relay of its prefix,

@@ -81,6 +81,14 @@ pub(crate) fn poll(
     }
 }
 
+/// `left` as `ppoll`'s timeout.
+fn timespec(left: Duration) -> libc::timespec {
+    libc::timespec {
+        tv_sec: left.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: left.subsec_nanos() as libc::c_long,
+    }
+}
+
 /// libc's `ppoll` of `fds` until `deadline`, for a set with no
 /// in-process number left.
 fn plain(
@@ -89,10 +97,7 @@ fn plain(
     sigmask: *const libc::sigset_t,
 ) -> Res<c_int> {
     let left = deadline.map(|at| at.saturating_duration_since(Instant::now()));
-    let timeout = left.map(|left| libc::timespec {
-        tv_sec: left.as_secs().min(i64::MAX as u64) as libc::time_t,
-        tv_nsec: left.subsec_nanos() as libc::c_long,
-    });
+    let timeout = left.map(timespec);
     let at = timeout.as_ref().map_or(std::ptr::null(), |t| t as *const _);
     // SAFETY: `fds` is a valid array of its length, `at` null or a local
     // that outlives the call, `sigmask` the caller's (null or valid).
@@ -181,10 +186,7 @@ fn poll_once(
             true => Some(Duration::ZERO),
             false => deadline.map(|at| at.saturating_duration_since(now)),
         };
-        let timeout = left.map(|left| libc::timespec {
-            tv_sec: left.as_secs().min(i64::MAX as u64) as libc::time_t,
-            tv_nsec: left.subsec_nanos() as libc::c_long,
-        });
+        let timeout = left.map(timespec);
         let at = timeout.as_ref().map_or(std::ptr::null(), |t| t as *const _);
         // SAFETY: `set` is a valid array of its length, `at` null or a
         // timespec that outlives the call, `sigmask` the caller's.

@@ -171,14 +171,13 @@ pub(crate) fn listen(
     }
     registry::reap();
     let runtime = runtime().ok_or(libc::EINVAL)?;
-    // As Linux: a negative backlog (or one past it) is `somaxconn`.
-    let backlog = usize::try_from(backlog).map_or(4096, |b| b.clamp(1, 4096));
+    let backlog = super::socket::somaxconn_clamped(backlog);
     let listener = runtime.listen(prefix, backlog).map_err(|e| errno(&e))?;
     let object = Object::Listener {
         listener,
         relay,
         prefix,
-        backlog,
+        backlog: backlog.into(),
     };
     let options = before.leveled();
     let socket = Socket::new(object, family, local, None, before.nonblock, options);

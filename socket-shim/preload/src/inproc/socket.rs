@@ -4,7 +4,7 @@
 //! told). Every socket call on an in-process number lands here.
 
 use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -30,10 +30,10 @@ pub(crate) enum Object {
         /// sald's relay of the prefix, ended when this closes (or shut
         /// down at the hand-over to sald, see `handover`).
         relay: ControlClient,
-        /// The prefix it listens on, and its backlog: what a daemon-path
-        /// listener that takes over takes.
+        /// The prefix it listens on, and its backlog (the last `listen`'s):
+        /// what a daemon-path listener that takes over takes.
         prefix: ServicePrefix,
-        backlog: usize,
+        backlog: AtomicUsize,
     },
 }
 
@@ -94,6 +94,9 @@ pub(crate) enum Moved {
     ToSald,
     /// Disconnected by `AF_UNSPEC` while the call waited: `EPIPE`.
     Disconnected,
+    /// Back in the engine (not exported, or its flow taken back after
+    /// sald refused it): the call is made again.
+    Back,
 }
 
 /// The errno of an engine error, as the daemon path reports the same
@@ -104,6 +107,12 @@ pub(crate) fn errno(error: &Error) -> c_int {
         Error::NoRoute => libc::EHOSTUNREACH,
         error => error.errno(),
     }
+}
+
+/// A `listen` backlog as the engine takes it: as Linux, a negative one
+/// (or one past it) is `somaxconn`, 4096.
+pub(crate) fn somaxconn_clamped(backlog: c_int) -> usize {
+    usize::try_from(backlog).map_or(4096, |b| b.clamp(1, 4096))
 }
 
 /// Lets a signal interrupt a call that waits in `mode`, as it would
@@ -247,6 +256,14 @@ impl Socket {
         }
     }
 
+    /// Takes back a flow [`Socket::export`] took out and sald refused
+    /// (`Stream::restore`); the stream reads as reset if that fails too.
+    pub(crate) fn restore(&self, export: FlowExport) {
+        if let Ok(Object::Stream(stream)) = self.object() {
+            let _ = stream.restore(export);
+        }
+    }
+
     /// Stops the listener for its hand-over to sald (`handover`): the
     /// engine's listener stops (flows still queued are reset; a thread in
     /// `accept` wakes and, seeing the hand-over, goes to the daemon path),
@@ -269,7 +286,7 @@ impl Socket {
         // SAFETY: no pointers; the relay's descriptor, which its
         // connection keeps owning (and closes when dropped).
         unsafe { crate::real::shutdown(relay.as_fd().as_raw_fd(), libc::SHUT_RDWR) };
-        Some((*prefix, *backlog))
+        Some((*prefix, backlog.load(Ordering::Relaxed)))
     }
 
     /// Resets the stream's flow for a `connect` to `AF_UNSPEC` that could
@@ -322,7 +339,8 @@ impl Socket {
     /// socketpair end at the number by now) or disconnected by a
     /// `connect` to `AF_UNSPEC` ([`Moved::Disconnected`]: a call that
     /// waited then fails with `EPIPE`, as one `tcp_disconnect`
-    /// interrupted); [`Moved::Not`]: the failure is the call's own.
+    /// interrupted), or back in the engine ([`Moved::Back`]: the call is
+    /// made again); [`Moved::Not`]: the failure is the call's own.
     pub(crate) fn moved(&self) -> Moved {
         if self.handover.load(Ordering::SeqCst) == KEPT {
             return Moved::Not;
@@ -331,7 +349,7 @@ impl Socket {
         match self.handover.load(Ordering::SeqCst) {
             HANDED => Moved::ToSald,
             DISCONNECTED => Moved::Disconnected,
-            _ => Moved::Not,
+            _ => Moved::Back,
         }
     }
 
@@ -498,6 +516,26 @@ impl Socket {
                 let mode = self.mode(0, libc::SO_RCVTIMEO);
                 let _interruptible = interruptible(mode);
                 listener.accept(mode).map_err(|e| errno(&e))
+            }
+            Object::Stream(_) => Err(libc::EINVAL),
+        }
+    }
+
+    /// `listen` again: a listener takes the new backlog, as Linux's (one
+    /// the program shut down stays stopped: `listen` after `shutdown` is
+    /// not done in-process); a stream cannot listen (`EINVAL`).
+    pub(crate) fn listen_again(&self, backlog: c_int) -> Res<c_int> {
+        match self.object()? {
+            Object::Listener {
+                listener,
+                backlog: kept,
+                ..
+            } => {
+                let backlog = somaxconn_clamped(backlog);
+                if listener.set_backlog(backlog).is_ok() {
+                    kept.store(backlog, Ordering::Relaxed);
+                }
+                Ok(0)
             }
             Object::Stream(_) => Err(libc::EINVAL),
         }

@@ -11,6 +11,9 @@
  *   inproc_fds SID shutdown           (nothing listens on SID)
  *   inproc_fds SID stdio              (a stream-server for SID, for 2
  *                                      connections)
+ *   inproc_fds SID refused            (a stream-server for SID, for 1
+ *                                      connection; sald's buffers under
+ *                                      20,000 bytes)
  *
  * 1. A connected number closed by syscall(SYS_close), then by
  *    close_range: a pipe opened next gets the number, and read and write
@@ -40,6 +43,8 @@
  *    child too and after the fork.
  * 5. (stdio) fdopen and sendfile hand an in-process stream to sald
  *    first: stdio's lines and a file's bytes echo intact.
+ * 6. (refused) a flow sald refuses to adopt at a fork comes back to the
+ *    engine: every byte, then the flow goes on.
  *
  * Exits 0 when all held.
  */
@@ -470,15 +475,56 @@ static int stdio_and_sendfile(const struct sockaddr_sv *sa) {
     return 0;
 }
 
+/* 6. (refused) A stream whose 20,000 unread bytes sald will not adopt
+ * (its buffers are smaller): the fork hands it over, sald refuses, and the
+ * engine takes the flow back, so the parent reads every byte and goes on. */
+static int refused(const struct sockaddr_sv *sa) {
+    alarm(10);
+    int fd = connected(sa);
+    static unsigned char out[20000], back[20000];
+    for (size_t i = 0; i < sizeof out; i++) out[i] = (unsigned char)(i * 7);
+    if (write(fd, out, sizeof out) != (ssize_t)sizeof out) { perror("write"); return 1; }
+    /* The echo waits unread. */
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    if (poll(&p, 1, 5000) != 1) { fprintf(stderr, "no echo\n"); return 1; }
+    usleep(100 * 1000);
+    pid_t pid = fork();
+    if (pid < 0) { perror("fork"); return 1; }
+    if (pid == 0) _exit(0);
+    int status;
+    waitpid(pid, &status, 0);
+    size_t got = 0;
+    while (got < sizeof back) {
+        ssize_t n = read(fd, back + got, sizeof back - got);
+        if (n <= 0) { fprintf(stderr, "read after the refused hand-over: %zd (%s)\n", n, strerror(errno)); return 1; }
+        got += (size_t)n;
+    }
+    if (memcmp(out, back, sizeof out) != 0) { fprintf(stderr, "the echo differs\n"); return 1; }
+    if (write(fd, "more", 4) != 4 || read(fd, back, 4) != 4 || memcmp(back, "more", 4) != 0) {
+        fprintf(stderr, "the flow does not go on\n");
+        return 1;
+    }
+    shutdown(fd, SHUT_WR);
+    if (read(fd, back, 4) != 0) { fprintf(stderr, "no end of file\n"); return 1; }
+    close(fd);
+    alarm(0);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc != 2 && argc != 3) {
-        fprintf(stderr, "usage: inproc_fds SID [stale|replaced|closed|listener|shutdown|stdio]\n");
+        fprintf(stderr, "usage: inproc_fds SID [stale|replaced|closed|listener|shutdown|stdio|refused]\n");
         return 2;
     }
     struct sockaddr_sv sa = sv_addr(argv[1]);
     const char *only = argc == 3 ? argv[2] : "";
     if (strcmp(only, "listener") == 0 || strcmp(only, "shutdown") == 0) {
         int bad = strcmp(only, "listener") == 0 ? listener(&sa) : shut(&sa);
+        if (!bad) printf("ok\n");
+        return bad;
+    }
+    if (strcmp(only, "refused") == 0) {
+        int bad = refused(&sa);
         if (!bad) printf("ok\n");
         return bad;
     }
