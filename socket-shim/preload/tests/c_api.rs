@@ -665,20 +665,9 @@ fn copies_of_a_listener_and_a_flow_mean_the_same() {
     client(&sald, &["dup", "d0d0"]).success(T);
 }
 
-/// How many flows a listener on `service` that nobody accepts from takes
-/// before it refuses one (`serval_test backlog`), `backlogs` being those
-/// of its `listen` calls, in turn.
+/// [`support::flows_taken`] on the daemon path.
 fn flows_taken(sald: &Sald, service: &str, backlogs: &[usize]) -> usize {
-    let mut args = vec!["backlog".to_string(), service.to_string()];
-    args.extend(backlogs.iter().map(usize::to_string));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut cmd = sald.run(&[], c_program(), &args);
-    cmd.stdout(Stdio::piped());
-    let mut run = Proc::spawn(&format!("serval_test {}", args.join(" ")), &mut cmd);
-    let stdout = run.child.stdout.take().expect("stdout");
-    let printed = std::io::read_to_string(stdout).expect("its count");
-    run.success(T);
-    printed.trim().parse().expect("a count")
+    support::flows_taken(sald, &[], service, backlogs, T)
 }
 
 /// `listen`'s backlog reaches sald (the shim binds at `bind`, with a

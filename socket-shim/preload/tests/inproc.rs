@@ -474,19 +474,9 @@ fn forking_in_process() {
     in_process(&sald, &["fork-storm", "dead05", "100"], false).success(T);
 }
 
-/// The flows a listener with `backlogs` (a `listen` each, in order) took
-/// before it refused, in the in-process mode (the C suite's `backlog`).
+/// [`support::flows_taken`] in the in-process mode.
 fn flows_taken_in_process(sald: &Sald, service: &str, backlogs: &[usize]) -> usize {
-    let mut args = vec!["backlog".to_string(), service.to_string()];
-    args.extend(backlogs.iter().map(usize::to_string));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut cmd = sald.run(&["--in-process"], c_program(), &args);
-    cmd.stdout(Stdio::piped());
-    let mut run = Proc::spawn(&format!("serval_test {}", args.join(" ")), &mut cmd);
-    let stdout = run.child.stdout.take().expect("stdout");
-    let printed = std::io::read_to_string(stdout).expect("its count");
-    run.success(T);
-    printed.trim().parse().expect("a count")
+    support::flows_taken(sald, &["--in-process"], service, backlogs, T)
 }
 
 /// A second `listen` on an in-process listener changes its backlog, as

@@ -273,3 +273,25 @@ pub fn require_tool(tool: &str, package: &str) -> bool {
     eprintln!("\n*** SKIPPED: `{tool}` (package {package}) is not installed ***");
     false
 }
+
+/// How many flows a listener on `service` that nobody accepts from takes
+/// before it refuses one (`serval_test backlog` under `serval-run
+/// RUN_ARGS`), `backlogs` being those of its `listen` calls, in turn.
+pub fn flows_taken(
+    sald: &Sald,
+    run_args: &[&str],
+    service: &str,
+    backlogs: &[usize],
+    limit: Duration,
+) -> usize {
+    let mut args = vec!["backlog".to_string(), service.to_string()];
+    args.extend(backlogs.iter().map(usize::to_string));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cmd = sald.run(run_args, c_program(), &args);
+    cmd.stdout(Stdio::piped());
+    let mut run = Proc::spawn(&format!("serval_test {}", args.join(" ")), &mut cmd);
+    let stdout = run.child.stdout.take().expect("stdout");
+    let printed = std::io::read_to_string(stdout).expect("its count");
+    run.success(limit);
+    printed.trim().parse().expect("a count")
+}
