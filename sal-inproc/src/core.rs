@@ -687,6 +687,14 @@ impl Core {
         Ok(())
     }
 
+    /// Unfinished stream flows (see `Host::unfinished_streams`) that no
+    /// [`Stream`](crate::Stream) of the application holds any more.
+    pub(crate) fn unfinished_closed_streams(&self) -> usize {
+        (self.host.unfinished_stream_flows())
+            .filter(|id| !self.by_flow.contains_key(id))
+            .count()
+    }
+
     /// The application is done with a flow: the host closes it (and
     /// forgets it once the teardown is over); the engine forgets it now.
     pub(crate) fn close_stream(&mut self, key: Key) {

@@ -361,6 +361,14 @@ impl Runtime {
         self.inner.lock().host.unfinished_streams()
     }
 
+    /// [`unfinished_streams`](Self::unfinished_streams) among the streams
+    /// the application closed (dropped): what a process about to `exec`
+    /// waits for, since the streams it still holds go on elsewhere (to
+    /// sald) or end with it. Takes the lock.
+    pub fn unfinished_closed_streams(&self) -> usize {
+        self.inner.lock().unfinished_closed_streams()
+    }
+
     /// The host's counters (packets in and out, what was dropped and why:
     /// malformed, bad checksum, unknown flow, bad nonce, SYN cookies sent
     /// and accepted, ...) and its buffer memory gauge: what a hostile

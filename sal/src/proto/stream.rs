@@ -222,6 +222,13 @@ impl Host {
     /// (sending their bytes, and taking the peer's last segments without
     /// a reset). Looks at every flow.
     pub fn unfinished_streams(&self) -> usize {
+        self.unfinished_stream_flows().count()
+    }
+
+    /// The flows [`unfinished_streams`](Self::unfinished_streams) counts,
+    /// for a caller that waits only for some of them (those its
+    /// application closed, before an `exec`).
+    pub fn unfinished_stream_flows(&self) -> impl Iterator<Item = FlowId> + '_ {
         self.endpoints
             .iter()
             .filter(|(_, endpoint)| match endpoint {
@@ -239,7 +246,7 @@ impl Host {
                 }
                 Endpoint::Datagram(_) => false,
             })
-            .count()
+            .map(|(id, _)| id)
     }
 
     /// The socket of an established stream flow (or of a dead one, whose

@@ -60,7 +60,11 @@
 //! `posix_spawn`, `system`, `popen`) reaches the system call through
 //! glibc's internal `__execve`, which a preloaded library cannot
 //! interpose, so a hook there would see some execs and miss others. The
-//! record needs no hook: it is up to date whenever an exec happens.
+//! record needs no hook: it is up to date whenever an exec happens. (The
+//! in-process mode does hook the public exec functions, `crate::exec`,
+//! since its sockets must leave the process's memory before any `exec`;
+//! it hands them to the daemon path, whose listeners then cross through
+//! this record.)
 //!
 //! The record is written by the process itself, but read as untrusted
 //! input: it is parsed without panics, bounded in size (and in sockets:

@@ -119,6 +119,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use libc::{epoll_event, size_t, sockaddr, socklen_t, ssize_t};
 
 mod addr;
+mod exec;
 mod inherit;
 mod inproc;
 mod mmsg;
@@ -152,6 +153,8 @@ extern "C" fn on_load() {
         // async-signal-safe). Signal 0 is refused without effect.
         // SAFETY: null pointers ask nothing and install nothing.
         unsafe { real::sigaction(0, std::ptr::null(), std::ptr::null_mut()) };
+        // And the exec family's, which a `vfork` child may call.
+        real::warm_exec();
         if let Some(errno) = errno {
             set_errno(errno);
         }

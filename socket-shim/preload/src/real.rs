@@ -54,6 +54,59 @@ macro_rules! real_fns {
     };
 }
 
+/// The exec family's functions, as [`real_fns`]'s, but looked up at the
+/// library's load ([`warm_exec`]) rather than at the first call: an
+/// `exec` often comes from a `vfork` child, which shares its parent's
+/// memory and should not run `dlsym` (locks, allocation) there.
+macro_rules! exec_fns {
+    ($( fn $name:ident($($arg:ident: $ty:ty),*) or $fail:expr; )*) => {
+        /// Where each function was found.
+        mod exec_slots {
+            use super::*;
+            $(
+                #[allow(non_upper_case_globals)]
+                pub(super) static $name: AtomicPtr<c_void> = AtomicPtr::new(null_mut());
+            )*
+        }
+        $(
+            /// # Safety
+            /// As for the libc function of the same name.
+            pub(crate) unsafe fn $name($($arg: $ty),*) -> c_int {
+                let Some(p) = found(&exec_slots::$name, concat!(stringify!($name), "\0")) else {
+                    return $fail;
+                };
+                // SAFETY: `p` is the address libc exports under this name,
+                // whose C prototype is the one spelled out here; the caller
+                // upholds that function's own contract.
+                unsafe {
+                    let f: unsafe extern "C" fn($($ty),*) -> c_int = std::mem::transmute(p);
+                    f($($arg),*)
+                }
+            }
+        )*
+        /// Looks every exec function up now (see [`exec_fns`]).
+        pub(crate) fn warm_exec() {
+            $( let _ = found(&exec_slots::$name, concat!(stringify!($name), "\0")); )*
+        }
+    };
+}
+
+type Strings = *const *const c_char;
+type SpawnActions = *const libc::posix_spawn_file_actions_t;
+type SpawnAttributes = *const libc::posix_spawnattr_t;
+
+exec_fns! {
+    fn execve(path: *const c_char, argv: Strings, envp: Strings) or -1;
+    fn execv(path: *const c_char, argv: Strings) or -1;
+    fn execvp(file: *const c_char, argv: Strings) or -1;
+    fn execvpe(file: *const c_char, argv: Strings, envp: Strings) or -1;
+    fn execveat(dirfd: c_int, path: *const c_char, argv: Strings, envp: Strings, flags: c_int) or -1;
+    fn fexecve(fd: c_int, argv: Strings, envp: Strings) or -1;
+    // These return the error, not -1.
+    fn posix_spawn(pid: *mut libc::pid_t, path: *const c_char, actions: SpawnActions, attributes: SpawnAttributes, argv: Strings, envp: Strings) or libc::ENOSYS;
+    fn posix_spawnp(pid: *mut libc::pid_t, file: *const c_char, actions: SpawnActions, attributes: SpawnAttributes, argv: Strings, envp: Strings) or libc::ENOSYS;
+}
+
 /// libc's `fcntl`, whose third argument (an int or a pointer, when the
 /// command takes one) is passed on as the caller gave it.
 ///

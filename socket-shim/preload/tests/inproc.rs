@@ -33,6 +33,12 @@ fn fork_program() -> &'static Path {
     PROGRAM.get_or_init(|| support::compile_test_c("inproc_fork"))
 }
 
+/// `tests/c/inproc_exec.c`, compiled once.
+fn exec_program() -> &'static Path {
+    static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
+    PROGRAM.get_or_init(|| support::compile_test_c("inproc_exec"))
+}
+
 /// `tests/c/inproc_fds.c`, compiled once.
 fn fds_program() -> &'static Path {
     static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
@@ -221,6 +227,69 @@ fn a_fork_hands_the_streams_to_sald_under_waiting_threads() {
     server.success(T);
     let adopted = stats(&sald).host.flows_imported;
     assert_eq!(adopted, 3, "sald adopted the three streams");
+}
+
+/// In-process sockets across `exec` (`tests/c/inproc_exec.c`): a `vfork`
+/// child's `exec` hands nothing over; a failed `exec` leaves the sockets
+/// with sald, working; a listener, a stream and two accepted streams
+/// cross `execl` (more arguments than registers) at their numbers, two
+/// close-on-exec streams are closed by it (their peers get the bytes,
+/// then end of stream), a stream closed just before it delivers its
+/// bytes (its reader paused: the `exec` waits for them), and `execle`'s
+/// environment reaches the image after.
+/// sald adopted the four streams open at the failed `exec`.
+#[test]
+fn sockets_cross_exec_in_process() {
+    let sald = Sald::start_relaying();
+    let mut cmd = sald.run(
+        &["--in-process"],
+        c_program(),
+        &["stream-server", "beef0e", "2"],
+    );
+    cmd.stdout(Stdio::piped());
+    let mut server = Proc::spawn("serval_test stream-server", &mut cmd);
+    server.wait_ready("ready");
+    let mut cmd = sald.run(
+        &["--in-process"],
+        exec_program(),
+        &["beef0e", "e7ec10", "e7ec11"],
+    );
+    Proc::spawn("inproc_exec", &mut cmd).success(T);
+    server.success(T);
+    let adopted = stats(&sald).host.flows_imported;
+    assert_eq!(adopted, 4, "sald adopted the four open streams");
+}
+
+/// The C suite's listeners across `exec` and `posix_spawn`, in-process
+/// (`serval_test exec-listener`, `exec-spawn-moved`): a listener crosses
+/// `execl` (the shim hands it to sald first) and the image after accepts
+/// from it; one crosses two `exec`s; a forked child (inetd) clears
+/// close-on-exec and execs; a close-on-exec listener is closed by `exec`
+/// and its service unbound; `posix_spawn`'s file actions move a listener
+/// to another number, where the spawned program accepts from it.
+#[test]
+fn listeners_cross_exec_and_posix_spawn_in_process() {
+    let sald = Sald::start_relaying();
+    let run = |args: &[&str]| {
+        let mut cmd = sald.run(&["--in-process"], c_program(), args);
+        cmd.stdout(Stdio::piped());
+        Proc::spawn(&format!("serval_test {}", args.join(" ")), &mut cmd)
+    };
+    let cases = [
+        (&["exec-listener", "e7ec21", "2", "plain"][..], "e7ec21"),
+        (&["exec-listener", "e7ec22", "2", "twice"], "e7ec22"),
+        (&["exec-listener", "e7ec23", "2", "fork"], "e7ec23"),
+        (&["exec-spawn-moved", "e7ec24", "2", "3"], "e7ec24"),
+    ];
+    for (args, sid) in cases {
+        let mut server = run(args);
+        server.wait_ready("ready");
+        for _ in 0..2 {
+            run(&["stream-client", sid, "100000"]).success(T);
+        }
+        server.success(T);
+    }
+    run(&["exec-listener", "e7ec25", "0", "cloexec"]).success(T);
 }
 
 /// Eight clients echo 64 KiB each at once through a server that exits

@@ -4,6 +4,7 @@
 //! child.
 
 use std::net::SocketAddrV4;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Mutex, MutexGuard, Once, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,23 @@ static SLOT: Mutex<Slot> = Mutex::new(Slot {
     pid: 0,
     state: State::Untried,
 });
+
+/// The id of the process whose engine is in [`SLOT`] (0: none), read
+/// without the lock: by an `exec` in a `vfork` child, which shares its
+/// parent's memory and must touch nothing of its engine (see
+/// [`owned_here`]).
+static OWNER: AtomicI32 = AtomicI32::new(0);
+
+/// Whether this process made the engine in [`SLOT`]: false without one,
+/// in a forked child (which forgets its parent's), and in a child that
+/// shares its parent's memory (`vfork`, `posix_spawn`'s `clone`), whose
+/// `exec` must not hand over the parent's sockets. A system call, no
+/// lock, no allocation.
+pub(crate) fn owned_here() -> bool {
+    let owner = OWNER.load(Ordering::Acquire);
+    // SAFETY: no pointers.
+    owner != 0 && owner == unsafe { libc::getpid() }
+}
 
 /// The slot, locked, with a parent's engine forgotten if this is a forked
 /// child (see [`forget_inherited`]).
@@ -70,6 +88,8 @@ pub(crate) fn runtime() -> Option<Runtime> {
     match make() {
         Some(runtime) => {
             slot.state = State::Ready(runtime.clone());
+            // SAFETY: no pointers.
+            OWNER.store(unsafe { libc::getpid() }, Ordering::Release);
             Some(runtime)
         }
         None => {
@@ -179,20 +199,38 @@ extern "C" fn on_exit() {
             return;
         };
         drop(super::registry::drain());
-        let deadline = Instant::now() + LINGER;
-        let _inside = runtime.enter();
-        let _ = runtime.drive();
-        while runtime.unfinished_streams() > 0 && Instant::now() < deadline {
-            let mut set = runtime.wait_fds().map(|fd| libc::pollfd {
-                fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
-                events: libc::POLLIN,
-                revents: 0,
-            });
-            // SAFETY: `set` is a valid array of its length.
-            unsafe { crate::real::poll(set.as_mut_ptr(), set.len() as libc::nfds_t, 10) };
-            let _ = runtime.drive();
+        linger(&runtime, Runtime::unfinished_streams);
+    });
+}
+
+/// Before `exec` (see `handover::before_exec`): the streams the program
+/// closed are given [`LINGER`] at most to deliver their bytes and ends of
+/// stream, as at exit ([`on_exit`]): the kernel would go on sending them
+/// after the `exec`, and the engine goes with the process image.
+pub(crate) fn linger_closed() {
+    let _ = std::panic::catch_unwind(|| {
+        if let Some(runtime) = existing() {
+            linger(&runtime, Runtime::unfinished_closed_streams);
         }
     });
+}
+
+/// Drives the host until `unfinished` counts no stream, for [`LINGER`]
+/// at most. Costs one look when nothing is on its way.
+fn linger(runtime: &Runtime, unfinished: impl Fn(&Runtime) -> usize) {
+    let deadline = Instant::now() + LINGER;
+    let _inside = runtime.enter();
+    let _ = runtime.drive();
+    while unfinished(runtime) > 0 && Instant::now() < deadline {
+        let mut set = runtime.wait_fds().map(|fd| libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        // SAFETY: `set` is a valid array of its length.
+        unsafe { crate::real::poll(set.as_mut_ptr(), set.len() as libc::nfds_t, 10) };
+        let _ = runtime.drive();
+    }
 }
 
 thread_local! {
@@ -251,6 +289,7 @@ extern "C" fn fork_child() {
             forget_inherited(slot);
         }
     });
+    OWNER.store(0, Ordering::Release);
     super::registry::forked();
     fork_release();
 }

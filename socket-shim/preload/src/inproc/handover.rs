@@ -1,5 +1,7 @@
-//! The hand-over to sald before `fork` (`docs/in-process-sal.md`, "fork
-//! and exec"). After `fork` both processes would hold every in-process
+//! The hand-over to sald before `fork` and `exec` (`docs/in-process-sal.md`,
+//! "fork and exec"). An `exec` replaces the process's memory, the engine
+//! with it, so its sockets must go on elsewhere to cross it at all (see
+//! [`before_exec`]). After `fork` both processes would hold every in-process
 //! socket, and only the parent's engine can drive them: an
 //! accept-then-fork server's child, which goes on with the flow while its
 //! parent closes it, would find it reset, and a prefork server's children
@@ -54,11 +56,17 @@
 //! [`PATIENCE`] each for a busy one).
 //!
 //! Cost: one `Adopt` round trip to sald per stream and a `Listen` and
-//! `Deliver` per listener, at each `fork` of a process that has
-//! in-process sockets; nothing for one that has none. `posix_spawn`,
-//! `vfork` and glibc's `system` run no fork handlers and hand nothing
-//! over (their children exec at once; in-process numbers are
-//! close-on-exec in the kernel, whatever `F_GETFD` answers).
+//! `Deliver` per listener, at each `fork`, `exec` or `posix_spawn` of a
+//! process that has in-process sockets (a spawn hands over only those
+//! the new program may inherit); nothing for one that has none. `vfork`
+//! and glibc's `system` and `popen` hand nothing over (their children
+//! exec at once; in-process numbers are close-on-exec in the kernel,
+//! whatever `F_GETFD` answers).
+//!
+//! A flow whose two ends are both in this process cannot go to sald
+//! whole: once one end is sald's, the other's peer is sald itself, which
+//! refuses it (no host takes a flow to one of its own locators); it
+//! stays in the engine, and is lost at an `exec`.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::AtomicBool;
@@ -97,15 +105,63 @@ thread_local! {
 /// locks is taken): hands every listener and established stream of this
 /// process to sald. Holds [`UNDER_WAY`] until [`end`].
 pub(crate) fn begin() {
+    begin_with(|_| true);
+}
+
+/// [`begin`] for the sockets whose numbers `which` picks.
+fn begin_with(which: fn(&registry::Numbers) -> bool) {
     let guard = UNDER_WAY.lock().unwrap_or_else(PoisonError::into_inner);
     let _ = HELD.try_with(|held| *held.borrow_mut() = Some(guard));
     let _ = std::panic::catch_unwind(|| {
         let sockets: Vec<_> = registry::by_socket()
             .into_iter()
-            .filter(|(socket, _)| !socket.inherited())
+            .filter(|(socket, numbers)| !socket.inherited() && which(numbers))
             .collect();
         hand_over_all(sockets);
     });
+}
+
+/// Before `exec` (`crate::exec`'s wrappers of the exec family), in the
+/// process that owns the engine: the process image, the engine with it,
+/// is about to be replaced, so every listener and established stream
+/// goes to sald as before `fork` ([`begin`]), and the streams the program
+/// closed are given up to a linger's time to deliver their bytes
+/// (`engine::linger_closed`). [`UNDER_WAY`] stays held across the
+/// `exec`: calls of other threads that meet a socket on its way wait for
+/// it, which ends them, or for its failure ([`exec_failed`]), after which
+/// the sockets sald took work on the daemon path and the engine serves
+/// the rest and the program's next ones. Whether there was an engine to
+/// hand over from (else nothing was done, and nothing is held).
+pub(crate) fn before_exec() -> bool {
+    if !super::enabled() || !super::engine::owned_here() {
+        return false;
+    }
+    begin();
+    super::engine::linger_closed();
+    true
+}
+
+/// After an `exec` that failed (it returned), or a spawn: see
+/// [`before_exec`] and [`before_spawn`].
+pub(crate) fn exec_failed() {
+    end();
+}
+
+/// Before `posix_spawn`, in the process that owns the engine: the new
+/// program inherits the numbers that are not close-on-exec (and any its
+/// file actions `dup2` elsewhere, which the shim cannot read), and only
+/// this process's engine can drive an in-process socket; so the sockets
+/// with a number the program wants kept across `exec` go to sald, as at
+/// `fork`, and the caller goes on with them on the daemon path. Sockets
+/// whose every number is close-on-exec stay in-process (a program that
+/// spawns helpers keeps its own flows here). Holds [`UNDER_WAY`] until
+/// [`exec_failed`]; whether anything is held.
+pub(crate) fn before_spawn() -> bool {
+    if !super::enabled() || !super::engine::owned_here() {
+        return false;
+    }
+    begin_with(|numbers| numbers.iter().any(|&(_, cloexec)| !cloexec));
+    true
 }
 
 /// Hands the socket at `fd` (with all its numbers) to sald now, for a
@@ -313,8 +369,8 @@ fn listener_taken(socket: &Socket) -> Option<Taken> {
     }
 }
 
-/// After `fork`, in the parent and in the child: calls that waited for
-/// the hand-over go on.
+/// After `fork`, in the parent and in the child, or after a failed
+/// `exec`: calls that waited for the hand-over go on.
 pub(crate) fn end() {
     let _ = HELD.try_with(|held| held.borrow_mut().take());
 }

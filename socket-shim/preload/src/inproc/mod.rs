@@ -45,7 +45,8 @@
 //! sets it where the kernel would not): after `exec`, in-process sockets
 //! are gone. What the program asked for is kept beside
 //! ([`registry`]): `fcntl(F_GETFD)` answers it, `F_SETFD`, `FIOCLEX` and
-//! `FIONCLEX` set it, and a number handed over to sald at `fork` gets it.
+//! `FIONCLEX` set it, and a number handed over to sald at `fork` or
+//! `exec` gets it.
 //!
 //! Each number is checked against the eventfd it was made a copy of
 //! (`kcmp`, one system call per call on an in-process number; `fstat`,
@@ -107,6 +108,20 @@
 //! connection), and the child makes a fresh runtime for the sockets it
 //! makes.
 //!
+//! # exec
+//!
+//! Before an `exec` (the exec family is interposed: `crate::exec`), the
+//! sockets go to sald as before a `fork`, so that a listener, or a stream
+//! the program leaves open, crosses into the new image as a daemon-path
+//! socket (a listener in the record of what crosses `exec`, `inherit`;
+//! close-on-exec numbers are closed by the kernel at the `exec` and sald
+//! ends their flows as TCP's close would), and the streams the program
+//! closed get up to 2 s to deliver their bytes, as at exit. A failed
+//! `exec` leaves the sockets with sald. Not handed over, hence not
+//! crossing: streams still connecting or closing, as at `fork`. A child
+//! that shares its parent's memory (`vfork`) hands nothing over: its
+//! `exec` would move the parent's sockets.
+//!
 //! # connect to AF_UNSPEC
 //!
 //! A `connect` to `AF_UNSPEC` on an in-process stream resets its flow
@@ -154,15 +169,15 @@
 //!   `FD_SETSIZE` (Linux clamps it); `MSG_WAITALL` is ignored with
 //!   `SO_RCVTIMEO`.
 //! - `fstat` of a number says eventfd, not socket (`S_ISSOCK` is false).
-//! - Handing sockets to sald at `exec` without a `fork` first (an
-//!   in-process listener does not cross `exec`; see `handover`), and at
-//!   `fork` a stream whose own end finished sending (the export does not
-//!   carry that teardown) or a listener's queued flows (reset);
-//!   `shutdown`, `setsockopt` and `fcntl` made by another thread while
-//!   the socket is on its way are lost or fail. `F_GETFD` answers the
-//!   program's close-on-exec, but an `exec` that runs no fork handler
-//!   (`posix_spawn`, `vfork`, a self-`execve`) closes an in-process number
-//!   whatever it says.
+//! - Handing to sald, at `fork` or `exec`, a stream whose own end
+//!   finished sending (the export does not carry that teardown), one
+//!   still connecting, or a listener's queued flows (reset). `F_GETFD`
+//!   answers the program's close-on-exec, but an `exec` the shim does not
+//!   see (`system`, `popen`, which reach the system call inside glibc;
+//!   any `exec` of a `vfork` child; `execl`, `execlp` and `execle` on
+//!   other machines than x86-64) closes an in-process number whatever it
+//!   says. A flow with both ends in the process keeps one in the engine
+//!   (see `handover`).
 //! - A number found closed behind the shim's back lets go of its socket
 //!   (closing the flow) only at the next `close` of an in-process
 //!   number, `connect`, `listen`, `accept`, `poll` or the exit: the
@@ -182,6 +197,7 @@ mod socket;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 pub(crate) use engine::runtime;
+pub(crate) use handover::{before_exec, before_spawn, exec_failed};
 pub(crate) use handover::{disconnect_at as disconnect, socket_at as hand_over};
 pub(crate) use poll::{concerns, poll};
 pub(crate) use registry::live as is;
