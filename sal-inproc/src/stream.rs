@@ -195,6 +195,20 @@ impl Stream {
         self.receive(buf, mode, Receive::Peek)
     }
 
+    /// Bytes received and not read, and written and not acknowledged
+    /// (`ioctl`'s `FIONREAD` and `SIOCOUTQ`): none while connecting, what
+    /// was left at a reset, as TCP's.
+    pub fn queues(&self) -> Result<sal::proto::StreamQueues, Error> {
+        let key = self.key;
+        self.runtime.call(Mode::NonBlocking, None, |core| {
+            let Some(id) = core.stream(key).and_then(|entry| entry.flow) else {
+                return Ok(sal::proto::StreamQueues::default());
+            };
+            // A flow the host forgot (after a reset) holds nothing.
+            Ok(core.host.stream_queues(id).unwrap_or_default())
+        })
+    }
+
     /// As [`Stream::read`], within a call that read bytes already (the
     /// next iovec, the rest of a `MSG_WAITALL`): a reset's or failed
     /// connect's error is returned untaken, to stay for the program's

@@ -91,7 +91,7 @@ pub use export::{
 pub use info::{FlowCounters, FlowInfo, FlowState, HostStats, Role};
 pub use interface::LocalInterface;
 pub use output::{Transmit, TransmitKind};
-pub use stream::StreamEnds;
+pub use stream::{StreamEnds, StreamQueues};
 
 use cookie::CookieJar;
 use delay::DelayQueue;

@@ -80,6 +80,16 @@ pub struct StreamEnds {
     pub reset: bool,
 }
 
+/// A stream flow's queued bytes ([`Host::stream_queues`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StreamQueues {
+    /// Received, not read by the application yet.
+    pub unread: usize,
+    /// Written by the application, not acknowledged by the peer yet
+    /// (sent or not).
+    pub unacknowledged: usize,
+}
+
 /// Why a flow's stream resends its flight at once
 /// ([`Host::rewind_stream`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -414,6 +424,19 @@ impl Host {
             (_, Some(socket)) => Ok(socket.peek_slice(buf).unwrap_or(0)),
             (_, None) => Ok(0),
         }
+    }
+
+    /// The stream's queues as `ioctl` reports them: bytes received and not
+    /// read yet (`FIONREAD`), and bytes written and not acknowledged yet,
+    /// sent or not (`SIOCOUTQ`). A reset flow keeps what it had received.
+    pub fn stream_queues(&mut self, id: FlowId) -> Result<StreamQueues, HostError> {
+        Ok(match self.app_socket(id)? {
+            (_, Some(socket)) => StreamQueues {
+                unread: socket.recv_queue(),
+                unacknowledged: socket.send_queue(),
+            },
+            (_, None) => StreamQueues::default(),
+        })
     }
 
     /// Bytes a [`Host::send`] would take now.

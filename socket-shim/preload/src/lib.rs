@@ -1516,6 +1516,18 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: libc::c_ulong, arg: libc::c_u
             inproc::calls::set_nonblock(fd, *on != 0)
         });
     }
+    let queue_request = request == libc::FIONREAD as libc::c_ulong || request == inproc::SIOCOUTQ;
+    if queue_request && inproc::is_settled(fd) {
+        let count = arg as *mut c_int;
+        if let Some(done) = inproc_data(-1, || inproc::calls::queued(fd, request, count)) {
+            return done;
+        }
+    }
+    if queue_request && ops::listens(fd) {
+        // The daemon path's listener is no TCP socket to count.
+        set_errno(libc::EINVAL);
+        return -1;
+    }
     // SAFETY: forwarding the caller's arguments unchanged.
     let result = unsafe { real::ioctl(fd, request, arg) };
     if result == 0 && cloexec_request {

@@ -2556,6 +2556,12 @@ pub(crate) fn is_ours(fd: RawFd) -> bool {
     look(fd).is_some()
 }
 
+/// Whether `fd` is a listener the shim answers for (whose queues
+/// `ioctl(FIONREAD)` does not count: `EINVAL`, as TCP's).
+pub(crate) fn listens(fd: RawFd) -> bool {
+    look(fd).is_some_and(|found| found.stage == Stage::Listening)
+}
+
 /// The kind of socket `fd` is, if `setsockopt` on it is ours to answer.
 pub(crate) fn setsockopt_kind(fd: RawFd) -> Option<Kind> {
     look(fd).map(|found| found.kind)

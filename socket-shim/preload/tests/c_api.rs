@@ -69,6 +69,16 @@ fn client(sald: &Sald, args: &[&str]) -> Proc {
     Proc::spawn(&format!("serval_test {}", args.join(" ")), &mut cmd)
 }
 
+/// `ioctl(FIONREAD)` and `ioctl(SIOCOUTQ)` count a stream's queues, as
+/// TCP's; a listener's `FIONREAD` is `EINVAL`.
+#[test]
+fn ioctl_counts_a_stream_s_queues() {
+    let sald = Sald::start();
+    let mut srv = server(&sald, &["stream-server", "beef0f", "1"]);
+    client(&sald, &["stream-queues", "beef0f", "beef10"]).success(T);
+    srv.success(T);
+}
+
 #[test]
 fn stream_echo_blocking_nonblocking_and_exec() {
     let sald = Sald::start();

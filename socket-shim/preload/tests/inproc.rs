@@ -186,6 +186,22 @@ fn serval_stream_modes_in_process() {
     assert!(after.host.forwarded > before.host.forwarded, "not relayed");
 }
 
+/// `ioctl(FIONREAD)` and `ioctl(SIOCOUTQ)` on in-process streams count
+/// the engine's queues, as TCP's; a listener's `FIONREAD` is `EINVAL`.
+#[test]
+fn ioctl_counts_a_stream_s_queues_in_process() {
+    let sald = Sald::start_relaying();
+    let args = ["stream-server", "beef11", "1"];
+    let mut cmd = sald.run(&["--in-process"], c_program(), &args);
+    cmd.stdout(Stdio::piped());
+    let mut server = Proc::spawn("serval_test stream-server", &mut cmd);
+    server.wait_ready("ready");
+    let args = ["stream-queues", "beef11", "beef12"];
+    let mut cmd = sald.run(&["--in-process"], c_program(), &args);
+    Proc::spawn("serval_test stream-queues", &mut cmd).success(T);
+    server.success(T);
+}
+
 /// A sald without relays (which routes a program's SYNs, and relays its
 /// listeners, only with `--relays`): the process makes no engine, and
 /// every socket takes the daemon path (nothing relayed, no SYN over

@@ -148,6 +148,19 @@ pub(crate) fn get_flags(fd: RawFd, flags: c_int) -> Res<c_int> {
     Ok((flags & !libc::O_NONBLOCK) | if nonblock { libc::O_NONBLOCK } else { 0 })
 }
 
+/// `ioctl(FIONREAD)`, `ioctl(SIOCOUTQ)` (see `Socket::queued`): the
+/// count, as an int, at `arg`.
+pub(crate) fn queued(fd: RawFd, request: libc::c_ulong, arg: *mut c_int) -> Res<c_int> {
+    if arg.is_null() {
+        return Err(libc::EFAULT);
+    }
+    let bytes = data_call(fd, |socket| socket.queued(request))?;
+    // SAFETY: both requests take a pointer to an int, checked non-null;
+    // the program gave it for this call.
+    unsafe { *arg = c_int::try_from(bytes).unwrap_or(c_int::MAX) };
+    Ok(0)
+}
+
 /// `fcntl(F_SETFL)`, `ioctl(FIONBIO)`: the socket's `O_NONBLOCK` (the
 /// other flags a socket takes, `O_ASYNC` and the like, are not kept).
 pub(crate) fn set_nonblock(fd: RawFd, on: bool) -> Res<c_int> {

@@ -40,10 +40,13 @@
 //! whose flow closes when the last number closes. The socket's
 //! `O_NONBLOCK` is the shim's (the eventfd's file status flags are the
 //! engine's and must stay non-blocking): `fcntl(F_GETFL/F_SETFL)` and
-//! `ioctl(FIONBIO)` answer from it. Numbers are close-on-exec in the
+//! `ioctl(FIONBIO)` answer from it; `ioctl(FIONREAD)` (`SIOCINQ`) and
+//! `ioctl(SIOCOUTQ)` count the stream's queues in the engine (`EINVAL`
+//! on a listener), as TCP's. Numbers are close-on-exec in the
 //! kernel, copies made by `dup`, `dup2` and `F_DUPFD` included (the shim
-//! sets it where the kernel would not): after `exec`, in-process sockets
-//! are gone. What the program asked for is kept beside
+//! sets it where the kernel would not): an eventfd never crosses `exec`,
+//! a socket does only through the hand-over to sald (see "exec" below).
+//! What the program asked for is kept beside
 //! ([`registry`]): `fcntl(F_GETFD)` answers it, `F_SETFD`, `FIOCLEX` and
 //! `FIONCLEX` set it, and a number handed over to sald at `fork` or
 //! `exec` gets it.
@@ -154,7 +157,7 @@
 //!   `SIGCONT`) does not end a wait with a timeout, where TCP's gives
 //!   `EINTR`; a signal handler that calls into a socket while its thread
 //!   holds the engine's lock (a non-blocking call) deadlocks.
-//! - `MSG_OOB`, `ioctl(FIONREAD)`; `MSG_PEEK` with
+//! - `MSG_OOB`, `ioctl(SIOCOUTQNSD)` and `SIOCATMARK`; `MSG_PEEK` with
 //!   `MSG_WAITALL` returns what is there (a peek over several iovecs, 1
 //!   MiB at most);
 //!   `listen` again after a listener's `shutdown`; epoll reports a
@@ -204,7 +207,7 @@ pub(crate) use registry::live as is;
 pub(crate) use registry::reap;
 pub(crate) use setup::{connect, listen, relay, Before};
 pub(crate) use socket::Moved;
-pub(crate) use socket::Socket;
+pub(crate) use socket::{Socket, SIOCOUTQ};
 
 /// The environment variable that turns the in-process mode on (`1`).
 pub(crate) const ENV: &str = "SERVAL_SHIM_INPROC";

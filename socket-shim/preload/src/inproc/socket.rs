@@ -99,6 +99,10 @@ pub(crate) enum Moved {
     Back,
 }
 
+/// `ioctl`'s request for the bytes a stream has not had acknowledged
+/// (`TIOCOUTQ`, as `linux/sockios.h` names it for sockets).
+pub(crate) const SIOCOUTQ: libc::c_ulong = libc::TIOCOUTQ as libc::c_ulong;
+
 /// The errno of an engine error, as the daemon path reports the same
 /// failure: no route to a service is `EHOSTUNREACH` there (the engine
 /// says `ENETUNREACH`).
@@ -423,6 +427,20 @@ impl Socket {
     /// `read`, `recv`, `recvfrom`, `recvmsg`, `readv` into `buf`.
     pub(crate) fn read(&self, buf: &mut [u8], flags: c_int) -> Res<usize> {
         self.receive(buf, flags, false)
+    }
+
+    /// `ioctl(FIONREAD)` (`SIOCINQ`) and `ioctl(SIOCOUTQ)`: bytes to read,
+    /// and bytes written and not acknowledged yet; a listener's is
+    /// `EINVAL`, as TCP's.
+    pub(crate) fn queued(&self, request: libc::c_ulong) -> Res<usize> {
+        let Object::Stream(stream) = self.object()? else {
+            return Err(libc::EINVAL);
+        };
+        let queues = stream.queues().map_err(|e| errno(&e))?;
+        Ok(match request {
+            SIOCOUTQ => queues.unacknowledged,
+            _ => queues.unread,
+        })
     }
 
     /// A read into the next iovec of a call that read bytes already: a

@@ -467,6 +467,39 @@ static int stream_client(const char *sid, size_t size) {
     return failures ? 1 : 0;
 }
 
+/* ioctl's queue counts, as TCP's: FIONREAD (SIOCINQ) the bytes received
+ * and not read, SIOCOUTQ those written and not acknowledged yet, EFAULT
+ * without a place for the count; on a listener (bound to OWN), EINVAL.
+ * Against a stream-server for SID (an echo). */
+static int stream_queues(const char *sid, const char *own) {
+    int fd = socket(AF_SERVAL, SOCK_STREAM, 0);
+    if (fd < 0) die("socket");
+    struct sockaddr_sv sa = sv_addr(sid);
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) die("connect");
+    int n = -1;
+    CHECK(ioctl(fd, FIONREAD, &n) == 0 && n == 0, "FIONREAD of a fresh stream");
+    char buf[1000];
+    memset(buf, 'q', sizeof buf);
+    CHECK(write_all(fd, (const unsigned char *)buf, sizeof buf) == 0, "write");
+    /* The echo comes in segments: counted as they arrive. */
+    for (int i = 0; i < 500 && (ioctl(fd, FIONREAD, &n) != 0 || n < 1000); i++) usleep(10000);
+    CHECK(n == 1000, "FIONREAD counts the echo's 1000 bytes");
+    CHECK(read(fd, buf, 400) == 400, "read 400");
+    CHECK(ioctl(fd, FIONREAD, &n) == 0 && n == 600, "FIONREAD after reading 400");
+    /* What the server echoed, it had: acknowledged (at the latest with
+     * the echo's own segments). */
+    for (int i = 0; i < 500 && (ioctl(fd, TIOCOUTQ, &n) != 0 || n != 0); i++) usleep(10000);
+    CHECK(n == 0, "SIOCOUTQ: nothing unacknowledged");
+    EXPECT_ERR(ioctl(fd, FIONREAD, NULL), EFAULT);
+    close(fd);
+    int l = socket(AF_SERVAL, SOCK_STREAM, 0);
+    struct sockaddr_sv lsa = sv_addr(own);
+    if (l < 0 || bind(l, (struct sockaddr *)&lsa, sizeof lsa) < 0 || listen(l, 4) < 0) die("listener");
+    EXPECT_ERR(ioctl(l, FIONREAD, &n), EINVAL);
+    close(l);
+    return failures ? 1 : 0;
+}
+
 static int nonblock_client(const char *sid, size_t size) {
     int fd = socket(AF_SERVAL, SOCK_STREAM | SOCK_NONBLOCK, 0);
     if (fd < 0) die("socket");
@@ -4207,6 +4240,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "stream-server")) return stream_server(sid, (int)n, argc > 4 ? argv[4] : NULL);
     if (!strcmp(cmd, "stream-client")) return stream_client(sid, (size_t)n);
     if (!strcmp(cmd, "nonblock-client")) return nonblock_client(sid, (size_t)n);
+    if (!strcmp(cmd, "stream-queues") && argc > 3) return stream_queues(sid, argv[3]);
     if (!strcmp(cmd, "nonblock-fail")) return nonblock_fail(sid);
     if (!strcmp(cmd, "nonblock-orphan")) return nonblock_orphan(sid);
     if (!strcmp(cmd, "nonblock-many")) return nonblock_many(sid, (int)n, argc > 4 ? (size_t)atol(argv[4]) : 1000);
