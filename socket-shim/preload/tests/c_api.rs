@@ -70,7 +70,8 @@ fn client(sald: &Sald, args: &[&str]) -> Proc {
 }
 
 /// `ioctl(FIONREAD)` and `ioctl(SIOCOUTQ)` count a stream's queues, as
-/// TCP's; a listener's `FIONREAD` is `EINVAL`.
+/// TCP's; a listener's `FIONREAD` is `EINVAL`; `SO_SNDBUF` and
+/// `SO_RCVBUF` are never 0, and read back twice what was set.
 #[test]
 fn ioctl_counts_a_stream_s_queues() {
     let sald = Sald::start();

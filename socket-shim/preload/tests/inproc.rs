@@ -187,7 +187,9 @@ fn serval_stream_modes_in_process() {
 }
 
 /// `ioctl(FIONREAD)` and `ioctl(SIOCOUTQ)` on in-process streams count
-/// the engine's queues, as TCP's; a listener's `FIONREAD` is `EINVAL`.
+/// the engine's queues, as TCP's; a listener's `FIONREAD` is `EINVAL`;
+/// `SO_SNDBUF` and `SO_RCVBUF` answer Linux's defaults (not 0) and twice
+/// what was set.
 #[test]
 fn ioctl_counts_a_stream_s_queues_in_process() {
     let sald = Sald::start_relaying();

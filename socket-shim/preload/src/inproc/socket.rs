@@ -103,6 +103,27 @@ pub(crate) enum Moved {
 /// (`TIOCOUTQ`, as `linux/sockios.h` names it for sockets).
 pub(crate) const SIOCOUTQ: libc::c_ulong = libc::TIOCOUTQ as libc::c_ulong;
 
+/// `SO_SNDBUF` or `SO_RCVBUF` as Linux's TCP answers it: its default
+/// (`tcp_wmem[1]`, `tcp_rmem[1]`) until the program sets one, then twice
+/// what it set (the kernel's bookkeeping share), within Linux's bounds.
+/// The engine sizes its buffers itself (they follow use); a program
+/// that sizes its own reads by the answer must not be told 0.
+fn buffer_size(name: c_int, set: Option<&[u8]>) -> c_int {
+    const WMEM_DEFAULT: c_int = 16_384;
+    const RMEM_DEFAULT: c_int = 131_072;
+    const MEM_MAX: c_int = 212_992;
+    const SNDBUF_MIN: c_int = 4_608;
+    const RCVBUF_MIN: c_int = 2_304;
+    let send = name == libc::SO_SNDBUF;
+    let set = set.and_then(|value| Some(c_int::from_ne_bytes(value.get(..4)?.try_into().ok()?)));
+    match (set, send) {
+        (None, true) => WMEM_DEFAULT,
+        (None, false) => RMEM_DEFAULT,
+        (Some(value), true) => (value.clamp(0, MEM_MAX) * 2).max(SNDBUF_MIN),
+        (Some(value), false) => (value.clamp(0, MEM_MAX) * 2).max(RCVBUF_MIN),
+    }
+}
+
 /// The errno of an engine error, as the daemon path reports the same
 /// failure: no route to a service is `EHOSTUNREACH` there (the engine
 /// says `ENETUNREACH`).
@@ -729,6 +750,7 @@ impl Socket {
         let options = self.options.lock().unwrap_or_else(PoisonError::into_inner);
         let timeout =
             level == libc::SOL_SOCKET && matches!(name, libc::SO_RCVTIMEO | libc::SO_SNDTIMEO);
+        let buffer = level == libc::SOL_SOCKET && matches!(name, libc::SO_SNDBUF | libc::SO_RCVBUF);
         match options.iter().find(|(l, n, _)| *l == level && *n == name) {
             // As the kernel keeps it: in whole jiffies (`setsockopt` took
             // only values that are timeouts).
@@ -736,8 +758,13 @@ impl Socket {
                 Some(back) => Ok([back.tv_sec.to_ne_bytes(), back.tv_usec.to_ne_bytes()].concat()),
                 None => Ok(vec![0; std::mem::size_of::<libc::timeval>()]),
             },
+            Some((_, _, value)) if buffer => int(buffer_size(name, Some(value))),
             Some((_, _, value)) => Ok(value.clone()),
             None if timeout => Ok(vec![0; std::mem::size_of::<libc::timeval>()]),
+            None if buffer => int(buffer_size(name, None)),
+            None if level == libc::SOL_SOCKET && name == libc::SO_LINGER => {
+                Ok(vec![0; std::mem::size_of::<libc::linger>()])
+            }
             None => int(0),
         }
     }

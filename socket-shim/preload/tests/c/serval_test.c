@@ -470,7 +470,8 @@ static int stream_client(const char *sid, size_t size) {
 /* ioctl's queue counts, as TCP's: FIONREAD (SIOCINQ) the bytes received
  * and not read, SIOCOUTQ those written and not acknowledged yet, EFAULT
  * without a place for the count; on a listener (bound to OWN), EINVAL.
- * Against a stream-server for SID (an echo). */
+ * SO_SNDBUF and SO_RCVBUF as Linux answers them. Against a stream-server
+ * for SID (an echo). */
 static int stream_queues(const char *sid, const char *own) {
     int fd = socket(AF_SERVAL, SOCK_STREAM, 0);
     if (fd < 0) die("socket");
@@ -491,6 +492,16 @@ static int stream_queues(const char *sid, const char *own) {
     for (int i = 0; i < 500 && (ioctl(fd, TIOCOUTQ, &n) != 0 || n != 0); i++) usleep(10000);
     CHECK(n == 0, "SIOCOUTQ: nothing unacknowledged");
     EXPECT_ERR(ioctl(fd, FIONREAD, NULL), EFAULT);
+    /* Buffer sizes: never 0 (a program may size its reads by them), and
+     * twice what was set, as Linux keeps them. */
+    int size = 0;
+    socklen_t slen = sizeof size;
+    CHECK(getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, &slen) == 0 && size > 0, "SO_SNDBUF");
+    CHECK(getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, &slen) == 0 && size > 0, "SO_RCVBUF");
+    size = 65536;
+    CHECK(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size) == 0, "set SO_RCVBUF");
+    CHECK(getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, &slen) == 0 && size == 131072,
+          "SO_RCVBUF reads back twice what was set");
     close(fd);
     int l = socket(AF_SERVAL, SOCK_STREAM, 0);
     struct sockaddr_sv lsa = sv_addr(own);
