@@ -197,7 +197,9 @@ impl Stream {
 
     /// Bytes received and not read, and written and not acknowledged
     /// (`ioctl`'s `FIONREAD` and `SIOCOUTQ`): none while connecting, what
-    /// was left at a reset, as TCP's.
+    /// was left at a reset (none once the host forgot the flow), as
+    /// TCP's; none either for a flow exported (the caller tells that
+    /// apart).
     pub fn queues(&self) -> Result<sal::proto::StreamQueues, Error> {
         let key = self.key;
         self.runtime.call(Mode::NonBlocking, None, |core| {

@@ -201,7 +201,7 @@ proptest! {
             + repr.address.as_ref().map_or(0, |a| ADDRESS_BASE_LEN + 4 * a.addrs.len())
             + repr.source.as_ref().map_or(0, |s| SOURCE_BASE_LEN + 4 * s.addrs.len());
         prop_assert_eq!(repr.header_len(), expected_len);
-        prop_assert!(expected_len % 4 == 0 && expected_len <= MAX_HEADER_LEN);
+        prop_assert!(expected_len.is_multiple_of(4) && expected_len <= MAX_HEADER_LEN);
 
         let bytes = emit(&repr, &payload);
         let packet = SalPacket::new_checked(&bytes[..]).expect("emitted header is well framed");

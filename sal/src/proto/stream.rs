@@ -232,16 +232,24 @@ impl Host {
     /// (sending their bytes, and taking the peer's last segments without
     /// a reset). Looks at every flow.
     pub fn unfinished_streams(&self) -> usize {
-        self.unfinished_stream_flows().count()
+        self.unfinished(true).count()
+    }
+
+    /// The flows [`unfinished_streams`](Self::unfinished_streams) counts
+    /// that some application accepted or connected (not those still
+    /// queued on a listener), for a caller that waits only for some of
+    /// them (those its application closed, before an `exec`).
+    pub fn unfinished_stream_flows(&self) -> impl Iterator<Item = FlowId> + '_ {
+        self.unfinished(false)
     }
 
     /// The flows [`unfinished_streams`](Self::unfinished_streams) counts,
-    /// for a caller that waits only for some of them (those its
-    /// application closed, before an `exec`).
-    pub fn unfinished_stream_flows(&self) -> impl Iterator<Item = FlowId> + '_ {
+    /// `queued` ones (on a listener, not accepted) included or not.
+    fn unfinished(&self, queued: bool) -> impl Iterator<Item = FlowId> + '_ {
         self.endpoints
             .iter()
-            .filter(|(_, endpoint)| match endpoint {
+            .filter(move |(_, endpoint)| match endpoint {
+                Endpoint::Flow(flow) if flow.unaccepted && !queued => false,
                 Endpoint::Flow(flow) => {
                     transport_waits(flow)
                         || flow

@@ -77,11 +77,13 @@ impl ExtensionKind {
             ExtensionKind::Pad => len == 1,
             ExtensionKind::Control => len == CONTROL_LEN,
             ExtensionKind::Service => len == SERVICE_LEN,
-            ExtensionKind::Address => len >= ADDRESS_BASE_LEN && (len - ADDRESS_BASE_LEN) % 4 == 0,
+            ExtensionKind::Address => {
+                len >= ADDRESS_BASE_LEN && (len - ADDRESS_BASE_LEN).is_multiple_of(4)
+            }
             ExtensionKind::Source => {
                 let addrs = len.saturating_sub(SOURCE_BASE_LEN) / 4;
                 len > SOURCE_BASE_LEN
-                    && (len - SOURCE_BASE_LEN) % 4 == 0
+                    && (len - SOURCE_BASE_LEN).is_multiple_of(4)
                     && addrs <= MAX_SOURCE_ADDRS
             }
             ExtensionKind::Unknown(_) => len >= 2,

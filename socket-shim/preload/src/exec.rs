@@ -2,8 +2,8 @@
 //! socket lives in the process's memory, which `exec` replaces, so before
 //! the call every one goes to sald (`inproc::before_exec`) and crosses
 //! into the new image as a daemon-path socket, as TCP's would cross. With
-//! the in-process mode off, or without an engine, or in a `vfork` child,
-//! each function is glibc's, plus one `getpid`.
+//! the in-process mode off each function is glibc's, plus a look at a
+//! flag; without an engine, or in a `vfork` child, plus one `getpid`.
 //!
 //! glibc's own callers of `execve` (`execl`, `execvp`, `posix_spawn`,
 //! `system`, `popen`) reach the system call through its internal

@@ -1491,10 +1491,16 @@ pub unsafe extern "C" fn splice(
     unsafe { real::splice(fd_in, off_in, fd_out, off_out, len, flags) }
 }
 
-/// `ioctl`, variadic in C as [`fcntl`] is, and taken the same way. Only
-/// `FIOCLEX` and `FIONCLEX` concern the shim: whether a listener or a
-/// datagram socket crosses `exec` changed (Python's `os.set_inheritable`
-/// clears close-on-exec this way); any other request costs a comparison.
+/// `ioctl`, variadic in C as [`fcntl`] is, and taken the same way. The
+/// shim answers `FIOCLEX` and `FIONCLEX` (whether a listener or a
+/// datagram socket crosses `exec` changed: Python's `os.set_inheritable`
+/// clears close-on-exec this way), `FIONBIO`, `FIONREAD` and `SIOCOUTQ`
+/// on in-process numbers (the engine's queues), and `FIONREAD` and
+/// `SIOCOUTQ` on a daemon-path listener (`EINVAL`, as TCP's; on a
+/// daemon-path stream the kernel answers for sald's socketpair end: bytes
+/// sald delivered and the program did not read, and bytes the program
+/// wrote and sald did not take yet); any other request costs a few
+/// comparisons.
 ///
 /// # Safety
 /// As `ioctl(2)`.

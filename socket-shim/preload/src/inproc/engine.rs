@@ -161,7 +161,7 @@ const MAX_SPIN_US: u64 = 1_000;
 /// How long the process's exit waits for its flows' bytes and ends of
 /// stream to be acknowledged at most, as the kernel goes on sending a
 /// closed socket's bytes after its process is gone.
-const LINGER: Duration = Duration::from_secs(2);
+pub(crate) const LINGER: Duration = Duration::from_secs(2);
 
 /// [`on_exit`], as a destructor of the shim's (`.fini_array`): the
 /// dynamic loader runs it at `exit` after every `atexit` handler (the
@@ -204,24 +204,39 @@ extern "C" fn on_exit() {
 }
 
 /// Before `exec` (see `handover::before_exec`): the streams the program
-/// closed are given [`LINGER`] at most to deliver their bytes and ends of
-/// stream, as at exit ([`on_exit`]): the kernel would go on sending them
-/// after the `exec`, and the engine goes with the process image.
-pub(crate) fn linger_closed() {
-    let _ = std::panic::catch_unwind(|| {
+/// closed are given until `deadline` at most to deliver their bytes and
+/// ends of stream, as at exit ([`on_exit`]): the kernel would go on
+/// sending them after the `exec`, and the engine goes with the process
+/// image.
+pub(crate) fn linger_closed(deadline: Instant) {
+    drive_until(deadline, |runtime| runtime.unfinished_closed_streams() == 0);
+}
+
+/// Drives the engine, if the process has one, until `done` says so or
+/// `deadline` passes.
+pub(crate) fn drive_until(deadline: Instant, done: impl Fn(&Runtime) -> bool) {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         if let Some(runtime) = existing() {
-            linger(&runtime, Runtime::unfinished_closed_streams);
+            drive_while(&runtime, deadline, |runtime| !done(runtime));
         }
-    });
+    }));
 }
 
 /// Drives the host until `unfinished` counts no stream, for [`LINGER`]
-/// at most. Costs one look when nothing is on its way.
+/// at most.
 fn linger(runtime: &Runtime, unfinished: impl Fn(&Runtime) -> usize) {
-    let deadline = Instant::now() + LINGER;
+    drive_while(runtime, Instant::now() + LINGER, |runtime| {
+        unfinished(runtime) > 0
+    });
+}
+
+/// Drives the host (one turn, then a turn per wake-up of its descriptors
+/// or every 10 ms) while `going` says so, until `deadline`. Each look of
+/// `going` takes the engine's lock.
+fn drive_while(runtime: &Runtime, deadline: Instant, going: impl Fn(&Runtime) -> bool) {
     let _inside = runtime.enter();
     let _ = runtime.drive();
-    while unfinished(runtime) > 0 && Instant::now() < deadline {
+    while going(runtime) && Instant::now() < deadline {
         let mut set = runtime.wait_fds().map(|fd| libc::pollfd {
             fd: std::os::fd::AsRawFd::as_raw_fd(&fd),
             events: libc::POLLIN,

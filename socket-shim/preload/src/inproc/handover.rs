@@ -77,6 +77,7 @@ use sal_control::{Request, Response, MAX_ADOPT_BUFFERED};
 use sal_inproc::Runtime;
 use socket_shim::ControlClient;
 
+use super::engine::LINGER;
 use super::{epoll, registry, Socket};
 use crate::ops;
 use crate::table::{self, Domain, Entry, Kind, ListenerControl, State};
@@ -91,14 +92,67 @@ use socket_shim::reset::ResetWatch;
 const PATIENCE: Duration = Duration::from_secs(1);
 
 /// Held while a hand-over is under way: by the thread that hands sockets
-/// over at `fork` from the prepare handler to the release after it
-/// ([`begin`], [`end`]), and by [`socket_at`] and [`disconnect_at`] for
-/// their call. Calls that met a socket on its way wait on it ([`wait`]).
+/// over at `fork`, `exec` or `posix_spawn` from before the call to after
+/// it ([`begin`], [`before_exec`], [`before_spawn`], then [`end`] or
+/// [`exec_failed`]), and by [`socket_at`] and [`disconnect_at`] for their
+/// call. Calls that met a socket on its way wait on it ([`wait`]).
 static UNDER_WAY: Mutex<()> = Mutex::new(());
 
 thread_local! {
     static HELD: std::cell::RefCell<Option<MutexGuard<'static, ()>>> =
         const { std::cell::RefCell::new(None) };
+    /// The hand-overs this thread is inside (a [`begin`] counts until its
+    /// [`end`]). One that would start inside another is skipped: taking
+    /// [`UNDER_WAY`] again would deadlock (an `exec` from a signal
+    /// handler that interrupted a hand-over; a `posix_spawn` that runs
+    /// `fork`'s handlers, as glibc's did before 2.24).
+    static DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts this thread into a hand-over; whether it is the outermost.
+fn enter() -> bool {
+    DEPTH
+        .try_with(|depth| {
+            depth.set(depth.get() + 1);
+            depth.get() == 1
+        })
+        .unwrap_or(false)
+}
+
+/// Counts this thread out of a hand-over; whether it was the outermost.
+fn leave() -> bool {
+    DEPTH
+        .try_with(|depth| {
+            depth.set(depth.get().saturating_sub(1));
+            depth.get() == 0
+        })
+        .unwrap_or(true)
+}
+
+/// Whether this thread is inside a hand-over.
+fn inside() -> bool {
+    DEPTH.try_with(|depth| depth.get() > 0).unwrap_or(true)
+}
+
+/// A call's own hand-over ([`socket_at`], [`disconnect_at`]): counted
+/// while it lasts.
+struct Within;
+
+impl Within {
+    /// `None` inside another hand-over (see [`DEPTH`]).
+    fn enter() -> Option<Within> {
+        if enter() {
+            return Some(Within);
+        }
+        leave();
+        None
+    }
+}
+
+impl Drop for Within {
+    fn drop(&mut self) {
+        leave();
+    }
 }
 
 /// Before `fork` (the engine's prepare handler, before any of the shim's
@@ -108,8 +162,12 @@ pub(crate) fn begin() {
     begin_with(|_| true);
 }
 
-/// [`begin`] for the sockets whose numbers `which` picks.
+/// [`begin`] for the sockets whose numbers `which` picks; nothing (but
+/// the count [`end`] takes back) inside another hand-over.
 fn begin_with(which: fn(&registry::Numbers) -> bool) {
+    if !enter() {
+        return;
+    }
     let guard = UNDER_WAY.lock().unwrap_or_else(PoisonError::into_inner);
     let _ = HELD.try_with(|held| *held.borrow_mut() = Some(guard));
     let _ = std::panic::catch_unwind(|| {
@@ -124,21 +182,55 @@ fn begin_with(which: fn(&registry::Numbers) -> bool) {
 /// Before `exec` (`crate::exec`'s wrappers of the exec family), in the
 /// process that owns the engine: the process image, the engine with it,
 /// is about to be replaced, so every listener and established stream
-/// goes to sald as before `fork` ([`begin`]), and the streams the program
-/// closed are given up to a linger's time to deliver their bytes
-/// (`engine::linger_closed`). [`UNDER_WAY`] stays held across the
-/// `exec`: calls of other threads that meet a socket on its way wait for
-/// it, which ends them, or for its failure ([`exec_failed`]), after which
-/// the sockets sald took work on the daemon path and the engine serves
-/// the rest and the program's next ones. Whether there was an engine to
-/// hand over from (else nothing was done, and nothing is held).
+/// goes to sald as before `fork` ([`begin`]). Within [`LINGER`] then: a
+/// stream whose bytes were too many for an `Adopt` frame, if it may drain
+/// (fewer unread than that, the rest waiting for the peer's
+/// acknowledgements), is driven until it fits and handed over; the
+/// streams the program closed are given the time left to deliver their
+/// bytes (`engine::linger_closed`); a stream still left in the engine
+/// (connecting, closing, refused, too full) is reset, so that its peer
+/// hears of it at once rather than time out; after a failed `exec` it
+/// reads as reset. [`UNDER_WAY`] stays held across the `exec`: calls of
+/// other threads that meet a socket on its way wait for it, which ends
+/// them, or for its failure ([`exec_failed`]), after which the sockets
+/// sald took work on the daemon path and the engine serves the program's
+/// next ones. Whether a hand-over began (else nothing was done, and
+/// nothing is held).
 pub(crate) fn before_exec() -> bool {
-    if !super::enabled() || !super::engine::owned_here() {
+    if !super::enabled() || !super::engine::owned_here() || inside() {
         return false;
     }
+    let deadline = Instant::now() + LINGER;
     begin();
-    super::engine::linger_closed();
+    let _ = std::panic::catch_unwind(|| {
+        let draining = |socket: &Socket| {
+            socket.queues().is_some_and(|queues| {
+                queues.unread < MAX_ADOPT_BUFFERED
+                    && queues.unread + queues.unacknowledged > MAX_ADOPT_BUFFERED
+            })
+        };
+        let full: Vec<_> = left_streams()
+            .into_iter()
+            .filter(|(s, _)| draining(s))
+            .collect();
+        if !full.is_empty() {
+            super::engine::drive_until(deadline, |_| full.iter().all(|(s, _)| !draining(s)));
+            hand_over_all(full);
+        }
+        super::engine::linger_closed(deadline);
+        for (socket, _) in left_streams() {
+            socket.abort_before_exec();
+        }
+    });
     true
+}
+
+/// The streams of this process still in the engine.
+fn left_streams() -> Vec<(Arc<Socket>, registry::Numbers)> {
+    let sockets = registry::by_socket().into_iter();
+    sockets
+        .filter(|(socket, _)| !socket.inherited() && !socket.listens())
+        .collect()
 }
 
 /// After an `exec` that failed (it returned), or a spawn: see
@@ -157,7 +249,7 @@ pub(crate) fn exec_failed() {
 /// spawns helpers keeps its own flows here). Holds [`UNDER_WAY`] until
 /// [`exec_failed`]; whether anything is held.
 pub(crate) fn before_spawn() -> bool {
-    if !super::enabled() || !super::engine::owned_here() {
+    if !super::enabled() || !super::engine::owned_here() || inside() {
         return false;
     }
     begin_with(|numbers| numbers.iter().any(|&(_, cloexec)| !cloexec));
@@ -171,6 +263,9 @@ pub(crate) fn before_spawn() -> bool {
 /// counter. Whether the number is the daemon path's now (else it stays
 /// in-process: a stream still connecting, or one sald refused).
 pub(crate) fn socket_at(fd: RawFd) -> bool {
+    let Some(_within) = Within::enter() else {
+        return false;
+    };
     let _under_way = UNDER_WAY.lock().unwrap_or_else(PoisonError::into_inner);
     let Some(socket) = registry::checked(fd) else {
         return false;
@@ -197,6 +292,9 @@ pub(crate) fn disconnect_at(fd: RawFd) -> bool {
     if listens {
         return socket_at(fd);
     }
+    let Some(_within) = Within::enter() else {
+        return false;
+    };
     let _under_way = UNDER_WAY.lock().unwrap_or_else(PoisonError::into_inner);
     let Some(socket) = registry::checked(fd) else {
         return false;
@@ -372,7 +470,9 @@ fn listener_taken(socket: &Socket) -> Option<Taken> {
 /// After `fork`, in the parent and in the child, or after a failed
 /// `exec`: calls that waited for the hand-over go on.
 pub(crate) fn end() {
-    let _ = HELD.try_with(|held| held.borrow_mut().take());
+    if leave() {
+        let _ = HELD.try_with(|held| held.borrow_mut().take());
+    }
 }
 
 /// Waits until no hand-over is under way (see the module's doc).

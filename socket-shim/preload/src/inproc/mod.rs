@@ -121,9 +121,14 @@
 //! ends their flows as TCP's close would), and the streams the program
 //! closed get up to 2 s to deliver their bytes, as at exit. A failed
 //! `exec` leaves the sockets with sald. Not handed over, hence not
-//! crossing: streams still connecting or closing, as at `fork`. A child
-//! that shares its parent's memory (`vfork`) hands nothing over: its
-//! `exec` would move the parent's sockets.
+//! crossing: streams still connecting or closing, as at `fork`; they are
+//! reset before the `exec`, so that their peers hear of it at once (and
+//! read as reset after a failed one). A stream whose buffers hold more
+//! than an `Adopt` frame carries is given the linger's time to drain
+//! first. A child that shares its parent's memory (`vfork`) hands
+//! nothing over: its `exec` would move the parent's sockets. An `exec`
+//! from a signal handler that interrupted a hand-over hands nothing over
+//! (its sockets are lost), rather than deadlock.
 //!
 //! # connect to AF_UNSPEC
 //!

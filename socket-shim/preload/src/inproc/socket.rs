@@ -314,6 +314,23 @@ impl Socket {
         Some((*prefix, backlog.load(Ordering::Relaxed)))
     }
 
+    /// The stream's queues (`None`: not a stream of this process).
+    pub(crate) fn queues(&self) -> Option<sal::proto::StreamQueues> {
+        let Ok(Object::Stream(stream)) = self.object() else {
+            return None;
+        };
+        stream.queues().ok()
+    }
+
+    /// Resets the stream's flow (RST to the peer) before an `exec` it
+    /// cannot cross (`handover::before_exec`): its peer hears of it now
+    /// rather than time out. Nothing for a listener.
+    pub(crate) fn abort_before_exec(&self) {
+        if let Ok(Object::Stream(stream)) = self.object() {
+            let _ = stream.abort();
+        }
+    }
+
     /// Resets the stream's flow for a `connect` to `AF_UNSPEC` that could
     /// not hand it to sald (still connecting, or closing): calls that fail
     /// meanwhile wait for the numbers to become the daemon path's
@@ -458,6 +475,12 @@ impl Socket {
             return Err(libc::EINVAL);
         };
         let queues = stream.queues().map_err(|e| errno(&e))?;
+        if self.leaving() {
+            // The flow may be on its way to sald (an exported flow holds
+            // nothing here): a failure, which the caller's `moved` look
+            // turns into the call made again where the flow is.
+            return Err(libc::ECONNRESET);
+        }
         Ok(match request {
             SIOCOUTQ => queues.unacknowledged,
             _ => queues.unread,

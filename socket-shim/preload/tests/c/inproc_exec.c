@@ -13,7 +13,8 @@
  *     then end of file; a stream the program closed just before the exec
  *     still delivers all its bytes (the exec waits for them, as the kernel
  *     would send them after it: its reader pauses until the exec, so the
- *     stream's send buffer is full then);
+ *     stream's send buffer is full then); a stream kept across the exec
+ *     with its send buffer full crosses, bytes in flight included;
  *   - the peers of the streams the program accepts and of the one it
  *     closes are a helper process forked first (a flow whose two ends are
  *     both in one process cannot move to sald whole: sald takes no flow
@@ -34,6 +35,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -126,9 +128,30 @@ static int connect_retry(const char *sid) {
     return -1;
 }
 
+/* Reads FD to its end: COUNT bytes of the pattern, then TRAILER. */
+static int pattern_then(int fd, size_t count, const char *trailer) {
+    static char buf[65536];
+    size_t got = 0, wrong = 0, extra = strlen(trailer);
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
+        CHECK(n >= 0, "reading a stream to its end");
+        if (n <= 0) break;
+        for (ssize_t i = 0; i < n; i++) {
+            size_t at = got + (size_t)i;
+            char want = at < count ? pattern(at) : at - count < extra ? trailer[at - count] : 0;
+            wrong += buf[i] != want;
+        }
+        got += (size_t)n;
+    }
+    if (got != count + extra) fprintf(stderr, "got %zu of %zu bytes\n", got, count + extra);
+    return got == count + extra && wrong == 0 ? 0 : -1;
+}
+
 /* The helper: the peer of two streams the main program accepts (one it
  * makes close-on-exec and writes to, one that crosses exec and echoes) and
- * of the one it closes just before exec (to the helper's own listener). */
+ * of two it makes to the helper's own listener: one it closes just before
+ * exec, one it keeps across exec with more bytes than sald takes at once. */
 static int helper(const char *own, const char *helper_sid, int ready, int count) {
     alarm(25); /* bounded, whatever happens to its peers */
     int l = socket(AF_SERVAL, SOCK_STREAM, 0);
@@ -141,39 +164,55 @@ static int helper(const char *own, const char *helper_sid, int ready, int count)
     int to_cloexec = connect_retry(own);
     int to_crossing = connect_retry(own);
     int closed = accept(l, NULL, NULL);
-    if (closed < 0) die("accept (helper)");
+    int full = accept(l, NULL, NULL);
+    if (closed < 0 || full < 0) die("accept (helper)");
     struct timeval patience = {.tv_sec = 10};
     setsockopt(closed, SOL_SOCKET, SO_RCVTIMEO, &patience, sizeof patience);
+    setsockopt(full, SOL_SOCKET, SO_RCVTIMEO, &patience, sizeof patience);
     /* Nothing read for a while: the writer's buffers fill, and it execs
      * with its bytes still to send. */
-    usleep(500000);
-    static char buf[65536];
-    size_t got = 0, wrong = 0;
-    for (;;) {
-        ssize_t n = read(closed, buf, sizeof buf);
-        if (n < 0 && errno == EINTR) continue;
-        CHECK(n >= 0, "reading the closed stream");
-        if (n <= 0) break;
-        for (ssize_t i = 0; i < n; i++) wrong += buf[i] != pattern(got + (size_t)i);
-        got += (size_t)n;
-    }
-    size_t sent = 0;
-    CHECK(read(count, &sent, sizeof sent) == sizeof sent, "the closed stream's count");
-    CHECK(sent > 0 && got == sent && wrong == 0,
+    usleep(300000);
+    size_t sent[2] = {0, 0};
+    CHECK(read(count, sent, sizeof sent) == sizeof sent, "the streams' counts");
+    CHECK(sent[0] > 0 && pattern_then(closed, sent[0], "") == 0,
           "every byte of the stream closed before exec, then its end of stream");
-    if (got != sent) fprintf(stderr, "got %zu of %zu bytes\n", got, sent);
     close(closed);
+    CHECK(sent[1] > 0 && pattern_then(full, sent[1], "tail") == 0,
+          "every byte of the stream too full to go at once, then what the image after sent");
+    close(full);
     char word[16] = {0};
     CHECK(read_full(to_cloexec, word, 10) == 0 && !memcmp(word, "three-data", 10),
           "the close-on-exec stream's bytes");
     CHECK(read(to_cloexec, word, 1) == 0, "then its end of stream, at exec");
     close(to_cloexec);
+    static char buf[65536];
     for (;;) {
         ssize_t n = read(to_crossing, buf, sizeof buf);
         if (n <= 0 || write_full(to_crossing, buf, (size_t)n) < 0) break;
     }
     close(to_crossing);
     return failures ? 1 : 0;
+}
+
+/* Writes the pattern to FD, non-blocking, as long as it takes it (its
+ * reader pausing: until it stops for 50 ms), CLOSED_MOST at most. */
+static size_t fill(int fd) {
+    fcntl(fd, F_SETFL, O_NONBLOCK);
+    static char chunk[65536];
+    size_t sent = 0;
+    while (sent < CLOSED_MOST) {
+        for (size_t i = 0; i < sizeof chunk; i++) chunk[i] = pattern(sent + i);
+        ssize_t w = write(fd, chunk, sizeof chunk);
+        if (w > 0) {
+            sent += (size_t)w;
+            continue;
+        }
+        struct pollfd p = {.fd = fd, .events = POLLOUT};
+        if (w < 0 && errno == EAGAIN && poll(&p, 1, 50) == 1) continue;
+        CHECK(w < 0 && errno == EAGAIN, "writes block, at most");
+        break;
+    }
+    return sent;
 }
 
 static int start(const char *sid, const char *own, const char *helper_sid) {
@@ -240,41 +279,34 @@ static int start(const char *sid, const char *own, const char *helper_sid) {
     CHECK(write_full(a3, "three-data", 10) == 0, "bytes on the close-on-exec stream");
 
     /* A fresh in-process stream, closed with its bytes still on their way
-     * just before the exec. */
+     * just before the exec, and one kept across it with its send buffer
+     * full (when that holds more than an Adopt frame carries, 252 KiB, as
+     * it may once the buffer grew, the exec waits for it to drain). */
     int s5 = connect_to(helper_sid, 0);
-    CHECK(!is_socket(s5), "a stream made after the failed exec is in-process");
-    /* As much as it takes without blocking, its reader pausing. */
-    fcntl(s5, F_SETFL, O_NONBLOCK);
-    static char chunk[65536];
-    size_t sent = 0;
-    while (sent < CLOSED_MOST) {
-        for (size_t i = 0; i < sizeof chunk; i++) chunk[i] = pattern(sent + i);
-        ssize_t w = write(s5, chunk, sizeof chunk);
-        if (w > 0) {
-            sent += (size_t)w;
-            continue;
-        }
-        struct pollfd p = {.fd = s5, .events = POLLOUT};
-        if (w < 0 && errno == EAGAIN && poll(&p, 1, 50) == 1) continue;
-        CHECK(w < 0 && errno == EAGAIN, "writes to the closed stream block, at most");
-        break;
-    }
-    CHECK(write(count[1], &sent, sizeof sent) == sizeof sent, "the count to the helper");
+    int s7 = connect_to(helper_sid, 0);
+    CHECK(!is_socket(s5) && !is_socket(s7), "streams made after the failed exec are in-process");
+    size_t sent[2] = {fill(s5), fill(s7)};
+    CHECK(write(count[1], sent, sizeof sent) == sizeof sent, "the counts to the helper");
     CHECK(close(s5) == 0, "close the stream before exec");
+    fcntl(s7, F_SETFL, 0);
 
-    char n[6][16];
-    int args[6] = {l, s1, a6, s4, a3, child};
-    for (int i = 0; i < 6; i++) snprintf(n[i], sizeof n[i], "%d", args[i]);
+    char n[7][16];
+    int args[7] = {l, s1, a6, s4, a3, child, s7};
+    for (int i = 0; i < 7; i++) snprintf(n[i], sizeof n[i], "%d", args[i]);
     if (failures) return 1;
-    /* Nine arguments after the path: past the six registers. */
+    /* Eleven arguments after the path: past the six registers. */
     execl("/proc/self/exe", "inproc_exec", "after", sid, own, n[0], n[1], n[2], n[3], n[4], n[5],
-          (char *)NULL);
+          n[6], (char *)NULL);
     die("exec");
     return 1;
 }
 
-static int after(const char *own, int l, int s1, int a6, int s4, int a3, pid_t helper_pid) {
-    CHECK(is_socket(l) && is_socket(s1) && is_socket(a6), "the sockets crossed exec at their numbers");
+static int after(const char *own, int l, int s1, int a6, int s4, int a3, pid_t helper_pid,
+                 int s7) {
+    CHECK(is_socket(l) && is_socket(s1) && is_socket(a6) && is_socket(s7),
+          "the sockets crossed exec at their numbers");
+    CHECK(write_full(s7, "tail", 4) == 0 && close(s7) == 0,
+          "more bytes on the stream that was too full to go at once");
     errno = 0;
     CHECK(fcntl(s4, F_GETFD) == -1 && errno == EBADF, "the close-on-exec stream was closed");
     errno = 0;
@@ -328,9 +360,9 @@ static int last(int l) {
 int main(int argc, char **argv) {
     if (argc == 4 && !strcmp(argv[1], "last")) return last(atoi(argv[3]));
     if (argc == 4) return start(argv[1], argv[2], argv[3]);
-    if (argc == 10 && !strcmp(argv[1], "after"))
+    if (argc == 11 && !strcmp(argv[1], "after"))
         return after(argv[3], atoi(argv[4]), atoi(argv[5]), atoi(argv[6]), atoi(argv[7]),
-                     atoi(argv[8]), atoi(argv[9]));
+                     atoi(argv[8]), atoi(argv[9]), atoi(argv[10]));
     fprintf(stderr, "usage: inproc_exec SID OWN HELPER\n");
     return 2;
 }
