@@ -248,7 +248,9 @@ fn a_fork_hands_the_streams_to_sald_under_waiting_threads() {
 }
 
 /// In-process sockets across `exec` (`tests/c/inproc_exec.c`): a `vfork`
-/// child's `exec` hands nothing over; a failed `exec` leaves the sockets
+/// child's `exec` hands nothing over; `posix_spawn` hands over the
+/// sockets with a number that is not close-on-exec, and only those; a
+/// failed `exec` leaves the sockets
 /// with sald, working; a listener, a stream and two accepted streams
 /// cross `execl` (more arguments than registers) at their numbers, two
 /// close-on-exec streams are closed by it (their peers get the bytes,
@@ -258,8 +260,8 @@ fn a_fork_hands_the_streams_to_sald_under_waiting_threads() {
 /// grew past what an `Adopt` frame carries, after the `exec` waited for
 /// it to drain: not every run), and `execle`'s environment reaches the
 /// image after.
-/// sald adopted the four streams open at the failed `exec` and the full
-/// one at the second.
+/// sald adopted two streams at the spawn, two at the failed `exec` and
+/// the full one at the second.
 #[test]
 fn sockets_cross_exec_in_process() {
     let sald = Sald::start_relaying();

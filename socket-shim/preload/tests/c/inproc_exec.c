@@ -5,6 +5,8 @@
  *
  *   - a vfork child's exec hands nothing over (it shares the parent's
  *     memory): the parent's stream stays in-process and works;
+ *   - posix_spawn hands over the sockets with a number that is not
+ *     close-on-exec, and leaves the others in-process;
  *   - an exec that fails leaves the sockets on the daemon path, working;
  *   - a listener, a stream and an accepted stream that are not
  *     close-on-exec cross into the new image at their numbers (passed on
@@ -32,6 +34,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,19 +44,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "check.h"
 #include "serval.h"
 #include "sv_addr.h"
-
-static int failures;
-
-#define CHECK(cond, what)                                                  \
-    do {                                                                   \
-        if (!(cond)) {                                                     \
-            fprintf(stderr, "FAIL %s:%d: %s (errno %d: %s)\n", __FILE__,   \
-                    __LINE__, (what), errno, strerror(errno));             \
-            failures++;                                                    \
-        }                                                                  \
-    } while (0)
 
 /* The most bytes the stream closed just before exec is given: as many as
  * it takes without blocking while its reader pauses, so that its send
@@ -260,6 +253,18 @@ static int start(const char *sid, const char *own, const char *helper_sid) {
           "the vfork child ran /bin/true");
     CHECK(!is_socket(s1), "a vfork child's exec handed nothing over");
     echo(s1, "two", "an echo after the vfork child's exec");
+
+    /* posix_spawn: the sockets the new program may inherit (a number not
+     * close-on-exec) go to sald first; close-on-exec ones stay here. */
+    char *truth[] = {"true", NULL};
+    extern char **environ;
+    CHECK(posix_spawn(&pid, "/bin/true", NULL, NULL, truth, environ) == 0 &&
+              waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+          "posix_spawn ran /bin/true");
+    CHECK(is_socket(l) && is_socket(s1) && is_socket(a6), "posix_spawn handed the inheritable sockets over");
+    CHECK(!is_socket(s4) && !is_socket(a3), "close-on-exec sockets stayed in-process at posix_spawn");
+    echo(s1, "two more", "an echo after posix_spawn");
+    echo(s4, "four more", "an echo on the close-on-exec stream after posix_spawn");
 
     /* A failed exec: the sockets are sald's now, and work. */
     char *none[] = {"inproc_exec", NULL};
