@@ -250,9 +250,8 @@ fn a_fork_hands_the_streams_to_sald_under_waiting_threads() {
 /// In-process sockets across `exec` (`tests/c/inproc_exec.c`): a `vfork`
 /// child's `exec` hands nothing over; `posix_spawn` hands over the
 /// sockets with a number that is not close-on-exec, and only those; a
-/// failed `exec` leaves the sockets
-/// with sald, working; a listener, a stream and two accepted streams
-/// cross `execl` (more arguments than registers) at their numbers, two
+/// failed `exec` leaves the sockets with sald, working; a listener, a
+/// stream and an accepted stream cross `execl` (more arguments than registers) at their numbers, two
 /// close-on-exec streams are closed by it (their peers get the bytes,
 /// then end of stream), a stream closed just before it delivers its
 /// bytes (its reader paused: the `exec` waits for them), one kept across

@@ -154,7 +154,14 @@ pub(crate) fn queued(fd: RawFd, request: libc::c_ulong, arg: *mut c_int) -> Res<
     if arg.is_null() {
         return Err(libc::EFAULT);
     }
-    let bytes = data_call(fd, |socket| socket.queued(request))?;
+    let bytes = match data_call(fd, |socket| socket.queued(request)) {
+        // A number that did not take sald's file reads as reset: nothing
+        // queued, as a reset TCP socket's `ioctl` says.
+        Err(libc::ECONNRESET) => 0,
+        // Disconnected meanwhile: the placeholder's `ioctl` answers.
+        Err(libc::EPIPE) => return Err(HANDED_OVER),
+        result => result?,
+    };
     // SAFETY: both requests take a pointer to an int, checked non-null;
     // the program gave it for this call.
     unsafe { *arg = c_int::try_from(bytes).unwrap_or(c_int::MAX) };

@@ -66,7 +66,7 @@
 //! A flow whose two ends are both in this process cannot go to sald
 //! whole: once one end is sald's, the other's peer is sald itself, which
 //! refuses it (no host takes a flow to one of its own locators); it
-//! stays in the engine, and is lost at an `exec`.
+//! stays in the engine, and is reset at an `exec`.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::AtomicBool;
@@ -130,7 +130,7 @@ fn leave() -> bool {
 }
 
 /// Whether this thread is inside a hand-over.
-fn inside() -> bool {
+pub(crate) fn inside() -> bool {
     DEPTH.try_with(|depth| depth.get() > 0).unwrap_or(true)
 }
 
@@ -200,14 +200,17 @@ pub(crate) fn before_exec() -> bool {
     if !super::enabled() || !super::engine::owned_here() || inside() {
         return false;
     }
-    let deadline = Instant::now() + LINGER;
     begin();
+    let deadline = Instant::now() + LINGER;
     let _ = std::panic::catch_unwind(|| {
+        // Refused for its size alone, and its unread bytes fit: its
+        // unacknowledged ones may drain.
         let draining = |socket: &Socket| {
-            socket.queues().is_some_and(|queues| {
-                queues.unread < MAX_ADOPT_BUFFERED
-                    && queues.unread + queues.unacknowledged > MAX_ADOPT_BUFFERED
-            })
+            socket.too_full()
+                && socket.queues().is_some_and(|queues| {
+                    queues.unread <= MAX_ADOPT_BUFFERED
+                        && queues.unread + queues.unacknowledged > MAX_ADOPT_BUFFERED
+                })
         };
         let full: Vec<_> = left_streams()
             .into_iter()
@@ -477,6 +480,11 @@ pub(crate) fn end() {
 
 /// Waits until no hand-over is under way (see the module's doc).
 pub(crate) fn wait() {
+    if inside() {
+        // This thread's own hand-over (a signal handler's call, a fork
+        // handler's): waiting would be for itself.
+        return;
+    }
     drop(UNDER_WAY.lock().unwrap_or_else(PoisonError::into_inner));
 }
 

@@ -119,7 +119,8 @@
 //! socket (a listener in the record of what crosses `exec`, `inherit`;
 //! close-on-exec numbers are closed by the kernel at the `exec` and sald
 //! ends their flows as TCP's close would), and the streams the program
-//! closed get up to 2 s to deliver their bytes, as at exit. A failed
+//! closed get what is left of 2 s after the hand-over to deliver their
+//! bytes, as at exit. A failed
 //! `exec` leaves the sockets with sald. Not handed over, hence not
 //! crossing: streams still connecting or closing, as at `fork`; they are
 //! reset before the `exec`, so that their peers hear of it at once (and

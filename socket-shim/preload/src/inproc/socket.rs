@@ -69,6 +69,9 @@ pub(crate) struct Socket {
     /// over): a forked child's copy is not connected (`ENOTCONN`) rather
     /// than reset.
     connecting_at_fork: AtomicBool,
+    /// Its last export failed only because its buffers held more than
+    /// the export may carry (`handover::before_exec` waits for those).
+    too_full: AtomicBool,
     /// The listener was shut down (`shutdown`): stopped for good, it is
     /// not handed over to sald, which would listen again.
     stopped: AtomicBool,
@@ -177,6 +180,7 @@ impl Socket {
             relay_closed: AtomicBool::new(false),
             handover: AtomicU8::new(KEPT),
             connecting_at_fork: AtomicBool::new(false),
+            too_full: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
         }
     }
@@ -272,6 +276,13 @@ impl Socket {
             )))
         );
         self.connecting_at_fork.store(connecting, Ordering::Relaxed);
+        let too_full = matches!(
+            export,
+            Err(Error::Host(HostError::NotExportable(
+                NotExportable::Buffered { .. }
+            )))
+        );
+        self.too_full.store(too_full, Ordering::Relaxed);
         match export {
             Ok(export) => Some(export),
             Err(_) => {
@@ -312,6 +323,11 @@ impl Socket {
         // connection keeps owning (and closes when dropped).
         unsafe { crate::real::shutdown(relay.as_fd().as_raw_fd(), libc::SHUT_RDWR) };
         Some((*prefix, backlog.load(Ordering::Relaxed)))
+    }
+
+    /// Whether its last export failed only for its buffers' size.
+    pub(crate) fn too_full(&self) -> bool {
+        self.too_full.load(Ordering::Relaxed)
     }
 
     /// The stream's queues (`None`: not a stream of this process).
@@ -384,7 +400,9 @@ impl Socket {
     /// interrupted), or back in the engine ([`Moved::Back`]: the call is
     /// made again); [`Moved::Not`]: the failure is the call's own.
     pub(crate) fn moved(&self) -> Moved {
-        if self.handover.load(Ordering::SeqCst) == KEPT {
+        if self.handover.load(Ordering::SeqCst) == KEPT || super::handover::inside() {
+            // (Inside this thread's own hand-over, nothing can be waited
+            // for: the failure stands.)
             return Moved::Not;
         }
         super::handover::wait();
@@ -478,7 +496,8 @@ impl Socket {
         if self.leaving() {
             // The flow may be on its way to sald (an exported flow holds
             // nothing here): a failure, which the caller's `moved` look
-            // turns into the call made again where the flow is.
+            // turns into the call made again where the flow is (see
+            // `calls::queued` for a number that stayed behind).
             return Err(libc::ECONNRESET);
         }
         Ok(match request {

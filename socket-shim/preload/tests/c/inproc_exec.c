@@ -121,24 +121,56 @@ static int connect_retry(const char *sid) {
     return -1;
 }
 
-/* Reads FD to its end: COUNT bytes of the pattern, then TRAILER. */
-static int pattern_then(int fd, size_t count, const char *trailer) {
+/* A stream read to its end: COUNT bytes of the pattern, then TRAILER. */
+struct expected {
+    int fd;
+    size_t count;
+    const char *trailer;
+    size_t got, wrong;
+    int ended;
+};
+
+/* Takes what one read gives of E (its number polled readable). */
+static void take(struct expected *e) {
     static char buf[65536];
-    size_t got = 0, wrong = 0, extra = strlen(trailer);
-    for (;;) {
-        ssize_t n = read(fd, buf, sizeof buf);
-        if (n < 0 && errno == EINTR) continue;
-        CHECK(n >= 0, "reading a stream to its end");
-        if (n <= 0) break;
-        for (ssize_t i = 0; i < n; i++) {
-            size_t at = got + (size_t)i;
-            char want = at < count ? pattern(at) : at - count < extra ? trailer[at - count] : 0;
-            wrong += buf[i] != want;
-        }
-        got += (size_t)n;
+    ssize_t n = read(e->fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) return;
+    CHECK(n >= 0, "reading a stream to its end");
+    if (n <= 0) {
+        /* Closed at once: the writer's end waits for this one (its
+         * linger, before exec, for our end of stream). */
+        e->ended = 1;
+        close(e->fd);
+        return;
     }
-    if (got != count + extra) fprintf(stderr, "got %zu of %zu bytes\n", got, count + extra);
-    return got == count + extra && wrong == 0 ? 0 : -1;
+    size_t extra = strlen(e->trailer);
+    for (ssize_t i = 0; i < n; i++) {
+        size_t at = e->got + (size_t)i;
+        char want = at < e->count ? pattern(at) : at - e->count < extra ? e->trailer[at - e->count] : 0;
+        e->wrong += buf[i] != want;
+    }
+    e->got += (size_t)n;
+}
+
+/* Reads both streams to their ends at once (each one's bytes may wait on
+ * the other's), 10 s at most without a byte; whether each was right. */
+static void take_both(struct expected *a, struct expected *b) {
+    while (!a->ended || !b->ended) {
+        struct pollfd p[2] = {{.fd = a->ended ? -1 : a->fd, .events = POLLIN},
+                              {.fd = b->ended ? -1 : b->fd, .events = POLLIN}};
+        int n = poll(p, 2, 10000);
+        CHECK(n > 0, "the streams go on");
+        if (n <= 0) return;
+        if (p[0].revents) take(a);
+        if (p[1].revents) take(b);
+    }
+}
+
+/* Whether E was the pattern then its trailer, whole. */
+static int whole(const struct expected *e) {
+    size_t want = e->count + strlen(e->trailer);
+    if (e->got != want) fprintf(stderr, "got %zu of %zu bytes\n", e->got, want);
+    return e->ended && e->got == want && e->wrong == 0;
 }
 
 /* The helper: the peer of two streams the main program accepts (one it
@@ -167,12 +199,13 @@ static int helper(const char *own, const char *helper_sid, int ready, int count)
     usleep(300000);
     size_t sent[2] = {0, 0};
     CHECK(read(count, sent, sizeof sent) == sizeof sent, "the streams' counts");
-    CHECK(sent[0] > 0 && pattern_then(closed, sent[0], "") == 0,
-          "every byte of the stream closed before exec, then its end of stream");
-    close(closed);
-    CHECK(sent[1] > 0 && pattern_then(full, sent[1], "tail") == 0,
-          "every byte of the stream too full to go at once, then what the image after sent");
-    close(full);
+    struct expected a = {.fd = closed, .count = sent[0], .trailer = ""};
+    struct expected b = {.fd = full, .count = sent[1], .trailer = "tail"};
+    take_both(&a, &b);
+    CHECK(sent[0] > 0 && whole(&a), "every byte of the stream closed before exec, then its end of stream");
+    CHECK(sent[1] > 0 && whole(&b),
+          "every byte of the stream kept across exec, then what the image after sent");
+
     char word[16] = {0};
     CHECK(read_full(to_cloexec, word, 10) == 0 && !memcmp(word, "three-data", 10),
           "the close-on-exec stream's bytes");
