@@ -255,6 +255,22 @@ impl TimerQueue {
     /// is there), the boundary follows `now` over the empty buckets before
     /// its own, and the wheel's span reaches the entries beyond it.
     fn settle(&mut self, now: i64) {
+        self.move_started(now);
+        let now_start = now - now.rem_euclid(BUCKET_WIDTH);
+        if self.boundary < now_start {
+            // Every bucket before `now`'s is empty. The span reaches
+            // further now, maybe to entries due in `now`'s own bucket,
+            // whose time has started: they go on to the front heap.
+            self.boundary = now_start;
+            self.reach_beyond();
+            self.move_started(now);
+        }
+        self.reach_beyond();
+    }
+
+    /// Moves every occupied bucket whose time has started by `now` into
+    /// the front heap, the boundary past each.
+    fn move_started(&mut self, now: i64) {
         while self.in_wheel > 0 {
             let start = bucket(self.boundary);
             let Some(index) = self.next_occupied(start) else {
@@ -273,10 +289,6 @@ impl TimerQueue {
             self.front.extend(entries.drain(..).map(Reverse));
             self.spare.push(entries);
         }
-        // Every bucket before `now`'s is empty now.
-        let now_start = now - now.rem_euclid(BUCKET_WIDTH);
-        self.boundary = self.boundary.max(now_start);
-        self.reach_beyond();
     }
 
     /// The earliest entry, wherever it is (the wheel's found by a scan of
@@ -915,5 +927,30 @@ mod tests {
         let order: Vec<u32> = fired.iter().map(|d| d.flow.get()).collect();
         assert_eq!(order, [3, 2, 1]);
         assert_eq!(queue.len(), 0);
+    }
+
+    /// A deadline armed beyond the wheel, with nothing in it, fires when
+    /// time jumps to exactly its bucket's start: the span reaches it then,
+    /// in the bucket whose time has just started (the case proptest found).
+    #[test]
+    fn a_deadline_beyond_an_empty_wheel_fires_when_time_jumps_onto_it() {
+        let mut queue = TimerQueue::default();
+        let mut flows = vec![FlowTimers::default(); 2];
+        let start = 7 * BUCKET_WIDTH + 100;
+        assert_eq!(queue.pop_due(Instant::from_micros(start)), None);
+        let deadline = 7 * BUCKET_WIDTH + SPAN + 3 * BUCKET_WIDTH;
+        let at = Instant::from_micros(deadline);
+        queue.arm(flow(1), &mut flows[1], Timer::Control, at);
+        assert_eq!(queue.beyond.len(), 1);
+        let popped = queue.pop_due(at);
+        assert_eq!(
+            popped,
+            Some(Due {
+                at,
+                flow: flow(1),
+                timer: Timer::Control
+            })
+        );
+        queue.check();
     }
 }
