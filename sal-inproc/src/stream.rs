@@ -211,6 +211,18 @@ impl Stream {
         })
     }
 
+    /// The largest payload of the flow's data segments, once connected
+    /// (`None` before, and after the flow is gone): `TCP_MAXSEG`.
+    pub fn segment_size(&self) -> Result<Option<usize>, Error> {
+        let key = self.key;
+        self.runtime.call(Mode::NonBlocking, None, |core| {
+            let Some(id) = core.stream(key).and_then(|entry| entry.flow) else {
+                return Ok(None);
+            };
+            Ok(core.host.stream_segment_size(id).unwrap_or_default())
+        })
+    }
+
     /// As [`Stream::read`], within a call that read bytes already (the
     /// next iovec, the rest of a `MSG_WAITALL`): a reset's or failed
     /// connect's error is returned untaken, to stay for the program's

@@ -2926,8 +2926,9 @@ impl Socket {
     }
 
     /// The largest payload of a data segment: our MSS and the peer's, less
-    /// the TCP options every segment carries.
-    fn effective_mss(&self) -> usize {
+    /// the TCP options every segment carries (what Linux's `TCP_MAXSEG`
+    /// answers on a connected socket).
+    pub fn effective_mss(&self) -> usize {
         // The effective max segment size, taking into account the options and the local and remote limits.
         let options_len = if self.timestamps { 12 } else { 0 };
         (self.local_mss as usize)

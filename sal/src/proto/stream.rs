@@ -447,6 +447,16 @@ impl Host {
         })
     }
 
+    /// The largest payload of the flow's data segments, once its
+    /// handshake agreed on it (`None` before, and for a flow whose stream
+    /// is gone): what `getsockopt(TCP_MAXSEG)` answers.
+    pub fn stream_segment_size(&mut self, id: FlowId) -> Result<Option<usize>, HostError> {
+        Ok(match self.app_socket(id)? {
+            (FlowState::Established, Some(socket)) => Some(socket.effective_mss()),
+            _ => None,
+        })
+    }
+
     /// Bytes a [`Host::send`] would take now.
     pub fn send_room(&mut self, id: FlowId) -> Result<usize, HostError> {
         let pressure = self.buffer_pressure(self.flow_charge(id));

@@ -2439,6 +2439,10 @@ pub(crate) enum OptAnswer {
     Pass,
 }
 
+/// TCP's default MSS (RFC 1122), what Linux answers `TCP_MAXSEG` with on
+/// a socket that has not connected: the floor of every segment size.
+pub(crate) const TCP_MSS_DEFAULT: c_int = 536;
+
 /// Room for the largest value [`OptAnswer`] gives.
 const ANSWER_MAX: usize = std::mem::size_of::<libc::timeval>();
 
@@ -2508,6 +2512,11 @@ pub(crate) fn getsockopt(fd: RawFd, level: c_int, opt: c_int) -> Option<Res<OptA
                     },
                     (libc::SOL_SOCKET, _) => OptAnswer::Pass,
                     (libc::IPPROTO_TCP, libc::TCP_NODELAY) => OptAnswer::Int(1),
+                    // sald's flow knows the real one; this is never above
+                    // it, and never 0.
+                    (libc::IPPROTO_TCP, libc::TCP_MAXSEG) if entry.kind == Kind::Stream => {
+                        OptAnswer::Int(TCP_MSS_DEFAULT)
+                    }
                     _ if option_level_known(entry.kind, level) => OptAnswer::Int(0),
                     _ => return Err(libc::ENOPROTOOPT),
                 })

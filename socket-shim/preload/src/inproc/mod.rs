@@ -174,9 +174,9 @@
 //!   wait in it, as TCP's, measured on Linux 6.18; the daemon path's
 //!   does, and the C suite expects that.)
 //! - `getsockopt` answers options the program did not set with 0
-//!   (`TCP_MAXSEG` among them; `SO_SNDBUF` and `SO_RCVBUF` answer
-//!   Linux's defaults, and twice what was set, not the engine's own
-//!   sizes, which follow use); `select` refuses `nfds` above
+//!   (`SO_SNDBUF` and `SO_RCVBUF` answer Linux's defaults, and twice what
+//!   was set, not the engine's own sizes, which follow use; `TCP_MAXSEG`
+//!   the flow's segment size); `select` refuses `nfds` above
 //!   `FD_SETSIZE` (Linux clamps it); `MSG_WAITALL` is ignored with
 //!   `SO_RCVTIMEO`.
 //! - `fstat` of a number says eventfd, not socket (`S_ISSOCK` is false).

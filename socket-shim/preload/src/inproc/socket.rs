@@ -786,6 +786,8 @@ impl Socket {
                 libc::SO_ACCEPTCONN => return int(c_int::from(self.listens())),
                 _ => {}
             }
+        } else if (level, name) == (libc::IPPROTO_TCP, libc::TCP_MAXSEG) {
+            return int(self.segment_size());
         } else if !known_level(level) {
             return Err(libc::ENOPROTOOPT);
         }
@@ -808,6 +810,31 @@ impl Socket {
                 Ok(vec![0; std::mem::size_of::<libc::linger>()])
             }
             None => int(0),
+        }
+    }
+
+    /// `TCP_MAXSEG` as Linux's TCP answers it: a connected stream's
+    /// segment payload (at most what the program set), otherwise what the
+    /// program set or TCP's default MSS. Never 0, which a program sizing
+    /// its writes by it would divide by.
+    fn segment_size(&self) -> c_int {
+        let set = {
+            let options = self.options.lock().unwrap_or_else(PoisonError::into_inner);
+            options
+                .iter()
+                .find(|(l, n, _)| (*l, *n) == (libc::IPPROTO_TCP, libc::TCP_MAXSEG))
+                .and_then(|(_, _, value)| {
+                    Some(c_int::from_ne_bytes(value.get(..4)?.try_into().ok()?))
+                })
+                .filter(|&value| value > 0)
+        };
+        let connected = match self.object() {
+            Ok(Object::Stream(stream)) => stream.segment_size().ok().flatten(),
+            _ => None,
+        };
+        match connected.map(|mss| c_int::try_from(mss).unwrap_or(c_int::MAX)) {
+            Some(mss) => set.map_or(mss, |set| mss.min(set)),
+            None => set.unwrap_or(crate::ops::TCP_MSS_DEFAULT),
         }
     }
 

@@ -470,13 +470,26 @@ static int stream_client(const char *sid, size_t size) {
 /* ioctl's queue counts, as TCP's: FIONREAD (SIOCINQ) the bytes received
  * and not read, SIOCOUTQ those written and not acknowledged yet, EFAULT
  * without a place for the count; on a listener (bound to OWN), EINVAL.
- * SO_SNDBUF and SO_RCVBUF as Linux answers them. Against a stream-server
+ * SO_SNDBUF, SO_RCVBUF and TCP_MAXSEG as Linux answers them. Against a stream-server
  * for SID (an echo). */
 static int stream_queues(const char *sid, const char *own) {
     int fd = socket(AF_SERVAL, SOCK_STREAM, 0);
     if (fd < 0) die("socket");
     struct sockaddr_sv sa = sv_addr(sid);
+    /* TCP_MAXSEG: TCP's default MSS before a connect, a segment size after
+     * (never 0: a program may divide by it). */
+    int mss = 0;
+    socklen_t mlen = sizeof mss;
+    CHECK(getsockopt(fd, IPPROTO_TCP, 2 /* TCP_MAXSEG */, &mss, &mlen) == 0 && mss == 536,
+          "TCP_MAXSEG before connect");
     if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) die("connect");
+    mss = 0;
+    CHECK(getsockopt(fd, IPPROTO_TCP, 2 /* TCP_MAXSEG */, &mss, &mlen) == 0 && mss >= 536 &&
+              mss < 65536,
+          "TCP_MAXSEG of a connected stream");
+    /* In-process, the engine's flow answers: its own segment size, above
+     * the floor the daemon path answers. */
+    if (getenv("SERVAL_TEST_FLOW_MSS")) CHECK(mss > 536, "TCP_MAXSEG is the flow's");
     int n = -1;
     CHECK(ioctl(fd, FIONREAD, &n) == 0 && n == 0, "FIONREAD of a fresh stream");
     char buf[1000];
