@@ -19,6 +19,7 @@ use crate::deadline::Deadlines;
 use crate::ends::{EndsCell, EndsSignal, Facts};
 use crate::lock::Parked;
 use crate::mirror::{Mirror, Signal, Spares};
+use crate::resolve::Resolution;
 use crate::udp::{Outbox, UdpLink, BATCH};
 use crate::{Config, Error};
 
@@ -111,6 +112,9 @@ pub(crate) struct Core {
     low_water: usize,
     /// What sends after a release read, for the next turn.
     parked: Arc<Parked>,
+    /// The runtime's cached resolution, if it has a resolver: its routes
+    /// to a hop found gone are taken out before the host hears of it.
+    resolution: Option<Arc<Resolution>>,
 }
 
 /// The room a send buffer needs before its stream shows writable: a
@@ -170,7 +174,14 @@ impl Core {
             spares: Spares::default(),
             low_water: write_low_water(config),
             parked: Arc::default(),
+            resolution: None,
         })
+    }
+
+    /// Gives the core the runtime's cached resolution (see
+    /// [`Core::report_unreachable`]).
+    pub(crate) fn set_resolution(&mut self, resolution: Option<Arc<Resolution>>) {
+        self.resolution = resolution;
     }
 
     /// Where releases park the reports their sends read.
@@ -292,12 +303,22 @@ impl Core {
     }
 
     /// Tells the host of the datagrams that came back as port unreachable
-    /// (see `udp.rs`); true if there were any.
+    /// (see `udp.rs`); true if there were any. A connect's SYN refused so
+    /// at a hop the resolution cache routes by (a program gone) takes
+    /// that hop's routes out first, so that the host sends the SYN again
+    /// by its default route, through sald, which knows where the service
+    /// went: the connect goes on instead of being refused.
     fn report_unreachable(&mut self) -> bool {
         let unreachable = self.link.take_unreachable();
         let now = self.clock.now();
         for (to, start) in &unreachable {
-            (self.host).handle_unreachable(now, Locator::Udp(*to), start);
+            let hop = Locator::Udp(*to);
+            if let Some(resolution) = &self.resolution {
+                if self.host.refused_syn(hop, start).is_some() {
+                    resolution.cache().forget_hop(&mut self.host, hop);
+                }
+            }
+            (self.host).handle_unreachable(now, hop, start);
         }
         !unreachable.is_empty()
     }

@@ -18,9 +18,12 @@
 //! (hosts' rules do not expire on their own): that connect goes through
 //! sald and asks again. A connect by a cached route that fails to be
 //! established (refused, reset, timed out, its deadline passed, given up
-//! before the answer) forgets the route; a SYN to a program gone comes
-//! back at once as port unreachable (`udp.rs`), so such a connect is
-//! refused then, not after its SYN retransmissions. An answer without a
+//! before the answer) forgets the route. A SYN to a program gone comes
+//! back at once as port unreachable (`udp.rs`): every route to that hop
+//! is forgotten ([`ResolutionCache::forget_hop`]) and the host sends the
+//! SYN again by the default route, through sald, which knows where the
+//! service went, so the connect goes on instead of waiting out its SYN
+//! retransmissions. An answer without a
 //! route ("ask me each time": sald serves the service itself, holds it
 //! for the controller, drops it, or answers no routes), a resolver that fails,
 //! and a sald without the request all leave the service on the default
@@ -497,6 +500,24 @@ impl ResolutionCache {
         if let Some(entry) = self.entries.remove(&service) {
             entry.remove_rule(host);
         }
+    }
+
+    /// Connects found nobody at `hop` (a program gone): forgets every
+    /// route leading there, so that the next connects (and the one that
+    /// found out, see `Host::handle_unreachable`) take the default route.
+    pub fn forget_hop(&mut self, host: &mut Host, hop: Locator) {
+        self.entries.retain(|service, entry| {
+            let Entry::Routed { hops, .. } = entry else {
+                return true;
+            };
+            if !hops.contains(&hop) {
+                return true;
+            }
+            tracing::debug!(%service, %hop, "cached route to a hop gone: forgotten");
+            let until = entry.until();
+            std::mem::replace(entry, Entry::Default { until }).remove_rule(host);
+            false
+        });
     }
 
     /// A connect by `route` failed to be established (its next hop gone,

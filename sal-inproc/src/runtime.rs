@@ -50,8 +50,9 @@ pub(crate) struct Inner {
     /// The long-lived descriptors the engine holds (see
     /// [`Runtime::descriptors`]), set once at [`Runtime::bind`].
     descriptors: std::sync::OnceLock<Vec<RawFd>>,
-    /// Cached resolution, with a resolver configured.
-    resolution: Option<Resolution>,
+    /// Cached resolution, with a resolver configured (the core holds it
+    /// too, for the hops found gone: see `Core::report_unreachable`).
+    resolution: Option<Arc<Resolution>>,
     /// How waiting threads spin before they sleep.
     spin: Spin,
 }
@@ -129,7 +130,7 @@ impl Runtime {
     /// `udp:ADDR:PORT`, one rule: everything to `config.route`) and starts
     /// the driver thread (unless `config.driver_thread` is off).
     pub fn bind(config: Config) -> Result<Runtime, Error> {
-        let core = Core::new(&config)?;
+        let mut core = Core::new(&config)?;
         let [udp, timer] = core.wait_fds();
         let (udp, timer) = (udp.try_clone_to_owned()?, timer.try_clone_to_owned()?);
         let local = core.local();
@@ -138,10 +139,11 @@ impl Runtime {
         let (resolution, questions) = match config.resolver.clone() {
             Some(resolver) => {
                 let (resolution, questions) = Resolution::new(resolver);
-                (Some(resolution), Some(questions))
+                (Some(Arc::new(resolution)), Some(questions))
             }
             None => (None, None),
         };
+        core.set_resolution(resolution.clone());
         let inner = Arc::new(Inner {
             core: EngineLock::new(core)?,
             gate: Arc::clone(&gate),

@@ -11,8 +11,9 @@
 //! **Datagrams that come back.** The socket asks for ICMP errors
 //! (`IP_RECVERR`): a datagram sent to a port where nobody listens (a
 //! program gone) comes back as "port unreachable", quoting its start,
-//! which [`UdpLink::take_unreachable`] hands on (the host fails the
-//! connect whose SYN it was, see `Host::handle_unreachable`). The kernel
+//! which [`UdpLink::take_unreachable`] hands on (the connect whose SYN
+//! it was goes through sald, or fails, see `Core::report_unreachable`
+//! and `Host::handle_unreachable`). The kernel
 //! reports such an error once, on the next send or receive, and queues it
 //! on the socket's error queue: the link reads the queue then, and repeats
 //! the call that reported it, so no datagram is lost to the report. A

@@ -1,8 +1,11 @@
 //! A SYN that comes back undeliverable (`Host::handle_unreachable`: an
 //! ICMP port unreachable on a UDP link, quoting the SYN) fails its connect
-//! as refused at once, as kernel TCP's connect to a closed port does; a
-//! report that does not name the connect's own SYN (another flow, another
-//! nonce, another hop, an old SYN, a cut header) changes nothing.
+//! as refused at once, as kernel TCP's connect to a closed port does,
+//! unless the host's table now routes the service by another first hop
+//! (the caller took out a route it had cached to the dead one): then the
+//! SYN goes there at once, once per connect. A report that does not name
+//! the connect's own SYN (another flow, another nonce, another hop, an old
+//! SYN, a cut header) changes nothing.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -133,4 +136,130 @@ fn a_report_that_does_not_name_the_connect_s_own_syn_changes_nothing() {
     let again = c.syns.borrow().last().unwrap().clone();
     c.unreachable(loc("10.0.0.2"), &again);
     assert_eq!(c.failed(flow), Some(ConnectError::Refused));
+}
+
+/// A client (10.0.0.1) whose rule for `ab01` leads to 10.0.0.3, where
+/// nobody is (its SYNs there are swallowed and kept), beside a default
+/// route to `default_hop`; a server at 10.0.0.2 listens for `ab/8`.
+struct Rerouting {
+    c: Client,
+    server: sal_sim::HostId,
+    listener: sal::table::ListenerId,
+    flow: FlowId,
+}
+
+fn rerouting(default_hop: &str) -> Rerouting {
+    let mut net = Network::new(32, LinkConditions::default());
+    let client = net.add_host("client", HostConfig::default(), &[("eth0", "10.0.0.1/24")]);
+    let server = net.add_host("server", HostConfig::default(), &[("eth0", "10.0.0.2/24")]);
+    let listener = net
+        .host(server)
+        .listen(common::sim::prefix("ab/8"), TransportProtocol::Stream, 8)
+        .unwrap();
+    default_route(&mut net, client, default_hop);
+    let target = sal::table::Target::Forward {
+        locator: loc("10.0.0.3"),
+        weight: 1,
+    };
+    (net.host(client)).add_rule(sal::ServicePrefix::exact(svc("ab01")), target, 0);
+    let syns = Rc::new(RefCell::new(Vec::new()));
+    let kept = Rc::clone(&syns);
+    let nobody = [loc("10.0.0.3"), loc("10.0.0.4")];
+    net.set_filter(Some(Box::new(move |packet| {
+        let swallowed = nobody.contains(&packet.dst);
+        if swallowed {
+            kept.borrow_mut().push(packet.payload.clone());
+        }
+        swallowed
+    })));
+    let flow = (net.host(client))
+        .connect(svc("ab01"), TransportProtocol::Stream)
+        .unwrap();
+    net.run_for(Duration::from_millis(10));
+    assert_eq!(syns.borrow().len(), 1, "one SYN sent");
+    let c = Client { net, client, syns };
+    Rerouting {
+        c,
+        server,
+        listener,
+        flow,
+    }
+}
+
+impl Rerouting {
+    /// Takes the client's rule toward 10.0.0.3 out, as a caller that
+    /// cached it does on learning the hop is gone.
+    fn forget_dead_rule(&mut self) {
+        let key = sal::table::TargetKey::Forward {
+            locator: loc("10.0.0.3"),
+        };
+        let exact = sal::ServicePrefix::exact(svc("ab01"));
+        (self.c.net.host(self.c.client))
+            .remove_rule_target(&exact, &key)
+            .unwrap();
+    }
+}
+
+#[test]
+fn a_syn_refused_at_a_hop_the_caller_took_out_goes_by_the_route_left_at_once() {
+    let mut r = rerouting("10.0.0.2");
+    let syn = r.c.first_syn();
+    r.forget_dead_rule();
+    r.c.unreachable(loc("10.0.0.3"), &syn);
+    assert_eq!(r.c.failed(r.flow), None, "refused instead of rerouted");
+    let stats = r.c.net.host(r.c.client).stats();
+    assert_eq!((stats.unreachable_hops, stats.rerouted_syns), (1, 1));
+    // The connect completes with the server, well before a SYN
+    // retransmission would have gone anywhere (the first is due in 1 s).
+    let (server, listener, client, flow) = (r.server, r.listener, r.c.client, r.flow);
+    let mut accepted = None;
+    let done = r.c.net.run_until(Duration::from_millis(100), |net| {
+        if accepted.is_none() {
+            accepted = net.host(server).accept(listener).ok();
+        }
+        accepted.is_some()
+            && net
+                .sim_host(client)
+                .events
+                .contains(&Event::Connected(flow))
+    });
+    assert!(done, "the rerouted connect was not established");
+    assert_eq!(r.c.syns.borrow().len(), 1, "another SYN to the dead hop");
+}
+
+#[test]
+fn a_syn_whose_route_is_still_the_dead_hop_is_refused() {
+    // The caller did not take the rule out: the table still routes the
+    // service to the hop that refused it.
+    let mut r = rerouting("10.0.0.2");
+    let syn = r.c.first_syn();
+    r.c.unreachable(loc("10.0.0.3"), &syn);
+    assert_eq!(r.c.failed(r.flow), Some(ConnectError::Refused));
+    let stats = r.c.net.host(r.c.client).stats();
+    assert_eq!((stats.unreachable_hops, stats.rerouted_syns), (1, 0));
+}
+
+#[test]
+fn a_connect_goes_another_way_once_only() {
+    // The default route leads nowhere either: the SYN rerouted there comes
+    // back too, and the connect is refused then.
+    let mut r = rerouting("10.0.0.4");
+    let syn = r.c.first_syn();
+    r.forget_dead_rule();
+    r.c.unreachable(loc("10.0.0.3"), &syn);
+    assert_eq!(r.c.failed(r.flow), None);
+    assert_eq!(r.c.syns.borrow().len(), 2, "the SYN did not go to 10.0.0.4");
+    let again = r.c.syns.borrow()[1].clone();
+    // Put a rule back toward 10.0.0.3: another way exists, but the
+    // connect went a second way already.
+    let target = sal::table::Target::Forward {
+        locator: loc("10.0.0.3"),
+        weight: 1,
+    };
+    let exact = sal::ServicePrefix::exact(svc("ab01"));
+    (r.c.net.host(r.c.client)).add_rule(exact, target, 0);
+    r.c.unreachable(loc("10.0.0.4"), &again);
+    assert_eq!(r.c.failed(r.flow), Some(ConnectError::Refused));
+    let stats = r.c.net.host(r.c.client).stats();
+    assert_eq!((stats.unreachable_hops, stats.rerouted_syns), (2, 1));
 }

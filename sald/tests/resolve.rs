@@ -241,12 +241,13 @@ fn after_the_first_syn_a_program_connects_straight_to_the_service_sald_resolved(
 }
 
 #[test]
-fn a_connect_by_a_route_to_a_program_gone_is_refused_at_once_and_the_next_asks_sald() {
+fn a_connect_by_a_route_to_a_program_gone_goes_through_sald_at_once() {
     // The SYN to the program's closed port comes back as an ICMP port
-    // unreachable: the connect is refused then, as kernel TCP's to a
-    // closed port is, not after its SYN retransmissions (half a minute),
-    // and the route goes with it, so that the next connect asks sald,
-    // which knows where the service went.
+    // unreachable. The route goes, and the SYN goes again at once by the
+    // default route, through sald, which knows where the service went:
+    // the connect reaches the new program instead of being refused (or
+    // waiting out its SYN retransmissions, half a minute). The next
+    // connect asks sald again.
     let ip = Ipv4Addr::new(127, 0, 0, 27);
     let (_dir, sald, gone, cached) = resolved_at("resolve6", ip);
     echo(&cached);
@@ -255,18 +256,44 @@ fn a_connect_by_a_route_to_a_program_gone_is_refused_at_once_and_the_next_asks_s
     route_to(&sald, &next, Some(&gone));
     drop(gone);
     let started = Instant::now();
+    echo(&cached);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "rerouted after {took:?}");
+    let stats = cached.host_stats();
+    assert_eq!((stats.unreachable_hops, stats.rerouted_syns), (1, 1));
+    assert_eq!((next.accepted(), forwarded(&sald)), (1, 2));
+    assert!(!cached.is_resolved(&service()), "the dead route stayed");
+    echo(&cached);
+    assert_eq!(next.accepted(), 2);
+    drop((cached, next, sald));
+}
+
+/// With nowhere else to go (sald's rule for the service gone with its
+/// program), the connect whose SYN came back from the program's closed
+/// port is refused at once, as kernel TCP's connect to a closed port is.
+#[test]
+fn a_connect_by_a_route_to_a_program_gone_with_nothing_else_is_refused_at_once() {
+    let ip = Ipv4Addr::new(127, 0, 0, 28);
+    let (_dir, sald, gone, cached) = resolved_at("resolve7", ip);
+    let request = Request::DelRule {
+        prefix: prefix(),
+        target: Some(TargetKey::Forward {
+            locator: gone.runtime.local(),
+        }),
+    };
+    assert_eq!(sald.request(request), Response::Ok);
+    drop(gone);
+    let started = Instant::now();
     let refused = cached.connect(service(), until());
     let took = started.elapsed();
     assert!(
-        matches!(refused, Err(Error::Refused)),
+        matches!(refused, Err(Error::Refused | Error::NoRoute)),
         "{:?}",
         refused.err()
     );
-    assert!(took < Duration::from_secs(2), "refused after {took:?}");
+    assert!(took < Duration::from_secs(2), "failed after {took:?}");
     assert_eq!(cached.host_stats().unreachable_hops, 1);
-    echo(&cached);
-    assert_eq!((next.accepted(), forwarded(&sald)), (1, 2));
-    drop((cached, next, sald));
+    drop((cached, sald));
 }
 
 #[test]

@@ -182,29 +182,41 @@ impl Host {
     /// A packet this host sent to `hop` came back as undeliverable: nobody
     /// receives at that locator (an ICMP port unreachable on a UDP link,
     /// which quotes the start of `packet`). If it is the SYN of one of our
-    /// connects, that connect fails now as refused ([`Event::ConnectFailed`]),
-    /// as kernel TCP's does on a port nobody listens on, instead of waiting
-    /// out its retransmissions: a route a program learned to a service
-    /// whose program is gone would otherwise hold each connect for the
-    /// whole SYN timeout. Anything else is ignored: the SAL's own timers
-    /// and migration cover lost packets of established flows.
+    /// connects ([`Host::refused_syn`]) and the host's table now routes
+    /// the connect's service by another first hop (the caller took its
+    /// routes to `hop` out first: a route it had cached to a program gone,
+    /// whose service its sald knows the new place of), the SYN goes there
+    /// at once, once per connect. Otherwise the connect fails now as
+    /// refused ([`Event::ConnectFailed`]), as kernel TCP's does on a port
+    /// nobody listens on, instead of waiting out its retransmissions.
+    /// Anything else is ignored: the SAL's own timers and migration cover
+    /// lost packets of established flows.
+    pub fn handle_unreachable(&mut self, now: Instant, hop: Locator, packet: &[u8]) {
+        self.now = now;
+        let Some(id) = self.refused_syn(hop, packet) else {
+            return;
+        };
+        self.stats.unreachable_hops += 1;
+        if self.reroute_syn(id, hop) {
+            self.stats.rerouted_syns += 1;
+            return;
+        }
+        self.fail_connect(id, ConnectError::Refused);
+    }
+
+    /// The connect whose SYN in flight `packet` is, the start of a packet
+    /// sent to `hop` that came back undeliverable (see
+    /// [`Host::handle_unreachable`]); `None` for anything else.
     ///
     /// Such reports are easy to forge, so only one naming a connect's own
     /// flow ID and nonce, the SYN in flight and the locator it went to is
     /// believed: an off-path host has seen none of them.
-    pub fn handle_unreachable(&mut self, now: Instant, hop: Locator, packet: &[u8]) {
-        self.now = now;
-        let Some(repr) = SalPacket::new_checked(packet)
-            .ok()
-            .and_then(|packet| SalRepr::parse(&packet).ok())
-        else {
-            return;
-        };
-        let (Some(id), Some(control)) = (repr.src_flow, repr.control) else {
-            return;
-        };
+    pub fn refused_syn(&self, hop: Locator, packet: &[u8]) -> Option<FlowId> {
+        let packet = SalPacket::new_checked(packet).ok()?;
+        let repr = SalRepr::parse(&packet).ok()?;
+        let (id, control) = (repr.src_flow?, repr.control?);
         let Some(Endpoint::Flow(flow)) = self.endpoints.get(id) else {
-            return;
+            return None;
         };
         let our_syn = control.flags == ControlFlags::SYN
             && flow.state == FlowState::SynSent
@@ -213,10 +225,38 @@ impl Host {
             && flow.control.local_nonce == control.nonce
             && (flow.control.pending.iter())
                 .any(|p| p.kind == ControlKind::Syn && p.verno == control.verno);
-        if our_syn {
-            self.stats.unreachable_hops += 1;
-            self.fail_connect(id, ConnectError::Refused);
+        our_syn.then_some(id)
+    }
+
+    /// Sends the SYN of `id`, refused at `hop`, again by the first hop the
+    /// table gives its service now, if that is another one and the SYN was
+    /// not sent a second way already; whether it did.
+    fn reroute_syn(&mut self, id: FlowId, hop: Locator) -> bool {
+        let Ok(flow) = self.flow_mut(id) else {
+            return false;
+        };
+        if flow.path.rerouted {
+            return false;
         }
+        let service = flow.service;
+        let Resolution::Forward(next) = self.table.resolve(&service, 0, &mut self.rng) else {
+            return false;
+        };
+        if next == hop {
+            return false;
+        }
+        let local = self.interfaces.source_for(&next);
+        let Ok(flow) = self.flow_mut(id) else {
+            return false;
+        };
+        if let Some(local) = local {
+            flow.path.local = local;
+        }
+        flow.path.next_hop = Some(next);
+        flow.path.rerouted = true;
+        // Its pending SYN is readdressed on the way (see `output.rs`).
+        self.retransmit_now(id);
+        true
     }
 
     /// A SYN for a local listener: answer it with a half-open flow or a

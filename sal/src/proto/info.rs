@@ -134,9 +134,15 @@ pub struct HostStats {
     /// SYNs that their first hop's host sent back as unreachable (nobody
     /// at that locator, say a program gone: see
     /// [`Host::handle_unreachable`](super::Host::handle_unreachable)):
-    /// their connects failed as refused at once.
+    /// their connects failed as refused at once, or went another way
+    /// ([`rerouted_syns`](Self::rerouted_syns)).
     #[serde(default)]
     pub unreachable_hops: u64,
+    /// Of those, SYNs sent again at once by another first hop, the one
+    /// the host's table gave after the caller took its routes to the
+    /// unreachable one out.
+    #[serde(default)]
+    pub rerouted_syns: u64,
     /// Packets held by DELAY rules, and those later dropped on timeout or overflow.
     pub delayed: u64,
     /// Held entries given up: packets refused by a full DELAY queue, and packets or

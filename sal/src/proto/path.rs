@@ -37,6 +37,10 @@ pub(super) struct Path {
     /// Client: the SYN looks for its service by broadcast, one copy per
     /// interface that is up (see `HostConfig::broadcast_discovery`).
     pub discovery: bool,
+    /// Client: the SYN went again by another first hop after its first
+    /// one was found gone (see `Host::handle_unreachable`); it does not
+    /// go a third way.
+    pub rerouted: bool,
     /// Server: the SYN came through service routers; its SOURCE and our own
     /// address, which the SYN-ACK carries back (the reference stack's form).
     pub syn_source: Option<SourceRepr>,
@@ -75,6 +79,7 @@ impl Path {
             remote: None,
             next_hop: None,
             discovery: false,
+            rerouted: false,
             syn_source: None,
             moving_to: None,
             timed_ahead: None,
