@@ -263,3 +263,125 @@ fn a_connect_goes_another_way_once_only() {
     let stats = r.c.net.host(r.c.client).stats();
     assert_eq!((stats.unreachable_hops, stats.rerouted_syns), (2, 1));
 }
+
+/// A client and a server with an established stream; every packet the
+/// client sends to the server afterwards is kept, and those for which
+/// `drop_from_server` says so are dropped (a silent peer).
+struct Established {
+    net: Network,
+    client: sal_sim::HostId,
+    server: sal_sim::HostId,
+    cflow: FlowId,
+    sflow: FlowId,
+    sent: Rc<RefCell<Vec<Vec<u8>>>>,
+    silent: Rc<std::cell::Cell<bool>>,
+}
+
+fn established() -> Established {
+    let common::sim::ClientServer {
+        mut net,
+        client,
+        server,
+        listener,
+    } = common::sim::client_server(33, LinkConditions::default(), HostConfig::default());
+    let (cflow, sflow) = common::sim::establish(&mut net, client, server, listener, svc("ab01"));
+    let sent = Rc::new(RefCell::new(Vec::new()));
+    let silent = Rc::new(std::cell::Cell::new(false));
+    let (kept, quiet) = (Rc::clone(&sent), Rc::clone(&silent));
+    net.set_filter(Some(Box::new(move |packet| {
+        if packet.dst == loc("10.0.0.2") {
+            kept.borrow_mut().push(packet.payload.clone());
+        }
+        quiet.get() && packet.src == loc("10.0.0.2")
+    })));
+    net.host(client).send(cflow, b"hello").unwrap();
+    net.run_for(Duration::from_millis(10));
+    assert!(!sent.borrow().is_empty(), "no data sent");
+    Established {
+        net,
+        client,
+        server,
+        cflow,
+        sflow,
+        sent,
+        silent,
+    }
+}
+
+impl Established {
+    fn unreachable(&mut self, hop: Locator, packet: &[u8]) {
+        let now = self.net.now();
+        (self.net.host(self.client)).handle_unreachable(now, hop, packet);
+    }
+
+    fn reset(&mut self) -> bool {
+        let mut buf = [0u8; 64];
+        loop {
+            match self.net.host(self.client).recv(self.cflow, &mut buf) {
+                Ok(0) | Err(sal::proto::HostError::WouldBlock) => return false,
+                Ok(_) => continue,
+                Err(error) => return error == sal::proto::HostError::Reset,
+            }
+        }
+    }
+}
+
+#[test]
+fn a_flow_whose_peer_s_locator_refuses_its_packets_is_reset_when_the_peer_stays_silent() {
+    let mut e = established();
+    e.silent.set(true);
+    // What the server sent before it went silent lands first.
+    e.net.run_for(Duration::from_millis(300));
+    let packet = e.sent.borrow().last().unwrap().clone();
+    e.unreachable(loc("10.0.0.2"), &packet);
+    // A second report does not push the verdict back.
+    e.net.run_for(Duration::from_millis(500));
+    e.unreachable(loc("10.0.0.2"), &packet);
+    e.net.run_for(Duration::from_millis(400));
+    assert!(!e.reset(), "reset before its second");
+    e.net.run_for(Duration::from_millis(300));
+    assert!(e.reset(), "not reset a second after the refusal");
+    let stats = e.net.host(e.client).stats();
+    assert_eq!((stats.peers_gone, stats.peer_timeouts), (1, 0));
+}
+
+#[test]
+fn a_peer_heard_after_its_locator_refused_a_packet_keeps_the_flow() {
+    let mut e = established();
+    let packet = e.sent.borrow().last().unwrap().clone();
+    e.unreachable(loc("10.0.0.2"), &packet);
+    // The server speaks (it moved, say, and its packets come from there).
+    let (server, sflow) = (e.server, e.sflow);
+    e.net.run_for(Duration::from_millis(100));
+    e.net.host(server).send(sflow, b"still here").unwrap();
+    e.net.run_for(Duration::from_secs(3));
+    assert!(!e.reset(), "reset although the peer was heard");
+    assert_eq!(e.net.host(e.client).stats().peers_gone, 0);
+}
+
+#[test]
+fn a_refusal_report_that_does_not_name_the_flow_and_its_peer_changes_nothing() {
+    let mut e = established();
+    e.silent.set(true);
+    e.net.run_for(Duration::from_millis(300));
+    let packet = e.sent.borrow().last().unwrap().clone();
+    let forged = [
+        // Another peer flow ID: an off-path guess.
+        altered(&packet, |repr| {
+            repr.dst_flow = FlowId::new(repr.dst_flow.unwrap().get() ^ 1)
+        }),
+        // Another flow of ours.
+        altered(&packet, |repr| {
+            repr.src_flow = FlowId::new(repr.src_flow.unwrap().get() ^ 1)
+        }),
+        packet[..6].to_vec(),
+    ];
+    for forged in &forged {
+        e.unreachable(loc("10.0.0.2"), forged);
+    }
+    // The real packet, said to have come back from another locator.
+    e.unreachable(loc("10.0.0.9"), &packet);
+    e.net.run_for(Duration::from_secs(3));
+    assert!(!e.reset(), "reset on a forged report");
+    assert_eq!(e.net.host(e.client).stats().peers_gone, 0);
+}

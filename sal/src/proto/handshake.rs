@@ -189,10 +189,26 @@ impl Host {
     /// at once, once per connect. Otherwise the connect fails now as
     /// refused ([`Event::ConnectFailed`]), as kernel TCP's does on a port
     /// nobody listens on, instead of waiting out its retransmissions.
-    /// Anything else is ignored: the SAL's own timers and migration cover
-    /// lost packets of established flows.
+    ///
+    /// A packet of an established flow refused at its peer's locator
+    /// ([`Host::refused_peer`]) means the peer's program is gone, or moved
+    /// (and its RSYN is on the way): unless the peer is heard within
+    /// a second, the flow is reset (`peers_gone`), as the kernel's TCP
+    /// would have closed it with its program, instead of waiting out the
+    /// peer timeout (30 s). Anything else is ignored.
     pub fn handle_unreachable(&mut self, now: Instant, hop: Locator, packet: &[u8]) {
         self.now = now;
+        if let Some(id) = self.refused_peer(hop, packet) {
+            if let Ok(flow) = self.flow_mut(id) {
+                let until = flow.liveness.refused(now);
+                self.arm_timer(
+                    id,
+                    super::timer::Timer::Liveness,
+                    super::liveness::on_tick(until),
+                );
+            }
+            return;
+        }
         let Some(id) = self.refused_syn(hop, packet) else {
             return;
         };
@@ -226,6 +242,24 @@ impl Host {
             && (flow.control.pending.iter())
                 .any(|p| p.kind == ControlKind::Syn && p.verno == control.verno);
         our_syn.then_some(id)
+    }
+
+    /// The established flow `packet` (the start of a packet sent to `hop`,
+    /// quoted back as undeliverable) is of, if it went to the flow's peer
+    /// there: it names the flow and the peer's flow ID (which an off-path
+    /// forger has not seen), and `hop` is where the flow sends.
+    pub fn refused_peer(&self, hop: Locator, packet: &[u8]) -> Option<FlowId> {
+        let packet = SalPacket::new_checked(packet).ok()?;
+        let repr = SalRepr::parse(&packet).ok()?;
+        let id = repr.src_flow?;
+        let Some(Endpoint::Flow(flow)) = self.endpoints.get(id) else {
+            return None;
+        };
+        let ours = flow.state == FlowState::Established
+            && flow.peer_flow.is_some()
+            && repr.dst_flow == flow.peer_flow
+            && flow.path.remote == Some(hop);
+        ours.then_some(id)
     }
 
     /// Sends the SYN of `id`, refused at `hop`, again by the first hop the

@@ -143,6 +143,11 @@ pub struct HostStats {
     /// unreachable one out.
     #[serde(default)]
     pub rerouted_syns: u64,
+    /// Established flows reset because their peer's locator refused our
+    /// packets (nobody receives there: its program gone) and the peer was
+    /// not heard within a second of it.
+    #[serde(default)]
+    pub peers_gone: u64,
     /// Packets held by DELAY rules, and those later dropped on timeout or overflow.
     pub delayed: u64,
     /// Held entries given up: packets refused by a full DELAY queue, and packets or

@@ -86,7 +86,18 @@ pub(super) struct Liveness {
     /// path-MTU black hole, or a policer dropping bulk data, answers
     /// probes and nothing else).
     answered: bool,
+    /// When a packet of ours to the peer's locator first came back
+    /// refused (nobody receives there: its program gone) since the peer
+    /// was last heard.
+    refused: Option<Instant>,
 }
+
+/// How long a peer whose locator refused our packets has to be heard from
+/// before it is taken as gone ([`Liveness::refused`]). A peer that moved
+/// (a program that handed its flows to its sald at `exec`) sends its RSYN
+/// from the new locator within a round trip of the move; one whose
+/// program died says nothing.
+pub(super) const REFUSED_GRACE: Duration = Duration::from_secs(1);
 
 impl Liveness {
     /// A flow that has just heard from (or about) its peer.
@@ -97,6 +108,7 @@ impl Liveness {
             waiting_since: None,
             probed: None,
             answered: false,
+            refused: None,
         }
     }
 
@@ -112,6 +124,7 @@ impl Liveness {
         self.waiting_since = None;
         self.probed = None;
         self.answered = false;
+        self.refused = None;
     }
 
     /// The peer spoke with a control message only (no transport evidence).
@@ -127,6 +140,26 @@ impl Liveness {
         self.heard = now;
         self.asked = None;
         self.answered = true;
+        self.refused = None;
+    }
+
+    /// A packet of ours to the peer's locator came back refused: unless
+    /// the peer is heard by the returned instant, it is gone (see
+    /// [`Liveness::refused_for`]). Later refusals do not move it.
+    pub fn refused(&mut self, now: Instant) -> Instant {
+        *self.refused.get_or_insert(now) + REFUSED_GRACE
+    }
+
+    /// When a refusal of the peer's locator, if one is counting, turns
+    /// into the peer taken as gone.
+    pub fn refused_until(&self) -> Option<Instant> {
+        self.refused.map(|at| at + REFUSED_GRACE)
+    }
+
+    /// Whether the peer's locator refused our packets [`REFUSED_GRACE`]
+    /// ago or more, and the peer has not been heard since.
+    pub fn refused_for(&self, now: Instant) -> bool {
+        self.refused_until().is_some_and(|until| now >= until)
     }
 
     /// Whether a probe of the present silence is out or was answered.

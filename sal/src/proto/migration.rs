@@ -290,6 +290,12 @@ impl Host {
     /// timer at all: a host's idle flows cost it no work until that changes
     /// (see [`Host::rearm_idle_probes`]).
     pub(super) fn arm_liveness(&mut self, id: FlowId) {
+        // A refusal of the peer's locator is looked at again whatever
+        // else the flow waits for (see `Host::handle_unreachable`).
+        let refused = (self.flow_mut(id).ok()).and_then(|flow| flow.liveness.refused_until());
+        if let Some(until) = refused {
+            self.arm_timer(id, Timer::Liveness, on_tick(until));
+        }
         let waiting = self.awaits_peer(id);
         if !self.config.auto_migrate {
             // No moves: only a peer gone for good is looked for.
@@ -356,6 +362,12 @@ impl Host {
             return;
         };
         if flow.state != FlowState::Established {
+            return;
+        }
+        if flow.liveness.refused_for(now) {
+            // Its locator refused our packets, and nothing came since.
+            self.stats.peers_gone += 1;
+            let _ = self.abort(id);
             return;
         }
         if flow.liveness.gone(now, waiting, peer_timeout) {
