@@ -1368,6 +1368,13 @@ impl Socket {
         Ok(self.rx_buffer.read_allocated(0, data))
     }
 
+    /// Whether `seq` may start a segment this socket sent and has not had
+    /// acknowledged (SND.UNA - 1, a keepalive's, to SND.NXT): what Linux
+    /// asks of the segment an ICMP error quotes before it believes it.
+    pub fn sent_unacknowledged(&self, seq: TcpSeqNumber) -> bool {
+        seq >= self.local_seq_no - 1 && seq <= self.remote_max_seq
+    }
+
     /// Return the amount of octets queued in the transmit buffer.
     ///
     /// Note that the Berkeley sockets interface does not have an equivalent of this API.

@@ -309,6 +309,17 @@ fn established() -> Established {
 }
 
 impl Established {
+    /// The client writes again: the packet that carries it, which the
+    /// server's locator (its program gone) would send back.
+    fn write_again(&mut self) -> Vec<u8> {
+        self.net
+            .host(self.client)
+            .send(self.cflow, b"more")
+            .unwrap();
+        self.net.run_for(Duration::from_millis(1));
+        self.sent.borrow().last().unwrap().clone()
+    }
+
     fn unreachable(&mut self, hop: Locator, packet: &[u8]) {
         let now = self.net.now();
         (self.net.host(self.client)).handle_unreachable(now, hop, packet);
@@ -332,7 +343,7 @@ fn a_flow_whose_peer_s_locator_refuses_its_packets_is_reset_when_the_peer_stays_
     e.silent.set(true);
     // What the server sent before it went silent lands first.
     e.net.run_for(Duration::from_millis(300));
-    let packet = e.sent.borrow().last().unwrap().clone();
+    let packet = e.write_again();
     e.unreachable(loc("10.0.0.2"), &packet);
     // A second report does not push the verdict back.
     e.net.run_for(Duration::from_millis(500));
@@ -348,7 +359,7 @@ fn a_flow_whose_peer_s_locator_refuses_its_packets_is_reset_when_the_peer_stays_
 #[test]
 fn a_peer_heard_after_its_locator_refused_a_packet_keeps_the_flow() {
     let mut e = established();
-    let packet = e.sent.borrow().last().unwrap().clone();
+    let packet = e.write_again();
     e.unreachable(loc("10.0.0.2"), &packet);
     // The server speaks (it moved, say, and its packets come from there).
     let (server, sflow) = (e.server, e.sflow);
@@ -359,12 +370,15 @@ fn a_peer_heard_after_its_locator_refused_a_packet_keeps_the_flow() {
     assert_eq!(e.net.host(e.client).stats().peers_gone, 0);
 }
 
+/// An off-path forger's reports: another flow of ours or of the peer's,
+/// a segment the flow did not send, a header cut short, or the flow's own
+/// packet said to have come back from another locator.
 #[test]
 fn a_refusal_report_that_does_not_name_the_flow_and_its_peer_changes_nothing() {
     let mut e = established();
     e.silent.set(true);
     e.net.run_for(Duration::from_millis(300));
-    let packet = e.sent.borrow().last().unwrap().clone();
+    let packet = e.write_again();
     let forged = [
         // Another peer flow ID: an off-path guess.
         altered(&packet, |repr| {
@@ -374,6 +388,15 @@ fn a_refusal_report_that_does_not_name_the_flow_and_its_peer_changes_nothing() {
         altered(&packet, |repr| {
             repr.src_flow = FlowId::new(repr.src_flow.unwrap().get() ^ 1)
         }),
+        // A sequence number the flow never sent: a blind guess.
+        {
+            let mut guess = packet.clone();
+            let at = SalPacket::new_checked(&packet[..]).unwrap().header_len() + 4;
+            guess[at] ^= 0x80;
+            guess
+        },
+        // The TCP header cut off.
+        packet[..SalPacket::new_checked(&packet[..]).unwrap().header_len() + 6].to_vec(),
         packet[..6].to_vec(),
     ];
     for forged in &forged {

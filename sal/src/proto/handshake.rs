@@ -247,7 +247,10 @@ impl Host {
     /// The established flow `packet` (the start of a packet sent to `hop`,
     /// quoted back as undeliverable) is of, if it went to the flow's peer
     /// there: it names the flow and the peer's flow ID (which an off-path
-    /// forger has not seen), and `hop` is where the flow sends.
+    /// forger has not seen), `hop` is where the flow sends, and a stream's
+    /// quoted segment starts at a sequence number the flow sent and has
+    /// not had acknowledged (as Linux checks one before it believes an
+    /// ICMP error about a TCP connection).
     pub fn refused_peer(&self, hop: Locator, packet: &[u8]) -> Option<FlowId> {
         let packet = SalPacket::new_checked(packet).ok()?;
         let repr = SalRepr::parse(&packet).ok()?;
@@ -259,7 +262,18 @@ impl Host {
             && flow.peer_flow.is_some()
             && repr.dst_flow == flow.peer_flow
             && flow.path.remote == Some(hop);
-        ours.then_some(id)
+        if !ours {
+            return None;
+        }
+        let Some(stream) = flow.stream() else {
+            return Some(id);
+        };
+        // The quote reaches past the SAL header into the TCP header's
+        // sequence number (ICMP quotes up to 576 bytes).
+        let seq = packet.payload().get(4..8)?;
+        let seq = sal_tcp::TcpSeqNumber(i32::from_be_bytes(seq.try_into().ok()?));
+        let socket = stream.socket.as_ref()?;
+        socket.sent_unacknowledged(seq).then_some(id)
     }
 
     /// Sends the SYN of `id`, refused at `hop`, again by the first hop the
