@@ -5,7 +5,9 @@
 //! (the caller took out a route it had cached to the dead one): then the
 //! SYN goes there at once, once per connect. A report that does not name
 //! the connect's own SYN (another flow, another nonce, another hop, an old
-//! SYN, a cut header) changes nothing.
+//! SYN, a cut header) changes nothing. A packet of an established flow
+//! that comes back from its peer's locator resets the flow unless the
+//! peer is heard (or moves) within a second.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -210,7 +212,7 @@ fn a_syn_refused_at_a_hop_the_caller_took_out_goes_by_the_route_left_at_once() {
     let stats = r.c.net.host(r.c.client).stats();
     assert_eq!((stats.unreachable_hops, stats.rerouted_syns), (1, 1));
     // The connect completes with the server, well before a SYN
-    // retransmission would have gone anywhere (the first is due in 1 s).
+    // retransmission would have gone anywhere (the first is due at 500 ms).
     let (server, listener, client, flow) = (r.server, r.listener, r.c.client, r.flow);
     let mut accepted = None;
     let done = r.c.net.run_until(Duration::from_millis(100), |net| {
@@ -407,4 +409,82 @@ fn a_refusal_report_that_does_not_name_the_flow_and_its_peer_changes_nothing() {
     e.net.run_for(Duration::from_secs(3));
     assert!(!e.reset(), "reset on a forged report");
     assert_eq!(e.net.host(e.client).stats().peers_gone, 0);
+    // The real packet, from where it went: believed.
+    e.unreachable(loc("10.0.0.2"), &packet);
+    e.net.run_for(Duration::from_millis(1200));
+    assert!(e.reset(), "the real report was not believed");
+}
+
+#[test]
+fn a_rerouted_syn_nobody_answers_is_refused_after_one_control_timeout() {
+    // The second way leads to a hop that swallows the SYN without a word
+    // (a sald still forwarding to the dead program, say): the connect is
+    // refused once the SYN's control timeout (500 ms) runs out, not after
+    // all its retries.
+    let mut r = rerouting("10.0.0.4");
+    let syn = r.c.first_syn();
+    r.forget_dead_rule();
+    r.c.unreachable(loc("10.0.0.3"), &syn);
+    r.c.net.run_for(Duration::from_millis(400));
+    assert_eq!(r.c.failed(r.flow), None, "refused before its timeout");
+    r.c.net.run_for(Duration::from_millis(300));
+    assert_eq!(r.c.failed(r.flow), Some(ConnectError::Refused));
+    let stats = r.c.net.host(r.c.client).stats();
+    assert_eq!((stats.unreachable_hops, stats.rerouted_syns), (1, 1));
+}
+
+/// Whether a SAL packet answers a path challenge (RSYN|NACK|ACK).
+fn answers_a_challenge(payload: &[u8]) -> bool {
+    let Ok(packet) = SalPacket::new_checked(payload) else {
+        return false;
+    };
+    SalRepr::parse(&packet)
+        .ok()
+        .and_then(|repr| repr.control)
+        .is_some_and(|c| c.flags == ControlFlags::RSYN | ControlFlags::NACK | ControlFlags::ACK)
+}
+
+#[test]
+fn a_peer_that_moved_away_from_the_locator_that_refused_keeps_the_flow() {
+    // The server's flow leaves 10.0.0.2 (its program handed it over, say),
+    // which refuses the client's packets from then on. Its RSYN from
+    // 10.2.0.2 comes at once, but the answers to the client's path
+    // challenge are lost for 1.5 s: the flow is heard from its new place
+    // only then, after the refusal's second. The RSYN's nonce already
+    // showed the peer lives.
+    let mut net = Network::new(34, LinkConditions::default());
+    let (a, b, listener) = common::sim::multi_homed_pair(&mut net);
+    let (aflow, bflow) = common::sim::establish(&mut net, a, b, listener, svc("ab01"));
+    let sent = Rc::new(RefCell::new(Vec::new()));
+    let moved = Rc::new(std::cell::Cell::new(false));
+    let (kept, gone) = (Rc::clone(&sent), Rc::clone(&moved));
+    net.set_filter(Some(Box::new(move |packet| {
+        if packet.dst == loc("10.0.0.2") {
+            kept.borrow_mut().push(packet.payload.clone());
+        }
+        let old = packet.dst == loc("10.0.0.2") || packet.src == loc("10.0.0.2");
+        let answer = packet.src == loc("10.2.0.2") && answers_a_challenge(&packet.payload);
+        gone.get() && (old || answer)
+    })));
+    net.host(a).send(aflow, b"more").unwrap();
+    net.run_for(Duration::from_millis(1));
+    let packet = sent.borrow().last().unwrap().clone();
+    moved.set(true);
+    let now = net.now();
+    net.host(a)
+        .handle_unreachable(now, loc("10.0.0.2"), &packet);
+    net.host(b).migrate(bflow, "eth1").unwrap();
+    net.run_for(Duration::from_millis(1500));
+    // The challenge answers get through from now on.
+    net.set_filter(None);
+    net.run_for(Duration::from_secs(2));
+    let mut buf = [0u8; 16];
+    let read = net.host(a).recv(aflow, &mut buf);
+    assert!(
+        !matches!(read, Err(sal::proto::HostError::Reset)),
+        "reset although the peer moved"
+    );
+    assert_eq!(net.host(a).stats().peers_gone, 0);
+    let remote = net.host(a).flow(aflow).and_then(|info| info.remote);
+    assert_eq!(remote, Some(loc("10.2.0.2")), "the flow did not follow");
 }

@@ -255,10 +255,9 @@ fn a_connect_by_a_route_to_a_program_gone_goes_through_sald_at_once() {
     let next = Server::unregistered(ip, &sald);
     route_to(&sald, &next, Some(&gone));
     drop(gone);
-    let started = Instant::now();
+    // Rerouted at once: without the reroute, the connect would be refused
+    // (or, without the report, wait out its SYN retransmissions).
     echo(&cached);
-    let took = started.elapsed();
-    assert!(took < Duration::from_secs(1), "rerouted after {took:?}");
     let stats = cached.host_stats();
     assert_eq!((stats.unreachable_hops, stats.rerouted_syns), (1, 1));
     assert_eq!((next.accepted(), forwarded(&sald)), (1, 2));
@@ -270,9 +269,10 @@ fn a_connect_by_a_route_to_a_program_gone_goes_through_sald_at_once() {
 
 /// With nowhere else to go (sald's rule for the service gone with its
 /// program), the connect whose SYN came back from the program's closed
-/// port is refused at once, as kernel TCP's connect to a closed port is.
+/// port goes to sald, which has no route for it: it fails at once, not
+/// after its SYN retransmissions.
 #[test]
-fn a_connect_by_a_route_to_a_program_gone_with_nothing_else_is_refused_at_once() {
+fn a_connect_by_a_route_to_a_program_gone_with_nothing_else_fails_at_once() {
     let ip = Ipv4Addr::new(127, 0, 0, 28);
     let (_dir, sald, gone, cached) = resolved_at("resolve7", ip);
     let request = Request::DelRule {
@@ -287,12 +287,14 @@ fn a_connect_by_a_route_to_a_program_gone_with_nothing_else_is_refused_at_once()
     let refused = cached.connect(service(), until());
     let took = started.elapsed();
     assert!(
-        matches!(refused, Err(Error::Refused | Error::NoRoute)),
+        matches!(refused, Err(Error::NoRoute)),
         "{:?}",
         refused.err()
     );
-    assert!(took < Duration::from_secs(2), "failed after {took:?}");
-    assert_eq!(cached.host_stats().unreachable_hops, 1);
+    // Its SYN retransmissions would take 15 s and more.
+    assert!(took < Duration::from_secs(5), "failed after {took:?}");
+    let stats = cached.host_stats();
+    assert_eq!((stats.unreachable_hops, stats.rerouted_syns), (1, 1));
     drop((cached, sald));
 }
 

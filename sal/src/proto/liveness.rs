@@ -8,6 +8,11 @@
 //! An idle flow gives its peer no reason to speak, so after `idle_probe` of
 //! silence it asks (a probe), which turns the idle case into the waiting one.
 //!
+//! One piece of evidence is not silence: a packet of ours that the peer's
+//! locator refused (an ICMP port unreachable: nobody receives there, its
+//! program killed outright). The peer is then gone unless it is heard, or
+//! sends an RSYN from where it moved, within [`REFUSED_GRACE`].
+//!
 //! Silence is counted from when the peer was last heard or, if later, from
 //! when this end first asked something after that: a flow that sends after a
 //! long quiet spell gives its peer a full timeout to answer.
@@ -88,15 +93,18 @@ pub(super) struct Liveness {
     answered: bool,
     /// When a packet of ours to the peer's locator first came back
     /// refused (nobody receives there: its program gone) since the peer
-    /// was last heard.
+    /// was last heard (or sent an RSYN: [`Liveness::peer_alive`]). Our
+    /// own moves and [`Liveness::restart`] keep it: they say nothing of
+    /// the peer.
     refused: Option<Instant>,
 }
 
 /// How long a peer whose locator refused our packets has to be heard from
 /// before it is taken as gone ([`Liveness::refused`]). A peer that moved
 /// (a program that handed its flows to its sald at `exec`) sends its RSYN
-/// from the new locator within a round trip of the move; one whose
-/// program died says nothing.
+/// from the new locator as it moves, which clears the refusal
+/// ([`Liveness::peer_alive`]; the RSYN is resent after 500 ms if lost);
+/// one whose program died says nothing.
 pub(super) const REFUSED_GRACE: Duration = Duration::from_secs(1);
 
 impl Liveness {
@@ -148,6 +156,12 @@ impl Liveness {
     /// [`Liveness::refused_for`]). Later refusals do not move it.
     pub fn refused(&mut self, now: Instant) -> Instant {
         *self.refused.get_or_insert(now) + REFUSED_GRACE
+    }
+
+    /// The peer's program is known to live (an RSYN with its nonce, from
+    /// wherever it moved): a refusal of its old locator means nothing.
+    pub fn peer_alive(&mut self) {
+        self.refused = None;
     }
 
     /// When a refusal of the peer's locator, if one is counting, turns

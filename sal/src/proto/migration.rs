@@ -131,6 +131,10 @@ impl Host {
             self.stats.stale += 1;
             return;
         }
+        // Its nonce shows the peer's program lives, wherever it went: a
+        // refusal from its old locator is not its death (a program that
+        // handed its flows to its sald at `exec` closed that port).
+        flow.liveness.peer_alive();
         // The peer sought us at `dst`, and now its new RSYN comes there:
         // it moved its end of the path there (see `Host::meet_peer_at`).
         // Not on an RSYN-ACK, which answers our own RSYN, nor while a move

@@ -576,6 +576,17 @@ impl Host {
             self.stats.half_open_expired += 1;
             return self.free_flow(id);
         }
+        if flow.state == FlowState::SynSent
+            && flow.path.rerouted
+            && flow.control.next_deadline().is_some_and(|at| at <= now)
+        {
+            // The second way a refused SYN went (see
+            // `Host::handle_unreachable`) did not answer within a control
+            // timeout (it may lead to the same dead program, by a hop that
+            // does not report it): refused, as the first way said, not
+            // after the whole SYN timeout.
+            return self.fail_connect(id, ConnectError::Refused);
+        }
         let on_fin = self.fin_rides_on_fin(id);
         let Some(Endpoint::Flow(flow)) = self.endpoints.get_mut(id) else {
             return;

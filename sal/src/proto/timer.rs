@@ -256,16 +256,16 @@ impl TimerQueue {
     /// its own, and the wheel's span reaches the entries beyond it.
     fn settle(&mut self, now: i64) {
         self.move_started(now);
+        // Every bucket before `now`'s is empty.
         let now_start = now - now.rem_euclid(BUCKET_WIDTH);
-        if self.boundary < now_start {
-            // Every bucket before `now`'s is empty. The span reaches
-            // further now, maybe to entries due in `now`'s own bucket,
-            // whose time has started: they go on to the front heap.
-            self.boundary = now_start;
-            self.reach_beyond();
+        self.boundary = self.boundary.max(now_start);
+        // The span may reach further now, to entries due in `now`'s own
+        // bucket (whose time has started): they go on to the front heap,
+        // and the span reaches further again (never to a bucket started).
+        if self.reach_beyond() {
             self.move_started(now);
+            self.reach_beyond();
         }
-        self.reach_beyond();
     }
 
     /// Moves every occupied bucket whose time has started by `now` into
@@ -308,15 +308,18 @@ impl TimerQueue {
     }
 
     /// Moves the entries beyond the wheel that its span now reaches into
-    /// it.
-    fn reach_beyond(&mut self) {
+    /// it; whether there were any.
+    fn reach_beyond(&mut self) -> bool {
+        let mut moved = false;
         while let Some(&Reverse(entry)) = self.beyond.peek() {
             if entry.0.total_micros() - self.boundary >= SPAN {
-                return;
+                break;
             }
             self.beyond.pop();
             self.push(entry);
+            moved = true;
         }
+        moved
     }
 
     /// The first bucket holding entries from `start` on (circularly).
@@ -904,6 +907,11 @@ mod tests {
                 let front = reference.peek().map(|&Reverse(entry)| due(entry));
                 proptest::prop_assert_eq!(queue.peek(micros(now)), front);
                 queue.check();
+                // Settled: everything due by now is in the front heap.
+                let late = (queue.wheel.iter().flatten())
+                    .chain(queue.beyond.iter().map(|Reverse(entry)| entry))
+                    .find(|entry| entry.0.total_micros() <= now);
+                proptest::prop_assert!(late.is_none(), "{late:?} due, not in front");
             }
         }
     }
@@ -927,6 +935,32 @@ mod tests {
         let order: Vec<u32> = fired.iter().map(|d| d.flow.get()).collect();
         assert_eq!(order, [3, 2, 1]);
         assert_eq!(queue.len(), 0);
+    }
+
+    /// A deadline beyond the wheel due in `now`'s bucket reaches the front
+    /// heap in the same settle that moves the bucket just before `now`'s
+    /// (the boundary lands on `now`'s bucket's start then).
+    #[test]
+    fn a_deadline_beyond_reached_as_the_bucket_before_now_s_moves_is_due_at_once() {
+        let mut queue = TimerQueue::default();
+        let mut flows = vec![FlowTimers::default(); 3];
+        let (before, beyond) = (SPAN - BUCKET_WIDTH + 10, SPAN + 10);
+        queue.arm(
+            flow(1),
+            &mut flows[1],
+            Timer::Control,
+            Instant::from_micros(before),
+        );
+        queue.arm(
+            flow(2),
+            &mut flows[2],
+            Timer::Control,
+            Instant::from_micros(beyond),
+        );
+        assert_eq!((queue.in_wheel, queue.beyond.len()), (1, 1));
+        queue.settle(beyond);
+        assert_eq!(queue.front.len(), 2, "both due, both in front");
+        queue.check();
     }
 
     /// A deadline armed beyond the wheel, with nothing in it, fires when
