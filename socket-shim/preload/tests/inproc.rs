@@ -205,6 +205,26 @@ fn ioctl_counts_a_stream_s_queues_in_process() {
     server.success(T);
 }
 
+/// A peer program killed outright (`SIGKILL`: no FIN, no RST) whose
+/// listener sald relayed: the writer's first packet after the kill comes
+/// back as port unreachable (once sald let go of its copy of the killed
+/// engine's socket), and its stream is reset within seconds
+/// (`host.peers_gone`), not after the 30 s peer timeout.
+#[test]
+fn a_writer_to_a_peer_killed_outright_is_reset_within_seconds_in_process() {
+    let sald = Sald::start_relaying();
+    let args = ["stream-server", "beef13", "2"];
+    let mut cmd = sald.run(&["--in-process"], c_program(), &args);
+    cmd.stdout(Stdio::piped());
+    let mut server = Proc::spawn("serval_test stream-server", &mut cmd);
+    server.wait_ready("ready");
+    let pid = server.child.id().to_string();
+    let args = ["write-until-reset", "beef13", pid.as_str()];
+    let mut cmd = sald.run(&["--in-process"], c_program(), &args);
+    Proc::spawn("serval_test write-until-reset", &mut cmd).success(T);
+    let _ = server.wait_timeout(T);
+}
+
 /// A sald without relays (which routes a program's SYNs, and relays its
 /// listeners, only with `--relays`): the process makes no engine, and
 /// every socket takes the daemon path (nothing relayed, no SYN over

@@ -2785,6 +2785,44 @@ static double seconds(void) {
     return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
 }
 
+/* A peer killed outright (SIGKILL: no FIN, no RST): after an echo with
+ * the stream-server for SID, kills the server (PID), then writes every
+ * 50 ms until a write fails. In-process, the first packet after the kill
+ * comes back as port unreachable and the flow is reset about a second
+ * later: the write fails with ECONNRESET (or EPIPE after it) within 5 s,
+ * not after the 30 s peer timeout. */
+static int write_until_reset(const char *sid, pid_t server) {
+    signal(SIGPIPE, SIG_IGN);
+    struct sockaddr_sv sa = sv_addr(sid);
+    int fd = socket(AF_SERVAL, SOCK_STREAM, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) die("connect");
+    unsigned char buf[100];
+    memset(buf, 'k', sizeof buf);
+    CHECK(write_all(fd, buf, 64) == 0, "write before the kill");
+    size_t got = 0;
+    while (got < 64) {
+        ssize_t n = read(fd, buf, 64 - got);
+        if (n <= 0) die("echo before the kill");
+        got += (size_t)n;
+    }
+    if (kill(server, SIGKILL) != 0) die("kill");
+    double killed = seconds();
+    int err = 0;
+    while (seconds() - killed < 10) {
+        if (write(fd, buf, sizeof buf) < 0) {
+            err = errno;
+            break;
+        }
+        usleep(50000);
+    }
+    double took = seconds() - killed;
+    printf("write failed with errno %d after %.2f s\n", err, took);
+    CHECK(err == ECONNRESET || err == EPIPE, "a write fails as reset");
+    CHECK(took < 5, "within 5 s of the kill");
+    close(fd);
+    return failures ? 1 : 0;
+}
+
 /* A blocking stream socket whose connect to `sid` a signal without
  * SA_RESTART interrupted (EINTR), and goes on. */
 static int interrupted_connect(const char *sid) {
@@ -4288,6 +4326,8 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "backlog")) return backlog_fill(sid, (int)n, argc > 4 ? atoi(argv[4]) : -1);
     if (!strcmp(cmd, "reset-server") && argc > 4) return reset_server(sid, argv[3], atoi(argv[4]));
     if (!strcmp(cmd, "reset-client") && argc > 4) return reset_client(sid, argv[3], argv[4]);
+    if (!strcmp(cmd, "write-until-reset") && argc > 3)
+        return write_until_reset(sid, (pid_t)atoi(argv[3]));
     if (!strcmp(cmd, "connect-eintr") && argc > 5) return connect_eintr(sid, atoi(argv[3]), argv[4], argv[5]);
     if (!strcmp(cmd, "connect-timeout") && argc > 5) return connect_timeout(sid, atoi(argv[3]), argv[4], argv[5]);
     if (!strcmp(cmd, "connect-timeout-many")) return connect_timeout_many(sid, (int)n);
