@@ -1369,8 +1369,9 @@ impl Socket {
     }
 
     /// Whether `seq` may start a segment this socket sent and has not had
-    /// acknowledged (SND.UNA - 1, a keepalive's, to SND.NXT): what Linux
-    /// asks of the segment an ICMP error quotes before it believes it.
+    /// acknowledged: SND.UNA to SND.NXT, as Linux asks of the segment an
+    /// ICMP error quotes before it believes it, and SND.UNA - 1 (a
+    /// keepalive's).
     pub fn sent_unacknowledged(&self, seq: TcpSeqNumber) -> bool {
         seq >= self.local_seq_no - 1 && seq <= self.remote_max_seq
     }

@@ -267,8 +267,8 @@ fn a_connect_goes_another_way_once_only() {
 }
 
 /// A client and a server with an established stream; every packet the
-/// client sends to the server afterwards is kept, and those for which
-/// `drop_from_server` says so are dropped (a silent peer).
+/// client sends to the server is kept (its SYN first), and while
+/// `silent` is set the server's packets are dropped.
 struct Established {
     net: Network,
     client: sal_sim::HostId,
@@ -286,7 +286,6 @@ fn established() -> Established {
         server,
         listener,
     } = common::sim::client_server(33, LinkConditions::default(), HostConfig::default());
-    let (cflow, sflow) = common::sim::establish(&mut net, client, server, listener, svc("ab01"));
     let sent = Rc::new(RefCell::new(Vec::new()));
     let silent = Rc::new(std::cell::Cell::new(false));
     let (kept, quiet) = (Rc::clone(&sent), Rc::clone(&silent));
@@ -296,6 +295,7 @@ fn established() -> Established {
         }
         quiet.get() && packet.src == loc("10.0.0.2")
     })));
+    let (cflow, sflow) = common::sim::establish(&mut net, client, server, listener, svc("ab01"));
     net.host(client).send(cflow, b"hello").unwrap();
     net.run_for(Duration::from_millis(10));
     assert!(!sent.borrow().is_empty(), "no data sent");
@@ -413,45 +413,87 @@ fn a_refusal_report_that_does_not_name_the_flow_and_its_peer_changes_nothing() {
     e.unreachable(loc("10.0.0.2"), &packet);
     e.net.run_for(Duration::from_millis(1200));
     assert!(e.reset(), "the real report was not believed");
+    assert_eq!(e.net.host(e.client).stats().peers_gone, 1);
 }
 
 #[test]
-fn a_rerouted_syn_nobody_answers_is_refused_after_one_control_timeout() {
+fn a_refused_control_message_without_a_segment_counts_with_our_nonce_only() {
+    // A SAL ACK or probe of ours carries no TCP segment to check a
+    // sequence number in: its CONTROL extension's nonce (ours) stands in.
+    let mut e = established();
+    e.silent.set(true);
+    e.net.run_for(Duration::from_millis(300));
+    // A SAL header of ours with no segment, its CONTROL extension (our
+    // nonce) the SYN's.
+    let ours = {
+        let syn = e.sent.borrow()[0].clone();
+        let info = e.net.host(e.client).flow(e.cflow).unwrap();
+        let mut repr = SalRepr::data(
+            info.flow,
+            info.peer_flow,
+            TransportProtocol::Stream.number(),
+        );
+        repr.control = SalRepr::parse(&SalPacket::new_checked(&syn[..]).unwrap())
+            .unwrap()
+            .control;
+        let mut out = vec![0u8; repr.header_len()];
+        repr.emit(&mut out).unwrap();
+        out
+    };
+    let forged = altered(&ours, |repr| repr.control.as_mut().unwrap().nonce[0] ^= 1);
+    e.unreachable(loc("10.0.0.2"), &forged);
+    e.net.run_for(Duration::from_millis(1200));
+    assert!(!e.reset(), "reset on a control message with another nonce");
+    e.unreachable(loc("10.0.0.2"), &ours);
+    e.net.run_for(Duration::from_millis(1200));
+    assert!(e.reset(), "a control message of ours was not believed");
+}
+
+#[test]
+fn a_rerouted_syn_nobody_answers_is_refused_after_one_retransmission() {
     // The second way leads to a hop that swallows the SYN without a word
-    // (a sald still forwarding to the dead program, say): the connect is
-    // refused once the SYN's control timeout (500 ms) runs out, not after
-    // all its retries.
+    // (a sald still forwarding to the dead program, say). It gets a fresh
+    // control timeout (500 ms) and one retransmission (1 s more), so that
+    // one loss there is not a refusal; then the connect is refused, not
+    // after all the SYN's retries.
     let mut r = rerouting("10.0.0.4");
     let syn = r.c.first_syn();
     r.forget_dead_rule();
     r.c.unreachable(loc("10.0.0.3"), &syn);
+    r.c.net.run_for(Duration::from_millis(1300));
+    assert_eq!(
+        r.c.failed(r.flow),
+        None,
+        "refused before its retransmission ran out"
+    );
+    assert!(
+        r.c.syns.borrow().len() >= 3,
+        "no retransmission on the second way"
+    );
     r.c.net.run_for(Duration::from_millis(400));
-    assert_eq!(r.c.failed(r.flow), None, "refused before its timeout");
-    r.c.net.run_for(Duration::from_millis(300));
     assert_eq!(r.c.failed(r.flow), Some(ConnectError::Refused));
     let stats = r.c.net.host(r.c.client).stats();
     assert_eq!((stats.unreachable_hops, stats.rerouted_syns), (1, 1));
 }
 
-/// Whether a SAL packet answers a path challenge (RSYN|NACK|ACK).
-fn answers_a_challenge(payload: &[u8]) -> bool {
+/// Whether a SAL packet is an RSYN (a move, not its answer).
+fn is_rsyn(payload: &[u8]) -> bool {
     let Ok(packet) = SalPacket::new_checked(payload) else {
         return false;
     };
-    SalRepr::parse(&packet)
-        .ok()
-        .and_then(|repr| repr.control)
-        .is_some_and(|c| c.flags == ControlFlags::RSYN | ControlFlags::NACK | ControlFlags::ACK)
+    let control = SalRepr::parse(&packet).ok().and_then(|repr| repr.control);
+    control.is_some_and(|c| c.flags == ControlFlags::RSYN)
 }
 
 #[test]
 fn a_peer_that_moved_away_from_the_locator_that_refused_keeps_the_flow() {
     // The server's flow leaves 10.0.0.2 (its program handed it over, say),
     // which refuses the client's packets from then on. Its RSYN from
-    // 10.2.0.2 comes at once, but the answers to the client's path
-    // challenge are lost for 1.5 s: the flow is heard from its new place
-    // only then, after the refusal's second. The RSYN's nonce already
-    // showed the peer lives.
+    // 10.2.0.2 comes at once, but everything else it sends is lost for
+    // 1.5 s (the answers to the client's path challenge among them): the
+    // flow is heard from its new place only then, after the refusals'
+    // second, while the client's data still goes to the old place and
+    // comes back refused. The RSYN's nonce already showed the peer lives.
     let mut net = Network::new(34, LinkConditions::default());
     let (a, b, listener) = common::sim::multi_homed_pair(&mut net);
     let (aflow, bflow) = common::sim::establish(&mut net, a, b, listener, svc("ab01"));
@@ -463,8 +505,8 @@ fn a_peer_that_moved_away_from_the_locator_that_refused_keeps_the_flow() {
             kept.borrow_mut().push(packet.payload.clone());
         }
         let old = packet.dst == loc("10.0.0.2") || packet.src == loc("10.0.0.2");
-        let answer = packet.src == loc("10.2.0.2") && answers_a_challenge(&packet.payload);
-        gone.get() && (old || answer)
+        let new = packet.src == loc("10.2.0.2") && !is_rsyn(&packet.payload);
+        gone.get() && (old || new)
     })));
     net.host(a).send(aflow, b"more").unwrap();
     net.run_for(Duration::from_millis(1));
@@ -474,7 +516,19 @@ fn a_peer_that_moved_away_from_the_locator_that_refused_keeps_the_flow() {
     net.host(a)
         .handle_unreachable(now, loc("10.0.0.2"), &packet);
     net.host(b).migrate(bflow, "eth1").unwrap();
-    net.run_for(Duration::from_millis(1500));
+    // Every packet the client sends to the old locator meanwhile comes
+    // back refused too.
+    let mut reported = sent.borrow().len();
+    for _ in 0..15 {
+        let _ = net.host(a).send(aflow, b"still there?");
+        net.run_for(Duration::from_millis(100));
+        let now = net.now();
+        let fresh: Vec<Vec<u8>> = sent.borrow()[reported..].to_vec();
+        reported += fresh.len();
+        for packet in &fresh {
+            net.host(a).handle_unreachable(now, loc("10.0.0.2"), packet);
+        }
+    }
     // The challenge answers get through from now on.
     net.set_filter(None);
     net.run_for(Duration::from_secs(2));

@@ -276,6 +276,24 @@ impl ControlState {
         Some(rsyn.deadline)
     }
 
+    /// Restarts the schedule of the SYN in flight for a second way (see
+    /// `Host::handle_unreachable`): due `rto` from `now`, with `retries`
+    /// retransmissions left of `max_retries`. Returns when it is next due,
+    /// or `None` if there is none.
+    pub fn restart_syn(
+        &mut self,
+        now: Instant,
+        rto: Duration,
+        (retries, max_retries): (u32, u32),
+    ) -> Option<Instant> {
+        let syn = (self.pending.iter_mut()).find(|p| p.kind == ControlKind::Syn)?;
+        syn.retries = max_retries.saturating_sub(retries);
+        syn.rto = rto;
+        syn.deadline = now + rto;
+        syn.sent_once_at = Some(now);
+        Some(syn.deadline)
+    }
+
     /// Whether anything is waiting for the peer's acknowledgement (a
     /// repeated handshake ACK asks nothing of the peer: see
     /// [`ControlKind::HandshakeAck`]).

@@ -76,6 +76,10 @@ enum FirstHop {
     Broadcast { local: Locator, broadcast: Locator },
 }
 
+/// Retransmissions a SYN gets on the second way it goes after its first
+/// hop refused it (see [`Host::handle_unreachable`]).
+const REROUTED_RETRIES: u32 = 1;
+
 impl Host {
     /// Opens a flow to `service`. Resolution happens now: no matching rule or
     /// a DROP rule fails at once with [`ConnectError::NoRoute`] (no matching
@@ -247,10 +251,12 @@ impl Host {
     /// The established flow `packet` (the start of a packet sent to `hop`,
     /// quoted back as undeliverable) is of, if it went to the flow's peer
     /// there: it names the flow and the peer's flow ID (which an off-path
-    /// forger has not seen), `hop` is where the flow sends, and a stream's
-    /// quoted segment starts at a sequence number the flow sent and has
-    /// not had acknowledged (as Linux checks one before it believes an
-    /// ICMP error about a TCP connection).
+    /// forger has not seen), `hop` is where the flow sends (and the peer
+    /// has not said it moved elsewhere), a control message without a
+    /// segment carries our nonce, and a stream's quoted segment starts at
+    /// a sequence number the flow sent and has not had acknowledged (as
+    /// Linux checks one before it believes an ICMP error about a TCP
+    /// connection).
     pub fn refused_peer(&self, hop: Locator, packet: &[u8]) -> Option<FlowId> {
         let packet = SalPacket::new_checked(packet).ok()?;
         let repr = SalRepr::parse(&packet).ok()?;
@@ -258,19 +264,29 @@ impl Host {
         let Some(Endpoint::Flow(flow)) = self.endpoints.get(id) else {
             return None;
         };
+        // While an RSYN with the peer's nonce says it moved elsewhere, its
+        // old locator refusing our packets is expected.
         let ours = flow.state == FlowState::Established
             && flow.peer_flow.is_some()
             && repr.dst_flow == flow.peer_flow
-            && flow.path.remote == Some(hop);
+            && flow.path.remote == Some(hop)
+            && flow.path.moving_to.is_none();
         if !ours {
             return None;
+        }
+        let segment = packet.payload();
+        if segment.is_empty() {
+            // A control message of ours without a segment (a probe, an
+            // RSYN, an ACK): it carries our nonce.
+            let nonce = repr.control.map(|control| control.nonce);
+            return (nonce == Some(flow.control.local_nonce)).then_some(id);
         }
         let Some(stream) = flow.stream() else {
             return Some(id);
         };
         // The quote reaches past the SAL header into the TCP header's
         // sequence number (ICMP quotes up to 576 bytes).
-        let seq = packet.payload().get(4..8)?;
+        let seq = segment.get(4..8)?;
         let seq = sal_tcp::TcpSeqNumber(i32::from_be_bytes(seq.try_into().ok()?));
         let socket = stream.socket.as_ref()?;
         socket.sent_unacknowledged(seq).then_some(id)
@@ -294,6 +310,11 @@ impl Host {
             return false;
         }
         let local = self.interfaces.source_for(&next);
+        let (rto, retries, now) = (
+            self.config.control_rto,
+            self.config.control_retries,
+            self.now,
+        );
         let Ok(flow) = self.flow_mut(id) else {
             return false;
         };
@@ -302,6 +323,17 @@ impl Host {
         }
         flow.path.next_hop = Some(next);
         flow.path.rerouted = true;
+        // The second way gets a fresh timeout and one retransmission: a
+        // loss there is not taken for a refusal, and a hop that swallows
+        // the SYN without a word (a sald still forwarding to the dead
+        // program, whose link does not report it) costs 1.5 s, not the
+        // whole SYN timeout.
+        if let Some(at) = flow
+            .control
+            .restart_syn(now, rto, (REROUTED_RETRIES, retries))
+        {
+            self.arm_timer(id, super::timer::Timer::Control, at);
+        }
         // Its pending SYN is readdressed on the way (see `output.rs`).
         self.retransmit_now(id);
         true

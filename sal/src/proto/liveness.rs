@@ -103,8 +103,10 @@ pub(super) struct Liveness {
 /// before it is taken as gone ([`Liveness::refused`]). A peer that moved
 /// (a program that handed its flows to its sald at `exec`) sends its RSYN
 /// from the new locator as it moves, which clears the refusal
-/// ([`Liveness::peer_alive`]; the RSYN is resent after 500 ms if lost);
-/// one whose program died says nothing.
+/// ([`Liveness::peer_alive`]; the RSYN is resent after 500 ms if lost),
+/// and refusals of the old locator are not believed while the flow
+/// checks the new one (`Host::refused_peer`); one whose program died
+/// says nothing.
 pub(super) const REFUSED_GRACE: Duration = Duration::from_secs(1);
 
 impl Liveness {

@@ -576,17 +576,6 @@ impl Host {
             self.stats.half_open_expired += 1;
             return self.free_flow(id);
         }
-        if flow.state == FlowState::SynSent
-            && flow.path.rerouted
-            && flow.control.next_deadline().is_some_and(|at| at <= now)
-        {
-            // The second way a refused SYN went (see
-            // `Host::handle_unreachable`) did not answer within a control
-            // timeout (it may lead to the same dead program, by a hop that
-            // does not report it): refused, as the first way said, not
-            // after the whole SYN timeout.
-            return self.fail_connect(id, ConnectError::Refused);
-        }
         let on_fin = self.fin_rides_on_fin(id);
         let Some(Endpoint::Flow(flow)) = self.endpoints.get_mut(id) else {
             return;
@@ -611,7 +600,16 @@ impl Host {
         }
         for kind in timeout.expired {
             match kind {
-                ControlKind::Syn => return self.fail_connect(id, ConnectError::TimedOut),
+                ControlKind::Syn => {
+                    // A SYN that went a second way after the first refused
+                    // it (see `Host::handle_unreachable`) is refused still.
+                    let rerouted = self.flow_mut(id).is_ok_and(|flow| flow.path.rerouted);
+                    let error = match rerouted {
+                        true => ConnectError::Refused,
+                        false => ConnectError::TimedOut,
+                    };
+                    return self.fail_connect(id, error);
+                }
                 ControlKind::SynAck => {
                     self.stats.half_open_expired += 1;
                     return self.free_flow(id);
