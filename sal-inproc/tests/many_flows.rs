@@ -14,9 +14,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddrV4;
-use std::process::{Child, Command, Stdio};
+use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -150,16 +148,6 @@ fn child_serves_idle_flows() {
     }
 }
 
-/// The child server process, killed if the test ends early.
-struct ServerProcess(Child);
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `rounds` echo round trips of 64 bytes on `stream`, three times: how
 /// long the fastest three took (the machine is noisy).
 fn time_echoes(stream: &Stream, rounds: u32) -> Duration {
@@ -203,30 +191,9 @@ fn an_exchange_beside_many_idle_flows_is_byte_exact() {
         eprintln!("skipped: a descriptor limit of {limit} leaves no room for idle flows");
         return;
     }
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_serves_idle_flows",
-            "--ignored",
-            "--nocapture",
-        ])
-        .args(["--test-threads", "1"])
-        .env("SAL_INPROC_CHILD", "1")
-        .env("SAL_INPROC_IDLE_FLOWS", n.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("the server process");
-    let stdout = child.stdout.take().unwrap();
-    let mut server = ServerProcess(child);
-    let mut lines = BufReader::new(stdout).lines();
-    let locator = loop {
-        let line = lines.next().expect("the server's locator").unwrap();
-        // After the harness's "test child_serves_idle_flows ... ".
-        if let Some((_, locator)) = line.split_once("SERVER udp:") {
-            break locator.trim().parse::<SocketAddrV4>().expect("a locator");
-        }
-    };
+    let envs = [("SAL_INPROC_IDLE_FLOWS", n.to_string())];
+    let (mut server, locator, mut lines) =
+        ServerProcess::spawn("child_serves_idle_flows", &envs, true);
     let server_pid = server.0.id().to_string();
     let client = Runtime::bind(Config::new(loopback(), Locator::Udp(locator))).expect("bind");
 

@@ -3,9 +3,6 @@
 //! packet comes back as port unreachable, and the flow is reset a second
 //! later (`peers_gone`), not after the 30 s peer timeout.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddrV4;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sal::Locator;
@@ -13,7 +10,7 @@ use sal_inproc::{Config, Error, Mode};
 
 mod common;
 
-use common::{loopback, server, service};
+use common::{loopback, server, service, ServerProcess};
 
 /// The server: run by [`a_write_to_a_peer_killed_outright_is_reset_within_seconds`]
 /// in a child process. Prints its locator, echoes one stream, then waits
@@ -33,39 +30,10 @@ fn child_echoes_then_waits_to_be_killed() {
     std::thread::sleep(Duration::from_secs(60));
 }
 
-/// The child server process, killed if the test ends early.
-struct ServerProcess(Child);
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn a_write_to_a_peer_killed_outright_is_reset_within_seconds() {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_echoes_then_waits_to_be_killed",
-            "--ignored",
-            "--nocapture",
-        ])
-        .args(["--test-threads", "1"])
-        .env("SAL_INPROC_CHILD", "1")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("the server process");
-    let stdout = child.stdout.take().unwrap();
-    let mut server = ServerProcess(child);
-    let mut lines = BufReader::new(stdout).lines();
-    let locator = loop {
-        let line = lines.next().expect("the server's locator").unwrap();
-        if let Some((_, locator)) = line.split_once("SERVER udp:") {
-            break locator.trim().parse::<SocketAddrV4>().expect("a locator");
-        }
-    };
+    let (mut server, locator, _lines) =
+        ServerProcess::spawn("child_echoes_then_waits_to_be_killed", &[], false);
     let client = sal_inproc::Runtime::bind(Config::new(loopback(), Locator::Udp(locator)))
         .expect("client bind");
     let deadline = |secs| Mode::Until(Instant::now() + Duration::from_secs(secs));

@@ -310,6 +310,15 @@ fn established() -> Established {
     }
 }
 
+/// [`established`], the server silent from now on, and what it sent
+/// before landed.
+fn silenced() -> Established {
+    let mut e = established();
+    e.silent.set(true);
+    e.net.run_for(Duration::from_millis(300));
+    e
+}
+
 impl Established {
     /// The client writes again: the packet that carries it, which the
     /// server's locator (its program gone) would send back.
@@ -341,10 +350,7 @@ impl Established {
 
 #[test]
 fn a_flow_whose_peer_s_locator_refuses_its_packets_is_reset_when_the_peer_stays_silent() {
-    let mut e = established();
-    e.silent.set(true);
-    // What the server sent before it went silent lands first.
-    e.net.run_for(Duration::from_millis(300));
+    let mut e = silenced();
     let packet = e.write_again();
     e.unreachable(loc("10.0.0.2"), &packet);
     // A second report does not push the verdict back.
@@ -363,7 +369,7 @@ fn a_peer_heard_after_its_locator_refused_a_packet_keeps_the_flow() {
     let mut e = established();
     let packet = e.write_again();
     e.unreachable(loc("10.0.0.2"), &packet);
-    // The server speaks (it moved, say, and its packets come from there).
+    // The server speaks: whatever refused the packet, the peer lives.
     let (server, sflow) = (e.server, e.sflow);
     e.net.run_for(Duration::from_millis(100));
     e.net.host(server).send(sflow, b"still here").unwrap();
@@ -377,9 +383,7 @@ fn a_peer_heard_after_its_locator_refused_a_packet_keeps_the_flow() {
 /// packet said to have come back from another locator.
 #[test]
 fn a_refusal_report_that_does_not_name_the_flow_and_its_peer_changes_nothing() {
-    let mut e = established();
-    e.silent.set(true);
-    e.net.run_for(Duration::from_millis(300));
+    let mut e = silenced();
     let packet = e.write_again();
     let forged = [
         // Another peer flow ID: an off-path guess.
@@ -420,9 +424,7 @@ fn a_refusal_report_that_does_not_name_the_flow_and_its_peer_changes_nothing() {
 fn a_refused_control_message_without_a_segment_counts_with_our_nonce_only() {
     // A SAL ACK or probe of ours carries no TCP segment to check a
     // sequence number in: its CONTROL extension's nonce (ours) stands in.
-    let mut e = established();
-    e.silent.set(true);
-    e.net.run_for(Duration::from_millis(300));
+    let mut e = silenced();
     // A SAL header of ours with no segment, its CONTROL extension (our
     // nonce) the SYN's.
     let ours = {

@@ -389,3 +389,53 @@ pub fn rss_of(pid: &str) -> usize {
 pub fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count())
 }
+
+/// A server process: this test binary run again for the ignored test
+/// `test` (with `SAL_INPROC_CHILD` set, and `envs`), killed if the test
+/// ends early.
+pub struct ServerProcess(pub std::process::Child);
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The lines a [`ServerProcess`] prints after its locator.
+pub type ServerLines = std::io::Lines<std::io::BufReader<std::process::ChildStdout>>;
+
+impl ServerProcess {
+    /// Starts the server of the ignored test `test` (its stdin piped when
+    /// `stdin`), and reads the locator it prints (`SERVER udp:ADDR`).
+    pub fn spawn(
+        test: &str,
+        envs: &[(&str, String)],
+        stdin: bool,
+    ) -> (ServerProcess, SocketAddrV4, ServerLines) {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let mut command = Command::new(std::env::current_exe().unwrap());
+        command
+            .args(["--exact", test, "--ignored", "--nocapture"])
+            .args(["--test-threads", "1"])
+            .env("SAL_INPROC_CHILD", "1")
+            .envs(envs.iter().map(|(key, value)| (key, value)))
+            .stdout(Stdio::piped());
+        if stdin {
+            command.stdin(Stdio::piped());
+        }
+        let mut child = command.spawn().expect("the server process");
+        let stdout = child.stdout.take().unwrap();
+        let server = ServerProcess(child);
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let locator = loop {
+            let line = lines.next().expect("the server's locator").unwrap();
+            // After the harness's "test NAME ... ".
+            if let Some((_, locator)) = line.split_once("SERVER udp:") {
+                break locator.trim().parse::<SocketAddrV4>().expect("a locator");
+            }
+        };
+        (server, locator, lines)
+    }
+}
