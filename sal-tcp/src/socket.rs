@@ -1368,6 +1368,17 @@ impl Socket {
         Ok(self.rx_buffer.read_allocated(0, data))
     }
 
+    /// Octets queued in the transmit buffer and not sent yet (Linux's
+    /// `SIOCOUTQNSD`: SND.NXT to the end of what was written).
+    pub fn send_queue_unsent(&self) -> usize {
+        let end = self.local_seq_no + self.tx_buffer.len();
+        if end > self.remote_max_seq {
+            end - self.remote_max_seq
+        } else {
+            0
+        }
+    }
+
     /// Whether `seq` may start a segment this socket sent and has not had
     /// acknowledged: SND.UNA to SND.NXT, as Linux asks of the segment an
     /// ICMP error quotes before it believes it, and SND.UNA - 1 (a

@@ -397,3 +397,25 @@ fn a_capped_request_cut_at_the_edge_still_arrives() {
         );
     }
 }
+
+#[test]
+fn the_unsent_part_of_the_send_queue_is_counted_apart() {
+    // A slow reader closes the window: what the writer queued beyond it is
+    // unsent (Linux's SIOCOUTQNSD), the rest of the queue sent and not yet
+    // acknowledged (SIOCOUTQ counts both).
+    let config = Config::default();
+    let up = pattern(1 << 20, 5);
+    let mut net = Net::connected(&config, [up.clone(), vec![]], Conditions::PERFECT, 5);
+    net.ends[1].read_rate = Some(50_000);
+    let mut held_back = false;
+    assert!(net.run_until(MINUTE, |net| {
+        let socket = &net.ends[0].socket;
+        let (queued, unsent) = (socket.send_queue(), socket.send_queue_unsent());
+        assert!(unsent <= queued, "{unsent} unsent of {queued} queued");
+        held_back |= unsent > 0 && unsent < queued;
+        net.ends[1].received.len() == up.len()
+    }));
+    assert!(held_back, "never both sent and unsent bytes in the queue");
+    assert_eq!(net.ends[1].received, up);
+    assert_eq!(net.ends[0].socket.send_queue_unsent(), 0);
+}

@@ -88,6 +88,8 @@ pub struct StreamQueues {
     /// Written by the application, not acknowledged by the peer yet
     /// (sent or not).
     pub unacknowledged: usize,
+    /// Of those, not sent yet.
+    pub unsent: usize,
 }
 
 /// Why a flow's stream resends its flight at once
@@ -442,6 +444,7 @@ impl Host {
             (_, Some(socket)) => StreamQueues {
                 unread: socket.recv_queue(),
                 unacknowledged: socket.send_queue(),
+                unsent: socket.send_queue_unsent(),
             },
             (_, None) => StreamQueues::default(),
         })

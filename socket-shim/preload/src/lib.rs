@@ -1494,9 +1494,9 @@ pub unsafe extern "C" fn splice(
 /// `ioctl`, variadic in C as [`fcntl`] is, and taken the same way. The
 /// shim answers `FIOCLEX` and `FIONCLEX` (whether a listener or a
 /// datagram socket crosses `exec` changed: Python's `os.set_inheritable`
-/// clears close-on-exec this way), `FIONBIO`, `FIONREAD` and `SIOCOUTQ`
-/// on in-process numbers (the engine's queues), and `FIONREAD` and
-/// `SIOCOUTQ` on a daemon-path listener (`EINVAL`, as TCP's; on a
+/// clears close-on-exec this way), `FIONBIO`, `FIONREAD`, `SIOCOUTQ`,
+/// `SIOCOUTQNSD` and `SIOCATMARK` on in-process numbers (the engine's
+/// queues), and those four on a daemon-path listener (`EINVAL`, as TCP's; on a
 /// daemon-path stream the kernel answers for sald's socketpair end: bytes
 /// sald delivered and the program did not read, and bytes the program
 /// wrote and sald did not take yet); any other request costs a few
@@ -1522,7 +1522,10 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: libc::c_ulong, arg: libc::c_u
             inproc::calls::set_nonblock(fd, *on != 0)
         });
     }
-    let queue_request = request == libc::FIONREAD as libc::c_ulong || request == inproc::SIOCOUTQ;
+    let queue_request = request == libc::FIONREAD as libc::c_ulong
+        || request == inproc::SIOCOUTQ
+        || request == inproc::SIOCOUTQNSD
+        || request == inproc::SIOCATMARK;
     if queue_request && inproc::is_settled(fd) {
         let count = arg as *mut c_int;
         if let Some(done) = inproc_data(-1, || inproc::calls::queued(fd, request, count)) {

@@ -189,7 +189,8 @@ fn serval_stream_modes_in_process() {
 /// `ioctl(FIONREAD)` and `ioctl(SIOCOUTQ)` on in-process streams count
 /// the engine's queues, as TCP's; a listener's `FIONREAD` is `EINVAL`;
 /// `SO_SNDBUF` and `SO_RCVBUF` answer Linux's defaults (not 0) and twice
-/// what was set; `TCP_MAXSEG` the flow's segment size.
+/// what was set; `TCP_MAXSEG` the flow's segment size; `SIOCOUTQNSD`
+/// nothing unsent and `SIOCATMARK` 0 (`EINVAL` on a listener).
 #[test]
 fn ioctl_counts_a_stream_s_queues_in_process() {
     let sald = Sald::start_relaying();
@@ -200,7 +201,7 @@ fn ioctl_counts_a_stream_s_queues_in_process() {
     server.wait_ready("ready");
     let args = ["stream-queues", "beef11", "beef12"];
     let mut cmd = sald.run(&["--in-process"], c_program(), &args);
-    cmd.env("SERVAL_TEST_FLOW_MSS", "1");
+    cmd.env("SERVAL_TEST_IN_ENGINE", "1");
     Proc::spawn("serval_test stream-queues", &mut cmd).success(T);
     server.success(T);
 }

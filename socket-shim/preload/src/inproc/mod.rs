@@ -40,9 +40,10 @@
 //! whose flow closes when the last number closes. The socket's
 //! `O_NONBLOCK` is the shim's (the eventfd's file status flags are the
 //! engine's and must stay non-blocking): `fcntl(F_GETFL/F_SETFL)` and
-//! `ioctl(FIONBIO)` answer from it; `ioctl(FIONREAD)` (`SIOCINQ`) and
-//! `ioctl(SIOCOUTQ)` count the stream's queues in the engine (`EINVAL`
-//! on a listener), as TCP's. Numbers are close-on-exec in the
+//! `ioctl(FIONBIO)` answer from it; `ioctl(FIONREAD)` (`SIOCINQ`),
+//! `ioctl(SIOCOUTQ)` and `ioctl(SIOCOUTQNSD)` count the stream's queues
+//! in the engine, and `SIOCATMARK` answers 0 (`EINVAL` on a listener,
+//! all four), as TCP's. Numbers are close-on-exec in the
 //! kernel, copies made by `dup`, `dup2` and `F_DUPFD` included (the shim
 //! sets it where the kernel would not): an eventfd never crosses `exec`,
 //! a socket does only through the hand-over to sald (see "exec" below).
@@ -163,7 +164,7 @@
 //!   `SIGCONT`) does not end a wait with a timeout, where TCP's gives
 //!   `EINTR`; a signal handler that calls into a socket while its thread
 //!   holds the engine's lock (a non-blocking call) deadlocks.
-//! - `MSG_OOB`, `ioctl(SIOCOUTQNSD)` and `SIOCATMARK`; `MSG_PEEK` with
+//! - `MSG_OOB` (`SIOCATMARK` answers 0); `MSG_PEEK` with
 //!   `MSG_WAITALL` returns what is there (a peek over several iovecs, 1
 //!   MiB at most);
 //!   `listen` again after a listener's `shutdown`; epoll reports a
@@ -215,7 +216,7 @@ pub(crate) use registry::live as is;
 pub(crate) use registry::reap;
 pub(crate) use setup::{connect, listen, relay, Before};
 pub(crate) use socket::Moved;
-pub(crate) use socket::{Socket, SIOCOUTQ};
+pub(crate) use socket::{Socket, SIOCATMARK, SIOCOUTQ, SIOCOUTQNSD};
 
 /// The environment variable that turns the in-process mode on (`1`).
 pub(crate) const ENV: &str = "SERVAL_SHIM_INPROC";

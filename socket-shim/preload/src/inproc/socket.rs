@@ -105,6 +105,12 @@ pub(crate) enum Moved {
 /// `ioctl`'s request for the bytes a stream has not had acknowledged
 /// (`TIOCOUTQ`, as `linux/sockios.h` names it for sockets).
 pub(crate) const SIOCOUTQ: libc::c_ulong = libc::TIOCOUTQ as libc::c_ulong;
+/// `ioctl`'s request for the bytes a stream has not sent yet
+/// (`linux/sockios.h`).
+pub(crate) const SIOCOUTQNSD: libc::c_ulong = 0x894B;
+/// `ioctl`'s question whether a read is at the urgent mark
+/// (`asm/sockios.h`).
+pub(crate) const SIOCATMARK: libc::c_ulong = 0x8905;
 
 /// `SO_SNDBUF` or `SO_RCVBUF` as Linux's TCP answers it: its default
 /// (`tcp_wmem[1]`, `tcp_rmem[1]`) until the program sets one, then twice
@@ -485,9 +491,10 @@ impl Socket {
         self.receive(buf, flags, false)
     }
 
-    /// `ioctl(FIONREAD)` (`SIOCINQ`) and `ioctl(SIOCOUTQ)`: bytes to read,
-    /// and bytes written and not acknowledged yet; a listener's is
-    /// `EINVAL`, as TCP's.
+    /// `ioctl(FIONREAD)` (`SIOCINQ`), `ioctl(SIOCOUTQ)` and
+    /// `ioctl(SIOCOUTQNSD)`: bytes to read, bytes written and not
+    /// acknowledged yet, and those not sent yet; `SIOCATMARK`: 0. A
+    /// listener's is `EINVAL`, as TCP's.
     pub(crate) fn queued(&self, request: libc::c_ulong) -> Res<usize> {
         let Object::Stream(stream) = self.object()? else {
             return Err(libc::EINVAL);
@@ -502,6 +509,9 @@ impl Socket {
         }
         Ok(match request {
             SIOCOUTQ => queues.unacknowledged,
+            SIOCOUTQNSD => queues.unsent,
+            // No urgent data is ever queued (`MSG_OOB` is refused).
+            SIOCATMARK => 0,
             _ => queues.unread,
         })
     }

@@ -470,7 +470,9 @@ static int stream_client(const char *sid, size_t size) {
 /* ioctl's queue counts, as TCP's: FIONREAD (SIOCINQ) the bytes received
  * and not read, SIOCOUTQ those written and not acknowledged yet, EFAULT
  * without a place for the count; on a listener (bound to OWN), EINVAL.
- * SO_SNDBUF, SO_RCVBUF and TCP_MAXSEG as Linux answers them. Against a stream-server
+ * SO_SNDBUF, SO_RCVBUF and TCP_MAXSEG as Linux answers them; with
+ * SERVAL_TEST_IN_ENGINE set (in-process), also SIOCOUTQNSD and SIOCATMARK
+ * and a TCP_MAXSEG of the flow's own. Against a stream-server
  * for SID (an echo). */
 static int stream_queues(const char *sid, const char *own) {
     int fd = socket(AF_SERVAL, SOCK_STREAM, 0);
@@ -489,7 +491,8 @@ static int stream_queues(const char *sid, const char *own) {
           "TCP_MAXSEG of a connected stream");
     /* In-process, the engine's flow answers: its own segment size, above
      * the floor the daemon path answers. */
-    if (getenv("SERVAL_TEST_FLOW_MSS")) CHECK(mss > 536, "TCP_MAXSEG is the flow's");
+    int in_engine = getenv("SERVAL_TEST_IN_ENGINE") != NULL;
+    if (in_engine) CHECK(mss > 536, "TCP_MAXSEG is the flow's");
     int n = -1;
     CHECK(ioctl(fd, FIONREAD, &n) == 0 && n == 0, "FIONREAD of a fresh stream");
     char buf[1000];
@@ -504,6 +507,14 @@ static int stream_queues(const char *sid, const char *own) {
      * the echo's own segments). */
     for (int i = 0; i < 500 && (ioctl(fd, TIOCOUTQ, &n) != 0 || n != 0); i++) usleep(10000);
     CHECK(n == 0, "SIOCOUTQ: nothing unacknowledged");
+    if (in_engine) {
+        /* The engine's stream answers these too (the daemon path's
+         * socketpair end has no urgent mark nor unsent count). */
+        n = -1;
+        CHECK(ioctl(fd, 0x894B /* SIOCOUTQNSD */, &n) == 0 && n == 0, "SIOCOUTQNSD: nothing unsent");
+        n = -1;
+        CHECK(ioctl(fd, 0x8905 /* SIOCATMARK */, &n) == 0 && n == 0, "SIOCATMARK: not at a mark");
+    }
     EXPECT_ERR(ioctl(fd, FIONREAD, NULL), EFAULT);
     /* Buffer sizes: never 0 (a program may size its reads by them), and
      * twice what was set, as Linux keeps them. */
@@ -520,6 +531,8 @@ static int stream_queues(const char *sid, const char *own) {
     struct sockaddr_sv lsa = sv_addr(own);
     if (l < 0 || bind(l, (struct sockaddr *)&lsa, sizeof lsa) < 0 || listen(l, 4) < 0) die("listener");
     EXPECT_ERR(ioctl(l, FIONREAD, &n), EINVAL);
+    EXPECT_ERR(ioctl(l, 0x8905 /* SIOCATMARK */, &n), EINVAL);
+    EXPECT_ERR(ioctl(l, 0x894B /* SIOCOUTQNSD */, &n), EINVAL);
     close(l);
     return failures ? 1 : 0;
 }
