@@ -82,6 +82,7 @@ pub struct StreamEnds {
 
 /// A stream flow's queued bytes ([`Host::stream_queues`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct StreamQueues {
     /// Received, not read by the application yet.
     pub unread: usize,
@@ -437,8 +438,9 @@ impl Host {
     }
 
     /// The stream's queues as `ioctl` reports them: bytes received and not
-    /// read yet (`FIONREAD`), and bytes written and not acknowledged yet,
-    /// sent or not (`SIOCOUTQ`). A reset flow keeps what it had received.
+    /// read yet (`FIONREAD`), bytes written and not acknowledged yet, sent
+    /// or not (`SIOCOUTQ`), and of those the ones not sent yet
+    /// (`SIOCOUTQNSD`). A reset flow keeps what it had received.
     pub fn stream_queues(&mut self, id: FlowId) -> Result<StreamQueues, HostError> {
         Ok(match self.app_socket(id)? {
             (_, Some(socket)) => StreamQueues {

@@ -1496,11 +1496,13 @@ pub unsafe extern "C" fn splice(
 /// datagram socket crosses `exec` changed: Python's `os.set_inheritable`
 /// clears close-on-exec this way), `FIONBIO`, `FIONREAD`, `SIOCOUTQ`,
 /// `SIOCOUTQNSD` and `SIOCATMARK` on in-process numbers (the engine's
-/// queues), and those four on a daemon-path listener (`EINVAL`, as TCP's; on a
-/// daemon-path stream the kernel answers for sald's socketpair end: bytes
-/// sald delivered and the program did not read, and bytes the program
-/// wrote and sald did not take yet); any other request costs a few
-/// comparisons.
+/// queues), and on daemon-path stream sockets (see
+/// [`daemon_path_queue`]): `SIOCATMARK` 0, a listener's other three
+/// `EINVAL` (as TCP's), and on a stream `SIOCOUTQNSD` the socketpair
+/// end's `SIOCOUTQ`; the kernel answers `FIONREAD` and `SIOCOUTQ` for
+/// sald's socketpair end (bytes sald delivered and the program did not
+/// read, and bytes the program wrote and sald did not take yet). Any
+/// other request costs a few comparisons.
 ///
 /// # Safety
 /// As `ioctl(2)`.
@@ -1532,10 +1534,10 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: libc::c_ulong, arg: libc::c_u
             return done;
         }
     }
-    if queue_request && ops::listens(fd) {
-        // The daemon path's listener is no TCP socket to count.
-        set_errno(libc::EINVAL);
-        return -1;
+    if queue_request && ops::is_stream(fd) {
+        if let Some(done) = daemon_path_queue(fd, request, arg) {
+            return done;
+        }
     }
     // SAFETY: forwarding the caller's arguments unchanged.
     let result = unsafe { real::ioctl(fd, request, arg) };
@@ -1543,6 +1545,59 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: libc::c_ulong, arg: libc::c_u
         let _ = catch_unwind(|| ops::cloexec_set(fd));
     }
     result
+}
+
+/// `sockatmark`: glibc's calls its internal `ioctl`, which the shim does
+/// not see, so it goes through [`ioctl`] here.
+///
+/// # Safety
+/// As `sockatmark(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn sockatmark(fd: c_int) -> c_int {
+    let mut at_mark: c_int = 0;
+    // SAFETY: SIOCATMARK writes one int, at a pointer to this one.
+    let rc = unsafe {
+        ioctl(
+            fd,
+            inproc::SIOCATMARK,
+            &mut at_mark as *mut c_int as libc::c_ulong,
+        )
+    };
+    if rc < 0 {
+        -1
+    } else {
+        at_mark
+    }
+}
+
+/// `ioctl`'s queue requests on a daemon-path stream socket the kernel does
+/// not answer as TCP's (see [`ioctl`]); `None`: the kernel's answer
+/// stands.
+fn daemon_path_queue(fd: c_int, request: libc::c_ulong, arg: libc::c_ulong) -> Option<c_int> {
+    if request == inproc::SIOCATMARK {
+        // As TCP's without urgent data, listening or not (sald's flows
+        // carry none).
+        return Some(guard(-1, || {
+            let at_mark = arg as *mut c_int;
+            // SAFETY: SIOCATMARK's argument is a pointer to an int, the
+            // program's for this call; checked non-null.
+            let at_mark = unsafe { at_mark.as_mut() }.ok_or(libc::EFAULT)?;
+            *at_mark = 0;
+            Ok(0)
+        }));
+    }
+    if ops::listens(fd) {
+        // The daemon path's listener is no TCP socket to count.
+        set_errno(libc::EINVAL);
+        return Some(-1);
+    }
+    if request == inproc::SIOCOUTQNSD {
+        // What the program wrote and sald has not taken is not sent yet:
+        // the socketpair end's SIOCOUTQ, which AF_UNIX answers.
+        // SAFETY: forwarding the caller's argument, a pointer to an int.
+        return Some(unsafe { real::ioctl(fd, inproc::SIOCOUTQ, arg) });
+    }
+    None
 }
 
 /// `fcntl`, a variadic function in C: its one optional argument is an int

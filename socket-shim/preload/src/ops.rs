@@ -2571,6 +2571,12 @@ pub(crate) fn listens(fd: RawFd) -> bool {
     look(fd).is_some_and(|found| found.stage == Stage::Listening)
 }
 
+/// Whether `fd` is a stream socket (listening or not) the shim answers for
+/// on the daemon path.
+pub(crate) fn is_stream(fd: RawFd) -> bool {
+    look(fd).is_some_and(|found| found.kind == Kind::Stream)
+}
+
 /// The kind of socket `fd` is, if `setsockopt` on it is ours to answer.
 pub(crate) fn setsockopt_kind(fd: RawFd) -> Option<Kind> {
     look(fd).map(|found| found.kind)

@@ -148,8 +148,9 @@ pub(crate) fn get_flags(fd: RawFd, flags: c_int) -> Res<c_int> {
     Ok((flags & !libc::O_NONBLOCK) | if nonblock { libc::O_NONBLOCK } else { 0 })
 }
 
-/// `ioctl(FIONREAD)`, `ioctl(SIOCOUTQ)` (see `Socket::queued`): the
-/// count, as an int, at `arg`.
+/// `ioctl(FIONREAD)`, `ioctl(SIOCOUTQ)`, `ioctl(SIOCOUTQNSD)`,
+/// `ioctl(SIOCATMARK)` (see `Socket::queued`): the answer, as an int, at
+/// `arg`.
 pub(crate) fn queued(fd: RawFd, request: libc::c_ulong, arg: *mut c_int) -> Res<c_int> {
     if arg.is_null() {
         return Err(libc::EFAULT);
@@ -162,7 +163,7 @@ pub(crate) fn queued(fd: RawFd, request: libc::c_ulong, arg: *mut c_int) -> Res<
         Err(libc::EPIPE) => return Err(HANDED_OVER),
         result => result?,
     };
-    // SAFETY: both requests take a pointer to an int, checked non-null;
+    // SAFETY: these requests take a pointer to an int, checked non-null;
     // the program gave it for this call.
     unsafe { *arg = c_int::try_from(bytes).unwrap_or(c_int::MAX) };
     Ok(0)

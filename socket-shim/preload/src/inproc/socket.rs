@@ -493,9 +493,14 @@ impl Socket {
 
     /// `ioctl(FIONREAD)` (`SIOCINQ`), `ioctl(SIOCOUTQ)` and
     /// `ioctl(SIOCOUTQNSD)`: bytes to read, bytes written and not
-    /// acknowledged yet, and those not sent yet; `SIOCATMARK`: 0. A
-    /// listener's is `EINVAL`, as TCP's.
+    /// acknowledged yet, and those not sent yet (a listener's is
+    /// `EINVAL`, as TCP's); `SIOCATMARK`: 0 on any socket, as TCP's
+    /// without urgent data.
     pub(crate) fn queued(&self, request: libc::c_ulong) -> Res<usize> {
+        if request == SIOCATMARK {
+            // No urgent data is ever queued (`MSG_OOB` is refused).
+            return Ok(0);
+        }
         let Object::Stream(stream) = self.object()? else {
             return Err(libc::EINVAL);
         };
@@ -510,8 +515,6 @@ impl Socket {
         Ok(match request {
             SIOCOUTQ => queues.unacknowledged,
             SIOCOUTQNSD => queues.unsent,
-            // No urgent data is ever queued (`MSG_OOB` is refused).
-            SIOCATMARK => 0,
             _ => queues.unread,
         })
     }
