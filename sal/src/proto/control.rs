@@ -355,6 +355,41 @@ mod tests {
         assert_eq!((fin.verno, fin.ackno), (0xd1d9ca44, 0x590c8f6f));
     }
 
+    /// A SYN sent a second way gets a fresh timeout and exactly the
+    /// retransmissions asked for, then expires; with no retries allowed at
+    /// all, it expires at its first timeout.
+    #[test]
+    fn a_restarted_syn_is_resent_as_often_as_asked_then_expires() {
+        let rto = Duration::from_millis(500);
+        let at = Instant::from_millis;
+        let mut control = ControlState::new([7; 8], 1);
+        control.keep(ControlKind::Syn, 1, Vec::new(), None, at(0), rto);
+        // The first way used three retransmissions already.
+        let mut resent = 0;
+        for now in [500, 1500, 3500] {
+            let timeout = control.on_timeout(at(now), (5, 2), |_| resent += 1);
+            assert!(timeout.expired.is_empty());
+        }
+        assert_eq!(resent, 3);
+        assert_eq!(control.restart_syn(at(4000), rto, (1, 5)), Some(at(4500)));
+        let mut resent = 0;
+        let first = control.on_timeout(at(4500), (5, 2), |_| resent += 1);
+        assert!(first.expired.is_empty());
+        assert_eq!((resent, first.next), (1, Some(at(5500))));
+        let second = control.on_timeout(at(5500), (5, 2), |_| resent += 1);
+        assert_eq!((resent, second.expired), (1, vec![ControlKind::Syn]));
+        // None allowed: the fresh timeout is all it gets.
+        let mut none = ControlState::new([7; 8], 1);
+        none.keep(ControlKind::Syn, 1, Vec::new(), None, at(0), rto);
+        none.restart_syn(at(100), rto, (1, 0));
+        let timeout = none.on_timeout(at(600), (0, 2), |_| panic!("resent"));
+        assert_eq!(timeout.expired, vec![ControlKind::Syn]);
+        assert_eq!(
+            ControlState::new([7; 8], 1).restart_syn(at(0), rto, (1, 5)),
+            None
+        );
+    }
+
     fn pending(kind: ControlKind, verno: u32) -> Pending {
         Pending {
             kind,
