@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
-use sal::proto::{ConnectError, Event, FlowExport, Host, HostError, LocalInterface, NotExportable};
+use sal::proto::{
+    ConnectError, Event, FlowExport, Host, HostError, LocalInterface, NotExportable, Refusal,
+};
 use sal::table::{ListenerId, Target};
 use sal::{FlowId, Locator, ServicePrefix};
 
@@ -313,12 +315,11 @@ impl Core {
         let now = self.clock.now();
         for (to, start) in &unreachable {
             let hop = Locator::Udp(*to);
-            if let Some(resolution) = &self.resolution {
-                if self.host.refused_syn(hop, start).is_some() {
-                    resolution.cache().forget_hop(&mut self.host, hop);
-                }
+            let refusal = self.host.refusal(hop, start);
+            if let (Some(resolution), Some(Refusal::Syn(_))) = (&self.resolution, refusal) {
+                resolution.cache().forget_hop(&mut self.host, hop);
             }
-            (self.host).handle_unreachable(now, hop, start);
+            (self.host).handle_refusal(now, hop, refusal);
         }
         !unreachable.is_empty()
     }

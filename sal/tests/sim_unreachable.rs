@@ -189,6 +189,12 @@ fn rerouting(default_hop: &str) -> Rerouting {
 }
 
 impl Rerouting {
+    /// Reports the first SYN (to 10.0.0.3) as come back undeliverable.
+    fn refuse_first_syn(&mut self) {
+        let syn = self.c.first_syn();
+        self.c.unreachable(loc("10.0.0.3"), &syn);
+    }
+
     /// Takes the client's rule toward 10.0.0.3 out, as a caller that
     /// cached it does on learning the hop is gone.
     fn forget_dead_rule(&mut self) {
@@ -205,9 +211,8 @@ impl Rerouting {
 #[test]
 fn a_syn_refused_at_a_hop_the_caller_took_out_goes_by_the_route_left_at_once() {
     let mut r = rerouting("10.0.0.2");
-    let syn = r.c.first_syn();
     r.forget_dead_rule();
-    r.c.unreachable(loc("10.0.0.3"), &syn);
+    r.refuse_first_syn();
     assert_eq!(r.c.failed(r.flow), None, "refused instead of rerouted");
     let stats = r.c.net.host(r.c.client).stats();
     assert_eq!((stats.unreachable_hops, stats.rerouted_syns), (1, 1));
@@ -234,8 +239,7 @@ fn a_syn_whose_route_is_still_the_dead_hop_is_refused() {
     // The caller did not take the rule out: the table still routes the
     // service to the hop that refused it.
     let mut r = rerouting("10.0.0.2");
-    let syn = r.c.first_syn();
-    r.c.unreachable(loc("10.0.0.3"), &syn);
+    r.refuse_first_syn();
     assert_eq!(r.c.failed(r.flow), Some(ConnectError::Refused));
     let stats = r.c.net.host(r.c.client).stats();
     assert_eq!((stats.unreachable_hops, stats.rerouted_syns), (1, 0));
@@ -246,9 +250,8 @@ fn a_connect_goes_another_way_once_only() {
     // The default route leads nowhere either: the SYN rerouted there comes
     // back too, and the connect is refused then.
     let mut r = rerouting("10.0.0.4");
-    let syn = r.c.first_syn();
     r.forget_dead_rule();
-    r.c.unreachable(loc("10.0.0.3"), &syn);
+    r.refuse_first_syn();
     assert_eq!(r.c.failed(r.flow), None);
     assert_eq!(r.c.syns.borrow().len(), 2, "the SYN did not go to 10.0.0.4");
     let again = r.c.syns.borrow()[1].clone();
@@ -459,9 +462,8 @@ fn a_rerouted_syn_nobody_answers_is_refused_after_one_retransmission() {
     // one loss there is not a refusal; then the connect is refused, not
     // after all the SYN's retries.
     let mut r = rerouting("10.0.0.4");
-    let syn = r.c.first_syn();
     r.forget_dead_rule();
-    r.c.unreachable(loc("10.0.0.3"), &syn);
+    r.refuse_first_syn();
     r.c.net.run_for(Duration::from_millis(1300));
     assert_eq!(
         r.c.failed(r.flow),

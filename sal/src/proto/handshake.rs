@@ -76,6 +76,16 @@ enum FirstHop {
     Broadcast { local: Locator, broadcast: Locator },
 }
 
+/// What a report of a packet that came back undeliverable is about
+/// ([`Host::refusal`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The SYN in flight of this connect.
+    Syn(FlowId),
+    /// A packet of this established flow, sent to its peer.
+    Peer(FlowId),
+}
+
 /// Retransmissions a SYN gets on the second way it goes after its first
 /// hop refused it (see [`Host::handle_unreachable`]).
 const REROUTED_RETRIES: u32 = 1;
@@ -186,7 +196,7 @@ impl Host {
     /// A packet this host sent to `hop` came back as undeliverable: nobody
     /// receives at that locator (an ICMP port unreachable on a UDP link,
     /// which quotes the start of `packet`). If it is the SYN of one of our
-    /// connects ([`Host::refused_syn`]) and the host's table now routes
+    /// connects ([`Host::refusal`]) and the host's table now routes
     /// the connect's service by another first hop (the caller took its
     /// routes to `hop` out first: a route it had cached to a program gone,
     /// whose service its sald knows the new place of), the SYN goes there
@@ -195,45 +205,59 @@ impl Host {
     /// nobody listens on, instead of waiting out its retransmissions.
     ///
     /// A packet of an established flow refused at its peer's locator
-    /// ([`Host::refused_peer`]) means the peer's program is gone, or moved
+    /// ([`Host::refusal`] again) means the peer's program is gone, or moved
     /// (and its RSYN is on the way): unless the peer is heard within
     /// a second, the flow is reset (`peers_gone`), as the kernel's TCP
     /// would have closed it with its program, instead of waiting out the
     /// peer timeout (30 s). Anything else is ignored.
     pub fn handle_unreachable(&mut self, now: Instant, hop: Locator, packet: &[u8]) {
-        self.now = now;
-        if let Some(id) = self.refused_peer(hop, packet) {
-            if let Ok(flow) = self.flow_mut(id) {
-                let until = flow.liveness.refused(now);
-                self.arm_timer(
-                    id,
-                    super::timer::Timer::Liveness,
-                    super::liveness::on_tick(until),
-                );
-            }
-            return;
-        }
-        let Some(id) = self.refused_syn(hop, packet) else {
-            return;
-        };
-        self.stats.unreachable_hops += 1;
-        if self.reroute_syn(id, hop) {
-            self.stats.rerouted_syns += 1;
-            return;
-        }
-        self.fail_connect(id, ConnectError::Refused);
+        let refusal = self.refusal(hop, packet);
+        self.handle_refusal(now, hop, refusal);
     }
 
-    /// The connect whose SYN in flight `packet` is, the start of a packet
-    /// sent to `hop` that came back undeliverable (see
-    /// [`Host::handle_unreachable`]); `None` for anything else.
+    /// What a report that `packet` (the start of a packet this host sent
+    /// to `hop`) came back undeliverable is about, if the host believes it
+    /// (see [`Host::handle_unreachable`]): a caller that keeps routes of
+    /// its own looks before the host acts ([`Host::handle_refusal`]).
+    pub fn refusal(&self, hop: Locator, packet: &[u8]) -> Option<Refusal> {
+        let packet = SalPacket::new_checked(packet).ok()?;
+        let repr = SalRepr::parse(&packet).ok()?;
+        if let Some(id) = self.refused_peer(hop, &packet, &repr) {
+            return Some(Refusal::Peer(id));
+        }
+        self.refused_syn(hop, &repr).map(Refusal::Syn)
+    }
+
+    /// Acts on a report [`Host::refusal`] classified (see
+    /// [`Host::handle_unreachable`]).
+    pub fn handle_refusal(&mut self, now: Instant, hop: Locator, refusal: Option<Refusal>) {
+        self.now = now;
+        match refusal {
+            None => {}
+            Some(Refusal::Peer(id)) => {
+                if let Ok(flow) = self.flow_mut(id) {
+                    flow.liveness.refused(now);
+                    self.arm_liveness(id);
+                }
+            }
+            Some(Refusal::Syn(id)) => {
+                self.stats.unreachable_hops += 1;
+                if self.reroute_syn(id, hop) {
+                    self.stats.rerouted_syns += 1;
+                    return;
+                }
+                self.fail_connect(id, ConnectError::Refused);
+            }
+        }
+    }
+
+    /// The connect whose SYN in flight `repr` is, the SAL header of a
+    /// packet sent to `hop` that came back undeliverable.
     ///
     /// Such reports are easy to forge, so only one naming a connect's own
     /// flow ID and nonce, the SYN in flight and the locator it went to is
     /// believed: an off-path host has seen none of them.
-    pub fn refused_syn(&self, hop: Locator, packet: &[u8]) -> Option<FlowId> {
-        let packet = SalPacket::new_checked(packet).ok()?;
-        let repr = SalRepr::parse(&packet).ok()?;
+    fn refused_syn(&self, hop: Locator, repr: &SalRepr) -> Option<FlowId> {
         let (id, control) = (repr.src_flow?, repr.control?);
         let Some(Endpoint::Flow(flow)) = self.endpoints.get(id) else {
             return None;
@@ -249,7 +273,8 @@ impl Host {
     }
 
     /// The established flow `packet` (the start of a packet sent to `hop`,
-    /// quoted back as undeliverable) is of, if it went to the flow's peer
+    /// quoted back as undeliverable; its SAL header `repr`) is of, if it
+    /// went to the flow's peer
     /// there: it names the flow and the peer's flow ID (which an off-path
     /// forger has not seen), `hop` is where the flow sends (and the peer
     /// has not said it moved elsewhere), a control message without a
@@ -257,9 +282,12 @@ impl Host {
     /// a sequence number the flow sent and has not had acknowledged (as
     /// Linux checks one before it believes an ICMP error about a TCP
     /// connection).
-    pub fn refused_peer(&self, hop: Locator, packet: &[u8]) -> Option<FlowId> {
-        let packet = SalPacket::new_checked(packet).ok()?;
-        let repr = SalRepr::parse(&packet).ok()?;
+    fn refused_peer(
+        &self,
+        hop: Locator,
+        packet: &SalPacket<&[u8]>,
+        repr: &SalRepr,
+    ) -> Option<FlowId> {
         let id = repr.src_flow?;
         let Some(Endpoint::Flow(flow)) = self.endpoints.get(id) else {
             return None;

@@ -105,7 +105,7 @@ pub(super) struct Liveness {
 /// from the new locator as it moves, which clears the refusal
 /// ([`Liveness::peer_alive`]; the RSYN is resent after 500 ms if lost),
 /// and refusals of the old locator are not believed while the flow
-/// checks the new one (`Host::refused_peer`); one whose program died
+/// checks the new one (`Host::refusal`); one whose program died
 /// says nothing.
 pub(super) const REFUSED_GRACE: Duration = Duration::from_secs(1);
 
@@ -154,10 +154,10 @@ impl Liveness {
     }
 
     /// A packet of ours to the peer's locator came back refused: unless
-    /// the peer is heard by the returned instant, it is gone (see
+    /// the peer is heard by [`Liveness::refused_until`], it is gone (see
     /// [`Liveness::refused_for`]). Later refusals do not move it.
-    pub fn refused(&mut self, now: Instant) -> Instant {
-        *self.refused.get_or_insert(now) + REFUSED_GRACE
+    pub fn refused(&mut self, now: Instant) {
+        self.refused.get_or_insert(now);
     }
 
     /// The peer's program is known to live (an RSYN with its nonce, from

@@ -88,6 +88,7 @@ pub use event::Event;
 pub use export::{
     import_memory, FlowExport, ImportError, NotExportable, FLOW_EXPORT_OLDEST, FLOW_EXPORT_VERSION,
 };
+pub use handshake::Refusal;
 pub use info::{FlowCounters, FlowInfo, FlowState, HostStats, Role};
 pub use interface::LocalInterface;
 pub use output::{Transmit, TransmitKind};
