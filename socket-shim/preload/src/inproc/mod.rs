@@ -42,8 +42,8 @@
 //! engine's and must stay non-blocking): `fcntl(F_GETFL/F_SETFL)` and
 //! `ioctl(FIONBIO)` answer from it; `ioctl(FIONREAD)` (`SIOCINQ`),
 //! `ioctl(SIOCOUTQ)` and `ioctl(SIOCOUTQNSD)` count the stream's queues
-//! in the engine, and `SIOCATMARK` answers 0 (`EINVAL` on a listener,
-//! all four), as TCP's. Numbers are close-on-exec in the
+//! in the engine (`EINVAL` on a listener), and `SIOCATMARK` answers 0,
+//! as TCP's. Numbers are close-on-exec in the
 //! kernel, copies made by `dup`, `dup2` and `F_DUPFD` included (the shim
 //! sets it where the kernel would not): an eventfd never crosses `exec`,
 //! a socket does only through the hand-over to sald (see "exec" below).

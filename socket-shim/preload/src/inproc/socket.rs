@@ -124,13 +124,18 @@ fn buffer_size(name: c_int, set: Option<&[u8]>) -> c_int {
     const SNDBUF_MIN: c_int = 4_608;
     const RCVBUF_MIN: c_int = 2_304;
     let send = name == libc::SO_SNDBUF;
-    let set = set.and_then(|value| Some(c_int::from_ne_bytes(value.get(..4)?.try_into().ok()?)));
+    let set = set.and_then(option_int);
     match (set, send) {
         (None, true) => WMEM_DEFAULT,
         (None, false) => RMEM_DEFAULT,
         (Some(value), true) => (value.clamp(0, MEM_MAX) * 2).max(SNDBUF_MIN),
         (Some(value), false) => (value.clamp(0, MEM_MAX) * 2).max(RCVBUF_MIN),
     }
+}
+
+/// The int an option's value starts with (`None` if it is shorter).
+fn option_int(value: &[u8]) -> Option<c_int> {
+    Some(c_int::from_ne_bytes(value.get(..4)?.try_into().ok()?))
 }
 
 /// The errno of an engine error, as the daemon path reports the same
@@ -836,9 +841,7 @@ impl Socket {
             options
                 .iter()
                 .find(|(l, n, _)| (*l, *n) == (libc::IPPROTO_TCP, libc::TCP_MAXSEG))
-                .and_then(|(_, _, value)| {
-                    Some(c_int::from_ne_bytes(value.get(..4)?.try_into().ok()?))
-                })
+                .and_then(|(_, _, value)| option_int(value))
                 .filter(|&value| value > 0)
         };
         let connected = match self.object() {
