@@ -73,10 +73,12 @@ pub struct UdpLink {
 /// start (as much as the ICMP error quoted).
 pub type Unreachable = (SocketAddrV4, Vec<u8>);
 
-/// Errors the kernel reports on the next call, for an ICMP error about an
-/// earlier datagram (or fails one datagram with): anything but a socket
-/// that cannot work at all.
-fn is_fatal(errno: Errno) -> bool {
+/// Whether a send or receive that failed with `errno` says the socket
+/// cannot work at all. Other errors (but `EAGAIN` and `EINTR`) may be the
+/// kernel reporting an ICMP error about an earlier datagram, or one
+/// datagram's own refusal: worth reading the error queue
+/// ([`read_errors`]) and trying again.
+pub fn is_fatal(errno: Errno) -> bool {
     matches!(
         errno,
         Errno::EBADF | Errno::ENOTSOCK | Errno::EFAULT | Errno::EINVAL
@@ -85,7 +87,7 @@ fn is_fatal(errno: Errno) -> bool {
 
 /// Times a send or receive is tried again after reading the errors
 /// reported instead of it (each try may meet a new one).
-const REPORT_RETRIES: usize = 3;
+pub const REPORT_RETRIES: usize = 3;
 
 /// ICMP's "destination unreachable", code "port unreachable"
 /// (`SO_EE_ORIGIN_ICMP`, RFC 792).
@@ -360,12 +362,17 @@ fn send_each(
 /// anything in it keeps the socket polling as ready (`POLLERR`) while no
 /// call reports anything more. Keeps the datagrams that came back as port
 /// unreachable in `unreachable`, at most a batch of them until they are
-/// taken; returns how many errors it read.
-fn read_errors(socket: BorrowedFd<'_>, unreachable: &mut Vec<Unreachable>) -> usize {
+/// taken; returns how many errors it read. Public for sald's UDP link,
+/// whose socket asks for the same reports (`IP_RECVERR`).
+pub fn read_errors(socket: BorrowedFd<'_>, unreachable: &mut Vec<Unreachable>) -> usize {
     let mut start = [0u8; SLOT];
     let mut read = 0;
     loop {
-        let mut space = nix::cmsg_space!(libc::sock_extended_err, libc::sockaddr_in);
+        // Room for the packet information too, which a socket that asks
+        // for it (sald's, `IP_PKTINFO`) gets first: without it, the error
+        // itself would be cut off.
+        let mut space =
+            nix::cmsg_space!(libc::in_pktinfo, libc::sock_extended_err, libc::sockaddr_in);
         let mut iov = [IoSliceMut::new(&mut start)];
         let flags = MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT;
         let message = recvmsg::<SockaddrIn>(socket.as_raw_fd(), &mut iov, Some(&mut space), flags);

@@ -56,6 +56,9 @@ impl FlowSignal {
 
 /// The largest packet: room for the IPv4 header and any SAL packet.
 const PACKET_BUFFER: usize = 65_535;
+/// Times one run hands the host the refusals its own sends found (see
+/// [`Core::run`]); any beyond wait for the next run.
+const REFUSAL_ROUNDS: usize = 2;
 
 /// How packets leave this host.
 #[derive(Clone)]
@@ -217,10 +220,36 @@ impl Core {
     /// Advances the host, sends what it produced, dispatches its events.
     pub fn run(&mut self) {
         let now = self.now();
+        // What was found refused (UDP mode: reports of earlier sends) goes
+        // to the host first, so that nothing more goes to a hop gone; what
+        // the host does about it (a SYN sent another way, a reset) goes
+        // out with the rest, and reports those sends read are taken too,
+        // a few rounds at most.
+        self.take_refusals(now);
         self.host.poll(now);
         self.flush();
+        for _ in 0..REFUSAL_ROUNDS {
+            if !self.take_refusals(now) {
+                break;
+            }
+            self.host.poll(now);
+            self.flush();
+        }
         self.dispatch();
         self.timer.notify_one();
+    }
+
+    /// UDP mode: hands the host the datagrams that came back as port
+    /// unreachable (see `udp`'s module docs); whether there were any.
+    fn take_refusals(&mut self, now: Instant) -> bool {
+        let Links::Udp(udp) = &self.links else {
+            return false;
+        };
+        let refused = udp.take_unreachable();
+        for (to, start) in &refused {
+            self.host.handle_unreachable(now, Locator::Udp(*to), start);
+        }
+        !refused.is_empty()
     }
 
     /// The host's next deadline as a wall-clock instant.

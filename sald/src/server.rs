@@ -461,10 +461,25 @@ async fn receive_loop(shared: Arc<Shared>, links: Links) -> Result<()> {
 async fn udp_receive_loop(shared: &Shared, udp: &UdpLink) -> Result<()> {
     let mut batch = udp.rx_batch();
     loop {
-        if let Err(error) = udp.recv_batch(&mut batch).await {
-            // Errors of a UDP socket are about earlier sends (ICMP); they
-            // end nothing. Keep a broken socket from spinning, though.
+        let received = tokio::select! {
+            received = udp.recv_batch(&mut batch) => received,
+            // Reports of earlier sends (ICMP), read as they come: the host
+            // acts on them in its run.
+            reports = udp.reports() => {
+                if reports.is_ok_and(|read| read > 0) && udp.has_reports() {
+                    shared.lock().run();
+                }
+                continue;
+            }
+        };
+        if let Err(error) = received {
+            // Errors that were reports of earlier sends the link read
+            // itself; what is left ends nothing. Keep a broken socket from
+            // spinning, though.
             tracing::debug!(%error, "UDP receive failed");
+            if udp.has_reports() {
+                shared.lock().run();
+            }
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         }
@@ -496,7 +511,13 @@ async fn udp_writer(shared: Arc<Shared>, udp: Arc<UdpLink>) {
             if udp.writable().await.is_err() {
                 return;
             }
-            if !shared.lock().send_datagrams() {
+            let mut core = shared.lock();
+            let blocked = core.send_datagrams();
+            // Reports these sends read: the host acts on them now.
+            if udp.has_reports() {
+                core.run();
+            }
+            if !blocked {
                 break;
             }
         }

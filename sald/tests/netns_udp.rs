@@ -3,8 +3,10 @@
 //! ways; an idle flow outliving a short NAT timeout thanks to keepalives;
 //! the NAT rebinding to another public address mid-transfer; a forged
 //! packet from a third namespace; several UDP hosts sharing one address
-//! behind a service router; and a UDP-mode server run as an unprivileged
-//! user. Every transfer is checked byte for byte. Needs root; skips loudly
+//! behind a service router; a UDP-mode server run as an unprivileged
+//! user; and a peer sald gone (killed, or never there): its port refuses,
+//! and the flows and connects that depended on it end within seconds.
+//! Every transfer is checked byte for byte. Needs root; skips loudly
 //! otherwise.
 //!
 //! ```text
@@ -518,4 +520,107 @@ fn a_udp_mode_server_runs_as_an_unprivileged_user() {
     assert!(wait_until(Duration::from_secs(5), || server
         .flows()
         .is_empty()));
+}
+
+/// Two salds in UDP mode on a veth pair, the client's forwarding every
+/// service to the server's port (whether a sald listens there or not).
+fn udp_pair(label: &str, server_runs: bool) -> (Option<Daemon>, Daemon, Scratch, Topology) {
+    let net = TopologyBuilder::new(label, 2).link(0, 1).build().unwrap();
+    let dir = Scratch::new(label);
+    let server =
+        server_runs.then(|| start_udp(&net.host(1).ns, &dir, "server", "10.1.0.2", PORT, &[]));
+    let client = start_udp(&net.host(0).ns, &dir, "client", "10.1.0.1", PORT, &[]);
+    client.forward_to("0/0", udp("10.1.0.2", PORT), 1);
+    (server, client, dir, net)
+}
+
+/// A flow whose peer sald is killed outright: the client's next packets
+/// come back as port unreachable, and its sald resets the flow a second
+/// later, as the kernel's TCP would be reset by the peer's kernel; before
+/// sald read those reports, the application waited for the 30 s peer
+/// timeout.
+#[test]
+fn a_flow_whose_peer_sald_is_killed_is_reset_within_seconds() {
+    require_root!();
+    let (server, client, dir, net) = udp_pair("udpgone", true);
+    let mut server = server.unwrap();
+    let listener =
+        ServiceListener::bind_via(server.client(), ServicePrefix::exact(svc("c8")), 4).unwrap();
+    let accept = thread::spawn(move || listener.accept().unwrap().0);
+    let mut stream =
+        ServiceStream::connect_via(client.client(), svc("c8"), Some(Duration::from_secs(5)))
+            .unwrap();
+    let mut accepted = accept.join().unwrap();
+    stream.write_all(b"ping").unwrap();
+    let mut got = [0u8; 4];
+    accepted.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"ping");
+
+    server
+        .child
+        .signal(nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
+    server.child.wait_timeout(Duration::from_secs(5)).unwrap();
+    let killed = Instant::now();
+    // The client keeps writing, as an application that does not know yet,
+    // and reads (through the library, which tells a reset from an end of
+    // stream) how the flow ends.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let mut raw = stream.as_unix_stream().try_clone().unwrap();
+        let done = std::sync::Arc::clone(&done);
+        thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) && raw.write_all(b"more").is_ok()
+            {
+                thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let outcome = stream.read(&mut [0u8; 16]).map_err(|e| e.kind());
+    let took = killed.elapsed();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert_eq!(
+        outcome,
+        Err(std::io::ErrorKind::ConnectionReset),
+        "after {took:?}"
+    );
+    // The grace is a second; the peer timeout it replaces is 30.
+    assert!(took < Duration::from_secs(8), "reset after {took:?}");
+    let host = stats(&client).host;
+    assert_eq!(host.peers_gone, 1, "{host:?}");
+    drop((stream, accepted));
+    drop((server, client, dir, net));
+}
+
+/// A connect whose SYN goes to a port where no sald listens (one gone, or
+/// never started) fails at once with a refusal, not after its SYN's
+/// retransmissions (20 s before sald read ICMP errors).
+#[test]
+fn a_connect_forwarded_to_a_sald_gone_is_refused_at_once() {
+    require_root!();
+    let (_, client, dir, net) = udp_pair("udpnone", false);
+    let start = Instant::now();
+    let result =
+        ServiceStream::connect_via(client.client(), svc("c9"), Some(Duration::from_secs(20)));
+    let took = start.elapsed();
+    let Err(error) = result else {
+        panic!("connected, though nobody could answer");
+    };
+    assert_eq!(
+        error.kind(),
+        Some(sal_control::ErrorKind::Refused),
+        "{error} after {took:?}"
+    );
+    // The SYN's first retransmission is due after 500 ms: the refusal is
+    // read as it comes, not at that send.
+    assert!(took < Duration::from_millis(450), "refused after {took:?}");
+    let host = stats(&client).host;
+    assert_eq!(host.unreachable_hops, 1, "{host:?}");
+    // Nowhere else to go: the same hop, so no second way.
+    assert_eq!(host.rerouted_syns, 0, "{host:?}");
+    drop((client, dir, net));
 }

@@ -10,6 +10,18 @@
 //! buffers are made large (past the system maximum where the process may),
 //! so that a burst waits in the kernel instead of being dropped.
 //!
+//! **Datagrams that come back.** The socket asks for ICMP errors
+//! (`IP_RECVERR`), as a program's own engine does (`sal_inproc::udp`): a
+//! datagram sent to a port where nobody listens any more (a peer sald
+//! restarted or gone) comes back as "port unreachable", quoting its start.
+//! The kernel reports such an error once, on the next send or receive, and
+//! queues it on the socket's error queue: the link reads the queue then
+//! and repeats the call, so that no datagram is lost to the report, and
+//! keeps what came back for the host ([`UdpLink::take_unreachable`]; see
+//! `Host::handle_unreachable`: a SYN refused goes another way or fails at
+//! once, a flow whose peer is gone is reset unless the peer is heard
+//! within a second).
+//!
 //! - [`batch`]: the batches, on plain byte buffers (no system calls);
 //! - `sys`: the system calls and socket options (all of the unsafe code);
 //! - [`UdpLink`]: the socket, for tokio.
@@ -19,11 +31,15 @@ mod sys;
 
 use std::io;
 use std::net::{SocketAddr, SocketAddrV4};
+use std::os::fd::AsFd;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
 
+use nix::errno::Errno;
+use sal_inproc::udp::{is_fatal, read_errors, Unreachable, REPORT_RETRIES};
 use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
+use tokio::io::{Interest, Ready};
 
 pub use batch::{ReceivedDatagram, RxBatch, TxBatch};
 /// Socket buffers past the system's maximum, for sald's other sockets too.
@@ -45,6 +61,10 @@ const GRO_SLOT: usize = 1 << 16;
 /// Receive buffer per message without GRO: one datagram of at most this
 /// size (larger ones are cut and dropped).
 const PLAIN_SLOT: usize = 9216;
+/// How long a blocked writer sleeps before it looks for room again, once
+/// tokio no longer tells when there is (see [`UdpLink::writable`]): 1 ms
+/// is about 1.2 MB at 10 Gbit/s, well within the socket's buffer.
+const WRITABLE_RETRY: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// What the kernel granted the socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +103,12 @@ pub struct UdpLink {
     /// chosen per send (`IP_PKTINFO`) and each one's destination is reported.
     any_address: bool,
     buffers: (usize, usize),
+    /// Datagrams that came back as port unreachable, read from the error
+    /// queue and not taken yet (at most `sal_inproc::udp::BATCH` of them).
+    unreachable: Mutex<Vec<Unreachable>>,
+    /// Whether `unreachable` may hold any: the packet path looks at this,
+    /// not at the lock.
+    reported: AtomicBool,
 }
 
 impl UdpLink {
@@ -109,6 +135,11 @@ impl UdpLink {
         let send_buffer = sys::set_buffer(fd, sys::Buffer::Send, SOCKET_BUFFER).unwrap_or(0);
         let gso = offload && sys::probe_gso(fd);
         let gro = offload && sys::enable_gro(fd);
+        // Best effort: without it, a SYN to a sald gone waits out its
+        // retransmissions and a flow whose peer is gone its peer timeout.
+        if !sys::enable_recverr(fd) {
+            tracing::debug!("IP_RECVERR refused: ICMP errors about sent datagrams are not seen");
+        }
         // SAFETY: the `UdpSocket` owns its descriptor and never closes or
         // replaces it while alive; the `AsyncFd` takes ownership of the
         // socket, so the descriptor stays open for the whole registration.
@@ -123,6 +154,8 @@ impl UdpLink {
             gro,
             any_address: local.ip().is_unspecified(),
             buffers: (recv_buffer, send_buffer),
+            unreachable: Mutex::new(Vec::new()),
+            reported: AtomicBool::new(false),
         })
     }
 
@@ -157,28 +190,105 @@ impl UdpLink {
     }
 
     /// Waits until datagrams arrive and reads a batch of them into `batch`
-    /// (replacing what it held); returns how many messages arrived.
+    /// (replacing what it held); returns how many messages arrived: 0 when
+    /// what it read was reports of earlier sends only (see
+    /// [`UdpLink::take_unreachable`]), so that the caller hands them on.
     pub async fn recv_batch(&self, batch: &mut RxBatch) -> io::Result<usize> {
         loop {
             let mut guard = self.fd.readable().await?;
-            match guard.try_io(|socket| Self::recv_into(socket.get_ref(), batch)) {
+            match guard.try_io(|_| self.recv_into(batch)) {
+                Ok(Ok(0)) => {
+                    // Reports only: the socket's readiness is spent.
+                    guard.clear_ready();
+                    return Ok(0);
+                }
                 Ok(result) => return result,
                 Err(_would_block) => continue,
             }
         }
     }
 
-    /// Reads a batch if datagrams are queued, else fails with `WouldBlock`.
-    pub fn try_recv_batch(&self, batch: &mut RxBatch) -> io::Result<usize> {
-        Self::recv_into(self.fd.get_ref(), batch)
+    /// Waits until the kernel has reports of earlier sends queued (the
+    /// socket polls `EPOLLERR`) and reads them; returns how many errors it
+    /// read. Without this, they would wait for the next send or receive,
+    /// which a refused SYN's next try is half a second away from.
+    pub async fn reports(&self) -> io::Result<usize> {
+        let mut guard = self.fd.ready(Interest::ERROR).await?;
+        let read = self.read_reports();
+        guard.clear_ready_matching(Ready::ERROR);
+        Ok(read)
     }
 
-    fn recv_into(socket: &std::net::UdpSocket, batch: &mut RxBatch) -> io::Result<usize> {
+    /// Reads a batch if datagrams are queued, else fails with `WouldBlock`
+    /// (or returns 0 if it read reports only).
+    pub fn try_recv_batch(&self, batch: &mut RxBatch) -> io::Result<usize> {
+        self.recv_into(batch)
+    }
+
+    /// One `recvmmsg`; an error that was a report about an earlier send is
+    /// read from the error queue and the receive made again.
+    fn recv_into(&self, batch: &mut RxBatch) -> io::Result<usize> {
         batch.count = 0;
-        let (buffer, slot, meta) = batch.buffers();
-        let count = sys::recv(socket.as_raw_fd(), buffer, slot, meta)?;
-        batch.count = count;
-        Ok(count)
+        let fd = self.fd.get_ref().as_raw_fd();
+        let mut tries = 0;
+        loop {
+            let (buffer, slot, meta) = batch.buffers();
+            match sys::recv(fd, buffer, slot, meta) {
+                Ok(count) => {
+                    batch.count = count;
+                    return Ok(count);
+                }
+                // Reports read, nothing else: the caller hands them on.
+                Err(_) if tries > 0 && self.has_reports() => return Ok(0),
+                Err(error) if !is_report(&error) || tries >= REPORT_RETRIES => return Err(error),
+                Err(error) => {
+                    tries += 1;
+                    // Another caller may have read the queue meanwhile: a
+                    // refused connection is a report all the same.
+                    let read = self.read_reports();
+                    if read == 0 && error.raw_os_error() != Some(nix::libc::ECONNREFUSED) {
+                        return Err(error);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether reports wait for [`UdpLink::take_unreachable`].
+    pub fn has_reports(&self) -> bool {
+        self.reported.load(Ordering::Acquire)
+    }
+
+    /// Reads the socket's error queue into the reports kept for the host;
+    /// returns how many errors it read.
+    fn read_reports(&self) -> usize {
+        let socket = self.fd.get_ref().as_fd();
+        let mut unreachable = self
+            .unreachable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let kept = unreachable.len();
+        // At most a batch is kept until the host takes them: beyond that,
+        // reports are read (the queue must not stay full) and dropped.
+        let read = read_errors(socket, &mut unreachable);
+        if unreachable.len() > kept {
+            self.reported.store(true, Ordering::Release);
+        }
+        read
+    }
+
+    /// The datagrams that came back as port unreachable since the last
+    /// call: where each went, and its start (as much as the ICMP error
+    /// quoted). Empty, without taking a lock, when none did.
+    pub fn take_unreachable(&self) -> Vec<Unreachable> {
+        if !self.reported.swap(false, Ordering::Acquire) {
+            return Vec::new();
+        }
+        let mut unreachable = self
+            .unreachable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        std::mem::take(&mut *unreachable)
     }
 
     /// Sends what `batch` holds, as far as the socket takes it, without
@@ -188,10 +298,25 @@ impl UdpLink {
     pub fn send_batch(&self, batch: &mut TxBatch) -> SendOutcome {
         let fd = self.fd.get_ref().as_raw_fd();
         let mut outcome = SendOutcome::default();
+        // Times the first datagram failed: perhaps only to report an ICMP
+        // error about an earlier one, so it is tried again.
+        let mut failures = 0;
         while !batch.is_empty() {
-            let result = sys::send(fd, &batch.next_call(self.any_address));
+            let call = batch.next_call(self.any_address);
+            let messages = call.len();
+            let result = sys::send(fd, &call);
+            drop(call);
             match result {
-                Ok(count) => outcome.sent += batch.consume(count),
+                Ok(count) => {
+                    outcome.sent += batch.consume(count);
+                    failures = 0;
+                    // Stopped short: the next message failed, and Linux
+                    // keeps that error to itself once some went. If it was
+                    // a report, the error queue still holds it.
+                    if count < messages {
+                        self.read_reports();
+                    }
+                }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                     outcome.blocked = true;
                     break;
@@ -208,16 +333,30 @@ impl UdpLink {
                     );
                     self.gso.store(false, Ordering::Relaxed);
                     batch.stop_coalescing();
+                    failures = 0;
                 }
                 Err(error)
                     if batch.first_is_segmented()
                         && error.raw_os_error() == Some(nix::libc::EINVAL) =>
                 {
                     batch.split_first();
+                    failures = 0;
+                }
+                // A refused connection is never a datagram's own error on
+                // an unconnected socket, always a report.
+                Err(error) if is_report(&error) && failures < REPORT_RETRIES => {
+                    let read = self.read_reports();
+                    failures += 1;
+                    if read == 0 && error.raw_os_error() != Some(nix::libc::ECONNREFUSED) {
+                        tracing::debug!(%error, "UDP send refused");
+                        outcome.dropped += batch.drop_first();
+                        failures = 0;
+                    }
                 }
                 Err(error) => {
                     tracing::debug!(%error, "UDP send refused");
                     outcome.dropped += batch.drop_first();
+                    failures = 0;
                 }
             }
         }
@@ -226,8 +365,20 @@ impl UdpLink {
 
     /// Waits until the socket may take more after a blocked send. Sends
     /// tried after this returns see any room that opened meanwhile.
+    ///
+    /// Once a report made the socket poll `EPOLLERR` beside `EPOLLOUT`,
+    /// tokio takes the socket for closed to writing, for good, and its
+    /// writability wait returns at once from then on: the socket's room is
+    /// then looked at here, and without room the wait is a short sleep,
+    /// so that a full socket does not make its writer spin.
     pub async fn writable(&self) -> io::Result<()> {
         let mut guard = self.fd.writable().await?;
+        if guard.ready().is_write_closed() {
+            if !sys::has_room(self.fd.get_ref().as_raw_fd()) {
+                tokio::time::sleep(WRITABLE_RETRY).await;
+            }
+            return Ok(());
+        }
         guard.clear_ready();
         Ok(())
     }
@@ -237,6 +388,25 @@ impl UdpLink {
     pub fn arrival(&self, datagram: &ReceivedDatagram<'_>) -> SocketAddrV4 {
         let ip = datagram.dst.unwrap_or(*self.local.ip());
         SocketAddrV4::new(ip, self.local.port())
+    }
+}
+
+/// Whether a failed send or receive may be the kernel reporting an ICMP
+/// error about an earlier datagram (read the error queue, then try again).
+/// Not `ENOBUFS` (a queue dropped this datagram, which `IP_RECVERR` makes
+/// the kernel tell) nor `EMSGSIZE` (this datagram is too big): those are
+/// the datagram's own.
+fn is_report(error: &io::Error) -> bool {
+    match error.raw_os_error() {
+        Some(errno) => {
+            let errno = Errno::from_raw(errno);
+            !is_fatal(errno)
+                && !matches!(
+                    errno,
+                    Errno::EAGAIN | Errno::EINTR | Errno::ENOBUFS | Errno::EMSGSIZE
+                )
+        }
+        None => false,
     }
 }
 
@@ -327,6 +497,111 @@ mod tests {
         // Whatever was granted, the buffers are at least the defaults.
         assert!(offloads.recv_buffer >= 200_000, "{offloads:?}");
         assert!(offloads.send_buffer >= 200_000, "{offloads:?}");
+    }
+
+    #[tokio::test]
+    async fn a_datagram_to_a_port_gone_is_reported_and_the_next_send_still_goes() {
+        let (a, b) = pair(false);
+        let gone = gone();
+        let mut tx = a.tx_batch();
+        tx.push(None, gone, b"to nobody");
+        assert_eq!(a.send_batch(&mut tx).sent, 1);
+        // The refusal comes back (over loopback, at once); the next send
+        // reports it, is made again, and arrives.
+        let (mut reported, mut sent) = (Vec::new(), 0);
+        while reported.is_empty() && sent < 100 {
+            tx.push(None, b.local_addr(), b"to b");
+            let outcome = a.send_batch(&mut tx);
+            assert_eq!((outcome.sent, outcome.dropped), (1, 0), "{outcome:?}");
+            sent += 1;
+            reported = a.take_unreachable();
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(reported.len(), 1, "{reported:?}");
+        assert_eq!(reported[0].0, gone);
+        assert_eq!(reported[0].1, b"to nobody");
+        assert!(a.take_unreachable().is_empty(), "taken once");
+        // None of the sends was lost to the report.
+        let arrived = receive(&b, sent).await;
+        assert_eq!(arrived, sent);
+    }
+
+    /// Receives on `link` until `count` datagrams came (5 s at most each
+    /// batch; with GRO, one message may hold several).
+    async fn receive(link: &UdpLink, count: usize) -> usize {
+        let mut rx = link.rx_batch();
+        let mut arrived = 0;
+        while arrived < count {
+            let wait = std::time::Duration::from_secs(5);
+            tokio::time::timeout(wait, link.recv_batch(&mut rx))
+                .await
+                .expect("every datagram arrives")
+                .unwrap();
+            arrived += rx.datagrams().count();
+        }
+        arrived
+    }
+
+    /// A port nobody listens on.
+    fn gone() -> SocketAddrV4 {
+        let (c, _) = pair(false);
+        c.local_addr()
+    }
+
+    #[tokio::test]
+    async fn a_report_within_one_batch_loses_none_of_it() {
+        for offload in [false, true] {
+            let (a, b) = pair(offload);
+            let gone = gone();
+            let mut tx = a.tx_batch();
+            tx.push(None, gone, b"to nobody");
+            tx.push(None, b.local_addr(), b"to b, 1");
+            tx.push(None, b.local_addr(), b"to b, 2");
+            let outcome = a.send_batch(&mut tx);
+            assert_eq!((outcome.sent, outcome.dropped), (3, 0), "{outcome:?}");
+            assert_eq!(receive(&b, 2).await, 2);
+            // Over loopback the refusal came back during the batch's send,
+            // or comes now.
+            let mut reported = a.take_unreachable();
+            if reported.is_empty() {
+                let wait = std::time::Duration::from_secs(5);
+                tokio::time::timeout(wait, a.reports())
+                    .await
+                    .unwrap()
+                    .unwrap();
+                reported = a.take_unreachable();
+            }
+            assert_eq!(reported.len(), 1, "{reported:?}");
+            assert_eq!(reported[0], (gone, b"to nobody".to_vec()));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_report_met_by_a_receive_is_kept_and_the_datagram_still_read() {
+        let (a, b) = pair(false);
+        let mut tx = a.tx_batch();
+        tx.push(None, gone(), b"to nobody");
+        assert_eq!(a.send_batch(&mut tx).sent, 1);
+        let mut tx = b.tx_batch();
+        tx.push(None, a.local_addr(), b"to a");
+        assert_eq!(b.send_batch(&mut tx).sent, 1);
+        // Whichever call meets the report, the datagram and the report
+        // both come out.
+        let mut rx = a.rx_batch();
+        let mut arrived = 0;
+        for _ in 0..3 {
+            let wait = std::time::Duration::from_secs(5);
+            arrived += tokio::time::timeout(wait, a.recv_batch(&mut rx))
+                .await
+                .expect("the datagram arrives")
+                .unwrap();
+            if arrived > 0 {
+                break;
+            }
+        }
+        assert_eq!(arrived, 1);
+        assert_eq!(rx.datagrams().next().unwrap().payload, b"to a");
+        assert_eq!(a.take_unreachable().len(), 1);
     }
 
     #[tokio::test]

@@ -362,6 +362,26 @@ pub fn enable_pktinfo(fd: RawFd) -> io::Result<()> {
     set_option(fd, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)
 }
 
+/// Asks for the ICMP errors about the datagrams sent (`IP_RECVERR`):
+/// queued on the socket's error queue, and reported once on the next send
+/// or receive. Whether granted.
+pub fn enable_recverr(fd: RawFd) -> bool {
+    set_option(fd, libc::IPPROTO_IP, libc::IP_RECVERR, 1).is_ok()
+}
+
+/// Whether the socket has room for a datagram now (`poll` for `POLLOUT`,
+/// without waiting).
+pub fn has_room(fd: RawFd) -> bool {
+    let mut poll = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one live `pollfd`, and its count; no waiting.
+    let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+    ready == 1 && poll.revents & libc::POLLOUT != 0
+}
+
 /// Which socket buffer: receive or send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Buffer {
