@@ -93,6 +93,9 @@ pub const REPORT_RETRIES: usize = 3;
 /// (`SO_EE_ORIGIN_ICMP`, RFC 792).
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_PORT_UNREACH: u8 = 3;
+/// Code "protocol unreachable": what a host without a SAL answers a packet
+/// of native carriage (IPv4 protocol 144) with, as a raw socket reads it.
+const ICMP_PROT_UNREACH: u8 = 2;
 
 // SAFETY: `MultiHeaders` is not `Send` only because its `mmsghdr`s hold raw
 // pointers: to its own heap buffers (the address slots it owns and moves
@@ -361,9 +364,10 @@ fn send_each(
 /// may have: see [`send_each`]) to the end, since a queue left with
 /// anything in it keeps the socket polling as ready (`POLLERR`) while no
 /// call reports anything more. Keeps the datagrams that came back as port
-/// unreachable in `unreachable`, at most a batch of them until they are
-/// taken; returns how many errors it read. Public for sald's UDP link,
-/// whose socket asks for the same reports (`IP_RECVERR`).
+/// unreachable (or protocol unreachable, on a raw socket of native
+/// carriage) in `unreachable`, at most a batch of them until they are
+/// taken; returns how many errors it read. Public for sald's UDP link and
+/// raw sockets, which ask for the same reports (`IP_RECVERR`).
 pub fn read_errors(socket: BorrowedFd<'_>, unreachable: &mut Vec<Unreachable>) -> usize {
     let mut start = [0u8; SLOT];
     let mut read = 0;
@@ -388,7 +392,7 @@ pub fn read_errors(socket: BorrowedFd<'_>, unreachable: &mut Vec<Unreachable>) -
                 matches!(cmsg, ControlMessageOwned::Ipv4RecvErr(error, _)
                     if error.ee_origin == libc::SO_EE_ORIGIN_ICMP
                         && error.ee_type == ICMP_DEST_UNREACH
-                        && error.ee_code == ICMP_PORT_UNREACH)
+                        && matches!(error.ee_code, ICMP_PORT_UNREACH | ICMP_PROT_UNREACH))
             })
         });
         let (to, len) = (message.address, message.bytes);

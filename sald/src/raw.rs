@@ -23,13 +23,24 @@
 //! our own, looped back; the core drops those). Both need `CAP_NET_RAW`.
 //! UDP encapsulation has neither: relays leave from the router's socket and
 //! nothing is broadcast.
+//!
+//! The receivers also ask for ICMP errors (`IP_RECVERR`): the kernel hands
+//! raw sockets of a protocol the errors about any packet of that protocol
+//! (`raw_icmp_error`), the TUN's too. A host without a SAL (its sald gone)
+//! answers a protocol-144 packet with "protocol unreachable", quoting it:
+//! [`BroadcastReceiver::refusals`] reads those for the host, as the UDP
+//! link reads "port unreachable".
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::AsFd;
+use std::sync::{Mutex, PoisonError};
 
+use nix::sys::socket::{setsockopt, sockopt};
+use sal_inproc::udp::{read_errors, Unreachable};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
+use tokio::io::{Interest, Ready};
 
 use crate::plumbing::SAL_IPPROTO;
 
@@ -77,6 +88,9 @@ fn ipv4_destination(packet: &[u8]) -> Option<Ipv4Addr> {
 pub struct BroadcastReceiver {
     socket: AsyncFd<Socket>,
     iface: String,
+    /// Packets that came back refused, read from the error queue and not
+    /// taken yet (see the module docs).
+    refused: Mutex<Vec<Unreachable>>,
 }
 
 impl BroadcastReceiver {
@@ -91,6 +105,11 @@ impl BroadcastReceiver {
         socket.bind_device(Some(iface.as_bytes()))?;
         socket.set_nonblocking(true)?;
         socket.set_cloexec(true)?;
+        // Best effort: without it, a flow whose peer's sald is gone waits
+        // out the peer timeout.
+        if let Err(error) = setsockopt(&socket.as_fd(), sockopt::Ipv4RecvErr, &true) {
+            tracing::debug!(%error, "IP_RECVERR refused: refused packets are not seen");
+        }
         // SAFETY: the `Socket` owns its descriptor, never closes or
         // replaces it while alive, and returns that same descriptor from
         // `as_raw_fd`; the `AsyncFd` takes ownership of the socket, so the
@@ -100,6 +119,7 @@ impl BroadcastReceiver {
         Ok(BroadcastReceiver {
             socket,
             iface: iface.to_owned(),
+            refused: Mutex::new(Vec::new()),
         })
     }
 
@@ -108,20 +128,52 @@ impl BroadcastReceiver {
         &self.iface
     }
 
-    /// Waits for and reads one packet.
+    /// Waits for and reads one packet. An error that is the kernel
+    /// reporting a refused packet is read from the error queue (for
+    /// [`BroadcastReceiver::take_refused`]) and the wait goes on.
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             let mut guard = self.socket.readable().await?;
             match guard.try_io(|socket| recv(socket.get_ref(), buf)) {
+                Ok(Err(error)) if crate::udp::is_report(&error) => {
+                    self.read_refusals();
+                }
                 Ok(result) => return result,
                 Err(_would_block) => continue,
             }
         }
     }
 
-    /// Reads one packet if one is queued, else `WouldBlock`.
+    /// Reads one packet if one is queued, else `WouldBlock` (or the error
+    /// a refused packet made, its report kept as [`BroadcastReceiver::recv`]
+    /// keeps it).
     pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        recv(self.socket.get_ref(), buf)
+        let received = recv(self.socket.get_ref(), buf);
+        if received.as_ref().is_err_and(crate::udp::is_report) {
+            self.read_refusals();
+        }
+        received
+    }
+
+    /// Waits until the kernel has errors queued (the socket polls
+    /// `EPOLLERR`) and reads them.
+    pub async fn refusals(&self) -> io::Result<()> {
+        let mut guard = self.socket.ready(Interest::ERROR).await?;
+        self.read_refusals();
+        guard.clear_ready_matching(Ready::ERROR);
+        Ok(())
+    }
+
+    /// The packets that came back refused since the last call: where each
+    /// went (port 0) and its SAL packet's start, as quoted.
+    pub fn take_refused(&self) -> Vec<Unreachable> {
+        let mut refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
+        std::mem::take(&mut *refused)
+    }
+
+    fn read_refusals(&self) {
+        let mut refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
+        read_errors(self.socket.get_ref().as_fd(), &mut refused);
     }
 }
 

@@ -24,7 +24,7 @@ use sal::Locator;
 
 use crate::config::Config;
 use crate::control::{self, ControlContext};
-use crate::daemon::{Links, Shared};
+use crate::daemon::{Core, Links, Shared};
 use crate::link::{drain_batch, tun_ingress_wire_ttl, TunDevice, TunLink};
 use crate::plumbing::{PlumbingConfig, PlumbingWorker};
 use crate::privileges::Privileges;
@@ -398,12 +398,26 @@ fn open_raw_sockets(shared: &Shared, ifaces: &[String]) -> Vec<BroadcastReceiver
 /// Feeds the host the SAL broadcasts one interface receives (anything else
 /// the raw socket sees, unicast delivered locally, is not ours: unicast
 /// SAL packets come through the TUN).
+///
+/// It also hands the host the packets of ours that came back refused: the
+/// kernel gives every protocol-144 raw socket the ICMP errors about
+/// protocol-144 packets (see `raw`'s module docs).
 async fn broadcast_loop(shared: Arc<Shared>, receiver: BroadcastReceiver) {
     let mut buf = vec![0u8; 65536];
     loop {
-        let first = match receiver.recv(&mut buf).await {
-            Ok(n) => n,
-            Err(error) => {
+        let received = tokio::select! {
+            received = receiver.recv(&mut buf) => Some(received),
+            refusals = receiver.refusals() => refusals.err().map(Err),
+        };
+        let first = match received {
+            None => {
+                let mut core = shared.lock();
+                hand_refused(&mut core, &receiver);
+                core.run();
+                continue;
+            }
+            Some(Ok(n)) => n,
+            Some(Err(error)) => {
                 tracing::warn!(iface = receiver.iface(), %error, "broadcast receive failed");
                 return;
             }
@@ -423,7 +437,17 @@ async fn broadcast_loop(shared: Arc<Shared>, receiver: BroadcastReceiver) {
                 );
             }
         });
+        hand_refused(&mut core, &receiver);
         core.run();
+    }
+}
+
+/// Hands the host what `receiver` read as refused (see `broadcast_loop`).
+fn hand_refused(core: &mut Core, receiver: &BroadcastReceiver) {
+    let now = core.now();
+    for (to, start) in receiver.take_refused() {
+        core.host
+            .handle_unreachable(now, Locator::Ipv4(*to.ip()), &start);
     }
 }
 

@@ -445,3 +445,34 @@ fn per_source_tables_follow_the_main_table() {
         table()
     );
 }
+
+/// Native carriage, a peer sald killed outright: its host answers our
+/// packets with ICMP "protocol unreachable" (no SAL there any more), which
+/// sald's raw sockets read; the flow is reset a second later instead of
+/// after the 30 s peer timeout.
+#[test]
+fn a_flow_whose_peer_sald_is_killed_is_reset_within_seconds() {
+    require_root!();
+    let mut pair = common::DaemonPair::new("natgone");
+    common::gone::a_flow_is_reset_when_its_peer_sald_is_killed(
+        &pair.client,
+        &mut pair.server,
+        svc("c8"),
+    );
+}
+
+/// Native carriage, a connect forwarded to a host without sald: refused at
+/// once ("protocol unreachable"), not timed out after its retransmissions.
+#[test]
+fn a_connect_forwarded_to_a_host_without_sald_is_refused_at_once() {
+    require_root!();
+    let net = TopologyBuilder::new("natnone", 2)
+        .link(0, 1)
+        .build()
+        .unwrap();
+    let dir = Scratch::new("natnone");
+    let client = start_sald(net.host(0), &dir, "client", &[]);
+    client.forward("0/0", net.host(1).addr().unwrap(), 1);
+    common::gone::a_connect_to_a_sald_gone_is_refused_at_once(&client, svc("c9"));
+    drop((client, dir, net));
+}

@@ -544,55 +544,7 @@ fn a_flow_whose_peer_sald_is_killed_is_reset_within_seconds() {
     require_root!();
     let (server, client, dir, net) = udp_pair("udpgone", true);
     let mut server = server.unwrap();
-    let listener =
-        ServiceListener::bind_via(server.client(), ServicePrefix::exact(svc("c8")), 4).unwrap();
-    let accept = thread::spawn(move || listener.accept().unwrap().0);
-    let mut stream =
-        ServiceStream::connect_via(client.client(), svc("c8"), Some(Duration::from_secs(5)))
-            .unwrap();
-    let mut accepted = accept.join().unwrap();
-    stream.write_all(b"ping").unwrap();
-    let mut got = [0u8; 4];
-    accepted.read_exact(&mut got).unwrap();
-    assert_eq!(&got, b"ping");
-
-    server
-        .child
-        .signal(nix::sys::signal::Signal::SIGKILL)
-        .unwrap();
-    server.child.wait_timeout(Duration::from_secs(5)).unwrap();
-    let killed = Instant::now();
-    // The client keeps writing, as an application that does not know yet,
-    // and reads (through the library, which tells a reset from an end of
-    // stream) how the flow ends.
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let mut raw = stream.as_unix_stream().try_clone().unwrap();
-        let done = std::sync::Arc::clone(&done);
-        thread::spawn(move || {
-            while !done.load(std::sync::atomic::Ordering::Relaxed) && raw.write_all(b"more").is_ok()
-            {
-                thread::sleep(Duration::from_millis(50));
-            }
-        })
-    };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    let outcome = stream.read(&mut [0u8; 16]).map_err(|e| e.kind());
-    let took = killed.elapsed();
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
-    writer.join().unwrap();
-    assert_eq!(
-        outcome,
-        Err(std::io::ErrorKind::ConnectionReset),
-        "after {took:?}"
-    );
-    // The grace is a second; the peer timeout it replaces is 30.
-    assert!(took < Duration::from_secs(8), "reset after {took:?}");
-    let host = stats(&client).host;
-    assert_eq!(host.peers_gone, 1, "{host:?}");
-    drop((stream, accepted));
+    common::gone::a_flow_is_reset_when_its_peer_sald_is_killed(&client, &mut server, svc("c8"));
     drop((server, client, dir, net));
 }
 
@@ -603,24 +555,6 @@ fn a_flow_whose_peer_sald_is_killed_is_reset_within_seconds() {
 fn a_connect_forwarded_to_a_sald_gone_is_refused_at_once() {
     require_root!();
     let (_, client, dir, net) = udp_pair("udpnone", false);
-    let start = Instant::now();
-    let result =
-        ServiceStream::connect_via(client.client(), svc("c9"), Some(Duration::from_secs(20)));
-    let took = start.elapsed();
-    let Err(error) = result else {
-        panic!("connected, though nobody could answer");
-    };
-    assert_eq!(
-        error.kind(),
-        Some(sal_control::ErrorKind::Refused),
-        "{error} after {took:?}"
-    );
-    // The SYN's first retransmission is due after 500 ms: the refusal is
-    // read as it comes, not at that send.
-    assert!(took < Duration::from_millis(450), "refused after {took:?}");
-    let host = stats(&client).host;
-    assert_eq!(host.unreachable_hops, 1, "{host:?}");
-    // Nowhere else to go: the same hop, so no second way.
-    assert_eq!(host.rerouted_syns, 0, "{host:?}");
+    common::gone::a_connect_to_a_sald_gone_is_refused_at_once(&client, svc("c9"));
     drop((client, dir, net));
 }

@@ -396,7 +396,7 @@ impl UdpLink {
 /// Not `ENOBUFS` (a queue dropped this datagram, which `IP_RECVERR` makes
 /// the kernel tell) nor `EMSGSIZE` (this datagram is too big): those are
 /// the datagram's own.
-fn is_report(error: &io::Error) -> bool {
+pub(crate) fn is_report(error: &io::Error) -> bool {
     match error.raw_os_error() {
         Some(errno) => {
             let errno = Errno::from_raw(errno);

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod flood;
+pub mod gone;
 pub mod program;
 
 use std::net::Ipv4Addr;
