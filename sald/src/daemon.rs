@@ -57,7 +57,9 @@ impl FlowSignal {
 /// The largest packet: room for the IPv4 header and any SAL packet.
 const PACKET_BUFFER: usize = 65_535;
 /// Times one run hands the host the refusals its own sends found (see
-/// [`Core::run`]); any beyond wait for the next run.
+/// [`Core::run`]); any beyond wait for the next run (the next packet,
+/// timer or request: the error queue they came from is empty by then, so
+/// nothing wakes the link for them).
 const REFUSAL_ROUNDS: usize = 2;
 
 /// How packets leave this host.

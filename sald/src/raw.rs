@@ -128,15 +128,16 @@ impl BroadcastReceiver {
         &self.iface
     }
 
-    /// Waits for and reads one packet. An error that is the kernel
-    /// reporting a refused packet is read from the error queue (for
-    /// [`BroadcastReceiver::take_refused`]) and the wait goes on.
+    /// Waits for and reads one packet; 0 (no packet is that short) when
+    /// it met the kernel reporting a refused packet instead, whose reports
+    /// it read from the error queue for [`BroadcastReceiver::take_refused`].
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             let mut guard = self.socket.readable().await?;
             match guard.try_io(|socket| recv(socket.get_ref(), buf)) {
                 Ok(Err(error)) if crate::udp::is_report(&error) => {
                     self.read_refusals();
+                    return Ok(0);
                 }
                 Ok(result) => return result,
                 Err(_would_block) => continue,

@@ -410,7 +410,7 @@ async fn broadcast_loop(shared: Arc<Shared>, receiver: BroadcastReceiver) {
             refusals = receiver.refusals() => refusals.err().map(Err),
         };
         let first = match received {
-            None => {
+            None | Some(Ok(0)) => {
                 let mut core = shared.lock();
                 hand_refused(&mut core, &receiver);
                 core.run();
@@ -490,8 +490,14 @@ async fn udp_receive_loop(shared: &Shared, udp: &UdpLink) -> Result<()> {
             // Reports of earlier sends (ICMP), read as they come: the host
             // acts on them in its run.
             reports = udp.reports() => {
-                if reports.is_ok_and(|read| read > 0) && udp.has_reports() {
-                    shared.lock().run();
+                match reports {
+                    Ok(read) if read > 0 && udp.has_reports() => shared.lock().run(),
+                    Ok(_) => {}
+                    // The reactor is going away: as a failed receive.
+                    Err(error) => {
+                        tracing::debug!(%error, "UDP error wait failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
                 }
                 continue;
             }

@@ -9,7 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use sal::wire::TransportProtocol;
-use sal::{Locator, ServiceId, ServicePrefix};
+use sal::{ServiceId, ServicePrefix};
 use sal_control::{ErrorKind, Request, Response};
 use socket_shim::{ControlClient, ServiceListener};
 use testnet::require_root;
@@ -69,8 +69,8 @@ fn setup(
 fn answers_come_as_handshakes_end_not_in_request_order() {
     let dir = Scratch::new("connector-order");
     let (sald, listener) = setup(&dir, |_| {});
-    // Nobody answers at 127.0.0.9:9: a connect there waits out its timeout.
-    sald.forward_to("dead/16", Locator::Udp("127.0.0.9:9".parse().unwrap()), 1);
+    // Nobody answers at the hole: a connect there waits out its timeout.
+    sald.forward_to("dead/16", common::silent_hole(), 1);
     let mut control = ControlClient::connect_to(&sald.control).unwrap();
     assert_eq!(
         control.request(&Request::Connector).unwrap().response,

@@ -14,7 +14,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use sal::{Locator, ServiceId, ServicePrefix};
+use sal::{ServiceId, ServicePrefix};
 use socket_shim::{
     AsyncControlClient, AsyncServiceListener, AsyncServiceStream, Error, ServiceDatagram,
     ServiceDatagramFlow, ServiceListener, ServiceStream,
@@ -173,8 +173,8 @@ fn connects_waiting_when_sald_dies_fail_and_later_connects_reconnect() {
     let sald = SaldProcess::start(&dir, "sald", "127.0.0.1:0", |_| {});
     let control = sald.control.clone();
     let _turn = use_control(&control);
-    // Nobody answers at 127.0.0.9:9: connects there wait for the timeout.
-    sald.forward_to("dead/16", Locator::Udp("127.0.0.9:9".parse().unwrap()), 1);
+    // Nobody answers at the hole: connects there wait for the timeout.
+    sald.forward_to("dead/16", common::silent_hole(), 1);
     let wait = Duration::from_secs(120);
     let blocked = std::thread::spawn(move || ServiceStream::connect_timeout(svc("dead00"), wait));
     let rt = runtime();

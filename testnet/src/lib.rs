@@ -745,6 +745,30 @@ impl Drop for NsChild {
 }
 
 // ---------------------------------------------------------------------------
+// silence
+// ---------------------------------------------------------------------------
+
+/// A loopback UDP address where nobody answers, silently: a socket of
+/// the test binary's, bound for its whole run, that never reads. A SAL
+/// connect forwarded there waits out its SYN's retransmissions. (A port
+/// nobody is bound to would not do: the kernel answers it with an ICMP
+/// port unreachable, which sald and the programs' SAL hosts take for a
+/// refusal, as kernel TCP does: the connect fails at once.)
+pub fn silent_hole() -> std::net::SocketAddrV4 {
+    static HOLE: std::sync::OnceLock<(std::net::UdpSocket, std::net::SocketAddrV4)> =
+        std::sync::OnceLock::new();
+    let (_, hole) = HOLE.get_or_init(|| {
+        let socket = std::net::UdpSocket::bind("127.0.0.9:0").expect("bind the hole");
+        let hole = match socket.local_addr().expect("the hole's address") {
+            std::net::SocketAddr::V4(hole) => hole,
+            other => panic!("not IPv4: {other}"),
+        };
+        (socket, hole)
+    });
+    *hole
+}
+
+// ---------------------------------------------------------------------------
 // waiting
 // ---------------------------------------------------------------------------
 

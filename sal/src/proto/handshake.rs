@@ -354,7 +354,8 @@ impl Host {
         // The second way gets a fresh timeout and one retransmission: a
         // loss there is not taken for a refusal, and a hop that swallows
         // the SYN without a word (a sald still forwarding to the dead
-        // program, whose link does not report it) costs 1.5 s, not the
+        // program: its link reads the refusal, but a host acts only on
+        // reports about its own flows' packets) costs 1.5 s, not the
         // whole SYN timeout.
         if let Some(at) = flow
             .control

@@ -606,3 +606,9 @@ impl DaemonPair {
         }
     }
 }
+
+/// A UDP locator where nobody answers, silently
+/// ([`testnet::silent_hole`]).
+pub fn silent_hole() -> Locator {
+    Locator::Udp(testnet::silent_hole())
+}

@@ -5,9 +5,8 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::Stdio;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use sal::table::Target;
@@ -27,19 +26,9 @@ fn server(sald: &Sald, args: &[&str]) -> Proc {
 }
 
 /// Where nobody answers: a connect to a service forwarded there waits
-/// (for sald's SYN retries, 31.5 s). A socket of the test binary's, bound
-/// for its whole run, that never reads (see [`Silent`]).
+/// (for sald's SYN retries, 31.5 s); see [`testnet::silent_hole`].
 fn hole() -> SocketAddrV4 {
-    static HOLE: OnceLock<(UdpSocket, SocketAddrV4)> = OnceLock::new();
-    let (_, hole) = HOLE.get_or_init(|| {
-        let socket = UdpSocket::bind("127.0.0.9:0").expect("bind the hole");
-        let hole = match socket.local_addr().expect("the hole's address") {
-            std::net::SocketAddr::V4(hole) => hole,
-            other => panic!("not IPv4: {other}"),
-        };
-        (socket, hole)
-    });
-    *hole
+    testnet::silent_hole()
 }
 
 /// An address of loopback host `host` where nobody answers, silently,
@@ -412,10 +401,10 @@ fn a_signal_interrupts_a_blocking_connect_as_tcp() {
     let mut client = Proc::spawn("serval_test connect-eintr", &mut cmd);
     let mut lines = BufReader::new(client.child.stdout.take().expect("stdout")).lines();
     let mut hosts = Vec::new();
-    for (marker, far, sid, count) in [
-        ("connecting", far[0], "e1e101", "2"),
-        ("restart", far[1], "e2e201", "1"),
-        ("fresh", far[2], "e3e301", "1"),
+    for (marker, sid, count) in [
+        ("connecting", "e1e101", "2"),
+        ("restart", "e2e201", "1"),
+        ("fresh", "e3e301", "1"),
     ] {
         loop {
             match lines.next() {
@@ -426,13 +415,14 @@ fn a_signal_interrupts_a_blocking_connect_as_tcp() {
         }
         // Signals keep coming while the SYNs go unanswered for a while.
         std::thread::sleep(Duration::from_millis(500));
-        drop(silent.remove(0));
-        let far = Sald::start_on(far);
-        let srv = server(&far, &["stream-server", sid, count]);
-        hosts.push((far, srv));
+        let silent = silent.remove(0);
+        let far_sald = silent.host();
+        let srv = server(&far_sald, &["stream-server", sid, count]);
+        let relay = silent.relay_to(&far_sald);
+        hosts.push((far_sald, relay, srv));
     }
     client.success(T);
-    for (_far, mut srv) in hosts {
+    for (_far, _relay, mut srv) in hosts {
         srv.success(T);
     }
 }
@@ -463,9 +453,9 @@ fn a_blocking_connect_gives_up_after_so_sndtimeo_as_tcp() {
     cmd.stdout(Stdio::piped());
     let mut connecting = Proc::spawn("serval_test connect-timeout", &mut cmd);
     connecting.wait_ready("connecting");
-    drop(silent);
-    let far = Sald::start_on(far);
+    let far = silent.host();
     let mut srv = server(&far, &["stream-server", "c7c701", "4"]);
+    let _relay = silent.relay_to(&far);
     connecting.success(T);
     srv.success(T);
     // Connects that timed out go on through the process's connector: one
@@ -498,9 +488,9 @@ fn connects_wait_for_a_connect_in_flight_as_tcp() {
     connecting.wait_ready("connecting");
     // The stop (0.3 s after, for 0.2 s) and the signals come first.
     std::thread::sleep(Duration::from_secs(1));
-    drop(silent);
-    let far = Sald::start_on(far);
+    let far = silent.host();
     let mut srv = server(&far, &["stream-server", "c8c801", "3"]);
+    let _relay = silent.relay_to(&far);
     connecting.success(T);
     srv.success(T);
 }
@@ -545,9 +535,9 @@ fn a_second_blocking_connect_waits_for_the_first() {
     cmd.stdout(Stdio::piped());
     let mut connecting = Proc::spawn("serval_test connect-twice", &mut cmd);
     connecting.wait_ready("connecting");
-    drop(silent);
-    let far = Sald::start_on(far);
+    let far = silent.host();
     let mut srv = server(&far, &["stream-server", "c2c201", "2"]);
+    let _relay = silent.relay_to(&far);
     connecting.success(T);
     srv.success(T);
 }
@@ -572,9 +562,9 @@ fn a_read_waiting_for_a_connect_waits_its_timeout_in_all() {
     // The connect completes at a later SYN retransmission (1.5 s or 3.5 s
     // in): what the read waited on the flow is then plain to see.
     std::thread::sleep(Duration::from_secs(1));
-    drop(silent);
-    let far = Sald::start_on(far);
+    let far = silent.host();
     let mut srv = server(&far, &["stream-server", "cdcd01", "1"]);
+    let _relay = silent.relay_to(&far);
     connecting.success(T);
     srv.success(T);
 }

@@ -103,6 +103,8 @@ pub struct Sald {
     proc: Proc,
     pub control: PathBuf,
     pub dir: tempfile::TempDir,
+    /// Its UDP link's address.
+    pub udp: SocketAddrV4,
 }
 
 impl Sald {
@@ -147,7 +149,12 @@ impl Sald {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Sald { proc, control, dir }
+        Sald {
+            proc,
+            control,
+            dir,
+            udp,
+        }
     }
 
     /// `serval-run [ARGS] -- PROGRAM...` against this sald.
@@ -185,15 +192,99 @@ fn relays_asked(extra: &[&str]) -> Option<&'static str> {
 
 /// Where nobody answers, silently: a UDP socket bound there that never
 /// reads. At a port with no socket the kernel answers with an ICMP port
-/// unreachable, which a program's own SAL host (the in-process mode), as
-/// kernel TCP, takes for a refusal; sald's UDP link ignores it. Dropping
-/// it frees the address for a host that comes up there.
-pub struct Silent(#[allow(dead_code)] UdpSocket);
+/// unreachable, which sald and a program's own SAL host (the in-process
+/// mode), as kernel TCP, take for a refusal: a connect fails at once.
+pub struct Silent(UdpSocket);
 
 impl Silent {
     /// Silence at `at` (panics if the address is taken).
     pub fn at(at: SocketAddrV4) -> Silent {
         Silent(UdpSocket::bind(at).expect("bind a silent UDP socket"))
+    }
+
+    /// A sald for a host to come up where the silence is: on another
+    /// port of the same address, not reached yet (see [`Silent::relay_to`]).
+    pub fn host(&self) -> Sald {
+        Sald::start_on(SocketAddrV4::new(*self.address().ip(), free_udp_port()))
+    }
+
+    /// The host comes up where the silence was: what comes to the silent
+    /// address goes on to `host` (the SYNs that waited in the socket
+    /// first), and back, as through a port-forwarding NAT. The address
+    /// never has no socket meanwhile, which would make its refusal end a
+    /// connect that waits for the host.
+    pub fn relay_to(self, host: &Sald) -> Relay {
+        let back =
+            UdpSocket::bind(SocketAddrV4::new(*self.address().ip(), 0)).expect("relay socket");
+        Relay::start(self.0, back, host.udp)
+    }
+
+    fn address(&self) -> SocketAddrV4 {
+        match self.0.local_addr().expect("the silent address") {
+            std::net::SocketAddr::V4(address) => address,
+            other => panic!("not IPv4: {other}"),
+        }
+    }
+}
+
+/// A UDP relay between one client, at the front socket, and `host`, from
+/// the back socket (see [`Silent::relay_to`]); stops when dropped.
+pub struct Relay {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Relay {
+    fn start(front: UdpSocket, back: UdpSocket, host: SocketAddrV4) -> Relay {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let stop = Arc::new(AtomicBool::new(false));
+        let client = Arc::new(Mutex::new(None));
+        let tick = Some(Duration::from_millis(50));
+        front.set_read_timeout(tick).expect("read timeout");
+        back.set_read_timeout(tick).expect("read timeout");
+        let (front2, back2) = (
+            front.try_clone().expect("front"),
+            back.try_clone().expect("back"),
+        );
+        let up = {
+            let (stop, client) = (Arc::clone(&stop), Arc::clone(&client));
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((n, from)) = front.recv_from(&mut buf) {
+                        *client.lock().unwrap() = Some(from);
+                        let _ = back.send_to(&buf[..n], host);
+                    }
+                }
+            })
+        };
+        let down = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((n, _)) = back2.recv_from(&mut buf) {
+                        if let Some(to) = *client.lock().unwrap() {
+                            let _ = front2.send_to(&buf[..n], to);
+                        }
+                    }
+                }
+            })
+        };
+        Relay {
+            stop,
+            threads: vec![up, down],
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
     }
 }
 
