@@ -1,9 +1,10 @@
 //! A SYN that comes back undeliverable (`Host::handle_unreachable`: an
 //! ICMP port unreachable on a UDP link, quoting the SYN) fails its connect
 //! as refused at once, as kernel TCP's connect to a closed port does,
-//! unless the host's table now routes the service by another first hop
-//! (the caller took out a route it had cached to the dead one): then the
-//! SYN goes there at once, once per connect. A report that does not name
+//! unless the host's table routes the service by another first hop, the
+//! dead one left out of the draw (another target of the rule, or what is
+//! left once the caller took out a route it had cached to the dead one):
+//! then the SYN goes there at once, once per connect. A report that does not name
 //! the connect's own SYN (another flow, another nonce, another hop, an old
 //! SYN, a cut header) changes nothing. A packet of an established flow
 //! that comes back from its peer's locator resets the flow unless the
@@ -243,6 +244,42 @@ fn a_syn_whose_route_is_still_the_dead_hop_is_refused() {
     assert_eq!(r.c.failed(r.flow), Some(ConnectError::Refused));
     let stats = r.c.net.host(r.c.client).stats();
     assert_eq!((stats.unreachable_hops, stats.rerouted_syns), (1, 0));
+}
+
+#[test]
+fn a_syn_refused_by_one_of_a_rule_s_hops_goes_by_another_of_them() {
+    // The rule has a second hop, the server, drawn once in a thousand:
+    // the refused hop is left out of the draw for the second way.
+    let mut r = rerouting("10.0.0.4");
+    let target = sal::table::Target::Forward {
+        locator: loc("10.0.0.2"),
+        weight: 1,
+    };
+    let exact = sal::ServicePrefix::exact(svc("ab01"));
+    (r.c.net.host(r.c.client)).add_rule(exact, target, 0);
+    let key = sal::table::TargetKey::Forward {
+        locator: loc("10.0.0.3"),
+    };
+    let heavy = sal::table::Target::Forward {
+        locator: loc("10.0.0.3"),
+        weight: 1000,
+    };
+    (r.c.net.host(r.c.client))
+        .remove_rule_target(&exact, &key)
+        .unwrap();
+    (r.c.net.host(r.c.client)).add_rule(exact, heavy, 0);
+    r.refuse_first_syn();
+    assert_eq!(r.c.failed(r.flow), None, "refused instead of rerouted");
+    let stats = r.c.net.host(r.c.client).stats();
+    assert_eq!((stats.unreachable_hops, stats.rerouted_syns), (1, 1));
+    let (client, flow) = (r.c.client, r.flow);
+    let done = r.c.net.run_until(Duration::from_millis(100), |net| {
+        net.sim_host(client)
+            .events
+            .contains(&Event::Connected(flow))
+    });
+    assert!(done, "the rerouted connect was not established");
+    assert_eq!(r.c.syns.borrow().len(), 1, "another SYN to a dead hop");
 }
 
 #[test]

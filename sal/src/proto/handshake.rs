@@ -195,12 +195,14 @@ impl Host {
 
     /// A packet this host sent to `hop` came back as undeliverable: nobody
     /// receives at that locator (an ICMP port unreachable on a UDP link,
-    /// which quotes the start of `packet`). If it is the SYN of one of our
-    /// connects ([`Host::refusal`]) and the host's table now routes
-    /// the connect's service by another first hop (the caller took its
-    /// routes to `hop` out first: a route it had cached to a program gone,
-    /// whose service its sald knows the new place of), the SYN goes there
-    /// at once, once per connect. Otherwise the connect fails now as
+    /// which quotes the start of `packet`; "protocol unreachable" in native
+    /// carriage). If it is the SYN of one of our connects
+    /// ([`Host::refusal`]) and the host's table routes the connect's
+    /// service by another first hop, drawn with `hop` left out (another
+    /// target of the rule, or the route left once the caller took its
+    /// routes to `hop` out: a route it had cached to a program gone, whose
+    /// service its sald knows the new place of), the SYN goes there at
+    /// once, once per connect. Otherwise the connect fails now as
     /// refused ([`Event::ConnectFailed`]), as kernel TCP's does on a port
     /// nobody listens on, instead of waiting out its retransmissions.
     ///
@@ -331,7 +333,8 @@ impl Host {
             return false;
         }
         let service = flow.service;
-        let Resolution::Forward(next) = self.table.resolve(&service, 0, &mut self.rng) else {
+        let resolved = (self.table).resolve_avoiding(&service, 0, &mut self.rng, hop);
+        let Resolution::Forward(next) = resolved else {
             return false;
         };
         if next == hop {

@@ -255,13 +255,16 @@ impl Rule {
     }
 
     /// Index of the target this rule resolves to for a draw of `rng`.
-    fn choose(&self, rng: &mut impl Rng) -> Option<usize> {
+    fn choose(&self, rng: &mut impl Rng, avoid: Option<Locator>) -> Option<usize> {
         let first = self.targets.first()?;
         if matches!(first.target, Target::Demux { .. }) {
             return Some(0);
         }
         let group = self.active_group();
-        let forward = |i: &usize| matches!(self.targets[*i].target, Target::Forward { .. });
+        let forward = |i: &usize| match self.targets[*i].target {
+            Target::Forward { locator, .. } => Some(locator) != avoid,
+            _ => false,
+        };
         let total: u64 = group
             .clone()
             .filter(forward)
@@ -484,6 +487,29 @@ impl ServiceTable {
 
     /// Resolves a packet of `bytes` bytes for `id` and counts it.
     pub fn resolve(&mut self, id: &ServiceId, bytes: usize, rng: &mut impl Rng) -> Resolution {
+        self.resolve_with(id, bytes, rng, None)
+    }
+
+    /// [`Table::resolve`] with the FORWARD targets to `avoid` left out of
+    /// the draw (a hop found gone: see `Host::handle_unreachable`); it is
+    /// the answer still when the active group has no other.
+    pub fn resolve_avoiding(
+        &mut self,
+        id: &ServiceId,
+        bytes: usize,
+        rng: &mut impl Rng,
+        avoid: Locator,
+    ) -> Resolution {
+        self.resolve_with(id, bytes, rng, Some(avoid))
+    }
+
+    fn resolve_with(
+        &mut self,
+        id: &ServiceId,
+        bytes: usize,
+        rng: &mut impl Rng,
+        avoid: Option<Locator>,
+    ) -> Resolution {
         self.stats.lookups += 1;
         let Some((_, &slot)) = self.trie.longest_match(id) else {
             self.stats.dropped.count(bytes);
@@ -492,7 +518,7 @@ impl ServiceTable {
         let rule = self.rules[slot as usize]
             .as_mut()
             .expect("trie slots always hold a rule");
-        let Some(index) = rule.choose(rng) else {
+        let Some(index) = rule.choose(rng, avoid) else {
             self.stats.dropped.count(bytes);
             return Resolution::NoMatch;
         };
@@ -598,6 +624,31 @@ mod tests {
             locator: Locator::Ipv4(Ipv4Addr::new(10, 0, 0, last)),
             weight,
         }
+    }
+
+    #[test]
+    fn a_hop_avoided_is_left_out_of_the_draw_unless_it_is_the_only_one() {
+        let mut table = ServiceTable::new();
+        let mut rng = SmallRng::seed_from_u64(2);
+        let (a, b) = (
+            Locator::Ipv4(Ipv4Addr::new(10, 0, 0, 1)),
+            Locator::Ipv4(Ipv4Addr::new(10, 0, 0, 2)),
+        );
+        // a is drawn nearly always, but never when avoided.
+        table.add(prefix("beef/16"), forward(1, 1000), 0);
+        table.add(prefix("beef/16"), forward(2, 1), 0);
+        for _ in 0..100 {
+            let resolved = table.resolve_avoiding(&id("beef01"), 0, &mut rng, a);
+            assert_eq!(resolved, Resolution::Forward(b));
+        }
+        let drawn = (0..100)
+            .filter(|_| table.resolve(&id("beef01"), 0, &mut rng) == Resolution::Forward(a))
+            .count();
+        assert!(drawn > 90, "a drawn {drawn} times of 100");
+        // Alone in its rule (weights zero too): still the answer.
+        table.add(prefix("cafe/16"), forward(1, 0), 0);
+        let resolved = table.resolve_avoiding(&id("cafe01"), 0, &mut rng, a);
+        assert_eq!(resolved, Resolution::Forward(a));
     }
 
     #[test]

@@ -18,10 +18,9 @@
 //! queues it on the socket's error queue: the link reads the queue then
 //! and repeats the call, so that no datagram is lost to the report, and
 //! keeps what came back for the host ([`UdpLink::take_unreachable`]; see
-//! `Host::handle_unreachable`: a SYN refused goes by another first hop if
-//! the table now gives one, or fails at
-//! once, a flow whose peer is gone is reset unless the peer is heard
-//! within a second).
+//! `Host::handle_unreachable`: a SYN refused goes by another of its rule's
+//! next hops if it has one, or fails at once, a flow whose peer is gone is
+//! reset unless the peer is heard within a second).
 //!
 //! - [`batch`]: the batches, on plain byte buffers (no system calls);
 //! - `sys`: the system calls and socket options (all of the unsafe code);
