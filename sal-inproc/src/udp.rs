@@ -349,7 +349,8 @@ fn send_each(
                 // thread may have read from the queue meanwhile (the
                 // engine sends without its lock): tried again all the same.
                 let read = read_errors(socket, unreachable);
-                let reported = read > 0 || errno == Errno::ECONNREFUSED;
+                let reported =
+                    read > 0 || matches!(errno, Errno::ECONNREFUSED | Errno::ENOPROTOOPT);
                 if !reported || failures >= REPORT_RETRIES {
                     start += 1;
                     failures = 0;

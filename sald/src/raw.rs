@@ -26,10 +26,13 @@
 //!
 //! The receivers also ask for ICMP errors (`IP_RECVERR`): the kernel hands
 //! raw sockets of a protocol the errors about any packet of that protocol
-//! (`raw_icmp_error`), the TUN's too. A host without a SAL (its sald gone)
+//! (`raw_icmp_error`), the TUN's too, if the error arrives on the
+//! interface the socket is bound to. A host without a SAL (its sald gone)
 //! answers a protocol-144 packet with "protocol unreachable", quoting it:
 //! [`BroadcastReceiver::refusals`] reads those for the host, as the UDP
-//! link reads "port unreachable".
+//! link reads "port unreachable". Without the receivers (no
+//! `CAP_NET_RAW`), or for an error that arrives on an interface that is
+//! not a SAL interface, a peer gone is noticed by the peer timeout only.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};

@@ -412,13 +412,20 @@ async fn broadcast_loop(shared: Arc<Shared>, receiver: BroadcastReceiver) {
         let first = match received {
             None | Some(Ok(0)) => {
                 let mut core = shared.lock();
-                hand_refused(&mut core, &receiver);
-                core.run();
+                if hand_refused(&mut core, &receiver) {
+                    core.run();
+                }
                 continue;
             }
             Some(Ok(n)) => n,
             Some(Err(error)) => {
-                tracing::warn!(iface = receiver.iface(), %error, "broadcast receive failed");
+                // Not a report (those are read above): the socket cannot
+                // work, and retrying would spin.
+                tracing::error!(
+                    iface = receiver.iface(),
+                    %error,
+                    "broadcast receive failed: no more broadcasts or refusals on this interface"
+                );
                 return;
             }
         };
@@ -442,13 +449,16 @@ async fn broadcast_loop(shared: Arc<Shared>, receiver: BroadcastReceiver) {
     }
 }
 
-/// Hands the host what `receiver` read as refused (see `broadcast_loop`).
-fn hand_refused(core: &mut Core, receiver: &BroadcastReceiver) {
+/// Hands the host what `receiver` read as refused (see `broadcast_loop`);
+/// whether there was any.
+fn hand_refused(core: &mut Core, receiver: &BroadcastReceiver) -> bool {
     let now = core.now();
-    for (to, start) in receiver.take_refused() {
+    let refused = receiver.take_refused();
+    for (to, start) in &refused {
         core.host
-            .handle_unreachable(now, Locator::Ipv4(*to.ip()), &start);
+            .handle_unreachable(now, Locator::Ipv4(*to.ip()), start);
     }
+    !refused.is_empty()
 }
 
 /// Reads packets from the link and feeds them to the host, in batches.

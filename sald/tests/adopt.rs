@@ -543,7 +543,9 @@ fn adopt_is_held_to_the_callers_buffer_budget() {
             n += 1;
             let mut export = real.clone();
             export.flow = FlowId::new(real.flow.get() ^ n).unwrap();
-            export.peer = Locator::Udp(SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 99), 9));
+            // Silent, not unbound: a port nobody holds would refuse the
+            // move, and the flow would be reset a second later.
+            export.peer = Locator::Udp(testnet::silent_hole());
             export.peer_locators.clear();
             export.socket.send_buffer = vec![1; send];
             export.socket.send_max = export.socket.send_unacked;

@@ -248,7 +248,7 @@ impl UdpLink {
                     // Another caller may have read the queue meanwhile: a
                     // refused connection is a report all the same.
                     let read = self.read_reports();
-                    if read == 0 && error.raw_os_error() != Some(nix::libc::ECONNREFUSED) {
+                    if read == 0 && !is_refusal(&error) {
                         return Err(error);
                     }
                 }
@@ -349,7 +349,7 @@ impl UdpLink {
                 Err(error) if is_report(&error) && failures < REPORT_RETRIES => {
                     let read = self.read_reports();
                     failures += 1;
-                    if read == 0 && error.raw_os_error() != Some(nix::libc::ECONNREFUSED) {
+                    if read == 0 && !is_refusal(&error) {
                         tracing::debug!(%error, "UDP send refused");
                         outcome.dropped += batch.drop_first();
                         failures = 0;
@@ -397,9 +397,10 @@ impl UdpLink {
 /// error about an earlier datagram (read the error queue, then try again).
 /// Not `ENOBUFS`: a queue dropped this very datagram, which `IP_RECVERR`
 /// makes the kernel tell (it is counted as dropped). `EMSGSIZE` may be
-/// either: a report ("fragmentation needed") or this datagram too big,
-/// which the kernel queues as a local error too, so that it is tried
-/// [`REPORT_RETRIES`] times before it is dropped.
+/// either: a report ("fragmentation needed") or this datagram too big;
+/// the kernel queues the latter as a local error too, so the datagram is
+/// sent again (`read > 0`) until [`REPORT_RETRIES`] tries are spent, then
+/// dropped and counted.
 pub(crate) fn is_report(error: &io::Error) -> bool {
     match error.raw_os_error() {
         Some(errno) => {
@@ -408,6 +409,16 @@ pub(crate) fn is_report(error: &io::Error) -> bool {
         }
         None => false,
     }
+}
+
+/// Whether `error` is a refusal an ICMP error made (port or protocol
+/// unreachable): never a datagram's own error on an unconnected socket,
+/// so a report even when another call read the queue first.
+fn is_refusal(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(nix::libc::ECONNREFUSED | nix::libc::ENOPROTOOPT)
+    )
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ fn hole() -> SocketAddrV4 {
 }
 
 /// An address of loopback host `host` where nobody answers, silently,
-/// until the [`Silent`] is dropped (for a sald to come up there).
+/// until a host comes up behind it ([`Silent::host`], [`Silent::relay_to`]).
 fn far_host(host: u8) -> (SocketAddrV4, Silent) {
     let far = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, host), support::free_udp_port());
     (far, Silent::at(far))
@@ -545,8 +545,9 @@ fn a_second_blocking_connect_waits_for_the_first() {
 /// A blocking read with `SO_RCVTIMEO` on a socket whose non-blocking
 /// connect is in flight waits that long in all, as TCP's (checked against
 /// Linux's TCP, its first SYN dropped: `EAGAIN` after 2.5 s of 2.5): the
-/// connect completes at a SYN retransmission, 1.5 s or 3.5 s in, and the
-/// read then waits for data only for what is left of its timeout (it
+/// connect completes once the host comes up, a second or more in (the
+/// SYNs that waited at its address are relayed to it), and the read then
+/// waits for data only for what is left of its timeout (it
 /// waited the whole timeout again on the flow: 5.5 s or more). Nobody
 /// answers for the service until a host comes up for it, a second after
 /// the program says so.
@@ -559,8 +560,8 @@ fn a_read_waiting_for_a_connect_waits_its_timeout_in_all() {
     cmd.stdout(Stdio::piped());
     let mut connecting = Proc::spawn("serval_test read-timeout-connecting", &mut cmd);
     connecting.wait_ready("connecting");
-    // The connect completes at a later SYN retransmission (1.5 s or 3.5 s
-    // in): what the read waited on the flow is then plain to see.
+    // The connect completes once the host is up, a second or more in:
+    // what the read waited on the flow is then plain to see.
     std::thread::sleep(Duration::from_secs(1));
     let far = silent.host();
     let mut srv = server(&far, &["stream-server", "cdcd01", "1"]);

@@ -3517,7 +3517,7 @@ static int connect_race(const char *sid, int n) {
  * waits SO_RCVTIMEO in all, as TCP's (whose read counts one timeout down
  * across the connect and the wait for data): SID is unreachable until the
  * test starts a host for it a second after "connecting", the connect
- * completes at a SYN retransmission (1.5 s or 3.5 s in), the server sends
+ * completes once that host is up (a second or more in), the server sends
  * nothing, and the read fails with EAGAIN 4 s after it began (it waited
  * 4 s more for data once connected). Then the socket is connected: a
  * byte echoes. */

@@ -228,7 +228,9 @@ impl Silent {
 }
 
 /// A UDP relay between one client, at the front socket, and `host`, from
-/// the back socket (see [`Silent::relay_to`]); stops when dropped.
+/// the back socket (see [`Silent::relay_to`]); stops when dropped. It
+/// remembers one client (the last sender): enough for one sald, not for
+/// several programs' own hosts at once.
 pub struct Relay {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
