@@ -85,6 +85,13 @@ pub fn is_fatal(errno: Errno) -> bool {
     )
 }
 
+/// Whether `errno` is a refusal an ICMP error made (port or protocol
+/// unreachable): never a datagram's own error on an unconnected socket,
+/// so a report even when another call read the queue first.
+pub fn is_refusal(errno: Errno) -> bool {
+    matches!(errno, Errno::ECONNREFUSED | Errno::ENOPROTOOPT)
+}
+
 /// Times a send or receive is tried again after reading the errors
 /// reported instead of it (each try may meet a new one).
 pub const REPORT_RETRIES: usize = 3;
@@ -349,8 +356,7 @@ fn send_each(
                 // thread may have read from the queue meanwhile (the
                 // engine sends without its lock): tried again all the same.
                 let read = read_errors(socket, unreachable);
-                let reported =
-                    read > 0 || matches!(errno, Errno::ECONNREFUSED | Errno::ENOPROTOOPT);
+                let reported = read > 0 || is_refusal(errno);
                 if !reported || failures >= REPORT_RETRIES {
                     start += 1;
                     failures = 0;

@@ -41,6 +41,7 @@ pub mod plumbing;
 pub mod privileges;
 pub mod pump;
 pub mod raw;
+pub mod refusals;
 pub mod server;
 pub mod shutdown;
 pub mod udp;

@@ -37,15 +37,15 @@
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::AsFd;
-use std::sync::{Mutex, PoisonError};
 
 use nix::sys::socket::{setsockopt, sockopt};
-use sal_inproc::udp::{read_errors, Unreachable};
+use sal_inproc::udp::Unreachable;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{Interest, Ready};
 
 use crate::plumbing::SAL_IPPROTO;
+use crate::refusals::Refusals;
 
 /// Sends whole IPv4 packets (our header, any source address, broadcast
 /// destinations allowed). Non-blocking: a full socket buffer drops.
@@ -91,9 +91,9 @@ fn ipv4_destination(packet: &[u8]) -> Option<Ipv4Addr> {
 pub struct BroadcastReceiver {
     socket: AsyncFd<Socket>,
     iface: String,
-    /// Packets that came back refused, read from the error queue and not
-    /// taken yet (see the module docs).
-    refused: Mutex<Vec<Unreachable>>,
+    /// Packets that came back refused, not taken yet (see the module
+    /// docs).
+    refused: Refusals,
 }
 
 impl BroadcastReceiver {
@@ -122,7 +122,7 @@ impl BroadcastReceiver {
         Ok(BroadcastReceiver {
             socket,
             iface: iface.to_owned(),
-            refused: Mutex::new(Vec::new()),
+            refused: Refusals::default(),
         })
     }
 
@@ -171,13 +171,11 @@ impl BroadcastReceiver {
     /// The packets that came back refused since the last call: where each
     /// went (port 0) and its SAL packet's start, as quoted.
     pub fn take_refused(&self) -> Vec<Unreachable> {
-        let mut refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
-        std::mem::take(&mut *refused)
+        self.refused.take()
     }
 
     fn read_refusals(&self) {
-        let mut refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
-        read_errors(self.socket.get_ref().as_fd(), &mut refused);
+        self.refused.read(self.socket.get_ref().as_fd());
     }
 }
 

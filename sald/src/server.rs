@@ -162,9 +162,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let owner_uid = nix::unistd::geteuid().as_raw();
     let context = ControlContext::new(shared.clone(), tasks.clone(), &config, owner_uid);
     tasks.spawn(move |shutdown| control::serve(listener, context, shutdown));
-    let writer = match &links {
-        Links::Udp(udp) => Some(tokio::spawn(udp_writer(shared.clone(), udp.clone()))),
-        Links::Tun(_) => None,
+    let udp_tasks = match &links {
+        Links::Udp(udp) => vec![
+            tokio::spawn(udp_writer(shared.clone(), udp.clone())),
+            tokio::spawn(udp_report_loop(shared.clone(), udp.clone())),
+        ],
+        Links::Tun(_) => Vec::new(),
     };
     let mut packets = tokio::spawn(receive_loop(shared.clone(), links));
     let broadcasts: Vec<_> = (broadcasts.into_iter())
@@ -205,8 +208,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         task.abort();
     }
     timers.abort();
-    if let Some(writer) = writer {
-        writer.abort();
+    for task in udp_tasks {
+        task.abort();
     }
     housekeeping.abort();
     follow.abort();
@@ -495,24 +498,7 @@ async fn receive_loop(shared: Arc<Shared>, links: Links) -> Result<()> {
 async fn udp_receive_loop(shared: &Shared, udp: &UdpLink) -> Result<()> {
     let mut batch = udp.rx_batch();
     loop {
-        let received = tokio::select! {
-            received = udp.recv_batch(&mut batch) => received,
-            // Reports of earlier sends (ICMP), read as they come: the host
-            // acts on them in its run.
-            reports = udp.reports() => {
-                match reports {
-                    Ok(read) if read > 0 && udp.has_reports() => shared.lock().run(),
-                    Ok(_) => {}
-                    // The reactor is going away: as a failed receive.
-                    Err(error) => {
-                        tracing::debug!(%error, "UDP error wait failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                }
-                continue;
-            }
-        };
-        if let Err(error) = received {
+        if let Err(error) = udp.recv_batch(&mut batch).await {
             // Errors that were reports of earlier sends the link read
             // itself; what is left ends nothing. Keep a broken socket from
             // spinning, though.
@@ -539,6 +525,23 @@ async fn udp_receive_loop(shared: &Shared, udp: &UdpLink) -> Result<()> {
         }
         // Let the pumps move what this batch made readable.
         tokio::task::yield_now().await;
+    }
+}
+
+/// UDP mode: reads the reports of earlier sends (ICMP errors) as they come
+/// and runs the host on them; its own task, so that the receive loop does
+/// not wait on a second readiness each batch.
+async fn udp_report_loop(shared: Arc<Shared>, udp: Arc<UdpLink>) {
+    loop {
+        match udp.reports().await {
+            Ok(read) if read > 0 && udp.has_reports() => shared.lock().run(),
+            Ok(_) => {}
+            // The reactor is going away.
+            Err(error) => {
+                tracing::debug!(%error, "UDP error wait failed");
+                return;
+            }
+        }
     }
 }
 

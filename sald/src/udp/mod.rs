@@ -34,10 +34,9 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::os::fd::AsFd;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
 
 use nix::errno::Errno;
-use sal_inproc::udp::{is_fatal, read_errors, Unreachable, REPORT_RETRIES};
+use sal_inproc::udp::{is_fatal, Unreachable, REPORT_RETRIES};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{Interest, Ready};
 
@@ -47,6 +46,7 @@ pub(crate) use sys::{set_buffer, Buffer};
 pub use sys::{MAX_PAYLOAD, MAX_SEGMENTS, RECV_BATCH, SEND_BATCH};
 
 use crate::link::LinkError;
+use crate::refusals::Refusals;
 
 /// Socket buffer size asked for, each way. 8 MiB holds several windows of
 /// a fast flow; unprivileged, the kernel caps it at `net.core.rmem_max` /
@@ -103,12 +103,8 @@ pub struct UdpLink {
     /// chosen per send (`IP_PKTINFO`) and each one's destination is reported.
     any_address: bool,
     buffers: (usize, usize),
-    /// Datagrams that came back as port unreachable, read from the error
-    /// queue and not taken yet (at most `sal_inproc::udp::BATCH` of them).
-    unreachable: Mutex<Vec<Unreachable>>,
-    /// Whether `unreachable` may hold any: the packet path looks at this,
-    /// not at the lock.
-    reported: AtomicBool,
+    /// Datagrams that came back as port unreachable, not taken yet.
+    refusals: Refusals,
 }
 
 impl UdpLink {
@@ -154,8 +150,7 @@ impl UdpLink {
             gro,
             any_address: local.ip().is_unspecified(),
             buffers: (recv_buffer, send_buffer),
-            unreachable: Mutex::new(Vec::new()),
-            reported: AtomicBool::new(false),
+            refusals: Refusals::default(),
         })
     }
 
@@ -258,39 +253,20 @@ impl UdpLink {
 
     /// Whether reports wait for [`UdpLink::take_unreachable`].
     pub fn has_reports(&self) -> bool {
-        self.reported.load(Ordering::Acquire)
+        self.refusals.any()
     }
 
     /// Reads the socket's error queue into the reports kept for the host;
     /// returns how many errors it read.
     fn read_reports(&self) -> usize {
-        let socket = self.fd.get_ref().as_fd();
-        let mut unreachable = self
-            .unreachable
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let kept = unreachable.len();
-        // At most a batch is kept until the host takes them: beyond that,
-        // reports are read (the queue must not stay full) and dropped.
-        let read = read_errors(socket, &mut unreachable);
-        if unreachable.len() > kept {
-            self.reported.store(true, Ordering::Release);
-        }
-        read
+        self.refusals.read(self.fd.get_ref().as_fd())
     }
 
     /// The datagrams that came back as port unreachable since the last
     /// call: where each went, and its start (as much as the ICMP error
     /// quoted). Empty, without taking a lock, when none did.
     pub fn take_unreachable(&self) -> Vec<Unreachable> {
-        if !self.reported.swap(false, Ordering::Acquire) {
-            return Vec::new();
-        }
-        let mut unreachable = self
-            .unreachable
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        std::mem::take(&mut *unreachable)
+        self.refusals.take()
     }
 
     /// Sends what `batch` holds, as far as the socket takes it, without
@@ -411,14 +387,12 @@ pub(crate) fn is_report(error: &io::Error) -> bool {
     }
 }
 
-/// Whether `error` is a refusal an ICMP error made (port or protocol
-/// unreachable): never a datagram's own error on an unconnected socket,
-/// so a report even when another call read the queue first.
+/// Whether `error` is a refusal an ICMP error made (see
+/// `sal_inproc::udp::is_refusal`).
 fn is_refusal(error: &io::Error) -> bool {
-    matches!(
-        error.raw_os_error(),
-        Some(nix::libc::ECONNREFUSED | nix::libc::ENOPROTOOPT)
-    )
+    error
+        .raw_os_error()
+        .is_some_and(|errno| sal_inproc::udp::is_refusal(Errno::from_raw(errno)))
 }
 
 #[cfg(test)]
