@@ -230,13 +230,23 @@ pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
         std::fs::remove_file(path)
             .map_err(|e| anyhow::anyhow!("cannot remove stale {}: {e}", path.display()))?;
     }
-    let listener = UnixListener::bind(path)
-        .map_err(|e| anyhow::anyhow!("cannot bind control socket {}: {e}", path.display()))?;
     // Anyone may connect: what a client may do is decided per request from
     // its peer credentials (see `policy`), how many connections it gets by
-    // `limits`.
+    // `limits`. The socket is bound and opened up under a staging name,
+    // then renamed into place, so that it never appears at `path` with the
+    // mode `bind` gave it: an ordinary user connecting as sald starts would
+    // have been refused.
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let staging = path.with_file_name(format!(".{name}.{}", std::process::id()));
+    let _ = std::fs::remove_file(&staging);
+    let listener = UnixListener::bind(&staging)
+        .map_err(|e| anyhow::anyhow!("cannot bind control socket {}: {e}", path.display()))?;
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
-        .map_err(|e| anyhow::anyhow!("cannot open up {}: {e}", path.display()))?;
+    let opened = std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o666))
+        .and_then(|()| std::fs::rename(&staging, path));
+    if let Err(error) = opened {
+        let _ = std::fs::remove_file(&staging);
+        anyhow::bail!("cannot open up {}: {error}", path.display());
+    }
     Ok(listener)
 }
