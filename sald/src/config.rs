@@ -124,7 +124,8 @@ pub struct Flags {
     /// Use UDP encapsulation on this local address and port instead of the
     /// TUN device: needs no privileges, crosses NATs, and several hosts may
     /// share an address on different ports. With 0.0.0.0, each --iface
-    /// address is a locator with this port.
+    /// address is a locator with this port. A UDP socket bound to it that
+    /// a service manager passes (LISTEN_PID, LISTEN_FDS) is used instead.
     #[arg(long, value_name = "ADDR:PORT")]
     pub udp: Option<SocketAddrV4>,
     /// Act as a service router: forward SYNs and unconnected datagrams by

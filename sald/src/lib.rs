@@ -27,6 +27,7 @@
 #![warn(missing_docs)]
 
 pub mod accept_queue;
+pub mod activation;
 pub mod app_socket;
 pub mod config;
 pub mod control;

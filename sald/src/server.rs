@@ -86,8 +86,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // into our TUN (undone by the worker when it is removed or dropped).
     let (links, udp_port) = match config.udp {
         Some(addr) => {
-            let udp = UdpLink::bind(addr, config.udp_offload)
-                .with_context(|| format!("cannot bind UDP {addr}"))?;
+            let udp = match crate::activation::udp_socket(addr)? {
+                Some(socket) => {
+                    tracing::info!(%addr, "UDP socket passed by the service manager");
+                    UdpLink::adopt(socket, addr, config.udp_offload)
+                }
+                None => UdpLink::bind(addr, config.udp_offload),
+            }
+            .with_context(|| format!("cannot bind UDP {addr}"))?;
             let offloads = udp.offloads();
             tracing::info!(
                 local = %udp.local_addr(),

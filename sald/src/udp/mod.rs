@@ -115,11 +115,28 @@ impl UdpLink {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(LinkError::NoRuntime);
         }
+        let socket = std::net::UdpSocket::bind(addr).map_err(|source| LinkError::Bind {
+            addr: SocketAddr::V4(addr),
+            source,
+        })?;
+        UdpLink::adopt(socket, addr, offload)
+    }
+
+    /// As [`UdpLink::bind`], with a socket bound to `addr` already (one a
+    /// service manager passed: `crate::activation`); what waits in it is
+    /// read first.
+    pub fn adopt(
+        socket: std::net::UdpSocket,
+        addr: SocketAddrV4,
+        offload: bool,
+    ) -> Result<UdpLink, LinkError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(LinkError::NoRuntime);
+        }
         let bind_error = |source| LinkError::Bind {
             addr: SocketAddr::V4(addr),
             source,
         };
-        let socket = std::net::UdpSocket::bind(addr).map_err(bind_error)?;
         socket.set_nonblocking(true).map_err(bind_error)?;
         let local = match socket.local_addr().map_err(bind_error)? {
             SocketAddr::V4(local) => local,

@@ -244,6 +244,12 @@ impl SaldProcess {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         configure(&mut cmd);
+        SaldProcess::spawn(cmd, control, name)
+    }
+
+    /// Spawns `cmd`, a sald whose control socket is `control`, and waits
+    /// up to 10 s for that socket.
+    pub fn spawn(mut cmd: std::process::Command, control: PathBuf, name: &str) -> SaldProcess {
         let child = cmd.spawn().expect("sald");
         let process = SaldProcess { child, control };
         assert!(

@@ -32,7 +32,7 @@ fn hole() -> SocketAddrV4 {
 }
 
 /// An address of loopback host `host` where nobody answers, silently,
-/// until a host comes up behind it ([`Silent::host`], [`Silent::relay_to`]).
+/// until a host comes up there ([`Silent::host`]).
 fn far_host(host: u8) -> (SocketAddrV4, Silent) {
     let far = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, host), support::free_udp_port());
     (far, Silent::at(far))
@@ -416,13 +416,12 @@ fn a_signal_interrupts_a_blocking_connect_as_tcp() {
         // Signals keep coming while the SYNs go unanswered for a while.
         std::thread::sleep(Duration::from_millis(500));
         let silent = silent.remove(0);
-        let far_sald = silent.host();
+        let far_sald = silent.host(&format!("{sid}/24"));
         let srv = server(&far_sald, &["stream-server", sid, count]);
-        let relay = silent.relay_to(&far_sald);
-        hosts.push((far_sald, relay, srv));
+        hosts.push((far_sald, srv));
     }
     client.success(T);
-    for (_far, _relay, mut srv) in hosts {
+    for (_far, mut srv) in hosts {
         srv.success(T);
     }
 }
@@ -453,9 +452,8 @@ fn a_blocking_connect_gives_up_after_so_sndtimeo_as_tcp() {
     cmd.stdout(Stdio::piped());
     let mut connecting = Proc::spawn("serval_test connect-timeout", &mut cmd);
     connecting.wait_ready("connecting");
-    let far = silent.host();
+    let far = silent.host("c7c701/24");
     let mut srv = server(&far, &["stream-server", "c7c701", "4"]);
-    let _relay = silent.relay_to(&far);
     connecting.success(T);
     srv.success(T);
     // Connects that timed out go on through the process's connector: one
@@ -488,9 +486,8 @@ fn connects_wait_for_a_connect_in_flight_as_tcp() {
     connecting.wait_ready("connecting");
     // The stop (0.3 s after, for 0.2 s) and the signals come first.
     std::thread::sleep(Duration::from_secs(1));
-    let far = silent.host();
+    let far = silent.host("c8c801/24");
     let mut srv = server(&far, &["stream-server", "c8c801", "3"]);
-    let _relay = silent.relay_to(&far);
     connecting.success(T);
     srv.success(T);
 }
@@ -535,9 +532,8 @@ fn a_second_blocking_connect_waits_for_the_first() {
     cmd.stdout(Stdio::piped());
     let mut connecting = Proc::spawn("serval_test connect-twice", &mut cmd);
     connecting.wait_ready("connecting");
-    let far = silent.host();
+    let far = silent.host("c2c201/24");
     let mut srv = server(&far, &["stream-server", "c2c201", "2"]);
-    let _relay = silent.relay_to(&far);
     connecting.success(T);
     srv.success(T);
 }
@@ -546,7 +542,7 @@ fn a_second_blocking_connect_waits_for_the_first() {
 /// connect is in flight waits that long in all, as TCP's (checked against
 /// Linux's TCP, its first SYN dropped: `EAGAIN` after 2.5 s of 2.5): the
 /// connect completes once the host comes up, a second or more in (the
-/// SYNs that waited at its address are relayed to it), and the read then
+/// SYNs that waited at its address are held until it listens), and the read then
 /// waits for data only for what is left of its timeout (it
 /// waited the whole timeout again on the flow: 5.5 s or more). Nobody
 /// answers for the service until a host comes up for it, a second after
@@ -563,9 +559,8 @@ fn a_read_waiting_for_a_connect_waits_its_timeout_in_all() {
     // The connect completes once the host is up, a second or more in:
     // what the read waited on the flow is then plain to see.
     std::thread::sleep(Duration::from_secs(1));
-    let far = silent.host();
+    let far = silent.host("cdcd01/24");
     let mut srv = server(&far, &["stream-server", "cdcd01", "1"]);
-    let _relay = silent.relay_to(&far);
     connecting.success(T);
     srv.success(T);
 }

@@ -7,6 +7,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -126,10 +127,33 @@ impl Sald {
 
     /// A sald whose UDP link is `udp`, with `extra` arguments.
     pub fn start_with(udp: SocketAddrV4, extra: &[&str]) -> Sald {
+        Sald::spawn(udp, extra, None)
+    }
+
+    /// A sald whose UDP link is `udp`, with `extra` arguments and, if
+    /// given, a socket bound to `udp` passed as a service manager would
+    /// (`LISTEN_PID`, `LISTEN_FDS`) and a config file's text.
+    fn spawn(udp: SocketAddrV4, extra: &[&str], passed: Option<(UdpSocket, &str)>) -> Sald {
         let dir = tempfile::tempdir().expect("tempdir");
         let control = dir.path().join("sald.sock");
         let log = std::fs::File::create(dir.path().join("sald.log")).expect("log");
-        let mut cmd = Command::new(binary("sald"));
+        let mut cmd = match &passed {
+            None => Command::new(binary("sald")),
+            Some((socket, config)) => {
+                let file = dir.path().join("sald.toml");
+                std::fs::write(&file, config).expect("sald.toml");
+                let mut cmd = Command::new("sh");
+                // `exec` keeps the shell's process id, which LISTEN_PID
+                // must name.
+                cmd.arg("-c")
+                    .arg(r#"export LISTEN_PID=$$ LISTEN_FDS=1; exec "$0" "$@""#)
+                    .arg(binary("sald"))
+                    .arg("--config")
+                    .arg(file);
+                pass_as_fd3(&mut cmd, socket.as_raw_fd());
+                cmd
+            }
+        };
         cmd.arg("--udp")
             .arg(udp.to_string())
             .arg("--control")
@@ -141,6 +165,8 @@ impl Sald {
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
         let mut proc = Proc::spawn("sald", &mut cmd);
+        // The child has its copy.
+        drop(passed);
         let deadline = Instant::now() + Duration::from_secs(10);
         while UnixStream::connect(&control).is_err() {
             if Instant::now() > deadline || !matches!(proc.child.try_wait(), Ok(None)) {
@@ -202,21 +228,16 @@ impl Silent {
         Silent(UdpSocket::bind(at).expect("bind a silent UDP socket"))
     }
 
-    /// A sald for a host to come up where the silence is: on another
-    /// port of the same address, not reached yet (see [`Silent::relay_to`]).
-    pub fn host(&self) -> Sald {
-        Sald::start_on(SocketAddrV4::new(*self.address().ip(), free_udp_port()))
-    }
-
-    /// The host comes up where the silence was: what comes to the silent
-    /// address goes on to `host` (the SYNs that waited in the socket
-    /// first), and back, as through a port-forwarding NAT. The address
-    /// never has no socket meanwhile, which would make its refusal end a
-    /// connect that waits for the host.
-    pub fn relay_to(self, host: &Sald) -> Relay {
-        let back =
-            UdpSocket::bind(SocketAddrV4::new(*self.address().ip(), 0)).expect("relay socket");
-        Relay::start(self.0, back, host.udp)
+    /// The host comes up where the silence was: a sald on the silent
+    /// socket itself, passed to it as a service manager would (so the
+    /// address never has no socket, whose refusal would end a connect
+    /// that waits for the host), holding the SYNs for `delayed` (a DELAY
+    /// rule), those that waited in the socket first, until a program binds
+    /// the service.
+    pub fn host(self, delayed: &str) -> Sald {
+        let address = self.address();
+        let config = format!("[[rules]]\nprefix = \"{delayed}\"\ndelay = true\n");
+        Sald::spawn(address, &[], Some((self.0, &config)))
     }
 
     fn address(&self) -> SocketAddrV4 {
@@ -227,67 +248,26 @@ impl Silent {
     }
 }
 
-/// A UDP relay between one client, at the front socket, and `host`, from
-/// the back socket (see [`Silent::relay_to`]); stops when dropped. It
-/// remembers one client (the last sender): enough for one sald, not for
-/// several programs' own hosts at once.
-pub struct Relay {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl Relay {
-    fn start(front: UdpSocket, back: UdpSocket, host: SocketAddrV4) -> Relay {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        use std::sync::{Arc, Mutex};
-        let stop = Arc::new(AtomicBool::new(false));
-        let client = Arc::new(Mutex::new(None));
-        let tick = Some(Duration::from_millis(50));
-        front.set_read_timeout(tick).expect("read timeout");
-        back.set_read_timeout(tick).expect("read timeout");
-        let (front2, back2) = (
-            front.try_clone().expect("front"),
-            back.try_clone().expect("back"),
-        );
-        let up = {
-            let (stop, client) = (Arc::clone(&stop), Arc::clone(&client));
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 65536];
-                while !stop.load(Ordering::Relaxed) {
-                    if let Ok((n, from)) = front.recv_from(&mut buf) {
-                        *client.lock().unwrap() = Some(from);
-                        let _ = back.send_to(&buf[..n], host);
-                    }
-                }
-            })
-        };
-        let down = {
-            let stop = Arc::clone(&stop);
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 65536];
-                while !stop.load(Ordering::Relaxed) {
-                    if let Ok((n, _)) = back2.recv_from(&mut buf) {
-                        if let Some(to) = *client.lock().unwrap() {
-                            let _ = front2.send_to(&buf[..n], to);
-                        }
-                    }
-                }
-            })
-        };
-        Relay {
-            stop,
-            threads: vec![up, down],
-        }
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
-    }
+/// Makes `fd` the child's descriptor 3 (`SD_LISTEN_FDS_START`), open
+/// across `exec`.
+fn pass_as_fd3(cmd: &mut Command, fd: RawFd) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only async-signal-safe calls (`dup2`, `fcntl`) between fork
+    // and exec, on descriptors the child holds.
+    unsafe {
+        cmd.pre_exec(move || {
+            let ok = if fd == 3 {
+                // `dup2` onto itself would keep close-on-exec set.
+                libc::fcntl(3, libc::F_SETFD, 0) == 0
+            } else {
+                libc::dup2(fd, 3) == 3
+            };
+            match ok {
+                true => Ok(()),
+                false => Err(std::io::Error::last_os_error()),
+            }
+        })
+    };
 }
 
 /// A free UDP port on 127.0.0.1: bound to port 0, noted, released.
