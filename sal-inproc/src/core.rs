@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
+use nix::sys::timerfd::{Expiration, TimerFd, TimerSetTimeFlags};
 use sal::proto::{
     ConnectError, Event, FlowExport, Host, HostError, LocalInterface, NotExportable, Refusal,
 };
@@ -155,10 +155,7 @@ impl Core {
             0,
         );
         let deadlines = Arc::new(Deadlines::new(clock, host.poll_timeout()));
-        let timer = TimerFd::new(
-            ClockId::CLOCK_MONOTONIC,
-            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
-        )?;
+        let timer = crate::descriptors::timer()?;
         Ok(Core {
             host,
             link,

@@ -32,10 +32,10 @@ use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::poll::{ppoll, PollFd, PollFlags};
-use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::time::TimeSpec;
 
 use crate::deadline::Deadlines;
+use crate::descriptors::Counter;
 use crate::mirror::Signal;
 use crate::runtime::Inner;
 use crate::spin::Spun;
@@ -100,7 +100,7 @@ pub(crate) struct Gate {
     /// inside leaves (who then clears this and signals it).
     parked: AtomicBool,
     /// The driver thread's private eventfd.
-    wake: EventFd,
+    wake: Counter,
     /// The runtime is gone: the driver thread ends.
     stop: AtomicBool,
     /// Times the driver thread woke up.
@@ -127,7 +127,7 @@ impl Gate {
             entries: AtomicU64::new(0),
             floor: AtomicUsize::new(0),
             parked: AtomicBool::new(false),
-            wake: EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?,
+            wake: Counter::new()?,
             stop: AtomicBool::new(false),
             wakeups: AtomicU64::new(0),
             turns: AtomicU64::new(0),
@@ -153,7 +153,7 @@ impl Gate {
 
     /// Wakes the driver thread.
     fn signal(&self) {
-        let _ = self.wake.write(1);
+        let _ = self.wake.add();
     }
 
     /// Ends the driver thread.
@@ -365,7 +365,7 @@ pub(crate) fn drive_while_away(
             return;
         }
         // Cleared before the counts are read: a signal after this stays.
-        let _ = gate.wake.read();
+        let _ = gate.wake.take();
         let seen = gate.entries.load(Ordering::Relaxed);
         gate.floor.store(gate.inside(), Ordering::SeqCst);
         let mut fds = [PollFd::new(gate.wake.as_fd(), PollFlags::POLLIN)];
@@ -412,7 +412,7 @@ pub(crate) fn drive_while_away(
             if polled[2].revents().is_some_and(|r| !r.is_empty()) {
                 // A late signal of a thread that left while this one was
                 // parking: cleared, or every sleep here returns at once.
-                let _ = gate.wake.read();
+                let _ = gate.wake.take();
             }
             let input =
                 due || (polled[..2].iter()).any(|fd| fd.revents().is_some_and(|r| !r.is_empty()));

@@ -141,6 +141,7 @@ mod clock;
 mod config;
 mod core;
 mod deadline;
+mod descriptors;
 mod ends;
 mod error;
 mod gate;

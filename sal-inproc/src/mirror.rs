@@ -12,7 +12,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use nix::sys::eventfd::{EfdFlags, EventFd};
+use crate::descriptors::Counter;
 
 use crate::Error;
 
@@ -21,7 +21,7 @@ use crate::Error;
 /// without a system call.
 #[derive(Debug)]
 pub(crate) struct Signal {
-    fd: EventFd,
+    fd: Counter,
     /// The eventfd's counter is (or is about to be) non-zero.
     level: AtomicBool,
     /// The level the core's lock holder wants, published at its release.
@@ -38,7 +38,7 @@ pub(crate) struct Signal {
 impl Signal {
     /// A new, lowered eventfd (`EFD_NONBLOCK | EFD_CLOEXEC`).
     pub(crate) fn new() -> Result<Arc<Signal>, Error> {
-        let fd = EventFd::from_value_and_flags(0, EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?;
+        let fd = Counter::new()?;
         Ok(Arc::new(Signal {
             fd,
             level: AtomicBool::new(false),
@@ -53,7 +53,7 @@ impl Signal {
         if !self.level.swap(true, Ordering::AcqRel) {
             // Fails only at a counter of 2^64-2, which one write per change
             // never reaches.
-            let _ = self.fd.write(1);
+            let _ = self.fd.add();
         }
     }
 
@@ -66,7 +66,7 @@ impl Signal {
     /// would swallow every later raise.
     pub(crate) fn lower(&self) {
         // EAGAIN: it was not raised.
-        let _ = self.fd.read();
+        let _ = self.fd.take();
         self.level.store(false, Ordering::Release);
     }
 

@@ -116,7 +116,7 @@ unsafe impl Send for UdpLink {}
 impl UdpLink {
     /// Binds `addr`.
     pub fn bind(addr: SocketAddrV4) -> io::Result<UdpLink> {
-        let socket = UdpSocket::bind(addr)?;
+        let socket = UdpSocket::from(crate::descriptors::own(UdpSocket::bind(addr)?.into()));
         // Best effort: a smaller buffer only drops more under bursts.
         if setsockopt(&socket, sockopt::RcvBufForce, &RECEIVE_BUFFER).is_err() {
             let _ = setsockopt(&socket, sockopt::RcvBuf, &RECEIVE_BUFFER);

@@ -609,3 +609,14 @@ fn a_second_listen_changes_the_backlog_in_process() {
         "listen(1500), then listen(1): {lowered} taken, against {raised}"
     );
 }
+
+/// The engine's own descriptors (its UDP socket, timerfd and eventfds,
+/// opened at the first socket call) never take 0-2, in the in-process
+/// mode as on the daemon path (the C suite's `low-fds`): a program that
+/// closed its standard streams gets them back from its own `socket`,
+/// `connect` and `accept`. The engine's UDP socket used to take 1.
+#[test]
+fn the_engine_s_descriptors_are_never_standard_streams() {
+    let sald = Sald::start_relaying();
+    in_process(&sald, &["low-fds", "10f1"], false).success(T);
+}
