@@ -269,8 +269,18 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
             // (`inproc::handover`), and the daemon path's `connect` then
             // answers (stopping the listener).
             let unspec = given.len() >= 2 && u16::from_ne_bytes([given[0], given[1]]) == 0;
-            if !unspec || !inproc::disconnect(fd) {
-                return inproc::calls::connect(fd);
+            let left = match unspec {
+                true => inproc::disconnect(fd),
+                false => match inproc::calls::connect(fd) {
+                    Some(done) => return done,
+                    // Its connect failed and said so: as TCP's, the
+                    // socket is unconnected and connects anew (on the
+                    // daemon path, where the number goes).
+                    None => inproc::unconnect(fd),
+                },
+            };
+            if !left {
+                return inproc::calls::connect(fd).unwrap_or(Err(libc::ECONNRESET));
             }
         }
         // SAFETY: forwarding the caller's arguments unchanged.

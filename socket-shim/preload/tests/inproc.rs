@@ -620,3 +620,20 @@ fn the_engine_s_descriptors_are_never_standard_streams() {
     let sald = Sald::start_relaying();
     in_process(&sald, &["low-fds", "10f1"], false).success(T);
 }
+
+/// After a failed connect, a socket connects again, as Linux's TCP (the
+/// C suite's `retry` and `inet-retry`, in-process): its error once, then
+/// end of file from a read; a connect reports the failure it had not
+/// reported (`ECONNABORTED`), and the next one starts anew; a connect
+/// that reports the error itself leaves the socket to connect anew at
+/// once. It used to answer `ECONNRESET` for good.
+#[test]
+fn a_socket_connects_again_after_a_failed_connect_in_process() {
+    let sald = Sald::start_relaying();
+    let mut server = in_process(&sald, &["stream-server", "be07", "2"], true);
+    in_process(&sald, &["retry", "dead17", "be07"], false).success(T);
+    let map = ["--in-process", "--map", "7011=dead18", "--map", "7012=be07"];
+    let mut cmd = sald.run(&map, c_program(), &["inet-retry", "7011", "7012"]);
+    Proc::spawn("serval_test inet-retry", &mut cmd).success(T);
+    server.success(T);
+}

@@ -110,9 +110,13 @@ pub(crate) fn accept(fd: RawFd, flags: c_int) -> Res<(RawFd, SockAddr)> {
     data_call(fd, |socket| setup::accept(socket, flags))
 }
 
-/// `connect` on a socket in-process already.
-pub(crate) fn connect(fd: RawFd) -> Res<c_int> {
-    socket(fd)?.connect_again()
+/// `connect` on a socket in-process already; `None` when it may connect
+/// anew (see `Socket::connect_again`).
+pub(crate) fn connect(fd: RawFd) -> Option<Res<c_int>> {
+    match socket(fd) {
+        Ok(socket) => socket.connect_again(),
+        Err(errno) => Some(Err(errno)),
+    }
 }
 
 /// `listen` on a socket in-process already: a listener takes the new

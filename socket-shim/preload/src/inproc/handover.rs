@@ -295,6 +295,21 @@ pub(crate) fn disconnect_at(fd: RawFd) -> bool {
     if listens {
         return socket_at(fd);
     }
+    leave_unconnected(fd, libc::ECONNRESET)
+}
+
+/// The in-process stream at `fd` whose connect failed and reported its
+/// error: its numbers become the daemon path's socket after a failed
+/// connect (its error told), which connects anew, as TCP's unconnected
+/// socket does (the C suite's `retry`). Whether the number is the daemon
+/// path's now (the caller then makes the `connect` there).
+pub(crate) fn unconnect_at(fd: RawFd) -> bool {
+    leave_unconnected(fd, 0)
+}
+
+/// Resets the stream at `fd` and gives its numbers a hung-up placeholder,
+/// an unconnected daemon-path socket whose pending error is `so_error`.
+fn leave_unconnected(fd: RawFd, so_error: libc::c_int) -> bool {
     let Some(_within) = Within::enter() else {
         return false;
     };
@@ -313,7 +328,10 @@ pub(crate) fn disconnect_at(fd: RawFd) -> bool {
         rewatch(numbers);
         return false;
     }
-    let taken = Taken::Disconnected { placeholder };
+    let taken = Taken::Disconnected {
+        placeholder,
+        so_error,
+    };
     let installed = install(&socket, numbers, &taken);
     socket.handover_done(installed, true);
     // Closed: the placeholder hangs up, as after the daemon path's.
@@ -330,8 +348,12 @@ enum Taken {
         queue: OwnedFd,
         control: Arc<ListenerControl>,
     },
-    /// A hung-up placeholder: the flow was reset (`AF_UNSPEC`).
-    Disconnected { placeholder: OwnedFd },
+    /// A hung-up placeholder: the flow was reset (`AF_UNSPEC`, with
+    /// `ECONNRESET` to report), or its connect failed (nothing to report).
+    Disconnected {
+        placeholder: OwnedFd,
+        so_error: libc::c_int,
+    },
 }
 
 impl Taken {
@@ -340,7 +362,7 @@ impl Taken {
         match self {
             Taken::Stream { end, .. } => end,
             Taken::Listener { queue, .. } => queue,
-            Taken::Disconnected { placeholder } => placeholder,
+            Taken::Disconnected { placeholder, .. } => placeholder,
         }
     }
 
@@ -358,10 +380,12 @@ impl Taken {
                     control: Arc::clone(control),
                 };
             }
-            Taken::Disconnected { .. } => {
+            Taken::Disconnected { so_error, .. } => {
                 entry.state = State::Failed;
-                entry.so_error = libc::ECONNRESET;
-                entry.disconnected = entry.gen;
+                entry.so_error = *so_error;
+                if *so_error != 0 {
+                    entry.disconnected = entry.gen;
+                }
             }
         }
     }

@@ -141,6 +141,17 @@
 //! on the stream fails with `EPIPE`. A listener goes to sald, whose daemon
 //! path stops it, bound still.
 //!
+//! # connect after a failed connect
+//!
+//! As Linux's TCP (measured, 6.18): a failed connect's error is reported
+//! once, by whichever call comes first; reads then give end of file. A
+//! `connect` reports the failure (its error, or `ECONNABORTED` if another
+//! call reported that), and the socket is unconnected from then on: the
+//! next `connect` starts anew, on the daemon path (the numbers become an
+//! unconnected daemon-path socket, `handover::unconnect_at`). The daemon
+//! path's own sockets answer `ENOTCONN` to such reads and connect again
+//! at once.
+//!
 //! # Not done
 //!
 //! - glibc's stdio and `sendfile`/`splice` reach a descriptor through
@@ -210,7 +221,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 pub(crate) use engine::runtime;
 pub(crate) use handover::{before_exec, before_spawn, exec_failed};
-pub(crate) use handover::{disconnect_at as disconnect, socket_at as hand_over};
+pub(crate) use handover::{
+    disconnect_at as disconnect, socket_at as hand_over, unconnect_at as unconnect,
+};
 pub(crate) use poll::{concerns, poll};
 pub(crate) use registry::live as is;
 pub(crate) use registry::reap;

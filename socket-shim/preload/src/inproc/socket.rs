@@ -59,6 +59,10 @@ pub(crate) struct Socket {
     /// A non-blocking connect returned `EINPROGRESS` and no `connect`
     /// has said it completed: the next one returns 0, as TCP's.
     untold: AtomicBool,
+    /// A `connect` saw the connect fail (reported its error, or
+    /// `ECONNABORTED` once another call had): the next connects anew, as
+    /// TCP's socket, unconnected from then on.
+    unconnected: AtomicBool,
     /// A forked child closed its copy of the listener's relay connection
     /// ([`Socket::forked`]).
     relay_closed: AtomicBool,
@@ -188,6 +192,7 @@ impl Socket {
             nonblock: AtomicBool::new(nonblock),
             options: Mutex::new(options),
             untold: AtomicBool::new(false),
+            unconnected: AtomicBool::new(false),
             relay_closed: AtomicBool::new(false),
             handover: AtomicU8::new(KEPT),
             connecting_at_fork: AtomicBool::new(false),
@@ -683,11 +688,15 @@ impl Socket {
     /// `connect` on a socket that is in-process already: as TCP's, a
     /// connect completed in the background is told once (0), then
     /// `EISCONN`; one still in flight is `EALREADY`, or waited for by a
-    /// blocking call; a failed one's error is reported once.
-    pub(crate) fn connect_again(&self) -> Res<c_int> {
-        let stream = match self.object()? {
-            Object::Stream(stream) => stream,
-            Object::Listener { .. } => return Err(libc::EISCONN),
+    /// blocking call; a failed one's error is reported once (by this or
+    /// another call; `ECONNABORTED` when another call reported it, as
+    /// Linux's), and then the socket is unconnected: `None`, it connects
+    /// anew (see `handover::unconnect_at`).
+    pub(crate) fn connect_again(&self) -> Option<Res<c_int>> {
+        let stream = match self.object() {
+            Ok(Object::Stream(stream)) => stream,
+            Ok(Object::Listener { .. }) => return Some(Err(libc::EISCONN)),
+            Err(errno) => return Some(Err(errno)),
         };
         let mode = match self.nonblock() {
             true => Mode::NonBlocking,
@@ -696,7 +705,7 @@ impl Socket {
         let interruptible = interruptible(mode);
         let outcome = stream.finish_connect(mode);
         drop(interruptible);
-        match outcome {
+        Some(match outcome {
             Ok(()) if self.untold.swap(false, Ordering::Relaxed) => Ok(0),
             Ok(()) => Err(libc::EISCONN),
             // Still in flight: at once, or after the send timeout, as TCP's
@@ -704,14 +713,23 @@ impl Socket {
             Err(Error::WouldBlock) => Err(libc::EALREADY),
             // The connect goes on.
             Err(Error::Interrupted) => Err(libc::EINTR),
-            // The error of a failed connect, reported once; later calls
-            // get `ECONNRESET` (TCP's socket would be unconnected again
-            // and could connect anew: not in this slice).
+            // The error of a failed connect, reported once; after it, the
+            // socket is unconnected, as TCP's.
+            Err(error @ (Error::Refused | Error::NoRoute | Error::TimedOut)) => {
+                let taken = stream.take_error().is_some();
+                match self.unconnected.swap(true, Ordering::Relaxed) {
+                    false if taken => Err(errno(&error)),
+                    false => Err(libc::ECONNABORTED),
+                    true => return None,
+                }
+            }
+            // A reset's error once, then `ECONNRESET` (the flow was
+            // established: it never connects again).
             Err(error) => Err(match stream.take_error() {
                 Some(_) => errno(&error),
                 None => libc::ECONNRESET,
             }),
-        }
+        })
     }
 
     /// `SO_ERROR`: a failed connect's error, or a reset's (`ECONNRESET`,
