@@ -559,7 +559,7 @@ impl Core {
     ) -> Result<(Key, FlowId, StreamSignals), Error> {
         // The eventfds first, as for accept: a process out of descriptors
         // gets `EMFILE` before the host makes a flow (and a SYN) for it.
-        let mirrors = self.mirrors(false)?;
+        let mirrors = self.mirrors(false, true)?;
         let connected = (self.host).connect(service, sal::wire::TransportProtocol::Stream);
         let id = match connected {
             Ok(id) => id,
@@ -590,7 +590,7 @@ impl Core {
         {
             return Err(Error::NotListening);
         }
-        let mirrors = self.mirrors(true)?;
+        let mirrors = self.mirrors(true, false)?;
         let taken = self.host.accept(listener);
         if let Some(entry) = self.listeners.get_mut(&listener) {
             match taken {
@@ -613,10 +613,18 @@ impl Core {
     }
 
     /// A new stream's readable and writable mirrors, at `ready` (until
-    /// the caller sets them; spares at that level are taken first).
-    fn mirrors(&mut self, ready: bool) -> Result<(Mirror, Mirror), Error> {
+    /// the caller sets them; spares at that level are taken first). The
+    /// writable one's eventfd is made now only if `waited_for` (a connect
+    /// is: its outcome shows there); otherwise when somebody first waits
+    /// for room, which most accepted streams never do (one descriptor
+    /// less each).
+    fn mirrors(&mut self, ready: bool, waited_for: bool) -> Result<(Mirror, Mirror), Error> {
         let readable = Mirror::new(&mut self.spares, ready, &mut self.pending)?;
-        match Mirror::new(&mut self.spares, ready, &mut self.pending) {
+        let writable = match waited_for {
+            true => Mirror::new(&mut self.spares, ready, &mut self.pending),
+            false => Ok(Mirror::lazy(ready, &mut self.pending)),
+        };
+        match writable {
             Ok(writable) => Ok((readable, writable)),
             Err(error) => {
                 self.spares.give(readable.into_signal());

@@ -113,9 +113,14 @@
 //!   keeps nothing per packet. [`Runtime::host_stats`],
 //!   [`Runtime::half_open_count`] and [`Runtime::flow_count`] show what it
 //!   dropped and what it kept (`tests/hostile.rs`).
-//! - **Out of descriptors**: each stream takes two eventfds, made before
-//!   the flow is taken, so a connect or accept at `RLIMIT_NOFILE` fails
-//!   with `EMFILE` and changes nothing: an accept leaves its flow queued
+//! - **Out of descriptors**: each stream takes an eventfd for input, and
+//!   one for output: a connect's at once (its outcome shows there), an
+//!   accepted stream's only when something first waits for room (most
+//!   never do: a server's flows then cost one eventfd each). Those a
+//!   call needs are made before the flow is taken, so a connect or accept
+//!   at `RLIMIT_NOFILE` fails with `EMFILE` and changes nothing (a wait
+//!   for room that cannot make its eventfd fails with `EMFILE` too): an
+//!   accept leaves its flow queued
 //!   and the listener readable, as Linux's does (a level-triggered poller
 //!   retries until descriptors are free). Eventfds made for an accept
 //!   that found the queue empty wait among the spares for the next stream

@@ -26,8 +26,9 @@ impl Listener {
         }
     }
 
-    /// Readable exactly while an established flow waits to be accepted.
-    pub fn readable_fd(&self) -> BorrowedFd<'_> {
+    /// Readable exactly while an established flow waits to be accepted
+    /// (made at the first call: `EMFILE` and the like if it cannot be).
+    pub fn readable_fd(&self) -> Result<BorrowedFd<'_>, Error> {
         self.readable.fd()
     }
 

@@ -166,7 +166,7 @@ impl EngineLock {
             None => {
                 let mut fds = [
                     PollFd::new(own, PollFlags::POLLIN),
-                    PollFd::new(me.fd(), PollFlags::POLLIN),
+                    PollFd::new(me.fd()?, PollFlags::POLLIN),
                 ];
                 let mask = interrupt::sleep_mask();
                 let polled = ppoll(&mut fds, timeout, mask);

@@ -9,8 +9,8 @@
 //! empties) costs no system call and wakes nobody.
 
 use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use crate::descriptors::Counter;
 
@@ -21,7 +21,11 @@ use crate::Error;
 /// without a system call.
 #[derive(Debug)]
 pub(crate) struct Signal {
-    fd: Counter,
+    /// The eventfd: made with the signal, or for a mirror when first
+    /// asked for ([`Signal::fd`]): most streams are never waited on for
+    /// room, and their writable mirror then costs no descriptor and no
+    /// system call.
+    fd: OnceLock<Counter>,
     /// The eventfd's counter is (or is about to be) non-zero.
     level: AtomicBool,
     /// The level the core's lock holder wants, published at its release.
@@ -38,22 +42,34 @@ pub(crate) struct Signal {
 impl Signal {
     /// A new, lowered eventfd (`EFD_NONBLOCK | EFD_CLOEXEC`).
     pub(crate) fn new() -> Result<Arc<Signal>, Error> {
-        let fd = Counter::new()?;
-        Ok(Arc::new(Signal {
-            fd,
+        let signal = Signal::lazy();
+        let _ = signal.fd.set(Counter::new()?);
+        Ok(signal)
+    }
+
+    /// A lowered signal whose eventfd is made when first asked for.
+    pub(crate) fn lazy() -> Arc<Signal> {
+        Arc::new(Signal {
+            fd: OnceLock::new(),
             level: AtomicBool::new(false),
             want: AtomicBool::new(false),
             order: Mutex::new(()),
-        }))
+        })
     }
 
     /// Makes it readable (wakes whoever waits on it); no system call if it
-    /// already is.
+    /// already is, or has no eventfd yet.
     pub(crate) fn raise(&self) {
         if !self.level.swap(true, Ordering::AcqRel) {
-            // Fails only at a counter of 2^64-2, which one write per change
-            // never reaches.
-            let _ = self.fd.add();
+            // Against [`Signal::fd`] making the eventfd meanwhile: it sets
+            // the eventfd, then looks at the level; this sets the level,
+            // then looks for the eventfd. One of the two sees the other's.
+            fence(Ordering::SeqCst);
+            if let Some(fd) = self.fd.get() {
+                // Fails only at a counter of 2^64-2, which one write per
+                // change never reaches.
+                let _ = fd.add();
+            }
         }
     }
 
@@ -65,8 +81,10 @@ impl Signal {
     /// sees and lowers; never a mark up on a descriptor not readable, which
     /// would swallow every later raise.
     pub(crate) fn lower(&self) {
-        // EAGAIN: it was not raised.
-        let _ = self.fd.take();
+        if let Some(fd) = self.fd.get() {
+            // EAGAIN: it was not raised.
+            let _ = fd.take();
+        }
         self.level.store(false, Ordering::Release);
     }
 
@@ -95,9 +113,26 @@ impl Signal {
         }
     }
 
-    /// The descriptor, to wait on.
-    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+    /// The descriptor, to wait on: made now if it was not yet, at the
+    /// signal's level (`EMFILE` and the like if it cannot be).
+    pub(crate) fn fd(&self) -> Result<BorrowedFd<'_>, Error> {
+        if let Some(fd) = self.fd.get() {
+            return Ok(fd.as_fd());
+        }
+        // Made once, and not while a publication changes the level.
+        let _order = self.order.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(fd) = self.fd.get() {
+            return Ok(fd.as_fd());
+        }
+        let counter = Counter::new()?;
+        let fd = self.fd.get_or_init(|| counter);
+        // See [`Signal::raise`]. Raised twice (by both) is harmless: a
+        // read takes the whole counter.
+        fence(Ordering::SeqCst);
+        if self.level.load(Ordering::Acquire) {
+            let _ = fd.add();
+        }
+        Ok(fd.as_fd())
     }
 }
 
@@ -118,7 +153,18 @@ impl Mirror {
         ready: bool,
         pending: &mut Vec<Arc<Signal>>,
     ) -> Result<Mirror, Error> {
-        let signal = spares.take(ready)?;
+        let mirror = Mirror::on(spares.take(ready), ready, pending);
+        mirror.signal.fd()?;
+        Ok(mirror)
+    }
+
+    /// [`Mirror::new`], whose eventfd is made only when first asked for
+    /// ([`Signal::fd`]). Never a spare: those are kept for their eventfds.
+    pub(crate) fn lazy(ready: bool, pending: &mut Vec<Arc<Signal>>) -> Mirror {
+        Mirror::on(Signal::lazy(), ready, pending)
+    }
+
+    fn on(signal: Arc<Signal>, ready: bool, pending: &mut Vec<Arc<Signal>>) -> Mirror {
         let level = signal.is_raised();
         signal.want.store(level, Ordering::Relaxed);
         let mut mirror = Mirror {
@@ -126,7 +172,7 @@ impl Mirror {
             ready: level,
         };
         mirror.set(ready, pending);
-        Ok(mirror)
+        mirror
     }
 
     /// The descriptor, for [`Spares::give`] once its object is gone.
@@ -165,6 +211,10 @@ impl Spares {
     /// the level it needs, so an accept that found the queue empty and
     /// gives back the eventfds it took costs no system call).
     pub(crate) fn give(&mut self, signal: Arc<Signal>) {
+        if signal.fd.get().is_none() {
+            // Nothing to save on a new one.
+            return;
+        }
         signal
             .want
             .store(signal.level.load(Ordering::Acquire), Ordering::Relaxed);
@@ -176,14 +226,14 @@ impl Spares {
     /// An eventfd that nobody else holds: a spare, at its last level (one
     /// at `ready` if there is one, which its object then costs no system
     /// call to set), or a new, lowered one.
-    fn take(&mut self, ready: bool) -> Result<Arc<Signal>, Error> {
+    fn take(&mut self, ready: bool) -> Arc<Signal> {
         let free = |s: &Arc<Signal>| Arc::strong_count(s) == 1;
         let free = (self.0.iter())
             .rposition(|s| free(s) && s.is_raised() == ready)
             .or_else(|| self.0.iter().rposition(free));
         match free {
-            Some(i) => Ok(self.0.swap_remove(i)),
-            None => Signal::new(),
+            Some(i) => self.0.swap_remove(i),
+            None => Signal::lazy(),
         }
     }
 }
@@ -196,7 +246,7 @@ mod tests {
 
     /// Whether the eventfd itself is readable now (not the cached level).
     fn readable(signal: &Signal) -> bool {
-        let mut fds = [PollFd::new(signal.fd(), PollFlags::POLLIN)];
+        let mut fds = [PollFd::new(signal.fd().unwrap(), PollFlags::POLLIN)];
         poll(&mut fds, PollTimeout::ZERO).expect("poll") == 1
     }
 
@@ -272,5 +322,34 @@ mod tests {
         let lowered = Mirror::new(&mut spares, false, &mut pending).unwrap();
         assert!(pending.is_empty(), "a lowered spare for a lowered start");
         assert!(!lowered.signal().is_raised());
+    }
+
+    /// A lazy mirror costs no descriptor until asked for one, which then
+    /// shows the level it has; raises and lowerings after reach it as
+    /// any. Spares keep only signals with an eventfd.
+    #[test]
+    fn a_lazy_mirror_s_eventfd_is_made_at_its_level() {
+        let mut pending = Vec::new();
+        let mut mirror = Mirror::lazy(false, &mut pending);
+        mirror.set(true, &mut pending);
+        for signal in std::mem::take(&mut pending) {
+            signal.publish();
+        }
+        let signal = mirror.signal();
+        assert!(
+            signal.fd.get().is_none(),
+            "no eventfd before it is asked for"
+        );
+        assert!(signal.is_raised() && readable(&signal), "made raised");
+        mirror.set(false, &mut pending);
+        for signal in std::mem::take(&mut pending) {
+            signal.publish();
+        }
+        assert!(!signal.is_raised() && !readable(&signal), "then lowered");
+        let mut spares = Spares::default();
+        spares.give(Mirror::lazy(true, &mut pending).into_signal());
+        assert!(spares.0.is_empty(), "a spare without an eventfd was kept");
+        spares.give(mirror.into_signal());
+        assert_eq!(spares.0.len(), 1);
     }
 }

@@ -479,7 +479,7 @@ impl Runtime {
             let follower = inside.wake_signal().filter(|_| role != Role::Poller);
             let Some(me) = follower else {
                 let fds: [BorrowedFd<'_>; 3] =
-                    [self.inner.udp.as_fd(), self.inner.timer.as_fd(), own.fd()];
+                    [self.inner.udp.as_fd(), self.inner.timer.as_fd(), own.fd()?];
                 let mut polled = fds.map(|fd| PollFd::new(fd, PollFlags::POLLIN));
                 let sleeper = self.inner.deadlines.sleep();
                 let limit = sleeper.timeout(left()).map(Duration::from);
@@ -502,12 +502,12 @@ impl Runtime {
                     // once it lets go (what is left of the deadline).
                     None => {
                         let left = left().map(TimeSpec::from_duration);
-                        let core = self.inner.core.wait_release(own.fd(), left)?;
+                        let core = self.inner.core.wait_release(own.fd()?, left)?;
                         Ok((core, true))
                     }
                 };
             };
-            let mut polled = [me.fd(), own.fd()].map(|fd| PollFd::new(fd, PollFlags::POLLIN));
+            let mut polled = [me.fd()?, own.fd()?].map(|fd| PollFd::new(fd, PollFlags::POLLIN));
             let watched = if role == Role::Watcher { 2 } else { 1 };
             // After a catch the eventfd is readable, or about to be (its
             // level is set before its write): the sleep below returns at

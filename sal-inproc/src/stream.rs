@@ -118,15 +118,17 @@ impl Stream {
     }
 
     /// Readable exactly while a read would not block: bytes, end of stream,
-    /// or an error (a failed connect included).
-    pub fn readable_fd(&self) -> BorrowedFd<'_> {
+    /// or an error (a failed connect included). Made at the first call
+    /// (`EMFILE` and the like if it cannot be), as the others.
+    pub fn readable_fd(&self) -> Result<BorrowedFd<'_>, Error> {
         self.readable.fd()
     }
 
     /// Readable exactly while a write would not block: room in the send
     /// buffer, or an error (a failed connect, a flow shut for sending).
-    /// Not before the flow is established.
-    pub fn writable_fd(&self) -> BorrowedFd<'_> {
+    /// Not before the flow is established. Made at the first call (most
+    /// streams are never waited on for room).
+    pub fn writable_fd(&self) -> Result<BorrowedFd<'_>, Error> {
         self.writable.fd()
     }
 
@@ -143,12 +145,12 @@ impl Stream {
     pub fn ends_fd(&self, which: EndsSignal) -> Result<BorrowedFd<'_>, Error> {
         let slot = &self.ends_signals[which.index()];
         if let Some(signal) = slot.get() {
-            return Ok(signal.fd());
+            return signal.fd();
         }
         let key = self.key;
         let signal =
             (self.runtime).call(Mode::NonBlocking, None, |core| core.ends_signal(key, which))?;
-        Ok(slot.get_or_init(|| signal).fd())
+        slot.get_or_init(|| signal).fd()
     }
 
     /// The error a reset left, taken, as `SO_ERROR` takes a TCP socket's:

@@ -101,14 +101,17 @@ mod tests {
         let parent = current().expect("waker");
         let again = current().expect("waker");
         assert!(Arc::ptr_eq(&parent.signal, &again.signal), "not kept");
-        let parent_fd = parent.signal.fd().as_raw_fd();
+        let parent_fd = parent.signal.fd().unwrap().as_raw_fd();
         // SAFETY: no pointers; the child only checks and `_exit`s.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0, "fork");
         if pid == 0 {
             let ok = current().is_some_and(|child| {
                 !Arc::ptr_eq(&child.signal, &parent.signal)
-                    && child.signal.fd().as_raw_fd() != parent_fd
+                    && child
+                        .signal
+                        .fd()
+                        .is_ok_and(|fd| fd.as_raw_fd() != parent_fd)
                     && child.pid == std::process::id()
                     && child.id != parent.id
             });

@@ -124,30 +124,39 @@ fn readiness_descriptors_tell_the_truth() {
     const BUFFER: usize = 64 * 1024;
     let (server, listener) = server(|c| c.max_recv_buffer = BUFFER);
     let client = client(&server, |c| c.max_send_buffer = BUFFER);
-    assert!(!ready(listener.readable_fd(), 50), "no flow to accept yet");
+    assert!(
+        !ready(listener.readable_fd().unwrap(), 50),
+        "no flow to accept yet"
+    );
     let stream = client.connect(service(), Mode::Blocking).expect("connect");
-    assert!(ready(listener.readable_fd(), 2000), "a flow to accept");
+    assert!(
+        ready(listener.readable_fd().unwrap(), 2000),
+        "a flow to accept"
+    );
     let accepted = listener.accept(Mode::Blocking).expect("accept");
     assert!(
-        !ready(listener.readable_fd(), 0),
+        !ready(listener.readable_fd().unwrap(), 0),
         "the queue is empty again"
     );
 
     assert!(
-        !ready(accepted.readable_fd(), 100),
+        !ready(accepted.readable_fd().unwrap(), 100),
         "nothing to read before data"
     );
-    assert!(ready(stream.writable_fd(), 0), "a fresh flow is writable");
+    assert!(
+        ready(stream.writable_fd().unwrap(), 0),
+        "a fresh flow is writable"
+    );
     assert_eq!(stream.write(b"hello", Mode::Blocking).unwrap(), 5);
     assert!(
-        ready(accepted.readable_fd(), 2000),
+        ready(accepted.readable_fd().unwrap(), 2000),
         "readable once data came"
     );
     let mut buf = [0u8; 16];
     assert_eq!(accepted.read(&mut buf, Mode::NonBlocking).unwrap(), 5);
     assert_eq!(&buf[..5], b"hello");
     assert!(
-        !ready(accepted.readable_fd(), 0),
+        !ready(accepted.readable_fd().unwrap(), 0),
         "not readable once drained"
     );
 
@@ -159,32 +168,35 @@ fn readiness_descriptors_tell_the_truth() {
     loop {
         match stream.write(&chunk, Mode::NonBlocking) {
             Ok(n) => written += n,
-            Err(Error::WouldBlock) if !ready(stream.writable_fd(), 200) => break,
+            Err(Error::WouldBlock) if !ready(stream.writable_fd().unwrap(), 200) => break,
             Err(Error::WouldBlock) => {}
             Err(error) => panic!("write: {error}"),
         }
         assert!(Instant::now() < limit, "the send buffer never filled");
     }
     assert!(written >= BUFFER, "{written} bytes fit");
-    assert!(!ready(stream.writable_fd(), 300), "not writable while full");
+    assert!(
+        !ready(stream.writable_fd().unwrap(), 300),
+        "not writable while full"
+    );
     let mut sink = vec![0u8; 256 * 1024];
     let mut drained = 0;
     while drained < written {
         drained += accepted.read(&mut sink, Mode::Blocking).expect("drain");
     }
     assert!(
-        ready(stream.writable_fd(), 2000),
+        ready(stream.writable_fd().unwrap(), 2000),
         "writable once the peer read"
     );
 
     stream.shutdown_write().unwrap();
     assert!(
-        ready(accepted.readable_fd(), 2000),
+        ready(accepted.readable_fd().unwrap(), 2000),
         "readable at end of stream"
     );
     assert_eq!(accepted.read(&mut buf, Mode::NonBlocking).unwrap(), 0);
     assert!(
-        ready(stream.writable_fd(), 0),
+        ready(stream.writable_fd().unwrap(), 0),
         "shut for writing: writes fail at once"
     );
     assert!(matches!(
@@ -337,7 +349,7 @@ fn non_blocking_calls_would_block_then_complete_after_driving() {
         Err(Error::WouldBlock)
     ));
     assert!(
-        !ready(stream.writable_fd(), 50),
+        !ready(stream.writable_fd().unwrap(), 50),
         "not writable while connecting"
     );
     // The server answers the SYN (on this call's drive); its flow is not
@@ -346,7 +358,10 @@ fn non_blocking_calls_would_block_then_complete_after_driving() {
         listener.accept(Mode::NonBlocking),
         Err(Error::WouldBlock)
     ));
-    assert!(ready(stream.writable_fd(), 2000), "writable once connected");
+    assert!(
+        ready(stream.writable_fd().unwrap(), 2000),
+        "writable once connected"
+    );
     stream.finish_connect(Mode::NonBlocking).expect("connected");
     let mut buf = [0u8; 8];
     assert!(matches!(
@@ -355,7 +370,7 @@ fn non_blocking_calls_would_block_then_complete_after_driving() {
     ));
 
     let limit = Instant::now() + Duration::from_secs(2);
-    while !ready(listener.readable_fd(), 10) {
+    while !ready(listener.readable_fd().unwrap(), 10) {
         assert!(
             Instant::now() < limit,
             "the ACK never made the flow acceptable"
@@ -368,7 +383,7 @@ fn non_blocking_calls_would_block_then_complete_after_driving() {
         Err(Error::WouldBlock)
     ));
     assert_eq!(stream.write(b"ping", Mode::NonBlocking).unwrap(), 4);
-    while !ready(accepted.readable_fd(), 10) {
+    while !ready(accepted.readable_fd().unwrap(), 10) {
         assert!(
             Instant::now() < limit,
             "the data never made the flow readable"
@@ -485,9 +500,12 @@ fn a_failed_connect_shows_on_both_descriptors_and_leaves_other_flows_alone() {
     let client = client(&server, |_| {});
     let nobody: ServiceId = "c0ec7002".parse().unwrap();
     let failed = client.connect(nobody, Mode::NonBlocking).expect("connect");
-    assert!(ready(failed.readable_fd(), 2000), "the error is readable");
+    assert!(
+        ready(failed.readable_fd().unwrap(), 2000),
+        "the error is readable"
+    );
     // (Raised one after the other, in one turn.)
-    assert!(ready(failed.writable_fd(), 2000), "and writable");
+    assert!(ready(failed.writable_fd().unwrap(), 2000), "and writable");
     let error = failed.finish_connect(Mode::NonBlocking).unwrap_err();
     assert_eq!(error.errno(), libc::ENETUNREACH, "{error:?}");
     assert!(failed.ends().hung_up && failed.ends().error);
@@ -547,7 +565,7 @@ fn reset_after_reply(fin_first: bool) -> (Runtime, Runtime, Stream) {
         );
     }
     assert_eq!(stream.write(b"unread", Mode::Blocking).unwrap(), 6);
-    assert!(ready(accepted.readable_fd(), 2000));
+    assert!(ready(accepted.readable_fd().unwrap(), 2000));
     // Closed with unread bytes: the flow is reset, as a kernel socket's.
     accepted.close().expect("close");
     let hung_up = stream.ends_fd(EndsSignal::HungUp).expect("fd");
@@ -567,7 +585,7 @@ fn a_reset_reads_its_bytes_then_econnreset_once_then_end_of_stream() {
         error: true,
     };
     assert_eq!(stream.ends(), all);
-    assert!(ready(stream.readable_fd(), 0) && ready(stream.writable_fd(), 0));
+    assert!(ready(stream.readable_fd().unwrap(), 0) && ready(stream.writable_fd().unwrap(), 0));
     let mut buf = [0; 16];
     for _ in 0..2 {
         assert_eq!(stream.peek(&mut buf, Mode::NonBlocking).unwrap(), 5);
@@ -640,7 +658,7 @@ fn a_stream_hangs_up_once_both_directions_are_over() {
     assert_eq!(accepted.write(b"bytes", Mode::Blocking).unwrap(), 5);
     accepted.shutdown_write().expect("FIN");
     assert!(ready(stream.ends_fd(EndsSignal::ReadClosed).unwrap(), 2000));
-    assert!(ready(stream.readable_fd(), 0));
+    assert!(ready(stream.readable_fd().unwrap(), 0));
     assert!(!ready(hung_up, 100), "half closed: no hang-up");
     stream.shutdown_write().expect("our FIN");
     assert!(ready(hung_up, 2000), "both directions over");
@@ -984,7 +1002,7 @@ fn shutting_the_read_side_wakes_a_blocked_reader_with_end_of_stream() {
     let stream = client.connect(service(), Mode::Blocking).expect("connect");
     let accepted = listener.accept(Mode::Blocking).expect("accept");
     assert_eq!(stream.write(b"queued", Mode::Blocking).unwrap(), 6);
-    assert!(ready(accepted.readable_fd(), 2000));
+    assert!(ready(accepted.readable_fd().unwrap(), 2000));
     accepted.shutdown_read().expect("shutdown");
     let mut buf = [0; 16];
     let n = accepted
@@ -1009,7 +1027,7 @@ fn shutting_the_read_side_wakes_a_blocked_reader_with_end_of_stream() {
         assert!(after, "the read returned before the shutdown");
     });
     assert!(
-        ready(accepted2.readable_fd(), 0),
+        ready(accepted2.readable_fd().unwrap(), 0),
         "readable: reads end at once"
     );
     // The other direction still works.
@@ -1045,7 +1063,7 @@ fn stopping_a_listener_wakes_a_blocked_accept_and_unbinds_it() {
         assert!(after, "the accept returned before the stop");
     });
     assert!(
-        ready(listener.readable_fd(), 0),
+        ready(listener.readable_fd().unwrap(), 0),
         "readable: accepts fail at once"
     );
     let error = listener.accept(Mode::Blocking).map(drop).unwrap_err();
@@ -1329,7 +1347,7 @@ fn an_exported_stream_carries_its_unread_bytes_and_leaves_the_peer_alone() {
     let (server, listener) = server(|_| {});
     let (_client, stream, accepted) = connected(&server, &listener, |_| {});
     assert_eq!(accepted.write(b"reply", Mode::Blocking).unwrap(), 5);
-    assert!(ready(stream.readable_fd(), 2000));
+    assert!(ready(stream.readable_fd().unwrap(), 2000));
     match stream.export(4, Duration::from_secs(2)) {
         Err(Error::Host(HostError::NotExportable(NotExportable::Buffered {
             buffered: 5,
@@ -1361,7 +1379,7 @@ fn an_exported_stream_carries_its_unread_bytes_and_leaves_the_peer_alone() {
     // An export nobody took comes back: the stream goes on, both ways.
     let (_client, stream, accepted) = connected(&server, &listener, |_| {});
     assert_eq!(accepted.write(b"before", Mode::Blocking).unwrap(), 6);
-    assert!(ready(stream.readable_fd(), 2000));
+    assert!(ready(stream.readable_fd().unwrap(), 2000));
     let export = stream
         .export(usize::MAX, Duration::from_secs(2))
         .expect("export");

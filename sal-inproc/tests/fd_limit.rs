@@ -143,7 +143,7 @@ fn running_out_of_descriptors_is_emfile_and_the_engine_keeps_serving() {
         "EMFILE only at the deadline"
     );
     assert!(
-        readable(listener.readable_fd()),
+        readable(listener.readable_fd().unwrap()),
         "the listener no longer polls readable"
     );
 

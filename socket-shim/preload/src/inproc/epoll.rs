@@ -481,7 +481,12 @@ pub(crate) fn ctl(epfd: RawFd, op: c_int, fd: RawFd, event: Option<epoll_event>)
     // `Socket` closes its flow (a concurrent `close` may have left this
     // one the last).
     let socket = registry::get(fd);
-    let out = socket.as_ref().and_then(|socket| socket.writable_fd());
+    // The writable eventfd is made only for an interest in output.
+    let wants_out = event.is_some_and(|event| event.events & OUT != 0);
+    let out = match socket.as_ref().filter(|_| wants_out) {
+        Some(socket) => socket.writable_fd()?,
+        None => None,
+    };
     let result = {
         let mut locked = lock();
         locked.prune(fd, epfd);

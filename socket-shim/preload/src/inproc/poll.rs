@@ -162,7 +162,7 @@ fn poll_once(
             }
         }
         if p.events & OUT != 0 {
-            if let Some(writable) = socket.writable_fd() {
+            if let Some(writable) = socket.writable_fd()? {
                 set.push(entry(writable, libc::POLLIN));
                 roles.push(Role::Writable(i));
             }

@@ -199,7 +199,7 @@ pub(crate) fn accept(listener: &Socket, flags: c_int) -> Res<(RawFd, SockAddr)> 
         // Nothing to take (see `Socket::accept`): no number either.
         return Err(listener.accept().err().unwrap_or(libc::EINVAL));
     }
-    let reserve = listener.readable_fd().ok_or(libc::ECONNRESET)?;
+    let reserve = listener.readable_fd().map_err(|_| libc::ECONNRESET)?;
     // SAFETY: no pointers; a copy of the listener's eventfd, holding the
     // number the flow will get.
     let fd = unsafe { real::fcntl(reserve, libc::F_DUPFD_CLOEXEC, 0) };
@@ -219,7 +219,13 @@ pub(crate) fn accept(listener: &Socket, flags: c_int) -> Res<(RawFd, SockAddr)> 
             return Err(errno);
         }
     };
-    let readable = stream.readable_fd().as_raw_fd();
+    let readable = match stream.readable_fd() {
+        Ok(fd) => fd.as_raw_fd(),
+        Err(error) => {
+            unreserve();
+            return Err(errno(&error));
+        }
+    };
     // SAFETY: no pointers; the reserved number becomes a copy of the
     // stream's eventfd.
     if unsafe { real::dup3(readable, fd, libc::O_CLOEXEC) } < 0 {
@@ -264,7 +270,7 @@ pub(crate) fn accept(listener: &Socket, flags: c_int) -> Res<(RawFd, SockAddr)> 
 /// leaves a number the registry's identity check forgets). The program's
 /// epoll registrations of the old file are made again on the new one.
 fn install(fd: RawFd, socket: Arc<Socket>, before: &Before) -> Res<()> {
-    let readable = socket.readable_fd().ok_or(libc::EIO)?;
+    let readable = socket.readable_fd()?;
     let mut stale = Vec::new();
     let mut table = crate::table::lock();
     // One `fstat`, for both this check and the entry's own.

@@ -232,21 +232,26 @@ impl Socket {
     }
 
     /// The engine's writable eventfd of a stream of this process (for
-    /// `poll`'s `POLLOUT`): valid while the socket is held.
-    pub(crate) fn writable_fd(&self) -> Option<RawFd> {
-        match self.object().ok()? {
-            Object::Stream(stream) => Some(stream.writable_fd().as_raw_fd()),
-            Object::Listener { .. } => None,
+    /// `poll`'s `POLLOUT`), made at the first call: valid while the
+    /// socket is held. `None` for anything else.
+    pub(crate) fn writable_fd(&self) -> Res<Option<RawFd>> {
+        match self.object() {
+            Ok(Object::Stream(stream)) => match stream.writable_fd() {
+                Ok(fd) => Ok(Some(fd.as_raw_fd())),
+                Err(error) => Err(errno(&error)),
+            },
+            _ => Ok(None),
         }
     }
 
     /// The engine's readable eventfd of this process's object, to
     /// duplicate at the program's number.
-    pub(crate) fn readable_fd(&self) -> Option<RawFd> {
-        Some(match self.object().ok()? {
-            Object::Stream(stream) => stream.readable_fd().as_raw_fd(),
-            Object::Listener { listener, .. } => listener.readable_fd().as_raw_fd(),
-        })
+    pub(crate) fn readable_fd(&self) -> Res<RawFd> {
+        let fd = match self.object()? {
+            Object::Stream(stream) => stream.readable_fd(),
+            Object::Listener { listener, .. } => listener.readable_fd(),
+        };
+        fd.map(|fd| fd.as_raw_fd()).map_err(|error| errno(&error))
     }
 
     /// The engine's readable eventfd of the object whoever made it (a
@@ -254,10 +259,11 @@ impl Socket {
     /// for this socket are copies of (see `registry`), valid while the
     /// socket is held.
     pub(crate) fn identity_fd(&self) -> Option<RawFd> {
-        Some(match self.object.as_ref()? {
-            Object::Stream(stream) => stream.readable_fd().as_raw_fd(),
-            Object::Listener { listener, .. } => listener.readable_fd().as_raw_fd(),
-        })
+        let fd = match self.object.as_ref()? {
+            Object::Stream(stream) => stream.readable_fd(),
+            Object::Listener { listener, .. } => listener.readable_fd(),
+        };
+        fd.ok().map(|fd| fd.as_raw_fd())
     }
 
     /// In a forked child, right after `fork`: a listener's copy of its

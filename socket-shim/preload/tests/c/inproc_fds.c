@@ -253,10 +253,11 @@ static int listener(const struct sockaddr_sv *sa) {
         return 1;
     }
     /* At the limit, first with room for the engine's descriptors of the
-     * first flow (4 as the engine is now, with no spare eventfds yet) but
-     * not for the program's number, then with no room at all: accept
-     * fails with EMFILE, and the flow must stay queued. */
-    static const int rooms[] = {4, 0};
+     * first flow (3 as the engine is now, with no spare eventfds yet: an
+     * accepted flow's writable eventfd is made only when it waits for
+     * room) but not for the program's number, then with no room at all:
+     * accept fails with EMFILE, and the flow must stay queued. */
+    static const int rooms[] = {3, 0};
     int a = -1, c = -1;
     for (size_t r = 0; r < sizeof rooms / sizeof rooms[0]; r++) {
         if (a >= 0) close(a);
