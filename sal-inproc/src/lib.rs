@@ -119,7 +119,8 @@
 //!   never do: a server's flows then cost one eventfd each). Those a
 //!   call needs are made before the flow is taken, so a connect or accept
 //!   at `RLIMIT_NOFILE` fails with `EMFILE` and changes nothing (a wait
-//!   for room that cannot make its eventfd fails with `EMFILE` too): an
+//!   for room that cannot make its eventfd fails with `ENOMEM`, which
+//!   `poll`, `epoll_ctl` and `write` may give): an
 //!   accept leaves its flow queued
 //!   and the listener readable, as Linux's does (a level-triggered poller
 //!   retries until descriptors are free). Eventfds made for an accept

@@ -113,6 +113,18 @@ impl Signal {
         }
     }
 
+    /// [`Signal::fd`] for a call that waits on it (`poll`, `epoll_ctl`, a
+    /// `write` or `connect` that blocks): out of descriptors is `ENOMEM`,
+    /// which those calls may give, where `EMFILE` is not theirs.
+    pub(crate) fn wait_fd(&self) -> Result<BorrowedFd<'_>, Error> {
+        self.fd().map_err(|error| match error.errno() {
+            libc::EMFILE | libc::ENFILE => {
+                Error::Io(std::io::Error::from_raw_os_error(libc::ENOMEM))
+            }
+            _ => error,
+        })
+    }
+
     /// The descriptor, to wait on: made now if it was not yet, at the
     /// signal's level (`EMFILE` and the like if it cannot be).
     pub(crate) fn fd(&self) -> Result<BorrowedFd<'_>, Error> {

@@ -478,8 +478,11 @@ impl Runtime {
             let role = inside.claim(own);
             let follower = inside.wake_signal().filter(|_| role != Role::Poller);
             let Some(me) = follower else {
-                let fds: [BorrowedFd<'_>; 3] =
-                    [self.inner.udp.as_fd(), self.inner.timer.as_fd(), own.fd()?];
+                let fds: [BorrowedFd<'_>; 3] = [
+                    self.inner.udp.as_fd(),
+                    self.inner.timer.as_fd(),
+                    own.wait_fd()?,
+                ];
                 let mut polled = fds.map(|fd| PollFd::new(fd, PollFlags::POLLIN));
                 let sleeper = self.inner.deadlines.sleep();
                 let limit = sleeper.timeout(left()).map(Duration::from);
@@ -502,17 +505,21 @@ impl Runtime {
                     // once it lets go (what is left of the deadline).
                     None => {
                         let left = left().map(TimeSpec::from_duration);
-                        let core = self.inner.core.wait_release(own.fd()?, left)?;
+                        let core = self.inner.core.wait_release(own.wait_fd()?, left)?;
                         Ok((core, true))
                     }
                 };
             };
-            let mut polled = [me.fd()?, own.fd()?].map(|fd| PollFd::new(fd, PollFlags::POLLIN));
-            let watched = if role == Role::Watcher { 2 } else { 1 };
+            let watching = role == Role::Watcher;
+            // Its own object's eventfd only if it watches it (a stream's
+            // writable one may not be made yet): not polled otherwise.
+            let mine = me.fd()?;
+            let object = if watching { own.wait_fd()? } else { mine };
+            let mut polled = [mine, object].map(|fd| PollFd::new(fd, PollFlags::POLLIN));
+            let watched = if watching { 2 } else { 1 };
             // After a catch the eventfd is readable, or about to be (its
             // level is set before its write): the sleep below returns at
             // once, or as soon as it is.
-            let watching = role == Role::Watcher;
             let spun =
                 (self.inner.spin).run(left(), || me.is_raised() || (watching && own.is_raised()));
             inside.gate().spun(spun);

@@ -129,7 +129,7 @@ impl Stream {
     /// Not before the flow is established. Made at the first call (most
     /// streams are never waited on for room).
     pub fn writable_fd(&self) -> Result<BorrowedFd<'_>, Error> {
-        self.writable.fd()
+        self.writable.wait_fd()
     }
 
     /// How the flow's directions stand beyond its bytes, as `poll` reports

@@ -11,12 +11,19 @@
 //!
 //! The protocol: `LISTEN_PID` is this process's id and `LISTEN_FDS` the
 //! number of descriptors passed, from 3 on. sald takes the one that is a
-//! UDP socket bound to exactly the `--udp` address, marks it close-on-exec,
-//! and leaves the others alone. The variables are left in the environment:
-//! `LISTEN_PID` names this process only, so a child never takes them.
+//! UDP socket bound to exactly the `--udp` address, and marks every passed
+//! descriptor close-on-exec (as `sd_listen_fds` does), so that the tools
+//! sald runs inherit none. The variables are left in the environment
+//! (changing it with other threads running is not safe): `LISTEN_PID`
+//! names this process only, so a child never takes them, and a second
+//! look in this process finds nothing.
 
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::{BorrowedFd, FromRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// The passed descriptors were looked at: they are taken or left, once.
+static LOOKED: AtomicBool = AtomicBool::new(false);
 
 /// The first descriptor passed (`SD_LISTEN_FDS_START`).
 const FIRST: RawFd = 3;
@@ -49,35 +56,44 @@ pub enum ActivationError {
 /// The UDP socket bound to `wanted` among the descriptors a service
 /// manager passed to this process: `Ok(None)` when it passed none (no
 /// `LISTEN_PID`, or another process's), an error when it passed some but
-/// not that one. Call it once: the socket returned owns its descriptor.
+/// not that one. Only the first call looks: the socket returned owns its
+/// descriptor.
 pub fn udp_socket(wanted: SocketAddrV4) -> Result<Option<UdpSocket>, ActivationError> {
     let ours = std::env::var("LISTEN_PID")
         .ok()
         .and_then(|pid| pid.trim().parse::<u32>().ok())
         .is_some_and(|pid| pid == std::process::id());
-    if !ours {
+    if !ours || LOOKED.swap(true, Ordering::SeqCst) {
         return Ok(None);
     }
     let count = std::env::var("LISTEN_FDS").unwrap_or_default();
-    let count = match count.trim().parse::<usize>() {
-        Ok(0) => return Ok(None),
-        Ok(n) if n <= MOST => n,
-        _ => return Err(ActivationError::Count(count)),
+    let count = match count.trim() {
+        // As `sd_listen_fds`: none said, none passed.
+        "" => return Ok(None),
+        text => match text.parse::<usize>() {
+            Ok(0) => return Ok(None),
+            Ok(n) if n <= MOST => n,
+            _ => return Err(ActivationError::Count(count)),
+        },
     };
     let mut found = Vec::new();
+    let mut taken = None;
     for fd in (FIRST..).take(count) {
+        // None of them is inherited by what sald runs (the plumbing's
+        // tools); fails for a number that is not open, described below.
+        let _ = nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        );
         match describe(fd) {
-            Some((socket2::Type::DGRAM, Some(SocketAddr::V4(local)))) if local == wanted => {
-                // Not inherited by what sald runs (the plumbing's tools).
-                let _ = nix::fcntl::fcntl(
-                    fd,
-                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-                );
+            Some((socket2::Type::DGRAM, Some(SocketAddr::V4(local))))
+                if local == wanted && taken.is_none() =>
+            {
                 // SAFETY: the service manager passed `fd` to this process
                 // (`LISTEN_PID` is ours), it is an open socket (just
-                // asked), and nothing else in sald owns it: this function
-                // runs once, and it is the only one that takes it.
-                return Ok(Some(unsafe { UdpSocket::from_raw_fd(fd) }));
+                // asked), and nothing else in sald owns it: only the first
+                // call looks (`LOOKED`), and it takes one descriptor once.
+                taken = Some(unsafe { UdpSocket::from_raw_fd(fd) });
             }
             Some((kind, local)) => found.push(format!(
                 "{fd}: {} {}",
@@ -86,6 +102,9 @@ pub fn udp_socket(wanted: SocketAddrV4) -> Result<Option<UdpSocket>, ActivationE
             )),
             None => found.push(format!("{fd}: not a socket")),
         }
+    }
+    if taken.is_some() {
+        return Ok(taken);
     }
     Err(ActivationError::NotFound {
         wanted,

@@ -148,6 +148,10 @@ impl UdpLink {
         let send_buffer = sys::set_buffer(fd, sys::Buffer::Send, SOCKET_BUFFER).unwrap_or(0);
         let gso = offload && sys::probe_gso(fd);
         let gro = offload && sys::enable_gro(fd);
+        if !gro {
+            // Receive slots are cut for single datagrams then.
+            sys::disable_gro(fd);
+        }
         // Best effort: without it, a SYN to a sald gone waits out its
         // retransmissions and a flow whose peer is gone its peer timeout.
         if !sys::enable_recverr(fd) {

@@ -357,6 +357,12 @@ pub fn enable_gro(fd: RawFd) -> bool {
     set_option(fd, libc::SOL_UDP, libc::UDP_GRO, 1).is_ok()
 }
 
+/// Turns UDP GRO off (a socket passed in may have it on from an earlier
+/// run; best effort: a kernel without GRO has it off anyway).
+pub fn disable_gro(fd: RawFd) {
+    let _ = set_option(fd, libc::SOL_UDP, libc::UDP_GRO, 0);
+}
+
 /// Asks for each datagram's destination address (`IP_PKTINFO`).
 pub fn enable_pktinfo(fd: RawFd) -> io::Result<()> {
     set_option(fd, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)

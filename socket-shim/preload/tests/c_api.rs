@@ -5,15 +5,11 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::SocketAddrV4;
 use std::process::Stdio;
 use std::time::Duration;
 
-use sal::table::Target;
-use sal::Locator;
-use sal_control::Request;
-use socket_shim::ControlClient;
-use support::{c_program, Proc, Sald, Silent};
+use support::{c_program, far_host, forward, Proc, Sald, Silent};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -29,28 +25,6 @@ fn server(sald: &Sald, args: &[&str]) -> Proc {
 /// (for sald's SYN retries, 31.5 s); see [`testnet::silent_hole`].
 fn hole() -> SocketAddrV4 {
     testnet::silent_hole()
-}
-
-/// An address of loopback host `host` where nobody answers, silently,
-/// until a host comes up there ([`Silent::host`]).
-fn far_host(host: u8) -> (SocketAddrV4, Silent) {
-    let far = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, host), support::free_udp_port());
-    (far, Silent::at(far))
-}
-
-/// Makes `sald` forward the services of `prefix` to `locator`.
-fn forward(sald: &Sald, prefix: &str, locator: SocketAddrV4) {
-    ControlClient::connect_to(&sald.control)
-        .expect("control")
-        .request_ok(&Request::AddRule {
-            prefix: prefix.parse().unwrap(),
-            target: Target::Forward {
-                locator: Locator::Udp(locator),
-                weight: 1,
-            },
-            priority: 0,
-        })
-        .expect("rule");
 }
 
 fn client(sald: &Sald, args: &[&str]) -> Proc {

@@ -637,3 +637,31 @@ fn a_socket_connects_again_after_a_failed_connect_in_process() {
     Proc::spawn("serval_test inet-retry", &mut cmd).success(T);
     server.success(T);
 }
+
+/// Connects on one socket from two threads, in-process, as TCP's (the C
+/// suite's `connect-twice`): the later blocking `connect` waits for the
+/// first's outcome, and both return 0 (it got `EBADF`: the first installed
+/// its stream only once connected, and the second made a flow of its own);
+/// of two that fail, one reports the error and the other gets `EPIPE`
+/// (both reported it). Also the misuse errnos after a failed blocking
+/// connect (`ENOTCONN` from a read: TCP's socket is disconnected then).
+#[test]
+fn connects_on_one_socket_from_two_threads_in_process() {
+    let sald = Sald::start_relaying();
+    let (far, silent) = support::far_host(21);
+    support::forward(&sald, "c2c2/16", far);
+    let args = ["connect-twice", "c2c201", "7206", "c2c2ff"];
+    let mut cmd = sald.run(
+        &["--in-process", "--map", "7206=c2c201"],
+        c_program(),
+        &args,
+    );
+    cmd.stdout(Stdio::piped());
+    let mut connecting = Proc::spawn("serval_test connect-twice", &mut cmd);
+    connecting.wait_ready("connecting");
+    let far = silent.host("c2c201/24");
+    let mut server = in_process(&far, &["stream-server", "c2c201", "2"], true);
+    connecting.success(T);
+    server.success(T);
+    in_process(&sald, &["misuse", "dead21"], false).success(T);
+}

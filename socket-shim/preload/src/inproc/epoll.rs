@@ -482,7 +482,8 @@ pub(crate) fn ctl(epfd: RawFd, op: c_int, fd: RawFd, event: Option<epoll_event>)
     // one the last).
     let socket = registry::get(fd);
     // The writable eventfd is made only for an interest in output.
-    let wants_out = event.is_some_and(|event| event.events & OUT != 0);
+    let wants_out = matches!(op, libc::EPOLL_CTL_ADD | libc::EPOLL_CTL_MOD)
+        && event.is_some_and(|event| event.events & OUT != 0);
     let out = match socket.as_ref().filter(|_| wants_out) {
         Some(socket) => socket.writable_fd()?,
         None => None,

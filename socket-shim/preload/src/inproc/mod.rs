@@ -148,9 +148,14 @@
 //! `connect` reports the failure (its error, or `ECONNABORTED` if another
 //! call reported that), and the socket is unconnected from then on: the
 //! next `connect` starts anew, on the daemon path (the numbers become an
-//! unconnected daemon-path socket, `handover::unconnect_at`). The daemon
-//! path's own sockets answer `ENOTCONN` to such reads and connect again
-//! at once.
+//! unconnected daemon-path socket, `handover::unconnect_at`); reads give
+//! `ENOTCONN` from the failure a connect saw on. A blocking connect's
+//! failure is its own error, after which the socket is unconnected; a
+//! thread that waited for another's connect gets `EPIPE` when that one
+//! reported the failure. The daemon path's own sockets answer `ENOTCONN`
+//! to reads after the error and connect again at once. Not done: copies
+//! of the number (`dup`) that connect anew each get their own socket on
+//! the daemon path, where Linux's would share one.
 //!
 //! # Not done
 //!
@@ -181,10 +186,11 @@
 //!   `listen` again after a listener's `shutdown`; epoll reports a
 //!   stream's `EPOLLHUP`, `EPOLLERR` and `EPOLLRDHUP` only with an input
 //!   or output event (a registration for neither never fires).
-//! - Two threads' first blocking `connect`s on one socket race (each
-//!   starts a flow). (`close` of a socket does not end another thread's
-//!   wait in it, as TCP's, measured on Linux 6.18; the daemon path's
-//!   does, and the C suite expects that.)
+//! - Two threads' first blocking `connect`s on one socket within the
+//!   moment before the stream takes the number race (each starts a flow;
+//!   one gets `EBADF`); a later one waits for the first's outcome, as
+//!   TCP's. (`close` of a socket does not end another thread's wait in
+//!   it, as TCP's, measured on Linux 6.18; the daemon path's does.)
 //! - `getsockopt` answers options the program did not set with 0
 //!   (`SO_SNDBUF` and `SO_RCVBUF` answer Linux's defaults, and twice what
 //!   was set, not the engine's own sizes, which follow use; `TCP_MAXSEG`

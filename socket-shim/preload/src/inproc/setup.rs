@@ -11,7 +11,7 @@ use libc::c_int;
 use sal::table::ListenerId;
 use sal::{ServiceId, ServicePrefix};
 use sal_control::{Request, Response};
-use sal_inproc::{Error, Mode};
+use sal_inproc::Mode;
 use socket_shim::ControlClient;
 
 use super::socket::{errno, Object};
@@ -59,10 +59,15 @@ impl Before {
 
 /// `connect` of the stream socket `fd` (made with `family`, appearing at
 /// `local`) to `service` (the program's address for it: `peer`), in
-/// process; `None`: the daemon path's. Blocking: waits for the outcome
-/// (up to `SO_SNDTIMEO`, then `EINPROGRESS` as TCP's), and a failure
-/// leaves the socket as it was; a signal that interrupts the wait (see
-/// `socket::interruptible`) gives `EINTR`, and the connect goes on.
+/// process; `None`: the daemon path's. The engine's stream takes the
+/// number at once. Blocking: then waits for the outcome (up to
+/// `SO_SNDTIMEO`, then `EINPROGRESS` as TCP's); a failure reports its
+/// error and leaves the socket unconnected (the next `connect` starts
+/// anew: `Socket::connect_again`); a signal that interrupts the wait
+/// (see `socket::interruptible`) gives `EINTR`, and the connect goes on.
+/// Another thread's `connect` meanwhile waits for the same outcome, as
+/// TCP's (two threads' first connects within the moment before the
+/// number is the stream's still make a flow each; one gets `EBADF`).
 /// Non-blocking: `EINPROGRESS`, the outcome shows in `poll`'s `POLLOUT`
 /// and `SO_ERROR`.
 pub(crate) fn connect(
@@ -85,49 +90,26 @@ pub(crate) fn connect(
     let hz = timeout::kernel_hz();
     let limit = (before.option(libc::SO_SNDTIMEO))
         .and_then(|value| Timeout::from_option(value, hz)?.limit(hz));
-    // A blocking connect that a signal interrupted goes on, as TCP's. A
-    // signal that came while the call was not sleeping is handled once
-    // the socket is in place (the guard's drop); the one that interrupted
-    // the sleep was handled in it, before (its handler sees the number as
-    // it was).
-    let mut interrupted = false;
-    let mut _interruptible = None;
-    let pending = match (before.nonblock, limit) {
-        (true, _) => true,
-        (false, limit) => {
-            let mode = limit.map_or(Mode::Blocking, |limit| Mode::Until(Instant::now() + limit));
-            _interruptible = super::socket::interruptible(mode);
-            match stream.finish_connect(mode) {
-                Ok(()) => false,
-                Err(Error::WouldBlock) => true,
-                Err(Error::Interrupted) => {
-                    interrupted = true;
-                    true
-                }
-                Err(error) => return Some(Err(errno(&error))),
-            }
-        }
-    };
     let options = before.leveled();
-    let socket = Socket::new(
+    let socket = Arc::new(Socket::new(
         Object::Stream(stream),
         family,
         local,
         Some(peer),
         before.nonblock,
         options,
-    );
-    if pending {
-        socket.set_untold();
-    }
-    if let Err(errno) = install(fd, Arc::new(socket), &before) {
+    ));
+    socket.set_untold();
+    if let Err(errno) = install(fd, Arc::clone(&socket), &before) {
         return Some(Err(errno));
     }
-    Some(match (pending, interrupted) {
-        (true, true) => Err(libc::EINTR),
-        (true, false) => Err(libc::EINPROGRESS),
-        (false, _) => Ok(0),
-    })
+    if before.nonblock {
+        return Some(Err(libc::EINPROGRESS));
+    }
+    // A blocking connect that a signal interrupted goes on, as TCP's.
+    let mode = limit.map_or(Mode::Blocking, |limit| Mode::Until(Instant::now() + limit));
+    let _interruptible = super::socket::interruptible(mode);
+    Some(socket.first_connect(mode))
 }
 
 /// `bind` of a stream socket to `prefix`, in process: sald relays the

@@ -471,10 +471,12 @@ impl Socket {
         self.family
     }
 
-    /// `getsockname` (`peer` false) or `getpeername` (`peer` true).
+    /// `getsockname` (`peer` false) or `getpeername` (`peer` true; none
+    /// once a connect saw the socket's connect fail, as TCP's).
     pub(crate) fn name(&self, peer: bool) -> Res<SockAddr> {
         match peer {
             false => Ok(self.local),
+            true if self.unconnected.load(Ordering::Relaxed) => Err(libc::ENOTCONN),
             true => self.peer.ok_or(libc::ENOTCONN),
         }
     }
@@ -545,6 +547,12 @@ impl Socket {
     fn receive(&self, buf: &mut [u8], flags: c_int, more: bool) -> Res<usize> {
         if flags & libc::MSG_OOB != 0 {
             return Err(libc::EOPNOTSUPP);
+        }
+        if self.unconnected.load(Ordering::Relaxed) {
+            // A connect saw its connect fail: TCP's socket is disconnected
+            // then (measured, Linux 6.18; before, a read gets the error,
+            // then end of file).
+            return Err(libc::ENOTCONN);
         }
         let stream = self.stream()?;
         if buf.is_empty() {
@@ -691,13 +699,39 @@ impl Socket {
         Ok(())
     }
 
+    /// The blocking `connect` that made the socket's flow, waiting as
+    /// `mode` says (the stream is at the program's number already): 0 once
+    /// connected, `EINPROGRESS` when the send timeout passed first,
+    /// `EINTR` when a signal interrupted the wait (the connect goes on in
+    /// both cases), or the failure's error (the socket is unconnected
+    /// then, see [`Socket::connect_again`]).
+    pub(crate) fn first_connect(&self, mode: Mode) -> Res<c_int> {
+        let stream = self.stream()?;
+        match stream.finish_connect(mode) {
+            Ok(()) => {
+                self.untold.store(false, Ordering::Relaxed);
+                Ok(0)
+            }
+            Err(Error::WouldBlock) => Err(libc::EINPROGRESS),
+            Err(Error::Interrupted) => Err(libc::EINTR),
+            Err(error) => {
+                self.untold.store(false, Ordering::Relaxed);
+                self.unconnected.store(true, Ordering::Relaxed);
+                let _ = stream.take_error();
+                Err(errno(&error))
+            }
+        }
+    }
+
     /// `connect` on a socket that is in-process already: as TCP's, a
     /// connect completed in the background is told once (0), then
     /// `EISCONN`; one still in flight is `EALREADY`, or waited for by a
-    /// blocking call; a failed one's error is reported once (by this or
-    /// another call; `ECONNABORTED` when another call reported it, as
-    /// Linux's), and then the socket is unconnected: `None`, it connects
-    /// anew (see `handover::unconnect_at`).
+    /// blocking call (0 once connected, as to the connect that started
+    /// it). A failed one's error is reported once, by whichever call comes
+    /// first; a call that waited for it and finds it reported gets
+    /// `EPIPE`, one that comes later `ECONNABORTED` (Linux's, measured on
+    /// 6.18), and then the socket is unconnected: `None`, it connects anew
+    /// (see `handover::unconnect_at`).
     pub(crate) fn connect_again(&self) -> Option<Res<c_int>> {
         let stream = match self.object() {
             Ok(Object::Stream(stream)) => stream,
@@ -708,10 +742,19 @@ impl Socket {
             true => Mode::NonBlocking,
             false => self.mode(0, libc::SO_SNDTIMEO),
         };
+        let waits = mode != Mode::NonBlocking
+            && matches!(
+                stream.finish_connect(Mode::NonBlocking),
+                Err(Error::WouldBlock)
+            );
         let interruptible = interruptible(mode);
         let outcome = stream.finish_connect(mode);
         drop(interruptible);
         Some(match outcome {
+            Ok(()) if waits => {
+                self.untold.store(false, Ordering::Relaxed);
+                Ok(0)
+            }
             Ok(()) if self.untold.swap(false, Ordering::Relaxed) => Ok(0),
             Ok(()) => Err(libc::EISCONN),
             // Still in flight: at once, or after the send timeout, as TCP's
@@ -719,14 +762,14 @@ impl Socket {
             Err(Error::WouldBlock) => Err(libc::EALREADY),
             // The connect goes on.
             Err(Error::Interrupted) => Err(libc::EINTR),
-            // The error of a failed connect, reported once; after it, the
-            // socket is unconnected, as TCP's.
             Err(error @ (Error::Refused | Error::NoRoute | Error::TimedOut)) => {
                 let taken = stream.take_error().is_some();
-                match self.unconnected.swap(true, Ordering::Relaxed) {
-                    false if taken => Err(errno(&error)),
-                    false => Err(libc::ECONNABORTED),
-                    true => return None,
+                let seen = self.unconnected.swap(true, Ordering::Relaxed);
+                match (taken, waits, seen) {
+                    (true, _, _) => Err(errno(&error)),
+                    (false, true, _) => Err(libc::EPIPE),
+                    (false, false, false) => Err(libc::ECONNABORTED),
+                    (false, false, true) => return None,
                 }
             }
             // A reset's error once, then `ECONNRESET` (the flow was

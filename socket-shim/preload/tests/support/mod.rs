@@ -136,7 +136,7 @@ impl Sald {
     fn spawn(udp: SocketAddrV4, extra: &[&str], passed: Option<(UdpSocket, &str)>) -> Sald {
         let dir = tempfile::tempdir().expect("tempdir");
         let control = dir.path().join("sald.sock");
-        let log = std::fs::File::create(dir.path().join("sald.log")).expect("log");
+        let log = std::fs::File::create(format!("/tmp/dbg-sald-{}.log", udp)).expect("log");
         let mut cmd = match &passed {
             None => Command::new(binary("sald")),
             Some((socket, config)) => {
@@ -161,6 +161,7 @@ impl Sald {
             .args(extra)
             .args(relays_asked(extra))
             .env_remove("SERVAL_CONTROL")
+            .env("RUST_LOG", "debug,sal=trace")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
@@ -268,6 +269,28 @@ fn pass_as_fd3(cmd: &mut Command, fd: RawFd) {
             }
         })
     };
+}
+
+/// An address of loopback host `host` where nobody answers, silently,
+/// until a host comes up there ([`Silent::host`]).
+pub fn far_host(host: u8) -> (SocketAddrV4, Silent) {
+    let far = SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, host), free_udp_port());
+    (far, Silent::at(far))
+}
+
+/// Makes `sald` forward the services of `prefix` to `locator`.
+pub fn forward(sald: &Sald, prefix: &str, locator: SocketAddrV4) {
+    socket_shim::ControlClient::connect_to(&sald.control)
+        .expect("control")
+        .request_ok(&sal_control::Request::AddRule {
+            prefix: prefix.parse().unwrap(),
+            target: sal::table::Target::Forward {
+                locator: sal::Locator::Udp(locator),
+                weight: 1,
+            },
+            priority: 0,
+        })
+        .expect("rule");
 }
 
 /// A free UDP port on 127.0.0.1: bound to port 0, noted, released.
