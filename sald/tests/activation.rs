@@ -5,8 +5,6 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddrV4, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -16,33 +14,14 @@ use socket_shim::{ServiceListener, ServiceStream};
 mod common;
 use common::{udp_config, InProcess, Sald, SaldProcess, Scratch};
 
-/// sald with `args`, as a service manager would start it with `socket`
-/// passed: the socket at descriptor 3, `LISTEN_FDS=1`, and `LISTEN_PID`
-/// the process's own id (a shell that `exec`s keeps its id). Its output is
-/// dropped, its errors piped.
+/// sald with `args`, started as a service manager would with `socket`
+/// passed; its output dropped, its errors piped.
 fn activated(socket: &UdpSocket, args: &[&std::ffi::OsStr]) -> Command {
-    let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(r#"export LISTEN_PID=$$ LISTEN_FDS=1; exec "$0" "$@""#)
-        .arg(env!("CARGO_BIN_EXE_sald"))
-        .args(args)
-        .stdin(Stdio::null())
+    let sald = std::path::Path::new(env!("CARGO_BIN_EXE_sald"));
+    let mut cmd = testnet::socket_activated(sald, args, socket);
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let fd: RawFd = socket.as_raw_fd();
-    // SAFETY: only async-signal-safe calls (`fcntl`, `dup2`) between fork
-    // and exec, on a descriptor the child holds.
-    unsafe {
-        cmd.pre_exec(move || {
-            use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-            match fd {
-                // `dup2` onto itself would keep close-on-exec set.
-                3 => fcntl(3, FcntlArg::F_SETFD(FdFlag::empty())).map(drop),
-                _ => nix::unistd::dup2(fd, 3).map(drop),
-            }
-            .map_err(std::io::Error::from)
-        })
-    };
     cmd
 }
 

@@ -772,6 +772,38 @@ pub fn silent_hole() -> std::net::SocketAddrV4 {
 // waiting
 // ---------------------------------------------------------------------------
 
+/// `program args...` as a service manager starts it with `socket` passed
+/// (systemd's socket activation, `sd_listen_fds(3)`): the socket at
+/// descriptor 3, `LISTEN_FDS=1`, and `LISTEN_PID` the process's own id (a
+/// shell that `exec`s keeps its id).
+pub fn socket_activated(
+    program: &std::path::Path,
+    args: &[&OsStr],
+    socket: &impl std::os::fd::AsRawFd,
+) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(r#"export LISTEN_PID=$$ LISTEN_FDS=1; exec "$0" "$@""#)
+        .arg(program)
+        .args(args);
+    let fd = socket.as_raw_fd();
+    // SAFETY: only async-signal-safe calls (`fcntl`, `dup2`) between fork
+    // and exec, on a descriptor the child holds.
+    unsafe {
+        cmd.pre_exec(move || {
+            use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+            match fd {
+                // `dup2` onto itself would keep close-on-exec set.
+                3 => fcntl(3, FcntlArg::F_SETFD(FdFlag::empty())).map(drop),
+                _ => nix::unistd::dup2(fd, 3).map(drop),
+            }
+            .map_err(std::io::Error::from)
+        })
+    };
+    cmd
+}
+
 /// Polls `cond` every 20 ms until it is true or `timeout` elapses; returns
 /// whether it became true. Tests use it instead of fixed sleeps.
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {

@@ -7,7 +7,6 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -142,16 +141,8 @@ impl Sald {
             Some((socket, config)) => {
                 let file = dir.path().join("sald.toml");
                 std::fs::write(&file, config).expect("sald.toml");
-                let mut cmd = Command::new("sh");
-                // `exec` keeps the shell's process id, which LISTEN_PID
-                // must name.
-                cmd.arg("-c")
-                    .arg(r#"export LISTEN_PID=$$ LISTEN_FDS=1; exec "$0" "$@""#)
-                    .arg(binary("sald"))
-                    .arg("--config")
-                    .arg(file);
-                pass_as_fd3(&mut cmd, socket.as_raw_fd());
-                cmd
+                let args = ["--config".as_ref(), file.as_os_str()];
+                testnet::socket_activated(&binary("sald"), &args, socket)
             }
         };
         cmd.arg("--udp")
@@ -247,28 +238,6 @@ impl Silent {
             other => panic!("not IPv4: {other}"),
         }
     }
-}
-
-/// Makes `fd` the child's descriptor 3 (`SD_LISTEN_FDS_START`), open
-/// across `exec`.
-fn pass_as_fd3(cmd: &mut Command, fd: RawFd) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: only async-signal-safe calls (`dup2`, `fcntl`) between fork
-    // and exec, on descriptors the child holds.
-    unsafe {
-        cmd.pre_exec(move || {
-            let ok = if fd == 3 {
-                // `dup2` onto itself would keep close-on-exec set.
-                libc::fcntl(3, libc::F_SETFD, 0) == 0
-            } else {
-                libc::dup2(fd, 3) == 3
-            };
-            match ok {
-                true => Ok(()),
-                false => Err(std::io::Error::last_os_error()),
-            }
-        })
-    };
 }
 
 /// An address of loopback host `host` where nobody answers, silently,
