@@ -278,6 +278,27 @@ impl Runtime {
         Ok(Listener::new(self.clone(), id, signal))
     }
 
+    /// Holds the first packets of `prefix` until this engine listens on it
+    /// ([`sal::proto::Host::reserve`]): call it before asking sald to relay
+    /// the prefix here (`Request::Relay`, at the program's `bind`), so that
+    /// SYNs sald relays before the program's `listen` wait rather than
+    /// being refused.
+    pub fn reserve(&self, prefix: ServicePrefix) -> Result<(), Error> {
+        self.call(Mode::NonBlocking, None, |core| {
+            core.host.reserve(prefix);
+            Ok(())
+        })
+    }
+
+    /// Ends [`Runtime::reserve`] (the relay was refused): what it held is
+    /// refused.
+    pub fn unreserve(&self, prefix: ServicePrefix) -> Result<(), Error> {
+        self.call(Mode::NonBlocking, None, |core| {
+            core.host.unreserve(&prefix);
+            Ok(())
+        })
+    }
+
     /// Counts the calling thread as inside the engine until the guard is
     /// dropped: the driver thread then leaves the socket alone. For a
     /// future `poll`/`epoll` interposer that waits on [`Runtime::wait_fds`]

@@ -459,3 +459,44 @@ fn is_syn(payload: &[u8]) -> bool {
     let packet = sal::wire::SalPacket::new_checked(payload).unwrap();
     SalRepr::parse(&packet).unwrap().dst_flow.is_none()
 }
+
+/// A program whose daemon relays a prefix to it, but that does not listen
+/// on it yet (between its `bind`, which makes the relay, and its
+/// `listen`): the SYN relayed meanwhile waits in the program's host
+/// (`Host::reserve`) and opens a flow once it listens. Unreserved, the same
+/// SYN is refused with "no route", which is what a SYN that a DELAY rule
+/// at the daemon held until the relay came used to meet.
+#[test]
+fn a_syn_relayed_before_the_program_listens_waits_for_its_listen() {
+    let mut m = machines(daemon());
+    let (near, server) = (m.near, m.server);
+    m.net.host(server).close_listener(m.listener).unwrap();
+    m.net.host(server).reserve(prefix("ab/8"));
+    let flow = m.net.host(near).connect(svc("ab01"), Stream).unwrap();
+    m.net.run_for(Duration::from_millis(300));
+    assert_eq!(m.net.host(server).stats().delayed, 1, "held, not refused");
+    let listener = m
+        .net
+        .host(server)
+        .listen(prefix("ab/8"), Stream, 8)
+        .unwrap();
+    assert!(
+        connected(&mut m.net, near, flow),
+        "the held SYN opened a flow"
+    );
+    assert!(m.net.host(server).accept(listener).is_ok());
+
+    // A reservation given up: what it held is refused.
+    m.net.host(server).close_listener(listener).unwrap();
+    m.net.host(server).reserve(prefix("ab/8"));
+    let flow = m.net.host(near).connect(svc("ab02"), Stream).unwrap();
+    m.net.run_for(Duration::from_millis(300));
+    assert_eq!(m.net.host(server).stats().delayed, 2);
+    m.net.host(server).unreserve(&prefix("ab/8"));
+    let refused = m.net.run_until(Duration::from_secs(5), |net| {
+        net.sim_host(near)
+            .events
+            .contains(&Event::ConnectFailed(flow, ConnectError::NoRoute))
+    });
+    assert!(refused, "an unreserved SYN is refused");
+}

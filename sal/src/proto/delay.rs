@@ -23,7 +23,7 @@ use smoltcp::time::{Duration, Instant};
 
 use super::flow::Endpoint;
 use super::{ConnectError, Event, Host};
-use crate::id::{FlowId, ServiceId};
+use crate::id::{FlowId, ServiceId, ServicePrefix};
 use crate::locator::Locator;
 
 /// What a DELAY rule holds.
@@ -156,6 +156,35 @@ impl DelayQueue {
 }
 
 impl Host {
+    /// Holds the first packets of `prefix` (SYNs and unconnected
+    /// datagrams from the network) as a DELAY rule would, until a listener
+    /// binds exactly `prefix` ([`Host::listen`]) or [`Host::unreserve`]:
+    /// what a program's own SAL host needs between its `bind`, at which its
+    /// sald starts relaying the prefix's first packets to it, and its
+    /// `listen`. Refused meanwhile, a SYN that a DELAY rule at sald had
+    /// held would fail (with "no route") although the service is coming.
+    /// A local connect to the prefix is not held, as no rule is made.
+    pub fn reserve(&mut self, prefix: ServicePrefix) {
+        if !self.reserved.contains(&prefix) {
+            self.reserved.push(prefix);
+        }
+    }
+
+    /// Ends [`Host::reserve`]: what it held is routed again (refused, if
+    /// nothing serves it).
+    pub fn unreserve(&mut self, prefix: &ServicePrefix) {
+        let before = self.reserved.len();
+        self.reserved.retain(|reserved| reserved != prefix);
+        if self.reserved.len() != before {
+            self.rematch_delayed();
+        }
+    }
+
+    /// Whether first packets for `service` are held for a listener to come.
+    pub(super) fn is_reserved(&self, service: &ServiceId) -> bool {
+        self.reserved.iter().any(|prefix| prefix.contains(service))
+    }
+
     /// Holds a first packet under a DELAY rule and asks for a resolution.
     pub(super) fn hold(
         &mut self,
@@ -209,7 +238,7 @@ impl Host {
         if self.delayed.is_empty() {
             return;
         }
-        let (table, endpoints) = (&self.table, &self.endpoints);
+        let (table, endpoints, reserved) = (&self.table, &self.endpoints, &self.reserved);
         let service_of = |held: &Held| match held {
             Held::Packet { service, .. } => Some(*service),
             Held::Connect { flow } => match endpoints.get(*flow) {
@@ -220,6 +249,12 @@ impl Host {
         let released = self.delayed.recheck(|held| match service_of(held) {
             None => Recheck::Forget,
             Some(service) if table.longest_match(&service).is_some_and(|r| r.is_delay()) => {
+                Recheck::Keep
+            }
+            Some(service)
+                if table.longest_match(&service).is_none()
+                    && reserved.iter().any(|prefix| prefix.contains(&service)) =>
+            {
                 Recheck::Keep
             }
             Some(_) => Recheck::Release,

@@ -157,6 +157,15 @@ impl Host {
                 let bytes = super::output::build(repr, segment);
                 self.hold(service, src, dst, ttl, bytes);
             }
+            // Bound at its sald, not listened on yet (`Host::reserve`).
+            Resolution::NoMatch if !broadcast && self.is_reserved(&service) => {
+                if is_syn && !super::handshake::may_open(repr.protocol, segment) {
+                    self.stats.bad_syn += 1;
+                } else {
+                    let bytes = super::output::build(repr, segment);
+                    self.hold(service, src, dst, ttl, bytes);
+                }
+            }
             Resolution::Forward(_) | Resolution::Drop | Resolution::NoMatch => {
                 // Only a SYN sent to us personally earns an answer: a
                 // broadcast SYN for a service we lack is someone else's.

@@ -547,10 +547,11 @@ impl Host {
             listener.ephemeral = ephemeral;
         }
         // Before its rule: adding it looks again at packets a DELAY rule
-        // holds, and a relay's must go on to its program.
+        // (or a reservation) holds, and a relay's must go on to its program.
         if let Some(locator) = relay {
             self.listeners.set_relay(id, locator);
         }
+        self.reserved.retain(|reserved| *reserved != prefix);
         self.add_rule(prefix, Target::Demux { listener: id }, 0);
         Ok(id)
     }

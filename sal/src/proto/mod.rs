@@ -125,6 +125,9 @@ pub struct Host {
     cookies: CookieJar,
     interfaces: Interfaces,
     delayed: DelayQueue,
+    /// Prefixes bound elsewhere for this host that it does not listen on
+    /// yet ([`Host::reserve`]): their first packets are held, not refused.
+    reserved: Vec<crate::ServicePrefix>,
     timers: TimerQueue,
     /// Whole packets for the link (everything but stream segments).
     transmits: VecDeque<Packet>,
@@ -177,6 +180,7 @@ impl Host {
             endpoints: FlowTable::new(config.max_flows),
             flow_count: 0,
             delayed: DelayQueue::new(config.delay_queue_limit, config.delay_timeout),
+            reserved: Vec::new(),
             rng,
             cookies,
             config,

@@ -108,8 +108,17 @@ pub(crate) fn connect(
     }
     // A blocking connect that a signal interrupted goes on, as TCP's.
     let mode = limit.map_or(Mode::Blocking, |limit| Mode::Until(Instant::now() + limit));
-    let _interruptible = super::socket::interruptible(mode);
-    Some(socket.first_connect(mode))
+    let interruptible = super::socket::interruptible(mode);
+    let result = socket.first_connect(mode);
+    drop(interruptible);
+    if result.is_err() && socket.is_unconnected() {
+        // Failed: the number is an unconnected daemon-path socket again,
+        // as before the connect (`bind`, `listen`, `fork` and `exec` see
+        // it as such; a thread that waited on the stream still answers
+        // from it). Best effort: otherwise the next connect does it.
+        super::handover::unconnect_at(fd);
+    }
+    Some(result)
 }
 
 /// `bind` of a stream socket to `prefix`, in process: sald relays the
@@ -127,14 +136,23 @@ pub(crate) fn relay(prefix: ServicePrefix) -> Option<Res<(ControlClient, Listene
         prefix,
         locator: None,
     };
-    match control.request_with_fd(&request, runtime.udp_fd()) {
+    // sald relays the prefix's SYNs as soon as it has the request, and
+    // the engine may read one before the answer comes: until the program
+    // listens, they wait in the engine (best effort: otherwise they are
+    // refused, as TCP's before `listen`).
+    let _ = runtime.reserve(prefix);
+    let relayed = match control.request_with_fd(&request, runtime.udp_fd()) {
         Ok(reply) => match reply.response {
             Response::Relaying { listener, .. } => Some(Ok((control, listener))),
             _ => None,
         },
         Err(error) if error.errno() == libc::EADDRINUSE => Some(Err(libc::EADDRINUSE)),
         Err(_) => None,
+    };
+    if !matches!(relayed, Some(Ok(_))) {
+        let _ = runtime.unreserve(prefix);
     }
+    relayed
 }
 
 /// `listen` of the socket `fd`, bound to `prefix` through `relay` (see

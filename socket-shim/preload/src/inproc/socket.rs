@@ -714,12 +714,43 @@ impl Socket {
             }
             Err(Error::WouldBlock) => Err(libc::EINPROGRESS),
             Err(Error::Interrupted) => Err(libc::EINTR),
-            Err(error) => {
-                self.untold.store(false, Ordering::Relaxed);
-                self.unconnected.store(true, Ordering::Relaxed);
-                let _ = stream.take_error();
-                Err(errno(&error))
-            }
+            Err(error @ (Error::Refused | Error::NoRoute | Error::TimedOut)) => Err(self
+                .connect_failed(stream, &error, true)
+                .unwrap_or(libc::EPIPE)),
+            Err(error) => Err(self.aborted(&error)),
+        }
+    }
+
+    /// Whether a connect saw the socket's connect fail (it is unconnected).
+    pub(crate) fn is_unconnected(&self) -> bool {
+        self.unconnected.load(Ordering::Relaxed)
+    }
+
+    /// What a `connect` that found the socket's connect failed with
+    /// `error` answers, as Linux's (measured, 6.18): the error, to the
+    /// call that takes it; `ECONNABORTED` if another call (a read,
+    /// `SO_ERROR`) took it and no connect saw the failure yet; `EPIPE` to
+    /// a call that `waited` for the connect and finds another connect saw
+    /// it; `None` to a later call, which connects anew.
+    fn connect_failed(&self, stream: &Stream, error: &Error, waited: bool) -> Option<c_int> {
+        self.untold.store(false, Ordering::Relaxed);
+        let taken = stream.take_error().is_some();
+        let seen = self.unconnected.swap(true, Ordering::Relaxed);
+        match (taken, seen, waited) {
+            (true, _, _) => Some(errno(error)),
+            (false, false, _) => Some(libc::ECONNABORTED),
+            (false, true, true) => Some(libc::EPIPE),
+            (false, true, false) => None,
+        }
+    }
+
+    /// What a `connect` whose flow was reset or handed over while it
+    /// waited answers: `EPIPE` after `connect(AF_UNSPEC)` (as a call that
+    /// `tcp_disconnect` interrupts), else the error.
+    fn aborted(&self, error: &Error) -> c_int {
+        match self.moved() {
+            Moved::Disconnected => libc::EPIPE,
+            _ => errno(error),
         }
     }
 
@@ -763,15 +794,9 @@ impl Socket {
             // The connect goes on.
             Err(Error::Interrupted) => Err(libc::EINTR),
             Err(error @ (Error::Refused | Error::NoRoute | Error::TimedOut)) => {
-                let taken = stream.take_error().is_some();
-                let seen = self.unconnected.swap(true, Ordering::Relaxed);
-                match (taken, waits, seen) {
-                    (true, _, _) => Err(errno(&error)),
-                    (false, true, _) => Err(libc::EPIPE),
-                    (false, false, false) => Err(libc::ECONNABORTED),
-                    (false, false, true) => return None,
-                }
+                Err(self.connect_failed(stream, &error, waits)?)
             }
+            Err(error) if waits => Err(self.aborted(&error)),
             // A reset's error once, then `ECONNRESET` (the flow was
             // established: it never connects again).
             Err(error) => Err(match stream.take_error() {

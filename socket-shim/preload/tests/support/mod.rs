@@ -135,7 +135,7 @@ impl Sald {
     fn spawn(udp: SocketAddrV4, extra: &[&str], passed: Option<(UdpSocket, &str)>) -> Sald {
         let dir = tempfile::tempdir().expect("tempdir");
         let control = dir.path().join("sald.sock");
-        let log = std::fs::File::create(format!("/tmp/dbg-sald-{}.log", udp)).expect("log");
+        let log = std::fs::File::create(dir.path().join("sald.log")).expect("log");
         let mut cmd = match &passed {
             None => Command::new(binary("sald")),
             Some((socket, config)) => {
@@ -152,7 +152,6 @@ impl Sald {
             .args(extra)
             .args(relays_asked(extra))
             .env_remove("SERVAL_CONTROL")
-            .env("RUST_LOG", "debug,sal=trace")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
