@@ -470,6 +470,8 @@ fn is_syn(payload: &[u8]) -> bool {
 fn a_syn_relayed_before_the_program_listens_waits_for_its_listen() {
     let mut m = machines(daemon());
     let (near, server) = (m.near, m.server);
+    // As a program's host: everything else goes to its daemon.
+    default_route(&mut m.net, server, "udp:10.0.0.2:7077");
     m.net.host(server).close_listener(m.listener).unwrap();
     m.net.host(server).reserve(prefix("ab/8"));
     let flow = m.net.host(near).connect(svc("ab01"), Stream).unwrap();

@@ -25,6 +25,7 @@ use super::flow::Endpoint;
 use super::{ConnectError, Event, Host};
 use crate::id::{FlowId, ServiceId, ServicePrefix};
 use crate::locator::Locator;
+use crate::table::Target;
 
 /// What a DELAY rule holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,9 +252,12 @@ impl Host {
             Some(service) if table.longest_match(&service).is_some_and(|r| r.is_delay()) => {
                 Recheck::Keep
             }
+            // Reserved, and no listener yet (see `Host::reserve`).
             Some(service)
-                if table.longest_match(&service).is_none()
-                    && reserved.iter().any(|prefix| prefix.contains(&service)) =>
+                if reserved.iter().any(|prefix| prefix.contains(&service))
+                    && !table.longest_match(&service).is_some_and(|rule| {
+                        (rule.targets().iter()).any(|t| matches!(t.target, Target::Demux { .. }))
+                    }) =>
             {
                 Recheck::Keep
             }

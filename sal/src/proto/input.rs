@@ -142,6 +142,19 @@ impl Host {
             Resolution::Demux(listener) => {
                 self.deliver_unconnected(listener, client, src, dst, repr, segment)
             }
+            // Bound at its sald, not listened on yet (`Host::reserve`):
+            // held for the listener, neither forwarded (a program's host
+            // has its sald as default route) nor refused.
+            Resolution::Forward(_) | Resolution::NoMatch
+                if !broadcast && self.is_reserved(&service) =>
+            {
+                if is_syn && !super::handshake::may_open(repr.protocol, segment) {
+                    self.stats.bad_syn += 1;
+                } else {
+                    let bytes = super::output::build(repr, segment);
+                    self.hold(service, src, dst, ttl, bytes);
+                }
+            }
             Resolution::Forward(_) | Resolution::Delay if broadcast => {
                 self.stats.broadcast_dropped += 1;
             }
@@ -156,15 +169,6 @@ impl Host {
             Resolution::Delay => {
                 let bytes = super::output::build(repr, segment);
                 self.hold(service, src, dst, ttl, bytes);
-            }
-            // Bound at its sald, not listened on yet (`Host::reserve`).
-            Resolution::NoMatch if !broadcast && self.is_reserved(&service) => {
-                if is_syn && !super::handshake::may_open(repr.protocol, segment) {
-                    self.stats.bad_syn += 1;
-                } else {
-                    let bytes = super::output::build(repr, segment);
-                    self.hold(service, src, dst, ttl, bytes);
-                }
             }
             Resolution::Forward(_) | Resolution::Drop | Resolution::NoMatch => {
                 // Only a SYN sent to us personally earns an answer: a
