@@ -60,10 +60,9 @@ pub(crate) fn timer() -> nix::Result<TimerFd> {
     if timer.as_fd().as_raw_fd() >= socket_shim::fd::LOWEST_OWN {
         return Ok(timer);
     }
-    let copy = own(timer
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EMFILE)))?);
+    // A copy at 3 or above (`F_DUPFD_CLOEXEC`), the original closed.
+    let copy = (timer.as_fd().try_clone_to_owned())
+        .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EMFILE)))?;
     // SAFETY: `copy` is a copy of the timerfd just made, which nobody
     // else holds (the original is closed here).
     Ok(unsafe { TimerFd::from_raw_fd(copy.into_raw_fd()) })

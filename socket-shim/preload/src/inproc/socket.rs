@@ -37,6 +37,23 @@ pub(crate) enum Object {
     },
 }
 
+impl Object {
+    /// The engine's readable eventfd of the object (made now if need be).
+    fn readable_fd(&self) -> Res<RawFd> {
+        let fd = match self {
+            Object::Stream(stream) => stream.readable_fd(),
+            Object::Listener { listener, .. } => listener.readable_fd(),
+        };
+        fd.map(|fd| fd.as_raw_fd()).map_err(|error| errno(&error))
+    }
+}
+
+/// Whether `error` is a connect's own failure (not a reset or a hand-over
+/// of the flow while it was opening).
+fn connect_failure(error: &Error) -> bool {
+    matches!(error, Error::Refused | Error::NoRoute | Error::TimedOut)
+}
+
 /// An in-process socket, shared by the numbers that copy it.
 pub(crate) struct Socket {
     /// Always there until dropped; leaked, not dropped, in a forked child
@@ -247,11 +264,7 @@ impl Socket {
     /// The engine's readable eventfd of this process's object, to
     /// duplicate at the program's number.
     pub(crate) fn readable_fd(&self) -> Res<RawFd> {
-        let fd = match self.object()? {
-            Object::Stream(stream) => stream.readable_fd(),
-            Object::Listener { listener, .. } => listener.readable_fd(),
-        };
-        fd.map(|fd| fd.as_raw_fd()).map_err(|error| errno(&error))
+        self.object()?.readable_fd()
     }
 
     /// The engine's readable eventfd of the object whoever made it (a
@@ -259,11 +272,7 @@ impl Socket {
     /// for this socket are copies of (see `registry`), valid while the
     /// socket is held.
     pub(crate) fn identity_fd(&self) -> Option<RawFd> {
-        let fd = match self.object.as_ref()? {
-            Object::Stream(stream) => stream.readable_fd(),
-            Object::Listener { listener, .. } => listener.readable_fd(),
-        };
-        fd.ok().map(|fd| fd.as_raw_fd())
+        self.object.as_ref()?.readable_fd().ok()
     }
 
     /// In a forked child, right after `fork`: a listener's copy of its
@@ -714,7 +723,7 @@ impl Socket {
             }
             Err(Error::WouldBlock) => Err(libc::EINPROGRESS),
             Err(Error::Interrupted) => Err(libc::EINTR),
-            Err(error @ (Error::Refused | Error::NoRoute | Error::TimedOut)) => Err(self
+            Err(error) if connect_failure(&error) => Err(self
                 .connect_failed(stream, &error, true)
                 .unwrap_or(libc::EPIPE)),
             Err(error) => Err(self.aborted(&error)),
@@ -793,7 +802,7 @@ impl Socket {
             Err(Error::WouldBlock) => Err(libc::EALREADY),
             // The connect goes on.
             Err(Error::Interrupted) => Err(libc::EINTR),
-            Err(error @ (Error::Refused | Error::NoRoute | Error::TimedOut)) => {
+            Err(error) if connect_failure(&error) => {
                 Err(self.connect_failed(stream, &error, waits)?)
             }
             Err(error) if waits => Err(self.aborted(&error)),
