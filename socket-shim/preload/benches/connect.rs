@@ -15,9 +15,10 @@
 //! `BENCH_CONNECT=nonblock` (the client connects non-blocking, then polls
 //! for the result, as event-driven programs do), `SHIM_BASELINE` (the path of another build's
 //! `libserval_shim.so`, say one of an earlier commit) and `SALD_BASELINE`
-//! (another build's `sald`): the direct runs are repeated with them (either
-//! or both; the other from this build), client and server, on fresh
-//! daemons, as the "before" of a change.
+//! (another build's `sald`): the direct and in-process runs are repeated
+//! with them (either or both; the other from this build), client and
+//! server, on fresh daemons, as the "before" of a change (the in-process
+//! baseline runs just before this build's in-process rows).
 //!
 //! Rows: sequential (one client thread: its p50/p99 of connect + echo),
 //! then each parallel count (connections per second), for kernel TCP, the
@@ -25,8 +26,14 @@
 //! in-process (both programs under `serval-run --in-process`, each with
 //! its own SAL host on a UDP socket; both daemons on UDP with `--relays`,
 //! which relay the SYNs: the server's to its program's listener, the
-//! client's until the program's cached resolution holds), then, on a
-//! LAN of three namespaces (a bridge), the SAL "LAN direct" (the client's
+//! client's until the program's cached resolution holds; run before the
+//! direct rows: their TUN-mode daemons add policy routing rules, and once
+//! a namespace has had any, every route lookup of its kernel goes through
+//! the rules for good (`fib_has_custom_rules` is never reset), which the
+//! in-process programs' UDP packets, two lookups each, paid and kernel
+//! TCP's connected sockets, run first, did not: `fib_rules_lookup` was 2 %
+//! of both CPUs in the in-process rows, and is gone from them since),
+//! then, on a LAN of three namespaces (a bridge), the SAL "LAN direct" (the client's
 //! SYN straight to the server) and the SAL through a service router
 //! (`sald --forward` in the third namespace), these two with the same
 //! three daemons and server, in turn for each count (see "Through a
@@ -710,14 +717,22 @@ fn main() {
     };
     let direct_with =
         |sald_program: &Path, shim: &Path, name: &str| pair_runs(sald_program, shim, name, false);
-    let direct = direct_with(&binary("sald"), &shim, "direct");
-    let in_process = pair_runs(&binary("sald"), &shim, "inproc", true);
-    let baseline = (baseline_shim.is_some() || baseline_sald.is_some()).then(|| {
-        direct_with(
-            baseline_sald.as_deref().unwrap_or(&binary("sald")),
-            baseline_shim.as_deref().unwrap_or(&shim),
-            "baseline",
+    let baselines = baseline_shim.is_some() || baseline_sald.is_some();
+    let baseline_sald_program = baseline_sald.clone().unwrap_or_else(|| binary("sald"));
+    let baseline_shim_library = baseline_shim.clone().unwrap_or_else(|| shim.clone());
+    let in_process_baseline = baselines.then(|| {
+        pair_runs(
+            &baseline_sald_program,
+            &baseline_shim_library,
+            "inprocbase",
+            true,
         )
+    });
+    let in_process = pair_runs(&binary("sald"), &shim, "inproc", true);
+    let direct = direct_with(&binary("sald"), &shim, "direct");
+    let baseline = in_process_baseline.map(|in_process| Baseline {
+        direct: direct_with(&baseline_sald_program, &baseline_shim_library, "baseline"),
+        in_process,
     });
     drop(pair);
 
@@ -805,8 +820,15 @@ fn main() {
         &in_process,
         &lan_direct,
         &routed,
-        baseline.as_deref(),
+        baseline.as_ref(),
     );
+}
+
+/// The rows run again with the baseline's shim and sald (`SHIM_BASELINE`,
+/// `SALD_BASELINE`).
+struct Baseline {
+    direct: Vec<Run>,
+    in_process: Vec<Run>,
 }
 
 /// The cost columns of a row: the daemons' and the machine's CPU time per
@@ -830,7 +852,7 @@ fn report(
     in_process: &[Run],
     lan_direct: &[Run],
     routed: &[Run],
-    baseline: Option<&[Run]>,
+    baseline: Option<&Baseline>,
 ) {
     let verdict = |met: bool| if met { "met" } else { "NOT met" };
     println!();
@@ -844,8 +866,12 @@ fn report(
     let rows = [
         ("kernel TCP", Some(kernel[0])),
         ("SAL direct", Some(direct[0])),
-        ("SAL direct, baseline", baseline.map(|b| b[0])),
+        ("SAL direct, baseline", baseline.map(|b| b.direct[0])),
         ("SAL in-process", Some(in_process[0])),
+        (
+            "SAL in-process, baseline",
+            baseline.map(|b| b.in_process[0]),
+        ),
         ("SAL LAN direct", Some(lan_direct[0])),
         ("SAL via router", Some(routed[0])),
     ];
@@ -889,49 +915,30 @@ fn report(
             d.rate / k.rate,
             cpu_columns(&d)
         );
-        if let Some(b) = baseline.map(|b| b[i + 1]) {
+        let row = |name: &str, run: &Run, against: Option<(&str, &Run)>| {
+            let versus = against.map_or_else(String::new, |(what, before)| {
+                format!("   ({what} / baseline {:.2})", before.rate / run.rate)
+            });
             println!(
-                "  SAL direct, baseline     {:8.0} {:8} {:8} {:8}   {:8.2}   {:8.2} {}   (direct / baseline {:.2})",
-                b.rate,
-                b.p50_us,
-                b.p99_us,
-                b.errors,
-                b.rate / k.rate,
-                b.rate / d.rate,
-                cpu_columns(&b),
-                d.rate / b.rate
+                "  {name:<24} {:8.0} {:8} {:8} {:8}   {:8.2}   {:8.2} {}{versus}",
+                run.rate,
+                run.p50_us,
+                run.p99_us,
+                run.errors,
+                run.rate / k.rate,
+                run.rate / d.rate,
+                cpu_columns(run),
             );
+        };
+        if let Some(b) = baseline.map(|b| &b.direct[i + 1]) {
+            row("SAL direct, baseline", b, Some(("direct", &d)));
         }
-        println!(
-            "  SAL in-process           {:8.0} {:8} {:8} {:8}   {:8.2}   {:8.2} {}",
-            n.rate,
-            n.p50_us,
-            n.p99_us,
-            n.errors,
-            n.rate / k.rate,
-            n.rate / d.rate,
-            cpu_columns(&n)
-        );
-        println!(
-            "  SAL LAN direct           {:8.0} {:8} {:8} {:8}   {:8.2}   {:8.2} {}",
-            l.rate,
-            l.p50_us,
-            l.p99_us,
-            l.errors,
-            l.rate / k.rate,
-            l.rate / d.rate,
-            cpu_columns(&l)
-        );
-        println!(
-            "  SAL via router           {:8.0} {:8} {:8} {:8}   {:8.2}   {:8.2} {}",
-            r.rate,
-            r.p50_us,
-            r.p99_us,
-            r.errors,
-            r.rate / k.rate,
-            r.rate / d.rate,
-            cpu_columns(&r)
-        );
+        row("SAL in-process", &n, None);
+        if let Some(b) = baseline.map(|b| &b.in_process[i + 1]) {
+            row("SAL in-process, baseline", b, Some(("in-process", &n)));
+        }
+        row("SAL LAN direct", &l, None);
+        row("SAL via router", &r, None);
         println!(
             "  targets: direct >= 0.5x kernel: {}; in-process >= 0.5x kernel: {}; router >= 0.8x direct: {}",
             verdict(d.rate >= 0.5 * k.rate),

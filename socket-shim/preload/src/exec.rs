@@ -41,6 +41,7 @@ impl Pending {
 
     /// Hands over the sockets a spawned program may inherit.
     fn spawn() -> Pending {
+        crate::table::forking();
         Pending::with(crate::inproc::before_spawn)
     }
 

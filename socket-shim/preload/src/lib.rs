@@ -531,6 +531,9 @@ pub unsafe extern "C" fn setsockopt(
         }
         let Some(kind) = ops::setsockopt_kind(fd) else {
             let set = pass();
+            if set == 0 && table::maybe_tracked(fd) && inproc::enabled() {
+                inproc::recycle::option_set(fd, level, name);
+            }
             if set == 0 && level == libc::SOL_SOCKET && table::maybe_tracked(fd) {
                 // An inet-mode socket the shim watches: the option must
                 // hold for the flow should a connect make it one.
@@ -844,7 +847,12 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_i
     }
     if !table::maybe_tracked(fd) {
         // SAFETY: forwarding the caller's arguments unchanged.
-        return unsafe { real::sendmsg(fd, msg, flags) };
+        let sent = unsafe { real::sendmsg(fd, msg, flags) };
+        if sent >= 0 && inproc::enabled() {
+            // SAFETY: the message the kernel just sent.
+            unsafe { inproc::recycle::passed(msg) };
+        }
+        return sent;
     }
     guard(-1, || {
         // SAFETY: the caller's message is null or valid for the call.
@@ -1062,7 +1070,14 @@ pub unsafe extern "C" fn sendmmsg(
 ) -> c_int {
     if !table::maybe_tracked(fd) && !inproc::is(fd) {
         // SAFETY: forwarding the caller's arguments unchanged.
-        return unsafe { real::sendmmsg(fd, msgvec, vlen, flags) };
+        let sent = unsafe { real::sendmmsg(fd, msgvec, vlen, flags) };
+        if inproc::enabled() {
+            for i in 0..usize::try_from(sent).unwrap_or(0) {
+                // SAFETY: one of the messages the kernel just sent.
+                unsafe { inproc::recycle::passed(&(*msgvec.add(i)).msg_hdr) };
+            }
+        }
+        return sent;
     }
     guard(-1, || {
         // SAFETY: the caller's `vlen` messages, valid for the call.
@@ -1228,7 +1243,10 @@ pub unsafe extern "C" fn shutdown(fd: c_int, how: c_int) -> c_int {
     // Only connected flows (tracked, their data calls not intercepted)
     // take the table lock: a signal handler that shuts a listener down to
     // wake an accept loop must not wait on a lock the thread it
-    // interrupted may hold.
+    // interrupted may hold (the note for `inproc::recycle` is lock-free).
+    if table::maybe_tracked(fd) {
+        inproc::recycle::taint(fd);
+    }
     if matches!(how, libc::SHUT_WR | libc::SHUT_RDWR) && table::maybe_flow(fd) {
         let _ = catch_unwind(|| ops::write_shut(fd));
     } else if how == libc::SHUT_RD && table::maybe_flow(fd) {
@@ -1371,6 +1389,11 @@ pub unsafe extern "C" fn epoll_ctl(
 /// `old` means, and what `result` meant is let go of as by `close` (see
 /// `ops::copy`); a failed one changes nothing, as in Linux.
 fn copied(old: c_int, result: c_int) -> c_int {
+    if result >= 0 && table::maybe_tracked(old) {
+        // Two numbers for one kernel socket: it is not kept at a connect.
+        inproc::recycle::taint(old);
+        inproc::recycle::taint(result);
+    }
     if result >= 0 {
         let _ = catch_unwind(|| inproc::calls::copied(old, result));
         let _ = catch_unwind(|| ops::copy(old, result));
@@ -1549,6 +1572,9 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: libc::c_ulong, arg: libc::c_u
             return done;
         }
     }
+    if !cloexec_request && request != libc::FIONBIO as libc::c_ulong && table::maybe_tracked(fd) {
+        inproc::recycle::taint(fd);
+    }
     // SAFETY: forwarding the caller's arguments unchanged.
     let result = unsafe { real::ioctl(fd, request, arg) };
     if result == 0 && cloexec_request {
@@ -1641,8 +1667,17 @@ pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c
 }
 
 /// What an `fcntl` of `fd` returned: for the commands that copy a
-/// descriptor, the copy means what `fd` means (see [`copied`]).
+/// descriptor, the copy means what `fd` means (see [`copied`]). Any
+/// command but the flags' makes a kernel socket of the program's one not
+/// to keep (`inproc::recycle`).
 fn fcntl_done(fd: c_int, cmd: c_int, result: c_int) -> c_int {
+    let flags = matches!(
+        cmd,
+        libc::F_GETFL | libc::F_SETFL | libc::F_GETFD | libc::F_SETFD
+    );
+    if !flags && table::maybe_tracked(fd) {
+        inproc::recycle::taint(fd);
+    }
     match cmd {
         libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => copied(fd, result),
         libc::F_SETFD if result == 0 => {

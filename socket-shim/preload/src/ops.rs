@@ -291,6 +291,8 @@ struct Recorded {
     /// The entry's device and inode, which the check just found at the
     /// number.
     ident: (u64, u64),
+    /// A watched kernel TCP socket's family.
+    watched: Option<c_int>,
 }
 
 impl Recorded {
@@ -300,6 +302,10 @@ impl Recorded {
             epoll: e.epoll.clone(),
             gen: e.gen,
             ident: e.ident,
+            watched: match e.domain {
+                Domain::Inet(family) if e.watched() => Some(family),
+                _ => None,
+            },
         }
     }
 }
@@ -377,10 +383,19 @@ pub(crate) fn socket(
     pass: impl FnOnce() -> c_int,
 ) -> Res<c_int> {
     if domain != AF_SERVAL {
-        let fd = pass();
+        let watched = watches(domain, ty, protocol);
+        // A kernel socket an in-process connect left, as new (see
+        // `inproc::recycle`), or a new one.
+        let kept = (watched && inproc::enabled())
+            .then(|| inproc::recycle::take(domain, ty))
+            .flatten();
+        let fd = kept.unwrap_or_else(pass);
         if fd >= 0 {
-            let watched = watches(domain, ty, protocol)
-                .then(|| Entry::new(Kind::Stream, Domain::Inet(domain), fd, State::Watched));
+            if watched {
+                inproc::recycle::made(fd);
+            }
+            let watched =
+                watched.then(|| Entry::new(Kind::Stream, Domain::Inet(domain), fd, State::Watched));
             let old = {
                 let mut table = lock();
                 match watched {
@@ -634,6 +649,13 @@ fn inproc_before(fd: RawFd, recorded: Option<Recorded>) -> inproc::Before {
     match recorded {
         Some(recorded) => inproc::Before {
             nonblock,
+            // One registered in epoll is not: the registration lives as
+            // long as the file (see `inproc::recycle`).
+            spare: (recorded.watched)
+                .filter(|_| recorded.epoll.is_empty())
+                .and_then(|family| {
+                    inproc::recycle::Spare::of(fd, family, recorded.ident, flags, recorded.gen)
+                }),
             options: recorded.options,
             epoll: recorded.epoll,
             ident: recorded.ident,

@@ -379,6 +379,23 @@ pub(crate) fn next_gen() -> u64 {
     NEXT_GEN.fetch_add(1, Ordering::Relaxed)
 }
 
+/// The first generation given after the process's last `fork` or
+/// `posix_spawn`: entries below it are of sockets another process may
+/// hold a copy of.
+static FORKED_AT: AtomicU64 = AtomicU64::new(0);
+
+/// The process is about to `fork` or spawn: its sockets may have copies
+/// in the child from now on.
+pub(crate) fn forking() {
+    FORKED_AT.store(NEXT_GEN.load(Ordering::Relaxed), Ordering::Relaxed);
+}
+
+/// Whether the entry of generation `gen` is of a socket that was there
+/// at a `fork` or spawn of this process (see [`forking`]).
+pub(crate) fn made_before_a_fork(gen: u64) -> bool {
+    gen < FORKED_AT.load(Ordering::Relaxed)
+}
+
 /// Device and inode of what `fd` refers to ((0, 0) if it is not open).
 pub(crate) fn ident(fd: RawFd) -> (u64, u64) {
     let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
@@ -657,6 +674,7 @@ static FORK_CONNECTOR: AtomicBool = AtomicBool::new(false);
 /// deadlock against a connect that holds the connector's and waits for the
 /// table's.
 extern "C" fn fork_prepare() {
+    forking();
     if FORK_CONNECTOR.load(Ordering::Acquire) {
         socket_shim::connector::fork_prepare();
     }

@@ -39,6 +39,12 @@ fn exec_program() -> &'static Path {
     PROGRAM.get_or_init(|| support::compile_test_c("inproc_exec"))
 }
 
+/// `tests/c/inproc_recycle.c`, compiled once.
+fn recycle_program() -> &'static Path {
+    static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
+    PROGRAM.get_or_init(|| support::compile_test_c("inproc_recycle"))
+}
+
 /// `tests/c/inproc_fds.c`, compiled once.
 fn fds_program() -> &'static Path {
     static PROGRAM: OnceLock<PathBuf> = OnceLock::new();
@@ -619,6 +625,25 @@ fn a_second_listen_changes_the_backlog_in_process() {
 fn the_engine_s_descriptors_are_never_standard_streams() {
     let sald = Sald::start_relaying();
     in_process(&sald, &["low-fds", "10f1"], false).success(T);
+}
+
+/// The kernel TCP socket an in-process connect leaves (inet mode) is the
+/// next `socket()`'s, as new: the options the program set off again, the
+/// blocking mode and close-on-exec asked for, the lowest free number, not
+/// bound, and working on the kernel's path; a socket copied with `dup` or
+/// made before a `fork` is not (another holder could still use it). See
+/// `inproc::recycle`.
+#[test]
+fn kernel_sockets_left_by_in_process_connects_are_made_new() {
+    let sald = Sald::start_relaying();
+    let map = "9111=beef11";
+    let _server = connrate_server(&sald, &["--in-process"], map, "9111");
+    let mut cmd = sald.run(
+        &["--in-process", "--map", map],
+        recycle_program(),
+        &["9111"],
+    );
+    Proc::spawn("inproc_recycle", &mut cmd).success(T);
 }
 
 /// After a failed connect, a socket connects again, as Linux's TCP (the

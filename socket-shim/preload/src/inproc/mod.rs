@@ -64,6 +64,12 @@
 //! meanwhile); `accept` takes a number before it takes the flow, so that
 //! `EMFILE` leaves the flow queued.
 //!
+//! An inet-mode socket is the kernel's TCP socket until its `connect`;
+//! one that nothing else can hold is kept when the connect puts the
+//! stream at its number, and is the next `socket()`'s, made new
+//! ([`recycle`]): making and destroying it was 5 % of both CPUs at high
+//! connection rates.
+//!
 //! # Waiting
 //!
 //! Calls that block wait inside the engine, which drives the host.
@@ -218,6 +224,7 @@ pub(crate) mod epoll;
 mod handover;
 mod iov;
 mod poll;
+pub(crate) mod recycle;
 mod registry;
 pub(crate) mod select;
 mod setup;

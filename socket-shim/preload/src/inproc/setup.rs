@@ -15,7 +15,7 @@ use sal_inproc::Mode;
 use socket_shim::ControlClient;
 
 use super::socket::{errno, Object};
-use super::{enabled, registry, runtime, Socket};
+use super::{enabled, recycle, registry, runtime, Socket};
 use crate::addr::SockAddr;
 use crate::ops::{last_errno, Res};
 use crate::real;
@@ -39,6 +39,9 @@ pub(crate) struct Before {
     /// The generation of the number's daemon-table entry, if it has one
     /// (see `table::Entry::gen`): the same when the object takes it.
     pub gen: Option<u64>,
+    /// The kernel's TCP socket at the number, if it is one worth keeping
+    /// for the program's next `socket()` ([`recycle`]).
+    pub spare: Option<recycle::Spare>,
 }
 
 impl Before {
@@ -288,15 +291,23 @@ fn install(fd: RawFd, socket: Arc<Socket>, before: &Before) -> Res<()> {
         return Err(libc::EBADF);
     }
     let cloexec = crate::inherit::cloexec(fd);
+    // The kernel socket is kept rather than destroyed under the eventfd.
+    let kept = before.spare.as_ref().and_then(|_| recycle::keep(fd));
     // SAFETY: no pointers; `fd` is the program's socket, checked above to
     // be the one this call began with, `readable` the socket's eventfd,
     // held by `socket`.
     if unsafe { real::dup3(readable, fd, libc::O_CLOEXEC) } < 0 {
         let errno = last_errno();
+        if let Some(copy) = kept {
+            recycle::unkeep(copy);
+        }
         drop(table);
         drop(stale);
         drop(socket);
         return Err(errno);
+    }
+    if let (Some(copy), Some(spare)) = (kept, before.spare.clone()) {
+        recycle::park(copy, spare);
     }
     let old = table.remove(fd);
     drop(table);
