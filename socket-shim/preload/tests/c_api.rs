@@ -168,7 +168,10 @@ fn a_listener_crosses_exec_twice() {
 /// carries its most is not carried; once the original is closed, the
 /// listener's control connection does not cross `exec` either (it would
 /// keep the service bound in an image that does not know the listener):
-/// the new image binds the service again.
+/// the new image binds the service again. In-process the listener takes
+/// no place in the record until the `exec` hands it to sald, when there
+/// is room: the copy crosses as a listener, as Linux's would, and closed
+/// there lets the service go.
 #[test]
 fn a_listener_copy_past_the_records_most_is_unbound_at_exec() {
     let sald = Sald::start();
@@ -234,7 +237,9 @@ fn the_record_of_what_crosses_exec_is_never_a_standard_stream() {
 /// record's last place between its two steps (sald stopped, so that the
 /// listen waits there): the listener is not in the record, and its
 /// control connection does not cross `exec` (the new image binds the
-/// service again).
+/// service again). In-process the copy that fills the record is of the
+/// engine's listener, in no record: the datagram socket's listener keeps
+/// its place and crosses as a listener, as Linux's would.
 #[test]
 fn a_listener_left_out_of_the_record_does_not_stay_bound_across_exec() {
     let sald = Sald::start();

@@ -190,6 +190,8 @@
  *                                             program as exec-full-dup-check
  *   exec-full-dup-check SID D                 the copy D is a plain socket, and SID binds
  *                                             again (its control connection did not cross)
+ *   exec-carried-check SID D                  (in-process) D crossed as a listener; closed,
+ *                                             SID binds again
  *   exec-accept SID COUNT FD                  the listener at FD, from the image before:
  *                                             named, listening, echo COUNT connections
  *   exec-rebind SID COUNT FD                  FD is closed; SID binds again
@@ -1480,7 +1482,10 @@ static int exec_again(const char *sid, const char *count, int fd, int dup) {
  * datagram sockets and the listener): the copy is not carried, and once
  * the original is closed nothing the record carries holds the listener's
  * control connection, which must not cross exec then (the service would
- * stay bound in an image that does not know it). */
+ * stay bound in an image that does not know it). In-process, the
+ * listener and its copy are the engine's, in no record, until the exec
+ * hands the listener to sald: the record then has room for it, and the
+ * copy crosses as a listener, as Linux's would (exec-carried-check). */
 static int exec_full_dup(const char *sid) {
     int fd = socket(AF_SERVAL, SOCK_STREAM, 0);
     if (fd < 0) die("socket");
@@ -1500,8 +1505,20 @@ static int exec_full_dup(const char *sid) {
     CHECK(close(fd) == 0, "close the original listener");
     char darg[16];
     snprintf(darg, sizeof darg, "%d", d);
-    exec_self("exec-full-dup-check", sid, darg, -1, -1);
+    exec_self(in_process() ? "exec-carried-check" : "exec-full-dup-check", sid, darg, -1, -1);
     return 1;
+}
+
+/* In-process, after exec_full_dup or exec_listen_race: the listener at D
+ * crossed exec (the record had room at the hand-over); closed, it lets
+ * its service go, which binds again. */
+static int exec_carried_check(const char *sid, int d) {
+    int on = -1;
+    socklen_t len = sizeof on;
+    CHECK(getsockopt(d, SOL_SOCKET, SO_ACCEPTCONN, &on, &len) == 0 && on == 1,
+          "the listener crossed exec (SO_ACCEPTCONN %d)", on);
+    CHECK(close(d) == 0, "close the listener");
+    return exec_rebind(sid, -1);
 }
 
 static int exec_full_dup_check(const char *sid, int d) {
@@ -1888,7 +1905,9 @@ static void *listen_thread(void *arg) {
  * two steps of that listen (sald stopped meanwhile, so that the listen
  * waits there): the listener is not in the record then, so its control
  * connection must not cross exec (the service would stay bound in an
- * image that does not know it). */
+ * image that does not know it). In-process, the copy that fills the
+ * record is the engine's listener's, in no record: the listener at D has
+ * its place, and crosses exec as Linux's would (exec-carried-check). */
 static int exec_listen_race(const char *sid) {
     struct sockaddr_sv sa = sv_addr(sid), other = sv_addr("e7ecf");
     int d = socket(AF_SERVAL, SOCK_DGRAM, 0);
@@ -1926,6 +1945,11 @@ static int exec_listen_race(const char *sid) {
     if (pthread_join(t, NULL) != 0) die("pthread_join");
     CHECK(arg == 0, "listen on the bound datagram socket");
     if (failures) return 1;
+    if (in_process()) {
+        char darg[16];
+        snprintf(darg, sizeof darg, "%d", d);
+        exec_self("exec-carried-check", sid, darg, -1, -1);
+    }
     exec_self("exec-rebind", sid, "0", -1, -1);
     return 1;
 }
@@ -4395,6 +4419,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "exec-again") && argc > 5) return exec_again(sid, argv[3], atoi(argv[4]), atoi(argv[5]));
     if (!strcmp(cmd, "exec-full-dup")) return exec_full_dup(sid);
     if (!strcmp(cmd, "exec-full-dup-check") && argc > 3) return exec_full_dup_check(sid, atoi(argv[3]));
+    if (!strcmp(cmd, "exec-carried-check") && argc > 3) return exec_carried_check(sid, atoi(argv[3]));
     if (!strcmp(cmd, "exec-dgram")) return exec_dgram(sid, argc > 3 ? argv[3] : "1");
     if (!strcmp(cmd, "exec-many-dgram")) return exec_many_dgram(sid);
     if (!strcmp(cmd, "exec-many-dgram-check") && argc > 5)
