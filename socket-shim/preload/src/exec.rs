@@ -10,9 +10,11 @@
 //! `__execve`, which a preloaded library cannot interpose; so each public
 //! function is interposed by itself. `posix_spawn` and `posix_spawnp`
 //! hand over, before the call, the sockets the new program may inherit
-//! (see [`posix_spawn`]). `system` and `popen` are left alone: their
+//! (see [`posix_spawn`]). `system` and `popen` hand nothing over: their
 //! shell inherits no in-process socket (the numbers are close-on-exec in
-//! the kernel), and the caller keeps them all in-process.
+//! the kernel), and the caller keeps them all in-process; they only mark
+//! the process's kernel sockets as shared with a child
+//! (`table::spawning`, see `inproc::recycle`).
 //!
 //! `execl`, `execlp` and `execle` are variadic, which stable Rust cannot
 //! define; on x86-64 a few instructions ([`execl`]) line the register
@@ -36,12 +38,15 @@ struct Pending(bool);
 impl Pending {
     /// Hands the in-process sockets over, if this process has any.
     fn begin() -> Pending {
+        // A `vfork` child's `exec`: the parent's sockets have copies in
+        // the new program from now on (no `fork` handler ran).
+        crate::table::forking();
         Pending::with(crate::inproc::before_exec)
     }
 
     /// Hands over the sockets a spawned program may inherit.
     fn spawn() -> Pending {
-        crate::table::forking();
+        crate::table::spawning();
         Pending::with(crate::inproc::before_spawn)
     }
 
@@ -274,4 +279,29 @@ unsafe extern "C" fn execle_lined_up(path: *const c_char, argv: Strings) -> c_in
         }
         execve(path, argv, *end.add(1) as Strings)
     }
+}
+
+/// `system`: its shell may inherit the program's kernel sockets (see the
+/// module's doc).
+///
+/// # Safety
+/// As `system(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn system(command: *const c_char) -> c_int {
+    if !command.is_null() {
+        crate::table::spawning();
+    }
+    // SAFETY: forwarding the caller's argument unchanged.
+    unsafe { real::system(command) }
+}
+
+/// `popen`, as [`system`].
+///
+/// # Safety
+/// As `popen(3)`.
+#[no_mangle]
+pub unsafe extern "C" fn popen(command: *const c_char, mode: *const c_char) -> *mut libc::FILE {
+    crate::table::spawning();
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { real::popen(command, mode) }
 }

@@ -530,10 +530,12 @@ pub unsafe extern "C" fn setsockopt(
             return inproc::calls::setsockopt(fd, level, name, bytes);
         }
         let Some(kind) = ops::setsockopt_kind(fd) else {
-            let set = pass();
-            if set == 0 && table::maybe_tracked(fd) && inproc::enabled() {
+            if table::maybe_tracked(fd) && inproc::enabled() {
+                // Noted first: a connect of another thread deciding
+                // whether to keep the socket meanwhile sees it.
                 inproc::recycle::option_set(fd, level, name);
             }
+            let set = pass();
             if set == 0 && level == libc::SOL_SOCKET && table::maybe_tracked(fd) {
                 // An inet-mode socket the shim watches: the option must
                 // hold for the flow should a connect make it one.
@@ -597,6 +599,10 @@ pub unsafe extern "C" fn sendto(
         }) {
             return done;
         }
+    }
+    if flags & libc::MSG_FASTOPEN != 0 && table::maybe_tracked(fd) {
+        // A kernel connect: the socket is not new any more.
+        inproc::recycle::taint(fd);
     }
     // Not ours, or a connected flow sent to with no address (as `send`):
     // libc's, lock-free.
@@ -844,6 +850,10 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_i
         }) {
             return done;
         }
+    }
+    if flags & libc::MSG_FASTOPEN != 0 && table::maybe_tracked(fd) {
+        // A kernel connect: the socket is not new any more.
+        inproc::recycle::taint(fd);
     }
     if !table::maybe_tracked(fd) {
         // SAFETY: forwarding the caller's arguments unchanged.
@@ -1390,8 +1400,7 @@ pub unsafe extern "C" fn epoll_ctl(
 /// `ops::copy`); a failed one changes nothing, as in Linux.
 fn copied(old: c_int, result: c_int) -> c_int {
     if result >= 0 && table::maybe_tracked(old) {
-        // Two numbers for one kernel socket: it is not kept at a connect.
-        inproc::recycle::taint(old);
+        // Two numbers for one kernel socket (see [`copying`]).
         inproc::recycle::taint(result);
     }
     if result >= 0 {
@@ -1401,10 +1410,20 @@ fn copied(old: c_int, result: c_int) -> c_int {
     result
 }
 
+/// Before a copy of `old` is made: a kernel socket of the program's with
+/// two numbers is not kept at a connect (`inproc::recycle`), noted before
+/// the copy exists.
+fn copying(old: c_int) {
+    if table::maybe_tracked(old) {
+        inproc::recycle::taint(old);
+    }
+}
+
 /// # Safety
 /// As `dup(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn dup(old: c_int) -> c_int {
+    copying(old);
     // SAFETY: forwarding the caller's argument unchanged.
     copied(old, unsafe { real::dup(old) })
 }
@@ -1416,6 +1435,7 @@ pub unsafe extern "C" fn dup(old: c_int) -> c_int {
 /// (`old == new`) or bound to fail (`old` not open). Its socket is let go
 /// of after the call.
 fn replace(old: c_int, new: c_int, copy: impl FnOnce() -> c_int) -> c_int {
+    copying(old);
     let replaced = match inproc::enabled() && old != new && inproc::is(new) {
         true => catch_unwind(|| inproc::calls::replacing(old, new))
             .ok()
@@ -1646,6 +1666,7 @@ fn daemon_path_queue(fd: c_int, request: libc::c_ulong, arg: libc::c_ulong) -> O
 /// As `fcntl(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
+    fcntl_noted(fd, cmd, arg);
     if let Some(done) = inproc_fcntl(fd, cmd, arg) {
         return done;
     }
@@ -1659,6 +1680,7 @@ pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_i
 /// As `fcntl(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c_int {
+    fcntl_noted(fd, cmd, arg);
     if let Some(done) = inproc_fcntl(fd, cmd, arg) {
         return done;
     }
@@ -1666,18 +1688,23 @@ pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: libc::c_ulong) -> c
     fcntl_done(fd, cmd, unsafe { real::fcntl64(fd, cmd, arg) })
 }
 
-/// What an `fcntl` of `fd` returned: for the commands that copy a
-/// descriptor, the copy means what `fd` means (see [`copied`]). Any
-/// command but the flags' makes a kernel socket of the program's one not
-/// to keep (`inproc::recycle`).
-fn fcntl_done(fd: c_int, cmd: c_int, result: c_int) -> c_int {
-    let flags = matches!(
-        cmd,
-        libc::F_GETFL | libc::F_SETFL | libc::F_GETFD | libc::F_SETFD
-    );
-    if !flags && table::maybe_tracked(fd) {
+/// Before an `fcntl` of `fd`: any command but the flags' (a copy, an
+/// owner, a lease, `O_ASYNC`) makes a kernel socket of the program's one
+/// not to keep (`inproc::recycle`, see [`copying`]).
+fn fcntl_noted(fd: c_int, cmd: c_int, arg: libc::c_ulong) {
+    let plain = match cmd {
+        libc::F_GETFL | libc::F_GETFD | libc::F_SETFD => true,
+        libc::F_SETFL => arg & libc::O_ASYNC as libc::c_ulong == 0,
+        _ => false,
+    };
+    if !plain && table::maybe_tracked(fd) {
         inproc::recycle::taint(fd);
     }
+}
+
+/// What an `fcntl` of `fd` returned: for the commands that copy a
+/// descriptor, the copy means what `fd` means (see [`copied`]).
+fn fcntl_done(fd: c_int, cmd: c_int, result: c_int) -> c_int {
     match cmd {
         libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => copied(fd, result),
         libc::F_SETFD if result == 0 => {

@@ -384,6 +384,9 @@ pub(crate) fn socket(
 ) -> Res<c_int> {
     if domain != AF_SERVAL {
         let watched = watches(domain, ty, protocol);
+        // Its generation from before the socket exists: a `fork` after
+        // this counts as one the socket was there for (`inproc::recycle`).
+        let gen = table::next_gen();
         // A kernel socket an in-process connect left, as new (see
         // `inproc::recycle`), or a new one.
         let kept = (watched && inproc::enabled())
@@ -394,8 +397,11 @@ pub(crate) fn socket(
             if watched {
                 inproc::recycle::made(fd);
             }
-            let watched =
-                watched.then(|| Entry::new(Kind::Stream, Domain::Inet(domain), fd, State::Watched));
+            let watched = watched.then(|| {
+                let mut entry = Entry::new(Kind::Stream, Domain::Inet(domain), fd, State::Watched);
+                entry.gen = gen;
+                entry
+            });
             let old = {
                 let mut table = lock();
                 match watched {
@@ -649,13 +655,7 @@ fn inproc_before(fd: RawFd, recorded: Option<Recorded>) -> inproc::Before {
     match recorded {
         Some(recorded) => inproc::Before {
             nonblock,
-            // One registered in epoll is not: the registration lives as
-            // long as the file (see `inproc::recycle`).
-            spare: (recorded.watched)
-                .filter(|_| recorded.epoll.is_empty())
-                .and_then(|family| {
-                    inproc::recycle::Spare::of(fd, family, recorded.ident, flags, recorded.gen)
-                }),
+            watched: recorded.watched,
             options: recorded.options,
             epoll: recorded.epoll,
             ident: recorded.ident,

@@ -180,6 +180,39 @@ unsafe fn variadic_fcntl(
 
 /// The next definition of `name` (NUL-terminated), found once and kept in
 /// `slot`; `None` (and `ENOSYS`) where there is none.
+/// libc's `system`.
+///
+/// # Safety
+/// As `system(3)`.
+pub(crate) unsafe fn system(command: *const c_char) -> c_int {
+    static PTR: AtomicPtr<c_void> = AtomicPtr::new(null_mut());
+    let Some(p) = found(&PTR, "system\0") else {
+        return -1;
+    };
+    // SAFETY: libc's `system`, whose prototype this is.
+    unsafe {
+        let f: unsafe extern "C" fn(*const c_char) -> c_int = std::mem::transmute(p);
+        f(command)
+    }
+}
+
+/// libc's `popen`.
+///
+/// # Safety
+/// As `popen(3)`.
+pub(crate) unsafe fn popen(command: *const c_char, mode: *const c_char) -> *mut libc::FILE {
+    static PTR: AtomicPtr<c_void> = AtomicPtr::new(null_mut());
+    let Some(p) = found(&PTR, "popen\0") else {
+        return null_mut();
+    };
+    // SAFETY: libc's `popen`, whose prototype this is.
+    unsafe {
+        let f: unsafe extern "C" fn(*const c_char, *const c_char) -> *mut libc::FILE =
+            std::mem::transmute(p);
+        f(command, mode)
+    }
+}
+
 fn found(slot: &AtomicPtr<c_void>, name: &'static str) -> Option<*mut c_void> {
     let mut p = slot.load(Ordering::Relaxed);
     if p.is_null() {

@@ -385,9 +385,18 @@ pub(crate) fn next_gen() -> u64 {
 static FORKED_AT: AtomicU64 = AtomicU64::new(0);
 
 /// The process is about to `fork` or spawn: its sockets may have copies
-/// in the child from now on.
+/// in the child from now on. `fork` calls it holding the table's lock
+/// ([`fork_prepare`]), a spawn through [`spawning`], so that a connect
+/// deciding under that lock whether to keep a socket sees it; a `vfork`
+/// child about to `exec` (`crate::exec`) calls it bare.
 pub(crate) fn forking() {
     FORKED_AT.store(NEXT_GEN.load(Ordering::Relaxed), Ordering::Relaxed);
+}
+
+/// [`forking`], under the table's lock: before `posix_spawn`.
+pub(crate) fn spawning() {
+    let _table = lock();
+    forking();
 }
 
 /// Whether the entry of generation `gen` is of a socket that was there
@@ -674,11 +683,11 @@ static FORK_CONNECTOR: AtomicBool = AtomicBool::new(false);
 /// deadlock against a connect that holds the connector's and waits for the
 /// table's.
 extern "C" fn fork_prepare() {
-    forking();
     if FORK_CONNECTOR.load(Ordering::Acquire) {
         socket_shim::connector::fork_prepare();
     }
     let guard = TABLE.lock().unwrap_or_else(|e| e.into_inner());
+    forking();
     let _ = FORK_GUARD.try_with(|slot| *slot.borrow_mut() = Some(guard));
 }
 

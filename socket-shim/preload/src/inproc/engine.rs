@@ -278,6 +278,7 @@ extern "C" fn fork_prepare() {
     let _ = FORK_GUARD.try_with(|held| *held.borrow_mut() = Some(guard));
     super::registry::fork_prepare();
     super::epoll::fork_prepare();
+    super::recycle::fork_prepare();
 }
 
 /// In the child, right after `fork` (the numbers are still exactly the
@@ -287,7 +288,8 @@ extern "C" fn fork_prepare() {
 /// so that the child holds neither the port nor anything it would wait
 /// on; the registry learns the new process id and closes the child's
 /// copies of its listeners' relay connections (see
-/// `registry::forked`); then the locks go. The child's copies of the
+/// `registry::forked`), and the kept kernel sockets' copies are closed
+/// (`recycle::fork_child`); then the locks go. The child's copies of the
 /// objects' eventfds stay until the numbers that were the program's
 /// close; the threads' wake-up eventfds and the resolver's connection
 /// stay (leaked, unread).
@@ -306,6 +308,7 @@ extern "C" fn fork_child() {
     });
     OWNER.store(0, Ordering::Release);
     super::registry::forked();
+    super::recycle::fork_child();
     fork_release();
 }
 
@@ -313,6 +316,7 @@ extern "C" fn fork_child() {
 /// engine is forgotten at its next use, see [`forget_inherited`]), and
 /// the calls that waited for the hand-over (`handover::end`).
 extern "C" fn fork_release() {
+    super::recycle::fork_release();
     super::epoll::fork_release();
     super::registry::fork_release();
     let _ = FORK_GUARD.try_with(|held| held.borrow_mut().take());

@@ -16,36 +16,47 @@
 //! it cost two expensive ones.
 //!
 //! Only sockets that are as new are kept: never bound, never connected in
-//! the kernel (the in-process connect took them before), no file flag
-//! but `O_NONBLOCK`, options set only among those whose default is off
-//! ([`RESETTABLE`]), and no other holder: never copied (`dup`, `F_DUPFD`,
-//! passed in `SCM_RIGHTS`), never registered in an epoll set (a
-//! registration lasts as long as the file, and would report the next
-//! program socket's events under the old one's data), never shut down, no
-//! `ioctl` or `fcntl` but the blocking mode and close-on-exec, and made
-//! after the process's last `fork` or `posix_spawn` (a child's copy could
-//! still connect it).
-//! What the program did to each number is noted lock-free, a byte per
-//! number ([`made`], [`option_set`], [`taint`]); anything else is closed
-//! as before. Not seen: another process taking the socket with
-//! `pidfd_getfd`, and the children of glibc's `system` and `popen`
-//! (spawned through libc's internal calls; they run another program,
-//! which does not know the socket is there). At most [`KEEP`] are kept per
+//! the kernel (the in-process connect took them before; `MSG_FASTOPEN`
+//! counts), no file flag but `O_NONBLOCK`, options set only among those
+//! whose default is off ([`RESETTABLE`]), and no other holder: never
+//! copied (`dup`, `F_DUPFD`, passed in `SCM_RIGHTS`), never registered in
+//! an epoll set (a registration lasts as long as the file, and would
+//! report the next program socket's events under the old one's data),
+//! never shut down, no `ioctl` or `fcntl` but the blocking mode and
+//! close-on-exec, and made after the process's last `fork`, `posix_spawn`,
+//! `system`, `popen` or `vfork`-and-`exec` (a child's copy could still
+//! hold it open, or connect it). What the program does to each number is
+//! noted lock-free, before the call, a byte per number ([`made`],
+//! [`option_set`], [`taint`]; a socket passed in `SCM_RIGHTS` only after
+//! the send, when the message is known to be readable), and the connect
+//! decides under the daemon table's lock, which `fork` and spawns take
+//! too ([`Spare::of`]); anything else is closed as before. Not seen: a
+//! child made by a raw `clone` or `_Fork` (no `fork` handler runs), another
+//! process taking the socket with `pidfd_getfd`, sockets passed on a
+//! socket of the shim's own, calls made without libc (`syscall`,
+//! `io_uring`); and a kept socket keeps what its making thread gave it:
+//! network namespace, owner, cgroup and security label (a program that
+//! changes those between its sockets, per thread or over time, may get a
+//! socket `socket()` would not have made). At most [`KEEP`] are kept per
 //! process (each is a descriptor, counted against the program's limit, as
-//! the engine's spare eventfds are).
+//! the engine's spare eventfds are: a program at its limit meets `EMFILE`
+//! up to 16 descriptors sooner).
 //!
 //! A kept socket's number is the shim's: the program may still close it
 //! behind the shim's back (`close_range`, `closefrom`), and the kernel
 //! then gives the number to the next file opened. So each kept socket
 //! carries its device and inode (a socket's inode is its own) and is taken
-//! only if the number still has them. A forked child has copies of the
-//! parent's kept sockets, the same kernel sockets: handed out by both,
-//! one socket would be two programs' at once, so a child closes its
-//! copies and starts with none (the pool's process id is not its own).
+//! only if the number still has them (a thread that closes and reopens
+//! numbers behind the shim's back at the same moment as another's
+//! `socket()` may still race with that look). A forked child has copies
+//! of the parent's kept sockets, the same kernel sockets, which would keep
+//! them open (a peer would hear no end when the parent closes one) or be
+//! handed out twice: the child closes them at once ([`fork_child`]).
 
+use std::cell::RefCell;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use libc::c_int;
 
@@ -57,12 +68,11 @@ const KEEP: usize = 16;
 
 /// Options a kept socket may have had set by the program: each is off
 /// by default (a zero `int`), and is put back off when it is taken.
-const RESETTABLE: [(c_int, c_int); 5] = [
+const RESETTABLE: [(c_int, c_int); 4] = [
     (libc::IPPROTO_TCP, libc::TCP_NODELAY),
     (libc::SOL_SOCKET, libc::SO_REUSEADDR),
     (libc::SOL_SOCKET, libc::SO_REUSEPORT),
     (libc::SOL_SOCKET, libc::SO_KEEPALIVE),
-    (libc::IPPROTO_TCP, libc::TCP_QUICKACK),
 ];
 
 /// What the program did to each number's socket (see [`made`]): a bit per
@@ -100,38 +110,50 @@ pub(crate) fn taint(fd: RawFd) {
 }
 
 /// A message `sendmsg` just sent (so the kernel read it whole): the
-/// sockets it passed (`SCM_RIGHTS`) have holders elsewhere now.
+/// sockets it passed (`SCM_RIGHTS`) have holders elsewhere now. (Noted
+/// after the send, since only then is the message known to be readable:
+/// a connect of another thread deciding meanwhile may keep the socket.)
 ///
 /// # Safety
-/// `msg` is a message the kernel just sent: readable, with its control
-/// buffer.
+/// `msg` is null or a message the kernel just sent: readable, with its
+/// control buffer.
 pub(crate) unsafe fn passed(msg: *const libc::msghdr) {
-    // SAFETY: readable, as the caller guarantees (the kernel just read it).
+    // SAFETY: null or readable, as the caller guarantees.
     let Some(msg) = (unsafe { msg.as_ref() }) else {
         return;
     };
-    if msg.msg_control.is_null() || msg.msg_controllen == 0 {
+    let control = msg.msg_control.cast::<u8>().cast_const();
+    if control.is_null() {
         return;
     }
-    // SAFETY: `msg`'s control buffer, which the kernel just read whole.
-    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(msg) };
-    // SAFETY (each step): headers within that buffer, as `CMSG_NXTHDR`
-    // bounds them.
-    while let Some(header) = unsafe { cmsg.as_ref() } {
-        if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_RIGHTS {
-            // SAFETY: the header's data, `cmsg_len` bytes from its start.
-            let (data, header_len) = unsafe { (libc::CMSG_DATA(cmsg), libc::CMSG_LEN(0)) };
-            let count =
-                header.cmsg_len.saturating_sub(header_len as usize) / std::mem::size_of::<c_int>();
+    let total = msg.msg_controllen;
+    let header = std::mem::size_of::<libc::cmsghdr>();
+    // SAFETY: no pointers; the length of a header with no data.
+    let data_at = unsafe { libc::CMSG_LEN(0) } as usize;
+    let align = std::mem::size_of::<usize>();
+    let mut at = 0usize;
+    while at + header <= total {
+        // SAFETY: a header within the control buffer the kernel read,
+        // possibly unaligned.
+        let cmsg = unsafe { control.add(at).cast::<libc::cmsghdr>().read_unaligned() };
+        let len = cmsg.cmsg_len.min(total - at);
+        if len < data_at {
+            return;
+        }
+        if cmsg.cmsg_level == libc::SOL_SOCKET && cmsg.cmsg_type == libc::SCM_RIGHTS {
+            let count = (len - data_at) / std::mem::size_of::<c_int>();
             for i in 0..count {
-                // SAFETY: the `count` ints of the header's data (possibly
-                // unaligned).
-                let fd = unsafe { data.cast::<c_int>().add(i).read_unaligned() };
+                // SAFETY: within the header's data, inside the buffer.
+                let fd = unsafe {
+                    control
+                        .add(at + data_at + i * std::mem::size_of::<c_int>())
+                        .cast::<c_int>()
+                        .read_unaligned()
+                };
                 taint(fd);
             }
         }
-        // SAFETY: `msg` and a header of its control buffer.
-        cmsg = unsafe { libc::CMSG_NXTHDR(msg, cmsg) };
+        at += len.div_ceil(align) * align;
     }
 }
 
@@ -152,20 +174,18 @@ pub(crate) struct Spare {
 }
 
 impl Spare {
-    /// The socket of `family` at `fd` (device and inode `ident`), with
-    /// file flags `flags` (`F_GETFL`), whose watched entry has generation
-    /// `gen`: `None` if it is not as new (see the module's doc).
-    pub(crate) fn of(
-        fd: RawFd,
-        family: c_int,
-        ident: (u64, u64),
-        flags: c_int,
-        gen: u64,
-    ) -> Option<Spare> {
+    /// The socket of `family` at `fd` (device and inode `ident`), whose
+    /// watched entry has generation `gen`: `None` if it is not as new (see
+    /// the module's doc). Call it under the daemon table's lock, which
+    /// `fork` takes too, so that no `fork` comes between the look and the
+    /// keeping.
+    pub(crate) fn of(fd: RawFd, family: c_int, ident: (u64, u64), gen: u64) -> Option<Spare> {
         let notes = note(fd)?.load(Ordering::Relaxed);
-        if crate::table::made_before_a_fork(gen) {
+        if notes & TAINTED != 0 || crate::table::made_before_a_fork(gen) {
             return None;
         }
+        // SAFETY: no pointers.
+        let flags = unsafe { real::fcntl(fd, libc::F_GETFL, 0) };
         Spare::from_notes(family, ident, flags, notes)
     }
 
@@ -201,21 +221,57 @@ static POOL: Mutex<Pool> = Mutex::new(Pool {
 });
 
 /// The pool, for this process: `None` while another thread uses it (never
-/// waited for: a child forked while a thread held it finds it held for
-/// good, and then simply makes its sockets). A forked child's copies of
-/// its parent's sockets are closed first.
-fn pool() -> Option<std::sync::MutexGuard<'static, Pool>> {
+/// waited for: the calls that use it may run under the daemon table's
+/// lock, or in a signal handler). A child that a raw `clone` or `_Fork`
+/// made (no `fork` handlers ran: see [`fork_child`]) closes its copies of
+/// the parent's sockets here, at its first look, if its process id is
+/// known to be its own (see `registry::pid`).
+fn pool() -> Option<MutexGuard<'static, Pool>> {
     let mut pool = POOL.try_lock().ok()?;
     let pid = registry::pid();
     if pool.pid != pid {
-        for (fd, _) in pool.kept.drain(..) {
-            // SAFETY: no pointers; a copy this process inherited of a
-            // parent's kept socket, which nothing else here uses.
-            unsafe { real::close(fd) };
-        }
-        pool.pid = pid;
+        forget(&mut pool, pid);
     }
     Some(pool)
+}
+
+/// Closes the pool's copies, which are a parent's: this is a child.
+fn forget(pool: &mut Pool, pid: libc::pid_t) {
+    for (fd, _) in pool.kept.drain(..) {
+        // SAFETY: no pointers; this process's copy of a parent's kept
+        // socket, which nothing else here uses.
+        unsafe { real::close(fd) };
+    }
+    pool.pid = pid;
+}
+
+thread_local! {
+    static FORK_GUARD: RefCell<Option<MutexGuard<'static, Pool>>> = const { RefCell::new(None) };
+}
+
+/// Before `fork` (the engine's handler): the pool is held across it, so
+/// that the child's copy is not held by a thread it does not have.
+pub(crate) fn fork_prepare() {
+    let guard = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+    let _ = FORK_GUARD.try_with(|held| *held.borrow_mut() = Some(guard));
+}
+
+/// In the child, right after `fork`: its copies of the parent's kept
+/// sockets are closed at once (held, they would keep a socket the parent
+/// hands out and closes open: its peer would hear no end).
+pub(crate) fn fork_child() {
+    // SAFETY: no pointers.
+    let pid = unsafe { libc::getpid() };
+    let _ = FORK_GUARD.try_with(|held| {
+        if let Some(pool) = held.borrow_mut().as_mut() {
+            forget(pool, pid);
+        }
+    });
+}
+
+/// After `fork`, in both processes: the pool goes.
+pub(crate) fn fork_release() {
+    let _ = FORK_GUARD.try_with(|held| held.borrow_mut().take());
 }
 
 /// Keeps a copy of the socket at `fd` (to be [`park`]ed once the number

@@ -39,9 +39,10 @@ pub(crate) struct Before {
     /// The generation of the number's daemon-table entry, if it has one
     /// (see `table::Entry::gen`): the same when the object takes it.
     pub gen: Option<u64>,
-    /// The kernel's TCP socket at the number, if it is one worth keeping
-    /// for the program's next `socket()` ([`recycle`]).
-    pub spare: Option<recycle::Spare>,
+    /// The family of the kernel TCP socket at the number, if the shim
+    /// watched it (inet mode): kept for the program's next `socket()` if
+    /// it is as new when the stream takes its number ([`recycle`]).
+    pub watched: Option<c_int>,
 }
 
 impl Before {
@@ -278,11 +279,20 @@ fn install(fd: RawFd, socket: Arc<Socket>, before: &Before) -> Res<()> {
     let mut table = crate::table::lock();
     // One `fstat`, for both this check and the entry's own.
     let now = crate::table::ident(fd);
-    let same_gen = match before.gen {
-        Some(gen) => table
-            .get_at(fd, now, &mut stale)
-            .is_some_and(|entry| entry.gen == gen),
-        None => true,
+    // Whether a watched kernel socket is kept is decided here, under the
+    // table's lock, which `fork` takes too (see `recycle`): one registered
+    // in epoll is not (the registration lives as long as the file).
+    let (same_gen, spare) = match before.gen {
+        Some(gen) => match table.get_at(fd, now, &mut stale) {
+            Some(entry) if entry.gen == gen => {
+                let spare = (before.watched)
+                    .filter(|_| entry.epoll.is_empty())
+                    .and_then(|family| recycle::Spare::of(fd, family, now, gen));
+                (true, spare)
+            }
+            _ => (false, None),
+        },
+        None => (true, None),
     };
     if !same_gen || now != before.ident {
         drop(table);
@@ -292,7 +302,7 @@ fn install(fd: RawFd, socket: Arc<Socket>, before: &Before) -> Res<()> {
     }
     let cloexec = crate::inherit::cloexec(fd);
     // The kernel socket is kept rather than destroyed under the eventfd.
-    let kept = before.spare.as_ref().and_then(|_| recycle::keep(fd));
+    let kept = spare.as_ref().and_then(|_| recycle::keep(fd));
     // SAFETY: no pointers; `fd` is the program's socket, checked above to
     // be the one this call began with, `readable` the socket's eventfd,
     // held by `socket`.
@@ -306,7 +316,7 @@ fn install(fd: RawFd, socket: Arc<Socket>, before: &Before) -> Res<()> {
         drop(socket);
         return Err(errno);
     }
-    if let (Some(copy), Some(spare)) = (kept, before.spare.clone()) {
+    if let (Some(copy), Some(spare)) = (kept, spare) {
         recycle::park(copy, spare);
     }
     let old = table.remove(fd);

@@ -6,16 +6,21 @@
  *   inproc_recycle PORT   (an echo server for the service PORT maps to,
  *                          e.g. benches/c/connrate.c's, must be listening)
  *
- * 1. A socket with TCP_NODELAY and SO_KEEPALIVE set connects in process
- *    and is closed: the next socket() (SOCK_NONBLOCK) is that kernel
- *    socket again (same inode), at the lowest free number, with both
- *    options off, O_NONBLOCK on and close-on-exec off; one made with
- *    SOCK_CLOEXEC has close-on-exec on and is not bound.
- * 2. A socket copied with dup, made before a fork, or registered in an
- *    epoll set is not handed out again: the next socket() is a new one.
+ * 1. A socket with TCP_NODELAY, SO_KEEPALIVE and SO_REUSEADDR set
+ *    connects in process and is closed: the next socket() (SOCK_NONBLOCK)
+ *    is that kernel socket again (same inode), at the lowest free number,
+ *    with the options off, O_NONBLOCK on and close-on-exec off; after it
+ *    connected non-blocking, one made with SOCK_CLOEXEC has close-on-exec
+ *    on, O_NONBLOCK off, and is not bound.
+ * 2. A socket copied with dup, made before a fork, registered in an epoll
+ *    set, or with TCP_QUICKACK set is not handed out again: the next
+ *    socket() is a new one.
  * 3. A socket handed out again works on the kernel's path: it connects to
  *    a kernel listener on a port that is not mapped, and bytes go both
- *    ways.
+ *    ways; a child forked while it was kept holds no copy of it (its
+ *    close is an end of file to the peer at once).
+ * 4. When every number below the kept one is taken, socket() gives the
+ *    kept number itself, close-on-exec off.
  *
  * Exits 0 when all held.
  */
@@ -24,6 +29,8 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <sys/epoll.h>
@@ -80,6 +87,28 @@ static ino_t used_in_process(int fd) {
     return ino;
 }
 
+/* The same for a non-blocking socket: it connects non-blocking. */
+static ino_t used_nonblocking(int fd) {
+    ino_t ino = inode(fd);
+    int rc = connect(fd, (const struct sockaddr *)&mapped, sizeof mapped);
+    CHECK(rc == 0 || errno == EINPROGRESS, "non-blocking connect");
+    struct pollfd p = {.fd = fd, .events = POLLOUT};
+    CHECK(poll(&p, 1, 5000) == 1 && (p.revents & POLLOUT), "connected");
+    CHECK(fcntl(fd, F_SETFL, 0) == 0, "blocking");
+    char out[64], in[64];
+    memset(out, 'n', sizeof out);
+    CHECK(write(fd, out, sizeof out) == (ssize_t)sizeof out, "write");
+    size_t got = 0;
+    while (got < sizeof in) {
+        ssize_t n = read(fd, in + got, sizeof in - got);
+        if (n <= 0) break;
+        got += (size_t)n;
+    }
+    CHECK(got == sizeof in && memcmp(in, out, sizeof in) == 0, "echo in process");
+    close(fd);
+    return ino;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: inproc_recycle PORT\n");
@@ -95,6 +124,7 @@ int main(int argc, char **argv) {
     CHECK(a >= 0, "socket");
     CHECK(setsockopt(a, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == 0, "TCP_NODELAY");
     CHECK(setsockopt(a, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one) == 0, "SO_KEEPALIVE");
+    CHECK(setsockopt(a, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) == 0, "SO_REUSEADDR");
     ino_t ino_a = used_in_process(a);
     int expected = lowest_free();
     int b = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
@@ -102,11 +132,10 @@ int main(int argc, char **argv) {
     CHECK(inode(b) == ino_a, "not the kernel socket the connect left");
     CHECK(option(b, IPPROTO_TCP, TCP_NODELAY) == 0, "TCP_NODELAY still on");
     CHECK(option(b, SOL_SOCKET, SO_KEEPALIVE) == 0, "SO_KEEPALIVE still on");
+    CHECK(option(b, SOL_SOCKET, SO_REUSEADDR) == 0, "SO_REUSEADDR still on");
     CHECK(fcntl(b, F_GETFL) & O_NONBLOCK, "SOCK_NONBLOCK not honoured");
     CHECK((fcntl(b, F_GETFD) & FD_CLOEXEC) == 0, "close-on-exec not asked for");
-    CHECK(option(b, SOL_SOCKET, SO_TYPE) == SOCK_STREAM, "SO_TYPE");
-    CHECK(fcntl(b, F_SETFL, 0) == 0, "blocking");
-    ino_t ino_b = used_in_process(b);
+    ino_t ino_b = used_nonblocking(b);
     int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     CHECK(inode(c) == ino_b, "the second is not handed out again");
     CHECK(fcntl(c, F_GETFD) & FD_CLOEXEC, "SOCK_CLOEXEC not honoured");
@@ -139,9 +168,21 @@ int main(int argc, char **argv) {
     CHECK(inode(h) != ino_g, "a socket registered in epoll was handed out again");
     close(h);
     close(ep);
+    int q = socket(AF_INET, SOCK_STREAM, 0);
+    CHECK(setsockopt(q, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof one) == 0, "TCP_QUICKACK");
+    ino_t ino_q = used_in_process(q);
+    int r = socket(AF_INET, SOCK_STREAM, 0);
+    CHECK(inode(r) != ino_q, "a socket with TCP_QUICKACK set was handed out again");
+    close(r);
 
     /* 3. */
     ino_t ino_e = used_in_process(e);
+    pid_t holder = fork();
+    if (holder == 0) {
+        pause();
+        _exit(0);
+    }
+    CHECK(holder > 0, "fork");
     int f = socket(AF_INET, SOCK_STREAM, 0);
     CHECK(inode(f) == ino_e, "not handed out again after a fork");
     int listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -159,9 +200,25 @@ int main(int argc, char **argv) {
     CHECK(read(accepted, buf, 4) == 4 && memcmp(buf, "ping", 4) == 0, "read");
     CHECK(write(accepted, "pong", 4) == 4, "write back");
     CHECK(read(f, buf, 4) == 4 && memcmp(buf, "pong", 4) == 0, "read back");
+    close(f);
+    struct pollfd end = {.fd = accepted, .events = POLLIN};
+    CHECK(poll(&end, 1, 2000) == 1 && read(accepted, buf, 4) == 0,
+          "the close reached the peer (no copy in the child forked while it was kept)");
     close(accepted);
     close(listener);
-    close(f);
+    kill(holder, SIGKILL);
+    waitpid(holder, &status, 0);
+
+    /* 4. */
+    int j = socket(AF_INET, SOCK_STREAM, 0);
+    ino_t ino_j = used_in_process(j);
+    int fillers[64];
+    for (int i = 0; i < 64; i++) fillers[i] = open("/dev/null", O_RDONLY);
+    int k = socket(AF_INET, SOCK_STREAM, 0);
+    CHECK(inode(k) == ino_j, "not handed out again below full numbers");
+    CHECK(k >= 0 && (fcntl(k, F_GETFD) & FD_CLOEXEC) == 0, "the kept number is close-on-exec");
+    close(k);
+    for (int i = 0; i < 64; i++) close(fillers[i]);
 
     if (failures) return 1;
     printf("recycled\n");
