@@ -343,7 +343,10 @@ fn many_nonblocking_connects_share_one_thread() {
 /// sald going away while a non-blocking connect waits: the connect fails
 /// (`ECONNRESET` through `SO_ERROR`) instead of waiting forever, and the
 /// next one opens a new connector connection (which fails at once with
-/// `ENETDOWN`, sald being gone).
+/// `ENETDOWN`, sald being gone). In-process the SYN the program's host
+/// sends again to sald's port is refused once sald is gone
+/// (`ECONNREFUSED`); the next connect, which may go by a route the
+/// program learnt, does not depend on sald there and is not looked at.
 #[test]
 fn a_waiting_nonblocking_connect_fails_when_sald_goes() {
     let sald = Sald::start();
