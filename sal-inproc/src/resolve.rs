@@ -180,6 +180,9 @@ impl SaldResolver {
             None,
         )
         .map_err(io_error)?;
+        // Made from the resolver's thread, whenever a question comes: out
+        // of the numbers the program reuses (`socket_shim::fd`).
+        let fd = socket_shim::fd::out_of_the_way(fd);
         let timeout = TimeVal::new(
             SALD_TIMEOUT.as_secs() as _,
             SALD_TIMEOUT.subsec_micros() as _,

@@ -37,3 +37,53 @@ pub fn above_standard_streams(fd: OwnedFd) -> OwnedFd {
     // SAFETY: the kernel just made `moved` for us alone.
     unsafe { OwnedFd::from_raw_fd(moved) }
 }
+
+/// `fd`, moved high in the table (at half the soft `RLIMIT_NOFILE`, 512
+/// at most): for a descriptor the library opens from a thread of its own,
+/// at a moment the program does not choose. Linux gives a number the
+/// program frees to the next file the program opens, and programs count
+/// on it (`close(3)` then `pipe()`); such a descriptor taking the low
+/// number meanwhile would break that. Moved above the standard streams
+/// only, if the table has no room up there.
+pub fn out_of_the_way(fd: OwnedFd) -> OwnedFd {
+    let mut limit = nix::libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is valid for the call.
+    let known = unsafe { nix::libc::getrlimit(nix::libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    let high = if known {
+        (limit.rlim_cur / 2).min(512) as i32
+    } else {
+        LOWEST_OWN
+    };
+    if fd.as_raw_fd() >= high.max(LOWEST_OWN) {
+        return fd;
+    }
+    // SAFETY: no pointers; `fd` is open while borrowed, and the copy the
+    // kernel makes is nobody else's.
+    let moved = unsafe { nix::libc::fcntl(fd.as_raw_fd(), nix::libc::F_DUPFD_CLOEXEC, high) };
+    if moved < 0 {
+        return above_standard_streams(fd);
+    }
+    // SAFETY: the kernel just made `moved` for us alone.
+    unsafe { OwnedFd::from_raw_fd(moved) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A descriptor opened at a low number (a test process has few open)
+    /// goes high, close-on-exec.
+    #[test]
+    fn out_of_the_way_moves_a_low_number_high() {
+        let low = OwnedFd::from(std::fs::File::open("/dev/null").expect("open"));
+        let number = low.as_raw_fd();
+        let moved = out_of_the_way(low);
+        assert!(moved.as_raw_fd() > number, "moved up from {number}");
+        // SAFETY: no pointers.
+        let flags = unsafe { nix::libc::fcntl(moved.as_raw_fd(), nix::libc::F_GETFD) };
+        assert_eq!(flags & nix::libc::FD_CLOEXEC, nix::libc::FD_CLOEXEC);
+    }
+}
