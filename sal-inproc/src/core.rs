@@ -34,6 +34,10 @@ pub(crate) enum Opening {
     Done,
     /// The connect failed; the host forgot the flow.
     Failed(ConnectError),
+    /// The application reset the flow before it was established
+    /// ([`crate::Stream::abort`]): it reads as reset, and a call waiting
+    /// for the connect's outcome ends.
+    Aborted,
 }
 
 /// The engine's name for a stream the application holds: unlike its flow
@@ -495,7 +499,7 @@ impl Core {
             ..Facts::default()
         };
         let (readable, writable) = match (entry.opening, entry.flow) {
-            (Opening::Failed(_), _) | (_, None) => {
+            (Opening::Failed(_) | Opening::Aborted, _) | (_, None) => {
                 facts.reset = true;
                 (true, true)
             }

@@ -60,6 +60,7 @@ enum Receive {
 fn opened(core: &mut Core, key: Key) -> Result<FlowId, Error> {
     match core.stream(key).map(|entry| (entry.opening, entry.flow)) {
         Some((Opening::Failed(error), _)) => Err(error.into()),
+        Some((Opening::Aborted, _)) => Err(Error::Reset),
         Some((Opening::Pending, Some(_))) => Err(Error::WouldBlock),
         Some((Opening::Done, Some(id))) => Ok(id),
         // Forgotten by the host (Closed while held): only a reset does that.
@@ -412,6 +413,13 @@ impl Stream {
                 return Ok(());
             };
             core.host.abort(id)?;
+            // A flow killed before it was established gives no event: its
+            // connect's waiters learn of it here.
+            if let Some(entry) = core.stream(key) {
+                if matches!(entry.opening, Opening::Pending) {
+                    entry.opening = Opening::Aborted;
+                }
+            }
             core.refresh(key);
             Ok(())
         })

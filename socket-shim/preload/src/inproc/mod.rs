@@ -217,6 +217,11 @@
 //!   (closing the flow) only at the next `close` of an in-process
 //!   number, `connect`, `listen`, `accept`, `poll` or the exit: the
 //!   look-up that found it may run inside the engine.
+//! - A program that closes the engine's own descriptors (a `close` of
+//!   every number, say) and reuses the numbers: the engine writes into
+//!   what the program opened there (the C suite's
+//!   `connects_reuse_control_connections_safely`; the daemon path checks
+//!   its kept connection's identity, the engine does not).
 
 pub(crate) mod calls;
 mod engine;

@@ -3681,6 +3681,9 @@ static void at_once(const char *call, double start) {
 }
 
 /* Closes `fd` from a thread `usec` microseconds from now. */
+/* Ends another thread's wait on FD after USEC: a close on the daemon
+ * path; in-process, as on Linux, where a close leaves another thread's
+ * connect waiting, an AF_UNSPEC connect first (the wait ends with EPIPE). */
 struct late_close { int fd; long usec; };
 static void *late_close_thread(void *arg) {
     struct late_close *c = arg;
@@ -3689,6 +3692,10 @@ static void *late_close_thread(void *arg) {
     sigaddset(&alrm, SIGALRM);
     pthread_sigmask(SIG_BLOCK, &alrm, NULL);
     usleep((useconds_t)c->usec);
+    if (in_process()) {
+        struct sockaddr unspec = {.sa_family = AF_UNSPEC};
+        connect(c->fd, &unspec, sizeof unspec);
+    }
     close(c->fd);
     return NULL;
 }
@@ -3758,8 +3765,8 @@ static int connect_checks(const char *live, const char *hole) {
     took("a blocking connect, length 10, waiting", start, 0.25, 3);
 
     /* A receive timeout set meanwhile: an untimed blocking connect and
-     * write still ride out SA_RESTART signals (they wait until a close
-     * ends them). */
+     * write still ride out SA_RESTART signals (they wait until another
+     * thread ends them: late_close_thread). */
     set_timeout(c, SO_SNDTIMEO, 0);
     set_timeout(c, SO_RCVTIMEO, 100000);
     for (int i = 0; i < 2; i++) {
