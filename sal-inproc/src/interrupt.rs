@@ -16,24 +16,10 @@
 //! layer knows the program's handlers and `SA_RESTART`): without an
 //! `Interruptible`, a signal is a wake-up like any other and the call goes
 //! on, as a restarted system call.
-//!
-//! A call with a timeout ([`Interruptible::timed`], TCP's calls under
-//! `SO_RCVTIMEO` or `SO_SNDTIMEO`) also ends when the process is stopped
-//! and continued (`SIGSTOP`, `SIGCONT`, no handler), as Linux's do
-//! (`signal(7)`, "Interruption of system calls and library functions by
-//! stop signals"). `ppoll` never shows that: the kernel restarts it. So
-//! such a call's sleeps wait in `epoll_pwait2` instead ([`sleep`]), which
-//! Linux ends with `EINTR` after a stop, on a per-thread epoll set the
-//! sleep's descriptors join and leave (a few more system calls per sleep,
-//! for calls with a timeout only).
 
-use std::cell::{Cell, OnceCell};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::cell::Cell;
 
-use nix::errno::Errno;
-use nix::poll::{ppoll, PollFd};
 use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
-use nix::sys::time::TimeSpec;
 
 use crate::Error;
 
@@ -41,11 +27,6 @@ thread_local! {
     /// The thread's own signal mask while an [`Interruptible`] blocks its
     /// signals: what the engine's sleeps wait with.
     static UNBLOCKED: Cell<Option<SigSet>> = const { Cell::new(None) };
-    /// A stop and continue ends the thread's sleeps (see
-    /// [`Interruptible::timed`]).
-    static STOPS: Cell<bool> = const { Cell::new(false) };
-    /// The thread's epoll set for such sleeps, made at the first.
-    static EPOLL: OnceCell<Option<OwnedFd>> = const { OnceCell::new() };
 }
 
 /// Signals a thread's own faults raise: never blocked (the kernel kills a
@@ -69,8 +50,6 @@ pub struct Interruptible {
     mask: SigSet,
     /// The thread's [`UNBLOCKED`] before (an `Interruptible` within one).
     outer: Option<SigSet>,
-    /// The thread's [`STOPS`] before.
-    stopped_before: bool,
 }
 
 impl Interruptible {
@@ -90,20 +69,7 @@ impl Interruptible {
             _ => mask,
         };
         UNBLOCKED.with(|unblocked| unblocked.set(Some(sleep)));
-        let stopped_before = STOPS.with(Cell::get);
-        Ok(Interruptible {
-            mask,
-            outer,
-            stopped_before,
-        })
-    }
-
-    /// [`Interruptible::new`] for a call with a timeout: a stop and
-    /// continue of the process ends it too (see the module docs).
-    pub fn timed() -> Result<Interruptible, Error> {
-        let call = Interruptible::new()?;
-        STOPS.with(|stops| stops.set(true));
-        Ok(call)
+        Ok(Interruptible { mask, outer })
     }
 }
 
@@ -146,7 +112,6 @@ pub(crate) fn spawn_engine_thread<T: Send + 'static>(
 impl Drop for Interruptible {
     fn drop(&mut self) {
         UNBLOCKED.with(|unblocked| unblocked.set(self.outer));
-        STOPS.with(|stops| stops.set(self.stopped_before));
         // Fails only for a bad `how`.
         let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&self.mask), None);
     }
@@ -157,84 +122,6 @@ impl Drop for Interruptible {
 /// `None` (the mask as it is; `EINTR` is a wake-up).
 pub(crate) fn sleep_mask() -> Option<SigSet> {
     UNBLOCKED.with(Cell::get)
-}
-
-/// The engine's sleep: `ppoll` of `fds` with [`sleep_mask`], or, in a
-/// call with a timeout, the same wait in `epoll_pwait2`, which a stop and
-/// continue ends with `EINTR` (see the module docs; the descriptors'
-/// `revents` are then read with a zero-timeout `ppoll`). Without an epoll
-/// set (none could be made), `ppoll`.
-pub(crate) fn sleep(fds: &mut [PollFd<'_>], timeout: Option<TimeSpec>) -> nix::Result<i32> {
-    let mask = sleep_mask();
-    if mask.is_some() && STOPS.with(Cell::get) {
-        let slept = EPOLL.with(|epoll| {
-            let set = epoll.get_or_init(epoll_set).as_ref()?;
-            Some(epoll_sleep(set, fds, timeout, mask.as_ref()))
-        });
-        match slept {
-            Some(Ok(())) => return ppoll(fds, Some(TimeSpec::new(0, 0)), None),
-            Some(Err(Errno::EINTR)) => return Err(Errno::EINTR),
-            // No epoll_pwait2 (before Linux 5.11), or a descriptor epoll
-            // refuses: the wait `ppoll` can make.
-            Some(Err(_)) | None => {}
-        }
-    }
-    ppoll(fds, timeout, mask)
-}
-
-/// A new epoll set for the thread's sleeps (above the standard streams).
-fn epoll_set() -> Option<OwnedFd> {
-    // SAFETY: no pointers.
-    let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    // SAFETY: a descriptor just made, this thread's alone.
-    (fd >= 0).then(|| crate::descriptors::own(unsafe { OwnedFd::from_raw_fd(fd) }))
-}
-
-/// Waits in `set` for any of `fds` (their `events`), up to `timeout`,
-/// with `mask`; they leave the set after.
-fn epoll_sleep(
-    set: &OwnedFd,
-    fds: &[PollFd<'_>],
-    timeout: Option<TimeSpec>,
-    mask: Option<&SigSet>,
-) -> nix::Result<()> {
-    let epfd = set.as_raw_fd();
-    let ctl = |op, fd: i32, events: u32| {
-        let mut event = libc::epoll_event { events, u64: 0 };
-        // SAFETY: `event` is valid for the call; `fd` is one of `fds`.
-        unsafe { libc::epoll_ctl(epfd, op, fd, &mut event) }
-    };
-    let mut added = Vec::with_capacity(fds.len());
-    let mut result = Ok(());
-    for fd in fds {
-        let raw = fd.as_fd().as_raw_fd();
-        let events = fd.events().bits() as u32;
-        if ctl(libc::EPOLL_CTL_ADD, raw, events) == 0 {
-            added.push(raw);
-        } else {
-            result = Err(Errno::last());
-            break;
-        }
-    }
-    if result.is_ok() {
-        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 1];
-        let timeout = timeout.map(|t| libc::timespec {
-            tv_sec: t.tv_sec(),
-            tv_nsec: t.tv_nsec(),
-        });
-        let timeout_ptr = timeout.as_ref().map_or(std::ptr::null(), |t| t as *const _);
-        let mask_ptr = mask.map_or(std::ptr::null(), |m| m.as_ref() as *const libc::sigset_t);
-        // SAFETY: `events` has room for 1, `timeout_ptr` and `mask_ptr`
-        // are null or valid for the call.
-        let n = unsafe { libc::epoll_pwait2(epfd, events.as_mut_ptr(), 1, timeout_ptr, mask_ptr) };
-        if n < 0 {
-            result = Err(Errno::last());
-        }
-    }
-    for raw in added {
-        ctl(libc::EPOLL_CTL_DEL, raw, 0);
-    }
-    result
 }
 
 #[cfg(test)]

@@ -569,7 +569,7 @@ fn ready_now(fds: &mut [PollFd<'_>]) -> bool {
 /// like any other (counted as one) otherwise.
 fn sleep(fds: &mut [PollFd<'_>], timeout: Option<TimeSpec>) -> Result<i32, Error> {
     let mask = interrupt::sleep_mask();
-    match interrupt::sleep(fds, timeout) {
+    match ppoll(fds, timeout, mask) {
         Ok(ready) => Ok(ready),
         Err(Errno::EINTR) if mask.is_some() => Err(Error::Interrupted),
         Err(Errno::EINTR) => Ok(1),

@@ -182,10 +182,10 @@
 //! - Signals: while some handler without `SA_RESTART` is installed, any
 //!   signal interrupts a blocking call without a timeout (`EINTR`), one
 //!   with `SA_RESTART` too (the engine cannot tell which came; see
-//!   `socket::interruptible`); a signal handler that calls into a socket
-//!   while its thread holds the engine's lock (a non-blocking call)
-//!   deadlocks. (A stop and continue ends a wait with a timeout with
-//!   `EINTR`, as TCP's: `sal_inproc::Interruptible::timed`.)
+//!   `socket::interruptible`); a stop and continue (`SIGSTOP`,
+//!   `SIGCONT`) does not end a wait with a timeout, where TCP's gives
+//!   `EINTR`; a signal handler that calls into a socket while its thread
+//!   holds the engine's lock (a non-blocking call) deadlocks.
 //! - `MSG_OOB` (`SIOCATMARK` answers 0); `MSG_PEEK` with
 //!   `MSG_WAITALL` returns what is there (a peek over several iovecs, 1
 //!   MiB at most);
