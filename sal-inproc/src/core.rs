@@ -443,7 +443,10 @@ impl Core {
                     return;
                 };
                 if let Some(entry) = self.streams.get_mut(&key) {
-                    entry.opening = Opening::Done;
+                    // (An aborted one stays so.)
+                    if matches!(entry.opening, Opening::Pending) {
+                        entry.opening = Opening::Done;
+                    }
                 }
                 self.refresh(key);
             }
@@ -479,7 +482,7 @@ impl Core {
         };
         if let Some(entry) = self.streams.get_mut(&key) {
             entry.flow = None;
-            if let Some(error) = error {
+            if let Some(error) = error.filter(|_| !matches!(entry.opening, Opening::Aborted)) {
                 entry.opening = Opening::Failed(error);
             }
         }

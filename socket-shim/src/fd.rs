@@ -39,12 +39,15 @@ pub fn above_standard_streams(fd: OwnedFd) -> OwnedFd {
 }
 
 /// `fd`, moved high in the table (at half the soft `RLIMIT_NOFILE`, 512
-/// at most): for a descriptor the library opens from a thread of its own,
-/// at a moment the program does not choose. Linux gives a number the
-/// program frees to the next file the program opens, and programs count
-/// on it (`close(3)` then `pipe()`); such a descriptor taking the low
-/// number meanwhile would break that. Moved above the standard streams
-/// only, if the table has no room up there.
+/// at most, never below [`LOWEST_OWN`]): for a descriptor the library
+/// opens from a thread of its own, at a moment the program does not
+/// choose. Linux gives a number the program frees to the next file the
+/// program opens, and programs count on it (`close(3)` then `pipe()`);
+/// such a descriptor taking the low number meanwhile would break that.
+/// Moved above the standard streams only, if the table has no room up
+/// there. What is left: the moment between the descriptor's making and
+/// its move, and a program with more descriptors open than that number
+/// (one it frees up there may still be taken).
 pub fn out_of_the_way(fd: OwnedFd) -> OwnedFd {
     let mut limit = nix::libc::rlimit {
         rlim_cur: 0,
@@ -53,11 +56,11 @@ pub fn out_of_the_way(fd: OwnedFd) -> OwnedFd {
     // SAFETY: `limit` is valid for the call.
     let known = unsafe { nix::libc::getrlimit(nix::libc::RLIMIT_NOFILE, &mut limit) } == 0;
     let high = if known {
-        (limit.rlim_cur / 2).min(512) as i32
+        ((limit.rlim_cur / 2).min(512) as i32).max(LOWEST_OWN)
     } else {
         LOWEST_OWN
     };
-    if fd.as_raw_fd() >= high.max(LOWEST_OWN) {
+    if fd.as_raw_fd() >= high {
         return fd;
     }
     // SAFETY: no pointers; `fd` is open while borrowed, and the copy the

@@ -3680,10 +3680,9 @@ static void at_once(const char *call, double start) {
     CHECK(t < 0.15, "%s took %.2f s, not at once", call, t);
 }
 
-/* Closes `fd` from a thread `usec` microseconds from now. */
-/* Ends another thread's wait on FD after USEC: a close on the daemon
- * path; in-process, as on Linux, where a close leaves another thread's
- * connect waiting, an AF_UNSPEC connect first (the wait ends with EPIPE). */
+/* Ends another thread's wait on FD, USEC microseconds from now: a close
+ * on the daemon path; in-process, as on Linux, where a close leaves
+ * another thread's connect waiting, an AF_UNSPEC connect first. */
 struct late_close { int fd; long usec; };
 static void *late_close_thread(void *arg) {
     struct late_close *c = arg;
