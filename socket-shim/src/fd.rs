@@ -25,17 +25,23 @@ pub const LOWEST_OWN: i32 = 3;
 /// it is if no number above them is free (`EMFILE`): better kept there
 /// than lost, for a process that is out of descriptors anyway.
 pub fn above_standard_streams(fd: OwnedFd) -> OwnedFd {
-    if fd.as_raw_fd() >= LOWEST_OWN {
-        return fd;
+    at_or_above(fd, LOWEST_OWN).unwrap_or_else(|fd| fd)
+}
+
+/// `fd` itself if it is at `lowest` or above, else a close-on-exec copy
+/// there (`fd` closed); `fd` back if no number there is free.
+fn at_or_above(fd: OwnedFd, lowest: i32) -> Result<OwnedFd, OwnedFd> {
+    if fd.as_raw_fd() >= lowest {
+        return Ok(fd);
     }
     // SAFETY: no pointers; `fd` is open while borrowed, and the copy the
     // kernel makes is nobody else's.
-    let moved = unsafe { nix::libc::fcntl(fd.as_raw_fd(), nix::libc::F_DUPFD_CLOEXEC, LOWEST_OWN) };
+    let moved = unsafe { nix::libc::fcntl(fd.as_raw_fd(), nix::libc::F_DUPFD_CLOEXEC, lowest) };
     if moved < 0 {
-        return fd;
+        return Err(fd);
     }
     // SAFETY: the kernel just made `moved` for us alone.
-    unsafe { OwnedFd::from_raw_fd(moved) }
+    Ok(unsafe { OwnedFd::from_raw_fd(moved) })
 }
 
 /// `fd`, moved high in the table (at half the soft `RLIMIT_NOFILE`, 512
@@ -60,17 +66,7 @@ pub fn out_of_the_way(fd: OwnedFd) -> OwnedFd {
     } else {
         LOWEST_OWN
     };
-    if fd.as_raw_fd() >= high {
-        return fd;
-    }
-    // SAFETY: no pointers; `fd` is open while borrowed, and the copy the
-    // kernel makes is nobody else's.
-    let moved = unsafe { nix::libc::fcntl(fd.as_raw_fd(), nix::libc::F_DUPFD_CLOEXEC, high) };
-    if moved < 0 {
-        return above_standard_streams(fd);
-    }
-    // SAFETY: the kernel just made `moved` for us alone.
-    unsafe { OwnedFd::from_raw_fd(moved) }
+    at_or_above(fd, high).unwrap_or_else(above_standard_streams)
 }
 
 #[cfg(test)]

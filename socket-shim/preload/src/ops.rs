@@ -386,7 +386,7 @@ pub(crate) fn socket(
         let watched = watches(domain, ty, protocol);
         // Its generation from before the socket exists: a `fork` after
         // this counts as one the socket was there for (`inproc::recycle`).
-        let gen = table::next_gen();
+        let gen = watched.then(table::next_gen);
         // A kernel socket an in-process connect left, as new (see
         // `inproc::recycle`), or a new one.
         let kept = (watched && inproc::enabled())
@@ -397,10 +397,8 @@ pub(crate) fn socket(
             if watched {
                 inproc::recycle::made(fd);
             }
-            let watched = watched.then(|| {
-                let mut entry = Entry::new(Kind::Stream, Domain::Inet(domain), fd, State::Watched);
-                entry.gen = gen;
-                entry
+            let watched = gen.map(|gen| {
+                Entry::of_generation(Kind::Stream, Domain::Inet(domain), fd, State::Watched, gen)
             });
             let old = {
                 let mut table = lock();

@@ -258,6 +258,17 @@ pub(crate) struct Entry {
 
 impl Entry {
     pub(crate) fn new(kind: Kind, domain: Domain, fd: RawFd, state: State) -> Entry {
+        Entry::of_generation(kind, domain, fd, state, next_gen())
+    }
+
+    /// [`Entry::new`] with its generation taken already ([`next_gen`]).
+    pub(crate) fn of_generation(
+        kind: Kind,
+        domain: Domain,
+        fd: RawFd,
+        state: State,
+        gen: u64,
+    ) -> Entry {
         // A watched socket's entry never needs it (its connect or bind
         // makes a new entry): no `getpid` for every TCP socket the
         // program makes.
@@ -269,7 +280,7 @@ impl Entry {
             kind,
             domain,
             ident: ident(fd),
-            gen: next_gen(),
+            gen,
             local: None,
             peer: None,
             state,

@@ -280,8 +280,9 @@ pub(crate) fn keep(fd: RawFd) -> Option<RawFd> {
     if pool()?.kept.len() >= KEEP {
         return None;
     }
+    let lowest = socket_shim::fd::LOWEST_OWN as libc::c_ulong;
     // SAFETY: no pointers; a copy of the program's socket, the shim's.
-    let copy = unsafe { real::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    let copy = unsafe { real::fcntl(fd, libc::F_DUPFD_CLOEXEC, lowest) };
     (copy >= 0).then_some(copy)
 }
 
@@ -289,14 +290,11 @@ pub(crate) fn keep(fd: RawFd) -> Option<RawFd> {
 pub(crate) fn park(copy: RawFd, spare: Spare) {
     match pool() {
         Some(mut pool) if pool.kept.len() < KEEP => pool.kept.push((copy, spare)),
-        // SAFETY: no pointers; the shim's own copy.
-        _ => unsafe {
-            real::close(copy);
-        },
+        _ => unkeep(copy),
     }
 }
 
-/// Gives back a copy [`keep`] made that is not to be parked.
+/// Closes a copy [`keep`] made that is not (or no longer) to be kept.
 pub(crate) fn unkeep(copy: RawFd) {
     // SAFETY: no pointers; the shim's own copy.
     unsafe { real::close(copy) };
@@ -317,14 +315,11 @@ pub(crate) fn take(family: c_int, ty: c_int) -> Option<RawFd> {
         // another file's now, or none's.
         return None;
     }
-    match ready(fd, &spare, ty) {
-        Some(fd) => Some(fd),
-        None => {
-            // SAFETY: no pointers; the shim's own copy.
-            unsafe { real::close(fd) };
-            None
-        }
+    let made = ready(fd, &spare, ty);
+    if made.is_none() {
+        unkeep(fd);
     }
+    made
 }
 
 /// The kept socket `fd` made new (see [`take`]).
