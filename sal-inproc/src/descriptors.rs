@@ -1,21 +1,27 @@
 //! The engine's own descriptors (its eventfds, timerfd and UDP socket)
-//! never take a standard stream's number.
+//! keep out of the program's numbers.
 //!
-//! The engine opens them lazily, at a program's first socket call: a
-//! daemon that closed 0-2 first would otherwise find one of them at 0, 1
-//! or 2 and read, write or close it as a standard stream, and its own next
-//! `socket` would not get the lowest number, as the kernel's does
-//! (`socket_shim::fd` explains the rule; the daemon path follows it too).
+//! The engine opens them lazily, at a program's first socket call and as
+//! streams come: a daemon that closed 0-2 first would otherwise find one
+//! of them at 0, 1 or 2 and read, write or close it as a standard stream;
+//! a program that closes every number up to some bound and reuses them
+//! would close them behind the engine's back, and the engine would write
+//! into the program's files; and the program's own next `open` or `pipe`
+//! would not get the number Linux gives. They are moved high in the table
+//! (`socket_shim::fd::out_of_the_way`). A program's number for an
+//! in-process socket is a copy of one of them, made where the program's
+//! call puts it.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::timerfd::{ClockId, TimerFd, TimerFlags};
 
-pub(crate) use socket_shim::fd::above_standard_streams as own;
+pub(crate) use socket_shim::fd::copy_out_of_the_way as copy;
+pub(crate) use socket_shim::fd::out_of_the_way as own;
 
-/// An eventfd (`EFD_NONBLOCK | EFD_CLOEXEC`, counter 0) above the
-/// standard streams: a level a thread can wait on in `poll`.
+/// An eventfd (`EFD_NONBLOCK | EFD_CLOEXEC`, counter 0) out of the
+/// program's numbers: a level a thread can wait on in `poll`.
 #[derive(Debug)]
 pub(crate) struct Counter(OwnedFd);
 
@@ -50,20 +56,17 @@ impl AsRawFd for Counter {
     }
 }
 
-/// A timerfd on `CLOCK_MONOTONIC` (`TFD_NONBLOCK | TFD_CLOEXEC`) above
-/// the standard streams.
+/// A timerfd on `CLOCK_MONOTONIC` (`TFD_NONBLOCK | TFD_CLOEXEC`) out of
+/// the program's numbers.
 pub(crate) fn timer() -> nix::Result<TimerFd> {
     let timer = TimerFd::new(
         ClockId::CLOCK_MONOTONIC,
         TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
     )?;
-    if timer.as_fd().as_raw_fd() >= socket_shim::fd::LOWEST_OWN {
-        return Ok(timer);
-    }
-    // A copy at 3 or above (`F_DUPFD_CLOEXEC`), the original closed.
-    let copy = (timer.as_fd().try_clone_to_owned())
+    // The original is closed when `timer` goes.
+    let moved = copy(timer.as_fd())
         .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EMFILE)))?;
-    // SAFETY: `copy` is a copy of the timerfd just made, which nobody
+    // SAFETY: `moved` is a copy of the timerfd just made, which nobody
     // else holds (the original is closed here).
-    Ok(unsafe { TimerFd::from_raw_fd(copy.into_raw_fd()) })
+    Ok(unsafe { TimerFd::from_raw_fd(moved.into_raw_fd()) })
 }

@@ -102,7 +102,7 @@ pub(crate) struct Held<'a> {
 
 impl EngineLock {
     pub(crate) fn new(core: Core) -> Result<EngineLock, Error> {
-        let send = core.wait_fds()[0].try_clone_to_owned()?;
+        let send = crate::descriptors::copy(core.wait_fds()[0])?;
         let parked = core.parked();
         Ok(EngineLock {
             parked,

@@ -14,6 +14,7 @@ use sal::{FlowId, Locator, ServiceId, ServicePrefix};
 
 use crate::core::Core;
 use crate::deadline::Deadlines;
+use crate::descriptors;
 use crate::gate::{self, Gate, Inside, Role};
 use crate::interrupt;
 use crate::lock::{EngineLock, Held};
@@ -132,7 +133,7 @@ impl Runtime {
     pub fn bind(config: Config) -> Result<Runtime, Error> {
         let mut core = Core::new(&config)?;
         let [udp, timer] = core.wait_fds();
-        let (udp, timer) = (udp.try_clone_to_owned()?, timer.try_clone_to_owned()?);
+        let (udp, timer) = (descriptors::copy(udp)?, descriptors::copy(timer)?);
         let local = core.local();
         let deadlines = core.deadlines();
         let gate = Gate::new()?;
@@ -180,7 +181,10 @@ impl Runtime {
             })?;
         }
         if config.driver_thread {
-            let (udp, timer) = (inner.udp.try_clone()?, inner.timer.try_clone()?);
+            let (udp, timer) = (
+                descriptors::copy(inner.udp.as_fd())?,
+                descriptors::copy(inner.timer.as_fd())?,
+            );
             descriptors.extend([udp.as_raw_fd(), timer.as_raw_fd()]);
             let weak = Arc::downgrade(&inner);
             let builder = std::thread::Builder::new().name("sal-inproc-driver".into());

@@ -14,7 +14,8 @@
 //! (the socket `socket` returns) take the lowest free number, as the
 //! kernel's.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 /// The lowest descriptor number the library keeps for itself: above
 /// standard input, output and error.
@@ -44,29 +45,63 @@ fn at_or_above(fd: OwnedFd, lowest: i32) -> Result<OwnedFd, OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(moved) })
 }
 
-/// `fd`, moved high in the table (at half the soft `RLIMIT_NOFILE`, 512
-/// at most, never below [`LOWEST_OWN`]): for a descriptor the library
-/// opens from a thread of its own, at a moment the program does not
-/// choose. Linux gives a number the program frees to the next file the
-/// program opens, and programs count on it (`close(3)` then `pipe()`);
-/// such a descriptor taking the low number meanwhile would break that.
-/// Moved above the standard streams only, if the table has no room up
-/// there. What is left: the moment between the descriptor's making and
-/// its move, and a program with more descriptors open than that number
-/// (one it frees up there may still be taken).
+/// `fd`, moved high in the table (at or above [`high`]), never below
+/// [`LOWEST_OWN`]: for a descriptor the library keeps for itself while
+/// the program goes on opening and closing its own (the in-process
+/// engine's UDP socket, timerfd and eventfds, a control connection a
+/// thread of the library opens at a moment the program does not choose).
+/// Linux gives a number the program frees to the next file the program
+/// opens, and programs count on it (`close(3)` then `pipe()`); a daemon
+/// that closes every number up to some bound (`for (fd = 3; fd < 64;
+/// fd++) close(fd)`) and reuses them would otherwise close the library's
+/// descriptors behind its back and have the library write into its own
+/// files. Moved above the standard streams only, if the table has no
+/// room up there. What is left: the moment between the descriptor's
+/// making and its move, a program with more descriptors open than the
+/// mark (one it frees up there may still be taken), and a program that
+/// closes every number there is (`close_range(3, ~0)`).
 pub fn out_of_the_way(fd: OwnedFd) -> OwnedFd {
+    at_or_above(fd, high()).unwrap_or_else(above_standard_streams)
+}
+
+/// A close-on-exec copy of `fd` out of the program's numbers (see
+/// [`out_of_the_way`]), or above the standard streams if no number up
+/// there is free.
+pub fn copy_out_of_the_way(fd: BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
+    let copy_at = |lowest: i32| {
+        // SAFETY: no pointers; `fd` is open while borrowed, and the copy
+        // the kernel makes is nobody else's.
+        let copy = unsafe { nix::libc::fcntl(fd.as_raw_fd(), nix::libc::F_DUPFD_CLOEXEC, lowest) };
+        // SAFETY: the kernel just made `copy` for us alone.
+        (copy >= 0).then(|| unsafe { OwnedFd::from_raw_fd(copy) })
+    };
+    (copy_at(high()).or_else(|| copy_at(LOWEST_OWN))).ok_or_else(std::io::Error::last_os_error)
+}
+
+/// Where the library's own descriptors go ([`out_of_the_way`]): half the
+/// soft `RLIMIT_NOFILE` as first seen (512 at most, never below
+/// [`LOWEST_OWN`]). Read once per process: a limit the program raises
+/// later leaves the mark where it was (still out of the way of the low
+/// numbers); one it lowers under the mark makes the moves fail, and the
+/// descriptors stay above the standard streams.
+pub fn high() -> i32 {
+    static HIGH: AtomicI32 = AtomicI32::new(0);
+    let known = HIGH.load(Ordering::Relaxed);
+    if known != 0 {
+        return known;
+    }
     let mut limit = nix::libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: `limit` is valid for the call.
-    let known = unsafe { nix::libc::getrlimit(nix::libc::RLIMIT_NOFILE, &mut limit) } == 0;
-    let high = if known {
+    let high = if unsafe { nix::libc::getrlimit(nix::libc::RLIMIT_NOFILE, &mut limit) } == 0 {
         ((limit.rlim_cur / 2).min(512) as i32).max(LOWEST_OWN)
     } else {
         LOWEST_OWN
     };
-    at_or_above(fd, high).unwrap_or_else(above_standard_streams)
+    HIGH.store(high, Ordering::Relaxed);
+    high
 }
 
 #[cfg(test)]
@@ -81,8 +116,26 @@ mod tests {
         let number = low.as_raw_fd();
         let moved = out_of_the_way(low);
         assert!(moved.as_raw_fd() > number, "moved up from {number}");
+        assert!(moved.as_raw_fd() >= high(), "at the mark or above");
         // SAFETY: no pointers.
         let flags = unsafe { nix::libc::fcntl(moved.as_raw_fd(), nix::libc::F_GETFD) };
         assert_eq!(flags & nix::libc::FD_CLOEXEC, nix::libc::FD_CLOEXEC);
+    }
+
+    /// A copy goes high too, close-on-exec, and is the same file.
+    #[test]
+    fn a_copy_out_of_the_way_is_high() {
+        use std::os::fd::AsFd;
+        let low = OwnedFd::from(std::fs::File::open("/dev/null").expect("open"));
+        let copy = copy_out_of_the_way(low.as_fd()).expect("copy");
+        assert!(copy.as_raw_fd() >= high(), "at the mark or above");
+        // SAFETY: no pointers.
+        let flags = unsafe { nix::libc::fcntl(copy.as_raw_fd(), nix::libc::F_GETFD) };
+        assert_eq!(flags & nix::libc::FD_CLOEXEC, nix::libc::FD_CLOEXEC);
+        let ident = |fd: &OwnedFd| {
+            let stat = nix::sys::stat::fstat(fd.as_raw_fd()).expect("fstat");
+            (stat.st_dev, stat.st_ino)
+        };
+        assert_eq!(ident(&copy), ident(&low));
     }
 }

@@ -35,7 +35,8 @@
 //! - [`datagram`]: unconnected datagram sockets, [`ServiceDatagram`].
 //! - [`datagram_flow`]: connected datagram flows, [`ServiceDatagramFlow`].
 //! - [`error`]: the typed [`Error`] and its errno mapping.
-//! - [`fd`]: keeping the library's own descriptors off the standard streams.
+//! - [`fd`]: keeping the library's own descriptors off the standard streams
+//!   and, for those it keeps while the program runs, out of its numbers.
 //! - [`reset`]: telling a reset flow from a finished one at end of file.
 //! - [`tokio`](mod@crate::tokio) (feature `tokio`): async equivalents.
 

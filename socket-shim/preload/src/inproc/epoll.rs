@@ -225,8 +225,16 @@ fn output(interest: u32, tag: u64) -> epoll_event {
 
 /// A private copy of the stream's writable eventfd `fd`, for a set.
 fn duplicate(fd: RawFd) -> Res<OwnedFd> {
-    // SAFETY: no pointers; a copy of the stream's eventfd for the set.
-    let copy = unsafe { real::fcntl(fd, libc::F_DUPFD_CLOEXEC, LOWEST_OWN as libc::c_ulong) };
+    // Out of the program's numbers (`socket_shim::fd::out_of_the_way`),
+    // or, if none is free up there, above the standard streams.
+    let copy_at = |lowest: i32| {
+        // SAFETY: no pointers; a copy of the stream's eventfd for the set.
+        unsafe { real::fcntl(fd, libc::F_DUPFD_CLOEXEC, lowest as libc::c_ulong) }
+    };
+    let mut copy = copy_at(socket_shim::fd::high());
+    if copy < 0 {
+        copy = copy_at(LOWEST_OWN);
+    }
     if copy < 0 {
         return Err(last_errno());
     }

@@ -217,11 +217,16 @@
 //!   (closing the flow) only at the next `close` of an in-process
 //!   number, `connect`, `listen`, `accept`, `poll` or the exit: the
 //!   look-up that found it may run inside the engine.
-//! - A program that closes the engine's own descriptors (a `close` of
-//!   every number, say) and reuses the numbers: the engine writes into
-//!   what the program opened there (the C suite's
-//!   `connects_reuse_control_connections_safely`; the daemon path checks
-//!   its kept connection's identity, the engine does not).
+//! - A program that closes the engine's own descriptors and reuses the
+//!   numbers: the engine writes into what the program opened there (the
+//!   daemon path checks its kept connection's identity, the engine does
+//!   not). The engine's descriptors live high in the table
+//!   (`socket_shim::fd::out_of_the_way`: half the soft limit, 512 at
+//!   most), so a program that closes every number up to some bound below
+//!   that (the C suite's `connects_reuse_control_connections_safely`)
+//!   leaves them alone; one that closes every number there is
+//!   (`close_range(3, ~0)`, `closefrom(3)`), or has more descriptors open
+//!   than the mark, does not.
 
 pub(crate) mod calls;
 mod engine;

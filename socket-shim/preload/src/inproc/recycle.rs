@@ -7,8 +7,9 @@
 //! kernel socket was closed under it. Making and destroying that socket was
 //! about 5 % of both CPUs in the connect bench (`socket` 2.2 %, its
 //! destruction in the `dup3` 2.6 %), for a socket nobody used. So the
-//! connect keeps it instead (a copy of the number, close-on-exec, above the
-//! standard streams), and the next `socket()` of the same family takes it:
+//! connect keeps it instead (a copy of the number, close-on-exec, out of
+//! the program's numbers as the engine's own descriptors are), and the
+//! next `socket()` of the same family takes it:
 //! a copy at the lowest free number, as the kernel's `socket` gives, with
 //! the options the program set on it before put back to their defaults and
 //! the blocking mode asked for. The kernel socket then costs two or three
@@ -280,9 +281,11 @@ pub(crate) fn keep(fd: RawFd) -> Option<RawFd> {
     if pool()?.kept.len() >= KEEP {
         return None;
     }
-    let lowest = socket_shim::fd::LOWEST_OWN as libc::c_ulong;
+    // Out of the program's numbers (`socket_shim::fd::out_of_the_way`):
+    // none free up there, and it is not kept.
+    let high = socket_shim::fd::high() as libc::c_ulong;
     // SAFETY: no pointers; a copy of the program's socket, the shim's.
-    let copy = unsafe { real::fcntl(fd, libc::F_DUPFD_CLOEXEC, lowest) };
+    let copy = unsafe { real::fcntl(fd, libc::F_DUPFD_CLOEXEC, high) };
     (copy >= 0).then_some(copy)
 }
 

@@ -252,12 +252,14 @@ static int listener(const struct sockaddr_sv *sa) {
         perror("listener");
         return 1;
     }
-    /* At the limit, first with room for the engine's descriptors of the
-     * first flow (3 as the engine is now, with no spare eventfds yet: an
-     * accepted flow's writable eventfd is made only when it waits for
-     * room) but not for the program's number, then with no room at all:
-     * accept fails with EMFILE, and the flow must stay queued. */
-    static const int rooms[] = {3, 0};
+    /* At the limit, first with room for the program's number but not for
+     * the engine's descriptor of the flow (its readable eventfd: the
+     * engine's own descriptors live high in the table, and under a limit
+     * this low stay where they were made; with no spare eventfds yet, and
+     * an accepted flow's writable eventfd made only when it waits for
+     * room), then with no room at all: accept fails with EMFILE, and the
+     * flow must stay queued. */
+    static const int rooms[] = {1, 0};
     int a = -1, c = -1;
     for (size_t r = 0; r < sizeof rooms / sizeof rooms[0]; r++) {
         if (a >= 0) close(a);

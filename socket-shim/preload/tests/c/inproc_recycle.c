@@ -20,7 +20,9 @@
  *    ways; a child forked while it was kept holds no copy of it (its
  *    close is an end of file to the peer at once).
  * 4. When every number below the kept one is taken, socket() gives the
- *    kept number itself, close-on-exec off.
+ *    kept number itself, close-on-exec off (the kept copy is out of the
+ *    program's numbers, as the engine's descriptors are: the program
+ *    takes every free number up to 24 below its limit, 2048 at most).
  *
  * Exits 0 when all held.
  */
@@ -34,6 +36,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -212,13 +215,24 @@ int main(int argc, char **argv) {
     /* 4. */
     int j = socket(AF_INET, SOCK_STREAM, 0);
     ino_t ino_j = used_in_process(j);
-    int fillers[64];
-    for (int i = 0; i < 64; i++) fillers[i] = open("/dev/null", O_RDONLY);
+    /* The kept copy is out of the program's numbers (at most 512): every
+     * free number up to past that is taken. */
+    struct rlimit nofile;
+    CHECK(getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur >= 1024, "a soft limit of 1024 or more");
+    enum { MOST = 2048 };
+    static char filled[MOST];
+    int fill = nofile.rlim_cur - 24 < MOST ? (int)nofile.rlim_cur - 24 : MOST;
+    int devnull = open("/dev/null", O_RDONLY);
+    CHECK(devnull >= 0, "open /dev/null");
+    for (int n = 3; n < fill; n++)
+        if (fcntl(n, F_GETFD) < 0) filled[n] = dup2(devnull, n) == n;
     int k = socket(AF_INET, SOCK_STREAM, 0);
     CHECK(inode(k) == ino_j, "not handed out again below full numbers");
-    CHECK(k >= 0 && (fcntl(k, F_GETFD) & FD_CLOEXEC) == 0, "the kept number is close-on-exec");
+    CHECK(k >= 0 && k < fill && (fcntl(k, F_GETFD) & FD_CLOEXEC) == 0, "the kept number, not close-on-exec");
     close(k);
-    for (int i = 0; i < 64; i++) close(fillers[i]);
+    for (int n = 3; n < fill; n++)
+        if (filled[n]) close(n);
+    close(devnull);
 
     if (failures) return 1;
     printf("recycled\n");
