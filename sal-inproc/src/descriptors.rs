@@ -63,10 +63,18 @@ pub(crate) fn timer() -> nix::Result<TimerFd> {
         ClockId::CLOCK_MONOTONIC,
         TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
     )?;
-    // The original is closed when `timer` goes.
-    let moved = copy(timer.as_fd())
-        .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EMFILE)))?;
-    // SAFETY: `moved` is a copy of the timerfd just made, which nobody
-    // else holds (the original is closed here).
-    Ok(unsafe { TimerFd::from_raw_fd(moved.into_raw_fd()) })
+    let raw = timer.as_fd().as_raw_fd();
+    if raw >= socket_shim::fd::high() {
+        return Ok(timer);
+    }
+    match copy(timer.as_fd()) {
+        // SAFETY: `moved` is a copy of the timerfd just made, which nobody
+        // else holds (the original is closed as `timer` goes).
+        Ok(moved) => Ok(unsafe { TimerFd::from_raw_fd(moved.into_raw_fd()) }),
+        // Better where it is than none, out of standard streams.
+        Err(_) if raw >= socket_shim::fd::LOWEST_OWN => Ok(timer),
+        Err(error) => Err(nix::errno::Errno::from_raw(
+            error.raw_os_error().unwrap_or(libc::EMFILE),
+        )),
+    }
 }

@@ -491,6 +491,27 @@ impl ControlClient {
         }
     }
 
+    /// The connection, moved high in the table
+    /// ([`crate::fd::out_of_the_way`]): for one kept as long as a socket
+    /// of the program lives (an in-process listener's relay), which a
+    /// program closing a range of its numbers must not close.
+    pub fn out_of_the_way(self) -> ControlClient {
+        let ControlClient {
+            stream,
+            path,
+            server,
+            inbox,
+            hello_due,
+        } = self;
+        ControlClient {
+            stream: UnixStream::from(crate::fd::out_of_the_way(stream.into())),
+            path,
+            server,
+            inbox,
+            hello_due,
+        }
+    }
+
     /// A connection to `path` that has not said `Hello` yet.
     fn open(path: &Path) -> Result<ControlClient> {
         let path = path.to_path_buf();

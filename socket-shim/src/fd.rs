@@ -12,9 +12,15 @@
 //! them, as other libraries' own descriptors are (glibc's `nscd` socket,
 //! for one); descriptors the program gets back from a call of its own
 //! (the socket `socket` returns) take the lowest free number, as the
-//! kernel's.
+//! kernel's. Those the library keeps while the program runs on (the
+//! in-process engine's) go further, high in the table
+//! ([`out_of_the_way`]).
+//!
+//! The moves are raw system calls: inside the preloaded shim, libc's
+//! `fcntl` and `close` are the shim's own, which would take these
+//! descriptors for the program's.
 
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 
 /// The lowest descriptor number the library keeps for itself: above
@@ -35,14 +41,36 @@ fn at_or_above(fd: OwnedFd, lowest: i32) -> Result<OwnedFd, OwnedFd> {
     if fd.as_raw_fd() >= lowest {
         return Ok(fd);
     }
+    match copy_at(fd.as_fd(), lowest) {
+        Some(moved) => {
+            close(fd);
+            Ok(moved)
+        }
+        None => Err(fd),
+    }
+}
+
+/// A close-on-exec copy of `fd` at `lowest` or above (`F_DUPFD_CLOEXEC`),
+/// `None` if none is free there or `lowest` is past the limit.
+fn copy_at(fd: BorrowedFd<'_>, lowest: i32) -> Option<OwnedFd> {
     // SAFETY: no pointers; `fd` is open while borrowed, and the copy the
     // kernel makes is nobody else's.
-    let moved = unsafe { nix::libc::fcntl(fd.as_raw_fd(), nix::libc::F_DUPFD_CLOEXEC, lowest) };
-    if moved < 0 {
-        return Err(fd);
-    }
-    // SAFETY: the kernel just made `moved` for us alone.
-    Ok(unsafe { OwnedFd::from_raw_fd(moved) })
+    let copy = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_fcntl,
+            fd.as_raw_fd(),
+            nix::libc::F_DUPFD_CLOEXEC,
+            lowest,
+        )
+    };
+    // SAFETY: the kernel just made `copy` for us alone.
+    (copy >= 0).then(|| unsafe { OwnedFd::from_raw_fd(copy as RawFd) })
+}
+
+/// Closes `fd` with the system call itself (see the module docs).
+fn close(fd: OwnedFd) {
+    // SAFETY: no pointers; `fd` is ours, given up here.
+    unsafe { nix::libc::syscall(nix::libc::SYS_close, fd.into_raw_fd()) };
 }
 
 /// `fd`, moved high in the table (at or above [`high`]), never below
@@ -59,7 +87,8 @@ fn at_or_above(fd: OwnedFd, lowest: i32) -> Result<OwnedFd, OwnedFd> {
 /// room up there. What is left: the moment between the descriptor's
 /// making and its move, a program with more descriptors open than the
 /// mark (one it frees up there may still be taken), and a program that
-/// closes every number there is (`close_range(3, ~0)`).
+/// closes every number there is (`close_range(3, ~0)`, `closefrom(3)`, a
+/// loop up to `sysconf(_SC_OPEN_MAX)`).
 pub fn out_of_the_way(fd: OwnedFd) -> OwnedFd {
     at_or_above(fd, high()).unwrap_or_else(above_standard_streams)
 }
@@ -68,14 +97,8 @@ pub fn out_of_the_way(fd: OwnedFd) -> OwnedFd {
 /// [`out_of_the_way`]), or above the standard streams if no number up
 /// there is free.
 pub fn copy_out_of_the_way(fd: BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
-    let copy_at = |lowest: i32| {
-        // SAFETY: no pointers; `fd` is open while borrowed, and the copy
-        // the kernel makes is nobody else's.
-        let copy = unsafe { nix::libc::fcntl(fd.as_raw_fd(), nix::libc::F_DUPFD_CLOEXEC, lowest) };
-        // SAFETY: the kernel just made `copy` for us alone.
-        (copy >= 0).then(|| unsafe { OwnedFd::from_raw_fd(copy) })
-    };
-    (copy_at(high()).or_else(|| copy_at(LOWEST_OWN))).ok_or_else(std::io::Error::last_os_error)
+    (copy_at(fd, high()).or_else(|| copy_at(fd, LOWEST_OWN)))
+        .ok_or_else(std::io::Error::last_os_error)
 }
 
 /// Where the library's own descriptors go ([`out_of_the_way`]): half the

@@ -53,8 +53,9 @@
 //! A record is never at 0-2: a program that closed its standard streams
 //! takes them again with `open` or `dup2`, which would close the record
 //! (and leave the control connections crossing without it), or give a
-//! child the record as its input; it is moved above them, as other
-//! libraries keep their own descriptors there.
+//! child the record as its input. It is moved high in the table
+//! (`socket_shim::fd::out_of_the_way`), out of the numbers the program's
+//! own files take, as other libraries keep their own descriptors.
 //!
 //! Why not interpose `execve`: the exec family (`execl`, `execvp`,
 //! `posix_spawn`, `system`, `popen`) reaches the system call through
@@ -380,10 +381,13 @@ fn create(bytes: &[u8]) -> Option<(RawFd, (u64, u64))> {
     }
     // Never one of the standard streams (a program that closed them takes
     // 0-2 again with `open` or `dup2`, which would close the record, or
-    // give a child the record as its input): moved above them, as other
-    // libraries' own descriptors are (still close-on-exec until written).
+    // give a child the record as its input), nor one of the low numbers
+    // the program's own files take (after an `exec`, a number the old
+    // image had close-on-exec is free, as on Linux): moved high, as the
+    // library's other long-lived descriptors (still close-on-exec until
+    // written).
     // SAFETY: the memfd just made, ours alone.
-    let owned = socket_shim::fd::above_standard_streams(unsafe { OwnedFd::from_raw_fd(fd) });
+    let owned = socket_shim::fd::out_of_the_way(unsafe { OwnedFd::from_raw_fd(fd) });
     if owned.as_raw_fd() < socket_shim::fd::LOWEST_OWN {
         return None;
     }

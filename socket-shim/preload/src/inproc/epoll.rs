@@ -68,13 +68,12 @@
 //! does, after its grace period (2 ms) with no thread inside.
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use libc::{c_int, epoll_event};
-use socket_shim::fd::LOWEST_OWN;
 
 use super::registry;
 use crate::ops::{last_errno, Res};
@@ -223,23 +222,13 @@ fn output(interest: u32, tag: u64) -> epoll_event {
     }
 }
 
-/// A private copy of the stream's writable eventfd `fd`, for a set.
+/// A private copy of the stream's writable eventfd `fd`, for a set, out
+/// of the program's numbers.
 fn duplicate(fd: RawFd) -> Res<OwnedFd> {
-    // Out of the program's numbers (`socket_shim::fd::out_of_the_way`),
-    // or, if none is free up there, above the standard streams.
-    let copy_at = |lowest: i32| {
-        // SAFETY: no pointers; a copy of the stream's eventfd for the set.
-        unsafe { real::fcntl(fd, libc::F_DUPFD_CLOEXEC, lowest as libc::c_ulong) }
-    };
-    let mut copy = copy_at(socket_shim::fd::high());
-    if copy < 0 {
-        copy = copy_at(LOWEST_OWN);
-    }
-    if copy < 0 {
-        return Err(last_errno());
-    }
-    // SAFETY: the kernel just made `copy`, ours alone.
-    Ok(unsafe { OwnedFd::from_raw_fd(copy) })
+    // SAFETY: `fd` is the stream's eventfd, open while the socket is held.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    socket_shim::fd::copy_out_of_the_way(fd)
+        .map_err(|error| error.raw_os_error().unwrap_or(libc::EMFILE))
 }
 
 /// Whether the set `registration` was made in still holds it: an

@@ -135,7 +135,8 @@ pub(crate) fn relay(prefix: ServicePrefix) -> Option<Res<(ControlClient, Listene
         return None;
     }
     let runtime = runtime()?;
-    let mut control = ControlClient::connect().ok()?;
+    // Kept as long as the listener: out of the program's numbers.
+    let mut control = ControlClient::connect().ok()?.out_of_the_way();
     let request = Request::Relay {
         prefix,
         locator: None,

@@ -218,10 +218,17 @@ int main(int argc, char **argv) {
     /* The kept copy is out of the program's numbers (at most 512): every
      * free number up to past that is taken. */
     struct rlimit nofile;
-    CHECK(getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur >= 1024, "a soft limit of 1024 or more");
+    if (getrlimit(RLIMIT_NOFILE, &nofile) != 0 || nofile.rlim_cur < 1024) {
+        CHECK(0, "a soft limit of 1024 or more");
+        return 1;
+    }
     enum { MOST = 2048 };
     static char filled[MOST];
     int fill = nofile.rlim_cur - 24 < MOST ? (int)nofile.rlim_cur - 24 : MOST;
+    int kept = -1;
+    for (int n = 3; n < fill && kept < 0; n++)
+        if (fcntl(n, F_GETFD) >= 0 && inode(n) == ino_j) kept = n;
+    CHECK(kept >= 64, "the kept copy is out of the program's numbers (at %d)", kept);
     int devnull = open("/dev/null", O_RDONLY);
     CHECK(devnull >= 0, "open /dev/null");
     for (int n = 3; n < fill; n++)

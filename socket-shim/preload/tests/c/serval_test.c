@@ -4,7 +4,9 @@
  * serval-run (LD_PRELOAD). Every subcommand exits 0 on success and prints
  * what failed otherwise.
  *
- *   stream-server SID COUNT [fork|nonblock]   echo COUNT connections
+ *   stream-server SID COUNT [fork|nonblock|close-others]
+ *                                             echo COUNT connections (close-others:
+ *                                             close 3..63 but the listener first)
  *   stream-client SID SIZE                    send SIZE bytes, check the echo
  *   nonblock-client SID SIZE                  same, non-blocking, epoll + poll
  *   nonblock-fail SID                         non-blocking connect, expect EHOSTUNREACH via SO_ERROR
@@ -339,6 +341,7 @@ static void *echo_thread(void *arg) {
 static int stream_server(const char *sid, int count, const char *mode) {
     int nonblock = mode && strcmp(mode, "nonblock") == 0;
     int forking = mode && strcmp(mode, "fork") == 0;
+    int closing = mode && strcmp(mode, "close-others") == 0;
     int fd = socket(AF_SERVAL, SOCK_STREAM, 0);
     if (fd < 0) die("socket");
     struct sockaddr_sv sa = sv_addr(sid);
@@ -352,6 +355,12 @@ static int stream_server(const char *sid, int count, const char *mode) {
     if (nonblock) {
         fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
         EXPECT_ERR(accept(fd, NULL, NULL), EAGAIN);
+    }
+    if (closing) {
+        /* A daemon closing every number it does not know of, up to a
+         * bound: the library's own descriptors must not be among them. */
+        for (int other = 3; other < 64; other++)
+            if (other != fd) close(other);
     }
     printf("ready\n");
     fflush(stdout);
