@@ -16,10 +16,31 @@
 //! layer knows the program's handlers and `SA_RESTART`): without an
 //! `Interruptible`, a signal is a wake-up like any other and the call goes
 //! on, as a restarted system call.
+//!
+//! A call with a timeout ([`Interruptible::timed`]: TCP's calls under
+//! `SO_RCVTIMEO` or `SO_SNDTIMEO`) also ends when the process is stopped
+//! and continued (`SIGSTOP`, `SIGCONT`, no handler), as Linux's do
+//! (`signal(7)`, "Interruption of system calls and library functions by
+//! stop signals"). `ppoll` never shows a stop: the kernel restarts it. So
+//! such a call's sleeps wait in `epoll_pwait2` instead ([`sleep`]), which
+//! a stop ends with `EINTR`, on an epoll set of the call's own (made at
+//! its first sleep, out of the program's numbers, closed with the call;
+//! the sleep's descriptors join it and leave after). `epoll_pwait2` also
+//! ends with `EINTR` for a signal the program ignores that came while the
+//! call had it blocked (between its sleeps; `ppoll` restarts then): such
+//! signals are taken first (`sigtimedwait`, as the kernel would have
+//! discarded them), and only one that comes in the microsecond between
+//! that and the sleep ends the call early. The engine's calls go to the
+//! kernel directly, not through a preloaded library's `epoll` functions.
+//! A few more system calls per sleep, for calls with a timeout only.
 
 use std::cell::Cell;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
+use nix::errno::Errno;
+use nix::poll::{ppoll, PollFd};
 use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
+use nix::sys::time::TimeSpec;
 
 use crate::Error;
 
@@ -27,6 +48,20 @@ thread_local! {
     /// The thread's own signal mask while an [`Interruptible`] blocks its
     /// signals: what the engine's sleeps wait with.
     static UNBLOCKED: Cell<Option<SigSet>> = const { Cell::new(None) };
+    /// Whether a stop and continue ends the thread's current call, and
+    /// its epoll set (see [`Interruptible::timed`]).
+    static STOPS: Cell<Stops> = const { Cell::new(Stops::Off) };
+}
+
+/// Whether a stop and continue ends the thread's current call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stops {
+    /// It does not (no call, or one without a timeout).
+    Off,
+    /// It does: its sleeps wait in its epoll set (`None` until the first).
+    On(Option<RawFd>),
+    /// It does, but no epoll set could be had: its sleeps are `ppoll`s.
+    Unwatched,
 }
 
 /// Signals a thread's own faults raise: never blocked (the kernel kills a
@@ -50,6 +85,8 @@ pub struct Interruptible {
     mask: SigSet,
     /// The thread's [`UNBLOCKED`] before (an `Interruptible` within one).
     outer: Option<SigSet>,
+    /// The thread's [`STOPS`] before.
+    outer_stops: Stops,
 }
 
 impl Interruptible {
@@ -69,7 +106,22 @@ impl Interruptible {
             _ => mask,
         };
         UNBLOCKED.with(|unblocked| unblocked.set(Some(sleep)));
-        Ok(Interruptible { mask, outer })
+        // A call within another (a handler's, run in the outer call's
+        // sleep) has stops of its own: none unless it is timed.
+        let outer_stops = STOPS.with(|stops| stops.replace(Stops::Off));
+        Ok(Interruptible {
+            mask,
+            outer,
+            outer_stops,
+        })
+    }
+
+    /// [`Interruptible::new`] for a call with a timeout: a stop and
+    /// continue of the process ends it too (see the module docs).
+    pub fn timed() -> Result<Interruptible, Error> {
+        let call = Interruptible::new()?;
+        STOPS.with(|stops| stops.set(Stops::On(None)));
+        Ok(call)
     }
 }
 
@@ -112,6 +164,9 @@ pub(crate) fn spawn_engine_thread<T: Send + 'static>(
 impl Drop for Interruptible {
     fn drop(&mut self) {
         UNBLOCKED.with(|unblocked| unblocked.set(self.outer));
+        if let Stops::On(Some(set)) = STOPS.with(|stops| stops.replace(self.outer_stops)) {
+            close(set);
+        }
         // Fails only for a bad `how`.
         let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&self.mask), None);
     }
@@ -124,9 +179,216 @@ pub(crate) fn sleep_mask() -> Option<SigSet> {
     UNBLOCKED.with(Cell::get)
 }
 
+/// The engine's sleep: `ppoll` of `fds` up to `timeout` with
+/// [`sleep_mask`]; in a call with a timeout, the same wait in
+/// `epoll_pwait2`, which a stop and continue ends with `EINTR` (see the
+/// module docs; the descriptors' `revents` are then read with a
+/// zero-timeout `ppoll`). Where epoll cannot serve (no `epoll_pwait2`
+/// before Linux 5.11, out of descriptors), `ppoll`.
+pub(crate) fn sleep(fds: &mut [PollFd<'_>], timeout: Option<TimeSpec>) -> nix::Result<i32> {
+    let mask = sleep_mask();
+    if let (Some(mask), Stops::On(set)) = (mask, STOPS.with(Cell::get)) {
+        let set = match set {
+            Some(set) => Some(set),
+            None => {
+                let made = epoll_set();
+                let stops = made.map_or(Stops::Unwatched, |set| Stops::On(Some(set)));
+                STOPS.with(|now| now.set(stops));
+                made
+            }
+        };
+        if let Some(set) = set {
+            match epoll_sleep(set, fds, timeout, &mask) {
+                Ok(n) => {
+                    // Which descriptors are ready, as `ppoll` tells; one
+                    // at least when epoll saw one (even if its readiness
+                    // went meanwhile: a wake-up, not a timeout).
+                    let ready = ppoll(fds, Some(TimeSpec::new(0, 0)), None)?;
+                    return Ok(if n > 0 { ready.max(1) } else { ready });
+                }
+                Err(Errno::EINTR) => return Err(Errno::EINTR),
+                Err(_) => STOPS.with(|now| now.set(Stops::Unwatched)),
+            }
+        }
+    }
+    ppoll(fds, timeout, mask)
+}
+
+/// A new epoll set (close-on-exec, out of the program's numbers), or
+/// `None`.
+fn epoll_set() -> Option<RawFd> {
+    // SAFETY: no pointers.
+    let fd = unsafe { libc::syscall(libc::SYS_epoll_create1, libc::EPOLL_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a descriptor just made, this call's alone.
+    let set = crate::descriptors::own(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+    Some(set.into_raw_fd())
+}
+
+/// Closes `fd` with the system call itself (not a preloaded `close`).
+fn close(fd: RawFd) {
+    // SAFETY: no pointers; `fd` is ours, given up here.
+    unsafe { libc::syscall(libc::SYS_close, fd) };
+}
+
+/// `epoll_ctl` of `fd` in `set`, as a system call.
+fn epoll_ctl(set: RawFd, op: libc::c_int, fd: RawFd, events: u32) -> Result<(), Errno> {
+    let mut event = libc::epoll_event { events, u64: 0 };
+    // SAFETY: `event` is valid for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_epoll_ctl,
+            set,
+            op,
+            fd,
+            &mut event as *mut libc::epoll_event,
+        )
+    };
+    if rc < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(())
+    }
+}
+
+/// Waits in `set` for any of `fds` (their `events`) up to `timeout`, with
+/// `mask`, after taking the pending signals the program ignores (see the
+/// module docs); the descriptors leave the set after. How many events
+/// epoll had (0: the timeout passed).
+fn epoll_sleep(
+    set: RawFd,
+    fds: &[PollFd<'_>],
+    timeout: Option<TimeSpec>,
+    mask: &SigSet,
+) -> nix::Result<usize> {
+    let mut added = 0;
+    let mut result = Ok(0);
+    for fd in fds {
+        let events = fd.events().bits() as u32;
+        match epoll_ctl(set, libc::EPOLL_CTL_ADD, fd.as_fd().as_raw_fd(), events) {
+            Ok(()) => added += 1,
+            Err(errno) => {
+                result = Err(errno);
+                break;
+            }
+        }
+    }
+    if result.is_ok() && take_ignored(mask) {
+        // A stop and continue while the call ran between its sleeps.
+        result = Err(Errno::EINTR);
+    }
+    if result.is_ok() {
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 4];
+        let timeout = timeout.map(|t| libc::timespec {
+            tv_sec: t.tv_sec(),
+            tv_nsec: t.tv_nsec(),
+        });
+        let timeout = timeout.as_ref().map_or(std::ptr::null(), |t| t as *const _);
+        let mask: &libc::sigset_t = mask.as_ref();
+        // SAFETY: `events` has room for its length, `timeout` is null or
+        // valid for the call, `mask` valid (the kernel reads its first
+        // `_NSIG / 8` bytes).
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_epoll_pwait2,
+                set,
+                events.as_mut_ptr(),
+                events.len() as libc::c_int,
+                timeout,
+                mask as *const libc::sigset_t,
+                KERNEL_SIGSET_BYTES,
+            )
+        };
+        result = if n < 0 {
+            Err(Errno::last())
+        } else {
+            Ok(n as usize)
+        };
+    }
+    for fd in &fds[..added] {
+        let _ = epoll_ctl(set, libc::EPOLL_CTL_DEL, fd.as_fd().as_raw_fd(), 0);
+    }
+    result
+}
+
+/// The size of the kernel's signal set (`_NSIG / 8`).
+const KERNEL_SIGSET_BYTES: usize = 8;
+
+/// Signals whose default action is to ignore them.
+const IGNORED_BY_DEFAULT: [libc::c_int; 4] =
+    [libc::SIGCHLD, libc::SIGURG, libc::SIGWINCH, libc::SIGCONT];
+
+/// Takes the pending signals that the sleep's `mask` lets through and the
+/// program ignores (`SIG_IGN`, or by default): they were queued only
+/// because the call had them blocked, and the kernel would discard them
+/// as the sleep unblocks them, but `epoll_pwait2` would end with `EINTR`
+/// first. One system call when none is pending. Whether one was
+/// `SIGCONT`: the process was stopped and continued while the call ran
+/// between its sleeps (it was queued because the call blocked it).
+fn take_ignored(mask: &SigSet) -> bool {
+    let mut continued = false;
+    // SAFETY: an all-zero set is a valid value, emptied and filled by the
+    // calls.
+    let mut pending: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `pending` is valid for the call.
+    if unsafe { libc::sigpending(&mut pending) } != 0 {
+        return false;
+    }
+    for signal in 1..=libc::SIGRTMAX() {
+        // SAFETY: no pointers beyond the sets, valid for the calls.
+        let waiting = unsafe { libc::sigismember(&pending, signal) } == 1
+            && unsafe { libc::sigismember(mask.as_ref(), signal) } == 0;
+        if !waiting || !ignored(signal) {
+            continue;
+        }
+        // SAFETY: as `pending`.
+        let mut one: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `one` is valid for the calls.
+        unsafe {
+            libc::sigemptyset(&mut one);
+            libc::sigaddset(&mut one, signal);
+        }
+        let now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: the sets and `now` are valid for the call; no info.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigtimedwait,
+                &one as *const libc::sigset_t,
+                std::ptr::null_mut::<libc::siginfo_t>(),
+                &now as *const libc::timespec,
+                KERNEL_SIGSET_BYTES,
+            )
+        };
+        continued |= signal == libc::SIGCONT;
+    }
+    continued
+}
+
+/// Whether the program ignores `signal`: `SIG_IGN`, or `SIG_DFL` for one
+/// whose default is to ignore it.
+fn ignored(signal: libc::c_int) -> bool {
+    // SAFETY: an all-zero `sigaction` is a valid value to be written over.
+    let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: a query (no new action); `action` is valid for the call.
+    if unsafe { libc::sigaction(signal, std::ptr::null(), &mut action) } != 0 {
+        return false;
+    }
+    match action.sa_sigaction {
+        libc::SIG_IGN => true,
+        libc::SIG_DFL => IGNORED_BY_DEFAULT.contains(&signal),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
 
     use nix::sys::signal::{raise, sigaction, SaFlags, SigAction, SigHandler};
 
@@ -186,6 +448,81 @@ mod tests {
         drop(outer);
         assert_eq!(sleep_mask(), None);
         assert_eq!(SigSet::thread_get_mask().expect("mask"), before);
+    }
+
+    /// A timed call's sleep (in epoll) is not ended by a signal the
+    /// program ignores that came while the call had it blocked: it waits
+    /// out its timeout, as `ppoll` (and the kernel's calls) would.
+    #[test]
+    fn an_ignored_signal_does_not_end_a_timed_sleep() {
+        let _call = Interruptible::timed().expect("block");
+        // SIGWINCH: ignored by default; queued now, as the call blocks it.
+        raise(Signal::SIGWINCH).expect("raise");
+        let mut none: [PollFd<'_>; 0] = [];
+        let start = std::time::Instant::now();
+        let slept = sleep(
+            &mut none,
+            Some(TimeSpec::from_duration(Duration::from_millis(50))),
+        );
+        assert_eq!(slept, Ok(0), "the timeout passed");
+        assert!(start.elapsed() >= Duration::from_millis(45));
+        assert!(
+            matches!(STOPS.with(Cell::get), Stops::On(Some(_))),
+            "slept in epoll"
+        );
+    }
+
+    /// A stop and continue while a timed call ran between its sleeps (its
+    /// `SIGCONT` queued, as the call blocks it) ends the call at its next
+    /// sleep; a call without a timeout goes on.
+    #[test]
+    fn a_continue_ends_a_timed_call_only() {
+        let mut none: [PollFd<'_>; 0] = [];
+        let short = || Some(TimeSpec::from_duration(Duration::from_millis(20)));
+        {
+            let _call = Interruptible::timed().expect("block");
+            raise(Signal::SIGCONT).expect("raise");
+            assert_eq!(sleep(&mut none, short()), Err(Errno::EINTR));
+            assert_eq!(sleep(&mut none, short()), Ok(0), "once");
+        }
+        let _call = Interruptible::new().expect("block");
+        raise(Signal::SIGCONT).expect("raise");
+        assert_eq!(sleep(&mut none, short()), Ok(0), "untimed: no stop");
+    }
+
+    /// A handler's signal ends a timed sleep (in epoll), as an untimed
+    /// one's (in `ppoll`); a call within the timed one (a handler's) is
+    /// untimed unless it says so, and the timed one's epoll set comes back
+    /// after it.
+    #[test]
+    fn a_handler_ends_a_timed_sleep_and_calls_within_have_their_own_stops() {
+        let handler = SigAction::new(
+            SigHandler::Handler(count_usr1),
+            SaFlags::empty(),
+            SigSet::empty(),
+        );
+        // SAFETY: the handler only touches an atomic.
+        unsafe { sigaction(Signal::SIGUSR1, &handler) }.expect("sigaction");
+        let _call = Interruptible::timed().expect("block");
+        let mut none: [PollFd<'_>; 0] = [];
+        let short = || Some(TimeSpec::from_duration(Duration::from_millis(20)));
+        assert_eq!(sleep(&mut none, short()), Ok(0));
+        let set = STOPS.with(Cell::get);
+        assert!(matches!(set, Stops::On(Some(_))));
+        {
+            let _inner = Interruptible::new().expect("block again");
+            assert_eq!(STOPS.with(Cell::get), Stops::Off);
+        }
+        assert_eq!(STOPS.with(Cell::get), set);
+        raise(Signal::SIGUSR1).expect("raise");
+        assert_eq!(sleep(&mut none, short()), Err(Errno::EINTR));
+        assert_eq!(HANDLED_USR1.load(Ordering::SeqCst), 1);
+    }
+
+    static HANDLED_USR1: AtomicUsize = AtomicUsize::new(0);
+
+    extern "C" fn count_usr1(_: i32) {
+        HANDLED_USR1.fetch_add(1, Ordering::SeqCst);
     }
 
     /// In a handler that runs in an outer call's sleep, the mask is the

@@ -31,7 +31,7 @@ use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 
 use nix::errno::Errno;
-use nix::poll::{ppoll, PollFd, PollFlags};
+use nix::poll::{PollFd, PollFlags};
 use nix::sys::time::TimeSpec;
 
 use crate::core::Core;
@@ -169,7 +169,7 @@ impl EngineLock {
                     PollFd::new(me.fd()?, PollFlags::POLLIN),
                 ];
                 let mask = interrupt::sleep_mask();
-                let polled = ppoll(&mut fds, timeout, mask);
+                let polled = interrupt::sleep(&mut fds, timeout);
                 if fds[1].revents().is_some_and(|r| !r.is_empty()) {
                     me.lower();
                 }

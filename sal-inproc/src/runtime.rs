@@ -573,7 +573,7 @@ fn ready_now(fds: &mut [PollFd<'_>]) -> bool {
 /// like any other (counted as one) otherwise.
 fn sleep(fds: &mut [PollFd<'_>], timeout: Option<TimeSpec>) -> Result<i32, Error> {
     let mask = interrupt::sleep_mask();
-    match ppoll(fds, timeout, mask) {
+    match interrupt::sleep(fds, timeout) {
         Ok(ready) => Ok(ready),
         Err(Errno::EINTR) if mask.is_some() => Err(Error::Interrupted),
         Err(Errno::EINTR) => Ok(1),

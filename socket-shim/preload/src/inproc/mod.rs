@@ -183,9 +183,14 @@
 //!   signal interrupts a blocking call without a timeout (`EINTR`), one
 //!   with `SA_RESTART` too (the engine cannot tell which came; see
 //!   `socket::interruptible`); a stop and continue (`SIGSTOP`,
-//!   `SIGCONT`) does not end a wait with a timeout, where TCP's gives
-//!   `EINTR`; a signal handler that calls into a socket while its thread
-//!   holds the engine's lock (a non-blocking call) deadlocks.
+//!   `SIGCONT`) ends a wait with a timeout with `EINTR`, as TCP's (the
+//!   wait sleeps in `epoll_pwait2`: `sal_inproc::interrupt`), but a stop
+//!   while the waiting thread runs the engine between its sleeps is seen
+//!   only if `SIGCONT` stays pending (the process's main thread blocks
+//!   it then), and an ignored signal that comes in the microsecond before
+//!   such a sleep ends it early; a signal handler that calls into a
+//!   socket while its thread holds the engine's lock (a non-blocking
+//!   call) deadlocks.
 //! - `MSG_OOB` (`SIOCATMARK` answers 0); `MSG_PEEK` with
 //!   `MSG_WAITALL` returns what is there (a peek over several iovecs, 1
 //!   MiB at most);

@@ -176,18 +176,20 @@ pub(crate) fn somaxconn_clamped(backlog: c_int) -> usize {
 }
 
 /// Lets a signal interrupt a call that waits in `mode`, as it would
-/// TCP's: with a timeout, any handler's (`SA_RESTART` or not); without
-/// one, while some handler without `SA_RESTART` is installed (the engine
-/// cannot tell which signal came: a handler with it then interrupts too,
-/// where the kernel would restart the call). `None`: the call goes on
-/// through signals, as a restarted one.
+/// TCP's: with a timeout, any handler's (`SA_RESTART` or not), and a stop
+/// and continue of the process (`sal_inproc::Interruptible::timed`);
+/// without one, while some handler without `SA_RESTART` is installed (the
+/// engine cannot tell which signal came: a handler with it then
+/// interrupts too, where the kernel would restart the call). `None`: the
+/// call goes on through signals, as a restarted one.
 pub(crate) fn interruptible(mode: Mode) -> Option<Interruptible> {
-    let interrupts = match mode {
-        Mode::NonBlocking => false,
-        Mode::Until(_) => true,
-        Mode::Blocking => crate::signals::may_interrupt(),
-    };
-    interrupts.then(Interruptible::new).and_then(Result::ok)
+    match mode {
+        Mode::NonBlocking => None,
+        Mode::Until(_) => Interruptible::timed().ok(),
+        Mode::Blocking => crate::signals::may_interrupt()
+            .then(Interruptible::new)
+            .and_then(Result::ok),
+    }
 }
 
 impl Socket {
