@@ -30,12 +30,21 @@
 //! call had it blocked (between its sleeps; `ppoll` restarts then): such
 //! signals are taken first (`sigtimedwait`, as the kernel would have
 //! discarded them), and only one that comes in the microsecond between
-//! that and the sleep ends the call early. The engine's calls go to the
-//! kernel directly, not through a preloaded library's `epoll` functions.
-//! A few more system calls per sleep, for calls with a timeout only.
+//! that and the sleep ends the call early. A `SIGCONT` among them means
+//! the process was stopped while the call ran between its sleeps (it is
+//! queued only while blocked), and ends the call too; but only if the
+//! process's main thread blocks it then (the kernel discards an ignored
+//! signal by the main thread's mask), and a `SIGCONT` sent to a process
+//! that was not stopped (`kill -CONT`) ends it as well, where Linux's
+//! call would go on. The engine's calls go to the kernel directly, not
+//! through a preloaded library's `epoll` functions. The cost, for calls
+//! with a timeout only: an epoll set per call that sleeps (made, moved,
+//! closed), and per sleep an `epoll_ctl` in and out per descriptor, a
+//! `sigpending` and a zero-timeout `ppoll` besides the wait.
 
 use std::cell::Cell;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::errno::Errno;
 use nix::poll::{ppoll, PollFd};
@@ -165,7 +174,7 @@ impl Drop for Interruptible {
     fn drop(&mut self) {
         UNBLOCKED.with(|unblocked| unblocked.set(self.outer));
         if let Stops::On(Some(set)) = STOPS.with(|stops| stops.replace(self.outer_stops)) {
-            close(set);
+            close_set(set);
         }
         // Fails only for a bad `how`.
         let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&self.mask), None);
@@ -183,40 +192,80 @@ pub(crate) fn sleep_mask() -> Option<SigSet> {
 /// [`sleep_mask`]; in a call with a timeout, the same wait in
 /// `epoll_pwait2`, which a stop and continue ends with `EINTR` (see the
 /// module docs; the descriptors' `revents` are then read with a
-/// zero-timeout `ppoll`). Where epoll cannot serve (no `epoll_pwait2`
-/// before Linux 5.11, out of descriptors), `ppoll`.
+/// zero-timeout `ppoll`), after taking the pending signals the program
+/// ignores (a `SIGCONT` among them ends the call). Where epoll cannot
+/// serve (no `epoll_pwait2` before Linux 5.11 or under a filter, out of
+/// descriptors, a descriptor epoll refuses), `ppoll`.
 pub(crate) fn sleep(fds: &mut [PollFd<'_>], timeout: Option<TimeSpec>) -> nix::Result<i32> {
     let mask = sleep_mask();
-    if let (Some(mask), Stops::On(set)) = (mask, STOPS.with(Cell::get)) {
-        let set = match set {
-            Some(set) => Some(set),
-            None => {
-                let made = epoll_set();
-                let stops = made.map_or(Stops::Unwatched, |set| Stops::On(Some(set)));
-                STOPS.with(|now| now.set(stops));
-                made
+    let stops = STOPS.with(Cell::get);
+    let Some(mask) = mask.filter(|_| stops != Stops::Off) else {
+        return ppoll(fds, timeout, mask);
+    };
+    if take_ignored(&mask) {
+        // A stop and continue while the call ran between its sleeps.
+        return Err(Errno::EINTR);
+    }
+    let set = match stops {
+        Stops::On(Some(set)) => Some(set),
+        Stops::On(None) => epoll_set(),
+        Stops::Off | Stops::Unwatched => None,
+    };
+    let Some(set) = set else {
+        STOPS.with(|now| now.set(Stops::Unwatched));
+        return ppoll(fds, timeout, Some(mask));
+    };
+    // Out of the state while it sleeps: a handler's call in the sleep that
+    // has no `Interruptible` of its own is no timed call, and must not use
+    // this set.
+    STOPS.with(|now| now.set(Stops::Off));
+    let slept = epoll_sleep(set, fds, timeout, &mask);
+    if !matches!(slept, Err(Slept::Refused | Slept::Missing)) {
+        STOPS.with(|now| now.set(Stops::On(Some(set))));
+    }
+    match slept {
+        Ok(n) => {
+            // Which descriptors are ready, as `ppoll` tells; one at least
+            // when epoll saw one (even if its readiness went meanwhile: a
+            // wake-up, not a timeout).
+            let ready = ppoll(fds, Some(TimeSpec::new(0, 0)), None)?;
+            Ok(if n > 0 { ready.max(1) } else { ready })
+        }
+        Err(Slept::Failed(errno)) => Err(errno),
+        Err(failure) => {
+            close_set(set);
+            if failure == Slept::Missing {
+                NO_EPOLL_PWAIT2.store(true, Ordering::Relaxed);
             }
-        };
-        if let Some(set) = set {
-            match epoll_sleep(set, fds, timeout, &mask) {
-                Ok(n) => {
-                    // Which descriptors are ready, as `ppoll` tells; one
-                    // at least when epoll saw one (even if its readiness
-                    // went meanwhile: a wake-up, not a timeout).
-                    let ready = ppoll(fds, Some(TimeSpec::new(0, 0)), None)?;
-                    return Ok(if n > 0 { ready.max(1) } else { ready });
-                }
-                Err(Errno::EINTR) => return Err(Errno::EINTR),
-                Err(_) => STOPS.with(|now| now.set(Stops::Unwatched)),
-            }
+            STOPS.with(|now| now.set(Stops::Unwatched));
+            ppoll(fds, timeout, Some(mask))
         }
     }
-    ppoll(fds, timeout, mask)
 }
 
+/// Why an [`epoll_sleep`] did not sleep to its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slept {
+    /// A descriptor epoll does not take (`epoll_ctl` failed): `ppoll`.
+    Refused,
+    /// No `epoll_pwait2` (`ENOSYS`, or `EPERM` from a filter): `ppoll`,
+    /// for every timed call from then on.
+    Missing,
+    /// `EINTR` (a handler's signal, a stop and continue), or another
+    /// failure of the wait: the sleep's.
+    Failed(Errno),
+}
+
+/// `epoll_pwait2` failed as a call the kernel does not have (or a filter
+/// refuses): timed calls sleep in `ppoll` from then on.
+static NO_EPOLL_PWAIT2: AtomicBool = AtomicBool::new(false);
+
 /// A new epoll set (close-on-exec, out of the program's numbers), or
-/// `None`.
+/// `None` (none can be made, or `epoll_pwait2` is known missing).
 fn epoll_set() -> Option<RawFd> {
+    if NO_EPOLL_PWAIT2.load(Ordering::Relaxed) {
+        return None;
+    }
     // SAFETY: no pointers.
     let fd = unsafe { libc::syscall(libc::SYS_epoll_create1, libc::EPOLL_CLOEXEC) };
     if fd < 0 {
@@ -224,7 +273,22 @@ fn epoll_set() -> Option<RawFd> {
     }
     // SAFETY: a descriptor just made, this call's alone.
     let set = crate::descriptors::own(unsafe { OwnedFd::from_raw_fd(fd as RawFd) });
+    #[cfg(test)]
+    OPEN_SETS.with(|open| open.set(open.get() + 1));
     Some(set.into_raw_fd())
+}
+
+/// Closes a set [`epoll_set`] made.
+fn close_set(set: RawFd) {
+    #[cfg(test)]
+    OPEN_SETS.with(|open| open.set(open.get() - 1));
+    close(set);
+}
+
+#[cfg(test)]
+thread_local! {
+    /// The thread's epoll sets made and not closed yet.
+    static OPEN_SETS: Cell<i64> = const { Cell::new(0) };
 }
 
 /// Closes `fd` with the system call itself (not a preloaded `close`).
@@ -254,30 +318,25 @@ fn epoll_ctl(set: RawFd, op: libc::c_int, fd: RawFd, events: u32) -> Result<(), 
 }
 
 /// Waits in `set` for any of `fds` (their `events`) up to `timeout`, with
-/// `mask`, after taking the pending signals the program ignores (see the
-/// module docs); the descriptors leave the set after. How many events
-/// epoll had (0: the timeout passed).
+/// `mask`; the descriptors leave the set after. How many events epoll had
+/// (0: the timeout passed).
 fn epoll_sleep(
     set: RawFd,
     fds: &[PollFd<'_>],
     timeout: Option<TimeSpec>,
     mask: &SigSet,
-) -> nix::Result<usize> {
+) -> Result<usize, Slept> {
     let mut added = 0;
     let mut result = Ok(0);
     for fd in fds {
         let events = fd.events().bits() as u32;
         match epoll_ctl(set, libc::EPOLL_CTL_ADD, fd.as_fd().as_raw_fd(), events) {
             Ok(()) => added += 1,
-            Err(errno) => {
-                result = Err(errno);
+            Err(_) => {
+                result = Err(Slept::Refused);
                 break;
             }
         }
-    }
-    if result.is_ok() && take_ignored(mask) {
-        // A stop and continue while the call ran between its sleeps.
-        result = Err(Errno::EINTR);
     }
     if result.is_ok() {
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; 4];
@@ -301,10 +360,10 @@ fn epoll_sleep(
                 KERNEL_SIGSET_BYTES,
             )
         };
-        result = if n < 0 {
-            Err(Errno::last())
-        } else {
-            Ok(n as usize)
+        result = match Errno::result(n) {
+            Ok(n) => Ok(n as usize),
+            Err(Errno::ENOSYS | Errno::EPERM) => Err(Slept::Missing),
+            Err(errno) => Err(Slept::Failed(errno)),
         };
     }
     for fd in &fds[..added] {
@@ -354,20 +413,30 @@ fn take_ignored(mask: &SigSet) -> bool {
             tv_sec: 0,
             tv_nsec: 0,
         };
-        // SAFETY: the sets and `now` are valid for the call; no info.
-        unsafe {
-            libc::syscall(
-                libc::SYS_rt_sigtimedwait,
-                &one as *const libc::sigset_t,
-                std::ptr::null_mut::<libc::siginfo_t>(),
-                &now as *const libc::timespec,
-                KERNEL_SIGSET_BYTES,
-            )
-        };
-        continued |= signal == libc::SIGCONT;
+        // Every queued instance (a real-time signal may have several); at
+        // most a bounded number, as the queue is.
+        for _ in 0..MOST_TAKEN {
+            // SAFETY: the sets and `now` are valid for the call; no info.
+            let taken = unsafe {
+                libc::syscall(
+                    libc::SYS_rt_sigtimedwait,
+                    &one as *const libc::sigset_t,
+                    std::ptr::null_mut::<libc::siginfo_t>(),
+                    &now as *const libc::timespec,
+                    KERNEL_SIGSET_BYTES,
+                )
+            };
+            if taken != signal as libc::c_long {
+                break;
+            }
+            continued |= signal == libc::SIGCONT;
+        }
     }
     continued
 }
+
+/// The most instances of one signal [`take_ignored`] takes at a time.
+const MOST_TAKEN: usize = 64;
 
 /// Whether the program ignores `signal`: `SIG_IGN`, or `SIG_DFL` for one
 /// whose default is to ignore it.
@@ -387,6 +456,7 @@ fn ignored(signal: libc::c_int) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsFd;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
@@ -467,9 +537,73 @@ mod tests {
         assert_eq!(slept, Ok(0), "the timeout passed");
         assert!(start.elapsed() >= Duration::from_millis(45));
         assert!(
-            matches!(STOPS.with(Cell::get), Stops::On(Some(_))),
+            matches!(STOPS.with(Cell::get), Stops::On(Some(_)))
+                || NO_EPOLL_PWAIT2.load(Ordering::Relaxed),
             "slept in epoll"
         );
+    }
+
+    /// A descriptor epoll refuses (a regular file) leaves the call to
+    /// `ppoll`, its epoll set closed; the set is closed with the call too.
+    #[test]
+    fn a_refused_descriptor_leaves_the_sleep_to_ppoll_and_no_set_open() {
+        let file = std::fs::File::open("/proc/self/stat").expect("open");
+        let short = || Some(TimeSpec::from_duration(Duration::from_millis(20)));
+        {
+            let _call = Interruptible::timed().expect("block");
+            let mut none: [PollFd<'_>; 0] = [];
+            assert_eq!(sleep(&mut none, short()), Ok(0));
+            let mut fds = [PollFd::new(file.as_fd(), nix::poll::PollFlags::POLLIN)];
+            assert_eq!(sleep(&mut fds, short()), Ok(1), "a file is always readable");
+            assert!(fds[0]
+                .revents()
+                .is_some_and(|r| r.contains(nix::poll::PollFlags::POLLIN)));
+            assert_eq!(STOPS.with(Cell::get), Stops::Unwatched);
+            assert_eq!(OPEN_SETS.with(Cell::get), 0, "closed at the refusal");
+        }
+        {
+            let _call = Interruptible::timed().expect("block");
+            let mut none: [PollFd<'_>; 0] = [];
+            assert_eq!(sleep(&mut none, short()), Ok(0));
+        }
+        assert_eq!(OPEN_SETS.with(Cell::get), 0, "closed with the call");
+    }
+
+    /// While a timed call sleeps, a handler run in its sleep finds no
+    /// stops: a call it makes without an `Interruptible` of its own is no
+    /// timed call and does not use the sleeping call's epoll set.
+    #[test]
+    fn a_handler_in_a_timed_sleep_finds_no_stops() {
+        let handler = SigAction::new(
+            SigHandler::Handler(note_stops),
+            SaFlags::empty(),
+            SigSet::empty(),
+        );
+        // SAFETY: the handler only reads a thread-local cell and stores an
+        // atomic.
+        unsafe { sigaction(Signal::SIGPROF, &handler) }.expect("sigaction");
+        let _call = Interruptible::timed().expect("block");
+        raise(Signal::SIGPROF).expect("raise");
+        let mut none: [PollFd<'_>; 0] = [];
+        let short = Some(TimeSpec::from_duration(Duration::from_millis(20)));
+        assert_eq!(sleep(&mut none, short), Err(Errno::EINTR));
+        assert_eq!(
+            STOPS_IN_HANDLER.load(Ordering::SeqCst),
+            1,
+            "the handler saw Off"
+        );
+        assert!(matches!(
+            STOPS.with(Cell::get),
+            Stops::On(_) | Stops::Unwatched
+        ));
+    }
+
+    /// 1: [`Stops::Off`] in the handler; 2: anything else.
+    static STOPS_IN_HANDLER: AtomicUsize = AtomicUsize::new(0);
+
+    extern "C" fn note_stops(_: i32) {
+        let off = STOPS.with(Cell::get) == Stops::Off;
+        STOPS_IN_HANDLER.store(if off { 1 } else { 2 }, Ordering::SeqCst);
     }
 
     /// A stop and continue while a timed call ran between its sleeps (its
@@ -508,7 +642,7 @@ mod tests {
         let short = || Some(TimeSpec::from_duration(Duration::from_millis(20)));
         assert_eq!(sleep(&mut none, short()), Ok(0));
         let set = STOPS.with(Cell::get);
-        assert!(matches!(set, Stops::On(Some(_))));
+        assert!(matches!(set, Stops::On(Some(_))) || NO_EPOLL_PWAIT2.load(Ordering::Relaxed));
         {
             let _inner = Interruptible::new().expect("block again");
             assert_eq!(STOPS.with(Cell::get), Stops::Off);
