@@ -466,6 +466,18 @@ mod tests {
 
     static HANDLED: AtomicUsize = AtomicUsize::new(0);
 
+    /// Installs `handler` for `signal`: the tests' handlers only touch
+    /// atomics and thread-local cells.
+    fn handle(signal: Signal, handler: extern "C" fn(i32)) {
+        let action = SigAction::new(
+            SigHandler::Handler(handler),
+            SaFlags::empty(),
+            SigSet::empty(),
+        );
+        // SAFETY: see above; async-signal-safe.
+        unsafe { sigaction(signal, &action) }.expect("sigaction");
+    }
+
     extern "C" fn count(_: i32) {
         HANDLED.fetch_add(1, Ordering::SeqCst);
     }
@@ -474,13 +486,7 @@ mod tests {
     /// the next sleep's mask; the thread's mask comes back at the drop.
     #[test]
     fn signals_wait_for_the_sleep_and_the_mask_comes_back() {
-        let handler = SigAction::new(
-            SigHandler::Handler(count),
-            SaFlags::empty(),
-            SigSet::empty(),
-        );
-        // SAFETY: the handler only touches an atomic.
-        unsafe { sigaction(Signal::SIGUSR2, &handler) }.expect("sigaction");
+        handle(Signal::SIGUSR2, count);
         let before = SigSet::thread_get_mask().expect("mask");
         assert_eq!(sleep_mask(), None);
         {
@@ -574,14 +580,7 @@ mod tests {
     /// timed call and does not use the sleeping call's epoll set.
     #[test]
     fn a_handler_in_a_timed_sleep_finds_no_stops() {
-        let handler = SigAction::new(
-            SigHandler::Handler(note_stops),
-            SaFlags::empty(),
-            SigSet::empty(),
-        );
-        // SAFETY: the handler only reads a thread-local cell and stores an
-        // atomic.
-        unsafe { sigaction(Signal::SIGPROF, &handler) }.expect("sigaction");
+        handle(Signal::SIGPROF, note_stops);
         let _call = Interruptible::timed().expect("block");
         raise(Signal::SIGPROF).expect("raise");
         let mut none: [PollFd<'_>; 0] = [];
@@ -630,13 +629,7 @@ mod tests {
     /// after it.
     #[test]
     fn a_handler_ends_a_timed_sleep_and_calls_within_have_their_own_stops() {
-        let handler = SigAction::new(
-            SigHandler::Handler(count_usr1),
-            SaFlags::empty(),
-            SigSet::empty(),
-        );
-        // SAFETY: the handler only touches an atomic.
-        unsafe { sigaction(Signal::SIGUSR1, &handler) }.expect("sigaction");
+        handle(Signal::SIGUSR1, count_usr1);
         let _call = Interruptible::timed().expect("block");
         let mut none: [PollFd<'_>; 0] = [];
         let short = || Some(TimeSpec::from_duration(Duration::from_millis(20)));
