@@ -491,34 +491,15 @@ impl ControlClient {
         }
     }
 
-    /// The connection, moved high in the table
-    /// ([`crate::fd::out_of_the_way`]): for one kept as long as a socket
-    /// of the program lives (an in-process listener's relay), which a
-    /// program closing a range of its numbers must not close.
-    pub fn out_of_the_way(self) -> ControlClient {
-        let ControlClient {
-            stream,
-            path,
-            server,
-            inbox,
-            hello_due,
-        } = self;
-        ControlClient {
-            stream: UnixStream::from(crate::fd::out_of_the_way(stream.into())),
-            path,
-            server,
-            inbox,
-            hello_due,
-        }
-    }
-
     /// A connection to `path` that has not said `Hello` yet.
     fn open(path: &Path) -> Result<ControlClient> {
         let path = path.to_path_buf();
         let stream =
             UnixStream::connect(&path).map_err(|e| Error::from_connect(e, path.clone()))?;
-        // Kept for as long as the connection lives: never at 0-2.
-        let stream = UnixStream::from(crate::fd::above_standard_streams(stream.into()));
+        // Kept for as long as the connection lives (a listener's, as long
+        // as the listener): high in the table, out of the numbers the
+        // program opens, closes and reuses ([`crate::fd::out_of_the_way`]).
+        let stream = UnixStream::from(crate::fd::out_of_the_way(stream.into()));
         Ok(ControlClient {
             stream,
             path,

@@ -75,9 +75,9 @@ fn close(fd: OwnedFd) {
 
 /// `fd`, moved high in the table (at or above [`high`]), never below
 /// [`LOWEST_OWN`]: for a descriptor the library keeps for itself while
-/// the program goes on opening and closing its own (the in-process
-/// engine's UDP socket, timerfd and eventfds, a control connection a
-/// thread of the library opens at a moment the program does not choose).
+/// the program goes on opening and closing its own (control connections
+/// to sald, a listener's among them; the in-process engine's UDP socket,
+/// timerfd and eventfds; the exec record).
 /// Linux gives a number the program frees to the next file the program
 /// opens, and programs count on it (`close(3)` then `pipe()`); a daemon
 /// that closes every number up to some bound (`for (fd = 3; fd < 64;

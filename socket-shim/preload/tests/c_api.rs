@@ -321,6 +321,21 @@ fn connects_reuse_control_connections_safely() {
     srv.success(T);
 }
 
+/// A server that closes every number below 64 but its listener's (a
+/// daemon closing what it does not know of) goes on serving: the shim's
+/// own long-lived descriptors (the listener's control connection to sald;
+/// in-process, the engine's and the relay's) are high in the table
+/// (`socket_shim::fd::out_of_the_way`).
+#[test]
+fn a_server_closing_a_range_of_numbers_keeps_its_listener() {
+    let sald = Sald::start();
+    let mut srv = server(&sald, &["stream-server", "c105f", "3", "close-others"]);
+    for _ in 0..3 {
+        client(&sald, &["stream-client", "c105f", "20000"]).success(T);
+    }
+    srv.success(T);
+}
+
 #[test]
 fn many_concurrent_connections_with_nonblocking_accept() {
     let sald = Sald::start();

@@ -627,24 +627,6 @@ fn the_engine_s_descriptors_are_never_standard_streams() {
     in_process(&sald, &["low-fds", "10f1"], false).success(T);
 }
 
-/// An in-process server that closes every number below 64 but its
-/// listener's (a daemon closing what it does not know of) still serves:
-/// its listener's relay connection to sald and the engine's own
-/// descriptors are high in the table (`socket_shim::fd::out_of_the_way`).
-/// The client closes such a range between its connects (the C suite's
-/// `reuse-client`, in-process).
-#[test]
-fn a_program_closing_a_range_of_numbers_leaves_the_engine_alone() {
-    let sald = Sald::start_relaying();
-    let mut server = in_process(
-        &sald,
-        &["stream-server", "c105e", "5", "close-others"],
-        true,
-    );
-    in_process(&sald, &["reuse-client", "c105e", "100000"], false).success(T);
-    server.success(T);
-}
-
 /// The kernel TCP socket an in-process connect leaves (inet mode) is the
 /// next `socket()`'s, as new: the options the program set off again, the
 /// blocking mode and close-on-exec asked for, the lowest free number, not

@@ -135,8 +135,9 @@ pub(crate) fn relay(prefix: ServicePrefix) -> Option<Res<(ControlClient, Listene
         return None;
     }
     let runtime = runtime()?;
-    // Kept as long as the listener: out of the program's numbers.
-    let mut control = ControlClient::connect().ok()?.out_of_the_way();
+    // Kept as long as the listener (out of the program's numbers, as
+    // every control connection).
+    let mut control = ControlClient::connect().ok()?;
     let request = Request::Relay {
         prefix,
         locator: None,
