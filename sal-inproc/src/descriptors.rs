@@ -15,7 +15,7 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 
 use nix::sys::eventfd::{EfdFlags, EventFd};
-use nix::sys::timerfd::{ClockId, TimerFd, TimerFlags};
+use nix::sys::timerfd::{TimerFd, TimerFlags};
 
 pub(crate) use socket_shim::fd::copy_out_of_the_way as copy;
 pub(crate) use socket_shim::fd::out_of_the_way as own;
@@ -57,24 +57,16 @@ impl AsRawFd for Counter {
 }
 
 /// A timerfd on `CLOCK_MONOTONIC` (`TFD_NONBLOCK | TFD_CLOEXEC`) out of
-/// the program's numbers.
+/// the program's numbers, moved as the engine's other descriptors are.
 pub(crate) fn timer() -> nix::Result<TimerFd> {
-    let timer = TimerFd::new(
-        ClockId::CLOCK_MONOTONIC,
-        TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
-    )?;
-    let raw = timer.as_fd().as_raw_fd();
-    if raw >= socket_shim::fd::high() {
-        return Ok(timer);
+    let flags = TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC;
+    // SAFETY: no pointers.
+    let fd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, flags.bits()) };
+    if fd < 0 {
+        return Err(nix::errno::Errno::last());
     }
-    match copy(timer.as_fd()) {
-        // SAFETY: `moved` is a copy of the timerfd just made, which nobody
-        // else holds (the original is closed as `timer` goes).
-        Ok(moved) => Ok(unsafe { TimerFd::from_raw_fd(moved.into_raw_fd()) }),
-        // Better where it is than none, out of standard streams.
-        Err(_) if raw >= socket_shim::fd::LOWEST_OWN => Ok(timer),
-        Err(error) => Err(nix::errno::Errno::from_raw(
-            error.raw_os_error().unwrap_or(libc::EMFILE),
-        )),
-    }
+    // SAFETY: the timerfd just made, nobody else's.
+    let moved = own(unsafe { OwnedFd::from_raw_fd(fd) });
+    // SAFETY: `moved` is that timerfd (or its copy, the original closed).
+    Ok(unsafe { TimerFd::from_raw_fd(moved.into_raw_fd()) })
 }

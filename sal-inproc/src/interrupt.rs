@@ -282,19 +282,15 @@ fn epoll_set() -> Option<RawFd> {
 fn close_set(set: RawFd) {
     #[cfg(test)]
     OPEN_SETS.with(|open| open.set(open.get() - 1));
-    close(set);
+    // SAFETY: the set `epoll_set` made, given up here (not through a
+    // preloaded `close`).
+    socket_shim::fd::close(unsafe { OwnedFd::from_raw_fd(set) });
 }
 
 #[cfg(test)]
 thread_local! {
     /// The thread's epoll sets made and not closed yet.
     static OPEN_SETS: Cell<i64> = const { Cell::new(0) };
-}
-
-/// Closes `fd` with the system call itself (not a preloaded `close`).
-fn close(fd: RawFd) {
-    // SAFETY: no pointers; `fd` is ours, given up here.
-    unsafe { libc::syscall(libc::SYS_close, fd) };
 }
 
 /// `epoll_ctl` of `fd` in `set`, as a system call.

@@ -67,8 +67,9 @@ fn copy_at(fd: BorrowedFd<'_>, lowest: i32) -> Option<OwnedFd> {
     (copy >= 0).then(|| unsafe { OwnedFd::from_raw_fd(copy as RawFd) })
 }
 
-/// Closes `fd` with the system call itself (see the module docs).
-fn close(fd: OwnedFd) {
+/// Closes `fd`, one of the library's own, with the system call itself
+/// (see the module docs).
+pub fn close(fd: OwnedFd) {
     // SAFETY: no pointers; `fd` is ours, given up here.
     unsafe { nix::libc::syscall(nix::libc::SYS_close, fd.into_raw_fd()) };
 }
