@@ -42,6 +42,29 @@ struct HalfOpen {
     local: Locator,
     protocol: TransportProtocol,
     syn_source: Option<SourceRepr>,
+    /// The SYN's length, if it named its client in SOURCE (see
+    /// [`fit_answer`]).
+    syn_len: Option<u16>,
+}
+
+/// Trims the ADDRESS advertisement of `reply`, a SYN-ACK that carries a
+/// `segment_len`-byte transport segment, until the packet is no longer
+/// than `syn_len`, the SYN's that drew it. Anyone may name another's
+/// address as the client in SOURCE (README, "SOURCE trust"), so an answer
+/// to such a SYN must not be an amplifier: a SYN-ACK lacks the SYN's
+/// SERVICE (36 bytes) but carries our other addresses, 4 bytes each, and
+/// those are what could make it the larger. The client learns fewer of
+/// them then (one per 4 bytes of TCP options its SYN had fewer).
+pub(super) fn fit_answer(reply: &mut SalRepr, segment_len: usize, syn_len: u16) {
+    while reply.header_len() + segment_len > usize::from(syn_len) {
+        let Some(address) = reply.address.as_mut() else {
+            return;
+        };
+        address.addrs.pop();
+        if address.addrs.is_empty() {
+            reply.address = None;
+        }
+    }
 }
 
 /// The cookie's view of a stream SYN's TCP segment, if the segment is a
@@ -399,11 +422,6 @@ impl Host {
             self.stats.stale += 1;
             return;
         }
-        if let Some(existing) = self.listeners.half_open_flow(client, client_flow) {
-            // The client retransmitted its SYN: our SYN-ACK was lost.
-            self.retransmit_now(existing);
-            return;
-        }
         let Some(protocol) = TransportProtocol::from_number(repr.protocol) else {
             self.stats.malformed += 1;
             return;
@@ -422,11 +440,25 @@ impl Host {
             }
             TransportProtocol::Datagram => None,
         };
+        let length = u16::try_from(repr.header_len() + segment.len()).unwrap_or(u16::MAX);
+        if let Some(existing) = self.listeners.half_open_flow(client, client_flow) {
+            // The client retransmitted its SYN: our SYN-ACK was lost. Its
+            // kept copy was fitted to the SYN that opened the flow, if
+            // that named its client in SOURCE (`fit_answer`): a shorter
+            // repeat would draw more than it carried.
+            let opened_by = (self.flow_mut(existing).ok()).and_then(|flow| flow.path.syn_len);
+            match opened_by {
+                Some(first) if length < first => self.stats.bad_syn += 1,
+                _ => self.retransmit_now(existing),
+            }
+            return;
+        }
         let local = self.interfaces.arrival_locator(&client, &dst);
         let syn_source = repr.source.clone().and_then(|mut source| {
             source.addrs.try_push(local.ip()).ok()?;
             Some(source)
         });
+        let syn_len = repr.source.is_some().then_some(length);
         match self
             .listeners
             .admission(listener_id, protocol, &self.config)
@@ -442,7 +474,7 @@ impl Host {
                     protocol: repr.protocol,
                     tcp,
                 };
-                self.send_cookie(&input, local, syn_source, segment);
+                self.send_cookie(&input, local, (syn_source, syn_len), segment);
             }
             Admission::HalfOpen => {
                 let half_open = HalfOpen {
@@ -451,6 +483,7 @@ impl Host {
                     local,
                     protocol,
                     syn_source,
+                    syn_len,
                 };
                 self.open_half(half_open, repr, &control, client_flow, segment);
             }
@@ -477,6 +510,7 @@ impl Host {
         let mut flow = self.server_flow(&half_open, repr, own, peer, client_flow);
         flow.state = FlowState::SynReceived;
         flow.path.syn_source = half_open.syn_source;
+        flow.path.syn_len = half_open.syn_len;
         let Ok(id) = self.insert_flow(flow) else {
             self.refuse(client, repr, false);
             return;
@@ -543,12 +577,13 @@ impl Host {
     }
 
     /// Answers a valid SYN with a SYN-ACK drawn from a cookie, keeping
-    /// nothing (see `cookie.rs`). `syn` is the SYN's transport segment.
+    /// nothing (see `cookie.rs`). `syn` is the SYN's transport segment;
+    /// `source` its SOURCE with our address, and its length if it had one.
     fn send_cookie(
         &mut self,
         input: &CookieInput,
         local: Locator,
-        syn_source: Option<SourceRepr>,
+        (syn_source, syn_len): (Option<SourceRepr>, Option<u16>),
         syn: &[u8],
     ) {
         let cookie = self.cookies.issue(self.now, input);
@@ -596,6 +631,9 @@ impl Host {
                 udp.len()
             }
         };
+        if let Some(syn_len) = syn_len {
+            fit_answer(&mut reply, len, syn_len);
+        }
         self.stats.cookies_sent += 1;
         let packet = super::output::build(&reply, &segment[..len]);
         self.send_packet(local, input.client, packet);
@@ -713,6 +751,7 @@ impl Host {
             local: self.interfaces.arrival_locator(&src, &dst),
             protocol,
             syn_source: None,
+            syn_len: None,
         };
         let own = (cookie.nonce, cookie.verno.wrapping_add(1));
         let mut flow = self.server_flow(&ends, repr, own, (control.nonce, peer_next), client_flow);

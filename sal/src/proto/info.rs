@@ -277,7 +277,9 @@ pub struct HostStats {
     #[serde(default)]
     pub exported_flow_packets: u64,
     /// First packets dropped because their transport segment was not a
-    /// valid opening segment (a TCP segment that is not a lone SYN).
+    /// valid opening segment (a TCP segment that is not a lone SYN), and
+    /// repeats of a SYN that named its client in SOURCE shorter than that
+    /// SYN (its answer would be the larger: `handshake::fit_answer`).
     #[serde(default)]
     pub bad_syn: u64,
     /// Flows given up on because their peer stopped answering (see

@@ -317,10 +317,13 @@ impl Host {
         let now = self.now;
         let flow = self.flow_mut(id).ok()?;
         let control = flow.control.new_message(flags);
-        let repr = self.control_repr(id, kind, control, with_service)?;
+        let mut repr = self.control_repr(id, kind, control, with_service)?;
         let Some(Endpoint::Flow(flow)) = self.endpoints.get_mut(id) else {
             return None;
         };
+        if let Some(syn_len) = flow.path.syn_len.filter(|_| kind == ControlKind::SynAck) {
+            super::handshake::fit_answer(&mut repr, segment.len(), syn_len);
+        }
         let checksummed_for = (!segment.is_empty())
             .then(|| {
                 flow.path

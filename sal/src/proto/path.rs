@@ -44,6 +44,9 @@ pub(super) struct Path {
     /// Server: the SYN came through service routers; its SOURCE and our own
     /// address, which the SYN-ACK carries back (the reference stack's form).
     pub syn_source: Option<SourceRepr>,
+    /// Server: the SYN's length, if it named its client in SOURCE: no
+    /// SYN-ACK to it is longer (see `handshake::fit_answer`).
+    pub syn_len: Option<u16>,
     /// Where the peer's last RSYN came from, while that is not `remote`
     /// and not yet proven (see `Host::rsyn_input`): our answers to the RSYN
     /// go there, everything else still goes to `remote` until a path
@@ -81,6 +84,7 @@ impl Path {
             discovery: false,
             rerouted: false,
             syn_source: None,
+            syn_len: None,
             moving_to: None,
             timed_ahead: None,
             peer_locators: Vec::new(),
