@@ -218,7 +218,7 @@ pub enum Request {
     /// passed), and must be in sald's network namespace. The flow counts
     /// as one of the caller's (`flows_per_uid`) and its buffers against
     /// the caller's buffer budget group, as a `Connect`'s would. Only
-    /// with relays on (`--relays`), since only programs that relay have
+    /// with relays on (UDP mode's default), since only programs that relay have
     /// hosts of their own.
     ///
     /// Size: the export travels inside the JSON frame, its buffers as
@@ -614,7 +614,7 @@ pub enum Response {
         /// whether the link is up.
         interfaces: Vec<LocalInterface>,
         /// Whether sald relays for programs that drive their own SAL host
-        /// (`--relays`): it routes their SYNs by its rules and takes their
+        /// (UDP mode, unless `--no-relays`): it routes their SYNs by its rules and takes their
         /// `Relay` binds. A program's in-process mode needs it (false from
         /// a sald before this field: the program stays on the daemon path).
         #[serde(default)]

@@ -9,7 +9,7 @@
 //! udp = "10.0.0.1:54325"     # UDP encapsulation instead of the TUN
 //! forward = true             # service-router mode
 //! broadcast = true           # broadcast discovery (native mode; see --no-broadcast)
-//! relays = false             # programs' relays (needs udp; see --relays)
+//! relays = true              # programs' relays (UDP mode: on unless false; see --relays)
 //! resolution_lifetime_ms = 5000 # how long a relaying program may cache a
 //!                            # route sald resolved for it (0: never; see `Resolve`)
 //! control = "/run/serval/sald.sock"
@@ -142,15 +142,19 @@ pub struct Flags {
     /// broadcasts.
     #[arg(long)]
     pub no_broadcast: bool,
-    /// Relays (UDP mode): local programs that drive their own SAL host may
-    /// bind services relayed to their UDP socket (`relay` request), and
-    /// sald forwards the first packets such programs send by its rules, as
-    /// a service router would. Off unless given: with it, any process that
-    /// can send UDP from one of this host's addresses (a local UDP proxy,
-    /// NAT hairpinning) gets sald's forwarding. Without --udp (or `udp` in
-    /// the file) sald refuses to start.
-    #[arg(long)]
+    /// Relays, on by default in UDP mode: local programs that drive their
+    /// own SAL host (`serval-run --in-process`) may bind services relayed
+    /// to their UDP socket (`relay` request), and sald forwards the first
+    /// packets such programs send by its rules, as a service router would.
+    /// Any process that can send UDP from one of this host's addresses (a
+    /// local UDP proxy, NAT hairpinning) gets sald's forwarding. Without
+    /// --udp (or `udp` in the file) sald refuses to start.
+    #[arg(long, conflicts_with = "no_relays")]
     pub relays: bool,
+    /// No relays in UDP mode (see --relays): programs' own SAL hosts are
+    /// refused, and `serval-run --in-process` falls back to the daemon path.
+    #[arg(long)]
+    pub no_relays: bool,
     /// Control socket path (default /run/serval/sald.sock; an unprivileged
     /// sald needs one in a directory it may write).
     #[arg(long, value_name = "PATH", env = "SERVAL_CONTROL")]
@@ -542,9 +546,9 @@ pub struct FileConfig {
     pub forward: bool,
     /// Broadcast discovery (`--no-broadcast` turns it off); on unless false.
     pub broadcast: Option<bool>,
-    /// As `--relays`: programs' relays (UDP mode).
-    #[serde(default)]
-    pub relays: bool,
+    /// As `--relays` / `--no-relays`: programs' relays (default: on in
+    /// UDP mode).
+    pub relays: Option<bool>,
     /// As `--control`: the control socket's path.
     pub control: Option<PathBuf>,
     /// How long a program with its own SAL host may use a route sald
@@ -656,7 +660,13 @@ impl Config {
         if ifaces.is_empty() && udp.is_none_or(|a| a.ip().is_unspecified()) {
             bail!("no interface given: use --iface IFACE (repeatable), or --udp ADDR:PORT with a specific address");
         }
-        let relays = flags.relays || file.relays;
+        // Flags over the file; unset, on in UDP mode (and only there).
+        let relays = match (flags.relays, flags.no_relays, file.relays) {
+            (true, _, _) => true,
+            (_, true, _) => false,
+            (_, _, Some(set)) => set,
+            _ => udp.is_some(),
+        };
         if relays && udp.is_none() {
             // Silently off would leave an operator who asked for relays
             // with programs refused and no word why.
@@ -762,8 +772,18 @@ mod tests {
                 .unwrap()
                 .relays
         );
-        assert!(!load(&["--udp", "10.0.0.1:54325"]).unwrap().relays);
+        // On by default in UDP mode, off in native mode, and off when asked.
+        assert!(load(&["--udp", "10.0.0.1:54325"]).unwrap().relays);
         assert!(!load(&[]).unwrap().relays);
+        assert!(
+            !load(&["--udp", "10.0.0.1:54325", "--no-relays"])
+                .unwrap()
+                .relays
+        );
+        assert!(
+            Flags::try_parse_from(["sald", "--relays", "--no-relays"]).is_err(),
+            "contradictory"
+        );
         // The file's key alike.
         let dir = std::env::temp_dir().join(format!("sald-relays-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -776,6 +796,11 @@ mod tests {
                 .unwrap()
                 .relays
         );
+        std::fs::write(&file, "relays = false\n").unwrap();
+        let udp = ["--config", file_arg, "--udp", "10.0.0.1:54325"];
+        assert!(!load(&udp).unwrap().relays, "off in the file");
+        let flag = [&udp[..], &["--relays"]].concat();
+        assert!(load(&flag).unwrap().relays, "the flag over the file");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -18,6 +18,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddrV4;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use sal::proto::{ConnectError, Event, FlowInfo, Host, HostError, Transmit, TransmitKind};
@@ -135,8 +136,9 @@ pub struct Core {
     pub owners: Owners,
     /// The UDP socket of each relay's program (`Relay`), kept while the
     /// relay is bound: it proved the port is the program's, and holding
-    /// it keeps anybody else from binding the port meanwhile.
-    pub relay_sockets: HashMap<ListenerId, OwnedFd>,
+    /// it keeps anybody else from binding the port meanwhile (shared with
+    /// the watch that ends a relay whose port became shareable).
+    pub relay_sockets: HashMap<ListenerId, Arc<OwnedFd>>,
     /// Control connections being served now, kept by the client tasks.
     pub control_clients: usize,
     /// Tells the timer task that the host's next deadline may have moved.
@@ -155,6 +157,10 @@ pub struct Shared {
     pub timer: Arc<Notify>,
     /// UDP mode: the socket was full and datagrams wait in the batch.
     pub udp_blocked: Arc<Notify>,
+    /// Relays sald ended itself (`control/cmd/relay.rs`, `watch_sockets`):
+    /// a control connection that holds listeners looks which of its own
+    /// are gone when this changed.
+    pub relays_ended: AtomicU64,
 }
 
 impl Shared {
@@ -195,6 +201,7 @@ impl Shared {
             }),
             timer,
             udp_blocked,
+            relays_ended: AtomicU64::new(0),
         })
     }
 

@@ -181,6 +181,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         .collect();
     let timers = tokio::spawn(timer_loop(shared.clone()));
     let housekeeping = tokio::spawn(crate::memory::housekeeping(shared.clone()));
+    let relay_watch = tokio::spawn(control::watch_relay_sockets(shared.clone()));
     let follow = tokio::spawn(watch::follow(shared.clone(), worker.clone(), view, events));
     tracing::info!(control = %config.control.display(), forward = config.forward, "sald running");
 
@@ -218,6 +219,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         task.abort();
     }
     housekeeping.abort();
+    relay_watch.abort();
     follow.abort();
     let _ = follow.await;
     drop(shared);

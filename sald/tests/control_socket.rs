@@ -1611,10 +1611,7 @@ fn moving_every_flow_names_both_interfaces_or_fails() {
     let Response::Interfaces { interfaces, relays } = sald.request(Request::ListInterfaces) else {
         panic!("no interface list");
     };
-    assert!(
-        !relays,
-        "relays are off unless sald is started with --relays"
-    );
+    assert!(relays, "relays are on by default in UDP mode");
     let ours = interfaces[0].name.clone();
     for (from, to, missing) in [
         (&*ours, "nosuch0", "nosuch0"),

@@ -648,3 +648,82 @@ fn a_relay_to_a_port_another_user_shares_is_refused() {
     let kept_out = udp_as(other, at(port), true, false);
     assert!(kept_out.is_err_and(|e| e.kind() == std::io::ErrorKind::AddrInUse));
 }
+
+/// A relay whose program makes its port shareable afterwards, on its own
+/// copy of the socket sald keeps (`SO_REUSEADDR` set again, or the socket
+/// bound to a device), is ended within a look or two of sald's watch
+/// (`sald::control::RELAY_WATCH_INTERVAL`): another user's socket could
+/// otherwise share the port and take the service's first packets. A
+/// relay whose socket stays as it was goes on. A connection whose only
+/// listener was such a relay is an idle one again (closed after
+/// `idle_secs` of silence, as an ordinary user's that holds nothing).
+#[test]
+fn a_relay_whose_program_makes_its_port_shareable_ends() {
+    require_root!();
+    let dir = Scratch::new("relaywatch");
+    let ip = Ipv4Addr::new(127, 0, 0, 11);
+    let mut config = common::udp_config(&dir, "sald", ip);
+    config.udp = Some(SocketAddrV4::new(ip, 0));
+    config.limits.idle_secs = 1;
+    let sald = InProcess::start(config);
+    let control = sald.control.clone();
+    let user = 65_527u32;
+    let relayed = |client: &mut ControlClient, name: &str| {
+        let prefix: ServicePrefix = name.parse().unwrap();
+        let socket = udp_as(user, SocketAddrV4::new(ip, 0), false, false).unwrap();
+        let relay = Request::Relay {
+            prefix,
+            locator: None,
+        };
+        let reply = client
+            .request_with_fd(&relay, socket.as_fd())
+            .expect("relay");
+        assert!(
+            matches!(reply.response, Response::Relaying { .. }),
+            "{name}"
+        );
+        (prefix, socket)
+    };
+    let mut client = common::client_as(&control, user).expect("control socket");
+    let mut lone = common::client_as(&control, user).expect("control socket");
+    let (reusable, reusable_socket) = relayed(&mut client, "c0ec71/24");
+    let (on_device, on_device_socket) = relayed(&mut client, "c0ec72/24");
+    let (kept, _kept_socket) = relayed(&mut client, "c0ec73/24");
+    let (alone, alone_socket) = relayed(&mut lone, "c0ec74/24");
+    for prefix in [reusable, on_device, kept, alone] {
+        assert!(rule_of(&sald, prefix).is_some(), "{prefix} relayed");
+    }
+    for socket in [&reusable_socket, &alone_socket] {
+        nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::ReuseAddr, &true).unwrap();
+    }
+    socket2::SockRef::from(&on_device_socket)
+        .bind_device(Some(b"lo"))
+        .expect("SO_BINDTODEVICE");
+    let set = Instant::now();
+    let bound = sald::control::RELAY_WATCH_INTERVAL * 2 + Duration::from_millis(500);
+    let ended = |prefix| rule_of(&sald, prefix).is_none();
+    while !(ended(reusable) && ended(on_device) && ended(alone)) && set.elapsed() < bound * 4 {
+        thread::sleep(Duration::from_millis(50));
+    }
+    let took = set.elapsed();
+    assert!(ended(reusable), "SO_REUSEADDR: relay still there");
+    assert!(ended(on_device), "a device: relay still there");
+    assert!(ended(alone), "SO_REUSEADDR: the lone relay still there");
+    assert!(took <= bound, "ended after {took:?}, more than two looks");
+    assert!(!ended(kept), "an unchanged relay goes on");
+    // The connection that made them lives on, and may bind again.
+    let (again, _again_socket) = relayed(&mut client, "c0ec71/24");
+    assert!(!ended(again));
+    // The lone relay's connection holds nothing now: after one more
+    // request, its silence closes it.
+    assert!(lone.request(&Request::ListRules).is_ok());
+    thread::sleep(Duration::from_millis(2500));
+    assert!(
+        lone.request(&Request::ListRules).is_err(),
+        "an idle connection that holds nothing stays open"
+    );
+    assert!(
+        client.request(&Request::ListRules).is_ok(),
+        "one with a relay is kept"
+    );
+}

@@ -7,6 +7,7 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +33,9 @@ pub(super) struct Client {
     pub(super) privileged: bool,
     /// The listeners it bound; unbound when it goes.
     pub(super) listeners: Vec<ListenerId>,
+    /// `Shared::relays_ended` when `listeners` was last pruned of relays
+    /// sald ended itself.
+    relays_ended: u64,
     /// The descriptor that came with the request being handled, if any
     /// (`SCM_RIGHTS` on its frame's first byte): a request that expects
     /// one takes it; any other is closed when the next request is read.
@@ -58,6 +62,7 @@ impl Client {
             uid,
             privileged,
             listeners: Vec::new(),
+            relays_ended: 0,
             attached: None,
             charge: None,
         }
@@ -82,9 +87,24 @@ impl Client {
 
     /// How long the client may stay silent between requests: ordinary
     /// users' connections that hold no listener are closed when idle.
-    fn idle_limit(&self) -> Option<Duration> {
+    fn idle_limit(&mut self) -> Option<Duration> {
+        self.forget_ended_relays();
         (!self.privileged && self.listeners.is_empty())
             .then(|| Duration::from_secs(self.context.limits.idle_secs))
+    }
+
+    /// Forgets the listeners of this connection that sald ended itself
+    /// (relays whose port became shareable), if it ended any since the
+    /// last look: one atomic load otherwise.
+    fn forget_ended_relays(&mut self) {
+        let ended = self.context.shared.relays_ended.load(Ordering::Relaxed);
+        if ended == self.relays_ended || self.listeners.is_empty() {
+            return;
+        }
+        self.relays_ended = ended;
+        let core = self.context.shared.lock();
+        self.listeners
+            .retain(|&listener| core.owners.binding(listener).is_some());
     }
 
     /// Reads the next request; a failure is answered (best effort) before

@@ -19,6 +19,8 @@ pub mod policy;
 pub mod ration;
 mod subscribe;
 
+pub use cmd::{watch_relay_sockets, RELAY_WATCH_INTERVAL};
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

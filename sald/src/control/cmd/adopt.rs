@@ -56,7 +56,7 @@ pub enum AdoptRefusal {
         bound: std::net::SocketAddrV4,
     },
     /// sald was not started with `--relays`.
-    #[error("adopt: programs' own hosts are off in this sald (start it with --relays)")]
+    #[error("adopt: programs' own hosts are off in this sald (--no-relays, relays = false, or native mode)")]
     Off,
     /// sald has no UDP interface that is up to take the flow to (relays,
     /// and so adopting, need UDP mode: `--relays` without `--udp` does

@@ -30,6 +30,7 @@ use super::client::Client;
 use bind::not_ours;
 pub(super) use bind::unbind_all;
 pub(super) use flows::connect;
+pub use relay::{watch_sockets as watch_relay_sockets, WATCH_INTERVAL as RELAY_WATCH_INTERVAL};
 
 /// What a request produced: a response and maybe a socket to hand over.
 pub(super) type Reply = (Response, Option<OwnedFd>);

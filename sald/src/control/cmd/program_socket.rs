@@ -119,14 +119,7 @@ fn in_our_namespace(socket: &OwnedFd) -> Result<(), SocketRefusal> {
 /// is the one sharing the port. A socket bound to any address is checked
 /// against every socket on its port, as the relay may go to any address.
 fn unshared(socket: &OwnedFd, bound: SocketAddrV4) -> Result<(), SocketRefusal> {
-    if getsockopt(socket, sockopt::ReuseAddr).unwrap_or(true) {
-        return Err(SocketRefusal::ReuseAddr);
-    }
-    match SockRef::from(socket).device() {
-        Ok(None) => {}
-        Ok(Some(_)) => return Err(SocketRefusal::BoundToDevice),
-        Err(_) => return Err(SocketRefusal::Unchecked),
-    }
+    keeps_its_port(socket)?;
     let inode = (nix::sys::stat::fstat(socket.as_raw_fd()))
         .map_err(|_| SocketRefusal::Unchecked)?
         .st_ino;
@@ -148,6 +141,22 @@ fn unshared(socket: &OwnedFd, bound: SocketAddrV4) -> Result<(), SocketRefusal> 
             uid: other.uid,
         }),
         None => Ok(()),
+    }
+}
+
+/// Checks the options of `socket` with which another user's socket could
+/// bind its port too (see [`unshared`]): neither `SO_REUSEADDR` nor a
+/// device. Two system calls; what a relay's kept socket is checked with
+/// while the relay lasts (`relay::watch_sockets`), since its program may
+/// set either on its own copy at any time.
+pub(super) fn keeps_its_port(socket: &OwnedFd) -> Result<(), SocketRefusal> {
+    if getsockopt(socket, sockopt::ReuseAddr).unwrap_or(true) {
+        return Err(SocketRefusal::ReuseAddr);
+    }
+    match SockRef::from(socket).device() {
+        Ok(None) => Ok(()),
+        Ok(Some(_)) => Err(SocketRefusal::BoundToDevice),
+        Err(_) => Err(SocketRefusal::Unchecked),
     }
 }
 

@@ -21,19 +21,30 @@
 //! `crate::udp_ports`), so a socket is taken only without it and only if
 //! no other user's socket already shares its port. The socket must also
 //! be in sald's network namespace. These checks are `program_socket`'s,
-//! which `Adopt` shares.
+//! which `Adopt` shares. The program keeps its own copy of the socket and
+//! may set `SO_REUSEADDR` (or bind it to a device) afterwards: sald sees
+//! that on the copy it keeps, and [`watch_sockets`] ends such a relay
+//! within a second.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use sal::table::ListenerId;
 use sal::{Locator, ServicePrefix};
 use sal_control::{ErrorKind, Response};
 
 use super::bind::bind_refusal;
-use super::program_socket::{checked_program_socket, receives_at, SocketRefusal};
+use super::program_socket::{checked_program_socket, keeps_its_port, receives_at, SocketRefusal};
 use super::{error_reply, host_error, Reply};
 use crate::control::client::Client;
+use crate::daemon::Shared;
 use crate::owners::Binding;
+
+/// How often [`watch_sockets`] looks at every relay's kept socket.
+pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why a relay was refused; each maps to one error class.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,7 +67,7 @@ pub enum RelayRefusal {
     #[error("relay: this sald carries the SAL natively; relays need UDP mode (--udp)")]
     NativeMode,
     /// sald was not started with `--relays`.
-    #[error("relay: relays are off in this sald (start it with --relays, or relays = true)")]
+    #[error("relay: relays are off in this sald (--no-relays, relays = false, or native mode)")]
     Off,
     /// The socket is in another network namespace than sald's.
     #[error("relay: the UDP socket passed is in another network namespace")]
@@ -169,11 +180,74 @@ pub(super) async fn relay(
         backlog: 0,
     };
     core.owners.bind(listener, binding);
-    core.relay_sockets.insert(listener, socket);
+    core.relay_sockets.insert(listener, Arc::new(socket));
     client.listeners.push(listener);
     core.run();
     tracing::info!(%prefix, %locator, uid = client.uid, "service registered, relayed to a program");
     (Response::Relaying { listener, locator }, None)
+}
+
+/// Ends every relay whose kept socket no longer keeps its port to its
+/// program: one its program set `SO_REUSEADDR` on again, or bound to a
+/// device, since the relay was made (a later socket of another user could
+/// then share the port and take the service's first packets: see the
+/// module docs). Looks every [`WATCH_INTERVAL`], two system calls per
+/// relay, off the lock (about 1 ms a second per thousand relays). A
+/// program that sets the option and clears it again between two looks is
+/// not seen; nor is another user's socket that bound the port meanwhile,
+/// which only `/proc/net/udp` would show, at a cost that grows with every
+/// UDP socket of the host (`crate::udp_ports`).
+pub async fn watch_sockets(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        // Weak: a relay closed meanwhile closes its socket at once.
+        let kept: Vec<(ListenerId, Weak<OwnedFd>)> = (shared.lock().relay_sockets.iter())
+            .map(|(&listener, socket)| (listener, Arc::downgrade(socket)))
+            .collect();
+        for (checked, chunk) in kept.chunks(256).enumerate() {
+            if checked > 0 {
+                // Many relays: the packets go on between chunks.
+                tokio::task::yield_now().await;
+            }
+            for (listener, socket) in chunk {
+                let Some(socket) = socket.upgrade() else {
+                    continue;
+                };
+                if let Err(refusal) = keeps_its_port(&socket) {
+                    end_relay(&shared, *listener, &socket, refusal);
+                }
+            }
+        }
+    }
+}
+
+/// Ends the relay `listener` found with `refusal` on its kept `socket`,
+/// unless it ended (or its socket changed) meanwhile.
+fn end_relay(shared: &Shared, listener: ListenerId, socket: &Arc<OwnedFd>, refusal: SocketRefusal) {
+    let mut core = shared.lock();
+    if !core
+        .relay_sockets
+        .get(&listener)
+        .is_some_and(|kept| Arc::ptr_eq(kept, socket))
+    {
+        return;
+    }
+    let _ = core.close_listener(listener);
+    // After the `Unregistered` event went out, which needs the owner.
+    core.run();
+    let binding = core.owners.unbind(listener);
+    drop(core);
+    // Its control connection forgets it at its next look.
+    shared.relays_ended.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(
+        listener = listener.0,
+        prefix = ?binding.map(|b| b.prefix),
+        uid = ?binding.map(|b| b.uid),
+        %refusal,
+        "relay ended: its program made its port shareable by other users"
+    );
 }
 
 /// The refusal of a request that works on a listener's accept queue, for a
