@@ -642,13 +642,7 @@ fn read_record(fd: RawFd) -> Option<Vec<u8>> {
     if seals < 0 || seals & SEALS != SEALS {
         return None;
     }
-    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
-    // SAFETY: fstat writes at most one `struct stat`.
-    if unsafe { libc::fstat(fd, st.as_mut_ptr()) } != 0 {
-        return None;
-    }
-    // SAFETY: fstat succeeded.
-    let size = usize::try_from(unsafe { st.assume_init() }.st_size).ok()?;
+    let size = usize::try_from(real::kernel_stat(fd)?.st_size).ok()?;
     if size > MAX_BYTES {
         return None;
     }

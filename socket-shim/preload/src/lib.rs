@@ -128,6 +128,7 @@ mod ops;
 mod pool;
 mod real;
 mod signals;
+mod stat;
 mod table;
 mod timeout;
 

@@ -54,6 +54,28 @@ macro_rules! real_fns {
     };
 }
 
+/// The kernel's `fstat` of `fd` (`newfstatat` with an empty path, a raw
+/// system call): what the library's own identity checks compare, never
+/// the answer the interposed `fstat` makes up for an in-process number
+/// (`inproc::stat`), and there on every glibc (`fstat` is an exported
+/// function only since 2.33). `None` if `fd` is not open.
+pub(crate) fn kernel_stat(fd: c_int) -> Option<libc::stat> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: newfstatat writes at most one `struct stat` into the
+    // buffer, which is that large, and reads the empty path's one byte.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_newfstatat,
+            fd,
+            c"".as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    // SAFETY: it succeeded, so it initialised the struct.
+    (rc == 0).then(|| unsafe { st.assume_init() })
+}
+
 /// The exec family's functions, as [`real_fns`]'s, but looked up at the
 /// library's load ([`warm_exec`]) rather than at the first call: an
 /// `exec` often comes from a `vfork` child, which shares its parent's
@@ -245,6 +267,15 @@ pub(crate) unsafe fn fdopen(fd: c_int, mode: *const c_char) -> *mut libc::FILE {
 }
 
 real_fns! {
+    fn fstat(fd: c_int, buf: *mut libc::stat) -> c_int;
+    fn fstat64(fd: c_int, buf: *mut libc::stat64) -> c_int;
+    fn __fxstat(version: c_int, fd: c_int, buf: *mut libc::stat) -> c_int;
+    fn __fxstat64(version: c_int, fd: c_int, buf: *mut libc::stat64) -> c_int;
+    fn __fxstatat(version: c_int, dirfd: c_int, path: *const c_char, buf: *mut libc::stat, flags: c_int) -> c_int;
+    fn __fxstatat64(version: c_int, dirfd: c_int, path: *const c_char, buf: *mut libc::stat64, flags: c_int) -> c_int;
+    fn fstatat(dirfd: c_int, path: *const c_char, buf: *mut libc::stat, flags: c_int) -> c_int;
+    fn fstatat64(dirfd: c_int, path: *const c_char, buf: *mut libc::stat64, flags: c_int) -> c_int;
+    fn statx(dirfd: c_int, path: *const c_char, flags: c_int, mask: libc::c_uint, buf: *mut libc::statx) -> c_int;
     fn sendfile(out_fd: c_int, in_fd: c_int, offset: *mut libc::off_t, count: size_t) -> ssize_t;
     fn sendfile64(out_fd: c_int, in_fd: c_int, offset: *mut libc::off64_t, count: size_t) -> ssize_t;
     fn splice(fd_in: c_int, off_in: *mut libc::loff_t, fd_out: c_int, off_out: *mut libc::loff_t, len: size_t, flags: libc::c_uint) -> ssize_t;

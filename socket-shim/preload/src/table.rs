@@ -418,16 +418,7 @@ pub(crate) fn made_before_a_fork(gen: u64) -> bool {
 
 /// Device and inode of what `fd` refers to ((0, 0) if it is not open).
 pub(crate) fn ident(fd: RawFd) -> (u64, u64) {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
-    // SAFETY: fstat writes at most one `struct stat` into the buffer, which
-    // is that large; `fstat` is not interposed, so this is libc's.
-    let rc = unsafe { libc::fstat(fd, st.as_mut_ptr()) };
-    if rc != 0 {
-        return (0, 0);
-    }
-    // SAFETY: fstat succeeded, so it initialised the struct.
-    let st = unsafe { st.assume_init() };
-    (st.st_dev, st.st_ino)
+    crate::real::kernel_stat(fd).map_or((0, 0), |st| (st.st_dev, st.st_ino))
 }
 
 impl Drop for Entry {

@@ -122,7 +122,7 @@ fn connrate_client(
 /// host, and the clients' SYNs came to it over UDP.
 #[test]
 fn connrate_in_process() {
-    let sald = Sald::start_relaying();
+    let sald = Sald::start();
     let map = "9101=beef01";
     let _server = connrate_server(&sald, &["--in-process"], map, "9101");
     let before = stats(&sald);
@@ -163,7 +163,7 @@ fn connrate_in_process() {
 /// listener's `getsockname` and accepted addresses.
 #[test]
 fn serval_stream_modes_in_process() {
-    let sald = Sald::start_relaying();
+    let sald = Sald::start();
     let mut cmd = sald.run(
         &["--in-process"],
         c_program(),
@@ -199,7 +199,7 @@ fn serval_stream_modes_in_process() {
 /// nothing unsent and `SIOCATMARK` 0 (`EINVAL` on a listener).
 #[test]
 fn ioctl_counts_a_stream_s_queues_in_process() {
-    let sald = Sald::start_relaying();
+    let sald = Sald::start();
     let args = ["stream-server", "beef11", "1"];
     let mut cmd = sald.run(&["--in-process"], c_program(), &args);
     cmd.stdout(Stdio::piped());
@@ -219,7 +219,7 @@ fn ioctl_counts_a_stream_s_queues_in_process() {
 /// here), not after the 30 s peer timeout.
 #[test]
 fn a_writer_to_a_peer_killed_outright_is_reset_within_seconds_in_process() {
-    let sald = Sald::start_relaying();
+    let sald = Sald::start();
     let args = ["stream-server", "beef13", "2"];
     let mut cmd = sald.run(&["--in-process"], c_program(), &args);
     cmd.stdout(Stdio::piped());
@@ -232,13 +232,13 @@ fn a_writer_to_a_peer_killed_outright_is_reset_within_seconds_in_process() {
     let _ = server.wait_timeout(T);
 }
 
-/// A sald without relays (which routes a program's SYNs, and relays its
-/// listeners, only with `--relays`): the process makes no engine, and
+/// A sald without relays (`--no-relays`: it neither routes a program's
+/// SYNs nor relays its listeners): the process makes no engine, and
 /// every socket takes the daemon path (nothing relayed, no SYN over
 /// UDP), so that the program cannot tell.
 #[test]
 fn fallback_without_relays() {
-    let sald = Sald::start();
+    let sald = Sald::start_without_relays();
     let map = "9103=beef03";
     let _server = connrate_server(&sald, &["--in-process"], map, "9103");
     let before = stats(&sald);
@@ -259,7 +259,7 @@ fn fallback_without_relays() {
 /// (a fresh engine). sald counts the three flows it adopted.
 #[test]
 fn a_fork_hands_the_streams_to_sald_under_waiting_threads() {
-    let sald = Sald::start_relaying();
+    let sald = Sald::start();
     let mut cmd = sald.run(
         &["--in-process"],
         c_program(),
@@ -291,7 +291,7 @@ fn a_fork_hands_the_streams_to_sald_under_waiting_threads() {
 /// the full one at the second.
 #[test]
 fn sockets_cross_exec_in_process() {
-    let sald = Sald::start_relaying();
+    let sald = Sald::start();
     let mut cmd = sald.run(
         &["--in-process"],
         c_program(),
@@ -320,7 +320,7 @@ fn sockets_cross_exec_in_process() {
 /// to another number, where the spawned program accepts from it.
 #[test]
 fn listeners_cross_exec_and_posix_spawn_in_process() {
-    let sald = Sald::start_relaying();
+    let sald = Sald::start();
     let run = |args: &[&str]| {
         let mut cmd = sald.run(&["--in-process"], c_program(), args);
         cmd.stdout(Stdio::piped());
@@ -349,7 +349,7 @@ fn listeners_cross_exec_and_posix_spawn_in_process() {
 /// quiet, as the kernel goes on sending a dead process's bytes).
 #[test]
 fn a_server_s_last_bytes_outlive_its_exit() {
-    let sald = Sald::start_relaying();
+    let sald = Sald::start();
     let args = ["stream-server", "beef05", "8"];
     let mut cmd = sald.run(&["--in-process"], c_program(), &args);
     cmd.stdout(Stdio::piped());
@@ -370,7 +370,7 @@ fn a_server_s_last_bytes_outlive_its_exit() {
 /// kernel, not for `F_GETFD` (as `dup` asks).
 #[test]
 fn numbers_changed_behind_the_shim_s_back() {
-    let sald = Sald::start_relaying();
+    let sald = Sald::start();
     let mut cmd = sald.run(
         &["--in-process"],
         c_program(),
@@ -392,7 +392,7 @@ fn numbers_changed_behind_the_shim_s_back() {
 /// daemon-table entry goes too).
 #[test]
 fn a_number_reused_behind_the_shim_s_back_then_closed() {
-    let sald = Sald::start_relaying();
+    let sald = Sald::start();
     let mut cmd = sald.run(
         &["--in-process"],
         c_program(),
@@ -413,7 +413,7 @@ fn a_number_reused_behind_the_shim_s_back_then_closed() {
 /// it, as a prefork server's processes share a kernel listener.
 #[test]
 fn a_listener_at_emfile_and_shared_with_a_forked_child() {
-    let sald = Sald::start_relaying();
+    let sald = Sald::start();
     let mut cmd = sald.run(&["--in-process"], fds_program(), &["beef07", "listener"]);
     Proc::spawn("inproc_fds listener", &mut cmd).success(T);
 }
@@ -425,9 +425,28 @@ fn a_listener_at_emfile_and_shared_with_a_forked_child() {
 /// and in the child (the hand-over leaves a stopped listener alone).
 #[test]
 fn shutdown_wakes_blocked_readers_and_accepters() {
-    let sald = Sald::start_relaying();
+    let sald = Sald::start();
     let mut cmd = sald.run(&["--in-process"], fds_program(), &["beef08", "shutdown"]);
     Proc::spawn("inproc_fds shutdown", &mut cmd).success(T);
+}
+
+/// `fstat`, `fstatat` and `statx` answer for an in-process number (an
+/// eventfd in the kernel) as for a TCP socket: `S_ISSOCK`, a socket's mode
+/// and device, an inode of its own that its `dup` shares.
+#[test]
+fn fstat_says_socket() {
+    let sald = Sald::start();
+    let mut cmd = sald.run(
+        &["--in-process"],
+        c_program(),
+        &["stream-server", "beef0c", "2"],
+    );
+    cmd.stdout(Stdio::piped());
+    let mut server = Proc::spawn("serval_test stream-server", &mut cmd);
+    server.wait_ready("ready");
+    let mut cmd = sald.run(&["--in-process"], fds_program(), &["beef0c", "stat"]);
+    Proc::spawn("inproc_fds stat", &mut cmd).success(T);
+    server.success(T);
 }
 
 /// glibc's stdio and `sendfile` on in-process streams: `fdopen` and
@@ -436,7 +455,7 @@ fn shutdown_wakes_blocked_readers_and_accepters() {
 /// and the bytes echo intact; sald counts the two flows it adopted.
 #[test]
 fn stdio_and_sendfile_hand_the_stream_to_sald() {
-    let sald = Sald::start_relaying();
+    let sald = Sald::start();
     let mut cmd = sald.run(
         &["--in-process"],
         c_program(),
@@ -503,7 +522,7 @@ fn in_process(sald: &Sald, args: &[&str], serves: bool) -> Proc {
 /// no sender.
 #[test]
 fn resets_hang_ups_and_peeks_in_process() {
-    let sald = Sald::start_relaying();
+    let sald = Sald::start();
     let serve = |sid: &str, server_mode: &str, clients: &[(&str, &str)]| {
         let count = clients.len().to_string();
         let mut server = in_process(&sald, &["reset-server", sid, server_mode, &count], true);
@@ -541,7 +560,7 @@ fn resets_hang_ups_and_peeks_in_process() {
 /// too (the C suite's `accept-timeout`).
 #[test]
 fn timeouts_and_signals_in_process() {
-    let sald = Sald::start_relaying();
+    let sald = Sald::start();
     let args = ["accept-timeout", "acc1", "7204", "acc2"];
     let mut cmd = sald.run(&["--in-process", "--map", "7204=acc2"], c_program(), &args);
     Proc::spawn("serval_test accept-timeout", &mut cmd).success(T);
@@ -555,7 +574,7 @@ fn timeouts_and_signals_in_process() {
 /// bound still.
 #[test]
 fn connect_af_unspec_in_process() {
-    let sald = Sald::start_relaying();
+    let sald = Sald::start();
     for (mode, sid) in [
         ("unspec", "a1f5"),
         ("unspec-epoll", "a1f6"),
@@ -576,7 +595,7 @@ fn connect_af_unspec_in_process() {
 /// neither deadlock nor lose an outcome.
 #[test]
 fn forking_in_process() {
-    let sald = Sald::start_relaying();
+    let sald = Sald::start();
     let mut server = in_process(&sald, &["stream-server", "f1c4", "3", "fork"], true);
     for _ in 0..3 {
         in_process(&sald, &["stream-client", "f1c4", "200000"], false).success(T);
@@ -603,7 +622,7 @@ fn flows_taken_in_process(sald: &Sald, service: &str, backlogs: &[usize]) -> usi
 /// Linux's: up from 1 to 1,500, and down from 1,500 to 1.
 #[test]
 fn a_second_listen_changes_the_backlog_in_process() {
-    let sald = Sald::start_relaying();
+    let sald = Sald::start();
     let raised = flows_taken_in_process(&sald, "ba1c03", &[1, 1500]);
     let lowered = flows_taken_in_process(&sald, "ba1c04", &[1500, 1]);
     assert!(
@@ -623,7 +642,7 @@ fn a_second_listen_changes_the_backlog_in_process() {
 /// `connect` and `accept`. The engine's UDP socket used to take 1.
 #[test]
 fn the_engine_s_descriptors_are_never_standard_streams() {
-    let sald = Sald::start_relaying();
+    let sald = Sald::start();
     in_process(&sald, &["low-fds", "10f1"], false).success(T);
 }
 
@@ -635,7 +654,7 @@ fn the_engine_s_descriptors_are_never_standard_streams() {
 /// `inproc::recycle`.
 #[test]
 fn kernel_sockets_left_by_in_process_connects_are_made_new() {
-    let sald = Sald::start_relaying();
+    let sald = Sald::start();
     let map = "9111=beef11";
     let _server = connrate_server(&sald, &["--in-process"], map, "9111");
     let mut cmd = sald.run(
@@ -654,7 +673,7 @@ fn kernel_sockets_left_by_in_process_connects_are_made_new() {
 /// once. It used to answer `ECONNRESET` for good.
 #[test]
 fn a_socket_connects_again_after_a_failed_connect_in_process() {
-    let sald = Sald::start_relaying();
+    let sald = Sald::start();
     let mut server = in_process(&sald, &["stream-server", "be07", "2"], true);
     in_process(&sald, &["retry", "dead17", "be07"], false).success(T);
     let map = ["--in-process", "--map", "7011=dead18", "--map", "7012=be07"];
@@ -672,7 +691,7 @@ fn a_socket_connects_again_after_a_failed_connect_in_process() {
 /// connect (`ENOTCONN` from a read: TCP's socket is disconnected then).
 #[test]
 fn connects_on_one_socket_from_two_threads_in_process() {
-    let sald = Sald::start_relaying();
+    let sald = Sald::start();
     let (far, silent) = support::far_host(21);
     support::forward(&sald, "c2c2/16", far);
     let args = ["connect-twice", "c2c201", "7206", "c2c2ff"];

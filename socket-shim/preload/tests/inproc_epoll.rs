@@ -27,7 +27,7 @@ fn program() -> &'static Path {
 /// Runs `inproc_epoll MODE SID` in-process against an in-process echo
 /// server for SID; both must succeed within [`T`].
 fn case(mode: &str, sid: &str) {
-    let sald = Sald::start_relaying();
+    let sald = Sald::start();
     let mut cmd = sald.run(&["--in-process"], c_program(), &["stream-server", sid, "1"]);
     cmd.stdout(Stdio::piped());
     let mut server = Proc::spawn("serval_test stream-server", &mut cmd);

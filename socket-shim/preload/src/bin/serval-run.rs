@@ -11,8 +11,9 @@
 //! `SERVAL_SHIM_NET`), so children the program forks or execs inherit it.
 //! With `--in-process` (`SERVAL_SHIM_INPROC=1`), the program's stream
 //! sockets run on a SAL host inside the program, on its own UDP socket
-//! beside sald's (which must run with `--udp ADDR --relays` for
-//! listeners; otherwise they fall back to sald's flows).
+//! beside sald's (which must carry the SAL over UDP, `--udp ADDR`, and
+//! relay, as it does there by default; otherwise they fall back to
+//! sald's flows).
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -34,7 +35,7 @@ const SHIM: &str = "libserval_shim.so";
     long_about = "Runs PROGRAM with libserval_shim.so preloaded: its AF_SERVAL sockets reach \
                   services through sald (control socket: SERVAL_CONTROL or /run/serval/sald.sock). \
                   With --map, TCP ports become service IDs (inet mode). With --in-process, stream \
-                  sockets run on a SAL host inside the program (sald with --udp and --relays)."
+                  sockets run on a SAL host inside the program (sald with --udp, relaying)."
 )]
 struct Args {
     /// Map a TCP port to a service ID: binding it registers the service,
@@ -48,9 +49,9 @@ struct Args {
     /// Run the program's stream sockets on a SAL host inside the program
     /// (its own UDP socket beside sald's), not on flows sald carries:
     /// connects, accepts, reads and writes cost no wake-up of another
-    /// process. sald routes the SYNs (it must carry the SAL over UDP) and
-    /// relays a listener's (`--relays`); a sald without either serves the
-    /// sockets as without this option. Sets SERVAL_SHIM_INPROC=1.
+    /// process. sald routes the SYNs and relays a listener's (it must
+    /// carry the SAL over UDP, where it relays unless `--no-relays`); a
+    /// sald without either serves the sockets as without this option. Sets SERVAL_SHIM_INPROC=1.
     /// In-process sockets do not survive exec, and are reset in a forked
     /// child. A thread about to sleep in the engine first busy-polls for
     /// up to 50 µs while that pays (SERVAL_SPIN_US=N sets the most, up to

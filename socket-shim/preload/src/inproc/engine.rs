@@ -4,6 +4,7 @@
 //! child.
 
 use std::net::SocketAddrV4;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Mutex, MutexGuard, Once, PoisonError};
 use std::time::{Duration, Instant};
@@ -109,9 +110,10 @@ pub(crate) fn existing() -> Option<Runtime> {
 }
 
 /// Asks sald for its UDP locator and binds an engine beside it, if sald
-/// relays for programs (`--relays`: without it, sald neither routes a
-/// program's SYNs nor relays its listeners, so a connect to a service it
-/// forwards would fail with no route where the daemon path reaches it).
+/// relays for programs (by default in UDP mode; without relays, sald
+/// neither routes a program's SYNs nor relays its listeners, so a connect
+/// to a service it forwards would fail with no route where the daemon
+/// path reaches it).
 /// A sald that does not say (one from before the `relays` field) counts
 /// as one that does not relay.
 fn make() -> Option<Runtime> {
@@ -137,7 +139,9 @@ fn make() -> Option<Runtime> {
     if let Some(spin) = spin_setting() {
         config.spin = spin;
     }
-    Runtime::bind(config).ok()
+    let runtime = Runtime::bind(config).ok()?;
+    crate::stat::learn_sockfs(runtime.udp_fd().as_raw_fd());
+    Some(runtime)
 }
 
 /// `SERVAL_SPIN_US`: the longest a thread of this program busy-polls

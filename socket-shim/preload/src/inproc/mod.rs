@@ -25,8 +25,9 @@
 //! for its UDP locator (`ListInterfaces`), binds its socket on that
 //! address (port 0), routes every SYN there and resolves through sald
 //! (cached resolution), if sald says it relays (the `relays` field of
-//! its `Interfaces` answer): without `--relays`, sald neither routes a
-//! program's SYNs nor relays its listeners. If there is no such locator,
+//! its `Interfaces` answer): without relays (native carriage, or
+//! `--no-relays`), sald neither routes a program's SYNs nor relays its
+//! listeners. If there is no such locator,
 //! no relaying, or anything fails, the process remembers it and every
 //! socket takes the daemon path.
 //!
@@ -43,7 +44,8 @@
 //! `ioctl(FIONBIO)` answer from it; `ioctl(FIONREAD)` (`SIOCINQ`),
 //! `ioctl(SIOCOUTQ)` and `ioctl(SIOCOUTQNSD)` count the stream's queues
 //! in the engine (`EINVAL` on a listener), and `SIOCATMARK` answers 0,
-//! as TCP's. Numbers are close-on-exec in the
+//! as TCP's; `fstat`, `fstatat` and `statx` answer as for a TCP socket
+//! (`S_ISSOCK`, an inode of the socket's own: the crate's `stat`). Numbers are close-on-exec in the
 //! kernel, copies made by `dup`, `dup2` and `F_DUPFD` included (the shim
 //! sets it where the kernel would not): an eventfd never crosses `exec`,
 //! a socket does only through the hand-over to sald (see "exec" below).
@@ -208,7 +210,9 @@
 //!   the flow's segment size); `select` refuses `nfds` above
 //!   `FD_SETSIZE` (Linux clamps it); `MSG_WAITALL` is ignored with
 //!   `SO_RCVTIMEO`.
-//! - `fstat` of a number says eventfd, not socket (`S_ISSOCK` is false).
+//! - `fstat` and its kin answer for a number as for a socket (the
+//!   crate's `stat`), but `/proc/self/fd/N` names an eventfd, and so does
+//!   `fstat` made through `syscall(2)`.
 //! - Handing to sald, at `fork` or `exec`, a stream whose own end
 //!   finished sending (the export does not carry that teardown), one
 //!   still connecting, or a listener's queued flows (reset). `F_GETFD`
@@ -286,6 +290,15 @@ pub(crate) fn is_settled(fd: std::os::fd::RawFd) -> bool {
         handover::wait();
     }
     registry::live(fd)
+}
+
+/// The inode `fstat` gives in-process number `fd`, if it is one (see the
+/// crate's `stat`): the socket's own, shared by the number's copies, and
+/// above every kernel inode number (2^47 and up: kernel socket inodes
+/// are 32-bit). From the socket's address, unique while it lives.
+pub(crate) fn stat_ino(fd: std::os::fd::RawFd) -> Option<u64> {
+    let address = registry::address(fd)?;
+    Some((1 << 47) | (address as u64 >> 3))
 }
 
 /// Whether the in-process mode is on for this process.

@@ -166,6 +166,21 @@ pub(crate) fn checked(fd: RawFd) -> Option<Arc<Socket>> {
     None
 }
 
+/// The address of the socket at `fd`, if it is in-process and the number
+/// is still a copy of its eventfd ([`checked`]'s test, under the read
+/// lock, which keeps the eventfd open meanwhile): a name for the socket
+/// that takes no reference to it, so that the caller (an `fstat`, maybe
+/// in a signal handler) never drops the last one. A number that failed
+/// the test is left for the next [`checked`] to forget.
+pub(crate) fn address(fd: RawFd) -> Option<usize> {
+    if !is(fd) {
+        return None;
+    }
+    let registry = REGISTRY.read().unwrap_or_else(PoisonError::into_inner);
+    let entry = registry.map.get(&fd)?;
+    same_file(fd, entry.target, entry.ident).then_some(Arc::as_ptr(&entry.socket) as usize)
+}
+
 /// `kcmp`'s `KCMP_FILE` (`linux/kcmp.h`).
 const KCMP_FILE: libc::c_long = 0;
 

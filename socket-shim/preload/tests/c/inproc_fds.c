@@ -14,6 +14,8 @@
  *   inproc_fds SID refused            (a stream-server for SID, for 1
  *                                      connection; sald's buffers under
  *                                      20,000 bytes)
+ *   inproc_fds SID stat               (a stream-server for SID, for 2
+ *                                      connections)
  *
  * 1. A connected number closed by syscall(SYS_close), then by
  *    close_range: a pipe opened next gets the number, and read and write
@@ -45,6 +47,10 @@
  *    first: stdio's lines and a file's bytes echo intact.
  * 6. (refused) a flow sald refuses to adopt at a fork comes back to the
  *    engine: every byte, then the flow goes on.
+ * 7. (stat) fstat, fstatat and statx of in-process numbers (eventfds in
+ *    the kernel) answer as for TCP sockets: S_ISSOCK, mode 0777, the
+ *    device of every socket, the program's user, an inode of each
+ *    socket's own that its dup shares; a pipe's answer is a pipe's.
  *
  * Exits 0 when all held.
  */
@@ -65,8 +71,10 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include "check.h"
 #include "serval.h"
 #include "sv_addr.h"
 
@@ -76,6 +84,16 @@ static int connected(const struct sockaddr_sv *sa) {
     if (fd < 0) { perror("socket"); exit(2); }
     if (connect(fd, (const struct sockaddr *)sa, sizeof *sa) < 0) { perror("connect"); exit(2); }
     return fd;
+}
+
+/* Whether FD is a kernel socket, by the name /proc gives its file (an
+ * in-process number's is an eventfd's, whatever fstat says). */
+static int kernel_socket(int fd) {
+    char path[64], link[64];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(path, link, sizeof link - 1);
+    link[n < 0 ? 0 : n] = 0;
+    return strncmp(link, "socket:[", 8) == 0;
 }
 
 /* Closes the connected number FD behind the shim's back (HOW: "syscall"
@@ -118,14 +136,11 @@ static int stale(const struct sockaddr_sv *sa, const char *how) {
     return 0;
 }
 
-/* How many sockets the process has open (the engine's eventfds, which
- * a stream's close may close or keep, are not counted). */
+/* How many kernel sockets the process has open (the engine's eventfds,
+ * which a stream's close may close or keep, are not counted). */
 static int sockets_open(void) {
     int n = 0;
-    for (int fd = 0; fd < 1024; fd++) {
-        struct stat st;
-        if (fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode)) n++;
-    }
+    for (int fd = 0; fd < 1024; fd++) n += kernel_socket(fd);
     return n;
 }
 
@@ -170,9 +185,8 @@ static int stale_close(const struct sockaddr_sv *sa) {
     int after = sockets_open();
     if (after != before) {
         for (int i = 0; i < 1024; i++) {
-            struct stat st;
             char path[64], link[256];
-            if (fstat(i, &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
+            if (!kernel_socket(i)) continue;
             snprintf(path, sizeof path, "/proc/self/fd/%d", i);
             ssize_t n = readlink(path, link, sizeof link - 1);
             link[n < 0 ? 0 : n] = 0;
@@ -514,9 +528,74 @@ static int refused(const struct sockaddr_sv *sa) {
     return 0;
 }
 
+/* Whether FD's file is an eventfd, by the name /proc gives it. */
+static int eventfd_file(int fd) {
+    char path[64], link[64];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(path, link, sizeof link - 1);
+    link[n < 0 ? 0 : n] = 0;
+    return strcmp(link, "anon_inode:[eventfd]") == 0;
+}
+
+/* glibc's fstat of programs built before 2.33 (still exported). */
+extern int __fxstat(int version, int fd, struct stat *buf);
+extern int __fxstat64(int version, int fd, struct stat64 *buf);
+
+/* 7. (stat) See the header. */
+static int stat_as_socket(const struct sockaddr_sv *sa) {
+    alarm(10);
+    int before = failures;
+    int a = connected(sa), b = connected(sa);
+    CHECK(eventfd_file(a) && eventfd_file(b), "the streams are not in-process");
+    int pair[2], pipes[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, pair) < 0 || pipe(pipes) < 0) {
+        perror("socketpair, pipe");
+        return 1;
+    }
+    struct stat sta, stb, std_, stk, stp, stat_at;
+    CHECK(fstat(a, &sta) == 0 && fstat(b, &stb) == 0 && fstat(pair[0], &stk) == 0, "fstat");
+    CHECK(S_ISSOCK(sta.st_mode) && S_ISSOCK(stb.st_mode), "not S_ISSOCK: %o", sta.st_mode);
+    CHECK((sta.st_mode & 07777) == 0777, "mode %o, not a socket's 0777", sta.st_mode & 07777);
+    CHECK(sta.st_dev == stk.st_dev, "device %lx, a socket's is %lx", (unsigned long)sta.st_dev,
+          (unsigned long)stk.st_dev);
+    CHECK(sta.st_uid == geteuid() && sta.st_gid == getegid(), "owner %u", sta.st_uid);
+    CHECK(sta.st_ino != stb.st_ino, "two sockets, one inode (%lu)", (unsigned long)sta.st_ino);
+    CHECK(sta.st_ino != stk.st_ino && sta.st_ino >= 1ULL << 47, "a kernel socket's inode");
+    int d = dup(a);
+    CHECK(d >= 0 && fstat(d, &std_) == 0 && std_.st_ino == sta.st_ino && S_ISSOCK(std_.st_mode),
+          "a dup is another socket");
+    CHECK(fstatat(a, "", &stat_at, AT_EMPTY_PATH) == 0 && S_ISSOCK(stat_at.st_mode) &&
+              stat_at.st_ino == sta.st_ino,
+          "fstatat(AT_EMPTY_PATH)");
+    struct statx stx;
+    CHECK(statx(a, "", AT_EMPTY_PATH, STATX_BASIC_STATS, &stx) == 0 && S_ISSOCK(stx.stx_mode) &&
+              (stx.stx_mode & 07777) == 0777 && stx.stx_ino == sta.st_ino &&
+              makedev(stx.stx_dev_major, stx.stx_dev_minor) == stk.st_dev,
+          "statx: mode %o", stx.stx_mode);
+    struct stat st_old;
+    struct stat64 st64, st64_old;
+    CHECK(fstat64(a, &st64) == 0 && S_ISSOCK(st64.st_mode) && st64.st_ino == sta.st_ino,
+          "fstat64");
+    CHECK(__fxstat(1, a, &st_old) == 0 && S_ISSOCK(st_old.st_mode) && st_old.st_ino == sta.st_ino,
+          "__fxstat");
+    CHECK(__fxstat64(1, a, &st64_old) == 0 && S_ISSOCK(st64_old.st_mode) &&
+              st64_old.st_ino == sta.st_ino,
+          "__fxstat64");
+    CHECK(isfdtype(a, S_IFSOCK) == 1 && isfdtype(pipes[0], S_IFSOCK) == 0, "isfdtype");
+    CHECK(fstat(pipes[0], &stp) == 0 && S_ISFIFO(stp.st_mode), "a pipe is no pipe");
+    /* The streams are what they were. */
+    char back[4];
+    CHECK(write(d, "ping", 4) == 4 && read(a, back, 4) == 4 && memcmp(back, "ping", 4) == 0,
+          "no echo");
+    close(d), close(a), close(b);
+    close(pair[0]), close(pair[1]), close(pipes[0]), close(pipes[1]);
+    alarm(0);
+    return failures != before;
+}
+
 int main(int argc, char **argv) {
     if (argc != 2 && argc != 3) {
-        fprintf(stderr, "usage: inproc_fds SID [stale|replaced|closed|listener|shutdown|stdio|refused]\n");
+        fprintf(stderr, "usage: inproc_fds SID [stale|replaced|closed|listener|shutdown|stdio|refused|stat]\n");
         return 2;
     }
     struct sockaddr_sv sa = sv_addr(argv[1]);
@@ -528,6 +607,11 @@ int main(int argc, char **argv) {
     }
     if (strcmp(only, "refused") == 0) {
         int bad = refused(&sa);
+        if (!bad) printf("ok\n");
+        return bad;
+    }
+    if (strcmp(only, "stat") == 0) {
+        int bad = stat_as_socket(&sa);
         if (!bad) printf("ok\n");
         return bad;
     }

@@ -112,11 +112,14 @@ impl Sald {
         Sald::start_on(SocketAddrV4::new(Ipv4Addr::LOCALHOST, free_udp_port()))
     }
 
-    /// A sald on loopback UDP that relays programs' prefixes to their own
-    /// SAL hosts (`--relays`: the in-process mode's listeners).
-    pub fn start_relaying() -> Sald {
+    /// A sald on loopback UDP that relays nothing (`--no-relays`): the
+    /// in-process mode falls back to the daemon path with it. [`start`]'s
+    /// relays, as sald does by default in UDP mode.
+    ///
+    /// [`start`]: Sald::start
+    pub fn start_without_relays() -> Sald {
         let udp = SocketAddrV4::new(Ipv4Addr::LOCALHOST, free_udp_port());
-        Sald::start_with(udp, &["--relays"])
+        Sald::start_with(udp, &["--no-relays"])
     }
 
     /// A sald whose UDP link is `udp`.
@@ -150,7 +153,6 @@ impl Sald {
             .arg("--control")
             .arg(&control)
             .args(extra)
-            .args(relays_asked(extra))
             .env_remove("SERVAL_CONTROL")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -196,15 +198,6 @@ impl Drop for Sald {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-}
-
-/// `--relays` when the environment asks every sald to relay
-/// (`SERVAL_TEST_SALD_RELAYS=1`, with `SERVAL_SHIM_INPROC=1` the way to
-/// run a suite's programs in the in-process mode) and `extra` does not
-/// say so already.
-fn relays_asked(extra: &[&str]) -> Option<&'static str> {
-    let asked = std::env::var_os("SERVAL_TEST_SALD_RELAYS").is_some_and(|v| v == "1");
-    (asked && !extra.contains(&"--relays")).then_some("--relays")
 }
 
 /// Where nobody answers, silently: a UDP socket bound there that never
