@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use sal::table::ListenerId;
 
+use crate::lock::Closing;
 use crate::mirror::Signal;
 use crate::{Error, Mode, Runtime, Stream};
 
@@ -75,10 +76,7 @@ impl Listener {
 impl Drop for Listener {
     fn drop(&mut self) {
         let id = self.id;
-        let closed = self.runtime.call(Mode::NonBlocking, None, |core| {
-            core.close_listener(id);
-            Ok(())
-        });
+        let closed = (self.runtime).close(Closing::Listener(id), |core| core.close_listener(id));
         if let Err(error) = closed {
             tracing::debug!(%error, "closing a dropped listener");
         }

@@ -22,7 +22,10 @@
 //! (the holder reads it only when it saw input too), and goes back to
 //! watching it. It never blocks on the mutex
 //! itself from a wait, which a signal handler that interrupted the holder
-//! could not afford (`docs/in-process-sal.md`, "Risks").
+//! could not afford (`docs/in-process-sal.md`, "Risks"). Nor does a call
+//! from such a handler on the holder's own thread ([`held_here`]): it ends
+//! at once with [`Error::WouldBlock`], and a close there is left to the
+//! section's release ([`EngineLock::defer`]).
 
 use std::cell::Cell;
 use std::ops::{Deref, DerefMut};
@@ -34,7 +37,9 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags};
 use nix::sys::time::TimeSpec;
 
-use crate::core::Core;
+use sal::table::ListenerId;
+
+use crate::core::{Core, Key};
 use crate::mirror::Signal;
 use crate::udp::{Outbox, Unreachable, BATCH};
 use crate::{interrupt, waker, Error};
@@ -43,6 +48,27 @@ thread_local! {
     /// The datagrams this thread's locked section left, sent once it let
     /// the lock go (taken out of the cell meanwhile).
     static OUTBOX: Cell<Outbox> = Cell::new(Outbox::default());
+    /// Whether this thread holds the engine's lock ([`held_here`]).
+    static HOLDING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the calling thread holds the engine's lock now. Only a signal
+/// handler that interrupted one of its locked sections calls in then
+/// (`write` is async-signal-safe), and waiting for the lock would wait
+/// for good: the section goes on only once the handler returns. So such
+/// a call ends at once with [`Error::WouldBlock`] (`Runtime::call`), and
+/// a close is made as the section lets the lock go
+/// ([`EngineLock::defer`]).
+pub(crate) fn held_here() -> bool {
+    HOLDING.try_with(Cell::get).unwrap_or(false)
+}
+
+/// A close that a signal handler asked for while its thread held the
+/// lock ([`held_here`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Closing {
+    Stream(Key),
+    Listener(ListenerId),
 }
 
 /// Locked sections at most that hand the host what the sends after a
@@ -59,6 +85,9 @@ pub(crate) struct EngineLock {
     /// A duplicate of the core's UDP socket, to send on without the lock.
     send: OwnedFd,
     parked: Arc<Parked>,
+    /// Closes left for the next release ([`EngineLock::defer`]).
+    deferred: Mutex<Vec<Closing>>,
+    any_deferred: AtomicBool,
 }
 
 /// Reports that sends after a release read and no locked section took
@@ -110,7 +139,40 @@ impl EngineLock {
             losers: AtomicUsize::new(0),
             waiting: Mutex::new(Vec::new()),
             send,
+            deferred: Mutex::new(Vec::new()),
+            any_deferred: AtomicBool::new(false),
         })
+    }
+
+    /// Leaves `closing` to the release of the locked section this thread
+    /// holds (see [`held_here`]). Lost, and logged, only if the handler
+    /// interrupted that release taking the list.
+    pub(crate) fn defer(&self, closing: Closing) {
+        match self.deferred.try_lock() {
+            Ok(mut list) => list.push(closing),
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner().push(closing),
+            Err(TryLockError::WouldBlock) => {
+                tracing::warn!(?closing, "a close from a signal handler was lost");
+                return;
+            }
+        }
+        self.any_deferred.store(true, Ordering::Release);
+    }
+
+    /// Makes the closes left for this release (none, and no lock taken,
+    /// most of the time).
+    fn close_deferred(&self, core: &mut Core) {
+        if !self.any_deferred.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let closes =
+            std::mem::take(&mut *self.deferred.lock().unwrap_or_else(PoisonError::into_inner));
+        for closing in closes {
+            match closing {
+                Closing::Stream(key) => core.close_stream(key),
+                Closing::Listener(id) => core.close_listener(id),
+            }
+        }
     }
 
     /// The reports parked for the core (the core's own handle).
@@ -124,6 +186,7 @@ impl EngineLock {
     }
 
     fn held<'a>(&'a self, guard: MutexGuard<'a, Core>) -> Held<'a> {
+        let _ = HOLDING.try_with(|holding| holding.set(true));
         Held {
             guard: Some(guard),
             lock: self,
@@ -219,6 +282,8 @@ impl EngineLock {
     /// Returns the datagrams that came back as port unreachable, which
     /// the kernel reported on those sends.
     fn release(&self, mut core: MutexGuard<'_, Core>) -> Vec<Unreachable> {
+        // What a signal handler could not close during the section.
+        self.close_deferred(&mut core);
         // Under the lock, before anything else: the deadline this section
         // left is published (and the timerfd armed if a sleeper needs it)
         // before another holder can change it.
@@ -245,6 +310,7 @@ impl EngineLock {
             signal.publish();
         }
         drop(core);
+        let _ = HOLDING.try_with(|holding| holding.set(false));
         // Those that lost the lock to this section may have it now,
         // while this thread sends.
         fence(Ordering::SeqCst);

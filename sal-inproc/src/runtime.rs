@@ -17,7 +17,7 @@ use crate::deadline::Deadlines;
 use crate::descriptors;
 use crate::gate::{self, Gate, Inside, Role};
 use crate::interrupt;
-use crate::lock::{EngineLock, Held};
+use crate::lock::{Closing, EngineLock, Held};
 use crate::mirror::Signal;
 use crate::resolve::{CachedRoute, Resolution};
 use crate::spin::{Spin, Spun};
@@ -238,6 +238,24 @@ impl Runtime {
 
     /// A connect by `route` was not established: the cache forgets it
     /// (under the engine's lock, `core` being what it holds).
+    /// Closes a stream or listener, or, from a signal handler on the
+    /// thread that holds the core (`lock::held_here`), leaves the close to
+    /// that section's release.
+    pub(crate) fn close(
+        &self,
+        closing: Closing,
+        mut close: impl FnMut(&mut Core),
+    ) -> Result<(), Error> {
+        if crate::lock::held_here() {
+            self.inner.core.defer(closing);
+            return Ok(());
+        }
+        self.call(Mode::NonBlocking, None, |core| {
+            close(core);
+            Ok(())
+        })
+    }
+
     pub(crate) fn route_failed(&self, core: &mut Core, route: CachedRoute) {
         if let Some(resolution) = &self.inner.resolution {
             resolution.cache().failed(&mut core.host, route);
@@ -421,6 +439,11 @@ impl Runtime {
         own: Option<&Signal>,
         mut attempt: impl FnMut(&mut Core) -> Result<T, Error>,
     ) -> Result<T, Error> {
+        if crate::lock::held_here() {
+            // A signal handler's call on the thread that holds the core:
+            // the lock would never come (see `lock::held_here`).
+            return Err(Error::WouldBlock);
+        }
         // Counted as inside from the first wait to the return, wake-ups and
         // retries included: a thread blocked here for long never lets the
         // driver thread think the engine empty, and a poller keeps its role.
@@ -578,5 +601,52 @@ fn sleep(fds: &mut [PollFd<'_>], timeout: Option<TimeSpec>) -> Result<i32, Error
         Err(Errno::EINTR) if mask.is_some() => Err(Error::Interrupted),
         Err(Errno::EINTR) => Ok(1),
         Err(errno) => Err(errno.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    use super::*;
+
+    /// Calls from a signal handler that interrupted its thread's locked
+    /// section, simulated by holding the core on the calling thread: a
+    /// read or write ends at once with `WouldBlock`, where it waited for
+    /// good (the section goes on only once the handler returns); a close
+    /// there is made as the section lets the lock go, so the peer sees
+    /// the end of the stream.
+    #[test]
+    fn a_call_on_the_thread_that_holds_the_core_does_not_wait_for_it() {
+        let loopback = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0);
+        let nowhere = Locator::Udp(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9));
+        let server = Runtime::bind(Config::new(loopback, nowhere)).unwrap();
+        let service: ServiceId = "c0ec7003".parse().unwrap();
+        let listener = server.listen(ServicePrefix::exact(service), 4).unwrap();
+        let client = Runtime::bind(Config::new(loopback, server.local())).unwrap();
+        let stream = client.connect(service, Mode::Blocking).unwrap();
+        let until = Mode::Until(Instant::now() + Duration::from_secs(5));
+        let accepted = listener.accept(until).unwrap();
+        assert!(matches!(stream.write(b"ping", Mode::Blocking), Ok(4)));
+        let mut buf = [0u8; 8];
+        assert!(matches!(accepted.read(&mut buf, until), Ok(4)));
+        {
+            let _held = client.inner.lock();
+            assert!(crate::lock::held_here());
+            let mut byte = [0u8; 1];
+            assert!(matches!(
+                stream.write(b"x", Mode::Blocking),
+                Err(Error::WouldBlock)
+            ));
+            assert!(matches!(
+                stream.read(&mut byte, Mode::Blocking),
+                Err(Error::WouldBlock)
+            ));
+            drop(stream);
+        }
+        assert!(!crate::lock::held_here(), "let go");
+        let until = Mode::Until(Instant::now() + Duration::from_secs(5));
+        let end = accepted.read(&mut buf, until);
+        assert!(matches!(end, Ok(0)), "the end of the stream: {end:?}");
     }
 }

@@ -11,6 +11,7 @@ use sal::FlowId;
 
 use crate::core::{Core, Key, Opening, StreamSignals};
 use crate::ends::{Ends, EndsCell, EndsSignal};
+use crate::lock::Closing;
 use crate::mirror::Signal;
 use crate::resolve::CachedRoute;
 use crate::{Error, Mode, Runtime};
@@ -434,7 +435,7 @@ impl Stream {
 
     fn close_flow(&self) -> Result<(), Error> {
         let key = self.key;
-        self.runtime.call(Mode::NonBlocking, None, |core| {
+        self.runtime.close(Closing::Stream(key), |core| {
             // Given up before it was established (a connect's deadline
             // passed): as a failure for the route it took.
             if let Some(route) = self.route {
@@ -444,7 +445,6 @@ impl Stream {
                 }
             }
             core.close_stream(key);
-            Ok(())
         })
     }
 }
