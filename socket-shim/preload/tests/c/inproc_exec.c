@@ -45,6 +45,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "fd_name.h"
 #include "serval.h"
 #include "sv_addr.h"
 
@@ -95,15 +96,9 @@ static void echo(int fd, const char *msg, const char *what) {
     CHECK(write_full(fd, msg, n) == 0 && read_full(fd, got, n) == 0 && !memcmp(got, msg, n), what);
 }
 
-/* Whether FD is a kernel socket, by the name /proc gives its file (an
- * in-process number is an eventfd, though fstat says socket). */
-static int is_socket(int fd) {
-    char path[64], link[64];
-    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-    ssize_t n = readlink(path, link, sizeof link - 1);
-    link[n < 0 ? 0 : n] = 0;
-    return strncmp(link, "socket:[", 8) == 0;
-}
+/* Whether FD is a kernel socket (an in-process number is an eventfd,
+ * though fstat says socket). */
+static int is_socket(int fd) { return kernel_socket(fd); }
 
 static int cloexec(int fd) {
     int flags = fcntl(fd, F_GETFD);

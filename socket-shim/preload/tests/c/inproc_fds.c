@@ -75,6 +75,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "fd_name.h"
 #include "serval.h"
 #include "sv_addr.h"
 
@@ -84,16 +85,6 @@ static int connected(const struct sockaddr_sv *sa) {
     if (fd < 0) { perror("socket"); exit(2); }
     if (connect(fd, (const struct sockaddr *)sa, sizeof *sa) < 0) { perror("connect"); exit(2); }
     return fd;
-}
-
-/* Whether FD is a kernel socket, by the name /proc gives its file (an
- * in-process number's is an eventfd's, whatever fstat says). */
-static int kernel_socket(int fd) {
-    char path[64], link[64];
-    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-    ssize_t n = readlink(path, link, sizeof link - 1);
-    link[n < 0 ? 0 : n] = 0;
-    return strncmp(link, "socket:[", 8) == 0;
 }
 
 /* Closes the connected number FD behind the shim's back (HOW: "syscall"
@@ -526,15 +517,6 @@ static int refused(const struct sockaddr_sv *sa) {
     close(fd);
     alarm(0);
     return 0;
-}
-
-/* Whether FD's file is an eventfd, by the name /proc gives it. */
-static int eventfd_file(int fd) {
-    char path[64], link[64];
-    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-    ssize_t n = readlink(path, link, sizeof link - 1);
-    link[n < 0 ? 0 : n] = 0;
-    return strcmp(link, "anon_inode:[eventfd]") == 0;
 }
 
 /* glibc's fstat of programs built before 2.33 (still exported). */
