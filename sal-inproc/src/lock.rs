@@ -23,7 +23,7 @@
 //! watching it. It never blocks on the mutex
 //! itself from a wait, which a signal handler that interrupted the holder
 //! could not afford (`docs/in-process-sal.md`, "Risks"). Nor does a call
-//! from such a handler on the holder's own thread ([`held_here`]): it ends
+//! from such a handler on the holder's own thread ([`EngineLock::held_here`]): it ends
 //! at once with [`Error::WouldBlock`], and a close there is left to the
 //! section's release ([`EngineLock::defer`]).
 
@@ -48,23 +48,28 @@ thread_local! {
     /// The datagrams this thread's locked section left, sent once it let
     /// the lock go (taken out of the cell meanwhile).
     static OUTBOX: Cell<Outbox> = Cell::new(Outbox::default());
-    /// Whether this thread holds the engine's lock ([`held_here`]).
-    static HOLDING: Cell<bool> = const { Cell::new(false) };
+    /// The engine lock this thread holds, by address (0: none; see
+    /// [`EngineLock::held_here`]).
+    static HOLDING: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Whether the calling thread holds the engine's lock now. Only a signal
-/// handler that interrupted one of its locked sections calls in then
-/// (`write` is async-signal-safe), and waiting for the lock would wait
-/// for good: the section goes on only once the handler returns. So such
-/// a call ends at once with [`Error::WouldBlock`] (`Runtime::call`), and
-/// a close is made as the section lets the lock go
-/// ([`EngineLock::defer`]).
-pub(crate) fn held_here() -> bool {
-    HOLDING.try_with(Cell::get).unwrap_or(false)
+/// Deferred closes kept without allocating (a handler must not): room
+/// for this many at a time.
+const DEFERRED_ROOM: usize = 16;
+
+/// Clears [`HOLDING`] when dropped: in `Held`'s drop, so that a panic in
+/// the release cannot leave the thread marked as holding a lock it let
+/// go (every later call of the thread would end with `WouldBlock`).
+struct Unhold;
+
+impl Drop for Unhold {
+    fn drop(&mut self) {
+        let _ = HOLDING.try_with(|holding| holding.set(0));
+    }
 }
 
 /// A close that a signal handler asked for while its thread held the
-/// lock ([`held_here`]).
+/// lock ([`EngineLock::held_here`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Closing {
     Stream(Key),
@@ -139,39 +144,60 @@ impl EngineLock {
             losers: AtomicUsize::new(0),
             waiting: Mutex::new(Vec::new()),
             send,
-            deferred: Mutex::new(Vec::new()),
+            deferred: Mutex::new(Vec::with_capacity(DEFERRED_ROOM)),
             any_deferred: AtomicBool::new(false),
         })
     }
 
+    /// Whether the calling thread holds this lock now. Only a signal
+    /// handler that interrupted one of its locked sections calls in then
+    /// (`write` is async-signal-safe), and waiting for the lock would
+    /// wait for good: the section goes on only once the handler returns.
+    /// So such a call ends at once with [`Error::WouldBlock`]
+    /// (`Runtime::call`, `Runtime::drive`), and a close is made as the
+    /// section lets the lock go ([`EngineLock::defer`]).
+    pub(crate) fn held_here(&self) -> bool {
+        HOLDING.try_with(Cell::get).unwrap_or(0) == self as *const EngineLock as usize
+    }
+
     /// Leaves `closing` to the release of the locked section this thread
-    /// holds (see [`held_here`]). Lost, and logged, only if the handler
-    /// interrupted that release taking the list.
+    /// holds (see [`EngineLock::held_here`]). Allocates nothing while
+    /// fewer than [`DEFERRED_ROOM`] wait. Lost only if the handler
+    /// interrupted that very release taking the list (a handler must
+    /// not allocate, so it is not logged): the flow then stays open until
+    /// its peer gives up on it.
     pub(crate) fn defer(&self, closing: Closing) {
         match self.deferred.try_lock() {
             Ok(mut list) => list.push(closing),
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner().push(closing),
-            Err(TryLockError::WouldBlock) => {
-                tracing::warn!(?closing, "a close from a signal handler was lost");
-                return;
-            }
+            Err(TryLockError::WouldBlock) => return,
         }
         self.any_deferred.store(true, Ordering::Release);
     }
 
-    /// Makes the closes left for this release (none, and no lock taken,
-    /// most of the time).
+    /// Makes the closes left for this release, in a turn of the host of
+    /// their own, so that their FINs and resets go out with this
+    /// release's datagrams (none, and no lock taken, most of the time;
+    /// nothing while a panic unwinds, when the host is not run).
     fn close_deferred(&self, core: &mut Core) {
-        if !self.any_deferred.swap(false, Ordering::AcqRel) {
+        if std::thread::panicking() || !self.any_deferred.swap(false, Ordering::AcqRel) {
             return;
         }
-        let closes =
-            std::mem::take(&mut *self.deferred.lock().unwrap_or_else(PoisonError::into_inner));
+        let closes = std::mem::replace(
+            &mut *self.deferred.lock().unwrap_or_else(PoisonError::into_inner),
+            Vec::with_capacity(DEFERRED_ROOM),
+        );
+        if let Err(error) = core.before(false) {
+            tracing::warn!(%error, "a turn for closes from a signal handler");
+        }
         for closing in closes {
             match closing {
                 Closing::Stream(key) => core.close_stream(key),
                 Closing::Listener(id) => core.close_listener(id),
             }
+        }
+        if let Err(error) = core.after() {
+            tracing::warn!(%error, "sending closes from a signal handler");
         }
     }
 
@@ -186,7 +212,7 @@ impl EngineLock {
     }
 
     fn held<'a>(&'a self, guard: MutexGuard<'a, Core>) -> Held<'a> {
-        let _ = HOLDING.try_with(|holding| holding.set(true));
+        let _ = HOLDING.try_with(|holding| holding.set(self as *const EngineLock as usize));
         Held {
             guard: Some(guard),
             lock: self,
@@ -310,7 +336,7 @@ impl EngineLock {
             signal.publish();
         }
         drop(core);
-        let _ = HOLDING.try_with(|holding| holding.set(false));
+        let _ = HOLDING.try_with(|holding| holding.set(0));
         // Those that lost the lock to this section may have it now,
         // while this thread sends.
         fence(Ordering::SeqCst);
@@ -364,7 +390,15 @@ impl Drop for Held<'_> {
         let Some(core) = self.guard.take() else {
             return;
         };
+        let unhold = Unhold;
         let unreachable = self.lock.release(core);
+        drop(unhold);
+        if self.lock.any_deferred.load(Ordering::Acquire) && !std::thread::panicking() {
+            // A handler deferred a close during the release, after its
+            // closes were made: a section of its own makes it, if the
+            // core is free (else its holder's release does).
+            drop(self.lock.try_lock());
+        }
         if unreachable.is_empty() {
             return;
         }

@@ -193,10 +193,11 @@
 //!   such a sleep ends it early; a signal handler that calls into a
 //!   socket while its thread holds the engine's lock gets `EAGAIN` at
 //!   once (its `close` is made as the lock is let go:
-//!   `sal_inproc`'s `lock::held_here`), where TCP's call would go on; one
-//!   that does so while its thread holds the shim's registry (a
-//!   `connect`, `accept`, `dup` or `close` of an in-process number under
-//!   way) still waits for good.
+//!   `sal_inproc`'s `EngineLock::held_here`), where TCP's call would go
+//!   on, and its `poll` of in-process numbers sees nothing new until its
+//!   timeout; one that does so while its thread holds the shim's
+//!   registry (a `connect`, `accept`, `dup` or `close` of an in-process
+//!   number under way) still waits for good.
 //! - `MSG_OOB` (`SIOCATMARK` answers 0); `MSG_PEEK` with
 //!   `MSG_WAITALL` returns what is there (a peek over several iovecs, 1
 //!   MiB at most);
