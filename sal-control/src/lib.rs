@@ -902,6 +902,11 @@ pub struct StatsReport {
     /// thread busy for about a quarter of the time.
     #[serde(default)]
     pub ration_waits: u64,
+    /// Relays sald ended itself because their program made its port
+    /// shareable by other users (`SO_REUSEADDR` set again, or a device
+    /// bound) after the relay was made.
+    #[serde(default)]
+    pub relays_ended: u64,
 }
 
 /// Puts a long list answer back together from its parts (see the module

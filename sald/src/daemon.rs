@@ -157,9 +157,9 @@ pub struct Shared {
     pub timer: Arc<Notify>,
     /// UDP mode: the socket was full and datagrams wait in the batch.
     pub udp_blocked: Arc<Notify>,
-    /// Relays sald ended itself (`control/cmd/relay.rs`, `watch_sockets`):
-    /// a control connection that holds listeners looks which of its own
-    /// are gone when this changed.
+    /// Relays sald ended itself (`control/cmd/relay.rs`, `watch_sockets`;
+    /// `servalctl stats`' `relays_ended`): a control connection that holds
+    /// listeners looks which of its own are gone when this changed.
     pub relays_ended: AtomicU64,
 }
 
@@ -833,8 +833,10 @@ impl Core {
             connects_pending: self.pending_connects.len() as u64,
             drains_watching: self.drain_watches.len() as u64,
             drain_looks: self.drain_looks,
-            // The control server's: see `control::cmd::inspect::stats`.
+            // The control server's and `Shared`'s: see
+            // `control::cmd::inspect::stats`.
             ration_waits: 0,
+            relays_ended: 0,
         }
     }
 

@@ -711,6 +711,7 @@ fn a_relay_whose_program_makes_its_port_shareable_ends() {
     assert!(ended(alone), "SO_REUSEADDR: the lone relay still there");
     assert!(took <= bound, "ended after {took:?}, more than two looks");
     assert!(!ended(kept), "an unchanged relay goes on");
+    assert_eq!(sald.stats().relays_ended, 3, "counted in the stats");
     // The connection that made them lives on, and may bind again.
     let (again, _again_socket) = relayed(&mut client, "c0ec71/24");
     assert!(!ended(again));

@@ -42,6 +42,8 @@ pub(super) fn stats(client: &mut Client) -> Reply {
     let mut stats = client.context.shared.lock().stats(uptime);
     crate::daemon::count_descriptors(&mut stats);
     stats.ration_waits = client.context.rations.waits();
+    stats.relays_ended =
+        (client.context.shared.relays_ended).load(std::sync::atomic::Ordering::Relaxed);
     (
         Response::Stats {
             stats: Box::new(stats),
