@@ -664,6 +664,19 @@ impl Core {
         self.prune_accepts(listener);
     }
 
+    /// Unbinds a listener for good: closes it ([`Core::close_listener`]),
+    /// runs the host so that its `Unregistered` event goes out (which
+    /// needs the owner), then forgets its owner. Returns the close's
+    /// outcome and the binding it had.
+    pub fn unbind_listener(
+        &mut self,
+        listener: ListenerId,
+    ) -> (Result<(), HostError>, Option<crate::owners::Binding>) {
+        let closed = self.close_listener(listener);
+        self.run();
+        (closed, self.owners.unbind(listener))
+    }
+
     /// Closes a listener (see [`Host::close_listener`]); whoever waits for
     /// its flows (an `Accept`, a `Deliver` queue's feeder) or for them to
     /// be taken (a waiting drain) learns it is gone.

@@ -82,47 +82,63 @@ fn sockfs_dev() -> Option<u64> {
     Some(SOCKFS_DEV.load(Ordering::Relaxed)).filter(|&dev| dev != 0)
 }
 
-/// Writes `socket` into a `stat` or `stat64` (the same fields).
-macro_rules! patch_stat {
-    ($st:expr, $socket:expr) => {{
-        let (st, socket) = ($st, $socket);
-        st.st_mode = SOCKET_MODE;
-        st.st_ino = socket.ino;
-        st.st_uid = socket.uid;
-        st.st_gid = socket.gid;
-        if let Some(dev) = socket.dev {
-            st.st_dev = dev;
-        }
-    }};
+/// A `stat` or a `stat64` (the same fields), which a socket's answer is
+/// written into.
+trait Stat {
+    fn answer_as(&mut self, socket: &AsSocket);
 }
 
-/// After a successful `stat` of `fd` into `buf`: a socket's answer if
-/// `fd` is an in-process number.
+macro_rules! stat_answers_as_socket {
+    ($($stat:ty),*) => {$(
+        impl Stat for $stat {
+            fn answer_as(&mut self, socket: &AsSocket) {
+                self.st_mode = SOCKET_MODE;
+                self.st_ino = socket.ino;
+                self.st_uid = socket.uid;
+                self.st_gid = socket.gid;
+                if let Some(dev) = socket.dev {
+                    self.st_dev = dev;
+                }
+            }
+        }
+    )*};
+}
+
+stat_answers_as_socket!(libc::stat, libc::stat64);
+
+/// After a `stat` of `fd` into `buf` that returned `rc`: a socket's
+/// answer if it succeeded and `fd` is an in-process number.
 ///
 /// # Safety
 /// `buf` is null or points to the `stat` the call filled.
-unsafe fn patch(fd: c_int, rc: c_int, buf: *mut libc::stat) -> c_int {
+unsafe fn patch<T: Stat>(fd: c_int, rc: c_int, buf: *mut T) -> c_int {
     if rc == 0 {
         // SAFETY: the call succeeded, so `buf` is a `stat` it wrote.
         if let (Some(st), Some(socket)) = (unsafe { buf.as_mut() }, as_socket(fd)) {
-            patch_stat!(st, socket);
+            st.answer_as(&socket);
         }
     }
     rc
 }
 
-/// [`patch`] for a `stat64`.
+/// [`patch`] after an `*at` call with `path` and `flags`: only if it
+/// looked at `dirfd` itself.
 ///
 /// # Safety
-/// As [`patch`].
-unsafe fn patch64(fd: c_int, rc: c_int, buf: *mut libc::stat64) -> c_int {
-    if rc == 0 {
-        // SAFETY: as in `patch`.
-        if let (Some(st), Some(socket)) = (unsafe { buf.as_mut() }, as_socket(fd)) {
-            patch_stat!(st, socket);
-        }
+/// As [`patch`]; `path` is what the call took.
+unsafe fn patch_at<T: Stat>(
+    dirfd: c_int,
+    path: *const c_char,
+    flags: c_int,
+    rc: c_int,
+    buf: *mut T,
+) -> c_int {
+    // SAFETY: the caller's path, readable since the call succeeded; then
+    // its buffer, which the call filled.
+    match rc == 0 && unsafe { of_descriptor(path, flags) } {
+        true => unsafe { patch(dirfd, rc, buf) },
+        false => rc,
     }
-    rc
 }
 
 /// Whether an `*at` call with `path` and `flags` looks at `dirfd` itself.
@@ -148,7 +164,7 @@ pub unsafe extern "C" fn fstat(fd: c_int, buf: *mut libc::stat) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn fstat64(fd: c_int, buf: *mut libc::stat64) -> c_int {
     // SAFETY: as in `fstat`.
-    unsafe { patch64(fd, real::fstat64(fd, buf), buf) }
+    unsafe { patch(fd, real::fstat64(fd, buf), buf) }
 }
 
 /// # Safety
@@ -164,7 +180,7 @@ pub unsafe extern "C" fn __fxstat(version: c_int, fd: c_int, buf: *mut libc::sta
 #[no_mangle]
 pub unsafe extern "C" fn __fxstat64(version: c_int, fd: c_int, buf: *mut libc::stat64) -> c_int {
     // SAFETY: as in `fstat`.
-    unsafe { patch64(fd, real::__fxstat64(version, fd, buf), buf) }
+    unsafe { patch(fd, real::__fxstat64(version, fd, buf), buf) }
 }
 
 /// # Safety
@@ -179,11 +195,8 @@ pub unsafe extern "C" fn __fxstatat(
 ) -> c_int {
     // SAFETY: the caller's arguments, unchanged.
     let rc = unsafe { real::__fxstatat(version, dirfd, path, buf, flags) };
-    // SAFETY: as in `fstatat`.
-    match rc == 0 && unsafe { of_descriptor(path, flags) } {
-        true => unsafe { patch(dirfd, rc, buf) },
-        false => rc,
-    }
+    // SAFETY: the caller's path and buffer, which the call took.
+    unsafe { patch_at(dirfd, path, flags, rc, buf) }
 }
 
 /// # Safety
@@ -198,11 +211,8 @@ pub unsafe extern "C" fn __fxstatat64(
 ) -> c_int {
     // SAFETY: the caller's arguments, unchanged.
     let rc = unsafe { real::__fxstatat64(version, dirfd, path, buf, flags) };
-    // SAFETY: as in `fstatat`.
-    match rc == 0 && unsafe { of_descriptor(path, flags) } {
-        true => unsafe { patch64(dirfd, rc, buf) },
-        false => rc,
-    }
+    // SAFETY: the caller's path and buffer, which the call took.
+    unsafe { patch_at(dirfd, path, flags, rc, buf) }
 }
 
 /// `isfdtype(3)`: glibc's calls its own `fstat` inside, which no
@@ -233,12 +243,8 @@ pub unsafe extern "C" fn fstatat(
 ) -> c_int {
     // SAFETY: the caller's arguments, unchanged.
     let rc = unsafe { real::fstatat(dirfd, path, buf, flags) };
-    // SAFETY: the caller's path, readable since the call succeeded; then
-    // its buffer, which the call filled.
-    match rc == 0 && unsafe { of_descriptor(path, flags) } {
-        true => unsafe { patch(dirfd, rc, buf) },
-        false => rc,
-    }
+    // SAFETY: the caller's path and buffer, which the call took.
+    unsafe { patch_at(dirfd, path, flags, rc, buf) }
 }
 
 /// # Safety
@@ -252,11 +258,8 @@ pub unsafe extern "C" fn fstatat64(
 ) -> c_int {
     // SAFETY: the caller's arguments, unchanged.
     let rc = unsafe { real::fstatat64(dirfd, path, buf, flags) };
-    // SAFETY: as in `fstatat`.
-    match rc == 0 && unsafe { of_descriptor(path, flags) } {
-        true => unsafe { patch64(dirfd, rc, buf) },
-        false => rc,
-    }
+    // SAFETY: the caller's path and buffer, which the call took.
+    unsafe { patch_at(dirfd, path, flags, rc, buf) }
 }
 
 /// # Safety

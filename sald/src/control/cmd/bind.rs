@@ -226,11 +226,7 @@ pub(super) fn close_listener(client: &mut Client, listener: ListenerId) -> Reply
         return not_ours(listener);
     }
     client.listeners.retain(|l| *l != listener);
-    let mut core = client.context.shared.lock();
-    let result = core.close_listener(listener);
-    // After the `Unregistered` event went out, which needs the owner.
-    core.run();
-    core.owners.unbind(listener);
+    let (result, _) = client.context.shared.lock().unbind_listener(listener);
     match result {
         Ok(()) => (Response::Ok, None),
         Err(error) => host_error(error),
